@@ -1,0 +1,412 @@
+/**
+ * The key server's configuration: the shape of its JSON file (validated once,
+ * at start) and the one table of defaults. The file schema holds no defaults:
+ * every omitted value is filled from KEYSERVER_DEFAULTS by config/load.ts, so a
+ * default can be read, changed and justified in a single place.
+ *
+ * Messages say what was expected and never echo a value that could be secret:
+ * the PIN must never reach a log through a config error.
+ */
+
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+/** The resolved configuration; all paths are absolute. */
+export interface KeyserverConfig {
+  readonly source: string;
+  readonly stateDir: string;
+  readonly pkcs11: {
+    readonly module: 'embedded' | string;
+    readonly token: { readonly label: string } | { readonly serial: string };
+    readonly pin: { readonly env: string } | { readonly file: string };
+    readonly sessions: number;
+  };
+  readonly listen: {
+    readonly unix: { readonly path: string; readonly mode: number; readonly keys: '*' | readonly string[] } | null;
+    readonly tcp: {
+      readonly host: string;
+      readonly port: number;
+      readonly cert: string;
+      readonly key: string;
+      readonly clientCa: string;
+    } | null;
+  };
+  readonly clients: readonly {
+    readonly name: string;
+    readonly match: {
+      readonly commonName?: string;
+      readonly dnsName?: string;
+      readonly uri?: string;
+      readonly spkiSha256?: string;
+    };
+    readonly keys: '*' | readonly string[];
+  }[];
+  readonly limits: {
+    readonly maxBodyBytes: number;
+    readonly maxInFlightPerConnection: number;
+    readonly maxConnections: number;
+    readonly requestTimeoutMs: number;
+    readonly shutdownGraceMs: number;
+  };
+  readonly admin: { readonly host: string; readonly port: number } | null;
+  readonly log: { readonly level: string; readonly keyUsageIntervalSeconds: number };
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+// Shared by the schema and the sessions default, which must stay within it.
+// Numeric ranges throughout are wide enough for any real deployment and narrow
+// enough to catch unit mix-ups (seconds written as milliseconds, and so on).
+const SESSIONS_MAX = 256;
+
+export const KEYSERVER_DEFAULTS = Object.freeze({
+  // Next to the repository's working copy rather than /var/lib: the embedded
+  // default must run without root; production files set an absolute path.
+  stateDir: './var',
+  pkcs11: Object.freeze({
+    // SoftHSM2 created on first run, so a fresh checkout works with no HSM.
+    module: 'embedded' as const,
+    // The label the embedded set-up gives the token it creates.
+    token: Object.freeze({ label: 'keyedge' }),
+    // Relative to stateDir: the embedded set-up writes the PIN it generated
+    // there (mode 0600), so the operator never has to choose or type one.
+    // Only the embedded module has a default PIN; a real HSM's PIN is the
+    // operator's to provide.
+    embeddedPinFile: 'token/user.pin',
+    // One session per core keeps every core signing; at least two so one
+    // slow C_Sign does not stall the whole pool on a single-core machine;
+    // capped at the schema's maximum so the default always validates.
+    sessions: Math.min(SESSIONS_MAX, Math.max(2, os.availableParallelism())),
+  }),
+  listen: Object.freeze({
+    unix: Object.freeze({
+      // Relative to stateDir, which is already private to the key server.
+      path: 'keyserver.sock',
+      // Owner only: whoever can connect can sign with every key listed below.
+      mode: '0600',
+      // A local socket is guarded by file permissions alone; restricting keys
+      // is an opt-in for hosts that share the key server between services.
+      keys: '*' as const,
+    }),
+    // A network listener needs certificates and a client list, which no
+    // default can provide: it is off unless configured.
+    tcp: null,
+    // Used when tcp is given without them. Loopback, so that exposing the
+    // key server to a network is always a deliberate choice.
+    tcpHost: '127.0.0.1',
+    tcpPort: 7443,
+  }),
+  // Nobody is trusted over TCP until named.
+  clients: Object.freeze([] as const),
+  limits: Object.freeze({
+    // A signing request is a digest or a short TLS 1.3 signed message plus
+    // a key id; 16 KiB leaves room for any of them and rejects junk early.
+    maxBodyBytes: 16_384,
+    // Enough to keep a busy proxy's pipeline full over one connection while
+    // bounding the memory one misbehaving client can pin.
+    maxInFlightPerConnection: 256,
+    // Proxies hold a few long-lived connections each; 1024 leaves ample room
+    // and stays below the usual default file-descriptor limit.
+    maxConnections: 1024,
+    // A TLS handshake waits on this signature: past 2 s the client has
+    // likely given up, and failing fast lets the proxy retry elsewhere.
+    requestTimeoutMs: 2_000,
+    // Lets in-flight signatures finish on restart; 10 s is well within
+    // systemd's default stop timeout (90 s).
+    shutdownGraceMs: 10_000,
+  }),
+  // Loopback: metrics and health are for the local scraper, not the world.
+  // 9464 is the conventional Prometheus exporter port.
+  admin: Object.freeze({ host: '127.0.0.1', port: 9464 }),
+  log: Object.freeze({
+    level: 'info' as const,
+    // Per-key usage counts once a minute: fine enough to spot misuse,
+    // coarse enough not to flood the log on a busy edge.
+    keyUsageIntervalSeconds: 60,
+  }),
+});
+
+// ---------------------------------------------------------------------------
+// Building blocks
+
+const KEY_ID = /^[0-9a-f]{64}$/;
+const SHA256_HEX = 'expected 64 lowercase hex characters (a SHA-256 digest)';
+const KEY_ID_EXPECTED = "expected a key id: 64 lowercase hex characters (SHA-256 of the key's SPKI DER)";
+const KEYS_EXPECTED = 'expected "*" or a non-empty array of key ids';
+const LITERAL_PIN =
+  'a literal PIN is not accepted: PINs come from an environment variable { "env": "NAME" } ' +
+  'or a file { "file": "path" }, so the config file can be shared and logged';
+
+/**
+ * An object that rejects unknown keys, naming the keys it does know: a typo
+ * is the most common config mistake, and a silently ignored key is a setting
+ * the operator believes is in force.
+ */
+function strict<S extends z.core.$ZodLooseShape>(shape: S, what: string) {
+  const known = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key; expected one of: ${known}` : `expected ${what}`),
+  });
+}
+
+function intIn(min: number, max: number) {
+  const error = `expected an integer from ${min} to ${max}`;
+  return z.int({ error }).min(min, { error }).max(max, { error });
+}
+
+function text(what: string) {
+  const error = `expected ${what} (a non-empty string)`;
+  return z.string({ error }).min(1, { error });
+}
+
+const port = intIn(0, 65_535);
+
+const keyId = z.string({ error: KEY_ID_EXPECTED }).regex(KEY_ID, { error: KEY_ID_EXPECTED });
+
+/** "*" (every key on the token) or an explicit list. */
+const keys = z.union(
+  [
+    z.literal('*'),
+    z
+      .array(keyId, { error: KEYS_EXPECTED })
+      .min(1, { error: `${KEYS_EXPECTED}; use "*" for all keys` })
+      .superRefine((ids, ctx) => {
+        const first = new Map<string, number>();
+        ids.forEach((id, i) => {
+          const j = first.get(id);
+          if (j === undefined) first.set(id, i);
+          else ctx.addIssue({ code: 'custom', path: [i], message: `duplicate key id (same as [${j}]); expected each key once` });
+        });
+      }),
+  ],
+  { error: KEYS_EXPECTED },
+);
+
+// PKCS#11 pads labels to 32 bytes and serial numbers to 16 in CK_TOKEN_INFO,
+// so a longer value could never match a token.
+const tokenSchema = strict(
+  {
+    label: text('a token label').refine((s) => Buffer.byteLength(s) <= 32, {
+      error: 'expected a token label of at most 32 bytes (the PKCS#11 limit)',
+    }).optional(),
+    serial: text('a token serial number').refine((s) => Buffer.byteLength(s) <= 16, {
+      error: 'expected a token serial number of at most 16 bytes (the PKCS#11 limit)',
+    }).optional(),
+  },
+  'an object { "label": "..." } or { "serial": "..." }',
+)
+  .superRefine((t, ctx) => {
+    if (t.label !== undefined && t.serial !== undefined) {
+      ctx.addIssue({ code: 'custom', message: 'expected exactly one of "label" or "serial", not both' });
+    } else if (t.label === undefined && t.serial === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'expected exactly one of "label" or "serial"' });
+    }
+  })
+  .transform((t): { label: string } | { serial: string } =>
+    t.label !== undefined ? { label: t.label } : { serial: t.serial as string },
+  );
+
+const pinShape = {
+  env: z
+    .string({ error: 'expected an environment variable name' })
+    .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: 'expected an environment variable name (letters, digits, _)' })
+    .optional(),
+  file: text('a file path').optional(),
+};
+const pinKnown = Object.keys(pinShape).join(', ');
+const pinSchema = z
+  .strictObject(pinShape, {
+    // Anything that looks like an attempt to write the PIN itself gets the
+    // reason it is refused, not just "wrong type".
+    error: (iss) => {
+      if (iss.code === 'unrecognized_keys') {
+        return iss.keys.includes('value') ? LITERAL_PIN : `unknown key; expected one of: ${pinKnown}`;
+      }
+      return typeof iss.input === 'string' || typeof iss.input === 'number' ? LITERAL_PIN : `expected { "env": "NAME" } or { "file": "path" }`;
+    },
+  })
+  .superRefine((p, ctx) => {
+    if (p.env !== undefined && p.file !== undefined) {
+      ctx.addIssue({ code: 'custom', message: 'expected exactly one of "env" or "file", not both' });
+    } else if (p.env === undefined && p.file === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'expected exactly one of "env" or "file"' });
+    }
+  })
+  .transform((p): { env: string } | { file: string } =>
+    p.env !== undefined ? { env: p.env } : { file: p.file as string },
+  );
+
+const moduleSchema = z
+  .string({ error: 'expected "embedded" or an absolute path to a PKCS#11 module' })
+  .refine((m) => m === 'embedded' || path.isAbsolute(m), {
+    // Relative module paths would depend on the working directory and the
+    // dynamic loader's search path: the one thing an HSM set-up must not.
+    error: 'expected "embedded" or an absolute path to a PKCS#11 module (.so)',
+  });
+
+const pkcs11Schema = strict(
+  {
+    module: moduleSchema.optional(),
+    token: tokenSchema.optional(),
+    pin: pinSchema.optional(),
+    sessions: intIn(1, SESSIONS_MAX).optional(),
+  },
+  'an object',
+);
+
+const unixSchema = strict(
+  {
+    path: text('a socket path').optional(),
+    mode: z
+      .string({ error: 'expected an octal mode string like "0600"' })
+      .regex(/^0[0-7]{3}$/, { error: 'expected an octal mode string like "0600" (matching ^0[0-7]{3}$)' })
+      .optional(),
+    keys: keys.optional(),
+  },
+  'an object, or null to disable the unix socket',
+);
+
+const tcpSchema = strict(
+  {
+    host: text('a host name or address').optional(),
+    port: port.optional(),
+    cert: text('a PEM certificate path'),
+    key: text('a PEM private key path'),
+    clientCa: text('a PEM CA bundle path for client certificates'),
+  },
+  'an object, or null to disable the TCP listener',
+);
+
+const matchSchema = strict(
+  {
+    commonName: text('a certificate subject common name').optional(),
+    dnsName: text('a DNS subjectAltName').optional(),
+    uri: text('a URI subjectAltName').optional(),
+    spkiSha256: z.string({ error: SHA256_HEX }).regex(KEY_ID, { error: `${SHA256_HEX} of the client certificate's SPKI` }).optional(),
+  },
+  'an object with at least one of commonName, dnsName, uri, spkiSha256',
+).superRefine((m, ctx) => {
+  // An empty match would admit any certificate the CA ever signed.
+  if (m.commonName === undefined && m.dnsName === undefined && m.uri === undefined && m.spkiSha256 === undefined) {
+    ctx.addIssue({ code: 'custom', message: 'expected at least one of commonName, dnsName, uri, spkiSha256' });
+  }
+});
+
+const clientSchema = strict(
+  {
+    name: text('a client name'),
+    match: matchSchema,
+    // Required: access to keys over the network is always spelled out.
+    keys,
+  },
+  'an object { "name", "match", "keys" }',
+);
+
+const clientsSchema = z.array(clientSchema, { error: 'expected an array of clients' }).superRefine((list, ctx) => {
+  // Names appear in logs and metrics; two clients with one name would be
+  // indistinguishable there.
+  const first = new Map<string, number>();
+  list.forEach((c, i) => {
+    const j = first.get(c.name);
+    if (j === undefined) first.set(c.name, i);
+    else ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate client name (same as clients[${j}].name); expected unique names` });
+  });
+});
+
+const limitsSchema = strict(
+  {
+    maxBodyBytes: intIn(64, 1_048_576).optional(),
+    maxInFlightPerConnection: intIn(1, 65_536).optional(),
+    maxConnections: intIn(1, 100_000).optional(),
+    requestTimeoutMs: intIn(10, 60_000).optional(),
+    shutdownGraceMs: intIn(0, 600_000).optional(),
+  },
+  'an object',
+);
+
+const adminSchema = strict(
+  { host: text('a host name or address').optional(), port: port.optional() },
+  'an object, or null to disable the admin listener',
+);
+
+const logSchema = strict(
+  {
+    level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional(),
+    keyUsageIntervalSeconds: intIn(1, 86_400).optional(),
+  },
+  'an object',
+);
+
+// ---------------------------------------------------------------------------
+// The file
+
+type Loose = Record<string, unknown>;
+const isObject = (v: unknown): v is Loose => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * The key server's config file. Every key is optional: what is omitted comes
+ * from KEYSERVER_DEFAULTS.
+ */
+export const keyserverFileSchema = strict(
+  {
+    stateDir: text('a directory path').optional(),
+    pkcs11: pkcs11Schema.optional(),
+    listen: strict(
+      { unix: unixSchema.nullable().optional(), tcp: tcpSchema.nullable().optional() },
+      'an object { "unix", "tcp" }',
+    ).optional(),
+    clients: clientsSchema.optional(),
+    limits: limitsSchema.optional(),
+    admin: adminSchema.nullable().optional(),
+    log: logSchema.optional(),
+  },
+  'a JSON object',
+).superRefine(
+  (cfg: unknown, ctx) => {
+    // Rules between sections. They run even when other parts of the file are
+    // wrong (`when` below), so that one pass reports every problem; hence the
+    // defensive reads: any field here may still hold the raw, invalid input.
+    if (!isObject(cfg)) return;
+    const pkcs11 = isObject(cfg.pkcs11) ? cfg.pkcs11 : {};
+    const listen = isObject(cfg.listen) ? cfg.listen : {};
+    const unixOn = listen.unix !== null;
+    const tcpOn = listen.tcp !== null && listen.tcp !== undefined;
+    const clients = Array.isArray(cfg.clients) ? cfg.clients : [];
+
+    if (typeof pkcs11.module === 'string' && pkcs11.module !== 'embedded' && pkcs11.pin === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['pkcs11', 'pin'],
+        message:
+          'required when pkcs11.module is not "embedded": expected { "env": "NAME" } or { "file": "path" } ' +
+          '(only the embedded token has a PIN the key server generated itself)',
+      });
+    }
+    if (!unixOn && !tcpOn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['listen'],
+        message: 'expected at least one listener: listen.unix is null and listen.tcp is not configured',
+      });
+    }
+    if (clients.length > 0 && !tcpOn) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['clients'],
+        message:
+          'clients are matched on the mutual-TLS listener, which is not configured: expected listen.tcp, or no clients',
+      });
+    }
+    if (tcpOn && Array.isArray(cfg.clients ?? []) && clients.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['listen', 'tcp'],
+        message: 'no client may use this listener: expected at least one entry in clients',
+      });
+    }
+  },
+  { when: () => true },
+);
+
+export type KeyserverFile = z.output<typeof keyserverFileSchema>;

@@ -1,0 +1,152 @@
+/**
+ * `keyedge key generate|import|csr|list`: managing the keys inside the token.
+ * Each opens the token named by the key server's config (the embedded SoftHSM2
+ * default without --config) and closes it before returning; they may run while
+ * the key server is up, which picks new keys up on first use.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import * as x509 from '../x509.js';
+import { loadKeyserverConfig } from '../../config/load.js';
+import { KeyError, UsageError } from '../errors.js';
+import { tokenOptions } from '../server/daemon.js';
+import { createCsr } from '../token/csr.js';
+import { KEY_TYPES, type KeyType, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
+import { Token } from '../token/token.js';
+import { type Command, parseCommandArgs, requireOption } from './command.js';
+
+const USAGE = `Usage: keyedge key <action> [options]
+
+Actions:
+  generate --type TYPE --label NAME   make a key inside the token (non-extractable)
+                                      TYPE: ${KEY_TYPES.join(' | ')}
+  import --in FILE --label NAME       store a PEM private key (PKCS#8, PKCS#1 or SEC1)
+                                      in the token as non-extractable
+  csr --key NAME|KEYID --domain D [--domain D ...] [--out FILE]
+                                      a PKCS#10 request with these names as SANs,
+                                      signed inside the token
+  list [--json]                       keys in the token: key id, label, type, SKI
+
+Options:
+  --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
+  --help          this text
+`;
+
+const OPTIONS = {
+  config: { type: 'string' },
+  type: { type: 'string' },
+  label: { type: 'string' },
+  in: { type: 'string' },
+  key: { type: 'string' },
+  domain: { type: 'string', multiple: true },
+  out: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+/** RFC 1035 §2.3.1 labels, with one leading wildcard label allowed (RFC 6125 §6.4.3). */
+const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
+
+export const keyCommand: Command = {
+  name: 'key',
+  summary: 'generate, import, list keys in the token; make CSRs signed inside it',
+  async run(argv) {
+    const [action, ...rest] = argv;
+    if (action === undefined || action === '--help' || action === '-h') {
+      process.stdout.write(USAGE);
+      return action === undefined ? 2 : 0;
+    }
+    const { values } = parseCommandArgs(rest, OPTIONS, USAGE);
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    switch (action) {
+      case 'generate':
+        return withToken(values.config, (token) => {
+          const type = requireOption(values.type, '--type', USAGE);
+          if (!(KEY_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${KEY_TYPES.join(', ')}, got '${type}'`);
+          const key = generateKey(token, type as KeyType, requireOption(values.label, '--label', USAGE));
+          process.stdout.write(`generated ${describeKeyType(key)} key '${key.label}' inside token '${token.label}'\nkey id: ${key.keyId}\n`);
+          return 0;
+        });
+      case 'import': {
+        const file = requireOption(values.in, '--in', USAGE);
+        const label = requireOption(values.label, '--label', USAGE);
+        let pem: Buffer;
+        try {
+          pem = readFileSync(file);
+        } catch (err) {
+          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+        }
+        try {
+          return await withToken(values.config, (token) => {
+            const key = importKey(token, pem, label, file);
+            process.stdout.write(
+              `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
+                `key id: ${key.keyId}\n` +
+                `NOTE: ${file} still exists and holds the private key in the clear.\n` +
+                `      Remove it (e.g. shred -u ${file}) once your backup policy is satisfied.\n`,
+            );
+            return 0;
+          });
+        } finally {
+          pem.fill(0);
+        }
+      }
+      case 'csr':
+        return withToken(values.config, async (token) => {
+          const key = findKey(token, requireOption(values.key, '--key', USAGE));
+          const domains = values.domain ?? [];
+          if (domains.length === 0) throw new UsageError(`give at least one --domain\n\n${USAGE}`);
+          const bad = domains.find((d) => !DOMAIN.test(d) || d.length > 253);
+          if (bad !== undefined) throw new UsageError(`--domain '${bad}' is not a DNS name`);
+          const csr = await createCsr(token, key, domains);
+          const pem = `${csr.toString('pem')}\n`;
+          if (values.out !== undefined) {
+            writeFileSync(values.out, pem, { mode: 0o644 });
+            process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
+          } else {
+            process.stdout.write(pem);
+          }
+          return 0;
+        });
+      case 'list':
+        return withToken(values.config, async (token) => {
+          const keys = listKeys(token);
+          const rows = await Promise.all(keys.map(async (key) => ({ ...describe(key), ski: await subjectKeyIdentifier(key) })));
+          if (values.json) {
+            process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+          } else if (rows.length === 0) {
+            process.stdout.write(`no keys in token '${token.label}'\n`);
+          } else {
+            const header = ['KEY ID (SPKI SHA-256)', 'LABEL', 'TYPE', 'NON-EXTRACTABLE', 'SKI (SHA-1)'];
+            const lines = rows.map((r) => [r.keyId, r.label, r.type, String(!r.extractable && r.sensitive), r.ski]);
+            const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+            for (const line of [header, ...lines]) process.stdout.write(`${line.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+          }
+          return 0;
+        });
+      default:
+        throw new UsageError(`unknown action 'key ${action}'\n\n${USAGE}`);
+    }
+  },
+};
+
+function describe(key: TokenKey): { keyId: string; label: string; type: string; bits: number; sensitive: boolean; extractable: boolean } {
+  return { keyId: key.keyId, label: key.label, type: describeKeyType(key), bits: key.bits, sensitive: key.sensitive, extractable: key.extractable };
+}
+
+/** RFC 5280 §4.2.1.2 method (1), as most CAs put it in the certificate. */
+async function subjectKeyIdentifier(key: TokenKey): Promise<string> {
+  const id = await new x509.PublicKey(new Uint8Array(key.spki)).getKeyIdentifier();
+  return Buffer.from(id).toString('hex');
+}
+
+async function withToken<T>(configFile: string | undefined, work: (token: Token) => T | Promise<T>): Promise<T> {
+  const config = loadKeyserverConfig(configFile);
+  const token = Token.open(tokenOptions(config));
+  try {
+    return await work(token);
+  } finally {
+    token.close();
+  }
+}

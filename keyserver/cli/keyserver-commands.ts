@@ -1,0 +1,95 @@
+/**
+ * `keyedge keyserver`: run the key server in the foreground until SIGTERM or
+ * SIGINT (graceful: in-flight requests finish); SIGHUP rescans the token.
+ * `keyedge ping`: ask a running key server for a round trip, and list its keys.
+ */
+import { loadKeyserverConfig } from '../../config/load.js';
+import { KeyserverClient } from '../client/client.js';
+import { UsageError } from '../errors.js';
+import { startKeyserver } from '../server/daemon.js';
+import { type Command, parseCommandArgs } from './command.js';
+
+const KEYSERVER_USAGE = `Usage: keyedge keyserver [--config FILE]
+
+Runs the key server in the foreground: signs handshake digests with keys that
+never leave the PKCS#11 token. Without --config it uses the embedded default:
+a SoftHSM2 token under ./var (created on first run), a unix socket at
+./var/keyserver.sock and metrics on http://127.0.0.1:9464/metrics.
+
+Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish),
+SIGHUP rescans the token for keys.
+
+Options:
+  --config FILE   JSON config (see config/keyserver.json)
+  --help          this text
+`;
+
+export const keyserverCommand: Command = {
+  name: 'keyserver',
+  summary: 'run the key server (PKCS#11 keyless signing daemon)',
+  async run(argv) {
+    const { values } = parseCommandArgs(argv, { config: { type: 'string' } }, KEYSERVER_USAGE);
+    if (values.help) {
+      process.stdout.write(KEYSERVER_USAGE);
+      return 0;
+    }
+    const config = loadKeyserverConfig(values.config);
+    const server = await startKeyserver(config);
+    process.on('SIGHUP', () => {
+      server.log.info('SIGHUP: rescanning the token');
+      server.rescanKeys();
+    });
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        server.log.info({ signal }, 'stopping');
+        void server.close().then(resolve);
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+    return 0;
+  },
+};
+
+const PING_USAGE = `Usage: keyedge ping [--config FILE | --socket PATH] [--count N]
+
+Checks that a key server answers on its unix socket: sends N pings (default 3),
+prints each round trip, then the public keys it serves.
+
+Options:
+  --config FILE   read the socket path from this key server config
+  --socket PATH   the key server's unix socket (default: from the config)
+  --count N       pings to send
+  --help          this text
+`;
+
+export const pingCommand: Command = {
+  name: 'ping',
+  summary: 'check that a running key server answers',
+  async run(argv) {
+    const { values } = parseCommandArgs(
+      argv,
+      { config: { type: 'string' }, socket: { type: 'string' }, count: { type: 'string' } },
+      PING_USAGE,
+    );
+    if (values.help) {
+      process.stdout.write(PING_USAGE);
+      return 0;
+    }
+    const count = Number(values.count ?? 3);
+    if (!Number.isInteger(count) || count < 1 || count > 1000) throw new UsageError('--count must be an integer from 1 to 1000');
+    const socket = values.socket ?? loadKeyserverConfig(values.config).listen.unix?.path;
+    if (socket === undefined) throw new UsageError('the config has no unix listener; give --socket');
+    const client = await KeyserverClient.connect({ unixPath: socket });
+    try {
+      for (let i = 0; i < count; i++) {
+        const started = process.hrtime.bigint();
+        await client.ping(Buffer.from(`keyedge ping ${i}`));
+        process.stdout.write(`pong from ${socket}: ${(Number(process.hrtime.bigint() - started) / 1e3).toFixed(0)} µs\n`);
+      }
+    } finally {
+      client.close();
+    }
+    return 0;
+  },
+};

@@ -1,0 +1,196 @@
+/**
+ * A key-server client over one connection (unix socket or mutual TLS).
+ *
+ * Multiplexing: every request gets a fresh request id and an entry in the
+ * pending map; answers are matched by id in whatever order they arrive
+ * (SPEC.md). Each request has its own deadline: when it passes, the caller
+ * gets KEYEDGE_ERR_TIMEOUT and the entry is dropped, so a late answer is
+ * ignored. At most `maxInFlight` requests are outstanding; one more is refused
+ * at once with KEYEDGE_ERR_OVERLOADED rather than queued without bound. When
+ * the connection drops, every pending request fails with KEYEDGE_ERR_CLOSED;
+ * there is no reconnect or retry here, a caller decides that.
+ *
+ * Used by the CLI, tests and benchmarks; the proxy's native bridge speaks the
+ * same protocol from C.
+ */
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { KeyedgeError, ProtocolError, RemoteError } from '../errors.js';
+import { decodeResponse, encodeRequest, type Request, type Response } from '../protocol/codec.js';
+import { type AlgorithmByte, errorCodeName } from '../protocol/constants.js';
+import { FrameReader } from '../protocol/framer.js';
+
+export interface KeyserverClientOptions {
+  readonly unixPath?: string;
+  readonly tcp?: {
+    readonly host: string;
+    readonly port: number;
+    /** PEM paths: the CA that issued the key server's certificate, our client certificate and key. */
+    readonly ca: string;
+    readonly cert: string;
+    readonly key: string;
+    /** Name checked in the server certificate; defaults to host. */
+    readonly servername?: string;
+  };
+  readonly timeoutMs?: number;
+  readonly maxInFlight?: number;
+}
+
+type RequestBody = Request extends infer R ? (R extends Request ? Omit<R, 'id'> : never) : never;
+
+interface Pending {
+  resolve(response: Response): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export class KeyserverClient {
+  readonly #socket: net.Socket;
+  readonly #pending = new Map<number, Pending>();
+  readonly #timeoutMs: number;
+  readonly #maxInFlight: number;
+  #nextId = 1;
+  #closedError: Error | undefined;
+
+  private constructor(socket: net.Socket, options: KeyserverClientOptions) {
+    this.#socket = socket;
+    this.#timeoutMs = options.timeoutMs ?? 2000;
+    this.#maxInFlight = options.maxInFlight ?? 1024;
+    const reader = new FrameReader({
+      // Answers carry at most a public key; the server's request limit does not apply.
+      maxBodyBytes: 16384,
+      onFrame: (frame) => this.#onFrame(frame),
+      onError: (err) => this.#fail(err),
+    });
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
+    socket.on('error', (err) => this.#fail(new KeyedgeError('KEYEDGE_ERR_CLOSED', `key server connection failed: ${err.message}`, { cause: err })));
+    socket.on('close', () => this.#fail(new KeyedgeError('KEYEDGE_ERR_CLOSED', 'key server closed the connection')));
+  }
+
+  static connect(options: KeyserverClientOptions): Promise<KeyserverClient> {
+    return new Promise((resolve, reject) => {
+      let socket: net.Socket;
+      let ready: string;
+      if (options.unixPath !== undefined) {
+        socket = net.connect(options.unixPath);
+        ready = 'connect';
+      } else if (options.tcp !== undefined) {
+        const t = options.tcp;
+        socket = tls.connect({
+          host: t.host,
+          port: t.port,
+          servername: t.servername ?? (net.isIP(t.host) ? undefined : t.host),
+          ca: readFileSync(t.ca),
+          cert: readFileSync(t.cert),
+          key: readFileSync(t.key),
+          minVersion: 'TLSv1.3',
+          ...(t.servername === undefined && net.isIP(t.host) ? { checkServerIdentity: () => undefined } : {}),
+        });
+        ready = 'secureConnect';
+      } else {
+        reject(new KeyedgeError('KEYEDGE_ERR_USAGE', 'a key server client needs unixPath or tcp'));
+        return;
+      }
+      socket.setNoDelay(true);
+      const where = options.unixPath ?? `${options.tcp?.host}:${options.tcp?.port}`;
+      const onError = (err: Error): void =>
+        reject(new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot connect to the key server at ${where}: ${err.message}`, { cause: err }));
+      socket.once('error', onError);
+      socket.once(ready, () => {
+        socket.off('error', onError);
+        resolve(new KeyserverClient(socket, options));
+      });
+    });
+  }
+
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  async ping(payload: Buffer = Buffer.alloc(0)): Promise<Buffer> {
+    const response = await this.request({ op: 'ping', payload });
+    return expect(response, 'pong').payload;
+  }
+
+  async getPublicKey(keyId: string | Buffer): Promise<Buffer> {
+    const response = await this.request({ op: 'getPublicKey', keyId: keyIdBytes(keyId) });
+    return expect(response, 'publicKey').spki;
+  }
+
+  async sign(keyId: string | Buffer, algorithm: AlgorithmByte, digest: Buffer): Promise<Buffer> {
+    const response = await this.request({ op: 'sign', keyId: keyIdBytes(keyId), algorithm, digest });
+    return expect(response, 'signature').signature;
+  }
+
+  /** Sends one request and resolves with its answer, error answers included (tests inspect them). */
+  request(body: RequestBody): Promise<Response> {
+    if (this.#closedError !== undefined) return Promise.reject(this.#closedError);
+    if (this.#pending.size >= this.#maxInFlight) {
+      return Promise.reject(new KeyedgeError('KEYEDGE_ERR_OVERLOADED', `more than ${this.#maxInFlight} key-server requests in flight`));
+    }
+    const id = this.#allocateId();
+    const frame = encodeRequest({ ...body, id } as Request);
+    return new Promise<Response>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new KeyedgeError('KEYEDGE_ERR_TIMEOUT', `no answer from the key server within ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      this.#pending.set(id, { resolve, reject, timer });
+      this.#socket.write(frame);
+    });
+  }
+
+  /** Writes raw bytes, bypassing the encoder: for tests of the server's handling of bad input. */
+  writeRaw(bytes: Buffer): void {
+    this.#socket.write(bytes);
+  }
+
+  close(): void {
+    this.#socket.destroy();
+    this.#fail(new KeyedgeError('KEYEDGE_ERR_CLOSED', 'client closed'));
+  }
+
+  #allocateId(): number {
+    // Ids wrap at 2^32; one still in flight is skipped, never reused (SPEC.md).
+    do {
+      this.#nextId = (this.#nextId + 1) >>> 0;
+    } while (this.#pending.has(this.#nextId));
+    return this.#nextId;
+  }
+
+  #onFrame(frame: Buffer): void {
+    let response: Response;
+    try {
+      response = decodeResponse(frame);
+    } catch (err) {
+      this.#fail(err as ProtocolError);
+      return;
+    }
+    const pending = this.#pending.get(response.id);
+    if (pending === undefined) return; // answered after its deadline
+    this.#pending.delete(response.id);
+    clearTimeout(pending.timer);
+    pending.resolve(response);
+  }
+
+  #fail(err: Error): void {
+    this.#closedError ??= err;
+    this.#socket.destroy();
+    for (const pending of this.#pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(err);
+    }
+    this.#pending.clear();
+  }
+}
+
+function keyIdBytes(keyId: string | Buffer): Buffer {
+  return typeof keyId === 'string' ? Buffer.from(keyId, 'hex') : keyId;
+}
+
+function expect<K extends Response['op']>(response: Response, op: K): Extract<Response, { op: K }> {
+  if (response.op === op) return response as Extract<Response, { op: K }>;
+  if (response.op === 'error') throw new RemoteError(response.code, errorCodeName(response.code), response.detail);
+  throw new KeyedgeError('KEYEDGE_ERR_PROTOCOL', `expected a ${op} answer, got ${response.op}`);
+}

@@ -1,0 +1,191 @@
+/**
+ * The key server's lifecycle: open the token, listen, serve, shut down.
+ *
+ * `startKeyserver()` resolves once every listener accepts; any start-up fault
+ * (module path, missing token, wrong PIN, unreadable TLS files, port in use)
+ * rejects with a KeyedgeError naming it, after releasing what was opened.
+ *
+ * `close()` is the graceful shutdown (SIGTERM): listeners stop accepting, new
+ * requests on open connections are answered SHUTTING_DOWN, requests already
+ * running finish (up to `limits.shutdownGraceMs`), then connections, sessions
+ * and the token are closed.
+ */
+import { mkdirSync } from 'node:fs';
+import type http from 'node:http';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type { KeyserverConfig } from '../../config/schema.js';
+import { createLogger, type Logger } from '../log.js';
+import { prepareEmbeddedToken, readPinFile } from '../token/embedded.js';
+import { SessionPool } from '../token/session-pool.js';
+import { Token, type TokenOpenOptions } from '../token/token.js';
+import { TokenError } from '../errors.js';
+import { startAdmin } from './admin.js';
+import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
+import { KeyserverConnection } from './connection.js';
+import { KeyStore } from './keystore.js';
+import { listenTls, listenUnix } from './listeners.js';
+import { KeyserverMetrics } from './metrics.js';
+import { SigningService } from './service.js';
+
+export interface RunningKeyserver {
+  readonly unixPath: string | undefined;
+  readonly tcpPort: number | undefined;
+  readonly adminPort: number | undefined;
+  readonly metrics: KeyserverMetrics;
+  readonly log: Logger;
+  /** Looks for keys added to or removed from the token since the last scan. */
+  rescanKeys(): void;
+  /** Graceful shutdown; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly log?: Logger;
+}
+
+export async function startKeyserver(config: KeyserverConfig, options: StartOptions = {}): Promise<RunningKeyserver> {
+  const log = options.log ?? createLogger('keyserver', config.log.level);
+  mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  const token = Token.open(tokenOptions(config));
+  const metrics = new KeyserverMetrics();
+  const closers: (() => Promise<void> | void)[] = [() => token.close()];
+  try {
+    warnIfThreadPoolSmall(config.pkcs11.sessions, log);
+    const pool = new SessionPool(token, config.pkcs11.sessions);
+    closers.unshift(() => pool.close());
+    const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
+    const service = new SigningService({ token, pool, keys, metrics, log, requestTimeoutMs: config.limits.requestTimeoutMs });
+    const connections = new Set<KeyserverConnection>();
+    const accept = (socket: net.Socket, client: ClientIdentity): void => {
+      const connection = new KeyserverConnection(socket, client, service, metrics, log, config.limits);
+      connections.add(connection);
+      metrics.connections.inc({ transport: client.transport });
+      socket.on('error', (err) => log.debug({ err, client: client.name }, 'client connection error'));
+      socket.on('close', () => {
+        connections.delete(connection);
+        metrics.connections.dec({ transport: client.transport });
+      });
+    };
+
+    const servers: net.Server[] = [];
+    let unixPath: string | undefined;
+    let tcpPort: number | undefined;
+    const { unix, tcp } = config.listen;
+    if (unix !== null) {
+      const identity = unixIdentity(unix.keys);
+      const server = await listenUnix(unix.path, unix.mode, (socket) => accept(socket, identity));
+      server.maxConnections = config.limits.maxConnections;
+      servers.push(server);
+      unixPath = unix.path;
+    }
+    if (tcp !== null) {
+      const server: tls.Server = await listenTls(
+        { ...tcp, source: config.source },
+        (socket) => {
+          const cert = socket.getPeerX509Certificate();
+          // rejectUnauthorized guarantees a verified certificate here.
+          if (cert === undefined) return void socket.destroy();
+          accept(socket, tlsIdentity(cert, config.clients));
+        },
+        (err) => {
+          metrics.tlsHandshakeFailures.inc();
+          log.warn({ code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
+        },
+      );
+      server.maxConnections = config.limits.maxConnections;
+      servers.push(server);
+      const address = server.address();
+      tcpPort = typeof address === 'object' && address !== null ? address.port : tcp.port;
+    }
+    closers.unshift(...servers.map((server) => () => void server.close()));
+
+    let admin: http.Server | undefined;
+    if (config.admin !== null) {
+      admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => !token.closed);
+      const server = admin;
+      closers.unshift(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    }
+    const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
+
+    log.info(
+      { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: pool.size },
+      'key server ready',
+    );
+
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> => {
+      closing ??= (async () => {
+        log.info({ inFlight: [...connections].reduce((n, c) => n + c.inFlight, 0) }, 'key server shutting down');
+        service.drain();
+        for (const server of servers) server.close();
+        clearInterval(usageTimer);
+        const grace = new Promise<void>((resolve) => setTimeout(resolve, config.limits.shutdownGraceMs).unref());
+        await Promise.race([Promise.all([...connections].map((c) => c.idle())), grace]);
+        for (const connection of connections) connection.socket.destroy();
+        logUsage(service, log);
+        await runClosers(closers);
+        log.info('key server stopped');
+      })();
+      return closing;
+    };
+    const adminAddress = admin?.address();
+    return {
+      unixPath,
+      tcpPort,
+      adminPort: typeof adminAddress === 'object' && adminAddress !== null ? adminAddress.port : undefined,
+      metrics,
+      log,
+      rescanKeys: () => keys.rescan(),
+      close,
+    };
+  } catch (err) {
+    await runClosers(closers);
+    throw err;
+  }
+}
+
+/** What to open: the embedded SoftHSM2 token (created on first run) or the configured module. */
+export function tokenOptions(config: KeyserverConfig): TokenOpenOptions {
+  const { pkcs11 } = config;
+  let modulePath = pkcs11.module;
+  if (modulePath === 'embedded') {
+    const label = 'label' in pkcs11.token ? pkcs11.token.label : 'keyedge';
+    modulePath = prepareEmbeddedToken(config.stateDir, label).modulePath;
+  }
+  if ('env' in pkcs11.pin) {
+    const pin = process.env[pkcs11.pin.env];
+    if (pin === undefined || pin === '') {
+      throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `the PIN variable ${pkcs11.pin.env} is not set (config ${config.source}: pkcs11.pin.env)`);
+    }
+    return { modulePath, token: pkcs11.token, pin, pinSource: `env ${pkcs11.pin.env}` };
+  }
+  return { modulePath, token: pkcs11.token, pin: readPinFile(pkcs11.pin.file), pinSource: `file ${pkcs11.pin.file}` };
+}
+
+/**
+ * Each async C_Sign holds a libuv thread while the token works; with fewer
+ * threads than sessions the extra sessions only queue. The `keyedge` launcher
+ * sizes the pool before Node starts it; this catches other launchers.
+ */
+function warnIfThreadPoolSmall(sessions: number, log: Logger): void {
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  if (threads < sessions) {
+    log.warn({ threads, sessions }, `libuv has ${threads} threads for ${sessions} token sessions; set UV_THREADPOOL_SIZE=${sessions}`);
+  }
+}
+
+function logUsage(service: SigningService, log: Logger): void {
+  const usage = service.takeUsage();
+  if (usage.size > 0) log.info({ signsByKeyId: Object.fromEntries(usage) }, 'key usage since the last report');
+}
+
+async function runClosers(closers: (() => Promise<void> | void)[]): Promise<void> {
+  for (const closer of closers) {
+    try {
+      await closer();
+    } catch {
+      // Shutdown continues past a part that failed to close: the rest still must.
+    }
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * The signing keys the key server knows, by key id.
+ *
+ * Loaded from the token at start; a request for an unknown key id triggers a
+ * rescan (at most one per `rescanIntervalMs`) so a key added with
+ * `keyedge key generate|import` while the daemon runs is usable without a
+ * restart, while a client asking for random ids cannot turn every request into
+ * a token scan.
+ */
+import type { Logger } from '../log.js';
+import { listKeys, type TokenKey } from '../token/keys.js';
+import type { Token } from '../token/token.js';
+
+export class KeyStore {
+  #keys = new Map<string, TokenKey>();
+  #lastScan = 0;
+  readonly #token: Token;
+  readonly #log: Logger;
+  readonly #rescanIntervalMs: number;
+  readonly #onScan: (count: number) => void;
+
+  constructor(token: Token, log: Logger, onScan: (count: number) => void, rescanIntervalMs = 1000) {
+    this.#token = token;
+    this.#log = log;
+    this.#onScan = onScan;
+    this.#rescanIntervalMs = rescanIntervalMs;
+    this.rescan();
+  }
+
+  get size(): number {
+    return this.#keys.size;
+  }
+
+  /** The key, rescanning the token once if it is unknown and the last scan is old enough. */
+  get(keyId: string): TokenKey | undefined {
+    const key = this.#keys.get(keyId);
+    if (key !== undefined) return key;
+    if (Date.now() - this.#lastScan < this.#rescanIntervalMs) return undefined;
+    this.rescan();
+    return this.#keys.get(keyId);
+  }
+
+  /** Forgets what the token said; the next lookup of an unknown id scans again. */
+  invalidate(): void {
+    this.#lastScan = 0;
+  }
+
+  rescan(): void {
+    const keys = new Map<string, TokenKey>();
+    for (const key of listKeys(this.#token)) keys.set(key.keyId, key);
+    const added = [...keys.keys()].filter((id) => !this.#keys.has(id));
+    this.#keys = keys;
+    this.#lastScan = Date.now();
+    this.#onScan(keys.size);
+    if (added.length > 0) {
+      this.#log.info({ keys: keys.size, added: added.map((id) => ({ keyId: id, label: keys.get(id)?.label })) }, 'token keys loaded');
+    }
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * The two transports, both carrying the same frames (SPEC.md, "Transports").
+ *
+ * Unix socket: created with the configured mode (0600 by default) so only the
+ * key server's own user, the proxy's deployment user, can connect. A stale
+ * socket file left by a crash is removed; one with a live key server behind it
+ * is an error, never silently stolen.
+ *
+ * TCP: TLS 1.3 only, client certificate required and verified against the
+ * configured client CA (RFC 8446 §4.3.2 CertificateRequest); a client without
+ * one, or with one from another CA, never gets to send a frame.
+ */
+import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { ConfigError, KeyedgeError } from '../errors.js';
+
+export async function listenUnix(path: string, mode: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
+  await removeStaleSocket(path);
+  const server = net.createServer({ noDelay: true }, onConnection);
+  await listen(server, () => server.listen(path), `unix socket ${path}`);
+  chmodSync(path, mode);
+  return server;
+}
+
+export interface TlsListenOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly cert: string;
+  readonly key: string;
+  readonly clientCa: string;
+  readonly source: string;
+}
+
+export async function listenTls(
+  options: TlsListenOptions,
+  onConnection: (socket: tls.TLSSocket) => void,
+  onClientError: (err: Error, socket: tls.TLSSocket) => void,
+): Promise<tls.Server> {
+  const server = tls.createServer(
+    {
+      cert: readPem(options.cert, 'listen.tcp.cert', options.source),
+      key: readPem(options.key, 'listen.tcp.key', options.source),
+      ca: readPem(options.clientCa, 'listen.tcp.clientCa', options.source),
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      // Each proxy worker keeps one long-lived connection: resumption would save
+      // nothing and tickets would be one more secret to manage.
+      sessionTimeout: 0,
+      ticketKeys: undefined,
+      noDelay: true,
+    },
+    onConnection,
+  );
+  server.on('tlsClientError', onClientError);
+  await listen(server, () => server.listen(options.port, options.host), `tcp ${options.host}:${options.port}`);
+  return server;
+}
+
+function readPem(path: string, key: string, source: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(source, key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+  }
+}
+
+function listen(server: net.Server, start: () => void, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void =>
+      reject(new KeyedgeError('KEYEDGE_ERR_SETUP', `cannot listen on ${what}: ${err.code ?? err.message}`, { cause: err }));
+    server.once('error', onError);
+    server.once('listening', () => {
+      server.off('error', onError);
+      resolve();
+    });
+    start();
+  });
+}
+
+async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  if (!lstatSync(path).isSocket()) {
+    throw new KeyedgeError('KEYEDGE_ERR_SETUP', `${path} exists and is not a socket; refusing to replace it`);
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) throw new KeyedgeError('KEYEDGE_ERR_SETUP', `another process is already listening on ${path}`);
+  unlinkSync(path);
+}

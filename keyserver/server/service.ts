@@ -1,0 +1,164 @@
+/**
+ * Answers one decoded request: ping, public key, sign. Transport-agnostic: the
+ * connection layer decodes frames and writes answers, this decides them.
+ *
+ * Every request ends in exactly one Response, never a thrown error: a refusal
+ * is an error Response with a wire code (SPEC.md), and its reason goes to the
+ * log, so the connection (and the daemon) carry on whatever a client sends.
+ *
+ * Deadline: a sign that has not finished within `requestTimeoutMs` (session
+ * wait included) is answered DEADLINE_EXCEEDED at once; the token call itself
+ * cannot be cancelled, so its session returns to the pool when it does finish
+ * and its result is dropped.
+ */
+import { AsnEcSignatureFormatter } from '../x509.js';
+import type { Logger } from '../log.js';
+import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
+import type { Request, Response } from '../protocol/codec.js';
+import type { TokenKey } from '../token/keys.js';
+import type { SessionPool } from '../token/session-pool.js';
+import { schemeFitsKey, signDigest } from '../token/sign.js';
+import { ckrName, type Token } from '../token/token.js';
+import { type ClientIdentity, mayUseKey } from './authz.js';
+import type { KeyStore } from './keystore.js';
+import type { KeyserverMetrics } from './metrics.js';
+
+/** Token errors after which the session itself is unusable and must be replaced. */
+const BROKEN_SESSION = /^CKR_(SESSION_HANDLE_INVALID|SESSION_CLOSED|DEVICE_REMOVED|DEVICE_ERROR|TOKEN_NOT_PRESENT|USER_NOT_LOGGED_IN)/;
+
+export interface ServiceOptions {
+  readonly token: Token;
+  readonly pool: SessionPool;
+  readonly keys: KeyStore;
+  readonly metrics: KeyserverMetrics;
+  readonly log: Logger;
+  readonly requestTimeoutMs: number;
+}
+
+export class SigningService {
+  readonly #options: ServiceOptions;
+  readonly #ecFormatter = new AsnEcSignatureFormatter();
+  /** Signs per key id since the last usage log line; bounded by the keys in the token. */
+  readonly #usage = new Map<string, number>();
+  #draining = false;
+
+  constructor(options: ServiceOptions) {
+    this.#options = options;
+  }
+
+  /** From now on every request is answered SHUTTING_DOWN; requests already running finish. */
+  drain(): void {
+    this.#draining = true;
+  }
+
+  /** Returns and resets the per-key sign counts (logged periodically, never per sign). */
+  takeUsage(): Map<string, number> {
+    const usage = new Map(this.#usage);
+    this.#usage.clear();
+    return usage;
+  }
+
+  handle(request: Request, client: ClientIdentity): Response | Promise<Response> {
+    if (this.#draining) return this.#refuse(request, client, 'SHUTTING_DOWN', 'the key server is shutting down');
+    switch (request.op) {
+      case 'ping':
+        this.#count(request, 'ok');
+        return { op: 'pong', id: request.id, payload: request.payload };
+      case 'getPublicKey': {
+        const key = this.#authorisedKey(request.keyId, request, client);
+        if ('op' in key) return key;
+        this.#count(request, 'ok');
+        return { op: 'publicKey', id: request.id, spki: key.spki };
+      }
+      case 'sign':
+        return this.#sign(request, client);
+    }
+  }
+
+  #sign(request: Extract<Request, { op: 'sign' }>, client: ClientIdentity): Response | Promise<Response> {
+    const key = this.#authorisedKey(request.keyId, request, client);
+    if ('op' in key) return key;
+    const algorithm = algorithmInfo(request.algorithm);
+    // The codec already refused unknown algorithms and wrong digest lengths.
+    if (algorithm === undefined) return this.#refuse(request, client, 'UNKNOWN_ALGORITHM', `algorithm 0x${request.algorithm.toString(16)}`);
+    if (!schemeFitsKey(algorithm.scheme, key)) {
+      return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with ${key.kind} key ${key.keyId}`);
+    }
+    const started = process.hrtime.bigint();
+    return new Promise<Response>((resolve) => {
+      let answered = false;
+      const answer = (response: Response): void => {
+        if (answered) return;
+        answered = true;
+        clearTimeout(timer);
+        this.#options.metrics.signDuration.observe({ algorithm: algorithm.name }, Number(process.hrtime.bigint() - started) / 1e9);
+        resolve(response);
+      };
+      const abort = new AbortController();
+      const timer = setTimeout(() => {
+        abort.abort(new Error('deadline'));
+        answer(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
+      }, this.#options.requestTimeoutMs);
+      this.#signWithSession(key, algorithm, request, abort.signal).then(
+        (signature) => {
+          this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
+          if (!answered) this.#count(request, 'ok');
+          answer({ op: 'signature', id: request.id, signature });
+        },
+        (err: unknown) => {
+          if (answered) return;
+          answer(this.#refuse(request, client, 'SIGN_FAILED', `token refused to sign with ${key.keyId}: ${ckrName(err)}`, err));
+        },
+      );
+    });
+  }
+
+  async #signWithSession(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, signal: AbortSignal): Promise<Buffer> {
+    const { pool, token } = this.#options;
+    const session = await pool.acquire(signal);
+    let raw: Buffer;
+    try {
+      raw = await signDigest(token.pkcs11, session, key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest });
+    } catch (err) {
+      if (BROKEN_SESSION.test(ckrName(err))) pool.discard(session);
+      else pool.release(session);
+      // A key deleted from the token since the last scan: look again next time.
+      if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(ckrName(err))) this.#options.keys.invalidate();
+      throw err;
+    }
+    pool.release(session);
+    if (algorithm.scheme !== 'ecdsa') return raw;
+    // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
+    const der = this.#ecFormatter.toAsnSignature({ name: 'ECDSA', namedCurve: key.curve } as EcKeyAlgorithm, new Uint8Array(raw));
+    if (der === null) throw new Error('ECDSA signature could not be encoded');
+    return Buffer.from(der);
+  }
+
+  /** The key if it exists and the client may use it, else the refusal to send. */
+  #authorisedKey(keyIdBytes: Buffer, request: Request, client: ClientIdentity): TokenKey | Response {
+    const keyId = keyIdBytes.toString('hex');
+    const key = this.#options.keys.get(keyId);
+    // Authorisation comes first, so an unauthorised client cannot probe which keys exist.
+    if (!mayUseKey(client, keyId)) {
+      this.#options.metrics.authzRefusals.inc({ transport: client.transport });
+      this.#options.log.warn({ audit: 'refused', client: client.name, transport: client.transport, keyId, op: request.op }, 'client may not use this key');
+      return this.#refuse(request, client, 'NOT_AUTHORISED', `this client may not use key ${keyId}`, undefined, true);
+    }
+    if (key === undefined) return this.#refuse(request, client, 'UNKNOWN_KEY', `no key ${keyId} in the token`);
+    return key;
+  }
+
+  #refuse(request: Request, client: ClientIdentity, code: ErrorCodeName, detail: string, cause?: unknown, logged = false): Response {
+    this.#count(request, code);
+    if (!logged) {
+      const level = code === 'SIGN_FAILED' || code === 'DEADLINE_EXCEEDED' ? 'error' : 'warn';
+      this.#options.log[level]({ client: client.name, transport: client.transport, op: request.op, code, err: cause }, detail);
+    }
+    return { op: 'error', id: request.id, code: ErrorCode[code], detail };
+  }
+
+  #count(request: Request, result: string): void {
+    const algorithm = request.op === 'sign' ? (algorithmInfo(request.algorithm)?.name ?? 'unknown') : 'none';
+    this.#options.metrics.requests.inc({ op: request.op, algorithm, result });
+  }
+}

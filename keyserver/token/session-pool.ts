@@ -1,0 +1,97 @@
+/**
+ * A fixed pool of PKCS#11 sessions for signing.
+ *
+ * A PKCS#11 session runs one cryptographic operation at a time (v2.40 §5.6),
+ * so concurrent signs need one session each. The pool size is the signing
+ * concurrency: the key server sizes libuv's thread pool to match, because each
+ * async C_Sign occupies one libuv thread for its whole duration.
+ *
+ * Contract: `acquire()` resolves with a session that the caller owns until it
+ * passes it to `release()` (or `discard()` when the token reported the session
+ * broken: a fresh one replaces it). Waiters are served in arrival order. An
+ * AbortSignal withdraws a waiter that no longer wants a session (deadline hit).
+ */
+import assert from 'node:assert/strict';
+import type pkcs11js from 'pkcs11js';
+import { KeyedgeError } from '../errors.js';
+import type { Token } from './token.js';
+
+interface Waiter {
+  resolve(session: pkcs11js.Handle): void;
+  reject(err: Error): void;
+}
+
+export class SessionPool {
+  readonly size: number;
+  readonly #token: Token;
+  readonly #idle: pkcs11js.Handle[] = [];
+  readonly #waiters: Waiter[] = [];
+  #closed = false;
+
+  constructor(token: Token, size: number) {
+    assert.ok(size >= 1);
+    this.#token = token;
+    this.size = Math.min(size, token.maxSessions - 1);
+    for (let i = 0; i < this.size; i++) this.#idle.push(token.openSession());
+  }
+
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+
+  acquire(signal?: AbortSignal): Promise<pkcs11js.Handle> | pkcs11js.Handle {
+    if (this.#closed) throw new KeyedgeError('KEYEDGE_ERR_CLOSED', 'the signing session pool is closed');
+    const session = this.#idle.pop();
+    // Returned synchronously when one is free: the common case pays no promise.
+    if (session !== undefined) return session;
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject };
+      this.#waiters.push(waiter);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const index = this.#waiters.indexOf(waiter);
+          if (index >= 0) {
+            this.#waiters.splice(index, 1);
+            reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+          }
+        },
+        { once: true },
+      );
+    });
+  }
+
+  release(session: pkcs11js.Handle): void {
+    if (this.#closed) {
+      this.#token.closeSession(session);
+      return;
+    }
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) waiter.resolve(session);
+    else this.#idle.push(session);
+  }
+
+  /** Closes a session the token reported broken and puts a fresh one in its place. */
+  discard(session: pkcs11js.Handle): void {
+    this.#token.closeSession(session);
+    if (this.#closed) return;
+    let fresh: pkcs11js.Handle;
+    try {
+      fresh = this.#token.openSession();
+    } catch (err) {
+      // The token is gone: the waiters cannot be served by this pool any more.
+      for (const waiter of this.#waiters.splice(0)) waiter.reject(err as Error);
+      throw err;
+    }
+    this.release(fresh);
+  }
+
+  /** Closes idle sessions; sessions still out are closed on release. */
+  close(): void {
+    this.#closed = true;
+    for (const waiter of this.#waiters.splice(0)) {
+      waiter.reject(new KeyedgeError('KEYEDGE_ERR_CLOSED', 'the signing session pool closed'));
+    }
+    for (const session of this.#idle.splice(0)) this.#token.closeSession(session);
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * Signing a digest inside the token.
+ *
+ * The caller hashes; the token only ever sees a digest (ECDSA, PSS) or a
+ * DigestInfo (PKCS#1 v1.5), so the key server needs no multi-part operations
+ * and a handshake's transcript never leaves the proxy. Raw RSA and decryption
+ * are not offered: TLS 1.3 and ECDHE-only TLS 1.2 never need them.
+ *
+ * C_SignInit runs on the calling thread (it is cheap: it binds key and
+ * mechanism to the session); C_Sign, the expensive part, runs on a libuv
+ * thread through pkcs11js's async form.
+ */
+import pkcs11js from 'pkcs11js';
+import { KeyError } from '../errors.js';
+import type { HashName, SignatureScheme } from '../protocol/constants.js';
+import type { TokenKey } from './keys.js';
+
+const HASH = {
+  sha256: { bytes: 32, ckm: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256 },
+  sha384: { bytes: 48, ckm: pkcs11js.CKM_SHA384, mgf: pkcs11js.CKG_MGF1_SHA384 },
+  sha512: { bytes: 64, ckm: pkcs11js.CKM_SHA512, mgf: pkcs11js.CKG_MGF1_SHA512 },
+} as const;
+
+/** DER DigestInfo prefixes, RFC 8017 §9.2 note 1. */
+const DIGEST_INFO_PREFIX: Record<HashName, Buffer> = {
+  sha256: Buffer.from('3031300d060960864801650304020105000420', 'hex'),
+  sha384: Buffer.from('3041300d060960864801650304020205000430', 'hex'),
+  sha512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
+};
+
+export interface SignRequest {
+  readonly scheme: SignatureScheme;
+  readonly hash: HashName;
+  readonly digest: Buffer;
+}
+
+/** Whether a scheme can be used with a key at all (ECDSA needs EC, the rest RSA). */
+export function schemeFitsKey(scheme: SignatureScheme, key: Pick<TokenKey, 'kind'>): boolean {
+  return scheme === 'ecdsa' ? key.kind === 'ec' : key.kind === 'rsa';
+}
+
+/**
+ * Signs on `session`, which the caller owns for the duration. ECDSA comes back
+ * as PKCS#11 gives it, r || s of the field size each (v2.40 §2.3.1); callers
+ * that need DER convert it.
+ */
+export async function signDigest(
+  pkcs11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  key: TokenKey,
+  request: SignRequest,
+): Promise<Buffer> {
+  const hash = HASH[request.hash];
+  if (request.digest.length !== hash.bytes) {
+    throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `a ${request.hash} digest is ${hash.bytes} bytes, got ${request.digest.length}`);
+  }
+  if (!schemeFitsKey(request.scheme, key)) {
+    throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${request.scheme} cannot be used with an ${key.kind} key`);
+  }
+  let mechanism: pkcs11js.Mechanism;
+  let input: Buffer;
+  let outputBytes: number;
+  if (request.scheme === 'ecdsa') {
+    mechanism = { mechanism: pkcs11js.CKM_ECDSA };
+    input = request.digest;
+    outputBytes = 2 * Math.ceil(key.bits / 8);
+  } else if (request.scheme === 'rsa-pkcs1') {
+    mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS };
+    input = Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]);
+    outputBytes = Math.ceil(key.bits / 8);
+  } else {
+    // Salt as long as the hash, MGF1 with the same hash: RFC 8446 §4.2.3.
+    const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
+    mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter };
+    input = request.digest;
+    outputBytes = Math.ceil(key.bits / 8);
+  }
+  pkcs11.C_SignInit(session, mechanism, key.privateHandle);
+  return pkcs11.C_SignAsync(session, input, Buffer.allocUnsafe(outputBytes));
+}

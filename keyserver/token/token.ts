@@ -1,0 +1,194 @@
+/**
+ * One logged-in PKCS#11 token.
+ *
+ * Lifecycle: `Token.open()` loads the module, initialises it with
+ * CKF_OS_LOCKING_OK (the signing pool calls C_Sign from libuv threads, so the
+ * module must do its own locking, PKCS#11 v2.40 §5.4), finds the token by label
+ * or serial and logs the user in once; the login holds for every session of
+ * this application (§5.5). `close()` finalises the module; the Token is unusable
+ * afterwards.
+ *
+ * Concurrency: management calls (find, create, attributes) run on the caller's
+ * thread through `management`, a session reserved for them; signing uses the
+ * separate SessionPool, so a long key listing never holds up a handshake.
+ *
+ * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
+ * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
+ */
+import pkcs11js from 'pkcs11js';
+import { TokenError } from '../errors.js';
+
+export interface TokenSelector {
+  readonly label?: string;
+  readonly serial?: string;
+}
+
+export interface TokenOpenOptions {
+  readonly modulePath: string;
+  readonly token: TokenSelector;
+  /** The user PIN. The caller reads it from an env var or a file; it is never logged or kept here. */
+  readonly pin: string;
+  /** Where the PIN came from, for error messages (e.g. "env KEYEDGE_TOKEN_PIN"). */
+  readonly pinSource: string;
+}
+
+export class Token {
+  readonly pkcs11: pkcs11js.PKCS11;
+  readonly slot: pkcs11js.Handle;
+  readonly label: string;
+  readonly serial: string;
+  readonly maxSessions: number;
+  readonly management: pkcs11js.Handle;
+  #closed = false;
+
+  private constructor(
+    pkcs11: pkcs11js.PKCS11,
+    slot: pkcs11js.Handle,
+    info: pkcs11js.TokenInfo,
+    management: pkcs11js.Handle,
+  ) {
+    this.pkcs11 = pkcs11;
+    this.slot = slot;
+    this.label = fixedString(info.label);
+    this.serial = fixedString(info.serialNumber);
+    // 0 and CK_EFFECTIVELY_INFINITE both mean "no limit the token will tell".
+    this.maxSessions = info.maxSessionCount > 0 && info.maxSessionCount < 0xffffffff ? info.maxSessionCount : Infinity;
+    this.management = management;
+  }
+
+  static open(options: TokenOpenOptions): Token {
+    const pkcs11 = loadModule(options.modulePath);
+    try {
+      const { slot, info } = findToken(pkcs11, options.token, options.modulePath);
+      const management = pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      login(pkcs11, management, fixedString(info.label), options.pinSource, options.pin);
+      return new Token(pkcs11, slot, info, management);
+    } catch (err) {
+      finalize(pkcs11);
+      throw err;
+    }
+  }
+
+  /** Opens another session on this token; it shares the login (PKCS#11 §5.5). */
+  openSession(): pkcs11js.Handle {
+    this.#assertOpen();
+    return tokenCall('C_OpenSession', () => this.pkcs11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION));
+  }
+
+  closeSession(session: pkcs11js.Handle): void {
+    if (this.#closed) return;
+    try {
+      this.pkcs11.C_CloseSession(session);
+    } catch {
+      // A session the token already dropped needs no closing.
+    }
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    finalize(this.pkcs11);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', `token '${this.label}' is closed`);
+  }
+}
+
+/**
+ * PKCS#11 fixed-length text fields are blank-padded (v2.40 §3.2); some writers
+ * pad with NULs instead, so both are stripped.
+ */
+export function fixedString(field: string): string {
+  return field.replace(/[\s\0]+$/, '');
+}
+
+/** Wraps a PKCS#11 call so a failure carries the function and CKR name, never arguments. */
+export function tokenCall<T>(fn: string, call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', `${fn} failed: ${ckrName(err)}`, { cause: err });
+  }
+}
+
+/** The CKR_* name of a pkcs11js error, or its message for native errors. */
+export function ckrName(err: unknown): string {
+  if (err instanceof Error) return err.message.split('\n')[0] ?? err.name;
+  return String(err);
+}
+
+function loadModule(modulePath: string): pkcs11js.PKCS11 {
+  const pkcs11 = new pkcs11js.PKCS11();
+  try {
+    pkcs11.load(modulePath);
+  } catch (err) {
+    throw new TokenError(
+      'KEYEDGE_ERR_TOKEN_MODULE',
+      `cannot load PKCS#11 module ${modulePath}: ${ckrName(err)} (check pkcs11.module in the config)`,
+      { cause: err },
+    );
+  }
+  try {
+    pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    throw new TokenError('KEYEDGE_ERR_TOKEN_MODULE', `C_Initialize of ${modulePath} failed: ${ckrName(err)}`, {
+      cause: err,
+    });
+  }
+  return pkcs11;
+}
+
+function findToken(
+  pkcs11: pkcs11js.PKCS11,
+  selector: TokenSelector,
+  modulePath: string,
+): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
+  const seen: string[] = [];
+  for (const slot of pkcs11.C_GetSlotList(true)) {
+    const info = pkcs11.C_GetTokenInfo(slot);
+    if (!(info.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
+    const label = fixedString(info.label);
+    const serial = fixedString(info.serialNumber);
+    seen.push(`'${label}' (serial ${serial})`);
+    if (selector.label !== undefined && label === selector.label) return { slot, info };
+    if (selector.serial !== undefined && serial === selector.serial) return { slot, info };
+  }
+  const wanted = selector.label !== undefined ? `label '${selector.label}'` : `serial '${selector.serial ?? ''}'`;
+  throw new TokenError(
+    'KEYEDGE_ERR_TOKEN_NOT_FOUND',
+    `no token with ${wanted} in ${modulePath}; tokens present: ${seen.length > 0 ? seen.join(', ') : 'none'}`,
+  );
+}
+
+function login(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, label: string, pinSource: string, pin: string): void {
+  try {
+    pkcs11.C_Login(session, pkcs11js.CKU_USER, pin);
+  } catch (err) {
+    const reason = ckrName(err);
+    // Another application of this process already logged in: the login is shared.
+    if (reason.startsWith('CKR_USER_ALREADY_LOGGED_IN')) return;
+    throw new TokenError(
+      'KEYEDGE_ERR_TOKEN_LOGIN',
+      `login to token '${label}' refused: ${reason} (the PIN comes from ${pinSource})`,
+      { cause: err },
+    );
+  }
+}
+
+function finalize(pkcs11: pkcs11js.PKCS11): void {
+  try {
+    pkcs11.C_Finalize();
+  } catch {
+    // Finalising a module that failed half-way has nothing left to release.
+  }
+  try {
+    pkcs11.close();
+  } catch {
+    // As above.
+  }
+}

@@ -1,0 +1,106 @@
+import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KEY_TYPES, generateKey, importKey, listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
+import { signDigest } from '../keyserver/token/sign.js';
+import type { HashName, SignatureScheme as SignScheme } from '../keyserver/protocol/constants.js';
+import { KeyError } from '../keyserver/errors.js';
+import { temporaryToken } from './helpers/token.js';
+
+let env: ReturnType<typeof temporaryToken>;
+beforeAll(() => {
+  env = temporaryToken();
+});
+afterAll(() => env.cleanup());
+
+function readBack(key: TokenKey): { sensitive: boolean; extractable: boolean; sign: boolean; decrypt: boolean } {
+  const attrs = env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [
+    { type: pkcs11js.CKA_SENSITIVE },
+    { type: pkcs11js.CKA_EXTRACTABLE },
+    { type: pkcs11js.CKA_SIGN },
+    { type: pkcs11js.CKA_DECRYPT },
+  ]);
+  const [sensitive, extractable, sign, decrypt] = attrs.map((a) => (a.value as Buffer)[0] === 1);
+  return { sensitive: sensitive!, extractable: extractable!, sign: sign!, decrypt: decrypt! };
+}
+
+
+describe('generated keys', () => {
+  it.each(KEY_TYPES)('%s is generated sensitive, non-extractable and sign-only', (type) => {
+    const key = generateKey(env.token, type, `gen-${type}`);
+    expect(key.keyId).toBe(createHash('sha256').update(key.spki).digest('hex'));
+    expect(readBack(key)).toEqual({ sensitive: true, extractable: false, sign: true, decrypt: false });
+    expect(key.kind).toBe(type.startsWith('ec') ? 'ec' : 'rsa');
+    expect(`${key.kind}-${key.kind === 'ec' ? `p${key.bits}` : key.bits}`).toBe(type);
+    // the private half cannot be read out
+    const secret = key.kind === 'ec' ? pkcs11js.CKA_VALUE : pkcs11js.CKA_PRIVATE_EXPONENT;
+    expect(() =>
+      env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [{ type: secret }]),
+    ).toThrow(/CKR_ATTRIBUTE_SENSITIVE/);
+  });
+
+  it('refuses a label that is taken', () => {
+    expect(() => generateKey(env.token, 'ec-p256', 'gen-ec-p256')).toThrow(KeyError);
+  });
+});
+
+describe('imported keys', () => {
+  const cases = [
+    ['pkcs8 ec', () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })],
+    ['sec1 ec p384', () => generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey.export({ type: 'sec1', format: 'pem' })],
+    ['pkcs1 rsa', () => generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' })],
+    ['pkcs8 rsa', () => generateKeyPairSync('rsa', { modulusLength: 3072 }).privateKey.export({ type: 'pkcs8', format: 'pem' })],
+  ] as const;
+  it.each(cases)('%s is stored non-extractable with the same public key', (name, make) => {
+    const pem = make() as string;
+    const key = importKey(env.token, pem, `imp-${name.replaceAll(' ', '-')}`, 'test.pem');
+    const expected = createPublicKey(pem).export({ type: 'spki', format: 'der' });
+    expect(key.spki.equals(expected)).toBe(true);
+    expect(readBack(key)).toEqual({ sensitive: true, extractable: false, sign: true, decrypt: false });
+  });
+
+  it('refuses RSA-1024, encrypted PEM, garbage and a duplicate', () => {
+    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    expect(() => importKey(env.token, weak, 'weak', 'weak.pem')).toThrow(/RSA-1024 is too weak/);
+    const encrypted = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+      type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'x',
+    });
+    expect(() => importKey(env.token, encrypted, 'enc', 'enc.pem')).toThrow(/enc.pem is not an unencrypted PEM/);
+    expect(() => importKey(env.token, 'hello', 'junk', 'junk.pem')).toThrow(/junk.pem/);
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    importKey(env.token, pem, 'once', 'a.pem');
+    expect(() => importKey(env.token, pem, 'twice', 'a.pem')).toThrow(/already in the token/);
+  });
+});
+
+describe('signing', () => {
+  const schemes: [SignScheme, HashName, string][] = [];
+  for (const hash of ['sha256', 'sha384', 'sha512'] as const) {
+    schemes.push(['ecdsa', hash, 'gen-ec-p256'], ['ecdsa', hash, 'gen-ec-p384']);
+    schemes.push(['rsa-pkcs1', hash, 'gen-rsa-2048'], ['rsa-pss', hash, 'gen-rsa-2048']);
+  }
+  it.each(schemes)('%s %s with %s verifies with node:crypto', async (scheme, hash, label) => {
+    const key = findKey(env.token, label);
+    const message = Buffer.from(`message for ${scheme} ${hash}`);
+    const digest = createHash(hash).update(message).digest();
+    const session = env.token.openSession();
+    try {
+      const signature = await signDigest(env.token.pkcs11, session, key, { scheme, hash, digest });
+      const publicKey = createPublicKey({ key: key.spki, format: 'der', type: 'spki' });
+      const options =
+        scheme === 'ecdsa'
+          ? { key: publicKey, dsaEncoding: 'ieee-p1363' as const }
+          : scheme === 'rsa-pss'
+            ? { key: publicKey, padding: 6, saltLength: digest.length }
+            : { key: publicKey };
+      expect(verify(hash, message, options, signature)).toBe(true);
+    } finally {
+      env.token.closeSession(session);
+    }
+  });
+
+  it('lists every key with its metadata', () => {
+    const labels = listKeys(env.token).map((k) => k.label);
+    expect(labels).toEqual(expect.arrayContaining(KEY_TYPES.map((t) => `gen-${t}`)));
+  });
+});
