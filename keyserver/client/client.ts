@@ -4,8 +4,10 @@
  * Multiplexing: every request gets a fresh request id and an entry in the
  * pending map; answers are matched by id in whatever order they arrive
  * (SPEC.md). Each request has its own deadline: when it passes, the caller
- * gets KEYEDGE_ERR_TIMEOUT and the entry is dropped, so a late answer is
- * ignored. At most `maxInFlight` requests are outstanding; one more is refused
+ * gets KEYEDGE_ERR_TIMEOUT and the id moves to the abandoned set: it stays
+ * reserved until its late answer arrives (which is then dropped), so an id is
+ * never reused while the server may still answer it (SPEC.md, "Request ids").
+ * An answer matching no id at all is a server fault and closes the connection. At most `maxInFlight` requests are outstanding; one more is refused
  * at once with KEYEDGE_ERR_OVERLOADED rather than queued without bound. When
  * the connection drops, every pending request fails with KEYEDGE_ERR_CLOSED;
  * there is no reconnect or retry here, a caller decides that.
@@ -48,6 +50,7 @@ interface Pending {
 export class KeyserverClient {
   readonly #socket: net.Socket;
   readonly #pending = new Map<number, Pending>();
+  readonly #abandoned = new Set<number>();
   readonly #timeoutMs: number;
   readonly #maxInFlight: number;
   #nextId = 1;
@@ -134,6 +137,7 @@ export class KeyserverClient {
     return new Promise<Response>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
+        this.#abandoned.add(id);
         reject(new KeyedgeError('KEYEDGE_ERR_TIMEOUT', `no answer from the key server within ${this.#timeoutMs} ms`));
       }, this.#timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
@@ -155,7 +159,7 @@ export class KeyserverClient {
     // Ids wrap at 2^32; one still in flight is skipped, never reused (SPEC.md).
     do {
       this.#nextId = (this.#nextId + 1) >>> 0;
-    } while (this.#pending.has(this.#nextId));
+    } while (this.#pending.has(this.#nextId) || this.#abandoned.has(this.#nextId));
     return this.#nextId;
   }
 
@@ -168,7 +172,11 @@ export class KeyserverClient {
       return;
     }
     const pending = this.#pending.get(response.id);
-    if (pending === undefined) return; // answered after its deadline
+    if (pending === undefined) {
+      if (this.#abandoned.delete(response.id)) return;
+      this.#fail(new KeyedgeError('KEYEDGE_ERR_PROTOCOL', `the key server answered request id ${response.id}, which was never sent`));
+      return;
+    }
     this.#pending.delete(response.id);
     clearTimeout(pending.timer);
     pending.resolve(response);
@@ -182,6 +190,7 @@ export class KeyserverClient {
       pending.reject(err);
     }
     this.#pending.clear();
+    this.#abandoned.clear();
   }
 }
 
