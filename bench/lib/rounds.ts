@@ -1,0 +1,104 @@
+/**
+ * Warm-up, then rounds: the measuring method for a noisy machine.
+ *
+ * On a shared machine two identical runs differ by 10-25%, and the noise
+ * drifts over minutes (neighbours, thermal and frequency changes). Measuring
+ * scenario A for a minute and then B for a minute would turn that drift into
+ * a difference between A and B. Instead every scenario is measured several
+ * times for a few seconds, interleaved: round r runs the scenarios in an
+ * order rotated by r and reversed on odd rounds (A B C, C B A... shifted), so
+ * slow drift hits all of them alike and no scenario always follows the same
+ * neighbour. The caller reports the median per scenario and the min-max
+ * spread, which shows how far to trust it.
+ *
+ * Warm-up runs each scenario once first (results discarded): JIT, connection
+ * set-up, token session caches, CPU frequency.
+ */
+
+export interface RunContext {
+  readonly phase: 'warmup' | 'measure';
+  /** 0-based round; -1 during warm-up. */
+  readonly round: number;
+  readonly signal: AbortSignal | undefined;
+}
+
+export interface Scenario<R> {
+  readonly name: string;
+  /** Loads the system for about `durationMs` and returns the figures measured. */
+  run(durationMs: number, context: RunContext): Promise<R>;
+}
+
+export interface RoundsOptions<R> {
+  readonly rounds: number;
+  readonly warmupMs: number;
+  readonly measureMs: number;
+  /** Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window. */
+  readonly settleMs?: number;
+  readonly signal?: AbortSignal;
+  /** Called after every run (warm-up included), e.g. for progress lines. */
+  readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
+}
+
+export interface RoundsResult<R> {
+  /** Scenario names in the order each round ran them. */
+  readonly order: readonly (readonly string[])[];
+  /** Per scenario, one result per round, in round order. */
+  readonly results: ReadonlyMap<string, readonly R[]>;
+}
+
+/** The order of round `round`: rotated by `round`, reversed on odd rounds. */
+export function roundOrder<T>(items: readonly T[], round: number): T[] {
+  const n = items.length;
+  const rotated = items.map((_, i) => items[(i + round) % n]!);
+  return round % 2 === 1 ? rotated.reverse() : rotated;
+}
+
+export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>): Promise<RoundsResult<R>> {
+  const names = new Set(scenarios.map((s) => s.name));
+  if (names.size !== scenarios.length) throw new Error('scenario names must be unique');
+  const { signal } = options;
+  const settle = () => sleep(options.settleMs ?? 0, signal);
+
+  if (options.warmupMs > 0) {
+    for (const scenario of scenarios) {
+      signal?.throwIfAborted();
+      const context: RunContext = { phase: 'warmup', round: -1, signal };
+      const result = await scenario.run(options.warmupMs, context);
+      options.onRun?.({ scenario: scenario.name, context, result });
+      await settle();
+    }
+  }
+
+  const results = new Map<string, R[]>(scenarios.map((s) => [s.name, []]));
+  const order: string[][] = [];
+  for (let round = 0; round < options.rounds; round++) {
+    const thisRound = roundOrder(scenarios, round);
+    order.push(thisRound.map((s) => s.name));
+    for (const scenario of thisRound) {
+      signal?.throwIfAborted();
+      const context: RunContext = { phase: 'measure', round, signal };
+      const result = await scenario.run(options.measureMs, context);
+      results.get(scenario.name)!.push(result);
+      options.onRun?.({ scenario: scenario.name, context, result });
+      await settle();
+    }
+  }
+  return { order, results };
+}
+
+/** setTimeout as a promise that an AbortSignal cuts short (rejecting with its reason). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (ms <= 0) return signal?.aborted ? Promise.reject(signal.reason) : Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

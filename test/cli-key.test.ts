@@ -1,0 +1,106 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, generateKeyPairSync } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as x509 from '../keyserver/x509.js';
+
+// Drives the built `keyedge` executable (npm test builds it first) against a
+// SoftHSM2 token in a temporary state directory.
+const KEYEDGE = join(import.meta.dirname, '..', 'dist', 'keyserver', 'cli', 'keyedge.cjs');
+let dir: string;
+let config: string;
+
+function keyedge(...args: string[]): { status: number; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [KEYEDGE, ...args], { encoding: 'utf8', cwd: dir });
+  return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'keyedge-cli-'));
+  config = join(dir, 'keyserver.json');
+  writeFileSync(config, JSON.stringify({ stateDir: './state', admin: null }));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('keyedge key', () => {
+  it('generates keys and lists them without material', () => {
+    const ec = keyedge('key', 'generate', '--config', config, '--type', 'ec-p384', '--label', 'edge-ec');
+    expect(ec.status, ec.stderr).toBe(0);
+    expect(ec.stdout).toMatch(/generated ec-p384 key 'edge-ec'.*\nkey id: [0-9a-f]{64}\n/);
+    expect(keyedge('key', 'generate', '--config', config, '--type', 'rsa-2048', '--label', 'edge-rsa').status).toBe(0);
+    const list = keyedge('key', 'list', '--config', config, '--json');
+    const keys = JSON.parse(list.stdout) as { keyId: string; label: string; type: string; extractable: boolean; sensitive: boolean; ski: string }[];
+    expect(keys.map((k) => [k.label, k.type, k.extractable, k.sensitive])).toEqual(
+      expect.arrayContaining([
+        ['edge-ec', 'ec-p384', false, true],
+        ['edge-rsa', 'rsa-2048', false, true],
+      ]),
+    );
+    expect(keys.every((k) => /^[0-9a-f]{40}$/.test(k.ski))).toBe(true);
+    expect(keyedge('key', 'list', '--config', config).stdout).toMatch(/KEY ID \(SPKI SHA-256\)\s+LABEL\s+TYPE/);
+  });
+
+  it('imports a PEM key non-extractable and reminds that the file remains', () => {
+    const pem = join(dir, 'import.pem');
+    writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));
+    const result = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'imported');
+    expect(result.status, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`${pem} still exists and holds the private key in the clear`);
+    expect(existsSync(pem)).toBe(true);
+    const again = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'imported-again');
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
+  });
+
+  it.each(['edge-ec', 'edge-rsa', 'imported'])('makes a CSR signed inside the token with key %s', async (label) => {
+    const out = join(dir, `${label}.csr`);
+    const result = keyedge('key', 'csr', '--config', config, '--key', label, '--domain', 'shop.example', '--domain', '*.shop.example', '--out', out);
+    expect(result.status, result.stderr).toBe(0);
+    // OpenSSL checks the self-signature independently of our X.509 library.
+    expect(execFileSync('openssl', ['req', '-in', out, '-noout', '-verify'], { encoding: 'utf8', stdio: 'pipe' })).toBe('');
+    const csr = new x509.Pkcs10CertificateRequest(readFileSync(out, 'utf8'));
+    expect(await csr.verify()).toBe(true);
+    expect(csr.subject).toBe('CN=shop.example');
+    const san = csr.extensions.find((e): e is x509.SubjectAlternativeNameExtension => e instanceof x509.SubjectAlternativeNameExtension);
+    expect(san?.names.items.map((n) => n.value)).toEqual(['shop.example', '*.shop.example']);
+    const keys = JSON.parse(keyedge('key', 'list', '--config', config, '--json').stdout) as { keyId: string; label: string }[];
+    const spki = Buffer.from(csr.publicKey.rawData);
+    expect(createHash('sha256').update(spki).digest('hex')).toBe(keys.find((k) => k.label === label)?.keyId);
+  });
+});
+
+describe('usage and errors', () => {
+  it('prints help for the command and each subcommand', () => {
+    const top = keyedge('--help');
+    expect(top.status).toBe(0);
+    for (const name of ['keyserver', 'key', 'ping']) expect(top.stdout).toContain(`  ${name}`);
+    expect(keyedge('key', '--help').stdout).toContain('generate --type TYPE --label NAME');
+    expect(keyedge('keyserver', '--help').stdout).toContain('Usage: keyedge keyserver');
+    expect(keyedge('ping', '--help').stdout).toContain('Usage: keyedge ping');
+  });
+
+  it.each([
+    [['nope'], /unknown command 'nope'/],
+    [['key', 'generate', '--type', 'ec-p521', '--label', 'x'], /--type must be one of/],
+    [['key', 'generate', '--type', 'ec-p256'], /missing --label/],
+    [['key', 'csr', '--key', 'edge-ec', '--domain', 'bad_name!'], /is not a DNS name/],
+    [['key', 'list', '--bogus'], /Unknown option '--bogus'/],
+  ])('refuses %j with a usage error', (args, message) => {
+    const result = keyedge(...args, ...(args[0] === 'key' ? ['--config', config] : []));
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: /);
+    expect(result.stderr).toMatch(message);
+  });
+
+  it('names the file and key path of a bad config', () => {
+    const bad = join(dir, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ limits: { maxInflight: 3 } }));
+    const result = keyedge('key', 'list', '--config', bad);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain('KEYEDGE_ERR_CONFIG');
+    expect(result.stderr).toContain(bad);
+    expect(result.stderr).toContain('limits.maxInflight');
+  });
+});
