@@ -13,6 +13,8 @@ import path from 'node:path';
 import type { z } from 'zod';
 import { ConfigError } from '../keyserver/errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
+import { definedOnly } from './schema-kit.js';
+import { PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyFile } from './proxy-schema.js';
 
 /** `source` of a config built without a file. */
 export const DEFAULTS_SOURCE = '(defaults)';
@@ -296,9 +298,6 @@ function resolveKeyserver(c: KeyserverFile, { source, baseDir }: ConfigOrigin): 
   };
 }
 
-function definedOnly<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
 
 /**
  * Loads the key server's config from `file` (JSON), or the defaults when no
@@ -313,4 +312,46 @@ export function loadKeyserverConfig(file?: string, overrides?: unknown): Keyserv
 /** Validates an already-parsed config; pure (no I/O), for tests and embedding. */
 export function parseKeyserverConfig(raw: unknown, source: string, baseDir: string): KeyserverConfig {
   return deepFreeze(resolveKeyserver(validateConfig(keyserverFileSchema, raw, source), { source, baseDir }));
+}
+
+// ---------------------------------------------------------------------------
+// The proxy
+
+function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyConfig {
+  const D = PROXY_DEFAULTS;
+  const fromConfigDir = (p: string) => path.resolve(baseDir, p);
+  const stateDir = fromConfigDir(c.stateDir ?? D.stateDir);
+  const tcp = c.keyserver?.tcp ?? null;
+  const socket = c.keyserver?.socket === null || tcp !== null ? null : (c.keyserver?.socket ?? D.keyserver.socket);
+  return {
+    source,
+    stateDir,
+    workers: c.workers ?? D.workers,
+    keyserver: {
+      socket: socket === null ? null : path.resolve(stateDir, socket),
+      tcp:
+        tcp === null
+          ? null
+          : { host: tcp.host, port: tcp.port, ca: fromConfigDir(tcp.ca), cert: fromConfigDir(tcp.cert), key: fromConfigDir(tcp.key), servername: tcp.servername ?? null },
+      timeoutMs: c.keyserver?.timeoutMs ?? D.keyserver.timeoutMs,
+      breakerMs: c.keyserver?.breakerMs ?? D.keyserver.breakerMs,
+    },
+    listen: (c.listen ?? D.listen).map((l) => ({ host: l.host ?? '127.0.0.1', port: l.port, profile: l.profile ?? 'intermediate' })),
+    certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),
+    sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
+    domains: (c.domains ?? []).map((d) => ({
+      name: d.name,
+      origin: d.origin,
+      hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
+    })),
+    tls: { ...D.tls, ...definedOnly(c.tls ?? {}) },
+    admin: c.admin === null ? null : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port },
+    log: { level: c.log?.level ?? D.log.level },
+    shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
+  };
+}
+
+/** Loads the proxy's config from `file` (JSON); same rules as the key server's. */
+export function loadProxyConfig(file?: string, overrides?: unknown): ProxyConfig {
+  return loadJsonConfig(file, proxyFileSchema, resolveProxy, overrides);
 }

@@ -11,6 +11,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { intIn, isObject, KEY_ID, KEY_ID_EXPECTED, KEYS_EXPECTED, keyId, port, SHA256_HEX, strict, text } from './schema-kit.js';
 
 /** The resolved configuration; all paths are absolute. */
 export interface KeyserverConfig {
@@ -130,39 +131,11 @@ export const KEYSERVER_DEFAULTS = Object.freeze({
 // ---------------------------------------------------------------------------
 // Building blocks
 
-const KEY_ID = /^[0-9a-f]{64}$/;
-const SHA256_HEX = 'expected 64 lowercase hex characters (a SHA-256 digest)';
-const KEY_ID_EXPECTED = "expected a key id: 64 lowercase hex characters (SHA-256 of the key's SPKI DER)";
-const KEYS_EXPECTED = 'expected "*" or a non-empty array of key ids';
 const LITERAL_PIN =
   'a literal PIN is not accepted: PINs come from an environment variable { "env": "NAME" } ' +
   'or a file { "file": "path" }, so the config file can be shared and logged';
 
-/**
- * An object that rejects unknown keys, naming the keys it does know: a typo
- * is the most common config mistake, and a silently ignored key is a setting
- * the operator believes is in force.
- */
-function strict<S extends z.core.$ZodLooseShape>(shape: S, what: string) {
-  const known = Object.keys(shape).join(', ');
-  return z.strictObject(shape, {
-    error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key; expected one of: ${known}` : `expected ${what}`),
-  });
-}
 
-function intIn(min: number, max: number) {
-  const error = `expected an integer from ${min} to ${max}`;
-  return z.int({ error }).min(min, { error }).max(max, { error });
-}
-
-function text(what: string) {
-  const error = `expected ${what} (a non-empty string)`;
-  return z.string({ error }).min(1, { error });
-}
-
-const port = intIn(0, 65_535);
-
-const keyId = z.string({ error: KEY_ID_EXPECTED }).regex(KEY_ID, { error: KEY_ID_EXPECTED });
 
 /** "*" (every key on the token) or an explicit list. */
 const keys = z.union(
@@ -341,8 +314,6 @@ const logSchema = strict(
 // ---------------------------------------------------------------------------
 // The file
 
-type Loose = Record<string, unknown>;
-const isObject = (v: unknown): v is Loose => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
  * The key server's config file. Every key is optional: what is omitted comes

@@ -28,7 +28,8 @@ export type KeyedgeErrorCode =
   | 'KEYEDGE_ERR_TIMEOUT'
   | 'KEYEDGE_ERR_CLOSED'
   | 'KEYEDGE_ERR_OVERLOADED'
-  | 'KEYEDGE_ERR_SETUP';
+  | 'KEYEDGE_ERR_SETUP'
+  | 'KEYEDGE_ERR_CERTIFICATE';
 
 export class KeyedgeError extends Error {
   readonly code: KeyedgeErrorCode;
@@ -98,5 +99,16 @@ export class RemoteError extends KeyedgeError {
 export class SetupError extends KeyedgeError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('KEYEDGE_ERR_SETUP', message, options);
+  }
+}
+
+/** A certificate or chain is unreadable or unfit to serve; `source` is its file or where it came from. */
+export class CertificateError extends KeyedgeError {
+  constructor(
+    readonly source: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('KEYEDGE_ERR_CERTIFICATE', `${source}: ${message}`, options);
   }
 }

@@ -10,9 +10,10 @@ import { readFileSync } from 'node:fs';
 import { KeyedgeError } from '../errors.js';
 import { keyCommand } from './key-commands.js';
 import { keyserverCommand, pingCommand } from './keyserver-commands.js';
+import { proxyCommand } from '../../proxy/cli.js';
 import type { Command } from './command.js';
 
-const COMMANDS: readonly Command[] = [keyserverCommand, keyCommand, pingCommand];
+const COMMANDS: readonly Command[] = [keyserverCommand, keyCommand, proxyCommand, pingCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };

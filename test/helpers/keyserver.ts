@@ -9,7 +9,7 @@
  * through the CLI child process (runCli).
  */
 import { execFile } from 'node:child_process';
-import { constants, createHash, createPublicKey, type KeyObject, type KeyLike, verify } from 'node:crypto';
+import { constants, createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -161,11 +161,11 @@ export function digestOf(algorithm: AlgorithmByte, message: Buffer): Buffer {
  * the protocol's algorithm: ECDSA as DER, PKCS#1 v1.5, or PSS with MGF1 of the
  * same hash and salt length = hash length.
  */
-export function verifies(algorithm: AlgorithmByte, message: Buffer, publicKey: KeyLike, signature: Buffer): boolean {
+export function verifies(algorithm: AlgorithmByte, message: Buffer, publicKey: KeyObject, signature: Buffer): boolean {
   const info = algorithmInfo(algorithm)!;
   if (info.scheme === 'ecdsa') return verify(info.hash, message, { key: publicKey, dsaEncoding: 'der' }, signature);
   if (info.scheme === 'rsa-pkcs1') return verify(info.hash, message, publicKey, signature);
-  return verify(info.hash, message, { key: publicKey as KeyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: info.digestBytes }, signature);
+  return verify(info.hash, message, { key: publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: info.digestBytes }, signature);
 }
 
 // ---------------------------------------------------------------------------

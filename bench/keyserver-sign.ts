@@ -1,0 +1,690 @@
+/**
+ * Benchmark: signatures per second through the key server, against the
+ * token's own ceiling (issue "key server", #4).
+ *
+ * For ECDSA P-256 (ECDSA_SHA256) and RSA-2048 (RSA_PSS_SHA256), on one
+ * SoftHSM2 token in one run:
+ *   raw    pkcs11js in this process, N sessions each looping C_SignInit +
+ *          async C_Sign (N = cores and 2 × cores; the faster is the ceiling)
+ *   unix   through the key server (its own process) over its unix socket
+ *   tls    through the key server over mutual TLS 1.3 on 127.0.0.1
+ * Each scenario is warmed up, then all are measured in interleaved rounds
+ * (bench/lib/rounds.ts); the report gives per-scenario medians, min-max,
+ * keyserver/raw ratios, latency percentiles and CPU per sign for the key
+ * server and for this process. See bench/README.md.
+ *
+ * Usage: node dist/bench/keyserver-sign.js [--quick] [--out DIR] [options]
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import pkcs11js from 'pkcs11js';
+import { loadKeyserverConfig } from '../config/load.js';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { Algorithm, type AlgorithmByte } from '../keyserver/protocol/constants.js';
+import { tokenOptions } from '../keyserver/server/daemon.js';
+import { listKeys } from '../keyserver/token/keys.js';
+import { Token } from '../keyserver/token/token.js';
+import { connectTls, connectUnix, KeyserverLab, type KeyserverProcess } from './lib/keyserver-lab.js';
+import { describeMachine } from './lib/machine.js';
+import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
+import { runRounds, type Scenario } from './lib/rounds.js';
+import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './lib/sign-load.js';
+import { median, round, spread } from './lib/stats.js';
+
+const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
+
+  --quick              3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)
+  --out DIR            where to write <date>-keyserver-sign.{json,md} (default bench/results)
+  --rounds N           measuring rounds (default 3)
+  --measure SEC        seconds per measurement (default 4; quick 1)
+  --warmup SEC         warm-up seconds per scenario (default 2; quick 1)
+  --client lean|library
+                       key-server client: the lean pipelining client (default) or
+                       the project's KeyserverClient
+  --pipeline CxD       C connections x D requests in flight each, for both key
+                       types (skips the exploration), e.g. 2x32
+  --sessions N         the key server's pkcs11.sessions (default: product default)
+  --server-cpu-prof DIR
+                       run the key server under node --cpu-prof, profile to DIR
+  --keep-temp          keep the temp directory (token, config, certs)
+  --help
+`;
+
+interface KeySpec {
+  readonly id: 'ec' | 'rsa';
+  readonly title: string;
+  readonly type: string;
+  readonly label: string;
+  readonly algorithm: AlgorithmByte;
+  readonly algorithmName: string;
+  readonly mechanism: pkcs11js.Mechanism;
+  readonly outputBytes: number;
+}
+
+const KEYS: readonly KeySpec[] = [
+  {
+    id: 'ec',
+    title: 'ECDSA P-256',
+    type: 'ec-p256',
+    label: 'bench-ec-p256',
+    algorithm: Algorithm.ECDSA_SHA256,
+    algorithmName: 'ECDSA_SHA256',
+    mechanism: { mechanism: pkcs11js.CKM_ECDSA },
+    outputBytes: 64,
+  },
+  {
+    id: 'rsa',
+    title: 'RSA-2048',
+    type: 'rsa-2048',
+    label: 'bench-rsa-2048',
+    algorithm: Algorithm.RSA_PSS_SHA256,
+    algorithmName: 'RSA_PSS_SHA256',
+    // As keyserver/token/sign.ts does it: salt = hash length, MGF1 with the same hash.
+    mechanism: {
+      mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
+      parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS,
+    },
+    outputBytes: 256,
+  },
+];
+
+/** Candidate (connections, in flight per connection) settings tried by the exploration. */
+const PIPELINE_CANDIDATES: readonly Pipeline[] = [
+  { connections: 1, depth: 32 },
+  { connections: 1, depth: 64 },
+  { connections: 2, depth: 32 },
+  { connections: 2, depth: 64 },
+  { connections: 4, depth: 32 },
+  { connections: 4, depth: 64 },
+];
+/** A smaller setting within this fraction of the best is preferred: fewer in flight, lower latency, same throughput. */
+const EXPLORE_TOLERANCE = 0.03;
+
+interface Pipeline {
+  readonly connections: number;
+  readonly depth: number;
+}
+
+const pipelineName = (p: Pipeline) => `${p.connections}x${p.depth}`;
+
+type Transport = 'unix' | 'tls';
+type ClientKind = 'lean' | 'library';
+
+interface Options {
+  readonly quick: boolean;
+  readonly out: string;
+  readonly rounds: number;
+  readonly measureMs: number;
+  readonly warmupMs: number;
+  readonly rampMs: number;
+  readonly exploreMs: number;
+  readonly explorePasses: number;
+  readonly client: ClientKind;
+  readonly pipeline: Pipeline | undefined;
+  readonly sessions: number | undefined;
+  readonly serverCpuProf: string | undefined;
+  readonly keepTemp: boolean;
+}
+
+function parseOptions(argv: string[]): Options | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      out: { type: 'string', default: 'bench/results' },
+      rounds: { type: 'string' },
+      measure: { type: 'string' },
+      warmup: { type: 'string' },
+      client: { type: 'string', default: 'lean' },
+      pipeline: { type: 'string' },
+      sessions: { type: 'string' },
+      'server-cpu-prof': { type: 'string' },
+      'keep-temp': { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return undefined;
+  }
+  const num = (v: string | undefined, name: string, fallback: number, min: number): number => {
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${v}'`);
+    return n;
+  };
+  const quick = values.quick;
+  if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
+  let pipeline: Pipeline | undefined;
+  if (values.pipeline !== undefined) {
+    const m = /^(\d+)x(\d+)$/.exec(values.pipeline);
+    if (m === null) throw new Error(`--pipeline must look like 2x32, got '${values.pipeline}'`);
+    pipeline = { connections: Number(m[1]), depth: Number(m[2]) };
+  }
+  const measureMs = num(values.measure, '--measure', quick ? 1 : 4, 0.2) * 1000;
+  return {
+    quick,
+    out: values.out,
+    rounds: Math.round(num(values.rounds, '--rounds', 3, 1)),
+    measureMs,
+    warmupMs: num(values.warmup, '--warmup', quick ? 1 : 2, 0) * 1000,
+    rampMs: quick ? 150 : 300,
+    exploreMs: quick ? 400 : 1000,
+    explorePasses: quick ? 1 : 2,
+    client: values.client,
+    pipeline,
+    sessions: values.sessions === undefined ? undefined : Math.round(num(values.sessions, '--sessions', 0, 1)),
+    serverCpuProf: values['server-cpu-prof'],
+    keepTemp: values['keep-temp'],
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+interface ScenarioInfo {
+  readonly name: string;
+  readonly key: KeySpec;
+  readonly path: 'raw' | Transport;
+  /** "N sessions" for raw, "CxD" for the key server. */
+  readonly setting: string;
+}
+
+interface BenchScenario extends Scenario<WindowResult>, ScenarioInfo {
+  close(): void;
+}
+
+function rawScenario(key: KeySpec, pkcs11: pkcs11js.PKCS11, sessions: readonly pkcs11js.Handle[], rawKey: RawKey, digests: Buffer[], options: Options): BenchScenario {
+  const load = new RawSignLoad(pkcs11, sessions, rawKey, digests);
+  return {
+    name: `raw-${key.id}-${sessions.length}s`,
+    key,
+    path: 'raw',
+    setting: `${sessions.length} sessions`,
+    run: (durationMs, context) => measureWindow(load, { durationMs, rampMs: options.rampMs, signal: context.signal }),
+    close: () => undefined,
+  };
+}
+
+interface Connected {
+  readonly load: SignLoad;
+  close(): void;
+}
+
+async function connectLoad(
+  server: KeyserverProcess,
+  lab: KeyserverLab,
+  transport: Transport,
+  client: ClientKind,
+  pipeline: Pipeline,
+  keyId: Buffer,
+  key: KeySpec,
+  digests: Buffer[],
+): Promise<Connected> {
+  const spec = { keyId, algorithm: key.algorithm, digests };
+  if (client === 'library') {
+    const tcp = {
+      host: '127.0.0.1',
+      port: server.tcpPort,
+      ca: lab.tls.ca,
+      cert: lab.tls.clientCert,
+      key: lab.tls.clientKey,
+      servername: lab.tls.serverName,
+    };
+    const clients: KeyserverClient[] = [];
+    try {
+      for (let i = 0; i < pipeline.connections; i++) {
+        clients.push(
+          await KeyserverClient.connect({
+            ...(transport === 'unix' ? { unixPath: server.unixPath } : { tcp }),
+            maxInFlight: pipeline.depth,
+            timeoutMs: 10_000,
+          }),
+        );
+      }
+    } catch (err) {
+      clients.forEach((c) => c.close());
+      throw err;
+    }
+    return { load: new LibraryClientSignLoad(clients, spec, pipeline.depth), close: () => clients.forEach((c) => c.close()) };
+  }
+  const sockets: net.Socket[] = [];
+  try {
+    for (let i = 0; i < pipeline.connections; i++) {
+      sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    }
+  } catch (err) {
+    sockets.forEach((s) => s.destroy());
+    throw err;
+  }
+  return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close: () => sockets.forEach((s) => s.destroy()) };
+}
+
+function keyserverScenario(
+  key: KeySpec,
+  transport: Transport,
+  pipeline: Pipeline,
+  connect: () => Promise<Connected>,
+  serverPid: number,
+  options: Options,
+): BenchScenario {
+  let connected: Connected | undefined;
+  return {
+    name: `${transport}-${key.id}`,
+    key,
+    path: transport,
+    setting: pipelineName(pipeline),
+    async run(durationMs, context) {
+      // Connections are opened once and kept, as the proxy keeps them.
+      connected ??= await connect();
+      return measureWindow(connected.load, { durationMs, rampMs: options.rampMs, serverPid, signal: context.signal });
+    },
+    close: () => connected?.close(),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Exploration of the pipeline setting
+
+interface ExploreRow {
+  readonly key: string;
+  readonly pipeline: string;
+  readonly signsPerSecond: number[];
+  readonly meanSignsPerSecond: number;
+  readonly p99Us: number;
+}
+
+async function explorePipeline(
+  key: KeySpec,
+  connect: (p: Pipeline) => Promise<Connected>,
+  serverPid: number,
+  options: Options,
+  signal: AbortSignal,
+  log: (line: string) => void,
+): Promise<{ chosen: Pipeline; rows: ExploreRow[] }> {
+  const rates = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
+  const p99 = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
+  // Warm the server for this key first, so the first candidate is not the cold one.
+  const warm = await connect(PIPELINE_CANDIDATES[2]!);
+  try {
+    await measureWindow(warm.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
+  } finally {
+    warm.close();
+  }
+  for (let pass = 0; pass < options.explorePasses; pass++) {
+    const order = pass % 2 === 0 ? PIPELINE_CANDIDATES : [...PIPELINE_CANDIDATES].reverse();
+    for (const candidate of order) {
+      const c = await connect(candidate);
+      try {
+        const r = await measureWindow(c.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
+        if (r.errors > 0) throw new Error(`exploration ${key.id} ${pipelineName(candidate)}: ${r.errors} errors, first: ${r.firstError}`);
+        rates.get(pipelineName(candidate))!.push(r.signsPerSecond);
+        p99.get(pipelineName(candidate))!.push(r.latency.p99Us);
+      } finally {
+        c.close();
+      }
+    }
+  }
+  const rows: ExploreRow[] = PIPELINE_CANDIDATES.map((p) => {
+    const name = pipelineName(p);
+    const r = rates.get(name)!;
+    return { key: key.title, pipeline: name, signsPerSecond: r.map((v) => round(v)), meanSignsPerSecond: r.reduce((a, b) => a + b, 0) / r.length, p99Us: median(p99.get(name)!) };
+  });
+  const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
+  const inFlight = (p: Pipeline) => p.connections * p.depth;
+  const chosen = [...PIPELINE_CANDIDATES]
+    .filter((p) => rows.find((r) => r.pipeline === pipelineName(p))!.meanSignsPerSecond >= best * (1 - EXPLORE_TOLERANCE))
+    .sort((a, b) => inFlight(a) - inFlight(b) || a.connections - b.connections)[0]!;
+  for (const r of rows) log(`  explore ${key.id} ${r.pipeline.padEnd(5)} ${fmt(r.meanSignsPerSecond).padStart(8)} signs/s  p99 ${fmt(r.p99Us)} µs`);
+  log(`  explore ${key.id}: chose ${pipelineName(chosen)}`);
+  return { chosen, rows };
+}
+
+// ---------------------------------------------------------------------------
+// Summary
+
+interface ScenarioSummary extends ScenarioInfo {
+  readonly signsPerSecond: ReturnType<typeof spread>;
+  readonly perRound: readonly WindowResult[];
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly serverCpuUsPerSign: number | undefined;
+  readonly serverMainThreadUsPerSign: number | undefined;
+  readonly serverOtherThreadsUsPerSign: number | undefined;
+  readonly clientCpuUsPerSign: number;
+  readonly errors: number;
+  /** Median key server / best raw, and the range of the per-round ratios. */
+  readonly vsRaw: { readonly ratio: number; readonly perRound: readonly number[]; readonly rawScenario: string } | undefined;
+}
+
+function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
+  const base = scenarios.map((s) => {
+    const perRound = results.get(s.name) ?? [];
+    const opt = (f: (r: WindowResult) => number | undefined) => {
+      const v = perRound.map(f).filter((x): x is number => x !== undefined);
+      return v.length > 0 ? median(v) : undefined;
+    };
+    return {
+      name: s.name,
+      key: s.key,
+      path: s.path,
+      setting: s.setting,
+      signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
+      perRound,
+      p50Us: median(perRound.map((r) => r.latency.p50Us)),
+      p99Us: median(perRound.map((r) => r.latency.p99Us)),
+      serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),
+      serverMainThreadUsPerSign: opt((r) => r.server?.mainThreadUsPerSign),
+      serverOtherThreadsUsPerSign: opt((r) => r.server?.otherThreadsUsPerSign),
+      clientCpuUsPerSign: median(perRound.map((r) => r.clientCpuUsPerSign)),
+      errors: perRound.reduce((n, r) => n + r.errors, 0),
+    };
+  });
+  // The ceiling per key type: the raw setting with the higher median.
+  const ceilings = new Map<string, string>();
+  for (const key of KEYS) {
+    const raws = base.filter((s) => s.path === 'raw' && s.key.id === key.id);
+    const best = raws.sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
+    if (best !== undefined) ceilings.set(key.id, best.name);
+  }
+  const summaries = base.map((s): ScenarioSummary => {
+    if (s.path === 'raw') return { ...s, vsRaw: undefined };
+    const raw = base.find((b) => b.name === ceilings.get(s.key.id));
+    if (raw === undefined) return { ...s, vsRaw: undefined };
+    const perRound = s.perRound.map((r, i) => r.signsPerSecond / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
+    return { ...s, vsRaw: { ratio: s.signsPerSecond.median / raw.signsPerSecond.median, perRound, rawScenario: raw.name } };
+  });
+  return { summaries, ceilings };
+}
+
+const TARGET_RATIO = 0.85;
+
+function markdownReport(
+  machine: ReturnType<typeof describeMachine>,
+  options: Options,
+  settings: Record<string, unknown>,
+  summaries: readonly ScenarioSummary[],
+  ceilings: Map<string, string>,
+  explore: readonly ExploreRow[],
+  date: string,
+): string {
+  const rows = summaries.map((s) => {
+    const sps = s.signsPerSecond;
+    const isCeiling = ceilings.get(s.key.id) === s.name;
+    const total = s.path === 'raw' ? s.clientCpuUsPerSign : (s.serverCpuUsPerSign ?? Number.NaN) + s.clientCpuUsPerSign;
+    return [
+      s.key.title,
+      s.path + (isCeiling ? ' (ceiling)' : ''),
+      s.setting,
+      fmt(sps.median),
+      `${fmt(sps.min)}–${fmt(sps.max)}`,
+      `${fmt(sps.spreadPct, 0)}%`,
+      s.vsRaw === undefined
+        ? '–'
+        : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
+      fmt(s.p50Us),
+      fmt(s.p99Us),
+      s.serverCpuUsPerSign === undefined
+        ? '–'
+        : `${fmt(s.serverCpuUsPerSign, 1)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 1)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 1)})`,
+      fmt(s.clientCpuUsPerSign, 1),
+      fmt(total, 1),
+    ];
+  });
+  const table = markdownTable(
+    ['Key', 'Path', 'Setting', 'signs/s (median)', 'min–max', 'spread', 'vs raw (per-round range)', 'p50 µs', 'p99 µs', 'server CPU µs/sign (main + other threads)', 'bench-process CPU µs/sign', 'total CPU µs/sign'],
+    rows,
+    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  );
+  const verdicts = summaries
+    .filter((s) => s.vsRaw !== undefined)
+    .map((s) => `${s.key.title} ${s.path}: ${fmt(s.vsRaw!.ratio, 2)} ${s.vsRaw!.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`);
+  const exploreTable =
+    explore.length === 0
+      ? '(skipped: --pipeline given)'
+      : markdownTable(
+          ['Key', 'CxD', 'signs/s (mean of passes)', 'passes', 'p99 µs'],
+          explore.map((r) => [r.key, r.pipeline, fmt(r.meanSignsPerSecond), r.signsPerSecond.map((v) => fmt(v)).join(', '), fmt(r.p99Us)]),
+          ['left', 'left', 'right', 'right', 'right'],
+        );
+  return [
+    `# keyserver-sign, ${date}${options.quick ? ' (quick)' : ''}`,
+    '',
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
+    `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}`,
+    `Command: \`${machine.commandLine}\``,
+    `Method: ${options.rounds} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(settings)
+      .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+      .join('; ')}.`,
+    '',
+    table,
+    '',
+    `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.join('; ')}.`,
+    '',
+    'Columns: signs/s is the median over rounds, min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by the',
+    'ceiling (the faster raw setting for that key); the range pairs each round with the ceiling\'s same round. p50/p99 are',
+    'per-request latencies (medians over rounds): for raw one C_SignInit+C_Sign, for the key server the client\'s round trip.',
+    'Server CPU is utime+stime of the key server process over the window per sign (main thread = JavaScript and socket',
+    'syscalls; other threads = libuv pool running C_Sign, plus V8 helpers). Bench-process CPU is process.cpuUsage() of this',
+    'process per sign: for raw it is the whole cost of a sign (token included), for the key server the client\'s cost.',
+    'Total = server + bench process: what one sign costs the machine on that path.',
+    '',
+    '## Pipeline exploration (unix socket)',
+    '',
+    exploreTable,
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  if (options === undefined) return 0;
+  const cores = os.availableParallelism();
+  const rawSessionCounts = [...new Set([cores, 2 * cores])];
+  const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  if (poolThreads < Math.max(...rawSessionCounts)) {
+    process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${Math.max(...rawSessionCounts)} raw sessions; raw figures will be low\n`);
+  }
+  const machine = describeMachine();
+  const started = Date.now();
+  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+
+  const abort = new AbortController();
+  let lab: KeyserverLab | undefined;
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      lab?.cleanup();
+      process.exit(130);
+    }
+    log(`${signal}: stopping (again to force)`);
+    abort.abort(new Error(`interrupted by ${signal}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', () => {
+    if (!options.keepTemp) lab?.cleanup();
+  });
+
+  const scenarios: BenchScenario[] = [];
+  let token: Token | undefined;
+  let server: KeyserverProcess | undefined;
+  const rawSessions: pkcs11js.Handle[] = [];
+  try {
+    lab = new KeyserverLab({ ...(options.sessions !== undefined ? { sessions: options.sessions } : {}) });
+    log(`temp dir ${lab.dir}`);
+    const keyIds = new Map<string, string>();
+    for (const key of KEYS) {
+      keyIds.set(key.id, await lab.generateKey(key.type, key.label));
+      log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
+    }
+    abort.signal.throwIfAborted();
+
+    // The raw side: the same token, opened in this process.
+    const config = loadKeyserverConfig(lab.configPath);
+    token = Token.open(tokenOptions(config));
+    const tokenKeys = listKeys(token);
+    for (let i = 0; i < Math.max(...rawSessionCounts); i++) rawSessions.push(token.openSession());
+    const digests = Array.from({ length: 16 }, () => randomBytes(32));
+
+    server = await lab.startServer({
+      ...(options.serverCpuProf !== undefined ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.serverCpuProf] } : {}),
+    });
+    const running = server;
+    log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
+
+    const connectFor = (key: KeySpec, transport: Transport) => (p: Pipeline) =>
+      connectLoad(running, lab!, transport, options.client, p, Buffer.from(keyIds.get(key.id)!, 'hex'), key, digests);
+
+    // Pipeline setting per key type: given, or explored on the unix socket.
+    const chosen = new Map<string, Pipeline>();
+    const explore: ExploreRow[] = [];
+    for (const key of KEYS) {
+      if (options.pipeline !== undefined) {
+        chosen.set(key.id, options.pipeline);
+        continue;
+      }
+      log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
+      const result = await explorePipeline(key, connectFor(key, 'unix'), running.pid, options, abort.signal, log);
+      chosen.set(key.id, result.chosen);
+      explore.push(...result.rows);
+    }
+
+    for (const key of KEYS) {
+      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
+      if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
+      const rawKey: RawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
+      for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
+      for (const transport of ['unix', 'tls'] as const) {
+        const p = chosen.get(key.id)!;
+        scenarios.push(keyserverScenario(key, transport, p, () => connectFor(key, transport)(p), running.pid, options));
+      }
+    }
+
+    log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
+    const { order, results } = await runRounds(scenarios, {
+      rounds: options.rounds,
+      warmupMs: options.warmupMs,
+      measureMs: options.measureMs,
+      settleMs: 200,
+      signal: abort.signal,
+      onRun: ({ scenario, context, result }) => {
+        const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
+        const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
+        log(
+          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
+            `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server}${errors}`,
+        );
+      },
+    });
+
+    const { summaries, ceilings } = summarize(scenarios, results);
+    const date = dateStamp();
+    const settings = {
+      rawSessions: rawSessionCounts,
+      keyserverSessions: config.pkcs11.sessions,
+      pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
+    };
+    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, date);
+    const json = {
+      benchmark: 'keyserver-sign',
+      date,
+      quick: options.quick,
+      machine,
+      method: {
+        rounds: options.rounds,
+        measureMs: options.measureMs,
+        warmupMs: options.warmupMs,
+        rampMs: options.rampMs,
+        settleMs: 200,
+        order,
+        client: options.client,
+        exploration: { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: options.exploreMs, passes: options.explorePasses, tolerance: EXPLORE_TOLERANCE },
+        targetRatio: TARGET_RATIO,
+      },
+      settings,
+      keys: KEYS.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
+      keyserverConfig: lab.config,
+      exploration: explore,
+      scenarios: summaries.map((s) => ({
+        name: s.name,
+        key: s.key.id,
+        path: s.path,
+        setting: s.setting,
+        ceiling: ceilings.get(s.key.id) === s.name,
+        signsPerSecond: s.signsPerSecond,
+        vsRaw: s.vsRaw,
+        p50Us: s.p50Us,
+        p99Us: s.p99Us,
+        serverCpuUsPerSign: s.serverCpuUsPerSign,
+        serverMainThreadUsPerSign: s.serverMainThreadUsPerSign,
+        serverOtherThreadsUsPerSign: s.serverOtherThreadsUsPerSign,
+        benchProcessCpuUsPerSign: s.clientCpuUsPerSign,
+        errors: s.errors,
+        rounds: s.perRound,
+      })),
+      durationSeconds: (Date.now() - started) / 1000,
+    };
+    const written = writeReport(options.out, 'keyserver-sign', json, markdown, date);
+    process.stdout.write(`${markdown}\n`);
+    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+    const errors = summaries.reduce((n, s) => n + s.errors, 0);
+    if (errors > 0) {
+      log(`${errors} requests failed during measurement: the figures are suspect`);
+      return 1;
+    }
+    return 0;
+  } finally {
+    for (const s of scenarios) s.close();
+    if (server !== undefined) {
+      await server.stop();
+      if (options.serverCpuProf !== undefined) log(`key server CPU profile in ${options.serverCpuProf}`);
+    }
+    if (token !== undefined) {
+      for (const s of rawSessions) token.closeSession(s);
+      token.close();
+    }
+    if (lab !== undefined) {
+      if (options.keepTemp) log(`kept ${lab.dir}`);
+      else lab.cleanup();
+    }
+  }
+}
+
+/**
+ * Raw runs use up to 2 × cores sessions, each holding a libuv pool thread
+ * during C_Sign. An ES module cannot size the pool for itself (its imports
+ * went through it already), so with too few threads the bench runs itself
+ * again with UV_THREADPOOL_SIZE set.
+ */
+function relaunchWithPool(): Promise<number> | undefined {
+  const needed = 2 * os.availableParallelism();
+  if (process.env.UV_THREADPOOL_SIZE !== undefined || needed <= 4) return undefined;
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(needed) },
+  });
+  // The terminal's Ctrl-C reaches the child too (same process group); a kill of this pid is passed on.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGTERM', () => child.kill('SIGTERM'));
+  return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
+}
+
+const relaunched = relaunchWithPool();
+(relaunched ?? main()).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`keyserver-sign: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

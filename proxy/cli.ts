@@ -1,0 +1,42 @@
+/**
+ * `keyedge proxy`: the TLS edge. The same command runs the cluster primary and,
+ * re-executed by node:cluster, each worker.
+ */
+import cluster from 'node:cluster';
+import { loadProxyConfig } from '../config/load.js';
+import { type Command, parseCommandArgs } from '../keyserver/cli/command.js';
+import { createLogger } from '../keyserver/log.js';
+
+const USAGE = `Usage: keyedge proxy [--config FILE]
+
+Terminates TLS for the configured certificates without holding their private
+keys (every signature comes from the key server) and forwards each request to
+its domain's origin. Runs a primary and \`workers\` worker processes.
+
+Signals (to the primary): SIGTERM/SIGINT stop gracefully (open requests finish
+within shutdownGraceMs). A worker that dies is replaced.
+
+Options:
+  --config FILE   JSON config (see config/proxy.json)
+  --help          this text
+`;
+
+export const proxyCommand: Command = {
+  name: 'proxy',
+  summary: 'run the TLS edge (keyless TLS termination and routing to origins)',
+  async run(argv) {
+    const { values } = parseCommandArgs(argv, { config: { type: 'string' } }, USAGE);
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    const config = loadProxyConfig(values.config);
+    const log = createLogger(cluster.isPrimary ? 'proxy' : `proxy-worker-${cluster.worker?.id ?? 0}`, config.log.level);
+    // Loaded here, not at the top: the native keyless bridge comes with it, and
+    // other keyedge commands (key management on a key-server host) never need it.
+    const { runPrimary, runWorker } = await import('./cluster.js');
+    if (cluster.isPrimary) await runPrimary(config, log);
+    else await runWorker(config, log);
+    return 0;
+  },
+};

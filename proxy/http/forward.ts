@@ -1,0 +1,88 @@
+/**
+ * Forwarding a request to its origin with undici (one keep-alive Pool per
+ * origin), streaming both bodies.
+ *
+ * Headers: hop-by-hop headers are removed both ways (RFC 9110 §7.6.1: the
+ * fixed list plus whatever Connection names); Host is preserved; the client's
+ * address and scheme go in X-Forwarded-For/-Proto/-Host and Forwarded
+ * (RFC 7239), replacing whatever the client sent, since no peer is trusted
+ * to set them.
+ */
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import { Pool } from 'undici';
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+]);
+const CLIENT_SET = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
+
+export function endToEndHeaders(headers: IncomingHttpHeaders, dropAlso: ReadonlySet<string> = new Set()): Record<string, string | string[]> {
+  const named = new Set(
+    String(headers.connection ?? '')
+      .split(',')
+      .map((t) => t.trim().toLowerCase())
+      .filter((t) => t !== ''),
+  );
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name) || dropAlso.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/** RFC 7239 §6: an IPv6 address is quoted and bracketed. */
+function forwardedFor(address: string): string {
+  return address.includes(':') ? `"[${address}]"` : address;
+}
+
+export class OriginPools {
+  readonly #pools = new Map<string, Pool>();
+
+  pool(origin: string): Pool {
+    let pool = this.#pools.get(origin);
+    if (pool === undefined) {
+      pool = new Pool(origin, { connections: 64, keepAliveTimeout: 30_000, pipelining: 1 });
+      this.#pools.set(origin, pool);
+    }
+    return pool;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#pools.values()].map((pool) => pool.close()));
+    this.#pools.clear();
+  }
+}
+
+/**
+ * Sends `req` to `origin` and streams the answer into `res`. Resolves when the
+ * answer is fully sent; rejects when the origin could not be reached or
+ * failed before answering (the caller answers 502/504 then).
+ */
+export async function forward(pools: OriginPools, origin: string, req: IncomingMessage, res: ServerResponse, extraHeaders: Record<string, string>): Promise<void> {
+  const headers = endToEndHeaders(req.headers, CLIENT_SET);
+  const address = req.socket.remoteAddress ?? 'unknown';
+  headers['x-forwarded-for'] = address;
+  headers['x-forwarded-proto'] = 'https';
+  if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
+  headers.forwarded = `for=${forwardedFor(address)};proto=https${req.headers.host !== undefined ? `;host="${req.headers.host}"` : ''}`;
+  const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
+  const answer = await pools.pool(origin).request({
+    path: req.url ?? '/',
+    method: (req.method ?? 'GET') as 'GET',
+    headers,
+    body: hasBody ? req : null,
+  });
+  const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+  res.writeHead(answer.statusCode, { ...responseHeaders, ...extraHeaders });
+  await pipeline(answer.body, res);
+}

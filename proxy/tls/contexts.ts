@@ -1,0 +1,74 @@
+/**
+ * Secure contexts by (profile, certificate), in an LRU bounded by count.
+ *
+ * A context is built once per certificate and profile, before first use for
+ * every certificate when the cache is large enough (`warm`), else on the first
+ * handshake that needs it (a one-time cost of parsing the chain and binding
+ * the keyless key, about a millisecond); never once per handshake. Evicted
+ * contexts are rebuilt on demand; connections using one keep it alive.
+ *
+ * Concurrency: worker-local, synchronous; `replace` swaps a certificate's
+ * contexts in one step, so a handshake sees either the old or the new one.
+ */
+import tls from 'node:tls';
+import { LRUCache } from 'lru-cache';
+import type { TlsProfileName } from '../../config/proxy-schema.js';
+import type { ServedCertificate } from '../certs/certificate.js';
+import { TLS_PROFILES } from './profile.js';
+
+export type KeyPemFor = (certificate: ServedCertificate) => string;
+
+export class SecureContextCache {
+  readonly #cache: LRUCache<string, tls.SecureContext>;
+  readonly #keyPemFor: KeyPemFor;
+  readonly #extra: tls.SecureContextOptions;
+
+  constructor(max: number, keyPemFor: KeyPemFor, extra: tls.SecureContextOptions = {}) {
+    this.#cache = new LRUCache({ max });
+    this.#keyPemFor = keyPemFor;
+    this.#extra = extra;
+  }
+
+  get size(): number {
+    return this.#cache.size;
+  }
+
+  get(profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContext {
+    const key = cacheKey(profile, certificate);
+    let context = this.#cache.get(key);
+    if (context === undefined) {
+      context = this.build(profile, certificate);
+      this.#cache.set(key, context);
+    }
+    return context;
+  }
+
+  /** Builds without caching: for validating a certificate before it replaces another. */
+  build(profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContext {
+    return tls.createSecureContext({
+      ...TLS_PROFILES[profile],
+      ...this.#extra,
+      cert: certificate.chainPem,
+      key: this.#keyPemFor(certificate),
+    });
+  }
+
+  /** Builds and caches contexts for `certificates` while the cache has room. */
+  warm(profiles: readonly TlsProfileName[], certificates: Iterable<ServedCertificate>): void {
+    for (const certificate of certificates) {
+      for (const profile of profiles) {
+        if (this.#cache.size >= this.#cache.max) return;
+        this.get(profile, certificate);
+      }
+    }
+  }
+
+  /** Drops every context of a certificate name (it was replaced or removed). */
+  forget(name: string): void {
+    for (const key of [...this.#cache.keys()]) if (key.endsWith(`\0${name}`)) this.#cache.delete(key);
+  }
+}
+
+function cacheKey(profile: TlsProfileName, certificate: ServedCertificate): string {
+  return `${profile}\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
+}

@@ -1,0 +1,144 @@
+/**
+ * One proxy worker: HTTPS listeners terminating TLS with keyless keys, routing
+ * each request to its domain's origin.
+ *
+ * Lifecycle: `startProxyWorker()` loads and checks every configured
+ * certificate, builds their secure contexts off the handshake path, then
+ * listens; it rejects with a KeyedgeError naming the file or setting at fault.
+ * `close()` stops accepting, lets open requests finish within
+ * `shutdownGraceMs`, then closes what is left. Under node:cluster every worker
+ * runs one of these and shares the listening sockets (SCHED_NONE: the kernel
+ * spreads connections, the primary never touches them).
+ *
+ * The SNI callback only looks up: name → certificate (names.ts) → context
+ * (contexts.ts, cached). Nothing in it waits on I/O.
+ */
+import https from 'node:https';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type { ProxyConfig, TlsProfileName } from '../config/proxy-schema.js';
+import { ConfigError } from '../keyserver/errors.js';
+import type { Logger } from '../keyserver/log.js';
+import { loadCertificateFile, type ServedCertificate } from './certs/certificate.js';
+import { createRequestHandler, type Domain } from './http/handler.js';
+import { OriginPools } from './http/forward.js';
+import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
+import { SecureContextCache } from './tls/contexts.js';
+import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
+import { TLS_PROFILES } from './tls/profile.js';
+
+export interface RunningWorker {
+  /** The bound port of each listener, in config order (useful with port 0). */
+  readonly ports: readonly number[];
+  readonly bridge: KeylessBridge;
+  setTicketKey(key: Buffer): void;
+  close(): Promise<void>;
+}
+
+export interface WorkerOptions {
+  readonly log: Logger;
+  /** Shared by all workers; the primary sends it. A worker started alone makes its own. */
+  readonly ticketKey?: Buffer;
+}
+
+export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
+  const { log } = options;
+  const bridge = startKeylessBridge(config.keyserver);
+  const certificates = config.certificates.map((c) => loadCertificateFile(c.name, c.chain));
+  const byName = new Map(certificates.map((c) => [c.name, c]));
+  const sni = buildNameIndex(
+    certificates.map((c) => ({ names: c.names, value: c })),
+    (name, kept, dropped) => log.warn({ name, kept: kept.name, dropped: dropped.name }, 'two certificates cover the same name; the first listed serves it'),
+  );
+  const fallback = config.sni.onUnknown === 'default' && config.sni.default !== null ? byName.get(config.sni.default) : undefined;
+  const noSniCertificate = config.sni.default === null ? undefined : byName.get(config.sni.default);
+
+  const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => bridge.keyPemFor(c));
+  const profiles = [...new Set(config.listen.map((l) => l.profile))];
+  // Building a context decodes the keyless key and checks it against the
+  // chain: done now, so a mismatch fails the start, not a customer's handshake.
+  for (const certificate of certificates) {
+    try {
+      contexts.build(profiles[0] ?? 'intermediate', certificate);
+    } catch (err) {
+      throw new ConfigError(config.source, 'certificates', `certificate '${certificate.name}' (${certificate.source}) cannot be served: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  contexts.warm(profiles, certificates);
+
+  const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
+  const pools = new OriginPools();
+  const handler = createRequestHandler({ domains: () => domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log });
+
+  const servers: https.Server[] = [];
+  const sockets = new Set<net.Socket>();
+  for (const listener of config.listen) {
+    const server = https.createServer(
+      {
+        ...TLS_PROFILES[listener.profile],
+        ...(noSniCertificate === undefined ? {} : { cert: noSniCertificate.chainPem, key: bridge.keyPemFor(noSniCertificate) }),
+        SNICallback: sniCallback(listener.profile, sni, fallback, contexts, log),
+        ...(options.ticketKey === undefined ? {} : { ticketKeys: options.ticketKey }),
+      },
+      handler,
+    );
+    server.on('tlsClientError', (err: NodeJS.ErrnoException) => log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed'));
+    server.on('connection', (socket: net.Socket) => {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: listener.host, port: listener.port, exclusive: false }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    servers.push(server);
+  }
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  log.info({ ports, certificates: certificates.length, domains: config.domains.length, contexts: contexts.size }, 'proxy worker listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    ports,
+    bridge,
+    setTicketKey(key) {
+      for (const server of servers) server.setTicketKeys(key);
+    },
+    close() {
+      closing ??= (async () => {
+        const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+        for (const server of servers) server.closeIdleConnections();
+        const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
+        await Promise.race([closed, grace]);
+        for (const socket of sockets) socket.destroy();
+        await pools.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+function sniCallback(
+  profile: TlsProfileName,
+  index: NameIndex<ServedCertificate>,
+  fallback: ServedCertificate | undefined,
+  contexts: SecureContextCache,
+  log: Logger,
+): (servername: string, callback: (err: Error | null, context?: tls.SecureContext) => void) => void {
+  return (servername, callback) => {
+    const selected = selectByName(index, servername, fallback);
+    if (selected === undefined) {
+      // Node cannot send unrecognized_name from here: the handshake is closed before any certificate is shown.
+      callback(new Error('no certificate for this server name'));
+      return;
+    }
+    try {
+      callback(null, contexts.get(profile, selected.value));
+    } catch (err) {
+      log.error({ certificate: selected.value.name, err }, 'secure context could not be built');
+      callback(err as Error);
+    }
+  };
+}

@@ -1,0 +1,212 @@
+/**
+ * The mutual-TLS listener: who may connect at all (a client certificate from
+ * the configured CA, TLS 1.3), and which keys each client may use (SPEC.md,
+ * "Authorisation"), with an audit line and a metric for every refusal.
+ */
+import { createHash, createPublicKey, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
+import { Algorithm, type AlgorithmByte, ErrorCode } from '../keyserver/protocol/constants.js';
+import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import {
+  captureLog, digestOf, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, removeDir, startTestKeyserver, tempDir,
+  testConfig, verifies,
+} from './helpers/keyserver.js';
+import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+
+const REFUSALS = 'keyedge_keyserver_authorization_refusals_total';
+const HANDSHAKE_REFUSALS = 'keyedge_keyserver_tls_client_rejections_total';
+let dir: string;
+let pki: TestPkiFiles;
+let keys: Record<string, ProvisionedKey>;
+let logs: LogCapture;
+let server: RunningKeyserver;
+
+beforeAll(async () => {
+  dir = tempDir();
+  pki = await createTestPki(dir, [
+    { commonName: 'edge-a' },
+    { commonName: 'edge-b', keyAlgorithm: 'rsa-2048' },
+    { commonName: 'edge-u', uris: ['spiffe://keyedge.test/edge-u'], dnsNames: ['edge-u.keyedge.test'] },
+    { commonName: 'stranger' },
+  ], 'edge-a'); // the other CA's client even claims edge-a's name
+  const spkiOfB = createPublicKey(readFileSync(pki.clients['edge-b']!.key)).export({ type: 'spki', format: 'der' });
+  const base = testConfig(dir);
+  keys = provisionKeys(base, [{ label: 'listed', type: 'ec-p256' }, { label: 'unlisted', type: 'rsa-2048' }]);
+  const config = testConfig(dir, {
+    listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+    clients: [
+      { name: 'edge-a', match: { commonName: 'edge-a' }, keys: [keys.listed!.keyId] },
+      { name: 'by-spki', match: { spkiSha256: createHash('sha256').update(spkiOfB).digest('hex') }, keys: '*' },
+      { name: 'by-uri', match: { uri: 'spiffe://keyedge.test/edge-u', dnsName: 'edge-u.keyedge.test' }, keys: [keys.unlisted!.keyId] },
+    ],
+  });
+  logs = captureLog();
+  server = await startTestKeyserver(config, logs);
+});
+
+afterAll(async () => {
+  await server?.close();
+  if (dir !== undefined) removeDir(dir);
+});
+
+function connect(files: { cert: string; key: string }): Promise<KeyserverClient> {
+  return KeyserverClient.connect({
+    tcp: { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, cert: files.cert, key: files.key, servername: 'localhost' },
+    timeoutMs: 5000,
+  });
+}
+
+async function withClient<T>(name: string, work: (client: KeyserverClient) => Promise<T>): Promise<T> {
+  const client = await connect(pki.clients[name]!);
+  try {
+    return await work(client);
+  } finally {
+    client.close();
+  }
+}
+
+async function expectSigns(client: KeyserverClient, key: ProvisionedKey, algorithm: AlgorithmByte): Promise<void> {
+  const message = randomBytes(48);
+  const signature = await client.sign(key.keyId, algorithm, digestOf(algorithm, message));
+  expect(verifies(algorithm, message, key.publicKey, signature)).toBe(true);
+}
+
+function expectCode(response: Response, code: number): void {
+  expect(response).toMatchObject({ op: 'error', code });
+}
+
+function signRequest(key: ProvisionedKey | Buffer, algorithm: AlgorithmByte) {
+  const keyId = Buffer.isBuffer(key) ? key : Buffer.from(key.keyId, 'hex');
+  return { op: 'sign' as const, keyId, algorithm, digest: digestOf(algorithm, randomBytes(8)) };
+}
+
+/**
+ * A raw TLS connection that sends a PING as soon as its side of the handshake
+ * is done and reports whether any answer came back before the connection ended.
+ */
+interface Attempt {
+  handshake: boolean;
+  answered: boolean;
+  error: string | undefined;
+  timedOut: boolean;
+}
+
+function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
+  return new Promise((resolve) => {
+    let handshake = false;
+    let answered = false;
+    let error: string | undefined;
+    let timedOut = false;
+    const socket = tls.connect({ host: '127.0.0.1', port: server.tcpPort!, servername: 'localhost', ca: readFileSync(pki.caFile), ...options });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      socket.destroy();
+    }, 5000);
+    socket.on('secureConnect', () => {
+      handshake = true;
+      socket.write(encodeRequest({ op: 'ping', id: 1, payload: Buffer.from('hello') }));
+    });
+    socket.on('data', () => {
+      answered = true;
+      socket.destroy();
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => void (error = err.code ?? err.message));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ handshake, answered, error, timedOut });
+    });
+  });
+}
+
+const certOf = (files: { cert: string; key: string }) => ({ cert: readFileSync(files.cert), key: readFileSync(files.key) });
+
+describe('who may connect', () => {
+  it('an authorised client gets its ping answered (control for the refusals below)', async () => {
+    const result = await attempt(certOf(pki.clients['edge-a']!));
+    expect(result).toEqual({ handshake: true, answered: true, error: undefined, timedOut: false });
+  });
+
+  it('a client without a certificate is refused before any answer', async () => {
+    const before = await metricValue(server, HANDSHAKE_REFUSALS);
+    const result = await attempt({});
+    expect(result).toMatchObject({ answered: false, timedOut: false });
+    expect(result.error).toBeDefined();
+    expect(await metricValue(server, HANDSHAKE_REFUSALS)).toBe(before + 1);
+    expect(logs.find(/^mutual TLS client refused/).length).toBeGreaterThan(0);
+  });
+
+  it('a client certificate from another CA is refused, even with an authorised name', async () => {
+    const before = await metricValue(server, HANDSHAKE_REFUSALS);
+    const result = await attempt(certOf(pki.foreignClient));
+    // The server drops the connection once it has checked the chain: no answer, whether or not an alert came first.
+    expect(result).toMatchObject({ answered: false, timedOut: false });
+    expect(await metricValue(server, HANDSHAKE_REFUSALS)).toBe(before + 1);
+    await expect(connect(pki.foreignClient).then((c) => c.ping().finally(() => c.close()))).rejects.toMatchObject({ code: 'KEYEDGE_ERR_CLOSED' });
+  });
+
+  it('a TLS 1.2 client is refused, even with a good certificate', async () => {
+    const result = await attempt({ ...certOf(pki.clients['edge-a']!), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
+    expect(result).toMatchObject({ handshake: false, answered: false, timedOut: false });
+    expect(result.error).toMatch(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL|WRONG_VERSION/i);
+  });
+});
+
+describe('which keys a client may use', () => {
+  it('a client named by commonName signs with its listed key, is refused the other, and the connection stays usable', async () => {
+    await withClient('edge-a', async (client) => {
+      await expectSigns(client, keys.listed!, Algorithm.ECDSA_SHA256);
+      expect((await client.getPublicKey(keys.listed!.keyId)).equals(keys.listed!.spki)).toBe(true);
+      const before = await metricValue(server, REFUSALS, { transport: 'tls' });
+      expectCode(await client.request(signRequest(keys.unlisted!, Algorithm.RSA_PSS_SHA256)), ErrorCode.NOT_AUTHORISED);
+      expectCode(await client.request({ op: 'getPublicKey', keyId: Buffer.from(keys.unlisted!.keyId, 'hex') }), ErrorCode.NOT_AUTHORISED);
+      // a key that does not exist is refused the same way, so a client cannot probe which keys the token holds
+      expectCode(await client.request(signRequest(randomBytes(32), Algorithm.ECDSA_SHA256)), ErrorCode.NOT_AUTHORISED);
+      expect(await metricValue(server, REFUSALS, { transport: 'tls' })).toBe(before + 3);
+      await expectSigns(client, keys.listed!, Algorithm.ECDSA_SHA384);
+    });
+    const audit = logs.lines().filter((l) => l.audit === 'refused' && l.client === 'edge-a');
+    expect(audit.map((l) => l.keyId)).toEqual(expect.arrayContaining([keys.unlisted!.keyId]));
+    expect(audit[0]).toMatchObject({ transport: 'tls', msg: 'client may not use this key' });
+  });
+
+  it('a client matched by spkiSha256 with "*" may use every key', async () => {
+    await withClient('edge-b', async (client) => {
+      await expectSigns(client, keys.listed!, Algorithm.ECDSA_SHA512);
+      await expectSigns(client, keys.unlisted!, Algorithm.RSA_PSS_SHA384);
+      await expectSigns(client, keys.unlisted!, Algorithm.RSA_PKCS1_SHA256);
+      // "*" covers keys, not existence
+      expectCode(await client.request(signRequest(randomBytes(32), Algorithm.ECDSA_SHA256)), ErrorCode.UNKNOWN_KEY);
+    });
+  });
+
+  it('a client matched by URI and DNS SAN uses only its key', async () => {
+    await withClient('edge-u', async (client) => {
+      await expectSigns(client, keys.unlisted!, Algorithm.RSA_PKCS1_SHA384);
+      expectCode(await client.request(signRequest(keys.listed!, Algorithm.ECDSA_SHA256)), ErrorCode.NOT_AUTHORISED);
+    });
+  });
+
+  it('a certificate from the right CA that matches no rule may ping but use no key, and each refusal is audited and counted', async () => {
+    const before = await metricValue(server, REFUSALS, { transport: 'tls' });
+    const auditBefore = logs.lines().filter((l) => l.audit === 'refused').length;
+    await withClient('stranger', async (client) => {
+      expect((await client.ping(Buffer.from('still here'))).toString()).toBe('still here');
+      expectCode(await client.request(signRequest(keys.listed!, Algorithm.ECDSA_SHA256)), ErrorCode.NOT_AUTHORISED);
+      expectCode(await client.request(signRequest(keys.unlisted!, Algorithm.RSA_PSS_SHA256)), ErrorCode.NOT_AUTHORISED);
+      expectCode(await client.request({ op: 'getPublicKey', keyId: Buffer.from(keys.listed!.keyId, 'hex') }), ErrorCode.NOT_AUTHORISED);
+      expect((await client.ping()).length).toBe(0);
+    });
+    expect(await metricValue(server, REFUSALS, { transport: 'tls' })).toBe(before + 3);
+    const audit = logs.lines().filter((l) => l.audit === 'refused').slice(auditBefore);
+    expect(audit).toHaveLength(3);
+    for (const line of audit) {
+      expect(line).toMatchObject({ level: 40, transport: 'tls', msg: 'client may not use this key' });
+      expect(line.client).toMatch(/^unmatched certificate CN=stranger spki-sha256=[0-9a-f]{64}$/);
+    }
+    expect(audit.map((l) => l.keyId)).toEqual([keys.listed!.keyId, keys.unlisted!.keyId, keys.listed!.keyId]);
+  });
+});
