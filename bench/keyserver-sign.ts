@@ -20,13 +20,13 @@ import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import pkcs11js from 'pkcs11js';
+import type pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../config/load.js';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { Algorithm, type AlgorithmByte } from '../keyserver/protocol/constants.js';
 import { tokenOptions } from '../keyserver/server/daemon.js';
 import { listKeys } from '../keyserver/token/keys.js';
 import { Token } from '../keyserver/token/token.js';
+import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './lib/bench-keys.js';
 import { connectTls, connectUnix, KeyserverLab, type KeyserverProcess } from './lib/keyserver-lab.js';
 import { describeMachine } from './lib/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
@@ -49,47 +49,12 @@ const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
   --sessions N         the key server's pkcs11.sessions (default: product default)
   --server-cpu-prof DIR
                        run the key server under node --cpu-prof, profile to DIR
+  --keys ec,rsa        key types to run (default both)
+  --paths raw,unix,tls paths to run (default all; raw is needed for the ratios)
   --keep-temp          keep the temp directory (token, config, certs)
   --help
 `;
 
-interface KeySpec {
-  readonly id: 'ec' | 'rsa';
-  readonly title: string;
-  readonly type: string;
-  readonly label: string;
-  readonly algorithm: AlgorithmByte;
-  readonly algorithmName: string;
-  readonly mechanism: pkcs11js.Mechanism;
-  readonly outputBytes: number;
-}
-
-const KEYS: readonly KeySpec[] = [
-  {
-    id: 'ec',
-    title: 'ECDSA P-256',
-    type: 'ec-p256',
-    label: 'bench-ec-p256',
-    algorithm: Algorithm.ECDSA_SHA256,
-    algorithmName: 'ECDSA_SHA256',
-    mechanism: { mechanism: pkcs11js.CKM_ECDSA },
-    outputBytes: 64,
-  },
-  {
-    id: 'rsa',
-    title: 'RSA-2048',
-    type: 'rsa-2048',
-    label: 'bench-rsa-2048',
-    algorithm: Algorithm.RSA_PSS_SHA256,
-    algorithmName: 'RSA_PSS_SHA256',
-    // As keyserver/token/sign.ts does it: salt = hash length, MGF1 with the same hash.
-    mechanism: {
-      mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
-      parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS,
-    },
-    outputBytes: 256,
-  },
-];
 
 /** Candidate (connections, in flight per connection) settings tried by the exploration. */
 const PIPELINE_CANDIDATES: readonly Pipeline[] = [
@@ -102,13 +67,6 @@ const PIPELINE_CANDIDATES: readonly Pipeline[] = [
 ];
 /** A smaller setting within this fraction of the best is preferred: fewer in flight, lower latency, same throughput. */
 const EXPLORE_TOLERANCE = 0.03;
-
-interface Pipeline {
-  readonly connections: number;
-  readonly depth: number;
-}
-
-const pipelineName = (p: Pipeline) => `${p.connections}x${p.depth}`;
 
 type Transport = 'unix' | 'tls';
 type ClientKind = 'lean' | 'library';
@@ -127,6 +85,8 @@ interface Options {
   readonly sessions: number | undefined;
   readonly serverCpuProf: string | undefined;
   readonly keepTemp: boolean;
+  readonly keys: readonly BenchKey[];
+  readonly paths: ReadonlySet<'raw' | Transport>;
 }
 
 function parseOptions(argv: string[]): Options | undefined {
@@ -143,6 +103,8 @@ function parseOptions(argv: string[]): Options | undefined {
       sessions: { type: 'string' },
       'server-cpu-prof': { type: 'string' },
       'keep-temp': { type: 'boolean', default: false },
+      keys: { type: 'string', default: BENCH_KEYS.map((k) => k.id).join(',') },
+      paths: { type: 'string', default: 'raw,unix,tls' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -161,10 +123,19 @@ function parseOptions(argv: string[]): Options | undefined {
   if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
   let pipeline: Pipeline | undefined;
   if (values.pipeline !== undefined) {
-    const m = /^(\d+)x(\d+)$/.exec(values.pipeline);
-    if (m === null) throw new Error(`--pipeline must look like 2x32, got '${values.pipeline}'`);
-    pipeline = { connections: Number(m[1]), depth: Number(m[2]) };
+    pipeline = parsePipeline(values.pipeline);
   }
+  const keys = values.keys.split(',').map((id) => {
+    const key = BENCH_KEYS.find((k) => k.id === id);
+    if (key === undefined) throw new Error(`--keys takes ${BENCH_KEYS.map((k) => k.id).join(', ')}; got '${id}'`);
+    return key;
+  });
+  const paths = new Set(
+    values.paths.split(',').map((p) => {
+      if (p !== 'raw' && p !== 'unix' && p !== 'tls') throw new Error(`--paths takes raw, unix, tls; got '${p}'`);
+      return p;
+    }),
+  );
   const measureMs = num(values.measure, '--measure', quick ? 1 : 4, 0.2) * 1000;
   return {
     quick,
@@ -180,6 +151,8 @@ function parseOptions(argv: string[]): Options | undefined {
     sessions: values.sessions === undefined ? undefined : Math.round(num(values.sessions, '--sessions', 0, 1)),
     serverCpuProf: values['server-cpu-prof'],
     keepTemp: values['keep-temp'],
+    keys,
+    paths,
   };
 }
 
@@ -188,7 +161,7 @@ function parseOptions(argv: string[]): Options | undefined {
 
 interface ScenarioInfo {
   readonly name: string;
-  readonly key: KeySpec;
+  readonly key: BenchKey;
   readonly path: 'raw' | Transport;
   /** "N sessions" for raw, "CxD" for the key server. */
   readonly setting: string;
@@ -198,7 +171,7 @@ interface BenchScenario extends Scenario<WindowResult>, ScenarioInfo {
   close(): void;
 }
 
-function rawScenario(key: KeySpec, pkcs11: pkcs11js.PKCS11, sessions: readonly pkcs11js.Handle[], rawKey: RawKey, digests: Buffer[], options: Options): BenchScenario {
+function rawScenario(key: BenchKey, pkcs11: pkcs11js.PKCS11, sessions: readonly pkcs11js.Handle[], rawKey: RawKey, digests: Buffer[], options: Options): BenchScenario {
   const load = new RawSignLoad(pkcs11, sessions, rawKey, digests);
   return {
     name: `raw-${key.id}-${sessions.length}s`,
@@ -222,7 +195,7 @@ async function connectLoad(
   client: ClientKind,
   pipeline: Pipeline,
   keyId: Buffer,
-  key: KeySpec,
+  key: BenchKey,
   digests: Buffer[],
 ): Promise<Connected> {
   const spec = { keyId, algorithm: key.algorithm, digests };
@@ -265,7 +238,7 @@ async function connectLoad(
 }
 
 function keyserverScenario(
-  key: KeySpec,
+  key: BenchKey,
   transport: Transport,
   pipeline: Pipeline,
   connect: () => Promise<Connected>,
@@ -299,7 +272,7 @@ interface ExploreRow {
 }
 
 async function explorePipeline(
-  key: KeySpec,
+  key: BenchKey,
   connect: (p: Pipeline) => Promise<Connected>,
   serverPid: number,
   options: Options,
@@ -386,7 +359,7 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
   });
   // The ceiling per key type: the raw setting with the higher median.
   const ceilings = new Map<string, string>();
-  for (const key of KEYS) {
+  for (const key of BENCH_KEYS) {
     const raws = base.filter((s) => s.path === 'raw' && s.key.id === key.id);
     const best = raws.sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
     if (best !== undefined) ceilings.set(key.id, best.name);
@@ -522,7 +495,7 @@ async function main(): Promise<number> {
     lab = new KeyserverLab({ ...(options.sessions !== undefined ? { sessions: options.sessions } : {}) });
     log(`temp dir ${lab.dir}`);
     const keyIds = new Map<string, string>();
-    for (const key of KEYS) {
+    for (const key of options.keys) {
       keyIds.set(key.id, await lab.generateKey(key.type, key.label));
       log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
     }
@@ -541,15 +514,15 @@ async function main(): Promise<number> {
     const running = server;
     log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
 
-    const connectFor = (key: KeySpec, transport: Transport) => (p: Pipeline) =>
+    const connectFor = (key: BenchKey, transport: Transport) => (p: Pipeline) =>
       connectLoad(running, lab!, transport, options.client, p, Buffer.from(keyIds.get(key.id)!, 'hex'), key, digests);
 
     // Pipeline setting per key type: given, or explored on the unix socket.
     const chosen = new Map<string, Pipeline>();
     const explore: ExploreRow[] = [];
-    for (const key of KEYS) {
-      if (options.pipeline !== undefined) {
-        chosen.set(key.id, options.pipeline);
+    for (const key of options.keys) {
+      if (options.pipeline !== undefined || (!options.paths.has('unix') && !options.paths.has('tls'))) {
+        if (options.pipeline !== undefined) chosen.set(key.id, options.pipeline);
         continue;
       }
       log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
@@ -558,12 +531,12 @@ async function main(): Promise<number> {
       explore.push(...result.rows);
     }
 
-    for (const key of KEYS) {
+    for (const key of options.keys) {
       const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
       if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
       const rawKey: RawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
-      for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
-      for (const transport of ['unix', 'tls'] as const) {
+      if (options.paths.has('raw')) for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
+      for (const transport of (['unix', 'tls'] as const).filter((t) => options.paths.has(t))) {
         const p = chosen.get(key.id)!;
         scenarios.push(keyserverScenario(key, transport, p, () => connectFor(key, transport)(p), running.pid, options));
       }
@@ -611,7 +584,7 @@ async function main(): Promise<number> {
         targetRatio: TARGET_RATIO,
       },
       settings,
-      keys: KEYS.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
+      keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,
       exploration: explore,
       scenarios: summaries.map((s) => ({

@@ -75,45 +75,85 @@ deps() {
   build
 }
 
-wait_for_socket() {
-  local path=$1 pid=$2 log=$3
-  for _ in $(seq 1 100); do
-    [[ -S $path ]] && return 0
+wait_for_keyserver() {
+  local pid log="$VAR/log/keyserver.log"
+  pid=$(cat "$RUN/keyserver.pid")
+  for _ in $(seq 1 50); do
+    "${KEYEDGE[@]}" ping --config config/keyserver.json --count 1 >/dev/null 2>&1 && return 0
     kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "the key server exited during start-up (log: $log)"; }
-    sleep 0.1
+    sleep 0.2
   done
-  die "the key server did not open $path within 10 s (log: $log)"
+  die "the key server does not answer on $VAR/keyserver.sock (log: $log)"
+}
+
+start_background() {
+  local name=$1; shift
+  local pidfile="$RUN/$name.pid" log="$VAR/log/$name.log"
+  if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  nohup "$@" >>"$log" 2>&1 &
+  echo $! >"$pidfile"
+  say "$name started (pid $!, log $log)"
 }
 
 start_keyserver() {
-  local pidfile="$RUN/keyserver.pid" log="$VAR/log/keyserver.log"
-  if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    say "key server already running (pid $(cat "$pidfile"))"
-    return 0
-  fi
   # The demo key: the first `up` makes it inside the token; later ones reuse it.
   if ! "${KEYEDGE[@]}" key list --config config/keyserver.json --json | grep -q '"label": "demo-ec"'; then
     "${KEYEDGE[@]}" key generate --config config/keyserver.json --type ec-p256 --label demo-ec
   fi
-  nohup "${KEYEDGE[@]}" keyserver --config config/keyserver.json >>"$log" 2>&1 &
-  echo $! >"$pidfile"
-  wait_for_socket "$VAR/keyserver.sock" "$!" "$log"
-  say "key server running (pid $(cat "$pidfile"), log $log)"
+  start_background keyserver "${KEYEDGE[@]}" keyserver --config config/keyserver.json
+  wait_for_keyserver
 }
+
+# The demo certificate: its key is made inside the token (start_keyserver), the
+# CSR is signed inside the token, and a local demo CA (key under ./var/demo,
+# the only key on disk, and no customer's) issues the certificate.
+make_demo_certificate() {
+  local demo="$VAR/demo"
+  [[ -f $demo/demo-chain.pem ]] && return 0
+  mkdir -p "$demo"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=keyedge demo CA" -keyout "$demo/ca-key.pem" -out "$demo/ca.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null \
+    || die "openssl could not create the demo CA"
+  "${KEYEDGE[@]}" key csr --config config/keyserver.json --key demo-ec --domain demo.localhost --out "$demo/demo.csr" >/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$demo/leaf.ext"
+  openssl x509 -req -in "$demo/demo.csr" -CA "$demo/ca.pem" -CAkey "$demo/ca-key.pem" -CAcreateserial \
+    -days 90 -copy_extensions copy -extfile "$demo/leaf.ext" -out "$demo/demo.pem" 2>/dev/null \
+    || die "openssl could not issue the demo certificate"
+  cat "$demo/demo.pem" "$demo/ca.pem" >"$demo/demo-chain.pem"
+  say "demo certificate for demo.localhost issued by a local demo CA ($demo/ca.pem)"
+}
+
+
+CURL_DEMO=(curl --silent --show-error --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
 
 up() {
   deps
   mkdir -p "$RUN" "$VAR/log"
   chmod 700 "$VAR"
   start_keyserver
-  "${KEYEDGE[@]}" ping --config config/keyserver.json --count 1 >/dev/null || die "the key server does not answer on $VAR/keyserver.sock"
+  make_demo_certificate
+  start_background demo-origin "${KEYEDGE[@]}" demo-origin --port 8080
+  start_background proxy "${KEYEDGE[@]}" proxy --config config/proxy.json
+  local ok=""
+  for _ in $(seq 1 100); do
+    if "${CURL_DEMO[@]}" >/dev/null 2>&1; then ok=yes; break; fi
+    kill -0 "$(cat "$RUN/proxy.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -n $ok ]] || { tail -n 20 "$VAR/log/proxy.log" >&2; die "the proxy does not answer on 127.0.0.1:8443 (log: $VAR/log/proxy.log)"; }
   cat <<EOF
 
-keyedge is up (embedded default: SoftHSM2 token under ./var).
-  key server:  unix socket $VAR/keyserver.sock
-  try:         curl -s http://127.0.0.1:9464/healthz
-               node dist/keyserver/cli/keyedge.cjs ping --config config/keyserver.json
-               node dist/keyserver/cli/keyedge.cjs key list --config config/keyserver.json
+keyedge is up (embedded default: SoftHSM2 token under ./var, demo origin on 127.0.0.1:8080).
+The private key of demo.localhost is inside the token; the proxy holds only a reference to it.
+
+  curl --cacert var/demo/ca.pem --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/
+
+  key server:  unix socket var/keyserver.sock, metrics http://127.0.0.1:9464/metrics
+  logs:        var/log/
   stop:        npm run down
 EOF
 }

@@ -25,6 +25,7 @@ import { OriginPools } from './http/forward.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
+import { OcspStapler } from './tls/ocsp.js';
 import { TLS_PROFILES } from './tls/profile.js';
 
 export interface RunningWorker {
@@ -65,6 +66,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     }
   }
   contexts.warm(profiles, certificates);
+  const stapler = new OcspStapler(log);
+  if (config.tls.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
 
   const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
   const pools = new OriginPools();
@@ -82,6 +85,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       },
       handler,
     );
+    // Reads the staple cache only; fetching happens in the stapler's own loop.
+    if (config.tls.ocspStapling) server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) => done(null, stapler.stapleFor(cert) ?? null));
     server.on('tlsClientError', (err: NodeJS.ErrnoException) => log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed'));
     server.on('connection', (socket: net.Socket) => {
       sockets.add(socket);
@@ -113,6 +118,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
         await Promise.race([closed, grace]);
         for (const socket of sockets) socket.destroy();
+        stapler.stop();
         await pools.close();
       })();
       return closing;

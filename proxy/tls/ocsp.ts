@@ -1,0 +1,162 @@
+/**
+ * OCSP stapling (RFC 6066 §8, RFC 6960), entirely off the handshake path.
+ *
+ * For each served certificate whose leaf names an OCSP responder (Authority
+ * Information Access, RFC 5280 §4.2.2.1) and whose chain holds its issuer, a
+ * background loop fetches a response, checks it is for this certificate,
+ * "good" and current, and caches its DER until shortly before nextUpdate. The
+ * handshake only reads the cache (`stapleFor`): no staple yet, or a responder
+ * that is down, means a handshake without a staple, never a slower one.
+ *
+ * The responder's signature is checked by the client that receives the staple
+ * (that is what stapling relies on); here we only refuse to staple what is
+ * plainly not a current "good" answer for this certificate.
+ */
+import { createHash } from 'node:crypto';
+import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
+import { AlgorithmIdentifier, Certificate } from '@peculiar/asn1-x509';
+import {
+  BasicOCSPResponse,
+  CertID,
+  OCSPRequest,
+  OCSPResponse,
+  OCSPResponseStatus,
+  Request as OcspSingleRequest,
+  TBSRequest,
+  id_pkix_ocsp_basic,
+} from '@peculiar/asn1-ocsp';
+import { request } from 'undici';
+import type { Logger } from '../../keyserver/log.js';
+import * as x509 from '../../keyserver/x509.js';
+import type { ServedCertificate } from '../certs/certificate.js';
+
+const SHA1 = '1.3.14.3.2.26';
+/** Refresh this long before nextUpdate, and at least this often when a response has no nextUpdate. */
+const REFRESH_MARGIN_MS = 60 * 60 * 1000;
+const MIN_REFRESH_MS = 60 * 1000;
+const RETRY_MS = [5_000, 30_000, 120_000, 600_000];
+const FETCH_TIMEOUT_MS = 5_000;
+
+interface Staple {
+  readonly der: Buffer;
+  readonly nextUpdate: Date | undefined;
+}
+
+/** The responder URL of a leaf, if it names one over http(s). */
+export function ocspResponderUrl(leaf: x509.X509Certificate): string | undefined {
+  const aia = leaf.getExtension(x509.AuthorityInfoAccessExtension);
+  return aia?.ocsp.find((name) => name.type === 'url' && /^https?:\/\//i.test(name.value))?.value;
+}
+
+/** The DER OCSPRequest for `leaf` issued by `issuer` (RFC 6960 §4.1.1; SHA-1 CertID, as every responder accepts). */
+export function buildOcspRequest(leaf: x509.X509Certificate, issuer: x509.X509Certificate): { der: Buffer; certId: CertID } {
+  const issuerAsn = AsnConvert.parse(issuer.rawData, Certificate);
+  const leafAsn = AsnConvert.parse(leaf.rawData, Certificate);
+  const sha1 = (data: ArrayBuffer): OctetString => new OctetString(createHash('sha1').update(Buffer.from(data)).digest());
+  const certId = new CertID({
+    hashAlgorithm: new AlgorithmIdentifier({ algorithm: SHA1 }),
+    issuerNameHash: sha1(AsnConvert.serialize(issuerAsn.tbsCertificate.subject)),
+    issuerKeyHash: sha1(issuerAsn.tbsCertificate.subjectPublicKeyInfo.subjectPublicKey),
+    serialNumber: leafAsn.tbsCertificate.serialNumber,
+  });
+  const request = new OCSPRequest({ tbsRequest: new TBSRequest({ requestList: [new OcspSingleRequest({ reqCert: certId })] }) });
+  return { der: Buffer.from(AsnConvert.serialize(request)), certId };
+}
+
+/** Checks a DER OCSPResponse; returns its nextUpdate, or throws saying why it is unfit to staple. */
+export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
+  const response = AsnConvert.parse(der, OCSPResponse);
+  if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
+  if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
+  const basic = AsnConvert.parse(response.responseBytes.response.buffer, BasicOCSPResponse);
+  const wanted = Buffer.from(certId.serialNumber);
+  const single = basic.tbsResponseData.responses.find((r) => Buffer.from(r.certID.serialNumber).equals(wanted));
+  if (single === undefined) throw new Error('the response does not cover this certificate');
+  if (single.certStatus.good !== null && single.certStatus.good === undefined) {
+    throw new Error(single.certStatus.revoked !== undefined ? 'the certificate is revoked' : 'certificate status unknown');
+  }
+  if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
+  if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
+  return single.nextUpdate;
+}
+
+/**
+ * Keeps staples fresh for a set of certificates. Contract: `track` and
+ * `untrack` are called when certificates are loaded or replaced; `stapleFor`
+ * is called in the handshake and never blocks; `stop` ends all timers.
+ */
+export class OcspStapler {
+  readonly #staples = new Map<string, Staple>();
+  readonly #timers = new Map<string, NodeJS.Timeout>();
+  readonly #log: Logger;
+
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+
+  /** The staple for a leaf (DER as the handshake presents it), if one is current. */
+  stapleFor(leafDer: Buffer): Buffer | undefined {
+    const staple = this.#staples.get(leafKey(leafDer));
+    if (staple === undefined) return undefined;
+    if (staple.nextUpdate !== undefined && staple.nextUpdate.getTime() <= Date.now()) return undefined;
+    return staple.der;
+  }
+
+  track(certificate: ServedCertificate): void {
+    const url = ocspResponderUrl(certificate.leaf);
+    const issuer = certificate.chain[1];
+    if (url === undefined || issuer === undefined) return;
+    const key = leafKey(Buffer.from(certificate.leaf.rawData));
+    if (this.#timers.has(key)) return;
+    const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
+    let failures = 0;
+    const refresh = async (): Promise<void> => {
+      let delay: number;
+      try {
+        const der = await fetchOcsp(url, request);
+        const nextUpdate = checkOcspResponse(der, certId);
+        this.#staples.set(key, { der, nextUpdate });
+        failures = 0;
+        const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - Date.now() - REFRESH_MARGIN_MS;
+        delay = Math.max(MIN_REFRESH_MS, until);
+        this.#log.info({ certificate: certificate.name, nextUpdate }, 'OCSP staple updated');
+      } catch (err) {
+        delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]!;
+        failures++;
+        this.#log.warn({ certificate: certificate.name, responder: url, retryInMs: delay, reason: (err as Error).message }, 'OCSP fetch failed; serving without a fresh staple');
+      }
+      if (this.#timers.has(key)) this.#timers.set(key, setTimeout(() => void refresh(), delay).unref());
+    };
+    this.#timers.set(key, setTimeout(() => void refresh(), 0).unref());
+  }
+
+  untrack(certificate: ServedCertificate): void {
+    const key = leafKey(Buffer.from(certificate.leaf.rawData));
+    clearTimeout(this.#timers.get(key));
+    this.#timers.delete(key);
+    this.#staples.delete(key);
+  }
+
+  stop(): void {
+    for (const timer of this.#timers.values()) clearTimeout(timer);
+    this.#timers.clear();
+  }
+}
+
+function leafKey(der: Buffer): string {
+  return createHash('sha256').update(der).digest('hex');
+}
+
+async function fetchOcsp(url: string, body: Buffer): Promise<Buffer> {
+  const response = await request(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response' },
+    body,
+    headersTimeout: FETCH_TIMEOUT_MS,
+    bodyTimeout: FETCH_TIMEOUT_MS,
+  });
+  const answer = Buffer.from(await response.body.arrayBuffer());
+  if (response.statusCode !== 200) throw new Error(`responder answered HTTP ${response.statusCode}`);
+  if (answer.length === 0 || answer.length > 64 * 1024) throw new Error(`responder sent ${answer.length} bytes`);
+  return answer;
+}
