@@ -11,12 +11,17 @@
  * it issues can be resumed by any other worker.
  */
 import cluster, { type Worker } from 'node:cluster';
+import type http from 'node:http';
+import { AggregatorRegistry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
+import { KeyserverClient } from '../keyserver/client/client.js';
 import type { Logger } from '../keyserver/log.js';
+import { startProxyAdmin } from './admin.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
 import { startProxyWorker } from './worker.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
+const READY = { type: 'keyedge:ready' } as const;
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
 
@@ -31,14 +36,19 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   let stopping = false;
   const started = new Map<Worker, number>();
 
+  const ready = new Set<Worker>();
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
     worker.once('online', () => worker.send(ticketKeyMessage(ticketKey)));
+    worker.on('message', (message: unknown) => {
+      if (typeof message === 'object' && message !== null && (message as { type?: unknown }).type === READY.type) ready.add(worker);
+    });
   };
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
     started.delete(worker);
+    ready.delete(worker);
     if (stopping) return;
     log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
     if (lived < CRASH_LOOP_MS) setTimeout(() => !stopping && fork(), 1000).unref();
@@ -52,7 +62,19 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     log.info('session ticket key rotated');
   }, config.tls.ticketKeyRotationSeconds * 1000);
   rotation.unref();
-  log.info({ workers: config.workers, listen: config.listen }, 'proxy primary started');
+  let admin: http.Server | undefined;
+  if (config.admin !== null) {
+    const aggregator = new AggregatorRegistry();
+    admin = await startProxyAdmin(config.admin.host, config.admin.port, {
+      config,
+      metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
+      notReadyReason: async () => {
+        if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
+        return keyserverUnreachableReason(config);
+      },
+    });
+  }
+  log.info({ workers: config.workers, listen: config.listen, admin: admin?.address() }, 'proxy primary started');
 
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {
@@ -75,7 +97,28 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
+  admin?.close();
   log.info('proxy stopped');
+}
+
+/** Pings the key server the way a worker reaches it; undefined when it answers. */
+async function keyserverUnreachableReason(config: ProxyConfig): Promise<string | undefined> {
+  const { socket, tcp } = config.keyserver;
+  try {
+    const client = await KeyserverClient.connect({
+      ...(socket === null ? {} : { unixPath: socket }),
+      ...(tcp === null ? {} : { tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) } }),
+      timeoutMs: config.keyserver.timeoutMs * 4,
+    });
+    try {
+      await client.ping();
+    } finally {
+      client.close();
+    }
+    return undefined;
+  } catch (err) {
+    return `key server: ${(err as Error).message}`;
+  }
 }
 
 /** Runs one worker: waits for the primary's ticket key, serves, stops on the primary's word or SIGTERM. */
@@ -89,6 +132,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
     process.on('message', onMessage);
   });
   const worker = await startProxyWorker(config, { log, ticketKey: firstKey });
+  process.send?.(READY);
   await new Promise<void>((resolve) => {
     const stop = (): void => void worker.close().then(resolve);
     process.on('message', (message: unknown) => {

@@ -16,6 +16,7 @@
 import https from 'node:https';
 import type net from 'node:net';
 import type tls from 'node:tls';
+import { ProxyMetrics } from './metrics.js';
 import type { ProxyConfig, TlsProfileName } from '../config/proxy-schema.js';
 import { ConfigError } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
@@ -40,6 +41,8 @@ export interface WorkerOptions {
   readonly log: Logger;
   /** Shared by all workers; the primary sends it. A worker started alone makes its own. */
   readonly ticketKey?: Buffer;
+  /** Defaults to metrics in prom-client's global registry, which the cluster primary aggregates. */
+  readonly metrics?: ProxyMetrics;
 }
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
@@ -71,10 +74,12 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
 
   const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
   const pools = new OriginPools();
-  const handler = createRequestHandler({ domains: () => domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log });
+  const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
+  const handler = createRequestHandler({ domains: () => domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
 
   const servers: https.Server[] = [];
   const sockets = new Set<net.Socket>();
+  const acceptedAt = new WeakMap<net.Socket, bigint>();
   for (const listener of config.listen) {
     const server = https.createServer(
       {
@@ -87,10 +92,27 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     );
     // Reads the staple cache only; fetching happens in the stapler's own loop.
     if (config.tls.ocspStapling) server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) => done(null, stapler.stapleFor(cert) ?? null));
-    server.on('tlsClientError', (err: NodeJS.ErrnoException) => log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed'));
+    server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
+      metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
+      log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed');
+    });
     server.on('connection', (socket: net.Socket) => {
+      const accepted = process.hrtime.bigint();
       sockets.add(socket);
-      socket.once('close', () => sockets.delete(socket));
+      metrics.openConnections.inc();
+      socket.once('close', () => {
+        sockets.delete(socket);
+        metrics.openConnections.dec();
+      });
+      acceptedAt.set(socket, accepted);
+    });
+    server.on('secureConnection', (socket: tls.TLSSocket) => {
+      const resumed = String(socket.isSessionReused());
+      metrics.handshakes.inc({ result: 'ok', tls_version: socket.getProtocol() ?? 'unknown', resumed });
+      // Node keeps the accepted TCP socket as `_parent` (stable since Node 0.x, not public API).
+      const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+      const accepted = raw === undefined ? undefined : acceptedAt.get(raw);
+      if (accepted !== undefined) metrics.handshakeDuration.observe({ resumed }, Number(process.hrtime.bigint() - accepted) / 1e9);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -119,6 +141,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         await Promise.race([closed, grace]);
         for (const socket of sockets) socket.destroy();
         stapler.stop();
+        if (options.metrics === undefined) metrics.stop();
         await pools.close();
       })();
       return closing;

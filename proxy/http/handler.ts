@@ -1,9 +1,12 @@
 /**
  * The HTTPS request handler: find the domain by Host, add HSTS, forward to its
- * origin; answer ourselves, with a short plain body, when that cannot be done.
+ * origin; answer ourselves, with a short plain body and a stable code, when
+ * that cannot be done. One access-log line per request, with listed fields only.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../../keyserver/log.js';
+import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import { forward, type OriginPools } from './forward.js';
 
@@ -18,7 +21,11 @@ export interface HandlerOptions {
   readonly pools: OriginPools;
   readonly hstsMaxAgeSeconds: number;
   readonly log: Logger;
+  readonly metrics: ProxyMetrics;
 }
+
+/** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"). */
+export type HttpErrorCode = 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
 
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
@@ -36,18 +43,43 @@ export function hostName(host: string | undefined): string | undefined {
 }
 
 export function createRequestHandler(options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
-  const { pools, log } = options;
+  const { pools, log, metrics } = options;
   return (req, res) => {
+    const started = process.hrtime.bigint();
     const domain = selectByName(options.domains(), hostName(req.headers.host), undefined)?.value;
     const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
+    let code: HttpErrorCode | undefined;
+    res.once('finish', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const tls = req.socket as TLSSocket;
+      metrics.requests.inc({ status_class: statusClass(res.statusCode), code: code ?? 'none' });
+      if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(res.statusCode) }, seconds);
+      log.info(
+        {
+          access: true,
+          domain: domain?.name,
+          method: req.method,
+          // The query string is left out: it often carries tokens.
+          path: (req.url ?? '/').split('?')[0],
+          status: res.statusCode,
+          bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
+          durationMs: Math.round(seconds * 1e4) / 10,
+          origin: code === undefined ? domain?.origin : undefined,
+          code,
+          tls: tls.getProtocol?.() ?? undefined,
+          resumed: tls.isSessionReused?.() ?? undefined,
+        },
+        'request',
+      );
+    });
     if (domain === undefined) {
-      answer(res, 404, 'KEYEDGE_HTTP_UNKNOWN_HOST', 'unknown host\n', hsts);
-      log.info({ code: 'KEYEDGE_HTTP_UNKNOWN_HOST', status: 404, method: req.method }, 'no domain for this Host');
+      code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
+      answer(res, 404, code, 'unknown host\n', hsts);
       return;
     }
     forward(pools, domain.origin, req, res, hsts).catch((err: unknown) => {
       const timeout = (err as { code?: string }).code === 'UND_ERR_HEADERS_TIMEOUT';
-      const code = timeout ? 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
+      code = timeout ? 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
       log.warn({ code, domain: domain.name, origin: domain.origin, err }, 'origin request failed');
       if (!res.headersSent) answer(res, timeout ? 504 : 502, code, timeout ? 'origin timed out\n' : 'origin unreachable\n', hsts);
       else res.destroy();
@@ -55,7 +87,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
   };
 }
 
-function answer(res: ServerResponse, status: number, code: string, body: string, headers: Record<string, string>): void {
+function answer(res: ServerResponse, status: number, code: HttpErrorCode, body: string, headers: Record<string, string>): void {
   res.writeHead(status, { ...headers, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
   res.end(body);
 }

@@ -1,0 +1,117 @@
+/**
+ * The proxy's metrics, prefix `keyedge_proxy_`, kept per worker and summed by
+ * the primary's admin port (prom-client AggregatorRegistry).
+ *
+ * Labels are bounded by construction: results, TLS versions, status classes
+ * and our own error codes come from fixed sets. Never an SNI name, Host,
+ * certificate serial or client address: those belong in logs.
+ */
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { Counter, Gauge, Histogram, type Registry, collectDefaultMetrics, register } from 'prom-client';
+import type { KeylessStats } from './keyless/bridge.js';
+
+const PREFIX = 'keyedge_proxy_';
+
+export class ProxyMetrics {
+  readonly registry: Registry;
+
+  readonly handshakes: Counter<'result' | 'tls_version' | 'resumed'>;
+  readonly handshakeDuration: Histogram<'resumed'>;
+  readonly requests: Counter<'status_class' | 'code'>;
+  readonly originDuration: Histogram<'status_class'>;
+  readonly openConnections: Gauge;
+  readonly reloads: Counter<'kind' | 'result'>;
+  readonly #eventLoop: IntervalHistogram;
+
+  /**
+   * `registry` defaults to prom-client's global one, which is what the
+   * cluster aggregator collects from each worker.
+   */
+  constructor(keylessStats: () => KeylessStats, registry: Registry = register) {
+    this.registry = registry;
+    const registers = [registry];
+    this.handshakes = new Counter({
+      name: `${PREFIX}tls_handshakes_total`,
+      help: 'TLS handshakes by result (ok, failed), negotiated version and whether a session was resumed.',
+      labelNames: ['result', 'tls_version', 'resumed'] as const,
+      registers,
+    });
+    this.handshakeDuration = new Histogram({
+      name: `${PREFIX}tls_handshake_duration_seconds`,
+      help: 'From TCP accept to the end of a successful TLS handshake.',
+      labelNames: ['resumed'] as const,
+      // 250 µs (a resumed handshake on loopback) to 5 s (a slow client on a lossy
+      // link): below that the figure is noise, above it the client has gone.
+      buckets: [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.requests = new Counter({
+      name: `${PREFIX}http_requests_total`,
+      help: 'HTTP requests answered, by status class (2xx…5xx) and our own error code ("none" when the origin answered).',
+      labelNames: ['status_class', 'code'] as const,
+      registers,
+    });
+    this.originDuration = new Histogram({
+      name: `${PREFIX}origin_request_duration_seconds`,
+      help: 'From sending a request to the origin to the end of its answer.',
+      labelNames: ['status_class'] as const,
+      // 1 ms (an origin on the same host) to 60 s (a long download or a slow API).
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.openConnections = new Gauge({
+      name: `${PREFIX}open_connections`,
+      help: 'Client connections currently open.',
+      registers,
+    });
+    this.reloads = new Counter({
+      name: `${PREFIX}reloads_total`,
+      help: 'Configuration and certificate reloads, by kind (certificate, config) and result (ok, refused).',
+      labelNames: ['kind', 'result'] as const,
+      registers,
+    });
+
+    this.#eventLoop = monitorEventLoopDelay({ resolution: 10 });
+    this.#eventLoop.enable();
+    const eventLoop = this.#eventLoop;
+    new Gauge({
+      name: `${PREFIX}event_loop_delay_max_seconds`,
+      help: 'Longest event-loop delay since the last scrape: a keyless RPC blocks the worker, so this shows the key server as seen by clients.',
+      registers,
+      collect() {
+        this.set(eventLoop.max / 1e9);
+        eventLoop.reset();
+      },
+    });
+    const keylessFailureReasons = ['connect', 'timeout', 'remote', 'protocol', 'breaker'] as const;
+    new Counter({
+      name: `${PREFIX}keyless_signs_total`,
+      help: 'Private-key operations sent to the key server and answered with a signature.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(keylessStats().signs);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}keyless_failures_total`,
+      help: 'Private-key operations that failed (each fails one handshake), by reason: connect, timeout, remote (key server refused), protocol, breaker (failed fast while the key server is down).',
+      labelNames: ['reason'] as const,
+      registers,
+      collect() {
+        const failures = keylessStats().failures;
+        this.reset();
+        for (const reason of keylessFailureReasons) this.inc({ reason }, failures[reason]);
+      },
+    });
+    collectDefaultMetrics({ register: registry, prefix: PREFIX });
+  }
+
+  stop(): void {
+    this.#eventLoop.disable();
+  }
+}
+
+export function statusClass(status: number): string {
+  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
+}
