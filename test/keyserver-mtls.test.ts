@@ -133,8 +133,8 @@ describe('who may connect', () => {
   it('a client without a certificate is refused before any answer', async () => {
     const before = await metricValue(server, HANDSHAKE_REFUSALS);
     const result = await attempt({});
+    // The handshake may complete; the server then closes before reading a frame.
     expect(result).toMatchObject({ answered: false, timedOut: false });
-    expect(result.error).toBeDefined();
     expect(await metricValue(server, HANDSHAKE_REFUSALS)).toBe(before + 1);
     expect(logs.find(/^mutual TLS client refused/).length).toBeGreaterThan(0);
   });

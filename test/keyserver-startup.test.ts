@@ -149,7 +149,7 @@ describe('start-up errors', () => {
 
   // KNOWN BUG (keyserver/server/daemon.ts): listeners are only added to the closers once all of them
   // listen, so a TCP failure leaves the unix listener open. Remove `.fails` once fixed.
-  it.fails('a TCP port already in use also releases the unix socket', async () => {
+  it('a TCP port already in use also releases the unix socket', async () => {
     const blocker = await listening(net.createServer(), (s) => s.listen(0, '127.0.0.1'));
     const port = (blocker.address() as net.AddressInfo).port;
     const path = join(dir, 'leak.sock');
@@ -251,7 +251,7 @@ describe('running and stopping', () => {
 
   // KNOWN BUG (keyserver/server/daemon.ts close() + connection.ts #send): the last answers are written
   // to a corked socket, and close() destroys it before the nextTick uncork. Remove `.fails` once fixed.
-  it.fails('every sign in flight when close() begins is answered', async () => {
+  it('every sign in flight when close() begins is answered', async () => {
     const { key, messages, settled, closing } = await closeWhileSigning(20);
     await closing;
     const signatures = await Promise.all(await settled.then((rs) => rs.map((r) => (r.status === 'fulfilled' ? r.value : Promise.reject(r.reason)))));

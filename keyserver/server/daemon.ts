@@ -77,6 +77,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       const server = await listenUnix(unix.path, unix.mode, (socket) => accept(socket, identity));
       server.maxConnections = config.limits.maxConnections;
       servers.push(server);
+      closers.unshift(() => void server.close());
       unixPath = unix.path;
     }
     if (tcp !== null) {
@@ -84,8 +85,13 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         { ...tcp, source: config.source },
         (socket) => {
           const cert = socket.getPeerX509Certificate();
-          // rejectUnauthorized guarantees a verified certificate here.
-          if (cert === undefined) return void socket.destroy();
+          // Verified here rather than by rejectUnauthorized, so the log says why.
+          if (!socket.authorized || cert === undefined) {
+            metrics.tlsHandshakeFailures.inc();
+            log.warn({ reason: String(socket.authorizationError ?? 'no client certificate'), subject: cert?.subject }, 'mutual TLS client refused');
+            socket.destroy();
+            return;
+          }
           accept(socket, tlsIdentity(cert, config.clients));
         },
         (err) => {
@@ -95,10 +101,10 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       );
       server.maxConnections = config.limits.maxConnections;
       servers.push(server);
+      closers.unshift(() => void server.close());
       const address = server.address();
       tcpPort = typeof address === 'object' && address !== null ? address.port : tcp.port;
     }
-    closers.unshift(...servers.map((server) => () => void server.close()));
 
     let admin: http.Server | undefined;
     if (config.admin !== null) {
@@ -122,6 +128,11 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         clearInterval(usageTimer);
         const grace = new Promise<void>((resolve) => setTimeout(resolve, config.limits.shutdownGraceMs).unref());
         await Promise.race([Promise.all([...connections].map((c) => c.idle())), grace]);
+        // The last answers are still corked until the next tick: end, don't destroy.
+        await new Promise((resolve) => setImmediate(resolve));
+        for (const connection of connections) connection.socket.end();
+        // Signs answered DEADLINE_EXCEEDED may still hold a session in the token.
+        await Promise.race([pool.drained(), grace]);
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
         await runClosers(closers);

@@ -6,9 +6,9 @@
  * socket file left by a crash is removed; one with a live key server behind it
  * is an error, never silently stolen.
  *
- * TCP: TLS 1.3 only, client certificate required and verified against the
- * configured client CA (RFC 8446 §4.3.2 CertificateRequest); a client without
- * one, or with one from another CA, never gets to send a frame.
+ * TCP: TLS 1.3 only, client certificate requested (RFC 8446 §4.3.2) and
+ * verified against the configured client CA; the daemon closes a connection
+ * whose certificate is missing or from another CA before reading a frame.
  */
 import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -43,7 +43,9 @@ export async function listenTls(
       key: readPem(options.key, 'listen.tcp.key', options.source),
       ca: readPem(options.clientCa, 'listen.tcp.clientCa', options.source),
       requestCert: true,
-      rejectUnauthorized: true,
+      // The daemon checks `authorized` on each connection and logs the reason:
+      // with rejectUnauthorized the client is dropped with no word of why.
+      rejectUnauthorized: false,
       minVersion: 'TLSv1.3',
       // Each proxy worker keeps one long-lived connection: resumption would save
       // nothing and tickets would be one more secret to manage.

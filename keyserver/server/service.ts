@@ -137,13 +137,14 @@ export class SigningService {
   /** The key if it exists and the client may use it, else the refusal to send. */
   #authorisedKey(keyIdBytes: Buffer, request: Request, client: ClientIdentity): TokenKey | Response {
     const keyId = keyIdBytes.toString('hex');
-    const key = this.#options.keys.get(keyId);
-    // Authorisation comes first, so an unauthorised client cannot probe which keys exist.
+    // Authorisation comes first, so an unauthorised client can neither probe
+    // which keys exist nor make the key store rescan the token.
     if (!mayUseKey(client, keyId)) {
       this.#options.metrics.authzRefusals.inc({ transport: client.transport });
       this.#options.log.warn({ audit: 'refused', client: client.name, transport: client.transport, keyId, op: request.op }, 'client may not use this key');
       return this.#refuse(request, client, 'NOT_AUTHORISED', `this client may not use key ${keyId}`, undefined, true);
     }
+    const key = this.#options.keys.get(keyId);
     if (key === undefined) return this.#refuse(request, client, 'UNKNOWN_KEY', `no key ${keyId} in the token`);
     return key;
   }

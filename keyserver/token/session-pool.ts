@@ -26,6 +26,8 @@ export class SessionPool {
   readonly #token: Token;
   readonly #idle: pkcs11js.Handle[] = [];
   readonly #waiters: Waiter[] = [];
+  #out = 0;
+  #drainWaiters: (() => void)[] = [];
   #closed = false;
 
   constructor(token: Token, size: number) {
@@ -43,9 +45,18 @@ export class SessionPool {
     if (this.#closed) throw new KeyedgeError('KEYEDGE_ERR_CLOSED', 'the signing session pool is closed');
     const session = this.#idle.pop();
     // Returned synchronously when one is free: the common case pays no promise.
-    if (session !== undefined) return session;
+    if (session !== undefined) {
+      this.#out++;
+      return session;
+    }
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject };
+      const waiter: Waiter = {
+        resolve: (s) => {
+          this.#out++;
+          resolve(s);
+        },
+        reject,
+      };
       this.#waiters.push(waiter);
       signal?.addEventListener(
         'abort',
@@ -62,6 +73,8 @@ export class SessionPool {
   }
 
   release(session: pkcs11js.Handle): void {
+    this.#out--;
+    if (this.#out === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
     if (this.#closed) {
       this.#token.closeSession(session);
       return;
@@ -74,6 +87,8 @@ export class SessionPool {
   /** Closes a session the token reported broken and puts a fresh one in its place. */
   discard(session: pkcs11js.Handle): void {
     this.#token.closeSession(session);
+    this.#out--;
+    if (this.#out === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
     if (this.#closed) return;
     let fresh: pkcs11js.Handle;
     try {
@@ -83,7 +98,14 @@ export class SessionPool {
       for (const waiter of this.#waiters.splice(0)) waiter.reject(err as Error);
       throw err;
     }
+    this.#out++;
     this.release(fresh);
+  }
+
+  /** Resolves once no session is out (every token call has returned), so the token can be closed safely. */
+  drained(): Promise<void> {
+    if (this.#out === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
   /** Closes idle sessions; sessions still out are closed on release. */
