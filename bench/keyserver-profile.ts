@@ -35,7 +35,7 @@ async function main(): Promise<number> {
       sessions: { type: 'string' },
       interval: { type: 'string', default: '100' },
       top: { type: 'string', default: '30' },
-      out: { type: 'string', default: 'bench/results/profiles' },
+      out: { type: 'string', default: 'bench/results/tmp/profiles' },
     },
   });
   const key = BENCH_KEYS.find((k) => k.id === values.key);

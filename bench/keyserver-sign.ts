@@ -37,8 +37,9 @@ import { median, round, spread } from './lib/stats.js';
 const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
 
   --quick              3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)
-  --out DIR            where to write <date>-keyserver-sign.{json,md} (default bench/results)
-  --rounds N           measuring rounds (default 3)
+  --out DIR            where to write <date>-keyserver-sign.{json,md} (quick: -quick.{json,md})
+                       (default bench/results)
+  --rounds N           measuring rounds (default 5; quick 3)
   --measure SEC        seconds per measurement (default 4; quick 1)
   --warmup SEC         warm-up seconds per scenario (default 2; quick 1)
   --client lean|library
@@ -79,6 +80,7 @@ interface Options {
   readonly warmupMs: number;
   readonly rampMs: number;
   readonly exploreMs: number;
+  readonly settleMs: number;
   readonly explorePasses: number;
   readonly client: ClientKind;
   readonly pipeline: Pipeline | undefined;
@@ -140,11 +142,12 @@ function parseOptions(argv: string[]): Options | undefined {
   return {
     quick,
     out: values.out,
-    rounds: Math.round(num(values.rounds, '--rounds', 3, 1)),
+    rounds: Math.round(num(values.rounds, '--rounds', quick ? 3 : 5, 1)),
     measureMs,
     warmupMs: num(values.warmup, '--warmup', quick ? 1 : 2, 0) * 1000,
     rampMs: quick ? 150 : 300,
-    exploreMs: quick ? 400 : 1000,
+    exploreMs: quick ? 300 : 1000,
+    settleMs: quick ? 100 : 200,
     explorePasses: quick ? 1 : 2,
     client: values.client,
     pipeline,
@@ -320,6 +323,15 @@ async function explorePipeline(
 // ---------------------------------------------------------------------------
 // Summary
 
+interface IdleLatencyRow {
+  readonly key: string;
+  readonly path: 'raw' | Transport;
+  readonly signsPerSecond: number;
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly errors: number;
+}
+
 interface ScenarioSummary extends ScenarioInfo {
   readonly signsPerSecond: ReturnType<typeof spread>;
   readonly perRound: readonly WindowResult[];
@@ -329,9 +341,22 @@ interface ScenarioSummary extends ScenarioInfo {
   readonly serverMainThreadUsPerSign: number | undefined;
   readonly serverOtherThreadsUsPerSign: number | undefined;
   readonly clientCpuUsPerSign: number;
+  /** Server + bench process per sign (for raw: the bench process alone, which then holds the token's work too). */
+  readonly totalCpuUsPerSign: number;
+  readonly machineBusyCores: number;
+  /** CPU used by everything else on the machine during the windows (median), in cores. */
+  readonly otherCores: number;
   readonly errors: number;
   /** Median key server / best raw, and the range of the per-round ratios. */
-  readonly vsRaw: { readonly ratio: number; readonly perRound: readonly number[]; readonly rawScenario: string } | undefined;
+  readonly vsRaw:
+    | {
+        readonly ratio: number;
+        readonly perRound: readonly number[];
+        readonly rawScenario: string;
+        /** Ceiling's total CPU per sign / this path's: 1 means signing through the key server costs the machine no more CPU than raw. */
+        readonly cpuRatio: number;
+      }
+    | undefined;
 }
 
 function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
@@ -354,6 +379,9 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
       serverMainThreadUsPerSign: opt((r) => r.server?.mainThreadUsPerSign),
       serverOtherThreadsUsPerSign: opt((r) => r.server?.otherThreadsUsPerSign),
       clientCpuUsPerSign: median(perRound.map((r) => r.clientCpuUsPerSign)),
+      totalCpuUsPerSign: median(perRound.map((r) => (r.server?.cpuUsPerSign ?? 0) + r.clientCpuUsPerSign)),
+      machineBusyCores: median(perRound.map((r) => r.machine.busyCores)),
+      otherCores: median(perRound.map((r) => r.machine.otherCores)),
       errors: perRound.reduce((n, r) => n + r.errors, 0),
     };
   });
@@ -369,7 +397,10 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
     const raw = base.find((b) => b.name === ceilings.get(s.key.id));
     if (raw === undefined) return { ...s, vsRaw: undefined };
     const perRound = s.perRound.map((r, i) => r.signsPerSecond / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
-    return { ...s, vsRaw: { ratio: s.signsPerSecond.median / raw.signsPerSecond.median, perRound, rawScenario: raw.name } };
+    return {
+      ...s,
+      vsRaw: { ratio: s.signsPerSecond.median / raw.signsPerSecond.median, perRound, rawScenario: raw.name, cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign },
+    };
   });
   return { summaries, ceilings };
 }
@@ -383,35 +414,50 @@ function markdownReport(
   summaries: readonly ScenarioSummary[],
   ceilings: Map<string, string>,
   explore: readonly ExploreRow[],
+  idle: readonly IdleLatencyRow[],
   date: string,
 ): string {
   const rows = summaries.map((s) => {
     const sps = s.signsPerSecond;
     const isCeiling = ceilings.get(s.key.id) === s.name;
-    const total = s.path === 'raw' ? s.clientCpuUsPerSign : (s.serverCpuUsPerSign ?? Number.NaN) + s.clientCpuUsPerSign;
     return [
       s.key.title,
       s.path + (isCeiling ? ' (ceiling)' : ''),
       s.setting,
       fmt(sps.median),
-      `${fmt(sps.min)}–${fmt(sps.max)}`,
-      `${fmt(sps.spreadPct, 0)}%`,
+      `${fmt(sps.min)}–${fmt(sps.max)} (${fmt(sps.spreadPct, 0)}%)`,
       s.vsRaw === undefined
         ? '–'
         : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
+      s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2),
       fmt(s.p50Us),
       fmt(s.p99Us),
       s.serverCpuUsPerSign === undefined
         ? '–'
-        : `${fmt(s.serverCpuUsPerSign, 1)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 1)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 1)})`,
-      fmt(s.clientCpuUsPerSign, 1),
-      fmt(total, 1),
+        : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
+      fmt(s.clientCpuUsPerSign, 0),
+      fmt(s.totalCpuUsPerSign, 0),
+      `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
     ];
   });
   const table = markdownTable(
-    ['Key', 'Path', 'Setting', 'signs/s (median)', 'min–max', 'spread', 'vs raw (per-round range)', 'p50 µs', 'p99 µs', 'server CPU µs/sign (main + other threads)', 'bench-process CPU µs/sign', 'total CPU µs/sign'],
+    [
+      'Key',
+      'Path',
+      'Setting',
+      'signs/s',
+      'min–max (spread)',
+      'vs raw (rounds)',
+      'CPU vs raw',
+      'p50 µs',
+      'p99 µs',
+      'server µs/sign (main + other)',
+      'bench µs/sign',
+      'total µs/sign',
+      'machine busy / others (cores)',
+    ],
     rows,
-    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
   );
   const verdicts = summaries
     .filter((s) => s.vsRaw !== undefined)
@@ -438,13 +484,28 @@ function markdownReport(
     '',
     `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.join('; ')}.`,
     '',
-    'Columns: signs/s is the median over rounds, min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by the',
-    'ceiling (the faster raw setting for that key); the range pairs each round with the ceiling\'s same round. p50/p99 are',
-    'per-request latencies (medians over rounds): for raw one C_SignInit+C_Sign, for the key server the client\'s round trip.',
-    'Server CPU is utime+stime of the key server process over the window per sign (main thread = JavaScript and socket',
-    'syscalls; other threads = libuv pool running C_Sign, plus V8 helpers). Bench-process CPU is process.cpuUsage() of this',
-    'process per sign: for raw it is the whole cost of a sign (token included), for the key server the client\'s cost.',
-    'Total = server + bench process: what one sign costs the machine on that path.',
+    'Columns: signs/s is the median over rounds; min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by',
+    'the ceiling (the faster raw setting for that key); in brackets each round divided by the ceiling\'s same round. "CPU vs raw"',
+    'is the ceiling\'s total CPU per sign divided by this path\'s (1.00 = no CPU overhead), which the machine\'s varying',
+    'capacity disturbs less than throughput. p50/p99: per-request latency, median over rounds (raw: one C_SignInit + C_Sign;',
+    'key server: the client\'s round trip with the pipeline full). Server: utime+stime of the key server process per sign',
+    '(main thread = JavaScript, C_SignInit, socket syscalls; other = libuv pool running C_Sign, V8 helpers). Bench:',
+    'process.cpuUsage() of the bench process per sign (raw: the whole sign, token included; key server: the client).',
+    'Total = server + bench. Machine busy / others: cores busy on the whole machine (/proc/stat) and, of those, the ones',
+    'used by neither the bench nor the key server: other load sharing the machine, which the figures cannot see past.',
+    '',
+    '## Latency with one request in flight',
+    '',
+    idle.length === 0
+      ? '(not measured)'
+      : markdownTable(
+          ['Key', 'Path', 'p50 µs', 'p99 µs', 'signs/s'],
+          idle.map((r) => [r.key, r.path, fmt(r.p50Us), fmt(r.p99Us), fmt(r.signsPerSecond)]),
+          ['left', 'left', 'right', 'right', 'right'],
+        ),
+    '',
+    `One raw session, or one connection with one request outstanding, for ${options.quick ? 0.5 : 2} s after the rounds: the`,
+    'round trip one TLS handshake waits for when the key server is idle (the table above has it at saturation).',
     '',
     '## Pipeline exploration (unix socket)',
     '',
@@ -478,6 +539,7 @@ async function main(): Promise<number> {
       lab?.cleanup();
       process.exit(130);
     }
+    interrupted = true;
     log(`${signal}: stopping (again to force)`);
     abort.abort(new Error(`interrupted by ${signal}`));
   };
@@ -547,17 +609,40 @@ async function main(): Promise<number> {
       rounds: options.rounds,
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
-      settleMs: 200,
+      settleMs: options.settleMs,
       signal: abort.signal,
       onRun: ({ scenario, context, result }) => {
         const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
         const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
         log(
           `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
-            `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server}${errors}`,
+            `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server} machine ${fmt(result.machine.busyCores, 2)} busy, others ${fmt(result.machine.otherCores, 2)}${errors}`,
         );
       },
     });
+
+    // Round trip with nothing else in flight: what one handshake waits for on an idle key server.
+    const idle: IdleLatencyRow[] = [];
+    const idleMs = options.quick ? 500 : 2000;
+    for (const key of options.keys) {
+      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id))!;
+      const single: Pipeline = { connections: 1, depth: 1 };
+      for (const path of (['raw', 'unix', 'tls'] as const).filter((p) => options.paths.has(p))) {
+        abort.signal.throwIfAborted();
+        let connected: Connected | undefined;
+        const load =
+          path === 'raw'
+            ? new RawSignLoad(token.pkcs11, rawSessions.slice(0, 1), { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes }, digests)
+            : (connected = await connectFor(key, path)(single)).load;
+        try {
+          const r = await measureWindow(load, { durationMs: idleMs, rampMs: options.rampMs, ...(path === 'raw' ? {} : { serverPid: running.pid }), signal: abort.signal });
+          idle.push({ key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors });
+          log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
+        } finally {
+          connected?.close();
+        }
+      }
+    }
 
     const { summaries, ceilings } = summarize(scenarios, results);
     const date = dateStamp();
@@ -566,7 +651,7 @@ async function main(): Promise<number> {
       keyserverSessions: config.pkcs11.sessions,
       pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
     };
-    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, date);
+    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, date);
     const json = {
       benchmark: 'keyserver-sign',
       date,
@@ -577,7 +662,7 @@ async function main(): Promise<number> {
         measureMs: options.measureMs,
         warmupMs: options.warmupMs,
         rampMs: options.rampMs,
-        settleMs: 200,
+        settleMs: options.settleMs,
         order,
         client: options.client,
         exploration: { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: options.exploreMs, passes: options.explorePasses, tolerance: EXPLORE_TOLERANCE },
@@ -587,6 +672,7 @@ async function main(): Promise<number> {
       keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,
       exploration: explore,
+      idleLatency: idle,
       scenarios: summaries.map((s) => ({
         name: s.name,
         key: s.key.id,
@@ -601,12 +687,16 @@ async function main(): Promise<number> {
         serverMainThreadUsPerSign: s.serverMainThreadUsPerSign,
         serverOtherThreadsUsPerSign: s.serverOtherThreadsUsPerSign,
         benchProcessCpuUsPerSign: s.clientCpuUsPerSign,
+        totalCpuUsPerSign: s.totalCpuUsPerSign,
+        machineBusyCores: s.machineBusyCores,
+        otherCores: s.otherCores,
         errors: s.errors,
         rounds: s.perRound,
       })),
       durationSeconds: (Date.now() - started) / 1000,
     };
-    const written = writeReport(options.out, 'keyserver-sign', json, markdown, date);
+    // A quick run never overwrites the day's full results.
+    const written = writeReport(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date);
     process.stdout.write(`${markdown}\n`);
     log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
     const errors = summaries.reduce((n, s) => n + s.errors, 0);
@@ -651,12 +741,18 @@ function relaunchWithPool(): Promise<number> | undefined {
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
 }
 
+let interrupted = false;
 const relaunched = relaunchWithPool();
 (relaunched ?? main()).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
+    if (interrupted) {
+      process.stderr.write('keyserver-sign: interrupted; everything it started is stopped\n');
+      process.exitCode = 130;
+      return;
+    }
     process.stderr.write(`keyserver-sign: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exitCode = 1;
   },

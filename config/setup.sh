@@ -55,12 +55,13 @@ ensure_packages() {
 ensure_node_modules() {
   local stamp="node_modules/.keyedge-lock.sha256" want
   want=$(sha256sum package-lock.json | cut -d' ' -f1)
-  if [[ -f $stamp && $(cat "$stamp") == "$want" && -f node_modules/pkcs11js/build/Release/pkcs11.node ]]; then
+  if [[ -f $stamp && $(cat "$stamp") == "$want" && -f node_modules/pkcs11js/build/Release/pkcs11.node && -f proxy/native/build/Release/keyless_bridge.node ]]; then
     return 0
   fi
   say "installing npm dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed (the native build of pkcs11js needs python3, make and g++)"
   [[ -f node_modules/pkcs11js/build/Release/pkcs11.node ]] || die "pkcs11js was installed without its native build: check npm's allowScripts approval in package.json"
+  [[ -f proxy/native/build/Release/keyless_bridge.node ]] || die "the keyless bridge (proxy/native) was not built: check allowScripts in package.json and that python3, make and g++ are installed"
   printf '%s\n' "$want" >"$stamp"
 }
 

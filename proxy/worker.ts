@@ -27,7 +27,11 @@ import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
+import { createTlsFront } from './tls/front.js';
 import { TLS_PROFILES } from './tls/profile.js';
+
+/** A client that has not finished its ClientHello within this is dropped (slowloris). */
+const HELLO_TIMEOUT_MS = 10_000;
 
 export interface RunningWorker {
   /** The bound port of each listener, in config order (useful with port 0). */
@@ -77,15 +81,24 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
   const handler = createRequestHandler({ domains: () => domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
 
-  const servers: https.Server[] = [];
+  const fronts: net.Server[] = [];
+  const tlsServers: https.Server[] = [];
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
-  for (const listener of config.listen) {
+  const onSecure = (socket: tls.TLSSocket): void => {
+    const resumed = String(socket.isSessionReused());
+    metrics.handshakes.inc({ result: 'ok', tls_version: socket.getProtocol() ?? 'unknown', resumed });
+    // Node keeps the accepted TCP socket as `_parent` (stable since Node 0.x, not public API).
+    const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
+    const accepted = raw === undefined ? undefined : acceptedAt.get(raw);
+    if (accepted !== undefined) metrics.handshakeDuration.observe({ resumed }, Number(process.hrtime.bigint() - accepted) / 1e9);
+  };
+  const httpsServer = (profile: TlsProfileName, defaultCertificate: ServedCertificate | undefined): https.Server => {
     const server = https.createServer(
       {
-        ...TLS_PROFILES[listener.profile],
-        ...(noSniCertificate === undefined ? {} : { cert: noSniCertificate.chainPem, key: bridge.keyPemFor(noSniCertificate) }),
-        SNICallback: sniCallback(listener.profile, sni, fallback, contexts, log),
+        ...TLS_PROFILES[profile],
+        ...(defaultCertificate === undefined ? {} : { cert: defaultCertificate.chainPem, key: bridge.keyPemFor(defaultCertificate) }),
+        SNICallback: sniCallback(profile, sni, fallback, contexts, log),
         ...(options.ticketKey === undefined ? {} : { ticketKeys: options.ticketKey }),
       },
       handler,
@@ -96,34 +109,37 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
       log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed');
     });
-    server.on('connection', (socket: net.Socket) => {
-      const accepted = process.hrtime.bigint();
+    server.on('secureConnection', onSecure);
+    tlsServers.push(server);
+    return server;
+  };
+  for (const listener of config.listen) {
+    const front = createTlsFront({
+      withSni: httpsServer(listener.profile, undefined),
+      withoutSni: noSniCertificate === undefined ? undefined : httpsServer(listener.profile, noSniCertificate),
+      acceptsName: (name) => selectByName(sni, name, fallback) !== undefined,
+      helloTimeoutMs: HELLO_TIMEOUT_MS,
+      onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
+    });
+    front.on('connection', (socket: net.Socket) => {
+      acceptedAt.set(socket, process.hrtime.bigint());
       sockets.add(socket);
       metrics.openConnections.inc();
       socket.once('close', () => {
         sockets.delete(socket);
         metrics.openConnections.dec();
       });
-      acceptedAt.set(socket, accepted);
-    });
-    server.on('secureConnection', (socket: tls.TLSSocket) => {
-      const resumed = String(socket.isSessionReused());
-      metrics.handshakes.inc({ result: 'ok', tls_version: socket.getProtocol() ?? 'unknown', resumed });
-      // Node keeps the accepted TCP socket as `_parent` (stable since Node 0.x, not public API).
-      const raw = (socket as tls.TLSSocket & { _parent?: net.Socket })._parent;
-      const accepted = raw === undefined ? undefined : acceptedAt.get(raw);
-      if (accepted !== undefined) metrics.handshakeDuration.observe({ resumed }, Number(process.hrtime.bigint() - accepted) / 1e9);
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: listener.host, port: listener.port, exclusive: false }, () => {
-        server.off('error', reject);
+      front.once('error', reject);
+      front.listen({ host: listener.host, port: listener.port, exclusive: false }, () => {
+        front.off('error', reject);
         resolve();
       });
     });
-    servers.push(server);
+    fronts.push(front);
   }
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  const ports = fronts.map((s) => (s.address() as net.AddressInfo).port);
   log.info({ ports, certificates: certificates.length, domains: config.domains.length, contexts: contexts.size }, 'proxy worker listening');
 
   let closing: Promise<void> | undefined;
@@ -131,14 +147,19 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     ports,
     bridge,
     setTicketKey(key) {
-      for (const server of servers) server.setTicketKeys(key);
+      for (const server of tlsServers) server.setTicketKeys(key);
     },
     close() {
       closing ??= (async () => {
-        const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-        for (const server of servers) server.closeIdleConnections();
+        for (const front of fronts) front.close();
+        // Idle keep-alive connections close now; busy ones once their response is sent.
+        for (const server of tlsServers) server.close(() => undefined);
+        const allClosed = new Promise<void>((resolve) => {
+          const check = (): void => (sockets.size === 0 ? resolve() : void setTimeout(check, 20));
+          check();
+        });
         const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
-        await Promise.race([closed, grace]);
+        await Promise.race([allClosed, grace]);
         for (const socket of sockets) socket.destroy();
         stapler.stop();
         if (options.metrics === undefined) metrics.stop();

@@ -93,3 +93,23 @@ export function delta(before: CpuTimes, after: CpuTimes): CpuTimes {
 export function totalUs(t: CpuTimes): number {
   return t.userUs + t.systemUs;
 }
+
+export interface MachineCpu {
+  /** Microseconds of CPU time spent on anything but idle and iowait, summed over all CPUs. */
+  readonly busyUs: number;
+  readonly idleUs: number;
+  /** Time the hypervisor ran something else (0 where the kernel does not account it). */
+  readonly stealUs: number;
+}
+
+/** Whole-machine CPU time from the first line of /proc/stat (all CPUs summed). */
+export function machineCpu(): MachineCpu {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const [, user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
+  const usPerTick = 1e6 / clockTicksPerSecond();
+  return {
+    busyUs: ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0)) * usPerTick,
+    idleUs: ((idle ?? 0) + (iowait ?? 0)) * usPerTick,
+    stealUs: (steal ?? 0) * usPerTick,
+  };
+}

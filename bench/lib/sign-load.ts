@@ -25,7 +25,7 @@ import { KeyserverClient } from '../../keyserver/client/client.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
-import { type CpuTimes, delta, procCpu, selfCpu, threadCpu, totalUs } from './proc-cpu.js';
+import { type CpuTimes, delta, machineCpu, procCpu, selfCpu, threadCpu, totalUs } from './proc-cpu.js';
 import { sleep } from './rounds.js';
 import { LatencyRecorder, type LatencySummary } from './stats.js';
 
@@ -268,6 +268,40 @@ export class LibraryClientSignLoad extends LoadBase {
   }
 }
 
+/**
+ * `concurrency` loops each awaiting `once(loopIndex)` back to back: for
+ * driving in-process code paths (e.g. the key server's SigningService)
+ * without sockets. A rejected call counts as an error and the loop goes on.
+ */
+export class ClosedLoopLoad extends LoadBase {
+  readonly #concurrency: number;
+  readonly #once: (loop: number) => Promise<unknown>;
+
+  constructor(concurrency: number, once: (loop: number) => Promise<unknown>) {
+    super();
+    this.#concurrency = concurrency;
+    this.#once = once;
+  }
+
+  protected begin(): void {
+    this.outstanding = this.#concurrency;
+    for (let i = 0; i < this.#concurrency; i++) void this.#loop(i);
+  }
+
+  async #loop(i: number): Promise<void> {
+    while (!this.stopped) {
+      const started = nowNs();
+      try {
+        await this.#once(i);
+        this.done(started, undefined);
+      } catch (err) {
+        this.done(started, err instanceof Error ? err.message : String(err));
+      }
+    }
+    this.retire();
+  }
+}
+
 export interface WindowOptions {
   readonly durationMs: number;
   /** Load runs this long before the window opens. */
@@ -275,6 +309,8 @@ export interface WindowOptions {
   /** The key server's pid, for its CPU time; undefined for in-process loads. */
   readonly serverPid?: number;
   readonly signal?: AbortSignal;
+  /** Also read this process's main-thread CPU from /proc (for in-process loads). */
+  readonly selfMainThread?: boolean;
 }
 
 export interface WindowResult {
@@ -288,6 +324,8 @@ export interface WindowResult {
   readonly clientCpuUsPerSign: number;
   /** Cores' worth of CPU this process used during the window. */
   readonly clientCpuCores: number;
+  /** This process's main thread per sign (only with `selfMainThread`). */
+  readonly clientMainThreadUsPerSign?: number;
   readonly server?: {
     /** utime+stime of the key server process per sign, from /proc/<pid>/stat. */
     readonly cpuUsPerSign: number;
@@ -299,6 +337,11 @@ export interface WindowResult {
     readonly otherThreadsUsPerSign: number;
     readonly cpuCores: number;
   };
+  /**
+   * The whole machine during the window, in cores: busy (any process), idle, stolen by the hypervisor, and
+   * `otherCores`: busy minus this process and the key server, i.e. load from anything else sharing the machine.
+   */
+  readonly machine: { readonly busyCores: number; readonly idleCores: number; readonly stealCores: number; readonly otherCores: number };
   /** Load-specific counters per sign (RawSignLoad: signInitUs, the main-thread time in C_SignInit). */
   readonly perSign: Record<string, number>;
   /** Requests still outstanding when stop() gave up waiting (should be 0). */
@@ -318,9 +361,11 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
     const c0 = load.completed;
     const e0 = load.errors;
     const self0 = selfCpu();
+    const machine0 = machineCpu();
     const server0 = pid !== undefined ? procCpu(pid) : undefined;
     const threads0 = pid !== undefined ? threadCpu(pid) : undefined;
     const counters0 = load.counters();
+    const selfMain0 = options.selfMainThread ? threadCpu(process.pid).main : undefined;
     load.recording = true;
     await sleep(options.durationMs, options.signal);
     load.recording = false;
@@ -328,9 +373,11 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
     const c1 = load.completed;
     const e1 = load.errors;
     const self1 = selfCpu();
+    const machine1 = machineCpu();
     const server1 = pid !== undefined ? procCpu(pid) : undefined;
     const threads1 = pid !== undefined ? threadCpu(pid) : undefined;
     const counters1 = load.counters();
+    const selfMain1 = options.selfMainThread ? threadCpu(process.pid).main : undefined;
 
     const seconds = (t1 - t0) / 1e9;
     const signs = c1 - c0;
@@ -348,6 +395,7 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
         cpuCores: totalUs(s) / 1e6 / seconds,
       };
     }
+    const busyCores = (machine1.busyUs - machine0.busyUs) / 1e6 / seconds;
     result = {
       signs,
       errors: e1 - e0,
@@ -357,6 +405,13 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
       latency: load.latency.summary(),
       clientCpuUsPerSign: per(client),
       clientCpuCores: totalUs(client) / 1e6 / seconds,
+      ...(selfMain0 !== undefined && selfMain1 !== undefined ? { clientMainThreadUsPerSign: per(delta(selfMain0, selfMain1)) } : {}),
+      machine: {
+        busyCores,
+        idleCores: (machine1.idleUs - machine0.idleUs) / 1e6 / seconds,
+        stealCores: (machine1.stealUs - machine0.stealUs) / 1e6 / seconds,
+        otherCores: Math.max(0, busyCores - totalUs(client) / 1e6 / seconds - (server?.cpuCores ?? 0)),
+      },
       perSign: Object.fromEntries(Object.entries(counters1).map(([k, v]) => [k, signs > 0 ? (v - (counters0[k] ?? 0)) / signs : Number.NaN])),
       ...(server !== undefined ? { server } : {}),
     };

@@ -49,9 +49,12 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
     const domain = selectByName(options.domains(), hostName(req.headers.host), undefined)?.value;
     const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
     let code: HttpErrorCode | undefined;
+    // Read now: after the connection closes, node's TLS accessors may touch freed state.
+    const tls = req.socket as TLSSocket;
+    const tlsVersion = tls.getProtocol?.() ?? undefined;
+    const resumed = tls.isSessionReused?.() ?? undefined;
     res.once('finish', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const tls = req.socket as TLSSocket;
       metrics.requests.inc({ status_class: statusClass(res.statusCode), code: code ?? 'none' });
       if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(res.statusCode) }, seconds);
       log.info(
@@ -66,8 +69,8 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
           durationMs: Math.round(seconds * 1e4) / 10,
           origin: code === undefined ? domain?.origin : undefined,
           code,
-          tls: tls.getProtocol?.() ?? undefined,
-          resumed: tls.isSessionReused?.() ?? undefined,
+          tls: tlsVersion,
+          resumed,
         },
         'request',
       );

@@ -9,7 +9,7 @@
  * Leaves carry serverAuth and clientAuth, so one certificate serves either
  * side of a TLS connection; validity, SANs and key type are the caller's.
  */
-import { webcrypto } from 'node:crypto';
+import { createPublicKey, webcrypto } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '../../keyserver/x509.js';
@@ -42,6 +42,8 @@ export interface IssueOptions {
   readonly keyAlgorithm: TestKeyAlgorithm;
   /** A CA certificate (basicConstraints cA, keyCertSign) instead of a TLS leaf. */
   readonly isCa?: boolean;
+  /** An OCSP responder URL for the Authority Information Access extension. */
+  readonly ocspUrl?: string;
 }
 
 const DAY_MS = 86_400_000;
@@ -81,8 +83,8 @@ function names(options: IssueOptions): x509.JsonGeneralName[] {
   ];
 }
 
-async function build(options: IssueOptions, issuer: TestCa | undefined): Promise<Issued> {
-  const keys = await generateKeys(options.keyAlgorithm);
+async function build(options: IssueOptions, issuer: TestCa | undefined, givenPublicKey?: CryptoKey): Promise<Issued> {
+  const keys: CryptoKeyPair = givenPublicKey === undefined ? await generateKeys(options.keyAlgorithm) : ({ publicKey: givenPublicKey } as CryptoKeyPair);
   const notBefore = options.notBefore ?? new Date(Date.now() - 60_000);
   const notAfter = options.notAfter ?? new Date(notBefore.getTime() + DAY_MS);
   const subject = `CN=${options.commonName}`;
@@ -94,13 +96,14 @@ async function build(options: IssueOptions, issuer: TestCa | undefined): Promise
     new x509.KeyUsagesExtension(
       options.isCa
         ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature
-        : x509.KeyUsageFlags.digitalSignature | (options.keyAlgorithm === 'rsa-2048' ? x509.KeyUsageFlags.keyEncipherment : 0),
+        : x509.KeyUsageFlags.digitalSignature,
       true,
     ),
   ];
   if (!options.isCa) {
     extensions.push(new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]));
   }
+  if (options.ocspUrl !== undefined) extensions.push(new x509.AuthorityInfoAccessExtension({ ocsp: [new x509.GeneralName('url', options.ocspUrl)] }));
   const sans = names(options);
   if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
 
@@ -129,7 +132,8 @@ async function build(options: IssueOptions, issuer: TestCa | undefined): Promise
       extensions,
     });
   }
-  return { certPem: cert.toString('pem'), keyPem: await pkcs8Pem(keys.privateKey), cert, keys };
+  const keyPem = givenPublicKey === undefined ? await pkcs8Pem(keys.privateKey) : '';
+  return { certPem: cert.toString('pem'), keyPem, cert, keys };
 }
 
 /** A self-signed root CA (EC P-256 unless told otherwise), valid from a minute ago for ten days. */
@@ -142,6 +146,21 @@ export async function createCa(name: string, keyAlgorithm: TestKeyAlgorithm = 'e
 /** A certificate signed by `ca`: a TLS leaf, or with `isCa` an intermediate CA. */
 export async function issue(ca: TestCa, options: IssueOptions): Promise<Issued> {
   return build(options, ca);
+}
+
+/**
+ * A leaf for a public key we do not hold (a key inside the token): `keyPem`
+ * is empty. The key's type comes from the SPKI.
+ */
+export async function issueForPublicKey(ca: TestCa, spki: Buffer, options: Omit<IssueOptions, 'keyAlgorithm' | 'isCa'>): Promise<Issued> {
+  const type = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  const details = type.asymmetricKeyDetails;
+  const algorithm: RsaHashedImportParams | EcKeyImportParams =
+    type.asymmetricKeyType === 'ec'
+      ? { name: 'ECDSA', namedCurve: details?.namedCurve === 'secp384r1' ? 'P-384' : 'P-256' }
+      : { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+  const publicKey = await webcrypto.subtle.importKey('spki', new Uint8Array(spki), algorithm, true, ['verify']);
+  return build({ ...options, keyAlgorithm: type.asymmetricKeyType === 'ec' ? 'ec-p256' : 'rsa-2048' }, ca, publicKey);
 }
 
 /** An intermediate CA under `ca`, usable as the issuer of further certificates. */

@@ -1,0 +1,173 @@
+/**
+ * The keyless bridge, seen from TypeScript.
+ *
+ * The native addon (src/, built by node-gyp into build/Release/) registers an
+ * OpenSSL 3 provider in node's own OpenSSL. A key handed to
+ * `tls.createSecureContext({ key: keylessKeyPem(keyId, spki), cert })` is then
+ * a key whose private half is at the key server: each handshake signature is
+ * one synchronous RPC (on the main thread, bounded by `timeoutMs`).
+ *
+ *   init({ socketPath: '/run/keyedge/keyserver.sock' });
+ *   const ctx = tls.createSecureContext({ key: keylessKeyPem(keyId, spki), cert });
+ *
+ * Such a key must never reach node:crypto's KeyObject APIs: node aborts the
+ * process on `createPrivateKey(pem).asymmetricKeyDetails` (and JWK export) of
+ * a key it cannot read as a legacy RSA/EC structure. Anything that turns
+ * configured key material into a KeyObject goes through `loadPrivateKey` or
+ * calls `assertNotKeyless` first.
+ */
+import { createHash, createPrivateKey, type KeyObject, type PrivateKeyInput } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { KeyedgeError } from '../../keyserver/errors.js';
+
+export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
+const PEM_VERSION = 0x01;
+
+export interface KeylessTlsEndpoint {
+  readonly host: string;
+  readonly port: number;
+  /** PEM text (not paths): the CA of the key server's certificate, our client certificate (+ chain) and key. */
+  readonly caPem: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+  /** Name checked in the key server's certificate; default: host (an IP host is matched against IP SANs). */
+  readonly servername?: string;
+}
+
+export interface KeylessInitOptions {
+  /** The key server's unix socket. Exactly one of socketPath and tls. */
+  readonly socketPath?: string;
+  /** TCP + mutual TLS 1.3. The host name is resolved once, here. */
+  readonly tls?: KeylessTlsEndpoint;
+  /** Deadline of one signing RPC, connect included (default 250 ms, 1..60000). */
+  readonly timeoutMs?: number;
+  /** After a connect failure or timeout, signing fails at once for this long (default 200 ms, 0 = off). */
+  readonly breakerMs?: number;
+}
+
+export interface KeylessStats {
+  /** Signatures the key server returned. */
+  readonly signs: number;
+  readonly failures: {
+    /** Could not connect, or the connection broke mid-request. */
+    readonly connect: number;
+    readonly timeout: number;
+    /** The key server answered ERROR (unknown key, not authorised, ...). */
+    readonly remote: number;
+    /** A malformed answer. */
+    readonly protocol: number;
+    /** Failed at once because the circuit breaker was open. */
+    readonly breaker: number;
+  };
+  /** The last failure, for humans (never key material; key ids are shortened). */
+  readonly lastError: string;
+}
+
+/** The name proxy/keyless/bridge.ts uses. */
+export type BridgeStats = KeylessStats;
+
+interface NativeBinding {
+  init(options: KeylessInitOptions): void;
+  stats(): KeylessStats;
+  readonly providerName: string;
+}
+
+let binding: NativeBinding | undefined;
+
+/** Where the addon is, from proxy/native/ (sources, tests) or dist/proxy/native/ (compiled). */
+function bindingCandidates(): string[] {
+  const rel = 'build/Release/keyless_bridge.node';
+  return [
+    fileURLToPath(new URL(`./${rel}`, import.meta.url)),
+    fileURLToPath(new URL(`../../../proxy/native/${rel}`, import.meta.url)),
+  ];
+}
+
+/** The built addon's path; KEYEDGE_ERR_SETUP when it was never built. */
+export function addonPath(): string {
+  const path = bindingCandidates().find((candidate) => existsSync(candidate));
+  if (path === undefined) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_SETUP',
+      'the keyless bridge is not built (proxy/native/build/Release/keyless_bridge.node): run `npm ci`, or `npx node-gyp rebuild` in proxy/native',
+    );
+  }
+  return path;
+}
+
+function loadBinding(): NativeBinding {
+  binding ??= createRequire(import.meta.url)(addonPath()) as NativeBinding;
+  return binding;
+}
+
+function wrapNative<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    throw new KeyedgeError(code === 'KEYEDGE_ERR_SETUP' ? 'KEYEDGE_ERR_SETUP' : 'KEYEDGE_ERR_CONFIG', `keyless bridge ${what}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Registers the provider in node's OpenSSL (once per process) and points it at
+ * the key server (every call; an open connection is replaced).
+ */
+export function init(options: KeylessInitOptions): void {
+  const native = loadBinding();
+  wrapNative('init', () => native.init(options));
+}
+
+export function stats(): KeylessStats {
+  return loadBinding().stats();
+}
+
+/** The key id the key server knows a key by: SHA-256 of its SubjectPublicKeyInfo DER. */
+export function keyIdOf(spki: Buffer): Buffer {
+  return createHash('sha256').update(spki).digest();
+}
+
+/**
+ * The PEM block that stands for a keyless key in `tls.createSecureContext({ key })`:
+ * label KEYEDGE KEYLESS KEY, body = 0x01 | key id (32 bytes) | SPKI DER.
+ * Throws KEYEDGE_ERR_KEY_INPUT when keyId is not the SHA-256 of spki.
+ */
+export function keylessKeyPem(keyId: Buffer | string, spki: Buffer): string {
+  const id = typeof keyId === 'string' ? Buffer.from(keyId, 'hex') : keyId;
+  if (id.length !== 32 || !id.equals(keyIdOf(spki))) {
+    throw new KeyedgeError('KEYEDGE_ERR_KEY_INPUT', `key id ${id.toString('hex')} is not the SHA-256 of the given public key`);
+  }
+  const body = Buffer.concat([Buffer.from([PEM_VERSION]), id, spki]).toString('base64');
+  const lines = body.match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${KEYLESS_PEM_LABEL}-----\n${lines.join('\n')}\n-----END ${KEYLESS_PEM_LABEL}-----\n`;
+}
+
+/** Whether PEM text (or a buffer of it) holds a keyless key block anywhere. */
+export function isKeylessPem(key: string | Buffer): boolean {
+  const text = typeof key === 'string' ? key : key.toString('latin1');
+  return text.includes(`-----BEGIN ${KEYLESS_PEM_LABEL}-----`);
+}
+
+/**
+ * Throws KEYEDGE_ERR_KEY_UNSUPPORTED for a keyless key: node:crypto's KeyObject
+ * APIs abort the process on one (asymmetricKeyDetails, JWK export).
+ */
+export function assertNotKeyless(key: string | Buffer, where = 'this key'): void {
+  if (isKeylessPem(key)) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_KEY_UNSUPPORTED',
+      `${where} is a keyless key (${KEYLESS_PEM_LABEL}): it can only be used as tls.createSecureContext({ key }), never as a node:crypto KeyObject`,
+    );
+  }
+}
+
+/** createPrivateKey, refusing keyless keys first. */
+export function loadPrivateKey(key: string | Buffer | PrivateKeyInput, where?: string): KeyObject {
+  const material = typeof key === 'string' || Buffer.isBuffer(key) ? key : key.key;
+  if (typeof material === 'string' || Buffer.isBuffer(material)) assertNotKeyless(material, where);
+  return createPrivateKey(key);
+}

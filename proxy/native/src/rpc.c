@@ -1,0 +1,348 @@
+/*
+ * SIGN over the key-server protocol: framing, answer validation, the one
+ * connection, the deadline, the circuit breaker and the counters.
+ *
+ * Threads: everything here runs under `lock`. Normally only node's main
+ * thread signs (libssl calls us from inside a handshake); worker threads
+ * doing TLS with keyless keys would queue on the mutex.
+ *
+ * Blocking: a call blocks its thread at most timeout_ms (connect included);
+ * with the breaker open it does not block at all.
+ *
+ * Connection rules (SPEC.md): one request in flight, so the answer must carry
+ * our request id; any failure except a well-formed ERROR answer closes the
+ * connection (a timed-out request may still be answered later, and the
+ * stream can no longer be trusted). The next call reconnects. No retries: a
+ * failed call is a failed handshake.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/ec.h>
+#include <openssl/err.h>
+
+#include "rpc.h"
+#include "transport.h"
+
+#define HEADER_LEN 12
+#define MAX_BODY 16384 /* what we buffer of an answer, as the protocol's default limit */
+#define VERSION 1
+#define OP_SIGN 0x03
+#define OP_SIGNATURE 0x83
+#define OP_ERROR 0xff
+#define TAG_KEY_ID 0x01
+#define TAG_ALGORITHM 0x02
+#define TAG_DIGEST 0x03
+#define TAG_SIGNATURE 0x05
+#define TAG_ERROR_CODE 0x07
+#define TAG_ERROR_DETAIL 0x80
+#define ERR_FRAME_TOO_LARGE 4
+#define ERR_SHUTTING_DOWN 13
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static keyless_transport *transport; /* NULL until configured */
+static int timeout_ms = 250;
+static int breaker_ms = 200;
+static int64_t breaker_until;        /* monotonic ms; calls before it fail fast */
+static char breaker_cause[160];
+static uint32_t next_id = 1;
+static keyless_rpc_stats stats;
+static unsigned char body[MAX_BODY]; /* answer buffer, used under lock */
+
+int keyless_rpc_configure(const keyless_rpc_config *cfg, char *err, size_t errlen)
+{
+    keyless_transport *t, *old;
+
+    if (cfg->timeout_ms < 1 || cfg->timeout_ms > 60000 || cfg->breaker_ms < 0 || cfg->breaker_ms > 600000) {
+        snprintf(err, errlen, "timeoutMs must be 1..60000 and breakerMs 0..600000");
+        return 0;
+    }
+    if (cfg->socket_path != NULL)
+        t = keyless_unix_transport_new(cfg->socket_path, err, errlen);
+    else
+        t = keyless_tls_transport_new(cfg->tls_host, cfg->tls_port, cfg->tls_servername, cfg->tls_ca_pem,
+                                      cfg->tls_cert_pem, cfg->tls_key_pem, err, errlen);
+    if (t == NULL)
+        return 0;
+    pthread_mutex_lock(&lock);
+    old = transport;
+    transport = t;
+    timeout_ms = cfg->timeout_ms;
+    breaker_ms = cfg->breaker_ms;
+    breaker_until = 0;
+    pthread_mutex_unlock(&lock);
+    if (old != NULL)
+        old->ops->destroy(old);
+    return 1;
+}
+
+void keyless_rpc_get_stats(keyless_rpc_stats *out)
+{
+    pthread_mutex_lock(&lock);
+    *out = stats;
+    pthread_mutex_unlock(&lock);
+}
+
+static const char *error_name(unsigned code)
+{
+    static const char *const names[] = {
+        NULL,          "MALFORMED_FRAME",   "UNSUPPORTED_VERSION", "UNKNOWN_OP",        "FRAME_TOO_LARGE",
+        "UNKNOWN_KEY", "ALGORITHM_MISMATCH", "UNKNOWN_ALGORITHM",  "BAD_DIGEST_LENGTH", "NOT_AUTHORISED",
+        "SIGN_FAILED", "OVERLOADED",        "DEADLINE_EXCEEDED",   "SHUTTING_DOWN",     "INTERNAL",
+    };
+    return code < sizeof(names) / sizeof(names[0]) && names[code] != NULL ? names[code] : NULL;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static unsigned char *put_item(unsigned char *p, unsigned char tag, const unsigned char *v, size_t len)
+{
+    p[0] = tag;
+    p[1] = (unsigned char)(len >> 8);
+    p[2] = (unsigned char)len;
+    memcpy(p + 3, v, len);
+    return p + 3 + len;
+}
+
+static void fmt(char *err, size_t errlen, const char *f, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static void fmt(char *err, size_t errlen, const char *f, ...)
+{
+    va_list ap;
+
+    va_start(ap, f);
+    vsnprintf(err, errlen, f, ap);
+    va_end(ap);
+}
+
+/*
+ * Validates a SIGNATURE or ERROR body (SPEC.md "Items", "Validation order").
+ * RPC_OK with the signature copied out, RPC_E_REMOTE with *code set, or
+ * RPC_E_PROTOCOL. `err` gets the reason either way.
+ */
+static int parse_answer(unsigned op, unsigned char alg, const unsigned char *b, size_t len, unsigned char *sig,
+                        size_t *siglen, size_t sigmax, unsigned *code, char *err, size_t errlen)
+{
+    unsigned char seen[32] = { 0 };
+    const unsigned char *sigv = NULL, *codev = NULL, *detailv = NULL;
+    size_t off = 0, sigl = 0, codel = 0, detaill = 0, i;
+    char detail[128];
+
+    while (off < len) {
+        unsigned tag;
+        size_t ilen;
+
+        if (len - off < 3) {
+            fmt(err, errlen, "malformed answer: item header truncated");
+            return RPC_E_PROTOCOL;
+        }
+        tag = b[off];
+        ilen = (size_t)b[off + 1] << 8 | b[off + 2];
+        off += 3;
+        if (ilen > len - off) {
+            fmt(err, errlen, "malformed answer: item 0x%02x declares %zu bytes but only %zu remain", tag, ilen,
+                len - off);
+            return RPC_E_PROTOCOL;
+        }
+        if (seen[tag >> 3] & (1u << (tag & 7))) {
+            fmt(err, errlen, "malformed answer: duplicate item 0x%02x", tag);
+            return RPC_E_PROTOCOL;
+        }
+        seen[tag >> 3] |= (unsigned char)(1u << (tag & 7));
+        if (op == OP_SIGNATURE && tag == TAG_SIGNATURE) {
+            sigv = b + off;
+            sigl = ilen;
+        } else if (op == OP_ERROR && tag == TAG_ERROR_CODE) {
+            codev = b + off;
+            codel = ilen;
+        } else if (op == OP_ERROR && tag == TAG_ERROR_DETAIL) {
+            detailv = b + off;
+            detaill = ilen;
+        } else if ((tag >= 0x01 && tag <= 0x07) || tag == TAG_ERROR_DETAIL) {
+            fmt(err, errlen, "malformed answer: unexpected item 0x%02x in opcode 0x%02x", tag, op);
+            return RPC_E_PROTOCOL;
+        } else if ((tag & 0x80) == 0) {
+            fmt(err, errlen, "malformed answer: unknown critical item 0x%02x", tag);
+            return RPC_E_PROTOCOL;
+        } /* else: unknown optional item, skipped */
+        off += ilen;
+    }
+
+    if (op == OP_SIGNATURE) {
+        if (sigv == NULL || sigl < 1 || sigl > 1024) {
+            fmt(err, errlen, "malformed answer: %s", sigv == NULL ? "missing SIGNATURE" : "bad SIGNATURE length");
+            return RPC_E_PROTOCOL;
+        }
+        if (sigl > sigmax || (alg >= 0x10 && sigl != sigmax)) {
+            /* RSA signatures are exactly the modulus length (RFC 8017 I2OSP). */
+            fmt(err, errlen, "malformed answer: a %zu-byte signature for a key of %zu", sigl, sigmax);
+            return RPC_E_PROTOCOL;
+        }
+        if (alg < 0x10) {
+            /* ECDSA: one DER ECDSA-Sig-Value and nothing else. */
+            const unsigned char *q = sigv;
+            ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &q, (long)sigl);
+            int good = es != NULL && q == sigv + sigl;
+
+            ECDSA_SIG_free(es);
+            if (!good) {
+                fmt(err, errlen, "malformed answer: the ECDSA signature is not a DER ECDSA-Sig-Value");
+                return RPC_E_PROTOCOL;
+            }
+        }
+        memcpy(sig, sigv, sigl);
+        *siglen = sigl;
+        return RPC_OK;
+    }
+    if (codev == NULL || codel != 2 || (*code = (unsigned)codev[0] << 8 | codev[1]) == 0 || detaill > 512) {
+        fmt(err, errlen, "malformed answer: bad ERROR items");
+        return RPC_E_PROTOCOL;
+    }
+    /* The detail is for humans: keep printable ASCII, cut it short. */
+    for (i = 0; i < detaill && i < sizeof(detail) - 1; i++)
+        detail[i] = detailv[i] >= 0x20 && detailv[i] < 0x7f ? (char)detailv[i] : '?';
+    detail[i] = '\0';
+    if (error_name(*code) != NULL)
+        fmt(err, errlen, "%s%s%s%s", error_name(*code), i > 0 ? " (" : "", detail, i > 0 ? ")" : "");
+    else
+        fmt(err, errlen, "UNKNOWN_ERROR_%u%s%s%s", *code, i > 0 ? " (" : "", detail, i > 0 ? ")" : "");
+    return RPC_E_REMOTE;
+}
+
+static int io_status(int rc)
+{
+    return rc == IO_TIMEOUT ? RPC_E_TIMEOUT : RPC_E_CONNECT;
+}
+
+/* The exchange itself, with the connection open. Closes it on failure. */
+static int exchange(const unsigned char *key_id, unsigned char alg, const unsigned char *digest, size_t dlen,
+                    unsigned char *sig, size_t *siglen, size_t sigmax, int64_t deadline, char *err, size_t errlen)
+{
+    unsigned char req[HEADER_LEN + 3 + 32 + 3 + 1 + 3 + 64], hdr[HEADER_LEN], *p;
+    uint32_t id = next_id++, blen;
+    unsigned op, code = 0;
+    int rc, st;
+
+    p = req + HEADER_LEN;
+    p = put_item(p, TAG_KEY_ID, key_id, 32);
+    p = put_item(p, TAG_ALGORITHM, &alg, 1);
+    p = put_item(p, TAG_DIGEST, digest, dlen);
+    req[0] = VERSION;
+    req[1] = OP_SIGN;
+    req[2] = req[3] = 0;
+    put32(req + 4, id);
+    put32(req + 8, (uint32_t)(p - req - HEADER_LEN));
+
+    if ((rc = transport->ops->send_all(transport, req, (size_t)(p - req), deadline, err, errlen)) != IO_OK
+        || (rc = transport->ops->recv_exact(transport, hdr, HEADER_LEN, deadline, err, errlen)) != IO_OK) {
+        transport->ops->close(transport);
+        return io_status(rc);
+    }
+    op = hdr[1];
+    blen = get32(hdr + 8);
+    if (hdr[0] != VERSION || hdr[2] != 0 || hdr[3] != 0 || (op != OP_SIGNATURE && op != OP_ERROR)
+        || get32(hdr + 4) != id || blen > MAX_BODY) {
+        fmt(err, errlen, "malformed answer header (version %u, opcode 0x%02x, request id %u for %u, body %u bytes)",
+            hdr[0], op, get32(hdr + 4), id, blen);
+        transport->ops->close(transport);
+        return RPC_E_PROTOCOL;
+    }
+    if ((rc = transport->ops->recv_exact(transport, body, blen, deadline, err, errlen)) != IO_OK) {
+        transport->ops->close(transport);
+        return io_status(rc);
+    }
+    st = parse_answer(op, alg, body, blen, sig, siglen, sigmax, &code, err, errlen);
+    /* A well-formed ERROR leaves the connection usable, except these two. */
+    if (st == RPC_E_PROTOCOL || (st == RPC_E_REMOTE && (code == ERR_SHUTTING_DOWN || code == ERR_FRAME_TOO_LARGE)))
+        transport->ops->close(transport);
+    return st;
+}
+
+int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsigned char *digest, size_t dlen,
+                     unsigned char *sig, size_t *siglen, size_t sigmax, char *err, size_t errlen)
+{
+    char msg[200] = "";
+    char kid[17];
+    int64_t now;
+    int st, rc, i, open_failed = 0;
+
+    if (dlen > 64)
+        return RPC_E_PROTOCOL; /* signature.c never does this */
+    for (i = 0; i < 8; i++)
+        snprintf(kid + 2 * i, 3, "%02x", key_id[i]);
+
+    pthread_mutex_lock(&lock);
+    if (transport == NULL) {
+        st = RPC_E_NOTCONF;
+        fmt(err, errlen, "keyless bridge not configured: call init() first");
+        fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
+        goto out;
+    }
+    now = keyless_now_ms();
+    if (now < breaker_until) {
+        st = RPC_E_BREAKER;
+        stats.breaker++;
+        fmt(err, errlen, "key server at %s unavailable, not retried for %lld ms (last failure: %s)", transport->where,
+            (long long)(breaker_until - now), breaker_cause);
+        fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
+        goto out;
+    }
+    ERR_set_mark(); /* transports may leave libssl errors: not the caller's */
+    if (transport->connected && !transport->ops->usable(transport))
+        transport->ops->close(transport);
+    st = RPC_OK;
+    if (!transport->connected && (rc = transport->ops->open(transport, now + timeout_ms, msg, sizeof(msg))) != IO_OK) {
+        st = io_status(rc);
+        open_failed = 1;
+    }
+    if (st == RPC_OK)
+        st = exchange(key_id, alg, digest, dlen, sig, siglen, sigmax, now + timeout_ms, msg, sizeof(msg));
+    ERR_pop_to_mark();
+
+    switch (st) {
+    case RPC_OK:
+        stats.signs++;
+        goto out;
+    case RPC_E_REMOTE:
+        stats.remote++;
+        fmt(err, errlen, "key server at %s refused to sign with key id %s...: %s", transport->where, kid, msg);
+        break;
+    case RPC_E_PROTOCOL:
+        stats.protocol++;
+        fmt(err, errlen, "key server at %s (key id %s...): %s", transport->where, kid, msg);
+        break;
+    case RPC_E_TIMEOUT:
+        stats.timeout++;
+        fmt(err, errlen, "key server at %s: %s (timeout %d ms, key id %s...)", transport->where, msg, timeout_ms, kid);
+        break;
+    default:
+        stats.connect++;
+        fmt(err, errlen, "key server at %s: %s (key id %s...)", transport->where, msg, kid);
+        break;
+    }
+    /* The breaker opens on a failed connect and on a timeout. */
+    if (breaker_ms > 0 && (st == RPC_E_TIMEOUT || open_failed)) {
+        breaker_until = keyless_now_ms() + breaker_ms;
+        fmt(breaker_cause, sizeof(breaker_cause), "%s", msg);
+    }
+    fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
+out:
+    pthread_mutex_unlock(&lock);
+    return st;
+}

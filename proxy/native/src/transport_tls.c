@@ -1,0 +1,363 @@
+/*
+ * TCP + mutual TLS 1.3 transport, with libssl of the node process.
+ *
+ * The client certificate, key and the CA are given as PEM text and loaded
+ * into one SSL_CTX at configuration time, so mistakes show up in init(), not
+ * in the first handshake. The host name is resolved at configuration time too
+ * (getaddrinfo blocks, which must not happen inside a client's handshake).
+ *
+ * The server certificate is verified against the CA and against `servername`
+ * (when given) or `host` (a DNS name, or an IP address matched against the
+ * certificate's IP SANs).
+ *
+ * Non-blocking socket: every libssl call that would block is answered by a
+ * poll() with the remaining time. SSL_want_read/SSL_want_write say which,
+ * rather than SSL_get_error, which could be misled by errors the caller
+ * (libssl's own server handshake) left on the error queue.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "transport.h"
+
+typedef struct {
+    keyless_transport base;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char *verify_name; /* DNS name to check, or NULL */
+    char *verify_ip;   /* IP address to check, or NULL */
+    char *sni;         /* server name indication, or NULL */
+    SSL_CTX *ctx;
+    SSL *ssl;
+    int fd;
+    int hangups; /* waits in a row that poll() answered with a hang-up */
+} tls_transport;
+
+static void last_ssl_error(const char *what, SSL *ssl, char *err, size_t errlen)
+{
+    char buf[160] = "";
+    unsigned long e = ERR_peek_last_error();
+    long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+
+    if (vr != X509_V_OK)
+        snprintf(err, errlen, "%s: server certificate: %s", what, X509_verify_cert_error_string(vr));
+    else if (e != 0) {
+        ERR_error_string_n(e, buf, sizeof(buf));
+        snprintf(err, errlen, "%s: %s", what, buf);
+    } else
+        snprintf(err, errlen, "%s: connection closed (%s)", what, errno != 0 ? strerror(errno) : "eof");
+}
+
+/*
+ * Waits for what libssl wants after a call that returned <= 0.
+ *
+ * A broken connection must not become a busy loop: after a reset, libssl may
+ * fail to write its alert and still say it wants to write, and poll() on a
+ * hung-up socket returns at once. So a hang-up while waiting to write, or two
+ * waits in a row ending in a hang-up, are the end of the connection.
+ */
+static int wait_for_ssl(tls_transport *t, int64_t deadline, const char *what, char *err, size_t errlen)
+{
+    short events, revents = 0;
+    int w;
+
+    if (SSL_want_read(t->ssl))
+        events = POLLIN;
+    else if (SSL_want_write(t->ssl))
+        events = POLLOUT;
+    else {
+        last_ssl_error(what, t->ssl, err, errlen);
+        return IO_ERR;
+    }
+    w = keyless_wait_fd(t->fd, events, deadline, &revents);
+    if (w > 0 && (revents & (POLLHUP | POLLERR | POLLNVAL)) != 0
+        && (events == POLLOUT || (revents & POLLIN) == 0 || ++t->hangups > 1)) {
+        last_ssl_error(what, t->ssl, err, errlen);
+        if (strstr(err, "connection closed") == NULL && strstr(err, "eof") == NULL)
+            snprintf(err, errlen, "%s: the key server closed the connection", what);
+        return IO_ERR;
+    }
+    if (w == 0) {
+        snprintf(err, errlen, "%s: no progress within the deadline", what);
+        return IO_TIMEOUT;
+    }
+    if (w < 0) {
+        snprintf(err, errlen, "%s: poll: %s", what, strerror(errno));
+        return IO_ERR;
+    }
+    return IO_OK;
+}
+
+static void tls_close(keyless_transport *base)
+{
+    tls_transport *t = (tls_transport *)base;
+
+    /* No close_notify: the connection may have failed fatally, and the key
+     * server needs none (no truncation attack on a request/answer stream
+     * whose frames carry their own lengths). */
+    SSL_free(t->ssl);
+    t->ssl = NULL;
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+    base->connected = 0;
+}
+
+static int tls_open(keyless_transport *base, int64_t deadline, char *err, size_t errlen)
+{
+    tls_transport *t = (tls_transport *)base;
+    int rc, one = 1;
+
+    rc = keyless_connect_fd((struct sockaddr *)&t->addr, t->addrlen, deadline, &t->fd, err, errlen);
+    if (rc != IO_OK)
+        return rc;
+    (void)setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    t->hangups = 0;
+    if ((t->ssl = SSL_new(t->ctx)) == NULL || !SSL_set_fd(t->ssl, t->fd)
+        || (t->sni != NULL && !SSL_set_tlsext_host_name(t->ssl, t->sni))
+        || (t->verify_name != NULL && !SSL_set1_host(t->ssl, t->verify_name))
+        || (t->verify_ip != NULL && !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), t->verify_ip))) {
+        last_ssl_error("TLS set-up", NULL, err, errlen);
+        tls_close(base);
+        return IO_ERR;
+    }
+    for (;;) {
+        errno = 0;
+        if (SSL_connect(t->ssl) == 1)
+            break;
+        if ((rc = wait_for_ssl(t, deadline, "TLS handshake", err, errlen)) != IO_OK) {
+            tls_close(base);
+            return rc;
+        }
+    }
+    base->connected = 1;
+    return IO_OK;
+}
+
+static int tls_send_all(keyless_transport *base, const unsigned char *buf, size_t len, int64_t deadline, char *err,
+                        size_t errlen)
+{
+    tls_transport *t = (tls_transport *)base;
+    size_t n;
+    int rc;
+
+    while (len > 0) {
+        errno = 0;
+        if (SSL_write_ex(t->ssl, buf, len, &n)) {
+            t->hangups = 0;
+            buf += n;
+            len -= n;
+            continue;
+        }
+        if ((rc = wait_for_ssl(t, deadline, "send", err, errlen)) != IO_OK)
+            return rc;
+    }
+    return IO_OK;
+}
+
+static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t len, int64_t deadline, char *err,
+                          size_t errlen)
+{
+    tls_transport *t = (tls_transport *)base;
+    size_t n;
+    int rc;
+
+    while (len > 0) {
+        errno = 0;
+        if (SSL_read_ex(t->ssl, buf, len, &n)) {
+            t->hangups = 0;
+            buf += n;
+            len -= n;
+            continue;
+        }
+        if ((rc = wait_for_ssl(t, deadline, "receive", err, errlen)) != IO_OK) {
+            if (rc == IO_TIMEOUT)
+                snprintf(err, errlen, "no answer within the deadline");
+            return rc;
+        }
+    }
+    return IO_OK;
+}
+
+static int tls_usable(keyless_transport *base)
+{
+    tls_transport *t = (tls_transport *)base;
+    struct pollfd pfd = { t->fd, POLLIN, 0 };
+    unsigned char byte;
+    size_t n;
+    int ok;
+
+    if (SSL_pending(t->ssl) > 0)
+        return 0; /* application data nobody asked for */
+    if (poll(&pfd, 1, 0) == 0)
+        return 1;
+    /* Readable while idle: TLS 1.3 session tickets are fine (libssl consumes
+     * them and wants more), EOF, an alert or application data are not. */
+    ERR_set_mark();
+    ok = !SSL_read_ex(t->ssl, &byte, 1, &n) && SSL_want_read(t->ssl);
+    ERR_pop_to_mark();
+    return ok;
+}
+
+static void tls_destroy(keyless_transport *base)
+{
+    tls_transport *t = (tls_transport *)base;
+
+    tls_close(base);
+    SSL_CTX_free(t->ctx);
+    OPENSSL_free(t->verify_name);
+    OPENSSL_free(t->verify_ip);
+    OPENSSL_free(t->sni);
+    OPENSSL_free(t);
+}
+
+static const keyless_transport_ops tls_ops = {
+    tls_open, tls_send_all, tls_recv_exact, tls_usable, tls_close, tls_destroy,
+};
+
+/* --- configuration -------------------------------------------------------- */
+
+static int is_ip_literal(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+static int load_ctx(tls_transport *t, const char *ca_pem, const char *cert_pem, const char *key_pem, char *err,
+                    size_t errlen)
+{
+    BIO *bio = NULL;
+    X509 *x = NULL;
+    EVP_PKEY *key = NULL;
+    int n = 0, ok = 0;
+
+    if ((t->ctx = SSL_CTX_new_ex(NULL, NULL, TLS_client_method())) == NULL
+        || !SSL_CTX_set_min_proto_version(t->ctx, TLS1_3_VERSION)) {
+        last_ssl_error("SSL_CTX_new", NULL, err, errlen);
+        goto end;
+    }
+    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
+
+    /* CA: every certificate of the PEM text is a trust anchor. */
+    if ((bio = BIO_new_mem_buf(ca_pem, -1)) == NULL)
+        goto oom;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(t->ctx), x)) {
+            last_ssl_error("tls.caPem", NULL, err, errlen);
+            goto end;
+        }
+        X509_free(x);
+        x = NULL;
+        n++;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "tls.caPem holds no PEM certificate");
+        goto end;
+    }
+    BIO_free(bio);
+
+    /* Client certificate, then any chain certificates after it. */
+    if ((bio = BIO_new_mem_buf(cert_pem, -1)) == NULL)
+        goto oom;
+    if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_certificate(t->ctx, x)) {
+        snprintf(err, errlen, "tls.certPem holds no usable PEM certificate");
+        goto end;
+    }
+    X509_free(x);
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (!SSL_CTX_add0_chain_cert(t->ctx, x)) /* takes x on success only */
+            goto oom;
+        x = NULL;
+    }
+    BIO_free(bio);
+
+    if ((bio = BIO_new_mem_buf(key_pem, -1)) == NULL)
+        goto oom;
+    if ((key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_PrivateKey(t->ctx, key)
+        || !SSL_CTX_check_private_key(t->ctx)) {
+        snprintf(err, errlen, "tls.keyPem is not an unencrypted PEM private key matching tls.certPem");
+        goto end;
+    }
+    ok = 1;
+    goto end;
+oom:
+    snprintf(err, errlen, "out of memory");
+end:
+    X509_free(x);
+    EVP_PKEY_free(key);
+    BIO_free(bio);
+    return ok;
+}
+
+keyless_transport *keyless_tls_transport_new(const char *host, int port, const char *servername, const char *ca_pem,
+                                             const char *cert_pem, const char *key_pem, char *err, size_t errlen)
+{
+    tls_transport *t;
+    struct addrinfo hints, *res = NULL;
+    char portstr[16];
+    int gai;
+
+    if (host == NULL || *host == '\0' || port <= 0 || port > 65535) {
+        snprintf(err, errlen, "tls needs a host and a port from 1 to 65535");
+        return NULL;
+    }
+    if ((t = OPENSSL_zalloc(sizeof(*t))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->base.ops = &tls_ops;
+    t->fd = -1;
+    snprintf(t->base.where, sizeof(t->base.where), "tls:%s:%d", host, port);
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    if ((gai = getaddrinfo(host, portstr, &hints, &res)) != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(gai));
+        goto fail;
+    }
+    memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
+    t->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+
+    if (servername != NULL && *servername != '\0') {
+        t->sni = OPENSSL_strdup(servername);
+        t->verify_name = OPENSSL_strdup(servername);
+        if (t->sni == NULL || t->verify_name == NULL)
+            goto oom;
+    } else if (is_ip_literal(host)) {
+        if ((t->verify_ip = OPENSSL_strdup(host)) == NULL)
+            goto oom;
+    } else {
+        t->sni = OPENSSL_strdup(host);
+        t->verify_name = OPENSSL_strdup(host);
+        if (t->sni == NULL || t->verify_name == NULL)
+            goto oom;
+    }
+    ERR_set_mark();
+    if (!load_ctx(t, ca_pem, cert_pem, key_pem, err, errlen)) {
+        ERR_pop_to_mark();
+        goto fail;
+    }
+    ERR_pop_to_mark();
+    return &t->base;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    tls_destroy(&t->base);
+    return NULL;
+}

@@ -1,0 +1,122 @@
+/**
+ * Reads the server name from the first bytes of a TLS connection, before
+ * OpenSSL sees them. Pure: bytes in, verdict out.
+ *
+ * Why: Node applies an SNI context by adding its certificate to the
+ * connection next to the listener's own one (UseSNIContext), so a default
+ * certificate on the listener would compete with, and for ECDSA-capable
+ * clients often win over, an RSA certificate chosen by SNI. Looking at the
+ * ClientHello first lets a connection without SNI go to a listener that holds
+ * the default certificate and every other one to a listener that holds none;
+ * it also lets us answer an unknown name with the unrecognized_name alert
+ * (RFC 6066 §3), which Node's SNI callback cannot send.
+ *
+ * Layout read (RFC 8446 §5.1 record, §4.1.2 ClientHello, §4.2 extensions;
+ * RFC 6066 §3 server_name):
+ *   record:    type(1)=22 version(2) length(2)
+ *   handshake: type(1)=1 length(3) legacy_version(2) random(32)
+ *              session_id<0..32> cipher_suites<2..2^16-2> compression<1..2^8-1>
+ *              extensions<8..2^16-1>: type(2) length(2) data
+ *   server_name: list<1..2^16-1> of name_type(1)=0 host_name<1..2^16-1>
+ */
+
+export type HelloPeek =
+  /** More bytes are needed to decide. */
+  | { readonly kind: 'incomplete' }
+  /** Not a TLS handshake, or one split over several records: let OpenSSL deal with it. */
+  | { readonly kind: 'opaque' }
+  /** A whole ClientHello; serverName is undefined when it carries no SNI. */
+  | { readonly kind: 'hello'; readonly serverName: string | undefined };
+
+const RECORD_HEADER = 5;
+const HANDSHAKE_RECORD = 22;
+const CLIENT_HELLO = 1;
+const SERVER_NAME_EXTENSION = 0;
+const HOST_NAME = 0;
+/** A TLS record carries at most 2^14 bytes of plaintext (RFC 8446 §5.1). */
+export const MAX_HELLO_BYTES = RECORD_HEADER + 16_384;
+
+const OPAQUE: HelloPeek = { kind: 'opaque' };
+const INCOMPLETE: HelloPeek = { kind: 'incomplete' };
+
+export function peekServerName(buf: Buffer): HelloPeek {
+  if (buf.length < RECORD_HEADER) return buf.length > 0 && buf[0] !== HANDSHAKE_RECORD ? OPAQUE : INCOMPLETE;
+  if (buf[0] !== HANDSHAKE_RECORD || buf[1] !== 3) return OPAQUE;
+  const recordLength = buf.readUInt16BE(3);
+  if (recordLength > 16_384) return OPAQUE;
+  if (buf.length < RECORD_HEADER + recordLength) return INCOMPLETE;
+  const record = buf.subarray(RECORD_HEADER, RECORD_HEADER + recordLength);
+  if (record.length < 4 || record[0] !== CLIENT_HELLO) return OPAQUE;
+  const helloLength = record.readUIntBE(1, 3);
+  // A ClientHello fragmented over several records is legal but rare: OpenSSL reassembles it.
+  if (helloLength > record.length - 4) return OPAQUE;
+  const reader = new Reader(record.subarray(4, 4 + helloLength));
+  if (!reader.skip(2 + 32) || !reader.skipVector(1) || !reader.skipVector(2) || !reader.skipVector(1)) return OPAQUE;
+  // TLS 1.0-era hellos may end here: no extensions, so no SNI.
+  if (reader.remaining === 0) return { kind: 'hello', serverName: undefined };
+  const extensions = reader.vector(2);
+  if (extensions === undefined) return OPAQUE;
+  while (extensions.remaining > 0) {
+    const type = extensions.u16();
+    const data = extensions.vector(2);
+    if (type === undefined || data === undefined) return OPAQUE;
+    if (type !== SERVER_NAME_EXTENSION) continue;
+    const list = data.vector(2);
+    if (list === undefined) return OPAQUE;
+    while (list.remaining > 0) {
+      const nameType = list.u8();
+      const name = list.vector(2);
+      if (nameType === undefined || name === undefined) return OPAQUE;
+      if (nameType === HOST_NAME) return { kind: 'hello', serverName: name.text() };
+    }
+    return { kind: 'hello', serverName: undefined };
+  }
+  return { kind: 'hello', serverName: undefined };
+}
+
+/** A fatal unrecognized_name alert (RFC 8446 §6; 112 = 0x70), sent in the clear before any ServerHello. */
+export const UNRECOGNIZED_NAME_ALERT = Buffer.from([21, 3, 3, 0, 2, 2, 112]);
+
+class Reader {
+  #offset = 0;
+  constructor(private readonly buf: Buffer) {}
+
+  get remaining(): number {
+    return this.buf.length - this.#offset;
+  }
+
+  skip(n: number): boolean {
+    if (this.remaining < n) return false;
+    this.#offset += n;
+    return true;
+  }
+
+  u8(): number | undefined {
+    if (this.remaining < 1) return undefined;
+    return this.buf[this.#offset++];
+  }
+
+  u16(): number | undefined {
+    if (this.remaining < 2) return undefined;
+    const value = this.buf.readUInt16BE(this.#offset);
+    this.#offset += 2;
+    return value;
+  }
+
+  /** A vector whose length prefix is `lengthBytes` wide (RFC 8446 §3.4). */
+  vector(lengthBytes: 1 | 2): Reader | undefined {
+    const length = lengthBytes === 1 ? this.u8() : this.u16();
+    if (length === undefined || this.remaining < length) return undefined;
+    const inner = new Reader(this.buf.subarray(this.#offset, this.#offset + length));
+    this.#offset += length;
+    return inner;
+  }
+
+  skipVector(lengthBytes: 1 | 2): boolean {
+    return this.vector(lengthBytes) !== undefined;
+  }
+
+  text(): string {
+    return this.buf.toString('latin1', this.#offset);
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * The TCP front of an HTTPS listener: accepts, reads the ClientHello far
+ * enough to see the server name (client-hello.ts), then hands the socket, with
+ * the bytes read put back, to one of two TLS servers:
+ *   - `withSni` holds no certificate of its own: its SNI callback picks one,
+ *     so no other certificate can compete with it (see client-hello.ts);
+ *   - `withoutSni` holds the default certificate, for clients sending no SNI.
+ * An unknown name, when the config says to refuse it, gets the
+ * unrecognized_name alert here and the connection is closed.
+ *
+ * Cost: one extra read callback per connection, no copy in the common case
+ * of a ClientHello arriving in one segment.
+ */
+import net from 'node:net';
+import type tls from 'node:tls';
+import { MAX_HELLO_BYTES, peekServerName, UNRECOGNIZED_NAME_ALERT } from './client-hello.js';
+
+export interface FrontOptions {
+  readonly withSni: tls.Server;
+  /** Undefined when there is no default certificate: such clients are refused by withSni's handshake. */
+  readonly withoutSni: tls.Server | undefined;
+  /** False for a name no certificate covers and that must be refused. */
+  readonly acceptsName: (serverName: string) => boolean;
+  /** How long a client may take to send its ClientHello. */
+  readonly helloTimeoutMs: number;
+  readonly onUnknownName: () => void;
+}
+
+export function createTlsFront(options: FrontOptions): net.Server {
+  // The inner servers never listen; Node starts their HTTP connection
+  // tracking (header/request timeouts, closeIdleConnections) on 'listening'.
+  for (const server of [options.withSni, options.withoutSni]) server?.emit('listening');
+  return net.createServer({ noDelay: true }, (socket) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    const timer = setTimeout(() => socket.destroy(), options.helloTimeoutMs);
+    const handOver = (server: tls.Server): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.pause();
+      socket.unshift(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length));
+      server.emit('connection', socket);
+    };
+    const onError = (): void => clearTimeout(timer);
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      length += chunk.length;
+      const peek = peekServerName(chunks.length === 1 ? chunk : Buffer.concat(chunks, length));
+      if (peek.kind === 'incomplete' && length < MAX_HELLO_BYTES) return;
+      if (peek.kind !== 'hello') return handOver(options.withSni);
+      if (peek.serverName === undefined) return handOver(options.withoutSni ?? options.withSni);
+      if (options.acceptsName(peek.serverName)) return handOver(options.withSni);
+      clearTimeout(timer);
+      options.onUnknownName();
+      socket.end(UNRECOGNIZED_NAME_ALERT);
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+  });
+}

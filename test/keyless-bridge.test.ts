@@ -1,0 +1,474 @@
+/**
+ * The keyless bridge (proxy/native): node:tls serving keys whose private half
+ * is in the key server's token, through an OpenSSL 3 provider inside this
+ * process. A real key server runs as a child process (the bridge blocks this
+ * process's event loop while it signs, so the key server cannot live here).
+ */
+import { spawnSync } from 'node:child_process';
+import { constants, createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeyedgeError } from '../keyserver/errors.js';
+import * as bridge from '../proxy/native/index.js';
+import { type FakeAnswer, fetchSpki, issueForSpki, type KeyserverProcess, sClient, signCount, startFakeKeyserver, startKeyserverProcess, startTlsServer, tlsHandshake } from './helpers/keyless.js';
+import { removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';
+import { createCa, createTestPki, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
+
+const ADDON = bridge.addonPath();
+const TIMEOUT_MS = 250;
+const BREAKER_MS = 200;
+
+type Server = Awaited<ReturnType<typeof startTlsServer>>;
+
+let stateDir: string;
+let configFile: string;
+let ks: KeyserverProcess;
+let ca: TestCa;
+let caFile: string;
+let pki: TestPkiFiles;
+const keys: Record<'ec' | 'rsa', { id: string; spki: Buffer; cert: string; pem: string }> = {} as never;
+let ecServer: Server;
+let rsaServer: Server;
+
+async function generate(type: string, label: string): Promise<string> {
+  const result = await runCli(['key', 'generate', '--config', configFile, '--type', type, '--label', label]);
+  expect(result.code, result.stderr).toBe(0);
+  return /key id: ([0-9a-f]{64})/.exec(result.stdout)![1]!;
+}
+
+function useKeyserver(): void {
+  bridge.init({ socketPath: ks.unixPath!, timeoutMs: TIMEOUT_MS, breakerMs: BREAKER_MS });
+}
+
+function failures(): bridge.KeylessStats['failures'] {
+  return bridge.stats().failures;
+}
+
+beforeAll(async () => {
+  stateDir = tempDir('keyedge-keyless-');
+  pki = await createTestPki(stateDir, [{ commonName: 'edge' }]);
+  configFile = writeConfigFile(stateDir, {
+    log: { level: 'info' },
+    listen: { tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+    clients: [{ name: 'edge', match: { commonName: 'edge' }, keys: '*' }],
+  });
+  const ids = { ec: await generate('ec-p256', 'edge-ec'), rsa: await generate('rsa-2048', 'edge-rsa') };
+  ks = await startKeyserverProcess(configFile);
+  ca = await createCa('keyless test CA');
+  caFile = writePem(stateDir, 'keyless-ca', ca.certPem);
+  for (const kind of ['ec', 'rsa'] as const) {
+    const spki = await fetchSpki(ks.unixPath!, ids[kind]);
+    keys[kind] = { id: ids[kind], spki, cert: await issueForSpki(ca, spki, kind), pem: bridge.keylessKeyPem(ids[kind], spki) };
+  }
+  useKeyserver();
+  ecServer = await startTlsServer({ key: keys.ec.pem, cert: keys.ec.cert });
+  rsaServer = await startTlsServer({ key: keys.rsa.pem, cert: keys.rsa.cert });
+});
+
+afterAll(async () => {
+  await ecServer?.close();
+  await rsaServer?.close();
+  await ks?.stop();
+  if (stateDir !== undefined) removeDir(stateDir);
+});
+
+describe('the keyless PEM block', () => {
+  it('is version 1 | key id | SPKI under the KEYEDGE KEYLESS KEY label, and refuses a key id of another key', () => {
+    const { id, spki, pem } = keys.ec;
+    expect(pem).toMatch(/^-----BEGIN KEYEDGE KEYLESS KEY-----\n([A-Za-z0-9+/=]{1,64}\n)+-----END KEYEDGE KEYLESS KEY-----\n$/);
+    const body = Buffer.from(pem.split('\n').slice(1, -2).join(''), 'base64');
+    expect(body[0]).toBe(1);
+    expect(body.subarray(1, 33).toString('hex')).toBe(id);
+    expect(body.subarray(33).equals(spki)).toBe(true);
+    expect(bridge.keyIdOf(spki).toString('hex')).toBe(id);
+    expect(() => bridge.keylessKeyPem(keys.rsa.id, spki)).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_KEY_INPUT' }));
+  });
+
+  it('is refused by createSecureContext when the key id does not match its public key, or the certificate is for another key', async () => {
+    const body = Buffer.concat([Buffer.from([1]), Buffer.alloc(32, 0xab), keys.ec.spki]).toString('base64');
+    const forged = `-----BEGIN KEYEDGE KEYLESS KEY-----\n${body.match(/.{1,64}/g)!.join('\n')}\n-----END KEYEDGE KEYLESS KEY-----\n`;
+    expect(() => tls.createSecureContext({ key: forged, cert: keys.ec.cert })).toThrow();
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+    const otherCert = await issueForSpki(ca, other, 'ec');
+    expect(() => tls.createSecureContext({ key: keys.ec.pem, cert: otherCert })).toThrow(/key values mismatch/);
+  });
+});
+
+describe('handshakes signed by the key server', () => {
+  it('node:tls: TLS 1.3 and 1.2 with ECDSA P-256 and RSA-2048, one sign per full handshake', async () => {
+    for (const server of [ecServer, rsaServer]) {
+      for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+        const before = await signCount(ks.adminPort);
+        const result = await tlsHandshake(server.port, ca.certPem, { minVersion: version, maxVersion: version });
+        expect(result.error).toBeUndefined();
+        expect(result.protocol).toBe(version);
+        expect(await signCount(ks.adminPort)).toBe(before + 1);
+      }
+    }
+    expect(bridge.stats().lastError).toBe('');
+  });
+
+  const matrix: { kind: 'ec' | 'rsa'; args: string[]; protocol: string; type: string; digest: string; algorithm: string }[] = [
+    { kind: 'ec', args: ['-tls1_3'], protocol: 'TLSv1.3', type: 'ECDSA', digest: 'SHA256', algorithm: 'ECDSA_SHA256' },
+    { kind: 'ec', args: ['-tls1_3', '-groups', 'P-256'], protocol: 'TLSv1.3', type: 'ECDSA', digest: 'SHA256', algorithm: 'ECDSA_SHA256' },
+    { kind: 'ec', args: ['-tls1_2', '-sigalgs', 'ECDSA+SHA256'], protocol: 'TLSv1.2', type: 'ECDSA', digest: 'SHA256', algorithm: 'ECDSA_SHA256' },
+    { kind: 'ec', args: ['-tls1_2', '-sigalgs', 'ECDSA+SHA384'], protocol: 'TLSv1.2', type: 'ECDSA', digest: 'SHA384', algorithm: 'ECDSA_SHA384' },
+    { kind: 'ec', args: ['-tls1_2', '-sigalgs', 'ECDSA+SHA512'], protocol: 'TLSv1.2', type: 'ECDSA', digest: 'SHA512', algorithm: 'ECDSA_SHA512' },
+    { kind: 'rsa', args: ['-tls1_3'], protocol: 'TLSv1.3', type: 'RSA-PSS', digest: 'SHA256', algorithm: 'RSA_PSS_SHA256' },
+    { kind: 'rsa', args: ['-tls1_3', '-sigalgs', 'rsa_pss_rsae_sha384'], protocol: 'TLSv1.3', type: 'RSA-PSS', digest: 'SHA384', algorithm: 'RSA_PSS_SHA384' },
+    { kind: 'rsa', args: ['-tls1_2', '-sigalgs', 'rsa_pss_rsae_sha256'], protocol: 'TLSv1.2', type: 'RSA-PSS', digest: 'SHA256', algorithm: 'RSA_PSS_SHA256' },
+    { kind: 'rsa', args: ['-tls1_2', '-sigalgs', 'RSA+SHA256'], protocol: 'TLSv1.2', type: 'RSA', digest: 'SHA256', algorithm: 'RSA_PKCS1_SHA256' },
+    { kind: 'rsa', args: ['-tls1_2', '-sigalgs', 'RSA+SHA512'], protocol: 'TLSv1.2', type: 'RSA', digest: 'SHA512', algorithm: 'RSA_PKCS1_SHA512' },
+  ];
+
+  it.each(matrix)('openssl s_client $args: $type $digest over $protocol, signed as $algorithm', async ({ kind, args, protocol, type, digest, algorithm }) => {
+    const server = kind === 'ec' ? ecServer : rsaServer;
+    const [before, beforeTotal] = [await signCount(ks.adminPort, algorithm), await signCount(ks.adminPort)];
+    const result = await sClient(server.port, caFile, args);
+    expect(result.code, result.output).toBe(0);
+    expect(result.protocol).toBe(protocol);
+    expect(result.signatureType).toBe(type);
+    expect(result.signingDigest).toBe(digest);
+    expect(await signCount(ks.adminPort, algorithm)).toBe(before + 1);
+    expect(await signCount(ks.adminPort)).toBe(beforeTotal + 1);
+  });
+
+  it('skips sigalgs whose digest the key server cannot sign (SHA-224), which an in-memory key would use', async () => {
+    const local = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const localSpki = local.publicKey.export({ type: 'spki', format: 'der' });
+    const inMemory = await startTlsServer({ key: local.privateKey.export({ type: 'pkcs8', format: 'pem' }), cert: await issueForSpki(ca, localSpki, 'ec') });
+    try {
+      const only224 = ['-tls1_2', '-sigalgs', 'ECDSA+SHA224'];
+      const control = await sClient(inMemory.port, caFile, only224);
+      expect(control.code, control.output).toBe(0);
+      expect(control.signingDigest).toBe('SHA224');
+
+      // Refused at DigestSignInit: libssl finds no usable sigalg, and nothing reaches the key server.
+      const before = await signCount(ks.adminPort);
+      const keyless = await sClient(ecServer.port, caFile, only224);
+      expect(keyless.code).not.toBe(0);
+      expect(keyless.alert).toBe('handshake failure');
+      expect(ecServer.clientErrors.at(-1)?.message).toMatch(/no suitable signature algorithm/);
+      // With SHA-384 also on offer, that one is used.
+      const both = await sClient(ecServer.port, caFile, ['-tls1_2', '-sigalgs', 'ECDSA+SHA224:ECDSA+SHA384']);
+      expect(both.code, both.output).toBe(0);
+      expect(both.signingDigest).toBe('SHA384');
+      expect(await signCount(ks.adminPort)).toBe(before + 1);
+    } finally {
+      await inMemory.close();
+    }
+  });
+
+  it('never decrypts: a TLS 1.2 RSA key-exchange handshake fails without reaching the key server', async () => {
+    const before = await signCount(ks.adminPort);
+    const result = await sClient(rsaServer.port, caFile, ['-tls1_2', '-cipher', 'AES128-GCM-SHA256']);
+    expect(result.code).not.toBe(0);
+    expect(result.alert).toBe('decrypt error');
+    expect(await signCount(ks.adminPort)).toBe(before);
+    expect(rsaServer.clientErrors.at(-1)?.message).toMatch(/asym_cipher_init|not supported/);
+  });
+
+  it('a resumed TLS 1.3 session needs no signature', async () => {
+    const before = await signCount(ks.adminPort);
+    const session = await new Promise<Buffer>((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: ecServer.port, servername: 'localhost', ca: ca.certPem });
+      socket.once('session', (s: Buffer) => {
+        socket.end();
+        resolve(s);
+      });
+      socket.on('error', reject);
+    });
+    const reused = await new Promise<boolean>((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: ecServer.port, servername: 'localhost', ca: ca.certPem, session }, () => {
+        resolve(socket.isSessionReused());
+        socket.end();
+      });
+      socket.on('error', reject);
+    });
+    expect(reused).toBe(true);
+    expect(await signCount(ks.adminPort)).toBe(before + 1);
+  });
+
+  it('signature parameters (through node:crypto.sign): SHA-256/384/512, PSS only with salt = hash length, nothing else', () => {
+    // Not how the proxy uses the key; a direct way to drive EVP_DigestSign with every parameter.
+    const data = Buffer.from('keyless');
+    const publicKey = (kind: 'ec' | 'rsa') => createPublicKey({ key: keys[kind].spki, format: 'der', type: 'spki' });
+    const refused = /keyedge-keyless::not supported by the key server/;
+    const before = bridge.stats().signs;
+    for (const kind of ['ec', 'rsa'] as const) {
+      for (const hash of ['sha256', 'sha384', 'sha512']) expect(verify(hash, data, publicKey(kind), sign(hash, data, keys[kind].pem))).toBe(true);
+      for (const hash of ['sha1', 'sha224']) expect(() => sign(hash, data, keys[kind].pem)).toThrow(refused);
+    }
+    const pss = (saltLength: number) => sign('sha384', data, { key: keys.rsa.pem, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength });
+    for (const saltLength of [48, constants.RSA_PSS_SALTLEN_DIGEST]) {
+      expect(verify('sha384', data, { key: publicKey('rsa'), padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 48 }, pss(saltLength))).toBe(true);
+    }
+    for (const saltLength of [32, 0, constants.RSA_PSS_SALTLEN_MAX_SIGN]) expect(() => pss(saltLength)).toThrow(refused);
+    expect(() => sign('sha256', data, { key: keys.rsa.pem, padding: constants.RSA_NO_PADDING })).toThrow(refused);
+    expect(bridge.stats().signs).toBe(before + 8);
+  });
+
+  it('leaves ordinary keys and crypto alone (the default provider still answers ordinary fetches)', async () => {
+    const pairs = [
+      { type: 'ec' as const, pair: generateKeyPairSync('ec', { namedCurve: 'P-256' }) },
+      { type: 'rsa' as const, pair: generateKeyPairSync('rsa', { modulusLength: 2048 }) },
+    ];
+    for (const { type, pair } of pairs) {
+      const pem = pair.privateKey.export({ type: 'pkcs8', format: 'pem' });
+      const loaded = createPrivateKey(pem);
+      expect(loaded.asymmetricKeyDetails).toBeDefined();
+      const signature = sign('sha256', Buffer.from('hello'), loaded);
+      expect(verify('sha256', Buffer.from('hello'), pair.publicKey, signature)).toBe(true);
+      const server = await startTlsServer({ key: pem, cert: await issueForSpki(ca, pair.publicKey.export({ type: 'spki', format: 'der' }), type) });
+      try {
+        const before = await signCount(ks.adminPort);
+        expect((await sClient(server.port, caFile, ['-tls1_3', '-groups', 'P-256'])).code).toBe(0);
+        expect((await tlsHandshake(server.port, ca.certPem, { maxVersion: 'TLSv1.2' })).ok).toBe(true);
+        expect(await signCount(ks.adminPort)).toBe(before);
+      } finally {
+        await server.close();
+      }
+    }
+  });
+
+  it('survives many secure-context reloads with keyless keys', async () => {
+    for (let i = 0; i < 300; i++) {
+      const kind = i % 2 === 0 ? 'ec' : 'rsa';
+      tls.createSecureContext({ key: keys[kind].pem, cert: keys[kind].cert });
+    }
+    ecServer.server.setSecureContext({ key: keys.ec.pem, cert: keys.ec.cert });
+    expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+  });
+});
+
+describe('failures', () => {
+  it('a key the key server does not hold: the handshake fails with internal_error, counted as remote', async () => {
+    const local = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spki = local.publicKey.export({ type: 'spki', format: 'der' });
+    const server = await startTlsServer({ key: bridge.keylessKeyPem(bridge.keyIdOf(spki), spki), cert: await issueForSpki(ca, spki, 'ec') });
+    try {
+      const before = failures().remote;
+      const result = await sClient(server.port, caFile, ['-tls1_3']);
+      expect(result.code).not.toBe(0);
+      expect(result.alert).toBe('internal error');
+      expect(failures().remote).toBe(before + 1);
+      expect(bridge.stats().lastError).toContain('UNKNOWN_KEY');
+      expect(bridge.stats().lastError).toContain(bridge.keyIdOf(spki).toString('hex').slice(0, 16));
+      expect(server.clientErrors.at(-1)?.message).toContain('keyedge-keyless');
+      // The connection stays usable after a well-formed ERROR answer.
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('malformed answers are failed signs that close the connection', async () => {
+    const answers: FakeAnswer[] = ['wrong-id', 'critical-item', 'not-der', 'overrun'];
+    const fake = await startFakeKeyserver(join(stateDir, 'fake.sock'), answers);
+    try {
+      bridge.init({ socketPath: join(stateDir, 'fake.sock'), timeoutMs: TIMEOUT_MS, breakerMs: BREAKER_MS });
+      for (let i = 0; i < answers.length; i++) {
+        const before = failures().protocol;
+        const result = await tlsHandshake(ecServer.port, ca.certPem);
+        expect(result.ok).toBe(false);
+        expect(result.error?.code).toBe('ERR_SSL_TLSV1_ALERT_INTERNAL_ERROR');
+        expect(failures().protocol, bridge.stats().lastError).toBe(before + 1);
+        expect(bridge.stats().lastError).toMatch(/malformed answer/);
+      }
+      await sleep(100);
+      expect(fake.connections).toBe(answers.length); // each failure closed the connection
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  });
+
+  it('an ERROR answer with an unknown optional item is a remote failure on a connection that stays open', async () => {
+    const fake = await startFakeKeyserver(join(stateDir, 'fake-error.sock'), ['error-optional']);
+    try {
+      bridge.init({ socketPath: join(stateDir, 'fake-error.sock'), timeoutMs: TIMEOUT_MS, breakerMs: BREAKER_MS });
+      const before = failures().remote;
+      for (let i = 0; i < 2; i++) expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(false);
+      expect(failures().remote, bridge.stats().lastError).toBe(before + 2);
+      expect(bridge.stats().lastError).toContain('OVERLOADED (busy)');
+      await sleep(100);
+      expect(fake.connections).toBe(1);
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  });
+
+  it('a key server that accepts but never answers: fails after about timeoutMs, then fails fast while the breaker is open', async () => {
+    const fake = await startFakeKeyserver(join(stateDir, 'hang.sock'), ['never']);
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    try {
+      bridge.init({ socketPath: join(stateDir, 'hang.sock'), timeoutMs: TIMEOUT_MS, breakerMs: BREAKER_MS });
+      const before = { ...failures() };
+      delay.enable();
+      await sleep(50); // the histogram measures between ticks of its own timer: let it tick first
+      let start = performance.now();
+      const cpu = process.cpuUsage();
+      const first = await tlsHandshake(ecServer.port, ca.certPem);
+      const firstMs = performance.now() - start;
+      const used = process.cpuUsage(cpu);
+      const cpuMs = (used.user + used.system) / 1000;
+      await sleep(50); // let the histogram's timer record the stall
+      delay.disable();
+      expect(first.ok).toBe(false);
+      expect(first.error?.code).toBe('ERR_SSL_TLSV1_ALERT_INTERNAL_ERROR');
+      expect(failures().timeout, bridge.stats().lastError).toBe(before.timeout + 1);
+      expect(bridge.stats().lastError).toMatch(/no answer within the deadline \(timeout 250 ms/);
+      expect(firstMs).toBeGreaterThanOrEqual(TIMEOUT_MS - 20);
+      expect(cpuMs).toBeLessThan(TIMEOUT_MS / 2); // waiting in poll(), not spinning
+      // The event loop was blocked for about timeoutMs, once, and not longer (generous slack for CI).
+      const blockedMs = delay.max / 1e6;
+      expect(blockedMs).toBeGreaterThan(TIMEOUT_MS / 2);
+      expect(blockedMs).toBeLessThan(TIMEOUT_MS + 400);
+
+      start = performance.now();
+      const second = await tlsHandshake(ecServer.port, ca.certPem);
+      expect(second.ok).toBe(false);
+      expect(performance.now() - start).toBeLessThan(TIMEOUT_MS);
+      expect(failures().breaker).toBe(before.breaker + 1);
+      expect(bridge.stats().lastError).toMatch(/not retried for \d+ ms/);
+
+      await sleep(BREAKER_MS + 50);
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(false);
+      expect(failures().timeout).toBe(before.timeout + 2);
+      await sleep(100);
+      expect(fake.connections).toBe(2);
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  });
+
+  it('key server stopped: internal_error alert, the process stays up; restarted: handshakes work again within a second, without init()', async () => {
+    expect((await tlsHandshake(rsaServer.port, ca.certPem)).ok).toBe(true); // connection open
+    await ks.stop();
+    const before = { ...failures() };
+    const down = await sClient(rsaServer.port, caFile, ['-tls1_3']);
+    expect(down.code).not.toBe(0);
+    expect(down.alert).toBe('internal error');
+    expect(failures().connect).toBe(before.connect + 1);
+    const fast = await tlsHandshake(rsaServer.port, ca.certPem);
+    expect(fast.ok).toBe(false);
+    expect(fast.error?.code).toBe('ERR_SSL_TLSV1_ALERT_INTERNAL_ERROR');
+    expect(failures().connect + failures().breaker).toBe(before.connect + before.breaker + 2);
+
+    ks = await startKeyserverProcess(configFile);
+    const start = performance.now();
+    let ok = false;
+    while (!ok && performance.now() - start < 5000) {
+      ok = (await tlsHandshake(rsaServer.port, ca.certPem)).ok;
+      if (!ok) await sleep(20);
+    }
+    expect(ok).toBe(true);
+    expect(performance.now() - start).toBeLessThan(1000);
+    expect(await signCount(ks.adminPort)).toBe(1);
+  });
+});
+
+describe('mutual TLS transport', () => {
+  function useTls(overrides: Partial<bridge.KeylessTlsEndpoint> = {}): void {
+    bridge.init({
+      timeoutMs: 5000, // generous: a loaded CI machine, and a TLS handshake on each (re)connect
+      breakerMs: 0,
+      tls: {
+        host: '127.0.0.1',
+        port: ks.tcpPort!,
+        caPem: readFileSync(pki.caFile, 'utf8'),
+        certPem: readFileSync(pki.clients.edge!.cert, 'utf8'),
+        keyPem: readFileSync(pki.clients.edge!.key, 'utf8'),
+        ...overrides,
+      },
+    });
+  }
+
+  it('signs over TCP + mutual TLS 1.3, one connection for many handshakes', async () => {
+    try {
+      useTls();
+      const before = await signCount(ks.adminPort);
+      for (let i = 0; i < 3; i++) {
+        const result = await tlsHandshake(ecServer.port, ca.certPem);
+        expect(result.error).toBeUndefined();
+      }
+      expect((await sClient(rsaServer.port, caFile, ['-tls1_2', '-sigalgs', 'RSA+SHA256'])).code).toBe(0);
+      expect(await signCount(ks.adminPort)).toBe(before + 4);
+      const metrics = await (await fetch(`http://127.0.0.1:${ks.adminPort}/metrics`)).text();
+      expect(metrics).toMatch(/keyedge_keyserver_connections\{transport="tls"\} 1\b/);
+    } finally {
+      useKeyserver();
+    }
+  });
+
+  it('refuses a key server whose certificate is not from the configured CA, and a client certificate the key server does not trust', async () => {
+    try {
+      useTls({ caPem: pki.otherCa.certPem });
+      const before = failures().connect;
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(false);
+      expect(failures().connect, bridge.stats().lastError).toBe(before + 1);
+      expect(bridge.stats().lastError).toMatch(/TLS handshake: server certificate: /);
+
+      // TLS 1.3: the key server refuses our certificate after our side of the
+      // handshake is done, so the refusal arrives as an alert instead of an answer.
+      useTls({ certPem: readFileSync(pki.foreignClient.cert, 'utf8'), keyPem: readFileSync(pki.foreignClient.key, 'utf8') });
+      const start = performance.now();
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(false);
+      expect(performance.now() - start).toBeLessThan(2000); // noticed at once, not at the 5 s deadline
+      expect(failures().connect, bridge.stats().lastError).toBe(before + 2);
+      expect(bridge.stats().lastError).toMatch(/key server at tls:.*: receive: /);
+
+      expect(() => useTls({ keyPem: pki.otherCa.keyPem })).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_CONFIG' }));
+    } finally {
+      useKeyserver();
+    }
+  });
+});
+
+describe('init()', () => {
+  it('needs exactly one endpoint and sane limits', () => {
+    expect(() => bridge.init({})).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_CONFIG' }));
+    expect(() => bridge.init({ socketPath: ks.unixPath!, timeoutMs: 0 })).toThrow(/timeoutMs/);
+    expect(() => bridge.init({ socketPath: 'x'.repeat(200) })).toThrow(/socketPath/);
+    useKeyserver(); // idempotent
+    useKeyserver();
+  });
+});
+
+describe('the KeyObject guard', () => {
+  it('assertNotKeyless and loadPrivateKey refuse keyless keys with KEYEDGE_ERR_KEY_UNSUPPORTED', () => {
+    expect(() => bridge.assertNotKeyless(keys.ec.pem)).toThrow(KeyedgeError);
+    expect(() => bridge.assertNotKeyless(Buffer.from(keys.rsa.pem))).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_KEY_UNSUPPORTED' }));
+    expect(() => bridge.loadPrivateKey(keys.ec.pem)).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_KEY_UNSUPPORTED' }));
+    expect(() => bridge.loadPrivateKey({ key: keys.ec.pem })).toThrow(KeyedgeError);
+    const ordinary = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    expect(bridge.loadPrivateKey(ordinary).asymmetricKeyType).toBe('ec');
+  });
+
+  it('without the guard, node aborts the process on asymmetricKeyDetails and JWK export of a keyless key', () => {
+    const script = `
+      const b = require(process.env.ADDON);
+      b.init({ socketPath: '/nonexistent/keyserver.sock' });
+      const key = require('node:crypto').createPrivateKey(process.env.PEM);
+      console.log('created', key.asymmetricKeyType);
+      if (process.env.WHAT === 'jwk') key.export({ format: 'jwk' }); else key.asymmetricKeyDetails;
+      console.log('survived');`;
+    for (const kind of ['ec', 'rsa'] as const) {
+      for (const what of ['details', 'jwk']) {
+        const child = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ADDON, PEM: keys[kind].pem, WHAT: what }, encoding: 'utf8', timeout: 20_000 });
+        expect(child.stdout).toContain(`created ${kind}`);
+        expect(child.stdout).not.toContain('survived');
+        expect(child.signal).toBe('SIGABRT');
+        expect(child.stderr).toMatch(/Assertion failed/);
+      }
+    }
+    // What does work on such a KeyObject: the public half.
+    const publicKey = createPublicKey(keys.ec.pem);
+    expect(createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex')).toBe(keys.ec.id);
+  });
+});

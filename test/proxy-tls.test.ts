@@ -1,0 +1,141 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import { createLogger } from '../keyserver/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { curl, nodeGet, sClient } from './helpers/clients.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+
+// Keyless TLS termination through a real key server, with real clients:
+// versions, suites, signature schemes, SNI, HSTS, tickets.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let port: number;
+let ca: string;
+const log = createLogger('proxy-test', 'silent');
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test', '*.wild.lab.test']);
+  const rsa = await lab.certificate('rsa', lab.keys.rsa, ['rsa.lab.test']);
+  const config: ProxyConfig = lab.proxyConfig({
+    certificates: [
+      { name: 'ec', chain: ec.file },
+      { name: 'rsa', chain: rsa.file },
+    ],
+    sni: { default: 'ec', onUnknown: 'reject' },
+  });
+  proxy = await startProxyWorker(config, { log });
+  port = proxy.ports[0]!;
+});
+afterAll(async () => {
+  await proxy?.close();
+  await lab?.close();
+});
+
+describe('versions and key types', () => {
+  it.each([
+    ['ec.lab.test', '-tls1_3', 'TLSv1.3', 'ECDSA'],
+    ['ec.lab.test', '-tls1_2', 'TLSv1.2', 'ECDSA'],
+    ['rsa.lab.test', '-tls1_3', 'TLSv1.3', 'RSA-PSS'],
+    ['rsa.lab.test', '-tls1_2', 'TLSv1.2', 'RSA'],
+  ])('%s over %s with openssl s_client', async (host, version, protocol, signatureType) => {
+    const result = await sClient(port, host, lab.caFile, [version]);
+    expect(result.stdout).toContain('HTTP/1.1 200 OK');
+    expect(result.stdout).toContain(`Protocol  : ${protocol}`);
+    expect(result.stdout + result.stderr).toContain(`Peer signature type: ${signatureType}`);
+    expect(result.stdout).toMatch(/strict-transport-security: max-age=63072000/i);
+  });
+
+  it.each([
+    ['rsa_pss_rsae_sha256', 'RSA-PSS'],
+    ['rsa_pss_rsae_sha512', 'RSA-PSS'],
+    ['RSA+SHA256', 'RSA'],
+    ['RSA+SHA384', 'RSA'],
+  ])('RSA over TLS 1.2 with -sigalgs %s signs as %s', async (sigalgs, type) => {
+    const result = await sClient(port, 'rsa.lab.test', lab.caFile, ['-tls1_2', '-sigalgs', sigalgs]);
+    expect(result.stdout).toContain('HTTP/1.1 200 OK');
+    expect(result.stdout + result.stderr).toContain(`Peer signature type: ${type}`);
+  });
+
+  it.each(['ECDSA+SHA256', 'ECDSA+SHA384', 'ECDSA+SHA512'])('ECDSA over TLS 1.2 with -sigalgs %s', async (sigalgs) => {
+    const result = await sClient(port, 'ec.lab.test', lab.caFile, ['-tls1_2', '-sigalgs', sigalgs]);
+    expect(result.stdout).toContain('HTTP/1.1 200 OK');
+  });
+
+  it('curl and node:tls reach the origin with HSTS on the answer', async () => {
+    const viaCurl = await curl(port, 'ec.lab.test', lab.caFile);
+    expect(viaCurl.code, viaCurl.stderr).toBe(0);
+    expect(viaCurl.stdout).toMatch(/^HTTP\/1.1 200/);
+    expect(viaCurl.stdout).toMatch(/strict-transport-security: max-age=63072000\r\n/i);
+    expect(viaCurl.stdout).toContain('"host":"ec.lab.test');
+    const viaNode = await nodeGet(port, 'rsa.lab.test', ca);
+    expect(viaNode).toMatchObject({ ok: true, protocol: 'TLSv1.3' });
+  });
+});
+
+describe('refused protocol versions and suites', () => {
+  it.each([
+    ['TLS 1.0', ['-tls1', '-cipher', 'DEFAULT@SECLEVEL=0']],
+    ['TLS 1.1', ['-tls1_1', '-cipher', 'DEFAULT@SECLEVEL=0']],
+    ['static RSA key exchange', ['-tls1_2', '-cipher', 'AES128-GCM-SHA256']],
+    ['CBC suites', ['-tls1_2', '-cipher', 'ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES256-SHA']],
+    ['finite-field DHE', ['-tls1_2', '-cipher', 'DHE-RSA-AES128-GCM-SHA256']],
+  ])('%s is refused', async (_name, args) => {
+    const result = await sClient(port, 'rsa.lab.test', lab.caFile, args);
+    expect(result.stdout).not.toContain('HTTP/1.1 200');
+    expect(result.code).not.toBe(0);
+  });
+});
+
+describe('SNI', () => {
+  it.each([
+    ['ec.lab.test', 'DNS:ec.lab.test, DNS:*.wild.lab.test'],
+    ['a.wild.lab.test', 'DNS:ec.lab.test, DNS:*.wild.lab.test'],
+    ['rsa.lab.test', 'DNS:rsa.lab.test'],
+  ])('%s gets the certificate covering it', async (name, san) => {
+    const result = await nodeGet(port, name, ca, { checkServerIdentity: () => undefined });
+    expect(result.ok).toBe(true);
+    expect(result.subjectAltName).toBe(san);
+  });
+
+  it('a client without SNI gets the default certificate', async () => {
+    const result = await sClient(port, undefined, lab.caFile);
+    expect(result.stdout).toContain('HTTP/1.1 200 OK');
+    expect(result.stdout).toMatch(/subject=CN ?= ?ec\.lab\.test/);
+  });
+
+  it('an unknown name gets the unrecognized_name alert before any certificate', async () => {
+    const result = await sClient(port, 'unknown.example', lab.caFile);
+    expect(result.stdout).not.toContain('HTTP/1.1');
+    expect(result.stdout).not.toMatch(/BEGIN CERTIFICATE|subject=/);
+    expect(result.stderr).toMatch(/unrecognized name|alert number 112/i);
+    const viaNode = await nodeGet(port, 'unknown.example', ca);
+    expect(viaNode.ok).toBe(false);
+    expect(viaNode.error).toMatch(/unrecognized name|alert number 112/i);
+  });
+});
+
+describe('keyless signing', () => {
+  it('costs exactly one key-server sign per full handshake and none per resumed one', async () => {
+    const before = await lab.signCount();
+    const first = await nodeGet(port, 'ec.lab.test', ca);
+    expect(first).toMatchObject({ ok: true, resumed: false });
+    expect(await lab.signCount()).toBe(before + 1);
+    expect(first.session).toBeDefined();
+    for (let i = 0; i < 3; i++) {
+      const again = await nodeGet(port, 'ec.lab.test', ca, { session: first.session! });
+      expect(again).toMatchObject({ ok: true, resumed: true });
+    }
+    expect(await lab.signCount()).toBe(before + 1);
+    const rsa = await nodeGet(port, 'rsa.lab.test', ca, { maxVersion: 'TLSv1.2' });
+    expect(rsa).toMatchObject({ ok: true, protocol: 'TLSv1.2', resumed: false });
+    expect(await lab.signCount()).toBe(before + 2);
+  });
+
+  it('the proxy config names no private key', () => {
+    const config = lab.proxyConfig({});
+    expect(JSON.stringify(config)).not.toMatch(/"key"\s*:/);
+  });
+});
