@@ -56,7 +56,6 @@ const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
   --help
 `;
 
-
 /** Candidate (connections, in flight per connection) settings tried by the exploration. */
 const PIPELINE_CANDIDATES: readonly Pipeline[] = [
   { connections: 1, depth: 32 },
@@ -123,10 +122,7 @@ function parseOptions(argv: string[]): Options | undefined {
   };
   const quick = values.quick;
   if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
-  let pipeline: Pipeline | undefined;
-  if (values.pipeline !== undefined) {
-    pipeline = parsePipeline(values.pipeline);
-  }
+  const pipeline = values.pipeline !== undefined ? parsePipeline(values.pipeline) : undefined;
   const keys = values.keys.split(',').map((id) => {
     const key = BENCH_KEYS.find((k) => k.id === id);
     if (key === undefined) throw new Error(`--keys takes ${BENCH_KEYS.map((k) => k.id).join(', ')}; got '${id}'`);
@@ -146,8 +142,8 @@ function parseOptions(argv: string[]): Options | undefined {
     measureMs,
     warmupMs: num(values.warmup, '--warmup', quick ? 1 : 2, 0) * 1000,
     rampMs: quick ? 150 : 300,
-    exploreMs: quick ? 300 : 1000,
-    settleMs: quick ? 100 : 200,
+    exploreMs: quick ? 250 : 1000,
+    settleMs: quick ? 50 : 200,
     explorePasses: quick ? 1 : 2,
     client: values.client,
     pipeline,
@@ -504,7 +500,7 @@ function markdownReport(
           ['left', 'left', 'right', 'right', 'right'],
         ),
     '',
-    `One raw session, or one connection with one request outstanding, for ${options.quick ? 0.5 : 2} s after the rounds: the`,
+    `One raw session, or one connection with one request outstanding, for ${options.quick ? 0.3 : 2} s after the rounds: the`,
     'round trip one TLS handshake waits for when the key server is idle (the table above has it at saturation).',
     '',
     '## Pipeline exploration (unix socket)',
@@ -623,7 +619,7 @@ async function main(): Promise<number> {
 
     // Round trip with nothing else in flight: what one handshake waits for on an idle key server.
     const idle: IdleLatencyRow[] = [];
-    const idleMs = options.quick ? 500 : 2000;
+    const idleMs = options.quick ? 300 : 2000;
     for (const key of options.keys) {
       const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id))!;
       const single: Pipeline = { connections: 1, depth: 1 };

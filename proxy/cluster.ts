@@ -22,11 +22,17 @@ import { startProxyWorker } from './worker.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
+/** A worker asks for the ticket key once it listens for messages: one sent on 'online' could arrive before that and be lost. */
+const WANT_TICKET_KEY = { type: 'keyedge:want-ticket-key' } as const;
+
+function isMessage(message: unknown, type: string): boolean {
+  return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
+}
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
 
 export function isShutdownMessage(message: unknown): boolean {
-  return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === SHUTDOWN.type;
+  return isMessage(message, SHUTDOWN.type);
 }
 
 /** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
@@ -40,9 +46,9 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
-    worker.once('online', () => worker.send(ticketKeyMessage(ticketKey)));
     worker.on('message', (message: unknown) => {
-      if (typeof message === 'object' && message !== null && (message as { type?: unknown }).type === READY.type) ready.add(worker);
+      if (isMessage(message, WANT_TICKET_KEY.type)) worker.send(ticketKeyMessage(ticketKey));
+      else if (isMessage(message, READY.type)) ready.add(worker);
     });
   };
   cluster.on('exit', (worker, code, signal) => {
@@ -123,6 +129,9 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
 
 /** Runs one worker: waits for the primary's ticket key, serves, stops on the primary's word or SIGTERM. */
 export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
+  // Constructing one installs the worker's side of the aggregation: it answers
+  // the primary's metrics requests with this process's global registry.
+  new AggregatorRegistry();
   const firstKey = await new Promise<Buffer>((resolve) => {
     const onMessage = (message: unknown): void => {
       if (!isTicketKeyMessage(message)) return;
@@ -130,6 +139,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
       resolve(decodeTicketKey(message));
     };
     process.on('message', onMessage);
+    process.send?.(WANT_TICKET_KEY);
   });
   const worker = await startProxyWorker(config, { log, ticketKey: firstKey });
   process.send?.(READY);
