@@ -153,4 +153,6 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
     process.once('SIGTERM', stop);
     process.once('SIGINT', () => undefined);
   });
+  // The IPC channel to the primary is the last thing keeping this process alive.
+  process.disconnect?.();
 }

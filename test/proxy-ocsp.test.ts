@@ -61,7 +61,7 @@ function handshake(servername: string): Promise<{ ok: boolean; error?: string; s
     const options: tls.ConnectionOptions & { requestOCSP: boolean } = { host: '127.0.0.1', port, servername, ca, requestOCSP: true };
     const socket = tls.connect(options);
     socket.setTimeout(10_000, () => socket.destroy(new Error('timeout')));
-    socket.on('OCSPResponse', (response?: Buffer) => void (staple = response));
+    socket.on('OCSPResponse', (response?: Buffer | null) => void (staple = response ?? undefined)); // null: none sent
     socket.once('secureConnect', () => {
       const ms = performance.now() - start;
       socket.destroy();

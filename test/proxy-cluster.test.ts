@@ -1,0 +1,113 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeGet } from './helpers/clients.js';
+import { CLI, sleep } from './helpers/keyserver.js';
+import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+
+// `keyedge proxy` as an operator runs it: a primary and two workers sharing
+// the listening socket and the session-ticket key.
+let lab: KeylessLab;
+let proxy: ChildProcess;
+let port: number;
+let adminPort: number;
+let ca: string;
+const lines: Record<string, unknown>[] = [];
+
+async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+function workerPids(): Set<number> {
+  return new Set(lines.filter((l) => String(l.name).startsWith('proxy-worker') && l.msg === 'proxy worker listening').map((l) => l.pid as number));
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test']);
+  port = await freePort();
+  adminPort = await freePort();
+  const configFile = join(lab.dir, 'proxy.json');
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      stateDir: join(lab.dir, 'state'),
+      workers: 2,
+      keyserver: { socket: lab.socket },
+      listen: [{ host: '127.0.0.1', port }],
+      certificates: [{ name: 'ec', chain: ec.file }],
+      sni: { default: 'ec' },
+      domains: [{ name: 'ec.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+      admin: { host: '127.0.0.1', port: adminPort },
+      log: { level: 'info' },
+      shutdownGraceMs: 5000,
+    }),
+  );
+  proxy = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let pending = '';
+  proxy.stdout!.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const parts = pending.split('\n');
+    pending = parts.pop() ?? '';
+    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
+  });
+  await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined));
+  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined));
+});
+afterAll(async () => {
+  if (proxy?.exitCode === null) {
+    proxy.kill('SIGTERM');
+    await new Promise((resolve) => proxy.once('exit', resolve));
+  }
+  await lab?.close();
+});
+
+describe('keyedge proxy with two workers', () => {
+  it('resumes tickets issued by one worker on the other, without asking the key server', async () => {
+    const first = await nodeGet(port, 'ec.lab.test', ca);
+    expect(first).toMatchObject({ ok: true, resumed: false });
+    const signs = await lab.signCount();
+    const before = lines.length;
+    // The kernel spreads connections over both workers (SCHED_NONE).
+    for (let i = 0; i < 20; i++) expect(await nodeGet(port, 'ec.lab.test', ca, { session: first.session! })).toMatchObject({ ok: true, resumed: true });
+    expect(await lab.signCount()).toBe(signs);
+    const servedBy = await waitFor('access lines', () => {
+      const access = lines.slice(before).filter((l) => l.access === true && l.resumed === true);
+      return access.length >= 20 ? new Set(access.map((l) => l.pid)) : undefined;
+    });
+    expect(servedBy.size).toBe(2);
+  });
+
+  it('sums both workers in /metrics', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    const resumed = /keyedge_proxy_tls_handshakes_total\{result="ok",tls_version="TLSv1.3",resumed="true"\} (\d+)/.exec(text);
+    expect(Number(resumed?.[1])).toBeGreaterThanOrEqual(20);
+    expect(text).toMatch(/keyedge_proxy_keyless_signs_total \d+/);
+  });
+
+  it('replaces a worker that dies', async () => {
+    const [victim] = [...workerPids()];
+    process.kill(victim!, 'SIGKILL');
+    await waitFor('a replacement worker', () => (workerPids().size === 3 ? true : undefined));
+    await waitFor('the log line', () => (lines.some((l) => l.msg === 'proxy worker died; starting a replacement') ? true : undefined));
+    for (let i = 0; i < 4; i++) expect((await nodeGet(port, 'ec.lab.test', ca)).ok).toBe(true);
+  });
+
+  it('stops gracefully on SIGTERM', async () => {
+    const started = Date.now();
+    proxy.kill('SIGTERM');
+    const code = await new Promise((resolve) => proxy.once('exit', (c, signal) => resolve(c ?? signal)));
+    expect(code).toBe(0);
+    // Idle workers stop at once rather than waiting out the grace period.
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
+  });
+});
