@@ -30,9 +30,13 @@ import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName }
 import { connectTls, connectUnix, KeyserverLab, type KeyserverProcess } from './lib/keyserver-lab.js';
 import { describeMachine } from './lib/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
+import { QuietGate } from './lib/quiet.js';
 import { runRounds, type Scenario } from './lib/rounds.js';
 import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './lib/sign-load.js';
 import { median, round, spread } from './lib/stats.js';
+
+/** A window during which other processes used more than this many cores counts as contended. */
+const CONTENDED_CORES = 0.25;
 
 const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
 
@@ -52,6 +56,8 @@ const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
                        run the key server under node --cpu-prof, profile to DIR
   --keys ec,rsa        key types to run (default both)
   --paths raw,unix,tls paths to run (default all; raw is needed for the ratios)
+  --quiet-wait SEC     before each measurement wait (up to SEC in total per run) for
+                       other processes to use < ${CONTENDED_CORES} cores (default 90; quick 0)
   --keep-temp          keep the temp directory (token, config, certs)
   --help
 `;
@@ -80,6 +86,8 @@ interface Options {
   readonly rampMs: number;
   readonly exploreMs: number;
   readonly settleMs: number;
+  /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
+  readonly quietBudgetMs: number;
   readonly explorePasses: number;
   readonly client: ClientKind;
   readonly pipeline: Pipeline | undefined;
@@ -104,6 +112,7 @@ function parseOptions(argv: string[]): Options | undefined {
       sessions: { type: 'string' },
       'server-cpu-prof': { type: 'string' },
       'keep-temp': { type: 'boolean', default: false },
+      'quiet-wait': { type: 'string' },
       keys: { type: 'string', default: BENCH_KEYS.map((k) => k.id).join(',') },
       paths: { type: 'string', default: 'raw,unix,tls' },
       help: { type: 'boolean', default: false },
@@ -144,6 +153,7 @@ function parseOptions(argv: string[]): Options | undefined {
     rampMs: quick ? 150 : 300,
     exploreMs: quick ? 250 : 1000,
     settleMs: quick ? 50 : 200,
+    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 90, 0) * 1000,
     explorePasses: quick ? 1 : 2,
     client: values.client,
     pipeline,
@@ -342,6 +352,10 @@ interface ScenarioSummary extends ScenarioInfo {
   readonly machineBusyCores: number;
   /** CPU used by everything else on the machine during the windows (median), in cores. */
   readonly otherCores: number;
+  /** Rounds whose window had at most CONTENDED_CORES of other load. */
+  readonly cleanRounds: number;
+  /** The medians come from the clean rounds when at least 3 (or all) were clean, else from all rounds. */
+  readonly usedRounds: readonly number[];
   readonly errors: number;
   /** Median key server / best raw, and the range of the per-round ratios. */
   readonly vsRaw:
@@ -357,7 +371,11 @@ interface ScenarioSummary extends ScenarioInfo {
 
 function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
   const base = scenarios.map((s) => {
-    const perRound = results.get(s.name) ?? [];
+    const all = results.get(s.name) ?? [];
+    const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.machine.otherCores <= CONTENDED_CORES);
+    // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
+    const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
+    const perRound = used.map(({ r }) => r);
     const opt = (f: (r: WindowResult) => number | undefined) => {
       const v = perRound.map(f).filter((x): x is number => x !== undefined);
       return v.length > 0 ? median(v) : undefined;
@@ -368,7 +386,9 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
       path: s.path,
       setting: s.setting,
       signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
-      perRound,
+      perRound: all,
+      cleanRounds: clean.length,
+      usedRounds: used.map(({ i }) => i),
       p50Us: median(perRound.map((r) => r.latency.p50Us)),
       p99Us: median(perRound.map((r) => r.latency.p99Us)),
       serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),
@@ -392,7 +412,10 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
     if (s.path === 'raw') return { ...s, vsRaw: undefined };
     const raw = base.find((b) => b.name === ceilings.get(s.key.id));
     if (raw === undefined) return { ...s, vsRaw: undefined };
-    const perRound = s.perRound.map((r, i) => r.signsPerSecond / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
+    // Each round against the ceiling's same round (neighbours in time), over rounds both used.
+    const both = s.usedRounds.filter((i) => raw.usedRounds.includes(i));
+    const pairs = both.length > 0 ? both : s.usedRounds;
+    const perRound = pairs.map((i) => (s.perRound[i]?.signsPerSecond ?? Number.NaN) / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
     return {
       ...s,
       vsRaw: { ratio: s.signsPerSecond.median / raw.signsPerSecond.median, perRound, rawScenario: raw.name, cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign },
@@ -420,8 +443,9 @@ function markdownReport(
       s.key.title,
       s.path + (isCeiling ? ' (ceiling)' : ''),
       s.setting,
-      fmt(sps.median),
+      `${fmt(sps.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
       `${fmt(sps.min)}–${fmt(sps.max)} (${fmt(sps.spreadPct, 0)}%)`,
+      `${s.cleanRounds}/${s.perRound.length}`,
       s.vsRaw === undefined
         ? '–'
         : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
@@ -443,6 +467,7 @@ function markdownReport(
       'Setting',
       'signs/s',
       'min–max (spread)',
+      'clean rounds',
       'vs raw (rounds)',
       'CPU vs raw',
       'p50 µs',
@@ -453,7 +478,7 @@ function markdownReport(
       'machine busy / others (cores)',
     ],
     rows,
-    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
   );
   const verdicts = summaries
     .filter((s) => s.vsRaw !== undefined)
@@ -479,6 +504,9 @@ function markdownReport(
     table,
     '',
     `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.join('; ')}.`,
+    '',
+    `Rounds: a round is clean when other processes used at most ${CONTENDED_CORES} cores during its window; medians, ranges and ratios`,
+    'use the clean rounds when at least 3 are clean (else all rounds, marked †). Every round is in the JSON.',
     '',
     'Columns: signs/s is the median over rounds; min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by',
     'the ceiling (the faster raw setting for that key); in brackets each round divided by the ceiling\'s same round. "CPU vs raw"',
@@ -601,7 +629,20 @@ async function main(): Promise<number> {
     }
 
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
+    const gate =
+      options.quietBudgetMs > 0
+        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: [running.pid], signal: abort.signal }, options.quietBudgetMs)
+        : undefined;
+    const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
     const { order, results } = await runRounds(scenarios, {
+      beforeRun: async (scenario, context) => {
+        if (gate === undefined || context.phase !== 'measure') return;
+        const q = await gate.wait();
+        quietWaits.push({ scenario, round: context.round, ...q });
+        if (!q.quiet || q.waitedMs > 300) {
+          log(`waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`);
+        }
+      },
       rounds: options.rounds,
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
@@ -661,6 +702,8 @@ async function main(): Promise<number> {
         settleMs: options.settleMs,
         order,
         client: options.client,
+        contendedCores: CONTENDED_CORES,
+        quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
         exploration: { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: options.exploreMs, passes: options.explorePasses, tolerance: EXPLORE_TOLERANCE },
         targetRatio: TARGET_RATIO,
       },
@@ -687,6 +730,8 @@ async function main(): Promise<number> {
         machineBusyCores: s.machineBusyCores,
         otherCores: s.otherCores,
         errors: s.errors,
+        cleanRounds: s.cleanRounds,
+        usedRounds: s.usedRounds,
         rounds: s.perRound,
       })),
       durationSeconds: (Date.now() - started) / 1000,

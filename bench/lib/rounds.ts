@@ -35,6 +35,8 @@ export interface RoundsOptions<R> {
   /** Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window. */
   readonly settleMs?: number;
   readonly signal?: AbortSignal;
+  /** Awaited before every run (warm-up included), e.g. to wait for a quiet machine. */
+  readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
   /** Called after every run (warm-up included), e.g. for progress lines. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
 }
@@ -63,6 +65,7 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
     for (const scenario of scenarios) {
       signal?.throwIfAborted();
       const context: RunContext = { phase: 'warmup', round: -1, signal };
+      await options.beforeRun?.(scenario.name, context);
       const result = await scenario.run(options.warmupMs, context);
       options.onRun?.({ scenario: scenario.name, context, result });
       await settle();
@@ -77,6 +80,7 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
     for (const scenario of thisRound) {
       signal?.throwIfAborted();
       const context: RunContext = { phase: 'measure', round, signal };
+      await options.beforeRun?.(scenario.name, context);
       const result = await scenario.run(options.measureMs, context);
       results.get(scenario.name)!.push(result);
       options.onRun?.({ scenario: scenario.name, context, result });

@@ -69,10 +69,11 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
   if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
   if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
   const basic = AsnConvert.parse(response.responseBytes.response.buffer, BasicOCSPResponse);
-  const wanted = Buffer.from(certId.serialNumber);
-  const single = basic.tbsResponseData.responses.find((r) => Buffer.from(r.certID.serialNumber).equals(wanted));
+  // The whole CertID must match (RFC 6960 §4.1.1): a serial alone could be another CA's certificate.
+  const wanted = Buffer.from(AsnConvert.serialize(certId));
+  const single = basic.tbsResponseData.responses.find((r) => Buffer.from(AsnConvert.serialize(r.certID)).equals(wanted));
   if (single === undefined) throw new Error('the response does not cover this certificate');
-  if (single.certStatus.good !== null && single.certStatus.good === undefined) {
+  if (single.certStatus.good === undefined) {
     throw new Error(single.certStatus.revoked !== undefined ? 'the certificate is revoked' : 'certificate status unknown');
   }
   if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
@@ -87,7 +88,8 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
  */
 export class OcspStapler {
   readonly #staples = new Map<string, Staple>();
-  readonly #timers = new Map<string, NodeJS.Timeout>();
+  /** One refresh loop per tracked leaf; the loop stops when its entry is gone or replaced. */
+  readonly #loops = new Map<string, { timer: NodeJS.Timeout | undefined }>();
   readonly #log: Logger;
 
   constructor(log: Logger) {
@@ -107,7 +109,10 @@ export class OcspStapler {
     const issuer = certificate.chain[1];
     if (url === undefined || issuer === undefined) return;
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
-    if (this.#timers.has(key)) return;
+    if (this.#loops.has(key)) return;
+    const loop: { timer: NodeJS.Timeout | undefined } = { timer: undefined };
+    this.#loops.set(key, loop);
+    const current = (): boolean => this.#loops.get(key) === loop;
     const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
     let failures = 0;
     const refresh = async (): Promise<void> => {
@@ -115,6 +120,8 @@ export class OcspStapler {
       try {
         const der = await fetchOcsp(url, request);
         const nextUpdate = checkOcspResponse(der, certId);
+        // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
+        if (!current()) return;
         this.#staples.set(key, { der, nextUpdate });
         failures = 0;
         const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - Date.now() - REFRESH_MARGIN_MS;
@@ -125,21 +132,21 @@ export class OcspStapler {
         failures++;
         this.#log.warn({ certificate: certificate.name, responder: url, retryInMs: delay, reason: (err as Error).message }, 'OCSP fetch failed; serving without a fresh staple');
       }
-      if (this.#timers.has(key)) this.#timers.set(key, setTimeout(() => void refresh(), delay).unref());
+      if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };
-    this.#timers.set(key, setTimeout(() => void refresh(), 0).unref());
+    loop.timer = setTimeout(() => void refresh(), 0).unref();
   }
 
   untrack(certificate: ServedCertificate): void {
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
-    clearTimeout(this.#timers.get(key));
-    this.#timers.delete(key);
+    clearTimeout(this.#loops.get(key)?.timer);
+    this.#loops.delete(key);
     this.#staples.delete(key);
   }
 
   stop(): void {
-    for (const timer of this.#timers.values()) clearTimeout(timer);
-    this.#timers.clear();
+    for (const loop of this.#loops.values()) clearTimeout(loop.timer);
+    this.#loops.clear();
   }
 }
 

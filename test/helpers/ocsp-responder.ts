@@ -66,7 +66,10 @@ export async function startOcspResponder(dir: string, ca: TestCa, entries: reado
   const child = spawn('openssl', ['ocsp', ...responderArgs(files), '-port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => void (stderr += chunk.toString('utf8')));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  // Should the test process die before its afterAll, the responder goes with it.
+  const onExit = (): void => void child.kill('SIGKILL');
+  process.once('exit', onExit);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => (process.off('exit', onExit), resolve())));
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;

@@ -61,6 +61,7 @@ export async function startProxyChild(dir: string, name: string, config: Record<
   const child = spawn(process.execPath, [script, configFile], { cwd: REPO, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => void (stderr += chunk.toString('utf8')));
+  // It also exits when its stdin closes, so it never outlives this process.
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const waiting: ((line: string) => void)[] = [];
   const lines: string[] = [];
