@@ -450,18 +450,28 @@ describe('the KeyObject guard', () => {
     expect(bridge.loadPrivateKey(ordinary).asymmetricKeyType).toBe('ec');
   });
 
-  it('without the guard, node aborts the process on asymmetricKeyDetails and JWK export of a keyless key', () => {
+  it('without the guard, node aborts the process (or answers nothing) on asymmetricKeyDetails and JWK export of a keyless key', () => {
     const script = `
       const b = require(process.env.ADDON);
       b.init({ socketPath: '/nonexistent/keyserver.sock' });
       const key = require('node:crypto').createPrivateKey(process.env.PEM);
       console.log('created', key.asymmetricKeyType);
-      if (process.env.WHAT === 'jwk') key.export({ format: 'jwk' }); else key.asymmetricKeyDetails;
-      console.log('survived');`;
+      const result = process.env.WHAT === 'jwk' ? key.export({ format: 'jwk' }) : key.asymmetricKeyDetails;
+      console.log('survived', JSON.stringify(result ?? null));`;
     for (const kind of ['ec', 'rsa'] as const) {
       for (const what of ['details', 'jwk']) {
         const child = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ADDON, PEM: keys[kind].pem, WHAT: what }, encoding: 'utf8', timeout: 20_000 });
         expect(child.stdout).toContain(`created ${kind}`);
+        if (kind === 'rsa' && child.signal === null) {
+          // Node 24's RSA code (ncrypto: `if (!rsa) return false;` where Node
+          // 20/22 CHECK) no longer aborts on an RSA key without a legacy RSA
+          // structure: the details are an empty object and the JWK export is
+          // undefined, without an exception. Unusable all the same. (Node 22
+          // has OpenSSL 3.5 too and still aborts: this is Node, not OpenSSL.)
+          expect(child.status, child.stderr).toBe(0);
+          expect(child.stdout).toMatch(/^survived (\{\}|null)$/m);
+          continue;
+        }
         expect(child.stdout).not.toContain('survived');
         expect(child.signal).toBe('SIGABRT');
         expect(child.stderr).toMatch(/Assertion failed/);

@@ -10,7 +10,7 @@
  *   init({ socketPath: '/run/keyedge/keyserver.sock' });
  *   const ctx = tls.createSecureContext({ key: keylessKeyPem(keyId, spki), cert });
  *
- * Such a key must never reach node:crypto's KeyObject APIs: node aborts the
+ * Such a key must never reach node:crypto's KeyObject APIs: node (20, 22; 24 for EC) aborts the
  * process on `createPrivateKey(pem).asymmetricKeyDetails` (and JWK export) of
  * a key it cannot read as a legacy RSA/EC structure. Anything that turns
  * configured key material into a KeyObject goes through `loadPrivateKey` or
