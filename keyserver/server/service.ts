@@ -11,12 +11,12 @@
  * cannot be cancelled, so its session returns to the pool when it does finish
  * and its result is dropped.
  */
-import { AsnEcSignatureFormatter } from '../x509.js';
 import type { Logger } from '../log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
-import type { SessionPool } from '../token/session-pool.js';
+import { ecdsaRawToDer } from '../token/ecdsa-der.js';
+import type { SessionPool, WaitTicket } from '../token/session-pool.js';
 import { schemeFitsKey, signDigest } from '../token/sign.js';
 import { ckrName, type Token } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
@@ -37,10 +37,11 @@ export interface ServiceOptions {
 
 export class SigningService {
   readonly #options: ServiceOptions;
-  readonly #ecFormatter = new AsnEcSignatureFormatter();
   /** Signs per key id since the last usage log line; bounded by the keys in the token. */
   readonly #usage = new Map<string, number>();
   #draining = false;
+  readonly #requestChildren = new Map<string, { inc(): void }>();
+  readonly #durationChildren = new Map<string, { observe(seconds: number): void }>();
 
   constructor(options: ServiceOptions) {
     this.#options = options;
@@ -91,15 +92,15 @@ export class SigningService {
         if (answered) return;
         answered = true;
         clearTimeout(timer);
-        this.#options.metrics.signDuration.observe({ algorithm: algorithm.name }, Number(process.hrtime.bigint() - started) / 1e9);
+        this.#durationChild(algorithm.name).observe(Number(process.hrtime.bigint() - started) / 1e9);
         resolve(response);
       };
-      const abort = new AbortController();
+      const ticket: WaitTicket = { withdrawn: false };
       const timer = setTimeout(() => {
-        abort.abort(new Error('deadline'));
+        ticket.withdrawn = true;
         answer(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
       }, this.#options.requestTimeoutMs);
-      this.#signWithSession(key, algorithm, request, abort.signal).then(
+      this.#signWithSession(key, algorithm, request, ticket).then(
         (signature) => {
           this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
           if (!answered) this.#count(request, 'ok');
@@ -113,9 +114,9 @@ export class SigningService {
     });
   }
 
-  async #signWithSession(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, signal: AbortSignal): Promise<Buffer> {
+  async #signWithSession(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, ticket: WaitTicket): Promise<Buffer> {
     const { pool, token } = this.#options;
-    const session = await pool.acquire(signal);
+    const session = await pool.acquire(ticket);
     let raw: Buffer;
     try {
       raw = await signDigest(token.pkcs11, session, key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest });
@@ -129,9 +130,7 @@ export class SigningService {
     pool.release(session);
     if (algorithm.scheme !== 'ecdsa') return raw;
     // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
-    const der = this.#ecFormatter.toAsnSignature({ name: 'ECDSA', namedCurve: key.curve } as EcKeyAlgorithm, new Uint8Array(raw));
-    if (der === null) throw new Error('ECDSA signature could not be encoded');
-    return Buffer.from(der);
+    return ecdsaRawToDer(raw);
   }
 
   /** The key if it exists and the client may use it, else the refusal to send. */
@@ -160,6 +159,23 @@ export class SigningService {
 
   #count(request: Request, result: string): void {
     const algorithm = request.op === 'sign' ? (algorithmInfo(request.algorithm)?.name ?? 'unknown') : 'none';
-    this.#options.metrics.requests.inc({ op: request.op, algorithm, result });
+    // Label children are looked up once: resolving labels costs more than the increment.
+    // Bounded: ops × algorithms × results, all from the protocol's fixed tables.
+    const key = `${request.op}\0${algorithm}\0${result}`;
+    let child = this.#requestChildren.get(key);
+    if (child === undefined) {
+      child = this.#options.metrics.requests.labels(request.op, algorithm, result);
+      this.#requestChildren.set(key, child);
+    }
+    child.inc();
+  }
+
+  #durationChild(algorithm: string): { observe(seconds: number): void } {
+    let child = this.#durationChildren.get(algorithm);
+    if (child === undefined) {
+      child = this.#options.metrics.signDuration.labels(algorithm);
+      this.#durationChildren.set(algorithm, child);
+    }
+    return child;
   }
 }

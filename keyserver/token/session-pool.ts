@@ -8,8 +8,10 @@
  *
  * Contract: `acquire()` resolves with a session that the caller owns until it
  * passes it to `release()` (or `discard()` when the token reported the session
- * broken: a fresh one replaces it). Waiters are served in arrival order. An
- * AbortSignal withdraws a waiter that no longer wants a session (deadline hit).
+ * broken: a fresh one replaces it). Waiters are served in arrival order. A
+ * waiter whose `ticket.withdrawn` was set (its deadline passed) is skipped and
+ * its promise never settles; a flag rather than an AbortSignal, because this
+ * runs once per signature and an AbortController costs several microseconds.
  */
 import assert from 'node:assert/strict';
 import type pkcs11js from 'pkcs11js';
@@ -19,6 +21,12 @@ import type { Token } from './token.js';
 interface Waiter {
   resolve(session: pkcs11js.Handle): void;
   reject(err: Error): void;
+  readonly ticket: WaitTicket | undefined;
+}
+
+/** Set `withdrawn` to give up waiting for a session. */
+export interface WaitTicket {
+  withdrawn: boolean;
 }
 
 export class SessionPool {
@@ -41,7 +49,7 @@ export class SessionPool {
     return this.#waiters.length;
   }
 
-  acquire(signal?: AbortSignal): Promise<pkcs11js.Handle> | pkcs11js.Handle {
+  acquire(ticket?: WaitTicket): Promise<pkcs11js.Handle> | pkcs11js.Handle {
     if (this.#closed) throw new KeyedgeError('KEYEDGE_ERR_CLOSED', 'the signing session pool is closed');
     const session = this.#idle.pop();
     // Returned synchronously when one is free: the common case pays no promise.
@@ -50,25 +58,14 @@ export class SessionPool {
       return session;
     }
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
+      this.#waiters.push({
         resolve: (s) => {
           this.#out++;
           resolve(s);
         },
         reject,
-      };
-      this.#waiters.push(waiter);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          const index = this.#waiters.indexOf(waiter);
-          if (index >= 0) {
-            this.#waiters.splice(index, 1);
-            reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-          }
-        },
-        { once: true },
-      );
+        ticket,
+      });
     });
   }
 
@@ -79,7 +76,8 @@ export class SessionPool {
       this.#token.closeSession(session);
       return;
     }
-    const waiter = this.#waiters.shift();
+    let waiter = this.#waiters.shift();
+    while (waiter?.ticket?.withdrawn) waiter = this.#waiters.shift();
     if (waiter !== undefined) waiter.resolve(session);
     else this.#idle.push(session);
   }
