@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/log.js';
+import { Registry } from 'prom-client';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { curl, nodeGet, sClient } from './helpers/clients.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -114,6 +116,25 @@ describe('SNI', () => {
     const viaNode = await nodeGet(port, 'unknown.example', ca);
     expect(viaNode.ok).toBe(false);
     expect(viaNode.error).toMatch(/unrecognized name|alert number 112/i);
+  });
+});
+
+describe('SNI with onUnknown "default"', () => {
+  it('serves the default certificate to a name nothing covers', async () => {
+    const ec = await lab.certificate('ec-default', lab.keys.ec, ['ec.lab.test']);
+    const metrics = new ProxyMetrics(() => proxy.bridge.stats(), new Registry());
+    const lenient = await startProxyWorker(
+      lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'ec', onUnknown: 'default' } }),
+      // A second worker in this process: its metrics go to a registry of their own.
+      { log, metrics },
+    );
+    try {
+      const result = await nodeGet(lenient.ports[0]!, 'unknown.example', ca, { checkServerIdentity: () => undefined });
+      expect(result).toMatchObject({ ok: true, subjectAltName: 'DNS:ec.lab.test' });
+    } finally {
+      await lenient.close();
+      metrics.stop();
+    }
   });
 });
 
