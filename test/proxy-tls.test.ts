@@ -27,6 +27,10 @@ beforeAll(async () => {
       { name: 'rsa', chain: rsa.file },
     ],
     sni: { default: 'ec', onUnknown: 'reject' },
+    listen: [
+      { host: '127.0.0.1', port: 0, profile: 'intermediate' },
+      { host: '127.0.0.1', port: 0, profile: 'modern' },
+    ],
   });
   proxy = await startProxyWorker(config, { log });
   port = proxy.ports[0]!;
@@ -74,6 +78,16 @@ describe('versions and key types', () => {
     expect(viaCurl.stdout).toContain('"host":"ec.lab.test');
     const viaNode = await nodeGet(port, 'rsa.lab.test', ca);
     expect(viaNode).toMatchObject({ ok: true, protocol: 'TLSv1.3' });
+  });
+});
+
+describe('the modern profile', () => {
+  it('takes TLS 1.3 and refuses TLS 1.2', async () => {
+    const modern = proxy.ports[1]!;
+    expect((await sClient(modern, 'rsa.lab.test', lab.caFile, ['-tls1_3'])).stdout).toContain('HTTP/1.1 200 OK');
+    const old = await sClient(modern, 'rsa.lab.test', lab.caFile, ['-tls1_2']);
+    expect(old.stdout).not.toContain('HTTP/1.1 200');
+    expect(old.code).not.toBe(0);
   });
 });
 
