@@ -79,7 +79,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
   const pools = new OriginPools();
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
-  const handler = createRequestHandler({ domains: () => domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
+  const certificateNames = (servername: string | undefined): readonly string[] =>
+    (servername === undefined ? noSniCertificate : selectByName(sni, servername, fallback)?.value)?.names ?? [];
+  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
 
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];

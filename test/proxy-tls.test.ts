@@ -81,6 +81,22 @@ describe('versions and key types', () => {
   });
 });
 
+describe('Host and certificate', () => {
+  it('answers 421 to a Host the connection certificate does not cover', async () => {
+    // SNI rsa.lab.test, then a request for another tenant's name.
+    const fronted = await curl(port, 'rsa.lab.test', lab.caFile, ['-H', 'Host: ec.lab.test']);
+    expect(fronted.stdout).toMatch(/^HTTP\/1.1 421/);
+    expect(fronted.stdout).toMatch(/x-keyedge-error: KEYEDGE_HTTP_MISDIRECTED/i);
+    expect(fronted.stdout).toMatch(/strict-transport-security/i);
+  });
+
+  it('answers 404 to a covered Host with no domain', async () => {
+    const result = await curl(port, 'x.wild.lab.test', lab.caFile);
+    expect(result.stdout).toMatch(/^HTTP\/1.1 404/);
+    expect(result.stdout).toMatch(/x-keyedge-error: KEYEDGE_HTTP_UNKNOWN_HOST/i);
+  });
+});
+
 describe('the modern profile', () => {
   it('takes TLS 1.3 and refuses TLS 1.2', async () => {
     const modern = proxy.ports[1]!;
@@ -117,7 +133,7 @@ describe('SNI', () => {
   });
 
   it('a client without SNI gets the default certificate', async () => {
-    const result = await sClient(port, undefined, lab.caFile);
+    const result = await sClient(port, undefined, lab.caFile, [], 'ec.lab.test');
     expect(result.stdout).toContain('HTTP/1.1 200 OK');
     expect(result.stdout).toMatch(/subject=CN ?= ?ec\.lab\.test/);
   });

@@ -7,7 +7,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
-import { type NameIndex, selectByName } from '../tls/names.js';
+import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import { forward, type OriginPools } from './forward.js';
 
 export interface Domain {
@@ -18,6 +18,8 @@ export interface Domain {
 
 export interface HandlerOptions {
   readonly domains: () => NameIndex<Domain>;
+  /** The names the connection's certificate covers, from its SNI (or none for the default). */
+  readonly certificateNames: (servername: string | undefined) => readonly string[];
   readonly pools: OriginPools;
   readonly hstsMaxAgeSeconds: number;
   readonly log: Logger;
@@ -25,7 +27,7 @@ export interface HandlerOptions {
 }
 
 /** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"). */
-export type HttpErrorCode = 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
+export type HttpErrorCode = 'KEYEDGE_HTTP_MISDIRECTED' | 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
 
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
@@ -46,7 +48,8 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
   const { pools, log, metrics } = options;
   return (req, res) => {
     const started = process.hrtime.bigint();
-    const domain = selectByName(options.domains(), hostName(req.headers.host), undefined)?.value;
+    const host = hostName(req.headers.host);
+    const domain = selectByName(options.domains(), host, undefined)?.value;
     const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
     let code: HttpErrorCode | undefined;
     // Read now: after the connection closes, node's TLS accessors may touch freed state.
@@ -75,6 +78,15 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         'request',
       );
     });
+    // A request for a host the connection's certificate does not cover is
+    // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
+    // another tenant's origin (domain fronting).
+    const servername = (req.socket as TLSSocket).servername;
+    if (host !== undefined && !options.certificateNames(typeof servername === 'string' ? servername : undefined).some((name) => nameCovers(name, host))) {
+      code = 'KEYEDGE_HTTP_MISDIRECTED';
+      answer(res, 421, code, 'misdirected request: this connection\'s certificate does not cover the host\n', hsts);
+      return;
+    }
     if (domain === undefined) {
       code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
       answer(res, 404, code, 'unknown host\n', hsts);

@@ -27,8 +27,8 @@ export function curl(port: number, host: string, caFile: string, extra: readonly
 }
 
 /** openssl s_client sending one GET; `args` adds version, sigalgs, cipher flags. */
-export function sClient(port: number, servername: string | undefined, caFile: string, args: readonly string[] = []): Promise<Run> {
-  const request = `GET / HTTP/1.1\r\nHost: ${servername ?? 'lab.test'}\r\nConnection: close\r\n\r\n`;
+export function sClient(port: number, servername: string | undefined, caFile: string, args: readonly string[] = [], host = servername ?? 'lab.test'): Promise<Run> {
+  const request = `GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`;
   return run(
     'openssl',
     ['s_client', '-connect', `127.0.0.1:${port}`, ...(servername === undefined ? ['-noservername'] : ['-servername', servername]), '-CAfile', caFile, '-verify_return_error', '-ign_eof', ...args],
