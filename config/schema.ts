@@ -75,10 +75,10 @@ export const KEYSERVER_DEFAULTS = Object.freeze({
     // Only the embedded module has a default PIN; a real HSM's PIN is the
     // operator's to provide.
     embeddedPinFile: 'token/user.pin',
-    // One session per core keeps every core signing; at least two so one
-    // slow C_Sign does not stall the whole pool on a single-core machine;
-    // capped at the schema's maximum so the default always validates.
-    sessions: Math.min(SESSIONS_MAX, Math.max(2, os.availableParallelism())),
+    // Two signing threads per core: a thread waiting on the token's file locks
+    // leaves its core to the other (RSA-2048 on 2 cores: 0.74 of the raw rate
+    // with 2, 0.80 with 4; bench/README.md); capped at the schema's maximum.
+    sessions: Math.min(SESSIONS_MAX, 2 * Math.max(1, os.availableParallelism())),
   }),
   listen: Object.freeze({
     unix: Object.freeze({

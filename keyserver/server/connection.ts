@@ -11,8 +11,9 @@
  * frame whose length cannot be trusted (FRAME_TOO_LARGE) is answered, then the
  * connection is closed, since the byte stream has lost its framing.
  *
- * Answers finished in the same tick are written as one batch (cork/uncork): on
- * a busy connection that turns many small writes into one syscall.
+ * Answers finished in the same event-loop turn are written as one batch
+ * (cork, uncork on setImmediate): on a busy connection that turns many small
+ * writes into one syscall, and over TLS into one record.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../errors.js';
@@ -112,7 +113,9 @@ export class KeyserverConnection {
     if (!this.#corked) {
       this.#corked = true;
       socket.cork();
-      process.nextTick(() => {
+      // Once per event-loop turn, not per tick: signatures come back from the
+      // workers in separate callbacks, and a tick would hold only one of them.
+      setImmediate(() => {
         this.#corked = false;
         socket.uncork();
       });

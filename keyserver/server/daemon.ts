@@ -17,7 +17,7 @@ import type tls from 'node:tls';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { createLogger, type Logger } from '../log.js';
 import { prepareEmbeddedToken, readPinFile } from '../token/embedded.js';
-import { SessionPool } from '../token/session-pool.js';
+import { SigningWorkers } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../errors.js';
 import { startAdmin } from './admin.js';
@@ -47,15 +47,15 @@ export interface StartOptions {
 export async function startKeyserver(config: KeyserverConfig, options: StartOptions = {}): Promise<RunningKeyserver> {
   const log = options.log ?? createLogger('keyserver', config.log.level);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const token = Token.open(tokenOptions(config));
+  const openOptions = tokenOptions(config);
+  const token = Token.open(openOptions);
   const metrics = new KeyserverMetrics();
   const closers: (() => Promise<void> | void)[] = [() => token.close()];
   try {
-    warnIfThreadPoolSmall(config.pkcs11.sessions, log);
-    const pool = new SessionPool(token, config.pkcs11.sessions);
-    closers.unshift(() => pool.close());
+    const signers = new SigningWorkers(token, openOptions.modulePath, config.pkcs11.sessions);
+    closers.unshift(() => signers.close());
     const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
-    const service = new SigningService({ token, pool, keys, metrics, log, requestTimeoutMs: config.limits.requestTimeoutMs });
+    const service = new SigningService({ signers, keys, metrics, log, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();
     const accept = (socket: net.Socket, client: ClientIdentity): void => {
       const connection = new KeyserverConnection(socket, client, service, metrics, log, config.limits);
@@ -115,7 +115,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
 
     log.info(
-      { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: pool.size },
+      { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size },
       'key server ready',
     );
 
@@ -131,8 +131,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         // The last answers are still corked until the next tick: end, don't destroy.
         await new Promise((resolve) => setImmediate(resolve));
         for (const connection of connections) connection.socket.end();
-        // Signs answered DEADLINE_EXCEEDED may still hold a session in the token.
-        await Promise.race([pool.drained(), grace]);
+        // Signs answered DEADLINE_EXCEEDED may still be running in the token.
+        await Promise.race([signers.drained(), grace]);
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
         await runClosers(closers);
@@ -172,18 +172,6 @@ export function tokenOptions(config: KeyserverConfig): TokenOpenOptions {
     return { modulePath, token: pkcs11.token, pin, pinSource: `env ${pkcs11.pin.env}` };
   }
   return { modulePath, token: pkcs11.token, pin: readPinFile(pkcs11.pin.file), pinSource: `file ${pkcs11.pin.file}` };
-}
-
-/**
- * Each async C_Sign holds a libuv thread while the token works; with fewer
- * threads than sessions the extra sessions only queue. The `keyedge` launcher
- * sizes the pool before Node starts it; this catches other launchers.
- */
-function warnIfThreadPoolSmall(sessions: number, log: Logger): void {
-  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-  if (threads < sessions) {
-    log.warn({ threads, sessions }, `libuv has ${threads} threads for ${sessions} token sessions; set UV_THREADPOOL_SIZE=${sessions}`);
-  }
 }
 
 function logUsage(service: SigningService, log: Logger): void {

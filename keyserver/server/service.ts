@@ -6,29 +6,24 @@
  * is an error Response with a wire code (SPEC.md), and its reason goes to the
  * log, so the connection (and the daemon) carry on whatever a client sends.
  *
- * Deadline: a sign that has not finished within `requestTimeoutMs` (session
- * wait included) is answered DEADLINE_EXCEEDED at once; the token call itself
- * cannot be cancelled, so its session returns to the pool when it does finish
- * and its result is dropped.
+ * Deadline: a sign that has not finished within `requestTimeoutMs` (queueing
+ * included) is answered DEADLINE_EXCEEDED at once; a signing worker skips it
+ * if it has not started it yet, else its result is dropped.
  */
 import type { Logger } from '../log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
-import type { SessionPool, WaitTicket } from '../token/session-pool.js';
-import { schemeFitsKey, signDigest } from '../token/sign.js';
-import { ckrName, type Token } from '../token/token.js';
+import type { SigningWorkers } from '../token/sign-workers.js';
+import { schemeFitsKey } from '../token/sign.js';
+import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import type { KeyStore } from './keystore.js';
 import type { KeyserverMetrics } from './metrics.js';
 
-/** Token errors after which the session itself is unusable and must be replaced. */
-const BROKEN_SESSION = /^CKR_(SESSION_HANDLE_INVALID|SESSION_CLOSED|DEVICE_REMOVED|DEVICE_ERROR|TOKEN_NOT_PRESENT|USER_NOT_LOGGED_IN)/;
-
 export interface ServiceOptions {
-  readonly token: Token;
-  readonly pool: SessionPool;
+  readonly signers: SigningWorkers;
   readonly keys: KeyStore;
   readonly metrics: KeyserverMetrics;
   readonly log: Logger;
@@ -95,12 +90,10 @@ export class SigningService {
         this.#durationChild(algorithm.name).observe(Number(process.hrtime.bigint() - started) / 1e9);
         resolve(response);
       };
-      const ticket: WaitTicket = { withdrawn: false };
       const timer = setTimeout(() => {
-        ticket.withdrawn = true;
         answer(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
       }, this.#options.requestTimeoutMs);
-      this.#signWithSession(key, algorithm, request, ticket).then(
+      this.#signOnWorker(key, algorithm, request, Date.now() + this.#options.requestTimeoutMs).then(
         (signature) => {
           this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
           if (!answered) this.#count(request, 'ok');
@@ -114,20 +107,15 @@ export class SigningService {
     });
   }
 
-  async #signWithSession(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, ticket: WaitTicket): Promise<Buffer> {
-    const { pool, token } = this.#options;
-    const session = await pool.acquire(ticket);
+  async #signOnWorker(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, deadline: number): Promise<Buffer> {
     let raw: Buffer;
     try {
-      raw = await signDigest(token.pkcs11, session, key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest });
+      raw = await this.#options.signers.sign(key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest }, deadline);
     } catch (err) {
-      if (BROKEN_SESSION.test(ckrName(err))) pool.discard(session);
-      else pool.release(session);
       // A key deleted from the token since the last scan: look again next time.
       if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(ckrName(err))) this.#options.keys.invalidate();
       throw err;
     }
-    pool.release(session);
     if (algorithm.scheme !== 'ecdsa') return raw;
     // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
     return ecdsaRawToDer(raw);

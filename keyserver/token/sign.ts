@@ -6,9 +6,8 @@
  * and a handshake's transcript never leaves the proxy. Raw RSA and decryption
  * are not offered: TLS 1.3 and ECDHE-only TLS 1.2 never need them.
  *
- * C_SignInit runs on the calling thread (it is cheap: it binds key and
- * mechanism to the session); C_Sign, the expensive part, runs on a libuv
- * thread through pkcs11js's async form.
+ * The key server signs on worker threads (sign-workers.ts); `signDigest`
+ * serves the management paths (CSRs) on a session of their own.
  */
 import pkcs11js from 'pkcs11js';
 import { KeyError } from '../errors.js';
@@ -39,17 +38,19 @@ export function schemeFitsKey(scheme: SignatureScheme, key: Pick<TokenKey, 'kind
   return scheme === 'ecdsa' ? key.kind === 'ec' : key.kind === 'rsa';
 }
 
+/** What the token is asked to do for one signature: mechanism, input, and the size of the answer. */
+export interface SignPlan {
+  readonly mechanism: pkcs11js.Mechanism;
+  readonly input: Buffer;
+  readonly outputBytes: number;
+}
+
 /**
- * Signs on `session`, which the caller owns for the duration. ECDSA comes back
- * as PKCS#11 gives it, r || s of the field size each (v2.40 §2.3.1); callers
- * that need DER convert it.
+ * The PKCS#11 call for a sign request, checked against the key. ECDSA comes
+ * back as PKCS#11 gives it, r || s of the field size each (v2.40 §2.3.1);
+ * callers that need DER convert it.
  */
-export async function signDigest(
-  pkcs11: pkcs11js.PKCS11,
-  session: pkcs11js.Handle,
-  key: TokenKey,
-  request: SignRequest,
-): Promise<Buffer> {
+export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
   const hash = HASH[request.hash];
   if (request.digest.length !== hash.bytes) {
     throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `a ${request.hash} digest is ${hash.bytes} bytes, got ${request.digest.length}`);
@@ -57,24 +58,29 @@ export async function signDigest(
   if (!schemeFitsKey(request.scheme, key)) {
     throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${request.scheme} cannot be used with an ${key.kind} key`);
   }
-  let mechanism: pkcs11js.Mechanism;
-  let input: Buffer;
-  let outputBytes: number;
   if (request.scheme === 'ecdsa') {
-    mechanism = { mechanism: pkcs11js.CKM_ECDSA };
-    input = request.digest;
-    outputBytes = 2 * Math.ceil(key.bits / 8);
-  } else if (request.scheme === 'rsa-pkcs1') {
-    mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS };
-    input = Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]);
-    outputBytes = Math.ceil(key.bits / 8);
-  } else {
-    // Salt as long as the hash, MGF1 with the same hash: RFC 8446 §4.2.3.
-    const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
-    mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter };
-    input = request.digest;
-    outputBytes = Math.ceil(key.bits / 8);
+    return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: request.digest, outputBytes: 2 * Math.ceil(key.bits / 8) };
   }
-  pkcs11.C_SignInit(session, mechanism, key.privateHandle);
-  return pkcs11.C_SignAsync(session, input, Buffer.allocUnsafe(outputBytes));
+  if (request.scheme === 'rsa-pkcs1') {
+    return {
+      mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS },
+      input: Buffer.concat([DIGEST_INFO_PREFIX[request.hash], request.digest]),
+      outputBytes: Math.ceil(key.bits / 8),
+    };
+  }
+  // Salt as long as the hash, MGF1 with the same hash: RFC 8446 §4.2.3.
+  const parameter: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: hash.ckm, mgf: hash.mgf, saltLen: hash.bytes };
+  return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter }, input: request.digest, outputBytes: Math.ceil(key.bits / 8) };
+}
+
+/** Signs on `session`, which the caller owns for the duration (management paths such as CSRs). */
+export async function signDigest(
+  pkcs11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  key: TokenKey,
+  request: SignRequest,
+): Promise<Buffer> {
+  const plan = signPlan(key, request);
+  pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
+  return pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));
 }

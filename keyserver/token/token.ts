@@ -2,7 +2,7 @@
  * One logged-in PKCS#11 token.
  *
  * Lifecycle: `Token.open()` loads the module, initialises it with
- * CKF_OS_LOCKING_OK (the signing pool calls C_Sign from libuv threads, so the
+ * CKF_OS_LOCKING_OK (the signing workers call it from their own threads, so the
  * module must do its own locking, PKCS#11 v2.40 §5.4), finds the token by label
  * or serial and logs the user in once; the login holds for every session of
  * this application (§5.5). `close()` finalises the module; the Token is unusable
@@ -10,7 +10,7 @@
  *
  * Concurrency: management calls (find, create, attributes) run on the caller's
  * thread through `management`, a session reserved for them; signing uses the
- * separate SessionPool, so a long key listing never holds up a handshake.
+ * signing workers (sign-workers.ts), so a long key listing never holds up a handshake.
  *
  * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.

@@ -1,0 +1,185 @@
+/**
+ * Signing on worker threads, one token session each.
+ *
+ * Why threads and not pkcs11js's async C_Sign: C_SignInit has no async form,
+ * and with SoftHSM2 it is the dearer half (it re-reads the key object from
+ * the token's files: about 55 µs for ECDSA P-256, more than C_Sign's 30 µs),
+ * so on the event loop it capped the whole key server at one core's worth of
+ * C_SignInit. Here C_SignInit and C_Sign run back to back on a worker, and the
+ * event loop only frames requests. Requests reaching a worker in the same
+ * tick travel as one message, so the hand-off costs a few microseconds.
+ *
+ * PKCS#11 handles belong to the process (v2.40 §5.2): sessions and key
+ * handles opened by the main thread's Token are used as they are. A worker
+ * loads the same module, whose C_Initialize answers
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and never calls C_Finalize.
+ *
+ * Contract: `sign()` resolves with the raw signature or rejects with the
+ * token's CKR_ reason; a request whose deadline passed before a worker got to
+ * it is skipped (rejects with 'deadline') and costs the token nothing. One
+ * request runs at a time per worker. `close()` waits for what was sent, then
+ * stops the workers; the Token is closed after that by its owner.
+ */
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import type pkcs11js from 'pkcs11js';
+import { TokenError } from '../errors.js';
+import type { TokenKey } from './keys.js';
+import { signPlan, type SignRequest } from './sign.js';
+import type { Token } from './token.js';
+
+interface Job {
+  readonly id: number;
+  readonly key: Buffer;
+  readonly mechanism: pkcs11js.Mechanism;
+  readonly input: Buffer;
+  readonly outputBytes: number;
+  readonly deadline: number;
+}
+
+type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
+
+/** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const pkcs11js = require(workerData.pkcs11js);
+const pkcs11 = new pkcs11js.PKCS11();
+pkcs11.load(workerData.modulePath);
+try {
+  pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+} catch (err) {
+  if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test(err.message)) throw err;
+}
+const session = Buffer.from(workerData.session);
+parentPort.on('message', (jobs) => {
+  const results = [];
+  for (const job of jobs) {
+    if (Date.now() > job.deadline) {
+      results.push({ id: job.id, error: 'deadline' });
+      continue;
+    }
+    try {
+      pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
+      const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
+      results.push({ id: job.id, signature });
+    } catch (err) {
+      results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
+    }
+  }
+  parentPort.postMessage(results);
+});
+`;
+
+interface Lane {
+  readonly worker: Worker;
+  readonly session: pkcs11js.Handle;
+  /** Jobs sent and not yet answered, plus those batched for the next send. */
+  load: number;
+  batch: Job[];
+}
+
+interface Pending {
+  readonly lane: Lane;
+  resolve(signature: Buffer): void;
+  reject(err: Error): void;
+}
+
+export class SigningWorkers {
+  readonly size: number;
+  readonly #token: Token;
+  readonly #lanes: Lane[] = [];
+  readonly #pending = new Map<number, Pending>();
+  #nextId = 0;
+  #flushScheduled = false;
+  #drainWaiters: (() => void)[] = [];
+  #closed = false;
+
+  constructor(token: Token, modulePath: string, count: number) {
+    assert.ok(count >= 1);
+    this.#token = token;
+    this.size = Math.min(count, token.maxSessions - 1);
+    const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
+    for (let i = 0; i < this.size; i++) {
+      const session = token.openSession();
+      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { pkcs11js: pkcs11jsPath, modulePath, session } });
+      const lane: Lane = { worker, session, load: 0, batch: [] };
+      worker.on('message', (results: JobResult[]) => this.#settle(lane, results));
+      worker.on('error', (err) => this.#failLane(lane, err));
+      worker.unref();
+      this.#lanes.push(lane);
+    }
+  }
+
+  /** Jobs sent to the token and not answered yet. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  sign(key: TokenKey, request: SignRequest, deadline: number): Promise<Buffer> {
+    if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
+    const plan = signPlan(key, request);
+    const id = ++this.#nextId;
+    const lane = this.#leastLoaded();
+    lane.load++;
+    lane.batch.push({ id, key: key.privateHandle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline });
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      // Everything asked for in this tick goes out as one message per worker.
+      process.nextTick(() => this.#flush());
+    }
+    return new Promise((resolve, reject) => this.#pending.set(id, { lane, resolve, reject }));
+  }
+
+  /** Resolves once every job sent has been answered. */
+  drained(): Promise<void> {
+    if (this.#pending.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.drained();
+    await Promise.all(this.#lanes.map((lane) => lane.worker.terminate()));
+    for (const lane of this.#lanes) this.#token.closeSession(lane.session);
+  }
+
+  #leastLoaded(): Lane {
+    let best = this.#lanes[0]!;
+    for (const lane of this.#lanes) if (lane.load < best.load) best = lane;
+    return best;
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    for (const lane of this.#lanes) {
+      if (lane.batch.length === 0) continue;
+      lane.worker.postMessage(lane.batch);
+      lane.batch = [];
+    }
+  }
+
+  #settle(lane: Lane, results: JobResult[]): void {
+    lane.load -= results.length;
+    for (const result of results) {
+      const pending = this.#pending.get(result.id);
+      if (pending === undefined) continue;
+      this.#pending.delete(result.id);
+      if ('signature' in result) pending.resolve(Buffer.from(result.signature.buffer, result.signature.byteOffset, result.signature.byteLength));
+      else pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', result.error));
+    }
+    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  }
+
+  /** A worker that died takes its jobs with it: they fail, the other workers carry on. */
+  #failLane(lane: Lane, err: Error): void {
+    this.#lanes.splice(this.#lanes.indexOf(lane), 1);
+    for (const [id, pending] of this.#pending) {
+      if (pending.lane !== lane) continue;
+      pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', `signing worker failed: ${err.message}`));
+      this.#pending.delete(id);
+    }
+    if (this.#lanes.length === 0) this.#closed = true;
+    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  }
+}
