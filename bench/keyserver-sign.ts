@@ -57,7 +57,9 @@ const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
   --keys ec,rsa        key types to run (default both)
   --paths raw,unix,tls paths to run (default all; raw is needed for the ratios)
   --quiet-wait SEC     before each measurement wait (up to SEC in total per run) for
-                       other processes to use < ${CONTENDED_CORES} cores (default 90; quick 0)
+                       other processes to use < ${CONTENDED_CORES} cores (default 60; quick 0)
+  --extra-rounds N     up to N more rounds while a scenario has < 3 clean rounds
+                       (default 2; quick 0)
   --keep-temp          keep the temp directory (token, config, certs)
   --help
 `;
@@ -88,6 +90,8 @@ interface Options {
   readonly settleMs: number;
   /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
   readonly quietBudgetMs: number;
+  /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
+  readonly maxExtraRounds: number;
   readonly explorePasses: number;
   readonly client: ClientKind;
   readonly pipeline: Pipeline | undefined;
@@ -113,6 +117,7 @@ function parseOptions(argv: string[]): Options | undefined {
       'server-cpu-prof': { type: 'string' },
       'keep-temp': { type: 'boolean', default: false },
       'quiet-wait': { type: 'string' },
+      'extra-rounds': { type: 'string' },
       keys: { type: 'string', default: BENCH_KEYS.map((k) => k.id).join(',') },
       paths: { type: 'string', default: 'raw,unix,tls' },
       help: { type: 'boolean', default: false },
@@ -153,7 +158,8 @@ function parseOptions(argv: string[]): Options | undefined {
     rampMs: quick ? 150 : 300,
     exploreMs: quick ? 250 : 1000,
     settleMs: quick ? 50 : 200,
-    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 90, 0) * 1000,
+    maxExtraRounds: Math.round(num(values['extra-rounds'], '--extra-rounds', quick ? 0 : 2, 0)),
+    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 60, 0) * 1000,
     explorePasses: quick ? 1 : 2,
     client: values.client,
     pipeline,
@@ -434,6 +440,7 @@ function markdownReport(
   ceilings: Map<string, string>,
   explore: readonly ExploreRow[],
   idle: readonly IdleLatencyRow[],
+  roundsRun: number,
   date: string,
 ): string {
   const rows = summaries.map((s) => {
@@ -497,7 +504,7 @@ function markdownReport(
     `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
     `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}`,
     `Command: \`${machine.commandLine}\``,
-    `Method: ${options.rounds} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(settings)
+    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(settings)
       .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
       .join('; ')}.`,
     '',
@@ -513,7 +520,7 @@ function markdownReport(
     'is the ceiling\'s total CPU per sign divided by this path\'s (1.00 = no CPU overhead), which the machine\'s varying',
     'capacity disturbs less than throughput. p50/p99: per-request latency, median over rounds (raw: one C_SignInit + C_Sign;',
     'key server: the client\'s round trip with the pipeline full). Server: utime+stime of the key server process per sign',
-    '(main thread = JavaScript, C_SignInit, socket syscalls; other = libuv pool running C_Sign, V8 helpers). Bench:',
+    '(main thread = JavaScript, framing, socket syscalls; other = the signing worker threads running C_SignInit + C_Sign, V8 helpers). Bench:',
     'process.cpuUsage() of the bench process per sign (raw: the whole sign, token included; key server: the client).',
     'Total = server + bench. Machine busy / others: cores busy on the whole machine (/proc/stat) and, of those, the ones',
     'used by neither the bench nor the key server: other load sharing the machine, which the figures cannot see past.',
@@ -648,6 +655,14 @@ async function main(): Promise<number> {
       measureMs: options.measureMs,
       settleMs: options.settleMs,
       signal: abort.signal,
+      extraRounds: {
+        max: options.maxExtraRounds,
+        needed: (sofar) => {
+          const short = [...sofar].filter(([, rs]) => rs.filter((r) => r.machine.otherCores <= CONTENDED_CORES).length < 3).map(([name]) => name);
+          if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
+          return short.length > 0;
+        },
+      },
       onRun: ({ scenario, context, result }) => {
         const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
         const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
@@ -688,7 +703,7 @@ async function main(): Promise<number> {
       keyserverSessions: config.pkcs11.sessions,
       pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
     };
-    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, date);
+    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, order.length, date);
     const json = {
       benchmark: 'keyserver-sign',
       date,
@@ -696,6 +711,8 @@ async function main(): Promise<number> {
       machine,
       method: {
         rounds: options.rounds,
+        roundsRun: order.length,
+        maxExtraRounds: options.maxExtraRounds,
         measureMs: options.measureMs,
         warmupMs: options.warmupMs,
         rampMs: options.rampMs,

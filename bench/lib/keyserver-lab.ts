@@ -11,7 +11,7 @@
  * the directory.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -224,7 +224,7 @@ function childEnv(): NodeJS.ProcessEnv {
 
 /** A private CA (P-256), a server certificate for localhost/127.0.0.1 and a client certificate, via the openssl CLI. */
 export function makeCertificates(dir: string): TlsFiles {
-  execFileSync('mkdir', ['-p', '-m', '0700', dir]);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const f = (name: string) => join(dir, name);
   const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
   const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];

@@ -37,6 +37,11 @@ export interface RoundsOptions<R> {
   readonly signal?: AbortSignal;
   /** Awaited before every run (warm-up included), e.g. to wait for a quiet machine. */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
+  /**
+   * Extra rounds after `rounds`, at most `max`, run while `needed` says the
+   * results so far are not enough (e.g. too few uncontended windows).
+   */
+  readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
   /** Called after every run (warm-up included), e.g. for progress lines. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
 }
@@ -74,7 +79,9 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
 
   const results = new Map<string, R[]>(scenarios.map((s) => [s.name, []]));
   const order: string[][] = [];
-  for (let round = 0; round < options.rounds; round++) {
+  const maxRounds = options.rounds + (options.extraRounds?.max ?? 0);
+  for (let round = 0; round < maxRounds; round++) {
+    if (round >= options.rounds && !options.extraRounds!.needed(results)) break;
     const thisRound = roundOrder(scenarios, round);
     order.push(thisRound.map((s) => s.name));
     for (const scenario of thisRound) {
