@@ -337,6 +337,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       breakerMs: c.keyserver?.breakerMs ?? D.keyserver.breakerMs,
     },
     listen: (c.listen ?? D.listen).map((l) => ({ host: l.host ?? '127.0.0.1', port: l.port, profile: l.profile ?? 'intermediate' })),
+    httpRedirect: c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
     certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),
     sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
     domains: (c.domains ?? []).map((d) => ({

@@ -24,6 +24,8 @@ export interface ProxyConfig {
     readonly breakerMs: number;
   };
   readonly listen: readonly { readonly host: string; readonly port: number; readonly profile: TlsProfileName }[];
+  /** Plain HTTP (port 80 in production): 308 to HTTPS, ACME challenges to the origin. */
+  readonly httpRedirect: { readonly host: string; readonly port: number } | null;
   readonly certificates: readonly { readonly name: string; readonly chain: string }[];
   readonly sni: { readonly default: string | null; readonly onUnknown: 'default' | 'reject' };
   readonly domains: readonly {
@@ -60,6 +62,8 @@ export const PROXY_DEFAULTS = Object.freeze({
     breakerMs: 200,
   }),
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
+  // Off unless configured: port 80 needs privileges and is a deployment choice.
+  httpRedirect: null,
   sni: Object.freeze({
     default: null,
     // Serving a default certificate for an unknown name shows a mismatch to a
@@ -164,6 +168,7 @@ export const proxyFileSchema = strict(
     workers: intIn(1, 256).optional(),
     keyserver: keyserverSchema.optional(),
     listen: z.array(listenerSchema, { error: 'expected an array of listeners' }).min(1, { error: 'expected at least one listener' }).optional(),
+    httpRedirect: strict({ host: text('a host name or address').optional(), port }, 'an object { "host", "port" }, or null').nullable().optional(),
     certificates: z.array(certificateSchema, { error: 'expected an array of certificates' }).superRefine(unique((c) => c.name, 'certificate name')).optional(),
     sni: strict(
       {

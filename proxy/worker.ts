@@ -13,6 +13,7 @@
  * The SNI callback only looks up: name → certificate (names.ts) → context
  * (contexts.ts, cached). Nothing in it waits on I/O.
  */
+import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -23,6 +24,7 @@ import type { Logger } from '../keyserver/log.js';
 import { loadCertificateFile, type ServedCertificate } from './certs/certificate.js';
 import { createRequestHandler, type Domain } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
+import { createRedirectHandler } from './http/redirect.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
@@ -36,6 +38,8 @@ const HELLO_TIMEOUT_MS = 10_000;
 export interface RunningWorker {
   /** The bound port of each listener, in config order (useful with port 0). */
   readonly ports: readonly number[];
+  /** The plain-HTTP redirect listener's port, when configured. */
+  readonly httpPort: number | undefined;
   readonly bridge: KeylessBridge;
   setTicketKey(key: Buffer): void;
   close(): Promise<void>;
@@ -142,11 +146,26 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     fronts.push(front);
   }
   const ports = fronts.map((s) => (s.address() as net.AddressInfo).port);
-  log.info({ ports, certificates: certificates.length, domains: config.domains.length, contexts: contexts.size }, 'proxy worker listening');
+  let redirect: http.Server | undefined;
+  const plain = config.httpRedirect;
+  if (plain !== null) {
+    redirect = http.createServer(createRedirectHandler({ domains: () => domains, pools, httpsPort: ports[0] ?? 443, log, metrics }));
+    const server = redirect;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: plain.host, port: plain.port, exclusive: false }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+  const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;
+  log.info({ ports, httpPort, certificates: certificates.length, domains: config.domains.length, contexts: contexts.size }, 'proxy worker listening');
 
   let closing: Promise<void> | undefined;
   return {
     ports,
+    httpPort,
     bridge,
     setTicketKey(key) {
       for (const server of tlsServers) server.setTicketKeys(key);
@@ -154,6 +173,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     close() {
       closing ??= (async () => {
         for (const front of fronts) front.close();
+        redirect?.close();
         // Idle keep-alive connections close now; busy ones once their response is sent.
         for (const server of tlsServers) server.close(() => undefined);
         const allClosed = new Promise<void>((resolve) => {

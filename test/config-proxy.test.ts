@@ -34,6 +34,7 @@ describe('proxy config', () => {
     expect(config.tls).toEqual(PROXY_DEFAULTS.tls);
     expect(config.sni).toEqual({ default: null, onUnknown: 'reject' });
     expect(config.keyserver.tcp).toBeNull();
+    expect(config.httpRedirect).toBeNull();
     expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate' }]);
   });
 

@@ -68,13 +68,20 @@ export class OriginPools {
  * answer is fully sent; rejects when the origin could not be reached or
  * failed before answering (the caller answers 502/504 then).
  */
-export async function forward(pools: OriginPools, origin: string, req: IncomingMessage, res: ServerResponse, extraHeaders: Record<string, string>): Promise<void> {
+export async function forward(
+  pools: OriginPools,
+  origin: string,
+  req: IncomingMessage,
+  res: ServerResponse,
+  extraHeaders: Record<string, string>,
+  proto: 'https' | 'http' = 'https',
+): Promise<void> {
   const headers = endToEndHeaders(req.headers, CLIENT_SET);
   const address = req.socket.remoteAddress ?? 'unknown';
   headers['x-forwarded-for'] = address;
-  headers['x-forwarded-proto'] = 'https';
+  headers['x-forwarded-proto'] = proto;
   if (req.headers.host !== undefined) headers['x-forwarded-host'] = req.headers.host;
-  headers.forwarded = `for=${forwardedFor(address)};proto=https${req.headers.host !== undefined ? `;host="${req.headers.host}"` : ''}`;
+  headers.forwarded = `for=${forwardedFor(address)};proto=${proto}${req.headers.host !== undefined ? `;host="${req.headers.host}"` : ''}`;
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const answer = await pools.pool(origin).request({
     path: req.url ?? '/',

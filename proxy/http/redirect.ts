@@ -1,0 +1,58 @@
+/**
+ * The plain-HTTP listener (port 80 in production): every request for a known
+ * domain is sent to HTTPS with 308 Permanent Redirect (RFC 9110 §15.4.9:
+ * unlike 301, the method and body are kept), except ACME HTTP-01 challenges
+ * (RFC 8555 §8.3, `/.well-known/acme-challenge/`), which go to the domain's
+ * origin so a CA can validate the domain until the product answers
+ * challenges itself. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '../../keyserver/log.js';
+import { type ProxyMetrics, statusClass } from '../metrics.js';
+import { type NameIndex, selectByName } from '../tls/names.js';
+import { forward, type OriginPools } from './forward.js';
+import { type Domain, hostName } from './handler.js';
+
+const ACME_CHALLENGE = '/.well-known/acme-challenge/';
+/** Only a plain DNS name goes into a Location: a wildcard's label could otherwise smuggle in '/' or '@'. */
+const DNS_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i;
+
+export interface RedirectOptions {
+  readonly domains: () => NameIndex<Domain>;
+  readonly pools: OriginPools;
+  /** The HTTPS port clients should use; 443 is left out of the Location. */
+  readonly httpsPort: number;
+  readonly log: Logger;
+  readonly metrics: ProxyMetrics;
+}
+
+export function createRedirectHandler(options: RedirectOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const { log, metrics } = options;
+  return (req, res) => {
+    const rawHost = hostName(req.headers.host);
+    const host = rawHost !== undefined && DNS_NAME.test(rawHost) ? rawHost.toLowerCase() : undefined;
+    const domain = selectByName(options.domains(), host, undefined)?.value;
+    const path = req.url ?? '/';
+    res.once('finish', () => {
+      metrics.requests.inc({ status_class: statusClass(res.statusCode), code: 'none' });
+      log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status: res.statusCode }, 'request');
+    });
+    if (domain === undefined || host === undefined) {
+      const body = 'unknown host\n';
+      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' });
+      res.end(body);
+      return;
+    }
+    if (path.startsWith(ACME_CHALLENGE)) {
+      forward(options.pools, domain.origin, req, res, {}, 'http').catch((err: unknown) => {
+        log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
+        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
+        else res.destroy();
+      });
+      return;
+    }
+    const port = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
+    res.writeHead(308, { location: `https://${host}${port}${path}`, 'content-length': 0 });
+    res.end();
+  };
+}
