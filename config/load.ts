@@ -349,6 +349,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     admin: c.admin === null ? null : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port },
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
+    limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
   };
 }
 

@@ -41,6 +41,12 @@ export interface ProxyConfig {
   };
   readonly admin: { readonly host: string; readonly port: number } | null;
   readonly log: { readonly level: string };
+  readonly limits: {
+    readonly maxHeaderBytes: number;
+    readonly maxBodyBytes: number;
+    readonly headerTimeoutMs: number;
+    readonly keepAliveTimeoutMs: number;
+  };
   readonly shutdownGraceMs: number;
 }
 
@@ -86,6 +92,18 @@ export const PROXY_DEFAULTS = Object.freeze({
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
+  limits: Object.freeze({
+    // nginx's large_client_header_buffers default (4 × 8 KiB) is the practical
+    // ceiling browsers and CDNs stay under; 16 KiB is Node's own default.
+    maxHeaderBytes: 16_384,
+    // Request bodies: 10 MiB covers forms and API calls; uploads beyond that
+    // are a per-deployment decision.
+    maxBodyBytes: 10 * 1024 * 1024,
+    // A client that has not sent its headers within 10 s is a slowloris, not a user.
+    headerTimeoutMs: 10_000,
+    // Idle keep-alive connections: a little above typical browser reuse windows.
+    keepAliveTimeoutMs: 5_000,
+  }),
 });
 
 /** An exact DNS name or a single leading wildcard label (RFC 6125 §6.4.3), lower-case. */
@@ -190,6 +208,15 @@ export const proxyFileSchema = strict(
     admin: strict({ host: text('a host name or address').optional(), port: port.optional() }, 'an object, or null').nullable().optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
+    limits: strict(
+      {
+        maxHeaderBytes: intIn(1024, 1_048_576).optional(),
+        maxBodyBytes: intIn(0, 1_099_511_627_776).optional(),
+        headerTimeoutMs: intIn(100, 600_000).optional(),
+        keepAliveTimeoutMs: intIn(0, 600_000).optional(),
+      },
+      'an object',
+    ).optional(),
   },
   'a JSON object',
 ).superRefine(

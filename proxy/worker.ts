@@ -85,7 +85,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? noSniCertificate : selectByName(sni, servername, fallback)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
+  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
 
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
@@ -106,6 +106,12 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         ...(defaultCertificate === undefined ? {} : { cert: defaultCertificate.chainPem, key: bridge.keyPemFor(defaultCertificate) }),
         SNICallback: sniCallback(profile, sni, fallback, contexts, log),
         ...(options.ticketKey === undefined ? {} : { ticketKeys: options.ticketKey }),
+        // Over the limit, Node answers 431 itself; headers not complete in time, 408.
+        maxHeaderSize: config.limits.maxHeaderBytes,
+        headersTimeout: config.limits.headerTimeoutMs,
+        keepAliveTimeout: config.limits.keepAliveTimeoutMs,
+        // How often Node checks those timeouts (default 30 s would let a slow client linger).
+        connectionsCheckingInterval: 1000,
       },
       handler,
     );

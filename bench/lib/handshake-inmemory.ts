@@ -34,7 +34,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { AggregatorRegistry } from 'prom-client';
-import type { TlsProfileName } from '../../config/proxy-schema.js';
+import { PROXY_DEFAULTS, type TlsProfileName } from '../../config/proxy-schema.js';
 import { createLogger, type Logger } from '../../keyserver/log.js';
 import { loadCertificateFile, type ServedCertificate } from '../../proxy/certs/certificate.js';
 import { createRequestHandler, type Domain } from '../../proxy/http/handler.js';
@@ -108,7 +108,7 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
   // As worker.ts: the names the connection's certificate covers (no default certificate here).
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? undefined : selectByName<ServedCertificate>(sni, servername, undefined)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, hstsMaxAgeSeconds: config.hstsMaxAgeSeconds, log, metrics });
+  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: PROXY_DEFAULTS.limits.maxBodyBytes, hstsMaxAgeSeconds: config.hstsMaxAgeSeconds, log, metrics });
 
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();

@@ -9,6 +9,7 @@
  * to set them.
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
 
@@ -45,6 +46,25 @@ function forwardedFor(address: string): string {
   return address.includes(':') ? `"[${address}]"` : address;
 }
 
+/**
+ * The request body as it streams to the origin, failing with
+ * KEYEDGE_HTTP_BODY_TOO_LARGE past `max` bytes: a chunked body has no
+ * Content-Length to check up front.
+ */
+function limitBody(req: IncomingMessage, max: number): Readable {
+  if (max === Infinity) return req;
+  let seen = 0;
+  const counted = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > max) done(Object.assign(new Error(`request body over ${max} bytes`), { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' }));
+      else done(null, chunk);
+    },
+  });
+  req.pipe(counted);
+  return counted;
+}
+
 export class OriginPools {
   readonly #pools = new Map<string, Pool>();
 
@@ -75,6 +95,7 @@ export async function forward(
   res: ServerResponse,
   extraHeaders: Record<string, string>,
   proto: 'https' | 'http' = 'https',
+  maxBodyBytes = Infinity,
 ): Promise<void> {
   const headers = endToEndHeaders(req.headers, CLIENT_SET);
   const address = req.socket.remoteAddress ?? 'unknown';
@@ -87,7 +108,7 @@ export async function forward(
     path: req.url ?? '/',
     method: (req.method ?? 'GET') as 'GET',
     headers,
-    body: hasBody ? req : null,
+    body: hasBody ? limitBody(req, maxBodyBytes) : null,
   });
   const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
   res.writeHead(answer.statusCode, { ...responseHeaders, ...extraHeaders });

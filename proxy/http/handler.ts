@@ -21,13 +21,14 @@ export interface HandlerOptions {
   /** The names the connection's certificate covers, from its SNI (or none for the default). */
   readonly certificateNames: (servername: string | undefined) => readonly string[];
   readonly pools: OriginPools;
+  readonly maxBodyBytes: number;
   readonly hstsMaxAgeSeconds: number;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
 }
 
 /** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"). */
-export type HttpErrorCode = 'KEYEDGE_HTTP_MISDIRECTED' | 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
+export type HttpErrorCode = 'KEYEDGE_HTTP_BODY_TOO_LARGE' | 'KEYEDGE_HTTP_MISDIRECTED' | 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
 
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
@@ -92,7 +93,23 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       answer(res, 404, code, 'unknown host\n', hsts);
       return;
     }
-    forward(pools, domain.origin, req, res, hsts).catch((err: unknown) => {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > options.maxBodyBytes) {
+      code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+      // The body is not read: the connection closes after the answer.
+      res.setHeader('connection', 'close');
+      answer(res, 413, code, `request body over ${options.maxBodyBytes} bytes\n`, hsts);
+      return;
+    }
+    forward(pools, domain.origin, req, res, hsts, 'https', options.maxBodyBytes).catch((err: unknown) => {
+      if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
+        code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+        if (!res.headersSent) {
+          res.setHeader('connection', 'close');
+          answer(res, 413, code, `request body over ${options.maxBodyBytes} bytes\n`, hsts);
+        } else res.destroy();
+        return;
+      }
       const timeout = (err as { code?: string }).code === 'UND_ERR_HEADERS_TIMEOUT';
       code = timeout ? 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
       log.warn({ code, domain: domain.name, origin: domain.origin, err }, 'origin request failed');

@@ -1,0 +1,88 @@
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+
+// Limits with the answers of RFC 9110 §15.5: 431 headers too large, 413 body
+// too large (declared or streamed), 408 headers too slow; the proxy stays up.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      limits: { maxHeaderBytes: 4096, maxBodyBytes: 1000, headerTimeoutMs: 500 },
+    }),
+    { log: createLogger('limits-test', 'silent') },
+  );
+});
+afterAll(async () => {
+  await proxy?.close();
+  await lab?.close();
+});
+
+function request(options: { headers?: Record<string, string>; body?: Buffer; chunked?: boolean; method?: string }): Promise<{ status: number; headers: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      { host: '127.0.0.1', port: proxy.ports[0], servername: 'a.lab.test', ca, method: options.method ?? 'POST', path: '/', headers: { host: 'a.lab.test', ...options.headers } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers }));
+      },
+    );
+    req.on('error', reject);
+    if (options.body !== undefined) {
+      if (options.chunked) {
+        for (let i = 0; i < options.body.length; i += 100) req.write(options.body.subarray(i, i + 100));
+      } else {
+        req.setHeader('content-length', options.body.length);
+        req.write(options.body);
+      }
+    }
+    req.end();
+  });
+}
+
+describe('limits', () => {
+  it('forwards a body within the limit', async () => {
+    expect((await request({ body: Buffer.alloc(900) })).status).toBe(200);
+  });
+
+  it('answers 413 to a declared body over the limit, without reading it', async () => {
+    const res = await request({ body: Buffer.alloc(5000) });
+    expect(res.status).toBe(413);
+    expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_BODY_TOO_LARGE');
+  });
+
+  it('answers 413 to a chunked body that grows past the limit', async () => {
+    const res = await request({ body: Buffer.alloc(5000), chunked: true }).catch(() => ({ status: 413, headers: {} }));
+    // Either the answer arrives or the connection is cut mid-upload; never a 200.
+    expect(res.status).toBe(413);
+  });
+
+  it('answers 431 to headers over the limit', async () => {
+    const res = await request({ method: 'GET', headers: { 'x-big': 'a'.repeat(8000) } }).catch((err: Error) => ({ status: -1, headers: { error: err.message } }));
+    expect([431, -1]).toContain(res.status);
+    if (res.status === -1) throw new Error(`connection failed instead of 431: ${String(res.headers.error)}`);
+  });
+
+  it('answers 408 to a client too slow sending its headers, and stays up', async () => {
+    const answer = await new Promise<string>((resolve) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: 'a.lab.test', ca }, () => socket.write('GET / HTTP/1.1\r\nHost: a.lab.test\r\n'));
+      let text = '';
+      socket.on('data', (d: Buffer) => (text += d.toString()));
+      socket.on('close', () => resolve(text));
+      socket.on('error', () => resolve(text));
+    });
+    expect(answer).toMatch(/^HTTP\/1.1 408/);
+    expect((await request({ method: 'GET' })).status).toBe(200);
+  });
+});
