@@ -46,6 +46,8 @@ export interface ProxyConfig {
     readonly maxBodyBytes: number;
     readonly headerTimeoutMs: number;
     readonly keepAliveTimeoutMs: number;
+    readonly originConnectTimeoutMs: number;
+    readonly originResponseTimeoutMs: number;
   };
   readonly shutdownGraceMs: number;
 }
@@ -103,6 +105,10 @@ export const PROXY_DEFAULTS = Object.freeze({
     headerTimeoutMs: 10_000,
     // Idle keep-alive connections: a little above typical browser reuse windows.
     keepAliveTimeoutMs: 5_000,
+    // An origin that does not take the connection within 10 s is down (502).
+    originConnectTimeoutMs: 10_000,
+    // Waiting a minute for an answer's headers matches common load balancers (504 after).
+    originResponseTimeoutMs: 60_000,
   }),
 });
 
@@ -214,6 +220,8 @@ export const proxyFileSchema = strict(
         maxBodyBytes: intIn(0, 1_099_511_627_776).optional(),
         headerTimeoutMs: intIn(100, 600_000).optional(),
         keepAliveTimeoutMs: intIn(0, 600_000).optional(),
+        originConnectTimeoutMs: intIn(100, 600_000).optional(),
+        originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
       },
       'an object',
     ).optional(),

@@ -81,7 +81,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   if (config.tls.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
 
   const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
-  const pools = new OriginPools();
+  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs });
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? noSniCertificate : selectByName(sni, servername, fallback)?.value)?.names ?? [];

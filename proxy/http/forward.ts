@@ -65,13 +65,34 @@ function limitBody(req: IncomingMessage, max: number): Readable {
   return counted;
 }
 
+export interface OriginTimeouts {
+  /** TCP (and TLS) connect to an origin: past it, 502. */
+  readonly connectMs: number;
+  /** From the request sent to the answer's headers: past it, 504. */
+  readonly responseMs: number;
+}
+
+/** Keep-alive pools, one per origin URL; bounded by the configured origins. */
 export class OriginPools {
   readonly #pools = new Map<string, Pool>();
+  readonly #timeouts: OriginTimeouts;
+
+  constructor(timeouts: OriginTimeouts = { connectMs: 10_000, responseMs: 60_000 }) {
+    this.#timeouts = timeouts;
+  }
 
   pool(origin: string): Pool {
     let pool = this.#pools.get(origin);
     if (pool === undefined) {
-      pool = new Pool(origin, { connections: 64, keepAliveTimeout: 30_000, pipelining: 1 });
+      pool = new Pool(origin, {
+        connections: 64,
+        keepAliveTimeout: 30_000,
+        pipelining: 1,
+        connectTimeout: this.#timeouts.connectMs,
+        headersTimeout: this.#timeouts.responseMs,
+        // A streaming answer may pause for long; only the wait for its start is bounded.
+        bodyTimeout: 0,
+      });
       this.#pools.set(origin, pool);
     }
     return pool;
