@@ -61,9 +61,9 @@ afterAll(async () => {
   await lab?.close();
 });
 
-function get(host: string): Promise<{ status: number; code: unknown; body: string } | { error: string }> {
+function get(host: string, headers: Record<string, string> = {}): Promise<{ status: number; code: unknown; body: string } | { error: string }> {
   return new Promise((resolve) => {
-    const req = https.get({ host: '127.0.0.1', port: proxy.ports[0], servername: host, ca, headers: { host }, agent: false }, (res) => {
+    const req = https.get({ host: '127.0.0.1', port: proxy.ports[0], servername: host, ca, headers: { host, ...headers }, agent: false }, (res) => {
       let body = '';
       res.on('data', (d: Buffer) => (body += d.toString()));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, code: res.headers['x-keyedge-error'], body }));
@@ -94,5 +94,13 @@ describe('failing origins', () => {
 
   it('keeps serving healthy domains', async () => {
     expect(await get('ok.lab.test')).toMatchObject({ status: 200 });
+  });
+
+  it('sets X-Forwarded-* and Forwarded itself, dropping what the client claimed', async () => {
+    const result = await get('ok.lab.test', { 'x-forwarded-for': '203.0.113.9', forwarded: 'for=203.0.113.9' });
+    expect(result).toMatchObject({ status: 200 });
+    const seen = JSON.parse((result as { body: string }).body) as { host: string; xff: string; forwarded: string };
+    // RFC 7239 §4: for, proto and host as the proxy saw them; the origin gets the Host the client sent.
+    expect(seen).toEqual({ host: 'ok.lab.test', url: '/', xff: '127.0.0.1', forwarded: 'for=127.0.0.1;proto=https;host="ok.lab.test"' });
   });
 });
