@@ -31,6 +31,7 @@ import { QuietGate } from './lib/quiet.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
 import { runRounds, type RunContext, type Scenario, sleep } from './lib/rounds.js';
 import { median, round, spread, type Spread } from './lib/stats.js';
+import { numberOption } from './lib/args.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 const CONTENDED_CORES = 0.25;
@@ -128,12 +129,7 @@ function parseOptions(argv: string[]): Options | undefined {
     process.stdout.write(USAGE);
     return undefined;
   }
-  const num = (v: string | undefined, name: string, fallback: number, min: number): number => {
-    if (v === undefined) return fallback;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${v}'`);
-    return n;
-  };
+  const num = numberOption;
   const quick = values.quick;
   const keys = values.keys.split(',').map((id) => {
     const key = HANDSHAKE_KEYS.find((k) => k.id === id);

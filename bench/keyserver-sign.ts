@@ -34,6 +34,7 @@ import { QuietGate } from './lib/quiet.js';
 import { runRounds, type Scenario } from './lib/rounds.js';
 import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './lib/sign-load.js';
 import { median, round, spread } from './lib/stats.js';
+import { numberOption } from './lib/args.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 const CONTENDED_CORES = 0.25;
@@ -128,12 +129,7 @@ function parseOptions(argv: string[]): Options | undefined {
     process.stdout.write(USAGE);
     return undefined;
   }
-  const num = (v: string | undefined, name: string, fallback: number, min: number): number => {
-    if (v === undefined) return fallback;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${v}'`);
-    return n;
-  };
+  const num = numberOption;
   const quick = values.quick;
   if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
   const pipeline = values.pipeline !== undefined ? parsePipeline(values.pipeline) : undefined;

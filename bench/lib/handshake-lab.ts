@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import type { InMemoryConfig } from './handshake-inmemory.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from './keyserver-lab.js';
+import { childEnv, KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from './keyserver-lab.js';
 import { setAffinity } from './handshake-procs.js';
 
 const execFileAsync = promisify(execFile);
@@ -108,14 +108,6 @@ export async function freePort(): Promise<number> {
   const port = await tryPort(0);
   if (port === undefined) throw new Error('no free port');
   return port;
-}
-
-function childEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  delete env.UV_THREADPOOL_SIZE;
-  delete env.SOFTHSM2_CONF;
-  delete env.NODE_OPTIONS;
-  return env;
 }
 
 /** Starts `command` detached (its own process group) with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there). */

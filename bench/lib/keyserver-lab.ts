@@ -210,13 +210,11 @@ export class KeyserverLab {
 }
 
 /**
- * The environment for keyedge children: the launcher sizes UV_THREADPOOL_SIZE
- * only when it is unset, and the embedded token sets SOFTHSM2_CONF itself, so
- * neither is passed down from the bench process.
+ * The environment for keyedge children: the embedded token sets SOFTHSM2_CONF
+ * itself and the bench's own Node options must not reach the servers it measures.
  */
-function childEnv(): NodeJS.ProcessEnv {
+export function childEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
-  delete env.UV_THREADPOOL_SIZE;
   delete env.SOFTHSM2_CONF;
   delete env.NODE_OPTIONS;
   return env;
