@@ -346,7 +346,11 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
     })),
     tls: { ...D.tls, ...definedOnly(c.tls ?? {}) },
-    admin: c.admin === null ? null : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port },
+    admin:
+      c.admin === null
+        ? null
+        : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port, tokenFile: path.resolve(stateDir, c.admin?.tokenFile ?? D.admin.tokenFile) },
+    certStore: { dir: path.resolve(stateDir, c.certStore?.dir ?? D.certStore.dir), rescanSeconds: c.certStore?.rescanSeconds ?? D.certStore.rescanSeconds },
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },

@@ -39,7 +39,10 @@ export interface ProxyConfig {
     readonly contextCacheSize: number;
     readonly ocspStapling: boolean;
   };
-  readonly admin: { readonly host: string; readonly port: number } | null;
+  /** `tokenFile` holds the bearer token for every admin request that changes state. */
+  readonly admin: { readonly host: string; readonly port: number; readonly tokenFile: string } | null;
+  /** The certificate store (proxy/certs/store.ts), watched for changes and rescanned every `rescanSeconds`. */
+  readonly certStore: { readonly dir: string; readonly rescanSeconds: number };
   readonly log: { readonly level: string };
   readonly limits: {
     readonly maxHeaderBytes: number;
@@ -89,8 +92,17 @@ export const PROXY_DEFAULTS = Object.freeze({
     contextCacheSize: 1000,
     ocspStapling: true,
   }),
-  // Loopback, next to the key server's 9464.
-  admin: Object.freeze({ host: '127.0.0.1', port: 9465 }),
+  // Loopback, next to the key server's 9464. The token file is relative to
+  // stateDir; without it, admin requests that change state are refused.
+  admin: Object.freeze({ host: '127.0.0.1', port: 9465, tokenFile: 'admin.token' }),
+  certStore: Object.freeze({
+    // Relative to stateDir: ./var/certs in the embedded default.
+    dir: 'certs',
+    // fs.watch misses changes on some filesystems (NFS, some container
+    // mounts) and renames racing a restart; a rescan only stats the files, so
+    // half a minute bounds the delay at little cost even with 10,000 entries.
+    rescanSeconds: 30,
+  }),
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
@@ -211,7 +223,13 @@ export const proxyFileSchema = strict(
       },
       'an object',
     ).optional(),
-    admin: strict({ host: text('a host name or address').optional(), port: port.optional() }, 'an object, or null').nullable().optional(),
+    admin: strict(
+      { host: text('a host name or address').optional(), port: port.optional(), tokenFile: text('a file path holding the admin bearer token').optional() },
+      'an object, or null',
+    )
+      .nullable()
+      .optional(),
+    certStore: strict({ dir: text('a directory path').optional(), rescanSeconds: intIn(1, 86_400).optional() }, 'an object').optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
     limits: strict(

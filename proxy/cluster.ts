@@ -6,19 +6,27 @@
  * With the default round-robin policy the primary accepts each connection and
  * passes it to a worker, which cost about +520 µs per handshake here.
  *
- * The primary never loads the keyless bridge, certificates or keys; a worker
- * starts listening only once it holds the shared ticket key, so every ticket
- * it issues can be resumed by any other worker.
+ * The primary never loads the keyless bridge or any key. It owns the reload
+ * path (serving/): it validates certificates and the routing table, sends
+ * each worker the result, and answers the admin API. A worker starts
+ * listening only once it holds the shared ticket key, so every ticket it
+ * issues can be resumed by any other worker, and the primary's serving state.
  */
+import assert from 'node:assert/strict';
 import cluster, { type Worker } from 'node:cluster';
+import { existsSync } from 'node:fs';
 import type http from 'node:http';
-import { AggregatorRegistry } from 'prom-client';
+import { AggregatorRegistry, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { KeyserverClient } from '../keyserver/client/client.js';
 import type { Logger } from '../keyserver/log.js';
 import { startProxyAdmin } from './admin.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
-import { startProxyWorker } from './worker.js';
+import { ReloadCoordinator } from './serving/coordinator.js';
+import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
+import { connectKeyserver, ServingSource } from './serving/source.js';
+import type { ServingDelta } from './serving/spec.js';
+import { watchForChanges } from './serving/watch.js';
+import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker } from './worker.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
@@ -35,6 +43,11 @@ export function isShutdownMessage(message: unknown): boolean {
   return isMessage(message, SHUTDOWN.type);
 }
 
+/** How long the primary waits for every worker to apply a reload before calling it partial. */
+const APPLY_TIMEOUT_MS = 30_000;
+/** Expiry warnings are checked this often (and after every reload). */
+const EXPIRY_CHECK_MS = 3_600_000;
+
 /** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
 export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
@@ -42,19 +55,92 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   let stopping = false;
   const started = new Map<Worker, number>();
 
+  // Certificates are validated here, once, before any worker starts: workers
+  // receive the result and never parse or judge a certificate themselves.
+  const configFile = existsSync(config.source) ? config.source : undefined;
+  const source = new ServingSource(config, {
+    reloadConfig: configFile !== undefined,
+    onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+  });
+  const first = await source.next();
+  refuseStartOnConfigCertificates(config, first);
+  source.commit(first);
+  for (const refusal of first.refused) {
+    log.error({ certificate: refusal.name, source: refusal.source, reason: refusal.reason, code: 'KEYEDGE_ERR_CERTIFICATE' }, `certificate refused: ${refusal.message}`);
+  }
+  const primaryRegistry = new Registry();
+  const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
+  reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
+  const warned = new Map<string, number>();
+  const warnExpiry = (): void => {
+    for (const due of dueExpiryWarnings(source.records.values(), new Date(), warned)) {
+      log.warn({ certificate: due.name, notAfter: due.notAfter, withinDays: due.days }, `certificate expires within ${due.days} day${due.days === 1 ? '' : 's'}`);
+    }
+  };
+  warnExpiry();
+
+  // Workers that hold the current serving state and get every delta after it.
+  const synced = new Set<Worker>();
+  let inFlight: ServingDelta | undefined;
+  const acks = new Map<Worker, (message: AppliedMessage) => void>();
+  const applyEverywhere = async (delta: ServingDelta): Promise<string[]> => {
+    inFlight = delta;
+    try {
+      const results = await Promise.all(
+        [...synced].map(
+          (worker) =>
+            new Promise<string | undefined>((resolve) => {
+              const timer = setTimeout(() => resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
+              acks.set(worker, (message) => {
+                if (message.generation !== delta.generation) return;
+                clearTimeout(timer);
+                acks.delete(worker);
+                resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
+              });
+              worker.send(applyMessage(delta));
+            }),
+        ),
+      );
+      return results.filter((r): r is string => r !== undefined);
+    } finally {
+      inFlight = undefined;
+    }
+  };
+  const coordinator = new ReloadCoordinator(source, {
+    log,
+    apply: applyEverywhere,
+    onReport: (report) => {
+      reloads.inc({ trigger: report.trigger, result: report.result });
+      warnExpiry();
+    },
+  });
+
   const ready = new Set<Worker>();
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
     worker.on('message', (message: unknown) => {
-      if (isMessage(message, WANT_TICKET_KEY.type)) worker.send(ticketKeyMessage(ticketKey));
-      else if (isMessage(message, READY.type)) ready.add(worker);
+      if (isMessage(message, WANT_TICKET_KEY.type)) {
+        worker.send(ticketKeyMessage(ticketKey));
+        // The committed state, then the delta being applied (if any): IPC
+        // keeps order, so the worker ends up where every other worker is.
+        worker.send(serveMessage(source.snapshot()));
+        if (inFlight !== undefined) worker.send(applyMessage(inFlight));
+        synced.add(worker);
+      } else if (isMessage(message, READY.type)) ready.add(worker);
+      else if (isAppliedMessage(message)) {
+        acks.get(worker)?.(message);
+        // A worker that could not apply a delta is behind the others: replace it, and its successor starts from the committed state.
+        if (message.error !== undefined) worker.send(SHUTDOWN);
+      }
     });
   };
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
     started.delete(worker);
     ready.delete(worker);
+    synced.delete(worker);
+    acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
     log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
     if (lived < CRASH_LOOP_MS) setTimeout(() => !stopping && fork(), 1000).unref();
@@ -68,25 +154,55 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     log.info('session ticket key rotated');
   }, config.tls.ticketKeyRotationSeconds * 1000);
   rotation.unref();
+  const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
+  expiryTimer.unref();
+  const stopWatching = watchForChanges({
+    storeDir: config.certStore.dir,
+    configFile,
+    rescanSeconds: config.certStore.rescanSeconds,
+    onChange: (trigger) => void coordinator.reload(trigger),
+    log,
+  });
+  const onHangup = (): void => void coordinator.reload('signal');
+  process.on('SIGHUP', onHangup);
+
   let admin: http.Server | undefined;
   if (config.admin !== null) {
     const aggregator = new AggregatorRegistry();
     admin = await startProxyAdmin(config.admin.host, config.admin.port, {
-      config,
-      metrics: async () => ({ contentType: aggregator.contentType, body: await (await aggregator.clusterMetrics()).toString() }),
+      config: () => source.config,
+      metrics: async () => ({
+        contentType: aggregator.contentType,
+        body: `${await (await aggregator.clusterMetrics()).toString()}\n${await primaryRegistry.metrics()}`,
+      }),
       notReadyReason: async () => {
         if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
+        const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
+        if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
         return keyserverUnreachableReason(config);
+      },
+      control: {
+        tokenFile: config.admin.tokenFile,
+        reload: () => coordinator.reload('admin'),
+        putCertificate: async (name, chainText) => {
+          const meta = await source.validateUpload(name, chainText);
+          source.store.write(name, chainText, meta);
+          return coordinator.reload('admin');
+        },
+        certificates: () => listCertificates(source),
       },
     });
   }
-  log.info({ workers: config.workers, listen: config.listen, admin: admin?.address() }, 'proxy primary started');
+  log.info({ workers: config.workers, listen: config.listen, admin: admin?.address(), certificates: source.records.size }, 'proxy primary started');
 
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {
       if (stopping) return;
       stopping = true;
       clearInterval(rotation);
+      clearInterval(expiryTimer);
+      stopWatching();
+      process.off('SIGHUP', onHangup);
       log.info({ signal }, 'stopping proxy workers');
       const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
       if (workers.length === 0) return resolve();
@@ -107,15 +223,28 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   log.info('proxy stopped');
 }
 
-/** Pings the key server the way a worker reaches it; undefined when it answers. */
+/** GET /certs: what serves, and what was refused. */
+function listCertificates(source: ServingSource): unknown {
+  return {
+    certificates: [...source.records.values()].map((r) => ({
+      name: r.name,
+      from: r.from,
+      names: r.names,
+      serial: r.serial,
+      issuer: r.issuer,
+      notAfter: r.notAfter,
+      keyId: r.keyId,
+      loadedAt: r.loadedAt,
+      refused: source.refusals.get(r.name) ?? null,
+    })),
+    refused: [...source.refusals.values()].filter((r) => !source.records.has(r.name)),
+  };
+}
+
+/** Pings the key server; undefined when it answers. */
 async function keyserverUnreachableReason(config: ProxyConfig): Promise<string | undefined> {
-  const { socket, tcp } = config.keyserver;
   try {
-    const client = await KeyserverClient.connect({
-      ...(socket === null ? {} : { unixPath: socket }),
-      ...(tcp === null ? {} : { tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) } }),
-      timeoutMs: config.keyserver.timeoutMs * 4,
-    });
+    const client = await connectKeyserver(config);
     try {
       await client.ping();
     } finally {
@@ -127,32 +256,80 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
   }
 }
 
-/** Runs one worker: waits for the primary's ticket key, serves, stops on the primary's word or SIGTERM. */
+/**
+ * Runs one worker: waits for the primary's ticket key and serving state,
+ * serves, applies each reload the primary sends, stops on the primary's word
+ * or SIGTERM.
+ */
 export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
   // Constructing one installs the worker's side of the aggregation: it answers
   // the primary's metrics requests with this process's global registry.
   new AggregatorRegistry();
-  const firstKey = await new Promise<Buffer>((resolve) => {
-    const onMessage = (message: unknown): void => {
-      if (!isTicketKeyMessage(message)) return;
-      process.off('message', onMessage);
-      resolve(decodeTicketKey(message));
-    };
-    process.on('message', onMessage);
+  // Deltas that arrive while the worker starts are applied, in order, once it listens.
+  const early: ServingDelta[] = [];
+  let worker: RunningWorker | undefined;
+  let stop: (() => void) | undefined;
+  let ticketKey: Buffer | undefined;
+  const applyNow = (delta: ServingDelta): void => {
+    assert(worker !== undefined);
+    try {
+      worker.apply(delta);
+      process.send?.({ type: APPLIED, generation: delta.generation } satisfies AppliedMessage);
+    } catch (err) {
+      log.error({ generation: delta.generation, err }, 'reload could not be applied in this worker; the previous state keeps serving until it is replaced');
+      process.send?.({ type: APPLIED, generation: delta.generation, error: (err as Error).message } satisfies AppliedMessage);
+    }
+  };
+  const initial = new Promise<ServingDelta>((resolve) => {
+    process.on('message', (message: unknown) => {
+      if (isTicketKeyMessage(message)) {
+        ticketKey = decodeTicketKey(message);
+        worker?.setTicketKey(ticketKey);
+      } else if (isMessage(message, SERVE)) resolve((message as { delta: ServingDelta }).delta);
+      else if (isMessage(message, APPLY)) {
+        const { delta } = message as { delta: ServingDelta };
+        if (worker === undefined) early.push(delta);
+        else applyNow(delta);
+      } else if (isShutdownMessage(message)) stop?.();
+    });
     process.send?.(WANT_TICKET_KEY);
   });
-  const worker = await startProxyWorker(config, { log, ticketKey: firstKey });
+  const delta = await initial;
+  assert(ticketKey !== undefined, 'the primary sends the ticket key before the serving state');
+  worker = await startProxyWorker(config, { log, ticketKey, initial: delta });
+  for (const pending of early.splice(0)) applyNow(pending);
   process.send?.(READY);
+  const running = worker;
   await new Promise<void>((resolve) => {
-    const stop = (): void => void worker.close().then(resolve);
-    process.on('message', (message: unknown) => {
-      if (isTicketKeyMessage(message)) worker.setTicketKey(decodeTicketKey(message));
-      else if (isShutdownMessage(message)) stop();
-    });
+    stop = (): void => void running.close().then(resolve);
     // The primary relays SIGTERM as a message; a worker signalled directly stops the same way.
     process.once('SIGTERM', stop);
     process.once('SIGINT', () => undefined);
+    // SIGHUP goes to the primary, which reloads for every worker.
+    process.on('SIGHUP', () => undefined);
   });
   // The IPC channel to the primary is the last thing keeping this process alive.
   process.disconnect?.();
+}
+
+const SERVE = 'keyedge:serve';
+const APPLY = 'keyedge:apply';
+const APPLIED = 'keyedge:applied';
+
+interface AppliedMessage {
+  readonly type: typeof APPLIED;
+  readonly generation: number;
+  readonly error?: string;
+}
+
+function serveMessage(delta: ServingDelta): { type: typeof SERVE; delta: ServingDelta } {
+  return { type: SERVE, delta };
+}
+
+function applyMessage(delta: ServingDelta): { type: typeof APPLY; delta: ServingDelta } {
+  return { type: APPLY, delta };
+}
+
+function isAppliedMessage(message: unknown): message is AppliedMessage {
+  return isMessage(message, APPLIED);
 }

@@ -2,6 +2,8 @@
  * The proxy's metrics, prefix `keyedge_proxy_`, kept per worker and summed by
  * the primary's admin port (prom-client AggregatorRegistry).
  *
+ * Reload and certificate-expiry metrics are the primary's own (serving/expiry.ts).
+ *
  * Labels are bounded by construction: results, TLS versions, status classes
  * and our own error codes come from fixed sets. Never an SNI name, Host,
  * certificate serial or client address: those belong in logs.
@@ -20,7 +22,6 @@ export class ProxyMetrics {
   readonly requests: Counter<'status_class' | 'code'>;
   readonly originDuration: Histogram<'status_class'>;
   readonly openConnections: Gauge;
-  readonly reloads: Counter<'kind' | 'result'>;
   readonly #eventLoop: IntervalHistogram;
 
   /**
@@ -62,12 +63,6 @@ export class ProxyMetrics {
     this.openConnections = new Gauge({
       name: `${PREFIX}open_connections`,
       help: 'Client connections currently open.',
-      registers,
-    });
-    this.reloads = new Counter({
-      name: `${PREFIX}reloads_total`,
-      help: 'Configuration and certificate reloads, by kind (certificate, config) and result (ok, refused).',
-      labelNames: ['kind', 'result'] as const,
       registers,
     });
 

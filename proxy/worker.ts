@@ -12,6 +12,10 @@
  *
  * The SNI callback only looks up: name → certificate (names.ts) → context
  * (contexts.ts, cached). Nothing in it waits on I/O.
+ *
+ * Reloads: the serving state (serving/state.ts) is one reference, replaced
+ * whole by `apply()` once every new secure context is built; a handshake in
+ * progress keeps the context it was given, so renewals fail no connection.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -19,21 +23,26 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { ProxyMetrics } from './metrics.js';
 import type { ProxyConfig, TlsProfileName } from '../config/proxy-schema.js';
-import { ConfigError } from '../keyserver/errors.js';
+import { CertificateError, ConfigError } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
-import { loadCertificateFile, type ServedCertificate } from './certs/certificate.js';
-import { createRequestHandler, type Domain } from './http/handler.js';
+import type { ServedCertificate } from './certs/certificate.js';
+import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
-import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
+import { selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
 import { createTlsFront } from './tls/front.js';
 import { TLS_PROFILES } from './tls/profile.js';
+import { ServingSource, type NextServing } from './serving/source.js';
+import type { ServingDelta } from './serving/spec.js';
+import { applyDelta, EMPTY_STATE, type ServingState } from './serving/state.js';
 
 /** A client that has not finished its ClientHello within this is dropped (slowloris). */
 const HELLO_TIMEOUT_MS = 10_000;
+/** Deltas up to this many certificates (renewals) get their contexts built before the swap, whatever the cache's room. */
+const EAGER_CONTEXTS = 64;
 
 export interface RunningWorker {
   /** The bound port of each listener, in config order (useful with port 0). */
@@ -41,7 +50,21 @@ export interface RunningWorker {
   /** The plain-HTTP redirect listener's port, when configured. */
   readonly httpPort: number | undefined;
   readonly bridge: KeylessBridge;
+  /** What serves now. */
+  readonly state: ServingState;
   setTicketKey(key: Buffer): void;
+  /**
+   * Builds every secure context the delta needs, then swaps the serving state
+   * in one step. Throws (and keeps the current state) when a context cannot
+   * be built. Contract: deltas arrive in generation order, one at a time.
+   */
+  apply(delta: ServingDelta): void;
+  /**
+   * Started on its own (no `initial` delta): re-reads the config file and the
+   * store, validates what changed and applies it, as the cluster primary
+   * does for its workers. Rejects with a ConfigError when the config is refused.
+   */
+  reload(): Promise<NextServing>;
   close(): Promise<void>;
 }
 
@@ -51,44 +74,90 @@ export interface WorkerOptions {
   readonly ticketKey?: Buffer;
   /** Defaults to metrics in prom-client's global registry, which the cluster primary aggregates. */
   readonly metrics?: ProxyMetrics;
+  /** What to serve, from the cluster primary; without it the worker prepares it from its config and the store. */
+  readonly initial?: ServingDelta;
 }
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
   const { log } = options;
   const bridge = startKeylessBridge(config.keyserver);
-  const certificates = config.certificates.map((c) => loadCertificateFile(c.name, c.chain));
-  const byName = new Map(certificates.map((c) => [c.name, c]));
-  const sni = buildNameIndex(
-    certificates.map((c) => ({ names: c.names, value: c })),
-    (name, kept, dropped) => log.warn({ name, kept: kept.name, dropped: dropped.name }, 'two certificates cover the same name; the first listed serves it'),
-  );
-  const fallback = config.sni.onUnknown === 'default' && config.sni.default !== null ? byName.get(config.sni.default) : undefined;
-  const noSniCertificate = config.sni.default === null ? undefined : byName.get(config.sni.default);
+  let source: ServingSource | undefined;
+  let initial = options.initial;
+  if (initial === undefined) {
+    source = new ServingSource(config, {
+      reloadConfig: true,
+      onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+    });
+    const first = await source.next();
+    refuseStartOnConfigCertificates(config, first);
+    source.commit(first);
+    initial = first.delta;
+  }
 
   const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => bridge.keyPemFor(c));
   const profiles = [...new Set(config.listen.map((l) => l.profile))];
-  // Building a context decodes the keyless key and checks it against the
-  // chain: done now, so a mismatch fails the start, not a customer's handshake.
-  for (const certificate of certificates) {
-    try {
-      contexts.build(profiles[0] ?? 'intermediate', certificate);
-    } catch (err) {
-      throw new ConfigError(config.source, 'certificates', `certificate '${certificate.name}' (${certificate.source}) cannot be served: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  contexts.warm(profiles, certificates);
   const stapler = new OcspStapler(log);
-  if (config.tls.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
+  let state = EMPTY_STATE;
+  const onConflict = (name: string, kept: string, dropped: string): void =>
+    log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it');
 
-  const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
-  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs });
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
-  const certificateNames = (servername: string | undefined): readonly string[] =>
-    (servername === undefined ? noSniCertificate : selectByName(sni, servername, fallback)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
-
+  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs });
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
+  const noSniServers: { readonly profile: TlsProfileName; readonly server: https.Server }[] = [];
+  let ticketKey = options.ticketKey;
+
+  const apply = (delta: ServingDelta): void => {
+    const next = applyDelta(state, delta, onConflict);
+    // The contexts of a renewal are built (and its keyless key checked against
+    // the chain) before the swap, so no handshake pays for them and a failure
+    // leaves the current state serving. A delta larger than that (a start with
+    // thousands of entries) fills the cache's room; the rest are built on
+    // first use, which keeps memory bounded by contextCacheSize.
+    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : next.changed.slice(0, Math.floor(contexts.room / profiles.length));
+    const prepared: ServedCertificate[] = [];
+    try {
+      for (const certificate of eager) {
+        for (const profile of profiles) contexts.prepare(profile, certificate);
+        prepared.push(certificate);
+      }
+    } catch (err) {
+      for (const certificate of eager) for (const profile of profiles) contexts.discard(profile, certificate);
+      const failed = eager[prepared.length]!;
+      throw new CertificateError(failed.source, `certificate '${failed.name}' cannot be served: ${(err as Error).message}`, { cause: err });
+    }
+    const previous = state;
+    state = next.state;
+    for (const name of [...next.removed, ...next.changed.map((c) => c.name)]) {
+      const old = previous.certificates.get(name);
+      if (old === undefined) continue;
+      contexts.forget(old);
+      if (config.tls.ocspStapling) stapler.untrack(old);
+    }
+    for (const certificate of eager) for (const profile of profiles) contexts.commit(profile, certificate);
+    if (config.tls.ocspStapling) trackInBackground(stapler, next.changed);
+    if (state.noSni !== previous.noSni && state.noSni !== undefined) {
+      for (const { profile, server } of noSniServers) server.setSecureContext(noSniContextOptions(profile, state.noSni));
+    }
+  };
+  const noSniContextOptions = (profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContextOptions => ({
+    ...TLS_PROFILES[profile],
+    cert: certificate.chainPem,
+    key: bridge.keyPemFor(certificate),
+    // A new context starts with fresh ticket keys: keep the shared one, or tickets from other workers stop resuming.
+    ...(ticketKey === undefined ? {} : { ticketKeys: ticketKey }),
+  });
+  try {
+    apply(initial);
+  } catch (err) {
+    throw new ConfigError(config.source, 'certificates', (err as Error).message, { cause: err });
+  }
+
+  const certificateNames = (servername: string | undefined): readonly string[] =>
+    (servername === undefined ? state.noSni : selectByName(state.sni, servername, state.fallback)?.value)?.names ?? [];
+  const handler = createRequestHandler({ domains: () => state.domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
+
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
   const onSecure = (socket: tls.TLSSocket): void => {
@@ -99,13 +168,13 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     const accepted = raw === undefined ? undefined : acceptedAt.get(raw);
     if (accepted !== undefined) metrics.handshakeDuration.observe({ resumed }, Number(process.hrtime.bigint() - accepted) / 1e9);
   };
-  const httpsServer = (profile: TlsProfileName, defaultCertificate: ServedCertificate | undefined): https.Server => {
+  const httpsServer = (profile: TlsProfileName, withDefault: boolean): https.Server => {
     const server = https.createServer(
       {
         ...TLS_PROFILES[profile],
-        ...(defaultCertificate === undefined ? {} : { cert: defaultCertificate.chainPem, key: bridge.keyPemFor(defaultCertificate) }),
-        SNICallback: sniCallback(profile, sni, fallback, contexts, log),
-        ...(options.ticketKey === undefined ? {} : { ticketKeys: options.ticketKey }),
+        ...(withDefault && state.noSni !== undefined ? { cert: state.noSni.chainPem, key: bridge.keyPemFor(state.noSni) } : {}),
+        SNICallback: sniCallback(profile, () => state, contexts, log),
+        ...(ticketKey === undefined ? {} : { ticketKeys: ticketKey }),
         // Over the limit, Node answers 431 itself; headers not complete in time, 408.
         maxHeaderSize: config.limits.maxHeaderBytes,
         headersTimeout: config.limits.headerTimeoutMs,
@@ -123,13 +192,16 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     });
     server.on('secureConnection', onSecure);
     tlsServers.push(server);
+    if (withDefault) noSniServers.push({ profile, server });
     return server;
   };
   for (const listener of config.listen) {
+    const withoutSni = httpsServer(listener.profile, true);
     const front = createTlsFront({
-      withSni: httpsServer(listener.profile, undefined),
-      withoutSni: noSniCertificate === undefined ? undefined : httpsServer(listener.profile, noSniCertificate),
-      acceptsName: (name) => selectByName(sni, name, fallback) !== undefined,
+      withSni: httpsServer(listener.profile, false),
+      withoutSni,
+      hasDefault: () => state.noSni !== undefined,
+      acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
       helloTimeoutMs: HELLO_TIMEOUT_MS,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
     });
@@ -155,7 +227,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    redirect = http.createServer(createRedirectHandler({ domains: () => domains, pools, httpsPort: ports[0] ?? 443, log, metrics }));
+    redirect = http.createServer(createRedirectHandler({ domains: () => state.domains, pools, httpsPort: ports[0] ?? 443, log, metrics }));
     const server = redirect;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -166,15 +238,27 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     });
   }
   const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;
-  log.info({ ports, httpPort, certificates: certificates.length, domains: config.domains.length, contexts: contexts.size }, 'proxy worker listening');
+  log.info({ ports, httpPort, certificates: state.certificates.size, domains: state.domains.exact.size + state.domains.wildcard.size, contexts: contexts.size }, 'proxy worker listening');
 
   let closing: Promise<void> | undefined;
   return {
     ports,
     httpPort,
     bridge,
+    get state() {
+      return state;
+    },
     setTicketKey(key) {
+      ticketKey = key;
       for (const server of tlsServers) server.setTicketKeys(key);
+    },
+    apply,
+    async reload() {
+      if (source === undefined) throw new ConfigError(config.source, 'reload', 'this worker is driven by the cluster primary; reload through the primary');
+      const next = await source.next();
+      apply(next.delta);
+      source.commit(next);
+      return next;
     },
     close() {
       closing ??= (async () => {
@@ -198,15 +282,31 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   };
 }
 
+/** At start, a certificate named in the config file must load: it is what the operator asked for by name. */
+export function refuseStartOnConfigCertificates(config: ProxyConfig, first: NextServing): void {
+  const refused = first.refused.find((r) => config.certificates.some((c) => c.name === r.name));
+  if (refused !== undefined) throw new ConfigError(config.source, 'certificates', `certificate '${refused.name}' (${refused.source}) cannot be served: ${refused.message}`);
+}
+
+/** Staple fetching parses each leaf: spread over event-loop turns so a start with many certificates stays responsive. */
+function trackInBackground(stapler: OcspStapler, certificates: readonly ServedCertificate[]): void {
+  const BATCH = 100;
+  const step = (from: number): void => {
+    for (const certificate of certificates.slice(from, from + BATCH)) stapler.track(certificate);
+    if (from + BATCH < certificates.length) setImmediate(() => step(from + BATCH));
+  };
+  if (certificates.length > 0) step(0);
+}
+
 function sniCallback(
   profile: TlsProfileName,
-  index: NameIndex<ServedCertificate>,
-  fallback: ServedCertificate | undefined,
+  current: () => ServingState,
   contexts: SecureContextCache,
   log: Logger,
 ): (servername: string, callback: (err: Error | null, context?: tls.SecureContext) => void) => void {
   return (servername, callback) => {
-    const selected = selectByName(index, servername, fallback);
+    const state = current();
+    const selected = selectByName(state.sni, servername, state.fallback);
     if (selected === undefined) {
       // Node cannot send unrecognized_name from here: the handshake is closed before any certificate is shown.
       callback(new Error('no certificate for this server name'));

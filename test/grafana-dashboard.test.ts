@@ -4,6 +4,7 @@ import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { KeyserverMetrics } from '../keyserver/server/metrics.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
+import { registerServingMetrics } from '../proxy/serving/expiry.js';
 
 // The dashboard may only chart metrics the daemons export: every name in its
 // queries must have a `# TYPE` line in what the admin ports serve.
@@ -22,8 +23,11 @@ const dashboard = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'confi
 async function exportedNames(): Promise<Set<string>> {
   const proxy = new ProxyMetrics(() => ({ signs: 0, failures: { connect: 0, timeout: 0, remote: 0, protocol: 0, breaker: 0 }, lastError: '' }), new Registry());
   const keyserver = new KeyserverMetrics();
+  // The cluster primary's own: reloads and certificate expiry.
+  const primary = new Registry();
+  registerServingMetrics(primary, { records: () => new Map(), refusals: () => new Map() });
   try {
-    const text = `${await proxy.registry.metrics()}\n${await keyserver.registry.metrics()}`;
+    const text = `${await proxy.registry.metrics()}\n${await keyserver.registry.metrics()}\n${await primary.metrics()}`;
     return new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
   } finally {
     proxy.stop();

@@ -7,8 +7,13 @@
  * the keyless key, about a millisecond); never once per handshake. Evicted
  * contexts are rebuilt on demand; connections using one keep it alive.
  *
- * Concurrency: worker-local, synchronous; `replace` swaps a certificate's
- * contexts in one step, so a handshake sees either the old or the new one.
+ * Reloads: `prepare` builds a new certificate's contexts beside the cache
+ * (failing there, before anything is swapped), `commit` moves them in once
+ * the worker's serving state points at the new certificate, and `forget`
+ * drops the old one's. Keys include the key id and serial, so old and new
+ * never share an entry. Connections that hold an old context keep it alive.
+ *
+ * Concurrency: worker-local, synchronous.
  */
 import tls from 'node:tls';
 import { LRUCache } from 'lru-cache';
@@ -22,6 +27,7 @@ export class SecureContextCache {
   readonly #cache: LRUCache<string, tls.SecureContext>;
   readonly #keyPemFor: KeyPemFor;
   readonly #extra: tls.SecureContextOptions;
+  readonly #prepared = new Map<string, tls.SecureContext>();
 
   constructor(max: number, keyPemFor: KeyPemFor, extra: tls.SecureContextOptions = {}) {
     this.#cache = new LRUCache({ max });
@@ -63,9 +69,34 @@ export class SecureContextCache {
     }
   }
 
-  /** Drops every context of a certificate name (it was replaced or removed). */
-  forget(name: string): void {
-    for (const key of [...this.#cache.keys()]) if (key.endsWith(`\0${name}`)) this.#cache.delete(key);
+  /** Builds a context to be committed; throws when the certificate cannot be served with its key. */
+  prepare(profile: TlsProfileName, certificate: ServedCertificate): void {
+    const key = cacheKey(profile, certificate);
+    if (!this.#cache.has(key)) this.#prepared.set(key, this.build(profile, certificate));
+  }
+
+  /** Caches a prepared context (builds it if it was not prepared). */
+  commit(profile: TlsProfileName, certificate: ServedCertificate): void {
+    const key = cacheKey(profile, certificate);
+    const prepared = this.#prepared.get(key);
+    this.#prepared.delete(key);
+    if (prepared !== undefined) this.#cache.set(key, prepared);
+  }
+
+  /** Drops a prepared context that will not be committed. */
+  discard(profile: TlsProfileName, certificate: ServedCertificate): void {
+    this.#prepared.delete(cacheKey(profile, certificate));
+  }
+
+  /** How many more contexts fit before the least recently used are evicted. */
+  get room(): number {
+    return Math.max(0, this.#cache.max - this.#cache.size - this.#prepared.size);
+  }
+
+  /** Drops every context of a certificate (it was replaced or removed). */
+  forget(certificate: ServedCertificate): void {
+    const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
+    for (const key of [...this.#cache.keys()]) if (key.endsWith(suffix)) this.#cache.delete(key);
   }
 }
 

@@ -19,6 +19,8 @@ export interface FrontOptions {
   readonly withSni: tls.Server;
   /** Undefined when there is no default certificate: such clients are refused by withSni's handshake. */
   readonly withoutSni: tls.Server | undefined;
+  /** Read per connection: false while there is no default certificate (a reload may add or remove it). */
+  readonly hasDefault?: () => boolean;
   /** False for a name no certificate covers and that must be refused. */
   readonly acceptsName: (serverName: string) => boolean;
   /** How long a client may take to send its ClientHello. */
@@ -49,7 +51,7 @@ export function createTlsFront(options: FrontOptions): net.Server {
       const peek = peekServerName(chunks.length === 1 ? chunk : Buffer.concat(chunks, length));
       if (peek.kind === 'incomplete' && length < MAX_HELLO_BYTES) return;
       if (peek.kind !== 'hello') return handOver(options.withSni);
-      if (peek.serverName === undefined) return handOver(options.withoutSni ?? options.withSni);
+      if (peek.serverName === undefined) return handOver((options.hasDefault?.() ?? true) ? (options.withoutSni ?? options.withSni) : options.withSni);
       if (options.acceptsName(peek.serverName)) return handOver(options.withSni);
       clearTimeout(timer);
       options.onUnknownName();

@@ -1,0 +1,118 @@
+/**
+ * Reloads, one at a time, for the cluster primary (or a lone worker): asks
+ * the source for the next delta, has it applied everywhere, commits it, and
+ * reports what happened in one log line and the reload metrics.
+ *
+ * Triggers arriving while a reload runs are folded into one more reload
+ * after it (a burst of file events, a SIGHUP during a rescan): the last word
+ * always wins and no trigger is lost.
+ */
+import type { Logger } from '../../keyserver/log.js';
+import { KeyedgeError } from '../../keyserver/errors.js';
+import type { NextServing, ServingSource } from './source.js';
+import type { Refusal, ServingDelta } from './spec.js';
+
+export type ReloadTrigger = 'start' | 'watch' | 'rescan' | 'signal' | 'admin';
+
+export interface ReloadReport {
+  readonly trigger: ReloadTrigger;
+  readonly result: 'ok' | 'refused' | 'partial';
+  readonly generation: number;
+  /** Certificates now served in a new version, and those no longer served. */
+  readonly changed: readonly string[];
+  readonly removed: readonly string[];
+  readonly refused: readonly Refusal[];
+  readonly warnings: readonly { readonly name: string; readonly message: string }[];
+  readonly restartNeeded: readonly string[];
+  /** Why the whole reload was refused (bad config, key server unreachable). */
+  readonly error?: { readonly code: string; readonly message: string };
+  readonly durationMs: number;
+}
+
+export interface CoordinatorOptions {
+  readonly log: Logger;
+  /** Applies a delta everywhere it must go; resolves with one message per place it failed. */
+  readonly apply: (delta: ServingDelta) => Promise<readonly string[]>;
+  readonly onReport?: (report: ReloadReport, next: NextServing | undefined) => void;
+}
+
+export class ReloadCoordinator {
+  readonly #source: ServingSource;
+  readonly #options: CoordinatorOptions;
+  #running: Promise<ReloadReport> | undefined;
+  #queued: Promise<ReloadReport> | undefined;
+
+  constructor(source: ServingSource, options: CoordinatorOptions) {
+    this.#source = source;
+    this.#options = options;
+  }
+
+  reload(trigger: ReloadTrigger): Promise<ReloadReport> {
+    if (this.#running === undefined) {
+      this.#running = this.#run(trigger).finally(() => (this.#running = undefined));
+      return this.#running;
+    }
+    // One reload after the running one covers every trigger that came meanwhile.
+    this.#queued ??= this.#running.then(
+      () => {
+        this.#queued = undefined;
+        return this.reload(trigger);
+      },
+    );
+    return this.#queued;
+  }
+
+  async #run(trigger: ReloadTrigger): Promise<ReloadReport> {
+    const started = performance.now();
+    const { log } = this.#options;
+    let next: NextServing;
+    try {
+      next = await this.#source.next();
+    } catch (err) {
+      const report: ReloadReport = {
+        trigger,
+        result: 'refused',
+        generation: 0,
+        changed: [],
+        removed: [],
+        refused: [],
+        warnings: [],
+        restartNeeded: [],
+        error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CONFIG', message: (err as Error).message },
+        durationMs: performance.now() - started,
+      };
+      log.error({ trigger, code: report.error?.code, err }, 'reload refused; the running configuration and certificates keep serving');
+      this.#options.onReport?.(report, undefined);
+      return report;
+    }
+    const failures = await this.#options.apply(next.delta);
+    this.#source.commit(next);
+    const report: ReloadReport = {
+      trigger,
+      result: failures.length > 0 ? 'partial' : next.refused.length > 0 ? 'refused' : 'ok',
+      generation: next.delta.generation,
+      changed: next.delta.upsert.map((r) => r.name),
+      removed: next.delta.remove,
+      refused: next.refused,
+      warnings: next.warnings,
+      restartNeeded: next.restartNeeded,
+      ...(failures.length > 0 ? { error: { code: 'KEYEDGE_ERR_CERTIFICATE', message: failures.join('; ') } } : {}),
+      durationMs: performance.now() - started,
+    };
+    for (const record of next.delta.upsert) {
+      log.info({ certificate: record.name, serial: record.serial, notAfter: record.notAfter, keyId: record.keyId, trigger }, 'certificate now serving');
+    }
+    for (const name of next.delta.remove) log.info({ certificate: name, trigger }, 'certificate no longer served');
+    for (const refusal of next.refused) {
+      log.error({ certificate: refusal.name, source: refusal.source, reason: refusal.reason, trigger, code: 'KEYEDGE_ERR_CERTIFICATE' }, `certificate refused: ${refusal.message}; the previous version keeps serving`);
+    }
+    for (const warning of next.warnings) log.warn({ certificate: warning.name }, warning.message);
+    if (next.restartNeeded.length > 0) log.warn({ settings: next.restartNeeded }, 'these settings changed but take effect only after a restart');
+    if (failures.length > 0) log.error({ failures }, 'reload applied only in part');
+    if (next.delta.upsert.length + next.delta.remove.length > 0 || trigger !== 'rescan') {
+      log.info({ trigger, generation: report.generation, result: report.result, changed: report.changed.length, removed: report.removed.length, refused: report.refused.length, durationMs: Math.round(report.durationMs) }, 'reload done');
+    }
+    this.#options.onReport?.(report, next);
+    return report;
+  }
+}

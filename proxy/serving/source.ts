@@ -1,0 +1,193 @@
+/**
+ * The one reload path. Every trigger (start, a file change in the store or
+ * the config, SIGHUP, the admin API) ends in `ServingSource.next()`, which
+ * reloads the config file, reads the store, validates what changed and
+ * returns the delta to apply; `commit()` records it once applied.
+ *
+ * Owned by the cluster primary (or by a worker started on its own, as tests
+ * and benchmarks do). Concurrency: one `next()`/`commit()` at a time; the
+ * caller serialises (coordinator.ts).
+ */
+import assert from 'node:assert/strict';
+import type { ProxyConfig } from '../../config/proxy-schema.js';
+import { loadProxyConfig } from '../../config/load.js';
+import { KeyserverClient } from '../../keyserver/client/client.js';
+import { CertificateError, KeyedgeError, RemoteError } from '../../keyserver/errors.js';
+import { CertificateStore, type StoreMeta } from '../certs/store.js';
+import { validateCertificate } from '../certs/validate.js';
+import { prepareServing } from './prepare.js';
+import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
+
+/** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
+const RESTART_ONLY = ['workers', 'listen', 'httpRedirect', 'admin', 'keyserver', 'stateDir', 'certStore', 'tls', 'limits', 'log', 'shutdownGraceMs'] as const;
+
+export interface NextServing {
+  readonly delta: ServingDelta;
+  readonly config: ProxyConfig;
+  /** Refusals found by this pass (each entry keeps serving its previous version, if any). */
+  readonly refused: readonly Refusal[];
+  readonly warnings: readonly { readonly name: string; readonly message: string }[];
+  /** Settings that changed in the file but need a restart. */
+  readonly restartNeeded: readonly string[];
+}
+
+export class ServingSource {
+  #config: ProxyConfig;
+  #records: ReadonlyMap<string, CertificateRecord> = new Map();
+  #refusals = new Map<string, Refusal>();
+  #generation = 0;
+  readonly #seen = new Map<string, string>();
+  readonly #reloadConfig: boolean;
+  readonly #onUnverified: ((reason: string) => void) | undefined;
+
+  /**
+   * `reloadConfig`: re-read `config.source` on every pass after the first.
+   * `onUnverified`: told when the start had to go ahead without the key server.
+   */
+  constructor(config: ProxyConfig, options: { readonly reloadConfig: boolean; readonly onUnverified?: (reason: string) => void }) {
+    this.#config = config;
+    this.#reloadConfig = options.reloadConfig;
+    this.#onUnverified = options.onUnverified;
+  }
+
+  get config(): ProxyConfig {
+    return this.#config;
+  }
+  get records(): ReadonlyMap<string, CertificateRecord> {
+    return this.#records;
+  }
+  /** Entries whose latest version was refused, until they change or are removed. */
+  get refusals(): ReadonlyMap<string, Refusal> {
+    return this.#refusals;
+  }
+  get store(): CertificateStore {
+    return new CertificateStore(this.#config.certStore.dir);
+  }
+
+  /**
+   * Prepares the next delta. Throws a ConfigError when the config file is
+   * refused as a whole (bad JSON, schema, sni.default missing): nothing
+   * changes then.
+   */
+  async next(): Promise<NextServing> {
+    const config = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : this.#config;
+    let client: KeyserverClient | undefined;
+    try {
+      client = await connectKeyserver(config);
+    } catch (err) {
+      // A reload waits for the key server: swapping in a certificate whose key
+      // nobody checked could fail every handshake for it. At start there is
+      // nothing to keep serving, and the keyless bridge checks each key
+      // against its chain when it reaches the key server, so the proxy comes
+      // up and reports not ready until then.
+      if (this.#generation > 0) throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot validate against the key server: ${(err as Error).message}`, { cause: err });
+      this.#onUnverified?.((err as Error).message);
+    }
+    let lookup = client;
+    try {
+      const prepared = await prepareServing({
+        config,
+        store: new CertificateStore(config.certStore.dir),
+        previous: this.#records,
+        seen: this.#seen,
+        validation: {
+          now: new Date(),
+          keyserverSpki: async (keyId, leafSpki) => {
+            if (lookup === undefined) return leafSpki;
+            try {
+              return await publicKeyOrUndefined(lookup, keyId);
+            } catch (err) {
+              if (this.#generation > 0 || err instanceof RemoteError) throw err;
+              // Hung or gone at start: the same as unreachable, once for all the rest.
+              if (lookup !== undefined) this.#onUnverified?.((err as Error).message);
+              lookup = undefined;
+              return leafSpki;
+            }
+          },
+        },
+      });
+      const remove = [...this.#records.keys()].filter((name) => !prepared.records.has(name));
+      const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
+      const routing: Routing = { domains: config.domains, sni: config.sni };
+      return {
+        delta: { generation: this.#generation + 1, routing, upsert, remove },
+        config,
+        refused: prepared.refused,
+        warnings: prepared.warnings,
+        restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(config[key]) !== JSON.stringify(this.#config[key])),
+      };
+    } finally {
+      client?.close();
+    }
+  }
+
+  /**
+   * Validates a chain offered for store entry `name` (the admin API's PUT)
+   * with the entry's metadata, before anything is written. Rejects with a
+   * CertificateError naming what is wrong.
+   */
+  async validateUpload(name: string, chainText: string): Promise<StoreMeta> {
+    if (this.#config.certificates.some((c) => c.name === name)) {
+      throw new CertificateError('admin API', `'${name}' is a certificate of ${this.#config.source}, not a store entry; replace its chain file instead`);
+    }
+    const store = this.store;
+    const existing = store.list().some((r) => r.name === name) ? store.read(name).meta : undefined;
+    const client = await connectKeyserver(this.#config);
+    try {
+      await validateCertificate(
+        { name, chainText, source: 'admin API', ...(existing?.names === undefined ? {} : { names: existing.names }), ...(existing?.keyId === undefined ? {} : { keyId: existing.keyId }) },
+        { now: new Date(), keyserverSpki: (keyId) => publicKeyOrUndefined(client, keyId) },
+      );
+    } finally {
+      client.close();
+    }
+    const now = new Date().toISOString();
+    return { ...existing, addedAt: existing?.addedAt ?? now, ...(existing === undefined ? {} : { replacedAt: now }) };
+  }
+
+  /** Records `next` as what now serves. */
+  commit(next: NextServing): void {
+    assert.equal(next.delta.generation, this.#generation + 1, 'deltas are committed in order');
+    const records = new Map(this.#records);
+    for (const name of next.delta.remove) {
+      records.delete(name);
+      this.#refusals.delete(name);
+    }
+    for (const record of next.delta.upsert) {
+      records.set(record.name, record);
+      this.#refusals.delete(record.name);
+    }
+    for (const refusal of next.refused) this.#refusals.set(refusal.name, refusal);
+    // Refusals of entries that have since gone from the store are moot.
+    const present = new Set([...next.config.certificates.map((c) => c.name), ...this.store.list().map((r) => r.name)]);
+    for (const name of this.#refusals.keys()) if (!present.has(name)) this.#refusals.delete(name);
+    this.#records = records;
+    this.#generation = next.delta.generation;
+    // Restart-only settings keep their running values; routing and certificates move on.
+    this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
+  }
+
+  /** Everything that serves now, as one delta: what a starting worker needs. */
+  snapshot(): ServingDelta {
+    return { generation: this.#generation, routing: { domains: this.#config.domains, sni: this.#config.sni }, upsert: [...this.#records.values()], remove: [] };
+  }
+}
+
+async function publicKeyOrUndefined(client: KeyserverClient, keyId: string): Promise<Buffer | undefined> {
+  try {
+    return await client.getPublicKey(keyId);
+  } catch (err) {
+    if (err instanceof RemoteError && err.wireName === 'UNKNOWN_KEY') return undefined;
+    throw err;
+  }
+}
+
+export function connectKeyserver(config: ProxyConfig): Promise<KeyserverClient> {
+  const { socket, tcp, timeoutMs } = config.keyserver;
+  return KeyserverClient.connect({
+    ...(socket === null ? {} : { unixPath: socket }),
+    ...(tcp === null ? {} : { tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) } }),
+    // Validation is off the handshake path: a key server busy signing may take longer than a handshake's deadline.
+    timeoutMs: Math.max(timeoutMs * 4, 2_000),
+  });
+}

@@ -1,0 +1,72 @@
+/**
+ * What the proxy serves, as data: the routing table and every validated
+ * certificate. The cluster primary prepares it (prepare.ts) and sends it to
+ * the workers over IPC, which is why everything here is plain JSON: a worker
+ * turns it into secure contexts and name indexes (state.ts) without parsing
+ * or validating anything again.
+ *
+ * A change travels as a `ServingDelta`: the routing table (small, sent whole)
+ * plus only the certificates that changed, so a renewal among 10,000 entries
+ * moves one chain, not all of them.
+ */
+import type { ProxyConfig } from '../../config/proxy-schema.js';
+import type { ServedCertificate } from '../certs/certificate.js';
+import type { CertificateRefusal } from '../certs/validate.js';
+
+export interface CertificateRecord {
+  readonly name: string;
+  /** Where it came from: the config's chain file or the store. */
+  readonly from: 'config' | 'store';
+  readonly source: string;
+  /** Leaf first, in the validated order. */
+  readonly chainPem: string;
+  /** The names it serves (SNI), lower-case. */
+  readonly names: readonly string[];
+  readonly keyId: string;
+  /** The leaf's SubjectPublicKeyInfo, base64 (the keyless key reference carries it). */
+  readonly spki: string;
+  readonly serial: string;
+  readonly issuer: string;
+  readonly notAfter: string;
+  readonly loadedAt: string;
+  /** Identifies the input this record was validated from; equal inputs are not validated again. */
+  readonly inputId: string;
+}
+
+export interface Refusal {
+  readonly name: string;
+  readonly source: string;
+  readonly reason: CertificateRefusal | 'unreadable';
+  readonly message: string;
+}
+
+export interface Routing {
+  readonly domains: ProxyConfig['domains'];
+  readonly sni: ProxyConfig['sni'];
+}
+
+export interface ServingDelta {
+  readonly generation: number;
+  readonly routing: Routing;
+  /** New or changed certificates. */
+  readonly upsert: readonly CertificateRecord[];
+  /** Names no longer served. */
+  readonly remove: readonly string[];
+}
+
+export function recordOf(certificate: ServedCertificate, from: CertificateRecord['from'], inputId: string, loadedAt: Date): CertificateRecord {
+  return {
+    name: certificate.name,
+    from,
+    source: certificate.source,
+    chainPem: certificate.chainPem,
+    names: certificate.names,
+    keyId: certificate.keyId,
+    spki: certificate.spki.toString('base64'),
+    serial: certificate.serial,
+    issuer: certificate.leaf.issuer,
+    notAfter: certificate.notAfter.toISOString(),
+    loadedAt: loadedAt.toISOString(),
+    inputId,
+  };
+}
