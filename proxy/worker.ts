@@ -17,6 +17,7 @@
  * whole by `apply()` once every new secure context is built; a handshake in
  * progress keeps the context it was given, so renewals fail no connection.
  */
+import { existsSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
@@ -85,7 +86,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let initial = options.initial;
   if (initial === undefined) {
     source = new ServingSource(config, {
-      reloadConfig: true,
+      // A config built in memory (tests, benchmarks) has no file to re-read.
+      reloadConfig: existsSync(config.source),
       onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
     });
     const first = await source.next();

@@ -1,5 +1,5 @@
 /** Provisional certificate store (replaced by the full store). */
-import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 export interface StoreMeta {
@@ -45,7 +45,11 @@ export class CertificateStore {
     } catch {}
     return { ...ref, chainText: readFileSync(ref.chainPath, 'utf8'), meta };
   }
-  write(_name: string, _chainText: string, _meta: StoreMeta): void {
-    throw new Error('not yet');
+  write(name: string, chainText: string, meta: StoreMeta): void {
+    mkdirSync(this.dir, { recursive: true });
+    writeFileSync(path.join(this.dir, `.${name}.json.tmp`), JSON.stringify(meta));
+    renameSync(path.join(this.dir, `.${name}.json.tmp`), path.join(this.dir, `${name}.json`));
+    writeFileSync(path.join(this.dir, `.${name}.pem.tmp`), chainText);
+    renameSync(path.join(this.dir, `.${name}.pem.tmp`), path.join(this.dir, `${name}.pem`));
   }
 }

@@ -43,6 +43,8 @@ export interface NodeHandshake {
   readonly resumed?: boolean;
   readonly session?: Buffer;
   readonly subjectAltName?: string;
+  /** The served leaf's serial, upper-case hex as node:tls reports it. */
+  readonly serial?: string;
   readonly body?: string;
 }
 
@@ -53,6 +55,7 @@ export function nodeGet(port: number, servername: string | undefined, ca: string
     let body = '';
     let protocol: string | null = null;
     let subjectAltName: string | undefined;
+    let serial: string | undefined;
     // Read while the connection is up: node crashes on isSessionReused() after close.
     let resumed = false;
     const socket = tls.connect({ host: '127.0.0.1', port, ca, ...(servername === undefined ? {} : { servername }), ...options });
@@ -61,7 +64,9 @@ export function nodeGet(port: number, servername: string | undefined, ca: string
     socket.once('secureConnect', () => {
       protocol = socket.getProtocol();
       resumed = socket.isSessionReused();
-      subjectAltName = socket.getPeerCertificate().subjectaltname;
+      const peer = socket.getPeerCertificate();
+      subjectAltName = peer.subjectaltname;
+      serial = peer.serialNumber;
       socket.write(`GET / HTTP/1.1\r\nHost: ${servername ?? 'lab.test'}\r\nConnection: close\r\n\r\n`);
     });
     socket.on('data', (chunk: Buffer) => (body += chunk.toString()));
@@ -74,6 +79,7 @@ export function nodeGet(port: number, servername: string | undefined, ca: string
         resumed,
         ...(session === undefined ? {} : { session }),
         subjectAltName,
+        ...(serial === undefined ? {} : { serial }),
         body,
       });
     });

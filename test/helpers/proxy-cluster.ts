@@ -1,0 +1,90 @@
+/**
+ * `keyedge proxy` run as an operator runs it (primary + workers, admin port,
+ * token file) from a config file the test can rewrite, with its JSON log
+ * lines collected for assertions.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, sleep } from './keyserver.js';
+import { freePort, type KeylessLab } from './proxy-lab.js';
+
+export const ADMIN_TOKEN = 'test-admin-token-0123456789';
+
+export interface ClusterProxy {
+  readonly port: number;
+  readonly adminPort: number;
+  readonly configFile: string;
+  readonly storeDir: string;
+  readonly lines: Record<string, unknown>[];
+  readonly pid: number;
+  writeConfig(config: Record<string, unknown>): void;
+  admin(method: string, path: string, body?: string, token?: string | null): Promise<{ status: number; text: string }>;
+  stop(): Promise<void>;
+}
+
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+/** `config(port, adminPort, storeDir)` gives the file's content; the token file and store dir live in a fresh dir under the lab. */
+export async function startClusterProxy(lab: KeylessLab, name: string, config: (ports: { port: number; adminPort: number; storeDir: string; tokenFile: string }) => Record<string, unknown>): Promise<ClusterProxy> {
+  const port = await freePort();
+  const adminPort = await freePort();
+  const dir = join(lab.dir, name);
+  const storeDir = join(dir, 'certs');
+  const tokenFile = join(dir, 'admin.token');
+  const configFile = join(dir, 'proxy.json');
+  const { mkdirSync } = await import('node:fs');
+  mkdirSync(storeDir, { recursive: true });
+  writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
+  const writeConfig = (content: Record<string, unknown>): void => writeFileSync(configFile, JSON.stringify(content, null, 2));
+  writeConfig(config({ port, adminPort, storeDir, tokenFile }));
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines: Record<string, unknown>[] = [];
+  let pending = '';
+  child.stdout!.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const parts = pending.split('\n');
+    pending = parts.pop() ?? '';
+    for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await waitFor('the proxy to be ready', async () => {
+    if (child.exitCode !== null) throw new Error(`the proxy exited (${child.exitCode}): ${JSON.stringify(lines.slice(-3))}`);
+    try {
+      return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined;
+    } catch {
+      return undefined;
+    }
+  }, 30_000);
+  return {
+    port,
+    adminPort,
+    configFile,
+    storeDir,
+    lines,
+    pid: child.pid!,
+    writeConfig,
+    async admin(method, path, body, token = ADMIN_TOKEN) {
+      const response = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
+        method,
+        ...(body === undefined ? {} : { body }),
+        headers: token === null ? {} : { authorization: `Bearer ${token}` },
+      });
+      return { status: response.status, text: await response.text() };
+    },
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await exited;
+      }
+    },
+  };
+}

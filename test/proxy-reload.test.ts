@@ -1,0 +1,223 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeGet } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { issue } from './helpers/pki.js';
+
+// One reload path, four triggers (store file, SIGHUP, admin API, config
+// file), against `keyedge proxy` with two workers.
+let lab: KeylessLab;
+let proxy: ClusterProxy;
+let ca: string;
+let originB: http.Server;
+let originBPort: number;
+let baseConfig: (ports: { port: number; adminPort: number; storeDir: string; tokenFile: string }) => Record<string, unknown>;
+let ports: { port: number; adminPort: number; storeDir: string; tokenFile: string };
+let configChain: string;
+
+async function servedSerial(name: string): Promise<string | undefined> {
+  const result = await nodeGet(proxy.port, name, ca);
+  return result.ok ? result.serial?.toLowerCase() : undefined;
+}
+
+function storeWrite(name: string, pem: string): void {
+  // As a renewal tool should: a temp file in the same directory, then rename.
+  const temp = join(proxy.storeDir, `.${name}.tmp`);
+  writeFileSync(temp, pem);
+  renameSync(temp, join(proxy.storeDir, `${name}.pem`));
+}
+
+function chainOf(leafPem: string): string {
+  return `${leafPem}\n${lab.ca.certPem}`;
+}
+
+async function get(name: string, agent?: https.Agent): Promise<{ status: number; body: string; localPort?: number }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: proxy.port, servername: name, headers: { host: name }, ca, ...(agent === undefined ? { agent: false } : { agent }) }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, localPort: (res.socket as net.Socket | null)?.localPort }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  originB = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('origin-b'));
+  await new Promise<void>((resolve) => originB.listen(0, '127.0.0.1', resolve));
+  originBPort = (originB.address() as net.AddressInfo).port;
+  configChain = (await lab.certificate('config-ec', lab.keys.ec, ['cfg.lab.test'])).file;
+  const wildcard = await lab.certificate('wild', lab.keys.ec, ['*.lab.test']);
+  baseConfig = (p) => {
+    ports = p;
+    return {
+      stateDir: join(lab.dir, 'state'),
+      workers: 2,
+      keyserver: { socket: lab.socket },
+      listen: [{ host: '127.0.0.1', port: p.port }],
+      certificates: [
+        { name: 'cfg', chain: configChain },
+        { name: 'wild', chain: wildcard.file },
+      ],
+      domains: [
+        { name: 'app.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+        { name: 'cfg.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+        { name: 'store.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+      ],
+      admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
+      // Only the watch, SIGHUP and the admin API trigger reloads here: the rescan is out of the way.
+      certStore: { dir: p.storeDir, rescanSeconds: 3600 },
+      log: { level: 'info' },
+      shutdownGraceMs: 3000,
+    };
+  };
+  proxy = await startClusterProxy(lab, 'reload', baseConfig);
+}, 90_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await new Promise((resolve) => originB?.close(resolve));
+  await lab?.close();
+});
+
+describe('routing changes at runtime', () => {
+  it('adds a domain and moves an origin while a keep-alive client keeps sending', async () => {
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    const seen: { status: number; body: string; localPort?: number }[] = [];
+    let running = true;
+    const client = (async () => {
+      while (running) {
+        seen.push(await get('app.lab.test', agent));
+        await sleep(10);
+      }
+    })();
+    await waitFor('a few requests', () => (seen.length >= 5 ? true : undefined));
+    expect((await get('new.lab.test')).status).toBe(404);
+
+    const config = baseConfig(ports);
+    proxy.writeConfig({
+      ...config,
+      domains: [
+        { name: 'app.lab.test', origin: `http://127.0.0.1:${originBPort}` },
+        { name: 'new.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+        ...(config.domains as object[]).slice(1),
+      ],
+    });
+    await waitFor('the new domain', async () => ((await get('new.lab.test')).status === 200 ? true : undefined));
+    await waitFor('the moved origin', () => (seen.at(-1)?.body === 'origin-b' ? true : undefined));
+    running = false;
+    await client;
+    agent.destroy();
+    expect(seen.every((r) => r.status === 200)).toBe(true);
+    // One connection throughout: the reload dropped nothing.
+    expect(new Set(seen.map((r) => r.localPort)).size).toBe(1);
+    expect(seen.some((r) => r.body !== 'origin-b')).toBe(true);
+    proxy.writeConfig(baseConfig(ports));
+    await waitFor('the original routing', async () => ((await get('new.lab.test')).status === 404 ? true : undefined));
+  });
+
+  it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
+    const before = proxy.lines.length;
+    proxy.writeConfig({ ...baseConfig(ports), domains: [{ name: 'Bad Name!', origin: 'ftp://x' }] });
+    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.msg === 'reload refused; the running configuration and certificates keep serving'));
+    expect(refused.code).toBe('KEYEDGE_ERR_CONFIG');
+    expect(JSON.stringify(refused)).toContain('domains[0]');
+    expect((await get('app.lab.test')).status).toBe(200);
+    const answer = await proxy.admin('POST', '/reload');
+    expect(answer.status).toBe(409);
+    expect(answer.text).toContain('domains[0].name');
+    proxy.writeConfig(baseConfig(ports));
+    await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
+  });
+});
+
+describe('certificate reload', () => {
+  it('serves a certificate dropped into the store, and its replacement, to new connections', async () => {
+    const first = await lab.certificate('store-1', lab.keys.ec, ['store.lab.test']);
+    storeWrite('store', chainOf(first.leaf.certPem));
+    await waitFor('the store entry', async () => ((await servedSerial('store.lab.test')) === first.leaf.cert.serialNumber ? true : undefined), 5000);
+    const second = await lab.certificate('store-2', lab.keys.rsa, ['store.lab.test']);
+    storeWrite('store', chainOf(second.leaf.certPem));
+    await waitFor('the replacement', async () => ((await servedSerial('store.lab.test')) === second.leaf.cert.serialNumber ? true : undefined), 5000);
+    const listed = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string; keyId: string; notAfter: string; loadedAt: string }[] };
+    expect(listed.certificates.find((c) => c.name === 'store')).toMatchObject({ serial: second.leaf.cert.serialNumber, keyId: lab.keys.rsa.keyId });
+  });
+
+  it('reloads a config certificate on SIGHUP', async () => {
+    const renewed = await lab.certificate('config-ec-2', lab.keys.rsa, ['cfg.lab.test']);
+    const old = await servedSerial('cfg.lab.test');
+    writeFileSync(configChain, readFileSync(renewed.file));
+    // The chain file is outside every watched directory: only the signal reloads it.
+    await sleep(500);
+    expect(await servedSerial('cfg.lab.test')).toBe(old);
+    process.kill(proxy.pid, 'SIGHUP');
+    await waitFor('the renewed config certificate', async () => ((await servedSerial('cfg.lab.test')) === renewed.leaf.cert.serialNumber ? true : undefined), 5000);
+  });
+
+  it('takes a chain through the admin API only with the token', async () => {
+    const next = await lab.certificate('api-1', lab.keys.ec, ['store.lab.test']);
+    const pem = chainOf(next.leaf.certPem);
+    expect((await proxy.admin('PUT', '/certs/store', pem, null)).status).toBe(401);
+    expect((await proxy.admin('PUT', '/certs/store', pem, 'wrong-token')).status).toBe(401);
+    expect((await proxy.admin('POST', '/certs/reload', undefined, null)).status).toBe(401);
+    expect(await servedSerial('store.lab.test')).not.toBe(next.leaf.cert.serialNumber);
+    const answer = await proxy.admin('PUT', '/certs/store', pem);
+    expect(answer.status).toBe(200);
+    expect(await servedSerial('store.lab.test')).toBe(next.leaf.cert.serialNumber);
+    expect(readFileSync(join(proxy.storeDir, 'store.pem'), 'utf8')).toBe(pem);
+    expect((await proxy.admin('POST', '/certs/reload')).status).toBe(200);
+  });
+
+  it('refuses a bad chain through the admin API with the reason, and the old certificate keeps serving', async () => {
+    const serving = await servedSerial('store.lab.test');
+    const expired = await lab.certificate('expired', lab.keys.ec, ['store.lab.test'], { notAfter: new Date(Date.now() - 3_600_000) });
+    const stranger = await issue(lab.ca, { commonName: 'store.lab.test', dnsNames: ['store.lab.test'], keyAlgorithm: 'ec-p256' });
+    const keyPem = stranger.keyPem ?? '';
+    const cases: [string, string][] = [
+      [chainOf(expired.leaf.certPem), 'expired'],
+      [chainOf(stranger.certPem), 'key'],
+      [`${chainOf(stranger.certPem)}\n${keyPem}`, 'PRIVATE KEY'],
+      [chainOf(expired.leaf.certPem).slice(0, 200), 'PEM'],
+    ];
+    const before = proxy.lines.length;
+    for (const [pem, expected] of cases) {
+      const answer = await proxy.admin('PUT', '/certs/store', pem);
+      expect(answer.status, answer.text).toBe(422);
+      expect(answer.text).toContain('KEYEDGE_ERR_CERTIFICATE');
+      expect(answer.text.toLowerCase()).toContain(expected.toLowerCase());
+    }
+    expect(await servedSerial('store.lab.test')).toBe(serving);
+    // The pasted key never reaches a log line or an answer.
+    const body = keyPem.split('\n').filter((l) => !l.startsWith('-----')).join('');
+    expect(body.length).toBeGreaterThan(40);
+    expect(JSON.stringify(proxy.lines.slice(before))).not.toContain(body.slice(0, 40));
+  });
+
+  it('counts reloads and exposes expiry in /metrics', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(text).toMatch(/keyedge_proxy_reloads_total\{trigger="admin",result="ok"\} [1-9]/);
+    expect(text).toMatch(/keyedge_proxy_certificate_expiry_seconds\{certificate="store"\} \d+/);
+    expect(text).toMatch(/keyedge_proxy_certificates\{state="serving"\} 3/);
+  });
+});
+
+describe('a worker that dies', () => {
+  it('is replaced by one serving the current certificates', async () => {
+    const serving = await servedSerial('store.lab.test');
+    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)]).toString().trim().split('\n').map(Number);
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitFor('a replacement worker', () => (proxy.lines.some((l) => l.msg === 'proxy worker died; starting a replacement') ? true : undefined));
+    await sleep(1500);
+    for (let i = 0; i < 10; i++) expect(await servedSerial('store.lab.test')).toBe(serving);
+  });
+});
