@@ -128,6 +128,13 @@ make_demo_certificate() {
   say "demo certificate for demo.localhost issued by a local demo CA ($demo/ca.pem)"
 }
 
+# The proxy admin API's bearer token (reloads, certificate uploads): random,
+# readable by the owner only, never printed.
+make_admin_token() {
+  [[ -s $VAR/admin.token ]] && return 0
+  (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$VAR/admin.token")
+  say "proxy admin token written to $VAR/admin.token (mode 0600)"
+}
 
 CURL_DEMO=(curl --silent --show-error --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
 
@@ -137,6 +144,7 @@ up() {
   chmod 700 "$VAR"
   start_keyserver
   make_demo_certificate
+  make_admin_token
   start_background demo-origin "${KEYEDGE[@]}" demo-origin --port 8080
   start_background proxy "${KEYEDGE[@]}" proxy --config config/proxy.json
   local ok=""
@@ -154,6 +162,10 @@ The private key of demo.localhost is inside the token; the proxy holds only a re
   curl --cacert var/demo/ca.pem --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/
 
   key server:  unix socket var/keyserver.sock, metrics http://127.0.0.1:9464/metrics
+  proxy admin: http://127.0.0.1:9465/metrics /readyz /certs
+  reload:      kill -HUP $(cat var/run/proxy.pid), or
+               curl -X POST -H "Authorization: Bearer \$(cat var/admin.token)" http://127.0.0.1:9465/reload
+  certificates: node dist/keyserver/cli/keyedge.cjs cert --help (store: var/certs)
   logs:        var/log/
   stop:        npm run down
 EOF
