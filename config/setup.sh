@@ -53,13 +53,13 @@ ensure_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed: check the network or the apt sources"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-  if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then stop_packaged_prometheus; fi
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then stop_packaged_prometheus; fi
 }
 
 # Debian's prometheus package starts a system service where an init system
 # allows it (containers usually forbid it through policy-rc.d). The tests run
 # their own instance on a free port, so one started by our install is stopped
-# and left disabled rather than left scraping nothing on :9090.
+# and left disabled rather than left holding :9090 and a TSDB of its own.
 stop_packaged_prometheus() {
   if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true

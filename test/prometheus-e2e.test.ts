@@ -25,10 +25,12 @@ interface Observed {
 
 /**
  * Each check is one PromQL expression and its exact expected value after the
- * load. Add a metric here (or a `describe` below using `edge`) to test it.
+ * load; `expected` may read the running edge (its lab's certificates, say).
+ * Add a metric here, or an `it` in the describe below that calls
+ * edge.queryPrometheus / edge.scalar for anything that is not one exact number.
  * `or vector(0)`: a labelled counter has no series until first incremented.
  */
-const CHECKS: readonly { readonly what: string; readonly expr: string; readonly expected: (o: Observed) => number }[] = [
+const CHECKS: readonly { readonly what: string; readonly expr: string; readonly expected: (o: Observed, edge: ObservedEdge) => number }[] = [
   { what: 'the proxy target is up', expr: `up{job="${JOBS.proxy}"}`, expected: () => 1 },
   { what: 'the key server target is up', expr: `up{job="${JOBS.keyserver}"}`, expected: () => 1 },
   { what: 'successful handshakes (both workers)', expr: 'sum(keyedge_proxy_tls_handshakes_total{result="ok"}) or vector(0)', expected: () => FULL_HANDSHAKES },
@@ -110,7 +112,7 @@ describe.skipIf(skipReason !== undefined)(`metrics scraped by a real Prometheus$
 
   for (const check of CHECKS) {
     it(`${check.what}: ${check.expr}`, () => {
-      expect(values.get(check.what), `${check.expr} (before the load: ${JSON.stringify(observed.before)})`).toBe(check.expected(observed));
+      expect(values.get(check.what), `${check.expr} (before the load: ${JSON.stringify(observed.before)})`).toBe(check.expected(observed, edge));
     });
   }
 });
