@@ -7,6 +7,8 @@
 #   config/setup.sh up     deps, then the embedded default in the background
 #   config/setup.sh down   stop what `up` started
 #   config/setup.sh test   deps (+ test-only packages), then the whole test suite
+#   config/setup.sh test-packages   only the test-only Debian packages (a test
+#                          run on its own installs what it drives this way)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,9 +17,10 @@ VAR="$ROOT/var"
 RUN="$VAR/run"
 KEYEDGE=(node "$ROOT/dist/keyserver/cli/keyedge.cjs")
 
-# Debian packages: what the product runs on, and what the tests drive it with.
+# Debian packages: what the product runs on, and what the tests drive it with
+# (prometheus: test/prometheus-e2e.test.ts scrapes both admin ports with a real one).
 RUNTIME_PACKAGES=(softhsm2 openssl)
-TEST_PACKAGES=(curl)
+TEST_PACKAGES=(curl prometheus)
 
 say() { printf 'keyedge setup: %s\n' "$*"; }
 die() { printf 'keyedge setup: error: %s\n' "$*" >&2; exit 1; }
@@ -50,6 +53,21 @@ ensure_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed: check the network or the apt sources"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then stop_packaged_prometheus; fi
+}
+
+# Debian's prometheus package starts a system service where an init system
+# allows it (containers usually forbid it through policy-rc.d). The tests run
+# their own instance on a free port, so one started by our install is stopped
+# and left disabled rather than left holding :9090 and a TSDB of its own.
+stop_packaged_prometheus() {
+  if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null && update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  say "prometheus installed for the tests; its system service is not running (the tests start their own)"
 }
 
 ensure_node_modules() {
@@ -189,11 +207,12 @@ case "${1:-}" in
   deps) deps ;;
   up) up ;;
   down) down ;;
+  test-packages) ensure_packages "${TEST_PACKAGES[@]}" ;;
   test)
     deps "${TEST_PACKAGES[@]}"
     shift
     npx --no-install tsc --noEmit -p test || die "the tests do not type-check"
     exec npx --no-install vitest run --config test/vitest.config.ts "$@"
     ;;
-  *) die "usage: config/setup.sh deps|up|down|test" ;;
+  *) die "usage: config/setup.sh deps|up|down|test|test-packages" ;;
 esac
