@@ -48,7 +48,7 @@ beforeAll(async () => {
   lab = await startKeylessLab();
   storeDir = join(lab.dir, 'store');
   config = join(lab.dir, 'proxy.json');
-  writeFileSync(config, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: storeDir }, admin: null }));
+  writeFileSync(config, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: storeDir }, admin: null, certificates: [{ name: 'configured', chain: 'configured.pem' }] }));
   const ec = await lab.certificate('shop-ec', lab.keys.ec, ['shop.lab.test', 'www.shop.lab.test']);
   const rsa = await lab.certificate('shop-rsa', lab.keys.rsa, ['shop.lab.test', 'www.shop.lab.test']);
   ecChain = ec.file;
@@ -222,6 +222,10 @@ describe('keyedge cert', () => {
     const badName = await cert('add', '../x', '--chain', ecChain);
     expect(badName.code).toBe(1);
     expect(badName.stderr).toMatch(/KEYEDGE_ERR_CERT_STORE: '..\/x' is not a certificate name/);
+    const configured = await cert('add', 'configured', '--chain', ecChain);
+    expect(configured.code).toBe(1);
+    expect(configured.stderr).toMatch(/KEYEDGE_ERR_CERT_EXISTS: certificate 'configured' is configured in the proxy config file/);
+    expect(existsSync(join(storeDir, 'configured.pem'))).toBe(false);
     const help = await runCli(['cert', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('replace NAME --chain FILE');

@@ -18,8 +18,9 @@ import { CertificateError, CertificateStoreError, KeyedgeError, UsageError } fro
 import type * as x509 from '../../keyserver/x509.js';
 import { keyIdOf } from './certificate.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
-import { CertificateStore, type StoreEntry, type StoreMeta } from './store.js';
-import { type CertificateCandidate, inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
+import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
+import { CertificateStore, type StoreEntry } from './store.js';
+import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
 
 const USAGE = `Usage: keyedge cert <action> [NAME] [options]
 
@@ -106,56 +107,33 @@ export const certCommand: Command = {
   },
 };
 
-async function addOrReplace(action: 'add' | 'replace', name: string, values: Values): Promise<number> {
+async function addOrReplace(mode: 'add' | 'replace', name: string, values: Values): Promise<number> {
   const chainFile = requireOption(values.chain, '--chain', USAGE);
   const pin = values.key?.toLowerCase();
   if (pin !== undefined && !KEY_ID.test(pin)) throw new UsageError('--key must be a key id: 64 hex digits, as `keyedge key list` prints');
   const names = values.names === undefined ? undefined : parseNames(values.names);
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
-
-  let previous: StoreEntry | undefined;
-  if (action === 'add') {
-    if (store.has(name)) throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; use \`keyedge cert replace\``);
-    if (config.certificates.some((c) => c.name === name)) {
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is configured in ${config.source}; choose another name`);
-    }
-  } else {
-    previous = store.read(name);
+  // Checked before the key server is asked: a typo'd name fails fast.
+  if (mode === 'add' ? store.has(name) : !store.has(name)) {
+    if (mode === 'add') throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; use \`keyedge cert replace\``);
+    throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${store.dir}; use \`keyedge cert add\``);
   }
-
   let chainText: string;
   try {
     chainText = readFileSync(chainFile, 'utf8');
   } catch (err) {
     throw new CertificateError(chainFile, `cannot read the chain: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { reason: 'parse', entry: name, cause: err });
   }
-  const keyId = pin ?? previous?.meta.keyId;
-  const servedNames = names ?? previous?.meta.names;
-  const candidate: CertificateCandidate = {
-    name,
-    chainText,
-    source: chainFile,
-    ...(servedNames === undefined ? {} : { names: servedNames }),
-    ...(keyId === undefined ? {} : { keyId }),
-  };
-  const validated = await withKeyserver(config, (lookup) => validateCertificate(candidate, { now: new Date(), keyserverSpki: lookup }));
-
-  const now = new Date().toISOString();
-  const meta: StoreMeta = {
-    ...(servedNames === undefined ? {} : { names: validated.certificate.names }),
-    ...(keyId === undefined ? {} : { keyId: validated.certificate.keyId }),
-    addedAt: previous?.meta.addedAt ?? now,
-    ...(previous === undefined ? {} : { replacedAt: now }),
-  };
-  const was = previous === undefined ? [] : await previousLine(previous);
-  // The reordered chain, certificates only: what the proxy will serve and re-validate.
-  store.write(name, validated.certificate.chainPem, meta);
+  const request: PutRequest = { mode, name, chainText, source: chainFile, ...(names === undefined ? {} : { names }), ...(pin === undefined ? {} : { keyId: pin }) };
+  const { validated, meta, previous } = await withKeyserver(config, (lookup) =>
+    putCertificate(store, request, { now: new Date(), keyserverSpki: lookup, reserved: config.certificates.map((c) => c.name) }),
+  );
   const { certificate } = validated;
   const lines = [
-    `${action === 'add' ? 'added' : 'replaced'} certificate '${name}': wrote ${store.dir}/${name}.pem and ${name}.json`,
-    ...was,
-    ...describeRows(certificate.names, certificate.keyId, keyId !== undefined, certificate.leaf),
+    `${mode === 'add' ? 'added' : 'replaced'} certificate '${name}': wrote ${store.dir}/${name}.pem and ${name}.json`,
+    ...(previous === undefined ? [] : await previousLine(previous)),
+    ...describeRows(certificate.names, certificate.keyId, meta.keyId !== undefined, certificate.leaf),
     ...validated.warnings.map((w) => `warning: ${w}`),
     'The running proxy picks the change up from the store directory.',
   ];
@@ -166,7 +144,7 @@ async function addOrReplace(action: 'add' | 'replace', name: string, values: Val
 async function previousLine(previous: StoreEntry): Promise<string[]> {
   // Best effort: the entry being replaced may be exactly what was broken.
   try {
-    const leaf = (await parseChain(candidateOf(previous))).chain[0]!;
+    const leaf = (await parseChain(entryCandidate(previous))).chain[0]!;
     return [`  was:       serial ${leaf.serialNumber}, notAfter ${leaf.notAfter.toISOString()}`];
   } catch {
     return [];
@@ -206,7 +184,7 @@ async function show(name: string, values: Values): Promise<number> {
   } else {
     try {
       const entry = store.read(name);
-      await withKeyserver(config, (lookup) => validateCertificate(candidateOf(entry), { now, keyserverSpki: lookup }));
+      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup }));
       keyserver = 'holds the key';
     } catch (err) {
       if (err instanceof CertificateError) {
@@ -283,7 +261,7 @@ async function describeEntry(store: CertificateStore, name: string, now: Date): 
     if (err instanceof CertificateError) return { name, status: err.reason, error: err.message, warnings: [] };
     throw err;
   }
-  const candidate = candidateOf(entry);
+  const candidate = entryCandidate(entry);
   const row: EntryRow = { name, status: 'ok', warnings: [], addedAt: entry.meta.addedAt, replacedAt: entry.meta.replacedAt };
   try {
     const { chain } = await parseChain(candidate);
@@ -310,16 +288,6 @@ async function describeEntry(store: CertificateStore, name: string, now: Date): 
     throw err;
   }
   return { ...row, names: inspected.certificate.names, warnings: inspected.warnings };
-}
-
-function candidateOf(entry: StoreEntry): CertificateCandidate {
-  return {
-    name: entry.name,
-    chainText: entry.chainText,
-    source: entry.chainPath,
-    ...(entry.meta.names === undefined ? {} : { names: entry.meta.names }),
-    ...(entry.meta.keyId === undefined ? {} : { keyId: entry.meta.keyId }),
-  };
 }
 
 function describeRows(names: readonly string[], keyId: string, pinned: boolean, leaf: x509.X509Certificate): string[] {
