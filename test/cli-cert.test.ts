@@ -116,7 +116,7 @@ describe('keyedge cert', () => {
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toContain(`certificate 'shop' (${storeDir}/shop.pem)`);
     expect(result.stdout).toContain('status:    ok');
-    expect(result.stdout).toContain('key server: holds the key');
+    expect(result.stdout).toContain('keyserver: holds the key');
     expect(result.stdout).toMatch(/0 {2}CN=shop\.lab\.test {2}\(issuer CN=keyedge lab CA, notAfter /);
     expect(result.stdout).toMatch(/1 {2}CN=keyedge lab CA {2}\(issuer CN=keyedge lab CA/);
     expect(result.stdout).toMatch(/warning: the leaf expires in \d+ hours/);

@@ -49,6 +49,7 @@ Options:
 Refusals exit 1 with "keyedge: KEYEDGE_ERR_CERTIFICATE: <reason>: <message>",
 reason one of parse, private_key, chain, expired, not_yet_valid, names,
 weak_key, weak_signature, key_mismatch, key_unknown; nothing is written.
+show exits 1 when the entry as stored would be refused.
 `;
 
 const OPTIONS = {
@@ -156,7 +157,15 @@ async function list(values: Values): Promise<number> {
   const store = new CertificateStore(config.certStore.dir);
   const now = new Date();
   const rows = [];
-  for (const ref of store.list()) rows.push(await describeEntry(store, ref.name, now));
+  for (const ref of store.list()) {
+    try {
+      rows.push(await describeEntry(store, ref.name, now));
+    } catch (err) {
+      // Removed between the listing and the read: no longer an entry.
+      if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
+      throw err;
+    }
+  }
   if (values.json) {
     process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return 0;
@@ -205,7 +214,7 @@ async function show(name: string, values: Values): Promise<number> {
   const lines = [
     `certificate '${name}' (${store.dir}/${name}.pem)`,
     `  status:    ${row.status === 'ok' ? 'ok' : `refused (${row.status}): ${row.error ?? ''}`}`,
-    `  key server: ${keyserver}`,
+    `  keyserver: ${keyserver}`,
   ];
   if (row.serial !== undefined) {
     lines.push(
