@@ -339,6 +339,11 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     listen: (c.listen ?? D.listen).map((l) => ({ host: l.host ?? '127.0.0.1', port: l.port, profile: l.profile ?? 'intermediate' })),
     httpRedirect: c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
     certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),
+    certStore: {
+      // Like the key server socket: relative to the state directory, which is itself relative to the config.
+      dir: path.resolve(stateDir, c.certStore?.dir ?? D.certStore.dir),
+      rescanSeconds: c.certStore?.rescanSeconds ?? D.certStore.rescanSeconds,
+    },
     sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
     domains: (c.domains ?? []).map((d) => ({
       name: d.name,
@@ -350,7 +355,6 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       c.admin === null
         ? null
         : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port, tokenFile: path.resolve(stateDir, c.admin?.tokenFile ?? D.admin.tokenFile) },
-    certStore: { dir: path.resolve(stateDir, c.certStore?.dir ?? D.certStore.dir), rescanSeconds: c.certStore?.rescanSeconds ?? D.certStore.rescanSeconds },
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },

@@ -27,6 +27,12 @@ export interface ProxyConfig {
   /** Plain HTTP (port 80 in production): 308 to HTTPS, ACME challenges to the origin. */
   readonly httpRedirect: { readonly host: string; readonly port: number } | null;
   readonly certificates: readonly { readonly name: string; readonly chain: string }[];
+  /**
+   * The certificate store (proxy/certs/store.ts): `<dir>/<name>.pem` chains
+   * managed by `keyedge cert` or written by a renewal tool, served alongside
+   * `certificates` and reloaded when they change. `dir` is absolute.
+   */
+  readonly certStore: { readonly dir: string; readonly rescanSeconds: number };
   readonly sni: { readonly default: string | null; readonly onUnknown: 'default' | 'reject' };
   readonly domains: readonly {
     readonly name: string;
@@ -41,8 +47,6 @@ export interface ProxyConfig {
   };
   /** `tokenFile` holds the bearer token for every admin request that changes state. */
   readonly admin: { readonly host: string; readonly port: number; readonly tokenFile: string } | null;
-  /** The certificate store (proxy/certs/store.ts), watched for changes and rescanned every `rescanSeconds`. */
-  readonly certStore: { readonly dir: string; readonly rescanSeconds: number };
   readonly log: { readonly level: string };
   readonly limits: {
     readonly maxHeaderBytes: number;
@@ -75,6 +79,14 @@ export const PROXY_DEFAULTS = Object.freeze({
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
   // Off unless configured: port 80 needs privileges and is a deployment choice.
   httpRedirect: null,
+  certStore: Object.freeze({
+    // Relative to stateDir (./var/certs): state the proxy manages, next to the key server's.
+    dir: 'certs',
+    // fs.watch misses changes on network file systems and when the directory
+    // itself is replaced; a rescan of a few stat() calls every 30 s bounds how
+    // long a renewal can go unnoticed at no measurable cost.
+    rescanSeconds: 30,
+  }),
   sni: Object.freeze({
     default: null,
     // Serving a default certificate for an unknown name shows a mismatch to a
@@ -95,14 +107,6 @@ export const PROXY_DEFAULTS = Object.freeze({
   // Loopback, next to the key server's 9464. The token file is relative to
   // stateDir; without it, admin requests that change state are refused.
   admin: Object.freeze({ host: '127.0.0.1', port: 9465, tokenFile: 'admin.token' }),
-  certStore: Object.freeze({
-    // Relative to stateDir: ./var/certs in the embedded default.
-    dir: 'certs',
-    // fs.watch misses changes on some filesystems (NFS, some container
-    // mounts) and renames racing a restart; a rescan only stats the files, so
-    // half a minute bounds the delay at little cost even with 10,000 entries.
-    rescanSeconds: 30,
-  }),
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
@@ -206,6 +210,13 @@ export const proxyFileSchema = strict(
     listen: z.array(listenerSchema, { error: 'expected an array of listeners' }).min(1, { error: 'expected at least one listener' }).optional(),
     httpRedirect: strict({ host: text('a host name or address').optional(), port }, 'an object { "host", "port" }, or null').nullable().optional(),
     certificates: z.array(certificateSchema, { error: 'expected an array of certificates' }).superRefine(unique((c) => c.name, 'certificate name')).optional(),
+    certStore: strict(
+      {
+        dir: text('a directory path').optional(),
+        rescanSeconds: intIn(1, 86_400).optional(),
+      },
+      'an object { "dir", "rescanSeconds" }',
+    ).optional(),
     sni: strict(
       {
         default: text('a certificate name').nullable().optional(),
@@ -229,7 +240,6 @@ export const proxyFileSchema = strict(
     )
       .nullable()
       .optional(),
-    certStore: strict({ dir: text('a directory path').optional(), rescanSeconds: intIn(1, 86_400).optional() }, 'an object').optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
     limits: strict(

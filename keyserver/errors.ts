@@ -29,7 +29,10 @@ export type KeyedgeErrorCode =
   | 'KEYEDGE_ERR_CLOSED'
   | 'KEYEDGE_ERR_OVERLOADED'
   | 'KEYEDGE_ERR_SETUP'
-  | 'KEYEDGE_ERR_CERTIFICATE';
+  | 'KEYEDGE_ERR_CERTIFICATE'
+  | 'KEYEDGE_ERR_CERT_NOT_FOUND'
+  | 'KEYEDGE_ERR_CERT_EXISTS'
+  | 'KEYEDGE_ERR_CERT_STORE';
 
 export class KeyedgeError extends Error {
   readonly code: KeyedgeErrorCode;
@@ -102,13 +105,59 @@ export class SetupError extends KeyedgeError {
   }
 }
 
-/** A certificate or chain is unreadable or unfit to serve; `source` is its file or where it came from. */
+/**
+ * Why a certificate was refused, one stable word per rule (README,
+ * "Certificate store"): callers branch and count on it, messages explain it.
+ */
+export type CertificateRefusal =
+  | 'parse'
+  | 'private_key'
+  | 'chain'
+  | 'expired'
+  | 'not_yet_valid'
+  | 'names'
+  | 'weak_key'
+  | 'weak_signature'
+  | 'key_mismatch'
+  | 'key_unknown';
+
+/**
+ * A certificate or chain is unreadable or unfit to serve; `source` is its file
+ * or where it came from, `entry` the certificate's name when it has one.
+ * Messages never quote PEM content: a private key pasted into a chain is named
+ * by its block label only.
+ */
 export class CertificateError extends KeyedgeError {
+  readonly reason: CertificateRefusal;
+  readonly entry: string | undefined;
+
   constructor(
     readonly source: string,
     message: string,
+    options?: { cause?: unknown; reason?: CertificateRefusal; entry?: string },
+  ) {
+    super(
+      'KEYEDGE_ERR_CERTIFICATE',
+      `${options?.entry === undefined ? source : `certificate '${options.entry}' (${source})`}: ${message}`,
+      options?.cause === undefined ? undefined : { cause: options.cause },
+    );
+    this.reason = options?.reason ?? 'parse';
+    this.entry = options?.entry;
+  }
+}
+
+/**
+ * A certificate store entry is missing (KEYEDGE_ERR_CERT_NOT_FOUND), already
+ * there (KEYEDGE_ERR_CERT_EXISTS), badly named, or the store directory cannot
+ * be written (KEYEDGE_ERR_CERT_STORE).
+ */
+export class CertificateStoreError extends KeyedgeError {
+  constructor(
+    code: 'KEYEDGE_ERR_CERT_NOT_FOUND' | 'KEYEDGE_ERR_CERT_EXISTS' | 'KEYEDGE_ERR_CERT_STORE',
+    readonly entry: string,
+    message: string,
     options?: { cause?: unknown },
   ) {
-    super('KEYEDGE_ERR_CERTIFICATE', `${source}: ${message}`, options);
+    super(code, message, options);
   }
 }

@@ -185,8 +185,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         tokenFile: config.admin.tokenFile,
         reload: () => coordinator.reload('admin'),
         putCertificate: async (name, chainText) => {
-          const meta = await source.validateUpload(name, chainText);
-          source.store.write(name, chainText, meta);
+          await source.putCertificate(name, chainText);
           return coordinator.reload('admin');
         },
         certificates: () => listCertificates(source),

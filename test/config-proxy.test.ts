@@ -38,6 +38,16 @@ describe('proxy config', () => {
     expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate' }]);
   });
 
+  it('puts the certificate store under the state directory unless told otherwise', () => {
+    const defaults = loadProxyConfig(write('store-default.json', { stateDir: 'state' }));
+    expect(defaults.certStore).toEqual({ dir: join(dir, 'state', 'certs'), rescanSeconds: PROXY_DEFAULTS.certStore.rescanSeconds });
+    const relative = loadProxyConfig(write('store-relative.json', { stateDir: 'state', certStore: { dir: 'live', rescanSeconds: 5 } }));
+    expect(relative.certStore).toEqual({ dir: join(dir, 'state', 'live'), rescanSeconds: 5 });
+    const absolute = loadProxyConfig(write('store-absolute.json', { certStore: { dir: '/etc/keyedge/certs' } }));
+    expect(absolute.certStore.dir).toBe('/etc/keyedge/certs');
+    expect(Object.isFrozen(absolute.certStore)).toBe(true);
+  });
+
   it('takes a key server over mutual TLS instead of the socket', () => {
     const config = loadProxyConfig(write('tcp.json', { keyserver: { tcp: { host: 'ks', port: 7443, ca: 'ca.pem', cert: 'c.pem', key: 'k.pem' } } }));
     expect(config.keyserver.socket).toBeNull();
@@ -56,6 +66,10 @@ describe('proxy config', () => {
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],
     [{ workers: 0 }, 'workers', 'from 1 to 256'],
+    [{ certStore: { rescanSeconds: 0 } }, 'certStore.rescanSeconds', 'from 1 to 86400'],
+    [{ certStore: { dir: '' } }, 'certStore.dir', 'directory path'],
+    [{ certStore: { path: 'x' } }, 'certStore.path', 'unknown key'],
+    [{ certStore: 'certs' }, 'certStore', 'an object { "dir", "rescanSeconds" }'],
   ])('refuses %j at %s', (content, path, expected) => {
     const file = write('bad.json', content);
     let error: unknown;

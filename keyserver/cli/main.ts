@@ -12,9 +12,10 @@ import { keyCommand } from './key-commands.js';
 import { keyserverCommand, pingCommand } from './keyserver-commands.js';
 import { proxyCommand } from '../../proxy/cli.js';
 import { demoOriginCommand } from '../../proxy/demo-origin.js';
+import { certCommand } from '../../proxy/certs/cli.js';
 import type { Command } from './command.js';
 
-const COMMANDS: readonly Command[] = [keyserverCommand, keyCommand, proxyCommand, pingCommand, demoOriginCommand];
+const COMMANDS: readonly Command[] = [keyserverCommand, keyCommand, proxyCommand, certCommand, pingCommand, demoOriginCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -6,6 +6,7 @@
  * leaf's SubjectPublicKeyInfo (the key server's key id), so a chain can only
  * ever be served with the key that matches it.
  */
+import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { CertificateError } from '../../keyserver/errors.js';
@@ -18,7 +19,11 @@ export interface ServedCertificate {
   readonly chainPem: string;
   readonly leaf: x509.X509Certificate;
   readonly chain: readonly x509.X509Certificate[];
-  /** DNS names from the leaf's subjectAltName (RFC 6125 §6.4.4: the CN is not consulted when SANs exist). */
+  /**
+   * The names this certificate is served for: DNS names from the leaf's
+   * subjectAltName (RFC 6125 §6.4.4: the CN is not consulted when SANs exist),
+   * or the subset its store entry names (proxy/certs/validate.ts).
+   */
   readonly names: readonly string[];
   readonly keyId: string;
   readonly spki: Buffer;
@@ -46,17 +51,35 @@ export function parseCertificateChain(name: string, text: string, source: string
   for (const [index, block] of blocks.entries()) {
     const label = block[1] ?? '';
     // A private key pasted into a chain file is refused without echoing it.
-    if (label !== 'CERTIFICATE') throw new CertificateError(source, `block ${index + 1} is a "${label}", expected only CERTIFICATE blocks`);
+    if (label !== 'CERTIFICATE') {
+      throw new CertificateError(source, `block ${index + 1} is a "${label}", expected only CERTIFICATE blocks`, { reason: 'private_key' });
+    }
     try {
       chain.push(new x509.X509Certificate(block[0]));
     } catch (err) {
       throw new CertificateError(source, `certificate ${index + 1} does not parse: ${(err as Error).message}`, { cause: err });
     }
   }
-  const leaf = chain[0]!;
-  const san = leaf.getExtension(x509.SubjectAlternativeNameExtension);
-  const names = san?.names.items.filter((n) => n.type === 'dns').map((n) => n.value.toLowerCase()) ?? [];
-  if (names.length === 0) throw new CertificateError(source, 'the leaf certificate has no DNS subjectAltName');
+  const names = dnsNames(chain[0]!);
+  if (names.length === 0) throw new CertificateError(source, 'the leaf certificate has no DNS subjectAltName', { reason: 'names' });
+  return servedCertificate(name, source, chain, names);
+}
+
+/** The DNS names in `cert`'s subjectAltName, lower-case, in certificate order. */
+export function dnsNames(cert: x509.X509Certificate): string[] {
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  return san?.names.items.filter((n) => n.type === 'dns').map((n) => n.value.toLowerCase()) ?? [];
+}
+
+/** The key server's key id for a public key: hex SHA-256 of its DER SubjectPublicKeyInfo. */
+export function keyIdOf(spki: Buffer): string {
+  return createHash('sha256').update(spki).digest('hex');
+}
+
+/** A ServedCertificate from an already ordered chain (leaf first) and the names it is served for. */
+export function servedCertificate(name: string, source: string, chain: readonly x509.X509Certificate[], names: readonly string[]): ServedCertificate {
+  const leaf = chain[0];
+  assert(leaf !== undefined, 'a served chain holds at least its leaf');
   const spki = Buffer.from(leaf.publicKey.rawData);
   return {
     name,
@@ -65,7 +88,7 @@ export function parseCertificateChain(name: string, text: string, source: string
     leaf,
     chain,
     names,
-    keyId: createHash('sha256').update(spki).digest('hex'),
+    keyId: keyIdOf(spki),
     spki,
     serial: leaf.serialNumber,
     notAfter: leaf.notAfter,

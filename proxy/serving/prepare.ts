@@ -11,11 +11,12 @@
  * only the ones that moved.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { CertificateError, ConfigError } from '../../keyserver/errors.js';
 import type { CertificateStore, StoreEntryRef } from '../certs/store.js';
-import { type CertificateCandidate, type CertificateRefusal, validateCertificate, type ValidationContext } from '../certs/validate.js';
+import { entryCandidate } from '../certs/manage.js';
+import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';
 import { type CertificateRecord, recordOf, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
@@ -88,8 +89,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     let candidate: CertificateCandidate;
     try {
-      const entry = store.read(ref.name);
-      candidate = { name: ref.name, chainText: entry.chainText, source: ref.chainPath, ...(entry.meta.names === undefined ? {} : { names: entry.meta.names }), ...(entry.meta.keyId === undefined ? {} : { keyId: entry.meta.keyId }) };
+      candidate = entryCandidate(store.read(ref.name));
     } catch (err) {
       refuse(ref.name, ref.chainPath, 'unreadable', (err as Error).message);
       continue;
@@ -111,8 +111,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {
       if (!(err instanceof CertificateError)) throw err;
-      const reason = (err as CertificateError & { reason?: CertificateRefusal }).reason ?? 'parse';
-      refuse(candidate.name, candidate.source, reason, err.message);
+      refuse(candidate.name, candidate.source, err.reason, err.message);
       // A refused store entry is looked at again when its files change, not on every rescan.
     }
   });
@@ -125,14 +124,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 }
 
 function storeStatId(ref: StoreEntryRef): string {
-  let meta = 'none';
-  try {
-    const st = statSync(ref.metaPath);
-    meta = `${st.mtimeMs}/${st.size}/${st.ino}`;
-  } catch {
-    // No metadata file: the entry serves its leaf's names.
-  }
-  return `${ref.mtimeMs}/${ref.size}/${meta}`;
+  return `${ref.mtimeMs}/${ref.size}/${ref.metaMtimeMs ?? 'none'}`;
 }
 
 function sha256(text: string): string {

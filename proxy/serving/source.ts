@@ -12,9 +12,10 @@ import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { loadProxyConfig } from '../../config/load.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { CertificateError, KeyedgeError, RemoteError } from '../../keyserver/errors.js';
-import { CertificateStore, type StoreMeta } from '../certs/store.js';
-import { validateCertificate } from '../certs/validate.js';
+import { KeyedgeError, RemoteError } from '../../keyserver/errors.js';
+import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
+import { putCertificate } from '../certs/manage.js';
+import { CertificateStore } from '../certs/store.js';
 import { prepareServing } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
@@ -95,7 +96,7 @@ export class ServingSource {
           keyserverSpki: async (keyId, leafSpki) => {
             if (lookup === undefined) return leafSpki;
             try {
-              return await publicKeyOrUndefined(lookup, keyId);
+              return await keyserverSpkiLookup(lookup)(keyId, leafSpki);
             } catch (err) {
               if (this.#generation > 0 || err instanceof RemoteError) throw err;
               // Hung or gone at start: the same as unreachable, once for all the rest.
@@ -122,27 +123,22 @@ export class ServingSource {
   }
 
   /**
-   * Validates a chain offered for store entry `name` (the admin API's PUT)
-   * with the entry's metadata, before anything is written. Rejects with a
-   * CertificateError naming what is wrong.
+   * Validates a chain for store entry `name` (the admin API's PUT) and writes
+   * it, keeping the entry's pinned names and key id. Rejects, leaving the
+   * store unchanged, when the chain is refused.
    */
-  async validateUpload(name: string, chainText: string): Promise<StoreMeta> {
-    if (this.#config.certificates.some((c) => c.name === name)) {
-      throw new CertificateError('admin API', `'${name}' is a certificate of ${this.#config.source}, not a store entry; replace its chain file instead`);
-    }
+  async putCertificate(name: string, chainText: string): Promise<void> {
     const store = this.store;
-    const existing = store.list().some((r) => r.name === name) ? store.read(name).meta : undefined;
     const client = await connectKeyserver(this.#config);
     try {
-      await validateCertificate(
-        { name, chainText, source: 'admin API', ...(existing?.names === undefined ? {} : { names: existing.names }), ...(existing?.keyId === undefined ? {} : { keyId: existing.keyId }) },
-        { now: new Date(), keyserverSpki: (keyId) => publicKeyOrUndefined(client, keyId) },
+      await putCertificate(
+        store,
+        { mode: store.has(name) ? 'replace' : 'add', name, chainText, source: 'admin API' },
+        { now: new Date(), keyserverSpki: keyserverSpkiLookup(client), reserved: this.#config.certificates.map((c) => c.name) },
       );
     } finally {
       client.close();
     }
-    const now = new Date().toISOString();
-    return { ...existing, addedAt: existing?.addedAt ?? now, ...(existing === undefined ? {} : { replacedAt: now }) };
   }
 
   /** Records `next` as what now serves. */
@@ -173,21 +169,7 @@ export class ServingSource {
   }
 }
 
-async function publicKeyOrUndefined(client: KeyserverClient, keyId: string): Promise<Buffer | undefined> {
-  try {
-    return await client.getPublicKey(keyId);
-  } catch (err) {
-    if (err instanceof RemoteError && err.wireName === 'UNKNOWN_KEY') return undefined;
-    throw err;
-  }
-}
-
 export function connectKeyserver(config: ProxyConfig): Promise<KeyserverClient> {
-  const { socket, tcp, timeoutMs } = config.keyserver;
-  return KeyserverClient.connect({
-    ...(socket === null ? {} : { unixPath: socket }),
-    ...(tcp === null ? {} : { tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) } }),
-    // Validation is off the handshake path: a key server busy signing may take longer than a handshake's deadline.
-    timeoutMs: Math.max(timeoutMs * 4, 2_000),
-  });
+  // Validation is off the handshake path: a key server busy signing may take longer than a handshake's deadline.
+  return KeyserverClient.connect(keyserverClientOptions(config.keyserver, Math.max(config.keyserver.timeoutMs * 4, 2_000)));
 }

@@ -16,7 +16,11 @@ import * as x509 from '../../keyserver/x509.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
-export type TestKeyAlgorithm = 'ec-p256' | 'rsa-2048';
+/** What the product accepts, plus what certificate validation must refuse (rsa-1024, ec-p521 leaves). */
+export type TestKeyAlgorithm = 'ec-p256' | 'ec-p384' | 'ec-p521' | 'rsa-1024' | 'rsa-2048';
+
+/** The hash the issuer signs with; SHA-1 only to make certificates that validation must refuse. */
+export type TestSignatureHash = 'SHA-1' | 'SHA-256' | 'SHA-384';
 
 export interface Issued {
   readonly certPem: string;
@@ -44,19 +48,36 @@ export interface IssueOptions {
   readonly isCa?: boolean;
   /** An OCSP responder URL for the Authority Information Access extension. */
   readonly ocspUrl?: string;
+  /** Default SHA-256. */
+  readonly signatureHash?: TestSignatureHash;
 }
 
 const DAY_MS = 86_400_000;
 
 function keyParams(algorithm: TestKeyAlgorithm): RsaHashedKeyGenParams | EcKeyGenParams {
-  return algorithm === 'ec-p256'
-    ? { name: 'ECDSA', namedCurve: 'P-256' }
-    : { name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
+  switch (algorithm) {
+    case 'ec-p256':
+      return { name: 'ECDSA', namedCurve: 'P-256' };
+    case 'ec-p384':
+      return { name: 'ECDSA', namedCurve: 'P-384' };
+    case 'ec-p521':
+      return { name: 'ECDSA', namedCurve: 'P-521' };
+    case 'rsa-1024':
+    case 'rsa-2048':
+      return { name: 'RSASSA-PKCS1-v1_5', modulusLength: algorithm === 'rsa-1024' ? 1024 : 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
+  }
 }
 
-/** What a key of this pair signs certificates with: SHA-256 either way. */
-function signingAlgorithm(keys: CryptoKeyPair): Algorithm | EcdsaParams {
-  return keys.privateKey.algorithm.name === 'ECDSA' ? { name: 'ECDSA', hash: 'SHA-256' } : { name: 'RSASSA-PKCS1-v1_5' };
+/**
+ * The key and algorithm that sign with `keys` using `hash`. WebCrypto binds
+ * an RSA key to one hash, so for another hash the private key is re-imported.
+ */
+async function signer(keys: CryptoKeyPair, hash: TestSignatureHash): Promise<{ key: CryptoKey; algorithm: Algorithm | EcdsaParams | RsaHashedImportParams }> {
+  if (keys.privateKey.algorithm.name === 'ECDSA') return { key: keys.privateKey, algorithm: { name: 'ECDSA', hash } };
+  const algorithm = { name: 'RSASSA-PKCS1-v1_5', hash };
+  if ((keys.privateKey.algorithm as RsaHashedKeyAlgorithm).hash.name === hash) return { key: keys.privateKey, algorithm };
+  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
+  return { key: await webcrypto.subtle.importKey('pkcs8', pkcs8, algorithm, false, ['sign']), algorithm };
 }
 
 async function generateKeys(algorithm: TestKeyAlgorithm): Promise<CryptoKeyPair> {
@@ -108,18 +129,21 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
   if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
 
   let cert: x509.X509Certificate;
+  const hash = options.signatureHash ?? 'SHA-256';
   if (issuer === undefined) {
+    const sign = await signer(keys, hash);
     cert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serialNumber(),
       name: subject,
       notBefore,
       notAfter,
-      keys,
-      signingAlgorithm: signingAlgorithm(keys),
+      keys: { publicKey: keys.publicKey, privateKey: sign.key },
+      signingAlgorithm: sign.algorithm,
       extensions,
     });
   } else {
     extensions.push(await x509.AuthorityKeyIdentifierExtension.create(issuer.keys.publicKey));
+    const sign = await signer(issuer.keys, hash);
     cert = await x509.X509CertificateGenerator.create({
       serialNumber: serialNumber(),
       subject,
@@ -127,8 +151,8 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
       notBefore,
       notAfter,
       publicKey: keys.publicKey,
-      signingKey: issuer.keys.privateKey,
-      signingAlgorithm: signingAlgorithm(issuer.keys),
+      signingKey: sign.key,
+      signingAlgorithm: sign.algorithm,
       extensions,
     });
   }
@@ -136,10 +160,10 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
   return { certPem: cert.toString('pem'), keyPem, cert, keys };
 }
 
-/** A self-signed root CA (EC P-256 unless told otherwise), valid from a minute ago for ten days. */
-export async function createCa(name: string, keyAlgorithm: TestKeyAlgorithm = 'ec-p256'): Promise<TestCa> {
+/** A self-signed root CA (EC P-256 unless told otherwise), valid from a minute ago for ten days, self-signed with `signatureHash`. */
+export async function createCa(name: string, keyAlgorithm: TestKeyAlgorithm = 'ec-p256', signatureHash: TestSignatureHash = 'SHA-256'): Promise<TestCa> {
   const notBefore = new Date(Date.now() - 60_000);
-  const issued = await build({ commonName: name, keyAlgorithm, isCa: true, notBefore, notAfter: new Date(notBefore.getTime() + 10 * DAY_MS) }, undefined);
+  const issued = await build({ commonName: name, keyAlgorithm, isCa: true, notBefore, notAfter: new Date(notBefore.getTime() + 10 * DAY_MS), signatureHash }, undefined);
   return { ...issued, name };
 }
 
@@ -164,8 +188,13 @@ export async function issueForPublicKey(ca: TestCa, spki: Buffer, options: Omit<
 }
 
 /** An intermediate CA under `ca`, usable as the issuer of further certificates. */
-export async function issueCa(ca: TestCa, name: string, keyAlgorithm: TestKeyAlgorithm = 'ec-p256'): Promise<TestCa> {
-  return { ...(await build({ commonName: name, keyAlgorithm, isCa: true }, ca)), name };
+export async function issueCa(
+  ca: TestCa,
+  name: string,
+  keyAlgorithm: TestKeyAlgorithm = 'ec-p256',
+  extra: Pick<IssueOptions, 'signatureHash' | 'notBefore' | 'notAfter'> = {},
+): Promise<TestCa> {
+  return { ...(await build({ commonName: name, keyAlgorithm, isCa: true, ...extra }, ca)), name };
 }
 
 /** Writes `pem` to `<dir>/<name>.pem` (mode 0600) and returns the path. */

@@ -1,0 +1,328 @@
+/**
+ * `keyedge cert add|replace|list|show|remove`: managing the certificate store
+ * (proxy/certs/store.ts) of the proxy named by --config. add and replace
+ * validate the chain first, against the key server the proxy uses, and write
+ * nothing when it is refused. The running proxy picks changes up by itself
+ * (it watches the store directory).
+ *
+ * `replace` is what a renewal tool calls (a certbot deploy hook, acme.sh's
+ * --reloadcmd); it keeps the entry's names and pinned key id, so a renewal
+ * that changes the key is refused unless --key says so or nothing is pinned.
+ */
+import { readFileSync } from 'node:fs';
+import { loadProxyConfig } from '../../config/load.js';
+import type { ProxyConfig } from '../../config/proxy-schema.js';
+import { type Command, parseCommandArgs, requireOption } from '../../keyserver/cli/command.js';
+import { KeyserverClient } from '../../keyserver/client/client.js';
+import { CertificateError, CertificateStoreError, KeyedgeError, UsageError } from '../../keyserver/errors.js';
+import type * as x509 from '../../keyserver/x509.js';
+import { keyIdOf } from './certificate.js';
+import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
+import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
+import { CertificateStore, type StoreEntry } from './store.js';
+import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
+
+const USAGE = `Usage: keyedge cert <action> [NAME] [options]
+
+Actions:
+  add NAME --chain FILE [--names A,B] [--key KEYID]
+                      validate a chain (PEM, any order) against the key server
+                      and store it as a new entry
+  replace NAME --chain FILE [--names A,B] [--key KEYID]
+                      validate a renewed chain and swap it in atomically (what a
+                      certbot deploy hook or acme.sh runs); the entry's names
+                      and pinned key id are kept: a new key is accepted only
+                      with --key, or when the entry pins none
+  list [--json]       entries: name, status, notAfter, serial, key id, names, issuer
+  show NAME [--json]  one entry: the same, its chain, warnings and the key server's verdict
+  remove NAME         delete the entry (the proxy stops serving it)
+
+Options:
+  --chain FILE    the full chain, PEM (certbot: fullchain.pem)
+  --names A,B     names the entry serves (default: every DNS name of the certificate)
+  --key KEYID     pin the key server key id (64 hex digits, from \`keyedge key list\`)
+  --json          machine-readable output
+  --config FILE   the proxy's config: its key server and certificate store
+                  (default: ./var/keyserver.sock and ./var/certs)
+  --help          this text
+
+Refusals exit 1 with "keyedge: KEYEDGE_ERR_CERTIFICATE: <reason>: <message>",
+reason one of parse, private_key, chain, expired, not_yet_valid, names,
+weak_key, weak_signature, key_mismatch, key_unknown; nothing is written.
+show exits 1 when the entry as stored would be refused.
+`;
+
+const OPTIONS = {
+  config: { type: 'string' },
+  chain: { type: 'string' },
+  names: { type: 'string' },
+  key: { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+/** An operator's command may wait longer than a handshake (the proxy's keyserver.timeoutMs); GET_PUBLIC_KEY never takes this long on a live key server. */
+const KEYSERVER_TIMEOUT_MS = 5_000;
+const KEY_ID = /^[0-9a-f]{64}$/;
+
+type Values = ReturnType<typeof parseCommandArgs<typeof OPTIONS>>['values'];
+
+export const certCommand: Command = {
+  name: 'cert',
+  summary: 'add, replace, list, show, remove certificates in the proxy certificate store',
+  async run(argv) {
+    const [action, ...rest] = argv;
+    if (action === undefined || action === '--help' || action === '-h') {
+      process.stdout.write(USAGE);
+      return action === undefined ? 2 : 0;
+    }
+    const takesName = action !== 'list';
+    const name = takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
+    const { values } = parseCommandArgs(name === undefined ? rest : rest.slice(1), OPTIONS, USAGE);
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    if (takesName && name === undefined && ['add', 'replace', 'show', 'remove'].includes(action)) throw new UsageError(`missing NAME: keyedge cert ${action} NAME\n\n${USAGE}`);
+    try {
+      switch (action) {
+        case 'add':
+        case 'replace':
+          return await addOrReplace(action, name!, values);
+        case 'list':
+          return await list(values);
+        case 'show':
+          return await show(name!, values);
+        case 'remove':
+          return remove(name!, values);
+        default:
+          throw new UsageError(`unknown action 'cert ${action}'\n\n${USAGE}`);
+      }
+    } catch (err) {
+      // The reason leads, so a renewal hook's log says which rule refused.
+      if (err instanceof CertificateError) {
+        process.stderr.write(`keyedge: ${err.code}: ${err.reason}: ${err.message}\n`);
+        return 1;
+      }
+      throw err;
+    }
+  },
+};
+
+async function addOrReplace(mode: 'add' | 'replace', name: string, values: Values): Promise<number> {
+  const chainFile = requireOption(values.chain, '--chain', USAGE);
+  const pin = values.key?.toLowerCase();
+  if (pin !== undefined && !KEY_ID.test(pin)) throw new UsageError('--key must be a key id: 64 hex digits, as `keyedge key list` prints');
+  const names = values.names === undefined ? undefined : parseNames(values.names);
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  // Checked before the key server is asked: a typo'd name fails fast.
+  if (mode === 'add' ? store.has(name) : !store.has(name)) {
+    if (mode === 'add') throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; use \`keyedge cert replace\``);
+    throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${store.dir}; use \`keyedge cert add\``);
+  }
+  let chainText: string;
+  try {
+    chainText = readFileSync(chainFile, 'utf8');
+  } catch (err) {
+    throw new CertificateError(chainFile, `cannot read the chain: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { reason: 'parse', entry: name, cause: err });
+  }
+  const request: PutRequest = { mode, name, chainText, source: chainFile, ...(names === undefined ? {} : { names }), ...(pin === undefined ? {} : { keyId: pin }) };
+  const { validated, meta, previous } = await withKeyserver(config, (lookup) =>
+    putCertificate(store, request, { now: new Date(), keyserverSpki: lookup, reserved: config.certificates.map((c) => c.name) }),
+  );
+  const { certificate } = validated;
+  const lines = [
+    `${mode === 'add' ? 'added' : 'replaced'} certificate '${name}': wrote ${store.dir}/${name}.pem and ${name}.json`,
+    ...(previous === undefined ? [] : await previousLine(previous)),
+    ...describeRows(certificate.names, certificate.keyId, meta.keyId !== undefined, certificate.leaf),
+    ...validated.warnings.map((w) => `warning: ${w}`),
+    'The running proxy picks the change up from the store directory.',
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+async function previousLine(previous: StoreEntry): Promise<string[]> {
+  // Best effort: the entry being replaced may be exactly what was broken.
+  try {
+    const leaf = (await parseChain(entryCandidate(previous))).chain[0]!;
+    return [`  was:       serial ${leaf.serialNumber}, notAfter ${leaf.notAfter.toISOString()}`];
+  } catch {
+    return [];
+  }
+}
+
+async function list(values: Values): Promise<number> {
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  const now = new Date();
+  const rows = [];
+  for (const ref of store.list()) {
+    try {
+      rows.push(await describeEntry(store, ref.name, now));
+    } catch (err) {
+      // Removed between the listing and the read: no longer an entry.
+      if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
+      throw err;
+    }
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return 0;
+  }
+  if (rows.length === 0) {
+    process.stdout.write(`no certificates in ${store.dir}\n`);
+    return 0;
+  }
+  const header = ['NAME', 'STATUS', 'NOT AFTER', 'SERIAL', 'KEY ID', 'NAMES', 'ISSUER'];
+  const lines = rows.map((r) => [r.name, r.status, r.notAfter ?? '-', r.serial ?? '-', r.keyId ?? '-', r.names?.join(',') ?? '-', r.issuer ?? r.error ?? '-']);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  for (const line of [header, ...lines]) process.stdout.write(`${line.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+  return 0;
+}
+
+async function show(name: string, values: Values): Promise<number> {
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  const now = new Date();
+  const row = await describeEntry(store, name, now);
+  // The key server's verdict only matters for an entry that passes every other rule.
+  let keyserver: string;
+  if (row.status !== 'ok') {
+    keyserver = 'not asked (the entry is refused already)';
+  } else {
+    try {
+      const entry = store.read(name);
+      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup }));
+      keyserver = 'holds the key';
+    } catch (err) {
+      if (err instanceof CertificateError) {
+        keyserver = `refused (${err.reason})`;
+        row.status = err.reason;
+        row.error = err.message;
+      } else if (err instanceof KeyedgeError) {
+        keyserver = `not checked: ${err.message}`;
+      } else {
+        throw err;
+      }
+    }
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ ...row, keyserver }, null, 2)}\n`);
+    return row.status === 'ok' ? 0 : 1;
+  }
+  const lines = [
+    `certificate '${name}' (${store.dir}/${name}.pem)`,
+    `  status:    ${row.status === 'ok' ? 'ok' : `refused (${row.status}): ${row.error ?? ''}`}`,
+    `  keyserver: ${keyserver}`,
+  ];
+  if (row.serial !== undefined) {
+    lines.push(
+      `  names:     ${row.names?.join(', ')}`,
+      `  key id:    ${row.keyId}${row.pinned ? ' (pinned)' : ''}`,
+      `  serial:    ${row.serial}`,
+      `  issuer:    ${row.issuer}`,
+      `  notBefore: ${row.notBefore}`,
+      `  notAfter:  ${row.notAfter}`,
+      ...(row.addedAt === undefined ? [] : [`  added:     ${row.addedAt}`]),
+      ...(row.replacedAt === undefined ? [] : [`  replaced:  ${row.replacedAt}`]),
+      '  chain:',
+      ...(row.chain ?? []).map((c, i) => `    ${i}  ${c.subject}  (issuer ${c.issuer}, notAfter ${c.notAfter})`),
+    );
+  }
+  for (const warning of row.warnings) lines.push(`warning: ${warning}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return row.status === 'ok' ? 0 : 1;
+}
+
+function remove(name: string, values: Values): number {
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  store.remove(name);
+  process.stdout.write(`removed certificate '${name}': deleted ${store.dir}/${name}.pem and ${name}.json\nThe running proxy stops serving it once it sees the change.\n`);
+  return 0;
+}
+
+interface EntryRow {
+  name: string;
+  /** 'ok' or the refusal reason (without the key server, for list). */
+  status: string;
+  error?: string;
+  serial?: string;
+  issuer?: string;
+  notBefore?: string;
+  notAfter?: string;
+  keyId?: string;
+  pinned?: boolean;
+  names?: readonly string[];
+  addedAt?: string;
+  replacedAt?: string;
+  chain?: { subject: string; issuer: string; notAfter: string }[];
+  warnings: readonly string[];
+}
+
+/** What list and show print about one entry: its facts even when it is refused (an expired entry must still be listed). */
+async function describeEntry(store: CertificateStore, name: string, now: Date): Promise<EntryRow> {
+  let entry: StoreEntry;
+  try {
+    entry = store.read(name);
+  } catch (err) {
+    if (err instanceof CertificateError) return { name, status: err.reason, error: err.message, warnings: [] };
+    throw err;
+  }
+  const candidate = entryCandidate(entry);
+  const row: EntryRow = { name, status: 'ok', warnings: [], addedAt: entry.meta.addedAt, replacedAt: entry.meta.replacedAt };
+  try {
+    const { chain } = await parseChain(candidate);
+    const leaf = chain[0]!;
+    Object.assign(row, {
+      serial: leaf.serialNumber,
+      issuer: leaf.issuer,
+      notBefore: leaf.notBefore.toISOString(),
+      notAfter: leaf.notAfter.toISOString(),
+      keyId: keyIdOf(Buffer.from(leaf.publicKey.rawData)),
+      pinned: entry.meta.keyId !== undefined,
+      names: entry.meta.names,
+      chain: chain.map((c) => ({ subject: c.subject, issuer: c.issuer, notAfter: c.notAfter.toISOString() })),
+    });
+  } catch (err) {
+    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
+    throw err;
+  }
+  let inspected: ValidatedCertificate;
+  try {
+    inspected = await inspectCertificate(candidate, now);
+  } catch (err) {
+    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
+    throw err;
+  }
+  return { ...row, names: inspected.certificate.names, warnings: inspected.warnings };
+}
+
+function describeRows(names: readonly string[], keyId: string, pinned: boolean, leaf: x509.X509Certificate): string[] {
+  return [
+    `  names:     ${names.join(', ')}`,
+    `  key id:    ${keyId}${pinned ? ' (pinned)' : ''}`,
+    `  serial:    ${leaf.serialNumber}`,
+    `  issuer:    ${leaf.issuer}`,
+    `  notAfter:  ${leaf.notAfter.toISOString()}`,
+  ];
+}
+
+function parseNames(value: string): string[] {
+  const names = value
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n !== '');
+  if (names.length === 0) throw new UsageError('--names needs at least one name, comma-separated');
+  return names;
+}
+
+async function withKeyserver<T>(config: ProxyConfig, work: (lookup: ReturnType<typeof keyserverSpkiLookup>) => Promise<T>): Promise<T> {
+  const client = await KeyserverClient.connect(keyserverClientOptions(config.keyserver, KEYSERVER_TIMEOUT_MS));
+  try {
+    return await work(keyserverSpkiLookup(client));
+  } finally {
+    client.close();
+  }
+}

@@ -1,0 +1,45 @@
+/**
+ * The key-server side of certificate validation: connecting with the proxy's
+ * own key-server settings, and the ValidationContext lookup over
+ * GET_PUBLIC_KEY. Used by `keyedge cert` and by the proxy's reload path.
+ */
+import assert from 'node:assert/strict';
+import type { ProxyConfig } from '../../config/proxy-schema.js';
+import type { KeyserverClient, KeyserverClientOptions } from '../../keyserver/client/client.js';
+import { RemoteError } from '../../keyserver/errors.js';
+import { ErrorCode } from '../../keyserver/protocol/constants.js';
+import type { ValidationContext } from './validate.js';
+
+/**
+ * Client options for the key server the proxy is configured with (unix
+ * socket or mutual TLS). `timeoutMs` defaults to the proxy's handshake
+ * timeout; an operator's command may allow more.
+ */
+export function keyserverClientOptions(keyserver: ProxyConfig['keyserver'], timeoutMs: number = keyserver.timeoutMs): KeyserverClientOptions {
+  const tcp = keyserver.tcp;
+  if (tcp !== null) {
+    return {
+      tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) },
+      timeoutMs,
+    };
+  }
+  assert(keyserver.socket !== null, 'the proxy schema requires a key server socket or tcp');
+  return { unixPath: keyserver.socket, timeoutMs };
+}
+
+/**
+ * GET_PUBLIC_KEY as a ValidationContext lookup: UNKNOWN_KEY becomes
+ * undefined (the key_unknown refusal); every other failure, NOT_AUTHORISED
+ * included (this proxy may not use the key, which is not the certificate's
+ * fault), is thrown as it is.
+ */
+export function keyserverSpkiLookup(client: KeyserverClient): ValidationContext['keyserverSpki'] {
+  return async (keyId) => {
+    try {
+      return await client.getPublicKey(keyId);
+    } catch (err) {
+      if (err instanceof RemoteError && err.wireCode === ErrorCode.UNKNOWN_KEY) return undefined;
+      throw err;
+    }
+  };
+}

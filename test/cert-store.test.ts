@@ -1,0 +1,205 @@
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CertificateError, CertificateStoreError } from '../keyserver/errors.js';
+import { CertificateStore } from '../proxy/certs/store.js';
+import { REPO } from './helpers/keyserver.js';
+
+// The store's file contract: atomic replacement, a listing that ignores
+// everything but entries, and refusals that name what is wrong.
+
+let root: string;
+let counter = 0;
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), 'keyedge-cert-store-'));
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+function freshStore(): CertificateStore {
+  return new CertificateStore(join(root, `store-${++counter}`, 'certs'));
+}
+
+const CHAIN = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
+const KEY_ID = 'ab'.repeat(32);
+
+function storeError(fn: () => unknown): CertificateStoreError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(CertificateStoreError);
+    return err as CertificateStoreError;
+  }
+  throw new Error('expected a CertificateStoreError');
+}
+
+describe('certificate store', () => {
+  it('creates the directory 0755, writes 0644 files and leaves no temp file', () => {
+    const store = freshStore();
+    expect(store.list()).toEqual([]);
+    store.write('shop', CHAIN, { names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
+    expect(statSync(store.dir).mode & 0o777).toBe(0o755);
+    expect(readdirSync(store.dir).sort()).toEqual(['shop.json', 'shop.pem']);
+    for (const file of ['shop.json', 'shop.pem']) expect(statSync(join(store.dir, file)).mode & 0o777).toBe(0o644);
+    expect(readFileSync(join(store.dir, 'shop.pem'), 'utf8')).toBe(CHAIN);
+    expect(JSON.parse(readFileSync(join(store.dir, 'shop.json'), 'utf8'))).toEqual({ names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
+    const entry = store.read('shop');
+    expect(entry).toMatchObject({ name: 'shop', chainText: CHAIN, chainPath: join(store.dir, 'shop.pem'), metaPath: join(store.dir, 'shop.json'), size: CHAIN.length });
+    expect(entry.meta).toEqual({ names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
+    expect(entry.metaMtimeMs).toBeTypeOf('number');
+  });
+
+  it('replaces an entry whole and reports the change in mtime/size', () => {
+    const store = freshStore();
+    store.write('shop', CHAIN, {});
+    const before = store.list()[0]!;
+    const longer = CHAIN + CHAIN;
+    store.write('shop', longer, { replacedAt: new Date().toISOString() });
+    const after = store.list()[0]!;
+    expect(after.size).toBe(longer.length);
+    expect(after.size).not.toBe(before.size);
+    expect(store.read('shop').chainText).toBe(longer);
+    expect(readdirSync(store.dir).sort()).toEqual(['shop.json', 'shop.pem']);
+  });
+
+  it('lists entries by name, ignoring temp files, metadata without a chain and other files', () => {
+    const store = freshStore();
+    for (const name of ['b', 'a.example', 'c_1']) store.write(name, CHAIN, {});
+    writeFileSync(join(store.dir, '.a.example.pem.123.abcd.tmp'), 'partial');
+    writeFileSync(join(store.dir, '.hidden.pem'), CHAIN);
+    writeFileSync(join(store.dir, 'orphan.json'), '{}');
+    writeFileSync(join(store.dir, 'notes.txt'), 'hello');
+    writeFileSync(join(store.dir, 'shop.pem~'), CHAIN);
+    mkdirSync(join(store.dir, 'dir.pem'));
+    expect(store.list().map((e) => e.name)).toEqual(['a.example', 'b', 'c_1']);
+  });
+
+  it('follows a symlinked chain (a renewal tool\'s live file)', () => {
+    const store = freshStore();
+    store.write('a', CHAIN, {});
+    const live = join(root, `live-${counter}.pem`);
+    writeFileSync(live, CHAIN + CHAIN);
+    symlinkSync(live, join(store.dir, 'linked.pem'));
+    symlinkSync(join(root, 'missing.pem'), join(store.dir, 'dangling.pem'));
+    expect(store.list().map((e) => [e.name, e.size, e.metaMtimeMs])).toEqual([
+      ['a', CHAIN.length, expect.any(Number)],
+      ['linked', 2 * CHAIN.length, undefined],
+    ]);
+    expect(store.read('linked').meta).toEqual({});
+  });
+
+  it('removes an entry, chain and metadata', () => {
+    const store = freshStore();
+    store.write('gone', CHAIN, { names: ['gone.example'] });
+    store.write('kept', CHAIN, {});
+    store.remove('gone');
+    expect(readdirSync(store.dir).sort()).toEqual(['kept.json', 'kept.pem']);
+    expect(storeError(() => store.remove('gone')).code).toBe('KEYEDGE_ERR_CERT_NOT_FOUND');
+    expect(store.has('gone')).toBe(false);
+    expect(store.has('kept')).toBe(true);
+  });
+
+  it('says an entry is missing, and names the file when it is unreadable', () => {
+    const store = freshStore();
+    const missing = storeError(() => store.read('nope'));
+    expect(missing.code).toBe('KEYEDGE_ERR_CERT_NOT_FOUND');
+    expect(missing.message).toContain("no certificate 'nope'");
+    store.write('bad', CHAIN, {});
+    const metaPath = join(store.dir, 'bad.json');
+    for (const [content, expected] of [
+      ['{"names": ["shop.example"],', 'the metadata is not valid JSON'],
+      ['{"names": ["Shop Example"]}', 'invalid metadata: names[0]: expected a lower-case DNS name'],
+      ['{"keyId": "lab-ec"}', 'invalid metadata: keyId: expected a key id'],
+      ['{"pin": "1234"}', 'invalid metadata: pin: '],
+      ['[]', 'invalid metadata'],
+    ] as const) {
+      writeFileSync(metaPath, content);
+      let error: unknown;
+      try {
+        store.read('bad');
+      } catch (err) {
+        error = err;
+      }
+      expect(error).toBeInstanceOf(CertificateError);
+      expect((error as CertificateError).reason).toBe('parse');
+      expect((error as Error).message).toContain(metaPath);
+      expect((error as Error).message).toContain(expected);
+      expect((error as Error).message).not.toContain('1234');
+    }
+    mkdirSync(join(store.dir, 'isdir.pem'));
+    const notFile = (() => {
+      try {
+        store.read('isdir');
+      } catch (err) {
+        return err as CertificateError;
+      }
+      throw new Error('expected a refusal');
+    })();
+    expect(notFile).toBeInstanceOf(CertificateError);
+    expect(notFile.message).toContain(join(store.dir, 'isdir.pem'));
+  });
+
+  it.each(['', '../escape', 'a/b', '.hidden', 'a'.repeat(65), 'name with space', 'ü'])('refuses the entry name %j', (name) => {
+    const store = freshStore();
+    for (const op of [() => store.write(name, CHAIN, {}), () => store.read(name), () => store.remove(name)]) {
+      const err = storeError(op);
+      expect(err.code).toBe('KEYEDGE_ERR_CERT_STORE');
+      expect(err.message).toContain('is not a certificate name');
+    }
+    expect(store.list()).toEqual([]);
+  });
+
+  it('refuses invalid metadata and writes nothing', () => {
+    const store = freshStore();
+    const err = storeError(() => store.write('shop', CHAIN, { names: ['*.*.example'] }));
+    expect(err.code).toBe('KEYEDGE_ERR_CERT_STORE');
+    expect(err.message).toContain('names[0]');
+    expect(store.list()).toEqual([]);
+  });
+
+  it('never shows a concurrent reader a partial file', async () => {
+    const store = freshStore();
+    // Large enough that a non-atomic write would be seen half done.
+    const versions = ['A', 'B'].map((c) => `${c.repeat(64)}\n`.repeat(8192));
+    store.write('big', versions[0]!, { names: ['a.example'] });
+    const stop = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(
+      `
+      const { parentPort, workerData } = require('node:worker_threads');
+      (async () => {
+        const { CertificateStore } = await import(workerData.storeModule);
+        const store = new CertificateStore(workerData.dir);
+        let reads = 0, torn = 0, names = new Set();
+        for (;;) {
+          const entry = store.read('big');
+          reads++;
+          if (!workerData.versions.includes(entry.chainText)) torn++;
+          names.add(entry.meta.names[0]);
+          if (reads === 1) parentPort.postMessage({ ready: true });
+          if (Atomics.load(workerData.stop, 0) === 1) break;
+        }
+        parentPort.postMessage({ reads, torn, names: [...names] });
+      })();
+      `,
+      { eval: true, workerData: { storeModule: pathToFileURL(join(REPO, 'dist', 'proxy', 'certs', 'store.js')).href, dir: store.dir, versions, stop } },
+    );
+    const messages: { ready?: boolean; reads?: number; torn?: number; names?: string[] }[] = [];
+    const done = new Promise<{ reads: number; torn: number; names: string[] }>((resolve, reject) => {
+      worker.on('message', (m: (typeof messages)[number]) => {
+        messages.push(m);
+        if (m.reads !== undefined) resolve(m as { reads: number; torn: number; names: string[] });
+      });
+      worker.on('error', reject);
+    });
+    await new Promise<void>((resolve) => worker.once('message', () => resolve()));
+    for (let i = 0; i < 200; i++) store.write('big', versions[i % 2]!, { names: [i % 2 === 0 ? 'a.example' : 'b.example'] });
+    Atomics.store(stop, 0, 1);
+    const result = await done;
+    await worker.terminate();
+    expect(result.reads).toBeGreaterThan(1);
+    expect(result.torn).toBe(0);
+    expect(readdirSync(store.dir).sort()).toEqual(['big.json', 'big.pem']);
+  });
+});

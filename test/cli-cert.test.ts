@@ -1,0 +1,234 @@
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CertificateStore } from '../proxy/certs/store.js';
+import { runCli } from './helpers/keyserver.js';
+import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// `keyedge cert` (the built CLI) against a real key server holding an EC and
+// an RSA key: every change is validated there before the store is touched.
+
+const DAY = 86_400_000;
+let lab: KeylessLab;
+let config: string;
+let storeDir: string;
+let ecChain: string;
+let rsaChain: string;
+let ecLeaf: Issued;
+let rsaLeaf: Issued;
+
+interface ListRow {
+  name: string;
+  status: string;
+  serial?: string;
+  notAfter?: string;
+  keyId?: string;
+  names?: string[];
+  issuer?: string;
+  error?: string;
+}
+
+function cert(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runCli(['cert', ...args, '--config', config]);
+}
+
+async function listJson(): Promise<ListRow[]> {
+  const result = await cert('list', '--json');
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as ListRow[];
+}
+
+function snapshot(name: string): Record<string, Buffer> {
+  const files = readdirSync(storeDir).filter((f) => f.startsWith(`${name}.`));
+  return Object.fromEntries(files.map((f) => [f, readFileSync(join(storeDir, f))]));
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  storeDir = join(lab.dir, 'store');
+  config = join(lab.dir, 'proxy.json');
+  writeFileSync(config, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: storeDir }, admin: null, certificates: [{ name: 'configured', chain: 'configured.pem' }] }));
+  const ec = await lab.certificate('shop-ec', lab.keys.ec, ['shop.lab.test', 'www.shop.lab.test']);
+  const rsa = await lab.certificate('shop-rsa', lab.keys.rsa, ['shop.lab.test', 'www.shop.lab.test']);
+  ecChain = ec.file;
+  ecLeaf = ec.leaf;
+  rsaChain = rsa.file;
+  rsaLeaf = rsa.leaf;
+});
+afterAll(async () => {
+  await lab?.close();
+});
+
+describe('keyedge cert', () => {
+  it('adds a chain after checking it against the key server', async () => {
+    const result = await cert('add', 'shop', '--chain', ecChain, '--names', 'shop.lab.test');
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`added certificate 'shop': wrote ${storeDir}/shop.pem and shop.json`);
+    expect(result.stdout).toContain(`notAfter:  ${ecLeaf.cert.notAfter.toISOString()}`);
+    expect(result.stdout).toContain(`key id:    ${lab.keys.ec.keyId}\n`);
+    const meta = JSON.parse(readFileSync(join(storeDir, 'shop.json'), 'utf8')) as Record<string, unknown>;
+    expect(meta).toEqual({ names: ['shop.lab.test'], addedAt: expect.any(String) });
+    // Leaf first, then the lab CA: certificates only.
+    const pem = readFileSync(join(storeDir, 'shop.pem'), 'utf8');
+    expect(pem.match(/-----BEGIN CERTIFICATE-----/g)).toHaveLength(2);
+    expect(pem.startsWith(ecLeaf.certPem.trim())).toBe(true);
+
+    const again = await cert('add', 'shop', '--chain', ecChain);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERT_EXISTS: certificate 'shop' is already in the store/);
+  });
+
+  it('replaces it with a chain for the other key type, keeping its names, and lists it', async () => {
+    const before = (await listJson()).find((r) => r.name === 'shop');
+    expect(before).toMatchObject({ status: 'ok', keyId: lab.keys.ec.keyId, names: ['shop.lab.test'] });
+    const result = await cert('replace', 'shop', '--chain', rsaChain);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`replaced certificate 'shop'`);
+    expect(result.stdout).toContain(`was:       serial ${ecLeaf.cert.serialNumber}`);
+    expect(result.stdout).toContain(`notAfter:  ${rsaLeaf.cert.notAfter.toISOString()}`);
+    const after = (await listJson()).find((r) => r.name === 'shop');
+    expect(after).toEqual({
+      name: 'shop',
+      status: 'ok',
+      serial: rsaLeaf.cert.serialNumber,
+      issuer: 'CN=keyedge lab CA',
+      notBefore: rsaLeaf.cert.notBefore.toISOString(),
+      notAfter: rsaLeaf.cert.notAfter.toISOString(),
+      keyId: lab.keys.rsa.keyId,
+      pinned: false,
+      names: ['shop.lab.test'],
+      addedAt: expect.any(String),
+      replacedAt: expect.any(String),
+      chain: [
+        { subject: 'CN=shop.lab.test', issuer: 'CN=keyedge lab CA', notAfter: rsaLeaf.cert.notAfter.toISOString() },
+        { subject: 'CN=keyedge lab CA', issuer: 'CN=keyedge lab CA', notAfter: lab.ca.cert.notAfter.toISOString() },
+      ],
+      warnings: [expect.stringContaining('ends with the self-signed root'), expect.stringContaining('the leaf expires in')],
+    });
+    const table = await cert('list');
+    expect(table.stdout).toMatch(/^NAME\s+STATUS\s+NOT AFTER\s+SERIAL\s+KEY ID\s+NAMES\s+ISSUER\n/);
+    expect(table.stdout).toContain(lab.keys.rsa.keyId);
+  });
+
+  it('shows an entry: its chain, warnings and the key server verdict', async () => {
+    const result = await cert('show', 'shop');
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`certificate 'shop' (${storeDir}/shop.pem)`);
+    expect(result.stdout).toContain('status:    ok');
+    expect(result.stdout).toContain('keyserver: holds the key');
+    expect(result.stdout).toMatch(/0 {2}CN=shop\.lab\.test {2}\(issuer CN=keyedge lab CA, notAfter /);
+    expect(result.stdout).toMatch(/1 {2}CN=keyedge lab CA {2}\(issuer CN=keyedge lab CA/);
+    expect(result.stdout).toMatch(/warning: the leaf expires in \d+ hours/);
+  });
+
+  it('refuses an expired renewal and leaves the entry byte-identical', async () => {
+    const before = snapshot('shop');
+    expect(Object.keys(before).sort()).toEqual(['shop.json', 'shop.pem']);
+    const expired = await issueForPublicKey(lab.ca, lab.keys.rsa.spki, {
+      commonName: 'shop.lab.test',
+      dnsNames: ['shop.lab.test'],
+      notBefore: new Date(Date.now() - 3 * DAY),
+      notAfter: new Date(Date.now() - DAY),
+    });
+    const file = writePem(lab.dir, 'expired-chain', `${expired.certPem}\n${lab.ca.certPem}`);
+    const result = await cert('replace', 'shop', '--chain', file);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(new RegExp(`^keyedge: KEYEDGE_ERR_CERTIFICATE: expired: certificate 'shop' \\(${file}\\): the leaf expired at `));
+    expect(result.stdout).toBe('');
+    expect(snapshot('shop')).toEqual(before);
+    expect(readdirSync(storeDir).filter((f) => f.startsWith('.'))).toEqual([]);
+  });
+
+  it('refuses a private key pasted into the chain without printing it, and writes nothing', async () => {
+    const file = writePem(lab.dir, 'with-key', `${ecLeaf.certPem}\n${lab.ca.keyPem}\n${lab.ca.certPem}`);
+    const result = await cert('add', 'pasted', '--chain', file);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`keyedge: KEYEDGE_ERR_CERTIFICATE: private_key: certificate 'pasted' (${file}): block 2 is a "PRIVATE KEY"`);
+    const body = lab.ca.keyPem.split('\n').filter((l) => l !== '' && !l.startsWith('-----'));
+    for (const line of body) {
+      expect(result.stderr).not.toContain(line);
+      expect(result.stdout).not.toContain(line);
+    }
+    expect(existsSync(join(storeDir, 'pasted.pem'))).toBe(false);
+    expect(existsSync(join(storeDir, 'pasted.json'))).toBe(false);
+  });
+
+  it('refuses a chain whose key the key server does not hold', async () => {
+    const ca = await createCa('stranger CA');
+    const stranger = await issue(ca, { commonName: 'shop.lab.test', dnsNames: ['shop.lab.test'], keyAlgorithm: 'ec-p256' });
+    const file = writePem(lab.dir, 'stranger', stranger.certPem);
+    const result = await cert('add', 'stranger', '--chain', file);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERTIFICATE: key_unknown: certificate 'stranger' .*the key server holds no key with id [0-9a-f]{64}/);
+    expect(existsSync(join(storeDir, 'stranger.pem'))).toBe(false);
+  });
+
+  it('keeps a pinned key id across renewals unless --key moves it', async () => {
+    const added = await cert('add', 'pinned', '--chain', ecChain, '--key', lab.keys.ec.keyId);
+    expect(added.code, added.stderr).toBe(0);
+    expect(added.stdout).toContain(`key id:    ${lab.keys.ec.keyId} (pinned)`);
+    const before = snapshot('pinned');
+    const refused = await cert('replace', 'pinned', '--chain', rsaChain);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERTIFICATE: key_mismatch: certificate 'pinned' .*the entry pins key /);
+    expect(snapshot('pinned')).toEqual(before);
+    const moved = await cert('replace', 'pinned', '--chain', rsaChain, '--key', lab.keys.rsa.keyId.toUpperCase());
+    expect(moved.code, moved.stderr).toBe(0);
+    const meta = JSON.parse(readFileSync(join(storeDir, 'pinned.json'), 'utf8')) as { keyId: string; addedAt: string; replacedAt: string };
+    expect(meta.keyId).toBe(lab.keys.rsa.keyId);
+    expect(meta.replacedAt >= meta.addedAt).toBe(true);
+    const wrongPin = await cert('add', 'wrong-pin', '--chain', ecChain, '--key', lab.keys.rsa.keyId);
+    expect(wrongPin.code).toBe(1);
+    expect(wrongPin.stderr).toContain('key_mismatch');
+  });
+
+  it('lists an entry that expired while stored, with its facts', async () => {
+    const expired = await issueForPublicKey(lab.ca, lab.keys.ec.spki, {
+      commonName: 'old.lab.test',
+      dnsNames: ['old.lab.test'],
+      notBefore: new Date(Date.now() - 3 * DAY),
+      notAfter: new Date(Date.now() - DAY),
+    });
+    new CertificateStore(storeDir).write('old', `${expired.certPem}\n`, {});
+    const row = (await listJson()).find((r) => r.name === 'old');
+    expect(row).toMatchObject({ status: 'expired', serial: expired.cert.serialNumber, keyId: lab.keys.ec.keyId, error: expect.stringContaining('the leaf expired at') });
+    const show = await cert('show', 'old');
+    expect(show.code).toBe(1);
+    expect(show.stdout).toContain('status:    refused (expired)');
+  });
+
+  it('removes an entry, and says when there is none', async () => {
+    const result = await cert('remove', 'shop');
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(`removed certificate 'shop'`);
+    expect(existsSync(join(storeDir, 'shop.pem'))).toBe(false);
+    expect(existsSync(join(storeDir, 'shop.json'))).toBe(false);
+    expect((await listJson()).map((r) => r.name)).not.toContain('shop');
+    for (const args of [['remove', 'shop'], ['replace', 'shop', '--chain', ecChain], ['show', 'shop']]) {
+      const missing = await cert(...args);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERT_NOT_FOUND: no certificate 'shop' in the store/);
+    }
+  });
+
+  it('refuses bad usage', async () => {
+    const noName = await cert('add', '--chain', ecChain);
+    expect(noName.code).toBe(2);
+    expect(noName.stderr).toContain('missing NAME');
+    const badKey = await cert('add', 'x', '--chain', ecChain, '--key', 'lab-ec');
+    expect(badKey.code).toBe(2);
+    expect(badKey.stderr).toContain('--key must be a key id');
+    const badName = await cert('add', '../x', '--chain', ecChain);
+    expect(badName.code).toBe(1);
+    expect(badName.stderr).toMatch(/KEYEDGE_ERR_CERT_STORE: '..\/x' is not a certificate name/);
+    const configured = await cert('add', 'configured', '--chain', ecChain);
+    expect(configured.code).toBe(1);
+    expect(configured.stderr).toMatch(/KEYEDGE_ERR_CERT_EXISTS: certificate 'configured' is configured in the proxy config file/);
+    expect(existsSync(join(storeDir, 'configured.pem'))).toBe(false);
+    const help = await runCli(['cert', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('replace NAME --chain FILE');
+    expect((await runCli(['--help'])).stdout).toContain('  cert ');
+  });
+});
