@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { runCli, sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { issue } from './helpers/pki.js';
@@ -157,6 +157,13 @@ describe('certificate reload', () => {
       return entry?.serial === second.leaf.cert.serialNumber ? entry : undefined;
     });
     expect(listed.keyId).toBe(lab.keys.rsa.keyId);
+  });
+
+  it('serves what `keyedge cert replace` puts in the store', async () => {
+    const renewed = await lab.certificate('cli-1', lab.keys.ec, ['store.lab.test']);
+    const result = await runCli(['cert', 'replace', 'store', '--chain', renewed.file, '--config', proxy.configFile]);
+    expect(result.code, result.stderr).toBe(0);
+    await waitFor('the replaced certificate', async () => ((await servedSerial('store.lab.test')) === renewed.leaf.cert.serialNumber ? true : undefined), 5000);
   });
 
   it('reloads a config certificate on SIGHUP', async () => {
