@@ -265,11 +265,8 @@ export const proxyFileSchema = strict(
     if (typeof ks.socket === 'string' && isObject(ks.tcp)) {
       ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected one key server transport: "socket" or "tcp", not both' });
     }
-    const names = new Set(Array.isArray(cfg.certificates) ? cfg.certificates.map((c: unknown) => (isObject(c) ? c.name : undefined)) : []);
+    // sni.default may also name a certificate-store entry: the proxy checks it when it loads the store.
     const sni = isObject(cfg.sni) ? cfg.sni : {};
-    if (typeof sni.default === 'string' && !names.has(sni.default)) {
-      ctx.addIssue({ code: 'custom', path: ['sni', 'default'], message: 'expected the name of an entry in certificates' });
-    }
     if (sni.onUnknown === 'default' && typeof sni.default !== 'string') {
       ctx.addIssue({ code: 'custom', path: ['sni', 'onUnknown'], message: '"default" needs sni.default to name a certificate' });
     }

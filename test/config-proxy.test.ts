@@ -61,7 +61,6 @@ describe('proxy config', () => {
     [{ domains: [{ name: 'Shop.Example', origin: 'http://o' }] }, 'domains[0].name', 'lower-case DNS name'],
     [{ domains: [{ name: 'shop.example', origin: 'ftp://o' }] }, 'domains[0].origin', 'http:// or https://'],
     [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'without credentials'],
-    [{ sni: { default: 'missing' } }, 'sni.default', 'name of an entry in certificates'],
     [{ sni: { onUnknown: 'default' } }, 'sni.onUnknown', 'needs sni.default'],
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/log.js';
@@ -165,6 +166,26 @@ describe('SNI with onUnknown "default"', () => {
       await lenient.close();
       metrics.stop();
     }
+  });
+});
+
+describe('start-up refusals', () => {
+  it('refuses an sni.default that names neither a config certificate nor a store entry', async () => {
+    const ec = await lab.certificate('ec-nodefault', lab.keys.ec, ['ec.lab.test']);
+    const config = lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'absent' }, certStore: { dir: join(lab.dir, 'empty-store') } });
+    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.bridge.stats(), new Registry()) })).rejects.toMatchObject({
+      code: 'KEYEDGE_ERR_CONFIG',
+      message: expect.stringMatching(/sni\.default.*'absent'.*neither/),
+    });
+  });
+
+  it('refuses to start when a config certificate is unfit, naming it and why', async () => {
+    const expired = await lab.certificate('ec-expired', lab.keys.ec, ['ec.lab.test'], { notAfter: new Date(Date.now() - 60_000) });
+    const config = lab.proxyConfig({ certificates: [{ name: 'old', chain: expired.file }], certStore: { dir: join(lab.dir, 'empty-store') } });
+    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.bridge.stats(), new Registry()) })).rejects.toMatchObject({
+      code: 'KEYEDGE_ERR_CONFIG',
+      message: expect.stringMatching(/certificate 'old'.*expired/),
+    });
   });
 });
 
