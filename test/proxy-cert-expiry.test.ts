@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dueExpiryWarnings } from '../proxy/serving/expiry.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
-import { type ClusterProxy, startClusterProxy } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 const DAY_S = 86_400;
@@ -23,16 +23,7 @@ beforeAll(async () => {
   proxy = await startClusterProxy(lab, 'expiry', (p) => {
     // The store is filled before the proxy starts: the start loads it.
     for (const [name, pem] of storeFiles) writeFileSync(join(p.storeDir, `${name}.pem`), pem);
-    return {
-      stateDir: join(lab.dir, 'state'),
-      workers: 1,
-      keyserver: { socket: lab.socket },
-      listen: [{ host: '127.0.0.1', port: p.port }],
-      domains: [{ name: '*.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-      admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
-      certStore: { dir: p.storeDir },
-      log: { level: 'info' },
-    };
+    return storeProxyConfig(lab, p, { workers: 1 });
   });
 }, 90_000);
 

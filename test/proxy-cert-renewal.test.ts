@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // Renewals under load: new TLS connections and keep-alive requests run
@@ -22,16 +22,7 @@ beforeAll(async () => {
   const first = await lab.certificate('renew-0', lab.keys.ec, ['renew.lab.test']);
   proxy = await startClusterProxy(lab, 'renewal', (p) => {
     writeFileSync(join(p.storeDir, 'renew.pem'), `${first.leaf.certPem}\n${lab.ca.certPem}`);
-    return {
-      stateDir: join(lab.dir, 'state'),
-      workers: 2,
-      keyserver: { socket: lab.socket },
-      listen: [{ host: '127.0.0.1', port: p.port }],
-      domains: [{ name: 'renew.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-      admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
-      certStore: { dir: p.storeDir },
-      log: { level: 'info' },
-    };
+    return storeProxyConfig(lab, p, { domains: [{ name: 'renew.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }] });
   });
 }, 90_000);
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { CLI, sleep } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // `keyedge proxy` as an operator runs it: a primary and two workers sharing
@@ -14,16 +15,6 @@ let port: number;
 let adminPort: number;
 let ca: string;
 const lines: Record<string, unknown>[] = [];
-
-async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 function workerPids(): Set<number> {
   return new Set(lines.filter((l) => String(l.name).startsWith('proxy-worker') && l.msg === 'proxy worker listening').map((l) => l.pid as number));

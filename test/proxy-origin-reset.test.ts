@@ -1,14 +1,13 @@
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
-import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 
 // An origin that resets its connection mid-answer (headers and part of the
 // body sent, then a TCP RST): the proxy must not pass the cut answer off as
@@ -71,12 +70,7 @@ beforeAll(async () => {
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
   origin = resettingOrigin();
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
+  const sink = jsonLineSink(lines);
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],

@@ -2,11 +2,10 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { freePort, startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 
 // Origins that fail: refused (502), silent (504), reset mid-answer (the client
 // sees the answer cut, the log says why); the proxy keeps serving.
@@ -35,12 +34,7 @@ beforeAll(async () => {
     }),
   );
   const down = await freePort();
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
+  const sink = jsonLineSink(lines);
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],

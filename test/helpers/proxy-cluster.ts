@@ -4,10 +4,32 @@
  * lines collected for assertions.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, sleep } from './keyserver.js';
 import { freePort, type KeylessLab } from './proxy-lab.js';
+
+export interface ClusterPorts {
+  readonly port: number;
+  readonly adminPort: number;
+  readonly storeDir: string;
+  readonly tokenFile: string;
+}
+
+/** A cluster config served from the certificate store: every *.lab.test name to the lab's origin, admin API with the token. */
+export function storeProxyConfig(lab: KeylessLab, p: ClusterPorts, overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    stateDir: join(lab.dir, 'state'),
+    workers: 2,
+    keyserver: { socket: lab.socket },
+    listen: [{ host: '127.0.0.1', port: p.port }],
+    domains: [{ name: '*.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+    admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
+    certStore: { dir: p.storeDir },
+    log: { level: 'info' },
+    ...overrides,
+  };
+}
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789';
 
@@ -34,14 +56,13 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
 }
 
 /** `config(port, adminPort, storeDir)` gives the file's content; the token file and store dir live in a fresh dir under the lab. */
-export async function startClusterProxy(lab: KeylessLab, name: string, config: (ports: { port: number; adminPort: number; storeDir: string; tokenFile: string }) => Record<string, unknown>): Promise<ClusterProxy> {
+export async function startClusterProxy(lab: KeylessLab, name: string, config: (ports: ClusterPorts) => Record<string, unknown>): Promise<ClusterProxy> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(lab.dir, name);
   const storeDir = join(dir, 'certs');
   const tokenFile = join(dir, 'admin.token');
   const configFile = join(dir, 'proxy.json');
-  const { mkdirSync } = await import('node:fs');
   mkdirSync(storeDir, { recursive: true });
   writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
   const writeConfig = (content: Record<string, unknown>): void => writeFileSync(configFile, JSON.stringify(content, null, 2));

@@ -13,6 +13,7 @@ import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -154,4 +155,14 @@ export async function startKeylessLab(): Promise<KeylessLab> {
       removeDir(dir);
     },
   };
+}
+
+/** A pino destination that parses each JSON log line into `lines`, for assertions on what was logged. */
+export function jsonLineSink(lines: Record<string, unknown>[]): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
 }
