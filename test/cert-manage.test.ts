@@ -75,10 +75,10 @@ describe('putCertificate', () => {
     expect((await inspectCertificate(entryCandidate(store.read('a')), new Date())).certificate.names).toEqual(['a.example']);
   });
 
-  it('follows the leaf key when nothing is pinned, and serves every SAN by default', async () => {
+  it('follows the leaf key when nothing is pinned, and pins every SAN served at the add', async () => {
     const store = new CertificateStore(join(dir, 'unpinned'));
     const added = await putCertificate(store, { mode: 'add', name: 'a', chainText: first.certPem, source: 'f.pem' }, context(first, otherKey));
-    expect(added.meta).toEqual({ addedAt: expect.any(String) });
+    expect(added.meta).toEqual({ names: ['a.example', 'b.example'], addedAt: expect.any(String) });
     expect(added.validated.certificate.names).toEqual(['a.example', 'b.example']);
     const replaced = await putCertificate(store, { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'f.pem' }, context(first, otherKey));
     expect(replaced.validated.certificate.keyId).toBe(keyIdOf(otherKey));

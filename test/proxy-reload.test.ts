@@ -10,7 +10,9 @@ import { nodeGet } from './helpers/clients.js';
 import { runCli, sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
-import { issue } from './helpers/pki.js';
+import { createCa, issue, issueForPublicKey } from './helpers/pki.js';
+
+const DAY_MS = 86_400_000;
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -192,36 +194,73 @@ describe('certificate reload', () => {
     expect((await proxy.admin('POST', '/certs/reload')).status).toBe(200);
   });
 
-  it('refuses a bad chain through the admin API with the reason, and the old certificate keeps serving', async () => {
-    const serving = await servedSerial('store.lab.test');
-    const expired = await lab.certificate('expired', lab.keys.ec, ['store.lab.test'], { notAfter: new Date(Date.now() - 3_600_000) });
+  it('refuses each unfit chain through the admin API with its reason, and the old certificate keeps serving', async () => {
+    // A new entry pins the names it serves: a renewal must cover them.
+    const pinned = await lab.certificate('pinned-1', lab.keys.ec, ['pinned.lab.test']);
+    expect((await proxy.admin('PUT', '/certs/pinned', chainOf(pinned.leaf.certPem))).status).toBe(200);
+    const serving = { store: await servedSerial('store.lab.test'), pinned: await servedSerial('pinned.lab.test') };
+    expect(serving.pinned).toBe(pinned.leaf.cert.serialNumber);
+
+    const forKey = (options: Partial<Parameters<typeof issueForPublicKey>[2]>) =>
+      issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: 'store.lab.test', dnsNames: ['store.lab.test'], ...options });
+    const expired = await forKey({ notBefore: new Date(Date.now() - 2 * DAY_MS), notAfter: new Date(Date.now() - DAY_MS) });
+    const notYet = await forKey({ notBefore: new Date(Date.now() + DAY_MS), notAfter: new Date(Date.now() + 2 * DAY_MS) });
+    const sha1 = await forKey({ signatureHash: 'SHA-1' });
+    const otherNames = await issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: 'elsewhere.lab.test', dnsNames: ['elsewhere.lab.test'] });
+    const rsa1024 = await issue(lab.ca, { commonName: 'store.lab.test', dnsNames: ['store.lab.test'], keyAlgorithm: 'rsa-1024' });
     const stranger = await issue(lab.ca, { commonName: 'store.lab.test', dnsNames: ['store.lab.test'], keyAlgorithm: 'ec-p256' });
-    const keyPem = stranger.keyPem ?? '';
-    const cases: [string, string][] = [
-      [chainOf(expired.leaf.certPem), '"reason": "expired"'],
-      [chainOf(stranger.certPem), '"reason": "key_unknown"'],
-      [`${chainOf(stranger.certPem)}\n${keyPem}`, '"reason": "private_key"'],
-      [chainOf(expired.leaf.certPem).slice(0, 200), '"reason": "parse"'],
+    const otherCa = await createCa('another CA');
+    const good = await forKey({});
+    const cases: { what: string; entry: string; pem: string; reason: string }[] = [
+      { what: 'expired', entry: 'store', pem: chainOf(expired.certPem), reason: 'expired' },
+      { what: 'not yet valid', entry: 'store', pem: chainOf(notYet.certPem), reason: 'not_yet_valid' },
+      { what: 'SANs not covering the entry', entry: 'pinned', pem: chainOf(otherNames.certPem), reason: 'names' },
+      { what: 'broken chain (issuer missing, a stranger CA instead)', entry: 'store', pem: `${good.certPem}\n${otherCa.certPem}`, reason: 'chain' },
+      { what: 'RSA-1024', entry: 'store', pem: chainOf(rsa1024.certPem), reason: 'weak_key' },
+      { what: 'SHA-1 signature', entry: 'store', pem: chainOf(sha1.certPem), reason: 'weak_signature' },
+      { what: 'public key not in the token', entry: 'store', pem: chainOf(stranger.certPem), reason: 'key_unknown' },
+      { what: 'truncated PEM', entry: 'store', pem: chainOf(expired.certPem).slice(0, 300), reason: 'parse' },
+      { what: 'a private key pasted in', entry: 'store', pem: `${chainOf(stranger.certPem)}\n${stranger.keyPem}`, reason: 'private_key' },
     ];
     const before = proxy.lines.length;
-    for (const [pem, expected] of cases) {
-      const answer = await proxy.admin('PUT', '/certs/store', pem);
-      expect(answer.status, answer.text).toBe(422);
-      expect(answer.text).toContain('KEYEDGE_ERR_CERTIFICATE');
-      expect(answer.text.toLowerCase()).toContain(expected.toLowerCase());
+    for (const { what, entry, pem, reason } of cases) {
+      const answer = await proxy.admin('PUT', `/certs/${entry}`, pem);
+      expect(answer.status, `${what}: ${answer.text}`).toBe(422);
+      expect(JSON.parse(answer.text), what).toMatchObject({ error: { code: 'KEYEDGE_ERR_CERTIFICATE', reason } });
     }
-    expect(await servedSerial('store.lab.test')).toBe(serving);
-    // The pasted key never reaches a log line or an answer.
-    const body = keyPem.split('\n').filter((l) => !l.startsWith('-----')).join('');
+    expect(await servedSerial('store.lab.test')).toBe(serving.store);
+    expect(await servedSerial('pinned.lab.test')).toBe(serving.pinned);
+    // The pasted key never reaches a log line.
+    const body = stranger.keyPem.split('\n').filter((l) => !l.startsWith('-----')).join('');
     expect(body.length).toBeGreaterThan(40);
     expect(JSON.stringify(proxy.lines.slice(before))).not.toContain(body.slice(0, 40));
+
+    // A chain in the wrong order is put right, not refused.
+    const renewed = await forKey({});
+    const reversed = await proxy.admin('PUT', '/certs/store', `${lab.ca.certPem}\n${renewed.certPem}`);
+    expect(reversed.status, reversed.text).toBe(200);
+    expect(await servedSerial('store.lab.test')).toBe(renewed.cert.serialNumber);
+  });
+
+  it('refuses a bad file in the store with a log line, and the old certificate keeps serving', async () => {
+    const serving = await servedSerial('store.lab.test');
+    const before = proxy.lines.length;
+    storeWrite('store', '-----BEGIN CERTIFICATE-----\nMIIB\n');
+    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.certificate === 'store' && l.code === 'KEYEDGE_ERR_CERTIFICATE'));
+    expect(refused).toMatchObject({ reason: 'parse', level: 50 });
+    expect(await servedSerial('store.lab.test')).toBe(serving);
+    const listed = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string; refused: { reason: string } | null }[] };
+    expect(listed.certificates.find((c) => c.name === 'store')).toMatchObject({ serial: serving, refused: { reason: 'parse' } });
+    const good = await lab.certificate('store-good', lab.keys.ec, ['store.lab.test']);
+    storeWrite('store', chainOf(good.leaf.certPem));
+    await waitFor('the good file', async () => ((await servedSerial('store.lab.test')) === good.leaf.cert.serialNumber ? true : undefined), 5000);
   });
 
   it('counts reloads and exposes expiry in /metrics', async () => {
     const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(text).toMatch(/keyedge_proxy_reloads_total\{trigger="admin",result="ok"\} [1-9]/);
     expect(text).toMatch(/keyedge_proxy_certificate_expiry_seconds\{certificate="store"\} \d+/);
-    expect(text).toMatch(/keyedge_proxy_certificates\{state="serving"\} 3/);
+    expect(text).toMatch(/keyedge_proxy_certificates\{state="serving"\} 4/);
   });
 });
 

@@ -68,7 +68,8 @@ export async function putCertificate(store: CertificateStore, request: PutReques
   const validated = await validateCertificate(candidate, options);
   const now = options.now.toISOString();
   const meta: StoreMeta = {
-    ...(names === undefined ? {} : { names: validated.certificate.names }),
+    // A new entry pins the names it serves now, so a later renewal that drops one is refused ('names').
+    ...(names === undefined && mode === 'replace' ? {} : { names: validated.certificate.names }),
     ...(keyId === undefined ? {} : { keyId: validated.certificate.keyId }),
     addedAt: previous?.meta.addedAt ?? now,
     ...(previous === undefined ? {} : { replacedAt: now }),
