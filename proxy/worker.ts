@@ -25,11 +25,13 @@ import { loadCertificateFile, type ServedCertificate } from './certs/certificate
 import { createRequestHandler, type Domain } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
+import { TrustedPeers } from './http/trusted-peers.js';
+import { createUpgradeHandler } from './http/upgrade.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { buildNameIndex, type NameIndex, selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
-import { createTlsFront } from './tls/front.js';
+import { ConnectionLimit, createTlsFront } from './tls/front.js';
 import { TLS_PROFILES } from './tls/profile.js';
 
 /** A client that has not finished its ClientHello within this is dropped (slowloris). */
@@ -81,11 +83,16 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   if (config.tls.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
 
   const domains: NameIndex<Domain> = buildNameIndex(config.domains.map((d) => ({ names: [d.name], value: d })));
-  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs });
+  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs, failureCooldownMs: config.limits.originFailureCooldownMs });
+  // Reads the origin CA files now: a bad one fails the start, not a request.
+  pools.retain(config.domains);
+  const trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
+  const connectionLimit = new ConnectionLimit(config.limits.maxConnectionsPerWorker);
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? noSniCertificate : selectByName(sni, servername, fallback)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
+  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
+  const upgrade = createUpgradeHandler({ domains: () => domains, certificateNames, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
 
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
@@ -122,6 +129,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed');
     });
     server.on('secureConnection', onSecure);
+    server.on('upgrade', upgrade);
     tlsServers.push(server);
     return server;
   };
@@ -132,6 +140,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       acceptsName: (name) => selectByName(sni, name, fallback) !== undefined,
       helloTimeoutMs: HELLO_TIMEOUT_MS,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
+      limit: connectionLimit,
+      onRejected: () => metrics.rejectedConnections.inc(),
     });
     front.on('connection', (socket: net.Socket) => {
       acceptedAt.set(socket, process.hrtime.bigint());
@@ -155,7 +165,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    redirect = http.createServer(createRedirectHandler({ domains: () => domains, pools, httpsPort: ports[0] ?? 443, log, metrics }));
+    redirect = http.createServer(createRedirectHandler({ domains: () => domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics }));
     const server = redirect;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
