@@ -27,7 +27,7 @@ interface Seen {
   xfp?: string;
   xfh?: string;
   forwarded?: string;
-  sni?: string | false;
+  sni?: string | false | null;
 }
 const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   const seen: Seen = {
