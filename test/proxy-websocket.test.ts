@@ -1,11 +1,13 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { register } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
 
@@ -24,7 +26,11 @@ beforeAll(async () => {
   ca = readFileSync(lab.caFile, 'utf8');
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
   const origin = http.createServer((_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
-  origin.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+  const originCa = await createCa('origin CA');
+  const originCaFile = writePem(lab.dir, 'origin-ca', originCa.certPem);
+  const files = writeIssued(lab.dir, 'origin', await issue(originCa, { commonName: 'origin.test', dnsNames: ['origin.test'], keyAlgorithm: 'ec-p256' }));
+  const secureOrigin = https.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, (_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
+  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     if (req.url === '/reject') {
       socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused');
       return;
@@ -40,16 +46,23 @@ beforeAll(async () => {
       else if (frame.payload.toString() === 'bye') socket.end();
       else socket.write(encodeFrame(TEXT, `echo ${frame.payload.toString()}`, false));
     });
-  });
-  servers.push(origin);
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  const url = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
+  };
+  const urls: string[] = [];
+  for (const server of [origin, secureOrigin]) {
+    server.on('upgrade', onUpgrade);
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    urls.push(`${server === origin ? 'http' : 'https'}://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+  }
+  const [url, secureUrl] = urls as [string, string];
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [
         { name: 'ws.lab.test', origin: url },
         { name: 'down.lab.test', origin: `http://127.0.0.1:${await freePort()}` },
+        // The first origin refuses: the upgrade goes on to the verified https one.
+        { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await freePort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
       ],
       // Short HTTP timeouts, which an open WebSocket must outlive.
       limits: { headerTimeoutMs: 300, keepAliveTimeoutMs: 300 },
@@ -79,6 +92,7 @@ async function requestsCounted(statusClass: string, code: string): Promise<numbe
 describe('WebSocket through the proxy', () => {
   it('carries messages both ways, the forwarding headers and the client\'s Host reaching the origin', async () => {
     const ws = await open();
+    expect(ws.headers['strict-transport-security']).toBe('max-age=63072000');
     expect(await ws.next()).toBe('welcome ws.lab.test 127.0.0.1 https');
     ws.send('one');
     expect(await ws.next()).toBe('echo one');
@@ -96,6 +110,15 @@ describe('WebSocket through the proxy', () => {
     await new Promise((resolve) => setTimeout(resolve, 2500));
     ws.send('still there');
     expect(await ws.next()).toBe('echo still there');
+    ws.socket.destroy();
+  });
+
+  it('reaches an https origin, verified, after the first origin refused', async () => {
+    const ws = await open('wss.lab.test');
+    // Host is the https origin's own (originHost unset).
+    expect(await ws.next()).toMatch(/^welcome 127\.0\.0\.1:\d+ 127\.0\.0\.1 https$/);
+    ws.send('over tls');
+    expect(await ws.next()).toBe('echo over tls');
     ws.socket.destroy();
   });
 

@@ -11,8 +11,9 @@
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
  * for the same protocol itself. An answer other than 101 is relayed to the
  * client as is, then the connection closes (it is no longer parsed as HTTP).
- * A failed connect is retried once on the next origin (an upgrade is a GET
- * without a body, RFC 6455 §4.1); otherwise the client gets our 502/504.
+ * A failed connect is retried once on the next origin (nothing of the
+ * request has left the proxy before the connection is up); otherwise the
+ * client gets our 502/504. The 101 carries HSTS like every HTTPS answer.
  */
 import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
@@ -21,7 +22,7 @@ import tls from 'node:tls';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
-import { mayRetry, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
+import { type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -82,7 +83,14 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     client.on('error', () => client.destroy());
     if ('refusal' in route) return refuse(route.refusal);
 
-    const targets = pools.targets(route.domain);
+    let targets: readonly OriginTarget[];
+    try {
+      targets = pools.targets(route.domain);
+    } catch (err) {
+      // A domain whose origin CA cannot be read (only when it was never retained).
+      log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, err }, 'origin upgrade failed');
+      return refuse(originRefusal('broken'));
+    }
     const attempt = (index: number): void => {
       const target = targets[index];
       if (target === undefined) return refuse(originRefusal('connect'));
@@ -101,7 +109,8 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
           return;
         }
         if (failure !== 'not-origin') pools.failed(target);
-        if (index === 0 && targets.length > 1 && mayRetry('GET', false, failure) && !client.destroyed) return attempt(1);
+        // Nothing reached the origin before its connection was up, so any upgrade may go to the next one.
+        if (index === 0 && targets.length > 1 && (failure === 'connect' || failure === 'certificate') && !client.destroyed) return attempt(1);
         const refusal = originRefusal(failure);
         log.warn({ code: refusal.code, domain: route.domain.name, origin, err }, 'origin upgrade failed');
         refuse(refusal);
@@ -127,14 +136,21 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
           if (received.length > MAX_ANSWER_HEAD_BYTES) fail('broken', new Error('origin answer head too large'));
           return;
         }
-        const status = Number(/^HTTP\/1\.[01] (\d{3}) /.exec(received.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+        const headText = received.subarray(0, end).toString('latin1');
+        const status = Number(/^HTTP\/1\.[01] (\d{3}) /.exec(headText)?.[1] ?? 0);
         if (status === 0) return fail('broken', new Error('origin answer is not HTTP/1.1'));
         answered = true;
         upstream.off('data', onData);
         upstream.setTimeout(0);
         pools.succeeded(target);
         settle(status, undefined);
-        client.write(received);
+        // HSTS on every answer over HTTPS, as handler.ts does, unless the origin set its own.
+        const lineEnd = received.indexOf('\r\n');
+        client.write(
+          /\r\nstrict-transport-security:/i.test(headText)
+            ? received
+            : Buffer.concat([received.subarray(0, lineEnd + 2), Buffer.from(`strict-transport-security: ${hsts}\r\n`, 'latin1'), received.subarray(lineEnd + 2)]),
+        );
         upstream.pipe(client);
         if (status === 101) client.pipe(upstream);
         // Not switched: the connection is no longer parsed, so it ends with the origin's answer.

@@ -67,6 +67,8 @@ export function readFrames(socket: Duplex, head: Buffer, onFrame: (frame: Frame)
 
 export interface ClientSocket {
   readonly socket: Duplex;
+  /** The headers of the 101 answer. */
+  readonly headers: IncomingMessage['headers'];
   /** Text messages received, in order. */
   readonly messages: string[];
   send(text: string): void;
@@ -113,6 +115,7 @@ export function openWebSocket(port: number, ca: string, host: string, path = '/'
       socket.on('error', () => undefined);
       resolve({
         socket,
+        headers: res.headers,
         messages,
         send: (text) => void socket.write(encodeFrame(TEXT, text, true)),
         next: () => new Promise((done) => (messages.length > 0 ? done(messages.shift()!) : waiting.push(done))),
