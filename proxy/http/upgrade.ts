@@ -115,9 +115,13 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         log.warn({ code: refusal.code, domain: route.domain.name, origin, err }, 'origin upgrade failed');
         refuse(refusal);
       };
-      const onClientClose = (): void => void upstream.destroy();
+      const onClientClose = (): void => {
+        // The client left first: not the origin's failure, and no one to answer.
+        if (!answered) failed = true;
+        upstream.destroy();
+      };
       client.once('close', onClientClose);
-      upstream.once('error', (err) => fail(originFailure(err), err));
+      upstream.on('error', (err) => fail(originFailure(err), err));
       upstream.once('timeout', () => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out')));
       upstream.once('close', () => {
         if (!answered) fail('broken', new Error('origin closed the connection before answering'));
