@@ -198,7 +198,8 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     try {
       answer = await pools.pool(target).request(request);
     } catch (err) {
-      const failure = originFailure(err);
+      // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
+      const failure = req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(req.method, hasBody, failure)) continue;
       throw err;

@@ -165,7 +165,6 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         };
         upstream.once('close', closeOther);
         client.once('close', closeOther);
-        upstream.on('error', () => undefined);
       };
       upstream.on('data', onData);
     };
