@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
-import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
 
 // WebSocket upgrades through the proxy (RFC 6455 §4): messages both ways,
@@ -60,9 +60,9 @@ beforeAll(async () => {
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [
         { name: 'ws.lab.test', origin: url },
-        { name: 'down.lab.test', origin: `http://127.0.0.1:${await freePort()}` },
+        { name: 'down.lab.test', origin: `http://127.0.0.1:${await refusedPort()}` },
         // The first origin refuses: the upgrade goes on to the verified https one.
-        { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await freePort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
+        { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await refusedPort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
       ],
       // Short HTTP timeouts, which an open WebSocket must outlive.
       limits: { headerTimeoutMs: 300, keepAliveTimeoutMs: 300 },
