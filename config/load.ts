@@ -347,9 +347,14 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
     domains: (c.domains ?? []).map((d) => ({
       name: d.name,
-      origin: d.origin,
+      // The schema guarantees exactly one of the two; URLs are kept as origins (no trailing slash).
+      origins: (d.origins ?? [d.origin ?? '']).map((u) => new URL(u).origin),
+      originHost: d.originHost ?? null,
+      originTls: { ca: d.originTls?.ca === undefined ? null : fromConfigDir(d.originTls.ca), servername: d.originTls?.servername ?? null },
+      maxBodyBytes: d.maxBodyBytes ?? null,
       hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
     })),
+    forwarding: { trustedProxies: [...(c.forwarding?.trustedProxies ?? D.forwarding.trustedProxies)] },
     tls: { ...D.tls, ...definedOnly(c.tls ?? {}) },
     admin:
       c.admin === null

@@ -6,6 +6,7 @@
  * entry names a chain file, and the key is found at the key server by the key
  * id of the chain's leaf (SHA-256 of its SPKI).
  */
+import net from 'node:net';
 import os from 'node:os';
 import { z } from 'zod';
 import { intIn, isObject, strict, text, port } from './schema-kit.js';
@@ -34,11 +35,9 @@ export interface ProxyConfig {
    */
   readonly certStore: { readonly dir: string; readonly rescanSeconds: number };
   readonly sni: { readonly default: string | null; readonly onUnknown: 'default' | 'reject' };
-  readonly domains: readonly {
-    readonly name: string;
-    readonly origin: string;
-    readonly hsts: { readonly includeSubDomains: boolean; readonly preload: boolean };
-  }[];
+  readonly domains: readonly ProxyDomain[];
+  /** Peers whose X-Forwarded-* and Forwarded headers are kept (and appended to). */
+  readonly forwarding: { readonly trustedProxies: readonly string[] };
   readonly tls: {
     readonly hstsMaxAgeSeconds: number;
     readonly ticketKeyRotationSeconds: number;
@@ -55,8 +54,26 @@ export interface ProxyConfig {
     readonly keepAliveTimeoutMs: number;
     readonly originConnectTimeoutMs: number;
     readonly originResponseTimeoutMs: number;
+    readonly originFailureCooldownMs: number;
+    readonly maxConnectionsPerWorker: number;
   };
   readonly shutdownGraceMs: number;
+}
+
+export interface ProxyDomain {
+  readonly name: string;
+  /** Origin URLs (scheme, host, port; no path), tried in round robin. */
+  readonly origins: readonly string[];
+  /**
+   * The Host sent to an origin: the client's, or the origin URL's host.
+   * null: by scheme, the client's for http:// and the origin's for https://.
+   */
+  readonly originHost: 'client' | 'origin' | null;
+  /** For https:// origins: CA file (null: Node's bundled roots) and the name to send as SNI and verify (null: the URL's host). */
+  readonly originTls: { readonly ca: string | null; readonly servername: string | null };
+  /** Overrides limits.maxBodyBytes for this domain; null: the global limit. */
+  readonly maxBodyBytes: number | null;
+  readonly hsts: { readonly includeSubDomains: boolean; readonly preload: boolean };
 }
 
 export const PROXY_DEFAULTS = Object.freeze({
@@ -110,6 +127,11 @@ export const PROXY_DEFAULTS = Object.freeze({
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
+  forwarding: Object.freeze({
+    // No peer is trusted unless listed: otherwise any client could forge the
+    // address an origin sees in X-Forwarded-For.
+    trustedProxies: Object.freeze([] as string[]),
+  }),
   limits: Object.freeze({
     // nginx's large_client_header_buffers default (4 × 8 KiB) is the practical
     // ceiling browsers and CDNs stay under; 16 KiB is Node's own default.
@@ -125,6 +147,13 @@ export const PROXY_DEFAULTS = Object.freeze({
     originConnectTimeoutMs: 10_000,
     // Waiting a minute for an answer's headers matches common load balancers (504 after).
     originResponseTimeoutMs: 60_000,
+    // nginx's fail_timeout default: a dead origin costs one failed attempt per
+    // 10 s instead of one per request, and a restarted one is back within 10 s.
+    originFailureCooldownMs: 10_000,
+    // An open TLS connection holds tens of KiB in a worker (OpenSSL buffers,
+    // socket and parser state); 10,000 keeps a flood of idle connections to a
+    // few hundred MiB per worker, far above what one core serves actively.
+    maxConnectionsPerWorker: 10_000,
   }),
 });
 
@@ -134,17 +163,44 @@ const domainName = z
   .string({ error: 'expected a lower-case DNS name or *.wildcard' })
   .regex(DOMAIN_NAME, { error: 'expected a lower-case DNS name, optionally with one leading "*." label' });
 
-const originUrl = z.string({ error: 'expected an http:// or https:// origin URL' }).refine(
+const ORIGIN_URL_EXPECTED = 'expected an http:// or https:// origin URL: scheme, host and optional port, no credentials, path or query';
+const originUrl = z.string({ error: ORIGIN_URL_EXPECTED }).refine(
   (u) => {
     try {
       const url = new URL(u);
-      return (url.protocol === 'http:' || url.protocol === 'https:') && url.username === '' && url.password === '';
+      // A Pool is per origin (RFC 6454 §4): a path here would be silently ignored.
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
     } catch {
       return false;
     }
   },
-  { error: 'expected an http:// or https:// origin URL without credentials' },
+  { error: ORIGIN_URL_EXPECTED },
 );
+
+/** Two spellings of one origin (`http://a` and `http://a:80`) are one origin. */
+function originKey(u: string): string {
+  try {
+    return new URL(u).origin;
+  } catch {
+    return u;
+  }
+}
+
+const HOST_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+const ADDRESS_BLOCK_EXPECTED = 'expected an IPv4 or IPv6 address, or a CIDR block such as "10.0.0.0/8" or "fd00::/8"';
+/** An address or `address/prefix`, IPv4 or IPv6 (RFC 4632, RFC 4291 §2.3). */
+export function parseAddressBlock(text: string): { readonly address: string; readonly prefix: number; readonly family: 'ipv4' | 'ipv6' } | undefined {
+  const slash = text.indexOf('/');
+  const address = slash < 0 ? text : text.slice(0, slash);
+  const version = net.isIP(address);
+  if (version === 0) return undefined;
+  const bits = version === 4 ? 32 : 128;
+  const prefixText = slash < 0 ? String(bits) : text.slice(slash + 1);
+  if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > bits) return undefined;
+  return { address, prefix: Number(prefixText), family: version === 4 ? 'ipv4' : 'ipv6' };
+}
+const addressBlock = z.string({ error: ADDRESS_BLOCK_EXPECTED }).refine((t) => parseAddressBlock(t) !== undefined, { error: ADDRESS_BLOCK_EXPECTED });
 
 const keyserverSchema = strict(
   {
@@ -185,11 +241,34 @@ const certificateSchema = strict(
 const domainSchema = strict(
   {
     name: domainName,
-    origin: originUrl,
+    origin: originUrl.optional(),
+    origins: z
+      .array(originUrl, { error: 'expected a non-empty array of origin URLs' })
+      .min(1, { error: 'expected a non-empty array of origin URLs' })
+      .max(64, { error: 'expected at most 64 origins' })
+      .superRefine(unique(originKey, 'origin'))
+      .optional(),
+    originHost: z.enum(['client', 'origin'], { error: 'expected "client" or "origin"' }).optional(),
+    originTls: strict(
+      {
+        ca: text('a PEM CA path (issuer of the origin certificates)').optional(),
+        servername: z.string({ error: 'expected a lower-case DNS name' }).regex(HOST_NAME, { error: 'expected a lower-case DNS name' }).optional(),
+      },
+      'an object { "ca", "servername" }',
+    ).optional(),
+    maxBodyBytes: intIn(0, 1_099_511_627_776).optional(),
     hsts: strict({ includeSubDomains: z.boolean().optional(), preload: z.boolean().optional() }, 'an object').optional(),
   },
-  'an object { "name", "origin" }',
-);
+  'an object { "name", "origin" or "origins" }',
+).superRefine((d, ctx) => {
+  if ((d.origin === undefined) === (d.origins === undefined)) {
+    ctx.addIssue({ code: 'custom', path: [], message: 'expected exactly one of "origin" (one URL) or "origins" (an array of URLs)' });
+  }
+  const all = d.origins ?? (d.origin === undefined ? [] : [d.origin]);
+  if (d.originTls !== undefined && !all.some((u) => u.startsWith('https:'))) {
+    ctx.addIssue({ code: 'custom', path: ['originTls'], message: 'applies to https:// origins only, and this domain has none' });
+  }
+});
 
 function unique<T>(key: (item: T) => string, what: string) {
   return (list: T[], ctx: z.core.$RefinementCtx<T[]>): void => {
@@ -242,6 +321,10 @@ export const proxyFileSchema = strict(
       .optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
+    forwarding: strict(
+      { trustedProxies: z.array(addressBlock, { error: 'expected an array of addresses or CIDR blocks' }).optional() },
+      'an object { "trustedProxies" }',
+    ).optional(),
     limits: strict(
       {
         maxHeaderBytes: intIn(1024, 1_048_576).optional(),
@@ -250,6 +333,8 @@ export const proxyFileSchema = strict(
         keepAliveTimeoutMs: intIn(0, 600_000).optional(),
         originConnectTimeoutMs: intIn(100, 600_000).optional(),
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
+        originFailureCooldownMs: intIn(0, 3_600_000).optional(),
+        maxConnectionsPerWorker: intIn(1, 1_000_000).optional(),
       },
       'an object',
     ).optional(),

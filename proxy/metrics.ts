@@ -22,6 +22,7 @@ export class ProxyMetrics {
   readonly requests: Counter<'status_class' | 'code'>;
   readonly originDuration: Histogram<'status_class'>;
   readonly openConnections: Gauge;
+  readonly rejectedConnections: Counter;
   readonly #eventLoop: IntervalHistogram;
 
   /**
@@ -63,6 +64,11 @@ export class ProxyMetrics {
     this.openConnections = new Gauge({
       name: `${PREFIX}open_connections`,
       help: 'Client connections currently open.',
+      registers,
+    });
+    this.rejectedConnections = new Counter({
+      name: `${PREFIX}connections_rejected_total`,
+      help: 'Client connections closed at accept because the worker had limits.maxConnectionsPerWorker open.',
       registers,
     });
 

@@ -30,11 +30,13 @@ import type { ServedCertificate } from './certs/certificate.js';
 import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
+import { TrustedPeers } from './http/trusted-peers.js';
+import { createUpgradeHandler } from './http/upgrade.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
-import { createTlsFront } from './tls/front.js';
+import { ConnectionLimit, createTlsFront } from './tls/front.js';
 import { TLS_PROFILES } from './tls/profile.js';
 import { ServingSource, type NextServing } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
@@ -104,7 +106,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it');
 
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
-  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs });
+  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs, failureCooldownMs: config.limits.originFailureCooldownMs });
+  const trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
+  const connectionLimit = new ConnectionLimit(config.limits.maxConnectionsPerWorker);
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
   const noSniServers: { readonly profile: TlsProfileName; readonly server: https.Server }[] = [];
@@ -128,6 +132,14 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       for (const certificate of eager) for (const profile of profiles) contexts.discard(profile, certificate);
       const failed = eager[prepared.length]!;
       throw new CertificateError(failed.source, `certificate '${failed.name}' cannot be served: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      // Reads the origin CA files now: a bad one refuses the delta, not a request. Pools
+      // of origins no longer routed to close once their requests finish.
+      pools.retain(delta.routing.domains);
+    } catch (err) {
+      for (const certificate of eager) for (const profile of profiles) contexts.discard(profile, certificate);
+      throw err;
     }
     const previous = state;
     state = next.state;
@@ -153,12 +165,14 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   try {
     apply(initial);
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(config.source, 'certificates', (err as Error).message, { cause: err });
   }
 
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? state.noSni : selectByName(state.sni, servername, state.fallback)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => state.domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, log, metrics });
+  const handler = createRequestHandler({ domains: () => state.domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
+  const upgrade = createUpgradeHandler({ domains: () => state.domains, certificateNames, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
 
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
@@ -193,6 +207,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed');
     });
     server.on('secureConnection', onSecure);
+    server.on('upgrade', upgrade);
     tlsServers.push(server);
     if (withDefault) noSniServers.push({ profile, server });
     return server;
@@ -206,6 +221,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
       helloTimeoutMs: HELLO_TIMEOUT_MS,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
+      limit: connectionLimit,
+      onRejected: () => metrics.rejectedConnections.inc(),
     });
     front.on('connection', (socket: net.Socket) => {
       acceptedAt.set(socket, process.hrtime.bigint());
@@ -229,7 +246,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    redirect = http.createServer(createRedirectHandler({ domains: () => state.domains, pools, httpsPort: ports[0] ?? 443, log, metrics }));
+    redirect = http.createServer(createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics }));
     const server = redirect;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

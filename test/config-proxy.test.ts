@@ -54,13 +54,78 @@ describe('proxy config', () => {
     expect(config.keyserver.tcp?.ca).toBe(join(dir, 'ca.pem'));
   });
 
+  it('takes one origin or several, with the routing keys of a domain', () => {
+    const config = loadProxyConfig(
+      write('routing.json', {
+        domains: [
+          { name: 'one.example', origin: 'http://127.0.0.1:8080' },
+          {
+            name: '*.many.example',
+            origins: ['http://a.internal:8080/', 'https://b.internal:8443'],
+            originHost: 'client',
+            originTls: { ca: 'origin-ca.pem', servername: 'b.internal' },
+            maxBodyBytes: 1_000_000,
+          },
+        ],
+        forwarding: { trustedProxies: ['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8'] },
+        limits: { originFailureCooldownMs: 0, maxConnectionsPerWorker: 50 },
+      }),
+    );
+    expect(config.domains[0]).toEqual({
+      name: 'one.example',
+      origins: ['http://127.0.0.1:8080'],
+      originHost: null,
+      originTls: { ca: null, servername: null },
+      maxBodyBytes: null,
+      hsts: { includeSubDomains: false, preload: false },
+    });
+    expect(config.domains[1]).toMatchObject({
+      origins: ['http://a.internal:8080', 'https://b.internal:8443'],
+      originHost: 'client',
+      originTls: { ca: join(dir, 'origin-ca.pem'), servername: 'b.internal' },
+      maxBodyBytes: 1_000_000,
+    });
+    expect(config.forwarding.trustedProxies).toEqual(['10.0.0.0/8', '127.0.0.1', '::1', 'fd00::/8']);
+    expect(config.limits.originFailureCooldownMs).toBe(0);
+    expect(config.limits.maxConnectionsPerWorker).toBe(50);
+  });
+
+  it('defaults the new routing keys from the one table', () => {
+    const config = loadProxyConfig(write('routing-defaults.json', {}));
+    expect(config.forwarding).toEqual({ trustedProxies: [] });
+    expect(config.limits.originFailureCooldownMs).toBe(PROXY_DEFAULTS.limits.originFailureCooldownMs);
+    expect(config.limits.maxConnectionsPerWorker).toBe(PROXY_DEFAULTS.limits.maxConnectionsPerWorker);
+  });
+
   it.each([
     [{ listen: [{ port: 8443, profile: 'old' }] }, 'listen[0].profile', 'expected "intermediate" or "modern"'],
     [{ certificates: [{ name: 'a', chain: 'a.pem', key: 'a-key.pem' }] }, 'certificates[0].key', 'unknown key'],
     [{ certificates: [{ name: 'a', chain: 'a.pem' }, { name: 'a', chain: 'b.pem' }] }, 'certificates[1]', 'duplicate certificate name'],
     [{ domains: [{ name: 'Shop.Example', origin: 'http://o' }] }, 'domains[0].name', 'lower-case DNS name'],
     [{ domains: [{ name: 'shop.example', origin: 'ftp://o' }] }, 'domains[0].origin', 'http:// or https://'],
-    [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'without credentials'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'no credentials'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://o/app' }] }, 'domains[0].origin', 'no credentials, path or query'],
+    [{ domains: [{ name: 'shop.example' }] }, 'domains[0]', 'exactly one of "origin" (one URL) or "origins"'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://a', origins: ['http://b'] }] }, 'domains[0]', 'exactly one of "origin"'],
+    [{ domains: [{ name: 'shop.example', origins: [] }] }, 'domains[0].origins', 'non-empty array of origin URLs'],
+    [{ domains: [{ name: 'shop.example', origins: 'http://a' }] }, 'domains[0].origins', 'array of origin URLs'],
+    [{ domains: [{ name: 'shop.example', origins: ['http://a', 'ftp://b'] }] }, 'domains[0].origins[1]', 'http:// or https://'],
+    [{ domains: [{ name: 'shop.example', origins: ['http://a:80', 'http://a'] }] }, 'domains[0].origins[1]', 'duplicate origin'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://a', originHost: 'server' }] }, 'domains[0].originHost', 'expected "client" or "origin"'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://a', originTls: { ca: 'ca.pem' } }] }, 'domains[0].originTls', 'https:// origins only'],
+    [{ domains: [{ name: 'shop.example', origin: 'https://a', originTls: { ca: '' } }] }, 'domains[0].originTls.ca', 'PEM CA path'],
+    [{ domains: [{ name: 'shop.example', origin: 'https://a', originTls: { servername: 'A_B' } }] }, 'domains[0].originTls.servername', 'lower-case DNS name'],
+    [{ domains: [{ name: 'shop.example', origin: 'https://a', originTls: { verify: false } }] }, 'domains[0].originTls.verify', 'unknown key'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://a', maxBodyBytes: -1 }] }, 'domains[0].maxBodyBytes', 'from 0 to'],
+    [{ domains: [{ name: 'shop.example', origin: 'http://a', weight: 2 }] }, 'domains[0].weight', 'unknown key'],
+    [{ forwarding: { trustedProxies: ['10.0.0.0/33'] } }, 'forwarding.trustedProxies[0]', 'CIDR block'],
+    [{ forwarding: { trustedProxies: ['lb.example'] } }, 'forwarding.trustedProxies[0]', 'IPv4 or IPv6 address'],
+    [{ forwarding: { trustedProxies: ['fd00::/129'] } }, 'forwarding.trustedProxies[0]', 'CIDR block'],
+    [{ forwarding: { trustedProxies: '10.0.0.0/8' } }, 'forwarding.trustedProxies', 'array of addresses'],
+    [{ forwarding: { trustAll: true } }, 'forwarding.trustAll', 'unknown key'],
+    [{ limits: { originFailureCooldownMs: -5 } }, 'limits.originFailureCooldownMs', 'from 0 to 3600000'],
+    [{ limits: { maxConnectionsPerWorker: 0 } }, 'limits.maxConnectionsPerWorker', 'from 1 to 1000000'],
+    [{ limits: { maxConnectionsPerWorker: 1.5 } }, 'limits.maxConnectionsPerWorker', 'integer'],
     [{ sni: { onUnknown: 'default' } }, 'sni.onUnknown', 'needs sni.default'],
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],

@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import tls from 'node:tls';
+import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
@@ -11,14 +13,23 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 let lab: KeylessLab;
 let proxy: RunningWorker;
 let ca: string;
+let chain: string;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  chain = ec.file;
+  const origin = `http://127.0.0.1:${lab.origin.port}`;
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [
+        { name: '*.lab.test', origin },
+        // Per-domain body limits, above and below the global one.
+        { name: 'uploads.lab.test', origin, maxBodyBytes: 8000 },
+        { name: 'tiny.lab.test', origin, maxBodyBytes: 10 },
+      ],
       limits: { maxHeaderBytes: 4096, maxBodyBytes: 1000, headerTimeoutMs: 500 },
     }),
     { log: createLogger('limits-test', 'silent') },
@@ -29,10 +40,10 @@ afterAll(async () => {
   await lab?.close();
 });
 
-function request(options: { headers?: Record<string, string>; body?: Buffer; chunked?: boolean; method?: string }): Promise<{ status: number; headers: Record<string, unknown> }> {
+function request(options: { headers?: Record<string, string>; body?: Buffer; chunked?: boolean; method?: string; host?: string }): Promise<{ status: number; headers: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host: '127.0.0.1', port: proxy.ports[0], servername: 'a.lab.test', ca, method: options.method ?? 'POST', path: '/', headers: { host: 'a.lab.test', ...options.headers } },
+      { host: '127.0.0.1', port: proxy.ports[0], servername: options.host ?? 'a.lab.test', ca, method: options.method ?? 'POST', path: '/', headers: { host: options.host ?? 'a.lab.test', ...options.headers } },
       (res) => {
         res.resume();
         res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers }));
@@ -84,5 +95,51 @@ describe('limits', () => {
     });
     expect(answer).toMatch(/^HTTP\/1.1 408/);
     expect((await request({ method: 'GET' })).status).toBe(200);
+  });
+
+  it('applies a domain\'s own maxBodyBytes over the global limit', async () => {
+    expect((await request({ host: 'uploads.lab.test', body: Buffer.alloc(5000) })).status).toBe(200);
+    expect((await request({ host: 'uploads.lab.test', body: Buffer.alloc(9000) })).status).toBe(413);
+    const chunked = await request({ host: 'uploads.lab.test', body: Buffer.alloc(9000), chunked: true }).catch(() => ({ status: 413, headers: {} }));
+    expect(chunked.status).toBe(413);
+    const small = await request({ host: 'tiny.lab.test', body: Buffer.alloc(11) });
+    expect(small.status).toBe(413);
+    expect(small.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_BODY_TOO_LARGE');
+    expect((await request({ host: 'tiny.lab.test', body: Buffer.alloc(10) })).status).toBe(200);
+  });
+
+  it('closes connections over limits.maxConnectionsPerWorker at accept, counts them, and admits again once one closes', async () => {
+    const metrics = new ProxyMetrics(() => proxy.bridge.stats(), new Registry());
+    // A second worker in this process: its metrics go to a registry of their own.
+    const capped = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain }], limits: { maxConnectionsPerWorker: 2 } }), { log: createLogger('limits-test', 'silent'), metrics });
+    const sockets: tls.TLSSocket[] = [];
+    const connect = (): Promise<tls.TLSSocket | Error> =>
+      new Promise((resolve) => {
+        const socket = tls.connect({ host: '127.0.0.1', port: capped.ports[0], servername: 'a.lab.test', ca }, () => resolve(socket));
+        sockets.push(socket);
+        socket.once('error', (err) => resolve(err));
+        socket.once('close', () => resolve(new Error('closed before the handshake')));
+      });
+    const rejected = async (): Promise<number> => (await metrics.rejectedConnections.get()).values[0]?.value ?? 0;
+    try {
+      const first = await connect();
+      const second = await connect();
+      expect(first).toBeInstanceOf(tls.TLSSocket);
+      expect(second).toBeInstanceOf(tls.TLSSocket);
+      expect(await connect()).toBeInstanceOf(Error);
+      expect(await rejected()).toBe(1);
+      (first as tls.TLSSocket).destroy();
+      // The worker sees the close asynchronously; until then, new connections are still refused.
+      let next = await connect();
+      while (next instanceof Error) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        next = await connect();
+      }
+      expect(next).toBeInstanceOf(tls.TLSSocket);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await capped.close();
+      metrics.stop();
+    }
   });
 });

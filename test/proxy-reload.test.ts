@@ -139,6 +139,14 @@ describe('routing changes at runtime', () => {
     const answer = await proxy.admin('POST', '/reload');
     expect(answer.status).toBe(409);
     expect(answer.text).toContain('domains[0].name');
+    // Valid JSON and schema, but an origin CA file that cannot be read: refused in the primary, before any worker.
+    const config = baseConfig(ports);
+    proxy.writeConfig({ ...config, domains: [{ name: 'app.lab.test', origin: 'https://127.0.0.1:1', originTls: { ca: join(lab.dir, 'missing-ca.pem') } }, ...(config.domains as object[]).slice(1)] });
+    await waitFor('the CA refusal', async () => {
+      const reload = await proxy.admin('POST', '/reload');
+      return reload.status === 409 && reload.text.includes('originTls.ca') ? true : undefined;
+    });
+    expect((await get('app.lab.test')).status).toBe(200);
     proxy.writeConfig(baseConfig(ports));
     await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
   });

@@ -101,7 +101,7 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
   if (config.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
 
   const domains: NameIndex<Domain> = buildNameIndex(
-    config.domains.map((d) => ({ names: [d.name], value: { name: d.name, origin: d.origin, hsts: { includeSubDomains: false, preload: false } } })),
+    config.domains.map((d) => ({ names: [d.name], value: { name: d.name, origins: [d.origin], originHost: null, originTls: { ca: null, servername: null }, maxBodyBytes: null, hsts: { includeSubDomains: false, preload: false } } })),
   );
   const pools = new OriginPools();
   const metrics = new ProxyMetrics(() => NO_KEYLESS);

@@ -5,30 +5,72 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
-import { forward, type OriginPools } from './forward.js';
+import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
+import type { TrustedPeers } from './trusted-peers.js';
 
-export interface Domain {
-  readonly name: string;
-  readonly origin: string;
-  readonly hsts: { readonly includeSubDomains: boolean; readonly preload: boolean };
-}
+/** A routed domain, as the resolved configuration lists it. */
+export type Domain = ProxyDomain;
 
 export interface HandlerOptions {
   readonly domains: () => NameIndex<Domain>;
   /** The names the connection's certificate covers, from its SNI (or none for the default). */
   readonly certificateNames: (servername: string | undefined) => readonly string[];
   readonly pools: OriginPools;
+  /** For domains without their own `maxBodyBytes`. */
   readonly maxBodyBytes: number;
   readonly hstsMaxAgeSeconds: number;
+  /** Peers whose forwarding headers are kept; none when absent. */
+  readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
 }
 
 /** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"). */
-export type HttpErrorCode = 'KEYEDGE_HTTP_BODY_TOO_LARGE' | 'KEYEDGE_HTTP_MISDIRECTED' | 'KEYEDGE_HTTP_UNKNOWN_HOST' | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
+export type HttpErrorCode =
+  | 'KEYEDGE_HTTP_BODY_TOO_LARGE'
+  | 'KEYEDGE_HTTP_MISDIRECTED'
+  | 'KEYEDGE_HTTP_UNKNOWN_HOST'
+  | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE'
+  | 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE'
+  | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
+
+/** Our answer to a request (or upgrade) that could not be forwarded. */
+export interface Refusal {
+  readonly status: number;
+  readonly code: HttpErrorCode;
+  readonly body: string;
+}
+
+/**
+ * Where a request for `host` on a connection whose SNI was `servername` goes:
+ * its domain, or our refusal. Shared by requests and upgrades.
+ */
+export function routeRequest(
+  options: Pick<HandlerOptions, 'domains' | 'certificateNames'>,
+  host: string | undefined,
+  servername: string | undefined,
+): { readonly domain: Domain } | { readonly refusal: Refusal; readonly domain: Domain | undefined } {
+  const domain = selectByName(options.domains(), host, undefined)?.value;
+  // A request for a host the connection's certificate does not cover is
+  // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
+  // another tenant's origin (domain fronting).
+  if (host !== undefined && !options.certificateNames(servername).some((name) => nameCovers(name, host))) {
+    return { domain, refusal: { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: "misdirected request: this connection's certificate does not cover the host\n" } };
+  }
+  if (domain === undefined) return { domain, refusal: { status: 404, code: 'KEYEDGE_HTTP_UNKNOWN_HOST', body: 'unknown host\n' } };
+  return { domain };
+}
+
+/** Our answer when an origin failed before answering. */
+export function originRefusal(failure: OriginFailure): Refusal {
+  if (failure === 'timeout') return { status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT', body: 'origin timed out\n' };
+  if (failure === 'certificate') return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE', body: "origin unreachable: its certificate failed verification\n" };
+  return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', body: 'origin unreachable\n' };
+}
 
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
@@ -50,9 +92,12 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
   return (req, res) => {
     const started = process.hrtime.bigint();
     const host = hostName(req.headers.host);
-    const domain = selectByName(options.domains(), host, undefined)?.value;
+    const servername = (req.socket as TLSSocket).servername;
+    const route = routeRequest(options, host, typeof servername === 'string' ? servername : undefined);
+    const domain = route.domain;
     const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
     let code: HttpErrorCode | undefined;
+    let origin: string | undefined;
     // Read now: after the connection closes, node's TLS accessors may touch freed state.
     const tls = req.socket as TLSSocket;
     const tlsVersion = tls.getProtocol?.() ?? undefined;
@@ -71,7 +116,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
           status: res.statusCode,
           bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
           durationMs: Math.round(seconds * 1e4) / 10,
-          origin: code === undefined ? domain?.origin : undefined,
+          origin,
           code,
           tls: tlsVersion,
           resumed,
@@ -79,47 +124,41 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         'request',
       );
     });
-    // A request for a host the connection's certificate does not cover is
-    // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
-    // another tenant's origin (domain fronting).
-    const servername = (req.socket as TLSSocket).servername;
-    if (host !== undefined && !options.certificateNames(typeof servername === 'string' ? servername : undefined).some((name) => nameCovers(name, host))) {
-      code = 'KEYEDGE_HTTP_MISDIRECTED';
-      answer(res, 421, code, 'misdirected request: this connection\'s certificate does not cover the host\n', hsts);
+    if ('refusal' in route) {
+      code = route.refusal.code;
+      answer(res, route.refusal, hsts);
       return;
     }
-    if (domain === undefined) {
-      code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
-      answer(res, 404, code, 'unknown host\n', hsts);
-      return;
-    }
+    const target = route.domain;
+    const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
+    const tooLarge: Refusal = { status: 413, code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', body: `request body over ${maxBodyBytes} bytes\n` };
     const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > options.maxBodyBytes) {
-      code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+    if (declared > maxBodyBytes) {
+      code = tooLarge.code;
       // The body is not read: the connection closes after the answer.
       res.setHeader('connection', 'close');
-      answer(res, 413, code, `request body over ${options.maxBodyBytes} bytes\n`, hsts);
+      answer(res, tooLarge, hsts);
       return;
     }
-    forward(pools, domain.origin, req, res, hsts, 'https', options.maxBodyBytes).catch((err: unknown) => {
+    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o) }).catch((err: unknown) => {
       if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
-        code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+        code = tooLarge.code;
         if (!res.headersSent) {
           res.setHeader('connection', 'close');
-          answer(res, 413, code, `request body over ${options.maxBodyBytes} bytes\n`, hsts);
+          answer(res, tooLarge, hsts);
         } else res.destroy();
         return;
       }
-      const timeout = (err as { code?: string }).code === 'UND_ERR_HEADERS_TIMEOUT';
-      code = timeout ? 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
-      log.warn({ code, domain: domain.name, origin: domain.origin, err }, 'origin request failed');
-      if (!res.headersSent) answer(res, timeout ? 504 : 502, code, timeout ? 'origin timed out\n' : 'origin unreachable\n', hsts);
+      const refusal = originRefusal(originFailure(err));
+      code = refusal.code;
+      log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
+      if (!res.headersSent) answer(res, refusal, hsts);
       else res.destroy();
     });
   };
 }
 
-function answer(res: ServerResponse, status: number, code: HttpErrorCode, body: string, headers: Record<string, string>): void {
+function answer(res: ServerResponse, { status, code, body }: Refusal, headers: Record<string, string>): void {
   res.writeHead(status, { ...headers, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
   res.end(body);
 }

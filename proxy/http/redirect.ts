@@ -12,6 +12,7 @@ import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import { forward, type OriginPools } from './forward.js';
 import { type Domain, hostName } from './handler.js';
+import type { TrustedPeers } from './trusted-peers.js';
 
 const ACME_CHALLENGE = '/.well-known/acme-challenge/';
 /** Only a plain DNS name goes into a Location: a wildcard's label could otherwise smuggle in '/' or '@'. */
@@ -20,6 +21,8 @@ const DNS_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?
 export interface RedirectOptions {
   readonly domains: () => NameIndex<Domain>;
   readonly pools: OriginPools;
+  /** Peers whose forwarding headers are kept; none when absent. */
+  readonly trustedPeers?: TrustedPeers;
   /** The HTTPS port clients should use; 443 is left out of the Location. */
   readonly httpsPort: number;
   readonly log: Logger;
@@ -44,7 +47,7 @@ export function createRedirectHandler(options: RedirectOptions): (req: IncomingM
       return;
     }
     if (path.startsWith(ACME_CHALLENGE)) {
-      forward(options.pools, domain.origin, req, res, {}, 'http').catch((err: unknown) => {
+      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes: domain.maxBodyBytes ?? Infinity, trusted: options.trustedPeers }).catch((err: unknown) => {
         log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
         if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
         else res.destroy();

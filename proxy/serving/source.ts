@@ -15,12 +15,13 @@ import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, RemoteError } from '../../keyserver/errors.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
 import { putCertificate } from '../certs/manage.js';
+import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
 import { prepareServing } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
-const RESTART_ONLY = ['workers', 'listen', 'httpRedirect', 'admin', 'keyserver', 'stateDir', 'certStore', 'tls', 'limits', 'log', 'shutdownGraceMs'] as const;
+const RESTART_ONLY = ['workers', 'listen', 'httpRedirect', 'admin', 'keyserver', 'stateDir', 'certStore', 'tls', 'limits', 'forwarding', 'log', 'shutdownGraceMs'] as const;
 
 export interface NextServing {
   readonly delta: ServingDelta;
@@ -72,6 +73,7 @@ export class ServingSource {
    */
   async next(): Promise<NextServing> {
     const config = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : this.#config;
+    checkOriginTargets(config.domains);
     let client: KeyserverClient | undefined;
     try {
       client = await connectKeyserver(config);

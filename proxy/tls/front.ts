@@ -26,6 +26,38 @@ export interface FrontOptions {
   /** How long a client may take to send its ClientHello. */
   readonly helloTimeoutMs: number;
   readonly onUnknownName: () => void;
+  /** The worker's connection cap, shared by its listeners; none when absent. */
+  readonly limit?: ConnectionLimit;
+  /** Told of each connection closed at accept because the cap was reached. */
+  readonly onRejected?: () => void;
+}
+
+/**
+ * At most `max` client connections open in one worker, across its
+ * listeners. A connection over the cap is closed at accept, before any TLS
+ * work, which protects the worker's memory from a connection flood; the
+ * client sees the connection closed and may retry. Single-threaded: one
+ * instance per worker.
+ */
+export class ConnectionLimit {
+  readonly max: number;
+  #open = 0;
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  get open(): number {
+    return this.#open;
+  }
+
+  /** Counts `socket` until it closes; false, counting nothing, when the cap is reached. */
+  admit(socket: net.Socket): boolean {
+    if (this.#open >= this.max) return false;
+    this.#open++;
+    socket.once('close', () => this.#open--);
+    return true;
+  }
 }
 
 export function createTlsFront(options: FrontOptions): net.Server {
@@ -33,6 +65,11 @@ export function createTlsFront(options: FrontOptions): net.Server {
   // tracking (header/request timeouts, closeIdleConnections) on 'listening'.
   for (const server of [options.withSni, options.withoutSni]) server?.emit('listening');
   return net.createServer({ noDelay: true }, (socket) => {
+    if (options.limit !== undefined && !options.limit.admit(socket)) {
+      options.onRejected?.();
+      socket.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     let length = 0;
     const timer = setTimeout(() => socket.destroy(), options.helloTimeoutMs);

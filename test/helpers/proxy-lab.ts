@@ -52,6 +52,27 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * A port nothing listens on that stays that way while other test files run:
+ * it lies below Linux's ephemeral range (32768-60999), which is where port-0
+ * listeners and outgoing connections get theirs. For an origin that must
+ * refuse connections, or one that comes up later on a known port.
+ */
+export async function refusedPort(): Promise<number> {
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    const server = net.createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (free) {
+      await new Promise((resolve) => server.close(resolve));
+      return port;
+    }
+  }
+}
+
 export async function startKeylessLab(): Promise<KeylessLab> {
   const dir = tempDir('keyedge-lab-');
   const adminPort = await freePort();

@@ -1,0 +1,207 @@
+/**
+ * The origins of the running configuration: one undici keep-alive Pool per
+ * origin (URL plus the TLS trust used to reach it), the balancer's health
+ * state, and what a request needs to reach an origin (Host, SNI, CA).
+ *
+ * TLS to https:// origins is always verified (rejectUnauthorized): against
+ * the domain's `originTls.ca`, or Node's bundled roots (plus
+ * NODE_EXTRA_CA_CERTS) without one. The name sent as SNI and checked against
+ * the certificate is `originTls.servername`, else the URL's host name (an IP
+ * literal sends no SNI, RFC 6066 §3, and is checked against IP SANs).
+ *
+ * Lifecycle: `retain(domains)` at start and after each reload reads the CA
+ * files first (a bad one throws before anything changes), then keeps the
+ * pools and health of origins still configured and closes the others once
+ * their in-flight requests finish. Single-threaded: one instance per worker.
+ */
+import { createHash, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import type tls from 'node:tls';
+import { buildConnector, Pool } from 'undici';
+import type { ProxyDomain } from '../../config/proxy-schema.js';
+import { ConfigError } from '../../keyserver/errors.js';
+import { Balancer } from './balancer.js';
+
+export interface OriginTimeouts {
+  /** TCP (and TLS) connect to an origin: past it, 502. */
+  readonly connectMs: number;
+  /** From the request sent to the answer's headers: past it, 504. */
+  readonly responseMs: number;
+}
+
+export interface OriginPoolOptions extends OriginTimeouts {
+  /** How long an origin that failed is skipped (balancer.ts). */
+  readonly failureCooldownMs?: number;
+  /** The clock of the cool-downs, in ms; injected by tests. */
+  readonly now?: () => number;
+}
+
+/** One origin as a request reaches it. */
+export interface OriginTarget {
+  /** The pool's identity: URL, SNI name and CA digest (health is kept per key). */
+  readonly key: string;
+  readonly url: URL;
+  /** The Host header to send, given the client's. */
+  readonly host: (clientHost: string | undefined) => string | undefined;
+  /** For https:// origins: what tls.connect needs; undefined for http://. */
+  readonly tls: { readonly ca: string | undefined; readonly servername: string | undefined } | undefined;
+}
+
+const DEFAULT_TIMEOUTS: OriginTimeouts = { connectMs: 10_000, responseMs: 60_000 };
+
+export class OriginPools {
+  readonly timeouts: OriginTimeouts;
+  readonly #pools = new Map<string, Pool>();
+  readonly #balancer: Balancer;
+  /** The targets of each domain object of the current configuration, in config order. */
+  #targets = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
+
+  constructor(options: OriginPoolOptions = DEFAULT_TIMEOUTS) {
+    this.timeouts = { connectMs: options.connectMs, responseMs: options.responseMs };
+    this.#balancer = new Balancer(options.failureCooldownMs ?? 10_000, options.now);
+  }
+
+  /**
+   * The origins of `domain` in the order to try them (balancer.ts). A domain
+   * not yet seen by `retain` is prepared now, reading its CA file: a failure
+   * then fails this request only.
+   */
+  targets(domain: ProxyDomain): readonly OriginTarget[] {
+    let targets = this.#targets.get(domain);
+    if (targets === undefined) {
+      targets = prepareTargets(domain);
+      this.#targets.set(domain, targets);
+    }
+    if (targets.length === 1) return targets;
+    const byKey = new Map(targets.map((t) => [t.key, t]));
+    return this.#balancer.order(domain.name, targets.map((t) => t.key)).map((key) => byKey.get(key)!);
+  }
+
+  pool(target: OriginTarget): Pool {
+    let pool = this.#pools.get(target.key);
+    if (pool === undefined) {
+      pool = new Pool(target.url.origin, {
+        connections: 64,
+        keepAliveTimeout: 30_000,
+        pipelining: 1,
+        headersTimeout: this.timeouts.responseMs,
+        // A streaming answer may pause for long; only the wait for its start is bounded.
+        bodyTimeout: 0,
+        connect: connector(target, this.timeouts.connectMs),
+      });
+      this.#pools.set(target.key, pool);
+    }
+    return pool;
+  }
+
+  failed(target: OriginTarget): void {
+    this.#balancer.failed(target.key);
+  }
+
+  succeeded(target: OriginTarget): void {
+    this.#balancer.succeeded(target.key);
+  }
+
+  healthy(target: OriginTarget): boolean {
+    return this.#balancer.healthy(target.key);
+  }
+
+  /**
+   * Makes `domains` the configured set: prepares each one's targets (throws
+   * a ConfigError naming the domain and file when a CA cannot be used, with
+   * nothing changed), keeps the pools and health of origins still in use,
+   * and closes the others after their in-flight requests.
+   */
+  retain(domains: Iterable<ProxyDomain>): void {
+    const prepared = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
+    const keys = new Set<string>();
+    const groups = new Set<string>();
+    for (const domain of domains) {
+      const targets = prepareTargets(domain);
+      prepared.set(domain, targets);
+      groups.add(domain.name);
+      for (const t of targets) keys.add(t.key);
+    }
+    this.#targets = prepared;
+    this.#balancer.retain(keys, groups);
+    for (const [key, pool] of this.#pools) {
+      if (keys.has(key)) continue;
+      this.#pools.delete(key);
+      // undici's close() lets queued and running requests finish first.
+      void pool.close().catch(() => undefined);
+    }
+  }
+
+  /** Number of open pools (one per origin in use). */
+  get size(): number {
+    return this.#pools.size;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#pools.values()].map((pool) => pool.close()));
+    this.#pools.clear();
+  }
+}
+
+function readCa(domain: ProxyDomain, file: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`, { cause: err });
+  }
+  try {
+    new X509Certificate(pem);
+  } catch (err) {
+    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, 'expected PEM certificates (the CA that issued the origin certificates)', { cause: err });
+  }
+  return pem;
+}
+
+/**
+ * Checks every domain's origin TLS settings (CA files readable and PEM),
+ * throwing the ConfigError `retain` would: the reload path runs it before a
+ * routing change reaches any worker.
+ */
+export function checkOriginTargets(domains: Iterable<ProxyDomain>): void {
+  for (const domain of domains) prepareTargets(domain);
+}
+
+function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
+  const ca = domain.originTls.ca === null || !domain.origins.some((o) => o.startsWith('https:')) ? undefined : readCa(domain, domain.originTls.ca);
+  const caDigest = ca === undefined ? 'default' : createHash('sha256').update(ca).digest('hex');
+  return domain.origins.map((origin) => {
+    const url = new URL(origin);
+    const https = url.protocol === 'https:';
+    const bare = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    const servername = domain.originTls.servername ?? (net.isIP(bare) === 0 ? bare : undefined);
+    // The issue's rule for http:// origins is "Host preserved"; an https://
+    // origin gets its own name, which its certificate is checked against.
+    const mode = domain.originHost ?? (https ? 'origin' : 'client');
+    return {
+      key: https ? `${url.origin} sni=${servername ?? ''} ca=${caDigest}` : url.origin,
+      url,
+      host: mode === 'origin' ? () => url.host : (clientHost) => clientHost,
+      tls: https ? { ca, servername } : undefined,
+    };
+  });
+}
+
+/**
+ * undici's connector with the target's TLS trust. The SNI name is fixed per
+ * target: undici would otherwise derive it from each request's Host header,
+ * and reconnect whenever that changes.
+ */
+function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
+  const base = buildConnector({
+    timeout: timeoutMs,
+    ...(target.tls === undefined ? {} : { ca: target.tls.ca, rejectUnauthorized: true, ...(target.tls.servername === undefined ? {} : { servername: target.tls.servername }) }),
+  } as buildConnector.BuildOptions & tls.ConnectionOptions);
+  return (options, callback) => base({ ...options, servername: target.tls?.servername ?? undefined }, callback);
+}
+
+/** The `servername` to give undici per request: constant per target, so undici never reconnects over it. */
+export function requestServername(target: OriginTarget): string {
+  return target.tls?.servername ?? target.url.hostname;
+}

@@ -1,0 +1,168 @@
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/log.js';
+import { TrustedPeers } from '../proxy/http/trusted-peers.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { answered, request } from './helpers/requests.js';
+
+// Forwarding headers from trusted and untrusted peers (RFC 7239, X-Forwarded-*),
+// and https origins verified against a configured CA, with their SNI and Host.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+const lines: Record<string, unknown>[] = [];
+const servers: net.Server[] = [];
+
+/** What an origin saw: the headers of interest and, for https, the SNI. */
+interface Seen {
+  host?: string;
+  xff?: string;
+  xfp?: string;
+  xfh?: string;
+  forwarded?: string;
+  sni?: string | false | null;
+}
+const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+  const seen: Seen = {
+    host: req.headers.host,
+    xff: req.headers['x-forwarded-for'] as string | undefined,
+    xfp: req.headers['x-forwarded-proto'] as string | undefined,
+    xfh: req.headers['x-forwarded-host'] as string | undefined,
+    forwarded: req.headers.forwarded,
+    sni: (req.socket as tls.TLSSocket).servername,
+  };
+  res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(seen));
+};
+
+async function listen(server: net.Server): Promise<number> {
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as net.AddressInfo).port;
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  const plain = `http://127.0.0.1:${await listen(http.createServer(echo))}`;
+  const originCa = await createCa('origin CA');
+  const originCaFile = writePem(lab.dir, 'origin-ca', originCa.certPem);
+  const files = writeIssued(lab.dir, 'origin', await issue(originCa, { commonName: 'origin.test', dnsNames: ['origin.test'], keyAlgorithm: 'ec-p256' }));
+  const secure = `https://127.0.0.1:${await listen(https.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, echo))}`;
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [
+        { name: 'plain.lab.test', origin: plain },
+        { name: 'tls.lab.test', origin: secure, originTls: { ca: originCaFile, servername: 'origin.test' } },
+        { name: 'tls-client-host.lab.test', origin: secure, originHost: 'client', originTls: { ca: originCaFile, servername: 'origin.test' } },
+        { name: 'wrong-ca.lab.test', origin: secure, originTls: { ca: lab.caFile, servername: 'origin.test' } },
+        { name: 'wrong-name.lab.test', origin: secure, originTls: { ca: originCaFile, servername: 'other.test' } },
+        { name: 'default-roots.lab.test', origin: secure },
+      ],
+      // The test client connects from 127.0.0.1 (trusted) or 127.0.0.2 (not).
+      forwarding: { trustedProxies: ['127.0.0.1/32', 'fd00::/8'] },
+    }),
+    { log: createLogger('forwarding-test', 'info', sink) },
+  );
+});
+afterAll(async () => {
+  await proxy?.close();
+  for (const server of servers) server.close();
+  await lab?.close();
+});
+
+const claims = { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'www.example', forwarded: 'for=203.0.113.9;proto=http' };
+
+async function seen(host: string, options: Parameters<typeof request>[3] = {}): Promise<Seen> {
+  const res = answered(await request(proxy.ports[0]!, ca, host, options));
+  expect(res.status).toBe(200);
+  return JSON.parse(res.body) as Seen;
+}
+
+describe('trusted peers', () => {
+  it('matches addresses, CIDR blocks and IPv4-mapped IPv6 peers', () => {
+    const peers = new TrustedPeers(['10.0.0.0/8', '192.0.2.7', 'fd00::/8', '::1']);
+    expect(peers.trusts('10.20.30.40')).toBe(true);
+    expect(peers.trusts('::ffff:10.1.2.3')).toBe(true);
+    expect(peers.trusts('192.0.2.7')).toBe(true);
+    expect(peers.trusts('192.0.2.8')).toBe(false);
+    expect(peers.trusts('fd12:3456::1')).toBe(true);
+    expect(peers.trusts('::1')).toBe(true);
+    expect(peers.trusts('2001:db8::1')).toBe(false);
+    expect(peers.trusts(undefined)).toBe(false);
+    expect(new TrustedPeers().trusts('127.0.0.1')).toBe(false);
+  });
+
+  it('keeps a trusted peer\'s forwarding headers and appends to them', async () => {
+    expect(await seen('plain.lab.test', { headers: claims })).toEqual({
+      host: 'plain.lab.test',
+      xff: '203.0.113.9, 127.0.0.1',
+      xfp: 'http',
+      xfh: 'www.example',
+      forwarded: 'for=203.0.113.9;proto=http, for=127.0.0.1;proto=https;host="plain.lab.test"',
+    });
+  });
+
+  it('sets them itself for a trusted peer that sent none', async () => {
+    expect(await seen('plain.lab.test')).toEqual({
+      host: 'plain.lab.test',
+      xff: '127.0.0.1',
+      xfp: 'https',
+      xfh: 'plain.lab.test',
+      forwarded: 'for=127.0.0.1;proto=https;host="plain.lab.test"',
+    });
+  });
+
+  it('drops what an untrusted peer claimed and replaces it', async () => {
+    expect(await seen('plain.lab.test', { headers: claims, localAddress: '127.0.0.2' })).toEqual({
+      host: 'plain.lab.test',
+      xff: '127.0.0.2',
+      xfp: 'https',
+      xfh: 'plain.lab.test',
+      forwarded: 'for=127.0.0.2;proto=https;host="plain.lab.test"',
+    });
+  });
+});
+
+describe('https origins', () => {
+  it('verifies the origin against the configured CA, sending the configured SNI and the origin\'s Host', async () => {
+    const result = await seen('tls.lab.test');
+    expect(result.sni).toBe('origin.test');
+    expect(result.host).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(result.xfh).toBe('tls.lab.test');
+  });
+
+  it('sends the client\'s Host when originHost is "client"', async () => {
+    const result = await seen('tls-client-host.lab.test');
+    expect(result).toMatchObject({ sni: 'origin.test', host: 'tls-client-host.lab.test' });
+  });
+
+  it.each([
+    ['wrong-ca.lab.test', 'an origin certificate from another CA'],
+    ['wrong-name.lab.test', 'a certificate for another name'],
+    ['default-roots.lab.test', 'a private CA without originTls.ca'],
+  ])('answers 502 for %s (%s), with the error code in the log', async (host) => {
+    const res = answered(await request(proxy.ports[0]!, ca, host));
+    expect(res.status).toBe(502);
+    expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_ORIGIN_CERTIFICATE');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const warning = lines.find((l) => l.msg === 'origin request failed' && l.domain === host);
+    expect(warning).toMatchObject({ code: 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' });
+    expect(String((warning?.err as { code?: string } | undefined)?.code)).toMatch(/CERT|SIGNATURE|ALTNAME/);
+    expect(lines.some((l) => l.access === true && l.domain === host && l.status === 502 && l.code === 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE')).toBe(true);
+  });
+});

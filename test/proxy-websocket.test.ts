@@ -1,0 +1,170 @@
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { register } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
+import { refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
+
+// WebSocket upgrades through the proxy (RFC 6455 §4): messages both ways,
+// a close on either side closes the other, and the same refusals as plain
+// requests (421, 404, 502); an origin's refusal of the upgrade is relayed.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+const servers: net.Server[] = [];
+/** The origin's side of each WebSocket, with a promise of its close. */
+const originSides: { socket: Duplex; closed: Promise<void> }[] = [];
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  const origin = http.createServer((_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
+  const originCa = await createCa('origin CA');
+  const originCaFile = writePem(lab.dir, 'origin-ca', originCa.certPem);
+  const files = writeIssued(lab.dir, 'origin', await issue(originCa, { commonName: 'origin.test', dnsNames: ['origin.test'], keyAlgorithm: 'ec-p256' }));
+  const secureOrigin = https.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, (_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
+  const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (req.url === '/reject') {
+      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused');
+      return;
+    }
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${acceptFor(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
+    );
+    socket.write(encodeFrame(TEXT, `welcome ${req.headers.host} ${req.headers['x-forwarded-for']} ${req.headers['x-forwarded-proto']}`, false));
+    originSides.push({ socket, closed: new Promise((resolve) => socket.once('close', () => resolve())) });
+    socket.on('error', () => undefined);
+    readFrames(socket, head, (frame) => {
+      if (frame.opcode === CLOSE) socket.end(encodeFrame(CLOSE, frame.payload, false));
+      else if (frame.payload.toString() === 'bye') socket.end();
+      else socket.write(encodeFrame(TEXT, `echo ${frame.payload.toString()}`, false));
+    });
+  };
+  const urls: string[] = [];
+  for (const server of [origin, secureOrigin]) {
+    server.on('upgrade', onUpgrade);
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    urls.push(`${server === origin ? 'http' : 'https'}://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+  }
+  const [url, secureUrl] = urls as [string, string];
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [
+        { name: 'ws.lab.test', origin: url },
+        { name: 'down.lab.test', origin: `http://127.0.0.1:${await refusedPort()}` },
+        // The first origin refuses: the upgrade goes on to the verified https one.
+        { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await refusedPort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
+      ],
+      // Short HTTP timeouts, which an open WebSocket must outlive.
+      limits: { headerTimeoutMs: 300, keepAliveTimeoutMs: 300 },
+    }),
+    { log: createLogger('websocket-test', 'silent') },
+  );
+});
+afterAll(async () => {
+  await proxy?.close();
+  for (const server of servers) server.close();
+  await lab?.close();
+});
+
+async function open(host = 'ws.lab.test', path = '/'): Promise<ClientSocket> {
+  const ws = await openWebSocket(proxy.ports[0]!, ca, host, path);
+  if (!('socket' in ws)) throw new Error(`no upgrade: ${ws.status} ${ws.body}`);
+  return ws;
+}
+
+/** The requests counter's value for these labels, in this process's registry (the worker runs in it). */
+async function requestsCounted(statusClass: string, code: string): Promise<number> {
+  const metric = register.getSingleMetric('keyedge_proxy_http_requests_total');
+  const values = (await metric?.get())?.values ?? [];
+  return values.find((v) => v.labels.status_class === statusClass && v.labels.code === code)?.value ?? 0;
+}
+
+describe('WebSocket through the proxy', () => {
+  it('carries messages both ways, the forwarding headers and the client\'s Host reaching the origin', async () => {
+    const ws = await open();
+    expect(ws.headers['strict-transport-security']).toBe('max-age=63072000');
+    expect(await ws.next()).toBe('welcome ws.lab.test 127.0.0.1 https');
+    ws.send('one');
+    expect(await ws.next()).toBe('echo one');
+    const sent = Array.from({ length: 20 }, (_, i) => (i === 10 ? 'x'.repeat(3000) : `message ${i}`));
+    for (const text of sent) ws.send(text);
+    const received: string[] = [];
+    for (let i = 0; i < sent.length; i++) received.push(await ws.next());
+    expect(received).toEqual(sent.map((t) => `echo ${t}`));
+    ws.socket.destroy();
+  });
+
+  it('stays open while idle past the HTTP header and keep-alive timeouts', async () => {
+    const ws = await open();
+    await ws.next();
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    ws.send('still there');
+    expect(await ws.next()).toBe('echo still there');
+    ws.socket.destroy();
+  });
+
+  it('reaches an https origin, verified, after the first origin refused', async () => {
+    const ws = await open('wss.lab.test');
+    // Host is the https origin's own (originHost unset).
+    expect(await ws.next()).toMatch(/^welcome 127\.0\.0\.1:\d+ 127\.0\.0\.1 https$/);
+    ws.send('over tls');
+    expect(await ws.next()).toBe('echo over tls');
+    ws.socket.destroy();
+  });
+
+  it('closes the origin side when the client closes', async () => {
+    const before = originSides.length;
+    const ws = await open();
+    await ws.next();
+    const side = originSides[before]!;
+    ws.socket.end(encodeFrame(CLOSE, Buffer.from([0x03, 0xe8]), true));
+    await side.closed;
+    await ws.closed;
+  });
+
+  it('closes the client side when the origin closes', async () => {
+    const before = originSides.length;
+    const ws = await open();
+    await ws.next();
+    ws.send('bye');
+    await ws.closed;
+    await originSides[before]!.closed;
+  });
+
+  it('counts an upgrade in the requests metric', async () => {
+    const before = await requestsCounted('1xx', 'none');
+    const ws = await open();
+    await ws.next();
+    ws.socket.destroy();
+    expect(await requestsCounted('1xx', 'none')).toBe(before + 1);
+  });
+
+  it('answers 421 for a Host the connection\'s certificate does not cover', async () => {
+    const res = await openWebSocket(proxy.ports[0]!, ca, 'elsewhere.example', '/', 'ws.lab.test');
+    expect(res).toMatchObject({ status: 421, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_MISDIRECTED' } });
+  });
+
+  it('answers 404 for a host with no domain', async () => {
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'nodomain.lab.test')).toMatchObject({ status: 404, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' } });
+  });
+
+  it('answers 502 when the origin refuses the connection, and counts it', async () => {
+    const before = await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' } });
+    expect(await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE')).toBe(before + 1);
+  });
+
+  it('relays an origin\'s refusal of the upgrade', async () => {
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'ws.lab.test', '/reject')).toMatchObject({ status: 403, body: 'refused' });
+  });
+});
