@@ -148,6 +148,12 @@ function httpsGet(path: string): Promise<{ status?: number; body: string; comple
 const used = new Set<Record<string, unknown>>();
 
 /** The next 'origin request failed' line for the resetting origin not yet claimed by an earlier request. */
+async function waitForLine(found: () => boolean): Promise<void> {
+  // The access line follows the socket's close, a moment after the client saw the cut.
+  for (let i = 0; i < 250 && !found(); i++) await sleep(20);
+  expect(found()).toBe(true);
+}
+
 async function logLineFor(path: string): Promise<Record<string, unknown>> {
   for (let i = 0; i < 100; i++) {
     const line = lines.find((l) => l.msg === 'origin request failed' && l.domain === 'reset.lab.test' && !used.has(l));
@@ -179,10 +185,12 @@ describe('an origin resetting its connection mid-answer', () => {
       }
       const line = await logLineFor(`/${framing}`);
       expect(line.level).toBe(40);
-      expect(line.code).toBe('KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
+      expect(line.code).toBe('KEYEDGE_HTTP_ORIGIN_ABORTED');
       const err = line.err as { code?: unknown; message?: unknown };
       // The origin's own error code (undici's socket error or the errno), so an operator can tell a reset from a refusal.
       expect(err.code, JSON.stringify(line)).toMatch(/^(UND_ERR_SOCKET|ECONNRESET)$/);
+      // The cut answer still has its access line, marked, and counts.
+      await waitForLine(() => lines.some((l) => l.access === true && l.path === `/${framing}` && l.aborted === true && l.code === 'KEYEDGE_HTTP_ORIGIN_ABORTED'));
     });
   }
 

@@ -36,7 +36,8 @@ export type HttpErrorCode =
   | 'KEYEDGE_HTTP_UNKNOWN_HOST'
   | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE'
   | 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE'
-  | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT';
+  | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT'
+  | 'KEYEDGE_HTTP_ORIGIN_ABORTED';
 
 /** Our answer to a request (or upgrade) that could not be forwarded. */
 export interface Refusal {
@@ -102,7 +103,13 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
     const tls = req.socket as TLSSocket;
     const tlsVersion = tls.getProtocol?.() ?? undefined;
     const resumed = tls.isSessionReused?.() ?? undefined;
-    res.once('finish', () => {
+    // 'finish' when the answer went out whole; 'close' alone when it was cut
+    // (origin or client gone mid-answer), which is logged and counted too.
+    let accounted = false;
+    const account = (): void => {
+      if (accounted) return;
+      accounted = true;
+      const aborted = !res.writableFinished;
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.requests.inc({ status_class: statusClass(res.statusCode), code: code ?? 'none' });
       if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(res.statusCode) }, seconds);
@@ -120,10 +127,13 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
           code,
           tls: tlsVersion,
           resumed,
+          ...(aborted ? { aborted } : {}),
         },
         'request',
       );
-    });
+    };
+    res.once('finish', account);
+    res.once('close', account);
     if ('refusal' in route) {
       code = route.refusal.code;
       answer(res, route.refusal, hsts);
@@ -149,10 +159,10 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         } else res.destroy();
         return;
       }
-      const refusal = originRefusal(originFailure(err));
-      code = refusal.code;
+      // Once the answer has started, the client can only be told by a cut connection.
+      code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
       log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
-      if (!res.headersSent) answer(res, refusal, hsts);
+      if (!res.headersSent) answer(res, originRefusal(originFailure(err)), hsts);
       else res.destroy();
     });
   };
