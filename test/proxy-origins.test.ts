@@ -5,7 +5,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { freePort, startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { jsonLineSink, refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // Origins that fail: refused (502), silent (504), reset mid-answer (the client
 // sees the answer cut, the log says why); the proxy keeps serving.
@@ -33,7 +33,7 @@ beforeAll(async () => {
       setTimeout(() => res.socket?.destroy(), 20);
     }),
   );
-  const down = await freePort();
+  const down = await refusedPort();
   const sink = jsonLineSink(lines);
   proxy = await startProxyWorker(
     lab.proxyConfig({
@@ -83,7 +83,7 @@ describe('failing origins', () => {
     const result = await get('reset.lab.test');
     expect('error' in result || (result as { body: string }).body.length < 10_000).toBe(true);
     await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(lines.some((l) => l.code === 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' && l.domain === 'reset.lab.test')).toBe(true);
+    expect(lines.some((l) => l.code === 'KEYEDGE_HTTP_ORIGIN_ABORTED' && l.domain === 'reset.lab.test')).toBe(true);
   });
 
   it('keeps serving healthy domains', async () => {
