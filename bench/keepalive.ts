@@ -212,7 +212,7 @@ async function runOnce(env: Env, server: ServerId, durationMs: number, context: 
     url: `https://127.0.0.1:${lab.port(server)}/`,
     serverName: SERVER_NAME,
     connections: options.connections,
-    durationSec: (options.rampMs + durationMs + 600) / 1000,
+    durationSec: (options.rampMs + durationMs + 400) / 1000,
     cpus: options.clientCpus,
   });
   try {
@@ -351,6 +351,7 @@ function summaryRow(s: ServerSummary) {
     clientSaturated: s.clientSaturated,
     errors: s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx,
     spreadPct: s.requestsPerSecond.spreadPct,
+    otherCores: s.otherCores,
   };
 }
 
@@ -410,7 +411,7 @@ function markdownReport(
         );
   const pin = options.serverCpus === undefined ? 'none (scheduler)' : `servers (proxy, key server, nginx, caddy, origin) on CPU ${options.serverCpus}; autocannon and this bench on CPU ${options.clientCpus}`;
   const profileSection = profiles.flatMap((p) => [
-    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms busy over ${fmt(p.requests)} requests of the profiled runs)`,
+    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
     '',
     markdownTable(
       ['function (self)', 'self %', 'inclusive %', 'self µs/request'],
@@ -537,6 +538,8 @@ async function main(): Promise<number> {
     const gate =
       options.quietBudgetMs > 0 ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: abort.signal }, options.quietBudgetMs) : undefined;
     const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+    // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
+    const answered = new Map<string, number>();
     log(
       `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
@@ -556,6 +559,7 @@ async function main(): Promise<number> {
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const c = result.client;
+        answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
         const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
         log(
           `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(8)} ${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req` +
@@ -583,8 +587,7 @@ async function main(): Promise<number> {
     let profiles: ProfileReport[] = [];
     if (options.cpuProfDir !== undefined) {
       await lab.servers.get('keyedge')?.stop(15_000);
-      const keyedgeRequests = (results.get('keyedge') ?? []).reduce((n, r) => n + r.client.requests, 0);
-      profiles = readProfiles(options.cpuProfDir, keyedgeRequests);
+      profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
     }
 
     const markdown = markdownReport({ machine, options, date, clientCommand, commands, versions }, summaries, skipped, comparisons, profiles);
@@ -633,6 +636,7 @@ async function main(): Promise<number> {
           clientSaturated: false,
           errors: 0,
           spreadPct: Number.NaN,
+          otherCores: Number.NaN,
           skipped: reason,
         })),
       ],

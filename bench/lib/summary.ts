@@ -33,6 +33,8 @@ export interface SummaryRow {
   readonly errors: number;
   /** (max − min) / median of the rate over rounds, percent. */
   readonly spreadPct: number;
+  /** Cores other processes used during the windows (median): contention on a shared machine; NaN when not recorded. */
+  readonly otherCores: number;
   /** Why the scenario did not run (a missing package); absent when it ran. */
   readonly skipped?: string;
 }
@@ -96,6 +98,7 @@ export function normalizeRow(bench: string, raw: Json): SummaryRow {
       clientSaturated: raw.clientSaturated === true,
       errors: errorCount(raw.errors),
       spreadPct: figure(raw.spreadPct),
+      otherCores: figure(raw.otherCores),
       ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
     };
   }
@@ -117,6 +120,7 @@ export function normalizeRow(bench: string, raw: Json): SummaryRow {
     clientSaturated: raw.clientSaturated === true,
     errors: errorCount(raw.errors),
     spreadPct,
+    otherCores: figure(raw.otherCores),
     ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
   };
 }
