@@ -43,7 +43,8 @@ const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948
 
 const W = { label: 300, panel: 300, value: 110, gap: 24, margin: 16 };
 const ROW = 22;
-const GROUP_HEAD = 28;
+/** A group's heading line and its axis line. */
+const GROUP_HEAD = 44;
 const TOP = 64;
 
 function formatValue(value: number): string {
@@ -72,8 +73,8 @@ export function renderChart(input: ChartInput): string {
     const maxCpu = Math.max(0, ...rows.map((r) => (Number.isFinite(r.serverCpuUs) ? r.serverCpuUs : 0)));
     y += 8;
     out.push(`<text x="${W.margin}" y="${y + 14}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);
-    out.push(`<text x="${panelX[0]}" y="${y + 14}" class="axis">${escapeXml(unit.rate)} (higher is better)</text>`);
-    out.push(`<text x="${panelX[1]}" y="${y + 14}" class="axis">server CPU ${escapeXml(unit.cpu)} (lower is better)</text>`);
+    out.push(`<text x="${panelX[0]}" y="${y + 32}" class="axis">${escapeXml(unit.rate)} (higher is better)</text>`);
+    out.push(`<text x="${panelX[1]}" y="${y + 32}" class="axis">server CPU ${escapeXml(unit.cpu)} (lower is better)</text>`);
     y += GROUP_HEAD - 8;
     for (const row of rows) {
       const mid = y + ROW / 2;
