@@ -17,7 +17,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { numberOption } from './lib/args.js';
@@ -94,7 +94,8 @@ function runChild(args: readonly string[], log: (line: string) => void): Promise
   });
 }
 
-async function runBench(spec: BenchSpec, quick: boolean, out: string, log: (line: string) => void): Promise<BenchOutcome> {
+/** `out` is the directory as given (for the children and the command shown), `outDir` the same resolved. */
+async function runBench(spec: BenchSpec, quick: boolean, out: string, outDir: string, log: (line: string) => void): Promise<BenchOutcome> {
   const script = join(HERE, spec.script);
   const args = [script, ...(quick ? spec.quick : spec.full), '--out', out];
   const command = `node dist/bench/${spec.script} ${args.slice(1).join(' ')}`;
@@ -102,7 +103,7 @@ async function runBench(spec: BenchSpec, quick: boolean, out: string, log: (line
   log(`${spec.name}: ${command}`);
   const exitCode = await runChild(args, log);
   const seconds = (Date.now() - started) / 1000;
-  const resultFile = findResult(out, spec.name, started);
+  const resultFile = findResult(outDir, spec.name, started);
   let rows: SummaryRow[] = [];
   let note: string | undefined;
   if (resultFile === undefined) note = `no result file (exit status ${exitCode})`;
@@ -154,7 +155,10 @@ function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof 
     '',
     'Each bench\'s full report:',
     '',
-    ...outcomes.map((o) => `- ${o.name}: ${o.resultFile === undefined ? '(none)' : `\`${o.resultFile.replace(/\.json$/, '.md').split('/').slice(-1)[0]}\``} (${fmt(o.seconds, 0)} s; \`${o.command}\`)`),
+    ...outcomes.map((o) => {
+      const md = o.resultFile === undefined ? undefined : basename(o.resultFile).replace(/\.json$/, '.md');
+      return `- ${o.name}: ${md === undefined ? '(no result)' : `[${md}](${md})`} (${fmt(o.seconds, 0)} s; \`${o.command}\`)`;
+    }),
     ...(failed.length === 0 ? [] : ['', ...failed.map((o) => `**${o.name}: ${o.note}**`)]),
     '',
   ].join('\n');
@@ -191,7 +195,7 @@ async function main(): Promise<number> {
   const quick = values.quick;
   const machine = describeMachine();
   const outcomes: BenchOutcome[] = [];
-  for (const spec of BENCHES.filter((b) => only.includes(b.name))) outcomes.push(await runBench(spec, quick, out, log));
+  for (const spec of BENCHES.filter((b) => only.includes(b.name))) outcomes.push(await runBench(spec, quick, values.out, out, log));
 
   const date = dateStamp();
   const name = quick ? 'suite-quick' : 'suite';
