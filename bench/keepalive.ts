@@ -45,7 +45,7 @@ const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
 
 const USAGE = `Usage: node dist/bench/keepalive.js [options]
 
-  --quick              3 rounds of 2 s, 1.5 s warm-up per server (whole run < 60 s)
+  --quick              3 rounds of 2 s, 1.5 s warm-up per server (about a minute)
   --out DIR            where to write <date>-keepalive.{json,md} (quick: -quick)
                        (default bench/results)
   --rounds N           measuring rounds (default 5; quick 3)

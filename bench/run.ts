@@ -214,7 +214,7 @@ async function main(): Promise<number> {
   const written = writeReport(out, name, json, markdown, date);
   const svg = renderChart({
     title: `keyedge benchmarks, ${date}${quick ? ' (quick)' : ''}`,
-    subtitle: `${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}; servers pinned to one core, client on another`,
+    subtitle: `${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}; servers and client pinned to separate CPUs (each bench's report says which)`,
     rows,
   });
   writeFileSync(join(out, svgName), `${svg}\n`);
