@@ -521,6 +521,7 @@ async function main(): Promise<number> {
     log(`temp dir ${lab.dir}`);
     abort.signal.throwIfAborted();
     await lab.start(log);
+    for (const [server, reason] of lab.failed) skipped.set(server, reason);
     abort.signal.throwIfAborted();
     const env: Env = { lab, options };
     const running = lab;

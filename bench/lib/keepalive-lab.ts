@@ -78,6 +78,8 @@ export class KeepaliveLab {
   keyserver: KeyserverProcess | undefined;
   origin: ManagedProcess | undefined;
   readonly servers = new Map<ServerId, ManagedProcess>();
+  /** Comparison servers that were configured but did not come up, with the reason. */
+  readonly failed = new Map<ServerId, string>();
   /** Negotiated protocol of each server's start-up probe. */
   readonly protocols = new Map<ServerId, string>();
   #cleaned = false;
@@ -179,30 +181,41 @@ export class KeepaliveLab {
     this.servers.set('keyedge', proxy);
     await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyedgeAdmin}/readyz`)).status === 200, 30_000, proxy);
 
-    if (this.configs.nginx !== undefined && this.options.nginx !== undefined) {
-      const nginx = spawnManaged('nginx', [this.options.nginx, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')], this.#file('nginx.log'), cpus, this.dir);
-      this.servers.set('nginx', nginx);
-      await waitFor('nginx', () => probe(this.ports.nginx, SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 15_000, nginx);
-    }
-    if (this.configs.caddy !== undefined && this.options.caddy !== undefined) {
-      const caddy = spawnManaged('caddy', [this.options.caddy, 'run', '--config', this.#file('caddy.json')], this.#file('caddy-stdout.log'), cpus, this.dir);
-      this.servers.set('caddy', caddy);
-      await waitFor('caddy', () => probe(this.ports.caddy, SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 20_000, caddy);
-    }
-
-    const ca = readFileSync(this.caFile, 'utf8');
-    for (const [id] of this.servers) {
-      const r = await probe(this.port(id), SERVER_NAME, ca);
-      if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
-        throw new Error(`${id} https://${SERVER_NAME}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
+    await this.#check('keyedge');
+    // A comparison server that does not come up is left out with the reason (its log's tail), not the whole run.
+    const third: [ServerId, string | undefined, () => readonly string[], string][] = [
+      ['nginx', this.configs.nginx === undefined ? undefined : this.options.nginx, () => [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')], 'nginx.log'],
+      ['caddy', this.configs.caddy === undefined ? undefined : this.options.caddy, () => [this.options.caddy!, 'run', '--config', this.#file('caddy.json')], 'caddy-stdout.log'],
+    ];
+    for (const [id, binary, command, logName] of third) {
+      if (binary === undefined) continue;
+      const server = spawnManaged(id, command(), this.#file(logName), cpus, this.dir);
+      this.servers.set(id, server);
+      try {
+        await waitFor(id, () => probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 30_000, server);
+        await this.#check(id);
+      } catch (err) {
+        this.servers.delete(id);
+        await server.stop(2000);
+        const reason = `did not start: ${(err as Error).message.split('\n').slice(0, 4).join(' ')}`;
+        this.failed.set(id, reason);
+        log(`${id} ${reason}`);
       }
-      this.protocols.set(id, r.protocol);
     }
     log(
       `origin pid ${this.origin.pid} :${this.ports.origin}; key server pid ${this.keyserver.pid}; ` +
         [...this.servers].map(([id, p]) => `${id} pid ${p.pid} :${this.port(id)}`).join('; ') +
         `; keyless proxy ${this.options.workers} worker(s)${cpus === undefined ? '' : `; servers on CPU ${cpus}`}`,
     );
+  }
+
+  /** One request through `id`: 200, the 1 KiB page, TLS 1.3. */
+  async #check(id: ServerId): Promise<void> {
+    const r = await probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8'));
+    if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
+      throw new Error(`${id} https://${SERVER_NAME}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
+    }
+    this.protocols.set(id, r.protocol);
   }
 
   /** Requests the origin has served so far (its counter; asked directly, not through a proxy). */
