@@ -1,0 +1,117 @@
+/**
+ * A dependency-free SVG chart of benchmark summary rows: two horizontal bar
+ * panels side by side, sharing one scenario label per row — left the rate
+ * (handshakes, requests or signs per second), right the server CPU µs per
+ * unit — each bar labelled with its value.
+ *
+ * Rows are grouped by benchmark and bars are scaled within their group: a
+ * handshake rate (hundreds per second) and a keep-alive request rate
+ * (thousands) on one axis would leave the handshake bars invisible, and the
+ * units differ anyway. Each group's heading says what one unit is.
+ *
+ * The SVG is static (no script, no external font or style), has a white
+ * background so it reads on GitHub's dark theme too, and every piece of text
+ * is XML-escaped: labels come from result files.
+ */
+import type { SummaryRow, WorkUnit } from './summary.js';
+
+export interface ChartInput {
+  readonly title: string;
+  /** One line under the title, e.g. the machine and date. */
+  readonly subtitle?: string;
+  readonly rows: readonly SummaryRow[];
+}
+
+/** Text for XML character data and attribute values. */
+export function escapeXml(text: string): string {
+  return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
+}
+
+const UNIT_SHORT: Record<WorkUnit, { rate: string; cpu: string }> = {
+  handshake: { rate: 'handshakes/s', cpu: 'µs/handshake' },
+  request: { rate: 'requests/s', cpu: 'µs/request' },
+  sign: { rate: 'signs/s', cpu: 'µs/sign' },
+};
+
+const GROUP_TITLE: Record<string, string> = {
+  handshake: 'TLS 1.3 handshakes (new connection + one proxied GET each)',
+  keepalive: 'keep-alive proxied requests (1 KiB page)',
+  'keyserver-sign': 'key server signatures',
+};
+
+const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948'];
+
+const W = { label: 300, panel: 300, value: 110, gap: 24, margin: 16 };
+const ROW = 22;
+/** A group's heading line and its axis line. */
+const GROUP_HEAD = 44;
+const TOP = 64;
+
+function formatValue(value: number): string {
+  if (!Number.isFinite(value)) return '–';
+  const decimals = value < 10 ? 1 : 0;
+  return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+}
+
+/** The SVG document for `input`; rows keep their order within each group, groups their first appearance. */
+export function renderChart(input: ChartInput): string {
+  const groups = new Map<string, SummaryRow[]>();
+  for (const row of input.rows) {
+    const list = groups.get(row.bench) ?? [];
+    list.push(row);
+    groups.set(row.bench, list);
+  }
+  const panelX: readonly [number, number] = [W.margin + W.label, W.margin + W.label + W.panel + W.value + W.gap];
+  const width = panelX[1] + W.panel + W.value + W.margin;
+  const out: string[] = [];
+  let y = TOP;
+  let colour = 0;
+  for (const [bench, rows] of groups) {
+    const fill = PALETTE[colour++ % PALETTE.length]!;
+    const unit = UNIT_SHORT[rows[0]!.unit];
+    const maxRate = Math.max(0, ...rows.map((r) => (Number.isFinite(r.rate) ? r.rate : 0)));
+    const maxCpu = Math.max(0, ...rows.map((r) => (Number.isFinite(r.serverCpuUs) ? r.serverCpuUs : 0)));
+    y += 8;
+    out.push(`<text x="${W.margin}" y="${y + 14}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);
+    out.push(`<text x="${panelX[0]}" y="${y + 32}" class="axis">${escapeXml(unit.rate)} (higher is better)</text>`);
+    out.push(`<text x="${panelX[1]}" y="${y + 32}" class="axis">server CPU ${escapeXml(unit.cpu)} (lower is better)</text>`);
+    y += GROUP_HEAD - 8;
+    for (const row of rows) {
+      const mid = y + ROW / 2;
+      out.push(`<g class="row" data-scenario="${escapeXml(`${row.bench}/${row.scenario}`)}">`);
+      out.push(`<title>${escapeXml(`${row.label}: ${formatValue(row.rate)} ${unit.rate}, ${formatValue(row.serverCpuUs)} ${unit.cpu}${row.skipped === undefined ? '' : ` (skipped: ${row.skipped})`}`)}</title>`);
+      out.push(`<text x="${panelX[0] - 8}" y="${mid + 4}" class="label" text-anchor="end">${escapeXml(row.label)}</text>`);
+      if (row.skipped !== undefined) {
+        out.push(`<text x="${panelX[0]}" y="${mid + 4}" class="skipped">skipped: ${escapeXml(row.skipped.length > 90 ? `${row.skipped.slice(0, 87)}…` : row.skipped)}</text>`);
+      } else {
+        const bars: [number, number, number, string][] = [
+          [panelX[0], row.rate, maxRate, `${formatValue(row.rate)}${row.clientSaturated ? ' (≥)' : ''}`],
+          [panelX[1], row.serverCpuUs, maxCpu, formatValue(row.serverCpuUs)],
+        ];
+        for (const [x, value, max, text] of bars) {
+          const len = Number.isFinite(value) && max > 0 ? Math.max(1, (value / max) * W.panel) : 0;
+          out.push(`<rect x="${x}" y="${y + 3}" width="${len.toFixed(1)}" height="${ROW - 6}" fill="${fill}" rx="2"/>`);
+          out.push(`<text x="${(x + len + 5).toFixed(1)}" y="${mid + 4}" class="value">${escapeXml(text)}</text>`);
+        }
+      }
+      out.push('</g>');
+      y += ROW;
+    }
+  }
+  const height = y + 34;
+  const footer = 'Bars are scaled within each benchmark. "(≥)": the client saturated its core, so the rate is a lower bound.';
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeXml(input.title)}">`,
+    `<title>${escapeXml(input.title)}</title>`,
+    '<style>text{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:12px;fill:#24292f}.title{font-size:16px;font-weight:600}.subtitle{fill:#57606a}.group{font-weight:600}.axis{fill:#57606a;font-size:11px}.value{font-variant-numeric:tabular-nums}.skipped{fill:#9a6700;font-style:italic}</style>',
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${W.margin}" y="26" class="title">${escapeXml(input.title)}</text>`,
+    input.subtitle === undefined ? '' : `<text x="${W.margin}" y="46" class="subtitle">${escapeXml(input.subtitle)}</text>`,
+    ...out,
+    `<text x="${W.margin}" y="${height - 12}" class="axis">${escapeXml(footer)}</text>`,
+    '</svg>',
+    '',
+  ]
+    .filter((line) => line !== '')
+    .join('\n');
+}

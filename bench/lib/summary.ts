@@ -1,0 +1,142 @@
+/**
+ * The one-row-per-scenario summary every benchmark's JSON carries next to its
+ * detailed figures, and the reading of it back from any result file.
+ *
+ * Each benchmark names its rate after what it counts (handshakesPerSecond,
+ * requestsPerSecond, signsPerSecond) and its CPU figure likewise
+ * (serverCpuUsPerHandshake, ...). `readSummary` turns any of them, and a suite
+ * file, into `SummaryRow`s with a neutral `rate` and `serverCpuUs`, which is
+ * what the suite table, the chart and `compare` work on. Files written before
+ * the `summary` array existed are read from their `scenarios` array.
+ */
+
+/** What one unit of work is, for labels: "handshakes/s", "µs/request". */
+export type WorkUnit = 'handshake' | 'request' | 'sign';
+
+export interface SummaryRow {
+  /** The benchmark that measured it: "handshake", "keepalive", "keyserver-sign". */
+  readonly bench: string;
+  /** Stable id within the benchmark (what `compare` matches on). */
+  readonly scenario: string;
+  /** Human title. */
+  readonly label: string;
+  readonly unit: WorkUnit;
+  /** Units per second (median over rounds); NaN when skipped. */
+  readonly rate: number;
+  /** Server CPU (utime + stime) µs per unit (median over rounds); NaN when not measured. */
+  readonly serverCpuUs: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  /** The client used (nearly) a whole core: the rate is a lower bound of the server's. */
+  readonly clientSaturated: boolean;
+  /** Failed requests, non-2xx answers, failed handshakes: anything but 0 makes the figures suspect. */
+  readonly errors: number;
+  /** (max − min) / median of the rate over rounds, percent. */
+  readonly spreadPct: number;
+  /** Cores other processes used during the windows (median): contention on a shared machine; NaN when not recorded. */
+  readonly otherCores: number;
+  /** Why the scenario did not run (a missing package); absent when it ran. */
+  readonly skipped?: string;
+}
+
+/** The key under which a row is matched across files: "<bench>/<scenario>". */
+export function rowKey(row: Pick<SummaryRow, 'bench' | 'scenario'>): string {
+  return `${row.bench}/${row.scenario}`;
+}
+
+const RATE_KEYS: readonly (readonly [string, WorkUnit])[] = [
+  ['handshakesPerSecond', 'handshake'],
+  ['requestsPerSecond', 'request'],
+  ['signsPerSecond', 'sign'],
+];
+const CPU_KEYS: Record<WorkUnit, readonly string[]> = {
+  handshake: ['serverCpuUsPerHandshake', 'serverUs'],
+  request: ['serverCpuUsPerRequest', 'serverUs'],
+  sign: ['serverCpuUsPerSign', 'totalCpuUsPerSign'],
+};
+
+type Json = Record<string, unknown>;
+
+function isObject(value: unknown): value is Json {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A figure written either as a number or as a Spread ({ median, ... }); null (NaN in JSON) and absence are NaN. */
+function figure(value: unknown): number {
+  if (typeof value === 'number') return value;
+  if (isObject(value) && typeof value.median === 'number') return value.median;
+  return Number.NaN;
+}
+
+function spreadOf(value: unknown): number {
+  return isObject(value) && typeof value.spreadPct === 'number' ? value.spreadPct : Number.NaN;
+}
+
+/** Errors written as a count or as an object of counts (handshake: { abFailed, non2xx, ... }). */
+function errorCount(value: unknown): number {
+  if (typeof value === 'number') return value;
+  if (isObject(value)) return Object.entries(value).reduce((n, [k, v]) => n + (typeof v === 'number' && !/stderr/i.test(k) ? v : 0), 0);
+  return 0;
+}
+
+/** One row of a benchmark's `summary` array or `scenarios` array, in the neutral shape. */
+export function normalizeRow(bench: string, raw: Json): SummaryRow {
+  const scenario = typeof raw.scenario === 'string' ? raw.scenario : typeof raw.name === 'string' ? raw.name : undefined;
+  if (scenario === undefined) throw new Error(`${bench}: a summary row has neither "scenario" nor "name"`);
+  if (typeof raw.rate === 'number' || raw.rate === null) {
+    // Already neutral (a suite file).
+    const unit = raw.unit === 'handshake' || raw.unit === 'request' || raw.unit === 'sign' ? raw.unit : 'request';
+    return {
+      bench: typeof raw.bench === 'string' ? raw.bench : bench,
+      scenario,
+      label: typeof raw.label === 'string' ? raw.label : scenario,
+      unit,
+      rate: figure(raw.rate),
+      serverCpuUs: figure(raw.serverCpuUs),
+      p50Ms: figure(raw.p50Ms),
+      p99Ms: figure(raw.p99Ms),
+      clientSaturated: raw.clientSaturated === true,
+      errors: errorCount(raw.errors),
+      spreadPct: figure(raw.spreadPct),
+      otherCores: figure(raw.otherCores),
+      ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
+    };
+  }
+  const found = RATE_KEYS.find(([key]) => key in raw);
+  const unit: WorkUnit = found?.[1] ?? 'request';
+  const rateValue = found === undefined ? undefined : raw[found[0]];
+  const cpuKey = CPU_KEYS[unit].find((key) => key in raw);
+  const ms = (key: string, usKey: string) => (key in raw ? figure(raw[key]) : figure(raw[usKey]) / 1000);
+  const spreadPct = typeof raw.spreadPct === 'number' ? raw.spreadPct : spreadOf(rateValue);
+  return {
+    bench,
+    scenario,
+    label: typeof raw.label === 'string' ? raw.label : scenario,
+    unit,
+    rate: figure(rateValue),
+    serverCpuUs: cpuKey === undefined ? Number.NaN : figure(raw[cpuKey]),
+    p50Ms: ms('p50Ms', 'p50Us'),
+    p99Ms: ms('p99Ms', 'p99Us'),
+    clientSaturated: raw.clientSaturated === true,
+    errors: errorCount(raw.errors),
+    spreadPct,
+    otherCores: figure(raw.otherCores),
+    ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
+  };
+}
+
+/**
+ * The summary rows of a parsed result file: a suite file (`benchmark:
+ * "suite"`), a benchmark file with a `summary` array, or one with only
+ * `scenarios`. `source` names the file in errors.
+ */
+export function readSummary(json: unknown, source: string): SummaryRow[] {
+  if (!isObject(json)) throw new Error(`${source}: not a benchmark result (expected a JSON object)`);
+  const bench = typeof json.benchmark === 'string' ? json.benchmark : 'unknown';
+  const rows = Array.isArray(json.summary) ? json.summary : Array.isArray(json.scenarios) ? json.scenarios : undefined;
+  if (rows === undefined) throw new Error(`${source}: no "summary" or "scenarios" array: not a benchmark result`);
+  return rows.map((row, i) => {
+    if (!isObject(row)) throw new Error(`${source}: summary row ${i} is not an object`);
+    return normalizeRow(bench, row);
+  });
+}
