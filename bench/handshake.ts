@@ -229,15 +229,17 @@ const SETUP_GROUPS: Readonly<Record<SetupId, { readonly front: string; readonly 
   'nginx-p11kit': { front: 'nginx-p11kit', key: 'p11kit' },
 };
 
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 /** What the report says runs in each set-up. */
 function setupProcesses(setup: SetupId, workers: number): string {
   switch (setup) {
     case 'keyless-unix':
-      return `proxy ${workers} workers + key server (unix)`;
+      return `proxy ${plural(workers, 'worker')} + key server (unix)`;
     case 'keyless-tcp':
-      return `proxy ${workers} workers + key server (mTLS)`;
+      return `proxy ${plural(workers, 'worker')} + key server (mTLS)`;
     case 'inmemory':
-      return `${workers} workers`;
+      return plural(workers, 'worker');
     case 'nginx-file':
       return 'nginx 1 process';
     case 'nginx-engine':
@@ -856,6 +858,16 @@ function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): strin
   );
 }
 
+/** How much other load the windows saw: on a shared machine this says how far the absolute figures can be trusted. */
+function contentionLine(summaries: readonly ScenarioSummary[]): string {
+  const windows = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
+  const contended = windows.filter((c) => c > CONTENDED_CORES).length;
+  return (
+    `Other load: ${contended} of ${windows.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(windows), 2)}, max ${fmt(Math.max(...windows), 2)} cores)` +
+    (contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.')
+  );
+}
+
 function markdownReport(ctx: ReportContext, summaries: readonly ScenarioSummary[], targetRows: readonly TargetRow[], hopRows: readonly HopRow[]): string {
   const { machine, options, limits } = ctx;
   const pin =
@@ -912,6 +924,7 @@ function markdownReport(ctx: ReportContext, summaries: readonly ScenarioSummary[
     `Client: \`${ctx.abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${ctx.tls ?? '?'}); resumed: ${options.resumeLoops} node:tls connections in flight in this bench's process, each offering the newest ticket it got.`,
     `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off, the worker), access log ${options.logLevel === 'warn' || options.logLevel === 'error' || options.logLevel === 'silent' ? 'off' : 'on'}.`,
     `Pinning: ${pin}.`,
+    contentionLine(summaries),
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
     ...(skipped.length > 0 ? ['', ...skipped] : []),
     '',

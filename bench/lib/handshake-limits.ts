@@ -18,7 +18,7 @@ import { tokenOptions } from '../../keyserver/server/daemon.js';
 import { listKeys } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
 import { BENCH_KEYS } from './bench-keys.js';
-import type { HandshakeKey } from './handshake-lab.js';
+import { type HandshakeKey, tokenKeyLabel } from './handshake-lab.js';
 import { measureWindow, RawSignLoad } from './sign-load.js';
 
 const execFileAsync = promisify(execFile);
@@ -74,8 +74,8 @@ export async function rawTokenRates(keyserverConfigPath: string, keys: readonly 
     const out: RawTokenRate[] = [];
     for (const key of keys) {
       const benchKey = BENCH_KEYS.find((k) => k.id === key.id)!;
-      const tokenKey = tokenKeys.find((k) => k.label === `bench-${key.type}`);
-      if (tokenKey === undefined) throw new Error(`no key labelled bench-${key.type} in the token`);
+      const tokenKey = tokenKeys.find((k) => k.label === tokenKeyLabel(key));
+      if (tokenKey === undefined) throw new Error(`no key labelled ${tokenKeyLabel(key)} in the token`);
       const load = new RawSignLoad(token.pkcs11, handles, { handle: tokenKey.privateHandle, mechanism: benchKey.mechanism, outputBytes: benchKey.outputBytes }, digests);
       const w = await measureWindow(load, { durationMs, rampMs, ...(signal ? { signal } : {}) });
       out.push({ key: key.id, sessions, signsPerSecond: w.signsPerSecond, cpuUsPerSign: w.clientCpuUsPerSign, p50Us: w.latency.p50Us, errors: w.errors });
