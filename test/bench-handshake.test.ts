@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseOpensslSpeed } from '../bench/lib/handshake-limits.js';
-import { parseStubStatus } from '../bench/lib/handshake-nginx.js';
+import { parseStubStatus, variantSkipReason } from '../bench/lib/handshake-nginx.js';
 import { ResumeLoad } from '../bench/lib/handshake-resume.js';
 import { allScenarios, selectScenarios } from '../bench/lib/handshake-scenarios.js';
 import { createCa, issue } from './helpers/pki.js';
@@ -104,6 +104,19 @@ describe('parsers', () => {
     const text = 'Active connections: 3 \nserver accepts handled requests\n 1203 1203 1250 \nReading: 0 Writing: 1 Waiting: 2 \n';
     expect(parseStubStatus(text)).toEqual({ accepts: 1203, handled: 1203, requests: 1250 });
     expect(() => parseStubStatus('<html>404</html>')).toThrow(/not a stub_status answer/);
+  });
+});
+
+describe('nginx variants', () => {
+  it('says which package a variant is missing', () => {
+    expect(variantSkipReason(undefined, 'file')).toMatch(/apt-get install -y nginx/);
+    const nginxOnly = { nginx: '/usr/sbin/nginx', version: '1.22.1', engine: undefined, p11kit: undefined, p11kitClient: undefined };
+    expect(variantSkipReason(nginxOnly, 'file')).toBeUndefined();
+    expect(variantSkipReason(nginxOnly, 'engine')).toMatch(/libengine-pkcs11-openssl/);
+    const withEngine = { ...nginxOnly, engine: '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so' };
+    expect(variantSkipReason(withEngine, 'engine')).toBeUndefined();
+    expect(variantSkipReason(withEngine, 'p11kit')).toMatch(/p11-kit p11-kit-modules/);
+    expect(variantSkipReason({ ...withEngine, p11kit: '/usr/bin/p11-kit', p11kitClient: '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so' }, 'p11kit')).toBeUndefined();
   });
 });
 
