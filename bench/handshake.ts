@@ -58,7 +58,7 @@ const TARGETS = {
 
 const USAGE = `Usage: node dist/bench/handshake.js [options]
 
-  --quick              2 rounds of 0.75 s, 1 s warm-up, ECDSA only, no TLS 1.2, no
+  --quick              2 rounds of 0.5 s, 0.75 s warm-up, ECDSA only, no TLS 1.2, no
                        limits, nginx only when already installed (< 60 s)
   --scenarios LIST     only these scenarios: comma-separated ids, * within a part,
                        e.g. full-tls13/keyless-unix/ecdsa or 'full-tls13/*/ecdsa'
@@ -69,8 +69,8 @@ const USAGE = `Usage: node dist/bench/handshake.js [options]
   --out DIR            where to write <date>-handshake.{json,md} (quick: -quick)
                        (default bench/results)
   --rounds N           measuring rounds (default 3; quick 2)
-  --measure SEC        seconds per measurement window (default 4; quick 0.75)
-  --warmup SEC         warm-up per Node scenario (default 4; quick 1); nginx gets 1 s
+  --measure SEC        seconds per measurement window (default 4; quick 0.5)
+  --warmup SEC         warm-up per Node scenario (default 4; quick 0.75); nginx gets 1 s (quick 0.3)
   --concurrency N      ab -c: connections in flight (default 64)
   --resume-loops N     connections in flight of the resuming client (default 16)
   --workers N          workers of the proxies and the in-memory server (default 2)
@@ -192,10 +192,10 @@ function parseOptions(argv: string[]): Options | undefined {
     quick,
     out: values.out,
     rounds: Math.round(num(values.rounds, '--rounds', quick ? 2 : 3, 1)),
-    measureMs: num(values.measure, '--measure', quick ? 0.75 : 4, 0.3) * 1000,
-    warmupMs: num(values.warmup, '--warmup', quick ? 1 : 4, 0) * 1000,
+    measureMs: num(values.measure, '--measure', quick ? 0.5 : 4, 0.3) * 1000,
+    warmupMs: num(values.warmup, '--warmup', quick ? 0.75 : 4, 0) * 1000,
     nginxWarmupMs: quick ? 300 : 1000,
-    rampMs: quick ? 300 : 1000,
+    rampMs: quick ? 250 : 1000,
     settleMs: quick ? 100 : 300,
     concurrency: Math.round(num(values.concurrency, '--concurrency', 64, 1)),
     resumeLoops: Math.round(num(values['resume-loops'], '--resume-loops', 16, 1)),
