@@ -25,6 +25,8 @@ export interface AbOptions {
   readonly csvPath: string;
   /** CPU list for `taskset -c`, or undefined for no pinning. */
   readonly cpus: string | undefined;
+  /** ab -f: the only protocol version offered (default TLS1.3). */
+  readonly protocol?: 'TLS1.3' | 'TLS1.2';
 }
 
 export interface AbResult {
@@ -77,7 +79,7 @@ export function abArgs(options: AbOptions): string[] {
     '-s',
     '30',
     '-f',
-    'TLS1.3',
+    options.protocol ?? 'TLS1.3',
     '-H',
     `Host: ${options.host}`,
     '-e',

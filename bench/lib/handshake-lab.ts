@@ -17,17 +17,21 @@
  * its workers together. Logs go to files in the temp dir, which `cleanup()`
  * removes.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
-import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import type { InMemoryConfig } from './handshake-inmemory.js';
-import { childEnv, KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from './keyserver-lab.js';
+import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
+import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from './handshake-nginx.js';
 import { setAffinity } from './handshake-procs.js';
+import { freePort, httpGet, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from './handshake-spawn.js';
+import { childEnv, KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from './keyserver-lab.js';
+
+export { freePort, httpGet, type ManagedProcess, spawnManaged } from './handshake-spawn.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -47,7 +51,29 @@ export const HANDSHAKE_KEYS: readonly HandshakeKey[] = [
   { id: 'rsa', title: 'RSA-2048', type: 'rsa-2048', serverName: 'rsa.bench.localhost' },
 ];
 
+/**
+ * The servers a scenario can measure:
+ *   keyless-unix   `keyedge proxy` + key server over its unix socket
+ *   keyless-tcp    `keyedge proxy` + key server over mutual TLS on 127.0.0.1
+ *   inmemory       the proxy's modules with PEM key files (bench/lib/handshake-inmemory.ts)
+ *   nginx-file     nginx, PEM key files
+ *   nginx-engine   nginx, libp11 engine on the SoftHSM2 token
+ *   nginx-p11kit   nginx, libp11 engine on p11-kit-client.so → `p11-kit server` → the token
+ */
+export type SetupId = 'keyless-unix' | 'keyless-tcp' | 'inmemory' | 'nginx-file' | 'nginx-engine' | 'nginx-p11kit';
+
+export const SETUP_IDS: readonly SetupId[] = ['keyless-unix', 'keyless-tcp', 'inmemory', 'nginx-file', 'nginx-engine', 'nginx-p11kit'];
+
+export const NGINX_SETUP: Readonly<Partial<Record<SetupId, NginxVariant>>> = { 'nginx-file': 'file', 'nginx-engine': 'engine', 'nginx-p11kit': 'p11kit' };
+
+export const isNginx = (setup: SetupId): boolean => NGINX_SETUP[setup] !== undefined;
+export const isKeyless = (setup: SetupId): boolean => setup === 'keyless-unix' || setup === 'keyless-tcp';
+
 export interface HandshakeLabOptions {
+  /** Servers to start; nginx ones that cannot run (packages missing) are left out and reported by `skipped`. */
+  readonly setups: readonly SetupId[];
+  /** Install nginx, libp11's engine and p11-kit with apt-get when missing (root only). */
+  readonly installNginx: boolean;
   readonly workers: number;
   readonly logLevel: string;
   readonly profile: TlsProfileName;
@@ -60,126 +86,11 @@ export interface HandshakeLabOptions {
   readonly keys: readonly HandshakeKey[];
 }
 
-export interface ManagedProcess {
-  readonly name: string;
-  readonly pid: number;
-  readonly child: ChildProcess;
-  readonly logFile: string;
-  readonly command: readonly string[];
-  exited(): boolean;
-  /** SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after `graceMs`. */
-  stop(graceMs?: number): Promise<void>;
-  /** SIGKILL to the whole process group, synchronously. */
-  kill(): void;
-  tail(lines?: number): string;
-}
-
-/** Binds 127.0.0.1:port (0: the kernel picks) and releases it; resolves with the port, or undefined when taken. */
-async function tryPort(port: number): Promise<number | undefined> {
-  const server = net.createServer();
-  const bound = await new Promise<boolean>((resolve) => {
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => resolve(true));
-  });
-  if (!bound) return undefined;
-  const chosen = (server.address() as net.AddressInfo).port;
-  await new Promise((resolve) => server.close(resolve));
-  return chosen;
-}
-
-/**
- * A free port below the kernel's ephemeral range: the servers bind it a few seconds later, and a port from the
- * ephemeral range (what listen(0) hands out) can be taken meanwhile by any outgoing connection (ab opens thousands).
- */
-export async function freePort(): Promise<number> {
-  let low = 32768;
-  try {
-    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
-  } catch {
-    // not Linux: use the default range start
-  }
-  const from = 20_000;
-  if (low - from > 1000) {
-    for (let i = 0; i < 50; i++) {
-      const port = await tryPort(from + Math.floor(Math.random() * (low - from)));
-      if (port !== undefined) return port;
-    }
-  }
-  const port = await tryPort(0);
-  if (port === undefined) throw new Error('no free port');
-  return port;
-}
-
-/** Starts `command` detached (its own process group) with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there). */
-export function spawnManaged(name: string, command: readonly string[], logFile: string, cpus: string | undefined, cwd: string): ManagedProcess {
-  const full = cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command];
-  const fd = openSync(logFile, 'a');
-  let child: ChildProcess;
-  try {
-    // detached: its own process group, so the group can be killed at once (cluster workers included).
-    child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: childEnv(), cwd });
-  } finally {
-    closeSync(fd);
-  }
-  const pid = child.pid ?? -1;
-  let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
-  child.once('error', () => undefined);
-  const kill = () => {
-    if (pid <= 0) return;
-    try {
-      process.kill(-pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  };
-  return {
-    name,
-    pid,
-    child,
-    logFile,
-    command: full,
-    exited: () => exited,
-    async stop(graceMs = 5000) {
-      if (exited) return kill(); // the primary is gone; workers may linger
-      child.kill('SIGTERM');
-      const timer = setTimeout(kill, graceMs);
-      await exit;
-      clearTimeout(timer);
-      kill();
-    },
-    kill,
-    tail(lines = 20) {
-      try {
-        return readFileSync(logFile, 'utf8').split('\n').slice(-lines - 1).join('\n');
-      } catch {
-        return '';
-      }
-    },
-  };
-}
-
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, process?: ManagedProcess): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    if (await check()) return;
-    if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
-  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  return { status: response.status, body: await response.text() };
-}
-
-function tcpOpen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => (socket.destroy(), resolve(true)));
-    socket.once('error', () => resolve(false));
-  });
+/** Admin/metrics port and TLS port of one server. */
+export interface Endpoint {
+  readonly port: number;
+  /** Admin port (proxy, in-memory: /metrics) or stub_status port (nginx). */
+  readonly admin: number;
 }
 
 /** One HTTPS GET through a server, checking the certificate against the lab CA and the answer (200, 1 KiB). */
@@ -208,18 +119,34 @@ export class HandshakeLab {
   readonly options: HandshakeLabOptions;
   readonly keyIds = new Map<string, string>();
   readonly caFile: string;
-  readonly ports: { origin: number; proxy: number; proxyAdmin: number; inMemory: number; inMemoryAdmin: number; keyserverAdmin: number };
+  readonly ports: { readonly origin: number; readonly keyserverAdmin: number; readonly endpoints: Readonly<Record<SetupId, Endpoint>> };
   readonly proxyConfigPath: string;
+  readonly proxyTcpConfigPath: string;
   readonly inMemoryConfigPath: string;
   readonly proxyConfig: Record<string, unknown>;
+  proxyTcpConfig: Record<string, unknown> | undefined;
   readonly inMemoryConfig: InMemoryConfig;
+  /** nginx and friends, found or installed by create(); undefined: nginx missing. */
+  readonly nginxTools: NginxTools | undefined;
+  /** Setups asked for that cannot run, with the reason. */
+  readonly skipped: ReadonlyMap<SetupId, string>;
   keyserver: KeyserverProcess | undefined;
   origin: ManagedProcess | undefined;
+  /** The keyless proxies, by transport to the key server. */
   proxy: ManagedProcess | undefined;
+  proxyTcp: ManagedProcess | undefined;
   inMemory: ManagedProcess | undefined;
+  nginx: NginxLab | undefined;
   #cleaned = false;
 
-  private constructor(keyserverLab: KeyserverLab, options: HandshakeLabOptions, ports: HandshakeLab['ports'], configs: { proxy: Record<string, unknown>; inMemory: InMemoryConfig }) {
+  private constructor(
+    keyserverLab: KeyserverLab,
+    options: HandshakeLabOptions,
+    ports: HandshakeLab['ports'],
+    configs: { proxy: Record<string, unknown>; inMemory: InMemoryConfig },
+    nginxTools: NginxTools | undefined,
+    skipped: Map<SetupId, string>,
+  ) {
     this.keyserverLab = keyserverLab;
     this.options = options;
     this.dir = join(keyserverLab.dir, 'handshake');
@@ -228,23 +155,44 @@ export class HandshakeLab {
     this.proxyConfig = configs.proxy;
     this.inMemoryConfig = configs.inMemory;
     this.proxyConfigPath = join(this.dir, 'proxy.json');
+    this.proxyTcpConfigPath = join(this.dir, 'proxy-tcp.json');
     this.inMemoryConfigPath = join(this.dir, 'inmemory.json');
+    this.nginxTools = nginxTools;
+    this.skipped = skipped;
   }
 
-  /** Makes the temp dir, keys, certificates and configs (nothing is started yet). */
+  /** The setups that will run: asked for and not skipped. */
+  get setups(): SetupId[] {
+    return this.options.setups.filter((s) => !this.skipped.has(s));
+  }
+
+  has(setup: SetupId): boolean {
+    return this.setups.includes(setup);
+  }
+
+  /** Makes the temp dir, keys, certificates and configs; finds (or installs) nginx when an nginx setup is asked for. Nothing is started yet. */
   static async create(options: HandshakeLabOptions, log: (line: string) => void): Promise<HandshakeLab> {
+    const skipped = new Map<SetupId, string>();
+    let nginxTools: NginxTools | undefined;
+    const nginxSetups = options.setups.filter(isNginx);
+    if (nginxSetups.length > 0) {
+      nginxTools = ensureNginxTools(options.installNginx, log);
+      for (const setup of nginxSetups) {
+        const reason = variantSkipReason(nginxTools, NGINX_SETUP[setup]!);
+        if (reason !== undefined) {
+          skipped.set(setup, reason);
+          log(`${setup}: skipped, ${reason}`);
+        }
+      }
+    }
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
     try {
       const dir = join(keyserverLab.dir, 'handshake');
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      const ports = {
-        origin: await freePort(),
-        proxy: await freePort(),
-        proxyAdmin: await freePort(),
-        inMemory: await freePort(),
-        inMemoryAdmin: await freePort(),
-        keyserverAdmin: await freePort(),
-      };
+      const endpoint = async (): Promise<Endpoint> => ({ port: await freePort(), admin: await freePort() });
+      const endpoints = {} as Record<SetupId, Endpoint>;
+      for (const setup of SETUP_IDS) endpoints[setup] = await endpoint();
+      const ports = { origin: await freePort(), keyserverAdmin: await freePort(), endpoints };
       // The key server's sign counter is read from its admin port.
       writeFileSync(keyserverLab.configPath, `${JSON.stringify({ ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } }, null, 2)}\n`, { mode: 0o600 });
 
@@ -260,20 +208,20 @@ export class HandshakeLab {
 
       const keyIds = new Map<string, string>();
       for (const key of options.keys) {
-        // Keyless: the key is made in the token, the CSR signed there.
-        const label = `bench-${key.type}`;
+        // Keyless (and nginx on the token): the key is made in the token, the CSR signed there.
+        const label = tokenKeyLabel(key);
         keyIds.set(key.id, await keyserverLab.generateKey(key.type, label));
         await execFileAsync(process.execPath, [KEYEDGE_CLI, 'key', 'csr', '--config', keyserverLab.configPath, '--key', label, '--domain', key.serverName, '--out', f(`keyless-${key.id}.csr`)], {
           env: childEnv(),
           timeout: 60_000,
         });
         issue(f(`keyless-${key.id}.csr`), f(`keyless-${key.id}.pem`));
-        // In memory: an ordinary key file, the same names, the same CA.
+        // In memory (and nginx with a key file): an ordinary key file, the same names, the same CA.
         const genpkey = key.id === 'ec' ? ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'] : ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'];
         openssl('genpkey', ...genpkey, '-out', f(`inmemory-${key.id}.key`));
         openssl('req', '-new', '-key', f(`inmemory-${key.id}.key`), '-subj', `/CN=${key.serverName}`, '-addext', `subjectAltName=DNS:${key.serverName}`, '-out', f(`inmemory-${key.id}.csr`));
         issue(f(`inmemory-${key.id}.csr`), f(`inmemory-${key.id}.pem`));
-        log(`${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), in-memory key file (openssl genpkey); certificates for ${key.serverName}`);
+        log(`${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), key file (openssl genpkey); certificates for ${key.serverName}`);
       }
 
       const origin = `http://127.0.0.1:${ports.origin}`;
@@ -282,28 +230,28 @@ export class HandshakeLab {
         stateDir: keyserverLab.stateDir,
         workers: options.workers,
         keyserver: { socket: join(keyserverLab.stateDir, 'keyserver.sock') },
-        listen: [{ host: '127.0.0.1', port: ports.proxy, profile: options.profile }],
+        listen: [{ host: '127.0.0.1', port: endpoints['keyless-unix'].port, profile: options.profile }],
         certificates: options.keys.map((k) => ({ name: k.id, chain: f(`keyless-${k.id}-chain.pem`) })),
         sni: { default: null, onUnknown: 'reject' },
         domains,
-        admin: { host: '127.0.0.1', port: ports.proxyAdmin },
+        admin: { host: '127.0.0.1', port: endpoints['keyless-unix'].admin },
         log: { level: options.logLevel },
       };
       const inMemory: InMemoryConfig = {
         host: '127.0.0.1',
-        port: ports.inMemory,
+        port: endpoints.inmemory.port,
         workers: options.workers,
         profile: options.profile,
         certificates: options.keys.map((k) => ({ name: k.id, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) })),
         domains,
-        admin: { host: '127.0.0.1', port: ports.inMemoryAdmin },
+        admin: { host: '127.0.0.1', port: endpoints.inmemory.admin },
         logLevel: options.logLevel,
         // The product's defaults (config/proxy-schema.ts PROXY_DEFAULTS).
         hstsMaxAgeSeconds: 63_072_000,
         ocspStapling: true,
         shutdownGraceMs: 10_000,
       };
-      const lab = new HandshakeLab(keyserverLab, options, ports, { proxy, inMemory });
+      const lab = new HandshakeLab(keyserverLab, options, ports, { proxy, inMemory }, nginxTools, skipped);
       for (const [k, v] of keyIds) lab.keyIds.set(k, v);
       writeFileSync(lab.proxyConfigPath, `${JSON.stringify(proxy, null, 2)}\n`);
       writeFileSync(lab.inMemoryConfigPath, `${JSON.stringify(inMemory, null, 2)}\n`);
@@ -314,52 +262,117 @@ export class HandshakeLab {
     }
   }
 
-  /** Starts the origin, the key server, the keyless proxy and the in-memory server; checks one request through each server and key. */
+  /** Starts the origin, the key server and the servers of the setups that run; checks one request through each server and key. */
   async start(log: (line: string) => void): Promise<void> {
     const cpus = this.options.serverCpus;
     const node = process.execPath;
-    this.origin = spawnManaged('origin', [node, KEYEDGE_CLI, 'demo-origin', '--port', String(this.ports.origin)], join(this.dir, 'origin.log'), cpus, this.dir);
-    await waitFor('demo origin', () => tcpOpen(this.ports.origin), 15_000, this.origin);
-
-    // The key server runs without nodeArgs: KeyserverLab starts it in this process's working directory, where
-    // --perf-basic-prof would leave V8 log files.
-    this.keyserver = await this.keyserverLab.startServer();
-    const keyserverCpus = this.options.keyserverCpus ?? cpus;
-    if (keyserverCpus !== undefined) setAffinity(this.keyserver.pid, keyserverCpus);
-    await waitFor('key server admin', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyserverAdmin}/metrics`).catch(() => ({ status: 0 }))).status === 200, 15_000);
-
     const nodeArgs = this.options.nodeArgs ?? [];
-    this.proxy = spawnManaged('proxy', [node, ...nodeArgs, KEYEDGE_CLI, 'proxy', '--config', this.proxyConfigPath], join(this.dir, 'proxy.log'), cpus, this.dir);
-    await waitFor(
-      'keyless proxy (/readyz)',
-      async () => (await httpGet(`http://127.0.0.1:${this.ports.proxyAdmin}/readyz`).catch(() => ({ status: 0 }))).status === 200,
-      30_000,
-      this.proxy,
-    );
+    // Independent servers start concurrently (start-up is most of a quick run); the TCP proxy needs the key server's port.
+    this.origin = spawnManaged('origin', [node, KEYEDGE_CLI, 'demo-origin', '--port', String(this.ports.origin)], join(this.dir, 'origin.log'), cpus, this.dir);
+    const origin = this.origin;
+    const originReady = waitFor('demo origin', () => tcpOpen(this.ports.origin), 15_000, origin);
 
-    this.inMemory = spawnManaged('inmemory', [node, ...nodeArgs, INMEMORY_SCRIPT, '--config', this.inMemoryConfigPath], join(this.dir, 'inmemory.log'), cpus, this.dir);
-    const inMemoryLog = this.inMemory.logFile;
-    await waitFor('in-memory server', () => existsSync(inMemoryLog) && readFileSync(inMemoryLog, 'utf8').includes('"in-memory ready"'), 30_000, this.inMemory);
+    const startKeyserver = async () => {
+      // The key server runs without nodeArgs: KeyserverLab starts it in this process's working directory, where
+      // --perf-basic-prof would leave V8 log files.
+      this.keyserver = await this.keyserverLab.startServer();
+      const keyserverCpus = this.options.keyserverCpus ?? cpus;
+      if (keyserverCpus !== undefined) setAffinity(this.keyserver.pid, keyserverCpus);
+      await waitFor('key server admin', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyserverAdmin}/metrics`).catch(() => ({ status: 0 }))).status === 200, 15_000);
+    };
+    const keyserverReady = this.has('keyless-unix') || this.has('keyless-tcp') ? startKeyserver() : Promise.resolve();
+
+    const startProxy = async (name: string, configPath: string, adminPort: number): Promise<ManagedProcess> => {
+      const proc = spawnManaged(name, [node, ...nodeArgs, KEYEDGE_CLI, 'proxy', '--config', configPath], join(this.dir, `${name}.log`), cpus, this.dir);
+      await waitFor(`${name} (/readyz)`, async () => (await httpGet(`http://127.0.0.1:${adminPort}/readyz`).catch(() => ({ status: 0 }))).status === 200, 60_000, proc);
+      return proc;
+    };
+    const starts: Promise<unknown>[] = [originReady, keyserverReady];
+    if (this.has('keyless-unix')) {
+      starts.push(
+        keyserverReady.then(async () => {
+          this.proxy = await startProxy('proxy', this.proxyConfigPath, this.ports.endpoints['keyless-unix'].admin);
+        }),
+      );
+    }
+    if (this.has('keyless-tcp')) {
+      starts.push(
+        keyserverReady.then(async () => {
+          // The key server's TCP port is known once it runs; the proxy presents the lab's client certificate.
+          const { tls } = this.keyserverLab;
+          const endpoint = this.ports.endpoints['keyless-tcp'];
+          this.proxyTcpConfig = {
+            ...this.proxyConfig,
+            keyserver: { socket: null, tcp: { host: '127.0.0.1', port: this.keyserver!.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName } },
+            listen: [{ host: '127.0.0.1', port: endpoint.port, profile: this.options.profile }],
+            admin: { host: '127.0.0.1', port: endpoint.admin },
+          };
+          writeFileSync(this.proxyTcpConfigPath, `${JSON.stringify(this.proxyTcpConfig, null, 2)}\n`);
+          this.proxyTcp = await startProxy('proxy-tcp', this.proxyTcpConfigPath, endpoint.admin);
+        }),
+      );
+    }
+    if (this.has('inmemory')) {
+      this.inMemory = spawnManaged('inmemory', [node, ...nodeArgs, INMEMORY_SCRIPT, '--config', this.inMemoryConfigPath], join(this.dir, 'inmemory.log'), cpus, this.dir);
+      const inMemoryLog = this.inMemory.logFile;
+      starts.push(waitFor('in-memory server', () => existsSync(inMemoryLog) && readFileSync(inMemoryLog, 'utf8').includes('"in-memory ready"'), 60_000, this.inMemory));
+    }
+
+    const variants = this.setups.flatMap((s) => (NGINX_SETUP[s] === undefined ? [] : [NGINX_SETUP[s]!]));
+    if (variants.length > 0) {
+      const tokenPaths = embeddedTokenPaths(this.keyserverLab.stateDir);
+      const ports = {} as Record<NginxVariant, { port: number; statusPort: number }>;
+      for (const [setup, variant] of Object.entries(NGINX_SETUP) as [SetupId, NginxVariant][]) {
+        ports[variant] = { port: this.ports.endpoints[setup].port, statusPort: this.ports.endpoints[setup].admin };
+      }
+      this.nginx = new NginxLab({
+        dir: this.dir,
+        tools: this.nginxTools!,
+        variants,
+        keys: this.options.keys.map((key) => ({
+          key,
+          tokenChain: join(this.dir, `keyless-${key.id}-chain.pem`),
+          tokenLabel: tokenKeyLabel(key),
+          fileChain: join(this.dir, `inmemory-${key.id}-chain.pem`),
+          fileKey: join(this.dir, `inmemory-${key.id}.key`),
+        })),
+        token: { softhsmConf: tokenPaths.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: tokenPaths.pinFile },
+        originPort: this.ports.origin,
+        ports,
+        cpus,
+        accessLog: this.options.logLevel !== 'warn' && this.options.logLevel !== 'error' && this.options.logLevel !== 'silent',
+      });
+      starts.push(this.nginx.start(log));
+    }
+    // Every start settles before an error is thrown, so stop() sees every process that was spawned.
+    const settled = await Promise.allSettled(starts);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
 
     const ca = readFileSync(this.caFile, 'utf8');
     for (const key of this.options.keys) {
-      for (const [name, port] of [['keyless proxy', this.ports.proxy], ['in-memory server', this.ports.inMemory]] as const) {
-        const r = await probe(port, key.serverName, ca);
+      for (const setup of this.setups) {
+        const r = await probe(this.ports.endpoints[setup].port, key.serverName, ca);
         if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
-          throw new Error(`${name} ${key.serverName}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
+          throw new Error(`${setup} ${key.serverName}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
         }
       }
     }
+    const pid = (p: { pid: number } | undefined) => (p === undefined ? '' : String(p.pid));
     log(
-      `origin pid ${this.origin.pid} :${this.ports.origin}; key server pid ${this.keyserver.pid}; keyless proxy pid ${this.proxy.pid} :${this.ports.proxy}; ` +
-        `in-memory pid ${this.inMemory.pid} :${this.ports.inMemory}; ${this.options.workers} workers each${cpus === undefined ? '' : `; servers on CPU ${cpus}`}` +
+      `origin pid ${origin.pid} :${this.ports.origin}` +
+        (this.keyserver ? `; key server pid ${pid(this.keyserver)} (tcp :${this.keyserver.tcpPort})` : '') +
+        (this.proxy ? `; keyless proxy (unix) pid ${pid(this.proxy)} :${this.ports.endpoints['keyless-unix'].port}` : '') +
+        (this.proxyTcp ? `; keyless proxy (tcp) pid ${pid(this.proxyTcp)} :${this.ports.endpoints['keyless-tcp'].port}` : '') +
+        (this.inMemory ? `; in-memory pid ${pid(this.inMemory)} :${this.ports.endpoints.inmemory.port}` : '') +
+        `; ${this.options.workers} workers per proxy${cpus === undefined ? '' : `; servers on CPU ${cpus}`}` +
         `${this.options.keyserverCpus === undefined ? '' : `, key server on CPU ${this.options.keyserverCpus}`}`,
     );
   }
 
   /** Graceful stop of everything started (reverse order). */
   async stop(): Promise<void> {
-    await Promise.all([this.inMemory?.stop(15_000), this.proxy?.stop(15_000)]);
+    await Promise.all([this.inMemory?.stop(15_000), this.proxy?.stop(15_000), this.proxyTcp?.stop(15_000), this.nginx?.stop()]);
     await this.keyserver?.stop();
     await this.origin?.stop();
   }
@@ -368,7 +381,8 @@ export class HandshakeLab {
   cleanup(keepTemp = false): void {
     if (this.#cleaned) return;
     this.#cleaned = true;
-    for (const p of [this.inMemory, this.proxy, this.origin]) p?.kill();
+    for (const p of [this.inMemory, this.proxy, this.proxyTcp, this.origin]) p?.kill();
+    this.nginx?.kill();
     if (keepTemp) {
       try {
         this.keyserver?.child.kill('SIGKILL');
@@ -379,4 +393,9 @@ export class HandshakeLab {
     }
     this.keyserverLab.cleanup();
   }
+}
+
+/** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */
+export function tokenKeyLabel(key: HandshakeKey): string {
+  return `bench-${key.type}`;
 }
