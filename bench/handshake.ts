@@ -73,7 +73,8 @@ const USAGE = `Usage: node dist/bench/handshake.js [options]
   --warmup SEC         warm-up per Node scenario (default 4; quick 0.75); nginx gets 1 s (quick 0.3)
   --concurrency N      ab -c: connections in flight (default 64)
   --resume-loops N     connections in flight of the resuming client (default 16)
-  --workers N          workers of the proxies and the in-memory server (default 2)
+  --workers N          workers of the proxies and the in-memory server (default: one
+                       per server CPU, the product's own rule; 1 when pinned on 2 CPUs)
   --install yes|no     apt-get install nginx, libengine-pkcs11-openssl, p11-kit,
                        p11-kit-modules when missing (root; default yes; quick no)
   --limits yes|no      openssl speed and raw C_Sign on the token (default yes;
@@ -199,7 +200,9 @@ function parseOptions(argv: string[]): Options | undefined {
     settleMs: quick ? 100 : 300,
     concurrency: Math.round(num(values.concurrency, '--concurrency', 64, 1)),
     resumeLoops: Math.round(num(values['resume-loops'], '--resume-loops', 16, 1)),
-    workers: Math.round(num(values.workers, '--workers', 2, 1)),
+    // One worker per core the servers may use, as the product defaults to: two
+    // workers on one core cost more per handshake than they hide (bench/README.md).
+    workers: Math.round(num(values.workers, '--workers', auto ? cpus.length - 1 : cpus.length, 1)),
     keys,
     scenarios,
     install: yesNo(values.install, '--install', !quick),

@@ -14,6 +14,13 @@
  * loads the same module, whose C_Initialize answers
  * CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and never calls C_Finalize.
  *
+ * When nothing is queued, an ECDSA signature is made right on the event loop
+ * instead: at handshake rates (one request at a time) the hand-off wakes a
+ * thread and then the loop for every request, which measured about 500 µs of
+ * CPU per sign on a busy core, several times the ~90 µs of an ECDSA
+ * C_SignInit + C_Sign. RSA (~800 µs) always goes to a thread, and so does
+ * everything once a queue forms, so the loop never stalls on the token.
+ *
  * Contract: `sign()` resolves with the raw signature or rejects with the
  * token's CKR_ reason; a request whose deadline passed before a worker got to
  * it is skipped (rejects with 'deadline') and costs the token nothing. One
@@ -23,7 +30,7 @@
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import type pkcs11js from 'pkcs11js';
+import pkcs11js from 'pkcs11js';
 import { TokenError } from '../errors.js';
 import type { TokenKey } from './keys.js';
 import { signPlan, type SignRequest } from './sign.js';
@@ -94,11 +101,15 @@ export class SigningWorkers {
   #flushScheduled = false;
   #drainWaiters: (() => void)[] = [];
   #closed = false;
+  /** The event loop's own session, for ECDSA signs while no thread is busy. */
+  readonly #inlineSession: pkcs11js.Handle;
 
   constructor(token: Token, modulePath: string, count: number) {
     assert.ok(count >= 1);
     this.#token = token;
-    this.size = Math.min(count, token.maxSessions - 1);
+    // One session each for: management (the Token's), the inline path, every thread.
+    this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
+    this.#inlineSession = token.openSession();
     const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
     for (let i = 0; i < this.size; i++) {
       const session = token.openSession();
@@ -119,6 +130,14 @@ export class SigningWorkers {
   sign(key: TokenKey, request: SignRequest, deadline: number): Promise<Buffer> {
     if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
     const plan = signPlan(key, request);
+    if (plan.mechanism.mechanism === pkcs11js.CKM_ECDSA && this.#pending.size === 0 && !this.#flushScheduled) {
+      try {
+        this.#token.pkcs11.C_SignInit(this.#inlineSession, plan.mechanism, key.privateHandle);
+        return Promise.resolve(this.#token.pkcs11.C_Sign(this.#inlineSession, plan.input, Buffer.allocUnsafe(plan.outputBytes)));
+      } catch (err) {
+        return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed'));
+      }
+    }
     const id = ++this.#nextId;
     const lane = this.#leastLoaded();
     lane.load++;
@@ -142,6 +161,7 @@ export class SigningWorkers {
     await this.drained();
     await Promise.all(this.#lanes.map((lane) => lane.worker.terminate()));
     for (const lane of this.#lanes) this.#token.closeSession(lane.session);
+    this.#token.closeSession(this.#inlineSession);
   }
 
   #leastLoaded(): Lane {
