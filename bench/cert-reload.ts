@@ -69,7 +69,10 @@ interface Target {
 interface Observation {
   readonly serverName: string;
   readonly serial: string;
+  /** When the handshake completed. */
   readonly at: number;
+  /** Connect to handshake completed, ms. */
+  readonly handshakeMs: number;
 }
 
 interface Replacement {
@@ -170,7 +173,7 @@ async function main(): Promise<number> {
       certStore: { dir: storeDir, rescanSeconds: 3600 },
     };
     const proxy = await lab.startProxy({ name: 'proxy', config });
-    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs)} ms; ${replacements} replacements under load`);
+    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`);
     const ca = lab.ca.pem;
     const countersBefore = await readHandshakeCounters(proxy.adminPort);
 
@@ -185,7 +188,7 @@ async function main(): Promise<number> {
       for (let n = 0; running; n++) {
         const target = targets[(loop + n) % targets.length]!;
         const r = await connectOnce(proxy.port, target.serverName, ca, true);
-        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt });
+        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
         if (r.failed === 'handshake') {
           load.failedHandshakes++;
           fail(`new connection ${target.serverName}: handshake`, r.error ?? '');
@@ -254,7 +257,7 @@ async function main(): Promise<number> {
         const started = performance.now();
         const r = await connectOnce(proxy.port, target.serverName, ca, true);
         probes++;
-        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt });
+        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
         if (r.failed === 'handshake') {
           load.failedHandshakes++;
           fail(`probe ${target.serverName}: handshake`, r.error ?? '');
@@ -355,6 +358,7 @@ async function main(): Promise<number> {
       failedRequests: load.failedRequests,
       notServed,
       timeToServeP50Ms: round(median(served), 1),
+      handshakeP50Ms: round(median(observations.map((o) => o.handshakeMs)), 1),
       timeToServeMaxMs: round(served.length > 0 ? Math.max(...served) : Number.NaN, 1),
       byTrigger: byTrigger.map((t) => ({ ...t, p50Ms: round(t.p50Ms, 1), maxMs: round(t.maxMs, 1) })),
       server: { fullHandshakes: server.full, resumedHandshakes: server.resumed, failedHandshakes: server.failed, requests: server.requests },
@@ -389,6 +393,7 @@ async function main(): Promise<number> {
           ['failed requests', fmt(load.failedRequests)],
           ['replacements not served within 15 s', fmt(notServed)],
           ['time to serve p50 / max, ms', `${fmt(summary.timeToServeP50Ms, 1)} / ${fmt(summary.timeToServeMaxMs, 1)}`],
+          ['new connection: connect → handshake done, p50 ms (part of every time to serve)', fmt(summary.handshakeP50Ms, 1)],
           ...byTrigger.map((t) => [`… ${TRIGGER_TITLE[t.trigger]} (${t.count}) p50 / max, ms`, `${fmt(t.p50Ms, 1)} / ${fmt(t.maxMs, 1)}`]),
           ['proxy counters: full handshakes / failed (server side)', `${fmt(server.full)} / ${fmt(server.failed)}`],
         ],

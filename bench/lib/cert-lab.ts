@@ -87,8 +87,8 @@ export interface RunningProxy {
   readonly port: number;
   readonly adminPort: number;
   readonly configFile: string;
-  /** From spawn until /readyz first answered 200, ms. */
-  readonly readyMs: number;
+  /** From spawn until /readyz first answered 200, ms; undefined when it was not ready in time (`allowNotReady`). */
+  readonly readyMs: number | undefined;
   /** The primary and its workers, now. */
   pids(): { readonly primary: number; readonly workers: readonly number[] };
   /** An admin request with the bearer token; the answer's status and body. */
@@ -103,6 +103,8 @@ export interface ProxyStartOptions {
   /** Extra node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
   readonly nodeArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
+  /** Resolve with readyMs undefined, the proxy left running, instead of rejecting when it is not ready in time. */
+  readonly allowNotReady?: boolean;
   /** Poll interval of /readyz while starting, ms. */
   readonly pollMs?: number;
 }
@@ -191,19 +193,53 @@ export class CertLab {
     };
   }
 
-  /** Writes the config, starts `keyedge proxy`, and resolves once /readyz answers 200. */
+  /**
+   * Writes the config, starts `keyedge proxy`, and resolves once /readyz
+   * answers 200. A port taken meanwhile by another program (the proxy's
+   * workers then fail with EADDRINUSE and are restarted forever) is detected
+   * in the log: the proxy is stopped and started again on fresh ports, up to
+   * three times. The config's listen[0] and admin ports are the ones to use.
+   */
   async startProxy(options: ProxyStartOptions): Promise<RunningProxy> {
     const configFile = join(this.dir, `${options.name}.json`);
-    writeFileSync(configFile, `${JSON.stringify(options.config, null, 2)}\n`);
-    const listen = (options.config.listen as { port: number }[])[0]!;
-    const admin = options.config.admin as { port: number };
     const logFile = join(this.dir, `${options.name}.log`);
-    const started = performance.now();
-    const proc = spawnManaged(options.name, [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile], logFile, undefined, this.dir);
-    this.#proxies.add(proc);
-    const ready = async (): Promise<boolean> => (await httpGet(`http://127.0.0.1:${admin.port}/readyz`, 2000).catch(() => ({ status: 0 }))).status === 200;
-    await waitUntil(`keyedge proxy ${options.name} (/readyz)`, ready, options.readyTimeoutMs ?? 120_000, proc, options.pollMs ?? 20);
-    const readyMs = performance.now() - started;
+    let config = options.config;
+    for (let attempt = 1; ; attempt++) {
+      writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
+      writeFileSync(logFile, '');
+      const adminPort = (config.admin as { port: number }).port;
+      const started = performance.now();
+      const proc = spawnManaged(options.name, [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile], logFile, undefined, this.dir);
+      this.#proxies.add(proc);
+      let portTaken = false;
+      let timedOut = false;
+      const timeoutMs = options.readyTimeoutMs ?? 120_000;
+      const ready = async (): Promise<boolean> => {
+        if (readFileSync(logFile, 'utf8').includes('EADDRINUSE')) {
+          portTaken = true;
+          return true;
+        }
+        if (options.allowNotReady === true && performance.now() - started > timeoutMs) {
+          timedOut = true;
+          return true;
+        }
+        return (await httpGet(`http://127.0.0.1:${adminPort}/readyz`, 2000).catch(() => ({ status: 0 }))).status === 200;
+      };
+      await waitUntil(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
+      if (portTaken) {
+        await proc.stop(10_000);
+        this.#proxies.delete(proc);
+        if (attempt >= 3) throw new Error(`keyedge proxy ${options.name}: its ports were taken ${attempt} times\n${proc.tail()}`);
+        config = { ...config, listen: [{ host: '127.0.0.1', port: await freePort() }], admin: { ...(config.admin as object), port: await freePort() } };
+        continue;
+      }
+      return this.#running(proc, config, configFile, logFile, timedOut ? undefined : performance.now() - started);
+    }
+  }
+
+  #running(proc: ManagedProcess, config: Record<string, unknown>, configFile: string, logFile: string, readyMs: number | undefined): RunningProxy {
+    const listen = (config.listen as { port: number }[])[0]!;
+    const admin = config.admin as { port: number };
     const token = this.token;
     return {
       process: proc,
@@ -281,6 +317,8 @@ export interface ConnectResult {
   /** The served leaf's serial, upper-case hex (node:tls's form). */
   readonly serial?: string;
   readonly status?: number;
+  /** performance.now() when the connection was started. */
+  readonly startedAt: number;
   /** performance.now() when the handshake completed. */
   readonly handshakeAt?: number;
 }
@@ -294,16 +332,17 @@ export interface ConnectResult {
  */
 export function connectOnce(port: number, servername: string, ca: string, request: boolean, timeoutMs = 10_000): Promise<ConnectResult> {
   return new Promise((resolve) => {
+    const startedAt = performance.now();
     let serial: string | undefined;
     let handshakeAt: number | undefined;
     let head = '';
     let settled = false;
-    const done = (result: ConnectResult): void => {
+    const done = (result: Omit<ConnectResult, 'startedAt'>): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.destroy();
-      resolve(result);
+      resolve({ ...result, startedAt });
     };
     const socket = tls.connect({ host: '127.0.0.1', port, servername, ca });
     const timer = setTimeout(() => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: `no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`, ...(serial === undefined ? {} : { serial }) }), timeoutMs);
