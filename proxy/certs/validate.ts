@@ -341,9 +341,10 @@ async function checkKeyserverKey(
   const keyId = certificate.keyId;
   const held = await lookup(keyId, certificate.spki);
   if (held === undefined) throw refuse('key_unknown', `the key server holds no key with id ${keyId} (the leaf's key); import or generate it there first`);
-  let same: boolean;
+  // Equal DER is the same key (the usual case, and ~1 ms cheaper than decoding both).
+  let same = held.equals(certificate.spki);
   try {
-    same = createPublicKey({ key: held, format: 'der', type: 'spki' }).equals(createPublicKey({ key: certificate.spki, format: 'der', type: 'spki' }));
+    same ||= createPublicKey({ key: held, format: 'der', type: 'spki' }).equals(createPublicKey({ key: certificate.spki, format: 'der', type: 'spki' }));
   } catch (err) {
     throw refuse('key_mismatch', `the key server's public key for ${keyId} does not decode`, err);
   }

@@ -1,0 +1,178 @@
+/**
+ * Certificates for the certificate benchmarks, made in the bench process
+ * fast enough for 10,000 of them: a throwaway ECDSA P-256 CA (node:crypto)
+ * and leaves for a given public key, DER-encoded here and signed with
+ * `crypto.sign` (about 0.1 ms a leaf; openssl per certificate would take
+ * minutes, @peculiar/x509 over WebCrypto several seconds).
+ *
+ * The leaves are ordinary RFC 5280 TLS server certificates: v3, a positive
+ * 16-byte serial (§4.1.2.2), UTCTime validity (§4.1.2.5.1), critical
+ * basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth,
+ * subjectAltName dNSNames (RFC 6125 §6.4.4: clients match on these), and
+ * subject/authority key identifiers (§4.2.1.1-2) so chain building never
+ * falls back to name matching.
+ */
+import { createHash, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto';
+
+// DER (X.690 §8, §10): tag, length (short form below 128, else long form), content.
+function tlv(tag: number, content: Buffer): Buffer {
+  const n = content.length;
+  let head: Buffer;
+  if (n < 0x80) head = Buffer.from([tag, n]);
+  else if (n < 0x100) head = Buffer.from([tag, 0x81, n]);
+  else if (n < 0x10000) head = Buffer.from([tag, 0x82, n >> 8, n & 0xff]);
+  else head = Buffer.from([tag, 0x83, n >> 16, (n >> 8) & 0xff, n & 0xff]);
+  return Buffer.concat([head, content]);
+}
+const seq = (...parts: Buffer[]): Buffer => tlv(0x30, Buffer.concat(parts));
+const hex = (text: string): Buffer => Buffer.from(text.replaceAll(' ', ''), 'hex');
+
+// Encoded OBJECT IDENTIFIERs (tag and length included).
+const OID = {
+  ecdsaWithSha256: hex('06 08 2a 86 48 ce 3d 04 03 02'), // 1.2.840.10045.4.3.2
+  commonName: hex('06 03 55 04 03'), // 2.5.4.3
+  subjectKeyIdentifier: hex('06 03 55 1d 0e'),
+  keyUsage: hex('06 03 55 1d 0f'),
+  subjectAltName: hex('06 03 55 1d 11'),
+  basicConstraints: hex('06 03 55 1d 13'),
+  authorityKeyIdentifier: hex('06 03 55 1d 23'),
+  extKeyUsage: hex('06 03 55 1d 25'),
+};
+const CRITICAL = hex('01 01 ff');
+const SIGNATURE_ALGORITHM = seq(OID.ecdsaWithSha256); // RFC 5758 §3.2: no parameters
+
+function name(commonName: string): Buffer {
+  return seq(tlv(0x31, seq(OID.commonName, tlv(0x0c, Buffer.from(commonName, 'utf8')))));
+}
+
+/** UTCTime YYMMDDHHMMSSZ: RFC 5280 §4.1.2.5 requires it for years before 2050. */
+function utcTime(date: Date): Buffer {
+  const iso = date.toISOString();
+  const text = `${iso.slice(2, 4)}${iso.slice(5, 7)}${iso.slice(8, 10)}${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`;
+  return tlv(0x17, Buffer.from(text, 'ascii'));
+}
+
+function extension(oid: Buffer, critical: boolean, value: Buffer): Buffer {
+  return critical ? seq(oid, CRITICAL, tlv(0x04, value)) : seq(oid, tlv(0x04, value));
+}
+
+/** SHA-1 of the SPKI: a key identifier (RFC 5280 §4.2.1.2 allows any unique value; this is its method 1 in spirit). */
+function keyIdentifier(spkiDer: Buffer): Buffer {
+  return createHash('sha1').update(spkiDer).digest();
+}
+
+/** 16 random bytes, top bit clear (positive INTEGER) and first byte ≥ 0x10, so every serial prints as 32 hex digits. */
+export function newSerial(): Buffer {
+  const serial = randomBytes(16);
+  serial[0] = 0x10 + (serial[0]! % 0x70);
+  return serial;
+}
+
+interface TbsFields {
+  readonly serial: Buffer;
+  readonly issuer: Buffer;
+  readonly subject: Buffer;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  readonly spkiDer: Buffer;
+  readonly extensions: readonly Buffer[];
+}
+
+function certificateDer(tbs: TbsFields, signingKey: KeyObject): Buffer {
+  const body = seq(
+    hex('a0 03 02 01 02'), // [0] version v3
+    tlv(0x02, tbs.serial),
+    SIGNATURE_ALGORITHM,
+    tbs.issuer,
+    seq(utcTime(tbs.notBefore), utcTime(tbs.notAfter)),
+    tbs.subject,
+    tbs.spkiDer,
+    tlv(0xa3, seq(...tbs.extensions)),
+  );
+  // node:crypto's ECDSA signature is DER Ecdsa-Sig-Value, what X.509 carries (RFC 5758 §3.2).
+  const signature = sign('sha256', body, signingKey);
+  return seq(body, SIGNATURE_ALGORITHM, tlv(0x03, Buffer.concat([Buffer.from([0]), signature])));
+}
+
+function pem(der: Buffer): string {
+  const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
+  return `-----BEGIN CERTIFICATE-----\n${lines.join('\n')}\n-----END CERTIFICATE-----\n`;
+}
+
+export interface IssuedLeaf {
+  readonly pem: string;
+  /** Upper-case hex, as node:tls reports a peer certificate's serialNumber. */
+  readonly serial: string;
+}
+
+/**
+ * A throwaway CA. Not safe for concurrent use from several threads (it is
+ * used from one bench process); `issue` is synchronous.
+ */
+export class BenchCa {
+  readonly pem: string;
+  readonly #key: KeyObject;
+  readonly #subject: Buffer;
+  readonly #keyId: Buffer;
+  readonly #notBefore: Date;
+  readonly #notAfter: Date;
+
+  constructor(commonName: string, validDays = 10) {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    this.#key = privateKey;
+    const spkiDer = publicKey.export({ type: 'spki', format: 'der' });
+    this.#subject = name(commonName);
+    this.#keyId = keyIdentifier(spkiDer);
+    // A minute back tolerates clock skew between the bench and the proxy's validation.
+    this.#notBefore = new Date(Date.now() - 60_000);
+    this.#notAfter = new Date(this.#notBefore.getTime() + validDays * 86_400_000);
+    const der = certificateDer(
+      {
+        serial: newSerial(),
+        issuer: this.#subject,
+        subject: this.#subject,
+        notBefore: this.#notBefore,
+        notAfter: this.#notAfter,
+        spkiDer,
+        extensions: [
+          extension(OID.basicConstraints, true, seq(hex('01 01 ff'))),
+          extension(OID.keyUsage, true, hex('03 02 01 06')), // keyCertSign, cRLSign
+          extension(OID.subjectKeyIdentifier, false, tlv(0x04, this.#keyId)),
+        ],
+      },
+      privateKey,
+    );
+    this.pem = pem(der);
+  }
+
+  /** A TLS server leaf for `spkiDer` (the key server's public key) covering `dnsNames`; valid as long as the CA, less a day. */
+  issue(spkiDer: Buffer, dnsNames: readonly string[]): IssuedLeaf {
+    const serial = newSerial();
+    const der = certificateDer(
+      {
+        serial,
+        issuer: this.#subject,
+        subject: name(dnsNames[0] ?? 'leaf'),
+        notBefore: this.#notBefore,
+        notAfter: new Date(this.#notAfter.getTime() - 86_400_000),
+        spkiDer,
+        extensions: [
+          extension(OID.basicConstraints, true, seq()),
+          extension(OID.keyUsage, true, hex('03 02 07 80')), // digitalSignature
+          extension(OID.extKeyUsage, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // serverAuth
+          extension(OID.subjectAltName, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
+          extension(OID.subjectKeyIdentifier, false, tlv(0x04, keyIdentifier(spkiDer))),
+          extension(OID.authorityKeyIdentifier, false, seq(tlv(0x80, this.#keyId))),
+        ],
+      },
+      this.#key,
+    );
+    return { pem: pem(der), serial: serial.toString('hex').toUpperCase() };
+  }
+
+  /** The leaf followed by this CA: what a store entry or a config chain file holds. */
+  chain(leaf: IssuedLeaf): string {
+    return `${leaf.pem}${this.pem}`;
+  }
+}
+
