@@ -14,7 +14,10 @@ keys (every signature comes from the key server) and forwards each request to
 its domain's origin. Runs a primary and \`workers\` worker processes.
 
 Signals (to the primary): SIGTERM/SIGINT stop gracefully (open requests finish
-within shutdownGraceMs). A worker that dies is replaced.
+within shutdownGraceMs); SIGHUP reloads the config file and the certificate
+store (routing and certificates; a refused change keeps what serves). Changes
+to the store and the config file are also picked up by themselves. A worker
+that dies is replaced.
 
 Options:
   --config FILE   JSON config (see config/proxy.json)
