@@ -27,11 +27,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { numberOption } from './lib/args.js';
 import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from './lib/cert-lab.js';
-import { type FunctionCost, summarizeProfile } from './lib/cpuprofile.js';
+import { type FunctionCost, type ProfileWindow, summarizeProfile } from './lib/cpuprofile.js';
 import { describeMachine } from './lib/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
 import { procCpu, totalUs } from './lib/proc-cpu.js';
 import { median, round } from './lib/stats.js';
+import type { SummaryRow } from './lib/summary.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -62,6 +63,8 @@ const USAGE = `Usage: node dist/bench/cert-scale.js [options]
 `;
 
 const DOMAIN = 'scale.test';
+/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (lib/cpuprofile.ts). */
+const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
 const nameOf = (i: number): string => `n${i}`;
 const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
@@ -267,6 +270,7 @@ async function main(): Promise<number> {
     if (profiling) mkdirSync(profDir, { recursive: true });
     const base = await lab.baseConfig();
     const spawnedAt = Date.now();
+    const spawnedUs = monotonicUs();
     const proxy = await lab.startProxy({
       name: 'scale',
       config: scaleConfig(base.config, storeDir, cacheSize, lab.originPort),
@@ -286,6 +290,7 @@ async function main(): Promise<number> {
       return writeNotReadyReport(values.out ?? 'bench/results', `cert-scale${suffix}${profiling ? '-profile' : ''}`, { names, generateSeconds, listing, notReady, machine, cacheSize });
     }
     const readyMs = proxy.readyMs;
+    const readyUs = monotonicUs();
     say(`start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`);
     await sleep(1000);
     const rssAfterStart = rssOf(proxy);
@@ -294,6 +299,7 @@ async function main(): Promise<number> {
     const rssSettled = rssOf(proxy);
     say(`workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`);
 
+    const reloadsFromUs = monotonicUs();
     const replaced: ReloadFigure[] = [];
     for (let r = 0; r < reloads; r++) {
       const i = Math.floor(((r + 1) * names) / (reloads + 1));
@@ -308,10 +314,22 @@ async function main(): Promise<number> {
       say(`no-change rescan (POST /reload): ${fmt(rescans.at(-1)!.durationMs, 1)} ms (round trip ${fmt(rescans.at(-1)!.roundTripMs, 1)} ms)`);
     }
 
+    const reloadsToUs = monotonicUs();
     if (profiling) {
       await proxy.stop();
       await lab.stop();
-      return writeProfileReport(values.out ?? 'bench/results', `cert-scale-profile${suffix}`, profDir, { names, readyMs, pid: proxy.process.pid, phases, rssAfterStart, replaced, rescans, top, machine });
+      return writeProfileReport(values.out ?? 'bench/results', `cert-scale-profile${suffix}`, profDir, {
+        names,
+        readyMs,
+        pid: proxy.process.pid,
+        phases,
+        rssAfterStart,
+        replaced,
+        rescans,
+        top,
+        machine,
+        windows: { startup: { fromUs: spawnedUs, toUs: readyUs }, reloads: { fromUs: reloadsFromUs, toUs: reloadsToUs } },
+      });
     }
 
     // Bounded memory: more distinct names than contextCacheSize, twice over.
@@ -417,12 +435,38 @@ async function main(): Promise<number> {
       '',
       `Command: \`${machine.commandLine}\``,
     ].join('\n');
-    const out = writeReport(values.out ?? 'bench/results', `cert-scale${suffix}`, { benchmark: 'cert-scale', machine, settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 }, summary }, markdown);
+    const out = writeReport(values.out ?? 'bench/results', `cert-scale${suffix}`, { benchmark: 'cert-scale', machine, settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 }, summary: summaryRows(summary, failed), figures: summary }, markdown);
     process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
     return failed > 0 ? 1 : 0;
   } finally {
     lab.cleanup(values['keep-temp']);
   }
+}
+
+/** The suite's one-row-per-scenario shape (lib/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
+function summaryRows(
+  figures: { startup: { readyMs: number }; oneEntryReload: readonly { timeToServeMs?: number | undefined }[]; noChangeRescan: readonly { durationMs: number }[] },
+  errors: number,
+): SummaryRow[] {
+  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow => ({
+    bench: 'cert-scale',
+    scenario,
+    label,
+    unit: 'request',
+    rate: Number.NaN,
+    serverCpuUs: Number.NaN,
+    p50Ms: round(median(values), 1),
+    p99Ms: round(Math.max(...values), 1),
+    clientSaturated: false,
+    errors,
+    spreadPct: Number.NaN,
+    otherCores: Number.NaN,
+  });
+  return [
+    row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
+    row('one-entry-reload', 'one entry replaced: rename → served (p99 = max)', figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN)),
+    row('rescan', 'no-change rescan, POST /reload durationMs (p99 = max)', figures.noChangeRescan.map((r) => r.durationMs)),
+  ];
 }
 
 interface ProfileContext {
@@ -435,6 +479,8 @@ interface ProfileContext {
   readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
   readonly top: number;
   readonly machine: ReturnType<typeof describeMachine>;
+  /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
+  readonly windows: { readonly startup: ProfileWindow; readonly reloads: ProfileWindow };
 }
 
 /** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
@@ -447,14 +493,16 @@ function writeProfileReport(outDir: string, name: string, profDir: string, ctx: 
   const workerFile = files.find((f) => pidOf(f) !== primaryPid);
   const keep = resolve('bench/results/tmp/profiles');
   const kept: string[] = [];
-  const summaries: { role: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
+  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
   for (const [role, file] of [['primary', primaryFile], ['worker', workerFile]] as const) {
     if (file === undefined) continue;
     const target = join(keep, `${dateStamp()}-cert-scale-${ctx.names}-${role}.cpuprofile`);
     renameSync(join(profDir, file), target);
     kept.push(target);
-    const s = summarizeProfile(target, REPO_ROOT);
-    summaries.push({ role, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
+    for (const [window, span] of [['start-up (spawn → /readyz 200)', ctx.windows.startup], ['one-entry reloads and no-change rescans', ctx.windows.reloads]] as const) {
+      const s = summarizeProfile(target, REPO_ROOT, span);
+      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
+    }
   }
   rmSync(profDir, { recursive: true, force: true });
   const table = (functions: readonly FunctionCost[], by: 'self' | 'inclusive'): string =>
@@ -474,7 +522,7 @@ function writeProfileReport(outDir: string, name: string, profDir: string, ctx: 
       `and ${ctx.rescans.length} no-change rescans (${ctx.rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms). RSS after start: primary ${fmt(ctx.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(ctx.rssAfterStart)} MiB.`,
     '',
     ...summaries.flatMap((s) => [
-      `## ${s.role}: ${fmt(s.busyMs)} ms on the main thread (whole life: start-up, reloads, rescans, stop)`,
+      `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
       '',
       '### by self time',
       '',
@@ -498,7 +546,7 @@ function writeProfileReport(outDir: string, name: string, profDir: string, ctx: 
     rssAfterStart: ctx.rssAfterStart,
     replaced: ctx.replaced,
     rescans: ctx.rescans,
-    profiles: summaries.map((s) => ({ role: s.role, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
+    profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
   }, markdown);
   process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
   return 0;
@@ -539,7 +587,28 @@ function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext)
     '',
     `Command: \`${machine.commandLine}\``,
   ].join('\n');
-  const out = writeReport(outDir, name, { benchmark: 'cert-scale', machine, names: ctx.names, generateSeconds: round(ctx.generateSeconds, 1), listing: ctx.listing, cacheSize: ctx.cacheSize, notReady }, markdown);
+  const out = writeReport(outDir, name, {
+    benchmark: 'cert-scale',
+    summary: [
+      {
+        bench: 'cert-scale',
+        scenario: 'startup',
+        label: 'start-up until /readyz 200',
+        unit: 'request',
+        rate: Number.NaN,
+        serverCpuUs: Number.NaN,
+        p50Ms: Number.NaN,
+        p99Ms: Number.NaN,
+        clientSaturated: false,
+        errors: 1,
+        spreadPct: Number.NaN,
+        otherCores: Number.NaN,
+        skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
+      } satisfies SummaryRow,
+    ],
+    machine,
+    names: ctx.names,
+    generateSeconds: round(ctx.generateSeconds, 1), listing: ctx.listing, cacheSize: ctx.cacheSize, notReady }, markdown);
   process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
   return 1;
 }

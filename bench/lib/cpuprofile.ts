@@ -27,8 +27,16 @@ interface ProfileNode {
 
 interface CpuProfile {
   readonly nodes: readonly ProfileNode[];
+  /** µs on V8's monotonic clock: on Linux CLOCK_MONOTONIC, the clock of process.hrtime() in any process. */
+  readonly startTime: number;
   readonly samples: readonly number[];
   readonly timeDeltas: readonly number[];
+}
+
+/** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n` in any process of the machine, Linux). */
+export interface ProfileWindow {
+  readonly fromUs: number;
+  readonly toUs: number;
 }
 
 export interface FunctionCost {
@@ -55,8 +63,8 @@ function frameKey(frame: CallFrame, root: string | undefined): string {
   return `${name} ${file}:${frame.lineNumber + 1}`;
 }
 
-/** Self and inclusive time per function of the profile at `path`, most expensive (self) first. */
-export function summarizeProfile(path: string, root?: string): ProfileSummary {
+/** Self and inclusive time per function of the profile at `path`, most expensive (self) first; only samples inside `window` when given. */
+export function summarizeProfile(path: string, root?: string, window?: ProfileWindow): ProfileSummary {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -69,9 +77,12 @@ export function summarizeProfile(path: string, root?: string): ProfileSummary {
   let busyUs = 0;
   let idleUs = 0;
   const n = profile.samples.length;
+  let at = profile.startTime;
   for (let i = 0; i < n; i++) {
     // The delta before sample i+1 is how long sample i's stack was current.
     const dt = i + 1 < n ? Math.max(0, profile.timeDeltas[i + 1]!) : 0;
+    at += profile.timeDeltas[i] ?? 0;
+    if (window !== undefined && (at < window.fromUs || at > window.toUs)) continue;
     const leaf = byId.get(profile.samples[i]!);
     if (leaf === undefined) continue;
     if (leaf.callFrame.functionName === '(idle)') {
