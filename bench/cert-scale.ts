@@ -11,7 +11,7 @@
  *     connection gets the new serial, and the primary's "reload done"
  *     durationMs; a no-change rescan (POST /reload, the answer's durationMs);
  *   - bounded memory: worker RSS after handshakes to 5,000 distinct names
- *     with contextCacheSize 1000, twice over;
+ *     with contextCacheSize 1000, after each of 3 passes;
  *   - memory per secure context: two proxies on a store of M names (default
  *     1000) that differ only in contextCacheSize (1 and M), worker RSS after
  *     start and after a handshake to each name.
