@@ -146,7 +146,7 @@ function parseOptions(argv: string[]): Options | undefined {
       warmup: { type: 'string' },
       concurrency: { type: 'string', default: '64' },
       'resume-loops': { type: 'string', default: '16' },
-      workers: { type: 'string', default: '2' },
+      workers: { type: 'string' },
       keys: { type: 'string' },
       setups: { type: 'string' },
       install: { type: 'string' },

@@ -147,10 +147,11 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       const old = previous.certificates.get(name);
       if (old === undefined) continue;
       contexts.forget(old);
-      if (config.tls.ocspStapling) stapler.untrack(old);
+      if (config.tls.ocspStapling && previous.records.get(name)?.stapled === true) stapler.untrack(old);
     }
     for (const certificate of eager) for (const profile of profiles) contexts.commit(profile, certificate);
-    if (config.tls.ocspStapling) trackInBackground(stapler, next.changed);
+    // Only leaves the primary found an OCSP responder in: parsing all of them here would cost each worker seconds and megabytes at 10,000 entries.
+    if (config.tls.ocspStapling) trackInBackground(stapler, next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true));
     if (state.noSni !== previous.noSni && state.noSni !== undefined) {
       for (const { profile, server } of noSniServers) server.setSecureContext(noSniContextOptions(profile, state.noSni));
     }

@@ -102,6 +102,8 @@ export class CertificateStore {
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `cannot list the certificate store ${this.dir}: ${errno(err)}`, { cause: err });
     }
     const refs: StoreEntryRef[] = [];
+    // Stat a metadata file only where readdir saw one: a failed stat (throwing ENOENT) per entry was most of a rescan's cost at 10,000 entries.
+    const present = new Set(files);
     for (const file of files) {
       const name = CHAIN_FILE.exec(file)?.[1];
       if (name === undefined) continue;
@@ -116,7 +118,7 @@ export class CertificateStore {
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot stat ${paths.chainPath}: ${errno(err)}`, { cause: err });
       }
       if (!chain.isFile()) continue;
-      refs.push({ name, ...paths, mtimeMs: chain.mtimeMs, size: chain.size, metaMtimeMs: metaMtime(paths.metaPath) });
+      refs.push({ name, ...paths, mtimeMs: chain.mtimeMs, size: chain.size, metaMtimeMs: present.has(`${name}.json`) ? metaMtime(paths.metaPath) : undefined });
     }
     return refs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }

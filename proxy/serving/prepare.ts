@@ -28,6 +28,8 @@ export interface PreparedServing {
   readonly warnings: readonly { readonly name: string; readonly message: string }[];
   /** Names whose record is new or changed since `previous`. */
   readonly changed: readonly string[];
+  /** Every entry present now, in the config or the store, served or not. */
+  readonly present: ReadonlySet<string>;
 }
 
 export interface PrepareOptions {
@@ -120,7 +122,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   if (sniDefault !== null && !records.has(sniDefault)) {
     throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`);
   }
-  return { records, refused, warnings, changed };
+  const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
+  return { records, refused, warnings, changed, present };
 }
 
 function storeStatId(ref: StoreEntryRef): string {

@@ -31,6 +31,8 @@ export interface NextServing {
   readonly warnings: readonly { readonly name: string; readonly message: string }[];
   /** Settings that changed in the file but need a restart. */
   readonly restartNeeded: readonly string[];
+  /** Every certificate entry present, served or refused. */
+  readonly present: ReadonlySet<string>;
 }
 
 export class ServingSource {
@@ -118,6 +120,7 @@ export class ServingSource {
         refused: prepared.refused,
         warnings: prepared.warnings,
         restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(config[key]) !== JSON.stringify(this.#config[key])),
+        present: prepared.present,
       };
     } finally {
       client?.close();
@@ -157,8 +160,7 @@ export class ServingSource {
     }
     for (const refusal of next.refused) this.#refusals.set(refusal.name, refusal);
     // Refusals of entries that have since gone from the store are moot.
-    const present = new Set([...next.config.certificates.map((c) => c.name), ...this.store.list().map((r) => r.name)]);
-    for (const name of this.#refusals.keys()) if (!present.has(name)) this.#refusals.delete(name);
+    for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
     // Restart-only settings keep their running values; routing and certificates move on.

@@ -12,6 +12,7 @@
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import type { CertificateRefusal } from '../certs/validate.js';
+import { ocspResponderUrl } from '../tls/ocsp.js';
 
 export interface CertificateRecord {
   readonly name: string;
@@ -28,6 +29,8 @@ export interface CertificateRecord {
   readonly serial: string;
   readonly issuer: string;
   readonly notAfter: string;
+  /** Whether the leaf names an OCSP responder and the chain holds its issuer: only then is it stapled. */
+  readonly stapled: boolean;
   readonly loadedAt: string;
   /** Identifies the input this record was validated from; equal inputs are not validated again. */
   readonly inputId: string;
@@ -66,6 +69,7 @@ export function recordOf(certificate: ServedCertificate, from: CertificateRecord
     serial: certificate.serial,
     issuer: certificate.leaf.issuer,
     notAfter: certificate.notAfter.toISOString(),
+    stapled: ocspResponderUrl(certificate.leaf) !== undefined && certificate.chain.length > 1,
     loadedAt: loadedAt.toISOString(),
     inputId,
   };
