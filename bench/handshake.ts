@@ -41,6 +41,7 @@ import { QuietGate } from './lib/quiet.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
 import { runRounds, type RunContext, type Scenario, sleep } from './lib/rounds.js';
 import { median, round, spread, type Spread } from './lib/stats.js';
+import { installInterrupt, runBench } from './lib/interrupt.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 const CONTENDED_CORES = 0.25;
@@ -1033,22 +1034,8 @@ async function main(): Promise<number> {
   const machine = describeMachine();
   const ab = abVersion();
 
-  const abort = new AbortController();
   let lab: HandshakeLab | undefined;
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      lab?.cleanup(options.keepTemp);
-      process.exit(130);
-    }
-    interrupted = true;
-    log(`${signal}: stopping (again to force)`);
-    abort.abort(new Error(`interrupted by ${signal}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', () => lab?.cleanup(options.keepTemp));
+  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
 
   try {
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
@@ -1073,9 +1060,9 @@ async function main(): Promise<number> {
       log,
     );
     log(`temp dir ${lab.dir}`);
-    abort.signal.throwIfAborted();
+    signal.throwIfAborted();
     await lab.start(log);
-    abort.signal.throwIfAborted();
+    signal.throwIfAborted();
     const running = lab;
     const env: Env = { lab, options, counters: new CounterReader(lab), ca: readFileSync(lab.caFile, 'utf8'), perfThreads: new Map() };
 
@@ -1092,7 +1079,7 @@ async function main(): Promise<number> {
       }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
 
-    const limits: Limits = options.limits && !profiling ? await measureLimits(lab, options, log, abort.signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
+    const limits: Limits = options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
 
     const ownPids = () =>
       trackedGroups(running, undefined)
@@ -1101,7 +1088,7 @@ async function main(): Promise<number> {
         .flatMap((p) => processTree(p));
     const gate =
       options.quietBudgetMs > 0
-        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: abort.signal }, options.quietBudgetMs)
+        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs)
         : undefined;
     const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
     log(
@@ -1113,7 +1100,7 @@ async function main(): Promise<number> {
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
       settleMs: options.settleMs,
-      signal: abort.signal,
+      signal: signal,
       beforeRun: async (scenario, context) => {
         if (gate === undefined || context.phase !== 'measure') return;
         const q = await gate.wait();
@@ -1237,18 +1224,4 @@ async function main(): Promise<number> {
   }
 }
 
-let interrupted = false;
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (interrupted) {
-      process.stderr.write('handshake: interrupted; everything it started is stopped\n');
-      process.exitCode = 130;
-      return;
-    }
-    process.stderr.write(`handshake: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runBench('handshake', main());

@@ -36,6 +36,7 @@ import { QuietGate } from './lib/quiet.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
 import { runRounds, type RunContext, type Scenario, sleep } from './lib/rounds.js';
 import { median, round, spread, type Spread } from './lib/stats.js';
+import { installInterrupt, runBench } from './lib/interrupt.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 const CONTENDED_CORES = 0.25;
@@ -486,22 +487,8 @@ async function main(): Promise<number> {
     ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
   };
 
-  const abort = new AbortController();
   let lab: KeepaliveLab | undefined;
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      lab?.cleanup(options.keepTemp);
-      process.exit(130);
-    }
-    interrupted = true;
-    log(`${signal}: stopping (again to force)`);
-    abort.abort(new Error(`interrupted by ${signal}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', () => lab?.cleanup(options.keepTemp));
+  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
 
   try {
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
@@ -519,10 +506,10 @@ async function main(): Promise<number> {
       log,
     );
     log(`temp dir ${lab.dir}`);
-    abort.signal.throwIfAborted();
+    signal.throwIfAborted();
     await lab.start(log);
     for (const [server, reason] of lab.failed) skipped.set(server, reason);
-    abort.signal.throwIfAborted();
+    signal.throwIfAborted();
     const env: Env = { lab, options };
     const running = lab;
 
@@ -537,7 +524,7 @@ async function main(): Promise<number> {
     const ownPids = () =>
       [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
     const gate =
-      options.quietBudgetMs > 0 ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: abort.signal }, options.quietBudgetMs) : undefined;
+      options.quietBudgetMs > 0 ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs) : undefined;
     const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
     // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
     const answered = new Map<string, number>();
@@ -550,7 +537,7 @@ async function main(): Promise<number> {
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
       settleMs: options.settleMs,
-      signal: abort.signal,
+      signal: signal,
       beforeRun: async (scenario, context) => {
         if (gate === undefined || context.phase !== 'measure') return;
         const q = await gate.wait();
@@ -663,18 +650,4 @@ async function main(): Promise<number> {
   }
 }
 
-let interrupted = false;
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (interrupted) {
-      process.stderr.write('keepalive: interrupted; everything it started is stopped\n');
-      process.exitCode = 130;
-      return;
-    }
-    process.stderr.write(`keepalive: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runBench('keepalive', main());

@@ -35,6 +35,7 @@ import { runRounds, type Scenario } from './lib/rounds.js';
 import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './lib/sign-load.js';
 import { median, round, spread } from './lib/stats.js';
 import { numberOption } from './lib/args.js';
+import { installInterrupt, runBench } from './lib/interrupt.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 const CONTENDED_CORES = 0.25;
@@ -557,22 +558,8 @@ async function main(): Promise<number> {
   const started = Date.now();
   const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
 
-  const abort = new AbortController();
   let lab: KeyserverLab | undefined;
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      lab?.cleanup();
-      process.exit(130);
-    }
-    interrupted = true;
-    log(`${signal}: stopping (again to force)`);
-    abort.abort(new Error(`interrupted by ${signal}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', () => {
+  const signal = installInterrupt(log, () => {
     if (!options.keepTemp) lab?.cleanup();
   });
 
@@ -588,7 +575,7 @@ async function main(): Promise<number> {
       keyIds.set(key.id, await lab.generateKey(key.type, key.label));
       log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
     }
-    abort.signal.throwIfAborted();
+    signal.throwIfAborted();
 
     // The raw side: the same token, opened in this process.
     const config = loadKeyserverConfig(lab.configPath);
@@ -615,7 +602,7 @@ async function main(): Promise<number> {
         continue;
       }
       log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
-      const result = await explorePipeline(key, connectFor(key, 'unix'), running.pid, options, abort.signal, log);
+      const result = await explorePipeline(key, connectFor(key, 'unix'), running.pid, options, signal, log);
       chosen.set(key.id, result.chosen);
       explore.push(...result.rows);
     }
@@ -634,7 +621,7 @@ async function main(): Promise<number> {
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
     const gate =
       options.quietBudgetMs > 0
-        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: [running.pid], signal: abort.signal }, options.quietBudgetMs)
+        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: [running.pid], signal: signal }, options.quietBudgetMs)
         : undefined;
     const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
     const { order, results } = await runRounds(scenarios, {
@@ -650,7 +637,7 @@ async function main(): Promise<number> {
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
       settleMs: options.settleMs,
-      signal: abort.signal,
+      signal: signal,
       extraRounds: {
         max: options.maxExtraRounds,
         needed: (sofar) => {
@@ -676,14 +663,14 @@ async function main(): Promise<number> {
       const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id))!;
       const single: Pipeline = { connections: 1, depth: 1 };
       for (const path of (['raw', 'unix', 'tls'] as const).filter((p) => options.paths.has(p))) {
-        abort.signal.throwIfAborted();
+        signal.throwIfAborted();
         let connected: Connected | undefined;
         const load =
           path === 'raw'
             ? new RawSignLoad(token.pkcs11, rawSessions.slice(0, 1), { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes }, digests)
             : (connected = await connectFor(key, path)(single)).load;
         try {
-          const r = await measureWindow(load, { durationMs: idleMs, rampMs: options.rampMs, ...(path === 'raw' ? {} : { serverPid: running.pid }), signal: abort.signal });
+          const r = await measureWindow(load, { durationMs: idleMs, rampMs: options.rampMs, ...(path === 'raw' ? {} : { serverPid: running.pid }), signal: signal });
           idle.push({ key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors });
           log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
         } finally {
@@ -795,19 +782,5 @@ function relaunchWithPool(): Promise<number> | undefined {
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
 }
 
-let interrupted = false;
 const relaunched = relaunchWithPool();
-(relaunched ?? main()).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (interrupted) {
-      process.stderr.write('keyserver-sign: interrupted; everything it started is stopped\n');
-      process.exitCode = 130;
-      return;
-    }
-    process.stderr.write(`keyserver-sign: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runBench('keyserver-sign', relaunched ?? main());
