@@ -268,6 +268,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   const early: ServingDelta[] = [];
   let worker: RunningWorker | undefined;
   let stop: (() => void) | undefined;
+  let stopEarly = false;
   let ticketKey: Buffer | undefined;
   const applyNow = (delta: ServingDelta): void => {
     assert(worker !== undefined);
@@ -289,7 +290,11 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
         const { delta } = message as { delta: ServingDelta };
         if (worker === undefined) early.push(delta);
         else applyNow(delta);
-      } else if (isShutdownMessage(message)) stop?.();
+      } else if (isShutdownMessage(message)) {
+        // Told to stop while still starting: stop as soon as it listens.
+        if (stop === undefined) stopEarly = true;
+        else stop();
+      }
     });
     process.send?.(WANT_TICKET_KEY);
   });
@@ -301,6 +306,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   const running = worker;
   await new Promise<void>((resolve) => {
     stop = (): void => void running.close().then(resolve);
+    if (stopEarly) stop();
     // The primary relays SIGTERM as a message; a worker signalled directly stops the same way.
     process.once('SIGTERM', stop);
     process.once('SIGINT', () => undefined);

@@ -53,12 +53,11 @@ export class ReloadCoordinator {
       return this.#running;
     }
     // One reload after the running one covers every trigger that came meanwhile.
-    this.#queued ??= this.#running.then(
-      () => {
-        this.#queued = undefined;
-        return this.reload(trigger);
-      },
-    );
+    const next = (): Promise<ReloadReport> => {
+      this.#queued = undefined;
+      return this.reload(trigger);
+    };
+    this.#queued ??= this.#running.then(next, next);
     return this.#queued;
   }
 
