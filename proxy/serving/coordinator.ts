@@ -84,7 +84,13 @@ export class ReloadCoordinator {
       this.#options.onReport?.(report, undefined);
       return report;
     }
-    const failures = await this.#options.apply(next.delta);
+    let failures: readonly string[];
+    try {
+      failures = await this.#options.apply(next.delta);
+    } catch (err) {
+      // Never a rejection: triggers fire and forget, and workers that did not apply are replaced.
+      failures = [(err as Error).message];
+    }
     this.#source.commit(next);
     const report: ReloadReport = {
       trigger,

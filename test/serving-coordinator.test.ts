@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/log.js';
+import { ConfigError } from '../keyserver/errors.js';
+import { ReloadCoordinator } from '../proxy/serving/coordinator.js';
+import type { NextServing, ServingSource } from '../proxy/serving/source.js';
+import type { ServingDelta } from '../proxy/serving/spec.js';
+import { Writable } from 'node:stream';
+
+// Reloads run one at a time; triggers that arrive meanwhile fold into one
+// more reload, and a reload that fails never blocks the ones after it.
+
+const log = createLogger('coordinator-test', 'fatal', new Writable({ write: (_c, _e, done) => done() }));
+
+function fakeSource(behaviour: (pass: number) => Promise<void>): { source: ServingSource; passes: () => number; commits: () => number } {
+  let passes = 0;
+  let commits = 0;
+  let generation = 0;
+  const source = {
+    async next(): Promise<NextServing> {
+      const pass = ++passes;
+      await behaviour(pass);
+      const delta: ServingDelta = { generation: generation + 1, routing: { domains: [], sni: { default: null, onUnknown: 'reject' } }, upsert: [], remove: [] };
+      return { delta, config: {} as NextServing['config'], refused: [], warnings: [], restartNeeded: [], present: new Set() };
+    },
+    commit(next: NextServing): void {
+      generation = next.delta.generation;
+      commits++;
+    },
+  };
+  return { source: source as unknown as ServingSource, passes: () => passes, commits: () => commits };
+}
+
+const tick = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+describe('ReloadCoordinator', () => {
+  it('folds triggers that arrive during a reload into one more reload', async () => {
+    const { source, passes, commits } = fakeSource(() => tick(30));
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => [] });
+    const first = coordinator.reload('watch');
+    const queued = [coordinator.reload('watch'), coordinator.reload('signal'), coordinator.reload('admin')];
+    expect(queued[0]).toBe(queued[1]);
+    const reports = await Promise.all([first, ...queued]);
+    expect(passes()).toBe(2);
+    expect(commits()).toBe(2);
+    expect(reports.map((r) => r.generation)).toEqual([1, 2, 2, 2]);
+  });
+
+  it('reports a refused config without committing, and reloads again afterwards', async () => {
+    const { source, commits } = fakeSource(async (pass) => {
+      if (pass === 1) throw new ConfigError('/etc/keyedge/proxy.json', 'domains[0].name', 'expected a lower-case DNS name');
+    });
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => [] });
+    const refused = await coordinator.reload('admin');
+    expect(refused).toMatchObject({ result: 'refused', error: { code: 'KEYEDGE_ERR_CONFIG' } });
+    expect(refused.error?.message).toContain('domains[0].name');
+    expect(commits()).toBe(0);
+    expect(await coordinator.reload('admin')).toMatchObject({ result: 'ok', generation: 1 });
+  });
+
+  it('reports an apply that threw as partial, and keeps going with the queued reload', async () => {
+    const { source, passes } = fakeSource(() => tick(20));
+    let calls = 0;
+    const coordinator = new ReloadCoordinator(source, {
+      log,
+      apply: async () => {
+        if (++calls === 1) throw new Error('lost the workers');
+        return [];
+      },
+    });
+    const first = coordinator.reload('watch');
+    const second = coordinator.reload('watch');
+    expect(await first).toMatchObject({ result: 'partial', error: { message: 'lost the workers' } });
+    expect(await second).toMatchObject({ result: 'ok' });
+    expect(passes()).toBe(2);
+  });
+
+  it('calls a partial apply partial, naming where it failed', async () => {
+    const { source } = fakeSource(async () => undefined);
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => ['worker 2: certificate cannot be served'] });
+    expect(await coordinator.reload('signal')).toMatchObject({ result: 'partial', error: { message: 'worker 2: certificate cannot be served' } });
+  });
+});
