@@ -22,6 +22,7 @@ import http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { CertificateError, KeyedgeError } from '../keyserver/errors.js';
 import type { ReloadReport } from './serving/coordinator.js';
+import { listen } from '../keyserver/listen.js';
 
 /** A PEM chain of a leaf and a few intermediates is a few KiB; anything near this is not one. */
 const MAX_UPLOAD_BYTES = 256 * 1024;
@@ -100,13 +101,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return text(404, 'not found\n');
     }
   });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve(server);
-    });
-  });
+  return listen(server, { host, port });
 }
 
 /** Undefined when the request carries the admin token; else the answer to give. */

@@ -6,6 +6,7 @@
 import http from 'node:http';
 import { type Command, parseCommandArgs } from '../keyserver/cli/command.js';
 import { UsageError } from '../keyserver/errors.js';
+import { listen } from '../keyserver/listen.js';
 
 const USAGE = `Usage: keyedge demo-origin [--host HOST] [--port PORT] [--size BYTES]
 
@@ -36,10 +37,7 @@ export function startDemoOrigin(host: string, port: number, size: number): Promi
     res.end(req.method === 'HEAD' ? undefined : page);
   });
   server.keepAliveTimeout = 65_000;
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve(server));
-  });
+  return listen(server, { host, port });
 }
 
 export const demoOriginCommand: Command = {

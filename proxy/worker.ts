@@ -41,6 +41,7 @@ import { TLS_PROFILES } from './tls/profile.js';
 import { ServingSource, type NextServing } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { applyDelta, EMPTY_STATE, type ServingState } from './serving/state.js';
+import { listen } from '../keyserver/listen.js';
 
 /** A client that has not finished its ClientHello within this is dropped (slowloris). */
 const HELLO_TIMEOUT_MS = 10_000;
@@ -234,13 +235,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         metrics.openConnections.dec();
       });
     });
-    await new Promise<void>((resolve, reject) => {
-      front.once('error', reject);
-      front.listen({ host: listener.host, port: listener.port, exclusive: false }, () => {
-        front.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(front, { host: listener.host, port: listener.port, exclusive: false });
     fronts.push(front);
   }
   const ports = fronts.map((s) => (s.address() as net.AddressInfo).port);
@@ -248,14 +243,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const plain = config.httpRedirect;
   if (plain !== null) {
     redirect = http.createServer(createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics }));
-    const server = redirect;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: plain.host, port: plain.port, exclusive: false }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(redirect, { host: plain.host, port: plain.port, exclusive: false });
   }
   const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;
   log.info({ ports, httpPort, certificates: state.certificates.size, domains: state.domains.exact.size + state.domains.wildcard.size, contexts: contexts.size }, 'proxy worker listening');

@@ -47,6 +47,7 @@ import { buildNameIndex, type NameIndex, selectByName } from '../../proxy/tls/na
 import { OcspStapler } from '../../proxy/tls/ocsp.js';
 import { TLS_PROFILES } from '../../proxy/tls/profile.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from '../../proxy/tls/tickets.js';
+import { listen } from '../../keyserver/listen.js';
 
 export interface InMemoryConfig {
   readonly host: string;
@@ -164,13 +165,7 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
       metrics.openConnections.dec();
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    front.once('error', reject);
-    front.listen({ host: config.host, port: config.port, exclusive: false }, () => {
-      front.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(front, { host: config.host, port: config.port, exclusive: false });
   const port = (front.address() as net.AddressInfo).port;
   log.info({ port, certificates: certificates.length }, 'in-memory worker listening');
 
@@ -240,10 +235,7 @@ async function runPrimary(config: InMemoryConfig): Promise<void> {
       (err: Error) => res.writeHead(500).end(`${err.message}\n`),
     );
   });
-  await new Promise<void>((resolve, reject) => {
-    admin.once('error', reject);
-    admin.listen(config.admin.port, config.admin.host, () => resolve());
-  });
+  await listen(admin, { host: config.admin.host, port: config.admin.port });
 
   let stopping = false;
   const workers: Worker[] = [];

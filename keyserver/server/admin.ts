@@ -7,6 +7,7 @@
  */
 import http from 'node:http';
 import type { Registry } from 'prom-client';
+import { listen } from '../listen.js';
 
 export function startAdmin(host: string, port: number, registry: Registry, healthy: () => boolean): Promise<http.Server> {
   const server = http.createServer((req, res) => {
@@ -27,11 +28,5 @@ export function startAdmin(host: string, port: number, registry: Registry, healt
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   });
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve(server);
-    });
-  });
+  return listen(server, { host, port });
 }
