@@ -56,6 +56,10 @@ export interface ProxyConfig {
     readonly originResponseTimeoutMs: number;
     readonly originFailureCooldownMs: number;
     readonly maxConnectionsPerWorker: number;
+    /** From accept to the end of the TLS handshake. */
+    readonly handshakeTimeoutMs: number;
+    /** Open connections per client address (IPv6: per /64) in one worker; null: no cap. */
+    readonly maxConnectionsPerClient: number | null;
   };
   readonly shutdownGraceMs: number;
 }
@@ -154,6 +158,17 @@ export const PROXY_DEFAULTS = Object.freeze({
     // socket and parser state); 10,000 keeps a flood of idle connections to a
     // few hundred MiB per worker, far above what one core serves actively.
     maxConnectionsPerWorker: 10_000,
+    // A whole handshake (hello, keyless sign, client's second flight) takes
+    // milliseconds, a few seconds on a bad mobile link; Node's 120 s let 3,000
+    // stalled 5-byte handshakes hold 110 MB for two minutes. 10 s, like
+    // headerTimeoutMs (nginx gives the handshake client_header_timeout, 60 s).
+    handshakeTimeoutMs: 10_000,
+    // A browser opens at most 6 HTTP/1.1 connections per host, so 256 per
+    // worker (times the workers in all) lets dozens of busy browsers share one
+    // NAT address, while one address can take under 3 % of
+    // maxConnectionsPerWorker. nginx (limit_conn) and HAProxy cap nothing by
+    // default; behind a TCP load balancer that hides client addresses, set null.
+    maxConnectionsPerClient: 256,
   }),
 });
 
@@ -335,6 +350,8 @@ export const proxyFileSchema = strict(
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
         originFailureCooldownMs: intIn(0, 3_600_000).optional(),
         maxConnectionsPerWorker: intIn(1, 1_000_000).optional(),
+        handshakeTimeoutMs: intIn(100, 600_000).optional(),
+        maxConnectionsPerClient: intIn(1, 1_000_000).nullable().optional(),
       },
       'an object',
     ).optional(),

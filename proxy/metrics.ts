@@ -22,7 +22,7 @@ export class ProxyMetrics {
   readonly requests: Counter<'status_class' | 'code'>;
   readonly originDuration: Histogram<'status_class'>;
   readonly openConnections: Gauge;
-  readonly rejectedConnections: Counter;
+  readonly rejectedConnections: Counter<'reason'>;
   readonly #eventLoop: IntervalHistogram;
 
   /**
@@ -34,7 +34,7 @@ export class ProxyMetrics {
     const registers = [registry];
     this.handshakes = new Counter({
       name: `${PREFIX}tls_handshakes_total`,
-      help: 'TLS handshakes by result (ok, failed), negotiated version and whether a session was resumed.',
+      help: 'TLS handshakes by result (ok, failed, unknown_name, timeout: no ClientHello within the deadline, plain_http: answered 400), negotiated version and whether a session was resumed.',
       labelNames: ['result', 'tls_version', 'resumed'] as const,
       registers,
     });
@@ -68,9 +68,12 @@ export class ProxyMetrics {
     });
     this.rejectedConnections = new Counter({
       name: `${PREFIX}connections_rejected_total`,
-      help: 'Client connections closed at accept because the worker had limits.maxConnectionsPerWorker open.',
+      help: 'Client connections closed at accept, by reason: worker_limit (limits.maxConnectionsPerWorker), client_limit (limits.maxConnectionsPerClient).',
+      labelNames: ['reason'] as const,
       registers,
     });
+    // Both series exist from the start, so a rate over them starts at 0 rather than at the first refusal.
+    for (const reason of ['worker_limit', 'client_limit'] as const) this.rejectedConnections.inc({ reason }, 0);
 
     this.#eventLoop = monitorEventLoopDelay({ resolution: 10 });
     this.#eventLoop.enable();

@@ -36,15 +36,13 @@ import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
-import { ConnectionLimit, createTlsFront } from './tls/front.js';
+import { ClientConnectionLimit, ConnectionLimit, createTlsFront } from './tls/front.js';
 import { TLS_PROFILES } from './tls/profile.js';
 import { ServingSource, type NextServing } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { applyDelta, EMPTY_STATE, type ServingState } from './serving/state.js';
 import { listen } from '../keyserver/listen.js';
 
-/** A client that has not finished its ClientHello within this is dropped (slowloris). */
-const HELLO_TIMEOUT_MS = 10_000;
 /** Deltas up to this many certificates (renewals) get their contexts built before the swap, whatever the cache's room. */
 const EAGER_CONTEXTS = 64;
 
@@ -110,6 +108,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs, failureCooldownMs: config.limits.originFailureCooldownMs });
   const trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
   const connectionLimit = new ConnectionLimit(config.limits.maxConnectionsPerWorker);
+  const perClient = config.limits.maxConnectionsPerClient;
+  // A trusted proxy's connections carry many clients: they are not capped as one.
+  const clientLimit = perClient === null ? undefined : new ClientConnectionLimit(perClient, (address) => trustedPeers.trusts(address));
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
   const noSniServers: { readonly profile: TlsProfileName; readonly server: https.Server }[] = [];
@@ -199,6 +200,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         keepAliveTimeout: config.limits.keepAliveTimeoutMs,
         // How often Node checks those timeouts (default 30 s would let a slow client linger).
         connectionsCheckingInterval: 1000,
+        // The front's deadline (from accept) ends the handshake first; this only keeps Node's own 120 s from ever applying.
+        handshakeTimeout: config.limits.handshakeTimeoutMs,
       },
       handler,
     );
@@ -221,10 +224,16 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       withoutSni,
       hasDefault: () => state.noSni !== undefined,
       acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
-      helloTimeoutMs: HELLO_TIMEOUT_MS,
+      handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
+      onHelloTimeout: () => metrics.handshakes.inc({ result: 'timeout', tls_version: 'none', resumed: 'false' }),
+      onPlainHttp: (client) => {
+        metrics.handshakes.inc({ result: 'plain_http', tls_version: 'none', resumed: 'false' });
+        log.debug({ client }, 'plain HTTP request on a TLS port: answered 400');
+      },
       limit: connectionLimit,
-      onRejected: () => metrics.rejectedConnections.inc(),
+      ...(clientLimit === undefined ? {} : { clientLimit }),
+      onRejected: (reason) => metrics.rejectedConnections.inc({ reason }),
     });
     front.on('connection', (socket: net.Socket) => {
       acceptedAt.set(socket, process.hrtime.bigint());

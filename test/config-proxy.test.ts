@@ -97,6 +97,14 @@ describe('proxy config', () => {
     expect(config.limits.maxConnectionsPerWorker).toBe(PROXY_DEFAULTS.limits.maxConnectionsPerWorker);
   });
 
+  it('defaults the TLS front limits from the one table, and takes null for no per-client cap', () => {
+    const defaults = loadProxyConfig(write('front-defaults.json', {}));
+    expect(defaults.limits.handshakeTimeoutMs).toBe(10_000);
+    expect(defaults.limits.maxConnectionsPerClient).toBe(PROXY_DEFAULTS.limits.maxConnectionsPerClient);
+    const set = loadProxyConfig(write('front-set.json', { limits: { handshakeTimeoutMs: 2000, maxConnectionsPerClient: null } }));
+    expect(set.limits).toMatchObject({ handshakeTimeoutMs: 2000, maxConnectionsPerClient: null });
+  });
+
   it.each([
     [{ listen: [{ port: 8443, profile: 'old' }] }, 'listen[0].profile', 'expected "intermediate" or "modern"'],
     [{ certificates: [{ name: 'a', chain: 'a.pem', key: 'a-key.pem' }] }, 'certificates[0].key', 'unknown key'],
@@ -126,6 +134,8 @@ describe('proxy config', () => {
     [{ limits: { originFailureCooldownMs: -5 } }, 'limits.originFailureCooldownMs', 'from 0 to 3600000'],
     [{ limits: { maxConnectionsPerWorker: 0 } }, 'limits.maxConnectionsPerWorker', 'from 1 to 1000000'],
     [{ limits: { maxConnectionsPerWorker: 1.5 } }, 'limits.maxConnectionsPerWorker', 'integer'],
+    [{ limits: { handshakeTimeoutMs: 50 } }, 'limits.handshakeTimeoutMs', 'from 100 to 600000'],
+    [{ limits: { maxConnectionsPerClient: 0 } }, 'limits.maxConnectionsPerClient', 'from 1 to 1000000'],
     [{ sni: { onUnknown: 'default' } }, 'sni.onUnknown', 'needs sni.default'],
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],

@@ -1,20 +1,6 @@
-import net from 'node:net';
-import tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
-import { MAX_HELLO_BYTES, peekServerName } from '../proxy/tls/client-hello.js';
-
-/** The first bytes a real node:tls client sends, captured on a plain TCP server. */
-async function capture(options: tls.ConnectionOptions): Promise<Buffer> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const got = new Promise<Buffer>((resolve) => server.once('connection', (socket) => socket.once('data', (d: Buffer) => { resolve(d); socket.destroy(); })));
-  const client = tls.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', ...options });
-  client.on('error', () => {});
-  const hello = await got;
-  client.destroy();
-  server.close();
-  return hello;
-}
+import { HelloAssembler, MAX_HELLO_BYTES, peekServerName } from '../proxy/tls/client-hello.js';
+import { captureClientHello as capture } from './helpers/client-hello.js';
 
 describe('peekServerName', () => {
   it('reads the server name of a real ClientHello', async () => {
@@ -27,13 +13,32 @@ describe('peekServerName', () => {
     expect(peekServerName(hello)).toEqual({ kind: 'hello', serverName: undefined });
   });
 
-  it('asks for more bytes at every cut of a ClientHello', async () => {
+  it('asks for more bytes at every cut of a ClientHello: the header first, then the whole record', async () => {
     const hello = await capture({ servername: 'a.example' });
-    for (let cut = 1; cut < hello.length; cut++) expect(peekServerName(hello.subarray(0, cut)).kind).toBe('incomplete');
+    for (let cut = 1; cut < hello.length; cut++) {
+      expect(peekServerName(hello.subarray(0, cut))).toEqual({ kind: 'incomplete', atLeast: cut < 5 ? 5 : hello.length });
+    }
+  });
+
+  it.each(['GET / HTTP/1.1\r\n\r\n', 'POST /form HTTP/1.1\r\n', 'OPTIONS * HTTP/1.1\r\n', 'PROPFIND /dav HTTP/1.1\r\n', 'get / HTTP/1.0\r\n'])(
+    'sees plain HTTP in %j once the method and its space are there',
+    (line) => {
+      const bytes = Buffer.from(line, 'latin1');
+      const space = line.indexOf(' ');
+      for (let cut = 1; cut <= space; cut++) expect(peekServerName(bytes.subarray(0, cut))).toEqual({ kind: 'incomplete', atLeast: cut + 1 });
+      expect(peekServerName(bytes.subarray(0, space + 1))).toEqual({ kind: 'http' });
+    },
+  );
+
+  it.each([
+    ['a space first', ' GET /'],
+    ['a digit in the method', 'G3T /'],
+    ['a method of 21 letters', `${'A'.repeat(21)} /`],
+  ])('does not take %s for plain HTTP', (_name, line) => {
+    expect(peekServerName(Buffer.from(line, 'latin1')).kind).toBe('opaque');
   });
 
   it.each([
-    ['plain HTTP', Buffer.from('GET / HTTP/1.1\r\n\r\n')],
     ['an SSLv2-style hello', Buffer.from([0x80, 0x2e, 0x01, 0x00, 0x02])],
     ['a record that is not a handshake', Buffer.from([23, 3, 3, 0, 1, 0])],
     ['a handshake that is not a ClientHello', Buffer.from([22, 3, 3, 0, 4, 2, 0, 0, 0])],
@@ -51,8 +56,77 @@ describe('peekServerName', () => {
       const bytes = Buffer.from(hello);
       for (let j = 0; j < 4; j++) bytes[Math.floor(random() * bytes.length)] = Math.floor(random() * 256);
       const verdict = peekServerName(bytes.subarray(0, 1 + Math.floor(random() * bytes.length)));
-      expect(['incomplete', 'opaque', 'hello']).toContain(verdict.kind);
+      expect(['incomplete', 'opaque', 'hello', 'http']).toContain(verdict.kind);
     }
     expect(MAX_HELLO_BYTES).toBe(16_389);
+  });
+});
+
+/**
+ * `hello` with a padding extension (RFC 7685, type 21) appended so the record
+ * holds `recordBytes`: record, handshake and extensions lengths grow with it.
+ */
+function padded(hello: Buffer, recordBytes: number): Buffer {
+  const grow = recordBytes - hello.readUInt16BE(3);
+  const out = Buffer.concat([hello, Buffer.from([0, 21]), Buffer.alloc(2), Buffer.alloc(grow - 4)]);
+  out.writeUInt16BE(grow - 4, hello.length + 2);
+  out.writeUInt16BE(out.readUInt16BE(3) + grow, 3);
+  out.writeUIntBE(out.readUIntBE(6, 3) + grow, 6, 3);
+  // After legacy_version(2) and random(32): session_id<1>, cipher_suites<2>, compression<1>, then extensions<2>.
+  let at = 9 + 2 + 32;
+  at += 1 + out[at]!;
+  at += 2 + out.readUInt16BE(at);
+  at += 1 + out[at]!;
+  out.writeUInt16BE(out.readUInt16BE(at) + grow, at);
+  return out;
+}
+
+/** Feeds `bytes` in the given chunk sizes (cycled); returns the last verdict, what was kept and the work done. */
+function assemble(bytes: Buffer, sizes: readonly number[]): { verdict: ReturnType<HelloAssembler['push']>; kept: Buffer; work: number } {
+  const assembler = new HelloAssembler();
+  let verdict = assembler.push(Buffer.alloc(0));
+  for (let at = 0, i = 0; at < bytes.length && verdict.kind === 'incomplete'; i++) {
+    const size = sizes[i % sizes.length]!;
+    verdict = assembler.push(bytes.subarray(at, at + size));
+    at += size;
+  }
+  return { verdict, kept: Buffer.from(assembler.bytes), work: assembler.work };
+}
+
+describe('HelloAssembler', () => {
+  it('reads a 16 KB padded ClientHello sent one byte per segment with work linear in its size', async () => {
+    const hello = padded(await capture({ servername: 'big.example' }), 16_000);
+    expect(hello.length).toBe(16_005);
+    expect(peekServerName(hello)).toEqual({ kind: 'hello', serverName: 'big.example' });
+    const { verdict, kept, work } = assemble(hello, [1]);
+    expect(verdict).toEqual({ kind: 'hello', serverName: 'big.example' });
+    expect(kept.equals(hello)).toBe(true);
+    // Each byte copied once and parsed once, plus the header twice: re-reading all bytes so far on each one would be ~1.3e8.
+    expect(work).toBeLessThanOrEqual(2 * hello.length + 32);
+  });
+
+  it('copies nothing for a hello in one segment', async () => {
+    const hello = await capture({ servername: 'one.example' });
+    const { verdict, work } = assemble(hello, [hello.length]);
+    expect(verdict).toEqual({ kind: 'hello', serverName: 'one.example' });
+    expect(work).toBe(hello.length);
+  });
+
+  it('keeps every byte, in order, whatever the segmentation, also bytes sent after the hello', async () => {
+    const hello = padded(await capture({ servername: 'cut.example' }), 3000);
+    const early = Buffer.from('early data after the hello');
+    for (const sizes of [[2], [3, 1, 7], [4, 4000], [5], [6, 1], [hello.length - 1, 50]]) {
+      const { verdict, kept, work } = assemble(Buffer.concat([hello, early]), sizes);
+      expect(verdict, String(sizes)).toEqual({ kind: 'hello', serverName: 'cut.example' });
+      expect(Buffer.concat([hello, early]).subarray(0, kept.length).equals(kept), String(sizes)).toBe(true);
+      expect(kept.length).toBeGreaterThanOrEqual(hello.length);
+      expect(work).toBeLessThanOrEqual(3 * kept.length + 32);
+    }
+  });
+
+  it('decides on plain HTTP sent one byte per segment', () => {
+    const { verdict, kept } = assemble(Buffer.from('OPTIONS * HTTP/1.1\r\n'), [1]);
+    expect(verdict).toEqual({ kind: 'http' });
+    expect(kept.toString()).toBe('OPTIONS ');
   });
 });

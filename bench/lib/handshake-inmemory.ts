@@ -64,8 +64,8 @@ export interface InMemoryConfig {
   readonly shutdownGraceMs: number;
 }
 
-/** As proxy/worker.ts. */
-const HELLO_TIMEOUT_MS = 10_000;
+/** As the default of limits.handshakeTimeoutMs (config/proxy-schema.ts). */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** The product's default tls.contextCacheSize. */
 const CONTEXT_CACHE_SIZE = 1000;
 
@@ -153,7 +153,7 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
     withSni: server,
     withoutSni: undefined,
     acceptsName: (name) => selectByName(sni, name, undefined) !== undefined,
-    helloTimeoutMs: HELLO_TIMEOUT_MS,
+    handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
     onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
   });
   front.on('connection', (socket: net.Socket) => {

@@ -1,6 +1,7 @@
 /**
  * Reads the server name from the first bytes of a TLS connection, before
- * OpenSSL sees them. Pure: bytes in, verdict out.
+ * OpenSSL sees them, and tells a plain HTTP request sent to the TLS port
+ * apart. Pure: bytes in, verdict out.
  *
  * Why: Node applies an SNI context by adding its certificate to the
  * connection next to the listener's own one (UseSNIContext), so a default
@@ -21,10 +22,12 @@
  */
 
 export type HelloPeek =
-  /** More bytes are needed to decide. */
-  | { readonly kind: 'incomplete' }
+  /** More bytes are needed to decide: at least `atLeast` in all (asking again with fewer is wasted work). */
+  | { readonly kind: 'incomplete'; readonly atLeast: number }
   /** Not a TLS handshake, or one split over several records: let OpenSSL deal with it. */
   | { readonly kind: 'opaque' }
+  /** The start of a plain HTTP request line (a method, then a space: RFC 9112 §3): a client that forgot https://. */
+  | { readonly kind: 'http' }
   /** A whole ClientHello; serverName is undefined when it carries no SNI. */
   | { readonly kind: 'hello'; readonly serverName: string | undefined };
 
@@ -36,15 +39,25 @@ const HOST_NAME = 0;
 /** A TLS record carries at most 2^14 bytes of plaintext (RFC 8446 §5.1). */
 export const MAX_HELLO_BYTES = RECORD_HEADER + 16_384;
 
+/**
+ * The longest method waited for before a request line's space: every
+ * registered method of letters only (RFC 9110 §16.1, IANA registry) is shorter.
+ */
+const MAX_METHOD = 20;
+
 const OPAQUE: HelloPeek = { kind: 'opaque' };
-const INCOMPLETE: HelloPeek = { kind: 'incomplete' };
+const PLAIN_HTTP: HelloPeek = { kind: 'http' };
+const incomplete = (atLeast: number): HelloPeek => ({ kind: 'incomplete', atLeast });
 
 export function peekServerName(buf: Buffer): HelloPeek {
-  if (buf.length < RECORD_HEADER) return buf.length > 0 && buf[0] !== HANDSHAKE_RECORD ? OPAQUE : INCOMPLETE;
-  if (buf[0] !== HANDSHAKE_RECORD || buf[1] !== 3) return OPAQUE;
+  if (buf.length === 0) return incomplete(1);
+  if (buf[0] !== HANDSHAKE_RECORD) return peekRequestLine(buf);
+  // The record header says how many bytes the whole hello takes: nothing is parsed before they are all here.
+  if (buf.length < RECORD_HEADER) return incomplete(RECORD_HEADER);
+  if (buf[1] !== 3) return OPAQUE;
   const recordLength = buf.readUInt16BE(3);
   if (recordLength > 16_384) return OPAQUE;
-  if (buf.length < RECORD_HEADER + recordLength) return INCOMPLETE;
+  if (buf.length < RECORD_HEADER + recordLength) return incomplete(RECORD_HEADER + recordLength);
   const record = buf.subarray(RECORD_HEADER, RECORD_HEADER + recordLength);
   if (record.length < 4 || record[0] !== CLIENT_HELLO) return OPAQUE;
   const helloLength = record.readUIntBE(1, 3);
@@ -72,6 +85,72 @@ export function peekServerName(buf: Buffer): HelloPeek {
     return { kind: 'hello', serverName: undefined };
   }
   return { kind: 'hello', serverName: undefined };
+}
+
+/** ASCII letters up to a space: a method (RFC 9112 §3.1); a TLS record starts with 22, SSLv2 with a byte over 127. */
+function peekRequestLine(buf: Buffer): HelloPeek {
+  const end = Math.min(buf.length, MAX_METHOD + 1);
+  for (let i = 0; i < end; i++) {
+    const c = buf[i]!;
+    if (c === 0x20) return i > 0 ? PLAIN_HTTP : OPAQUE;
+    if (!((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a))) return OPAQUE;
+  }
+  return buf.length > MAX_METHOD ? OPAQUE : incomplete(buf.length + 1);
+}
+
+/**
+ * Gathers a connection's first bytes until peekServerName can decide, in
+ * work linear in their number however they are segmented: each byte is
+ * copied once into a buffer sized by the record header, and the hello is
+ * parsed once, when the record is complete (a ClientHello sent one byte per
+ * TCP segment must not cost one parse and one copy of everything so far per
+ * byte). The common case, a hello in one segment, copies nothing.
+ *
+ * Pure: bytes in, verdict out. Holds at most one record (MAX_HELLO_BYTES)
+ * plus what the client sent in the same segments after it.
+ */
+export class HelloAssembler {
+  /** The first chunk as the socket gave it, or a buffer of ours with room for what the header announced. */
+  #buf: Buffer = Buffer.alloc(0);
+  #length = 0;
+  #atLeast = 1;
+  #examined = 0;
+  #copied = 0;
+
+  /** Bytes handed to peekServerName plus bytes copied so far: O(bytes received), whatever the segmentation. */
+  get work(): number {
+    return this.#examined + this.#copied;
+  }
+
+  /** Everything received so far, in order (to put back on the socket for OpenSSL). */
+  get bytes(): Buffer {
+    return this.#buf.subarray(0, this.#length);
+  }
+
+  push(chunk: Buffer): HelloPeek {
+    this.#append(chunk);
+    if (this.#length < this.#atLeast) return incomplete(this.#atLeast);
+    this.#examined += this.#length;
+    const verdict = peekServerName(this.bytes);
+    if (verdict.kind === 'incomplete') this.#atLeast = verdict.atLeast;
+    return verdict;
+  }
+
+  #append(chunk: Buffer): void {
+    if (this.#length === 0) {
+      this.#buf = chunk;
+      this.#length = chunk.length;
+      return;
+    }
+    // Grows at most three times for a TLS hello: to the header, to the record, and past it when the client sent more in the last segment.
+    if (this.#length + chunk.length > this.#buf.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.#atLeast, this.#length + chunk.length));
+      this.#copied += this.#buf.copy(grown, 0, 0, this.#length);
+      this.#buf = grown;
+    }
+    this.#copied += chunk.copy(this.#buf, this.#length);
+    this.#length += chunk.length;
+  }
 }
 
 /** A fatal unrecognized_name alert (RFC 8446 §6; 112 = 0x70), sent in the clear before any ServerHello. */

@@ -77,14 +77,20 @@ export async function startClusterProxy(lab: KeylessLab, name: string, config: (
     for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await waitFor('the proxy to be ready', async () => {
-    if (child.exitCode !== null) throw new Error(`the proxy exited (${child.exitCode}): ${JSON.stringify(lines.slice(-3))}`);
-    try {
-      return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined;
-    } catch {
-      return undefined;
-    }
-  }, 30_000);
+  try {
+    await waitFor('the proxy to be ready', async () => {
+      if (child.exitCode !== null) throw new Error(`the proxy exited (${child.exitCode}): ${JSON.stringify(lines.slice(-3))}`);
+      try {
+        return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 30_000);
+  } catch (err) {
+    // The test gets no handle to stop it with: a proxy left running would outlive the test run.
+    if (child.exitCode === null) child.kill('SIGTERM');
+    throw err;
+  }
   return {
     port,
     adminPort,
