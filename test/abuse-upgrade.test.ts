@@ -20,6 +20,8 @@ interface OriginConnection {
   path: string | undefined;
   received: Buffer;
   beforeAnswer: Buffer | undefined;
+  /** The proxy ended its side. */
+  ended: boolean;
   closed: boolean;
 }
 const originConnections: OriginConnection[] = [];
@@ -30,14 +32,19 @@ const SMUGGLED = 'GET /smuggled HTTP/1.1\r\nHost: other.localhost\r\nX-Forwarded
 /**
  * The raw origin. The request path says how to answer: `/answer/<status>/<delayMs>/<id>`, with
  * status 101 (switch), another code (a 2-byte body, connection kept open as keep-alive), `none`
- * (never), `close` (close without answering) or `reset` (switch, then reset).
+ * (never), `close` (close without answering), `reset` (switch, then reset) or `stubborn` (switch,
+ * and never end its side, even after the proxy ended its own).
  */
 function startRawOrigin(): Promise<number> {
-  origin = net.createServer((socket) => {
-    const connection: OriginConnection = { path: undefined, received: Buffer.alloc(0), beforeAnswer: undefined, closed: false };
+  origin = net.createServer({ allowHalfOpen: true }, (socket) => {
+    const connection: OriginConnection = { path: undefined, received: Buffer.alloc(0), beforeAnswer: undefined, ended: false, closed: false };
     originConnections.push(connection);
     socket.on('error', () => undefined);
     socket.once('close', () => (connection.closed = true));
+    socket.once('end', () => {
+      connection.ended = true;
+      if (!connection.path?.startsWith('/answer/stubborn/')) socket.end();
+    });
     socket.on('data', (chunk: Buffer) => {
       connection.received = Buffer.concat([connection.received, chunk]);
       if (connection.path !== undefined || !connection.received.includes('\r\n\r\n')) return;
@@ -48,7 +55,7 @@ function startRawOrigin(): Promise<number> {
         if (socket.destroyed || status === 'none') return;
         connection.beforeAnswer = connection.received;
         if (status === 'close') socket.destroy();
-        else if (status === '101' || status === 'reset') {
+        else if (status === '101' || status === 'reset' || status === 'stubborn') {
           socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello');
           if (status === 'reset') setTimeout(() => socket.resetAndDestroy(), 50);
         } else socket.write(`HTTP/1.1 ${status} Whatever\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nno`);
@@ -188,6 +195,20 @@ describe('an origin that does not switch', () => {
     client.socket.write(upgradeRequest('/answer/close/0/gone'));
     await within(10_000, 'the 502', client.closed);
     expect(client.received()).toMatch(/^HTTP\/1\.1 502 [^]*x-keyedge-error: KEYEDGE_HTTP_ORIGIN_UNREACHABLE/i);
+  });
+});
+
+describe('a switched connection', () => {
+  it('half-closed by the client, to an origin that never ends its side, is closed within seconds', async () => {
+    const client = await rawClient();
+    client.socket.write(upgradeRequest('/answer/stubborn/0/half-closed'));
+    const connection = await connectionFor('half-closed');
+    await waitFor('the greeting', () => (client.received().endsWith('hello') ? true : undefined));
+    client.socket.end();
+    // The proxy ends its side towards the origin (which keeps its own open: only its next write would fail).
+    await waitFor('the end at the origin', () => (connection.ended ? true : undefined), 5000);
+    // As nginx: either side's end closes the tunnel, whatever the other side does.
+    await within(5000, 'the client connection closing', client.closed);
   });
 });
 

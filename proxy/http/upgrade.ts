@@ -14,7 +14,7 @@
  * `head` is held:
  * - on 101 Switching Protocols the held bytes go to the origin, in order, and
  *   the two sockets are piped both ways, bytes untouched, until either side
- *   ends or fails, which ends the other;
+ *   ends or fails, which closes the other;
  * - any other answer is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
@@ -195,6 +195,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
+        // Neither socket allows half-open connections: either side's end closes it, and its close the other (as nginx).
         upstream.pipe(client);
         client.pipe(upstream);
         upstream.once('close', () => client.destroy());
