@@ -81,6 +81,8 @@ beforeAll(async () => {
         { name: 'down.lab.test', origin: `http://127.0.0.1:${await refusedPort()}` },
         // The first origin refuses: the upgrade goes on to the verified https one.
         { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await refusedPort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
+        // The same https origin, checked against Node's bundled roots: its certificate fails verification.
+        { name: 'untrusted.lab.test', origin: secureUrl, originTls: { servername: 'origin.test' } },
       ],
       // Short HTTP timeouts, which an open WebSocket must outlive.
       limits: { headerTimeoutMs: 300, keepAliveTimeoutMs: 300 },
@@ -230,6 +232,10 @@ describe('WebSocket through the proxy', () => {
     const before = await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
     expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' } });
     expect(await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE')).toBe(before + 1);
+  });
+
+  it('answers 502 when an https origin\'s certificate fails verification', async () => {
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'untrusted.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' } });
   });
 
   it('relays an origin\'s refusal of the upgrade', async () => {
