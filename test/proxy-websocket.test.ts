@@ -8,18 +8,22 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 import { refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { acceptFor, CLOSE, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
 
 // WebSocket upgrades through the proxy (RFC 6455 §4): messages both ways,
-// a close on either side closes the other, and the same refusals as plain
-// requests (421, 404, 502); an origin's refusal of the upgrade is relayed.
+// a close on either side closes the other (Close frames pass through, and
+// the connections on both sides of the proxy end), and the same refusals as
+// plain requests (421, 404, 502); an origin's refusal of the upgrade is relayed.
 let lab: KeylessLab;
 let proxy: RunningWorker;
 let ca: string;
 const servers: net.Server[] = [];
-/** The origin's side of each WebSocket, with a promise of its close. */
-const originSides: { socket: Duplex; closed: Promise<void> }[] = [];
+/** The origin's side of each WebSocket: promises of its close and of the code of the Close frame it received (undefined: none). */
+const originSides: { socket: Duplex; closed: Promise<void>; closeCode: Promise<number | undefined> }[] = [];
+/** Bound on a close crossing the proxy: loopback takes milliseconds; the rest is margin for a loaded machine. */
+const CLOSE_WITHIN_MS = 5000;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -39,11 +43,25 @@ beforeAll(async () => {
       `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${acceptFor(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
     );
     socket.write(encodeFrame(TEXT, `welcome ${req.headers.host} ${req.headers['x-forwarded-for']} ${req.headers['x-forwarded-proto']}`, false));
-    originSides.push({ socket, closed: new Promise((resolve) => socket.once('close', () => resolve())) });
+    let onClose: (code: number | undefined) => void = () => undefined;
+    const closeCode = new Promise<number | undefined>((resolve) => (onClose = resolve));
+    const closed = new Promise<void>((resolve) =>
+      socket.once('close', () => {
+        onClose(undefined);
+        resolve();
+      }),
+    );
+    originSides.push({ socket, closed, closeCode });
     socket.on('error', () => undefined);
+    // As the ws library does: the proxy's end of the connection is answered with ours.
+    socket.once('end', () => socket.end());
     readFrames(socket, head, (frame) => {
-      if (frame.opcode === CLOSE) socket.end(encodeFrame(CLOSE, frame.payload, false));
-      else if (frame.payload.toString() === 'bye') socket.end();
+      if (frame.opcode === CLOSE) {
+        // §5.5.1: a Close is answered with a Close (echoing the code), then the TCP connection ends.
+        onClose(frame.payload.length >= 2 ? frame.payload.readUInt16BE(0) : undefined);
+        socket.end(encodeFrame(CLOSE, frame.payload, false));
+      } else if (frame.payload.toString() === 'bye') socket.end(encodeFrame(CLOSE, Buffer.from([0x03, 0xe9]), false));
+      else if (frame.payload.toString() === 'vanish') (socket as net.Socket).resetAndDestroy();
       else socket.write(encodeFrame(TEXT, `echo ${frame.payload.toString()}`, false));
     });
   };
@@ -63,6 +81,8 @@ beforeAll(async () => {
         { name: 'down.lab.test', origin: `http://127.0.0.1:${await refusedPort()}` },
         // The first origin refuses: the upgrade goes on to the verified https one.
         { name: 'wss.lab.test', origins: [`http://127.0.0.1:${await refusedPort()}`, secureUrl], originTls: { ca: originCaFile, servername: 'origin.test' } },
+        // The same https origin, checked against Node's bundled roots: its certificate fails verification.
+        { name: 'untrusted.lab.test', origin: secureUrl, originTls: { servername: 'origin.test' } },
       ],
       // Short HTTP timeouts, which an open WebSocket must outlive.
       limits: { headerTimeoutMs: 300, keepAliveTimeoutMs: 300 },
@@ -80,6 +100,25 @@ async function open(host = 'ws.lab.test', path = '/'): Promise<ClientSocket> {
   const ws = await openWebSocket(proxy.ports[0]!, ca, host, path);
   if (!('socket' in ws)) throw new Error(`no upgrade: ${ws.status} ${ws.body}`);
   return ws;
+}
+
+/** TCP connections open at the origins (WebSocket or not): each WebSocket through the proxy holds one. */
+async function originConnections(): Promise<number> {
+  let total = 0;
+  for (const server of servers) total += await new Promise<number>((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+  return total;
+}
+
+/** `promise`'s value within `ms`, or a failure naming what did not happen. */
+function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => (timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms)));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Every origin connection closed (none of this file's WebSockets left open behind the proxy). */
+async function noOriginConnections(): Promise<void> {
+  await waitFor('the origin connections to close', async () => ((await originConnections()) === 0 ? true : undefined), CLOSE_WITHIN_MS);
 }
 
 /** The requests counter's value for these labels, in this process's registry (the worker runs in it). */
@@ -122,23 +161,54 @@ describe('WebSocket through the proxy', () => {
     ws.socket.destroy();
   });
 
-  it('closes the origin side when the client closes', async () => {
+  it('passes the client\'s Close to the origin and its answer back, then closes both connections', async () => {
     const before = originSides.length;
     const ws = await open();
     await ws.next();
+    expect(await originConnections()).toBe(1);
     const side = originSides[before]!;
-    ws.socket.end(encodeFrame(CLOSE, Buffer.from([0x03, 0xe8]), true));
-    await side.closed;
-    await ws.closed;
+    // 1000: normal closure (RFC 6455 §7.4.1). The client then waits for the
+    // origin's Close, and the origin closes the TCP connection first (§7.1.1).
+    ws.socket.write(encodeFrame(CLOSE, Buffer.from([0x03, 0xe8]), true));
+    expect(await within(CLOSE_WITHIN_MS, 'the Close frame at the origin', side.closeCode)).toBe(1000);
+    expect(await within(CLOSE_WITHIN_MS, "the origin's Close frame at the client", ws.closeCode)).toBe(1000);
+    await within(CLOSE_WITHIN_MS, 'the origin side to close', side.closed);
+    await within(CLOSE_WITHIN_MS, 'the client side to close', ws.closed);
+    await noOriginConnections();
   });
 
-  it('closes the client side when the origin closes', async () => {
+  it('passes the origin\'s Close to the client, then closes both connections', async () => {
     const before = originSides.length;
     const ws = await open();
     await ws.next();
     ws.send('bye');
-    await ws.closed;
-    await originSides[before]!.closed;
+    // 1001: going away, sent by the origin, which then ends its connection.
+    expect(await within(CLOSE_WITHIN_MS, "the origin's Close frame at the client", ws.closeCode)).toBe(1001);
+    await within(CLOSE_WITHIN_MS, 'the client side to close', ws.closed);
+    await within(CLOSE_WITHIN_MS, 'the origin side to close', originSides[before]!.closed);
+    await noOriginConnections();
+  });
+
+  it('cuts the client side when the origin side vanishes', async () => {
+    const before = originSides.length;
+    const ws = await open();
+    await ws.next();
+    ws.send('vanish');
+    await within(CLOSE_WITHIN_MS, 'the client side to close', ws.closed);
+    // No Close frame was sent: none may appear.
+    expect(await ws.closeCode).toBeUndefined();
+    await within(CLOSE_WITHIN_MS, 'the origin side to close', originSides[before]!.closed);
+    await noOriginConnections();
+  });
+
+  it('cuts the origin side when the client vanishes', async () => {
+    const before = originSides.length;
+    const ws = await open();
+    await ws.next();
+    ws.socket.destroy();
+    await within(CLOSE_WITHIN_MS, 'the origin side to close', originSides[before]!.closed);
+    expect(await originSides[before]!.closeCode).toBeUndefined();
+    await noOriginConnections();
   });
 
   it('counts an upgrade in the requests metric', async () => {
@@ -162,6 +232,10 @@ describe('WebSocket through the proxy', () => {
     const before = await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
     expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' } });
     expect(await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE')).toBe(before + 1);
+  });
+
+  it('answers 502 when an https origin\'s certificate fails verification', async () => {
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'untrusted.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' } });
   });
 
   it('relays an origin\'s refusal of the upgrade', async () => {

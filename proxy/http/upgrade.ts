@@ -1,19 +1,35 @@
 /**
  * Protocol upgrades (WebSocket, RFC 6455 §4) through the proxy: the HTTPS
- * server's 'upgrade' event hands us the client's request and raw socket; we
- * route it like any request (421/404 as handler.ts), connect to the chosen
- * origin (net or tls), send the request with the same forwarding headers and
- * Host rule as forward.ts, and relay the origin's answer. On 101 Switching
- * Protocols the two sockets are piped both ways, bytes untouched, until
- * either side ends or fails, which ends the other.
+ * server's 'upgrade' event hands us the client's request, its raw socket and
+ * the bytes read past the request head. We route it like any request (421/404
+ * as handler.ts) and send it to the chosen origin with node:http's client, so
+ * Node's parser reads the origin's answer, with the same forwarding headers
+ * and Host rule as forward.ts.
+ *
+ * Nothing the client sends after the request head reaches the origin before
+ * the origin has switched protocols. Until then those bytes are HTTP that was
+ * never routed, checked (421), rewritten or logged: a pipelined request behind
+ * the Upgrade, with another Host and forged X-Forwarded-For, must not get past
+ * all of that (request smuggling). So the client socket stays paused and
+ * `head` is held:
+ * - on 101 Switching Protocols the held bytes go to the origin, in order, and
+ *   the two sockets are piped both ways, bytes untouched, until either side
+ *   ends or fails, which closes the other;
+ * - any other answer is relayed as an ordinary response with
+ *   `connection: close`, the held bytes are dropped and both connections
+ *   close: the origin's at once after its answer (it never returns to a
+ *   pool), the client's once the answer is sent.
+ * An Upgrade request with a body (Content-Length over 0, any
+ * Transfer-Encoding) is refused with 400: Node's server does not read it (it
+ * arrives among the held bytes), and WebSocket handshakes (GET) have none.
  *
  * Upgrade and Connection are hop-by-hop (RFC 9110 §7.6.1, §7.8): the client's
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
- * for the same protocol itself. An answer other than 101 is relayed to the
- * client as is, then the connection closes (it is no longer parsed as HTTP).
- * A failed connect is retried once on the next origin (nothing of the
- * request has left the proxy before the connection is up); otherwise the
- * client gets our 502/504. The 101 carries HSTS like every HTTPS answer.
+ * for the same protocol itself. A failed connect is retried once on the next
+ * origin (nothing of the request has left the proxy before the connection is
+ * up); otherwise the client gets our 502/504. The 101 and relayed answers
+ * carry HSTS like every HTTPS answer. A client gone before the answer is
+ * logged and counted as 499 (nginx's "client closed request").
  */
 import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
@@ -22,14 +38,23 @@ import tls from 'node:tls';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
-import { type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
+import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
+import { type Domain, type HttpErrorCode, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
-/** An origin's answer head larger than this is refused: node's own default header limit. */
-const MAX_ANSWER_HEAD_BYTES = 16_384;
-const HEAD_END = Buffer.from('\r\n\r\n');
+/**
+ * How long a client connection we close may still send before it is cut
+ * (nginx's lingering_timeout): closing with its bytes unread would reset the
+ * connection, and the reset can destroy our last answer before it is read.
+ */
+const LINGER_MS = 5_000;
+/** nginx's "client closed request": the client left before the origin answered. */
+const CLIENT_GONE = 499;
+
+/** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
+type UpgradeRefusal = Omit<Refusal, 'code'> & { readonly code: HttpErrorCode | 'KEYEDGE_HTTP_UPGRADE_BODY' };
+const BODY_REFUSED: UpgradeRefusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -45,6 +70,10 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
   const { pools, log, metrics } = options;
   return (req, socket, head) => {
     const client = socket as tls.TLSSocket;
+    // Held until the origin has switched protocols (above). The error
+    // listener stays until the socket is gone: no phase may throw.
+    client.pause();
+    client.on('error', () => client.destroy());
     const started = process.hrtime.bigint();
     const host = hostName(req.headers.host);
     const servername = typeof client.servername === 'string' ? client.servername : undefined;
@@ -54,7 +83,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     const tlsVersion = client.getProtocol?.() ?? undefined;
     let origin: string | undefined;
     let settled = false;
-    const settle = (status: number, code: Refusal['code'] | undefined): void => {
+    const settle = (status: number, code: UpgradeRefusal['code'] | undefined): void => {
       if (settled) return;
       settled = true;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
@@ -70,18 +99,31 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
           origin,
           code,
           tls: tlsVersion,
+          ...(status === CLIENT_GONE ? { aborted: true } : {}),
         },
         'request',
       );
     };
-    const refuse = (refusal: Refusal): void => {
-      settle(refusal.status, refusal.code);
-      if (client.writable) client.end(refusalText(refusal, hsts));
-      else client.destroy();
+    /** Ends the client connection after `last`, reading and dropping what it still sends for a while. */
+    const finish = (last = ''): void => {
+      if (!client.writable) return void client.destroy();
+      client.end(last, 'latin1');
+      client.resume();
+      const linger = setTimeout(() => client.destroy(), LINGER_MS);
+      client.once('close', () => clearTimeout(linger));
     };
-    // A client gone before the answer: nothing to tell it; the origin side is closed below.
-    client.on('error', () => client.destroy());
+    const refuse = (refusal: UpgradeRefusal): void => {
+      settle(refusal.status, refusal.code);
+      finish(refusalText(refusal, hsts));
+    };
+    /** Ends the origin side of the attempt under way, if any. */
+    let dropOrigin: (() => void) | undefined;
+    client.once('close', () => {
+      dropOrigin?.();
+      settle(CLIENT_GONE, undefined);
+    });
     if ('refusal' in route) return refuse(route.refusal);
+    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
 
     let targets: readonly OriginTarget[];
     try {
@@ -96,77 +138,93 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       if (target === undefined) return refuse(originRefusal('connect'));
       origin = target.url.origin;
       const upstream = connect(target, pools.timeouts.connectMs);
-      let received: Buffer = Buffer.alloc(0);
       let connected = false;
       let answered = false;
-      let failed = false;
-      const fail = (failure: OriginFailure, err: Error | undefined): void => {
-        if (failed) return;
-        failed = true;
+      let done = false;
+      const fail = (failure: OriginFailure, err: Error): void => {
+        if (done) return;
+        done = true;
         upstream.destroy();
-        if (answered || settled) {
-          client.destroy();
-          return;
-        }
+        // Mid-answer, the client can only be told by a cut connection.
+        if (answered) return void client.destroy();
         if (failure !== 'not-origin') pools.failed(target);
         // Nothing reached the origin before its connection was up, so any upgrade may go to the next one.
-        if (index === 0 && targets.length > 1 && (failure === 'connect' || failure === 'certificate') && !client.destroyed) return attempt(1);
+        if (index === 0 && targets.length > 1 && (failure === 'connect' || failure === 'certificate')) return attempt(1);
         const refusal = originRefusal(failure);
         log.warn({ code: refusal.code, domain: route.domain.name, origin, err }, 'origin upgrade failed');
         refuse(refusal);
       };
-      const onClientClose = (): void => {
-        // The client left first: not the origin's failure, and no one to answer.
-        if (!answered) failed = true;
+      // The client is still there (its leaving ends the attempt first): any failure is the origin's.
+      const onError = (err: Error): void => fail(originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+      dropOrigin = () => {
+        done = true;
         upstream.destroy();
       };
-      client.once('close', onClientClose);
-      upstream.on('error', (err) => fail(originFailure(err), err));
+      // node:http's client drops its error listener at the switch: this one stays.
+      upstream.on('error', onError);
       upstream.once('timeout', () => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out')));
-      upstream.once('close', () => {
-        if (!answered) fail('broken', new Error('origin closed the connection before answering'));
-      });
       upstream.once(target.tls === undefined ? 'connect' : 'secureConnect', () => {
         connected = true;
         // From here on the wait is for the answer: the response timeout applies.
         upstream.setTimeout(pools.timeouts.responseMs);
-        upstream.write(requestHead(req, target, client.remoteAddress, options.trustedPeers));
-        if (head.length > 0) upstream.write(head);
       });
-      const onData = (chunk: Buffer): void => {
-        received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
-        const end = received.indexOf(HEAD_END);
-        if (end < 0) {
-          if (received.length > MAX_ANSWER_HEAD_BYTES) fail('broken', new Error('origin answer head too large'));
-          return;
-        }
-        const headText = received.subarray(0, end).toString('latin1');
-        const status = Number(/^HTTP\/1\.[01] (\d{3}) /.exec(headText)?.[1] ?? 0);
-        if (status === 0) return fail('broken', new Error('origin answer is not HTTP/1.1'));
+      let request: http.ClientRequest;
+      try {
+        request = http.request({
+          method: req.method,
+          path: req.url ?? '/',
+          headers: upgradeHeaders(req, target, client.remoteAddress, options.trustedPeers),
+          // Host is the one of the forwarding rule; without one, none (node would invent its own).
+          setHost: false,
+          createConnection: () => upstream,
+        });
+      } catch (err) {
+        // A request node's client refuses to send as given (it validates path and headers).
+        return fail('not-origin', err as Error);
+      }
+      request.on('error', onError);
+      request.on('upgrade', (res: IncomingMessage, _socket: Duplex, originHead: Buffer) => {
         answered = true;
-        upstream.off('data', onData);
         upstream.setTimeout(0);
         pools.succeeded(target);
-        settle(status, undefined);
-        // HSTS on every answer over HTTPS, as handler.ts does, unless the origin set its own.
-        const lineEnd = received.indexOf('\r\n');
-        client.write(
-          /\r\nstrict-transport-security:/i.test(headText)
-            ? received
-            : Buffer.concat([received.subarray(0, lineEnd + 2), Buffer.from(`strict-transport-security: ${hsts}\r\n`, 'latin1'), received.subarray(lineEnd + 2)]),
-        );
+        settle(res.statusCode ?? 101, undefined);
+        const headers: [string, string][] = [];
+        for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) headers.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
+        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        client.write(responseHead(101, res.statusMessage, headers), 'latin1');
+        if (originHead.length > 0) client.write(originHead);
+        // Switched: what the client sent after its request belongs to the new protocol now.
+        if (head.length > 0) upstream.write(head);
+        // Neither socket allows half-open connections: either side's end closes it, and its close the other (as nginx).
         upstream.pipe(client);
-        if (status === 101) client.pipe(upstream);
-        // Not switched: the connection is no longer parsed, so it ends with the origin's answer.
-        else upstream.once('end', () => client.end());
-        const closeOther = (): void => {
+        client.pipe(upstream);
+        upstream.once('close', () => client.destroy());
+      });
+      request.on('response', (res: IncomingMessage) => {
+        // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
+        if ((res.statusCode ?? 0) < 200) return fail('broken', new Error('origin answered 101 without switching protocols'));
+        answered = true;
+        upstream.setTimeout(0);
+        pools.succeeded(target);
+        const status = res.statusCode ?? 502;
+        settle(status, undefined);
+        const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] => (Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]]));
+        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
+        headers.push(['connection', 'close']);
+        client.write(responseHead(status, res.statusMessage, headers), 'latin1');
+        res.on('error', () => undefined);
+        res.pipe(client, { end: false });
+        res.once('close', () => {
+          // Never back to a pool: the origin connection closes with its answer.
+          done = true;
           upstream.destroy();
-          client.destroy();
-        };
-        upstream.once('close', closeOther);
-        client.once('close', closeOther);
-      };
-      upstream.on('data', onData);
+          // An answer cut short is passed on cut, never completed as if whole.
+          if (res.complete) finish();
+          else client.destroy();
+        });
+      });
+      request.end();
     };
     attempt(0);
   };
@@ -185,23 +243,27 @@ function connect(target: OriginTarget, timeoutMs: number): net.Socket {
   return socket;
 }
 
-function requestHead(req: IncomingMessage, target: OriginTarget, peer: string | undefined, trusted: TrustedPeers | undefined): string {
+function upgradeHeaders(req: IncomingMessage, target: OriginTarget, peer: string | undefined, trusted: TrustedPeers | undefined): Record<string, string | string[]> {
   const headers = originRequestHeaders(req.headers, peer, 'https', target, trusted);
   headers.connection = 'upgrade';
   if (req.headers.upgrade !== undefined) headers.upgrade = req.headers.upgrade;
-  // Relayed raw after the head, so its framing must reach the origin unchanged.
-  if (req.headers['transfer-encoding'] !== undefined) headers['transfer-encoding'] = req.headers['transfer-encoding'];
-  let text = `${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1\r\n`;
-  for (const [name, value] of Object.entries(headers)) {
-    for (const v of Array.isArray(value) ? value : [value]) text += `${name}: ${v}\r\n`;
-  }
+  return headers;
+}
+
+/** An answer's head as we write it on the client's raw socket; header values come from node's parser (no CR/LF). */
+function responseHead(status: number, reason: string | undefined, headers: readonly (readonly [string, string])[]): string {
+  let text = `HTTP/1.1 ${status} ${reason || (http.STATUS_CODES[status] ?? '')}\r\n`;
+  for (const [name, value] of headers) text += `${name}: ${value}\r\n`;
   return `${text}\r\n`;
 }
 
-function refusalText({ status, code, body }: Refusal, hsts: string): string {
-  return (
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\n` +
-    `strict-transport-security: ${hsts}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
-    `content-length: ${Buffer.byteLength(body)}\r\nx-keyedge-error: ${code}\r\nconnection: close\r\n\r\n${body}`
-  );
+function refusalText({ status, code, body }: UpgradeRefusal, hsts: string): string {
+  const headers: [string, string][] = [
+    ['strict-transport-security', hsts],
+    ['content-type', 'text/plain; charset=utf-8'],
+    ['content-length', String(Buffer.byteLength(body))],
+    ['x-keyedge-error', code],
+    ['connection', 'close'],
+  ];
+  return responseHead(status, undefined, headers) + body;
 }

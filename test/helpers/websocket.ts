@@ -76,6 +76,8 @@ export interface ClientSocket {
   next(): Promise<string>;
   /** Resolves when the socket has closed. */
   readonly closed: Promise<void>;
+  /** Resolves with the status code of the first Close frame received (§5.5.1, §7.4), or undefined when the socket closed without one. */
+  readonly closeCode: Promise<number | undefined>;
 }
 
 /**
@@ -104,14 +106,22 @@ export function openWebSocket(port: number, ca: string, host: string, path = '/'
       if (res.headers['sec-websocket-accept'] !== acceptFor(key)) return reject(new Error('bad Sec-WebSocket-Accept'));
       const messages: string[] = [];
       const waiting: ((m: string) => void)[] = [];
+      let onClose: (code: number | undefined) => void = () => undefined;
+      const closeCode = new Promise<number | undefined>((done) => (onClose = done));
       readFrames(socket, head, (frame) => {
+        if (frame.opcode === CLOSE) onClose(frame.payload.length >= 2 ? frame.payload.readUInt16BE(0) : undefined);
         if (frame.opcode !== TEXT) return;
         const text = frame.payload.toString();
         const waiter = waiting.shift();
         if (waiter !== undefined) waiter(text);
         else messages.push(text);
       });
-      const closed = new Promise<void>((done) => socket.once('close', () => done()));
+      const closed = new Promise<void>((done) =>
+        socket.once('close', () => {
+          onClose(undefined);
+          done();
+        }),
+      );
       socket.on('error', () => undefined);
       resolve({
         socket,
@@ -120,6 +130,7 @@ export function openWebSocket(port: number, ca: string, host: string, path = '/'
         send: (text) => void socket.write(encodeFrame(TEXT, text, true)),
         next: () => new Promise((done) => (messages.length > 0 ? done(messages.shift()!) : waiting.push(done))),
         closed,
+        closeCode,
       });
     });
     req.end();
