@@ -74,21 +74,37 @@ export class ClusterMetrics {
     this.#poll.unref();
   }
 
-  /** Starts tracking a forked worker; its exit folds its last counts into the retired set. */
+  /**
+   * Starts tracking a forked worker. Its last counts are folded into the
+   * retired set once it has exited and its IPC channel has closed: 'exit' can
+   * come before the last messages (its final snapshot) are read, the channel's
+   * end never does.
+   */
   track(worker: Worker): void {
     const entry: WorkerMetrics = { counting: [], full: undefined, waiting: [] };
     this.#workers.set(worker, entry);
+    const wakeAll = (): void => {
+      for (const wake of entry.waiting.splice(0)) wake();
+    };
     worker.on('message', (message: unknown) => {
       if (!isSnapshot(message)) return;
       entry.counting = message.metrics.filter(isCounting);
-      if (message.full === true) entry.full = message.metrics;
-      for (const wake of entry.waiting.splice(0)) wake();
+      // A scrape waits for a full answer: a poll's answer has no gauges.
+      if (message.full === true) {
+        entry.full = message.metrics;
+        wakeAll();
+      }
     });
-    worker.once('exit', () => {
+    const retire = (): void => {
+      if (!this.#workers.has(worker) || worker.isConnected() || !worker.isDead()) return;
       this.#workers.delete(worker);
       this.#retire(entry.counting);
-      for (const wake of entry.waiting.splice(0)) wake();
+    };
+    worker.once('exit', () => {
+      wakeAll();
+      retire();
     });
+    worker.once('disconnect', retire);
   }
 
   /** Prometheus text: live workers (asked now) + retired counts, then the primary's own registry. */
