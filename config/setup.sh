@@ -21,6 +21,12 @@ KEYEDGE=(node "$ROOT/dist/keyserver/cli/keyedge.cjs")
 # (prometheus: test/prometheus-e2e.test.ts scrapes both admin ports with a real one).
 RUNTIME_PACKAGES=(softhsm2 openssl)
 TEST_PACKAGES=(curl prometheus)
+# `npm ci` builds two native addons (pkcs11js, proxy/native) with node-gyp, which
+# needs python3, make and g++: each is installed when it is not on PATH (a
+# toolchain from elsewhere, or a python3 outside dpkg, is fine).
+for tool in python3 make g++; do
+  command -v "$tool" >/dev/null || RUNTIME_PACKAGES+=("$tool")
+done
 
 say() { printf 'keyedge setup: %s\n' "$*"; }
 die() { printf 'keyedge setup: error: %s\n' "$*" >&2; exit 1; }
@@ -157,7 +163,8 @@ make_admin_token() {
 CURL_DEMO=(curl --silent --show-error --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
 
 up() {
-  deps
+  # curl: the readiness check below, and the commands printed at the end.
+  deps curl
   mkdir -p "$RUN" "$VAR/log"
   chmod 700 "$VAR"
   start_keyserver

@@ -14,18 +14,30 @@
  *   POST /reload, POST /certs/reload   reload the config file and the store
  *   PUT /certs/:name                   a PEM chain for a store entry: validated,
  *                                      then written to the store and reloaded
- * Refusals answer 4xx with the reason as JSON; the running state is kept.
+ * Refusals answer 4xx with the reason as JSON; the running state is kept:
+ *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
+ *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
+ *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over MAX_UPLOAD_BYTES
+ *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)
+ * A body over the limit is read and dropped up to a bound (readBody), so the
+ * client sees the 413 rather than a reset of a connection it still writes to,
+ * as nginx's lingering close does; past the bound, the 413 goes out with
+ * `connection: close`.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { CertificateError, KeyedgeError } from '../keyserver/errors.js';
+import { CertificateError, CertificateStoreError, KeyedgeError } from '../keyserver/errors.js';
+import { STORE_ENTRY_NAME } from './certs/store.js';
 import type { ReloadReport } from './serving/coordinator.js';
 import { listen } from '../keyserver/listen.js';
 
 /** A PEM chain of a leaf and a few intermediates is a few KiB; anything near this is not one. */
 const MAX_UPLOAD_BYTES = 256 * 1024;
+/** Past the limit, this much more is read and dropped before answering 413 (nginx's lingering close reads for up to 5 s). */
+const DISCARD_BYTES = 4 * 1024 * 1024;
+const DISCARD_MS = 5_000;
 
 export interface AdminControl {
   readonly tokenFile: string;
@@ -33,6 +45,8 @@ export interface AdminControl {
   /** Validates and stores a chain for entry `name`, then reloads; rejects with a CertificateError when refused. */
   readonly putCertificate: (name: string, chainText: string) => Promise<ReloadReport>;
   readonly certificates: () => unknown;
+  /** True for a name the config file's `certificates` use: the store may not take it. */
+  readonly ownedByConfig: (name: string) => boolean;
 }
 
 export interface AdminSources {
@@ -44,7 +58,7 @@ export interface AdminSources {
 }
 
 export function startProxyAdmin(host: string, port: number, sources: AdminSources): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0];
     const text = (status: number, body: string): void => {
       res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' }).end(body);
@@ -60,19 +74,27 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         res.writeHead(denied.status, { 'content-type': 'text/plain; charset=utf-8', ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}) }).end(`${denied.message}\n`);
         return;
       }
-      const upload = /^\/certs\/([\w.-]{1,64})$/.exec(path ?? '');
+      const upload = /^\/certs\/(.+)$/.exec(path ?? '');
       if (req.method === 'POST' && (path === '/reload' || path === '/certs/reload')) {
         control.reload().then((report) => json(report.error === undefined ? 200 : 409, report), (err: Error) => json(500, { error: { message: err.message } }));
         return;
       }
       if (req.method === 'PUT' && upload !== null) {
-        readBody(req, MAX_UPLOAD_BYTES).then(
-          (body) => control.putCertificate(upload[1]!, body),
-          (err: Error) => Promise.reject(new CertificateError('admin API', err.message, { cause: err })),
-        ).then(
-          (report) => json(report.error === undefined ? 200 : 409, report),
-          (err: Error) => json(err instanceof CertificateError ? 422 : 500, { error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE', reason: (err as { reason?: string }).reason, message: err.message } }),
-        );
+        const name = entryName(upload[1]!);
+        // Judged before the body is read: a refused name costs no upload.
+        if (name === undefined || !STORE_ENTRY_NAME.test(name)) {
+          return json(400, { error: { code: 'KEYEDGE_ERR_CERT_STORE', message: `'${(name ?? upload[1]!).slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")` } });
+        }
+        if (control.ownedByConfig(name)) {
+          return json(409, { error: { code: 'KEYEDGE_ERR_CERT_EXISTS', message: `certificate '${name}' is configured in the proxy config file; change it there, or choose another name` } });
+        }
+        readBody(req, MAX_UPLOAD_BYTES).then((body) => {
+          if (typeof body !== 'string') return tooLarge(res, body.close);
+          control.putCertificate(name, body).then(
+            (report) => json(report.error === undefined ? 200 : 409, report),
+            (err: Error) => json(putFailureStatus(err), { error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE', reason: (err as { reason?: string }).reason, message: err.message } }),
+          );
+        });
         return;
       }
       return text(404, 'not found\n');
@@ -100,8 +122,43 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       default:
         return text(404, 'not found\n');
     }
+  };
+  const server = http.createServer(handle);
+  // Expect: 100-continue (RFC 9110 §10.1.1): a declared body over the limit gets its 413 instead of the 100.
+  server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (declaredLength(req) > MAX_UPLOAD_BYTES) return tooLarge(res, true);
+    res.writeContinue();
+    handle(req, res);
   });
   return listen(server, { host, port });
+}
+
+/** The entry name of a `/certs/:name` path, percent-decoded; undefined when it does not decode. */
+function entryName(segment: string): string | undefined {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+}
+
+function putFailureStatus(err: Error): number {
+  if (err instanceof CertificateError) return 422;
+  if (err instanceof CertificateStoreError) return err.code === 'KEYEDGE_ERR_CERT_EXISTS' ? 409 : err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND' ? 404 : 500;
+  // The key server could not be asked for the chain's key.
+  if (err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_CLOSED' || err.code === 'KEYEDGE_ERR_TIMEOUT')) return 503;
+  return 500;
+}
+
+function declaredLength(req: http.IncomingMessage): number {
+  const length = Number(req.headers['content-length'] ?? 0);
+  return Number.isFinite(length) ? length : Infinity;
+}
+
+/** 413; with `close`, the connection ends after it (the rest of the body is not read). */
+function tooLarge(res: http.ServerResponse, close: boolean): void {
+  const body = `${JSON.stringify({ error: { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', message: `the body is over ${MAX_UPLOAD_BYTES} bytes` } }, null, 2)}\n`;
+  res.writeHead(413, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': 'KEYEDGE_HTTP_BODY_TOO_LARGE', ...(close ? { connection: 'close' } : {}) }).end(body);
 }
 
 /** Undefined when the request carries the admin token; else the answer to give. */
@@ -113,27 +170,48 @@ function authorisationFailure(req: http.IncomingMessage, tokenFile: string): { s
     expected = '';
   }
   if (expected === '') return { status: 403, message: `admin changes are disabled: no token in ${tokenFile} (admin.tokenFile)` };
-  const presented = /^Bearer ([!-~]+)$/.exec(req.headers.authorization ?? '')?.[1];
+  // The scheme is case-insensitive (RFC 9110 §11.1: "bearer" and "BEARER" are Bearer), followed by 1*SP.
+  const presented = /^bearer +([!-~]+)$/i.exec(req.headers.authorization ?? '')?.[1];
   if (presented === undefined) return { status: 401, message: 'a bearer token is required' };
   // Digests have equal length, so the comparison time says nothing about the token.
   const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
   return timingSafeEqual(digest(presented), digest(expected)) ? undefined : { status: 401, message: 'wrong bearer token' };
 }
 
-function readBody(req: http.IncomingMessage, limit: number): Promise<string> {
-  return new Promise((resolve, reject) => {
+/** A body over the limit; `close` when what is left of it will not be read (the connection ends after the 413). */
+interface TooLarge {
+  readonly close: boolean;
+}
+
+/**
+ * The body as text, or TooLarge. A declared length over the limit is answered
+ * at once: Node reads and drops the rest of a declared body after the answer,
+ * which keeps the connection usable, so that is left to it up to DISCARD_BYTES
+ * past the limit. A chunked body is read and dropped past the limit until it
+ * ends, up to DISCARD_BYTES / DISCARD_MS, so the 413 reaches a client that has
+ * finished writing. Never rejects.
+ */
+function readBody(req: http.IncomingMessage, limit: number): Promise<string | TooLarge> {
+  return new Promise((resolve) => {
+    const declared = declaredLength(req);
+    if (declared > limit) return resolve({ close: declared > limit + DISCARD_BYTES });
     const chunks: Buffer[] = [];
     let length = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const over = (close: boolean): void => {
+      clearTimeout(timer);
+      resolve({ close });
+    };
     req.on('data', (chunk: Buffer) => {
       length += chunk.length;
-      if (length > limit) {
-        reject(new Error(`the body is over ${limit} bytes`));
-        req.destroy();
-        return;
+      if (length <= limit) chunks.push(chunk);
+      else if (length > limit + DISCARD_BYTES) over(true);
+      else if (timer === undefined) {
+        chunks.length = 0;
+        timer = setTimeout(() => over(true), DISCARD_MS);
       }
-      chunks.push(chunk);
     });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
+    req.on('end', () => (length > limit ? over(false) : resolve(Buffer.concat(chunks).toString('utf8'))));
+    req.on('error', () => over(true));
   });
 }

@@ -16,10 +16,12 @@ import assert from 'node:assert/strict';
 import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
 import type http from 'node:http';
-import { AggregatorRegistry, Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
+import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
 import { startProxyAdmin } from './admin.js';
+import { ClusterMetrics, sendFinalMetrics, serveWorkerMetrics } from './cluster-metrics.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
@@ -30,6 +32,8 @@ import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker }
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
+/** A worker that could not start (a port in use, the bridge not built) says why before it exits. */
+const START_FAILED = 'keyedge:start-failed';
 /** A worker asks for the ticket key once it listens for messages: one sent on 'online' could arrive before that and be lost. */
 const WANT_TICKET_KEY = { type: 'keyedge:want-ticket-key' } as const;
 
@@ -115,10 +119,48 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     },
   });
 
+  // The admin port first: one already in use fails the start before any worker runs.
+  const clusterMetrics = new ClusterMetrics(primaryRegistry);
   const ready = new Set<Worker>();
+  let admin: http.Server | undefined;
+  if (config.admin !== null) {
+    try {
+      admin = await startProxyAdmin(config.admin.host, config.admin.port, {
+        config: () => source.config,
+        metrics: async () => ({ contentType: clusterMetrics.contentType, body: await clusterMetrics.metrics() }),
+        notReadyReason: async () => {
+          if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
+          const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
+          if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
+          return keyserverUnreachableReason(config);
+        },
+        control: {
+          tokenFile: config.admin.tokenFile,
+          reload: () => coordinator.reload('admin'),
+          putCertificate: async (name, chainText) => {
+            await source.putCertificate(name, chainText);
+            return coordinator.reload('admin');
+          },
+          certificates: () => listCertificates(source),
+          ownedByConfig: (name) => source.config.certificates.some((c) => c.name === name),
+        },
+      });
+    } catch (err) {
+      clusterMetrics.stop();
+      throw err;
+    }
+  }
+
+  // Until every first worker has been ready once, a worker that cannot start
+  // (a port in use, the bridge not built) ends the proxy with its error:
+  // replacing it would fail the same way, forever. Later, a replacement that
+  // cannot start is logged and retried after the crash-loop pause.
+  let allStarted = false;
+  let failStart: ((err: KeyedgeError) => void) | undefined;
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
+    clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
       if (isMessage(message, WANT_TICKET_KEY.type)) {
         worker.send(ticketKeyMessage(ticketKey));
@@ -127,11 +169,16 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         worker.send(serveMessage(source.snapshot()));
         if (inFlight !== undefined) worker.send(applyMessage(inFlight));
         synced.add(worker);
-      } else if (isMessage(message, READY.type)) ready.add(worker);
-      else if (isAppliedMessage(message)) {
+      } else if (isMessage(message, READY.type)) {
+        ready.add(worker);
+        if (ready.size >= config.workers) allStarted = true;
+      } else if (isAppliedMessage(message)) {
         acks.get(worker)?.(message);
         // A worker that could not apply a delta is behind the others: replace it, and its successor starts from the committed state.
         if (message.error !== undefined) worker.send(SHUTDOWN);
+      } else if (isStartFailedMessage(message)) {
+        if (!allStarted) failStart?.(new KeyedgeError(message.code, `proxy worker could not start: ${message.message}`));
+        else log.error({ worker: worker.id, code: message.code, reason: message.message }, 'a replacement proxy worker could not start');
       }
     });
   };
@@ -165,60 +212,48 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   });
   const onHangup = (): void => void coordinator.reload('signal');
   process.on('SIGHUP', onHangup);
-
-  let admin: http.Server | undefined;
-  if (config.admin !== null) {
-    const aggregator = new AggregatorRegistry();
-    admin = await startProxyAdmin(config.admin.host, config.admin.port, {
-      config: () => source.config,
-      metrics: async () => ({
-        contentType: aggregator.contentType,
-        body: `${await (await aggregator.clusterMetrics()).toString()}\n${await primaryRegistry.metrics()}`,
-      }),
-      notReadyReason: async () => {
-        if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
-        const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
-        if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
-        return keyserverUnreachableReason(config);
-      },
-      control: {
-        tokenFile: config.admin.tokenFile,
-        reload: () => coordinator.reload('admin'),
-        putCertificate: async (name, chainText) => {
-          await source.putCertificate(name, chainText);
-          return coordinator.reload('admin');
-        },
-        certificates: () => listCertificates(source),
-      },
-    });
-  }
   log.info({ workers: config.workers, listen: config.listen, admin: admin?.address(), certificates: source.records.size }, 'proxy primary started');
 
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals): void => {
-      if (stopping) return;
-      stopping = true;
-      clearInterval(rotation);
-      clearInterval(expiryTimer);
-      stopWatching();
-      process.off('SIGHUP', onHangup);
-      log.info({ signal }, 'stopping proxy workers');
-      const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
-      if (workers.length === 0) return resolve();
-      let left = workers.length;
-      for (const worker of workers) {
-        worker.once('exit', () => --left === 0 && resolve());
-        worker.send(SHUTDOWN);
-      }
-      // Workers that do not finish within the grace period (plus slack) are killed.
-      setTimeout(() => {
-        for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
-      }, config.shutdownGraceMs + 5_000).unref();
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  });
-  admin?.close();
+  const stopTimers = (): void => {
+    stopping = true;
+    clearInterval(rotation);
+    clearInterval(expiryTimer);
+    clusterMetrics.stop();
+    stopWatching();
+    process.off('SIGHUP', onHangup);
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      failStart = (err) => {
+        if (stopping) return;
+        stopTimers();
+        log.error({ code: err.code, reason: err.message }, 'a proxy worker could not start; stopping');
+        // Workers still starting have no SIGTERM handler yet and end at once; started ones stop gracefully.
+        for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
+        reject(err);
+      };
+      const stop = (signal: NodeJS.Signals): void => {
+        if (stopping) return;
+        stopTimers();
+        log.info({ signal }, 'stopping proxy workers');
+        const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+        if (workers.length === 0) return resolve();
+        let left = workers.length;
+        for (const worker of workers) {
+          worker.once('exit', () => --left === 0 && resolve());
+          worker.send(SHUTDOWN);
+        }
+        // Workers that do not finish within the grace period (plus slack) are killed.
+        setTimeout(() => {
+          for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
+        }, config.shutdownGraceMs + 5_000).unref();
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+  } finally {
+    admin?.close();
+  }
   log.info('proxy stopped');
 }
 
@@ -261,9 +296,8 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
  * or SIGTERM.
  */
 export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
-  // Constructing one installs the worker's side of the aggregation: it answers
-  // the primary's metrics requests with this process's global registry.
-  new AggregatorRegistry();
+  // Answers the primary's metrics requests with this process's global registry.
+  serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.
   const early: ServingDelta[] = [];
   let worker: RunningWorker | undefined;
@@ -300,7 +334,13 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   });
   const delta = await initial;
   assert(ticketKey !== undefined, 'the primary sends the ticket key before the serving state');
-  worker = await startProxyWorker(config, { log, ticketKey, initial: delta });
+  try {
+    worker = await startProxyWorker(config, { log, ticketKey, initial: delta });
+  } catch (err) {
+    const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_SETUP';
+    process.send?.({ type: START_FAILED, code, message: (err as Error).message } satisfies StartFailedMessage);
+    throw err;
+  }
   for (const pending of early.splice(0)) applyNow(pending);
   process.send?.(READY);
   const running = worker;
@@ -313,6 +353,8 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
     // SIGHUP goes to the primary, which reloads for every worker.
     process.on('SIGHUP', () => undefined);
   });
+  // What this worker counted since the primary's last poll stays in the cluster's sums.
+  await sendFinalMetrics();
   // The IPC channel to the primary is the last thing keeping this process alive.
   process.disconnect?.();
 }
@@ -337,4 +379,14 @@ function applyMessage(delta: ServingDelta): { type: typeof APPLY; delta: Serving
 
 function isAppliedMessage(message: unknown): message is AppliedMessage {
   return isMessage(message, APPLIED);
+}
+
+interface StartFailedMessage {
+  readonly type: typeof START_FAILED;
+  readonly code: KeyedgeErrorCode;
+  readonly message: string;
+}
+
+function isStartFailedMessage(message: unknown): message is StartFailedMessage {
+  return isMessage(message, START_FAILED) && typeof (message as { message?: unknown }).message === 'string' && String((message as { code?: unknown }).code).startsWith('KEYEDGE_ERR_');
 }

@@ -1,0 +1,228 @@
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+
+// The proxy's admin API and its /metrics, against a real `keyedge proxy` with
+// two workers: refused names and oversized bodies get an answer with a code,
+// the auth scheme is case-insensitive, and the summed counters never go down
+// when a worker dies (Prometheus would read that as a counter reset).
+let lab: KeylessLab;
+let proxy: ClusterProxy;
+let ca: string;
+let chainPem: string;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cfg = await lab.certificate('cfg', lab.keys.ec, ['*.lab.test']);
+  chainPem = readFileSync(cfg.file, 'utf8');
+  proxy = await startClusterProxy(lab, 'admin', (p) => storeProxyConfig(lab, p, { certificates: [{ name: 'cfg', chain: cfg.file }], shutdownGraceMs: 2000 }));
+}, 90_000);
+afterAll(async () => {
+  await proxy?.stop();
+  await lab?.close();
+});
+
+interface RawAnswer {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: string;
+}
+
+/** A request with the path sent as is (fetch would resolve `..` and `%2e%2e` before sending). */
+function adminRequest(method: string, path: string, options: { body?: Buffer; headers?: Record<string, string | number> } = {}): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port: proxy.adminPort, method, path, agent: false, headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...options.headers } },
+      (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/** Sends `head` (and `body`) on a raw socket and reads one answer (head and Content-Length body), or what came before a close or `ms`. */
+function rawExchange(head: string, body: Buffer = Buffer.alloc(0), ms = 15_000): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(proxy.adminPort, '127.0.0.1');
+    let answer = '';
+    const timer = setTimeout(() => socket.destroy(), ms);
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+      const end = answer.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: (\d+)\r\n/i.exec(answer.slice(0, end))?.[1];
+      if (end >= 0 && length !== undefined && answer.length >= end + 4 + Number(length)) socket.destroy();
+    });
+    // A reset after the answer arrived still leaves the answer: that is what is asserted.
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(answer);
+    });
+    socket.write(head);
+    if (body.length > 0) socket.write(body);
+  });
+}
+
+function errorCode(answer: RawAnswer): unknown {
+  return (JSON.parse(answer.body) as { error?: { code?: unknown } }).error?.code;
+}
+
+describe('admin API: names, body limit, auth scheme', () => {
+  it('refuses names that are not entry names with 400 KEYEDGE_ERR_CERT_STORE, before reading the body', async () => {
+    for (const path of ['/certs/..', '/certs/.hidden', '/certs/a/b', '/certs/%2e%2e%2fetc', '/certs/x%2Fy', '/certs/%ZZ', `/certs/${'n'.repeat(65)}`]) {
+      const answer = await adminRequest('PUT', path, { body: Buffer.from(chainPem) });
+      expect(answer.status, `${path}: ${answer.body}`).toBe(400);
+      expect(errorCode(answer), path).toBe('KEYEDGE_ERR_CERT_STORE');
+    }
+    // Nothing was written outside (or inside) the store.
+    expect(JSON.parse((await adminRequest('GET', '/certs')).body)).toMatchObject({ refused: [] });
+  });
+
+  it('refuses a name the config file owns with 409 KEYEDGE_ERR_CERT_EXISTS', async () => {
+    const answer = await adminRequest('PUT', '/certs/cfg', { body: Buffer.from(chainPem) });
+    expect(answer.status, answer.body).toBe(409);
+    expect(errorCode(answer)).toBe('KEYEDGE_ERR_CERT_EXISTS');
+  });
+
+  it('a valid name still stores the chain', async () => {
+    const answer = await adminRequest('PUT', '/certs/uploaded', { body: Buffer.from(chainPem) });
+    expect(answer.status, answer.body).toBe(200);
+  });
+
+  it('answers 413 KEYEDGE_HTTP_BODY_TOO_LARGE to a declared length over the limit, without waiting for the body', async () => {
+    const answer = await rawExchange(`PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+    expect(answer).toMatch(/\r\nx-keyedge-error: KEYEDGE_HTTP_BODY_TOO_LARGE\r\n/i);
+    expect(answer).toContain('"code": "KEYEDGE_HTTP_BODY_TOO_LARGE"');
+  });
+
+  it('answers 413 instead of 100 Continue to a declared length over the limit', async () => {
+    const answer = await rawExchange(`PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+  });
+
+  it('answers 413 to a body sent whole past the limit (declared or chunked), and the client reads it', async () => {
+    const big = Buffer.alloc(400 * 1024, 'a');
+    const declared = await adminRequest('PUT', '/certs/big', { body: big });
+    expect(declared.status).toBe(413);
+    expect(declared.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_BODY_TOO_LARGE');
+    const chunked = await rawExchange(
+      `PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n`,
+      Buffer.concat([Buffer.from(`${big.length.toString(16)}\r\n`), big, Buffer.from('\r\n0\r\n\r\n')]),
+    );
+    expect(chunked).toMatch(/^HTTP\/1\.1 413 /);
+    expect(chunked).toMatch(/\r\nx-keyedge-error: KEYEDGE_HTTP_BODY_TOO_LARGE\r\n/i);
+    // The admin port still answers.
+    expect((await adminRequest('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('accepts the Bearer scheme in any case (RFC 9110 §11.1), and still refuses a wrong token', async () => {
+    for (const scheme of ['bearer', 'BEARER', 'bEaReR']) {
+      const answer = await adminRequest('POST', '/reload', { headers: { authorization: `${scheme} ${ADMIN_TOKEN}` } });
+      expect(answer.status, `${scheme}: ${answer.body}`).toBe(200);
+    }
+    expect((await adminRequest('POST', '/reload', { headers: { authorization: `bearer ${ADMIN_TOKEN}x` } })).status).toBe(401);
+    expect((await adminRequest('POST', '/reload', { headers: { authorization: `Basic ${ADMIN_TOKEN}` } })).status).toBe(401);
+  });
+});
+
+/** Every counter and histogram series of a scrape (histograms: each bucket, _sum and _count), by its full series name. */
+async function countingSeries(): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+  const counting = new Set<string>();
+  for (const match of text.matchAll(/^# TYPE (\S+) (counter|histogram)$/gm)) counting.add(match[1]!);
+  const series = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (match === null) continue;
+    const family = match[1]!.replace(/_(bucket|sum|count)$/, '');
+    if (counting.has(match[1]!) || counting.has(family)) series.set(`${match[1]}${match[2] ?? ''}`, Number(match[3]));
+  }
+  return series;
+}
+
+function total(series: Map<string, number>, name: string): number {
+  let sum = 0;
+  for (const [key, value] of series) if (key === name || key.startsWith(`${name}{`)) sum += value;
+  return sum;
+}
+
+function get(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = https.request({ host: '127.0.0.1', port: proxy.port, servername: 'a.lab.test', headers: { host: 'a.lab.test' }, ca, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+function workerPids(): number[] {
+  const listening = proxy.lines.filter((l) => String(l.name).startsWith('proxy-worker') && l.msg === 'proxy worker listening').map((l) => l.pid as number);
+  return [...new Set(listening)].filter((pid) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** The live worker that answered the most requests (access lines carry the pid). */
+function busiestWorker(): number {
+  const counts = new Map<number, number>();
+  for (const line of proxy.lines) if (line.access === true) counts.set(line.pid as number, (counts.get(line.pid as number) ?? 0) + 1);
+  const live = workerPids();
+  return [...counts].filter(([pid]) => live.includes(pid)).sort((a, b) => b[1] - a[1])[0]![0];
+}
+
+async function replaced(dead: number): Promise<void> {
+  await waitFor('a replacement worker', () => (workerPids().length === 2 && !workerPids().includes(dead) ? true : undefined), 30_000);
+  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+}
+
+function expectNoCounterWentDown(before: Map<string, number>, after: Map<string, number>): void {
+  const down = [...before].filter(([key, value]) => (after.get(key) ?? 0) < value).map(([key, value]) => `${key}: ${value} → ${after.get(key)}`);
+  expect(down).toEqual([]);
+}
+
+describe('/metrics across worker deaths', () => {
+  it('a SIGKILLed worker\'s counts stay in the sums: no counter or histogram series goes down', async () => {
+    for (let i = 0; i < 40; i++) expect(await get()).toBe(200);
+    const before = await countingSeries();
+    expect(total(before, 'keyedge_proxy_http_requests_total')).toBeGreaterThanOrEqual(40);
+    expect(total(before, 'keyedge_proxy_tls_handshakes_total')).toBeGreaterThanOrEqual(40);
+    const victim = busiestWorker();
+    process.kill(victim, 'SIGKILL');
+    await replaced(victim);
+    for (let i = 0; i < 2; i++) expect(await get()).toBe(200);
+    const after = await countingSeries();
+    expectNoCounterWentDown(before, after);
+    expect(total(after, 'keyedge_proxy_http_requests_total')).toBeGreaterThanOrEqual(total(before, 'keyedge_proxy_http_requests_total') + 2);
+    expect(total(after, 'keyedge_proxy_tls_handshakes_total')).toBeGreaterThanOrEqual(total(before, 'keyedge_proxy_tls_handshakes_total') + 2);
+  }, 90_000);
+
+  it('a worker that stops on its own hands over what it counted since the last scrape', async () => {
+    const before = await countingSeries();
+    const requests = 30;
+    for (let i = 0; i < requests; i++) expect(await get()).toBe(200);
+    const victim = busiestWorker();
+    // SIGTERM to a worker: it drains, sends its final counts, exits; the primary replaces it.
+    process.kill(victim, 'SIGTERM');
+    await replaced(victim);
+    const after = await countingSeries();
+    expectNoCounterWentDown(before, after);
+    expect(total(after, 'keyedge_proxy_http_requests_total')).toBeGreaterThanOrEqual(total(before, 'keyedge_proxy_http_requests_total') + requests);
+  }, 90_000);
+});
