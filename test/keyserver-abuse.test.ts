@@ -6,7 +6,11 @@
  * drop is counted by reason, and what a client can make us log is capped.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
@@ -14,6 +18,7 @@ import {
   captureLog, connectUnix, digestOf, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, RawConnection, rawFrame, removeDir,
   sleep, startTestKeyserver, tempDir, testConfig, verifies,
 } from './helpers/keyserver.js';
+import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
 const DROPPED = 'keyedge_keyserver_connections_dropped_total';
 let stateDir: string;
@@ -284,5 +289,74 @@ describe('bad-frame flood', () => {
     } finally {
       for (const conn of conns) conn.close();
     }
+  });
+});
+
+describe('mutual TLS', () => {
+  const HANDSHAKE_DEADLINE = 1_000;
+  let pki: TestPkiFiles;
+  beforeAll(async () => {
+    pki = await createTestPki(stateDir, [{ commonName: 'edge-a' }, { commonName: 'edge-b' }]);
+    logs = captureLog();
+    server = await startTestKeyserver(
+      testConfig(stateDir, {
+        listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+        clients: [
+          { name: 'edge-a', match: { commonName: 'edge-a' }, keys: '*' },
+          { name: 'edge-b', match: { commonName: 'edge-b' }, keys: '*' },
+        ],
+        limits: { maxConnections: 64, maxConnectionsPerClient: 8, frameTimeoutMs: 600_000, tlsHandshakeTimeoutMs: HANDSHAKE_DEADLINE },
+      }),
+      logs,
+    );
+  });
+  afterAll(() => server.close());
+
+  function tlsOptions(name: string): tls.ConnectionOptions {
+    const files = pki.clients[name]!;
+    return { host: '127.0.0.1', port: server.tcpPort!, servername: 'localhost', ca: readFileSync(pki.caFile), cert: readFileSync(files.cert), key: readFileSync(files.key) };
+  }
+
+  it('each client certificate identity has its own cap: one client stalling at its cap does not touch another', async () => {
+    const sockets = await Promise.all(
+      Array.from({ length: 20 }, () => new Promise<tls.TLSSocket>((resolve, reject) => {
+        const socket = tls.connect(tlsOptions('edge-a'), () => {
+          socket.write(signFrame(keys.ec!).subarray(0, 40));
+          resolve(socket);
+        });
+        socket.on('error', reject);
+      })),
+    );
+    try {
+      await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);
+      const key = keys.ec!;
+      const b = await KeyserverClient.connect({ tcp: { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' } });
+      try {
+        for (let i = 0; i < 5; i++) {
+          const message = randomBytes(40);
+          const signature = await b.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
+          expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
+        }
+      } finally {
+        b.close();
+      }
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })).toBe(12);
+      expect(await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })).toBe(8);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+
+  it('a TCP connection that never finishes its TLS handshake is closed at limits.tlsHandshakeTimeoutMs', async () => {
+    const socket = net.connect(server.tcpPort!, '127.0.0.1');
+    socket.on('error', () => undefined);
+    const start = performance.now();
+    // Half a ClientHello record header, then nothing.
+    socket.write(Buffer.from([0x16, 0x03, 0x01]));
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    const open = await Promise.race([closed.then(() => false), sleep(HANDSHAKE_DEADLINE + 3_000).then(() => true)]);
+    socket.destroy();
+    expect(open).toBe(false);
+    expect(performance.now() - start).toBeGreaterThan(HANDSHAKE_DEADLINE - 50);
   });
 });

@@ -126,15 +126,18 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
           // Verified here rather than by rejectUnauthorized, so the log says why.
           if (!socket.authorized || cert === undefined) {
             metrics.tlsHandshakeFailures.inc();
-            log.warn({ reason: String(socket.authorizationError ?? 'no client certificate'), subject: cert?.subject }, 'mutual TLS client refused');
+            const reason = String(socket.authorizationError ?? 'no client certificate');
+            limiter.warn(log, 'tls_client_refused', { reason, subject: cert?.subject }, 'mutual TLS client refused');
             socket.destroy();
             return;
           }
           accept(socket, tlsIdentity(cert, config.clients));
         },
-        (err) => {
+        (err, socket) => {
           metrics.tlsHandshakeFailures.inc();
-          log.warn({ code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
+          limiter.warn(log, 'tls_client_error', { code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
+          // Node reports a handshake timeout here but leaves the socket open.
+          socket.destroy();
         },
       );
       // A ceiling on sockets Node accepts, handshakes included, which admission cannot see: twice the cap,
