@@ -359,4 +359,21 @@ describe('mutual TLS', () => {
     expect(open).toBe(false);
     expect(performance.now() - start).toBeGreaterThan(HANDSHAKE_DEADLINE - 50);
   });
+
+  it('past twice maxConnections sockets (handshakes included) the TLS listener drops newcomers, counted', async () => {
+    await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+    const open = (): Promise<net.Socket> =>
+      new Promise((resolve, reject) => {
+        const socket = net.connect(server.tcpPort!, '127.0.0.1', () => resolve(socket));
+        socket.on('error', reject);
+      });
+    // All at once: the handshake deadline (1 s) closes them soon.
+    const sockets = await Promise.all(Array.from({ length: 2 * 64 + 3 }, open));
+    try {
+      await waitFor('3 drops', async () => (await metricValue(server, DROPPED, { reason: 'tls_listener_full' })) === 3);
+      expect(logs.find(/^connection refused: the TLS listener is full/).length).toBeGreaterThan(0);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
 });
