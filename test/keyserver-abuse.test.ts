@@ -314,7 +314,8 @@ describe('mutual TLS', () => {
 
   function tlsOptions(name: string): tls.ConnectionOptions {
     const files = pki.clients[name]!;
-    return { host: '127.0.0.1', port: server.tcpPort!, servername: 'localhost', ca: readFileSync(pki.caFile), cert: readFileSync(files.cert), key: readFileSync(files.key) };
+    const [ca, cert, key] = [pki.caFile, files.cert, files.key].map((file) => readFileSync(file));
+    return { host: '127.0.0.1', port: server.tcpPort!, servername: 'localhost', ca, cert, key };
   }
 
   it('each client certificate identity has its own cap: one client stalling at its cap does not touch another', async () => {
@@ -330,7 +331,8 @@ describe('mutual TLS', () => {
     try {
       await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);
       const key = keys.ec!;
-      const b = await KeyserverClient.connect({ tcp: { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' } });
+      const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' };
+      const b = await KeyserverClient.connect({ tcp });
       try {
         for (let i = 0; i < 5; i++) {
           const message = randomBytes(40);
