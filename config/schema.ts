@@ -47,11 +47,19 @@ export interface KeyserverConfig {
     readonly maxBodyBytes: number;
     readonly maxInFlightPerConnection: number;
     readonly maxConnections: number;
+    readonly maxConnectionsPerClient: number;
+    readonly frameTimeoutMs: number;
+    readonly tlsHandshakeTimeoutMs: number;
     readonly requestTimeoutMs: number;
     readonly shutdownGraceMs: number;
   };
   readonly admin: { readonly host: string; readonly port: number } | null;
-  readonly log: { readonly level: string; readonly keyUsageIntervalSeconds: number };
+  readonly log: {
+    readonly level: string;
+    readonly keyUsageIntervalSeconds: number;
+    readonly rateLimitIntervalSeconds: number;
+    readonly rateLimitBurst: number;
+  };
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -108,8 +116,21 @@ export const KEYSERVER_DEFAULTS = Object.freeze({
     // bounding the memory one misbehaving client can pin.
     maxInFlightPerConnection: 256,
     // Proxies hold a few long-lived connections each; 1024 leaves ample room
-    // and stays below the usual default file-descriptor limit.
+    // and stays below the usual default file-descriptor limit. Over both
+    // listeners; at the cap a newcomer evicts a stalled or idle connection.
     maxConnections: 1024,
+    // A proxy host holds one bridge connection per worker plus a few short
+    // validation ones: 256 covers 64 workers four times over, and keeps one
+    // client (all local clients are one identity on the unix socket) from
+    // holding more than a quarter of maxConnections.
+    maxConnectionsPerClient: 256,
+    // Clients write each frame in one go: a frame still incomplete seconds
+    // after its first byte is a broken or hostile peer. 5 s is far above any
+    // real transfer of a 16 KiB frame and twice the request deadline.
+    frameTimeoutMs: 5_000,
+    // Node's default (120 s) let stalled handshakes hold sockets for two
+    // minutes; a mutual TLS 1.3 handshake on a LAN takes milliseconds.
+    tlsHandshakeTimeoutMs: 10_000,
     // A TLS handshake waits on this signature: past 2 s the client has
     // likely given up, and failing fast lets the proxy retry elsewhere.
     requestTimeoutMs: 2_000,
@@ -125,6 +146,12 @@ export const KEYSERVER_DEFAULTS = Object.freeze({
     // Per-key usage counts once a minute: fine enough to spot misuse,
     // coarse enough not to flood the log on a busy edge.
     keyUsageIntervalSeconds: 60,
+    // Lines a client can cause at will (bad frames, connections refused,
+    // evicted or timed out) are capped per reason: 10 per 10 s shows what is
+    // happening and from whom; the metrics count every event. As the kernel's
+    // printk ratelimit (10 per 5 s), at half its rate.
+    rateLimitIntervalSeconds: 10,
+    rateLimitBurst: 10,
   }),
 });
 
@@ -292,6 +319,9 @@ const limitsSchema = strict(
     maxBodyBytes: intIn(64, 1_048_576).optional(),
     maxInFlightPerConnection: intIn(1, 65_536).optional(),
     maxConnections: intIn(1, 100_000).optional(),
+    maxConnectionsPerClient: intIn(1, 100_000).optional(),
+    frameTimeoutMs: intIn(100, 600_000).optional(),
+    tlsHandshakeTimeoutMs: intIn(100, 600_000).optional(),
     requestTimeoutMs: intIn(10, 60_000).optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
   },
@@ -307,6 +337,8 @@ const logSchema = strict(
   {
     level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional(),
     keyUsageIntervalSeconds: intIn(1, 86_400).optional(),
+    rateLimitIntervalSeconds: intIn(1, 3_600).optional(),
+    rateLimitBurst: intIn(1, 1_000_000).optional(),
   },
   'an object',
 );

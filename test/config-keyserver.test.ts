@@ -47,11 +47,14 @@ describe('defaults', () => {
       maxBodyBytes: 16384,
       maxInFlightPerConnection: 256,
       maxConnections: 1024,
+      maxConnectionsPerClient: 256,
+      frameTimeoutMs: 5000,
+      tlsHandshakeTimeoutMs: 10000,
       requestTimeoutMs: 2000,
       shutdownGraceMs: 10000,
     });
     expect(c.admin).toEqual({ host: '127.0.0.1', port: 9464 });
-    expect(c.log).toEqual({ level: 'info', keyUsageIntervalSeconds: 60 });
+    expect(c.log).toEqual({ level: 'info', keyUsageIntervalSeconds: 60, rateLimitIntervalSeconds: 10, rateLimitBurst: 10 });
   });
 
   test('the defaults table is frozen', () => {

@@ -14,6 +14,20 @@
  * Answers finished in the same event-loop turn are written as one batch
  * (cork, uncork on setImmediate): on a busy connection that turns many small
  * writes into one syscall, and over TLS into one record.
+ *
+ * Frame deadline (SPEC.md, "Connection rules"): once the first byte of a frame
+ * is in, the whole frame must follow within `frameTimeoutMs`, else the
+ * connection is closed without an answer. Clients write each frame in one go,
+ * so a frame pending for seconds is a broken or hostile peer holding a slot;
+ * the clock restarts with each frame, so a busy pipelined stream whose reads
+ * always end mid-frame is never cut. A connection with nothing pending is
+ * never timed out: the proxy's bridge keeps one open between handshakes and
+ * has no ping. Bad-frame and deadline lines go through the LogLimiter, since
+ * a client can cause them at will; the metrics count every one.
+ *
+ * `state` (busy: requests in flight; stalled: a partial frame pending, or no
+ * frame yet; idle: neither) is reported to `onState` on each change, for the
+ * daemon's admission (admission.ts).
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../errors.js';
@@ -21,46 +35,72 @@ import type { Logger } from '../log.js';
 import { decodeRequest, encodeResponse, type Response } from '../protocol/codec.js';
 import { errorCodeName, ErrorCode } from '../protocol/constants.js';
 import { FrameReader } from '../protocol/framer.js';
+import type { ConnectionState } from './admission.js';
 import type { ClientIdentity } from './authz.js';
+import type { LogLimiter } from './log-limiter.js';
 import type { KeyserverMetrics } from './metrics.js';
 import type { SigningService } from './service.js';
 
 export interface ConnectionLimits {
   readonly maxBodyBytes: number;
   readonly maxInFlightPerConnection: number;
+  readonly frameTimeoutMs: number;
+}
+
+export interface ConnectionContext {
+  readonly service: SigningService;
+  readonly metrics: KeyserverMetrics;
+  readonly log: Logger;
+  readonly limiter: LogLimiter;
+  readonly limits: ConnectionLimits;
+  readonly onState: (state: ConnectionState) => void;
 }
 
 export class KeyserverConnection {
   readonly socket: Socket;
-  readonly #client: ClientIdentity;
+  readonly client: ClientIdentity;
   readonly #service: SigningService;
   readonly #metrics: KeyserverMetrics;
   readonly #log: Logger;
+  readonly #limiter: LogLimiter;
   readonly #limits: ConnectionLimits;
+  readonly #onState: (state: ConnectionState) => void;
   readonly #reader: FrameReader;
   #inFlight = 0;
+  #frames = 0;
+  #state: ConnectionState = 'stalled';
+  #deadline: NodeJS.Timeout | undefined;
   #corked = false;
   #idleWaiters: (() => void)[] = [];
 
-  constructor(socket: Socket, client: ClientIdentity, service: SigningService, metrics: KeyserverMetrics, log: Logger, limits: ConnectionLimits) {
+  constructor(socket: Socket, client: ClientIdentity, context: ConnectionContext) {
     this.socket = socket;
-    this.#client = client;
-    this.#service = service;
-    this.#metrics = metrics;
-    this.#log = log;
-    this.#limits = limits;
+    this.client = client;
+    this.#service = context.service;
+    this.#metrics = context.metrics;
+    this.#log = context.log;
+    this.#limiter = context.limiter;
+    this.#limits = context.limits;
+    this.#onState = context.onState;
     this.#reader = new FrameReader({
-      maxBodyBytes: limits.maxBodyBytes,
+      maxBodyBytes: context.limits.maxBodyBytes,
       onFrame: (frame) => this.#onFrame(frame),
       onError: (err) => this.#onFatal(err),
     });
-    socket.on('data', (chunk: Buffer) => this.#reader.push(chunk));
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => socket.resume());
-    socket.on('close', () => this.#settleIdle());
+    socket.on('close', () => {
+      clearTimeout(this.#deadline);
+      this.#settleIdle();
+    });
   }
 
   get inFlight(): number {
     return this.#inFlight;
+  }
+
+  get state(): ConnectionState {
+    return this.#state;
   }
 
   /** Resolves once no request of this connection is running (at once if none is). */
@@ -69,14 +109,47 @@ export class KeyserverConnection {
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
+  #onData(chunk: Buffer): void {
+    const framesBefore = this.#frames;
+    this.#reader.push(chunk);
+    if (this.#reader.bufferedBytes === 0 || this.#reader.failed) {
+      clearTimeout(this.#deadline);
+      this.#deadline = undefined;
+    } else if (this.#deadline === undefined) {
+      this.#deadline = setTimeout(() => this.#onFrameTimeout(), this.#limits.frameTimeoutMs);
+    } else if (this.#frames !== framesBefore) {
+      // A frame completed and the next one started in this chunk: its clock starts now.
+      this.#deadline.refresh();
+    }
+    this.#updateState();
+  }
+
+  #onFrameTimeout(): void {
+    this.#metrics.connectionDropped('frame_timeout');
+    this.#limiter.warn(
+      this.#log,
+      'frame_timeout',
+      { client: this.client.name, transport: this.client.transport, bufferedBytes: this.#reader.bufferedBytes },
+      `closing connection: a frame was still incomplete ${this.#limits.frameTimeoutMs} ms after its first byte`,
+    );
+    this.socket.destroy();
+  }
+
+  #updateState(): void {
+    const state = this.#inFlight > 0 ? 'busy' : this.#frames === 0 || this.#reader.bufferedBytes > 0 ? 'stalled' : 'idle';
+    if (state === this.#state) return;
+    this.#state = state;
+    this.#onState(state);
+  }
+
   #onFrame(frame: Buffer): void {
+    this.#frames++;
     let request;
     try {
       request = decodeRequest(frame, this.#limits.maxBodyBytes);
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
-      this.#metrics.requests.inc({ op: 'invalid', algorithm: 'none', result: errorCodeName(err.wireCode) });
-      this.#log.warn({ client: this.#client.name, transport: this.#client.transport, code: errorCodeName(err.wireCode) }, `bad request: ${err.message}`);
+      this.#badFrame(err, 'bad request');
       this.#send({ op: 'error', id: err.requestId ?? 0, code: err.wireCode, detail: err.message });
       return;
     }
@@ -85,7 +158,7 @@ export class KeyserverConnection {
       this.#send({ op: 'error', id: request.id, code: ErrorCode.OVERLOADED, detail: `more than ${this.#limits.maxInFlightPerConnection} requests in flight` });
       return;
     }
-    const answer = this.#service.handle(request, this.#client);
+    const answer = this.#service.handle(request, this.client);
     if (!(answer instanceof Promise)) {
       this.#send(answer);
       return;
@@ -97,14 +170,21 @@ export class KeyserverConnection {
       this.#metrics.inFlight.dec();
       this.#send(response);
       if (this.#inFlight === 0) this.#settleIdle();
+      this.#updateState();
     });
   }
 
   #onFatal(err: ProtocolError): void {
-    this.#metrics.requests.inc({ op: 'invalid', algorithm: 'none', result: errorCodeName(err.wireCode) });
-    this.#log.warn({ client: this.#client.name, transport: this.#client.transport, code: errorCodeName(err.wireCode) }, `closing connection: ${err.message}`);
+    this.#badFrame(err, 'closing connection');
     this.#send({ op: 'error', id: err.requestId ?? 0, code: err.wireCode, detail: err.message });
     this.socket.end();
+  }
+
+  /** Counts every bad frame; logs it within the rate limit of its error code. */
+  #badFrame(err: ProtocolError, what: string): void {
+    const code = errorCodeName(err.wireCode);
+    this.#metrics.requests.inc({ op: 'invalid', algorithm: 'none', result: code });
+    this.#limiter.warn(this.#log, `bad_frame:${code}`, { client: this.client.name, transport: this.client.transport, code }, `${what}: ${err.message}`);
   }
 
   #send(response: Response): void {

@@ -9,6 +9,11 @@
  * requests on open connections are answered SHUTTING_DOWN, requests already
  * running finish (up to `limits.shutdownGraceMs`), then connections, sessions
  * and the token are closed.
+ *
+ * Connections are admitted by admission.ts (caps overall and per client
+ * identity; a newcomer at a cap evicts a stalled or idle connection rather
+ * than being refused); what is refused, evicted or timed out is counted in
+ * `connections_dropped_total` and logged within the LogLimiter's rate.
  */
 import { mkdirSync } from 'node:fs';
 import type http from 'node:http';
@@ -21,11 +26,13 @@ import { SigningWorkers } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../errors.js';
 import { startAdmin } from './admin.js';
+import { Admission } from './admission.js';
 import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
 import { KeyserverConnection } from './connection.js';
 import { KeyStore } from './keystore.js';
 import { listenTls, listenUnix } from './listeners.js';
-import { KeyserverMetrics } from './metrics.js';
+import { LogLimiter } from './log-limiter.js';
+import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 
 export interface RunningKeyserver {
@@ -57,12 +64,44 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
     const service = new SigningService({ signers, keys, metrics, log, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();
+    const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
+    const admission = new Admission<KeyserverConnection>(config.limits);
+    const dropped = (reason: DropReason, fields: Record<string, unknown>, msg: string): void => {
+      metrics.connectionDropped(reason);
+      limiter.warn(log, reason, { reason, ...fields }, msg);
+    };
     const accept = (socket: net.Socket, client: ClientIdentity): void => {
-      const connection = new KeyserverConnection(socket, client, service, metrics, log, config.limits);
+      const connection: KeyserverConnection = new KeyserverConnection(socket, client, {
+        service,
+        metrics,
+        log,
+        limiter,
+        limits: config.limits,
+        onState: (state) => admission.update(connection, state),
+      });
+      socket.on('error', (err) => log.debug({ err, client: client.name }, 'client connection error'));
+      // Identity: the client rule's name over mutual TLS (an unmatched certificate is its own identity, by
+      // SPKI); one for the whole unix socket, since Node cannot read the peer's uid (SO_PEERCRED).
+      const admitted = admission.admit(connection, `${client.transport}:${client.name}`);
+      if (!admitted.admitted) {
+        const which = admitted.cap === 'client_cap' ? `this client's ${config.limits.maxConnectionsPerClient}` : `all ${config.limits.maxConnections}`;
+        dropped(`refused_${admitted.cap}`, { client: client.name, transport: client.transport }, `connection refused: ${which} connections are busy`);
+        socket.destroy();
+        return;
+      }
+      for (const { member, cap } of admitted.evicted) {
+        const which = cap === 'client_cap' ? 'this client is at limits.maxConnectionsPerClient' : 'the key server is at limits.maxConnections';
+        dropped(
+          `evicted_${cap}`,
+          { client: member.client.name, transport: member.client.transport, state: member.state },
+          `connection closed to admit a new one: ${which}; this one was ${member.state}`,
+        );
+        member.socket.destroy();
+      }
       connections.add(connection);
       metrics.connections.inc({ transport: client.transport });
-      socket.on('error', (err) => log.debug({ err, client: client.name }, 'client connection error'));
       socket.on('close', () => {
+        admission.remove(connection);
         connections.delete(connection);
         metrics.connections.dec({ transport: client.transport });
       });
@@ -75,31 +114,38 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     if (unix !== null) {
       const identity = unixIdentity(unix.keys);
       const server = await listenUnix(unix.path, unix.mode, (socket) => accept(socket, identity));
-      server.maxConnections = config.limits.maxConnections;
       servers.push(server);
       closers.unshift(() => void server.close());
       unixPath = unix.path;
     }
     if (tcp !== null) {
       const server: tls.Server = await listenTls(
-        { ...tcp, source: config.source },
+        { ...tcp, handshakeTimeoutMs: config.limits.tlsHandshakeTimeoutMs, source: config.source },
         (socket) => {
           const cert = socket.getPeerX509Certificate();
           // Verified here rather than by rejectUnauthorized, so the log says why.
           if (!socket.authorized || cert === undefined) {
             metrics.tlsHandshakeFailures.inc();
-            log.warn({ reason: String(socket.authorizationError ?? 'no client certificate'), subject: cert?.subject }, 'mutual TLS client refused');
+            const reason = String(socket.authorizationError ?? 'no client certificate');
+            limiter.warn(log, 'tls_client_refused', { reason, subject: cert?.subject }, 'mutual TLS client refused');
             socket.destroy();
             return;
           }
           accept(socket, tlsIdentity(cert, config.clients));
         },
-        (err) => {
+        (err, socket) => {
           metrics.tlsHandshakeFailures.inc();
-          log.warn({ code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
+          limiter.warn(log, 'tls_client_error', { code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
+          // Node reports a handshake timeout here but leaves the socket open.
+          socket.destroy();
         },
       );
-      server.maxConnections = config.limits.maxConnections;
+      // A ceiling on sockets Node accepts, handshakes included, which admission cannot see: twice the cap,
+      // so that established connections at the cap leave room for newcomers to handshake and evict.
+      server.maxConnections = 2 * config.limits.maxConnections;
+      server.on('drop', (data?: { remoteAddress?: string }) =>
+        dropped('tls_listener_full', { transport: 'tls', remoteAddress: data?.remoteAddress }, 'connection refused: the TLS listener is full'),
+      );
       servers.push(server);
       closers.unshift(() => void server.close());
       const address = server.address();

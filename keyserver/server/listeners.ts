@@ -8,7 +8,9 @@
  *
  * TCP: TLS 1.3 only, client certificate requested (RFC 8446 §4.3.2) and
  * verified against the configured client CA; the daemon closes a connection
- * whose certificate is missing or from another CA before reading a frame.
+ * whose certificate is missing or from another CA before reading a frame. A
+ * handshake not finished within `handshakeTimeoutMs` is dropped (Node's
+ * default of 120 s would let stalled handshakes hold sockets for minutes).
  */
 import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -29,6 +31,7 @@ export interface TlsListenOptions {
   readonly cert: string;
   readonly key: string;
   readonly clientCa: string;
+  readonly handshakeTimeoutMs: number;
   readonly source: string;
 }
 
@@ -52,6 +55,7 @@ export async function listenTls(
       sessionTimeout: 0,
       ticketKeys: undefined,
       noDelay: true,
+      handshakeTimeout: options.handshakeTimeoutMs,
     },
     onConnection,
   );

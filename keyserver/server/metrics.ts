@@ -2,13 +2,25 @@
  * The key server's metrics: one Registry, prefix `keyedge_keyserver_`.
  *
  * Labels are bounded by construction: op and algorithm come from the protocol's
- * fixed tables, result from its error-code names, transport is unix|tls. Key
+ * fixed tables, result from its error-code names, transport is unix|tls,
+ * reason from DROP_REASONS. Key
  * ids, client names and peer addresses are never labels (per-key usage goes to
  * the periodic log line instead).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 const PREFIX = 'keyedge_keyserver_';
+
+/** Why the key server closed a connection on its own (README, "Metrics"). */
+export const DROP_REASONS = [
+  'frame_timeout',
+  'evicted_client_cap',
+  'evicted_connection_cap',
+  'refused_client_cap',
+  'refused_connection_cap',
+  'tls_listener_full',
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
 
 export class KeyserverMetrics {
   readonly registry = new Registry();
@@ -43,6 +55,15 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
+  readonly connectionsDropped = new Counter<'reason'>({
+    name: `${PREFIX}connections_dropped_total`,
+    help:
+      'Connections the key server closed on its own, by reason: a frame incomplete past limits.frameTimeoutMs, ' +
+      'evicted or refused at the per-client or overall connection cap, or dropped by a full TLS listener.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly authzRefusals = new Counter({
     name: `${PREFIX}authorization_refusals_total`,
     help: 'Requests refused because the client may not use the key (each also has an audit log line), by transport.',
@@ -64,5 +85,11 @@ export class KeyserverMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    // Every reason exported from the start at 0, so a rate() over it has a baseline.
+    for (const reason of DROP_REASONS) this.connectionsDropped.inc({ reason }, 0);
+  }
+
+  connectionDropped(reason: DropReason): void {
+    this.connectionsDropped.inc({ reason });
   }
 }

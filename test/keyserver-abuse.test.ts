@@ -1,0 +1,381 @@
+/**
+ * A real key server (own SoftHSM2 token) against clients that stall, hoard
+ * connections or flood it with bad frames: stalled frames are closed at the
+ * frame deadline, a normal client is served at once however many stalled
+ * connections there are (they are evicted, not the newcomer refused), every
+ * drop is counted by reason, and what a client can make us log is capped.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { encodeRequest } from '../keyserver/protocol/codec.js';
+import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
+import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import {
+  captureLog, connectUnix, digestOf, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, RawConnection, rawFrame, removeDir,
+  sleep, startTestKeyserver, tempDir, testConfig, verifies,
+} from './helpers/keyserver.js';
+import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+
+const DROPPED = 'keyedge_keyserver_connections_dropped_total';
+let stateDir: string;
+let keys: Record<string, ProvisionedKey>;
+let nextId = 1;
+
+beforeAll(() => {
+  stateDir = tempDir();
+  keys = provisionKeys(testConfig(stateDir), [{ label: 'ec', type: 'ec-p256' }, { label: 'rsa', type: 'rsa-4096' }]);
+});
+afterAll(() => removeDir(stateDir));
+
+let server: RunningKeyserver;
+let logs: LogCapture;
+
+/** A key server with these config overrides for the tests of one describe block. */
+function serverWith(overrides: Record<string, unknown>): void {
+  beforeAll(async () => {
+    logs = captureLog();
+    server = await startTestKeyserver(testConfig(stateDir, overrides), logs);
+  });
+  afterAll(() => server.close());
+}
+
+function signFrame(key: ProvisionedKey, id = nextId++): Buffer {
+  const algorithm = key.kind === 'ec' ? Algorithm.ECDSA_SHA256 : Algorithm.RSA_PSS_SHA256;
+  return encodeRequest({ op: 'sign', id, keyId: Buffer.from(key.keyId, 'hex'), algorithm, digest: digestOf(algorithm, randomBytes(16)) });
+}
+
+/** Opens `n` unix connections that each send the first half of a sign frame and then nothing. */
+async function stalled(n: number): Promise<RawConnection[]> {
+  const conns = await Promise.all(Array.from({ length: n }, () => RawConnection.connect(server.unixPath!)));
+  for (const conn of conns) conn.write(signFrame(keys.ec!).subarray(0, 40));
+  return conns;
+}
+
+async function noConnections(): Promise<void> {
+  await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'unix' })) === 0);
+}
+
+async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Resolves with how long `conn` took to be closed by the server, or rejects after `limitMs`. */
+async function closedWithin(conn: RawConnection, limitMs: number, since = performance.now()): Promise<number> {
+  const timeout = sleep(limitMs).then(() => 'open' as const);
+  if ((await Promise.race([conn.closed, timeout])) === 'open') throw new Error(`the connection was still open after ${limitMs} ms`);
+  return performance.now() - since;
+}
+
+/** A fresh KeyserverClient gets `count` valid signatures (half of them concurrently); resolves with the time it took. */
+async function signsWith(count: number): Promise<number> {
+  const start = performance.now();
+  const key = keys.ec!;
+  const client = await connectUnix(server, 5_000);
+  try {
+    const one = async (): Promise<void> => {
+      const message = randomBytes(40);
+      const signature = await client.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
+      expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
+    };
+    for (let i = 0; i < count / 2; i++) await one();
+    await Promise.all(Array.from({ length: count / 2 }, one));
+  } finally {
+    client.close();
+  }
+  return performance.now() - start;
+}
+
+describe('frame deadline', () => {
+  const DEADLINE = 1_000;
+  serverWith({ limits: { frameTimeoutMs: DEADLINE } });
+
+  it('a connection that sends half a frame and stalls is closed at the deadline, counted and logged', async () => {
+    const conn = await RawConnection.connect(server.unixPath!);
+    const start = performance.now();
+    conn.write(signFrame(keys.ec!).subarray(0, 40));
+    // A 3 s margin for a loaded CI machine; never before the deadline (timers may fire a little early).
+    const elapsed = await closedWithin(conn, DEADLINE + 3_000, start);
+    expect(elapsed).toBeGreaterThan(DEADLINE - 50);
+    expect(conn.responses).toEqual([]);
+    expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(1);
+    expect(logs.find(/^closing connection: a frame was still incomplete 1000 ms after its first byte/)).toHaveLength(1);
+    expect(await signsWith(4)).toBeLessThan(3_000);
+  });
+
+  it('a frame trickled a byte at a time is closed too: the clock runs from its first byte, not the last', async () => {
+    const conn = await RawConnection.connect(server.unixPath!);
+    const frame = signFrame(keys.ec!);
+    const start = performance.now();
+    let sent = 0;
+    const trickle = setInterval(() => {
+      // Never the last byte: the frame must stay incomplete however long this runs.
+      if (sent < frame.length - 1 && !conn.isClosed) conn.write(frame.subarray(sent, ++sent));
+    }, 100);
+    try {
+      await closedWithin(conn, DEADLINE + 3_000, start);
+    } finally {
+      clearInterval(trickle);
+    }
+    expect(conn.responses).toEqual([]);
+    expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
+
+  it('a pipelined stream whose every read ends mid-frame is never cut, and an idle connection is never timed out', async () => {
+    const conn = await RawConnection.connect(server.unixPath!);
+    try {
+      // For 3 deadlines, each write finishes the previous frame and starts the next one, so some
+      // frame is always pending, but none for longer than 100 ms.
+      const ids: number[] = [];
+      let tail: Buffer = Buffer.alloc(0);
+      for (let t = 0; t < 3 * DEADLINE; t += 100) {
+        const id = nextId++;
+        ids.push(id);
+        const frame = encodeRequest({ op: 'ping', id, payload: randomBytes(64) });
+        conn.write(Buffer.concat([tail, frame.subarray(0, 30)]));
+        tail = frame.subarray(30);
+        await sleep(100);
+      }
+      conn.write(tail);
+      for (const id of ids) expect((await conn.answer(id)).op).toBe('pong');
+      await sleep(1.5 * DEADLINE);
+      expect(conn.isClosed).toBe(false);
+      const id = nextId++;
+      conn.write(signFrame(keys.ec!, id));
+      expect((await conn.answer(id)).op).toBe('signature');
+    } finally {
+      conn.close();
+    }
+    expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
+});
+
+describe('connection caps', () => {
+  const CAP = 64;
+  // A deadline far beyond the test: only admission can let the normal client in.
+  serverWith({ limits: { maxConnections: CAP, frameTimeoutMs: 600_000 } });
+
+  it(`${CAP} stalled connections from one local client, then a normal client: all its signs succeed at once`, async () => {
+    await noConnections();
+    const conns = await stalled(CAP);
+    try {
+      await waitFor(`${CAP} open connections`, async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'unix' })) === CAP);
+      expect(await signsWith(20)).toBeLessThan(3_000);
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' })).toBe(1);
+      await waitFor('the evicted connection to close', () => conns.filter((c) => c.isClosed).length === 1);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+
+  it('a flood of stalled newcomers evicts the stalled, not a client that has sent frames; the log stays short', async () => {
+    const key = keys.ec!;
+    await noConnections();
+    const client = await connectUnix(server, 5_000);
+    const conns: RawConnection[] = [];
+    try {
+      await client.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, randomBytes(8)));
+      const before = await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' });
+      for (let i = 0; i < 4; i++) conns.push(...(await stalled(CAP)));
+      await waitFor('evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' })) - before === 3 * CAP + 1);
+      // The idle client was not evicted: it still signs on the same connection.
+      const message = randomBytes(40);
+      const signature = await client.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
+      expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
+      await waitFor('the evicted to close', () => conns.filter((c) => !c.isClosed).length === CAP - 1);
+      // 193 evictions, at most a burst (10) of lines per 10 s.
+      expect(logs.find(/^connection closed to admit a new one: the key server is at limits.maxConnections/).length).toBeLessThanOrEqual(20);
+    } finally {
+      client.close();
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+describe('per-client cap', () => {
+  serverWith({ limits: { maxConnections: 64, maxConnectionsPerClient: 16, frameTimeoutMs: 600_000 } });
+
+  it('one identity holds at most its cap; past it, its own stalled connections make room', async () => {
+    const conns = await stalled(40);
+    try {
+      await waitFor('24 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 24);
+      await waitFor('16 open', () => conns.filter((c) => !c.isClosed).length === 16);
+      expect(conns.slice(24).every((c) => !c.isClosed)).toBe(true);
+      expect(await signsWith(10)).toBeLessThan(3_000);
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' })).toBe(0);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+describe('every connection busy', () => {
+  // One signing session, so RSA-4096 signs queue for seconds; a request deadline they cannot reach.
+  serverWith({ pkcs11: { sessions: 1 }, limits: { maxConnections: 2, requestTimeoutMs: 60_000 } });
+
+  it('a newcomer is refused at once, counted and logged, and the busy connections finish their work', async () => {
+    const busy = await Promise.all([0, 1].map(() => RawConnection.connect(server.unixPath!)));
+    const conns = [...busy];
+    try {
+      const ids = busy.map(() => [] as number[]);
+      busy.forEach((conn, i) => {
+        const frames = Array.from({ length: 120 }, () => {
+          const id = nextId++;
+          ids[i]!.push(id);
+          return signFrame(keys.rsa!, id);
+        });
+        conn.write(Buffer.concat(frames));
+      });
+      // Over 120 in flight means both connections have some; 240 RSA-4096 signs on one session take seconds.
+      await waitFor('both connections busy', async () => (await metricValue(server, 'keyedge_keyserver_in_flight_requests')) > 120);
+      const newcomer = await RawConnection.connect(server.unixPath!);
+      conns.push(newcomer);
+      await closedWithin(newcomer, 3_000);
+      expect(newcomer.responses).toEqual([]);
+      expect(await metricValue(server, DROPPED, { reason: 'refused_connection_cap' })).toBe(1);
+      expect(logs.find(/^connection refused: all 2 connections are busy/)).toHaveLength(1);
+      for (const [i, conn] of busy.entries()) {
+        for (const id of ids[i]!) expect((await conn.answer(id, 30_000)).op).toBe('signature');
+        expect(conn.isClosed).toBe(false);
+      }
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_connection_cap' })).toBe(0);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+describe('bad-frame flood', () => {
+  // The default log rate limit.
+  serverWith({});
+
+  it('5,000 bad frames over 5 connections: every one answered, under 50 log lines, the key server carries on', async () => {
+    const conns = await Promise.all(Array.from({ length: 5 }, () => RawConnection.connect(server.unixPath!)));
+    try {
+      const faults = [
+        { frame: (id: number) => rawFrame({ version: 2, opcode: Opcode.PING, id }), code: ErrorCode.UNSUPPORTED_VERSION },
+        { frame: (id: number) => rawFrame({ opcode: 0x04, id }), code: ErrorCode.UNKNOWN_OP },
+        { frame: (id: number) => rawFrame({ opcode: Opcode.PING, reserved: 1, id }), code: ErrorCode.MALFORMED_FRAME },
+      ];
+      const expected = new Map<number, number>();
+      for (const conn of conns) {
+        const frames: Buffer[] = [];
+        for (let i = 0; i < 1_000; i++) {
+          const fault = faults[i % faults.length]!;
+          const id = nextId++;
+          expected.set(id, fault.code);
+          frames.push(fault.frame(id));
+        }
+        conn.write(Buffer.concat(frames));
+      }
+      await waitFor('5,000 answers', () => conns.reduce((n, c) => n + c.responses.length, 0) === 5_000, 20_000);
+      for (const response of conns.flatMap((c) => c.responses)) {
+        expect(response.op === 'error' && response.code).toBe(expected.get(response.id));
+      }
+      const lines = logs.find(/^bad request: /);
+      // 3 codes × a burst of 10 per 10 s window (the flood takes well under one).
+      expect(lines.length).toBeLessThan(50);
+      expect(new Set(lines.map((l) => l.code))).toEqual(new Set(['UNSUPPORTED_VERSION', 'UNKNOWN_OP', 'MALFORMED_FRAME']));
+      expect(await metricValue(server, 'keyedge_keyserver_requests_total', { op: 'invalid', result: 'UNKNOWN_OP' })).toBe(5 * 333);
+      expect(conns.every((c) => !c.isClosed)).toBe(true);
+      expect(await signsWith(4)).toBeLessThan(3_000);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+});
+
+describe('mutual TLS', () => {
+  const HANDSHAKE_DEADLINE = 1_000;
+  let pki: TestPkiFiles;
+  beforeAll(async () => {
+    pki = await createTestPki(stateDir, [{ commonName: 'edge-a' }, { commonName: 'edge-b' }]);
+    logs = captureLog();
+    server = await startTestKeyserver(
+      testConfig(stateDir, {
+        listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+        clients: [
+          { name: 'edge-a', match: { commonName: 'edge-a' }, keys: '*' },
+          { name: 'edge-b', match: { commonName: 'edge-b' }, keys: '*' },
+        ],
+        limits: { maxConnections: 64, maxConnectionsPerClient: 8, frameTimeoutMs: 600_000, tlsHandshakeTimeoutMs: HANDSHAKE_DEADLINE },
+      }),
+      logs,
+    );
+  });
+  afterAll(() => server.close());
+
+  function tlsOptions(name: string): tls.ConnectionOptions {
+    const files = pki.clients[name]!;
+    const [ca, cert, key] = [pki.caFile, files.cert, files.key].map((file) => readFileSync(file));
+    return { host: '127.0.0.1', port: server.tcpPort!, servername: 'localhost', ca, cert, key };
+  }
+
+  it('each client certificate identity has its own cap: one client stalling at its cap does not touch another', async () => {
+    const sockets = await Promise.all(
+      Array.from({ length: 20 }, () => new Promise<tls.TLSSocket>((resolve, reject) => {
+        const socket = tls.connect(tlsOptions('edge-a'), () => {
+          socket.write(signFrame(keys.ec!).subarray(0, 40));
+          resolve(socket);
+        });
+        socket.on('error', reject);
+      })),
+    );
+    try {
+      await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);
+      const key = keys.ec!;
+      const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' };
+      const b = await KeyserverClient.connect({ tcp });
+      try {
+        for (let i = 0; i < 5; i++) {
+          const message = randomBytes(40);
+          const signature = await b.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
+          expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
+        }
+      } finally {
+        b.close();
+      }
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })).toBe(12);
+      expect(await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })).toBe(8);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+
+  it('a TCP connection that never finishes its TLS handshake is closed at limits.tlsHandshakeTimeoutMs', async () => {
+    const socket = net.connect(server.tcpPort!, '127.0.0.1');
+    socket.on('error', () => undefined);
+    const start = performance.now();
+    // Half a ClientHello record header, then nothing.
+    socket.write(Buffer.from([0x16, 0x03, 0x01]));
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    const open = await Promise.race([closed.then(() => false), sleep(HANDSHAKE_DEADLINE + 3_000).then(() => true)]);
+    socket.destroy();
+    expect(open).toBe(false);
+    expect(performance.now() - start).toBeGreaterThan(HANDSHAKE_DEADLINE - 50);
+  });
+
+  it('past twice maxConnections sockets (handshakes included) the TLS listener drops newcomers, counted', async () => {
+    await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+    const open = (): Promise<net.Socket> =>
+      new Promise((resolve, reject) => {
+        const socket = net.connect(server.tcpPort!, '127.0.0.1', () => resolve(socket));
+        socket.on('error', reject);
+      });
+    // All at once: the handshake deadline (1 s) closes them soon.
+    const sockets = await Promise.all(Array.from({ length: 2 * 64 + 3 }, open));
+    try {
+      await waitFor('3 drops', async () => (await metricValue(server, DROPPED, { reason: 'tls_listener_full' })) === 3);
+      expect(logs.find(/^connection refused: the TLS listener is full/).length).toBeGreaterThan(0);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+});

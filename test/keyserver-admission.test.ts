@@ -1,0 +1,78 @@
+/**
+ * The key server's two small policies on their own: the log rate limiter
+ * (with an injected clock) and connection admission (which connection makes
+ * room at a cap). keyserver-abuse.test.ts runs both inside a real key server.
+ */
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/log.js';
+import { Admission } from '../keyserver/server/admission.js';
+import { LogLimiter } from '../keyserver/server/log-limiter.js';
+
+describe('LogLimiter', () => {
+  it('writes `burst` lines per interval and key, then reports how many it dropped on the next line', () => {
+    let now = 1_000;
+    const limiter = new LogLimiter({ intervalMs: 10_000, burst: 3, now: () => now });
+    expect([1, 2, 3, 4, 5].map(() => limiter.take('a'))).toEqual([0, 0, 0, undefined, undefined]);
+    // Keys are independent.
+    expect(limiter.take('b')).toBe(0);
+    now += 9_999;
+    expect(limiter.take('a')).toBeUndefined();
+    now += 1;
+    expect(limiter.take('a')).toBe(3);
+    expect(limiter.take('a')).toBe(0);
+    expect(limiter.take('a')).toBe(0);
+    expect(limiter.take('a')).toBeUndefined();
+  });
+
+  it('warn() writes through the logger with `suppressed` only when lines were dropped', () => {
+    let now = 0;
+    const lines: Record<string, unknown>[] = [];
+    const log = createLogger('t', 'debug', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    const limiter = new LogLimiter({ intervalMs: 1_000, burst: 1, now: () => now });
+    for (let i = 0; i < 100; i++) limiter.warn(log, 'k', { code: 'MALFORMED_FRAME' }, 'bad request');
+    now = 1_000;
+    limiter.warn(log, 'k', { code: 'MALFORMED_FRAME' }, 'bad request');
+    expect(lines.map((l) => [l.msg, l.level, l.code, l.suppressed])).toEqual([
+      ['bad request', 40, 'MALFORMED_FRAME', undefined],
+      ['bad request', 40, 'MALFORMED_FRAME', 99],
+    ]);
+  });
+});
+
+describe('Admission', () => {
+  it('admits up to the per-client cap, then evicts that client\'s longest-stalled connection, then its longest-idle one', () => {
+    const admission = new Admission<string>({ maxConnections: 100, maxConnectionsPerClient: 3 });
+    for (const c of ['a1', 'a2', 'a3']) expect(admission.admit(c, 'A')).toEqual({ admitted: true, evicted: [] });
+    admission.update('a1', 'idle');
+    admission.update('a2', 'busy');
+    // a3 is the only stalled one; another client is not affected by A's cap.
+    expect(admission.admit('b1', 'B')).toEqual({ admitted: true, evicted: [] });
+    expect(admission.admit('a4', 'A')).toEqual({ admitted: true, evicted: [{ member: 'a3', cap: 'client_cap' }] });
+    admission.update('a4', 'busy');
+    expect(admission.admit('a5', 'A')).toEqual({ admitted: true, evicted: [{ member: 'a1', cap: 'client_cap' }] });
+    admission.update('a5', 'busy');
+    // Every connection of A is busy: the newcomer is refused, nothing is evicted.
+    expect(admission.admit('a6', 'A')).toEqual({ admitted: false, cap: 'client_cap' });
+    expect(admission.size).toBe(4);
+  });
+
+  it('at the overall cap evicts the longest-stalled connection of anyone, in the order they stalled', () => {
+    const admission = new Admission<string>({ maxConnections: 3, maxConnectionsPerClient: 3 });
+    admission.admit('a1', 'A');
+    admission.admit('b1', 'B');
+    admission.admit('b2', 'B');
+    admission.update('a1', 'idle');
+    admission.update('b1', 'idle');
+    admission.update('a1', 'stalled'); // a partial frame arrives on a1: it stalled after b2 did
+    expect(admission.admit('c1', 'C')).toEqual({ admitted: true, evicted: [{ member: 'b2', cap: 'connection_cap' }] });
+    admission.update('c1', 'busy');
+    expect(admission.admit('c2', 'C')).toEqual({ admitted: true, evicted: [{ member: 'a1', cap: 'connection_cap' }] });
+    admission.update('c2', 'busy');
+    expect(admission.admit('c3', 'C')).toEqual({ admitted: true, evicted: [{ member: 'b1', cap: 'connection_cap' }] });
+    admission.update('c3', 'busy');
+    expect(admission.admit('d1', 'D')).toEqual({ admitted: false, cap: 'connection_cap' });
+    // A closed connection frees its slot at once.
+    admission.remove('c1');
+    expect(admission.admit('d1', 'D')).toEqual({ admitted: true, evicted: [] });
+  });
+});
