@@ -41,7 +41,8 @@ describe('proxy config', () => {
   it('puts the certificate store under the state directory unless told otherwise', () => {
     const defaults = loadProxyConfig(write('store-default.json', { stateDir: 'state' }));
     expect(defaults.certStore).toEqual({ dir: join(dir, 'state', 'certs'), rescanSeconds: PROXY_DEFAULTS.certStore.rescanSeconds, intermediates: null });
-    const relative = loadProxyConfig(write('store-relative.json', { stateDir: 'state', certStore: { dir: 'live', rescanSeconds: 5, intermediates: 'ca/inter.pem' } }));
+    const store = { dir: 'live', rescanSeconds: 5, intermediates: 'ca/inter.pem' };
+    const relative = loadProxyConfig(write('store-relative.json', { stateDir: 'state', certStore: store }));
     expect(relative.certStore).toEqual({ dir: join(dir, 'state', 'live'), rescanSeconds: 5, intermediates: join(dir, 'ca', 'inter.pem') });
     const absolute = loadProxyConfig(write('store-absolute.json', { certStore: { dir: '/etc/keyedge/certs' } }));
     expect(absolute.certStore.dir).toBe('/etc/keyedge/certs');

@@ -140,7 +140,7 @@ describe('a chain is never served incomplete', () => {
     await servedAfter('only.lab.test', first, performance.now());
     const before = proxy.lines.length;
     store(leafOnly.certPem);
-    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.msg !== undefined && l.certificate === 'only' && l.reason !== undefined));
+    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.certificate === 'only' && l.reason !== undefined));
     expect(refused).toMatchObject({ reason: 'incomplete_chain', code: 'KEYEDGE_ERR_CERTIFICATE' });
     expect(refused.msg).toMatch(/the chain is the leaf alone and its issuer "CN=Lab Intermediate" \(authority key id [0-9a-f:]+\) is not in it/);
     expect(refused.msg).toContain('the previous version keeps serving');
@@ -179,6 +179,8 @@ describe('a renewal is never missed', () => {
 
   it("serves a certbot renewal (live/ link re-pointed to the next archive/ file) named in the config within a second", async () => {
     expect(await servedSerial('certbot.lab.test')).toBe(certbot[0]!.cert.serialNumber.toLowerCase());
+    // Past the debounce of the store changes above: this reload must come from the certbot link alone.
+    await sleep(1_000);
     const started = performance.now();
     repoint(liveLink, '../../archive/certbot.lab.test/fullchain2.pem');
     const ms = await servedAfter('certbot.lab.test', certbot[1]!, started, WITHIN_MS);

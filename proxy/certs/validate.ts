@@ -169,7 +169,9 @@ export async function inspectCertificate(candidate: CertificateCandidate, now: D
   for (const { cert, from } of completed.added) {
     warnings.push(`intermediate "${cert.subject}" added from ${from}: the file ends before it`);
     const weakness = signatureWeakness(cert);
-    if (weakness !== undefined) throw refuse('weak_signature', `intermediate "${cert.subject}" from ${from} is signed with ${weakness}; expected SHA-256 or stronger`);
+    if (weakness !== undefined) {
+      throw refuse('weak_signature', `intermediate "${cert.subject}" from ${from} is signed with ${weakness}; expected SHA-256 or stronger`);
+    }
     checkKey(cert, CA_CURVES, `intermediate "${cert.subject}" from ${from}`, refuse);
   }
   return { certificate: servedCertificate(candidate.name, candidate.source, completed.chain, names), warnings };

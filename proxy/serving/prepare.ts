@@ -170,7 +170,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`);
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
-  return { records, refused, warnings, changed, present, unsettled: [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([n]) => n), followed };
+  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
+  return { records, refused, warnings, changed, present, unsettled: left, followed };
 }
 
 interface ChainFile {
