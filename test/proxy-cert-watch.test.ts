@@ -62,6 +62,8 @@ const linked: Issued[] = [];
 let certbot: Issued[];
 let linksDir: string;
 let liveLink: string;
+let storeLinked: Issued[];
+let storeLive: string;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -71,6 +73,7 @@ beforeAll(async () => {
   leafOnly = await leaf('only.lab.test');
   for (let i = 0; i < 4; i++) linked.push(await leaf('link.lab.test'));
   certbot = [await leaf('certbot.lab.test'), await leaf('certbot.lab.test')];
+  storeLinked = [await leaf('lineage.lab.test'), await leaf('lineage.lab.test')];
 
   linksDir = join(lab.dir, 'links');
   mkdirSync(linksDir, { recursive: true });
@@ -82,10 +85,19 @@ beforeAll(async () => {
   certbot.forEach((l, i) => writeFileSync(join(archive, `fullchain${i + 1}.pem`), `${l.certPem}\n${inter.certPem}`));
   liveLink = join(live, 'fullchain.pem');
   symlinkSync('../../archive/certbot.lab.test/fullchain1.pem', liveLink);
+  // A second lineage, linked from the store rather than named in the config.
+  const live2 = join(lab.dir, 'letsencrypt', 'live', 'lineage.lab.test');
+  const archive2 = join(lab.dir, 'letsencrypt', 'archive', 'lineage.lab.test');
+  mkdirSync(live2, { recursive: true });
+  mkdirSync(archive2, { recursive: true });
+  storeLinked.forEach((l, i) => writeFileSync(join(archive2, `fullchain${i + 1}.pem`), `${l.certPem}\n${inter.certPem}`));
+  storeLive = join(live2, 'fullchain.pem');
+  symlinkSync('../../archive/lineage.lab.test/fullchain1.pem', storeLive);
 
   proxy = await startClusterProxy(lab, 'cert-watch', (p) => {
     writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
     symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
+    symlinkSync(storeLive, join(p.storeDir, 'lineage.pem'));
     return storeProxyConfig(lab, p, {
       certificates: [{ name: 'certbot', chain: liveLink }],
       certStore: { dir: p.storeDir, rescanSeconds: 3600 },
@@ -185,6 +197,16 @@ describe('a renewal is never missed', () => {
     repoint(liveLink, '../../archive/certbot.lab.test/fullchain2.pem');
     const ms = await servedAfter('certbot.lab.test', certbot[1]!, started, WITHIN_MS);
     pickup.certbot = Math.round(ms);
+    expect(ms).toBeLessThan(WITHIN_MS);
+  });
+
+  it('serves a certbot renewal behind a store symlink (store → live/ → archive/) within a second', async () => {
+    expect(await servedSerial('lineage.lab.test')).toBe(storeLinked[0]!.cert.serialNumber.toLowerCase());
+    await sleep(1_000);
+    const started = performance.now();
+    repoint(storeLive, '../../archive/lineage.lab.test/fullchain2.pem');
+    const ms = await servedAfter('lineage.lab.test', storeLinked[1]!, started, WITHIN_MS);
+    pickup.storeLinkedCertbot = Math.round(ms);
     expect(ms).toBeLessThan(WITHIN_MS);
   });
 });
