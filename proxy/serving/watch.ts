@@ -47,7 +47,13 @@ export function watchForChanges(options: WatchOptions): () => void {
   let timer: NodeJS.Timeout | undefined;
   const run = (trigger: 'watch' | 'rescan'): void => {
     if (stopped) return;
-    void Promise.resolve(options.onChange(trigger)).finally(() => !stopped && follow());
+    // Followed either way, and a rejection is the reload's to report: never an unhandled one here.
+    const refollow = (): void => {
+      if (!stopped) follow();
+    };
+    Promise.resolve()
+      .then(() => options.onChange(trigger))
+      .then(refollow, refollow);
   };
   const changed = (): void => {
     if (stopped) return;
