@@ -343,6 +343,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       // Like the key server socket: relative to the state directory, which is itself relative to the config.
       dir: path.resolve(stateDir, c.certStore?.dir ?? D.certStore.dir),
       rescanSeconds: c.certStore?.rescanSeconds ?? D.certStore.rescanSeconds,
+      intermediates: typeof c.certStore?.intermediates === 'string' ? fromConfigDir(c.certStore.intermediates) : D.certStore.intermediates,
     },
     sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
     domains: (c.domains ?? []).map((d) => ({

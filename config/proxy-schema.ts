@@ -32,8 +32,11 @@ export interface ProxyConfig {
    * The certificate store (proxy/certs/store.ts): `<dir>/<name>.pem` chains
    * managed by `keyedge cert` or written by a renewal tool, served alongside
    * `certificates` and reloaded when they change. `dir` is absolute.
+   * `intermediates`: a PEM file or a directory of them (absolute), CA
+   * certificates that complete a chain given as its leaf alone
+   * (proxy/certs/issuers.ts); null: only the system roots are known.
    */
-  readonly certStore: { readonly dir: string; readonly rescanSeconds: number };
+  readonly certStore: { readonly dir: string; readonly rescanSeconds: number; readonly intermediates: string | null };
   readonly sni: { readonly default: string | null; readonly onUnknown: 'default' | 'reject' };
   readonly domains: readonly ProxyDomain[];
   /** Peers whose X-Forwarded-* and Forwarded headers are kept (and appended to). */
@@ -107,6 +110,8 @@ export const PROXY_DEFAULTS = Object.freeze({
     // itself is replaced; a rescan of a few stat() calls every 30 s bounds how
     // long a renewal can go unnoticed at no measurable cost.
     rescanSeconds: 30,
+    // None: a chain must carry its intermediates, as certbot's fullchain.pem does.
+    intermediates: null,
   }),
   sni: Object.freeze({
     default: null,
@@ -308,8 +313,9 @@ export const proxyFileSchema = strict(
       {
         dir: text('a directory path').optional(),
         rescanSeconds: intIn(1, 86_400).optional(),
+        intermediates: text('a PEM file or directory path').nullable().optional(),
       },
-      'an object { "dir", "rescanSeconds" }',
+      'an object { "dir", "rescanSeconds", "intermediates" }',
     ).optional(),
     sni: strict(
       {

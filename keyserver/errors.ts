@@ -119,6 +119,7 @@ export type CertificateRefusal =
   | 'weak_key'
   | 'weak_signature'
   | 'key_mismatch'
+  | 'incomplete_chain'
   | 'key_unknown';
 
 /**

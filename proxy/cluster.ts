@@ -207,7 +207,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     storeDir: config.certStore.dir,
     configFile,
     rescanSeconds: config.certStore.rescanSeconds,
-    onChange: (trigger) => void coordinator.reload(trigger),
+    onChange: (trigger) => coordinator.reload(trigger),
+    followed: () => source.followed,
     log,
   });
   const onHangup = (): void => void coordinator.reload('signal');

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateError, CertificateStoreError } from '../keyserver/errors.js';
+import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { entryCandidate, putCertificate } from '../proxy/certs/manage.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { inspectCertificate, type ValidationContext } from '../proxy/certs/validate.js';
@@ -17,15 +18,17 @@ let ca: TestCa;
 let first: Issued;
 let renewedSameKey: Issued;
 let otherKey: Issued;
+let caFile: string;
 
 function keyIdOf(issued: Issued): string {
   return createHash('sha256').update(Buffer.from(issued.cert.publicKey.rawData)).digest('hex');
 }
 
-/** A key server holding the keys of `held`. */
+/** A key server holding the keys of `held`; the leaves here are issued by the root itself, which the proxy is told about. */
 function context(...held: Issued[]): ValidationContext {
   return {
     now: new Date(),
+    issuers: loadIssuerPool(caFile, 'proxy.json'),
     keyserverSpki: async (keyId) => {
       const found = held.find((h) => keyIdOf(h) === keyId);
       return found === undefined ? undefined : Buffer.from(found.cert.publicKey.rawData);
@@ -40,6 +43,8 @@ function files(store: CertificateStore): Record<string, string> {
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'keyedge-cert-manage-'));
   ca = await createCa('Manage CA');
+  caFile = join(dir, 'ca.pem');
+  writeFileSync(caFile, ca.certPem);
   first = await issue(ca, { commonName: 'a.example', dnsNames: ['a.example', 'b.example'], keyAlgorithm: 'ec-p256' });
   // The same key renewed: a second certificate over the first one's public key.
   renewedSameKey = await issueForPublicKey(ca, Buffer.from(first.cert.publicKey.rawData), { commonName: 'a.example', dnsNames: ['a.example', 'b.example'] });
@@ -72,7 +77,7 @@ describe('putCertificate', () => {
 
     const moved = await putCertificate(store, { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'admin API', keyId: keyIdOf(otherKey) }, context(first, otherKey));
     expect(moved.meta.keyId).toBe(keyIdOf(otherKey));
-    expect((await inspectCertificate(entryCandidate(store.read('a')), new Date())).certificate.names).toEqual(['a.example']);
+    expect((await inspectCertificate(entryCandidate(store.read('a')), new Date(), context().issuers)).certificate.names).toEqual(['a.example']);
   });
 
   it('follows the leaf key when nothing is pinned, and pins every SAN served at the add', async () => {

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -88,6 +88,26 @@ describe('certificate store', () => {
       ['linked', 2 * CHAIN.length, undefined],
     ]);
     expect(store.read('linked').meta).toEqual({});
+  });
+
+  it('tells a symlink re-pointed to a chain of the same size and mtime by its identity (inode, ctime)', () => {
+    const store = freshStore();
+    const other = CHAIN.replace('AAAA', 'BBBB');
+    const [a, b] = [join(root, `same-a-${counter}.pem`), join(root, `same-b-${counter}.pem`)];
+    const then = new Date('2026-01-01T00:00:00Z');
+    for (const [file, text] of [[a, CHAIN], [b, other]] as const) {
+      writeFileSync(file, text);
+      utimesSync(file, then, then);
+    }
+    mkdirSync(store.dir, { recursive: true });
+    symlinkSync(a, join(store.dir, 'x.pem'));
+    const before = store.list()[0]!;
+    symlinkSync(b, join(store.dir, '.x.tmp'));
+    renameSync(join(store.dir, '.x.tmp'), join(store.dir, 'x.pem'));
+    const after = store.list()[0]!;
+    expect([after.size, after.mtimeMs, after.link]).toEqual([before.size, before.mtimeMs, true]);
+    expect(after.statId).not.toBe(before.statId);
+    expect(store.list()[0]!.statId).toBe(after.statId);
   });
 
   it('removes an entry, chain and metadata', () => {

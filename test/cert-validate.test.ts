@@ -4,7 +4,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CertificateError } from '../keyserver/errors.js';
+import { CertificateError, ConfigError } from '../keyserver/errors.js';
+import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { type CertificateCandidate, type CertificateRefusal, inspectCertificate, validateCertificate, type ValidationContext } from '../proxy/certs/validate.js';
 import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';
 
@@ -313,12 +314,63 @@ const refusals: RefusalCase[] = [
     make: async () => ({ candidate: candidate(pem(leaf, inter)), lookup: async () => spkiOf(other) }),
   },
   {
+    title: 'a leaf alone, issued by an intermediate nobody knows',
+    reason: 'incomplete_chain',
+    message: /the leaf alone and its issuer "CN=Validate Intermediate" \(authority key id ([0-9a-f]{2}:){19}[0-9a-f]{2}\) is not in it nor a known CA/,
+    make: async () => ({ candidate: candidate(pem(leaf)) }),
+  },
+  {
+    title: 'a leaf alone, issued by a root nobody knows',
+    reason: 'incomplete_chain',
+    message: /the chain is the leaf alone and its issuer "CN=Validate Root"/,
+    make: async () => {
+      const direct = await issue(root, { commonName: 'shop.example', dnsNames: NAMES, keyAlgorithm: 'ec-p256' });
+      return { candidate: candidate(pem(direct)), lookup: keyserver(direct) };
+    },
+  },
+  {
     title: 'a key server without the key',
     reason: 'key_unknown',
     message: /the key server holds no key with id [0-9a-f]{64}/,
     make: async () => ({ candidate: candidate(pem(leaf, inter)), lookup: keyserver(other) }),
   },
 ];
+
+describe('chains completed from the known CA certificates', () => {
+  it('completes a leaf alone from certStore.intermediates, up to the root (not appended)', async () => {
+    const file = join(dir, 'intermediates.pem');
+    writeFileSync(file, pem(root, inter));
+    const issuers = loadIssuerPool(file, '/etc/keyedge/proxy.json');
+    const { certificate, warnings } = await validateCertificate(candidate(pem(leaf)), { now: new Date(), keyserverSpki: keyserver(leaf), issuers });
+    expect(certificate.chain.map((c) => c.subject)).toEqual(['CN=shop.example', 'CN=Validate Intermediate']);
+    expect(certificate.chainPem.startsWith(leaf.certPem.trim())).toBe(true);
+    expect(warnings).toContainEqual(`intermediate "CN=Validate Intermediate" added from ${file}: the file ends before it`);
+  });
+
+  it('accepts a leaf alone whose issuer is a configured root, and reads a directory of them', async () => {
+    const direct = await issue(root, { commonName: 'shop.example', dnsNames: NAMES, keyAlgorithm: 'ec-p256' });
+    const cas = mkdtempSync(join(dir, 'cas-'));
+    writeFileSync(join(cas, 'root.crt'), root.certPem);
+    writeFileSync(join(cas, 'notes.txt'), 'not a certificate');
+    const issuers = loadIssuerPool(cas, 'p.json');
+    const { certificate } = await validateCertificate(candidate(pem(direct)), { now: new Date(), keyserverSpki: keyserver(direct), issuers });
+    expect(certificate.chain.map((c) => c.subject)).toEqual(['CN=shop.example']);
+  });
+
+  it('does not take a namesake for the issuer: the signature decides', async () => {
+    const file = join(dir, 'namesake.pem');
+    writeFileSync(file, pem(await issueCa(root, 'Validate Intermediate')));
+    const issuers = loadIssuerPool(file, 'p.json');
+    const err = await refusal(validateCertificate(candidate(pem(leaf)), { now: new Date(), keyserverSpki: keyserver(leaf), issuers }));
+    expect(err.reason).toBe('incomplete_chain');
+  });
+
+  it('refuses an intermediates path that cannot be read or holds no certificate, as config', () => {
+    expect(() => loadIssuerPool(join(dir, 'missing.pem'), 'p.json')).toThrow(ConfigError);
+    writeFileSync(join(dir, 'empty.pem'), 'nothing here\n');
+    expect(() => loadIssuerPool(join(dir, 'empty.pem'), 'p.json')).toThrow(/certStore.intermediates: no PEM certificate/);
+  });
+});
 
 describe('refused chains', () => {
   it.each(refusals)('refuses $title ($reason)', async ({ reason, message, make }) => {

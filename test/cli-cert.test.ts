@@ -157,7 +157,7 @@ describe('keyedge cert', () => {
   it('refuses a chain whose key the key server does not hold', async () => {
     const ca = await createCa('stranger CA');
     const stranger = await issue(ca, { commonName: 'shop.lab.test', dnsNames: ['shop.lab.test'], keyAlgorithm: 'ec-p256' });
-    const file = writePem(lab.dir, 'stranger', stranger.certPem);
+    const file = writePem(lab.dir, 'stranger', `${stranger.certPem}\n${ca.certPem}`);
     const result = await cert('add', 'stranger', '--chain', file);
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERTIFICATE: key_unknown: certificate 'stranger' .*the key server holds no key with id [0-9a-f]{64}/);

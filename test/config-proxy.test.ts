@@ -40,9 +40,10 @@ describe('proxy config', () => {
 
   it('puts the certificate store under the state directory unless told otherwise', () => {
     const defaults = loadProxyConfig(write('store-default.json', { stateDir: 'state' }));
-    expect(defaults.certStore).toEqual({ dir: join(dir, 'state', 'certs'), rescanSeconds: PROXY_DEFAULTS.certStore.rescanSeconds });
-    const relative = loadProxyConfig(write('store-relative.json', { stateDir: 'state', certStore: { dir: 'live', rescanSeconds: 5 } }));
-    expect(relative.certStore).toEqual({ dir: join(dir, 'state', 'live'), rescanSeconds: 5 });
+    expect(defaults.certStore).toEqual({ dir: join(dir, 'state', 'certs'), rescanSeconds: PROXY_DEFAULTS.certStore.rescanSeconds, intermediates: null });
+    const store = { dir: 'live', rescanSeconds: 5, intermediates: 'ca/inter.pem' };
+    const relative = loadProxyConfig(write('store-relative.json', { stateDir: 'state', certStore: store }));
+    expect(relative.certStore).toEqual({ dir: join(dir, 'state', 'live'), rescanSeconds: 5, intermediates: join(dir, 'ca', 'inter.pem') });
     const absolute = loadProxyConfig(write('store-absolute.json', { certStore: { dir: '/etc/keyedge/certs' } }));
     expect(absolute.certStore.dir).toBe('/etc/keyedge/certs');
     expect(Object.isFrozen(absolute.certStore)).toBe(true);
@@ -143,7 +144,8 @@ describe('proxy config', () => {
     [{ certStore: { rescanSeconds: 0 } }, 'certStore.rescanSeconds', 'from 1 to 86400'],
     [{ certStore: { dir: '' } }, 'certStore.dir', 'directory path'],
     [{ certStore: { path: 'x' } }, 'certStore.path', 'unknown key'],
-    [{ certStore: 'certs' }, 'certStore', 'an object { "dir", "rescanSeconds" }'],
+    [{ certStore: { intermediates: '' } }, 'certStore.intermediates', 'PEM file or directory path'],
+    [{ certStore: 'certs' }, 'certStore', 'an object { "dir", "rescanSeconds", "intermediates" }'],
   ])('refuses %j at %s', (content, path, expected) => {
     const file = write('bad.json', content);
     let error: unknown;

@@ -17,6 +17,7 @@ import { KeyserverClient } from '../../keyserver/client/client.js';
 import { CertificateError, CertificateStoreError, KeyedgeError, UsageError } from '../../keyserver/errors.js';
 import type * as x509 from '../../keyserver/x509.js';
 import { keyIdOf } from './certificate.js';
+import { type IssuerPool, loadIssuerPool } from './issuers.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
@@ -48,7 +49,8 @@ Options:
 
 Refusals exit 1 with "keyedge: KEYEDGE_ERR_CERTIFICATE: <reason>: <message>",
 reason one of parse, private_key, chain, expired, not_yet_valid, names,
-weak_key, weak_signature, key_mismatch, key_unknown; nothing is written.
+weak_key, weak_signature, key_mismatch, incomplete_chain, key_unknown; nothing
+is written.
 show exits 1 when the entry as stored would be refused.
 `;
 
@@ -128,7 +130,7 @@ async function addOrReplace(mode: 'add' | 'replace', name: string, values: Value
   }
   const request: PutRequest = { mode, name, chainText, source: chainFile, ...(names === undefined ? {} : { names }), ...(pin === undefined ? {} : { keyId: pin }) };
   const { validated, meta, previous } = await withKeyserver(config, (lookup) =>
-    putCertificate(store, request, { now: new Date(), keyserverSpki: lookup, reserved: config.certificates.map((c) => c.name) }),
+    putCertificate(store, request, { now: new Date(), keyserverSpki: lookup, issuers: issuersOf(config), reserved: config.certificates.map((c) => c.name) }),
   );
   const { certificate } = validated;
   const lines = [
@@ -156,10 +158,11 @@ async function list(values: Values): Promise<number> {
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
   const now = new Date();
+  const issuers = issuersOf(config);
   const rows = [];
   for (const ref of store.list()) {
     try {
-      rows.push(await describeEntry(store, ref.name, now));
+      rows.push(await describeEntry(store, ref.name, now, issuers));
     } catch (err) {
       // Removed between the listing and the read: no longer an entry.
       if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
@@ -185,7 +188,8 @@ async function show(name: string, values: Values): Promise<number> {
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
   const now = new Date();
-  const row = await describeEntry(store, name, now);
+  const issuers = issuersOf(config);
+  const row = await describeEntry(store, name, now, issuers);
   // The key server's verdict only matters for an entry that passes every other rule.
   let keyserver: string;
   if (row.status !== 'ok') {
@@ -193,7 +197,7 @@ async function show(name: string, values: Values): Promise<number> {
   } else {
     try {
       const entry = store.read(name);
-      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup }));
+      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup, issuers }));
       keyserver = 'holds the key';
     } catch (err) {
       if (err instanceof CertificateError) {
@@ -262,7 +266,7 @@ interface EntryRow {
 }
 
 /** What list and show print about one entry: its facts even when it is refused (an expired entry must still be listed). */
-async function describeEntry(store: CertificateStore, name: string, now: Date): Promise<EntryRow> {
+async function describeEntry(store: CertificateStore, name: string, now: Date, issuers: IssuerPool): Promise<EntryRow> {
   let entry: StoreEntry;
   try {
     entry = store.read(name);
@@ -291,7 +295,7 @@ async function describeEntry(store: CertificateStore, name: string, now: Date): 
   }
   let inspected: ValidatedCertificate;
   try {
-    inspected = await inspectCertificate(candidate, now);
+    inspected = await inspectCertificate(candidate, now, issuers);
   } catch (err) {
     if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
     throw err;
@@ -316,6 +320,11 @@ function parseNames(value: string): string[] {
     .filter((n) => n !== '');
   if (names.length === 0) throw new UsageError('--names needs at least one name, comma-separated');
   return names;
+}
+
+/** The CA certificates the proxy completes chains from, as its config names them. */
+function issuersOf(config: ProxyConfig): IssuerPool {
+  return loadIssuerPool(config.certStore.intermediates, config.source);
 }
 
 async function withKeyserver<T>(config: ProxyConfig, work: (lookup: ReturnType<typeof keyserverSpkiLookup>) => Promise<T>): Promise<T> {

@@ -26,7 +26,24 @@
  * "keep what is served".
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, fchmodSync, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  type Dirent,
+  fchmodSync,
+  fstatSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  type Stats,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
@@ -47,14 +64,26 @@ export interface StoreEntryRef {
   readonly name: string;
   readonly chainPath: string;
   readonly metaPath: string;
-  /** Of the chain file. Together with `size` and `metaMtimeMs` they change whenever the entry does. */
+  /** Of the chain file (the link's target when it is a symlink). */
   readonly mtimeMs: number;
   readonly size: number;
   /** Of the metadata file; undefined when there is none. */
   readonly metaMtimeMs: number | undefined;
+  /**
+   * Identity of both files as stat describes them: device, inode, size,
+   * mtime and ctime of the chain (stat: the target) and of the link itself
+   * when the chain is a symlink (lstat), and of the metadata. A re-pointed
+   * link or a file replaced by `cp -p` (same size, same mtime) still changes
+   * it: the inode or the ctime moves, and ctime cannot be set back.
+   */
+  readonly statId: string;
+  /** The chain file's last change (ctime or mtime, the later), to tell whether it may still be being written. */
+  readonly changedAtMs: number;
+  /** The chain file is a symlink (to a renewal tool's live file, say). */
+  readonly link: boolean;
 }
 
-export interface StoreEntry extends StoreEntryRef {
+export interface StoreEntry extends Omit<StoreEntryRef, 'statId' | 'changedAtMs' | 'link'> {
   readonly chainText: string;
   readonly meta: StoreMeta;
 }
@@ -94,18 +123,18 @@ export class CertificateStore {
 
   /** Entries with a chain file, sorted by name; temp files, metadata without a chain and other files are ignored. */
   list(): StoreEntryRef[] {
-    let files: string[];
+    let files: Dirent[];
     try {
-      files = readdirSync(this.dir);
+      files = readdirSync(this.dir, { withFileTypes: true });
     } catch (err) {
       if (errno(err) === 'ENOENT') return [];
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `cannot list the certificate store ${this.dir}: ${errno(err)}`, { cause: err });
     }
     const refs: StoreEntryRef[] = [];
     // Stat a metadata file only where readdir saw one: a failed stat (throwing ENOENT) per entry was most of a rescan's cost at 10,000 entries.
-    const present = new Set(files);
+    const present = new Set(files.map((f) => f.name));
     for (const file of files) {
-      const name = CHAIN_FILE.exec(file)?.[1];
+      const name = CHAIN_FILE.exec(file.name)?.[1];
       if (name === undefined) continue;
       const paths = this.#paths(name);
       let chain: ReturnType<typeof statSync>;
@@ -118,7 +147,19 @@ export class CertificateStore {
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot stat ${paths.chainPath}: ${errno(err)}`, { cause: err });
       }
       if (!chain.isFile()) continue;
-      refs.push({ name, ...paths, mtimeMs: chain.mtimeMs, size: chain.size, metaMtimeMs: present.has(`${name}.json`) ? metaMtime(paths.metaPath) : undefined });
+      // lstat only for links: the readdir entry already says which ones are.
+      const link = file.isSymbolicLink() ? lstatIdentity(paths.chainPath) : undefined;
+      const meta = present.has(`${name}.json`) ? metaStat(paths.metaPath) : undefined;
+      refs.push({
+        name,
+        ...paths,
+        mtimeMs: chain.mtimeMs,
+        size: chain.size,
+        metaMtimeMs: meta?.mtimeMs,
+        statId: `${identity(chain)}|${link ?? '-'}|${meta === undefined ? '-' : identity(meta)}`,
+        changedAtMs: Math.max(chain.ctimeMs, chain.mtimeMs),
+        link: file.isSymbolicLink(),
+      });
     }
     return refs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
@@ -248,12 +289,24 @@ function readMeta(name: string, metaPath: string): { meta: StoreMeta; mtimeMs: n
   return { meta: definedOnly(parsed.data), mtimeMs };
 }
 
-function metaMtime(metaPath: string): number | undefined {
+function metaStat(metaPath: string): Stats | undefined {
   try {
-    return statSync(metaPath).mtimeMs;
+    return statSync(metaPath);
   } catch {
     return undefined;
   }
+}
+
+function lstatIdentity(file: string): string {
+  try {
+    return identity(lstatSync(file));
+  } catch {
+    return 'gone';
+  }
+}
+
+function identity(stat: Stats): string {
+  return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
 /** Temp file, fsync, rename: the target holds the old or the new content, whole. */

@@ -21,6 +21,9 @@
  *   names          the leaf's DNS SANs do not cover every name to serve
  *   key_mismatch   a pinned key id that is not the leaf's, or a key server
  *                  key whose SPKI is not the leaf's
+ *   incomplete_chain  the leaf alone, not self-signed, and its issuer is not
+ *                  a known CA certificate (IssuerPool: the configured
+ *                  intermediates, the system roots) to complete it from
  *   key_unknown    the key server holds no key with that id
  *
  * The input chain may be in any order: it is reordered leaf first, each
@@ -29,6 +32,18 @@
  * is served as given, and the OCSP stapler needs the leaf's issuer in the
  * chain even when that issuer is the root (RFC 8446 §4.4.2 lets a server omit
  * it; keeping it only costs bytes).
+ *
+ * Completeness: a chain that ends at a certificate whose issuer is not in it
+ * is normal (the root is not sent), and nothing in a certificate says whether
+ * its issuer is a root. But a leaf alone, not self-signed, is almost always a
+ * chain cut short (a file read between the leaf's write and the rest's, or a
+ * cert.pem given for fullchain.pem): the CA/B Baseline Requirements §6.1.7
+ * keep roots from issuing leaves, so its issuer is an intermediate that
+ * clients do not hold, and every handshake would fail verification. It is
+ * completed from the known CA certificates when they hold its issuer path,
+ * and refused otherwise. The same completion extends a longer chain whose
+ * last certificate's issuer is a known intermediate; one ending elsewhere is
+ * served as given.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -36,6 +51,7 @@ import { CertificateError, type CertificateRefusal } from '../../keyserver/error
 import * as x509 from '../../keyserver/x509.js';
 import { nameCovers, normaliseName } from '../tls/names.js';
 import { dnsNames, keyIdOf, type ServedCertificate, servedCertificate } from './certificate.js';
+import { type IssuerPool, loadIssuerPool } from './issuers.js';
 
 export type { CertificateRefusal } from '../../keyserver/errors.js';
 
@@ -68,6 +84,8 @@ export interface ValidationContext {
    * without the key server (the proxy's start while it is down).
    */
   readonly keyserverSpki: (keyId: string, leafSpki: Buffer) => Promise<Buffer | undefined>;
+  /** CA certificates that may complete a chain; default: the system roots only. */
+  readonly issuers?: IssuerPool;
 }
 
 export interface ParsedChain {
@@ -108,7 +126,7 @@ function refuser(candidate: Pick<CertificateCandidate, 'name' | 'source'>): Refu
  * rejects with a CertificateError naming the entry, its source and the rule.
  */
 export async function validateCertificate(candidate: CertificateCandidate, ctx: ValidationContext): Promise<ValidatedCertificate> {
-  const inspected = await inspectCertificate(candidate, ctx.now);
+  const inspected = await inspectCertificate(candidate, ctx.now, ctx.issuers);
   await checkKeyserverKey(candidate, inspected.certificate, ctx.keyserverSpki);
   return inspected;
 }
@@ -118,7 +136,7 @@ export async function validateCertificate(candidate: CertificateCandidate, ctx: 
  * comparison): for `keyedge cert show` and for callers that check the key
  * server separately.
  */
-export async function inspectCertificate(candidate: CertificateCandidate, now: Date): Promise<ValidatedCertificate> {
+export async function inspectCertificate(candidate: CertificateCandidate, now: Date, issuers?: IssuerPool): Promise<ValidatedCertificate> {
   const refuse = refuser(candidate);
   const { chain, warnings: chainWarnings } = await parseChain(candidate);
   const warnings = [...chainWarnings];
@@ -147,7 +165,58 @@ export async function inspectCertificate(candidate: CertificateCandidate, now: D
     const leafKeyId = keyIdOf(Buffer.from(leaf.publicKey.rawData));
     if (pinned !== leafKeyId) throw refuse('key_mismatch', `the leaf's key id is ${leafKeyId}, the entry pins key ${pinned}`);
   }
-  return { certificate: servedCertificate(candidate.name, candidate.source, chain, names), warnings };
+  const completed = completeChain(chain, issuers ?? (defaultIssuers ??= loadIssuerPool(null, '')), refuse);
+  for (const { cert, from } of completed.added) {
+    warnings.push(`intermediate "${cert.subject}" added from ${from}: the file ends before it`);
+    const weakness = signatureWeakness(cert);
+    if (weakness !== undefined) {
+      throw refuse('weak_signature', `intermediate "${cert.subject}" from ${from} is signed with ${weakness}; expected SHA-256 or stronger`);
+    }
+    checkKey(cert, CA_CURVES, `intermediate "${cert.subject}" from ${from}`, refuse);
+  }
+  return { certificate: servedCertificate(candidate.name, candidate.source, completed.chain, names), warnings };
+}
+
+let defaultIssuers: IssuerPool | undefined;
+
+/**
+ * The chain followed past its last certificate through the known CA
+ * certificates, up to a root (which is not appended) or an issuer nobody
+ * knows; the incomplete_chain rule when that leaves the leaf alone (see the
+ * module comment).
+ */
+function completeChain(
+  chain: readonly x509.X509Certificate[],
+  issuers: IssuerPool,
+  refuse: Refuse,
+): { chain: x509.X509Certificate[]; added: { cert: x509.X509Certificate; from: string }[] } {
+  const out = [...chain];
+  const added: { cert: x509.X509Certificate; from: string }[] = [];
+  const seen = new Set(out.map((c) => c.subject));
+  for (let last = out[out.length - 1]!; !isSelfIssued(last) && out.length < MAX_CERTIFICATES; last = out[out.length - 1]!) {
+    const known = issuers.issuerOf(new Uint8Array(last.rawData));
+    if (known === undefined) {
+      if (out.length > 1) break;
+      const aki = last.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId;
+      throw refuse(
+        'incomplete_chain',
+        `the chain is the leaf alone and its issuer "${last.issuer}"${aki === undefined ? '' : ` (authority key id ${formatKeyId(aki)})`} is not in it ` +
+          'nor a known CA certificate (certStore.intermediates, the system roots): append the intermediate certificate(s) after the leaf',
+      );
+    }
+    if (known.root) break;
+    const cert = parseBlock(known.pem);
+    // A cross-signed loop in the configured certificates ends here.
+    if (seen.has(cert.subject)) break;
+    seen.add(cert.subject);
+    out.push(cert);
+    added.push({ cert, from: known.from });
+  }
+  return { chain: out, added };
+}
+
+function formatKeyId(hex: string): string {
+  return hex.toLowerCase().match(/../g)?.join(':') ?? hex;
 }
 
 /**

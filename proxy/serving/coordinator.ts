@@ -14,6 +14,9 @@ import type { Refusal, ServingDelta } from './spec.js';
 
 export type ReloadTrigger = 'start' | 'watch' | 'rescan' | 'signal' | 'admin';
 
+/** How soon a pass that found a file still being written looks again. */
+const UNSETTLED_RETRY_MS = 500;
+
 export interface ReloadReport {
   readonly trigger: ReloadTrigger;
   readonly result: 'ok' | 'refused' | 'partial';
@@ -66,7 +69,8 @@ export class ReloadCoordinator {
     const { log } = this.#options;
     let next: NextServing;
     try {
-      next = await this.#source.next();
+      // An operator who asks gets every entry's content compared, not only its stat.
+      next = await this.#source.next({ verify: trigger === 'signal' || trigger === 'admin' });
     } catch (err) {
       const report: ReloadReport = {
         trigger,
@@ -92,6 +96,7 @@ export class ReloadCoordinator {
       failures = [(err as Error).message];
     }
     this.#source.commit(next);
+    if (next.unsettled.length > 0) setTimeout(() => void this.reload('watch'), UNSETTLED_RETRY_MS).unref();
     const report: ReloadReport = {
       trigger,
       result: failures.length > 0 ? 'partial' : next.refused.length > 0 ? 'refused' : 'ok',

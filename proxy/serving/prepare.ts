@@ -6,21 +6,37 @@
  *
  * Per certificate, a refusal never removes what serves: an entry whose new
  * version is refused keeps its previous version, and the refusal is reported.
- * Unchanged entries are recognised by a stat of their files (store) or a hash
- * of their text (config), so a rescan of 10,000 entries reads and validates
- * only the ones that moved.
+ * Unchanged entries are recognised by a stat of their files (store: device,
+ * inode, size, mtime and ctime of the chain, of its link and of the
+ * metadata) or a hash of their text (config), so a rescan of 10,000 entries
+ * reads and validates only the ones that moved. An explicit reload (`verify`)
+ * reads every entry and compares content hashes, so no stat coincidence can
+ * hide a change from an operator who asks.
+ *
+ * A file changed in the last QUIET_MS may still be being written (a tool
+ * that writes the leaf, then appends the intermediates): it is read again
+ * SETTLE_MS later, and used only once two reads agree. One that keeps
+ * changing for SETTLE_LIMIT_MS is left as it serves and named in
+ * `unsettled`, to be looked at again.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { CertificateError, ConfigError } from '../../keyserver/errors.js';
-import type { CertificateStore, StoreEntryRef } from '../certs/store.js';
+import type { CertificateStore, StoreEntry } from '../certs/store.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';
 import { type CertificateRecord, recordOf, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
 const VALIDATION_CONCURRENCY = 16;
+/** A file changed more recently than this may still be being written. */
+const QUIET_MS = 1_000;
+/** Between the two reads that must agree: as long as the watch's debounce, so a writer pausing less is seen as one write. */
+const SETTLE_MS = 150;
+/** A file still changing after this is left for a later pass rather than read half-way. */
+const SETTLE_LIMIT_MS = 2_000;
 
 export interface PreparedServing {
   readonly records: ReadonlyMap<string, CertificateRecord>;
@@ -30,6 +46,10 @@ export interface PreparedServing {
   readonly changed: readonly string[];
   /** Every entry present now, in the config or the store, served or not. */
   readonly present: ReadonlySet<string>;
+  /** Entries whose files kept changing while read: nothing was concluded, look again soon. */
+  readonly unsettled: readonly string[];
+  /** Chain paths to watch beyond the store directory: the config's chains and the store's symlinks (proxy/serving/watch.ts). */
+  readonly followed: readonly string[];
 }
 
 export interface PrepareOptions {
@@ -43,6 +63,8 @@ export interface PrepareOptions {
    * concurrent prepares.
    */
   readonly seen: Map<string, string>;
+  /** Read every store entry and compare content, whatever stat says (SIGHUP, the admin API). */
+  readonly verify?: boolean;
 }
 
 interface Pending {
@@ -62,48 +84,73 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     if (kept !== undefined) records.set(name, kept);
   };
 
+  const configReads = new Map<string, { entry: ProxyConfig['certificates'][number]; file: SettlingRead<ChainFile> }>();
   for (const entry of config.certificates) {
-    let text: string;
-    try {
-      text = readFileSync(entry.chain, 'utf8');
-    } catch (err) {
-      refuse(entry.name, entry.chain, 'unreadable', `cannot read ${entry.chain}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
-      continue;
-    }
-    const inputId = `config:${sha256(text)}`;
-    const kept = previous.get(entry.name);
-    if (kept?.inputId === inputId) records.set(entry.name, kept);
-    else pending.push({ candidate: { name: entry.name, chainText: text, source: entry.chain }, from: 'config', inputId });
+    configReads.set(entry.name, { entry, file: new SettlingRead(() => readChainFile(entry.chain), (f) => sha256(f.text), (f) => f.changedAtMs) });
   }
 
   const listed = new Set<string>();
+  const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry> }>();
+  const followed = config.certificates.map((c) => c.chain);
   for (const ref of store.list()) {
     listed.add(ref.name);
+    if (ref.link) followed.push(ref.chainPath);
     if (config.certificates.some((c) => c.name === ref.name)) {
       refuse(ref.name, ref.chainPath, 'names', `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`);
       continue;
     }
-    const statId = storeStatId(ref);
     const kept = previous.get(ref.name);
-    if (kept !== undefined && kept.from === 'store' && seen.get(ref.name) === statId) {
+    if (!options.verify && kept !== undefined && kept.from === 'store' && seen.get(ref.name) === ref.statId) {
       records.set(ref.name, kept);
       continue;
     }
-    let candidate: CertificateCandidate;
-    try {
-      candidate = entryCandidate(store.read(ref.name));
-    } catch (err) {
-      refuse(ref.name, ref.chainPath, 'unreadable', (err as Error).message);
-      continue;
-    }
-    const inputId = `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
-    seen.set(ref.name, statId);
-    if (kept?.inputId === inputId) records.set(ref.name, kept);
-    else pending.push({ candidate, from: 'store', inputId });
+    const file = new SettlingRead(() => store.read(ref.name), (e) => sha256(`${e.chainText}\0${JSON.stringify(e.meta)}`), () => ref.changedAtMs);
+    storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
   }
   for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
 
+  const unsettled = await settle([...[...configReads.values()].map((r) => r.file), ...[...storeReads.values()].map((r) => r.file)]);
   const warnings: { name: string; message: string }[] = [];
+  const leave = (name: string, what: string): void => {
+    warnings.push({ name, message: `${what} kept changing for ${SETTLE_LIMIT_MS / 1000} s while read; it is read again once it stops` });
+    const kept = previous.get(name);
+    if (kept !== undefined) records.set(name, kept);
+  };
+
+  for (const [name, { entry, file }] of configReads) {
+    if (unsettled.has(file)) {
+      leave(name, entry.chain);
+      continue;
+    }
+    const read = file.value;
+    if (read instanceof Error) {
+      refuse(name, entry.chain, 'unreadable', `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`);
+      continue;
+    }
+    const inputId = `config:${sha256(read.text)}`;
+    const kept = previous.get(name);
+    if (kept?.inputId === inputId) records.set(name, kept);
+    else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
+  }
+
+  for (const [name, { statId, chainPath, file }] of storeReads) {
+    if (unsettled.has(file)) {
+      leave(name, chainPath);
+      continue;
+    }
+    const read = file.value;
+    if (read instanceof Error) {
+      refuse(name, chainPath, 'unreadable', read.message);
+      continue;
+    }
+    const candidate = entryCandidate(read);
+    const inputId = `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
+    seen.set(name, statId);
+    const kept = previous.get(name);
+    if (kept?.inputId === inputId) records.set(name, kept);
+    else pending.push({ candidate, from: 'store', inputId });
+  }
+
   const changed: string[] = [];
   await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId }) => {
     try {
@@ -123,11 +170,79 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`);
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
-  return { records, refused, warnings, changed, present };
+  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
+  return { records, refused, warnings, changed, present, unsettled: left, followed };
 }
 
-function storeStatId(ref: StoreEntryRef): string {
-  return `${ref.mtimeMs}/${ref.size}/${ref.metaMtimeMs ?? 'none'}`;
+interface ChainFile {
+  readonly text: string;
+  readonly changedAtMs: number;
+}
+
+/** The text and its last change, from one descriptor so that both describe the same file. */
+function readChainFile(file: string): ChainFile {
+  const fd = openSync(file, 'r');
+  try {
+    const stat = fstatSync(fd);
+    return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface Settling {
+  readonly recent: boolean;
+  again(): boolean;
+}
+
+/** One file's content as last read (or why it could not be read), read again on demand. */
+class SettlingRead<T> implements Settling {
+  #value: T | Error;
+  #print: string;
+  readonly #read: () => T;
+  readonly #fingerprint: (value: T) => string;
+  /** Whether the file changed recently enough to need a second read. */
+  readonly recent: boolean;
+
+  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number) {
+    this.#read = read;
+    this.#fingerprint = fingerprint;
+    [this.#value, this.#print] = this.#attempt();
+    // A time ahead of the clock (a network file system's) counts as recent.
+    this.recent = !(this.#value instanceof Error) && Date.now() - changedAtMs(this.#value) < QUIET_MS;
+  }
+
+  get value(): T | Error {
+    return this.#value;
+  }
+
+  /** Reads again: true when the content equals the previous read's. */
+  again(): boolean {
+    const before = this.#print;
+    [this.#value, this.#print] = this.#attempt();
+    return this.#print === before;
+  }
+
+  #attempt(): [T | Error, string] {
+    try {
+      const value = this.#read();
+      return [value, this.#fingerprint(value)];
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      return [error, `error:${error.message}`];
+    }
+  }
+}
+
+/** Reads the recent files again every SETTLE_MS until two reads agree; those still changing at SETTLE_LIMIT_MS are returned. */
+async function settle(reads: readonly Settling[]): Promise<ReadonlySet<Settling>> {
+  let changing = reads.filter((r) => r.recent);
+  const deadline = Date.now() + SETTLE_LIMIT_MS;
+  while (changing.length > 0 && Date.now() < deadline) {
+    await sleep(SETTLE_MS);
+    changing = changing.filter((r) => !r.again());
+  }
+  return new Set(changing);
 }
 
 function sha256(text: string): string {

@@ -14,6 +14,7 @@ import { loadProxyConfig } from '../../config/load.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, RemoteError } from '../../keyserver/errors.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
+import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
@@ -33,6 +34,10 @@ export interface NextServing {
   readonly restartNeeded: readonly string[];
   /** Every certificate entry present, served or refused. */
   readonly present: ReadonlySet<string>;
+  /** Entries whose files kept changing while read: they keep what served; another pass should look again soon. */
+  readonly unsettled: readonly string[];
+  /** Chain paths whose links and directories the watch should follow (watch.ts). */
+  readonly followed: readonly string[];
 }
 
 export class ServingSource {
@@ -40,6 +45,7 @@ export class ServingSource {
   #records: ReadonlyMap<string, CertificateRecord> = new Map();
   #refusals = new Map<string, Refusal>();
   #generation = 0;
+  #followed: readonly string[] = [];
   readonly #seen = new Map<string, string>();
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string) => void) | undefined;
@@ -67,15 +73,22 @@ export class ServingSource {
   get store(): CertificateStore {
     return new CertificateStore(this.#config.certStore.dir);
   }
+  /** The chain paths outside the store directory (or links out of it) that the last committed pass read. */
+  get followed(): readonly string[] {
+    return this.#followed;
+  }
 
   /**
    * Prepares the next delta. Throws a ConfigError when the config file is
-   * refused as a whole (bad JSON, schema, sni.default missing): nothing
-   * changes then.
+   * refused as a whole (bad JSON, schema, sni.default missing, the
+   * intermediates unreadable): nothing changes then. `verify`: compare every
+   * store entry's content, not only its stat (an operator's explicit reload).
    */
-  async next(): Promise<NextServing> {
+  async next(options: { readonly verify?: boolean } = {}): Promise<NextServing> {
     const config = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : this.#config;
     checkOriginTargets(config.domains);
+    // The running certStore settings (a restart-only key), with the file's current content.
+    const issuers = loadIssuerPool(this.#config.certStore.intermediates, config.source);
     let client: KeyserverClient | undefined;
     try {
       client = await connectKeyserver(config);
@@ -95,8 +108,10 @@ export class ServingSource {
         store: new CertificateStore(config.certStore.dir),
         previous: this.#records,
         seen: this.#seen,
+        verify: options.verify === true,
         validation: {
           now: new Date(),
+          issuers,
           keyserverSpki: async (keyId, leafSpki) => {
             if (lookup === undefined) return leafSpki;
             try {
@@ -121,6 +136,8 @@ export class ServingSource {
         warnings: prepared.warnings,
         restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(config[key]) !== JSON.stringify(this.#config[key])),
         present: prepared.present,
+        unsettled: prepared.unsettled,
+        followed: prepared.followed,
       };
     } finally {
       client?.close();
@@ -139,7 +156,12 @@ export class ServingSource {
       await putCertificate(
         store,
         { mode: store.has(name) ? 'replace' : 'add', name, chainText, source: 'admin API' },
-        { now: new Date(), keyserverSpki: keyserverSpkiLookup(client), reserved: this.#config.certificates.map((c) => c.name) },
+        {
+          now: new Date(),
+          keyserverSpki: keyserverSpkiLookup(client),
+          issuers: loadIssuerPool(this.#config.certStore.intermediates, this.#config.source),
+          reserved: this.#config.certificates.map((c) => c.name),
+        },
       );
     } finally {
       client.close();
@@ -163,6 +185,7 @@ export class ServingSource {
     for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
+    this.#followed = next.followed;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
   }

@@ -5,41 +5,75 @@
  * tool writing several files triggers one reload, plus a periodic rescan for
  * filesystems where fs.watch says nothing (NFS, some container mounts).
  *
+ * Chains that live elsewhere are followed too: the config's `certificates`
+ * and the store's symlinks, through every link to the file they end at.
+ * certbot renews by writing archive/NAME/fullchainN.pem and re-pointing
+ * live/NAME/fullchain.pem at it, so the directory holding each link (the
+ * re-point) and the one holding the final file (a rewrite in place) are
+ * watched, for those names only. The set is recomputed after every reload
+ * this module triggers and at every rescan, since a re-point moves it.
+ *
  * Lifecycle: `watchForChanges()` returns a stop function; the callback is
  * never called after it.
  */
-import { type FSWatcher, mkdirSync, watch } from 'node:fs';
+import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, watch } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../keyserver/log.js';
 
 /** Long enough to cover a temp-file + rename + metadata write, short enough to stay well inside a second. */
 const DEBOUNCE_MS = 150;
+/** Links followed per chain before giving up (the kernel's own limit for a path is 40). */
+const MAX_HOPS = 8;
+/**
+ * Directories watched for followed chains. Each is one inotify watch, of a
+ * per-user budget (fs.inotify.max_user_watches); beyond this the periodic
+ * rescan covers the rest.
+ */
+const MAX_FOLLOWED_DIRS = 1_000;
 
 export interface WatchOptions {
   readonly storeDir: string;
   readonly configFile: string | undefined;
   readonly rescanSeconds: number;
-  readonly onChange: (trigger: 'watch' | 'rescan') => void;
+  /** Resolves (or rejects) once the reload it started is done. */
+  readonly onChange: (trigger: 'watch' | 'rescan') => unknown;
+  /** Chain paths outside the store directory, or links out of it, to follow; asked again after each reload. */
+  readonly followed?: () => readonly string[];
   readonly log: Logger;
 }
 
 export function watchForChanges(options: WatchOptions): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
+  const run = (trigger: 'watch' | 'rescan'): void => {
+    if (stopped) return;
+    // Followed either way, and a rejection is the reload's to report: never an unhandled one here.
+    const refollow = (): void => {
+      if (!stopped) follow();
+    };
+    Promise.resolve()
+      .then(() => options.onChange(trigger))
+      .then(refollow, refollow);
+  };
   const changed = (): void => {
     if (stopped) return;
     clearTimeout(timer);
-    timer = setTimeout(() => !stopped && options.onChange('watch'), DEBOUNCE_MS);
+    timer = setTimeout(() => run('watch'), DEBOUNCE_MS);
   };
-  const watchers: FSWatcher[] = [];
-  const add = (dir: string, accept: (file: string | null) => boolean): void => {
+  const open = (dir: string, accept: (file: string | null) => boolean): FSWatcher | undefined => {
     try {
       const watcher = watch(dir, { persistent: false }, (_event, file) => accept(file) && changed());
       watcher.on('error', (err) => options.log.warn({ dir, reason: err.message }, 'file watch failed; relying on the periodic rescan'));
-      watchers.push(watcher);
+      return watcher;
     } catch (err) {
       options.log.warn({ dir, reason: (err as Error).message }, 'cannot watch for changes; relying on the periodic rescan');
+      return undefined;
     }
+  };
+  const watchers: FSWatcher[] = [];
+  const add = (dir: string, accept: (file: string | null) => boolean): void => {
+    const watcher = open(dir, accept);
+    if (watcher !== undefined) watchers.push(watcher);
   };
   mkdirSync(options.storeDir, { recursive: true });
   // Temp files of an atomic write are not changes yet: their rename is.
@@ -48,12 +82,81 @@ export function watchForChanges(options: WatchOptions): () => void {
     const base = path.basename(options.configFile);
     add(path.dirname(options.configFile), (file) => file === null || file === base);
   }
-  const rescan = setInterval(() => !stopped && options.onChange('rescan'), options.rescanSeconds * 1000);
+
+  // Followed directories: the names that matter in each, and its watcher.
+  const followedDirs = new Map<string, { names: Set<string>; watcher: FSWatcher | undefined }>();
+  let warnedFull = false;
+  const follow = (): void => {
+    const wanted = new Map<string, Set<string>>();
+    for (const file of options.followed?.() ?? []) {
+      for (const hop of hops(file)) {
+        const dir = path.dirname(hop);
+        // The store directory is watched already, for every chain in it.
+        if (dir === options.storeDir) continue;
+        let names = wanted.get(dir);
+        if (names === undefined) wanted.set(dir, (names = new Set()));
+        names.add(path.basename(hop));
+      }
+    }
+    for (const [dir, followed] of followedDirs) {
+      if (wanted.has(dir)) continue;
+      followed.watcher?.close();
+      followedDirs.delete(dir);
+    }
+    for (const [dir, names] of wanted) {
+      const followed = followedDirs.get(dir);
+      if (followed !== undefined) {
+        followed.names = names;
+        continue;
+      }
+      if (followedDirs.size >= MAX_FOLLOWED_DIRS) {
+        if (!warnedFull) options.log.warn({ dirs: MAX_FOLLOWED_DIRS }, 'too many chain directories to watch; the others rely on the periodic rescan');
+        warnedFull = true;
+        break;
+      }
+      const entry = { names, watcher: undefined as FSWatcher | undefined };
+      entry.watcher = open(dir, (file) => file === null || entry.names.has(file));
+      followedDirs.set(dir, entry);
+    }
+  };
+  follow();
+
+  const rescan = setInterval(() => run('rescan'), options.rescanSeconds * 1000);
   rescan.unref();
   return () => {
     stopped = true;
     clearTimeout(timer);
     clearInterval(rescan);
     for (const watcher of watchers) watcher.close();
+    for (const { watcher } of followedDirs.values()) watcher?.close();
+    followedDirs.clear();
   };
+}
+
+/**
+ * `file` and every path its links lead to, ending with the file itself: for
+ * live/x/fullchain.pem → ../../archive/x/fullchain2.pem, both paths. A path
+ * that does not exist (yet) is kept: its directory is where it will appear.
+ */
+function hops(file: string): string[] {
+  const out = [path.resolve(file)];
+  for (let i = 0; i < MAX_HOPS; i++) {
+    const current = out[out.length - 1]!;
+    let target: string;
+    try {
+      if (!lstatSync(current).isSymbolicLink()) break;
+      target = readlinkSync(current);
+    } catch {
+      break;
+    }
+    out.push(path.resolve(path.dirname(current), target));
+  }
+  // A directory on the way may itself be a link (/etc/letsencrypt moved to another disk): watch where the file really is too.
+  try {
+    const real = realpathSync(out[out.length - 1]!);
+    if (real !== out[out.length - 1]) out.push(real);
+  } catch {
+    // Not there (yet): nothing more to follow.
+  }
+  return out;
 }

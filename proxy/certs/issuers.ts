@@ -1,0 +1,121 @@
+/**
+ * The CA certificates validation knows besides the chain itself: the
+ * operator's intermediates and private roots (`certStore.intermediates`, a
+ * PEM file or a directory of .pem/.crt files) and Node's bundled root store
+ * (`tls.rootCertificates`, Mozilla's list). validate.ts asks it for the
+ * issuer of a chain's last certificate, to complete a chain given as its
+ * leaf alone or to tell that the leaf's issuer is a root every client holds.
+ *
+ * A certificate is the issuer of another when OpenSSL's X509_check_issued
+ * agrees (issuer name, authority/subject key ids, keyCertSign) and its key
+ * verifies the signature: node:crypto does both, nothing is parsed by hand.
+ * Read once per reload (the file may change with the chains it completes);
+ * the bundled roots are parsed once per process.
+ */
+import { X509Certificate } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { rootCertificates } from 'node:tls';
+import { ConfigError } from '../../keyserver/errors.js';
+
+export interface KnownIssuer {
+  /** The certificate as PEM, to append to a chain. */
+  readonly pem: string;
+  /** A root (subject = issuer): clients hold their own copy, so it is never appended (RFC 8446 §4.4.2). */
+  readonly root: boolean;
+  /** Where it was found, for messages: the configured path or "system roots". */
+  readonly from: string;
+}
+
+interface Entry {
+  readonly cert: X509Certificate;
+  readonly known: KnownIssuer;
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+const CERTIFICATE_FILE = /\.(pem|crt|cer)$/i;
+
+export class IssuerPool {
+  /** By subject name as node:crypto prints it, which is how it prints an issuer name too. */
+  readonly #bySubject = new Map<string, Entry[]>();
+
+  constructor(entries: readonly Entry[]) {
+    for (const entry of entries) {
+      const list = this.#bySubject.get(entry.cert.subject);
+      if (list === undefined) this.#bySubject.set(entry.cert.subject, [entry]);
+      else list.push(entry);
+    }
+  }
+
+  /** The known certificate that issued `der` (name, key ids and signature checked), or undefined. */
+  issuerOf(der: Uint8Array): KnownIssuer | undefined {
+    let child: X509Certificate;
+    try {
+      child = new X509Certificate(der);
+    } catch {
+      return undefined;
+    }
+    for (const { cert, known } of this.#bySubject.get(child.issuer) ?? []) {
+      try {
+        if (child.checkIssued(cert) && child.verify(cert.publicKey)) return known;
+      } catch {
+        // A key type node cannot verify with is no issuer.
+      }
+    }
+    return undefined;
+  }
+}
+
+let systemRoots: Entry[] | undefined;
+
+/** Node's bundled roots, parsed on first use. */
+function bundledRoots(): Entry[] {
+  systemRoots ??= rootCertificates.flatMap((pem) => entriesOf(pem, 'system roots'));
+  return systemRoots;
+}
+
+/**
+ * The pool for a config: the certificates of `configured` (null: none) and
+ * the bundled roots. Throws ConfigError naming `configFile` and the key when
+ * the path cannot be read or holds no certificate: a reload is then refused
+ * whole and what serves keeps serving.
+ */
+export function loadIssuerPool(configured: string | null, configFile: string): IssuerPool {
+  if (configured === null) return new IssuerPool(bundledRoots());
+  const fail = (message: string, cause?: unknown): ConfigError =>
+    new ConfigError(configFile, 'certStore.intermediates', message, cause === undefined ? undefined : { cause });
+  let files: string[];
+  try {
+    files = statSync(configured).isDirectory()
+      ? readdirSync(configured)
+          .filter((f) => CERTIFICATE_FILE.test(f) && !f.startsWith('.'))
+          .sort()
+          .map((f) => path.join(configured, f))
+      : [configured];
+  } catch (err) {
+    throw fail(`cannot read ${configured}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, err);
+  }
+  const entries: Entry[] = [];
+  for (const file of files) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw fail(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, err);
+    }
+    try {
+      entries.push(...entriesOf(text, file));
+    } catch (err) {
+      throw fail(`${file}: a CERTIFICATE block does not decode as X.509`, err);
+    }
+  }
+  if (entries.length === 0) throw fail(`no PEM certificate in ${configured}`);
+  return new IssuerPool([...entries, ...bundledRoots()]);
+}
+
+function entriesOf(text: string, from: string): Entry[] {
+  return [...text.matchAll(PEM_CERTIFICATE)].map((m) => {
+    const cert = new X509Certificate(m[0]);
+    return { cert, known: { pem: cert.toString(), root: cert.subject === cert.issuer, from } };
+  });
+}

@@ -1,0 +1,217 @@
+import { appendFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeGet } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { type Issued, issueCa, issueForPublicKey, type TestCa } from './helpers/pki.js';
+
+// How a renewal reaches `keyedge proxy` (2 workers) when the files move in
+// awkward ways: a chain written in two steps, a leaf without its issuer, a
+// symlink re-pointed to a chain of the same size and mtime, and certbot's
+// live/ → archive/ links named in the config. The client trusts the lab's
+// root only, so a leaf served without its intermediate fails verification.
+// The rescan is an hour away: only the watch and explicit reloads count.
+
+/** What the issue asks for; the assertions allow a loaded CI machine three times as long. */
+const WITHIN_MS = 3_000;
+const SAME_MTIME = new Date('2026-01-01T00:00:00Z');
+
+let lab: KeylessLab;
+let proxy: ClusterProxy;
+let root: string;
+let inter: TestCa;
+const pickup: Record<string, number> = {};
+
+async function leaf(name: string, via: TestCa = inter): Promise<Issued> {
+  return issueForPublicKey(via, lab.keys.ec.spki, { commonName: name, dnsNames: [name] });
+}
+
+async function servedSerial(name: string): Promise<string | undefined> {
+  const result = await nodeGet(proxy.port, name, root);
+  return result.ok ? result.serial?.toLowerCase() : undefined;
+}
+
+/** Waits until `name` serves `issued`; returns how long that took from `since`. */
+async function servedAfter(name: string, issued: Issued, since: number, timeoutMs = 10_000): Promise<number> {
+  const serial = issued.cert.serialNumber.toLowerCase();
+  await waitFor(`${name} to serve ${serial}`, async () => ((await servedSerial(name)) === serial ? true : undefined), timeoutMs);
+  return performance.now() - since;
+}
+
+/** `target` made the link `link` atomically: a new link beside it, renamed over (what `ln -sfn` and certbot do). */
+function repoint(link: string, target: string): void {
+  const temp = join(dirname(link), `.repoint-${process.pid}.tmp`);
+  symlinkSync(target, temp);
+  renameSync(temp, link);
+}
+
+/** Chains of the same size (PEM allows text after the blocks) and the same mtime, as `cp -p` or a content-addressed store leaves them. */
+function writeLookalikes(files: readonly [string, string][]): void {
+  const size = Math.max(...files.map(([, pem]) => Buffer.byteLength(pem))) + 16;
+  for (const [file, pem] of files) {
+    writeFileSync(file, pem + '\n'.repeat(size - Buffer.byteLength(pem)));
+    utimesSync(file, SAME_MTIME, SAME_MTIME);
+  }
+}
+
+interface Lineage {
+  readonly host: string;
+  /** live/HOST/fullchain.pem, pointing at ../../archive/HOST/fullchain1.pem. */
+  readonly live: string;
+  /** The chains of archive/HOST/fullchainN.pem, N from 1. */
+  readonly leaves: readonly Issued[];
+}
+
+/** certbot's layout for `host`, with two issued chains in the archive and live/ pointing at the first. */
+async function certbotLineage(host: string): Promise<Lineage> {
+  const live = join(lab.dir, 'letsencrypt', 'live', host);
+  const archive = join(lab.dir, 'letsencrypt', 'archive', host);
+  mkdirSync(live, { recursive: true });
+  mkdirSync(archive, { recursive: true });
+  const leaves = [await leaf(host), await leaf(host)];
+  leaves.forEach((l, i) => writeFileSync(join(archive, `fullchain${i + 1}.pem`), `${l.certPem}\n${inter.certPem}`));
+  symlinkSync(`../../archive/${host}/fullchain1.pem`, join(live, 'fullchain.pem'));
+  return { host, live: join(live, 'fullchain.pem'), leaves };
+}
+
+/** Renews `lineage` as certbot does (live/ re-pointed to fullchain2.pem); the time until it serves. */
+async function renew(lineage: Lineage): Promise<number> {
+  expect(await servedSerial(lineage.host)).toBe(lineage.leaves[0]!.cert.serialNumber.toLowerCase());
+  // Past the debounce of the changes before: this reload must come from the link alone.
+  await sleep(1_000);
+  const started = performance.now();
+  repoint(lineage.live, `../../archive/${lineage.host}/fullchain2.pem`);
+  return servedAfter(lineage.host, lineage.leaves[1]!, started, WITHIN_MS);
+}
+
+let twoStep: Issued;
+let leafOnly: Issued;
+const linked: Issued[] = [];
+let linksDir: string;
+let configLineage: Lineage;
+let storeLineage: Lineage;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  root = readFileSync(lab.caFile, 'utf8');
+  inter = await issueCa(lab.ca, 'Lab Intermediate');
+  twoStep = await leaf('two.lab.test');
+  leafOnly = await leaf('only.lab.test');
+  for (let i = 0; i < 4; i++) linked.push(await leaf('link.lab.test'));
+  // One lineage named in the config, one linked from the store.
+  configLineage = await certbotLineage('certbot.lab.test');
+  storeLineage = await certbotLineage('lineage.lab.test');
+
+  linksDir = join(lab.dir, 'links');
+  mkdirSync(linksDir, { recursive: true });
+  writeLookalikes(linked.map((l, i) => [join(linksDir, `chain-${i}.pem`), `${l.certPem}\n${inter.certPem}`]));
+
+  proxy = await startClusterProxy(lab, 'cert-watch', (p) => {
+    writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
+    symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
+    symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
+    return storeProxyConfig(lab, p, {
+      certificates: [{ name: 'certbot', chain: configLineage.live }],
+      certStore: { dir: p.storeDir, rescanSeconds: 3600 },
+    });
+  });
+}, 90_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await lab?.close();
+  // The figures for the record (the issue asks for a renewal served within 1 s).
+  console.log(`pick-up times (ms): ${JSON.stringify(pickup)}`);
+});
+
+describe('a chain is never served incomplete', () => {
+  it('serves a store file written in two steps (leaf, 300 ms, intermediate) only once complete, under continuous handshakes', async () => {
+    expect(await servedSerial('two.lab.test')).toBe(twoStep.cert.serialNumber.toLowerCase());
+    const next = await leaf('two.lab.test');
+    const failures: string[] = [];
+    let handshakes = 0;
+    let running = true;
+    const client = async (): Promise<void> => {
+      while (running) {
+        const result = await nodeGet(proxy.port, 'two.lab.test', root);
+        if (result.ok) handshakes++;
+        else failures.push(result.error ?? 'no answer');
+      }
+    };
+    const clients = [client(), client(), client()];
+    await sleep(300);
+    const file = join(proxy.storeDir, 'two.pem');
+    const started = performance.now();
+    // In place, as a tool without an atomic write does it: truncate and write the leaf, then append the rest.
+    writeFileSync(file, `${next.certPem}\n`);
+    await sleep(300);
+    appendFileSync(file, inter.certPem);
+    pickup.twoStep = Math.round(await servedAfter('two.lab.test', next, started));
+    await sleep(300);
+    running = false;
+    await Promise.all(clients);
+    expect(failures).toEqual([]);
+    expect(handshakes).toBeGreaterThan(10);
+  });
+
+  it('refuses a leaf without its intermediate (incomplete_chain, naming the issuer) and keeps the previous chain serving', async () => {
+    const store = (pem: string): void => {
+      writeFileSync(join(proxy.storeDir, '.only.tmp'), pem);
+      renameSync(join(proxy.storeDir, '.only.tmp'), join(proxy.storeDir, 'only.pem'));
+    };
+    const first = await leaf('only.lab.test');
+    store(`${first.certPem}\n${inter.certPem}`);
+    await servedAfter('only.lab.test', first, performance.now());
+    const before = proxy.lines.length;
+    store(leafOnly.certPem);
+    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.certificate === 'only' && l.reason !== undefined));
+    expect(refused).toMatchObject({ reason: 'incomplete_chain', code: 'KEYEDGE_ERR_CERTIFICATE' });
+    expect(refused.msg).toMatch(/the chain is the leaf alone and its issuer "CN=Lab Intermediate" \(authority key id [0-9a-f:]+\) is not in it/);
+    expect(refused.msg).toContain('the previous version keeps serving');
+    expect(await servedSerial('only.lab.test')).toBe(first.cert.serialNumber.toLowerCase());
+    expect((await proxy.admin('GET', '/certs')).text).toContain('incomplete_chain');
+  });
+});
+
+describe('a renewal is never missed', () => {
+  const storeLink = (): string => join(proxy.storeDir, 'link.pem');
+
+  it('serves a symlink re-pointed to a chain of the same size and mtime within a second, from the watch', async () => {
+    expect(await servedSerial('link.lab.test')).toBe(linked[0]!.cert.serialNumber.toLowerCase());
+    const started = performance.now();
+    repoint(storeLink(), join(linksDir, 'chain-1.pem'));
+    const ms = await servedAfter('link.lab.test', linked[1]!, started, WITHIN_MS);
+    pickup.repointWatch = Math.round(ms);
+    expect(ms).toBeLessThan(WITHIN_MS);
+  });
+
+  it('picks such a re-point up on POST /reload', async () => {
+    repoint(storeLink(), join(linksDir, 'chain-2.pem'));
+    const answer = await proxy.admin('POST', '/reload');
+    expect(answer.status).toBe(200);
+    // The reload's answer comes once every worker applied it (or after the watch's, which it queues behind).
+    expect(await servedSerial('link.lab.test')).toBe(linked[2]!.cert.serialNumber.toLowerCase());
+  });
+
+  it('picks such a re-point up on SIGHUP', async () => {
+    const before = proxy.lines.length;
+    repoint(storeLink(), join(linksDir, 'chain-3.pem'));
+    process.kill(proxy.pid, 'SIGHUP');
+    await waitFor('the SIGHUP reload', () => proxy.lines.slice(before).find((l) => l.msg === 'reload done' && l.trigger === 'signal'));
+    expect(await servedSerial('link.lab.test')).toBe(linked[3]!.cert.serialNumber.toLowerCase());
+  });
+
+  it('serves a certbot renewal (live/ link re-pointed to the next archive/ file) named in the config within a second', async () => {
+    const ms = await renew(configLineage);
+    pickup.certbot = Math.round(ms);
+    expect(ms).toBeLessThan(WITHIN_MS);
+  });
+
+  it('serves a certbot renewal behind a store symlink (store → live/ → archive/) within a second', async () => {
+    const ms = await renew(storeLineage);
+    pickup.storeLinkedCertbot = Math.round(ms);
+    expect(ms).toBeLessThan(WITHIN_MS);
+  });
+});

@@ -1,0 +1,65 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { CertificateStore } from '../proxy/certs/store.js';
+import { prepareServing } from '../proxy/serving/prepare.js';
+import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
+
+// Reading the store while a writer is still at it: a file is used only once
+// two reads agree, and one that keeps changing is left for a later pass.
+
+let dir: string;
+let chain: string;
+let issued: Issued;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'keyedge-serving-prepare-'));
+  const root = await createCa('Prepare Root');
+  const inter = await issueCa(root, 'Prepare Intermediate');
+  issued = await issue(inter, { commonName: 'x.example', dnsNames: ['x.example'], keyAlgorithm: 'ec-p256' });
+  chain = `${issued.certPem}\n${inter.certPem}`;
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function pass(storeDir: string, seen: Map<string, string>) {
+  const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+  return prepareServing({
+    config,
+    store: new CertificateStore(storeDir),
+    previous: new Map(),
+    seen,
+    // The leaf's own key: this is about reading, not about the key server.
+    validation: { now: new Date(), keyserverSpki: async (_keyId, leafSpki) => leafSpki },
+  });
+}
+
+describe('prepareServing and files being written', () => {
+  it('leaves a file that keeps changing for a later pass instead of reading it half-way, then serves it once still', async () => {
+    const storeDir = join(dir, 'changing');
+    mkdirSync(storeDir, { recursive: true });
+    const file = join(storeDir, 'x.pem');
+    // A writer that rewrites the file every 40 ms, never whole until it stops.
+    let step = 0;
+    writeFileSync(file, chain.slice(0, 100));
+    const writer = setInterval(() => writeFileSync(file, chain.slice(0, 100 + (++step % 50) * 10)), 40);
+    const seen = new Map<string, string>();
+    let busy: Awaited<ReturnType<typeof pass>>;
+    try {
+      busy = await pass(storeDir, seen);
+    } finally {
+      clearInterval(writer);
+    }
+    expect(busy.unsettled).toEqual(['x']);
+    expect(busy.refused).toEqual([]);
+    expect(busy.records.has('x')).toBe(false);
+    expect(busy.warnings).toContainEqual({ name: 'x', message: expect.stringContaining('kept changing') });
+
+    writeFileSync(file, chain);
+    const still = await pass(storeDir, seen);
+    expect(still.unsettled).toEqual([]);
+    expect(still.refused).toEqual([]);
+    expect(still.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+  });
+});
