@@ -1,0 +1,47 @@
+/**
+ * The write-stall timeout of an answer being relayed (nginx's send_timeout):
+ * when the client has taken nothing of it for `timeoutMs` while the proxy had
+ * more to send, the client has stopped reading. Its connection is destroyed,
+ * which ends the relay, and the relay's end aborts the origin request: a
+ * client that never reads an 8 MB answer must not hold an origin connection
+ * (and the answer's buffers) for ever.
+ *
+ * "Had more to send" is the origin body being paused by the pipe's
+ * backpressure ('pause' when the client's socket buffer is full, 'resume'
+ * after it drained): no timer runs on an answer that flows, so a GET whose
+ * answer fits in the socket buffers costs two listeners and nothing more.
+ */
+import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+
+/** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
+const stalled = new WeakSet<ServerResponse>();
+
+export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
+  let timer: NodeJS.Timeout | undefined;
+  const onStall = (): void => {
+    timer = undefined;
+    stalled.add(res);
+    res.destroy();
+  };
+  const onPause = (): void => {
+    timer ??= setTimeout(onStall, timeoutMs);
+  };
+  const onResume = (): void => {
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    timer = undefined;
+  };
+  body.on('pause', onPause);
+  body.on('resume', onResume);
+  res.once('close', () => {
+    onResume();
+    body.off('pause', onPause);
+    body.off('resume', onResume);
+  });
+}
+
+/** Whether `res` was closed because its client stopped reading. */
+export function stalledSend(res: ServerResponse): boolean {
+  return stalled.has(res);
+}
