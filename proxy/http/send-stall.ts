@@ -16,12 +16,16 @@ import type { Readable } from 'node:stream';
 
 /** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
 const stalled = new WeakSet<ServerResponse>();
+const ignore = (): void => undefined;
 
 export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
   let timer: NodeJS.Timeout | undefined;
   const onStall = (): void => {
     timer = undefined;
     stalled.add(res);
+    // Destroying the answer makes the relay destroy the origin body, which then
+    // reports the abort as an error: it is expected here, not a failure to raise.
+    body.on('error', ignore);
     res.destroy();
   };
   const onPause = (): void => {
