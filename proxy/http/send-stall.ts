@@ -7,9 +7,10 @@
  * (and the answer's buffers) for ever.
  *
  * "Had more to send" is the origin body being paused by the pipe's
- * backpressure ('pause' when the client's socket buffer is full, 'resume'
- * after it drained): no timer runs on an answer that flows, so a GET whose
- * answer fits in the socket buffers costs two listeners and nothing more.
+ * backpressure ('pause' when the client's socket buffer is full); progress is
+ * the answer's 'drain' (the body's own 'resume' comes a tick later, possibly
+ * after the next pause, so it cannot tell). No timer runs on an answer that
+ * flows: a GET whose answer fits in the socket buffers costs one listener.
  */
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -19,6 +20,12 @@ const stalled = new WeakSet<ServerResponse>();
 const ignore = (): void => undefined;
 
 export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
+  // Only 'pause' is watched up front: the rest is set up on the first backpressure, which most answers never meet.
+  body.once('pause', () => stallTimer(body, res, timeoutMs));
+}
+
+function stallTimer(body: Readable, res: ServerResponse, timeoutMs: number): void {
+  if (res.destroyed) return;
   let timer: NodeJS.Timeout | undefined;
   const onStall = (): void => {
     timer = undefined;
@@ -31,18 +38,19 @@ export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: n
   const onPause = (): void => {
     timer ??= setTimeout(onStall, timeoutMs);
   };
-  const onResume = (): void => {
+  const onDrain = (): void => {
     if (timer === undefined) return;
     clearTimeout(timer);
     timer = undefined;
   };
   body.on('pause', onPause);
-  body.on('resume', onResume);
+  res.on('drain', onDrain);
   res.once('close', () => {
-    onResume();
+    onDrain();
     body.off('pause', onPause);
-    body.off('resume', onResume);
+    res.off('drain', onDrain);
   });
+  onPause();
 }
 
 /** Whether `res` was closed because its client stopped reading. */

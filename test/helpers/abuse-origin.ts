@@ -7,7 +7,9 @@
  *   anything else   a short 200
  * `aborted` counts requests or answers the proxy cut (closed before the
  * request body's end or the answer's last byte); `maxInFlight` is the most
- * requests it had at once; `connections` its open TCP connections.
+ * requests it had at once; `connections` its open TCP connections, `closed`
+ * how many have closed (an aborted request closes its connection, even when the
+ * origin had already handed its whole answer to the kernel).
  */
 import http from 'node:http';
 import type net from 'node:net';
@@ -16,12 +18,12 @@ export const BIG_BYTES = 8 * 1024 * 1024;
 
 export interface AbuseOrigin {
   readonly port: number;
-  readonly stats: { aborted: number; bodiesAborted: number; answersAborted: number; inFlight: number; maxInFlight: number; connections: number; posts: number; gets: number };
+  readonly stats: { aborted: number; bodiesAborted: number; answersAborted: number; inFlight: number; maxInFlight: number; connections: number; closed: number; posts: number; gets: number };
   close(): Promise<void>;
 }
 
 export async function startAbuseOrigin(): Promise<AbuseOrigin> {
-  const stats = { aborted: 0, bodiesAborted: 0, answersAborted: 0, inFlight: 0, maxInFlight: 0, connections: 0, posts: 0, gets: 0 };
+  const stats = { aborted: 0, bodiesAborted: 0, answersAborted: 0, inFlight: 0, maxInFlight: 0, connections: 0, closed: 0, posts: 0, gets: 0 };
   const server = http.createServer((req, res) => {
     stats.inFlight++;
     stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
@@ -65,7 +67,10 @@ export async function startAbuseOrigin(): Promise<AbuseOrigin> {
   });
   server.on('connection', (socket: net.Socket) => {
     stats.connections++;
-    socket.once('close', () => stats.connections--);
+    socket.once('close', () => {
+      stats.connections--;
+      stats.closed++;
+    });
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
