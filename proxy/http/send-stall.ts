@@ -21,7 +21,11 @@ const ignore = (): void => undefined;
 
 export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
   // Only 'pause' is watched up front: the rest is set up on the first backpressure, which most answers never meet.
-  body.once('pause', () => stallTimer(body, res, timeoutMs));
+  const first = (): void => {
+    body.off('pause', first);
+    stallTimer(body, res, timeoutMs);
+  };
+  body.on('pause', first);
 }
 
 function stallTimer(body: Readable, res: ServerResponse, timeoutMs: number): void {
