@@ -160,7 +160,11 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         code = own.refusal.code;
         log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
         if (res.headersSent || res.destroyed) res.destroy();
-        else answer(res, own.refusal, { ...hsts, ...own.headers });
+        else {
+          // A body left unread (a streamed one refused while waiting) is not drained: the connection closes.
+          if (!req.complete) res.setHeader('connection', 'close');
+          answer(res, own.refusal, { ...hsts, ...own.headers });
+        }
         return;
       }
       if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
