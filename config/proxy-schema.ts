@@ -63,6 +63,14 @@ export interface ProxyConfig {
     readonly handshakeTimeoutMs: number;
     /** Open connections per client address (IPv6: per /64) in one worker; null: no cap. */
     readonly maxConnectionsPerClient: number | null;
+    readonly bodyBufferBytes: number;
+    readonly bodyBufferTotalBytes: number;
+    readonly bodyIdleTimeoutMs: number;
+    readonly bodyTimeoutMs: number;
+    readonly sendTimeoutMs: number;
+    readonly originMaxConnections: number;
+    readonly originMaxQueue: number;
+    readonly originQueueTimeoutMs: number;
   };
   readonly shutdownGraceMs: number;
 }
@@ -174,6 +182,31 @@ export const PROXY_DEFAULTS = Object.freeze({
     // maxConnectionsPerWorker. nginx (limit_conn) and HAProxy cap nothing by
     // default; behind a TCP load balancer that hides client addresses, set null.
     maxConnectionsPerClient: 256,
+    // A request body up to this size is read whole before an origin connection
+    // is taken (nginx buffers every body, spilling to disk): a slow upload then
+    // holds 64 KiB of memory, not one of the origin's connections. Forms and
+    // API calls fit; larger bodies stream (proxy/http/body.ts).
+    bodyBufferBytes: 65_536,
+    // What all bodies being buffered may hold in one worker (1,024 full
+    // buffers): past it, further bodies stream instead, so a flood of
+    // uploads cannot grow a worker's memory without bound.
+    bodyBufferTotalBytes: 64 * 1024 * 1024,
+    // nginx's client_body_timeout: a client that sends nothing of its body
+    // for a minute is gone or hostile (408).
+    bodyIdleTimeoutMs: 60_000,
+    // Node's own server.requestTimeout default, which applied until this key
+    // existed: the default 10 MiB limit still uploads at ~300 kbit/s.
+    bodyTimeoutMs: 300_000,
+    // nginx's send_timeout: a client that takes nothing of its answer for a
+    // minute has stopped reading; its connection and the origin's are closed.
+    sendTimeoutMs: 60_000,
+    // Per origin and worker, as the undici Pool had before this key: most
+    // origin servers serve hundreds of connections, and two workers make 128.
+    originMaxConnections: 64,
+    // Four rounds of the connections: a deeper queue only delays the same 503.
+    originMaxQueue: 256,
+    // HAProxy's `timeout queue` falls back to its connect timeout; ours is 10 s too.
+    originQueueTimeoutMs: 10_000,
   }),
 });
 
@@ -358,6 +391,14 @@ export const proxyFileSchema = strict(
         maxConnectionsPerWorker: intIn(1, 1_000_000).optional(),
         handshakeTimeoutMs: intIn(100, 600_000).optional(),
         maxConnectionsPerClient: intIn(1, 1_000_000).nullable().optional(),
+        bodyBufferBytes: intIn(0, 16_777_216).optional(),
+        bodyBufferTotalBytes: intIn(0, 17_179_869_184).optional(),
+        bodyIdleTimeoutMs: intIn(100, 3_600_000).optional(),
+        bodyTimeoutMs: intIn(100, 86_400_000).optional(),
+        sendTimeoutMs: intIn(100, 3_600_000).optional(),
+        originMaxConnections: intIn(1, 100_000).optional(),
+        originMaxQueue: intIn(0, 1_000_000).optional(),
+        originQueueTimeoutMs: intIn(0, 600_000).optional(),
       },
       'an object',
     ).optional(),

@@ -105,7 +105,15 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it');
 
   const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
-  const pools = new OriginPools({ connectMs: config.limits.originConnectTimeoutMs, responseMs: config.limits.originResponseTimeoutMs, failureCooldownMs: config.limits.originFailureCooldownMs });
+  const limits = config.limits;
+  const pools = new OriginPools({
+    connectMs: limits.originConnectTimeoutMs,
+    responseMs: limits.originResponseTimeoutMs,
+    failureCooldownMs: limits.originFailureCooldownMs,
+    admission: { maxConnections: limits.originMaxConnections, maxQueue: limits.originMaxQueue, queueTimeoutMs: limits.originQueueTimeoutMs },
+    bodies: { bufferBytes: limits.bodyBufferBytes, bufferTotalBytes: limits.bodyBufferTotalBytes, idleTimeoutMs: limits.bodyIdleTimeoutMs, timeoutMs: limits.bodyTimeoutMs },
+    sendTimeoutMs: limits.sendTimeoutMs,
+  });
   const trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
   const connectionLimit = new ConnectionLimit(config.limits.maxConnectionsPerWorker);
   const perClient = config.limits.maxConnectionsPerClient;
@@ -198,6 +206,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         maxHeaderSize: config.limits.maxHeaderBytes,
         headersTimeout: config.limits.headerTimeoutMs,
         keepAliveTimeout: config.limits.keepAliveTimeoutMs,
+        // Node's whole-request deadline (raw 408) stays a backstop behind the body timeouts (body.ts), which answer first.
+        requestTimeout: config.limits.headerTimeoutMs + config.limits.bodyTimeoutMs + 1000,
         // How often Node checks those timeouts (default 30 s would let a slow client linger).
         connectionsCheckingInterval: 1000,
         // The front's deadline (from accept) ends the handshake first; this only keeps Node's own 120 s from ever applying.

@@ -96,6 +96,15 @@ describe('proxy config', () => {
     expect(config.forwarding).toEqual({ trustedProxies: [] });
     expect(config.limits.originFailureCooldownMs).toBe(PROXY_DEFAULTS.limits.originFailureCooldownMs);
     expect(config.limits.maxConnectionsPerWorker).toBe(PROXY_DEFAULTS.limits.maxConnectionsPerWorker);
+    expect(config.limits).toMatchObject({
+      bodyBufferBytes: 65_536,
+      bodyIdleTimeoutMs: 60_000,
+      bodyTimeoutMs: 300_000,
+      sendTimeoutMs: 60_000,
+      originMaxConnections: 64,
+      originMaxQueue: 256,
+      originQueueTimeoutMs: 10_000,
+    });
   });
 
   it('defaults the TLS front limits from the one table, and takes null for no per-client cap', () => {
@@ -137,6 +146,9 @@ describe('proxy config', () => {
     [{ limits: { maxConnectionsPerWorker: 1.5 } }, 'limits.maxConnectionsPerWorker', 'integer'],
     [{ limits: { handshakeTimeoutMs: 50 } }, 'limits.handshakeTimeoutMs', 'from 100 to 600000'],
     [{ limits: { maxConnectionsPerClient: 0 } }, 'limits.maxConnectionsPerClient', 'from 1 to 1000000'],
+    [{ limits: { originMaxConnections: 0 } }, 'limits.originMaxConnections', 'from 1 to 100000'],
+    [{ limits: { bodyIdleTimeoutMs: 10 } }, 'limits.bodyIdleTimeoutMs', 'from 100 to 3600000'],
+    [{ limits: { sendTimeoutMs: 'soon' } }, 'limits.sendTimeoutMs', 'integer'],
     [{ sni: { onUnknown: 'default' } }, 'sni.onUnknown', 'needs sni.default'],
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],

@@ -9,16 +9,24 @@
  * and Forwarded (RFC 7239). What a client sent in those is dropped, unless it
  * is a trusted peer (trusted-peers.ts): then it is kept and appended to.
  *
+ * Slow clients (body.ts, origin-gate.ts, send-stall.ts): a body is read
+ * before the request waits for an origin connection (whole when small), a
+ * request takes its place at the origin's gate before undici sees it, and an
+ * answer the client stops reading is cut.
+ *
  * Retries: a request is sent once. Only a request that cannot have reached
  * the origin and can be repeated safely (an idempotent method, RFC 9110
  * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
  * the next origin, when the first could not be connected to.
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { type Readable, Transform } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
+import type { RequestBody } from './body.js';
+import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
+import { stalledSend, watchSendStall } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 export { OriginPools, type OriginTimeouts } from './origins.js';
@@ -94,25 +102,6 @@ export function originRequestHeaders(
   return out;
 }
 
-/**
- * The request body as it streams to the origin, failing with
- * KEYEDGE_HTTP_BODY_TOO_LARGE past `max` bytes: a chunked body has no
- * Content-Length to check up front.
- */
-function limitBody(req: IncomingMessage, max: number): Readable {
-  if (max === Infinity) return req;
-  let seen = 0;
-  const counted = new Transform({
-    transform(chunk: Buffer, _encoding, done) {
-      seen += chunk.length;
-      if (seen > max) done(Object.assign(new Error(`request body over ${max} bytes`), { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' }));
-      else done(null, chunk);
-    },
-  });
-  req.pipe(counted);
-  return counted;
-}
-
 /** Failures of the connection to the origin before anything was sent: safe to try elsewhere. */
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 /** OpenSSL's verification results as node reports them: the origin's certificate was refused. */
@@ -180,11 +169,23 @@ export interface ForwardOptions {
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
-  const body = hasBody ? limitBody(req, options.maxBodyBytes) : null;
+  const body = hasBody ? await pools.bodies.read(req, res, options.maxBodyBytes) : null;
+  const upload = body !== null && !Buffer.isBuffer(body);
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
     if (target === undefined) throw new Error('no origin configured');
     options.onOrigin?.(target.url.origin);
+    const gate = pools.gate(target);
+    const entered = gate.enter(upload);
+    if (entered !== true) {
+      try {
+        await waitAdmitted(entered, gate, upload, req, body);
+      } catch (err) {
+        // Nothing was sent: a busy origin's request may go to the next one whatever its method.
+        if (attempt === 0 && targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') continue;
+        throw err;
+      }
+    }
     // undici takes `servername` per request at run time, though its types omit it.
     const request: Dispatcher.RequestOptions & { servername?: string } = {
       path: req.url ?? '/',
@@ -197,18 +198,38 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     try {
       answer = await pools.pool(target).request(request);
     } catch (err) {
+      gate.leave(upload);
       // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
       const failure = req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(req.method, hasBody, failure)) continue;
       throw err;
     }
-    pools.succeeded(target);
-    const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
-    res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
-    await relay(answer.body, res);
+    try {
+      pools.succeeded(target);
+      const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+      res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
+      watchSendStall(answer.body, res, pools.sendTimeoutMs);
+      await relay(answer.body, res);
+    } finally {
+      gate.leave(upload);
+    }
+    if (stalledSend(res)) throw Object.assign(new Error(`the client took nothing of the answer for ${pools.sendTimeoutMs} ms`), { code: 'KEYEDGE_HTTP_SEND_TIMEOUT' });
     return;
   }
+}
+
+/**
+ * Waits for a place at `gate` for a request that could not enter at once;
+ * once there, a request whose client left or whose streamed body failed
+ * while it waited gives its place back and fails.
+ */
+async function waitAdmitted(entered: Promise<void>, gate: OriginGate, upload: boolean, req: IncomingMessage, body: RequestBody | null): Promise<void> {
+  await entered;
+  const failed = upload ? (body as Readable).errored : null;
+  if (failed === null && !req.socket.destroyed) return;
+  gate.leave(upload);
+  throw failed ?? Object.assign(new Error('the client left while its request waited for an origin connection'), { code: 'ECONNRESET' });
 }
 
 /**

@@ -10,6 +10,7 @@ import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
+import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /** A routed domain, as the resolved configuration lists it. */
@@ -37,7 +38,10 @@ export type HttpErrorCode =
   | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE'
   | 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE'
   | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT'
-  | 'KEYEDGE_HTTP_ORIGIN_ABORTED';
+  | 'KEYEDGE_HTTP_ORIGIN_ABORTED'
+  | 'KEYEDGE_HTTP_BODY_TIMEOUT'
+  | 'KEYEDGE_HTTP_ORIGIN_BUSY'
+  | 'KEYEDGE_HTTP_SEND_TIMEOUT';
 
 /** Our answer to a request (or upgrade) that could not be forwarded. */
 export interface Refusal {
@@ -151,6 +155,18 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       return;
     }
     forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o) }).catch((err: unknown) => {
+      const own = slowClientRefusal(err);
+      if (own !== undefined) {
+        code = own.refusal.code;
+        log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
+        if (res.headersSent || res.destroyed) res.destroy();
+        else {
+          // A body left unread (a streamed one refused while waiting) is not drained: the connection closes.
+          if (!req.complete) res.setHeader('connection', 'close');
+          answer(res, own.refusal, { ...hsts, ...own.headers });
+        }
+        return;
+      }
       if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
         code = tooLarge.code;
         if (!res.headersSent) {
@@ -166,6 +182,21 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       else res.destroy();
     });
   };
+}
+
+/**
+ * Our answer to a request failed by a slow client or a busy origin: 408 when
+ * the body stalled or took too long (RFC 9110 §15.5.9; the connection closes,
+ * its body unread), 503 with Retry-After when the origin's connections and
+ * queue are full (§15.6.4). A client that stopped reading its answer gets
+ * none: the code is for the log.
+ */
+function slowClientRefusal(err: unknown): { readonly refusal: Refusal; readonly headers: Record<string, string> } | undefined {
+  const code = (err as { code?: string }).code;
+  if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { refusal: { status: 408, code, body: 'request body timed out\n' }, headers: { connection: 'close' } };
+  if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY') return { refusal: { status: 503, code, body: 'origin busy, retry later\n' }, headers: { 'retry-after': String(BUSY_RETRY_AFTER_SECONDS) } };
+  if (code === 'KEYEDGE_HTTP_SEND_TIMEOUT') return { refusal: { status: 0, code, body: '' }, headers: {} };
+  return undefined;
 }
 
 function answer(res: ServerResponse, { status, code, body }: Refusal, headers: Record<string, string>): void {

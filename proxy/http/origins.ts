@@ -9,6 +9,11 @@
  * the certificate is `originTls.servername`, else the URL's host name (an IP
  * literal sends no SNI, RFC 6066 §3, and is checked against IP SANs).
  *
+ * Admission: each origin's Pool has `maxConnections` connections, and a gate
+ * (origin-gate.ts) in front of it bounds the requests waiting for one, since
+ * undici queues without bound. Request bodies are read by `bodies` (body.ts)
+ * before a request takes its place at the gate.
+ *
  * Lifecycle: `retain(domains)` at start and after each reload reads the CA
  * files first (a bad one throws before anything changes), then keeps the
  * pools and health of origins still configured and closes the others once
@@ -22,6 +27,8 @@ import { buildConnector, Pool } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/errors.js';
 import { Balancer } from './balancer.js';
+import { RequestBodies, type RequestBodyLimits } from './body.js';
+import { OriginGate } from './origin-gate.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -35,7 +42,21 @@ export interface OriginPoolOptions extends OriginTimeouts {
   readonly failureCooldownMs?: number;
   /** The clock of the cool-downs, in ms; injected by tests. */
   readonly now?: () => number;
+  /** Per origin in this worker: connections, requests that may wait for one, and how long (origin-gate.ts). */
+  readonly admission?: OriginAdmission;
+  /** How request bodies are read (body.ts). */
+  readonly bodies?: RequestBodyLimits;
+  /** An answer the client takes nothing of for this long is cut (send-stall.ts). */
+  readonly sendTimeoutMs?: number;
 }
+
+export interface OriginAdmission {
+  readonly maxConnections: number;
+  readonly maxQueue: number;
+  readonly queueTimeoutMs: number;
+}
+
+const DEFAULT_ADMISSION: OriginAdmission = { maxConnections: 64, maxQueue: 256, queueTimeoutMs: 10_000 };
 
 /** One origin as a request reaches it. */
 export interface OriginTarget {
@@ -52,13 +73,20 @@ const DEFAULT_TIMEOUTS: OriginTimeouts = { connectMs: 10_000, responseMs: 60_000
 
 export class OriginPools {
   readonly timeouts: OriginTimeouts;
+  readonly admission: OriginAdmission;
+  readonly bodies: RequestBodies;
+  readonly sendTimeoutMs: number;
   readonly #pools = new Map<string, Pool>();
+  readonly #gates = new Map<string, OriginGate>();
   readonly #balancer: Balancer;
   /** The targets of each domain object of the current configuration, in config order. */
   #targets = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
 
   constructor(options: OriginPoolOptions = DEFAULT_TIMEOUTS) {
     this.timeouts = { connectMs: options.connectMs, responseMs: options.responseMs };
+    this.admission = options.admission ?? DEFAULT_ADMISSION;
+    this.bodies = new RequestBodies(options.bodies);
+    this.sendTimeoutMs = options.sendTimeoutMs ?? 60_000;
     this.#balancer = new Balancer(options.failureCooldownMs ?? 10_000, options.now);
   }
 
@@ -82,7 +110,7 @@ export class OriginPools {
     let pool = this.#pools.get(target.key);
     if (pool === undefined) {
       pool = new Pool(target.url.origin, {
-        connections: 64,
+        connections: this.admission.maxConnections,
         keepAliveTimeout: 30_000,
         pipelining: 1,
         headersTimeout: this.timeouts.responseMs,
@@ -93,6 +121,17 @@ export class OriginPools {
       this.#pools.set(target.key, pool);
     }
     return pool;
+  }
+
+  /** The admission gate of `target`'s origin; kept with its pool. */
+  gate(target: OriginTarget): OriginGate {
+    let gate = this.#gates.get(target.key);
+    if (gate === undefined) {
+      const { maxConnections, maxQueue, queueTimeoutMs } = this.admission;
+      gate = new OriginGate(maxConnections, maxQueue, queueTimeoutMs);
+      this.#gates.set(target.key, gate);
+    }
+    return gate;
   }
 
   failed(target: OriginTarget): void {
@@ -125,6 +164,8 @@ export class OriginPools {
     }
     this.#targets = prepared;
     this.#balancer.retain(keys, groups);
+    // A dropped origin's gate goes with it: requests still running leave a gate nobody enters.
+    for (const key of this.#gates.keys()) if (!keys.has(key)) this.#gates.delete(key);
     for (const [key, pool] of this.#pools) {
       if (keys.has(key)) continue;
       this.#pools.delete(key);

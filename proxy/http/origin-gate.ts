@@ -1,0 +1,100 @@
+/**
+ * Admission to one origin's connections in one worker: at most `connections`
+ * requests run at a time (the undici Pool has as many connections, so undici's
+ * own queue, which has no bound, stays empty); at most `maxQueue` more wait,
+ * each at most `waitMs`. A request past either bound is refused with
+ * KEYEDGE_HTTP_ORIGIN_BUSY (503 with Retry-After, RFC 9110 §15.6.4): a
+ * quick refusal the client may retry beats a wait that ends in a timeout.
+ *
+ * Requests whose body streams (larger than the buffer, body.ts) may hold at
+ * most half the connections: a client can keep such a request going for as
+ * long as the body timeouts allow, and the other half stays for everyone else.
+ *
+ * Invariant: no waiter could be admitted (each `leave` admits whoever fits),
+ * so a request that fits now goes ahead of waiters without unfairness: those
+ * are waiting for an upload slot it does not need. Single-threaded.
+ */
+
+/** Seconds a refused client is told to wait (Retry-After): a busy origin usually drains within seconds. */
+export const BUSY_RETRY_AFTER_SECONDS = 5;
+
+export class OriginBusyError extends Error {
+  readonly code = 'KEYEDGE_HTTP_ORIGIN_BUSY';
+}
+
+interface Waiter {
+  readonly upload: boolean;
+  readonly admitted: () => void;
+  readonly refused: (err: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class OriginGate {
+  readonly connections: number;
+  readonly maxQueue: number;
+  readonly waitMs: number;
+  readonly #maxUploads: number;
+  #active = 0;
+  #uploads = 0;
+  readonly #waiting: Waiter[] = [];
+
+  constructor(connections: number, maxQueue: number, waitMs: number) {
+    this.connections = connections;
+    this.maxQueue = maxQueue;
+    this.waitMs = waitMs;
+    this.#maxUploads = Math.max(1, Math.floor(connections / 2));
+  }
+
+  /**
+   * `true` when the request is admitted now (no allocation on this path);
+   * otherwise a promise that resolves once it is admitted, or rejects with
+   * OriginBusyError when the queue is full or the wait too long. Each
+   * admission is ended by exactly one `leave(upload)`.
+   */
+  enter(upload: boolean): true | Promise<void> {
+    if (this.#fits(upload)) {
+      this.#admit(upload);
+      return true;
+    }
+    if (this.#waiting.length >= this.maxQueue) return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
+    return new Promise((admitted, refused) => {
+      const waiter: Waiter = { upload, admitted, refused, timer: undefined };
+      waiter.timer = setTimeout(() => {
+        const at = this.#waiting.indexOf(waiter);
+        if (at >= 0) this.#waiting.splice(at, 1);
+        refused(new OriginBusyError(`origin busy: no connection free within ${this.waitMs} ms`));
+      }, this.waitMs);
+      this.#waiting.push(waiter);
+    });
+  }
+
+  leave(upload: boolean): void {
+    this.#active--;
+    if (upload) this.#uploads--;
+    for (let i = 0; i < this.#waiting.length && this.#active < this.connections; ) {
+      const waiter = this.#waiting[i]!;
+      if (!this.#fits(waiter.upload)) {
+        i++;
+        continue;
+      }
+      this.#waiting.splice(i, 1);
+      clearTimeout(waiter.timer);
+      this.#admit(waiter.upload);
+      waiter.admitted();
+    }
+  }
+
+  /** Requests running and waiting, for tests and metrics. */
+  get load(): { readonly active: number; readonly uploads: number; readonly waiting: number } {
+    return { active: this.#active, uploads: this.#uploads, waiting: this.#waiting.length };
+  }
+
+  #fits(upload: boolean): boolean {
+    return this.#active < this.connections && (!upload || this.#uploads < this.#maxUploads);
+  }
+
+  #admit(upload: boolean): void {
+    this.#active++;
+    if (upload) this.#uploads++;
+  }
+}
