@@ -20,6 +20,8 @@ import { AggregatorRegistry, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import type { Logger } from '../keyserver/log.js';
 import { startProxyAdmin } from './admin.js';
+import { uncaughtErrorsCounter } from './metrics.js';
+import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
@@ -258,9 +260,9 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
 /**
  * Runs one worker: waits for the primary's ticket key and serving state,
  * serves, applies each reload the primary sends, stops on the primary's word
- * or SIGTERM.
+ * or SIGTERM, or drains after an uncaught error. Resolves with the exit status.
  */
-export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
+export async function runWorker(config: ProxyConfig, log: Logger): Promise<number> {
   // Constructing one installs the worker's side of the aggregation: it answers
   // the primary's metrics requests with this process's global registry.
   new AggregatorRegistry();
@@ -270,6 +272,18 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   let stop: (() => void) | undefined;
   let stopEarly = false;
   let ticketKey: Buffer | undefined;
+  let status = 0;
+  // An error nothing handled is counted, logged, and drains this worker (uncaught.ts); before it serves, nothing is in flight.
+  installUncaughtHandlers({
+    log,
+    counter: uncaughtErrorsCounter(),
+    drain: () => {
+      status = UNCAUGHT_EXIT_CODE;
+      if (stop === undefined) process.exit(status);
+      else stop();
+    },
+    deadlineMs: config.shutdownGraceMs + 5_000,
+  });
   const applyNow = (delta: ServingDelta): void => {
     assert(worker !== undefined);
     try {
@@ -315,6 +329,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   });
   // The IPC channel to the primary is the last thing keeping this process alive.
   process.disconnect?.();
+  return status;
 }
 
 const SERVE = 'keyedge:serve';

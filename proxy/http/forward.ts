@@ -13,7 +13,14 @@
  * the origin and can be repeated safely (an idempotent method, RFC 9110
  * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
  * the next origin, when the first could not be connected to.
+ *
+ * A client that goes away (mid-upload, while the origin thinks, mid-answer)
+ * aborts the origin request: undici closes that origin connection, so nothing
+ * waits for an answer no one will read. Every stream here keeps an error
+ * listener for as long as it lives: an 'error' nobody listens to is an
+ * uncaught exception, which takes the whole worker down.
  */
+import { EventEmitter } from 'node:events';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { type Readable, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
@@ -109,9 +116,13 @@ function limitBody(req: IncomingMessage, max: number): Readable {
       else done(null, chunk);
     },
   });
+  // Until undici takes the body (an origin connection may be a while coming) and after it let go, nobody else listens.
+  counted.on('error', ignore);
   req.pipe(counted);
   return counted;
 }
+
+function ignore(): void {}
 
 /** Failures of the connection to the origin before anything was sent: safe to try elsewhere. */
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
@@ -181,6 +192,15 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
   const body = hasBody ? limitBody(req, options.maxBodyBytes) : null;
+  // undici's abort signal (it takes any emitter of 'abort'; an AbortController
+  // costs far more per request): the client left before the answer was whole.
+  const clientGone = new EventEmitter();
+  let gone = false;
+  res.once('close', () => {
+    if (res.writableFinished) return;
+    gone = true;
+    clientGone.emit('abort');
+  });
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
     if (target === undefined) throw new Error('no origin configured');
@@ -191,6 +211,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
       headers: originRequestHeaders(req.headers, req.socket.remoteAddress, options.proto, target, options.trusted),
       body,
+      signal: clientGone,
       ...(target.tls === undefined ? {} : { servername: requestServername(target) }),
     };
     let answer: Dispatcher.ResponseData;
@@ -198,14 +219,22 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       answer = await pools.pool(target).request(request);
     } catch (err) {
       // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
-      const failure = req.socket.destroyed ? 'not-origin' : originFailure(err);
+      const failure = gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(req.method, hasBody, failure)) continue;
       throw err;
     }
     pools.succeeded(target);
-    const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
-    res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
+    // Kept for the body's whole life: undici fails it when its connection breaks, at any time.
+    answer.body.on('error', ignore);
+    try {
+      const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+      res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
+    } catch (err) {
+      // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids): the body is not read, so let go of its connection.
+      answer.body.destroy();
+      throw err;
+    }
     await relay(answer.body, res);
     return;
   }
@@ -229,9 +258,12 @@ function relay(body: Readable, res: ServerResponse): Promise<void> {
     };
     const onClose = (): void => {
       // Closed before the last byte went out: the client left; stop reading the origin.
+      // (The destroy fails the body with undici's RequestAbortedError: forward() keeps a listener for that.)
       if (!res.writableFinished) body.destroy();
       settle();
     };
+    // The client left between the origin's head and now: 'close' has been and gone.
+    if (res.destroyed) return onClose();
     body.once('error', settle);
     res.once('close', onClose);
     body.pipe(res);
