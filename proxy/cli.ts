@@ -38,8 +38,8 @@ export const proxyCommand: Command = {
     // Loaded here, not at the top: the native keyless bridge comes with it, and
     // other keyedge commands (key management on a key-server host) never need it.
     const { runPrimary, runWorker } = await import('./cluster.js');
-    if (!cluster.isPrimary) return runWorker(config, log);
-    await runPrimary(config, log);
+    if (cluster.isPrimary) await runPrimary(config, log);
+    else await runWorker(config, log);
     return 0;
   },
 };

@@ -260,9 +260,9 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
 /**
  * Runs one worker: waits for the primary's ticket key and serving state,
  * serves, applies each reload the primary sends, stops on the primary's word
- * or SIGTERM, or drains after an uncaught error. Resolves with the exit status.
+ * or SIGTERM, or drains after an uncaught error (and exits non-zero).
  */
-export async function runWorker(config: ProxyConfig, log: Logger): Promise<number> {
+export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
   // Constructing one installs the worker's side of the aggregation: it answers
   // the primary's metrics requests with this process's global registry.
   new AggregatorRegistry();
@@ -327,9 +327,10 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<numbe
     // SIGHUP goes to the primary, which reloads for every worker.
     process.on('SIGHUP', () => undefined);
   });
+  // node:cluster exits a worker with 0 when it disconnects: a drained one exits with its own status.
+  if (status !== 0) process.exit(status);
   // The IPC channel to the primary is the last thing keeping this process alive.
   process.disconnect?.();
-  return status;
 }
 
 const SERVE = 'keyedge:serve';

@@ -1,9 +1,8 @@
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  alive,
   type AbuseOrigin,
+  type AbuseSetup,
+  expectUnharmed,
   CUTS,
   type Cut,
   inBatches,
@@ -11,14 +10,13 @@ import {
   metricSum,
   MIB,
   RawClient,
-  startAbuseOrigin,
+  startAbuseSetup,
   SteadyClient,
   workerPids,
   wsUpgradeHead,
 } from './helpers/abuse.js';
 import { sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 
 // Clients that go away at every phase of an exchange, in every way (FIN
 // after a half-close, FIN, RST), over a thousand times against `keyedge proxy`
@@ -29,27 +27,18 @@ const HOST = 'abuse.lab.test';
 const ROUNDS = 21;
 const CONCURRENCY = 24;
 
-let lab: KeylessLab;
+let setup: AbuseSetup;
 let origin: AbuseOrigin;
 let proxy: ClusterProxy;
 let ca: string;
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  ca = readFileSync(lab.caFile, 'utf8');
-  origin = await startAbuseOrigin();
-  const cert = await lab.certificate('abuse', lab.keys.ec, [HOST]);
-  proxy = await startClusterProxy(lab, 'abuse-client', (p) => {
-    writeFileSync(join(p.storeDir, 'abuse.pem'), readFileSync(cert.file));
-    return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }] });
-  });
-  await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
+  setup = await startAbuseSetup('abuse-client', HOST);
+  ({ origin, proxy, ca } = setup);
 }, 90_000);
 
 afterAll(async () => {
-  await proxy?.stop();
-  await origin?.close();
-  await lab?.close();
+  await setup?.close();
 });
 
 interface Scenario {
@@ -107,7 +96,7 @@ function scenarios(): Scenario[] {
       cutWhen: async (client) => {
         await client.receivedAtLeast(1);
         client.tls.pause();
-        await sleep(150);
+        await sleep(100);
       },
     });
   }
@@ -122,7 +111,7 @@ async function abuse(scenario: Scenario, how: Cut, tag: string): Promise<void> {
   await scenario.cutWhen(client);
   client.cut(how);
   // After a half-close the proxy may still answer; the client leaves soon after either way.
-  await client.finish(how === 'end' ? 200 : 2_000);
+  await client.finish(how === 'end' ? 100 : 2_000);
 }
 
 function accessLine(path: string): Record<string, unknown> | undefined {
@@ -171,14 +160,7 @@ describe('clients that go away', () => {
     await steady.stop();
     console.log(`${events.length} client cuts in ${seconds.toFixed(1)} s; ${steady.requests} normal requests alongside`);
 
-    expect(steady.failures).toEqual([]);
-    expect(steady.requests).toBeGreaterThan(20);
-    const after = workerPids(proxy);
-    expect(after.died).toEqual([]);
-    expect(after.listening).toEqual(before.listening);
-    for (const pid of after.listening) expect(alive(pid)).toBe(true);
-    // Present (so the zero means something) and zero.
-    expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+    await expectUnharmed(proxy, before.listening, steady);
     // Every one of these requests is in the access log and in the counter, none as a 200 that never went out.
     const waiting = proxy.lines.filter((l) => l.access === true && String(l.path).startsWith('/waiting-'));
     expect(waiting.length).toBeGreaterThan(0);

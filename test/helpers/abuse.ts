@@ -17,12 +17,16 @@
  *   /TAG/ws (Upgrade: websocket)                          101, then echoes; ?cut=CUT cuts after the 101
  */
 import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
+import { expect } from 'vitest';
 import { sleep } from './keyserver.js';
-import type { ClusterProxy } from './proxy-cluster.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './proxy-lab.js';
 
 export type Cut = 'end' | 'destroy' | 'reset';
 export const CUTS: readonly Cut[] = ['end', 'destroy', 'reset'];
@@ -317,4 +321,48 @@ export async function metricSum(proxy: ClusterProxy, name: string, labels: Recor
     sum = (sum ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return sum;
+}
+
+export interface AbuseSetup {
+  readonly lab: KeylessLab;
+  readonly origin: AbuseOrigin;
+  readonly proxy: ClusterProxy;
+  /** The lab CA, PEM. */
+  readonly ca: string;
+  close(): Promise<void>;
+}
+
+/** A keyless lab, an abuse origin, and `keyedge proxy` (two workers, `env` added to theirs) serving `host` from its store and routing it to the origin. */
+export async function startAbuseSetup(name: string, host: string, env: Record<string, string> = {}): Promise<AbuseSetup> {
+  const lab = await startKeylessLab();
+  const origin = await startAbuseOrigin();
+  const cert = await lab.certificate(name, lab.keys.ec, [host]);
+  const proxy = await startClusterProxy(lab, name, (p) => {
+    writeFileSync(join(p.storeDir, `${name}.pem`), readFileSync(cert.file));
+    return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
+  }, env);
+  await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
+  return {
+    lab,
+    origin,
+    proxy,
+    ca: readFileSync(lab.caFile, 'utf8'),
+    async close() {
+      await proxy.stop();
+      await origin.close();
+      await lab.close();
+    },
+  };
+}
+
+/** What every abuse run must leave: the same two workers, alive, with nothing uncaught, and a normal client that never missed an answer. */
+export async function expectUnharmed(proxy: ClusterProxy, before: readonly number[], steady: SteadyClient): Promise<void> {
+  expect(steady.failures).toEqual([]);
+  expect(steady.requests).toBeGreaterThan(20);
+  const after = workerPids(proxy);
+  expect(after.died).toEqual([]);
+  expect(after.listening).toEqual(before);
+  for (const pid of after.listening) expect(alive(pid), `worker ${pid} alive`).toBe(true);
+  // Present (so the zero means something) and zero.
+  expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
 }
