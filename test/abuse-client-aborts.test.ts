@@ -69,6 +69,12 @@ function scenarios(): Scenario[] {
     },
     // Waiting: the origin answers 8 MiB after 400 ms; the client is gone by then.
     { phase: 'waiting', request: get(answerPath('cl', 8 * MIB, 400)), cutWhen: () => sleep(100) },
+    // Pipelined (RFC 9112 §9.3.2): six answers wait behind the first when the client goes.
+    {
+      phase: 'pipelined',
+      request: (tag) => get(answerPath('cl', 8 * MIB))(tag) + [1, 2, 3, 4, 5, 6].map((n) => get(answerPath('chunked', 8 * MIB))(`${tag}-queued${n}`)).join(''),
+      cutWhen: (client) => client.receivedAtLeast(64 * KIB),
+    },
     // WebSocket: gone before the 101, and with the WebSocket open.
     { phase: 'ws-handshake', request: (tag) => wsUpgradeHead(HOST, `/${tag}/ws`), cutWhen: () => sleep(1) },
     {
@@ -161,9 +167,19 @@ describe('clients that go away', () => {
     console.log(`${events.length} client cuts in ${seconds.toFixed(1)} s; ${steady.requests} normal requests alongside`);
 
     await expectUnharmed(proxy, before.listening, steady);
+    // No origin request is left hanging on a client that has gone: each was answered whole or abandoned.
+    await waitFor('every origin request to end', () => (origin.open().length === 0 ? true : undefined), 10_000).catch(() => undefined);
+    expect(origin.open()).toEqual([]);
     // Every one of these requests is in the access log and in the counter, none as a 200 that never went out.
     const waiting = proxy.lines.filter((l) => l.access === true && String(l.path).startsWith('/waiting-'));
     expect(waiting.length).toBeGreaterThan(0);
     for (const line of waiting) expect(line.status, JSON.stringify(line)).toBe(499);
+    // So are pipelined requests whose answer was still queued behind another when the client went.
+    const pipelined = events.filter((e) => e.scenario.phase === 'pipelined').length;
+    const queued = await waitFor('the queued pipelined requests in the access log', () => {
+      const lines = proxy.lines.filter((l) => l.access === true && /^\/pipelined-.*-queued\d\//.test(String(l.path)));
+      return lines.length === pipelined * 6 ? lines : undefined;
+    });
+    for (const line of queued) expect(line, JSON.stringify(line)).toMatchObject({ aborted: true, code: 'KEYEDGE_HTTP_CLIENT_CLOSED' });
   }, 180_000);
 });

@@ -26,6 +26,7 @@ import { type Readable, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
+import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 export { OriginPools, type OriginTimeouts } from './origins.js';
@@ -196,10 +197,16 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
   // costs far more per request): the client left before the answer was whole.
   const clientGone = new EventEmitter();
   let gone = false;
-  res.once('close', () => {
+  const onGone = (): void => {
     if (res.writableFinished) return;
     gone = true;
     clientGone.emit('abort');
+  };
+  // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+  const cancel = whenQueuedClientGone(req.socket, res, onGone);
+  res.once('close', () => {
+    cancel();
+    onGone();
   });
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
@@ -227,6 +234,8 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     pools.succeeded(target);
     // Kept for the body's whole life: undici fails it when its connection breaks, at any time.
     answer.body.on('error', ignore);
+    // The client left as the answer came: let go of the origin connection (undici's abort may have come too late for the request).
+    if (gone) return void answer.body.destroy();
     try {
       const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
       res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
@@ -235,7 +244,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       answer.body.destroy();
       throw err;
     }
-    await relay(answer.body, res);
+    await relay(answer.body, res, clientGone);
     return;
   }
 }
@@ -248,11 +257,12 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
  * settles: about a tenth of a keep-alive request's CPU in the keepalive
  * benchmark (bench/README.md).
  */
-function relay(body: Readable, res: ServerResponse): Promise<void> {
+function relay(body: Readable, res: ServerResponse, clientGone: EventEmitter): Promise<void> {
   return new Promise((resolve, reject) => {
     const settle = (err?: Error): void => {
       body.off('error', settle);
       res.off('close', onClose);
+      clientGone.off('abort', onClose);
       if (err === undefined) resolve();
       else reject(err);
     };
@@ -262,10 +272,10 @@ function relay(body: Readable, res: ServerResponse): Promise<void> {
       if (!res.writableFinished) body.destroy();
       settle();
     };
-    // The client left between the origin's head and now: 'close' has been and gone.
-    if (res.destroyed) return onClose();
     body.once('error', settle);
     res.once('close', onClose);
+    // A pipelined answer queued behind another gets no 'close' when the client goes (queued.ts).
+    clientGone.once('abort', onClose);
     body.pipe(res);
   });
 }

@@ -10,6 +10,7 @@ import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
+import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /** Logged and counted for a request whose client left before any answer head went out (nginx's code; never sent). */
@@ -81,20 +82,24 @@ export interface AnswerEnd {
 
 /**
  * Calls `account` once, when the answer went out whole ('finish') or was cut
- * ('close' alone: origin or client gone mid-answer). `code()` is our code so
+ * ('close' alone: origin or client gone before the end; a queued pipelined
+ * answer's client gone, queued.ts). `code()` is our code so
  * far; a cut with none (an origin failure sets its code first) means the
  * client left: KEYEDGE_HTTP_CLIENT_CLOSED, with status 499 when no answer head
  * went out (nginx's "client closed request"), never the 200 node presets.
  */
-export function onAnswerEnd(res: ServerResponse, code: () => HttpErrorCode | undefined, account: (end: AnswerEnd) => void): void {
+export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () => HttpErrorCode | undefined, account: (end: AnswerEnd) => void): void {
   let ended = false;
   const end = (): void => {
     if (ended) return;
     ended = true;
+    cancel();
     const aborted = !res.writableFinished;
     const ours = code();
     account({ aborted, code: aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
   };
+  // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+  const cancel = whenQueuedClientGone(req.socket, res, end);
   res.once('finish', end);
   res.once('close', end);
 }
@@ -160,7 +165,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         'request',
       );
     };
-    onAnswerEnd(res, () => code, account);
+    onAnswerEnd(req, res, () => code, account);
     if ('refusal' in route) {
       code = route.refusal.code;
       answer(res, route.refusal, hsts);

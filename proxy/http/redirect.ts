@@ -37,7 +37,7 @@ export function createRedirectHandler(options: RedirectOptions): (req: IncomingM
     const domain = selectByName(options.domains(), host, undefined)?.value;
     const path = req.url ?? '/';
     let code: HttpErrorCode | undefined;
-    onAnswerEnd(res, () => code, ({ status, aborted, ...ending }) => {
+    onAnswerEnd(req, res, () => code, ({ status, aborted, ...ending }) => {
       code = ending.code;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
       log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) }, 'request');

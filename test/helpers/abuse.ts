@@ -72,17 +72,22 @@ export interface AbuseOrigin {
   readonly seen: () => number;
   /** The tags of answers whose connection closed before they were sent whole (the proxy gave up on them). */
   readonly abandoned: readonly string[];
+  /** The tags of requests still open (neither answered whole nor closed): what a proxy that leaks origin connections leaves. */
+  readonly open: () => string[];
   close(): Promise<void>;
 }
 
 export async function startAbuseOrigin(): Promise<AbuseOrigin> {
   let seen = 0;
   const abandoned: string[] = [];
+  const open = new Map<http.ServerResponse, string>();
   const server = http.createServer((req, res) => {
     seen++;
     res.on('error', () => undefined);
     const url = new URL(req.url ?? '/', 'http://origin');
     const [, tag = '', kind] = url.pathname.split('/');
+    open.set(res, tag);
+    res.once('close', () => open.delete(res));
     const q = (name: string, fallback: string): string => url.searchParams.get(name) ?? fallback;
     const size = Number(q('size', String(KIB)));
     const framing = q('framing', 'cl');
@@ -144,6 +149,7 @@ export async function startAbuseOrigin(): Promise<AbuseOrigin> {
     url: `http://127.0.0.1:${port}`,
     seen: () => seen,
     abandoned,
+    open: () => [...open.values()],
     async close() {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
