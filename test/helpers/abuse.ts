@@ -5,6 +5,10 @@
  * theirs at every phase; a normal client that runs alongside and must get 200
  * every time; and what the proxy shows of its health: worker PIDs from its log
  * lines, `keyedge_proxy_uncaught_errors_total` from the admin /metrics.
+ * `startAbuseSetup` starts all of it (lab, origin, `keyedge proxy` with two
+ * workers); `expectUnharmed` is what every abuse run must leave. The origin
+ * also lists the requests still open on it: a proxy that leaks origin
+ * connections on clients gone shows there.
  *
  * A cut is one of: `end` (FIN, half-close: the peer may still answer),
  * `destroy` (FIN and close), `reset` (RST, socket.resetAndDestroy()).
