@@ -22,6 +22,8 @@ import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
 import { startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, serveWorkerMetrics } from './cluster-metrics.js';
+import { uncaughtErrorsCounter } from './metrics.js';
+import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
@@ -294,7 +296,7 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
 /**
  * Runs one worker: waits for the primary's ticket key and serving state,
  * serves, applies each reload the primary sends, stops on the primary's word
- * or SIGTERM.
+ * or SIGTERM, or drains after an uncaught error (and exits non-zero).
  */
 export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
   // Answers the primary's metrics requests with this process's global registry.
@@ -305,6 +307,18 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   let stop: (() => void) | undefined;
   let stopEarly = false;
   let ticketKey: Buffer | undefined;
+  let status = 0;
+  // An error nothing handled is counted, logged, and drains this worker (uncaught.ts); before it serves, nothing is in flight.
+  installUncaughtHandlers({
+    log,
+    counter: uncaughtErrorsCounter(),
+    drain: () => {
+      status = UNCAUGHT_EXIT_CODE;
+      if (stop === undefined) process.exit(status);
+      else stop();
+    },
+    deadlineMs: config.shutdownGraceMs + 5_000,
+  });
   const applyNow = (delta: ServingDelta): void => {
     assert(worker !== undefined);
     try {
@@ -356,6 +370,8 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   });
   // What this worker counted since the primary's last poll stays in the cluster's sums.
   await sendFinalMetrics();
+  // node:cluster exits a worker with 0 when it disconnects: a drained one exits with its own status.
+  if (status !== 0) process.exit(status);
   // The IPC channel to the primary is the last thing keeping this process alive.
   process.disconnect?.();
 }

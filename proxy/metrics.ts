@@ -116,6 +116,25 @@ export class ProxyMetrics {
   }
 }
 
+/** What reached a worker's process-level handlers (uncaught.ts). */
+export type UncaughtKind = 'uncaughtException' | 'unhandledRejection';
+
+/**
+ * `keyedge_proxy_uncaught_errors_total`, in `registry` (the global one, which
+ * the cluster primary aggregates). Both kinds start at 0, so the series exist
+ * before anything goes wrong: an alert on them needs no absent() guard.
+ */
+export function uncaughtErrorsCounter(registry: Registry = register): Counter<'kind'> {
+  const counter = new Counter({
+    name: `${PREFIX}uncaught_errors_total`,
+    help: 'Exceptions and promise rejections nothing handled, in a worker (each one drains and replaces that worker): a bug, always worth a look.',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  for (const kind of ['uncaughtException', 'unhandledRejection'] satisfies UncaughtKind[]) counter.inc({ kind }, 0);
+  return counter;
+}
+
 export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
 }

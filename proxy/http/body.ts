@@ -159,6 +159,8 @@ function streamBody(req: IncomingMessage, head: readonly Buffer[], maxBytes: num
     stop();
     req.unpipe(counted);
   });
+  // Until undici takes the body (an origin connection may be a while coming) and after it let go, nobody else listens.
+  counted.on('error', () => undefined);
   for (const chunk of head) counted.write(chunk);
   req.pipe(counted);
   return counted;

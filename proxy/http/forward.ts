@@ -18,7 +18,14 @@
  * the origin and can be repeated safely (an idempotent method, RFC 9110
  * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
  * the next origin, when the first could not be connected to.
+ *
+ * A client that goes away (mid-upload, while the origin thinks, mid-answer)
+ * aborts the origin request: undici closes that origin connection, so nothing
+ * waits for an answer no one will read. Every stream here keeps an error
+ * listener for as long as it lives: an 'error' nobody listens to is an
+ * uncaught exception, which takes the whole worker down.
  */
+import { EventEmitter } from 'node:events';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
@@ -27,6 +34,7 @@ import type { RequestBody } from './body.js';
 import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { stalledSend, watchSendStall } from './send-stall.js';
+import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 export { OriginPools, type OriginTimeouts } from './origins.js';
@@ -102,6 +110,8 @@ export function originRequestHeaders(
   return out;
 }
 
+function ignore(): void {}
+
 /** Failures of the connection to the origin before anything was sent: safe to try elsewhere. */
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 /** OpenSSL's verification results as node reports them: the origin's certificate was refused. */
@@ -169,6 +179,21 @@ export interface ForwardOptions {
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
+  // undici's abort signal (it takes any emitter of 'abort'; an AbortController
+  // costs far more per request): the client left before the answer was whole.
+  const clientGone = new EventEmitter();
+  let gone = false;
+  const onGone = (): void => {
+    if (res.writableFinished) return;
+    gone = true;
+    clientGone.emit('abort');
+  };
+  // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+  const cancel = whenQueuedClientGone(req.socket, res, onGone);
+  res.once('close', () => {
+    cancel();
+    onGone();
+  });
   const body = hasBody ? await pools.bodies.read(req, res, options.maxBodyBytes) : null;
   const upload = body !== null && !Buffer.isBuffer(body);
   for (let attempt = 0; ; attempt++) {
@@ -192,6 +217,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
       headers: originRequestHeaders(req.headers, req.socket.remoteAddress, options.proto, target, options.trusted),
       body,
+      signal: clientGone,
       ...(target.tls === undefined ? {} : { servername: requestServername(target) }),
     };
     let answer: Dispatcher.ResponseData;
@@ -200,17 +226,27 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     } catch (err) {
       gate.leave(upload);
       // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
-      const failure = req.socket.destroyed ? 'not-origin' : originFailure(err);
+      const failure = gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(req.method, hasBody, failure)) continue;
       throw err;
     }
     try {
       pools.succeeded(target);
-      const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
-      res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
+      // Kept for the body's whole life: undici fails it when its connection breaks, at any time.
+      answer.body.on('error', ignore);
+      // The client left as the answer came: let go of the origin connection (undici's abort may have come too late for the request).
+      if (gone) return void answer.body.destroy();
+      try {
+        const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+        res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
+      } catch (err) {
+        // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids): the body is not read, so let go of its connection.
+        answer.body.destroy();
+        throw err;
+      }
       watchSendStall(answer.body, res, pools.sendTimeoutMs);
-      await relay(answer.body, res);
+      await relay(answer.body, res, clientGone);
     } finally {
       gate.leave(upload);
     }
@@ -240,21 +276,25 @@ async function waitAdmitted(entered: Promise<void>, gate: OriginGate, upload: bo
  * settles: about a tenth of a keep-alive request's CPU in the keepalive
  * benchmark (bench/README.md).
  */
-function relay(body: Readable, res: ServerResponse): Promise<void> {
+function relay(body: Readable, res: ServerResponse, clientGone: EventEmitter): Promise<void> {
   return new Promise((resolve, reject) => {
     const settle = (err?: Error): void => {
       body.off('error', settle);
       res.off('close', onClose);
+      clientGone.off('abort', onClose);
       if (err === undefined) resolve();
       else reject(err);
     };
     const onClose = (): void => {
       // Closed before the last byte went out: the client left; stop reading the origin.
+      // (The destroy fails the body with undici's RequestAbortedError: forward() keeps a listener for that.)
       if (!res.writableFinished) body.destroy();
       settle();
     };
     body.once('error', settle);
     res.once('close', onClose);
+    // A pipelined answer queued behind another gets no 'close' when the client goes (queued.ts).
+    clientGone.once('abort', onClose);
     body.pipe(res);
   });
 }

@@ -11,7 +11,12 @@ import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
+import { whenQueuedClientGone } from './queued.js';
+import { stalledSend } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
+
+/** Logged and counted for a request whose client left before any answer head went out (nginx's code; never sent). */
+export const CLIENT_CLOSED_STATUS = 499;
 
 /** A routed domain, as the resolved configuration lists it. */
 export type Domain = ProxyDomain;
@@ -41,7 +46,9 @@ export type HttpErrorCode =
   | 'KEYEDGE_HTTP_ORIGIN_ABORTED'
   | 'KEYEDGE_HTTP_BODY_TIMEOUT'
   | 'KEYEDGE_HTTP_ORIGIN_BUSY'
-  | 'KEYEDGE_HTTP_SEND_TIMEOUT';
+  | 'KEYEDGE_HTTP_SEND_TIMEOUT'
+  // Never sent: the client left first. Logged and counted only (README, "HTTP answers of our own").
+  | 'KEYEDGE_HTTP_CLIENT_CLOSED';
 
 /** Our answer to a request (or upgrade) that could not be forwarded. */
 export interface Refusal {
@@ -68,6 +75,39 @@ export function routeRequest(
   }
   if (domain === undefined) return { domain, refusal: { status: 404, code: 'KEYEDGE_HTTP_UNKNOWN_HOST', body: 'unknown host\n' } };
   return { domain };
+}
+
+/** How an answer ended, for its access line and counter. */
+export interface AnswerEnd {
+  readonly status: number;
+  readonly code: HttpErrorCode | undefined;
+  /** Cut before its last byte went out. */
+  readonly aborted: boolean;
+}
+
+/**
+ * Calls `account` once, when the answer went out whole ('finish') or was cut
+ * ('close' alone: origin or client gone before the end; a queued pipelined
+ * answer's client gone, queued.ts). `code()` is our code so
+ * far; a cut with none (an origin failure sets its code first) means the
+ * client left: KEYEDGE_HTTP_CLIENT_CLOSED, with status 499 when no answer head
+ * went out (nginx's "client closed request"), never the 200 node presets.
+ */
+export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () => HttpErrorCode | undefined, account: (end: AnswerEnd) => void): void {
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    cancel();
+    const aborted = !res.writableFinished;
+    // A client that stopped reading is cut by the send-stall timer before forward() can say so.
+    const ours = code() ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    account({ aborted, code: aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
+  };
+  // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+  const cancel = whenQueuedClientGone(req.socket, res, end);
+  res.once('finish', end);
+  res.once('close', end);
 }
 
 /** Our answer when an origin failed before answering. */
@@ -107,16 +147,11 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
     const tls = req.socket as TLSSocket;
     const tlsVersion = tls.getProtocol?.() ?? undefined;
     const resumed = tls.isSessionReused?.() ?? undefined;
-    // 'finish' when the answer went out whole; 'close' alone when it was cut
-    // (origin or client gone mid-answer), which is logged and counted too.
-    let accounted = false;
-    const account = (): void => {
-      if (accounted) return;
-      accounted = true;
-      const aborted = !res.writableFinished;
+    const account = ({ status, aborted, ...ending }: AnswerEnd): void => {
+      code = ending.code;
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.requests.inc({ status_class: statusClass(res.statusCode), code: code ?? 'none' });
-      if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(res.statusCode) }, seconds);
+      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+      if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(status) }, seconds);
       log.info(
         {
           access: true,
@@ -124,7 +159,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
           method: req.method,
           // The query string is left out: it often carries tokens.
           path: (req.url ?? '/').split('?')[0],
-          status: res.statusCode,
+          status,
           bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
           durationMs: Math.round(seconds * 1e4) / 10,
           origin,
@@ -136,8 +171,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         'request',
       );
     };
-    res.once('finish', account);
-    res.once('close', account);
+    onAnswerEnd(req, res, () => code, account);
     if ('refusal' in route) {
       code = route.refusal.code;
       answer(res, route.refusal, hsts);
@@ -175,6 +209,8 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
         } else res.destroy();
         return;
       }
+      // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
+      if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
       // Once the answer has started, the client can only be told by a cut connection.
       code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
       log.warn({ code, domain: target.name, origin, err }, 'origin request failed');

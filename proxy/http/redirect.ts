@@ -11,7 +11,7 @@ import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import { forward, type OriginPools } from './forward.js';
-import { type Domain, hostName } from './handler.js';
+import { type Domain, type HttpErrorCode, hostName, onAnswerEnd } from './handler.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 const ACME_CHALLENGE = '/.well-known/acme-challenge/';
@@ -36,9 +36,11 @@ export function createRedirectHandler(options: RedirectOptions): (req: IncomingM
     const host = rawHost !== undefined && DNS_NAME.test(rawHost) ? rawHost.toLowerCase() : undefined;
     const domain = selectByName(options.domains(), host, undefined)?.value;
     const path = req.url ?? '/';
-    res.once('finish', () => {
-      metrics.requests.inc({ status_class: statusClass(res.statusCode), code: 'none' });
-      log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status: res.statusCode }, 'request');
+    let code: HttpErrorCode | undefined;
+    onAnswerEnd(req, res, () => code, ({ status, aborted, ...ending }) => {
+      code = ending.code;
+      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+      log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) }, 'request');
     });
     if (domain === undefined || host === undefined) {
       const body = 'unknown host\n';
@@ -48,6 +50,9 @@ export function createRedirectHandler(options: RedirectOptions): (req: IncomingM
     }
     if (path.startsWith(ACME_CHALLENGE)) {
       forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes: domain.maxBodyBytes ?? Infinity, trusted: options.trustedPeers }).catch((err: unknown) => {
+        // The client left: no one to answer, and not the origin's failure.
+        if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+        code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
         log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
         if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
         else res.destroy();

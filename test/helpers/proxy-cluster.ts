@@ -55,8 +55,16 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
   }
 }
 
-/** `config(port, adminPort, storeDir)` gives the file's content; the token file and store dir live in a fresh dir under the lab. */
-export async function startClusterProxy(lab: KeylessLab, name: string, config: (ports: ClusterPorts) => Record<string, unknown>): Promise<ClusterProxy> {
+/**
+ * `config(port, adminPort, storeDir)` gives the file's content; the token file and store dir live in a fresh dir under the lab.
+ * `env` is added to the proxy's environment (its workers inherit it).
+ */
+export async function startClusterProxy(
+  lab: KeylessLab,
+  name: string,
+  config: (ports: ClusterPorts) => Record<string, unknown>,
+  env: Record<string, string> = {},
+): Promise<ClusterProxy> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(lab.dir, name);
@@ -67,7 +75,7 @@ export async function startClusterProxy(lab: KeylessLab, name: string, config: (
   writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
   const writeConfig = (content: Record<string, unknown>): void => writeFileSync(configFile, JSON.stringify(content, null, 2));
   writeConfig(config({ port, adminPort, storeDir, tokenFile }));
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   const lines: Record<string, unknown>[] = [];
   let pending = '';
   child.stdout!.on('data', (chunk: Buffer) => {
