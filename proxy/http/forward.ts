@@ -18,6 +18,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { type Readable, Transform } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
+import { continueOnRead } from './expect.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -88,6 +89,8 @@ export function originRequestHeaders(
   const element = `for=${forwardedFor(address)};proto=${proto}${host !== undefined ? `;host=${quoted(host)}` : ''}`;
   const previous = keep ? joined(headers.forwarded) : undefined;
   out.forwarded = previous === undefined || previous === '' ? element : `${previous}, ${element}`;
+  // RFC 9110 §10.1.1: the expectation is met at the edge (expect.ts), not passed on.
+  delete out.expect;
   const targetHost = target.host(host);
   if (targetHost === undefined) delete out.host;
   else out.host = targetHost;
@@ -169,6 +172,8 @@ export interface ForwardOptions {
   readonly trusted?: TrustedPeers;
   /** Told each origin tried, before the attempt (for the access log). */
   readonly onOrigin?: (origin: string) => void;
+  /** The client awaits 100 (Continue) before sending its body (expect.ts). */
+  readonly awaitsContinue?: boolean;
 }
 
 /**
@@ -180,7 +185,7 @@ export interface ForwardOptions {
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
-  const body = hasBody ? limitBody(req, options.maxBodyBytes) : null;
+  const body = hasBody ? requestBody(req, res, options) : null;
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
     if (target === undefined) throw new Error('no origin configured');
@@ -205,10 +210,31 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     }
     pools.succeeded(target);
     const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+    if (body !== null && !req.complete) closeAfterEarlyAnswer(req, res);
     res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
     await relay(answer.body, res);
     return;
   }
+}
+
+/** The body to send on: counted against the limit, and asked for with 100 (Continue) when the client waits for that. */
+function requestBody(req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Readable {
+  const body = limitBody(req, options.maxBodyBytes);
+  return options.awaitsContinue === true ? continueOnRead(body, res) : body;
+}
+
+/**
+ * The origin answered before the client's body was all read (a 401 or 417
+ * before reading it): undici stops sending it, so the rest would be parsed as
+ * the next request. The answer goes out with `Connection: close`, and what
+ * still arrives is read and dropped until the connection closes, so the close
+ * does not reset the answer away (RFC 9112 §9.6).
+ */
+function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('connection', 'close');
+  res.once('finish', () => {
+    if (!req.complete) req.resume();
+  });
 }
 
 /**

@@ -9,7 +9,9 @@ import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
+import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
+import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /** A routed domain, as the resolved configuration lists it. */
@@ -37,13 +39,18 @@ export type HttpErrorCode =
   | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE'
   | 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE'
   | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT'
-  | 'KEYEDGE_HTTP_ORIGIN_ABORTED';
+  | 'KEYEDGE_HTTP_ORIGIN_ABORTED'
+  | 'KEYEDGE_HTTP_BAD_TARGET'
+  | 'KEYEDGE_HTTP_EXPECTATION_FAILED'
+  | 'KEYEDGE_HTTP_SERVER_OPTIONS';
 
 /** Our answer to a request (or upgrade) that could not be forwarded. */
 export interface Refusal {
   readonly status: number;
   readonly code: HttpErrorCode;
   readonly body: string;
+  /** Beyond the usual ones (`Allow` for `OPTIONS *`). */
+  readonly headers?: Record<string, string>;
 }
 
 /**
@@ -73,6 +80,14 @@ export function originRefusal(failure: OriginFailure): Refusal {
   return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', body: 'origin unreachable\n' };
 }
 
+/** RFC 9110 §10.1.1: a server MAY answer 417 to an expectation it cannot meet; 100-continue is the only one defined. */
+const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
+
+/** Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), an unmet expectation. */
+export function ownAnswer(req: IncomingMessage, expectation: Expectation | undefined): Refusal | undefined {
+  return normaliseTarget(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
+}
+
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
   let value = `max-age=${maxAge}`;
@@ -88,10 +103,12 @@ export function hostName(host: string | undefined): string | undefined {
   return end > 0 ? host.slice(0, end) : host;
 }
 
-export function createRequestHandler(options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createRequestHandler(options: HandlerOptions): ExpectingHandler {
   const { pools, log, metrics } = options;
-  return (req, res) => {
+  return (req, res, expectation?: Expectation) => {
     const started = process.hrtime.bigint();
+    // Before routing: an absolute-form target's authority is the Host routed on.
+    const own = ownAnswer(req, expectation);
     const host = hostName(req.headers.host);
     const servername = (req.socket as TLSSocket).servername;
     const route = routeRequest(options, host, typeof servername === 'string' ? servername : undefined);
@@ -134,6 +151,11 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
     };
     res.once('finish', account);
     res.once('close', account);
+    if (own !== undefined) {
+      code = own.code;
+      answer(res, own, hsts);
+      return;
+    }
     if ('refusal' in route) {
       code = route.refusal.code;
       answer(res, route.refusal, hsts);
@@ -150,7 +172,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       answer(res, tooLarge, hsts);
       return;
     }
-    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o) }).catch((err: unknown) => {
+    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o), awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
       if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
         code = tooLarge.code;
         if (!res.headersSent) {
@@ -168,7 +190,7 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
   };
 }
 
-function answer(res: ServerResponse, { status, code, body }: Refusal, headers: Record<string, string>): void {
-  res.writeHead(status, { ...headers, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
+export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Record<string, string>): void {
+  res.writeHead(status, { ...headers, ...own, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
   res.end(body);
 }

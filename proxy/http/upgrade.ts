@@ -25,6 +25,7 @@ import type { NameIndex } from '../tls/names.js';
 import { type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /** An origin's answer head larger than this is refused: node's own default header limit. */
@@ -46,6 +47,8 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
   return (req, socket, head) => {
     const client = socket as tls.TLSSocket;
     const started = process.hrtime.bigint();
+    // Before routing, as for requests: an absolute-form target's authority is the Host routed on.
+    const own = normaliseTarget(req);
     const host = hostName(req.headers.host);
     const servername = typeof client.servername === 'string' ? client.servername : undefined;
     const route = routeRequest(options, host, servername);
@@ -81,6 +84,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     };
     // A client gone before the answer: nothing to tell it; the origin side is closed below.
     client.on('error', () => client.destroy());
+    if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
 
     let targets: readonly OriginTarget[];
