@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -212,6 +212,19 @@ describe('request targets', () => {
     const routed = await rawTls('c.lab.test', `GET https://a.lab.test/ws?q=2 HTTP/1.1\r\nHost: c.lab.test\r\n${upgrade}`, true);
     expect(statusOf(routed)).toBe(200);
     expect(seen.a!.at(-1)).toMatchObject({ url: '/ws?q=2', host: 'a.lab.test' });
+  });
+
+  it('the plain-HTTP port redirects an absolute-form request by its target', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const request = 'GET http://a.lab.test/x?y=1 HTTP/1.1\r\nHost: b.lab.test\r\nConnection: close\r\n\r\n';
+      const socket = net.connect(httpPort, '127.0.0.1', () => socket.write(request));
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(received));
+    });
+    expect(statusOf(answer)).toBe(308);
+    expect(answer).toMatch(new RegExp(`^location: https://a\\.lab\\.test:${proxy.port}/x\\?y=1\r$`, 'im'));
   });
 
   it.each([
