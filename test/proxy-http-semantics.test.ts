@@ -144,13 +144,17 @@ describe('Expect: 100-continue', () => {
     ['e417.lab.test', 417],
     ['e401.lab.test', 401],
   ])('%s: an origin answering %i before reading the body gets its answer relayed', async (host, status) => {
-    const result = await curl(proxy.port, host, lab.caFile, ['--data-binary', `@${bodyFile}`], '/early');
-    const answer = curlAnswer(result.stdout);
-    expect(answer.statuses.at(-1)).toBe(status);
-    expect(answer.body).toBe(`origin says ${status}\n`);
-    if (status === 401) expect(answer.head).toMatch(/^www-authenticate: Basic realm="lab"$/im);
-    // The rest of the body was not read: the connection is not reused.
-    expect(answer.head).toMatch(/^connection: close$/im);
+    // Repeated: the answer meets a client still sending its body, and must not be reset away (it was, about 1 time in 10).
+    for (let i = 0; i < 10; i++) {
+      const result = await curl(proxy.port, host, lab.caFile, ['--data-binary', `@${bodyFile}`], '/early');
+      const answer = curlAnswer(result.stdout);
+      expect(result.stderr).toBe('');
+      expect(answer.statuses.at(-1)).toBe(status);
+      expect(answer.body).toBe(`origin says ${status}\n`);
+      if (status === 401) expect(answer.head).toMatch(/^www-authenticate: Basic realm="lab"$/im);
+      // The rest of the body is not read: the connection is not reused.
+      expect(answer.head).toMatch(/^connection: close$/im);
+    }
     // Relayed as the origin's answer, whole: no code of ours.
     const line = await accessLine('POST', '/early', host);
     expect(line).toMatchObject({ status, origin: expect.stringContaining('http://127.0.0.1:') });

@@ -223,17 +223,30 @@ function requestBody(req: IncomingMessage, res: ServerResponse, options: Forward
   return options.awaitsContinue === true ? continueOnRead(body, res) : body;
 }
 
+/** How long a connection closed after an early answer keeps reading what the client still sends (nginx: lingering_timeout 5 s). */
+const LINGER_MS = 5000;
+
 /**
  * The origin answered before the client's body was all read (a 401 or 417
- * before reading it): undici stops sending it, so the rest would be parsed as
- * the next request. The answer goes out with `Connection: close`, and what
- * still arrives is read and dropped until the connection closes, so the close
- * does not reset the answer away (RFC 9112 §9.6).
+ * before reading it): undici stops sending the body, so the rest of it cannot
+ * be told from a next request, and the answer says `Connection: close`.
+ * Node then ends the socket and destroys it as soon as the end is flushed;
+ * with the client still sending, closing on unread bytes resets the
+ * connection, and the client may lose the answer. So the connection lingers
+ * (RFC 9112 §9.6): half-closed, reading and dropping what still arrives, until
+ * the client closes or LINGER_MS pass.
  */
 function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
   res.setHeader('connection', 'close');
+  const socket = req.socket;
   res.once('finish', () => {
-    if (!req.complete) req.resume();
+    if (req.complete || socket.destroyed) return;
+    // Registered by Node's destroySoon() in its own 'finish' listener, which runs before this one.
+    socket.removeListener('finish', socket.destroy);
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    socket.once('close', () => clearTimeout(timer));
+    socket.once('end', () => socket.destroy());
+    req.resume();
   });
 }
 
