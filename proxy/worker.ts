@@ -27,6 +27,7 @@ import type { ProxyConfig, TlsProfileName } from '../config/proxy-schema.js';
 import { CertificateError, ConfigError } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
 import type { ServedCertificate } from './certs/certificate.js';
+import { handleExpectations } from './http/expect.js';
 import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
@@ -223,6 +224,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     });
     server.on('secureConnection', onSecure);
     server.on('upgrade', upgrade);
+    handleExpectations(server, handler);
     tlsServers.push(server);
     if (withDefault) noSniServers.push({ profile, server });
     return server;
@@ -261,7 +263,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    redirect = http.createServer(createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics }));
+    const redirectHandler = createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
+    redirect = http.createServer(redirectHandler);
+    handleExpectations(redirect, redirectHandler);
     await listen(redirect, { host: plain.host, port: plain.port, exclusive: false });
   }
   const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;

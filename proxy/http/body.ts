@@ -60,6 +60,15 @@ export class RequestBodies {
   }
 
   /**
+   * `req`'s body as a stream from its first byte, with the same limits and
+   * timeouts: for a client that sends nothing before it is asked (Expect:
+   * 100-continue), whose body cannot be read ahead.
+   */
+  stream(req: IncomingMessage, maxBytes: number): Readable {
+    return streamBody(req, [], maxBytes, this.limits, this.limits.timeoutMs);
+  }
+
+  /**
    * Reads `req`'s body: resolves with it whole (a Buffer), or with a stream
    * of it once it outgrows the buffer; rejects with the failures above
    * before the body is handed over. A whole body counts against

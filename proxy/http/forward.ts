@@ -32,6 +32,7 @@ import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
 import type { OriginGate } from './origin-gate.js';
+import { continueOnRead } from './expect.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { stalledSend, watchSendStall } from './send-stall.js';
 import { whenQueuedClientGone } from './queued.js';
@@ -104,6 +105,8 @@ export function originRequestHeaders(
   const element = `for=${forwardedFor(address)};proto=${proto}${host !== undefined ? `;host=${quoted(host)}` : ''}`;
   const previous = keep ? joined(headers.forwarded) : undefined;
   out.forwarded = previous === undefined || previous === '' ? element : `${previous}, ${element}`;
+  // RFC 9110 §10.1.1: the expectation is met at the edge (expect.ts), not passed on.
+  delete out.expect;
   const targetHost = target.host(host);
   if (targetHost === undefined) delete out.host;
   else out.host = targetHost;
@@ -168,6 +171,8 @@ export interface ForwardOptions {
   readonly trusted?: TrustedPeers;
   /** Told each origin tried, before the attempt (for the access log). */
   readonly onOrigin?: (origin: string) => void;
+  /** The client awaits 100 (Continue) before sending its body (expect.ts). */
+  readonly awaitsContinue?: boolean;
 }
 
 /**
@@ -194,7 +199,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     cancel();
     onGone();
   });
-  const body = hasBody ? await pools.bodies.read(req, res, options.maxBodyBytes) : null;
+  const body = hasBody ? await requestBody(pools, req, res, options) : null;
   const upload = body !== null && !Buffer.isBuffer(body);
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
@@ -239,6 +244,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       if (gone) return void answer.body.destroy();
       try {
         const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
+        if (body !== null && !req.complete) closeAfterEarlyAnswer(req, res);
         res.writeHead(answer.statusCode, { ...responseHeaders, ...options.extraHeaders });
       } catch (err) {
         // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids): the body is not read, so let go of its connection.
@@ -253,6 +259,44 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     if (stalledSend(res)) throw Object.assign(new Error(`the client took nothing of the answer for ${pools.sendTimeoutMs} ms`), { code: 'KEYEDGE_HTTP_SEND_TIMEOUT' });
     return;
   }
+}
+
+/**
+ * The body to send on: read whole when small, so a slow upload holds no
+ * origin connection (body.ts), streamed past that. A client waiting for 100
+ * (Continue) sends nothing until asked: its body streams, and is asked for
+ * when an origin connection takes it (expect.ts).
+ */
+function requestBody(pools: OriginPools, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<RequestBody> {
+  if (options.awaitsContinue === true) return Promise.resolve(continueOnRead(pools.bodies.stream(req, options.maxBodyBytes), res));
+  return pools.bodies.read(req, res, options.maxBodyBytes);
+}
+
+/** How long a connection closed after an early answer keeps reading what the client still sends (nginx: lingering_timeout 5 s). */
+const LINGER_MS = 5000;
+
+/**
+ * The origin answered before the client's body was all read (a 401 or 417
+ * before reading it): undici stops sending the body, so the rest of it cannot
+ * be told from a next request, and the answer says `Connection: close`.
+ * Node then ends the socket and destroys it as soon as the end is flushed;
+ * with the client still sending, closing on unread bytes resets the
+ * connection, and the client may lose the answer. So the connection lingers
+ * (RFC 9112 §9.6): half-closed, reading and dropping what still arrives, until
+ * the client closes or LINGER_MS pass.
+ */
+function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('connection', 'close');
+  const socket = req.socket;
+  res.once('finish', () => {
+    if (req.complete || socket.destroyed) return;
+    // Registered by Node's destroySoon() in its own 'finish' listener, which runs before this one.
+    socket.removeListener('finish', socket.destroy);
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    socket.once('close', () => clearTimeout(timer));
+    socket.once('end', () => socket.destroy());
+    req.resume();
+  });
 }
 
 /**

@@ -9,10 +9,12 @@ import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
+import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { whenQueuedClientGone } from './queued.js';
 import { stalledSend } from './send-stall.js';
+import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /** Logged and counted for a request whose client left before any answer head went out (nginx's code; never sent). */
@@ -47,6 +49,9 @@ export type HttpErrorCode =
   | 'KEYEDGE_HTTP_BODY_TIMEOUT'
   | 'KEYEDGE_HTTP_ORIGIN_BUSY'
   | 'KEYEDGE_HTTP_SEND_TIMEOUT'
+  | 'KEYEDGE_HTTP_BAD_TARGET'
+  | 'KEYEDGE_HTTP_EXPECTATION_FAILED'
+  | 'KEYEDGE_HTTP_SERVER_OPTIONS'
   // Never sent: the client left first. Logged and counted only (README, "HTTP answers of our own").
   | 'KEYEDGE_HTTP_CLIENT_CLOSED';
 
@@ -55,6 +60,8 @@ export interface Refusal {
   readonly status: number;
   readonly code: HttpErrorCode;
   readonly body: string;
+  /** Beyond the usual ones (`Allow` for `OPTIONS *`). */
+  readonly headers?: Record<string, string>;
 }
 
 /**
@@ -117,6 +124,14 @@ export function originRefusal(failure: OriginFailure): Refusal {
   return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', body: 'origin unreachable\n' };
 }
 
+/** RFC 9110 §10.1.1: a server MAY answer 417 to an expectation it cannot meet; 100-continue is the only one defined. */
+const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
+
+/** Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), an unmet expectation. */
+export function ownAnswer(req: IncomingMessage, expectation: Expectation | undefined): Refusal | undefined {
+  return normaliseTarget(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
+}
+
 /** RFC 6797 §6.1. */
 export function hstsValue(maxAge: number, domain: Domain | undefined): string {
   let value = `max-age=${maxAge}`;
@@ -132,10 +147,12 @@ export function hostName(host: string | undefined): string | undefined {
   return end > 0 ? host.slice(0, end) : host;
 }
 
-export function createRequestHandler(options: HandlerOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createRequestHandler(options: HandlerOptions): ExpectingHandler {
   const { pools, log, metrics } = options;
-  return (req, res) => {
+  return (req, res, expectation?: Expectation) => {
     const started = process.hrtime.bigint();
+    // Before routing: an absolute-form target's authority is the Host routed on.
+    const own = ownAnswer(req, expectation);
     const host = hostName(req.headers.host);
     const servername = (req.socket as TLSSocket).servername;
     const route = routeRequest(options, host, typeof servername === 'string' ? servername : undefined);
@@ -172,6 +189,11 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       );
     };
     onAnswerEnd(req, res, () => code, account);
+    if (own !== undefined) {
+      code = own.code;
+      answer(res, own, hsts);
+      return;
+    }
     if ('refusal' in route) {
       code = route.refusal.code;
       answer(res, route.refusal, hsts);
@@ -188,16 +210,16 @@ export function createRequestHandler(options: HandlerOptions): (req: IncomingMes
       answer(res, tooLarge, hsts);
       return;
     }
-    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o) }).catch((err: unknown) => {
-      const own = slowClientRefusal(err);
-      if (own !== undefined) {
-        code = own.refusal.code;
+    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o), awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
+      const refused = slowClientRefusal(err);
+      if (refused !== undefined) {
+        code = refused.refusal.code;
         log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
         if (res.headersSent || res.destroyed) res.destroy();
         else {
           // A body left unread (a streamed one refused while waiting) is not drained: the connection closes.
           if (!req.complete) res.setHeader('connection', 'close');
-          answer(res, own.refusal, { ...hsts, ...own.headers });
+          answer(res, refused.refusal, { ...hsts, ...refused.headers });
         }
         return;
       }
@@ -235,7 +257,7 @@ function slowClientRefusal(err: unknown): { readonly refusal: Refusal; readonly 
   return undefined;
 }
 
-function answer(res: ServerResponse, { status, code, body }: Refusal, headers: Record<string, string>): void {
-  res.writeHead(status, { ...headers, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
+export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Record<string, string>): void {
+  res.writeHead(status, { ...headers, ...own, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
   res.end(body);
 }

@@ -5,13 +5,15 @@
  * (RFC 8555 §8.3, `/.well-known/acme-challenge/`), which go to the domain's
  * origin so a CA can validate the domain until the product answers
  * challenges itself. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
+ * Request targets and expectations are dealt with as on HTTPS (handler.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../../keyserver/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
+import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
-import { type Domain, type HttpErrorCode, hostName, onAnswerEnd } from './handler.js';
+import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer } from './handler.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 const ACME_CHALLENGE = '/.well-known/acme-challenge/';
@@ -29,9 +31,10 @@ export interface RedirectOptions {
   readonly metrics: ProxyMetrics;
 }
 
-export function createRedirectHandler(options: RedirectOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createRedirectHandler(options: RedirectOptions): ExpectingHandler {
   const { log, metrics } = options;
-  return (req, res) => {
+  return (req: IncomingMessage, res: ServerResponse, expectation?: Expectation) => {
+    const own = ownAnswer(req, expectation);
     const rawHost = hostName(req.headers.host);
     const host = rawHost !== undefined && DNS_NAME.test(rawHost) ? rawHost.toLowerCase() : undefined;
     const domain = selectByName(options.domains(), host, undefined)?.value;
@@ -42,14 +45,20 @@ export function createRedirectHandler(options: RedirectOptions): (req: IncomingM
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
       log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) }, 'request');
     });
+    if (own !== undefined) {
+      code = own.code;
+      answer(res, own, {});
+      return;
+    }
     if (domain === undefined || host === undefined) {
       const body = 'unknown host\n';
+      code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' });
       res.end(body);
       return;
     }
     if (path.startsWith(ACME_CHALLENGE)) {
-      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes: domain.maxBodyBytes ?? Infinity, trusted: options.trustedPeers }).catch((err: unknown) => {
+      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes: domain.maxBodyBytes ?? Infinity, trusted: options.trustedPeers, awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
         // The client left: no one to answer, and not the origin's failure.
         if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
         code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';

@@ -41,6 +41,7 @@ import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, type HttpErrorCode, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /**
@@ -75,6 +76,8 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     client.pause();
     client.on('error', () => client.destroy());
     const started = process.hrtime.bigint();
+    // Before routing, as for requests: an absolute-form target's authority is the Host routed on.
+    const own = normaliseTarget(req);
     const host = hostName(req.headers.host);
     const servername = typeof client.servername === 'string' ? client.servername : undefined;
     const route = routeRequest(options, host, servername);
@@ -122,6 +125,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       dropOrigin?.();
       settle(CLIENT_GONE, undefined);
     });
+    if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
 

@@ -1,0 +1,40 @@
+/**
+ * The Expect request header (RFC 9110 §10.1.1) at the edge. A client that
+ * sends `Expect: 100-continue` waits for 100 (Continue) before its body.
+ * Node's server would send that 100 itself, before we know whether the
+ * request goes anywhere; with a 'checkContinue' listener it leaves it to us.
+ * So keyedge answers a request it refuses (421, 404, 413, …) without 100 and
+ * without reading the body (Node then closes the connection: the body the
+ * client may still send is not parsed as a next request), and sends 100 for
+ * a forwarded request only when the origin connection takes the body, i.e.
+ * when undici starts reading it. The expectation is met here, so the header
+ * itself is not sent on (undici refuses it anyway). Any other expectation
+ * is answered 417 (Node's 'checkExpectation').
+ */
+import type http from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+
+/** Which expectation the server found: `continue` (100 not sent yet) or one keyedge cannot meet. */
+export type Expectation = 'continue' | 'unsupported';
+
+export type ExpectingHandler = (req: IncomingMessage, res: ServerResponse, expectation?: Expectation) => void;
+
+/** Sends `server`'s requests that carry an expectation to `handler`, saying which. */
+export function handleExpectations(server: http.Server, handler: ExpectingHandler): void {
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'continue'));
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'unsupported'));
+}
+
+/**
+ * `body` as given to undici, sending the client its 100 (Continue) when
+ * undici starts reading it: the request has an origin connection, so the
+ * body has somewhere to go. A stream's 'resume' is that moment (undici
+ * attaches its 'data' listener once the request is written).
+ */
+export function continueOnRead(body: Readable, res: ServerResponse): Readable {
+  body.once('resume', () => {
+    if (!res.headersSent && !res.destroyed) res.writeContinue();
+  });
+  return body;
+}

@@ -1,0 +1,62 @@
+/**
+ * The request-target (RFC 9112 §3.2) as Node's parser hands it over in
+ * `req.url`, brought to the form keyedge routes and forwards:
+ *
+ * - origin-form (`/path?query`) is kept as received;
+ * - absolute-form (`https://host/path`, §3.2.2) is parsed by WHATWG URL: its
+ *   authority replaces Host ("the server MUST ignore the received Host header
+ *   field and replace it with the host information of the request-target"),
+ *   so the 421 tenant check and routing run on it, and the origin receives
+ *   origin-form (path and query as URL normalises them, dot segments
+ *   resolved). Only http and https are accepted, and no userinfo (RFC 9110
+ *   §4.2.4: never sent in a request); anything else is 400;
+ * - asterisk-form (`*`, §3.2.4) is only for OPTIONS, which asks about the
+ *   server as a whole (RFC 9110 §9.3.7), which no origin is: keyedge answers
+ *   it, 200 with the methods it forwards (all but CONNECT; which of them an
+ *   origin accepts is that origin's business). nginx answers 400 to it. Any
+ *   other method with `*` is 400.
+ *
+ * Authority-form is CONNECT's, which Node hands to 'connect' (not served).
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Refusal } from './handler.js';
+
+export type RequestTarget =
+  /** Forward `path` for `host` (the Host header's value unless the target carried its own). */
+  | { readonly path: string; readonly host: string | undefined }
+  | { readonly asterisk: true }
+  | { readonly refusal: Refusal; readonly path: string };
+
+const badTarget = (why: string): Refusal => ({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: `bad request target: ${why}\n` });
+const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';
+const SERVER_OPTIONS: Refusal = { status: 200, code: 'KEYEDGE_HTTP_SERVER_OPTIONS', body: '', headers: { allow: FORWARDED_METHODS } };
+
+/** What `method target` with Host `host` asks for; `path` of a refusal is safe to log (no userinfo, no query). */
+export function requestTarget(method: string | undefined, target: string | undefined, host: string | undefined): RequestTarget {
+  if (target === undefined || target.startsWith('/')) return { path: target ?? '/', host };
+  if (target === '*') return method === 'OPTIONS' ? { asterisk: true } : { refusal: badTarget('* is only for OPTIONS'), path: '*' };
+  let url: URL;
+  try {
+    url = new URL(target);
+  } catch {
+    return { refusal: badTarget('not a URL'), path: '' };
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return { refusal: badTarget('not an http or https URL'), path: '' };
+  if (url.username !== '' || url.password !== '') return { refusal: badTarget('userinfo is not allowed'), path: url.pathname };
+  return { path: `${url.pathname}${url.search}`, host: url.host };
+}
+
+/**
+ * Brings `req` to origin-form in place (`url`, and Host from an absolute-form
+ * target) before it is routed; or our answer instead, when the target is not
+ * one to forward (400, or `OPTIONS *`). Shared by requests and upgrades.
+ */
+export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
+  const target = requestTarget(req.method, req.url, req.headers.host);
+  if ('asterisk' in target) return SERVER_OPTIONS;
+  // A refused target is logged by its path only: the raw one may hold a password.
+  req.url = target.path;
+  if ('refusal' in target) return target.refusal;
+  if (target.host !== undefined) req.headers.host = target.host;
+  return undefined;
+}
