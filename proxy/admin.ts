@@ -14,6 +14,8 @@
  *   POST /reload, POST /certs/reload   reload the config file and the store
  *   PUT /certs/:name                   a PEM chain for a store entry: validated,
  *                                      then written to the store and reloaded
+ *   POST /tickets/rotate               a new session-ticket key; answers once
+ *                                      every worker encrypts with it (never a key)
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
@@ -47,6 +49,8 @@ export interface AdminControl {
   readonly certificates: () => unknown;
   /** True for a name the config file's `certificates` use: the store may not take it. */
   readonly ownedByConfig: (name: string) => boolean;
+  /** Rotates the session-ticket keys; resolves with counts, never key material. */
+  readonly rotateTicketKeys?: () => Promise<unknown>;
 }
 
 export interface AdminSources {
@@ -77,6 +81,10 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
       if (req.method === 'POST' && (path === '/reload' || path === '/certs/reload')) {
         control.reload().then((report) => json(report.error === undefined ? 200 : 409, report), (err: Error) => json(500, { error: { message: err.message } }));
+        return;
+      }
+      if (req.method === 'POST' && path === '/tickets/rotate' && control.rotateTicketKeys !== undefined) {
+        control.rotateTicketKeys().then((report) => json(200, report), (err: Error) => json(500, { error: { message: err.message } }));
         return;
       }
       if (req.method === 'PUT' && upload !== null) {

@@ -1,6 +1,6 @@
 /**
  * `keyedge proxy` under node:cluster: the primary forks the workers, owns the
- * session-ticket key, replaces workers that die, and stops them gracefully.
+ * session-ticket keys, replaces workers that die, and stops them gracefully.
  *
  * Scheduling is SCHED_NONE: every worker accepts on the shared socket itself.
  * With the default round-robin policy the primary accepts each connection and
@@ -9,8 +9,13 @@
  * The primary never loads the keyless bridge or any key. It owns the reload
  * path (serving/): it validates certificates and the routing table, sends
  * each worker the result, and answers the admin API. A worker starts
- * listening only once it holds the shared ticket key, so every ticket it
+ * listening only once it holds the shared ticket keys, so every ticket it
  * issues can be resumed by any other worker, and the primary's serving state.
+ *
+ * Ticket keys (tls/tickets.ts): the primary keeps a ring (newest and the
+ * previous ones), rotates it every `tls.ticketKeyRotationSeconds` or on the
+ * admin's POST /tickets/rotate, and sends the whole ring to every worker over
+ * the IPC channel, its only way out of this process.
  */
 import assert from 'node:assert/strict';
 import cluster, { type Worker } from 'node:cluster';
@@ -24,7 +29,7 @@ import { startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, serveWorkerMetrics } from './cluster-metrics.js';
 import { uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
-import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from './tls/tickets.js';
+import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
@@ -38,6 +43,10 @@ const READY = { type: 'keyedge:ready' } as const;
 const START_FAILED = 'keyedge:start-failed';
 /** A worker asks for the ticket key once it listens for messages: one sent on 'online' could arrive before that and be lost. */
 const WANT_TICKET_KEY = { type: 'keyedge:want-ticket-key' } as const;
+/** A worker acknowledges each ring it applied, by generation: a rotation asked for by the admin answers once every worker uses it. */
+const TICKET_KEYS_APPLIED = 'keyedge:ticket-keys-applied';
+/** How long an admin rotation waits for the workers' acknowledgements. */
+const TICKET_ROTATION_WAIT_MS = 10_000;
 
 function isMessage(message: unknown, type: string): boolean {
   return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
@@ -57,7 +66,10 @@ const EXPIRY_CHECK_MS = 3_600_000;
 /** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
 export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
-  let ticketKey = newTicketKey();
+  const tickets = new TicketKeyRing();
+  let ticketGeneration = 0;
+  const ticketsApplied = new Map<Worker, number>();
+  const ticketWaiters = new Set<() => void>();
   let stopping = false;
   const started = new Map<Worker, number>();
 
@@ -121,6 +133,29 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     },
   });
 
+  // The new ring goes to every worker; resolves once each worker that held the old one applied it (or after the wait).
+  const rotateTickets = async (): Promise<{ keys: number; workers: number; applied: number }> => {
+    tickets.rotate();
+    const generation = ++ticketGeneration;
+    const holders = [...synced];
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.send(ticketRingMessage(tickets, generation));
+    // Never the keys themselves: only how many the ring holds.
+    log.info({ keys: tickets.size }, 'session ticket key rotated');
+    const applied = (): number => holders.filter((w) => (ticketsApplied.get(w) ?? -1) >= generation).length;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        ticketWaiters.delete(check);
+        resolve();
+      };
+      const check = (): void => void (holders.every((w) => w.isDead() || (ticketsApplied.get(w) ?? -1) >= generation) && done());
+      const timer = setTimeout(done, TICKET_ROTATION_WAIT_MS);
+      ticketWaiters.add(check);
+      check();
+    });
+    return { keys: tickets.size, workers: holders.length, applied: applied() };
+  };
+
   // The admin port first: one already in use fails the start before any worker runs.
   const clusterMetrics = new ClusterMetrics(primaryRegistry);
   const ready = new Set<Worker>();
@@ -145,6 +180,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           },
           certificates: () => listCertificates(source),
           ownedByConfig: (name) => source.config.certificates.some((c) => c.name === name),
+          rotateTicketKeys: () => rotateTickets(),
         },
       });
     } catch (err) {
@@ -165,12 +201,15 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
       if (isMessage(message, WANT_TICKET_KEY.type)) {
-        worker.send(ticketKeyMessage(ticketKey));
+        worker.send(ticketRingMessage(tickets, ticketGeneration));
         // The committed state, then the delta being applied (if any): IPC
         // keeps order, so the worker ends up where every other worker is.
         worker.send(serveMessage(source.snapshot()));
         if (inFlight !== undefined) worker.send(applyMessage(inFlight));
         synced.add(worker);
+      } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
+        ticketsApplied.set(worker, Number((message as { generation?: unknown }).generation));
+        for (const wake of ticketWaiters) wake();
       } else if (isMessage(message, READY.type)) {
         ready.add(worker);
         if (ready.size >= config.workers) allStarted = true;
@@ -189,6 +228,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     started.delete(worker);
     ready.delete(worker);
     synced.delete(worker);
+    ticketsApplied.delete(worker);
+    for (const wake of ticketWaiters) wake();
     acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
     log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
@@ -197,11 +238,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   });
 
   for (let i = 0; i < config.workers; i++) fork();
-  const rotation = setInterval(() => {
-    ticketKey = newTicketKey();
-    for (const worker of Object.values(cluster.workers ?? {})) worker?.send(ticketKeyMessage(ticketKey));
-    log.info('session ticket key rotated');
-  }, config.tls.ticketKeyRotationSeconds * 1000);
+  const rotation = setInterval(() => void rotateTickets(), config.tls.ticketKeyRotationSeconds * 1000);
   rotation.unref();
   const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
   expiryTimer.unref();
@@ -306,7 +343,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   let worker: RunningWorker | undefined;
   let stop: (() => void) | undefined;
   let stopEarly = false;
-  let ticketKey: Buffer | undefined;
+  let ticketKeys: Buffer[] | undefined;
   let status = 0;
   // An error nothing handled is counted, logged, and drains this worker (uncaught.ts); before it serves, nothing is in flight.
   installUncaughtHandlers({
@@ -332,8 +369,9 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   const initial = new Promise<ServingDelta>((resolve) => {
     process.on('message', (message: unknown) => {
       if (isTicketKeyMessage(message)) {
-        ticketKey = decodeTicketKey(message);
-        worker?.setTicketKey(ticketKey);
+        ticketKeys = decodeTicketKeys(message);
+        worker?.setTicketKeys(ticketKeys);
+        process.send?.({ type: TICKET_KEYS_APPLIED, generation: message.generation });
       } else if (isMessage(message, SERVE)) resolve((message as { delta: ServingDelta }).delta);
       else if (isMessage(message, APPLY)) {
         const { delta } = message as { delta: ServingDelta };
@@ -348,9 +386,9 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
     process.send?.(WANT_TICKET_KEY);
   });
   const delta = await initial;
-  assert(ticketKey !== undefined, 'the primary sends the ticket key before the serving state');
+  assert(ticketKeys !== undefined, 'the primary sends the ticket keys before the serving state');
   try {
-    worker = await startProxyWorker(config, { log, ticketKey, initial: delta });
+    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta });
   } catch (err) {
     const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_SETUP';
     process.send?.({ type: START_FAILED, code, message: (err as Error).message } satisfies StartFailedMessage);

@@ -19,6 +19,7 @@ export class ProxyMetrics {
 
   readonly handshakes: Counter<'result' | 'tls_version' | 'resumed'>;
   readonly handshakeDuration: Histogram<'resumed'>;
+  readonly ticketLookups: Counter<'key'>;
   readonly requests: Counter<'status_class' | 'code'>;
   readonly originDuration: Histogram<'status_class'>;
   readonly openConnections: Gauge;
@@ -45,6 +46,12 @@ export class ProxyMetrics {
       // 250 µs (a resumed handshake on loopback) to 5 s (a slow client on a lossy
       // link): below that the figure is noise, above it the client has gone.
       buckets: [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.ticketLookups = new Counter({
+      name: `${PREFIX}tls_ticket_lookups_total`,
+      help: 'Session tickets presented, by the key they name: newest, previous (still resumes, after a rotation) or unknown (a full handshake).',
+      labelNames: ['key'] as const,
       registers,
     });
     this.requests = new Counter({

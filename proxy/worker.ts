@@ -35,6 +35,7 @@ import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
 import { SecureContextCache } from './tls/contexts.js';
+import { type TicketKeyLookup, TicketKeyRing, useTicketKeyRingOnServer } from './tls/tickets.js';
 import { selectByName } from './tls/names.js';
 import { OcspStapler } from './tls/ocsp.js';
 import { ClientConnectionLimit, ConnectionLimit, createTlsFront } from './tls/front.js';
@@ -55,7 +56,8 @@ export interface RunningWorker {
   readonly bridge: KeylessBridge;
   /** What serves now. */
   readonly state: ServingState;
-  setTicketKey(key: Buffer): void;
+  /** The primary's ticket keys, newest first (tickets.ts); a malformed key throws and keeps the current ones. */
+  setTicketKeys(keys: readonly Buffer[]): void;
   /**
    * Builds every secure context the delta needs, then swaps the serving state
    * in one step. Throws (and keeps the current state) when a context cannot
@@ -73,8 +75,8 @@ export interface RunningWorker {
 
 export interface WorkerOptions {
   readonly log: Logger;
-  /** Shared by all workers; the primary sends it. A worker started alone makes its own. */
-  readonly ticketKey?: Buffer;
+  /** Session-ticket keys, newest first, shared by all workers; the primary sends them. A worker started alone makes its own. */
+  readonly ticketKeys?: readonly Buffer[];
   /** Defaults to metrics in prom-client's global registry, which the cluster primary aggregates. */
   readonly metrics?: ProxyMetrics;
   /** What to serve, from the cluster primary; without it the worker prepares it from its config and the store. */
@@ -98,7 +100,10 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     initial = first.delta;
   }
 
-  const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => bridge.keyPemFor(c));
+  // One ring for every context of this worker: a rotation reaches all of them at once.
+  const tickets = new TicketKeyRing(options.ticketKeys);
+  const countTicket = (lookup: TicketKeyLookup): void => metrics.ticketLookups.inc({ key: lookup });
+  const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => bridge.keyPemFor(c), {}, { ring: tickets, onLookup: countTicket });
   const profiles = [...new Set(config.listen.map((l) => l.profile))];
   const stapler = new OcspStapler(log);
   let state = EMPTY_STATE;
@@ -123,7 +128,6 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const fronts: net.Server[] = [];
   const tlsServers: https.Server[] = [];
   const noSniServers: { readonly profile: TlsProfileName; readonly server: https.Server }[] = [];
-  let ticketKey = options.ticketKey;
 
   const apply = (delta: ServingDelta): void => {
     const next = applyDelta(state, delta, onConflict);
@@ -164,15 +168,17 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     // Only leaves the primary found an OCSP responder in: parsing all of them here would cost each worker seconds and megabytes at 10,000 entries.
     if (config.tls.ocspStapling) trackInBackground(stapler, next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true));
     if (state.noSni !== previous.noSni && state.noSni !== undefined) {
-      for (const { profile, server } of noSniServers) server.setSecureContext(noSniContextOptions(profile, state.noSni));
+      for (const { profile, server } of noSniServers) {
+        server.setSecureContext(noSniContextOptions(profile, state.noSni));
+        // The new context is the one OpenSSL asks about tickets on this server.
+        useTicketKeyRingOnServer(server, tickets, countTicket);
+      }
     }
   };
   const noSniContextOptions = (profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContextOptions => ({
     ...TLS_PROFILES[profile],
     cert: certificate.chainPem,
     key: bridge.keyPemFor(certificate),
-    // A new context starts with fresh ticket keys: keep the shared one, or tickets from other workers stop resuming.
-    ...(ticketKey === undefined ? {} : { ticketKeys: ticketKey }),
   });
   try {
     apply(initial);
@@ -202,7 +208,6 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         ...TLS_PROFILES[profile],
         ...(withDefault && state.noSni !== undefined ? { cert: state.noSni.chainPem, key: bridge.keyPemFor(state.noSni) } : {}),
         SNICallback: sniCallback(profile, () => state, contexts, log),
-        ...(ticketKey === undefined ? {} : { ticketKeys: ticketKey }),
         // Over the limit, Node answers 431 itself; headers not complete in time, 408.
         maxHeaderSize: config.limits.maxHeaderBytes,
         headersTimeout: config.limits.headerTimeoutMs,
@@ -216,6 +221,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       },
       handler,
     );
+    // Tickets: the shared ring, and a fresh ticket on every resumed connection (tickets.ts).
+    useTicketKeyRingOnServer(server, tickets, countTicket);
     // Reads the staple cache only; fetching happens in the stapler's own loop.
     if (config.tls.ocspStapling) server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) => done(null, stapler.stapleFor(cert) ?? null));
     server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
@@ -279,9 +286,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     get state() {
       return state;
     },
-    setTicketKey(key) {
-      ticketKey = key;
-      for (const server of tlsServers) server.setTicketKeys(key);
+    setTicketKeys(keys) {
+      tickets.replace(keys);
     },
     apply,
     async reload() {

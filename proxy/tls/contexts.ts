@@ -20,19 +20,28 @@ import { LRUCache } from 'lru-cache';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import { TLS_PROFILES } from './profile.js';
+import { type TicketKeyLookup, type TicketKeyRing, useTicketKeyRing } from './tickets.js';
 
 export type KeyPemFor = (certificate: ServedCertificate) => string;
+
+/** Session-ticket keys every context built here uses (tickets.ts), so a socket secured directly with one shares and renews tickets. */
+export interface ContextTickets {
+  readonly ring: TicketKeyRing;
+  readonly onLookup?: (lookup: TicketKeyLookup) => void;
+}
 
 export class SecureContextCache {
   readonly #cache: LRUCache<string, tls.SecureContext>;
   readonly #keyPemFor: KeyPemFor;
   readonly #extra: tls.SecureContextOptions;
   readonly #prepared = new Map<string, tls.SecureContext>();
+  readonly #tickets: ContextTickets | undefined;
 
-  constructor(max: number, keyPemFor: KeyPemFor, extra: tls.SecureContextOptions = {}) {
+  constructor(max: number, keyPemFor: KeyPemFor, extra: tls.SecureContextOptions = {}, tickets?: ContextTickets) {
     this.#cache = new LRUCache({ max });
     this.#keyPemFor = keyPemFor;
     this.#extra = extra;
+    this.#tickets = tickets;
   }
 
   get size(): number {
@@ -51,12 +60,14 @@ export class SecureContextCache {
 
   /** Builds without caching: for validating a certificate before it replaces another. */
   build(profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContext {
-    return tls.createSecureContext({
+    const context = tls.createSecureContext({
       ...TLS_PROFILES[profile],
       ...this.#extra,
       cert: certificate.chainPem,
       key: this.#keyPemFor(certificate),
     });
+    if (this.#tickets !== undefined) useTicketKeyRing(context, this.#tickets.ring, this.#tickets.onLookup);
+    return context;
   }
 
   /** Builds and caches contexts for `certificates` while the cache has room. */
