@@ -155,7 +155,17 @@ export class ClusterMetrics {
 }
 
 function ask(worker: Worker, full: boolean): void {
-  if (worker.isConnected()) worker.send({ type: REQUEST, full }, () => undefined);
+  sendToWorker(worker, { type: REQUEST, full });
+}
+
+/**
+ * Sends `message` to `worker` if its IPC channel is still open. A worker that
+ * has disconnected but not yet exited is still listed in cluster.workers, and
+ * a send to it emits 'error' on the Worker, which nothing listens to: an
+ * uncaught exception in the primary. The callback takes any send error.
+ */
+export function sendToWorker(worker: Worker, message: object): void {
+  if (worker.isConnected()) worker.send(message, () => undefined);
 }
 
 function seriesKey(value: MetricValue<string>): string {

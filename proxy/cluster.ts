@@ -26,7 +26,7 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/errors.js';
 import type { Logger } from '../keyserver/log.js';
 import { startProxyAdmin } from './admin.js';
-import { ClusterMetrics, sendFinalMetrics, serveWorkerMetrics } from './cluster-metrics.js';
+import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
 import { uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
@@ -115,7 +115,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
                 acks.delete(worker);
                 resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
               });
-              worker.send(applyMessage(delta));
+              sendToWorker(worker, applyMessage(delta));
             }),
         ),
       );
@@ -138,7 +138,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     tickets.rotate();
     const generation = ++ticketGeneration;
     const holders = [...synced];
-    for (const worker of Object.values(cluster.workers ?? {})) worker?.send(ticketRingMessage(tickets, generation));
+    for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) sendToWorker(worker, ticketRingMessage(tickets, generation));
     // Never the keys themselves: only how many the ring holds.
     log.info({ keys: tickets.size }, 'session ticket key rotated');
     const applied = (): number => holders.filter((w) => (ticketsApplied.get(w) ?? -1) >= generation).length;
@@ -201,11 +201,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
       if (isMessage(message, WANT_TICKET_KEY.type)) {
-        worker.send(ticketRingMessage(tickets, ticketGeneration));
+        sendToWorker(worker, ticketRingMessage(tickets, ticketGeneration));
         // The committed state, then the delta being applied (if any): IPC
         // keeps order, so the worker ends up where every other worker is.
-        worker.send(serveMessage(source.snapshot()));
-        if (inFlight !== undefined) worker.send(applyMessage(inFlight));
+        sendToWorker(worker, serveMessage(source.snapshot()));
+        if (inFlight !== undefined) sendToWorker(worker, applyMessage(inFlight));
         synced.add(worker);
       } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
         ticketsApplied.set(worker, Number((message as { generation?: unknown }).generation));
@@ -216,7 +216,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       } else if (isAppliedMessage(message)) {
         acks.get(worker)?.(message);
         // A worker that could not apply a delta is behind the others: replace it, and its successor starts from the committed state.
-        if (message.error !== undefined) worker.send(SHUTDOWN);
+        if (message.error !== undefined) sendToWorker(worker, SHUTDOWN);
       } else if (isStartFailedMessage(message)) {
         if (!allStarted) failStart?.(new KeyedgeError(message.code, `proxy worker could not start: ${message.message}`));
         else log.error({ worker: worker.id, code: message.code, reason: message.message }, 'a replacement proxy worker could not start');
@@ -281,7 +281,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         let left = workers.length;
         for (const worker of workers) {
           worker.once('exit', () => --left === 0 && resolve());
-          worker.send(SHUTDOWN);
+          sendToWorker(worker, SHUTDOWN);
         }
         // Workers that do not finish within the grace period (plus slack) are killed.
         setTimeout(() => {

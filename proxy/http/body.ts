@@ -22,7 +22,7 @@
  * While streaming, the failure destroys the stream, which makes undici abort
  * the origin request and close that connection.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { type Readable, Transform } from 'node:stream';
 
 export interface RequestBodyLimits {
@@ -60,6 +60,16 @@ export class RequestBodies {
   }
 
   /**
+   * Gives back what a whole body held (`read` resolved with a Buffer): called
+   * once, when its request is done with it, whatever the outcome. Not tied to
+   * the answer's 'close': a queued pipelined answer whose client left never
+   * gets one, and its bytes would stay counted for the worker's life.
+   */
+  release(body: RequestBody | null): void {
+    if (Buffer.isBuffer(body)) this.#held -= body.length;
+  }
+
+  /**
    * `req`'s body as a stream from its first byte, with the same limits and
    * timeouts: for a client that sends nothing before it is asked (Expect:
    * 100-continue), whose body cannot be read ahead.
@@ -72,9 +82,9 @@ export class RequestBodies {
    * Reads `req`'s body: resolves with it whole (a Buffer), or with a stream
    * of it once it outgrows the buffer; rejects with the failures above
    * before the body is handed over. A whole body counts against
-   * `bufferTotalBytes` until `res` closes (answered, or the client gone).
+   * `bufferTotalBytes` until it is given back with `release`.
    */
-  read(req: IncomingMessage, res: ServerResponse, maxBytes: number): Promise<RequestBody> {
+  read(req: IncomingMessage, maxBytes: number): Promise<RequestBody> {
     const { bufferBytes, bufferTotalBytes, idleTimeoutMs, timeoutMs } = this.limits;
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
@@ -104,7 +114,6 @@ export class RequestBodies {
       };
       const onEnd = (): void => {
         stop();
-        res.once('close', () => (this.#held -= size));
         resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
       };
       const onClose = (): void => {

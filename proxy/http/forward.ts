@@ -176,6 +176,15 @@ export interface ForwardOptions {
 }
 
 /**
+ * undici's abort signal for one request (it takes any emitter of 'abort'; an
+ * AbortController costs far more per request), fired when the client left
+ * before the answer was whole; `gone` says whether it has fired.
+ */
+class ClientGone extends EventEmitter {
+  gone = false;
+}
+
+/**
  * Sends `req` to one of `domain`'s origins and streams the answer into
  * `res`. Resolves when the answer is fully sent; rejects with the failure
  * when no origin could be reached or one failed before answering (the
@@ -184,13 +193,10 @@ export interface ForwardOptions {
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
-  // undici's abort signal (it takes any emitter of 'abort'; an AbortController
-  // costs far more per request): the client left before the answer was whole.
-  const clientGone = new EventEmitter();
-  let gone = false;
+  const clientGone = new ClientGone();
   const onGone = (): void => {
     if (res.writableFinished) return;
-    gone = true;
+    clientGone.gone = true;
     clientGone.emit('abort');
   };
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
@@ -200,13 +206,32 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     onGone();
   });
   const body = hasBody ? await requestBody(pools, req, res, options) : null;
-  const upload = body !== null && !Buffer.isBuffer(body);
+  if (!Buffer.isBuffer(body)) return send(pools, targets, req, res, body, clientGone, options);
+  try {
+    await send(pools, targets, req, res, body, clientGone, options);
+  } finally {
+    pools.bodies.release(body);
+  }
+}
+
+/** The attempts of `forward`, on `targets` in order, once `body` (if any) is at hand. */
+async function send(
+  pools: OriginPools,
+  targets: readonly OriginTarget[],
+  req: IncomingMessage,
+  res: ServerResponse,
+  body: RequestBody | null,
+  clientGone: ClientGone,
+  options: ForwardOptions,
+): Promise<void> {
+  const hasBody = body !== null;
+  const upload = hasBody && !Buffer.isBuffer(body);
   for (let attempt = 0; ; attempt++) {
     const target = targets[attempt];
     if (target === undefined) throw new Error('no origin configured');
     options.onOrigin?.(target.url.origin);
     const gate = pools.gate(target);
-    const entered = gate.enter(upload);
+    const entered = gate.enter(upload, clientGone);
     if (entered !== true) {
       try {
         await waitAdmitted(entered, gate, upload, req, body);
@@ -231,7 +256,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     } catch (err) {
       gate.leave(upload);
       // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
-      const failure = gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
+      const failure = clientGone.gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(req.method, hasBody, failure)) continue;
       throw err;
@@ -241,7 +266,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
       // Kept for the body's whole life: undici fails it when its connection breaks, at any time.
       answer.body.on('error', ignore);
       // The client left as the answer came: let go of the origin connection (undici's abort may have come too late for the request).
-      if (gone) return void answer.body.destroy();
+      if (clientGone.gone) return void answer.body.destroy();
       try {
         const responseHeaders = endToEndHeaders(answer.headers as IncomingHttpHeaders);
         if (body !== null && !req.complete) closeAfterEarlyAnswer(req, res);
@@ -269,7 +294,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
  */
 function requestBody(pools: OriginPools, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<RequestBody> {
   if (options.awaitsContinue === true) return Promise.resolve(continueOnRead(pools.bodies.stream(req, options.maxBodyBytes), res));
-  return pools.bodies.read(req, res, options.maxBodyBytes);
+  return pools.bodies.read(req, options.maxBodyBytes);
 }
 
 /** How long a connection closed after an early answer keeps reading what the client still sends (nginx: lingering_timeout 5 s). */

@@ -201,34 +201,18 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     }
     const target = route.domain;
     const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
-    const tooLarge: Refusal = { status: 413, code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', body: `request body over ${maxBodyBytes} bytes\n` };
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > maxBodyBytes) {
-      code = tooLarge.code;
-      // The body is not read: the connection closes after the answer.
-      res.setHeader('connection', 'close');
-      answer(res, tooLarge, hsts);
+      code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+      // The body is not read: the refusal closes the connection after the answer.
+      answer(res, ownFailureRefusal(code, maxBodyBytes)!, hsts);
       return;
     }
     forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o), awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
-      const refused = slowClientRefusal(err);
+      const refused = refuseFailure(err, req, res, hsts, maxBodyBytes);
       if (refused !== undefined) {
-        code = refused.refusal.code;
+        code = refused;
         log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
-        if (res.headersSent || res.destroyed) res.destroy();
-        else {
-          // A body left unread (a streamed one refused while waiting) is not drained: the connection closes.
-          if (!req.complete) res.setHeader('connection', 'close');
-          answer(res, refused.refusal, { ...hsts, ...refused.headers });
-        }
-        return;
-      }
-      if ((err as { code?: string }).code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') {
-        code = tooLarge.code;
-        if (!res.headersSent) {
-          res.setHeader('connection', 'close');
-          answer(res, tooLarge, hsts);
-        } else res.destroy();
         return;
       }
       // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
@@ -243,17 +227,32 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
 }
 
 /**
- * Our answer to a request failed by a slow client or a busy origin: 408 when
- * the body stalled or took too long (RFC 9110 §15.5.9; the connection closes,
- * its body unread), 503 with Retry-After when the origin's connections and
- * queue are full (§15.6.4). A client that stopped reading its answer gets
- * none: the code is for the log.
+ * Answers a forward that failed for a reason of ours rather than the
+ * origin's, and returns its code; undefined for any other failure. 413 when
+ * the body outgrew the limit as it streamed; 408 when it stalled or took too
+ * long (RFC 9110 §15.5.9); 503 with Retry-After when the origin's connections
+ * and queue are full (§15.6.4). A body left unread is not drained: the
+ * connection closes. A client that stopped reading its answer gets nothing
+ * more (the code is for the log); once an answer has started, only a cut
+ * connection can tell the client. Shared by the HTTPS handler and port 80's
+ * ACME path.
  */
-function slowClientRefusal(err: unknown): { readonly refusal: Refusal; readonly headers: Record<string, string> } | undefined {
-  const code = (err as { code?: string }).code;
-  if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { refusal: { status: 408, code, body: 'request body timed out\n' }, headers: { connection: 'close' } };
-  if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY') return { refusal: { status: 503, code, body: 'origin busy, retry later\n' }, headers: { 'retry-after': String(BUSY_RETRY_AFTER_SECONDS) } };
-  if (code === 'KEYEDGE_HTTP_SEND_TIMEOUT') return { refusal: { status: 0, code, body: '' }, headers: {} };
+export function refuseFailure(err: unknown, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>, maxBodyBytes: number): HttpErrorCode | undefined {
+  const refusal = ownFailureRefusal((err as { code?: string }).code, maxBodyBytes);
+  if (refusal === undefined) return undefined;
+  if (res.headersSent || res.destroyed || refusal.status === 0) res.destroy();
+  else {
+    if (!req.complete) res.setHeader('connection', 'close');
+    answer(res, refusal, headers);
+  }
+  return refusal.code;
+}
+
+function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
+  if (code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') return { status: 413, code, body: `request body over ${maxBodyBytes} bytes\n`, headers: { connection: 'close' } };
+  if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { status: 408, code, body: 'request body timed out\n', headers: { connection: 'close' } };
+  if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY') return { status: 503, code, body: 'origin busy, retry later\n', headers: { 'retry-after': String(BUSY_RETRY_AFTER_SECONDS) } };
+  if (code === 'KEYEDGE_HTTP_SEND_TIMEOUT') return { status: 0, code, body: '' };
   return undefined;
 }
 

@@ -15,6 +15,8 @@
  * are waiting for an upload slot it does not need. Single-threaded.
  */
 
+import type { EventEmitter } from 'node:events';
+
 /** Seconds a refused client is told to wait (Retry-After): a busy origin usually drains within seconds. */
 export const BUSY_RETRY_AFTER_SECONDS = 5;
 
@@ -25,8 +27,7 @@ export class OriginBusyError extends Error {
 interface Waiter {
   readonly upload: boolean;
   readonly admitted: () => void;
-  readonly refused: (err: Error) => void;
-  timer: NodeJS.Timeout | undefined;
+  readonly timer: NodeJS.Timeout;
 }
 
 export class OriginGate {
@@ -48,22 +49,36 @@ export class OriginGate {
   /**
    * `true` when the request is admitted now (no allocation on this path);
    * otherwise a promise that resolves once it is admitted, or rejects with
-   * OriginBusyError when the queue is full or the wait too long. Each
-   * admission is ended by exactly one `leave(upload)`.
+   * OriginBusyError when the queue is full or the wait too long. A waiter
+   * whose `abandon` emits 'abort' (its client left) gives up its place at
+   * once, rejecting with ECONNRESET: a client that opens and drops requests
+   * must not hold the queue for others. Each admission is ended by exactly
+   * one `leave(upload)`.
    */
-  enter(upload: boolean): true | Promise<void> {
+  enter(upload: boolean, abandon?: EventEmitter): true | Promise<void> {
     if (this.#fits(upload)) {
       this.#admit(upload);
       return true;
     }
     if (this.#waiting.length >= this.maxQueue) return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
     return new Promise((admitted, refused) => {
-      const waiter: Waiter = { upload, admitted, refused, timer: undefined };
-      waiter.timer = setTimeout(() => {
+      const giveUp = (err: Error): void => {
         const at = this.#waiting.indexOf(waiter);
         if (at >= 0) this.#waiting.splice(at, 1);
-        refused(new OriginBusyError(`origin busy: no connection free within ${this.waitMs} ms`));
-      }, this.waitMs);
+        clearTimeout(waiter.timer);
+        abandon?.off('abort', onAbandon);
+        refused(err);
+      };
+      const onAbandon = (): void => giveUp(Object.assign(new Error('the client left while its request waited for an origin connection'), { code: 'ECONNRESET' }));
+      const waiter: Waiter = {
+        upload,
+        admitted: () => {
+          abandon?.off('abort', onAbandon);
+          admitted();
+        },
+        timer: setTimeout(() => giveUp(new OriginBusyError(`origin busy: no connection free within ${this.waitMs} ms`)), this.waitMs),
+      };
+      abandon?.once('abort', onAbandon);
       this.#waiting.push(waiter);
     });
   }

@@ -13,7 +13,7 @@ import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
-import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer } from './handler.js';
+import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 const ACME_CHALLENGE = '/.well-known/acme-challenge/';
@@ -58,9 +58,16 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       return;
     }
     if (path.startsWith(ACME_CHALLENGE)) {
-      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes: domain.maxBodyBytes ?? Infinity, trusted: options.trustedPeers, awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
+      const maxBodyBytes = domain.maxBodyBytes ?? Infinity;
+      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes, trusted: options.trustedPeers, awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
         // The client left: no one to answer, and not the origin's failure.
         if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+        const refused = refuseFailure(err, req, res, {}, maxBodyBytes);
+        if (refused !== undefined) {
+          code = refused;
+          log.info({ code, domain: domain.name, reason: (err as Error).message }, 'ACME challenge request refused');
+          return;
+        }
         code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
         log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
         if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');

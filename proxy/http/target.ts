@@ -52,6 +52,8 @@ export function requestTarget(method: string | undefined, target: string | undef
  * one to forward (400, or `OPTIONS *`). Shared by requests and upgrades.
  */
 export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
+  // Origin-form, nearly every request: nothing to change, nothing to allocate.
+  if (req.url?.startsWith('/') === true) return undefined;
   const target = requestTarget(req.method, req.url, req.headers.host);
   if ('asterisk' in target) return SERVER_OPTIONS;
   // A refused target is logged by its path only: the raw one may hold a password.
