@@ -8,7 +8,7 @@ import * as x509 from '../keyserver/x509.js';
 
 // Drives the built `keyedge` executable (npm test builds it first) against a
 // SoftHSM2 token in a temporary state directory.
-const KEYEDGE = join(import.meta.dirname, '..', 'dist', 'keyserver', 'cli', 'keyedge.cjs');
+const KEYEDGE = join(import.meta.dirname, '..', 'dist', 'keyedge.cjs');
 let dir: string;
 let config: string;
 

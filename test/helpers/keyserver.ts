@@ -27,7 +27,7 @@ import { generateKey, importKey, type KeyType } from '../../keyserver/token/keys
 import { Token } from '../../keyserver/token/token.js';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));
-export const CLI = join(REPO, 'dist', 'keyserver', 'cli', 'keyedge.cjs');
+export const CLI = join(REPO, 'dist', 'keyedge.cjs');
 
 export function tempDir(prefix = 'keyedge-ks-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
