@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CertificateError, ConfigError } from '../keyserver/errors.js';
+import { CertificateError, ConfigError } from '../keyserver/shared/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { type CertificateCandidate, type CertificateRefusal, inspectCertificate, validateCertificate, type ValidationContext } from '../proxy/certs/validate.js';
 import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';

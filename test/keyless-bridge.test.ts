@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KeyedgeError } from '../keyserver/errors.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
 import * as bridge from '../proxy/native/index.js';
 import { type FakeAnswer, fetchSpki, issueForSpki, type KeyserverProcess, sClient, signCount, startFakeKeyserver, startKeyserverProcess, startTlsServer, tlsHandshake } from './helpers/keyless.js';
 import { removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';

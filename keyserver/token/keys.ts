@@ -14,7 +14,7 @@
  */
 import { createHash, createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { KeyError } from '../errors.js';
+import { KeyError } from '../shared/errors.js';
 import { type Token, tokenCall } from './token.js';
 
 export const KEY_TYPES = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'] as const;

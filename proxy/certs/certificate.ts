@@ -9,8 +9,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CertificateError } from '../../keyserver/errors.js';
-import * as x509 from '../../keyserver/x509.js';
+import { CertificateError } from '../../keyserver/shared/errors.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 
 export interface ServedCertificate {
   readonly name: string;

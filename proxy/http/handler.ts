@@ -6,7 +6,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';

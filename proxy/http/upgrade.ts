@@ -35,7 +35,7 @@ import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';

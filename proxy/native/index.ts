@@ -20,7 +20,7 @@ import { createHash, createPrivateKey, type KeyObject, type PrivateKeyInput } fr
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { KeyedgeError } from '../../keyserver/errors.js';
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
 
 export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
 const PEM_VERSION = 0x01;

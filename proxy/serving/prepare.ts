@@ -23,7 +23,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
-import { CertificateError, ConfigError } from '../../keyserver/errors.js';
+import { CertificateError, ConfigError } from '../../keyserver/shared/errors.js';
 import type { CertificateStore, StoreEntry } from '../certs/store.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';

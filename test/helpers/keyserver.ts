@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { loadKeyserverConfig, mergeOverrides } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { createLogger, type Logger } from '../../keyserver/log.js';
+import { createLogger, type Logger } from '../../keyserver/shared/log.js';
 import { decodeResponse, encodeRequest, type Request, type Response } from '../../keyserver/protocol/codec.js';
 import { algorithmInfo, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
