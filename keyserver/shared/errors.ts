@@ -8,53 +8,17 @@
  * never carry a PIN, key bytes or other secret: callers pass only public facts.
  *
  * Both daemons share this file: the proxy is the key server's client, so the
- * codes of one are read by the other.
+ * codes of one are read by the other. The base class and ConfigError live
+ * below, in config/errors.ts (the config loader raises them); every code is
+ * listed with its meaning in config/codes.ts. The proxy's certificate errors
+ * are in proxy/certs/errors.ts.
  */
 
-export type KeyedgeErrorCode =
-  | 'KEYEDGE_ERR_CONFIG'
-  | 'KEYEDGE_ERR_USAGE'
-  | 'KEYEDGE_ERR_TOKEN_MODULE'
-  | 'KEYEDGE_ERR_TOKEN_NOT_FOUND'
-  | 'KEYEDGE_ERR_TOKEN_LOGIN'
-  | 'KEYEDGE_ERR_TOKEN_PIN'
-  | 'KEYEDGE_ERR_TOKEN_OPERATION'
-  | 'KEYEDGE_ERR_KEY_NOT_FOUND'
-  | 'KEYEDGE_ERR_KEY_EXISTS'
-  | 'KEYEDGE_ERR_KEY_UNSUPPORTED'
-  | 'KEYEDGE_ERR_KEY_INPUT'
-  | 'KEYEDGE_ERR_PROTOCOL'
-  | 'KEYEDGE_ERR_REMOTE'
-  | 'KEYEDGE_ERR_TIMEOUT'
-  | 'KEYEDGE_ERR_CLOSED'
-  | 'KEYEDGE_ERR_OVERLOADED'
-  | 'KEYEDGE_ERR_SETUP'
-  | 'KEYEDGE_ERR_CERTIFICATE'
-  | 'KEYEDGE_ERR_CERT_NOT_FOUND'
-  | 'KEYEDGE_ERR_CERT_EXISTS'
-  | 'KEYEDGE_ERR_CERT_STORE';
+import { ConfigError, KeyedgeError } from '../../config/errors.js';
 
-export class KeyedgeError extends Error {
-  readonly code: KeyedgeErrorCode;
+export { ConfigError, KeyedgeError };
+export type { KeyedgeErrorCode } from '../../config/codes.js';
 
-  constructor(code: KeyedgeErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-    this.name = new.target.name;
-  }
-}
-
-/** A configuration file or value is invalid; `path` is the key path (e.g. `listen.tcp.port`). */
-export class ConfigError extends KeyedgeError {
-  constructor(
-    readonly file: string,
-    readonly path: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super('KEYEDGE_ERR_CONFIG', `${file}: ${path ? `${path}: ` : ''}${message}`, options);
-  }
-}
 
 /** The command line was wrong: unknown subcommand or flag, missing value. */
 export class UsageError extends KeyedgeError {
@@ -102,63 +66,5 @@ export class RemoteError extends KeyedgeError {
 export class SetupError extends KeyedgeError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('KEYEDGE_ERR_SETUP', message, options);
-  }
-}
-
-/**
- * Why a certificate was refused, one stable word per rule (README,
- * "Certificate store"): callers branch and count on it, messages explain it.
- */
-export type CertificateRefusal =
-  | 'parse'
-  | 'private_key'
-  | 'chain'
-  | 'expired'
-  | 'not_yet_valid'
-  | 'names'
-  | 'weak_key'
-  | 'weak_signature'
-  | 'key_mismatch'
-  | 'incomplete_chain'
-  | 'key_unknown';
-
-/**
- * A certificate or chain is unreadable or unfit to serve; `source` is its file
- * or where it came from, `entry` the certificate's name when it has one.
- * Messages never quote PEM content: a private key pasted into a chain is named
- * by its block label only.
- */
-export class CertificateError extends KeyedgeError {
-  readonly reason: CertificateRefusal;
-  readonly entry: string | undefined;
-
-  constructor(
-    readonly source: string,
-    message: string,
-    options?: { cause?: unknown; reason?: CertificateRefusal; entry?: string },
-  ) {
-    super(
-      'KEYEDGE_ERR_CERTIFICATE',
-      `${options?.entry === undefined ? source : `certificate '${options.entry}' (${source})`}: ${message}`,
-      options?.cause === undefined ? undefined : { cause: options.cause },
-    );
-    this.reason = options?.reason ?? 'parse';
-    this.entry = options?.entry;
-  }
-}
-
-/**
- * A certificate store entry is missing (KEYEDGE_ERR_CERT_NOT_FOUND), already
- * there (KEYEDGE_ERR_CERT_EXISTS), badly named, or the store directory cannot
- * be written (KEYEDGE_ERR_CERT_STORE).
- */
-export class CertificateStoreError extends KeyedgeError {
-  constructor(
-    code: 'KEYEDGE_ERR_CERT_NOT_FOUND' | 'KEYEDGE_ERR_CERT_EXISTS' | 'KEYEDGE_ERR_CERT_STORE',
-    readonly entry: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(code, message, options);
   }
 }

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CertificateError } from '../../keyserver/shared/errors.js';
+import { CertificateError } from './errors.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 
 export interface ServedCertificate {

@@ -47,13 +47,13 @@
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { CertificateError, type CertificateRefusal } from '../../keyserver/shared/errors.js';
+import { CertificateError, type CertificateRefusal } from './errors.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 import { nameCovers, normaliseName } from '../tls/names.js';
 import { dnsNames, keyIdOf, type ServedCertificate, servedCertificate } from './certificate.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
 
-export type { CertificateRefusal } from '../../keyserver/shared/errors.js';
+export type { CertificateRefusal } from './errors.js';
 
 export interface CertificateCandidate {
   /** The store entry or config certificate name, for messages and the served certificate. */
