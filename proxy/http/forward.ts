@@ -31,6 +31,7 @@ import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
+import { ClientGone, HttpFailure } from './errors.js';
 import type { OriginGate } from './origin-gate.js';
 import { continueOnRead } from './expect.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
@@ -256,7 +257,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
     } finally {
       gate.leave(upload);
     }
-    if (stalledSend(res)) throw Object.assign(new Error(`the client took nothing of the answer for ${pools.sendTimeoutMs} ms`), { code: 'KEYEDGE_HTTP_SEND_TIMEOUT' });
+    if (stalledSend(res)) throw new HttpFailure('KEYEDGE_HTTP_SEND_TIMEOUT', `the client took nothing of the answer for ${pools.sendTimeoutMs} ms`);
     return;
   }
 }
@@ -309,7 +310,7 @@ async function waitAdmitted(entered: Promise<void>, gate: OriginGate, upload: bo
   const failed = upload ? (body as Readable).errored : null;
   if (failed === null && !req.socket.destroyed) return;
   gate.leave(upload);
-  throw failed ?? Object.assign(new Error('the client left while its request waited for an origin connection'), { code: 'ECONNRESET' });
+  throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }
 
 /**
