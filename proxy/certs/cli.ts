@@ -17,7 +17,7 @@ import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
 import type * as x509 from '../../keyserver/shared/x509.js';
-import { keyIdOf } from './certificate.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';

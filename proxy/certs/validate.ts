@@ -50,7 +50,8 @@ import { LRUCache } from 'lru-cache';
 import { CertificateError, type CertificateRefusal } from './errors.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 import { nameCovers, normaliseName } from '../tls/names.js';
-import { dnsNames, keyIdOf, type ServedCertificate, servedCertificate } from './certificate.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { dnsNames, type ServedCertificate, servedCertificate } from './certificate.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
 
 export type { CertificateRefusal } from './errors.js';
