@@ -88,6 +88,12 @@ describe('one-way layers: config ← keyserver ← proxy ← keyedge.ts', () => 
     expect(layeringViolations(files)).toEqual([]);
   });
 
+  it('README "Layout" states the same order of layers', () => {
+    const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
+    const layout = readme.slice(readme.indexOf('## Layout'));
+    expect(layout).toContain(`\`${LAYERS.join(' ← ')}\``);
+  });
+
   it('reports a wrong import, naming the file and the import, in every form an import can take', () => {
     const wrong = new Map([
       ['config/wrong.ts', "import { log } from '../keyserver/shared/log.js';\n"],
