@@ -19,7 +19,6 @@ import { ConfigError, KeyedgeError } from '../../config/errors.js';
 export { ConfigError, KeyedgeError };
 export type { KeyedgeErrorCode } from '../../config/codes.js';
 
-
 /** The command line was wrong: unknown subcommand or flag, missing value. */
 export class UsageError extends KeyedgeError {
   constructor(message: string) {
