@@ -564,8 +564,8 @@ async function main(): Promise<number> {
       .join(' ')
       .replace('-d 0', '-d T')}`;
     const commands = {
-      keyedge: 'node dist/keyserver/cli/keyedge.cjs proxy --config <tmp>/proxy.json',
-      keyserver: 'node dist/keyserver/cli/keyedge.cjs keyserver --config <tmp>/keyserver.json',
+      keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
+      keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
       nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
       caddy: 'caddy run --config <tmp>/caddy.json',
       origin: 'node dist/bench/lib/keepalive-origin.js --port P',

@@ -56,7 +56,7 @@ const BENCHES: readonly BenchSpec[] = [
 ];
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
-const KEYEDGE_CLI = fileURLToPath(new URL('../keyserver/cli/keyedge.cjs', import.meta.url));
+const KEYEDGE_CLI = fileURLToPath(new URL('../keyedge.cjs', import.meta.url));
 
 interface BenchOutcome {
   readonly name: string;

@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { z } from 'zod';
-import { ConfigError } from '../keyserver/errors.js';
+import { ConfigError } from './errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
 import { definedOnly } from './schema-kit.js';
 import { PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyFile } from './proxy-schema.js';

@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VAR="$ROOT/var"
 RUN="$VAR/run"
-KEYEDGE=(node "$ROOT/dist/keyserver/cli/keyedge.cjs")
+KEYEDGE=(node "$ROOT/dist/keyedge.cjs")
 
 # Debian packages: what the product runs on, and what the tests drive it with
 # (prometheus: test/prometheus-e2e.test.ts scrapes both admin ports with a real one).
@@ -190,7 +190,7 @@ The private key of demo.localhost is inside the token; the proxy holds only a re
   proxy admin: http://127.0.0.1:9465/metrics /readyz /certs
   reload:      kill -HUP $(cat var/run/proxy.pid), or
                curl -X POST -H "Authorization: Bearer \$(cat var/admin.token)" http://127.0.0.1:9465/reload
-  certificates: node dist/keyserver/cli/keyedge.cjs cert --help (store: var/certs)
+  certificates: node dist/keyedge.cjs cert --help (store: var/certs)
   logs:        var/log/
   stop:        npm run down
 EOF

@@ -30,10 +30,11 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { CertificateError, CertificateStoreError, KeyedgeError } from '../keyserver/errors.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { CertificateError, CertificateStoreError } from './certs/errors.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
 import type { ReloadReport } from './serving/coordinator.js';
-import { listen } from '../keyserver/listen.js';
+import { listen } from '../keyserver/shared/listen.js';
 
 /** A PEM chain of a leaf and a few intermediates is a few KiB; anything near this is not one. */
 const MAX_UPLOAD_BYTES = 256 * 1024;

@@ -4,8 +4,8 @@
  */
 import cluster from 'node:cluster';
 import { loadProxyConfig } from '../config/load.js';
-import { type Command, parseCommandArgs } from '../keyserver/cli/command.js';
-import { createLogger } from '../keyserver/log.js';
+import { type Command, parseCommandArgs } from '../keyserver/shared/command.js';
+import { createLogger } from '../keyserver/shared/log.js';
 
 const USAGE = `Usage: keyedge proxy [--config FILE]
 

@@ -4,9 +4,9 @@
  * echoes request bodies, so a set-up can be checked end to end with curl.
  */
 import http from 'node:http';
-import { type Command, parseCommandArgs } from '../keyserver/cli/command.js';
-import { UsageError } from '../keyserver/errors.js';
-import { listen } from '../keyserver/listen.js';
+import { type Command, parseCommandArgs } from '../keyserver/shared/command.js';
+import { UsageError } from '../keyserver/shared/errors.js';
+import { listen } from '../keyserver/shared/listen.js';
 
 const USAGE = `Usage: keyedge demo-origin [--host HOST] [--port PORT] [--size BYTES]
 

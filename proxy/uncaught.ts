@@ -14,7 +14,7 @@
  * the drain goes on, bounded by `deadlineMs`.
  */
 import type { Counter } from 'prom-client';
-import type { Logger } from '../keyserver/log.js';
+import type { Logger } from '../keyserver/shared/log.js';
 import type { UncaughtKind } from './metrics.js';
 
 /** The exit code of a worker that drained after an uncaught error (EX_SOFTWARE, sysexits.h). */

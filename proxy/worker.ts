@@ -24,8 +24,9 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { ProxyMetrics } from './metrics.js';
 import type { ProxyConfig, TlsProfileName } from '../config/proxy-schema.js';
-import { CertificateError, ConfigError } from '../keyserver/errors.js';
-import type { Logger } from '../keyserver/log.js';
+import { ConfigError } from '../keyserver/shared/errors.js';
+import { CertificateError } from './certs/errors.js';
+import type { Logger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from './certs/certificate.js';
 import { handleExpectations } from './http/expect.js';
 import { createRequestHandler } from './http/handler.js';
@@ -43,7 +44,7 @@ import { TLS_PROFILES } from './tls/profile.js';
 import { ServingSource, type NextServing } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { applyDelta, EMPTY_STATE, type ServingState } from './serving/state.js';
-import { listen } from '../keyserver/listen.js';
+import { listen } from '../keyserver/shared/listen.js';
 
 /** Deltas up to this many certificates (renewals) get their contexts built before the swap, whatever the cache's room. */
 const EAGER_CONTEXTS = 64;

@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CertificateError, CertificateStoreError } from '../keyserver/errors.js';
+import { CertificateError, CertificateStoreError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { entryCandidate, putCertificate } from '../proxy/certs/manage.js';
 import { CertificateStore } from '../proxy/certs/store.js';

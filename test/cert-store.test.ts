@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CertificateError, CertificateStoreError } from '../keyserver/errors.js';
+import { CertificateError, CertificateStoreError } from '../proxy/certs/errors.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { REPO } from './helpers/keyserver.js';
 

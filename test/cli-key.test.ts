@@ -4,11 +4,11 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import * as x509 from '../keyserver/x509.js';
+import * as x509 from '../keyserver/shared/x509.js';
 
 // Drives the built `keyedge` executable (npm test builds it first) against a
 // SoftHSM2 token in a temporary state directory.
-const KEYEDGE = join(import.meta.dirname, '..', 'dist', 'keyserver', 'cli', 'keyedge.cjs');
+const KEYEDGE = join(import.meta.dirname, '..', 'dist', 'keyedge.cjs');
 let dir: string;
 let config: string;
 

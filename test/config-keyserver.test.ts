@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, test } from 'vitest';
-import { ConfigError } from '../keyserver/errors.js';
+import { ConfigError } from '../keyserver/shared/errors.js';
 import { loadKeyserverConfig, parseKeyserverConfig } from '../config/load.js';
 import { KEYSERVER_DEFAULTS } from '../config/schema.js';
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
-import { ConfigError } from '../keyserver/errors.js';
+import { ConfigError } from '../keyserver/shared/errors.js';
 
 let dir: string;
 beforeAll(() => {

@@ -1,7 +1,7 @@
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
-import * as x509 from '../keyserver/x509.js';
+import * as x509 from '../keyserver/shared/x509.js';
 
 describe('ecdsaRawToDer', () => {
   it.each(['P-256', 'P-384', 'P-521'])('matches node:crypto DER signatures on %s', (curve) => {

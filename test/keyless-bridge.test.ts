@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KeyedgeError } from '../keyserver/errors.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
 import * as bridge from '../proxy/native/index.js';
+import { keyIdOf } from '../keyserver/shared/key-id.js';
 import { type FakeAnswer, fetchSpki, issueForSpki, type KeyserverProcess, sClient, signCount, startFakeKeyserver, startKeyserverProcess, startTlsServer, tlsHandshake } from './helpers/keyless.js';
 import { removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, createTestPki, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
@@ -83,7 +84,7 @@ describe('the keyless PEM block', () => {
     expect(body[0]).toBe(1);
     expect(body.subarray(1, 33).toString('hex')).toBe(id);
     expect(body.subarray(33).equals(spki)).toBe(true);
-    expect(bridge.keyIdOf(spki).toString('hex')).toBe(id);
+    expect(keyIdOf(spki)).toBe(id);
     expect(() => bridge.keylessKeyPem(keys.rsa.id, spki)).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_KEY_INPUT' }));
   });
 
@@ -248,7 +249,7 @@ describe('failures', () => {
   it('a key the key server does not hold: the handshake fails with internal_error, counted as remote', async () => {
     const local = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const spki = local.publicKey.export({ type: 'spki', format: 'der' });
-    const server = await startTlsServer({ key: bridge.keylessKeyPem(bridge.keyIdOf(spki), spki), cert: await issueForSpki(ca, spki, 'ec') });
+    const server = await startTlsServer({ key: bridge.keylessKeyPem(keyIdOf(spki), spki), cert: await issueForSpki(ca, spki, 'ec') });
     try {
       const before = failures().remote;
       const result = await sClient(server.port, caFile, ['-tls1_3']);
@@ -256,7 +257,7 @@ describe('failures', () => {
       expect(result.alert).toBe('internal error');
       expect(failures().remote).toBe(before + 1);
       expect(bridge.stats().lastError).toContain('UNKNOWN_KEY');
-      expect(bridge.stats().lastError).toContain(bridge.keyIdOf(spki).toString('hex').slice(0, 16));
+      expect(bridge.stats().lastError).toContain(keyIdOf(spki).slice(0, 16));
       expect(server.clientErrors.at(-1)?.message).toContain('keyedge-keyless');
       // The connection stays usable after a well-formed ERROR answer.
       expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);

@@ -4,7 +4,7 @@
  * room at a cap). keyserver-abuse.test.ts runs both inside a real key server.
  */
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { Admission } from '../keyserver/server/admission.js';
 import { LogLimiter } from '../keyserver/server/log-limiter.js';
 

@@ -7,7 +7,7 @@ import { constants, createHash, createPublicKey, generateKeyPairSync, randomByte
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KeyserverConfig } from '../config/schema.js';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { RemoteError } from '../keyserver/errors.js';
+import { RemoteError } from '../keyserver/shared/errors.js';
 import { Algorithm, ALGORITHMS, type AlgorithmByte, type AlgorithmName, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { KEY_TYPES, type KeyType } from '../keyserver/token/keys.js';

@@ -9,7 +9,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { KeyedgeError } from '../keyserver/errors.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
 import { Algorithm, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { findSoftHsmModule } from '../keyserver/token/embedded.js';

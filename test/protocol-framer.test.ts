@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { ProtocolError } from '../keyserver/errors.js';
+import { ProtocolError } from '../keyserver/shared/errors.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';

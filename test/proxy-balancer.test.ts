@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProxyDomain } from '../config/proxy-schema.js';
-import { ConfigError } from '../keyserver/errors.js';
+import { ConfigError } from '../keyserver/shared/errors.js';
 import { Balancer } from '../proxy/http/balancer.js';
 import { OriginPools } from '../proxy/http/origins.js';
 import { createCa } from './helpers/pki.js';

@@ -3,7 +3,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { answered, request } from './helpers/requests.js';

@@ -5,7 +5,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { TrustedPeers } from '../proxy/http/trusted-peers.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';

@@ -3,7 +3,7 @@ import https from 'node:https';
 import tls from 'node:tls';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';

@@ -5,7 +5,7 @@ import tls from 'node:tls';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { BasicOCSPResponse, OCSPResponse, OCSPResponseStatus } from '@peculiar/asn1-ocsp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { buildOcspRequest, checkOcspResponse, ocspResponderUrl } from '../proxy/tls/ocsp.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { run, sClient } from './helpers/clients.js';

@@ -5,7 +5,7 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { register } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
+import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
 import { waitFor } from './helpers/proxy-cluster.js';

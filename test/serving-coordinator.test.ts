@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/log.js';
-import { ConfigError } from '../keyserver/errors.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { ConfigError } from '../keyserver/shared/errors.js';
 import { ReloadCoordinator } from '../proxy/serving/coordinator.js';
 import type { NextServing, ServingSource } from '../proxy/serving/source.js';
 import type { ServingDelta } from '../proxy/serving/spec.js';

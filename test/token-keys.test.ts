@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KEY_TYPES, generateKey, importKey, listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
 import { signDigest } from '../keyserver/token/sign.js';
 import type { HashName, SignatureScheme as SignScheme } from '../keyserver/protocol/constants.js';
-import { KeyError } from '../keyserver/errors.js';
+import { KeyError } from '../keyserver/shared/errors.js';
 import { temporaryToken } from './helpers/token.js';
 
 let env: ReturnType<typeof temporaryToken>;

@@ -35,7 +35,7 @@ import type tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { AggregatorRegistry } from 'prom-client';
 import { PROXY_DEFAULTS, type TlsProfileName } from '../../config/proxy-schema.js';
-import { createLogger, type Logger } from '../../keyserver/log.js';
+import { createLogger, type Logger } from '../../keyserver/shared/log.js';
 import { loadCertificateFile, type ServedCertificate } from '../../proxy/certs/certificate.js';
 import { createRequestHandler, type Domain } from '../../proxy/http/handler.js';
 import { OriginPools } from '../../proxy/http/forward.js';
@@ -47,7 +47,7 @@ import { buildNameIndex, type NameIndex, selectByName } from '../../proxy/tls/na
 import { OcspStapler } from '../../proxy/tls/ocsp.js';
 import { TLS_PROFILES } from '../../proxy/tls/profile.js';
 import { decodeTicketKey, isTicketKeyMessage, newTicketKey, ticketKeyMessage } from '../../proxy/tls/tickets.js';
-import { listen } from '../../keyserver/listen.js';
+import { listen } from '../../keyserver/shared/listen.js';
 
 export interface InMemoryConfig {
   readonly host: string;

@@ -3,7 +3,7 @@
  * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS
  * listener, a private CA with server and client certificates, keys generated
  * through the `keyedge` CLI, and the key server itself as a child process
- * (`node dist/keyserver/cli/keyedge.cjs keyserver --config ...`), the way it
+ * (`node dist/keyedge.cjs keyserver --config ...`), the way it
  * runs in production: its own process, its launcher sizing libuv's pool.
  *
  * Everything lives under one temp directory; `cleanup()` (synchronous, so it
@@ -22,7 +22,7 @@ import { promisify } from 'node:util';
 const execFileAsync = promisify(execFile);
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lib/. */
-export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyserver/cli/keyedge.cjs', import.meta.url));
+export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
 export interface LabOptions {
   /** pkcs11.sessions of the key server; undefined leaves the product default (max(2, cores)). */

@@ -5,14 +5,14 @@
  * the key server is up, which picks new keys up on first use.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import * as x509 from '../x509.js';
+import * as x509 from '../shared/x509.js';
 import { loadKeyserverConfig } from '../../config/load.js';
-import { KeyError, UsageError } from '../errors.js';
+import { KeyError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../server/daemon.js';
 import { createCsr } from '../token/csr.js';
 import { KEY_TYPES, type KeyType, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
-import { type Command, parseCommandArgs, requireOption } from './command.js';
+import { type Command, parseCommandArgs, requireOption } from '../shared/command.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
 

@@ -5,9 +5,9 @@
  */
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyserverClient } from '../client/client.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../shared/errors.js';
 import { startKeyserver } from '../server/daemon.js';
-import { type Command, parseCommandArgs } from './command.js';
+import { type Command, parseCommandArgs } from '../shared/command.js';
 
 const KEYSERVER_USAGE = `Usage: keyedge keyserver [--config FILE]
 

@@ -16,7 +16,7 @@
  * rules"). Encoders reject anything the decoder would reject, so a peer never
  * receives a frame we produced and then complains about.
  */
-import { ProtocolError } from '../errors.js';
+import { ProtocolError } from '../shared/errors.js';
 import {
   algorithmInfo,
   DEFAULT_MAX_BODY_BYTES,

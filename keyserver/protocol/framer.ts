@@ -23,7 +23,7 @@
  *   next `push`.
  * - At end of stream, `bufferedBytes > 0` means the peer stopped mid-frame.
  */
-import { ProtocolError } from '../errors.js';
+import { ProtocolError } from '../shared/errors.js';
 import { DEFAULT_MAX_BODY_BYTES, ErrorCode, HEADER_BYTES, MAX_BODY_LENGTH_FIELD } from './constants.js';
 
 export interface FrameReaderOptions {

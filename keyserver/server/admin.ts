@@ -7,7 +7,7 @@
  */
 import http from 'node:http';
 import type { Registry } from 'prom-client';
-import { listen } from '../listen.js';
+import { listen } from '../shared/listen.js';
 
 export function startAdmin(host: string, port: number, registry: Registry, healthy: () => boolean): Promise<http.Server> {
   const server = http.createServer((req, res) => {

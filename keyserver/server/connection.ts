@@ -30,8 +30,8 @@
  * daemon's admission (admission.ts).
  */
 import type { Socket } from 'node:net';
-import { ProtocolError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { ProtocolError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
 import { decodeRequest, encodeResponse, type Response } from '../protocol/codec.js';
 import { errorCodeName, ErrorCode } from '../protocol/constants.js';
 import { FrameReader } from '../protocol/framer.js';

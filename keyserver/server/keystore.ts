@@ -7,7 +7,7 @@
  * restart, while a client asking for random ids cannot turn every request into
  * a token scan.
  */
-import type { Logger } from '../log.js';
+import type { Logger } from '../shared/log.js';
 import { listKeys, type TokenKey } from '../token/keys.js';
 import type { Token } from '../token/token.js';
 

@@ -15,7 +15,7 @@
 import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import { ConfigError, KeyedgeError } from '../errors.js';
+import { ConfigError, KeyedgeError } from '../shared/errors.js';
 
 export async function listenUnix(path: string, mode: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
   await removeStaleSocket(path);

@@ -12,7 +12,7 @@
  * small. A burst that ends mid-window leaves its count for the next line of
  * the same key; the metrics have the exact totals meanwhile.
  */
-import type { Logger } from '../log.js';
+import type { Logger } from '../shared/log.js';
 
 export interface LogLimiterOptions {
   readonly intervalMs: number;

@@ -10,7 +10,7 @@
  * included) is answered DEADLINE_EXCEEDED at once; a signing worker skips it
  * if it has not started it yet, else its result is dropped.
  */
-import type { Logger } from '../log.js';
+import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';

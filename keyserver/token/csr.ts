@@ -8,7 +8,7 @@
  * to-be-signed bytes here and the token signs the digest.
  */
 import { createHash, webcrypto } from 'node:crypto';
-import * as x509 from '../x509.js';
+import * as x509 from '../shared/x509.js';
 import type { HashName } from '../protocol/constants.js';
 import type { TokenKey } from './keys.js';
 import { signDigest } from './sign.js';

@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
-import { SetupError, TokenError } from '../errors.js';
+import { SetupError, TokenError } from '../shared/errors.js';
 import { ckrName, fixedString } from './token.js';
 
 /** Where Debian (softhsm2), other distributions and source builds put the module. */

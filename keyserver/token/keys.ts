@@ -12,9 +12,10 @@
  *
  * Concurrency: these run on the token's management session, one call at a time.
  */
-import { createHash, createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { KeyError } from '../errors.js';
+import { KeyError } from '../shared/errors.js';
+import { keyIdOf } from '../shared/key-id.js';
 import { type Token, tokenCall } from './token.js';
 
 export const KEY_TYPES = ['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'] as const;
@@ -45,10 +46,6 @@ const CURVES = {
 type Curve = keyof typeof CURVES;
 
 const RSA_MIN_BITS = 2048;
-
-export function keyIdOf(spki: Buffer): string {
-  return createHash('sha256').update(spki).digest('hex');
-}
 
 export function describeKeyType(key: Pick<TokenKey, 'kind' | 'bits'>): string {
   return `${key.kind}-${key.kind === 'ec' ? `p${key.bits}` : key.bits}`;

@@ -31,7 +31,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
-import { TokenError } from '../errors.js';
+import { TokenError } from '../shared/errors.js';
 import type { TokenKey } from './keys.js';
 import { signPlan, type SignRequest } from './sign.js';
 import type { Token } from './token.js';

@@ -10,7 +10,7 @@
  * serves the management paths (CSRs) on a session of their own.
  */
 import pkcs11js from 'pkcs11js';
-import { KeyError } from '../errors.js';
+import { KeyError } from '../shared/errors.js';
 import type { HashName, SignatureScheme } from '../protocol/constants.js';
 import type { TokenKey } from './keys.js';
 

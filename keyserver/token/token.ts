@@ -16,7 +16,7 @@
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
  */
 import pkcs11js from 'pkcs11js';
-import { TokenError } from '../errors.js';
+import { TokenError } from '../shared/errors.js';
 
 export interface TokenSelector {
   readonly label?: string;

@@ -7,10 +7,10 @@
  * ever be served with the key that matches it.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CertificateError } from '../../keyserver/errors.js';
-import * as x509 from '../../keyserver/x509.js';
+import { CertificateError } from './errors.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 
 export interface ServedCertificate {
   readonly name: string;
@@ -69,11 +69,6 @@ export function parseCertificateChain(name: string, text: string, source: string
 export function dnsNames(cert: x509.X509Certificate): string[] {
   const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
   return san?.names.items.filter((n) => n.type === 'dns').map((n) => n.value.toLowerCase()) ?? [];
-}
-
-/** The key server's key id for a public key: hex SHA-256 of its DER SubjectPublicKeyInfo. */
-export function keyIdOf(spki: Buffer): string {
-  return createHash('sha256').update(spki).digest('hex');
 }
 
 /** A ServedCertificate from an already ordered chain (leaf first) and the names it is served for. */

@@ -12,11 +12,12 @@
 import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
-import { type Command, parseCommandArgs, requireOption } from '../../keyserver/cli/command.js';
+import { type Command, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { CertificateError, CertificateStoreError, KeyedgeError, UsageError } from '../../keyserver/errors.js';
-import type * as x509 from '../../keyserver/x509.js';
-import { keyIdOf } from './certificate.js';
+import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
+import { CertificateError, CertificateStoreError } from './errors.js';
+import type * as x509 from '../../keyserver/shared/x509.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';

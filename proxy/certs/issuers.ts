@@ -16,7 +16,7 @@ import { X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rootCertificates } from 'node:tls';
-import { ConfigError } from '../../keyserver/errors.js';
+import { ConfigError } from '../../keyserver/shared/errors.js';
 
 export interface KnownIssuer {
   /** The certificate as PEM, to append to a chain. */

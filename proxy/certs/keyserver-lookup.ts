@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { KeyserverClient, KeyserverClientOptions } from '../../keyserver/client/client.js';
-import { RemoteError } from '../../keyserver/errors.js';
+import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
 import type { ValidationContext } from './validate.js';
 

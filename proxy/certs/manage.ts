@@ -9,7 +9,7 @@
  * unless the caller pins the new key or the entry pins none. The stored chain
  * is the validated one: certificates only, leaf first.
  */
-import { CertificateStoreError } from '../../keyserver/errors.js';
+import { CertificateStoreError } from './errors.js';
 import { type CertificateStore, type StoreEntry, type StoreMeta } from './store.js';
 import { type CertificateCandidate, type ValidatedCertificate, type ValidationContext, validateCertificate } from './validate.js';
 

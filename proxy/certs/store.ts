@@ -47,7 +47,7 @@ import {
 import { join } from 'node:path';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
-import { CertificateError, CertificateStoreError } from '../../keyserver/errors.js';
+import { CertificateError, CertificateStoreError } from './errors.js';
 
 /** What `<name>.json` holds; every field optional. */
 export interface StoreMeta {

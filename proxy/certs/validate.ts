@@ -47,13 +47,14 @@
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { CertificateError, type CertificateRefusal } from '../../keyserver/errors.js';
-import * as x509 from '../../keyserver/x509.js';
+import { CertificateError, type CertificateRefusal } from './errors.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 import { nameCovers, normaliseName } from '../tls/names.js';
-import { dnsNames, keyIdOf, type ServedCertificate, servedCertificate } from './certificate.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { dnsNames, type ServedCertificate, servedCertificate } from './certificate.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
 
-export type { CertificateRefusal } from '../../keyserver/errors.js';
+export type { CertificateRefusal } from './errors.js';
 
 export interface CertificateCandidate {
   /** The store entry or config certificate name, for messages and the served certificate. */

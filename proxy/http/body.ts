@@ -11,7 +11,7 @@
  * nginx spills such bodies to disk instead; keyedge keeps no files, and its
  * streamed uploads are capped to half an origin's connections (origin-gate.ts).
  *
- * Failures, each an Error with a `code`:
+ * Failures (errors.ts), each with a `code`:
  * - KEYEDGE_HTTP_BODY_TOO_LARGE past `maxBytes` (counted, not declared: a
  *   chunked body has no Content-Length);
  * - KEYEDGE_HTTP_BODY_TIMEOUT when nothing arrived for `idleTimeoutMs`
@@ -24,6 +24,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { type Readable, Transform } from 'node:stream';
+import { ClientGone, HttpFailure } from './errors.js';
 
 export interface RequestBodyLimits {
   /** A body up to this is read whole before the origin is contacted. */
@@ -42,7 +43,7 @@ const DEFAULT_LIMITS: RequestBodyLimits = { bufferBytes: 65_536, bufferTotalByte
 export type RequestBody = Buffer | Readable;
 
 export function bodyError(code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' | 'KEYEDGE_HTTP_BODY_TIMEOUT' | 'ECONNRESET', message: string): Error {
-  return Object.assign(new Error(message), { code });
+  return code === 'ECONNRESET' ? new ClientGone(message) : new HttpFailure(code, message);
 }
 
 export class RequestBodies {

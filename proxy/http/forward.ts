@@ -31,6 +31,7 @@ import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
+import { ClientGone, HttpFailure } from './errors.js';
 import type { OriginGate } from './origin-gate.js';
 import { continueOnRead } from './expect.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
@@ -180,7 +181,7 @@ export interface ForwardOptions {
  * AbortController costs far more per request), fired when the client left
  * before the answer was whole; `gone` says whether it has fired.
  */
-class ClientGone extends EventEmitter {
+class ClientGoneSignal extends EventEmitter {
   gone = false;
 }
 
@@ -193,7 +194,7 @@ class ClientGone extends EventEmitter {
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
-  const clientGone = new ClientGone();
+  const clientGone = new ClientGoneSignal();
   const onGone = (): void => {
     if (res.writableFinished) return;
     clientGone.gone = true;
@@ -221,7 +222,7 @@ async function send(
   req: IncomingMessage,
   res: ServerResponse,
   body: RequestBody | null,
-  clientGone: ClientGone,
+  clientGone: ClientGoneSignal,
   options: ForwardOptions,
 ): Promise<void> {
   const hasBody = body !== null;
@@ -281,7 +282,7 @@ async function send(
     } finally {
       gate.leave(upload);
     }
-    if (stalledSend(res)) throw Object.assign(new Error(`the client took nothing of the answer for ${pools.sendTimeoutMs} ms`), { code: 'KEYEDGE_HTTP_SEND_TIMEOUT' });
+    if (stalledSend(res)) throw new HttpFailure('KEYEDGE_HTTP_SEND_TIMEOUT', `the client took nothing of the answer for ${pools.sendTimeoutMs} ms`);
     return;
   }
 }
@@ -334,7 +335,7 @@ async function waitAdmitted(entered: Promise<void>, gate: OriginGate, upload: bo
   const failed = upload ? (body as Readable).errored : null;
   if (failed === null && !req.socket.destroyed) return;
   gate.leave(upload);
-  throw failed ?? Object.assign(new Error('the client left while its request waited for an origin connection'), { code: 'ECONNRESET' });
+  throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }
 
 /**

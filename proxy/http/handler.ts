@@ -5,8 +5,9 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
@@ -37,23 +38,8 @@ export interface HandlerOptions {
   readonly metrics: ProxyMetrics;
 }
 
-/** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"). */
-export type HttpErrorCode =
-  | 'KEYEDGE_HTTP_BODY_TOO_LARGE'
-  | 'KEYEDGE_HTTP_MISDIRECTED'
-  | 'KEYEDGE_HTTP_UNKNOWN_HOST'
-  | 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE'
-  | 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE'
-  | 'KEYEDGE_HTTP_ORIGIN_TIMEOUT'
-  | 'KEYEDGE_HTTP_ORIGIN_ABORTED'
-  | 'KEYEDGE_HTTP_BODY_TIMEOUT'
-  | 'KEYEDGE_HTTP_ORIGIN_BUSY'
-  | 'KEYEDGE_HTTP_SEND_TIMEOUT'
-  | 'KEYEDGE_HTTP_BAD_TARGET'
-  | 'KEYEDGE_HTTP_EXPECTATION_FAILED'
-  | 'KEYEDGE_HTTP_SERVER_OPTIONS'
-  // Never sent: the client left first. Logged and counted only (README, "HTTP answers of our own").
-  | 'KEYEDGE_HTTP_CLIENT_CLOSED';
+/** Codes of the answers the proxy gives itself (README, "HTTP answers of our own"); the registry is config/codes.ts. */
+export type { HttpErrorCode };
 
 /** Our answer to a request (or upgrade) that could not be forwarded. */
 export interface Refusal {

@@ -16,6 +16,7 @@
  */
 
 import type { EventEmitter } from 'node:events';
+import { ClientGone } from './errors.js';
 
 /** Seconds a refused client is told to wait (Retry-After): a busy origin usually drains within seconds. */
 export const BUSY_RETRY_AFTER_SECONDS = 5;
@@ -69,7 +70,7 @@ export class OriginGate {
         abandon?.off('abort', onAbandon);
         refused(err);
       };
-      const onAbandon = (): void => giveUp(Object.assign(new Error('the client left while its request waited for an origin connection'), { code: 'ECONNRESET' }));
+      const onAbandon = (): void => giveUp(new ClientGone('the client left while its request waited for an origin connection'));
       const waiter: Waiter = {
         upload,
         admitted: () => {

@@ -25,7 +25,7 @@ import net from 'node:net';
 import type tls from 'node:tls';
 import { buildConnector, Pool } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
-import { ConfigError } from '../../keyserver/errors.js';
+import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';

@@ -8,7 +8,7 @@
  * Request targets and expectations are dealt with as on HTTPS (handler.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';

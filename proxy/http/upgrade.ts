@@ -35,11 +35,11 @@ import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, type HttpErrorCode, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
+import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -54,8 +54,7 @@ const LINGER_MS = 5_000;
 const CLIENT_GONE = 499;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
-type UpgradeRefusal = Omit<Refusal, 'code'> & { readonly code: HttpErrorCode | 'KEYEDGE_HTTP_UPGRADE_BODY' };
-const BODY_REFUSED: UpgradeRefusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
+const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -86,7 +85,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     const tlsVersion = client.getProtocol?.() ?? undefined;
     let origin: string | undefined;
     let settled = false;
-    const settle = (status: number, code: UpgradeRefusal['code'] | undefined): void => {
+    const settle = (status: number, code: Refusal['code'] | undefined): void => {
       if (settled) return;
       settled = true;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
@@ -115,7 +114,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       const linger = setTimeout(() => client.destroy(), LINGER_MS);
       client.once('close', () => clearTimeout(linger));
     };
-    const refuse = (refusal: UpgradeRefusal): void => {
+    const refuse = (refusal: Refusal): void => {
       settle(refusal.status, refusal.code);
       finish(refusalText(refusal, hsts));
     };
@@ -261,7 +260,7 @@ function responseHead(status: number, reason: string | undefined, headers: reado
   return `${text}\r\n`;
 }
 
-function refusalText({ status, code, body }: UpgradeRefusal, hsts: string): string {
+function refusalText({ status, code, body }: Refusal, hsts: string): string {
   const headers: [string, string][] = [
     ['strict-transport-security', hsts],
     ['content-type', 'text/plain; charset=utf-8'],

@@ -16,11 +16,12 @@
  * configured key material into a KeyObject goes through `loadPrivateKey` or
  * calls `assertNotKeyless` first.
  */
-import { createHash, createPrivateKey, type KeyObject, type PrivateKeyInput } from 'node:crypto';
+import { createPrivateKey, type KeyObject, type PrivateKeyInput } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { KeyedgeError } from '../../keyserver/errors.js';
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
 
 export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
 const PEM_VERSION = 0x01;
@@ -126,11 +127,6 @@ export function stats(): KeylessStats {
   return loadBinding().stats();
 }
 
-/** The key id the key server knows a key by: SHA-256 of its SubjectPublicKeyInfo DER. */
-export function keyIdOf(spki: Buffer): Buffer {
-  return createHash('sha256').update(spki).digest();
-}
-
 /**
  * The PEM block that stands for a keyless key in `tls.createSecureContext({ key })`:
  * label KEYEDGE KEYLESS KEY, body = 0x01 | key id (32 bytes) | SPKI DER.
@@ -138,7 +134,7 @@ export function keyIdOf(spki: Buffer): Buffer {
  */
 export function keylessKeyPem(keyId: Buffer | string, spki: Buffer): string {
   const id = typeof keyId === 'string' ? Buffer.from(keyId, 'hex') : keyId;
-  if (id.length !== 32 || !id.equals(keyIdOf(spki))) {
+  if (id.length !== 32 || !id.equals(Buffer.from(keyIdOf(spki), 'hex'))) {
     throw new KeyedgeError('KEYEDGE_ERR_KEY_INPUT', `key id ${id.toString('hex')} is not the SHA-256 of the given public key`);
   }
   const body = Buffer.concat([Buffer.from([PEM_VERSION]), id, spki]).toString('base64');

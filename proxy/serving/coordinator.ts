@@ -7,8 +7,8 @@
  * after it (a burst of file events, a SIGHUP during a rescan): the last word
  * always wins and no trigger is lost.
  */
-import type { Logger } from '../../keyserver/log.js';
-import { KeyedgeError } from '../../keyserver/errors.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { NextServing, ServingSource } from './source.js';
 import type { Refusal, ServingDelta } from './spec.js';
 

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { loadProxyConfig } from '../../config/load.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { KeyedgeError, RemoteError } from '../../keyserver/errors.js';
+import { KeyedgeError, RemoteError } from '../../keyserver/shared/errors.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
 import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';

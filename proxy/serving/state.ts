@@ -13,7 +13,7 @@ import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import type { Domain } from '../http/handler.js';
 import { buildNameIndex, type NameIndex } from '../tls/names.js';
-import * as x509 from '../../keyserver/x509.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 import type { CertificateRecord, ServingDelta } from './spec.js';
 
 export interface ServingState {

@@ -18,7 +18,7 @@
  */
 import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, watch } from 'node:fs';
 import path from 'node:path';
-import type { Logger } from '../../keyserver/log.js';
+import type { Logger } from '../../keyserver/shared/log.js';
 
 /** Long enough to cover a temp-file + rename + metadata write, short enough to stay well inside a second. */
 const DEBOUNCE_MS = 150;

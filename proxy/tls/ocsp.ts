@@ -26,8 +26,8 @@ import {
   id_pkix_ocsp_basic,
 } from '@peculiar/asn1-ocsp';
 import { request } from 'undici';
-import type { Logger } from '../../keyserver/log.js';
-import * as x509 from '../../keyserver/x509.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 
 const SHA1 = '1.3.14.3.2.26';

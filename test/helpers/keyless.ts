@@ -12,7 +12,7 @@ import { rmSync } from 'node:fs';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import * as x509 from '../../keyserver/x509.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 import { CLI, REPO } from './keyserver.js';
 import type { TestCa } from './pki.js';
 

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { loadKeyserverConfig, mergeOverrides } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { createLogger, type Logger } from '../../keyserver/log.js';
+import { createLogger, type Logger } from '../../keyserver/shared/log.js';
 import { decodeResponse, encodeRequest, type Request, type Response } from '../../keyserver/protocol/codec.js';
 import { algorithmInfo, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
@@ -27,7 +27,7 @@ import { generateKey, importKey, type KeyType } from '../../keyserver/token/keys
 import { Token } from '../../keyserver/token/token.js';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));
-export const CLI = join(REPO, 'dist', 'keyserver', 'cli', 'keyedge.cjs');
+export const CLI = join(REPO, 'dist', 'keyedge.cjs');
 
 export function tempDir(prefix = 'keyedge-ks-'): string {
   return mkdtempSync(join(tmpdir(), prefix));

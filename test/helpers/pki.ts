@@ -12,7 +12,7 @@
 import { createPublicKey, webcrypto } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as x509 from '../../keyserver/x509.js';
+import * as x509 from '../../keyserver/shared/x509.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 

@@ -3,7 +3,7 @@
  * (node:util parseArgs, strict: an unknown flag is a usage error).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { UsageError } from '../errors.js';
+import { UsageError } from './errors.js';
 
 export interface Command {
   readonly name: string;

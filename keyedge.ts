@@ -5,20 +5,24 @@
  *
  * Output for the operator goes to stdout; failures go to stderr as
  * `keyedge: <CODE>: <message>` with exit status 1 (2 for usage errors).
+ *
+ * This is the top of the one-way layers (README, "Layout"): the only file
+ * that imports both daemons' commands. Nothing in config/, keyserver/ or
+ * proxy/ imports it (test/layering.test.ts).
  */
 import { readFileSync } from 'node:fs';
-import { KeyedgeError } from '../errors.js';
-import { keyCommand } from './key-commands.js';
-import { keyserverCommand, pingCommand } from './keyserver-commands.js';
-import { proxyCommand } from '../../proxy/cli.js';
-import { demoOriginCommand } from '../../proxy/demo-origin.js';
-import { certCommand } from '../../proxy/certs/cli.js';
-import type { Command } from './command.js';
+import { KeyedgeError } from './keyserver/shared/errors.js';
+import { keyCommand } from './keyserver/cli/key-commands.js';
+import { keyserverCommand, pingCommand } from './keyserver/cli/keyserver-commands.js';
+import { proxyCommand } from './proxy/cli.js';
+import { demoOriginCommand } from './proxy/demo-origin.js';
+import { certCommand } from './proxy/certs/cli.js';
+import type { Command } from './keyserver/shared/command.js';
 
 const COMMANDS: readonly Command[] = [keyserverCommand, keyCommand, proxyCommand, certCommand, pingCommand, demoOriginCommand];
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
@@ -61,7 +65,7 @@ export async function run(argv: readonly string[]): Promise<number> {
 export function reportFailure(err: unknown): number {
   if (err instanceof KeyedgeError) {
     let message = `keyedge: ${err.code}: ${err.message}\n`;
-    // The cause chain helps with token and TLS faults; it never holds secrets (errors.ts).
+    // The cause chain helps with token and TLS faults; it never holds secrets (keyserver/shared/errors.ts).
     for (let cause = err.cause; cause instanceof Error; cause = cause.cause) {
       if (!message.includes(cause.message)) message += `  caused by: ${cause.message.split('\n')[0]}\n`;
     }

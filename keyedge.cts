@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `keyedge` executable: a CommonJS entry (it is what package.json's `bin`
- * and every script run) that loads the ES-module CLI and exits with its status.
+ * and every script run) that loads the ES-module CLI (keyedge.ts) and exits with its status.
  * The shebang makes it runnable as installed (`npm install -g` links it onto
  * PATH as is; tsc keeps a leading shebang in the output).
  *
@@ -11,7 +11,7 @@
  */
 const FAILED_EXIT_MS = 1000;
 
-void import('./main.js').then(async ({ run }) => {
+void import('./keyedge.js').then(async ({ run }) => {
   const status = await run(process.argv.slice(2));
   process.exitCode = status;
   if (status !== 0) setTimeout(() => process.exit(status), FAILED_EXIT_MS).unref();
