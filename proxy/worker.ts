@@ -28,6 +28,7 @@ import { ConfigError } from '../keyserver/shared/errors.js';
 import { CertificateError } from './certs/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from './certs/certificate.js';
+import { answerClientError } from './http/client-error.js';
 import { handleExpectations } from './http/expect.js';
 import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
@@ -233,6 +234,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     server.on('secureConnection', onSecure);
     server.on('upgrade', upgrade);
     handleExpectations(server, handler);
+    server.on('clientError', answerClientError);
     tlsServers.push(server);
     if (withDefault) noSniServers.push({ profile, server });
     return server;
@@ -274,6 +276,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     const redirectHandler = createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
     redirect = http.createServer(redirectHandler);
     handleExpectations(redirect, redirectHandler);
+    redirect.on('clientError', answerClientError);
     await listen(redirect, { host: plain.host, port: plain.port, exclusive: false });
   }
   const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;

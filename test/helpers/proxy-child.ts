@@ -21,7 +21,7 @@ const SCRIPT = `
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { loadProxyConfig } from ${JSON.stringify(pathToFileURL(join(REPO, 'dist/config/load.js')).href)};
-import { createLogger } from ${JSON.stringify(pathToFileURL(join(REPO, 'dist/keyserver/log.js')).href)};
+import { createLogger } from ${JSON.stringify(pathToFileURL(join(REPO, 'dist/keyserver/shared/log.js')).href)};
 import { startProxyWorker } from ${JSON.stringify(pathToFileURL(join(REPO, 'dist/proxy/worker.js')).href)};
 
 const config = loadProxyConfig(process.argv[2]);
