@@ -25,8 +25,8 @@ import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { numberOption } from './lib/args.js';
-import { type LabKey, agentGet, CertLab, connectOnce, type RunningProxy, sleep, writeAtomically } from './lib/cert-lab.js';
-import { type IssuedLeaf } from './lib/cert-factory.js';
+import { type LabKey, agentGet, CertLab, connectOnce, sleep, writeAtomically } from './lib/cert-lab.js';
+import type { IssuedLeaf } from './lib/cert-factory.js';
 import { type HandshakeCounters, diffCounters, readHandshakeCounters } from './lib/handshake-counters.js';
 import { describeMachine } from './lib/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from './lib/report.js';
@@ -49,8 +49,6 @@ const USAGE = `Usage: node dist/bench/cert-reload.js [options]
 
 type Trigger = 'rename' | 'put' | 'sighup';
 const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
-/** Primary's reload trigger for each (coordinator.ts ReloadTrigger). */
-const RELOAD_TRIGGER: Record<Trigger, string> = { rename: 'watch', put: 'admin', sighup: 'signal' };
 
 /**
  * Replacement i (1-based): 2 and 7 of every 5 are PUT and SIGHUP, the rest

@@ -362,7 +362,7 @@ interface Env {
   readonly perfThreads: Map<string, Map<number, string>>;
 }
 
-function windowFigures(env: Env, spec: ScenarioSpec, usage: WindowUsage, server: HandshakeCounters, handshakes: number, keyserverSigns: number | undefined, clientFromSelf: boolean): Omit<WindowFigures, 'resume'> {
+function windowFigures(spec: ScenarioSpec, usage: WindowUsage, server: HandshakeCounters, handshakes: number, keyserverSigns: number | undefined, clientFromSelf: boolean): Omit<WindowFigures, 'resume'> {
   const g = (name: string | undefined) => (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0));
   const { front, key } = SETUP_GROUPS[spec.setup];
   const per = (us: number) => (handshakes > 0 ? us / handshakes : Number.NaN);
@@ -453,7 +453,7 @@ async function runAb(env: Env, spec: ScenarioSpec, durationMs: number, context: 
     }
     const c = diffCounters(cA, cB);
     const ks = signsBetween(sA, sB);
-    window = { ...windowFigures(env, spec, usageBetween(uA, uB), c, c.full, ks === undefined ? undefined : sumValues(ks), false), resume: undefined };
+    window = { ...windowFigures(spec, usageBetween(uA, uB), c, c.full, ks === undefined ? undefined : sumValues(ks), false), resume: undefined };
   } finally {
     ab.stop();
   }
@@ -494,7 +494,7 @@ async function runResumed(env: Env, spec: ScenarioSpec, durationMs: number, cont
     const ks = signsBetween(sA, sB);
     const latency = load.latency.summary();
     window = {
-      ...windowFigures(env, spec, usageBetween(uA, uB), diffCounters(cA, cB), l1.completed - l0.completed, ks === undefined ? undefined : sumValues(ks), true),
+      ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), l1.completed - l0.completed, ks === undefined ? undefined : sumValues(ks), true),
       resume: { offered: l1.offered - l0.offered, resumed: l1.resumed - l0.resumed, offeredNotResumed: l1.notResumed - l0.notResumed, p50Us: latency.p50Us, p99Us: latency.p99Us },
     };
   } finally {

@@ -232,10 +232,10 @@ async function connectLoad(
         );
       }
     } catch (err) {
-      clients.forEach((c) => c.close());
+      clients.forEach((c) => void c.close());
       throw err;
     }
-    return { load: new LibraryClientSignLoad(clients, spec, pipeline.depth), close: () => clients.forEach((c) => c.close()) };
+    return { load: new LibraryClientSignLoad(clients, spec, pipeline.depth), close: () => clients.forEach((c) => void c.close()) };
   }
   const sockets: net.Socket[] = [];
   try {
@@ -243,10 +243,10 @@ async function connectLoad(
       sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
     }
   } catch (err) {
-    sockets.forEach((s) => s.destroy());
+    sockets.forEach((s) => void s.destroy());
     throw err;
   }
-  return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close: () => sockets.forEach((s) => s.destroy()) };
+  return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close: () => sockets.forEach((s) => void s.destroy()) };
 }
 
 function keyserverScenario(

@@ -172,6 +172,7 @@ export function readJsonConfig(file: string): unknown {
     const cleaned = reason
       .replace(/,\s*".*" is not valid JSON$/s, '')
       .replace(/ (?:in JSON )?at position \d+.*$/s, '')
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: escaping control characters is what this line is for
       .replace(/[\u0000-\u001f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
       .replace(/^./, (c) => c.toLowerCase());
     const at = offset === undefined ? undefined : lineColumn(text, offset);

@@ -11,7 +11,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { intIn, isObject, KEY_ID, KEY_ID_EXPECTED, KEYS_EXPECTED, keyId, port, SHA256_HEX, strict, text } from './schema-kit.js';
+import { intIn, isObject, KEY_ID, KEYS_EXPECTED, keyId, port, SHA256_HEX, strict, text } from './schema-kit.js';
 
 /** The resolved configuration; all paths are absolute. */
 export interface KeyserverConfig {

@@ -2,7 +2,7 @@
 // resuming client's counts against a real TLS 1.3 server, the parsers of
 // `openssl speed` and nginx's stub_status, and scenario selection.
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
+import type http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ async function tlsServer(forgetTickets: boolean): Promise<{ port: number; ca: st
   let full = 0;
   const server = https.createServer(
     { cert: leaf.certPem, key: leaf.keyPem, minVersion: 'TLSv1.3' },
-    (req, res) => {
+    (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.end('x'.repeat(1024));
     },

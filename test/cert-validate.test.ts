@@ -299,7 +299,7 @@ const refusals: RefusalCase[] = [
   {
     title: 'a pinned key id that is not the leaf key',
     reason: 'key_mismatch',
-    message: new RegExp(`the leaf's key id is [0-9a-f]{64}, the entry pins key [0-9a-f]{64}`),
+    message: /the leaf's key id is [0-9a-f]{64}, the entry pins key [0-9a-f]{64}/,
     make: async () => ({ candidate: candidate(pem(leaf, inter), { keyId: keyIdOf(other) }), lookup: keyserver(leaf, other) }),
   },
   {

@@ -206,7 +206,7 @@ describe('result', () => {
       (c.clients as unknown[]).push({});
     }).toThrow(TypeError);
     expect(() => {
-      (c.clients[0]?.keys as string[]).push(KEY_A);
+      (c.clients[0]!.keys as string[]).push(KEY_A);
     }).toThrow(TypeError);
     expect(Object.isFrozen(c.pkcs11.pin)).toBe(true);
   });

@@ -116,7 +116,12 @@ describe('frame and item faults', () => {
   it('random bodies behind a valid header: MALFORMED_FRAME for each, connection stays open', async () => {
     // Fixed-seed xorshift, so the bytes (and so the expected answer) are the same on every run.
     let seed = 0x2545f491;
-    const rand = (): number => ((seed ^= seed << 13), (seed ^= seed >>> 17), (seed ^= seed << 5), seed >>> 0);
+    const rand = (): number => {
+      seed ^= seed << 13;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5;
+      return seed >>> 0;
+    };
     const conn = await RawConnection.connect(server.unixPath!);
     try {
       const ids: number[] = [];

@@ -39,7 +39,7 @@ function targetOf(file: string, specifier: string): string | undefined {
 }
 
 /** Every import against the allowed direction, as `file: imports 'specifier' (why)`. `files` maps repo-relative paths to source text. */
-export function layeringViolations(files: ReadonlyMap<string, string>): string[] {
+function layeringViolations(files: ReadonlyMap<string, string>): string[] {
   const found: string[] = [];
   for (const [file, text] of files) {
     const from = layerOf(file);

@@ -71,7 +71,7 @@ async function certbotLineage(host: string): Promise<Lineage> {
   mkdirSync(live, { recursive: true });
   mkdirSync(archive, { recursive: true });
   const leaves = [await leaf(host), await leaf(host)];
-  leaves.forEach((l, i) => writeFileSync(join(archive, `fullchain${i + 1}.pem`), `${l.certPem}\n${inter.certPem}`));
+  leaves.forEach((l, i) => void writeFileSync(join(archive, `fullchain${i + 1}.pem`), `${l.certPem}\n${inter.certPem}`));
   symlinkSync(`../../archive/${host}/fullchain1.pem`, join(live, 'fullchain.pem'));
   return { host, live: join(live, 'fullchain.pem'), leaves };
 }

@@ -75,7 +75,12 @@ export function spawnManaged(name: string, command: readonly string[], logFile: 
   }
   const pid = child.pid ?? -1;
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+  const exit = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
   child.once('error', () => undefined);
   const kill = () => {
     if (pid <= 0) return;
@@ -129,7 +134,10 @@ export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: 
 export function tcpOpen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => (socket.destroy(), resolve(true)));
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
     socket.once('error', () => resolve(false));
   });
 }

@@ -21,7 +21,7 @@
  */
 import type net from 'node:net';
 import type pkcs11js from 'pkcs11js';
-import { KeyserverClient } from '../../keyserver/client/client.js';
+import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
@@ -126,7 +126,7 @@ export class RawSignLoad extends LoadBase {
 
   protected begin(): void {
     this.outstanding = this.#sessions.length;
-    this.#sessions.forEach((session, i) => this.#loop(session, this.#digests[i % this.#digests.length]!, Buffer.alloc(this.#key.outputBytes)));
+    this.#sessions.forEach((session, i) => void this.#loop(session, this.#digests[i % this.#digests.length]!, Buffer.alloc(this.#key.outputBytes)));
   }
 
   #loop(session: pkcs11js.Handle, digest: Buffer, out: Buffer): void {

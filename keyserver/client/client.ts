@@ -18,7 +18,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import { KeyedgeError, ProtocolError, RemoteError } from '../shared/errors.js';
+import { KeyedgeError, type ProtocolError, RemoteError } from '../shared/errors.js';
 import { decodeResponse, encodeRequest, type Request, type Response } from '../protocol/codec.js';
 import { type AlgorithmByte, errorCodeName } from '../protocol/constants.js';
 import { FrameReader } from '../protocol/framer.js';

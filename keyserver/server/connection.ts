@@ -32,7 +32,7 @@
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
-import { decodeRequest, encodeResponse, type Response } from '../protocol/codec.js';
+import { decodeRequest, encodeResponse, type Request, type Response } from '../protocol/codec.js';
 import { errorCodeName, ErrorCode } from '../protocol/constants.js';
 import { FrameReader } from '../protocol/framer.js';
 import type { ConnectionState } from './admission.js';
@@ -144,7 +144,7 @@ export class KeyserverConnection {
 
   #onFrame(frame: Buffer): void {
     this.#frames++;
-    let request;
+    let request: Request;
     try {
       request = decodeRequest(frame, this.#limits.maxBodyBytes);
     } catch (err) {

@@ -10,7 +10,7 @@
  * is the validated one: certificates only, leaf first.
  */
 import { CertificateStoreError } from './errors.js';
-import { type CertificateStore, type StoreEntry, type StoreMeta } from './store.js';
+import type { CertificateStore, StoreEntry, StoreMeta } from './store.js';
 import { type CertificateCandidate, type ValidatedCertificate, type ValidationContext, validateCertificate } from './validate.js';
 
 export interface PutRequest {

@@ -69,7 +69,12 @@ export async function startOcspResponder(dir: string, ca: TestCa, entries: reado
   // Should the test process die before its afterAll, the responder goes with it.
   const onExit = (): void => void child.kill('SIGKILL');
   process.once('exit', onExit);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => (process.off('exit', onExit), resolve())));
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      process.off('exit', onExit);
+      resolve();
+    }),
+  );
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
