@@ -34,7 +34,7 @@ function usage(): string {
     'Commands:',
     ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
-    'Run `keyedge <command> --help` for a command\'s options.',
+    "Run `keyedge <command> --help` for a command's options.",
     'Options: --help, --version',
     '',
   ].join('\n');

@@ -157,7 +157,10 @@ async function main(): Promise<number> {
     const issue = (target: Pick<Target, 'serverName'>, key: LabKey): IssuedLeaf => lab.ca.issue(key.spki, [target.serverName]);
     const site: Target = { entry: 'site', serverName: 'site.reload.test', key: lab.key('ec'), serial: '' };
     const cfg: Target = { entry: 'cfg', serverName: 'cfg.reload.test', key: lab.key('ec'), serial: '' };
-    for (const [target, file] of [[site, join(storeDir, 'site.pem')], [cfg, cfgChain]] as const) {
+    for (const [target, file] of [
+      [site, join(storeDir, 'site.pem')],
+      [cfg, cfgChain],
+    ] as const) {
       const leaf = issue(target, target.key);
       writeAtomically(file, lab.ca.chain(leaf));
       target.serial = leaf.serial;
@@ -172,11 +175,23 @@ async function main(): Promise<number> {
       certStore: { dir: storeDir, rescanSeconds: 3600 },
     };
     const proxy = await lab.startProxy({ name: 'proxy', config });
-    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`);
+    say(
+      `proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`,
+    );
     const ca = lab.ca.pem;
     const countersBefore = await readHandshakeCounters(proxy.adminPort);
 
-    const load: LoadCounters = { handshakes: 0, newConnectionRequests: 0, keepAliveRequests: 0, keepAliveReused: 0, probeHandshakes: 0, probeRequests: 0, failedHandshakes: 0, failedRequests: 0, failures: [] };
+    const load: LoadCounters = {
+      handshakes: 0,
+      newConnectionRequests: 0,
+      keepAliveRequests: 0,
+      keepAliveReused: 0,
+      probeHandshakes: 0,
+      probeRequests: 0,
+      failedHandshakes: 0,
+      failedRequests: 0,
+      failures: [],
+    };
     const observations: Observation[] = [];
     const fail = (what: string, error: string): void => {
       load.failures.push({ at: new Date().toISOString(), what, error });
@@ -187,7 +202,8 @@ async function main(): Promise<number> {
       for (let n = 0; running; n++) {
         const target = targets[(loop + n) % targets.length]!;
         const r = await connectOnce(proxy.port, target.serverName, ca, true);
-        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
+        if (r.serial !== undefined && r.handshakeAt !== undefined)
+          observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
         if (r.failed === 'handshake') {
           load.failedHandshakes++;
           fail(`new connection ${target.serverName}: handshake`, r.error ?? '');
@@ -256,7 +272,8 @@ async function main(): Promise<number> {
         const started = performance.now();
         const r = await connectOnce(proxy.port, target.serverName, ca, true);
         probes++;
-        if (r.serial !== undefined && r.handshakeAt !== undefined) observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
+        if (r.serial !== undefined && r.handshakeAt !== undefined)
+          observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
         if (r.failed === 'handshake') {
           load.failedHandshakes++;
           fail(`probe ${target.serverName}: handshake`, r.error ?? '');
@@ -338,7 +355,10 @@ async function main(): Promise<number> {
 
     const served = done.map((r) => r.timeToServeMs).filter((v): v is number => v !== undefined);
     const byTrigger = (['rename', 'put', 'sighup'] as const).map((t) => {
-      const ms = done.filter((r) => r.trigger === t).map((r) => r.timeToServeMs).filter((v): v is number => v !== undefined);
+      const ms = done
+        .filter((r) => r.trigger === t)
+        .map((r) => r.timeToServeMs)
+        .filter((v): v is number => v !== undefined);
       return { trigger: t, count: ms.length, p50Ms: median(ms), maxMs: ms.length > 0 ? Math.max(...ms) : Number.NaN };
     });
     const notServed = done.filter((r) => r.timeToServeMs === undefined).length;
@@ -387,7 +407,10 @@ async function main(): Promise<number> {
         [
           ['replacements (rename / PUT / SIGHUP)', `${done.length} (${byTrigger.map((t) => done.filter((r) => r.trigger === t.trigger).length).join(' / ')})`],
           ['handshakes (load + probes)', `${fmt(summary.handshakes)} (${fmt(load.handshakes)} + ${fmt(load.probeHandshakes)})`],
-          ['requests (new connections + keep-alive)', `${fmt(summary.requests)} (${fmt(summary.newConnectionRequests)} + ${fmt(load.keepAliveRequests)}, ${fmt(load.keepAliveReused)} on a reused connection)`],
+          [
+            'requests (new connections + keep-alive)',
+            `${fmt(summary.requests)} (${fmt(summary.newConnectionRequests)} + ${fmt(load.keepAliveRequests)}, ${fmt(load.keepAliveReused)} on a reused connection)`,
+          ],
           ['failed handshakes', fmt(load.failedHandshakes)],
           ['failed requests', fmt(load.failedRequests)],
           ['replacements not served within 15 s', fmt(notServed)],
@@ -400,7 +423,18 @@ async function main(): Promise<number> {
       ),
       '',
       markdownTable(
-        ['#', 'trigger', 'entry', 'key change', 'time to serve ms', 'primary reload ms (trigger)', 'probe saw it ms', 'PUT round trip / serve from sent ms', 'old cert last seen ms', 'probes'],
+        [
+          '#',
+          'trigger',
+          'entry',
+          'key change',
+          'time to serve ms',
+          'primary reload ms (trigger)',
+          'probe saw it ms',
+          'PUT round trip / serve from sent ms',
+          'old cert last seen ms',
+          'probes',
+        ],
         rows,
         ['right', 'left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right'],
       ),
@@ -415,36 +449,43 @@ async function main(): Promise<number> {
       `Command: \`${machine.commandLine}\``,
       ...(load.failures.length === 0 ? [] : ['', '## Failures', '', ...load.failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),
     ].join('\n');
-    const out = writeReport(values.out ?? 'bench/results', quick ? 'cert-reload-quick' : 'cert-reload', {
-      benchmark: 'cert-reload',
-      machine,
-      settings: { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 },
-      // The suite's one-row-per-scenario shape (lib/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
-      summary: byTrigger.map((t): SummaryRow => ({
-        bench: 'cert-reload',
-        scenario: t.trigger,
-        label: `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`,
-        unit: 'request',
-        rate: Number.NaN,
-        serverCpuUs: Number.NaN,
-        p50Ms: round(t.p50Ms, 1),
-        p99Ms: round(t.maxMs, 1),
-        clientSaturated: false,
-        errors: failed,
-        spreadPct: Number.NaN,
-        otherCores: Number.NaN,
-      })),
-      figures: summary,
-      replacements: done.map(({ writtenAt: _w, startedAt: _s, ...r }) => ({
-        ...r,
-        timeToServeMs: roundOrUndefined(r.timeToServeMs),
-        timeToServeFromStartMs: roundOrUndefined(r.timeToServeFromStartMs),
-        probeMs: roundOrUndefined(r.probeMs),
-        putRoundTripMs: roundOrUndefined(r.putRoundTripMs),
-        oldLastSeenMs: roundOrUndefined(r.oldLastSeenMs),
-      })),
-      failures: load.failures,
-    }, markdown);
+    const out = writeReport(
+      values.out ?? 'bench/results',
+      quick ? 'cert-reload-quick' : 'cert-reload',
+      {
+        benchmark: 'cert-reload',
+        machine,
+        settings: { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 },
+        // The suite's one-row-per-scenario shape (lib/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
+        summary: byTrigger.map(
+          (t): SummaryRow => ({
+            bench: 'cert-reload',
+            scenario: t.trigger,
+            label: `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`,
+            unit: 'request',
+            rate: Number.NaN,
+            serverCpuUs: Number.NaN,
+            p50Ms: round(t.p50Ms, 1),
+            p99Ms: round(t.maxMs, 1),
+            clientSaturated: false,
+            errors: failed,
+            spreadPct: Number.NaN,
+            otherCores: Number.NaN,
+          }),
+        ),
+        figures: summary,
+        replacements: done.map(({ writtenAt: _w, startedAt: _s, ...r }) => ({
+          ...r,
+          timeToServeMs: roundOrUndefined(r.timeToServeMs),
+          timeToServeFromStartMs: roundOrUndefined(r.timeToServeFromStartMs),
+          probeMs: roundOrUndefined(r.probeMs),
+          putRoundTripMs: roundOrUndefined(r.putRoundTripMs),
+          oldLastSeenMs: roundOrUndefined(r.oldLastSeenMs),
+        })),
+        failures: load.failures,
+      },
+      markdown,
+    );
     process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
     await lab.stop();
     return failed > 0 ? 1 : 0;
@@ -466,4 +507,3 @@ main().then(
     process.exitCode = 1;
   },
 );
-

@@ -119,7 +119,12 @@ async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: n
 }
 
 /** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
-async function handshakeAll(port: number, hosts: readonly string[], ca: string, concurrency: number): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
+async function handshakeAll(
+  port: number,
+  hosts: readonly string[],
+  ca: string,
+  concurrency: number,
+): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
   let next = 0;
   let ok = 0;
   let failed = 0;
@@ -145,7 +150,10 @@ async function handshakeAll(port: number, hosts: readonly string[], ca: string, 
 async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const line = proxy.log.read().slice(from).find((l) => l.msg === 'reload done');
+    const line = proxy.log
+      .read()
+      .slice(from)
+      .find((l) => l.msg === 'reload done');
     if (line !== undefined || Date.now() > deadline) return line;
     await sleep(20);
   }
@@ -156,7 +164,10 @@ function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStart
   const lines = proxy.log.read();
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
   const primary = lines.find((l) => l.msg === 'proxy primary started');
-  return { primaryStartedMs: primary === undefined ? undefined : at(primary), workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at) };
+  return {
+    primaryStartedMs: primary === undefined ? undefined : at(primary),
+    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
+  };
 }
 
 interface ReloadFigure {
@@ -264,7 +275,9 @@ async function main(): Promise<number> {
     for (let i = 0; i < names; i++) writeFileSync(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(lab.ca.issue(key.spki, [hostOf(i)])));
     const generateSeconds = (performance.now() - genStarted) / 1000;
     const listing = listingCost(storeDir);
-    say(`store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`);
+    say(
+      `store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`,
+    );
 
     const profDir = resolve('bench/results/tmp/profiles', `cert-scale-${process.pid}`);
     if (profiling) mkdirSync(profDir, { recursive: true });
@@ -283,21 +296,34 @@ async function main(): Promise<number> {
       // Not ready in time: what it reached is the finding; the rest cannot be measured.
       const rss = rssOf(proxy);
       const cpu = proxy.pids();
-      say(`start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`);
+      say(
+        `start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`,
+      );
       const notReady = { readyTimeoutMs, phases, rss, pids: cpu, lastLogLines: proxy.log.read().slice(-5) };
       await proxy.stop();
       await lab.stop();
-      return writeNotReadyReport(values.out ?? 'bench/results', `cert-scale${suffix}${profiling ? '-profile' : ''}`, { names, generateSeconds, listing, notReady, machine, cacheSize });
+      return writeNotReadyReport(values.out ?? 'bench/results', `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
+        names,
+        generateSeconds,
+        listing,
+        notReady,
+        machine,
+        cacheSize,
+      });
     }
     const readyMs = proxy.readyMs;
     const readyUs = monotonicUs();
-    say(`start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`);
+    say(
+      `start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`,
+    );
     await sleep(1000);
     const rssAfterStart = rssOf(proxy);
     say(`RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB`);
     const settled = await settle(proxy, settleMaxMs);
     const rssSettled = rssOf(proxy);
-    say(`workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`);
+    say(
+      `workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`,
+    );
 
     const reloadsFromUs = monotonicUs();
     const replaced: ReloadFigure[] = [];
@@ -305,7 +331,9 @@ async function main(): Promise<number> {
       const i = Math.floor(((r + 1) * names) / (reloads + 1));
       replaced.push(await replaceOne(lab, proxy, storeDir, key, i));
       const f = replaced.at(-1)!;
-      say(`one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`);
+      say(
+        `one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`,
+      );
       await sleep(300);
     }
     const rescans: { durationMs: number; roundTripMs: number; changed: number }[] = [];
@@ -342,7 +370,9 @@ async function main(): Promise<number> {
     }
     const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
     const rssTrail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
-    say(`bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${rssTrail} MiB (${boundedFailed} failed)`);
+    say(
+      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${rssTrail} MiB (${boundedFailed} failed)`,
+    );
     await proxy.stop();
 
     // Memory per context: the same M-entry store, contextCacheSize 1 and M.
@@ -351,7 +381,16 @@ async function main(): Promise<number> {
     const contextIndexes = Array.from({ length: Math.min(contextNames, names) }, (_, k) => k);
     for (const i of contextIndexes) copyFileSync(join(storeDir, `${nameOf(i)}.pem`), join(contextStore, `${nameOf(i)}.pem`));
     const contextHosts = contextIndexes.map(hostOf);
-    const contextRuns: { cacheSize: number; readyMs: number; afterStart: Rss; afterHandshakes: Rss; ok: number; failed: number; seconds: number; errors: string[] }[] = [];
+    const contextRuns: {
+      cacheSize: number;
+      readyMs: number;
+      afterStart: Rss;
+      afterHandshakes: Rss;
+      ok: number;
+      failed: number;
+      seconds: number;
+      errors: string[];
+    }[] = [];
     for (const size of [1, contextHosts.length]) {
       const b = await lab.baseConfig();
       const p = await lab.startProxy({ name: `contexts-${size}`, config: scaleConfig(b.config, contextStore, size, lab.originPort), readyTimeoutMs });
@@ -361,7 +400,9 @@ async function main(): Promise<number> {
       await sleep(500);
       const afterHandshakes = rssOf(p);
       contextRuns.push({ cacheSize: size, readyMs: p.readyMs ?? Number.NaN, afterStart, afterHandshakes, ...pass });
-      say(`contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${fmt(p.readyMs ?? Number.NaN)} ms; workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`);
+      say(
+        `contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${fmt(p.readyMs ?? Number.NaN)} ms; workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`,
+      );
       await p.stop();
     }
     const [small, large] = contextRuns as [(typeof contextRuns)[0], (typeof contextRuns)[0]];
@@ -381,7 +422,10 @@ async function main(): Promise<number> {
       rssAfterStart,
       settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: rssSettled },
       oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
-      oneEntryReloadMedian: { timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1), reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)) },
+      oneEntryReloadMedian: {
+        timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
+        reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
+      },
       noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
       noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
       bounded: {
@@ -414,12 +458,24 @@ async function main(): Promise<number> {
           ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
           ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
           ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
-          [`one-entry reload (rename → new serial on a new connection), ${replaced.length}×`, `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(summary.oneEntryReloadMedian.timeToServeMs)})`],
-          ['… primary "reload done" durationMs (after the 150 ms watch debounce)', `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`],
+          [
+            `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
+            `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(summary.oneEntryReloadMedian.timeToServeMs)})`,
+          ],
+          [
+            '… primary "reload done" durationMs (after the 150 ms watch debounce)',
+            `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
+          ],
           [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
-          [`bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`, `${rssTrail} MiB`],
+          [
+            `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
+            `${rssTrail} MiB`,
+          ],
           ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
-          [`memory per secure context (${fmt(contextHosts.length)} entries, cache ${contextHosts.length} vs 1): after start`, `${fmt(perContextKiB.afterStart, 1)} KiB`],
+          [
+            `memory per secure context (${fmt(contextHosts.length)} entries, cache ${contextHosts.length} vs 1): after start`,
+            `${fmt(perContextKiB.afterStart, 1)} KiB`,
+          ],
           ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
         ],
         ['left', 'right'],
@@ -427,7 +483,14 @@ async function main(): Promise<number> {
       '',
       markdownTable(
         ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
-        contextRuns.map((r) => [`contextCacheSize ${r.cacheSize}`, fmt(r.readyMs), workersRss(r.afterStart), workersRss(r.afterHandshakes), fmt(r.ok), fmt(r.failed)]),
+        contextRuns.map((r) => [
+          `contextCacheSize ${r.cacheSize}`,
+          fmt(r.readyMs),
+          workersRss(r.afterStart),
+          workersRss(r.afterHandshakes),
+          fmt(r.ok),
+          fmt(r.failed),
+        ]),
         ['left', 'right', 'right', 'right', 'right', 'right'],
       ),
       '',
@@ -435,7 +498,18 @@ async function main(): Promise<number> {
       '',
       `Command: \`${machine.commandLine}\``,
     ].join('\n');
-    const out = writeReport(values.out ?? 'bench/results', `cert-scale${suffix}`, { benchmark: 'cert-scale', machine, settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 }, summary: summaryRows(summary, failed), figures: summary }, markdown);
+    const out = writeReport(
+      values.out ?? 'bench/results',
+      `cert-scale${suffix}`,
+      {
+        benchmark: 'cert-scale',
+        machine,
+        settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 },
+        summary: summaryRows(summary, failed),
+        figures: summary,
+      },
+      markdown,
+    );
     process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
     return failed > 0 ? 1 : 0;
   } finally {
@@ -445,7 +519,11 @@ async function main(): Promise<number> {
 
 /** The suite's one-row-per-scenario shape (lib/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
 function summaryRows(
-  figures: { startup: { readyMs: number }; oneEntryReload: readonly { timeToServeMs?: number | undefined }[]; noChangeRescan: readonly { durationMs: number }[] },
+  figures: {
+    startup: { readyMs: number };
+    oneEntryReload: readonly { timeToServeMs?: number | undefined }[];
+    noChangeRescan: readonly { durationMs: number }[];
+  },
   errors: number,
 ): SummaryRow[] {
   const row = (scenario: string, label: string, values: readonly number[]): SummaryRow => ({
@@ -464,8 +542,16 @@ function summaryRows(
   });
   return [
     row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
-    row('one-entry-reload', 'one entry replaced: rename → served (p99 = max)', figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN)),
-    row('rescan', 'no-change rescan, POST /reload durationMs (p99 = max)', figures.noChangeRescan.map((r) => r.durationMs)),
+    row(
+      'one-entry-reload',
+      'one entry replaced: rename → served (p99 = max)',
+      figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN),
+    ),
+    row(
+      'rescan',
+      'no-change rescan, POST /reload durationMs (p99 = max)',
+      figures.noChangeRescan.map((r) => r.durationMs),
+    ),
   ];
 }
 
@@ -494,12 +580,18 @@ function writeProfileReport(outDir: string, name: string, profDir: string, ctx: 
   const keep = resolve('bench/results/tmp/profiles');
   const kept: string[] = [];
   const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
-  for (const [role, file] of [['primary', primaryFile], ['worker', workerFile]] as const) {
+  for (const [role, file] of [
+    ['primary', primaryFile],
+    ['worker', workerFile],
+  ] as const) {
     if (file === undefined) continue;
     const target = join(keep, `${dateStamp()}-cert-scale-${ctx.names}-${role}.cpuprofile`);
     renameSync(join(profDir, file), target);
     kept.push(target);
-    for (const [window, span] of [['start-up (spawn → /readyz 200)', ctx.windows.startup], ['one-entry reloads and no-change rescans', ctx.windows.reloads]] as const) {
+    for (const [window, span] of [
+      ['start-up (spawn → /readyz 200)', ctx.windows.startup],
+      ['one-entry reloads and no-change rescans', ctx.windows.reloads],
+    ] as const) {
       const s = summarizeProfile(target, REPO_ROOT, span);
       summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
     }
@@ -537,17 +629,22 @@ function writeProfileReport(outDir: string, name: string, profDir: string, ctx: 
     '',
     `Command: \`${ctx.machine.commandLine}\``,
   ].join('\n');
-  const out = writeReport(outDir, name, {
-    benchmark: 'cert-scale-profile',
-    machine: ctx.machine,
-    names: ctx.names,
-    readyMs: Math.round(ctx.readyMs),
-    phases: ctx.phases,
-    rssAfterStart: ctx.rssAfterStart,
-    replaced: ctx.replaced,
-    rescans: ctx.rescans,
-    profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
-  }, markdown);
+  const out = writeReport(
+    outDir,
+    name,
+    {
+      benchmark: 'cert-scale-profile',
+      machine: ctx.machine,
+      names: ctx.names,
+      readyMs: Math.round(ctx.readyMs),
+      phases: ctx.phases,
+      rssAfterStart: ctx.rssAfterStart,
+      replaced: ctx.replaced,
+      rescans: ctx.rescans,
+      profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
+    },
+    markdown,
+  );
   process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
   return 0;
 }
@@ -556,7 +653,12 @@ interface NotReadyContext {
   readonly names: number;
   readonly generateSeconds: number;
   readonly listing: ReturnType<typeof listingCost>;
-  readonly notReady: { readonly readyTimeoutMs: number; readonly phases: ReturnType<typeof startupPhases>; readonly rss: Rss; readonly lastLogLines: readonly LogLine[] };
+  readonly notReady: {
+    readonly readyTimeoutMs: number;
+    readonly phases: ReturnType<typeof startupPhases>;
+    readonly rss: Rss;
+    readonly lastLogLines: readonly LogLine[];
+  };
   readonly machine: ReturnType<typeof describeMachine>;
   readonly cacheSize: number;
 }
@@ -575,8 +677,14 @@ function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext)
       [
         ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(ctx.listing.cpuMs, 1)} / ${fmt(ctx.listing.wallMs, 1)} ms`],
         ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
-        ['… primary validated every entry and forked ("proxy primary started")', notReady.phases.primaryStartedMs === undefined ? 'not yet' : `${fmt(notReady.phases.primaryStartedMs)} ms`],
-        ['… workers listening', notReady.phases.workersListeningMs.length === 0 ? 'none yet' : `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+        [
+          '… primary validated every entry and forked ("proxy primary started")',
+          notReady.phases.primaryStartedMs === undefined ? 'not yet' : `${fmt(notReady.phases.primaryStartedMs)} ms`,
+        ],
+        [
+          '… workers listening',
+          notReady.phases.workersListeningMs.length === 0 ? 'none yet' : `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`,
+        ],
         ['RSS when given up: primary', `${fmt(notReady.rss.primaryMiB, 1)} MiB`],
         ['RSS when given up: workers', `${workersRss(notReady.rss)} MiB`],
       ],
@@ -587,28 +695,37 @@ function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext)
     '',
     `Command: \`${machine.commandLine}\``,
   ].join('\n');
-  const out = writeReport(outDir, name, {
-    benchmark: 'cert-scale',
-    summary: [
-      {
-        bench: 'cert-scale',
-        scenario: 'startup',
-        label: 'start-up until /readyz 200',
-        unit: 'request',
-        rate: Number.NaN,
-        serverCpuUs: Number.NaN,
-        p50Ms: Number.NaN,
-        p99Ms: Number.NaN,
-        clientSaturated: false,
-        errors: 1,
-        spreadPct: Number.NaN,
-        otherCores: Number.NaN,
-        skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
-      } satisfies SummaryRow,
-    ],
-    machine,
-    names: ctx.names,
-    generateSeconds: round(ctx.generateSeconds, 1), listing: ctx.listing, cacheSize: ctx.cacheSize, notReady }, markdown);
+  const out = writeReport(
+    outDir,
+    name,
+    {
+      benchmark: 'cert-scale',
+      summary: [
+        {
+          bench: 'cert-scale',
+          scenario: 'startup',
+          label: 'start-up until /readyz 200',
+          unit: 'request',
+          rate: Number.NaN,
+          serverCpuUs: Number.NaN,
+          p50Ms: Number.NaN,
+          p99Ms: Number.NaN,
+          clientSaturated: false,
+          errors: 1,
+          spreadPct: Number.NaN,
+          otherCores: Number.NaN,
+          skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
+        } satisfies SummaryRow,
+      ],
+      machine,
+      names: ctx.names,
+      generateSeconds: round(ctx.generateSeconds, 1),
+      listing: ctx.listing,
+      cacheSize: ctx.cacheSize,
+      notReady,
+    },
+    markdown,
+  );
   process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
   return 1;
 }

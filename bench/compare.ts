@@ -36,7 +36,11 @@ function load(path: string): SummaryRow[] {
 }
 
 function main(): number {
-  const { values, positionals } = parseArgs({ options: { threshold: { type: 'string' }, help: { type: 'boolean', default: false } }, allowPositionals: true, strict: true });
+  const { values, positionals } = parseArgs({
+    options: { threshold: { type: 'string' }, help: { type: 'boolean', default: false } },
+    allowPositionals: true,
+    strict: true,
+  });
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;

@@ -331,7 +331,9 @@ interface WindowFigures {
   /** Cores used by processes that are neither ours nor this bench. */
   readonly otherCores: number;
   /** Resumed kind: connections that offered a ticket, of those resumed, and latency in the window. */
-  readonly resume: { readonly offered: number; readonly resumed: number; readonly offeredNotResumed: number; readonly p50Us: number; readonly p99Us: number } | undefined;
+  readonly resume:
+    | { readonly offered: number; readonly resumed: number; readonly offeredNotResumed: number; readonly p50Us: number; readonly p99Us: number }
+    | undefined;
   readonly usage: WindowUsage;
 }
 
@@ -362,7 +364,14 @@ interface Env {
   readonly perfThreads: Map<string, Map<number, string>>;
 }
 
-function windowFigures(spec: ScenarioSpec, usage: WindowUsage, server: HandshakeCounters, handshakes: number, keyserverSigns: number | undefined, clientFromSelf: boolean): Omit<WindowFigures, 'resume'> {
+function windowFigures(
+  spec: ScenarioSpec,
+  usage: WindowUsage,
+  server: HandshakeCounters,
+  handshakes: number,
+  keyserverSigns: number | undefined,
+  clientFromSelf: boolean,
+): Omit<WindowFigures, 'resume'> {
   const g = (name: string | undefined) => (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0));
   const { front, key } = SETUP_GROUPS[spec.setup];
   const per = (us: number) => (handshakes > 0 ? us / handshakes : Number.NaN);
@@ -393,7 +402,11 @@ async function keyserverSignsNow(env: Env, spec: ScenarioSpec): Promise<Record<s
 
 function signsBetween(a: Record<string, number> | undefined, b: Record<string, number> | undefined): Record<string, number> | undefined {
   if (a === undefined || b === undefined) return undefined;
-  return Object.fromEntries(Object.keys({ ...a, ...b }).map((k) => [k, (b[k] ?? 0) - (a[k] ?? 0)]).filter(([, v]) => v !== 0));
+  return Object.fromEntries(
+    Object.keys({ ...a, ...b })
+      .map((k) => [k, (b[k] ?? 0) - (a[k] ?? 0)])
+      .filter(([, v]) => v !== 0),
+  );
 }
 
 /** Reads the server's counters (and the key server's signs) until they stop moving, at most 5 s: idle to idle. */
@@ -462,7 +475,13 @@ async function runAb(env: Env, spec: ScenarioSpec, durationMs: number, context: 
   const end = await settledCounters(env, spec);
   return {
     window,
-    run: { ab: abResult, clientErrors: 0, clientFirstError: undefined, counters: diffCounters(run0, end.counters), keyserverSigns: signsBetween(signs0, end.signs) },
+    run: {
+      ab: abResult,
+      clientErrors: 0,
+      clientFirstError: undefined,
+      counters: diffCounters(run0, end.counters),
+      keyserverSigns: signsBetween(signs0, end.signs),
+    },
   };
 }
 
@@ -495,7 +514,13 @@ async function runResumed(env: Env, spec: ScenarioSpec, durationMs: number, cont
     const latency = load.latency.summary();
     window = {
       ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), l1.completed - l0.completed, ks === undefined ? undefined : sumValues(ks), true),
-      resume: { offered: l1.offered - l0.offered, resumed: l1.resumed - l0.resumed, offeredNotResumed: l1.notResumed - l0.notResumed, p50Us: latency.p50Us, p99Us: latency.p99Us },
+      resume: {
+        offered: l1.offered - l0.offered,
+        resumed: l1.resumed - l0.resumed,
+        offeredNotResumed: l1.notResumed - l0.notResumed,
+        p50Us: latency.p50Us,
+        p99Us: latency.p99Us,
+      },
     };
   } finally {
     await load.stop();
@@ -503,7 +528,13 @@ async function runResumed(env: Env, spec: ScenarioSpec, durationMs: number, cont
   const end = await settledCounters(env, spec);
   return {
     window,
-    run: { ab: undefined, clientErrors: load.errors, clientFirstError: load.firstError, counters: diffCounters(run0, end.counters), keyserverSigns: signsBetween(signs0, end.signs) },
+    run: {
+      ab: undefined,
+      clientErrors: load.errors,
+      clientFirstError: load.firstError,
+      counters: diffCounters(run0, end.counters),
+      keyserverSigns: signsBetween(signs0, end.signs),
+    },
   };
 }
 
@@ -534,7 +565,13 @@ interface ScenarioSummary {
   readonly cleanRounds: number;
   readonly usedRounds: readonly number[];
   /** ab failed requests / non-2xx, TLS handshakes the server saw fail inside the windows, the resuming client's failures. */
-  readonly errors: { readonly abFailed: number; readonly non2xx: number; readonly windowFailedHandshakes: number; readonly clientErrors: number; readonly firstClientError: string | undefined };
+  readonly errors: {
+    readonly abFailed: number;
+    readonly non2xx: number;
+    readonly windowFailedHandshakes: number;
+    readonly clientErrors: number;
+    readonly firstClientError: string | undefined;
+  };
   readonly totalErrors: number;
   /** Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ full handshakes the proxy counted; should be 1. */
   readonly signCheck:
@@ -669,7 +706,14 @@ function targets(summaries: readonly ScenarioSummary[]): TargetRow[] {
     const f = get('nginx-p11kit');
     if (a !== undefined && f !== undefined) {
       const value = a / f;
-      out.push({ name: 'full handshake CPU: keyless (unix) ÷ nginx + p11-kit', key: key.title, value, limit: TARGETS.keylessVsP11kit, met: value <= TARGETS.keylessVsP11kit, detail: `${fmt(a)} ÷ ${fmt(f)} µs` });
+      out.push({
+        name: 'full handshake CPU: keyless (unix) ÷ nginx + p11-kit',
+        key: key.title,
+        value,
+        limit: TARGETS.keylessVsP11kit,
+        met: value <= TARGETS.keylessVsP11kit,
+        detail: `${fmt(a)} ÷ ${fmt(f)} µs`,
+      });
     }
     if (a !== undefined && c !== undefined && e !== undefined && f !== undefined) {
       const hop = a - c;
@@ -690,7 +734,14 @@ function targets(summaries: readonly ScenarioSummary[]): TargetRow[] {
     const n = find(summaries, 'resumed-tls13', 'nginx-file', key.id);
     if (k !== undefined && n !== undefined) {
       const value = k.serverUs.median / n.serverUs.median;
-      out.push({ name: 'resumed handshake CPU: keyless ÷ nginx', key: key.title, value, limit: TARGETS.resumedVsNginx, met: value <= TARGETS.resumedVsNginx, detail: `${fmt(k.serverUs.median)} ÷ ${fmt(n.serverUs.median)} µs` });
+      out.push({
+        name: 'resumed handshake CPU: keyless ÷ nginx',
+        key: key.title,
+        value,
+        limit: TARGETS.resumedVsNginx,
+        met: value <= TARGETS.resumedVsNginx,
+        detail: `${fmt(k.serverUs.median)} ÷ ${fmt(n.serverUs.median)} µs`,
+      });
     }
     for (const s of [k, n]) {
       if (s?.resumeCheck === undefined) continue;
@@ -875,7 +926,9 @@ function contentionLine(summaries: readonly ScenarioSummary[]): string {
 function markdownReport(ctx: ReportContext, summaries: readonly ScenarioSummary[], targetRows: readonly TargetRow[], hopRows: readonly HopRow[]): string {
   const { machine, options, limits } = ctx;
   const pin =
-    (options.serverCpus === undefined ? 'no pinning (scheduler decides)' : `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`) +
+    (options.serverCpus === undefined
+      ? 'no pinning (scheduler decides)'
+      : `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`) +
     (options.keyserverCpus === undefined ? '' : `; key server moved to CPU ${options.keyserverCpus}`);
   const kinds = KINDS.filter((k) => summaries.some((s) => s.kind === k));
   const targetTable =
@@ -944,11 +997,11 @@ function markdownReport(ctx: ReportContext, summaries: readonly ScenarioSummary[
     ...(limitLines.length > 0 ? [`## What one core signs (CPU ${limits.cpus ?? 'any'}, servers idle)`, '', ...limitLines, ''] : []),
     'Columns: handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: its',
     'stub_status requests; resumed: connections the client completed). "≥": the client used ≥ 0.9 of its core in the median',
-    'round, so the rate is a lower bound of the server\'s. **server µs/hs** = utime+stime from /proc of every process of the',
+    "round, so the rate is a lower bound of the server's. **server µs/hs** = utime+stime from /proc of every process of the",
     'set-up (proxy primary + workers + key server; in-memory primary + workers; nginx; nginx + p11-kit server and its',
     'p11-kit-remote helpers) over the window ÷ handshakes in it: the figure to compare. "front + key holder" splits it. origin',
-    'µs = the demo origin (the same for all, not in the server figure). client = the client\'s CPU per handshake (ab; for',
-    'resumed, this bench\'s process) and its cores. server-side cores = set-up + origin. p50/p99 = per-connection time',
+    "µs = the demo origin (the same for all, not in the server figure). client = the client's CPU per handshake (ab; for",
+    "resumed, this bench's process) and its cores. server-side cores = set-up + origin. p50/p99 = per-connection time",
     '(connect + handshake + GET), median over rounds, mostly queueing at this concurrency. errors = ab failed requests +',
     'non-2xx + handshakes the server saw fail in the windows + resuming-client failures. check: full keyless = key server',
     'signatures ÷ full handshakes the proxy counted over every run, idle to idle (1 = one signature per handshake; ✗ outside',
@@ -984,13 +1037,29 @@ function perfMarkdown(rows: readonly PerfRow[], machine: ReturnType<typeof descr
     ...rows.flatMap((r) => [
       `## ${r.scenario}: ${fmt(r.sampledUsPerHandshake)} µs sampled per handshake (${r.handshakes} handshakes, ${r.summary.samples} samples)`,
       '',
-      markdownTable(['process, threads', 'share %', 'µs/hs'], r.summary.byProcess.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]), ['left', 'right', 'right']),
+      markdownTable(
+        ['process, threads', 'share %', 'µs/hs'],
+        r.summary.byProcess.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
       '',
-      markdownTable(['binary', 'share %', 'µs/hs'], r.summary.byBinary.slice(0, 8).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]), ['left', 'right', 'right']),
+      markdownTable(
+        ['binary', 'share %', 'µs/hs'],
+        r.summary.byBinary.slice(0, 8).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
       '',
-      markdownTable(['binary / symbol (self)', 'share %', 'µs/hs'], r.summary.bySymbol.slice(0, 25).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]), ['left', 'right', 'right']),
+      markdownTable(
+        ['binary / symbol (self)', 'share %', 'µs/hs'],
+        r.summary.bySymbol.slice(0, 25).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
       '',
-      markdownTable(['JS function (inclusive)', 'share %', 'µs/hs'], r.summary.jsInclusive.slice(0, 30).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]), ['left', 'right', 'right']),
+      markdownTable(
+        ['JS function (inclusive)', 'share %', 'µs/hs'],
+        r.summary.jsInclusive.slice(0, 30).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
       '',
     ]),
   ].join('\n');
@@ -1073,13 +1142,15 @@ async function main(): Promise<number> {
         spec,
         run: (durationMs: number, context: RunContext) => {
           const duration = context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(durationMs, options.nginxWarmupMs) : durationMs;
-          const perfFile = options.perfDir !== undefined && context.phase === 'measure' ? join(options.perfDir, `${spec.id.replaceAll('/', '_')}.perf.data`) : undefined;
+          const perfFile =
+            options.perfDir !== undefined && context.phase === 'measure' ? join(options.perfDir, `${spec.id.replaceAll('/', '_')}.perf.data`) : undefined;
           return spec.kind === 'resumed-tls13' ? runResumed(env, spec, duration, context, perfFile) : runAb(env, spec, duration, context, perfFile);
         },
       }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
 
-    const limits: Limits = options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
+    const limits: Limits =
+      options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
 
     const ownPids = () =>
       trackedGroups(running, undefined)
@@ -1105,7 +1176,10 @@ async function main(): Promise<number> {
         if (gate === undefined || context.phase !== 'measure') return;
         const q = await gate.wait();
         quietWaits.push({ scenario, round: context.round, ...q });
-        if (!q.quiet || q.waitedMs > 300) log(`waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`);
+        if (!q.quiet || q.waitedMs > 300)
+          log(
+            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
+          );
       },
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
@@ -1113,7 +1187,10 @@ async function main(): Promise<number> {
         const signs = result.run.keyserverSigns === undefined ? '' : ` signs ${sumValues(result.run.keyserverSigns)}/${result.run.counters.full} full`;
         const resume = w.resume === undefined ? '' : ` resumed ${w.resume.resumed}/${w.resume.offered}`;
         const abErr = result.run.ab === undefined ? 0 : result.run.ab.failedRequests + result.run.ab.non2xx;
-        const errors = abErr + w.server.failed + result.run.clientErrors > 0 ? ` ERRORS client ${abErr + result.run.clientErrors} TLS failed ${w.server.failed}${result.run.clientFirstError ? ` (${result.run.clientFirstError})` : ''}` : '';
+        const errors =
+          abErr + w.server.failed + result.run.clientErrors > 0
+            ? ` ERRORS client ${abErr + result.run.clientErrors} TLS failed ${w.server.failed}${result.run.clientFirstError ? ` (${result.run.clientFirstError})` : ''}`
+            : '';
         log(
           `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(32)} ${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}` +
             `  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`,
@@ -1130,7 +1207,14 @@ async function main(): Promise<number> {
       options,
       date,
       ab,
-      abCommand: `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}ab ${abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined })
+      abCommand: `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}ab ${abArgs({
+        port: 0,
+        host: 'KEY.bench.localhost',
+        concurrency: options.concurrency,
+        maxSeconds: 0,
+        csvPath: 'FILE.csv',
+        cpus: undefined,
+      })
         .map((a) => (a.includes(' ') ? `'${a}'` : a))
         .join(' ')
         .replace(/-t \d+/, '-t T')
@@ -1150,10 +1234,29 @@ async function main(): Promise<number> {
         if (window === undefined) continue;
         const file = join(perfDir, `${s.name.replaceAll('/', '_')}.perf.data`);
         const summary = await summarizePerf(file, options.perfHz, env.perfThreads.get(file) ?? new Map());
-        rows.push({ scenario: s.name, handshakes: window.handshakes, sampledUsPerHandshake: ((summary.samples / options.perfHz) * 1e6) / window.handshakes, summary });
+        rows.push({
+          scenario: s.name,
+          handshakes: window.handshakes,
+          sampledUsPerHandshake: ((summary.samples / options.perfHz) * 1e6) / window.handshakes,
+          summary,
+        });
       }
       const md = perfMarkdown(rows, machine, options, date);
-      const written = writeReport(options.out, 'handshake-perf', { benchmark: 'handshake-perf', date, machine, command: machine.commandLine, options, perf: rows, scenarios: summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window })) }, md, date);
+      const written = writeReport(
+        options.out,
+        'handshake-perf',
+        {
+          benchmark: 'handshake-perf',
+          date,
+          machine,
+          command: machine.commandLine,
+          options,
+          perf: rows,
+          scenarios: summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window })),
+        },
+        md,
+        date,
+      );
       process.stdout.write(`${md}\n`);
       log(`wrote ${written.jsonPath} and ${written.markdownPath}; perf data in ${perfDir} (perf report -i FILE)`);
       return 0;
@@ -1174,7 +1277,10 @@ async function main(): Promise<number> {
       client: { ab, command: ctx.abCommand, concurrency: options.concurrency, resumeLoops: options.resumeLoops, cpus: options.clientCpus },
       servers: {
         workers: options.workers,
-        nginx: lab.nginxTools === undefined ? undefined : { version: lab.nginxTools.version, processes: 1, masterProcess: false, engine: lab.nginxTools.engine, p11kitClient: lab.nginxTools.p11kitClient },
+        nginx:
+          lab.nginxTools === undefined
+            ? undefined
+            : { version: lab.nginxTools.version, processes: 1, masterProcess: false, engine: lab.nginxTools.engine, p11kitClient: lab.nginxTools.p11kitClient },
         cpus: options.serverCpus,
         keyserverCpus: options.keyserverCpus ?? options.serverCpus,
         logLevel: options.logLevel,
@@ -1197,7 +1303,14 @@ async function main(): Promise<number> {
       proxyConfig: lab.proxyConfig,
       proxyTcpConfig: lab.proxyTcpConfig,
       inMemoryConfig: lab.inMemoryConfig,
-      keyless_hop: hopRows.map((h) => ({ key: h.key.id, setup: h.setup, hopUs: round(h.hopUs), frontHopUs: round(h.frontHopUs), keyUs: round(h.keyUs), perRoundUs: h.perRoundUs.map((v) => round(v)) })),
+      keyless_hop: hopRows.map((h) => ({
+        key: h.key.id,
+        setup: h.setup,
+        hopUs: round(h.hopUs),
+        frontHopUs: round(h.frontHopUs),
+        keyUs: round(h.keyUs),
+        perRoundUs: h.perRoundUs.map((v) => round(v)),
+      })),
       scenarios: summaries.map((s) => ({ ...s, key: s.key.id })),
       durationSeconds: (Date.now() - started) / 1000,
     };

@@ -368,7 +368,14 @@ interface ProfileReport {
 }
 
 function markdownReport(
-  ctx: { machine: ReturnType<typeof describeMachine>; options: Options; date: string; clientCommand: string; commands: Record<string, string>; versions: Record<string, string | undefined> },
+  ctx: {
+    machine: ReturnType<typeof describeMachine>;
+    options: Options;
+    date: string;
+    clientCommand: string;
+    commands: Record<string, string>;
+    versions: Record<string, string | undefined>;
+  },
   summaries: readonly ServerSummary[],
   skipped: ReadonlyMap<ServerId, string>,
   comparisons: readonly Comparison[],
@@ -392,7 +399,21 @@ function markdownReport(
   ]);
   for (const [server, reason] of skipped) rows.push([`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
   const table = markdownTable(
-    ['Server', 'requests/s', 'min–max (spread)', 'server µs/request', 'min–max (spread)', 'proxy + key server µs', 'origin µs', 'client µs (cores)', 'server-side cores', 'p50 / p99 ms', 'errors / timeouts / non-2xx', 'clean rounds', 'machine busy / others (cores)'],
+    [
+      'Server',
+      'requests/s',
+      'min–max (spread)',
+      'server µs/request',
+      'min–max (spread)',
+      'proxy + key server µs',
+      'origin µs',
+      'client µs (cores)',
+      'server-side cores',
+      'p50 / p99 ms',
+      'errors / timeouts / non-2xx',
+      'clean rounds',
+      'machine busy / others (cores)',
+    ],
     rows,
     ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
   );
@@ -410,7 +431,10 @@ function markdownReport(
           ]),
           ['left', 'right', 'right', 'right', 'left'],
         );
-  const pin = options.serverCpus === undefined ? 'none (scheduler)' : `servers (proxy, key server, nginx, caddy, origin) on CPU ${options.serverCpus}; autocannon and this bench on CPU ${options.clientCpus}`;
+  const pin =
+    options.serverCpus === undefined
+      ? 'none (scheduler)'
+      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${options.serverCpus}; autocannon and this bench on CPU ${options.clientCpus}`;
   const profileSection = profiles.flatMap((p) => [
     `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
     '',
@@ -424,7 +448,9 @@ function markdownReport(
   return [
     `# keepalive, ${ctx.date}${options.quick ? ' (quick)' : ''}`,
     '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; ${Object.entries(ctx.versions).map(([k, v]) => `${k} ${v ?? '?'}`).join(', ')}.`,
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; ${Object.entries(ctx.versions)
+      .map(([k, v]) => `${k} ${v ?? '?'}`)
+      .join(', ')}.`,
     `Command: \`${machine.commandLine}\``,
     `Client: \`${ctx.clientCommand}\` (HTTP/1.1 keep-alive, ${options.connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
     `Servers: keyedge \`${ctx.commands.keyedge}\` + \`${ctx.commands.keyserver}\` (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'}, log level ${options.logLevel}); nginx \`${ctx.commands.nginx}\` (1 worker); caddy \`${ctx.commands.caddy}\`; origin \`${ctx.commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${options.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
@@ -440,11 +466,11 @@ function markdownReport(
     'Columns: requests/s = requests the origin served in the window ÷ its length, median over rounds ("≥": autocannon used',
     `≥ ${SATURATED_CORES} of its core, so the rate is what one client core could drive). **server µs/request** = utime+stime from /proc of`,
     'every server process (keyedge: proxy primary + workers + key server; nginx: master + worker; caddy) over the window ÷',
-    'requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon\'s',
-    'CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon\'s latency over its whole',
+    "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
+    "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
     'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
     `summed over all rounds. Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`,
-    'rounds when at least 3 are (else all, marked †). Every window\'s figures are in the JSON.',
+    "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
     '',
     ...profileSection,
   ].join('\n');
@@ -472,7 +498,10 @@ async function main(): Promise<number> {
   // Third-party servers: found or installed, else skipped with the reason.
   const skipped = new Map<ServerId, string>();
   const binaries = new Map<ServerId, string>();
-  for (const [server, pkg] of [['nginx', 'nginx'], ['caddy', 'caddy']] as const) {
+  for (const [server, pkg] of [
+    ['nginx', 'nginx'],
+    ['caddy', 'caddy'],
+  ] as const) {
     if (!options.servers.includes(server)) continue;
     const found = findOrInstall(server, pkg, options.install, log);
     if (found.ok) binaries.set(server, found.path);
@@ -524,7 +553,9 @@ async function main(): Promise<number> {
     const ownPids = () =>
       [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
     const gate =
-      options.quietBudgetMs > 0 ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs) : undefined;
+      options.quietBudgetMs > 0
+        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs)
+        : undefined;
     const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
     // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
     const answered = new Map<string, number>();
@@ -542,7 +573,10 @@ async function main(): Promise<number> {
         if (gate === undefined || context.phase !== 'measure') return;
         const q = await gate.wait();
         quietWaits.push({ scenario, round: context.round, ...q });
-        if (!q.quiet || q.waitedMs > 300) log(`waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`);
+        if (!q.quiet || q.waitedMs > 300)
+          log(
+            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
+          );
       },
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
@@ -560,7 +594,13 @@ async function main(): Promise<number> {
     const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
     const summaries = scenarios.map((s) => summarize(s.server, labels[s.server], results.get(s.name) ?? [], serverCpuCount));
     const comparisons = (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, o) ?? []);
-    const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({ url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: options.connections, durationSec: 0, cpus: undefined })
+    const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
+      url: 'https://127.0.0.1:PORT/',
+      serverName: SERVER_NAME,
+      connections: options.connections,
+      durationSec: 0,
+      cpus: undefined,
+    })
       .join(' ')
       .replace('-d 0', '-d T')}`;
     const commands = {
@@ -589,7 +629,15 @@ async function main(): Promise<number> {
       machine,
       versions,
       client: { command: clientCommand, connections: options.connections, cpus: options.clientCpus },
-      servers: { ...commands, workers: options.workers, cpus: options.serverCpus, logLevel: options.logLevel, accessLog: options.accessLog, originPool: ORIGIN_POOL, protocols: Object.fromEntries(lab.protocols) },
+      servers: {
+        ...commands,
+        workers: options.workers,
+        cpus: options.serverCpus,
+        logLevel: options.logLevel,
+        accessLog: options.accessLog,
+        originPool: ORIGIN_POOL,
+        protocols: Object.fromEntries(lab.protocols),
+      },
       method: {
         rounds: options.rounds,
         measureMs: options.measureMs,

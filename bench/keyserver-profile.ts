@@ -84,7 +84,9 @@ async function main(): Promise<number> {
         '',
         markdownTable(
           ['function', 'self µs/sign', 'self %', 'inclusive µs/sign', 'incl %'],
-          summary.functions.slice(0, top).map((f) => [f.function, fmt(perSign(f.selfUs), 2), fmt(f.selfPct, 1), fmt(perSign(f.inclusiveUs), 2), fmt(f.inclusivePct, 1)]),
+          summary.functions
+            .slice(0, top)
+            .map((f) => [f.function, fmt(perSign(f.selfUs), 2), fmt(f.selfPct, 1), fmt(perSign(f.inclusiveUs), 2), fmt(f.inclusivePct, 1)]),
           ['left', 'right', 'right', 'right', 'right'],
         ),
         '',

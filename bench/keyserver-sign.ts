@@ -183,7 +183,14 @@ interface BenchScenario extends Scenario<WindowResult>, ScenarioInfo {
   close(): void;
 }
 
-function rawScenario(key: BenchKey, pkcs11: pkcs11js.PKCS11, sessions: readonly pkcs11js.Handle[], rawKey: RawKey, digests: Buffer[], options: Options): BenchScenario {
+function rawScenario(
+  key: BenchKey,
+  pkcs11: pkcs11js.PKCS11,
+  sessions: readonly pkcs11js.Handle[],
+  rawKey: RawKey,
+  digests: Buffer[],
+  options: Options,
+): BenchScenario {
   const load = new RawSignLoad(pkcs11, sessions, rawKey, digests);
   return {
     name: `raw-${key.id}-${sessions.length}s`,
@@ -317,7 +324,13 @@ async function explorePipeline(
   const rows: ExploreRow[] = PIPELINE_CANDIDATES.map((p) => {
     const name = pipelineName(p);
     const r = rates.get(name)!;
-    return { key: key.title, pipeline: name, signsPerSecond: r.map((v) => round(v)), meanSignsPerSecond: r.reduce((a, b) => a + b, 0) / r.length, p99Us: median(p99.get(name)!) };
+    return {
+      key: key.title,
+      pipeline: name,
+      signsPerSecond: r.map((v) => round(v)),
+      meanSignsPerSecond: r.reduce((a, b) => a + b, 0) / r.length,
+      p99Us: median(p99.get(name)!),
+    };
   });
   const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
   const inFlight = (p: Pipeline) => p.connections * p.depth;
@@ -372,7 +385,10 @@ interface ScenarioSummary extends ScenarioInfo {
     | undefined;
 }
 
-function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
+function summarize(
+  scenarios: readonly BenchScenario[],
+  results: ReadonlyMap<string, readonly WindowResult[]>,
+): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
   const base = scenarios.map((s) => {
     const all = results.get(s.name) ?? [];
     const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.machine.otherCores <= CONTENDED_CORES);
@@ -421,7 +437,12 @@ function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<str
     const perRound = pairs.map((i) => (s.perRound[i]?.signsPerSecond ?? Number.NaN) / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
     return {
       ...s,
-      vsRaw: { ratio: s.signsPerSecond.median / raw.signsPerSecond.median, perRound, rawScenario: raw.name, cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign },
+      vsRaw: {
+        ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
+        perRound,
+        rawScenario: raw.name,
+        cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
+      },
     };
   });
   return { summaries, ceilings };
@@ -450,9 +471,7 @@ function markdownReport(
       `${fmt(sps.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
       `${fmt(sps.min)}–${fmt(sps.max)} (${fmt(sps.spreadPct, 0)}%)`,
       `${s.cleanRounds}/${s.perRound.length}`,
-      s.vsRaw === undefined
-        ? '–'
-        : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
+      s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
       s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2),
       fmt(s.p50Us),
       fmt(s.p99Us),
@@ -501,7 +520,9 @@ function markdownReport(
     `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
     `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}`,
     `Command: \`${machine.commandLine}\``,
-    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(settings)
+    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(
+      settings,
+    )
       .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
       .join('; ')}.`,
     '',
@@ -514,9 +535,9 @@ function markdownReport(
     '',
     'Columns: signs/s is the median over rounds; min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by',
     'the ceiling (the faster raw setting for that key); in brackets each round divided by the ceiling\'s same round. "CPU vs raw"',
-    'is the ceiling\'s total CPU per sign divided by this path\'s (1.00 = no CPU overhead), which the machine\'s varying',
+    "is the ceiling's total CPU per sign divided by this path's (1.00 = no CPU overhead), which the machine's varying",
     'capacity disturbs less than throughput. p50/p99: per-request latency, median over rounds (raw: one C_SignInit + C_Sign;',
-    'key server: the client\'s round trip with the pipeline full). Server: utime+stime of the key server process per sign',
+    "key server: the client's round trip with the pipeline full). Server: utime+stime of the key server process per sign",
     '(main thread = JavaScript, framing, socket syscalls; other = the signing worker threads running C_SignInit + C_Sign, V8 helpers). Bench:',
     'process.cpuUsage() of the bench process per sign (raw: the whole sign, token included; key server: the client).',
     'Total = server + bench. Machine busy / others: cores busy on the whole machine (/proc/stat) and, of those, the ones',
@@ -611,7 +632,8 @@ async function main(): Promise<number> {
       const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
       if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
       const rawKey: RawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
-      if (options.paths.has('raw')) for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
+      if (options.paths.has('raw'))
+        for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
       for (const transport of (['unix', 'tls'] as const).filter((t) => options.paths.has(t))) {
         const p = chosen.get(key.id)!;
         scenarios.push(keyserverScenario(key, transport, p, () => connectFor(key, transport)(p), running.pid, options));
@@ -630,7 +652,9 @@ async function main(): Promise<number> {
         const q = await gate.wait();
         quietWaits.push({ scenario, round: context.round, ...q });
         if (!q.quiet || q.waitedMs > 300) {
-          log(`waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`);
+          log(
+            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
+          );
         }
       },
       rounds: options.rounds,
@@ -667,12 +691,24 @@ async function main(): Promise<number> {
         let connected: Connected | undefined;
         const load =
           path === 'raw'
-            ? new RawSignLoad(token.pkcs11, rawSessions.slice(0, 1), { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes }, digests)
+            ? new RawSignLoad(
+                token.pkcs11,
+                rawSessions.slice(0, 1),
+                { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes },
+                digests,
+              )
             : (connected = await connectFor(key, path)(single)).load;
         try {
-          const r = await measureWindow(load, { durationMs: idleMs, rampMs: options.rampMs, ...(path === 'raw' ? {} : { serverPid: running.pid }), signal: signal });
+          const r = await measureWindow(load, {
+            durationMs: idleMs,
+            rampMs: options.rampMs,
+            ...(path === 'raw' ? {} : { serverPid: running.pid }),
+            signal: signal,
+          });
           idle.push({ key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors });
-          log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
+          log(
+            `idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`,
+          );
         } finally {
           connected?.close();
         }
@@ -704,7 +740,12 @@ async function main(): Promise<number> {
         client: options.client,
         contendedCores: CONTENDED_CORES,
         quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
-        exploration: { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: options.exploreMs, passes: options.explorePasses, tolerance: EXPLORE_TOLERANCE },
+        exploration: {
+          candidates: PIPELINE_CANDIDATES.map(pipelineName),
+          durationMs: options.exploreMs,
+          passes: options.explorePasses,
+          tolerance: EXPLORE_TOLERANCE,
+        },
         targetRatio: TARGET_RATIO,
       },
       settings,

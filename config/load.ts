@@ -81,9 +81,7 @@ function describe(v: unknown): string {
  * since the other branches only say "not a string".
  */
 function matchedBranch(issue: Issue & { code: 'invalid_union' }): readonly Issue[] | undefined {
-  const typeMatched = issue.errors.filter(
-    (branch) => !branch.some((i) => i.path.length === 0 && (i.code === 'invalid_type' || i.code === 'invalid_value')),
-  );
+  const typeMatched = issue.errors.filter((branch) => !branch.some((i) => i.path.length === 0 && (i.code === 'invalid_type' || i.code === 'invalid_value')));
   return typeMatched.length === 1 ? typeMatched[0] : undefined;
 }
 
@@ -259,12 +257,7 @@ function resolveKeyserver(c: KeyserverFile, { source, baseDir }: ConfigOrigin): 
       token: c.pkcs11?.token ?? { ...D.pkcs11.token },
       // The schema demands a pin for any module but the embedded one, so
       // the default below only ever applies to the embedded token.
-      pin:
-        pin === undefined
-          ? { file: path.resolve(stateDir, D.pkcs11.embeddedPinFile) }
-          : 'env' in pin
-            ? { env: pin.env }
-            : { file: fromConfigDir(pin.file) },
+      pin: pin === undefined ? { file: path.resolve(stateDir, D.pkcs11.embeddedPinFile) } : 'env' in pin ? { env: pin.env } : { file: fromConfigDir(pin.file) },
       sessions: c.pkcs11?.sessions ?? D.pkcs11.sessions,
     },
     listen: {
@@ -299,7 +292,6 @@ function resolveKeyserver(c: KeyserverFile, { source, baseDir }: ConfigOrigin): 
   };
 }
 
-
 /**
  * Loads the key server's config from `file` (JSON), or the defaults when no
  * file is given. `overrides` is deep-merged over the file before validation
@@ -333,12 +325,20 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       tcp:
         tcp === null
           ? null
-          : { host: tcp.host, port: tcp.port, ca: fromConfigDir(tcp.ca), cert: fromConfigDir(tcp.cert), key: fromConfigDir(tcp.key), servername: tcp.servername ?? null },
+          : {
+              host: tcp.host,
+              port: tcp.port,
+              ca: fromConfigDir(tcp.ca),
+              cert: fromConfigDir(tcp.cert),
+              key: fromConfigDir(tcp.key),
+              servername: tcp.servername ?? null,
+            },
       timeoutMs: c.keyserver?.timeoutMs ?? D.keyserver.timeoutMs,
       breakerMs: c.keyserver?.breakerMs ?? D.keyserver.breakerMs,
     },
     listen: (c.listen ?? D.listen).map((l) => ({ host: l.host ?? '127.0.0.1', port: l.port, profile: l.profile ?? 'intermediate' })),
-    httpRedirect: c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
+    httpRedirect:
+      c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
     certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),
     certStore: {
       // Like the key server socket: relative to the state directory, which is itself relative to the config.
@@ -361,7 +361,11 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     admin:
       c.admin === null
         ? null
-        : { host: c.admin?.host ?? D.admin.host, port: c.admin?.port ?? D.admin.port, tokenFile: path.resolve(stateDir, c.admin?.tokenFile ?? D.admin.tokenFile) },
+        : {
+            host: c.admin?.host ?? D.admin.host,
+            port: c.admin?.port ?? D.admin.port,
+            tokenFile: path.resolve(stateDir, c.admin?.tokenFile ?? D.admin.tokenFile),
+          },
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },

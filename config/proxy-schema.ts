@@ -20,7 +20,14 @@ export interface ProxyConfig {
   readonly workers: number;
   readonly keyserver: {
     readonly socket: string | null;
-    readonly tcp: { readonly host: string; readonly port: number; readonly ca: string; readonly cert: string; readonly key: string; readonly servername: string | null } | null;
+    readonly tcp: {
+      readonly host: string;
+      readonly port: number;
+      readonly ca: string;
+      readonly cert: string;
+      readonly key: string;
+      readonly servername: string | null;
+    } | null;
     readonly timeoutMs: number;
     readonly breakerMs: number;
   };
@@ -222,7 +229,14 @@ const originUrl = z.string({ error: ORIGIN_URL_EXPECTED }).refine(
     try {
       const url = new URL(u);
       // A Pool is per origin (RFC 6454 §4): a path here would be silently ignored.
-      return (url.protocol === 'http:' || url.protocol === 'https:') && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
+      return (
+        (url.protocol === 'http:' || url.protocol === 'https:') &&
+        url.username === '' &&
+        url.password === '' &&
+        url.pathname === '/' &&
+        url.search === '' &&
+        url.hash === ''
+      );
     } catch {
       return false;
     }
@@ -287,7 +301,10 @@ const listenerSchema = strict(
 );
 
 const certificateSchema = strict(
-  { name: z.string({ error: 'expected a certificate name' }).regex(/^[\w.-]{1,64}$/, { error: 'expected 1-64 letters, digits, _ . -' }), chain: text('a PEM chain path') },
+  {
+    name: z.string({ error: 'expected a certificate name' }).regex(/^[\w.-]{1,64}$/, { error: 'expected 1-64 letters, digits, _ . -' }),
+    chain: text('a PEM chain path'),
+  },
   'an object { "name", "chain" }',
 );
 
@@ -340,8 +357,13 @@ export const proxyFileSchema = strict(
     workers: intIn(1, 256).optional(),
     keyserver: keyserverSchema.optional(),
     listen: z.array(listenerSchema, { error: 'expected an array of listeners' }).min(1, { error: 'expected at least one listener' }).optional(),
-    httpRedirect: strict({ host: text('a host name or address').optional(), port }, 'an object { "host", "port" }, or null').nullable().optional(),
-    certificates: z.array(certificateSchema, { error: 'expected an array of certificates' }).superRefine(unique((c) => c.name, 'certificate name')).optional(),
+    httpRedirect: strict({ host: text('a host name or address').optional(), port }, 'an object { "host", "port" }, or null')
+      .nullable()
+      .optional(),
+    certificates: z
+      .array(certificateSchema, { error: 'expected an array of certificates' })
+      .superRefine(unique((c) => c.name, 'certificate name'))
+      .optional(),
     certStore: strict(
       {
         dir: text('a directory path').optional(),
@@ -357,7 +379,10 @@ export const proxyFileSchema = strict(
       },
       'an object',
     ).optional(),
-    domains: z.array(domainSchema, { error: 'expected an array of domains' }).superRefine(unique((d) => d.name, 'domain name')).optional(),
+    domains: z
+      .array(domainSchema, { error: 'expected an array of domains' })
+      .superRefine(unique((d) => d.name, 'domain name'))
+      .optional(),
     tls: strict(
       {
         hstsMaxAgeSeconds: intIn(0, 315_360_000).optional(),

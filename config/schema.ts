@@ -162,8 +162,6 @@ const LITERAL_PIN =
   'a literal PIN is not accepted: PINs come from an environment variable { "env": "NAME" } ' +
   'or a file { "file": "path" }, so the config file can be shared and logged';
 
-
-
 /** "*" (every key on the token) or an explicit list. */
 const keys = z.union(
   [
@@ -187,12 +185,16 @@ const keys = z.union(
 // so a longer value could never match a token.
 const tokenSchema = strict(
   {
-    label: text('a token label').refine((s) => Buffer.byteLength(s) <= 32, {
-      error: 'expected a token label of at most 32 bytes (the PKCS#11 limit)',
-    }).optional(),
-    serial: text('a token serial number').refine((s) => Buffer.byteLength(s) <= 16, {
-      error: 'expected a token serial number of at most 16 bytes (the PKCS#11 limit)',
-    }).optional(),
+    label: text('a token label')
+      .refine((s) => Buffer.byteLength(s) <= 32, {
+        error: 'expected a token label of at most 32 bytes (the PKCS#11 limit)',
+      })
+      .optional(),
+    serial: text('a token serial number')
+      .refine((s) => Buffer.byteLength(s) <= 16, {
+        error: 'expected a token serial number of at most 16 bytes (the PKCS#11 limit)',
+      })
+      .optional(),
   },
   'an object { "label": "..." } or { "serial": "..." }',
 )
@@ -203,9 +205,7 @@ const tokenSchema = strict(
       ctx.addIssue({ code: 'custom', message: 'expected exactly one of "label" or "serial"' });
     }
   })
-  .transform((t): { label: string } | { serial: string } =>
-    t.label !== undefined ? { label: t.label } : { serial: t.serial as string },
-  );
+  .transform((t): { label: string } | { serial: string } => (t.label !== undefined ? { label: t.label } : { serial: t.serial as string }));
 
 const pinShape = {
   env: z
@@ -233,17 +233,13 @@ const pinSchema = z
       ctx.addIssue({ code: 'custom', message: 'expected exactly one of "env" or "file"' });
     }
   })
-  .transform((p): { env: string } | { file: string } =>
-    p.env !== undefined ? { env: p.env } : { file: p.file as string },
-  );
+  .transform((p): { env: string } | { file: string } => (p.env !== undefined ? { env: p.env } : { file: p.file as string }));
 
-const moduleSchema = z
-  .string({ error: 'expected "embedded" or an absolute path to a PKCS#11 module' })
-  .refine((m) => m === 'embedded' || path.isAbsolute(m), {
-    // Relative module paths would depend on the working directory and the
-    // dynamic loader's search path: the one thing an HSM set-up must not.
-    error: 'expected "embedded" or an absolute path to a PKCS#11 module (.so)',
-  });
+const moduleSchema = z.string({ error: 'expected "embedded" or an absolute path to a PKCS#11 module' }).refine((m) => m === 'embedded' || path.isAbsolute(m), {
+  // Relative module paths would depend on the working directory and the
+  // dynamic loader's search path: the one thing an HSM set-up must not.
+  error: 'expected "embedded" or an absolute path to a PKCS#11 module (.so)',
+});
 
 const pkcs11Schema = strict(
   {
@@ -283,7 +279,10 @@ const matchSchema = strict(
     commonName: text('a certificate subject common name').optional(),
     dnsName: text('a DNS subjectAltName').optional(),
     uri: text('a URI subjectAltName').optional(),
-    spkiSha256: z.string({ error: SHA256_HEX }).regex(KEY_ID, { error: `${SHA256_HEX} of the client certificate's SPKI` }).optional(),
+    spkiSha256: z
+      .string({ error: SHA256_HEX })
+      .regex(KEY_ID, { error: `${SHA256_HEX} of the client certificate's SPKI` })
+      .optional(),
   },
   'an object with at least one of commonName, dnsName, uri, spkiSha256',
 ).superRefine((m, ctx) => {
@@ -328,10 +327,7 @@ const limitsSchema = strict(
   'an object',
 );
 
-const adminSchema = strict(
-  { host: text('a host name or address').optional(), port: port.optional() },
-  'an object, or null to disable the admin listener',
-);
+const adminSchema = strict({ host: text('a host name or address').optional(), port: port.optional() }, 'an object, or null to disable the admin listener');
 
 const logSchema = strict(
   {
@@ -346,7 +342,6 @@ const logSchema = strict(
 // ---------------------------------------------------------------------------
 // The file
 
-
 /**
  * The key server's config file. Every key is optional: what is omitted comes
  * from KEYSERVER_DEFAULTS.
@@ -355,10 +350,7 @@ export const keyserverFileSchema = strict(
   {
     stateDir: text('a directory path').optional(),
     pkcs11: pkcs11Schema.optional(),
-    listen: strict(
-      { unix: unixSchema.nullable().optional(), tcp: tcpSchema.nullable().optional() },
-      'an object { "unix", "tcp" }',
-    ).optional(),
+    listen: strict({ unix: unixSchema.nullable().optional(), tcp: tcpSchema.nullable().optional() }, 'an object { "unix", "tcp" }').optional(),
     clients: clientsSchema.optional(),
     limits: limitsSchema.optional(),
     admin: adminSchema.nullable().optional(),
@@ -397,8 +389,7 @@ export const keyserverFileSchema = strict(
       ctx.addIssue({
         code: 'custom',
         path: ['clients'],
-        message:
-          'clients are matched on the mutual-TLS listener, which is not configured: expected listen.tcp, or no clients',
+        message: 'clients are matched on the mutual-TLS listener, which is not configured: expected listen.tcp, or no clients',
       });
     }
     if (tcpOn && Array.isArray(cfg.clients ?? []) && clients.length === 0) {

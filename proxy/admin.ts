@@ -76,32 +76,60 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (control === undefined) return text(404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
-        res.writeHead(denied.status, { 'content-type': 'text/plain; charset=utf-8', ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}) }).end(`${denied.message}\n`);
+        res
+          .writeHead(denied.status, {
+            'content-type': 'text/plain; charset=utf-8',
+            ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
+          })
+          .end(`${denied.message}\n`);
         return;
       }
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
       if (req.method === 'POST' && (path === '/reload' || path === '/certs/reload')) {
-        control.reload().then((report) => json(report.error === undefined ? 200 : 409, report), (err: Error) => json(500, { error: { message: err.message } }));
+        control.reload().then(
+          (report) => json(report.error === undefined ? 200 : 409, report),
+          (err: Error) => json(500, { error: { message: err.message } }),
+        );
         return;
       }
       if (req.method === 'POST' && path === '/tickets/rotate' && control.rotateTicketKeys !== undefined) {
-        control.rotateTicketKeys().then((report) => json(200, report), (err: Error) => json(500, { error: { message: err.message } }));
+        control.rotateTicketKeys().then(
+          (report) => json(200, report),
+          (err: Error) => json(500, { error: { message: err.message } }),
+        );
         return;
       }
       if (req.method === 'PUT' && upload !== null) {
         const name = entryName(upload[1]!);
         // Judged before the body is read: a refused name costs no upload.
         if (name === undefined || !STORE_ENTRY_NAME.test(name)) {
-          return json(400, { error: { code: 'KEYEDGE_ERR_CERT_STORE', message: `'${(name ?? upload[1]!).slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")` } });
+          return json(400, {
+            error: {
+              code: 'KEYEDGE_ERR_CERT_STORE',
+              message: `'${(name ?? upload[1]!).slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")`,
+            },
+          });
         }
         if (control.ownedByConfig(name)) {
-          return json(409, { error: { code: 'KEYEDGE_ERR_CERT_EXISTS', message: `certificate '${name}' is configured in the proxy config file; change it there, or choose another name` } });
+          return json(409, {
+            error: {
+              code: 'KEYEDGE_ERR_CERT_EXISTS',
+              message: `certificate '${name}' is configured in the proxy config file; change it there, or choose another name`,
+            },
+          });
         }
         readBody(req, MAX_UPLOAD_BYTES).then((body) => {
           if (typeof body !== 'string') return tooLarge(res, body.close);
           control.putCertificate(name, body).then(
             (report) => json(report.error === undefined ? 200 : 409, report),
-            (err: Error) => json(putFailureStatus(err), { error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE', reason: (err as { reason?: string }).reason, message: err.message } }),
+            (err: Error) =>
+              json(putFailureStatus(err), {
+                error: {
+                  code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE',
+                  reason: (err as { reason?: string }).reason,
+                  message: err.message,
+                },
+              }),
           );
         });
         return;
@@ -167,7 +195,14 @@ function declaredLength(req: http.IncomingMessage): number {
 /** 413; with `close`, the connection ends after it (the rest of the body is not read). */
 function tooLarge(res: http.ServerResponse, close: boolean): void {
   const body = `${JSON.stringify({ error: { code: 'KEYEDGE_HTTP_BODY_TOO_LARGE', message: `the body is over ${MAX_UPLOAD_BYTES} bytes` } }, null, 2)}\n`;
-  res.writeHead(413, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': 'KEYEDGE_HTTP_BODY_TOO_LARGE', ...(close ? { connection: 'close' } : {}) }).end(body);
+  res
+    .writeHead(413, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'x-keyedge-error': 'KEYEDGE_HTTP_BODY_TOO_LARGE',
+      ...(close ? { connection: 'close' } : {}),
+    })
+    .end(body);
 }
 
 /** Undefined when the request carries the admin token; else the answer to give. */

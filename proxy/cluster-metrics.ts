@@ -171,7 +171,10 @@ export function sendToWorker(worker: Worker, message: object): void {
 function seriesKey(value: MetricValue<string>): string {
   const labels = value.labels as Record<string, string | number | undefined>;
   const name = (value as { metricName?: string }).metricName ?? '';
-  return `${name}{${Object.keys(labels).sort().map((k) => `${k}=${JSON.stringify(labels[k])}`).join(',')}}`;
+  return `${name}{${Object.keys(labels)
+    .sort()
+    .map((k) => `${k}=${JSON.stringify(labels[k])}`)
+    .join(',')}}`;
 }
 
 /** In a worker: answers the primary's requests from `registry` (prom-client's global one by default). */

@@ -84,7 +84,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   refuseStartOnConfigCertificates(config, first);
   source.commit(first);
   for (const refusal of first.refused) {
-    log.error({ certificate: refusal.name, source: refusal.source, reason: refusal.reason, code: 'KEYEDGE_ERR_CERTIFICATE' }, `certificate refused: ${refusal.message}`);
+    log.error(
+      { certificate: refusal.name, source: refusal.source, reason: refusal.reason, code: 'KEYEDGE_ERR_CERTIFICATE' },
+      `certificate refused: ${refusal.message}`,
+    );
   }
   const primaryRegistry = new Registry();
   const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
@@ -92,7 +95,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const warned = new Map<string, number>();
   const warnExpiry = (): void => {
     for (const due of dueExpiryWarnings(source.records.values(), new Date(), warned)) {
-      log.warn({ certificate: due.name, notAfter: due.notAfter, withinDays: due.days }, `certificate expires within ${due.days} day${due.days === 1 ? '' : 's'}`);
+      log.warn(
+        { certificate: due.name, notAfter: due.notAfter, withinDays: due.days },
+        `certificate expires within ${due.days} day${due.days === 1 ? '' : 's'}`,
+      );
     }
   };
   warnExpiry();
@@ -443,5 +449,9 @@ interface StartFailedMessage {
 }
 
 function isStartFailedMessage(message: unknown): message is StartFailedMessage {
-  return isMessage(message, START_FAILED) && typeof (message as { message?: unknown }).message === 'string' && String((message as { code?: unknown }).code).startsWith('KEYEDGE_ERR_');
+  return (
+    isMessage(message, START_FAILED) &&
+    typeof (message as { message?: unknown }).message === 'string' &&
+    String((message as { code?: unknown }).code).startsWith('KEYEDGE_ERR_')
+  );
 }

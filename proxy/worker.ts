@@ -119,7 +119,12 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     responseMs: limits.originResponseTimeoutMs,
     failureCooldownMs: limits.originFailureCooldownMs,
     admission: { maxConnections: limits.originMaxConnections, maxQueue: limits.originMaxQueue, queueTimeoutMs: limits.originQueueTimeoutMs },
-    bodies: { bufferBytes: limits.bodyBufferBytes, bufferTotalBytes: limits.bodyBufferTotalBytes, idleTimeoutMs: limits.bodyIdleTimeoutMs, timeoutMs: limits.bodyTimeoutMs },
+    bodies: {
+      bufferBytes: limits.bodyBufferBytes,
+      bufferTotalBytes: limits.bodyBufferTotalBytes,
+      idleTimeoutMs: limits.bodyIdleTimeoutMs,
+      timeoutMs: limits.bodyTimeoutMs,
+    },
     sendTimeoutMs: limits.sendTimeoutMs,
   });
   const trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
@@ -168,7 +173,11 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     }
     for (const certificate of eager) for (const profile of profiles) contexts.commit(profile, certificate);
     // Only leaves the primary found an OCSP responder in: parsing all of them here would cost each worker seconds and megabytes at 10,000 entries.
-    if (config.tls.ocspStapling) trackInBackground(stapler, next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true));
+    if (config.tls.ocspStapling)
+      trackInBackground(
+        stapler,
+        next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true),
+      );
     if (state.noSni !== previous.noSni && state.noSni !== undefined) {
       for (const { profile, server } of noSniServers) {
         server.setSecureContext(noSniContextOptions(profile, state.noSni));
@@ -191,8 +200,25 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
 
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? state.noSni : selectByName(state.sni, servername, state.fallback)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => state.domains, certificateNames, pools, maxBodyBytes: config.limits.maxBodyBytes, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
-  const upgrade = createUpgradeHandler({ domains: () => state.domains, certificateNames, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics });
+  const handler = createRequestHandler({
+    domains: () => state.domains,
+    certificateNames,
+    pools,
+    maxBodyBytes: config.limits.maxBodyBytes,
+    hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds,
+    trustedPeers,
+    log,
+    metrics,
+  });
+  const upgrade = createUpgradeHandler({
+    domains: () => state.domains,
+    certificateNames,
+    pools,
+    hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds,
+    trustedPeers,
+    log,
+    metrics,
+  });
 
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
@@ -226,7 +252,10 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     // Tickets: the shared ring, and a fresh ticket on every resumed connection (tickets.ts).
     useTicketKeyRingOnServer(server, tickets, countTicket);
     // Reads the staple cache only; fetching happens in the stapler's own loop.
-    if (config.tls.ocspStapling) server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) => done(null, stapler.stapleFor(cert) ?? null));
+    if (config.tls.ocspStapling)
+      server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) =>
+        done(null, stapler.stapleFor(cert) ?? null),
+      );
     server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
       metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
       log.debug({ code: err.code, reason: err.message }, 'TLS handshake failed');
@@ -280,7 +309,10 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     await listen(redirect, { host: plain.host, port: plain.port, exclusive: false });
   }
   const httpPort = redirect === undefined ? undefined : (redirect.address() as net.AddressInfo).port;
-  log.info({ ports, httpPort, certificates: state.certificates.size, domains: state.domains.exact.size + state.domains.wildcard.size, contexts: contexts.size }, 'proxy worker listening');
+  log.info(
+    { ports, httpPort, certificates: state.certificates.size, domains: state.domains.exact.size + state.domains.wildcard.size, contexts: contexts.size },
+    'proxy worker listening',
+  );
 
   let closing: Promise<void> | undefined;
   return {
@@ -326,7 +358,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
 /** At start, a certificate named in the config file must load: it is what the operator asked for by name. */
 export function refuseStartOnConfigCertificates(config: ProxyConfig, first: NextServing): void {
   const refused = first.refused.find((r) => config.certificates.some((c) => c.name === r.name));
-  if (refused !== undefined) throw new ConfigError(config.source, 'certificates', `certificate '${refused.name}' (${refused.source}) cannot be served: ${refused.message}`);
+  if (refused !== undefined)
+    throw new ConfigError(config.source, 'certificates', `certificate '${refused.name}' (${refused.source}) cannot be served: ${refused.message}`);
 }
 
 /** Staple fetching parses each leaf: spread over event-loop turns so a start with many certificates stays responsive. */

@@ -93,7 +93,11 @@ function scenarios(): Scenario[] {
       // As the answer head arrives.
       list.push({ phase: `answer-head-${label}`, request: get(answerPath(framing, size)), cutWhen: (client) => client.receivedAtLeast(1) });
       // Mid-body: 1 KiB answers once the head and some of the body are in, 8 MiB ones after 256 KiB.
-      list.push({ phase: `answer-body-${label}`, request: get(answerPath(framing, size)), cutWhen: (client) => client.receivedAtLeast(size === KIB ? 200 : 256 * KIB) });
+      list.push({
+        phase: `answer-body-${label}`,
+        request: get(answerPath(framing, size)),
+        cutWhen: (client) => client.receivedAtLeast(size === KIB ? 200 : 256 * KIB),
+      });
     }
     // Not reading: the answer fills the buffers, then the client goes.
     list.push({

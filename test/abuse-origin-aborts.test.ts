@@ -1,5 +1,18 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AbuseSetup, CUTS, type Cut, expectUnharmed, inBatches, KIB, MIB, RawClient, startAbuseSetup, SteadyClient, workerPids, wsUpgradeHead } from './helpers/abuse.js';
+import {
+  type AbuseSetup,
+  CUTS,
+  type Cut,
+  expectUnharmed,
+  inBatches,
+  KIB,
+  MIB,
+  RawClient,
+  startAbuseSetup,
+  SteadyClient,
+  workerPids,
+  wsUpgradeHead,
+} from './helpers/abuse.js';
 import { sleep } from './helpers/keyserver.js';
 
 // Origins that go away at every phase of an exchange (FIN after a
@@ -41,7 +54,8 @@ function scenarios(): Scenario[] {
     // While the request body streams to it.
     {
       phase: 'upload-length',
-      request: (tag, how) => `POST ${cutPath(tag, how, 'phase=upload')} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\nContent-Length: ${upload.length}\r\n\r\n${upload}`,
+      request: (tag, how) =>
+        `POST ${cutPath(tag, how, 'phase=upload')} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\nContent-Length: ${upload.length}\r\n\r\n${upload}`,
       expected: BAD_GATEWAY,
     },
     {
@@ -57,7 +71,12 @@ function scenarios(): Scenario[] {
   ];
   // Mid-body: half of a 1 KiB answer, 256 KiB of an 8 MiB one. The head went out: the client gets a cut connection.
   for (const framing of ['cl', 'chunked']) {
-    for (const size of [KIB, 8 * MIB]) list.push({ phase: `body-${framing}-${size === KIB ? '1k' : '8m'}`, request: get(`phase=body&framing=${framing}&size=${size}`), expected: /^HTTP\/1\.1 200 / });
+    for (const size of [KIB, 8 * MIB])
+      list.push({
+        phase: `body-${framing}-${size === KIB ? '1k' : '8m'}`,
+        request: get(`phase=body&framing=${framing}&size=${size}`),
+        expected: /^HTTP\/1\.1 200 /,
+      });
   }
   return list;
 }

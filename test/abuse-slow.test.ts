@@ -92,7 +92,11 @@ function slowPosters(port: number, count: number): { stop(): void; readonly time
  * `holdMs` each starts reading, to see whether the proxy cut the answer
  * (short of 8 MiB, then closed), sent it whole, or neither within 10 s, and comes back.
  */
-function nonReaders(port: number, count: number, holdMs: number): { stop(): Promise<void>; readonly rounds: () => { cut: number; whole: number; stuck: number } } {
+function nonReaders(
+  port: number,
+  count: number,
+  holdMs: number,
+): { stop(): Promise<void>; readonly rounds: () => { cut: number; whole: number; stuck: number } } {
   let running = true;
   const rounds = { cut: 0, whole: 0, stuck: 0 };
   const open = new Set<RawTls>();
@@ -202,7 +206,9 @@ describe('slow and non-reading clients', () => {
       await readers.stop();
     }
     const rounds = readers.rounds();
-    process.stdout.write(`abuse-slow: ${latencies.length} GETs, p99 ${p99(latencies).toFixed(1)} ms, 408s ${posters.timeouts()}, non-reader rounds ${JSON.stringify(rounds)}, worker RSS ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssDuring / 2 ** 20).toFixed(0)} MiB\n`);
+    process.stdout.write(
+      `abuse-slow: ${latencies.length} GETs, p99 ${p99(latencies).toFixed(1)} ms, 408s ${posters.timeouts()}, non-reader rounds ${JSON.stringify(rounds)}, worker RSS ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssDuring / 2 ** 20).toFixed(0)} MiB\n`,
+    );
     const failed = latencies.filter((ms) => ms === Infinity).length;
     expect(failed).toBe(0);
     expect(latencies.length).toBeGreaterThan(100);

@@ -212,18 +212,23 @@ describe('TLS front: plain HTTP on the TLS port', () => {
   it('answers 400 like nginx, with connection: close, and counts it', async () => {
     const before = await proxyMetric('keyedge_proxy_tls_handshakes_total', 'result="plain_http"');
     const response = await new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }>((resolve, reject) => {
-      const req = http.get({ host: '127.0.0.1', port: proxy.port, localAddress: '127.0.0.5', path: '/', headers: { host: 'a.lab.test' }, agent: false }, (res) => {
-        let body = '';
-        res.on('data', (d: Buffer) => (body += d.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      });
+      const req = http.get(
+        { host: '127.0.0.1', port: proxy.port, localAddress: '127.0.0.5', path: '/', headers: { host: 'a.lab.test' }, agent: false },
+        (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        },
+      );
       req.on('error', reject);
     });
     expect(response.status).toBe(400);
     expect(response.headers.connection).toBe('close');
     expect(response.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_PLAIN_HTTP');
     expect(response.body).toContain('The plain HTTP request was sent to HTTPS port');
-    await waitFor('the plain_http count', async () => ((await proxyMetric('keyedge_proxy_tls_handshakes_total', 'result="plain_http"')) > before ? true : undefined));
+    await waitFor('the plain_http count', async () =>
+      (await proxyMetric('keyedge_proxy_tls_handshakes_total', 'result="plain_http"')) > before ? true : undefined,
+    );
   });
 
   it('answers a POST with a body too, and still speaks TLS on the same port', async () => {
@@ -263,7 +268,9 @@ describe('TLS front: per-client connection cap', () => {
       for (const socket of held) socket.destroy();
     }
     // Once its connections close, the address is admitted again.
-    await waitFor('127.0.0.1 admitted again', async () => ((await nodeGet(proxy.port, 'a.lab.test', ca, { socket: tcpFrom('127.0.0.1') })).ok ? true : undefined));
+    await waitFor('127.0.0.1 admitted again', async () =>
+      (await nodeGet(proxy.port, 'a.lab.test', ca, { socket: tcpFrom('127.0.0.1') })).ok ? true : undefined,
+    );
   });
 });
 

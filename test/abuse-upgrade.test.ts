@@ -112,7 +112,8 @@ async function rawClient(): Promise<RawClient> {
   return { socket, reset: () => tcp.resetAndDestroy(), received: () => received, closed };
 }
 
-const connectionFor = (id: string): Promise<OriginConnection> => waitFor(`the origin connection of ${id}`, () => originConnections.find((c) => c.path?.endsWith(`/${id}`)));
+const connectionFor = (id: string): Promise<OriginConnection> =>
+  waitFor(`the origin connection of ${id}`, () => originConnections.find((c) => c.path?.endsWith(`/${id}`)));
 const heads = (bytes: Buffer): number => bytes.toString('latin1').split('\r\n\r\n').length - 1;
 /** Within `ms`, or the promise's rejection. */
 const within = <T>(ms: number, what: string, promise: Promise<T>): Promise<T> =>
@@ -251,11 +252,7 @@ describe('aborts at every phase of an upgrade', () => {
       racing.reset();
       await within(5000, 'the reset reaching the client', reset.closed);
     }
-    await waitFor(
-      'every origin connection to close',
-      () => (originConnections.slice(first).every((c) => c.closed) ? true : undefined),
-      10_000,
-    );
+    await waitFor('every origin connection to close', () => (originConnections.slice(first).every((c) => c.closed) ? true : undefined), 10_000);
     expect(proxy.lines.filter((l) => l.msg === 'proxy worker died; starting a replacement')).toEqual([]);
     // A client gone before the answer is logged as 499 (nginx's "client closed request").
     const earlyLines = (): Record<string, unknown>[] => proxy.lines.filter((l) => l.access === true && String(l.path).startsWith('/answer/101/400/early-'));

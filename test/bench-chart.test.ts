@@ -4,7 +4,21 @@ import type { SummaryRow } from '../bench/lib/summary.js';
 
 function row(bench: string, scenario: string, rate: number, serverCpuUs: number, extra: Partial<SummaryRow> = {}): SummaryRow {
   const unit = bench === 'handshake' ? 'handshake' : bench === 'keepalive' ? 'request' : 'sign';
-  return { bench, scenario, label: scenario, unit, rate, serverCpuUs, p50Ms: 1, p99Ms: 2, clientSaturated: false, errors: 0, spreadPct: 5, otherCores: 0.1, ...extra };
+  return {
+    bench,
+    scenario,
+    label: scenario,
+    unit,
+    rate,
+    serverCpuUs,
+    p50Ms: 1,
+    p99Ms: 2,
+    clientSaturated: false,
+    errors: 0,
+    spreadPct: 5,
+    otherCores: 0.1,
+    ...extra,
+  };
 }
 
 /**

@@ -3,7 +3,21 @@ import { compareSummaries, formatComparison, pct, relativeChange } from '../benc
 import { readSummary, type SummaryRow } from '../bench/lib/summary.js';
 
 function row(scenario: string, rate: number, serverCpuUs: number, extra: Partial<SummaryRow> = {}): SummaryRow {
-  return { bench: 'keepalive', scenario, label: scenario, unit: 'request', rate, serverCpuUs, p50Ms: 1, p99Ms: 2, clientSaturated: false, errors: 0, spreadPct: 5, otherCores: 0, ...extra };
+  return {
+    bench: 'keepalive',
+    scenario,
+    label: scenario,
+    unit: 'request',
+    rate,
+    serverCpuUs,
+    p50Ms: 1,
+    p99Ms: 2,
+    clientSaturated: false,
+    errors: 0,
+    spreadPct: 5,
+    otherCores: 0,
+    ...extra,
+  };
 }
 
 describe('bench comparison', () => {
@@ -71,12 +85,38 @@ describe('reading result files', () => {
     const rows = readSummary(
       {
         benchmark: 'keepalive',
-        summary: [{ scenario: 'keyedge', label: 'keyedge proxy', requestsPerSecond: 4000, serverCpuUsPerRequest: 95, p50Ms: 15, p99Ms: 40, clientSaturated: false, errors: 0, spreadPct: 8, otherCores: 0.1 }],
+        summary: [
+          {
+            scenario: 'keyedge',
+            label: 'keyedge proxy',
+            requestsPerSecond: 4000,
+            serverCpuUsPerRequest: 95,
+            p50Ms: 15,
+            p99Ms: 40,
+            clientSaturated: false,
+            errors: 0,
+            spreadPct: 8,
+            otherCores: 0.1,
+          },
+        ],
       },
       'k.json',
     );
     expect(rows).toEqual([
-      { bench: 'keepalive', scenario: 'keyedge', label: 'keyedge proxy', unit: 'request', rate: 4000, serverCpuUs: 95, p50Ms: 15, p99Ms: 40, clientSaturated: false, errors: 0, spreadPct: 8, otherCores: 0.1 },
+      {
+        bench: 'keepalive',
+        scenario: 'keyedge',
+        label: 'keyedge proxy',
+        unit: 'request',
+        rate: 4000,
+        serverCpuUs: 95,
+        p50Ms: 15,
+        p99Ms: 40,
+        clientSaturated: false,
+        errors: 0,
+        spreadPct: 8,
+        otherCores: 0.1,
+      },
     ]);
   });
 
@@ -99,16 +139,53 @@ describe('reading result files', () => {
       },
       'h.json',
     );
-    expect(r).toMatchObject({ bench: 'handshake', scenario: 'keyless-ec', unit: 'handshake', rate: 346, serverCpuUs: 2573, p50Ms: 180, p99Ms: 400, errors: 3, spreadPct: 23 });
+    expect(r).toMatchObject({
+      bench: 'handshake',
+      scenario: 'keyless-ec',
+      unit: 'handshake',
+      rate: 346,
+      serverCpuUs: 2573,
+      p50Ms: 180,
+      p99Ms: 400,
+      errors: 3,
+      spreadPct: 23,
+    });
   });
 
-  it('reads a suite file, keeping each row\'s bench, and skipped rows (null figures)', () => {
+  it("reads a suite file, keeping each row's bench, and skipped rows (null figures)", () => {
     const rows = readSummary(
       {
         benchmark: 'suite',
         summary: [
-          { bench: 'handshake', scenario: 'keyless-ec', label: 'keyless-ec', unit: 'handshake', rate: 346, serverCpuUs: 2573, p50Ms: 1, p99Ms: 2, clientSaturated: false, errors: 0, spreadPct: 3, otherCores: 0 },
-          { bench: 'keepalive', scenario: 'caddy', label: 'caddy', unit: 'request', rate: null, serverCpuUs: null, p50Ms: null, p99Ms: null, clientSaturated: false, errors: 0, spreadPct: null, otherCores: null, skipped: 'not installed' },
+          {
+            bench: 'handshake',
+            scenario: 'keyless-ec',
+            label: 'keyless-ec',
+            unit: 'handshake',
+            rate: 346,
+            serverCpuUs: 2573,
+            p50Ms: 1,
+            p99Ms: 2,
+            clientSaturated: false,
+            errors: 0,
+            spreadPct: 3,
+            otherCores: 0,
+          },
+          {
+            bench: 'keepalive',
+            scenario: 'caddy',
+            label: 'caddy',
+            unit: 'request',
+            rate: null,
+            serverCpuUs: null,
+            p50Ms: null,
+            p99Ms: null,
+            clientSaturated: false,
+            errors: 0,
+            spreadPct: null,
+            otherCores: null,
+            skipped: 'not installed',
+          },
         ],
       },
       's.json',

@@ -22,13 +22,10 @@ async function tlsServer(forgetTickets: boolean): Promise<{ port: number; ca: st
   const ca = await createCa('bench test CA');
   const leaf = await issue(ca, { commonName: 'ec.bench.localhost', dnsNames: ['ec.bench.localhost'], keyAlgorithm: 'ec-p256' });
   let full = 0;
-  const server = https.createServer(
-    { cert: leaf.certPem, key: leaf.keyPem, minVersion: 'TLSv1.3' },
-    (_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('x'.repeat(1024));
-    },
-  );
+  const server = https.createServer({ cert: leaf.certPem, key: leaf.keyPem, minVersion: 'TLSv1.3' }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end('x'.repeat(1024));
+  });
   server.on('secureConnection', (socket) => {
     if (!socket.isSessionReused()) full++;
   });
@@ -116,7 +113,9 @@ describe('nginx variants', () => {
     const withEngine = { ...nginxOnly, engine: '/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so' };
     expect(variantSkipReason(withEngine, 'engine')).toBeUndefined();
     expect(variantSkipReason(withEngine, 'p11kit')).toMatch(/p11-kit p11-kit-modules/);
-    expect(variantSkipReason({ ...withEngine, p11kit: '/usr/bin/p11-kit', p11kitClient: '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so' }, 'p11kit')).toBeUndefined();
+    expect(
+      variantSkipReason({ ...withEngine, p11kit: '/usr/bin/p11-kit', p11kitClient: '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so' }, 'p11kit'),
+    ).toBeUndefined();
   });
 });
 

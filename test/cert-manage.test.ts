@@ -65,17 +65,29 @@ describe('putCertificate', () => {
     expect(store.read('a').chainText).toBe(added.validated.certificate.chainPem);
     expect(added.validated.certificate.chain[0]!.subject).toBe('CN=a.example');
 
-    const renewed = await putCertificate(store, { mode: 'replace', name: 'a', chainText: renewedSameKey.certPem, source: 'admin API' }, context(first, otherKey));
+    const renewed = await putCertificate(
+      store,
+      { mode: 'replace', name: 'a', chainText: renewedSameKey.certPem, source: 'admin API' },
+      context(first, otherKey),
+    );
     expect(renewed.previous?.meta.addedAt).toBe(added.meta.addedAt);
     expect(renewed.meta).toEqual({ names: ['a.example'], keyId: keyIdOf(first), addedAt: added.meta.addedAt, replacedAt: expect.any(String) });
 
     const before = files(store);
-    const refused = await putCertificate(store, { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'admin API' }, context(first, otherKey)).catch((e: unknown) => e);
+    const refused = await putCertificate(
+      store,
+      { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'admin API' },
+      context(first, otherKey),
+    ).catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(CertificateError);
     expect((refused as CertificateError).reason).toBe('key_mismatch');
     expect(files(store)).toEqual(before);
 
-    const moved = await putCertificate(store, { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'admin API', keyId: keyIdOf(otherKey) }, context(first, otherKey));
+    const moved = await putCertificate(
+      store,
+      { mode: 'replace', name: 'a', chainText: otherKey.certPem, source: 'admin API', keyId: keyIdOf(otherKey) },
+      context(first, otherKey),
+    );
     expect(moved.meta.keyId).toBe(keyIdOf(otherKey));
     expect((await inspectCertificate(entryCandidate(store.read('a')), new Date(), context().issuers)).certificate.names).toEqual(['a.example']);
   });
@@ -99,7 +111,11 @@ describe('putCertificate', () => {
       [{ mode: 'add', name: '../a' }, 'KEYEDGE_ERR_CERT_STORE'],
     ] as const;
     for (const [request, code] of cases) {
-      const err = await putCertificate(store, { ...request, chainText: first.certPem, source: 'f.pem' }, { ...context(first), reserved: ['from-config'] }).catch((e: unknown) => e);
+      const err = await putCertificate(
+        store,
+        { ...request, chainText: first.certPem, source: 'f.pem' },
+        { ...context(first), reserved: ['from-config'] },
+      ).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(CertificateStoreError);
       expect((err as CertificateStoreError).code).toBe(code);
     }

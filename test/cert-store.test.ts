@@ -44,9 +44,19 @@ describe('certificate store', () => {
     expect(readdirSync(store.dir).sort()).toEqual(['shop.json', 'shop.pem']);
     for (const file of ['shop.json', 'shop.pem']) expect(statSync(join(store.dir, file)).mode & 0o777).toBe(0o644);
     expect(readFileSync(join(store.dir, 'shop.pem'), 'utf8')).toBe(CHAIN);
-    expect(JSON.parse(readFileSync(join(store.dir, 'shop.json'), 'utf8'))).toEqual({ names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
+    expect(JSON.parse(readFileSync(join(store.dir, 'shop.json'), 'utf8'))).toEqual({
+      names: ['shop.example'],
+      keyId: KEY_ID,
+      addedAt: '2026-11-22T10:00:00.000Z',
+    });
     const entry = store.read('shop');
-    expect(entry).toMatchObject({ name: 'shop', chainText: CHAIN, chainPath: join(store.dir, 'shop.pem'), metaPath: join(store.dir, 'shop.json'), size: CHAIN.length });
+    expect(entry).toMatchObject({
+      name: 'shop',
+      chainText: CHAIN,
+      chainPath: join(store.dir, 'shop.pem'),
+      metaPath: join(store.dir, 'shop.json'),
+      size: CHAIN.length,
+    });
     expect(entry.meta).toEqual({ names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
     expect(entry.metaMtimeMs).toBeTypeOf('number');
   });
@@ -76,7 +86,7 @@ describe('certificate store', () => {
     expect(store.list().map((e) => e.name)).toEqual(['a.example', 'b', 'c_1']);
   });
 
-  it('follows a symlinked chain (a renewal tool\'s live file)', () => {
+  it("follows a symlinked chain (a renewal tool's live file)", () => {
     const store = freshStore();
     store.write('a', CHAIN, {});
     const live = join(root, `live-${counter}.pem`);
@@ -95,7 +105,10 @@ describe('certificate store', () => {
     const other = CHAIN.replace('AAAA', 'BBBB');
     const [a, b] = [join(root, `same-a-${counter}.pem`), join(root, `same-b-${counter}.pem`)];
     const then = new Date('2026-01-01T00:00:00Z');
-    for (const [file, text] of [[a, CHAIN], [b, other]] as const) {
+    for (const [file, text] of [
+      [a, CHAIN],
+      [b, other],
+    ] as const) {
       writeFileSync(file, text);
       utimesSync(file, then, then);
     }

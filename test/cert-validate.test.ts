@@ -7,7 +7,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../keyserver/shared/errors.js';
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
-import { type CertificateCandidate, type CertificateRefusal, inspectCertificate, validateCertificate, type ValidationContext } from '../proxy/certs/validate.js';
+import {
+  type CertificateCandidate,
+  type CertificateRefusal,
+  inspectCertificate,
+  validateCertificate,
+  type ValidationContext,
+} from '../proxy/certs/validate.js';
 import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';
 
 // Certificate validation against a test PKI: every rule refuses with its own
@@ -101,7 +107,10 @@ describe('accepted chains', () => {
   });
 
   it('accepts a pinned key id equal to the leaf key id', async () => {
-    const { certificate } = await validateCertificate(candidate(pem(leaf, inter), { keyId: keyIdOf(leaf).toUpperCase() }), { now: new Date(), keyserverSpki: keyserver(leaf) });
+    const { certificate } = await validateCertificate(candidate(pem(leaf, inter), { keyId: keyIdOf(leaf).toUpperCase() }), {
+      now: new Date(),
+      keyserverSpki: keyserver(leaf),
+    });
     expect(certificate.keyId).toBe(keyIdOf(leaf));
   });
 
@@ -120,8 +129,18 @@ describe('accepted chains', () => {
   });
 
   it('warns about a leaf that expires within seven days, and not about one further out', async () => {
-    const soon = await issue(inter, { commonName: 'soon.example', dnsNames: ['soon.example'], keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 3 * DAY) });
-    const later = await issue(inter, { commonName: 'later.example', dnsNames: ['later.example'], keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 30 * DAY) });
+    const soon = await issue(inter, {
+      commonName: 'soon.example',
+      dnsNames: ['soon.example'],
+      keyAlgorithm: 'ec-p256',
+      notAfter: new Date(Date.now() + 3 * DAY),
+    });
+    const later = await issue(inter, {
+      commonName: 'later.example',
+      dnsNames: ['later.example'],
+      keyAlgorithm: 'ec-p256',
+      notAfter: new Date(Date.now() + 30 * DAY),
+    });
     const a = await validateCertificate(candidate(pem(soon, inter)), { now: new Date(), keyserverSpki: keyserver(soon) });
     expect(a.warnings).toEqual([expect.stringMatching(/^the leaf expires in 2 days, at /)]);
     const b = await validateCertificate(candidate(pem(later, inter)), { now: new Date(), keyserverSpki: keyserver(later) });
@@ -172,7 +191,8 @@ const refusals: RefusalCase[] = [
   {
     title: 'a gap (intermediate missing)',
     reason: 'chain',
-    message: /certificate 2 \("CN=Validate Root"\) is not on the leaf's issuer path: the path stops at "CN=shop.example", whose issuer "CN=Validate Intermediate" is not in the file/,
+    message:
+      /certificate 2 \("CN=Validate Root"\) is not on the leaf's issuer path: the path stops at "CN=shop.example", whose issuer "CN=Validate Intermediate" is not in the file/,
     make: async () => ({ candidate: candidate(pem(leaf, root)) }),
   },
   {
@@ -186,7 +206,13 @@ const refusals: RefusalCase[] = [
     reason: 'expired',
     message: /the leaf expired at /,
     make: async () => {
-      const old = await issue(inter, { commonName: 'shop.example', dnsNames: NAMES, keyAlgorithm: 'ec-p256', notBefore: new Date(Date.now() - 3 * DAY), notAfter: new Date(Date.now() - DAY) });
+      const old = await issue(inter, {
+        commonName: 'shop.example',
+        dnsNames: NAMES,
+        keyAlgorithm: 'ec-p256',
+        notBefore: new Date(Date.now() - 3 * DAY),
+        notAfter: new Date(Date.now() - DAY),
+      });
       return { candidate: candidate(pem(old, inter)), lookup: keyserver(old) };
     },
   },
@@ -291,8 +317,40 @@ const refusals: RefusalCase[] = [
       writeFileSync(f('md5-ca.key'), rsaRoot.keyPem, { mode: 0o600 });
       writeFileSync(f('md5-ext.cnf'), 'subjectAltName=DNS:md5.example\n');
       const run = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
-      run('req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', f('md5.key'), '-subj', '/CN=md5.example', '-out', f('md5.csr'));
-      run('x509', '-req', '-in', f('md5.csr'), '-CA', f('md5-ca.pem'), '-CAkey', f('md5-ca.key'), '-md5', '-days', '1', '-set_serial', '5', '-extfile', f('md5-ext.cnf'), '-out', f('md5.pem'));
+      run(
+        'req',
+        '-new',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        f('md5.key'),
+        '-subj',
+        '/CN=md5.example',
+        '-out',
+        f('md5.csr'),
+      );
+      run(
+        'x509',
+        '-req',
+        '-in',
+        f('md5.csr'),
+        '-CA',
+        f('md5-ca.pem'),
+        '-CAkey',
+        f('md5-ca.key'),
+        '-md5',
+        '-days',
+        '1',
+        '-set_serial',
+        '5',
+        '-extfile',
+        f('md5-ext.cnf'),
+        '-out',
+        f('md5.pem'),
+      );
       return { candidate: candidate(pem(readFileSync(f('md5.pem'), 'utf8').trim(), rsaRoot)) };
     },
   },

@@ -48,7 +48,16 @@ beforeAll(async () => {
   lab = await startKeylessLab();
   storeDir = join(lab.dir, 'store');
   config = join(lab.dir, 'proxy.json');
-  writeFileSync(config, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: storeDir }, admin: null, certificates: [{ name: 'configured', chain: 'configured.pem' }] }));
+  writeFileSync(
+    config,
+    JSON.stringify({
+      stateDir: './state',
+      keyserver: { socket: lab.socket },
+      certStore: { dir: storeDir },
+      admin: null,
+      certificates: [{ name: 'configured', chain: 'configured.pem' }],
+    }),
+  );
   const ec = await lab.certificate('shop-ec', lab.keys.ec, ['shop.lab.test', 'www.shop.lab.test']);
   const rsa = await lab.certificate('shop-rsa', lab.keys.rsa, ['shop.lab.test', 'www.shop.lab.test']);
   ecChain = ec.file;
@@ -192,7 +201,12 @@ describe('keyedge cert', () => {
     });
     new CertificateStore(storeDir).write('old', `${expired.certPem}\n`, {});
     const row = (await listJson()).find((r) => r.name === 'old');
-    expect(row).toMatchObject({ status: 'expired', serial: expired.cert.serialNumber, keyId: lab.keys.ec.keyId, error: expect.stringContaining('the leaf expired at') });
+    expect(row).toMatchObject({
+      status: 'expired',
+      serial: expired.cert.serialNumber,
+      keyId: lab.keys.ec.keyId,
+      error: expect.stringContaining('the leaf expired at'),
+    });
     const show = await cert('show', 'old');
     expect(show.code).toBe(1);
     expect(show.stdout).toContain('status:    refused (expired)');
@@ -205,7 +219,11 @@ describe('keyedge cert', () => {
     expect(existsSync(join(storeDir, 'shop.pem'))).toBe(false);
     expect(existsSync(join(storeDir, 'shop.json'))).toBe(false);
     expect((await listJson()).map((r) => r.name)).not.toContain('shop');
-    for (const args of [['remove', 'shop'], ['replace', 'shop', '--chain', ecChain], ['show', 'shop']]) {
+    for (const args of [
+      ['remove', 'shop'],
+      ['replace', 'shop', '--chain', ecChain],
+      ['show', 'shop'],
+    ]) {
       const missing = await cert(...args);
       expect(missing.code).toBe(1);
       expect(missing.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERT_NOT_FOUND: no certificate 'shop' in the store/);

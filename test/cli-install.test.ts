@@ -41,7 +41,7 @@ describe('the installed command', () => {
     expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env node');
   });
 
-  it('runs by name: --version, --help and a subcommand\'s help', async () => {
+  it("runs by name: --version, --help and a subcommand's help", async () => {
     // By name from PATH, from a directory outside the checkout, as a certbot hook runs it.
     const inPrefix = (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
       run('sh', ['-c', `cd "${dir}" && PATH="${join(prefix, 'bin')}:$PATH" exec keyedge ${args.join(' ')}`]);

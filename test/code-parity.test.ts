@@ -37,7 +37,12 @@ function rows(markdown: string): string[][] {
   return markdown
     .split('\n')
     .filter((l) => l.startsWith('|'))
-    .map((l) => l.slice(1, l.lastIndexOf('|')).split('|').map((c) => c.trim()));
+    .map((l) =>
+      l
+        .slice(1, l.lastIndexOf('|'))
+        .split('|')
+        .map((c) => c.trim()),
+    );
 }
 
 /** The `code`-quoted words of a table column. */

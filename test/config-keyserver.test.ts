@@ -124,12 +124,22 @@ describe('invalid configs', () => {
     ['both env and file', { pkcs11: { pin: { env: 'PIN', file: 'pin' } } }, 'pkcs11.pin', /exactly one of "env" or "file"/],
     ['both label and serial', { pkcs11: { token: { label: 'a', serial: 'b' } } }, 'pkcs11.token', /exactly one of "label" or "serial", not both/],
     ['relative module path', { pkcs11: { module: 'lib.so', pin: { env: 'PIN' } } }, 'pkcs11.module', /expected "embedded" or an absolute path/],
-    ['non-embedded module without pin', { pkcs11: { module: '/usr/lib/hsm.so' } }, 'pkcs11.pin', /required when pkcs11.module is not "embedded": expected \{ "env"/],
+    [
+      'non-embedded module without pin',
+      { pkcs11: { module: '/usr/lib/hsm.so' } },
+      'pkcs11.pin',
+      /required when pkcs11.module is not "embedded": expected \{ "env"/,
+    ],
     ['clients without tcp', { clients: [CLIENT] }, 'clients', /mutual-TLS listener, which is not configured: expected listen.tcp/],
     ['tcp without clients', { listen: { tcp: TCP } }, 'listen.tcp', /no client may use this listener/],
     ['tcp missing a path', { listen: { tcp: { cert: 'a', key: 'b' } }, clients: [CLIENT] }, 'listen.tcp.clientCa', /missing; expected a PEM CA bundle path/],
     ['no listener', { listen: { unix: null } }, 'listen', /expected at least one listener/],
-    ['empty client match', { listen: { tcp: TCP }, clients: [{ ...CLIENT, match: {} }] }, 'clients[0].match', /at least one of commonName, dnsName, uri, spkiSha256/],
+    [
+      'empty client match',
+      { listen: { tcp: TCP }, clients: [{ ...CLIENT, match: {} }] },
+      'clients[0].match',
+      /at least one of commonName, dnsName, uri, spkiSha256/,
+    ],
     ['bad spkiSha256', { listen: { tcp: TCP }, clients: [{ ...CLIENT, match: { spkiSha256: 'AB' } }] }, 'clients[0].match.spkiSha256', /64 lowercase hex/],
     ['duplicate client name', { listen: { tcp: TCP }, clients: [CLIENT, CLIENT] }, 'clients[1].name', /duplicate client name/],
     ['bad log level', { log: { level: 'verbose' } }, 'log.level', /expected one of: fatal, error, warn, info/],
@@ -243,4 +253,3 @@ describe('result', () => {
     expect(abs.listen.unix?.path).toBe('/run/ks.sock');
   });
 });
-

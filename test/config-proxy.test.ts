@@ -118,7 +118,16 @@ describe('proxy config', () => {
   it.each([
     [{ listen: [{ port: 8443, profile: 'old' }] }, 'listen[0].profile', 'expected "intermediate" or "modern"'],
     [{ certificates: [{ name: 'a', chain: 'a.pem', key: 'a-key.pem' }] }, 'certificates[0].key', 'unknown key'],
-    [{ certificates: [{ name: 'a', chain: 'a.pem' }, { name: 'a', chain: 'b.pem' }] }, 'certificates[1]', 'duplicate certificate name'],
+    [
+      {
+        certificates: [
+          { name: 'a', chain: 'a.pem' },
+          { name: 'a', chain: 'b.pem' },
+        ],
+      },
+      'certificates[1]',
+      'duplicate certificate name',
+    ],
     [{ domains: [{ name: 'Shop.Example', origin: 'http://o' }] }, 'domains[0].name', 'lower-case DNS name'],
     [{ domains: [{ name: 'shop.example', origin: 'ftp://o' }] }, 'domains[0].origin', 'http:// or https://'],
     [{ domains: [{ name: 'shop.example', origin: 'http://user:pw@o' }] }, 'domains[0].origin', 'no credentials'],

@@ -55,8 +55,16 @@ describe('config/grafana-dashboard.json', () => {
   });
 
   it('covers the handshake, keyless, origin and reload panels', () => {
-    const exprs = dashboard.panels.flatMap((p) => p.targets ?? []).map((t) => t.expr).join('\n');
-    for (const name of ['keyedge_proxy_tls_handshakes_total', 'keyedge_proxy_keyless_failures_total', 'keyedge_proxy_origin_request_duration_seconds_bucket', 'keyedge_proxy_reloads_total']) {
+    const exprs = dashboard.panels
+      .flatMap((p) => p.targets ?? [])
+      .map((t) => t.expr)
+      .join('\n');
+    for (const name of [
+      'keyedge_proxy_tls_handshakes_total',
+      'keyedge_proxy_keyless_failures_total',
+      'keyedge_proxy_origin_request_duration_seconds_bucket',
+      'keyedge_proxy_reloads_total',
+    ]) {
       expect(exprs).toContain(name);
     }
   });

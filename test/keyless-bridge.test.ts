@@ -14,7 +14,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
 import * as bridge from '../proxy/native/index.js';
 import { keyIdOf } from '../keyserver/shared/key-id.js';
-import { type FakeAnswer, fetchSpki, issueForSpki, type KeyserverProcess, sClient, signCount, startFakeKeyserver, startKeyserverProcess, startTlsServer, tlsHandshake } from './helpers/keyless.js';
+import {
+  type FakeAnswer,
+  fetchSpki,
+  issueForSpki,
+  type KeyserverProcess,
+  sClient,
+  signCount,
+  startFakeKeyserver,
+  startKeyserverProcess,
+  startTlsServer,
+  tlsHandshake,
+} from './helpers/keyless.js';
 import { removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, createTestPki, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
 
@@ -468,7 +479,11 @@ describe('the KeyObject guard', () => {
       console.log('survived', JSON.stringify(result ?? null));`;
     for (const kind of ['ec', 'rsa'] as const) {
       for (const what of ['details', 'jwk']) {
-        const child = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ADDON, PEM: keys[kind].pem, WHAT: what }, encoding: 'utf8', timeout: 20_000 });
+        const child = spawnSync(process.execPath, ['-e', script], {
+          env: { ...process.env, ADDON, PEM: keys[kind].pem, WHAT: what },
+          encoding: 'utf8',
+          timeout: 20_000,
+        });
         expect(child.stdout).toContain(`created ${kind}`);
         if (kind === 'rsa' && child.signal === null) {
           // Node 24's RSA code (ncrypto: `if (!rsa) return false;` where Node
@@ -487,6 +502,10 @@ describe('the KeyObject guard', () => {
     }
     // What does work on such a KeyObject: the public half.
     const publicKey = createPublicKey(keys.ec.pem);
-    expect(createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex')).toBe(keys.ec.id);
+    expect(
+      createHash('sha256')
+        .update(publicKey.export({ type: 'spki', format: 'der' }))
+        .digest('hex'),
+    ).toBe(keys.ec.id);
   });
 });

@@ -15,8 +15,21 @@ import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
-  captureLog, connectUnix, digestOf, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, RawConnection, rawFrame, removeDir,
-  sleep, startTestKeyserver, tempDir, testConfig, verifies,
+  captureLog,
+  connectUnix,
+  digestOf,
+  type LogCapture,
+  metricValue,
+  type ProvisionedKey,
+  provisionKeys,
+  RawConnection,
+  rawFrame,
+  removeDir,
+  sleep,
+  startTestKeyserver,
+  tempDir,
+  testConfig,
+  verifies,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -27,7 +40,10 @@ let nextId = 1;
 
 beforeAll(() => {
   stateDir = tempDir();
-  keys = provisionKeys(testConfig(stateDir), [{ label: 'ec', type: 'ec-p256' }, { label: 'rsa', type: 'rsa-4096' }]);
+  keys = provisionKeys(testConfig(stateDir), [
+    { label: 'ec', type: 'ec-p256' },
+    { label: 'rsa', type: 'rsa-4096' },
+  ]);
 });
 afterAll(() => removeDir(stateDir));
 
@@ -320,13 +336,17 @@ describe('mutual TLS', () => {
 
   it('each client certificate identity has its own cap: one client stalling at its cap does not touch another', async () => {
     const sockets = await Promise.all(
-      Array.from({ length: 20 }, () => new Promise<tls.TLSSocket>((resolve, reject) => {
-        const socket = tls.connect(tlsOptions('edge-a'), () => {
-          socket.write(signFrame(keys.ec!).subarray(0, 40));
-          resolve(socket);
-        });
-        socket.on('error', reject);
-      })),
+      Array.from(
+        { length: 20 },
+        () =>
+          new Promise<tls.TLSSocket>((resolve, reject) => {
+            const socket = tls.connect(tlsOptions('edge-a'), () => {
+              socket.write(signFrame(keys.ec!).subarray(0, 40));
+              resolve(socket);
+            });
+            socket.on('error', reject);
+          }),
+      ),
     );
     try {
       await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);

@@ -40,7 +40,7 @@ describe('LogLimiter', () => {
 });
 
 describe('Admission', () => {
-  it('admits up to the per-client cap, then evicts that client\'s longest-stalled connection, then its longest-idle one', () => {
+  it("admits up to the per-client cap, then evicts that client's longest-stalled connection, then its longest-idle one", () => {
     const admission = new Admission<string>({ maxConnections: 100, maxConnectionsPerClient: 3 });
     for (const c of ['a1', 'a2', 'a3']) expect(admission.admit(c, 'A')).toEqual({ admitted: true, evicted: [] });
     admission.update('a1', 'idle');

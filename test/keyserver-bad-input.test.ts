@@ -13,8 +13,23 @@ import { Algorithm, type AlgorithmByte, ErrorCode, Opcode, Tag } from '../keyser
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { listKeys } from '../keyserver/token/keys.js';
 import {
-  captureLog, connectUnix, digestOf, item, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, RawConnection, rawFrame,
-  readUserPin, removeDir, sleep, startTestKeyserver, tempDir, testConfig, verifies,
+  captureLog,
+  connectUnix,
+  digestOf,
+  item,
+  type LogCapture,
+  metricValue,
+  type ProvisionedKey,
+  provisionKeys,
+  RawConnection,
+  rawFrame,
+  readUserPin,
+  removeDir,
+  sleep,
+  startTestKeyserver,
+  tempDir,
+  testConfig,
+  verifies,
 } from './helpers/keyserver.js';
 
 const P256_OID = Buffer.from('06082a8648ce3d030107', 'hex');
@@ -27,10 +42,18 @@ beforeAll(() => {
   stateDir = tempDir();
   keys = provisionKeys(
     testConfig(stateDir),
-    [{ label: 'ec', type: 'ec-p256' }, { label: 'rsa', type: 'rsa-2048' }, { label: 'rsa4096', type: 'rsa-4096' }],
+    [
+      { label: 'ec', type: 'ec-p256' },
+      { label: 'rsa', type: 'rsa-2048' },
+      { label: 'rsa4096', type: 'rsa-4096' },
+    ],
     (token) => {
       // As another tool might leave it: a private key the token will not sign with (CKA_SIGN false).
-      const common = [{ type: pkcs11js.CKA_TOKEN, value: true }, { type: pkcs11js.CKA_LABEL, value: 'no-sign' }, { type: pkcs11js.CKA_ID, value: Buffer.from('no-sign') }];
+      const common = [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: 'no-sign' },
+        { type: pkcs11js.CKA_ID, value: Buffer.from('no-sign') },
+      ];
       token.pkcs11.C_GenerateKeyPair(
         token.management,
         { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN },
@@ -209,7 +232,12 @@ describe('request faults', () => {
   it('an unknown key id: UNKNOWN_KEY', async () => {
     const missing = randomBytes(32);
     const id = nextId++;
-    await expectAnsweredAndOpen(signFrame(missing, Algorithm.ECDSA_SHA256, randomBytes(8), id), id, ErrorCode.UNKNOWN_KEY, new RegExp(`no key ${missing.toString('hex')}`));
+    await expectAnsweredAndOpen(
+      signFrame(missing, Algorithm.ECDSA_SHA256, randomBytes(8), id),
+      id,
+      ErrorCode.UNKNOWN_KEY,
+      new RegExp(`no key ${missing.toString('hex')}`),
+    );
     const get = nextId++;
     await expectAnsweredAndOpen(encodeRequest({ op: 'getPublicKey', id: get, keyId: missing }), get, ErrorCode.UNKNOWN_KEY, /in the token/);
   });
@@ -313,7 +341,10 @@ describe('deadline (limits.requestTimeoutMs = 10)', () => {
       // With a 10 ms deadline a busy machine may time out one more sign; the daemon must serve again quickly.
       let served = false;
       for (let attempt = 0; attempt < 5 && !served; attempt++) {
-        served = await expectServes(conn).then(() => true, () => false);
+        served = await expectServes(conn).then(
+          () => true,
+          () => false,
+        );
       }
       expect(served).toBe(true);
     } finally {

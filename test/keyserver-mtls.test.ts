@@ -12,8 +12,17 @@ import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
-  captureLog, digestOf, type LogCapture, metricValue, type ProvisionedKey, provisionKeys, removeDir, startTestKeyserver, tempDir,
-  testConfig, verifies,
+  captureLog,
+  digestOf,
+  type LogCapture,
+  metricValue,
+  type ProvisionedKey,
+  provisionKeys,
+  removeDir,
+  startTestKeyserver,
+  tempDir,
+  testConfig,
+  verifies,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -27,15 +36,22 @@ let server: RunningKeyserver;
 
 beforeAll(async () => {
   dir = tempDir();
-  pki = await createTestPki(dir, [
-    { commonName: 'edge-a' },
-    { commonName: 'edge-b', keyAlgorithm: 'rsa-2048' },
-    { commonName: 'edge-u', uris: ['spiffe://keyedge.test/edge-u'], dnsNames: ['edge-u.keyedge.test'] },
-    { commonName: 'stranger' },
-  ], 'edge-a'); // the other CA's client even claims edge-a's name
+  pki = await createTestPki(
+    dir,
+    [
+      { commonName: 'edge-a' },
+      { commonName: 'edge-b', keyAlgorithm: 'rsa-2048' },
+      { commonName: 'edge-u', uris: ['spiffe://keyedge.test/edge-u'], dnsNames: ['edge-u.keyedge.test'] },
+      { commonName: 'stranger' },
+    ],
+    'edge-a',
+  ); // the other CA's client even claims edge-a's name
   const spkiOfB = createPublicKey(readFileSync(pki.clients['edge-b']!.key)).export({ type: 'spki', format: 'der' });
   const base = testConfig(dir);
-  keys = provisionKeys(base, [{ label: 'listed', type: 'ec-p256' }, { label: 'unlisted', type: 'rsa-2048' }]);
+  keys = provisionKeys(base, [
+    { label: 'listed', type: 'ec-p256' },
+    { label: 'unlisted', type: 'rsa-2048' },
+  ]);
   const config = testConfig(dir, {
     listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
     clients: [
@@ -201,7 +217,10 @@ describe('which keys a client may use', () => {
       expect((await client.ping()).length).toBe(0);
     });
     expect(await metricValue(server, REFUSALS, { transport: 'tls' })).toBe(before + 3);
-    const audit = logs.lines().filter((l) => l.audit === 'refused').slice(auditBefore);
+    const audit = logs
+      .lines()
+      .filter((l) => l.audit === 'refused')
+      .slice(auditBefore);
     expect(audit).toHaveLength(3);
     for (const line of audit) {
       expect(line).toMatchObject({ level: 40, transport: 'tls', msg: 'client may not use this key' });

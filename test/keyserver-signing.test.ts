@@ -31,9 +31,7 @@ import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
 const EC_ALGORITHMS = ALGORITHMS.filter((a) => a.scheme === 'ecdsa');
 const RSA_ALGORITHMS = ALGORITHMS.filter((a) => a.scheme !== 'ecdsa');
-const CASES = KEY_TYPES.flatMap((type) =>
-  (type.startsWith('ec') ? EC_ALGORITHMS : RSA_ALGORITHMS).map((a) => ({ type, algorithm: a.byte, name: a.name })),
-);
+const CASES = KEY_TYPES.flatMap((type) => (type.startsWith('ec') ? EC_ALGORITHMS : RSA_ALGORITHMS).map((a) => ({ type, algorithm: a.byte, name: a.name })));
 
 let stateDir: string;
 let config: KeyserverConfig;
@@ -176,7 +174,12 @@ describe('concurrency', () => {
         clients.flatMap((client) =>
           Array.from({ length: 10 }, async () => {
             const message = randomBytes(20);
-            return verifies(Algorithm.ECDSA_SHA512, message, key.publicKey, await client.sign(key.keyId, Algorithm.ECDSA_SHA512, digestOf(Algorithm.ECDSA_SHA512, message)));
+            return verifies(
+              Algorithm.ECDSA_SHA512,
+              message,
+              key.publicKey,
+              await client.sign(key.keyId, Algorithm.ECDSA_SHA512, digestOf(Algorithm.ECDSA_SHA512, message)),
+            );
           }),
         ),
       );

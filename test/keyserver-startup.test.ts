@@ -14,8 +14,17 @@ import { Algorithm, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import {
-  captureLog, connectUnix, digestOf, type ProvisionedKey, provisionKeys, readUserPin, removeDir, startTestKeyserver, tempDir,
-  testConfig, verifies,
+  captureLog,
+  connectUnix,
+  digestOf,
+  type ProvisionedKey,
+  provisionKeys,
+  readUserPin,
+  removeDir,
+  startTestKeyserver,
+  tempDir,
+  testConfig,
+  verifies,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -29,7 +38,10 @@ beforeAll(async () => {
   dir = tempDir();
   pki = await createTestPki(dir, []);
   // Also points SOFTHSM2_CONF at this directory's token, which the explicit-module cases below rely on.
-  keys = provisionKeys(testConfig(dir), [{ label: 'ec', type: 'ec-p256' }, { label: 'rsa', type: 'rsa-2048' }]);
+  keys = provisionKeys(testConfig(dir), [
+    { label: 'ec', type: 'ec-p256' },
+    { label: 'rsa', type: 'rsa-2048' },
+  ]);
   pin = readUserPin(dir);
   softhsm = findSoftHsmModule();
 });

@@ -79,10 +79,13 @@ describe('one-way layers: config ← keyserver ← proxy ← keyedge.ts', () => 
     const files = productFiles();
     // Not vacuous: the walk saw each layer and the edges that are allowed.
     for (const layer of ['config/', 'keyserver/shared/', 'keyserver/server/', 'proxy/http/', 'proxy/native/index.ts']) {
-      expect([...files.keys()].some((f) => f.startsWith(layer)), layer).toBe(true);
+      expect(
+        [...files.keys()].some((f) => f.startsWith(layer)),
+        layer,
+      ).toBe(true);
     }
     const edges = [...files].flatMap(([file, text]) => ts.preProcessFile(text, true, true).importedFiles.map((i) => `${file} -> ${i.fileName}`));
-    expect(edges).toContain("keyedge.cts -> ./keyedge.js");
+    expect(edges).toContain('keyedge.cts -> ./keyedge.js');
     expect(edges.some((e) => e.startsWith('proxy/') && e.includes('/keyserver/shared/'))).toBe(true);
     expect(edges.some((e) => e.startsWith('keyserver/') && e.includes('/config/'))).toBe(true);
     expect(layeringViolations(files)).toEqual([]);

@@ -72,9 +72,13 @@ async function expectSetupFailure(args: readonly string[], port: number): Promis
 
 function proxyConfigFile(name: string, ports: { port: number; adminPort: number; redirect?: number }): string {
   const dir = join(lab.dir, name);
-  const config = storeProxyConfig(lab, { port: ports.port, adminPort: ports.adminPort, storeDir: join(dir, 'certs'), tokenFile: join(dir, 'token') }, {
-    ...(ports.redirect === undefined ? {} : { httpRedirect: { host: '127.0.0.1', port: ports.redirect } }),
-  });
+  const config = storeProxyConfig(
+    lab,
+    { port: ports.port, adminPort: ports.adminPort, storeDir: join(dir, 'certs'), tokenFile: join(dir, 'token') },
+    {
+      ...(ports.redirect === undefined ? {} : { httpRedirect: { host: '127.0.0.1', port: ports.redirect } }),
+    },
+  );
   mkdirSync(join(dir, 'certs'), { recursive: true });
   const file = join(lab.dir, `${name}.json`);
   writeFileSync(file, JSON.stringify(config));
@@ -82,7 +86,7 @@ function proxyConfigFile(name: string, ports: { port: number; adminPort: number;
 }
 
 describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non-zero exit', () => {
-  it('the proxy\'s TLS front (2 workers: the primary exits with the workers\' failure, no respawning)', async () => {
+  it("the proxy's TLS front (2 workers: the primary exits with the workers' failure, no respawning)", async () => {
     const taken = await occupy();
     try {
       const file = proxyConfigFile('front', { port: taken.port, adminPort: await freePort() });
@@ -97,7 +101,7 @@ describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non
     }
   });
 
-  it('the proxy\'s admin port', async () => {
+  it("the proxy's admin port", async () => {
     const taken = await occupy();
     try {
       await expectSetupFailure(['proxy', '--config', proxyConfigFile('admin', { port: await freePort(), adminPort: taken.port })], taken.port);
@@ -106,7 +110,7 @@ describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non
     }
   });
 
-  it('the proxy\'s plain-HTTP redirect listener', async () => {
+  it("the proxy's plain-HTTP redirect listener", async () => {
     const taken = await occupy();
     try {
       const file = proxyConfigFile('redirect', { port: await freePort(), adminPort: await freePort(), redirect: taken.port });
@@ -116,14 +120,19 @@ describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non
     }
   });
 
-  it('the key server\'s admin port', async () => {
+  it("the key server's admin port", async () => {
     const taken = await occupy();
     try {
       // The lab's token, a socket of its own: only the admin port collides.
       const file = join(lab.dir, 'keyserver-admin.json');
       writeFileSync(
         file,
-        JSON.stringify({ stateDir: join(lab.dir, 'state'), listen: { unix: { path: join(lab.dir, 'ks2.sock') } }, admin: { host: '127.0.0.1', port: taken.port }, log: { level: 'warn' } }),
+        JSON.stringify({
+          stateDir: join(lab.dir, 'state'),
+          listen: { unix: { path: join(lab.dir, 'ks2.sock') } },
+          admin: { host: '127.0.0.1', port: taken.port },
+          log: { level: 'warn' },
+        }),
       );
       await expectSetupFailure(['keyserver', '--config', file], taken.port);
     } finally {

@@ -40,8 +40,16 @@ const CHECKS: readonly { readonly what: string; readonly expr: string; readonly 
   { what: 'resumed handshakes', expr: 'sum(keyedge_proxy_tls_handshakes_total{result="ok",resumed="true"}) or vector(0)', expected: () => 0 },
   { what: 'failed handshakes', expr: 'sum(keyedge_proxy_tls_handshakes_total{result!="ok"}) or vector(0)', expected: () => 0 },
   { what: 'HTTP requests', expr: 'sum(keyedge_proxy_http_requests_total) or vector(0)', expected: () => REQUESTS },
-  { what: 'HTTP requests answered 2xx by the origin', expr: 'sum(keyedge_proxy_http_requests_total{status_class="2xx",code="none"}) or vector(0)', expected: () => REQUESTS },
-  { what: 'handshakes in the handshake-duration histogram', expr: 'sum(keyedge_proxy_tls_handshake_duration_seconds_count{resumed="false"}) or vector(0)', expected: () => FULL_HANDSHAKES },
+  {
+    what: 'HTTP requests answered 2xx by the origin',
+    expr: 'sum(keyedge_proxy_http_requests_total{status_class="2xx",code="none"}) or vector(0)',
+    expected: () => REQUESTS,
+  },
+  {
+    what: 'handshakes in the handshake-duration histogram',
+    expr: 'sum(keyedge_proxy_tls_handshake_duration_seconds_count{resumed="false"}) or vector(0)',
+    expected: () => FULL_HANDSHAKES,
+  },
   {
     what: 'keyless signatures the proxy workers got',
     expr: 'sum(keyedge_proxy_keyless_signs_total)',

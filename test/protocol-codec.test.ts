@@ -1,24 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { ProtocolError } from '../keyserver/shared/errors.js';
-import {
-  Algorithm,
-  ALGORITHMS,
-  algorithmInfo,
-  ErrorCode,
-  errorCodeName,
-  Opcode,
-  Tag,
-  type AlgorithmByte,
-} from '../keyserver/protocol/constants.js';
-import {
-  decodeRequest,
-  decodeResponse,
-  encodeRequest,
-  encodeResponse,
-  readHeader,
-  type Request,
-  type Response,
-} from '../keyserver/protocol/codec.js';
+import { Algorithm, ALGORITHMS, algorithmInfo, ErrorCode, errorCodeName, Opcode, Tag, type AlgorithmByte } from '../keyserver/protocol/constants.js';
+import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, readHeader, type Request, type Response } from '../keyserver/protocol/codec.js';
 
 // ---------------------------------------------------------------------------
 // Hand-built frames, so the tests do not trust the encoder they are testing.
@@ -87,9 +70,10 @@ describe('round trips', () => {
     ['ping, 1-byte payload', { op: 'ping', id: 1, payload: Buffer.from([7]) }],
     ['ping, max payload', { op: 'ping', id: 0xffff_ffff, payload: Buffer.alloc(1024, 3) }],
     ['getPublicKey', { op: 'getPublicKey', id: 42, keyId: KEY }],
-    ...ALGORITHMS.map(
-      (a): [string, Request] => [`sign ${a.name}`, { op: 'sign', id: 1000 + a.byte, keyId: KEY, algorithm: a.byte, digest: Buffer.alloc(a.digestBytes, a.byte) }],
-    ),
+    ...ALGORITHMS.map((a): [string, Request] => [
+      `sign ${a.name}`,
+      { op: 'sign', id: 1000 + a.byte, keyId: KEY, algorithm: a.byte, digest: Buffer.alloc(a.digestBytes, a.byte) },
+    ]),
   ];
   for (const [name, req] of requests) {
     it(`request: ${name}`, () => {
@@ -118,9 +102,7 @@ describe('round trips', () => {
 
   it('matches the worked examples in SPEC.md byte for byte', () => {
     const sign = encodeRequest({ op: 'sign', id: 7, keyId: KEY, algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32, 0xcd) });
-    expect(sign.toString('hex')).toBe(
-      '01030000000000070000004a' + '010020' + 'ab'.repeat(32) + '02000101' + '030020' + 'cd'.repeat(32),
-    );
+    expect(sign.toString('hex')).toBe('01030000000000070000004a' + '010020' + 'ab'.repeat(32) + '02000101' + '030020' + 'cd'.repeat(32));
     const err = encodeResponse({ op: 'error', id: 7, code: ErrorCode.UNKNOWN_KEY, detail: 'no such key' });
     expect(err.toString('hex')).toBe('01ff0000000000070000001307000200058000' + '0b' + Buffer.from('no such key').toString('hex'));
   });
@@ -158,7 +140,11 @@ describe('encoders refuse to emit a bad frame', () => {
     ['fractional id', () => encodeResponse({ op: 'pong', id: 1.5, payload: D32 }), /not a uint32/],
     ['short key id', () => encodeRequest({ op: 'getPublicKey', id: 1, keyId: Buffer.alloc(31) }), /KEY_ID \(tag 0x01\) is 31 bytes, expected exactly 32/],
     ['unknown algorithm', () => encodeRequest({ op: 'sign', id: 1, keyId: KEY, algorithm: 0x04 as AlgorithmByte, digest: D32 }), /unknown algorithm 4/],
-    ['digest length', () => encodeRequest({ op: 'sign', id: 1, keyId: KEY, algorithm: Algorithm.ECDSA_SHA512, digest: D32 }), /32 bytes, but ECDSA_SHA512 needs a 64-byte/],
+    [
+      'digest length',
+      () => encodeRequest({ op: 'sign', id: 1, keyId: KEY, algorithm: Algorithm.ECDSA_SHA512, digest: D32 }),
+      /32 bytes, but ECDSA_SHA512 needs a 64-byte/,
+    ],
     ['payload too long', () => encodeRequest({ op: 'ping', id: 1, payload: Buffer.alloc(1025) }), /PAYLOAD \(tag 0x04\) is 1025 bytes, expected 0 to 1024/],
     ['empty signature', () => encodeResponse({ op: 'signature', id: 1, signature: Buffer.alloc(0) }), /expected 1 to 1024/],
     ['spki too long', () => encodeResponse({ op: 'publicKey', id: 1, spki: Buffer.alloc(4097) }), /expected 1 to 4096/],
@@ -195,9 +181,23 @@ describe('decoders reject bad frames with the exact code', () => {
   const ping = frame(Opcode.PING, ID, [item(Tag.PAYLOAD, 4)]);
   type Case = { name: string; dir: 'req' | 'res'; bytes: Buffer; code: number; id?: number | undefined; fatal?: boolean; message: RegExp; max?: number };
   const cases: Case[] = [
-    { name: 'truncated header', dir: 'req', bytes: ping.subarray(0, 11), code: M, id: undefined, fatal: true, message: /11 bytes, shorter than the 12-byte header/ },
+    {
+      name: 'truncated header',
+      dir: 'req',
+      bytes: ping.subarray(0, 11),
+      code: M,
+      id: undefined,
+      fatal: true,
+      message: /11 bytes, shorter than the 12-byte header/,
+    },
     { name: 'empty input', dir: 'res', bytes: Buffer.alloc(0), code: M, id: undefined, fatal: true, message: /0 bytes/ },
-    { name: 'truncated item header', dir: 'req', bytes: frame(Opcode.PING, ID, [Buffer.from([Tag.PAYLOAD, 0])]), code: M, message: /PING: item header at body offset 0 is truncated: 2 bytes left, need 3/ },
+    {
+      name: 'truncated item header',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [Buffer.from([Tag.PAYLOAD, 0])]),
+      code: M,
+      message: /PING: item header at body offset 0 is truncated: 2 bytes left, need 3/,
+    },
     {
       name: 'truncated item header after an item',
       dir: 'req',
@@ -205,43 +205,221 @@ describe('decoders reject bad frames with the exact code', () => {
       code: M,
       message: /item header at body offset 35 is truncated: 1 bytes left/,
     },
-    { name: 'item past body end', dir: 'req', bytes: frame(Opcode.PING, ID, [Buffer.from([Tag.PAYLOAD, 0, 5, 1, 2])]), code: M, message: /PAYLOAD \(tag 0x04\) at body offset 0 declares a 5-byte value but only 2 bytes remain/ },
-    { name: 'body length longer than frame', dir: 'req', bytes: ping.subarray(0, ping.length - 1), code: M, fatal: true, message: /frame is 18 bytes but its header declares a 7-byte body \(expected 19 bytes\)/ },
+    {
+      name: 'item past body end',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [Buffer.from([Tag.PAYLOAD, 0, 5, 1, 2])]),
+      code: M,
+      message: /PAYLOAD \(tag 0x04\) at body offset 0 declares a 5-byte value but only 2 bytes remain/,
+    },
+    {
+      name: 'body length longer than frame',
+      dir: 'req',
+      bytes: ping.subarray(0, ping.length - 1),
+      code: M,
+      fatal: true,
+      message: /frame is 18 bytes but its header declares a 7-byte body \(expected 19 bytes\)/,
+    },
     { name: 'body length shorter than frame', dir: 'req', bytes: Buffer.concat([ping, Buffer.from([0])]), code: M, fatal: true, message: /frame is 20 bytes/ },
-    { name: 'duplicate item', dir: 'req', bytes: frame(Opcode.GET_PUBLIC_KEY, ID, [keyItem, keyItem]), code: M, message: /GET_PUBLIC_KEY: duplicate item KEY_ID \(tag 0x01\)/ },
-    { name: 'duplicate unknown optional item', dir: 'res', bytes: frame(Opcode.PONG, ID, [item(0xc1, 1), item(0xc1, 1)]), code: M, message: /PONG: duplicate item tag 0xc1/ },
-    { name: 'unknown critical tag', dir: 'req', bytes: frame(Opcode.PING, ID, [item(0x7e, 2)]), code: M, message: /PING: unknown critical item tag 0x7e at body offset 0/ },
+    {
+      name: 'duplicate item',
+      dir: 'req',
+      bytes: frame(Opcode.GET_PUBLIC_KEY, ID, [keyItem, keyItem]),
+      code: M,
+      message: /GET_PUBLIC_KEY: duplicate item KEY_ID \(tag 0x01\)/,
+    },
+    {
+      name: 'duplicate unknown optional item',
+      dir: 'res',
+      bytes: frame(Opcode.PONG, ID, [item(0xc1, 1), item(0xc1, 1)]),
+      code: M,
+      message: /PONG: duplicate item tag 0xc1/,
+    },
+    {
+      name: 'unknown critical tag',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [item(0x7e, 2)]),
+      code: M,
+      message: /PING: unknown critical item tag 0x7e at body offset 0/,
+    },
     { name: 'tag zero is critical', dir: 'res', bytes: frame(Opcode.PONG, ID, [item(0x00, 0)]), code: M, message: /unknown critical item tag 0x00/ },
-    { name: 'unexpected item', dir: 'req', bytes: frame(Opcode.SIGN, ID, [...signItems(), item(Tag.SIGNATURE, 8)]), code: M, message: /SIGN: unexpected item SIGNATURE \(tag 0x05\)/ },
-    { name: 'unexpected optional known item', dir: 'res', bytes: frame(Opcode.PONG, ID, [item(Tag.ERROR_DETAIL, 1)]), code: M, message: /PONG: unexpected item ERROR_DETAIL \(tag 0x80\)/ },
+    {
+      name: 'unexpected item',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, [...signItems(), item(Tag.SIGNATURE, 8)]),
+      code: M,
+      message: /SIGN: unexpected item SIGNATURE \(tag 0x05\)/,
+    },
+    {
+      name: 'unexpected optional known item',
+      dir: 'res',
+      bytes: frame(Opcode.PONG, ID, [item(Tag.ERROR_DETAIL, 1)]),
+      code: M,
+      message: /PONG: unexpected item ERROR_DETAIL \(tag 0x80\)/,
+    },
     { name: 'missing item', dir: 'req', bytes: frame(Opcode.SIGN, ID, [keyItem, algItem(1)]), code: M, message: /SIGN: missing item DIGEST \(tag 0x03\)/ },
     { name: 'missing key id', dir: 'req', bytes: frame(Opcode.GET_PUBLIC_KEY, ID, []), code: M, message: /GET_PUBLIC_KEY: missing item KEY_ID/ },
-    { name: 'missing error code', dir: 'res', bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_DETAIL, 3)]), code: M, message: /ERROR: missing item ERROR_CODE \(tag 0x07\)/ },
-    { name: 'short KEY_ID', dir: 'req', bytes: frame(Opcode.GET_PUBLIC_KEY, ID, [item(Tag.KEY_ID, 31)]), code: M, message: /KEY_ID \(tag 0x01\) is 31 bytes, expected exactly 32/ },
-    { name: 'long KEY_ID', dir: 'req', bytes: frame(Opcode.SIGN, ID, [item(Tag.KEY_ID, 33), algItem(1), item(Tag.DIGEST, 32)]), code: M, message: /SIGN: KEY_ID \(tag 0x01\) is 33 bytes, expected exactly 32/ },
-    { name: 'ALGORITHM of 2 bytes', dir: 'req', bytes: frame(Opcode.SIGN, ID, [keyItem, item(Tag.ALGORITHM, [1, 1]), item(Tag.DIGEST, 32)]), code: M, message: /ALGORITHM \(tag 0x02\) is 2 bytes, expected exactly 1/ },
-    { name: 'empty ALGORITHM', dir: 'req', bytes: frame(Opcode.SIGN, ID, [keyItem, item(Tag.ALGORITHM, []), item(Tag.DIGEST, 32)]), code: M, message: /is 0 bytes, expected exactly 1/ },
-    { name: 'unknown algorithm', dir: 'req', bytes: frame(Opcode.SIGN, ID, signItems(0x04)), code: ErrorCode.UNKNOWN_ALGORITHM, message: /SIGN: unknown algorithm 0x04/ },
-    { name: 'digest too short for the algorithm', dir: 'req', bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.ECDSA_SHA384, 32)), code: ErrorCode.BAD_DIGEST_LENGTH, message: /DIGEST \(tag 0x03\) is 32 bytes, but ECDSA_SHA384 needs a 48-byte sha384 digest/ },
-    { name: 'digest too long for the algorithm', dir: 'req', bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.RSA_PSS_SHA256, 64)), code: ErrorCode.BAD_DIGEST_LENGTH, message: /64 bytes, but RSA_PSS_SHA256 needs a 32-byte/ },
-    { name: 'empty digest', dir: 'req', bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.RSA_PKCS1_SHA512, 0)), code: ErrorCode.BAD_DIGEST_LENGTH, message: /0 bytes/ },
-    { name: 'oversized body length', dir: 'req', bytes: frame(Opcode.PING, ID, [], { bodyLength: 16385 }), code: ErrorCode.FRAME_TOO_LARGE, fatal: true, message: /body length 16385 exceeds the maximum of 16384 bytes/ },
-    { name: 'body above a configured maximum', dir: 'res', bytes: frame(Opcode.PONG, ID, [item(Tag.PAYLOAD, 100)]), max: 64, code: ErrorCode.FRAME_TOO_LARGE, fatal: true, message: /body length 103 exceeds the maximum of 64/ },
-    { name: 'unsupported version', dir: 'req', bytes: frame(Opcode.PING, ID, [], { version: 2 }), code: ErrorCode.UNSUPPORTED_VERSION, message: /protocol version 2 is not supported \(expected 1\)/ },
+    {
+      name: 'missing error code',
+      dir: 'res',
+      bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_DETAIL, 3)]),
+      code: M,
+      message: /ERROR: missing item ERROR_CODE \(tag 0x07\)/,
+    },
+    {
+      name: 'short KEY_ID',
+      dir: 'req',
+      bytes: frame(Opcode.GET_PUBLIC_KEY, ID, [item(Tag.KEY_ID, 31)]),
+      code: M,
+      message: /KEY_ID \(tag 0x01\) is 31 bytes, expected exactly 32/,
+    },
+    {
+      name: 'long KEY_ID',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, [item(Tag.KEY_ID, 33), algItem(1), item(Tag.DIGEST, 32)]),
+      code: M,
+      message: /SIGN: KEY_ID \(tag 0x01\) is 33 bytes, expected exactly 32/,
+    },
+    {
+      name: 'ALGORITHM of 2 bytes',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, [keyItem, item(Tag.ALGORITHM, [1, 1]), item(Tag.DIGEST, 32)]),
+      code: M,
+      message: /ALGORITHM \(tag 0x02\) is 2 bytes, expected exactly 1/,
+    },
+    {
+      name: 'empty ALGORITHM',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, [keyItem, item(Tag.ALGORITHM, []), item(Tag.DIGEST, 32)]),
+      code: M,
+      message: /is 0 bytes, expected exactly 1/,
+    },
+    {
+      name: 'unknown algorithm',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, signItems(0x04)),
+      code: ErrorCode.UNKNOWN_ALGORITHM,
+      message: /SIGN: unknown algorithm 0x04/,
+    },
+    {
+      name: 'digest too short for the algorithm',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.ECDSA_SHA384, 32)),
+      code: ErrorCode.BAD_DIGEST_LENGTH,
+      message: /DIGEST \(tag 0x03\) is 32 bytes, but ECDSA_SHA384 needs a 48-byte sha384 digest/,
+    },
+    {
+      name: 'digest too long for the algorithm',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.RSA_PSS_SHA256, 64)),
+      code: ErrorCode.BAD_DIGEST_LENGTH,
+      message: /64 bytes, but RSA_PSS_SHA256 needs a 32-byte/,
+    },
+    {
+      name: 'empty digest',
+      dir: 'req',
+      bytes: frame(Opcode.SIGN, ID, signItems(Algorithm.RSA_PKCS1_SHA512, 0)),
+      code: ErrorCode.BAD_DIGEST_LENGTH,
+      message: /0 bytes/,
+    },
+    {
+      name: 'oversized body length',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [], { bodyLength: 16385 }),
+      code: ErrorCode.FRAME_TOO_LARGE,
+      fatal: true,
+      message: /body length 16385 exceeds the maximum of 16384 bytes/,
+    },
+    {
+      name: 'body above a configured maximum',
+      dir: 'res',
+      bytes: frame(Opcode.PONG, ID, [item(Tag.PAYLOAD, 100)]),
+      max: 64,
+      code: ErrorCode.FRAME_TOO_LARGE,
+      fatal: true,
+      message: /body length 103 exceeds the maximum of 64/,
+    },
+    {
+      name: 'unsupported version',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [], { version: 2 }),
+      code: ErrorCode.UNSUPPORTED_VERSION,
+      message: /protocol version 2 is not supported \(expected 1\)/,
+    },
     { name: 'version 0', dir: 'res', bytes: frame(Opcode.PONG, ID, [], { version: 0 }), code: ErrorCode.UNSUPPORTED_VERSION, message: /version 0/ },
-    { name: 'non-zero reserved', dir: 'req', bytes: frame(Opcode.PING, ID, [], { reserved: 0x0100 }), code: M, message: /reserved header bytes are 0x0100, expected 0x0000/ },
+    {
+      name: 'non-zero reserved',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [], { reserved: 0x0100 }),
+      code: M,
+      message: /reserved header bytes are 0x0100, expected 0x0000/,
+    },
     { name: 'unknown opcode', dir: 'req', bytes: frame(0x42, ID, []), code: ErrorCode.UNKNOWN_OP, message: /opcode 0x42 is not defined/ },
     { name: 'unknown opcode in a response', dir: 'res', bytes: frame(0x84, ID, []), code: ErrorCode.UNKNOWN_OP, message: /opcode 0x84 is not defined/ },
-    { name: 'request opcode to decodeResponse', dir: 'res', bytes: frame(Opcode.SIGN, ID, signItems()), code: ErrorCode.UNKNOWN_OP, message: /opcode 0x03 \(SIGN\) is not a response opcode/ },
-    { name: 'response opcode to decodeRequest', dir: 'req', bytes: frame(Opcode.SIGNATURE, ID, [item(Tag.SIGNATURE, 70)]), code: ErrorCode.UNKNOWN_OP, message: /opcode 0x83 \(SIGNATURE\) is not a request opcode/ },
-    { name: 'ERROR opcode to decodeRequest', dir: 'req', bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 1])]), code: ErrorCode.UNKNOWN_OP, message: /0xff \(ERROR\) is not a request/ },
-    { name: 'payload too long', dir: 'req', bytes: frame(Opcode.PING, ID, [item(Tag.PAYLOAD, 1025)]), code: M, message: /PING: PAYLOAD \(tag 0x04\) is 1025 bytes, expected 0 to 1024/ },
+    {
+      name: 'request opcode to decodeResponse',
+      dir: 'res',
+      bytes: frame(Opcode.SIGN, ID, signItems()),
+      code: ErrorCode.UNKNOWN_OP,
+      message: /opcode 0x03 \(SIGN\) is not a response opcode/,
+    },
+    {
+      name: 'response opcode to decodeRequest',
+      dir: 'req',
+      bytes: frame(Opcode.SIGNATURE, ID, [item(Tag.SIGNATURE, 70)]),
+      code: ErrorCode.UNKNOWN_OP,
+      message: /opcode 0x83 \(SIGNATURE\) is not a request opcode/,
+    },
+    {
+      name: 'ERROR opcode to decodeRequest',
+      dir: 'req',
+      bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 1])]),
+      code: ErrorCode.UNKNOWN_OP,
+      message: /0xff \(ERROR\) is not a request/,
+    },
+    {
+      name: 'payload too long',
+      dir: 'req',
+      bytes: frame(Opcode.PING, ID, [item(Tag.PAYLOAD, 1025)]),
+      code: M,
+      message: /PING: PAYLOAD \(tag 0x04\) is 1025 bytes, expected 0 to 1024/,
+    },
     { name: 'pong payload too long', dir: 'res', bytes: frame(Opcode.PONG, ID, [item(Tag.PAYLOAD, 1025)]), code: M, message: /PONG: PAYLOAD/ },
-    { name: 'empty signature', dir: 'res', bytes: frame(Opcode.SIGNATURE, ID, [item(Tag.SIGNATURE, 0)]), code: M, message: /SIGNATURE: SIGNATURE \(tag 0x05\) is 0 bytes, expected 1 to 1024/ },
-    { name: 'public key too long', dir: 'res', bytes: frame(Opcode.PUBLIC_KEY, ID, [item(Tag.PUBLIC_KEY, 4097)]), code: M, message: /PUBLIC_KEY \(tag 0x06\) is 4097 bytes, expected 1 to 4096/ },
-    { name: 'ERROR_CODE of 3 bytes', dir: 'res', bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 0, 1])]), code: M, message: /ERROR_CODE \(tag 0x07\) is 3 bytes, expected exactly 2/ },
-    { name: 'ERROR_CODE zero', dir: 'res', bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 0])]), code: M, message: /ERROR_CODE \(tag 0x07\) is 0, which no error uses/ },
-    { name: 'ERROR_DETAIL too long', dir: 'res', bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 1]), item(Tag.ERROR_DETAIL, 513)]), code: M, message: /ERROR_DETAIL \(tag 0x80\) is 513 bytes, expected 0 to 512/ },
+    {
+      name: 'empty signature',
+      dir: 'res',
+      bytes: frame(Opcode.SIGNATURE, ID, [item(Tag.SIGNATURE, 0)]),
+      code: M,
+      message: /SIGNATURE: SIGNATURE \(tag 0x05\) is 0 bytes, expected 1 to 1024/,
+    },
+    {
+      name: 'public key too long',
+      dir: 'res',
+      bytes: frame(Opcode.PUBLIC_KEY, ID, [item(Tag.PUBLIC_KEY, 4097)]),
+      code: M,
+      message: /PUBLIC_KEY \(tag 0x06\) is 4097 bytes, expected 1 to 4096/,
+    },
+    {
+      name: 'ERROR_CODE of 3 bytes',
+      dir: 'res',
+      bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 0, 1])]),
+      code: M,
+      message: /ERROR_CODE \(tag 0x07\) is 3 bytes, expected exactly 2/,
+    },
+    {
+      name: 'ERROR_CODE zero',
+      dir: 'res',
+      bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 0])]),
+      code: M,
+      message: /ERROR_CODE \(tag 0x07\) is 0, which no error uses/,
+    },
+    {
+      name: 'ERROR_DETAIL too long',
+      dir: 'res',
+      bytes: frame(Opcode.ERROR, ID, [item(Tag.ERROR_CODE, [0, 1]), item(Tag.ERROR_DETAIL, 513)]),
+      code: M,
+      message: /ERROR_DETAIL \(tag 0x80\) is 513 bytes, expected 0 to 512/,
+    },
   ];
 
   for (const c of cases) {

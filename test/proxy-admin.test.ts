@@ -106,7 +106,9 @@ describe('admin API: names, body limit, auth scheme', () => {
   });
 
   it('answers 413 instead of 100 Continue to a declared length over the limit', async () => {
-    const answer = await rawExchange(`PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n`);
+    const answer = await rawExchange(
+      `PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n`,
+    );
     expect(answer).toMatch(/^HTTP\/1\.1 413 /);
   });
 
@@ -198,7 +200,7 @@ function expectNoCounterWentDown(before: Map<string, number>, after: Map<string,
 }
 
 describe('/metrics across worker deaths', () => {
-  it('a SIGKILLed worker\'s counts stay in the sums: no counter or histogram series goes down', async () => {
+  it("a SIGKILLed worker's counts stay in the sums: no counter or histogram series goes down", async () => {
     for (let i = 0; i < 40; i++) expect(await get()).toBe(200);
     const before = await countingSeries();
     expect(total(before, 'keyedge_proxy_http_requests_total')).toBeGreaterThanOrEqual(40);

@@ -22,7 +22,15 @@ beforeAll(async () => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function domain(name: string, origins: string[], extra: Partial<ProxyDomain> = {}): ProxyDomain {
-  return { name, origins, originHost: null, originTls: { ca: null, servername: null }, maxBodyBytes: null, hsts: { includeSubDomains: false, preload: false }, ...extra };
+  return {
+    name,
+    origins,
+    originHost: null,
+    originTls: { ca: null, servername: null },
+    maxBodyBytes: null,
+    hsts: { includeSubDomains: false, preload: false },
+    ...extra,
+  };
 }
 
 describe('balancer', () => {
@@ -162,7 +170,11 @@ describe('origin pools', () => {
   it('derives Host, SNI and the pool key from the origin and originTls', () => {
     const pools = new OriginPools();
     const d = domain('shop.example', ['http://10.0.0.1:8080', 'https://b.internal:8443', 'https://10.0.0.2'], { originTls: { ca: caFile, servername: null } });
-    const [plain, named, ip] = pools.targets(d) as [ReturnType<OriginPools['targets']>[0], ReturnType<OriginPools['targets']>[0], ReturnType<OriginPools['targets']>[0]];
+    const [plain, named, ip] = pools.targets(d) as [
+      ReturnType<OriginPools['targets']>[0],
+      ReturnType<OriginPools['targets']>[0],
+      ReturnType<OriginPools['targets']>[0],
+    ];
     expect(plain.host('shop.example')).toBe('shop.example');
     expect(plain.tls).toBeUndefined();
     expect(named.host('shop.example')).toBe('b.internal:8443');

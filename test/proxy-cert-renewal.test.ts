@@ -48,10 +48,13 @@ describe('certificate renewal under load', () => {
     const keepAlive = async (): Promise<void> => {
       while (running) {
         const status = await new Promise<string>((resolve) => {
-          const req = https.get({ host: '127.0.0.1', port: proxy.port, servername: 'renew.lab.test', headers: { host: 'renew.lab.test' }, ca, agent }, (res) => {
-            res.resume();
-            res.on('end', () => resolve(String(res.statusCode)));
-          });
+          const req = https.get(
+            { host: '127.0.0.1', port: proxy.port, servername: 'renew.lab.test', headers: { host: 'renew.lab.test' }, ca, agent },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(String(res.statusCode)));
+            },
+          );
           req.on('error', (err) => resolve(err.message));
         });
         if (status === '200') requests++;
@@ -67,7 +70,11 @@ describe('certificate renewal under load', () => {
       writeFileSync(temp, `${next.leaf.certPem}\n${lab.ca.certPem}`);
       renameSync(temp, join(proxy.storeDir, 'renew.pem'));
       const serial = next.leaf.cert.serialNumber;
-      await waitFor(`replacement ${i}`, async () => ((await nodeGet(proxy.port, 'renew.lab.test', ca)).serial?.toLowerCase() === serial ? true : undefined), 10_000);
+      await waitFor(
+        `replacement ${i}`,
+        async () => ((await nodeGet(proxy.port, 'renew.lab.test', ca)).serial?.toLowerCase() === serial ? true : undefined),
+        10_000,
+      );
     }
     await sleep(200);
     running = false;

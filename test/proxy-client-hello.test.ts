@@ -51,7 +51,7 @@ describe('peekServerName', () => {
   it('never throws on mutated hellos', async () => {
     const hello = await capture({ servername: 'fuzz.example' });
     let seed = 7;
-    const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const random = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
     for (let i = 0; i < 5000; i++) {
       const bytes = Buffer.from(hello);
       for (let j = 0; j < 4; j++) bytes[Math.floor(random() * bytes.length)] = Math.floor(random() * 256);

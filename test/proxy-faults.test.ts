@@ -101,7 +101,11 @@ function startLoad(port: number, loops = 4): { take(): Outcome[]; stop(): Promis
 }
 
 const summary = (outcomes: readonly Outcome[]): string =>
-  JSON.stringify({ ok: outcomes.filter((o) => o.ok).length, failed: outcomes.filter((o) => !o.ok).length, errors: [...new Set(outcomes.map((o) => o.error).filter(Boolean))] });
+  JSON.stringify({
+    ok: outcomes.filter((o) => o.ok).length,
+    failed: outcomes.filter((o) => !o.ok).length,
+    errors: [...new Set(outcomes.map((o) => o.error).filter(Boolean))],
+  });
 
 describe('key server faults under load', () => {
   it('stopped: alerts while away, no stall beyond the deadline, and recovery within a second of its return', async () => {
@@ -113,7 +117,10 @@ describe('key server faults under load', () => {
       await sleep(1500);
       const up = load.take();
       expect(up.length, summary(up)).toBeGreaterThan(10);
-      expect(up.every((o) => o.ok), summary(up)).toBe(true);
+      expect(
+        up.every((o) => o.ok),
+        summary(up),
+      ).toBe(true);
       const upStats = await proxy.stats();
       expect(upStats.maxDelayMs).toBeLessThan(TIMEOUT_MS + SLACK_MS);
 
@@ -126,8 +133,14 @@ describe('key server faults under load', () => {
       await sleep(1500);
       const down = load.take();
       expect(down.length, summary(down)).toBeGreaterThan(10);
-      expect(down.filter((o) => o.ok), summary(down)).toHaveLength(0);
-      expect(down.some((o) => ALERT.test(o.error ?? '')), summary(down)).toBe(true);
+      expect(
+        down.filter((o) => o.ok),
+        summary(down),
+      ).toHaveLength(0);
+      expect(
+        down.some((o) => ALERT.test(o.error ?? '')),
+        summary(down),
+      ).toBe(true);
       expect(down.filter((o) => !ALERT.test(o.error ?? '')).length, summary(down)).toBeLessThanOrEqual(down.length / 10);
       // Still up: it accepts, and answers a handshake with internal_error.
       expect(proxy.alive()).toBe(true);
@@ -157,9 +170,14 @@ describe('key server faults under load', () => {
       await sleep(1500);
       const again = load.take();
       expect(again.length, summary(again)).toBeGreaterThan(10);
-      expect(again.every((o) => o.ok), summary(again)).toBe(true);
+      expect(
+        again.every((o) => o.ok),
+        summary(again),
+      ).toBe(true);
       expect(proxy.alive()).toBe(true);
-      console.info(`down: ${summary(down)}; recovery ${recoveryMs.toFixed(0)} ms; max event-loop delay up ${upStats.maxDelayMs.toFixed(0)} ms, down ${downStats.maxDelayMs.toFixed(0)} ms`);
+      console.info(
+        `down: ${summary(down)}; recovery ${recoveryMs.toFixed(0)} ms; max event-loop delay up ${upStats.maxDelayMs.toFixed(0)} ms, down ${downStats.maxDelayMs.toFixed(0)} ms`,
+      );
     } finally {
       await load.stop();
     }
@@ -197,8 +215,14 @@ describe('key server faults under load', () => {
     }
     const outcomes = load.take();
     expect(outcomes.length, summary(outcomes)).toBeGreaterThan(4);
-    expect(outcomes.filter((o) => o.ok), summary(outcomes)).toHaveLength(0);
-    expect(outcomes.some((o) => ALERT.test(o.error ?? '')), summary(outcomes)).toBe(true);
+    expect(
+      outcomes.filter((o) => o.ok),
+      summary(outcomes),
+    ).toHaveLength(0);
+    expect(
+      outcomes.some((o) => ALERT.test(o.error ?? '')),
+      summary(outcomes),
+    ).toBe(true);
     expect(proxy.alive()).toBe(true);
     const stats = await proxy.stats();
     expect(stats.maxDelayMs, JSON.stringify(stats)).toBeLessThan(TIMEOUT_MS + SLACK_MS);
@@ -206,6 +230,8 @@ describe('key server faults under load', () => {
     expect(stats.bridge.failures.breaker, JSON.stringify(stats)).toBeGreaterThan(0);
     expect(stats.bridge.signs).toBe(0);
     expect(hangConnections).toBeGreaterThan(1); // it did reach the hung server, and reconnected after each timeout
-    console.info(`hang: ${summary(outcomes)}; first failure after ${first.ms.toFixed(0)} ms; max event-loop delay ${single.maxDelayMs.toFixed(0)} / ${stats.maxDelayMs.toFixed(0)} ms`);
+    console.info(
+      `hang: ${summary(outcomes)}; first failure after ${first.ms.toFixed(0)} ms; max event-loop delay ${single.maxDelayMs.toFixed(0)} / ${stats.maxDelayMs.toFixed(0)} ms`,
+    );
   });
 });

@@ -46,7 +46,9 @@ beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
-  origin = http.createServer({ keepAliveTimeout: ORIGIN_KEEP_ALIVE_MS }, (_req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 3 }).end('ok\n'));
+  origin = http.createServer({ keepAliveTimeout: ORIGIN_KEEP_ALIVE_MS }, (_req, res) =>
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 3 }).end('ok\n'),
+  );
   origin.on('connection', () => originConnections++);
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   const dead = await freePort();

@@ -107,7 +107,7 @@ describe('trusted peers', () => {
     expect(new TrustedPeers().trusts('127.0.0.1')).toBe(false);
   });
 
-  it('keeps a trusted peer\'s forwarding headers and appends to them', async () => {
+  it("keeps a trusted peer's forwarding headers and appends to them", async () => {
     expect(await seen('plain.lab.test', { headers: claims })).toEqual({
       host: 'plain.lab.test',
       xff: '203.0.113.9, 127.0.0.1',
@@ -139,7 +139,7 @@ describe('trusted peers', () => {
 });
 
 describe('https origins', () => {
-  it('verifies the origin against the configured CA, sending the configured SNI and the origin\'s Host', async () => {
+  it("verifies the origin against the configured CA, sending the configured SNI and the origin's Host", async () => {
     const result = await seen('tls.lab.test');
     expect(result.sni).toBe('origin.test');
     expect(result.host).toMatch(/^127\.0\.0\.1:\d+$/);

@@ -257,8 +257,9 @@ describe('request targets', () => {
   it('OPTIONS * gets our answer, reaches no origin and counts as no origin failure', async () => {
     /** Requests answered with an origin failure, from the proxy's /metrics (summed over the workers). */
     const originFailures = async (): Promise<number> =>
-      [...(await proxy.admin('GET', '/metrics')).text.matchAll(/^keyedge_proxy_http_requests_total\{[^}]*code="KEYEDGE_HTTP_ORIGIN_[A-Z_]+"[^}]*\} (\d+)$/gm)]
-        .reduce((sum, m) => sum + Number(m[1]), 0);
+      [
+        ...(await proxy.admin('GET', '/metrics')).text.matchAll(/^keyedge_proxy_http_requests_total\{[^}]*code="KEYEDGE_HTTP_ORIGIN_[A-Z_]+"[^}]*\} (\d+)$/gm),
+      ].reduce((sum, m) => sum + Number(m[1]), 0);
     const failuresBefore = await originFailures();
     const before = seen.a!.length;
     const answer = await rawTls('a.lab.test', 'OPTIONS * HTTP/1.1\r\nHost: a.lab.test\r\nConnection: close\r\n\r\n');

@@ -40,10 +40,23 @@ afterAll(async () => {
   await lab?.close();
 });
 
-function request(options: { headers?: Record<string, string>; body?: Buffer; method?: string; host?: string }): Promise<{ status: number; headers: Record<string, unknown> }> {
+function request(options: {
+  headers?: Record<string, string>;
+  body?: Buffer;
+  method?: string;
+  host?: string;
+}): Promise<{ status: number; headers: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host: '127.0.0.1', port: proxy.ports[0], servername: options.host ?? 'a.lab.test', ca, method: options.method ?? 'POST', path: '/', headers: { host: options.host ?? 'a.lab.test', ...options.headers } },
+      {
+        host: '127.0.0.1',
+        port: proxy.ports[0],
+        servername: options.host ?? 'a.lab.test',
+        ca,
+        method: options.method ?? 'POST',
+        path: '/',
+        headers: { host: options.host ?? 'a.lab.test', ...options.headers },
+      },
       (res) => {
         res.resume();
         res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers }));
@@ -106,14 +119,19 @@ describe('limits', () => {
   });
 
   it('answers 431 to headers over the limit', async () => {
-    const res = await request({ method: 'GET', headers: { 'x-big': 'a'.repeat(8000) } }).catch((err: Error) => ({ status: -1, headers: { error: err.message } }));
+    const res = await request({ method: 'GET', headers: { 'x-big': 'a'.repeat(8000) } }).catch((err: Error) => ({
+      status: -1,
+      headers: { error: err.message },
+    }));
     expect([431, -1]).toContain(res.status);
     if (res.status === -1) throw new Error(`connection failed instead of 431: ${String(res.headers.error)}`);
   });
 
   it('answers 408 to a client too slow sending its headers, and stays up', async () => {
     const answer = await new Promise<string>((resolve) => {
-      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: 'a.lab.test', ca }, () => socket.write('GET / HTTP/1.1\r\nHost: a.lab.test\r\n'));
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: 'a.lab.test', ca }, () =>
+        socket.write('GET / HTTP/1.1\r\nHost: a.lab.test\r\n'),
+      );
       let text = '';
       socket.on('data', (d: Buffer) => (text += d.toString()));
       socket.on('close', () => resolve(text));
@@ -123,7 +141,7 @@ describe('limits', () => {
     expect((await request({ method: 'GET' })).status).toBe(200);
   });
 
-  it('applies a domain\'s own maxBodyBytes over the global limit', async () => {
+  it("applies a domain's own maxBodyBytes over the global limit", async () => {
     expect((await request({ host: 'uploads.lab.test', body: Buffer.alloc(5000) })).status).toBe(200);
     expect((await request({ host: 'uploads.lab.test', body: Buffer.alloc(9000) })).status).toBe(413);
     expect413(await chunkedUpload('uploads.lab.test', 9000));
@@ -136,7 +154,10 @@ describe('limits', () => {
   it('closes connections over limits.maxConnectionsPerWorker at accept, counts them, and admits again once one closes', async () => {
     const metrics = new ProxyMetrics(() => proxy.bridge.stats(), new Registry());
     // A second worker in this process: its metrics go to a registry of their own.
-    const capped = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain }], limits: { maxConnectionsPerWorker: 2 } }), { log: createLogger('limits-test', 'silent'), metrics });
+    const capped = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain }], limits: { maxConnectionsPerWorker: 2 } }), {
+      log: createLogger('limits-test', 'silent'),
+      metrics,
+    });
     const sockets: tls.TLSSocket[] = [];
     const connect = (): Promise<tls.TLSSocket | Error> =>
       new Promise((resolve) => {

@@ -38,7 +38,15 @@ beforeAll(async () => {
   await issue('revoked', responderPort);
   await issue('dead', deadPort); // nothing listens there
   // The responder is up before the proxy starts: the stapler asks at once.
-  responder = await startOcspResponder(lab.dir, lab.ca, [{ leaf: certs.good.leaf, status: 'good' }, { leaf: certs.revoked.leaf, status: 'revoked' }], responderPort);
+  responder = await startOcspResponder(
+    lab.dir,
+    lab.ca,
+    [
+      { leaf: certs.good.leaf, status: 'good' },
+      { leaf: certs.revoked.leaf, status: 'revoked' },
+    ],
+    responderPort,
+  );
   const config = lab.proxyConfig({
     certificates: (['good', 'revoked', 'dead'] as const).map((name) => ({ name, chain: certs[name].file })),
   });
@@ -155,7 +163,10 @@ describe('stapling from a real responder', () => {
 
 describe('OCSP request and response checks (proxy/tls/ocsp.ts)', () => {
   const files = (): ReturnType<typeof writeResponderFiles> =>
-    writeResponderFiles(lab.dir, lab.ca, [{ leaf: certs.good.leaf, status: 'good' }, { leaf: certs.revoked.leaf, status: 'revoked' }]);
+    writeResponderFiles(lab.dir, lab.ca, [
+      { leaf: certs.good.leaf, status: 'good' },
+      { leaf: certs.revoked.leaf, status: 'revoked' },
+    ]);
   const exchange = async (name: 'good' | 'revoked' | 'dead'): Promise<{ der: Buffer; certId: ReturnType<typeof buildOcspRequest>['certId'] }> => {
     const { der, certId } = buildOcspRequest(certs[name].leaf.cert, lab.ca.cert);
     const reqFile = join(lab.dir, `${name}-req.der`);
@@ -178,7 +189,11 @@ describe('OCSP request and response checks (proxy/tls/ocsp.ts)', () => {
     expect(parsed.stdout).toContain(`Serial Number: ${indexSerial(certs.good.leaf)}`);
     // The CertID's issuer hashes are the ones openssl computes for this CA.
     const ours = await run('openssl', ['ocsp', '-issuer', lab.caFile, '-cert', certs.good.pem, '-req_text', '-no_nonce']);
-    const hashes = (text: string): string[] => text.split('\n').filter((l) => /Issuer (Name|Key) Hash/.test(l)).map((l) => l.trim());
+    const hashes = (text: string): string[] =>
+      text
+        .split('\n')
+        .filter((l) => /Issuer (Name|Key) Hash/.test(l))
+        .map((l) => l.trim());
     expect(hashes(parsed.stdout)).toEqual(hashes(ours.stdout));
     expect(hashes(ours.stdout)).toHaveLength(2);
   });

@@ -131,15 +131,18 @@ function httpsGet(path: string): Promise<{ status?: number; body: string; comple
   return new Promise((resolve) => {
     let body = '';
     let status: number | undefined;
-    const req = https.get({ host: '127.0.0.1', port: proxy.ports[0], servername: 'reset.lab.test', ca, path, headers: { host: 'reset.lab.test' }, agent: false }, (res) => {
-      status = res.statusCode;
-      res.on('data', (chunk: Buffer) => {
-        body += chunk.toString();
-        if (body.includes(PARTIAL) && body.length === PARTIAL.length) resetOrigin();
-      });
-      res.on('end', () => resolve({ status, body, complete: res.complete }));
-      res.on('error', (err) => resolve({ status, body, complete: res.complete, error: err.message }));
-    });
+    const req = https.get(
+      { host: '127.0.0.1', port: proxy.ports[0], servername: 'reset.lab.test', ca, path, headers: { host: 'reset.lab.test' }, agent: false },
+      (res) => {
+        status = res.statusCode;
+        res.on('data', (chunk: Buffer) => {
+          body += chunk.toString();
+          if (body.includes(PARTIAL) && body.length === PARTIAL.length) resetOrigin();
+        });
+        res.on('end', () => resolve({ status, body, complete: res.complete }));
+        res.on('error', (err) => resolve({ status, body, complete: res.complete, error: err.message }));
+      },
+    );
     req.setTimeout(10_000, () => req.destroy(new Error('client timeout: the proxy neither finished nor aborted the answer')));
     req.on('error', (err) => resolve({ status, body, complete: false, error: err.message }));
   });
@@ -190,7 +193,9 @@ describe('an origin resetting its connection mid-answer', () => {
       // The origin's own error code (undici's socket error or the errno), so an operator can tell a reset from a refusal.
       expect(err.code, JSON.stringify(line)).toMatch(/^(UND_ERR_SOCKET|ECONNRESET)$/);
       // The cut answer still has its access line, marked, and counts.
-      await waitForLine(() => lines.some((l) => l.access === true && l.path === `/${framing}` && l.aborted === true && l.code === 'KEYEDGE_HTTP_ORIGIN_ABORTED'));
+      await waitForLine(() =>
+        lines.some((l) => l.access === true && l.path === `/${framing}` && l.aborted === true && l.code === 'KEYEDGE_HTTP_ORIGIN_ABORTED'),
+      );
     });
   }
 

@@ -11,10 +11,9 @@ let proxy: RunningWorker;
 beforeAll(async () => {
   lab = await startKeylessLab();
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
-  proxy = await startProxyWorker(
-    lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], httpRedirect: { host: '127.0.0.1', port: 0 } }),
-    { log: createLogger('redirect-test', 'silent') },
-  );
+  proxy = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], httpRedirect: { host: '127.0.0.1', port: 0 } }), {
+    log: createLogger('redirect-test', 'silent'),
+  });
 });
 afterAll(async () => {
   await proxy?.close();

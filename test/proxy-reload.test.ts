@@ -43,11 +43,14 @@ function chainOf(leafPem: string): string {
 
 async function get(name: string, agent?: https.Agent): Promise<{ status: number; body: string; localPort?: number }> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port: proxy.port, servername: name, headers: { host: name }, ca, ...(agent === undefined ? { agent: false } : { agent }) }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, localPort: (res.socket as net.Socket | null)?.localPort }));
-    });
+    const req = https.request(
+      { host: '127.0.0.1', port: proxy.port, servername: name, headers: { host: name }, ca, ...(agent === undefined ? { agent: false } : { agent }) },
+      (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, localPort: (res.socket as net.Socket | null)?.localPort }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -132,7 +135,9 @@ describe('routing changes at runtime', () => {
   it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
     const before = proxy.lines.length;
     proxy.writeConfig({ ...baseConfig(ports), domains: [{ name: 'Bad Name!', origin: 'ftp://x' }] });
-    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.msg === 'reload refused; the running configuration and certificates keep serving'));
+    const refused = await waitFor('the refusal', () =>
+      proxy.lines.slice(before).find((l) => l.msg === 'reload refused; the running configuration and certificates keep serving'),
+    );
     expect(refused.code).toBe('KEYEDGE_ERR_CONFIG');
     expect(JSON.stringify(refused)).toContain('domains[0]');
     expect((await get('app.lab.test')).status).toBe(200);
@@ -141,7 +146,13 @@ describe('routing changes at runtime', () => {
     expect(answer.text).toContain('domains[0].name');
     // Valid JSON and schema, but an origin CA file that cannot be read: refused in the primary, before any worker.
     const config = baseConfig(ports);
-    proxy.writeConfig({ ...config, domains: [{ name: 'app.lab.test', origin: 'https://127.0.0.1:1', originTls: { ca: join(lab.dir, 'missing-ca.pem') } }, ...(config.domains as object[]).slice(1)] });
+    proxy.writeConfig({
+      ...config,
+      domains: [
+        { name: 'app.lab.test', origin: 'https://127.0.0.1:1', originTls: { ca: join(lab.dir, 'missing-ca.pem') } },
+        ...(config.domains as object[]).slice(1),
+      ],
+    });
     await waitFor('the CA refusal', async () => {
       const reload = await proxy.admin('POST', '/reload');
       return reload.status === 409 && reload.text.includes('originTls.ca') ? true : undefined;
@@ -162,7 +173,9 @@ describe('certificate reload', () => {
     await waitFor('the replacement', async () => ((await servedSerial('store.lab.test')) === second.leaf.cert.serialNumber ? true : undefined), 5000);
     // The primary records a reload once every worker has applied it, a moment after the first serves it.
     const listed = await waitFor('the listing', async () => {
-      const { certificates } = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string; keyId: string }[] };
+      const { certificates } = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as {
+        certificates: { name: string; serial: string; keyId: string }[];
+      };
       const entry = certificates.find((c) => c.name === 'store');
       return entry?.serial === second.leaf.cert.serialNumber ? entry : undefined;
     });
@@ -182,7 +195,11 @@ describe('certificate reload', () => {
     writeFileSync(configChain, readFileSync(renewed.file));
     // The config's chain files are watched too (proxy-cert-watch.test.ts): the signal's reload or the watch's serves it.
     process.kill(proxy.pid, 'SIGHUP');
-    await waitFor('the renewed config certificate', async () => ((await servedSerial('cfg.lab.test')) === renewed.leaf.cert.serialNumber ? true : undefined), 5000);
+    await waitFor(
+      'the renewed config certificate',
+      async () => ((await servedSerial('cfg.lab.test')) === renewed.leaf.cert.serialNumber ? true : undefined),
+      5000,
+    );
   });
 
   it('takes a chain through the admin API only with the token', async () => {
@@ -237,7 +254,10 @@ describe('certificate reload', () => {
     expect(await servedSerial('store.lab.test')).toBe(serving.store);
     expect(await servedSerial('pinned.lab.test')).toBe(serving.pinned);
     // The pasted key never reaches a log line.
-    const body = stranger.keyPem.split('\n').filter((l) => !l.startsWith('-----')).join('');
+    const body = stranger.keyPem
+      .split('\n')
+      .filter((l) => !l.startsWith('-----'))
+      .join('');
     expect(body.length).toBeGreaterThan(40);
     expect(JSON.stringify(proxy.lines.slice(before))).not.toContain(body.slice(0, 40));
 
@@ -252,10 +272,14 @@ describe('certificate reload', () => {
     const serving = await servedSerial('store.lab.test');
     const before = proxy.lines.length;
     storeWrite('store', '-----BEGIN CERTIFICATE-----\nMIIB\n');
-    const refused = await waitFor('the refusal', () => proxy.lines.slice(before).find((l) => l.certificate === 'store' && l.code === 'KEYEDGE_ERR_CERTIFICATE'));
+    const refused = await waitFor('the refusal', () =>
+      proxy.lines.slice(before).find((l) => l.certificate === 'store' && l.code === 'KEYEDGE_ERR_CERTIFICATE'),
+    );
     expect(refused).toMatchObject({ reason: 'parse', level: 50 });
     expect(await servedSerial('store.lab.test')).toBe(serving);
-    const listed = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string; refused: { reason: string } | null }[] };
+    const listed = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as {
+      certificates: { name: string; serial: string; refused: { reason: string } | null }[];
+    };
     expect(listed.certificates.find((c) => c.name === 'store')).toMatchObject({ serial: serving, refused: { reason: 'parse' } });
     const good = await lab.certificate('store-good', lab.keys.ec, ['store.lab.test']);
     storeWrite('store', chainOf(good.leaf.certPem));
@@ -273,7 +297,11 @@ describe('certificate reload', () => {
 describe('a worker that dies', () => {
   it('is replaced by one serving the current certificates', async () => {
     const serving = await servedSerial('store.lab.test');
-    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)]).toString().trim().split('\n').map(Number);
+    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)])
+      .toString()
+      .trim()
+      .split('\n')
+      .map(Number);
     process.kill(workers[0]!, 'SIGKILL');
     await waitFor('a replacement worker', () => (proxy.lines.some((l) => l.msg === 'proxy worker died; starting a replacement') ? true : undefined));
     await sleep(1500);

@@ -139,7 +139,7 @@ describe('send stall', () => {
 });
 
 describe('origin admission', () => {
-  it('answers 503 KEYEDGE_HTTP_ORIGIN_BUSY with Retry-After when an origin\'s connections and queue are full, or a queued request waited too long', async () => {
+  it("answers 503 KEYEDGE_HTTP_ORIGIN_BUSY with Retry-After when an origin's connections and queue are full, or a queued request waited too long", async () => {
     // Two connections and one waiting request per worker; each answer holds for 4 s.
     const answers = await Promise.all(Array.from({ length: 12 }, () => request(proxy.port, ca, 'busy.lab.test', { path: '/hold?ms=4000' })));
     const statuses = answers.map((a) => ('status' in a ? a.status : 0));

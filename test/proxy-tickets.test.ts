@@ -26,7 +26,13 @@ afterAll(async () => {
 /** One s_client connection over TLS 1.3 presenting the ticket in `sessIn` (if any), saving what it gets to `sessOut`. */
 async function sClientTicket(sessIn: string | undefined, sessOut: string): Promise<{ reused: boolean; gotTicket: boolean; answered: boolean }> {
   rmSync(sessOut, { force: true });
-  const result = await sClient(proxy.port, 'ec.lab.test', lab.caFile, ['-tls1_3', '-sess_out', sessOut, ...(sessIn === undefined ? [] : ['-sess_in', sessIn])], 'ec.lab.test');
+  const result = await sClient(
+    proxy.port,
+    'ec.lab.test',
+    lab.caFile,
+    ['-tls1_3', '-sess_out', sessOut, ...(sessIn === undefined ? [] : ['-sess_in', sessIn])],
+    'ec.lab.test',
+  );
   return { reused: result.stdout.includes('Reused, TLSv1.3'), gotTicket: existsSync(sessOut), answered: result.stdout.includes('HTTP/1.1 200') };
 }
 

@@ -172,7 +172,11 @@ describe('SNI with onUnknown "default"', () => {
 describe('start-up refusals', () => {
   it('refuses an sni.default that names neither a config certificate nor a store entry', async () => {
     const ec = await lab.certificate('ec-nodefault', lab.keys.ec, ['ec.lab.test']);
-    const config = lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'absent' }, certStore: { dir: join(lab.dir, 'empty-store') } });
+    const config = lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      sni: { default: 'absent' },
+      certStore: { dir: join(lab.dir, 'empty-store') },
+    });
     await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.bridge.stats(), new Registry()) })).rejects.toMatchObject({
       code: 'KEYEDGE_ERR_CONFIG',
       message: expect.stringMatching(/sni\.default.*'absent'.*neither/),

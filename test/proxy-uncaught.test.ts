@@ -73,7 +73,11 @@ describe('an uncaught error in a worker', () => {
     // The request in flight is answered whole, then the worker exits with 70 and is replaced.
     await client.receivedAtLeast(answered + 1024, 10_000);
     expect(client.head.slice(client.head.lastIndexOf('HTTP/1.1'))).toMatch(/^HTTP\/1\.1 200 /);
-    const died = await waitFor('the primary to see the worker exit', () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === pid), 30_000);
+    const died = await waitFor(
+      'the primary to see the worker exit',
+      () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === pid),
+      30_000,
+    );
     expect(died.code).toBe(70);
     expect(alive(pid)).toBe(false);
     const replacement = await waitFor('a replacement worker', () => workerPids(proxy).listening.find((p) => !before.includes(p)), 15_000);

@@ -33,7 +33,9 @@ beforeAll(async () => {
   const originCa = await createCa('origin CA');
   const originCaFile = writePem(lab.dir, 'origin-ca', originCa.certPem);
   const files = writeIssued(lab.dir, 'origin', await issue(originCa, { commonName: 'origin.test', dnsNames: ['origin.test'], keyAlgorithm: 'ec-p256' }));
-  const secureOrigin = https.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, (_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
+  const secureOrigin = https.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, (_req, res) =>
+    res.writeHead(426, { 'content-length': 0 }).end(),
+  );
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     if (req.url === '/reject') {
       socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused');
@@ -129,7 +131,7 @@ async function requestsCounted(statusClass: string, code: string): Promise<numbe
 }
 
 describe('WebSocket through the proxy', () => {
-  it('carries messages both ways, the forwarding headers and the client\'s Host reaching the origin', async () => {
+  it("carries messages both ways, the forwarding headers and the client's Host reaching the origin", async () => {
     const ws = await open();
     expect(ws.headers['strict-transport-security']).toBe('max-age=63072000');
     expect(await ws.next()).toBe('welcome ws.lab.test 127.0.0.1 https');
@@ -161,7 +163,7 @@ describe('WebSocket through the proxy', () => {
     ws.socket.destroy();
   });
 
-  it('passes the client\'s Close to the origin and its answer back, then closes both connections', async () => {
+  it("passes the client's Close to the origin and its answer back, then closes both connections", async () => {
     const before = originSides.length;
     const ws = await open();
     await ws.next();
@@ -177,7 +179,7 @@ describe('WebSocket through the proxy', () => {
     await noOriginConnections();
   });
 
-  it('passes the origin\'s Close to the client, then closes both connections', async () => {
+  it("passes the origin's Close to the client, then closes both connections", async () => {
     const before = originSides.length;
     const ws = await open();
     await ws.next();
@@ -219,26 +221,35 @@ describe('WebSocket through the proxy', () => {
     expect(await requestsCounted('1xx', 'none')).toBe(before + 1);
   });
 
-  it('answers 421 for a Host the connection\'s certificate does not cover', async () => {
+  it("answers 421 for a Host the connection's certificate does not cover", async () => {
     const res = await openWebSocket(proxy.ports[0]!, ca, 'elsewhere.example', '/', 'ws.lab.test');
     expect(res).toMatchObject({ status: 421, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_MISDIRECTED' } });
   });
 
   it('answers 404 for a host with no domain', async () => {
-    expect(await openWebSocket(proxy.ports[0]!, ca, 'nodomain.lab.test')).toMatchObject({ status: 404, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' } });
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'nodomain.lab.test')).toMatchObject({
+      status: 404,
+      headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' },
+    });
   });
 
   it('answers 502 when the origin refuses the connection, and counts it', async () => {
     const before = await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
-    expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' } });
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({
+      status: 502,
+      headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' },
+    });
     expect(await requestsCounted('5xx', 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE')).toBe(before + 1);
   });
 
-  it('answers 502 when an https origin\'s certificate fails verification', async () => {
-    expect(await openWebSocket(proxy.ports[0]!, ca, 'untrusted.lab.test')).toMatchObject({ status: 502, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' } });
+  it("answers 502 when an https origin's certificate fails verification", async () => {
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'untrusted.lab.test')).toMatchObject({
+      status: 502,
+      headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' },
+    });
   });
 
-  it('relays an origin\'s refusal of the upgrade', async () => {
+  it("relays an origin's refusal of the upgrade", async () => {
     expect(await openWebSocket(proxy.ports[0]!, ca, 'ws.lab.test', '/reject')).toMatchObject({ status: 403, body: 'refused' });
   });
 });

@@ -26,7 +26,19 @@ function record(name: string, names: string[], serial = '01'): CertificateRecord
 function delta(generation: number, upsert: CertificateRecord[], remove: string[] = [], sniDefault: string | null = null): ServingDelta {
   return {
     generation,
-    routing: { domains: [{ name: 'shop.example', origins: ['http://127.0.0.1:1'], originHost: null, originTls: { ca: null, servername: null }, maxBodyBytes: null, hsts: { includeSubDomains: false, preload: false } }], sni: { default: sniDefault, onUnknown: 'reject' } },
+    routing: {
+      domains: [
+        {
+          name: 'shop.example',
+          origins: ['http://127.0.0.1:1'],
+          originHost: null,
+          originTls: { ca: null, servername: null },
+          maxBodyBytes: null,
+          hsts: { includeSubDomains: false, preload: false },
+        },
+      ],
+      sni: { default: sniDefault, onUnknown: 'reject' },
+    },
     upsert,
     remove,
   };

@@ -168,7 +168,7 @@ describe(`the ticket-key hook on Node ${process.version}`, () => {
     expect(await chain(port, 5)).toEqual({ resumed: 5, renewed: 5 });
   });
 
-  it('a socket secured with a context of its own uses that context\'s ring; a rotated-out key makes a full handshake', async () => {
+  it("a socket secured with a context of its own uses that context's ring; a rotated-out key makes a full handshake", async () => {
     const ring = new TicketKeyRing();
     const context = tls.createSecureContext({ cert: leaf.certPem, key: leaf.keyPem });
     const lookups: string[] = [];

@@ -24,7 +24,6 @@ function readBack(key: TokenKey): { sensitive: boolean; extractable: boolean; si
   return { sensitive: sensitive!, extractable: extractable!, sign: sign!, decrypt: decrypt! };
 }
 
-
 describe('generated keys', () => {
   it.each(KEY_TYPES)('%s is generated sensitive, non-extractable and sign-only', (type) => {
     const key = generateKey(env.token, type, `gen-${type}`);
@@ -34,9 +33,7 @@ describe('generated keys', () => {
     expect(`${key.kind}-${key.kind === 'ec' ? `p${key.bits}` : key.bits}`).toBe(type);
     // the private half cannot be read out
     const secret = key.kind === 'ec' ? pkcs11js.CKA_VALUE : pkcs11js.CKA_PRIVATE_EXPONENT;
-    expect(() =>
-      env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [{ type: secret }]),
-    ).toThrow(/CKR_ATTRIBUTE_SENSITIVE/);
+    expect(() => env.token.pkcs11.C_GetAttributeValue(env.token.management, key.privateHandle, [{ type: secret }])).toThrow(/CKR_ATTRIBUTE_SENSITIVE/);
   });
 
   it('refuses a label that is taken', () => {
@@ -63,7 +60,10 @@ describe('imported keys', () => {
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     expect(() => importKey(env.token, weak, 'weak', 'weak.pem')).toThrow(/RSA-1024 is too weak/);
     const encrypted = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
-      type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'x',
+      type: 'pkcs8',
+      format: 'pem',
+      cipher: 'aes-256-cbc',
+      passphrase: 'x',
     });
     expect(() => importKey(env.token, encrypted, 'enc', 'enc.pem')).toThrow(/enc.pem is not an unencrypted PEM/);
     expect(() => importKey(env.token, 'hello', 'junk', 'junk.pem')).toThrow(/junk.pem/);

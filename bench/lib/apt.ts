@@ -18,7 +18,10 @@ export type Found = { readonly ok: true; readonly path: string } | { readonly ok
 /** The absolute path of `binary` on PATH (or in /usr/sbin, which a non-root PATH may lack), or undefined. */
 export function which(binary: string): string | undefined {
   try {
-    const out = execFileSync('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary], { encoding: 'utf8', timeout: 5000 }).trim();
+    const out = execFileSync('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary], {
+      encoding: 'utf8',
+      timeout: 5000,
+    }).trim();
     return out === '' ? undefined : out;
   } catch {
     return undefined;

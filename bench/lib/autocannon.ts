@@ -139,7 +139,9 @@ export function parseAutocannonJson(text: string): AutocannonResult {
 export async function autocannonVersion(): Promise<string | undefined> {
   try {
     const { readFile } = await import('node:fs/promises');
-    const pkg = JSON.parse(await readFile(fileURLToPath(new URL('../../../node_modules/autocannon/package.json', import.meta.url)), 'utf8')) as { version?: string };
+    const pkg = JSON.parse(await readFile(fileURLToPath(new URL('../../../node_modules/autocannon/package.json', import.meta.url)), 'utf8')) as {
+      version?: string;
+    };
     return pkg.version;
   } catch {
     return undefined;

@@ -175,4 +175,3 @@ export class BenchCa {
     return `${leaf.pem}${this.pem}`;
   }
 }
-

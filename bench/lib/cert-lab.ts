@@ -77,7 +77,9 @@ export class ProxyLog {
 
   /** Lines with message `msg` from index `from` on. */
   find(msg: string, from = 0): LogLine[] {
-    return this.read().slice(from).filter((l) => l.msg === msg);
+    return this.read()
+      .slice(from)
+      .filter((l) => l.msg === msg);
   }
 }
 
@@ -155,7 +157,13 @@ export class CertLab {
       } finally {
         client.close();
       }
-      lab.origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(lab.originPort)], join(lab.dir, 'origin.log'), undefined, lab.dir);
+      lab.origin = spawnManaged(
+        'origin',
+        [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(lab.originPort)],
+        join(lab.dir, 'origin.log'),
+        undefined,
+        lab.dir,
+      );
       await waitUntil('demo origin', () => tcpOpen(lab!.originPort), 15_000);
       return lab;
     } catch (err) {
@@ -209,7 +217,13 @@ export class CertLab {
       writeFileSync(logFile, '');
       const adminPort = (config.admin as { port: number }).port;
       const started = performance.now();
-      const proc = spawnManaged(options.name, [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile], logFile, undefined, this.dir);
+      const proc = spawnManaged(
+        options.name,
+        [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile],
+        logFile,
+        undefined,
+        this.dir,
+      );
       this.#proxies.add(proc);
       let portTaken = false;
       let timedOut = false;
@@ -345,7 +359,16 @@ export function connectOnce(port: number, servername: string, ca: string, reques
       resolve({ ...result, startedAt });
     };
     const socket = tls.connect({ host: '127.0.0.1', port, servername, ca });
-    const timer = setTimeout(() => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: `no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`, ...(serial === undefined ? {} : { serial }) }), timeoutMs);
+    const timer = setTimeout(
+      () =>
+        done({
+          ok: false,
+          failed: serial === undefined ? 'handshake' : 'request',
+          error: `no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`,
+          ...(serial === undefined ? {} : { serial }),
+        }),
+      timeoutMs,
+    );
     socket.once('secureConnect', () => {
       handshakeAt = performance.now();
       serial = socket.getPeerCertificate().serialNumber?.toUpperCase();
@@ -355,21 +378,35 @@ export function connectOnce(port: number, servername: string, ca: string, reques
     socket.on('data', (chunk: Buffer) => {
       if (head.length < 64) head += chunk.toString('latin1');
     });
-    socket.once('error', (err) => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: err.message, ...(serial === undefined ? {} : { serial }) }));
+    socket.once('error', (err) =>
+      done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: err.message, ...(serial === undefined ? {} : { serial }) }),
+    );
     socket.once('end', () => {
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
-      done(status === 200 ? { ok: true, serial, status, handshakeAt } : { ok: false, failed: 'request', error: `answer: ${head.split('\r\n')[0] ?? '(none)'}`, status, serial });
+      done(
+        status === 200
+          ? { ok: true, serial, status, handshakeAt }
+          : { ok: false, failed: 'request', error: `answer: ${head.split('\r\n')[0] ?? '(none)'}`, status, serial },
+      );
     });
     socket.once('close', () => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: 'closed before an answer' }));
   });
 }
 
 /** One GET over `agent` (keep-alive); resolves with the status or the error, and whether the connection was reused. */
-export function agentGet(agent: https.Agent, port: number, servername: string, ca: string, timeoutMs = 10_000): Promise<{ readonly ok: boolean; readonly reused: boolean; readonly error?: string }> {
+export function agentGet(
+  agent: https.Agent,
+  port: number,
+  servername: string,
+  ca: string,
+  timeoutMs = 10_000,
+): Promise<{ readonly ok: boolean; readonly reused: boolean; readonly error?: string }> {
   return new Promise((resolve) => {
     const req = https.get({ host: '127.0.0.1', port, path: '/', servername, headers: { host: servername }, ca, agent, timeout: timeoutMs }, (res) => {
       res.resume();
-      res.once('end', () => resolve(res.statusCode === 200 ? { ok: true, reused: req.reusedSocket } : { ok: false, reused: req.reusedSocket, error: `status ${res.statusCode}` }));
+      res.once('end', () =>
+        resolve(res.statusCode === 200 ? { ok: true, reused: req.reusedSocket } : { ok: false, reused: req.reusedSocket, error: `status ${res.statusCode}` }),
+      );
       res.once('error', (err) => resolve({ ok: false, reused: req.reusedSocket, error: err.message }));
     });
     req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
@@ -397,7 +434,8 @@ async function waitUntil(what: string, check: () => Promise<boolean> | boolean, 
   for (;;) {
     if (await check()) return;
     if (proc?.exited()) throw new Error(`${what}: the process exited\n--- ${proc.logFile} ---\n${proc.tail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${proc ? `\n--- ${proc.logFile} ---\n${proc.tail()}` : ''}`);
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`${what}: not ready within ${timeoutMs} ms${proc ? `\n--- ${proc.logFile} ---\n${proc.tail()}` : ''}`);
     await sleep(pollMs);
   }
 }

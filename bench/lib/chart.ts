@@ -79,10 +79,14 @@ export function renderChart(input: ChartInput): string {
     for (const row of rows) {
       const mid = y + ROW / 2;
       out.push(`<g class="row" data-scenario="${escapeXml(`${row.bench}/${row.scenario}`)}">`);
-      out.push(`<title>${escapeXml(`${row.label}: ${formatValue(row.rate)} ${unit.rate}, ${formatValue(row.serverCpuUs)} ${unit.cpu}${row.skipped === undefined ? '' : ` (skipped: ${row.skipped})`}`)}</title>`);
+      out.push(
+        `<title>${escapeXml(`${row.label}: ${formatValue(row.rate)} ${unit.rate}, ${formatValue(row.serverCpuUs)} ${unit.cpu}${row.skipped === undefined ? '' : ` (skipped: ${row.skipped})`}`)}</title>`,
+      );
       out.push(`<text x="${panelX[0] - 8}" y="${mid + 4}" class="label" text-anchor="end">${escapeXml(row.label)}</text>`);
       if (row.skipped !== undefined) {
-        out.push(`<text x="${panelX[0]}" y="${mid + 4}" class="skipped">skipped: ${escapeXml(row.skipped.length > 90 ? `${row.skipped.slice(0, 87)}…` : row.skipped)}</text>`);
+        out.push(
+          `<text x="${panelX[0]}" y="${mid + 4}" class="skipped">skipped: ${escapeXml(row.skipped.length > 90 ? `${row.skipped.slice(0, 87)}…` : row.skipped)}</text>`,
+        );
       } else {
         const bars: [number, number, number, string][] = [
           [panelX[0], row.rate, maxRate, `${formatValue(row.rate)}${row.clientSaturated ? ' (≥)' : ''}`],

@@ -91,7 +91,9 @@ export function abArgs(options: AbOptions): string[] {
 export function startAb(options: AbOptions): RunningAb {
   const args = abArgs(options);
   const child: ChildProcess =
-    options.cpus === undefined ? spawn('ab', args, { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('taskset', ['-c', options.cpus, 'ab', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    options.cpus === undefined
+      ? spawn('ab', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('taskset', ['-c', options.cpus, 'ab', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   const stderr: string[] = [];
   let stderrLines = 0;
@@ -211,7 +213,11 @@ export function ensureAb(log: (line: string) => void): void {
   }
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   const install = () =>
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'apache2-utils'], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'apache2-utils'], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      timeout: 300_000,
+    });
   log('ab not found: installing apache2-utils (apt-get)');
   try {
     install();

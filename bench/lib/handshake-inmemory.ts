@@ -75,8 +75,7 @@ const READY = 'bench:inmemory-ready';
 const SHUTDOWN = 'bench:inmemory-shutdown';
 const WANT_TICKET_KEY = 'bench:want-ticket-key';
 
-const isType = (message: unknown, type: string): boolean =>
-  typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
+const isType = (message: unknown, type: string): boolean => typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
 
 // ---------------------------------------------------------------------------
 // Worker: startProxyWorker with a key file instead of the bridge.
@@ -102,14 +101,32 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
   if (config.ocspStapling) for (const certificate of certificates) stapler.track(certificate);
 
   const domains: NameIndex<Domain> = buildNameIndex(
-    config.domains.map((d) => ({ names: [d.name], value: { name: d.name, origins: [d.origin], originHost: null, originTls: { ca: null, servername: null }, maxBodyBytes: null, hsts: { includeSubDomains: false, preload: false } } })),
+    config.domains.map((d) => ({
+      names: [d.name],
+      value: {
+        name: d.name,
+        origins: [d.origin],
+        originHost: null,
+        originTls: { ca: null, servername: null },
+        maxBodyBytes: null,
+        hsts: { includeSubDomains: false, preload: false },
+      },
+    })),
   );
   const pools = new OriginPools();
   const metrics = new ProxyMetrics(() => NO_KEYLESS);
   // As worker.ts: the names the connection's certificate covers (no default certificate here).
   const certificateNames = (servername: string | undefined): readonly string[] =>
     (servername === undefined ? undefined : selectByName<ServedCertificate>(sni, servername, undefined)?.value)?.names ?? [];
-  const handler = createRequestHandler({ domains: () => domains, certificateNames, pools, maxBodyBytes: PROXY_DEFAULTS.limits.maxBodyBytes, hstsMaxAgeSeconds: config.hstsMaxAgeSeconds, log, metrics });
+  const handler = createRequestHandler({
+    domains: () => domains,
+    certificateNames,
+    pools,
+    maxBodyBytes: PROXY_DEFAULTS.limits.maxBodyBytes,
+    hstsMaxAgeSeconds: config.hstsMaxAgeSeconds,
+    log,
+    metrics,
+  });
 
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
@@ -141,7 +158,9 @@ async function startInMemoryWorker(config: InMemoryConfig, log: Logger, ticketKe
     handler,
   );
   if (config.ocspStapling) {
-    server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) => done(null, stapler.stapleFor(cert) ?? null));
+    server.on('OCSPRequest', (cert: Buffer, _issuer: Buffer, done: (err: Error | null, response?: Buffer | null) => void) =>
+      done(null, stapler.stapleFor(cert) ?? null),
+    );
   }
   server.on('tlsClientError', (err: NodeJS.ErrnoException) => {
     metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });

@@ -97,7 +97,17 @@ export interface Endpoint {
 export function probe(port: number, serverName: string, caPem: string): Promise<{ status: number; bytes: number; protocol: string | null }> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host: '127.0.0.1', port, path: '/', servername: serverName, headers: { host: serverName }, ca: caPem, agent: false, minVersion: 'TLSv1.3', timeout: 5000 },
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/',
+        servername: serverName,
+        headers: { host: serverName },
+        ca: caPem,
+        agent: false,
+        minVersion: 'TLSv1.3',
+        timeout: 5000,
+      },
       (res) => {
         // Read while the socket is open (node must not touch a closed TLS socket's state).
         const protocol = (res.socket as import('node:tls').TLSSocket).getProtocol();
@@ -194,15 +204,56 @@ export class HandshakeLab {
       for (const setup of SETUP_IDS) endpoints[setup] = await endpoint();
       const ports = { origin: await freePort(), keyserverAdmin: await freePort(), endpoints };
       // The key server's sign counter is read from its admin port.
-      writeFileSync(keyserverLab.configPath, `${JSON.stringify({ ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } }, null, 2)}\n`, { mode: 0o600 });
+      writeFileSync(
+        keyserverLab.configPath,
+        `${JSON.stringify({ ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } }, null, 2)}\n`,
+        { mode: 0o600 },
+      );
 
       const f = (name: string) => join(dir, name);
       const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
-      openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', '/CN=keyedge handshake bench CA',
-        '-keyout', f('ca.key'), '-out', f('ca.pem'), '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+      openssl(
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '2',
+        '-subj',
+        '/CN=keyedge handshake bench CA',
+        '-keyout',
+        f('ca.key'),
+        '-out',
+        f('ca.pem'),
+        '-addext',
+        'basicConstraints=critical,CA:TRUE',
+        '-addext',
+        'keyUsage=critical,keyCertSign,cRLSign',
+      );
       writeFileSync(f('leaf.ext'), 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n');
       const issue = (csr: string, out: string) => {
-        openssl('x509', '-req', '-in', csr, '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-copy_extensions', 'copy', '-extfile', f('leaf.ext'), '-out', out);
+        openssl(
+          'x509',
+          '-req',
+          '-in',
+          csr,
+          '-CA',
+          f('ca.pem'),
+          '-CAkey',
+          f('ca.key'),
+          '-CAcreateserial',
+          '-days',
+          '2',
+          '-copy_extensions',
+          'copy',
+          '-extfile',
+          f('leaf.ext'),
+          '-out',
+          out,
+        );
         writeFileSync(`${out.replace(/\.pem$/, '')}-chain.pem`, readFileSync(out, 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
       };
 
@@ -211,17 +262,35 @@ export class HandshakeLab {
         // Keyless (and nginx on the token): the key is made in the token, the CSR signed there.
         const label = tokenKeyLabel(key);
         keyIds.set(key.id, await keyserverLab.generateKey(key.type, label));
-        await execFileAsync(process.execPath, [KEYEDGE_CLI, 'key', 'csr', '--config', keyserverLab.configPath, '--key', label, '--domain', key.serverName, '--out', f(`keyless-${key.id}.csr`)], {
-          env: childEnv(),
-          timeout: 60_000,
-        });
+        await execFileAsync(
+          process.execPath,
+          [KEYEDGE_CLI, 'key', 'csr', '--config', keyserverLab.configPath, '--key', label, '--domain', key.serverName, '--out', f(`keyless-${key.id}.csr`)],
+          {
+            env: childEnv(),
+            timeout: 60_000,
+          },
+        );
         issue(f(`keyless-${key.id}.csr`), f(`keyless-${key.id}.pem`));
         // In memory (and nginx with a key file): an ordinary key file, the same names, the same CA.
-        const genpkey = key.id === 'ec' ? ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'] : ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'];
+        const genpkey =
+          key.id === 'ec' ? ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'] : ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'];
         openssl('genpkey', ...genpkey, '-out', f(`inmemory-${key.id}.key`));
-        openssl('req', '-new', '-key', f(`inmemory-${key.id}.key`), '-subj', `/CN=${key.serverName}`, '-addext', `subjectAltName=DNS:${key.serverName}`, '-out', f(`inmemory-${key.id}.csr`));
+        openssl(
+          'req',
+          '-new',
+          '-key',
+          f(`inmemory-${key.id}.key`),
+          '-subj',
+          `/CN=${key.serverName}`,
+          '-addext',
+          `subjectAltName=DNS:${key.serverName}`,
+          '-out',
+          f(`inmemory-${key.id}.csr`),
+        );
         issue(f(`inmemory-${key.id}.csr`), f(`inmemory-${key.id}.pem`));
-        log(`${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), key file (openssl genpkey); certificates for ${key.serverName}`);
+        log(
+          `${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), key file (openssl genpkey); certificates for ${key.serverName}`,
+        );
       }
 
       const origin = `http://127.0.0.1:${ports.origin}`;
@@ -278,13 +347,22 @@ export class HandshakeLab {
       this.keyserver = await this.keyserverLab.startServer();
       const keyserverCpus = this.options.keyserverCpus ?? cpus;
       if (keyserverCpus !== undefined) setAffinity(this.keyserver.pid, keyserverCpus);
-      await waitFor('key server admin', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyserverAdmin}/metrics`).catch(() => ({ status: 0 }))).status === 200, 15_000);
+      await waitFor(
+        'key server admin',
+        async () => (await httpGet(`http://127.0.0.1:${this.ports.keyserverAdmin}/metrics`).catch(() => ({ status: 0 }))).status === 200,
+        15_000,
+      );
     };
     const keyserverReady = this.has('keyless-unix') || this.has('keyless-tcp') ? startKeyserver() : Promise.resolve();
 
     const startProxy = async (name: string, configPath: string, adminPort: number): Promise<ManagedProcess> => {
       const proc = spawnManaged(name, [node, ...nodeArgs, KEYEDGE_CLI, 'proxy', '--config', configPath], join(this.dir, `${name}.log`), cpus, this.dir);
-      await waitFor(`${name} (/readyz)`, async () => (await httpGet(`http://127.0.0.1:${adminPort}/readyz`).catch(() => ({ status: 0 }))).status === 200, 60_000, proc);
+      await waitFor(
+        `${name} (/readyz)`,
+        async () => (await httpGet(`http://127.0.0.1:${adminPort}/readyz`).catch(() => ({ status: 0 }))).status === 200,
+        60_000,
+        proc,
+      );
       return proc;
     };
     const starts: Promise<unknown>[] = [originReady, keyserverReady];
@@ -303,7 +381,10 @@ export class HandshakeLab {
           const endpoint = this.ports.endpoints['keyless-tcp'];
           this.proxyTcpConfig = {
             ...this.proxyConfig,
-            keyserver: { socket: null, tcp: { host: '127.0.0.1', port: this.keyserver!.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName } },
+            keyserver: {
+              socket: null,
+              tcp: { host: '127.0.0.1', port: this.keyserver!.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName },
+            },
             listen: [{ host: '127.0.0.1', port: endpoint.port, profile: this.options.profile }],
             admin: { host: '127.0.0.1', port: endpoint.admin },
           };
@@ -313,9 +394,17 @@ export class HandshakeLab {
       );
     }
     if (this.has('inmemory')) {
-      this.inMemory = spawnManaged('inmemory', [node, ...nodeArgs, INMEMORY_SCRIPT, '--config', this.inMemoryConfigPath], join(this.dir, 'inmemory.log'), cpus, this.dir);
+      this.inMemory = spawnManaged(
+        'inmemory',
+        [node, ...nodeArgs, INMEMORY_SCRIPT, '--config', this.inMemoryConfigPath],
+        join(this.dir, 'inmemory.log'),
+        cpus,
+        this.dir,
+      );
       const inMemoryLog = this.inMemory.logFile;
-      starts.push(waitFor('in-memory server', () => existsSync(inMemoryLog) && readFileSync(inMemoryLog, 'utf8').includes('"in-memory ready"'), 60_000, this.inMemory));
+      starts.push(
+        waitFor('in-memory server', () => existsSync(inMemoryLog) && readFileSync(inMemoryLog, 'utf8').includes('"in-memory ready"'), 60_000, this.inMemory),
+      );
     }
 
     const variants = this.setups.flatMap((s) => (NGINX_SETUP[s] === undefined ? [] : [NGINX_SETUP[s]!]));

@@ -64,7 +64,14 @@ export interface RawTokenRate {
  * module per process, so call it once per run, in a process that has not
  * opened another. `sessions` loops, `durationMs` window after `rampMs`.
  */
-export async function rawTokenRates(keyserverConfigPath: string, keys: readonly HandshakeKey[], sessions: number, durationMs: number, rampMs: number, signal?: AbortSignal): Promise<RawTokenRate[]> {
+export async function rawTokenRates(
+  keyserverConfigPath: string,
+  keys: readonly HandshakeKey[],
+  sessions: number,
+  durationMs: number,
+  rampMs: number,
+  signal?: AbortSignal,
+): Promise<RawTokenRate[]> {
   const config = loadKeyserverConfig(keyserverConfigPath);
   const token = Token.open(tokenOptions(config));
   const handles = Array.from({ length: sessions }, () => token.openSession());
@@ -76,7 +83,12 @@ export async function rawTokenRates(keyserverConfigPath: string, keys: readonly 
       const benchKey = BENCH_KEYS.find((k) => k.id === key.id)!;
       const tokenKey = tokenKeys.find((k) => k.label === tokenKeyLabel(key));
       if (tokenKey === undefined) throw new Error(`no key labelled ${tokenKeyLabel(key)} in the token`);
-      const load = new RawSignLoad(token.pkcs11, handles, { handle: tokenKey.privateHandle, mechanism: benchKey.mechanism, outputBytes: benchKey.outputBytes }, digests);
+      const load = new RawSignLoad(
+        token.pkcs11,
+        handles,
+        { handle: tokenKey.privateHandle, mechanism: benchKey.mechanism, outputBytes: benchKey.outputBytes },
+        digests,
+      );
       const w = await measureWindow(load, { durationMs, rampMs, ...(signal ? { signal } : {}) });
       out.push({ key: key.id, sessions, signsPerSecond: w.signsPerSecond, cpuUsPerSign: w.clientCpuUsPerSign, p50Us: w.latency.p50Us, errors: w.errors });
     }

@@ -87,7 +87,8 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
   if (tools === undefined) return 'nginx is not installed (apt-get install -y nginx)';
   if (variant === 'file') return undefined;
   if (tools.engine === undefined) return 'the pkcs11 engine is not installed (apt-get install -y libengine-pkcs11-openssl)';
-  if (variant === 'p11kit' && (tools.p11kit === undefined || tools.p11kitClient === undefined)) return 'p11-kit is not installed (apt-get install -y p11-kit p11-kit-modules)';
+  if (variant === 'p11kit' && (tools.p11kit === undefined || tools.p11kitClient === undefined))
+    return 'p11-kit is not installed (apt-get install -y p11-kit p11-kit-modules)';
   return undefined;
 }
 
@@ -114,11 +115,14 @@ export function ensureNginxTools(install: boolean, log: (line: string) => void):
   const missing = DEBIAN_PACKAGES.filter((p) => !installed(p));
   if (missing.length === 0) return found;
   if (process.getuid?.() !== 0 || which('apt-get') === undefined) {
-    log(`nginx scenarios need ${missing.join(', ')}; not root or no apt-get: install them with apt-get install -y ${missing.join(' ')}; skipping what cannot run`);
+    log(
+      `nginx scenarios need ${missing.join(', ')}; not root or no apt-get: install them with apt-get install -y ${missing.join(' ')}; skipping what cannot run`,
+    );
     return found;
   }
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const run = () => execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+  const run = () =>
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
   log(`installing ${missing.join(' ')} (apt-get)`);
   try {
     try {
@@ -142,7 +146,8 @@ function stopSystemNginx(log: (line: string) => void): void {
   if (!existsSync(pidFile)) return;
   log('stopping the system nginx the package started');
   try {
-    if (which('systemctl') !== undefined && existsSync('/run/systemd/system')) execFileSync('systemctl', ['stop', 'nginx'], { stdio: 'ignore', timeout: 30_000 });
+    if (which('systemctl') !== undefined && existsSync('/run/systemd/system'))
+      execFileSync('systemctl', ['stop', 'nginx'], { stdio: 'ignore', timeout: 30_000 });
     else execFileSync('nginx', ['-s', 'stop'], { stdio: 'ignore', timeout: 30_000 });
   } catch {
     log('could not stop the system nginx (nginx -s stop failed); it keeps running beside the bench');
@@ -349,7 +354,11 @@ export class NginxLab {
       const statusPort = instance.statusPort;
       await waitUntil(
         `nginx ${instance.variant}`,
-        async () => (await readNginxStatus(statusPort).then(() => true, () => false)),
+        async () =>
+          await readNginxStatus(statusPort).then(
+            () => true,
+            () => false,
+          ),
         15_000,
         instance.process,
         join(dir, `nginx-${instance.variant}-error.log`),

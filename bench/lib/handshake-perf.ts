@@ -33,7 +33,9 @@ export interface PerfRecording {
 
 /** `perf record -F hz -g -p pids -o file -- sleep seconds`. */
 export function perfRecord(pids: readonly number[], file: string, seconds: number, hz: number): PerfRecording {
-  const child = spawn('perf', ['record', '-q', '-F', String(hz), '-g', '-p', pids.join(','), '-o', file, '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('perf', ['record', '-q', '-F', String(hz), '-g', '-p', pids.join(','), '-o', file, '--', 'sleep', String(seconds)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr += t));
   const done = new Promise<void>((resolve, reject) => {

@@ -60,7 +60,10 @@ function matcher(pattern: string): RegExp {
  */
 export function selectScenarios(patterns: string | undefined, candidates: readonly ScenarioSpec[] = allScenarios()): ScenarioSpec[] {
   if (patterns === undefined) return [...candidates];
-  const list = patterns.split(',').map((p) => p.trim()).filter(Boolean);
+  const list = patterns
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
   if (list.length === 0) throw new Error('--scenarios: empty list');
   const res = list.map((p) => ({ p, re: matcher(p) }));
   for (const { p, re } of res) {

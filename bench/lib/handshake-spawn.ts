@@ -63,7 +63,14 @@ export async function freePort(): Promise<number> {
  * Starts `command` detached (its own process group) with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8
  * logs, land there), with `extraEnv` over the bench's child environment.
  */
-export function spawnManaged(name: string, command: readonly string[], logFile: string, cpus: string | undefined, cwd: string, extraEnv: Readonly<Record<string, string>> = {}): ManagedProcess {
+export function spawnManaged(
+  name: string,
+  command: readonly string[],
+  logFile: string,
+  cpus: string | undefined,
+  cwd: string,
+  extraEnv: Readonly<Record<string, string>> = {},
+): ManagedProcess {
   const full = cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command];
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
@@ -108,7 +115,10 @@ export function spawnManaged(name: string, command: readonly string[], logFile: 
     kill,
     tail(lines = 20) {
       try {
-        return readFileSync(logFile, 'utf8').split('\n').slice(-lines - 1).join('\n');
+        return readFileSync(logFile, 'utf8')
+          .split('\n')
+          .slice(-lines - 1)
+          .join('\n');
       } catch {
         return '';
       }
@@ -121,7 +131,8 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
   for (;;) {
     if (await check()) return;
     if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -141,4 +152,3 @@ export function tcpOpen(port: number): Promise<boolean> {
     socket.once('error', () => resolve(false));
   });
 }
-

@@ -62,7 +62,8 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: n
   for (;;) {
     if (await check().catch(() => false)) return;
     if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -116,9 +117,31 @@ export class KeepaliveLab {
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     mkdirSync(f('nginx-tmp'), { mode: 0o700 });
     const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
-    openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', '/CN=keyedge keepalive bench CA',
-      '-keyout', f('ca.key'), '-out', f('ca.pem'), '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
-    writeFileSync(f('leaf.ext'), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:${SERVER_NAME}\n`);
+    openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=keyedge keepalive bench CA',
+      '-keyout',
+      f('ca.key'),
+      '-out',
+      f('ca.pem'),
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    );
+    writeFileSync(
+      f('leaf.ext'),
+      `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:${SERVER_NAME}\n`,
+    );
     const issue = (csr: string, out: string) => {
       openssl('x509', '-req', '-in', csr, '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('leaf.ext'), '-out', out);
       writeFileSync(out.replace(/\.pem$/, '-chain.pem'), readFileSync(out, 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
@@ -127,10 +150,14 @@ export class KeepaliveLab {
     // Keyless: the key lives in the token; the CSR is signed there.
     const label = 'bench-keepalive-ec';
     this.keyId = await this.keyserverLab.generateKey('ec-p256', label);
-    await execFileAsync(process.execPath, [KEYEDGE_CLI, 'key', 'csr', '--config', this.keyserverLab.configPath, '--key', label, '--domain', SERVER_NAME, '--out', f('keyless.csr')], {
-      env: childEnv(),
-      timeout: 60_000,
-    });
+    await execFileAsync(
+      process.execPath,
+      [KEYEDGE_CLI, 'key', 'csr', '--config', this.keyserverLab.configPath, '--key', label, '--domain', SERVER_NAME, '--out', f('keyless.csr')],
+      {
+        env: childEnv(),
+        timeout: 60_000,
+      },
+    );
     issue(f('keyless.csr'), f('keyless.pem'));
     // nginx and caddy: a key file, the same name and CA.
     openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('file.key'));
@@ -177,15 +204,31 @@ export class KeepaliveLab {
     this.keyserver = await this.keyserverLab.startServer();
     if (cpus !== undefined) setAffinity(this.keyserver.pid, cpus);
 
-    const proxy = spawnManaged('keyedge', [node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')], this.#file('proxy.log'), cpus, this.dir);
+    const proxy = spawnManaged(
+      'keyedge',
+      [node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')],
+      this.#file('proxy.log'),
+      cpus,
+      this.dir,
+    );
     this.servers.set('keyedge', proxy);
     await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyedgeAdmin}/readyz`)).status === 200, 30_000, proxy);
 
     await this.#check('keyedge');
     // A comparison server that does not come up is left out with the reason (its log's tail), not the whole run.
     const third: [ServerId, string | undefined, () => readonly string[], string][] = [
-      ['nginx', this.configs.nginx === undefined ? undefined : this.options.nginx, () => [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')], 'nginx.log'],
-      ['caddy', this.configs.caddy === undefined ? undefined : this.options.caddy, () => [this.options.caddy!, 'run', '--config', this.#file('caddy.json')], 'caddy-stdout.log'],
+      [
+        'nginx',
+        this.configs.nginx === undefined ? undefined : this.options.nginx,
+        () => [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')],
+        'nginx.log',
+      ],
+      [
+        'caddy',
+        this.configs.caddy === undefined ? undefined : this.options.caddy,
+        () => [this.options.caddy!, 'run', '--config', this.#file('caddy.json')],
+        'caddy-stdout.log',
+      ],
     ];
     for (const [id, binary, command, logName] of third) {
       if (binary === undefined) continue;
@@ -323,7 +366,11 @@ export function caddyConfig(dir: string, port: number, originPort: number, acces
               {
                 handle: [
                   { handler: 'headers', response: { set: { 'Strict-Transport-Security': ['max-age=63072000'] } } },
-                  { handler: 'reverse_proxy', upstreams: [{ dial: `127.0.0.1:${originPort}` }], transport: { protocol: 'http', keep_alive: { max_idle_conns_per_host: ORIGIN_POOL } } },
+                  {
+                    handler: 'reverse_proxy',
+                    upstreams: [{ dial: `127.0.0.1:${originPort}` }],
+                    transport: { protocol: 'http', keep_alive: { max_idle_conns_per_host: ORIGIN_POOL } },
+                  },
                 ],
               },
             ],

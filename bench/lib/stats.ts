@@ -24,7 +24,10 @@ export function percentileSorted(sorted: ArrayLike<number>, p: number): number {
 
 /** Nearest-rank percentile (p in 0..100) of unsorted values. */
 export function percentile(values: readonly number[], p: number): number {
-  return percentileSorted([...values].sort((a, b) => a - b), p);
+  return percentileSorted(
+    [...values].sort((a, b) => a - b),
+    p,
+  );
 }
 
 export interface Spread {

@@ -121,7 +121,13 @@ export const keyCommand: Command = {
             const header = ['KEY ID (SPKI SHA-256)', 'LABEL', 'TYPE', 'NON-EXTRACTABLE', 'SKI (SHA-1)'];
             const lines = rows.map((r) => [r.keyId, r.label, r.type, String(!r.extractable && r.sensitive), r.ski]);
             const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-            for (const line of [header, ...lines]) process.stdout.write(`${line.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+            for (const line of [header, ...lines])
+              process.stdout.write(
+                `${line
+                  .map((cell, i) => cell.padEnd(widths[i]!))
+                  .join('  ')
+                  .trimEnd()}\n`,
+              );
           }
           return 0;
         });

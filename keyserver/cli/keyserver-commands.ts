@@ -67,11 +67,7 @@ export const pingCommand: Command = {
   name: 'ping',
   summary: 'check that a running key server answers',
   async run(argv) {
-    const { values } = parseCommandArgs(
-      argv,
-      { config: { type: 'string' }, socket: { type: 'string' }, count: { type: 'string' } },
-      PING_USAGE,
-    );
+    const { values } = parseCommandArgs(argv, { config: { type: 'string' }, socket: { type: 'string' }, count: { type: 'string' } }, PING_USAGE);
     if (values.help) {
       process.stdout.write(PING_USAGE);
       return 0;

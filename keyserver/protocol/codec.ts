@@ -176,7 +176,11 @@ function parseFrame(frame: Buffer, maxBodyBytes: number, rules: (OpRule | undefi
   while (pos < end) {
     const left = end - pos;
     if (left < ITEM_HEADER_BYTES) {
-      throw new ProtocolError(MALFORMED, `${r.name}: item header at body offset ${pos - HEADER_BYTES} is truncated: ${left} bytes left, need ${ITEM_HEADER_BYTES}`, id);
+      throw new ProtocolError(
+        MALFORMED,
+        `${r.name}: item header at body offset ${pos - HEADER_BYTES} is truncated: ${left} bytes left, need ${ITEM_HEADER_BYTES}`,
+        id,
+      );
     }
     const tag = frame[pos]!;
     const valueStart = pos + ITEM_HEADER_BYTES;
@@ -288,8 +292,7 @@ export function decodeResponse(frame: Buffer, maxBodyBytes: number = DEFAULT_MAX
   if (code === 0) throw new ProtocolError(MALFORMED, `ERROR: ${describeTag(Tag.ERROR_CODE)} is 0, which no error uses`, id);
   // Invalid UTF-8 becomes U+FFFD rather than an error: the detail is only for
   // humans, and rejecting it would lose the error code that matters.
-  const detail =
-    (present & (1 << S_ERROR_DETAIL)) === 0 ? '' : itemValue(frame, S_ERROR_DETAIL, 0, MAX_ERROR_DETAIL_BYTES, 'ERROR', id).toString('utf8');
+  const detail = (present & (1 << S_ERROR_DETAIL)) === 0 ? '' : itemValue(frame, S_ERROR_DETAIL, 0, MAX_ERROR_DETAIL_BYTES, 'ERROR', id).toString('utf8');
   return { op: 'error', id, code, detail };
 }
 

@@ -34,10 +34,12 @@ export interface AdmissionLimits {
   readonly maxConnectionsPerClient: number;
 }
 
-export type Admitted<T> = { readonly admitted: true; readonly evicted: readonly { readonly member: T; readonly cap: Cap }[] } | {
-  readonly admitted: false;
-  readonly cap: Cap;
-};
+export type Admitted<T> =
+  | { readonly admitted: true; readonly evicted: readonly { readonly member: T; readonly cap: Cap }[] }
+  | {
+      readonly admitted: false;
+      readonly cap: Cap;
+    };
 
 class Pool<T> {
   count = 0;

@@ -160,10 +160,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     }
     const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
 
-    log.info(
-      { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size },
-      'key server ready',
-    );
+    log.info({ unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size }, 'key server ready');
 
     let closing: Promise<void> | undefined;
     const close = (): Promise<void> => {

@@ -38,10 +38,7 @@ export interface EmbeddedToken {
 export function findSoftHsmModule(): string {
   const found = SOFTHSM2_MODULE_CANDIDATES.find((path) => existsSync(path));
   if (found === undefined) {
-    throw new SetupError(
-      `SoftHSM2 is not installed (looked for ${SOFTHSM2_MODULE_CANDIDATES.join(', ')}); ` +
-        'install it with: apt-get install -y softhsm2',
-    );
+    throw new SetupError(`SoftHSM2 is not installed (looked for ${SOFTHSM2_MODULE_CANDIDATES.join(', ')}); ` + 'install it with: apt-get install -y softhsm2');
   }
   return found;
 }
@@ -92,16 +89,12 @@ function initialiseToken(modulePath: string, label: string, pinFile: string, soP
   pkcs11.load(modulePath);
   pkcs11.C_Initialize();
   try {
-    const free = pkcs11
-      .C_GetSlotList(true)
-      .find((slot) => !(pkcs11.C_GetTokenInfo(slot).flags & pkcs11js.CKF_TOKEN_INITIALIZED));
+    const free = pkcs11.C_GetSlotList(true).find((slot) => !(pkcs11.C_GetTokenInfo(slot).flags & pkcs11js.CKF_TOKEN_INITIALIZED));
     if (free === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', 'SoftHSM2 offers no free slot');
     // Blank-padded to the field's 32 bytes (PKCS#11 v2.40 §5.6): pkcs11js pads with NULs otherwise.
     pkcs11.C_InitToken(free, soPin, label.padEnd(32, ' '));
     // SoftHSM2 renumbers slots after C_InitToken: find the new token by label.
-    const slot = pkcs11
-      .C_GetSlotList(true)
-      .find((s) => fixedString(pkcs11.C_GetTokenInfo(s).label) === label);
+    const slot = pkcs11.C_GetSlotList(true).find((s) => fixedString(pkcs11.C_GetTokenInfo(s).label) === label);
     if (slot === undefined) throw new TokenError('KEYEDGE_ERR_TOKEN_NOT_FOUND', `token '${label}' vanished after C_InitToken`);
     const session = pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     pkcs11.C_Login(session, pkcs11js.CKU_SO, soPin);

@@ -110,11 +110,7 @@ export function importKey(token: Token, pem: string | Buffer, label: string, sou
     jwk = key.export({ format: 'jwk' });
   } catch (err) {
     const reason = (err as { code?: string }).code ?? 'unreadable';
-    throw new KeyError(
-      'KEYEDGE_ERR_KEY_INPUT',
-      `${source} is not an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1): ${reason}`,
-      { cause: err },
-    );
+    throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `${source} is not an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1): ${reason}`, { cause: err });
   }
   const components: Buffer[] = [];
   const b64 = (value: string | undefined, name: string): Buffer => {

@@ -74,12 +74,7 @@ export function signPlan(key: TokenKey, request: SignRequest): SignPlan {
 }
 
 /** Signs on `session`, which the caller owns for the duration (management paths such as CSRs). */
-export async function signDigest(
-  pkcs11: pkcs11js.PKCS11,
-  session: pkcs11js.Handle,
-  key: TokenKey,
-  request: SignRequest,
-): Promise<Buffer> {
+export async function signDigest(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: TokenKey, request: SignRequest): Promise<Buffer> {
   const plan = signPlan(key, request);
   pkcs11.C_SignInit(session, plan.mechanism, key.privateHandle);
   return pkcs11.C_SignAsync(session, plan.input, Buffer.allocUnsafe(plan.outputBytes));

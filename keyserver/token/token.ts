@@ -41,12 +41,7 @@ export class Token {
   readonly management: pkcs11js.Handle;
   #closed = false;
 
-  private constructor(
-    pkcs11: pkcs11js.PKCS11,
-    slot: pkcs11js.Handle,
-    info: pkcs11js.TokenInfo,
-    management: pkcs11js.Handle,
-  ) {
+  private constructor(pkcs11: pkcs11js.PKCS11, slot: pkcs11js.Handle, info: pkcs11js.TokenInfo, management: pkcs11js.Handle) {
     this.pkcs11 = pkcs11;
     this.slot = slot;
     this.label = fixedString(info.label);
@@ -127,11 +122,9 @@ function loadModule(modulePath: string): pkcs11js.PKCS11 {
   try {
     pkcs11.load(modulePath);
   } catch (err) {
-    throw new TokenError(
-      'KEYEDGE_ERR_TOKEN_MODULE',
-      `cannot load PKCS#11 module ${modulePath}: ${ckrName(err)} (check pkcs11.module in the config)`,
-      { cause: err },
-    );
+    throw new TokenError('KEYEDGE_ERR_TOKEN_MODULE', `cannot load PKCS#11 module ${modulePath}: ${ckrName(err)} (check pkcs11.module in the config)`, {
+      cause: err,
+    });
   }
   try {
     pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
@@ -143,11 +136,7 @@ function loadModule(modulePath: string): pkcs11js.PKCS11 {
   return pkcs11;
 }
 
-function findToken(
-  pkcs11: pkcs11js.PKCS11,
-  selector: TokenSelector,
-  modulePath: string,
-): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
+function findToken(pkcs11: pkcs11js.PKCS11, selector: TokenSelector, modulePath: string): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
   const seen: string[] = [];
   for (const slot of pkcs11.C_GetSlotList(true)) {
     const info = pkcs11.C_GetTokenInfo(slot);
@@ -172,11 +161,7 @@ function login(pkcs11: pkcs11js.PKCS11, session: pkcs11js.Handle, label: string,
     const reason = ckrName(err);
     // Another application of this process already logged in: the login is shared.
     if (reason.startsWith('CKR_USER_ALREADY_LOGGED_IN')) return;
-    throw new TokenError(
-      'KEYEDGE_ERR_TOKEN_LOGIN',
-      `login to token '${label}' refused: ${reason} (the PIN comes from ${pinSource})`,
-      { cause: err },
-    );
+    throw new TokenError('KEYEDGE_ERR_TOKEN_LOGIN', `login to token '${label}' refused: ${reason} (the PIN comes from ${pinSource})`, { cause: err });
   }
 }
 

@@ -85,7 +85,8 @@ export const certCommand: Command = {
       process.stdout.write(USAGE);
       return 0;
     }
-    if (takesName && name === undefined && ['add', 'replace', 'show', 'remove'].includes(action)) throw new UsageError(`missing NAME: keyedge cert ${action} NAME\n\n${USAGE}`);
+    if (takesName && name === undefined && ['add', 'replace', 'show', 'remove'].includes(action))
+      throw new UsageError(`missing NAME: keyedge cert ${action} NAME\n\n${USAGE}`);
     try {
       switch (action) {
         case 'add':
@@ -120,16 +121,32 @@ async function addOrReplace(mode: 'add' | 'replace', name: string, values: Value
   const store = new CertificateStore(config.certStore.dir);
   // Checked before the key server is asked: a typo'd name fails fast.
   if (mode === 'add' ? store.has(name) : !store.has(name)) {
-    if (mode === 'add') throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; use \`keyedge cert replace\``);
+    if (mode === 'add')
+      throw new CertificateStoreError(
+        'KEYEDGE_ERR_CERT_EXISTS',
+        name,
+        `certificate '${name}' is already in the store ${store.dir}; use \`keyedge cert replace\``,
+      );
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${store.dir}; use \`keyedge cert add\``);
   }
   let chainText: string;
   try {
     chainText = readFileSync(chainFile, 'utf8');
   } catch (err) {
-    throw new CertificateError(chainFile, `cannot read the chain: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { reason: 'parse', entry: name, cause: err });
+    throw new CertificateError(chainFile, `cannot read the chain: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, {
+      reason: 'parse',
+      entry: name,
+      cause: err,
+    });
   }
-  const request: PutRequest = { mode, name, chainText, source: chainFile, ...(names === undefined ? {} : { names }), ...(pin === undefined ? {} : { keyId: pin }) };
+  const request: PutRequest = {
+    mode,
+    name,
+    chainText,
+    source: chainFile,
+    ...(names === undefined ? {} : { names }),
+    ...(pin === undefined ? {} : { keyId: pin }),
+  };
   const { validated, meta, previous } = await withKeyserver(config, (lookup) =>
     putCertificate(store, request, { now: new Date(), keyserverSpki: lookup, issuers: issuersOf(config), reserved: config.certificates.map((c) => c.name) }),
   );
@@ -181,7 +198,13 @@ async function list(values: Values): Promise<number> {
   const header = ['NAME', 'STATUS', 'NOT AFTER', 'SERIAL', 'KEY ID', 'NAMES', 'ISSUER'];
   const lines = rows.map((r) => [r.name, r.status, r.notAfter ?? '-', r.serial ?? '-', r.keyId ?? '-', r.names?.join(',') ?? '-', r.issuer ?? r.error ?? '-']);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-  for (const line of [header, ...lines]) process.stdout.write(`${line.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+  for (const line of [header, ...lines])
+    process.stdout.write(
+      `${line
+        .map((cell, i) => cell.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd()}\n`,
+    );
   return 0;
 }
 
@@ -244,7 +267,9 @@ function remove(name: string, values: Values): number {
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
   store.remove(name);
-  process.stdout.write(`removed certificate '${name}': deleted ${store.dir}/${name}.pem and ${name}.json\nThe running proxy stops serving it once it sees the change.\n`);
+  process.stdout.write(
+    `removed certificate '${name}': deleted ${store.dir}/${name}.pem and ${name}.json\nThe running proxy stops serving it once it sees the change.\n`,
+  );
   return 0;
 }
 

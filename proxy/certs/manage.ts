@@ -49,7 +49,8 @@ export async function putCertificate(store: CertificateStore, request: PutReques
   const { name, mode } = request;
   let previous: StoreEntry | undefined;
   if (mode === 'add') {
-    if (store.has(name)) throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; replace it instead`);
+    if (store.has(name))
+      throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is already in the store ${store.dir}; replace it instead`);
     if (options.reserved?.includes(name)) {
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_EXISTS', name, `certificate '${name}' is configured in the proxy config file; choose another name`);
     }

@@ -106,7 +106,10 @@ const metaSchema = z.strictObject(
       .array(z.string().regex(DNS_NAME, { error: 'expected a lower-case DNS name or *.wildcard' }), { error: 'expected an array of DNS names' })
       .min(1, { error: 'expected at least one name' })
       .optional(),
-    keyId: z.string({ error: 'expected a key id' }).regex(/^[0-9a-f]{64}$/, { error: 'expected a key id: 64 lower-case hex digits' }).optional(),
+    keyId: z
+      .string({ error: 'expected a key id' })
+      .regex(/^[0-9a-f]{64}$/, { error: 'expected a key id: 64 lower-case hex digits' })
+      .optional(),
     addedAt: isoTime.optional(),
     replacedAt: isoTime.optional(),
   },
@@ -186,7 +189,8 @@ export class CertificateStore {
     try {
       fd = openSync(paths.chainPath, 'r');
     } catch (err) {
-      if (errno(err) === 'ENOENT') throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
+      if (errno(err) === 'ENOENT')
+        throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
       throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
     }
     let chainText: string;
@@ -214,7 +218,11 @@ export class CertificateStore {
     const parsed = metaSchema.safeParse(meta);
     if (!parsed.success) {
       const problem = formatIssues(parsed.error.issues, meta)[0];
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`);
+      throw new CertificateStoreError(
+        'KEYEDGE_ERR_CERT_STORE',
+        name,
+        `invalid metadata for '${name}': ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`,
+      );
     }
     const paths = this.#paths(name);
     try {
@@ -226,7 +234,9 @@ export class CertificateStore {
       fsyncDir(this.dir);
     } catch (err) {
       if (err instanceof CertificateStoreError) throw err;
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${this.dir}: ${errno(err)}`, { cause: err });
+      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${this.dir}: ${errno(err)}`, {
+        cause: err,
+      });
     }
   }
 
@@ -237,20 +247,26 @@ export class CertificateStore {
     try {
       unlinkSync(paths.chainPath);
     } catch (err) {
-      if (errno(err) === 'ENOENT') throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
+      if (errno(err) === 'ENOENT')
+        throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.chainPath}: ${errno(err)}`, { cause: err });
     }
     try {
       unlinkSync(paths.metaPath);
     } catch (err) {
-      if (errno(err) !== 'ENOENT') throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.metaPath}: ${errno(err)}`, { cause: err });
+      if (errno(err) !== 'ENOENT')
+        throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot remove ${paths.metaPath}: ${errno(err)}`, { cause: err });
     }
     fsyncDir(this.dir);
   }
 
   #check(name: string): void {
     if (!STORE_ENTRY_NAME.test(name)) {
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `'${name.slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")`);
+      throw new CertificateStoreError(
+        'KEYEDGE_ERR_CERT_STORE',
+        name,
+        `'${name.slice(0, 80)}' is not a certificate name: expected 1-64 letters, digits, _ . - (not starting with ".")`,
+      );
     }
   }
 
@@ -284,7 +300,10 @@ function readMeta(name: string, metaPath: string): { meta: StoreMeta; mtimeMs: n
   const parsed = metaSchema.safeParse(raw);
   if (!parsed.success) {
     const problem = formatIssues(parsed.error.issues, raw)[0];
-    throw new CertificateError(metaPath, `invalid metadata: ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`, { reason: 'parse', entry: name });
+    throw new CertificateError(metaPath, `invalid metadata: ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`, {
+      reason: 'parse',
+      entry: name,
+    });
   }
   return { meta: definedOnly(parsed.data), mtimeMs };
 }

@@ -245,7 +245,8 @@ export async function parseChain(candidate: Pick<CertificateCandidate, 'name' | 
   for (const [i, cert] of certs.entries()) {
     if (isSelfIssued(cert)) continue;
     const weakness = signatureWeakness(cert);
-    if (weakness !== undefined) throw refuse('weak_signature', `certificate ${positions[i]} ("${cert.subject}") is signed with ${weakness}; expected SHA-256 or stronger`);
+    if (weakness !== undefined)
+      throw refuse('weak_signature', `certificate ${positions[i]} ("${cert.subject}") is signed with ${weakness}; expected SHA-256 or stronger`);
   }
   const chain = await orderChain(certs, positions, refuse);
   const last = chain[chain.length - 1]!;
@@ -268,10 +269,7 @@ function parsePem(text: string, refuse: Refuse): x509.X509Certificate[] {
   for (const [index, begin] of begins.entries()) {
     const label = begin[1]!;
     if (label !== 'CERTIFICATE') {
-      throw refuse(
-        'private_key',
-        `block ${index + 1} is a "${label}"; a chain holds only CERTIFICATE blocks (private keys stay in the key server)`,
-      );
+      throw refuse('private_key', `block ${index + 1} is a "${label}"; a chain holds only CERTIFICATE blocks (private keys stay in the key server)`);
     }
   }
   if (begins.length > MAX_CERTIFICATES) throw refuse('chain', `${begins.length} certificates; a chain holds at most ${MAX_CERTIFICATES}`);
@@ -280,7 +278,11 @@ function parsePem(text: string, refuse: Refuse): x509.X509Certificate[] {
     const start = begin.index;
     const next = begins[index + 1]?.index ?? text.length;
     const end = text.indexOf('-----END CERTIFICATE-----', start);
-    if (end < 0 || end > next) throw refuse('parse', `certificate ${index + 1} is truncated: no "-----END CERTIFICATE-----" line before ${index + 1 < begins.length ? 'the next block' : 'the end'}`);
+    if (end < 0 || end > next)
+      throw refuse(
+        'parse',
+        `certificate ${index + 1} is truncated: no "-----END CERTIFICATE-----" line before ${index + 1 < begins.length ? 'the next block' : 'the end'}`,
+      );
     const block = text.slice(start, end + '-----END CERTIFICATE-----'.length);
     try {
       certs.push(parseBlock(block));
@@ -326,7 +328,10 @@ async function orderChain(certs: readonly x509.X509Certificate[], positions: rea
     if (isSelfIssued(last)) throw refuse('chain', `${what}: the path ends at the self-signed root "${last.subject}"`);
     const namesake = certs.findIndex((c, i) => !used.has(i) && c.subject === last.issuer);
     if (namesake >= 0) {
-      throw refuse('chain', `"${last.subject}" is not signed by certificate ${positions[namesake]} ("${last.issuer}"): the name matches but the signature does not verify with its key`);
+      throw refuse(
+        'chain',
+        `"${last.subject}" is not signed by certificate ${positions[namesake]} ("${last.issuer}"): the name matches but the signature does not verify with its key`,
+      );
     }
     throw refuse('chain', `${what}: the path stops at "${last.subject}", whose issuer "${last.issuer}" is not in the file`);
   }
@@ -420,11 +425,7 @@ function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate
  * a key under the entry's key id, and that key must be the leaf's. Keys are
  * compared as keys, not bytes, so two DER spellings of one key agree.
  */
-async function checkKeyserverKey(
-  candidate: CertificateCandidate,
-  certificate: ServedCertificate,
-  lookup: ValidationContext['keyserverSpki'],
-): Promise<void> {
+async function checkKeyserverKey(candidate: CertificateCandidate, certificate: ServedCertificate, lookup: ValidationContext['keyserverSpki']): Promise<void> {
   const refuse = refuser(candidate);
   const keyId = certificate.keyId;
   const held = await lookup(keyId, certificate.spki);

@@ -161,7 +161,10 @@ function streamBody(req: IncomingMessage, head: readonly Buffer[], maxBytes: num
     if (req.isPaused() || req.readableLength > 0) idle.refresh();
     else fail(bodyError('KEYEDGE_HTTP_BODY_TIMEOUT', `no request body bytes for ${limits.idleTimeoutMs} ms`));
   }, limits.idleTimeoutMs);
-  const total = setTimeout(() => fail(bodyError('KEYEDGE_HTTP_BODY_TIMEOUT', `request body not complete within ${limits.timeoutMs} ms`)), Math.max(0, timeoutMs));
+  const total = setTimeout(
+    () => fail(bodyError('KEYEDGE_HTTP_BODY_TIMEOUT', `request body not complete within ${limits.timeoutMs} ms`)),
+    Math.max(0, timeoutMs),
+  );
   const onClose = (): void => {
     if (!req.complete) fail(bodyError('ECONNRESET', 'the client closed the connection before the end of its request body'));
   };

@@ -192,7 +192,8 @@ class ClientGoneSignal extends EventEmitter {
  * caller answers 502/504 then), or when the answer broke off mid-way.
  */
 export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
-  const hasBody = req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
+  const hasBody =
+    req.method !== 'GET' && req.method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
   const targets = pools.targets(domain);
   const clientGone = new ClientGoneSignal();
   const onGone = (): void => {

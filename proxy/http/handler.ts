@@ -64,7 +64,10 @@ export function routeRequest(
   // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
   // another tenant's origin (domain fronting).
   if (host !== undefined && !options.certificateNames(servername).some((name) => nameCovers(name, host))) {
-    return { domain, refusal: { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: "misdirected request: this connection's certificate does not cover the host\n" } };
+    return {
+      domain,
+      refusal: { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: "misdirected request: this connection's certificate does not cover the host\n" },
+    };
   }
   if (domain === undefined) return { domain, refusal: { status: 404, code: 'KEYEDGE_HTTP_UNKNOWN_HOST', body: 'unknown host\n' } };
   return { domain };
@@ -95,7 +98,11 @@ export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () 
     const aborted = !res.writableFinished;
     // A client that stopped reading is cut by the send-stall timer before forward() can say so.
     const ours = code() ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
-    account({ aborted, code: aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
+    account({
+      aborted,
+      code: aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours,
+      status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode,
+    });
   };
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
   const cancel = whenQueuedClientGone(req.socket, res, end);
@@ -106,7 +113,8 @@ export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () 
 /** Our answer when an origin failed before answering. */
 export function originRefusal(failure: OriginFailure): Refusal {
   if (failure === 'timeout') return { status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT', body: 'origin timed out\n' };
-  if (failure === 'certificate') return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE', body: "origin unreachable: its certificate failed verification\n" };
+  if (failure === 'certificate')
+    return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE', body: 'origin unreachable: its certificate failed verification\n' };
   return { status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', body: 'origin unreachable\n' };
 }
 
@@ -194,7 +202,14 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
       answer(res, ownFailureRefusal(code, maxBodyBytes)!, hsts);
       return;
     }
-    forward(pools, target, req, res, { extraHeaders: hsts, proto: 'https', maxBodyBytes, trusted: options.trustedPeers, onOrigin: (o) => (origin = o), awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
+    forward(pools, target, req, res, {
+      extraHeaders: hsts,
+      proto: 'https',
+      maxBodyBytes,
+      trusted: options.trustedPeers,
+      onOrigin: (o) => (origin = o),
+      awaitsContinue: expectation === 'continue',
+    }).catch((err: unknown) => {
       const refused = refuseFailure(err, req, res, hsts, maxBodyBytes);
       if (refused !== undefined) {
         code = refused;
@@ -223,7 +238,13 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
  * connection can tell the client. Shared by the HTTPS handler and port 80's
  * ACME path.
  */
-export function refuseFailure(err: unknown, req: IncomingMessage, res: ServerResponse, headers: Record<string, string>, maxBodyBytes: number): HttpErrorCode | undefined {
+export function refuseFailure(
+  err: unknown,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+  maxBodyBytes: number,
+): HttpErrorCode | undefined {
   const refusal = ownFailureRefusal((err as { code?: string }).code, maxBodyBytes);
   if (refusal === undefined) return undefined;
   if (res.headersSent || res.destroyed || refusal.status === 0) res.destroy();
@@ -237,12 +258,19 @@ export function refuseFailure(err: unknown, req: IncomingMessage, res: ServerRes
 function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
   if (code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') return { status: 413, code, body: `request body over ${maxBodyBytes} bytes\n`, headers: { connection: 'close' } };
   if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { status: 408, code, body: 'request body timed out\n', headers: { connection: 'close' } };
-  if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY') return { status: 503, code, body: 'origin busy, retry later\n', headers: { 'retry-after': String(BUSY_RETRY_AFTER_SECONDS) } };
+  if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY')
+    return { status: 503, code, body: 'origin busy, retry later\n', headers: { 'retry-after': String(BUSY_RETRY_AFTER_SECONDS) } };
   if (code === 'KEYEDGE_HTTP_SEND_TIMEOUT') return { status: 0, code, body: '' };
   return undefined;
 }
 
 export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Record<string, string>): void {
-  res.writeHead(status, { ...headers, ...own, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': code });
+  res.writeHead(status, {
+    ...headers,
+    ...own,
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-keyedge-error': code,
+  });
   res.end(body);
 }

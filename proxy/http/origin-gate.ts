@@ -61,7 +61,8 @@ export class OriginGate {
       this.#admit(upload);
       return true;
     }
-    if (this.#waiting.length >= this.maxQueue) return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
+    if (this.#waiting.length >= this.maxQueue)
+      return Promise.reject(new OriginBusyError(`origin busy: ${this.#active} requests running and ${this.#waiting.length} waiting`));
     return new Promise((admitted, refused) => {
       const giveUp = (err: Error): void => {
         const at = this.#waiting.indexOf(waiter);

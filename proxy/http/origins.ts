@@ -103,7 +103,12 @@ export class OriginPools {
     }
     if (targets.length === 1) return targets;
     const byKey = new Map(targets.map((t) => [t.key, t]));
-    return this.#balancer.order(domain.name, targets.map((t) => t.key)).map((key) => byKey.get(key)!);
+    return this.#balancer
+      .order(
+        domain.name,
+        targets.map((t) => t.key),
+      )
+      .map((key) => byKey.get(key)!);
   }
 
   pool(target: OriginTarget): Pool {
@@ -190,12 +195,16 @@ function readCa(domain: ProxyDomain, file: string): string {
   try {
     pem = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`, { cause: err });
+    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`, {
+      cause: err,
+    });
   }
   try {
     new X509Certificate(pem);
   } catch (err) {
-    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, 'expected PEM certificates (the CA that issued the origin certificates)', { cause: err });
+    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, 'expected PEM certificates (the CA that issued the origin certificates)', {
+      cause: err,
+    });
   }
   return pem;
 }
@@ -237,7 +246,9 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
     timeout: timeoutMs,
-    ...(target.tls === undefined ? {} : { ca: target.tls.ca, rejectUnauthorized: true, ...(target.tls.servername === undefined ? {} : { servername: target.tls.servername }) }),
+    ...(target.tls === undefined
+      ? {}
+      : { ca: target.tls.ca, rejectUnauthorized: true, ...(target.tls.servername === undefined ? {} : { servername: target.tls.servername }) }),
   } as buildConnector.BuildOptions & tls.ConnectionOptions);
   return (options, callback) => base({ ...options, servername: target.tls?.servername ?? undefined }, callback);
 }

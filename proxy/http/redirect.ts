@@ -40,11 +40,19 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     const domain = selectByName(options.domains(), host, undefined)?.value;
     const path = req.url ?? '/';
     let code: HttpErrorCode | undefined;
-    onAnswerEnd(req, res, () => code, ({ status, aborted, ...ending }) => {
-      code = ending.code;
-      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
-      log.info({ access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) }, 'request');
-    });
+    onAnswerEnd(
+      req,
+      res,
+      () => code,
+      ({ status, aborted, ...ending }) => {
+        code = ending.code;
+        metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+        log.info(
+          { access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) },
+          'request',
+        );
+      },
+    );
     if (own !== undefined) {
       code = own.code;
       answer(res, own, {});
@@ -53,13 +61,23 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     if (domain === undefined || host === undefined) {
       const body = 'unknown host\n';
       code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST' });
+      res.writeHead(404, {
+        'content-type': 'text/plain; charset=utf-8',
+        'content-length': Buffer.byteLength(body),
+        'x-keyedge-error': 'KEYEDGE_HTTP_UNKNOWN_HOST',
+      });
       res.end(body);
       return;
     }
     if (path.startsWith(ACME_CHALLENGE)) {
       const maxBodyBytes = domain.maxBodyBytes ?? Infinity;
-      forward(options.pools, domain, req, res, { extraHeaders: {}, proto: 'http', maxBodyBytes, trusted: options.trustedPeers, awaitsContinue: expectation === 'continue' }).catch((err: unknown) => {
+      forward(options.pools, domain, req, res, {
+        extraHeaders: {},
+        proto: 'http',
+        maxBodyBytes,
+        trusted: options.trustedPeers,
+        awaitsContinue: expectation === 'continue',
+      }).catch((err: unknown) => {
         // The client left: no one to answer, and not the origin's failure.
         if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
         const refused = refuseFailure(err, req, res, {}, maxBodyBytes);
@@ -70,7 +88,8 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
         }
         code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
         log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
-        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
+        if (!res.headersSent)
+          res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
         else res.destroy();
       });
       return;

@@ -23,9 +23,7 @@ import type { Refusal } from './handler.js';
 
 export type RequestTarget =
   /** Forward `path` for `host` (the Host header's value unless the target carried its own). */
-  | { readonly path: string; readonly host: string | undefined }
-  | { readonly asterisk: true }
-  | { readonly refusal: Refusal; readonly path: string };
+  { readonly path: string; readonly host: string | undefined } | { readonly asterisk: true } | { readonly refusal: Refusal; readonly path: string };
 
 const badTarget = (why: string): Refusal => ({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: `bad request target: ${why}\n` });
 const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';

@@ -211,7 +211,9 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         pools.succeeded(target);
         const status = res.statusCode ?? 502;
         settle(status, undefined);
-        const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] => (Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]]));
+        const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] =>
+          Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
+        );
         if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
         // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
         headers.push(['connection', 'close']);
@@ -246,7 +248,12 @@ function connect(target: OriginTarget, timeoutMs: number): net.Socket {
   return socket;
 }
 
-function upgradeHeaders(req: IncomingMessage, target: OriginTarget, peer: string | undefined, trusted: TrustedPeers | undefined): Record<string, string | string[]> {
+function upgradeHeaders(
+  req: IncomingMessage,
+  target: OriginTarget,
+  peer: string | undefined,
+  trusted: TrustedPeers | undefined,
+): Record<string, string | string[]> {
   const headers = originRequestHeaders(req.headers, peer, 'https', target, trusted);
   headers.connection = 'upgrade';
   if (req.headers.upgrade !== undefined) headers.upgrade = req.headers.upgrade;

@@ -80,10 +80,7 @@ let binding: NativeBinding | undefined;
 /** Where the addon is, from proxy/native/ (sources, tests) or dist/proxy/native/ (compiled). */
 function bindingCandidates(): string[] {
   const rel = 'build/Release/keyless_bridge.node';
-  return [
-    fileURLToPath(new URL(`./${rel}`, import.meta.url)),
-    fileURLToPath(new URL(`../../../proxy/native/${rel}`, import.meta.url)),
-  ];
+  return [fileURLToPath(new URL(`./${rel}`, import.meta.url)), fileURLToPath(new URL(`../../../proxy/native/${rel}`, import.meta.url))];
 }
 
 /** The built addon's path; KEYEDGE_ERR_SETUP when it was never built. */

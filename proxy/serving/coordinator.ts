@@ -114,13 +114,27 @@ export class ReloadCoordinator {
     }
     for (const name of next.delta.remove) log.info({ certificate: name, trigger }, 'certificate no longer served');
     for (const refusal of next.refused) {
-      log.error({ certificate: refusal.name, source: refusal.source, reason: refusal.reason, trigger, code: 'KEYEDGE_ERR_CERTIFICATE' }, `certificate refused: ${refusal.message}; the previous version keeps serving`);
+      log.error(
+        { certificate: refusal.name, source: refusal.source, reason: refusal.reason, trigger, code: 'KEYEDGE_ERR_CERTIFICATE' },
+        `certificate refused: ${refusal.message}; the previous version keeps serving`,
+      );
     }
     for (const warning of next.warnings) log.warn({ certificate: warning.name }, warning.message);
     if (next.restartNeeded.length > 0) log.warn({ settings: next.restartNeeded }, 'these settings changed but take effect only after a restart');
     if (failures.length > 0) log.error({ failures }, 'reload applied only in part');
     if (next.delta.upsert.length + next.delta.remove.length > 0 || trigger !== 'rescan') {
-      log.info({ trigger, generation: report.generation, result: report.result, changed: report.changed.length, removed: report.removed.length, refused: report.refused.length, durationMs: Math.round(report.durationMs) }, 'reload done');
+      log.info(
+        {
+          trigger,
+          generation: report.generation,
+          result: report.result,
+          changed: report.changed.length,
+          removed: report.removed.length,
+          refused: report.refused.length,
+          durationMs: Math.round(report.durationMs),
+        },
+        'reload done',
+      );
     }
     this.#options.onReport?.(report, next);
     return report;

@@ -87,7 +87,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 
   const configReads = new Map<string, { entry: ProxyConfig['certificates'][number]; file: SettlingRead<ChainFile> }>();
   for (const entry of config.certificates) {
-    configReads.set(entry.name, { entry, file: new SettlingRead(() => readChainFile(entry.chain), (f) => sha256(f.text), (f) => f.changedAtMs) });
+    configReads.set(entry.name, {
+      entry,
+      file: new SettlingRead(
+        () => readChainFile(entry.chain),
+        (f) => sha256(f.text),
+        (f) => f.changedAtMs,
+      ),
+    });
   }
 
   const listed = new Set<string>();
@@ -105,7 +112,11 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       records.set(ref.name, kept);
       continue;
     }
-    const file = new SettlingRead(() => store.read(ref.name), (e) => sha256(`${e.chainText}\0${JSON.stringify(e.meta)}`), () => ref.changedAtMs);
+    const file = new SettlingRead(
+      () => store.read(ref.name),
+      (e) => sha256(`${e.chainText}\0${JSON.stringify(e.meta)}`),
+      () => ref.changedAtMs,
+    );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
   }
   for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
@@ -168,7 +179,11 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 
   const sniDefault = config.sni.default;
   if (sniDefault !== null && !records.has(sniDefault)) {
-    throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`);
+    throw new ConfigError(
+      config.source,
+      'sni.default',
+      `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`,
+    );
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
   const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);

@@ -22,7 +22,20 @@ import { prepareServing } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
-const RESTART_ONLY = ['workers', 'listen', 'httpRedirect', 'admin', 'keyserver', 'stateDir', 'certStore', 'tls', 'limits', 'forwarding', 'log', 'shutdownGraceMs'] as const;
+const RESTART_ONLY = [
+  'workers',
+  'listen',
+  'httpRedirect',
+  'admin',
+  'keyserver',
+  'stateDir',
+  'certStore',
+  'tls',
+  'limits',
+  'forwarding',
+  'log',
+  'shutdownGraceMs',
+] as const;
 
 export interface NextServing {
   readonly delta: ServingDelta;
@@ -98,7 +111,8 @@ export class ServingSource {
       // nothing to keep serving, and the keyless bridge checks each key
       // against its chain when it reaches the key server, so the proxy comes
       // up and reports not ready until then.
-      if (this.#generation > 0) throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot validate against the key server: ${(err as Error).message}`, { cause: err });
+      if (this.#generation > 0)
+        throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot validate against the key server: ${(err as Error).message}`, { cause: err });
       this.#onUnverified?.((err as Error).message);
     }
     let lookup = client;

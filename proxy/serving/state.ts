@@ -84,7 +84,8 @@ export function applyDelta(
 /** A served certificate backed by its record; the X.509 objects are parsed on first access. */
 export function servedFromRecord(record: CertificateRecord): ServedCertificate {
   let parsed: x509.X509Certificate[] | undefined;
-  const chain = (): x509.X509Certificate[] => (parsed ??= [...record.chainPem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g)].map((m) => new x509.X509Certificate(m[0])));
+  const chain = (): x509.X509Certificate[] =>
+    (parsed ??= [...record.chainPem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g)].map((m) => new x509.X509Certificate(m[0])));
   return {
     name: record.name,
     source: record.source,

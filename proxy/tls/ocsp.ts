@@ -130,7 +130,10 @@ export class OcspStapler {
       } catch (err) {
         delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]!;
         failures++;
-        this.#log.warn({ certificate: certificate.name, responder: url, retryInMs: delay, reason: (err as Error).message }, 'OCSP fetch failed; serving without a fresh staple');
+        this.#log.warn(
+          { certificate: certificate.name, responder: url, retryInMs: delay, reason: (err as Error).message },
+          'OCSP fetch failed; serving without a fresh staple',
+        );
       }
       if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };

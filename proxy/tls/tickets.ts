@@ -76,7 +76,8 @@ export class TicketKeyRing {
 
   /** `keys` newest first (a fresh one by default); `kept` bounds what `rotate` keeps. */
   constructor(keys: readonly Buffer[] = [newTicketKey()], kept = TICKET_KEYS_KEPT) {
-    if (!Number.isInteger(kept) || kept < 1 || kept > MAX_TICKET_KEYS) throw new RangeError(`a ticket key ring keeps 1 to ${MAX_TICKET_KEYS} keys, not ${kept}`);
+    if (!Number.isInteger(kept) || kept < 1 || kept > MAX_TICKET_KEYS)
+      throw new RangeError(`a ticket key ring keeps 1 to ${MAX_TICKET_KEYS} keys, not ${kept}`);
     this.#kept = kept;
     this.#keys = parseKeys(keys);
   }
@@ -206,7 +207,11 @@ export function ticketRingMessage(ring: TicketKeyRing, generation: number): Tick
 export function isTicketKeyMessage(message: unknown): message is TicketKeyMessage {
   if (typeof message !== 'object' || message === null) return false;
   const m = message as { type?: unknown; key?: unknown; previous?: unknown };
-  return m.type === 'keyedge:ticket-key' && typeof m.key === 'string' && (m.previous === undefined || (Array.isArray(m.previous) && m.previous.every((p) => typeof p === 'string')));
+  return (
+    m.type === 'keyedge:ticket-key' &&
+    typeof m.key === 'string' &&
+    (m.previous === undefined || (Array.isArray(m.previous) && m.previous.every((p) => typeof p === 'string')))
+  );
 }
 
 /** Every key of the message, newest first; throws a RangeError on a malformed one. */

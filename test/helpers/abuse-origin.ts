@@ -18,7 +18,17 @@ export const BIG_BYTES = 8 * 1024 * 1024;
 
 export interface AbuseOrigin {
   readonly port: number;
-  readonly stats: { aborted: number; bodiesAborted: number; answersAborted: number; inFlight: number; maxInFlight: number; connections: number; closed: number; posts: number; gets: number };
+  readonly stats: {
+    aborted: number;
+    bodiesAborted: number;
+    answersAborted: number;
+    inFlight: number;
+    maxInFlight: number;
+    connections: number;
+    closed: number;
+    posts: number;
+    gets: number;
+  };
   close(): Promise<void>;
 }
 

@@ -347,10 +347,15 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
   const lab = await startKeylessLab();
   const origin = await startAbuseOrigin();
   const cert = await lab.certificate(name, lab.keys.ec, [host]);
-  const proxy = await startClusterProxy(lab, name, (p) => {
-    writeFileSync(join(p.storeDir, `${name}.pem`), readFileSync(cert.file));
-    return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
-  }, env);
+  const proxy = await startClusterProxy(
+    lab,
+    name,
+    (p) => {
+      writeFileSync(join(p.storeDir, `${name}.pem`), readFileSync(cert.file));
+      return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
+    },
+    env,
+  );
   await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
   return {
     lab,

@@ -15,7 +15,7 @@ export interface Run {
 export function run(command: string, args: readonly string[], input = '', timeoutMs = 15_000): Promise<Run> {
   return new Promise((resolve) => {
     const child = execFile(command, args, { timeout: timeoutMs, encoding: 'utf8' }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1;
+      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1;
       resolve({ code, stdout, stderr });
     });
     child.stdin?.end(input);
@@ -23,15 +23,43 @@ export function run(command: string, args: readonly string[], input = '', timeou
 }
 
 export function curl(port: number, host: string, caFile: string, extra: readonly string[] = [], path = '/'): Promise<Run> {
-  return run('curl', ['-sS', '--max-time', '10', '-D', '-', '--cacert', caFile, '--resolve', `${host}:${port}:127.0.0.1`, ...extra, `https://${host}:${port}${path}`]);
+  return run('curl', [
+    '-sS',
+    '--max-time',
+    '10',
+    '-D',
+    '-',
+    '--cacert',
+    caFile,
+    '--resolve',
+    `${host}:${port}:127.0.0.1`,
+    ...extra,
+    `https://${host}:${port}${path}`,
+  ]);
 }
 
 /** openssl s_client sending one GET; `args` adds version, sigalgs, cipher flags. */
-export function sClient(port: number, servername: string | undefined, caFile: string, args: readonly string[] = [], host = servername ?? 'lab.test'): Promise<Run> {
+export function sClient(
+  port: number,
+  servername: string | undefined,
+  caFile: string,
+  args: readonly string[] = [],
+  host = servername ?? 'lab.test',
+): Promise<Run> {
   const request = `GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`;
   return run(
     'openssl',
-    ['s_client', '-connect', `127.0.0.1:${port}`, ...(servername === undefined ? ['-noservername'] : ['-servername', servername]), '-CAfile', caFile, '-verify_return_error', '-ign_eof', ...args],
+    [
+      's_client',
+      '-connect',
+      `127.0.0.1:${port}`,
+      ...(servername === undefined ? ['-noservername'] : ['-servername', servername]),
+      '-CAfile',
+      caFile,
+      '-verify_return_error',
+      '-ign_eof',
+      ...args,
+    ],
     request,
   );
 }

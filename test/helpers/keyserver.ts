@@ -85,19 +85,12 @@ export interface ProvisionedKey {
  * Opens the config's token (creating the embedded one on first use), makes the
  * keys, runs `extra` with the open token, and finalises the module again.
  */
-export function provisionKeys(
-  config: KeyserverConfig,
-  specs: readonly KeySpec[],
-  extra?: (token: Token) => void,
-): Record<string, ProvisionedKey> {
+export function provisionKeys(config: KeyserverConfig, specs: readonly KeySpec[], extra?: (token: Token) => void): Record<string, ProvisionedKey> {
   const token = Token.open(tokenOptions(config));
   try {
     const out: Record<string, ProvisionedKey> = {};
     for (const spec of specs) {
-      const key =
-        spec.pem !== undefined
-          ? importKey(token, spec.pem, spec.label, `${spec.label}.pem`)
-          : generateKey(token, spec.type ?? 'ec-p256', spec.label);
+      const key = spec.pem !== undefined ? importKey(token, spec.pem, spec.label, `${spec.label}.pem`) : generateKey(token, spec.type ?? 'ec-p256', spec.label);
       out[spec.label] = {
         keyId: key.keyId,
         label: key.label,
@@ -259,7 +252,10 @@ export class RawConnection {
 }
 
 /** A 12-byte header followed by `body`; every field settable, nothing checked. */
-export function rawFrame(fields: { version?: number; opcode: number; reserved?: number; id: number; bodyLength?: number }, body: Buffer = Buffer.alloc(0)): Buffer {
+export function rawFrame(
+  fields: { version?: number; opcode: number; reserved?: number; id: number; bodyLength?: number },
+  body: Buffer = Buffer.alloc(0),
+): Buffer {
   const header = Buffer.alloc(12);
   header[0] = fields.version ?? 1;
   header[1] = fields.opcode;

@@ -35,7 +35,14 @@ export function indexSerial(leaf: Issued): string {
 export function writeResponderFiles(dir: string, ca: TestCa, entries: readonly IndexEntry[]): { index: string; caCert: string; caKey: string } {
   const lines = entries.map(({ leaf, status, revokedAt }) => {
     const revoked = status === 'revoked' ? indexTime(revokedAt ?? new Date(Date.now() - 3_600_000)) : '';
-    return [status === 'good' ? 'V' : 'R', indexTime(leaf.cert.notAfter), revoked, indexSerial(leaf), 'unknown', `/${leaf.cert.subject.replace(/, */g, '/')}`].join('\t');
+    return [
+      status === 'good' ? 'V' : 'R',
+      indexTime(leaf.cert.notAfter),
+      revoked,
+      indexSerial(leaf),
+      'unknown',
+      `/${leaf.cert.subject.replace(/, */g, '/')}`,
+    ].join('\t');
   });
   const index = join(dir, 'index.txt');
   writeFileSync(index, lines.map((l) => `${l}\n`).join(''));

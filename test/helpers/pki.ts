@@ -111,13 +111,9 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
   const subject = `CN=${options.commonName}`;
   const extensions: x509.Extension[] = [
     await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    options.isCa
-      ? new x509.BasicConstraintsExtension(true, undefined, true)
-      : new x509.BasicConstraintsExtension(false, undefined, true),
+    options.isCa ? new x509.BasicConstraintsExtension(true, undefined, true) : new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(
-      options.isCa
-        ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature
-        : x509.KeyUsageFlags.digitalSignature,
+      options.isCa ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature : x509.KeyUsageFlags.digitalSignature,
       true,
     ),
   ];
@@ -163,7 +159,10 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
 /** A self-signed root CA (EC P-256 unless told otherwise), valid from a minute ago for ten days, self-signed with `signatureHash`. */
 export async function createCa(name: string, keyAlgorithm: TestKeyAlgorithm = 'ec-p256', signatureHash: TestSignatureHash = 'SHA-256'): Promise<TestCa> {
   const notBefore = new Date(Date.now() - 60_000);
-  const issued = await build({ commonName: name, keyAlgorithm, isCa: true, notBefore, notAfter: new Date(notBefore.getTime() + 10 * DAY_MS), signatureHash }, undefined);
+  const issued = await build(
+    { commonName: name, keyAlgorithm, isCa: true, notBefore, notAfter: new Date(notBefore.getTime() + 10 * DAY_MS), signatureHash },
+    undefined,
+  );
   return { ...issued, name };
 }
 

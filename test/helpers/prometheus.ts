@@ -83,7 +83,10 @@ export interface RunningPrometheus {
 interface ApiAnswer {
   readonly status: 'success' | 'error';
   readonly error?: string;
-  readonly data?: { readonly resultType: string; readonly result: readonly { readonly metric: Record<string, string>; readonly value: readonly [number, string] }[] };
+  readonly data?: {
+    readonly resultType: string;
+    readonly result: readonly { readonly metric: Record<string, string>; readonly value: readonly [number, string] }[];
+  };
 }
 
 /** Prometheus's config as JSON, which its YAML parser reads as flow style. */
@@ -152,7 +155,9 @@ export async function startPrometheus(targets: readonly ScrapeTarget[], binary =
       }
       if (!alive()) throw new Error(`prometheus exited (${child.exitCode ?? child.signalCode}) while waiting for ${what}:\n${stderr}`);
       if (Date.now() > deadline) {
-        throw new Error(`prometheus: no ${what} within ${WAIT_MS / 1000} s; ${expr} gave ${last instanceof Error ? last.message : JSON.stringify(last)}; targets: ${await targetStates()}`);
+        throw new Error(
+          `prometheus: no ${what} within ${WAIT_MS / 1000} s; ${expr} gave ${last instanceof Error ? last.message : JSON.stringify(last)}; targets: ${await targetStates()}`,
+        );
       }
       await sleep(200);
     }

@@ -75,7 +75,10 @@ export async function startClusterProxy(
   writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
   const writeConfig = (content: Record<string, unknown>): void => writeFileSync(configFile, JSON.stringify(content, null, 2));
   writeConfig(config({ port, adminPort, storeDir, tokenFile }));
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
+  });
   const lines: Record<string, unknown>[] = [];
   let pending = '';
   child.stdout!.on('data', (chunk: Buffer) => {
@@ -86,14 +89,18 @@ export async function startClusterProxy(
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    await waitFor('the proxy to be ready', async () => {
-      if (child.exitCode !== null) throw new Error(`the proxy exited (${child.exitCode}): ${JSON.stringify(lines.slice(-3))}`);
-      try {
-        return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined;
-      } catch {
-        return undefined;
-      }
-    }, 30_000);
+    await waitFor(
+      'the proxy to be ready',
+      async () => {
+        if (child.exitCode !== null) throw new Error(`the proxy exited (${child.exitCode}): ${JSON.stringify(lines.slice(-3))}`);
+        try {
+          return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      30_000,
+    );
   } catch (err) {
     // The test gets no handle to stop it with: a proxy left running would outlive the test run.
     if (child.exitCode === null) child.kill('SIGTERM');

@@ -154,7 +154,10 @@ export async function startKeylessLab(): Promise<KeylessLab> {
         log: { level: 'warn' },
         listen: [{ host: '127.0.0.1', port: 0 }],
         keyserver: { socket, timeoutMs: 250, breakerMs: 200 },
-        domains: [{ name: '*.lab.test', origin: `http://127.0.0.1:${originPort}` }, { name: 'lab.test', origin: `http://127.0.0.1:${originPort}` }],
+        domains: [
+          { name: '*.lab.test', origin: `http://127.0.0.1:${originPort}` },
+          { name: 'lab.test', origin: `http://127.0.0.1:${originPort}` },
+        ],
         ...overrides,
       });
     },

@@ -20,10 +20,13 @@ export function rawTls(port: number, host: string, ca: string, options: { localA
   return new Promise((resolve, reject) => {
     const started = Date.now();
     let received = '';
-    const socket = tls.connect({ host: '127.0.0.1', port, servername: host, ca, ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }) }, () => {
-      if (options.read === false) socket.pause();
-      resolve({ socket, text: () => received, closed, resume: () => void socket.on('data', collect).resume() });
-    });
+    const socket = tls.connect(
+      { host: '127.0.0.1', port, servername: host, ca, ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }) },
+      () => {
+        if (options.read === false) socket.pause();
+        resolve({ socket, text: () => received, closed, resume: () => void socket.on('data', collect).resume() });
+      },
+    );
     const closed = new Promise<number>((done) => socket.once('close', () => done(Date.now() - started)));
     const collect = (chunk: Buffer): void => void (received += chunk.toString('latin1'));
     if (options.read !== false) socket.on('data', collect);

@@ -20,7 +20,17 @@ export function request(
 ): Promise<Answer | { error: string }> {
   return new Promise((resolve) => {
     const req = https.request(
-      { host: '127.0.0.1', port, servername: host, ca, method: options.method ?? 'GET', path: options.path ?? '/', headers: { host, ...options.headers }, agent: options.agent ?? false, ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }) },
+      {
+        host: '127.0.0.1',
+        port,
+        servername: host,
+        ca,
+        method: options.method ?? 'GET',
+        path: options.path ?? '/',
+        headers: { host, ...options.headers },
+        agent: options.agent ?? false,
+        ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
+      },
       (res) => {
         let body = '';
         res.on('data', (d: Buffer) => (body += d.toString()));

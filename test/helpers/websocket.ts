@@ -16,7 +16,9 @@ export const CLOSE = 0x8;
 
 /** §4.2.2: the server's proof that it read the key. */
 export function acceptFor(key: string): string {
-  return createHash('sha1').update(key + GUID).digest('base64');
+  return createHash('sha1')
+    .update(key + GUID)
+    .digest('base64');
 }
 
 export function encodeFrame(opcode: number, payload: Buffer | string, masked: boolean): Buffer {
@@ -84,7 +86,13 @@ export interface ClientSocket {
  * Opens a WebSocket to `host` through the proxy at `port`. Resolves with the
  * socket after a valid 101, or with the status and body of any other answer.
  */
-export function openWebSocket(port: number, ca: string, host: string, path = '/', servername = host): Promise<ClientSocket | { status: number; headers: IncomingMessage['headers']; body: string }> {
+export function openWebSocket(
+  port: number,
+  ca: string,
+  host: string,
+  path = '/',
+  servername = host,
+): Promise<ClientSocket | { status: number; headers: IncomingMessage['headers']; body: string }> {
   const key = randomBytes(16).toString('base64');
   return new Promise((resolve, reject) => {
     const req = https.request({
