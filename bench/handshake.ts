@@ -8,7 +8,7 @@
  *   keyless-unix   `keyedge proxy` (cluster, N workers) + `keyedge keyserver`
  *                  (SoftHSM2 token) over its unix socket
  *   keyless-tcp    the same over mutual TLS on 127.0.0.1
- *   inmemory       the proxy's own modules with PEM key files
+ *   inmemory       the real proxy cluster with PEM key files behind its KeySource
  *   nginx-file     nginx (one process), PEM key files
  *   nginx-engine   nginx, libp11 engine on the same token
  *   nginx-p11kit   nginx, libp11 engine on p11-kit-client → `p11-kit server` → the token

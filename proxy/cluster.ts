@@ -35,7 +35,7 @@ import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { watchForChanges } from './serving/watch.js';
-import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker } from './worker.js';
+import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
@@ -56,6 +56,11 @@ const CRASH_LOOP_MS = 5_000;
 
 export function isShutdownMessage(message: unknown): boolean {
   return isMessage(message, SHUTDOWN.type);
+}
+
+/** A worker's word that it serves (an embedder of runPrimary can count them on cluster 'message'). */
+export function isReadyMessage(message: unknown): boolean {
+  return isMessage(message, READY.type);
 }
 
 /** How long the primary waits for every worker to apply a reload before calling it partial. */
@@ -340,8 +345,9 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
  * Runs one worker: waits for the primary's ticket key and serving state,
  * serves, applies each reload the primary sends, stops on the primary's word
  * or SIGTERM, or drains after an uncaught error (and exits non-zero).
+ * `options.keySource`: as WorkerOptions (embedding, benchmarks); `keyedge proxy` passes none.
  */
-export async function runWorker(config: ProxyConfig, log: Logger): Promise<void> {
+export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.
@@ -394,7 +400,7 @@ export async function runWorker(config: ProxyConfig, log: Logger): Promise<void>
   const delta = await initial;
   assert(ticketKeys !== undefined, 'the primary sends the ticket keys before the serving state');
   try {
-    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta });
+    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta, ...options });
   } catch (err) {
     const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_SETUP';
     process.send?.({ type: START_FAILED, code, message: (err as Error).message } satisfies StartFailedMessage);

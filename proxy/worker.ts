@@ -1,5 +1,5 @@
 /**
- * One proxy worker: HTTPS listeners terminating TLS with keyless keys, routing
+ * One proxy worker: HTTPS listeners terminating TLS with keyless keys (its KeySource), routing
  * each request to its domain's origin.
  *
  * Lifecycle: `startProxyWorker()` loads and checks every configured
@@ -35,7 +35,8 @@ import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
-import { type KeylessBridge, startKeylessBridge } from './keyless/bridge.js';
+import { startKeylessBridge } from './keyless/bridge.js';
+import type { KeySource } from './tls/key-source.js';
 import { SecureContextCache } from './tls/contexts.js';
 import { type TicketKeyLookup, TicketKeyRing, useTicketKeyRingOnServer } from './tls/tickets.js';
 import { selectByName } from './tls/names.js';
@@ -55,7 +56,8 @@ export interface RunningWorker {
   readonly ports: readonly number[];
   /** The plain-HTTP redirect listener's port, when configured. */
   readonly httpPort: number | undefined;
-  readonly bridge: KeylessBridge;
+  /** Where the worker's keys come from: the keyless bridge, or the source it was given. */
+  readonly keySource: KeySource;
   /** What serves now. */
   readonly state: ServingState;
   /** The primary's ticket keys, newest first (tickets.ts); a malformed key throws and keeps the current ones. */
@@ -83,11 +85,13 @@ export interface WorkerOptions {
   readonly metrics?: ProxyMetrics;
   /** What to serve, from the cluster primary; without it the worker prepares it from its config and the store. */
   readonly initial?: ServingDelta;
+  /** Where keys come from (embedding, benchmarks); defaults to the keyless bridge to `config.keyserver`. Not a config key. */
+  readonly keySource?: KeySource;
 }
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
   const { log } = options;
-  const bridge = startKeylessBridge(config.keyserver);
+  const keySource = options.keySource ?? startKeylessBridge(config.keyserver);
   let source: ServingSource | undefined;
   let initial = options.initial;
   if (initial === undefined) {
@@ -105,14 +109,14 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   // One ring for every context of this worker: a rotation reaches all of them at once.
   const tickets = new TicketKeyRing(options.ticketKeys);
   const countTicket = (lookup: TicketKeyLookup): void => metrics.ticketLookups.inc({ key: lookup });
-  const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => bridge.keyPemFor(c), {}, { ring: tickets, onLookup: countTicket });
+  const contexts = new SecureContextCache(config.tls.contextCacheSize, (c) => keySource.keyFor(c), {}, { ring: tickets, onLookup: countTicket });
   const profiles = [...new Set(config.listen.map((l) => l.profile))];
   const stapler = new OcspStapler(log);
   let state = EMPTY_STATE;
   const onConflict = (name: string, kept: string, dropped: string): void =>
     log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it');
 
-  const metrics = options.metrics ?? new ProxyMetrics(() => bridge.stats());
+  const metrics = options.metrics ?? new ProxyMetrics(() => keySource.stats());
   const limits = config.limits;
   const pools = new OriginPools({
     connectMs: limits.originConnectTimeoutMs,
@@ -189,7 +193,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const noSniContextOptions = (profile: TlsProfileName, certificate: ServedCertificate): tls.SecureContextOptions => ({
     ...TLS_PROFILES[profile],
     cert: certificate.chainPem,
-    key: bridge.keyPemFor(certificate),
+    key: keySource.keyFor(certificate),
   });
   try {
     apply(initial);
@@ -234,7 +238,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     const server = https.createServer(
       {
         ...TLS_PROFILES[profile],
-        ...(withDefault && state.noSni !== undefined ? { cert: state.noSni.chainPem, key: bridge.keyPemFor(state.noSni) } : {}),
+        ...(withDefault && state.noSni !== undefined ? { cert: state.noSni.chainPem, key: keySource.keyFor(state.noSni) } : {}),
         SNICallback: sniCallback(profile, () => state, contexts, log),
         // Over the limit, Node answers 431 itself; headers not complete in time, 408.
         maxHeaderSize: config.limits.maxHeaderBytes,
@@ -318,7 +322,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   return {
     ports,
     httpPort,
-    bridge,
+    keySource,
     get state() {
       return state;
     },
@@ -349,6 +353,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         stapler.stop();
         if (options.metrics === undefined) metrics.stop();
         await pools.close();
+        keySource.close();
       })();
       return closing;
     },

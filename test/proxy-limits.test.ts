@@ -152,7 +152,7 @@ describe('limits', () => {
   });
 
   it('closes connections over limits.maxConnectionsPerWorker at accept, counts them, and admits again once one closes', async () => {
-    const metrics = new ProxyMetrics(() => proxy.bridge.stats(), new Registry());
+    const metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
     // A second worker in this process: its metrics go to a registry of their own.
     const capped = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain }], limits: { maxConnectionsPerWorker: 2 } }), {
       log: createLogger('limits-test', 'silent'),

@@ -153,7 +153,7 @@ describe('SNI', () => {
 describe('SNI with onUnknown "default"', () => {
   it('serves the default certificate to a name nothing covers', async () => {
     const ec = await lab.certificate('ec-default', lab.keys.ec, ['ec.lab.test']);
-    const metrics = new ProxyMetrics(() => proxy.bridge.stats(), new Registry());
+    const metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
     const lenient = await startProxyWorker(
       lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'ec', onUnknown: 'default' } }),
       // A second worker in this process: its metrics go to a registry of their own.
@@ -177,7 +177,7 @@ describe('start-up refusals', () => {
       sni: { default: 'absent' },
       certStore: { dir: join(lab.dir, 'empty-store') },
     });
-    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.bridge.stats(), new Registry()) })).rejects.toMatchObject({
+    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) })).rejects.toMatchObject({
       code: 'KEYEDGE_ERR_CONFIG',
       message: expect.stringMatching(/sni\.default.*'absent'.*neither/),
     });
@@ -186,7 +186,7 @@ describe('start-up refusals', () => {
   it('refuses to start when a config certificate is unfit, naming it and why', async () => {
     const expired = await lab.certificate('ec-expired', lab.keys.ec, ['ec.lab.test'], { notAfter: new Date(Date.now() - 60_000) });
     const config = lab.proxyConfig({ certificates: [{ name: 'old', chain: expired.file }], certStore: { dir: join(lab.dir, 'empty-store') } });
-    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.bridge.stats(), new Registry()) })).rejects.toMatchObject({
+    await expect(startProxyWorker(config, { log, metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) })).rejects.toMatchObject({
       code: 'KEYEDGE_ERR_CONFIG',
       message: expect.stringMatching(/certificate 'old'.*expired/),
     });

@@ -55,7 +55,7 @@ export const HANDSHAKE_KEYS: readonly HandshakeKey[] = [
  * The servers a scenario can measure:
  *   keyless-unix   `keyedge proxy` + key server over its unix socket
  *   keyless-tcp    `keyedge proxy` + key server over mutual TLS on 127.0.0.1
- *   inmemory       the proxy's modules with PEM key files (bench/lib/handshake-inmemory.ts)
+ *   inmemory       the real proxy cluster with PEM key files behind its KeySource (bench/lib/handshake-inmemory.ts)
  *   nginx-file     nginx, PEM key files
  *   nginx-engine   nginx, libp11 engine on the SoftHSM2 token
  *   nginx-p11kit   nginx, libp11 engine on p11-kit-client.so → `p11-kit server` → the token

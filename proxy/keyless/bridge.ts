@@ -1,7 +1,8 @@
 /**
- * The one interface through which the proxy uses keys it does not hold.
- * Nothing else in the proxy knows how keys are bridged: it asks for the `key`
- * to hand to tls.createSecureContext and reads counters for its metrics.
+ * The product's KeySource (tls/key-source.ts): keys the proxy does not hold.
+ * Nothing else in the proxy knows how keys are bridged: the worker asks its
+ * key source for the `key` to hand to tls.createSecureContext and reads
+ * counters for its metrics.
  *
  * Behind it (proxy/native): an OpenSSL 3 provider inside this process that
  * decodes our keyless PEM block into a key whose private operations are RPCs
@@ -14,13 +15,13 @@ import { readFileSync } from 'node:fs';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import * as native from '../native/index.js';
+import type { KeySource } from '../tls/key-source.js';
 
 export type KeylessStats = native.BridgeStats;
 
-export interface KeylessBridge {
+export interface KeylessBridge extends KeySource {
   /** The `key` option for tls.createSecureContext: a reference to the key server's key, not a key. */
-  keyPemFor(certificate: Pick<ServedCertificate, 'keyId' | 'spki'>): string;
-  stats(): KeylessStats;
+  keyFor(certificate: Pick<ServedCertificate, 'keyId' | 'spki'>): string;
 }
 
 export function startKeylessBridge(endpoint: ProxyConfig['keyserver']): KeylessBridge {
@@ -42,7 +43,9 @@ export function startKeylessBridge(endpoint: ProxyConfig['keyserver']): KeylessB
           },
   });
   return {
-    keyPemFor: (certificate) => native.keylessKeyPem(Buffer.from(certificate.keyId, 'hex'), certificate.spki),
+    keyFor: (certificate) => native.keylessKeyPem(Buffer.from(certificate.keyId, 'hex'), certificate.spki),
     stats: () => native.stats(),
+    // The provider's connection belongs to the process (one per process, kept for its life): nothing to release per worker.
+    close: () => undefined,
   };
 }

@@ -22,7 +22,7 @@ import type { ServedCertificate } from '../certs/certificate.js';
 import { TLS_PROFILES } from './profile.js';
 import { type TicketKeyLookup, type TicketKeyRing, useTicketKeyRing } from './tickets.js';
 
-export type KeyPemFor = (certificate: ServedCertificate) => string;
+export type KeyPemFor = (certificate: ServedCertificate) => string | Buffer;
 
 /** Session-ticket keys every context built here uses (tickets.ts), so a socket secured directly with one shares and renews tickets. */
 export interface ContextTickets {

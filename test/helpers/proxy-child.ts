@@ -31,7 +31,7 @@ delay.enable();
 process.stdout.write(JSON.stringify({ port: worker.ports[0] }) + '\\n');
 createInterface({ input: process.stdin }).on('line', (line) => {
   if (line.trim() !== 'stats') return;
-  const answer = { maxDelayMs: delay.max / 1e6, bridge: worker.bridge.stats() };
+  const answer = { maxDelayMs: delay.max / 1e6, bridge: worker.keySource.stats() };
   delay.reset();
   process.stdout.write(JSON.stringify(answer) + '\\n');
 });
