@@ -88,7 +88,11 @@ export class KeyserverConnection {
       onError: (err) => this.#onFatal(err),
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('drain', () => socket.resume());
+    socket.on('drain', () => {
+      socket.resume();
+      // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
+      this.#deadline?.refresh();
+    });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
       this.#settleIdle();

@@ -40,6 +40,9 @@ function stallTimer(body: Readable, res: ServerResponse, timeoutMs: number): voi
     res.destroy();
   };
   const onPause = (): void => {
+    // A pipelined answer queued behind another has no socket yet: it waits on
+    // the answer before it, not on its client, so no stall is counted.
+    if (res.socket === null) return;
     timer ??= setTimeout(onStall, timeoutMs);
   };
   const onDrain = (): void => {
@@ -49,6 +52,12 @@ function stallTimer(body: Readable, res: ServerResponse, timeoutMs: number): voi
   };
   body.on('pause', onPause);
   res.on('drain', onDrain);
+  // Once a queued answer gets its socket, a body still held back starts the clock.
+  if (res.socket === null) {
+    res.once('socket', () => {
+      if (body.isPaused()) onPause();
+    });
+  }
   res.once('close', () => {
     onDrain();
     body.off('pause', onPause);
