@@ -12,7 +12,7 @@ import { tokenOptions } from '../server/daemon.js';
 import { createCsr } from '../token/csr.js';
 import { KEY_TYPES, type KeyType, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
-import { type Command, parseCommandArgs, requireOption } from '../shared/command.js';
+import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
 
@@ -120,14 +120,7 @@ export const keyCommand: Command = {
           } else {
             const header = ['KEY ID (SPKI SHA-256)', 'LABEL', 'TYPE', 'NON-EXTRACTABLE', 'SKI (SHA-1)'];
             const lines = rows.map((r) => [r.keyId, r.label, r.type, String(!r.extractable && r.sensitive), r.ski]);
-            const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-            for (const line of [header, ...lines])
-              process.stdout.write(
-                `${line
-                  .map((cell, i) => cell.padEnd(widths[i]!))
-                  .join('  ')
-                  .trimEnd()}\n`,
-              );
+            process.stdout.write(formatTable(header, lines));
           }
           return 0;
         });

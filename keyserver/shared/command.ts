@@ -32,3 +32,17 @@ export function requireOption(value: string | undefined, flag: string, usage: st
   if (value === undefined || value === '') throw new UsageError(`missing ${flag}\n\n${usage}`);
   return value;
 }
+
+/** A plain-text table: `header` then `rows`, columns padded to their widest cell, two spaces apart, no trailing blanks. */
+export function formatTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows]
+    .map(
+      (row) =>
+        `${row
+          .map((cell, i) => cell.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd()}\n`,
+    )
+    .join('');
+}

@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
-import { type Command, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
+import { type Command, formatTable, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
@@ -197,14 +197,7 @@ async function list(values: Values): Promise<number> {
   }
   const header = ['NAME', 'STATUS', 'NOT AFTER', 'SERIAL', 'KEY ID', 'NAMES', 'ISSUER'];
   const lines = rows.map((r) => [r.name, r.status, r.notAfter ?? '-', r.serial ?? '-', r.keyId ?? '-', r.names?.join(',') ?? '-', r.issuer ?? r.error ?? '-']);
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
-  for (const line of [header, ...lines])
-    process.stdout.write(
-      `${line
-        .map((cell, i) => cell.padEnd(widths[i]!))
-        .join('  ')
-        .trimEnd()}\n`,
-    );
+  process.stdout.write(formatTable(header, lines));
   return 0;
 }
 
