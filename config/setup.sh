@@ -18,9 +18,11 @@ RUN="$VAR/run"
 KEYEDGE=(node "$ROOT/dist/keyedge.cjs")
 
 # Debian packages: what the product runs on, and what the tests drive it with
-# (prometheus: test/prometheus-e2e.test.ts scrapes both admin ports with a real one).
+# (prometheus: test/prometheus-e2e.test.ts scrapes both admin ports with a real one;
+# nghttp2-client and chromium: HTTP/2 clients; pebble: the ACME CA; etcd-server
+# and etcd-client: the fleet's store, several members per test).
 RUNTIME_PACKAGES=(softhsm2 openssl)
-TEST_PACKAGES=(curl prometheus)
+TEST_PACKAGES=(curl prometheus nghttp2-client chromium pebble etcd-server etcd-client)
 # `npm ci` builds two native addons (pkcs11js, proxy/native) with node-gyp, which
 # needs python3, make and g++: each is installed when it is not on PATH (a
 # toolchain from elsewhere, or a python3 outside dpkg, is fine).
