@@ -11,9 +11,10 @@
  * frame whose length cannot be trusted (FRAME_TOO_LARGE) is answered, then the
  * connection is closed, since the byte stream has lost its framing.
  *
- * Answers finished in the same event-loop turn are written as one batch
- * (cork, uncork on setImmediate): on a busy connection that turns many small
- * writes into one syscall, and over TLS into one record.
+ * Answers are batched into one write (one syscall, and over TLS one record):
+ * those made while a chunk is read (signed inline, refusals) go out when the
+ * chunk is done, with no extra turn of the event loop; those coming back from
+ * the signing threads are corked until the end of the event-loop turn.
  *
  * Frame deadline (SPEC.md, "Connection rules"): once the first byte of a frame
  * is in, the whole frame must follow within `frameTimeoutMs`, else the
@@ -71,6 +72,8 @@ export class KeyserverConnection {
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
   #corked = false;
+  /** True while a chunk is being read: answers made meanwhile ride on its cork. */
+  #reading = false;
   #idleWaiters: (() => void)[] = [];
 
   constructor(socket: Socket, client: ClientIdentity, context: ConnectionContext) {
@@ -115,7 +118,15 @@ export class KeyserverConnection {
 
   #onData(chunk: Buffer): void {
     const framesBefore = this.#frames;
-    this.#reader.push(chunk);
+    const socket = this.socket;
+    this.#reading = true;
+    socket.cork();
+    try {
+      this.#reader.push(chunk);
+    } finally {
+      this.#reading = false;
+      socket.uncork();
+    }
     if (this.#reader.bufferedBytes === 0 || this.#reader.failed) {
       clearTimeout(this.#deadline);
       this.#deadline = undefined;
@@ -194,7 +205,7 @@ export class KeyserverConnection {
   #send(response: Response): void {
     const socket = this.socket;
     if (socket.destroyed || !socket.writable) return;
-    if (!this.#corked) {
+    if (!this.#reading && !this.#corked) {
       this.#corked = true;
       socket.cork();
       // Once per event-loop turn, not per tick: signatures come back from the

@@ -6,9 +6,11 @@
  * is an error Response with a wire code (SPEC.md), and its reason goes to the
  * log, so the connection (and the daemon) carry on whatever a client sends.
  *
- * Deadline: a sign that has not finished within `requestTimeoutMs` (queueing
- * included) is answered DEADLINE_EXCEEDED at once; a signing worker skips it
- * if it has not started it yet, else its result is dropped.
+ * A sign made inline (sign-workers.ts: the usual case at handshake rates) is
+ * answered synchronously, with no promise or timer. Deadline: a sign sent to
+ * a signing thread that has not finished within `requestTimeoutMs` (queueing
+ * included) is answered DEADLINE_EXCEEDED at once; the thread skips it if it
+ * has not started it yet, else its result is dropped.
  */
 import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
@@ -21,6 +23,13 @@ import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import type { KeyStore } from './keystore.js';
 import type { KeyserverMetrics } from './metrics.js';
+
+type SignRequestOf = Extract<Request, { op: 'sign' }>;
+
+/** The algorithm's name for metric labels. */
+function algorithmName(request: SignRequestOf): string {
+  return algorithmInfo(request.algorithm)?.name ?? 'unknown';
+}
 
 export interface ServiceOptions {
   readonly signers: SigningWorkers;
@@ -71,7 +80,7 @@ export class SigningService {
     }
   }
 
-  #sign(request: Extract<Request, { op: 'sign' }>, client: ClientIdentity): Response | Promise<Response> {
+  #sign(request: SignRequestOf, client: ClientIdentity): Response | Promise<Response> {
     const key = this.#authorisedKey(request.keyId, request, client);
     if ('op' in key) return key;
     const algorithm = algorithmInfo(request.algorithm);
@@ -80,45 +89,64 @@ export class SigningService {
     if (!schemeFitsKey(algorithm.scheme, key)) {
       return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with ${key.kind} key ${key.keyId}`);
     }
-    const started = process.hrtime.bigint();
+    const started = performance.now();
+    let signed: Buffer | Promise<Buffer>;
+    try {
+      signed = this.#options.signers.sign(
+        key,
+        { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest },
+        Date.now() + this.#options.requestTimeoutMs,
+      );
+    } catch (err) {
+      return this.#signFailed(request, client, key, err, started);
+    }
+    // Signed inline (the usual case at handshake rates): answered at once, no deadline timer or promise needed.
+    if (!(signed instanceof Promise)) return this.#signed(request, key, algorithm, signed, started);
     return new Promise<Response>((resolve) => {
       let answered = false;
-      const answer = (response: Response): void => {
-        if (answered) return;
-        answered = true;
-        clearTimeout(timer);
-        this.#durationChild(algorithm.name).observe(Number(process.hrtime.bigint() - started) / 1e9);
-        resolve(response);
-      };
       const timer = setTimeout(() => {
-        answer(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
+        answered = true;
+        this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
+        resolve(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
       }, this.#options.requestTimeoutMs);
-      this.#signOnWorker(key, algorithm, request, Date.now() + this.#options.requestTimeoutMs).then(
-        (signature) => {
-          this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
-          if (!answered) this.#count(request, 'ok');
-          answer({ op: 'signature', id: request.id, signature });
+      signed.then(
+        (raw) => {
+          if (answered) {
+            // The token did sign, too late for the client: it still counts as a use of the key.
+            this.#countUse(key);
+            return;
+          }
+          clearTimeout(timer);
+          resolve(this.#signed(request, key, algorithm, raw, started));
         },
         (err: unknown) => {
           if (answered) return;
-          answer(this.#refuse(request, client, 'SIGN_FAILED', `token refused to sign with ${key.keyId}: ${ckrName(err)}`, err));
+          clearTimeout(timer);
+          resolve(this.#signFailed(request, client, key, err, started));
         },
       );
     });
   }
 
-  async #signOnWorker(key: TokenKey, algorithm: AlgorithmInfo, request: { digest: Buffer }, deadline: number): Promise<Buffer> {
-    let raw: Buffer;
-    try {
-      raw = await this.#options.signers.sign(key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest }, deadline);
-    } catch (err) {
-      // A key deleted from the token since the last scan: look again next time.
-      if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(ckrName(err))) this.#options.keys.invalidate();
-      throw err;
-    }
-    if (algorithm.scheme !== 'ecdsa') return raw;
+  #signed(request: SignRequestOf, key: TokenKey, algorithm: AlgorithmInfo, raw: Buffer, started: number): Response {
+    this.#countUse(key);
+    this.#count(request, 'ok');
     // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
-    return ecdsaRawToDer(raw);
+    const signature = algorithm.scheme === 'ecdsa' ? ecdsaRawToDer(raw) : raw;
+    this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
+    return { op: 'signature', id: request.id, signature };
+  }
+
+  #signFailed(request: SignRequestOf, client: ClientIdentity, key: TokenKey, err: unknown, started: number): Response {
+    const reason = ckrName(err);
+    // A key deleted from the token since the last scan: look again next time.
+    if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(reason)) this.#options.keys.invalidate();
+    this.#durationChild(algorithmName(request)).observe((performance.now() - started) / 1000);
+    return this.#refuse(request, client, 'SIGN_FAILED', `token refused to sign with ${key.keyId}: ${reason}`, err);
+  }
+
+  #countUse(key: TokenKey): void {
+    this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
   }
 
   /** The key if it exists and the client may use it, else the refusal to send. */

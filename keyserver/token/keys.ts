@@ -193,7 +193,11 @@ export function importKey(token: Token, pem: string | Buffer, label: string, sou
 }
 
 export function listKeys(token: Token): TokenKey[] {
-  return findObjects(token, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }])
+  // Token objects only: the key server's own session copies of these keys (session-keys.ts) are not more keys.
+  return findObjects(token, [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+  ])
     .map((handle) => readKeyOrUndefined(token, handle))
     .filter((key): key is TokenKey => key !== undefined);
 }

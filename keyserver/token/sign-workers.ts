@@ -2,39 +2,52 @@
  * Signing on worker threads, one token session each.
  *
  * Why threads and not pkcs11js's async C_Sign: C_SignInit has no async form,
- * and with SoftHSM2 it is the dearer half (it re-reads the key object from
- * the token's files: about 55 µs for ECDSA P-256, more than C_Sign's 30 µs),
- * so on the event loop it capped the whole key server at one core's worth of
- * C_SignInit. Here C_SignInit and C_Sign run back to back on a worker, and the
- * event loop only frames requests. Requests reaching a worker in the same
- * tick travel as one message, so the hand-off costs a few microseconds.
+ * and with a token object SoftHSM2 makes it the dearer half (it re-reads the
+ * key object from the token's files), so on the event loop alone it capped the
+ * whole key server at one core's worth of C_SignInit. On a thread C_SignInit
+ * and C_Sign run back to back. Requests reaching a worker in the same tick
+ * travel as one message, so under load the hand-off is amortised.
  *
  * PKCS#11 handles belong to the process (v2.40 §5.2): sessions and key
  * handles opened by the main thread's Token are used as they are. A worker
  * loads the same module, whose C_Initialize answers
  * CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and never calls C_Finalize.
  *
- * When nothing is queued, an ECDSA signature is made right on the event loop
- * instead: at handshake rates (one request at a time) the hand-off wakes a
- * thread and then the loop for every request, which measured about 500 µs of
- * CPU per sign on a busy core, several times the ~90 µs of an ECDSA
- * C_SignInit + C_Sign. RSA (~800 µs) always goes to a thread, and so does
- * everything once a queue forms, so the loop never stalls on the token.
+ * While the event loop has time to spare, a signature is made right on it
+ * instead, ECDSA and RSA alike: at handshake rates (one request at a time)
+ * the hand-off wakes a thread and then the loop for every request, which
+ * measured 150-250 µs of main-thread CPU per sign on a busy core, more than an
+ * ECDSA sign itself. So that the loop never stalls on the token under load,
+ * inline signing may use at most INLINE_SHARE of the loop's time, in bursts of
+ * at most INLINE_BURST_MS (a token bucket; one RSA-2048 sign is about 0.6 ms);
+ * past that, requests go to the threads, batched per tick. A request never
+ * waits behind the threads' queue while the loop could sign it.
  *
- * Contract: `sign()` resolves with the raw signature or rejects with the
- * token's CKR_ reason; a request whose deadline passed before a worker got to
- * it is skipped (rejects with 'deadline') and costs the token nothing. One
+ * Keys are signed through their session copies (session-keys.ts), which
+ * spares the token re-reading its stored object on every C_SignInit.
+ *
+ * Contract: `sign()` returns the raw signature (signed inline) or a promise of
+ * it (signed on a thread); either way a failure is a TokenError with the
+ * token's CKR_ reason (thrown, or a rejection). A request whose deadline
+ * passed before a worker got to it is skipped (rejects with 'deadline') and
+ * costs the token nothing. One
  * request runs at a time per worker. `close()` waits for what was sent, then
  * stops the workers; the Token is closed after that by its owner.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import pkcs11js from 'pkcs11js';
+import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
 import type { TokenKey } from './keys.js';
-import { signPlan, type SignRequest } from './sign.js';
+import { type SignPlan, signPlan, type SignRequest } from './sign.js';
+import { SessionKeys } from './session-keys.js';
 import type { Token } from './token.js';
+
+/** Inline signs may take at most this share of the event loop's time... */
+const INLINE_SHARE = 0.5;
+/** ...in bursts of at most this much signing (about three RSA-2048 signs). */
+const INLINE_BURST_MS = 2;
 
 interface Job {
   readonly id: number;
@@ -101,8 +114,12 @@ export class SigningWorkers {
   #flushScheduled = false;
   #drainWaiters: (() => void)[] = [];
   #closed = false;
-  /** The event loop's own session, for ECDSA signs while no thread is busy. */
+  /** The event loop's own session, for signs while no thread is busy; it also owns the key copies. */
   readonly #inlineSession: pkcs11js.Handle;
+  readonly #sessionKeys: SessionKeys;
+  /** Token bucket of inline signing time (ms): refills at INLINE_SHARE of the time passing, up to INLINE_BURST_MS. */
+  #inlineBudgetMs = INLINE_BURST_MS;
+  #inlineCheckedAt = 0;
 
   constructor(token: Token, modulePath: string, count: number) {
     assert.ok(count >= 1);
@@ -110,6 +127,7 @@ export class SigningWorkers {
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
     this.#inlineSession = token.openSession();
+    this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
     const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
     for (let i = 0; i < this.size; i++) {
       const session = token.openSession();
@@ -127,27 +145,40 @@ export class SigningWorkers {
     return this.#pending.size;
   }
 
-  sign(key: TokenKey, request: SignRequest, deadline: number): Promise<Buffer> {
+  sign(key: TokenKey, request: SignRequest, deadline: number): Buffer | Promise<Buffer> {
     if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
     const plan = signPlan(key, request);
-    if (plan.mechanism.mechanism === pkcs11js.CKM_ECDSA && this.#pending.size === 0 && !this.#flushScheduled) {
-      try {
-        this.#token.pkcs11.C_SignInit(this.#inlineSession, plan.mechanism, key.privateHandle);
-        return Promise.resolve(this.#token.pkcs11.C_Sign(this.#inlineSession, plan.input, Buffer.allocUnsafe(plan.outputBytes)));
-      } catch (err) {
-        return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed'));
-      }
-    }
+    const now = performance.now();
+    const handle = this.#sessionKeys.handleFor(key, now);
+    if (this.#inlineBudgetLeft(now)) return this.#signInline(handle, plan, now);
     const id = ++this.#nextId;
     const lane = this.#leastLoaded();
     lane.load++;
-    lane.batch.push({ id, key: key.privateHandle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline });
+    lane.batch.push({ id, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline });
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       // Everything asked for in this tick goes out as one message per worker.
       process.nextTick(() => this.#flush());
     }
     return new Promise((resolve, reject) => this.#pending.set(id, { lane, resolve, reject }));
+  }
+
+  #inlineBudgetLeft(now: number): boolean {
+    this.#inlineBudgetMs = Math.min(INLINE_BURST_MS, this.#inlineBudgetMs + (now - this.#inlineCheckedAt) * INLINE_SHARE);
+    this.#inlineCheckedAt = now;
+    return this.#inlineBudgetMs > 0;
+  }
+
+  #signInline(handle: pkcs11js.Handle, plan: SignPlan, started: number): Buffer {
+    const pkcs11 = this.#token.pkcs11;
+    try {
+      pkcs11.C_SignInit(this.#inlineSession, plan.mechanism, handle);
+      return pkcs11.C_Sign(this.#inlineSession, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+    } catch (err) {
+      throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
+    } finally {
+      this.#inlineBudgetMs -= performance.now() - started;
+    }
   }
 
   /** Resolves once every job sent has been answered. */
@@ -161,6 +192,7 @@ export class SigningWorkers {
     await this.drained();
     await Promise.all(this.#lanes.map((lane) => lane.worker.terminate()));
     for (const lane of this.#lanes) this.#token.closeSession(lane.session);
+    this.#sessionKeys.clear();
     this.#token.closeSession(this.#inlineSession);
   }
 
