@@ -45,7 +45,7 @@ import { SessionKeys } from './session-keys.js';
 import type { Token } from './token.js';
 
 /** Inline signs may take at most this share of the event loop's time... */
-const INLINE_SHARE = 0.5;
+const INLINE_SHARE = 0.75;
 /** ...in bursts of at most this much signing (about three RSA-2048 signs). */
 const INLINE_BURST_MS = 2;
 
