@@ -30,7 +30,7 @@ import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.
 import type { Logger } from '../keyserver/shared/log.js';
 import { startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
-import { uncaughtErrorsCounter } from './metrics.js';
+import { registerFleetStoreMetrics, uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
@@ -118,6 +118,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   }
   const primaryRegistry = new Registry();
   const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
+  if (shared !== undefined) registerFleetStoreMetrics(primaryRegistry, () => shared.health);
   reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
   const warned = new Map<string, number>();
   const warnExpiry = (): void => {
