@@ -28,6 +28,7 @@ function fleetNode(name: string): Promise<ClusterProxy> {
       stateDir: join(lab.dir, name, 'state'),
       workers: 1,
       log: { level: 'warn' },
+      shutdownGraceMs: 1_000,
       etcd: { endpoints: etcd.endpoints, prefix: PREFIX, timeoutMs: 1_000 },
     }),
   );
@@ -92,7 +93,7 @@ describe('a fleet of two nodes on etcd', () => {
     const bad = await nodeA.admin('PUT', '/routes/bad.fleet.test', JSON.stringify({ name: 'bad.fleet.test', origin: 'ftp://x' }));
     expect(bad.status).toBe(422);
     expect(bad.text).toContain('KEYEDGE_ERR_CONFIG');
-  });
+  }, 60_000);
 
   it('resumes on node B a ticket issued by node A, and old tickets after a fleet-wide rotation', async () => {
     const first = await nodeGet(nodeA.port, 'one.fleet.test', ca, { minVersion: 'TLSv1.3' });
@@ -116,7 +117,7 @@ describe('a fleet of two nodes on etcd', () => {
       const old = await nodeGet(node.port, 'one.fleet.test', ca, { minVersion: 'TLSv1.3', session: first.session! });
       expect({ ok: old.ok, resumed: old.resumed }).toEqual({ ok: true, resumed: true });
     }
-  });
+  }, 60_000);
 
   it('loses no handshake when the etcd leader is killed under load, and takes writes again after', async () => {
     let running = true;
@@ -148,7 +149,7 @@ describe('a fleet of two nodes on etcd', () => {
     console.log(`etcd leader killed under load: ${ok} handshakes, ${failures.length} failed`);
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(50);
-  });
+  }, 60_000);
 
   it('keeps serving with every etcd member stopped: degraded, writes refused, and converges once etcd returns', async () => {
     const three = await lab.certificate('three', lab.keys.ec, ['three.fleet.test']);

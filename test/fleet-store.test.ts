@@ -99,6 +99,16 @@ describe('the fleet store mirror', () => {
     expect(cache).not.toContain('tickets');
     const key = sharedTicketKeys(a)!.keys[0]!.toString('base64');
     expect(cache).not.toContain(key);
+
+    // The per-name lock behind the store (certificate orders): one node at a time, never in the mirror.
+    const held = await a.lock('issue/site.test', { ttlSeconds: 10, waitMs: 0 });
+    expect(held).toBeDefined();
+    expect(await b.lock('issue/site.test', { ttlSeconds: 10, waitMs: 0 })).toBeUndefined();
+    expect(a.keys('locks/')).toEqual([]);
+    await held!.release();
+    const next = await b.lock('issue/site.test', { ttlSeconds: 10, waitMs: 5_000 });
+    expect(next).toBeDefined();
+    await next!.release();
   });
 
   it('drops a change older than what it holds', async () => {

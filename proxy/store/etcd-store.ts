@@ -30,6 +30,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store.js';
 import { readCache, writeCache } from './cache.js';
+import { acquireLock, type HeldLock, type LockOptions } from './lock.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
 
 /** How often etcd is probed; also the bound on how long a lost watch goes unnoticed. */
@@ -209,6 +210,21 @@ export class EtcdStore implements EntryStorage {
     this.#apply(key, value, revision, changes);
     this.#revision = Math.max(this.#revision, revision);
     this.#changed(changes);
+  }
+
+  /**
+   * A fleet-wide lock named `name` (`issue/<domain>` for a certificate order,
+   * say): resolves with it once held (its `fence` to compare in every write
+   * made under it, lock.ts), or undefined when another node kept it for
+   * `waitMs`. Refused with StoreUnavailableError while etcd is away.
+   */
+  async lock(name: string, options: LockOptions): Promise<HeldLock | undefined> {
+    this.assertWritable();
+    try {
+      return await acquireLock(this.client, this.prefix + LOCKS + name, options);
+    } catch (err) {
+      throw new StoreUnavailableError(`the fleet's store (etcd) could not lock ${name}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   async close(): Promise<void> {

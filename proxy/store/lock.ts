@@ -75,20 +75,20 @@ async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
   };
 }
 
-/** Resolves when `key` is deleted, or after `waitMs`, whichever is first. */
+/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away. */
 async function released(client: Etcd3, key: string, waitMs: number): Promise<void> {
-  const watcher = await client.watch().key(key).create();
+  // Not create(): it waits for the stream to connect, which never happens while etcd is away.
+  const watcher = client.watch().key(key).watcher();
   try {
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, waitMs);
-      watcher.once('delete', () => {
+      const done = (): void => {
         clearTimeout(timer);
         resolve();
-      });
-      watcher.once('error', () => {
-        clearTimeout(timer);
-        resolve();
-      });
+      };
+      watcher.once('delete', done);
+      // An error ends the wait early; the next try says whether etcd answers.
+      watcher.on('error', done);
     });
   } finally {
     await watcher.cancel().catch(() => undefined);
