@@ -107,8 +107,15 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     reloadConfig: configFile !== undefined,
     onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
   });
-  const first = await source.next();
-  refuseStartOnConfigCertificates(config, first);
+  let first: Awaited<ReturnType<ServingSource['next']>>;
+  try {
+    first = await source.next();
+    refuseStartOnConfigCertificates(config, first);
+  } catch (err) {
+    // The etcd client's connections would keep a refused start from exiting.
+    await shared?.close();
+    throw err;
+  }
   source.commit(first);
   for (const refusal of first.refused) {
     log.error(
@@ -275,6 +282,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       });
     } catch (err) {
       clusterMetrics.stop();
+      await shared?.close();
       throw err;
     }
   }

@@ -1,8 +1,11 @@
 /**
  * The one reload path. Every trigger (start, a file change in the store or
- * the config, SIGHUP, the admin API) ends in `ServingSource.next()`, which
- * reloads the config file, reads the store, validates what changed and
- * returns the delta to apply; `commit()` records it once applied.
+ * the config, SIGHUP, the admin API, a change in the fleet's etcd) ends in
+ * `ServingSource.next()`, which reloads the config file, reads the store,
+ * validates what changed and returns the delta to apply; `commit()` records
+ * it once applied. The store is the certificate store directory, or in a
+ * fleet the etcd store's mirror (store/etcd-store.ts), whose routes are then
+ * added to the config file's domains.
  *
  * Owned by the cluster primary (or by a worker started on its own, as tests
  * and benchmarks do). Concurrency: one `next()`/`commit()` at a time; the
