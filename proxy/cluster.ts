@@ -180,7 +180,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     const holders = [...synced];
     for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) sendToWorker(worker, ticketRingMessage(tickets, generation));
     // Never the keys themselves: only how many the ring holds.
-    log.info({ keys: tickets.size, shared: shared !== undefined }, 'session ticket key rotated');
+    log.info({ keys: tickets.size }, 'session ticket key rotated');
     const applied = (): number => holders.filter((w) => (ticketsApplied.get(w) ?? -1) >= generation).length;
     await new Promise<void>((resolve) => {
       const done = (): void => {
