@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
 import { definedOnly } from './schema-kit.js';
-import { PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyFile } from './proxy-schema.js';
+import { type domainSchema, PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyDomain, type ProxyFile } from './proxy-schema.js';
 
 /** `source` of a config built without a file. */
 export const DEFAULTS_SOURCE = '(defaults)';
@@ -347,15 +347,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       intermediates: typeof c.certStore?.intermediates === 'string' ? fromConfigDir(c.certStore.intermediates) : D.certStore.intermediates,
     },
     sni: { default: c.sni?.default ?? D.sni.default, onUnknown: c.sni?.onUnknown ?? D.sni.onUnknown },
-    domains: (c.domains ?? []).map((d) => ({
-      name: d.name,
-      // The schema guarantees exactly one of the two; URLs are kept as origins (no trailing slash).
-      origins: (d.origins ?? [d.origin ?? '']).map((u) => new URL(u).origin),
-      originHost: d.originHost ?? null,
-      originTls: { ca: d.originTls?.ca === undefined ? null : fromConfigDir(d.originTls.ca), servername: d.originTls?.servername ?? null },
-      maxBodyBytes: d.maxBodyBytes ?? null,
-      hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
-    })),
+    domains: (c.domains ?? []).map((d) => resolveDomain(d, baseDir)),
     forwarding: { trustedProxies: [...(c.forwarding?.trustedProxies ?? D.forwarding.trustedProxies)] },
     tls: { ...D.tls, ...definedOnly(c.tls ?? {}) },
     admin:
@@ -369,6 +361,42 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
+    etcd:
+      c.etcd === undefined || c.etcd === null
+        ? D.etcd
+        : {
+            endpoints: c.etcd.endpoints.map((u) => new URL(u).origin),
+            prefix: c.etcd.prefix ?? D.etcdSettings.prefix,
+            tls:
+              c.etcd.tls === undefined || c.etcd.tls === null
+                ? null
+                : {
+                    ca: fromConfigDir(c.etcd.tls.ca),
+                    cert: c.etcd.tls.cert === undefined ? null : fromConfigDir(c.etcd.tls.cert),
+                    key: c.etcd.tls.key === undefined ? null : fromConfigDir(c.etcd.tls.key),
+                  },
+            auth:
+              c.etcd.auth === undefined || c.etcd.auth === null
+                ? null
+                : { username: c.etcd.auth.username, passwordFile: fromConfigDir(c.etcd.auth.passwordFile) },
+            timeoutMs: c.etcd.timeoutMs ?? D.etcdSettings.timeoutMs,
+          },
+  };
+}
+
+/**
+ * One domain of the file's `domains` (or a route kept in the shared store) in
+ * its resolved form; relative paths resolve against `baseDir`.
+ */
+export function resolveDomain(d: z.output<typeof domainSchema>, baseDir: string): ProxyDomain {
+  return {
+    name: d.name,
+    // The schema guarantees exactly one of the two; URLs are kept as origins (no trailing slash).
+    origins: (d.origins ?? [d.origin ?? '']).map((u) => new URL(u).origin),
+    originHost: d.originHost ?? null,
+    originTls: { ca: d.originTls?.ca === undefined ? null : path.resolve(baseDir, d.originTls.ca), servername: d.originTls?.servername ?? null },
+    maxBodyBytes: d.maxBodyBytes ?? null,
+    hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
   };
 }
 

@@ -80,6 +80,26 @@ export interface ProxyConfig {
     readonly originQueueTimeoutMs: number;
   };
   readonly shutdownGraceMs: number;
+  /**
+   * The fleet's shared store (proxy/store/): certificates, routes and
+   * session-ticket keys in etcd under `prefix`, shared by every node that
+   * names the same prefix. null: the local certificate store (certStore) and
+   * this file's domains, one node on its own. Paths are absolute.
+   */
+  readonly etcd: EtcdSettings | null;
+}
+
+export interface EtcdSettings {
+  /** gRPC endpoints of the etcd members, http:// or https:// URLs. */
+  readonly endpoints: readonly string[];
+  /** Key prefix of this fleet, starting and ending with "/". */
+  readonly prefix: string;
+  /** TLS to etcd: its CA, and the node's client certificate when etcd asks for one (--client-cert-auth). */
+  readonly tls: { readonly ca: string; readonly cert: string | null; readonly key: string | null } | null;
+  /** etcd's own user/password auth; the password is read from a file, never put in this config. */
+  readonly auth: { readonly username: string; readonly passwordFile: string } | null;
+  /** Deadline of one etcd request (a read, a write, the health probe). */
+  readonly timeoutMs: number;
 }
 
 export interface ProxyDomain {
@@ -151,6 +171,15 @@ export const PROXY_DEFAULTS = Object.freeze({
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
+  // One node on its own needs no shared store: the certificate store directory is the embedded default.
+  etcd: null,
+  etcdSettings: Object.freeze({
+    // One fleet per etcd cluster unless told otherwise; a prefix per fleet lets several share one cluster.
+    prefix: '/keyedge/default/',
+    // etcd answers a quorum read in milliseconds; 2 s means the member or its quorum is gone,
+    // and a node then serves its last good state (degraded) rather than wait.
+    timeoutMs: 2_000,
+  }),
   forwarding: Object.freeze({
     // No peer is trusted unless listed: otherwise any client could forge the
     // address an origin sees in X-Forwarded-For.
@@ -253,6 +282,20 @@ function originKey(u: string): string {
   }
 }
 
+const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port';
+const etcdEndpoint = z.string({ error: ETCD_ENDPOINT_EXPECTED }).refine(
+  (u) => {
+    try {
+      const url = new URL(u);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.pathname === '/' && url.username === '' && url.search === '';
+    } catch {
+      return false;
+    }
+  },
+  { error: ETCD_ENDPOINT_EXPECTED },
+);
+const ETCD_PREFIX_EXPECTED = 'expected a key prefix such as "/keyedge/fleet-a/": starts and ends with "/", letters, digits, _ . - between';
+
 const HOST_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 const ADDRESS_BLOCK_EXPECTED = 'expected an IPv4 or IPv6 address, or a CIDR block such as "10.0.0.0/8" or "fd00::/8"';
@@ -308,7 +351,7 @@ const certificateSchema = strict(
   'an object { "name", "chain" }',
 );
 
-const domainSchema = strict(
+export const domainSchema = strict(
   {
     name: domainName,
     origin: originUrl.optional(),
@@ -400,6 +443,40 @@ export const proxyFileSchema = strict(
       .optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
+    etcd: strict(
+      {
+        endpoints: z
+          .array(etcdEndpoint, { error: 'expected a non-empty array of etcd endpoint URLs' })
+          .min(1, { error: 'expected at least one etcd endpoint' })
+          .max(32, { error: 'expected at most 32 etcd endpoints' }),
+        prefix: z
+          .string({ error: ETCD_PREFIX_EXPECTED })
+          .regex(/^\/([\w.-]+\/)+$/, { error: ETCD_PREFIX_EXPECTED })
+          .max(128, { error: ETCD_PREFIX_EXPECTED })
+          .optional(),
+        tls: strict(
+          {
+            ca: text("a PEM CA path (issuer of etcd's server certificates)"),
+            cert: text("a PEM path: this node's etcd client certificate").optional(),
+            key: text("a PEM path: this node's etcd client certificate key").optional(),
+          },
+          'an object { "ca", "cert", "key" }',
+        )
+          .refine((t) => (t.cert === undefined) === (t.key === undefined), { error: 'expected both "cert" and "key", or neither' })
+          .nullable()
+          .optional(),
+        auth: strict(
+          { username: text('an etcd user name'), passwordFile: text("a file path holding the etcd user's password") },
+          'an object { "username", "passwordFile" }',
+        )
+          .nullable()
+          .optional(),
+        timeoutMs: intIn(100, 60_000).optional(),
+      },
+      'an object { "endpoints", "prefix", "tls", "auth", "timeoutMs" }, or null',
+    )
+      .nullable()
+      .optional(),
     forwarding: strict(
       { trustedProxies: z.array(addressBlock, { error: 'expected an array of addresses or CIDR blocks' }).optional() },
       'an object { "trustedProxies" }',
@@ -435,6 +512,15 @@ export const proxyFileSchema = strict(
     const ks = isObject(cfg.keyserver) ? cfg.keyserver : {};
     if (ks.socket === null && (ks.tcp === null || ks.tcp === undefined)) {
       ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected a key server: "socket" or "tcp"' });
+    }
+    const etcd = isObject(cfg.etcd) ? cfg.etcd : undefined;
+    if (
+      etcd !== undefined &&
+      Array.isArray(etcd.endpoints) &&
+      !isObject(etcd.tls) &&
+      etcd.endpoints.some((e) => typeof e === 'string' && e.startsWith('https:'))
+    ) {
+      ctx.addIssue({ code: 'custom', path: ['etcd', 'tls'], message: 'https:// endpoints need "tls": { "ca" } to verify etcd' });
     }
     if (typeof ks.socket === 'string' && isObject(ks.tcp)) {
       ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected one key server transport: "socket" or "tcp", not both' });

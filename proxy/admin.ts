@@ -4,7 +4,10 @@
  *   GET /metrics  every worker's metrics, summed (prom-client AggregatorRegistry)
  *   GET /healthz  200 while the primary runs
  *   GET /readyz   200 once every worker has loaded its certificates and the
- *                 key server answers a ping; 503 with the reason otherwise
+ *                 key server answers a ping; 503 with the reason otherwise.
+ *                 A fleet node whose etcd is away answers 200 "degraded: ..."
+ *                 (with x-keyedge-degraded): it serves its last good state and
+ *                 should keep its traffic, but refuses changes
  *   GET /config   the running configuration as JSON (it holds no secrets:
  *                 PINs and keys are never in a proxy config; paths are shown)
  *   GET /certs    every certificate entry: names, serial, issuer, notAfter,
@@ -15,12 +18,17 @@
  *   PUT /certs/:name                   a PEM chain for a store entry: validated,
  *                                      then written to the store and reloaded
  *   POST /tickets/rotate               a new session-ticket key; answers once
- *                                      every worker encrypts with it (never a key)
+ *                                      every worker encrypts with it (never a key);
+ *                                      in a fleet, for every node
+ *   PUT /routes/:name, DELETE /routes/:name   (fleet only) a route, as in the
+ *                                      config's `domains[]`, kept in etcd
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
  *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over MAX_UPLOAD_BYTES
  *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)
+ *   422 KEYEDGE_ERR_CONFIG           the route is refused (what was expected)
+ *   503 KEYEDGE_ERR_STORE_UNAVAILABLE  the fleet's etcd is unreachable: retry later
  * A body over the limit is read and dropped up to a bound (readBody), so the
  * client sees the 413 rather than a reset of a connection it still writes to,
  * as nginx's lingering close does; past the bound, the 413 goes out with
@@ -33,6 +41,7 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './certs/errors.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
+import { StoreUnavailableError } from './store/storage.js';
 import type { ReloadReport } from './serving/coordinator.js';
 import { listen } from '../keyserver/shared/listen.js';
 
@@ -52,12 +61,18 @@ export interface AdminControl {
   readonly ownedByConfig: (name: string) => boolean;
   /** Rotates the session-ticket keys; resolves with counts, never key material. */
   readonly rotateTicketKeys?: () => Promise<unknown>;
+  /** Stores a route (a `domains[]` entry) for domain `name`, then reloads; fleet only. */
+  readonly putRoute?: (name: string, body: unknown) => Promise<ReloadReport>;
+  /** Removes a stored route, then reloads; undefined when there was none. */
+  readonly deleteRoute?: (name: string) => Promise<ReloadReport | undefined>;
 }
 
 export interface AdminSources {
   readonly metrics: () => Promise<{ readonly contentType: string; readonly body: string }>;
   /** Resolves with undefined when ready, or the reason it is not. */
   readonly notReadyReason: () => Promise<string | undefined>;
+  /** Why the node serves in degraded mode (its shared store is away), or undefined. */
+  readonly degradedReason?: () => string | undefined;
   readonly config: () => ProxyConfig;
   readonly control?: AdminControl;
 }
@@ -72,7 +87,11 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body, null, 2)}\n`);
     };
     const control = sources.control;
-    if (req.method === 'POST' || req.method === 'PUT') {
+    const failed = (err: Error): void =>
+      json(putFailureStatus(err), {
+        error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE', reason: (err as { reason?: string }).reason, message: err.message },
+      });
+    if (req.method === 'POST' || req.method === 'PUT' || req.method === 'DELETE') {
       if (control === undefined) return text(404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
@@ -85,6 +104,32 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return;
       }
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
+      const route = /^\/routes\/([^/]+)$/.exec(path ?? '');
+      if (route !== null && req.method === 'PUT' && control.putRoute !== undefined) {
+        const name = entryName(route[1]!) ?? '';
+        const putRoute = control.putRoute;
+        readBody(req, MAX_UPLOAD_BYTES).then((body) => {
+          if (typeof body !== 'string') return tooLarge(res, body.close);
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(body);
+          } catch {
+            return json(422, { error: { code: 'KEYEDGE_ERR_CONFIG', message: 'the route is not valid JSON' } });
+          }
+          putRoute(name, parsed).then((report) => json(report.error === undefined ? 200 : 409, report), failed);
+        });
+        return;
+      }
+      if (route !== null && req.method === 'DELETE' && control.deleteRoute !== undefined) {
+        control
+          .deleteRoute(entryName(route[1]!) ?? '')
+          .then(
+            (report) =>
+              report === undefined ? json(404, { error: { message: 'no such route in the store' } }) : json(report.error === undefined ? 200 : 409, report),
+            failed,
+          );
+        return;
+      }
       if (req.method === 'POST' && (path === '/reload' || path === '/certs/reload')) {
         control.reload().then(
           (report) => json(report.error === undefined ? 200 : 409, report),
@@ -93,10 +138,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return;
       }
       if (req.method === 'POST' && path === '/tickets/rotate' && control.rotateTicketKeys !== undefined) {
-        control.rotateTicketKeys().then(
-          (report) => json(200, report),
-          (err: Error) => json(500, { error: { message: err.message } }),
-        );
+        control.rotateTicketKeys().then((report) => json(200, report), failed);
         return;
       }
       if (req.method === 'PUT' && upload !== null) {
@@ -120,17 +162,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         }
         readBody(req, MAX_UPLOAD_BYTES).then((body) => {
           if (typeof body !== 'string') return tooLarge(res, body.close);
-          control.putCertificate(name, body).then(
-            (report) => json(report.error === undefined ? 200 : 409, report),
-            (err: Error) =>
-              json(putFailureStatus(err), {
-                error: {
-                  code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE',
-                  reason: (err as { reason?: string }).reason,
-                  message: err.message,
-                },
-              }),
-          );
+          control.putCertificate(name, body).then((report) => json(report.error === undefined ? 200 : 409, report), failed);
         });
         return;
       }
@@ -148,7 +180,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return text(200, 'ok\n');
       case '/readyz':
         sources.notReadyReason().then(
-          (reason) => (reason === undefined ? text(200, 'ready\n') : text(503, `not ready: ${reason}\n`)),
+          (reason) => {
+            if (reason !== undefined) return text(503, `not ready: ${reason}\n`);
+            const degraded = sources.degradedReason?.();
+            if (degraded === undefined) return text(200, 'ready\n');
+            res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-degraded': 'store' }).end(`degraded: ${degraded}\n`);
+          },
           (err: Error) => text(503, `not ready: ${err.message}\n`),
         );
         return;
@@ -180,7 +217,8 @@ function entryName(segment: string): string | undefined {
 }
 
 function putFailureStatus(err: Error): number {
-  if (err instanceof CertificateError) return 422;
+  if (err instanceof StoreUnavailableError) return 503;
+  if (err instanceof CertificateError || (err instanceof KeyedgeError && err.code === 'KEYEDGE_ERR_CONFIG')) return 422;
   if (err instanceof CertificateStoreError) return err.code === 'KEYEDGE_ERR_CERT_EXISTS' ? 409 : err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND' ? 404 : 500;
   // The key server could not be asked for the chain's key.
   if (err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_CLOSED' || err.code === 'KEYEDGE_ERR_TIMEOUT')) return 503;

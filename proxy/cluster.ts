@@ -15,11 +15,14 @@
  * Ticket keys (tls/tickets.ts): the primary keeps a ring (newest and the
  * previous ones), rotates it every `tls.ticketKeyRotationSeconds` or on the
  * admin's POST /tickets/rotate, and sends the whole ring to every worker over
- * the IPC channel, its only way out of this process.
+ * the IPC channel, its only way out of this process. In a fleet (`etcd` set)
+ * the ring is the fleet's, from the shared store (store/tickets.ts): one node
+ * rotates it for all, and every primary takes it from its watch.
  */
 import assert from 'node:assert/strict';
 import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type http from 'node:http';
 import { Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
@@ -27,7 +30,7 @@ import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.
 import type { Logger } from '../keyserver/shared/log.js';
 import { startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
-import { uncaughtErrorsCounter } from './metrics.js';
+import { registerFleetStoreMetrics, uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
@@ -35,6 +38,11 @@ import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { watchForChanges } from './serving/watch.js';
+import { CACHE_FILE } from './store/cache.js';
+import { etcdClient } from './store/etcd-client.js';
+import { EtcdStore, type StoreChange } from './store/etcd-store.js';
+import { deleteRoute, putRoute } from './store/routes.js';
+import { rotateSharedTicketKeys, sharedTicketKeys } from './store/tickets.js';
 import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
@@ -73,6 +81,19 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   const tickets = new TicketKeyRing();
   let ticketGeneration = 0;
+  // Set once the coordinator and the ticket distribution exist; the store's changes before that are read by the first pass.
+  let onStoreChange: (changes: ReadonlySet<StoreChange>) => void = () => {};
+  const shared =
+    config.etcd === null
+      ? undefined
+      : new EtcdStore(etcdClient(config.etcd, config.source), {
+          prefix: config.etcd.prefix,
+          timeoutMs: config.etcd.timeoutMs,
+          cacheFile: path.join(config.stateDir, CACHE_FILE),
+          log,
+          onChange: (changes) => onStoreChange(changes),
+        });
+  await shared?.start();
   const ticketsApplied = new Map<Worker, number>();
   const ticketWaiters = new Set<() => void>();
   let stopping = false;
@@ -82,11 +103,19 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   // receive the result and never parse or judge a certificate themselves.
   const configFile = existsSync(config.source) ? config.source : undefined;
   const source = new ServingSource(config, {
+    ...(shared === undefined ? {} : { shared }),
     reloadConfig: configFile !== undefined,
     onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
   });
-  const first = await source.next();
-  refuseStartOnConfigCertificates(config, first);
+  let first: Awaited<ReturnType<ServingSource['next']>>;
+  try {
+    first = await source.next();
+    refuseStartOnConfigCertificates(config, first);
+  } catch (err) {
+    // The etcd client's connections would keep a refused start from exiting.
+    await shared?.close();
+    throw err;
+  }
   source.commit(first);
   for (const refusal of first.refused) {
     log.error(
@@ -96,6 +125,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   }
   const primaryRegistry = new Registry();
   const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
+  if (shared !== undefined) registerFleetStoreMetrics(primaryRegistry, () => shared.health);
   reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
   const warned = new Map<string, number>();
   const warnExpiry = (): void => {
@@ -144,9 +174,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     },
   });
 
-  // The new ring goes to every worker; resolves once each worker that held the old one applied it (or after the wait).
-  const rotateTickets = async (): Promise<{ keys: number; workers: number; applied: number }> => {
-    tickets.rotate();
+  // The ring goes to every worker; resolves once each worker that held the old one applied it (or after the wait).
+  const distributeTickets = async (): Promise<{ keys: number; workers: number; applied: number }> => {
     const generation = ++ticketGeneration;
     const holders = [...synced];
     for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) sendToWorker(worker, ticketRingMessage(tickets, generation));
@@ -166,6 +195,46 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     });
     return { keys: tickets.size, workers: holders.length, applied: applied() };
   };
+  // The fleet's ring, once per etcd revision, in order.
+  let sharedTicketRevision = 0;
+  const takeSharedTickets = async (): Promise<{ keys: number; workers: number; applied: number } | undefined> => {
+    const ring = shared === undefined ? undefined : sharedTicketKeys(shared);
+    if (ring === undefined || ring.revision <= sharedTicketRevision) return undefined;
+    sharedTicketRevision = ring.revision;
+    tickets.replace(ring.keys);
+    return distributeTickets();
+  };
+  const rotateTickets = async (): Promise<unknown> => {
+    if (shared === undefined) {
+      tickets.rotate();
+      return distributeTickets();
+    }
+    // Fleet-wide: refused while etcd is away (the current ring keeps serving), else answered once this node's workers use the new ring.
+    shared.assertWritable();
+    const result = await rotateSharedTicketKeys(shared, { force: true, periodMs: 0, waitMs: TICKET_ROTATION_WAIT_MS });
+    const applied = (await takeSharedTickets()) ?? { keys: tickets.size, workers: synced.size, applied: synced.size };
+    return { ...applied, result, fleet: true };
+  };
+  if (shared !== undefined) {
+    // The fleet's ring, made by the first node if there is none yet; a node that starts while etcd is away uses a ring of its own until it is back.
+    if (sharedTicketKeys(shared) === undefined && shared.health.up) {
+      await rotateSharedTicketKeys(shared, { force: false, periodMs: config.tls.ticketKeyRotationSeconds * 1000, waitMs: 5_000 }).catch((err: Error) =>
+        log.warn({ reason: err.message }, 'cannot make the fleet ticket key ring yet; using one of this node until etcd answers'),
+      );
+    }
+    const ring = sharedTicketKeys(shared);
+    if (ring !== undefined) {
+      tickets.replace(ring.keys);
+      sharedTicketRevision = ring.revision;
+    }
+    onStoreChange = (changes) => {
+      if (changes.has('certificates') || changes.has('routes')) void coordinator.reload('store');
+      if (changes.has('tickets')) void takeSharedTickets();
+    };
+    // Whatever changed between the first pass and now.
+    void coordinator.reload('store');
+    void takeSharedTickets();
+  }
 
   // The admin port first: one already in use fails the start before any worker runs.
   const clusterMetrics = new ClusterMetrics(primaryRegistry);
@@ -176,6 +245,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       admin = await startProxyAdmin(config.admin.host, config.admin.port, {
         config: () => source.config,
         metrics: async () => ({ contentType: clusterMetrics.contentType, body: await clusterMetrics.metrics() }),
+        degradedReason: () => {
+          const health = shared?.health;
+          if (health === undefined || health.up) return undefined;
+          return `etcd unreachable since ${new Date(health.since).toISOString()} (${health.reason}); serving the last good state (revision ${health.revision}), changes refused`;
+        },
         notReadyReason: async () => {
           if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
           const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
@@ -192,10 +266,23 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           certificates: () => listCertificates(source),
           ownedByConfig: (name) => source.config.certificates.some((c) => c.name === name),
           rotateTicketKeys: () => rotateTickets(),
+          ...(shared === undefined
+            ? {}
+            : {
+                putRoute: async (name: string, body: unknown) => {
+                  await putRoute(shared, name, body);
+                  return coordinator.reload('admin');
+                },
+                deleteRoute: async (name: string) => {
+                  if (!(await deleteRoute(shared, name))) return undefined;
+                  return coordinator.reload('admin');
+                },
+              }),
         },
       });
     } catch (err) {
       clusterMetrics.stop();
+      await shared?.close();
       throw err;
     }
   }
@@ -249,7 +336,21 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   });
 
   for (let i = 0; i < config.workers; i++) fork();
-  const rotation = setInterval(() => void rotateTickets(), config.tls.ticketKeyRotationSeconds * 1000);
+  const rotationMs = config.tls.ticketKeyRotationSeconds * 1000;
+  // A fleet's nodes each look a dozen times a period whether the shared ring is due; the one holding the lock rotates it.
+  const rotation =
+    shared === undefined
+      ? setInterval(() => void rotateTickets(), rotationMs)
+      : setInterval(
+          () => {
+            if (!shared.health.up) return;
+            rotateSharedTicketKeys(shared, { force: false, periodMs: rotationMs, waitMs: 0 }).then(
+              () => void takeSharedTickets(),
+              (err: Error) => log.warn({ reason: err.message }, 'fleet ticket key rotation check failed; the current ring keeps serving'),
+            );
+          },
+          Math.min(Math.max(rotationMs / 12, 5_000), 300_000),
+        );
   rotation.unref();
   const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
   expiryTimer.unref();
@@ -304,6 +405,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     });
   } finally {
     admin?.close();
+    await shared?.close();
   }
   log.info('proxy stopped');
 }

@@ -145,3 +145,28 @@ export function uncaughtErrorsCounter(registry: Registry = register): Counter<'k
 export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other';
 }
+
+/**
+ * The fleet's store, in the primary's registry (only when `etcd` is set):
+ * whether etcd answers (1) or the node serves its last good state (0), and the
+ * etcd revision that state was read at: nodes of one fleet at different
+ * revisions for long are not converging.
+ */
+export function registerFleetStoreMetrics(registry: Registry, health: () => { readonly up: boolean; readonly revision: number }): void {
+  new Gauge({
+    name: `${PREFIX}fleet_store_up`,
+    help: "1 while the fleet's etcd answers; 0 while this node serves its last good state and refuses changes (degraded).",
+    registers: [registry],
+    collect() {
+      this.set(health().up ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}fleet_store_revision`,
+    help: 'The etcd revision of the fleet state this node holds; it only grows.',
+    registers: [registry],
+    collect() {
+      this.set(health().revision);
+    },
+  });
+}

@@ -20,7 +20,17 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): { source: Servi
       const pass = ++passes;
       await behaviour(pass);
       const delta: ServingDelta = { generation: generation + 1, routing: { domains: [], sni: { default: null, onUnknown: 'reject' } }, upsert: [], remove: [] };
-      return { delta, config: {} as NextServing['config'], refused: [], warnings: [], restartNeeded: [], present: new Set(), unsettled: [], followed: [] };
+      return {
+        delta,
+        config: {} as NextServing['config'],
+        refused: [],
+        warnings: [],
+        restartNeeded: [],
+        present: new Set(),
+        unsettled: [],
+        followed: [],
+        fileDomains: [],
+      };
     },
     commit(next: NextServing): void {
       generation = next.delta.generation;

@@ -10,7 +10,8 @@
  * is the validated one: certificates only, leaf first.
  */
 import { CertificateStoreError } from './errors.js';
-import type { CertificateStore, StoreEntry, StoreMeta } from './store.js';
+import type { EntryStorage } from '../store/storage.js';
+import type { StoreEntry, StoreMeta } from './store.js';
 import { type CertificateCandidate, type ValidatedCertificate, type ValidationContext, validateCertificate } from './validate.js';
 
 export interface PutRequest {
@@ -45,7 +46,7 @@ export interface PutOptions extends ValidationContext {
  * writable) or whatever the key-server lookup throws; on any rejection the
  * store is unchanged. One writer per entry at a time (store.ts).
  */
-export async function putCertificate(store: CertificateStore, request: PutRequest, options: PutOptions): Promise<PutResult> {
+export async function putCertificate(store: EntryStorage, request: PutRequest, options: PutOptions): Promise<PutResult> {
   const { name, mode } = request;
   let previous: StoreEntry | undefined;
   if (mode === 'add') {
@@ -75,7 +76,7 @@ export async function putCertificate(store: CertificateStore, request: PutReques
     addedAt: previous?.meta.addedAt ?? now,
     ...(previous === undefined ? {} : { replacedAt: now }),
   };
-  store.write(name, validated.certificate.chainPem, meta);
+  await store.write(name, validated.certificate.chainPem, meta);
   return { validated, meta, previous };
 }
 

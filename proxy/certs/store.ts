@@ -308,6 +308,14 @@ function readMeta(name: string, metaPath: string): { meta: StoreMeta; mtimeMs: n
   return { meta: definedOnly(parsed.data), mtimeMs };
 }
 
+/** `raw` as entry metadata, or the first problem with it (for stores that keep metadata elsewhere than a file). */
+export function parseStoreMeta(raw: unknown): StoreMeta | string {
+  const parsed = metaSchema.safeParse(raw);
+  if (parsed.success) return definedOnly(parsed.data);
+  const problem = formatIssues(parsed.error.issues, raw)[0];
+  return `invalid metadata: ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`;
+}
+
 function metaStat(metaPath: string): Stats | undefined {
   try {
     return statSync(metaPath);

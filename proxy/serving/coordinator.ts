@@ -12,7 +12,8 @@ import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { NextServing, ServingSource } from './source.js';
 import type { Refusal, ServingDelta } from './spec.js';
 
-export type ReloadTrigger = 'start' | 'watch' | 'rescan' | 'signal' | 'admin';
+/** `store`: the fleet's shared store (etcd) changed. */
+export type ReloadTrigger = 'start' | 'watch' | 'rescan' | 'signal' | 'admin' | 'store';
 
 /** How soon a pass that found a file still being written looks again. */
 const UNSETTLED_RETRY_MS = 500;

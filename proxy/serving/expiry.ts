@@ -60,7 +60,7 @@ export function registerServingMetrics(registry: Registry, view: ServingView): C
   });
   return new Counter({
     name: `${PREFIX}reloads_total`,
-    help: 'Reloads of the config and certificate store, by trigger (start, watch, rescan, signal, admin) and result (ok, refused: something was refused and kept its previous version, partial: a worker failed to apply).',
+    help: 'Reloads of the config and certificate store, by trigger (start, watch, rescan, signal, admin, store) and result (ok, refused: something was refused and kept its previous version, partial: a worker failed to apply).',
     labelNames: ['trigger', 'result'] as const,
     registers,
   });

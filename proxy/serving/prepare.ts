@@ -25,7 +25,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import type { CertificateStore, StoreEntry } from '../certs/store.js';
+import type { StoreEntry } from '../certs/store.js';
+import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';
 import { type CertificateRecord, recordOf, type Refusal } from './spec.js';
@@ -55,7 +56,7 @@ export interface PreparedServing {
 
 export interface PrepareOptions {
   readonly config: ProxyConfig;
-  readonly store: CertificateStore;
+  readonly store: EntryStorage;
   readonly previous: ReadonlyMap<string, CertificateRecord>;
   readonly validation: ValidationContext;
   /**

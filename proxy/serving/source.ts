@@ -1,14 +1,18 @@
 /**
  * The one reload path. Every trigger (start, a file change in the store or
- * the config, SIGHUP, the admin API) ends in `ServingSource.next()`, which
- * reloads the config file, reads the store, validates what changed and
- * returns the delta to apply; `commit()` records it once applied.
+ * the config, SIGHUP, the admin API, a change in the fleet's etcd) ends in
+ * `ServingSource.next()`, which reloads the config file, reads the store,
+ * validates what changed and returns the delta to apply; `commit()` records
+ * it once applied. The store is the certificate store directory, or in a
+ * fleet the etcd store's mirror (store/etcd-store.ts), whose routes are then
+ * added to the config file's domains.
  *
  * Owned by the cluster primary (or by a worker started on its own, as tests
  * and benchmarks do). Concurrency: one `next()`/`commit()` at a time; the
  * caller serialises (coordinator.ts).
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { loadProxyConfig } from '../../config/load.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -18,6 +22,9 @@ import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
+import type { EtcdStore } from '../store/etcd-store.js';
+import { storedRoutes } from '../store/routes.js';
+import type { EntryStorage } from '../store/storage.js';
 import { prepareServing } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
@@ -35,6 +42,7 @@ const RESTART_ONLY = [
   'forwarding',
   'log',
   'shutdownGraceMs',
+  'etcd',
 ] as const;
 
 export interface NextServing {
@@ -51,6 +59,8 @@ export interface NextServing {
   readonly unsettled: readonly string[];
   /** Chain paths whose links and directories the watch should follow (watch.ts). */
   readonly followed: readonly string[];
+  /** The config file's own domains (`config.domains` adds the shared store's routes to them). */
+  readonly fileDomains: ProxyConfig['domains'];
 }
 
 export class ServingSource {
@@ -60,17 +70,23 @@ export class ServingSource {
   #generation = 0;
   #followed: readonly string[] = [];
   readonly #seen = new Map<string, string>();
+  #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string) => void) | undefined;
+  readonly #shared: EtcdStore | undefined;
 
   /**
    * `reloadConfig`: re-read `config.source` on every pass after the first.
    * `onUnverified`: told when the start had to go ahead without the key server.
+   * `shared`: the fleet's store (etcd), which then holds the certificate
+   * entries and adds its routes to the file's domains; else the store directory.
    */
-  constructor(config: ProxyConfig, options: { readonly reloadConfig: boolean; readonly onUnverified?: (reason: string) => void }) {
+  constructor(config: ProxyConfig, options: { readonly reloadConfig: boolean; readonly onUnverified?: (reason: string) => void; readonly shared?: EtcdStore }) {
     this.#config = config;
+    this.#fileDomains = config.domains;
     this.#reloadConfig = options.reloadConfig;
     this.#onUnverified = options.onUnverified;
+    this.#shared = options.shared;
   }
 
   get config(): ProxyConfig {
@@ -83,8 +99,8 @@ export class ServingSource {
   get refusals(): ReadonlyMap<string, Refusal> {
     return this.#refusals;
   }
-  get store(): CertificateStore {
-    return new CertificateStore(this.#config.certStore.dir);
+  get store(): EntryStorage {
+    return this.#shared ?? new CertificateStore(this.#config.certStore.dir);
   }
   /** The chain paths outside the store directory (or links out of it) that the last committed pass read. */
   get followed(): readonly string[] {
@@ -98,7 +114,14 @@ export class ServingSource {
    * store entry's content, not only its stat (an operator's explicit reload).
    */
   async next(options: { readonly verify?: boolean } = {}): Promise<NextServing> {
-    const config = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : this.#config;
+    const reloaded = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : undefined;
+    const fileDomains = reloaded?.domains ?? this.#fileDomains;
+    const routes =
+      this.#shared === undefined ? undefined : storedRoutes(this.#shared, path.dirname(this.#config.source), new Set(fileDomains.map((d) => d.name)));
+    const config: ProxyConfig = Object.freeze({
+      ...(reloaded ?? this.#config),
+      domains: routes === undefined ? fileDomains : [...fileDomains, ...routes.domains],
+    });
     checkOriginTargets(config.domains);
     // The running certStore settings (a restart-only key), with the file's current content.
     const issuers = loadIssuerPool(this.#config.certStore.intermediates, config.source);
@@ -119,7 +142,7 @@ export class ServingSource {
     try {
       const prepared = await prepareServing({
         config,
-        store: new CertificateStore(config.certStore.dir),
+        store: this.#shared ?? new CertificateStore(config.certStore.dir),
         previous: this.#records,
         seen: this.#seen,
         verify: options.verify === true,
@@ -147,11 +170,12 @@ export class ServingSource {
         delta: { generation: this.#generation + 1, routing, upsert, remove },
         config,
         refused: prepared.refused,
-        warnings: prepared.warnings,
+        warnings: [...prepared.warnings, ...(routes?.refused ?? [])],
         restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(config[key]) !== JSON.stringify(this.#config[key])),
         present: prepared.present,
         unsettled: prepared.unsettled,
         followed: prepared.followed,
+        fileDomains,
       };
     } finally {
       client?.close();
@@ -165,6 +189,8 @@ export class ServingSource {
    */
   async putCertificate(name: string, chainText: string): Promise<void> {
     const store = this.store;
+    // Refused before any validation when the shared store cannot take it.
+    this.#shared?.assertWritable();
     const client = await connectKeyserver(this.#config);
     try {
       await putCertificate(
@@ -200,6 +226,7 @@ export class ServingSource {
     this.#records = records;
     this.#generation = next.delta.generation;
     this.#followed = next.followed;
+    this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
   }

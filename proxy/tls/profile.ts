@@ -51,7 +51,14 @@ const COMMON: SecureContextOptions = {
   secureOptions: constants.SSL_OP_NO_COMPRESSION | constants.SSL_OP_NO_RENEGOTIATION,
 };
 
+/**
+ * `sessionIdContext` is fixed per profile: OpenSSL resumes a session only in
+ * the context it was made in (SSL_CTX_set_session_id_context(3)), and Node's
+ * default derives it from process.argv, which differs between the nodes of a
+ * fleet (each has its own config path), so a ticket issued by one node would
+ * never resume on another even with the fleet's shared ticket keys.
+ */
 export const TLS_PROFILES: Readonly<Record<TlsProfileName, Readonly<SecureContextOptions>>> = Object.freeze({
-  intermediate: Object.freeze({ ...COMMON, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3' }),
-  modern: Object.freeze({ ...COMMON, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }),
+  intermediate: Object.freeze({ ...COMMON, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3', sessionIdContext: 'keyedge/intermediate' }),
+  modern: Object.freeze({ ...COMMON, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', sessionIdContext: 'keyedge/modern' }),
 });

@@ -1,0 +1,58 @@
+/**
+ * The last good state of the fleet's store on this node's disk, so that a
+ * node restarted while etcd is away still serves what it served: the
+ * certificate chains, their metadata and the routes, with the etcd revision
+ * they were read at. Nothing secret is ever in it: session-ticket keys are
+ * kept out by the caller (`persistable`), and private keys never reach the
+ * proxy at all. One JSON file in the state directory, written atomically
+ * (temp file, fsync, rename), 0644 like the certificate store.
+ *
+ * The revision is also this node's floor: a snapshot of etcd older than one
+ * the node has already served is refused (etcd restored from an old backup,
+ * a lagging member), so no node ever goes back in time.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+export interface CachedState {
+  readonly prefix: string;
+  readonly revision: number;
+  /** Key (below the prefix) → value, as etcd held them at `revision`. */
+  readonly entries: Readonly<Record<string, { readonly value: string; readonly modRevision: number }>>;
+}
+
+export const CACHE_FILE = 'fleet-cache.json';
+
+/** The cached state for `prefix`, or undefined when there is none, it is unreadable, or it belongs to another prefix. */
+export function readCache(file: string, prefix: string): CachedState | undefined {
+  try {
+    const parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<CachedState>;
+    if (parsed.prefix !== prefix || typeof parsed.revision !== 'number' || typeof parsed.entries !== 'object' || parsed.entries === null) return undefined;
+    return parsed as CachedState;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeCache(file: string, state: CachedState): void {
+  mkdirSync(path.dirname(file), { recursive: true });
+  const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    const fd = openSync(temp, 'wx', 0o644);
+    try {
+      writeFileSync(fd, JSON.stringify(state));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, file);
+  } catch (err) {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // Never created, or renamed already.
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,41 @@
+/**
+ * An etcd v3 client (npm etcd3) from the proxy's `etcd` settings: endpoints,
+ * TLS to etcd (its CA, and the node's client certificate when etcd requires
+ * one), etcd's user/password auth with the password read from a file, and a
+ * deadline on every unary call so that a partitioned member costs at most
+ * `timeoutMs`, never a hang on the reload path.
+ *
+ * Read once at start: rotating the client certificate or the password takes
+ * a restart (the whole `etcd` key is restart-only).
+ */
+import { readFileSync } from 'node:fs';
+import { Etcd3 } from 'etcd3';
+import type { EtcdSettings } from '../../config/proxy-schema.js';
+import { ConfigError } from '../../keyserver/shared/errors.js';
+
+export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 {
+  const read = (file: string, key: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new ConfigError(configSource, key, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+    }
+  };
+  const tls = settings.tls;
+  const password = settings.auth === null ? undefined : read(settings.auth.passwordFile, 'etcd.auth.passwordFile').toString('utf8').trim();
+  return new Etcd3({
+    hosts: [...settings.endpoints],
+    dialTimeout: settings.timeoutMs,
+    ...(tls === null
+      ? {}
+      : {
+          credentials: {
+            rootCertificate: read(tls.ca, 'etcd.tls.ca'),
+            ...(tls.cert === null || tls.key === null ? {} : { certChain: read(tls.cert, 'etcd.tls.cert'), privateKey: read(tls.key, 'etcd.tls.key') }),
+          },
+        }),
+    ...(settings.auth === null || password === undefined ? {} : { auth: { username: settings.auth.username, password } }),
+    // Streams (watches) live as long as the store; every other call has a deadline.
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.timeoutMs }),
+  });
+}

@@ -1,0 +1,96 @@
+/**
+ * A blocking, fenced lock on etcd, for work one node of the fleet must do
+ * alone: the fleet-wide ticket-key rotation, a certificate order per name.
+ *
+ * etcd3's `lock()` is a try-lock: a transaction that creates the lock key
+ * under a lease when no one holds it, and fails otherwise. `acquireLock`
+ * blocks on it the etcd way: on failure it watches the key and tries again
+ * once the key is deleted (released, or its holder's lease expired), with a
+ * slow poll as a safety net for a watch that misses the moment.
+ *
+ * The fencing token is the lock key's create revision: etcd's revisions only
+ * grow, so a later holder's token is always larger. A holder whose lease ran
+ * out (a long pause, a partition) no longer owns the key; `fencedPut` writes
+ * in one transaction that first checks the key still has the holder's create
+ * revision, so a stale holder's write is refused rather than applied over
+ * its successor's (Kleppmann, "How to do distributed locking", 2016).
+ *
+ * Costs: a lease grant, a transaction and a range per acquisition; one watch
+ * while waiting.
+ */
+import { EtcdLockFailedError, type Etcd3, type Lock } from 'etcd3';
+
+/** Between tries while the watch says nothing: a missed delete costs at most this. */
+const POLL_MS = 1_000;
+
+export interface HeldLock {
+  readonly key: string;
+  /** The lock key's create revision: compare it in every write made under the lock. */
+  readonly fence: string;
+  release(): Promise<void>;
+}
+
+export interface LockOptions {
+  /** The lease under the lock: a holder that dies frees it after this. */
+  readonly ttlSeconds: number;
+  /** How long to wait for a holder to release; 0: try once. */
+  readonly waitMs: number;
+}
+
+/** Resolves with the held lock, or undefined when another holder kept it for `waitMs`. Rejects when etcd cannot be reached. */
+export async function acquireLock(client: Etcd3, key: string, options: LockOptions): Promise<HeldLock | undefined> {
+  const deadline = Date.now() + options.waitMs;
+  for (;;) {
+    const lock = client.lock(key).ttl(options.ttlSeconds);
+    try {
+      await lock.acquire();
+      return await held(client, key, lock);
+    } catch (err) {
+      if (!(err instanceof EtcdLockFailedError)) throw err;
+    }
+    const left = deadline - Date.now();
+    if (left <= 0) return undefined;
+    await released(client, key, Math.min(left, POLL_MS));
+  }
+}
+
+/** Puts `value` at `target` only while `lock` is still held by its holder: the revision of the write, or undefined when the lock was lost. */
+export async function fencedPut(client: Etcd3, lock: HeldLock, target: string, value: string): Promise<number | undefined> {
+  const result = await client.if(lock.key, 'Create', '==', lock.fence).then(client.put(target).value(value)).commit();
+  return result.succeeded ? Number(result.header.revision) : undefined;
+}
+
+async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
+  const range = await client.get(key).exec();
+  const fence = range.kvs[0]?.create_revision;
+  if (fence === undefined) {
+    // The lease expired between the transaction and this read: not held.
+    await lock.release().catch(() => undefined);
+    throw new EtcdLockFailedError(`lost the lock on ${key} as it was taken`);
+  }
+  return {
+    key,
+    fence,
+    release: () => lock.release(),
+  };
+}
+
+/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away. */
+async function released(client: Etcd3, key: string, waitMs: number): Promise<void> {
+  // Not create(): it waits for the stream to connect, which never happens while etcd is away.
+  const watcher = client.watch().key(key).watcher();
+  try {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, waitMs);
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      watcher.once('delete', done);
+      // An error ends the wait early; the next try says whether etcd answers.
+      watcher.on('error', done);
+    });
+  } finally {
+    await watcher.cancel().catch(() => undefined);
+  }
+}

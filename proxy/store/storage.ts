@@ -1,0 +1,44 @@
+/**
+ * The storage seam of the serving path: what the reload path (serving/) and
+ * the admin API need from wherever certificates, routes and session-ticket
+ * keys are kept, and nothing more.
+ *
+ * Two implementations:
+ *   - the certificate store directory (certs/store.ts), the embedded default,
+ *     for one node on its own: certificates only; routes stay in the config
+ *     file and ticket keys in the primary's memory;
+ *   - the fleet's store in etcd (store/etcd-store.ts), shared by every node
+ *     naming the same prefix: certificates, routes and ticket keys.
+ *
+ * Reads are synchronous on purpose: the etcd store answers them from its
+ * in-memory mirror (kept current by a watch), so the validation pass reads
+ * 10,000 entries as fast as from a directory and keeps reading the last good
+ * state while etcd is away. Writes are asynchronous (a round trip to etcd)
+ * and may be refused with StoreUnavailableError.
+ */
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
+import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store.js';
+
+export interface EntryStorage {
+  /** Where the entries live, for messages: a directory, or `etcd:<prefix>`. */
+  readonly dir: string;
+  /** Entries present now, sorted by name; `statId` changes whenever an entry does. */
+  list(): StoreEntryRef[];
+  has(name: string): boolean;
+  /** Throws CertificateStoreError KEYEDGE_ERR_CERT_NOT_FOUND when there is no such entry. */
+  read(name: string): StoreEntry;
+  /** Creates or replaces the entry, whole; the caller validated it. */
+  write(name: string, chainText: string, meta: StoreMeta): void | Promise<void>;
+}
+
+/**
+ * A change refused because the shared store cannot take it now (etcd
+ * unreachable or without quorum): nothing was written, the node keeps
+ * serving its last good state, and the same request succeeds once etcd is
+ * back. The admin API answers it with 503.
+ */
+export class StoreUnavailableError extends KeyedgeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('KEYEDGE_ERR_STORE_UNAVAILABLE', message, options);
+  }
+}

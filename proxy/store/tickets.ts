@@ -1,0 +1,88 @@
+/**
+ * Session-ticket keys shared by the fleet (tls/tickets.ts explains the ring):
+ * one etcd key holds the ring, newest first, so a ticket issued by any node
+ * resumes on every other, and the rotation happens once for the fleet, not
+ * once per node.
+ *
+ * Rotation: every node checks now and then whether the ring is older than
+ * the period; the one that gets the rotation lock (lock.ts) reads the ring
+ * again under it, and only if it is still due writes a new ring in a fenced
+ * transaction. Every node, the writer included, takes the new ring from the
+ * watch. Tickets under the previous keys still decrypt: the ring keeps
+ * TICKET_KEYS_KEPT keys.
+ *
+ * Secrets: the keys are in etcd (protected by etcd's TLS and auth, README,
+ * "Fleet deployment") and in memory; never in the node's cache file, a log
+ * line or a metric.
+ */
+import { newTicketKey, TICKET_KEY_BYTES, TICKET_KEYS_KEPT } from '../tls/tickets.js';
+import type { EtcdStore } from './etcd-store.js';
+import { LOCKS, TICKETS } from './etcd-store.js';
+import { acquireLock, fencedPut } from './lock.js';
+
+const ROTATION_LOCK = `${LOCKS}ticket-rotation`;
+/** The lock's lease: a node that dies holding it frees it after this. */
+const LOCK_TTL_SECONDS = 10;
+
+export interface SharedTicketKeys {
+  /** Newest first. */
+  readonly keys: readonly Buffer[];
+  readonly rotatedAt: number;
+  /** The etcd revision of the ring: a node applies a ring only once, in order. */
+  readonly revision: number;
+}
+
+/** The ring as the store's mirror holds it, or undefined when there is none (or it is malformed). */
+export function sharedTicketKeys(store: EtcdStore): SharedTicketKeys | undefined {
+  const item = store.item(TICKETS);
+  return item === undefined ? undefined : parseRing(item.value, item.modRevision);
+}
+
+export type RotationResult = 'rotated' | 'not-due' | 'busy' | 'lost-lock';
+
+/**
+ * Rotates the fleet's ring when it is older than `periodMs` (or absent), or
+ * always with `force` (the admin's POST /tickets/rotate, which waits up to
+ * `waitMs` for another node's rotation to finish). Rejects when etcd cannot
+ * be reached: the caller keeps the ring it has.
+ */
+export async function rotateSharedTicketKeys(
+  store: EtcdStore,
+  options: { readonly force: boolean; readonly periodMs: number; readonly waitMs: number },
+): Promise<RotationResult> {
+  const client = store.client;
+  const lock = await acquireLock(client, store.prefix + ROTATION_LOCK, { ttlSeconds: LOCK_TTL_SECONDS, waitMs: options.waitMs });
+  if (lock === undefined) return 'busy';
+  try {
+    // Read under the lock, from etcd itself: another node may have rotated a moment ago.
+    const range = await client.get(store.prefix + TICKETS).exec();
+    const kv = range.kvs[0];
+    const current = kv === undefined ? undefined : parseRing(kv.value.toString('utf8'), Number(kv.mod_revision));
+    if (!options.force && current !== undefined && kv !== undefined && Date.now() - current.rotatedAt < options.periodMs) {
+      // What etcd holds is the ring to use, whether or not the watch has brought it yet.
+      store.applyLocal(TICKETS, kv.value.toString('utf8'), current.revision);
+      return 'not-due';
+    }
+    const keys = [newTicketKey(), ...(current?.keys ?? [])].slice(0, TICKET_KEYS_KEPT);
+    const value = JSON.stringify({ keys: keys.map((k) => k.toString('base64')), rotatedAt: new Date().toISOString() });
+    const revision = await fencedPut(client, lock, store.prefix + TICKETS, value);
+    if (revision === undefined) return 'lost-lock';
+    store.applyLocal(TICKETS, value, revision);
+    return 'rotated';
+  } finally {
+    await lock.release().catch(() => undefined);
+  }
+}
+
+function parseRing(text: string, revision: number): SharedTicketKeys | undefined {
+  try {
+    const raw = JSON.parse(text) as { keys?: unknown; rotatedAt?: unknown };
+    if (!Array.isArray(raw.keys) || raw.keys.length === 0 || typeof raw.rotatedAt !== 'string') return undefined;
+    const keys = raw.keys.map((k) => Buffer.from(String(k), 'base64'));
+    if (keys.some((k) => k.length !== TICKET_KEY_BYTES)) return undefined;
+    const rotatedAt = Date.parse(raw.rotatedAt);
+    return Number.isFinite(rotatedAt) ? { keys, rotatedAt, revision } : undefined;
+  } catch {
+    return undefined;
+  }
+}

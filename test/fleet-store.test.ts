@@ -1,0 +1,154 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { CACHE_FILE } from '../proxy/store/cache.js';
+import { etcdClient } from '../proxy/store/etcd-client.js';
+import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
+import { acquireLock, fencedPut } from '../proxy/store/lock.js';
+import { StoreUnavailableError } from '../proxy/store/storage.js';
+import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
+import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+// The fleet store's parts against a real etcd (one member: these are not
+// about quorum): the fenced lock, the mirror and its cache, the revision floor.
+let dir: string;
+let etcd: EtcdCluster;
+const clients: Etcd3[] = [];
+const stores: EtcdStore[] = [];
+const log = createLogger('fleet-store-test', 'silent', process.stderr);
+
+function client(): Etcd3 {
+  const made = etcdClient({ endpoints: etcd.endpoints, prefix: '/t/', tls: null, auth: null, timeoutMs: 1_000 }, 'test');
+  clients.push(made);
+  return made;
+}
+
+async function store(prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> {
+  const made = new EtcdStore(client(), { prefix, timeoutMs: 1_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: (c) => changes.push(...c) });
+  stores.push(made);
+  await made.start();
+  return made;
+}
+
+beforeAll(async () => {
+  dir = tempDir('keyedge-fleet-store-');
+  etcd = await startEtcdCluster(dir, 1);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  for (const c of clients) c.close();
+  await etcd?.close();
+  removeDir(dir);
+});
+
+describe('the fenced etcd lock', () => {
+  it('blocks a second taker until the first releases, with a larger fencing token, and refuses a stale holder', async () => {
+    const etcdA = client();
+    const etcdB = client();
+    const first = await acquireLock(etcdA, '/t/locks/issue/example.com', { ttlSeconds: 10, waitMs: 0 });
+    expect(first).toBeDefined();
+    // A try finds it held.
+    expect(await acquireLock(etcdB, '/t/locks/issue/example.com', { ttlSeconds: 10, waitMs: 0 })).toBeUndefined();
+    const started = Date.now();
+    const second = acquireLock(etcdB, '/t/locks/issue/example.com', { ttlSeconds: 10, waitMs: 20_000 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await fencedPut(etcdA, first!, '/t/owner', 'a')).toBeGreaterThan(0);
+    await first!.release();
+    const held = await second;
+    expect(held).toBeDefined();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(BigInt(held!.fence)).toBeGreaterThan(BigInt(first!.fence));
+    // The first holder's token no longer fences anything.
+    expect(await fencedPut(etcdA, first!, '/t/owner', 'stale')).toBeUndefined();
+    expect(await fencedPut(etcdB, held!, '/t/owner', 'b')).toBeGreaterThan(0);
+    expect(await etcdA.get('/t/owner').string()).toBe('b');
+    await held!.release();
+  });
+});
+
+describe('the fleet store mirror', () => {
+  it('follows writes of other nodes in order, caches certificates and routes but never the ticket keys', async () => {
+    const changes: StoreChange[] = [];
+    const a = await store('/fleet-a/', 'a', changes);
+    const b = await store('/fleet-a/', 'b');
+    expect(a.health.up).toBe(true);
+    await b.write('site', '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n', { names: ['site.test'] });
+    await waitFor('the write to reach the other store', () => (a.has('site') ? true : undefined));
+    expect(a.read('site').meta).toEqual({ names: ['site.test'] });
+    expect(a.list().map((r) => r.name)).toEqual(['site']);
+    expect(changes).toContain('certificates');
+    expect(await rotateSharedTicketKeys(b, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('rotated');
+    await waitFor('the ring to reach the other store', () => sharedTicketKeys(a));
+    expect(sharedTicketKeys(a)!.keys).toHaveLength(1);
+    // Not due again within the period: one rotation per period, whichever node asks.
+    expect(await rotateSharedTicketKeys(a, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
+    const cache = await waitFor('the cache file', () => {
+      try {
+        return readFileSync(join(dir, 'a', CACHE_FILE), 'utf8');
+      } catch {
+        return undefined;
+      }
+    });
+    expect(cache).toContain('certs/site');
+    expect(cache).not.toContain('tickets');
+    const key = sharedTicketKeys(a)!.keys[0]!.toString('base64');
+    expect(cache).not.toContain(key);
+
+    // The per-name lock behind the store (certificate orders): one node at a time, never in the mirror.
+    const held = await a.lock('issue/site.test', { ttlSeconds: 10, waitMs: 0 });
+    expect(held).toBeDefined();
+    expect(await b.lock('issue/site.test', { ttlSeconds: 10, waitMs: 0 })).toBeUndefined();
+    expect(a.keys('locks/')).toEqual([]);
+    await held!.release();
+    const next = await b.lock('issue/site.test', { ttlSeconds: 10, waitMs: 5_000 });
+    expect(next).toBeDefined();
+    await next!.release();
+  });
+
+  it('drops a change older than what it holds', async () => {
+    const a = await store('/fleet-b/', 'order');
+    a.applyLocal('certs/x', 'new', 1_000_000);
+    a.applyLocal('certs/x', 'old', 999_999);
+    expect(a.item('certs/x')?.value).toBe('new');
+  });
+
+  it('refuses an etcd state older than one it served, keeps serving its own and refuses writes', async () => {
+    const cacheFile = join(dir, 'ahead', CACHE_FILE);
+    const entry = JSON.stringify({ chain: 'cached chain', meta: {} });
+    // A cache from a revision etcd has not reached (etcd restored from an older backup, say).
+    mkdirSync(join(dir, 'ahead'), { recursive: true });
+    writeFileSync(
+      cacheFile,
+      JSON.stringify({ prefix: '/fleet-c/', revision: 1_000_000_000, entries: { 'certs/kept': { value: entry, modRevision: 999_999_999 } } }),
+      { flag: 'w' },
+    );
+    const ahead = await store('/fleet-c/', 'ahead');
+    expect(ahead.health.up).toBe(false);
+    expect(ahead.health.reason).toMatch(/older than revision 1000000000 this node already served/);
+    expect(ahead.read('kept').chainText).toBe('cached chain');
+    const refused = await ahead.write('other', 'x', {}).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(StoreUnavailableError);
+    expect((refused as StoreUnavailableError).code).toBe('KEYEDGE_ERR_STORE_UNAVAILABLE');
+  });
+});
+
+describe('the etcd config', () => {
+  it('is off by default and resolved with its defaults when set', () => {
+    expect(loadProxyConfig(undefined, {}).etcd).toBeNull();
+    const config = loadProxyConfig(undefined, { etcd: { endpoints: ['http://127.0.0.1:2379/'] } });
+    expect(config.etcd).toEqual({ endpoints: ['http://127.0.0.1:2379'], prefix: '/keyedge/default/', tls: null, auth: null, timeoutMs: 2_000 });
+  });
+
+  it('refuses a bad prefix, an https endpoint without a CA, and a client certificate without its key', () => {
+    expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], prefix: 'keyedge' } })).toThrow(/etcd\.prefix.*starts and ends with "\/"/s);
+    expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['https://e:2379'] } })).toThrow(/etcd\.tls.*need "tls"/s);
+    expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], tls: { ca: 'ca.pem', cert: 'c.pem' } } })).toThrow(/both "cert" and "key"/);
+    expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['ftp://e'] } })).toThrow(/etcd endpoint URL/);
+  });
+});
