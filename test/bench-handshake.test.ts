@@ -127,7 +127,7 @@ describe('scenario selection', () => {
     expect(ids).toContain('full-tls13/nginx-p11kit/rsa');
     expect(ids).toContain('resumed-tls13/nginx-file/ecdsa');
     expect(ids).toContain('full-tls12/keyless-unix/ecdsa');
-    for (const id of ids) expect(id).toMatch(/^(full-tls13|resumed-tls13|full-tls12)\/[a-z0-9-]+\/(ecdsa|rsa)$/);
+    for (const id of ids) expect(id).toMatch(/^(full-tls13|resumed-tls13|full-tls12|alpn-h2|alpn-h1)\/[a-z0-9-]+\/(ecdsa|rsa)$/);
   });
 
   it('selects by exact id and by * within one part', () => {

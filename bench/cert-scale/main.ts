@@ -1,0 +1,741 @@
+/**
+ * Benchmark: the proxy with a large certificate store. A store of N entries
+ * (default 10,000: `n<i>` serving n<i>.scale.test, one name each, all on one
+ * ECDSA P-256 key of the key server, issued by a throwaway CA in this
+ * process), then, against a real `keyedge proxy` (cluster, 2 workers):
+ *   - start-up until /readyz answers 200 (the primary validates every entry
+ *     against the key server, the workers get the state over IPC and build
+ *     up to contextCacheSize secure contexts), split by the log lines;
+ *   - RSS of the primary and of each worker after start (/proc);
+ *   - one reload after replacing ONE entry (rename in the store): until a new
+ *     connection gets the new serial, and the primary's "reload done"
+ *     durationMs; a no-change rescan (POST /reload, the answer's durationMs);
+ *   - bounded memory: worker RSS after handshakes to 5,000 distinct names
+ *     with contextCacheSize 1000, after each of 3 passes;
+ *   - memory per secure context: two proxies on a store of M names (default
+ *     1000) that differ only in contextCacheSize (1 and M), worker RSS after
+ *     start and after a handshake to each name.
+ * `--cpu-prof` instead runs the start-up, a one-entry reload and a rescan
+ * with the primary and workers under `node --cpu-prof` and reports where
+ * their time went. See bench/README.md, section "cert-scale".
+ *
+ * Usage: node dist/bench/cert-scale.js [--quick] [--names N] [options]   (--help)
+ */
+import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { numberOption } from '../harness/cli.js';
+import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from '../lab/cert-lab.js';
+import { type FunctionCost, type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
+import { describeMachine } from '../harness/machine.js';
+import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { procCpu, totalUs } from '../harness/proc-cpu.js';
+import { median, round } from '../harness/stats.js';
+import type { SummaryRow } from '../harness/summary.js';
+
+const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+const USAGE = `Usage: node dist/bench/cert-scale.js [options]
+
+  --quick               1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass,
+                        300 in the per-context measurement (writes <date>-cert-scale-quick.{json,md})
+  --names N             store entries (default 10000)
+  --bounded N           distinct names for the bounded-memory pass (default min(5000, names))
+  --bounded-passes N    passes over those names (default 3): RSS after each shows whether it levels off
+  --cache N             tls.contextCacheSize of the scale proxy (default 1000; quick 200)
+  --context-names M     store entries and contextCacheSize for the per-context measurement
+                        (default 1000)
+  --concurrency N       connections in flight in the handshake passes (default 8)
+  --reloads N           one-entry reloads and no-change rescans measured (default 3 each)
+  --ready-timeout SEC   give up on a start-up after SEC (default 480)
+  --settle-max SEC      after start, wait up to SEC for the workers to go idle before measuring
+                        reloads (default 180; quick 60)
+  --cpu-prof            profiling run: start-up, one-entry reload and rescan with the proxy under
+                        node --cpu-prof; top functions of the primary and a worker in
+                        <date>-cert-scale-profile.{json,md}; .cpuprofile files kept in
+                        bench/results/tmp/profiles/
+  --top N               functions listed per profile (default 25)
+  --out DIR             results directory (default bench/results); files are named
+                        cert-scale[-profile][-quick | -<N> when --names is not 10000]
+  --keep-temp           keep the temp directory
+  --help
+`;
+
+const DOMAIN = 'scale.test';
+/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (lib/cpuprofile.ts). */
+const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
+const nameOf = (i: number): string => `n${i}`;
+const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
+
+interface Rss {
+  readonly primaryMiB: number;
+  readonly workersMiB: readonly number[];
+}
+
+function rssOf(proxy: RunningProxy): Rss {
+  const { primary, workers } = proxy.pids();
+  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
+}
+
+const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
+
+/**
+ * What listing the store directory once costs on this filesystem: readdir and
+ * a stat of every .pem, as any change detection by stat must do (median of 3,
+ * this process's CPU and wall time).
+ */
+function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
+  const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
+  for (let k = 0; k < 3; k++) {
+    const cpu = process.cpuUsage();
+    const wall = performance.now();
+    const files = readdirSync(dir).filter((f) => f.endsWith('.pem'));
+    for (const f of files) statSync(join(dir, f));
+    const used = process.cpuUsage(cpu);
+    runs.push({ cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length });
+  }
+  return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
+}
+
+/**
+ * Waits until every worker of `proxy` used less than a tenth of a core over
+ * one second (background work after start: OCSP tracking parses every leaf),
+ * at most `maxMs`; resolves with the time waited and whether they settled.
+ */
+async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
+  const started = performance.now();
+  const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
+  let before = cpu();
+  for (;;) {
+    await sleep(1000);
+    const after = cpu();
+    const busiest = Math.max(0, ...after.map((us, k) => (us - (before[k] ?? 0)) / 1e6));
+    const waitedMs = performance.now() - started;
+    if (busiest < 0.1 && after.length === before.length) return { waitedMs, settled: true };
+    if (waitedMs > maxMs) return { waitedMs, settled: false };
+    before = after;
+  }
+}
+
+/** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
+async function handshakeAll(
+  port: number,
+  hosts: readonly string[],
+  ca: string,
+  concurrency: number,
+): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
+  let next = 0;
+  let ok = 0;
+  let failed = 0;
+  const errors: string[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < hosts.length) {
+        const host = hosts[next++]!;
+        const r = await connectOnce(port, host, ca, true, 30_000);
+        if (r.ok) ok++;
+        else {
+          failed++;
+          if (errors.length < 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
+        }
+      }
+    }),
+  );
+  return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
+}
+
+/** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
+async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = proxy.log
+      .read()
+      .slice(from)
+      .find((l) => l.msg === 'reload done');
+    if (line !== undefined || Date.now() > deadline) return line;
+    await sleep(20);
+  }
+}
+
+/** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
+function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
+  const lines = proxy.log.read();
+  const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
+  const primary = lines.find((l) => l.msg === 'proxy primary started');
+  return {
+    primaryStartedMs: primary === undefined ? undefined : at(primary),
+    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
+  };
+}
+
+interface ReloadFigure {
+  readonly entry: string;
+  /** From the rename until a new connection got the new serial. */
+  readonly timeToServeMs: number | undefined;
+  readonly reloadDurationMs: number | undefined;
+  readonly reloadTrigger: unknown;
+  readonly probes: number;
+}
+
+/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
+async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
+  const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
+  const logFrom = proxy.log.read().length;
+  writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
+  const writtenAt = performance.now();
+  let timeToServeMs: number | undefined;
+  let probes = 0;
+  while (performance.now() - writtenAt < 60_000) {
+    const started = performance.now();
+    const r = await connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
+    probes++;
+    if (r.serial === leaf.serial && r.handshakeAt !== undefined) {
+      timeToServeMs = r.handshakeAt - writtenAt;
+      break;
+    }
+    await sleep(Math.max(0, 10 - (performance.now() - started)));
+  }
+  const line = await reloadDone(proxy, logFrom, 30_000);
+  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
+}
+
+/** POST /reload with nothing changed: the answer's durationMs and the round trip. */
+async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
+  const started = performance.now();
+  const answer = await proxy.admin('POST', '/reload');
+  const roundTripMs = performance.now() - started;
+  if (answer.status !== 200) throw new Error(`POST /reload answered ${answer.status}: ${answer.text.slice(0, 300)}`);
+  const report = JSON.parse(answer.text) as { durationMs: number; changed: unknown[] };
+  return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
+}
+
+function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
+  return {
+    ...base,
+    domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
+    tls: { contextCacheSize: cacheSize },
+    // The periodic rescan is pushed out of the run: every reload measured is the one the bench caused.
+    certStore: { dir: storeDir, rescanSeconds: 3600 },
+  };
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      names: { type: 'string' },
+      bounded: { type: 'string' },
+      cache: { type: 'string' },
+      'context-names': { type: 'string' },
+      concurrency: { type: 'string', default: '8' },
+      reloads: { type: 'string', default: '3' },
+      'ready-timeout': { type: 'string', default: '480' },
+      'settle-max': { type: 'string' },
+      'bounded-passes': { type: 'string' },
+      'cpu-prof': { type: 'boolean', default: false },
+      top: { type: 'string', default: '25' },
+      out: { type: 'string', default: 'bench/results' },
+      'keep-temp': { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const quick = values.quick ?? false;
+  const names = numberOption(values.names, '--names', quick ? 1000 : 10_000, 2);
+  const bounded = Math.min(names, numberOption(values.bounded, '--bounded', quick ? 500 : 5000, 1));
+  const cacheSize = numberOption(values.cache, '--cache', quick ? 200 : 1000, 1);
+  const contextNames = numberOption(values['context-names'], '--context-names', quick ? 300 : 1000, 2);
+  const concurrency = numberOption(values.concurrency, '--concurrency', 8, 1);
+  const reloads = numberOption(values.reloads, '--reloads', 3, 1);
+  const readyTimeoutMs = numberOption(values['ready-timeout'], '--ready-timeout', 480, 1) * 1000;
+  const profiling = values['cpu-prof'] ?? false;
+  const top = numberOption(values.top, '--top', 25, 1);
+  const boundedPasses = numberOption(values['bounded-passes'], '--bounded-passes', 3, 1);
+  const settleMaxMs = numberOption(values['settle-max'], '--settle-max', quick ? 60 : 180, 0) * 1000;
+  const suffix = quick ? '-quick' : names === 10_000 ? '' : `-${names}`;
+  const machine = describeMachine();
+  const say = (line: string): void => void process.stderr.write(`${line}\n`);
+
+  const lab = await CertLab.start([{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' }], say);
+  process.on('exit', () => lab.cleanup(values['keep-temp']));
+  process.on('SIGINT', () => process.exit(130));
+  try {
+    const key = lab.key('ec');
+    const ca = lab.ca.pem;
+
+    // The store: one file per entry, the leaf and the CA (RFC 8446 §4.4.2: the chain the client needs).
+    const storeDir = join(lab.dir, 'store');
+    mkdirSync(storeDir, { recursive: true });
+    const genStarted = performance.now();
+    for (let i = 0; i < names; i++) writeFileSync(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(lab.ca.issue(key.spki, [hostOf(i)])));
+    const generateSeconds = (performance.now() - genStarted) / 1000;
+    const listing = listingCost(storeDir);
+    say(
+      `store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`,
+    );
+
+    const profDir = resolve('bench/results/tmp/profiles', `cert-scale-${process.pid}`);
+    if (profiling) mkdirSync(profDir, { recursive: true });
+    const base = await lab.baseConfig();
+    const spawnedAt = Date.now();
+    const spawnedUs = monotonicUs();
+    const proxy = await lab.startProxy({
+      name: 'scale',
+      config: scaleConfig(base.config, storeDir, cacheSize, lab.originPort),
+      readyTimeoutMs,
+      allowNotReady: true,
+      ...(profiling ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] } : {}),
+    });
+    const phases = startupPhases(proxy, spawnedAt);
+    if (proxy.readyMs === undefined) {
+      // Not ready in time: what it reached is the finding; the rest cannot be measured.
+      const rss = rssOf(proxy);
+      const cpu = proxy.pids();
+      say(
+        `start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`,
+      );
+      const notReady = { readyTimeoutMs, phases, rss, pids: cpu, lastLogLines: proxy.log.read().slice(-5) };
+      await proxy.stop();
+      await lab.stop();
+      return writeNotReadyReport(values.out ?? 'bench/results', `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
+        names,
+        generateSeconds,
+        listing,
+        notReady,
+        machine,
+        cacheSize,
+      });
+    }
+    const readyMs = proxy.readyMs;
+    const readyUs = monotonicUs();
+    say(
+      `start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`,
+    );
+    await sleep(1000);
+    const rssAfterStart = rssOf(proxy);
+    say(`RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB`);
+    const settled = await settle(proxy, settleMaxMs);
+    const rssSettled = rssOf(proxy);
+    say(
+      `workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`,
+    );
+
+    const reloadsFromUs = monotonicUs();
+    const replaced: ReloadFigure[] = [];
+    for (let r = 0; r < reloads; r++) {
+      const i = Math.floor(((r + 1) * names) / (reloads + 1));
+      replaced.push(await replaceOne(lab, proxy, storeDir, key, i));
+      const f = replaced.at(-1)!;
+      say(
+        `one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`,
+      );
+      await sleep(300);
+    }
+    const rescans: { durationMs: number; roundTripMs: number; changed: number }[] = [];
+    for (let r = 0; r < reloads; r++) {
+      rescans.push(await rescan(proxy));
+      say(`no-change rescan (POST /reload): ${fmt(rescans.at(-1)!.durationMs, 1)} ms (round trip ${fmt(rescans.at(-1)!.roundTripMs, 1)} ms)`);
+    }
+
+    const reloadsToUs = monotonicUs();
+    if (profiling) {
+      await proxy.stop();
+      await lab.stop();
+      return writeProfileReport(values.out ?? 'bench/results', `cert-scale-profile${suffix}`, profDir, {
+        names,
+        readyMs,
+        pid: proxy.process.pid,
+        phases,
+        rssAfterStart,
+        replaced,
+        rescans,
+        top,
+        machine,
+        windows: { startup: { fromUs: spawnedUs, toUs: readyUs }, reloads: { fromUs: reloadsFromUs, toUs: reloadsToUs } },
+      });
+    }
+
+    // Bounded memory: more distinct names than contextCacheSize, twice over.
+    const spreadHosts = Array.from({ length: bounded }, (_, k) => hostOf(Math.floor((k * names) / bounded)));
+    const rssBeforeBounded = rssOf(proxy);
+    const passes: { ok: number; failed: number; seconds: number; errors: string[]; rss: Rss }[] = [];
+    for (let k = 0; k < boundedPasses; k++) {
+      const pass = await handshakeAll(proxy.port, spreadHosts, ca, concurrency);
+      passes.push({ ...pass, rss: rssOf(proxy) });
+    }
+    const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
+    const rssTrail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
+    say(
+      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${rssTrail} MiB (${boundedFailed} failed)`,
+    );
+    await proxy.stop();
+
+    // Memory per context: the same M-entry store, contextCacheSize 1 and M.
+    const contextStore = join(lab.dir, 'store-contexts');
+    mkdirSync(contextStore, { recursive: true });
+    const contextIndexes = Array.from({ length: Math.min(contextNames, names) }, (_, k) => k);
+    for (const i of contextIndexes) copyFileSync(join(storeDir, `${nameOf(i)}.pem`), join(contextStore, `${nameOf(i)}.pem`));
+    const contextHosts = contextIndexes.map(hostOf);
+    const contextRuns: {
+      cacheSize: number;
+      readyMs: number;
+      afterStart: Rss;
+      afterHandshakes: Rss;
+      ok: number;
+      failed: number;
+      seconds: number;
+      errors: string[];
+    }[] = [];
+    for (const size of [1, contextHosts.length]) {
+      const b = await lab.baseConfig();
+      const p = await lab.startProxy({ name: `contexts-${size}`, config: scaleConfig(b.config, contextStore, size, lab.originPort), readyTimeoutMs });
+      await sleep(1000);
+      const afterStart = rssOf(p);
+      const pass = await handshakeAll(p.port, contextHosts, ca, concurrency);
+      await sleep(500);
+      const afterHandshakes = rssOf(p);
+      contextRuns.push({ cacheSize: size, readyMs: p.readyMs ?? Number.NaN, afterStart, afterHandshakes, ...pass });
+      say(
+        `contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${fmt(p.readyMs ?? Number.NaN)} ms; workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`,
+      );
+      await p.stop();
+    }
+    const [small, large] = contextRuns as [(typeof contextRuns)[0], (typeof contextRuns)[0]];
+    const meanWorkers = (r: Rss): number => r.workersMiB.reduce((a, b) => a + b, 0) / r.workersMiB.length;
+    const perContextKiB = {
+      afterStart: ((meanWorkers(large.afterStart) - meanWorkers(small.afterStart)) * 1024) / (contextHosts.length - 1),
+      afterHandshakes: ((meanWorkers(large.afterHandshakes) - meanWorkers(small.afterHandshakes)) * 1024) / (contextHosts.length - 1),
+    };
+    await lab.stop();
+
+    const failed = boundedFailed + small.failed + large.failed + replaced.filter((r) => r.timeToServeMs === undefined).length;
+    const summary = {
+      names,
+      generateSeconds: round(generateSeconds, 1),
+      listing,
+      startup: { readyMs: Math.round(readyMs), primaryStartedMs: phases.primaryStartedMs, workersListeningMs: phases.workersListeningMs },
+      rssAfterStart,
+      settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: rssSettled },
+      oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
+      oneEntryReloadMedian: {
+        timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
+        reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
+      },
+      noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
+      noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
+      bounded: {
+        distinctNames: bounded,
+        contextCacheSize: cacheSize,
+        before: rssBeforeBounded,
+        passes: passes.map((p) => ({ rssAfter: p.rss, ok: p.ok, failed: p.failed, handshakesPerSecond: round(p.ok / p.seconds, 1), errors: p.errors })),
+      },
+      perContext: {
+        entries: contextHosts.length,
+        runs: contextRuns.map((r) => ({ ...r, readyMs: Math.round(r.readyMs), seconds: round(r.seconds, 1) })),
+        kibPerContextAfterStart: round(perContextKiB.afterStart, 1),
+        kibPerContextAfterHandshakes: round(perContextKiB.afterHandshakes, 1),
+      },
+    };
+
+    const markdown = [
+      `# cert-scale${quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
+      '',
+      `\`keyedge proxy\`, 2 workers, contextCacheSize ${cacheSize}; a store of ${fmt(names)} entries (one name each, n<i>.${DOMAIN}, all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(generateSeconds, 1)} s by the bench.`,
+      '',
+      markdownTable(
+        ['Figure', 'Value'],
+        [
+          ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
+          ['start-up: spawn → /readyz 200', `${fmt(readyMs)} ms`],
+          ['… primary validated every entry and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
+          ['… workers listening (state received over IPC, contexts built)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+          ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
+          ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
+          ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
+          ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
+          [
+            `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
+            `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(summary.oneEntryReloadMedian.timeToServeMs)})`,
+          ],
+          [
+            '… primary "reload done" durationMs (after the 150 ms watch debounce)',
+            `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
+          ],
+          [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
+          [
+            `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
+            `${rssTrail} MiB`,
+          ],
+          ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
+          [
+            `memory per secure context (${fmt(contextHosts.length)} entries, cache ${contextHosts.length} vs 1): after start`,
+            `${fmt(perContextKiB.afterStart, 1)} KiB`,
+          ],
+          ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
+        ],
+        ['left', 'right'],
+      ),
+      '',
+      markdownTable(
+        ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
+        contextRuns.map((r) => [
+          `contextCacheSize ${r.cacheSize}`,
+          fmt(r.readyMs),
+          workersRss(r.afterStart),
+          workersRss(r.afterHandshakes),
+          fmt(r.ok),
+          fmt(r.failed),
+        ]),
+        ['left', 'right', 'right', 'right', 'right', 'right'],
+      ),
+      '',
+      `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
+      '',
+      `Command: \`${machine.commandLine}\``,
+    ].join('\n');
+    const out = writeReport(
+      values.out ?? 'bench/results',
+      `cert-scale${suffix}`,
+      {
+        benchmark: 'cert-scale',
+        machine,
+        settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 },
+        summary: summaryRows(summary, failed),
+        figures: summary,
+      },
+      markdown,
+    );
+    process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
+    return failed > 0 ? 1 : 0;
+  } finally {
+    lab.cleanup(values['keep-temp']);
+  }
+}
+
+/** The suite's one-row-per-scenario shape (lib/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
+function summaryRows(
+  figures: {
+    startup: { readyMs: number };
+    oneEntryReload: readonly { timeToServeMs?: number | undefined }[];
+    noChangeRescan: readonly { durationMs: number }[];
+  },
+  errors: number,
+): SummaryRow[] {
+  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow => ({
+    bench: 'cert-scale',
+    scenario,
+    label,
+    unit: 'request',
+    rate: Number.NaN,
+    serverCpuUs: Number.NaN,
+    p50Ms: round(median(values), 1),
+    p99Ms: round(Math.max(...values), 1),
+    clientSaturated: false,
+    errors,
+    spreadPct: Number.NaN,
+    otherCores: Number.NaN,
+  });
+  return [
+    row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
+    row(
+      'one-entry-reload',
+      'one entry replaced: rename → served (p99 = max)',
+      figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN),
+    ),
+    row(
+      'rescan',
+      'no-change rescan, POST /reload durationMs (p99 = max)',
+      figures.noChangeRescan.map((r) => r.durationMs),
+    ),
+  ];
+}
+
+interface ProfileContext {
+  readonly names: number;
+  readonly readyMs: number;
+  readonly pid: number;
+  readonly phases: ReturnType<typeof startupPhases>;
+  readonly rssAfterStart: Rss;
+  readonly replaced: readonly ReloadFigure[];
+  readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
+  readonly top: number;
+  readonly machine: ReturnType<typeof describeMachine>;
+  /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
+  readonly windows: { readonly startup: ProfileWindow; readonly reloads: ProfileWindow };
+}
+
+/** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
+function writeProfileReport(outDir: string, name: string, profDir: string, ctx: ProfileContext): number {
+  const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
+  const primaryPid = ctx.pid;
+  // node names them CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
+  const pidOf = (f: string): number => Number(f.split('.')[3]);
+  const primaryFile = files.find((f) => pidOf(f) === primaryPid);
+  const workerFile = files.find((f) => pidOf(f) !== primaryPid);
+  const keep = resolve('bench/results/tmp/profiles');
+  const kept: string[] = [];
+  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
+  for (const [role, file] of [
+    ['primary', primaryFile],
+    ['worker', workerFile],
+  ] as const) {
+    if (file === undefined) continue;
+    const target = join(keep, `${dateStamp()}-cert-scale-${ctx.names}-${role}.cpuprofile`);
+    renameSync(join(profDir, file), target);
+    kept.push(target);
+    for (const [window, span] of [
+      ['start-up (spawn → /readyz 200)', ctx.windows.startup],
+      ['one-entry reloads and no-change rescans', ctx.windows.reloads],
+    ] as const) {
+      const s = summarizeProfile(target, REPO_ROOT, span);
+      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
+    }
+  }
+  rmSync(profDir, { recursive: true, force: true });
+  const table = (functions: readonly FunctionCost[], by: 'self' | 'inclusive'): string =>
+    markdownTable(
+      ['function', 'self ms', 'self %', 'inclusive ms', 'incl %'],
+      [...functions]
+        .sort((a, b) => (by === 'self' ? b.selfUs - a.selfUs : b.inclusiveUs - a.inclusiveUs))
+        .slice(0, ctx.top)
+        .map((f) => [f.function, fmt(f.selfUs / 1000), fmt(f.selfPct, 1), fmt(f.inclusiveUs / 1000), fmt(f.inclusivePct, 1)]),
+      ['left', 'right', 'right', 'right', 'right'],
+    );
+  const markdown = [
+    `# cert-scale profile: ${fmt(ctx.names)} store entries, ${dateStamp()}`,
+    '',
+    `Primary and workers under \`node --cpu-prof\` (sampling slows them a little): start-up until /readyz 200 ${fmt(ctx.readyMs)} ms (primary started at ${fmt(ctx.phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${ctx.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms), ` +
+      `then ${ctx.replaced.length} one-entry reloads (primary "reload done" ${ctx.replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms; new serial served after ${ctx.replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms) ` +
+      `and ${ctx.rescans.length} no-change rescans (${ctx.rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms). RSS after start: primary ${fmt(ctx.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(ctx.rssAfterStart)} MiB.`,
+    '',
+    ...summaries.flatMap((s) => [
+      `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
+      '',
+      '### by self time',
+      '',
+      table(s.functions, 'self'),
+      '',
+      '### by inclusive time',
+      '',
+      table(s.functions, 'inclusive'),
+      '',
+    ]),
+    `Profiles kept: ${kept.map((k) => `\`${k}\``).join(', ')} (bench/results/tmp is not committed).`,
+    '',
+    `Command: \`${ctx.machine.commandLine}\``,
+  ].join('\n');
+  const out = writeReport(
+    outDir,
+    name,
+    {
+      benchmark: 'cert-scale-profile',
+      machine: ctx.machine,
+      names: ctx.names,
+      readyMs: Math.round(ctx.readyMs),
+      phases: ctx.phases,
+      rssAfterStart: ctx.rssAfterStart,
+      replaced: ctx.replaced,
+      rescans: ctx.rescans,
+      profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
+    },
+    markdown,
+  );
+  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
+  return 0;
+}
+
+interface NotReadyContext {
+  readonly names: number;
+  readonly generateSeconds: number;
+  readonly listing: ReturnType<typeof listingCost>;
+  readonly notReady: {
+    readonly readyTimeoutMs: number;
+    readonly phases: ReturnType<typeof startupPhases>;
+    readonly rss: Rss;
+    readonly lastLogLines: readonly LogLine[];
+  };
+  readonly machine: ReturnType<typeof describeMachine>;
+  readonly cacheSize: number;
+}
+
+/** The report of a run whose proxy did not become ready in time: how far it got. Exit status 1. */
+function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext): number {
+  const { notReady, machine } = ctx;
+  const markdown = [
+    `# cert-scale: ${fmt(ctx.names)} store entries, ${dateStamp()}: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s`,
+    '',
+    `\`keyedge proxy\`, 2 workers, contextCacheSize ${ctx.cacheSize}; a store of ${fmt(ctx.names)} entries (one name each, n<i>.${DOMAIN}, one ECDSA P-256 key), issued and written in ${fmt(ctx.generateSeconds, 1)} s. ` +
+      'The proxy did not answer /readyz 200 within the time allowed, so reload, rescan and memory figures could not be taken. See bench/README.md, section "cert-scale".',
+    '',
+    markdownTable(
+      ['Figure', 'Value'],
+      [
+        ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(ctx.listing.cpuMs, 1)} / ${fmt(ctx.listing.wallMs, 1)} ms`],
+        ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
+        [
+          '… primary validated every entry and forked ("proxy primary started")',
+          notReady.phases.primaryStartedMs === undefined ? 'not yet' : `${fmt(notReady.phases.primaryStartedMs)} ms`,
+        ],
+        [
+          '… workers listening',
+          notReady.phases.workersListeningMs.length === 0 ? 'none yet' : `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`,
+        ],
+        ['RSS when given up: primary', `${fmt(notReady.rss.primaryMiB, 1)} MiB`],
+        ['RSS when given up: workers', `${workersRss(notReady.rss)} MiB`],
+      ],
+      ['left', 'right'],
+    ),
+    '',
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
+    '',
+    `Command: \`${machine.commandLine}\``,
+  ].join('\n');
+  const out = writeReport(
+    outDir,
+    name,
+    {
+      benchmark: 'cert-scale',
+      summary: [
+        {
+          bench: 'cert-scale',
+          scenario: 'startup',
+          label: 'start-up until /readyz 200',
+          unit: 'request',
+          rate: Number.NaN,
+          serverCpuUs: Number.NaN,
+          p50Ms: Number.NaN,
+          p99Ms: Number.NaN,
+          clientSaturated: false,
+          errors: 1,
+          spreadPct: Number.NaN,
+          otherCores: Number.NaN,
+          skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
+        } satisfies SummaryRow,
+      ],
+      machine,
+      names: ctx.names,
+      generateSeconds: round(ctx.generateSeconds, 1),
+      listing: ctx.listing,
+      cacheSize: ctx.cacheSize,
+      notReady,
+    },
+    markdown,
+  );
+  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
+  return 1;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`cert-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

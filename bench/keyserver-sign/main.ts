@@ -1,0 +1,827 @@
+/**
+ * Benchmark: signatures per second through the key server, against the
+ * token's own ceiling (issue "key server", #4).
+ *
+ * For ECDSA P-256 (ECDSA_SHA256) and RSA-2048 (RSA_PSS_SHA256), on one
+ * SoftHSM2 token in one run:
+ *   raw    pkcs11js in this process, N sessions each looping C_SignInit +
+ *          async C_Sign (N = cores and 2 × cores; the faster is the ceiling)
+ *   unix   through the key server (its own process) over its unix socket
+ *   tls    through the key server over mutual TLS 1.3 on 127.0.0.1
+ * Each scenario is warmed up, then all are measured in interleaved rounds
+ * (bench/lib/rounds.ts); the report gives per-scenario medians, min-max,
+ * keyserver/raw ratios, latency percentiles and CPU per sign for the key
+ * server and for this process. See bench/README.md.
+ *
+ * Usage: node dist/bench/keyserver-sign.js [--quick] [--out DIR] [options]
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import type pkcs11js from 'pkcs11js';
+import { loadKeyserverConfig } from '../../config/load.js';
+import { KeyserverClient } from '../../keyserver/client/client.js';
+import { tokenOptions } from '../../keyserver/server/daemon.js';
+import { listKeys } from '../../keyserver/token/keys.js';
+import { Token } from '../../keyserver/token/token.js';
+import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
+import { connectTls, connectUnix, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import { describeMachine } from '../harness/machine.js';
+import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { QuietGate } from '../harness/quiet.js';
+import { runRounds, type Scenario } from '../harness/rounds.js';
+import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './load.js';
+import { median, round, spread } from '../harness/stats.js';
+import { numberOption } from '../harness/cli.js';
+import { installInterrupt, runBench } from '../harness/main.js';
+
+/** A window during which other processes used more than this many cores counts as contended. */
+const CONTENDED_CORES = 0.25;
+
+const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
+
+  --quick              3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)
+  --out DIR            where to write <date>-keyserver-sign.{json,md} (quick: -quick.{json,md})
+                       (default bench/results)
+  --rounds N           measuring rounds (default 5; quick 3)
+  --measure SEC        seconds per measurement (default 4; quick 1)
+  --warmup SEC         warm-up seconds per scenario (default 2; quick 1)
+  --client lean|library
+                       key-server client: the lean pipelining client (default) or
+                       the project's KeyserverClient
+  --pipeline CxD       C connections x D requests in flight each, for both key
+                       types (skips the exploration), e.g. 2x32
+  --sessions N         the key server's pkcs11.sessions (default: product default)
+  --server-cpu-prof DIR
+                       run the key server under node --cpu-prof, profile to DIR
+  --keys ec,rsa        key types to run (default both)
+  --paths raw,unix,tls paths to run (default all; raw is needed for the ratios)
+  --quiet-wait SEC     before each measurement wait (up to SEC in total per run) for
+                       other processes to use < ${CONTENDED_CORES} cores (default 60; quick 0)
+  --extra-rounds N     up to N more rounds while a scenario has < 3 clean rounds
+                       (default 2; quick 0)
+  --keep-temp          keep the temp directory (token, config, certs)
+  --help
+`;
+
+/** Candidate (connections, in flight per connection) settings tried by the exploration. */
+const PIPELINE_CANDIDATES: readonly Pipeline[] = [
+  { connections: 1, depth: 32 },
+  { connections: 1, depth: 64 },
+  { connections: 2, depth: 32 },
+  { connections: 2, depth: 64 },
+  { connections: 4, depth: 32 },
+  { connections: 4, depth: 64 },
+];
+/** A smaller setting within this fraction of the best is preferred: fewer in flight, lower latency, same throughput. */
+const EXPLORE_TOLERANCE = 0.03;
+
+type Transport = 'unix' | 'tls';
+type ClientKind = 'lean' | 'library';
+
+interface Options {
+  readonly quick: boolean;
+  readonly out: string;
+  readonly rounds: number;
+  readonly measureMs: number;
+  readonly warmupMs: number;
+  readonly rampMs: number;
+  readonly exploreMs: number;
+  readonly settleMs: number;
+  /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
+  readonly quietBudgetMs: number;
+  /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
+  readonly maxExtraRounds: number;
+  readonly explorePasses: number;
+  readonly client: ClientKind;
+  readonly pipeline: Pipeline | undefined;
+  readonly sessions: number | undefined;
+  readonly serverCpuProf: string | undefined;
+  readonly keepTemp: boolean;
+  readonly keys: readonly BenchKey[];
+  readonly paths: ReadonlySet<'raw' | Transport>;
+}
+
+function parseOptions(argv: string[]): Options | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      out: { type: 'string', default: 'bench/results' },
+      rounds: { type: 'string' },
+      measure: { type: 'string' },
+      warmup: { type: 'string' },
+      client: { type: 'string', default: 'lean' },
+      pipeline: { type: 'string' },
+      sessions: { type: 'string' },
+      'server-cpu-prof': { type: 'string' },
+      'keep-temp': { type: 'boolean', default: false },
+      'quiet-wait': { type: 'string' },
+      'extra-rounds': { type: 'string' },
+      keys: { type: 'string', default: BENCH_KEYS.map((k) => k.id).join(',') },
+      paths: { type: 'string', default: 'raw,unix,tls' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return undefined;
+  }
+  const num = numberOption;
+  const quick = values.quick;
+  if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
+  const pipeline = values.pipeline !== undefined ? parsePipeline(values.pipeline) : undefined;
+  const keys = values.keys.split(',').map((id) => {
+    const key = BENCH_KEYS.find((k) => k.id === id);
+    if (key === undefined) throw new Error(`--keys takes ${BENCH_KEYS.map((k) => k.id).join(', ')}; got '${id}'`);
+    return key;
+  });
+  const paths = new Set(
+    values.paths.split(',').map((p) => {
+      if (p !== 'raw' && p !== 'unix' && p !== 'tls') throw new Error(`--paths takes raw, unix, tls; got '${p}'`);
+      return p;
+    }),
+  );
+  const measureMs = num(values.measure, '--measure', quick ? 1 : 4, 0.2) * 1000;
+  return {
+    quick,
+    out: values.out,
+    rounds: Math.round(num(values.rounds, '--rounds', quick ? 3 : 5, 1)),
+    measureMs,
+    warmupMs: num(values.warmup, '--warmup', quick ? 1 : 2, 0) * 1000,
+    rampMs: quick ? 150 : 300,
+    exploreMs: quick ? 250 : 1000,
+    settleMs: quick ? 50 : 200,
+    maxExtraRounds: Math.round(num(values['extra-rounds'], '--extra-rounds', quick ? 0 : 2, 0)),
+    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 60, 0) * 1000,
+    explorePasses: quick ? 1 : 2,
+    client: values.client,
+    pipeline,
+    sessions: values.sessions === undefined ? undefined : Math.round(num(values.sessions, '--sessions', 0, 1)),
+    serverCpuProf: values['server-cpu-prof'],
+    keepTemp: values['keep-temp'],
+    keys,
+    paths,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+interface ScenarioInfo {
+  readonly name: string;
+  readonly key: BenchKey;
+  readonly path: 'raw' | Transport;
+  /** "N sessions" for raw, "CxD" for the key server. */
+  readonly setting: string;
+}
+
+interface BenchScenario extends Scenario<WindowResult>, ScenarioInfo {
+  close(): void;
+}
+
+function rawScenario(
+  key: BenchKey,
+  pkcs11: pkcs11js.PKCS11,
+  sessions: readonly pkcs11js.Handle[],
+  rawKey: RawKey,
+  digests: Buffer[],
+  options: Options,
+): BenchScenario {
+  const load = new RawSignLoad(pkcs11, sessions, rawKey, digests);
+  return {
+    name: `raw-${key.id}-${sessions.length}s`,
+    key,
+    path: 'raw',
+    setting: `${sessions.length} sessions`,
+    run: (durationMs, context) => measureWindow(load, { durationMs, rampMs: options.rampMs, signal: context.signal }),
+    close: () => undefined,
+  };
+}
+
+interface Connected {
+  readonly load: SignLoad;
+  close(): void;
+}
+
+async function connectLoad(
+  server: KeyserverProcess,
+  lab: KeyserverLab,
+  transport: Transport,
+  client: ClientKind,
+  pipeline: Pipeline,
+  keyId: Buffer,
+  key: BenchKey,
+  digests: Buffer[],
+): Promise<Connected> {
+  const spec = { keyId, algorithm: key.algorithm, digests };
+  if (client === 'library') {
+    const tcp = {
+      host: '127.0.0.1',
+      port: server.tcpPort,
+      ca: lab.tls.ca,
+      cert: lab.tls.clientCert,
+      key: lab.tls.clientKey,
+      servername: lab.tls.serverName,
+    };
+    const clients: KeyserverClient[] = [];
+    try {
+      for (let i = 0; i < pipeline.connections; i++) {
+        clients.push(
+          await KeyserverClient.connect({
+            ...(transport === 'unix' ? { unixPath: server.unixPath } : { tcp }),
+            maxInFlight: pipeline.depth,
+            timeoutMs: 10_000,
+          }),
+        );
+      }
+    } catch (err) {
+      clients.forEach((c) => void c.close());
+      throw err;
+    }
+    return { load: new LibraryClientSignLoad(clients, spec, pipeline.depth), close: () => clients.forEach((c) => void c.close()) };
+  }
+  const sockets: net.Socket[] = [];
+  try {
+    for (let i = 0; i < pipeline.connections; i++) {
+      sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    }
+  } catch (err) {
+    sockets.forEach((s) => void s.destroy());
+    throw err;
+  }
+  return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close: () => sockets.forEach((s) => void s.destroy()) };
+}
+
+function keyserverScenario(
+  key: BenchKey,
+  transport: Transport,
+  pipeline: Pipeline,
+  connect: () => Promise<Connected>,
+  serverPid: number,
+  options: Options,
+): BenchScenario {
+  let connected: Connected | undefined;
+  return {
+    name: `${transport}-${key.id}`,
+    key,
+    path: transport,
+    setting: pipelineName(pipeline),
+    async run(durationMs, context) {
+      // Connections are opened once and kept, as the proxy keeps them.
+      connected ??= await connect();
+      return measureWindow(connected.load, { durationMs, rampMs: options.rampMs, serverPid, signal: context.signal });
+    },
+    close: () => connected?.close(),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Exploration of the pipeline setting
+
+interface ExploreRow {
+  readonly key: string;
+  readonly pipeline: string;
+  readonly signsPerSecond: number[];
+  readonly meanSignsPerSecond: number;
+  readonly p99Us: number;
+}
+
+async function explorePipeline(
+  key: BenchKey,
+  connect: (p: Pipeline) => Promise<Connected>,
+  serverPid: number,
+  options: Options,
+  signal: AbortSignal,
+  log: (line: string) => void,
+): Promise<{ chosen: Pipeline; rows: ExploreRow[] }> {
+  const rates = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
+  const p99 = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
+  // Warm the server for this key first, so the first candidate is not the cold one.
+  const warm = await connect(PIPELINE_CANDIDATES[2]!);
+  try {
+    await measureWindow(warm.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
+  } finally {
+    warm.close();
+  }
+  for (let pass = 0; pass < options.explorePasses; pass++) {
+    const order = pass % 2 === 0 ? PIPELINE_CANDIDATES : [...PIPELINE_CANDIDATES].reverse();
+    for (const candidate of order) {
+      const c = await connect(candidate);
+      try {
+        const r = await measureWindow(c.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
+        if (r.errors > 0) throw new Error(`exploration ${key.id} ${pipelineName(candidate)}: ${r.errors} errors, first: ${r.firstError}`);
+        rates.get(pipelineName(candidate))!.push(r.signsPerSecond);
+        p99.get(pipelineName(candidate))!.push(r.latency.p99Us);
+      } finally {
+        c.close();
+      }
+    }
+  }
+  const rows: ExploreRow[] = PIPELINE_CANDIDATES.map((p) => {
+    const name = pipelineName(p);
+    const r = rates.get(name)!;
+    return {
+      key: key.title,
+      pipeline: name,
+      signsPerSecond: r.map((v) => round(v)),
+      meanSignsPerSecond: r.reduce((a, b) => a + b, 0) / r.length,
+      p99Us: median(p99.get(name)!),
+    };
+  });
+  const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
+  const inFlight = (p: Pipeline) => p.connections * p.depth;
+  const chosen = [...PIPELINE_CANDIDATES]
+    .filter((p) => rows.find((r) => r.pipeline === pipelineName(p))!.meanSignsPerSecond >= best * (1 - EXPLORE_TOLERANCE))
+    .sort((a, b) => inFlight(a) - inFlight(b) || a.connections - b.connections)[0]!;
+  for (const r of rows) log(`  explore ${key.id} ${r.pipeline.padEnd(5)} ${fmt(r.meanSignsPerSecond).padStart(8)} signs/s  p99 ${fmt(r.p99Us)} µs`);
+  log(`  explore ${key.id}: chose ${pipelineName(chosen)}`);
+  return { chosen, rows };
+}
+
+// ---------------------------------------------------------------------------
+// Summary
+
+interface IdleLatencyRow {
+  readonly key: string;
+  readonly path: 'raw' | Transport;
+  readonly signsPerSecond: number;
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly errors: number;
+}
+
+interface ScenarioSummary extends ScenarioInfo {
+  readonly signsPerSecond: ReturnType<typeof spread>;
+  readonly perRound: readonly WindowResult[];
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly serverCpuUsPerSign: number | undefined;
+  readonly serverMainThreadUsPerSign: number | undefined;
+  readonly serverOtherThreadsUsPerSign: number | undefined;
+  readonly clientCpuUsPerSign: number;
+  /** Server + bench process per sign (for raw: the bench process alone, which then holds the token's work too). */
+  readonly totalCpuUsPerSign: number;
+  readonly machineBusyCores: number;
+  /** CPU used by everything else on the machine during the windows (median), in cores. */
+  readonly otherCores: number;
+  /** Rounds whose window had at most CONTENDED_CORES of other load. */
+  readonly cleanRounds: number;
+  /** The medians come from the clean rounds when at least 3 (or all) were clean, else from all rounds. */
+  readonly usedRounds: readonly number[];
+  readonly errors: number;
+  /** Median key server / best raw, and the range of the per-round ratios. */
+  readonly vsRaw:
+    | {
+        readonly ratio: number;
+        readonly perRound: readonly number[];
+        readonly rawScenario: string;
+        /** Ceiling's total CPU per sign / this path's: 1 means signing through the key server costs the machine no more CPU than raw. */
+        readonly cpuRatio: number;
+      }
+    | undefined;
+}
+
+function summarize(
+  scenarios: readonly BenchScenario[],
+  results: ReadonlyMap<string, readonly WindowResult[]>,
+): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
+  const base = scenarios.map((s) => {
+    const all = results.get(s.name) ?? [];
+    const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.machine.otherCores <= CONTENDED_CORES);
+    // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
+    const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
+    const perRound = used.map(({ r }) => r);
+    const opt = (f: (r: WindowResult) => number | undefined) => {
+      const v = perRound.map(f).filter((x): x is number => x !== undefined);
+      return v.length > 0 ? median(v) : undefined;
+    };
+    return {
+      name: s.name,
+      key: s.key,
+      path: s.path,
+      setting: s.setting,
+      signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
+      perRound: all,
+      cleanRounds: clean.length,
+      usedRounds: used.map(({ i }) => i),
+      p50Us: median(perRound.map((r) => r.latency.p50Us)),
+      p99Us: median(perRound.map((r) => r.latency.p99Us)),
+      serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),
+      serverMainThreadUsPerSign: opt((r) => r.server?.mainThreadUsPerSign),
+      serverOtherThreadsUsPerSign: opt((r) => r.server?.otherThreadsUsPerSign),
+      clientCpuUsPerSign: median(perRound.map((r) => r.clientCpuUsPerSign)),
+      totalCpuUsPerSign: median(perRound.map((r) => (r.server?.cpuUsPerSign ?? 0) + r.clientCpuUsPerSign)),
+      machineBusyCores: median(perRound.map((r) => r.machine.busyCores)),
+      otherCores: median(perRound.map((r) => r.machine.otherCores)),
+      errors: perRound.reduce((n, r) => n + r.errors, 0),
+    };
+  });
+  // The ceiling per key type: the raw setting with the higher median.
+  const ceilings = new Map<string, string>();
+  for (const key of BENCH_KEYS) {
+    const raws = base.filter((s) => s.path === 'raw' && s.key.id === key.id);
+    const best = raws.sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
+    if (best !== undefined) ceilings.set(key.id, best.name);
+  }
+  const summaries = base.map((s): ScenarioSummary => {
+    if (s.path === 'raw') return { ...s, vsRaw: undefined };
+    const raw = base.find((b) => b.name === ceilings.get(s.key.id));
+    if (raw === undefined) return { ...s, vsRaw: undefined };
+    // Each round against the ceiling's same round (neighbours in time), over rounds both used.
+    const both = s.usedRounds.filter((i) => raw.usedRounds.includes(i));
+    const pairs = both.length > 0 ? both : s.usedRounds;
+    const perRound = pairs.map((i) => (s.perRound[i]?.signsPerSecond ?? Number.NaN) / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
+    return {
+      ...s,
+      vsRaw: {
+        ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
+        perRound,
+        rawScenario: raw.name,
+        cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
+      },
+    };
+  });
+  return { summaries, ceilings };
+}
+
+const TARGET_RATIO = 0.85;
+
+function markdownReport(
+  machine: ReturnType<typeof describeMachine>,
+  options: Options,
+  settings: Record<string, unknown>,
+  summaries: readonly ScenarioSummary[],
+  ceilings: Map<string, string>,
+  explore: readonly ExploreRow[],
+  idle: readonly IdleLatencyRow[],
+  roundsRun: number,
+  date: string,
+): string {
+  const rows = summaries.map((s) => {
+    const sps = s.signsPerSecond;
+    const isCeiling = ceilings.get(s.key.id) === s.name;
+    return [
+      s.key.title,
+      s.path + (isCeiling ? ' (ceiling)' : ''),
+      s.setting,
+      `${fmt(sps.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
+      `${fmt(sps.min)}–${fmt(sps.max)} (${fmt(sps.spreadPct, 0)}%)`,
+      `${s.cleanRounds}/${s.perRound.length}`,
+      s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
+      s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2),
+      fmt(s.p50Us),
+      fmt(s.p99Us),
+      s.serverCpuUsPerSign === undefined
+        ? '–'
+        : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
+      fmt(s.clientCpuUsPerSign, 0),
+      fmt(s.totalCpuUsPerSign, 0),
+      `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
+    ];
+  });
+  const table = markdownTable(
+    [
+      'Key',
+      'Path',
+      'Setting',
+      'signs/s',
+      'min–max (spread)',
+      'clean rounds',
+      'vs raw (rounds)',
+      'CPU vs raw',
+      'p50 µs',
+      'p99 µs',
+      'server µs/sign (main + other)',
+      'bench µs/sign',
+      'total µs/sign',
+      'machine busy / others (cores)',
+    ],
+    rows,
+    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  );
+  const verdicts = summaries
+    .filter((s) => s.vsRaw !== undefined)
+    .map((s) => `${s.key.title} ${s.path}: ${fmt(s.vsRaw!.ratio, 2)} ${s.vsRaw!.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`);
+  const exploreTable =
+    explore.length === 0
+      ? '(skipped: --pipeline given)'
+      : markdownTable(
+          ['Key', 'CxD', 'signs/s (mean of passes)', 'passes', 'p99 µs'],
+          explore.map((r) => [r.key, r.pipeline, fmt(r.meanSignsPerSecond), r.signsPerSecond.map((v) => fmt(v)).join(', '), fmt(r.p99Us)]),
+          ['left', 'left', 'right', 'right', 'right'],
+        );
+  return [
+    `# keyserver-sign, ${date}${options.quick ? ' (quick)' : ''}`,
+    '',
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
+    `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}`,
+    `Command: \`${machine.commandLine}\``,
+    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(
+      settings,
+    )
+      .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+      .join('; ')}.`,
+    '',
+    table,
+    '',
+    `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.join('; ')}.`,
+    '',
+    `Rounds: a round is clean when other processes used at most ${CONTENDED_CORES} cores during its window; medians, ranges and ratios`,
+    'use the clean rounds when at least 3 are clean (else all rounds, marked †). Every round is in the JSON.',
+    '',
+    'Columns: signs/s is the median over rounds; min–max and spread ((max−min)/median) show the rounds. "vs raw" divides by',
+    'the ceiling (the faster raw setting for that key); in brackets each round divided by the ceiling\'s same round. "CPU vs raw"',
+    "is the ceiling's total CPU per sign divided by this path's (1.00 = no CPU overhead), which the machine's varying",
+    'capacity disturbs less than throughput. p50/p99: per-request latency, median over rounds (raw: one C_SignInit + C_Sign;',
+    "key server: the client's round trip with the pipeline full). Server: utime+stime of the key server process per sign",
+    '(main thread = JavaScript, framing, socket syscalls; other = the signing worker threads running C_SignInit + C_Sign, V8 helpers). Bench:',
+    'process.cpuUsage() of the bench process per sign (raw: the whole sign, token included; key server: the client).',
+    'Total = server + bench. Machine busy / others: cores busy on the whole machine (/proc/stat) and, of those, the ones',
+    'used by neither the bench nor the key server: other load sharing the machine, which the figures cannot see past.',
+    '',
+    '## Latency with one request in flight',
+    '',
+    idle.length === 0
+      ? '(not measured)'
+      : markdownTable(
+          ['Key', 'Path', 'p50 µs', 'p99 µs', 'signs/s'],
+          idle.map((r) => [r.key, r.path, fmt(r.p50Us), fmt(r.p99Us), fmt(r.signsPerSecond)]),
+          ['left', 'left', 'right', 'right', 'right'],
+        ),
+    '',
+    `One raw session, or one connection with one request outstanding, for ${options.quick ? 0.3 : 2} s after the rounds: the`,
+    'round trip one TLS handshake waits for when the key server is idle (the table above has it at saturation).',
+    '',
+    '## Pipeline exploration (unix socket)',
+    '',
+    exploreTable,
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  if (options === undefined) return 0;
+  const cores = os.availableParallelism();
+  const rawSessionCounts = [...new Set([cores, 2 * cores])];
+  const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  if (poolThreads < Math.max(...rawSessionCounts)) {
+    process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${Math.max(...rawSessionCounts)} raw sessions; raw figures will be low\n`);
+  }
+  const machine = describeMachine();
+  const started = Date.now();
+  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+
+  let lab: KeyserverLab | undefined;
+  const signal = installInterrupt(log, () => {
+    if (!options.keepTemp) lab?.cleanup();
+  });
+
+  const scenarios: BenchScenario[] = [];
+  let token: Token | undefined;
+  let server: KeyserverProcess | undefined;
+  const rawSessions: pkcs11js.Handle[] = [];
+  try {
+    lab = new KeyserverLab({ ...(options.sessions !== undefined ? { sessions: options.sessions } : {}) });
+    log(`temp dir ${lab.dir}`);
+    const keyIds = new Map<string, string>();
+    for (const key of options.keys) {
+      keyIds.set(key.id, await lab.generateKey(key.type, key.label));
+      log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
+    }
+    signal.throwIfAborted();
+
+    // The raw side: the same token, opened in this process.
+    const config = loadKeyserverConfig(lab.configPath);
+    token = Token.open(tokenOptions(config));
+    const tokenKeys = listKeys(token);
+    for (let i = 0; i < Math.max(...rawSessionCounts); i++) rawSessions.push(token.openSession());
+    const digests = Array.from({ length: 16 }, () => randomBytes(32));
+
+    server = await lab.startServer({
+      ...(options.serverCpuProf !== undefined ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.serverCpuProf] } : {}),
+    });
+    const running = server;
+    log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
+
+    const connectFor = (key: BenchKey, transport: Transport) => (p: Pipeline) =>
+      connectLoad(running, lab!, transport, options.client, p, Buffer.from(keyIds.get(key.id)!, 'hex'), key, digests);
+
+    // Pipeline setting per key type: given, or explored on the unix socket.
+    const chosen = new Map<string, Pipeline>();
+    const explore: ExploreRow[] = [];
+    for (const key of options.keys) {
+      if (options.pipeline !== undefined || (!options.paths.has('unix') && !options.paths.has('tls'))) {
+        if (options.pipeline !== undefined) chosen.set(key.id, options.pipeline);
+        continue;
+      }
+      log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
+      const result = await explorePipeline(key, connectFor(key, 'unix'), running.pid, options, signal, log);
+      chosen.set(key.id, result.chosen);
+      explore.push(...result.rows);
+    }
+
+    for (const key of options.keys) {
+      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
+      if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
+      const rawKey: RawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
+      if (options.paths.has('raw'))
+        for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
+      for (const transport of (['unix', 'tls'] as const).filter((t) => options.paths.has(t))) {
+        const p = chosen.get(key.id)!;
+        scenarios.push(keyserverScenario(key, transport, p, () => connectFor(key, transport)(p), running.pid, options));
+      }
+    }
+
+    log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
+    const gate =
+      options.quietBudgetMs > 0
+        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: [running.pid], signal: signal }, options.quietBudgetMs)
+        : undefined;
+    const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+    const { order, results } = await runRounds(scenarios, {
+      beforeRun: async (scenario, context) => {
+        if (gate === undefined || context.phase !== 'measure') return;
+        const q = await gate.wait();
+        quietWaits.push({ scenario, round: context.round, ...q });
+        if (!q.quiet || q.waitedMs > 300) {
+          log(
+            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
+          );
+        }
+      },
+      rounds: options.rounds,
+      warmupMs: options.warmupMs,
+      measureMs: options.measureMs,
+      settleMs: options.settleMs,
+      signal: signal,
+      extraRounds: {
+        max: options.maxExtraRounds,
+        needed: (sofar) => {
+          const short = [...sofar].filter(([, rs]) => rs.filter((r) => r.machine.otherCores <= CONTENDED_CORES).length < 3).map(([name]) => name);
+          if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
+          return short.length > 0;
+        },
+      },
+      onRun: ({ scenario, context, result }) => {
+        const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
+        const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
+        log(
+          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
+            `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server} machine ${fmt(result.machine.busyCores, 2)} busy, others ${fmt(result.machine.otherCores, 2)}${errors}`,
+        );
+      },
+    });
+
+    // Round trip with nothing else in flight: what one handshake waits for on an idle key server.
+    const idle: IdleLatencyRow[] = [];
+    const idleMs = options.quick ? 300 : 2000;
+    for (const key of options.keys) {
+      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id))!;
+      const single: Pipeline = { connections: 1, depth: 1 };
+      for (const path of (['raw', 'unix', 'tls'] as const).filter((p) => options.paths.has(p))) {
+        signal.throwIfAborted();
+        let connected: Connected | undefined;
+        const load =
+          path === 'raw'
+            ? new RawSignLoad(
+                token.pkcs11,
+                rawSessions.slice(0, 1),
+                { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes },
+                digests,
+              )
+            : (connected = await connectFor(key, path)(single)).load;
+        try {
+          const r = await measureWindow(load, {
+            durationMs: idleMs,
+            rampMs: options.rampMs,
+            ...(path === 'raw' ? {} : { serverPid: running.pid }),
+            signal: signal,
+          });
+          idle.push({ key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors });
+          log(
+            `idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`,
+          );
+        } finally {
+          connected?.close();
+        }
+      }
+    }
+
+    const { summaries, ceilings } = summarize(scenarios, results);
+    const date = dateStamp();
+    const settings = {
+      rawSessions: rawSessionCounts,
+      keyserverSessions: config.pkcs11.sessions,
+      pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
+    };
+    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, order.length, date);
+    const json = {
+      benchmark: 'keyserver-sign',
+      date,
+      quick: options.quick,
+      machine,
+      method: {
+        rounds: options.rounds,
+        roundsRun: order.length,
+        maxExtraRounds: options.maxExtraRounds,
+        measureMs: options.measureMs,
+        warmupMs: options.warmupMs,
+        rampMs: options.rampMs,
+        settleMs: options.settleMs,
+        order,
+        client: options.client,
+        contendedCores: CONTENDED_CORES,
+        quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
+        exploration: {
+          candidates: PIPELINE_CANDIDATES.map(pipelineName),
+          durationMs: options.exploreMs,
+          passes: options.explorePasses,
+          tolerance: EXPLORE_TOLERANCE,
+        },
+        targetRatio: TARGET_RATIO,
+      },
+      settings,
+      keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
+      keyserverConfig: lab.config,
+      exploration: explore,
+      idleLatency: idle,
+      scenarios: summaries.map((s) => ({
+        name: s.name,
+        key: s.key.id,
+        path: s.path,
+        setting: s.setting,
+        ceiling: ceilings.get(s.key.id) === s.name,
+        signsPerSecond: s.signsPerSecond,
+        vsRaw: s.vsRaw,
+        p50Us: s.p50Us,
+        p99Us: s.p99Us,
+        serverCpuUsPerSign: s.serverCpuUsPerSign,
+        serverMainThreadUsPerSign: s.serverMainThreadUsPerSign,
+        serverOtherThreadsUsPerSign: s.serverOtherThreadsUsPerSign,
+        benchProcessCpuUsPerSign: s.clientCpuUsPerSign,
+        totalCpuUsPerSign: s.totalCpuUsPerSign,
+        machineBusyCores: s.machineBusyCores,
+        otherCores: s.otherCores,
+        errors: s.errors,
+        cleanRounds: s.cleanRounds,
+        usedRounds: s.usedRounds,
+        rounds: s.perRound,
+      })),
+      durationSeconds: (Date.now() - started) / 1000,
+    };
+    // A quick run never overwrites the day's full results.
+    const written = writeReport(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date);
+    process.stdout.write(`${markdown}\n`);
+    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+    const errors = summaries.reduce((n, s) => n + s.errors, 0);
+    if (errors > 0) {
+      log(`${errors} requests failed during measurement: the figures are suspect`);
+      return 1;
+    }
+    return 0;
+  } finally {
+    for (const s of scenarios) s.close();
+    if (server !== undefined) {
+      await server.stop();
+      if (options.serverCpuProf !== undefined) log(`key server CPU profile in ${options.serverCpuProf}`);
+    }
+    if (token !== undefined) {
+      for (const s of rawSessions) token.closeSession(s);
+      token.close();
+    }
+    if (lab !== undefined) {
+      if (options.keepTemp) log(`kept ${lab.dir}`);
+      else lab.cleanup();
+    }
+  }
+}
+
+/**
+ * Raw runs use up to 2 × cores sessions, each holding a libuv pool thread
+ * during C_Sign. An ES module cannot size the pool for itself (its imports
+ * went through it already), so with too few threads the bench runs itself
+ * again with UV_THREADPOOL_SIZE set.
+ */
+function relaunchWithPool(): Promise<number> | undefined {
+  const needed = 2 * os.availableParallelism();
+  if (process.env.UV_THREADPOOL_SIZE !== undefined || needed <= 4) return undefined;
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(needed) },
+  });
+  // The terminal's Ctrl-C reaches the child too (same process group); a kill of this pid is passed on.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGTERM', () => child.kill('SIGTERM'));
+  return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
+}
+
+const relaunched = relaunchWithPool();
+runBench('keyserver-sign', relaunched ?? main());
