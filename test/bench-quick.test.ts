@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readSummary } from '../bench/lib/summary.js';
+import { readSummary } from '../bench/harness/summary.js';
 
 const execFileAsync = promisify(execFile);
-const KEEPALIVE = fileURLToPath(new URL('../dist/bench/keepalive.js', import.meta.url));
+const KEEPALIVE = fileURLToPath(new URL('../dist/bench/keepalive/main.js', import.meta.url));
 
 // Not a measurement (nothing here asserts a speed): the smallest scenario of the benchmark suite, the keyless proxy
 // under keep-alive load, runs end to end, so the benchmarks cannot rot unnoticed. Needs only the product (no nginx,

@@ -86,7 +86,7 @@ export const std = {
 } as const;
 
 /** Known log levels, most verbose first. */
-export const LOG_LEVELS = std.logLevel.choices;
+export const LOG_LEVELS: readonly string[] = std.logLevel.choices;
 
 function usage(command: string, table: OptTable): string {
   const lines = [`Usage: node dist/bench/${command} [options]`, ''];

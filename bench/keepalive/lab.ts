@@ -322,7 +322,7 @@ http {
     keepalive_requests 1000000;
   }
   server {
-    listen 127.0.0.1:${port} ssl;
+    listen 127.0.0.1:${port} ssl http2;
     server_name ${SERVER_NAME};
     ssl_certificate ${f('file-chain.pem')};
     ssl_certificate_key ${f('file.key')};

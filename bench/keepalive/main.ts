@@ -1,162 +1,101 @@
 /**
- * Benchmark: keep-alive proxied request throughput and server CPU per request
- * for a 1 KiB page over HTTPS (TLS 1.3, ECDSA P-256), the keyless proxy next
- * to nginx and caddy proxying the same origin, in one run.
+ * Benchmark: keep-alive proxied requests, server CPU per request for a 1 KiB
+ * page over HTTPS (TLS 1.3, ECDSA P-256), the keyless proxy next to nginx and
+ * caddy proxying the same origin, in one run; over HTTP/1.1 (autocannon, one
+ * request in flight per connection) and HTTP/2 (h2load, 10 streams in flight
+ * per connection: issue 13; a server that does not negotiate h2 is skipped
+ * with a note).
  *
  *   keyedge  `keyedge proxy` (node:cluster, N workers) + `keyedge keyserver`
- *            (keyless: the handshakes sign through it; with keep-alive there
- *            are only the connections' first ones)
- *   nginx    one worker, upstream keep-alive pool, key file (skipped when
- *            nginx is missing and cannot be installed)
- *   caddy    reverse_proxy, certificate from files, admin off (likewise)
+ *   nginx    one worker, upstream keep-alive pool, key file, `listen ssl http2`
+ *   caddy    reverse_proxy, certificate from files, admin off
  *
- * The client is autocannon's CLI (bench/lib/autocannon.ts) in its own process
- * pinned to the client CPU: 64 keep-alive connections, one request in flight
- * each. Requests in a window are counted at the origin (every proxied request
- * reaches it once), so all three servers are counted alike. Server CPU =
- * utime + stime from /proc of every server process (keyedge: primary, workers
- * and key server; nginx: master and worker; caddy) over the window ÷ those
- * requests; the origin's CPU is reported apart. Warm-up, then interleaved
- * rounds (bench/lib/rounds.ts); medians and spread. See bench/README.md,
- * section "keepalive".
+ * Requests in a window are counted at the origin (every proxied request
+ * reaches it once), so all servers and both protocols are counted alike.
+ * Server CPU = utime + stime from /proc of every server process over the
+ * window ÷ those requests; the origin's CPU apart. Warm-up, then interleaved
+ * rounds; medians and spread (report.ts). See bench/README.md, "keepalive".
  *
- * Usage: node dist/bench/keepalive.js [--quick] [options]   (--help)
+ * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
  */
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { listOf, LOG_LEVELS, parseCli, pinning, std } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
-import { numberOption } from '../harness/cli.js';
-import { autocannonArgs, autocannonVersion, startAutocannon, type AutocannonResult } from './autocannon.js';
-import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
-import { onlineCpus, processTree, setAffinity, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
-import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
 import { describeMachine } from '../harness/machine.js';
-import { QuietGate } from '../harness/quiet.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
-import { runRounds, type RunContext, type Scenario, sleep } from '../harness/rounds.js';
-import { median, round, spread, type Spread } from '../harness/stats.js';
 import { installInterrupt, runBench } from '../harness/main.js';
+import { processTree, setAffinity, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { QuietGate } from '../harness/quiet.js';
+import { dateStamp, fmt, writeReport } from '../harness/report.js';
+import { runRounds, type RunContext, type Scenario, sleep } from '../harness/rounds.js';
+import { negotiates } from '../handshake/alpn.js';
+import { autocannonArgs, autocannonVersion, type AutocannonResult, startAutocannon } from './autocannon.js';
+import { h2loadArgs, startH2load } from './h2load.js';
+import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
+import { compareTo, markdownReport, type ProfileReport, readProfiles, summarize, summaryRow } from './report.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
-const CONTENDED_CORES = 0.25;
+export const CONTENDED_CORES = 0.25;
 /** A process using at least this share of a core during a window counts as saturated. */
-const SATURATED_CORES = 0.9;
+export const SATURATED_CORES = 0.9;
 const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
 
-const USAGE = `Usage: node dist/bench/keepalive.js [options]
+const TABLE = {
+  quick: std.quick('3 rounds of 2 s, 1.5 s warm-up per scenario (about a minute)'),
+  out: std.out('keepalive'),
+  rounds: std.rounds(5, 3),
+  measure: std.measure(5, 2, 0.5),
+  warmup: std.warmup(5, 1.5, 'per scenario (for the JIT)'),
+  connections: { kind: 'number', arg: 'N', def: 64, min: 1, integer: true, help: 'autocannon -c: HTTP/1.1 keep-alive connections' },
+  protocols: { kind: 'string', arg: 'h1,h2', def: 'h1,h2', help: 'HTTP/1.1 (autocannon) and/or HTTP/2 (h2load)' },
+  'h2-connections': { kind: 'number', arg: 'N', def: 4, min: 1, integer: true, help: 'h2load -c: HTTP/2 connections' },
+  'h2-streams': { kind: 'number', arg: 'N', def: 10, min: 1, integer: true, help: 'h2load -m: streams in flight per HTTP/2 connection' },
+  workers: { kind: 'number', arg: 'N', def: 1, min: 1, integer: true, help: 'workers of the keyless proxy (the servers get one core)' },
+  servers: { kind: 'string', arg: 'LIST', def: SERVER_IDS.join(','), help: 'keyedge,nginx,caddy (keyedge alone needs only the product)' },
+  'no-install': { kind: 'flag', help: 'never apt-get install nginx or caddy (missing: skipped)' },
+  pin: std.pin,
+  'server-cpus': std.serverCpus,
+  'client-cpus': std.clientCpus,
+  'log-level': std.logLevel,
+  'quiet-wait': std.quietWait,
+  'cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the proxy under node --cpu-prof into DIR; top functions per request in the report' },
+  'keep-temp': std.keepTemp,
+} as const;
 
-  --quick              3 rounds of 2 s, 1.5 s warm-up per server (about a minute)
-  --out DIR            where to write <date>-keepalive.{json,md} (quick: -quick)
-                       (default bench/results)
-  --rounds N           measuring rounds (default 5; quick 3)
-  --measure SEC        seconds per measurement window (default 5; quick 2)
-  --warmup SEC         warm-up seconds per server (default 5, for the JIT; quick 1.5)
-  --connections N      autocannon -c: keep-alive connections (default 64)
-  --workers N          workers of the keyless proxy (default 1: the servers get one core)
-  --servers LIST       keyedge,nginx,caddy (default all; keyedge alone needs only the product)
-  --no-install         never apt-get install nginx or caddy (missing: skipped)
-  --pin auto|none      auto (default, 2+ CPUs): servers on CPU 0..n-2, autocannon and
-                       this bench on the last CPU; none: leave it to the scheduler
-  --server-cpus LIST   taskset CPU list for the servers (overrides --pin)
-  --client-cpus LIST   taskset CPU list for autocannon and this bench (overrides --pin)
-  --log-level LEVEL    the proxy's log level (default info, the product's default: one
-                       access-log line per request, to a file); nginx and caddy write an
-                       access log too unless LEVEL is warn or above
-  --quiet-wait SEC     before each measurement wait (up to SEC in total per run) for
-                       other processes to use < ${CONTENDED_CORES} cores (default 60; quick 0)
-  --cpu-prof DIR       run the proxy (primary and workers) under node --cpu-prof, write the
-                       profiles to DIR and the top functions per request into the report
-  --keep-temp          keep the temp directory (token, certificates, configs, logs)
-  --help
-`;
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 
-interface Options {
-  readonly quick: boolean;
-  readonly out: string;
-  readonly rounds: number;
-  readonly measureMs: number;
-  readonly warmupMs: number;
-  readonly rampMs: number;
-  readonly settleMs: number;
-  readonly connections: number;
-  readonly workers: number;
-  readonly servers: readonly ServerId[];
-  readonly install: boolean;
-  readonly serverCpus: string | undefined;
-  readonly clientCpus: string | undefined;
-  readonly logLevel: string;
-  readonly accessLog: boolean;
-  readonly quietBudgetMs: number;
-  readonly cpuProfDir: string | undefined;
-  readonly keepTemp: boolean;
-}
-
-function parseOptions(argv: string[]): Options | undefined {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      quick: { type: 'boolean', default: false },
-      out: { type: 'string', default: 'bench/results' },
-      rounds: { type: 'string' },
-      measure: { type: 'string' },
-      warmup: { type: 'string' },
-      connections: { type: 'string', default: '64' },
-      workers: { type: 'string', default: '1' },
-      servers: { type: 'string', default: SERVER_IDS.join(',') },
-      'no-install': { type: 'boolean', default: false },
-      pin: { type: 'string', default: 'auto' },
-      'server-cpus': { type: 'string' },
-      'client-cpus': { type: 'string' },
-      'log-level': { type: 'string', default: 'info' },
-      'quiet-wait': { type: 'string' },
-      'cpu-prof': { type: 'string' },
-      'keep-temp': { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return undefined;
-  }
-  const num = numberOption;
-  const quick = values.quick;
-  const servers = values.servers.split(',').map((s) => {
-    if (!(SERVER_IDS as readonly string[]).includes(s)) throw new Error(`--servers takes ${SERVER_IDS.join(', ')}; got '${s}'`);
-    return s as ServerId;
-  });
-  if (values.pin !== 'auto' && values.pin !== 'none') throw new Error(`--pin takes auto or none, got '${values.pin}'`);
-  const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
-  if (!levels.includes(values['log-level'])) throw new Error(`--log-level takes ${levels.join(', ')}; got '${values['log-level']}'`);
-  const cpus = onlineCpus();
-  const auto = values.pin === 'auto' && cpus.length >= 2;
+function parseOptions(argv: string[]) {
+  const v = parseCli('keepalive/main.js', TABLE, argv);
+  if (v === undefined) return undefined;
+  const quick = v.quick;
   return {
     quick,
-    out: values.out,
-    rounds: Math.round(num(values.rounds, '--rounds', quick ? 3 : 5, 1)),
-    measureMs: num(values.measure, '--measure', quick ? 2 : 5, 0.5) * 1000,
-    warmupMs: num(values.warmup, '--warmup', quick ? 1.5 : 5, 0) * 1000,
+    out: v.out,
+    rounds: v.rounds,
+    measureMs: v.measure * 1000,
+    warmupMs: v.warmup * 1000,
     rampMs: quick ? 500 : 1000,
     settleMs: quick ? 150 : 300,
-    connections: Math.round(num(values.connections, '--connections', 64, 1)),
-    workers: Math.round(num(values.workers, '--workers', 1, 1)),
-    servers: [...new Set(servers)],
-    install: !values['no-install'],
-    serverCpus: values['server-cpus'] ?? (auto ? cpus.slice(0, -1).join(',') : undefined),
-    clientCpus: values['client-cpus'] ?? (auto ? String(cpus[cpus.length - 1]) : undefined),
-    logLevel: values['log-level'],
-    accessLog: levels.indexOf(values['log-level']) <= levels.indexOf('info'),
-    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 60, 0) * 1000,
-    cpuProfDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']),
-    keepTemp: values['keep-temp'],
+    connections: v.connections,
+    protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
+    h2Connections: v['h2-connections'],
+    h2Streams: v['h2-streams'],
+    workers: v.workers,
+    servers: listOf(v.servers, '--servers', SERVER_IDS),
+    install: !v['no-install'],
+    ...pinning(v),
+    logLevel: v['log-level'],
+    accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
+    quietBudgetMs: v['quiet-wait'] * 1000,
+    cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
+    keepTemp: v['keep-temp'],
   };
 }
 
 // ---------------------------------------------------------------------------
 // One run of one server
 
-interface WindowResult {
+export interface WindowResult {
   readonly seconds: number;
   /** Requests the origin served in the window. */
   readonly requests: number;
@@ -177,7 +116,7 @@ interface WindowResult {
   readonly usage: WindowUsage;
 }
 
-interface RunResult {
+export interface RunResult {
   readonly window: WindowResult;
   /** autocannon's own report over its whole run (ramp-up included). */
   readonly client: AutocannonResult;
@@ -198,24 +137,34 @@ async function waitForTraffic(lab: KeepaliveLab, before: number, isDead: () => b
   const started = Date.now();
   for (;;) {
     if ((await lab.originCount()) > before) return;
-    if (isDead()) throw new Error('autocannon exited before sending a request');
-    if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting autocannon');
+    if (isDead()) throw new Error('the client exited before sending a request');
+    if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
     await sleep(25, signal);
   }
 }
 
-async function runOnce(env: Env, server: ServerId, durationMs: number, context: RunContext): Promise<RunResult> {
+async function runOnce(env: Env, server: ServerId, h2: boolean, durationMs: number, context: RunContext): Promise<RunResult> {
   const { lab, options } = env;
   const count0 = await lab.originCount();
-  // autocannon cannot be stopped early and still report, so its duration covers ramp-up and window, plus a margin
+  // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
   // for noticing that traffic started.
-  const ac = startAutocannon({
-    url: `https://127.0.0.1:${lab.port(server)}/`,
-    serverName: SERVER_NAME,
-    connections: options.connections,
-    durationSec: (options.rampMs + durationMs + 400) / 1000,
-    cpus: options.clientCpus,
-  });
+  const durationSec = (options.rampMs + durationMs + 400) / 1000;
+  const ac = h2
+    ? startH2load({
+        port: lab.port(server),
+        serverName: SERVER_NAME,
+        connections: options.h2Connections,
+        streams: options.h2Streams,
+        durationSec,
+        cpus: options.clientCpus,
+      })
+    : startAutocannon({
+        url: `https://127.0.0.1:${lab.port(server)}/`,
+        serverName: SERVER_NAME,
+        connections: options.connections,
+        durationSec,
+        cpus: options.clientCpus,
+      });
   try {
     await waitForTraffic(lab, count0, () => ac.exited(), context.signal);
     await sleep(options.rampMs, context.signal);
@@ -231,7 +180,7 @@ async function runOnce(env: Env, server: ServerId, durationMs: number, context: 
     await sleep(durationMs, context.signal);
     const nB = await lab.originCount();
     const sB = snapshot(tracked);
-    if (ac.exited()) throw new Error('autocannon finished before the measurement window closed');
+    if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
     const usage = usageBetween(sA, sB);
     const g = (name: string) => usage.groups[name]?.cpuUs ?? 0;
     const requests = nB - nA;
@@ -259,233 +208,6 @@ async function runOnce(env: Env, server: ServerId, durationMs: number, context: 
 }
 
 // ---------------------------------------------------------------------------
-// Summary
-
-interface ServerSummary {
-  readonly server: ServerId;
-  readonly label: string;
-  readonly requestsPerSecond: Spread;
-  readonly serverUs: Spread;
-  readonly proxyUs: number;
-  readonly keyserverUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  readonly serverSideCores: number;
-  readonly clientSaturated: boolean;
-  readonly serverSaturated: boolean;
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly machineBusyCores: number;
-  readonly otherCores: number;
-  readonly cleanRounds: number;
-  readonly usedRounds: readonly number[];
-  /** Summed over all measured runs: autocannon errors (connection errors, timeouts), non-2xx answers. */
-  readonly errors: { readonly clientErrors: number; readonly timeouts: number; readonly non2xx: number };
-  readonly perRound: readonly RunResult[];
-}
-
-function summarize(server: ServerId, label: string, all: readonly RunResult[], serverCpuCount: number): ServerSummary {
-  const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.window.otherCores <= CONTENDED_CORES);
-  const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
-  const rs = used.map(({ r }) => r);
-  const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
-  return {
-    server,
-    label,
-    requestsPerSecond: spread(rs.map((r) => r.window.requestsPerSecond)),
-    serverUs: spread(rs.map((r) => r.window.serverUs)),
-    proxyUs: w((x) => x.proxyUs),
-    keyserverUs: server === 'keyedge' ? w((x) => x.keyserverUs ?? Number.NaN) : undefined,
-    originUs: w((x) => x.originUs),
-    clientUs: w((x) => x.clientUs),
-    clientCores: w((x) => x.clientCores),
-    serverSideCores: w((x) => x.serverSideCores),
-    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
-    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
-    p50Ms: median(rs.map((r) => r.client.p50Ms)),
-    p99Ms: median(rs.map((r) => r.client.p99Ms)),
-    machineBusyCores: w((x) => x.machineBusyCores),
-    otherCores: w((x) => x.otherCores),
-    cleanRounds: clean.length,
-    usedRounds: used.map(({ i }) => i),
-    errors: {
-      clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
-      timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
-      non2xx: all.reduce((n, r) => n + r.client.non2xx, 0),
-    },
-    perRound: all,
-  };
-}
-
-interface Comparison {
-  readonly other: ServerId;
-  /** keyedge server µs/request ÷ the other's (medians): < 1 means keyedge spends less CPU per request. */
-  readonly cpuRatio: number;
-  /** The same per round (neighbours in time), min and max. */
-  readonly cpuRatioPerRound: readonly number[];
-  readonly rateRatio: number;
-}
-
-function compareTo(summaries: readonly ServerSummary[], other: ServerId): Comparison | undefined {
-  const k = summaries.find((s) => s.server === 'keyedge');
-  const o = summaries.find((s) => s.server === other);
-  if (k === undefined || o === undefined) return undefined;
-  const n = Math.min(k.perRound.length, o.perRound.length);
-  return {
-    other,
-    cpuRatio: k.serverUs.median / o.serverUs.median,
-    cpuRatioPerRound: Array.from({ length: n }, (_, i) => round(k.perRound[i]!.window.serverUs / o.perRound[i]!.window.serverUs, 3)),
-    rateRatio: k.requestsPerSecond.median / o.requestsPerSecond.median,
-  };
-}
-
-/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/lib/summary.ts). */
-function summaryRow(s: ServerSummary) {
-  return {
-    scenario: s.server,
-    label: s.label,
-    requestsPerSecond: s.requestsPerSecond.median,
-    serverCpuUsPerRequest: s.serverUs.median,
-    p50Ms: s.p50Ms,
-    p99Ms: s.p99Ms,
-    clientSaturated: s.clientSaturated,
-    errors: s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx,
-    spreadPct: s.requestsPerSecond.spreadPct,
-    otherCores: s.otherCores,
-  };
-}
-
-function range(s: Spread, decimals = 0): string {
-  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-}
-
-interface ProfileReport {
-  readonly file: string;
-  readonly busyUs: number;
-  readonly requests: number;
-  readonly top: readonly FunctionCost[];
-}
-
-function markdownReport(
-  ctx: {
-    machine: ReturnType<typeof describeMachine>;
-    options: Options;
-    date: string;
-    clientCommand: string;
-    commands: Record<string, string>;
-    versions: Record<string, string | undefined>;
-  },
-  summaries: readonly ServerSummary[],
-  skipped: ReadonlyMap<ServerId, string>,
-  comparisons: readonly Comparison[],
-  profiles: readonly ProfileReport[],
-): string {
-  const { machine, options } = ctx;
-  const rows = summaries.map((s) => [
-    s.label,
-    `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
-    range(s.requestsPerSecond),
-    `**${fmt(s.serverUs.median, 1)}**`,
-    range(s.serverUs, 1),
-    s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`,
-    fmt(s.originUs, 1),
-    `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`,
-    `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`,
-    `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`,
-    `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`,
-    `${s.cleanRounds}/${s.perRound.length}`,
-    `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
-  ]);
-  for (const [server, reason] of skipped) rows.push([`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
-  const table = markdownTable(
-    [
-      'Server',
-      'requests/s',
-      'min–max (spread)',
-      'server µs/request',
-      'min–max (spread)',
-      'proxy + key server µs',
-      'origin µs',
-      'client µs (cores)',
-      'server-side cores',
-      'p50 / p99 ms',
-      'errors / timeouts / non-2xx',
-      'clean rounds',
-      'machine busy / others (cores)',
-    ],
-    rows,
-    ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
-  );
-  const cmpTable =
-    comparisons.length === 0
-      ? '(needs keyedge and at least one of nginx, caddy)'
-      : markdownTable(
-          ['keyedge vs', 'CPU/request ratio (keyedge ÷ other)', 'per round (min–max)', 'requests/s ratio', 'target'],
-          comparisons.map((c) => [
-            c.other,
-            `**${fmt(c.cpuRatio, 2)}**`,
-            `${fmt(Math.min(...c.cpuRatioPerRound), 2)}–${fmt(Math.max(...c.cpuRatioPerRound), 2)}`,
-            fmt(c.rateRatio, 2),
-            c.other === 'caddy' ? (c.cpuRatio < 1 ? 'met: below caddy' : 'missed: not below caddy') : 'reported',
-          ]),
-          ['left', 'right', 'right', 'right', 'left'],
-        );
-  const pin =
-    options.serverCpus === undefined
-      ? 'none (scheduler)'
-      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${options.serverCpus}; autocannon and this bench on CPU ${options.clientCpus}`;
-  const profileSection = profiles.flatMap((p) => [
-    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
-    '',
-    markdownTable(
-      ['function (self)', 'self %', 'inclusive %', 'self µs/request'],
-      p.top.map((f) => [f.function, fmt(f.selfPct, 1), fmt(f.inclusivePct, 1), fmt(p.requests > 0 ? f.selfUs / p.requests : Number.NaN, 2)]),
-      ['left', 'right', 'right', 'right'],
-    ),
-    '',
-  ]);
-  return [
-    `# keepalive, ${ctx.date}${options.quick ? ' (quick)' : ''}`,
-    '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; ${Object.entries(ctx.versions)
-      .map(([k, v]) => `${k} ${v ?? '?'}`)
-      .join(', ')}.`,
-    `Command: \`${machine.commandLine}\``,
-    `Client: \`${ctx.clientCommand}\` (HTTP/1.1 keep-alive, ${options.connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
-    `Servers: keyedge \`${ctx.commands.keyedge}\` + \`${ctx.commands.keyserver}\` (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'}, log level ${options.logLevel}); nginx \`${ctx.commands.nginx}\` (1 worker); caddy \`${ctx.commands.caddy}\`; origin \`${ctx.commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${options.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
-    `Pinning: ${pin}.`,
-    `Method: warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} interleaved rounds; each run starts autocannon, waits for traffic and ${options.rampMs} ms more, then measures a ${options.measureMs / 1000} s window (requests counted at the origin).`,
-    '',
-    table,
-    '',
-    '## keyedge against the others (server CPU per proxied request)',
-    '',
-    cmpTable,
-    '',
-    'Columns: requests/s = requests the origin served in the window ÷ its length, median over rounds ("≥": autocannon used',
-    `≥ ${SATURATED_CORES} of its core, so the rate is what one client core could drive). **server µs/request** = utime+stime from /proc of`,
-    'every server process (keyedge: proxy primary + workers + key server; nginx: master + worker; caddy) over the window ÷',
-    "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
-    "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
-    'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
-    `summed over all rounds. Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`,
-    "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
-    '',
-    ...profileSection,
-  ].join('\n');
-}
-
-/** Reads the .cpuprofile files the proxy wrote and keeps the busiest process's top functions (a worker). */
-function readProfiles(dir: string, requests: number): ProfileReport[] {
-  if (!existsSync(dir)) return [];
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
-  const summaries = files.map((file) => ({ file, summary: summarizeProfile(join(dir, file), process.cwd()) }));
-  summaries.sort((a, b) => b.summary.busyUs - a.summary.busyUs);
-  return summaries.slice(0, 1).map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
-}
-
-// ---------------------------------------------------------------------------
 // Main
 
 async function main(): Promise<number> {
@@ -496,7 +218,7 @@ async function main(): Promise<number> {
   const machine = describeMachine();
 
   // Third-party servers: found or installed, else skipped with the reason.
-  const skipped = new Map<ServerId, string>();
+  const skipped = new Map<string, string>();
   const binaries = new Map<ServerId, string>();
   for (const [server, pkg] of [
     ['nginx', 'nginx'],
@@ -542,14 +264,37 @@ async function main(): Promise<number> {
     const env: Env = { lab, options };
     const running = lab;
 
+    // HTTP/2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
+    const ca = readFileSync(lab.caFile, 'utf8');
+    const h2Servers = new Set<ServerId>();
+    if (options.protocols.includes('h2')) {
+      for (const server of options.servers.filter((s) => running.servers.has(s))) {
+        const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
+        if (picked === 'h2') h2Servers.add(server);
+        else {
+          skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+          log(`${server}-h2 skipped: the server does not negotiate h2`);
+        }
+      }
+    }
     const labels: Record<ServerId, string> = {
       keyedge: `keyedge proxy (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
       caddy: `caddy ${versions.caddy ?? ''}`.trim(),
     };
-    const scenarios: (Scenario<RunResult> & { server: ServerId })[] = options.servers
-      .filter((s) => running.servers.has(s))
-      .map((server) => ({ name: server, server, run: (durationMs, context) => runOnce(env, server, durationMs, context) }));
+    const scenarios: (Scenario<RunResult> & { server: ServerId; h2: boolean })[] = options.protocols.flatMap((protocol) =>
+      options.servers
+        .filter((s) => running.servers.has(s) && (protocol === 'h1' || h2Servers.has(s)))
+        .map((server) => {
+          const h2 = protocol === 'h2';
+          return {
+            name: h2 ? `${server}-h2` : server,
+            server,
+            h2,
+            run: (durationMs: number, context: RunContext) => runOnce(env, server, h2, durationMs, context),
+          };
+        }),
+    );
     const ownPids = () =>
       [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
     const gate =
@@ -592,8 +337,9 @@ async function main(): Promise<number> {
 
     const date = dateStamp();
     const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
-    const summaries = scenarios.map((s) => summarize(s.server, labels[s.server], results.get(s.name) ?? [], serverCpuCount));
-    const comparisons = (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, o) ?? []);
+    const summaries = scenarios.map((s) => summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], serverCpuCount));
+    const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
+    const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
     const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
       url: 'https://127.0.0.1:PORT/',
       serverName: SERVER_NAME,
@@ -608,7 +354,7 @@ async function main(): Promise<number> {
       keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
       nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
       caddy: 'caddy run --config <tmp>/caddy.json',
-      origin: 'node dist/bench/lib/keepalive-origin.js --port P',
+      origin: 'node dist/bench/keepalive/origin.js --port P',
     };
 
     // Stop the proxy first when profiling: node writes --cpu-prof files at exit.
@@ -618,17 +364,23 @@ async function main(): Promise<number> {
       profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
     }
 
-    const markdown = markdownReport({ machine, options, date, clientCommand, commands, versions }, summaries, skipped, comparisons, profiles);
+    const markdown = markdownReport({ machine, options, date, clientCommand, h2Command, commands, versions }, summaries, skipped, comparisons, profiles);
     const keyedge = summaries.find((s) => s.server === 'keyedge');
     const caddy = comparisons.find((c) => c.other === 'caddy');
     const nginx = comparisons.find((c) => c.other === 'nginx');
+    const nginxH2 = comparisons.find((c) => c.other === 'nginx-h2');
     const json = {
       benchmark: 'keepalive',
       date,
       quick: options.quick,
       machine,
       versions,
-      client: { command: clientCommand, connections: options.connections, cpus: options.clientCpus },
+      client: {
+        command: clientCommand,
+        connections: options.connections,
+        cpus: options.clientCpus,
+        h2: { command: h2Command, connections: options.h2Connections, streams: options.h2Streams },
+      },
       servers: {
         ...commands,
         workers: options.workers,
@@ -657,6 +409,8 @@ async function main(): Promise<number> {
         keyedgeBelowCaddy: caddy === undefined ? null : caddy.cpuRatio < 1,
         keyedgeVsCaddyCpu: caddy?.cpuRatio ?? null,
         keyedgeVsNginxCpu: nginx?.cpuRatio ?? null,
+        /** Issue 13: CPU per request over h2 (10 streams), keyedge ÷ nginx; target ≤ 2.0. */
+        keyedgeVsNginxH2Cpu: nginxH2?.cpuRatio ?? null,
         keyedgeServerCpuUsPerRequest: keyedge?.serverUs.median ?? null,
       },
       comparisons,
