@@ -21,22 +21,21 @@
  *
  * Usage: node dist/bench/cert-scale.js [--quick] [--names N] [options]   (--help)
  */
-import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { numberOption } from '../harness/cli.js';
 import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from '../lab/cert-lab.js';
-import { type FunctionCost, type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
 import { describeMachine } from '../harness/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
 import { procCpu, totalUs } from '../harness/proc-cpu.js';
 import { median, round } from '../harness/stats.js';
-import type { SummaryRow } from '../harness/summary.js';
+import { summaryRows, writeProfileReport, writeNotReadyReport } from './report.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
-const USAGE = `Usage: node dist/bench/cert-scale.js [options]
+export const USAGE = `Usage: node dist/bench/cert-scale.js [options]
 
   --quick               1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass,
                         300 in the per-context measurement (writes <date>-cert-scale-quick.{json,md})
@@ -62,30 +61,30 @@ const USAGE = `Usage: node dist/bench/cert-scale.js [options]
   --help
 `;
 
-const DOMAIN = 'scale.test';
+export const DOMAIN = 'scale.test';
 /** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (lib/cpuprofile.ts). */
-const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
-const nameOf = (i: number): string => `n${i}`;
-const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
+export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
+export const nameOf = (i: number): string => `n${i}`;
+export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
-interface Rss {
+export interface Rss {
   readonly primaryMiB: number;
   readonly workersMiB: readonly number[];
 }
 
-function rssOf(proxy: RunningProxy): Rss {
+export function rssOf(proxy: RunningProxy): Rss {
   const { primary, workers } = proxy.pids();
   return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
 }
 
-const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
+export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
 
 /**
  * What listing the store directory once costs on this filesystem: readdir and
  * a stat of every .pem, as any change detection by stat must do (median of 3,
  * this process's CPU and wall time).
  */
-function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
+export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
   const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
   for (let k = 0; k < 3; k++) {
     const cpu = process.cpuUsage();
@@ -103,7 +102,7 @@ function listingCost(dir: string): { cpuMs: number; wallMs: number; files: numbe
  * one second (background work after start: OCSP tracking parses every leaf),
  * at most `maxMs`; resolves with the time waited and whether they settled.
  */
-async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
+export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
   const started = performance.now();
   const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
   let before = cpu();
@@ -119,7 +118,7 @@ async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: n
 }
 
 /** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
-async function handshakeAll(
+export async function handshakeAll(
   port: number,
   hosts: readonly string[],
   ca: string,
@@ -147,7 +146,7 @@ async function handshakeAll(
 }
 
 /** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
-async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
+export async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const line = proxy.log
@@ -160,7 +159,7 @@ async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number):
 }
 
 /** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
-function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
+export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
   const lines = proxy.log.read();
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
   const primary = lines.find((l) => l.msg === 'proxy primary started');
@@ -170,7 +169,7 @@ function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStart
   };
 }
 
-interface ReloadFigure {
+export interface ReloadFigure {
   readonly entry: string;
   /** From the rename until a new connection got the new serial. */
   readonly timeToServeMs: number | undefined;
@@ -180,7 +179,7 @@ interface ReloadFigure {
 }
 
 /** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
-async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
+export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
   const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
   const logFrom = proxy.log.read().length;
   writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
@@ -202,7 +201,7 @@ async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, k
 }
 
 /** POST /reload with nothing changed: the answer's durationMs and the round trip. */
-async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
+export async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
   const started = performance.now();
   const answer = await proxy.admin('POST', '/reload');
   const roundTripMs = performance.now() - started;
@@ -211,7 +210,7 @@ async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundT
   return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
 }
 
-function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
+export function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
   return {
     ...base,
     domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
@@ -221,7 +220,7 @@ function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize:
   };
 }
 
-async function main(): Promise<number> {
+export async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean', default: false },
@@ -515,219 +514,6 @@ async function main(): Promise<number> {
   } finally {
     lab.cleanup(values['keep-temp']);
   }
-}
-
-/** The suite's one-row-per-scenario shape (lib/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
-function summaryRows(
-  figures: {
-    startup: { readyMs: number };
-    oneEntryReload: readonly { timeToServeMs?: number | undefined }[];
-    noChangeRescan: readonly { durationMs: number }[];
-  },
-  errors: number,
-): SummaryRow[] {
-  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow => ({
-    bench: 'cert-scale',
-    scenario,
-    label,
-    unit: 'request',
-    rate: Number.NaN,
-    serverCpuUs: Number.NaN,
-    p50Ms: round(median(values), 1),
-    p99Ms: round(Math.max(...values), 1),
-    clientSaturated: false,
-    errors,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-  });
-  return [
-    row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
-    row(
-      'one-entry-reload',
-      'one entry replaced: rename → served (p99 = max)',
-      figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN),
-    ),
-    row(
-      'rescan',
-      'no-change rescan, POST /reload durationMs (p99 = max)',
-      figures.noChangeRescan.map((r) => r.durationMs),
-    ),
-  ];
-}
-
-interface ProfileContext {
-  readonly names: number;
-  readonly readyMs: number;
-  readonly pid: number;
-  readonly phases: ReturnType<typeof startupPhases>;
-  readonly rssAfterStart: Rss;
-  readonly replaced: readonly ReloadFigure[];
-  readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
-  readonly top: number;
-  readonly machine: ReturnType<typeof describeMachine>;
-  /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
-  readonly windows: { readonly startup: ProfileWindow; readonly reloads: ProfileWindow };
-}
-
-/** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
-function writeProfileReport(outDir: string, name: string, profDir: string, ctx: ProfileContext): number {
-  const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
-  const primaryPid = ctx.pid;
-  // node names them CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
-  const pidOf = (f: string): number => Number(f.split('.')[3]);
-  const primaryFile = files.find((f) => pidOf(f) === primaryPid);
-  const workerFile = files.find((f) => pidOf(f) !== primaryPid);
-  const keep = resolve('bench/results/tmp/profiles');
-  const kept: string[] = [];
-  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
-  for (const [role, file] of [
-    ['primary', primaryFile],
-    ['worker', workerFile],
-  ] as const) {
-    if (file === undefined) continue;
-    const target = join(keep, `${dateStamp()}-cert-scale-${ctx.names}-${role}.cpuprofile`);
-    renameSync(join(profDir, file), target);
-    kept.push(target);
-    for (const [window, span] of [
-      ['start-up (spawn → /readyz 200)', ctx.windows.startup],
-      ['one-entry reloads and no-change rescans', ctx.windows.reloads],
-    ] as const) {
-      const s = summarizeProfile(target, REPO_ROOT, span);
-      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
-    }
-  }
-  rmSync(profDir, { recursive: true, force: true });
-  const table = (functions: readonly FunctionCost[], by: 'self' | 'inclusive'): string =>
-    markdownTable(
-      ['function', 'self ms', 'self %', 'inclusive ms', 'incl %'],
-      [...functions]
-        .sort((a, b) => (by === 'self' ? b.selfUs - a.selfUs : b.inclusiveUs - a.inclusiveUs))
-        .slice(0, ctx.top)
-        .map((f) => [f.function, fmt(f.selfUs / 1000), fmt(f.selfPct, 1), fmt(f.inclusiveUs / 1000), fmt(f.inclusivePct, 1)]),
-      ['left', 'right', 'right', 'right', 'right'],
-    );
-  const markdown = [
-    `# cert-scale profile: ${fmt(ctx.names)} store entries, ${dateStamp()}`,
-    '',
-    `Primary and workers under \`node --cpu-prof\` (sampling slows them a little): start-up until /readyz 200 ${fmt(ctx.readyMs)} ms (primary started at ${fmt(ctx.phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${ctx.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms), ` +
-      `then ${ctx.replaced.length} one-entry reloads (primary "reload done" ${ctx.replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms; new serial served after ${ctx.replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms) ` +
-      `and ${ctx.rescans.length} no-change rescans (${ctx.rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms). RSS after start: primary ${fmt(ctx.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(ctx.rssAfterStart)} MiB.`,
-    '',
-    ...summaries.flatMap((s) => [
-      `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
-      '',
-      '### by self time',
-      '',
-      table(s.functions, 'self'),
-      '',
-      '### by inclusive time',
-      '',
-      table(s.functions, 'inclusive'),
-      '',
-    ]),
-    `Profiles kept: ${kept.map((k) => `\`${k}\``).join(', ')} (bench/results/tmp is not committed).`,
-    '',
-    `Command: \`${ctx.machine.commandLine}\``,
-  ].join('\n');
-  const out = writeReport(
-    outDir,
-    name,
-    {
-      benchmark: 'cert-scale-profile',
-      machine: ctx.machine,
-      names: ctx.names,
-      readyMs: Math.round(ctx.readyMs),
-      phases: ctx.phases,
-      rssAfterStart: ctx.rssAfterStart,
-      replaced: ctx.replaced,
-      rescans: ctx.rescans,
-      profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
-    },
-    markdown,
-  );
-  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
-  return 0;
-}
-
-interface NotReadyContext {
-  readonly names: number;
-  readonly generateSeconds: number;
-  readonly listing: ReturnType<typeof listingCost>;
-  readonly notReady: {
-    readonly readyTimeoutMs: number;
-    readonly phases: ReturnType<typeof startupPhases>;
-    readonly rss: Rss;
-    readonly lastLogLines: readonly LogLine[];
-  };
-  readonly machine: ReturnType<typeof describeMachine>;
-  readonly cacheSize: number;
-}
-
-/** The report of a run whose proxy did not become ready in time: how far it got. Exit status 1. */
-function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext): number {
-  const { notReady, machine } = ctx;
-  const markdown = [
-    `# cert-scale: ${fmt(ctx.names)} store entries, ${dateStamp()}: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s`,
-    '',
-    `\`keyedge proxy\`, 2 workers, contextCacheSize ${ctx.cacheSize}; a store of ${fmt(ctx.names)} entries (one name each, n<i>.${DOMAIN}, one ECDSA P-256 key), issued and written in ${fmt(ctx.generateSeconds, 1)} s. ` +
-      'The proxy did not answer /readyz 200 within the time allowed, so reload, rescan and memory figures could not be taken. See bench/README.md, section "cert-scale".',
-    '',
-    markdownTable(
-      ['Figure', 'Value'],
-      [
-        ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(ctx.listing.cpuMs, 1)} / ${fmt(ctx.listing.wallMs, 1)} ms`],
-        ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
-        [
-          '… primary validated every entry and forked ("proxy primary started")',
-          notReady.phases.primaryStartedMs === undefined ? 'not yet' : `${fmt(notReady.phases.primaryStartedMs)} ms`,
-        ],
-        [
-          '… workers listening',
-          notReady.phases.workersListeningMs.length === 0 ? 'none yet' : `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`,
-        ],
-        ['RSS when given up: primary', `${fmt(notReady.rss.primaryMiB, 1)} MiB`],
-        ['RSS when given up: workers', `${workersRss(notReady.rss)} MiB`],
-      ],
-      ['left', 'right'],
-    ),
-    '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
-    '',
-    `Command: \`${machine.commandLine}\``,
-  ].join('\n');
-  const out = writeReport(
-    outDir,
-    name,
-    {
-      benchmark: 'cert-scale',
-      summary: [
-        {
-          bench: 'cert-scale',
-          scenario: 'startup',
-          label: 'start-up until /readyz 200',
-          unit: 'request',
-          rate: Number.NaN,
-          serverCpuUs: Number.NaN,
-          p50Ms: Number.NaN,
-          p99Ms: Number.NaN,
-          clientSaturated: false,
-          errors: 1,
-          spreadPct: Number.NaN,
-          otherCores: Number.NaN,
-          skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
-        } satisfies SummaryRow,
-      ],
-      machine,
-      names: ctx.names,
-      generateSeconds: round(ctx.generateSeconds, 1),
-      listing: ctx.listing,
-      cacheSize: ctx.cacheSize,
-      notReady,
-    },
-    markdown,
-  );
-  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
-  return 1;
 }
 
 main().then(
