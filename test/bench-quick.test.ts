@@ -20,7 +20,24 @@ describe('benchmark smoke run', () => {
   it('keepalive --quick with the keyless proxy alone writes a complete result', { timeout: 120_000 }, async () => {
     const { stdout } = await execFileAsync(
       process.execPath,
-      [KEEPALIVE, '--quick', '--servers', 'keyedge', '--protocols', 'h1', '--rounds', '1', '--warmup', '0.5', '--measure', '1', '--quiet-wait', '0', '--out', out],
+      [
+        KEEPALIVE,
+        '--quick',
+        '--servers',
+        'keyedge',
+        '--protocols',
+        'h1',
+        '--rounds',
+        '1',
+        '--warmup',
+        '0.5',
+        '--measure',
+        '1',
+        '--quiet-wait',
+        '0',
+        '--out',
+        out,
+      ],
       { timeout: 110_000, maxBuffer: 16 * 1024 * 1024 },
     );
     expect(stdout).toContain('# keepalive');

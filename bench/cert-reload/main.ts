@@ -23,8 +23,7 @@
 import https from 'node:https';
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { numberOption } from '../harness/cli.js';
+import { parseCli, std } from '../harness/cli.js';
 import { type LabKey, agentGet, CertLab, connectOnce, sleep, writeAtomically } from '../lab/cert-lab.js';
 import type { IssuedLeaf } from '../lab/cert-factory.js';
 import { type HandshakeCounters, diffCounters, readHandshakeCounters } from '../lab/counters.js';
@@ -33,19 +32,16 @@ import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js
 import { median, round } from '../harness/stats.js';
 import type { SummaryRow } from '../harness/summary.js';
 
-const USAGE = `Usage: node dist/bench/cert-reload.js [options]
-
-  --quick               4 replacements (one of each trigger at least)
-  --replacements N      replacements in a row (default 20)
-  --new-loops N         loops making new connections (connect + GET + close), default 4
-  --keepalive-loops N   loops of keep-alive requests, one connection each, default 2
-  --probe-ms MS         interval of the new-connection probe for the new serial (default 10)
-  --pause-ms MS         load-only pause between replacements (default 300)
-  --out DIR             where to write <date>-cert-reload.{json,md} (default bench/results;
-                        --quick writes -cert-reload-quick)
-  --keep-temp           keep the temp directory (token, store, configs, logs)
-  --help
-`;
+const TABLE = {
+  quick: std.quick('4 replacements (one of each trigger at least); writes -cert-reload-quick'),
+  replacements: { kind: 'number', arg: 'N', def: 20, quick: 4, min: 1, integer: true, help: 'replacements in a row' },
+  'new-loops': { kind: 'number', arg: 'N', def: 4, min: 1, integer: true, help: 'loops making new connections (connect + GET + close)' },
+  'keepalive-loops': { kind: 'number', arg: 'N', def: 2, min: 1, integer: true, help: 'loops of keep-alive requests, one connection each' },
+  'probe-ms': { kind: 'number', arg: 'MS', def: 10, min: 1, help: 'interval of the new-connection probe for the new serial' },
+  'pause-ms': { kind: 'number', arg: 'MS', def: 300, min: 0, help: 'load-only pause between replacements' },
+  out: std.out('cert-reload'),
+  'keep-temp': std.keepTemp,
+} as const;
 
 type Trigger = 'rename' | 'put' | 'sighup';
 const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
@@ -112,29 +108,14 @@ interface LoadCounters {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      quick: { type: 'boolean', default: false },
-      replacements: { type: 'string' },
-      'new-loops': { type: 'string', default: '4' },
-      'keepalive-loops': { type: 'string', default: '2' },
-      'probe-ms': { type: 'string', default: '10' },
-      'pause-ms': { type: 'string', default: '300' },
-      out: { type: 'string', default: 'bench/results' },
-      'keep-temp': { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const quick = values.quick ?? false;
-  const replacements = numberOption(values.replacements, '--replacements', quick ? 4 : 20, 1);
-  const newLoops = numberOption(values['new-loops'], '--new-loops', 4, 1);
-  const keepAliveLoops = numberOption(values['keepalive-loops'], '--keepalive-loops', 2, 1);
-  const probeMs = numberOption(values['probe-ms'], '--probe-ms', 10, 1);
-  const pauseMs = numberOption(values['pause-ms'], '--pause-ms', 300, 0);
+  const values = parseCli('cert-reload/main.js', TABLE);
+  if (values === undefined) return 0;
+  const quick = values.quick;
+  const replacements = values.replacements;
+  const newLoops = values['new-loops'];
+  const keepAliveLoops = values['keepalive-loops'];
+  const probeMs = values['probe-ms'];
+  const pauseMs = values['pause-ms'];
   const machine = describeMachine();
   const say = (line: string): void => void process.stderr.write(`${line}\n`);
 
@@ -450,7 +431,7 @@ async function main(): Promise<number> {
       ...(load.failures.length === 0 ? [] : ['', '## Failures', '', ...load.failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),
     ].join('\n');
     const out = writeReport(
-      values.out ?? 'bench/results',
+      values.out,
       quick ? 'cert-reload-quick' : 'cert-reload',
       {
         benchmark: 'cert-reload',

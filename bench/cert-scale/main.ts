@@ -24,8 +24,7 @@
 import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { numberOption } from '../harness/cli.js';
+import { parseCli, std } from '../harness/cli.js';
 import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from '../lab/cert-lab.js';
 import { describeMachine } from '../harness/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
@@ -35,31 +34,37 @@ import { summaryRows, writeProfileReport, writeNotReadyReport } from './report.j
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
-export const USAGE = `Usage: node dist/bench/cert-scale.js [options]
-
-  --quick               1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass,
-                        300 in the per-context measurement (writes <date>-cert-scale-quick.{json,md})
-  --names N             store entries (default 10000)
-  --bounded N           distinct names for the bounded-memory pass (default min(5000, names))
-  --bounded-passes N    passes over those names (default 3): RSS after each shows whether it levels off
-  --cache N             tls.contextCacheSize of the scale proxy (default 1000; quick 200)
-  --context-names M     store entries and contextCacheSize for the per-context measurement
-                        (default 1000)
-  --concurrency N       connections in flight in the handshake passes (default 8)
-  --reloads N           one-entry reloads and no-change rescans measured (default 3 each)
-  --ready-timeout SEC   give up on a start-up after SEC (default 480)
-  --settle-max SEC      after start, wait up to SEC for the workers to go idle before measuring
-                        reloads (default 180; quick 60)
-  --cpu-prof            profiling run: start-up, one-entry reload and rescan with the proxy under
-                        node --cpu-prof; top functions of the primary and a worker in
-                        <date>-cert-scale-profile.{json,md}; .cpuprofile files kept in
-                        bench/results/tmp/profiles/
-  --top N               functions listed per profile (default 25)
-  --out DIR             results directory (default bench/results); files are named
-                        cert-scale[-profile][-quick | -<N> when --names is not 10000]
-  --keep-temp           keep the temp directory
-  --help
-`;
+const TABLE = {
+  quick: std.quick('1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass, 300 in the per-context measurement'),
+  names: { kind: 'number', arg: 'N', def: 10_000, quick: 1000, min: 2, integer: true, help: 'store entries' },
+  bounded: { kind: 'number', arg: 'N', def: 5000, quick: 500, min: 1, integer: true, help: 'distinct names for the bounded-memory pass (at most --names)' },
+  'bounded-passes': { kind: 'number', arg: 'N', def: 3, min: 1, integer: true, help: 'passes over those names: RSS after each shows whether it levels off' },
+  cache: { kind: 'number', arg: 'N', def: 1000, quick: 200, min: 1, integer: true, help: 'tls.contextCacheSize of the scale proxy' },
+  'context-names': {
+    kind: 'number',
+    arg: 'M',
+    def: 1000,
+    quick: 300,
+    min: 2,
+    integer: true,
+    help: 'store entries and contextCacheSize for the per-context measurement',
+  },
+  concurrency: { kind: 'number', arg: 'N', def: 8, min: 1, integer: true, help: 'connections in flight in the handshake passes' },
+  reloads: { kind: 'number', arg: 'N', def: 3, min: 1, integer: true, help: 'one-entry reloads and no-change rescans measured (each)' },
+  'ready-timeout': { kind: 'number', arg: 'SEC', def: 480, min: 1, help: 'give up on a start-up after SEC' },
+  'settle-max': {
+    kind: 'number',
+    arg: 'SEC',
+    def: 180,
+    quick: 60,
+    min: 0,
+    help: 'after start, wait up to SEC for the workers to go idle before measuring reloads',
+  },
+  'cpu-prof': { kind: 'flag', help: 'profiling run: start-up, one-entry reload and rescan under node --cpu-prof; <date>-cert-scale-profile.{json,md}' },
+  top: { kind: 'number', arg: 'N', def: 25, min: 1, integer: true, help: 'functions listed per profile' },
+  out: { kind: 'string', arg: 'DIR', def: 'bench/results', help: 'results directory; files cert-scale[-profile][-quick | -<N> when --names is not 10000]' },
+  'keep-temp': std.keepTemp,
+} as const;
 
 export const DOMAIN = 'scale.test';
 /** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (lib/cpuprofile.ts). */
@@ -221,41 +226,20 @@ export function scaleConfig(base: Record<string, unknown>, storeDir: string, cac
 }
 
 export async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      quick: { type: 'boolean', default: false },
-      names: { type: 'string' },
-      bounded: { type: 'string' },
-      cache: { type: 'string' },
-      'context-names': { type: 'string' },
-      concurrency: { type: 'string', default: '8' },
-      reloads: { type: 'string', default: '3' },
-      'ready-timeout': { type: 'string', default: '480' },
-      'settle-max': { type: 'string' },
-      'bounded-passes': { type: 'string' },
-      'cpu-prof': { type: 'boolean', default: false },
-      top: { type: 'string', default: '25' },
-      out: { type: 'string', default: 'bench/results' },
-      'keep-temp': { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
-    },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const quick = values.quick ?? false;
-  const names = numberOption(values.names, '--names', quick ? 1000 : 10_000, 2);
-  const bounded = Math.min(names, numberOption(values.bounded, '--bounded', quick ? 500 : 5000, 1));
-  const cacheSize = numberOption(values.cache, '--cache', quick ? 200 : 1000, 1);
-  const contextNames = numberOption(values['context-names'], '--context-names', quick ? 300 : 1000, 2);
-  const concurrency = numberOption(values.concurrency, '--concurrency', 8, 1);
-  const reloads = numberOption(values.reloads, '--reloads', 3, 1);
-  const readyTimeoutMs = numberOption(values['ready-timeout'], '--ready-timeout', 480, 1) * 1000;
-  const profiling = values['cpu-prof'] ?? false;
-  const top = numberOption(values.top, '--top', 25, 1);
-  const boundedPasses = numberOption(values['bounded-passes'], '--bounded-passes', 3, 1);
-  const settleMaxMs = numberOption(values['settle-max'], '--settle-max', quick ? 60 : 180, 0) * 1000;
+  const values = parseCli('cert-scale/main.js', TABLE);
+  if (values === undefined) return 0;
+  const quick = values.quick;
+  const names = values.names;
+  const bounded = Math.min(names, values.bounded);
+  const cacheSize = values.cache;
+  const contextNames = values['context-names'];
+  const concurrency = values.concurrency;
+  const reloads = values.reloads;
+  const readyTimeoutMs = values['ready-timeout'] * 1000;
+  const profiling = values['cpu-prof'];
+  const top = values.top;
+  const boundedPasses = values['bounded-passes'];
+  const settleMaxMs = values['settle-max'] * 1000;
   const suffix = quick ? '-quick' : names === 10_000 ? '' : `-${names}`;
   const machine = describeMachine();
   const say = (line: string): void => void process.stderr.write(`${line}\n`);
@@ -301,7 +285,7 @@ export async function main(): Promise<number> {
       const notReady = { readyTimeoutMs, phases, rss, pids: cpu, lastLogLines: proxy.log.read().slice(-5) };
       await proxy.stop();
       await lab.stop();
-      return writeNotReadyReport(values.out ?? 'bench/results', `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
+      return writeNotReadyReport(values.out, `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
         names,
         generateSeconds,
         listing,
@@ -345,7 +329,7 @@ export async function main(): Promise<number> {
     if (profiling) {
       await proxy.stop();
       await lab.stop();
-      return writeProfileReport(values.out ?? 'bench/results', `cert-scale-profile${suffix}`, profDir, {
+      return writeProfileReport(values.out, `cert-scale-profile${suffix}`, profDir, {
         names,
         readyMs,
         pid: proxy.process.pid,
@@ -498,7 +482,7 @@ export async function main(): Promise<number> {
       `Command: \`${machine.commandLine}\``,
     ].join('\n');
     const out = writeReport(
-      values.out ?? 'bench/results',
+      values.out,
       `cert-scale${suffix}`,
       {
         benchmark: 'cert-scale',

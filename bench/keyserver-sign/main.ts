@@ -19,7 +19,6 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import os from 'node:os';
-import { parseArgs } from 'node:util';
 import type pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -34,38 +33,35 @@ import { QuietGate } from '../harness/quiet.js';
 import { runRounds, type Scenario } from '../harness/rounds.js';
 import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './load.js';
 import { median, round } from '../harness/stats.js';
-import { numberOption } from '../harness/cli.js';
+import { listOf, parseCli, std } from '../harness/cli.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { type IdleLatencyRow, summarize, TARGET_RATIO, markdownReport } from './report.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 export const CONTENDED_CORES = 0.25;
 
-export const USAGE = `Usage: node dist/bench/keyserver-sign.js [options]
-
-  --quick              3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)
-  --out DIR            where to write <date>-keyserver-sign.{json,md} (quick: -quick.{json,md})
-                       (default bench/results)
-  --rounds N           measuring rounds (default 5; quick 3)
-  --measure SEC        seconds per measurement (default 4; quick 1)
-  --warmup SEC         warm-up seconds per scenario (default 2; quick 1)
-  --client lean|library
-                       key-server client: the lean pipelining client (default) or
-                       the project's KeyserverClient
-  --pipeline CxD       C connections x D requests in flight each, for both key
-                       types (skips the exploration), e.g. 2x32
-  --sessions N         the key server's pkcs11.sessions (default: product default)
-  --server-cpu-prof DIR
-                       run the key server under node --cpu-prof, profile to DIR
-  --keys ec,rsa        key types to run (default both)
-  --paths raw,unix,tls paths to run (default all; raw is needed for the ratios)
-  --quiet-wait SEC     before each measurement wait (up to SEC in total per run) for
-                       other processes to use < ${CONTENDED_CORES} cores (default 60; quick 0)
-  --extra-rounds N     up to N more rounds while a scenario has < 3 clean rounds
-                       (default 2; quick 0)
-  --keep-temp          keep the temp directory (token, config, certs)
-  --help
-`;
+const TABLE = {
+  quick: std.quick('3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)'),
+  out: std.out('keyserver-sign'),
+  rounds: std.rounds(5, 3),
+  measure: std.measure(4, 1, 0.2),
+  warmup: std.warmup(2, 1),
+  client: {
+    kind: 'string',
+    arg: 'lean|library',
+    def: 'lean',
+    choices: ['lean', 'library'],
+    help: "key-server client: the lean pipelining client or the project's KeyserverClient",
+  },
+  pipeline: { kind: 'string', arg: 'CxD', help: 'C connections x D requests in flight each, for both key types (skips the exploration), e.g. 2x32' },
+  sessions: { kind: 'number', arg: 'N', min: 1, integer: true, help: "the key server's pkcs11.sessions (default: product default)" },
+  'server-cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the key server under node --cpu-prof, profile to DIR' },
+  keys: { kind: 'string', arg: 'ec,rsa', def: BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
+  paths: { kind: 'string', arg: 'LIST', def: 'raw,unix,tls', help: 'paths to run (raw is needed for the ratios)' },
+  'quiet-wait': std.quietWait,
+  'extra-rounds': { kind: 'number', arg: 'N', def: 2, quick: 0, min: 0, integer: true, help: 'up to N more rounds while a scenario has < 3 clean rounds' },
+  'keep-temp': std.keepTemp,
+} as const;
 
 /** Candidate (connections, in flight per connection) settings tried by the exploration. */
 export const PIPELINE_CANDIDATES: readonly Pipeline[] = [
@@ -82,90 +78,38 @@ export const EXPLORE_TOLERANCE = 0.03;
 export type Transport = 'unix' | 'tls';
 export type ClientKind = 'lean' | 'library';
 
-export interface Options {
-  readonly quick: boolean;
-  readonly out: string;
-  readonly rounds: number;
-  readonly measureMs: number;
-  readonly warmupMs: number;
-  readonly rampMs: number;
-  readonly exploreMs: number;
-  readonly settleMs: number;
-  /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
-  readonly quietBudgetMs: number;
-  /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
-  readonly maxExtraRounds: number;
-  readonly explorePasses: number;
-  readonly client: ClientKind;
-  readonly pipeline: Pipeline | undefined;
-  readonly sessions: number | undefined;
-  readonly serverCpuProf: string | undefined;
-  readonly keepTemp: boolean;
-  readonly keys: readonly BenchKey[];
-  readonly paths: ReadonlySet<'raw' | Transport>;
-}
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 
-export function parseOptions(argv: string[]): Options | undefined {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      quick: { type: 'boolean', default: false },
-      out: { type: 'string', default: 'bench/results' },
-      rounds: { type: 'string' },
-      measure: { type: 'string' },
-      warmup: { type: 'string' },
-      client: { type: 'string', default: 'lean' },
-      pipeline: { type: 'string' },
-      sessions: { type: 'string' },
-      'server-cpu-prof': { type: 'string' },
-      'keep-temp': { type: 'boolean', default: false },
-      'quiet-wait': { type: 'string' },
-      'extra-rounds': { type: 'string' },
-      keys: { type: 'string', default: BENCH_KEYS.map((k) => k.id).join(',') },
-      paths: { type: 'string', default: 'raw,unix,tls' },
-      help: { type: 'boolean', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return undefined;
-  }
-  const num = numberOption;
-  const quick = values.quick;
-  if (values.client !== 'lean' && values.client !== 'library') throw new Error(`--client must be lean or library, got '${values.client}'`);
-  const pipeline = values.pipeline !== undefined ? parsePipeline(values.pipeline) : undefined;
-  const keys = values.keys.split(',').map((id) => {
-    const key = BENCH_KEYS.find((k) => k.id === id);
-    if (key === undefined) throw new Error(`--keys takes ${BENCH_KEYS.map((k) => k.id).join(', ')}; got '${id}'`);
-    return key;
-  });
-  const paths = new Set(
-    values.paths.split(',').map((p) => {
-      if (p !== 'raw' && p !== 'unix' && p !== 'tls') throw new Error(`--paths takes raw, unix, tls; got '${p}'`);
-      return p;
-    }),
-  );
-  const measureMs = num(values.measure, '--measure', quick ? 1 : 4, 0.2) * 1000;
+export function parseOptions(argv: string[]) {
+  const v = parseCli('keyserver-sign/main.js', TABLE, argv);
+  if (v === undefined) return undefined;
+  const quick = v.quick;
+  const keys = listOf(
+    v.keys,
+    '--keys',
+    BENCH_KEYS.map((k) => k.id),
+  ).map((id) => BENCH_KEYS.find((k) => k.id === id)!);
   return {
     quick,
-    out: values.out,
-    rounds: Math.round(num(values.rounds, '--rounds', quick ? 3 : 5, 1)),
-    measureMs,
-    warmupMs: num(values.warmup, '--warmup', quick ? 1 : 2, 0) * 1000,
+    out: v.out,
+    rounds: v.rounds,
+    measureMs: v.measure * 1000,
+    warmupMs: v.warmup * 1000,
     rampMs: quick ? 150 : 300,
     exploreMs: quick ? 250 : 1000,
     settleMs: quick ? 50 : 200,
-    maxExtraRounds: Math.round(num(values['extra-rounds'], '--extra-rounds', quick ? 0 : 2, 0)),
-    quietBudgetMs: num(values['quiet-wait'], '--quiet-wait', quick ? 0 : 60, 0) * 1000,
+    /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
+    maxExtraRounds: v['extra-rounds'],
+    /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
+    quietBudgetMs: v['quiet-wait'] * 1000,
     explorePasses: quick ? 1 : 2,
-    client: values.client,
-    pipeline,
-    sessions: values.sessions === undefined ? undefined : Math.round(num(values.sessions, '--sessions', 0, 1)),
-    serverCpuProf: values['server-cpu-prof'],
-    keepTemp: values['keep-temp'],
+    client: v.client as ClientKind,
+    pipeline: v.pipeline === undefined ? undefined : parsePipeline(v.pipeline),
+    sessions: v.sessions,
+    serverCpuProf: v['server-cpu-prof'],
+    keepTemp: v['keep-temp'],
     keys,
-    paths,
+    paths: new Set(listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const)),
   };
 }
 

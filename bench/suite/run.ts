@@ -19,26 +19,24 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { numberOption } from '../harness/cli.js';
+import { parseCli, std } from '../harness/cli.js';
 import { renderChart } from '../harness/chart.js';
 import { compareSummaries, formatComparison } from '../harness/compare.js';
 import { describeMachine } from '../harness/machine.js';
 import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
-const USAGE = `Usage: node dist/bench/run.js [options]      (npm run bench -- [options])
-
-  --quick              each bench's quick mode, ECDSA P-256 only, no package installs
-                       (a smoke run: about 2 minutes; figures are rough)
-  --out DIR            where every bench and the suite write (default bench/results)
-  --only LIST          keyserver-sign,handshake,keepalive (default all)
-  --compare OLD.json   compare the new suite result with OLD (a suite or a single
-                       bench result); exit status 1 when a scenario moved by more
-                       than the threshold
-  --threshold PCT      for --compare (default 10)
-  --help
-`;
+const TABLE = {
+  quick: std.quick("each bench's quick mode, ECDSA P-256 only, no package installs (a smoke run: a few minutes; rough figures)"),
+  out: { kind: 'string', arg: 'DIR', def: 'bench/results', help: 'where every bench and the suite write' },
+  only: { kind: 'string', arg: 'LIST', help: 'keyserver-sign,handshake,keepalive (default all)' },
+  compare: {
+    kind: 'string',
+    arg: 'OLD.json',
+    help: 'compare the new suite result with OLD (a suite or a single bench result); exit status 1 when a scenario moved by more than the threshold',
+  },
+  threshold: { kind: 'number', arg: 'PCT', def: 10, min: 0.1, help: 'for --compare' },
+} as const;
 
 interface BenchSpec {
   readonly name: string;
@@ -170,24 +168,11 @@ function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof 
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      quick: { type: 'boolean', default: false },
-      out: { type: 'string', default: 'bench/results' },
-      only: { type: 'string' },
-      compare: { type: 'string' },
-      threshold: { type: 'string' },
-      help: { type: 'boolean', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const values = parseCli('suite/run.js', TABLE);
+  if (values === undefined) return 0;
   const started = Date.now();
   const log = (line: string) => process.stderr.write(`[suite ${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
-  const threshold = numberOption(values.threshold, '--threshold', 10, 0.1) / 100;
+  const threshold = values.threshold / 100;
   const only = values.only?.split(',') ?? BENCHES.map((b) => b.name);
   for (const name of only) if (!BENCHES.some((b) => b.name === name)) throw new Error(`--only takes ${BENCHES.map((b) => b.name).join(', ')}; got '${name}'`);
   // Read OLD before spending minutes measuring.
