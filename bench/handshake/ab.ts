@@ -11,6 +11,7 @@
  * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
  * names an IP address, so no resolver entry is needed.
  */
+import { findOrInstall } from '../harness/install.js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 
@@ -187,44 +188,8 @@ export function abVersion(): string | undefined {
   }
 }
 
-function haveAb(): boolean {
-  try {
-    execFileSync('sh', ['-c', 'command -v ab'], { stdio: 'ignore', timeout: 5000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Makes sure `ab` is installed: nothing to do when it is on PATH; else, as
- * root with apt-get, installs apache2-utils (an `apt-get update` first only
- * when the package is unknown to apt). Idempotent. Throws with the command to
- * run when it cannot install.
- */
+/** Makes sure `ab` is installed (apache2-utils, harness/install.ts); throws with the reason when it cannot be. */
 export function ensureAb(log: (line: string) => void): void {
-  if (haveAb()) return;
-  const hint = 'install it with: apt-get install -y apache2-utils';
-  if (process.getuid?.() !== 0) throw new Error(`ab (ApacheBench) is not installed and this is not root: ${hint}`);
-  try {
-    execFileSync('sh', ['-c', 'command -v apt-get'], { stdio: 'ignore' });
-  } catch {
-    throw new Error(`ab (ApacheBench) is not installed and there is no apt-get: install apache2-utils or httpd-tools`);
-  }
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const install = () =>
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'apache2-utils'], {
-      env,
-      stdio: ['ignore', 'ignore', 'pipe'],
-      timeout: 300_000,
-    });
-  log('ab not found: installing apache2-utils (apt-get)');
-  try {
-    install();
-  } catch {
-    log('apt-get install failed; running apt-get update and trying again');
-    execFileSync('apt-get', ['update', '-qq'], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
-    install();
-  }
-  if (!haveAb()) throw new Error(`apache2-utils was installed but ab is still not on PATH: ${hint}`);
+  const found = findOrInstall('ab', 'apache2-utils', true, log);
+  if (!found.ok) throw new Error(`ab (ApacheBench): ${found.reason}`);
 }

@@ -17,7 +17,7 @@
  * its workers together. Logs go to files in the temp dir, which `cleanup()`
  * removes.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
@@ -29,13 +29,14 @@ import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/emb
 import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from '../lab/nginx.js';
 import { setAffinity } from '../harness/procs.js';
 import { freePort, httpGet, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
-import { childEnv, KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import { LabPki } from '../lab/pki.js';
+import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import type { FloorConfig } from './floor.js';
 
 export { freePort, httpGet, type ManagedProcess, spawnManaged } from '../harness/spawn.js';
 
-const execFileAsync = promisify(execFile);
+const _execFileAsync = promisify(execFile);
 
 export const INMEMORY_SCRIPT = fileURLToPath(new URL('./inmemory.js', import.meta.url));
 export const FLOOR_SCRIPT = fileURLToPath(new URL('./floor.js', import.meta.url));
@@ -214,89 +215,16 @@ export class HandshakeLab {
         { mode: 0o600 },
       );
 
-      const f = (name: string) => join(dir, name);
-      const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
-      openssl(
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-days',
-        '2',
-        '-subj',
-        '/CN=keyedge handshake bench CA',
-        '-keyout',
-        f('ca.key'),
-        '-out',
-        f('ca.pem'),
-        '-addext',
-        'basicConstraints=critical,CA:TRUE',
-        '-addext',
-        'keyUsage=critical,keyCertSign,cRLSign',
-      );
-      writeFileSync(f('leaf.ext'), 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n');
-      const issue = (csr: string, out: string) => {
-        openssl(
-          'x509',
-          '-req',
-          '-in',
-          csr,
-          '-CA',
-          f('ca.pem'),
-          '-CAkey',
-          f('ca.key'),
-          '-CAcreateserial',
-          '-days',
-          '2',
-          '-copy_extensions',
-          'copy',
-          '-extfile',
-          f('leaf.ext'),
-          '-out',
-          out,
-        );
-        writeFileSync(`${out.replace(/\.pem$/, '')}-chain.pem`, readFileSync(out, 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
-      };
-
+      const pki = new LabPki(dir, 'keyedge handshake bench CA');
       const keyIds = new Map<string, string>();
       for (const key of options.keys) {
-        // Keyless (and nginx on the token): the key is made in the token, the CSR signed there.
-        const label = tokenKeyLabel(key);
-        keyIds.set(key.id, await keyserverLab.generateKey(key.type, label));
-        await execFileAsync(
-          process.execPath,
-          [KEYEDGE_CLI, 'key', 'csr', '--config', keyserverLab.configPath, '--key', label, '--domain', key.serverName, '--out', f(`keyless-${key.id}.csr`)],
-          {
-            env: childEnv(),
-            timeout: 60_000,
-          },
-        );
-        issue(f(`keyless-${key.id}.csr`), f(`keyless-${key.id}.pem`));
-        // In memory (and nginx with a key file): an ordinary key file, the same names, the same CA.
-        const genpkey =
-          key.id === 'ec' ? ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'] : ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'];
-        openssl('genpkey', ...genpkey, '-out', f(`inmemory-${key.id}.key`));
-        openssl(
-          'req',
-          '-new',
-          '-key',
-          f(`inmemory-${key.id}.key`),
-          '-subj',
-          `/CN=${key.serverName}`,
-          '-addext',
-          `subjectAltName=DNS:${key.serverName}`,
-          '-out',
-          f(`inmemory-${key.id}.csr`),
-        );
-        issue(f(`inmemory-${key.id}.csr`), f(`inmemory-${key.id}.pem`));
-        log(
-          `${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), key file (openssl genpkey); certificates for ${key.serverName}`,
-        );
+        // Keyless (and nginx on the token): the key is made in the token, the CSR signed there. In memory, the floor
+        // and nginx with a key file: an ordinary key file, the same names, the same CA.
+        keyIds.set(key.id, await keyserverLab.generateKey(key.type, tokenKeyLabel(key)));
+        await pki.tokenCert(keyserverLab, tokenKeyLabel(key), key.serverName, `keyless-${key.id}`);
+        pki.fileCert(key.type, key.serverName, `inmemory-${key.id}`);
+        log(`${key.title}: token key ${keyIds.get(key.id)!.slice(0, 16)}… (keyedge key generate + key csr), key file; certificates for ${key.serverName}`);
       }
-
       const lab = new HandshakeLab(keyserverLab, options, ports, nginxTools, skipped);
       for (const [k, v] of keyIds) lab.keyIds.set(k, v);
       return lab;

@@ -22,7 +22,7 @@
  * `spawnManaged`), so a synchronous `cleanup()` can SIGKILL a master and its
  * workers together.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,9 +30,10 @@ import { promisify } from 'node:util';
 import { httpGet, freePort, type ManagedProcess, probe, spawnManaged } from '../handshake/lab.js';
 import { setAffinity } from '../harness/procs.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
-import { childEnv, KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import { LabPki } from '../lab/pki.js';
+import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 
-const execFileAsync = promisify(execFile);
+const _execFileAsync = promisify(execFile);
 
 export const ORIGIN_SCRIPT = fileURLToPath(new URL('./origin.js', import.meta.url));
 export const SERVER_NAME = 'ka.bench.localhost';
@@ -116,53 +117,11 @@ export class KeepaliveLab {
     const f = (name: string) => this.#file(name);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     mkdirSync(f('nginx-tmp'), { mode: 0o700 });
-    const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
-    openssl(
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-days',
-      '2',
-      '-subj',
-      '/CN=keyedge keepalive bench CA',
-      '-keyout',
-      f('ca.key'),
-      '-out',
-      f('ca.pem'),
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
-    );
-    writeFileSync(
-      f('leaf.ext'),
-      `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:${SERVER_NAME}\n`,
-    );
-    const issue = (csr: string, out: string) => {
-      openssl('x509', '-req', '-in', csr, '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('leaf.ext'), '-out', out);
-      writeFileSync(out.replace(/\.pem$/, '-chain.pem'), readFileSync(out, 'utf8') + readFileSync(f('ca.pem'), 'utf8'));
-    };
-
-    // Keyless: the key lives in the token; the CSR is signed there.
-    const label = 'bench-keepalive-ec';
-    this.keyId = await this.keyserverLab.generateKey('ec-p256', label);
-    await execFileAsync(
-      process.execPath,
-      [KEYEDGE_CLI, 'key', 'csr', '--config', this.keyserverLab.configPath, '--key', label, '--domain', SERVER_NAME, '--out', f('keyless.csr')],
-      {
-        env: childEnv(),
-        timeout: 60_000,
-      },
-    );
-    issue(f('keyless.csr'), f('keyless.pem'));
-    // nginx and caddy: a key file, the same name and CA.
-    openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f('file.key'));
-    openssl('req', '-new', '-key', f('file.key'), '-subj', `/CN=${SERVER_NAME}`, '-out', f('file.csr'));
-    issue(f('file.csr'), f('file.pem'));
+    // Keyless: the key lives in the token, the CSR is signed there; nginx and caddy: a key file, the same name and CA.
+    const pki = new LabPki(this.dir, 'keyedge keepalive bench CA');
+    this.keyId = await this.keyserverLab.generateKey('ec-p256', 'bench-keepalive-ec');
+    await pki.tokenCert(this.keyserverLab, 'bench-keepalive-ec', SERVER_NAME, 'keyless');
+    pki.fileCert('ec-p256', SERVER_NAME, 'file');
     log(`ECDSA P-256: token key ${this.keyId.slice(0, 16)}… (keyless proxy), key file (nginx, caddy); certificates for ${SERVER_NAME}`);
 
     const origin = `http://127.0.0.1:${this.ports.origin}`;

@@ -10,7 +10,8 @@ import type { MachineInfo } from '../harness/machine.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import { median, round, spread, type Spread } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
-import { CONTENDED_CORES, type Options, type RunResult, SATURATED_CORES, type WindowResult } from './main.js';
+import { CONTENDED_CORES, type Options, SATURATED_CORES } from './main.js';
+import type { RunResult, WindowResult } from './measure.js';
 
 export interface ServerSummary {
   /** Scenario name: the server, `-h2` for HTTP/2. */

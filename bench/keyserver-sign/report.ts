@@ -3,7 +3,8 @@ import type { describeMachine } from '../harness/machine.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import type { WindowResult } from './load.js';
 import { median, spread } from '../harness/stats.js';
-import { CONTENDED_CORES, type Transport, type Options, type ScenarioInfo, type BenchScenario, type ExploreRow } from './main.js';
+import { CONTENDED_CORES, type Options, type Transport } from './main.js';
+import type { BenchScenario, ExploreRow, ScenarioInfo } from './scenarios.js';
 
 // ---------------------------------------------------------------------------
 // Summary

@@ -28,6 +28,7 @@
  * OPENSSL_CONF (`PIN = …`): a file in the bench's temp dir, mode 0600, never
  * on a command line, in the environment or in a log.
  */
+import { aptInstall, which } from '../harness/install.js';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -55,16 +56,8 @@ export interface NginxTools {
   readonly p11kitClient: string | undefined;
 }
 
-function which(command: string): string | undefined {
-  try {
-    return execFileSync('sh', ['-c', `command -v ${command}`], { encoding: 'utf8', timeout: 5000 }).trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function findTools(): NginxTools | undefined {
-  const nginx = which('nginx') ?? (existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : undefined);
+  const nginx = which('nginx');
   if (nginx === undefined) return undefined;
   let version: string | undefined;
   try {
@@ -92,66 +85,20 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
   return undefined;
 }
 
-function installed(pkg: string): boolean {
-  try {
-    return /Status: install ok installed/.test(execFileSync('dpkg', ['-s', pkg], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Finds nginx, libp11's engine and p11-kit; when some are missing and
- * `install` is set, installs the Debian packages that are not installed yet
- * (as root with apt-get; an `apt-get update` only when the first attempt
- * fails) and stops the system nginx the package may have started, so the only
- * nginx running is the bench's own. Returns undefined when nginx is still
+ * `install` is set, installs the Debian packages not installed yet
+ * (harness/install.ts) and stops the system nginx the package may start, so
+ * the only nginx running is the bench's own. Undefined when nginx is still
  * missing (the caller marks its scenarios skipped), after logging why.
  */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
   const complete = found !== undefined && NGINX_VARIANTS.every((v) => variantSkipReason(found, v) === undefined);
   if (complete || !install) return found;
-  const missing = DEBIAN_PACKAGES.filter((p) => !installed(p));
-  if (missing.length === 0) return found;
-  if (process.getuid?.() !== 0 || which('apt-get') === undefined) {
-    log(
-      `nginx scenarios need ${missing.join(', ')}; not root or no apt-get: install them with apt-get install -y ${missing.join(' ')}; skipping what cannot run`,
-    );
-    return found;
-  }
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const run = () =>
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
-  log(`installing ${missing.join(' ')} (apt-get)`);
-  try {
-    try {
-      run();
-    } catch {
-      log('apt-get install failed; running apt-get update and trying again');
-      execFileSync('apt-get', ['update', '-qq'], { env, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
-      run();
-    }
-  } catch (err) {
-    log(`apt-get install ${missing.join(' ')} failed (${(err as Error).message.split('\n')[0]}); skipping what cannot run`);
-    return findTools();
-  }
-  stopSystemNginx(log);
+  const failed = aptInstall(DEBIAN_PACKAGES, log, ['nginx']);
+  if (failed !== undefined) log(`nginx scenarios: ${failed}; skipping what cannot run`);
   return findTools();
-}
-
-/** The Debian package starts nginx as a service where it can (invoke-rc.d): stop it, the bench runs its own. */
-function stopSystemNginx(log: (line: string) => void): void {
-  const pidFile = '/run/nginx.pid';
-  if (!existsSync(pidFile)) return;
-  log('stopping the system nginx the package started');
-  try {
-    if (which('systemctl') !== undefined && existsSync('/run/systemd/system'))
-      execFileSync('systemctl', ['stop', 'nginx'], { stdio: 'ignore', timeout: 30_000 });
-    else execFileSync('nginx', ['-s', 'stop'], { stdio: 'ignore', timeout: 30_000 });
-  } catch {
-    log('could not stop the system nginx (nginx -s stop failed); it keeps running beside the bench');
-  }
 }
 
 export interface NginxTokenAccess {
