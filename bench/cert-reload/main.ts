@@ -437,7 +437,7 @@ async function main(): Promise<number> {
         benchmark: 'cert-reload',
         machine,
         settings: { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 },
-        // The suite's one-row-per-scenario shape (lib/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
+        // The suite's one-row-per-scenario shape (harness/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
         summary: byTrigger.map(
           (t): SummaryRow => ({
             bench: 'cert-reload',

@@ -19,7 +19,7 @@
  * with the primary and workers under `node --cpu-prof` and reports where
  * their time went. See bench/README.md, section "cert-scale".
  *
- * Usage: node dist/bench/cert-scale.js [--quick] [--names N] [options]   (--help)
+ * Usage: node dist/bench/cert-scale/main.js [--quick] [--names N] [options]   (--help)
  */
 import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -67,7 +67,7 @@ const TABLE = {
 } as const;
 
 export const DOMAIN = 'scale.test';
-/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (lib/cpuprofile.ts). */
+/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (harness/cpuprofile.ts). */
 export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
 export const nameOf = (i: number): string => `n${i}`;
 export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;

@@ -11,7 +11,7 @@ import { median, round } from '../harness/stats.js';
 import type { SummaryRow } from '../harness/summary.js';
 import { REPO_ROOT, DOMAIN, type Rss, workersRss, type listingCost, type startupPhases, type ReloadFigure } from './main.js';
 
-/** The suite's one-row-per-scenario shape (lib/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
+/** The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
 export function summaryRows(
   figures: {
     startup: { readyMs: number };

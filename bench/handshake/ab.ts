@@ -1,6 +1,6 @@
 /**
  * ApacheBench (`ab`, Debian package apache2-utils) as the TLS client of
- * bench/handshake.ts: without -k every request is a new TCP connection and a
+ * bench/handshake/main.ts: without -k every request is a new TCP connection and a
  * full TLS handshake (ab never offers a session for resumption; the bench
  * checks that against the key server's sign count anyway).
  *

@@ -1,5 +1,5 @@
 /**
- * The comparison server of bench/handshake.ts: the real `keyedge proxy`
+ * The comparison server of bench/handshake/main.ts: the real `keyedge proxy`
  * cluster (proxy/cluster.ts primary and workers, proxy/worker.ts) with one
  * difference, its KeySource (proxy/tls/key-source.ts): each certificate's key
  * is an ordinary PEM key file held in memory, not the keyless bridge. So the
@@ -9,7 +9,7 @@
  * No key server is configured, so the primary logs once that certificates
  * load unverified, /readyz stays 503 and the keyless counters read zero.
  *
- * Usage: node dist/bench/lib/handshake-inmemory.js --config FILE
+ * Usage: node dist/bench/lab/handshake-inmemory.js --config FILE
  * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary
  * logs `in-memory ready` on stdout; SIGTERM/SIGINT stop it as `keyedge proxy`.
  */

@@ -1,6 +1,6 @@
 /**
- * The set-up of bench/handshake.ts, in one temporary directory:
- *   - a key server (bench/lib/keyserver-lab.ts: embedded SoftHSM2 token, unix
+ * The set-up of bench/handshake/main.ts, in one temporary directory:
+ *   - a key server (bench/lab/keyserver.ts: embedded SoftHSM2 token, unix
  *     socket) with an admin port for its sign counters, and an ECDSA P-256 and
  *     an RSA-2048 key made in the token with `keyedge key generate`;
  *   - a throwaway CA (openssl) issuing, for each token key, a certificate from
@@ -9,7 +9,7 @@
  *     ordinary key files (`openssl genpkey`);
  *   - the demo origin (`keyedge demo-origin`, 1 KiB page);
  *   - the keyless proxy exactly as deployed (`keyedge proxy --config`), and
- *     the in-memory comparison server (bench/lib/handshake-inmemory.ts), both
+ *     the in-memory comparison server (bench/handshake/inmemory.ts), the node:https floor (floor.ts), both
  *     with the same worker count, certificates by SNI, one listener each.
  *
  * Every server is its own process group (spawned detached), so a synchronous

@@ -5,7 +5,7 @@
  *     with the key in memory (what nginx with a key file and the in-memory
  *     server pay per handshake signature);
  *   - raw pkcs11js C_SignInit + C_Sign on the SoftHSM2 token the key server
- *     uses (bench/lib/sign-load.ts RawSignLoad and measureWindow, the same
+ *     uses (bench/keyserver-sign/load.ts RawSignLoad and measureWindow, the same
  *     loop as bench/keyserver-sign.ts): the token's ceiling, what every
  *     token-backed set-up (key server, nginx engine, p11-kit) pays at least.
  * Both run while the servers are idle.

@@ -1,5 +1,5 @@
 /**
- * A TLS 1.3 client that resumes: the load of bench/handshake.ts's
+ * A TLS 1.3 client that resumes: the load of bench/handshake/main.ts's
  * resumed-handshake scenarios (ab never offers a session; h2load does, but it
  * cannot force a new connection per request without also pipelining).
  *

@@ -1,5 +1,5 @@
 /**
- * The scenarios of bench/handshake.ts and their ids, e.g.
+ * The scenarios of bench/handshake/main.ts and their ids, e.g.
  * "full-tls13/keyless-unix/ecdsa": what kind of handshake, which server set-up,
  * which key. The ids are stable: the result JSON's `summary`, the orchestrator
  * (`npm run bench`) and result comparison key on them.
@@ -9,7 +9,7 @@ import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type
 
 /**
  * full-tls13     new TCP connection + full TLS 1.3 handshake per request (ab -f TLS1.3)
- * resumed-tls13  new TCP connection + TLS 1.3 resumption with a session ticket (bench/lib/handshake-resume.ts)
+ * resumed-tls13  new TCP connection + TLS 1.3 resumption with a session ticket (bench/handshake/resume.ts)
  * full-tls12     new TCP connection + full TLS 1.2 handshake (ab -f TLS1.2), a spot check
  * alpn-h2        new connection + full TLS 1.3 handshake offering only ALPN h2, one GET over HTTP/2 (alpn.ts)
  * alpn-h1        the same client offering only http/1.1: the pair shows what negotiating h2 costs (issue 13)

@@ -4,7 +4,7 @@
  * by more than a threshold (either way: a speed-up that large is as much worth
  * a look as a slow-down, e.g. a scenario that stopped doing its work).
  *
- * Pure: rows in (bench/lib/summary.ts), a table and a verdict out. Scenarios
+ * Pure: rows in (bench/harness/summary.ts), a table and a verdict out. Scenarios
  * present in one file only, or skipped in either, are listed but never
  * flagged. The threshold is relative; on this shared machine identical runs
  * differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.

@@ -1,6 +1,6 @@
 /**
  * `perf record` of server processes during a measurement window, and the
- * report bench/handshake.ts --perf makes of it: where the CPU of a handshake
+ * report bench/handshake/main.ts --perf makes of it: where the CPU of a handshake
  * goes, per process, per binary (node = V8 + OpenSSL, which node links
  * statically; the kernel; the keyless addon), per native symbol, and per
  * JavaScript function (inclusive).

@@ -1,5 +1,5 @@
 /**
- * Process trees for bench/handshake.ts: the CPU time of a server that is more
+ * Process trees for bench/handshake/main.ts: the CPU time of a server that is more
  * than one process (a cluster primary and its workers), CPU affinity, and
  * CPU snapshots of several such trees plus the whole machine at one instant.
  */

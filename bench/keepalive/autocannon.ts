@@ -1,6 +1,6 @@
 /**
  * autocannon (devDependency) as the keep-alive HTTP/1.1 client of
- * bench/keepalive.ts, run through its CLI as a separate process so that it
+ * bench/keepalive/main.ts, run through its CLI as a separate process so that it
  * can be pinned to its own CPU with taskset and its CPU time read from /proc
  * apart from the servers'.
  *
@@ -14,7 +14,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-/** The CLI in node_modules, relative to this module in dist/bench/lib/. */
+/** The CLI in node_modules, relative to this module in dist/bench/lab/. */
 export const AUTOCANNON_CLI = fileURLToPath(new URL('../../../node_modules/autocannon/autocannon.js', import.meta.url));
 
 export interface AutocannonOptions {

@@ -1,5 +1,5 @@
 /**
- * The set-up of bench/keepalive.ts, in one temporary directory:
+ * The set-up of bench/keepalive/main.ts, in one temporary directory:
  *   - a throwaway CA (openssl, P-256) and one name, `ka.bench.localhost`;
  *   - keyless: an ECDSA P-256 key made in an embedded SoftHSM2 token
  *     (`keyedge key generate`), its certificate issued from a CSR signed in
@@ -10,7 +10,7 @@
  *     (nginx: `-p DIR -c FILE -e FILE`, one worker; caddy: `caddy run
  *     --config FILE.json`, admin endpoint off, nothing persisted), never the
  *     system service;
- *   - the origin all three proxy to: bench/lib/keepalive-origin.ts (the demo
+ *   - the origin all three proxy to: bench/keepalive/origin.ts (the demo
  *     page, 1 KiB, with a request counter).
  *
  * Every proxy keeps a pool of 64 keep-alive connections to the origin (the
@@ -18,7 +18,7 @@
  * request to a file unless `accessLog` is off, and sets X-Forwarded-For/-Proto
  * and HSTS as the product does, so they do comparable work per request.
  *
- * Every server is its own process group (bench/lib/handshake-lab.ts
+ * Every server is its own process group (bench/handshake/lab.ts
  * `spawnManaged`), so a synchronous `cleanup()` can SIGKILL a master and its
  * workers together.
  */
@@ -260,7 +260,7 @@ export class KeepaliveLab {
  */
 export function nginxConfig(dir: string, port: number, originPort: number, accessLog: boolean): string {
   const f = (name: string) => join(dir, name);
-  return `# bench/keepalive.ts: nginx as a TLS reverse proxy, one worker, its own prefix ${dir}
+  return `# bench/keepalive/main.ts: nginx as a TLS reverse proxy, one worker, its own prefix ${dir}
 worker_processes 1;
 daemon off;
 pid ${f('nginx.pid')};

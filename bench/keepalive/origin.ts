@@ -1,5 +1,5 @@
 /**
- * The origin of bench/keepalive.ts: the product's demo page (1 KiB,
+ * The origin of bench/keepalive/main.ts: the product's demo page (1 KiB,
  * proxy/demo-origin.ts `demoPage`) served by node:http, plus a request
  * counter. Every proxied request reaches the origin exactly once, so the
  * counter's difference over a measurement window is the number of requests
@@ -9,7 +9,7 @@
  * `GET /__bench/count` answers the count as JSON and is not counted; the
  * bench asks it directly, never through a proxy.
  *
- * Usage: node dist/bench/lib/keepalive-origin.js --port P [--size BYTES]
+ * Usage: node dist/bench/lab/keepalive-origin.js --port P [--size BYTES]
  * Prints one line "keepalive origin ready <port>" once listening.
  */
 import http from 'node:http';

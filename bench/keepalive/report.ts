@@ -96,7 +96,7 @@ export function compareTo(summaries: readonly ServerSummary[], keyedge: string, 
   };
 }
 
-/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/lib/summary.ts). */
+/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/harness/summary.ts). */
 export function summaryRow(s: ServerSummary) {
   return {
     scenario: s.server,

@@ -9,7 +9,7 @@
  *   unix   through the key server (its own process) over its unix socket
  *   tls    through the key server over mutual TLS 1.3 on 127.0.0.1
  * Each scenario is warmed up, then all are measured in interleaved rounds
- * (bench/lib/rounds.ts); the report gives per-scenario medians, min-max,
+ * (bench/harness/rounds.ts); the report gives per-scenario medians, min-max,
  * keyserver/raw ratios, latency percentiles and CPU per sign for the key
  * server and for this process. See bench/README.md.
  *

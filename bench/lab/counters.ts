@@ -1,5 +1,5 @@
 /**
- * Counters bench/handshake.ts reads from the servers' admin ports (Prometheus
+ * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus
  * text): the proxy's and the in-memory server's handshakes (summed over
  * workers by the cluster primary, prom-client AggregatorRegistry) and the key
  * server's successful signs.

@@ -21,7 +21,7 @@ import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
 
-/** The compiled CLI launcher, relative to this module in dist/bench/lib/. */
+/** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
 export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
 export interface LabOptions {

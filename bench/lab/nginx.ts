@@ -1,5 +1,5 @@
 /**
- * nginx as the reference TLS terminator of bench/handshake.ts, in three ways
+ * nginx as the reference TLS terminator of bench/handshake/main.ts, in three ways
  * of holding the same keys:
  *   file     the key as a PEM file (`ssl_certificate_key key.pem`), the usual
  *            deployment;
@@ -241,7 +241,7 @@ export class NginxLab {
       ].join('\n');
     });
     return [
-      `# Written by bench/handshake.ts: nginx ${instance.variant} variant.`,
+      `# Written by bench/handshake/main.ts: nginx ${instance.variant} variant.`,
       // One process: see the module comment (libp11 and fork).
       'master_process off;',
       'worker_processes 1;',

@@ -1,5 +1,5 @@
 /**
- * Compares two benchmark result files: `node dist/bench/compare.js OLD.json
+ * Compares two benchmark result files: `node dist/bench/suite/compare.js OLD.json
  * NEW.json [--threshold PCT]`. Either file may be a suite result
  * (`<date>-suite.json`) or a single bench's (`<date>-handshake.json`, ...);
  * scenarios are matched by bench and name. Prints a table of each scenario's
@@ -12,7 +12,7 @@ import { numberOption } from '../harness/cli.js';
 import { compareSummaries, formatComparison } from '../harness/compare.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
-const USAGE = `Usage: node dist/bench/compare.js OLD.json NEW.json [--threshold PCT]
+const USAGE = `Usage: node dist/bench/suite/compare.js OLD.json NEW.json [--threshold PCT]
 
   Compares two result files (suite or single bench) scenario by scenario.
   Exit status: 0 nothing moved by more than PCT (default 10), 1 something did,

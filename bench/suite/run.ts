@@ -3,8 +3,8 @@
  * the keep-alive bench one after the other (each as its own child process, so
  * none measures while another runs), collects their summary rows and writes
  * `<date>-suite.{json,md,svg}`: one table of every scenario and figure, and a
- * chart (bench/lib/chart.ts). `--compare OLD.json` then compares the new
- * result with an older one (bench/lib/compare.ts) and exits 1 when a scenario
+ * chart (bench/harness/chart.ts). `--compare OLD.json` then compares the new
+ * result with an older one (bench/harness/compare.ts) and exits 1 when a scenario
  * moved by more than the threshold.
  *
  * `--quick` runs each bench's quick mode on a reduced set (ECDSA P-256 only)
@@ -12,7 +12,7 @@
  * run never overwrites the day's full result. Builds nothing: run
  * `npx tsc -p .` first.
  *
- * Usage: node dist/bench/run.js [--quick] [--out DIR] [--only LIST] [--compare OLD.json] [--threshold PCT]
+ * Usage: node dist/bench/suite/run.js [--quick] [--out DIR] [--only LIST] [--compare OLD.json] [--threshold PCT]
  *        (npm run bench -- --quick)
  */
 import { spawn } from 'node:child_process';
@@ -36,6 +36,7 @@ const TABLE = {
     help: 'compare the new suite result with OLD (a suite or a single bench result); exit status 1 when a scenario moved by more than the threshold',
   },
   threshold: { kind: 'number', arg: 'PCT', def: 10, min: 0.1, help: 'for --compare' },
+  node: { ...std.node, help: 'passed to the handshake bench: its Node servers also under these Node majors, e.g. 20,22,24' },
 } as const;
 
 interface BenchSpec {
@@ -93,9 +94,16 @@ function runChild(args: readonly string[], log: (line: string) => void): Promise
 }
 
 /** `out` is the directory as given (for the children and the command shown), `outDir` the same resolved. */
-async function runBench(spec: BenchSpec, quick: boolean, out: string, outDir: string, log: (line: string) => void): Promise<BenchOutcome> {
+async function runBench(
+  spec: BenchSpec,
+  quick: boolean,
+  extra: readonly string[],
+  out: string,
+  outDir: string,
+  log: (line: string) => void,
+): Promise<BenchOutcome> {
   const script = join(HERE, spec.script);
-  const args = [script, ...(quick ? spec.quick : spec.full), '--out', out];
+  const args = [script, ...(quick ? spec.quick : spec.full), ...extra, '--out', out];
   const command = `node dist/bench/${spec.script} ${args.slice(1).join(' ')}`;
   const started = Date.now();
   log(`${spec.name}: ${command}`);
@@ -185,7 +193,8 @@ async function main(): Promise<number> {
   const quick = values.quick;
   const machine = describeMachine();
   const outcomes: BenchOutcome[] = [];
-  for (const spec of BENCHES.filter((b) => only.includes(b.name))) outcomes.push(await runBench(spec, quick, values.out, out, log));
+  for (const spec of BENCHES.filter((b) => only.includes(b.name)))
+    outcomes.push(await runBench(spec, quick, spec.name === 'handshake' && values.node !== undefined ? ['--node', values.node] : [], values.out, out, log));
 
   const date = dateStamp();
   const name = quick ? 'suite-quick' : 'suite';
