@@ -21,7 +21,7 @@ import { installInterrupt, runBench } from '../harness/main.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { QuietGate } from '../harness/quiet.js';
+import { quietBeforeRun } from '../harness/quiet.js';
 import { dateStamp, fmt, writeReport } from '../harness/report.js';
 import { runRounds, type RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
@@ -218,11 +218,7 @@ async function main(): Promise<number> {
         .flatMap((g) => g.roots())
         .filter((p) => p > 0)
         .flatMap((p) => processTree(p));
-    const gate =
-      options.quietBudgetMs > 0
-        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs)
-        : undefined;
-    const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
     log(
       `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
@@ -233,15 +229,7 @@ async function main(): Promise<number> {
       measureMs: options.measureMs,
       settleMs: options.settleMs,
       signal: signal,
-      beforeRun: async (scenario, context) => {
-        if (gate === undefined || context.phase !== 'measure') return;
-        const q = await gate.wait();
-        quietWaits.push({ scenario, round: context.round, ...q });
-        if (!q.quiet || q.waitedMs > 300)
-          log(
-            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
-          );
-      },
+      beforeRun: quiet.beforeRun,
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
@@ -358,7 +346,7 @@ async function main(): Promise<number> {
         order,
         contendedCores: CONTENDED_CORES,
         saturatedCores: SATURATED_CORES,
-        quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
+        quietWait: quiet.record(),
       },
       limits,
       keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),

@@ -87,3 +87,32 @@ export class QuietGate {
     return result;
   }
 }
+
+/**
+ * The quiet wait before every measured run of a bench (runRounds' beforeRun): one budget of `budgetMs` for the
+ * whole run (0: never wait), long waits logged, every wait kept for the result file (`record()`).
+ */
+export function quietBeforeRun(
+  budgetMs: number,
+  ownPids: readonly number[],
+  signal: AbortSignal,
+  log: (line: string) => void,
+): {
+  readonly beforeRun: (scenario: string, context: { readonly phase: string; readonly round: number }) => Promise<void>;
+  readonly record: () => { budgetMs: number; waitedMs: number; waits: unknown[] };
+} {
+  const gate = budgetMs > 0 ? new QuietGate({ maxOtherCores: 0.25, sampleMs: 250, ownPids, signal }, budgetMs) : undefined;
+  const waits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+  return {
+    beforeRun: async (scenario, context) => {
+      if (gate === undefined || context.phase !== 'measure') return;
+      const q = await gate.wait();
+      waits.push({ scenario, round: context.round, ...q });
+      if (!q.quiet || q.waitedMs > 300)
+        log(
+          `waited ${(q.waitedMs / 1000).toFixed(1)} s for other load to drop: ${q.otherCores.toFixed(2)} cores${q.quiet ? '' : ' (budget spent, measuring anyway)'}`,
+        );
+    },
+    record: () => ({ budgetMs, waitedMs: gate?.waitedMs ?? 0, waits }),
+  };
+}

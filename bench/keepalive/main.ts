@@ -25,7 +25,7 @@ import { findOrInstall, versionOf } from '../harness/install.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { QuietGate } from '../harness/quiet.js';
+import { quietBeforeRun } from '../harness/quiet.js';
 import { dateStamp, fmt, writeReport } from '../harness/report.js';
 import { runRounds, type RunContext, type Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
@@ -189,11 +189,7 @@ async function main(): Promise<number> {
     );
     const ownPids = () =>
       [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
-    const gate =
-      options.quietBudgetMs > 0
-        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: ownPids(), signal: signal }, options.quietBudgetMs)
-        : undefined;
-    const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
     // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
     const answered = new Map<string, number>();
     log(
@@ -206,15 +202,7 @@ async function main(): Promise<number> {
       measureMs: options.measureMs,
       settleMs: options.settleMs,
       signal: signal,
-      beforeRun: async (scenario, context) => {
-        if (gate === undefined || context.phase !== 'measure') return;
-        const q = await gate.wait();
-        quietWaits.push({ scenario, round: context.round, ...q });
-        if (!q.quiet || q.waitedMs > 300)
-          log(
-            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
-          );
-      },
+      beforeRun: quiet.beforeRun,
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const c = result.client;
@@ -291,7 +279,7 @@ async function main(): Promise<number> {
         order,
         contendedCores: CONTENDED_CORES,
         saturatedCores: SATURATED_CORES,
-        quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
+        quietWait: quiet.record(),
       },
       proxyConfig: lab.configs.keyedge,
       nginxConfig: lab.configs.nginx,

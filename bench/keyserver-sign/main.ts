@@ -27,7 +27,7 @@ import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName }
 import { KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import { describeMachine } from '../harness/machine.js';
 import { dateStamp, fmt, writeReport } from '../harness/report.js';
-import { QuietGate } from '../harness/quiet.js';
+import { quietBeforeRun } from '../harness/quiet.js';
 import { runRounds } from '../harness/rounds.js';
 import { measureWindow, RawSignLoad, type RawKey } from './load.js';
 import { listOf, parseCli, std } from '../harness/cli.js';
@@ -189,22 +189,9 @@ async function main(): Promise<number> {
     }
 
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
-    const gate =
-      options.quietBudgetMs > 0
-        ? new QuietGate({ maxOtherCores: CONTENDED_CORES, sampleMs: 250, ownPids: [running.pid], signal: signal }, options.quietBudgetMs)
-        : undefined;
-    const quietWaits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+    const quiet = quietBeforeRun(options.quietBudgetMs, [running.pid], signal, log);
     const { order, results } = await runRounds(scenarios, {
-      beforeRun: async (scenario, context) => {
-        if (gate === undefined || context.phase !== 'measure') return;
-        const q = await gate.wait();
-        quietWaits.push({ scenario, round: context.round, ...q });
-        if (!q.quiet || q.waitedMs > 300) {
-          log(
-            `waited ${fmt(q.waitedMs / 1000, 1)} s for other load to drop: ${fmt(q.otherCores, 2)} cores${q.quiet ? '' : ' (wait budget spent, measuring anyway)'}`,
-          );
-        }
-      },
+      beforeRun: quiet.beforeRun,
       rounds: options.rounds,
       warmupMs: options.warmupMs,
       measureMs: options.measureMs,
@@ -287,7 +274,7 @@ async function main(): Promise<number> {
         order,
         client: options.client,
         contendedCores: CONTENDED_CORES,
-        quietWait: { budgetMs: options.quietBudgetMs, waitedMs: gate?.waitedMs ?? 0, waits: quietWaits },
+        quietWait: quiet.record(),
         exploration: {
           candidates: PIPELINE_CANDIDATES.map(pipelineName),
           durationMs: options.exploreMs,
