@@ -13,9 +13,9 @@
  * that sends no new ticket on a resumed connection gets a full handshake on
  * the next one, and the resumption % (resumed ÷ completed) shows it.
  *
- * Counted: connections completed (answer 200 received in full), those that
- * offered a ticket, those the server resumed (`isSessionReused()`, read at
- * 'secureConnect' while the socket is open), failures, and the latency of
+ * Counted when a connection completes (answer 200 received in full): those
+ * that offered a ticket, those the server resumed (`isSessionReused()`, read
+ * at 'secureConnect' while the socket is open), failures, and the latency of
  * each connection (connect → end of answer).
  *
  * Concurrency: single-threaded, in this process; `start()` once, `stop()`
@@ -80,13 +80,9 @@ export class ResumeLoad {
       ...(session === undefined ? {} : { session }),
     });
     socket.on('session', (s: Buffer) => (newest = s));
+    let reused = false;
     socket.once('secureConnect', () => {
-      const reused = socket.isSessionReused();
-      if (session !== undefined) {
-        this.offered++;
-        if (reused) this.resumed++;
-        else this.offeredNotResumed++;
-      }
+      reused = socket.isSessionReused();
       socket.write(this.#request);
     });
     socket.on('data', (chunk: Buffer) => {
@@ -97,7 +93,13 @@ export class ResumeLoad {
     socket.once('close', () => {
       if (failed === undefined && !head.startsWith('HTTP/1.1 200')) failed = `answer ${JSON.stringify(head.slice(0, 12))} (${bytes} bytes)`;
       if (failed === undefined) {
+        // Counted with the connection's completion, so in any window resumed ≤ offered ≤ completed.
         this.completed++;
+        if (session !== undefined) {
+          this.offered++;
+          if (reused) this.resumed++;
+          else this.offeredNotResumed++;
+        }
         if (this.recording) this.latency.record(Number(process.hrtime.bigint() - started) / 1e3);
       } else {
         this.errors++;
