@@ -6,7 +6,7 @@
 #   config/setup.sh deps   system packages, npm ci, build
 #   config/setup.sh up     deps, then the embedded default in the background
 #   config/setup.sh down   stop what `up` started
-#   config/setup.sh test   deps (+ test-only packages), type-check, lint and format check, then the whole test suite
+#   config/setup.sh test   deps (+ test-only packages), the benchmarks' build, type-check, lint and format check, then the whole test suite
 #   config/setup.sh test-packages   only the test-only Debian packages (a test
 #                          run on its own installs what it drives this way)
 set -euo pipefail
@@ -220,6 +220,8 @@ case "${1:-}" in
   test)
     deps "${TEST_PACKAGES[@]}"
     shift
+    # The benchmarks build apart from the product (bench/tsconfig.json); test/bench-*.test.ts run dist/bench/.
+    npx --no-install tsc -p bench || die "the benchmarks do not build (tsc -p bench)"
     npx --no-install tsc --noEmit -p test || die "the tests do not type-check"
     npx --no-install biome ci . || die "lint or formatting errors (biome ci .): run 'npx biome check --write .' to fix what it can, then fix the rest by hand"
     exec npx --no-install vitest run --config test/vitest.config.ts "$@"

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { escapeXml, renderChart } from '../bench/lib/chart.js';
-import type { SummaryRow } from '../bench/lib/summary.js';
+import { escapeXml, renderChart } from '../bench/harness/chart.js';
+import type { SummaryRow } from '../bench/harness/summary.js';
 
 function row(bench: string, scenario: string, rate: number, serverCpuUs: number, extra: Partial<SummaryRow> = {}): SummaryRow {
   const unit = bench === 'handshake' ? 'handshake' : bench === 'keepalive' ? 'request' : 'sign';

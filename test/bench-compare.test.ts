@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { compareSummaries, formatComparison, pct, relativeChange } from '../bench/lib/compare.js';
-import { readSummary, type SummaryRow } from '../bench/lib/summary.js';
+import { compareSummaries, formatComparison, pct, relativeChange } from '../bench/harness/compare.js';
+import { readSummary, type SummaryRow } from '../bench/harness/summary.js';
 
 function row(scenario: string, rate: number, serverCpuUs: number, extra: Partial<SummaryRow> = {}): SummaryRow {
   return {

@@ -1,6 +1,6 @@
 /**
  * The in-memory comparison server of the handshake bench
- * (bench/lib/handshake-inmemory.ts) is the real proxy cluster with PEM key
+ * (bench/handshake/inmemory.ts) is the real proxy cluster with PEM key
  * files behind its KeySource: it serves a TLS handshake and a request with
  * keys from files, and shows what only the product's worker does (a plain
  * HTTP request on the TLS port answered 400 and counted), so "in memory vs
@@ -14,13 +14,13 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InMemoryConfig } from '../bench/lib/handshake-inmemory.js';
-import { freePort } from '../bench/lib/handshake-spawn.js';
+import type { InMemoryConfig } from '../bench/handshake/inmemory.js';
+import { freePort } from '../bench/harness/spawn.js';
 import { createCa, issue, writePem } from './helpers/pki.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { REPO } from './helpers/keyserver.js';
 
-const SCRIPT = join(REPO, 'dist/bench/lib/handshake-inmemory.js');
+const SCRIPT = join(REPO, 'dist/bench/handshake/inmemory.js');
 
 describe('in-memory bench server', () => {
   const dir = mkdtempSync(join(tmpdir(), 'keyedge-inmemory-'));

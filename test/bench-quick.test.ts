@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readSummary } from '../bench/lib/summary.js';
+import { readSummary } from '../bench/harness/summary.js';
 
 const execFileAsync = promisify(execFile);
-const KEEPALIVE = fileURLToPath(new URL('../dist/bench/keepalive.js', import.meta.url));
+const KEEPALIVE = fileURLToPath(new URL('../dist/bench/keepalive/main.js', import.meta.url));
 
 // Not a measurement (nothing here asserts a speed): the smallest scenario of the benchmark suite, the keyless proxy
 // under keep-alive load, runs end to end, so the benchmarks cannot rot unnoticed. Needs only the product (no nginx,
@@ -20,7 +20,24 @@ describe('benchmark smoke run', () => {
   it('keepalive --quick with the keyless proxy alone writes a complete result', { timeout: 120_000 }, async () => {
     const { stdout } = await execFileAsync(
       process.execPath,
-      [KEEPALIVE, '--quick', '--servers', 'keyedge', '--rounds', '1', '--warmup', '0.5', '--measure', '1', '--quiet-wait', '0', '--out', out],
+      [
+        KEEPALIVE,
+        '--quick',
+        '--servers',
+        'keyedge',
+        '--protocols',
+        'h1',
+        '--rounds',
+        '1',
+        '--warmup',
+        '0.5',
+        '--measure',
+        '1',
+        '--quiet-wait',
+        '0',
+        '--out',
+        out,
+      ],
       { timeout: 110_000, maxBuffer: 16 * 1024 * 1024 },
     );
     expect(stdout).toContain('# keepalive');

@@ -10,7 +10,7 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // Renewals under load: new TLS connections and keep-alive requests run
 // through every replacement, which alternates ECDSA and RSA keys (so every
 // one is also a change of key). The full 20-replacement run with timings is
-// bench/cert-reload.ts; this is the short loop.
+// bench/cert-reload/main.ts; this is the short loop.
 const REPLACEMENTS = 6;
 let lab: KeylessLab;
 let proxy: ClusterProxy;

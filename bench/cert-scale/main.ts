@@ -1,0 +1,511 @@
+/**
+ * Benchmark: the proxy with a large certificate store. A store of N entries
+ * (default 10,000: `n<i>` serving n<i>.scale.test, one name each, all on one
+ * ECDSA P-256 key of the key server, issued by a throwaway CA in this
+ * process), then, against a real `keyedge proxy` (cluster, 2 workers):
+ *   - start-up until /readyz answers 200 (the primary validates every entry
+ *     against the key server, the workers get the state over IPC and build
+ *     up to contextCacheSize secure contexts), split by the log lines;
+ *   - RSS of the primary and of each worker after start (/proc);
+ *   - one reload after replacing ONE entry (rename in the store): until a new
+ *     connection gets the new serial, and the primary's "reload done"
+ *     durationMs; a no-change rescan (POST /reload, the answer's durationMs);
+ *   - bounded memory: worker RSS after handshakes to 5,000 distinct names
+ *     with contextCacheSize 1000, after each of 3 passes;
+ *   - memory per secure context: two proxies on a store of M names (default
+ *     1000) that differ only in contextCacheSize (1 and M), worker RSS after
+ *     start and after a handshake to each name.
+ * `--cpu-prof` instead runs the start-up, a one-entry reload and a rescan
+ * with the primary and workers under `node --cpu-prof` and reports where
+ * their time went. See bench/README.md, section "cert-scale".
+ *
+ * Usage: node dist/bench/cert-scale/main.js [--quick] [--names N] [options]   (--help)
+ */
+import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseCli, std } from '../harness/cli.js';
+import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from '../lab/cert-lab.js';
+import { describeMachine } from '../harness/machine.js';
+import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { procCpu, totalUs } from '../harness/proc-cpu.js';
+import { median, round } from '../harness/stats.js';
+import { summaryRows, writeProfileReport, writeNotReadyReport } from './report.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+const TABLE = {
+  quick: std.quick('1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass, 300 in the per-context measurement'),
+  names: { kind: 'number', arg: 'N', def: 10_000, quick: 1000, min: 2, integer: true, help: 'store entries' },
+  bounded: { kind: 'number', arg: 'N', def: 5000, quick: 500, min: 1, integer: true, help: 'distinct names for the bounded-memory pass (at most --names)' },
+  'bounded-passes': { kind: 'number', arg: 'N', def: 3, min: 1, integer: true, help: 'passes over those names: RSS after each shows whether it levels off' },
+  cache: { kind: 'number', arg: 'N', def: 1000, quick: 200, min: 1, integer: true, help: 'tls.contextCacheSize of the scale proxy' },
+  'context-names': {
+    kind: 'number',
+    arg: 'M',
+    def: 1000,
+    quick: 300,
+    min: 2,
+    integer: true,
+    help: 'store entries and contextCacheSize for the per-context measurement',
+  },
+  concurrency: { kind: 'number', arg: 'N', def: 8, min: 1, integer: true, help: 'connections in flight in the handshake passes' },
+  reloads: { kind: 'number', arg: 'N', def: 3, min: 1, integer: true, help: 'one-entry reloads and no-change rescans measured (each)' },
+  'ready-timeout': { kind: 'number', arg: 'SEC', def: 480, min: 1, help: 'give up on a start-up after SEC' },
+  'settle-max': {
+    kind: 'number',
+    arg: 'SEC',
+    def: 180,
+    quick: 60,
+    min: 0,
+    help: 'after start, wait up to SEC for the workers to go idle before measuring reloads',
+  },
+  'cpu-prof': { kind: 'flag', help: 'profiling run: start-up, one-entry reload and rescan under node --cpu-prof; <date>-cert-scale-profile.{json,md}' },
+  top: { kind: 'number', arg: 'N', def: 25, min: 1, integer: true, help: 'functions listed per profile' },
+  out: { kind: 'string', arg: 'DIR', def: 'bench/results', help: 'results directory; files cert-scale[-profile][-quick | -<N> when --names is not 10000]' },
+  'keep-temp': std.keepTemp,
+} as const;
+
+export const DOMAIN = 'scale.test';
+/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (harness/cpuprofile.ts). */
+export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
+export const nameOf = (i: number): string => `n${i}`;
+export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
+
+export interface Rss {
+  readonly primaryMiB: number;
+  readonly workersMiB: readonly number[];
+}
+
+export function rssOf(proxy: RunningProxy): Rss {
+  const { primary, workers } = proxy.pids();
+  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
+}
+
+export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
+
+/**
+ * What listing the store directory once costs on this filesystem: readdir and
+ * a stat of every .pem, as any change detection by stat must do (median of 3,
+ * this process's CPU and wall time).
+ */
+export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
+  const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
+  for (let k = 0; k < 3; k++) {
+    const cpu = process.cpuUsage();
+    const wall = performance.now();
+    const files = readdirSync(dir).filter((f) => f.endsWith('.pem'));
+    for (const f of files) statSync(join(dir, f));
+    const used = process.cpuUsage(cpu);
+    runs.push({ cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length });
+  }
+  return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
+}
+
+/**
+ * Waits until every worker of `proxy` used less than a tenth of a core over
+ * one second (background work after start: OCSP tracking parses every leaf),
+ * at most `maxMs`; resolves with the time waited and whether they settled.
+ */
+export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
+  const started = performance.now();
+  const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
+  let before = cpu();
+  for (;;) {
+    await sleep(1000);
+    const after = cpu();
+    const busiest = Math.max(0, ...after.map((us, k) => (us - (before[k] ?? 0)) / 1e6));
+    const waitedMs = performance.now() - started;
+    if (busiest < 0.1 && after.length === before.length) return { waitedMs, settled: true };
+    if (waitedMs > maxMs) return { waitedMs, settled: false };
+    before = after;
+  }
+}
+
+/** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
+export async function handshakeAll(
+  port: number,
+  hosts: readonly string[],
+  ca: string,
+  concurrency: number,
+): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
+  let next = 0;
+  let ok = 0;
+  let failed = 0;
+  const errors: string[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < hosts.length) {
+        const host = hosts[next++]!;
+        const r = await connectOnce(port, host, ca, true, 30_000);
+        if (r.ok) ok++;
+        else {
+          failed++;
+          if (errors.length < 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
+        }
+      }
+    }),
+  );
+  return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
+}
+
+/** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
+export async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = proxy.log
+      .read()
+      .slice(from)
+      .find((l) => l.msg === 'reload done');
+    if (line !== undefined || Date.now() > deadline) return line;
+    await sleep(20);
+  }
+}
+
+/** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
+export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
+  const lines = proxy.log.read();
+  const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
+  const primary = lines.find((l) => l.msg === 'proxy primary started');
+  return {
+    primaryStartedMs: primary === undefined ? undefined : at(primary),
+    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
+  };
+}
+
+export interface ReloadFigure {
+  readonly entry: string;
+  /** From the rename until a new connection got the new serial. */
+  readonly timeToServeMs: number | undefined;
+  readonly reloadDurationMs: number | undefined;
+  readonly reloadTrigger: unknown;
+  readonly probes: number;
+}
+
+/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
+export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
+  const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
+  const logFrom = proxy.log.read().length;
+  writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
+  const writtenAt = performance.now();
+  let timeToServeMs: number | undefined;
+  let probes = 0;
+  while (performance.now() - writtenAt < 60_000) {
+    const started = performance.now();
+    const r = await connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
+    probes++;
+    if (r.serial === leaf.serial && r.handshakeAt !== undefined) {
+      timeToServeMs = r.handshakeAt - writtenAt;
+      break;
+    }
+    await sleep(Math.max(0, 10 - (performance.now() - started)));
+  }
+  const line = await reloadDone(proxy, logFrom, 30_000);
+  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
+}
+
+/** POST /reload with nothing changed: the answer's durationMs and the round trip. */
+export async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
+  const started = performance.now();
+  const answer = await proxy.admin('POST', '/reload');
+  const roundTripMs = performance.now() - started;
+  if (answer.status !== 200) throw new Error(`POST /reload answered ${answer.status}: ${answer.text.slice(0, 300)}`);
+  const report = JSON.parse(answer.text) as { durationMs: number; changed: unknown[] };
+  return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
+}
+
+export function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
+  return {
+    ...base,
+    domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
+    tls: { contextCacheSize: cacheSize },
+    // The periodic rescan is pushed out of the run: every reload measured is the one the bench caused.
+    certStore: { dir: storeDir, rescanSeconds: 3600 },
+  };
+}
+
+export async function main(): Promise<number> {
+  const values = parseCli('cert-scale/main.js', TABLE);
+  if (values === undefined) return 0;
+  const quick = values.quick;
+  const names = values.names;
+  const bounded = Math.min(names, values.bounded);
+  const cacheSize = values.cache;
+  const contextNames = values['context-names'];
+  const concurrency = values.concurrency;
+  const reloads = values.reloads;
+  const readyTimeoutMs = values['ready-timeout'] * 1000;
+  const profiling = values['cpu-prof'];
+  const top = values.top;
+  const boundedPasses = values['bounded-passes'];
+  const settleMaxMs = values['settle-max'] * 1000;
+  const suffix = quick ? '-quick' : names === 10_000 ? '' : `-${names}`;
+  const machine = describeMachine();
+  const say = (line: string): void => void process.stderr.write(`${line}\n`);
+
+  const lab = await CertLab.start([{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' }], say);
+  process.on('exit', () => lab.cleanup(values['keep-temp']));
+  process.on('SIGINT', () => process.exit(130));
+  try {
+    const key = lab.key('ec');
+    const ca = lab.ca.pem;
+
+    // The store: one file per entry, the leaf and the CA (RFC 8446 §4.4.2: the chain the client needs).
+    const storeDir = join(lab.dir, 'store');
+    mkdirSync(storeDir, { recursive: true });
+    const genStarted = performance.now();
+    for (let i = 0; i < names; i++) writeFileSync(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(lab.ca.issue(key.spki, [hostOf(i)])));
+    const generateSeconds = (performance.now() - genStarted) / 1000;
+    const listing = listingCost(storeDir);
+    say(
+      `store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`,
+    );
+
+    const profDir = resolve('bench/results/tmp/profiles', `cert-scale-${process.pid}`);
+    if (profiling) mkdirSync(profDir, { recursive: true });
+    const base = await lab.baseConfig();
+    const spawnedAt = Date.now();
+    const spawnedUs = monotonicUs();
+    const proxy = await lab.startProxy({
+      name: 'scale',
+      config: scaleConfig(base.config, storeDir, cacheSize, lab.originPort),
+      readyTimeoutMs,
+      allowNotReady: true,
+      ...(profiling ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] } : {}),
+    });
+    const phases = startupPhases(proxy, spawnedAt);
+    if (proxy.readyMs === undefined) {
+      // Not ready in time: what it reached is the finding; the rest cannot be measured.
+      const rss = rssOf(proxy);
+      const cpu = proxy.pids();
+      say(
+        `start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`,
+      );
+      const notReady = { readyTimeoutMs, phases, rss, pids: cpu, lastLogLines: proxy.log.read().slice(-5) };
+      await proxy.stop();
+      await lab.stop();
+      return writeNotReadyReport(values.out, `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
+        names,
+        generateSeconds,
+        listing,
+        notReady,
+        machine,
+        cacheSize,
+      });
+    }
+    const readyMs = proxy.readyMs;
+    const readyUs = monotonicUs();
+    say(
+      `start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`,
+    );
+    await sleep(1000);
+    const rssAfterStart = rssOf(proxy);
+    say(`RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB`);
+    const settled = await settle(proxy, settleMaxMs);
+    const rssSettled = rssOf(proxy);
+    say(
+      `workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`,
+    );
+
+    const reloadsFromUs = monotonicUs();
+    const replaced: ReloadFigure[] = [];
+    for (let r = 0; r < reloads; r++) {
+      const i = Math.floor(((r + 1) * names) / (reloads + 1));
+      replaced.push(await replaceOne(lab, proxy, storeDir, key, i));
+      const f = replaced.at(-1)!;
+      say(
+        `one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`,
+      );
+      await sleep(300);
+    }
+    const rescans: { durationMs: number; roundTripMs: number; changed: number }[] = [];
+    for (let r = 0; r < reloads; r++) {
+      rescans.push(await rescan(proxy));
+      say(`no-change rescan (POST /reload): ${fmt(rescans.at(-1)!.durationMs, 1)} ms (round trip ${fmt(rescans.at(-1)!.roundTripMs, 1)} ms)`);
+    }
+
+    const reloadsToUs = monotonicUs();
+    if (profiling) {
+      await proxy.stop();
+      await lab.stop();
+      return writeProfileReport(values.out, `cert-scale-profile${suffix}`, profDir, {
+        names,
+        readyMs,
+        pid: proxy.process.pid,
+        phases,
+        rssAfterStart,
+        replaced,
+        rescans,
+        top,
+        machine,
+        windows: { startup: { fromUs: spawnedUs, toUs: readyUs }, reloads: { fromUs: reloadsFromUs, toUs: reloadsToUs } },
+      });
+    }
+
+    // Bounded memory: more distinct names than contextCacheSize, twice over.
+    const spreadHosts = Array.from({ length: bounded }, (_, k) => hostOf(Math.floor((k * names) / bounded)));
+    const rssBeforeBounded = rssOf(proxy);
+    const passes: { ok: number; failed: number; seconds: number; errors: string[]; rss: Rss }[] = [];
+    for (let k = 0; k < boundedPasses; k++) {
+      const pass = await handshakeAll(proxy.port, spreadHosts, ca, concurrency);
+      passes.push({ ...pass, rss: rssOf(proxy) });
+    }
+    const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
+    const rssTrail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
+    say(
+      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${rssTrail} MiB (${boundedFailed} failed)`,
+    );
+    await proxy.stop();
+
+    // Memory per context: the same M-entry store, contextCacheSize 1 and M.
+    const contextStore = join(lab.dir, 'store-contexts');
+    mkdirSync(contextStore, { recursive: true });
+    const contextIndexes = Array.from({ length: Math.min(contextNames, names) }, (_, k) => k);
+    for (const i of contextIndexes) copyFileSync(join(storeDir, `${nameOf(i)}.pem`), join(contextStore, `${nameOf(i)}.pem`));
+    const contextHosts = contextIndexes.map(hostOf);
+    const contextRuns: {
+      cacheSize: number;
+      readyMs: number;
+      afterStart: Rss;
+      afterHandshakes: Rss;
+      ok: number;
+      failed: number;
+      seconds: number;
+      errors: string[];
+    }[] = [];
+    for (const size of [1, contextHosts.length]) {
+      const b = await lab.baseConfig();
+      const p = await lab.startProxy({ name: `contexts-${size}`, config: scaleConfig(b.config, contextStore, size, lab.originPort), readyTimeoutMs });
+      await sleep(1000);
+      const afterStart = rssOf(p);
+      const pass = await handshakeAll(p.port, contextHosts, ca, concurrency);
+      await sleep(500);
+      const afterHandshakes = rssOf(p);
+      contextRuns.push({ cacheSize: size, readyMs: p.readyMs ?? Number.NaN, afterStart, afterHandshakes, ...pass });
+      say(
+        `contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${fmt(p.readyMs ?? Number.NaN)} ms; workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`,
+      );
+      await p.stop();
+    }
+    const [small, large] = contextRuns as [(typeof contextRuns)[0], (typeof contextRuns)[0]];
+    const meanWorkers = (r: Rss): number => r.workersMiB.reduce((a, b) => a + b, 0) / r.workersMiB.length;
+    const perContextKiB = {
+      afterStart: ((meanWorkers(large.afterStart) - meanWorkers(small.afterStart)) * 1024) / (contextHosts.length - 1),
+      afterHandshakes: ((meanWorkers(large.afterHandshakes) - meanWorkers(small.afterHandshakes)) * 1024) / (contextHosts.length - 1),
+    };
+    await lab.stop();
+
+    const failed = boundedFailed + small.failed + large.failed + replaced.filter((r) => r.timeToServeMs === undefined).length;
+    const summary = {
+      names,
+      generateSeconds: round(generateSeconds, 1),
+      listing,
+      startup: { readyMs: Math.round(readyMs), primaryStartedMs: phases.primaryStartedMs, workersListeningMs: phases.workersListeningMs },
+      rssAfterStart,
+      settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: rssSettled },
+      oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
+      oneEntryReloadMedian: {
+        timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
+        reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
+      },
+      noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
+      noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
+      bounded: {
+        distinctNames: bounded,
+        contextCacheSize: cacheSize,
+        before: rssBeforeBounded,
+        passes: passes.map((p) => ({ rssAfter: p.rss, ok: p.ok, failed: p.failed, handshakesPerSecond: round(p.ok / p.seconds, 1), errors: p.errors })),
+      },
+      perContext: {
+        entries: contextHosts.length,
+        runs: contextRuns.map((r) => ({ ...r, readyMs: Math.round(r.readyMs), seconds: round(r.seconds, 1) })),
+        kibPerContextAfterStart: round(perContextKiB.afterStart, 1),
+        kibPerContextAfterHandshakes: round(perContextKiB.afterHandshakes, 1),
+      },
+    };
+
+    const markdown = [
+      `# cert-scale${quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
+      '',
+      `\`keyedge proxy\`, 2 workers, contextCacheSize ${cacheSize}; a store of ${fmt(names)} entries (one name each, n<i>.${DOMAIN}, all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(generateSeconds, 1)} s by the bench.`,
+      '',
+      markdownTable(
+        ['Figure', 'Value'],
+        [
+          ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
+          ['start-up: spawn → /readyz 200', `${fmt(readyMs)} ms`],
+          ['… primary validated every entry and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
+          ['… workers listening (state received over IPC, contexts built)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+          ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
+          ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
+          ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
+          ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
+          [
+            `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
+            `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(summary.oneEntryReloadMedian.timeToServeMs)})`,
+          ],
+          [
+            '… primary "reload done" durationMs (after the 150 ms watch debounce)',
+            `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
+          ],
+          [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
+          [
+            `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
+            `${rssTrail} MiB`,
+          ],
+          ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
+          [
+            `memory per secure context (${fmt(contextHosts.length)} entries, cache ${contextHosts.length} vs 1): after start`,
+            `${fmt(perContextKiB.afterStart, 1)} KiB`,
+          ],
+          ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
+        ],
+        ['left', 'right'],
+      ),
+      '',
+      markdownTable(
+        ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
+        contextRuns.map((r) => [
+          `contextCacheSize ${r.cacheSize}`,
+          fmt(r.readyMs),
+          workersRss(r.afterStart),
+          workersRss(r.afterHandshakes),
+          fmt(r.ok),
+          fmt(r.failed),
+        ]),
+        ['left', 'right', 'right', 'right', 'right', 'right'],
+      ),
+      '',
+      `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
+      '',
+      `Command: \`${machine.commandLine}\``,
+    ].join('\n');
+    const out = writeReport(
+      values.out,
+      `cert-scale${suffix}`,
+      {
+        benchmark: 'cert-scale',
+        machine,
+        settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 },
+        summary: summaryRows(summary, failed),
+        figures: summary,
+      },
+      markdown,
+    );
+    process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
+    return failed > 0 ? 1 : 0;
+  } finally {
+    lab.cleanup(values['keep-temp']);
+  }
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`cert-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,195 @@
+/**
+ * ApacheBench (`ab`, Debian package apache2-utils) as the TLS client of
+ * bench/handshake/main.ts: without -k every request is a new TCP connection and a
+ * full TLS handshake (ab never offers a session for resumption; the bench
+ * checks that against the key server's sign count anyway).
+ *
+ * ab is started with a generous `-t` and stopped with SIGINT once the
+ * measurement window has closed: on SIGINT it prints its usual report
+ * (requests, failures, percentiles, `-e` CSV) for the time it ran and exits.
+ *
+ * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
+ * names an IP address, so no resolver entry is needed.
+ */
+import { findOrInstall } from '../harness/install.js';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+
+export interface AbOptions {
+  readonly port: number;
+  /** Host header and SNI name. */
+  readonly host: string;
+  readonly concurrency: number;
+  /** Upper bound of the run (ab's -t, whole seconds); the caller normally stops it earlier with `stop()`. */
+  readonly maxSeconds: number;
+  /** Where ab writes its percentile CSV (-e). */
+  readonly csvPath: string;
+  /** CPU list for `taskset -c`, or undefined for no pinning. */
+  readonly cpus: string | undefined;
+  /** ab -f: the only protocol version offered (default TLS1.3). */
+  readonly protocol?: 'TLS1.3' | 'TLS1.2';
+}
+
+export interface AbResult {
+  readonly completeRequests: number;
+  readonly failedRequests: number;
+  /** ab's breakdown of failed requests (Connect, Receive, Length, Exceptions), when it printed one. */
+  readonly failedBreakdown: Record<string, number>;
+  readonly non2xx: number;
+  readonly requestsPerSecond: number;
+  readonly seconds: number;
+  /** "TLSv1.3,TLS_AES_256_GCM_SHA384,256,256" */
+  readonly tlsProtocol: string | undefined;
+  readonly serverTempKey: string | undefined;
+  readonly tlsServerName: string | undefined;
+  readonly documentLength: number | undefined;
+  /** Latency percentiles over the whole ab run (connect + handshake + request + response), from the -e CSV, in µs. */
+  readonly p50Us: number;
+  readonly p90Us: number;
+  readonly p99Us: number;
+  /** Lines ab wrote to stderr (e.g. "SSL handshake failed"), at most 20 kept. */
+  readonly stderr: readonly string[];
+  readonly stderrLines: number;
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+}
+
+export interface RunningAb {
+  readonly pid: number;
+  readonly args: readonly string[];
+  /** True once ab has exited (on its own: an error, or -t ran out; or after stop()). */
+  exited(): boolean;
+  /** SIGINT: ab reports what it did so far and exits. */
+  stop(): void;
+  readonly done: Promise<AbResult>;
+}
+
+/** The ab command line (without taskset). */
+export function abArgs(options: AbOptions): string[] {
+  return [
+    '-q',
+    '-r', // a receive error counts as a failed request instead of ending the run
+    '-t',
+    String(Math.max(1, Math.ceil(options.maxSeconds))),
+    // After -t, which would otherwise cap the run at 50000 requests. ab allocates its per-request records up front,
+    // so this is sized for 20,000 requests/s rather than "infinite".
+    '-n',
+    String(Math.max(50_000, Math.ceil(options.maxSeconds * 20_000))),
+    '-c',
+    String(options.concurrency),
+    '-s',
+    '30',
+    '-f',
+    options.protocol ?? 'TLS1.3',
+    '-H',
+    `Host: ${options.host}`,
+    '-e',
+    options.csvPath,
+    `https://127.0.0.1:${options.port}/`,
+  ];
+}
+
+export function startAb(options: AbOptions): RunningAb {
+  const args = abArgs(options);
+  const child: ChildProcess =
+    options.cpus === undefined
+      ? spawn('ab', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('taskset', ['-c', options.cpus, 'ab', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  const stderr: string[] = [];
+  let stderrLines = 0;
+  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
+  child.stderr!.setEncoding('utf8').on('data', (t: string) => {
+    for (const line of t.split('\n').filter(Boolean)) {
+      stderrLines++;
+      if (stderr.length < 20) stderr.push(line);
+    }
+  });
+  const done = new Promise<AbResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      // 'exit' can come before the pipes are drained.
+      setImmediate(() => {
+        try {
+          resolve({ ...parseAbOutput(stdout), ...readPercentiles(options.csvPath), stderr, stderrLines, exitCode: code, signal });
+        } catch (err) {
+          reject(new Error(`${(err as Error).message}\n--- ab stdout ---\n${stdout}\n--- ab stderr ---\n${stderr.join('\n')}`));
+        }
+      });
+    });
+  });
+  return {
+    pid: child.pid ?? -1,
+    args,
+    exited: () => child.exitCode !== null || child.signalCode !== null,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+    },
+    done,
+  };
+}
+
+type AbReport = Omit<AbResult, 'p50Us' | 'p90Us' | 'p99Us' | 'stderr' | 'stderrLines' | 'exitCode' | 'signal'>;
+
+export function parseAbOutput(text: string): AbReport {
+  const field = (label: string): string | undefined => {
+    const m = new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text);
+    return m?.[1]?.trim();
+  };
+  const num = (label: string): number => {
+    const v = field(label);
+    const n = v === undefined ? Number.NaN : Number.parseFloat(v);
+    return n;
+  };
+  const complete = num('Complete requests');
+  if (!Number.isFinite(complete)) throw new Error('ab printed no "Complete requests" line');
+  const failedBreakdown: Record<string, number> = {};
+  const breakdown = /^Failed requests:\s*\d+\s*\n\s*\((.*)\)/m.exec(text)?.[1];
+  if (breakdown !== undefined) {
+    for (const part of breakdown.split(',')) {
+      const m = /(\w+):\s*(\d+)/.exec(part);
+      if (m !== null) failedBreakdown[m[1]!] = Number(m[2]);
+    }
+  }
+  const non2xx = field('Non-2xx responses');
+  return {
+    completeRequests: complete,
+    failedRequests: num('Failed requests'),
+    failedBreakdown,
+    non2xx: non2xx === undefined ? 0 : Number.parseInt(non2xx, 10),
+    requestsPerSecond: num('Requests per second'),
+    seconds: num('Time taken for tests'),
+    tlsProtocol: field('SSL/TLS Protocol'),
+    serverTempKey: field('Server Temp Key'),
+    tlsServerName: field('TLS Server Name'),
+    documentLength: field('Document Length') === undefined ? undefined : Number.parseInt(field('Document Length')!, 10),
+  };
+}
+
+/** ab's -e CSV: "Percentage served,Time in ms", rows 0..100. */
+export function readPercentiles(path: string): { p50Us: number; p90Us: number; p99Us: number } {
+  const byPct = new Map<number, number>();
+  if (existsSync(path)) {
+    for (const line of readFileSync(path, 'utf8').split('\n').slice(1)) {
+      const [pct, ms] = line.split(',');
+      if (pct !== undefined && ms !== undefined && ms !== '') byPct.set(Number(pct), Number(ms) * 1000);
+    }
+  }
+  const at = (p: number) => byPct.get(p) ?? Number.NaN;
+  return { p50Us: at(50), p90Us: at(90), p99Us: at(99) };
+}
+
+/** `ab -V`, first line. */
+export function abVersion(): string | undefined {
+  try {
+    return execFileSync('ab', ['-V'], { encoding: 'utf8', timeout: 5000 }).split('\n')[0]?.trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Makes sure `ab` is installed (apache2-utils, harness/install.ts); throws with the reason when it cannot be. */
+export function ensureAb(log: (line: string) => void): void {
+  const found = findOrInstall('ab', 'apache2-utils', true, log);
+  if (!found.ok) throw new Error(`ab (ApacheBench): ${found.reason}`);
+}

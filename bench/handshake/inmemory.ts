@@ -1,0 +1,85 @@
+/**
+ * The comparison server of bench/handshake/main.ts: the real `keyedge proxy`
+ * cluster (proxy/cluster.ts primary and workers, proxy/worker.ts) with one
+ * difference, its KeySource (proxy/tls/key-source.ts): each certificate's key
+ * is an ordinary PEM key file held in memory, not the keyless bridge. So the
+ * difference between the two is exactly the keyless hop (the provider's
+ * synchronous RPC and the key server's sign instead of an in-process sign).
+ * It is a bench script, not a mode of the product: no config key reaches it.
+ * No key server is configured, so the primary logs once that certificates
+ * load unverified, /readyz stays 503 and the keyless counters read zero.
+ *
+ * Usage: node dist/bench/lab/handshake-inmemory.js --config FILE
+ * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary
+ * logs `in-memory ready` on stdout; SIGTERM/SIGINT stop it as `keyedge proxy`.
+ */
+import cluster from 'node:cluster';
+import { createPublicKey } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadProxyConfig } from '../../config/load.js';
+import type { TlsProfileName } from '../../config/proxy-schema.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { createLogger } from '../../keyserver/shared/log.js';
+import { isReadyMessage, runPrimary, runWorker } from '../../proxy/cluster.js';
+import type { KeySource } from '../../proxy/tls/key-source.js';
+
+export interface InMemoryConfig {
+  readonly host: string;
+  readonly port: number;
+  readonly workers: number;
+  readonly profile: TlsProfileName;
+  /** `key` is a PEM private key file: the point of this server. */
+  readonly certificates: readonly { readonly name: string; readonly chain: string; readonly key: string }[];
+  readonly domains: readonly { readonly name: string; readonly origin: string }[];
+  readonly admin: { readonly host: string; readonly port: number };
+  readonly logLevel: string;
+  readonly hstsMaxAgeSeconds: number;
+  readonly ocspStapling: boolean;
+  readonly shutdownGraceMs: number;
+}
+
+/** PEM key files, found by key id (the SHA-256 of the public key, as the certificates name their key). */
+function pemKeySource(files: readonly string[]): KeySource {
+  const pems = files.map((file) => readFileSync(file, 'utf8'));
+  const byKeyId = new Map(pems.map((pem) => [keyIdOf(createPublicKey(pem).export({ type: 'spki', format: 'der' })), pem]));
+  const noSigns = { signs: 0, failures: { connect: 0, timeout: 0, remote: 0, protocol: 0, breaker: 0 }, lastError: '' };
+  return {
+    keyFor: (certificate) => {
+      const pem = byKeyId.get(certificate.keyId);
+      if (pem === undefined) throw new Error(`no key file for certificate '${certificate.name}'`);
+      return pem;
+    },
+    stats: () => noSigns,
+    close: () => undefined,
+  };
+}
+
+const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
+if (values.config === undefined) throw new Error('usage: handshake-inmemory.js --config FILE');
+const c = JSON.parse(readFileSync(values.config, 'utf8')) as InMemoryConfig;
+// Its own state dir (certificate store, a key server socket nobody listens on) beside the config file.
+const stateDir = join(dirname(resolve(values.config)), 'inmemory-state');
+mkdirSync(stateDir, { recursive: true });
+const config = loadProxyConfig(undefined, {
+  stateDir,
+  workers: c.workers,
+  listen: [{ host: c.host, port: c.port, profile: c.profile }],
+  certificates: c.certificates.map(({ name, chain }) => ({ name, chain })),
+  sni: { default: null, onUnknown: 'reject' },
+  domains: c.domains,
+  admin: c.admin,
+  log: { level: c.logLevel },
+  tls: { hstsMaxAgeSeconds: c.hstsMaxAgeSeconds, ocspStapling: c.ocspStapling },
+  shutdownGraceMs: c.shutdownGraceMs,
+});
+const log = createLogger(cluster.isPrimary ? 'inmemory' : `inmemory-worker-${cluster.worker?.id ?? 0}`, c.logLevel);
+if (cluster.isPrimary) {
+  let ready = 0;
+  cluster.on('message', (_worker, message: unknown) => {
+    const pids = Object.values(cluster.workers ?? {}).map((w) => w?.process.pid);
+    if (isReadyMessage(message) && ++ready === c.workers) log.info({ port: c.port, workers: pids }, 'in-memory ready');
+  });
+  await runPrimary(config, log);
+} else await runWorker(config, log, { keySource: pemKeySource(c.certificates.map((k) => k.key)) });

@@ -1,0 +1,389 @@
+/**
+ * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same
+ * proxy holding the key in memory, a bare node:https server (Node's floor), and
+ * nginx holding the key three ways; the Node servers also under other Node
+ * majors (--node 20,22,24), side by side in one run (issues 6, 12 and 13).
+ *
+ * Every handshake is a new TCP connection carrying one GET (set-ups: lab.ts;
+ * kinds: scenarios.ts; one run: measure.ts). Server CPU = utime + stime of
+ * every process of the set-up from /proc over the window ÷ handshakes in it.
+ * Servers start once; warm-up, then interleaved rounds; medians and spread;
+ * the targets as ratios per Node major (summary.ts); what one core can sign
+ * (limits.ts). See bench/README.md, section "handshake".
+ *
+ * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { listOf, parseCli, pinning, std } from '../harness/cli.js';
+import { describeMachine } from '../harness/machine.js';
+import { installInterrupt, runBench } from '../harness/main.js';
+import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
+import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
+import { processTree, setAffinity } from '../harness/procs.js';
+import { quietBeforeRun } from '../harness/quiet.js';
+import { dateStamp, fmt, writeReport } from '../harness/report.js';
+import { runRounds, type RunContext } from '../harness/rounds.js';
+import { round } from '../harness/stats.js';
+import { sumValues } from '../lab/counters.js';
+import { abArgs, abVersion, ensureAb } from './ab.js';
+import { negotiates } from './alpn.js';
+import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
+import { opensslSpeed, rawTokenRates } from './limits.js';
+import { type BenchScenario, CounterReader, type Env, runAb, runAlpn, runResumed, trackedGroups } from './measure.js';
+import { markdownReport, type PerfRow, perfMarkdown, type ReportContext } from './report.js';
+import { allScenarios, KEY_NAME, KINDS, selectScenarios } from './scenarios.js';
+import { CONTENDED_CORES, hops, type Limits, SATURATED_CORES, summarize, summaryEntries, targets } from './summary.js';
+
+const TABLE = {
+  quick: std.quick('2 rounds of 0.5 s, 0.75 s warm-up, ECDSA only, no TLS 1.2 or ALPN kinds, no limits, nginx only when installed (< 60 s)'),
+  scenarios: {
+    kind: 'string',
+    arg: 'LIST',
+    help: `only these scenarios: comma-separated ids kind/setup/key, * within a part, e.g. 'full-tls13/*/ecdsa' (kinds ${KINDS.join(', ')}; setups ${SETUP_IDS.join(', ')}, Node ones also <setup>-node<major>; keys ecdsa, rsa)`,
+  },
+  keys: { kind: 'string', arg: 'ec,rsa', def: 'ec,rsa', quick: 'ec', help: 'key types' },
+  setups: { kind: 'string', arg: 'LIST', help: 'base set-ups (default all)' },
+  node: std.node,
+  out: std.out('handshake'),
+  rounds: std.rounds(3, 2),
+  measure: std.measure(4, 0.5),
+  warmup: std.warmup(4, 0.75, 'per Node scenario (nginx: 1 s, quick 0.3)'),
+  concurrency: { kind: 'number', arg: 'N', def: 64, min: 1, integer: true, help: 'ab -c: connections in flight' },
+  'resume-loops': { kind: 'number', arg: 'N', def: 16, min: 1, integer: true, help: 'connections in flight of the resuming and ALPN clients' },
+  workers: { kind: 'number', arg: 'N', min: 1, integer: true, help: 'workers of the proxies and the in-memory server (default: one per server CPU)' },
+  install: std.install('nginx, libengine-pkcs11-openssl, p11-kit, p11-kit-modules'),
+  limits: { kind: 'string', arg: 'yes|no', choices: ['yes', 'no'], help: 'openssl speed and raw C_Sign on the token (default yes; quick and --scenarios no)' },
+  pin: std.pin,
+  'server-cpus': std.serverCpus,
+  'client-cpus': std.clientCpus,
+  'keyserver-cpus': { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the key server alone (default: with the servers)' },
+  'log-level': std.logLevel,
+  profile: { kind: 'string', arg: 'NAME', def: 'intermediate', choices: ['intermediate', 'modern'], help: 'TLS profile of the proxies' },
+  'quiet-wait': std.quietWait,
+  perf: { kind: 'string', arg: 'DIR', help: 'profiling run instead: servers under node --perf-basic-prof, one window per scenario under perf record' },
+  'perf-hz': { kind: 'number', arg: 'N', def: 499, min: 1, integer: true, help: 'perf sampling frequency' },
+  'keep-temp': std.keepTemp,
+} as const;
+
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
+
+function parseOptions(argv: string[]) {
+  const v = parseCli('handshake/main.js', TABLE, argv);
+  if (v === undefined) return undefined;
+  const quick = v.quick;
+  const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => HANDSHAKE_KEYS.find((k) => k.id === id)!);
+  const setups = listOf(v.setups ?? SETUP_IDS.join(','), '--setups', SETUP_IDS);
+  const majors = parseMajors(v.node);
+  // Quick leaves out the TLS 1.2 spot check and the ALPN pair unless asked for.
+  const scenarios = selectScenarios(v.scenarios, allScenarios(majors)).filter(
+    (s) =>
+      keys.includes(s.key) &&
+      setups.some((b) => s.setup === b || s.setup.startsWith(`${b}-node`)) &&
+      (v.scenarios !== undefined || !quick || s.kind === 'full-tls13' || s.kind === 'resumed-tls13'),
+  );
+  if (scenarios.length === 0) throw new Error('no scenario left after --scenarios, --keys and --setups');
+  const pins = pinning(v);
+  return {
+    quick,
+    out: v.out,
+    rounds: v.rounds,
+    measureMs: v.measure * 1000,
+    warmupMs: v.warmup * 1000,
+    nginxWarmupMs: quick ? 300 : 1000,
+    rampMs: quick ? 250 : 1000,
+    settleMs: quick ? 100 : 300,
+    concurrency: v.concurrency,
+    resumeLoops: v['resume-loops'],
+    // One worker per core the servers may use, as the product defaults to: two workers on one core cost more per
+    // handshake than they hide (bench/README.md).
+    workers: v.workers ?? pins.serverCpuCount,
+    keys,
+    majors,
+    scenarios,
+    install: v.install === 'yes',
+    limits: (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes',
+    ...pins,
+    keyserverCpus: v['keyserver-cpus'],
+    logLevel: v['log-level'],
+    profile: v.profile as 'intermediate' | 'modern',
+    quietBudgetMs: v['quiet-wait'] * 1000,
+    perfDir: v.perf === undefined ? undefined : resolve(v.perf),
+    perfHz: v['perf-hz'],
+    keepTemp: v['keep-temp'],
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Main
+async function measureLimits(lab: HandshakeLab, options: Options, log: (line: string) => void, signal: AbortSignal): Promise<Limits> {
+  const cpus = options.serverCpus;
+  let openssl: Limits['openssl'];
+  try {
+    openssl = await opensslSpeed(cpus, signal);
+    log(`openssl speed: ECDSA P-256 ${fmt(openssl.ecdsaP256SignsPerSecond)} signs/s, RSA-2048 ${fmt(openssl.rsa2048SignsPerSecond)} signs/s`);
+  } catch (err) {
+    openssl = { error: (err as Error).message.split('\n')[0]! };
+    log(`openssl speed failed: ${openssl.error}`);
+  }
+  let rawToken: Limits['rawToken'];
+  // The raw loop runs in this process: move it (all threads) to the servers' CPUs for the measurement.
+  if (cpus !== undefined) setAffinity(process.pid, cpus);
+  try {
+    const sessions = cpus === undefined ? 2 : cpus.split(',').length * 2;
+    rawToken = await rawTokenRates(lab.keyserverLab.configPath, options.keys, sessions, options.quick ? 500 : 2000, options.quick ? 100 : 300, signal);
+    for (const r of rawToken) log(`raw C_Sign ${r.key}: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign`);
+  } catch (err) {
+    rawToken = { error: (err as Error).message.split('\n')[0]! };
+    log(`raw C_Sign failed: ${rawToken.error}`);
+  } finally {
+    if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
+  }
+  return { openssl, rawToken, cpus };
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  if (options === undefined) return 0;
+  const started = Date.now();
+  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
+  const machine = describeMachine();
+  const ab = abVersion();
+
+  let lab: HandshakeLab | undefined;
+  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
+
+  try {
+    if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
+    const profiling = options.perfDir !== undefined;
+    if (options.perfDir !== undefined) {
+      if (!havePerf()) throw new Error('--perf needs perf (Debian: apt-get install -y linux-perf)');
+      mkdirSync(options.perfDir, { recursive: true });
+    }
+    const setups = [...new Set(options.scenarios.map((x) => x.setup))];
+    const nodeBinaries = new Map(options.majors.filter((m) => m !== OWN_MAJOR).map((m) => [m, nodeBinary(m, log)] as const));
+    const nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
+    for (const [m, bin] of nodeBinaries) nodeVersions.set(m, nodeVersionOf(bin));
+    if (options.majors.length > 1) log(`Node servers under ${[...nodeVersions.values()].join(', ')}`);
+    lab = await HandshakeLab.create(
+      {
+        setups,
+        installNginx: options.install,
+        workers: options.workers,
+        logLevel: options.logLevel,
+        profile: options.profile,
+        serverCpus: options.serverCpus,
+        keyserverCpus: options.keyserverCpus,
+        keys: options.keys,
+        nodeBinaries,
+        ...(profiling ? { nodeArgs: ['--perf-basic-prof'] } : {}),
+      },
+      log,
+    );
+    log(`temp dir ${lab.dir}`);
+    signal.throwIfAborted();
+    await lab.start(log);
+    signal.throwIfAborted();
+    const running = lab;
+    const env: Env = { lab, options, counters: new CounterReader(lab), ca: readFileSync(lab.caFile, 'utf8'), perfThreads: new Map() };
+
+    // ALPN h2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
+    const noH2 = new Map<string, string>();
+    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && running.has(s.setup))) {
+      const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, protocol: 'h2' });
+      if (picked !== 'h2') noH2.set(spec.id, `does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+    }
+    for (const [id, reason] of noH2) log(`${id}: skipped, the server ${reason}`);
+    const scenarios: BenchScenario[] = options.scenarios
+      .filter((spec) => running.has(spec.setup) && !noH2.has(spec.id))
+      .map((spec) => ({
+        name: spec.id,
+        spec,
+        run: (durationMs: number, context: RunContext) => {
+          const duration = context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(durationMs, options.nginxWarmupMs) : durationMs;
+          const perfFile =
+            options.perfDir !== undefined && context.phase === 'measure' ? join(options.perfDir, `${spec.id.replaceAll('/', '_')}.perf.data`) : undefined;
+          const run = spec.kind === 'resumed-tls13' ? runResumed : spec.kind.startsWith('alpn-') ? runAlpn : runAb;
+          return run(env, spec, duration, context, perfFile);
+        },
+      }));
+    if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
+
+    const limits: Limits =
+      options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
+
+    const ownPids = () =>
+      trackedGroups(running, undefined)
+        .flatMap((g) => g.roots())
+        .filter((p) => p > 0)
+        .flatMap((p) => processTree(p));
+    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
+    log(
+      `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
+        (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
+    );
+    const { order, results } = await runRounds(scenarios, {
+      rounds: profiling ? 1 : options.rounds,
+      warmupMs: options.warmupMs,
+      measureMs: options.measureMs,
+      settleMs: options.settleMs,
+      signal: signal,
+      beforeRun: quiet.beforeRun,
+      onRun: ({ scenario, context, result }) => {
+        const w = result.window;
+        const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
+        const signs = result.run.keyserverSigns === undefined ? '' : ` signs ${sumValues(result.run.keyserverSigns)}/${result.run.counters.full} full`;
+        const resume = w.resume === undefined ? '' : ` resumed ${w.resume.resumed}/${w.resume.offered}`;
+        const abErr = result.run.ab === undefined ? 0 : result.run.ab.failedRequests + result.run.ab.non2xx;
+        const errors =
+          abErr + w.server.failed + result.run.clientErrors > 0
+            ? ` ERRORS client ${abErr + result.run.clientErrors} TLS failed ${w.server.failed}${result.run.clientFirstError ? ` (${result.run.clientFirstError})` : ''}`
+            : '';
+        log(
+          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(32)} ${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}` +
+            `  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`,
+        );
+      },
+    });
+
+    const date = dateStamp();
+    const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
+    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], serverCpuCount, options.workers));
+    const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
+    const ctx: ReportContext = {
+      machine,
+      options,
+      date,
+      ab,
+      abCommand: `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}ab ${abArgs({
+        port: 0,
+        host: 'KEY.bench.localhost',
+        concurrency: options.concurrency,
+        maxSeconds: 0,
+        csvPath: 'FILE.csv',
+        cpus: undefined,
+      })
+        .map((a) => (a.includes(' ') ? `'${a}'` : a))
+        .join(' ')
+        .replace(/-t \d+/, '-t T')
+        .replace(/-n \d+/, '-n N')
+        .replace('127.0.0.1:0', '127.0.0.1:PORT')}`,
+      nginxVersion: lab.nginxTools?.version,
+      tls: firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`,
+      skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),
+      limits,
+      nodeVersions,
+    };
+
+    if (options.perfDir !== undefined) {
+      const perfDir = options.perfDir;
+      const rows: PerfRow[] = [];
+      for (const s of scenarios) {
+        const window = results.get(s.name)?.[0]?.window;
+        if (window === undefined) continue;
+        const file = join(perfDir, `${s.name.replaceAll('/', '_')}.perf.data`);
+        const summary = await summarizePerf(file, options.perfHz, env.perfThreads.get(file) ?? new Map());
+        rows.push({
+          scenario: s.name,
+          handshakes: window.handshakes,
+          sampledUsPerHandshake: ((summary.samples / options.perfHz) * 1e6) / window.handshakes,
+          summary,
+        });
+      }
+      const md = perfMarkdown(rows, machine, options, date);
+      const written = writeReport(
+        options.out,
+        'handshake-perf',
+        {
+          benchmark: 'handshake-perf',
+          date,
+          machine,
+          command: machine.commandLine,
+          options,
+          perf: rows,
+          scenarios: summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window })),
+        },
+        md,
+        date,
+      );
+      process.stdout.write(`${md}\n`);
+      log(`wrote ${written.jsonPath} and ${written.markdownPath}; perf data in ${perfDir} (perf report -i FILE)`);
+      return 0;
+    }
+
+    const targetRows = targets(summaries, options.majors);
+    const hopRows = hops(summaries);
+    const markdown = markdownReport(ctx, summaries, targetRows, hopRows);
+    const json = {
+      benchmark: 'handshake',
+      date,
+      quick: options.quick,
+      command: machine.commandLine,
+      machine,
+      summary: summaryEntries(summaries, (spec) => running.skipped.get(spec.setup) ?? noH2.get(spec.id), options.scenarios),
+      targets: targetRows.map((t) => ({ ...t, value: round(t.value, 3), limit: t.limit === undefined ? null : round(t.limit, 3) })),
+      skipped: Object.fromEntries(ctx.skipped),
+      client: { ab, command: ctx.abCommand, concurrency: options.concurrency, resumeLoops: options.resumeLoops, cpus: options.clientCpus },
+      servers: {
+        workers: options.workers,
+        nginx:
+          lab.nginxTools === undefined
+            ? undefined
+            : { version: lab.nginxTools.version, processes: 1, masterProcess: false, engine: lab.nginxTools.engine, p11kitClient: lab.nginxTools.p11kitClient },
+        cpus: options.serverCpus,
+        keyserverCpus: options.keyserverCpus ?? options.serverCpus,
+        logLevel: options.logLevel,
+        tlsProfile: options.profile,
+      },
+      method: {
+        rounds: options.rounds,
+        measureMs: options.measureMs,
+        warmupMs: options.warmupMs,
+        nginxWarmupMs: options.nginxWarmupMs,
+        rampMs: options.rampMs,
+        settleMs: options.settleMs,
+        order,
+        contendedCores: CONTENDED_CORES,
+        saturatedCores: SATURATED_CORES,
+        quietWait: quiet.record(),
+      },
+      limits,
+      keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),
+      nodeVersions: Object.fromEntries(nodeVersions),
+      serverConfigs: Object.fromEntries(lab.configs),
+      keyless_hop: hopRows.map((h) => ({
+        key: h.key.id,
+        setup: h.setup,
+        hopUs: round(h.hopUs),
+        frontHopUs: round(h.frontHopUs),
+        keyUs: round(h.keyUs),
+        perRoundUs: h.perRoundUs.map((v) => round(v)),
+      })),
+      scenarios: summaries.map((s) => ({ ...s, key: s.key.id })),
+      durationSeconds: (Date.now() - started) / 1000,
+    };
+    const written = writeReport(options.out, options.quick ? 'handshake-quick' : 'handshake', json, markdown, date);
+    process.stdout.write(`${markdown}\n`);
+    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+    const errors = summaries.reduce((n, s) => n + s.totalErrors, 0);
+    const badSigns = summaries.filter((s) => s.signCheck !== undefined && !s.signCheck.ok);
+    if (badSigns.length > 0) log(`sign count does not match handshakes for ${badSigns.map((s) => s.id).join(', ')}: see the JSON`);
+    if (errors > 0) {
+      log(`${errors} requests or handshakes failed during measurement: the figures are suspect`);
+      return 1;
+    }
+    return badSigns.length > 0 ? 1 : 0;
+  } finally {
+    if (lab !== undefined) {
+      // V8's /tmp/perf-<pid>.map files (--perf-basic-prof) of every Node server process.
+      const pids = [...lab.servers.values()].flatMap((p) => processTree(p.pid)).concat(lab.keyserver?.pid ?? []);
+      await lab.stop().catch(() => undefined);
+      if (options.perfDir !== undefined) removePerfMaps(pids);
+      if (options.keepTemp) log(`kept ${lab.dir}`);
+      lab.cleanup(options.keepTemp);
+    }
+  }
+}
+
+runBench('handshake', main());

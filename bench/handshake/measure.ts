@@ -1,0 +1,381 @@
+/**
+ * One run of one handshake scenario (bench/handshake/main.ts): start the
+ * client (ab, the resuming client or the ALPN client), ramp up, read the
+ * servers' counters and every process's CPU around a measurement window,
+ * stop the client, wait for the server to go idle. Server CPU per handshake
+ * = the set-up's processes (front + key holder) over the window ÷ handshakes.
+ */
+import { join } from 'node:path';
+import { processTree, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { perfRecord, threadLabels } from '../harness/perf.js';
+import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
+import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
+import { readNginxStatus } from '../lab/nginx.js';
+import { type AbResult, startAb } from './ab.js';
+import { AlpnLoad } from './alpn.js';
+import { baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
+import type { Options } from './main.js';
+import { ResumeLoad } from './resume.js';
+import type { ScenarioSpec } from './scenarios.js';
+
+/** The process groups of a set-up: the TLS front (proxy, nginx, floor; named as the set-up) and what holds the key apart from it. */
+export function setupGroups(setup: SetupId): { readonly front: string; readonly key: string | undefined } {
+  return { front: setup, key: isKeyless(setup) ? 'keyserver' : setup === 'nginx-p11kit' ? 'p11kit' : undefined };
+}
+
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** What the report says runs in each set-up. */
+export function setupProcesses(setup: SetupId, workers: number): string {
+  const node = nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`;
+  switch (baseSetup(setup)) {
+    case 'keyless-unix':
+      return `proxy ${plural(workers, 'worker')} + key server (unix)${node}`;
+    case 'keyless-tcp':
+      return `proxy ${plural(workers, 'worker')} + key server (mTLS)`;
+    case 'inmemory':
+      return `${plural(workers, 'worker')}${node}`;
+    case 'node-floor':
+      return `node:https 1 process${node}`;
+    case 'nginx-file':
+      return 'nginx 1 process';
+    case 'nginx-engine':
+      return 'nginx 1 process (SoftHSM2 in it)';
+    case 'nginx-p11kit':
+      return 'nginx 1 process + p11-kit server';
+  }
+}
+
+export function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
+  return [
+    ...[...lab.servers].map(([setup, p]) => ({ name: setup, roots: () => [p.pid] })),
+    ...[...(lab.nginx?.instances ?? new Map())].map(([variant, i]) => ({ name: `nginx-${variant}`, roots: () => [i.process?.pid ?? -1] })),
+    { name: 'keyserver', roots: () => [lab.keyserver?.pid ?? -1] },
+    { name: 'origin', roots: () => [lab.origin?.pid ?? -1] },
+    { name: 'p11kit', roots: () => [lab.nginx?.p11kitServer?.pid ?? -1] },
+    { name: 'client', roots: () => [clientPid ?? -1] },
+  ];
+}
+
+/** Every pid a set-up's server consists of, with a role for perf's report. */
+export function serverProcesses(lab: HandshakeLab, setup: SetupId): Map<number, string> {
+  const out = new Map<number, string>();
+  const { front, key } = setupGroups(setup);
+  for (const group of trackedGroups(lab, undefined).filter((g) => g.name === front || g.name === key)) {
+    for (const root of group.roots()) {
+      if (root <= 0) continue;
+      for (const pid of processTree(root)) out.set(pid, pid === root ? `${group.name}` : `${group.name} child`);
+    }
+  }
+  return out;
+}
+
+/**
+ * The server's own handshake counters. Proxy and in-memory: their admin
+ * metrics. nginx: stub_status, whose `requests` counts every request, the
+ * status requests included (fetch may reuse the status connection, so
+ * `handled` connections would not count them one by one): the bench
+ * subtracts its own reads, and with one GET per connection `full` = TLS
+ * connections that carried their request (nginx does not tell full from
+ * resumed or failed handshakes; ab's and the resuming client's own counts
+ * cover that).
+ */
+export class CounterReader {
+  readonly #statusReads = new Map<number, number>();
+  constructor(readonly lab: HandshakeLab) {}
+
+  async read(setup: SetupId): Promise<HandshakeCounters> {
+    const endpoint = this.lab.ports.endpoints[setup]!;
+    if (!isNginx(setup)) return readHandshakeCounters(endpoint.admin);
+    const reads = (this.#statusReads.get(endpoint.admin) ?? 0) + 1;
+    this.#statusReads.set(endpoint.admin, reads);
+    const status = await readNginxStatus(endpoint.admin);
+    return { full: status.requests - reads, resumed: 0, failed: 0, requests: {}, keylessSigns: 0 };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One run of one scenario
+
+export interface WindowFigures {
+  readonly seconds: number;
+  /** Handshakes of the scenario's kind in the window: full (server-counted) for ab kinds, completed connections (client-counted) for resumed. */
+  readonly handshakes: number;
+  /** Server counters over the window (nginx: connections as `full`). */
+  readonly server: HandshakeCounters;
+  /** Key server signs in the window, all algorithms (keyless set-ups). */
+  readonly keyserverSigns: number | undefined;
+  readonly handshakesPerSecond: number;
+  /** CPU µs per handshake: the set-up's processes (front + key holder). */
+  readonly serverUs: number;
+  readonly frontUs: number;
+  readonly keyUs: number | undefined;
+  readonly originUs: number;
+  readonly clientUs: number;
+  readonly clientCores: number;
+  /** All server-side processes (front, key holder, origin), in cores. */
+  readonly serverSideCores: number;
+  readonly machineBusyCores: number;
+  /** Cores used by processes that are neither ours nor this bench. */
+  readonly otherCores: number;
+  /** Resumed kind: connections that offered a ticket, of those resumed, and latency in the window. */
+  readonly resume:
+    | {
+        readonly offered: number;
+        readonly resumed: number;
+        readonly offeredNotResumed: number;
+        /** Resumed ÷ connections completed in the window: 100% when every visit resumes. */
+        readonly resumedPct: number;
+        readonly p50Us: number;
+        readonly p99Us: number;
+      }
+    | undefined;
+  /** ALPN kinds: the client's latency in the window. */
+  readonly alpn: { readonly p50Us: number; readonly p99Us: number } | undefined;
+  readonly usage: WindowUsage;
+}
+
+export interface RunResult {
+  readonly window: WindowFigures;
+  /** The whole run, idle to idle. */
+  readonly run: {
+    /** ab kinds. */
+    readonly ab: AbResult | undefined;
+    /** Resumed kind: the client's failures over the whole run. */
+    readonly clientErrors: number;
+    readonly clientFirstError: string | undefined;
+    readonly counters: HandshakeCounters;
+    /** Key server signs by algorithm over the run (keyless only). */
+    readonly keyserverSigns: Record<string, number> | undefined;
+  };
+}
+
+export interface BenchScenario extends Scenario<RunResult> {
+  readonly spec: ScenarioSpec;
+}
+
+export interface Env {
+  readonly lab: HandshakeLab;
+  readonly options: Options;
+  readonly counters: CounterReader;
+  readonly ca: string;
+  readonly perfThreads: Map<string, Map<number, string>>;
+}
+
+function windowFigures(
+  spec: ScenarioSpec,
+  usage: WindowUsage,
+  server: HandshakeCounters,
+  handshakes: number,
+  keyserverSigns: number | undefined,
+  clientFromSelf: boolean,
+): Omit<WindowFigures, 'resume' | 'alpn'> {
+  const g = (name: string | undefined) => (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0));
+  const { front, key } = setupGroups(spec.setup);
+  const per = (us: number) => (handshakes > 0 ? us / handshakes : Number.NaN);
+  const clientCpu = clientFromSelf ? usage.selfCores * usage.seconds * 1e6 : g('client');
+  const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
+  return {
+    seconds: usage.seconds,
+    handshakes,
+    server,
+    keyserverSigns,
+    handshakesPerSecond: handshakes / usage.seconds,
+    serverUs: per(g(front) + g(key)),
+    frontUs: per(g(front)),
+    keyUs: key === undefined ? undefined : per(g(key)),
+    originUs: per(g('origin')),
+    clientUs: per(clientCpu),
+    clientCores: clientCpu / 1e6 / usage.seconds,
+    serverSideCores: (g(front) + g(key) + g('origin')) / 1e6 / usage.seconds,
+    machineBusyCores: usage.machineBusyCores,
+    otherCores: Math.max(0, usage.machineBusyCores - ours - usage.selfCores),
+    usage,
+  };
+}
+
+async function keyserverSignsNow(env: Env, spec: ScenarioSpec): Promise<Record<string, number> | undefined> {
+  return isKeyless(spec.setup) ? readKeyserverSigns(env.lab.ports.keyserverAdmin) : undefined;
+}
+
+function signsBetween(a: Record<string, number> | undefined, b: Record<string, number> | undefined): Record<string, number> | undefined {
+  if (a === undefined || b === undefined) return undefined;
+  return Object.fromEntries(
+    Object.keys({ ...a, ...b })
+      .map((k) => [k, (b[k] ?? 0) - (a[k] ?? 0)])
+      .filter(([, v]) => v !== 0),
+  );
+}
+
+/** Reads the server's counters (and the key server's signs) until they stop moving, at most 5 s: idle to idle. */
+async function settledCounters(env: Env, spec: ScenarioSpec): Promise<{ counters: HandshakeCounters; signs: Record<string, number> | undefined }> {
+  let counters = await env.counters.read(spec.setup);
+  let signs = await keyserverSignsNow(env, spec);
+  for (let i = 0; i < 50; i++) {
+    await sleep(Math.max(100, env.options.settleMs / 2));
+    const again = await env.counters.read(spec.setup);
+    const signsAgain = await keyserverSignsNow(env, spec);
+    const same = JSON.stringify([again, signsAgain]) === JSON.stringify([counters, signs]);
+    counters = again;
+    signs = signsAgain;
+    if (same) break;
+  }
+  return { counters, signs };
+}
+
+function startPerf(env: Env, spec: ScenarioSpec, durationMs: number, perfFile: string | undefined): ReturnType<typeof perfRecord> | undefined {
+  if (perfFile === undefined) return undefined;
+  const processes = serverProcesses(env.lab, spec.setup);
+  env.perfThreads.set(perfFile, threadLabels(processes));
+  return perfRecord([...processes.keys()], perfFile, durationMs / 1000, env.options.perfHz);
+}
+
+/** Full handshakes with ab: start ab, ramp, window, SIGINT, wait for the server to go idle. */
+export async function runAb(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+  const { options, lab } = env;
+  const endpoint = lab.ports.endpoints[spec.setup]!;
+  const signs0 = await keyserverSignsNow(env, spec);
+  const run0 = await env.counters.read(spec.setup);
+  const ab = startAb({
+    port: endpoint.port,
+    host: spec.key.serverName,
+    concurrency: options.concurrency,
+    maxSeconds: (options.rampMs + durationMs) / 1000 + 30,
+    csvPath: join(lab.dir, `${spec.id.replaceAll('/', '_')}-${context.phase}-${context.round}.csv`),
+    cpus: options.clientCpus,
+    protocol: spec.kind === 'full-tls12' ? 'TLS1.2' : 'TLS1.3',
+  });
+  let window: WindowFigures | undefined;
+  try {
+    await sleep(options.rampMs, context.signal);
+    const tracked = trackedGroups(lab, ab.pid);
+    const sA = await keyserverSignsNow(env, spec);
+    const cA = await env.counters.read(spec.setup);
+    const uA = snapshot(tracked);
+    const recording = startPerf(env, spec, durationMs, perfFile);
+    await sleep(durationMs, context.signal);
+    await recording?.done;
+    const cB = await env.counters.read(spec.setup);
+    const uB = snapshot(tracked);
+    const sB = await keyserverSignsNow(env, spec);
+    if (ab.exited()) {
+      const r = await ab.done;
+      throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
+    }
+    const c = diffCounters(cA, cB);
+    const ks = signsBetween(sA, sB);
+    window = {
+      ...windowFigures(spec, usageBetween(uA, uB), c, c.full, ks === undefined ? undefined : sumValues(ks), false),
+      resume: undefined,
+      alpn: undefined,
+    };
+  } finally {
+    ab.stop();
+  }
+  const abResult = await ab.done;
+  // Connections ab abandoned on SIGINT fail on the server side now: wait until the counters stop moving.
+  const end = await settledCounters(env, spec);
+  return {
+    window,
+    run: {
+      ab: abResult,
+      clientErrors: 0,
+      clientFirstError: undefined,
+      counters: diffCounters(run0, end.counters),
+      keyserverSigns: signsBetween(signs0, end.signs),
+    },
+  };
+}
+
+/** Resumed handshakes: the resuming client in this process; its first connections (full) fall in the ramp-up. */
+export async function runResumed(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+  const { options, lab } = env;
+  const signs0 = await keyserverSignsNow(env, spec);
+  const run0 = await env.counters.read(spec.setup);
+  const load = new ResumeLoad({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops });
+  load.start();
+  let window: WindowFigures | undefined;
+  try {
+    await sleep(options.rampMs, context.signal);
+    const tracked = trackedGroups(lab, undefined);
+    const sA = await keyserverSignsNow(env, spec);
+    const cA = await env.counters.read(spec.setup);
+    const l0 = { completed: load.completed, offered: load.offered, resumed: load.resumed, notResumed: load.offeredNotResumed };
+    load.latency.reset();
+    load.recording = true;
+    const uA = snapshot(tracked);
+    const recording = startPerf(env, spec, durationMs, perfFile);
+    await sleep(durationMs, context.signal);
+    await recording?.done;
+    const uB = snapshot(tracked);
+    load.recording = false;
+    const l1 = { completed: load.completed, offered: load.offered, resumed: load.resumed, notResumed: load.offeredNotResumed };
+    const cB = await env.counters.read(spec.setup);
+    const sB = await keyserverSignsNow(env, spec);
+    const ks = signsBetween(sA, sB);
+    const latency = load.latency.summary();
+    window = {
+      ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), l1.completed - l0.completed, ks === undefined ? undefined : sumValues(ks), true),
+      resume: {
+        offered: l1.offered - l0.offered,
+        resumed: l1.resumed - l0.resumed,
+        offeredNotResumed: l1.notResumed - l0.notResumed,
+        resumedPct: (100 * (l1.resumed - l0.resumed)) / Math.max(1, l1.completed - l0.completed),
+        p50Us: latency.p50Us,
+        p99Us: latency.p99Us,
+      },
+      alpn: undefined,
+    };
+  } finally {
+    await load.stop();
+  }
+  const end = await settledCounters(env, spec);
+  return {
+    window,
+    run: {
+      ab: undefined,
+      clientErrors: load.errors,
+      clientFirstError: load.firstError,
+      counters: diffCounters(run0, end.counters),
+      keyserverSigns: signsBetween(signs0, end.signs),
+    },
+  };
+}
+
+/** ALPN kinds: the ALPN client in this process, new connection and full handshake each, h2 or http/1.1. */
+export async function runAlpn(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+  const { options, lab } = env;
+  const run0 = await env.counters.read(spec.setup);
+  const protocol = spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1';
+  const load = new AlpnLoad({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops, protocol });
+  load.start();
+  let window: WindowFigures | undefined;
+  try {
+    await sleep(options.rampMs, context.signal);
+    const tracked = trackedGroups(lab, undefined);
+    const cA = await env.counters.read(spec.setup);
+    const n0 = load.completed;
+    load.latency.reset();
+    load.recording = true;
+    const uA = snapshot(tracked);
+    const recording = startPerf(env, spec, durationMs, perfFile);
+    await sleep(durationMs, context.signal);
+    await recording?.done;
+    const uB = snapshot(tracked);
+    load.recording = false;
+    const cB = await env.counters.read(spec.setup);
+    const latency = load.latency.summary();
+    window = {
+      ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), load.completed - n0, undefined, true),
+      resume: undefined,
+      alpn: { p50Us: latency.p50Us, p99Us: latency.p99Us },
+    };
+  } finally {
+    await load.stop();
+  }
+  const end = await settledCounters(env, spec);
+  return {
+    window,
+    run: { ab: undefined, clientErrors: load.errors, clientFirstError: load.firstError, counters: diffCounters(run0, end.counters), keyserverSigns: undefined },
+  };
+}

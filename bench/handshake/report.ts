@@ -1,0 +1,271 @@
+/**
+ * The handshake bench's Markdown: the targets per Node major, one table per
+ * kind (rates, server CPU per handshake with min–max, checks, resumption %),
+ * the keyless hop, what one core signs; and the --perf run's profile tables.
+ */
+import type { MachineInfo } from '../harness/machine.js';
+import { fmt, markdownTable } from '../harness/report.js';
+import { median, type Spread } from '../harness/stats.js';
+import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
+import type { Options } from './main.js';
+import { type Kind, KINDS } from './scenarios.js';
+import { CONTENDED_CORES, type HopRow, type Limits, type ScenarioSummary, type TargetRow } from './summary.js';
+import type { PerfSummary } from '../harness/perf.js';
+
+const SETUP_TITLE: Record<BaseSetup, string> = {
+  'keyless-unix': 'keyless (unix)',
+  'keyless-tcp': 'keyless (mTLS)',
+  inmemory: 'in memory',
+  'node-floor': 'bare node:https (floor)',
+  'nginx-file': 'nginx key file',
+  'nginx-engine': 'nginx + pkcs11 engine',
+  'nginx-p11kit': 'nginx + p11-kit',
+};
+
+export function setupTitle(setup: SetupId): string {
+  const major = nodeMajorOf(setup);
+  return `${SETUP_TITLE[baseSetup(setup)]}${major === undefined ? '' : `, Node ${major}`}`;
+}
+
+const KIND_TITLE: Record<Kind, string> = {
+  'full-tls13': 'Full TLS 1.3 handshakes (ab -f TLS1.3, new connection per request)',
+  'resumed-tls13': 'Resumed TLS 1.3 handshakes (session tickets, node:tls client, new connection per request)',
+  'full-tls12': 'Full TLS 1.2 handshakes, spot check (ab -f TLS1.2)',
+  'alpn-h2': 'Full TLS 1.3 handshakes negotiating h2 (node:http2 client, one GET per connection)',
+  'alpn-h1': 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
+};
+
+function rangeText(s: Spread, decimals = 0): string {
+  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
+}
+
+export interface ReportContext {
+  readonly machine: MachineInfo;
+  readonly options: Options;
+  readonly date: string;
+  readonly ab: string | undefined;
+  readonly abCommand: string;
+  readonly nginxVersion: string | undefined;
+  readonly tls: string | undefined;
+  readonly skipped: ReadonlyMap<string, string>;
+  readonly limits: Limits;
+  /** Node binaries of the versioned set-ups: major → version string. */
+  readonly nodeVersions: ReadonlyMap<number, string>;
+}
+
+function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
+  const rows = summaries
+    .filter((s) => s.kind === kind)
+    .map((s) => [
+      s.key.title,
+      setupTitle(s.setup),
+      s.processes,
+      `${s.clientSaturated ? '≥ ' : ''}${fmt(s.handshakesPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
+      rangeText(s.handshakesPerSecond),
+      `**${fmt(s.serverUs.median)}**`,
+      rangeText(s.serverUs),
+      s.keyUs === undefined ? `${fmt(s.frontUs)}` : `${fmt(s.frontUs)} + ${fmt(s.keyUs)}`,
+      fmt(s.originUs),
+      `${fmt(s.clientUs)} (${fmt(s.clientCores, 2)})`,
+      `${fmt(s.serverSideCores, 2)}`,
+      `${fmt(s.p50Us / 1000, 1)} / ${fmt(s.p99Us / 1000, 1)}`,
+      String(s.totalErrors),
+      s.signCheck !== undefined
+        ? `signs/hs ${fmt(s.signCheck.ratio, 3)}${s.signCheck.ok ? '' : ' ✗'}`
+        : s.resumeCheck !== undefined
+          ? `resumed ${fmt(s.resumeCheck.resumedPct, 1)}% (${fmt(s.resumeCheck.resumed)}/${fmt(s.resumeCheck.completed)})${s.resumeCheck.keyserverSigns === undefined ? '' : `, signs ${s.resumeCheck.keyserverSigns}`}${s.resumeCheck.ok ? '' : ' ✗'}`
+          : '–',
+      `${s.cleanRounds}/${s.perRound.length}`,
+      `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
+    ]);
+  return markdownTable(
+    [
+      'Key',
+      'Set-up',
+      'processes',
+      'handshakes/s',
+      'min–max (spread)',
+      'server µs/hs',
+      'min–max (spread)',
+      'front + key holder µs',
+      'origin µs',
+      'client µs (cores)',
+      'server-side cores',
+      'p50 / p99 ms',
+      'errors',
+      'check',
+      'clean rounds',
+      'busy / others (cores)',
+    ],
+    rows,
+    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'left', 'right', 'right'],
+  );
+}
+
+/** How much other load the windows saw: on a shared machine this says how far the absolute figures can be trusted. */
+function contentionLine(summaries: readonly ScenarioSummary[]): string {
+  const windows = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
+  const contended = windows.filter((c) => c > CONTENDED_CORES).length;
+  return (
+    `Other load: ${contended} of ${windows.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(windows), 2)}, max ${fmt(Math.max(...windows), 2)} cores)` +
+    (contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.')
+  );
+}
+
+export function markdownReport(
+  ctx: ReportContext,
+  summaries: readonly ScenarioSummary[],
+  targetRows: readonly TargetRow[],
+  hopRows: readonly HopRow[],
+): string {
+  const { machine, options, limits } = ctx;
+  const pin =
+    (options.serverCpus === undefined
+      ? 'no pinning (scheduler decides)'
+      : `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`) +
+    (options.keyserverCpus === undefined ? '' : `; key server moved to CPU ${options.keyserverCpus}`);
+  const kinds = KINDS.filter((k) => summaries.some((s) => s.kind === k));
+  const targetTable =
+    targetRows.length === 0
+      ? '(needs the scenarios the targets compare)'
+      : markdownTable(
+          ['Target', 'Key', 'Node', 'value', 'limit', 'met', 'from'],
+          targetRows.map((t) => [
+            t.name,
+            t.key,
+            t.node,
+            fmt(t.value, 2),
+            t.limit === undefined ? '–' : `≤ ${fmt(t.limit, 2)}`,
+            t.limit === undefined ? '' : t.met === undefined ? '?' : t.met ? 'yes' : '**no**',
+            t.detail,
+          ]),
+          ['left', 'left', 'right', 'right', 'right', 'left', 'left'],
+        );
+  const hopTable =
+    hopRows.length === 0
+      ? '(needs keyless and in memory)'
+      : markdownTable(
+          ['Key', 'Transport', '**hop µs/hs**', 'of which proxy / key server', 'per round (min–max)'],
+          hopRows.map((h) => [
+            h.key.title,
+            setupTitle(h.setup),
+            `**${fmt(h.hopUs)}**`,
+            `${fmt(h.frontHopUs)} / ${fmt(h.keyUs)}`,
+            `${fmt(Math.min(...h.perRoundUs))}–${fmt(Math.max(...h.perRoundUs))}`,
+          ]),
+          ['left', 'left', 'right', 'right', 'right'],
+        );
+  const limitLines: string[] = [];
+  if (limits.openssl !== undefined) {
+    limitLines.push(
+      'error' in limits.openssl
+        ? `- openssl speed: failed (${limits.openssl.error})`
+        : `- \`${limits.openssl.command}\`: ECDSA P-256 ${fmt(limits.openssl.ecdsaP256SignsPerSecond)} signs/s (${fmt(1e6 / limits.openssl.ecdsaP256SignsPerSecond, 0)} µs each), RSA-2048 ${fmt(limits.openssl.rsa2048SignsPerSecond)} signs/s (${fmt(1e6 / limits.openssl.rsa2048SignsPerSecond, 0)} µs each)`,
+    );
+  }
+  if (limits.rawToken !== undefined) {
+    if ('error' in limits.rawToken) limitLines.push(`- raw C_Sign: failed (${limits.rawToken.error})`);
+    else {
+      for (const r of limits.rawToken) {
+        limitLines.push(
+          `- raw pkcs11js C_SignInit + C_Sign on the token, ${HANDSHAKE_KEYS.find((k) => k.id === r.key)!.title}, ${r.sessions} sessions: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign${r.errors > 0 ? `, ${r.errors} errors` : ''}`,
+        );
+      }
+    }
+  }
+  const skipped = [...ctx.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`);
+  return [
+    `# handshake, ${ctx.date}${options.quick ? ' (quick)' : ''}`,
+    '',
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
+    `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}, ${ctx.ab ?? 'ab (version unknown)'}${ctx.nginxVersion === undefined ? '' : `, nginx ${ctx.nginxVersion}`}`,
+    ...(ctx.nodeVersions.size > 1
+      ? [`Node majors (--node): ${[...ctx.nodeVersions].map(([m, v]) => `${m} = ${v}`).join(', ')}; the key server, nginx and the origin stay on this node.`]
+      : []),
+    `Command: \`${machine.commandLine}\``,
+    `Client: \`${ctx.abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${ctx.tls ?? '?'}); resumed: ${options.resumeLoops} node:tls connections in flight in this bench's process, each offering the newest ticket it got.`,
+    `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off, the worker), access log ${options.logLevel === 'warn' || options.logLevel === 'error' || options.logLevel === 'silent' ? 'off' : 'on'}.`,
+    `Pinning: ${pin}.`,
+    contentionLine(summaries),
+    `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
+    ...(skipped.length > 0 ? ['', ...skipped] : []),
+    '',
+    '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
+    '',
+    targetTable,
+    '',
+    ...kinds.flatMap((k) => [`## ${KIND_TITLE[k]}`, '', scenarioTable(k, summaries), '']),
+    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)',
+    '',
+    hopTable,
+    '',
+    ...(limitLines.length > 0 ? [`## What one core signs (CPU ${limits.cpus ?? 'any'}, servers idle)`, '', ...limitLines, ''] : []),
+    'Columns: handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: its',
+    'stub_status requests; resumed: connections the client completed). "≥": the client used ≥ 0.9 of its core in the median',
+    "round, so the rate is a lower bound of the server's. **server µs/hs** = utime+stime from /proc of every process of the",
+    'set-up (proxy primary + workers + key server; in-memory primary + workers; nginx; nginx + p11-kit server and its',
+    'p11-kit-remote helpers) over the window ÷ handshakes in it: the figure to compare. "front + key holder" splits it. origin',
+    "µs = the demo origin (the same for all, not in the server figure). client = the client's CPU per handshake (ab; for",
+    "resumed, this bench's process) and its cores. server-side cores = set-up + origin. p50/p99 = per-connection time",
+    '(connect + handshake + GET), median over rounds, mostly queueing at this concurrency. errors = ab failed requests +',
+    'non-2xx + handshakes the server saw fail in the windows + resuming-client failures. check: full keyless = key server',
+    'signatures ÷ full handshakes the proxy counted over every run, idle to idle (1 = one signature per handshake; ✗ outside',
+    '[full, full + failed]); resumed = tickets resumed / offered in the windows, and key server signs in them (must be 0).',
+    `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean rounds when at least 3`,
+    'are (else all, marked †). Per-round figures for every window are in the JSON.',
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// Profiling run (--perf)
+
+export interface PerfRow {
+  readonly scenario: string;
+  readonly handshakes: number;
+  /** Sampled CPU of the recorded processes per handshake in the window (perf's own overhead included). */
+  readonly sampledUsPerHandshake: number;
+  readonly summary: PerfSummary;
+}
+
+export function perfMarkdown(rows: readonly PerfRow[], machine: MachineInfo, options: Options, date: string): string {
+  const perHs = (r: PerfRow, pct: number) => fmt((r.sampledUsPerHandshake * pct) / 100, 0);
+  return [
+    `# handshake: where the server CPU goes (perf), ${date}`,
+    '',
+    `Command: \`${machine.commandLine}\``,
+    `Node servers under \`node --perf-basic-prof\`, warmed up, then one ${options.measureMs / 1000} s window per scenario under`,
+    `\`perf record -F ${options.perfHz} -g -p <server pids>\` (the set-up's processes: front and key holder).`,
+    'On-CPU samples: a worker blocked in the keyless RPC costs nothing here. µs/hs = share × sampled CPU ÷ handshakes in the',
+    'window; sampling adds a little overhead. "node" is V8 and OpenSSL (statically linked); JS functions are inclusive (children).',
+    '',
+    ...rows.flatMap((r) => [
+      `## ${r.scenario}: ${fmt(r.sampledUsPerHandshake)} µs sampled per handshake (${r.handshakes} handshakes, ${r.summary.samples} samples)`,
+      '',
+      markdownTable(
+        ['process, threads', 'share %', 'µs/hs'],
+        r.summary.byProcess.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
+      '',
+      markdownTable(
+        ['binary', 'share %', 'µs/hs'],
+        r.summary.byBinary.slice(0, 8).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
+      '',
+      markdownTable(
+        ['binary / symbol (self)', 'share %', 'µs/hs'],
+        r.summary.bySymbol.slice(0, 25).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
+      '',
+      markdownTable(
+        ['JS function (inclusive)', 'share %', 'µs/hs'],
+        r.summary.jsInclusive.slice(0, 30).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+        ['left', 'right', 'right'],
+      ),
+      '',
+    ]),
+  ].join('\n');
+}

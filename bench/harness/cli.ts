@@ -1,0 +1,168 @@
+/**
+ * The benchmarks' command lines: one table per bench, built mostly from the
+ * shared entries below (--quick, --out, --rounds, --measure, --warmup, CPU
+ * pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
+ * node:util parseArgs, checked (numbers, choices) with errors that name the
+ * flag, and printed as --help from the same table, so usage and parser never
+ * drift. A value given in `quick` applies under --quick when the flag is absent.
+ */
+import { parseArgs } from 'node:util';
+import { onlineCpus } from './procs.js';
+
+interface BaseOpt {
+  readonly help: string;
+  /** Shown after the flag in --help, e.g. N, SEC, LIST. */
+  readonly arg?: string;
+}
+export interface FlagOpt extends BaseOpt {
+  readonly kind: 'flag';
+}
+export interface NumberOpt extends BaseOpt {
+  readonly kind: 'number';
+  readonly def?: number;
+  readonly quick?: number;
+  readonly min: number;
+  readonly integer?: boolean;
+}
+export interface StringOpt extends BaseOpt {
+  readonly kind: 'string';
+  readonly def?: string;
+  readonly quick?: string;
+  readonly choices?: readonly string[];
+}
+export type Opt = FlagOpt | NumberOpt | StringOpt;
+export type OptTable = Readonly<Record<string, Opt>>;
+
+type ValueOf<O> = O extends FlagOpt
+  ? boolean
+  : O extends NumberOpt
+    ? O extends { def: number }
+      ? number
+      : number | undefined
+    : O extends { def: string }
+      ? string
+      : string | undefined;
+export type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
+
+/** Shared entries; a bench calls the functions with its own defaults. */
+export const std = {
+  quick: (help: string): FlagOpt => ({ kind: 'flag', help }),
+  out: (name: string) => ({ kind: 'string', arg: 'DIR', def: 'bench/results', help: `where to write <date>-${name}.{json,md} (quick: -quick)` }) as const,
+  rounds: (def: number, quick: number) => ({ kind: 'number', arg: 'N', def, quick, min: 1, integer: true, help: 'measuring rounds' }) as const,
+  measure: (def: number, quick: number, min = 0.3) => ({ kind: 'number', arg: 'SEC', def, quick, min, help: 'seconds per measurement window' }) as const,
+  warmup: (def: number, quick: number, what = 'per scenario') => ({ kind: 'number', arg: 'SEC', def, quick, min: 0, help: `warm-up seconds ${what}` }) as const,
+  pin: {
+    kind: 'string',
+    arg: 'auto|none',
+    def: 'auto',
+    choices: ['auto', 'none'],
+    help: 'auto (2+ CPUs): servers on CPU 0..n-2, clients and this bench on the last CPU; none: leave it to the scheduler',
+  } as const,
+  serverCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the servers (overrides --pin)' } as const,
+  clientCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the clients and this bench (overrides --pin)' } as const,
+  quietWait: {
+    kind: 'number',
+    arg: 'SEC',
+    def: 60,
+    quick: 0,
+    min: 0,
+    help: 'before each measurement wait (up to SEC in total per run) for other processes to use < 0.25 cores',
+  } as const,
+  install: (what: string) =>
+    ({ kind: 'string', arg: 'yes|no', def: 'yes', quick: 'no', choices: ['yes', 'no'], help: `apt-get install ${what} when missing (root)` }) as const,
+  logLevel: {
+    kind: 'string',
+    arg: 'LEVEL',
+    def: 'info',
+    choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
+    help: "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)",
+  } as const,
+  node: {
+    kind: 'string',
+    arg: 'LIST',
+    help: "Node majors to run the Node servers under, side by side, e.g. 20,22,24 (others installed as npm packages into ~/.cache/keyedge-bench; default: this node's)",
+  } as const,
+  keepTemp: { kind: 'flag', help: 'keep the temp directory (token, certificates, configs, logs)' } as const,
+} as const;
+
+/** Known log levels, most verbose first. */
+export const LOG_LEVELS: readonly string[] = std.logLevel.choices;
+
+function usage(command: string, table: OptTable): string {
+  const lines = [`Usage: node dist/bench/${command} [options]`, ''];
+  for (const [name, opt] of Object.entries(table)) {
+    const head = `  --${name}${opt.arg === undefined ? '' : ` ${opt.arg}`}`;
+    const defaults =
+      opt.kind === 'flag' ? '' : `${opt.def === undefined ? '' : ` (default ${opt.def}${opt.quick === undefined ? '' : `; quick ${opt.quick}`})`}`;
+    const text = `${opt.help}${defaults}`;
+    lines.push(head.length < 22 ? `${head.padEnd(23)}${text}` : `${head}\n${' '.repeat(23)}${text}`);
+  }
+  lines.push('  --help');
+  return `${lines.join('\n')}\n`;
+}
+
+/** The table's values from argv, or undefined after printing --help. Throws a message naming the flag on a bad value. */
+export function parseCli<T extends OptTable>(command: string, table: T, argv: readonly string[] = process.argv.slice(2)): Values<T> | undefined {
+  const options: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } };
+  for (const [name, opt] of Object.entries(table)) options[name] = { type: opt.kind === 'flag' ? 'boolean' : 'string' };
+  const { values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false });
+  if (values.help === true) {
+    process.stdout.write(usage(command, table));
+    return undefined;
+  }
+  const quick = values.quick === true;
+  const out: Record<string, unknown> = {};
+  for (const [name, opt] of Object.entries(table)) {
+    const given = values[name];
+    if (opt.kind === 'flag') {
+      out[name] = given === true;
+      continue;
+    }
+    const raw = typeof given === 'string' ? given : undefined;
+    if (opt.kind === 'number') {
+      const fallback = quick && opt.quick !== undefined ? opt.quick : opt.def;
+      out[name] = raw === undefined ? fallback : numberValue(raw, `--${name}`, opt.min, opt.integer === true);
+    } else {
+      const value = raw ?? (quick && opt.quick !== undefined ? opt.quick : opt.def);
+      if (value !== undefined && opt.choices !== undefined && !opt.choices.includes(value))
+        throw new Error(`--${name} takes ${opt.choices.join(', ')}; got '${value}'`);
+      out[name] = value;
+    }
+  }
+  return out as Values<T>;
+}
+
+function numberValue(value: string, name: string, min: number, integer: boolean): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${value}'`);
+  return integer ? Math.round(n) : n;
+}
+
+/** `value` as a number of at least `min`, `fallback` when absent; a clear error naming the flag otherwise. */
+export function numberOption(value: string | undefined, name: string, fallback: number, min: number): number {
+  return value === undefined ? fallback : numberValue(value, name, min, false);
+}
+
+/** A comma list whose items must be among `known`; duplicates dropped. */
+export function listOf<T extends string>(value: string, name: string, known: readonly T[]): T[] {
+  const items = value.split(',').filter((s) => s !== '');
+  for (const item of items) if (!(known as readonly string[]).includes(item)) throw new Error(`${name} takes ${known.join(', ')}; got '${item}'`);
+  return [...new Set(items as T[])];
+}
+
+/** Where servers and clients run: --server-cpus/--client-cpus, else --pin auto splits the online CPUs (last one for clients). */
+export function pinning(values: { readonly pin: string; readonly 'server-cpus': string | undefined; readonly 'client-cpus': string | undefined }): {
+  readonly serverCpus: string | undefined;
+  readonly clientCpus: string | undefined;
+  /** CPUs the servers may use. */
+  readonly serverCpuCount: number;
+} {
+  const cpus = onlineCpus();
+  const auto = values.pin === 'auto' && cpus.length >= 2;
+  const serverCpus = values['server-cpus'] ?? (auto ? cpus.slice(0, -1).join(',') : undefined);
+  return {
+    serverCpus,
+    clientCpus: values['client-cpus'] ?? (auto ? String(cpus[cpus.length - 1]) : undefined),
+    serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length,
+  };
+}

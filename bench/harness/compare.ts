@@ -1,0 +1,123 @@
+/**
+ * Comparing two benchmark results, scenario by scenario: how much the rate
+ * and the server CPU per unit moved from OLD to NEW, and which scenarios moved
+ * by more than a threshold (either way: a speed-up that large is as much worth
+ * a look as a slow-down, e.g. a scenario that stopped doing its work).
+ *
+ * Pure: rows in (bench/harness/summary.ts), a table and a verdict out. Scenarios
+ * present in one file only, or skipped in either, are listed but never
+ * flagged. The threshold is relative; on this shared machine identical runs
+ * differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
+ */
+import { fmt, markdownTable } from './report.js';
+import { rowKey, type SummaryRow } from './summary.js';
+
+export interface CompareOptions {
+  /** Relative change (0.10 = 10%) beyond which a scenario is flagged. */
+  readonly threshold: number;
+}
+
+export type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
+
+export interface ScenarioChange {
+  readonly key: string;
+  readonly label: string;
+  readonly unit: SummaryRow['unit'];
+  readonly oldRate: number;
+  readonly newRate: number;
+  /** (new − old) / old; NaN when either is missing. */
+  readonly rateChange: number;
+  readonly oldCpuUs: number;
+  readonly newCpuUs: number;
+  readonly cpuChange: number;
+  readonly status: ChangeStatus;
+  /** Why it is flagged, e.g. "CPU/unit +23%"; empty when not. */
+  readonly reasons: readonly string[];
+}
+
+export interface Comparison {
+  readonly threshold: number;
+  readonly changes: readonly ScenarioChange[];
+  /** The changes with status 'moved'. */
+  readonly flagged: readonly ScenarioChange[];
+}
+
+/** (b − a) / a, NaN unless both are finite and a > 0. */
+export function relativeChange(a: number, b: number): number {
+  return Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN;
+}
+
+export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readonly SummaryRow[], options: CompareOptions): Comparison {
+  if (!(options.threshold > 0)) throw new Error(`threshold must be > 0, got ${options.threshold}`);
+  const older = new Map(oldRows.map((r) => [rowKey(r), r]));
+  const newer = new Map(newRows.map((r) => [rowKey(r), r]));
+  const keys = [...newer.keys(), ...[...older.keys()].filter((k) => !newer.has(k))];
+  const changes = keys.map((key): ScenarioChange => {
+    const o = older.get(key);
+    const n = newer.get(key);
+    const rateChange = relativeChange(o?.rate ?? Number.NaN, n?.rate ?? Number.NaN);
+    const cpuChange = relativeChange(o?.serverCpuUs ?? Number.NaN, n?.serverCpuUs ?? Number.NaN);
+    const reasons: string[] = [];
+    let status: ChangeStatus;
+    if (o === undefined) status = 'only-new';
+    else if (n === undefined) status = 'only-old';
+    else if (o.skipped !== undefined || n.skipped !== undefined) status = 'skipped';
+    else {
+      if (Math.abs(rateChange) > options.threshold) reasons.push(`rate ${pct(rateChange)}`);
+      if (Math.abs(cpuChange) > options.threshold) reasons.push(`CPU/unit ${pct(cpuChange)}`);
+      status = reasons.length > 0 ? 'moved' : 'ok';
+    }
+    const row = n ?? o!;
+    return {
+      key,
+      label: row.label,
+      unit: row.unit,
+      oldRate: o?.rate ?? Number.NaN,
+      newRate: n?.rate ?? Number.NaN,
+      rateChange,
+      oldCpuUs: o?.serverCpuUs ?? Number.NaN,
+      newCpuUs: n?.serverCpuUs ?? Number.NaN,
+      cpuChange,
+      status,
+      reasons,
+    };
+  });
+  return { threshold: options.threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
+}
+
+/** "+12.3%" / "−4.0%" / "–" for NaN. */
+export function pct(change: number): string {
+  if (!Number.isFinite(change)) return '–';
+  const v = change * 100;
+  return `${v >= 0 ? '+' : '−'}${Math.abs(v).toFixed(1)}%`;
+}
+
+const STATUS_TEXT: Record<ChangeStatus, string> = {
+  ok: 'ok',
+  moved: 'MOVED',
+  'only-old': 'only in OLD',
+  'only-new': 'only in NEW',
+  skipped: 'skipped',
+};
+
+/** The comparison as a Markdown table plus a verdict line. */
+export function formatComparison(c: Comparison): string {
+  const table = markdownTable(
+    ['scenario', 'rate old → new', 'change', 'server CPU µs/unit old → new', 'change', 'status'],
+    c.changes.map((x) => [
+      x.label === x.key.slice(x.key.indexOf('/') + 1) ? x.key : `${x.key} (${x.label})`,
+      `${fmt(x.oldRate)} → ${fmt(x.newRate)}`,
+      pct(x.rateChange),
+      `${fmt(x.oldCpuUs, 1)} → ${fmt(x.newCpuUs, 1)}`,
+      pct(x.cpuChange),
+      x.status === 'moved' ? `MOVED: ${x.reasons.join(', ')}` : STATUS_TEXT[x.status],
+    ]),
+    ['left', 'right', 'right', 'right', 'right', 'left'],
+  );
+  const limit = `${(c.threshold * 100).toFixed(0)}%`;
+  const verdict =
+    c.flagged.length === 0
+      ? `No scenario moved by more than ${limit}.`
+      : `${c.flagged.length} scenario${c.flagged.length === 1 ? '' : 's'} moved by more than ${limit}: ${c.flagged.map((x) => `${x.key} (${x.reasons.join(', ')})`).join('; ')}.`;
+  return `${table}\n\n${verdict}\n`;
+}

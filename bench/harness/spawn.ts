@@ -1,0 +1,154 @@
+/**
+ * Processes and ports for the handshake benchmark's servers: free ports below
+ * the ephemeral range, servers started detached as their own process group
+ * (so a cluster primary and its workers, or nginx and its helpers, die
+ * together), readiness polling, and a small HTTP GET for admin endpoints.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { childEnv } from '../lab/keyserver.js';
+
+export interface ManagedProcess {
+  readonly name: string;
+  readonly pid: number;
+  readonly child: ChildProcess;
+  readonly logFile: string;
+  readonly command: readonly string[];
+  exited(): boolean;
+  /** SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after `graceMs`. */
+  stop(graceMs?: number): Promise<void>;
+  /** SIGKILL to the whole process group, synchronously. */
+  kill(): void;
+  tail(lines?: number): string;
+}
+
+/** Binds 127.0.0.1:port (0: the kernel picks) and releases it; resolves with the port, or undefined when taken. */
+async function tryPort(port: number): Promise<number | undefined> {
+  const server = net.createServer();
+  const bound = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => resolve(true));
+  });
+  if (!bound) return undefined;
+  const chosen = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return chosen;
+}
+
+/**
+ * A free port below the kernel's ephemeral range: the servers bind it a few seconds later, and a port from the
+ * ephemeral range (what listen(0) hands out) can be taken meanwhile by any outgoing connection (ab opens thousands).
+ */
+export async function freePort(): Promise<number> {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: use the default range start
+  }
+  const from = 20_000;
+  if (low - from > 1000) {
+    for (let i = 0; i < 50; i++) {
+      const port = await tryPort(from + Math.floor(Math.random() * (low - from)));
+      if (port !== undefined) return port;
+    }
+  }
+  const port = await tryPort(0);
+  if (port === undefined) throw new Error('no free port');
+  return port;
+}
+
+/**
+ * Starts `command` detached (its own process group) with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8
+ * logs, land there), with `extraEnv` over the bench's child environment.
+ */
+export function spawnManaged(
+  name: string,
+  command: readonly string[],
+  logFile: string,
+  cpus: string | undefined,
+  cwd: string,
+  extraEnv: Readonly<Record<string, string>> = {},
+): ManagedProcess {
+  const full = cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command];
+  const fd = openSync(logFile, 'a');
+  let child: ChildProcess;
+  try {
+    // detached: its own process group, so the group can be killed at once (cluster workers included).
+    child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...childEnv(), ...extraEnv }, cwd });
+  } finally {
+    closeSync(fd);
+  }
+  const pid = child.pid ?? -1;
+  let exited = false;
+  const exit = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
+  child.once('error', () => undefined);
+  const kill = () => {
+    if (pid <= 0) return;
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  };
+  return {
+    name,
+    pid,
+    child,
+    logFile,
+    command: full,
+    exited: () => exited,
+    async stop(graceMs = 5000) {
+      if (exited) return kill(); // the primary is gone; workers may linger
+      child.kill('SIGTERM');
+      const timer = setTimeout(kill, graceMs);
+      await exit;
+      clearTimeout(timer);
+      kill();
+    },
+    kill,
+    tail(lines = 20) {
+      try {
+        return readFileSync(logFile, 'utf8')
+          .split('\n')
+          .slice(-lines - 1)
+          .join('\n');
+      } catch {
+        return '';
+      }
+    },
+  };
+}
+
+export async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, process?: ManagedProcess): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    if (await check()) return;
+    if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
+  const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  return { status: response.status, body: await response.text() };
+}
+
+export function tcpOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}

@@ -1,0 +1,149 @@
+/**
+ * autocannon (devDependency) as the keep-alive HTTP/1.1 client of
+ * bench/keepalive/main.ts, run through its CLI as a separate process so that it
+ * can be pinned to its own CPU with taskset and its CPU time read from /proc
+ * apart from the servers'.
+ *
+ * autocannon opens `connections` keep-alive connections (one TLS handshake
+ * each, at the start) and keeps one request in flight on each for
+ * `durationSec`, then prints one JSON object. It has no way to stop early and
+ * still report (SIGINT just kills it), so the caller sizes the duration to
+ * cover ramp-up and the measurement window and waits for it to finish.
+ * Latencies are whole milliseconds (its histogram's resolution).
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+/** The CLI in node_modules, relative to this module in dist/bench/lab/. */
+export const AUTOCANNON_CLI = fileURLToPath(new URL('../../../node_modules/autocannon/autocannon.js', import.meta.url));
+
+export interface AutocannonOptions {
+  readonly url: string;
+  /** SNI name and Host header. */
+  readonly serverName: string;
+  readonly connections: number;
+  readonly durationSec: number;
+  /** CPU list for `taskset -c`, or undefined for no pinning. */
+  readonly cpus: string | undefined;
+}
+
+export interface AutocannonResult {
+  /** Requests answered over the whole run (ramp-up included). */
+  readonly requests: number;
+  readonly durationSec: number;
+  readonly errors: number;
+  readonly timeouts: number;
+  readonly non2xx: number;
+  readonly resets: number;
+  readonly mismatches: number;
+  readonly p50Ms: number;
+  readonly p90Ms: number;
+  readonly p99Ms: number;
+  readonly maxMs: number;
+  readonly statusCodes: Readonly<Record<string, number>>;
+}
+
+export interface RunningAutocannon {
+  /** The autocannon process itself (taskset execs it, so the pid is the same). */
+  readonly pid: number;
+  readonly args: readonly string[];
+  exited(): boolean;
+  /** SIGKILL, for cleanup on interruption (autocannon cannot stop early and report). */
+  kill(): void;
+  readonly done: Promise<AutocannonResult>;
+}
+
+export function autocannonArgs(options: AutocannonOptions): string[] {
+  return [
+    '--json',
+    '-c',
+    String(options.connections),
+    '-d',
+    String(options.durationSec),
+    // A request unanswered for 10 s counts as a timeout (an error), not a hang.
+    '-t',
+    '10',
+    '-s',
+    options.serverName,
+    '-H',
+    `host=${options.serverName}`,
+    options.url,
+  ];
+}
+
+export function startAutocannon(options: AutocannonOptions): RunningAutocannon {
+  const args = autocannonArgs(options);
+  const command = [process.execPath, AUTOCANNON_CLI, ...args];
+  const full = options.cpus === undefined ? command : ['taskset', '-c', options.cpus, ...command];
+  const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
+  child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-4000)));
+  const done = new Promise<AutocannonResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      // 'exit' can come before the pipes are drained.
+      setImmediate(() => {
+        try {
+          if (code !== 0) throw new Error(`autocannon exited with ${signal ?? `status ${code}`}`);
+          resolve(parseAutocannonJson(stdout));
+        } catch (err) {
+          reject(new Error(`${(err as Error).message}\n--- autocannon stdout ---\n${stdout.slice(0, 2000)}\n--- autocannon stderr ---\n${stderr}`));
+        }
+      });
+    });
+  });
+  return {
+    pid: child.pid ?? -1,
+    args,
+    exited: () => child.exitCode !== null || child.signalCode !== null,
+    kill: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+    done,
+  };
+}
+
+/** autocannon's --json output: the last line that parses as an object with a `requests` block. */
+export function parseAutocannonJson(text: string): AutocannonResult {
+  const line = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('{'))
+    .at(-1);
+  if (line === undefined) throw new Error('autocannon printed no JSON');
+  const j = JSON.parse(line) as Record<string, unknown>;
+  const block = (name: string) => (typeof j[name] === 'object' && j[name] !== null ? (j[name] as Record<string, unknown>) : {});
+  const num = (v: unknown) => (typeof v === 'number' ? v : Number.NaN);
+  const latency = block('latency');
+  const codes: Record<string, number> = {};
+  for (const [code, stat] of Object.entries(block('statusCodeStats'))) codes[code] = num((stat as { count?: unknown }).count);
+  return {
+    requests: num(block('requests').total),
+    durationSec: num(j.duration),
+    errors: num(j.errors),
+    timeouts: num(j.timeouts),
+    non2xx: num(j.non2xx),
+    resets: num(j.resets ?? 0),
+    mismatches: num(j.mismatches ?? 0),
+    p50Ms: num(latency.p50),
+    p90Ms: num(latency.p90),
+    p99Ms: num(latency.p99),
+    maxMs: num(latency.max),
+    statusCodes: codes,
+  };
+}
+
+/** autocannon's version, from its package.json. */
+export async function autocannonVersion(): Promise<string | undefined> {
+  try {
+    const { readFile } = await import('node:fs/promises');
+    const pkg = JSON.parse(await readFile(fileURLToPath(new URL('../../../node_modules/autocannon/package.json', import.meta.url)), 'utf8')) as {
+      version?: string;
+    };
+    return pkg.version;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,342 @@
+/**
+ * The set-up of bench/keepalive/main.ts, in one temporary directory:
+ *   - a throwaway CA (openssl, P-256) and one name, `ka.bench.localhost`;
+ *   - keyless: an ECDSA P-256 key made in an embedded SoftHSM2 token
+ *     (`keyedge key generate`), its certificate issued from a CSR signed in
+ *     the token (`keyedge key csr`), the key server (unix socket) and
+ *     `keyedge proxy --config` exactly as deployed;
+ *   - nginx and caddy: the same name on an ordinary P-256 key file from the
+ *     same CA, each started from its own config file in the temp dir
+ *     (nginx: `-p DIR -c FILE -e FILE`, one worker; caddy: `caddy run
+ *     --config FILE.json`, admin endpoint off, nothing persisted), never the
+ *     system service;
+ *   - the origin all three proxy to: bench/keepalive/origin.ts (the demo
+ *     page, 1 KiB, with a request counter).
+ *
+ * Every proxy keeps a pool of 64 keep-alive connections to the origin (the
+ * product's undici Pool size, proxy/http/forward.ts), logs one access line per
+ * request to a file unless `accessLog` is off, and sets X-Forwarded-For/-Proto
+ * and HSTS as the product does, so they do comparable work per request.
+ *
+ * Every server is its own process group (bench/handshake/lab.ts
+ * `spawnManaged`), so a synchronous `cleanup()` can SIGKILL a master and its
+ * workers together.
+ */
+import { execFile } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { httpGet, freePort, type ManagedProcess, probe, spawnManaged } from '../handshake/lab.js';
+import { setAffinity } from '../harness/procs.js';
+import { COUNT_PATH, READY_LINE } from './origin.js';
+import { LabPki } from '../lab/pki.js';
+import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+
+const _execFileAsync = promisify(execFile);
+
+export const ORIGIN_SCRIPT = fileURLToPath(new URL('./origin.js', import.meta.url));
+export const SERVER_NAME = 'ka.bench.localhost';
+/** Keep-alive connections each proxy may keep to the origin: the product's per-worker undici Pool size. */
+export const ORIGIN_POOL = 64;
+
+export type ServerId = 'keyedge' | 'nginx' | 'caddy';
+
+export interface KeepaliveLabOptions {
+  /** Workers of the keyless proxy. */
+  readonly workers: number;
+  /** The proxy's log level; 'info' logs one access line per request (the product's default). */
+  readonly logLevel: string;
+  /** nginx and caddy write an access log line per request too (parity with the proxy at 'info'). */
+  readonly accessLog: boolean;
+  /** taskset CPU list for every server process, origin and key server included; undefined: no pinning. */
+  readonly serverCpus: string | undefined;
+  /** Binaries of the third-party servers to set up (absent: not run). */
+  readonly nginx: string | undefined;
+  readonly caddy: string | undefined;
+  /** Extra node options for the keyless proxy (passed on to its workers), e.g. --cpu-prof. */
+  readonly proxyNodeArgs?: readonly string[];
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, process?: ManagedProcess): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
+    if (Date.now() - started > timeoutMs)
+      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export class KeepaliveLab {
+  readonly keyserverLab: KeyserverLab;
+  readonly dir: string;
+  readonly options: KeepaliveLabOptions;
+  readonly caFile: string;
+  readonly ports: { readonly origin: number; readonly keyedge: number; readonly keyedgeAdmin: number; readonly nginx: number; readonly caddy: number };
+  readonly configs: { keyedge: Record<string, unknown>; nginx: string | undefined; caddy: Record<string, unknown> | undefined };
+  keyId = '';
+  keyserver: KeyserverProcess | undefined;
+  origin: ManagedProcess | undefined;
+  readonly servers = new Map<ServerId, ManagedProcess>();
+  /** Comparison servers that were configured but did not come up, with the reason. */
+  readonly failed = new Map<ServerId, string>();
+  /** Negotiated protocol of each server's start-up probe. */
+  readonly protocols = new Map<ServerId, string>();
+  #cleaned = false;
+
+  private constructor(keyserverLab: KeyserverLab, options: KeepaliveLabOptions, ports: KeepaliveLab['ports']) {
+    this.keyserverLab = keyserverLab;
+    this.options = options;
+    this.dir = join(keyserverLab.dir, 'keepalive');
+    this.caFile = join(this.dir, 'ca.pem');
+    this.ports = ports;
+    this.configs = { keyedge: {}, nginx: undefined, caddy: undefined };
+  }
+
+  /** Makes the temp dir, the token key, certificates and configs (nothing is started yet). */
+  static async create(options: KeepaliveLabOptions, log: (line: string) => void): Promise<KeepaliveLab> {
+    const keyserverLab = new KeyserverLab({ prefix: 'keyedge-keepalive-', tokenLabel: 'keyedge-keepalive' });
+    try {
+      const ports = { origin: await freePort(), keyedge: await freePort(), keyedgeAdmin: await freePort(), nginx: await freePort(), caddy: await freePort() };
+      const lab = new KeepaliveLab(keyserverLab, options, ports);
+      await lab.#makeFiles(log);
+      return lab;
+    } catch (err) {
+      keyserverLab.cleanup();
+      throw err;
+    }
+  }
+
+  #file(name: string): string {
+    return join(this.dir, name);
+  }
+
+  async #makeFiles(log: (line: string) => void): Promise<void> {
+    const f = (name: string) => this.#file(name);
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    mkdirSync(f('nginx-tmp'), { mode: 0o700 });
+    // Keyless: the key lives in the token, the CSR is signed there; nginx and caddy: a key file, the same name and CA.
+    const pki = new LabPki(this.dir, 'keyedge keepalive bench CA');
+    this.keyId = await this.keyserverLab.generateKey('ec-p256', 'bench-keepalive-ec');
+    await pki.tokenCert(this.keyserverLab, 'bench-keepalive-ec', SERVER_NAME, 'keyless');
+    pki.fileCert('ec-p256', SERVER_NAME, 'file');
+    log(`ECDSA P-256: token key ${this.keyId.slice(0, 16)}… (keyless proxy), key file (nginx, caddy); certificates for ${SERVER_NAME}`);
+
+    const origin = `http://127.0.0.1:${this.ports.origin}`;
+    this.configs.keyedge = {
+      stateDir: this.keyserverLab.stateDir,
+      workers: this.options.workers,
+      keyserver: { socket: join(this.keyserverLab.stateDir, 'keyserver.sock') },
+      listen: [{ host: '127.0.0.1', port: this.ports.keyedge, profile: 'intermediate' }],
+      certificates: [{ name: 'ka', chain: f('keyless-chain.pem') }],
+      sni: { default: null, onUnknown: 'reject' },
+      domains: [{ name: SERVER_NAME, origin }],
+      admin: { host: '127.0.0.1', port: this.ports.keyedgeAdmin },
+      log: { level: this.options.logLevel },
+    };
+    writeFileSync(f('proxy.json'), `${JSON.stringify(this.configs.keyedge, null, 2)}\n`);
+    if (this.options.nginx !== undefined) {
+      this.configs.nginx = nginxConfig(this.dir, this.ports.nginx, this.ports.origin, this.options.accessLog);
+      writeFileSync(f('nginx.conf'), this.configs.nginx);
+    }
+    if (this.options.caddy !== undefined) {
+      this.configs.caddy = caddyConfig(this.dir, this.ports.caddy, this.ports.origin, this.options.accessLog);
+      writeFileSync(f('caddy.json'), `${JSON.stringify(this.configs.caddy, null, 2)}\n`);
+    }
+  }
+
+  /** The port each server listens on for the benchmark. */
+  port(server: ServerId): number {
+    return this.ports[server];
+  }
+
+  /** Starts the origin, the key server, the keyless proxy and whichever of nginx and caddy were configured; probes each. */
+  async start(log: (line: string) => void): Promise<void> {
+    const cpus = this.options.serverCpus;
+    const node = process.execPath;
+    this.origin = spawnManaged('origin', [node, ORIGIN_SCRIPT, '--port', String(this.ports.origin)], this.#file('origin.log'), cpus, this.dir);
+    const originLog = this.origin.logFile;
+    await waitFor('origin', async () => readFileSync(originLog, 'utf8').includes(READY_LINE), 15_000, this.origin);
+
+    this.keyserver = await this.keyserverLab.startServer();
+    if (cpus !== undefined) setAffinity(this.keyserver.pid, cpus);
+
+    const proxy = spawnManaged(
+      'keyedge',
+      [node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')],
+      this.#file('proxy.log'),
+      cpus,
+      this.dir,
+    );
+    this.servers.set('keyedge', proxy);
+    await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyedgeAdmin}/readyz`)).status === 200, 30_000, proxy);
+
+    await this.#check('keyedge');
+    // A comparison server that does not come up is left out with the reason (its log's tail), not the whole run.
+    const third: [ServerId, string | undefined, () => readonly string[], string][] = [
+      [
+        'nginx',
+        this.configs.nginx === undefined ? undefined : this.options.nginx,
+        () => [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')],
+        'nginx.log',
+      ],
+      [
+        'caddy',
+        this.configs.caddy === undefined ? undefined : this.options.caddy,
+        () => [this.options.caddy!, 'run', '--config', this.#file('caddy.json')],
+        'caddy-stdout.log',
+      ],
+    ];
+    for (const [id, binary, command, logName] of third) {
+      if (binary === undefined) continue;
+      const server = spawnManaged(id, command(), this.#file(logName), cpus, this.dir);
+      this.servers.set(id, server);
+      try {
+        await waitFor(id, () => probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 30_000, server);
+        await this.#check(id);
+      } catch (err) {
+        this.servers.delete(id);
+        await server.stop(2000);
+        const reason = `did not start: ${(err as Error).message.split('\n').slice(0, 4).join(' ')}`;
+        this.failed.set(id, reason);
+        log(`${id} ${reason}`);
+      }
+    }
+    log(
+      `origin pid ${this.origin.pid} :${this.ports.origin}; key server pid ${this.keyserver.pid}; ` +
+        [...this.servers].map(([id, p]) => `${id} pid ${p.pid} :${this.port(id)}`).join('; ') +
+        `; keyless proxy ${this.options.workers} worker(s)${cpus === undefined ? '' : `; servers on CPU ${cpus}`}`,
+    );
+  }
+
+  /** One request through `id`: 200, the 1 KiB page, TLS 1.3. */
+  async #check(id: ServerId): Promise<void> {
+    const r = await probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8'));
+    if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
+      throw new Error(`${id} https://${SERVER_NAME}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
+    }
+    this.protocols.set(id, r.protocol);
+  }
+
+  /** Requests the origin has served so far (its counter; asked directly, not through a proxy). */
+  async originCount(): Promise<number> {
+    const { status, body } = await httpGet(`http://127.0.0.1:${this.ports.origin}${COUNT_PATH}`);
+    if (status !== 200) throw new Error(`origin count: HTTP ${status}`);
+    return (JSON.parse(body) as { served: number }).served;
+  }
+
+  /** Graceful stop of everything started (reverse order). */
+  async stop(): Promise<void> {
+    await Promise.all([...this.servers.values()].map((p) => p.stop(15_000)));
+    await this.keyserver?.stop();
+    await this.origin?.stop();
+  }
+
+  /** SIGKILL to everything still running, remove the temp dir. Synchronous; safe twice. */
+  cleanup(keepTemp = false): void {
+    if (this.#cleaned) return;
+    this.#cleaned = true;
+    for (const p of [...this.servers.values(), this.origin]) p?.kill();
+    if (keepTemp) {
+      try {
+        this.keyserver?.child.kill('SIGKILL');
+      } catch {
+        // gone
+      }
+      return;
+    }
+    this.keyserverLab.cleanup();
+  }
+}
+
+/**
+ * nginx: one worker (the proxy's worker count is stated next to it), TLS 1.2
+ * and 1.3 as the product's intermediate profile, an upstream keep-alive pool.
+ * `keepalive_requests` is raised on both sides because nginx otherwise closes
+ * a keep-alive connection after 1000 requests (a new handshake per 1000
+ * requests that neither node:http nor caddy would do).
+ */
+export function nginxConfig(dir: string, port: number, originPort: number, accessLog: boolean): string {
+  const f = (name: string) => join(dir, name);
+  return `# bench/keepalive/main.ts: nginx as a TLS reverse proxy, one worker, its own prefix ${dir}
+worker_processes 1;
+daemon off;
+pid ${f('nginx.pid')};
+error_log ${f('nginx-error.log')} warn;
+events { worker_connections 4096; }
+http {
+  client_body_temp_path ${f('nginx-tmp/body')};
+  proxy_temp_path ${f('nginx-tmp/proxy')};
+  fastcgi_temp_path ${f('nginx-tmp/fastcgi')};
+  uwsgi_temp_path ${f('nginx-tmp/uwsgi')};
+  scgi_temp_path ${f('nginx-tmp/scgi')};
+  ${accessLog ? `access_log ${f('nginx-access.log')};` : 'access_log off;'}
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  upstream origin {
+    server 127.0.0.1:${originPort};
+    keepalive ${ORIGIN_POOL};
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${port} ssl http2;
+    server_name ${SERVER_NAME};
+    ssl_certificate ${f('file-chain.pem')};
+    ssl_certificate_key ${f('file.key')};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:1m;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      add_header Strict-Transport-Security "max-age=63072000" always;
+    }
+  }
+}
+`;
+}
+
+/**
+ * caddy (JSON config): admin endpoint off, nothing persisted, automatic HTTPS
+ * off (no ACME, no redirect listener), the certificate loaded from files;
+ * reverse_proxy with an idle pool as large as the others'. caddy sets
+ * X-Forwarded-For/-Proto itself.
+ */
+export function caddyConfig(dir: string, port: number, originPort: number, accessLog: boolean): Record<string, unknown> {
+  const f = (name: string) => join(dir, name);
+  return {
+    admin: { disabled: true, config: { persist: false } },
+    storage: { module: 'file_system', root: f('caddy-data') },
+    logging: { logs: { default: { writer: { output: 'file', filename: f('caddy.log') }, level: accessLog ? 'INFO' : 'WARN' } } },
+    apps: {
+      http: {
+        servers: {
+          bench: {
+            listen: [`127.0.0.1:${port}`],
+            automatic_https: { disable: true },
+            tls_connection_policies: [{ protocol_min: 'tls1.2' }],
+            ...(accessLog ? { logs: {} } : {}),
+            routes: [
+              {
+                handle: [
+                  { handler: 'headers', response: { set: { 'Strict-Transport-Security': ['max-age=63072000'] } } },
+                  {
+                    handler: 'reverse_proxy',
+                    upstreams: [{ dial: `127.0.0.1:${originPort}` }],
+                    transport: { protocol: 'http', keep_alive: { max_idle_conns_per_host: ORIGIN_POOL } },
+                  },
+                ],
+              },
+            ],
+          },
+        },
+      },
+      tls: { certificates: { load_files: [{ certificate: f('file-chain.pem'), key: f('file.key') }] } },
+    },
+  };
+}

@@ -1,0 +1,335 @@
+/**
+ * Benchmark: keep-alive proxied requests, server CPU per request for a 1 KiB
+ * page over HTTPS (TLS 1.3, ECDSA P-256), the keyless proxy next to nginx and
+ * caddy proxying the same origin, in one run; over HTTP/1.1 (autocannon, one
+ * request in flight per connection) and HTTP/2 (h2load, 10 streams in flight
+ * per connection: issue 13; a server that does not negotiate h2 is skipped
+ * with a note).
+ *
+ *   keyedge  `keyedge proxy` (node:cluster, N workers) + `keyedge keyserver`
+ *   nginx    one worker, upstream keep-alive pool, key file, `listen ssl http2`
+ *   caddy    reverse_proxy, certificate from files, admin off
+ *
+ * Requests in a window are counted at the origin (every proxied request
+ * reaches it once), so all servers and both protocols are counted alike.
+ * Server CPU = utime + stime from /proc of every server process over the
+ * window ÷ those requests; the origin's CPU apart. Warm-up, then interleaved
+ * rounds; medians and spread (report.ts). See bench/README.md, "keepalive".
+ *
+ * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { listOf, LOG_LEVELS, parseCli, pinning, std } from '../harness/cli.js';
+import { findOrInstall, versionOf } from '../harness/install.js';
+import { describeMachine } from '../harness/machine.js';
+import { installInterrupt, runBench } from '../harness/main.js';
+import { processTree, setAffinity } from '../harness/procs.js';
+import { quietBeforeRun } from '../harness/quiet.js';
+import { dateStamp, fmt, writeReport } from '../harness/report.js';
+import { runRounds, type RunContext, type Scenario } from '../harness/rounds.js';
+import { negotiates } from '../handshake/alpn.js';
+import { autocannonArgs, autocannonVersion } from './autocannon.js';
+import { h2loadArgs } from './h2load.js';
+import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
+import { type Env, type RunResult, runOnce } from './measure.js';
+import { compareTo, markdownReport, type ProfileReport, readProfiles, summarize, summaryRow } from './report.js';
+
+/** A window during which other processes used more than this many cores counts as contended. */
+export const CONTENDED_CORES = 0.25;
+/** A process using at least this share of a core during a window counts as saturated. */
+export const SATURATED_CORES = 0.9;
+export const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
+/**
+ * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the
+ * origin (process start, 64 handshakes), which on a loaded machine takes well over a second.
+ */
+export const CLIENT_MARGIN_MS = 2500;
+
+export const TABLE = {
+  quick: std.quick('3 rounds of 2 s, 1.5 s warm-up per scenario (about a minute)'),
+  out: std.out('keepalive'),
+  rounds: std.rounds(5, 3),
+  measure: std.measure(5, 2, 0.5),
+  warmup: std.warmup(5, 1.5, 'per scenario (for the JIT)'),
+  connections: { kind: 'number', arg: 'N', def: 64, min: 1, integer: true, help: 'autocannon -c: HTTP/1.1 keep-alive connections' },
+  protocols: { kind: 'string', arg: 'h1,h2', def: 'h1,h2', help: 'HTTP/1.1 (autocannon) and/or HTTP/2 (h2load)' },
+  'h2-connections': { kind: 'number', arg: 'N', def: 4, min: 1, integer: true, help: 'h2load -c: HTTP/2 connections' },
+  'h2-streams': { kind: 'number', arg: 'N', def: 10, min: 1, integer: true, help: 'h2load -m: streams in flight per HTTP/2 connection' },
+  workers: { kind: 'number', arg: 'N', def: 1, min: 1, integer: true, help: 'workers of the keyless proxy (the servers get one core)' },
+  servers: { kind: 'string', arg: 'LIST', def: SERVER_IDS.join(','), help: 'keyedge,nginx,caddy (keyedge alone needs only the product)' },
+  'no-install': { kind: 'flag', help: 'never apt-get install nginx or caddy (missing: skipped)' },
+  pin: std.pin,
+  'server-cpus': std.serverCpus,
+  'client-cpus': std.clientCpus,
+  'log-level': std.logLevel,
+  'quiet-wait': std.quietWait,
+  'cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the proxy under node --cpu-prof into DIR; top functions per request in the report' },
+  'keep-temp': std.keepTemp,
+} as const;
+
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
+
+export function parseOptions(argv: string[]) {
+  const v = parseCli('keepalive/main.js', TABLE, argv);
+  if (v === undefined) return undefined;
+  const quick = v.quick;
+  return {
+    quick,
+    out: v.out,
+    rounds: v.rounds,
+    measureMs: v.measure * 1000,
+    warmupMs: v.warmup * 1000,
+    rampMs: quick ? 500 : 1000,
+    settleMs: quick ? 150 : 300,
+    connections: v.connections,
+    protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
+    h2Connections: v['h2-connections'],
+    h2Streams: v['h2-streams'],
+    workers: v.workers,
+    servers: listOf(v.servers, '--servers', SERVER_IDS),
+    install: !v['no-install'],
+    ...pinning(v),
+    logLevel: v['log-level'],
+    accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
+    quietBudgetMs: v['quiet-wait'] * 1000,
+    cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
+    keepTemp: v['keep-temp'],
+  };
+}
+
+// ---------------------------------------------------------------------------
+// ---------------------------------------------------------------------------
+// Main
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2));
+  if (options === undefined) return 0;
+  const started = Date.now();
+  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  const machine = describeMachine();
+
+  // Third-party servers: found or installed, else skipped with the reason.
+  const skipped = new Map<string, string>();
+  const binaries = new Map<ServerId, string>();
+  for (const [server, pkg] of [
+    ['nginx', 'nginx'],
+    ['caddy', 'caddy'],
+  ] as const) {
+    if (!options.servers.includes(server)) continue;
+    const found = findOrInstall(server, pkg, options.install, log);
+    if (found.ok) binaries.set(server, found.path);
+    else {
+      skipped.set(server, found.reason);
+      log(`${server} skipped: ${found.reason}`);
+    }
+  }
+  const versions = {
+    autocannon: await autocannonVersion(),
+    ...(binaries.has('nginx') ? { nginx: versionOf(binaries.get('nginx')!, ['-v'])?.replace(/^nginx version: nginx\//, '') } : {}),
+    ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
+  };
+
+  let lab: KeepaliveLab | undefined;
+  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
+
+  try {
+    if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
+    if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
+    lab = await KeepaliveLab.create(
+      {
+        workers: options.workers,
+        logLevel: options.logLevel,
+        accessLog: options.accessLog,
+        serverCpus: options.serverCpus,
+        nginx: binaries.get('nginx'),
+        caddy: binaries.get('caddy'),
+        ...(options.cpuProfDir !== undefined ? { proxyNodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir] } : {}),
+      },
+      log,
+    );
+    log(`temp dir ${lab.dir}`);
+    signal.throwIfAborted();
+    await lab.start(log);
+    for (const [server, reason] of lab.failed) skipped.set(server, reason);
+    signal.throwIfAborted();
+    const env: Env = { lab, options };
+    const running = lab;
+
+    // HTTP/2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
+    const ca = readFileSync(lab.caFile, 'utf8');
+    const h2Servers = new Set<ServerId>();
+    if (options.protocols.includes('h2')) {
+      for (const server of options.servers.filter((s) => running.servers.has(s))) {
+        const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
+        if (picked === 'h2') h2Servers.add(server);
+        else {
+          skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+          log(`${server}-h2 skipped: the server does not negotiate h2`);
+        }
+      }
+    }
+    const labels: Record<ServerId, string> = {
+      keyedge: `keyedge proxy (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'})`,
+      nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
+      caddy: `caddy ${versions.caddy ?? ''}`.trim(),
+    };
+    const scenarios: (Scenario<RunResult> & { server: ServerId; h2: boolean })[] = options.protocols.flatMap((protocol) =>
+      options.servers
+        .filter((s) => running.servers.has(s) && (protocol === 'h1' || h2Servers.has(s)))
+        .map((server) => {
+          const h2 = protocol === 'h2';
+          return {
+            name: h2 ? `${server}-h2` : server,
+            server,
+            h2,
+            run: (durationMs: number, context: RunContext) => runOnce(env, server, h2, durationMs, context),
+          };
+        }),
+    );
+    const ownPids = () =>
+      [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
+    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
+    // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
+    const answered = new Map<string, number>();
+    log(
+      `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
+        (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
+    );
+    const { order, results } = await runRounds(scenarios, {
+      rounds: options.rounds,
+      warmupMs: options.warmupMs,
+      measureMs: options.measureMs,
+      settleMs: options.settleMs,
+      signal: signal,
+      beforeRun: quiet.beforeRun,
+      onRun: ({ scenario, context, result }) => {
+        const w = result.window;
+        const c = result.client;
+        answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
+        const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
+        log(
+          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(8)} ${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req` +
+            `  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`,
+        );
+      },
+    });
+
+    const date = dateStamp();
+    const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
+    const summaries = scenarios.map((s) => summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], serverCpuCount));
+    const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
+    const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
+    const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
+      url: 'https://127.0.0.1:PORT/',
+      serverName: SERVER_NAME,
+      connections: options.connections,
+      durationSec: 0,
+      cpus: undefined,
+    })
+      .join(' ')
+      .replace('-d 0', '-d T')}`;
+    const commands = {
+      keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
+      keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
+      nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
+      caddy: 'caddy run --config <tmp>/caddy.json',
+      origin: 'node dist/bench/keepalive/origin.js --port P',
+    };
+
+    // Stop the proxy first when profiling: node writes --cpu-prof files at exit.
+    let profiles: ProfileReport[] = [];
+    if (options.cpuProfDir !== undefined) {
+      await lab.servers.get('keyedge')?.stop(15_000);
+      profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
+    }
+
+    const markdown = markdownReport({ machine, options, date, clientCommand, h2Command, commands, versions }, summaries, skipped, comparisons, profiles);
+    const keyedge = summaries.find((s) => s.server === 'keyedge');
+    const caddy = comparisons.find((c) => c.other === 'caddy');
+    const nginx = comparisons.find((c) => c.other === 'nginx');
+    const nginxH2 = comparisons.find((c) => c.other === 'nginx-h2');
+    const json = {
+      benchmark: 'keepalive',
+      date,
+      quick: options.quick,
+      machine,
+      versions,
+      client: {
+        command: clientCommand,
+        connections: options.connections,
+        cpus: options.clientCpus,
+        h2: { command: h2Command, connections: options.h2Connections, streams: options.h2Streams },
+      },
+      servers: {
+        ...commands,
+        workers: options.workers,
+        cpus: options.serverCpus,
+        logLevel: options.logLevel,
+        accessLog: options.accessLog,
+        originPool: ORIGIN_POOL,
+        protocols: Object.fromEntries(lab.protocols),
+      },
+      method: {
+        rounds: options.rounds,
+        measureMs: options.measureMs,
+        warmupMs: options.warmupMs,
+        rampMs: options.rampMs,
+        settleMs: options.settleMs,
+        order,
+        contendedCores: CONTENDED_CORES,
+        saturatedCores: SATURATED_CORES,
+        quietWait: quiet.record(),
+      },
+      proxyConfig: lab.configs.keyedge,
+      nginxConfig: lab.configs.nginx,
+      caddyConfig: lab.configs.caddy,
+      targets: {
+        /** keyedge server CPU per request below caddy's, in this run. */
+        keyedgeBelowCaddy: caddy === undefined ? null : caddy.cpuRatio < 1,
+        keyedgeVsCaddyCpu: caddy?.cpuRatio ?? null,
+        keyedgeVsNginxCpu: nginx?.cpuRatio ?? null,
+        /** Issue 13: CPU per request over h2 (10 streams), keyedge ÷ nginx; target ≤ 2.0. */
+        keyedgeVsNginxH2Cpu: nginxH2?.cpuRatio ?? null,
+        keyedgeServerCpuUsPerRequest: keyedge?.serverUs.median ?? null,
+      },
+      comparisons,
+      summary: [
+        ...summaries.map(summaryRow),
+        ...[...skipped].map(([server, reason]) => ({
+          scenario: server,
+          label: server,
+          requestsPerSecond: Number.NaN,
+          serverCpuUsPerRequest: Number.NaN,
+          p50Ms: Number.NaN,
+          p99Ms: Number.NaN,
+          clientSaturated: false,
+          errors: 0,
+          spreadPct: Number.NaN,
+          otherCores: Number.NaN,
+          skipped: reason,
+        })),
+      ],
+      scenarios: summaries,
+      profiles,
+      durationSeconds: (Date.now() - started) / 1000,
+    };
+    const written = writeReport(options.out, options.quick ? 'keepalive-quick' : 'keepalive', json, markdown, date);
+    process.stdout.write(`${markdown}\n`);
+    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+    const errors = summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0);
+    if (errors > 0) {
+      log(`${errors} requests failed during measurement: the figures are suspect`);
+      return 1;
+    }
+    return 0;
+  } finally {
+    if (lab !== undefined) {
+      await lab.stop().catch(() => undefined);
+      if (options.keepTemp) log(`kept ${lab.dir}`);
+      lab.cleanup(options.keepTemp);
+    }
+  }
+}
+
+runBench('keepalive', main());

@@ -1,0 +1,120 @@
+import { snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { type RunContext, sleep } from '../harness/rounds.js';
+import { type AutocannonResult, startAutocannon } from './autocannon.js';
+import { startH2load } from './h2load.js';
+import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
+import { CLIENT_MARGIN_MS, type Options } from './main.js';
+
+// One run of one server
+
+export interface WindowResult {
+  readonly seconds: number;
+  /** Requests the origin served in the window. */
+  readonly requests: number;
+  readonly requestsPerSecond: number;
+  /** CPU µs per request of the server's processes (keyedge: proxy + key server). */
+  readonly serverUs: number;
+  readonly proxyUs: number;
+  /** keyedge only: the key server's share (≈ 0: keep-alive connections sign once, at their handshake). */
+  readonly keyserverUs: number | undefined;
+  readonly originUs: number;
+  readonly clientUs: number;
+  readonly clientCores: number;
+  /** Server + origin, in cores. */
+  readonly serverSideCores: number;
+  readonly machineBusyCores: number;
+  /** Cores used by processes that are neither ours nor this bench. */
+  readonly otherCores: number;
+  readonly usage: WindowUsage;
+}
+
+export interface RunResult {
+  readonly window: WindowResult;
+  /** autocannon's own report over its whole run (ramp-up included). */
+  readonly client: AutocannonResult;
+}
+
+export interface Env {
+  readonly lab: KeepaliveLab;
+  readonly options: Options;
+}
+
+export function serverRoots(lab: KeepaliveLab, server: ServerId): { proxy: number[]; keyserver: number[] } {
+  const pid = lab.servers.get(server)?.pid;
+  return { proxy: pid === undefined ? [] : [pid], keyserver: server === 'keyedge' && lab.keyserver !== undefined ? [lab.keyserver.pid] : [] };
+}
+
+/** Polls the origin's counter until requests flow (autocannon's start-up is a few hundred ms of Node loading). */
+export async function waitForTraffic(lab: KeepaliveLab, before: number, isDead: () => boolean, signal: AbortSignal | undefined): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    if ((await lab.originCount()) > before) return;
+    if (isDead()) throw new Error('the client exited before sending a request');
+    if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
+    await sleep(25, signal);
+  }
+}
+
+export async function runOnce(env: Env, server: ServerId, h2: boolean, durationMs: number, context: RunContext): Promise<RunResult> {
+  const { lab, options } = env;
+  const count0 = await lab.originCount();
+  // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
+  // for noticing that traffic started.
+  const durationSec = (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000;
+  const ac = h2
+    ? startH2load({
+        port: lab.port(server),
+        serverName: SERVER_NAME,
+        connections: options.h2Connections,
+        streams: options.h2Streams,
+        durationSec,
+        cpus: options.clientCpus,
+      })
+    : startAutocannon({
+        url: `https://127.0.0.1:${lab.port(server)}/`,
+        serverName: SERVER_NAME,
+        connections: options.connections,
+        durationSec,
+        cpus: options.clientCpus,
+      });
+  try {
+    await waitForTraffic(lab, count0, () => ac.exited(), context.signal);
+    await sleep(options.rampMs, context.signal);
+    const roots = serverRoots(lab, server);
+    const tracked: TrackedGroup[] = [
+      { name: 'proxy', roots: () => roots.proxy },
+      { name: 'keyserver', roots: () => roots.keyserver },
+      { name: 'origin', roots: () => [lab.origin?.pid ?? -1] },
+      { name: 'client', roots: () => [ac.pid] },
+    ];
+    const nA = await lab.originCount();
+    const sA = snapshot(tracked);
+    await sleep(durationMs, context.signal);
+    const nB = await lab.originCount();
+    const sB = snapshot(tracked);
+    if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
+    const usage = usageBetween(sA, sB);
+    const g = (name: string) => usage.groups[name]?.cpuUs ?? 0;
+    const requests = nB - nA;
+    const per = (us: number) => (requests > 0 ? us / requests : Number.NaN);
+    const ours = g('proxy') + g('keyserver') + g('origin') + g('client');
+    const window: WindowResult = {
+      seconds: usage.seconds,
+      requests,
+      requestsPerSecond: requests / usage.seconds,
+      serverUs: per(g('proxy') + g('keyserver')),
+      proxyUs: per(g('proxy')),
+      keyserverUs: server === 'keyedge' ? per(g('keyserver')) : undefined,
+      originUs: per(g('origin')),
+      clientUs: per(g('client')),
+      clientCores: g('client') / 1e6 / usage.seconds,
+      serverSideCores: (g('proxy') + g('keyserver') + g('origin')) / 1e6 / usage.seconds,
+      machineBusyCores: usage.machineBusyCores,
+      otherCores: Math.max(0, usage.machineBusyCores - ours / 1e6 / usage.seconds - usage.selfCores),
+      usage,
+    };
+    return { window, client: await ac.done };
+  } finally {
+    ac.kill();
+  }
+}

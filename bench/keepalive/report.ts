@@ -1,0 +1,254 @@
+/**
+ * The keep-alive bench's figures and Markdown: medians and spread per
+ * scenario (server × protocol), keyedge ÷ nginx and ÷ caddy per protocol, the
+ * `summary` rows the suite reads, and the proxy's --cpu-prof top functions.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
+import type { MachineInfo } from '../harness/machine.js';
+import { fmt, markdownTable } from '../harness/report.js';
+import { median, round, spread, type Spread } from '../harness/stats.js';
+import { ORIGIN_POOL } from './lab.js';
+import { CONTENDED_CORES, type Options, SATURATED_CORES } from './main.js';
+import type { RunResult, WindowResult } from './measure.js';
+
+export interface ServerSummary {
+  /** Scenario name: the server, `-h2` for HTTP/2. */
+  readonly server: string;
+  readonly label: string;
+  readonly requestsPerSecond: Spread;
+  readonly serverUs: Spread;
+  readonly proxyUs: number;
+  readonly keyserverUs: number | undefined;
+  readonly originUs: number;
+  readonly clientUs: number;
+  readonly clientCores: number;
+  readonly serverSideCores: number;
+  readonly clientSaturated: boolean;
+  readonly serverSaturated: boolean;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly machineBusyCores: number;
+  readonly otherCores: number;
+  readonly cleanRounds: number;
+  readonly usedRounds: readonly number[];
+  /** Summed over all measured runs: autocannon errors (connection errors, timeouts), non-2xx answers. */
+  readonly errors: { readonly clientErrors: number; readonly timeouts: number; readonly non2xx: number };
+  readonly perRound: readonly RunResult[];
+}
+
+export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number): ServerSummary {
+  const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.window.otherCores <= CONTENDED_CORES);
+  const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
+  const rs = used.map(({ r }) => r);
+  const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
+  return {
+    server,
+    label,
+    requestsPerSecond: spread(rs.map((r) => r.window.requestsPerSecond)),
+    serverUs: spread(rs.map((r) => r.window.serverUs)),
+    proxyUs: w((x) => x.proxyUs),
+    keyserverUs: server.startsWith('keyedge') ? w((x) => x.keyserverUs ?? Number.NaN) : undefined,
+    originUs: w((x) => x.originUs),
+    clientUs: w((x) => x.clientUs),
+    clientCores: w((x) => x.clientCores),
+    serverSideCores: w((x) => x.serverSideCores),
+    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
+    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
+    p50Ms: median(rs.map((r) => r.client.p50Ms)),
+    p99Ms: median(rs.map((r) => r.client.p99Ms)),
+    machineBusyCores: w((x) => x.machineBusyCores),
+    otherCores: w((x) => x.otherCores),
+    cleanRounds: clean.length,
+    usedRounds: used.map(({ i }) => i),
+    errors: {
+      clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
+      timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
+      non2xx: all.reduce((n, r) => n + r.client.non2xx, 0),
+    },
+    perRound: all,
+  };
+}
+
+export interface Comparison {
+  /** keyedge's scenario and the other's: the same protocol. */
+  readonly keyedge: string;
+  readonly other: string;
+  /** keyedge server µs/request ÷ the other's (medians): < 1 means keyedge spends less CPU per request. */
+  readonly cpuRatio: number;
+  /** The same per round (neighbours in time), min and max. */
+  readonly cpuRatioPerRound: readonly number[];
+  readonly rateRatio: number;
+}
+
+export function compareTo(summaries: readonly ServerSummary[], keyedge: string, other: string): Comparison | undefined {
+  const k = summaries.find((s) => s.server === keyedge);
+  const o = summaries.find((s) => s.server === other);
+  if (k === undefined || o === undefined) return undefined;
+  const n = Math.min(k.perRound.length, o.perRound.length);
+  return {
+    keyedge,
+    other,
+    cpuRatio: k.serverUs.median / o.serverUs.median,
+    cpuRatioPerRound: Array.from({ length: n }, (_, i) => round(k.perRound[i]!.window.serverUs / o.perRound[i]!.window.serverUs, 3)),
+    rateRatio: k.requestsPerSecond.median / o.requestsPerSecond.median,
+  };
+}
+
+/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/harness/summary.ts). */
+export function summaryRow(s: ServerSummary) {
+  return {
+    scenario: s.server,
+    label: s.label,
+    requestsPerSecond: s.requestsPerSecond.median,
+    serverCpuUsPerRequest: s.serverUs.median,
+    p50Ms: s.p50Ms,
+    p99Ms: s.p99Ms,
+    clientSaturated: s.clientSaturated,
+    errors: s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx,
+    spreadPct: s.requestsPerSecond.spreadPct,
+    otherCores: s.otherCores,
+  };
+}
+
+function range(s: Spread, decimals = 0): string {
+  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
+}
+
+export interface ProfileReport {
+  readonly file: string;
+  readonly busyUs: number;
+  readonly requests: number;
+  readonly top: readonly FunctionCost[];
+}
+
+export function markdownReport(
+  ctx: {
+    machine: MachineInfo;
+    options: Options;
+    date: string;
+    clientCommand: string;
+    h2Command: string;
+    commands: Record<string, string>;
+    versions: Record<string, string | undefined>;
+  },
+  summaries: readonly ServerSummary[],
+  skipped: ReadonlyMap<string, string>,
+  comparisons: readonly Comparison[],
+  profiles: readonly ProfileReport[],
+): string {
+  const { machine, options } = ctx;
+  const rows = summaries.map((s) => [
+    s.label,
+    `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
+    range(s.requestsPerSecond),
+    `**${fmt(s.serverUs.median, 1)}**`,
+    range(s.serverUs, 1),
+    s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`,
+    fmt(s.originUs, 1),
+    `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`,
+    `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`,
+    `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`,
+    `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`,
+    `${s.cleanRounds}/${s.perRound.length}`,
+    `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
+  ]);
+  for (const [server, reason] of skipped) rows.push([`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
+  const table = markdownTable(
+    [
+      'Server',
+      'requests/s',
+      'min–max (spread)',
+      'server µs/request',
+      'min–max (spread)',
+      'proxy + key server µs',
+      'origin µs',
+      'client µs (cores)',
+      'server-side cores',
+      'p50 / p99 ms',
+      'errors / timeouts / non-2xx',
+      'clean rounds',
+      'machine busy / others (cores)',
+    ],
+    rows,
+    ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  );
+  const cmpTable =
+    comparisons.length === 0
+      ? '(needs keyedge and at least one of nginx, caddy)'
+      : markdownTable(
+          ['keyedge vs', 'CPU/request ratio (keyedge ÷ other)', 'per round (min–max)', 'requests/s ratio', 'target'],
+          comparisons.map((c) => [
+            `${c.keyedge} vs ${c.other}`,
+            `**${fmt(c.cpuRatio, 2)}**`,
+            `${fmt(Math.min(...c.cpuRatioPerRound), 2)}–${fmt(Math.max(...c.cpuRatioPerRound), 2)}`,
+            fmt(c.rateRatio, 2),
+            c.other === 'caddy'
+              ? c.cpuRatio < 1
+                ? 'met: below caddy'
+                : 'missed: not below caddy'
+              : c.other === 'nginx'
+                ? `≤ 2.0 (issue 12): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`
+                : `≤ 2.0 (issue 13): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`,
+          ]),
+          ['left', 'right', 'right', 'right', 'left'],
+        );
+  const pin =
+    options.serverCpus === undefined
+      ? 'none (scheduler)'
+      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${options.serverCpus}; autocannon and this bench on CPU ${options.clientCpus}`;
+  const profileSection = profiles.flatMap((p) => [
+    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
+    '',
+    markdownTable(
+      ['function (self)', 'self %', 'inclusive %', 'self µs/request'],
+      p.top.map((f) => [f.function, fmt(f.selfPct, 1), fmt(f.inclusivePct, 1), fmt(p.requests > 0 ? f.selfUs / p.requests : Number.NaN, 2)]),
+      ['left', 'right', 'right', 'right'],
+    ),
+    '',
+  ]);
+  return [
+    `# keepalive, ${ctx.date}${options.quick ? ' (quick)' : ''}`,
+    '',
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; ${Object.entries(ctx.versions)
+      .map(([k, v]) => `${k} ${v ?? '?'}`)
+      .join(', ')}.`,
+    `Command: \`${machine.commandLine}\``,
+    `Client: \`${ctx.clientCommand}\` (HTTP/1.1 keep-alive, ${options.connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
+    ...(options.protocols.includes('h2')
+      ? [
+          `HTTP/2 (the -h2 rows): \`${ctx.h2Command}\` (${options.h2Connections} connections, ${options.h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`,
+        ]
+      : []),
+    `Servers: keyedge \`${ctx.commands.keyedge}\` + \`${ctx.commands.keyserver}\` (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'}, log level ${options.logLevel}); nginx \`${ctx.commands.nginx}\` (1 worker); caddy \`${ctx.commands.caddy}\`; origin \`${ctx.commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${options.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
+    `Pinning: ${pin}.`,
+    `Method: warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} interleaved rounds; each run starts autocannon, waits for traffic and ${options.rampMs} ms more, then measures a ${options.measureMs / 1000} s window (requests counted at the origin).`,
+    '',
+    table,
+    '',
+    '## keyedge against the others (server CPU per proxied request)',
+    '',
+    cmpTable,
+    '',
+    'Columns: requests/s = requests the origin served in the window ÷ its length, median over rounds ("≥": autocannon used',
+    `≥ ${SATURATED_CORES} of its core, so the rate is what one client core could drive). **server µs/request** = utime+stime from /proc of`,
+    'every server process (keyedge: proxy primary + workers + key server; nginx: master + worker; caddy) over the window ÷',
+    "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
+    "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
+    'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
+    `summed over all rounds. Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`,
+    "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
+    '',
+    ...profileSection,
+  ].join('\n');
+}
+
+/** Reads the .cpuprofile files the proxy wrote and keeps the busiest process's top functions (a worker). */
+export function readProfiles(dir: string, requests: number): ProfileReport[] {
+  if (!existsSync(dir)) return [];
+  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+  const summaries = files.map((file) => ({ file, summary: summarizeProfile(join(dir, file), process.cwd()) }));
+  summaries.sort((a, b) => b.summary.busyUs - a.summary.busyUs);
+  return summaries.slice(0, 1).map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
+}

@@ -1,0 +1,81 @@
+/**
+ * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus
+ * text): the proxy's and the in-memory server's handshakes (summed over
+ * workers by the cluster primary, prom-client AggregatorRegistry) and the key
+ * server's successful signs.
+ */
+import { httpGet } from '../handshake/lab.js';
+
+export interface HandshakeCounters {
+  /** Full handshakes: result="ok", resumed="false". */
+  readonly full: number;
+  /** result="ok", resumed="true". */
+  readonly resumed: number;
+  /** result="failed" (tlsClientError) and "unknown_name". */
+  readonly failed: number;
+  /** HTTP answers by status class. */
+  readonly requests: Readonly<Record<string, number>>;
+  /** The proxy's own count of signatures received (keyless_signs_total; 0 for the in-memory server). */
+  readonly keylessSigns: number;
+}
+
+/** Sample lines `name{labels} value` of one metric, labels parsed. */
+export function samples(text: string, name: string): { labels: Record<string, string>; value: number }[] {
+  const out: { labels: Record<string, string>; value: number }[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== '{' && rest[0] !== ' ') continue;
+    const labels: Record<string, string> = {};
+    let valueText = rest.trim();
+    if (rest[0] === '{') {
+      const end = rest.indexOf('}');
+      for (const m of rest.slice(1, end).matchAll(/(\w+)="([^"]*)"/g)) labels[m[1]!] = m[2]!;
+      valueText = rest.slice(end + 1).trim();
+    }
+    out.push({ labels, value: Number(valueText.split(' ')[0]) });
+  }
+  return out;
+}
+
+export async function readHandshakeCounters(adminPort: number): Promise<HandshakeCounters> {
+  const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
+  if (status !== 200) throw new Error(`admin :${adminPort}/metrics answered ${status}`);
+  let full = 0;
+  let resumed = 0;
+  let failed = 0;
+  for (const s of samples(body, 'keyedge_proxy_tls_handshakes_total')) {
+    if (s.labels.result === 'ok') {
+      if (s.labels.resumed === 'true') resumed += s.value;
+      else full += s.value;
+    } else failed += s.value;
+  }
+  const requests: Record<string, number> = {};
+  for (const s of samples(body, 'keyedge_proxy_http_requests_total')) {
+    const k = s.labels.status_class ?? 'other';
+    requests[k] = (requests[k] ?? 0) + s.value;
+  }
+  const keylessSigns = samples(body, 'keyedge_proxy_keyless_signs_total').reduce((n, s) => n + s.value, 0);
+  return { full, resumed, failed, requests, keylessSigns };
+}
+
+/** Successful signs at the key server, by algorithm. */
+export async function readKeyserverSigns(adminPort: number): Promise<Record<string, number>> {
+  const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
+  if (status !== 200) throw new Error(`key server admin :${adminPort}/metrics answered ${status}`);
+  const out: Record<string, number> = {};
+  for (const s of samples(body, 'keyedge_keyserver_requests_total')) {
+    if (s.labels.op === 'sign' && s.labels.result === 'ok') out[s.labels.algorithm ?? 'unknown'] = (out[s.labels.algorithm ?? 'unknown'] ?? 0) + s.value;
+  }
+  return out;
+}
+
+export function diffCounters(a: HandshakeCounters, b: HandshakeCounters): HandshakeCounters {
+  const requests: Record<string, number> = {};
+  for (const k of new Set([...Object.keys(a.requests), ...Object.keys(b.requests)])) requests[k] = (b.requests[k] ?? 0) - (a.requests[k] ?? 0);
+  return { full: b.full - a.full, resumed: b.resumed - a.resumed, failed: b.failed - a.failed, requests, keylessSigns: b.keylessSigns - a.keylessSigns };
+}
+
+export function sumValues(r: Readonly<Record<string, number>>): number {
+  return Object.values(r).reduce((a, b) => a + b, 0);
+}

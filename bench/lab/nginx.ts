@@ -1,0 +1,346 @@
+/**
+ * nginx as the reference TLS terminator of bench/handshake/main.ts, in three ways
+ * of holding the same keys:
+ *   file     the key as a PEM file (`ssl_certificate_key key.pem`), the usual
+ *            deployment;
+ *   engine   the key in the same SoftHSM2 token the key server uses, through
+ *            OpenSSL's pkcs11 engine (libp11, Debian libengine-pkcs11-openssl):
+ *            `ssl_engine pkcs11;` and `ssl_certificate_key
+ *            engine:pkcs11:pkcs11:token=…;object=…;type=private`, with an
+ *            OPENSSL_CONF that loads the engine with MODULE_PATH = SoftHSM2;
+ *   p11kit   the same engine with MODULE_PATH = p11-kit-client.so, talking to
+ *            `p11-kit server` (Debian p11-kit + p11-kit-modules) over a unix
+ *            socket (P11_KIT_SERVER_ADDRESS), which holds the token: the key
+ *            behind a local socket, the deployment the keyless proxy competes
+ *            with.
+ *
+ * Every nginx runs `master_process off` (one process that is the worker, the
+ * equivalent of worker_processes 1): libp11 does not survive nginx's fork of
+ * the worker after the master loaded the key (the worker's first signature
+ * fails with CKR_CRYPTOKI_NOT_INITIALIZED or CKR_OBJECT_HANDLE_INVALID; libp11
+ * issues #156, #195), and the file variant runs the same way so the three
+ * compare. Each nginx is started with `-c <tmp>/nginx-<variant>.conf -g
+ * 'daemon off;'` as its own process group (never the system service), with a
+ * plain-HTTP `stub_status` listener from which the bench reads its connection
+ * counters.
+ *
+ * The user PIN reaches libp11 through the engine section of the variant's
+ * OPENSSL_CONF (`PIN = …`): a file in the bench's temp dir, mode 0600, never
+ * on a command line, in the environment or in a log.
+ */
+import { aptInstall, which } from '../harness/install.js';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { HandshakeKey } from '../handshake/lab.js';
+import { httpGet, type ManagedProcess, spawnManaged } from '../harness/spawn.js';
+
+export type NginxVariant = 'file' | 'engine' | 'p11kit';
+
+export const NGINX_VARIANTS: readonly NginxVariant[] = ['file', 'engine', 'p11kit'];
+
+/** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64). */
+const ENGINE_CANDIDATES = ['/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so', '/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so', '/usr/lib64/engines-3/pkcs11.so'];
+const P11KIT_CLIENT_CANDIDATES = [
+  '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so',
+  '/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so',
+  '/usr/lib64/pkcs11/p11-kit-client.so',
+];
+const DEBIAN_PACKAGES = ['nginx', 'libengine-pkcs11-openssl', 'p11-kit', 'p11-kit-modules'];
+
+export interface NginxTools {
+  readonly nginx: string;
+  readonly version: string | undefined;
+  readonly engine: string | undefined;
+  readonly p11kit: string | undefined;
+  readonly p11kitClient: string | undefined;
+}
+
+function findTools(): NginxTools | undefined {
+  const nginx = which('nginx');
+  if (nginx === undefined) return undefined;
+  let version: string | undefined;
+  try {
+    // nginx -v prints to stderr.
+    version = /nginx\/(\S+)/.exec(execFileSync('sh', ['-c', `${nginx} -v 2>&1`], { encoding: 'utf8', timeout: 5000 }))?.[1];
+  } catch {
+    version = undefined;
+  }
+  return {
+    nginx,
+    version,
+    engine: ENGINE_CANDIDATES.find((p) => existsSync(p)),
+    p11kit: which('p11-kit'),
+    p11kitClient: P11KIT_CLIENT_CANDIDATES.find((p) => existsSync(p)),
+  };
+}
+
+/** What each variant needs, or why it cannot run. */
+export function variantSkipReason(tools: NginxTools | undefined, variant: NginxVariant): string | undefined {
+  if (tools === undefined) return 'nginx is not installed (apt-get install -y nginx)';
+  if (variant === 'file') return undefined;
+  if (tools.engine === undefined) return 'the pkcs11 engine is not installed (apt-get install -y libengine-pkcs11-openssl)';
+  if (variant === 'p11kit' && (tools.p11kit === undefined || tools.p11kitClient === undefined))
+    return 'p11-kit is not installed (apt-get install -y p11-kit p11-kit-modules)';
+  return undefined;
+}
+
+/**
+ * Finds nginx, libp11's engine and p11-kit; when some are missing and
+ * `install` is set, installs the Debian packages not installed yet
+ * (harness/install.ts) and stops the system nginx the package may start, so
+ * the only nginx running is the bench's own. Undefined when nginx is still
+ * missing (the caller marks its scenarios skipped), after logging why.
+ */
+export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
+  const found = findTools();
+  const complete = found !== undefined && NGINX_VARIANTS.every((v) => variantSkipReason(found, v) === undefined);
+  if (complete || !install) return found;
+  const failed = aptInstall(DEBIAN_PACKAGES, log, ['nginx']);
+  if (failed !== undefined) log(`nginx scenarios: ${failed}; skipping what cannot run`);
+  return findTools();
+}
+
+export interface NginxTokenAccess {
+  /** The key server's SoftHSM2 configuration (the token's object directory). */
+  readonly softhsmConf: string;
+  readonly softhsmModule: string;
+  readonly tokenLabel: string;
+  /** File holding the user PIN (mode 0600, in the temp dir). */
+  readonly pinFile: string;
+}
+
+export interface NginxKeyFiles {
+  readonly key: HandshakeKey;
+  /** Certificate chain of the token key (engine, p11kit). */
+  readonly tokenChain: string;
+  /** Token object label of the key (CKA_LABEL). */
+  readonly tokenLabel: string;
+  /** Certificate chain and PEM key of the file variant. */
+  readonly fileChain: string;
+  readonly fileKey: string;
+}
+
+export interface NginxInstance {
+  readonly variant: NginxVariant;
+  readonly port: number;
+  readonly statusPort: number;
+  readonly configPath: string;
+  process: ManagedProcess | undefined;
+}
+
+export interface NginxStatus {
+  /** Connections accepted and handled, requests served, since start (all listeners, the status ones included). */
+  readonly accepts: number;
+  readonly handled: number;
+  readonly requests: number;
+}
+
+/** `stub_status` text: "Active connections: N \n server accepts handled requests\n A H R \n…". */
+export function parseStubStatus(text: string): NginxStatus {
+  const m = /accepts handled requests\s*\n\s*(\d+)\s+(\d+)\s+(\d+)/.exec(text);
+  if (m === null) throw new Error(`not a stub_status answer: ${text.slice(0, 120)}`);
+  return { accepts: Number(m[1]), handled: Number(m[2]), requests: Number(m[3]) };
+}
+
+export async function readNginxStatus(statusPort: number): Promise<NginxStatus> {
+  const { status, body } = await httpGet(`http://127.0.0.1:${statusPort}/status`, 10_000);
+  if (status !== 200) throw new Error(`nginx status :${statusPort} answered ${status}`);
+  return parseStubStatus(body);
+}
+
+/** Mozilla "intermediate" (v5.7) TLS 1.2 ciphers, the proxy's intermediate profile; TLS 1.3 suites are OpenSSL's defaults. */
+const INTERMEDIATE_CIPHERS =
+  'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305';
+
+export interface NginxLabOptions {
+  readonly dir: string;
+  readonly tools: NginxTools;
+  readonly variants: readonly NginxVariant[];
+  readonly keys: readonly NginxKeyFiles[];
+  readonly token: NginxTokenAccess;
+  readonly originPort: number;
+  readonly ports: Readonly<Record<NginxVariant, { port: number; statusPort: number }>>;
+  readonly cpus: string | undefined;
+  /** Access log on (one line per request, like the proxy at info) or off. */
+  readonly accessLog: boolean;
+}
+
+/**
+ * The nginx variants and the p11-kit server. `start()` writes the configs and
+ * starts what the variants need; `stop()` / `kill()` end them. Not reentrant:
+ * one start, one stop.
+ */
+export class NginxLab {
+  readonly options: NginxLabOptions;
+  readonly instances: ReadonlyMap<NginxVariant, NginxInstance>;
+  readonly p11kitSocket: string;
+  p11kitServer: ManagedProcess | undefined;
+
+  constructor(options: NginxLabOptions) {
+    this.options = options;
+    this.p11kitSocket = join(options.dir, 'p11kit.sock');
+    const instances = new Map<NginxVariant, NginxInstance>();
+    for (const variant of options.variants) {
+      instances.set(variant, { variant, ...options.ports[variant], configPath: join(options.dir, `nginx-${variant}.conf`), process: undefined });
+    }
+    this.instances = instances;
+  }
+
+  /** Writes the OpenSSL config that loads libp11 with `module` and the user PIN; mode 0600. */
+  #opensslConf(name: string, module: string): string {
+    const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
+    const path = join(this.options.dir, name);
+    writeFileSync(
+      path,
+      [
+        'openssl_conf = openssl_init',
+        '[openssl_init]',
+        'engines = engine_section',
+        '[engine_section]',
+        'pkcs11 = pkcs11_section',
+        '[pkcs11_section]',
+        'engine_id = pkcs11',
+        `dynamic_path = ${this.options.tools.engine}`,
+        `MODULE_PATH = ${module}`,
+        `PIN = ${pin}`,
+        // nginx's ssl_engine initialises it; loading the config must not.
+        'init = 0',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    return path;
+  }
+
+  #nginxConf(instance: NginxInstance): string {
+    const { dir, keys, originPort, accessLog } = this.options;
+    const tmp = join(dir, `nginx-${instance.variant}-tmp`);
+    mkdirSync(tmp, { recursive: true, mode: 0o700 });
+    const servers = keys.map((k) => {
+      const keyRef =
+        instance.variant === 'file'
+          ? k.fileKey
+          : `engine:pkcs11:pkcs11:token=${encodeURIComponent(this.options.token.tokenLabel)};object=${encodeURIComponent(k.tokenLabel)};type=private`;
+      return [
+        '  server {',
+        // http2: ALPN h2 for the alpn-h2 kind (nginx 1.22 syntax; `http2 on` from 1.25.1); ab offers no ALPN and gets HTTP/1.1.
+        `    listen 127.0.0.1:${instance.port} ssl http2;`,
+        `    server_name ${k.key.serverName};`,
+        `    ssl_certificate ${instance.variant === 'file' ? k.fileChain : k.tokenChain};`,
+        `    ssl_certificate_key "${keyRef}";`,
+        '    location / {',
+        '      proxy_pass http://origin;',
+        '      proxy_http_version 1.1;',
+        '      proxy_set_header Connection "";',
+        '      proxy_set_header Host $host;',
+        '      proxy_set_header X-Forwarded-For $remote_addr;',
+        '      proxy_set_header X-Forwarded-Proto https;',
+        '    }',
+        '  }',
+      ].join('\n');
+    });
+    return [
+      `# Written by bench/handshake/main.ts: nginx ${instance.variant} variant.`,
+      // One process: see the module comment (libp11 and fork).
+      'master_process off;',
+      'worker_processes 1;',
+      `pid ${join(dir, `nginx-${instance.variant}.pid`)};`,
+      `error_log ${join(dir, `nginx-${instance.variant}-error.log`)} warn;`,
+      ...(instance.variant === 'file' ? [] : ['ssl_engine pkcs11;']),
+      'events { worker_connections 4096; }',
+      'http {',
+      accessLog ? `  access_log ${join(dir, `nginx-${instance.variant}-access.log`)};` : '  access_log off;',
+      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${tmp}/${t};`),
+      '  ssl_protocols TLSv1.2 TLSv1.3;',
+      `  ssl_ciphers ${INTERMEDIATE_CIPHERS};`,
+      '  ssl_prefer_server_ciphers off;',
+      // Resumption by session tickets (stateless), as the proxy: nginx's own ticket key, one process.
+      '  ssl_session_tickets on;',
+      '  ssl_session_timeout 1h;',
+      // Keep-alive connections to the origin, as the proxy's undici pool.
+      `  upstream origin { server 127.0.0.1:${originPort}; keepalive 64; }`,
+      ...servers,
+      `  server { listen 127.0.0.1:${instance.statusPort}; access_log off; location = /status { stub_status; } }`,
+      '}',
+      '',
+    ].join('\n');
+  }
+
+  /** Starts the p11-kit server (when a variant needs it) and every nginx; resolves once each answers its status port. */
+  async start(log: (line: string) => void): Promise<void> {
+    const { tools, token, dir, cpus } = this.options;
+    const baseEnv = { SOFTHSM2_CONF: token.softhsmConf };
+    if (this.instances.has('p11kit')) {
+      // -f: foreground, so it is our child and its process group; it forks one p11-kit-remote per client connection.
+      this.p11kitServer = spawnManaged(
+        'p11-kit server',
+        [tools.p11kit!, 'server', '-f', '-n', this.p11kitSocket, '--provider', token.softhsmModule, `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`],
+        join(dir, 'p11kit-server.log'),
+        cpus,
+        dir,
+        baseEnv,
+      );
+      await waitUntil('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
+    }
+    for (const instance of this.instances.values()) {
+      writeFileSync(instance.configPath, this.#nginxConf(instance));
+      const env: Record<string, string> =
+        instance.variant === 'file'
+          ? {}
+          : instance.variant === 'engine'
+            ? { ...baseEnv, OPENSSL_CONF: this.#opensslConf('openssl-engine.cnf', token.softhsmModule) }
+            : { OPENSSL_CONF: this.#opensslConf('openssl-p11kit.cnf', tools.p11kitClient!), P11_KIT_SERVER_ADDRESS: `unix:path=${this.p11kitSocket}` };
+      instance.process = spawnManaged(
+        `nginx ${instance.variant}`,
+        [tools.nginx, '-c', instance.configPath, '-e', join(dir, `nginx-${instance.variant}-error.log`), '-g', 'daemon off;'],
+        join(dir, `nginx-${instance.variant}.log`),
+        cpus,
+        dir,
+        env,
+      );
+      const statusPort = instance.statusPort;
+      await waitUntil(
+        `nginx ${instance.variant}`,
+        async () =>
+          await readNginxStatus(statusPort).then(
+            () => true,
+            () => false,
+          ),
+        15_000,
+        instance.process,
+        join(dir, `nginx-${instance.variant}-error.log`),
+      );
+    }
+    log(
+      `nginx ${tools.version ?? '?'}: ${[...this.instances.values()].map((i) => `${i.variant} pid ${i.process?.pid} :${i.port}`).join(', ')}` +
+        (this.p11kitServer === undefined ? '' : `; p11-kit server pid ${this.p11kitServer.pid}`),
+    );
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.instances.values()].map((i) => i.process?.stop(5000)));
+    await this.p11kitServer?.stop(5000);
+  }
+
+  /** SIGKILL to every process group started; synchronous. */
+  kill(): void {
+    for (const i of this.instances.values()) i.process?.kill();
+    this.p11kitServer?.kill();
+  }
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, proc: ManagedProcess, errorLog?: string): Promise<void> {
+  const started = Date.now();
+  const detail = () => {
+    let text = `\n--- ${proc.logFile} ---\n${proc.tail()}`;
+    if (errorLog !== undefined && existsSync(errorLog)) text += `\n--- ${errorLog} ---\n${readFileSync(errorLog, 'utf8').split('\n').slice(-15).join('\n')}`;
+    return text;
+  };
+  for (;;) {
+    if (await check()) return;
+    if (proc.exited()) throw new Error(`${what}: the process exited${detail()}`);
+    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${detail()}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
