@@ -34,6 +34,7 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_CERT_NOT_FOUND: 'no certificate store entry of that name',
   KEYEDGE_ERR_CERT_EXISTS: "the store entry already exists, or the name is a config certificate's",
   KEYEDGE_ERR_CERT_STORE: 'the store directory cannot be read or written, or an entry name or its metadata is invalid',
+  KEYEDGE_ERR_ACME: 'an ACME exchange failed: the CA unreachable or slow, a problem document (its type), a failed validation',
 } as const;
 export type KeyedgeErrorCode = keyof typeof ERROR_CODES;
 

@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
 import { definedOnly } from './schema-kit.js';
-import { PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyFile } from './proxy-schema.js';
+import { type AcmeConfig, PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyFile } from './proxy-schema.js';
 
 /** `source` of a config built without a file. */
 export const DEFAULTS_SOURCE = '(defaults)';
@@ -369,6 +369,24 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
+    acme: c.acme === undefined || c.acme === null ? D.acme : resolveAcme(c.acme, fromConfigDir),
+  };
+}
+
+function resolveAcme(a: NonNullable<ProxyFile['acme']>, fromConfigDir: (p: string) => string): AcmeConfig {
+  const D = PROXY_DEFAULTS.acmeDefaults;
+  return {
+    directory: a.directory,
+    caBundle: typeof a.caBundle === 'string' ? fromConfigDir(a.caBundle) : D.caBundle,
+    contact: [...(a.contact ?? D.contact)],
+    eab: a.eab === undefined || a.eab === null ? D.eab : { kid: a.eab.kid, hmacKeyFile: fromConfigDir(a.eab.hmacKeyFile) },
+    challenges: [...(a.challenges ?? D.challenges)],
+    keyType: a.keyType ?? D.keyType,
+    keyserverConfig: typeof a.keyserverConfig === 'string' ? fromConfigDir(a.keyserverConfig) : D.keyserverConfig,
+    profile: a.profile ?? D.profile,
+    timeoutMs: a.timeoutMs ?? D.timeoutMs,
+    orderTimeoutSeconds: a.orderTimeoutSeconds ?? D.orderTimeoutSeconds,
+    renewal: { ...D.renewal, ...definedOnly(a.renewal ?? {}) },
   };
 }
 

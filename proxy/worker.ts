@@ -33,6 +33,7 @@ import { handleExpectations } from './http/expect.js';
 import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
+import type { ChallengeAnswers } from './acme/challenges.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { startKeylessBridge } from './keyless/bridge.js';
@@ -87,6 +88,8 @@ export interface WorkerOptions {
   readonly initial?: ServingDelta;
   /** Where keys come from (embedding, benchmarks); defaults to the keyless bridge to `config.keyserver`. Not a config key. */
   readonly keySource?: KeySource;
+  /** The ACME issuer's HTTP-01 tokens, kept current by the cluster primary (acme/challenges.ts). */
+  readonly challenges?: ChallengeAnswers;
 }
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
@@ -306,7 +309,15 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    const redirectHandler = createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
+    const redirectHandler = createRedirectHandler({
+      domains: () => state.domains,
+      pools,
+      trustedPeers,
+      httpsPort: ports[0] ?? 443,
+      log,
+      metrics,
+      ...(options.challenges === undefined ? {} : { challenges: options.challenges }),
+    });
     redirect = http.createServer(redirectHandler);
     handleExpectations(redirect, redirectHandler);
     redirect.on('clientError', answerClientError);

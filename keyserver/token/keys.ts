@@ -216,6 +216,22 @@ export function findKeyById(token: Token, keyId: string): TokenKey | undefined {
   return listKeys(token).find((key) => key.keyId === keyId);
 }
 
+/**
+ * Destroys a key (its private object and every object sharing its CKA_ID, the
+ * public twin): what a renewal does with the previous certificate's key once
+ * its grace period is over. Returns the key as it was.
+ */
+export function deleteKey(token: Token, labelOrId: string): TokenKey {
+  const key = findKey(token, labelOrId);
+  const id = tokenCall('C_GetAttributeValue', () => token.pkcs11.C_GetAttributeValue(token.management, key.privateHandle, [{ type: pkcs11js.CKA_ID }]))[0]
+    ?.value as Buffer | undefined;
+  const twins = id === undefined || id.length === 0 ? [] : findObjects(token, [{ type: pkcs11js.CKA_ID, value: id }]);
+  for (const handle of new Set([key.privateHandle, ...twins])) {
+    tokenCall('C_DestroyObject', () => token.pkcs11.C_DestroyObject(token.management, handle));
+  }
+  return key;
+}
+
 /** Sign-only, non-extractable, sensitive: the policy of every private key we create. */
 function privateKeyPolicy(): pkcs11js.Template {
   return [
