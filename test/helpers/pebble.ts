@@ -21,7 +21,11 @@ export interface Pebble {
   readonly directory: string;
   /** Pebble's own HTTPS certificate, to trust for the directory. */
   readonly tlsCaFile: string;
+  /** Its key, for a front that impersonates it (acme-fault-front.ts). */
+  readonly tlsKeyFile: string;
   readonly managementPort: number;
+  /** The DNS server's answer for `host` becomes `address` (pebble-challtestsrv's /add-a). */
+  addA(host: string, address: string): Promise<void>;
   /** The root that issued every certificate, as a PEM file (from /roots/0). */
   rootFile(): Promise<string>;
   /** Orders pebble logged as created so far. */
@@ -129,7 +133,12 @@ export async function startPebble(dir: string, httpPort: number, env: Record<str
   return {
     directory,
     tlsCaFile: cert,
+    tlsKeyFile: key,
     managementPort: management,
+    async addA(host, address) {
+      const res = await fetch(`http://127.0.0.1:${dnsManagement}/add-a`, { method: 'POST', body: JSON.stringify({ host, addresses: [address] }) });
+      if (res.status !== 200) throw new Error(`challtestsrv add-a answered ${res.status}`);
+    },
     async rootFile() {
       const root = await get(`https://127.0.0.1:${management}/roots/0`);
       const file = join(dir, 'pebble-root.pem');
