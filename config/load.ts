@@ -387,6 +387,16 @@ function resolveAcme(a: NonNullable<ProxyFile['acme']>, fromConfigDir: (p: strin
     timeoutMs: a.timeoutMs ?? D.timeoutMs,
     orderTimeoutSeconds: a.orderTimeoutSeconds ?? D.orderTimeoutSeconds,
     renewal: { ...D.renewal, ...definedOnly(a.renewal ?? {}) },
+    onDemand:
+      a.onDemand === undefined || a.onDemand === null
+        ? D.onDemand
+        : {
+            ...PROXY_DEFAULTS.onDemandDefaults,
+            ...definedOnly(a.onDemand),
+            ask: a.onDemand.ask ?? null,
+            cnameTarget: a.onDemand.cnameTarget ?? null,
+            resolver: a.onDemand.resolver ?? null,
+          },
   };
 }
 

@@ -124,6 +124,24 @@ export interface AcmeConfig {
     /** The previous key is deleted from the token this long after the new certificate serves. */
     readonly keyGraceSeconds: number;
   };
+  /** Certificates for names first seen in a handshake (proxy/acme/on-demand.ts); null: off. */
+  readonly onDemand: OnDemandConfig | null;
+}
+
+export interface OnDemandConfig {
+  /** Asked `GET ask?domain=NAME` before any order: 2xx allows; anything else, a failure or a timeout refuses. null: no ask. */
+  readonly ask: string | null;
+  readonly askTimeoutMs: number;
+  /** With a name: the name's CNAME must be this (the edge's own name). null: no DNS check. */
+  readonly cnameTarget: string | null;
+  /** DNS server `host:port` for the CNAME check; null: the system's. */
+  readonly resolver: string | null;
+  /** A refused name is not asked about again for this long. */
+  readonly refusedSeconds: number;
+  readonly maxOrdersPerHour: number;
+  readonly maxOrdersPerDomainPerHour: number;
+  /** Names being checked (ask, DNS) at once; more are dropped, so a flood costs bounded work. */
+  readonly maxPendingChecks: number;
 }
 
 export interface ProxyDomain {
@@ -233,6 +251,22 @@ export const PROXY_DEFAULTS = Object.freeze({
       // an operator's rollback of the store entry.
       keyGraceSeconds: 86_400,
     }),
+    // Off: issuing for any name a handshake brings needs the operator's allow-list (ask) or DNS check.
+    onDemand: null,
+  }),
+  onDemandDefaults: Object.freeze({
+    ask: null,
+    // The ask endpoint is the operator's own service: two seconds is slow for it; on failure the name is refused.
+    askTimeoutMs: 2_000,
+    cnameTarget: null,
+    resolver: null,
+    // An hour: a flood of refused names is checked once per name per hour.
+    refusedSeconds: 3_600,
+    // Let's Encrypt allows 300 new orders per 3 hours per account; 100 an hour in all, 10 per registered domain
+    // (its 50 per week per domain), leaves room for renewals and stops a wildcard CNAME flood early.
+    maxOrdersPerHour: 100,
+    maxOrdersPerDomainPerHour: 10,
+    maxPendingChecks: 16,
   }),
   limits: Object.freeze({
     // nginx's large_client_header_buffers default (4 × 8 KiB) is the practical
@@ -515,6 +549,24 @@ export const proxyFileSchema = strict(
           },
           'an object',
         ).optional(),
+        onDemand: strict(
+          {
+            ask: z
+              .url({ protocol: /^https?$/, error: 'expected an http(s) URL' })
+              .nullable()
+              .optional(),
+            askTimeoutMs: intIn(100, 60_000).optional(),
+            cnameTarget: z.string().regex(HOST_NAME, { error: 'expected a lower-case DNS name' }).nullable().optional(),
+            resolver: text('a DNS server "host:port"').nullable().optional(),
+            refusedSeconds: intIn(1, 604_800).optional(),
+            maxOrdersPerHour: intIn(1, 100_000).optional(),
+            maxOrdersPerDomainPerHour: intIn(1, 100_000).optional(),
+            maxPendingChecks: intIn(1, 1_000).optional(),
+          },
+          'an object, or null',
+        )
+          .nullable()
+          .optional(),
       },
       'an object { "directory", … }, or null',
     )

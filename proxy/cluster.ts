@@ -38,6 +38,7 @@ import { watchForChanges } from './serving/watch.js';
 import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
 import { boardAppliedGeneration, boardAppliedMessage, type BoardMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
 import { type RunningAcme, startAcme } from './acme/service.js';
+import { wantedName } from './acme/on-demand.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
@@ -269,6 +270,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
         ticketsApplied.set(worker, Number((message as { generation?: unknown }).generation));
         for (const wake of ticketWaiters) wake();
+      } else if (wantedName(message) !== undefined) {
+        void acme?.onDemand?.wanted(wantedName(message) ?? '');
       } else if (boardAppliedGeneration(message) !== undefined) {
         boardApplied.set(worker, boardAppliedGeneration(message) ?? -1);
         for (const wake of boardWaiters) wake();

@@ -164,6 +164,7 @@ export interface AcmeMetrics {
   readonly orders: Counter<'result'>;
   readonly renewals: Counter<'result' | 'problem'>;
   readonly keysDeleted: Counter;
+  readonly onDemand: Counter<'outcome'>;
 }
 
 /** The primary's ACME metrics (proxy/acme/): orders, renewal attempts by outcome, retired keys deleted, certificates failing now. */
@@ -193,6 +194,12 @@ export function registerAcmeMetrics(registry: Registry, failing: () => number): 
     keysDeleted: new Counter({
       name: `${PREFIX}acme_keys_deleted_total`,
       help: 'Previous certificate keys deleted from the token after their grace period.',
+      registers,
+    }),
+    onDemand: new Counter({
+      name: `${PREFIX}acme_on_demand_total`,
+      help: 'Names first seen in a handshake, by what on-demand issuance decided (ordered, refused, remembered: refused before, rate_limited, busy: too many checks at once, ignored).',
+      labelNames: ['outcome'] as const,
       registers,
     }),
   };

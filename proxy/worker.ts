@@ -34,6 +34,7 @@ import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
 import type { ChallengeAnswers } from './acme/challenges.js';
+import { missReporter, wantedMessage } from './acme/on-demand.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { startKeylessBridge } from './keyless/bridge.js';
@@ -275,13 +276,18 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     if (withDefault) noSniServers.push({ profile, server });
     return server;
   };
+  const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
   for (const listener of config.listen) {
     const withoutSni = httpsServer(listener.profile, true);
     const front = createTlsFront({
       withSni: httpsServer(listener.profile, false),
       withoutSni,
       hasDefault: () => state.noSni !== undefined,
-      acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
+      acceptsName: (name) => {
+        // A name no certificate covers may be one a customer just pointed here: on-demand issuance is asked (never waited for).
+        if (reportMiss !== undefined && selectByName(state.sni, name, undefined) === undefined) reportMiss(name.toLowerCase());
+        return selectByName(state.sni, name, state.fallback) !== undefined;
+      },
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
       onHelloTimeout: () => metrics.handshakes.inc({ result: 'timeout', tls_version: 'none', resumed: 'false' }),

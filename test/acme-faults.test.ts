@@ -6,7 +6,7 @@ import { curl } from './helpers/clients.js';
 import { CLI, REPO, sleep } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type Pebble, startPebble } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
 import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
@@ -62,24 +62,29 @@ beforeAll(async () => {
   mkdirSync(pebbleDir);
   pebble = await startPebble(pebbleDir, httpPort);
   front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
-  proxy = await startClusterProxy(lab, 'acme', (p) =>
-    storeProxyConfig(lab, p, {
-      httpRedirect: { host: '127.0.0.1', port: httpPort },
-      domains: [{ name: '*.fault.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-      acme: {
-        directory: front.directory,
-        caBundle: pebble.tlsCaFile,
-        keyserverConfig,
-        timeoutMs: 2_000,
-        orderTimeoutSeconds: 60,
-        renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
-      },
-    }),
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.fault.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: front.directory,
+          caBundle: pebble.tlsCaFile,
+          keyserverConfig,
+          timeoutMs: 2_000,
+          orderTimeoutSeconds: 60,
+          renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
+        },
+      }),
+    {},
+    90_000,
   );
   root = await pebble.rootFile();
   const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME] }));
   expect(issued.status, issued.text).toBe(200);
-}, 120_000);
+}, 180_000);
 
 afterAll(async () => {
   await proxy?.stop();

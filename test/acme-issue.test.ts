@@ -34,21 +34,26 @@ beforeAll(async () => {
   const pebbleDir = join(lab.dir, 'pebble');
   mkdirSync(pebbleDir);
   pebble = await startPebble(pebbleDir, httpPort);
-  proxy = await startClusterProxy(lab, 'acme', (p) =>
-    storeProxyConfig(lab, p, {
-      httpRedirect: { host: '127.0.0.1', port: httpPort },
-      domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-      acme: {
-        directory: pebble.directory,
-        caBundle: pebble.tlsCaFile,
-        contact: ['mailto:ops@acme.test'],
-        keyserverConfig,
-        orderTimeoutSeconds: 60,
-        timeoutMs: 10_000,
-      },
-    }),
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: pebble.directory,
+          caBundle: pebble.tlsCaFile,
+          contact: ['mailto:ops@acme.test'],
+          keyserverConfig,
+          orderTimeoutSeconds: 60,
+          timeoutMs: 10_000,
+        },
+      }),
+    {},
+    90_000,
   );
-}, 90_000);
+}, 150_000);
 
 afterAll(async () => {
   await proxy?.stop();

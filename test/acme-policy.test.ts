@@ -128,7 +128,10 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
     state.state.certificates['ari.example'] = { domains: ['ari.example'], keyId: 'k1', failures: 0 };
     const orders: IssueRequest[] = [];
     const issuer = {
-      issue: async (request: IssueRequest) => (orders.push(request), { keyId: 'k2', chainPem: leaf.certPem, newKey: true }),
+      issue: async (request: IssueRequest) => {
+        orders.push(request);
+        return { keyId: 'k2', chainPem: leaf.certPem, newKey: true };
+      },
     } as unknown as AcmeIssuer;
     const manager = new CertificateManager({
       config: acme,

@@ -40,20 +40,25 @@ beforeAll(async () => {
   const pebbleDir = join(lab.dir, 'pebble');
   mkdirSync(pebbleDir);
   pebble = await startPebble(pebbleDir, httpPort);
-  proxy = await startClusterProxy(lab, 'acme', (p) =>
-    storeProxyConfig(lab, p, {
-      httpRedirect: { host: '127.0.0.1', port: httpPort },
-      domains: [{ name: '*.renew.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-      acme: {
-        directory: pebble.directory,
-        caBundle: pebble.tlsCaFile,
-        keyserverConfig,
-        orderTimeoutSeconds: 60,
-        renewal: { checkSeconds: 1, keyGraceSeconds: 2 },
-      },
-    }),
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.renew.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: pebble.directory,
+          caBundle: pebble.tlsCaFile,
+          keyserverConfig,
+          orderTimeoutSeconds: 60,
+          renewal: { checkSeconds: 1, keyGraceSeconds: 2 },
+        },
+      }),
+    {},
+    90_000,
   );
-}, 90_000);
+}, 150_000);
 
 afterAll(async () => {
   await proxy?.stop();

@@ -61,6 +61,11 @@ export class CertificateManager {
     clearInterval(this.#timer);
   }
 
+  /** Whether `name` has a managed entry of its own (on-demand asks before ordering). */
+  isManaged(name: string): boolean {
+    return this.#deps.state.state.certificates[entryNameFor([name])] !== undefined;
+  }
+
   get failing(): number {
     return Object.values(this.#deps.state.state.certificates).filter((c) => c.failures > 0).length;
   }

@@ -17,6 +17,7 @@ import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
 import { AcmeIssuer } from './issuer.js';
 import { CertificateManager } from './maintain.js';
+import { OnDemandGate } from './on-demand.js';
 import { StateFile } from './state.js';
 import { cliTokenKeys, type TokenKeys } from './token-keys.js';
 import { readFileSync } from 'node:fs';
@@ -40,6 +41,8 @@ export interface AcmeDeps {
 export interface RunningAcme {
   readonly manager: CertificateManager;
   readonly board: ChallengeBoard;
+  /** Present when `acme.onDemand` is configured. */
+  readonly onDemand: OnDemandGate | undefined;
   stop(): void;
 }
 
@@ -80,8 +83,19 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     },
   });
   manager.start();
+  const running = manager;
+  const onDemand =
+    acme.onDemand === null
+      ? undefined
+      : new OnDemandGate({
+          config: acme.onDemand,
+          log,
+          isManaged: (name) => running.isManaged(name),
+          order: (name) => void running.issue([name]).catch(() => undefined),
+          onOutcome: (outcome) => metrics.onDemand.inc({ outcome }),
+        });
   log.info({ directory: acme.directory, managed: Object.keys(state.state.certificates).length }, 'ACME issuer started');
-  return { manager, board, stop: () => manager?.stop() };
+  return { manager, board, onDemand, stop: () => manager?.stop() };
 }
 
 const UNSIGNED = {

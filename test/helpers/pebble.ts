@@ -26,6 +26,10 @@ export interface Pebble {
   readonly managementPort: number;
   /** The DNS server's answer for `host` becomes `address` (pebble-challtestsrv's /add-a). */
   addA(host: string, address: string): Promise<void>;
+  /** `host` gets a CNAME to `target` (pebble-challtestsrv's /set-cname). */
+  setCname(host: string, target: string): Promise<void>;
+  /** The DNS server (`127.0.0.1:PORT`), for the proxy's CNAME check. */
+  readonly dnsServer: string;
   /** The root that issued every certificate, as a PEM file (from /roots/0). */
   rootFile(): Promise<string>;
   /** Orders pebble logged as created so far. */
@@ -135,6 +139,11 @@ export async function startPebble(dir: string, httpPort: number, env: Record<str
     tlsCaFile: cert,
     tlsKeyFile: key,
     managementPort: management,
+    dnsServer: `127.0.0.1:${dns}`,
+    async setCname(host, target) {
+      const res = await fetch(`http://127.0.0.1:${dnsManagement}/set-cname`, { method: 'POST', body: JSON.stringify({ host, target }) });
+      if (res.status !== 200) throw new Error(`challtestsrv set-cname answered ${res.status}`);
+    },
     async addA(host, address) {
       const res = await fetch(`http://127.0.0.1:${dnsManagement}/add-a`, { method: 'POST', body: JSON.stringify({ host, addresses: [address] }) });
       if (res.status !== 200) throw new Error(`challtestsrv add-a answered ${res.status}`);
