@@ -10,8 +10,10 @@
  * to-be-signed bytes here and the holder signs the digest.
  */
 import { createHash, createPublicKey, webcrypto } from 'node:crypto';
-import type { HashName } from '../protocol/constants.js';
 import * as x509 from './x509.js';
+
+/** The hashes a CSR is signed with (the protocol's names for them). */
+export type HashName = 'sha256' | 'sha384' | 'sha512';
 
 /** Signs `digest` (of `hash`); resolves with the signature as WebCrypto returns it: r || s for ECDSA, the plain signature for RSA. */
 export type CsrSigner = (hash: HashName, digest: Buffer) => Promise<Buffer>;
