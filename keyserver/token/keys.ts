@@ -226,7 +226,9 @@ export function deleteKey(token: Token, labelOrId: string): TokenKey {
   const id = tokenCall('C_GetAttributeValue', () => token.pkcs11.C_GetAttributeValue(token.management, key.privateHandle, [{ type: pkcs11js.CKA_ID }]))[0]
     ?.value as Buffer | undefined;
   const twins = id === undefined || id.length === 0 ? [] : findObjects(token, [{ type: pkcs11js.CKA_ID, value: id }]);
-  for (const handle of new Set([key.privateHandle, ...twins])) {
+  // Handles are Buffers: the private key is among its twins, so they are told apart by value.
+  const handles = new Map([key.privateHandle, ...twins].map((h) => [Buffer.from(h).toString('hex'), h]));
+  for (const handle of handles.values()) {
     tokenCall('C_DestroyObject', () => token.pkcs11.C_DestroyObject(token.management, handle));
   }
   return key;
