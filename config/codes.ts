@@ -35,6 +35,7 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_CERT_EXISTS: "the store entry already exists, or the name is a config certificate's",
   KEYEDGE_ERR_CERT_STORE: 'the store directory cannot be read or written, or an entry name or its metadata is invalid',
   KEYEDGE_ERR_STORE_UNAVAILABLE: "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state",
+  KEYEDGE_ERR_ACME: 'an ACME exchange failed: the CA unreachable or slow, a problem document (its type), a failed validation',
 } as const;
 export type KeyedgeErrorCode = keyof typeof ERROR_CODES;
 

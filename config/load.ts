@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
 import { definedOnly } from './schema-kit.js';
-import { type domainSchema, PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyDomain, type ProxyFile } from './proxy-schema.js';
+import { type AcmeConfig, type domainSchema, PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyDomain, type ProxyFile } from './proxy-schema.js';
 
 /** `source` of a config built without a file. */
 export const DEFAULTS_SOURCE = '(defaults)';
@@ -381,6 +381,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
                 : { username: c.etcd.auth.username, passwordFile: fromConfigDir(c.etcd.auth.passwordFile) },
             timeoutMs: c.etcd.timeoutMs ?? D.etcdSettings.timeoutMs,
           },
+    acme: c.acme === undefined || c.acme === null ? D.acme : resolveAcme(c.acme, fromConfigDir),
   };
 }
 
@@ -397,6 +398,33 @@ export function resolveDomain(d: z.output<typeof domainSchema>, baseDir: string)
     originTls: { ca: d.originTls?.ca === undefined ? null : path.resolve(baseDir, d.originTls.ca), servername: d.originTls?.servername ?? null },
     maxBodyBytes: d.maxBodyBytes ?? null,
     hsts: { includeSubDomains: d.hsts?.includeSubDomains ?? false, preload: d.hsts?.preload ?? false },
+  };
+}
+
+function resolveAcme(a: NonNullable<ProxyFile['acme']>, fromConfigDir: (p: string) => string): AcmeConfig {
+  const D = PROXY_DEFAULTS.acmeDefaults;
+  return {
+    directory: a.directory,
+    caBundle: typeof a.caBundle === 'string' ? fromConfigDir(a.caBundle) : D.caBundle,
+    contact: [...(a.contact ?? D.contact)],
+    eab: a.eab === undefined || a.eab === null ? D.eab : { kid: a.eab.kid, hmacKeyFile: fromConfigDir(a.eab.hmacKeyFile) },
+    challenges: [...(a.challenges ?? D.challenges)],
+    keyType: a.keyType ?? D.keyType,
+    keyserverConfig: typeof a.keyserverConfig === 'string' ? fromConfigDir(a.keyserverConfig) : D.keyserverConfig,
+    profile: a.profile ?? D.profile,
+    timeoutMs: a.timeoutMs ?? D.timeoutMs,
+    orderTimeoutSeconds: a.orderTimeoutSeconds ?? D.orderTimeoutSeconds,
+    renewal: { ...D.renewal, ...definedOnly(a.renewal ?? {}) },
+    onDemand:
+      a.onDemand === undefined || a.onDemand === null
+        ? D.onDemand
+        : {
+            ...PROXY_DEFAULTS.onDemandDefaults,
+            ...definedOnly(a.onDemand),
+            ask: a.onDemand.ask ?? null,
+            cnameTarget: a.onDemand.cnameTarget ?? null,
+            resolver: a.onDemand.resolver ?? null,
+          },
   };
 }
 

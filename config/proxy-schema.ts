@@ -80,6 +80,8 @@ export interface ProxyConfig {
     readonly originQueueTimeoutMs: number;
   };
   readonly shutdownGraceMs: number;
+  /** Managed certificates over ACME (proxy/acme/); null: off. */
+  readonly acme: AcmeConfig | null;
   /**
    * The fleet's shared store (proxy/store/): certificates, routes and
    * session-ticket keys in etcd under `prefix`, shared by every node that
@@ -100,6 +102,66 @@ export interface EtcdSettings {
   readonly auth: { readonly username: string; readonly passwordFile: string } | null;
   /** Deadline of one etcd request (a read, a write, the health probe). */
   readonly timeoutMs: number;
+}
+
+export type AcmeChallengeType = 'http-01';
+
+export interface AcmeConfig {
+  /** The CA's directory URL (RFC 8555 §7.1.1). */
+  readonly directory: string;
+  /** PEM file of CAs trusted for the directory's HTTPS (a private or test CA); null: Node's bundled roots. */
+  readonly caBundle: string | null;
+  /** `mailto:` URLs for the account (RFC 8555 §7.3). */
+  readonly contact: readonly string[];
+  /** External account binding (RFC 8555 §7.3.4): the CA's key id and a file holding its base64url HMAC key. */
+  readonly eab: { readonly kid: string; readonly hmacKeyFile: string } | null;
+  readonly challenges: readonly AcmeChallengeType[];
+  /** The type of every certificate key generated in the token. */
+  readonly keyType: 'ec-p256' | 'ec-p384' | 'rsa-2048' | 'rsa-3072' | 'rsa-4096';
+  /** The key server's config file, for `keyedge key generate|delete` (they open the token); null: the embedded default. */
+  readonly keyserverConfig: string | null;
+  /** ACME profile asked for in each order; null: the CA's default. */
+  readonly profile: string | null;
+  /** Deadline of one HTTP request to the CA. */
+  readonly timeoutMs: number;
+  /** How long one order (authorizations, validation, finalize) may take in all. */
+  readonly orderTimeoutSeconds: number;
+  readonly renewal: {
+    /** Renew this far into the lifetime (2/3: 60 of 90 days) unless the CA's ARI window says otherwise. */
+    readonly lifetimeFraction: number;
+    /** How often due renewals and key deletions are looked for. */
+    readonly checkSeconds: number;
+    /** Renewal times are moved earlier by up to this much, by a hash of the name, so many certificates never renew at once. */
+    readonly spreadSeconds: number;
+    /** Orders running at the same time. */
+    readonly maxConcurrent: number;
+    /** Backoff after a failure: min × 2^(failures-1), at most max, plus up to `jitter` of it at random (and never before Retry-After). */
+    readonly retryMinSeconds: number;
+    readonly retryMaxSeconds: number;
+    readonly jitter: number;
+    /** A new key per renewal; false: reuse the entry's key. */
+    readonly newKey: boolean;
+    /** The previous key is deleted from the token this long after the new certificate serves. */
+    readonly keyGraceSeconds: number;
+  };
+  /** Certificates for names first seen in a handshake (proxy/acme/on-demand.ts); null: off. */
+  readonly onDemand: OnDemandConfig | null;
+}
+
+export interface OnDemandConfig {
+  /** Asked `GET ask?domain=NAME` before any order: 2xx allows; anything else, a failure or a timeout refuses. null: no ask. */
+  readonly ask: string | null;
+  readonly askTimeoutMs: number;
+  /** With a name: the name's CNAME must be this (the edge's own name). null: no DNS check. */
+  readonly cnameTarget: string | null;
+  /** DNS server `host:port` for the CNAME check; null: the system's. */
+  readonly resolver: string | null;
+  /** A refused name is not asked about again for this long. */
+  readonly refusedSeconds: number;
+  readonly maxOrdersPerHour: number;
+  readonly maxOrdersPerDomainPerHour: number;
+  /** Names being checked (ask, DNS) at once; more are dropped, so a flood costs bounded work. */
+  readonly maxPendingChecks: number;
 }
 
 export interface ProxyDomain {
@@ -184,6 +246,56 @@ export const PROXY_DEFAULTS = Object.freeze({
     // No peer is trusted unless listed: otherwise any client could forge the
     // address an origin sees in X-Forwarded-For.
     trustedProxies: Object.freeze([] as string[]),
+  }),
+  // Off: issuing needs a CA, a contact and port 80 or 443 reachable from it.
+  acme: null,
+  acmeDefaults: Object.freeze({
+    caBundle: null,
+    contact: Object.freeze([] as string[]),
+    eab: null,
+    // HTTP-01 needs only the port-80 listener, which the redirect already is.
+    challenges: Object.freeze(['http-01' as const]),
+    // P-256: the cheapest handshake signature, accepted by every CA and client.
+    keyType: 'ec-p256' as const,
+    keyserverConfig: null,
+    profile: null,
+    // A CA answers in well under a second; 30 s covers a loaded one without hanging a renewal forever.
+    timeoutMs: 30_000,
+    // Validation by a public CA takes seconds; ten minutes bounds an order stuck in pending.
+    orderTimeoutSeconds: 600,
+    renewal: Object.freeze({
+      // Let's Encrypt's own advice: renew at two thirds of the lifetime (day 60 of 90).
+      lifetimeFraction: 2 / 3,
+      // Renewal times are days apart; an hourly look costs nothing and catches a missed one soon.
+      checkSeconds: 3600,
+      // A day: a thousand certificates loaded at once renew over a day, not in one burst.
+      spreadSeconds: 86_400,
+      maxConcurrent: 4,
+      // certbot-like: a minute first, doubling to a day (a third of a 90-day lifetime leaves ~30 tries).
+      retryMinSeconds: 60,
+      retryMaxSeconds: 86_400,
+      jitter: 0.5,
+      newKey: true,
+      // Connections opened with the old certificate never need its key again after their handshake; a day covers
+      // an operator's rollback of the store entry.
+      keyGraceSeconds: 86_400,
+    }),
+    // Off: issuing for any name a handshake brings needs the operator's allow-list (ask) or DNS check.
+    onDemand: null,
+  }),
+  onDemandDefaults: Object.freeze({
+    ask: null,
+    // The ask endpoint is the operator's own service: two seconds is slow for it; on failure the name is refused.
+    askTimeoutMs: 2_000,
+    cnameTarget: null,
+    resolver: null,
+    // An hour: a flood of refused names is checked once per name per hour.
+    refusedSeconds: 3_600,
+    // Let's Encrypt allows 300 new orders per 3 hours per account; 100 an hour in all, 10 per registered domain
+    // (its 50 per week per domain), leaves room for renewals and stops a wildcard CNAME flood early.
+    maxOrdersPerHour: 100,
+    maxOrdersPerDomainPerHour: 10,
+    maxPendingChecks: 16,
   }),
   limits: Object.freeze({
     // nginx's large_client_header_buffers default (4 × 8 KiB) is the practical
@@ -481,6 +593,62 @@ export const proxyFileSchema = strict(
       { trustedProxies: z.array(addressBlock, { error: 'expected an array of addresses or CIDR blocks' }).optional() },
       'an object { "trustedProxies" }',
     ).optional(),
+    acme: strict(
+      {
+        directory: z.url({ protocol: /^https?$/, error: 'expected the ACME directory URL (https://…)' }),
+        caBundle: text('a PEM file of CAs trusted for the directory').nullable().optional(),
+        contact: z.array(z.string().regex(/^mailto:[^@\s]+@[^@\s]+$/, { error: 'expected "mailto:someone@example.com"' })).optional(),
+        eab: strict({ kid: text('the key id the CA gave'), hmacKeyFile: text('a file holding the base64url HMAC key') }, 'an object { "kid", "hmacKeyFile" }')
+          .nullable()
+          .optional(),
+        challenges: z
+          .array(z.enum(['http-01'], { error: 'expected "http-01"' }))
+          .min(1, { error: 'expected at least one challenge type' })
+          .optional(),
+        keyType: z
+          .enum(['ec-p256', 'ec-p384', 'rsa-2048', 'rsa-3072', 'rsa-4096'], { error: 'expected ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096' })
+          .optional(),
+        keyserverConfig: text("the key server's config file").nullable().optional(),
+        profile: text('an ACME profile name').nullable().optional(),
+        timeoutMs: intIn(100, 600_000).optional(),
+        orderTimeoutSeconds: intIn(5, 86_400).optional(),
+        renewal: strict(
+          {
+            lifetimeFraction: z.number({ error: 'expected a number from 0.1 to 0.95' }).min(0.1).max(0.95).optional(),
+            checkSeconds: intIn(1, 86_400).optional(),
+            spreadSeconds: intIn(0, 2_592_000).optional(),
+            maxConcurrent: intIn(1, 64).optional(),
+            retryMinSeconds: intIn(1, 86_400).optional(),
+            retryMaxSeconds: intIn(1, 2_592_000).optional(),
+            jitter: z.number({ error: 'expected a number from 0 to 1' }).min(0).max(1).optional(),
+            newKey: z.boolean({ error: 'expected true or false' }).optional(),
+            keyGraceSeconds: intIn(0, 2_592_000).optional(),
+          },
+          'an object',
+        ).optional(),
+        onDemand: strict(
+          {
+            ask: z
+              .url({ protocol: /^https?$/, error: 'expected an http(s) URL' })
+              .nullable()
+              .optional(),
+            askTimeoutMs: intIn(100, 60_000).optional(),
+            cnameTarget: z.string().regex(HOST_NAME, { error: 'expected a lower-case DNS name' }).nullable().optional(),
+            resolver: text('a DNS server "host:port"').nullable().optional(),
+            refusedSeconds: intIn(1, 604_800).optional(),
+            maxOrdersPerHour: intIn(1, 100_000).optional(),
+            maxOrdersPerDomainPerHour: intIn(1, 100_000).optional(),
+            maxPendingChecks: intIn(1, 1_000).optional(),
+          },
+          'an object, or null',
+        )
+          .nullable()
+          .optional(),
+      },
+      'an object { "directory", … }, or null',
+    )
+      .nullable()
+      .optional(),
     limits: strict(
       {
         maxHeaderBytes: intIn(1024, 1_048_576).optional(),

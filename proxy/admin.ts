@@ -22,6 +22,10 @@
  *                                      in a fleet, for every node
  *   PUT /routes/:name, DELETE /routes/:name   (fleet only) a route, as in the
  *                                      config's `domains[]`, kept in etcd
+ *   POST /acme/issue                   {"domains": [...], "name"?}: a managed
+ *                                      certificate from the ACME CA; answers once
+ *                                      it serves (502 KEYEDGE_ERR_ACME otherwise)
+ *   POST /acme/renew/:name             renew a managed certificate now
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
@@ -38,7 +42,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { KeyedgeError, UsageError } from '../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './certs/errors.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
 import { StoreUnavailableError } from './store/storage.js';
@@ -65,6 +69,9 @@ export interface AdminControl {
   readonly putRoute?: (name: string, body: unknown) => Promise<ReloadReport>;
   /** Removes a stored route, then reloads; undefined when there was none. */
   readonly deleteRoute?: (name: string) => Promise<ReloadReport | undefined>;
+  /** ACME (when configured): issue a managed certificate for these domains, or renew one now; resolve once it serves. */
+  readonly acmeIssue?: (domains: readonly string[], name?: string) => Promise<unknown>;
+  readonly acmeRenew?: (name: string) => Promise<unknown>;
 }
 
 export interface AdminSources {
@@ -139,6 +146,27 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       }
       if (req.method === 'POST' && path === '/tickets/rotate' && control.rotateTicketKeys !== undefined) {
         control.rotateTicketKeys().then((report) => json(200, report), failed);
+        return;
+      }
+      if (req.method === 'POST' && (path === '/acme/issue' || path?.startsWith('/acme/renew/'))) {
+        acmeRequest(req, path, control).then(
+          (answer) => json(200, answer),
+          (err: Error) =>
+            json(
+              err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_USAGE' || err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND')
+                ? err.code === 'KEYEDGE_ERR_USAGE'
+                  ? 400
+                  : 404
+                : 502,
+              {
+                error: {
+                  code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME',
+                  problem: (err as { problem?: string }).problem,
+                  message: err.message,
+                },
+              },
+            ),
+        );
         return;
       }
       if (req.method === 'PUT' && upload !== null) {
@@ -297,3 +325,32 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<string | To
     req.on('error', () => over(true));
   });
 }
+
+/** POST /acme/issue and /acme/renew/NAME: the body's domains, or the entry name from the path. */
+async function acmeRequest(req: http.IncomingMessage, path: string, control: AdminControl): Promise<unknown> {
+  const { acmeIssue, acmeRenew } = control;
+  if (acmeIssue === undefined || acmeRenew === undefined) throw new UsageError('ACME is not configured (the proxy config has no "acme")');
+  if (path.startsWith('/acme/renew/')) {
+    const name = entryName(path.slice('/acme/renew/'.length));
+    if (name === undefined || !STORE_ENTRY_NAME.test(name)) throw new UsageError('not a certificate name');
+    return acmeRenew(name);
+  }
+  const body = await readBody(req, 64 * 1024);
+  if (typeof body !== 'string') throw new UsageError('the request body is too large');
+  let parsed: { domains?: unknown; name?: unknown };
+  try {
+    parsed = JSON.parse(body) as typeof parsed;
+  } catch {
+    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry"}');
+  }
+  const domains = parsed.domains;
+  if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
+    throw new UsageError('"domains" must be 1-100 lower-case DNS names');
+  }
+  if (parsed.name !== undefined && (typeof parsed.name !== 'string' || !STORE_ENTRY_NAME.test(parsed.name)))
+    throw new UsageError('"name" is not a certificate name');
+  return acmeIssue(domains as string[], parsed.name as string | undefined);
+}
+
+/** A lower-case DNS name, optionally with one leading wildcard label (RFC 6125 §6.4.3). */
+const DNS_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;

@@ -44,6 +44,9 @@ import { EtcdStore, type StoreChange } from './store/etcd-store.js';
 import { deleteRoute, putRoute } from './store/routes.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from './store/tickets.js';
 import { refuseStartOnConfigCertificates, type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
+import { boardAppliedGeneration, boardAppliedMessage, type BoardMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
+import { type RunningAcme, startAcme } from './acme/service.js';
+import { wantedName } from './acme/on-demand.js';
 
 const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
 const READY = { type: 'keyedge:ready' } as const;
@@ -55,6 +58,8 @@ const WANT_TICKET_KEY = { type: 'keyedge:want-ticket-key' } as const;
 const TICKET_KEYS_APPLIED = 'keyedge:ticket-keys-applied';
 /** How long an admin rotation waits for the workers' acknowledgements. */
 const TICKET_ROTATION_WAIT_MS = 10_000;
+/** How long a new ACME challenge waits for every worker to serve it before the CA is told to look. */
+const CHALLENGE_PUBLISH_WAIT_MS = 10_000;
 
 function isMessage(message: unknown, type: string): boolean {
   return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
@@ -236,6 +241,43 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     void takeSharedTickets();
   }
 
+  // ACME (acme/service.ts): orders run here; challenge answers go to every worker, acknowledged per generation.
+  const boardApplied = new Map<Worker, number>();
+  const boardWaiters = new Set<() => void>();
+  const broadcastBoard = async (message: BoardMessage): Promise<void> => {
+    const holders = [...synced];
+    for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) sendToWorker(worker, message);
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        boardWaiters.delete(check);
+        resolve();
+      };
+      const check = (): void => void (holders.every((w) => w.isDead() || (boardApplied.get(w) ?? -1) >= message.generation) && done());
+      const timer = setTimeout(done, CHALLENGE_PUBLISH_WAIT_MS);
+      boardWaiters.add(check);
+      check();
+    });
+  };
+  let acme: RunningAcme | undefined;
+  if (config.acme !== null) {
+    acme = startAcme({
+      config,
+      acme: config.acme,
+      log,
+      registry: primaryRegistry,
+      keyserver: () => connectKeyserver(config),
+      records: () => source.records,
+      store: async (name, chainPem, keyId, domains) => {
+        await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME' });
+        const report = await coordinator.reload('admin');
+        if (report.error !== undefined)
+          throw new KeyedgeError('KEYEDGE_ERR_CERTIFICATE', `the issued certificate was stored but not loaded: ${report.error.message}`);
+      },
+      broadcast: broadcastBoard,
+    });
+  }
+
   // The admin port first: one already in use fails the start before any worker runs.
   const clusterMetrics = new ClusterMetrics(primaryRegistry);
   const ready = new Set<Worker>();
@@ -263,7 +305,13 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
             await source.putCertificate(name, chainText);
             return coordinator.reload('admin');
           },
-          certificates: () => listCertificates(source),
+          certificates: () => listCertificates(source, acme),
+          ...(acme === undefined
+            ? {}
+            : {
+                acmeIssue: async (domains: readonly string[], name?: string) => describeIssued(await acme.manager.issue(domains, name)),
+                acmeRenew: async (name: string) => describeIssued(await acme.manager.renew(name)),
+              }),
           ownedByConfig: (name) => source.config.certificates.some((c) => c.name === name),
           rotateTicketKeys: () => rotateTickets(),
           ...(shared === undefined
@@ -304,10 +352,16 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         // keeps order, so the worker ends up where every other worker is.
         sendToWorker(worker, serveMessage(source.snapshot()));
         if (inFlight !== undefined) sendToWorker(worker, applyMessage(inFlight));
+        if (acme !== undefined) sendToWorker(worker, acme.board.message());
         synced.add(worker);
       } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
         ticketsApplied.set(worker, Number((message as { generation?: unknown }).generation));
         for (const wake of ticketWaiters) wake();
+      } else if (wantedName(message) !== undefined) {
+        void acme?.onDemand?.wanted(wantedName(message) ?? '');
+      } else if (boardAppliedGeneration(message) !== undefined) {
+        boardApplied.set(worker, boardAppliedGeneration(message) ?? -1);
+        for (const wake of boardWaiters) wake();
       } else if (isMessage(message, READY.type)) {
         ready.add(worker);
         if (ready.size >= config.workers) allStarted = true;
@@ -327,7 +381,9 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     ready.delete(worker);
     synced.delete(worker);
     ticketsApplied.delete(worker);
+    boardApplied.delete(worker);
     for (const wake of ticketWaiters) wake();
+    for (const wake of boardWaiters) wake();
     acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
     log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
@@ -371,6 +427,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clearInterval(rotation);
     clearInterval(expiryTimer);
     clusterMetrics.stop();
+    acme?.stop();
     stopWatching();
     process.off('SIGHUP', onHangup);
   };
@@ -410,8 +467,13 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   log.info('proxy stopped');
 }
 
-/** GET /certs: what serves, and what was refused. */
-function listCertificates(source: ServingSource): unknown {
+/** What an ACME issuance answers the admin: never key material, the key id only. */
+function describeIssued(issued: { keyId: string; newKey: boolean }): unknown {
+  return { keyId: issued.keyId, newKey: issued.newKey };
+}
+
+/** GET /certs: what serves, what was refused, and each ACME-managed entry's renewal state. */
+function listCertificates(source: ServingSource, acme: RunningAcme | undefined): unknown {
   return {
     certificates: [...source.records.values()].map((r) => ({
       name: r.name,
@@ -423,6 +485,7 @@ function listCertificates(source: ServingSource): unknown {
       keyId: r.keyId,
       loadedAt: r.loadedAt,
       refused: source.refusals.get(r.name) ?? null,
+      ...(acme === undefined ? {} : { acme: acme.manager.view(r.name) ?? null }),
     })),
     refused: [...source.refusals.values()].filter((r) => !source.records.has(r.name)),
   };
@@ -459,6 +522,7 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
   let stopEarly = false;
   let ticketKeys: Buffer[] | undefined;
   let status = 0;
+  const challenges = new ChallengeAnswers();
   // An error nothing handled is counted, logged, and drains this worker (uncaught.ts); before it serves, nothing is in flight.
   installUncaughtHandlers({
     log,
@@ -486,6 +550,9 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
         ticketKeys = decodeTicketKeys(message);
         worker?.setTicketKeys(ticketKeys);
         process.send?.({ type: TICKET_KEYS_APPLIED, generation: message.generation });
+      } else if (isBoardMessage(message)) {
+        challenges.apply(message);
+        process.send?.(boardAppliedMessage(message.generation));
       } else if (isMessage(message, SERVE)) resolve((message as { delta: ServingDelta }).delta);
       else if (isMessage(message, APPLY)) {
         const { delta } = message as { delta: ServingDelta };
@@ -502,7 +569,7 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
   const delta = await initial;
   assert(ticketKeys !== undefined, 'the primary sends the ticket keys before the serving state');
   try {
-    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta, ...options });
+    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta, challenges, ...options });
   } catch (err) {
     const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_SETUP';
     process.send?.({ type: START_FAILED, code, message: (err as Error).message } satisfies StartFailedMessage);

@@ -170,3 +170,62 @@ export function registerFleetStoreMetrics(registry: Registry, health: () => { re
     },
   });
 }
+
+/** The ACME problem types counted by name; any other is `other` (labels stay bounded whatever a CA sends). */
+export const ACME_PROBLEMS = [
+  'none',
+  'badNonce',
+  'rateLimited',
+  'unauthorized',
+  'connection',
+  'dns',
+  'serverInternal',
+  'timeout',
+  'malformed',
+  'other',
+] as const;
+
+export interface AcmeMetrics {
+  readonly orders: Counter<'result'>;
+  readonly renewals: Counter<'result' | 'problem'>;
+  readonly keysDeleted: Counter;
+  readonly onDemand: Counter<'outcome'>;
+}
+
+/** The primary's ACME metrics (proxy/acme/): orders, renewal attempts by outcome, retired keys deleted, certificates failing now. */
+export function registerAcmeMetrics(registry: Registry, failing: () => number): AcmeMetrics {
+  const registers = [registry];
+  new Gauge({
+    name: `${PREFIX}acme_certificates_failing`,
+    help: 'Managed certificates whose latest issuance or renewal attempt failed (they keep serving their current certificate).',
+    registers,
+    collect() {
+      this.set(failing());
+    },
+  });
+  return {
+    orders: new Counter({
+      name: `${PREFIX}acme_orders_total`,
+      help: 'ACME orders sent to the CA, by result (ok, failed).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    renewals: new Counter({
+      name: `${PREFIX}acme_attempts_total`,
+      help: 'Issuance and renewal attempts, by result (ok, failed) and ACME problem type of a failure (none, badNonce, rateLimited, unauthorized, connection, dns, serverInternal, timeout, malformed, other).',
+      labelNames: ['result', 'problem'] as const,
+      registers,
+    }),
+    keysDeleted: new Counter({
+      name: `${PREFIX}acme_keys_deleted_total`,
+      help: 'Previous certificate keys deleted from the token after their grace period.',
+      registers,
+    }),
+    onDemand: new Counter({
+      name: `${PREFIX}acme_on_demand_total`,
+      help: 'Names first seen in a handshake, by what on-demand issuance decided (ordered, refused, remembered: refused before, rate_limited, busy: too many checks at once, ignored).',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+  };
+}

@@ -33,6 +33,8 @@ import { handleExpectations } from './http/expect.js';
 import { createRequestHandler } from './http/handler.js';
 import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
+import type { ChallengeAnswers } from './acme/challenges.js';
+import { missReporter, wantedMessage } from './acme/on-demand.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { startKeylessBridge } from './keyless/bridge.js';
@@ -87,6 +89,8 @@ export interface WorkerOptions {
   readonly initial?: ServingDelta;
   /** Where keys come from (embedding, benchmarks); defaults to the keyless bridge to `config.keyserver`. Not a config key. */
   readonly keySource?: KeySource;
+  /** The ACME issuer's HTTP-01 tokens, kept current by the cluster primary (acme/challenges.ts). */
+  readonly challenges?: ChallengeAnswers;
 }
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
@@ -272,13 +276,18 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     if (withDefault) noSniServers.push({ profile, server });
     return server;
   };
+  const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
   for (const listener of config.listen) {
     const withoutSni = httpsServer(listener.profile, true);
     const front = createTlsFront({
       withSni: httpsServer(listener.profile, false),
       withoutSni,
       hasDefault: () => state.noSni !== undefined,
-      acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
+      acceptsName: (name) => {
+        // A name no certificate covers may be one a customer just pointed here: on-demand issuance is asked (never waited for).
+        if (reportMiss !== undefined && selectByName(state.sni, name, undefined) === undefined) reportMiss(name.toLowerCase());
+        return selectByName(state.sni, name, state.fallback) !== undefined;
+      },
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       onUnknownName: () => metrics.handshakes.inc({ result: 'unknown_name', tls_version: 'none', resumed: 'false' }),
       onHelloTimeout: () => metrics.handshakes.inc({ result: 'timeout', tls_version: 'none', resumed: 'false' }),
@@ -306,7 +315,15 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   let redirect: http.Server | undefined;
   const plain = config.httpRedirect;
   if (plain !== null) {
-    const redirectHandler = createRedirectHandler({ domains: () => state.domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
+    const redirectHandler = createRedirectHandler({
+      domains: () => state.domains,
+      pools,
+      trustedPeers,
+      httpsPort: ports[0] ?? 443,
+      log,
+      metrics,
+      ...(options.challenges === undefined ? {} : { challenges: options.challenges }),
+    });
     redirect = http.createServer(redirectHandler);
     handleExpectations(redirect, redirectHandler);
     redirect.on('clientError', answerClientError);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { KeyserverMetrics } from '../keyserver/server/metrics.js';
-import { ProxyMetrics } from '../proxy/metrics.js';
+import { ProxyMetrics, registerAcmeMetrics } from '../proxy/metrics.js';
 import { registerServingMetrics } from '../proxy/serving/expiry.js';
 
 // The dashboard may only chart metrics the daemons export: every name in its
@@ -26,6 +26,7 @@ async function exportedNames(): Promise<Set<string>> {
   // The cluster primary's own: reloads and certificate expiry.
   const primary = new Registry();
   registerServingMetrics(primary, { records: () => new Map(), refusals: () => new Map() });
+  registerAcmeMetrics(primary, () => 0);
   try {
     const text = `${await proxy.registry.metrics()}\n${await keyserver.registry.metrics()}\n${await primary.metrics()}`;
     return new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));

@@ -1,5 +1,5 @@
 /**
- * `keyedge key generate|import|csr|list`: managing the keys inside the token.
+ * `keyedge key generate|import|csr|list|delete`: managing the keys inside the token.
  * Each opens the token named by the key server's config (the embedded SoftHSM2
  * default without --config) and closes it before returning; they may run while
  * the key server is up, which picks new keys up on first use.
@@ -10,14 +10,15 @@ import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../server/daemon.js';
 import { createCsr } from '../token/csr.js';
-import { KEY_TYPES, type KeyType, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
+import { KEY_TYPES, type KeyType, deleteKey, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
 
 Actions:
-  generate --type TYPE --label NAME   make a key inside the token (non-extractable)
+  generate --type TYPE --label NAME [--json]
+                                      make a key inside the token (non-extractable)
                                       TYPE: ${KEY_TYPES.join(' | ')}
   import --in FILE --label NAME       store a PEM private key (PKCS#8, PKCS#1 or SEC1)
                                       in the token as non-extractable
@@ -25,6 +26,7 @@ Actions:
                                       a PKCS#10 request with these names as SANs,
                                       signed inside the token
   list [--json]                       keys in the token: key id, label, type, SKI
+  delete --key NAME|KEYID             destroy a key (private and public objects)
 
 Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
@@ -47,7 +49,7 @@ const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-
 
 export const keyCommand: Command = {
   name: 'key',
-  summary: 'generate, import, list keys in the token; make CSRs signed inside it',
+  summary: 'generate, import, list, delete keys in the token; make CSRs signed inside it',
   async run(argv) {
     const [action, ...rest] = argv;
     if (action === undefined || action === '--help' || action === '-h') {
@@ -65,6 +67,10 @@ export const keyCommand: Command = {
           const type = requireOption(values.type, '--type', USAGE);
           if (!(KEY_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${KEY_TYPES.join(', ')}, got '${type}'`);
           const key = generateKey(token, type as KeyType, requireOption(values.label, '--label', USAGE));
+          if (values.json) {
+            process.stdout.write(`${JSON.stringify({ ...describe(key), spki: key.spki.toString('base64') })}\n`);
+            return 0;
+          }
           process.stdout.write(`generated ${describeKeyType(key)} key '${key.label}' inside token '${token.label}'\nkey id: ${key.keyId}\n`);
           return 0;
         });
@@ -122,6 +128,12 @@ export const keyCommand: Command = {
             const lines = rows.map((r) => [r.keyId, r.label, r.type, String(!r.extractable && r.sensitive), r.ski]);
             process.stdout.write(formatTable(header, lines));
           }
+          return 0;
+        });
+      case 'delete':
+        return withToken(values.config, (token) => {
+          const key = deleteKey(token, requireOption(values.key, '--key', USAGE));
+          process.stdout.write(`deleted ${describeKeyType(key)} key '${key.label}' from token '${token.label}'\nkey id: ${key.keyId}\n`);
           return 0;
         });
       default:

@@ -220,6 +220,24 @@ export function findKeyById(token: Token, keyId: string): TokenKey | undefined {
   return listKeys(token).find((key) => key.keyId === keyId);
 }
 
+/**
+ * Destroys a key (its private object and every object sharing its CKA_ID, the
+ * public twin): what a renewal does with the previous certificate's key once
+ * its grace period is over. Returns the key as it was.
+ */
+export function deleteKey(token: Token, labelOrId: string): TokenKey {
+  const key = findKey(token, labelOrId);
+  const id = tokenCall('C_GetAttributeValue', () => token.pkcs11.C_GetAttributeValue(token.management, key.privateHandle, [{ type: pkcs11js.CKA_ID }]))[0]
+    ?.value as Buffer | undefined;
+  const twins = id === undefined || id.length === 0 ? [] : findObjects(token, [{ type: pkcs11js.CKA_ID, value: id }]);
+  // Handles are Buffers: the private key is among its twins, so they are told apart by value.
+  const handles = new Map([key.privateHandle, ...twins].map((h) => [Buffer.from(h).toString('hex'), h]));
+  for (const handle of handles.values()) {
+    tokenCall('C_DestroyObject', () => token.pkcs11.C_DestroyObject(token.management, handle));
+  }
+  return key;
+}
+
 /** Sign-only, non-extractable, sensitive: the policy of every private key we create. */
 function privateKeyPolicy(): pkcs11js.Template {
   return [

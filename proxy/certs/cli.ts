@@ -16,6 +16,7 @@ import { type Command, formatTable, parseCommandArgs, requireOption } from '../.
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
+import { acmeCertCommand } from '../acme/cli.js';
 import type * as x509 from '../../keyserver/shared/x509.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
@@ -38,12 +39,18 @@ Actions:
   list [--json]       entries: name, status, notAfter, serial, key id, names, issuer
   show NAME [--json]  one entry: the same, its chain, warnings and the key server's verdict
   remove NAME         delete the entry (the proxy stops serving it)
+  issue [NAME] --domain D [--domain D ...]
+                      the running proxy obtains a certificate for these names
+                      from its ACME CA (key and CSR made in the token) and
+                      serves it; NAME defaults to the first domain
+  renew NAME          the running proxy renews a managed certificate now
 
 Options:
   --chain FILE    the full chain, PEM (certbot: fullchain.pem)
   --names A,B     names the entry serves (default: every DNS name of the certificate)
   --key KEYID     pin the key server key id (64 hex digits, from \`keyedge key list\`)
   --json          machine-readable output
+  --domain D      a name for the certificate (issue; repeat for more)
   --config FILE   the proxy's config: its key server and certificate store
                   (default: ./var/keyserver.sock and ./var/certs)
   --help          this text
@@ -61,6 +68,7 @@ const OPTIONS = {
   names: { type: 'string' },
   key: { type: 'string' },
   json: { type: 'boolean' },
+  domain: { type: 'string', multiple: true },
 } as const;
 
 /** An operator's command may wait longer than a handshake (the proxy's keyserver.timeoutMs); GET_PUBLIC_KEY never takes this long on a live key server. */
@@ -71,7 +79,7 @@ type Values = ReturnType<typeof parseCommandArgs<typeof OPTIONS>>['values'];
 
 export const certCommand: Command = {
   name: 'cert',
-  summary: 'add, replace, list, show, remove certificates in the proxy certificate store',
+  summary: 'add, replace, list, show, remove certificates in the proxy certificate store; issue and renew them over ACME',
   async run(argv) {
     const [action, ...rest] = argv;
     if (action === undefined || action === '--help' || action === '-h') {
@@ -98,6 +106,9 @@ export const certCommand: Command = {
           return await show(name!, values);
         case 'remove':
           return remove(name!, values);
+        case 'issue':
+        case 'renew':
+          return await acmeCertCommand(action, name, values.domain ?? [], values.config);
         default:
           throw new UsageError(`unknown action 'cert ${action}'\n\n${USAGE}`);
       }

@@ -2,9 +2,10 @@
  * The plain-HTTP listener (port 80 in production): every request for a known
  * domain is sent to HTTPS with 308 Permanent Redirect (RFC 9110 §15.4.9:
  * unlike 301, the method and body are kept), except ACME HTTP-01 challenges
- * (RFC 8555 §8.3, `/.well-known/acme-challenge/`), which go to the domain's
- * origin so a CA can validate the domain until the product answers
- * challenges itself. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
+ * (RFC 8555 §8.3, `/.well-known/acme-challenge/`): a token of our own ACME
+ * issuer (proxy/acme/challenges.ts) is answered here, for any Host it was made
+ * for, known domain or not yet; every other one goes to the domain's origin,
+ * so a customer's own ACME client keeps working. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
  * Request targets and expectations are dealt with as on HTTPS (handler.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -15,6 +16,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import type { TrustedPeers } from './trusted-peers.js';
+import type { ChallengeAnswers } from '../acme/challenges.js';
 
 const ACME_CHALLENGE = '/.well-known/acme-challenge/';
 /** Only a plain DNS name goes into a Location: a wildcard's label could otherwise smuggle in '/' or '@'. */
@@ -29,6 +31,8 @@ export interface RedirectOptions {
   readonly httpsPort: number;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** Our ACME issuer's HTTP-01 tokens; none when absent. */
+  readonly challenges?: ChallengeAnswers;
 }
 
 export function createRedirectHandler(options: RedirectOptions): ExpectingHandler {
@@ -56,6 +60,13 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     if (own !== undefined) {
       code = own.code;
       answer(res, own, {});
+      return;
+    }
+    const keyAuthorization = options.challenges?.answer(host, path);
+    if (keyAuthorization !== undefined) {
+      // RFC 8555 §8.3: the key authorization as the body; the CA ignores the content type.
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': Buffer.byteLength(keyAuthorization) });
+      res.end(keyAuthorization);
       return;
     }
     if (domain === undefined || host === undefined) {

@@ -184,10 +184,15 @@ export class ServingSource {
 
   /**
    * Validates a chain for store entry `name` (the admin API's PUT) and writes
-   * it, keeping the entry's pinned names and key id. Rejects, leaving the
+   * it, keeping the entry's pinned names and key id unless `pin` gives new
+   * ones (the ACME issuer's renewal with a new key). Rejects, leaving the
    * store unchanged, when the chain is refused.
    */
-  async putCertificate(name: string, chainText: string): Promise<void> {
+  async putCertificate(
+    name: string,
+    chainText: string,
+    pin: { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string } = {},
+  ): Promise<void> {
     const store = this.store;
     // Refused before any validation when the shared store cannot take it.
     this.#shared?.assertWritable();
@@ -195,7 +200,14 @@ export class ServingSource {
     try {
       await putCertificate(
         store,
-        { mode: store.has(name) ? 'replace' : 'add', name, chainText, source: 'admin API' },
+        {
+          mode: store.has(name) ? 'replace' : 'add',
+          name,
+          chainText,
+          source: pin.source ?? 'admin API',
+          ...(pin.keyId === undefined ? {} : { keyId: pin.keyId }),
+          ...(pin.names === undefined ? {} : { names: pin.names }),
+        },
         {
           now: new Date(),
           keyserverSpki: keyserverSpkiLookup(client),

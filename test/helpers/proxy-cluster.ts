@@ -64,6 +64,7 @@ export async function startClusterProxy(
   name: string,
   config: (ports: ClusterPorts) => Record<string, unknown>,
   env: Record<string, string> = {},
+  readyTimeoutMs = 30_000,
 ): Promise<ClusterProxy> {
   const port = await freePort();
   const adminPort = await freePort();
@@ -99,7 +100,7 @@ export async function startClusterProxy(
           return undefined;
         }
       },
-      30_000,
+      readyTimeoutMs,
     );
   } catch (err) {
     // The test gets no handle to stop it with: a proxy left running would outlive the test run.

@@ -92,7 +92,9 @@ export async function startKeylessLab(): Promise<KeylessLab> {
   let child: ChildProcess | undefined;
   const startKeyserver = async (): Promise<void> => {
     child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], { stdio: ['ignore', 'ignore', 'inherit'] });
-    for (let i = 0; i < 100; i++) {
+    // A node start and a token login take seconds on a loaded 2-core machine: wait up to 30 s.
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && child.exitCode === null) {
       try {
         const client = await KeyserverClient.connect({ unixPath: socket });
         await client.ping();
@@ -102,6 +104,8 @@ export async function startKeylessLab(): Promise<KeylessLab> {
         await sleep(50);
       }
     }
+    // Not left running after the test gives up on it.
+    child.kill('SIGKILL');
     throw new Error('the lab key server did not start');
   };
   const stopKeyserver = async (): Promise<void> => {

@@ -1,0 +1,57 @@
+/**
+ * `keyedge cert issue [NAME] --domain D [--domain D …]` and `keyedge cert
+ * renew NAME`: asking the running proxy (its admin API, with the admin token)
+ * to obtain or renew a managed certificate over ACME. The proxy's primary
+ * does the work, since it owns the store, the challenges and the reload; the
+ * command waits until the certificate serves, or prints why it does not.
+ */
+import { readFileSync } from 'node:fs';
+import { loadProxyConfig } from '../../config/load.js';
+import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
+import { AcmeError } from './errors.js';
+
+export async function acmeCertCommand(
+  action: 'issue' | 'renew',
+  name: string | undefined,
+  domains: readonly string[],
+  configFile: string | undefined,
+): Promise<number> {
+  const config = loadProxyConfig(configFile);
+  if (config.admin === null) throw new UsageError('the proxy config has no admin API ("admin": null): cert issue and renew need it');
+  if (action === 'issue' && domains.length === 0) throw new UsageError('give at least one --domain');
+  if (action === 'renew' && name === undefined) throw new UsageError('missing NAME: keyedge cert renew NAME');
+  let token: string;
+  try {
+    token = readFileSync(config.admin.tokenFile, 'utf8').trim();
+  } catch (err) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_SETUP',
+      `cannot read the admin token file ${config.admin.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
+  }
+  const host = config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
+  const path = action === 'issue' ? '/acme/issue' : `/acme/renew/${encodeURIComponent(name ?? '')}`;
+  let response: Response;
+  try {
+    response = await fetch(`http://${host}:${config.admin.port}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: action === 'issue' ? JSON.stringify({ domains, ...(name === undefined ? {} : { name }) }) : '',
+      // An order waits on the CA's validation: minutes at worst, bounded by the proxy's acme.orderTimeoutSeconds.
+      signal: AbortSignal.timeout(30 * 60_000),
+    });
+  } catch (err) {
+    throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot reach the proxy's admin API at ${host}:${config.admin.port}: ${(err as Error).message}`);
+  }
+  const body = (await response.json().catch(() => ({}))) as { keyId?: string; error?: { code?: string; message?: string; problem?: string } };
+  if (!response.ok) {
+    if (body.error?.code === 'KEYEDGE_ERR_ACME' || body.error?.code === undefined)
+      throw new AcmeError(
+        body.error?.message ?? `the admin API answered ${response.status}`,
+        body.error?.problem === undefined ? {} : { problem: body.error.problem },
+      );
+    throw new KeyedgeError(body.error.code as KeyedgeError['code'], body.error.message ?? `the admin API answered ${response.status}`);
+  }
+  process.stdout.write(`${action === 'issue' ? 'issued' : 'renewed'} ${name ?? domains[0]}: serving, key id ${body.keyId ?? '?'} (in the token)\n`);
+  return 0;
+}

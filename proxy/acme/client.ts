@@ -1,0 +1,227 @@
+/**
+ * A small ACME client (RFC 8555) whose account key is a JwsSigner: the
+ * signature comes from the key server, so the key stays in the token.
+ *
+ * Why not acme-client: it signs with an in-process PEM key, and keeping the
+ * key in the token meant overriding private methods of its HTTP client. What
+ * we need is small: the directory, nonces with one badNonce retry path
+ * (§6.5, §7.2), newAccount (§7.3, with EAB §7.3.4), newOrder (§7.4, with
+ * `replaces` of RFC 9773 §5 and an optional `profile`), POST-as-GET (§6.3)
+ * for authorizations, orders and the certificate, challenge responses (§7.5.1),
+ * finalize (§7.4) and the unsigned renewal-info GET (RFC 9773 §4).
+ *
+ * Every failure is an AcmeError carrying the problem type (§6.7) and the
+ * server's Retry-After, which the maintenance loop turns into its backoff.
+ * Concurrency: any number of requests at once; each takes its own nonce.
+ */
+import { Agent, fetch } from 'undici';
+import { AcmeError } from './errors.js';
+import { type EcJwk, externalAccountBinding, type JwsSigner, signJws } from './jws.js';
+
+export interface AcmeDirectory {
+  readonly newNonce: string;
+  readonly newAccount: string;
+  readonly newOrder: string;
+  readonly renewalInfo?: string;
+  readonly meta?: { readonly profiles?: Record<string, string>; readonly externalAccountRequired?: boolean };
+}
+
+export interface AcmeOrder {
+  readonly status: 'pending' | 'ready' | 'processing' | 'valid' | 'invalid';
+  readonly identifiers: readonly { readonly type: string; readonly value: string }[];
+  readonly authorizations: readonly string[];
+  readonly finalize: string;
+  readonly certificate?: string;
+  readonly error?: unknown;
+}
+
+export interface AcmeChallenge {
+  readonly type: string;
+  readonly url: string;
+  readonly token: string;
+  readonly status: string;
+  readonly error?: { readonly type?: string; readonly detail?: string };
+}
+
+export interface AcmeAuthorization {
+  readonly status: 'pending' | 'valid' | 'invalid' | 'deactivated' | 'expired' | 'revoked';
+  readonly identifier: { readonly type: string; readonly value: string };
+  readonly challenges: readonly AcmeChallenge[];
+  readonly wildcard?: boolean;
+}
+
+export interface AcmeClientOptions {
+  readonly directoryUrl: string;
+  readonly signer: JwsSigner;
+  /** PEM CA bundle for the directory's HTTPS (a private or test CA); undefined: Node's roots. */
+  readonly ca?: string;
+  /** Per HTTP request. */
+  readonly timeoutMs: number;
+}
+
+interface Answer<T> {
+  readonly body: T;
+  readonly text: string;
+  readonly location: string | undefined;
+  readonly retryAfterMs: number | undefined;
+}
+
+/** badNonce is retried with the nonce of the error answer (§6.5): a few times, then it is the server's failure. */
+const BAD_NONCE_RETRIES = 3;
+
+export class AcmeClient {
+  readonly #options: AcmeClientOptions;
+  readonly #agent: Agent;
+  #directory: AcmeDirectory | undefined;
+  #nonces: string[] = [];
+  #kid: string | undefined;
+
+  constructor(options: AcmeClientOptions) {
+    this.#options = options;
+    this.#agent = new Agent({ connect: options.ca === undefined ? {} : { ca: options.ca }, connections: 8 });
+  }
+
+  get jwk(): EcJwk {
+    return this.#options.signer.jwk;
+  }
+  get accountUrl(): string | undefined {
+    return this.#kid;
+  }
+
+  async directory(): Promise<AcmeDirectory> {
+    this.#directory ??= (await this.#http<AcmeDirectory>('GET', this.#options.directoryUrl)).body;
+    return this.#directory;
+  }
+
+  /** newAccount: creates the account, or finds the existing one for this key (200). Returns the account URL (the JWS `kid`). */
+  async account(options: { contact: readonly string[]; eab?: { kid: string; hmacKey: string } | undefined }): Promise<string> {
+    const dir = await this.directory();
+    const payload = {
+      termsOfServiceAgreed: true,
+      contact: options.contact,
+      ...(options.eab === undefined ? {} : { externalAccountBinding: externalAccountBinding(this.jwk, options.eab.kid, options.eab.hmacKey, dir.newAccount) }),
+    };
+    const answer = await this.#post<unknown>(dir.newAccount, payload, 'jwk');
+    if (answer.location === undefined) throw new AcmeError('newAccount answered without the account URL (Location)', {});
+    this.#kid = answer.location;
+    return answer.location;
+  }
+
+  async newOrder(domains: readonly string[], extra: { replaces?: string; profile?: string } = {}): Promise<{ url: string; order: AcmeOrder }> {
+    const answer = await this.#post<AcmeOrder>((await this.directory()).newOrder, {
+      identifiers: domains.map((value) => ({ type: 'dns', value })),
+      ...(extra.replaces === undefined ? {} : { replaces: extra.replaces }),
+      ...(extra.profile === undefined ? {} : { profile: extra.profile }),
+    });
+    if (answer.location === undefined) throw new AcmeError('newOrder answered without the order URL (Location)', {});
+    return { url: answer.location, order: answer.body };
+  }
+
+  /** POST-as-GET (§6.3): orders, authorizations, challenges. */
+  async get<T>(url: string): Promise<Answer<T>> {
+    return this.#post<T>(url, undefined);
+  }
+
+  /** Tells the CA the challenge is ready (§7.5.1: the payload is an empty object). */
+  async respond(challengeUrl: string): Promise<void> {
+    await this.#post(challengeUrl, {});
+  }
+
+  async finalize(order: AcmeOrder, csrDer: Buffer): Promise<AcmeOrder> {
+    return (await this.#post<AcmeOrder>(order.finalize, { csr: csrDer.toString('base64url') })).body;
+  }
+
+  /** The issued chain, PEM, leaf first (§7.4.2). */
+  async certificate(url: string): Promise<string> {
+    return (await this.#post<unknown>(url, undefined, 'kid', 'application/pem-certificate-chain')).text;
+  }
+
+  /** RFC 9773 §4.2: an unsigned GET of `renewalInfo/<certID>`; undefined when the directory offers none. */
+  async renewalInfo(certId: string): Promise<{ start: Date; end: Date; retryAfterMs: number | undefined } | undefined> {
+    const base = (await this.directory()).renewalInfo;
+    if (base === undefined) return undefined;
+    const answer = await this.#http<{ suggestedWindow?: { start?: string; end?: string } }>('GET', `${base.replace(/\/$/, '')}/${certId}`);
+    const window = answer.body.suggestedWindow;
+    const start = new Date(window?.start ?? Number.NaN);
+    const end = new Date(window?.end ?? Number.NaN);
+    if (Number.isNaN(start.getTime()) || Number.isNaN(end.getTime()) || end < start)
+      throw new AcmeError('renewalInfo answered without a valid suggestedWindow', {});
+    return { start, end, retryAfterMs: answer.retryAfterMs };
+  }
+
+  close(): void {
+    void this.#agent.close();
+  }
+
+  async #nonce(): Promise<string> {
+    const kept = this.#nonces.pop();
+    if (kept !== undefined) return kept;
+    const answer = await this.#http<unknown>('HEAD', (await this.directory()).newNonce);
+    const nonce = this.#nonces.pop();
+    if (nonce === undefined) throw new AcmeError('newNonce answered without a Replay-Nonce', { retryAfterMs: answer.retryAfterMs });
+    return nonce;
+  }
+
+  async #post<T>(url: string, payload: unknown, key: 'jwk' | 'kid' = 'kid', accept = 'application/json'): Promise<Answer<T>> {
+    for (let attempt = 0; ; attempt++) {
+      const identity = key === 'jwk' ? { jwk: this.jwk } : { kid: this.#kid };
+      if (key === 'kid' && this.#kid === undefined) throw new AcmeError('no ACME account yet', {});
+      const body = await signJws(this.#options.signer, { ...identity, nonce: await this.#nonce(), url }, payload);
+      try {
+        return await this.#http<T>('POST', url, body, accept);
+      } catch (err) {
+        if (err instanceof AcmeError && err.problem === 'badNonce' && attempt < BAD_NONCE_RETRIES) continue;
+        throw err;
+      }
+    }
+  }
+
+  async #http<T>(method: string, url: string, body?: string, accept = 'application/json'): Promise<Answer<T>> {
+    let response: Awaited<ReturnType<typeof fetch>>;
+    try {
+      response = await fetch(url, {
+        method,
+        dispatcher: this.#agent,
+        signal: AbortSignal.timeout(this.#options.timeoutMs),
+        headers: { accept, ...(body === undefined ? {} : { 'content-type': 'application/jose+json' }), 'user-agent': 'keyedge-acme' },
+        ...(body === undefined ? {} : { body }),
+      });
+    } catch (err) {
+      throw new AcmeError(`${method} ${url}: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`, { cause: err });
+    }
+    const nonce = response.headers.get('replay-nonce');
+    if (nonce !== null && /^[\w-]+$/.test(nonce)) this.#nonces.push(nonce);
+    const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
+    const text = method === 'HEAD' ? '' : await response.text();
+    if (response.status >= 400) {
+      let problem: { type?: string; detail?: string } = {};
+      try {
+        problem = JSON.parse(text) as typeof problem;
+      } catch {
+        // Not a problem document (§6.7): the status says enough.
+      }
+      const type = problem.type?.replace('urn:ietf:params:acme:error:', '');
+      throw new AcmeError(`${method} ${url}: ${response.status} ${type ?? ''} ${problem.detail ?? ''}`.trim(), {
+        status: response.status,
+        ...(type === undefined ? {} : { problem: type }),
+        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      });
+    }
+    let parsed: unknown;
+    if (accept === 'application/json' && text !== '') {
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        throw new AcmeError(`${method} ${url}: the answer is not JSON`, { cause: err });
+      }
+    }
+    return { body: parsed as T, text, location: response.headers.get('location') ?? undefined, retryAfterMs };
+  }
+}
+
+/** Retry-After (RFC 9110 §10.2.3): seconds or an HTTP date; capped at a day. */
+export function parseRetryAfter(value: string | null): number | undefined {
+  if (value === null) return undefined;
+  const ms = /^\d+$/.test(value.trim()) ? Number(value.trim()) * 1000 : Date.parse(value) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 86_400_000) : undefined;
+}

@@ -1,0 +1,181 @@
+/**
+ * One certificate from the CA, end to end, without a private key leaving the
+ * token: the account key signs every request through the key server (jws.ts),
+ * the certificate key is generated in the token (token-keys.ts), the CSR is
+ * signed through the key server (shared/csr.ts), the HTTP-01 answers are
+ * published to every worker (challenges.ts), and the chain goes into the
+ * certificate store through the same validation and swap as any replacement
+ * (the `store` function the cluster passes: ServingSource.putCertificate and
+ * a reload).
+ *
+ * Runs in the proxy's cluster primary, which owns the store and the reload
+ * path. Costs per certificate: one key generation (a child process), about
+ * ten signed requests (one key-server sign each) and the CA's validation.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { AcmeConfig } from '../../config/proxy-schema.js';
+import type { KeyserverClient } from '../../keyserver/client/client.js';
+import { csrKeyOfSpki, createCsrWith } from '../../keyserver/shared/csr.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { Algorithm } from '../../keyserver/protocol/constants.js';
+import { AcmeClient, type AcmeAuthorization, type AcmeOrder } from './client.js';
+import type { ChallengePublisher } from './challenges.js';
+import { AcmeError } from './errors.js';
+import { ecdsaDerToRaw, keyserverSigner, thumbprint } from './jws.js';
+import type { StateFile } from './state.js';
+import { type TokenKeys, waitForKey } from './token-keys.js';
+
+export interface IssuerDeps {
+  readonly config: AcmeConfig;
+  readonly state: StateFile;
+  readonly keys: TokenKeys;
+  /** A fresh connection to the key server (closed by the issuer). */
+  readonly keyserver: () => Promise<KeyserverClient>;
+  readonly challenges: ChallengePublisher;
+  /** Validates and swaps in the chain for store entry `name`, pinned to `keyId`; rejects (store unchanged) when refused. */
+  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[]) => Promise<void>;
+  readonly log: Logger;
+  /** Counts every order sent to the CA, by outcome. */
+  readonly onOrder?: (result: 'ok' | 'failed') => void;
+}
+
+export interface IssueRequest {
+  readonly name: string;
+  readonly domains: readonly string[];
+  /** RFC 9773 §5: the ARI certID of the certificate this one replaces. */
+  readonly replaces?: string | undefined;
+  /** Sign with this existing key instead of making a new one. */
+  readonly keyId?: string | undefined;
+}
+
+export interface Issued {
+  readonly keyId: string;
+  readonly chainPem: string;
+  readonly newKey: boolean;
+}
+
+export class AcmeIssuer {
+  readonly #deps: IssuerDeps;
+
+  constructor(deps: IssuerDeps) {
+    this.#deps = deps;
+  }
+
+  async issue(request: IssueRequest): Promise<Issued> {
+    const { config, keys, log } = this.#deps;
+    const keyserver = await this.#deps.keyserver();
+    let made: string | undefined;
+    try {
+      const acme = await this.#session(keyserver);
+      let keyId = request.keyId;
+      let spki: Buffer;
+      if (keyId === undefined) {
+        const label = `acme-${request.name.slice(0, 30)}-${stamp()}`;
+        const key = await keys.generate(config.keyType, label);
+        made = keyId = key.keyId;
+        spki = await waitForKey(keyserver, keyId);
+        log.info({ certificate: request.name, keyId, label }, 'certificate key generated in the token');
+      } else {
+        spki = await waitForKey(keyserver, keyId);
+      }
+      const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
+      await this.#deps.store(request.name, chainPem, keyId, request.domains);
+      this.#deps.onOrder?.('ok');
+      return { keyId, chainPem, newKey: made !== undefined };
+    } catch (err) {
+      this.#deps.onOrder?.('failed');
+      // A key no certificate uses is of no use: it goes at once.
+      if (made !== undefined) await keys.remove(made).catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not delete an unused certificate key'));
+      throw err;
+    } finally {
+      keyserver.close();
+    }
+  }
+
+  /** An ACME client on the account, registering it (key made in the token) the first time. */
+  async #session(keyserver: KeyserverClient): Promise<AcmeClient> {
+    const { config, state, keys, log } = this.#deps;
+    const ca = config.caBundle === null ? undefined : readFileSync(config.caBundle, 'utf8');
+    let account = state.state.account;
+    if (account !== undefined && account.directory !== config.directory) account = undefined;
+    const keyId = account?.keyId ?? (await keys.generate('ec-p256', `acme-account-${stamp()}`)).keyId;
+    const spki = await waitForKey(keyserver, keyId);
+    const client = new AcmeClient({
+      directoryUrl: config.directory,
+      signer: keyserverSigner(async () => keyserver, keyId, spki),
+      timeoutMs: config.timeoutMs,
+      ...(ca === undefined ? {} : { ca }),
+    });
+    const eab = config.eab === null ? undefined : { kid: config.eab.kid, hmacKey: readFileSync(config.eab.hmacKeyFile, 'utf8').trim() };
+    // newAccount with an existing key answers 200 and the same URL (RFC 8555 §7.3.1): cheap, and it checks the account still exists.
+    const url = await client.account({ contact: config.contact, eab });
+    if (account === undefined) {
+      state.state.account = { directory: config.directory, keyId, url };
+      state.save();
+      log.info({ keyId, account: url }, 'ACME account registered; its key is in the token');
+    }
+    return client;
+  }
+
+  async #order(acme: AcmeClient, keyserver: KeyserverClient, request: IssueRequest, keyId: string, spki: Buffer): Promise<string> {
+    const { config, challenges, log } = this.#deps;
+    const deadline = Date.now() + config.orderTimeoutSeconds * 1000;
+    const { url, order } = await acme.newOrder(request.domains, {
+      ...(request.replaces === undefined ? {} : { replaces: request.replaces }),
+      ...(config.profile === null ? {} : { profile: config.profile }),
+    });
+    log.info({ certificate: request.name, domains: request.domains, order: url }, 'ACME order created');
+    const published: string[] = [];
+    try {
+      for (const authzUrl of order.authorizations) {
+        const authz = (await acme.get<AcmeAuthorization>(authzUrl)).body;
+        if (authz.status === 'valid') continue;
+        const challenge = authz.challenges.find((c) => c.type === 'http-01');
+        if (challenge === undefined) throw new AcmeError(`no http-01 challenge offered for ${authz.identifier.value}`, {});
+        const keyAuthorization = `${challenge.token}.${thumbprint(acme.jwk)}`;
+        await challenges.add({ token: challenge.token, name: authz.identifier.value.toLowerCase(), keyAuthorization });
+        published.push(challenge.token);
+        await acme.respond(challenge.url);
+        const done = await poll(acme, authzUrl, deadline, (a: AcmeAuthorization) => a.status !== 'pending');
+        if (done.status !== 'valid') {
+          const why = done.challenges.find((c) => c.error !== undefined)?.error;
+          throw new AcmeError(
+            `validation of ${authz.identifier.value} failed: ${why?.type?.replace('urn:ietf:params:acme:error:', '') ?? done.status} ${why?.detail ?? ''}`.trim(),
+            {
+              problem: why?.type?.replace('urn:ietf:params:acme:error:', '') ?? 'unauthorized',
+            },
+          );
+        }
+      }
+    } finally {
+      for (const token of published) await challenges.remove(token);
+    }
+    const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
+    if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
+    const csr = await createCsrWith(csrKeyOfSpki(spki), request.domains, async (hash, digest) => {
+      const algorithm = csrKeyOfSpki(spki).kind === 'rsa' ? Algorithm.RSA_PKCS1_SHA256 : hash === 'sha384' ? Algorithm.ECDSA_SHA384 : Algorithm.ECDSA_SHA256;
+      const signature = await keyserver.sign(keyId, algorithm, digest);
+      return algorithm === Algorithm.RSA_PKCS1_SHA256 ? signature : ecdsaDerToRaw(signature, hash === 'sha384' ? 48 : 32);
+    });
+    const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
+    const valid = finalized.status === 'valid' ? finalized : await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'processing');
+    if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});
+    return acme.certificate(valid.certificate);
+  }
+}
+
+/** POST-as-GET `url` until `done`, at the CA's Retry-After or a gentle back-off, until the order's deadline. */
+async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (body: T) => boolean): Promise<T> {
+  for (let wait = 250; ; wait = Math.min(wait * 2, 5_000)) {
+    const answer = await acme.get<T>(url);
+    if (done(answer.body)) return answer.body;
+    if (Date.now() > deadline) throw new AcmeError(`${url} still not done at the order's deadline`, {});
+    await new Promise((resolve) => setTimeout(resolve, Math.min(answer.retryAfterMs ?? wait, 10_000)));
+  }
+}
+
+/** A label suffix that sorts by time and never repeats (token labels are unique). */
+function stamp(): string {
+  return `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '')}-${randomBytes(3).toString('hex')}`;
+}

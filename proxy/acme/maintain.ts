@@ -1,0 +1,230 @@
+/**
+ * Keeping managed certificates issued and renewed (policy.ts says when), and
+ * deleting the keys they no longer use once the grace period is over.
+ *
+ * Runs in the cluster primary on a timer (`renewal.checkSeconds`) and on the
+ * operator's word (admin API: POST /acme/issue, POST /acme/renew/NAME). At
+ * most `renewal.maxConcurrent` orders run at once; an entry already in flight
+ * is never ordered twice. A failure leaves the store entry as it is (the
+ * current certificate keeps serving until it expires), is logged, counted,
+ * remembered with its backoff in the state file, and shown in GET /certs.
+ */
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
+import type { AcmeConfig } from '../../config/proxy-schema.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { ACME_PROBLEMS, type AcmeMetrics } from '../metrics.js';
+import type { CertificateRecord } from '../serving/spec.js';
+import { AcmeError } from './errors.js';
+import type { AcmeIssuer, Issued } from './issuer.js';
+import { ariTime, backoffMs, leafTimes, renewalTime } from './policy.js';
+import type { ManagedState, StateFile } from './state.js';
+import type { TokenKeys } from './token-keys.js';
+
+export interface ManagerDeps {
+  readonly config: AcmeConfig;
+  readonly state: StateFile;
+  readonly issuer: AcmeIssuer;
+  readonly keys: TokenKeys;
+  readonly records: () => ReadonlyMap<string, CertificateRecord>;
+  readonly metrics: AcmeMetrics;
+  readonly log: Logger;
+  /** RFC 9773 renewal window for a certID; undefined when the CA offers no ARI. */
+  readonly renewalWindow: (certId: string) => Promise<{ start: Date; end: Date; retryAfterMs: number | undefined } | undefined>;
+}
+
+/** ARI windows are looked at again after the CA's Retry-After, or this long (RFC 9773 §4.3 suggests hours). */
+const ARI_RECHECK_MS = 6 * 3_600_000;
+
+/** The store entry name for a set of domains: the first one, `*` spelled `_`. */
+export function entryNameFor(domains: readonly string[]): string {
+  return (domains[0] ?? 'acme').replace(/^\*/, '_').slice(0, 64);
+}
+
+export class CertificateManager {
+  readonly #deps: ManagerDeps;
+  readonly #inFlight = new Map<string, Promise<Issued>>();
+  #timer: NodeJS.Timeout | undefined;
+  #ticking = false;
+
+  constructor(deps: ManagerDeps) {
+    this.#deps = deps;
+  }
+
+  start(): void {
+    const tick = (): void => void this.tick().catch((err: unknown) => this.#deps.log.error({ err }, 'ACME maintenance pass failed'));
+    this.#timer = setInterval(tick, this.#deps.config.renewal.checkSeconds * 1000);
+    this.#timer.unref();
+    setImmediate(tick);
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** Whether `name` has a managed entry of its own (on-demand asks before ordering). */
+  isManaged(name: string): boolean {
+    return this.#deps.state.state.certificates[entryNameFor([name])] !== undefined;
+  }
+
+  get failing(): number {
+    return Object.values(this.#deps.state.state.certificates).filter((c) => c.failures > 0).length;
+  }
+
+  /** Issues a new managed certificate now (or renews it, when the entry is managed already); resolves once it serves. */
+  issue(domains: readonly string[], name = entryNameFor(domains)): Promise<Issued> {
+    const managed = this.#deps.state.state.certificates[name];
+    if (managed === undefined) {
+      this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0 };
+      this.#deps.state.save();
+    }
+    return this.#run(name);
+  }
+
+  /** Renews a managed entry now, whatever its schedule or backoff. */
+  renew(name: string): Promise<Issued> {
+    if (this.#deps.state.state.certificates[name] === undefined) {
+      return Promise.reject(new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME; issue it with keyedge cert issue`));
+    }
+    return this.#run(name);
+  }
+
+  /** What GET /certs shows for a managed entry. */
+  view(name: string): unknown {
+    const managed = this.#deps.state.state.certificates[name];
+    if (managed === undefined) return undefined;
+    const record = this.#deps.records().get(name);
+    const due = record === undefined ? undefined : this.#due(name, managed, record);
+    return {
+      domains: managed.domains,
+      renewing: this.#inFlight.has(name),
+      renewAt: due === undefined ? null : new Date(due).toISOString(),
+      failures: managed.failures,
+      retryNotBefore: managed.notBefore ?? null,
+      lastError: managed.lastError ?? null,
+      lastIssuedAt: managed.lastIssuedAt ?? null,
+    };
+  }
+
+  /** One maintenance pass: renew what is due, delete keys past their grace period. */
+  async tick(): Promise<void> {
+    if (this.#ticking) return;
+    this.#ticking = true;
+    try {
+      const now = Date.now();
+      const { certificates } = this.#deps.state.state;
+      for (const [name, managed] of Object.entries(certificates)) {
+        if (this.#inFlight.size >= this.#deps.config.renewal.maxConcurrent) break;
+        if (this.#inFlight.has(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
+        const record = this.#deps.records().get(name);
+        if (record !== undefined) await this.#checkAri(name, managed, record);
+        const due = record === undefined ? now : this.#due(name, managed, record);
+        if (due <= now) this.#run(name).catch(() => undefined);
+      }
+      await this.#deleteRetiredKeys(now);
+    } finally {
+      this.#ticking = false;
+    }
+  }
+
+  #due(name: string, managed: ManagedState, record: CertificateRecord): number {
+    const leaf = leafTimes(record.chainPem);
+    if (managed.ari !== undefined && managed.ari.serial === leaf.serial) return Date.parse(managed.ari.at);
+    return renewalTime(name, leaf, this.#deps.config.renewal);
+  }
+
+  async #checkAri(name: string, managed: ManagedState, record: CertificateRecord): Promise<void> {
+    const leaf = leafTimes(record.chainPem);
+    if (leaf.certId === undefined) return;
+    if (managed.ari?.serial === leaf.serial && Date.now() - Date.parse(managed.ari.checkedAt) < ARI_RECHECK_MS) return;
+    try {
+      const window = await this.#deps.renewalWindow(leaf.certId);
+      if (window === undefined) return;
+      managed.ari = { serial: leaf.serial, at: new Date(ariTime(window)).toISOString(), checkedAt: new Date().toISOString() };
+      this.#deps.state.save();
+    } catch (err) {
+      // Without a window the lifetime rule still holds: ARI only ever moves the date.
+      this.#deps.log.warn({ certificate: name, err: (err as Error).message }, 'ACME renewal info unavailable; renewing by lifetime');
+    }
+  }
+
+  #run(name: string): Promise<Issued> {
+    const running = this.#inFlight.get(name);
+    if (running !== undefined) return running;
+    const attempt = this.#attempt(name).finally(() => this.#inFlight.delete(name));
+    this.#inFlight.set(name, attempt);
+    return attempt;
+  }
+
+  async #attempt(name: string): Promise<Issued> {
+    const { state, issuer, config, metrics, log } = this.#deps;
+    const managed = state.state.certificates[name];
+    if (managed === undefined) throw new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME`);
+    const record = this.#deps.records().get(name);
+    const previousKey = record?.keyId;
+    const certId = record === undefined ? undefined : leafTimes(record.chainPem).certId;
+    log.info({ certificate: name, domains: managed.domains, renewal: record !== undefined }, 'ACME issuance started');
+    try {
+      const issued = await issuer.issue({
+        name,
+        domains: managed.domains,
+        // `replaces` is only meaningful to a CA that offers ARI; one that does not ignores what it does not know (RFC 8555 §7.4).
+        ...(certId !== undefined && managed.ari !== undefined ? { replaces: certId } : {}),
+        ...(!config.renewal.newKey && previousKey !== undefined ? { keyId: previousKey } : {}),
+      });
+      Object.assign(managed, {
+        keyId: issued.keyId,
+        failures: 0,
+        notBefore: undefined,
+        lastError: undefined,
+        ari: undefined,
+        lastIssuedAt: new Date().toISOString(),
+      });
+      if (previousKey !== undefined && previousKey !== issued.keyId) {
+        state.state.retiredKeys.push({ keyId: previousKey, deleteAfter: new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString() });
+      }
+      state.save();
+      metrics.renewals.inc({ result: 'ok', problem: 'none' });
+      log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
+      return issued;
+    } catch (err) {
+      const acme = err instanceof AcmeError ? err : undefined;
+      managed.failures++;
+      const wait = backoffMs(managed.failures, config.renewal, acme?.retryAfterMs);
+      managed.notBefore = new Date(Date.now() + wait).toISOString();
+      const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME';
+      managed.lastError = { code, problem: acme?.problem, message: (err as Error).message, at: new Date().toISOString() };
+      state.save();
+      const problem = (ACME_PROBLEMS as readonly string[]).includes(acme?.problem ?? '') ? (acme?.problem as string) : 'other';
+      metrics.renewals.inc({ result: 'failed', problem });
+      log.error(
+        { certificate: name, code, problem: acme?.problem, failures: managed.failures, retryInMs: Math.round(wait), reason: (err as Error).message },
+        'ACME issuance failed; the current certificate keeps serving',
+      );
+      throw err;
+    }
+  }
+
+  async #deleteRetiredKeys(now: number): Promise<void> {
+    const { state, keys, metrics, log } = this.#deps;
+    const inUse = new Set([...this.#deps.records().values()].map((r) => r.keyId));
+    const keep: typeof state.state.retiredKeys = [];
+    for (const retired of state.state.retiredKeys) {
+      if (Date.parse(retired.deleteAfter) > now || inUse.has(retired.keyId)) {
+        keep.push(retired);
+        continue;
+      }
+      try {
+        await keys.remove(retired.keyId);
+        metrics.keysDeleted.inc();
+        log.info({ keyId: retired.keyId }, 'previous certificate key deleted from the token after its grace period');
+      } catch (err) {
+        log.warn({ keyId: retired.keyId, err: (err as Error).message }, 'could not delete a retired certificate key; trying again next pass');
+        keep.push(retired);
+      }
+    }
+    if (keep.length !== state.state.retiredKeys.length) {
+      state.state.retiredKeys = keep;
+      state.save();
+    }
+  }
+}

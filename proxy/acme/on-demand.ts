@@ -1,0 +1,142 @@
+/**
+ * On-demand issuance: a handshake for a name no certificate covers (a
+ * customer just pointed a CNAME at the edge) asks, through the worker's IPC
+ * message, for a certificate; the handshake itself never waits (it gets the
+ * default certificate or unrecognized_name), and a later one gets the new
+ * certificate once it serves.
+ *
+ * Every gate runs before the CA is contacted, cheapest first, so a wildcard
+ * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
+ *   1. the name is a plain DNS name, not managed or in flight already;
+ *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
+ *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
+ *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;
+ *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
+ *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain (the
+ *      last two labels: no public-suffix list) and `maxOrdersPerHour` in all.
+ * A refusal at 2, 4 or 5 is remembered; a rate-limited name is not (it may
+ * come back when the hour has room).
+ */
+import { Resolver } from 'node:dns/promises';
+import { LRUCache } from 'lru-cache';
+import type { OnDemandConfig } from '../../config/proxy-schema.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+
+const WANTED = 'keyedge:acme-wanted';
+const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const HOUR_MS = 3_600_000;
+
+export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
+
+export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
+  return { type: WANTED, name };
+}
+
+export function wantedName(message: unknown): string | undefined {
+  if (typeof message !== 'object' || message === null || (message as { type?: unknown }).type !== WANTED) return undefined;
+  const name = (message as { name?: unknown }).name;
+  return typeof name === 'string' && name.length <= 253 ? name.toLowerCase() : undefined;
+}
+
+/**
+ * The worker's side: report each unknown name at most once per `intervalMs`
+ * (bounded memory), so a flood of handshakes costs the primary one message
+ * per name, not one per handshake.
+ */
+export function missReporter(send: (name: string) => void, intervalMs = 10_000): (name: string) => void {
+  const recent = new LRUCache<string, true>({ max: 10_000, ttl: intervalMs });
+  return (name) => {
+    if (recent.has(name)) return;
+    recent.set(name, true);
+    send(name);
+  };
+}
+
+export interface OnDemandDeps {
+  readonly config: OnDemandConfig;
+  readonly log: Logger;
+  readonly isManaged: (name: string) => boolean;
+  /** Starts issuance in the background. */
+  readonly order: (name: string) => void;
+  readonly onOutcome?: (outcome: OnDemandOutcome) => void;
+}
+
+export class OnDemandGate {
+  readonly #deps: OnDemandDeps;
+  readonly #refused: LRUCache<string, true>;
+  readonly #checking = new Set<string>();
+  readonly #perDomain = new LRUCache<string, number[]>({ max: 100_000 });
+  #global: number[] = [];
+  readonly #resolver: Resolver;
+
+  constructor(deps: OnDemandDeps) {
+    this.#deps = deps;
+    this.#refused = new LRUCache({ max: 100_000, ttl: deps.config.refusedSeconds * 1000 });
+    this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
+    if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
+  }
+
+  /** A worker saw a handshake for `name`, which no certificate covers. Resolves with what was decided (tests, logs). */
+  async wanted(name: string): Promise<OnDemandOutcome> {
+    const outcome = await this.#decide(name);
+    this.#deps.onOutcome?.(outcome);
+    return outcome;
+  }
+
+  async #decide(name: string): Promise<OnDemandOutcome> {
+    const { config, log } = this.#deps;
+    if (!DNS_NAME.test(name) || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
+    if (this.#refused.has(name)) return 'remembered';
+    if (this.#checking.size >= config.maxPendingChecks) return 'busy';
+    this.#checking.add(name);
+    try {
+      const refusal = (await this.#askRefusal(name)) ?? (await this.#cnameRefusal(name));
+      if (refusal !== undefined) {
+        this.#refused.set(name, true);
+        log.info({ name, reason: refusal }, 'on-demand certificate refused');
+        return 'refused';
+      }
+      const domain = name.split('.').slice(-2).join('.');
+      const now = Date.now();
+      const recentForDomain = (this.#perDomain.get(domain) ?? []).filter((t) => now - t < HOUR_MS);
+      this.#global = this.#global.filter((t) => now - t < HOUR_MS);
+      if (recentForDomain.length >= config.maxOrdersPerDomainPerHour || this.#global.length >= config.maxOrdersPerHour) {
+        log.warn({ name, domain }, 'on-demand certificate rate-limited');
+        return 'rate_limited';
+      }
+      this.#perDomain.set(domain, [...recentForDomain, now]);
+      this.#global.push(now);
+      log.info({ name }, 'on-demand certificate ordered');
+      this.#deps.order(name);
+      return 'ordered';
+    } finally {
+      this.#checking.delete(name);
+    }
+  }
+
+  async #askRefusal(name: string): Promise<string | undefined> {
+    const ask = this.#deps.config.ask;
+    if (ask === null) return undefined;
+    const url = new URL(ask);
+    url.searchParams.set('domain', name);
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
+      await response.body?.cancel();
+      return response.status >= 200 && response.status < 300 ? undefined : `the ask endpoint answered ${response.status}`;
+    } catch (err) {
+      // Unreachable or slow: refused (fail closed), remembered like any refusal.
+      return `the ask endpoint failed: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`;
+    }
+  }
+
+  async #cnameRefusal(name: string): Promise<string | undefined> {
+    const target = this.#deps.config.cnameTarget;
+    if (target === null) return undefined;
+    try {
+      const cnames = await this.#resolver.resolveCname(name);
+      return cnames.some((c) => c.toLowerCase().replace(/\.$/, '') === target) ? undefined : `its CNAME is not ${target}`;
+    } catch (err) {
+      return `no CNAME to ${target} (${(err as NodeJS.ErrnoException).code ?? 'error'})`;
+    }
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * What the issuer remembers across restarts, in `<stateDir>/acme/state.json`
+ * (mode 0600, written whole and renamed into place): the account (the key id
+ * of its key in the token and its URL at the CA, never key material), each
+ * managed certificate's names, key and retry state, and the retired keys
+ * waiting for their grace period to end before they are deleted.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface AccountState {
+  readonly directory: string;
+  readonly keyId: string;
+  readonly url: string;
+}
+
+export interface ManagedState {
+  domains: string[];
+  keyId: string;
+  /** Consecutive failed attempts; 0 after a success. */
+  failures: number;
+  /** No attempt before this (ISO time): the backoff after a failure, or the CA's Retry-After. */
+  notBefore?: string | undefined;
+  lastError?: { code: string; problem?: string | undefined; message: string; at: string } | undefined;
+  lastIssuedAt?: string | undefined;
+  /** The renewal time chosen inside the CA's ARI window (RFC 9773 §4.2), with the window's certificate serial. */
+  ari?: { serial: string; at: string; checkedAt: string } | undefined;
+}
+
+export interface IssuerState {
+  account?: AccountState | undefined;
+  certificates: Record<string, ManagedState>;
+  retiredKeys: { keyId: string; deleteAfter: string }[];
+}
+
+export class StateFile {
+  readonly #file: string;
+  state: IssuerState;
+
+  constructor(stateDir: string) {
+    const dir = join(stateDir, 'acme');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.#file = join(dir, 'state.json');
+    try {
+      this.state = JSON.parse(readFileSync(this.#file, 'utf8')) as IssuerState;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.state = { certificates: {}, retiredKeys: [] };
+    }
+  }
+
+  save(): void {
+    const tmp = `${this.#file}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(this.state, null, 2)}\n`, { mode: 0o600 });
+    renameSync(tmp, this.#file);
+  }
+}

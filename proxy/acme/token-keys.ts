@@ -1,0 +1,70 @@
+/**
+ * Making and deleting keys in the token for the issuer, through the
+ * `keyedge key generate|delete` command run as a child process.
+ *
+ * Why a child: the key-server protocol can sign and give public keys, never
+ * create or destroy one, and the proxy process must not load the PKCS#11
+ * module or read the PIN. The child opens the token (as `keyedge key` always
+ * does, next to a running key server), generates the key inside it
+ * (CKA_SENSITIVE, not CKA_EXTRACTABLE) and prints the key id and public key:
+ * no key material crosses. A running key server finds the new key on its
+ * first use (it rescans the token for an unknown key id). Cost: one node
+ * start (~0.3 s) per key, once per certificate and renewal.
+ */
+import { execFile } from 'node:child_process';
+import type { KeyserverClient } from '../../keyserver/client/client.js';
+import { RemoteError } from '../../keyserver/shared/errors.js';
+import { ErrorCode } from '../../keyserver/protocol/constants.js';
+import { AcmeError } from './errors.js';
+
+export interface GeneratedKey {
+  readonly keyId: string;
+  readonly label: string;
+  readonly spki: Buffer;
+}
+
+export interface TokenKeys {
+  generate(type: string, label: string): Promise<GeneratedKey>;
+  remove(keyId: string): Promise<void>;
+}
+
+/** `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded default. */
+export function cliTokenKeys(keyserverConfig: string | null, entry: string = process.argv[1] ?? 'keyedge'): TokenKeys {
+  const run = (args: string[]): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const full = [entry, 'key', ...args, ...(keyserverConfig === null ? [] : ['--config', keyserverConfig])];
+      execFile(process.execPath, full, { timeout: 60_000, maxBuffer: 1024 * 1024 }, (err, stdout, stderr) => {
+        if (err !== null) {
+          // The CLI's message names the code and never a PIN or key material.
+          const line = stderr.split('\n').find((l) => l.startsWith('keyedge:')) ?? err.message;
+          reject(new AcmeError(`keyedge key ${args[0]}: ${line}`, { cause: err }));
+        } else resolve(stdout);
+      });
+    });
+  return {
+    async generate(type, label) {
+      const out = JSON.parse(await run(['generate', '--type', type, '--label', label, '--json'])) as { keyId: string; label: string; spki: string };
+      return { keyId: out.keyId, label: out.label, spki: Buffer.from(out.spki, 'base64') };
+    },
+    async remove(keyId) {
+      await run(['delete', '--key', keyId]);
+    },
+  };
+}
+
+/**
+ * Waits until the key server knows `keyId`: it rescans the token for an
+ * unknown id at most once a second, so a key made a moment after a rescan is
+ * unknown for up to that long.
+ */
+export async function waitForKey(client: KeyserverClient, keyId: string, timeoutMs = 10_000): Promise<Buffer> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await client.getPublicKey(keyId);
+    } catch (err) {
+      if (!(err instanceof RemoteError && err.wireCode === ErrorCode.UNKNOWN_KEY) || Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}

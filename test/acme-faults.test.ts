@@ -1,0 +1,172 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { curl } from './helpers/clients.js';
+import { CLI, REPO, sleep } from './helpers/keyserver.js';
+import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
+import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
+import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
+// retries) or rateLimited with Retry-After, and a failed validation. Each
+// time the current certificate keeps serving, the failure is in GET /certs
+// (failures, lastError with the problem type, retryNotBefore) and in the
+// metrics, and retries back off as configured (min 1 s doubling, max 8 s,
+// never before Retry-After). A certificate key made for an order that failed
+// is deleted from the token at once.
+let lab: KeylessLab;
+let pebble: Pebble;
+let front: FaultFront;
+let proxy: ClusterProxy;
+let root: string;
+let keyserverConfig: string;
+const NAME = 'www.fault.test';
+
+interface Managed {
+  failures: number;
+  retryNotBefore: string | null;
+  lastError: { code: string; problem?: string; message: string; at: string } | null;
+}
+
+async function managed(name: string): Promise<{ serial: string; acme: Managed } | undefined> {
+  const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; serial: string; acme: Managed }[] };
+  return certs.certificates.find((c) => c.name === name);
+}
+
+async function renew(): Promise<{ status: number; body: { error?: { code: string; problem?: string; message: string } } }> {
+  const answer = await proxy.admin('POST', `/acme/renew/${NAME}`, '');
+  return { status: answer.status, body: JSON.parse(answer.text) as { error?: { code: string; problem?: string; message: string } } };
+}
+
+async function stillServes(serial: string): Promise<void> {
+  const got = await curl(proxy.port, NAME, root, ['-v']);
+  expect(got.code, got.stderr).toBe(0);
+  expect((await managed(NAME))?.serial).toBe(serial);
+}
+
+function keyLabels(): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [CLI, 'key', 'list', '--json', '--config', keyserverConfig], { cwd: REPO, timeout: 30_000 }, (err, stdout) =>
+      err === null ? resolve((JSON.parse(stdout) as { label: string }[]).map((k) => k.label)) : reject(err),
+    );
+  });
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  keyserverConfig = join(lab.dir, 'keyserver.json');
+  const httpPort = await freePort();
+  const pebbleDir = join(lab.dir, 'pebble');
+  mkdirSync(pebbleDir);
+  pebble = await startPebble(pebbleDir, httpPort);
+  front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.fault.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: front.directory,
+          caBundle: pebble.tlsCaFile,
+          keyserverConfig,
+          timeoutMs: 2_000,
+          orderTimeoutSeconds: 60,
+          renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
+        },
+      }),
+    {},
+    90_000,
+  );
+  root = await pebble.rootFile();
+  const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME] }));
+  expect(issued.status, issued.text).toBe(200);
+}, 180_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await front?.close();
+  await pebble?.stop();
+  await lab?.close();
+});
+
+describe('ACME faults: the current certificate keeps serving', () => {
+  it('rateLimited with Retry-After: the next attempt waits for it, whatever the backoff says', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'rateLimited';
+    front.retryAfterSeconds = 30;
+    const answer = await renew();
+    expect(answer.status).toBe(502);
+    expect(answer.body.error).toMatchObject({ code: 'KEYEDGE_ERR_ACME', problem: 'rateLimited' });
+    const after = (await managed(NAME))!;
+    expect(after.acme.failures).toBe(1);
+    expect(after.acme.lastError?.problem).toBe('rateLimited');
+    expect(Date.parse(after.acme.retryNotBefore!) - Date.parse(after.acme.lastError!.at)).toBeGreaterThanOrEqual(29_000);
+    await stillServes(before.serial);
+    const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(metrics).toMatch(/keyedge_proxy_acme_attempts_total\{result="failed",problem="rateLimited"\} 1/);
+    expect(metrics).toMatch(/keyedge_proxy_acme_certificates_failing 1/);
+  }, 60_000);
+
+  it('badNonce on every POST: retried three times with fresh nonces, then a failure', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'badNonce';
+    front.faults.badNonce = 0;
+    const answer = await renew();
+    expect(answer.body.error).toMatchObject({ code: 'KEYEDGE_ERR_ACME', problem: 'badNonce' });
+    // The first POST (newAccount) and its three retries.
+    expect(front.faults.badNonce).toBe(4);
+    expect((await managed(NAME))!.acme.failures).toBe(2);
+    await stillServes(before.serial);
+  }, 60_000);
+
+  it('slow and down: the request deadline and a cut connection are failures with the URL, nothing hangs', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'slow';
+    front.slowMs = 5_000;
+    const slow = await renew();
+    expect(slow.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(slow.body.error?.message).toMatch(/no answer in time/);
+    front.mode = 'down';
+    const down = await renew();
+    expect(down.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(down.body.error?.message).toMatch(/\/dir|nonce|acct/i);
+    expect((await managed(NAME))!.acme.failures).toBe(4);
+    await stillServes(before.serial);
+
+    // The CA comes back: the next renewal succeeds and the failure state clears.
+    front.mode = 'pass';
+    const back = await renew();
+    expect(back.status, JSON.stringify(back.body)).toBe(200);
+    const after = (await managed(NAME))!;
+    expect(after.acme.failures).toBe(0);
+    expect(after.acme.lastError).toBeNull();
+    expect(after.serial).not.toBe(before.serial);
+  }, 60_000);
+
+  it('a failed validation: refused at the CA, the unused key deleted, retried on its own with growing waits', async () => {
+    await pebble.addA('bad.fault.test', '127.0.0.2');
+    const answer = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: ['bad.fault.test'] }));
+    expect(answer.status).toBe(502);
+    const error = (JSON.parse(answer.text) as { error: { code: string; message: string } }).error;
+    expect(error.code).toBe('KEYEDGE_ERR_ACME');
+    expect(error.message).toMatch(/validation of bad\.fault\.test failed/);
+    expect((await keyLabels()).filter((l) => l.startsWith('acme-bad.fault.test-'))).toEqual([]);
+    // The maintenance pass (every second) retries after 1-1.5 s, then 2-3 s, then 4-6 s: in 9 s at most 4 attempts in all.
+    const startedAt = Date.now();
+    await sleep(9_000);
+    const state = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string }[] };
+    expect(state.certificates.some((c) => c.name === 'bad.fault.test')).toBe(false);
+    const attempts = Number(
+      /keyedge_proxy_acme_attempts_total\{result="failed",problem="(?:connection|unauthorized|other)"\} (\d+)/.exec(
+        await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text(),
+      )?.[1] ?? 0,
+    );
+    expect(attempts).toBeGreaterThanOrEqual(2);
+    expect(attempts).toBeLessThanOrEqual(4);
+    expect(Date.now() - startedAt).toBeLessThan(60_000);
+  }, 60_000);
+});

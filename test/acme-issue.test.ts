@@ -1,0 +1,100 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { curl } from './helpers/clients.js';
+import { CLI, REPO } from './helpers/keyserver.js';
+import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
+import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// Issue 14, must-show 1 (HTTP-01): a real `keyedge proxy` (two workers) gets a
+// certificate from a real pebble through HTTP-01 answered on its own port 80
+// listener, with the account key and the certificate key generated in the
+// SoftHSM2 token and every JWS and the CSR signed by the key server; the chain
+// goes through the store's validation and swap; curl trusting pebble's root
+// gets the origin's page. The keys are read back through PKCS#11 attributes.
+let lab: KeylessLab;
+let pebble: Pebble;
+let proxy: ClusterProxy;
+let keyserverConfig: string;
+
+function cli(args: readonly string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
+    });
+  });
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  keyserverConfig = join(lab.dir, 'keyserver.json');
+  const httpPort = await freePort();
+  const pebbleDir = join(lab.dir, 'pebble');
+  mkdirSync(pebbleDir);
+  pebble = await startPebble(pebbleDir, httpPort);
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: pebble.directory,
+          caBundle: pebble.tlsCaFile,
+          contact: ['mailto:ops@acme.test'],
+          keyserverConfig,
+          orderTimeoutSeconds: 60,
+          timeoutMs: 10_000,
+        },
+      }),
+    {},
+    90_000,
+  );
+}, 150_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await pebble?.stop();
+  await lab?.close();
+});
+
+describe('ACME issuance against pebble, HTTP-01', () => {
+  it('keyedge cert issue: the proxy serves the certificate and curl trusting pebble’s root gets the page', async () => {
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'www.acme.test', '--domain', 'api.acme.test']);
+    expect(issued.stderr).toBe('');
+    expect(issued.code).toBe(0);
+    expect(issued.stdout).toMatch(/issued www\.acme\.test: serving, key id [0-9a-f]{64}/);
+    expect(pebble.orders()).toBe(1);
+
+    const root = await pebble.rootFile();
+    for (const name of ['www.acme.test', 'api.acme.test']) {
+      const got = await curl(proxy.port, name, root);
+      expect(got.code, got.stderr).toBe(0);
+      expect(got.stdout).toContain(`"host":"${name}:${proxy.port}"`);
+    }
+
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as {
+      certificates: { name: string; keyId: string; issuer: string; acme: { failures: number; renewAt: string } | null }[];
+    };
+    const entry = certs.certificates.find((c) => c.name === 'www.acme.test');
+    expect(entry?.issuer).toMatch(/Pebble/i);
+    expect(entry?.acme?.failures).toBe(0);
+    expect(Date.parse(entry?.acme?.renewAt ?? '')).toBeGreaterThan(Date.now());
+
+    // The account key and the certificate key: in the token, sensitive, not extractable (PKCS#11 CKA_SENSITIVE, CKA_EXTRACTABLE).
+    const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
+    const keys = JSON.parse(listed.stdout) as { keyId: string; label: string; sensitive: boolean; extractable: boolean; type: string }[];
+    const account = keys.filter((k) => k.label.startsWith('acme-account-'));
+    const certKey = keys.find((k) => k.keyId === entry?.keyId);
+    expect(account).toHaveLength(1);
+    expect(certKey?.label).toMatch(/^acme-www\.acme\.test-/);
+    for (const key of [...account, certKey]) {
+      expect(key).toMatchObject({ sensitive: true, extractable: false, type: 'ec-p256' });
+    }
+    const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(metrics).toMatch(/keyedge_proxy_acme_orders_total\{result="ok"\} 1/);
+  }, 120_000);
+});

@@ -1,0 +1,139 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { curl } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// Issue 14, must-show 3: on-demand issuance. A handshake for an unknown name
+// fails fast (unrecognized_name) and, when the ask endpoint allows the name
+// and its CNAME points at the edge, starts an order in the background; a later
+// handshake gets the new certificate. Names the ask endpoint refuses, or whose
+// CNAME is elsewhere, never reach the CA (orders counted at pebble), and are
+// asked about once. 1,000 handshakes for random names under one registered
+// domain cause at most maxOrdersPerDomainPerHour (2) orders.
+let lab: KeylessLab;
+let pebble: Pebble;
+let proxy: ClusterProxy;
+let ask: http.Server;
+const asked = new Map<string, number>();
+const EDGE = 'edge.keyedge.test';
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  const httpPort = await freePort();
+  const pebbleDir = join(lab.dir, 'pebble');
+  mkdirSync(pebbleDir);
+  pebble = await startPebble(pebbleDir, httpPort);
+  ask = http.createServer((req, res) => {
+    const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
+    asked.set(domain, (asked.get(domain) ?? 0) + 1);
+    res.writeHead(domain.endsWith('.evil.test') ? 403 : 200).end();
+  });
+  await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: pebble.directory,
+          caBundle: pebble.tlsCaFile,
+          keyserverConfig: join(lab.dir, 'keyserver.json'),
+          orderTimeoutSeconds: 60,
+          onDemand: {
+            ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
+            cnameTarget: EDGE,
+            resolver: pebble.dnsServer,
+            maxOrdersPerDomainPerHour: 2,
+          },
+        },
+      }),
+    {},
+    90_000,
+  );
+}, 150_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await pebble?.stop();
+  await new Promise((resolve) => (ask ? ask.close(resolve) : resolve(undefined)));
+  await lab?.close();
+});
+
+/** A handshake for `name`; resolves with the served certificate's subject CN, or the error. */
+function handshake(name: string, ca?: string): Promise<{ ok: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: name, ...(ca === undefined ? { rejectUnauthorized: false } : { ca }) });
+    socket.setTimeout(15_000, () => socket.destroy(new Error('timeout')));
+    socket.once('secureConnect', () => {
+      socket.destroy();
+      resolve({ ok: true });
+    });
+    socket.once('error', (err) => resolve({ ok: false, error: err.message }));
+  });
+}
+
+async function ordersAfterQuiet(): Promise<number> {
+  // Gates answer within the ask timeout; a little more lets any order they started show at pebble.
+  await sleep(3_000);
+  return pebble.orders();
+}
+
+describe('on-demand issuance', () => {
+  it('an allowed name CNAMEd to the edge: the first handshake fails fast, a later one gets the new certificate', async () => {
+    await pebble.setCname('new.ok.test', EDGE);
+    const first = await handshake('new.ok.test');
+    expect(first.ok).toBe(false);
+    expect(first.error).toMatch(/unrecognized name|unrecognized_name|alert number 112/i);
+    const root = await pebble.rootFile();
+    const started = Date.now();
+    await waitFor(
+      'the on-demand certificate to serve',
+      async () => {
+        const got = await curl(proxy.port, 'new.ok.test', root);
+        return got.code === 0 ? got : undefined;
+      },
+      60_000,
+    );
+    expect(Date.now() - started).toBeLessThan(60_000);
+    expect(pebble.orders()).toBe(1);
+  }, 90_000);
+
+  it('names the ask endpoint refuses, or whose CNAME is elsewhere, never reach the CA; refusals are remembered', async () => {
+    const before = pebble.orders();
+    await pebble.setCname('x.evil.test', EDGE);
+    for (let i = 0; i < 3; i++) {
+      expect((await handshake('x.evil.test')).ok).toBe(false);
+      expect((await handshake('nocname.ok.test')).ok).toBe(false);
+      await sleep(200);
+    }
+    expect(await ordersAfterQuiet()).toBe(before);
+    expect(asked.get('x.evil.test')).toBe(1);
+    expect(asked.get('nocname.ok.test')).toBe(1);
+  }, 60_000);
+
+  it('1,000 handshakes for random names under one domain cause at most maxOrdersPerDomainPerHour orders', async () => {
+    const before = pebble.orders();
+    const names = Array.from({ length: 1000 }, (_, i) => `r${i}-${Math.random().toString(36).slice(2, 8)}.flood.test`);
+    for (let i = 0; i < names.length; i += 50) await Promise.all(names.slice(i, i + 50).map((n) => pebble.setCname(n, EDGE)));
+    let failedFast = 0;
+    for (let i = 0; i < names.length; i += 25) {
+      const results = await Promise.all(names.slice(i, i + 25).map((n) => handshake(n)));
+      failedFast += results.filter((r) => !r.ok).length;
+    }
+    expect(failedFast).toBe(1000);
+    const orders = (await ordersAfterQuiet()) - before;
+    expect(orders).toBeGreaterThan(0);
+    expect(orders).toBeLessThanOrEqual(2);
+    const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="rate_limited"\} \d+/);
+  }, 120_000);
+});

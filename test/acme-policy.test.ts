@@ -1,0 +1,164 @@
+import { createVerify, generateKeyPairSync, sign } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
+import { AcmeClient, parseRetryAfter } from '../proxy/acme/client.js';
+import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
+import { ecdsaDerToRaw, jwkOfSpki, signJws, thumbprint } from '../proxy/acme/jws.js';
+import { CertificateManager } from '../proxy/acme/maintain.js';
+import { ariTime, backoffMs, leafTimes, renewalTime } from '../proxy/acme/policy.js';
+import { StateFile } from '../proxy/acme/state.js';
+import { registerAcmeMetrics } from '../proxy/metrics.js';
+import type { CertificateRecord } from '../proxy/serving/spec.js';
+import { captureLog } from './helpers/keyserver.js';
+import { createCa, issue } from './helpers/pki.js';
+
+// Issue 14: the renewal policy (two thirds of the lifetime, the spread, the
+// backoff with jitter and Retry-After), the ARI path against a small fake
+// renewal-info endpoint (pebble 2.4.0 has none): the window decides the
+// renewal time and the new order carries `replaces`; and the JWS signature
+// format (DER from the key server to JWS r || s).
+const acme = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir' } }).acme!;
+const DAY = 86_400_000;
+
+describe('renewal policy', () => {
+  it('renews at two thirds of the lifetime, each name moved earlier by its own part of the spread', () => {
+    const leaf = { notBefore: Date.parse('2026-01-01T00:00:00Z'), notAfter: Date.parse('2026-01-01T00:00:00Z') + 90 * DAY };
+    const times = Array.from({ length: 1000 }, (_, i) => renewalTime(`n${i}.example`, leaf, acme.renewal));
+    const at60 = leaf.notBefore + 60 * DAY;
+    for (const t of times) {
+      expect(t).toBeLessThanOrEqual(at60);
+      expect(t).toBeGreaterThan(at60 - DAY - 1);
+    }
+    // A thousand certificates loaded at once spread over the day: no hour holds more than a few percent of them.
+    const perHour = new Map<number, number>();
+    for (const t of times) perHour.set(Math.floor((at60 - t) / 3_600_000), (perHour.get(Math.floor((at60 - t) / 3_600_000)) ?? 0) + 1);
+    expect(perHour.size).toBe(24);
+    expect(Math.max(...perHour.values())).toBeLessThan(80);
+    expect(renewalTime('n1.example', leaf, acme.renewal)).toBe(times[1]);
+  });
+
+  it('backs off exponentially with jitter, capped, never before Retry-After', () => {
+    const r = acme.renewal;
+    expect(backoffMs(1, r, undefined, () => 0)).toBe(60_000);
+    expect(backoffMs(2, r, undefined, () => 0)).toBe(120_000);
+    expect(backoffMs(5, r, undefined, () => 0)).toBe(960_000);
+    expect(backoffMs(40, r, undefined, () => 0)).toBe(86_400_000);
+    expect(backoffMs(1, r, undefined, () => 0.999)).toBeCloseTo(60_000 * 1.4995, -2);
+    expect(backoffMs(1, r, 3_600_000, () => 0)).toBe(3_600_000);
+    expect(parseRetryAfter('120')).toBe(120_000);
+    expect(parseRetryAfter(new Date(Date.now() + 60_000).toUTCString())).toBeGreaterThan(55_000);
+    expect(parseRetryAfter('soon')).toBeUndefined();
+  });
+
+  it('an ARI window picks a time inside it', () => {
+    const window = { start: new Date('2026-03-01T00:00:00Z'), end: new Date('2026-03-02T00:00:00Z') };
+    expect(ariTime(window, () => 0)).toBe(window.start.getTime());
+    expect(ariTime(window, () => 0.5)).toBe(window.start.getTime() + DAY / 2);
+  });
+});
+
+describe('JWS ES256 from a DER signature', () => {
+  it('DER → r || s gives a signature node verifies as JWS (ieee-p1363) and round-trips', async () => {
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    for (let i = 0; i < 50; i++) {
+      const data = Buffer.from(`input ${i}`);
+      const der = sign('sha256', data, privateKey);
+      const raw = ecdsaDerToRaw(der, 32);
+      expect(raw).toHaveLength(64);
+      expect(ecdsaRawToDer(raw).equals(der)).toBe(true);
+      expect(createVerify('sha256').update(data).verify({ key: publicKey, dsaEncoding: 'ieee-p1363' }, raw)).toBe(true);
+    }
+    const spki = publicKey.export({ type: 'spki', format: 'der' });
+    const signer = { jwk: jwkOfSpki(spki), sign: async (input: Buffer) => ecdsaDerToRaw(sign('sha256', input, privateKey), 32) };
+    const jws = JSON.parse(await signJws(signer, { nonce: 'n', url: 'https://ca.example/x' }, { a: 1 })) as Record<string, string>;
+    const ok = createVerify('sha256')
+      .update(`${jws.protected}.${jws.payload}`)
+      .verify({ key: publicKey, dsaEncoding: 'ieee-p1363' }, Buffer.from(jws.signature!, 'base64url'));
+    expect(ok).toBe(true);
+    expect(thumbprint(signer.jwk)).toMatch(/^[\w-]{43}$/);
+  });
+});
+
+describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
+  let server: http.Server;
+  let base: string;
+  const asked: string[] = [];
+  let window = { start: '', end: '' };
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'keyedge-ari-'));
+    server = http.createServer((req, res) => {
+      if (req.url === '/dir') {
+        res
+          .writeHead(200, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ newNonce: `${base}/nonce`, newAccount: `${base}/acct`, newOrder: `${base}/order`, renewalInfo: `${base}/renewal-info` }));
+      } else if (req.url?.startsWith('/renewal-info/')) {
+        asked.push(req.url.slice('/renewal-info/'.length));
+        res.writeHead(200, { 'content-type': 'application/json', 'retry-after': '21600' }).end(JSON.stringify({ suggestedWindow: window }));
+      } else res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a window already open renews now and the order replaces the current certificate; a later one waits', async () => {
+    const ca = await createCa('ARI test CA');
+    const leaf = await issue(ca, { commonName: 'ari.example', dnsNames: ['ari.example'], keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 90 * DAY) });
+    const record = { name: 'ari.example', chainPem: leaf.certPem, keyId: 'k1' } as unknown as CertificateRecord;
+    const times = leafTimes(leaf.certPem);
+    expect(times.certId).toMatch(/^[\w-]+\.[\w-]+$/);
+
+    const client = new AcmeClient({
+      directoryUrl: `${base}/dir`,
+      signer: { jwk: { crv: 'P-256', kty: 'EC', x: '', y: '' }, sign: async () => Buffer.alloc(0) },
+      timeoutMs: 5_000,
+    });
+    const state = new StateFile(dir);
+    state.state.certificates['ari.example'] = { domains: ['ari.example'], keyId: 'k1', failures: 0 };
+    const orders: IssueRequest[] = [];
+    const issuer = {
+      issue: async (request: IssueRequest) => {
+        orders.push(request);
+        return { keyId: 'k2', chainPem: leaf.certPem, newKey: true };
+      },
+    } as unknown as AcmeIssuer;
+    const manager = new CertificateManager({
+      config: acme,
+      state,
+      issuer,
+      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+      records: () => new Map([['ari.example', record]]),
+      metrics: registerAcmeMetrics(new Registry(), () => 0),
+      log: captureLog('warn').logger,
+      renewalWindow: (certId) => client.renewalInfo(certId),
+    });
+
+    // A window a month out: nothing is ordered, and GET /certs shows the chosen time inside it.
+    window = { start: new Date(Date.now() + 30 * DAY).toISOString(), end: new Date(Date.now() + 31 * DAY).toISOString() };
+    await manager.tick();
+    expect(asked).toEqual([times.certId]);
+    expect(orders).toHaveLength(0);
+    const renewAt = Date.parse((manager.view('ari.example') as { renewAt: string }).renewAt);
+    expect(renewAt).toBeGreaterThanOrEqual(Date.parse(window.start));
+    expect(renewAt).toBeLessThanOrEqual(Date.parse(window.end));
+
+    // The CA moves the window into the past (as for a revocation): the next look renews at once, with `replaces`.
+    window = { start: new Date(Date.now() - 2 * DAY).toISOString(), end: new Date(Date.now() - DAY).toISOString() };
+    state.state.certificates['ari.example']!.ari!.checkedAt = new Date(0).toISOString();
+    await manager.tick();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(orders).toEqual([{ name: 'ari.example', domains: ['ari.example'], replaces: times.certId }]);
+    client.close();
+  });
+});

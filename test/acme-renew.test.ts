@@ -1,0 +1,136 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import https from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, REPO, sleep } from './helpers/keyserver.js';
+import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// Issue 14, must-show 2: `keyedge cert renew` under steady load (a new TLS
+// connection per request, so every request is a full handshake) swaps in a
+// certificate for a new key with zero failed handshakes and zero failed
+// requests; the previous key is deleted from the token once its grace period
+// (2 s here) is over, and not before the new certificate serves.
+let lab: KeylessLab;
+let pebble: Pebble;
+let proxy: ClusterProxy;
+let keyserverConfig: string;
+const NAME = 'www.renew.test';
+
+function cli(args: readonly string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
+    });
+  });
+}
+
+async function tokenKeyIds(): Promise<string[]> {
+  const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
+  return (JSON.parse(listed.stdout) as { keyId: string }[]).map((k) => k.keyId);
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  keyserverConfig = join(lab.dir, 'keyserver.json');
+  const httpPort = await freePort();
+  const pebbleDir = join(lab.dir, 'pebble');
+  mkdirSync(pebbleDir);
+  pebble = await startPebble(pebbleDir, httpPort);
+  proxy = await startClusterProxy(
+    lab,
+    'acme',
+    (p) =>
+      storeProxyConfig(lab, p, {
+        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        domains: [{ name: '*.renew.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        acme: {
+          directory: pebble.directory,
+          caBundle: pebble.tlsCaFile,
+          keyserverConfig,
+          orderTimeoutSeconds: 60,
+          renewal: { checkSeconds: 1, keyGraceSeconds: 2 },
+        },
+      }),
+    {},
+    90_000,
+  );
+}, 150_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await pebble?.stop();
+  await lab?.close();
+});
+
+/** One request on a new connection; resolves with the served certificate's serial, or throws. */
+function getOnce(ca: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = https.get({ host: '127.0.0.1', port: proxy.port, servername: NAME, headers: { host: NAME }, ca, agent: false, timeout: 15_000 }, (res) => {
+      const serial = (res.socket as TLSSocket).getPeerCertificate().serialNumber;
+      res.resume();
+      res.on('end', () => (res.statusCode === 200 ? resolve(serial) : reject(new Error(`status ${res.statusCode}`))));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+describe('ACME renewal under load', () => {
+  it('keyedge cert renew: zero failed requests, the new certificate serves, the old key goes after the grace period', async () => {
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', NAME]);
+    expect(issued.code, issued.stderr).toBe(0);
+    const firstKey = /key id ([0-9a-f]{64})/.exec(issued.stdout)?.[1];
+    expect(firstKey).toBeDefined();
+    const ca = readFileSync(await pebble.rootFile(), 'utf8');
+    const firstSerial = await getOnce(ca);
+
+    let running = true;
+    const failures: string[] = [];
+    const serials = new Map<string, number>();
+    const loop = async (): Promise<void> => {
+      while (running) {
+        try {
+          const serial = await getOnce(ca);
+          serials.set(serial, (serials.get(serial) ?? 0) + 1);
+        } catch (err) {
+          failures.push((err as Error).message);
+        }
+      }
+    };
+    const clients = Array.from({ length: 4 }, () => loop());
+    await sleep(1_000);
+    const renewed = await cli(['cert', 'renew', NAME, '--config', proxy.configFile]);
+    expect(renewed.code, renewed.stderr).toBe(0);
+    const secondKey = /key id ([0-9a-f]{64})/.exec(renewed.stdout)?.[1];
+    expect(secondKey).toBeDefined();
+    expect(secondKey).not.toBe(firstKey);
+    // Load goes on after the swap: new connections get the new certificate.
+    await waitFor('a request served with the new certificate', () => ([...serials.keys()].some((s) => s !== firstSerial) ? true : undefined), 20_000);
+    await sleep(1_000);
+    running = false;
+    await Promise.all(clients);
+
+    const total = [...serials.values()].reduce((a, b) => a + b, 0);
+    expect(failures).toEqual([]);
+    expect(total).toBeGreaterThan(20);
+    expect(serials.get(firstSerial)).toBeGreaterThan(0);
+    expect(serials.size).toBe(2);
+
+    // The previous key is deleted after the 2 s grace period (checked every second), the new one stays.
+    await waitFor('the previous key to be deleted', async () => ((await tokenKeyIds()).includes(firstKey!) ? undefined : true), 30_000);
+    expect(await tokenKeyIds()).toContain(secondKey);
+    // The deletion is counted once the `keyedge key delete` child has exited.
+    const metrics = await waitFor('the deletion to be counted', async () => {
+      const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+      return /keyedge_proxy_acme_keys_deleted_total 1/.test(text) ? text : undefined;
+    });
+    expect(metrics).toMatch(/keyedge_proxy_acme_attempts_total\{result="ok",problem="none"\} 2/);
+    // Still serving, with the new key.
+    expect(await getOnce(ca)).not.toBe(firstSerial);
+  }, 150_000);
+});

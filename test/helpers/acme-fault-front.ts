@@ -1,0 +1,93 @@
+/**
+ * A fault-injecting HTTPS front for pebble: it relays every request to the
+ * real CA with the client's Host (pebble builds its URLs from it, so the
+ * client keeps coming through the front; any absolute URL of pebble's own is
+ * rewritten too) unless told to misbehave: `down`
+ * (connections cut), `slow` (answers held for `slowMs`), `badNonce` (every
+ * POST refused with a fresh nonce, RFC 8555 §6.5), `rateLimited` (newOrder
+ * refused with 429 and Retry-After, §6.6). Pebble itself has no rate limits.
+ */
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited';
+
+export interface FaultFront {
+  readonly directory: string;
+  mode: FaultMode;
+  slowMs: number;
+  retryAfterSeconds: number;
+  /** Requests answered with a fault, by mode. */
+  readonly faults: Record<string, number>;
+  close(): Promise<void>;
+}
+
+export async function startFaultFront(pebbleDirectory: string, certFile: string, keyFile: string): Promise<FaultFront> {
+  const upstream = new URL(pebbleDirectory).origin;
+  const ca = readFileSync(certFile, 'utf8');
+  let self = '';
+  const rewrite = (text: string): string => text.split(upstream).join(self);
+  const front: FaultFront = {
+    directory: '',
+    mode: 'pass',
+    slowMs: 0,
+    retryAfterSeconds: 30,
+    faults: {},
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+  const problem = (res: import('node:http').ServerResponse, status: number, type: string, headers: Record<string, string> = {}): void => {
+    const body = JSON.stringify({ type: `urn:ietf:params:acme:error:${type}`, detail: `injected ${type}` });
+    res.writeHead(status, { 'content-type': 'application/problem+json', 'replay-nonce': `fault${Date.now()}`, ...headers }).end(body);
+  };
+  const server = https.createServer({ cert: readFileSync(certFile), key: readFileSync(keyFile) }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const mode = front.mode;
+      const count = (): void => void (front.faults[mode] = (front.faults[mode] ?? 0) + 1);
+      if (mode === 'down') {
+        count();
+        req.socket.destroy();
+        return;
+      }
+      if (mode === 'badNonce' && req.method === 'POST') {
+        count();
+        return problem(res, 400, 'badNonce');
+      }
+      if (mode === 'rateLimited' && req.method === 'POST' && req.url?.includes('order-plz')) {
+        count();
+        return problem(res, 429, 'rateLimited', { 'retry-after': String(front.retryAfterSeconds) });
+      }
+      const relay = (): void => {
+        const out = https.request(
+          `${upstream}${req.url}`,
+          // The client's Host goes on: pebble builds its URLs (and checks the JWS `url`) from it.
+          { method: req.method, headers: req.headers, ca },
+          (answer) => {
+            const body: Buffer[] = [];
+            answer.on('data', (c: Buffer) => body.push(c));
+            answer.on('end', () => {
+              const headers: Record<string, string | string[]> = {};
+              for (const [name, value] of Object.entries(answer.headers)) {
+                if (value === undefined || name === 'content-length' || name === 'transfer-encoding') continue;
+                headers[name] = Array.isArray(value) ? value.map(rewrite) : rewrite(value);
+              }
+              res.writeHead(answer.statusCode ?? 502, headers).end(rewrite(Buffer.concat(body).toString('utf8')));
+            });
+          },
+        );
+        out.on('error', () => res.destroy());
+        out.end(Buffer.concat(chunks));
+      };
+      if (mode === 'slow') {
+        count();
+        setTimeout(relay, front.slowMs);
+      } else relay();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  self = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  (front as { directory: string }).directory = `${self}${new URL(pebbleDirectory).pathname}`;
+  return front;
+}

@@ -1,0 +1,171 @@
+/**
+ * A real ACME CA on loopback for the issuer's tests: Debian's `pebble` with a
+ * TLS certificate made here (2.4.0 ships none), its validation authority
+ * pointed at the proxy's plain-HTTP port, and `pebble-challtestsrv` as its
+ * DNS server, answering 127.0.0.1 for every name (no AAAA, so the VA never
+ * tries ::1, where the proxy does not listen).
+ *
+ * `PEBBLE_VA_NOSLEEP=1` drops pebble's random validation delay;
+ * `PEBBLE_VA_ALWAYS_VALID` is never set: every challenge is really fetched.
+ * Pebble rejects 5 % of nonces by default (`PEBBLE_WFE_NONCEREJECT`), which
+ * exercises the client's badNonce retry on every run.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import { join } from 'node:path';
+import { sleep } from './keyserver.js';
+import { freePort } from './proxy-lab.js';
+
+export interface Pebble {
+  readonly directory: string;
+  /** Pebble's own HTTPS certificate, to trust for the directory. */
+  readonly tlsCaFile: string;
+  /** Its key, for a front that impersonates it (acme-fault-front.ts). */
+  readonly tlsKeyFile: string;
+  readonly managementPort: number;
+  /** The DNS server's answer for `host` becomes `address` (pebble-challtestsrv's /add-a). */
+  addA(host: string, address: string): Promise<void>;
+  /** `host` gets a CNAME to `target` (pebble-challtestsrv's /set-cname). */
+  setCname(host: string, target: string): Promise<void>;
+  /** The DNS server (`127.0.0.1:PORT`), for the proxy's CNAME check. */
+  readonly dnsServer: string;
+  /** The root that issued every certificate, as a PEM file (from /roots/0). */
+  rootFile(): Promise<string>;
+  /** Orders pebble logged as created so far. */
+  orders(): number;
+  stop(): Promise<void>;
+}
+
+export async function startPebble(dir: string, httpPort: number, env: Record<string, string> = {}, extra: Record<string, unknown> = {}): Promise<Pebble> {
+  const key = join(dir, 'pebble-key.pem');
+  const cert = join(dir, 'pebble-cert.pem');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=pebble',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ],
+    { stdio: 'ignore' },
+  );
+  const [listen, management, dns, dnsManagement, tlsPort] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const configFile = join(dir, 'pebble.json');
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      pebble: {
+        listenAddress: `127.0.0.1:${listen}`,
+        managementListenAddress: `127.0.0.1:${management}`,
+        certificate: cert,
+        privateKey: key,
+        httpPort,
+        tlsPort,
+        ocspResponderURL: '',
+        externalAccountBindingRequired: false,
+        ...extra,
+      },
+    }),
+  );
+  const children: ChildProcess[] = [];
+  const dnsServer = spawn(
+    'pebble-challtestsrv',
+    [
+      '-dns01',
+      `127.0.0.1:${dns}`,
+      '-http01',
+      '',
+      '-https01',
+      '',
+      '-tlsalpn01',
+      '',
+      '-management',
+      `127.0.0.1:${dnsManagement}`,
+      '-defaultIPv4',
+      '127.0.0.1',
+      '-defaultIPv6',
+      '',
+    ],
+    { stdio: 'ignore' },
+  );
+  children.push(dnsServer);
+  let log = '';
+  const pebble = spawn('pebble', ['-config', configFile, '-dnsserver', `127.0.0.1:${dns}`], {
+    env: { ...process.env, PEBBLE_VA_NOSLEEP: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(pebble);
+  pebble.stdout!.on('data', (d: Buffer) => (log += d.toString()));
+  pebble.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+  const tlsCa = readFileSync(cert, 'utf8');
+  const get = (url: string): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      https
+        .get(url, { ca: tlsCa }, (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        })
+        .on('error', reject);
+    });
+  const directory = `https://127.0.0.1:${listen}/dir`;
+  for (let i = 0; ; i++) {
+    try {
+      if ((await get(directory)).status === 200) break;
+    } catch {
+      if (i > 200 || pebble.exitCode !== null) {
+        for (const child of children) child.kill('SIGKILL');
+        throw new Error(`pebble did not start: ${log.slice(-500)}`);
+      }
+      await sleep(100);
+    }
+  }
+  return {
+    directory,
+    tlsCaFile: cert,
+    tlsKeyFile: key,
+    managementPort: management,
+    dnsServer: `127.0.0.1:${dns}`,
+    async setCname(host, target) {
+      const res = await fetch(`http://127.0.0.1:${dnsManagement}/set-cname`, { method: 'POST', body: JSON.stringify({ host, target }) });
+      if (res.status !== 200) throw new Error(`challtestsrv set-cname answered ${res.status}`);
+    },
+    async addA(host, address) {
+      const res = await fetch(`http://127.0.0.1:${dnsManagement}/add-a`, { method: 'POST', body: JSON.stringify({ host, addresses: [address] }) });
+      if (res.status !== 200) throw new Error(`challtestsrv add-a answered ${res.status}`);
+    },
+    async rootFile() {
+      const root = await get(`https://127.0.0.1:${management}/roots/0`);
+      const file = join(dir, 'pebble-root.pem');
+      writeFileSync(file, root.body);
+      return file;
+    },
+    orders: () => (log.match(/Added order/gi) ?? []).length,
+    async stop() {
+      await Promise.all(
+        children.map(
+          (child) =>
+            new Promise<void>((resolve) => {
+              if (child.exitCode !== null || child.signalCode !== null) return resolve();
+              child.once('exit', () => resolve());
+              child.kill('SIGTERM');
+            }),
+        ),
+      );
+    },
+  };
+}
