@@ -1,3 +1,4 @@
+import type tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
 import { HelloAssembler, MAX_HELLO_BYTES, peekServerName } from '../proxy/tls/client-hello.js';
 import { captureClientHello as capture } from './helpers/client-hello.js';
@@ -17,7 +18,8 @@ describe('peekServerName', () => {
   });
 
   it("reads the offered ALPN protocols in the client's order, and an OCSP status request", async () => {
-    const offered = await capture({ servername: 'h2.example', ALPNProtocols: ['h2', 'http/1.1'], requestOCSP: true });
+    // requestOCSP is a TLSSocket option tls.connect passes on, missing from its types.
+    const offered = await capture({ servername: 'h2.example', ALPNProtocols: ['h2', 'http/1.1'], requestOCSP: true } as tls.ConnectionOptions);
     expect(peekServerName(offered)).toEqual(whole('h2.example', { alpn: ['h2', 'http/1.1'], statusRequest: true }));
     const acme = await capture({ servername: 'challenge.example', ALPNProtocols: ['acme-tls/1'] });
     expect(peekServerName(acme)).toEqual(whole('challenge.example', { alpn: ['acme-tls/1'] }));

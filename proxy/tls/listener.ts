@@ -51,7 +51,7 @@ import { PLAIN_HTTP_ANSWER } from './plain-http.js';
 import { ProtocolTable, type ProtocolOptions } from './protocols.js';
 
 export interface TlsListenerOptions {
-  /** Names the listener in ConnectionInfo and logs: its configured address. */
+  /** Names the listener in ConnectionInfo and logs: its configured address (a port 0 becomes the bound port once listening). */
   readonly id: string;
   readonly profile: TlsProfileName;
   /** What serves now: read once per connection, so a reload applies to the next one. */
@@ -74,7 +74,7 @@ export interface TlsListenerOptions {
 let internalsChecked = false;
 
 export class TlsListener {
-  readonly id: string;
+  #id: string;
   readonly #options: TlsListenerOptions;
   readonly #server: net.Server;
   readonly #protocols = new ProtocolTable();
@@ -86,7 +86,7 @@ export class TlsListener {
       checkTlsInternals();
       internalsChecked = true;
     }
-    this.id = options.id;
+    this.#id = options.id;
     this.#options = options;
     this.#server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
   }
@@ -106,9 +106,16 @@ export class TlsListener {
     return this.#protocols.offered;
   }
 
+  /** Its configured address, with the bound port once listening. */
+  get id(): string {
+    return this.#id;
+  }
+
   async listen(host: string, port: number): Promise<number> {
     await listen(this.#server, { host, port, exclusive: false });
-    return (this.#server.address() as net.AddressInfo).port;
+    const bound = (this.#server.address() as net.AddressInfo).port;
+    if (port === 0) this.#id = this.#id.replace(/:0$/, `:${bound}`);
+    return bound;
   }
 
   /** Open client connections, handshaking or secured. */
@@ -170,7 +177,7 @@ export class TlsListener {
       socket.pause();
       socket.unshift(hello.bytes);
       secured = secureConnection(socket, choice, {
-        listenerId: this.id,
+        listenerId: this.#id,
         deadline,
         accepted,
         protocols: this.#protocols,
