@@ -17,18 +17,13 @@
  * so renewals fail no connection.
  */
 import { existsSync } from 'node:fs';
-import http from 'node:http';
-import type net from 'node:net';
+import type http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { ConfigError } from '../keyserver/shared/errors.js';
-import { listen } from '../keyserver/shared/listen.js';
 import type { Logger } from '../keyserver/shared/log.js';
-import { answerClientError } from './http/client-error.js';
-import { handleExpectations } from './http/expect.js';
 import { OriginPools } from './http/forward.js';
 import { createRequestHandler } from './http/handler.js';
-import { createRedirectHandler } from './http/redirect.js';
-import { createHttp1Server } from './http/server.js';
+import { createHttp1Server, startRedirectServer } from './http/server.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { startKeylessBridge } from './keyless/bridge.js';
@@ -170,13 +165,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   }
   let httpPort: number | undefined;
   if (config.httpRedirect !== null) {
-    const redirectHandler = createRedirectHandler({ domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
-    const redirect = http.createServer(redirectHandler);
-    handleExpectations(redirect, redirectHandler);
-    redirect.on('clientError', answerClientError);
-    await listen(redirect, { host: config.httpRedirect.host, port: config.httpRedirect.port, exclusive: false });
-    servers.push(redirect);
-    httpPort = (redirect.address() as net.AddressInfo).port;
+    const redirect = await startRedirectServer(config.httpRedirect, { domains, pools, trustedPeers, httpsPort: ports[0] ?? 443, log, metrics });
+    servers.push(redirect.server);
+    httpPort = redirect.port;
   }
   const state = serving.state;
   log.info(

@@ -1,9 +1,11 @@
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { type ConnectionInfo, connectionOf } from '../proxy/tls/connection.js';
+import { checkTlsInternals, releaseControl, stapleOnSocket } from '../proxy/tls/node-internals.js';
 import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { nodeGet } from './helpers/clients.js';
 import { issue } from './helpers/pki.js';
@@ -129,5 +131,41 @@ describe('the connection record', () => {
     await once(socket, 'close');
     expect(answer).toMatch(/^HTTP\/1\.1 421 /);
     expect(answer).toMatch(/HTTP\/1\.1 200 /);
+  });
+});
+
+describe('the Node internals a TLS socket of our own needs (node-internals.ts), on the Node in use', () => {
+  it('staples a response set on the socket before its handshake, over TLS 1.2 and 1.3, and negotiates ALPN', async () => {
+    checkTlsInternals();
+    const leaf = await issue(lab.ca, { commonName: 'staple.lab.test', dnsNames: ['staple.lab.test'], keyAlgorithm: 'ec-p256' });
+    const context = tls.createSecureContext({ cert: leaf.certPem, key: leaf.keyPem });
+    const staple = Buffer.from('a staple of our own');
+    const server = net.createServer((raw) => {
+      const socket = new tls.TLSSocket(raw, { isServer: true, secureContext: context, ALPNProtocols: ['h2', 'http/1.1'] });
+      stapleOnSocket(socket, staple);
+      socket.on('error', () => {});
+      socket.once('secure', () => {
+        releaseControl(socket);
+        socket.end(String(socket.alpnProtocol));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      for (const maxVersion of ['TLSv1.2', 'TLSv1.3'] as const) {
+        const port = (server.address() as net.AddressInfo).port;
+        // requestOCSP is a TLSSocket option tls.connect passes on, missing from its types.
+        const options = { host: '127.0.0.1', port, servername: 'staple.lab.test', ca, maxVersion, ALPNProtocols: ['h2'], requestOCSP: true };
+        const client = tls.connect(options as tls.ConnectionOptions);
+        let response: Buffer | undefined;
+        client.on('OCSPResponse', (r: Buffer) => (response = r));
+        let body = '';
+        client.on('data', (d: Buffer) => (body += d.toString()));
+        await once(client, 'close');
+        expect(response?.toString(), maxVersion).toBe(staple.toString());
+        expect(body).toBe('h2');
+      }
+    } finally {
+      server.close();
+    }
   });
 });

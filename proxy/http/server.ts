@@ -1,7 +1,9 @@
 /**
- * The HTTP/1.1 server of one TLS listener: a node:http server that never
- * listens; its listener (tls/listener.ts) hands it each connection that
- * negotiated http/1.1 or no ALPN protocol, secured.
+ * A worker's HTTP/1.1 servers. The one of each TLS listener: a node:http
+ * server that never listens; its listener (tls/listener.ts) hands it each
+ * connection that negotiated http/1.1 or no ALPN protocol, secured. And the
+ * plain-HTTP port's (`startRedirectServer`): redirects to HTTPS and ACME
+ * HTTP-01 (redirect.ts).
  *
  * Its limits: over `maxHeaderBytes` Node answers 431 (client-error.ts says
  * it so the answer survives), headers not complete in time 408; Node's
@@ -10,12 +12,15 @@
  * default would let a slow client linger).
  */
 import http from 'node:http';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
+import { listen } from '../../keyserver/shared/listen.js';
 import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
+import { createRedirectHandler, type RedirectOptions } from './redirect.js';
 
 export interface Http1Server {
   readonly server: http.Server;
@@ -44,4 +49,17 @@ export function createHttp1Server(
   // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.
   server.emit('listening');
   return { server, take: (socket) => void server.emit('connection', socket) };
+}
+
+/** The plain-HTTP port, listening; resolves with its server and bound port. */
+export async function startRedirectServer(
+  address: { readonly host: string; readonly port: number },
+  options: RedirectOptions,
+): Promise<{ readonly server: http.Server; readonly port: number }> {
+  const handler = createRedirectHandler(options);
+  const server = http.createServer(handler);
+  handleExpectations(server, handler);
+  server.on('clientError', answerClientError);
+  await listen(server, { host: address.host, port: address.port, exclusive: false });
+  return { server, port: (server.address() as net.AddressInfo).port };
 }
