@@ -98,11 +98,6 @@ export class OcspStapler {
     this.#log = log;
   }
 
-  /** The staple for a leaf (DER as the handshake presents it), if one is current. */
-  stapleFor(leafDer: Buffer): Buffer | undefined {
-    return this.#current(leafKey(leafDer));
-  }
-
   /** The staple for a tracked certificate, if one is current: a map lookup, for the handshake path. */
   stapleOf(certificate: ServedCertificate): Buffer | undefined {
     const key = this.#keys.get(certificate);
