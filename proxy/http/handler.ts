@@ -11,7 +11,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
-import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
+import { type ForwardOptions, forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { whenQueuedClientGone } from './queued.js';
 import { stalledSend } from './send-stall.js';
@@ -141,8 +141,158 @@ export function hostName(host: string | undefined): string | undefined {
   return end > 0 ? host.slice(0, end) : host;
 }
 
+/**
+ * The access line and the request metrics, in one place: one `count` per
+ * answer. The metric children are made once per status and code (prom-client
+ * builds and hashes a label object on every `inc` otherwise), and access
+ * lines go through a child logger without redaction: their fields are fixed
+ * here and never carry a secret, and the redaction pass costs about as much
+ * as the rest of the line.
+ */
+export class AccessAccounts {
+  readonly #log: Logger;
+  readonly #metrics: ProxyMetrics;
+  readonly #requests = new Map<string, Map<number, { inc(): void }>>();
+  readonly #durations = new Map<number, { observe(value: number): void }>();
+
+  constructor(log: Logger, metrics: ProxyMetrics) {
+    this.#log = log.child({}, { redact: { paths: [] } });
+    this.#metrics = metrics;
+  }
+
+  count(record: RequestRecord, end: AnswerEnd): void {
+    const { status, code } = end;
+    const seconds = Number(process.hrtime.bigint() - record.started) / 1e9;
+    const key = code ?? 'none';
+    let byStatus = this.#requests.get(key);
+    if (byStatus === undefined) {
+      byStatus = new Map();
+      this.#requests.set(key, byStatus);
+    }
+    let requests = byStatus.get(status);
+    if (requests === undefined) {
+      requests = this.#metrics.requests.labels(statusClass(status), key);
+      byStatus.set(status, requests);
+    }
+    requests.inc();
+    if (code === undefined && record.domain !== undefined) {
+      let duration = this.#durations.get(status);
+      if (duration === undefined) {
+        duration = this.#metrics.originDuration.labels(statusClass(status));
+        this.#durations.set(status, duration);
+      }
+      duration.observe(seconds);
+    }
+    const { req } = record;
+    const url = req.url ?? '/';
+    const query = url.indexOf('?');
+    this.#log.info(
+      {
+        access: true,
+        domain: record.domain?.name,
+        method: req.method,
+        // The query string is left out: it often carries tokens.
+        path: query < 0 ? url : url.slice(0, query),
+        status,
+        bytes: record.bodyBytes,
+        durationMs: Math.round(seconds * 1e4) / 10,
+        origin: record.origin,
+        code,
+        tls: record.tlsVersion,
+        resumed: record.resumed,
+        ...(end.aborted ? { aborted: true } : {}),
+      },
+      'request',
+    );
+  }
+}
+
+/**
+ * One request as the handler follows it: what its access line says, and the
+ * options of its forward (it is both, so a request makes one object here).
+ */
+class RequestRecord implements ForwardOptions {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly started: bigint;
+  readonly domain: Domain | undefined;
+  readonly tlsVersion: string | undefined;
+  readonly resumed: boolean | undefined;
+  readonly accounts: AccessAccounts;
+  code: HttpErrorCode | undefined = undefined;
+  origin: string | undefined = undefined;
+  ended = false;
+  // ForwardOptions
+  readonly extraHeaders: Readonly<Record<string, string>>;
+  readonly proto = 'https' as const;
+  maxBodyBytes = 0;
+  readonly trusted: TrustedPeers | undefined;
+  awaitsContinue = false;
+  bodyBytes = 0;
+  cancelQueued: (() => void) | undefined = undefined;
+
+  constructor(
+    req: IncomingMessage,
+    res: ServerResponse,
+    started: bigint,
+    domain: Domain | undefined,
+    extraHeaders: Readonly<Record<string, string>>,
+    trusted: TrustedPeers | undefined,
+    accounts: AccessAccounts,
+  ) {
+    this.req = req;
+    this.res = res;
+    this.started = started;
+    this.domain = domain;
+    this.extraHeaders = extraHeaders;
+    this.trusted = trusted;
+    this.accounts = accounts;
+    // Read now: after the connection closes, node's TLS accessors may touch freed state.
+    const tls = req.socket as TLSSocket;
+    this.tlsVersion = tls.getProtocol?.() ?? undefined;
+    this.resumed = tls.isSessionReused?.() ?? undefined;
+  }
+
+  /** Once, when the answer went out whole or was cut (onAnswerEnd's rules). */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.cancelQueued?.();
+    const { res } = this;
+    const aborted = !res.writableFinished;
+    // A client that stopped reading is cut by the send-stall timer before forward() can say so.
+    const ours = this.code ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    this.code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
+    this.accounts.count(this, { aborted, code: this.code, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
+  }
+}
+
+const RECORD = Symbol('keyedge.request');
+
+/** 'finish' and 'close' of an answer: module functions, so a request adds no closure for them. */
+function onRecordedAnswerEnd(this: ServerResponse & { [RECORD]?: RequestRecord }): void {
+  this[RECORD]?.end();
+}
+
+/** The HSTS header of each domain object, made once (a reload makes new domain objects). */
+function hstsHeaders(maxAge: number): (domain: Domain | undefined) => Readonly<Record<string, string>> {
+  const byDomain = new WeakMap<Domain, Readonly<Record<string, string>>>();
+  const none = Object.freeze({ 'strict-transport-security': hstsValue(maxAge, undefined) });
+  return (domain) => {
+    if (domain === undefined) return none;
+    let headers = byDomain.get(domain);
+    if (headers === undefined) {
+      headers = Object.freeze({ 'strict-transport-security': hstsValue(maxAge, domain) });
+      byDomain.set(domain, headers);
+    }
+    return headers;
+  };
+}
+
 export function createRequestHandler(options: HandlerOptions): ExpectingHandler {
   const { pools, log, metrics } = options;
+  const accounts = new AccessAccounts(log, metrics);
+  const hstsOf = hstsHeaders(options.hstsMaxAgeSeconds);
   return (req, res, expectation?: Expectation) => {
     const started = process.hrtime.bigint();
     // Before routing: an absolute-form target's authority is the Host routed on.
@@ -151,77 +301,49 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     const servername = (req.socket as TLSSocket).servername;
     const route = routeRequest(options, host, typeof servername === 'string' ? servername : undefined);
     const domain = route.domain;
-    const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
-    let code: HttpErrorCode | undefined;
-    let origin: string | undefined;
-    // Read now: after the connection closes, node's TLS accessors may touch freed state.
-    const tls = req.socket as TLSSocket;
-    const tlsVersion = tls.getProtocol?.() ?? undefined;
-    const resumed = tls.isSessionReused?.() ?? undefined;
-    const account = ({ status, aborted, ...ending }: AnswerEnd): void => {
-      code = ending.code;
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
-      if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(status) }, seconds);
-      log.info(
-        {
-          access: true,
-          domain: domain?.name,
-          method: req.method,
-          // The query string is left out: it often carries tokens.
-          path: (req.url ?? '/').split('?')[0],
-          status,
-          bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
-          durationMs: Math.round(seconds * 1e4) / 10,
-          origin,
-          code,
-          tls: tlsVersion,
-          resumed,
-          ...(aborted ? { aborted } : {}),
-        },
-        'request',
-      );
-    };
-    onAnswerEnd(req, res, () => code, account);
+    const hsts = hstsOf(domain);
+    const record = new RequestRecord(req, res, started, domain, hsts, options.trustedPeers, accounts);
+    (res as ServerResponse & { [RECORD]?: RequestRecord })[RECORD] = record;
+    res.on('finish', onRecordedAnswerEnd);
+    res.on('close', onRecordedAnswerEnd);
+    // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+    if (res.socket === null) record.cancelQueued = whenQueuedClientGone(req.socket, res, () => record.end());
     if (own !== undefined) {
-      code = own.code;
-      answer(res, own, hsts);
+      record.code = own.code;
+      record.bodyBytes = answer(res, own, hsts);
       return;
     }
     if ('refusal' in route) {
-      code = route.refusal.code;
-      answer(res, route.refusal, hsts);
+      record.code = route.refusal.code;
+      record.bodyBytes = answer(res, route.refusal, hsts);
       return;
     }
     const target = route.domain;
     const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > maxBodyBytes) {
-      code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+      record.code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
       // The body is not read: the refusal closes the connection after the answer.
-      answer(res, ownFailureRefusal(code, maxBodyBytes)!, hsts);
+      record.bodyBytes = answer(res, ownFailureRefusal(record.code, maxBodyBytes)!, hsts);
       return;
     }
-    forward(pools, target, req, res, {
-      extraHeaders: hsts,
-      proto: 'https',
-      maxBodyBytes,
-      trusted: options.trustedPeers,
-      onOrigin: (o) => (origin = o),
-      awaitsContinue: expectation === 'continue',
-    }).catch((err: unknown) => {
+    record.maxBodyBytes = maxBodyBytes;
+    record.awaitsContinue = expectation === 'continue';
+    forward(pools, target, req, res, record).catch((err: unknown) => {
       const refused = refuseFailure(err, req, res, hsts, maxBodyBytes);
+      const origin = record.origin;
       if (refused !== undefined) {
-        code = refused;
-        log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
+        record.code = refused;
+        log.info({ code: refused, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
         return;
       }
       // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
-      if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+      if (record.code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
       // Once the answer has started, the client can only be told by a cut connection.
-      code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+      const code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+      record.code = code;
       log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
-      if (!res.headersSent) answer(res, originRefusal(originFailure(err)), hsts);
+      if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), hsts);
       else res.destroy();
     });
   };
@@ -264,13 +386,16 @@ function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refu
   return undefined;
 }
 
-export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Record<string, string>): void {
+/** Sends our answer; returns its body's length (for the access line). */
+export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Readonly<Record<string, string>>): number {
+  const length = Buffer.byteLength(body);
   res.writeHead(status, {
     ...headers,
     ...own,
     'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
+    'content-length': length,
     'x-keyedge-error': code,
   });
   res.end(body);
+  return res.req?.method === 'HEAD' ? 0 : length;
 }
