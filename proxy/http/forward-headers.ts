@@ -35,7 +35,8 @@ const NOTHING: ReadonlySet<string> = new Set();
 
 /** The header names a Connection value lists (RFC 9110 §7.6.1); none when there is no Connection header. */
 function connectionNamed(value: string | string[] | undefined): ReadonlySet<string> {
-  if (value === undefined) return NOTHING;
+  // Nearly every Connection header is one of these two, which name no header to drop.
+  if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive' || value === 'Close') return NOTHING;
   const named = new Set<string>();
   for (const token of String(value).split(',')) {
     const name = token.trim().toLowerCase();
@@ -62,7 +63,7 @@ function forwardedFor(address: string): string {
 
 /** RFC 9110 §5.6.4 quoted-string. */
 function quoted(value: string): string {
-  return `"${value.replace(/["\\]/g, '\\$&')}"`;
+  return value.includes('"') || value.includes('\\') ? `"${value.replace(/["\\]/g, '\\$&')}"` : `"${value}"`;
 }
 
 const joined = (value: string | string[] | undefined): string | undefined => (Array.isArray(value) ? value.join(', ') : value);
@@ -131,7 +132,7 @@ export function originRequestHeaderList(
   target: OriginTarget,
   trusted: TrustedPeers | undefined,
 ): string[] {
-  const keep = trusted !== undefined && trusted.trusts(peer);
+  const keep = trusted?.trusts(peer) ?? false;
   const named = connectionNamed(headers.connection);
   const f = forwarding(headers, keep, peer, proto, target);
   const out: string[] = f.targetHost === undefined ? [] : ['host', f.targetHost];
@@ -185,7 +186,9 @@ function isConnection(name: Buffer | string): boolean {
 export function answerHeaderList(raw: readonly (Buffer | string)[], extra: ExtraHeaders): string[] {
   let named = NOTHING;
   for (let i = 0; i < raw.length; i += 2) {
-    if (isConnection(raw[i]!)) named = new Set([...named, ...connectionNamed(text(raw[i + 1]!))]);
+    if (!isConnection(raw[i]!)) continue;
+    const more = connectionNamed(text(raw[i + 1]!));
+    if (more.size > 0) named = new Set([...named, ...more]);
   }
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {

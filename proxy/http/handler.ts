@@ -247,10 +247,9 @@ class RequestRecord implements ForwardOptions {
     this.extraHeaders = extraHeaders;
     this.trusted = trusted;
     this.accounts = accounts;
-    // Read now: after the connection closes, node's TLS accessors may touch freed state.
-    const tls = req.socket as TLSSocket;
-    this.tlsVersion = tls.getProtocol?.() ?? undefined;
-    this.resumed = tls.isSessionReused?.() ?? undefined;
+    const facts = tlsFacts(req.socket as TLSSocket & { [TLS_FACTS]?: TlsFacts });
+    this.tlsVersion = facts.version;
+    this.resumed = facts.resumed;
   }
 
   /** Once, when the answer went out whole or was cut (onAnswerEnd's rules). */
@@ -268,6 +267,19 @@ class RequestRecord implements ForwardOptions {
 }
 
 const RECORD = Symbol('keyedge.request');
+const TLS_FACTS = Symbol('keyedge.tls-facts');
+
+/** What the access line says of a connection's TLS, read once per connection. */
+interface TlsFacts {
+  readonly version: string | undefined;
+  readonly resumed: boolean | undefined;
+}
+
+function tlsFacts(socket: TLSSocket & { [TLS_FACTS]?: TlsFacts }): TlsFacts {
+  // Read at the first request: after the connection closes, node's TLS accessors may touch freed state.
+  socket[TLS_FACTS] ??= { version: socket.getProtocol?.() ?? undefined, resumed: socket.isSessionReused?.() ?? undefined };
+  return socket[TLS_FACTS];
+}
 
 /** 'finish' and 'close' of an answer: module functions, so a request adds no closure for them. */
 function onRecordedAnswerEnd(this: ServerResponse & { [RECORD]?: RequestRecord }): void {
