@@ -90,6 +90,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   /** Settles the attempt in flight. */
   resolve: (() => void) | undefined = undefined;
   reject: ((err: Error) => void) | undefined = undefined;
+  /** undici is holding the origin's answer back until the client's 'drain'. */
+  paused = false;
   /** The client left before the answer was whole. */
   gone = false;
   /** Fired when the client leaves while the request waits at the gate; made only then. */
@@ -151,6 +153,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       res.on('drain', onAnswerDrain);
     }
     this.stall.waiting();
+    this.paused = true;
     return false;
   }
 
@@ -174,6 +177,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     const gate = this.gate;
     this.gate = undefined;
     this.abortOrigin = undefined;
+    // undici's resume restarts the connection's parser, which may be carrying another request by now.
+    this.resumeOrigin = undefined;
     gate?.leave(this.upload);
   }
 
@@ -191,10 +196,22 @@ function onAnswerClose(this: Answer): void {
   exchange?.clientLeft();
 }
 
+/**
+ * The client took what was waiting. undici's resume runs its parser at once,
+ * so it is deferred: Node emits 'drain' synchronously, even from inside
+ * another answer's write (a queued pipelined answer's buffered bytes), and
+ * so possibly from inside another connection's parser, which undici refuses.
+ */
 function onAnswerDrain(this: Answer): void {
   const exchange = this[EXCHANGE];
   if (exchange === undefined) return;
   exchange.stall?.flowing();
+  if (!exchange.paused) return;
+  exchange.paused = false;
+  process.nextTick(resumeOrigin, exchange);
+}
+
+function resumeOrigin(exchange: Exchange): void {
   exchange.resumeOrigin?.();
 }
 
