@@ -8,19 +8,19 @@ import type { TLSSocket } from 'node:tls';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { type ProxyMetrics, statusClass } from '../metrics.js';
+import type { ProxyMetrics } from '../metrics.js';
 import { connectionOf } from '../tls/connection.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { whenQueuedClientGone } from './queued.js';
+import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
-/** Logged and counted for a request whose client left before any answer head went out (nginx's code; never sent). */
-export const CLIENT_CLOSED_STATUS = 499;
+export { type AnswerEnd, CLIENT_CLOSED_STATUS } from './access.js';
 
 /** A routed domain, as the resolved configuration lists it. */
 export type Domain = ProxyDomain;
@@ -76,14 +76,6 @@ export function routeRequest(
 /** The names the connection's certificate covers, as its TLS listener recorded them; none on a socket no listener secured. */
 export function servedNames(socket: object): readonly string[] {
   return connectionOf(socket)?.certificateNames ?? [];
-}
-
-/** How an answer ended, for its access line and counter. */
-export interface AnswerEnd {
-  readonly status: number;
-  readonly code: HttpErrorCode | undefined;
-  /** Cut before its last byte went out. */
-  readonly aborted: boolean;
 }
 
 /**
@@ -146,8 +138,25 @@ export function hostName(host: string | undefined): string | undefined {
   return end > 0 ? host.slice(0, end) : host;
 }
 
+/** The HSTS header of each domain object, made once (a reload makes new domain objects). */
+function hstsHeaders(maxAge: number): (domain: Domain | undefined) => Readonly<Record<string, string>> {
+  const byDomain = new WeakMap<Domain, Readonly<Record<string, string>>>();
+  const none = Object.freeze({ 'strict-transport-security': hstsValue(maxAge, undefined) });
+  return (domain) => {
+    if (domain === undefined) return none;
+    let headers = byDomain.get(domain);
+    if (headers === undefined) {
+      headers = Object.freeze({ 'strict-transport-security': hstsValue(maxAge, domain) });
+      byDomain.set(domain, headers);
+    }
+    return headers;
+  };
+}
+
 export function createRequestHandler(options: HandlerOptions): ExpectingHandler {
   const { pools, log, metrics } = options;
+  const accounts = new AccessAccounts(log, metrics);
+  const hstsOf = hstsHeaders(options.hstsMaxAgeSeconds);
   return (req, res, expectation?: Expectation) => {
     const started = process.hrtime.bigint();
     // Before routing: an absolute-form target's authority is the Host routed on.
@@ -156,77 +165,49 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     // The served certificate's names, kept on the connection by its listener (tls/connection.ts).
     const route = routeRequest(options, host, servedNames(req.socket));
     const domain = route.domain;
-    const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
-    let code: HttpErrorCode | undefined;
-    let origin: string | undefined;
-    // Read now: after the connection closes, node's TLS accessors may touch freed state.
-    const tls = req.socket as TLSSocket;
-    const tlsVersion = tls.getProtocol?.() ?? undefined;
-    const resumed = tls.isSessionReused?.() ?? undefined;
-    const account = ({ status, aborted, ...ending }: AnswerEnd): void => {
-      code = ending.code;
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
-      if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(status) }, seconds);
-      log.info(
-        {
-          access: true,
-          domain: domain?.name,
-          method: req.method,
-          // The query string is left out: it often carries tokens.
-          path: (req.url ?? '/').split('?')[0],
-          status,
-          bytes: Number(res.getHeader('content-length') ?? 0) || undefined,
-          durationMs: Math.round(seconds * 1e4) / 10,
-          origin,
-          code,
-          tls: tlsVersion,
-          resumed,
-          ...(aborted ? { aborted } : {}),
-        },
-        'request',
-      );
-    };
-    onAnswerEnd(req, res, () => code, account);
+    const hsts = hstsOf(domain);
+    const record = new RequestRecord(req, res, started, domain, hsts, options.trustedPeers, accounts);
+    (res as ServerResponse & { [RECORD]?: RequestRecord })[RECORD] = record;
+    res.on('finish', onRecordedAnswerEnd);
+    res.on('close', onRecordedAnswerEnd);
+    // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
+    if (res.socket === null) record.cancelQueued = whenQueuedClientGone(req.socket, res, () => record.end());
     if (own !== undefined) {
-      code = own.code;
-      answer(res, own, hsts);
+      record.code = own.code;
+      record.bodyBytes = answer(res, own, hsts);
       return;
     }
     if ('refusal' in route) {
-      code = route.refusal.code;
-      answer(res, route.refusal, hsts);
+      record.code = route.refusal.code;
+      record.bodyBytes = answer(res, route.refusal, hsts);
       return;
     }
     const target = route.domain;
     const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > maxBodyBytes) {
-      code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
+      record.code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
       // The body is not read: the refusal closes the connection after the answer.
-      answer(res, ownFailureRefusal(code, maxBodyBytes)!, hsts);
+      record.bodyBytes = answer(res, ownFailureRefusal(record.code, maxBodyBytes)!, hsts);
       return;
     }
-    forward(pools, target, req, res, {
-      extraHeaders: hsts,
-      proto: 'https',
-      maxBodyBytes,
-      trusted: options.trustedPeers,
-      onOrigin: (o) => (origin = o),
-      awaitsContinue: expectation === 'continue',
-    }).catch((err: unknown) => {
+    record.maxBodyBytes = maxBodyBytes;
+    record.awaitsContinue = expectation === 'continue';
+    forward(pools, target, req, res, record).catch((err: unknown) => {
       const refused = refuseFailure(err, req, res, hsts, maxBodyBytes);
+      const origin = record.origin;
       if (refused !== undefined) {
-        code = refused;
-        log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
+        record.code = refused;
+        log.info({ code: refused, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
         return;
       }
       // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
-      if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+      if (record.code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
       // Once the answer has started, the client can only be told by a cut connection.
-      code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+      const code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+      record.code = code;
       log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
-      if (!res.headersSent) answer(res, originRefusal(originFailure(err)), hsts);
+      if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), hsts);
       else res.destroy();
     });
   };
@@ -269,13 +250,16 @@ function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refu
   return undefined;
 }
 
-export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Record<string, string>): void {
+/** Sends our answer; returns its body's length (for the access line). */
+export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Readonly<Record<string, string>>): number {
+  const length = Buffer.byteLength(body);
   res.writeHead(status, {
     ...headers,
     ...own,
     'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
+    'content-length': length,
     'x-keyedge-error': code,
   });
   res.end(body);
+  return res.req?.method === 'HEAD' ? 0 : length;
 }

@@ -56,6 +56,13 @@ export class OriginGate {
    * must not hold the queue for others. Each admission is ended by exactly
    * one `leave(upload)`.
    */
+  /** Admits the request if it fits now (no allocation); `false`: call `enter` to wait. */
+  tryEnter(upload: boolean): boolean {
+    if (!this.#fits(upload)) return false;
+    this.#admit(upload);
+    return true;
+  }
+
   enter(upload: boolean, abandon?: EventEmitter): true | Promise<void> {
     if (this.#fits(upload)) {
       this.#admit(upload);

@@ -1,0 +1,173 @@
+/**
+ * The access line and the request metrics of the HTTPS handler, in one
+ * place: one `count` per answer, when it went out whole or was cut.
+ *
+ * Costs, per request, kept off the request path: the metric children are
+ * made once per status and code (prom-client builds and hashes a label
+ * object on every `inc` otherwise); access lines go through a child logger
+ * without redaction (their fields are fixed here and never carry a secret,
+ * and the redaction pass cost about as much as the rest of the line); the
+ * answer's 'finish' and 'close' listeners are module functions that find
+ * their request on the answer, so a request adds no closure for them; the
+ * connection's TLS version and resumption are read once per connection.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { HttpErrorCode } from '../../config/codes.js';
+import type { ProxyDomain } from '../../config/proxy-schema.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { type ProxyMetrics, statusClass } from '../metrics.js';
+import type { ForwardOptions } from './forward.js';
+import { stalledSend } from './send-stall.js';
+import type { TrustedPeers } from './trusted-peers.js';
+
+/** Logged and counted for a request whose client left before any answer head went out (nginx's code; never sent). */
+export const CLIENT_CLOSED_STATUS = 499;
+
+type Domain = ProxyDomain;
+
+/** How an answer ended, for its access line and counter. */
+export interface AnswerEnd {
+  readonly status: number;
+  readonly code: HttpErrorCode | undefined;
+  /** Cut before its last byte went out. */
+  readonly aborted: boolean;
+}
+
+/** The accounting of one request handler: the logger and the metric children it reuses. */
+export class AccessAccounts {
+  readonly #log: Logger;
+  readonly #metrics: ProxyMetrics;
+  readonly #requests = new Map<string, Map<number, { inc(): void }>>();
+  readonly #durations = new Map<number, { observe(value: number): void }>();
+
+  constructor(log: Logger, metrics: ProxyMetrics) {
+    this.#log = log.child({}, { redact: { paths: [] } });
+    this.#metrics = metrics;
+  }
+
+  count(record: RequestRecord, end: AnswerEnd): void {
+    const { status, code } = end;
+    const seconds = Number(process.hrtime.bigint() - record.started) / 1e9;
+    const key = code ?? 'none';
+    let byStatus = this.#requests.get(key);
+    if (byStatus === undefined) {
+      byStatus = new Map();
+      this.#requests.set(key, byStatus);
+    }
+    let requests = byStatus.get(status);
+    if (requests === undefined) {
+      requests = this.#metrics.requests.labels(statusClass(status), key);
+      byStatus.set(status, requests);
+    }
+    requests.inc();
+    if (code === undefined && record.domain !== undefined) {
+      let duration = this.#durations.get(status);
+      if (duration === undefined) {
+        duration = this.#metrics.originDuration.labels(statusClass(status));
+        this.#durations.set(status, duration);
+      }
+      duration.observe(seconds);
+    }
+    const { req } = record;
+    const url = req.url ?? '/';
+    const query = url.indexOf('?');
+    this.#log.info(
+      {
+        access: true,
+        domain: record.domain?.name,
+        method: req.method,
+        // The query string is left out: it often carries tokens.
+        path: query < 0 ? url : url.slice(0, query),
+        status,
+        bytes: record.bodyBytes,
+        durationMs: Math.round(seconds * 1e4) / 10,
+        origin: record.origin,
+        code,
+        tls: record.tlsVersion,
+        resumed: record.resumed,
+        ...(end.aborted ? { aborted: true } : {}),
+      },
+      'request',
+    );
+  }
+}
+
+/**
+ * One request as the handler follows it: what its access line says, and the
+ * options of its forward (it is both, so a request makes one object here).
+ */
+export class RequestRecord implements ForwardOptions {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly started: bigint;
+  readonly domain: Domain | undefined;
+  readonly tlsVersion: string | undefined;
+  readonly resumed: boolean | undefined;
+  readonly accounts: AccessAccounts;
+  code: HttpErrorCode | undefined = undefined;
+  origin: string | undefined = undefined;
+  ended = false;
+  // ForwardOptions
+  readonly extraHeaders: Readonly<Record<string, string>>;
+  readonly proto = 'https' as const;
+  maxBodyBytes = 0;
+  readonly trusted: TrustedPeers | undefined;
+  awaitsContinue = false;
+  bodyBytes = 0;
+  cancelQueued: (() => void) | undefined = undefined;
+
+  constructor(
+    req: IncomingMessage,
+    res: ServerResponse,
+    started: bigint,
+    domain: Domain | undefined,
+    extraHeaders: Readonly<Record<string, string>>,
+    trusted: TrustedPeers | undefined,
+    accounts: AccessAccounts,
+  ) {
+    this.req = req;
+    this.res = res;
+    this.started = started;
+    this.domain = domain;
+    this.extraHeaders = extraHeaders;
+    this.trusted = trusted;
+    this.accounts = accounts;
+    const facts = tlsFacts(req.socket as TLSSocket & { [TLS_FACTS]?: TlsFacts });
+    this.tlsVersion = facts.version;
+    this.resumed = facts.resumed;
+  }
+
+  /** Once, when the answer went out whole or was cut (onAnswerEnd's rules). */
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.cancelQueued?.();
+    const { res } = this;
+    const aborted = !res.writableFinished;
+    // A client that stopped reading is cut by the send-stall timer before forward() can say so.
+    const ours = this.code ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    this.code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
+    this.accounts.count(this, { aborted, code: this.code, status: aborted && !res.headersSent ? CLIENT_CLOSED_STATUS : res.statusCode });
+  }
+}
+
+export const RECORD = Symbol('keyedge.request');
+const TLS_FACTS = Symbol('keyedge.tls-facts');
+
+/** What the access line says of a connection's TLS, read once per connection. */
+interface TlsFacts {
+  readonly version: string | undefined;
+  readonly resumed: boolean | undefined;
+}
+
+function tlsFacts(socket: TLSSocket & { [TLS_FACTS]?: TlsFacts }): TlsFacts {
+  // Read at the first request: after the connection closes, node's TLS accessors may touch freed state.
+  socket[TLS_FACTS] ??= { version: socket.getProtocol?.() ?? undefined, resumed: socket.isSessionReused?.() ?? undefined };
+  return socket[TLS_FACTS];
+}
+
+/** 'finish' and 'close' of an answer: module functions, so a request adds no closure for them. */
+export function onRecordedAnswerEnd(this: ServerResponse & { [RECORD]?: RequestRecord }): void {
+  this[RECORD]?.end();
+}

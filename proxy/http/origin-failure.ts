@@ -1,0 +1,52 @@
+/**
+ * How a request to an origin failed, from undici's or node's error code: for
+ * our answer (502/504, handler.ts), the balancer's health (balancer.ts) and
+ * whether the request may go to another origin. Pure.
+ */
+
+/** Failures of the connection to the origin before anything was sent: safe to try elsewhere. */
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+/** OpenSSL's verification results as node reports them: the origin's certificate was refused. */
+const CERTIFICATE_FAILURES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_NOT_YET_VALID',
+  'CERT_HAS_EXPIRED',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_CHAIN_TOO_LONG',
+  'INVALID_CA',
+  'INVALID_PURPOSE',
+  'PATH_LENGTH_EXCEEDED',
+  'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+/** Failures after the request may have reached the origin. */
+const LATER_FAILURES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_HEADERS_TIMEOUT']);
+
+const errorCode = (err: unknown): string => String((err as { code?: unknown }).code ?? '');
+
+/** How a request to an origin failed, for our answer (502/504) and the balancer. */
+export type OriginFailure = 'connect' | 'certificate' | 'timeout' | 'broken' | 'not-origin';
+
+export function originFailure(err: unknown): OriginFailure {
+  const code = errorCode(err);
+  if (CERTIFICATE_FAILURES.has(code)) return 'certificate';
+  if (CONNECT_FAILURES.has(code) || code.startsWith('ERR_SSL_')) return 'connect';
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'timeout';
+  if (LATER_FAILURES.has(code)) return 'broken';
+  // Our body limit, a client that went away: the origin is not at fault.
+  return 'not-origin';
+}
+
+/** RFC 9110 §9.2.2. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** Whether a request that failed with `failure` on one origin may be sent to another. */
+export function mayRetry(method: string | undefined, hasBody: boolean, failure: OriginFailure): boolean {
+  return !hasBody && IDEMPOTENT.has(method ?? 'GET') && (failure === 'connect' || failure === 'certificate');
+}
