@@ -84,6 +84,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const source = new ServingSource(config, {
     reloadConfig: configFile !== undefined,
     onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+    warn: (message) => log.warn(message),
   });
   const first = await source.next();
   refuseStartOnConfigCertificates(config, first);
@@ -272,6 +273,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clusterMetrics.stop();
     stopWatching();
     process.off('SIGHUP', onHangup);
+    source.close();
   };
   try {
     await new Promise<void>((resolve, reject) => {

@@ -27,8 +27,9 @@ import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
 import type { CertificateStore, StoreEntry } from '../certs/store.js';
 import { entryCandidate } from '../certs/manage.js';
-import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';
-import { type CertificateRecord, recordOf, type Refusal } from './spec.js';
+import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
+import { judgeCertificate, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
 const VALIDATION_CONCURRENCY = 16;
@@ -66,6 +67,8 @@ export interface PrepareOptions {
   readonly seen: Map<string, string>;
   /** Read every store entry and compare content, whatever stat says (SIGHUP, the admin API). */
   readonly verify?: boolean;
+  /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
+  readonly verdicts?: VerdictCache;
 }
 
 interface Pending {
@@ -164,10 +167,25 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
 
   const changed: string[] = [];
+  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
+  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  // Thousands of entries share a few keys: the key server is asked once per key id per pass.
+  const spkis = new Map<string, Promise<Buffer | undefined>>();
+  const validation: ValidationContext = {
+    ...options.validation,
+    keyserverSpki: (keyId, leafSpki) => {
+      let held = spkis.get(keyId);
+      if (held === undefined) {
+        held = options.validation.keyserverSpki(keyId, leafSpki);
+        spkis.set(keyId, held);
+      }
+      return held;
+    },
+  };
   await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId }) => {
     try {
-      const { certificate, warnings: found } = await validateCertificate(candidate, options.validation);
-      records.set(candidate.name, recordOf(certificate, from, inputId, options.validation.now));
+      const { verdict, warnings: found } = await judgeCertificate(candidate, inputId, validation, verdicts);
+      records.set(candidate.name, recordOfVerdict(verdict, candidate, from, inputId, validation.now));
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {
