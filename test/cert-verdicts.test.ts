@@ -134,10 +134,12 @@ describe('verdict cache', () => {
     const cases: [string, string, RegExp][] = [
       ['garbage', 'not json at all', /no header line|not a verdict file/],
       ['truncated', whole.slice(0, whole.length - 20), /checksum/],
-      // A changed serial with the old checksum: a bit flip, or an edit.
-      ['edited', withBody(body.replace(/"serial":"[0-9a-f]/, '"serial":"x'), false), /checksum/],
-      // Checksum fixed up, but a verdict missing its key id: never trusted in part.
-      ['malformed', withBody(body.replace(/"keyId":"[0-9a-f]{64}",/, ''), true), /malformed verdict/],
+      // A changed time with the old checksum: a bit flip, or an edit.
+      ['edited', withBody(body.replace(/,(\d)(\d{12}),/, ',9$2,'), false), /checksum/],
+      // Checksum fixed up, but a verdict pointing past the string table: never trusted in part.
+      ['malformed', withBody(body.replace(/"verdicts":\{"store:f":\[(\[[^\]]*\]),\d+/, '"verdicts":{"store:f":[$1,99'), true), /malformed verdict/],
+      // Checksum fixed up, but not the shape of a verdict file at all.
+      ['other JSON', withBody('{"verdicts":[]}', true), /not a verdict file/],
     ];
     for (const [what, text, message] of cases) {
       writeFileSync(file, text);

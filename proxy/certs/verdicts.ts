@@ -26,7 +26,8 @@
  * file that does not parse, does not match its hash or holds a malformed
  * verdict is ignored with a warning and rewritten, never trusted in part.
  *
- * Persistence: `<stateDir>/cert-verdicts.json`, written whole (temp file,
+ * Persistence: `<stateDir>/cert-verdicts.json` (a JSON header line, then
+ * the body as verdict-file.ts writes it), written whole (temp file,
  * fsync, rename) at most once per `SAVE_DELAY_MS` after a change; losing it
  * costs one full validation at the next start, nothing else. Verdicts of
  * inputs no longer served are dropped when the file is written (`retain`).
@@ -40,6 +41,7 @@ import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { ocspResponderUrl } from '../tls/ocsp.js';
 import type { ServedCertificate } from './certificate.js';
+import { decodeVerdicts, encodeVerdicts } from './verdict-file.js';
 import {
   type CertificateCandidate,
   type ChainValidity,
@@ -78,22 +80,7 @@ export interface Verdict {
   readonly chainPem?: string;
 }
 
-const isoTime = z.iso.datetime({ offset: true });
-const verdictSchema = z.strictObject({
-  names: z.array(z.string()).min(1),
-  keyId: z.string().regex(/^[0-9a-f]{64}$/),
-  spki: z.base64(),
-  serial: z.string(),
-  issuer: z.string(),
-  notBefore: isoTime,
-  notAfter: isoTime,
-  chainExpiries: z.array(z.strictObject({ subject: z.string(), notAfter: isoTime })),
-  stapled: z.boolean(),
-  warnings: z.array(z.string()),
-  chainPem: z.string().optional(),
-});
 const headerSchema = z.strictObject({ format: z.literal(FORMAT), context: z.string(), count: z.number().int().nonnegative(), sha256: z.string() });
-const bodySchema = z.record(z.string().regex(/^[a-z]+:[0-9a-f]+$/), z.unknown());
 
 /** What a verdict depends on besides its input: a verdict reached under another context is not reused. */
 export function verdictContext(issuerFingerprint: string): string {
@@ -289,34 +276,27 @@ export class VerdictCache {
     if (newline < 0) return ignore('has no header line');
     const bodyText = text.slice(newline + 1);
     let header: z.infer<typeof headerSchema>;
-    let body: Record<string, unknown>;
     try {
       header = headerSchema.parse(JSON.parse(text.slice(0, newline)));
-      if (createHash('sha256').update(bodyText).digest('hex') !== header.sha256) return ignore('does not match its checksum');
-      // A context of its own is not an error: the rules, the Node or the issuers changed since it was written.
-      if (header.context !== context) {
-        this.#dirty = true;
-        return;
-      }
-      body = bodySchema.parse(JSON.parse(bodyText));
     } catch {
       // The parser's message may quote the file: it is not kept.
       return ignore('is not a verdict file');
     }
-    const verdicts = new Map<string, Verdict>();
-    for (const [id, raw] of Object.entries(body)) {
-      const parsed = verdictSchema.safeParse(raw);
-      if (!parsed.success) return ignore(`holds a malformed verdict (${id.slice(0, 20)}…)`);
-      const { chainPem, ...rest } = parsed.data;
-      verdicts.set(id, this.#interned(chainPem === undefined ? rest : { ...rest, chainPem }));
+    if (createHash('sha256').update(bodyText).digest('hex') !== header.sha256) return ignore('does not match its checksum');
+    // A context of its own is not an error: the rules, the Node or the issuers changed since it was written.
+    if (header.context !== context) {
+      this.#dirty = true;
+      return;
     }
+    const verdicts = decodeVerdicts(bodyText);
+    if (typeof verdicts === 'string') return ignore(verdicts);
     if (verdicts.size !== header.count) return ignore(`holds ${verdicts.size} verdicts, its header says ${header.count}`);
     this.#verdicts = verdicts;
     this.#context = context;
   }
 
   #write(file: string, context: string): void {
-    const body = JSON.stringify(Object.fromEntries(this.#verdicts));
+    const body = encodeVerdicts(this.#verdicts);
     const header = JSON.stringify({ format: FORMAT, context, count: this.#verdicts.size, sha256: createHash('sha256').update(body).digest('hex') });
     const temp = join(dirname(file), `.${VERDICT_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
     const fd = openSync(temp, 'wx', 0o644);
