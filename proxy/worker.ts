@@ -146,9 +146,10 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     // The contexts of a renewal are built (and its keyless key checked against
     // the chain) before the swap, so no handshake pays for them and a failure
     // leaves the current state serving. A delta larger than that (a start with
-    // thousands of entries) fills the cache's room; the rest are built on
-    // first use, which keeps memory bounded by contextCacheSize.
-    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : next.changed.slice(0, Math.floor(contexts.room / profiles.length));
+    // thousands of entries) builds none: each is built on its first
+    // handshake (about a millisecond, once), so readiness does not wait on
+    // thousands of them and memory stays bounded by contextCacheSize.
+    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : [];
     const prepared: ServedCertificate[] = [];
     try {
       for (const certificate of eager) {

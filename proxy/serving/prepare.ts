@@ -115,9 +115,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       records.set(ref.name, kept);
       continue;
     }
+    // Two reads agree when what would be judged agrees: the fingerprint is the input id (one hash per read).
     const file = new SettlingRead(
       () => store.read(ref.name),
-      (e) => sha256(`${e.chainText}\0${JSON.stringify(e.meta)}`),
+      (e) => storeInputId(entryCandidate(e)),
       () => ref.changedAtMs,
     );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
@@ -159,7 +160,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const candidate = entryCandidate(read);
-    const inputId = `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
+    const inputId = file.print;
     seen.set(name, statId);
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
@@ -250,6 +251,11 @@ class SettlingRead<T> implements Settling {
     return this.#value;
   }
 
+  /** The fingerprint of the value last read. */
+  get print(): string {
+    return this.#print;
+  }
+
   /** Reads again: true when the content equals the previous read's. */
   again(): boolean {
     const before = this.#print;
@@ -277,6 +283,11 @@ async function settle(reads: readonly Settling[]): Promise<ReadonlySet<Settling>
     changing = changing.filter((r) => !r.again());
   }
   return new Set(changing);
+}
+
+/** What identifies a store entry's input: its chain text and the names and key id it pins (a verdict's key, certs/verdicts.ts). */
+function storeInputId(candidate: CertificateCandidate): string {
+  return `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
 }
 
 function sha256(text: string): string {
