@@ -138,10 +138,11 @@ export async function validateCertificate(candidate: CertificateCandidate, ctx: 
  * server separately.
  */
 export async function inspectCertificate(candidate: CertificateCandidate, now: Date, issuers?: IssuerPool): Promise<ValidatedCertificate> {
-  const structure = await inspectStructure(candidate, issuers);
-  const { certificate } = structure;
-  const timed = checkValidityWindow(candidate, validityOf(certificate.chain), now);
-  return { certificate, warnings: [...structure.warnings, ...timed] };
+  let timed: string[] = [];
+  const structure = await inspectStructure(candidate, issuers, (chain) => {
+    timed = checkValidityWindow(candidate, validityOf(chain), now);
+  });
+  return { certificate: structure.certificate, warnings: [...structure.warnings, ...timed] };
 }
 
 /** What the time-dependent rules need of a chain: the leaf's window and the other certificates' ends. */
@@ -184,7 +185,12 @@ export function checkValidityWindow(candidate: Pick<CertificateCandidate, 'name'
  * names and key id) and the issuer pool, not on the time or the key server:
  * its verdict can be remembered by content hash (verdicts.ts).
  */
-export async function inspectStructure(candidate: CertificateCandidate, issuers?: IssuerPool): Promise<ValidatedCertificate> {
+export async function inspectStructure(
+  candidate: CertificateCandidate,
+  issuers?: IssuerPool,
+  /** Run after the key rules, before the names and completeness rules: where the time rules come in a full validation. */
+  afterKeys?: (chain: readonly x509.X509Certificate[]) => void,
+): Promise<ValidatedCertificate> {
   const refuse = refuser(candidate);
   const { chain, warnings: chainWarnings } = await parseChain(candidate);
   const warnings = [...chainWarnings];
@@ -192,6 +198,7 @@ export async function inspectStructure(candidate: CertificateCandidate, issuers?
 
   checkKey(leaf, LEAF_CURVES, 'the leaf', refuse);
   for (const cert of chain.slice(1)) if (!isSelfIssued(cert)) checkKey(cert, CA_CURVES, `intermediate "${cert.subject}"`, refuse);
+  afterKeys?.(chain);
 
   const names = servedNames(candidate, leaf, refuse);
 

@@ -136,8 +136,11 @@ export async function judgeCertificate(
 ): Promise<{ readonly verdict: Verdict; readonly warnings: readonly string[] }> {
   const known = cache.get(inputId);
   if (known !== undefined) return { verdict: known, warnings: await rejudge(candidate, known, ctx) };
-  const structure = await inspectStructure(candidate, ctx.issuers);
-  const timed = checkValidityWindow(candidate, validityOf(structure.certificate.chain), ctx.now);
+  let timed: string[] = [];
+  // The time rules where a full validation checks them, so a refusal names the same rule.
+  const structure = await inspectStructure(candidate, ctx.issuers, (chain) => {
+    timed = checkValidityWindow(candidate, validityOf(chain), ctx.now);
+  });
   await checkKeyserverKey(candidate, structure.certificate, ctx.keyserverSpki);
   const verdict = verdictOf(structure.certificate, candidate.chainText, structure.warnings);
   cache.set(inputId, verdict);
