@@ -36,6 +36,7 @@ import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage 
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
+import { isPackedDelta, type PackedDelta, PackShelf, readPack, type WireDelta } from './serving/pack.js';
 import type { ServingDelta } from './serving/spec.js';
 import { watchForChanges } from './serving/watch.js';
 import { CACHE_FILE } from './store/cache.js';
@@ -111,6 +112,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     ...(shared === undefined ? {} : { shared }),
     reloadConfig: configFile !== undefined,
     onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+    warn: (message) => log.warn(message),
   });
   let first: Awaited<ReturnType<ServingSource['next']>>;
   try {
@@ -143,6 +145,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   };
   warnExpiry();
 
+  // Large deltas (a worker's whole state) go to workers as files, not through the IPC pipe (serving/pack.ts).
+  const packs = new PackShelf<Worker>();
   // Workers that hold the current serving state and get every delta after it.
   const synced = new Set<Worker>();
   let inFlight: ServingDelta | undefined;
@@ -161,7 +165,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
                 acks.delete(worker);
                 resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
               });
-              sendToWorker(worker, applyMessage(delta));
+              sendToWorker(worker, applyMessage(packs.wire('delta', delta, worker)));
             }),
         ),
       );
@@ -350,10 +354,12 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         sendToWorker(worker, ticketRingMessage(tickets, ticketGeneration));
         // The committed state, then the delta being applied (if any): IPC
         // keeps order, so the worker ends up where every other worker is.
-        sendToWorker(worker, serveMessage(source.snapshot()));
-        if (inFlight !== undefined) sendToWorker(worker, applyMessage(inFlight));
+        sendToWorker(worker, serveMessage(packs.wire('snapshot', source.snapshot(), worker)));
+        if (inFlight !== undefined) sendToWorker(worker, applyMessage(packs.wire('delta', inFlight, worker)));
         if (acme !== undefined) sendToWorker(worker, acme.board.message());
         synced.add(worker);
+      } else if (isMessage(message, PACK_OPENED)) {
+        packs.opened(worker, String((message as { file?: unknown }).file));
       } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
         ticketsApplied.set(worker, Number((message as { generation?: unknown }).generation));
         for (const wake of ticketWaiters) wake();
@@ -380,6 +386,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     started.delete(worker);
     ready.delete(worker);
     synced.delete(worker);
+    packs.gone(worker);
     ticketsApplied.delete(worker);
     boardApplied.delete(worker);
     for (const wake of ticketWaiters) wake();
@@ -430,6 +437,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     acme?.stop();
     stopWatching();
     process.off('SIGHUP', onHangup);
+    source.close();
+    packs.close();
   };
   try {
     await new Promise<void>((resolve, reject) => {
@@ -553,9 +562,9 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
       } else if (isBoardMessage(message)) {
         challenges.apply(message);
         process.send?.(boardAppliedMessage(message.generation));
-      } else if (isMessage(message, SERVE)) resolve((message as { delta: ServingDelta }).delta);
+      } else if (isMessage(message, SERVE)) resolve(received(message as WireDelta));
       else if (isMessage(message, APPLY)) {
-        const { delta } = message as { delta: ServingDelta };
+        const delta = received(message as WireDelta);
         if (worker === undefined) early.push(delta);
         else applyNow(delta);
       } else if (isShutdownMessage(message)) {
@@ -605,12 +614,27 @@ interface AppliedMessage {
   readonly error?: string;
 }
 
-function serveMessage(delta: ServingDelta): { type: typeof SERVE; delta: ServingDelta } {
-  return { type: SERVE, delta };
+/** A worker says it opened a pack (serving/pack.ts): the primary may unlink it. */
+const PACK_OPENED = 'keyedge:pack-opened';
+
+function serveMessage(wire: WireDelta): { type: typeof SERVE } & WireDelta {
+  return { type: SERVE, ...wire };
 }
 
-function applyMessage(delta: ServingDelta): { type: typeof APPLY; delta: ServingDelta } {
-  return { type: APPLY, delta };
+function applyMessage(wire: WireDelta): { type: typeof APPLY } & WireDelta {
+  return { type: APPLY, ...wire };
+}
+
+/** The delta of a SERVE or APPLY message, read from its pack at once when it came as one (and the primary told). */
+function received(message: WireDelta): ServingDelta {
+  if (!('packed' in message)) return message.delta;
+  const packed: PackedDelta = message.packed;
+  assert(isPackedDelta(packed), 'a packed delta names its file');
+  try {
+    return readPack(packed);
+  } finally {
+    process.send?.({ type: PACK_OPENED, file: packed.file });
+  }
 }
 
 function isAppliedMessage(message: unknown): message is AppliedMessage {

@@ -94,6 +94,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       // A config built in memory (tests, benchmarks) has no file to re-read.
       reloadConfig: existsSync(config.source),
       onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+      warn: (message) => log.warn(message),
     });
     const first = await source.next();
     refuseStartOnConfigCertificates(config, first);
@@ -218,6 +219,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
           if (options.metrics === undefined) metrics.stop();
           await pools.close();
           keySource.close();
+          source?.close();
         },
       });
       return closing;

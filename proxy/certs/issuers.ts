@@ -12,7 +12,7 @@
  * Read once per reload (the file may change with the chains it completes);
  * the bundled roots are parsed once per process.
  */
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rootCertificates } from 'node:tls';
@@ -38,13 +38,30 @@ const CERTIFICATE_FILE = /\.(pem|crt|cer)$/i;
 export class IssuerPool {
   /** By subject name as node:crypto prints it, which is how it prints an issuer name too. */
   readonly #bySubject = new Map<string, Entry[]>();
+  readonly #entries: readonly Entry[];
+  #fingerprint: string | undefined;
 
   constructor(entries: readonly Entry[]) {
+    this.#entries = entries;
     for (const entry of entries) {
       const list = this.#bySubject.get(entry.cert.subject);
       if (list === undefined) this.#bySubject.set(entry.cert.subject, [entry]);
       else list.push(entry);
     }
+  }
+
+  /**
+   * A hash of every certificate in the pool, in order: a verdict reached with
+   * another pool (other intermediates, another Node's roots) is not reused
+   * (verdicts.ts).
+   */
+  get fingerprint(): string {
+    if (this.#fingerprint === undefined) {
+      const hash = createHash('sha256');
+      for (const { known } of this.#entries) hash.update(`${known.root ? 'root' : 'ca'}\0${known.from}\0${known.pem}\0`);
+      this.#fingerprint = hash.digest('hex');
+    }
+    return this.#fingerprint;
   }
 
   /** The known certificate that issued `der` (name, key ids and signature checked), or undefined. */

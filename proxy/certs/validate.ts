@@ -138,6 +138,59 @@ export async function validateCertificate(candidate: CertificateCandidate, ctx: 
  * server separately.
  */
 export async function inspectCertificate(candidate: CertificateCandidate, now: Date, issuers?: IssuerPool): Promise<ValidatedCertificate> {
+  let timed: string[] = [];
+  const structure = await inspectStructure(candidate, issuers, (chain) => {
+    timed = checkValidityWindow(candidate, validityOf(chain), now);
+  });
+  return { certificate: structure.certificate, warnings: [...structure.warnings, ...timed] };
+}
+
+/** What the time-dependent rules need of a chain: the leaf's window and the other certificates' ends. */
+export interface ChainValidity {
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  /** Every certificate after the leaf, by subject. */
+  readonly chainExpiries: readonly { readonly subject: string; readonly notAfter: Date }[];
+}
+
+export function validityOf(chain: readonly x509.X509Certificate[]): ChainValidity {
+  const leaf = chain[0]!;
+  return { notBefore: leaf.notBefore, notAfter: leaf.notAfter, chainExpiries: chain.slice(1).map((c) => ({ subject: c.subject, notAfter: c.notAfter })) };
+}
+
+/**
+ * The not_yet_valid and expired rules and the expiry warnings: the only
+ * rules whose answer changes for the same bytes, so a remembered verdict
+ * (verdicts.ts) is checked against them again every time it is used.
+ */
+export function checkValidityWindow(candidate: Pick<CertificateCandidate, 'name' | 'source'>, validity: ChainValidity, now: Date): string[] {
+  const refuse = refuser(candidate);
+  const warnings: string[] = [];
+  // RFC 5280 §4.1.2.5: both bounds are inclusive.
+  if (now < validity.notBefore) throw refuse('not_yet_valid', `the leaf is not valid before ${validity.notBefore.toISOString()} (now ${now.toISOString()})`);
+  if (now > validity.notAfter) throw refuse('expired', `the leaf expired at ${validity.notAfter.toISOString()} (now ${now.toISOString()})`);
+  const left = validity.notAfter.getTime() - now.getTime();
+  if (left < WARN_EXPIRY_MS) warnings.push(`the leaf expires in ${formatDuration(left)}, at ${validity.notAfter.toISOString()}`);
+  // Not refused: a chain may carry an expired cross-sign on purpose for old
+  // clients (Let's Encrypt served one until 2024), and other clients build
+  // a path around it.
+  for (const cert of validity.chainExpiries) {
+    if (now > cert.notAfter) warnings.push(`chain certificate "${cert.subject}" expired at ${cert.notAfter.toISOString()}`);
+  }
+  return warnings;
+}
+
+/**
+ * Every rule that depends only on the input (the chain text, the pinned
+ * names and key id) and the issuer pool, not on the time or the key server:
+ * its verdict can be remembered by content hash (verdicts.ts).
+ */
+export async function inspectStructure(
+  candidate: CertificateCandidate,
+  issuers?: IssuerPool,
+  /** Run after the key rules, before the names and completeness rules: where the time rules come in a full validation. */
+  afterKeys?: (chain: readonly x509.X509Certificate[]) => void,
+): Promise<ValidatedCertificate> {
   const refuse = refuser(candidate);
   const { chain, warnings: chainWarnings } = await parseChain(candidate);
   const warnings = [...chainWarnings];
@@ -145,18 +198,7 @@ export async function inspectCertificate(candidate: CertificateCandidate, now: D
 
   checkKey(leaf, LEAF_CURVES, 'the leaf', refuse);
   for (const cert of chain.slice(1)) if (!isSelfIssued(cert)) checkKey(cert, CA_CURVES, `intermediate "${cert.subject}"`, refuse);
-
-  // RFC 5280 §4.1.2.5: both bounds are inclusive.
-  if (now < leaf.notBefore) throw refuse('not_yet_valid', `the leaf is not valid before ${leaf.notBefore.toISOString()} (now ${now.toISOString()})`);
-  if (now > leaf.notAfter) throw refuse('expired', `the leaf expired at ${leaf.notAfter.toISOString()} (now ${now.toISOString()})`);
-  const left = leaf.notAfter.getTime() - now.getTime();
-  if (left < WARN_EXPIRY_MS) warnings.push(`the leaf expires in ${formatDuration(left)}, at ${leaf.notAfter.toISOString()}`);
-  // Not refused: a chain may carry an expired cross-sign on purpose for old
-  // clients (Let's Encrypt served one until 2024), and other clients build
-  // a path around it.
-  for (const cert of chain.slice(1)) {
-    if (now > cert.notAfter) warnings.push(`chain certificate "${cert.subject}" expired at ${cert.notAfter.toISOString()}`);
-  }
+  afterKeys?.(chain);
 
   const names = servedNames(candidate, leaf, refuse);
 
@@ -166,7 +208,7 @@ export async function inspectCertificate(candidate: CertificateCandidate, now: D
     const leafKeyId = keyIdOf(Buffer.from(leaf.publicKey.rawData));
     if (pinned !== leafKeyId) throw refuse('key_mismatch', `the leaf's key id is ${leafKeyId}, the entry pins key ${pinned}`);
   }
-  const completed = completeChain(chain, issuers ?? (defaultIssuers ??= loadIssuerPool(null, '')), refuse);
+  const completed = completeChain(chain, issuers ?? defaultIssuerPool(), refuse);
   for (const { cert, from } of completed.added) {
     warnings.push(`intermediate "${cert.subject}" added from ${from}: the file ends before it`);
     const weakness = signatureWeakness(cert);
@@ -176,6 +218,12 @@ export async function inspectCertificate(candidate: CertificateCandidate, now: D
     checkKey(cert, CA_CURVES, `intermediate "${cert.subject}" from ${from}`, refuse);
   }
   return { certificate: servedCertificate(candidate.name, candidate.source, completed.chain, names), warnings };
+}
+
+/** The pool validation uses when given none: the system roots only. */
+export function defaultIssuerPool(): IssuerPool {
+  defaultIssuers ??= loadIssuerPool(null, '');
+  return defaultIssuers;
 }
 
 let defaultIssuers: IssuerPool | undefined;
@@ -425,7 +473,11 @@ function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate
  * a key under the entry's key id, and that key must be the leaf's. Keys are
  * compared as keys, not bytes, so two DER spellings of one key agree.
  */
-async function checkKeyserverKey(candidate: CertificateCandidate, certificate: ServedCertificate, lookup: ValidationContext['keyserverSpki']): Promise<void> {
+export async function checkKeyserverKey(
+  candidate: Pick<CertificateCandidate, 'name' | 'source'>,
+  certificate: Pick<ServedCertificate, 'keyId' | 'spki'>,
+  lookup: ValidationContext['keyserverSpki'],
+): Promise<void> {
   const refuse = refuser(candidate);
   const keyId = certificate.keyId;
   const held = await lookup(keyId, certificate.spki);

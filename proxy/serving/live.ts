@@ -9,8 +9,9 @@
  * key checked against the chain) before the swap, so no handshake pays for
  * them; the origin pools have read the new CA files (a bad one refuses the
  * delta, not a request). A delta larger than EAGER_CONTEXTS certificates (a
- * start with thousands of entries) fills the context cache's room; the rest
- * are built on first use, which keeps memory bounded by contextCacheSize.
+ * start with thousands of entries) builds none: each is built on its first
+ * handshake (about a millisecond, once), so readiness does not wait on
+ * thousands of them and memory stays bounded by contextCacheSize.
  *
  * After the swap: the old certificates' contexts and staples are dropped
  * (connections that hold an old context keep it alive), and staples of the
@@ -60,7 +61,7 @@ export class LiveServing {
     const next = applyDelta(this.#state, delta, (name, kept, dropped) =>
       log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it'),
     );
-    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : next.changed.slice(0, Math.floor(contexts.room / profiles.length));
+    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : [];
     const discard = (): void => {
       for (const certificate of eager) for (const profile of profiles) contexts.discard(profile, certificate);
     };

@@ -28,8 +28,9 @@ import { CertificateError } from '../certs/errors.js';
 import type { StoreEntry } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
-import { type CertificateCandidate, validateCertificate, type ValidationContext } from '../certs/validate.js';
-import { type CertificateRecord, recordOf, type Refusal } from './spec.js';
+import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
+import { judgeCertificate, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
 const VALIDATION_CONCURRENCY = 16;
@@ -67,6 +68,8 @@ export interface PrepareOptions {
   readonly seen: Map<string, string>;
   /** Read every store entry and compare content, whatever stat says (SIGHUP, the admin API). */
   readonly verify?: boolean;
+  /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
+  readonly verdicts?: VerdictCache;
 }
 
 interface Pending {
@@ -113,9 +116,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       records.set(ref.name, kept);
       continue;
     }
+    // Two reads agree when what would be judged agrees: the fingerprint is the input id (one hash per read).
     const file = new SettlingRead(
       () => store.read(ref.name),
-      (e) => sha256(`${e.chainText}\0${JSON.stringify(e.meta)}`),
+      (e) => storeInputId(entryCandidate(e)),
       () => ref.changedAtMs,
     );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
@@ -157,7 +161,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const candidate = entryCandidate(read);
-    const inputId = `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
+    const inputId = file.print;
     seen.set(name, statId);
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
@@ -165,10 +169,25 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
 
   const changed: string[] = [];
+  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
+  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  // Thousands of entries share a few keys: the key server is asked once per key id per pass.
+  const spkis = new Map<string, Promise<Buffer | undefined>>();
+  const validation: ValidationContext = {
+    ...options.validation,
+    keyserverSpki: (keyId, leafSpki) => {
+      let held = spkis.get(keyId);
+      if (held === undefined) {
+        held = options.validation.keyserverSpki(keyId, leafSpki);
+        spkis.set(keyId, held);
+      }
+      return held;
+    },
+  };
   await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId }) => {
     try {
-      const { certificate, warnings: found } = await validateCertificate(candidate, options.validation);
-      records.set(candidate.name, recordOf(certificate, from, inputId, options.validation.now));
+      const { verdict, warnings: found } = await judgeCertificate(candidate, inputId, validation, verdicts);
+      records.set(candidate.name, recordOfVerdict(verdict, candidate, from, inputId, validation.now));
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {
@@ -233,6 +252,11 @@ class SettlingRead<T> implements Settling {
     return this.#value;
   }
 
+  /** The fingerprint of the value last read. */
+  get print(): string {
+    return this.#print;
+  }
+
   /** Reads again: true when the content equals the previous read's. */
   again(): boolean {
     const before = this.#print;
@@ -260,6 +284,11 @@ async function settle(reads: readonly Settling[]): Promise<ReadonlySet<Settling>
     changing = changing.filter((r) => !r.again());
   }
   return new Set(changing);
+}
+
+/** What identifies a store entry's input: its chain text and the names and key id it pins (a verdict's key, certs/verdicts.ts). */
+function storeInputId(candidate: CertificateCandidate): string {
+  return `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
 }
 
 function sha256(text: string): string {

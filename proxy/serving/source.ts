@@ -20,6 +20,7 @@ import { KeyedgeError, RemoteError } from '../../keyserver/shared/errors.js';
 import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
 import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';
+import { VerdictCache } from '../certs/verdicts.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
 import type { EtcdStore } from '../store/etcd-store.js';
@@ -74,19 +75,31 @@ export class ServingSource {
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string) => void) | undefined;
   readonly #shared: EtcdStore | undefined;
+  readonly #verdicts: VerdictCache;
 
   /**
    * `reloadConfig`: re-read `config.source` on every pass after the first.
    * `onUnverified`: told when the start had to go ahead without the key server.
    * `shared`: the fleet's store (etcd), which then holds the certificate
    * entries and adds its routes to the file's domains; else the store directory.
+   * `warn`: told when the verdict file (certs/verdicts.ts, in the state
+   * directory) is ignored or cannot be written.
    */
-  constructor(config: ProxyConfig, options: { readonly reloadConfig: boolean; readonly onUnverified?: (reason: string) => void; readonly shared?: EtcdStore }) {
+  constructor(
+    config: ProxyConfig,
+    options: {
+      readonly reloadConfig: boolean;
+      readonly onUnverified?: (reason: string) => void;
+      readonly shared?: EtcdStore;
+      readonly warn?: (message: string) => void;
+    },
+  ) {
     this.#config = config;
     this.#fileDomains = config.domains;
     this.#reloadConfig = options.reloadConfig;
     this.#onUnverified = options.onUnverified;
     this.#shared = options.shared;
+    this.#verdicts = new VerdictCache({ file: VerdictCache.fileIn(config.stateDir), warn: options.warn ?? (() => {}) });
   }
 
   get config(): ProxyConfig {
@@ -146,6 +159,7 @@ export class ServingSource {
         previous: this.#records,
         seen: this.#seen,
         verify: options.verify === true,
+        verdicts: this.#verdicts,
         validation: {
           now: new Date(),
           issuers,
@@ -237,10 +251,18 @@ export class ServingSource {
     for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
+    // Verdicts of what no longer serves go with the next write of the file.
+    if (next.delta.upsert.length > 0 || next.delta.remove.length > 0) this.#verdicts.retain(new Set([...records.values()].map((r) => r.inputId)));
     this.#followed = next.followed;
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
+  }
+
+  /** Writes the remembered verdicts now, if any changed, and stops the save timer (at shutdown). */
+  close(): void {
+    this.#verdicts.flush();
+    this.#verdicts.close();
   }
 
   /** Everything that serves now, as one delta: what a starting worker needs. */

@@ -11,6 +11,7 @@
  */
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
+import type { Verdict } from '../certs/verdicts.js';
 import type { CertificateRefusal } from '../certs/validate.js';
 import { ocspResponderUrl } from '../tls/ocsp.js';
 
@@ -70,6 +71,31 @@ export function recordOf(certificate: ServedCertificate, from: CertificateRecord
     issuer: certificate.leaf.issuer,
     notAfter: certificate.notAfter.toISOString(),
     stapled: ocspResponderUrl(certificate.leaf) !== undefined && certificate.chain.length > 1,
+    loadedAt: loadedAt.toISOString(),
+    inputId,
+  };
+}
+
+/** A record from a verdict (verdicts.ts): nothing is parsed. `chainText` is the input the verdict was reached on. */
+export function recordOfVerdict(
+  verdict: Verdict,
+  entry: { readonly name: string; readonly source: string; readonly chainText: string },
+  from: CertificateRecord['from'],
+  inputId: string,
+  loadedAt: Date,
+): CertificateRecord {
+  return {
+    name: entry.name,
+    from,
+    source: entry.source,
+    chainPem: verdict.chainPem ?? entry.chainText,
+    names: verdict.names,
+    keyId: verdict.keyId,
+    spki: verdict.spki,
+    serial: verdict.serial,
+    issuer: verdict.issuer,
+    notAfter: verdict.notAfter,
+    stapled: verdict.stapled,
     loadedAt: loadedAt.toISOString(),
     inputId,
   };

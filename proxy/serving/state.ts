@@ -89,7 +89,10 @@ export function servedFromRecord(record: CertificateRecord): ServedCertificate {
   return {
     name: record.name,
     source: record.source,
-    chainPem: record.chainPem,
+    // Read on use: a worker given its state as a pack (pack.ts) reads a chain only to build its context.
+    get chainPem() {
+      return record.chainPem;
+    },
     names: record.names,
     keyId: record.keyId,
     spki: Buffer.from(record.spki, 'base64'),

@@ -1,0 +1,89 @@
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VERDICT_FILE } from '../proxy/certs/verdicts.js';
+import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
+import { nodeGet } from './helpers/clients.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { type Issued, issueForPublicKey } from './helpers/pki.js';
+
+// A store larger than a pack's threshold: the workers get their state as a
+// file (serving/pack.ts), a restart serves from remembered verdicts
+// (certs/verdicts.ts) without judging any chain again, and a mass renewal
+// travels as a pack too. Speed is measured in bench/cert-scale, not here.
+
+const ENTRIES = PACK_THRESHOLD + 44;
+let lab: KeylessLab;
+let ca: string;
+let storeDir: string;
+let proxy: ClusterProxy | undefined;
+const leaves: Issued[] = [];
+
+const host = (i: number): string => `s${i}.lab.test`;
+const hex = (serial: string): string => serial.toUpperCase().replace(/^0+/, '');
+
+async function writeEntry(i: number): Promise<void> {
+  const leaf = await issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: host(i), dnsNames: [host(i)] });
+  leaves[i] = leaf;
+  writeFileSync(join(storeDir, `s${i}.pem`), `${leaf.certPem}\n${lab.ca.certPem}`);
+}
+
+async function start(): Promise<ClusterProxy> {
+  proxy = await startClusterProxy(lab, 'scale', (p) => storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } }));
+  return proxy;
+}
+
+/** Several connections, so that both workers are asked. */
+async function expectServed(p: ClusterProxy, indexes: readonly number[]): Promise<void> {
+  for (const i of indexes) {
+    for (let k = 0; k < 3; k++) {
+      const got = await nodeGet(p.port, host(i), ca);
+      expect(got.ok, host(i)).toBe(true);
+      expect(hex(got.serial ?? ''), host(i)).toBe(hex(leaves[i]!.cert.serialNumber));
+    }
+  }
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  storeDir = join(lab.dir, 'scale', 'certs');
+  mkdirSync(storeDir, { recursive: true });
+  for (let i = 0; i < ENTRIES; i++) await writeEntry(i);
+}, 120_000);
+afterAll(async () => {
+  await proxy?.stop();
+  await lab?.close();
+});
+
+describe('keyedge proxy with a store larger than a pack', () => {
+  it('serves every entry from state handed over as a file, and remembers the verdicts', async () => {
+    const p = await start();
+    await expectServed(p, [0, 1, ENTRIES - 1]);
+    await p.stop();
+    const file = join(lab.dir, 'state', VERDICT_FILE);
+    const header = JSON.parse(readFileSync(file, 'utf8').split('\n', 1)[0]!) as { count: number };
+    expect(header.count).toBe(ENTRIES);
+  }, 90_000);
+
+  it('restarts from remembered verdicts: nothing is judged again, so the file is not rewritten', async () => {
+    const file = join(lab.dir, 'state', VERDICT_FILE);
+    const before = { text: readFileSync(file, 'utf8'), mtimeMs: statSync(file).mtimeMs };
+    const p = await start();
+    await expectServed(p, [2, ENTRIES - 2]);
+    await p.stop();
+    expect(statSync(file).mtimeMs).toBe(before.mtimeMs);
+    expect(readFileSync(file, 'utf8')).toBe(before.text);
+    expect(p.lines.filter((l) => String(l.msg).includes(VERDICT_FILE))).toEqual([]);
+  }, 90_000);
+
+  it('applies a renewal of more entries than a pack holds inline in every worker', async () => {
+    const p = await start();
+    for (let i = 0; i <= PACK_THRESHOLD; i++) await writeEntry(i);
+    const answer = await p.admin('POST', '/reload');
+    expect(answer.status).toBe(200);
+    await expectServed(p, [0, PACK_THRESHOLD, ENTRIES - 1]);
+    await p.stop();
+  }, 120_000);
+});
