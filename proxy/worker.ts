@@ -35,6 +35,8 @@ import { OriginPools } from './http/forward.js';
 import { createRedirectHandler } from './http/redirect.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
+import { Http2Sessions } from './http2/sessions.js';
+import type { Http2Connection } from './http2/stream.js';
 import { startKeylessBridge } from './keyless/bridge.js';
 import type { KeySource } from './tls/key-source.js';
 import { SecureContextCache } from './tls/contexts.js';
@@ -140,6 +142,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const tlsServers: https.Server[] = [];
   const noSniServers: { readonly profile: TlsProfileName; readonly server: https.Server }[] = [];
 
+  /** Told after each swap of the serving state (set once the HTTP/2 server exists). */
+  let afterApply = (): void => undefined;
   const apply = (delta: ServingDelta): void => {
     const next = applyDelta(state, delta, onConflict);
     // The contexts of a renewal are built (and its keyless key checked against
@@ -182,6 +186,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
         stapler,
         next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true),
       );
+    afterApply();
     if (state.noSni !== previous.noSni && state.noSni !== undefined) {
       for (const { profile, server } of noSniServers) {
         server.setSecureContext(noSniContextOptions(profile, state.noSni));
@@ -224,6 +229,35 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     metrics,
   });
 
+  const http2 = new Http2Sessions({
+    domains: () => state.domains,
+    pools,
+    maxBodyBytes: config.limits.maxBodyBytes,
+    hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds,
+    trustedPeers,
+    log,
+    metrics,
+    limits: config.limits,
+  });
+  const http2Connection = (socket: tls.TLSSocket): Http2Connection => {
+    const servername = typeof socket.servername === 'string' ? socket.servername : undefined;
+    return {
+      servername,
+      certificateNames: certificateNames(servername),
+      peer: socket.remoteAddress,
+      tlsVersion: socket.getProtocol() ?? undefined,
+      resumed: socket.isSessionReused(),
+    };
+  };
+
+  // A renewal or removal that drops a name an HTTP/2 connection was served for: GOAWAY, so the client reconnects and sees what serves now.
+  afterApply = () => {
+    http2.retire((c) => {
+      const now = certificateNames(c.servername);
+      return c.certificateNames.every((name) => now.includes(name));
+    });
+  };
+
   const sockets = new Set<net.Socket>();
   const acceptedAt = new WeakMap<net.Socket, bigint>();
   const onSecure = (socket: tls.TLSSocket): void => {
@@ -234,10 +268,12 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     const accepted = raw === undefined ? undefined : acceptedAt.get(raw);
     if (accepted !== undefined) metrics.handshakeDuration.observe({ resumed }, Number(process.hrtime.bigint() - accepted) / 1e9);
   };
-  const httpsServer = (profile: TlsProfileName, withDefault: boolean): https.Server => {
+  const httpsServer = (profile: TlsProfileName, withDefault: boolean, offersHttp2: boolean): https.Server => {
     const server = https.createServer(
       {
         ...TLS_PROFILES[profile],
+        // RFC 9113 §3.2: h2 first, the server's preference; http/1.1 for every other client.
+        ALPNProtocols: offersHttp2 ? ['h2', 'http/1.1'] : ['http/1.1'],
         ...(withDefault && state.noSni !== undefined ? { cert: state.noSni.chainPem, key: keySource.keyFor(state.noSni) } : {}),
         SNICallback: sniCallback(profile, () => state, contexts, log),
         // Over the limit, Node answers 431 itself; headers not complete in time, 408.
@@ -253,6 +289,15 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       },
       handler,
     );
+    if (offersHttp2) {
+      // Node's HTTP/1.1 connection listener takes only connections that did not choose h2; those go to the HTTP/2 server.
+      const http1 = server.listeners('secureConnection')[0] as (socket: tls.TLSSocket) => void;
+      server.removeListener('secureConnection', http1);
+      server.prependListener('secureConnection', (socket: tls.TLSSocket) => {
+        if (socket.alpnProtocol === 'h2') http2.handle(socket, http2Connection(socket));
+        else http1.call(server, socket);
+      });
+    }
     // Tickets: the shared ring, and a fresh ticket on every resumed connection (tickets.ts).
     useTicketKeyRingOnServer(server, tickets, countTicket);
     // Reads the staple cache only; fetching happens in the stapler's own loop.
@@ -273,9 +318,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     return server;
   };
   for (const listener of config.listen) {
-    const withoutSni = httpsServer(listener.profile, true);
+    const withoutSni = httpsServer(listener.profile, true, listener.http2);
     const front = createTlsFront({
-      withSni: httpsServer(listener.profile, false),
+      withSni: httpsServer(listener.profile, false, listener.http2),
       withoutSni,
       hasDefault: () => state.noSni !== undefined,
       acceptsName: (name) => selectByName(state.sni, name, state.fallback) !== undefined,
@@ -341,6 +386,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       closing ??= (async () => {
         for (const front of fronts) front.close();
         redirect?.close();
+        // GOAWAY NO_ERROR: HTTP/2 clients start no new stream here; those in flight finish within the grace.
+        http2.close();
         // Idle keep-alive connections close now; busy ones once their response is sent.
         for (const server of tlsServers) server.close(() => undefined);
         const allClosed = new Promise<void>((resolve) => {

@@ -161,11 +161,12 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     const account = ({ status, aborted, ...ending }: AnswerEnd): void => {
       code = ending.code;
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
       if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(status) }, seconds);
       log.info(
         {
           access: true,
+          protocol: 'http/1.1',
           domain: domain?.name,
           method: req.method,
           // The query string is left out: it often carries tokens.
@@ -255,7 +256,8 @@ export function refuseFailure(
   return refusal.code;
 }
 
-function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
+/** Our answer to a failure of ours (forward.ts's HttpFailure codes); undefined for any other. Shared with HTTP/2 (proxy/http2/). */
+export function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
   if (code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') return { status: 413, code, body: `request body over ${maxBodyBytes} bytes\n`, headers: { connection: 'close' } };
   if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { status: 408, code, body: 'request body timed out\n', headers: { connection: 'close' } };
   if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY')

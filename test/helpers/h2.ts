@@ -1,0 +1,155 @@
+/**
+ * HTTP/2 clients for proxy tests: node:http2 sessions (verified against the
+ * lab CA, connected to 127.0.0.1 whatever the name), one request at a time
+ * with its whole answer, and raw HTTP/2 frames for the attack tests (what a
+ * well-behaved client library will not send).
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+
+export interface H2Answer {
+  readonly status: number;
+  readonly headers: http2.IncomingHttpHeaders;
+  readonly body: Buffer;
+  readonly trailers: http2.IncomingHttpHeaders | undefined;
+}
+
+/** A session to the proxy at `port` for `servername`, verified against `ca`. */
+export function h2Connect(port: number, ca: string, servername: string, options: http2.SecureClientSessionOptions = {}): http2.ClientHttp2Session {
+  const session = http2.connect(`https://${servername}:${port}`, {
+    ca,
+    servername,
+    createConnection: () => tls.connect({ host: '127.0.0.1', port, ca, servername, ALPNProtocols: ['h2'] }),
+    ...options,
+  });
+  session.on('error', () => undefined);
+  return session;
+}
+
+/**
+ * One request on `session`, resolving with its whole answer, or rejecting on
+ * a reset or a closed session. `body` 'open': the request's side stays open,
+ * its body never sent (an answer refusing it ends the stream).
+ */
+export function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: Buffer | string | 'open'): Promise<H2Answer> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request(headers, { endStream: body === undefined });
+    const chunks: Buffer[] = [];
+    let head: http2.IncomingHttpHeaders | undefined;
+    let trailers: http2.IncomingHttpHeaders | undefined;
+    stream.on('response', (h) => {
+      if (Number(h[':status']) >= 200) head = h;
+    });
+    stream.on('trailers', (t) => (trailers = t));
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+    stream.on('error', reject);
+    stream.on('close', () => {
+      if (head === undefined || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) reject(new Error(`stream closed with code ${stream.rstCode}`));
+      else resolve({ status: Number(head[':status']), headers: head, body: Buffer.concat(chunks), trailers });
+    });
+    if (body !== undefined && body !== 'open') stream.end(body);
+  });
+}
+
+export function closeSession(session: http2.ClientHttp2Session): Promise<void> {
+  return new Promise((resolve) => {
+    if (session.destroyed) return resolve();
+    session.once('close', () => resolve());
+    session.close();
+    setTimeout(() => session.destroy(), 2000).unref();
+  });
+}
+
+/** A TLS connection speaking raw HTTP/2 frames (RFC 9113 §4.1), for clients no library would be. */
+export class RawH2 {
+  readonly tls: tls.TLSSocket;
+  readonly secure: Promise<void>;
+  readonly closed: Promise<void>;
+  /** GOAWAY error codes received. */
+  readonly goaways: number[] = [];
+  /** RST_STREAM frames received. */
+  resets = 0;
+  /** HEADERS frames received (answers started). */
+  answers = 0;
+  #buffer = Buffer.alloc(0);
+
+  constructor(port: number, ca: string, servername: string) {
+    const tcp = net.connect({ host: '127.0.0.1', port });
+    tcp.on('error', () => undefined);
+    this.tls = tls.connect({ socket: tcp, ca, servername, ALPNProtocols: ['h2'] });
+    this.tls.on('error', () => undefined);
+    this.secure = new Promise((resolve, reject) => {
+      this.tls.once('secureConnect', () => (this.tls.alpnProtocol === 'h2' ? resolve() : reject(new Error(`ALPN chose ${this.tls.alpnProtocol}`))));
+      this.tls.once('close', () => reject(new Error('closed before the handshake')));
+    });
+    this.secure.catch(() => undefined);
+    this.closed = new Promise((resolve) => this.tls.once('close', () => resolve()));
+    this.tls.on('data', (chunk: Buffer) => this.#read(chunk));
+  }
+
+  /** The client preface and an empty SETTINGS frame (RFC 9113 §3.4). */
+  preface(): void {
+    this.tls.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), frame(0x4, 0, 0, Buffer.alloc(0))]));
+  }
+
+  write(bytes: Buffer): boolean {
+    return this.tls.destroyed ? false : this.tls.write(bytes);
+  }
+
+  #read(chunk: Buffer): void {
+    this.#buffer = Buffer.concat([this.#buffer, chunk]);
+    while (this.#buffer.length >= 9) {
+      const length = this.#buffer.readUIntBE(0, 3);
+      if (this.#buffer.length < 9 + length) return;
+      const type = this.#buffer[3]!;
+      const flags = this.#buffer[4]!;
+      const payload = this.#buffer.subarray(9, 9 + length);
+      if (type === 0x7) this.goaways.push(payload.readUInt32BE(4));
+      if (type === 0x3) this.resets++;
+      if (type === 0x1) this.answers++;
+      // SETTINGS from the server: acknowledge (§6.5.3), as any client must.
+      if (type === 0x4 && (flags & 0x1) === 0) this.write(frame(0x4, 0x1, 0, Buffer.alloc(0)));
+      this.#buffer = this.#buffer.subarray(9 + length);
+    }
+  }
+}
+
+/** One frame: 24-bit length, type, flags, 31-bit stream id, payload (RFC 9113 §4.1). */
+export function frame(type: number, flags: number, streamId: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(streamId, 5);
+  return Buffer.concat([head, payload]);
+}
+
+/**
+ * A HEADERS frame for `GET path` on `authority`, HPACK-coded without the
+ * dynamic table (RFC 7541: static-table indexes for :method GET, :scheme
+ * https, and a literal :path and :authority), END_HEADERS set; END_STREAM
+ * when `endStream`.
+ */
+export function getHeaders(streamId: number, authority: string, path: string, endStream = true): Buffer {
+  const literal = (index: number, value: string): Buffer => {
+    const v = Buffer.from(value, 'latin1');
+    if (v.length > 126) throw new RangeError('value too long for this encoder');
+    // Literal without indexing, name from the static table (§6.2.2: 4-bit prefix; indexes here are < 15).
+    return Buffer.concat([Buffer.from([index, v.length]), v]);
+  };
+  const block = Buffer.concat([Buffer.from([0x82, 0x87]), literal(4, path), literal(1, authority)]);
+  return frame(0x1, 0x4 | (endStream ? 0x1 : 0), streamId, block);
+}
+
+export function rstStream(streamId: number, code: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt32BE(code);
+  return frame(0x3, 0, streamId, payload);
+}
+
+export function windowUpdate(streamId: number, increment: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt32BE(increment);
+  return frame(0x8, 0, streamId, payload);
+}
