@@ -131,15 +131,21 @@ export function frame(type: number, flags: number, streamId: number, payload: Bu
  * https, and a literal :path and :authority), END_HEADERS set; END_STREAM
  * when `endStream`.
  */
-export function getHeaders(streamId: number, authority: string, path: string, endStream = true): Buffer {
+export function getHeaders(streamId: number, authority: string, path: string, endStream = true, fields: readonly (readonly [string, string])[] = []): Buffer {
   const literal = (index: number, value: string): Buffer => {
     const v = Buffer.from(value, 'latin1');
     if (v.length > 126) throw new RangeError('value too long for this encoder');
     // Literal without indexing, name from the static table (§6.2.2: 4-bit prefix; indexes here are < 15).
     return Buffer.concat([Buffer.from([index, v.length]), v]);
   };
-  const block = Buffer.concat([Buffer.from([0x82, 0x87]), literal(4, path), literal(1, authority)]);
+  // Literal without indexing, new name (§6.2.2, first byte 0).
+  const named = ([name, value]: readonly [string, string]): Buffer => Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), literal(0, value).subarray(1)]);
+  const block = Buffer.concat([Buffer.from([0x82, 0x87]), literal(4, path), literal(1, authority), ...fields.map(named)]);
   return frame(0x1, 0x4 | (endStream ? 0x1 : 0), streamId, block);
+}
+
+export function data(streamId: number, payload: Buffer, endStream: boolean): Buffer {
+  return frame(0x0, endStream ? 0x1 : 0, streamId, payload);
 }
 
 export function rstStream(streamId: number, code: number): Buffer {
@@ -153,3 +159,62 @@ export function windowUpdate(streamId: number, increment: number): Buffer {
   payload.writeUInt32BE(increment);
   return frame(0x8, 0, streamId, payload);
 }
+
+/**
+ * A node:http2 client on its own TCP socket, so a test can cut it at any
+ * level: one stream (RST_STREAM CANCEL), the session (GOAWAY and close), or
+ * the TCP connection (RST). TLS sessions are resumed, as browsers do, so
+ * a thousand of these cost the key server no signature each.
+ */
+export class H2Client {
+  readonly tcp: net.Socket;
+  readonly session: http2.ClientHttp2Session;
+  static readonly #tickets = new Map<string, Buffer>();
+
+  constructor(port: number, ca: string, servername: string) {
+    const key = `${port} ${servername}`;
+    this.tcp = net.connect({ host: '127.0.0.1', port });
+    this.tcp.on('error', () => undefined);
+    const ticket = H2Client.#tickets.get(key);
+    const secure = tls.connect({ socket: this.tcp, ca, servername, ALPNProtocols: ['h2'], ...(ticket === undefined ? {} : { session: ticket }) });
+    secure.on('error', () => undefined);
+    secure.on('session', (s: Buffer) => H2Client.#tickets.set(key, s));
+    this.session = http2.connect(`https://${servername}:${port}`, { createConnection: () => secure });
+    this.session.on('error', () => undefined);
+  }
+
+  /** A request whose answer is counted as it arrives (`received`), never rejecting. */
+  request(headers: http2.OutgoingHttpHeaders, endStream = true): { stream: http2.ClientHttp2Stream; received: () => number } {
+    const stream = this.session.request(headers, { endStream });
+    let received = 0;
+    stream.on('data', (chunk: Buffer) => (received += chunk.length));
+    stream.on('error', () => undefined);
+    return { stream, received: () => received };
+  }
+
+  cut(how: H2Cut, stream: http2.ClientHttp2Stream | undefined): void {
+    if (how === 'stream' && stream !== undefined) stream.close(http2.constants.NGHTTP2_CANCEL);
+    else if (how === 'reset') this.tcp.resetAndDestroy();
+    else this.session.destroy();
+  }
+
+  /** Waits until the session is gone (at most `timeoutMs`), then makes sure it is. */
+  async finish(timeoutMs = 2_000): Promise<void> {
+    if (!this.session.destroyed) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        this.session.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        this.session.close();
+      });
+    }
+    this.session.destroy();
+    this.tcp.destroy();
+  }
+}
+
+/** How an HTTP/2 client goes away: one stream reset, the whole session closed, or the TCP connection reset. */
+export type H2Cut = 'stream' | 'session' | 'reset';
+export const H2_CUTS: readonly H2Cut[] = ['stream', 'session', 'reset'];
