@@ -2,7 +2,7 @@ import http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseSetup, alive, expectUnharmed, metricSum, SteadyClient, startAbuseSetup, workerPids } from './helpers/abuse.js';
 import { sleep } from './helpers/keyserver.js';
-import { closeSession, data, getHeaders, h2Connect, h2Request, RawH2, rstStream, windowUpdate } from './helpers/h2.js';
+import { data, getHeaders, h2Connect, RawH2, rstStream, SteadyH2, windowUpdate } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The known HTTP/2 stream-reset attacks against `keyedge proxy` with two
@@ -30,37 +30,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await setup?.close();
 });
-
-/** A normal HTTP/2 client on its own connection, one GET after another until stopped; every answer must be a whole 200. */
-class SteadyH2 {
-  requests = 0;
-  readonly failures: string[] = [];
-  #running = true;
-  readonly #loop: Promise<void>;
-
-  constructor(port: number, ca: string) {
-    this.#loop = (async () => {
-      let session = h2Connect(port, ca, HOST);
-      while (this.#running) {
-        if (session.destroyed || session.closed) session = h2Connect(port, ca, HOST);
-        try {
-          const answer = await h2Request(session, { ':path': '/steady-h2/ok' });
-          if (answer.status !== 200 || answer.body.toString() !== 'ok\n') this.failures.push(`${answer.status} ${answer.body.toString().slice(0, 40)}`);
-        } catch (err) {
-          this.failures.push((err as Error).message);
-        }
-        this.requests++;
-        await sleep(20);
-      }
-      await closeSession(session);
-    })();
-  }
-
-  async stop(): Promise<void> {
-    this.#running = false;
-    await this.#loop;
-  }
-}
 
 /** RSS of the proxy's processes, summed by the primary's /metrics. */
 async function residentBytes(): Promise<number> {
@@ -109,7 +78,7 @@ describe('HTTP/2 reset attacks', () => {
     const before = workerPids(proxy);
     expect(before.listening).toHaveLength(2);
     const steady = new SteadyClient(proxy.port, ca, HOST, '/steady/ok', 'ok\n');
-    const steadyH2 = new SteadyH2(proxy.port, ca);
+    const steadyH2 = new SteadyH2(proxy.port, ca, HOST, '/steady-h2/ok', 'ok\n');
     await sleep(500);
     const rssBefore = await residentBytes();
     const seenBefore = origin.seen();

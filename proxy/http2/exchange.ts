@@ -76,10 +76,15 @@ export async function forwardStream(
   options: StreamForwardOptions,
 ): Promise<void> {
   const clientGone = new ClientGoneSignal();
-  stream.once('close', () => {
-    if (stream.writableFinished) return;
+  const onGone = (): void => {
+    if (clientGone.gone) return;
     clientGone.gone = true;
     clientGone.emit('abort');
+  };
+  // 'aborted': reset while the answer was unfinished (Node then ends the writable side itself, so 'finish' cannot tell).
+  stream.once('aborted', onGone);
+  stream.once('close', () => {
+    if (!stream.writableFinished) onGone();
   });
   const hasBody = !stream.endAfterHeaders;
   // RFC 9110 §10.1.1: the client waits for 100 before its body; the body is read at once below, so say so now.

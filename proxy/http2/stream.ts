@@ -73,8 +73,11 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
   let origin: string | undefined;
   let status: number | undefined;
   let bytes: number | undefined;
+  // Reset before our answer was whole: Node ends the writable side itself then, so writableFinished cannot tell.
+  let reset = false;
+  stream.once('aborted', () => (reset = true));
   stream.once('close', () => {
-    const aborted = !stream.writableFinished;
+    const aborted = reset || !stream.writableFinished;
     const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     const logged = status ?? CLIENT_CLOSED_STATUS;
@@ -133,8 +136,8 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
       else cut(stream);
       return;
     }
-    // The client left (a reset, or the stream closed under the request): no one to answer.
-    if (stream.destroyed || failure === 'ECONNRESET' || code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+    // The client left (a reset, or the stream closed under the request): no one to answer, and not the origin's failure.
+    if (reset || stream.destroyed || stream.closed) return;
     code = status !== undefined ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
     log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
     if (status === undefined) respond(originRefusal(originFailure(err)));

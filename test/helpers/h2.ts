@@ -218,3 +218,34 @@ export class H2Client {
 /** How an HTTP/2 client goes away: one stream reset, the whole session closed, or the TCP connection reset. */
 export type H2Cut = 'stream' | 'session' | 'reset';
 export const H2_CUTS: readonly H2Cut[] = ['stream', 'session', 'reset'];
+
+/** A normal HTTP/2 client on its own connection, one GET after another until stopped; every answer must be a whole 200. */
+export class SteadyH2 {
+  requests = 0;
+  readonly failures: string[] = [];
+  #running = true;
+  readonly #loop: Promise<void>;
+
+  constructor(port: number, ca: string, host: string, path: string, expectedBody: string) {
+    this.#loop = (async () => {
+      let session = h2Connect(port, ca, host);
+      while (this.#running) {
+        if (session.destroyed || session.closed) session = h2Connect(port, ca, host);
+        try {
+          const answer = await h2Request(session, { ':path': path });
+          if (answer.status !== 200 || answer.body.toString() !== expectedBody) this.failures.push(`${answer.status} ${answer.body.toString().slice(0, 40)}`);
+        } catch (err) {
+          this.failures.push((err as Error).message);
+        }
+        this.requests++;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await closeSession(session);
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.#running = false;
+    await this.#loop;
+  }
+}
