@@ -12,7 +12,8 @@ import { waitFor } from './helpers/proxy-cluster.js';
 // run alongside. No action may kill a worker, leave an exception uncaught,
 // leave an origin request open, or cost a normal client an answer.
 const HOST = 'abuse-h2.lab.test';
-const ROUNDS = Number(process.env.H2_ROUNDS ?? 12);
+// Each round is every scenario in every way (49 events); H2_ROUNDS=20 makes a soak of about a thousand.
+const ROUNDS = Number(process.env.H2_ROUNDS ?? 4);
 const CONCURRENCY = 24;
 
 let setup: AbuseSetup;
@@ -161,6 +162,7 @@ async function abuse(scenario: Scenario, how: H2Cut, tag: string): Promise<void>
   const client = new H2Client(setup.proxy.port, setup.ca, HOST);
   const started = Date.now();
   try {
+    await client.connected;
     const stream = await scenario.run(client, tag);
     if (!scenario.originCut) client.cut(how, stream);
   } finally {
@@ -173,6 +175,7 @@ async function abuse(scenario: Scenario, how: H2Cut, tag: string): Promise<void>
 describe('HTTP/2 clients and origins that go away', () => {
   it('a stream reset before any answer is logged 499 with KEYEDGE_HTTP_CLIENT_CLOSED, and its origin request abandoned', async () => {
     const client = new H2Client(setup.proxy.port, setup.ca, HOST);
+    await client.connected;
     const { stream } = client.request({ ':path': answerPath('h2-left-waiting', 'cl', 8 * MIB, 3_000) });
     await sleep(300);
     client.cut('stream', stream);
@@ -192,7 +195,7 @@ describe('HTTP/2 clients and origins that go away', () => {
       ...scenarios().flatMap((scenario) => (scenario.originCut ? [{ scenario, how: 'session' as H2Cut }] : H2_CUTS.map((how) => ({ scenario, how })))),
       ...(['session', 'reset'] as const).map((how) => ({ scenario: undefined, how })),
     ]).flat();
-    if (ROUNDS === 12) expect(events.length).toBeGreaterThanOrEqual(500);
+    expect(events.length).toBe(ROUNDS * 49);
     const steady = new SteadyClient(proxy.port, ca, HOST, '/steady/ok', 'ok\n');
     const steadyH2 = new SteadyH2(proxy.port, ca, HOST, '/steady-h2/ok', 'ok\n');
     const started = Date.now();
@@ -207,7 +210,7 @@ describe('HTTP/2 clients and origins that go away', () => {
     console.log(`${events.length} HTTP/2 cuts in ${seconds.toFixed(1)} s; normal requests alongside: ${steady.requests} HTTP/1.1, ${steadyH2.requests} h2`);
 
     expect(steadyH2.failures).toEqual([]);
-    expect(steadyH2.requests).toBeGreaterThan(20);
+    expect(steadyH2.requests).toBeGreaterThan(5);
     await expectUnharmed(proxy, before.listening, steady);
     await waitFor('every origin request to end', () => (origin.open().length === 0 ? true : undefined), 10_000).catch(() => undefined);
     expect(origin.open()).toEqual([]);

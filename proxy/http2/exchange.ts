@@ -84,7 +84,7 @@ export async function forwardStream(
   // 'aborted': reset while the answer was unfinished (Node then ends the writable side itself, so 'finish' cannot tell).
   stream.once('aborted', onGone);
   stream.once('close', () => {
-    if (!stream.writableFinished) onGone();
+    if (!answeredWhole(stream)) onGone();
   });
   const hasBody = !stream.endAfterHeaders;
   // RFC 9110 §10.1.1: the client waits for 100 before its body; the body is read at once below, so say so now.
@@ -168,6 +168,16 @@ async function send(
   }
 }
 
+/**
+ * Whether a closed stream's answer went out whole: its writable side finished
+ * and the stream closed without a reset. A session destroyed under it (the
+ * TCP connection reset) gives its streams a reset code, though Node may have
+ * ended their writable side itself.
+ */
+export function answeredWhole(stream: ServerHttp2Stream): boolean {
+  return stream.writableFinished && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) === constants.NGHTTP2_NO_ERROR;
+}
+
 /** The client may still be sending a body this side will not read. */
 export function bodyPending(stream: ServerHttp2Stream): boolean {
   return !stream.endAfterHeaders && !stream.readableEnded && !stream.destroyed;
@@ -210,7 +220,8 @@ function relay(body: Readable, stream: ServerHttp2Stream, clientGone: EventEmitt
     };
     const done = (): void => settle();
     const onClose = (): void => {
-      if (!stream.writableFinished) body.destroy();
+      // Whatever Node did to the writable side, an origin body not read to its end is let go of (its connection closes).
+      if (!body.readableEnded) body.destroy();
       settle();
     };
     body.once('error', settle);

@@ -21,7 +21,7 @@ import { CLIENT_CLOSED_STATUS, type Domain, hostName, hstsValue, originRefusal, 
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { bodyPending, forwardStream } from './exchange.js';
+import { answeredWhole, bodyPending, forwardStream } from './exchange.js';
 import { http1Request, http2Answer } from './headers.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
@@ -77,7 +77,7 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
   let reset = false;
   stream.once('aborted', () => (reset = true));
   stream.once('close', () => {
-    const aborted = reset || !stream.writableFinished;
+    const aborted = reset || !answeredWhole(stream);
     const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     const logged = status ?? CLIENT_CLOSED_STATUS;

@@ -181,7 +181,14 @@ export class H2Client {
     secure.on('session', (s: Buffer) => H2Client.#tickets.set(key, s));
     this.session = http2.connect(`https://${servername}:${port}`, { createConnection: () => secure });
     this.session.on('error', () => undefined);
+    this.connected = new Promise((resolve) => {
+      this.session.once('connect', () => resolve());
+      this.session.once('close', () => resolve());
+    });
   }
+
+  /** Resolves once the session is up (or gone): a cut timed from here hits the phase it means to. */
+  readonly connected: Promise<void>;
 
   /** A request whose answer is counted as it arrives (`received`), never rejecting. */
   request(headers: http2.OutgoingHttpHeaders, endStream = true): { stream: http2.ClientHttp2Stream; received: () => number } {
