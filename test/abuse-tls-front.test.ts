@@ -6,7 +6,7 @@ import { Duplex } from 'node:stream';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ClientConnectionLimit, clientKey } from '../proxy/tls/front.js';
+import { ClientConnectionLimit, clientKey } from '../proxy/tls/connection-limits.js';
 import { captureClientHello } from './helpers/client-hello.js';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';

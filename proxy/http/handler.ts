@@ -9,6 +9,7 @@ import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
+import { connectionOf } from '../tls/connection.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
@@ -26,8 +27,6 @@ export type Domain = ProxyDomain;
 
 export interface HandlerOptions {
   readonly domains: () => NameIndex<Domain>;
-  /** The names the connection's certificate covers, from its SNI (or none for the default). */
-  readonly certificateNames: (servername: string | undefined) => readonly string[];
   readonly pools: OriginPools;
   /** For domains without their own `maxBodyBytes`. */
   readonly maxBodyBytes: number;
@@ -51,19 +50,20 @@ export interface Refusal {
 }
 
 /**
- * Where a request for `host` on a connection whose SNI was `servername` goes:
- * its domain, or our refusal. Shared by requests and upgrades.
+ * Where a request for `host` on a connection served a certificate covering
+ * `certificateNames` goes: its domain, or our refusal. Shared by requests
+ * and upgrades.
  */
 export function routeRequest(
-  options: Pick<HandlerOptions, 'domains' | 'certificateNames'>,
+  options: Pick<HandlerOptions, 'domains'>,
   host: string | undefined,
-  servername: string | undefined,
+  certificateNames: readonly string[],
 ): { readonly domain: Domain } | { readonly refusal: Refusal; readonly domain: Domain | undefined } {
   const domain = selectByName(options.domains(), host, undefined)?.value;
   // A request for a host the connection's certificate does not cover is
   // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
   // another tenant's origin (domain fronting).
-  if (host !== undefined && !options.certificateNames(servername).some((name) => nameCovers(name, host))) {
+  if (host !== undefined && !certificateNames.some((name) => nameCovers(name, host))) {
     return {
       domain,
       refusal: { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: "misdirected request: this connection's certificate does not cover the host\n" },
@@ -71,6 +71,11 @@ export function routeRequest(
   }
   if (domain === undefined) return { domain, refusal: { status: 404, code: 'KEYEDGE_HTTP_UNKNOWN_HOST', body: 'unknown host\n' } };
   return { domain };
+}
+
+/** The names the connection's certificate covers, as its TLS listener recorded them; none on a socket no listener secured. */
+export function servedNames(socket: object): readonly string[] {
+  return connectionOf(socket)?.certificateNames ?? [];
 }
 
 /** How an answer ended, for its access line and counter. */
@@ -148,8 +153,8 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     // Before routing: an absolute-form target's authority is the Host routed on.
     const own = ownAnswer(req, expectation);
     const host = hostName(req.headers.host);
-    const servername = (req.socket as TLSSocket).servername;
-    const route = routeRequest(options, host, typeof servername === 'string' ? servername : undefined);
+    // The served certificate's names, kept on the connection by its listener (tls/connection.ts).
+    const route = routeRequest(options, host, servedNames(req.socket));
     const domain = route.domain;
     const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
     let code: HttpErrorCode | undefined;

@@ -39,7 +39,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest } from './handler.js';
+import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -58,7 +58,6 @@ const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', 
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
-  readonly certificateNames: (servername: string | undefined) => readonly string[];
   readonly pools: OriginPools;
   readonly hstsMaxAgeSeconds: number;
   readonly trustedPeers?: TrustedPeers;
@@ -78,8 +77,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     // Before routing, as for requests: an absolute-form target's authority is the Host routed on.
     const own = normaliseTarget(req);
     const host = hostName(req.headers.host);
-    const servername = typeof client.servername === 'string' ? client.servername : undefined;
-    const route = routeRequest(options, host, servername);
+    const route = routeRequest(options, host, servedNames(client));
     const domain = route.domain;
     const hsts = hstsValue(options.hstsMaxAgeSeconds, domain);
     const tlsVersion = client.getProtocol?.() ?? undefined;

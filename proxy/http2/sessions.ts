@@ -24,6 +24,7 @@ import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } fro
 import type { ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
+import type { ConnectionInfo } from '../tls/connection.js';
 import type { HTTP2_CLOSE_REASONS } from '../metrics.js';
 import { stalledSend } from '../http/send-stall.js';
 import { ResetGuard } from './reset-guard.js';
@@ -32,6 +33,17 @@ import { cutByUs, handleStream, type Http2Connection, type StreamHandlerOptions 
 
 /** Why a connection was closed by us (the `reason` label of keyedge_proxy_http2_connections_closed_total). */
 type Http2CloseReason = (typeof HTTP2_CLOSE_REASONS)[number];
+
+/** What a stream needs of its connection, read once from the socket and what its TLS listener recorded (tls/connection.ts). */
+export function http2Connection(socket: TLSSocket, info: ConnectionInfo): Http2Connection {
+  return {
+    servername: info.serverName,
+    certificateNames: info.certificateNames,
+    peer: socket.remoteAddress,
+    tlsVersion: socket.getProtocol() ?? undefined,
+    resumed: socket.isSessionReused(),
+  };
+}
 
 export interface Http2Options extends StreamHandlerOptions {
   readonly limits: ProxyConfig['limits'];

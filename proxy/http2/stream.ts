@@ -66,7 +66,7 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
   stream.on('error', ignore);
   const request = http1Request(headers);
   const host = hostName(request.authority);
-  const route = routeRequest({ domains: options.domains, certificateNames: () => connection.certificateNames }, host, connection.servername);
+  const route = routeRequest(options, host, connection.certificateNames);
   const domain = route.domain;
   const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
   let code: HttpErrorCode | undefined;

@@ -1,7 +1,8 @@
 /**
- * Reads the server name from the first bytes of a TLS connection, before
- * OpenSSL sees them, and tells a plain HTTP request sent to the TLS port
- * apart. Pure: bytes in, verdict out.
+ * Reads the server name, the offered application protocols (ALPN) and
+ * whether OCSP stapling is asked for from the first bytes of a TLS
+ * connection, before OpenSSL sees them, and tells a plain HTTP request sent
+ * to the TLS port apart. Pure: bytes in, verdict out.
  *
  * Why: Node applies an SNI context by adding its certificate to the
  * connection next to the listener's own one (UseSNIContext), so a default
@@ -10,7 +11,10 @@
  * ClientHello first lets a connection without SNI go to a listener that holds
  * the default certificate and every other one to a listener that holds none;
  * it also lets us answer an unknown name with the unrecognized_name alert
- * (RFC 6066 §3), which Node's SNI callback cannot send.
+ * (RFC 6066 §3), which Node's SNI callback cannot send. The listener
+ * (listener.ts) picks the connection's one secure context from this verdict,
+ * so OpenSSL never calls back into JavaScript for the name; the ALPN list
+ * lets a protocol pick a context of its own (ACME TLS-ALPN-01, RFC 8737 §3).
  *
  * Layout read (RFC 8446 §5.1 record, §4.1.2 ClientHello, §4.2 extensions;
  * RFC 6066 §3 server_name):
@@ -18,7 +22,10 @@
  *   handshake: type(1)=1 length(3) legacy_version(2) random(32)
  *              session_id<0..32> cipher_suites<2..2^16-2> compression<1..2^8-1>
  *              extensions<8..2^16-1>: type(2) length(2) data
- *   server_name: list<1..2^16-1> of name_type(1)=0 host_name<1..2^16-1>
+ *   server_name (0): list<1..2^16-1> of name_type(1)=0 host_name<1..2^16-1>
+ *   status_request (5, RFC 6066 §8): status_type(1)=1 ...
+ *   ALPN (16, RFC 7301 §3.1): protocol_name_list<2..2^16-1> of name<1..2^8-1>
+ * One extension of each type at most (RFC 8446 §4.2): the first one counts.
  */
 
 export type HelloPeek =
@@ -28,14 +35,17 @@ export type HelloPeek =
   | { readonly kind: 'opaque' }
   /** The start of a plain HTTP request line (a method, then a space: RFC 9112 §3): a client that forgot https://. */
   | { readonly kind: 'http' }
-  /** A whole ClientHello; serverName is undefined when it carries no SNI. */
-  | { readonly kind: 'hello'; readonly serverName: string | undefined };
+  /** A whole ClientHello; serverName is undefined when it carries no SNI, alpn when it offers no ALPN. */
+  | { readonly kind: 'hello'; readonly serverName: string | undefined; readonly alpn: readonly string[] | undefined; readonly statusRequest: boolean };
 
 const RECORD_HEADER = 5;
 const HANDSHAKE_RECORD = 22;
 const CLIENT_HELLO = 1;
 const SERVER_NAME_EXTENSION = 0;
+const STATUS_REQUEST_EXTENSION = 5;
+const ALPN_EXTENSION = 16;
 const HOST_NAME = 0;
+const OCSP_STATUS_TYPE = 1;
 /** A TLS record carries at most 2^14 bytes of plaintext (RFC 8446 §5.1). */
 export const MAX_HELLO_BYTES = RECORD_HEADER + 16_384;
 
@@ -66,25 +76,53 @@ export function peekServerName(buf: Buffer): HelloPeek {
   const reader = new Reader(record.subarray(4, 4 + helloLength));
   if (!reader.skip(2 + 32) || !reader.skipVector(1) || !reader.skipVector(2) || !reader.skipVector(1)) return OPAQUE;
   // TLS 1.0-era hellos may end here: no extensions, so no SNI.
-  if (reader.remaining === 0) return { kind: 'hello', serverName: undefined };
+  if (reader.remaining === 0) return { kind: 'hello', serverName: undefined, alpn: undefined, statusRequest: false };
   const extensions = reader.vector(2);
   if (extensions === undefined) return OPAQUE;
+  let serverName: string | undefined | null = null;
+  let alpn: string[] | undefined;
+  let statusRequest: boolean | undefined;
   while (extensions.remaining > 0) {
     const type = extensions.u16();
     const data = extensions.vector(2);
     if (type === undefined || data === undefined) return OPAQUE;
-    if (type !== SERVER_NAME_EXTENSION) continue;
-    const list = data.vector(2);
-    if (list === undefined) return OPAQUE;
-    while (list.remaining > 0) {
-      const nameType = list.u8();
-      const name = list.vector(2);
-      if (nameType === undefined || name === undefined) return OPAQUE;
-      if (nameType === HOST_NAME) return { kind: 'hello', serverName: name.text() };
+    if (type === SERVER_NAME_EXTENSION && serverName === null) {
+      serverName = readServerName(data);
+      if (serverName === null) return OPAQUE;
+    } else if (type === ALPN_EXTENSION && alpn === undefined) {
+      alpn = readProtocols(data);
+      if (alpn === undefined) return OPAQUE;
+    } else if (type === STATUS_REQUEST_EXTENSION && statusRequest === undefined) {
+      statusRequest = data.u8() === OCSP_STATUS_TYPE;
     }
-    return { kind: 'hello', serverName: undefined };
   }
-  return { kind: 'hello', serverName: undefined };
+  return { kind: 'hello', serverName: serverName ?? undefined, alpn, statusRequest: statusRequest ?? false };
+}
+
+/** The host_name of a server_name extension; undefined when it names none, null when malformed. */
+function readServerName(data: Reader): string | undefined | null {
+  const list = data.vector(2);
+  if (list === undefined) return null;
+  while (list.remaining > 0) {
+    const nameType = list.u8();
+    const name = list.vector(2);
+    if (nameType === undefined || name === undefined) return null;
+    if (nameType === HOST_NAME) return name.text();
+  }
+  return undefined;
+}
+
+/** The protocol names of an ALPN extension, in the client's order; undefined when malformed (an empty list or name). */
+function readProtocols(data: Reader): string[] | undefined {
+  const list = data.vector(2);
+  if (list === undefined || list.remaining === 0) return undefined;
+  const protocols: string[] = [];
+  while (list.remaining > 0) {
+    const name = list.vector(1);
+    if (name === undefined || name.remaining === 0) return undefined;
+    protocols.push(name.text());
+  }
+  return protocols;
 }
 
 /** ASCII letters up to a space: a method (RFC 9112 §3.1); a TLS record starts with 22, SSLv2 with a byte over 127. */

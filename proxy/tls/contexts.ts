@@ -36,6 +36,7 @@ export class SecureContextCache {
   readonly #extra: tls.SecureContextOptions;
   readonly #prepared = new Map<string, tls.SecureContext>();
   readonly #tickets: ContextTickets | undefined;
+  readonly #bare = new Map<TlsProfileName, tls.SecureContext>();
 
   constructor(max: number, keyPemFor: KeyPemFor, extra: tls.SecureContextOptions = {}, tickets?: ContextTickets) {
     this.#cache = new LRUCache({ max });
@@ -67,6 +68,23 @@ export class SecureContextCache {
       key: this.#keyPemFor(certificate),
     });
     if (this.#tickets !== undefined) useTicketKeyRing(context, this.#tickets.ring, this.#tickets.onLookup);
+    return context;
+  }
+
+  /**
+   * A context with the profile and no certificate, built once per profile: a
+   * handshake on it fails (no certificate to show) unless an SNI callback
+   * lends it a certificate's (the listener's path for a ClientHello it could
+   * not read). It holds the ticket keys too: OpenSSL asks the context a
+   * connection started with about tickets, whatever it switched to.
+   */
+  withoutCertificate(profile: TlsProfileName): tls.SecureContext {
+    let context = this.#bare.get(profile);
+    if (context === undefined) {
+      context = tls.createSecureContext({ ...TLS_PROFILES[profile], ...this.#extra });
+      if (this.#tickets !== undefined) useTicketKeyRing(context, this.#tickets.ring, this.#tickets.onLookup);
+      this.#bare.set(profile, context);
+    }
     return context;
   }
 

@@ -83,13 +83,15 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
 
 /**
  * Keeps staples fresh for a set of certificates. Contract: `track` and
- * `untrack` are called when certificates are loaded or replaced; `stapleFor`
+ * `untrack` are called when certificates are loaded or replaced; `stapleOf`
  * is called in the handshake and never blocks; `stop` ends all timers.
  */
 export class OcspStapler {
   readonly #staples = new Map<string, Staple>();
   /** One refresh loop per tracked leaf; the loop stops when its entry is gone or replaced. */
   readonly #loops = new Map<string, { timer: NodeJS.Timeout | undefined }>();
+  /** Each tracked certificate's cache key, so a handshake that knows its certificate hashes nothing. */
+  readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
 
   constructor(log: Logger) {
@@ -98,7 +100,17 @@ export class OcspStapler {
 
   /** The staple for a leaf (DER as the handshake presents it), if one is current. */
   stapleFor(leafDer: Buffer): Buffer | undefined {
-    const staple = this.#staples.get(leafKey(leafDer));
+    return this.#current(leafKey(leafDer));
+  }
+
+  /** The staple for a tracked certificate, if one is current: a map lookup, for the handshake path. */
+  stapleOf(certificate: ServedCertificate): Buffer | undefined {
+    const key = this.#keys.get(certificate);
+    return key === undefined ? undefined : this.#current(key);
+  }
+
+  #current(key: string): Buffer | undefined {
+    const staple = this.#staples.get(key);
     if (staple === undefined) return undefined;
     if (staple.nextUpdate !== undefined && staple.nextUpdate.getTime() <= Date.now()) return undefined;
     return staple.der;
@@ -109,6 +121,7 @@ export class OcspStapler {
     const issuer = certificate.chain[1];
     if (url === undefined || issuer === undefined) return;
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
+    this.#keys.set(certificate, key);
     if (this.#loops.has(key)) return;
     const loop: { timer: NodeJS.Timeout | undefined } = { timer: undefined };
     this.#loops.set(key, loop);

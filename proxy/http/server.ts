@@ -1,0 +1,47 @@
+/**
+ * The HTTP/1.1 server of one TLS listener: a node:http server that never
+ * listens; its listener (tls/listener.ts) hands it each connection that
+ * negotiated http/1.1 or no ALPN protocol, secured.
+ *
+ * Its limits: over `maxHeaderBytes` Node answers 431 (client-error.ts says
+ * it so the answer survives), headers not complete in time 408; Node's
+ * whole-request deadline stays a backstop behind the body timeouts
+ * (body.ts), which answer first; its checks run every second (Node's 30 s
+ * default would let a slow client linger).
+ */
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+import type { ProxyConfig } from '../../config/proxy-schema.js';
+import type { SecureConnectionHandler } from '../tls/connection.js';
+import { answerClientError } from './client-error.js';
+import { type ExpectingHandler, handleExpectations } from './expect.js';
+
+export interface Http1Server {
+  readonly server: http.Server;
+  /** The listener's handler for http/1.1 connections. */
+  readonly take: SecureConnectionHandler;
+}
+
+export function createHttp1Server(
+  limits: ProxyConfig['limits'],
+  handler: ExpectingHandler,
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+): Http1Server {
+  const server = http.createServer(
+    {
+      maxHeaderSize: limits.maxHeaderBytes,
+      headersTimeout: limits.headerTimeoutMs,
+      keepAliveTimeout: limits.keepAliveTimeoutMs,
+      requestTimeout: limits.headerTimeoutMs + limits.bodyTimeoutMs + 1000,
+      connectionsCheckingInterval: 1000,
+    },
+    handler,
+  );
+  server.on('upgrade', upgrade);
+  handleExpectations(server, handler);
+  server.on('clientError', answerClientError);
+  // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.
+  server.emit('listening');
+  return { server, take: (socket) => void server.emit('connection', socket) };
+}

@@ -1,0 +1,111 @@
+/**
+ * What a worker serves now, and the transaction that replaces it: `apply`
+ * takes a delta (spec.ts) from the cluster primary or the worker's own
+ * source, builds what the new state needs, and swaps the one reference
+ * (state.ts) only when all of it is ready. A failure leaves the current
+ * state serving and throws, naming the certificate at fault.
+ *
+ * Ready means: the secure contexts of a renewal are built (and its keyless
+ * key checked against the chain) before the swap, so no handshake pays for
+ * them; the origin pools have read the new CA files (a bad one refuses the
+ * delta, not a request). A delta larger than EAGER_CONTEXTS certificates (a
+ * start with thousands of entries) fills the context cache's room; the rest
+ * are built on first use, which keeps memory bounded by contextCacheSize.
+ *
+ * After the swap: the old certificates' contexts and staples are dropped
+ * (connections that hold an old context keep it alive), and staples of the
+ * new ones are fetched in the background. Listeners read the state per
+ * connection (tls/listener.ts): the default certificate and every name
+ * switch with it, nothing else to update.
+ *
+ * Contract: deltas arrive in generation order, one at a time. Synchronous.
+ */
+import type { TlsProfileName } from '../../config/proxy-schema.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import type { ServedCertificate } from '../certs/certificate.js';
+import { CertificateError } from '../certs/errors.js';
+import type { OriginPools } from '../http/forward.js';
+import type { SecureContextCache } from '../tls/contexts.js';
+import type { OcspStapler } from '../tls/ocsp.js';
+import type { ServingDelta } from './spec.js';
+import { applyDelta, EMPTY_STATE, type ServingState } from './state.js';
+
+/** Deltas up to this many certificates (renewals) get their contexts built before the swap, whatever the cache's room. */
+const EAGER_CONTEXTS = 64;
+
+export interface LiveServingOptions {
+  readonly contexts: SecureContextCache;
+  /** Every profile a listener of the worker runs: a certificate has one context per profile. */
+  readonly profiles: readonly TlsProfileName[];
+  readonly pools: Pick<OriginPools, 'retain'>;
+  /** Present when OCSP stapling is on. */
+  readonly stapler: OcspStapler | undefined;
+  readonly log: Logger;
+}
+
+export class LiveServing {
+  readonly #options: LiveServingOptions;
+  #state: ServingState = EMPTY_STATE;
+
+  constructor(options: LiveServingOptions) {
+    this.#options = options;
+  }
+
+  get state(): ServingState {
+    return this.#state;
+  }
+
+  apply(delta: ServingDelta): void {
+    const { contexts, profiles, pools, stapler, log } = this.#options;
+    const next = applyDelta(this.#state, delta, (name, kept, dropped) =>
+      log.warn({ name, kept, dropped }, 'two certificates cover the same name; the first listed serves it'),
+    );
+    const eager = next.changed.length <= EAGER_CONTEXTS ? next.changed : next.changed.slice(0, Math.floor(contexts.room / profiles.length));
+    const discard = (): void => {
+      for (const certificate of eager) for (const profile of profiles) contexts.discard(profile, certificate);
+    };
+    let prepared = 0;
+    try {
+      for (const certificate of eager) {
+        for (const profile of profiles) contexts.prepare(profile, certificate);
+        prepared++;
+      }
+    } catch (err) {
+      discard();
+      const failed = eager[prepared]!;
+      throw new CertificateError(failed.source, `certificate '${failed.name}' cannot be served: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      // Pools of origins no longer routed to close once their requests finish.
+      pools.retain(delta.routing.domains);
+    } catch (err) {
+      discard();
+      throw err;
+    }
+    const previous = this.#state;
+    this.#state = next.state;
+    for (const name of [...next.removed, ...next.changed.map((c) => c.name)]) {
+      const old = previous.certificates.get(name);
+      if (old === undefined) continue;
+      contexts.forget(old);
+      if (stapler !== undefined && previous.records.get(name)?.stapled === true) stapler.untrack(old);
+    }
+    for (const certificate of eager) for (const profile of profiles) contexts.commit(profile, certificate);
+    // Only leaves the primary found an OCSP responder in: parsing all of them here would cost each worker seconds and megabytes at 10,000 entries.
+    if (stapler !== undefined)
+      trackInBackground(
+        stapler,
+        next.changed.filter((c) => next.state.records.get(c.name)?.stapled === true),
+      );
+  }
+}
+
+/** Staple fetching parses each leaf: spread over event-loop turns so a start with many certificates stays responsive. */
+function trackInBackground(stapler: OcspStapler, certificates: readonly ServedCertificate[]): void {
+  const BATCH = 100;
+  const step = (from: number): void => {
+    for (const certificate of certificates.slice(from, from + BATCH)) stapler.track(certificate);
+    if (from + BATCH < certificates.length) setImmediate(() => step(from + BATCH));
+  };
+  if (certificates.length > 0) step(0);
+}

@@ -1,0 +1,51 @@
+/**
+ * The two Node internals a server-side TLS socket made by hand needs, in one
+ * place, checked once at start so a Node upgrade that drops one fails then,
+ * not at the first handshake.
+ *
+ * - `_releaseControl()`: Node's own TLS server calls it when a handshake
+ *   completes (lib/_tls_wrap.js, onServerSocketSecure, Node 20 to 24): until
+ *   then TLS errors are kept from the socket's 'error' event (the server
+ *   reports them as 'tlsClientError'); after it, they reach whoever owns the
+ *   connection (the HTTP server's error handler). Without it an error after
+ *   the handshake would leave the socket open and unnoticed.
+ * - the TLS handle's `setOCSPResponse(der)`: what Node's 'OCSPRequest' event
+ *   does with the server's answer (requestOCSP). Set before the handshake
+ *   starts, OpenSSL's status callback (TLSExtStatusCallback, Node's
+ *   src/crypto/crypto_tls.cc) staples it when the client asked (RFC 6066 §8).
+ *   A bare TLSSocket has no server to emit 'OCSPRequest' on, and going
+ *   through that event would cost a pause of the handshake and a trip
+ *   through JavaScript for every connection.
+ *
+ * test/proxy-ocsp.test.ts and test/proxy-tls.test.ts pin both on the Node in use.
+ */
+import type net from 'node:net';
+import tls from 'node:tls';
+
+interface Internals {
+  readonly _handle?: { setOCSPResponse?: (der: Buffer) => void } | null;
+  _releaseControl?: () => boolean;
+  secureConnecting?: boolean;
+}
+
+/** Throws when this Node lacks one of them. */
+export function checkTlsInternals(): void {
+  const probe = new tls.TLSSocket(null as unknown as net.Socket, { isServer: true, secureContext: tls.createSecureContext({}) }) as tls.TLSSocket & Internals;
+  const staples = typeof probe._handle?.setOCSPResponse === 'function';
+  const releases = typeof probe._releaseControl === 'function';
+  probe.destroy();
+  if (!staples || !releases)
+    throw new Error(`Node ${process.version} lacks ${staples ? '_releaseControl' : 'setOCSPResponse'} on its TLS sockets: the TLS listener cannot run on it`);
+}
+
+/** Hands TLS errors to the socket's own 'error' listeners from now on, as Node's TLS server does once a handshake completes. */
+export function releaseControl(socket: tls.TLSSocket): void {
+  const internal = socket as tls.TLSSocket & Internals;
+  internal._releaseControl?.();
+  internal.secureConnecting = false;
+}
+
+/** Staples `der` (a DER OCSPResponse) to the handshake about to start on `socket`. */
+export function stapleOnSocket(socket: tls.TLSSocket, der: Buffer): void {
+  (socket as tls.TLSSocket & Internals)._handle?.setOCSPResponse?.(der);
+}
