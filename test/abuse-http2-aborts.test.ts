@@ -34,8 +34,7 @@ interface Scenario {
   readonly originCut?: boolean;
 }
 
-const answerPath = (tag: string, framing: string, size: number, delayMs = 0): string =>
-  `/${tag}/answer?framing=${framing}&size=${size}&delayMs=${delayMs}`;
+const answerPath = (tag: string, framing: string, size: number, delayMs = 0): string => `/${tag}/answer?framing=${framing}&size=${size}&delayMs=${delayMs}`;
 
 /** Resolves when `check` holds, polling; gives up after `timeoutMs` (a scenario then cuts anyway). */
 async function until(check: () => boolean, timeoutMs = 10_000): Promise<void> {
@@ -50,10 +49,7 @@ function scenarios(): Scenario[] {
       (declared): Scenario => ({
         phase: `request-body-${declared ? 'length' : 'open'}`,
         run: async (client, tag) => {
-          const { stream } = client.request(
-            { ':method': 'POST', ':path': `/${tag}/upload`, ...(declared ? { 'content-length': String(MIB) } : {}) },
-            false,
-          );
+          const { stream } = client.request({ ':method': 'POST', ':path': `/${tag}/upload`, ...(declared ? { 'content-length': String(MIB) } : {}) }, false);
           stream.write(Buffer.alloc(64 * KIB, 0x78));
           await sleep(30);
           return stream;

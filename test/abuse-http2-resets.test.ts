@@ -84,7 +84,9 @@ describe('HTTP/2 reset attacks', () => {
     const seenBefore = origin.seen();
 
     // Rapid Reset: each stream asks for an answer the origin gives only after 1 s, then is cancelled.
-    const rapid = await attack((id) => Buffer.concat([getHeaders(id, HOST, `/rapid/answer?delayMs=1000&size=1024`), rstStream(id, http2.constants.NGHTTP2_CANCEL)]));
+    const rapid = await attack((id) =>
+      Buffer.concat([getHeaders(id, HOST, `/rapid/answer?delayMs=1000&size=1024`), rstStream(id, http2.constants.NGHTTP2_CANCEL)]),
+    );
     expect(rapid.client.goaways).toContain(ENHANCE_YOUR_CALM);
     expect(rapid.seconds).toBeLessThan(10);
 

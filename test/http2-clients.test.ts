@@ -48,7 +48,9 @@ describe('HTTP/2 with real clients', () => {
     expect(h1.stdout.trim().split('\n').at(-1)).toBe('1.1 200');
     // The access line and the counter carry the protocol.
     await waitFor('access lines of both', () =>
-      proxy.lines.some((l) => l.access === true && l.protocol === 'h2') && proxy.lines.some((l) => l.access === true && l.protocol === 'http/1.1') ? true : undefined,
+      proxy.lines.some((l) => l.access === true && l.protocol === 'h2') && proxy.lines.some((l) => l.access === true && l.protocol === 'http/1.1')
+        ? true
+        : undefined,
     );
     expect(await metricSum(proxy, 'keyedge_proxy_http_requests_total', { protocol: 'h2' })).toBeGreaterThanOrEqual(1);
   });

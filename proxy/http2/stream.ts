@@ -163,11 +163,15 @@ export function cutByUs(stream: ServerHttp2Stream): boolean {
 /** Our answer: a short plain body and a stable code; no connection fields (RFC 9113 §8.2.2), whatever the refusal lists. */
 function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }: Refusal, extra: Record<string, string>): void {
   if (stream.destroyed || stream.headersSent) return;
-  const head: OutgoingHttpHeaders = http2Answer(status, { ...extra, ...own }, {
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': String(Buffer.byteLength(body)),
-    'x-keyedge-error': code,
-  });
+  const head: OutgoingHttpHeaders = http2Answer(
+    status,
+    { ...extra, ...own },
+    {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': String(Buffer.byteLength(body)),
+      'x-keyedge-error': code,
+    },
+  );
   stream.respond(head);
   stream.end(body);
   // A body the client still sends is not read: it may stop (RFC 9113 §8.1).

@@ -139,7 +139,8 @@ export function getHeaders(streamId: number, authority: string, path: string, en
     return Buffer.concat([Buffer.from([index, v.length]), v]);
   };
   // Literal without indexing, new name (§6.2.2, first byte 0).
-  const named = ([name, value]: readonly [string, string]): Buffer => Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), literal(0, value).subarray(1)]);
+  const named = ([name, value]: readonly [string, string]): Buffer =>
+    Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), literal(0, value).subarray(1)]);
   const block = Buffer.concat([Buffer.from([0x82, 0x87]), literal(4, path), literal(1, authority), ...fields.map(named)]);
   return frame(0x1, 0x4 | (endStream ? 0x1 : 0), streamId, block);
 }

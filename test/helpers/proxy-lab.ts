@@ -92,7 +92,9 @@ export async function startKeylessLab(): Promise<KeylessLab> {
   let child: ChildProcess | undefined;
   const startKeyserver = async (): Promise<void> => {
     child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], { stdio: ['ignore', 'ignore', 'inherit'] });
-    for (let i = 0; i < 100; i++) {
+    // A loaded CI machine (2 cores, other suites running) can take well over 5 s to start a node process.
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
       try {
         const client = await KeyserverClient.connect({ unixPath: socket });
         await client.ping();
@@ -102,6 +104,8 @@ export async function startKeylessLab(): Promise<KeylessLab> {
         await sleep(50);
       }
     }
+    // Nobody else holds it: a key server left running would outlive the test run.
+    child.kill('SIGTERM');
     throw new Error('the lab key server did not start');
   };
   const stopKeyserver = async (): Promise<void> => {
