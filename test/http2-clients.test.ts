@@ -1,6 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { startDemoOrigin } from '../proxy/demo-origin.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseOrigin, metricSum, startAbuseOrigin, workerPids } from './helpers/abuse.js';
 import { curl, run } from './helpers/clients.js';
@@ -15,20 +19,33 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 const A = 'a.h2.test';
 const B = 'b.h2.test';
 const C = 'c.h2.test';
+/** Served by the demo origin (`keyedge demo-origin`'s page), for Chromium. */
+const DEMO = 'demo.h2.test';
 
 let lab: KeylessLab;
 let origin: AbuseOrigin;
 let proxy: ClusterProxy;
 let ca: string;
+let leafPem: string;
+let demo: http.Server;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   origin = await startAbuseOrigin();
-  const cert = await lab.certificate('h2', lab.keys.ec, [A, B]);
+  demo = await startDemoOrigin('127.0.0.1', 0, 4096);
+  const demoUrl = `http://127.0.0.1:${(demo.address() as AddressInfo).port}`;
+  const cert = await lab.certificate('h2', lab.keys.ec, [A, B, DEMO]);
+  leafPem = cert.leaf.certPem;
   proxy = await startClusterProxy(lab, 'h2-clients', (p) => {
     writeFileSync(join(p.storeDir, 'h2.pem'), readFileSync(cert.file));
     // The default certificate serves clients that send no SNI (nghttp to an address).
-    return storeProxyConfig(lab, p, { domains: [{ name: '*.h2.test', origin: origin.url }], sni: { default: 'h2' } });
+    return storeProxyConfig(lab, p, {
+      domains: [
+        { name: DEMO, origin: demoUrl },
+        { name: '*.h2.test', origin: origin.url },
+      ],
+      sni: { default: 'h2' },
+    });
   });
   await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
   ca = readFileSync(lab.caFile, 'utf8');
@@ -37,6 +54,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.stop();
   await origin?.close();
+  await new Promise((resolve) => demo?.close(resolve));
   await lab?.close();
 });
 
@@ -158,4 +176,41 @@ describe('HTTP/2 with real clients', () => {
       await closeSession(session);
     }
   });
+
+  const CHROMIUM = '/usr/bin/chromium';
+  it.skipIf(!existsSync(CHROMIUM))('Chromium loads the demo page over h2 (its access line says h2)', async () => {
+    // Trusted by the leaf's key alone (no CA install): the SPKI pin Chromium takes on the command line.
+    const spki = new X509Certificate(leafPem).publicKey.export({ type: 'spki', format: 'der' });
+    const pin = createHash('sha256').update(spki).digest('base64');
+    const profile = mkdtempSync(join(tmpdir(), 'keyedge-chromium-'));
+    try {
+      const result = await run(
+        CHROMIUM,
+        [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+          `--user-data-dir=${profile}`,
+          `--ignore-certificate-errors-spki-list=${pin}`,
+          `--host-resolver-rules=MAP ${DEMO} 127.0.0.1`,
+          '--dump-dom',
+          `https://${DEMO}:${proxy.port}/chromium-page`,
+        ],
+        '',
+        45_000,
+      );
+      expect(result.stdout).toContain('Hello from the demo origin behind keyedge.');
+      const line = await waitFor('the access line of the page', () =>
+        proxy.lines.find((l) => l.access === true && l.path === '/chromium-page' && l.domain === DEMO),
+      );
+      expect(line).toMatchObject({ protocol: 'h2', status: 200 });
+    } finally {
+      rmSync(profile, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

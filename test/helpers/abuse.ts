@@ -359,6 +359,12 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
   const lab = await startKeylessLab();
   const origin = await startAbuseOrigin();
   const cert = await lab.certificate(name, lab.keys.ec, [host]);
+  // A proxy that does not start leaves no key server or origin behind (the test gets no handle to close them).
+  const failed = async (err: unknown): Promise<never> => {
+    await origin.close();
+    await lab.close();
+    throw err;
+  };
   const proxy = await startClusterProxy(
     lab,
     name,
@@ -367,7 +373,7 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
       return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
     },
     env,
-  );
+  ).catch(failed);
   await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
   return {
     lab,

@@ -68,6 +68,8 @@ export class RawH2 {
   readonly closed: Promise<void>;
   /** GOAWAY error codes received. */
   readonly goaways: number[] = [];
+  /** When the first GOAWAY arrived (ms since the epoch). */
+  goawayAt: number | undefined;
   /** RST_STREAM frames received. */
   resets = 0;
   /** HEADERS frames received (answers started). */
@@ -105,7 +107,10 @@ export class RawH2 {
       const type = this.#buffer[3]!;
       const flags = this.#buffer[4]!;
       const payload = this.#buffer.subarray(9, 9 + length);
-      if (type === 0x7) this.goaways.push(payload.readUInt32BE(4));
+      if (type === 0x7) {
+        this.goaways.push(payload.readUInt32BE(4));
+        this.goawayAt ??= Date.now();
+      }
       if (type === 0x3) this.resets++;
       if (type === 0x1) this.answers++;
       // SETTINGS from the server: acknowledge (§6.5.3), as any client must.

@@ -99,7 +99,8 @@ export async function startClusterProxy(
           return undefined;
         }
       },
-      30_000,
+      // Two workers and a primary on a loaded 2-core machine: well past 30 s at times.
+      60_000,
     );
   } catch (err) {
     // The test gets no handle to stop it with: a proxy left running would outlive the test run.
