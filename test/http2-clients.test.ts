@@ -178,39 +178,43 @@ describe('HTTP/2 with real clients', () => {
   });
 
   const CHROMIUM = '/usr/bin/chromium';
-  it.skipIf(!existsSync(CHROMIUM))('Chromium loads the demo page over h2 (its access line says h2)', async () => {
-    // Trusted by the leaf's key alone (no CA install): the SPKI pin Chromium takes on the command line.
-    const spki = new X509Certificate(leafPem).publicKey.export({ type: 'spki', format: 'der' });
-    const pin = createHash('sha256').update(spki).digest('base64');
-    const profile = mkdtempSync(join(tmpdir(), 'keyedge-chromium-'));
-    try {
-      const result = await run(
-        CHROMIUM,
-        [
-          '--headless',
-          '--no-sandbox',
-          '--disable-gpu',
-          '--disable-quic',
-          '--no-first-run',
-          '--disable-background-networking',
-          '--disable-component-update',
-          '--disable-sync',
-          `--user-data-dir=${profile}`,
-          `--ignore-certificate-errors-spki-list=${pin}`,
-          `--host-resolver-rules=MAP ${DEMO} 127.0.0.1`,
-          '--dump-dom',
-          `https://${DEMO}:${proxy.port}/chromium-page`,
-        ],
-        '',
-        45_000,
-      );
-      expect(result.stdout).toContain('Hello from the demo origin behind keyedge.');
-      const line = await waitFor('the access line of the page', () =>
-        proxy.lines.find((l) => l.access === true && l.path === '/chromium-page' && l.domain === DEMO),
-      );
-      expect(line).toMatchObject({ protocol: 'h2', status: 200 });
-    } finally {
-      rmSync(profile, { recursive: true, force: true });
-    }
-  }, 60_000);
+  it.skipIf(!existsSync(CHROMIUM))(
+    'Chromium loads the demo page over h2 (its access line says h2)',
+    async () => {
+      // Trusted by the leaf's key alone (no CA install): the SPKI pin Chromium takes on the command line.
+      const spki = new X509Certificate(leafPem).publicKey.export({ type: 'spki', format: 'der' });
+      const pin = createHash('sha256').update(spki).digest('base64');
+      const profile = mkdtempSync(join(tmpdir(), 'keyedge-chromium-'));
+      try {
+        const result = await run(
+          CHROMIUM,
+          [
+            '--headless',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--disable-quic',
+            '--no-first-run',
+            '--disable-background-networking',
+            '--disable-component-update',
+            '--disable-sync',
+            `--user-data-dir=${profile}`,
+            `--ignore-certificate-errors-spki-list=${pin}`,
+            `--host-resolver-rules=MAP ${DEMO} 127.0.0.1`,
+            '--dump-dom',
+            `https://${DEMO}:${proxy.port}/chromium-page`,
+          ],
+          '',
+          45_000,
+        );
+        expect(result.stdout).toContain('Hello from the demo origin behind keyedge.');
+        const line = await waitFor('the access line of the page', () =>
+          proxy.lines.find((l) => l.access === true && l.path === '/chromium-page' && l.domain === DEMO),
+        );
+        expect(line).toMatchObject({ protocol: 'h2', status: 200 });
+      } finally {
+        rmSync(profile, { recursive: true, force: true });
+      }
+    },
+    60_000,
+  );
 });

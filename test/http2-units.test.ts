@@ -9,7 +9,14 @@ import { http2ServerOptions } from '../proxy/http2/settings.js';
 
 describe('HTTP/2 request and answer fields', () => {
   it(':authority becomes Host, pseudo-headers go, split cookies are joined with "; " (RFC 9113 §8.3.1, §8.2.3)', () => {
-    const request = http1Request({ ':method': 'POST', ':path': '/a?b=1', ':scheme': 'https', ':authority': 'x.test:8443', cookie: ['a=1', 'b=2'] as unknown as string, 'x-y': 'z' });
+    const request = http1Request({
+      ':method': 'POST',
+      ':path': '/a?b=1',
+      ':scheme': 'https',
+      ':authority': 'x.test:8443',
+      cookie: ['a=1', 'b=2'] as unknown as string,
+      'x-y': 'z',
+    });
     expect(request).toEqual({ method: 'POST', path: '/a?b=1', authority: 'x.test:8443', headers: { host: 'x.test:8443', cookie: 'a=1; b=2', 'x-y': 'z' } });
     // Without :authority, Host stands in.
     expect(http1Request({ ':method': 'GET', ':path': '/', host: 'h.test' }).authority).toBe('h.test');
