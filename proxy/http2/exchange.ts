@@ -131,10 +131,13 @@ async function send(
     };
     let answer: Dispatcher.ResponseData;
     try {
+      // Gone while the body was read or a place awaited: undici would never hear of it (its signal listener comes with the request).
+      if (clientGone.gone || stream.destroyed) throw new ClientGone('the client left before its request was sent');
       answer = await pools.pool(target).request(originRequest);
     } catch (err) {
       gate.leave(upload);
-      const failure = clientGone.gone ? 'not-origin' : originFailure(err);
+      // A client that left is not the origin's failure.
+      const failure = clientGone.gone || stream.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
       if (attempt === 0 && targets.length > 1 && mayRetry(request.method, body !== null, failure)) continue;
       throw err;

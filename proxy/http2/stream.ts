@@ -76,7 +76,7 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
   // Reset before our answer was whole: Node ends the writable side itself then, so writableFinished cannot tell.
   let reset = false;
   stream.once('aborted', () => (reset = true));
-  stream.once('close', () => {
+  const onClose = (): void => {
     const aborted = reset || !answeredWhole(stream);
     const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
@@ -103,7 +103,13 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
       },
       'request',
     );
-  });
+  };
+  // Node emits 'stream' a tick after the HEADERS: a connection closed in between leaves a stream already closed, with no 'close' to come.
+  if (stream.destroyed) {
+    reset = true;
+    return onClose();
+  }
+  stream.once('close', onClose);
   const respond = (refusal: Refusal): void => {
     code = refusal.code;
     status = refusal.status;
