@@ -65,6 +65,8 @@ export class Http2Sessions {
   readonly #options: Http2Options;
   readonly #live = new Map<ServerHttp2Session, Live>();
   #arriving: Http2Connection | undefined;
+  /** The session made for the socket being handed over (set by #start). */
+  #started: ServerHttp2Session | undefined;
 
   constructor(options: Http2Options) {
     this.#options = options;
@@ -84,6 +86,12 @@ export class Http2Sessions {
     try {
       // Node's HTTP/2 server makes the session, synchronously, in its 'connection' listener.
       this.#server.emit('connection', socket);
+      const session = this.#started;
+      this.#started = undefined;
+      // A TCP reset must end the session and every stream on it (their origin requests are aborted then), whatever Node noticed.
+      socket.once('close', () => {
+        if (session !== undefined && !session.destroyed) session.destroy();
+      });
     } finally {
       this.#arriving = undefined;
     }
@@ -111,6 +119,7 @@ export class Http2Sessions {
     const { limits, metrics } = this.#options;
     const live: Live = { connection, resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()), streams: 0, open: 0, closing: false };
     this.#live.set(session, live);
+    this.#started = session;
     // An 'error' nobody hears kills the worker; nghttp2's own GOAWAY (a flood, a bad frame) comes this way.
     session.on('error', () => {
       if (!live.closing) metrics.http2SessionsClosed.inc({ reason: 'protocol_error' });
