@@ -14,7 +14,16 @@ import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { KEYSERVER_DEFAULTS, keyserverFileSchema, type KeyserverConfig, type KeyserverFile } from './schema.js';
 import { definedOnly } from './schema-kit.js';
-import { type AcmeConfig, type domainSchema, PROXY_DEFAULTS, proxyFileSchema, type ProxyConfig, type ProxyDomain, type ProxyFile } from './proxy-schema.js';
+import {
+  type AcmeConfig,
+  type domainSchema,
+  PROXY_DEFAULTS,
+  proxyFileSchema,
+  type ProxyConfig,
+  type ProxyDomain,
+  type ProxyFile,
+  type TlsProfileName,
+} from './proxy-schema.js';
 
 /** `source` of a config built without a file. */
 export const DEFAULTS_SOURCE = '(defaults)';
@@ -336,7 +345,10 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
       timeoutMs: c.keyserver?.timeoutMs ?? D.keyserver.timeoutMs,
       breakerMs: c.keyserver?.breakerMs ?? D.keyserver.breakerMs,
     },
-    listen: (c.listen ?? D.listen).map((l) => ({ host: l.host ?? '127.0.0.1', port: l.port, profile: l.profile ?? 'intermediate' })),
+    listen: (c.listen ?? D.listen).map((l: { host?: string; port: number; profile?: TlsProfileName; http2?: boolean }) => {
+      const profile = l.profile ?? 'intermediate';
+      return { host: l.host ?? '127.0.0.1', port: l.port, profile, http2: l.http2 ?? D.listenHttp2[profile] };
+    }),
     httpRedirect:
       c.httpRedirect === undefined || c.httpRedirect === null ? D.httpRedirect : { host: c.httpRedirect.host ?? '127.0.0.1', port: c.httpRedirect.port },
     certificates: (c.certificates ?? []).map((cert) => ({ name: cert.name, chain: fromConfigDir(cert.chain) })),

@@ -31,7 +31,8 @@ export interface ProxyConfig {
     readonly timeoutMs: number;
     readonly breakerMs: number;
   };
-  readonly listen: readonly { readonly host: string; readonly port: number; readonly profile: TlsProfileName }[];
+  /** `http2`: offer `h2` in ALPN next to `http/1.1` (RFC 9113 §3.2). */
+  readonly listen: readonly { readonly host: string; readonly port: number; readonly profile: TlsProfileName; readonly http2: boolean }[];
   /** Plain HTTP (port 80 in production): 308 to HTTPS, ACME challenges to the origin. */
   readonly httpRedirect: { readonly host: string; readonly port: number } | null;
   readonly certificates: readonly { readonly name: string; readonly chain: string }[];
@@ -78,6 +79,10 @@ export interface ProxyConfig {
     readonly originMaxConnections: number;
     readonly originMaxQueue: number;
     readonly originQueueTimeoutMs: number;
+    /** HTTP/2 (proxy/http2/): streams open at once per connection, idle connection close, reset streams tolerated. */
+    readonly http2MaxConcurrentStreams: number;
+    readonly http2IdleTimeoutMs: number;
+    readonly http2MaxResetStreams: number;
   };
   readonly shutdownGraceMs: number;
   /** Managed certificates over ACME (proxy/acme/); null: off. */
@@ -198,6 +203,10 @@ export const PROXY_DEFAULTS = Object.freeze({
     breakerMs: 200,
   }),
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
+  // Per listener, by profile: every browser speaks HTTP/2 over both profiles'
+  // TLS versions and ciphers (RFC 9113 §9.2 forbids TLS < 1.2, which neither
+  // profile offers), so both offer `h2` unless the listener says otherwise.
+  listenHttp2: Object.freeze({ intermediate: true, modern: true }),
   // Off unless configured: port 80 needs privileges and is a deployment choice.
   httpRedirect: null,
   certStore: Object.freeze({
@@ -355,6 +364,21 @@ export const PROXY_DEFAULTS = Object.freeze({
     originMaxQueue: 256,
     // HAProxy's `timeout queue` falls back to its connect timeout; ours is 10 s too.
     originQueueTimeoutMs: 10_000,
+    // Node's default is unlimited; RFC 9113 §6.5.2 recommends at least 100,
+    // nginx uses 128 and Cloudflare 100-256: browsers open ~100 for a page.
+    http2MaxConcurrentStreams: 128,
+    // An HTTP/2 connection with no stream open for this long gets a graceful
+    // GOAWAY: nginx's keepalive_timeout (75 s) applies to HTTP/2 the same way.
+    // Longer than HTTP/1.1's because one connection carries the whole page.
+    http2IdleTimeoutMs: 75_000,
+    // Streams reset before their answer was whole (by the client, as in Rapid
+    // Reset, CVE-2023-44487, or by the server on the client's protocol error,
+    // as in MadeYouReset, CVE-2025-8671) tolerated per connection: a bucket of
+    // this many that refills at a tenth of it per second. A browser cancels a
+    // few streams per navigation; an attack resets thousands per second and is
+    // sent GOAWAY ENHANCE_YOUR_CALM within this many. nghttp2's own bucket
+    // (1000, 33/s) only counts the client's resets on Node 20.
+    http2MaxResetStreams: 200,
   }),
 });
 
@@ -451,8 +475,9 @@ const listenerSchema = strict(
     host: text('a host name or address').optional(),
     port,
     profile: z.enum(['intermediate', 'modern'], { error: 'expected "intermediate" or "modern"' }).optional(),
+    http2: z.boolean({ error: 'expected true or false' }).optional(),
   },
-  'an object { "host", "port", "profile" }',
+  'an object { "host", "port", "profile", "http2" }',
 );
 
 const certificateSchema = strict(
@@ -669,6 +694,9 @@ export const proxyFileSchema = strict(
         originMaxConnections: intIn(1, 100_000).optional(),
         originMaxQueue: intIn(0, 1_000_000).optional(),
         originQueueTimeoutMs: intIn(0, 600_000).optional(),
+        http2MaxConcurrentStreams: intIn(1, 1000).optional(),
+        http2IdleTimeoutMs: intIn(1000, 3_600_000).optional(),
+        http2MaxResetStreams: intIn(10, 100_000).optional(),
       },
       'an object',
     ).optional(),

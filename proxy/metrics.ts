@@ -12,6 +12,9 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, type Registry, collectDefaultMetrics, register } from 'prom-client';
 import type { KeylessStats } from './keyless/bridge.js';
 
+/** Why the proxy closed an HTTP/2 connection (proxy/http2/sessions.ts). */
+export const HTTP2_CLOSE_REASONS = ['reset_flood', 'protocol_error', 'idle', 'certificate', 'shutdown'] as const;
+
 const PREFIX = 'keyedge_proxy_';
 
 export class ProxyMetrics {
@@ -20,10 +23,12 @@ export class ProxyMetrics {
   readonly handshakes: Counter<'result' | 'tls_version' | 'resumed'>;
   readonly handshakeDuration: Histogram<'resumed'>;
   readonly ticketLookups: Counter<'key'>;
-  readonly requests: Counter<'status_class' | 'code'>;
+  readonly requests: Counter<'status_class' | 'code' | 'protocol'>;
   readonly originDuration: Histogram<'status_class'>;
   readonly openConnections: Gauge;
   readonly rejectedConnections: Counter<'reason'>;
+  readonly http2StreamsPerSession: Histogram;
+  readonly http2SessionsClosed: Counter<'reason'>;
   readonly #eventLoop: IntervalHistogram;
 
   /**
@@ -56,8 +61,8 @@ export class ProxyMetrics {
     });
     this.requests = new Counter({
       name: `${PREFIX}http_requests_total`,
-      help: 'HTTP requests answered, by status class (2xx…5xx) and our own error code ("none" when the origin answered).',
-      labelNames: ['status_class', 'code'] as const,
+      help: 'HTTP requests answered, by status class (2xx…5xx), our own error code ("none" when the origin answered) and protocol (http/1.1, h2).',
+      labelNames: ['status_class', 'code', 'protocol'] as const,
       registers,
     });
     this.originDuration = new Histogram({
@@ -81,6 +86,20 @@ export class ProxyMetrics {
     });
     // Both series exist from the start, so a rate over them starts at 0 rather than at the first refusal.
     for (const reason of ['worker_limit', 'client_limit'] as const) this.rejectedConnections.inc({ reason }, 0);
+    this.http2StreamsPerSession = new Histogram({
+      name: `${PREFIX}http2_streams_per_connection`,
+      help: 'Streams (requests) an HTTP/2 connection carried, observed when it closes.',
+      // One request (a curl) to thousands (a long-lived browser tab); past the reset bound a connection is cut.
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 1000, 10_000],
+      registers,
+    });
+    this.http2SessionsClosed = new Counter({
+      name: `${PREFIX}http2_connections_closed_total`,
+      help: 'HTTP/2 connections the proxy closed, by reason: reset_flood (Rapid Reset or MadeYouReset: GOAWAY ENHANCE_YOUR_CALM), protocol_error (nghttp2 ended it: a frame flood or bad frame), idle, certificate (its certificate no longer covers a name it served), shutdown.',
+      labelNames: ['reason'] as const,
+      registers,
+    });
+    for (const reason of HTTP2_CLOSE_REASONS) this.http2SessionsClosed.inc({ reason }, 0);
 
     this.#eventLoop = monitorEventLoopDelay({ resolution: 10 });
     this.#eventLoop.enable();

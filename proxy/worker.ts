@@ -28,6 +28,7 @@ import type { ChallengeAnswers } from './acme/challenges.js';
 import { missReporter, wantedMessage } from './acme/on-demand.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
+import { http2Connection, Http2Sessions } from './http2/sessions.js';
 import { startKeylessBridge } from './keyless/bridge.js';
 import { ProxyMetrics } from './metrics.js';
 import { LiveServing } from './serving/live.js';
@@ -41,6 +42,7 @@ import type { KeySource } from './tls/key-source.js';
 import { TlsListener } from './tls/listener.js';
 import { OcspStapler } from './tls/ocsp.js';
 import { TicketKeyRing } from './tls/tickets.js';
+import { selectByName } from './tls/names.js';
 
 export interface RunningWorker {
   /** The bound port of each listener, in config order (useful with port 0). */
@@ -142,6 +144,20 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const routing = { domains, pools, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers, log, metrics };
   const handler = createRequestHandler({ ...routing, maxBodyBytes: limits.maxBodyBytes });
   const upgrade = createUpgradeHandler(routing);
+  const http2 = new Http2Sessions({ ...routing, maxBodyBytes: limits.maxBodyBytes, limits });
+  // The names the certificate serving `serverName` covers now.
+  const servingNames = (serverName: string | undefined): readonly string[] => {
+    const state = serving.state;
+    return (serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value)?.names ?? [];
+  };
+  // After a reload: an HTTP/2 connection served a name its certificate no longer covers gets GOAWAY, so the client reconnects and sees what serves now.
+  const apply = (delta: ServingDelta): void => {
+    serving.apply(delta);
+    http2.retire((c) => {
+      const now = servingNames(c.servername);
+      return c.certificateNames.every((name) => now.includes(name));
+    });
+  };
   const connectionLimit = new ConnectionLimit(limits.maxConnectionsPerWorker);
   // A trusted proxy's connections carry many clients: they are not capped as one.
   const clientLimit =
@@ -151,7 +167,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const ports: number[] = [];
   // A name no certificate covers may be one a customer just pointed here: on-demand issuance is told (never waited for).
   const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
-  for (const { host, port, profile } of config.listen) {
+  for (const { host, port, profile, http2: offersHttp2 } of config.listen) {
     const http1 = createHttp1Server(limits, handler, upgrade);
     const listener = new TlsListener({
       id: `${host}:${port}`,
@@ -167,6 +183,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       metrics,
       log,
     });
+    // RFC 9113 §3.2: h2 is offered before http/1.1 once registered.
+    if (offersHttp2) listener.handle('h2', (socket, connection) => http2.handle(socket, http2Connection(socket, connection)));
     ports.push(await listener.listen(host, port));
     listeners.push(listener);
     servers.push(http1.server);
@@ -201,15 +219,17 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       return serving.state;
     },
     setTicketKeys: (keys) => tickets.replace(keys),
-    apply: (delta) => serving.apply(delta),
+    apply,
     async reload() {
       if (source === undefined) throw new ConfigError(config.source, 'reload', 'this worker is driven by the cluster primary; reload through the primary');
       const next = await source.next();
-      serving.apply(next.delta);
+      apply(next.delta);
       source.commit(next);
       return next;
     },
     close() {
+      // GOAWAY NO_ERROR first: HTTP/2 clients start no new stream here; those in flight finish within the grace.
+      if (closing === undefined) http2.close();
       closing ??= shutDown({
         listeners,
         servers,

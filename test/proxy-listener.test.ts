@@ -28,9 +28,10 @@ beforeAll(async () => {
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
       sni: { default: 'ec', onUnknown: 'reject' },
+      // HTTP/2 off: this test registers protocols itself (proxy/http2/ registers h2 when `http2` is on, the default).
       listen: [
-        { host: '127.0.0.1', port: 0, profile: 'intermediate' },
-        { host: '127.0.0.1', port: 0, profile: 'modern' },
+        { host: '127.0.0.1', port: 0, profile: 'intermediate', http2: false },
+        { host: '127.0.0.1', port: 0, profile: 'modern', http2: false },
       ],
     }),
     { log },

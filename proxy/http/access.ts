@@ -57,7 +57,7 @@ export class AccessAccounts {
     }
     let requests = byStatus.get(status);
     if (requests === undefined) {
-      requests = this.#metrics.requests.labels(statusClass(status), key);
+      requests = this.#metrics.requests.labels(statusClass(status), key, 'http/1.1');
       byStatus.set(status, requests);
     }
     requests.inc();
@@ -75,6 +75,7 @@ export class AccessAccounts {
     this.#log.info(
       {
         access: true,
+        protocol: 'http/1.1',
         domain: record.domain?.name,
         method: req.method,
         // The query string is left out: it often carries tokens.

@@ -241,7 +241,8 @@ export function refuseFailure(
   return refusal.code;
 }
 
-function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
+/** Our answer to a failure of ours (forward.ts's HttpFailure codes); undefined for any other. Shared with HTTP/2 (proxy/http2/). */
+export function ownFailureRefusal(code: string | undefined, maxBodyBytes: number): Refusal | undefined {
   if (code === 'KEYEDGE_HTTP_BODY_TOO_LARGE') return { status: 413, code, body: `request body over ${maxBodyBytes} bytes\n`, headers: { connection: 'close' } };
   if (code === 'KEYEDGE_HTTP_BODY_TIMEOUT') return { status: 408, code, body: 'request body timed out\n', headers: { connection: 'close' } };
   if (code === 'KEYEDGE_HTTP_ORIGIN_BUSY')

@@ -50,7 +50,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       () => code,
       ({ status, aborted, ...ending }) => {
         code = ending.code;
-        metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+        metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
         log.info(
           { access: true, scheme: 'http', domain: domain?.name, method: req.method, path: path.split('?')[0], status, code, ...(aborted ? { aborted } : {}) },
           'request',

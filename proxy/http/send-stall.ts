@@ -13,6 +13,7 @@
  * here.
  */
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 
 /** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
 const stalled = new WeakSet<ServerResponse>();
@@ -85,4 +86,25 @@ export class SendStallClock {
 /** Whether `res` was closed because its client stopped reading. */
 export function stalledSend(res: ServerResponse): boolean {
   return stalled.has(res);
+}
+
+/**
+ * The same clock for an answer relayed by piping `body` into `res` (HTTP/2
+ * streams, http2/exchange.ts): the pipe pausing `body` is the refused chunk,
+ * `res`'s 'drain' the progress.
+ */
+export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
+  let clock: SendStallClock | undefined;
+  const onPause = (): void => {
+    clock ??= new SendStallClock(res, timeoutMs);
+    clock.waiting();
+  };
+  const onDrain = (): void => clock?.flowing();
+  body.on('pause', onPause);
+  res.on('drain', onDrain);
+  res.once('close', () => {
+    clock?.stop();
+    body.off('pause', onPause);
+    res.off('drain', onDrain);
+  });
 }

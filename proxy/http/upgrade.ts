@@ -86,7 +86,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     const settle = (status: number, code: Refusal['code'] | undefined): void => {
       if (settled) return;
       settled = true;
-      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none' });
+      metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
       log.info(
         {
           access: true,

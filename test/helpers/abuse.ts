@@ -107,8 +107,20 @@ export async function startAbuseOrigin(): Promise<AbuseOrigin> {
       else go();
     } else if (kind === 'upload') {
       let bytes = 0;
-      req.on('data', (chunk: Buffer) => (bytes += chunk.length));
-      req.on('end', () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`${bytes}\n`));
+      const hash = createHash('sha256');
+      req.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      req.on('end', () => res.writeHead(200, { 'content-type': 'text/plain', 'x-sha256': hash.digest('hex') }).end(`${bytes}\n`));
+    } else if (kind === 'echo') {
+      // The request as the origin saw it: version, method, target and headers (the HTTP/2 tests read what the proxy made of a stream).
+      req.resume();
+      const body = JSON.stringify({ httpVersion: req.httpVersion, method: req.method, url: req.url, headers: req.headers });
+      const trailer = url.searchParams.has('trailer');
+      res.writeHead(200, { 'content-type': 'application/json', ...(trailer ? { trailer: 'x-checksum' } : {}) });
+      if (trailer) res.addTrailers({ 'x-checksum': 'abc123' });
+      res.end(body);
     } else if (kind === 'cut') {
       const phase = q('phase', 'before');
       const socket = req.socket;
@@ -347,6 +359,12 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
   const lab = await startKeylessLab();
   const origin = await startAbuseOrigin();
   const cert = await lab.certificate(name, lab.keys.ec, [host]);
+  // A proxy that does not start leaves no key server or origin behind (the test gets no handle to close them).
+  const failed = async (err: unknown): Promise<never> => {
+    await origin.close();
+    await lab.close();
+    throw err;
+  };
   const proxy = await startClusterProxy(
     lab,
     name,
@@ -355,7 +373,7 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
       return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
     },
     env,
-  );
+  ).catch(failed);
   await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
   return {
     lab,

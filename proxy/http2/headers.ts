@@ -1,0 +1,68 @@
+/**
+ * An HTTP/2 request's header list as the HTTP/1.1 forward path reads it,
+ * and an origin's HTTP/1.1 answer head as an HTTP/2 answer may carry it.
+ * Pure: no I/O.
+ *
+ * Requests (RFC 9113 §8.3.1): the pseudo-headers go (`:method` and `:path`
+ * travel separately, `:scheme` is ours), `:authority` becomes Host (§8.3.1:
+ * it takes precedence over a Host field), and split `cookie` fields are joined
+ * with "; " (§8.2.3) since HTTP/1.1 allows one. Connection-specific fields
+ * (§8.2.2) cannot arrive (nghttp2 refuses the stream), but the forward path
+ * drops hop-by-hop fields anyway (forward.ts endToEndHeaders).
+ *
+ * Answers: an HTTP/2 answer must not carry connection-specific fields
+ * (§8.2.2; Node refuses to send them), nor `:`-names; what the origin sent in
+ * them (Connection and what it names, Keep-Alive, Transfer-Encoding, Upgrade,
+ * Proxy-Connection) is dropped.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders } from 'node:http2';
+
+/** The request's method, target and authority, and its other fields as HTTP/1.1 names them. */
+export interface Http1Request {
+  readonly method: string;
+  /** Origin-form (`/path?query`), or `*`; whatever nghttp2 let through otherwise. */
+  readonly path: string;
+  /** From `:authority`, else Host (RFC 9113 §8.3.1); undefined when neither came. */
+  readonly authority: string | undefined;
+  readonly headers: IncomingHttpHeaders;
+}
+
+export function http1Request(h2: Http2Headers): Http1Request {
+  const headers: IncomingHttpHeaders = {};
+  for (const name in h2) {
+    if (name.charCodeAt(0) === 58 /* ':' */) continue;
+    const value = h2[name];
+    if (value === undefined) continue;
+    // Node joins repeated cookie fields already; a list is joined here in case it did not (RFC 9113 §8.2.3).
+    if (name === 'cookie') headers.cookie = Array.isArray(value) ? value.join('; ') : value;
+    else (headers as Record<string, string | string[]>)[name] = value;
+  }
+  const authority = single(h2[':authority']) ?? single(h2.host);
+  if (authority !== undefined) headers.host = authority;
+  return { method: single(h2[':method']) ?? 'GET', path: single(h2[':path']) ?? '/', authority, headers };
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Never allowed in an HTTP/2 field section (RFC 9113 §8.2.2); Node throws ERR_HTTP2_INVALID_CONNECTION_HEADERS on them. */
+const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te']);
+
+/** An origin's answer fields with what HTTP/2 forbids removed, and `:status` set. */
+export function http2Answer(status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string>): OutgoingHttpHeaders {
+  const named = new Set(
+    String(headers.connection ?? '')
+      .split(',')
+      .map((t) => t.trim().toLowerCase())
+      .filter((t) => t !== ''),
+  );
+  const out: OutgoingHttpHeaders = { ':status': status };
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || CONNECTION_SPECIFIC.has(name) || named.has(name) || name.charCodeAt(0) === 58) continue;
+    out[name] = value;
+  }
+  return Object.assign(out, extra);
+}
