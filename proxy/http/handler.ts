@@ -4,7 +4,6 @@
  * that cannot be done. One access-log line per request, with listed fields only.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { TLSSocket } from 'node:tls';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
