@@ -109,7 +109,8 @@ export interface EtcdSettings {
   readonly timeoutMs: number;
 }
 
-export type AcmeChallengeType = 'http-01';
+/** RFC 8555 §8.3 (answered on `httpRedirect`) and RFC 8737 (answered on the HTTPS listeners). */
+export type AcmeChallengeType = 'http-01' | 'tls-alpn-01';
 
 export interface AcmeConfig {
   /** The CA's directory URL (RFC 8555 §7.1.1). */
@@ -262,7 +263,7 @@ export const PROXY_DEFAULTS = Object.freeze({
     caBundle: null,
     contact: Object.freeze([] as string[]),
     eab: null,
-    // HTTP-01 needs only the port-80 listener, which the redirect already is.
+    // HTTP-01 needs only the port-80 listener, which the redirect already is; TLS-ALPN-01 is opt-in (port 443, no wildcards).
     challenges: Object.freeze(['http-01' as const]),
     // P-256: the cheapest handshake signature, accepted by every CA and client.
     keyType: 'ec-p256' as const,
@@ -627,7 +628,7 @@ export const proxyFileSchema = strict(
           .nullable()
           .optional(),
         challenges: z
-          .array(z.enum(['http-01'], { error: 'expected "http-01"' }))
+          .array(z.enum(['http-01', 'tls-alpn-01'], { error: 'expected "http-01" or "tls-alpn-01"' }))
           .min(1, { error: 'expected at least one challenge type' })
           .optional(),
         keyType: z

@@ -26,6 +26,7 @@ import { createRequestHandler } from './http/handler.js';
 import { createHttp1Server, startRedirectServer } from './http/server.js';
 import type { ChallengeAnswers } from './acme/challenges.js';
 import { missReporter, wantedMessage } from './acme/on-demand.js';
+import { ACME_TLS_PROTOCOL, AlpnChallengeContexts, closeAfterHandshake } from './acme/tls-alpn.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { http2Connection, Http2Sessions } from './http2/sessions.js';
@@ -82,7 +83,7 @@ export interface WorkerOptions {
   readonly initial?: ServingDelta;
   /** Where keys come from (embedding, benchmarks); defaults to the keyless bridge to `config.keyserver`. Not a config key. */
   readonly keySource?: KeySource;
-  /** The ACME issuer's HTTP-01 tokens, kept current by the cluster primary (acme/challenges.ts). */
+  /** The ACME issuer's HTTP-01 tokens and TLS-ALPN-01 certificates, kept current by the cluster primary (acme/challenges.ts). */
   readonly challenges?: ChallengeAnswers;
 }
 
@@ -166,6 +167,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const servers: http.Server[] = [];
   const ports: number[] = [];
   // A name no certificate covers may be one a customer just pointed here: on-demand issuance is told (never waited for).
+  const alpnChallenges = options.challenges === undefined ? undefined : new AlpnChallengeContexts(options.challenges, keySource);
   const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
   for (const { host, port, profile, http2: offersHttp2 } of config.listen) {
     const http1 = createHttp1Server(limits, handler, upgrade);
@@ -185,6 +187,8 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     });
     // RFC 9113 §3.2: h2 is offered before http/1.1 once registered.
     if (offersHttp2) listener.handle('h2', (socket, connection) => http2.handle(socket, http2Connection(socket, connection)));
+    // RFC 8737: answered only for a name with a pending challenge, on the challenge's own context.
+    if (alpnChallenges !== undefined) listener.handle(ACME_TLS_PROTOCOL, closeAfterHandshake, { selectContext: alpnChallenges.selector(profile) });
     ports.push(await listener.listen(host, port));
     listeners.push(listener);
     servers.push(http1.server);

@@ -43,7 +43,16 @@ export function csrAlgorithm(key: CsrKey): { webcrypto: RsaHashedImportParams | 
   return { webcrypto: { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }, hash: 'sha256' };
 }
 
-export async function createCsrWith(key: CsrKey, domains: readonly string[], sign: CsrSigner): Promise<x509.Pkcs10CertificateRequest> {
+/**
+ * The key pair and WebCrypto object @peculiar/x509 signs with when the
+ * private key is elsewhere: the public key is real, the "private key" carries
+ * only the algorithm, and `subtle.sign` hashes here and hands the digest to
+ * the holder. Shared by CSRs and ACME TLS-ALPN-01 certificates (alpn-cert.ts).
+ */
+export async function holderCrypto(
+  key: CsrKey,
+  sign: CsrSigner,
+): Promise<{ keys: CryptoKeyPair; crypto: Crypto; signingAlgorithm: { name: string; hash: string } }> {
   const { webcrypto: algorithm, hash } = csrAlgorithm(key);
   const webHash = { sha256: 'SHA-256', sha384: 'SHA-384', sha512: 'SHA-512' }[hash];
   const publicKey = await webcrypto.subtle.importKey('spki', new Uint8Array(key.spki), algorithm, true, ['verify']);
@@ -68,12 +77,16 @@ export async function createCsrWith(key: CsrKey, domains: readonly string[], sig
     },
   });
   const crypto = { subtle, getRandomValues: webcrypto.getRandomValues.bind(webcrypto) } as unknown as Crypto;
+  return { keys: { publicKey, privateKey }, crypto, signingAlgorithm: { name: algorithm.name, hash: webHash } };
+}
 
+export async function createCsrWith(key: CsrKey, domains: readonly string[], sign: CsrSigner): Promise<x509.Pkcs10CertificateRequest> {
+  const { keys, crypto, signingAlgorithm } = await holderCrypto(key, sign);
   return x509.Pkcs10CertificateRequestGenerator.create(
     {
       name: `CN=${domains[0] ?? ''}`,
-      keys: { publicKey, privateKey },
-      signingAlgorithm: { name: algorithm.name, hash: webHash },
+      keys,
+      signingAlgorithm,
       extensions: [new x509.SubjectAlternativeNameExtension(domains.map((value) => ({ type: 'dns' as const, value })))],
     },
     crypto,

@@ -1,8 +1,10 @@
 /**
- * HTTP-01 challenge state (RFC 8555 §8.3), visible to every worker.
+ * ACME challenge state, visible to every worker: HTTP-01 (RFC 8555 §8.3) and
+ * TLS-ALPN-01 (RFC 8737) on one board.
  *
  * The primary runs the orders and holds the board: token → (name, key
- * authorization). Each change sends the whole board to every worker over the
+ * authorization) for HTTP-01, token → (name, challenge certificate, the id
+ * and public key of its key in the token) for TLS-ALPN-01. Each change sends the whole board to every worker over the
  * cluster IPC channel (a handful of entries: one per authorization in
  * flight), and the issuer tells the CA to validate only once every worker
  * has acknowledged it, so whichever worker the CA's connection lands on
@@ -11,18 +13,35 @@
  *
  * The worker answers `GET /.well-known/acme-challenge/<token>` on port 80
  * with it when the Host is the name the token was made for; anything else
- * under that path goes on to the domain's origin as before.
+ * under that path goes on to the domain's origin as before. For TLS-ALPN-01
+ * the worker's listeners answer a ClientHello offering "acme-tls/1" for the
+ * name with the challenge certificate (tls-alpn.ts); its private key stays in
+ * the token, signed for through the keyless bridge like any certificate's.
  */
 
 export const ACME_CHALLENGE_PATH = '/.well-known/acme-challenge/';
 const BOARD = 'keyedge:acme-challenges';
 const BOARD_APPLIED = 'keyedge:acme-challenges-applied';
 
-export interface ChallengeEntry {
+export interface HttpChallengeEntry {
+  readonly kind: 'http-01';
   readonly token: string;
   readonly name: string;
   readonly keyAuthorization: string;
 }
+
+export interface AlpnChallengeEntry {
+  readonly kind: 'tls-alpn-01';
+  readonly token: string;
+  readonly name: string;
+  /** The self-signed acmeIdentifier certificate (RFC 8737 §3), PEM. */
+  readonly certificatePem: string;
+  /** Its key in the token: id (hex) and SubjectPublicKeyInfo (base64; IPC carries JSON). */
+  readonly keyId: string;
+  readonly spki: string;
+}
+
+export type ChallengeEntry = HttpChallengeEntry | AlpnChallengeEntry;
 
 export interface BoardMessage {
   readonly type: typeof BOARD;
@@ -85,6 +104,7 @@ export function boardAppliedGeneration(message: unknown): number | undefined {
 /** The worker's copy of the board. */
 export class ChallengeAnswers {
   #byToken: ReadonlyMap<string, ChallengeEntry> = new Map();
+  #alpnByName: ReadonlyMap<string, AlpnChallengeEntry> = new Map();
   #generation = -1;
 
   apply(message: BoardMessage): void {
@@ -92,12 +112,18 @@ export class ChallengeAnswers {
     if (message.generation < this.#generation) return;
     this.#generation = message.generation;
     this.#byToken = new Map(message.entries.map((e) => [e.token, e]));
+    this.#alpnByName = new Map(message.entries.flatMap((e) => (e.kind === 'tls-alpn-01' ? [[e.name, e] as const] : [])));
+  }
+
+  /** The pending TLS-ALPN-01 challenge for `serverName` (normalised), if any. */
+  alpnChallenge(serverName: string | undefined): AlpnChallengeEntry | undefined {
+    return serverName === undefined ? undefined : this.#alpnByName.get(serverName);
   }
 
   /** The key authorization for `path` on `host`, when the path is a token we published for that name. */
   answer(host: string | undefined, path: string): string | undefined {
     if (host === undefined || !path.startsWith(ACME_CHALLENGE_PATH)) return undefined;
     const entry = this.#byToken.get(path.slice(ACME_CHALLENGE_PATH.length));
-    return entry !== undefined && entry.name === host.toLowerCase() ? entry.keyAuthorization : undefined;
+    return entry?.kind === 'http-01' && entry.name === host.toLowerCase() ? entry.keyAuthorization : undefined;
   }
 }

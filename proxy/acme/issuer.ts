@@ -2,8 +2,10 @@
  * One certificate from the CA, end to end, without a private key leaving the
  * token: the account key signs every request through the key server (jws.ts),
  * the certificate key is generated in the token (token-keys.ts), the CSR is
- * signed through the key server (shared/csr.ts), the HTTP-01 answers are
- * published to every worker (challenges.ts), and the chain goes into the
+ * signed through the key server (shared/csr.ts), the HTTP-01 answers or the
+ * TLS-ALPN-01 certificates (signed through the key server with the order's
+ * certificate key, shared/alpn-cert.ts) are published to every worker
+ * (challenges.ts), and the chain goes into the
  * certificate store through the same validation and swap as any replacement
  * (the `store` function the cluster passes: ServingSource.putCertificate and
  * a reload).
@@ -16,11 +18,12 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AcmeConfig } from '../../config/proxy-schema.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
-import { csrKeyOfSpki, createCsrWith } from '../../keyserver/shared/csr.js';
+import { createAlpnChallengeCertWith } from '../../keyserver/shared/alpn-cert.js';
+import { type CsrSigner, csrKeyOfSpki, createCsrWith } from '../../keyserver/shared/csr.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { Algorithm } from '../../keyserver/protocol/constants.js';
 import { AcmeClient, type AcmeAuthorization, type AcmeOrder } from './client.js';
-import type { ChallengePublisher } from './challenges.js';
+import type { ChallengeEntry, ChallengePublisher } from './challenges.js';
 import { AcmeError } from './errors.js';
 import { ecdsaDerToRaw, keyserverSigner, thumbprint } from './jws.js';
 import type { StateFile } from './state.js';
@@ -127,14 +130,31 @@ export class AcmeIssuer {
     });
     log.info({ certificate: request.name, domains: request.domains, order: url }, 'ACME order created');
     const published: string[] = [];
+    // The certificate key signs the CSR and, for TLS-ALPN-01, the challenge certificates: no other key is made.
+    const signer: CsrSigner = async (hash, digest) => {
+      const algorithm = csrKeyOfSpki(spki).kind === 'rsa' ? Algorithm.RSA_PKCS1_SHA256 : hash === 'sha384' ? Algorithm.ECDSA_SHA384 : Algorithm.ECDSA_SHA256;
+      const signature = await keyserver.sign(keyId, algorithm, digest);
+      return algorithm === Algorithm.RSA_PKCS1_SHA256 ? signature : ecdsaDerToRaw(signature, hash === 'sha384' ? 48 : 32);
+    };
     try {
       for (const authzUrl of order.authorizations) {
         const authz = (await acme.get<AcmeAuthorization>(authzUrl)).body;
         if (authz.status === 'valid') continue;
-        const challenge = authz.challenges.find((c) => c.type === 'http-01');
-        if (challenge === undefined) throw new AcmeError(`no http-01 challenge offered for ${authz.identifier.value}`, {});
+        // The first configured type the CA offers (TLS-ALPN-01 is never offered for a wildcard, RFC 8737 §3).
+        const type = config.challenges.find((t) => authz.challenges.some((c) => c.type === t));
+        const challenge = authz.challenges.find((c) => c.type === type);
+        if (type === undefined || challenge === undefined)
+          throw new AcmeError(`no ${config.challenges.join(' or ')} challenge offered for ${authz.identifier.value}`, {});
+        const name = authz.identifier.value.toLowerCase();
         const keyAuthorization = `${challenge.token}.${thumbprint(acme.jwk)}`;
-        await challenges.add({ token: challenge.token, name: authz.identifier.value.toLowerCase(), keyAuthorization });
+        let entry: ChallengeEntry;
+        if (type === 'http-01') {
+          entry = { kind: 'http-01', token: challenge.token, name, keyAuthorization };
+        } else {
+          const certificate = await createAlpnChallengeCertWith(csrKeyOfSpki(spki), name, keyAuthorization, signer);
+          entry = { kind: 'tls-alpn-01', token: challenge.token, name, certificatePem: certificate.toString('pem'), keyId, spki: spki.toString('base64') };
+        }
+        await challenges.add(entry);
         published.push(challenge.token);
         await acme.respond(challenge.url);
         const done = await poll(acme, authzUrl, deadline, (a: AcmeAuthorization) => a.status !== 'pending');
@@ -153,11 +173,7 @@ export class AcmeIssuer {
     }
     const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
     if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
-    const csr = await createCsrWith(csrKeyOfSpki(spki), request.domains, async (hash, digest) => {
-      const algorithm = csrKeyOfSpki(spki).kind === 'rsa' ? Algorithm.RSA_PKCS1_SHA256 : hash === 'sha384' ? Algorithm.ECDSA_SHA384 : Algorithm.ECDSA_SHA256;
-      const signature = await keyserver.sign(keyId, algorithm, digest);
-      return algorithm === Algorithm.RSA_PKCS1_SHA256 ? signature : ecdsaDerToRaw(signature, hash === 'sha384' ? 48 : 32);
-    });
+    const csr = await createCsrWith(csrKeyOfSpki(spki), request.domains, signer);
     const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
     const valid = finalized.status === 'valid' ? finalized : await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'processing');
     if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});
