@@ -49,6 +49,14 @@ describe('proxy config', () => {
     expect(Object.isFrozen(absolute.certStore)).toBe(true);
   });
 
+  it('takes the ACME challenge types in order of preference, http-01 alone by default', () => {
+    const acme = { directory: 'https://ca.example/dir' };
+    expect(loadProxyConfig(write('acme-default.json', { acme })).acme?.challenges).toEqual(['http-01']);
+    const both = loadProxyConfig(write('acme-both.json', { acme: { ...acme, challenges: ['tls-alpn-01', 'http-01'] } }));
+    expect(both.acme?.challenges).toEqual(['tls-alpn-01', 'http-01']);
+    expect(() => loadProxyConfig(write('acme-dns.json', { acme: { ...acme, challenges: ['dns-01'] } }))).toThrow(/"http-01" or "tls-alpn-01"/);
+  });
+
   it('takes a key server over mutual TLS instead of the socket', () => {
     const config = loadProxyConfig(write('tcp.json', { keyserver: { tcp: { host: 'ks', port: 7443, ca: 'ca.pem', cert: 'c.pem', key: 'k.pem' } } }));
     expect(config.keyserver.socket).toBeNull();
