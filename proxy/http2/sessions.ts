@@ -92,6 +92,14 @@ export class Http2Sessions {
       socket.once('close', () => {
         if (session !== undefined && !session.destroyed) session.destroy();
       });
+      // The client closed its side: HTTP/2 has no half-closed connection
+      // (RFC 9113 §5.1 half-closes streams, not the connection), and a session
+      // whose client stopped granting window would otherwise hold its streams
+      // (and their origin requests) open until the send-stall timeout; nginx
+      // closes on the same EOF.
+      socket.once('end', () => {
+        if (session !== undefined && !session.destroyed) session.destroy();
+      });
     } finally {
       this.#arriving = undefined;
     }

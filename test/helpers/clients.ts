@@ -22,9 +22,15 @@ export function run(command: string, args: readonly string[], input = '', timeou
   });
 }
 
+/**
+ * curl over HTTP/1.1 unless `extra` asks for `--http2` (a later flag wins):
+ * the tests using it pin HTTP/1.1 behaviour (Expect, framing, status lines),
+ * and the proxy offers h2 first in ALPN.
+ */
 export function curl(port: number, host: string, caFile: string, extra: readonly string[] = [], path = '/'): Promise<Run> {
   return run('curl', [
     '-sS',
+    '--http1.1',
     '--max-time',
     '10',
     '-D',

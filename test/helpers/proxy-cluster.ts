@@ -22,7 +22,7 @@ export function storeProxyConfig(lab: KeylessLab, p: ClusterPorts, overrides: Re
     stateDir: join(lab.dir, 'state'),
     workers: 2,
     keyserver: { socket: lab.socket },
-    listen: [{ host: '127.0.0.1', port: p.port }],
+    listen: [{ host: '127.0.0.1', port: p.port, http2: true }],
     domains: [{ name: '*.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
     admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
     certStore: { dir: p.storeDir },

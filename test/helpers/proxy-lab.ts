@@ -156,7 +156,7 @@ export async function startKeylessLab(): Promise<KeylessLab> {
         workers: 1,
         admin: null,
         log: { level: 'warn' },
-        listen: [{ host: '127.0.0.1', port: 0 }],
+        listen: [{ host: '127.0.0.1', port: 0, http2: true }],
         keyserver: { socket, timeoutMs: 250, breakerMs: 200 },
         domains: [
           { name: '*.lab.test', origin: `http://127.0.0.1:${originPort}` },
