@@ -4,12 +4,13 @@
  * the keyless hop, what one core signs; and the --perf run's profile tables.
  */
 import type { MachineInfo } from '../harness/machine.js';
-import { fmt, markdownTable } from '../harness/report.js';
+import { fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
 import { median, type Spread } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
-import { CONTENDED_CORES, type HopRow, type Limits, type ScenarioSummary, type TargetRow } from './summary.js';
+import { CONTENDED_CORES } from '../harness/bench.js';
+import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
 
 const SETUP_TITLE: Record<BaseSetup, string> = {
@@ -35,9 +36,6 @@ const KIND_TITLE: Record<Kind, string> = {
   'alpn-h1': 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
 };
 
-function rangeText(s: Spread, decimals = 0): string {
-  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-}
 
 export interface ReportContext {
   readonly machine: MachineInfo;

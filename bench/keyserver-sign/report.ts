@@ -3,7 +3,8 @@ import type { describeMachine } from '../harness/machine.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import type { WindowResult } from './load.js';
 import { median, spread } from '../harness/stats.js';
-import { CONTENDED_CORES, type Options, type Transport } from './main.js';
+import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
+import type { Options, Transport } from './main.js';
 import type { BenchScenario, ExploreRow, ScenarioInfo } from './scenarios.js';
 
 // ---------------------------------------------------------------------------
@@ -55,10 +56,7 @@ export function summarize(
 ): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
   const base = scenarios.map((s) => {
     const all = results.get(s.name) ?? [];
-    const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.machine.otherCores <= CONTENDED_CORES);
-    // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
-    const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
-    const perRound = used.map(({ r }) => r);
+    const { used: perRound, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.machine.otherCores);
     const opt = (f: (r: WindowResult) => number | undefined) => {
       const v = perRound.map(f).filter((x): x is number => x !== undefined);
       return v.length > 0 ? median(v) : undefined;
@@ -70,8 +68,8 @@ export function summarize(
       setting: s.setting,
       signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
       perRound: all,
-      cleanRounds: clean.length,
-      usedRounds: used.map(({ i }) => i),
+      cleanRounds: clean,
+      usedRounds,
       p50Us: median(perRound.map((r) => r.latency.p50Us)),
       p99Us: median(perRound.map((r) => r.latency.p99Us)),
       serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),

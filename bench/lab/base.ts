@@ -48,6 +48,13 @@ export abstract class LabBase<Id extends string = string> {
     await this.origin?.stop();
   }
 
+  /** The end of a bench's run: graceful stop, then cleanup (the temp dir kept, and said so, with `keepTemp`). */
+  async close(keepTemp: boolean, log: (line: string) => void): Promise<void> {
+    await this.stop().catch(() => undefined);
+    if (keepTemp) log(`kept ${this.dir}`);
+    this.cleanup(keepTemp);
+  }
+
   /** SIGKILL to everything still running, remove the temp dir (unless `keepTemp`). Synchronous; safe twice. */
   cleanup(keepTemp = false): void {
     if (this.#cleaned) return;
