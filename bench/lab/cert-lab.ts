@@ -22,12 +22,9 @@ import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
 import { freePort, httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
-import { sleep } from '../harness/rounds.js';
 import { processTree } from '../harness/procs.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
-
-export { sleep };
 
 export interface LabKey {
   readonly id: string;
