@@ -15,7 +15,7 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { listOf, parseCli, pinning, std } from '../harness/cli.js';
+import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
@@ -85,14 +85,8 @@ function parseOptions(argv: string[]) {
   if (scenarios.length === 0) throw new Error('no scenario left after --scenarios, --keys and --setups');
   const pins = pinning(v);
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
+    ...timing(v, [1000, 250], [300, 100]),
     nginxWarmupMs: quick ? 300 : 1000,
-    rampMs: quick ? 250 : 1000,
-    settleMs: quick ? 100 : 300,
     concurrency: v.concurrency,
     resumeLoops: v['resume-loops'],
     // One worker per core the servers may use, as the product defaults to: two workers on one core cost more per
@@ -107,7 +101,6 @@ function parseOptions(argv: string[]) {
     keyserverCpus: v['keyserver-cpus'],
     logLevel: v['log-level'],
     profile: v.profile as 'intermediate' | 'modern',
-    quietBudgetMs: v['quiet-wait'] * 1000,
     perfDir: v.perf === undefined ? undefined : resolve(v.perf),
     perfHz: v['perf-hz'],
     keepTemp: v['keep-temp'],

@@ -20,7 +20,7 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { listOf, LOG_LEVELS, parseCli, pinning, std } from '../harness/cli.js';
+import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
@@ -69,15 +69,8 @@ export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 export function parseOptions(argv: string[]) {
   const v = parseCli('keepalive/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const quick = v.quick;
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
-    rampMs: quick ? 500 : 1000,
-    settleMs: quick ? 150 : 300,
+    ...timing(v, [1000, 500], [300, 150]),
     connections: v.connections,
     protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
     h2Connections: v['h2-connections'],
@@ -88,7 +81,6 @@ export function parseOptions(argv: string[]) {
     ...pinning(v),
     logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
-    quietBudgetMs: v['quiet-wait'] * 1000,
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
     keepTemp: v['keep-temp'],
   };

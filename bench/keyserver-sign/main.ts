@@ -29,7 +29,7 @@ import { describeMachine } from '../harness/machine.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { cleanRounds, errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
 import { measureWindow, RawSignLoad, type RawKey } from './load.js';
-import { listOf, parseCli, std } from '../harness/cli.js';
+import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { type IdleLatencyRow, summarize, TARGET_RATIO, markdownReport } from './report.js';
 import { type BenchScenario, type Connected, connectLoad, type ExploreRow, explorePipeline, keyserverScenario, rawScenario } from './scenarios.js';
@@ -84,18 +84,10 @@ export function parseOptions(argv: string[]) {
     BENCH_KEYS.map((k) => k.id),
   ).map((id) => BENCH_KEYS.find((k) => k.id === id)!);
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
-    rampMs: quick ? 150 : 300,
+    ...timing(v, [300, 150], [200, 50]),
     exploreMs: quick ? 250 : 1000,
-    settleMs: quick ? 50 : 200,
     /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
     maxExtraRounds: v['extra-rounds'],
-    /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
-    quietBudgetMs: v['quiet-wait'] * 1000,
     explorePasses: quick ? 1 : 2,
     client: v.client as ClientKind,
     pipeline: v.pipeline === undefined ? undefined : parsePipeline(v.pipeline),
