@@ -63,7 +63,10 @@ export class ReloadLoad {
     newLoops: number,
     keepAliveLoops: number,
   ) {
-    this.#loops = [...Array.from({ length: newLoops }, (_, i) => this.#newConnections(i)), ...Array.from({ length: keepAliveLoops }, (_, i) => this.#keepAlive(i))];
+    this.#loops = [
+      ...Array.from({ length: newLoops }, (_, i) => this.#newConnections(i)),
+      ...Array.from({ length: keepAliveLoops }, (_, i) => this.#keepAlive(i)),
+    ];
   }
 
   #fail(what: string, error: string): void {

@@ -32,7 +32,7 @@ import type { IssuedLeaf } from '../lab/cert-factory.js';
 import { CertLab, type LabKey, writeAtomically } from '../lab/cert-lab.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters } from '../lab/counters.js';
 import { ReloadLoad, type Target } from './load.js';
-import { reloadReport } from './report.js';
+import { type Replacement, reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
 
 const TABLE = {
   quick: std.quick('4 replacements (one of each trigger at least); writes -cert-reload-quick'),
@@ -45,9 +45,6 @@ const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
-export type Trigger = 'rename' | 'put' | 'sighup';
-export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
-
 /**
  * Replacement i (1-based): 2 and 7 of every 5 are PUT and SIGHUP, the rest
  * renames, so --quick's 4 covers every trigger and 20 give 12 / 4 / 4.
@@ -59,31 +56,6 @@ function triggerOf(i: number): Trigger {
 interface Site extends Target {
   key: LabKey;
   serial: string;
-}
-
-export interface Replacement {
-  readonly index: number;
-  readonly trigger: Trigger;
-  readonly certificate: string;
-  readonly fromKey: string;
-  readonly toKey: string;
-  readonly serial: string;
-  readonly oldSerial: string;
-  /** The write's reference instant (performance.now()): rename returned, PUT answered, SIGHUP sent. */
-  readonly writtenAt: number;
-  /** When the write began: as writtenAt, but the PUT's request sent. */
-  readonly startedAt: number;
-  /** PUT only: from sending the request to its answer. */
-  readonly putRoundTripMs?: number;
-  /** From writtenAt until a new connection (load or probe) first completed a handshake with the new serial. */
-  timeToServeMs?: number | undefined;
-  /** The same from startedAt (differs for PUT only). */
-  timeToServeFromStartMs?: number | undefined;
-  /** From writtenAt until the probe saw the new serial. */
-  readonly probeMs: number | undefined;
-  readonly probes: number;
-  readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
-  oldLastSeenMs?: number | undefined;
 }
 
 async function main(): Promise<number> {

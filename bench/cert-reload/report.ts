@@ -9,7 +9,34 @@ import { round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { HandshakeCounters } from '../lab/counters.js';
 import type { LoadCounters } from './load.js';
-import { type Replacement, TRIGGER_TITLE, type Trigger } from './main.js';
+
+export type Trigger = 'rename' | 'put' | 'sighup';
+export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
+
+export interface Replacement {
+  readonly index: number;
+  readonly trigger: Trigger;
+  readonly certificate: string;
+  readonly fromKey: string;
+  readonly toKey: string;
+  readonly serial: string;
+  readonly oldSerial: string;
+  /** The write's reference instant (performance.now()): rename returned, PUT answered, SIGHUP sent. */
+  readonly writtenAt: number;
+  /** When the write began: as writtenAt, but the PUT's request sent. */
+  readonly startedAt: number;
+  /** PUT only: from sending the request to its answer. */
+  readonly putRoundTripMs?: number;
+  /** From writtenAt until a new connection (load or probe) first completed a handshake with the new serial. */
+  timeToServeMs?: number | undefined;
+  /** The same from startedAt (differs for PUT only). */
+  timeToServeFromStartMs?: number | undefined;
+  /** From writtenAt until the probe saw the new serial. */
+  readonly probeMs: number | undefined;
+  readonly probes: number;
+  readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
+  oldLastSeenMs?: number | undefined;
+}
 
 export interface ReloadFigures {
   readonly quick: boolean;
@@ -107,7 +134,14 @@ export function reloadReport({ quick, machine, settings, loadSeconds, done, byTr
     settings,
     // The suite's one-row-per-scenario shape (harness/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
     summary: byTrigger.map((t) =>
-      durationRow('cert-reload', t.trigger, `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`, round(t.p50Ms, 1), round(t.maxMs, 1), failed),
+      durationRow(
+        'cert-reload',
+        t.trigger,
+        `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`,
+        round(t.p50Ms, 1),
+        round(t.maxMs, 1),
+        failed,
+      ),
     ),
     figures: summary,
     replacements: done.map(({ writtenAt: _w, startedAt: _s, ...r }) => ({

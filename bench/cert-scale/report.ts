@@ -277,10 +277,7 @@ export function scaleMarkdown({
           `${rssTrail} MiB`,
         ],
         ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
-        [
-          `memory per secure context (${fmt(contextEntries)} entries, cache ${contextEntries} vs 1): after start`,
-          `${fmt(perContextKiB.afterStart, 1)} KiB`,
-        ],
+        [`memory per secure context (${fmt(contextEntries)} entries, cache ${contextEntries} vs 1): after start`, `${fmt(perContextKiB.afterStart, 1)} KiB`],
         ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
       ],
       ['left', 'right'],

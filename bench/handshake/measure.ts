@@ -331,7 +331,14 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     const ks = signsBetween(sA, sB);
     const latency = load?.latency.summary();
     const completed = l1.completed - l0.completed;
-    const figures = windowFigures(spec, usageBetween(uA, uB), c, load === undefined ? c.full : completed, ks === undefined ? undefined : sumValues(ks), load !== undefined);
+    const figures = windowFigures(
+      spec,
+      usageBetween(uA, uB),
+      c,
+      load === undefined ? c.full : completed,
+      ks === undefined ? undefined : sumValues(ks),
+      load !== undefined,
+    );
     window = {
       ...figures,
       resume:

@@ -4,8 +4,8 @@
  * the keyless hop, what one core signs; and the --perf run's profile tables.
  */
 import type { MachineInfo } from '../harness/machine.js';
-import { fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
-import { median, type Spread } from '../harness/stats.js';
+import { fmt, markdownTable, rangeText } from '../harness/report.js';
+import { median } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
@@ -35,7 +35,6 @@ const KIND_TITLE: Record<Kind, string> = {
   'alpn-h2': 'Full TLS 1.3 handshakes negotiating h2 (node:http2 client, one GET per connection)',
   'alpn-h1': 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
 };
-
 
 export interface ReportContext {
   readonly machine: MachineInfo;

@@ -318,6 +318,14 @@ export function summaryEntries(
   }));
   const notRun = requested
     .filter((spec) => skipReason(spec) !== undefined)
-    .map((spec) => skippedRow(spec.id, `${KIND_LABEL[spec.kind]}, ${setupTitle(spec.setup)}, ${spec.key.title}`, skipReason(spec)!, 'handshakesPerSecond', 'serverCpuUsPerHandshake'));
+    .map((spec) =>
+      skippedRow(
+        spec.id,
+        `${KIND_LABEL[spec.kind]}, ${setupTitle(spec.setup)}, ${spec.key.title}`,
+        skipReason(spec)!,
+        'handshakesPerSecond',
+        'serverCpuUsPerHandshake',
+      ),
+    );
   return [...ran, ...notRun];
 }

@@ -169,7 +169,14 @@ export function pinning(values: { readonly pin: string; readonly 'server-cpus': 
 
 /** The measuring benches' shared options in milliseconds (harness/bench.ts MeasureTiming); ramp-up and settle: [full, quick]. */
 export function timing(
-  v: { readonly quick: boolean; readonly out: string; readonly rounds: number; readonly measure: number; readonly warmup: number; readonly 'quiet-wait': number },
+  v: {
+    readonly quick: boolean;
+    readonly out: string;
+    readonly rounds: number;
+    readonly measure: number;
+    readonly warmup: number;
+    readonly 'quiet-wait': number;
+  },
   rampMs: readonly [number, number],
   settleMs: readonly [number, number],
 ) {

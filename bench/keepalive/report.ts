@@ -111,7 +111,6 @@ export function summaryRow(s: ServerSummary) {
   };
 }
 
-
 export interface ProfileReport {
   readonly file: string;
   readonly busyUs: number;

@@ -238,7 +238,9 @@ export function makeCertificates(dir: string): TlsFiles {
   const issue = (name: string, subject: string, ext: string) => {
     writeFileSync(f(`${name}.ext`), ext);
     openssl(`req ${ecKey} -keyout ${f(`${name}.key`)} -out ${f(`${name}.csr`)} -subj ${subject}`);
-    openssl(`x509 -req -in ${f(`${name}.csr`)} -CA ${f('ca.pem')} -CAkey ${f('ca.key')} -CAcreateserial -out ${f(`${name}.pem`)} -days 2 -extfile ${f(`${name}.ext`)}`);
+    openssl(
+      `x509 -req -in ${f(`${name}.csr`)} -CA ${f('ca.pem')} -CAkey ${f('ca.key')} -CAcreateserial -out ${f(`${name}.pem`)} -days 2 -extfile ${f(`${name}.ext`)}`,
+    );
   };
   issue('server', `/CN=${serverName}`, `${leaf}serverAuth\nsubjectAltName=DNS:${serverName},IP:127.0.0.1\n`);
   issue('client', `/CN=${clientCommonName}`, `${leaf}clientAuth\n`);
