@@ -4,7 +4,7 @@
  * suite's summary rows (time to serve by trigger, as p50 and p99 = max).
  */
 import type { MachineInfo } from '../harness/machine.js';
-import { dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
+import { columnTable, dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { HandshakeCounters } from '../lab/counters.js';
@@ -64,18 +64,6 @@ export function reloadReport({ quick, machine, settings, loadSeconds, done, byTr
   json: unknown;
 } {
   const notServed = done.filter((r) => r.timeToServeMs === undefined).length;
-  const rows = done.map((r) => [
-    String(r.index),
-    TRIGGER_TITLE[r.trigger],
-    r.certificate,
-    `${r.fromKey} → ${r.toKey}`,
-    r.timeToServeMs === undefined ? 'not served' : fmt(r.timeToServeMs, 1),
-    r.reload === undefined ? '?' : `${fmt(Number(r.reload.durationMs))} (${String(r.reload.trigger)})`,
-    r.probeMs === undefined ? '–' : fmt(r.probeMs, 1),
-    r.putRoundTripMs === undefined ? '' : `${fmt(r.putRoundTripMs, 1)} / ${r.timeToServeFromStartMs === undefined ? '–' : fmt(r.timeToServeFromStartMs, 1)}`,
-    r.oldLastSeenMs === undefined ? '–' : fmt(r.oldLastSeenMs, 1),
-    String(r.probes),
-  ]);
   const markdown = [
     `# cert-reload${quick ? ' (quick)' : ''}: ${done.length} certificate replacements under load, ${dateStamp()}`,
     '',
@@ -103,22 +91,25 @@ export function reloadReport({ quick, machine, settings, loadSeconds, done, byTr
       ['left', 'right'],
     ),
     '',
-    markdownTable(
+    columnTable(done, [
+      ['#', 'right', (r) => String(r.index)],
+      ['trigger', 'left', (r) => TRIGGER_TITLE[r.trigger]],
+      ['entry', 'left', (r) => r.certificate],
+      ['key change', 'left', (r) => `${r.fromKey} → ${r.toKey}`],
+      ['time to serve ms', 'right', (r) => (r.timeToServeMs === undefined ? 'not served' : fmt(r.timeToServeMs, 1))],
+      ['primary reload ms (trigger)', 'right', (r) => (r.reload === undefined ? '?' : `${fmt(Number(r.reload.durationMs))} (${String(r.reload.trigger)})`)],
+      ['probe saw it ms', 'right', (r) => (r.probeMs === undefined ? '–' : fmt(r.probeMs, 1))],
       [
-        '#',
-        'trigger',
-        'entry',
-        'key change',
-        'time to serve ms',
-        'primary reload ms (trigger)',
-        'probe saw it ms',
         'PUT round trip / serve from sent ms',
-        'old cert last seen ms',
-        'probes',
+        'right',
+        (r) =>
+          r.putRoundTripMs === undefined
+            ? ''
+            : `${fmt(r.putRoundTripMs, 1)} / ${r.timeToServeFromStartMs === undefined ? '–' : fmt(r.timeToServeFromStartMs, 1)}`,
       ],
-      rows,
-      ['right', 'left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right'],
-    ),
+      ['old cert last seen ms', 'right', (r) => (r.oldLastSeenMs === undefined ? '–' : fmt(r.oldLastSeenMs, 1))],
+      ['probes', 'right', (r) => String(r.probes)],
+    ]),
     '',
     '"time to serve": the first new connection, load or probe, whose handshake completed with the new certificate, counted from the write. "probe saw it": the same for the ~10 ms probe alone. ' +
       '"PUT round trip / serve from sent": the PUT\'s answer time, and the time to serve counted from sending it (the answer comes once every worker serves the new certificate). ' +

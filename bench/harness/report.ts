@@ -68,3 +68,15 @@ export function machineLines(machine: MachineInfo, extra = ''): string[] {
     `Command: \`${machine.commandLine}\``,
   ];
 }
+
+/** One column of a table: its header, its alignment and its cell for a row. */
+export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];
+
+/** A Markdown table from column specs (header, alignment and cell side by side); `extra` rows go after, as given. */
+export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[], extra: readonly (readonly string[])[] = []): string {
+  return markdownTable(
+    columns.map(([header]) => header),
+    [...rows.map((row) => columns.map(([, , cell]) => cell(row))), ...extra],
+    columns.map(([, align]) => align),
+  );
+}

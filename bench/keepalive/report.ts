@@ -7,7 +7,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
-import { fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
+import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
 import { median, round, spread, type Spread } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
 import { CONTENDED_CORES, cleanRounds, SATURATED_CORES } from '../harness/bench.js';
@@ -118,6 +118,22 @@ export interface ProfileReport {
   readonly top: readonly FunctionCost[];
 }
 
+const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
+  ['Server', 'left', (s) => s.label],
+  ['requests/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.requestsPerSecond)],
+  ['server µs/request', 'right', (s) => `**${fmt(s.serverUs.median, 1)}**`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.serverUs, 1)],
+  ['proxy + key server µs', 'right', (s) => (s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`)],
+  ['origin µs', 'right', (s) => fmt(s.originUs, 1)],
+  ['client µs (cores)', 'right', (s) => `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`],
+  ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`],
+  ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`],
+  ['errors / timeouts / non-2xx', 'right', (s) => `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`],
+  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+  ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+];
+
 export function markdownReport(
   ctx: {
     machine: MachineInfo;
@@ -134,40 +150,10 @@ export function markdownReport(
   profiles: readonly ProfileReport[],
 ): string {
   const { machine, options } = ctx;
-  const rows = summaries.map((s) => [
-    s.label,
-    `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
-    rangeText(s.requestsPerSecond),
-    `**${fmt(s.serverUs.median, 1)}**`,
-    rangeText(s.serverUs, 1),
-    s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`,
-    fmt(s.originUs, 1),
-    `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`,
-    `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`,
-    `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`,
-    `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`,
-    `${s.cleanRounds}/${s.perRound.length}`,
-    `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
-  ]);
-  for (const [server, reason] of skipped) rows.push([`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
-  const table = markdownTable(
-    [
-      'Server',
-      'requests/s',
-      'min–max (spread)',
-      'server µs/request',
-      'min–max (spread)',
-      'proxy + key server µs',
-      'origin µs',
-      'client µs (cores)',
-      'server-side cores',
-      'p50 / p99 ms',
-      'errors / timeouts / non-2xx',
-      'clean rounds',
-      'machine busy / others (cores)',
-    ],
-    rows,
-    ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  const table = columnTable(
+    summaries,
+    SERVER_COLUMNS,
+    [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']),
   );
   const cmpTable =
     comparisons.length === 0
