@@ -20,17 +20,19 @@
  *
  * Usage: node dist/bench/cert-reload.js [--quick] [options]   (--help)
  */
-import https from 'node:https';
-import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { type LabKey, agentGet, CertLab, connectOnce, sleep, writeAtomically } from '../lab/cert-lab.js';
-import type { IssuedLeaf } from '../lab/cert-factory.js';
-import { type HandshakeCounters, diffCounters, readHandshakeCounters } from '../lab/counters.js';
 import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { exitOnInterrupt, runBench } from '../harness/main.js';
+import { fmt, writeReport } from '../harness/report.js';
+import { sleep } from '../harness/rounds.js';
 import { median, round } from '../harness/stats.js';
-import type { SummaryRow } from '../harness/summary.js';
+import type { IssuedLeaf } from '../lab/cert-factory.js';
+import { CertLab, type LabKey, writeAtomically } from '../lab/cert-lab.js';
+import { diffCounters, type HandshakeCounters, readHandshakeCounters } from '../lab/counters.js';
+import { ReloadLoad, type Target } from './load.js';
+import { type Replacement, reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
 
 const TABLE = {
   quick: std.quick('4 replacements (one of each trigger at least); writes -cert-reload-quick'),
@@ -43,9 +45,6 @@ const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
-type Trigger = 'rename' | 'put' | 'sighup';
-const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
-
 /**
  * Replacement i (1-based): 2 and 7 of every 5 are PUT and SIGHUP, the rest
  * renames, so --quick's 4 covers every trigger and 20 give 12 / 4 / 4.
@@ -54,57 +53,9 @@ function triggerOf(i: number): Trigger {
   return i % 5 === 2 ? 'put' : i % 5 === 4 ? 'sighup' : 'rename';
 }
 
-interface Target {
-  readonly entry: string;
-  readonly serverName: string;
+interface Site extends Target {
   key: LabKey;
   serial: string;
-}
-
-interface Observation {
-  readonly serverName: string;
-  readonly serial: string;
-  /** When the handshake completed. */
-  readonly at: number;
-  /** Connect to handshake completed, ms. */
-  readonly handshakeMs: number;
-}
-
-interface Replacement {
-  readonly index: number;
-  readonly trigger: Trigger;
-  readonly certificate: string;
-  readonly fromKey: string;
-  readonly toKey: string;
-  readonly serial: string;
-  readonly oldSerial: string;
-  /** The write's reference instant (performance.now()): rename returned, PUT answered, SIGHUP sent. */
-  readonly writtenAt: number;
-  /** When the write began: as writtenAt, but the PUT's request sent. */
-  readonly startedAt: number;
-  /** PUT only: from sending the request to its answer. */
-  readonly putRoundTripMs?: number;
-  /** From writtenAt until a new connection (load or probe) first completed a handshake with the new serial. */
-  timeToServeMs?: number | undefined;
-  /** The same from startedAt (differs for PUT only). */
-  timeToServeFromStartMs?: number | undefined;
-  /** From writtenAt until the probe saw the new serial. */
-  readonly probeMs: number | undefined;
-  readonly probes: number;
-  readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
-  oldLastSeenMs?: number | undefined;
-}
-
-interface LoadCounters {
-  handshakes: number;
-  newConnectionRequests: number;
-  keepAliveRequests: number;
-  keepAliveReused: number;
-  probeHandshakes: number;
-  probeRequests: number;
-  failedHandshakes: number;
-  failedRequests: number;
-  readonly failures: { readonly at: string; readonly what: string; readonly error: string }[];
 }
 
 async function main(): Promise<number> {
@@ -126,8 +77,7 @@ async function main(): Promise<number> {
     ],
     say,
   );
-  process.on('exit', () => lab.cleanup(values['keep-temp']));
-  process.on('SIGINT', () => process.exit(130));
+  exitOnInterrupt(() => lab.cleanup(values['keep-temp']));
   const other = (key: LabKey): LabKey => lab.key(key.id === 'ec' ? 'rsa' : 'ec');
   try {
     const storeDir = join(lab.dir, 'store');
@@ -135,9 +85,9 @@ async function main(): Promise<number> {
     mkdirSync(storeDir, { recursive: true });
     mkdirSync(chainsDir, { recursive: true });
     const cfgChain = join(chainsDir, 'cfg.pem');
-    const issue = (target: Pick<Target, 'serverName'>, key: LabKey): IssuedLeaf => lab.ca.issue(key.spki, [target.serverName]);
-    const site: Target = { entry: 'site', serverName: 'site.reload.test', key: lab.key('ec'), serial: '' };
-    const cfg: Target = { entry: 'cfg', serverName: 'cfg.reload.test', key: lab.key('ec'), serial: '' };
+    const issue = (target: Target, key: LabKey): IssuedLeaf => lab.ca.issue(key.spki, [target.serverName]);
+    const site: Site = { entry: 'site', serverName: 'site.reload.test', key: lab.key('ec'), serial: '' };
+    const cfg: Site = { entry: 'cfg', serverName: 'cfg.reload.test', key: lab.key('ec'), serial: '' };
     for (const [target, file] of [
       [site, join(storeDir, 'site.pem')],
       [cfg, cfgChain],
@@ -159,63 +109,9 @@ async function main(): Promise<number> {
     say(
       `proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`,
     );
-    const ca = lab.ca.pem;
     const countersBefore = await readHandshakeCounters(proxy.adminPort);
 
-    const load: LoadCounters = {
-      handshakes: 0,
-      newConnectionRequests: 0,
-      keepAliveRequests: 0,
-      keepAliveReused: 0,
-      probeHandshakes: 0,
-      probeRequests: 0,
-      failedHandshakes: 0,
-      failedRequests: 0,
-      failures: [],
-    };
-    const observations: Observation[] = [];
-    const fail = (what: string, error: string): void => {
-      load.failures.push({ at: new Date().toISOString(), what, error });
-    };
-    let running = true;
-    const targets = [site, cfg];
-    const newConnections = async (loop: number): Promise<void> => {
-      for (let n = 0; running; n++) {
-        const target = targets[(loop + n) % targets.length]!;
-        const r = await connectOnce(proxy.port, target.serverName, ca, true);
-        if (r.serial !== undefined && r.handshakeAt !== undefined)
-          observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
-        if (r.failed === 'handshake') {
-          load.failedHandshakes++;
-          fail(`new connection ${target.serverName}: handshake`, r.error ?? '');
-          continue;
-        }
-        load.handshakes++;
-        if (r.ok) load.newConnectionRequests++;
-        else {
-          load.failedRequests++;
-          fail(`new connection ${target.serverName}: request`, r.error ?? '');
-        }
-      }
-    };
-    const agents: https.Agent[] = [];
-    const keepAlive = async (loop: number): Promise<void> => {
-      const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
-      agents.push(agent);
-      const target = targets[loop % targets.length]!;
-      while (running) {
-        const r = await agentGet(agent, proxy.port, target.serverName, ca);
-        if (r.ok) {
-          load.keepAliveRequests++;
-          if (r.reused) load.keepAliveReused++;
-        } else {
-          load.failedRequests++;
-          fail(`keep-alive ${target.serverName}`, r.error ?? '');
-        }
-      }
-    };
-    const loops = [...Array.from({ length: newLoops }, (_, i) => newConnections(i)), ...Array.from({ length: keepAliveLoops }, (_, i) => keepAlive(i))];
-    const loadStarted = performance.now();
+    const load = new ReloadLoad(proxy.port, lab.ca.pem, [site, cfg], newLoops, keepAliveLoops);
     await sleep(1000);
 
     const done: Replacement[] = [];
@@ -245,33 +141,7 @@ async function main(): Promise<number> {
         process.kill(proxy.process.pid, 'SIGHUP');
         writtenAt = startedAt = performance.now();
       }
-      // Probe: a new connection every probeMs (or back to back when one takes longer) until the new serial shows.
-      // Probes are whole requests (connect + GET + close) like the load's, so the server sees no aborted connection.
-      let probeSeenMs: number | undefined;
-      let probes = 0;
-      while (performance.now() - writtenAt < 15_000) {
-        const started = performance.now();
-        const r = await connectOnce(proxy.port, target.serverName, ca, true);
-        probes++;
-        if (r.serial !== undefined && r.handshakeAt !== undefined)
-          observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
-        if (r.failed === 'handshake') {
-          load.failedHandshakes++;
-          fail(`probe ${target.serverName}: handshake`, r.error ?? '');
-        } else {
-          load.probeHandshakes++;
-          if (r.ok) load.probeRequests++;
-          else {
-            load.failedRequests++;
-            fail(`probe ${target.serverName}: request`, r.error ?? '');
-          }
-          if (r.serial === leaf.serial) {
-            probeSeenMs = r.handshakeAt! - writtenAt;
-            break;
-          }
-        }
-        await sleep(Math.max(0, probeMs - (performance.now() - started)));
-      }
+      const { seenMs: probeSeenMs, probes } = await load.probe(target, leaf.serial, writtenAt, probeMs);
       target.key = toKey;
       target.serial = leaf.serial;
       // The primary's account of the reload: its "reload done" line with a change in it.
@@ -312,17 +182,14 @@ async function main(): Promise<number> {
       await sleep(pauseMs);
     }
     await sleep(500);
-    running = false;
-    await Promise.all(loops);
-    const loadSeconds = (performance.now() - loadStarted) / 1000;
-    for (const agent of agents) agent.destroy();
+    const loadSeconds = await load.stop();
     const countersAfter = await readHandshakeCounters(proxy.adminPort);
     const server: HandshakeCounters = diffCounters(countersBefore, countersAfter);
 
     // First new connection (load or probe) with the new serial; how long after the write one could still be handed the old certificate.
     for (const r of done) {
       const name = r.certificate === 'site' ? site.serverName : cfg.serverName;
-      const mine = observations.filter((o) => o.serverName === name);
+      const mine = load.observations.filter((o) => o.serverName === name);
       const firstNew = (from: number): number | undefined => {
         const seen = mine.filter((o) => o.serial === r.serial && o.at >= from).map((o) => o.at);
         return seen.length === 0 ? undefined : Math.min(...seen) - from;
@@ -343,130 +210,31 @@ async function main(): Promise<number> {
       return { trigger: t, count: ms.length, p50Ms: median(ms), maxMs: ms.length > 0 ? Math.max(...ms) : Number.NaN };
     });
     const notServed = done.filter((r) => r.timeToServeMs === undefined).length;
-    const failed = load.failedHandshakes + load.failedRequests + notServed;
+    const counts = load.counts;
+    const failed = counts.failedHandshakes + counts.failedRequests + notServed;
     const summary = {
       replacements: done.length,
       loadSeconds: round(loadSeconds, 1),
-      handshakes: load.handshakes + load.probeHandshakes,
-      loadHandshakes: load.handshakes,
-      probeHandshakes: load.probeHandshakes,
-      requests: load.newConnectionRequests + load.probeRequests + load.keepAliveRequests,
-      newConnectionRequests: load.newConnectionRequests + load.probeRequests,
-      keepAliveRequests: load.keepAliveRequests,
-      keepAliveReused: load.keepAliveReused,
-      failedHandshakes: load.failedHandshakes,
-      failedRequests: load.failedRequests,
+      handshakes: counts.handshakes + counts.probeHandshakes,
+      loadHandshakes: counts.handshakes,
+      probeHandshakes: counts.probeHandshakes,
+      requests: counts.newConnectionRequests + counts.probeRequests + counts.keepAliveRequests,
+      newConnectionRequests: counts.newConnectionRequests + counts.probeRequests,
+      keepAliveRequests: counts.keepAliveRequests,
+      keepAliveReused: counts.keepAliveReused,
+      failedHandshakes: counts.failedHandshakes,
+      failedRequests: counts.failedRequests,
       notServed,
       timeToServeP50Ms: round(median(served), 1),
-      handshakeP50Ms: round(median(observations.map((o) => o.handshakeMs)), 1),
+      handshakeP50Ms: round(median(load.observations.map((o) => o.handshakeMs)), 1),
       timeToServeMaxMs: round(served.length > 0 ? Math.max(...served) : Number.NaN, 1),
       byTrigger: byTrigger.map((t) => ({ ...t, p50Ms: round(t.p50Ms, 1), maxMs: round(t.maxMs, 1) })),
       server: { fullHandshakes: server.full, resumedHandshakes: server.resumed, failedHandshakes: server.failed, requests: server.requests },
     };
 
-    const rows = done.map((r) => [
-      String(r.index),
-      TRIGGER_TITLE[r.trigger],
-      r.certificate,
-      `${r.fromKey} → ${r.toKey}`,
-      r.timeToServeMs === undefined ? 'not served' : fmt(r.timeToServeMs, 1),
-      r.reload === undefined ? '?' : `${fmt(Number(r.reload.durationMs))} (${String(r.reload.trigger)})`,
-      r.probeMs === undefined ? '–' : fmt(r.probeMs, 1),
-      r.putRoundTripMs === undefined ? '' : `${fmt(r.putRoundTripMs, 1)} / ${r.timeToServeFromStartMs === undefined ? '–' : fmt(r.timeToServeFromStartMs, 1)}`,
-      r.oldLastSeenMs === undefined ? '–' : fmt(r.oldLastSeenMs, 1),
-      String(r.probes),
-    ]);
-    const markdown = [
-      `# cert-reload${quick ? ' (quick)' : ''}: ${done.length} certificate replacements under load, ${dateStamp()}`,
-      '',
-      `\`keyedge proxy\`, 2 workers, key server with an ECDSA P-256 and an RSA-2048 key (SoftHSM2), demo origin. ` +
-        `Load for ${fmt(loadSeconds, 1)} s: ${newLoops} loops of new connections (node:tls connect + GET + close) and ${keepAliveLoops} keep-alive loops (https.Agent, one connection each), over both certificates. ` +
-        `Time to serve: from the write (rename returned / PUT answered / SIGHUP sent) until a new connection (probed every ${probeMs} ms) first got the new serial.`,
-      '',
-      markdownTable(
-        ['Figure', 'Value'],
-        [
-          ['replacements (rename / PUT / SIGHUP)', `${done.length} (${byTrigger.map((t) => done.filter((r) => r.trigger === t.trigger).length).join(' / ')})`],
-          ['handshakes (load + probes)', `${fmt(summary.handshakes)} (${fmt(load.handshakes)} + ${fmt(load.probeHandshakes)})`],
-          [
-            'requests (new connections + keep-alive)',
-            `${fmt(summary.requests)} (${fmt(summary.newConnectionRequests)} + ${fmt(load.keepAliveRequests)}, ${fmt(load.keepAliveReused)} on a reused connection)`,
-          ],
-          ['failed handshakes', fmt(load.failedHandshakes)],
-          ['failed requests', fmt(load.failedRequests)],
-          ['replacements not served within 15 s', fmt(notServed)],
-          ['time to serve p50 / max, ms', `${fmt(summary.timeToServeP50Ms, 1)} / ${fmt(summary.timeToServeMaxMs, 1)}`],
-          ['new connection: connect → handshake done, p50 ms (part of every time to serve)', fmt(summary.handshakeP50Ms, 1)],
-          ...byTrigger.map((t) => [`… ${TRIGGER_TITLE[t.trigger]} (${t.count}) p50 / max, ms`, `${fmt(t.p50Ms, 1)} / ${fmt(t.maxMs, 1)}`]),
-          ['proxy counters: full handshakes / failed (server side)', `${fmt(server.full)} / ${fmt(server.failed)}`],
-        ],
-        ['left', 'right'],
-      ),
-      '',
-      markdownTable(
-        [
-          '#',
-          'trigger',
-          'entry',
-          'key change',
-          'time to serve ms',
-          'primary reload ms (trigger)',
-          'probe saw it ms',
-          'PUT round trip / serve from sent ms',
-          'old cert last seen ms',
-          'probes',
-        ],
-        rows,
-        ['right', 'left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right'],
-      ),
-      '',
-      '"time to serve": the first new connection, load or probe, whose handshake completed with the new certificate, counted from the write. "probe saw it": the same for the ~10 ms probe alone. ' +
-        '"PUT round trip / serve from sent": the PUT\'s answer time, and the time to serve counted from sending it (the answer comes once every worker serves the new certificate). ' +
-        '"primary reload ms": durationMs of the primary\'s "reload done" log line (from the trigger reaching the primary until every worker acknowledged the new state; a rename waits 150 ms of watch debounce before that). ' +
-        '"old cert last seen": the latest new connection, load or probe, that still completed its handshake with the previous certificate, counted from the write ("–": none after it).',
-      '',
-      `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
-      '',
-      `Command: \`${machine.commandLine}\``,
-      ...(load.failures.length === 0 ? [] : ['', '## Failures', '', ...load.failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),
-    ].join('\n');
-    const out = writeReport(
-      values.out,
-      quick ? 'cert-reload-quick' : 'cert-reload',
-      {
-        benchmark: 'cert-reload',
-        machine,
-        settings: { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 },
-        // The suite's one-row-per-scenario shape (harness/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
-        summary: byTrigger.map(
-          (t): SummaryRow => ({
-            bench: 'cert-reload',
-            scenario: t.trigger,
-            label: `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`,
-            unit: 'request',
-            rate: Number.NaN,
-            serverCpuUs: Number.NaN,
-            p50Ms: round(t.p50Ms, 1),
-            p99Ms: round(t.maxMs, 1),
-            clientSaturated: false,
-            errors: failed,
-            spreadPct: Number.NaN,
-            otherCores: Number.NaN,
-          }),
-        ),
-        figures: summary,
-        replacements: done.map(({ writtenAt: _w, startedAt: _s, ...r }) => ({
-          ...r,
-          timeToServeMs: roundOrUndefined(r.timeToServeMs),
-          timeToServeFromStartMs: roundOrUndefined(r.timeToServeFromStartMs),
-          probeMs: roundOrUndefined(r.probeMs),
-          putRoundTripMs: roundOrUndefined(r.putRoundTripMs),
-          oldLastSeenMs: roundOrUndefined(r.oldLastSeenMs),
-        })),
-        failures: load.failures,
-      },
-      markdown,
-    );
+    const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
+    const { markdown, json } = reloadReport({ quick, machine, settings, loadSeconds, done, byTrigger, counts, server, summary, failed });
+    const out = writeReport(values.out, quick ? 'cert-reload-quick' : 'cert-reload', json, markdown);
     process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
     await lab.stop();
     return failed > 0 ? 1 : 0;
@@ -475,16 +243,4 @@ async function main(): Promise<number> {
   }
 }
 
-function roundOrUndefined(value: number | undefined): number | undefined {
-  return value === undefined ? undefined : round(value, 2);
-}
-
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    process.stderr.write(`cert-reload: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runBench('cert-reload', main());

@@ -21,18 +21,32 @@
  *
  * Usage: node dist/bench/cert-scale/main.js [--quick] [--names N] [options]   (--help)
  */
-import { copyFileSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseCli, std } from '../harness/cli.js';
-import { CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, sleep, writeAtomically } from '../lab/cert-lab.js';
 import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
-import { procCpu, totalUs } from '../harness/proc-cpu.js';
+import { exitOnInterrupt, runBench } from '../harness/main.js';
+import { fmt, writeReport } from '../harness/report.js';
+import { sleep } from '../harness/rounds.js';
 import { median, round } from '../harness/stats.js';
-import { summaryRows, writeProfileReport, writeNotReadyReport } from './report.js';
-
-export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+import { CertLab } from '../lab/cert-lab.js';
+import { scaleMarkdown, summaryRows, writeNotReadyReport, writeProfileReport } from './report.js';
+import {
+  handshakeAll,
+  hostOf,
+  listingCost,
+  monotonicUs,
+  nameOf,
+  type ReloadFigure,
+  replaceOne,
+  rescan,
+  type Rss,
+  rssOf,
+  scaleConfig,
+  settle,
+  startupPhases,
+  workersRss,
+} from './steps.js';
 
 const TABLE = {
   quick: std.quick('1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass, 300 in the per-context measurement'),
@@ -66,166 +80,7 @@ const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
-export const DOMAIN = 'scale.test';
-/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (harness/cpuprofile.ts). */
-export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
-export const nameOf = (i: number): string => `n${i}`;
-export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
-
-export interface Rss {
-  readonly primaryMiB: number;
-  readonly workersMiB: readonly number[];
-}
-
-export function rssOf(proxy: RunningProxy): Rss {
-  const { primary, workers } = proxy.pids();
-  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
-}
-
-export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
-
-/**
- * What listing the store directory once costs on this filesystem: readdir and
- * a stat of every .pem, as any change detection by stat must do (median of 3,
- * this process's CPU and wall time).
- */
-export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
-  const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
-  for (let k = 0; k < 3; k++) {
-    const cpu = process.cpuUsage();
-    const wall = performance.now();
-    const files = readdirSync(dir).filter((f) => f.endsWith('.pem'));
-    for (const f of files) statSync(join(dir, f));
-    const used = process.cpuUsage(cpu);
-    runs.push({ cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length });
-  }
-  return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
-}
-
-/**
- * Waits until every worker of `proxy` used less than a tenth of a core over
- * one second (background work after start: OCSP tracking parses every leaf),
- * at most `maxMs`; resolves with the time waited and whether they settled.
- */
-export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
-  const started = performance.now();
-  const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
-  let before = cpu();
-  for (;;) {
-    await sleep(1000);
-    const after = cpu();
-    const busiest = Math.max(0, ...after.map((us, k) => (us - (before[k] ?? 0)) / 1e6));
-    const waitedMs = performance.now() - started;
-    if (busiest < 0.1 && after.length === before.length) return { waitedMs, settled: true };
-    if (waitedMs > maxMs) return { waitedMs, settled: false };
-    before = after;
-  }
-}
-
-/** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
-export async function handshakeAll(
-  port: number,
-  hosts: readonly string[],
-  ca: string,
-  concurrency: number,
-): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
-  let next = 0;
-  let ok = 0;
-  let failed = 0;
-  const errors: string[] = [];
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < hosts.length) {
-        const host = hosts[next++]!;
-        const r = await connectOnce(port, host, ca, true, 30_000);
-        if (r.ok) ok++;
-        else {
-          failed++;
-          if (errors.length < 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
-        }
-      }
-    }),
-  );
-  return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
-}
-
-/** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
-export async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const line = proxy.log
-      .read()
-      .slice(from)
-      .find((l) => l.msg === 'reload done');
-    if (line !== undefined || Date.now() > deadline) return line;
-    await sleep(20);
-  }
-}
-
-/** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
-export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
-  const lines = proxy.log.read();
-  const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
-  const primary = lines.find((l) => l.msg === 'proxy primary started');
-  return {
-    primaryStartedMs: primary === undefined ? undefined : at(primary),
-    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
-  };
-}
-
-export interface ReloadFigure {
-  readonly entry: string;
-  /** From the rename until a new connection got the new serial. */
-  readonly timeToServeMs: number | undefined;
-  readonly reloadDurationMs: number | undefined;
-  readonly reloadTrigger: unknown;
-  readonly probes: number;
-}
-
-/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
-export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
-  const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
-  const logFrom = proxy.log.read().length;
-  writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
-  const writtenAt = performance.now();
-  let timeToServeMs: number | undefined;
-  let probes = 0;
-  while (performance.now() - writtenAt < 60_000) {
-    const started = performance.now();
-    const r = await connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
-    probes++;
-    if (r.serial === leaf.serial && r.handshakeAt !== undefined) {
-      timeToServeMs = r.handshakeAt - writtenAt;
-      break;
-    }
-    await sleep(Math.max(0, 10 - (performance.now() - started)));
-  }
-  const line = await reloadDone(proxy, logFrom, 30_000);
-  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
-}
-
-/** POST /reload with nothing changed: the answer's durationMs and the round trip. */
-export async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
-  const started = performance.now();
-  const answer = await proxy.admin('POST', '/reload');
-  const roundTripMs = performance.now() - started;
-  if (answer.status !== 200) throw new Error(`POST /reload answered ${answer.status}: ${answer.text.slice(0, 300)}`);
-  const report = JSON.parse(answer.text) as { durationMs: number; changed: unknown[] };
-  return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
-}
-
-export function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
-  return {
-    ...base,
-    domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
-    tls: { contextCacheSize: cacheSize },
-    // The periodic rescan is pushed out of the run: every reload measured is the one the bench caused.
-    certStore: { dir: storeDir, rescanSeconds: 3600 },
-  };
-}
-
-export async function main(): Promise<number> {
+async function main(): Promise<number> {
   const values = parseCli('cert-scale/main.js', TABLE);
   if (values === undefined) return 0;
   const quick = values.quick;
@@ -245,8 +100,7 @@ export async function main(): Promise<number> {
   const say = (line: string): void => void process.stderr.write(`${line}\n`);
 
   const lab = await CertLab.start([{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' }], say);
-  process.on('exit', () => lab.cleanup(values['keep-temp']));
-  process.on('SIGINT', () => process.exit(130));
+  exitOnInterrupt(() => lab.cleanup(values['keep-temp']));
   try {
     const key = lab.key('ec');
     const ca = lab.ca.pem;
@@ -425,62 +279,30 @@ export async function main(): Promise<number> {
       },
     };
 
-    const markdown = [
-      `# cert-scale${quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
-      '',
-      `\`keyedge proxy\`, 2 workers, contextCacheSize ${cacheSize}; a store of ${fmt(names)} entries (one name each, n<i>.${DOMAIN}, all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(generateSeconds, 1)} s by the bench.`,
-      '',
-      markdownTable(
-        ['Figure', 'Value'],
-        [
-          ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
-          ['start-up: spawn → /readyz 200', `${fmt(readyMs)} ms`],
-          ['… primary validated every entry and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
-          ['… workers listening (state received over IPC, contexts built)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
-          ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
-          ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
-          ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
-          ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
-          [
-            `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
-            `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(summary.oneEntryReloadMedian.timeToServeMs)})`,
-          ],
-          [
-            '… primary "reload done" durationMs (after the 150 ms watch debounce)',
-            `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
-          ],
-          [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
-          [
-            `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
-            `${rssTrail} MiB`,
-          ],
-          ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
-          [
-            `memory per secure context (${fmt(contextHosts.length)} entries, cache ${contextHosts.length} vs 1): after start`,
-            `${fmt(perContextKiB.afterStart, 1)} KiB`,
-          ],
-          ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
-        ],
-        ['left', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
-        contextRuns.map((r) => [
-          `contextCacheSize ${r.cacheSize}`,
-          fmt(r.readyMs),
-          workersRss(r.afterStart),
-          workersRss(r.afterHandshakes),
-          fmt(r.ok),
-          fmt(r.failed),
-        ]),
-        ['left', 'right', 'right', 'right', 'right', 'right'],
-      ),
-      '',
-      `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
-      '',
-      `Command: \`${machine.commandLine}\``,
-    ].join('\n');
+    const markdown = scaleMarkdown({
+      quick,
+      names,
+      cacheSize,
+      generateSeconds,
+      listing,
+      readyMs,
+      phases,
+      rssAfterStart,
+      settled,
+      rssSettled,
+      replaced,
+      medianTimeToServeMs: summary.oneEntryReloadMedian.timeToServeMs,
+      rescans,
+      bounded,
+      boundedPasses,
+      rssTrail,
+      passes,
+      boundedFailed,
+      contextEntries: contextHosts.length,
+      perContextKiB,
+      contextRuns,
+      machine,
+    });
     const out = writeReport(
       values.out,
       `cert-scale${suffix}`,
@@ -500,12 +322,4 @@ export async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    process.stderr.write(`cert-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runBench('cert-scale', main());

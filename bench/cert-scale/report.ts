@@ -5,11 +5,11 @@ import { readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { LogLine } from '../lab/cert-lab.js';
 import { type FunctionCost, type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
-import type { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import type { describeMachine, MachineInfo } from '../harness/machine.js';
+import { dateStamp, fmt, machineLines, markdownTable, writeReport } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
-import type { SummaryRow } from '../harness/summary.js';
-import { REPO_ROOT, DOMAIN, type Rss, workersRss, type listingCost, type startupPhases, type ReloadFigure } from './main.js';
+import { durationRow, type SummaryRow } from '../harness/summary.js';
+import { DOMAIN, type listingCost, type ReloadFigure, REPO_ROOT, type Rss, type startupPhases, workersRss } from './steps.js';
 
 /** The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
 export function summaryRows(
@@ -20,20 +20,8 @@ export function summaryRows(
   },
   errors: number,
 ): SummaryRow[] {
-  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow => ({
-    bench: 'cert-scale',
-    scenario,
-    label,
-    unit: 'request',
-    rate: Number.NaN,
-    serverCpuUs: Number.NaN,
-    p50Ms: round(median(values), 1),
-    p99Ms: round(Math.max(...values), 1),
-    clientSaturated: false,
-    errors,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-  });
+  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow =>
+    durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), errors);
   return [
     row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
     row(
@@ -185,9 +173,7 @@ export function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyC
       ['left', 'right'],
     ),
     '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
-    '',
-    `Command: \`${machine.commandLine}\``,
+    ...machineLines(machine),
   ].join('\n');
   const out = writeReport(
     outDir,
@@ -195,21 +181,7 @@ export function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyC
     {
       benchmark: 'cert-scale',
       summary: [
-        {
-          bench: 'cert-scale',
-          scenario: 'startup',
-          label: 'start-up until /readyz 200',
-          unit: 'request',
-          rate: Number.NaN,
-          serverCpuUs: Number.NaN,
-          p50Ms: Number.NaN,
-          p99Ms: Number.NaN,
-          clientSaturated: false,
-          errors: 1,
-          spreadPct: Number.NaN,
-          otherCores: Number.NaN,
-          skipped: `not ready within ${notReady.readyTimeoutMs / 1000} s`,
-        } satisfies SummaryRow,
+        durationRow('cert-scale', 'startup', 'start-up until /readyz 200', Number.NaN, Number.NaN, 1, `not ready within ${notReady.readyTimeoutMs / 1000} s`),
       ],
       machine,
       names: ctx.names,
@@ -222,4 +194,108 @@ export function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyC
   );
   process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
   return 1;
+}
+
+export interface ScaleFigures {
+  readonly quick: boolean;
+  readonly names: number;
+  readonly cacheSize: number;
+  readonly generateSeconds: number;
+  readonly listing: ReturnType<typeof listingCost>;
+  readonly readyMs: number;
+  readonly phases: ReturnType<typeof startupPhases>;
+  readonly rssAfterStart: Rss;
+  readonly settled: { readonly waitedMs: number; readonly settled: boolean };
+  readonly rssSettled: Rss;
+  readonly replaced: readonly ReloadFigure[];
+  readonly medianTimeToServeMs: number;
+  readonly rescans: readonly { readonly durationMs: number }[];
+  readonly bounded: number;
+  readonly boundedPasses: number;
+  /** Worker RSS before and after each bounded pass. */
+  readonly rssTrail: string;
+  readonly passes: readonly { readonly ok: number; readonly seconds: number }[];
+  readonly boundedFailed: number;
+  readonly contextEntries: number;
+  readonly perContextKiB: { readonly afterStart: number; readonly afterHandshakes: number };
+  readonly contextRuns: readonly { cacheSize: number; readyMs: number; afterStart: Rss; afterHandshakes: Rss; ok: number; failed: number }[];
+  readonly machine: MachineInfo;
+}
+
+/** The Markdown of a full run. */
+export function scaleMarkdown({
+  quick,
+  names,
+  cacheSize,
+  generateSeconds,
+  listing,
+  readyMs,
+  phases,
+  rssAfterStart,
+  settled,
+  rssSettled,
+  replaced,
+  medianTimeToServeMs,
+  rescans,
+  bounded,
+  boundedPasses,
+  rssTrail,
+  passes,
+  boundedFailed,
+  contextEntries,
+  perContextKiB,
+  contextRuns,
+  machine,
+}: ScaleFigures): string {
+  return [
+    `# cert-scale${quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
+    '',
+    `\`keyedge proxy\`, 2 workers, contextCacheSize ${cacheSize}; a store of ${fmt(names)} entries (one name each, n<i>.${DOMAIN}, all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(generateSeconds, 1)} s by the bench.`,
+    '',
+    markdownTable(
+      ['Figure', 'Value'],
+      [
+        ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
+        ['start-up: spawn → /readyz 200', `${fmt(readyMs)} ms`],
+        ['… primary validated every entry and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
+        ['… workers listening (state received over IPC, contexts built)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+        ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
+        ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
+        ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
+        ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
+        [
+          `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
+          `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(medianTimeToServeMs)})`,
+        ],
+        [
+          '… primary "reload done" durationMs (after the 150 ms watch debounce)',
+          `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
+        ],
+        [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
+        [
+          `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
+          `${rssTrail} MiB`,
+        ],
+        ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
+        [`memory per secure context (${fmt(contextEntries)} entries, cache ${contextEntries} vs 1): after start`, `${fmt(perContextKiB.afterStart, 1)} KiB`],
+        ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
+      ],
+      ['left', 'right'],
+    ),
+    '',
+    markdownTable(
+      ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
+      contextRuns.map((r) => [
+        `contextCacheSize ${r.cacheSize}`,
+        fmt(r.readyMs),
+        workersRss(r.afterStart),
+        workersRss(r.afterHandshakes),
+        fmt(r.ok),
+        fmt(r.failed),
+      ]),
+      ['left', 'right', 'right', 'right', 'right', 'right'],
+    ),
+    '',
+    ...machineLines(machine),
+  ].join('\n');
 }

@@ -12,7 +12,7 @@
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { LatencyRecorder } from '../harness/stats.js';
+import { ClosedLoop, nowNs } from '../harness/loop.js';
 
 export type AlpnProtocol = 'h2' | 'http/1.1';
 
@@ -36,39 +36,21 @@ export function negotiates(options: Omit<AlpnLoadOptions, 'loops'>): Promise<str
   });
 }
 
-export class AlpnLoad {
-  completed = 0;
-  errors = 0;
-  firstError: string | undefined;
-  recording = false;
-  readonly latency = new LatencyRecorder();
-  #stopped = false;
-  #running = 0;
-  #drained: (() => void) | undefined;
+export class AlpnLoad extends ClosedLoop {
+  constructor(readonly options: AlpnLoadOptions) {
+    super();
+  }
 
-  constructor(readonly options: AlpnLoadOptions) {}
-
-  start(): void {
-    for (let i = 0; i < this.options.loops; i++) {
-      this.#running++;
-      this.#next();
-    }
+  protected begin(): void {
+    this.outstanding = this.options.loops;
+    for (let i = 0; i < this.options.loops; i++) this.#next();
   }
 
   #next(): void {
-    if (this.#stopped) {
-      if (--this.#running === 0) this.#drained?.();
-      return;
-    }
-    const started = process.hrtime.bigint();
+    if (this.stopped) return this.retire();
+    const started = nowNs();
     const done = (failed: string | undefined) => {
-      if (failed === undefined) {
-        this.completed++;
-        if (this.recording) this.latency.record(Number(process.hrtime.bigint() - started) / 1e3);
-      } else {
-        this.errors++;
-        this.firstError ??= failed;
-      }
+      this.done(started, failed);
       setImmediate(() => this.#next());
     };
     if (this.options.protocol === 'h2') this.#h2(done);
@@ -111,19 +93,6 @@ export class AlpnLoad {
       req.once('error', (err) => (failed ??= err.message));
       req.once('close', () => session.close());
       req.end();
-    });
-  }
-
-  stop(timeoutMs = 10_000): Promise<void> {
-    this.#stopped = true;
-    this.recording = false;
-    if (this.#running === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
-      this.#drained = () => {
-        clearTimeout(timer);
-        resolve();
-      };
     });
   }
 }

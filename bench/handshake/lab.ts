@@ -17,26 +17,20 @@
  * its workers together. Logs go to files in the temp dir, which `cleanup()`
  * removes.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import https from 'node:https';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import type { InMemoryConfig } from './inmemory.js';
 import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
 import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from '../lab/nginx.js';
 import { setAffinity } from '../harness/procs.js';
-import { freePort, httpGet, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { freePort, httpGet, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { LabBase, probe } from '../lab/base.js';
 import { LabPki } from '../lab/pki.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import type { FloorConfig } from './floor.js';
-
-export { freePort, httpGet, type ManagedProcess, spawnManaged } from '../harness/spawn.js';
-
-const _execFileAsync = promisify(execFile);
 
 export const INMEMORY_SCRIPT = fileURLToPath(new URL('./inmemory.js', import.meta.url));
 export const FLOOR_SCRIPT = fileURLToPath(new URL('./floor.js', import.meta.url));
@@ -110,39 +104,7 @@ export interface Endpoint {
   readonly admin: number;
 }
 
-/** One HTTPS GET through a server, checking the certificate against the lab CA and the answer (200, 1 KiB). */
-export function probe(port: number, serverName: string, caPem: string): Promise<{ status: number; bytes: number; protocol: string | null }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: '127.0.0.1',
-        port,
-        path: '/',
-        servername: serverName,
-        headers: { host: serverName },
-        ca: caPem,
-        agent: false,
-        minVersion: 'TLSv1.3',
-        timeout: 5000,
-      },
-      (res) => {
-        // Read while the socket is open (node must not touch a closed TLS socket's state).
-        const protocol = (res.socket as import('node:tls').TLSSocket).getProtocol();
-        let bytes = 0;
-        res.on('data', (chunk: Buffer) => (bytes += chunk.length));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, protocol }));
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('probe timed out')));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-export class HandshakeLab {
-  readonly keyserverLab: KeyserverLab;
-  readonly dir: string;
+export class HandshakeLab extends LabBase<SetupId> {
   readonly options: HandshakeLabOptions;
   readonly keyIds = new Map<string, string>();
   readonly caFile: string;
@@ -153,12 +115,7 @@ export class HandshakeLab {
   readonly nginxTools: NginxTools | undefined;
   /** Setups asked for that cannot run, with the reason (start() adds Node servers that fail to start on another major). */
   readonly skipped: Map<SetupId, string>;
-  keyserver: KeyserverProcess | undefined;
-  origin: ManagedProcess | undefined;
-  /** The Node servers (proxies, in-memory, floor), by set-up. */
-  readonly servers = new Map<SetupId, ManagedProcess>();
   nginx: NginxLab | undefined;
-  #cleaned = false;
 
   private constructor(
     keyserverLab: KeyserverLab,
@@ -167,9 +124,8 @@ export class HandshakeLab {
     nginxTools: NginxTools | undefined,
     skipped: Map<SetupId, string>,
   ) {
-    this.keyserverLab = keyserverLab;
+    super(keyserverLab, 'handshake');
     this.options = options;
-    this.dir = join(keyserverLab.dir, 'handshake');
     this.caFile = join(this.dir, 'ca.pem');
     this.ports = ports;
     this.nginxTools = nginxTools;
@@ -315,15 +271,8 @@ export class HandshakeLab {
   async start(log: (line: string) => void): Promise<void> {
     const cpus = this.options.serverCpus;
     // Independent servers start concurrently (start-up is most of a quick run); the proxies need the key server.
-    this.origin = spawnManaged(
-      'origin',
-      [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(this.ports.origin)],
-      join(this.dir, 'origin.log'),
-      cpus,
-      this.dir,
-    );
-    const origin = this.origin;
-    const originReady = waitFor('demo origin', () => tcpOpen(this.ports.origin), 15_000, origin);
+    const originReady = this.startDemoOrigin(this.ports.origin, cpus);
+    const origin = this.origin!;
     const startKeyserver = async () => {
       // Without nodeArgs: KeyserverLab starts it in this process's working directory, where --perf-basic-prof would
       // leave V8 log files. Always on this node: pkcs11js is built for its ABI.
@@ -403,28 +352,12 @@ export class HandshakeLab {
     );
   }
 
-  /** Graceful stop of everything started (reverse order). */
-  async stop(): Promise<void> {
-    await Promise.all([...[...this.servers.values()].map((p) => p.stop(15_000)), this.nginx?.stop()]);
-    await this.keyserver?.stop();
-    await this.origin?.stop();
+  protected override async stopOthers(): Promise<void> {
+    await this.nginx?.stop();
   }
 
-  /** SIGKILL to everything still running, remove the temp dir. Synchronous; safe twice. */
-  cleanup(keepTemp = false): void {
-    if (this.#cleaned) return;
-    this.#cleaned = true;
-    for (const p of [...this.servers.values(), this.origin]) p?.kill();
+  protected override killOthers(): void {
     this.nginx?.kill();
-    if (keepTemp) {
-      try {
-        this.keyserver?.child.kill('SIGKILL');
-      } catch {
-        // gone
-      }
-      return;
-    }
-    this.keyserverLab.cleanup();
   }
 }
 

@@ -15,25 +15,25 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { listOf, parseCli, pinning, std } from '../harness/cli.js';
+import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { quietBeforeRun } from '../harness/quiet.js';
-import { dateStamp, fmt, writeReport } from '../harness/report.js';
-import { runRounds, type RunContext } from '../harness/rounds.js';
+import { dateStamp, fmt } from '../harness/report.js';
+import { errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import type { RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
 import { abArgs, abVersion, ensureAb } from './ab.js';
 import { negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
 import { opensslSpeed, rawTokenRates } from './limits.js';
-import { type BenchScenario, CounterReader, type Env, runAb, runAlpn, runResumed, trackedGroups } from './measure.js';
+import { type BenchScenario, CounterReader, type Env, runScenario, trackedGroups } from './measure.js';
 import { markdownReport, type PerfRow, perfMarkdown, type ReportContext } from './report.js';
 import { allScenarios, KEY_NAME, KINDS, selectScenarios } from './scenarios.js';
-import { CONTENDED_CORES, hops, type Limits, SATURATED_CORES, summarize, summaryEntries, targets } from './summary.js';
+import { hops, type Limits, summarize, summaryEntries, targets } from './summary.js';
 
 const TABLE = {
   quick: std.quick('2 rounds of 0.5 s, 0.75 s warm-up, ECDSA only, no TLS 1.2 or ALPN kinds, no limits, nginx only when installed (< 60 s)'),
@@ -85,14 +85,8 @@ function parseOptions(argv: string[]) {
   if (scenarios.length === 0) throw new Error('no scenario left after --scenarios, --keys and --setups');
   const pins = pinning(v);
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
+    ...timing(v, [1000, 250], [300, 100]),
     nginxWarmupMs: quick ? 300 : 1000,
-    rampMs: quick ? 250 : 1000,
-    settleMs: quick ? 100 : 300,
     concurrency: v.concurrency,
     resumeLoops: v['resume-loops'],
     // One worker per core the servers may use, as the product defaults to: two workers on one core cost more per
@@ -107,15 +101,12 @@ function parseOptions(argv: string[]) {
     keyserverCpus: v['keyserver-cpus'],
     logLevel: v['log-level'],
     profile: v.profile as 'intermediate' | 'modern',
-    quietBudgetMs: v['quiet-wait'] * 1000,
     perfDir: v.perf === undefined ? undefined : resolve(v.perf),
     perfHz: v['perf-hz'],
     keepTemp: v['keep-temp'],
   };
 }
 
-// ---------------------------------------------------------------------------
-// Main
 async function measureLimits(lab: HandshakeLab, options: Options, log: (line: string) => void, signal: AbortSignal): Promise<Limits> {
   const cpus = options.serverCpus;
   let openssl: Limits['openssl'];
@@ -146,7 +137,7 @@ async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   if (options === undefined) return 0;
   const started = Date.now();
-  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  const log = stampedLog(started);
   if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
   const machine = describeMachine();
   const ab = abVersion();
@@ -204,8 +195,7 @@ async function main(): Promise<number> {
           const duration = context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(durationMs, options.nginxWarmupMs) : durationMs;
           const perfFile =
             options.perfDir !== undefined && context.phase === 'measure' ? join(options.perfDir, `${spec.id.replaceAll('/', '_')}.perf.data`) : undefined;
-          const run = spec.kind === 'resumed-tls13' ? runResumed : spec.kind.startsWith('alpn-') ? runAlpn : runAb;
-          return run(env, spec, duration, context, perfFile);
+          return runScenario(env, spec, duration, context, perfFile);
         },
       }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
@@ -213,23 +203,16 @@ async function main(): Promise<number> {
     const limits: Limits =
       options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
 
-    const ownPids = () =>
-      trackedGroups(running, undefined)
-        .flatMap((g) => g.roots())
-        .filter((p) => p > 0)
-        .flatMap((p) => processTree(p));
-    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
+    const ownPids = trackedGroups(running, undefined)
+      .flatMap((g) => g.roots())
+      .filter((p) => p > 0)
+      .flatMap((p) => processTree(p));
     log(
       `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
     );
-    const { order, results } = await runRounds(scenarios, {
+    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
       rounds: profiling ? 1 : options.rounds,
-      warmupMs: options.warmupMs,
-      measureMs: options.measureMs,
-      settleMs: options.settleMs,
-      signal: signal,
-      beforeRun: quiet.beforeRun,
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
@@ -241,15 +224,14 @@ async function main(): Promise<number> {
             ? ` ERRORS client ${abErr + result.run.clientErrors} TLS failed ${w.server.failed}${result.run.clientFirstError ? ` (${result.run.clientFirstError})` : ''}`
             : '';
         log(
-          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(32)} ${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}` +
+          `${roundTag(context)}${scenario.padEnd(32)} ${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}` +
             `  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`,
         );
       },
     });
 
     const date = dateStamp();
-    const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
-    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], serverCpuCount, options.workers));
+    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers));
     const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
     const ctx: ReportContext = {
       machine,
@@ -292,7 +274,7 @@ async function main(): Promise<number> {
         });
       }
       const md = perfMarkdown(rows, machine, options, date);
-      const written = writeReport(
+      publish(
         options.out,
         'handshake-perf',
         {
@@ -306,9 +288,9 @@ async function main(): Promise<number> {
         },
         md,
         date,
+        log,
       );
-      process.stdout.write(`${md}\n`);
-      log(`wrote ${written.jsonPath} and ${written.markdownPath}; perf data in ${perfDir} (perf report -i FILE)`);
+      log(`perf data in ${perfDir} (perf report -i FILE)`);
       return 0;
     }
 
@@ -336,18 +318,7 @@ async function main(): Promise<number> {
         logLevel: options.logLevel,
         tlsProfile: options.profile,
       },
-      method: {
-        rounds: options.rounds,
-        measureMs: options.measureMs,
-        warmupMs: options.warmupMs,
-        nginxWarmupMs: options.nginxWarmupMs,
-        rampMs: options.rampMs,
-        settleMs: options.settleMs,
-        order,
-        contendedCores: CONTENDED_CORES,
-        saturatedCores: SATURATED_CORES,
-        quietWait: quiet.record(),
-      },
+      method: methodJson(options, order, quietWait, { nginxWarmupMs: options.nginxWarmupMs }),
       limits,
       keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),
       nodeVersions: Object.fromEntries(nodeVersions),
@@ -363,25 +334,21 @@ async function main(): Promise<number> {
       scenarios: summaries.map((s) => ({ ...s, key: s.key.id })),
       durationSeconds: (Date.now() - started) / 1000,
     };
-    const written = writeReport(options.out, options.quick ? 'handshake-quick' : 'handshake', json, markdown, date);
-    process.stdout.write(`${markdown}\n`);
-    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
-    const errors = summaries.reduce((n, s) => n + s.totalErrors, 0);
+    publish(options.out, options.quick ? 'handshake-quick' : 'handshake', json, markdown, date, log);
     const badSigns = summaries.filter((s) => s.signCheck !== undefined && !s.signCheck.ok);
     if (badSigns.length > 0) log(`sign count does not match handshakes for ${badSigns.map((s) => s.id).join(', ')}: see the JSON`);
-    if (errors > 0) {
-      log(`${errors} requests or handshakes failed during measurement: the figures are suspect`);
-      return 1;
-    }
-    return badSigns.length > 0 ? 1 : 0;
+    const status = errorStatus(
+      summaries.reduce((n, s) => n + s.totalErrors, 0),
+      'requests or handshakes',
+      log,
+    );
+    return status === 0 && badSigns.length > 0 ? 1 : status;
   } finally {
     if (lab !== undefined) {
       // V8's /tmp/perf-<pid>.map files (--perf-basic-prof) of every Node server process.
       const pids = [...lab.servers.values()].flatMap((p) => processTree(p.pid)).concat(lab.keyserver?.pid ?? []);
-      await lab.stop().catch(() => undefined);
+      await lab.close(options.keepTemp, log);
       if (options.perfDir !== undefined) removePerfMaps(pids);
-      if (options.keepTemp) log(`kept ${lab.dir}`);
-      lab.cleanup(options.keepTemp);
     }
   }
 }

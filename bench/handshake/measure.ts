@@ -13,6 +13,7 @@ import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyser
 import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad } from './alpn.js';
+import type { ClosedLoop } from '../harness/loop.js';
 import { baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { ResumeLoad } from './resume.js';
@@ -230,14 +231,37 @@ function startPerf(env: Env, spec: ScenarioSpec, durationMs: number, perfFile: s
   return perfRecord([...processes.keys()], perfFile, durationMs / 1000, env.options.perfHz);
 }
 
-/** Full handshakes with ab: start ab, ramp, window, SIGINT, wait for the server to go idle. */
-export async function runAb(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+/** Counts of an in-process client at one instant (the resuming and ALPN clients). */
+interface ClientCounts {
+  readonly completed: number;
+  readonly offered: number;
+  readonly resumed: number;
+  readonly notResumed: number;
+}
+
+/** What differs between the kinds' clients; `runScenario` does the rest the same way for all. */
+interface ScenarioClient {
+  /** ab's pid (its CPU is read from /proc); undefined: the client runs in this process (its CPU is the bench's). */
+  readonly pid: number | undefined;
+  /** In-process clients: their counts and latency recorder. */
+  readonly load: (ClosedLoop & Partial<Record<'offered' | 'resumed' | 'offeredNotResumed', number>>) | undefined;
+  /** Throws when the client ended before the window closed (ab). */
+  check(): Promise<void>;
+  /** Stops the client; ab's report. */
+  stop(): Promise<AbResult | undefined>;
+}
+
+function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext): ScenarioClient {
   const { options, lab } = env;
-  const endpoint = lab.ports.endpoints[spec.setup]!;
-  const signs0 = await keyserverSignsNow(env, spec);
-  const run0 = await env.counters.read(spec.setup);
+  const port = lab.ports.endpoints[spec.setup]!.port;
+  const target = { port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops };
+  if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
+    const load = spec.kind === 'resumed-tls13' ? new ResumeLoad(target) : new AlpnLoad({ ...target, protocol: spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1' });
+    load.start();
+    return { pid: undefined, load, check: async () => undefined, stop: async () => void (await load.stop()) };
+  }
   const ab = startAb({
-    port: endpoint.port,
+    port,
     host: spec.key.serverName,
     concurrency: options.concurrency,
     maxSeconds: (options.rampMs + durationMs) / 1000 + 30,
@@ -245,137 +269,104 @@ export async function runAb(env: Env, spec: ScenarioSpec, durationMs: number, co
     cpus: options.clientCpus,
     protocol: spec.kind === 'full-tls12' ? 'TLS1.2' : 'TLS1.3',
   });
+  return {
+    pid: ab.pid,
+    load: undefined,
+    async check() {
+      if (!ab.exited()) return;
+      const r = await ab.done;
+      throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
+    },
+    stop: () => {
+      ab.stop();
+      return ab.done;
+    },
+  };
+}
+
+const countsOf = (load: ScenarioClient['load']): ClientCounts => ({
+  completed: load?.completed ?? 0,
+  offered: load?.offered ?? 0,
+  resumed: load?.resumed ?? 0,
+  notResumed: load?.offeredNotResumed ?? 0,
+});
+
+/**
+ * One run: start the kind's client (ab: full handshakes, stopped with SIGINT; the resuming client; the ALPN client),
+ * ramp up, read counters and CPU around the window, stop the client, wait for the server to go idle. Handshakes in the
+ * window: full ones the server counted for ab, connections the client completed for the others. ALPN kinds do not read
+ * the key server's signs.
+ */
+export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+  const { options, lab } = env;
+  const withSigns = !spec.kind.startsWith('alpn-');
+  const signsNow = () => (withSigns ? keyserverSignsNow(env, spec) : Promise.resolve(undefined));
+  const signs0 = await signsNow();
+  const run0 = await env.counters.read(spec.setup);
+  const client = startClient(env, spec, durationMs, context);
+  const { load } = client;
   let window: WindowFigures | undefined;
+  let ab: AbResult | undefined;
   try {
     await sleep(options.rampMs, context.signal);
-    const tracked = trackedGroups(lab, ab.pid);
-    const sA = await keyserverSignsNow(env, spec);
+    const tracked = trackedGroups(lab, client.pid);
+    const sA = await signsNow();
     const cA = await env.counters.read(spec.setup);
+    const l0 = countsOf(load);
+    load?.latency.reset();
+    if (load !== undefined) load.recording = true;
     const uA = snapshot(tracked);
     const recording = startPerf(env, spec, durationMs, perfFile);
     await sleep(durationMs, context.signal);
     await recording?.done;
-    const cB = await env.counters.read(spec.setup);
+    // ab: the server's counters first, then the CPU; an in-process client: the CPU first, then its counts.
+    const cB0 = load === undefined ? await env.counters.read(spec.setup) : undefined;
     const uB = snapshot(tracked);
-    const sB = await keyserverSignsNow(env, spec);
-    if (ab.exited()) {
-      const r = await ab.done;
-      throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
-    }
+    if (load !== undefined) load.recording = false;
+    const l1 = countsOf(load);
+    const cB = cB0 ?? (await env.counters.read(spec.setup));
+    const sB = await signsNow();
+    await client.check();
     const c = diffCounters(cA, cB);
     const ks = signsBetween(sA, sB);
+    const latency = load?.latency.summary();
+    const completed = l1.completed - l0.completed;
+    const figures = windowFigures(
+      spec,
+      usageBetween(uA, uB),
+      c,
+      load === undefined ? c.full : completed,
+      ks === undefined ? undefined : sumValues(ks),
+      load !== undefined,
+    );
     window = {
-      ...windowFigures(spec, usageBetween(uA, uB), c, c.full, ks === undefined ? undefined : sumValues(ks), false),
-      resume: undefined,
-      alpn: undefined,
+      ...figures,
+      resume:
+        spec.kind === 'resumed-tls13' && latency !== undefined
+          ? {
+              offered: l1.offered - l0.offered,
+              resumed: l1.resumed - l0.resumed,
+              offeredNotResumed: l1.notResumed - l0.notResumed,
+              resumedPct: (100 * (l1.resumed - l0.resumed)) / Math.max(1, completed),
+              p50Us: latency.p50Us,
+              p99Us: latency.p99Us,
+            }
+          : undefined,
+      alpn: spec.kind.startsWith('alpn-') && latency !== undefined ? { p50Us: latency.p50Us, p99Us: latency.p99Us } : undefined,
     };
   } finally {
-    ab.stop();
+    ab = await client.stop();
   }
-  const abResult = await ab.done;
   // Connections ab abandoned on SIGINT fail on the server side now: wait until the counters stop moving.
   const end = await settledCounters(env, spec);
   return {
     window,
     run: {
-      ab: abResult,
-      clientErrors: 0,
-      clientFirstError: undefined,
+      ab,
+      clientErrors: load?.errors ?? 0,
+      clientFirstError: load?.firstError,
       counters: diffCounters(run0, end.counters),
-      keyserverSigns: signsBetween(signs0, end.signs),
+      keyserverSigns: withSigns ? signsBetween(signs0, end.signs) : undefined,
     },
-  };
-}
-
-/** Resumed handshakes: the resuming client in this process; its first connections (full) fall in the ramp-up. */
-export async function runResumed(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
-  const { options, lab } = env;
-  const signs0 = await keyserverSignsNow(env, spec);
-  const run0 = await env.counters.read(spec.setup);
-  const load = new ResumeLoad({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops });
-  load.start();
-  let window: WindowFigures | undefined;
-  try {
-    await sleep(options.rampMs, context.signal);
-    const tracked = trackedGroups(lab, undefined);
-    const sA = await keyserverSignsNow(env, spec);
-    const cA = await env.counters.read(spec.setup);
-    const l0 = { completed: load.completed, offered: load.offered, resumed: load.resumed, notResumed: load.offeredNotResumed };
-    load.latency.reset();
-    load.recording = true;
-    const uA = snapshot(tracked);
-    const recording = startPerf(env, spec, durationMs, perfFile);
-    await sleep(durationMs, context.signal);
-    await recording?.done;
-    const uB = snapshot(tracked);
-    load.recording = false;
-    const l1 = { completed: load.completed, offered: load.offered, resumed: load.resumed, notResumed: load.offeredNotResumed };
-    const cB = await env.counters.read(spec.setup);
-    const sB = await keyserverSignsNow(env, spec);
-    const ks = signsBetween(sA, sB);
-    const latency = load.latency.summary();
-    window = {
-      ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), l1.completed - l0.completed, ks === undefined ? undefined : sumValues(ks), true),
-      resume: {
-        offered: l1.offered - l0.offered,
-        resumed: l1.resumed - l0.resumed,
-        offeredNotResumed: l1.notResumed - l0.notResumed,
-        resumedPct: (100 * (l1.resumed - l0.resumed)) / Math.max(1, l1.completed - l0.completed),
-        p50Us: latency.p50Us,
-        p99Us: latency.p99Us,
-      },
-      alpn: undefined,
-    };
-  } finally {
-    await load.stop();
-  }
-  const end = await settledCounters(env, spec);
-  return {
-    window,
-    run: {
-      ab: undefined,
-      clientErrors: load.errors,
-      clientFirstError: load.firstError,
-      counters: diffCounters(run0, end.counters),
-      keyserverSigns: signsBetween(signs0, end.signs),
-    },
-  };
-}
-
-/** ALPN kinds: the ALPN client in this process, new connection and full handshake each, h2 or http/1.1. */
-export async function runAlpn(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
-  const { options, lab } = env;
-  const run0 = await env.counters.read(spec.setup);
-  const protocol = spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1';
-  const load = new AlpnLoad({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops, protocol });
-  load.start();
-  let window: WindowFigures | undefined;
-  try {
-    await sleep(options.rampMs, context.signal);
-    const tracked = trackedGroups(lab, undefined);
-    const cA = await env.counters.read(spec.setup);
-    const n0 = load.completed;
-    load.latency.reset();
-    load.recording = true;
-    const uA = snapshot(tracked);
-    const recording = startPerf(env, spec, durationMs, perfFile);
-    await sleep(durationMs, context.signal);
-    await recording?.done;
-    const uB = snapshot(tracked);
-    load.recording = false;
-    const cB = await env.counters.read(spec.setup);
-    const latency = load.latency.summary();
-    window = {
-      ...windowFigures(spec, usageBetween(uA, uB), diffCounters(cA, cB), load.completed - n0, undefined, true),
-      resume: undefined,
-      alpn: { p50Us: latency.p50Us, p99Us: latency.p99Us },
-    };
-  } finally {
-    await load.stop();
-  }
-  const end = await settledCounters(env, spec);
-  return {
-    window,
-    run: { ab: undefined, clientErrors: load.errors, clientFirstError: load.firstError, counters: diffCounters(run0, end.counters), keyserverSigns: undefined },
   };
 }

@@ -4,12 +4,13 @@
  * the keyless hop, what one core signs; and the --perf run's profile tables.
  */
 import type { MachineInfo } from '../harness/machine.js';
-import { fmt, markdownTable } from '../harness/report.js';
-import { median, type Spread } from '../harness/stats.js';
+import { type Column, columnTable, fmt, markdownTable, rangeText } from '../harness/report.js';
+import { median } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
-import { CONTENDED_CORES, type HopRow, type Limits, type ScenarioSummary, type TargetRow } from './summary.js';
+import { CONTENDED_CORES } from '../harness/bench.js';
+import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
 
 const SETUP_TITLE: Record<BaseSetup, string> = {
@@ -35,10 +36,6 @@ const KIND_TITLE: Record<Kind, string> = {
   'alpn-h1': 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
 };
 
-function rangeText(s: Spread, decimals = 0): string {
-  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-}
-
 export interface ReportContext {
   readonly machine: MachineInfo;
   readonly options: Options;
@@ -53,52 +50,38 @@ export interface ReportContext {
   readonly nodeVersions: ReadonlyMap<number, string>;
 }
 
-function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
-  const rows = summaries
-    .filter((s) => s.kind === kind)
-    .map((s) => [
-      s.key.title,
-      setupTitle(s.setup),
-      s.processes,
-      `${s.clientSaturated ? '≥ ' : ''}${fmt(s.handshakesPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
-      rangeText(s.handshakesPerSecond),
-      `**${fmt(s.serverUs.median)}**`,
-      rangeText(s.serverUs),
-      s.keyUs === undefined ? `${fmt(s.frontUs)}` : `${fmt(s.frontUs)} + ${fmt(s.keyUs)}`,
-      fmt(s.originUs),
-      `${fmt(s.clientUs)} (${fmt(s.clientCores, 2)})`,
-      `${fmt(s.serverSideCores, 2)}`,
-      `${fmt(s.p50Us / 1000, 1)} / ${fmt(s.p99Us / 1000, 1)}`,
-      String(s.totalErrors),
+const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
+  ['Key', 'left', (s) => s.key.title],
+  ['Set-up', 'left', (s) => setupTitle(s.setup)],
+  ['processes', 'left', (s) => s.processes],
+  ['handshakes/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.handshakesPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.handshakesPerSecond)],
+  ['server µs/hs', 'right', (s) => `**${fmt(s.serverUs.median)}**`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.serverUs)],
+  ['front + key holder µs', 'right', (s) => (s.keyUs === undefined ? `${fmt(s.frontUs)}` : `${fmt(s.frontUs)} + ${fmt(s.keyUs)}`)],
+  ['origin µs', 'right', (s) => fmt(s.originUs)],
+  ['client µs (cores)', 'right', (s) => `${fmt(s.clientUs)} (${fmt(s.clientCores, 2)})`],
+  ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}`],
+  ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Us / 1000, 1)} / ${fmt(s.p99Us / 1000, 1)}`],
+  ['errors', 'right', (s) => String(s.totalErrors)],
+  [
+    'check',
+    'left',
+    (s) =>
       s.signCheck !== undefined
         ? `signs/hs ${fmt(s.signCheck.ratio, 3)}${s.signCheck.ok ? '' : ' ✗'}`
         : s.resumeCheck !== undefined
           ? `resumed ${fmt(s.resumeCheck.resumedPct, 1)}% (${fmt(s.resumeCheck.resumed)}/${fmt(s.resumeCheck.completed)})${s.resumeCheck.keyserverSigns === undefined ? '' : `, signs ${s.resumeCheck.keyserverSigns}`}${s.resumeCheck.ok ? '' : ' ✗'}`
           : '–',
-      `${s.cleanRounds}/${s.perRound.length}`,
-      `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
-    ]);
-  return markdownTable(
-    [
-      'Key',
-      'Set-up',
-      'processes',
-      'handshakes/s',
-      'min–max (spread)',
-      'server µs/hs',
-      'min–max (spread)',
-      'front + key holder µs',
-      'origin µs',
-      'client µs (cores)',
-      'server-side cores',
-      'p50 / p99 ms',
-      'errors',
-      'check',
-      'clean rounds',
-      'busy / others (cores)',
-    ],
-    rows,
-    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'left', 'right', 'right'],
+  ],
+  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+  ['busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+];
+
+function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
+  return columnTable(
+    summaries.filter((s) => s.kind === kind),
+    SCENARIO_COLUMNS,
   );
 }
 

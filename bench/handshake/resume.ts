@@ -22,7 +22,7 @@
  * once (resolves when no connection is left).
  */
 import tls from 'node:tls';
-import { LatencyRecorder } from '../harness/stats.js';
+import { ClosedLoop, nowNs } from '../harness/loop.js';
 
 export interface ResumeLoadOptions {
   readonly port: number;
@@ -31,41 +31,26 @@ export interface ResumeLoadOptions {
   readonly loops: number;
 }
 
-export class ResumeLoad {
-  readonly options: ResumeLoadOptions;
-  completed = 0;
+export class ResumeLoad extends ClosedLoop {
   offered = 0;
   resumed = 0;
   /** Connections that offered a ticket and got a full handshake anyway. */
   offeredNotResumed = 0;
-  errors = 0;
-  firstError: string | undefined;
-  recording = false;
-  readonly latency = new LatencyRecorder();
-  #stopped = false;
-  #running = 0;
-  #drained: (() => void) | undefined;
   readonly #request: Buffer;
 
-  constructor(options: ResumeLoadOptions) {
-    this.options = options;
+  constructor(readonly options: ResumeLoadOptions) {
+    super();
     this.#request = Buffer.from(`GET / HTTP/1.1\r\nHost: ${options.serverName}\r\nConnection: close\r\n\r\n`);
   }
 
-  start(): void {
-    for (let i = 0; i < this.options.loops; i++) {
-      this.#running++;
-      this.#connect(undefined);
-    }
+  protected begin(): void {
+    this.outstanding = this.options.loops;
+    for (let i = 0; i < this.options.loops; i++) this.#connect(undefined);
   }
 
   #connect(session: Buffer | undefined): void {
-    if (this.#stopped) {
-      this.#running--;
-      if (this.#running === 0) this.#drained?.();
-      return;
-    }
-    const started = process.hrtime.bigint();
+    if (this.stopped) return this.retire();
+    const started = nowNs();
     let newest: Buffer | undefined;
     let head = '';
     let bytes = 0;
@@ -92,36 +77,16 @@ export class ResumeLoad {
     socket.once('error', (err) => (failed ??= err.message));
     socket.once('close', () => {
       if (failed === undefined && !head.startsWith('HTTP/1.1 200')) failed = `answer ${JSON.stringify(head.slice(0, 12))} (${bytes} bytes)`;
-      if (failed === undefined) {
-        // Counted with the connection's completion, so in any window resumed ≤ offered ≤ completed.
-        this.completed++;
-        if (session !== undefined) {
-          this.offered++;
-          if (reused) this.resumed++;
-          else this.offeredNotResumed++;
-        }
-        if (this.recording) this.latency.record(Number(process.hrtime.bigint() - started) / 1e3);
-      } else {
-        this.errors++;
-        this.firstError ??= failed;
+      // Counted with the connection's completion, so in any window resumed ≤ offered ≤ completed.
+      if (failed === undefined && session !== undefined) {
+        this.offered++;
+        if (reused) this.resumed++;
+        else this.offeredNotResumed++;
       }
+      this.done(started, failed);
       // Each ticket is offered once: the next connection offers the one this connection received, or none (a server
       // that sends no ticket on a resumed connection costs the next visit a full handshake). A failure starts over.
       setImmediate(() => this.#connect(failed === undefined ? newest : undefined));
-    });
-  }
-
-  /** Stops starting connections; resolves when the last one has closed (or after `timeoutMs`). */
-  stop(timeoutMs = 10_000): Promise<void> {
-    this.#stopped = true;
-    this.recording = false;
-    if (this.#running === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
-      this.#drained = () => {
-        clearTimeout(timer);
-        resolve();
-      };
     });
   }
 }

@@ -5,6 +5,7 @@
  * targets as ratios per Node major, the keyless hop, and the `summary` rows
  * the suite, its chart and comparison read.
  */
+import { cleanRounds, SATURATED_CORES, skippedRow } from '../harness/bench.js';
 import { fmt } from '../harness/report.js';
 import { median, round, spread, type Spread } from '../harness/stats.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
@@ -15,10 +16,6 @@ import type { OpensslSpeed, RawTokenRate } from './limits.js';
 import { setupTitle } from './report.js';
 import type { Kind, ScenarioSpec } from './scenarios.js';
 
-/** A window during which other processes used more than this many cores counts as contended. */
-export const CONTENDED_CORES = 0.25;
-/** A process using at least this share of a core during a window counts as saturated. */
-export const SATURATED_CORES = 0.9;
 /** The targets (issue 12; issue 13 for h2). */
 const TARGETS = {
   /** CPU per full keyless handshake ÷ nginx + p11-kit's. */
@@ -106,9 +103,7 @@ const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa:
 
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number): ScenarioSummary {
   const { spec } = scenario;
-  const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.window.otherCores <= CONTENDED_CORES);
-  const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
-  const rs = used.map(({ r }) => r);
+  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
   const w = (f: (r: WindowFigures) => number) => median(rs.map((r) => f(r.window)));
   let signCheck: ScenarioSummary['signCheck'];
   if (isKeyless(spec.setup) && (spec.kind === 'full-tls13' || spec.kind === 'full-tls12')) {
@@ -182,8 +177,8 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     p99Us: median(rs.map((r) => r.run.ab?.p99Us ?? r.window.resume?.p99Us ?? r.window.alpn?.p99Us ?? Number.NaN)),
     machineBusyCores: w((x) => x.machineBusyCores),
     otherCores: w((x) => x.otherCores),
-    cleanRounds: clean.length,
-    usedRounds: used.map(({ i }) => i),
+    cleanRounds: clean,
+    usedRounds,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
     signCheck,
@@ -323,17 +318,14 @@ export function summaryEntries(
   }));
   const notRun = requested
     .filter((spec) => skipReason(spec) !== undefined)
-    .map((spec) => ({
-      scenario: spec.id,
-      label: `${KIND_LABEL[spec.kind]}, ${setupTitle(spec.setup)}, ${spec.key.title}`,
-      handshakesPerSecond: Number.NaN,
-      serverCpuUsPerHandshake: Number.NaN,
-      p50Ms: Number.NaN,
-      p99Ms: Number.NaN,
-      clientSaturated: false,
-      errors: 0,
-      spreadPct: Number.NaN,
-      skipped: skipReason(spec)!,
-    }));
+    .map((spec) =>
+      skippedRow(
+        spec.id,
+        `${KIND_LABEL[spec.kind]}, ${setupTitle(spec.setup)}, ${spec.key.title}`,
+        skipReason(spec)!,
+        'handshakesPerSecond',
+        'serverCpuUsPerHandshake',
+      ),
+    );
   return [...ran, ...notRun];
 }

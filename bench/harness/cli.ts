@@ -166,3 +166,29 @@ export function pinning(values: { readonly pin: string; readonly 'server-cpus': 
     serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length,
   };
 }
+
+/** The measuring benches' shared options in milliseconds (harness/bench.ts MeasureTiming); ramp-up and settle: [full, quick]. */
+export function timing(
+  v: {
+    readonly quick: boolean;
+    readonly out: string;
+    readonly rounds: number;
+    readonly measure: number;
+    readonly warmup: number;
+    readonly 'quiet-wait': number;
+  },
+  rampMs: readonly [number, number],
+  settleMs: readonly [number, number],
+) {
+  return {
+    quick: v.quick,
+    out: v.out,
+    rounds: v.rounds,
+    measureMs: v.measure * 1000,
+    warmupMs: v.warmup * 1000,
+    rampMs: v.quick ? rampMs[1] : rampMs[0],
+    settleMs: v.quick ? settleMs[1] : settleMs[0],
+    /** Total time the run may wait for other load to go away before measurements (0: never wait). */
+    quietBudgetMs: v['quiet-wait'] * 1000,
+  };
+}

@@ -43,3 +43,9 @@ export function runBench(name: string, main: Promise<number>): void {
     },
   );
 }
+
+/** For a bench that polls no AbortSignal (cert-reload, cert-scale): Ctrl-C exits 130 at once, `cleanup` runs on exit. */
+export function exitOnInterrupt(cleanup: () => void): void {
+  process.on('exit', cleanup);
+  process.on('SIGINT', () => process.exit(130));
+}

@@ -39,15 +39,6 @@ export function setAffinity(pid: number, cpus: string): void {
   execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
 }
 
-/** The CPUs this process may run on, from `taskset -p` (e.g. "0,1" or "0-1"); undefined if unknown. */
-export function currentAffinity(pid = process.pid): string | undefined {
-  try {
-    return /: (.+)$/m.exec(execFileSync('taskset', ['-c', '-p', String(pid)], { encoding: 'utf8', timeout: 5000 }))?.[1]?.trim();
-  } catch {
-    return undefined;
-  }
-}
-
 /** Online CPU ids of the machine, e.g. [0, 1]. */
 export function onlineCpus(): number[] {
   try {

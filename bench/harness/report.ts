@@ -6,6 +6,8 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { MachineInfo } from './machine.js';
+import type { Spread } from './stats.js';
 
 /** Local date as YYYY-MM-DD. */
 export function dateStamp(date = new Date()): string {
@@ -52,4 +54,29 @@ function jsonReplacer(_key: string, value: unknown): unknown {
 export function fmt(value: number, decimals = 0): string {
   if (!Number.isFinite(value)) return '–';
   return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+}
+
+/** "min–max (spread%)" of per-round figures. */
+export function rangeText(s: Spread, decimals = 0): string {
+  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
+}
+
+/** The report lines saying what ran where: "Machine: …" (with `extra`, e.g. tool versions) and "Command: `…`". */
+export function machineLines(machine: MachineInfo, extra = ''): string[] {
+  return [
+    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}${extra === '' ? '' : `${extra}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
+    `Command: \`${machine.commandLine}\``,
+  ];
+}
+
+/** One column of a table: its header, its alignment and its cell for a row. */
+export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];
+
+/** A Markdown table from column specs (header, alignment and cell side by side); `extra` rows go after, as given. */
+export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[], extra: readonly (readonly string[])[] = []): string {
+  return markdownTable(
+    columns.map(([header]) => header),
+    [...rows.map((row) => columns.map(([, , cell]) => cell(row))), ...extra],
+    columns.map(([, align]) => align),
+  );
 }

@@ -126,14 +126,20 @@ export function spawnManaged(
   };
 }
 
-export async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, process?: ManagedProcess): Promise<void> {
+/** Polls `check` (a throw counts as not yet) every `pollMs` until true; fails when `process` exits or after `timeoutMs`, with its log's tail. */
+export async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, process?: ManagedProcess, pollMs = 100): Promise<void> {
   const started = Date.now();
   for (;;) {
-    if (await check()) return;
+    if (
+      await Promise.resolve()
+        .then(check)
+        .catch(() => false)
+    )
+      return;
     if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
     if (Date.now() - started > timeoutMs)
       throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
 }
 

@@ -140,3 +140,22 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
     return normalizeRow(bench, row);
   });
 }
+
+/** A row of the certificate benches, which measure durations, not rates: p50 and p99 carry them, no rate or CPU. */
+export function durationRow(bench: string, scenario: string, label: string, p50Ms: number, p99Ms: number, errors: number, skipped?: string): SummaryRow {
+  return {
+    bench,
+    scenario,
+    label,
+    unit: 'request',
+    rate: Number.NaN,
+    serverCpuUs: Number.NaN,
+    p50Ms,
+    p99Ms,
+    clientSaturated: false,
+    errors,
+    spreadPct: Number.NaN,
+    otherCores: Number.NaN,
+    ...(skipped === undefined ? {} : { skipped }),
+  };
+}

@@ -22,18 +22,15 @@
  * `spawnManaged`), so a synchronous `cleanup()` can SIGKILL a master and its
  * workers together.
  */
-import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
-import { httpGet, freePort, type ManagedProcess, probe, spawnManaged } from '../handshake/lab.js';
+import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
+import { LabBase, probe } from '../lab/base.js';
 import { setAffinity } from '../harness/procs.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
 import { LabPki } from '../lab/pki.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
-
-const _execFileAsync = promisify(execFile);
+import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
 
 export const ORIGIN_SCRIPT = fileURLToPath(new URL('./origin.js', import.meta.url));
 export const SERVER_NAME = 'ka.bench.localhost';
@@ -58,38 +55,20 @@ export interface KeepaliveLabOptions {
   readonly proxyNodeArgs?: readonly string[];
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, process?: ManagedProcess): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    if (await check().catch(() => false)) return;
-    if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
-    if (Date.now() - started > timeoutMs)
-      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-export class KeepaliveLab {
-  readonly keyserverLab: KeyserverLab;
-  readonly dir: string;
+export class KeepaliveLab extends LabBase<ServerId> {
   readonly options: KeepaliveLabOptions;
   readonly caFile: string;
   readonly ports: { readonly origin: number; readonly keyedge: number; readonly keyedgeAdmin: number; readonly nginx: number; readonly caddy: number };
   readonly configs: { keyedge: Record<string, unknown>; nginx: string | undefined; caddy: Record<string, unknown> | undefined };
   keyId = '';
-  keyserver: KeyserverProcess | undefined;
-  origin: ManagedProcess | undefined;
-  readonly servers = new Map<ServerId, ManagedProcess>();
   /** Comparison servers that were configured but did not come up, with the reason. */
   readonly failed = new Map<ServerId, string>();
   /** Negotiated protocol of each server's start-up probe. */
   readonly protocols = new Map<ServerId, string>();
-  #cleaned = false;
 
   private constructor(keyserverLab: KeyserverLab, options: KeepaliveLabOptions, ports: KeepaliveLab['ports']) {
-    this.keyserverLab = keyserverLab;
+    super(keyserverLab, 'keepalive');
     this.options = options;
-    this.dir = join(keyserverLab.dir, 'keepalive');
     this.caFile = join(this.dir, 'ca.pem');
     this.ports = ports;
     this.configs = { keyedge: {}, nginx: undefined, caddy: undefined };
@@ -225,29 +204,6 @@ export class KeepaliveLab {
     const { status, body } = await httpGet(`http://127.0.0.1:${this.ports.origin}${COUNT_PATH}`);
     if (status !== 200) throw new Error(`origin count: HTTP ${status}`);
     return (JSON.parse(body) as { served: number }).served;
-  }
-
-  /** Graceful stop of everything started (reverse order). */
-  async stop(): Promise<void> {
-    await Promise.all([...this.servers.values()].map((p) => p.stop(15_000)));
-    await this.keyserver?.stop();
-    await this.origin?.stop();
-  }
-
-  /** SIGKILL to everything still running, remove the temp dir. Synchronous; safe twice. */
-  cleanup(keepTemp = false): void {
-    if (this.#cleaned) return;
-    this.#cleaned = true;
-    for (const p of [...this.servers.values(), this.origin]) p?.kill();
-    if (keepTemp) {
-      try {
-        this.keyserver?.child.kill('SIGKILL');
-      } catch {
-        // gone
-      }
-      return;
-    }
-    this.keyserverLab.cleanup();
   }
 }
 

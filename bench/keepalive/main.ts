@@ -20,14 +20,14 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { listOf, LOG_LEVELS, parseCli, pinning, std } from '../harness/cli.js';
+import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { quietBeforeRun } from '../harness/quiet.js';
-import { dateStamp, fmt, writeReport } from '../harness/report.js';
-import { runRounds, type RunContext, type Scenario } from '../harness/rounds.js';
+import { dateStamp, fmt } from '../harness/report.js';
+import { errorStatus, measureRounds, methodJson, publish, roundTag, skippedRow, stampedLog } from '../harness/bench.js';
+import type { RunContext, Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
 import { h2loadArgs } from './h2load.js';
@@ -35,10 +35,6 @@ import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js'
 import { type Env, type RunResult, runOnce } from './measure.js';
 import { compareTo, markdownReport, type ProfileReport, readProfiles, summarize, summaryRow } from './report.js';
 
-/** A window during which other processes used more than this many cores counts as contended. */
-export const CONTENDED_CORES = 0.25;
-/** A process using at least this share of a core during a window counts as saturated. */
-export const SATURATED_CORES = 0.9;
 export const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
 /**
  * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the
@@ -73,15 +69,8 @@ export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 export function parseOptions(argv: string[]) {
   const v = parseCli('keepalive/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const quick = v.quick;
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
-    rampMs: quick ? 500 : 1000,
-    settleMs: quick ? 150 : 300,
+    ...timing(v, [1000, 500], [300, 150]),
     connections: v.connections,
     protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
     h2Connections: v['h2-connections'],
@@ -92,21 +81,16 @@ export function parseOptions(argv: string[]) {
     ...pinning(v),
     logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
-    quietBudgetMs: v['quiet-wait'] * 1000,
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
     keepTemp: v['keep-temp'],
   };
 }
 
-// ---------------------------------------------------------------------------
-// ---------------------------------------------------------------------------
-// Main
-
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   if (options === undefined) return 0;
   const started = Date.now();
-  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  const log = stampedLog(started);
   const machine = describeMachine();
 
   // Third-party servers: found or installed, else skipped with the reason.
@@ -187,37 +171,32 @@ async function main(): Promise<number> {
           };
         }),
     );
-    const ownPids = () =>
-      [...running.servers.values(), running.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(running.keyserver?.pid ?? []);
-    const quiet = quietBeforeRun(options.quietBudgetMs, ownPids(), signal, log);
+    const ownPids = [...running.servers.values(), running.origin]
+      .flatMap((p) => (p === undefined ? [] : processTree(p.pid)))
+      .concat(running.keyserver?.pid ?? []);
     // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
     const answered = new Map<string, number>();
     log(
       `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
     );
-    const { order, results } = await runRounds(scenarios, {
-      rounds: options.rounds,
-      warmupMs: options.warmupMs,
-      measureMs: options.measureMs,
-      settleMs: options.settleMs,
-      signal: signal,
-      beforeRun: quiet.beforeRun,
+    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const c = result.client;
         answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
         const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
         log(
-          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(8)} ${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req` +
+          `${roundTag(context)}${scenario.padEnd(8)} ${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req` +
             `  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`,
         );
       },
     });
 
     const date = dateStamp();
-    const serverCpuCount = options.serverCpus === undefined ? machine.cores : options.serverCpus.split(',').length;
-    const summaries = scenarios.map((s) => summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], serverCpuCount));
+    const summaries = scenarios.map((s) =>
+      summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], options.serverCpuCount),
+    );
     const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
     const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
     const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
@@ -270,17 +249,7 @@ async function main(): Promise<number> {
         originPool: ORIGIN_POOL,
         protocols: Object.fromEntries(lab.protocols),
       },
-      method: {
-        rounds: options.rounds,
-        measureMs: options.measureMs,
-        warmupMs: options.warmupMs,
-        rampMs: options.rampMs,
-        settleMs: options.settleMs,
-        order,
-        contendedCores: CONTENDED_CORES,
-        saturatedCores: SATURATED_CORES,
-        quietWait: quiet.record(),
-      },
+      method: methodJson(options, order, quietWait),
       proxyConfig: lab.configs.keyedge,
       nginxConfig: lab.configs.nginx,
       caddyConfig: lab.configs.caddy,
@@ -296,39 +265,20 @@ async function main(): Promise<number> {
       comparisons,
       summary: [
         ...summaries.map(summaryRow),
-        ...[...skipped].map(([server, reason]) => ({
-          scenario: server,
-          label: server,
-          requestsPerSecond: Number.NaN,
-          serverCpuUsPerRequest: Number.NaN,
-          p50Ms: Number.NaN,
-          p99Ms: Number.NaN,
-          clientSaturated: false,
-          errors: 0,
-          spreadPct: Number.NaN,
-          otherCores: Number.NaN,
-          skipped: reason,
-        })),
+        ...[...skipped].map(([server, reason]) => skippedRow(server, server, reason, 'requestsPerSecond', 'serverCpuUsPerRequest')),
       ],
       scenarios: summaries,
       profiles,
       durationSeconds: (Date.now() - started) / 1000,
     };
-    const written = writeReport(options.out, options.quick ? 'keepalive-quick' : 'keepalive', json, markdown, date);
-    process.stdout.write(`${markdown}\n`);
-    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
-    const errors = summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0);
-    if (errors > 0) {
-      log(`${errors} requests failed during measurement: the figures are suspect`);
-      return 1;
-    }
-    return 0;
+    publish(options.out, options.quick ? 'keepalive-quick' : 'keepalive', json, markdown, date, log);
+    return errorStatus(
+      summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0),
+      'requests',
+      log,
+    );
   } finally {
-    if (lab !== undefined) {
-      await lab.stop().catch(() => undefined);
-      if (options.keepTemp) log(`kept ${lab.dir}`);
-      lab.cleanup(options.keepTemp);
-    }
+    await lab?.close(options.keepTemp, log);
   }
 }
 

@@ -7,10 +7,11 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
-import { fmt, markdownTable } from '../harness/report.js';
+import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
 import { median, round, spread, type Spread } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
-import { CONTENDED_CORES, type Options, SATURATED_CORES } from './main.js';
+import { CONTENDED_CORES, cleanRounds, SATURATED_CORES } from '../harness/bench.js';
+import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
 
 export interface ServerSummary {
@@ -39,9 +40,7 @@ export interface ServerSummary {
 }
 
 export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number): ServerSummary {
-  const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.window.otherCores <= CONTENDED_CORES);
-  const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
-  const rs = used.map(({ r }) => r);
+  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
   const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
   return {
     server,
@@ -60,8 +59,8 @@ export function summarize(server: string, label: string, all: readonly RunResult
     p99Ms: median(rs.map((r) => r.client.p99Ms)),
     machineBusyCores: w((x) => x.machineBusyCores),
     otherCores: w((x) => x.otherCores),
-    cleanRounds: clean.length,
-    usedRounds: used.map(({ i }) => i),
+    cleanRounds: clean,
+    usedRounds,
     errors: {
       clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
       timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
@@ -112,16 +111,28 @@ export function summaryRow(s: ServerSummary) {
   };
 }
 
-function range(s: Spread, decimals = 0): string {
-  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-}
-
 export interface ProfileReport {
   readonly file: string;
   readonly busyUs: number;
   readonly requests: number;
   readonly top: readonly FunctionCost[];
 }
+
+const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
+  ['Server', 'left', (s) => s.label],
+  ['requests/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.requestsPerSecond)],
+  ['server µs/request', 'right', (s) => `**${fmt(s.serverUs.median, 1)}**`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.serverUs, 1)],
+  ['proxy + key server µs', 'right', (s) => (s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`)],
+  ['origin µs', 'right', (s) => fmt(s.originUs, 1)],
+  ['client µs (cores)', 'right', (s) => `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`],
+  ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`],
+  ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`],
+  ['errors / timeouts / non-2xx', 'right', (s) => `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`],
+  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+  ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+];
 
 export function markdownReport(
   ctx: {
@@ -139,40 +150,10 @@ export function markdownReport(
   profiles: readonly ProfileReport[],
 ): string {
   const { machine, options } = ctx;
-  const rows = summaries.map((s) => [
-    s.label,
-    `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
-    range(s.requestsPerSecond),
-    `**${fmt(s.serverUs.median, 1)}**`,
-    range(s.serverUs, 1),
-    s.keyserverUs === undefined ? '–' : `${fmt(s.proxyUs, 1)} + ${fmt(s.keyserverUs, 1)}`,
-    fmt(s.originUs, 1),
-    `${fmt(s.clientUs, 1)} (${fmt(s.clientCores, 2)}${s.clientSaturated ? ', saturated' : ''})`,
-    `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`,
-    `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`,
-    `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`,
-    `${s.cleanRounds}/${s.perRound.length}`,
-    `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
-  ]);
-  for (const [server, reason] of skipped) rows.push([`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
-  const table = markdownTable(
-    [
-      'Server',
-      'requests/s',
-      'min–max (spread)',
-      'server µs/request',
-      'min–max (spread)',
-      'proxy + key server µs',
-      'origin µs',
-      'client µs (cores)',
-      'server-side cores',
-      'p50 / p99 ms',
-      'errors / timeouts / non-2xx',
-      'clean rounds',
-      'machine busy / others (cores)',
-    ],
-    rows,
-    ['left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
+  const table = columnTable(
+    summaries,
+    SERVER_COLUMNS,
+    [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']),
   );
   const cmpTable =
     comparisons.length === 0
@@ -211,10 +192,12 @@ export function markdownReport(
   return [
     `# keepalive, ${ctx.date}${options.quick ? ' (quick)' : ''}`,
     '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, Node ${machine.node}, OpenSSL ${machine.openssl}; ${Object.entries(ctx.versions)
-      .map(([k, v]) => `${k} ${v ?? '?'}`)
-      .join(', ')}.`,
-    `Command: \`${machine.commandLine}\``,
+    ...machineLines(
+      machine,
+      Object.entries(ctx.versions)
+        .map(([k, v]) => `${k} ${v ?? '?'}`)
+        .join(', '),
+    ),
     `Client: \`${ctx.clientCommand}\` (HTTP/1.1 keep-alive, ${options.connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
     ...(options.protocols.includes('h2')
       ? [

@@ -27,7 +27,8 @@ import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { type CpuTimes, delta, machineCpu, procCpu, selfCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
-import { LatencyRecorder, type LatencySummary } from '../harness/stats.js';
+import { ClosedLoop, nowNs } from '../harness/loop.js';
+import type { LatencyRecorder, LatencySummary } from '../harness/stats.js';
 
 export interface SignLoad {
   /** Signatures completed successfully so far. */
@@ -44,59 +45,10 @@ export interface SignLoad {
   stop(timeoutMs?: number): Promise<number>;
 }
 
-const nowNs = (): number => Number(process.hrtime.bigint());
-
-/** Shared bookkeeping: counters, latency, stop-and-drain. */
-abstract class LoadBase implements SignLoad {
-  completed = 0;
-  errors = 0;
-  firstError: string | undefined;
-  recording = false;
-  readonly latency = new LatencyRecorder();
-  protected stopped = false;
-  protected outstanding = 0;
-  #drained: (() => void) | undefined;
-
-  /** Starts (or restarts, after stop() resolved) the loops. */
-  start(): void {
-    this.stopped = false;
-    this.#drained = undefined;
-    this.begin();
-  }
-
-  protected abstract begin(): void;
-
+/** The shared loop bookkeeping, plus the load-specific counters measureWindow reports per sign. */
+abstract class LoadBase extends ClosedLoop implements SignLoad {
   counters(): Record<string, number> {
     return {};
-  }
-
-  protected done(startNs: number, error: string | undefined): void {
-    if (error === undefined) {
-      this.completed++;
-      if (this.recording) this.latency.record((nowNs() - startNs) / 1e3);
-    } else {
-      this.errors++;
-      this.firstError ??= error;
-    }
-  }
-
-  /** Called when a loop does not issue again; resolves stop() when the last one ends. */
-  protected retire(): void {
-    this.outstanding--;
-    if (this.outstanding === 0) this.#drained?.();
-  }
-
-  stop(timeoutMs = 10_000): Promise<number> {
-    this.stopped = true;
-    this.recording = false;
-    if (this.outstanding === 0) return Promise.resolve(0);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(this.outstanding), timeoutMs);
-      this.#drained = () => {
-        clearTimeout(timer);
-        resolve(0);
-      };
-    });
   }
 }
 
@@ -268,40 +220,6 @@ export class LibraryClientSignLoad extends LoadBase {
   }
 }
 
-/**
- * `concurrency` loops each awaiting `once(loopIndex)` back to back: for
- * driving in-process code paths (e.g. the key server's SigningService)
- * without sockets. A rejected call counts as an error and the loop goes on.
- */
-export class ClosedLoopLoad extends LoadBase {
-  readonly #concurrency: number;
-  readonly #once: (loop: number) => Promise<unknown>;
-
-  constructor(concurrency: number, once: (loop: number) => Promise<unknown>) {
-    super();
-    this.#concurrency = concurrency;
-    this.#once = once;
-  }
-
-  protected begin(): void {
-    this.outstanding = this.#concurrency;
-    for (let i = 0; i < this.#concurrency; i++) void this.#loop(i);
-  }
-
-  async #loop(i: number): Promise<void> {
-    while (!this.stopped) {
-      const started = nowNs();
-      try {
-        await this.#once(i);
-        this.done(started, undefined);
-      } catch (err) {
-        this.done(started, err instanceof Error ? err.message : String(err));
-      }
-    }
-    this.retire();
-  }
-}
-
 export interface WindowOptions {
   readonly durationMs: number;
   /** Load runs this long before the window opens. */
@@ -309,8 +227,6 @@ export interface WindowOptions {
   /** The key server's pid, for its CPU time; undefined for in-process loads. */
   readonly serverPid?: number;
   readonly signal?: AbortSignal;
-  /** Also read this process's main-thread CPU from /proc (for in-process loads). */
-  readonly selfMainThread?: boolean;
 }
 
 export interface WindowResult {
@@ -324,8 +240,6 @@ export interface WindowResult {
   readonly clientCpuUsPerSign: number;
   /** Cores' worth of CPU this process used during the window. */
   readonly clientCpuCores: number;
-  /** This process's main thread per sign (only with `selfMainThread`). */
-  readonly clientMainThreadUsPerSign?: number;
   readonly server?: {
     /** utime+stime of the key server process per sign, from /proc/<pid>/stat. */
     readonly cpuUsPerSign: number;
@@ -365,7 +279,6 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
     const server0 = pid !== undefined ? procCpu(pid) : undefined;
     const threads0 = pid !== undefined ? threadCpu(pid) : undefined;
     const counters0 = load.counters();
-    const selfMain0 = options.selfMainThread ? threadCpu(process.pid).main : undefined;
     load.recording = true;
     await sleep(options.durationMs, options.signal);
     load.recording = false;
@@ -377,7 +290,6 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
     const server1 = pid !== undefined ? procCpu(pid) : undefined;
     const threads1 = pid !== undefined ? threadCpu(pid) : undefined;
     const counters1 = load.counters();
-    const selfMain1 = options.selfMainThread ? threadCpu(process.pid).main : undefined;
 
     const seconds = (t1 - t0) / 1e9;
     const signs = c1 - c0;
@@ -405,7 +317,6 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
       latency: load.latency.summary(),
       clientCpuUsPerSign: per(client),
       clientCpuCores: totalUs(client) / 1e6 / seconds,
-      ...(selfMain0 !== undefined && selfMain1 !== undefined ? { clientMainThreadUsPerSign: per(delta(selfMain0, selfMain1)) } : {}),
       machine: {
         busyCores,
         idleCores: (machine1.idleUs - machine0.idleUs) / 1e6 / seconds,

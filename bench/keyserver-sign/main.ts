@@ -26,17 +26,13 @@ import { Token } from '../../keyserver/token/token.js';
 import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
 import { KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, writeReport } from '../harness/report.js';
-import { quietBeforeRun } from '../harness/quiet.js';
-import { runRounds } from '../harness/rounds.js';
+import { dateStamp, fmt } from '../harness/report.js';
+import { cleanRounds, errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
 import { measureWindow, RawSignLoad, type RawKey } from './load.js';
-import { listOf, parseCli, std } from '../harness/cli.js';
+import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { type IdleLatencyRow, summarize, TARGET_RATIO, markdownReport } from './report.js';
 import { type BenchScenario, type Connected, connectLoad, type ExploreRow, explorePipeline, keyserverScenario, rawScenario } from './scenarios.js';
-
-/** A window during which other processes used more than this many cores counts as contended. */
-export const CONTENDED_CORES = 0.25;
 
 export const TABLE = {
   quick: std.quick('3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)'),
@@ -88,18 +84,10 @@ export function parseOptions(argv: string[]) {
     BENCH_KEYS.map((k) => k.id),
   ).map((id) => BENCH_KEYS.find((k) => k.id === id)!);
   return {
-    quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
-    rampMs: quick ? 150 : 300,
+    ...timing(v, [300, 150], [200, 50]),
     exploreMs: quick ? 250 : 1000,
-    settleMs: quick ? 50 : 200,
     /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
     maxExtraRounds: v['extra-rounds'],
-    /** Total seconds the run may spend waiting for other load to go away before measurements (0: never wait). */
-    quietBudgetMs: v['quiet-wait'] * 1000,
     explorePasses: quick ? 1 : 2,
     client: v.client as ClientKind,
     pipeline: v.pipeline === undefined ? undefined : parsePipeline(v.pipeline),
@@ -110,9 +98,6 @@ export function parseOptions(argv: string[]) {
     paths: new Set(listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const)),
   };
 }
-
-// ---------------------------------------------------------------------------
-// Scenarios
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
@@ -125,7 +110,7 @@ async function main(): Promise<number> {
   }
   const machine = describeMachine();
   const started = Date.now();
-  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+  const log = stampedLog(started);
 
   let lab: KeyserverLab | undefined;
   const signal = installInterrupt(log, () => {
@@ -189,18 +174,11 @@ async function main(): Promise<number> {
     }
 
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
-    const quiet = quietBeforeRun(options.quietBudgetMs, [running.pid], signal, log);
-    const { order, results } = await runRounds(scenarios, {
-      beforeRun: quiet.beforeRun,
-      rounds: options.rounds,
-      warmupMs: options.warmupMs,
-      measureMs: options.measureMs,
-      settleMs: options.settleMs,
-      signal: signal,
+    const { order, results, quietWait } = await measureRounds(scenarios, options, [running.pid], signal, log, {
       extraRounds: {
         max: options.maxExtraRounds,
         needed: (sofar) => {
-          const short = [...sofar].filter(([, rs]) => rs.filter((r) => r.machine.otherCores <= CONTENDED_CORES).length < 3).map(([name]) => name);
+          const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
           if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
           return short.length > 0;
         },
@@ -209,7 +187,7 @@ async function main(): Promise<number> {
         const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
         const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
         log(
-          `${context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
+          `${roundTag(context)}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
             `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server} machine ${fmt(result.machine.busyCores, 2)} busy, others ${fmt(result.machine.otherCores, 2)}${errors}`,
         );
       },
@@ -263,18 +241,10 @@ async function main(): Promise<number> {
       date,
       quick: options.quick,
       machine,
-      method: {
-        rounds: options.rounds,
+      method: methodJson(options, order, quietWait, {
         roundsRun: order.length,
         maxExtraRounds: options.maxExtraRounds,
-        measureMs: options.measureMs,
-        warmupMs: options.warmupMs,
-        rampMs: options.rampMs,
-        settleMs: options.settleMs,
-        order,
         client: options.client,
-        contendedCores: CONTENDED_CORES,
-        quietWait: quiet.record(),
         exploration: {
           candidates: PIPELINE_CANDIDATES.map(pipelineName),
           durationMs: options.exploreMs,
@@ -282,7 +252,7 @@ async function main(): Promise<number> {
           tolerance: EXPLORE_TOLERANCE,
         },
         targetRatio: TARGET_RATIO,
-      },
+      }),
       settings,
       keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,
@@ -313,15 +283,12 @@ async function main(): Promise<number> {
       durationSeconds: (Date.now() - started) / 1000,
     };
     // A quick run never overwrites the day's full results.
-    const written = writeReport(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date);
-    process.stdout.write(`${markdown}\n`);
-    log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
-    const errors = summaries.reduce((n, s) => n + s.errors, 0);
-    if (errors > 0) {
-      log(`${errors} requests failed during measurement: the figures are suspect`);
-      return 1;
-    }
-    return 0;
+    publish(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date, log);
+    return errorStatus(
+      summaries.reduce((n, s) => n + s.errors, 0),
+      'requests',
+      log,
+    );
   } finally {
     for (const s of scenarios) s.close();
     if (server !== undefined) {

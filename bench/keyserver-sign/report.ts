@@ -1,9 +1,10 @@
 import { BENCH_KEYS } from './keys.js';
 import type { describeMachine } from '../harness/machine.js';
-import { fmt, markdownTable } from '../harness/report.js';
+import { columnTable, fmt, markdownTable, rangeText } from '../harness/report.js';
 import type { WindowResult } from './load.js';
 import { median, spread } from '../harness/stats.js';
-import { CONTENDED_CORES, type Options, type Transport } from './main.js';
+import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
+import type { Options, Transport } from './main.js';
 import type { BenchScenario, ExploreRow, ScenarioInfo } from './scenarios.js';
 
 // ---------------------------------------------------------------------------
@@ -55,10 +56,7 @@ export function summarize(
 ): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
   const base = scenarios.map((s) => {
     const all = results.get(s.name) ?? [];
-    const clean = all.map((r, i) => ({ r, i })).filter(({ r }) => r.machine.otherCores <= CONTENDED_CORES);
-    // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
-    const used = clean.length >= Math.min(3, all.length) ? clean : all.map((r, i) => ({ r, i }));
-    const perRound = used.map(({ r }) => r);
+    const { used: perRound, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.machine.otherCores);
     const opt = (f: (r: WindowResult) => number | undefined) => {
       const v = perRound.map(f).filter((x): x is number => x !== undefined);
       return v.length > 0 ? median(v) : undefined;
@@ -70,8 +68,8 @@ export function summarize(
       setting: s.setting,
       signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
       perRound: all,
-      cleanRounds: clean.length,
-      usedRounds: used.map(({ i }) => i),
+      cleanRounds: clean,
+      usedRounds,
       p50Us: median(perRound.map((r) => r.latency.p50Us)),
       p99Us: median(perRound.map((r) => r.latency.p99Us)),
       serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),
@@ -125,48 +123,33 @@ export function markdownReport(
   roundsRun: number,
   date: string,
 ): string {
-  const rows = summaries.map((s) => {
-    const sps = s.signsPerSecond;
-    const isCeiling = ceilings.get(s.key.id) === s.name;
-    return [
-      s.key.title,
-      s.path + (isCeiling ? ' (ceiling)' : ''),
-      s.setting,
-      `${fmt(sps.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`,
-      `${fmt(sps.min)}–${fmt(sps.max)} (${fmt(sps.spreadPct, 0)}%)`,
-      `${s.cleanRounds}/${s.perRound.length}`,
-      s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`,
-      s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2),
-      fmt(s.p50Us),
-      fmt(s.p99Us),
-      s.serverCpuUsPerSign === undefined
-        ? '–'
-        : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
-      fmt(s.clientCpuUsPerSign, 0),
-      fmt(s.totalCpuUsPerSign, 0),
-      `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`,
-    ];
-  });
-  const table = markdownTable(
+  const table = columnTable(summaries, [
+    ['Key', 'left', (s) => s.key.title],
+    ['Path', 'left', (s) => s.path + (ceilings.get(s.key.id) === s.name ? ' (ceiling)' : '')],
+    ['Setting', 'left', (s) => s.setting],
+    ['signs/s', 'right', (s) => `${fmt(s.signsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+    ['min–max (spread)', 'right', (s) => rangeText(s.signsPerSecond)],
+    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
     [
-      'Key',
-      'Path',
-      'Setting',
-      'signs/s',
-      'min–max (spread)',
-      'clean rounds',
       'vs raw (rounds)',
-      'CPU vs raw',
-      'p50 µs',
-      'p99 µs',
-      'server µs/sign (main + other)',
-      'bench µs/sign',
-      'total µs/sign',
-      'machine busy / others (cores)',
+      'right',
+      (s) => (s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`),
     ],
-    rows,
-    ['left', 'left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
-  );
+    ['CPU vs raw', 'right', (s) => (s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2))],
+    ['p50 µs', 'right', (s) => fmt(s.p50Us)],
+    ['p99 µs', 'right', (s) => fmt(s.p99Us)],
+    [
+      'server µs/sign (main + other)',
+      'right',
+      (s) =>
+        s.serverCpuUsPerSign === undefined
+          ? '–'
+          : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
+    ],
+    ['bench µs/sign', 'right', (s) => fmt(s.clientCpuUsPerSign, 0)],
+    ['total µs/sign', 'right', (s) => fmt(s.totalCpuUsPerSign, 0)],
+    ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ]);
   const verdicts = summaries
     .filter((s) => s.vsRaw !== undefined)
     .map((s) => `${s.key.title} ${s.path}: ${fmt(s.vsRaw!.ratio, 2)} ${s.vsRaw!.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`);

@@ -17,14 +17,14 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
-import net from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
-import { freePort, httpGet, type ManagedProcess, spawnManaged } from '../handshake/lab.js';
+import { freePort, httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 import { processTree } from '../harness/procs.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyserverProcess } from './keyserver.js';
+import { LabBase } from './base.js';
+import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
 
 export interface LabKey {
   readonly id: string;
@@ -111,23 +111,16 @@ export interface ProxyStartOptions {
   readonly pollMs?: number;
 }
 
-export class CertLab {
-  readonly keyserverLab: KeyserverLab;
-  readonly dir: string;
+export class CertLab extends LabBase {
   readonly ca: BenchCa;
   readonly caFile: string;
   readonly tokenFile: string;
   readonly token: string;
   readonly keys = new Map<string, LabKey>();
   readonly originPort: number;
-  keyserver: KeyserverProcess | undefined;
-  origin: ManagedProcess | undefined;
-  readonly #proxies = new Set<ManagedProcess>();
-  #cleaned = false;
 
   private constructor(keyserverLab: KeyserverLab, originPort: number) {
-    this.keyserverLab = keyserverLab;
-    this.dir = join(keyserverLab.dir, 'certs-bench');
+    super(keyserverLab, 'certs-bench', 30_000);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.ca = new BenchCa('keyedge certificate bench CA');
     this.caFile = join(this.dir, 'ca.pem');
@@ -157,14 +150,7 @@ export class CertLab {
       } finally {
         client.close();
       }
-      lab.origin = spawnManaged(
-        'origin',
-        [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(lab.originPort)],
-        join(lab.dir, 'origin.log'),
-        undefined,
-        lab.dir,
-      );
-      await waitUntil('demo origin', () => tcpOpen(lab!.originPort), 15_000);
+      await lab.startDemoOrigin(lab.originPort, undefined);
       return lab;
     } catch (err) {
       lab?.cleanup();
@@ -224,7 +210,7 @@ export class CertLab {
         undefined,
         this.dir,
       );
-      this.#proxies.add(proc);
+      this.servers.set(options.name, proc);
       let portTaken = false;
       let timedOut = false;
       const timeoutMs = options.readyTimeoutMs ?? 120_000;
@@ -239,10 +225,10 @@ export class CertLab {
         }
         return (await httpGet(`http://127.0.0.1:${adminPort}/readyz`, 2000).catch(() => ({ status: 0 }))).status === 200;
       };
-      await waitUntil(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
+      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
       if (portTaken) {
         await proc.stop(10_000);
-        this.#proxies.delete(proc);
+        this.servers.delete(options.name);
         if (attempt >= 3) throw new Error(`keyedge proxy ${options.name}: its ports were taken ${attempt} times\n${proc.tail()}`);
         config = { ...config, listen: [{ host: '127.0.0.1', port: await freePort() }], admin: { ...(config.admin as object), port: await freePort() } };
         continue;
@@ -277,32 +263,9 @@ export class CertLab {
       },
       stop: async () => {
         await proc.stop(30_000);
-        this.#proxies.delete(proc);
+        this.servers.delete(proc.name);
       },
     };
-  }
-
-  /** Graceful stop of what is still running. */
-  async stop(): Promise<void> {
-    await Promise.all([...this.#proxies].map((p) => p.stop(30_000)));
-    await this.keyserver?.stop();
-    await this.origin?.stop();
-  }
-
-  /** SIGKILL to everything still running, remove the temp dir. Synchronous; safe twice. */
-  cleanup(keepTemp = false): void {
-    if (this.#cleaned) return;
-    this.#cleaned = true;
-    for (const p of [...this.#proxies, this.origin]) p?.kill();
-    if (keepTemp) {
-      try {
-        this.keyserver?.child.kill('SIGKILL');
-      } catch {
-        // gone
-      }
-      return;
-    }
-    this.keyserverLab.cleanup();
   }
 }
 
@@ -412,30 +375,4 @@ export function agentGet(
     req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.once('error', (err) => resolve({ ok: false, reused: req.reusedSocket, error: err.message }));
   });
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function tcpOpen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, proc?: ManagedProcess, pollMs = 100): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    if (await check()) return;
-    if (proc?.exited()) throw new Error(`${what}: the process exited\n--- ${proc.logFile} ---\n${proc.tail()}`);
-    if (Date.now() - started > timeoutMs)
-      throw new Error(`${what}: not ready within ${timeoutMs} ms${proc ? `\n--- ${proc.logFile} ---\n${proc.tail()}` : ''}`);
-    await sleep(pollMs);
-  }
 }

@@ -4,7 +4,7 @@
  * workers by the cluster primary, prom-client AggregatorRegistry) and the key
  * server's successful signs.
  */
-import { httpGet } from '../handshake/lab.js';
+import { httpGet } from '../harness/spawn.js';
 
 export interface HandshakeCounters {
   /** Full handshakes: result="ok", resumed="false". */

@@ -224,54 +224,26 @@ export function childEnv(): NodeJS.ProcessEnv {
 export function makeCertificates(dir: string): TlsFiles {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const f = (name: string) => join(dir, name);
-  const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
-  const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  const openssl = (args: string, ...more: string[]) =>
+    execFileSync('openssl', [...args.split(' '), ...more], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
+  const ecKey = '-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes';
+  const leaf = 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=';
   openssl(
-    'req',
-    '-x509',
-    ...ecKey,
-    '-keyout',
-    f('ca.key'),
-    '-out',
-    f('ca.pem'),
-    '-days',
-    '2',
+    `req -x509 ${ecKey} -keyout ${f('ca.key')} -out ${f('ca.pem')} -days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign`,
     '-subj',
     '/CN=keyedge bench CA',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
   );
   const serverName = 'localhost';
   const clientCommonName = 'keyedge-bench-client';
   const issue = (name: string, subject: string, ext: string) => {
     writeFileSync(f(`${name}.ext`), ext);
-    openssl('req', ...ecKey, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', subject);
+    openssl(`req ${ecKey} -keyout ${f(`${name}.key`)} -out ${f(`${name}.csr`)} -subj ${subject}`);
     openssl(
-      'x509',
-      '-req',
-      '-in',
-      f(`${name}.csr`),
-      '-CA',
-      f('ca.pem'),
-      '-CAkey',
-      f('ca.key'),
-      '-CAcreateserial',
-      '-out',
-      f(`${name}.pem`),
-      '-days',
-      '2',
-      '-extfile',
-      f(`${name}.ext`),
+      `x509 -req -in ${f(`${name}.csr`)} -CA ${f('ca.pem')} -CAkey ${f('ca.key')} -CAcreateserial -out ${f(`${name}.pem`)} -days 2 -extfile ${f(`${name}.ext`)}`,
     );
   };
-  issue(
-    'server',
-    `/CN=${serverName}`,
-    `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:${serverName},IP:127.0.0.1\n`,
-  );
-  issue('client', `/CN=${clientCommonName}`, 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
+  issue('server', `/CN=${serverName}`, `${leaf}serverAuth\nsubjectAltName=DNS:${serverName},IP:127.0.0.1\n`);
+  issue('client', `/CN=${clientCommonName}`, `${leaf}clientAuth\n`);
   return {
     ca: f('ca.pem'),
     serverCert: f('server.pem'),

@@ -1,0 +1,174 @@
+/**
+ * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts):
+ * the cost of listing the store, start-up phases from the log, RSS, waiting
+ * for the workers to go idle, handshake passes over many names, a one-entry
+ * reload and a no-change rescan. See bench/README.md, section "cert-scale".
+ */
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { procCpu, totalUs } from '../harness/proc-cpu.js';
+import { fmt } from '../harness/report.js';
+import { sleep } from '../harness/rounds.js';
+import { median, round } from '../harness/stats.js';
+import { type CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const DOMAIN = 'scale.test';
+/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (harness/cpuprofile.ts). */
+export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
+export const nameOf = (i: number): string => `n${i}`;
+export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
+
+export interface Rss {
+  readonly primaryMiB: number;
+  readonly workersMiB: readonly number[];
+}
+
+export function rssOf(proxy: RunningProxy): Rss {
+  const { primary, workers } = proxy.pids();
+  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
+}
+
+export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
+
+/**
+ * What listing the store directory once costs on this filesystem: readdir and
+ * a stat of every .pem, as any change detection by stat must do (median of 3,
+ * this process's CPU and wall time).
+ */
+export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
+  const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
+  for (let k = 0; k < 3; k++) {
+    const cpu = process.cpuUsage();
+    const wall = performance.now();
+    const files = readdirSync(dir).filter((f) => f.endsWith('.pem'));
+    for (const f of files) statSync(join(dir, f));
+    const used = process.cpuUsage(cpu);
+    runs.push({ cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length });
+  }
+  return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
+}
+
+/**
+ * Waits until every worker of `proxy` used less than a tenth of a core over
+ * one second (background work after start: OCSP tracking parses every leaf),
+ * at most `maxMs`; resolves with the time waited and whether they settled.
+ */
+export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
+  const started = performance.now();
+  const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
+  let before = cpu();
+  for (;;) {
+    await sleep(1000);
+    const after = cpu();
+    const busiest = Math.max(0, ...after.map((us, k) => (us - (before[k] ?? 0)) / 1e6));
+    const waitedMs = performance.now() - started;
+    if (busiest < 0.1 && after.length === before.length) return { waitedMs, settled: true };
+    if (waitedMs > maxMs) return { waitedMs, settled: false };
+    before = after;
+  }
+}
+
+/** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
+export async function handshakeAll(
+  port: number,
+  hosts: readonly string[],
+  ca: string,
+  concurrency: number,
+): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
+  let next = 0;
+  let ok = 0;
+  let failed = 0;
+  const errors: string[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < hosts.length) {
+        const host = hosts[next++]!;
+        const r = await connectOnce(port, host, ca, true, 30_000);
+        if (r.ok) ok++;
+        else {
+          failed++;
+          if (errors.length < 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
+        }
+      }
+    }),
+  );
+  return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
+}
+
+/** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
+export async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = proxy.log
+      .read()
+      .slice(from)
+      .find((l) => l.msg === 'reload done');
+    if (line !== undefined || Date.now() > deadline) return line;
+    await sleep(20);
+  }
+}
+
+/** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
+export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
+  const lines = proxy.log.read();
+  const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
+  const primary = lines.find((l) => l.msg === 'proxy primary started');
+  return {
+    primaryStartedMs: primary === undefined ? undefined : at(primary),
+    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
+  };
+}
+
+export interface ReloadFigure {
+  readonly entry: string;
+  /** From the rename until a new connection got the new serial. */
+  readonly timeToServeMs: number | undefined;
+  readonly reloadDurationMs: number | undefined;
+  readonly reloadTrigger: unknown;
+  readonly probes: number;
+}
+
+/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
+export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
+  const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
+  const logFrom = proxy.log.read().length;
+  writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
+  const writtenAt = performance.now();
+  let timeToServeMs: number | undefined;
+  let probes = 0;
+  while (performance.now() - writtenAt < 60_000) {
+    const started = performance.now();
+    const r = await connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
+    probes++;
+    if (r.serial === leaf.serial && r.handshakeAt !== undefined) {
+      timeToServeMs = r.handshakeAt - writtenAt;
+      break;
+    }
+    await sleep(Math.max(0, 10 - (performance.now() - started)));
+  }
+  const line = await reloadDone(proxy, logFrom, 30_000);
+  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
+}
+
+/** POST /reload with nothing changed: the answer's durationMs and the round trip. */
+export async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
+  const started = performance.now();
+  const answer = await proxy.admin('POST', '/reload');
+  const roundTripMs = performance.now() - started;
+  if (answer.status !== 200) throw new Error(`POST /reload answered ${answer.status}: ${answer.text.slice(0, 300)}`);
+  const report = JSON.parse(answer.text) as { durationMs: number; changed: unknown[] };
+  return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
+}
+
+export function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
+  return {
+    ...base,
+    domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
+    tls: { contextCacheSize: cacheSize },
+    // The periodic rescan is pushed out of the run: every reload measured is the one the bench caused.
+    certStore: { dir: storeDir, rescanSeconds: 3600 },
+  };
+}

@@ -1,0 +1,118 @@
+/**
+ * The skeleton the measuring benches (keyserver-sign, handshake, keepalive)
+ * share around their own runs: a timestamped log, warm-up and interleaved
+ * rounds behind a quiet-machine wait, the clean-round rule, the `method`
+ * block of the result JSON, a skipped scenario's `summary` row, and writing
+ * the result files. What one run measures stays in each bench.
+ *
+ * Clean rounds: a window during which other processes used more than
+ * CONTENDED_CORES counts as contended; a scenario's medians use its clean
+ * rounds when at least 3 (or all) are clean, else all rounds (marked †).
+ */
+import { quietBeforeRun } from './quiet.js';
+import { type WrittenReport, writeReport } from './report.js';
+import { type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
+
+/** A window during which other processes used more than this many cores counts as contended. */
+export const CONTENDED_CORES = 0.25;
+/** A process using at least this share of a core during a window counts as saturated. */
+export const SATURATED_CORES = 0.9;
+
+export type Log = (line: string) => void;
+
+/** Lines to stderr, stamped with the seconds since `started`. */
+export function stampedLog(started = Date.now()): Log {
+  return (line) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
+}
+
+/** The clean rounds of one scenario and the rounds its medians use. */
+export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number): { used: R[]; usedRounds: number[]; cleanRounds: number } {
+  const indexed = all.map((r, i) => ({ r, i }));
+  const clean = indexed.filter(({ r }) => otherCores(r) <= CONTENDED_CORES);
+  // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
+  const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
+  return { used: used.map(({ r }) => r), usedRounds: used.map(({ i }) => i), cleanRounds: clean.length };
+}
+
+/** "warm-up " or "round N ", for progress lines. */
+export const roundTag = (context: RunContext): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
+
+export interface MeasureTiming {
+  readonly rounds: number;
+  readonly warmupMs: number;
+  readonly measureMs: number;
+  readonly rampMs: number;
+  readonly settleMs: number;
+  /** Total time the run may wait for other load to go away (0: never wait). */
+  readonly quietBudgetMs: number;
+}
+
+/** Warm-up and rounds, each measured run after a wait for a quiet machine (one budget per run; `ownPids` are ours). */
+export async function measureRounds<R>(
+  scenarios: readonly Scenario<R>[],
+  timing: MeasureTiming,
+  ownPids: readonly number[],
+  signal: AbortSignal,
+  log: Log,
+  more: Pick<RoundsOptions<R>, 'extraRounds' | 'onRun'> & { readonly rounds?: number },
+): Promise<RoundsResult<R> & { readonly quietWait: unknown }> {
+  const quiet = quietBeforeRun(timing.quietBudgetMs, ownPids, signal, log);
+  const result = await runRounds(scenarios, {
+    ...more,
+    rounds: more.rounds ?? timing.rounds,
+    warmupMs: timing.warmupMs,
+    measureMs: timing.measureMs,
+    settleMs: timing.settleMs,
+    signal,
+    beforeRun: quiet.beforeRun,
+  });
+  return { ...result, quietWait: quiet.record() };
+}
+
+/** The result JSON's `method` block: the timing, the round order, the thresholds, the quiet waits. */
+export function methodJson(timing: MeasureTiming, order: readonly (readonly string[])[], quietWait: unknown, extra: Record<string, unknown> = {}) {
+  return {
+    rounds: timing.rounds,
+    measureMs: timing.measureMs,
+    warmupMs: timing.warmupMs,
+    rampMs: timing.rampMs,
+    settleMs: timing.settleMs,
+    order,
+    contendedCores: CONTENDED_CORES,
+    saturatedCores: SATURATED_CORES,
+    quietWait,
+    ...extra,
+  };
+}
+
+/** The `summary` row of a scenario that did not run (harness/summary.ts reads it), named with the bench's own rate and CPU keys. */
+export function skippedRow(scenario: string, label: string, reason: string, rateKey: string, cpuKey: string) {
+  return {
+    scenario,
+    label,
+    [rateKey]: Number.NaN,
+    [cpuKey]: Number.NaN,
+    p50Ms: Number.NaN,
+    p99Ms: Number.NaN,
+    clientSaturated: false,
+    errors: 0,
+    spreadPct: Number.NaN,
+    otherCores: Number.NaN,
+    skipped: reason,
+  };
+}
+
+/** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
+export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): WrittenReport {
+  const written = writeReport(out, name, json, markdown, date);
+  process.stdout.write(`${markdown}\n`);
+  log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+  return written;
+}
+
+/** Exit status 1 (with a line saying why) when `errors` > 0. */
+export function errorStatus(errors: number, what: string, log: Log): number {
+  if (errors === 0) return 0;
+  log(`${errors} ${what} failed during measurement: the figures are suspect`);
+  return 1;
+}
