@@ -54,6 +54,11 @@ async function serves(node: ClusterProxy, name: string): Promise<boolean> {
   return got.code === 0 && got.stdout.includes(`"host":"${name}:${node.port}"`);
 }
 
+/** HTTP-01 requests the node's port 80 listener answered with a key authorization (its access log). */
+function challengeAnswers(node: ClusterProxy): number {
+  return node.lines.filter((l) => l.access === true && String(l.path).startsWith('/.well-known/acme-challenge/') && l.status === 200).length;
+}
+
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
   etcd = await startEtcdCluster(acmeLab.lab.dir, 3);
@@ -76,6 +81,9 @@ describe('ACME across a fleet on etcd', () => {
     expect(acmeLab.pebble.orders()).toBe(1);
     expect(await serves(nodeA, name)).toBe(true);
     await waitFor('node B to serve the certificate node A ordered', async () => ((await serves(nodeB, name)) ? true : undefined));
+    // The CA fetched the key authorization from node B's workers; node A's port 80 saw no challenge request.
+    expect(challengeAnswers(nodeB)).toBeGreaterThanOrEqual(1);
+    expect(challengeAnswers(nodeA)).toBe(0);
 
     // The managed entry's state is the fleet's: node B shows it as issued.
     const certs = JSON.parse((await nodeB.admin('GET', '/certs')).text) as {
@@ -111,6 +119,8 @@ describe('ACME across a fleet on etcd', () => {
     // One node ordered and made the key; the other took the same result.
     const keyIds = [onA, onB].map((r) => (JSON.parse(r.text) as { keyId: string }).keyId);
     expect(keyIds[0]).toBe(keyIds[1]);
+    const waited = [...nodeA.lines, ...nodeB.lines].filter((l) => String(l.msg).startsWith('ACME certificate issued by another node of the fleet'));
+    expect(waited).toHaveLength(1);
     for (const node of [nodeA, nodeB]) {
       await waitFor(`the node on port ${node.port} to serve ${name}`, async () => ((await serves(node, name)) ? true : undefined));
     }
