@@ -16,7 +16,10 @@ import { freePort } from './helpers/proxy-lab.js';
 // Two nodes asked for the same name at the same moment make one order
 // (pebble counts them): one holds the name's issuance lock and orders, the
 // other waits and finds it issued. The account is the fleet's: one account
-// key in the token, its URL in etcd, no key material there.
+// key in the token, its URL in etcd, no key material there. With
+// TLS-ALPN-01, pebble connects to node B's TLS port only, and node B's
+// workers present the challenge certificate node A made (its key in the
+// token, signed for through node B's keyless bridge).
 let acmeLab: AcmeLab;
 let etcd: EtcdCluster;
 let nodeA: ClusterProxy;
@@ -24,24 +27,31 @@ let nodeB: ClusterProxy;
 let root: string;
 const PREFIX = '/keyedge/test-acme-fleet/';
 
-function fleetNode(name: string, httpPort: number): Promise<ClusterProxy> {
+/** A node of the fleet; `httpsPort`: its TLS listener's port (node B's is pebble's TLS-ALPN-01 port), else a free one. */
+async function fleetNode(name: string, httpPort: number, options: { httpsPort?: number; challenges?: string[] } = {}): Promise<ClusterProxy> {
   const { lab } = acmeLab;
-  return startClusterProxy(
+  const node = await startClusterProxy(
     lab,
     name,
     (p) =>
-      storeProxyConfig(lab, p, {
+      storeProxyConfig(lab, options.httpsPort === undefined ? p : { ...p, port: options.httpsPort }, {
         stateDir: join(lab.dir, name, 'state'),
         workers: 1,
         shutdownGraceMs: 1_000,
         httpRedirect: { host: '127.0.0.1', port: httpPort },
         domains: [{ name: '*.fleet-acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
         etcd: { endpoints: etcd.endpoints, prefix: PREFIX, timeoutMs: 2_000 },
-        acme: acmeLab.acme({ contact: ['mailto:ops@fleet-acme.test'], timeoutMs: 10_000 }),
+        acme: acmeLab.acme({
+          contact: ['mailto:ops@fleet-acme.test'],
+          timeoutMs: 10_000,
+          ...(options.challenges === undefined ? {} : { challenges: options.challenges }),
+        }),
       }),
     {},
     90_000,
   );
+  // The helper reports the port it chose; the node listens on the one given here instead.
+  return options.httpsPort === undefined ? node : { ...node, port: options.httpsPort };
 }
 
 async function issue(node: ClusterProxy, domain: string): Promise<{ status: number; text: string }> {
@@ -60,10 +70,11 @@ function challengeAnswers(node: ClusterProxy): number {
 }
 
 beforeAll(async () => {
-  acmeLab = await startAcmeLab();
+  // Node B listens where pebble validates (HTTP-01 on its port 80 listener, TLS-ALPN-01 on its TLS port); node A's ports are ones the CA never uses.
+  const httpsB = await freePort();
+  acmeLab = await startAcmeLab({ pebble: { tlsPort: httpsB } });
   etcd = await startEtcdCluster(acmeLab.lab.dir, 3);
-  // Node B listens where pebble validates; node A's port 80 listener is one the CA never uses.
-  [nodeA, nodeB] = await Promise.all([fleetNode('node-a', await freePort()), fleetNode('node-b', acmeLab.httpPort)]);
+  [nodeA, nodeB] = await Promise.all([fleetNode('node-a', await freePort()), fleetNode('node-b', acmeLab.httpPort, { httpsPort: httpsB })]);
   root = await acmeLab.pebble.rootFile();
 }, 150_000);
 
@@ -130,5 +141,22 @@ describe('ACME across a fleet on etcd', () => {
     const labels = (JSON.parse(listed.stdout) as { label: string }[]).map((k) => k.label);
     expect(labels.filter((l) => l.startsWith('acme-account-'))).toHaveLength(1);
     expect(labels.filter((l) => l.startsWith('acme-both.fleet-acme.test-'))).toHaveLength(1);
+  }, 120_000);
+
+  it('TLS-ALPN-01: node A orders, pebble connects to node B only, whose workers present the challenge certificate', async () => {
+    // Node A again, now ordering with TLS-ALPN-01 (its challenge certificate is signed in the token with the order's key).
+    await nodeA.stop();
+    nodeA = await fleetNode('node-a', await freePort(), { challenges: ['tls-alpn-01'] });
+    const name = 'alpn.fleet-acme.test';
+    const before = acmeLab.pebble.orders();
+    const ordered = await issue(nodeA, name);
+    expect(ordered.status, ordered.text).toBe(200);
+    expect(acmeLab.pebble.orders() - before).toBe(1);
+    for (const node of [nodeA, nodeB]) {
+      await waitFor(`the node on port ${node.port} to serve ${name}`, async () => ((await serves(node, name)) ? true : undefined));
+    }
+    // Node A, restarted, still uses the fleet's one account.
+    const listed = await acmeLab.cli(['key', 'list', '--json', '--config', acmeLab.keyserverConfig], 30_000);
+    expect((JSON.parse(listed.stdout) as { label: string }[]).filter((k) => k.label.startsWith('acme-account-'))).toHaveLength(1);
   }, 120_000);
 });
