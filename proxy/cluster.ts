@@ -272,14 +272,23 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       registry: primaryRegistry,
       keyserver: () => connectKeyserver(config),
       records: () => source.records,
-      store: async (name, chainPem, keyId, domains) => {
-        await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME' });
+      store: async (name, chainPem, keyId, domains, lock) => {
+        await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
         const report = await coordinator.reload('admin');
         if (report.error !== undefined)
           throw new KeyedgeError('KEYEDGE_ERR_CERTIFICATE', `the issued certificate was stored but not loaded: ${report.error.message}`);
       },
       broadcast: broadcastBoard,
+      shared,
+      publishWaitMs: CHALLENGE_PUBLISH_WAIT_MS,
     });
+    // The fleet's ACME state (account, orders, challenges) from the store's watch.
+    const running = acme;
+    const previous = onStoreChange;
+    onStoreChange = (changes) => {
+      previous(changes);
+      if (changes.has('acme')) running.storeChanged();
+    };
   }
 
   // The admin port first: one already in use fails the start before any worker runs.

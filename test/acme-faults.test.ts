@@ -1,13 +1,10 @@
-import { execFile } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
-import { CLI, REPO, sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
-import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
-import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import type { KeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
 // retries) or rateLimited with Retry-After, and a failed validation. Each
@@ -23,6 +20,7 @@ let proxy: ClusterProxy;
 let root: string;
 let keyserverConfig: string;
 const NAME = 'www.fault.test';
+let acmeLab: AcmeLab;
 
 interface Managed {
   failures: number;
@@ -46,37 +44,28 @@ async function stillServes(serial: string): Promise<void> {
   expect((await managed(NAME))?.serial).toBe(serial);
 }
 
-function keyLabels(): Promise<string[]> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, 'key', 'list', '--json', '--config', keyserverConfig], { cwd: REPO, timeout: 30_000 }, (err, stdout) =>
-      err === null ? resolve((JSON.parse(stdout) as { label: string }[]).map((k) => k.label)) : reject(err),
-    );
-  });
+async function keyLabels(): Promise<string[]> {
+  const listed = await acmeLab.cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
+  if (listed.code !== 0) throw new Error(`keyedge key list exited ${listed.code}: ${listed.stderr}`);
+  return (JSON.parse(listed.stdout) as { label: string }[]).map((k) => k.label);
 }
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  keyserverConfig = join(lab.dir, 'keyserver.json');
-  const httpPort = await freePort();
-  const pebbleDir = join(lab.dir, 'pebble');
-  mkdirSync(pebbleDir);
-  pebble = await startPebble(pebbleDir, httpPort);
+  acmeLab = await startAcmeLab();
+  ({ lab, pebble, keyserverConfig } = acmeLab);
   front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
   proxy = await startClusterProxy(
     lab,
     'acme',
     (p) =>
       storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
         domains: [{ name: '*.fault.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: {
+        acme: acmeLab.acme({
           directory: front.directory,
-          caBundle: pebble.tlsCaFile,
-          keyserverConfig,
           timeoutMs: 2_000,
-          orderTimeoutSeconds: 60,
           renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
-        },
+        }),
       }),
     {},
     90_000,
@@ -89,8 +78,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.stop();
   await front?.close();
-  await pebble?.stop();
-  await lab?.close();
+  await acmeLab?.close();
 });
 
 describe('ACME faults: the current certificate keeps serving', () => {

@@ -1,12 +1,8 @@
-import { execFile } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
-import { CLI, REPO } from './helpers/keyserver.js';
-import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
-import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import type { KeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 1 (HTTP-01): a real `keyedge proxy` (two workers) gets a
 // certificate from a real pebble through HTTP-01 answered on its own port 80
@@ -14,41 +10,24 @@ import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.
 // SoftHSM2 token and every JWS and the CSR signed by the key server; the chain
 // goes through the store's validation and swap; curl trusting pebble's root
 // gets the origin's page. The keys are read back through PKCS#11 attributes.
+let acmeLab: AcmeLab;
 let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let keyserverConfig: string;
-
-function cli(args: readonly string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
-    });
-  });
-}
+let cli: AcmeLab['cli'];
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  keyserverConfig = join(lab.dir, 'keyserver.json');
-  const httpPort = await freePort();
-  const pebbleDir = join(lab.dir, 'pebble');
-  mkdirSync(pebbleDir);
-  pebble = await startPebble(pebbleDir, httpPort);
+  acmeLab = await startAcmeLab();
+  ({ lab, pebble, keyserverConfig, cli } = acmeLab);
   proxy = await startClusterProxy(
     lab,
     'acme',
     (p) =>
       storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
         domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: {
-          directory: pebble.directory,
-          caBundle: pebble.tlsCaFile,
-          contact: ['mailto:ops@acme.test'],
-          keyserverConfig,
-          orderTimeoutSeconds: 60,
-          timeoutMs: 10_000,
-        },
+        acme: acmeLab.acme({ contact: ['mailto:ops@acme.test'], timeoutMs: 10_000 }),
       }),
     {},
     90_000,
@@ -57,8 +36,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  await pebble?.stop();
-  await lab?.close();
+  await acmeLab?.close();
 });
 
 describe('ACME issuance against pebble, HTTP-01', () => {

@@ -1,14 +1,12 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
-import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import type { KeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 3: on-demand issuance. A handshake for an unknown name
 // fails fast (unrecognized_name) and, when the ask endpoint allows the name
@@ -23,13 +21,11 @@ let proxy: ClusterProxy;
 let ask: http.Server;
 const asked = new Map<string, number>();
 const EDGE = 'edge.keyedge.test';
+let acmeLab: AcmeLab;
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  const httpPort = await freePort();
-  const pebbleDir = join(lab.dir, 'pebble');
-  mkdirSync(pebbleDir);
-  pebble = await startPebble(pebbleDir, httpPort);
+  acmeLab = await startAcmeLab();
+  ({ lab, pebble } = acmeLab);
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
@@ -41,20 +37,16 @@ beforeAll(async () => {
     'acme',
     (p) =>
       storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
         domains: [{ name: '*.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: {
-          directory: pebble.directory,
-          caBundle: pebble.tlsCaFile,
-          keyserverConfig: join(lab.dir, 'keyserver.json'),
-          orderTimeoutSeconds: 60,
+        acme: acmeLab.acme({
           onDemand: {
             ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
             cnameTarget: EDGE,
             resolver: pebble.dnsServer,
             maxOrdersPerDomainPerHour: 2,
           },
-        },
+        }),
       }),
     {},
     90_000,
@@ -63,9 +55,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  await pebble?.stop();
   await new Promise((resolve) => (ask ? ask.close(resolve) : resolve(undefined)));
-  await lab?.close();
+  await acmeLab?.close();
 });
 
 /** A handshake for `name`; resolves with the served certificate's subject CN, or the error. */

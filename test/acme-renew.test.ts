@@ -1,13 +1,11 @@
-import { execFile } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { TLSSocket } from 'node:tls';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, REPO, sleep } from './helpers/keyserver.js';
-import { type Pebble, startPebble } from './helpers/pebble.js';
+import { sleep } from './helpers/keyserver.js';
+import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import type { KeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 2: `keyedge cert renew` under steady load (a new TLS
 // connection per request, so every request is a full handshake) swaps in a
@@ -19,14 +17,8 @@ let pebble: Pebble;
 let proxy: ClusterProxy;
 let keyserverConfig: string;
 const NAME = 'www.renew.test';
-
-function cli(args: readonly string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
-    });
-  });
-}
+let acmeLab: AcmeLab;
+let cli: AcmeLab['cli'];
 
 async function tokenKeyIds(): Promise<string[]> {
   const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
@@ -34,26 +26,16 @@ async function tokenKeyIds(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  keyserverConfig = join(lab.dir, 'keyserver.json');
-  const httpPort = await freePort();
-  const pebbleDir = join(lab.dir, 'pebble');
-  mkdirSync(pebbleDir);
-  pebble = await startPebble(pebbleDir, httpPort);
+  acmeLab = await startAcmeLab();
+  ({ lab, pebble, keyserverConfig, cli } = acmeLab);
   proxy = await startClusterProxy(
     lab,
     'acme',
     (p) =>
       storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: httpPort },
+        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
         domains: [{ name: '*.renew.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: {
-          directory: pebble.directory,
-          caBundle: pebble.tlsCaFile,
-          keyserverConfig,
-          orderTimeoutSeconds: 60,
-          renewal: { checkSeconds: 1, keyGraceSeconds: 2 },
-        },
+        acme: acmeLab.acme({ renewal: { checkSeconds: 1, keyGraceSeconds: 2 } }),
       }),
     {},
     90_000,
@@ -62,8 +44,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  await pebble?.stop();
-  await lab?.close();
+  await acmeLab?.close();
 });
 
 /** One request on a new connection; resolves with the served certificate's serial, or throws. */

@@ -1,7 +1,4 @@
-import { execFile } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import tls from 'node:tls';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,10 +12,9 @@ import { ChallengeAnswers, ChallengeBoard } from '../proxy/acme/challenges.js';
 import { ecdsaDerToRaw } from '../proxy/acme/jws.js';
 import { startProxyWorker } from '../proxy/worker.js';
 import { curl } from './helpers/clients.js';
-import { CLI, REPO } from './helpers/keyserver.js';
-import { type Pebble, startPebble } from './helpers/pebble.js';
+import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
-import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { freePort, type KeylessLab } from './helpers/proxy-lab.js';
 
 // Issue 14, must-show 1 (TLS-ALPN-01, RFC 8737): a real `keyedge proxy` (two
 // workers, no plain-HTTP port at all) gets a certificate from a real pebble
@@ -33,24 +29,14 @@ let pebble: Pebble;
 let proxy: ClusterProxy;
 let keyserverConfig: string;
 let httpsPort: number;
-
-function cli(args: readonly string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
-    });
-  });
-}
+let acmeLab: AcmeLab;
+let cli: AcmeLab['cli'];
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  keyserverConfig = join(lab.dir, 'keyserver.json');
   // Pebble's VA needs the HTTPS port before the proxy starts; its HTTP-01 port is one nobody listens on.
   httpsPort = await freePort();
-  const unusedHttpPort = await freePort();
-  const pebbleDir = join(lab.dir, 'pebble');
-  mkdirSync(pebbleDir);
-  pebble = await startPebble(pebbleDir, unusedHttpPort, {}, { tlsPort: httpsPort });
+  acmeLab = await startAcmeLab({ pebble: { tlsPort: httpsPort } });
+  ({ lab, pebble, keyserverConfig, cli } = acmeLab);
   proxy = await startClusterProxy(
     lab,
     'acme-alpn',
@@ -60,15 +46,7 @@ beforeAll(async () => {
         { ...p, port: httpsPort },
         {
           domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-          acme: {
-            directory: pebble.directory,
-            caBundle: pebble.tlsCaFile,
-            contact: ['mailto:ops@acme.test'],
-            challenges: ['tls-alpn-01'],
-            keyserverConfig,
-            orderTimeoutSeconds: 60,
-            timeoutMs: 10_000,
-          },
+          acme: acmeLab.acme({ contact: ['mailto:ops@acme.test'], challenges: ['tls-alpn-01'], timeoutMs: 10_000 }),
         },
       ),
     {},
@@ -78,8 +56,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  await pebble?.stop();
-  await lab?.close();
+  await acmeLab?.close();
 });
 
 describe('ACME issuance against pebble, TLS-ALPN-01', () => {

@@ -17,6 +17,10 @@
  * the worker's listeners answer a ClientHello offering "acme-tls/1" for the
  * name with the challenge certificate (tls-alpn.ts); its private key stays in
  * the token, signed for through the keyless bridge like any certificate's.
+ *
+ * In a fleet (`etcd` configured) the board holds the fleet's challenges, as
+ * etcd holds them, whichever node ordered them (fleet-challenges.ts): every
+ * node answers every challenge.
  */
 
 export const ACME_CHALLENGE_PATH = '/.well-known/acme-challenge/';
@@ -81,6 +85,14 @@ export class ChallengeBoard implements ChallengePublisher {
 
   remove(token: string): Promise<void> {
     if (!this.#entries.delete(token)) return Promise.resolve();
+    this.#generation++;
+    return this.#broadcast(this.message());
+  }
+
+  /** Exactly `entries` on the board: the fleet's challenges, as etcd holds them (fleet-challenges.ts). */
+  replace(entries: readonly ChallengeEntry[]): Promise<void> {
+    this.#entries.clear();
+    for (const entry of entries) this.#entries.set(entry.token, entry);
     this.#generation++;
     return this.#broadcast(this.message());
   }

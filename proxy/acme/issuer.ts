@@ -11,8 +11,12 @@
  * a reload).
  *
  * Runs in the proxy's cluster primary, which owns the store and the reload
- * path. Costs per certificate: one key generation (a child process), about
- * ten signed requests (one key-server sign each) and the CA's validation.
+ * path. In a fleet the account is the fleet's (shared-state.ts), registered
+ * once under its lock; an order's chain is written under the name's
+ * issuance lock, its fence checked in the write (issuance-locks.ts).
+ *
+ * Costs per certificate: one key generation (a child process), about ten
+ * signed requests (one key-server sign each) and the CA's validation.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -25,19 +29,23 @@ import { Algorithm } from '../../keyserver/protocol/constants.js';
 import { AcmeClient, type AcmeAuthorization, type AcmeOrder } from './client.js';
 import type { ChallengeEntry, ChallengePublisher } from './challenges.js';
 import { AcmeError } from './errors.js';
+import { type IssuanceLocks, localLocks } from './issuance-locks.js';
 import { ecdsaDerToRaw, keyserverSigner, thumbprint } from './jws.js';
-import type { StateFile } from './state.js';
+import type { AccountState, IssuerStateStore } from './state.js';
+import type { HeldLock } from '../store/lock.js';
 import { type TokenKeys, waitForKey } from './token-keys.js';
 
 export interface IssuerDeps {
   readonly config: AcmeConfig;
-  readonly state: StateFile;
+  readonly state: IssuerStateStore;
   readonly keys: TokenKeys;
   /** A fresh connection to the key server (closed by the issuer). */
   readonly keyserver: () => Promise<KeyserverClient>;
   readonly challenges: ChallengePublisher;
-  /** Validates and swaps in the chain for store entry `name`, pinned to `keyId`; rejects (store unchanged) when refused. */
-  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[]) => Promise<void>;
+  /** Validates and swaps in the chain for store entry `name`, pinned to `keyId`, fenced by `lock` in a fleet; rejects (store unchanged) when refused. */
+  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  /** The fleet's locks (the account's registration); default: one node alone. */
+  readonly locks?: IssuanceLocks;
   readonly log: Logger;
   /** Counts every order sent to the CA, by outcome. */
   readonly onOrder?: (result: 'ok' | 'failed') => void;
@@ -50,6 +58,8 @@ export interface IssueRequest {
   readonly replaces?: string | undefined;
   /** Sign with this existing key instead of making a new one. */
   readonly keyId?: string | undefined;
+  /** The fleet's issuance lock for this name, held by the caller: the chain is written only while it is. */
+  readonly lock?: HeldLock | undefined;
 }
 
 export interface Issued {
@@ -83,7 +93,7 @@ export class AcmeIssuer {
         spki = await waitForKey(keyserver, keyId);
       }
       const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
-      await this.#deps.store(request.name, chainPem, keyId, request.domains);
+      await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock);
       this.#deps.onOrder?.('ok');
       return { keyId, chainPem, newKey: made !== undefined };
     } catch (err) {
@@ -96,13 +106,34 @@ export class AcmeIssuer {
     }
   }
 
-  /** An ACME client on the account, registering it (key made in the token) the first time. */
+  /** An ACME client on the account, registering it (key made in the token) the first time, once for the fleet. */
   async #session(keyserver: KeyserverClient): Promise<AcmeClient> {
     const { config, state, keys, log } = this.#deps;
+    const existing = this.#account();
+    if (existing !== undefined) return (await this.#client(keyserver, existing.keyId)).client;
+    const held = await (this.#deps.locks ?? localLocks).hold('acme/account', config.timeoutMs * 6, async () => {
+      // Another node may have registered it while this one waited for the lock.
+      const registered = this.#account();
+      if (registered !== undefined) return (await this.#client(keyserver, registered.keyId)).client;
+      const keyId = (await keys.generate('ec-p256', `acme-account-${stamp()}`)).keyId;
+      const { client, url } = await this.#client(keyserver, keyId);
+      state.state.account = { directory: config.directory, keyId, url };
+      await state.save();
+      log.info({ keyId, account: url }, 'ACME account registered; its key is in the token');
+      return client;
+    });
+    if (held === undefined) throw new AcmeError('another node of the fleet is still registering the ACME account', {});
+    return held.value;
+  }
+
+  #account(): AccountState | undefined {
+    const account = this.#deps.state.state.account;
+    return account?.directory === this.#deps.config.directory ? account : undefined;
+  }
+
+  async #client(keyserver: KeyserverClient, keyId: string): Promise<{ client: AcmeClient; url: string }> {
+    const { config } = this.#deps;
     const ca = config.caBundle === null ? undefined : readFileSync(config.caBundle, 'utf8');
-    let account = state.state.account;
-    if (account !== undefined && account.directory !== config.directory) account = undefined;
-    const keyId = account?.keyId ?? (await keys.generate('ec-p256', `acme-account-${stamp()}`)).keyId;
     const spki = await waitForKey(keyserver, keyId);
     const client = new AcmeClient({
       directoryUrl: config.directory,
@@ -113,12 +144,7 @@ export class AcmeIssuer {
     const eab = config.eab === null ? undefined : { kid: config.eab.kid, hmacKey: readFileSync(config.eab.hmacKeyFile, 'utf8').trim() };
     // newAccount with an existing key answers 200 and the same URL (RFC 8555 §7.3.1): cheap, and it checks the account still exists.
     const url = await client.account({ contact: config.contact, eab });
-    if (account === undefined) {
-      state.state.account = { directory: config.directory, keyId, url };
-      state.save();
-      log.info({ keyId, account: url }, 'ACME account registered; its key is in the token');
-    }
-    return client;
+    return { client, url };
   }
 
   async #order(acme: AcmeClient, keyserver: KeyserverClient, request: IssueRequest, keyId: string, spki: Buffer): Promise<string> {

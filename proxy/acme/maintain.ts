@@ -8,6 +8,12 @@
  * is never ordered twice. A failure leaves the store entry as it is (the
  * current certificate keeps serving until it expires), is logged, counted,
  * remembered with its backoff in the state file, and shown in GET /certs.
+ *
+ * In a fleet every node runs this loop on the shared state (shared-state.ts);
+ * an order runs under the name's issuance lock (issuance-locks.ts), so when
+ * two nodes decide to order the same name, one orders and the other, once
+ * the lock is its own, finds the name issued since it asked and orders
+ * nothing.
  */
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { AcmeConfig } from '../../config/proxy-schema.js';
@@ -15,14 +21,16 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME_PROBLEMS, type AcmeMetrics } from '../metrics.js';
 import type { CertificateRecord } from '../serving/spec.js';
 import { AcmeError } from './errors.js';
+import { type IssuanceLocks, localLocks } from './issuance-locks.js';
 import type { AcmeIssuer, Issued } from './issuer.js';
+import type { HeldLock } from '../store/lock.js';
 import { ariTime, backoffMs, leafTimes, renewalTime } from './policy.js';
-import type { ManagedState, StateFile } from './state.js';
+import type { IssuerStateStore, ManagedState } from './state.js';
 import type { TokenKeys } from './token-keys.js';
 
 export interface ManagerDeps {
   readonly config: AcmeConfig;
-  readonly state: StateFile;
+  readonly state: IssuerStateStore;
   readonly issuer: AcmeIssuer;
   readonly keys: TokenKeys;
   readonly records: () => ReadonlyMap<string, CertificateRecord>;
@@ -30,7 +38,14 @@ export interface ManagerDeps {
   readonly log: Logger;
   /** RFC 9773 renewal window for a certID; undefined when the CA offers no ARI. */
   readonly renewalWindow: (certId: string) => Promise<{ start: Date; end: Date; retryAfterMs: number | undefined } | undefined>;
+  /** The fleet's issuance locks; default: one node alone. */
+  readonly locks?: IssuanceLocks;
 }
+
+/** An order's lock is waited for this much longer than the order may take. */
+const LOCK_WAIT_SLACK_MS = 10_000;
+/** In a fleet, a certificate another node issued this recently is loading here, not missing. */
+const JUST_ISSUED_MS = 120_000;
 
 /** ARI windows are looked at again after the CA's Retry-After, or this long (RFC 9773 §4.3 suggests hours). */
 const ARI_RECHECK_MS = 6 * 3_600_000;
@@ -75,7 +90,7 @@ export class CertificateManager {
     const managed = this.#deps.state.state.certificates[name];
     if (managed === undefined) {
       this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0 };
-      this.#deps.state.save();
+      void this.#deps.state.save();
     }
     return this.#run(name);
   }
@@ -117,13 +132,18 @@ export class CertificateManager {
         if (this.#inFlight.has(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
         const record = this.#deps.records().get(name);
         if (record !== undefined) await this.#checkAri(name, managed, record);
-        const due = record === undefined ? now : this.#due(name, managed, record);
+        // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
+        const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
         if (due <= now) this.#run(name).catch(() => undefined);
       }
       await this.#deleteRetiredKeys(now);
     } finally {
       this.#ticking = false;
     }
+  }
+
+  #justIssuedElsewhere(managed: ManagedState, now: number): boolean {
+    return this.#deps.locks !== undefined && managed.lastIssuedAt !== undefined && now - Date.parse(managed.lastIssuedAt) < JUST_ISSUED_MS;
   }
 
   #due(name: string, managed: ManagedState, record: CertificateRecord): number {
@@ -140,7 +160,7 @@ export class CertificateManager {
       const window = await this.#deps.renewalWindow(leaf.certId);
       if (window === undefined) return;
       managed.ari = { serial: leaf.serial, at: new Date(ariTime(window)).toISOString(), checkedAt: new Date().toISOString() };
-      this.#deps.state.save();
+      void this.#deps.state.save();
     } catch (err) {
       // Without a window the lifetime rule still holds: ARI only ever moves the date.
       this.#deps.log.warn({ certificate: name, err: (err as Error).message }, 'ACME renewal info unavailable; renewing by lifetime');
@@ -155,7 +175,25 @@ export class CertificateManager {
     return attempt;
   }
 
+  /** Orders `name` under its issuance lock, unless another node issued it while this one waited for the lock. */
   async #attempt(name: string): Promise<Issued> {
+    const { state, config, log } = this.#deps;
+    const asked = state.state.certificates[name]?.lastIssuedAt;
+    const held = await (this.#deps.locks ?? localLocks).hold(`acme/issue/${name}`, config.orderTimeoutSeconds * 1000 + LOCK_WAIT_SLACK_MS, async (lock) => {
+      const managed = state.state.certificates[name];
+      if (lock !== undefined && managed !== undefined && managed.lastIssuedAt !== asked && managed.failures === 0) {
+        log.info({ certificate: name, keyId: managed.keyId }, 'ACME certificate issued by another node of the fleet while this one waited; not ordered again');
+        return { keyId: managed.keyId, chainPem: this.#deps.records().get(name)?.chainPem ?? '', newKey: false };
+      }
+      return this.#order(name, lock);
+    });
+    if (held === undefined) {
+      throw new KeyedgeError('KEYEDGE_ERR_ACME', `another node of the fleet has been ordering '${name}' for longer than an order may take; not ordered here`);
+    }
+    return held.value;
+  }
+
+  async #order(name: string, lock: HeldLock | undefined): Promise<Issued> {
     const { state, issuer, config, metrics, log } = this.#deps;
     const managed = state.state.certificates[name];
     if (managed === undefined) throw new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME`);
@@ -170,6 +208,7 @@ export class CertificateManager {
         // `replaces` is only meaningful to a CA that offers ARI; one that does not ignores what it does not know (RFC 8555 §7.4).
         ...(certId !== undefined && managed.ari !== undefined ? { replaces: certId } : {}),
         ...(!config.renewal.newKey && previousKey !== undefined ? { keyId: previousKey } : {}),
+        ...(lock === undefined ? {} : { lock }),
       });
       Object.assign(managed, {
         keyId: issued.keyId,
@@ -182,7 +221,8 @@ export class CertificateManager {
       if (previousKey !== undefined && previousKey !== issued.keyId) {
         state.state.retiredKeys.push({ keyId: previousKey, deleteAfter: new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString() });
       }
-      state.save();
+      // Before the lock goes: the next holder reads it and orders nothing.
+      await state.save();
       metrics.renewals.inc({ result: 'ok', problem: 'none' });
       log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
       return issued;
@@ -193,7 +233,7 @@ export class CertificateManager {
       managed.notBefore = new Date(Date.now() + wait).toISOString();
       const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME';
       managed.lastError = { code, problem: acme?.problem, message: (err as Error).message, at: new Date().toISOString() };
-      state.save();
+      await state.save();
       const problem = (ACME_PROBLEMS as readonly string[]).includes(acme?.problem ?? '') ? (acme?.problem as string) : 'other';
       metrics.renewals.inc({ result: 'failed', problem });
       log.error(
@@ -204,7 +244,14 @@ export class CertificateManager {
     }
   }
 
+  /** One node of the fleet at a time deletes retired keys; the others skip the pass. */
   async #deleteRetiredKeys(now: number): Promise<void> {
+    if (this.#deps.state.state.retiredKeys.length === 0) return;
+    // etcd away: the keys wait for the next pass, as after a failed delete.
+    await (this.#deps.locks ?? localLocks).hold('acme/retired-keys', 0, () => this.#deleteRetiredKeysHeld(now)).catch(() => undefined);
+  }
+
+  async #deleteRetiredKeysHeld(now: number): Promise<void> {
     const { state, keys, metrics, log } = this.#deps;
     const inUse = new Set([...this.#deps.records().values()].map((r) => r.keyId));
     const keep: typeof state.state.retiredKeys = [];
@@ -224,7 +271,7 @@ export class CertificateManager {
     }
     if (keep.length !== state.state.retiredKeys.length) {
       state.state.retiredKeys = keep;
-      state.save();
+      await state.save();
     }
   }
 }

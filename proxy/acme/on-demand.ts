@@ -15,16 +15,18 @@
  *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain (the
  *      last two labels: no public-suffix list) and `maxOrdersPerHour` in all.
  * A refusal at 2, 4 or 5 is remembered; a rate-limited name is not (it may
- * come back when the hour has room).
+ * come back when the hour has room). What is remembered and counted lives in
+ * the ledger (on-demand-ledger.ts): this node's memory, or the fleet's store,
+ * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
 import { LRUCache } from 'lru-cache';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 
 const WANTED = 'keyedge:acme-wanted';
 const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const HOUR_MS = 3_600_000;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
@@ -59,19 +61,19 @@ export interface OnDemandDeps {
   /** Starts issuance in the background. */
   readonly order: (name: string) => void;
   readonly onOutcome?: (outcome: OnDemandOutcome) => void;
+  /** Refusals and order counts; default: this node's memory. */
+  readonly ledger?: OnDemandLedger;
 }
 
 export class OnDemandGate {
   readonly #deps: OnDemandDeps;
-  readonly #refused: LRUCache<string, true>;
+  readonly #ledger: OnDemandLedger;
   readonly #checking = new Set<string>();
-  readonly #perDomain = new LRUCache<string, number[]>({ max: 100_000 });
-  #global: number[] = [];
   readonly #resolver: Resolver;
 
   constructor(deps: OnDemandDeps) {
     this.#deps = deps;
-    this.#refused = new LRUCache({ max: 100_000, ttl: deps.config.refusedSeconds * 1000 });
+    this.#ledger = deps.ledger ?? new LocalLedger(deps.config);
     this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
     if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
   }
@@ -86,26 +88,24 @@ export class OnDemandGate {
   async #decide(name: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
     if (!DNS_NAME.test(name) || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
-    if (this.#refused.has(name)) return 'remembered';
+    if (this.#ledger.refused(name)) return 'remembered';
     if (this.#checking.size >= config.maxPendingChecks) return 'busy';
     this.#checking.add(name);
     try {
       const refusal = (await this.#askRefusal(name)) ?? (await this.#cnameRefusal(name));
       if (refusal !== undefined) {
-        this.#refused.set(name, true);
+        this.#ledger.rememberRefusal(name, refusal);
         log.info({ name, reason: refusal }, 'on-demand certificate refused');
         return 'refused';
       }
       const domain = name.split('.').slice(-2).join('.');
-      const now = Date.now();
-      const recentForDomain = (this.#perDomain.get(domain) ?? []).filter((t) => now - t < HOUR_MS);
-      this.#global = this.#global.filter((t) => now - t < HOUR_MS);
-      if (recentForDomain.length >= config.maxOrdersPerDomainPerHour || this.#global.length >= config.maxOrdersPerHour) {
+      const slot = await this.#ledger.takeOrderSlot(domain);
+      // The fleet's store away: nothing is counted, so nothing is ordered (the name comes back with its next handshake).
+      if (slot === 'unavailable') return 'busy';
+      if (slot === 'rate_limited') {
         log.warn({ name, domain }, 'on-demand certificate rate-limited');
         return 'rate_limited';
       }
-      this.#perDomain.set(domain, [...recentForDomain, now]);
-      this.#global.push(now);
       log.info({ name }, 'on-demand certificate ordered');
       this.#deps.order(name);
       return 'ordered';

@@ -7,6 +7,14 @@
  * Why the primary: it already owns the certificate store, the one reload path
  * and the IPC channel to every worker; the workers stay on the data path and
  * never talk to the CA.
+ *
+ * One node alone keeps its state in `<stateDir>/acme/state.json` and its
+ * challenges on its own board. In a fleet (`shared`: the etcd store) the
+ * account, the managed certificates' state, the challenges, the on-demand
+ * refusals and rate-limit counts are the fleet's, and orders run under
+ * per-name locks: any node may order, one does per name, every node answers
+ * the challenges (shared-state.ts, fleet-challenges.ts, issuance-locks.ts,
+ * on-demand-ledger.ts).
  */
 import type { Registry } from 'prom-client';
 import type { AcmeConfig, ProxyConfig } from '../../config/proxy-schema.js';
@@ -18,7 +26,13 @@ import { AcmeClient } from './client.js';
 import { AcmeIssuer } from './issuer.js';
 import { CertificateManager } from './maintain.js';
 import { OnDemandGate } from './on-demand.js';
-import { StateFile } from './state.js';
+import { FleetChallenges } from './fleet-challenges.js';
+import { FleetLedger } from './on-demand-ledger.js';
+import { fleetLocks } from './issuance-locks.js';
+import { SharedIssuerState } from './shared-state.js';
+import { type IssuerStateStore, StateFile } from './state.js';
+import type { EtcdStore } from '../store/etcd-store.js';
+import type { HeldLock } from '../store/lock.js';
 import { cliTokenKeys, type TokenKeys } from './token-keys.js';
 import { readFileSync } from 'node:fs';
 import type { CertificateRecord } from '../serving/spec.js';
@@ -30,10 +44,14 @@ export interface AcmeDeps {
   readonly registry: Registry;
   readonly keyserver: () => Promise<KeyserverClient>;
   readonly records: () => ReadonlyMap<string, CertificateRecord>;
-  /** Validates and stores the chain, then reloads every worker; rejects when refused or not applied. */
-  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[]) => Promise<void>;
+  /** Validates and stores the chain (fenced by `lock` in a fleet), then reloads every worker; rejects when refused or not applied. */
+  readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
   /** Sends the board to every worker; resolves once each acknowledged it. */
   readonly broadcast: (message: BoardMessage) => Promise<void>;
+  /** The fleet's store, when `etcd` is configured. */
+  readonly shared?: EtcdStore | undefined;
+  /** How long a new challenge waits for every node of the fleet to serve it. */
+  readonly publishWaitMs?: number;
   /** Overrides the token-key maker (tests). */
   readonly keys?: TokenKeys;
 }
@@ -43,14 +61,20 @@ export interface RunningAcme {
   readonly board: ChallengeBoard;
   /** Present when `acme.onDemand` is configured. */
   readonly onDemand: OnDemandGate | undefined;
+  /** The fleet's ACME keys changed (the store's watch). */
+  storeChanged(): void;
   stop(): void;
 }
 
 export function startAcme(deps: AcmeDeps): RunningAcme {
   const { acme, log } = deps;
-  const state = new StateFile(deps.config.stateDir);
+  const { shared } = deps;
+  const state: IssuerStateStore = shared === undefined ? new StateFile(deps.config.stateDir) : new SharedIssuerState(shared, log);
   const keys = deps.keys ?? cliTokenKeys(acme.keyserverConfig);
   const board = new ChallengeBoard(deps.broadcast);
+  const fleet = shared === undefined ? undefined : new FleetChallenges(shared, board, log, deps.publishWaitMs ?? 10_000);
+  // One node alone needs no lock: its manager's in-flight map keeps one order per name.
+  const locks = shared === undefined ? {} : { locks: fleetLocks(shared, () => state.refresh?.()) };
   let manager: CertificateManager | undefined;
   const metrics = registerAcmeMetrics(deps.registry, () => manager?.failing ?? 0);
   const issuer = new AcmeIssuer({
@@ -58,8 +82,9 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     state,
     keys,
     keyserver: deps.keyserver,
-    challenges: board,
+    challenges: fleet ?? board,
     store: deps.store,
+    ...locks,
     log,
     onOrder: (result) => metrics.orders.inc({ result }),
   });
@@ -72,6 +97,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     records: deps.records,
     metrics,
     log,
+    ...locks,
     renewalWindow: async (certId) => {
       // The renewal-info GET needs no signature (RFC 9773 §4.2): no account, no key server.
       const client = new AcmeClient({ directoryUrl: acme.directory, signer: UNSIGNED, timeoutMs: acme.timeoutMs, ...(ca === undefined ? {} : { ca }) });
@@ -82,6 +108,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
       }
     },
   });
+  fleet?.start();
   manager.start();
   const running = manager;
   const onDemand =
@@ -93,9 +120,22 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           isManaged: (name) => running.isManaged(name),
           order: (name) => void running.issue([name]).catch(() => undefined),
           onOutcome: (outcome) => metrics.onDemand.inc({ outcome }),
+          ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
         });
   log.info({ directory: acme.directory, managed: Object.keys(state.state.certificates).length }, 'ACME issuer started');
-  return { manager, board, onDemand, stop: () => manager?.stop() };
+  return {
+    manager,
+    board,
+    onDemand,
+    storeChanged: () => {
+      state.refresh?.();
+      fleet?.changed();
+    },
+    stop: () => {
+      manager?.stop();
+      fleet?.stop();
+    },
+  };
 }
 
 const UNSIGNED = {

@@ -1,9 +1,12 @@
 /**
- * What the issuer remembers across restarts, in `<stateDir>/acme/state.json`
- * (mode 0600, written whole and renamed into place): the account (the key id
- * of its key in the token and its URL at the CA, never key material), each
- * managed certificate's names, key and retry state, and the retired keys
- * waiting for their grace period to end before they are deleted.
+ * What the issuer remembers across restarts: the account (the key id of its
+ * key in the token and its URL at the CA, never key material), each managed
+ * certificate's names, key and retry state, and the retired keys waiting for
+ * their grace period to end before they are deleted.
+ *
+ * Two homes behind one seam (`IssuerStateStore`): `<stateDir>/acme/state.json`
+ * for one node (mode 0600, written whole and renamed into place; this file),
+ * or the fleet's etcd prefix when `etcd` is configured (shared-state.ts).
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,7 +36,19 @@ export interface IssuerState {
   retiredKeys: { keyId: string; deleteAfter: string }[];
 }
 
-export class StateFile {
+/**
+ * The issuer's state and how it is kept. Callers change `state` in place and
+ * then `save()`; the fleet's store writes asynchronously (a caller that must
+ * know it landed awaits it), the file synchronously.
+ */
+export interface IssuerStateStore {
+  readonly state: IssuerState;
+  save(): void | Promise<void>;
+  /** Brings `state` up to what the other nodes wrote (the fleet); nothing for a file. */
+  refresh?(): void;
+}
+
+export class StateFile implements IssuerStateStore {
   readonly #file: string;
   state: IssuerState;
 

@@ -24,6 +24,7 @@ import { VerdictCache } from '../certs/verdicts.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
 import type { EtcdStore } from '../store/etcd-store.js';
+import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
 import { prepareServing } from './prepare.js';
@@ -205,9 +206,10 @@ export class ServingSource {
   async putCertificate(
     name: string,
     chainText: string,
-    pin: { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string } = {},
+    pin: { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock } = {},
   ): Promise<void> {
-    const store = this.store;
+    // An ACME order's result in a fleet: written only while its issuance lock is held (store/lock.ts).
+    const store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
     // Refused before any validation when the shared store cannot take it.
     this.#shared?.assertWritable();
     const client = await connectKeyserver(this.#config);

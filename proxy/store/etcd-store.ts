@@ -5,6 +5,8 @@
  *   <prefix>certs/<name>    {"chain": PEM, "meta": StoreMeta}   (store.ts's entry)
  *   <prefix>routes/<name>   a domain, as in the config file's `domains`
  *   <prefix>tickets         {"keys": [base64, newest first], "rotatedAt": ISO}
+ *   <prefix>acme/...        the ACME issuer's shared state (acme/shared-state.ts,
+ *                           acme/fleet-challenges.ts, acme/on-demand-ledger.ts)
  *   <prefix>locks/<name>    lock keys (lock.ts), not state
  *
  * The node keeps a mirror of the prefix in memory: one range read at start
@@ -30,7 +32,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store.js';
 import { readCache, writeCache } from './cache.js';
-import { acquireLock, type HeldLock, type LockOptions } from './lock.js';
+import { acquireLock, fencedPut, type HeldLock, type LockOptions } from './lock.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
 
 /** How often etcd is probed; also the bound on how long a lost watch goes unnoticed. */
@@ -42,8 +44,9 @@ export const CERTS = 'certs/';
 export const ROUTES = 'routes/';
 export const TICKETS = 'tickets';
 export const LOCKS = 'locks/';
+export const ACME = 'acme/';
 
-export type StoreChange = 'certificates' | 'routes' | 'tickets';
+export type StoreChange = 'certificates' | 'routes' | 'tickets' | 'acme';
 
 interface Item {
   readonly value: string;
@@ -181,8 +184,8 @@ export class EtcdStore implements EntryStorage {
     await this.delete(CERTS + name);
   }
 
-  /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Rejects with StoreUnavailableError. */
-  async put(key: string, value: string): Promise<void> {
+  /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Resolves with the write's revision; rejects with StoreUnavailableError. */
+  async put(key: string, value: string): Promise<number> {
     this.assertWritable();
     const result = await this.#call(`write ${key}`, () =>
       this.client
@@ -190,7 +193,43 @@ export class EtcdStore implements EntryStorage {
         .value(value)
         .exec(),
     );
-    this.applyLocal(key, value, Number(result.header.revision));
+    const revision = Number(result.header.revision);
+    this.applyLocal(key, value, revision);
+    return revision;
+  }
+
+  /**
+   * The certificate entries, written only while `lock` is still held (its
+   * fence compared in the same transaction, lock.ts): a node that lost its
+   * issuance lock (a long pause, a partition) cannot put its result over the
+   * one its successor wrote. Reads are the store's own.
+   */
+  fenced(lock: HeldLock): EntryStorage {
+    return {
+      dir: this.dir,
+      list: () => this.list(),
+      has: (name) => this.has(name),
+      read: (name) => this.read(name),
+      write: async (name, chainText, meta) => {
+        this.assertWritable();
+        const value = JSON.stringify({ chain: chainText, meta });
+        const revision = await this.#call(`write ${CERTS}${name}`, () => fencedPut(this.client, lock, this.prefix + CERTS + name, value));
+        if (revision === undefined) {
+          throw new StoreUnavailableError(`the lock ${lock.key} was lost before ${name} was written (another node holds it now); nothing was written`);
+        }
+        this.applyLocal(CERTS + name, value, revision);
+      },
+    };
+  }
+
+  /** Resolves true once the mirror holds every change up to `revision` (the watch caught up), false after `timeoutMs`. */
+  async reached(revision: number, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#revision < revision) {
+      if (Date.now() > deadline) return false;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return true;
   }
 
   async delete(key: string): Promise<void> {
@@ -397,5 +436,6 @@ function kindOf(key: string): StoreChange | undefined {
   if (key.startsWith(CERTS)) return 'certificates';
   if (key.startsWith(ROUTES)) return 'routes';
   if (key === TICKETS) return 'tickets';
+  if (key.startsWith(ACME)) return 'acme';
   return undefined;
 }

@@ -9,13 +9,74 @@
  * `PEBBLE_VA_ALWAYS_VALID` is never set: every challenge is really fetched.
  * Pebble rejects 5 % of nonces by default (`PEBBLE_WFE_NONCEREJECT`), which
  * exercises the client's badNonce retry on every run.
+ *
+ * `startAcmeLab()` is the set-up every ACME test shares: a keyless lab (key
+ * server, SoftHSM2 token, origin), a pebble whose HTTP-01 validations go to a
+ * port chosen here (the proxy under test listens on it), the proxy's `acme`
+ * section for that pebble, and the `keyedge` CLI.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
-import { sleep } from './keyserver.js';
-import { freePort } from './proxy-lab.js';
+import { CLI, REPO, sleep } from './keyserver.js';
+import { freePort, type KeylessLab, startKeylessLab } from './proxy-lab.js';
+
+export interface AcmeLab {
+  readonly lab: KeylessLab;
+  readonly pebble: Pebble;
+  /** The key server's config file: the token the account and certificate keys are made in. */
+  readonly keyserverConfig: string;
+  /** Where pebble's validation authority sends HTTP-01 requests: the proxy's `httpRedirect` port. */
+  readonly httpPort: number;
+  /** The proxy's `acme` section for this pebble (directory, its CA, the key server), with `overrides` on top. */
+  acme(overrides?: Record<string, unknown>): Record<string, unknown>;
+  /** Runs the built `keyedge` CLI. */
+  cli(args: readonly string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
+  /** Stops pebble and the lab (the test stops its proxies first). */
+  close(): Promise<void>;
+}
+
+/** `pebble`: extra pebble settings (`tlsPort` for TLS-ALPN-01 at the proxy's HTTPS port), `env`: pebble's environment. */
+export async function startAcmeLab(options: { readonly pebble?: Record<string, unknown>; readonly env?: Record<string, string> } = {}): Promise<AcmeLab> {
+  const lab = await startKeylessLab();
+  let pebble: Pebble | undefined;
+  try {
+    const keyserverConfig = join(lab.dir, 'keyserver.json');
+    const httpPort = await freePort();
+    const pebbleDir = join(lab.dir, 'pebble');
+    mkdirSync(pebbleDir);
+    pebble = await startPebble(pebbleDir, httpPort, options.env ?? {}, options.pebble ?? {});
+    const started = pebble;
+    return {
+      lab,
+      pebble: started,
+      keyserverConfig,
+      httpPort,
+      acme: (overrides = {}) => ({
+        directory: started.directory,
+        caBundle: started.tlsCaFile,
+        keyserverConfig,
+        orderTimeoutSeconds: 60,
+        ...overrides,
+      }),
+      cli: (args, timeoutMs = 120_000) =>
+        new Promise((resolve) => {
+          execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
+            resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
+          });
+        }),
+      async close() {
+        await started.stop();
+        await lab.close();
+      },
+    };
+  } catch (err) {
+    await pebble?.stop();
+    await lab.close();
+    throw err;
+  }
+}
 
 export interface Pebble {
   readonly directory: string;

@@ -1,0 +1,157 @@
+/**
+ * ACME challenges across the fleet: one node orders, every node answers.
+ *
+ * The ordering node writes each challenge to etcd; every node's primary
+ * takes it from its watch (store/etcd-store.ts) onto its own board
+ * (challenges.ts), whose workers answer it on port 80 (HTTP-01, RFC 8555
+ * §8.3) or to an "acme-tls/1" ClientHello (TLS-ALPN-01, RFC 8737), and says
+ * so in etcd. The ordering node tells the CA to validate once every node
+ * answering has said it serves the challenge (or after the wait), so
+ * whichever node the CA's connection lands on (DNS, anycast) answers it.
+ *
+ *   <prefix>acme/challenges/<token>  a ChallengeEntry (JSON): a key
+ *                                    authorization, or a TLS-ALPN-01
+ *                                    certificate and the id of its key in the
+ *                                    token; public by design (RFC 8555 §8.1),
+ *                                    never key material
+ *   <prefix>acme/answering/<node>    the store revision up to which this
+ *                                    node's workers serve the challenges,
+ *                                    under a lease: a node that dies drops
+ *                                    out of the wait within LEASE_TTL_SECONDS
+ *
+ * Node ids are random per start: a restarted node is a new one, and its old
+ * key goes with its lease. Costs: two writes per challenge (the entry, then
+ * one report per node), one delete when it is done.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Lease } from 'etcd3';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
+
+const CHALLENGES = `${ACME}challenges/`;
+const ANSWERING = `${ACME}answering/`;
+const LEASE_TTL_SECONDS = 10;
+
+export class FleetChallenges implements ChallengePublisher {
+  readonly #store: EtcdStore;
+  readonly #board: ChallengeBoard;
+  readonly #log: Logger;
+  readonly #waitMs: number;
+  readonly #node = randomBytes(8).toString('hex');
+  readonly #waiters = new Set<() => void>();
+  #lease: Lease | undefined;
+  /** The challenges last put on the board, as JSON. */
+  #onBoard = '[]';
+  /** Board updates and their reports, one after another. */
+  #reporting: Promise<void> = Promise.resolve();
+
+  /** `waitMs`: how long a new challenge waits for every node to serve it before the CA is told to look. */
+  constructor(store: EtcdStore, board: ChallengeBoard, log: Logger, waitMs: number) {
+    this.#store = store;
+    this.#board = board;
+    this.#log = log;
+    this.#waitMs = waitMs;
+  }
+
+  /** Puts the fleet's current challenges on the board and joins the nodes that answer. */
+  start(): void {
+    this.#onBoard = '';
+    this.changed();
+  }
+
+  async add(entry: ChallengeEntry): Promise<void> {
+    const revision = await this.#store.put(CHALLENGES + entry.token, JSON.stringify(entry));
+    await this.#everyNodeServes(revision);
+  }
+
+  async remove(token: string): Promise<void> {
+    if (this.#store.item(CHALLENGES + token) === undefined) return;
+    // Left in etcd when it is away: a stale challenge answers nothing the CA still asks for (the token was used).
+    await this.#store.delete(CHALLENGES + token).catch((err: Error) => this.#log.warn({ reason: err.message }, 'ACME challenge not withdrawn from etcd'));
+  }
+
+  /** The store's ACME keys moved (the watch, or this node's own write). */
+  changed(): void {
+    const revision = this.#store.health.revision;
+    const entries = this.#entries();
+    const text = JSON.stringify(entries);
+    if (text !== this.#onBoard) {
+      this.#onBoard = text;
+      this.#reporting = this.#reporting.then(async () => {
+        await this.#board.replace(entries);
+        await this.#report(revision);
+      });
+    }
+    for (const wake of this.#waiters) wake();
+  }
+
+  stop(): void {
+    void this.#lease?.revoke().catch(() => undefined);
+    this.#lease = undefined;
+  }
+
+  #entries(): ChallengeEntry[] {
+    const entries: ChallengeEntry[] = [];
+    for (const token of this.#store.keys(CHALLENGES).sort()) {
+      const entry = parseEntry(this.#store.item(CHALLENGES + token)?.value, token);
+      if (entry === undefined) this.#log.warn({ token }, "an ACME challenge in the fleet's store is malformed; not answered");
+      else entries.push(entry);
+    }
+    return entries;
+  }
+
+  /** Tells the fleet this node's workers serve every challenge up to `revision`. */
+  async #report(revision: number): Promise<void> {
+    try {
+      if (this.#lease === undefined) {
+        const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
+        lease.on('lost', () => {
+          if (this.#lease === lease) this.#lease = undefined;
+        });
+        this.#lease = lease;
+      }
+      await this.#lease
+        .put(this.#store.prefix + ANSWERING + this.#node)
+        .value(String(revision))
+        .exec();
+    } catch (err) {
+      this.#lease = undefined;
+      this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
+    }
+  }
+
+  /** Resolves once every answering node (this one included) serves the challenges up to `revision`, or after the wait. */
+  async #everyNodeServes(revision: number): Promise<void> {
+    const behind = (): string[] =>
+      [...new Set([...this.#store.keys(ANSWERING), this.#node])].filter((node) => Number(this.#store.item(ANSWERING + node)?.value ?? -1) < revision);
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+        resolve();
+      };
+      const check = (): void => void (behind().length === 0 && done());
+      const timer = setTimeout(() => {
+        this.#log.warn({ nodes: behind().length }, 'ACME challenge published, but not every node said it serves it in time; the CA is told to look anyway');
+        done();
+      }, this.#waitMs);
+      this.#waiters.add(check);
+      check();
+    });
+  }
+}
+
+/** A challenge from etcd, checked for the fields the workers use; undefined when malformed. */
+function parseEntry(text: string | undefined, token: string): ChallengeEntry | undefined {
+  try {
+    const raw = JSON.parse(text ?? '') as Record<string, unknown>;
+    const strings = (...keys: string[]): boolean => keys.every((k) => typeof raw[k] === 'string');
+    if (raw.token !== token || !strings('token', 'name')) return undefined;
+    if (raw.kind === 'http-01' && strings('keyAuthorization')) return raw as unknown as ChallengeEntry;
+    if (raw.kind === 'tls-alpn-01' && strings('certificatePem', 'keyId', 'spki')) return raw as unknown as ChallengeEntry;
+    return undefined;
+  } catch {
+    return undefined;
+  }
+}

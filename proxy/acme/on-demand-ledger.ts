@@ -1,0 +1,152 @@
+/**
+ * What the on-demand gate (on-demand.ts) remembers between decisions: the
+ * names it refused (for `refusedSeconds`) and the orders of the last hour,
+ * per registered domain and in all, against the two hourly limits.
+ *
+ * One node alone keeps them in memory (bounded LRUs). A fleet keeps them in
+ * its store, so the limits hold for the fleet, not per node, and a name one
+ * node refused is not asked about again by another:
+ *
+ *   <prefix>acme/on-demand/refused/<name>   {"reason"}, under a lease of
+ *                                           `refusedSeconds` (etcd forgets it)
+ *   <prefix>acme/on-demand/orders/<domain>  [ms since the epoch, …] of the last hour
+ *   <prefix>acme/on-demand/orders-all       [ms since the epoch, …] of the last hour
+ *
+ * An order slot is taken in one transaction that compares both counters'
+ * revisions with what was read, and tries again when another node moved
+ * them between: two nodes never both take the last slot. Refusals shared
+ * are capped (MAX_SHARED_REFUSALS), so a flood of refused names cannot grow
+ * every node's mirror without bound; past the cap they stay local.
+ */
+import { LRUCache } from 'lru-cache';
+import type { OnDemandConfig } from '../../config/proxy-schema.js';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { ACME, type EtcdStore } from '../store/etcd-store.js';
+
+const HOUR_MS = 3_600_000;
+const REFUSED = `${ACME}on-demand/refused/`;
+const ORDERS = `${ACME}on-demand/orders/`;
+const ORDERS_ALL = `${ACME}on-demand/orders-all`;
+const MAX_SHARED_REFUSALS = 10_000;
+/** Transactions tried when other nodes keep moving the counters. */
+const SLOT_TRIES = 5;
+
+export type SlotAnswer = 'taken' | 'rate_limited' | 'unavailable';
+
+export interface OnDemandLedger {
+  /** Whether `name` was refused within `refusedSeconds` (by any node of the fleet). */
+  refused(name: string): boolean;
+  rememberRefusal(name: string, reason: string): void;
+  /** Takes an order slot for a name under `domain` when both hourly limits have room. */
+  takeOrderSlot(domain: string): Promise<SlotAnswer>;
+}
+
+/** One node alone: memory only. */
+export class LocalLedger implements OnDemandLedger {
+  readonly #config: OnDemandConfig;
+  readonly #refused: LRUCache<string, true>;
+  readonly #perDomain = new LRUCache<string, number[]>({ max: 100_000 });
+  #global: number[] = [];
+
+  constructor(config: OnDemandConfig) {
+    this.#config = config;
+    this.#refused = new LRUCache({ max: 100_000, ttl: config.refusedSeconds * 1000 });
+  }
+
+  refused(name: string): boolean {
+    return this.#refused.has(name);
+  }
+
+  rememberRefusal(name: string): void {
+    this.#refused.set(name, true);
+  }
+
+  async takeOrderSlot(domain: string): Promise<SlotAnswer> {
+    const now = Date.now();
+    const recentForDomain = (this.#perDomain.get(domain) ?? []).filter((t) => now - t < HOUR_MS);
+    this.#global = this.#global.filter((t) => now - t < HOUR_MS);
+    if (recentForDomain.length >= this.#config.maxOrdersPerDomainPerHour || this.#global.length >= this.#config.maxOrdersPerHour) return 'rate_limited';
+    this.#perDomain.set(domain, [...recentForDomain, now]);
+    this.#global.push(now);
+    return 'taken';
+  }
+}
+
+/** The fleet: in etcd, with this node's memory in front for its own refusals. */
+export class FleetLedger implements OnDemandLedger {
+  readonly #store: EtcdStore;
+  readonly #config: OnDemandConfig;
+  readonly #log: Logger;
+  readonly #local: LocalLedger;
+  /** The lease refusals are put under, shared for a tenth of its life (so a refusal lasts 90–100 % of refusedSeconds). */
+  #lease: { readonly id: Promise<string>; readonly until: number } | undefined;
+
+  constructor(store: EtcdStore, config: OnDemandConfig, log: Logger) {
+    this.#store = store;
+    this.#config = config;
+    this.#log = log;
+    this.#local = new LocalLedger(config);
+  }
+
+  refused(name: string): boolean {
+    return this.#local.refused(name) || this.#store.item(REFUSED + name) !== undefined;
+  }
+
+  rememberRefusal(name: string, reason: string): void {
+    this.#local.rememberRefusal(name);
+    if (!this.#store.health.up || this.#store.keys(REFUSED).length >= MAX_SHARED_REFUSALS) return;
+    const now = Date.now();
+    if (this.#lease === undefined || this.#lease.until < now) {
+      const ttl = this.#config.refusedSeconds;
+      this.#lease = { id: this.#store.client.lease(ttl, { autoKeepAlive: false }).grant(), until: now + ttl * 100 };
+    }
+    const lease = this.#lease;
+    void lease.id
+      .then((id) =>
+        this.#store.client
+          .put(this.#store.prefix + REFUSED + name)
+          .value(JSON.stringify({ reason }))
+          .lease(id)
+          .exec(),
+      )
+      .catch((err: Error) => {
+        if (this.#lease === lease) this.#lease = undefined;
+        this.#log.warn({ reason: err.message }, 'on-demand refusal not shared with the fleet; this node remembers it');
+      });
+  }
+
+  async takeOrderSlot(domain: string): Promise<SlotAnswer> {
+    const client = this.#store.client;
+    const domainKey = this.#store.prefix + ORDERS + domain;
+    const allKey = this.#store.prefix + ORDERS_ALL;
+    try {
+      for (let i = 0; i < SLOT_TRIES; i++) {
+        const now = Date.now();
+        const [forDomain, all] = await Promise.all([client.get(domainKey).exec(), client.get(allKey).exec()]);
+        const recentForDomain = times(forDomain.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
+        const recent = times(all.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
+        if (recentForDomain.length >= this.#config.maxOrdersPerDomainPerHour || recent.length >= this.#config.maxOrdersPerHour) return 'rate_limited';
+        // A key that does not exist compares with mod revision 0.
+        const result = await client
+          .if(domainKey, 'Mod', '==', forDomain.kvs[0]?.mod_revision ?? '0')
+          .and(allKey, 'Mod', '==', all.kvs[0]?.mod_revision ?? '0')
+          .then(client.put(domainKey).value(JSON.stringify([...recentForDomain, now])), client.put(allKey).value(JSON.stringify([...recent, now])))
+          .commit();
+        if (result.succeeded) return 'taken';
+      }
+      return 'rate_limited';
+    } catch (err) {
+      this.#log.warn({ domain, reason: (err as Error).message }, "on-demand order not counted: the fleet's store (etcd) is unreachable; not ordered");
+      return 'unavailable';
+    }
+  }
+}
+
+function times(value: Buffer | undefined): number[] {
+  try {
+    const parsed = JSON.parse(value?.toString('utf8') ?? '[]') as unknown;
+    return Array.isArray(parsed) ? parsed.filter((t): t is number => typeof t === 'number') : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The issuer's state (state.ts) in the fleet's store, shared by every node:
+ *
+ *   <prefix>acme/account               {"directory", "keyId", "url"}: the
+ *                                      account's key stays in the token; only
+ *                                      its id and the account URL are here
+ *   <prefix>acme/certificates/<name>   one managed certificate (ManagedState):
+ *                                      names, key id, failures, backoff, ARI
+ *   <prefix>acme/retired-keys          keys waiting out their grace period
+ *
+ * One key per managed certificate, so nodes working on different names never
+ * write over each other; a name is only ever ordered under its issuance lock
+ * (issuance-locks.ts), so its entry has one writer at a time.
+ *
+ * Callers change `state` in place and `save()`, as with the file; `save`
+ * writes only the keys whose JSON differs from the store's, and resolves
+ * once etcd has them (failures are logged: the next save writes them again).
+ * `refresh()`, on every change of the store's ACME keys and once an
+ * issuance lock is held, takes what other nodes wrote, in place: an object a
+ * caller holds keeps its identity.
+ */
+import type { Logger } from '../../keyserver/shared/log.js';
+import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import type { AccountState, IssuerState, IssuerStateStore, ManagedState } from './state.js';
+
+const ACCOUNT = `${ACME}account`;
+const CERTIFICATES = `${ACME}certificates/`;
+const RETIRED = `${ACME}retired-keys`;
+
+export class SharedIssuerState implements IssuerStateStore {
+  readonly state: IssuerState = { certificates: {}, retiredKeys: [] };
+  readonly #store: EtcdStore;
+  readonly #log: Logger;
+  /** The store revision of each key as last taken or written here. */
+  readonly #seen = new Map<string, number>();
+
+  constructor(store: EtcdStore, log: Logger) {
+    this.#store = store;
+    this.#log = log;
+    this.refresh();
+  }
+
+  refresh(): void {
+    this.#take(ACCOUNT, (value) => {
+      this.state.account = value as AccountState;
+    });
+    this.#take(RETIRED, (value) => {
+      if (Array.isArray(value)) this.state.retiredKeys = value as IssuerState['retiredKeys'];
+    });
+    for (const name of this.#store.keys(CERTIFICATES)) {
+      this.#take(CERTIFICATES + name, (value) => {
+        const held = this.state.certificates[name] as unknown as Record<string, unknown> | undefined;
+        if (held === undefined) {
+          this.state.certificates[name] = value as ManagedState;
+          return;
+        }
+        for (const key of Object.keys(held)) delete held[key];
+        Object.assign(held, value);
+      });
+    }
+  }
+
+  async save(): Promise<void> {
+    const writes: [string, string][] = [];
+    const want = (key: string, value: unknown): void => {
+      if (value === undefined) return;
+      const text = JSON.stringify(value);
+      if (this.#store.item(key)?.value !== text) writes.push([key, text]);
+    };
+    want(ACCOUNT, this.state.account);
+    want(RETIRED, this.state.retiredKeys);
+    for (const [name, managed] of Object.entries(this.state.certificates)) want(CERTIFICATES + name, managed);
+    for (const [key, text] of writes) {
+      try {
+        this.#seen.set(key, await this.#store.put(key, text));
+      } catch (err) {
+        this.#log.warn({ key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
+      }
+    }
+  }
+
+  #take(key: string, apply: (value: unknown) => void): void {
+    const item = this.#store.item(key);
+    if (item === undefined || item.modRevision <= (this.#seen.get(key) ?? 0)) return;
+    this.#seen.set(key, item.modRevision);
+    try {
+      apply(JSON.parse(item.value));
+    } catch {
+      this.#log.warn({ key }, "ACME state in the fleet's store is not valid JSON; ignored");
+    }
+  }
+}

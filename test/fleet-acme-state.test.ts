@@ -1,0 +1,129 @@
+import { join } from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { fleetLocks } from '../proxy/acme/issuance-locks.js';
+import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
+import { SharedIssuerState } from '../proxy/acme/shared-state.js';
+import { CACHE_FILE } from '../proxy/store/cache.js';
+import { etcdClient } from '../proxy/store/etcd-client.js';
+import { EtcdStore } from '../proxy/store/etcd-store.js';
+import { StoreUnavailableError } from '../proxy/store/storage.js';
+import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+// Issue 15: the ACME issuer's fleet parts against a real etcd (one member:
+// these are not about quorum), two stores standing for two nodes. The
+// certificate an order writes is fenced by its issuance lock: a holder that
+// lost the lock writes nothing. A node that takes the lock after another's
+// order sees that order's state. The on-demand hourly limits hold for the
+// fleet under concurrent takers, and a refusal on one node is remembered on
+// the other. The pebble end to end is test/fleet-acme.test.ts.
+let dir: string;
+let etcd: EtcdCluster;
+const clients: Etcd3[] = [];
+const stores: EtcdStore[] = [];
+const log = createLogger('fleet-acme-state-test', 'silent', process.stderr);
+const CHAIN = '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n';
+
+async function node(prefix: string, name: string): Promise<EtcdStore> {
+  const client = etcdClient({ endpoints: etcd.endpoints, prefix, tls: null, auth: null, timeoutMs: 2_000 }, 'test');
+  clients.push(client);
+  const made = new EtcdStore(client, { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: () => {} });
+  stores.push(made);
+  await made.start();
+  return made;
+}
+
+beforeAll(async () => {
+  dir = tempDir('keyedge-fleet-acme-state-');
+  etcd = await startEtcdCluster(dir, 1);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  await etcd?.close();
+  removeDir(dir);
+});
+
+describe('ACME state shared on etcd', () => {
+  it('writes an order’s certificate only while its issuance lock is held', async () => {
+    const a = await node('/acme-fence/', 'a');
+    const b = await node('/acme-fence/', 'b');
+    const first = await a.lock('acme/issue/site.test', { ttlSeconds: 10, waitMs: 0 });
+    expect(first).toBeDefined();
+    await a.fenced(first!).write('site.test', CHAIN, { names: ['site.test'], keyId: 'a'.repeat(64) });
+    // The lock goes (released here; a lease that ran out during a pause does the same) and node B takes it.
+    await first!.release();
+    const second = await b.lock('acme/issue/site.test', { ttlSeconds: 10, waitMs: 5_000 });
+    expect(second).toBeDefined();
+    await b.fenced(second!).write('site.test', CHAIN, { names: ['site.test'], keyId: 'b'.repeat(64) });
+    // Node A's late result is refused in the transaction, and node B's stays.
+    const stale = await Promise.resolve(a.fenced(first!).write('site.test', CHAIN, { names: ['site.test'], keyId: 'c'.repeat(64) })).catch(
+      (err: unknown) => err,
+    );
+    expect(stale).toBeInstanceOf(StoreUnavailableError);
+    expect((stale as Error).message).toMatch(/lock .* was lost/);
+    await waitFor('node A to mirror node B’s write', () => (a.read('site.test').meta.keyId === 'b'.repeat(64) ? true : undefined));
+    await second!.release();
+  });
+
+  it('shows a node that takes the lock what the previous holder wrote under it', async () => {
+    const a = await node('/acme-state/', 'state-a');
+    const b = await node('/acme-state/', 'state-b');
+    const stateA = new SharedIssuerState(a, log);
+    const stateB = new SharedIssuerState(b, log);
+    const locksA = fleetLocks(a, () => stateA.refresh());
+    const locksB = fleetLocks(b, () => stateB.refresh());
+    stateA.state.certificates['www.test'] = { domains: ['www.test'], keyId: '', failures: 0 };
+    await stateA.save();
+    await waitFor('node B to see the managed entry', () => {
+      stateB.refresh();
+      return stateB.state.certificates['www.test'];
+    });
+    const entryOnB = stateB.state.certificates['www.test']!;
+    let release!: () => void;
+    let held!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const aHolds = new Promise<void>((resolve) => (held = resolve));
+    const orderOnA = locksA.hold('acme/issue/www.test', 5_000, async () => {
+      held();
+      await released;
+      Object.assign(stateA.state.certificates['www.test']!, { keyId: 'k'.repeat(64), lastIssuedAt: new Date().toISOString() });
+      stateA.state.account = { directory: 'https://ca.test/dir', keyId: 'acct', url: 'https://ca.test/acct/1' };
+      await stateA.save();
+    });
+    await aHolds;
+    const onB = locksB.hold('acme/issue/www.test', 10_000, async () => ({ ...stateB.state.certificates['www.test']! }));
+    release();
+    await orderOnA;
+    const seen = await onB;
+    // What A wrote before releasing, B sees once its lock is held; the object B held kept its identity.
+    expect(seen?.value.keyId).toBe('k'.repeat(64));
+    expect(seen?.value.lastIssuedAt).toBeDefined();
+    expect(stateB.state.certificates['www.test']).toBe(entryOnB);
+    expect(stateB.state.account).toEqual({ directory: 'https://ca.test/dir', keyId: 'acct', url: 'https://ca.test/acct/1' });
+  });
+
+  it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
+    const onDemand = loadProxyConfig(undefined, {
+      acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },
+    }).acme!.onDemand!;
+    const a = await node('/acme-ondemand/', 'od-a');
+    const b = await node('/acme-ondemand/', 'od-b');
+    const ledgers = [new FleetLedger(a, onDemand, log), new FleetLedger(b, onDemand, log)];
+    // Eight takers at once, four per node, for one registered domain: two slots in all.
+    const answers = await Promise.all(Array.from({ length: 8 }, (_, i) => ledgers[i % 2]!.takeOrderSlot('example.test')));
+    expect(answers.filter((x) => x === 'taken')).toHaveLength(2);
+    expect(answers.filter((x) => x === 'rate_limited')).toHaveLength(6);
+    // The fleet's hourly total (3): one more domain gets one slot, the next none.
+    expect(await ledgers[1]!.takeOrderSlot('other.test')).toBe('taken');
+    expect(await ledgers[0]!.takeOrderSlot('third.test')).toBe('rate_limited');
+
+    ledgers[0]!.rememberRefusal('bad.example.test', 'the ask endpoint answered 403');
+    await waitFor('node B to know the refusal', () => (ledgers[1]!.refused('bad.example.test') ? true : undefined));
+    expect(ledgers[1]!.refused('good.example.test')).toBe(false);
+  });
+});
