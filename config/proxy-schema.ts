@@ -511,7 +511,9 @@ const keyserverSchema = strict(
       .optional(),
     timeoutMs: intIn(10, 10_000).optional(),
     breakerMs: intIn(0, 60_000).optional(),
-    healthIntervalMs: z.union([z.literal(0), intIn(50, 60_000)], { error: 'expected 0 (off) or from 50 to 60000' }).optional(),
+    healthIntervalMs: intIn(0, 60_000)
+      .refine((ms) => ms === 0 || ms >= 50, { error: 'expected 0 (off) or from 50 to 60000' })
+      .optional(),
   },
   'an object',
 );

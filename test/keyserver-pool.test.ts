@@ -146,7 +146,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.stop();
-  if (serverB !== undefined && serverB.exitCode === null) {
+  // A process killed by a signal keeps exitCode null: signalCode says it is gone.
+  if (serverB !== undefined && serverB.exitCode === null && serverB.signalCode === null) {
     const exited = new Promise((resolve) => serverB!.once('exit', resolve));
     serverB.kill('SIGKILL');
     await exited;
@@ -159,9 +160,9 @@ describe('a pool of two key servers behind a two-worker proxy', () => {
     const load = handshakeLoad(proxy.port, 4);
     try {
       // Both serve: the choice re-measures an idle server, so "b" gets signs too.
-      const before = await waitFor('signs on both key servers', async () => {
+      const before = await waitFor('load, and signs on both key servers', async () => {
         const f = await poolFigures();
-        return (f.signs.a ?? 0) > 0 && (f.signs.b ?? 0) > 0 ? f : undefined;
+        return load.ok() >= 100 && (f.signs.a ?? 0) > 0 && (f.signs.b ?? 0) > 0 ? f : undefined;
       });
 
       const killedAt = load.ok();
