@@ -12,7 +12,8 @@ import type { ValidationContext } from './validate.js';
 
 /**
  * Client options for one of the proxy's key servers (unix socket or mutual
- * TLS). `timeoutMs` bounds each request and the connect.
+ * TLS). `timeoutMs` bounds each request, and a TCP connect (a lost host may
+ * leave one pending for minutes; a unix socket connects or fails at once).
  */
 export function keyserverClientOptions(endpoint: KeyserverEndpoint, timeoutMs: number): KeyserverClientOptions {
   const tcp = endpoint.tcp;
@@ -24,7 +25,7 @@ export function keyserverClientOptions(endpoint: KeyserverEndpoint, timeoutMs: n
     };
   }
   assert(endpoint.socket !== null, 'the proxy schema requires a key server socket or tcp');
-  return { unixPath: endpoint.socket, timeoutMs, connectTimeoutMs: timeoutMs };
+  return { unixPath: endpoint.socket, timeoutMs };
 }
 
 /**
