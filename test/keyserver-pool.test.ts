@@ -127,22 +127,28 @@ beforeAll(async () => {
   );
   await startServerB();
   const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test']);
-  proxy = await startClusterProxy(lab, 'pool', (ports) =>
-    storeProxyConfig(lab, ports, {
-      keyserver: {
-        servers: [
-          { name: 'a', socket: lab.socket },
-          { name: 'b', socket: socketB },
-        ],
-        // Real margins for a loaded 2-core machine; the failover happens within this deadline.
-        timeoutMs: 1_000,
-        healthIntervalMs: 200,
-      },
-      certificates: [{ name: 'ec', chain: ec.file }],
-      log: { level: 'warn' },
-    }),
+  proxy = await startClusterProxy(
+    lab,
+    'pool',
+    (ports) =>
+      storeProxyConfig(lab, ports, {
+        keyserver: {
+          servers: [
+            { name: 'a', socket: lab.socket },
+            { name: 'b', socket: socketB },
+          ],
+          // Real margins for a loaded 2-core machine; the failover happens within this deadline.
+          timeoutMs: 1_000,
+          healthIntervalMs: 200,
+        },
+        certificates: [{ name: 'ec', chain: ec.file }],
+        log: { level: 'warn' },
+      }),
+    {},
+    // A proxy start takes a minute when the machine is loaded many times over.
+    90_000,
   );
-}, 120_000);
+}, 180_000);
 
 afterAll(async () => {
   await proxy?.stop();
@@ -160,20 +166,28 @@ describe('a pool of two key servers behind a two-worker proxy', () => {
     const load = handshakeLoad(proxy.port, 4);
     try {
       // Both serve: the choice re-measures an idle server, so "b" gets signs too.
-      const before = await waitFor('load, and signs on both key servers', async () => {
-        const f = await poolFigures();
-        return load.ok() >= 100 && (f.signs.a ?? 0) > 0 && (f.signs.b ?? 0) > 0 ? f : undefined;
-      });
+      const before = await waitFor(
+        'load, and signs on both key servers',
+        async () => {
+          const f = await poolFigures();
+          return load.ok() >= 100 && (f.signs.a ?? 0) > 0 && (f.signs.b ?? 0) > 0 ? f : undefined;
+        },
+        60_000,
+      );
 
       const killedAt = load.ok();
       const exited = new Promise((resolve) => serverB!.once('exit', resolve));
       serverB!.kill('SIGKILL');
       await exited;
       // Long enough for many handshakes with "b" gone; the health checks (200 ms) take it out in every worker.
-      const outage = await waitFor('handshakes with b dead, b down in both workers', async () => {
-        const f = await poolFigures();
-        return load.ok() > killedAt + 200 && (f.down.b ?? 0) === 2 ? f : undefined;
-      });
+      const outage = await waitFor(
+        'handshakes with b dead, b down in both workers',
+        async () => {
+          const f = await poolFigures();
+          return load.ok() > killedAt + 200 && (f.down.b ?? 0) === 2 ? f : undefined;
+        },
+        60_000,
+      );
       await sleep(1_000);
       const duringOutage = await poolFigures();
       const signedInOutage = (duringOutage.signs.a ?? 0) - (outage.signs.a ?? 0);
@@ -189,7 +203,7 @@ describe('a pool of two key servers behind a two-worker proxy', () => {
           const f = await poolFigures();
           return (f.rejoins.b ?? 0) >= 2 && (f.down.b ?? 0) === 0 && (f.signs.b ?? 0) > (duringOutage.signs.b ?? 0) ? f : undefined;
         },
-        30_000,
+        60_000,
       );
       await load.stop();
       const total = load.ok();
@@ -204,7 +218,7 @@ describe('a pool of two key servers behind a two-worker proxy', () => {
     } finally {
       await load.stop();
     }
-  }, 120_000);
+  }, 240_000);
 
   it('with every key server gone a handshake fails and the workers stay up; the first one back serves again', async () => {
     const handshake = (): Promise<boolean> =>
