@@ -19,6 +19,7 @@ import {
   type domainSchema,
   PROXY_DEFAULTS,
   proxyFileSchema,
+  type KeyserverEndpoint,
   type ProxyConfig,
   type ProxyDomain,
   type ProxyFile,
@@ -323,27 +324,36 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
   const D = PROXY_DEFAULTS;
   const fromConfigDir = (p: string) => path.resolve(baseDir, p);
   const stateDir = fromConfigDir(c.stateDir ?? D.stateDir);
-  const tcp = c.keyserver?.tcp ?? null;
-  const socket = c.keyserver?.socket === null || tcp !== null ? null : (c.keyserver?.socket ?? D.keyserver.socket);
+  const ks = c.keyserver;
+  // A path relative to the state directory, like the key server's own socket; TLS files relative to the config.
+  const endpoint = (name: string, socket: string | null, tcp: NonNullable<NonNullable<ProxyFile['keyserver']>['tcp']> | null): KeyserverEndpoint => ({
+    name,
+    socket: socket === null ? null : path.resolve(stateDir, socket),
+    tcp:
+      tcp === null
+        ? null
+        : {
+            host: tcp.host,
+            port: tcp.port,
+            ca: fromConfigDir(tcp.ca),
+            cert: fromConfigDir(tcp.cert),
+            key: fromConfigDir(tcp.key),
+            servername: tcp.servername ?? null,
+          },
+  });
+  const servers =
+    ks?.servers !== undefined
+      ? ks.servers.map((e, i) => endpoint(e.name ?? String(i), e.socket ?? null, e.tcp ?? null))
+      : [endpoint('0', ks?.socket === null || (ks?.tcp ?? null) !== null ? null : (ks?.socket ?? D.keyserver.socket), ks?.tcp ?? null)];
   return {
     source,
     stateDir,
     workers: c.workers ?? D.workers,
     keyserver: {
-      socket: socket === null ? null : path.resolve(stateDir, socket),
-      tcp:
-        tcp === null
-          ? null
-          : {
-              host: tcp.host,
-              port: tcp.port,
-              ca: fromConfigDir(tcp.ca),
-              cert: fromConfigDir(tcp.cert),
-              key: fromConfigDir(tcp.key),
-              servername: tcp.servername ?? null,
-            },
-      timeoutMs: c.keyserver?.timeoutMs ?? D.keyserver.timeoutMs,
-      breakerMs: c.keyserver?.breakerMs ?? D.keyserver.breakerMs,
+      servers,
+      timeoutMs: ks?.timeoutMs ?? D.keyserver.timeoutMs,
+      breakerMs: ks?.breakerMs ?? D.keyserver.breakerMs,
+      healthIntervalMs: ks?.healthIntervalMs ?? D.keyserver.healthIntervalMs,
     },
     listen: (c.listen ?? D.listen).map((l: { host?: string; port: number; profile?: TlsProfileName; http2?: boolean }) => {
       const profile = l.profile ?? 'intermediate';

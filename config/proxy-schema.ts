@@ -14,22 +14,35 @@ import { LOG_LEVELS } from './schema.js';
 
 export type TlsProfileName = 'intermediate' | 'modern';
 
+/** One key server: a unix socket (absolute path) or TCP with mutual TLS; `name` labels its metrics. */
+export interface KeyserverEndpoint {
+  readonly name: string;
+  readonly socket: string | null;
+  readonly tcp: {
+    readonly host: string;
+    readonly port: number;
+    readonly ca: string;
+    readonly cert: string;
+    readonly key: string;
+    readonly servername: string | null;
+  } | null;
+}
+
 export interface ProxyConfig {
   readonly source: string;
   readonly stateDir: string;
   readonly workers: number;
+  /**
+   * The key servers: one (`keyserver.socket` or `.tcp` in the file) or a pool
+   * (`keyserver.servers`), in configured order. `timeoutMs` bounds a whole
+   * signature, failovers included; `healthIntervalMs` (pools only, 0 = off)
+   * paces the PINGs that take a dead server out and bring it back.
+   */
   readonly keyserver: {
-    readonly socket: string | null;
-    readonly tcp: {
-      readonly host: string;
-      readonly port: number;
-      readonly ca: string;
-      readonly cert: string;
-      readonly key: string;
-      readonly servername: string | null;
-    } | null;
+    readonly servers: readonly KeyserverEndpoint[];
     readonly timeoutMs: number;
     readonly breakerMs: number;
+    readonly healthIntervalMs: number;
   };
   /** `http2`: offer `h2` in ALPN next to `http/1.1` (RFC 9113 §3.2). */
   readonly listen: readonly { readonly host: string; readonly port: number; readonly profile: TlsProfileName; readonly http2: boolean }[];
@@ -202,6 +215,12 @@ export const PROXY_DEFAULTS = Object.freeze({
     // After a failure, fail fast this long before trying to reconnect: short
     // enough that handshakes recover within a second of the key server's return.
     breakerMs: 200,
+    // Pools only: each worker PINGs each key server this often. A PING costs
+    // the key server next to nothing, and a second bounds how long an idle
+    // worker keeps a dead server in its choice (a sign finds it sooner) and
+    // how soon a returning one rejoins; a dead one is probed at doubling
+    // intervals up to 8 × this.
+    healthIntervalMs: 1_000,
   }),
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
   // Per listener, by profile: every browser speaks HTTP/2 over both profiles'
@@ -452,24 +471,49 @@ export function parseAddressBlock(text: string): { readonly address: string; rea
 }
 const addressBlock = z.string({ error: ADDRESS_BLOCK_EXPECTED }).refine((t) => parseAddressBlock(t) !== undefined, { error: ADDRESS_BLOCK_EXPECTED });
 
+const keyserverTcpSchema = strict(
+  {
+    host: text('a host name or address'),
+    port: intIn(1, 65_535),
+    ca: text('a PEM CA path (issuer of the key server certificate)'),
+    cert: text("a PEM path: the proxy's client certificate"),
+    key: text("a PEM path: the proxy's client certificate key (its own identity, not a customer key)"),
+    servername: text('the name in the key server certificate').optional(),
+  },
+  'an object { "host", "port", "ca", "cert", "key" }',
+);
+
+/** The native pool's limit (proxy/native/src/rpc.h KEYLESS_MAX_SERVERS). */
+export const MAX_KEYSERVERS = 16;
+const KEYSERVER_NAME_EXPECTED = 'expected 1-32 of a-z 0-9 _ - (it labels the metrics of this key server)';
+
+const keyserverEntrySchema = strict(
+  {
+    name: z
+      .string({ error: KEYSERVER_NAME_EXPECTED })
+      .regex(/^[a-z0-9_-]{1,32}$/, { error: KEYSERVER_NAME_EXPECTED })
+      .optional(),
+    socket: text('a unix socket path').optional(),
+    tcp: keyserverTcpSchema.optional(),
+  },
+  'an object { "name", "socket" } or { "name", "tcp" }',
+).refine((e) => (e.socket === undefined) !== (e.tcp === undefined), { error: 'expected exactly one of "socket" or "tcp"' });
+
 const keyserverSchema = strict(
   {
     socket: text('a unix socket path').nullable().optional(),
-    tcp: strict(
-      {
-        host: text('a host name or address'),
-        port: intIn(1, 65_535),
-        ca: text('a PEM CA path (issuer of the key server certificate)'),
-        cert: text("a PEM path: the proxy's client certificate"),
-        key: text("a PEM path: the proxy's client certificate key (its own identity, not a customer key)"),
-        servername: text('the name in the key server certificate').optional(),
-      },
-      'an object { "host", "port", "ca", "cert", "key" }',
-    )
-      .nullable()
+    tcp: keyserverTcpSchema.nullable().optional(),
+    servers: z
+      .array(keyserverEntrySchema, { error: 'expected an array of key servers' })
+      .min(1, { error: 'expected at least one key server' })
+      .max(MAX_KEYSERVERS, { error: `expected at most ${MAX_KEYSERVERS} key servers` })
+      .superRefine(unique((e, i) => e.name ?? String(i), 'key server name'))
       .optional(),
     timeoutMs: intIn(10, 10_000).optional(),
     breakerMs: intIn(0, 60_000).optional(),
+    healthIntervalMs: intIn(0, 60_000)
+      .refine((ms) => ms === 0 || ms >= 50, { error: 'expected 0 (off) or from 50 to 60000' })
+      .optional(),
   },
   'an object',
 );
@@ -524,12 +568,12 @@ export const domainSchema = strict(
   }
 });
 
-function unique<T>(key: (item: T) => string, what: string) {
+function unique<T>(key: (item: T, index: number) => string, what: string) {
   return (list: T[], ctx: z.core.$RefinementCtx<T[]>): void => {
     const first = new Map<string, number>();
     list.forEach((item, i) => {
-      const j = first.get(key(item));
-      if (j === undefined) first.set(key(item), i);
+      const j = first.get(key(item, i));
+      if (j === undefined) first.set(key(item, i), i);
       else ctx.addIssue({ code: 'custom', path: [i], message: `duplicate ${what} (same as [${j}])` });
     });
   };
@@ -710,7 +754,10 @@ export const proxyFileSchema = strict(
   (cfg: unknown, ctx) => {
     if (!isObject(cfg)) return;
     const ks = isObject(cfg.keyserver) ? cfg.keyserver : {};
-    if (ks.socket === null && (ks.tcp === null || ks.tcp === undefined)) {
+    if (ks.servers !== undefined && ((ks.socket !== undefined && ks.socket !== null) || (ks.tcp !== undefined && ks.tcp !== null))) {
+      ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected one key server ("socket" or "tcp") or a pool ("servers"), not both' });
+    }
+    if (ks.servers === undefined && ks.socket === null && (ks.tcp === null || ks.tcp === undefined)) {
       ctx.addIssue({ code: 'custom', path: ['keyserver'], message: 'expected a key server: "socket" or "tcp"' });
     }
     const etcd = isObject(cfg.etcd) ? cfg.etcd : undefined;

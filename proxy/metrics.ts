@@ -10,7 +10,7 @@
  */
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, type Registry, collectDefaultMetrics, register } from 'prom-client';
-import type { KeylessStats } from './keyless/bridge.js';
+import type { KeylessStats, KeyserverPoolStats } from './keyless/bridge.js';
 
 /** Why the proxy closed an HTTP/2 connection (proxy/http2/sessions.ts). */
 export const HTTP2_CLOSE_REASONS = ['reset_flood', 'protocol_error', 'idle', 'certificate', 'shutdown'] as const;
@@ -125,7 +125,7 @@ export class ProxyMetrics {
     });
     new Counter({
       name: `${PREFIX}keyless_failures_total`,
-      help: 'Private-key operations that failed (each fails one handshake), by reason: connect, timeout, remote (key server refused), protocol, breaker (failed fast while the key server is down).',
+      help: 'Private-key operations that failed (each fails one handshake), by reason of the last attempt: connect, timeout, remote (key server refused), protocol, breaker (failed fast while every key server is down).',
       labelNames: ['reason'] as const,
       registers,
       collect() {
@@ -134,12 +134,73 @@ export class ProxyMetrics {
         for (const reason of keylessFailureReasons) this.inc({ reason }, failures[reason]);
       },
     });
+    registerKeyserverPoolMetrics(registers, keylessStats);
     collectDefaultMetrics({ register: registry, prefix: PREFIX });
   }
 
   stop(): void {
     this.#eventLoop.disable();
   }
+}
+
+/**
+ * Per key server of the pool (label `server`: its configured name or index,
+ * at most 16 values), from the bridge's counters.
+ */
+function registerKeyserverPoolMetrics(registers: Registry[], keylessStats: () => KeylessStats): void {
+  const servers = () => keylessStats().servers ?? [];
+  const counter = (name: string, help: string, value: (s: KeyserverPoolStats) => number): void => {
+    new Counter({
+      name: `${PREFIX}keyserver_${name}`,
+      help,
+      labelNames: ['server'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const s of servers()) this.inc({ server: s.name }, value(s));
+      },
+    });
+  };
+  counter('signs_total', 'Signatures each key server returned.', (s) => s.signs);
+  counter(
+    'sign_seconds_total',
+    'Time spent in the signatures each key server returned: divided by keyserver_signs_total, its mean latency.',
+    (s) => s.signSeconds,
+  );
+  counter('failovers_total', 'Signs that failed on this key server and were retried on another within the handshake deadline.', (s) => s.failovers);
+  counter('rejoins_total', 'Times a health check brought this key server back into the pool.', (s) => s.rejoins);
+  new Counter({
+    name: `${PREFIX}keyserver_failures_total`,
+    help: 'Failed attempts on each key server, by reason (connect, timeout, remote, protocol); a failover may still have saved the handshake.',
+    labelNames: ['server', 'reason'] as const,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of servers())
+        for (const reason of ['connect', 'timeout', 'remote', 'protocol'] as const) this.inc({ server: s.name, reason }, s.failures[reason]);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}keyserver_down`,
+    help: 'Workers that have this key server out of their choice (summed over workers): breaker open after a failure, or down until a health check answers.',
+    labelNames: ['server'] as const,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of servers()) this.set({ server: s.name }, s.state === 'up' ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: `${PREFIX}keyserver_latency_ewma_seconds`,
+    help: 'EWMA of each key server sign latency, what the choice compares (averaged over workers; 0 until measured).',
+    labelNames: ['server'] as const,
+    registers,
+    aggregator: 'average',
+    collect() {
+      this.reset();
+      for (const s of servers()) this.set({ server: s.name }, s.latencyEwmaMs / 1000);
+    },
+  });
 }
 
 /** What reached a worker's process-level handlers (uncaught.ts). */

@@ -89,7 +89,7 @@ export interface WorkerOptions {
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
   const { log } = options;
-  const keySource = options.keySource ?? startKeylessBridge(config.keyserver);
+  const keySource = options.keySource ?? startKeylessBridge(config.keyserver, log);
   let source: ServingSource | undefined;
   let initial = options.initial;
   if (initial === undefined) {

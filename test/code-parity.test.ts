@@ -134,7 +134,7 @@ describe('the wire numbers and SPEC.md', () => {
 });
 
 describe("the C client's protocol numbers and constants.ts", () => {
-  const sources = ['rpc.h', 'rpc.c', 'keyless.h'].map((f) => read(`proxy/native/src/${f}`)).join('\n');
+  const sources = ['rpc.h', 'rpc.c', 'pool.c', 'keyless.h'].map((f) => read(`proxy/native/src/${f}`)).join('\n');
   const defines = new Map([...sources.matchAll(/^#define\s+([A-Z0-9_]+)\s+(0x[0-9A-Fa-f]+|\d+)\b/gm)].map((m) => [m[1]!, Number(m[2])]));
 
   /** What each hand-written C name must equal; a new OP_/TAG_/ERR_/ALG_ define without a counterpart fails. */

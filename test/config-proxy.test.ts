@@ -23,7 +23,7 @@ describe('proxy config', () => {
     const config = loadProxyConfig(join(import.meta.dirname, '..', 'config', 'proxy.json'));
     const repo = join(import.meta.dirname, '..');
     expect(config.stateDir).toBe(join(repo, 'var'));
-    expect(config.keyserver.socket).toBe(join(repo, 'var', 'keyserver.sock'));
+    expect(config.keyserver.servers).toEqual([{ name: '0', socket: join(repo, 'var', 'keyserver.sock'), tcp: null }]);
     expect(config.certificates[0]?.chain).toBe(join(repo, 'var', 'demo', 'demo-chain.pem'));
     expect(config.keyserver.timeoutMs).toBe(250);
     expect(Object.isFrozen(config.listen[0])).toBe(true);
@@ -33,7 +33,8 @@ describe('proxy config', () => {
     const config = loadProxyConfig(write('empty.json', {}));
     expect(config.tls).toEqual(PROXY_DEFAULTS.tls);
     expect(config.sni).toEqual({ default: null, onUnknown: 'reject' });
-    expect(config.keyserver.tcp).toBeNull();
+    expect(config.keyserver.servers.map((s) => s.tcp)).toEqual([null]);
+    expect(config.keyserver.healthIntervalMs).toBe(PROXY_DEFAULTS.keyserver.healthIntervalMs);
     expect(config.httpRedirect).toBeNull();
     expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: false }]);
   });
@@ -59,8 +60,27 @@ describe('proxy config', () => {
 
   it('takes a key server over mutual TLS instead of the socket', () => {
     const config = loadProxyConfig(write('tcp.json', { keyserver: { tcp: { host: 'ks', port: 7443, ca: 'ca.pem', cert: 'c.pem', key: 'k.pem' } } }));
-    expect(config.keyserver.socket).toBeNull();
-    expect(config.keyserver.tcp?.ca).toBe(join(dir, 'ca.pem'));
+    expect(config.keyserver.servers).toHaveLength(1);
+    expect(config.keyserver.servers[0]?.socket).toBeNull();
+    expect(config.keyserver.servers[0]?.tcp?.ca).toBe(join(dir, 'ca.pem'));
+  });
+
+  it('takes a pool of key servers, unix and TCP, named or numbered, in order', () => {
+    const tcp = { host: 'ks-b', port: 7443, ca: 'ca.pem', cert: 'c.pem', key: 'k.pem' };
+    const config = loadProxyConfig(
+      write('pool.json', {
+        stateDir: 'state',
+        keyserver: { servers: [{ socket: 'a.sock' }, { name: 'ks-b', tcp }], timeoutMs: 300, healthIntervalMs: 500 },
+      }),
+    );
+    expect(config.keyserver.servers).toEqual([
+      { name: '0', socket: join(dir, 'state', 'a.sock'), tcp: null },
+      { name: 'ks-b', socket: null, tcp: { ...tcp, ca: join(dir, 'ca.pem'), cert: join(dir, 'c.pem'), key: join(dir, 'k.pem'), servername: null } },
+    ]);
+    expect(config.keyserver.timeoutMs).toBe(300);
+    expect(config.keyserver.healthIntervalMs).toBe(500);
+    expect(config.keyserver.breakerMs).toBe(PROXY_DEFAULTS.keyserver.breakerMs);
+    expect(Object.isFrozen(config.keyserver.servers[1])).toBe(true);
   });
 
   it('takes one origin or several, with the routing keys of a domain', () => {
@@ -169,6 +189,24 @@ describe('proxy config', () => {
     [{ sni: { onUnknown: 'default' } }, 'sni.onUnknown', 'needs sni.default'],
     [{ keyserver: { socket: null } }, 'keyserver', '"socket" or "tcp"'],
     [{ keyserver: { timeoutMs: 5 } }, 'keyserver.timeoutMs', 'from 10 to 10000'],
+    [{ keyserver: { socket: 'a.sock', servers: [{ socket: 'b.sock' }] } }, 'keyserver', 'or a pool ("servers"), not both'],
+    [{ keyserver: { servers: [] } }, 'keyserver.servers', 'at least one key server'],
+    [{ keyserver: { servers: [{ name: 'a' }] } }, 'keyserver.servers[0]', 'exactly one of "socket" or "tcp"'],
+    [
+      {
+        keyserver: {
+          servers: [
+            { name: 'a', socket: 'a.sock' },
+            { name: 'a', socket: 'b.sock' },
+          ],
+        },
+      },
+      'keyserver.servers[1]',
+      'duplicate key server name',
+    ],
+    [{ keyserver: { servers: [{ name: 'Key Server A', socket: 'a.sock' }] } }, 'keyserver.servers[0].name', '1-32 of a-z 0-9 _ -'],
+    [{ keyserver: { servers: Array.from({ length: 17 }, (_, i) => ({ socket: `${i}.sock` })) } }, 'keyserver.servers', 'at most 16'],
+    [{ keyserver: { healthIntervalMs: 10 } }, 'keyserver.healthIntervalMs', '0 (off) or from 50 to 60000'],
     [{ workers: 0 }, 'workers', 'from 1 to 256'],
     [{ certStore: { rescanSeconds: 0 } }, 'certStore.rescanSeconds', 'from 1 to 86400'],
     [{ certStore: { dir: '' } }, 'certStore.dir', 'directory path'],

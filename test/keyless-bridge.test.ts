@@ -392,6 +392,90 @@ describe('failures', () => {
   });
 });
 
+describe('a pool of key servers', () => {
+  const server = (name: string) => bridge.stats().servers!.find((s) => s.name === name)!;
+
+  it('a dead key server listed first: the sign fails over to the next within the handshake, and the dead one is skipped after', async () => {
+    try {
+      bridge.init({
+        servers: [
+          { name: 'dead', socketPath: join(stateDir, 'nobody-listens.sock') },
+          { name: 'live', socketPath: ks.unixPath! },
+        ],
+        timeoutMs: TIMEOUT_MS,
+        breakerMs: 60_000,
+      });
+      const before = bridge.stats();
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+      expect(bridge.stats().failovers).toBe(before.failovers! + 1);
+      expect(server('dead')).toMatchObject({ state: 'cooling', signs: 0, failovers: 1, failures: { connect: 1, timeout: 0 } });
+      expect(server('live')).toMatchObject({ state: 'up', signs: 1, failovers: 0 });
+      // Its breaker is open: the next handshake goes straight to the live one.
+      expect((await tlsHandshake(rsaServer.port, ca.certPem)).ok).toBe(true);
+      expect(server('dead').failures.connect).toBe(1);
+      expect(server('live').signs).toBe(2);
+      expect(bridge.stats().failures).toEqual(before.failures);
+    } finally {
+      useKeyserver();
+    }
+  });
+
+  it('a key server that hangs costs its share of the deadline, not the handshake', async () => {
+    const fake = await startFakeKeyserver(join(stateDir, 'pool-hang.sock'), ['never']);
+    try {
+      bridge.init({
+        servers: [
+          { name: 'hangs', socketPath: join(stateDir, 'pool-hang.sock') },
+          { name: 'live', socketPath: ks.unixPath! },
+        ],
+        timeoutMs: 2_000,
+        breakerMs: 60_000,
+      });
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+      expect(server('hangs')).toMatchObject({ state: 'cooling', failovers: 1, failures: { timeout: 1 } });
+      expect(server('live').signs).toBe(1);
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  });
+
+  it('with health checks, a server reported down stays out until reported up, then is tried first; a stale verdict is ignored', async () => {
+    try {
+      const generation = bridge.init({
+        servers: [
+          { name: 'a', socketPath: ks.unixPath! },
+          { name: 'b', socketPath: ks.unixPath! },
+        ],
+        timeoutMs: TIMEOUT_MS,
+        breakerMs: 0,
+        healthChecked: true,
+      });
+      expect(bridge.setHealth(generation, 0, false)).toBe(true);
+      for (let i = 0; i < 3; i++) expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+      expect(server('a')).toMatchObject({ state: 'down', signs: 0 });
+      expect(server('b').signs).toBe(3);
+      expect(bridge.setHealth(generation + 1, 0, true)).toBe(false);
+      expect(bridge.setHealth(generation, 5, true)).toBe(false);
+      expect(server('a').state).toBe('down');
+      expect(bridge.setHealth(generation, 0, true)).toBe(true);
+      expect(server('a')).toMatchObject({ state: 'up', rejoins: 1 });
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+      expect(server('a').signs).toBe(1);
+    } finally {
+      useKeyserver();
+    }
+  });
+
+  it('init() refuses an empty pool, a bad name, and a pool next to a single endpoint', () => {
+    expect(() => bridge.init({ servers: [] })).toThrow(/servers must be an array of 1 to 16/);
+    expect(() => bridge.init({ servers: [{ name: 'Bad Name', socketPath: ks.unixPath! }] })).toThrow(/name must be/);
+    expect(() => bridge.init({ servers: [{ socketPath: ks.unixPath! }], socketPath: ks.unixPath! })).toThrow(/not both/);
+    expect(() => bridge.init({ servers: [{ name: 'x' }] })).toThrow(/exactly one of socketPath and tls/);
+    useKeyserver();
+  });
+});
+
 describe('mutual TLS transport', () => {
   function useTls(overrides: Partial<bridge.KeylessTlsEndpoint> = {}): void {
     bridge.init({

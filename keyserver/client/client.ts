@@ -37,6 +37,8 @@ export interface KeyserverClientOptions {
   };
   readonly timeoutMs?: number;
   readonly maxInFlight?: number;
+  /** Give up connecting (TLS handshake included) after this long; default: when the OS does. */
+  readonly connectTimeoutMs?: number;
 }
 
 type RequestBody = Request extends infer R ? (R extends Request ? Omit<R, 'id'> : never) : never;
@@ -97,10 +99,18 @@ export class KeyserverClient {
       }
       socket.setNoDelay(true);
       const where = options.unixPath ?? `${options.tcp?.host}:${options.tcp?.port}`;
-      const onError = (err: Error): void =>
+      const onError = (err: Error): void => {
+        clearTimeout(timer);
         reject(new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot connect to the key server at ${where}: ${err.message}`, { cause: err }));
+      };
+      // An unreachable host can leave a connect pending for minutes: a caller with a deadline ends it.
+      const timer =
+        options.connectTimeoutMs === undefined
+          ? undefined
+          : setTimeout(() => socket.destroy(new Error(`no connection within ${options.connectTimeoutMs} ms`)), options.connectTimeoutMs);
       socket.once('error', onError);
       socket.once(ready, () => {
+        clearTimeout(timer);
         socket.off('error', onError);
         resolve(new KeyserverClient(socket, options));
       });

@@ -13,14 +13,13 @@ import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
-import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
 import { acmeCertCommand } from '../acme/cli.js';
 import type * as x509 from '../../keyserver/shared/x509.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
-import { keyserverClientOptions, keyserverSpkiLookup } from './keyserver-lookup.js';
+import { connectAnyKeyserver, keyserverSpkiLookup } from './keyserver-lookup.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
 import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
@@ -358,7 +357,7 @@ function issuersOf(config: ProxyConfig): IssuerPool {
 }
 
 async function withKeyserver<T>(config: ProxyConfig, work: (lookup: ReturnType<typeof keyserverSpkiLookup>) => Promise<T>): Promise<T> {
-  const client = await KeyserverClient.connect(keyserverClientOptions(config.keyserver, KEYSERVER_TIMEOUT_MS));
+  const client = await connectAnyKeyserver(config.keyserver, KEYSERVER_TIMEOUT_MS);
   try {
     return await work(keyserverSpkiLookup(client));
   } finally {

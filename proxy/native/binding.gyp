@@ -9,6 +9,7 @@
         "src/decoder.c",
         "src/signature.c",
         "src/rpc.c",
+        "src/pool.c",
         "src/transport_sock.c",
         "src/transport_tls.c"
       ],

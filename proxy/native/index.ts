@@ -37,19 +37,52 @@ export interface KeylessTlsEndpoint {
   readonly servername?: string;
 }
 
-export interface KeylessInitOptions {
+export interface KeylessServer {
+  /** Its label in metrics: 1-32 of a-z 0-9 _ - (default: its index). */
+  readonly name?: string;
   /** The key server's unix socket. Exactly one of socketPath and tls. */
   readonly socketPath?: string;
   /** TCP + mutual TLS 1.3. The host name is resolved once, here. */
   readonly tls?: KeylessTlsEndpoint;
-  /** Deadline of one signing RPC, connect included (default 250 ms, 1..60000). */
+}
+
+export interface KeylessInitOptions {
+  /** One key server: its unix socket (exactly one of socketPath, tls and servers). */
+  readonly socketPath?: string;
+  /** One key server over TCP + mutual TLS 1.3. */
+  readonly tls?: KeylessTlsEndpoint;
+  /** A pool of 1 to 16 key servers: failover within the deadline, a breaker each (src/rpc.h). */
+  readonly servers?: readonly KeylessServer[];
+  /** Deadline of one signature, connects and failovers included (default 250 ms, 1..60000). */
   readonly timeoutMs?: number;
-  /** After a connect failure or timeout, signing fails at once for this long (default 200 ms, 0 = off). */
+  /** After a connect failure, timeout or draining answer, a key server is skipped this long (default 200 ms, 0 = off). */
   readonly breakerMs?: number;
+  /** A key server marked down stays out of the choice until `setHealth(…, true)` (health checks run). */
+  readonly healthChecked?: boolean;
+}
+
+/** One key server of the pool, as the bridge sees it. */
+export interface KeyserverPoolStats {
+  /** Its configured name, or its index. */
+  readonly name: string;
+  /** up; cooling: breaker open after a failure; down: out until a health check answers. */
+  readonly state: 'up' | 'cooling' | 'down';
+  /** Signatures it returned. */
+  readonly signs: number;
+  /** Failed attempts on it that were retried on another key server. */
+  readonly failovers: number;
+  /** Times a health check brought it back. */
+  readonly rejoins: number;
+  /** Failed attempts on it, by cause. */
+  readonly failures: { readonly connect: number; readonly timeout: number; readonly remote: number; readonly protocol: number };
+  /** Time spent in its successful signs. */
+  readonly signSeconds: number;
+  /** EWMA of its sign latency, what the choice compares (0 until measured). */
+  readonly latencyEwmaMs: number;
 }
 
 export interface KeylessStats {
-  /** Signatures the key server returned. */
+  /** Signatures returned (each one a handshake that got its signature). */
   readonly signs: number;
   readonly failures: {
     /** Could not connect, or the connection broke mid-request. */
@@ -59,11 +92,20 @@ export interface KeylessStats {
     readonly remote: number;
     /** A malformed answer. */
     readonly protocol: number;
-    /** Failed at once because the circuit breaker was open. */
+    /** Failed at once because every key server's circuit breaker was open. */
     readonly breaker: number;
   };
   /** The last failure, for humans (never key material; key ids are shortened). */
   readonly lastError: string;
+  /** Attempts that failed on one key server and were retried on another. Absent from a source with no key server. */
+  readonly failovers?: number;
+  /** Per key server, in configured order. Absent from a source with no key server. */
+  readonly servers?: readonly KeyserverPoolStats[];
+}
+
+/** The native stats, with the configuration generation setHealth needs. */
+interface NativeStats extends KeylessStats {
+  readonly generation: number;
 }
 
 /** The name proxy/keyless/bridge.ts uses. */
@@ -71,7 +113,8 @@ export type BridgeStats = KeylessStats;
 
 interface NativeBinding {
   init(options: KeylessInitOptions): void;
-  stats(): KeylessStats;
+  stats(): NativeStats;
+  setHealth(generation: number, index: number, up: boolean): boolean;
   readonly providerName: string;
 }
 
@@ -113,15 +156,26 @@ function wrapNative<T>(what: string, fn: () => T): T {
 
 /**
  * Registers the provider in node's OpenSSL (once per process) and points it at
- * the key server (every call; an open connection is replaced).
+ * the key servers (every call; open connections are replaced). Returns the
+ * configuration's generation, for `setHealth`.
  */
-export function init(options: KeylessInitOptions): void {
+export function init(options: KeylessInitOptions): number {
   const native = loadBinding();
   wrapNative('init', () => native.init(options));
+  return native.stats().generation;
 }
 
 export function stats(): KeylessStats {
   return loadBinding().stats();
+}
+
+/**
+ * A health check's verdict on key server `index` of the configuration `generation`
+ * (from init): up brings a down server back into the choice, down keeps it out.
+ * False when a later init() replaced that configuration (nothing changed).
+ */
+export function setHealth(generation: number, index: number, up: boolean): boolean {
+  return loadBinding().setHealth(generation, index, up);
 }
 
 /**

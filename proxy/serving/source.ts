@@ -15,9 +15,9 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { loadProxyConfig } from '../../config/load.js';
-import { KeyserverClient } from '../../keyserver/client/client.js';
+import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError, RemoteError } from '../../keyserver/shared/errors.js';
-import { keyserverClientOptions, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
+import { connectAnyKeyserver, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
 import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';
 import { VerdictCache } from '../certs/verdicts.js';
@@ -275,5 +275,5 @@ export class ServingSource {
 
 export function connectKeyserver(config: ProxyConfig): Promise<KeyserverClient> {
   // Validation is off the handshake path: a key server busy signing may take longer than a handshake's deadline.
-  return KeyserverClient.connect(keyserverClientOptions(config.keyserver, Math.max(config.keyserver.timeoutMs * 4, 2_000)));
+  return connectAnyKeyserver(config.keyserver, Math.max(config.keyserver.timeoutMs * 4, 2_000));
 }

@@ -1,27 +1,21 @@
 /*
- * SIGN over the key-server protocol: framing, answer validation, the one
- * connection, the deadline, the circuit breaker and the counters.
+ * One SIGN exchange on an open connection to a key server: framing and the
+ * strict validation of the answer (keyserver/protocol/SPEC.md). The pool
+ * (pool.c) picks the server, owns the deadline and counts outcomes.
  *
- * Threads: everything here runs under `lock`. Normally only node's main
- * thread signs (libssl calls us from inside a handshake); worker threads
- * doing TLS with keyless keys would queue on the mutex.
- *
- * Blocking: a call blocks its thread at most timeout_ms (connect included);
- * with the breaker open it does not block at all.
+ * Threads: called under the pool's lock only (the answer buffer and the
+ * request-id counter are shared).
  *
  * Connection rules (SPEC.md): one request in flight, so the answer must carry
  * our request id; any failure except a well-formed ERROR answer closes the
  * connection (a timed-out request may still be answered later, and the
- * stream can no longer be trusted). The next call reconnects. No retries: a
- * failed call is a failed handshake.
+ * stream can no longer be trusted).
  */
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <openssl/ec.h>
-#include <openssl/err.h>
 
 #include "rpc.h"
 #include "transport.h"
@@ -38,52 +32,9 @@
 #define TAG_SIGNATURE 0x05
 #define TAG_ERROR_CODE 0x07
 #define TAG_ERROR_DETAIL 0x80
-#define ERR_FRAME_TOO_LARGE 4
-#define ERR_SHUTTING_DOWN 13
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static keyless_transport *transport; /* NULL until configured */
-static int timeout_ms = 250;
-static int breaker_ms = 200;
-static int64_t breaker_until;        /* monotonic ms; calls before it fail fast */
-static char breaker_cause[160];
 static uint32_t next_id = 1;
-static keyless_rpc_stats stats;
-static unsigned char body[MAX_BODY]; /* answer buffer, used under lock */
-
-int keyless_rpc_configure(const keyless_rpc_config *cfg, char *err, size_t errlen)
-{
-    keyless_transport *t, *old;
-
-    if (cfg->timeout_ms < 1 || cfg->timeout_ms > 60000 || cfg->breaker_ms < 0 || cfg->breaker_ms > 600000) {
-        snprintf(err, errlen, "timeoutMs must be 1..60000 and breakerMs 0..600000");
-        return 0;
-    }
-    if (cfg->socket_path != NULL)
-        t = keyless_unix_transport_new(cfg->socket_path, err, errlen);
-    else
-        t = keyless_tls_transport_new(cfg->tls_host, cfg->tls_port, cfg->tls_servername, cfg->tls_ca_pem,
-                                      cfg->tls_cert_pem, cfg->tls_key_pem, err, errlen);
-    if (t == NULL)
-        return 0;
-    pthread_mutex_lock(&lock);
-    old = transport;
-    transport = t;
-    timeout_ms = cfg->timeout_ms;
-    breaker_ms = cfg->breaker_ms;
-    breaker_until = 0;
-    pthread_mutex_unlock(&lock);
-    if (old != NULL)
-        old->ops->destroy(old);
-    return 1;
-}
-
-void keyless_rpc_get_stats(keyless_rpc_stats *out)
-{
-    pthread_mutex_lock(&lock);
-    *out = stats;
-    pthread_mutex_unlock(&lock);
-}
+static unsigned char body[MAX_BODY]; /* answer buffer, used under the pool's lock */
 
 static const char *error_name(unsigned code)
 {
@@ -230,15 +181,18 @@ static int io_status(int rc)
     return rc == IO_TIMEOUT ? RPC_E_TIMEOUT : RPC_E_CONNECT;
 }
 
-/* The exchange itself, with the connection open. Closes it on failure. */
-static int exchange(const unsigned char *key_id, unsigned char alg, const unsigned char *digest, size_t dlen,
-                    unsigned char *sig, size_t *siglen, size_t sigmax, int64_t deadline, char *err, size_t errlen)
+int keyless_rpc_exchange(keyless_transport *transport, const unsigned char *key_id, unsigned char alg,
+                         const unsigned char *digest, size_t dlen, unsigned char *sig, size_t *siglen, size_t sigmax,
+                         int64_t deadline, unsigned *codep, char *err, size_t errlen)
 {
     unsigned char req[HEADER_LEN + 3 + 32 + 3 + 1 + 3 + 64], hdr[HEADER_LEN], *p;
     uint32_t id = next_id++, blen;
     unsigned op, code = 0;
     int rc, st;
 
+    *codep = 0;
+    if (dlen > 64)
+        return RPC_E_PROTOCOL; /* signature.c never does this */
     p = req + HEADER_LEN;
     p = put_item(p, TAG_KEY_ID, key_id, 32);
     p = put_item(p, TAG_ALGORITHM, &alg, 1);
@@ -268,81 +222,9 @@ static int exchange(const unsigned char *key_id, unsigned char alg, const unsign
         return io_status(rc);
     }
     st = parse_answer(op, alg, body, blen, sig, siglen, sigmax, &code, err, errlen);
+    *codep = code;
     /* A well-formed ERROR leaves the connection usable, except these two. */
     if (st == RPC_E_PROTOCOL || (st == RPC_E_REMOTE && (code == ERR_SHUTTING_DOWN || code == ERR_FRAME_TOO_LARGE)))
         transport->ops->close(transport);
-    return st;
-}
-
-int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsigned char *digest, size_t dlen,
-                     unsigned char *sig, size_t *siglen, size_t sigmax, char *err, size_t errlen)
-{
-    char msg[200] = "";
-    char kid[17];
-    int64_t now;
-    int st, rc, i, open_failed = 0;
-
-    if (dlen > 64)
-        return RPC_E_PROTOCOL; /* signature.c never does this */
-    for (i = 0; i < 8; i++)
-        snprintf(kid + 2 * i, 3, "%02x", key_id[i]);
-
-    pthread_mutex_lock(&lock);
-    if (transport == NULL) {
-        st = RPC_E_NOTCONF;
-        fmt(err, errlen, "keyless bridge not configured: call init() first");
-        fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
-        goto out;
-    }
-    now = keyless_now_ms();
-    if (now < breaker_until) {
-        st = RPC_E_BREAKER;
-        stats.breaker++;
-        fmt(err, errlen, "key server at %s unavailable, not retried for %lld ms (last failure: %s)", transport->where,
-            (long long)(breaker_until - now), breaker_cause);
-        fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
-        goto out;
-    }
-    ERR_set_mark(); /* transports may leave libssl errors: not the caller's */
-    if (transport->connected && !transport->ops->usable(transport))
-        transport->ops->close(transport);
-    st = RPC_OK;
-    if (!transport->connected && (rc = transport->ops->open(transport, now + timeout_ms, msg, sizeof(msg))) != IO_OK) {
-        st = io_status(rc);
-        open_failed = 1;
-    }
-    if (st == RPC_OK)
-        st = exchange(key_id, alg, digest, dlen, sig, siglen, sigmax, now + timeout_ms, msg, sizeof(msg));
-    ERR_pop_to_mark();
-
-    switch (st) {
-    case RPC_OK:
-        stats.signs++;
-        goto out;
-    case RPC_E_REMOTE:
-        stats.remote++;
-        fmt(err, errlen, "key server at %s refused to sign with key id %s...: %s", transport->where, kid, msg);
-        break;
-    case RPC_E_PROTOCOL:
-        stats.protocol++;
-        fmt(err, errlen, "key server at %s (key id %s...): %s", transport->where, kid, msg);
-        break;
-    case RPC_E_TIMEOUT:
-        stats.timeout++;
-        fmt(err, errlen, "key server at %s: %s (timeout %d ms, key id %s...)", transport->where, msg, timeout_ms, kid);
-        break;
-    default:
-        stats.connect++;
-        fmt(err, errlen, "key server at %s: %s (key id %s...)", transport->where, msg, kid);
-        break;
-    }
-    /* The breaker opens on a failed connect and on a timeout. */
-    if (breaker_ms > 0 && (st == RPC_E_TIMEOUT || open_failed)) {
-        breaker_until = keyless_now_ms() + breaker_ms;
-        fmt(breaker_cause, sizeof(breaker_cause), "%s", msg);
-    }
-    fmt(stats.last_error, sizeof(stats.last_error), "%s", err);
-out:
-    pthread_mutex_unlock(&lock);
     return st;
 }

@@ -1,11 +1,20 @@
 /*
- * The signing RPC to the key server (keyserver/protocol/SPEC.md).
+ * The signing RPC to a pool of key servers (keyserver/protocol/SPEC.md).
  *
- * Synchronous, on the calling thread: one persistent connection per process,
- * opened lazily, one request at a time (a mutex serialises threads), a
- * deadline per call, no retry. After a connect failure or a timeout, calls
- * fail at once for breaker_ms (circuit breaker), so a dead key server costs a
- * handshake nothing but its failure.
+ * pool.c: synchronous, on the calling thread. One persistent connection per
+ * key server per process, opened lazily, one request at a time (a mutex
+ * serialises threads). The whole call has one deadline (timeout_ms); a sign
+ * that fails on one key server is retried on the next while that deadline
+ * allows (failover), each attempt getting an equal share of what is left.
+ * Choice: the key server with the lowest latency (EWMA of its signs, decaying
+ * while it is idle so that every server is re-measured now and then). A
+ * circuit breaker per key server: after a connect failure, a timeout or a
+ * draining answer it is skipped for breaker_ms; with health checks on
+ * (health_checked) it stays out until keyless_rpc_set_health says it is up.
+ * A server is only skipped while another is usable: with every server
+ * skipped, the breakers alone decide, so one key server behaves as before.
+ *
+ * rpc.c: the exchange on one connection: framing and strict answer checks.
  */
 #ifndef KEYLESS_RPC_H
 #define KEYLESS_RPC_H
@@ -13,7 +22,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "transport.h"
+
+#define KEYLESS_MAX_SERVERS 16
+#define KEYLESS_SERVER_NAME_MAX 32
+
 typedef struct {
+    const char *name;        /* metric label, [a-z0-9_-]; NULL: the index */
     const char *socket_path; /* unix socket, or NULL for tls */
     const char *tls_host;    /* TCP + mutual TLS 1.3, when socket_path is NULL */
     int tls_port;
@@ -21,15 +36,38 @@ typedef struct {
     const char *tls_ca_pem;
     const char *tls_cert_pem;
     const char *tls_key_pem;
-    int timeout_ms;
-    int breaker_ms;
-} keyless_rpc_config;
+} keyless_server_config;
 
 typedef struct {
-    uint64_t signs; /* signatures returned */
+    const keyless_server_config *servers;
+    int nservers; /* 1..KEYLESS_MAX_SERVERS */
+    int timeout_ms;
+    int breaker_ms;
+    int health_checked; /* a server marked down stays out until keyless_rpc_set_health(up) */
+} keyless_rpc_config;
+
+/* Per call: each sign counts once, by its outcome. */
+typedef struct {
+    uint64_t signs;     /* signatures returned */
+    uint64_t failovers; /* attempts that failed on one server and went on to the next */
     uint64_t connect, timeout, remote, protocol, breaker;
+    uint32_t generation; /* of the configuration, for keyless_rpc_set_health */
     char last_error[256];
 } keyless_rpc_stats;
+
+enum { KEYLESS_SERVER_UP = 0, KEYLESS_SERVER_COOLING = 1, KEYLESS_SERVER_DOWN = 2 };
+
+/* Per key server: each attempt counts once. */
+typedef struct {
+    char name[KEYLESS_SERVER_NAME_MAX + 1];
+    int state;          /* KEYLESS_SERVER_*: up, breaker open, down until a health check answers */
+    uint64_t signs;     /* signatures this server returned */
+    uint64_t failovers; /* failed attempts here that were retried on another server */
+    uint64_t connect, timeout, remote, protocol;
+    uint64_t rejoins;       /* times a health check brought it back */
+    uint64_t sign_us_total; /* time spent in its successful signs */
+    double latency_ewma_ms; /* 0 until measured */
+} keyless_server_stats;
 
 /* Outcome of keyless_rpc_sign. */
 enum {
@@ -38,7 +76,7 @@ enum {
     RPC_E_TIMEOUT,  /* the deadline passed */
     RPC_E_REMOTE,   /* the key server answered ERROR */
     RPC_E_PROTOCOL, /* malformed answer */
-    RPC_E_BREAKER,  /* failed fast: circuit open */
+    RPC_E_BREAKER,  /* failed fast: every circuit open */
     RPC_E_NOTCONF,  /* init() was never called */
 };
 
@@ -47,20 +85,46 @@ enum {
 #define ALG_RSA_PKCS1_SHA256 0x11
 #define ALG_RSA_PSS_SHA256 0x21
 
-/* Replaces the endpoint and limits. Validates everything first: on failure
- * nothing changes. Closes the current connection and resets the breaker. */
+/* Error codes treated specially (SPEC.md, "Error codes"). The request itself is wrong: another
+ * key server would refuse it too, so no failover. */
+#define ERR_MALFORMED_FRAME 1
+#define ERR_UNSUPPORTED_VERSION 2
+#define ERR_UNKNOWN_OP 3
+#define ERR_ALGORITHM_MISMATCH 6
+#define ERR_UNKNOWN_ALGORITHM 7
+#define ERR_BAD_DIGEST_LENGTH 8
+/* The connection is closed after these; a draining server is skipped for a while. */
+#define ERR_FRAME_TOO_LARGE 4
+#define ERR_SHUTTING_DOWN 13
+
+/* Replaces the key servers and limits. Validates everything first: on failure
+ * nothing changes. Closes the current connections and resets the breakers. */
 int keyless_rpc_configure(const keyless_rpc_config *cfg, char *err, size_t errlen);
 
 /*
  * Signs `digest` with key `key_id` using algorithm `alg`. On RPC_OK the
  * signature is in sig[0..*siglen): for RSA exactly sigmax bytes, for ECDSA a
  * DER ECDSA-Sig-Value of at most sigmax bytes (anything else is a protocol
- * failure). Otherwise `err` says why (no key material
- * in it) and the stats count the failure.
+ * failure). Otherwise `err` says why (no key material in it) and the stats
+ * count the failure.
  */
 int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsigned char *digest, size_t dlen,
                      unsigned char *sig, size_t *siglen, size_t sigmax, char *err, size_t errlen);
 
-void keyless_rpc_get_stats(keyless_rpc_stats *out);
+/* A health check's verdict on server `index` of configuration `generation`
+ * (a stale generation is ignored): up brings a down server back, down keeps
+ * it out of the choice. Returns 1 when applied. */
+int keyless_rpc_set_health(uint32_t generation, int index, int up);
+
+/* Copies the totals and up to `max` servers' counters; *n gets the number of servers. */
+void keyless_rpc_get_stats(keyless_rpc_stats *out, keyless_server_stats *servers, int max, int *n);
+
+/* rpc.c: one SIGN exchange on an open connection, answer validated; closes
+ * the connection on any failure that leaves the stream untrusted. On
+ * RPC_E_REMOTE, *code is the key server's error code. Not thread-safe: the
+ * caller holds the pool's lock. */
+int keyless_rpc_exchange(keyless_transport *t, const unsigned char *key_id, unsigned char alg,
+                         const unsigned char *digest, size_t dlen, unsigned char *sig, size_t *siglen, size_t sigmax,
+                         int64_t deadline, unsigned *code, char *err, size_t errlen);
 
 #endif
