@@ -35,7 +35,7 @@ describe('proxy config', () => {
     expect(config.sni).toEqual({ default: null, onUnknown: 'reject' });
     expect(config.keyserver.tcp).toBeNull();
     expect(config.httpRedirect).toBeNull();
-    expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: false }]);
+    expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: true }]);
   });
 
   it('puts the certificate store under the state directory unless told otherwise', () => {
