@@ -87,4 +87,3 @@ export class SendStallClock {
 export function stalledSend(res: ServerResponse): boolean {
   return stalled.has(res);
 }
-

@@ -13,12 +13,17 @@
  *   `limits.http2IdleTimeoutMs` with no stream open; then a graceful GOAWAY;
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
- *   the browser reconnects and sees the new certificate.
+ *   the browser reconnects and sees the new certificate;
+ * - its open streams: when the connection ends, however it ends (socket
+ *   closed, failed or at EOF, session closed or failed, or its TCP
+ *   connection found gone while Node was not reading it: `#checkPeers`),
+ *   each stream's origin request is aborted at once (origin-handler.ts).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
  * Cost: one session object and a few closures per connection, one 'close'
- * listener per stream. Single-threaded: one instance per worker.
+ * listener per stream, one getpeername(2) a second per connection with
+ * streams open. Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
@@ -28,7 +33,7 @@ import type { ConnectionInfo } from '../tls/connection.js';
 import type { HTTP2_CLOSE_REASONS } from '../metrics.js';
 import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
-import { abandonStream } from './exchange.js';
+import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { http2ServerOptions } from './settings.js';
 import { cutByUs, handleStream, type Http2Connection, type StreamHandlerOptions } from './stream.js';
