@@ -20,7 +20,7 @@ let setup: AbuseSetup;
 
 beforeAll(async () => {
   setup = await startAbuseSetup('abuse-h2-aborts', HOST);
-}, 90_000);
+}, 180_000);
 
 afterAll(async () => {
   await setup?.close();
