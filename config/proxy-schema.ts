@@ -225,11 +225,10 @@ export const PROXY_DEFAULTS = Object.freeze({
   listen: Object.freeze([Object.freeze({ host: '127.0.0.1', port: 8443, profile: 'intermediate' as const })]),
   // Per listener, by profile: every browser speaks HTTP/2 over both profiles'
   // TLS versions and ciphers (RFC 9113 §9.2 forbids TLS < 1.2, which neither
-  // profile offers). Off by default for now: a client that closes its HTTP/2
-  // connection in the middle of a large answer can leave that origin request
-  // open (README, HTTP/2, known issue), which a hostile client could repeat
-  // until an origin's connections are used up. Turn it on per listener.
-  listenHttp2: Object.freeze({ intermediate: false, modern: false }),
+  // profile offers), and on one connection per origin instead of six: fewer
+  // full handshakes, fewer key-server signatures. nginx, HAProxy and Caddy
+  // offer h2 by default. Its limits (streams, resets, idle, stall) are below.
+  listenHttp2: Object.freeze({ intermediate: true, modern: true }),
   // Off unless configured: port 80 needs privileges and is a deployment choice.
   httpRedirect: null,
   certStore: Object.freeze({

@@ -36,7 +36,7 @@ describe('proxy config', () => {
     expect(config.keyserver.servers.map((s) => s.tcp)).toEqual([null]);
     expect(config.keyserver.healthIntervalMs).toBe(PROXY_DEFAULTS.keyserver.healthIntervalMs);
     expect(config.httpRedirect).toBeNull();
-    expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: false }]);
+    expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: true }]);
   });
 
   it('puts the certificate store under the state directory unless told otherwise', () => {

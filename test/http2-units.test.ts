@@ -68,16 +68,16 @@ describe('HTTP/2 settings and config', () => {
     expect(options.maxSessionInvalidFrames).toBe(100);
   });
 
-  it('http2 is off by default on both profiles and is turned on per listener', () => {
+  it('http2 is on by default on both profiles and is turned off per listener', () => {
     const config = loadProxyConfig(
       configFile({
         listen: [
           { port: 1, profile: 'intermediate' },
           { port: 2, profile: 'modern' },
-          { port: 3, http2: true },
+          { port: 3, http2: false },
         ],
       }),
     );
-    expect(config.listen.map((l) => l.http2)).toEqual([false, false, true]);
+    expect(config.listen.map((l) => l.http2)).toEqual([true, true, false]);
   });
 });

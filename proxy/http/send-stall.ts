@@ -7,13 +7,13 @@
  * (and the answer's buffers) for ever.
  *
  * "Had more to send" is the answer refusing a chunk (`res.write` returned
- * false, forward.ts then pauses the origin); progress is the answer's
+ * false, forward.ts and http2/exchange.ts then pause the origin; an HTTP/2
+ * stream stands in for the answer there); progress is the answer's
  * 'drain'. The clock exists only once an answer meets backpressure, which
  * most never do: a GET whose answer fits in the socket buffers costs nothing
  * here.
  */
 import type { ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
 
 /** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
 const stalled = new WeakSet<ServerResponse>();
@@ -86,25 +86,4 @@ export class SendStallClock {
 /** Whether `res` was closed because its client stopped reading. */
 export function stalledSend(res: ServerResponse): boolean {
   return stalled.has(res);
-}
-
-/**
- * The same clock for an answer relayed by piping `body` into `res` (HTTP/2
- * streams, http2/exchange.ts): the pipe pausing `body` is the refused chunk,
- * `res`'s 'drain' the progress.
- */
-export function watchSendStall(body: Readable, res: ServerResponse, timeoutMs: number): void {
-  let clock: SendStallClock | undefined;
-  const onPause = (): void => {
-    clock ??= new SendStallClock(res, timeoutMs);
-    clock.waiting();
-  };
-  const onDrain = (): void => clock?.flowing();
-  body.on('pause', onPause);
-  res.on('drain', onDrain);
-  res.once('close', () => {
-    clock?.stop();
-    body.off('pause', onPause);
-    res.off('drain', onDrain);
-  });
 }

@@ -50,6 +50,29 @@ function single(value: string | string[] | undefined): string | undefined {
 /** Never allowed in an HTTP/2 field section (RFC 9113 §8.2.2); Node throws ERR_HTTP2_INVALID_CONNECTION_HEADERS on them. */
 const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te']);
 
+/**
+ * An origin's raw head or trailers (undici's [name, value, …], bytes as
+ * latin1, RFC 9110 §5.5) as named fields: names lower-cased (RFC 9113 §8.2.1),
+ * a repeated field as a list (two Set-Cookie stay two).
+ */
+export function answerFields(raw: readonly (Buffer | string)[]): Record<string, string | string[]> {
+  // No prototype: a field named __proto__ is just a field.
+  const fields: Record<string, string | string[]> = Object.create(null);
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = latin1(raw[i]!).toLowerCase();
+    const value = latin1(raw[i + 1]!);
+    const seen = fields[name];
+    if (seen === undefined) fields[name] = value;
+    else if (Array.isArray(seen)) seen.push(value);
+    else fields[name] = [seen, value];
+  }
+  return fields;
+}
+
+function latin1(bytes: Buffer | string): string {
+  return typeof bytes === 'string' ? bytes : bytes.toString('latin1');
+}
+
 /** An origin's answer fields with what HTTP/2 forbids removed, and `:status` set. */
 export function http2Answer(status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string>): OutgoingHttpHeaders {
   const named = new Set(

@@ -13,12 +13,17 @@
  *   `limits.http2IdleTimeoutMs` with no stream open; then a graceful GOAWAY;
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
- *   the browser reconnects and sees the new certificate.
+ *   the browser reconnects and sees the new certificate;
+ * - its open streams: when the connection ends, however it ends (socket
+ *   closed, failed or at EOF, session closed or failed, or its TCP
+ *   connection found gone while Node was not reading it: `#checkPeers`),
+ *   each stream's origin request is aborted at once (origin-handler.ts).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
  * Cost: one session object and a few closures per connection, one 'close'
- * listener per stream. Single-threaded: one instance per worker.
+ * listener per stream, one getpeername(2) a second per connection with
+ * streams open. Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
@@ -27,6 +32,8 @@ import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { HTTP2_CLOSE_REASONS } from '../metrics.js';
 import { stalledSend } from '../http/send-stall.js';
+import { tcpConnectionGone } from '../tls/node-internals.js';
+import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { http2ServerOptions } from './settings.js';
 import { cutByUs, handleStream, type Http2Connection, type StreamHandlerOptions } from './stream.js';
@@ -52,11 +59,20 @@ export interface Http2Options extends StreamHandlerOptions {
 /** After a GOAWAY for abuse, how long the frame has to leave before the socket is destroyed. */
 const ABUSE_LINGER_MS = 1000;
 
+/**
+ * How often connections with streams open are checked for a TCP connection
+ * the kernel has already dropped: the longest an origin request outlives a
+ * client that vanished while Node was not reading its socket.
+ */
+const PEER_CHECK_MS = 1000;
+
 interface Live {
   readonly connection: Http2Connection;
+  readonly socket: TLSSocket;
   readonly resets: ResetGuard;
   streams: number;
-  open: number;
+  /** Streams not yet closed, whose origin requests the connection's end aborts. */
+  readonly open: Set<ServerHttp2Stream>;
   closing: boolean;
 }
 
@@ -64,7 +80,8 @@ export class Http2Sessions {
   readonly #server: http2.Http2Server;
   readonly #options: Http2Options;
   readonly #live = new Map<ServerHttp2Session, Live>();
-  #arriving: Http2Connection | undefined;
+  #arriving: { readonly connection: Http2Connection; readonly socket: TLSSocket } | undefined;
+  #peerCheck: NodeJS.Timeout | undefined;
   /** The session made for the socket being handed over (set by #start). */
   #started: ServerHttp2Session | undefined;
 
@@ -82,24 +99,21 @@ export class Http2Sessions {
 
   /** Serves `socket`, whose handshake chose `h2`. */
   handle(socket: TLSSocket, connection: Http2Connection): void {
-    this.#arriving = connection;
+    this.#arriving = { connection, socket };
     try {
       // Node's HTTP/2 server makes the session, synchronously, in its 'connection' listener.
       this.#server.emit('connection', socket);
       const session = this.#started;
       this.#started = undefined;
       // A TCP reset must end the session and every stream on it (their origin requests are aborted then), whatever Node noticed.
-      socket.once('close', () => {
-        if (session !== undefined && !session.destroyed) session.destroy();
-      });
+      socket.once('close', () => this.#ended(session, true));
+      socket.on('error', () => this.#ended(session, false));
       // The client closed its side: HTTP/2 has no half-closed connection
       // (RFC 9113 §5.1 half-closes streams, not the connection), and a session
       // whose client stopped granting window would otherwise hold its streams
       // (and their origin requests) open until the send-stall timeout; nginx
       // closes on the same EOF.
-      socket.once('end', () => {
-        if (session !== undefined && !session.destroyed) session.destroy();
-      });
+      socket.once('end', () => this.#ended(session, true));
     } finally {
       this.#arriving = undefined;
     }
@@ -121,23 +135,65 @@ export class Http2Sessions {
     for (const [session, live] of this.#live) if (!live.closing) this.#goAway(session, live, 'shutdown');
   }
 
+  /**
+   * The connection ended (its socket closed, failed, got the client's EOF or
+   * is gone from the kernel; the session closed or failed): every stream's
+   * origin request still being read is aborted now, before Node gets round to
+   * destroying the streams; `destroy` then ends the session and its streams.
+   */
+  #ended(session: ServerHttp2Session | undefined, destroy: boolean): void {
+    if (session === undefined) return;
+    const live = this.#live.get(session);
+    if (live !== undefined) for (const stream of live.open) abandonStream(stream);
+    if (destroy && !session.destroyed) session.destroy();
+  }
+
+  /**
+   * Node's HTTP/2 session stops reading its socket while one of its writes is
+   * pending (src/node_http2.cc, MaybeStopReading), and a write of an answer
+   * that flow control and a full socket hold back stays pending after the
+   * client vanished: with TLS output queued, Node reports neither the reset
+   * nor the EOF, so no 'close', 'end' or 'error' comes, and the streams (and
+   * their origin requests) would live until the send-stall timeout. Seen on
+   * Node 20 in test/abuse-http2-aborts.test.ts: sessions whose TCP connection
+   * the kernel had dropped (getpeername: ENOTCONN), one write pending. So a
+   * connection with streams open is asked, once a second, whether its TCP
+   * connection still exists; one that does not is ended as a reset would
+   * have ended it. One system call per such connection per second.
+   */
+  #checkPeers(): void {
+    for (const [session, live] of this.#live) {
+      if (live.open.size === 0 || session.destroyed || !tcpConnectionGone(live.socket)) continue;
+      this.#ended(session, true);
+      live.socket.destroy();
+    }
+  }
+
   #start(session: ServerHttp2Session): void {
-    const connection = this.#arriving;
-    if (connection === undefined) return void session.destroy();
+    const arriving = this.#arriving;
+    if (arriving === undefined) return void session.destroy();
+    const { connection, socket } = arriving;
     const { limits, metrics } = this.#options;
-    const live: Live = { connection, resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()), streams: 0, open: 0, closing: false };
+    const live: Live = { connection, socket, resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()), streams: 0, open: new Set(), closing: false };
     this.#live.set(session, live);
+    this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
     this.#started = session;
     // An 'error' nobody hears kills the worker; nghttp2's own GOAWAY (a flood, a bad frame) comes this way.
     session.on('error', () => {
       if (!live.closing) metrics.http2SessionsClosed.inc({ reason: 'protocol_error' });
       live.closing = true;
+      this.#ended(session, false);
     });
     session.setTimeout(limits.headerTimeoutMs, () => {
-      if (live.open === 0 && !live.closing) this.#goAway(session, live, 'idle');
+      if (live.open.size === 0 && !live.closing) this.#goAway(session, live, 'idle');
     });
     session.once('close', () => {
+      this.#ended(session, false);
       this.#live.delete(session);
+      if (this.#live.size === 0) {
+        clearInterval(this.#peerCheck);
+        this.#peerCheck = undefined;
+      }
       metrics.http2StreamsPerSession.observe(live.streams);
     });
   }
@@ -147,9 +203,9 @@ export class Http2Sessions {
     const live = session === undefined ? undefined : this.#live.get(session);
     if (session === undefined || live === undefined) return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
     if (live.streams++ === 0) session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
-    live.open++;
+    live.open.add(stream);
     stream.once('close', () => {
-      live.open--;
+      live.open.delete(stream);
       const code = stream.rstCode;
       if (code === undefined || code === constants.NGHTTP2_NO_ERROR || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
       if (!live.resets.reset(Date.now()) && !live.closing) this.#abuse(session, live);

@@ -49,3 +49,22 @@ export function releaseControl(socket: tls.TLSSocket): void {
 export function stapleOnSocket(socket: tls.TLSSocket, der: Buffer): void {
   (socket as tls.TLSSocket & Internals)._handle?.setOCSPResponse?.(der);
 }
+
+interface TcpUnderTls {
+  readonly _handle?: { readonly _parent?: { getpeername?: (out: object) => number } } | null;
+}
+
+/**
+ * Whether the TCP connection under `socket` is gone from the kernel (reset,
+ * or closed both ways): getpeername(2) on it fails (ENOTCONN). The TCP handle
+ * is the TLS handle's `_parent` (lib/_tls_wrap.js, _wrapHandle, Node 20 to
+ * 24). For a socket Node would otherwise not hear from: an HTTP/2 session
+ * stops reading its socket while one of its writes is pending
+ * (http2/sessions.ts). False when this Node has no such handle: nothing is
+ * known then, and nothing is cut.
+ */
+export function tcpConnectionGone(socket: tls.TLSSocket): boolean {
+  const tcp = (socket as tls.TLSSocket & TcpUnderTls)._handle?._parent;
+  if (typeof tcp?.getpeername !== 'function') return false;
+  return tcp.getpeername({}) !== 0;
+}

@@ -373,6 +373,8 @@ export async function startAbuseSetup(name: string, host: string, env: Record<st
       return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
     },
     env,
+    // A loaded CI machine starts two workers and their TLS contexts slowly.
+    75_000,
   ).catch(failed);
   await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
   return {
