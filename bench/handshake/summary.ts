@@ -70,7 +70,11 @@ export interface ScenarioSummary {
     readonly firstClientError: string | undefined;
   };
   readonly totalErrors: number;
-  /** Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ full handshakes the proxy counted; should be 1. */
+  /**
+   * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the
+   * sign, full + failed (ab abandons the connections it has in flight at SIGINT, up to -c, after the server's
+   * CertificateVerify was signed: a short or slow run has as many of those as completed ones); should be 1.
+   */
   readonly signCheck:
     | {
         readonly signs: number;
@@ -122,7 +126,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
       fullHandshakes: full,
       failedHandshakes: failed,
       resumed,
-      ratio: matching / full,
+      ratio: matching / (full + failed),
       ok: signs === matching && matching === proxySigns && resumed === 0 && matching >= full && matching <= full + failed,
     };
   }
