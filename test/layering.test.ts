@@ -104,6 +104,8 @@ describe('one-way layers: config ← keyserver ← proxy ← keyedge.ts', () => 
       ['keyserver/cli/wrong.ts', "const m = await import('../../keyedge.js');\nimport bridge from 'keyedge-keyless-bridge';\n"],
       ['keyserver/shared/wrong.ts', "import { listKeys } from '../token/keys.js';\n"],
       ['proxy/wrong.ts', "import { REPO } from '../test/helpers/keyserver.js';\n"],
+      ['config/bench-wrong.ts', "import type { BenchOptions } from '../bench/harness/options.js';\n"],
+      ['keyedge.ts', "export { lab } from './bench/lab/cert-lab.js';\n"],
     ]);
     expect(layeringViolations(wrong)).toEqual([
       "config/wrong.ts: imports '../keyserver/shared/log.js' (config may not import keyserver)",
@@ -113,6 +115,8 @@ describe('one-way layers: config ← keyserver ← proxy ← keyedge.ts', () => 
       "keyserver/cli/wrong.ts: imports 'keyedge-keyless-bridge' (keyserver may not import proxy)",
       "keyserver/shared/wrong.ts: imports '../token/keys.js' (keyserver/shared/ is the base both daemons share: it imports no other part of keyserver/)",
       "proxy/wrong.ts: imports '../test/helpers/keyserver.js' (the product imports neither bench/ nor test/)",
+      "config/bench-wrong.ts: imports '../bench/harness/options.js' (the product imports neither bench/ nor test/)",
+      "keyedge.ts: imports './bench/lab/cert-lab.js' (the product imports neither bench/ nor test/)",
     ]);
   });
 

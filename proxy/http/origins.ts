@@ -24,7 +24,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { buildConnector, Pool } from 'undici';
-import type { ProxyDomain } from '../../config/proxy-schema.js';
+import type { ProxyConfig, ProxyDomain } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
@@ -57,6 +57,23 @@ export interface OriginAdmission {
 }
 
 const DEFAULT_ADMISSION: OriginAdmission = { maxConnections: 64, maxQueue: 256, queueTimeoutMs: 10_000 };
+
+/** A worker's pool options from its config's `limits`. */
+export function originPoolOptions(limits: ProxyConfig['limits']): OriginPoolOptions {
+  return {
+    connectMs: limits.originConnectTimeoutMs,
+    responseMs: limits.originResponseTimeoutMs,
+    failureCooldownMs: limits.originFailureCooldownMs,
+    admission: { maxConnections: limits.originMaxConnections, maxQueue: limits.originMaxQueue, queueTimeoutMs: limits.originQueueTimeoutMs },
+    bodies: {
+      bufferBytes: limits.bodyBufferBytes,
+      bufferTotalBytes: limits.bodyBufferTotalBytes,
+      idleTimeoutMs: limits.bodyIdleTimeoutMs,
+      timeoutMs: limits.bodyTimeoutMs,
+    },
+    sendTimeoutMs: limits.sendTimeoutMs,
+  };
+}
 
 /** One origin as a request reaches it. */
 export interface OriginTarget {

@@ -8,9 +8,24 @@
  * per-client map holds one entry per client with an open connection.
  */
 import net from 'node:net';
+import type { ProxyConfig } from '../../config/proxy-schema.js';
 
 /** Why a connection was closed at accept (the `reason` label of keyedge_proxy_connections_rejected_total). */
 export type RejectReason = 'worker_limit' | 'client_limit';
+
+/**
+ * A worker's caps from its config's `limits`, for all its listeners. `trusted`:
+ * a trusted proxy's connections carry many clients, so its address is not
+ * capped as one.
+ */
+export function workerConnectionLimits(
+  limits: ProxyConfig['limits'],
+  trusted: (address: string) => boolean,
+): { readonly limit: ConnectionLimit; readonly clientLimit?: ClientConnectionLimit } {
+  const limit = new ConnectionLimit(limits.maxConnectionsPerWorker);
+  if (limits.maxConnectionsPerClient === null) return { limit };
+  return { limit, clientLimit: new ClientConnectionLimit(limits.maxConnectionsPerClient, trusted) };
+}
 
 /**
  * At most `max` client connections open in one worker, across its

@@ -8,13 +8,16 @@
  * §15.5.20; HTTP/2 connection reuse is bounded by them, RFC 9113 §9.1.1).
  * The listener resolves the name once, where the ClientHello is read, and
  * stores the answer here; a reload never changes what a connection was
- * served.
+ * served, and `stillCovers` tells whether what serves now still covers it
+ * (an HTTP/2 connection that it no longer covers is retired).
  *
  * Cost: one small object and one property per connection (a symbol key, so
  * every TLS socket keeps one shape).
  */
 import type tls from 'node:tls';
 import type { ServedCertificate } from '../certs/certificate.js';
+import type { ServingState } from '../serving/state.js';
+import { selectByName } from './names.js';
 
 export interface ConnectionInfo {
   /** The listener that accepted the connection (its configured address, e.g. "127.0.0.1:443"). */
@@ -48,4 +51,15 @@ export function connectionOf(socket: object): ConnectionInfo | undefined {
 /** Called by the listener once, when it knows the served certificate. */
 export function keepConnection(socket: tls.TLSSocket, connection: ConnectionInfo): void {
   (socket as WithConnection)[CONNECTION] = connection;
+}
+
+/**
+ * After a reload: whether the certificate that now serves `serverName` (as
+ * the listener would choose it, the default certificate included) still
+ * covers every name a connection was served. A long-lived connection that
+ * fails this is retired, so its client reconnects and sees what serves now.
+ */
+export function stillCovers(state: ServingState, serverName: string | undefined, served: readonly string[]): boolean {
+  const now = (serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value)?.names ?? [];
+  return served.every((name) => now.includes(name));
 }

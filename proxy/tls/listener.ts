@@ -210,15 +210,10 @@ export class TlsListener {
     const own = this.#protocols.ownContext(serverName, peek.alpn);
     if (own !== undefined) return { kind: 'own', ...own, serverName, offered: peek.alpn };
     const state = this.#options.serving();
-    const onUncovered = this.#options.onUncoveredName;
-    if (
-      onUncovered !== undefined &&
-      serverName !== undefined &&
-      peek.serverName !== undefined &&
-      selectByName(state.sni, peek.serverName, undefined) === undefined
-    )
-      onUncovered(serverName);
-    const selected = peek.serverName === undefined ? state.noSni : selectByName(state.sni, peek.serverName, state.fallback)?.value;
+    // One lookup per connection: a name no certificate covers by itself is told, then served the fallback, if any.
+    const covering = peek.serverName === undefined ? undefined : selectByName(state.sni, peek.serverName, undefined)?.value;
+    if (covering === undefined && serverName !== undefined) this.#options.onUncoveredName?.(serverName);
+    const selected = peek.serverName === undefined ? state.noSni : (covering ?? state.fallback);
     // No default certificate for a client without SNI: a context without one, whose handshake fails as Node's did.
     if (selected === undefined)
       return peek.serverName === undefined ? { kind: 'none', context: contexts.withoutCertificate(profile), offered: peek.alpn } : undefined;

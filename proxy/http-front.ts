@@ -1,0 +1,91 @@
+/**
+ * The HTTP side of one worker: what its TLS listeners hand secured
+ * connections to, and its plain-HTTP port. One request handler and one
+ * upgrade handler (http/handler.ts, http/upgrade.ts) behind an HTTP/1.1
+ * server per listener (http/server.ts); the HTTP/2 sessions of every
+ * listener (http2/sessions.ts); the redirect port (http/redirect.ts). All of
+ * them route by the serving state's domains, to the same origin pools, and
+ * keep forwarding headers from the same trusted peers.
+ *
+ * Why one place: HTTP/1.1, HTTP/2 and the redirect port must agree on
+ * routing, HSTS and who is trusted; building them from one set of options
+ * keeps them so. The worker (worker.ts) only plugs them into listeners and
+ * hands `servers` to its stop (shutdown.ts).
+ *
+ * Cost: one node:http server per listener (never listening: its listener
+ * feeds it), one HTTP/2 server per worker, one listening redirect server
+ * when configured.
+ */
+import type http from 'node:http';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import type { Logger } from '../keyserver/shared/log.js';
+import type { ChallengeAnswers } from './acme/challenges.js';
+import type { ExpectingHandler } from './http/expect.js';
+import { createRequestHandler, type Domain } from './http/handler.js';
+import type { OriginPools } from './http/origins.js';
+import { createHttp1Server, startRedirectServer } from './http/server.js';
+import { TrustedPeers } from './http/trusted-peers.js';
+import { createUpgradeHandler } from './http/upgrade.js';
+import { http2Connection, Http2Sessions } from './http2/sessions.js';
+import type { ProxyMetrics } from './metrics.js';
+import type { SecureConnectionHandler } from './tls/connection.js';
+import type { NameIndex } from './tls/names.js';
+
+export interface HttpFrontOptions {
+  /** The serving state's domains now: read per request, so a reload applies to the next one. */
+  readonly domains: () => NameIndex<Domain>;
+  readonly pools: OriginPools;
+  readonly log: Logger;
+  readonly metrics: ProxyMetrics;
+}
+
+export class HttpFront {
+  /** Peers whose forwarding headers are kept (config `forwarding.trustedProxies`). */
+  readonly trustedPeers: TrustedPeers;
+  /** Every listener's HTTP/2 connections: `retire` after a reload, `close` (GOAWAY) at stop. */
+  readonly http2: Http2Sessions;
+  /** The listener's handler of connections that chose `h2` (RFC 9113 §3.2). */
+  readonly h2: SecureConnectionHandler;
+  readonly #config: ProxyConfig;
+  readonly #options: HttpFrontOptions;
+  readonly #handler: ExpectingHandler;
+  readonly #upgrade: ReturnType<typeof createUpgradeHandler>;
+  readonly #servers: http.Server[] = [];
+
+  constructor(config: ProxyConfig, options: HttpFrontOptions) {
+    const { limits } = config;
+    this.#config = config;
+    this.#options = options;
+    this.trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
+    const routing = { ...options, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers: this.trustedPeers };
+    this.#handler = createRequestHandler({ ...routing, maxBodyBytes: limits.maxBodyBytes });
+    this.#upgrade = createUpgradeHandler(routing);
+    const http2 = new Http2Sessions({ ...routing, maxBodyBytes: limits.maxBodyBytes, limits });
+    this.http2 = http2;
+    this.h2 = (socket, connection) => http2.handle(socket, http2Connection(socket, connection));
+  }
+
+  /** A new listener's HTTP/1.1 server: its handler of connections that chose http/1.1 or no ALPN protocol. */
+  http1(): SecureConnectionHandler {
+    const http1 = createHttp1Server(this.#config.limits, this.#handler, this.#upgrade);
+    this.#servers.push(http1.server);
+    return http1.take;
+  }
+
+  /** Starts the plain-HTTP port (redirects to `httpsPort`, ACME HTTP-01 answers); resolves with its bound port. */
+  async startRedirect(address: { readonly host: string; readonly port: number }, httpsPort: number, challenges?: ChallengeAnswers): Promise<number> {
+    const redirect = await startRedirectServer(address, {
+      ...this.#options,
+      trustedPeers: this.trustedPeers,
+      httpsPort,
+      ...(challenges === undefined ? {} : { challenges }),
+    });
+    this.#servers.push(redirect.server);
+    return redirect.port;
+  }
+
+  /** Every HTTP server made here, for the worker's stop. */
+  get servers(): readonly http.Server[] {
+    return this.#servers;
+  }
+}
