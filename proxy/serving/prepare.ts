@@ -11,7 +11,10 @@
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
  * reads and validates only the ones that moved. An explicit reload (`verify`)
  * reads every entry and compares content hashes, so no stat coincidence can
- * hide a change from an operator who asks.
+ * hide a change from an operator who asks. A targeted pass (`only`: the
+ * entries a watch event or an admin PUT named) looks at those entries alone
+ * and keeps every other record as it is, so a one-name change in a store of
+ * 100,000 costs a few stats and one read, not a listing.
  *
  * A file changed in the last QUIET_MS may still be being written (a tool
  * that writes the leaf, then appends the intermediates): it is read again
@@ -25,7 +28,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import type { StoreEntry } from '../certs/store.js';
+import { CertificateStore, type StoreEntry } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -70,6 +73,17 @@ export interface PrepareOptions {
   readonly verify?: boolean;
   /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
   readonly verdicts?: VerdictCache;
+  /**
+   * Look only at these store entries (a file store's watch named them):
+   * every other record of `previous` is kept as it is, and `present` and
+   * `followed` of the previous pass carry over. Ignored for stores that
+   * cannot be asked about single entries (the fleet's store).
+   */
+  readonly only?: {
+    readonly names: ReadonlySet<string>;
+    readonly present: ReadonlySet<string>;
+    readonly followed: readonly string[];
+  };
 }
 
 interface Pending {
@@ -103,8 +117,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 
   const listed = new Set<string>();
   const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry> }>();
-  const followed = config.certificates.map((c) => c.chain);
-  for (const ref of store.list()) {
+  const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
+  const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
+  if (only !== undefined) {
+    for (const [name, record] of previous) if (record.from === 'store' && !only.names.has(name)) records.set(name, record);
+    for (const name of only.present) if (!only.names.has(name)) listed.add(name);
+  }
+  const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  for (const ref of refs) {
     listed.add(ref.name);
     if (ref.link) followed.push(ref.chainPath);
     if (config.certificates.some((c) => c.name === ref.name)) {
@@ -117,14 +137,18 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     // Two reads agree when what would be judged agrees: the fingerprint is the input id (one hash per read).
+    // The listing says whether there is a metadata file: none is opened (and fails) per entry without one.
+    const withMeta = ref.metaMtimeMs !== undefined;
     const file = new SettlingRead(
-      () => store.read(ref.name),
+      () => (store instanceof CertificateStore ? store.read(ref.name, withMeta) : store.read(ref.name)),
       (e) => storeInputId(entryCandidate(e)),
       () => ref.changedAtMs,
     );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
   }
-  for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
+  if (only === undefined) {
+    for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
+  } else for (const name of only.names) if (!listed.has(name)) seen.delete(name);
 
   const unsettled = await settle([...[...configReads.values()].map((r) => r.file), ...[...storeReads.values()].map((r) => r.file)]);
   const warnings: { name: string; message: string }[] = [];
