@@ -28,7 +28,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import { CertificateStore, type StoreEntry } from '../certs/store.js';
+import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -43,6 +43,8 @@ const QUIET_MS = 1_000;
 const SETTLE_MS = 150;
 /** A file still changing after this is left for a later pass rather than read half-way. */
 const SETTLE_LIMIT_MS = 2_000;
+/** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
+const READ_CONCURRENCY = 32;
 
 export interface PreparedServing {
   readonly records: ReadonlyMap<string, CertificateRecord>;
@@ -124,6 +126,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     for (const name of only.present) if (!only.names.has(name)) listed.add(name);
   }
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  const toRead: StoreEntryRef[] = [];
   for (const ref of refs) {
     listed.add(ref.name);
     if (ref.link) followed.push(ref.chainPath);
@@ -136,6 +139,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       records.set(ref.name, kept);
       continue;
     }
+    toRead.push(ref);
+  }
+  // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
+  const firsts =
+    store instanceof CertificateStore
+      ? await mapLimited(toRead, READ_CONCURRENCY, (ref) => store.readAsync(ref.name, ref.metaMtimeMs !== undefined).catch(asError))
+      : [];
+  for (const [i, ref] of toRead.entries()) {
     // Two reads agree when what would be judged agrees: the fingerprint is the input id (one hash per read).
     // The listing says whether there is a metadata file: none is opened (and fails) per entry without one.
     const withMeta = ref.metaMtimeMs !== undefined;
@@ -143,6 +154,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       () => (store instanceof CertificateStore ? store.read(ref.name, withMeta) : store.read(ref.name)),
       (e) => storeInputId(entryCandidate(e)),
       () => ref.changedAtMs,
+      firsts[i],
     );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
   }
@@ -264,10 +276,11 @@ class SettlingRead<T> implements Settling {
   /** Whether the file changed recently enough to need a second read. */
   readonly recent: boolean;
 
-  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number) {
+  /** `first`: the first read's result when it was made already (asynchronously); else read now. */
+  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number, first?: T | Error) {
     this.#read = read;
     this.#fingerprint = fingerprint;
-    [this.#value, this.#print] = this.#attempt();
+    [this.#value, this.#print] = first === undefined ? this.#attempt() : this.#printed(first);
     // A time ahead of the clock (a network file system's) counts as recent.
     this.recent = !(this.#value instanceof Error) && Date.now() - changedAtMs(this.#value) < QUIET_MS;
   }
@@ -293,7 +306,17 @@ class SettlingRead<T> implements Settling {
       const value = this.#read();
       return [value, this.#fingerprint(value)];
     } catch (err) {
-      const error = err instanceof Error ? err : new Error(String(err));
+      const error = asError(err);
+      return [error, `error:${error.message}`];
+    }
+  }
+
+  #printed(value: T | Error): [T | Error, string] {
+    if (value instanceof Error) return [value, `error:${value.message}`];
+    try {
+      return [value, this.#fingerprint(value)];
+    } catch (err) {
+      const error = asError(err);
       return [error, `error:${error.message}`];
     }
   }
@@ -317,6 +340,22 @@ function storeInputId(candidate: CertificateCandidate): string {
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+async function mapLimited<T, R>(items: readonly T[], limit: number, run: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  await forEachLimited(
+    items.map((item, i) => [item, i] as const),
+    limit,
+    async ([item, i]) => {
+      out[i] = await run(item);
+    },
+  );
+  return out;
 }
 
 async function forEachLimited<T>(items: readonly T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {
