@@ -36,6 +36,7 @@ import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage 
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
+import { Distribution } from './serving/distribute.js';
 import { isPackedDelta, type PackedDelta, PackShelf, readPack, type WireDelta } from './serving/pack.js';
 import type { ServingDelta } from './serving/spec.js';
 import { refuseStartOnConfigCertificates } from './serving/start.js';
@@ -136,8 +137,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   if (shared !== undefined) registerFleetStoreMetrics(primaryRegistry, () => shared.health);
   reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
   const warned = new Map<string, number>();
-  const warnExpiry = (): void => {
-    for (const due of dueExpiryWarnings(source.records.values(), new Date(), warned)) {
+  // After a reload, only the certificates it changed: a look at each of 100,000 records is for the hourly check.
+  const warnExpiry = (changed?: readonly string[]): void => {
+    const records = changed === undefined ? source.records.values() : changed.flatMap((name) => source.records.get(name) ?? []);
+    for (const due of dueExpiryWarnings(records, new Date(), warned, changed === undefined)) {
       log.warn(
         { certificate: due.name, notAfter: due.notAfter, withinDays: due.days },
         `certificate expires within ${due.days} day${due.days === 1 ? '' : 's'}`,
@@ -148,11 +151,14 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
 
   // Large deltas (a worker's whole state) go to workers as files, not through the IPC pipe (serving/pack.ts).
   const packs = new PackShelf<Worker>();
+  const distribution = new Distribution();
   // Workers that hold the current serving state and get every delta after it.
   const synced = new Set<Worker>();
   let inFlight: ServingDelta | undefined;
   const acks = new Map<Worker, (message: AppliedMessage) => void>();
-  const applyEverywhere = async (delta: ServingDelta): Promise<string[]> => {
+  const applyEverywhere = async (next: ServingDelta): Promise<string[]> => {
+    // The delta, or the whole state after it when the workers' layers would grow too far (serving/distribute.ts).
+    const delta = distribution.shape(next, () => source.wholeWith(next));
     inFlight = delta;
     try {
       const results = await Promise.all(
@@ -180,7 +186,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     apply: applyEverywhere,
     onReport: (report) => {
       reloads.inc({ trigger: report.trigger, result: report.result });
-      warnExpiry();
+      warnExpiry(report.changed);
     },
   });
 
@@ -275,7 +281,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       records: () => source.records,
       store: async (name, chainPem, keyId, domains, lock) => {
         await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
-        const report = await coordinator.reload('admin');
+        const report = await coordinator.reload('admin', [name]);
         if (report.error !== undefined)
           throw new KeyedgeError('KEYEDGE_ERR_CERTIFICATE', `the issued certificate was stored but not loaded: ${report.error.message}`);
       },
@@ -317,7 +323,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           reload: () => coordinator.reload('admin'),
           putCertificate: async (name, chainText) => {
             await source.putCertificate(name, chainText);
-            return coordinator.reload('admin');
+            return coordinator.reload('admin', [name]);
           },
           certificates: () => listCertificates(source, acme),
           ...(acme === undefined
@@ -431,7 +437,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     storeDir: config.certStore.dir,
     configFile,
     rescanSeconds: config.certStore.rescanSeconds,
-    onChange: (trigger) => coordinator.reload(trigger),
+    onChange: (trigger, names) => coordinator.reload(trigger, names),
     followed: () => source.followed,
     log,
   });

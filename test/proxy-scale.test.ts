@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VERDICT_FILE } from '../proxy/certs/verdicts.js';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
 import { nodeGet } from './helpers/clients.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueForPublicKey } from './helpers/pki.js';
 
@@ -76,6 +76,16 @@ describe('keyedge proxy with a store larger than a pack', () => {
     expect(statSync(file).mtimeMs).toBe(before.mtimeMs);
     expect(readFileSync(file, 'utf8')).toBe(before.text);
     expect(p.lines.filter((l) => String(l.msg).includes(VERDICT_FILE))).toEqual([]);
+  }, 90_000);
+
+  it('reloads an entry the store watch names alone (a targeted pass), on top of the state the workers got as a file', async () => {
+    const p = await start();
+    const i = ENTRIES - 3;
+    await writeEntry(i);
+    const line = await waitFor('the reload of the one entry', () => p.lines.find((l) => l.msg === 'reload done' && l.trigger === 'watch' && l.changed === 1));
+    expect(line.targeted).toBe(true);
+    await expectServed(p, [i, 0, ENTRIES - 1]);
+    await p.stop();
   }, 90_000);
 
   it('applies a renewal of more entries than a pack holds inline in every worker', async () => {

@@ -11,12 +11,19 @@ import { Writable } from 'node:stream';
 
 const log = createLogger('coordinator-test', 'fatal', new Writable({ write: (_c, _e, done) => done() }));
 
-function fakeSource(behaviour: (pass: number) => Promise<void>): { source: ServingSource; passes: () => number; commits: () => number } {
+function fakeSource(behaviour: (pass: number) => Promise<void>): {
+  source: ServingSource;
+  passes: () => number;
+  commits: () => number;
+  asked: () => (string[] | undefined)[];
+} {
   let passes = 0;
   let commits = 0;
   let generation = 0;
+  const asked: (string[] | undefined)[] = [];
   const source = {
-    async next(): Promise<NextServing> {
+    async next(options: { only?: ReadonlySet<string> } = {}): Promise<NextServing> {
+      asked.push(options.only === undefined ? undefined : [...options.only].sort());
       const pass = ++passes;
       await behaviour(pass);
       const delta: ServingDelta = { generation: generation + 1, routing: { domains: [], sni: { default: null, onUnknown: 'reject' } }, upsert: [], remove: [] };
@@ -30,6 +37,7 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): { source: Servi
         unsettled: [],
         followed: [],
         fileDomains: [],
+        targeted: options.only !== undefined,
       };
     },
     commit(next: NextServing): void {
@@ -37,7 +45,7 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): { source: Servi
       commits++;
     },
   };
-  return { source: source as unknown as ServingSource, passes: () => passes, commits: () => commits };
+  return { source: source as unknown as ServingSource, passes: () => passes, commits: () => commits, asked: () => asked };
 }
 
 const tick = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -53,6 +61,19 @@ describe('ReloadCoordinator', () => {
     expect(passes()).toBe(2);
     expect(commits()).toBe(2);
     expect(reports.map((r) => r.generation)).toEqual([1, 2, 2, 2]);
+  });
+
+  it('looks at the entries a trigger names; folded triggers at the union of their names, or at everything when one named none', async () => {
+    const { source, asked } = fakeSource(() => tick(30));
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => [] });
+    const first = coordinator.reload('watch', ['a']);
+    const folded = [coordinator.reload('watch', ['b']), coordinator.reload('admin', ['c'])];
+    await Promise.all([first, ...folded]);
+    expect(asked()).toEqual([['a'], ['b', 'c']]);
+    const again = coordinator.reload('watch', ['d']);
+    const all = [coordinator.reload('watch', ['e']), coordinator.reload('rescan'), coordinator.reload('watch', ['f'])];
+    await Promise.all([again, ...all]);
+    expect(asked().slice(2)).toEqual([['d'], undefined]);
   });
 
   it('reports a refused config without committing, and reloads again afterwards', async () => {

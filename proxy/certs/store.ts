@@ -44,6 +44,7 @@ import {
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
@@ -139,32 +140,60 @@ export class CertificateStore {
     for (const file of files) {
       const name = CHAIN_FILE.exec(file.name)?.[1];
       if (name === undefined) continue;
+      const ref = this.#ref(name, file.isSymbolicLink(), present.has(`${name}.json`));
+      if (ref !== undefined) refs.push(ref);
+    }
+    return refs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /**
+   * The entries among `names` that exist now, as list() would describe them,
+   * without listing the directory: a change the watch named costs a few
+   * stats, not one per entry (names that are not entry names are skipped).
+   */
+  refs(names: Iterable<string>): StoreEntryRef[] {
+    const refs: StoreEntryRef[] = [];
+    for (const name of names) {
+      if (!STORE_ENTRY_NAME.test(name)) continue;
       const paths = this.#paths(name);
-      let chain: ReturnType<typeof statSync>;
+      let link: boolean;
       try {
-        // stat, not lstat: a chain may be a symlink to a renewal tool's live file.
-        chain = statSync(paths.chainPath);
+        link = lstatSync(paths.chainPath).isSymbolicLink();
       } catch (err) {
-        // Removed since readdir, or a dangling link: not an entry (read() would say why).
         if (errno(err) === 'ENOENT') continue;
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot stat ${paths.chainPath}: ${errno(err)}`, { cause: err });
       }
-      if (!chain.isFile()) continue;
-      // lstat only for links: the readdir entry already says which ones are.
-      const link = file.isSymbolicLink() ? lstatIdentity(paths.chainPath) : undefined;
-      const meta = present.has(`${name}.json`) ? metaStat(paths.metaPath) : undefined;
-      refs.push({
-        name,
-        ...paths,
-        mtimeMs: chain.mtimeMs,
-        size: chain.size,
-        metaMtimeMs: meta?.mtimeMs,
-        statId: `${identity(chain)}|${link ?? '-'}|${meta === undefined ? '-' : identity(meta)}`,
-        changedAtMs: Math.max(chain.ctimeMs, chain.mtimeMs),
-        link: file.isSymbolicLink(),
-      });
+      const ref = this.#ref(name, link, true);
+      if (ref !== undefined) refs.push(ref);
     }
     return refs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  #ref(name: string, isLink: boolean, mayHaveMeta: boolean): StoreEntryRef | undefined {
+    const paths = this.#paths(name);
+    let chain: ReturnType<typeof statSync>;
+    try {
+      // stat, not lstat: a chain may be a symlink to a renewal tool's live file.
+      chain = statSync(paths.chainPath);
+    } catch (err) {
+      // Removed since readdir, or a dangling link: not an entry (read() would say why).
+      if (errno(err) === 'ENOENT') return undefined;
+      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot stat ${paths.chainPath}: ${errno(err)}`, { cause: err });
+    }
+    if (!chain.isFile()) return undefined;
+    // lstat only for links: the readdir entry already says which ones are.
+    const link = isLink ? lstatIdentity(paths.chainPath) : undefined;
+    const meta = mayHaveMeta ? metaStat(paths.metaPath) : undefined;
+    return {
+      name,
+      ...paths,
+      mtimeMs: chain.mtimeMs,
+      size: chain.size,
+      metaMtimeMs: meta?.mtimeMs,
+      statId: `${identity(chain)}|${link ?? '-'}|${meta === undefined ? '-' : identity(meta)}`,
+      changedAtMs: Math.max(chain.ctimeMs, chain.mtimeMs),
+      link: isLink,
+    };
   }
 
   has(name: string): boolean {
@@ -181,8 +210,11 @@ export class CertificateStore {
    * CertificateStoreError KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain
    * file (removed since list(), say), CertificateError (reason 'parse')
    * naming the file when either file is unreadable or the metadata invalid.
+   * `withMeta: false`: the caller's listing saw no metadata file (list():
+   * metaMtimeMs undefined), so none is opened; one added since changes the
+   * entry's statId and is read by the next pass.
    */
-  read(name: string): StoreEntry {
+  read(name: string, withMeta = true): StoreEntry {
     this.#check(name);
     const paths = this.#paths(name);
     let fd: number;
@@ -204,7 +236,38 @@ export class CertificateStore {
     } finally {
       closeSync(fd);
     }
-    const { meta, mtimeMs: metaMtimeMs } = readMeta(name, paths.metaPath);
+    const { meta, mtimeMs: metaMtimeMs } = withMeta ? readMeta(name, paths.metaPath) : { meta: {}, mtimeMs: undefined };
+    return { name, ...paths, mtimeMs: stat.mtimeMs, size: stat.size, metaMtimeMs, chainText, meta };
+  }
+
+  /**
+   * As read(), the chain read off the main thread (libuv's pool): a start
+   * reading 100,000 entries overlaps their reads with its own work. The
+   * metadata, small and rare, is read as read() reads it.
+   */
+  async readAsync(name: string, withMeta = true): Promise<StoreEntry> {
+    this.#check(name);
+    const paths = this.#paths(name);
+    let handle: FileHandle;
+    try {
+      handle = await open(paths.chainPath, 'r');
+    } catch (err) {
+      if (errno(err) === 'ENOENT')
+        throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
+      throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
+    }
+    let chainText: string;
+    let stat: Stats;
+    try {
+      // One descriptor for stat and content, as read().
+      stat = await handle.stat();
+      chainText = await handle.readFile('utf8');
+    } catch (err) {
+      throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
+    } finally {
+      await handle.close();
+    }
+    const { meta, mtimeMs: metaMtimeMs } = withMeta ? readMeta(name, paths.metaPath) : { meta: {}, mtimeMs: undefined };
     return { name, ...paths, mtimeMs: stat.mtimeMs, size: stat.size, metaMtimeMs, chainText, meta };
   }
 

@@ -226,6 +226,13 @@ export class VerdictCache {
     if (this.#dirty) this.#changed();
   }
 
+  /** Forgets the verdicts of these inputs (replaced or removed by a targeted pass). */
+  forget(inputIds: Iterable<string>): void {
+    let any = false;
+    for (const id of inputIds) any = this.#verdicts.delete(id) || any;
+    if (any) this.#changed();
+  }
+
   /** Writes now if anything changed since the last write; cancels a pending timer. */
   flush(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);

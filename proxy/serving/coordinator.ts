@@ -5,7 +5,10 @@
  *
  * Triggers arriving while a reload runs are folded into one more reload
  * after it (a burst of file events, a SIGHUP during a rescan): the last word
- * always wins and no trigger is lost.
+ * always wins and no trigger is lost. A trigger may name the store entries
+ * it is about (a watch event, an admin PUT): the reload then looks at those
+ * alone (source.ts `only`); folded triggers look at the union of their
+ * names, or at everything when one of them named none.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
@@ -45,33 +48,42 @@ export class ReloadCoordinator {
   readonly #options: CoordinatorOptions;
   #running: Promise<ReloadReport> | undefined;
   #queued: Promise<ReloadReport> | undefined;
+  /** The names the queued reload looks at; undefined: everything. */
+  #queuedNames: Set<string> | undefined;
 
   constructor(source: ServingSource, options: CoordinatorOptions) {
     this.#source = source;
     this.#options = options;
   }
 
-  reload(trigger: ReloadTrigger): Promise<ReloadReport> {
+  /** `names`: the store entries the trigger is about; without it, the whole store is looked at. */
+  reload(trigger: ReloadTrigger, names?: Iterable<string>): Promise<ReloadReport> {
     if (this.#running === undefined) {
-      this.#running = this.#run(trigger).finally(() => (this.#running = undefined));
+      this.#running = this.#run(trigger, names === undefined ? undefined : new Set(names)).finally(() => (this.#running = undefined));
       return this.#running;
     }
     // One reload after the running one covers every trigger that came meanwhile.
-    const next = (): Promise<ReloadReport> => {
-      this.#queued = undefined;
-      return this.reload(trigger);
-    };
-    this.#queued ??= this.#running.then(next, next);
+    if (this.#queued === undefined) {
+      this.#queuedNames = names === undefined ? undefined : new Set(names);
+      const next = (): Promise<ReloadReport> => {
+        const queuedNames = this.#queuedNames;
+        this.#queued = undefined;
+        this.#queuedNames = undefined;
+        return this.reload(trigger, queuedNames);
+      };
+      this.#queued = this.#running.then(next, next);
+    } else if (names === undefined) this.#queuedNames = undefined;
+    else if (this.#queuedNames !== undefined) for (const name of names) this.#queuedNames.add(name);
     return this.#queued;
   }
 
-  async #run(trigger: ReloadTrigger): Promise<ReloadReport> {
+  async #run(trigger: ReloadTrigger, names: ReadonlySet<string> | undefined): Promise<ReloadReport> {
     const started = performance.now();
     const { log } = this.#options;
     let next: NextServing;
     try {
       // An operator who asks gets every entry's content compared, not only its stat.
-      next = await this.#source.next({ verify: trigger === 'signal' || trigger === 'admin' });
+      next = await this.#source.next({ verify: trigger === 'signal' || trigger === 'admin', ...(names === undefined ? {} : { only: names }) });
     } catch (err) {
       const report: ReloadReport = {
         trigger,
@@ -97,7 +109,7 @@ export class ReloadCoordinator {
       failures = [(err as Error).message];
     }
     this.#source.commit(next);
-    if (next.unsettled.length > 0) setTimeout(() => void this.reload('watch'), UNSETTLED_RETRY_MS).unref();
+    if (next.unsettled.length > 0) setTimeout(() => void this.reload('watch', next.unsettled), UNSETTLED_RETRY_MS).unref();
     const report: ReloadReport = {
       trigger,
       result: failures.length > 0 ? 'partial' : next.refused.length > 0 ? 'refused' : 'ok',
@@ -132,6 +144,8 @@ export class ReloadCoordinator {
           changed: report.changed.length,
           removed: report.removed.length,
           refused: report.refused.length,
+          // Whether only the entries the trigger named were looked at.
+          targeted: next.targeted,
           durationMs: Math.round(report.durationMs),
         },
         'reload done',

@@ -75,9 +75,10 @@ export interface ExpiryWarning {
 /**
  * The warnings due now: for each certificate, the tightest threshold it has
  * crossed and not yet been warned about. `warned` (name → threshold already
- * logged for that certificate version) is updated in place.
+ * logged for that certificate version) is updated in place; `complete`:
+ * `records` is every certificate, so versions not among them are forgotten.
  */
-export function dueExpiryWarnings(records: Iterable<CertificateRecord>, now: Date, warned: Map<string, number>): ExpiryWarning[] {
+export function dueExpiryWarnings(records: Iterable<CertificateRecord>, now: Date, warned: Map<string, number>, complete = true): ExpiryWarning[] {
   const due: ExpiryWarning[] = [];
   const seen = new Set<string>();
   for (const record of records) {
@@ -91,6 +92,7 @@ export function dueExpiryWarnings(records: Iterable<CertificateRecord>, now: Dat
     warned.set(key, crossed);
     due.push({ name: record.name, days: crossed, notAfter: record.notAfter });
   }
-  for (const key of warned.keys()) if (!seen.has(key)) warned.delete(key);
+  // Only a look at every certificate knows which versions are gone.
+  if (complete) for (const key of warned.keys()) if (!seen.has(key)) warned.delete(key);
   return due;
 }

@@ -11,7 +11,11 @@
  * delta, not a request). A delta larger than EAGER_CONTEXTS certificates (a
  * start with thousands of entries) builds none: each is built on its first
  * handshake (about a millisecond, once), so readiness does not wait on
- * thousands of them and memory stays bounded by contextCacheSize.
+ * thousands of them and memory stays bounded by contextCacheSize. A pack's
+ * whole state (a start, a rebase: distribute.ts) lists no changes: the
+ * cached contexts of certificates it no longer serves in the same version are
+ * dropped after the swap (a look at each cached context, not at each
+ * certificate), and the stapled ones are tracked anew where they changed.
  *
  * After the swap: the old certificates' contexts and staples are dropped
  * (connections that hold an old context keep it alive), and staples of the
@@ -85,6 +89,19 @@ export class LiveServing {
     }
     const previous = this.#state;
     this.#state = next.state;
+    if (next.rebased) {
+      const records = next.state.records;
+      contexts.retain((name, keyId, serial) => {
+        const record = records.get(name);
+        return record !== undefined && record.keyId === keyId && record.serial === serial;
+      });
+      if (stapler === undefined) return;
+      const same = (a: ServedCertificate | undefined, b: ServedCertificate): boolean => a !== undefined && a.serial === b.serial && a.keyId === b.keyId;
+      for (const [name, old] of previous.layers.stapled) if (!same(next.state.layers.stapled.get(name), old)) stapler.untrack(old);
+      // Every one, unchanged ones too: the stapler knows a certificate by identity, and these are new objects (an unchanged leaf keeps its staple).
+      trackInBackground(stapler, [...next.state.layers.stapled.values()]);
+      return;
+    }
     for (const name of [...next.removed, ...next.changed.map((c) => c.name)]) {
       const old = previous.certificates.get(name);
       if (old === undefined) continue;

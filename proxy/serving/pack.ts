@@ -1,28 +1,31 @@
 /**
- * A large serving delta (a worker's start, a mass renewal) handed to a
- * worker through a file instead of the IPC pipe, with its chains read on
- * demand.
+ * A large serving delta (a worker's start, a rebase after many changes)
+ * handed to a worker through a file instead of the IPC pipe, read on demand.
  *
  * Why: the state of 100,000 certificates is ~170 MB of JSON, most of it
  * chains. Through node:cluster's IPC pipe it took tens of seconds per worker
- * on a loaded 2-core machine, and each worker then held every chain although
- * it builds a secure context for only `tls.contextCacheSize` of them at a
- * time (proxy/tls/contexts.ts). Here the primary writes one file per delta:
- * the delta as JSON without the chains, then the chains back to back. The
- * worker parses the JSON part and gets each chain with one positioned read
- * when its context is built (the page cache serves it); the chain is not
- * kept, the context is.
+ * on a loaded 2-core machine, and a worker that materialised every record
+ * held ~470 MB although it builds a secure context for only
+ * `tls.contextCacheSize` of them at a time (proxy/tls/contexts.ts). Here the
+ * primary writes one file per delta: a header line (generation, routing,
+ * removals), an index line (per certificate: its entry name, the names it
+ * serves, whether it staples, and the lengths of its record and chain), then
+ * each record as JSON followed by its chain. The worker keeps only the index
+ * as maps and typed arrays (table.ts) and reads a record with one positioned
+ * read when a handshake needs it (the page cache serves it).
  *
  * The file holds only what the workers are sent anyway (certificate chains,
- * names, routing: nothing secret), in a directory the primary makes, 0700.
- * A worker opens it on receipt and keeps the descriptor while any record of
- * that delta is alive (FinalizationRegistry closes it after), so the primary
- * may unlink the file as soon as every worker it was sent to has answered.
+ * names, routing: nothing secret), 0600 in a directory the primary makes,
+ * 0700. A worker opens it on receipt and keeps the descriptor while anything
+ * read from it is alive (FinalizationRegistry closes it after), so the
+ * primary may unlink the file as soon as every worker it was sent to has
+ * answered.
  */
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CertificateRecord, ServingDelta } from './spec.js';
+import { PackedTable, type PackedRow } from './table.js';
 
 /** Deltas with more certificates than this travel as a pack; a renewal or two stays inline. */
 export const PACK_THRESHOLD = 256;
@@ -30,52 +33,53 @@ export const PACK_THRESHOLD = 256;
 /** What crosses the IPC pipe instead of the delta. */
 export interface PackedDelta {
   readonly file: string;
-  /** Length of the JSON part, bytes; the chains follow one newline after it. */
+  /** Length of the header line, bytes (without its newline). */
   readonly jsonBytes: number;
+  /** Length of the index line, bytes (without its newline); the records follow it. */
+  readonly indexBytes: number;
 }
-
-type PackedRecord = Omit<CertificateRecord, 'chainPem'> & { readonly chainAt: readonly [offset: number, length: number] };
 
 /** Writes `delta` to `<dir>/<name>` and returns its reference. */
 export function writePack(dir: string, name: string, delta: ServingDelta): PackedDelta {
-  const chains: Buffer[] = [];
-  let offset = 0;
-  const upsert: PackedRecord[] = delta.upsert.map(({ chainPem, ...rest }) => {
-    const bytes = Buffer.from(chainPem, 'utf8');
-    chains.push(bytes);
-    const chainAt = [offset, bytes.length] as const;
-    offset += bytes.length;
-    return { ...rest, chainAt };
-  });
-  const json = Buffer.from(JSON.stringify({ ...delta, upsert }), 'utf8');
+  const { upsert, table: _table, ...rest } = delta;
+  const header = JSON.stringify({ ...rest, count: upsert.length });
+  // Text, not a Buffer per record: at 100,000 entries the copies and their collection cost seconds.
+  const rows: PackedRow[] = [];
+  const records: string[] = [];
+  for (const { chainPem, ...record } of upsert) {
+    const json = JSON.stringify(record);
+    rows.push([record.name, record.names, Buffer.byteLength(json), Buffer.byteLength(chainPem), record.stapled ? 1 : 0]);
+    records.push(json);
+  }
+  const index = JSON.stringify(rows);
   const file = join(dir, name);
   const fd = openSync(file, 'wx', 0o600);
   try {
-    writeSync(fd, json);
-    writeSync(fd, '\n');
-    for (const chain of chains) writeSync(fd, chain);
+    writeSync(fd, `${header}\n${index}\n`);
+    // A few hundred records per write: one call per record would be 200,000 system calls at 100,000 entries.
+    const parts: string[] = [];
+    for (const [i, json] of records.entries()) {
+      parts.push(json, upsert[i]!.chainPem);
+      if (parts.length >= 512 || i === records.length - 1) {
+        writeSync(fd, parts.join(''));
+        parts.length = 0;
+      }
+    }
   } finally {
     closeSync(fd);
   }
-  return { file, jsonBytes: json.length };
+  return { file, jsonBytes: Buffer.byteLength(header), indexBytes: Buffer.byteLength(index) };
 }
 
-/** One open pack: its descriptor lives as long as the records that read from it. */
-class PackFile {
+/** One open pack: its descriptor lives as long as whatever reads from it. */
+export class PackFile {
   readonly fd: number;
-  readonly base: number;
 
-  constructor(packed: PackedDelta) {
-    this.fd = openSync(packed.file, 'r');
-    this.base = packed.jsonBytes + 1;
+  constructor(file: string) {
+    this.fd = openSync(file, 'r');
   }
 
-  /** A chain, by its place in the chain section. */
-  read(offset: number, length: number): string {
-    return this.readAt(this.base + offset, length);
-  }
-
-  readAt(position: number, length: number): string {
+  read(position: number, length: number): string {
     const buffer = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
@@ -96,25 +100,30 @@ const closer = new FinalizationRegistry<number>((fd) => {
 });
 
 /**
- * The delta a pack holds. Opens the file now (the primary may unlink it once
- * told the delta was received); each record's `chainPem` is read from it on
- * access and not kept.
+ * The delta a pack holds, its certificates as a table read on demand
+ * (`table`). Opens the file now (the primary may unlink it once told the
+ * delta was received). `upsert` materialises every record when read: the
+ * worker's apply (state.ts) uses the table instead.
  */
 export function readPack(packed: PackedDelta): ServingDelta {
-  const pack = new PackFile(packed);
-  let delta: Omit<ServingDelta, 'upsert'> & { upsert: PackedRecord[] };
+  const pack = new PackFile(packed.file);
+  let head: Omit<ServingDelta, 'upsert' | 'table'>;
+  let rows: PackedRow[];
   try {
-    delta = JSON.parse(pack.readAt(0, packed.jsonBytes)) as typeof delta;
+    head = JSON.parse(pack.read(0, packed.jsonBytes)) as typeof head;
+    rows = JSON.parse(pack.read(packed.jsonBytes + 1, packed.indexBytes)) as PackedRow[];
   } catch (err) {
     closeSync(pack.fd);
     throw err;
   }
   closer.register(pack, pack.fd);
-  const upsert = delta.upsert.map(({ chainAt, ...rest }) => {
-    const [offset, length] = chainAt;
-    return Object.defineProperty(rest, 'chainPem', { enumerable: true, get: () => pack.read(offset, length) }) as CertificateRecord;
-  });
-  return { ...delta, upsert };
+  const table = new PackedTable(pack, packed.jsonBytes + packed.indexBytes + 2, rows);
+  const { count: _count, ...rest } = head as typeof head & { count?: number };
+  let upsert: readonly CertificateRecord[] | undefined;
+  return Object.defineProperty({ ...rest, table }, 'upsert', {
+    enumerable: true,
+    get: () => (upsert ??= table.records()),
+  }) as ServingDelta;
 }
 
 /** Whether `message` holds a PackedDelta. */
@@ -123,7 +132,8 @@ export function isPackedDelta(value: unknown): value is PackedDelta {
     typeof value === 'object' &&
     value !== null &&
     typeof (value as { file?: unknown }).file === 'string' &&
-    Number.isSafeInteger((value as { jsonBytes?: unknown }).jsonBytes)
+    Number.isSafeInteger((value as { jsonBytes?: unknown }).jsonBytes) &&
+    Number.isSafeInteger((value as { indexBytes?: unknown }).indexBytes)
   );
 }
 

@@ -11,7 +11,10 @@
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
  * reads and validates only the ones that moved. An explicit reload (`verify`)
  * reads every entry and compares content hashes, so no stat coincidence can
- * hide a change from an operator who asks.
+ * hide a change from an operator who asks. A targeted pass (`only`: the
+ * entries a watch event or an admin PUT named) looks at those entries alone
+ * and keeps every other record as it is, so a one-name change in a store of
+ * 100,000 costs a few stats and one read, not a listing.
  *
  * A file changed in the last QUIET_MS may still be being written (a tool
  * that writes the leaf, then appends the intermediates): it is read again
@@ -25,7 +28,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import type { StoreEntry } from '../certs/store.js';
+import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -40,6 +43,8 @@ const QUIET_MS = 1_000;
 const SETTLE_MS = 150;
 /** A file still changing after this is left for a later pass rather than read half-way. */
 const SETTLE_LIMIT_MS = 2_000;
+/** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
+const READ_CONCURRENCY = 32;
 
 export interface PreparedServing {
   readonly records: ReadonlyMap<string, CertificateRecord>;
@@ -70,6 +75,17 @@ export interface PrepareOptions {
   readonly verify?: boolean;
   /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
   readonly verdicts?: VerdictCache;
+  /**
+   * Look only at these store entries (a file store's watch named them):
+   * every other record of `previous` is kept as it is, and `present` and
+   * `followed` of the previous pass carry over. Ignored for stores that
+   * cannot be asked about single entries (the fleet's store).
+   */
+  readonly only?: {
+    readonly names: ReadonlySet<string>;
+    readonly present: ReadonlySet<string>;
+    readonly followed: readonly string[];
+  };
 }
 
 interface Pending {
@@ -103,8 +119,15 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 
   const listed = new Set<string>();
   const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry> }>();
-  const followed = config.certificates.map((c) => c.chain);
-  for (const ref of store.list()) {
+  const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
+  const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
+  if (only !== undefined) {
+    for (const [name, record] of previous) if (record.from === 'store' && !only.names.has(name)) records.set(name, record);
+    for (const name of only.present) if (!only.names.has(name)) listed.add(name);
+  }
+  const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  const toRead: StoreEntryRef[] = [];
+  for (const ref of refs) {
     listed.add(ref.name);
     if (ref.link) followed.push(ref.chainPath);
     if (config.certificates.some((c) => c.name === ref.name)) {
@@ -116,15 +139,28 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       records.set(ref.name, kept);
       continue;
     }
+    toRead.push(ref);
+  }
+  // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
+  const firsts =
+    store instanceof CertificateStore
+      ? await mapLimited(toRead, READ_CONCURRENCY, (ref) => store.readAsync(ref.name, ref.metaMtimeMs !== undefined).catch(asError))
+      : [];
+  for (const [i, ref] of toRead.entries()) {
     // Two reads agree when what would be judged agrees: the fingerprint is the input id (one hash per read).
+    // The listing says whether there is a metadata file: none is opened (and fails) per entry without one.
+    const withMeta = ref.metaMtimeMs !== undefined;
     const file = new SettlingRead(
-      () => store.read(ref.name),
+      () => (store instanceof CertificateStore ? store.read(ref.name, withMeta) : store.read(ref.name)),
       (e) => storeInputId(entryCandidate(e)),
       () => ref.changedAtMs,
+      firsts[i],
     );
     storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
   }
-  for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
+  if (only === undefined) {
+    for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
+  } else for (const name of only.names) if (!listed.has(name)) seen.delete(name);
 
   const unsettled = await settle([...[...configReads.values()].map((r) => r.file), ...[...storeReads.values()].map((r) => r.file)]);
   const warnings: { name: string; message: string }[] = [];
@@ -240,10 +276,11 @@ class SettlingRead<T> implements Settling {
   /** Whether the file changed recently enough to need a second read. */
   readonly recent: boolean;
 
-  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number) {
+  /** `first`: the first read's result when it was made already (asynchronously); else read now. */
+  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number, first?: T | Error) {
     this.#read = read;
     this.#fingerprint = fingerprint;
-    [this.#value, this.#print] = this.#attempt();
+    [this.#value, this.#print] = first === undefined ? this.#attempt() : this.#printed(first);
     // A time ahead of the clock (a network file system's) counts as recent.
     this.recent = !(this.#value instanceof Error) && Date.now() - changedAtMs(this.#value) < QUIET_MS;
   }
@@ -269,7 +306,17 @@ class SettlingRead<T> implements Settling {
       const value = this.#read();
       return [value, this.#fingerprint(value)];
     } catch (err) {
-      const error = err instanceof Error ? err : new Error(String(err));
+      const error = asError(err);
+      return [error, `error:${error.message}`];
+    }
+  }
+
+  #printed(value: T | Error): [T | Error, string] {
+    if (value instanceof Error) return [value, `error:${value.message}`];
+    try {
+      return [value, this.#fingerprint(value)];
+    } catch (err) {
+      const error = asError(err);
       return [error, `error:${error.message}`];
     }
   }
@@ -293,6 +340,22 @@ function storeInputId(candidate: CertificateCandidate): string {
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+async function mapLimited<T, R>(items: readonly T[], limit: number, run: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  await forEachLimited(
+    items.map((item, i) => [item, i] as const),
+    limit,
+    async ([item, i]) => {
+      out[i] = await run(item);
+    },
+  );
+  return out;
 }
 
 async function forEachLimited<T>(items: readonly T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {

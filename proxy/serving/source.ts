@@ -63,6 +63,8 @@ export interface NextServing {
   readonly followed: readonly string[];
   /** The config file's own domains (`config.domains` adds the shared store's routes to them). */
   readonly fileDomains: ProxyConfig['domains'];
+  /** Only the entries named by `next({ only })` were looked at. */
+  readonly targeted: boolean;
 }
 
 export class ServingSource {
@@ -71,6 +73,7 @@ export class ServingSource {
   #refusals = new Map<string, Refusal>();
   #generation = 0;
   #followed: readonly string[] = [];
+  #present: ReadonlySet<string> = new Set();
   readonly #seen = new Map<string, string>();
   #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
@@ -126,8 +129,10 @@ export class ServingSource {
    * refused as a whole (bad JSON, schema, sni.default missing, the
    * intermediates unreadable): nothing changes then. `verify`: compare every
    * store entry's content, not only its stat (an operator's explicit reload).
+   * `only`: look at these store entries alone (a watch event or a PUT named
+   * them; prepare.ts), keeping every other record; ignored on the first pass.
    */
-  async next(options: { readonly verify?: boolean } = {}): Promise<NextServing> {
+  async next(options: { readonly verify?: boolean; readonly only?: ReadonlySet<string> } = {}): Promise<NextServing> {
     const reloaded = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : undefined;
     const fileDomains = reloaded?.domains ?? this.#fileDomains;
     const routes =
@@ -153,6 +158,7 @@ export class ServingSource {
       this.#onUnverified?.((err as Error).message);
     }
     let lookup = client;
+    const targeted = options.only !== undefined && this.#generation > 0;
     try {
       const prepared = await prepareServing({
         config,
@@ -161,6 +167,7 @@ export class ServingSource {
         seen: this.#seen,
         verify: options.verify === true,
         verdicts: this.#verdicts,
+        ...(targeted ? { only: { names: options.only!, present: this.#present, followed: this.#followed } } : {}),
         validation: {
           now: new Date(),
           issuers,
@@ -191,6 +198,7 @@ export class ServingSource {
         unsettled: prepared.unsettled,
         followed: prepared.followed,
         fileDomains,
+        targeted,
       };
     } finally {
       client?.close();
@@ -240,11 +248,17 @@ export class ServingSource {
   commit(next: NextServing): void {
     assert.equal(next.delta.generation, this.#generation + 1, 'deltas are committed in order');
     const records = new Map(this.#records);
+    // Verdicts of inputs that no longer serve: a targeted pass names them, a full one keeps only what serves.
+    const superseded: string[] = [];
     for (const name of next.delta.remove) {
+      const old = records.get(name);
+      if (old !== undefined) superseded.push(old.inputId);
       records.delete(name);
       this.#refusals.delete(name);
     }
     for (const record of next.delta.upsert) {
+      const old = records.get(record.name);
+      if (old !== undefined && old.inputId !== record.inputId) superseded.push(old.inputId);
       records.set(record.name, record);
       this.#refusals.delete(record.name);
     }
@@ -253,8 +267,12 @@ export class ServingSource {
     for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
+    this.#present = next.present;
     // Verdicts of what no longer serves go with the next write of the file.
-    if (next.delta.upsert.length > 0 || next.delta.remove.length > 0) this.#verdicts.retain(new Set([...records.values()].map((r) => r.inputId)));
+    if (!next.targeted) {
+      if (next.delta.upsert.length > 0 || next.delta.remove.length > 0 || next.delta.generation === 1)
+        this.#verdicts.retain(new Set([...records.values()].map((r) => r.inputId)));
+    } else this.#verdicts.forget(superseded);
     this.#followed = next.followed;
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
@@ -267,9 +285,23 @@ export class ServingSource {
     this.#verdicts.close();
   }
 
-  /** Everything that serves now, as one delta: what a starting worker needs. */
+  /** Everything that serves now, as one whole delta: what a starting worker needs. */
   snapshot(): ServingDelta {
-    return { generation: this.#generation, routing: { domains: this.#config.domains, sni: this.#config.sni }, upsert: [...this.#records.values()], remove: [] };
+    return {
+      generation: this.#generation,
+      routing: { domains: this.#config.domains, sni: this.#config.sni },
+      upsert: [...this.#records.values()],
+      remove: [],
+      whole: true,
+    };
+  }
+
+  /** What serves once `delta` (the next, not yet committed) is applied, as one whole delta: a rebase of the workers (serving/distribute.ts). */
+  wholeWith(delta: ServingDelta): ServingDelta {
+    const records = new Map(this.#records);
+    for (const name of delta.remove) records.delete(name);
+    for (const record of delta.upsert) records.set(record.name, record);
+    return { generation: delta.generation, routing: delta.routing, upsert: [...records.values()], remove: [], whole: true };
   }
 }
 

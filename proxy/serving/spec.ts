@@ -14,6 +14,7 @@ import type { ServedCertificate } from '../certs/certificate.js';
 import type { Verdict } from '../certs/verdicts.js';
 import type { CertificateRefusal } from '../certs/validate.js';
 import { ocspResponderUrl } from '../tls/ocsp.js';
+import type { PackedTable } from './table.js';
 
 export interface CertificateRecord {
   readonly name: string;
@@ -56,6 +57,10 @@ export interface ServingDelta {
   readonly upsert: readonly CertificateRecord[];
   /** Names no longer served. */
   readonly remove: readonly string[];
+  /** The whole state, not a change: a certificate not in it is no longer served (a worker's start, a rebase: distribute.ts). */
+  readonly whole?: boolean;
+  /** Read from a pack (pack.ts): the certificates as a table read on demand; `upsert` then materialises all of them. Never sent. */
+  readonly table?: PackedTable;
 }
 
 export function recordOf(certificate: ServedCertificate, from: CertificateRecord['from'], inputId: string, loadedAt: Date): CertificateRecord {

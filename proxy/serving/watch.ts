@@ -13,6 +13,11 @@
  * watched, for those names only. The set is recomputed after every reload
  * this module triggers and at every rescan, since a re-point moves it.
  *
+ * An event in the store directory names its file: a burst that touched only
+ * store entries reloads naming them (the reload then looks at those entries
+ * alone, prepare.ts `only`); any other event, or one without a file name,
+ * asks for a whole pass.
+ *
  * Lifecycle: `watchForChanges()` returns a stop function; the callback is
  * never called after it.
  */
@@ -35,8 +40,8 @@ export interface WatchOptions {
   readonly storeDir: string;
   readonly configFile: string | undefined;
   readonly rescanSeconds: number;
-  /** Resolves (or rejects) once the reload it started is done. */
-  readonly onChange: (trigger: 'watch' | 'rescan') => unknown;
+  /** Resolves (or rejects) once the reload it started is done. `names`: the store entries a burst of events touched, when it touched nothing else. */
+  readonly onChange: (trigger: 'watch' | 'rescan', names?: ReadonlySet<string>) => unknown;
   /** Chain paths outside the store directory, or links out of it, to follow; asked again after each reload. */
   readonly followed?: () => readonly string[];
   readonly log: Logger;
@@ -45,24 +50,32 @@ export interface WatchOptions {
 export function watchForChanges(options: WatchOptions): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
-  const run = (trigger: 'watch' | 'rescan'): void => {
+  // The entries touched since the last run; undefined once something else changed.
+  let touched: Set<string> | undefined = new Set();
+  const run = (trigger: 'watch' | 'rescan', names?: ReadonlySet<string>): void => {
     if (stopped) return;
     // Followed either way, and a rejection is the reload's to report: never an unhandled one here.
     const refollow = (): void => {
       if (!stopped) follow();
     };
     Promise.resolve()
-      .then(() => options.onChange(trigger))
+      .then(() => (names === undefined ? options.onChange(trigger) : options.onChange(trigger, names)))
       .then(refollow, refollow);
   };
-  const changed = (): void => {
+  const changed = (entry?: string): void => {
     if (stopped) return;
+    if (entry === undefined) touched = undefined;
+    else touched?.add(entry);
     clearTimeout(timer);
-    timer = setTimeout(() => run('watch'), DEBOUNCE_MS);
+    timer = setTimeout(() => {
+      const names = touched;
+      touched = new Set();
+      run('watch', names);
+    }, DEBOUNCE_MS);
   };
-  const open = (dir: string, accept: (file: string | null) => boolean): FSWatcher | undefined => {
+  const open = (dir: string, accept: (file: string | null) => boolean, entryOf?: (file: string) => string): FSWatcher | undefined => {
     try {
-      const watcher = watch(dir, { persistent: false }, (_event, file) => accept(file) && changed());
+      const watcher = watch(dir, { persistent: false }, (_event, file) => accept(file) && changed(file === null ? undefined : entryOf?.(file)));
       watcher.on('error', (err) => options.log.warn({ dir, reason: err.message }, 'file watch failed; relying on the periodic rescan'));
       return watcher;
     } catch (err) {
@@ -71,13 +84,17 @@ export function watchForChanges(options: WatchOptions): () => void {
     }
   };
   const watchers: FSWatcher[] = [];
-  const add = (dir: string, accept: (file: string | null) => boolean): void => {
-    const watcher = open(dir, accept);
+  const add = (dir: string, accept: (file: string | null) => boolean, entryOf?: (file: string) => string): void => {
+    const watcher = open(dir, accept, entryOf);
     if (watcher !== undefined) watchers.push(watcher);
   };
   mkdirSync(options.storeDir, { recursive: true });
   // Temp files of an atomic write are not changes yet: their rename is.
-  add(options.storeDir, (file) => file === null || /\.(pem|json)$/.test(file));
+  add(
+    options.storeDir,
+    (file) => file === null || /\.(pem|json)$/.test(file),
+    (file) => file.replace(/\.(pem|json)$/, ''),
+  );
   if (options.configFile !== undefined) {
     const base = path.basename(options.configFile);
     add(path.dirname(options.configFile), (file) => file === null || file === base);

@@ -122,6 +122,14 @@ export class SecureContextCache {
     return Math.max(0, this.#cache.max - this.#cache.size - this.#prepared.size);
   }
 
+  /** Keeps only the contexts of certificates `current` still serves in that version (after a whole new state); O(cached contexts). */
+  retain(current: (name: string, keyId: string, serial: string) => boolean): void {
+    for (const key of [...this.#cache.keys()]) {
+      const [, keyId = '', serial = '', name = ''] = key.split('\0');
+      if (!current(name, keyId, serial)) this.#cache.delete(key);
+    }
+  }
+
   /** Drops every context of a certificate (it was replaced or removed). */
   forget(certificate: ServedCertificate): void {
     const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
