@@ -22,6 +22,7 @@
  * absolute µs.
  */
 import { readFileSync } from 'node:fs';
+import type { CallFrame, CpuProfile, ProfileNode, ProfileWindow } from '../harness/cpuprofile.js';
 
 export const LAYERS = [
   'accept',
@@ -41,27 +42,8 @@ export const LAYERS = [
 ] as const;
 export type Layer = (typeof LAYERS)[number];
 
-interface CallFrame {
-  readonly functionName: string;
-  readonly url: string;
-}
-interface ProfileNode {
-  readonly id: number;
-  readonly callFrame: CallFrame;
-  readonly children?: readonly number[];
-}
-interface CpuProfile {
-  readonly nodes: readonly ProfileNode[];
-  readonly startTime: number;
-  readonly samples: readonly number[];
-  readonly timeDeltas: readonly number[];
-}
-
 /** µs on the monotonic clock (process.hrtime.bigint() / 1000n in any process). */
-export interface Window {
-  readonly fromUs: number;
-  readonly toUs: number;
-}
+export type Window = ProfileWindow;
 
 export interface LayerSplit {
   readonly busyUs: number;
@@ -73,7 +55,7 @@ export interface LayerSplit {
 const has = (url: string, ...parts: string[]): boolean => parts.some((p) => url.includes(p));
 
 /** The layer a frame claims, or undefined for generic machinery. */
-export function layerOf(frame: CallFrame): Layer | undefined {
+export function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer | undefined {
   const { functionName: name, url } = frame;
   if (name === '(garbage collector)') return 'GC';
   if (name === '(program)') return 'native, no JS frame (libuv, OpenSSL on reads)';
