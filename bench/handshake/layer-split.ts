@@ -21,8 +21,7 @@
  * which is in proportion to where it runs, so shares hold better than
  * absolute µs.
  */
-import { readFileSync } from 'node:fs';
-import type { CallFrame, CpuProfile, ProfileNode, ProfileWindow } from '../harness/cpuprofile.js';
+import { type CallFrame, type ProfileWindow, readProfile } from '../harness/cpuprofile.js';
 
 export const LAYERS = [
   'accept',
@@ -96,13 +95,7 @@ export function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer |
 
 /** Sampled µs per layer of the profile at `path`, over the samples inside `window`. */
 export function splitProfile(path: string, window: Window): LayerSplit {
-  const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
-  const byId = new Map<number, ProfileNode>();
-  const parent = new Map<number, number>();
-  for (const node of profile.nodes) {
-    byId.set(node.id, node);
-    for (const child of node.children ?? []) parent.set(child, node.id);
-  }
+  const { profile, byId, parent } = readProfile(path);
   const layerOfNode = new Map<number, Layer>();
   const resolveNode = (id: number): Layer => {
     const known = layerOfNode.get(id);

@@ -63,8 +63,8 @@ function frameKey(frame: CallFrame, root: string | undefined): string {
   return `${name} ${file}:${frame.lineNumber + 1}`;
 }
 
-/** Self and inclusive time per function of the profile at `path`, most expensive (self) first; only samples inside `window` when given. */
-export function summarizeProfile(path: string, root?: string, window?: ProfileWindow): ProfileSummary {
+/** The profile at `path` with its nodes by id and each node's parent id. */
+export function readProfile(path: string): { profile: CpuProfile; byId: Map<number, ProfileNode>; parent: Map<number, number> } {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -72,6 +72,12 @@ export function summarizeProfile(path: string, root?: string, window?: ProfileWi
     byId.set(node.id, node);
     for (const child of node.children ?? []) parent.set(child, node.id);
   }
+  return { profile, byId, parent };
+}
+
+/** Self and inclusive time per function of the profile at `path`, most expensive (self) first; only samples inside `window` when given. */
+export function summarizeProfile(path: string, root?: string, window?: ProfileWindow): ProfileSummary {
+  const { profile, byId, parent } = readProfile(path);
   const self = new Map<string, number>();
   const inclusive = new Map<string, number>();
   let busyUs = 0;
