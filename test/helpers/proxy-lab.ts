@@ -44,34 +44,37 @@ export interface KeylessLab {
   close(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 /**
- * A port nothing listens on that stays that way while other test files run:
- * it lies below Linux's ephemeral range (32768-60999), which is where port-0
- * listeners and outgoing connections get theirs. For an origin that must
- * refuse connections, or one that comes up later on a known port.
+ * A port nothing listens on, which stays free until the caller binds it.
+ * It lies below Linux's ephemeral range (32768-60999), where port-0
+ * listeners and outgoing connections get theirs: a port taken from that
+ * range and closed again can be handed to another process's connection
+ * before the caller listens on it (a red CI once: EADDRINUSE on a proxy's
+ * port). Each vitest worker draws from its own slice (VITEST_POOL_ID), and
+ * a process never hands out the same port twice, so two test files running
+ * side by side never pick the same one.
  */
-export async function refusedPort(): Promise<number> {
+export async function freePort(): Promise<number> {
+  const slice = Math.max(0, (Number(process.env.VITEST_POOL_ID) || 1) - 1) % 4;
   for (;;) {
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    const port = 20_000 + slice * 3_000 + Math.floor(Math.random() * 3_000);
+    if (handedOut.has(port)) continue;
     const server = net.createServer();
     const free = await new Promise<boolean>((resolve) => {
       server.once('error', () => resolve(false));
       server.listen(port, '127.0.0.1', () => resolve(true));
     });
     if (free) {
+      handedOut.add(port);
       await new Promise((resolve) => server.close(resolve));
       return port;
     }
   }
 }
+const handedOut = new Set<number>();
+
+/** A port nothing listens on: for an origin that must refuse connections, or one that comes up later on a known port. */
+export const refusedPort = freePort;
 
 export async function startKeylessLab(): Promise<KeylessLab> {
   const dir = tempDir('keyedge-lab-');
