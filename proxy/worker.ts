@@ -4,7 +4,7 @@
  * it serves (serving/start.ts, then serving/live.ts at every reload), the
  * TLS parts its listeners share (tls/worker-tls.ts), its HTTP side
  * (http-front.ts: HTTP/1.1, HTTP/2, the redirect port), one TLS listener per
- * configured address (tls/listener.ts) with the ACME hooks, and its stop
+ * configured address (listeners.ts) with the ACME hooks, and its stop
  * (shutdown.ts). Every decision lives in those modules.
  *
  * Lifecycle: `startProxyWorker()` loads and checks every configured
@@ -21,67 +21,23 @@
  */
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { ConfigError } from '../keyserver/shared/errors.js';
-import type { Logger } from '../keyserver/shared/log.js';
-import type { ChallengeAnswers } from './acme/challenges.js';
 import { missReporter, wantedMessage } from './acme/on-demand.js';
-import { ACME_TLS_PROTOCOL, AlpnChallengeContexts, closeAfterHandshake } from './acme/tls-alpn.js';
+import { AlpnChallengeContexts } from './acme/tls-alpn.js';
 import { OriginPools, originPoolOptions } from './http/origins.js';
 import { HttpFront } from './http-front.js';
+import { openListeners } from './listeners.js';
 import { startKeylessBridge } from './keyless/bridge.js';
 import { ProxyMetrics } from './metrics.js';
 import { LiveServing } from './serving/live.js';
-import type { NextServing } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 import { OwnServing, serveFirst } from './serving/start.js';
-import type { ServingState } from './serving/state.js';
 import { shutDown } from './shutdown.js';
 import { stillCovers } from './tls/connection.js';
 import { workerConnectionLimits } from './tls/connection-limits.js';
-import type { KeySource } from './tls/key-source.js';
-import { TlsListener } from './tls/listener.js';
 import { WorkerTls } from './tls/worker-tls.js';
+import type { RunningWorker, WorkerOptions } from './worker-api.js';
 
-export interface RunningWorker {
-  /** The bound port of each listener, in config order (useful with port 0). */
-  readonly ports: readonly number[];
-  /** The plain-HTTP redirect listener's port, when configured. */
-  readonly httpPort: number | undefined;
-  /** Where the worker's keys come from: the keyless bridge, or the source it was given. */
-  readonly keySource: KeySource;
-  /** What serves now. */
-  readonly state: ServingState;
-  /** Its HTTPS listeners, in config order: where a protocol handler registers (TlsListener.handle). */
-  readonly listeners: readonly TlsListener[];
-  /** The primary's ticket keys, newest first (tickets.ts); a malformed key throws and keeps the current ones. */
-  setTicketKeys(keys: readonly Buffer[]): void;
-  /**
-   * Builds every secure context the delta needs, then swaps the serving state
-   * in one step. Throws (and keeps the current state) when a context cannot
-   * be built. Contract: deltas arrive in generation order, one at a time.
-   */
-  apply(delta: ServingDelta): void;
-  /**
-   * Started on its own (no `initial` delta): re-reads the config file and the
-   * store, validates what changed and applies it, as the cluster primary
-   * does for its workers. Rejects with a ConfigError when the config is refused.
-   */
-  reload(): Promise<NextServing>;
-  close(): Promise<void>;
-}
-
-export interface WorkerOptions {
-  readonly log: Logger;
-  /** Session-ticket keys, newest first, shared by all workers; the primary sends them. A worker started alone makes its own. */
-  readonly ticketKeys?: readonly Buffer[];
-  /** Defaults to metrics in prom-client's global registry, which the cluster primary aggregates. */
-  readonly metrics?: ProxyMetrics;
-  /** What to serve, from the cluster primary; without it the worker prepares it from its config and the store. */
-  readonly initial?: ServingDelta;
-  /** Where keys come from (embedding, benchmarks); defaults to the keyless bridge to `config.keyserver`. Not a config key. */
-  readonly keySource?: KeySource;
-  /** The ACME issuer's HTTP-01 tokens and TLS-ALPN-01 certificates, kept current by the cluster primary (acme/challenges.ts). */
-  readonly challenges?: ChallengeAnswers;
-}
+export type { RunningWorker, WorkerOptions } from './worker-api.js';
 
 export async function startProxyWorker(config: ProxyConfig, options: WorkerOptions): Promise<RunningWorker> {
   const { log, challenges } = options;
@@ -115,17 +71,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
     metrics,
     log,
   };
-  const listeners: TlsListener[] = [];
-  const ports: number[] = [];
-  for (const { host, port, profile, http2 } of config.listen) {
-    const listener = new TlsListener({ ...everyListener, id: `${host}:${port}`, profile, http1: front.http1() });
-    // RFC 9113 §3.2: h2 is offered before http/1.1 once registered.
-    if (http2) listener.handle('h2', front.h2);
-    // RFC 8737: answered only for a name with a pending challenge, on the challenge's own context.
-    if (alpnChallenges !== undefined) listener.handle(ACME_TLS_PROTOCOL, closeAfterHandshake, { selectContext: alpnChallenges.selector(profile) });
-    ports.push(await listener.listen(host, port));
-    listeners.push(listener);
-  }
+  const { listeners, ports } = await openListeners(config.listen, everyListener, front, alpnChallenges);
   const httpPort = config.httpRedirect === null ? undefined : await front.startRedirect(config.httpRedirect, ports[0] ?? 443, challenges);
   const { certificates, domains } = serving.state;
   const routed = domains.exact.size + domains.wildcard.size;
