@@ -6,11 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { CLI, sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
-// A pool of two real key servers on one SoftHSM2 token (the lab's, and a
-// second process on the same state directory with its own socket), a
-// two-worker `keyedge proxy` listing both, and a load of new TLS connections
+// A pool of two real key servers on one SoftHSM2 token (the lab's, on its
+// unix socket, and a second process on the same state directory reached over
+// TCP with mutual TLS: both transports a pool may mix), a two-worker
+// `keyedge proxy` listing both, and a load of new TLS connections
 // (a full handshake each, so a signature each). Key server "b" is SIGKILLed
 // mid-load, then restarted.
 //
@@ -21,7 +23,8 @@ import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.
 let lab: KeylessLab;
 let proxy: ClusterProxy;
 let ca: string;
-let socketB: string;
+let pki: TestPkiFiles;
+let portB: number;
 let configB: string;
 let serverB: ChildProcess | undefined;
 
@@ -34,7 +37,9 @@ async function startServerB(): Promise<void> {
     async () => {
       if (child.exitCode !== null) throw new Error(`key server b exited (${child.exitCode})`);
       try {
-        const client = await KeyserverClient.connect({ unixPath: socketB });
+        const client = await KeyserverClient.connect({
+          tcp: { host: '127.0.0.1', port: portB, servername: 'localhost', ca: pki.caFile, cert: pki.clients.edge!.cert, key: pki.clients.edge!.key },
+        });
         await client.ping();
         client.close();
         return true;
@@ -113,14 +118,17 @@ function handshakeLoad(port: number, concurrency: number): { readonly ok: () => 
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
-  // The second key server: the same state directory (so the same token and PIN), its own socket and admin port.
-  socketB = join(lab.dir, 'state', 'keyserver-b.sock');
+  // The second key server: the same state directory (so the same token and PIN), its own mutual-TLS port (the same
+  // one when it restarts) and admin port; the proxy is its one client, by the common name of its client certificate.
+  pki = await createTestPki(lab.dir, [{ commonName: 'edge' }]);
+  portB = await freePort();
   configB = join(lab.dir, 'keyserver-b.json');
   writeFileSync(
     configB,
     JSON.stringify({
       stateDir: './state',
-      listen: { unix: { path: 'keyserver-b.sock' } },
+      listen: { unix: null, tcp: { host: '127.0.0.1', port: portB, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+      clients: [{ name: 'edge', match: { commonName: 'edge' }, keys: '*' }],
       admin: { host: '127.0.0.1', port: await freePort() },
       log: { level: 'warn' },
     }),
@@ -135,7 +143,10 @@ beforeAll(async () => {
         keyserver: {
           servers: [
             { name: 'a', socket: lab.socket },
-            { name: 'b', socket: socketB },
+            {
+              name: 'b',
+              tcp: { host: '127.0.0.1', port: portB, servername: 'localhost', ca: pki.caFile, cert: pki.clients.edge!.cert, key: pki.clients.edge!.key },
+            },
           ],
           // Real margins for a loaded 2-core machine; the failover happens within this deadline.
           timeoutMs: 1_000,
