@@ -11,8 +11,9 @@
  * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
  * names an IP address, so no resolver entry is needed.
  */
+import { type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 
 export interface AbOptions {
@@ -54,16 +55,6 @@ export interface AbResult {
   readonly signal: string | null;
 }
 
-export interface RunningAb {
-  readonly pid: number;
-  readonly args: readonly string[];
-  /** True once ab has exited (on its own: an error, or -t ran out; or after stop()). */
-  exited(): boolean;
-  /** SIGINT: ab reports what it did so far and exits. */
-  stop(): void;
-  readonly done: Promise<AbResult>;
-}
-
 /** The ab command line (without taskset). */
 export function abArgs(options: AbOptions): string[] {
   return [
@@ -89,44 +80,16 @@ export function abArgs(options: AbOptions): string[] {
   ];
 }
 
-export function startAb(options: AbOptions): RunningAb {
-  const args = abArgs(options);
-  const child: ChildProcess =
-    options.cpus === undefined
-      ? spawn('ab', args, { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn('taskset', ['-c', options.cpus, 'ab', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  const stderr: string[] = [];
-  let stderrLines = 0;
-  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
-  child.stderr!.setEncoding('utf8').on('data', (t: string) => {
-    for (const line of t.split('\n').filter(Boolean)) {
-      stderrLines++;
-      if (stderr.length < 20) stderr.push(line);
-    }
-  });
-  const done = new Promise<AbResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => {
-      // 'exit' can come before the pipes are drained.
-      setImmediate(() => {
-        try {
-          resolve({ ...parseAbOutput(stdout), ...readPercentiles(options.csvPath), stderr, stderrLines, exitCode: code, signal });
-        } catch (err) {
-          reject(new Error(`${(err as Error).message}\n--- ab stdout ---\n${stdout}\n--- ab stderr ---\n${stderr.join('\n')}`));
-        }
-      });
-    });
-  });
-  return {
-    pid: child.pid ?? -1,
-    args,
-    exited: () => child.exitCode !== null || child.signalCode !== null,
-    stop: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-    },
-    done,
-  };
+/** ab as a client process (harness/client.ts): stop it with SIGINT and it reports what it did so far. */
+export function startAb(options: AbOptions): ClientProcess<AbResult> {
+  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, (out) => ({
+    ...parseAbOutput(out.stdout),
+    ...readPercentiles(options.csvPath),
+    stderr: out.stderr,
+    stderrLines: out.stderrLines,
+    exitCode: out.exitCode,
+    signal: out.signal,
+  }));
 }
 
 type AbReport = Omit<AbResult, 'p50Us' | 'p90Us' | 'p99Us' | 'stderr' | 'stderrLines' | 'exitCode' | 'signal'>;

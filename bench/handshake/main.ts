@@ -22,7 +22,7 @@ import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/no
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
 import type { RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
@@ -211,8 +211,9 @@ async function main(): Promise<number> {
       `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
     );
-    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
       rounds: profiling ? 1 : options.rounds,
+      failSoft: failSoft(log),
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
@@ -231,7 +232,8 @@ async function main(): Promise<number> {
     });
 
     const date = dateStamp();
-    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers));
+    const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
     const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
     const ctx: ReportContext = {
       machine,
@@ -256,6 +258,7 @@ async function main(): Promise<number> {
       skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),
       limits,
       nodeVersions,
+      failures,
     };
 
     if (options.perfDir !== undefined) {
@@ -319,6 +322,7 @@ async function main(): Promise<number> {
         tlsProfile: options.profile,
       },
       method: methodJson(options, order, quietWait, { nginxWarmupMs: options.nginxWarmupMs }),
+      failedRounds: failures,
       limits,
       keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),
       nodeVersions: Object.fromEntries(nodeVersions),

@@ -277,10 +277,7 @@ function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: 
       const r = await ab.done;
       throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
     },
-    stop: () => {
-      ab.stop();
-      return ab.done;
-    },
+    stop: () => ab.stop('SIGINT'),
   };
 }
 

@@ -9,7 +9,8 @@ import { median } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
-import { CONTENDED_CORES } from '../harness/bench.js';
+import { CONTENDED_CORES, failureLines } from '../harness/bench.js';
+import type { RoundFailure } from '../harness/rounds.js';
 import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
 
@@ -48,6 +49,7 @@ export interface ReportContext {
   readonly limits: Limits;
   /** Node binaries of the versioned set-ups: major → version string. */
   readonly nodeVersions: ReadonlyMap<number, string>;
+  readonly failures: readonly RoundFailure[];
 }
 
 const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
@@ -74,7 +76,7 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
           ? `resumed ${fmt(s.resumeCheck.resumedPct, 1)}% (${fmt(s.resumeCheck.resumed)}/${fmt(s.resumeCheck.completed)})${s.resumeCheck.keyserverSigns === undefined ? '' : `, signs ${s.resumeCheck.keyserverSigns}`}${s.resumeCheck.ok ? '' : ' ✗'}`
           : '–',
   ],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
   ['busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
 ];
 
@@ -172,6 +174,7 @@ export function markdownReport(
     contentionLine(summaries),
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
     ...(skipped.length > 0 ? ['', ...skipped] : []),
+    ...failureLines(ctx.failures),
     '',
     '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
     '',

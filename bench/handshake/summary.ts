@@ -61,6 +61,8 @@ export interface ScenarioSummary {
   readonly otherCores: number;
   readonly cleanRounds: number;
   readonly usedRounds: readonly number[];
+  /** Measured rounds that gave no figures (a crashed or hung client, harness/rounds.ts failSoft). */
+  readonly failedRounds: number;
   /** ab failed requests / non-2xx, TLS handshakes the server saw fail inside the windows, the resuming client's failures. */
   readonly errors: {
     readonly abFailed: number;
@@ -105,7 +107,7 @@ export interface ScenarioSummary {
 
 const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa: 'RSA_PSS_SHA256' };
 
-export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number): ScenarioSummary {
+export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0): ScenarioSummary {
   const { spec } = scenario;
   const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
   const w = (f: (r: WindowFigures) => number) => median(rs.map((r) => f(r.window)));
@@ -183,6 +185,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     otherCores: w((x) => x.otherCores),
     cleanRounds: clean,
     usedRounds,
+    failedRounds,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
     signCheck,

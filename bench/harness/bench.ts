@@ -11,7 +11,7 @@
  */
 import { quietBeforeRun } from './quiet.js';
 import { type WrittenReport, writeReport } from './report.js';
-import { type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
+import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 export const CONTENDED_CORES = 0.25;
@@ -54,7 +54,7 @@ export async function measureRounds<R>(
   ownPids: readonly number[],
   signal: AbortSignal,
   log: Log,
-  more: Pick<RoundsOptions<R>, 'extraRounds' | 'onRun'> & { readonly rounds?: number },
+  more: Pick<RoundsOptions<R>, 'extraRounds' | 'onRun' | 'failSoft'> & { readonly rounds?: number },
 ): Promise<RoundsResult<R> & { readonly quietWait: unknown }> {
   const quiet = quietBeforeRun(timing.quietBudgetMs, ownPids, signal, log);
   const result = await runRounds(scenarios, {
@@ -100,6 +100,23 @@ export function skippedRow(scenario: string, label: string, reason: string, rate
     otherCores: Number.NaN,
     skipped: reason,
   };
+}
+
+/** failSoft for runRounds: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged. */
+export function failSoft(log: Log): NonNullable<RoundsOptions<unknown>['failSoft']> {
+  return {
+    deadlineMs: 60_000,
+    onFailure: (f) => log(`${f.phase === 'warmup' ? 'warm-up ' : `round ${f.round + 1} `}${f.scenario}: FAILED, round skipped: ${f.error}`),
+  };
+}
+
+/** The report's lines on failed rounds: none when every run gave figures. */
+export function failureLines(failures: readonly RoundFailure[]): string[] {
+  if (failures.length === 0) return [];
+  return [
+    '',
+    `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${f.phase === 'warmup' ? 'warm-up' : `round ${f.round + 1}`}: ${f.error}`).join('; ')}.`,
+  ];
 }
 
 /** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */

@@ -26,7 +26,7 @@ import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, measureRounds, methodJson, publish, roundTag, skippedRow, stampedLog } from '../harness/bench.js';
+import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, skippedRow, stampedLog } from '../harness/bench.js';
 import type { RunContext, Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
@@ -180,7 +180,8 @@ async function main(): Promise<number> {
       `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
     );
-    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+      failSoft: failSoft(log),
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const c = result.client;
@@ -195,7 +196,13 @@ async function main(): Promise<number> {
 
     const date = dateStamp();
     const summaries = scenarios.map((s) =>
-      summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], options.serverCpuCount),
+      summarize(
+        s.name,
+        `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`,
+        results.get(s.name) ?? [],
+        options.serverCpuCount,
+        failures.filter((f) => f.scenario === s.name && f.phase === 'measure').length,
+      ),
     );
     const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
     const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
@@ -223,7 +230,13 @@ async function main(): Promise<number> {
       profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
     }
 
-    const markdown = markdownReport({ machine, options, date, clientCommand, h2Command, commands, versions }, summaries, skipped, comparisons, profiles);
+    const markdown = markdownReport(
+      { machine, options, date, clientCommand, h2Command, commands, versions, failures },
+      summaries,
+      skipped,
+      comparisons,
+      profiles,
+    );
     const keyedge = summaries.find((s) => s.server === 'keyedge');
     const caddy = comparisons.find((c) => c.other === 'caddy');
     const nginx = comparisons.find((c) => c.other === 'nginx');
@@ -250,6 +263,7 @@ async function main(): Promise<number> {
         protocols: Object.fromEntries(lab.protocols),
       },
       method: methodJson(options, order, quietWait),
+      failedRounds: failures,
       proxyConfig: lab.configs.keyedge,
       nginxConfig: lab.configs.nginx,
       caddyConfig: lab.configs.caddy,

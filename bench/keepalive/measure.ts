@@ -113,7 +113,8 @@ export async function runOnce(env: Env, server: ServerId, h2: boolean, durationM
       otherCores: Math.max(0, usage.machineBusyCores - ours / 1e6 / usage.seconds - usage.selfCores),
       usage,
     };
-    return { window, client: await ac.done };
+    // The client ends on its own at the end of its duration; a hung one is killed (harness/client.ts).
+    return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
   } finally {
     ac.kill();
   }

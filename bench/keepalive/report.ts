@@ -10,7 +10,8 @@ import type { MachineInfo } from '../harness/machine.js';
 import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
 import { median, round, spread, type Spread } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
-import { CONTENDED_CORES, cleanRounds, SATURATED_CORES } from '../harness/bench.js';
+import { CONTENDED_CORES, cleanRounds, failureLines, SATURATED_CORES } from '../harness/bench.js';
+import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
 
@@ -34,12 +35,14 @@ export interface ServerSummary {
   readonly otherCores: number;
   readonly cleanRounds: number;
   readonly usedRounds: readonly number[];
+  /** Measured rounds that gave no figures (a crashed or hung client, harness/rounds.ts failSoft). */
+  readonly failedRounds: number;
   /** Summed over all measured runs: autocannon errors (connection errors, timeouts), non-2xx answers. */
   readonly errors: { readonly clientErrors: number; readonly timeouts: number; readonly non2xx: number };
   readonly perRound: readonly RunResult[];
 }
 
-export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number): ServerSummary {
+export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0): ServerSummary {
   const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
   const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
   return {
@@ -61,6 +64,7 @@ export function summarize(server: string, label: string, all: readonly RunResult
     otherCores: w((x) => x.otherCores),
     cleanRounds: clean,
     usedRounds,
+    failedRounds,
     errors: {
       clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
       timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
@@ -130,7 +134,7 @@ const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`],
   ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`],
   ['errors / timeouts / non-2xx', 'right', (s) => `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
   ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
 ];
 
@@ -143,6 +147,7 @@ export function markdownReport(
     h2Command: string;
     commands: Record<string, string>;
     versions: Record<string, string | undefined>;
+    failures: readonly RoundFailure[];
   },
   summaries: readonly ServerSummary[],
   skipped: ReadonlyMap<string, string>,
@@ -207,6 +212,7 @@ export function markdownReport(
     `Servers: keyedge \`${ctx.commands.keyedge}\` + \`${ctx.commands.keyserver}\` (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'}, log level ${options.logLevel}); nginx \`${ctx.commands.nginx}\` (1 worker); caddy \`${ctx.commands.caddy}\`; origin \`${ctx.commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${options.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
     `Pinning: ${pin}.`,
     `Method: warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} interleaved rounds; each run starts autocannon, waits for traffic and ${options.rampMs} ms more, then measures a ${options.measureMs / 1000} s window (requests counted at the origin).`,
+    ...failureLines(ctx.failures),
     '',
     table,
     '',
