@@ -11,7 +11,7 @@
  * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
  * names an IP address, so no resolver entry is needed.
  */
-import { type ClientProcess, startClient } from '../harness/client.js';
+import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -31,29 +31,8 @@ export interface AbOptions {
   readonly protocol?: 'TLS1.3' | 'TLS1.2';
 }
 
-export interface AbResult {
-  readonly completeRequests: number;
-  readonly failedRequests: number;
-  /** ab's breakdown of failed requests (Connect, Receive, Length, Exceptions), when it printed one. */
-  readonly failedBreakdown: Record<string, number>;
-  readonly non2xx: number;
-  readonly requestsPerSecond: number;
-  readonly seconds: number;
-  /** "TLSv1.3,TLS_AES_256_GCM_SHA384,256,256" */
-  readonly tlsProtocol: string | undefined;
-  readonly serverTempKey: string | undefined;
-  readonly tlsServerName: string | undefined;
-  readonly documentLength: number | undefined;
-  /** Latency percentiles over the whole ab run (connect + handshake + request + response), from the -e CSV, in µs. */
-  readonly p50Us: number;
-  readonly p90Us: number;
-  readonly p99Us: number;
-  /** Lines ab wrote to stderr (e.g. "SSL handshake failed"), at most 20 kept. */
-  readonly stderr: readonly string[];
-  readonly stderrLines: number;
-  readonly exitCode: number | null;
-  readonly signal: string | null;
-}
+/** ab's report (its counts and TLS lines; latency percentiles over the whole run, connect to answer, from -e), how it exited. */
+export type AbResult = ReturnType<typeof parseAbOutput> & ReturnType<typeof readPercentiles> & Omit<ClientOutput, 'stdout'>;
 
 /** The ab command line (without taskset). */
 export function abArgs(options: AbOptions): string[] {
@@ -92,9 +71,7 @@ export function startAb(options: AbOptions): ClientProcess<AbResult> {
   }));
 }
 
-type AbReport = Omit<AbResult, 'p50Us' | 'p90Us' | 'p99Us' | 'stderr' | 'stderrLines' | 'exitCode' | 'signal'>;
-
-export function parseAbOutput(text: string): AbReport {
+export function parseAbOutput(text: string) {
   const field = (label: string): string | undefined => {
     const m = new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text);
     return m?.[1]?.trim();

@@ -85,23 +85,6 @@ export function methodJson(timing: MeasureTiming, order: readonly (readonly stri
   };
 }
 
-/** The `summary` row of a scenario that did not run (harness/summary.ts reads it), named with the bench's own rate and CPU keys. */
-export function skippedRow(scenario: string, label: string, reason: string, rateKey: string, cpuKey: string) {
-  return {
-    scenario,
-    label,
-    [rateKey]: Number.NaN,
-    [cpuKey]: Number.NaN,
-    p50Ms: Number.NaN,
-    p99Ms: Number.NaN,
-    clientSaturated: false,
-    errors: 0,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-    skipped: reason,
-  };
-}
-
 /** failSoft for runRounds: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged. */
 export function failSoft(log: Log): NonNullable<RoundsOptions<unknown>['failSoft']> {
   return {

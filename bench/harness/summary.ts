@@ -159,3 +159,34 @@ export function durationRow(bench: string, scenario: string, label: string, p50M
     ...(skipped === undefined ? {} : { skipped }),
   };
 }
+
+const ROW_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string]> = {
+  handshake: ['handshakesPerSecond', 'serverCpuUsPerHandshake'],
+  request: ['requestsPerSecond', 'serverCpuUsPerRequest'],
+  sign: ['signsPerSecond', 'serverCpuUsPerSign'],
+};
+
+/** A bench's `summary` row with its rate and CPU named after its unit (what `readSummary` reads back); skipped: NaN figures and the reason. */
+export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' | 'rate' | 'serverCpuUs'> & { rate: number; serverCpuUs: number }) {
+  const { scenario, label, rate, serverCpuUs, skipped, ...rest } = row;
+  const [rateKey, cpuKey] = ROW_KEYS[unit];
+  return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
+}
+
+/** The row of a scenario that did not run. */
+export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
+  const nan = Number.NaN;
+  return benchRow(unit, {
+    scenario,
+    label,
+    rate: nan,
+    serverCpuUs: nan,
+    p50Ms: nan,
+    p99Ms: nan,
+    clientSaturated: false,
+    errors: 0,
+    spreadPct: nan,
+    otherCores: nan,
+    skipped: reason,
+  });
+}

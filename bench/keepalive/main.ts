@@ -26,7 +26,8 @@ import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, skippedRow, stampedLog } from '../harness/bench.js';
+import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { skippedBenchRow } from '../harness/summary.js';
 import type { RunContext, Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
@@ -277,10 +278,7 @@ async function main(): Promise<number> {
         keyedgeServerCpuUsPerRequest: keyedge?.serverUs.median ?? null,
       },
       comparisons,
-      summary: [
-        ...summaries.map(summaryRow),
-        ...[...skipped].map(([server, reason]) => skippedRow(server, server, reason, 'requestsPerSecond', 'serverCpuUsPerRequest')),
-      ],
+      summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
       scenarios: summaries,
       profiles,
       durationSeconds: (Date.now() - started) / 1000,

@@ -14,35 +14,12 @@ import { CONTENDED_CORES, cleanRounds, failureLines, SATURATED_CORES } from '../
 import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
+import { benchRow } from '../harness/summary.js';
 
-export interface ServerSummary {
-  /** Scenario name: the server, `-h2` for HTTP/2. */
-  readonly server: string;
-  readonly label: string;
-  readonly requestsPerSecond: Spread;
-  readonly serverUs: Spread;
-  readonly proxyUs: number;
-  readonly keyserverUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  readonly serverSideCores: number;
-  readonly clientSaturated: boolean;
-  readonly serverSaturated: boolean;
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly machineBusyCores: number;
-  readonly otherCores: number;
-  readonly cleanRounds: number;
-  readonly usedRounds: readonly number[];
-  /** Measured rounds that gave no figures (a crashed or hung client, harness/rounds.ts failSoft). */
-  readonly failedRounds: number;
-  /** Summed over all measured runs: autocannon errors (connection errors, timeouts), non-2xx answers. */
-  readonly errors: { readonly clientErrors: number; readonly timeouts: number; readonly non2xx: number };
-  readonly perRound: readonly RunResult[];
-}
+export type ServerSummary = ReturnType<typeof summarize>;
 
-export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0): ServerSummary {
+/** A scenario's medians and spread over its clean rounds (harness/bench.ts); errors over every run. */
+export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0) {
   const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
   const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
   return {
@@ -99,20 +76,20 @@ export function compareTo(summaries: readonly ServerSummary[], keyedge: string, 
   };
 }
 
-/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/harness/summary.ts). */
+/** The suite's row (harness/summary.ts). */
 export function summaryRow(s: ServerSummary) {
-  return {
+  return benchRow('request', {
     scenario: s.server,
     label: s.label,
-    requestsPerSecond: s.requestsPerSecond.median,
-    serverCpuUsPerRequest: s.serverUs.median,
+    rate: s.requestsPerSecond.median,
+    serverCpuUs: s.serverUs.median,
     p50Ms: s.p50Ms,
     p99Ms: s.p99Ms,
     clientSaturated: s.clientSaturated,
     errors: s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx,
     spreadPct: s.requestsPerSecond.spreadPct,
     otherCores: s.otherCores,
-  };
+  });
 }
 
 export interface ProfileReport {
