@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
 import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
-import { median, round, spread, type Spread } from '../harness/stats.js';
+import { median, round, spread } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
 import { CONTENDED_CORES, cleanRounds, failureLines, SATURATED_CORES } from '../harness/bench.js';
 import type { RoundFailure } from '../harness/rounds.js';
