@@ -17,6 +17,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
+import { shownCommand } from '../harness/client.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
@@ -240,19 +241,16 @@ async function main(): Promise<number> {
       options,
       date,
       ab,
-      abCommand: `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}ab ${abArgs({
-        port: 0,
-        host: 'KEY.bench.localhost',
-        concurrency: options.concurrency,
-        maxSeconds: 0,
-        csvPath: 'FILE.csv',
-        cpus: undefined,
-      })
-        .map((a) => (a.includes(' ') ? `'${a}'` : a))
-        .join(' ')
-        .replace(/-t \d+/, '-t T')
-        .replace(/-n \d+/, '-n N')
-        .replace('127.0.0.1:0', '127.0.0.1:PORT')}`,
+      abCommand: shownCommand(
+        options.clientCpus,
+        'ab',
+        abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined }),
+        [
+          [/-t \d+/, '-t T'],
+          [/-n \d+/, '-n N'],
+          [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
+        ],
+      ),
       nginxVersion: lab.nginxTools?.version,
       tls: firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`,
       skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),

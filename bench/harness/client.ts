@@ -96,3 +96,9 @@ export function startClient<T>(
 export function exitedCleanly(out: ClientOutput): void {
   if (out.exitCode !== 0) throw new Error(`exit ${out.signal ?? `status ${out.exitCode}`}`);
 }
+
+/** A client's command line as a report shows it: taskset when pinned, spaced arguments quoted, per-run parts as placeholders. */
+export function shownCommand(cpus: string | undefined, program: string, args: readonly string[], placeholders: readonly [RegExp, string][]): string {
+  const line = [...(cpus === undefined ? [] : ['taskset', '-c', cpus]), program, ...args.map((a) => (a.includes(' ') ? `'${a}'` : a))].join(' ');
+  return placeholders.reduce((text, [pattern, with_]) => text.replace(pattern, with_), line);
+}

@@ -23,6 +23,7 @@ import { resolve } from 'node:path';
 import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { describeMachine } from '../harness/machine.js';
+import { shownCommand } from '../harness/client.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
@@ -206,16 +207,13 @@ async function main(): Promise<number> {
       ),
     );
     const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
-    const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
-    const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
-      url: 'https://127.0.0.1:PORT/',
-      serverName: SERVER_NAME,
-      connections: options.connections,
-      durationSec: 0,
-      cpus: undefined,
-    })
-      .join(' ')
-      .replace('-d 0', '-d T')}`;
+    const h2Args = { port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined };
+    const h2Command = shownCommand(options.clientCpus, 'h2load', h2loadArgs(h2Args), [
+      [/-D 0/, '-D T'],
+      [/:0\b/g, ':PORT'],
+    ]);
+    const acArgs = { url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: options.connections, durationSec: 0, cpus: undefined };
+    const clientCommand = shownCommand(options.clientCpus, 'node_modules/.bin/autocannon', autocannonArgs(acArgs), [[/-d 0/, '-d T']]);
     const commands = {
       keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
       keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
