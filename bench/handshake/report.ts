@@ -9,7 +9,7 @@ import { median } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
-import { CONTENDED_CORES, failureLines } from '../harness/bench.js';
+import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
 import type { RoundFailure } from '../harness/rounds.js';
 import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
@@ -56,7 +56,7 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
   ['Key', 'left', (s) => s.key.title],
   ['Set-up', 'left', (s) => setupTitle(s.setup)],
   ['processes', 'left', (s) => s.processes],
-  ['handshakes/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.handshakesPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['handshakes/s', 'right', (s) => rateCell(s, s.handshakesPerSecond)],
   ['min–max (spread)', 'right', (s) => rangeText(s.handshakesPerSecond)],
   ['server µs/hs', 'right', (s) => `**${fmt(s.serverUs.median)}**`],
   ['min–max (spread)', 'right', (s) => rangeText(s.serverUs)],
@@ -76,8 +76,7 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
           ? `resumed ${fmt(s.resumeCheck.resumedPct, 1)}% (${fmt(s.resumeCheck.resumed)}/${fmt(s.resumeCheck.completed)})${s.resumeCheck.keyserverSigns === undefined ? '' : `, signs ${s.resumeCheck.keyserverSigns}`}${s.resumeCheck.ok ? '' : ' ✗'}`
           : '–',
   ],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
-  ['busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ...roundColumns<ScenarioSummary>('busy / others (cores)'),
 ];
 
 function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
@@ -197,7 +196,7 @@ export function markdownReport(
     'non-2xx + handshakes the server saw fail in the windows + resuming-client failures. check: full keyless = key server',
     'signatures ÷ (full + failed handshakes the proxy counted) over every run, idle to idle: ab abandons the connections in',
     'flight at SIGINT after their signature (1 = one signature per handshake; ✗ outside [full, full + failed]); resumed = tickets resumed / offered in the windows, and key server signs in them (must be 0).',
-    `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean rounds when at least 3`,
+    `${CLEAN_ROUNDS_NOTE} rounds when at least 3`,
     'are (else all, marked †). Per-round figures for every window are in the JSON.',
     '',
   ].join('\n');

@@ -5,10 +5,10 @@
  * targets as ratios per Node major, the keyless hop, and the `summary` rows
  * the suite, its chart and comparison read.
  */
-import { cleanRounds, SATURATED_CORES } from '../harness/bench.js';
+import { overRounds } from '../harness/bench.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { fmt } from '../harness/report.js';
-import { median, round, spread } from '../harness/stats.js';
+import { round } from '../harness/stats.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import { sumValues } from '../lab/counters.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, type SetupId } from './lab.js';
@@ -84,8 +84,8 @@ export type ScenarioSummary = ReturnType<typeof summarize>;
 /** A scenario's medians and spread over its clean rounds (harness/bench.ts), its checks and its errors over every run. */
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
-  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
-  const w = (f: (r: WindowFigures) => number) => median(rs.map((r) => f(r.window)));
+  const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
+  const w = (f: (r: WindowFigures) => number) => med((r) => f(r.window));
   const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
   const errors = {
     abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
@@ -94,36 +94,26 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     clientErrors: sum((r) => r.run.clientErrors),
     firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
   };
-  const latency = (p: 'p50Us' | 'p99Us') => median(rs.map((r) => r.run.ab?.[p] ?? r.window.resume?.[p] ?? r.window.alpn?.[p] ?? Number.NaN));
+  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.resume?.[p] ?? r.window.alpn?.[p] ?? Number.NaN);
   return {
     id: spec.id,
     kind: spec.kind,
     setup: spec.setup,
     key: spec.key,
     processes: setupProcesses(spec.setup, workers),
-    handshakesPerSecond: spread(rs.map((r) => r.window.handshakesPerSecond)),
-    serverUs: spread(rs.map((r) => r.window.serverUs)),
+    handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
+    serverUs: spreadOf((r) => r.window.serverUs),
     frontUs: w((x) => x.frontUs),
     keyUs: setupGroups(spec.setup).key === undefined ? undefined : w((x) => x.keyUs ?? Number.NaN),
     originUs: w((x) => x.originUs),
     clientUs: w((x) => x.clientUs),
-    clientCores: w((x) => x.clientCores),
-    serverSideCores: w((x) => x.serverSideCores),
-    /** The client used nearly its whole core: the rate is a lower bound of the server's. */
-    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
-    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
     p50Us: latency('p50Us'),
     p99Us: latency('p99Us'),
-    machineBusyCores: w((x) => x.machineBusyCores),
-    otherCores: w((x) => x.otherCores),
-    cleanRounds: clean,
-    usedRounds,
-    failedRounds,
+    ...common,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
     signCheck: signCheckOf(spec, all),
     resumeCheck: resumeCheckOf(spec, all),
-    perRound: all,
   };
 }
 

@@ -10,6 +10,8 @@
  * rounds when at least 3 (or all) are clean, else all rounds (marked †).
  */
 import { quietBeforeRun } from './quiet.js';
+import { type Column, fmt } from './report.js';
+import { median, type Spread, spread } from './stats.js';
 import { type WrittenReport, writeReport } from './report.js';
 import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
 
@@ -33,6 +35,58 @@ export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number):
   const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
   return { used: used.map(({ r }) => r), usedRounds: used.map(({ i }) => i), cleanRounds: clean.length };
 }
+
+/** What every measuring bench's window holds besides its own figures. */
+export interface CommonWindow {
+  readonly clientCores: number;
+  readonly serverSideCores: number;
+  readonly machineBusyCores: number;
+  readonly otherCores: number;
+}
+
+/**
+ * One scenario over its rounds: `med`/`spreadOf` over the rounds the clean-round rule keeps, and the fields every
+ * bench reports alike (cores, saturation, the rounds used, clean and failed, every round as measured).
+ */
+export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow, serverCpuCount: number, failedRounds: number) {
+  const { used, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => window(r).otherCores);
+  const med = (f: (r: R) => number) => median(used.map(f));
+  const w = (f: (x: CommonWindow) => number) => med((r) => f(window(r)));
+  return {
+    med,
+    spreadOf: (f: (r: R) => number) => spread(used.map(f)),
+    common: {
+      clientCores: w((x) => x.clientCores),
+      serverSideCores: w((x) => x.serverSideCores),
+      /** The client used nearly its whole core: the rate is a lower bound of the server's. */
+      clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
+      serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
+      machineBusyCores: w((x) => x.machineBusyCores),
+      otherCores: w((x) => x.otherCores),
+      cleanRounds: clean,
+      usedRounds,
+      failedRounds,
+      perRound: all,
+    },
+  };
+}
+
+type Common = ReturnType<typeof overRounds>['common'];
+
+/** A rate cell: "≥" when the client saturated, "†" when contended rounds were used. */
+export const rateCell = (s: Common, rate: Spread): string =>
+  `${s.clientSaturated ? '≥ ' : ''}${fmt(rate.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`;
+
+/** The columns every measuring bench's table ends with. */
+export function roundColumns<T extends Common>(busyHeader: string): Column<T>[] {
+  return [
+    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
+    [busyHeader, 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ];
+}
+
+/** The reports' sentence on the clean-round rule. */
+export const CLEAN_ROUNDS_NOTE = `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`;
 
 /** "warm-up " or "round N ", for progress lines. */
 export const roundTag = (context: RunContext): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);

@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
 import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
-import { median, round, spread } from '../harness/stats.js';
+import { round } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
-import { CONTENDED_CORES, cleanRounds, failureLines, SATURATED_CORES } from '../harness/bench.js';
+import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/bench.js';
 import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
@@ -20,34 +20,22 @@ export type ServerSummary = ReturnType<typeof summarize>;
 
 /** A scenario's medians and spread over its clean rounds (harness/bench.ts); errors over every run. */
 export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0) {
-  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
-  const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
+  const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
+  const w = (f: (r: WindowResult) => number) => med((r) => f(r.window));
+  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
   return {
     server,
     label,
-    requestsPerSecond: spread(rs.map((r) => r.window.requestsPerSecond)),
-    serverUs: spread(rs.map((r) => r.window.serverUs)),
+    requestsPerSecond: spreadOf((r) => r.window.requestsPerSecond),
+    serverUs: spreadOf((r) => r.window.serverUs),
     proxyUs: w((x) => x.proxyUs),
     keyserverUs: server.startsWith('keyedge') ? w((x) => x.keyserverUs ?? Number.NaN) : undefined,
     originUs: w((x) => x.originUs),
     clientUs: w((x) => x.clientUs),
-    clientCores: w((x) => x.clientCores),
-    serverSideCores: w((x) => x.serverSideCores),
-    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
-    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
-    p50Ms: median(rs.map((r) => r.client.p50Ms)),
-    p99Ms: median(rs.map((r) => r.client.p99Ms)),
-    machineBusyCores: w((x) => x.machineBusyCores),
-    otherCores: w((x) => x.otherCores),
-    cleanRounds: clean,
-    usedRounds,
-    failedRounds,
-    errors: {
-      clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
-      timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
-      non2xx: all.reduce((n, r) => n + r.client.non2xx, 0),
-    },
-    perRound: all,
+    p50Ms: med((r) => r.client.p50Ms),
+    p99Ms: med((r) => r.client.p99Ms),
+    ...common,
+    errors: { clientErrors: sum((r) => r.client.errors), timeouts: sum((r) => r.client.timeouts), non2xx: sum((r) => r.client.non2xx) },
   };
 }
 
@@ -101,7 +89,7 @@ export interface ProfileReport {
 
 const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ['Server', 'left', (s) => s.label],
-  ['requests/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['requests/s', 'right', (s) => rateCell(s, s.requestsPerSecond)],
   ['min–max (spread)', 'right', (s) => rangeText(s.requestsPerSecond)],
   ['server µs/request', 'right', (s) => `**${fmt(s.serverUs.median, 1)}**`],
   ['min–max (spread)', 'right', (s) => rangeText(s.serverUs, 1)],
@@ -111,8 +99,7 @@ const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`],
   ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`],
   ['errors / timeouts / non-2xx', 'right', (s) => `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
-  ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ...roundColumns<ServerSummary>('machine busy / others (cores)'),
 ];
 
 export function markdownReport(
@@ -203,7 +190,7 @@ export function markdownReport(
     "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
     "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
     'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
-    `summed over all rounds. Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`,
+    `summed over all rounds. ${CLEAN_ROUNDS_NOTE}`,
     "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
     '',
     ...profileSection,
