@@ -158,21 +158,8 @@ async function main(): Promise<number> {
     const nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
     for (const [m, bin] of nodeBinaries) nodeVersions.set(m, nodeVersionOf(bin));
     if (options.majors.length > 1) log(`Node servers under ${[...nodeVersions.values()].join(', ')}`);
-    lab = await HandshakeLab.create(
-      {
-        setups,
-        installNginx: options.install,
-        workers: options.workers,
-        logLevel: options.logLevel,
-        profile: options.profile,
-        serverCpus: options.serverCpus,
-        keyserverCpus: options.keyserverCpus,
-        keys: options.keys,
-        nodeBinaries,
-        ...(profiling ? { nodeArgs: ['--perf-basic-prof'] } : {}),
-      },
-      log,
-    );
+    const nodeArgs = profiling ? ['--perf-basic-prof'] : [];
+    lab = await HandshakeLab.create({ ...options, setups, installNginx: options.install, nodeBinaries, nodeArgs }, log);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);

@@ -171,11 +171,11 @@ function signsBetween(a: Record<string, number> | undefined, b: Record<string, n
 }
 
 /** Reads the server's counters (and the key server's signs) until they stop moving, at most 5 s: idle to idle. */
-async function settledCounters(env: Env, spec: ScenarioSpec): Promise<{ counters: HandshakeCounters; signs: Record<string, number> | undefined }> {
+async function settledCounters(env: Env, spec: ScenarioSpec, signal: AbortSignal | undefined) {
   let counters = await env.counters.read(spec.setup);
   let signs = await keyserverSignsNow(env, spec);
   for (let i = 0; i < 50; i++) {
-    await sleep(Math.max(100, env.options.settleMs / 2));
+    await sleep(Math.max(100, env.options.settleMs / 2), signal);
     const again = await env.counters.read(spec.setup);
     const signsAgain = await keyserverSignsNow(env, spec);
     const same = JSON.stringify([again, signsAgain]) === JSON.stringify([counters, signs]);
@@ -191,14 +191,6 @@ function startPerf(env: Env, spec: ScenarioSpec, durationMs: number, perfFile: s
   const processes = serverProcesses(env.lab, spec.setup);
   env.perfThreads.set(perfFile, threadLabels(processes));
   return perfRecord([...processes.keys()], perfFile, durationMs / 1000, env.options.perfHz);
-}
-
-/** Counts of an in-process client at one instant (the resuming and ALPN clients). */
-interface ClientCounts {
-  readonly completed: number;
-  readonly offered: number;
-  readonly resumed: number;
-  readonly notResumed: number;
 }
 
 /** What differs between the kinds' clients; `runScenario` does the rest the same way for all. */
@@ -243,7 +235,8 @@ function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: 
   };
 }
 
-const countsOf = (load: ScenarioClient['load']): ClientCounts => ({
+/** Counts of an in-process client (resuming, ALPN) at one instant. */
+const countsOf = (load: ScenarioClient['load']) => ({
   completed: load?.completed ?? 0,
   offered: load?.offered ?? 0,
   resumed: load?.resumed ?? 0,
@@ -317,7 +310,7 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     ab = await client.stop();
   }
   // Connections ab abandoned on SIGINT fail on the server side now: wait until the counters stop moving.
-  const end = await settledCounters(env, spec);
+  const end = await settledCounters(env, spec, context.signal);
   return {
     window,
     run: {

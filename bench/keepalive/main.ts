@@ -122,18 +122,8 @@ async function main(): Promise<number> {
   try {
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
-    lab = await KeepaliveLab.create(
-      {
-        workers: options.workers,
-        logLevel: options.logLevel,
-        accessLog: options.accessLog,
-        serverCpus: options.serverCpus,
-        nginx: binaries.get('nginx'),
-        caddy: binaries.get('caddy'),
-        ...(options.cpuProfDir !== undefined ? { proxyNodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir] } : {}),
-      },
-      log,
-    );
+    const proxyNodeArgs = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir];
+    lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs }, log);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);
