@@ -227,30 +227,21 @@ export function perfMarkdown(rows: readonly PerfRow[], machine: MachineInfo, opt
     ...rows.flatMap((r) => [
       `## ${r.scenario}: ${fmt(r.sampledUsPerHandshake)} µs sampled per handshake (${r.handshakes} handshakes, ${r.summary.samples} samples)`,
       '',
-      markdownTable(
-        ['process, threads', 'share %', 'µs/hs'],
-        r.summary.byProcess.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['binary', 'share %', 'µs/hs'],
-        r.summary.byBinary.slice(0, 8).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['binary / symbol (self)', 'share %', 'µs/hs'],
-        r.summary.bySymbol.slice(0, 25).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['JS function (inclusive)', 'share %', 'µs/hs'],
-        r.summary.jsInclusive.slice(0, 30).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
+      ...(
+        [
+          ['process, threads', r.summary.byProcess],
+          ['binary', r.summary.byBinary.slice(0, 8)],
+          ['binary / symbol (self)', r.summary.bySymbol.slice(0, 25)],
+          ['JS function (inclusive)', r.summary.jsInclusive.slice(0, 30)],
+        ] as const
+      ).flatMap(([title, lines]) => [
+        markdownTable(
+          [title, 'share %', 'µs/hs'],
+          lines.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+          ['left', 'right', 'right'],
+        ),
+        '',
+      ]),
     ]),
   ].join('\n');
 }

@@ -23,7 +23,8 @@ import { parseCli, std } from '../harness/cli.js';
 import { renderChart } from '../harness/chart.js';
 import { compareSummaries, formatComparison } from '../harness/compare.js';
 import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { runBench as runMain } from '../harness/main.js';
+import { columnTable, dateStamp, fmt, writeReport } from '../harness/report.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
 const TABLE = {
@@ -125,20 +126,19 @@ async function runBench(
   return { name: spec.name, command, exitCode, seconds, resultFile, rows, note };
 }
 
-const UNIT: Record<SummaryRow['unit'], string> = { handshake: 'handshake', request: 'request', sign: 'sign' };
-
 function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof describeMachine>, outcomes: readonly BenchOutcome[], svgName: string): string {
-  const rows = outcomes.flatMap((o) =>
-    o.rows.map((r) => [
-      r.bench,
-      r.label === r.scenario ? r.scenario : `${r.scenario}: ${r.label}`,
-      r.skipped === undefined ? `${r.clientSaturated ? '≥ ' : ''}${fmt(r.rate)} /s` : `skipped: ${r.skipped}`,
-      fmt(r.spreadPct, 0) + (Number.isFinite(r.spreadPct) ? '%' : ''),
-      r.skipped === undefined ? `${fmt(r.serverCpuUs, 1)} µs/${UNIT[r.unit]}` : '–',
-      `${fmt(r.p50Ms, 1)} / ${fmt(r.p99Ms, 1)}`,
-      String(r.errors),
-      fmt(r.otherCores, 2),
-    ]),
+  const table = columnTable(
+    outcomes.flatMap((o) => o.rows),
+    [
+      ['bench', 'left', (r) => r.bench],
+      ['scenario', 'left', (r) => (r.label === r.scenario ? r.scenario : `${r.scenario}: ${r.label}`)],
+      ['rate', 'right', (r) => (r.skipped === undefined ? `${r.clientSaturated ? '≥ ' : ''}${fmt(r.rate)} /s` : `skipped: ${r.skipped}`)],
+      ['spread', 'right', (r) => fmt(r.spreadPct, 0) + (Number.isFinite(r.spreadPct) ? '%' : '')],
+      ['server CPU', 'right', (r) => (r.skipped === undefined ? `${fmt(r.serverCpuUs, 1)} µs/${r.unit}` : '–')],
+      ['p50 / p99 ms', 'right', (r) => `${fmt(r.p50Ms, 1)} / ${fmt(r.p99Ms, 1)}`],
+      ['errors', 'right', (r) => String(r.errors)],
+      ['other load (cores)', 'right', (r) => fmt(r.otherCores, 2)],
+    ],
   );
   const failed = outcomes.filter((o) => o.note !== undefined);
   return [
@@ -148,16 +148,7 @@ function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof 
     '',
     `![benchmark chart](${svgName})`,
     '',
-    markdownTable(['bench', 'scenario', 'rate', 'spread', 'server CPU', 'p50 / p99 ms', 'errors', 'other load (cores)'], rows, [
-      'left',
-      'left',
-      'right',
-      'right',
-      'right',
-      'right',
-      'right',
-      'right',
-    ]),
+    table,
     '',
     'rate = units per second (median over rounds; "≥": the client saturated its core). spread = (max − min) / median of the',
     'rate over rounds. server CPU = utime + stime of the server processes per unit, from /proc (the figure to compare; see',
@@ -229,12 +220,4 @@ async function main(): Promise<number> {
   return status;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runMain('bench', main());
