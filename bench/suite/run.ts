@@ -81,13 +81,23 @@ function findResult(dir: string, name: string, since: number): string | undefine
     .sort((a, b) => b.t - a.t)[0]?.f;
 }
 
-function runChild(args: readonly string[], log: (line: string) => void): Promise<number | null> {
+/**
+ * Runs one bench; a bench that has not finished after `limitMs` (each bounds its own clients, so this is a last resort)
+ * is stopped (SIGTERM: it stops what it started; SIGKILL 30 s later) and the suite goes on with the next.
+ */
+function runChild(args: readonly string[], limitMs: number, log: (line: string) => void): Promise<number | null> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     // The child's Markdown table goes to our stderr with its progress lines; stdout is the suite's own table.
     child.stdout!.pipe(process.stderr);
+    const limit = setTimeout(() => {
+      log(`not finished after ${limitMs / 60_000} min: stopping it`);
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 30_000).unref();
+    }, limitMs);
     child.once('error', reject);
     child.once('exit', (code, signal) => {
+      clearTimeout(limit);
       if (signal !== null) log(`killed by ${signal}`);
       resolvePromise(code);
     });
@@ -108,7 +118,7 @@ async function runBench(
   const command = `node dist/bench/${spec.script} ${args.slice(1).join(' ')}`;
   const started = Date.now();
   log(`${spec.name}: ${command}`);
-  const exitCode = await runChild(args, log);
+  const exitCode = await runChild(args, (quick ? 20 : 90) * 60_000, log);
   const seconds = (Date.now() - started) / 1000;
   const resultFile = findResult(outDir, spec.name, started);
   let rows: SummaryRow[] = [];
