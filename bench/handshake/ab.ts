@@ -1,15 +1,9 @@
 /**
- * ApacheBench (`ab`, Debian package apache2-utils) as the TLS client of
- * bench/handshake/main.ts: without -k every request is a new TCP connection and a
- * full TLS handshake (ab never offers a session for resumption; the bench
- * checks that against the key server's sign count anyway).
- *
- * ab is started with a generous `-t` and stopped with SIGINT once the
- * measurement window has closed: on SIGINT it prints its usual report
- * (requests, failures, percentiles, `-e` CSV) for the time it ran and exits.
- *
- * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
- * names an IP address, so no resolver entry is needed.
+ * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k
+ * every request is a new connection and a full handshake (the bench checks
+ * that against the key server's signs). Started with a generous -t and
+ * stopped with SIGINT after the window, when it still prints its report.
+ * SNI: ab sends the Host header's name when the URL names an IP address.
  */
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';

@@ -1,21 +1,10 @@
 /**
- * The set-up of bench/handshake/main.ts, in one temporary directory:
- *   - a key server (bench/lab/keyserver.ts: embedded SoftHSM2 token, unix
- *     socket) with an admin port for its sign counters, and an ECDSA P-256 and
- *     an RSA-2048 key made in the token with `keyedge key generate`;
- *   - a throwaway CA (openssl) issuing, for each token key, a certificate from
- *     a CSR signed inside the token (`keyedge key csr`, as config/setup.sh's
- *     make_demo_certificate), and for the in-memory server the same names on
- *     ordinary key files (`openssl genpkey`);
- *   - the demo origin (`keyedge demo-origin`, 1 KiB page);
- *   - the keyless proxy exactly as deployed (`keyedge proxy --config`), and
- *     the in-memory comparison server (bench/handshake/inmemory.ts), the node:https floor (floor.ts), both
- *     with the same worker count, certificates by SNI, one listener each.
- *
- * Every server is its own process group (spawned detached), so a synchronous
- * `cleanup()` (also from an 'exit' handler) can SIGKILL a cluster primary and
- * its workers together. Logs go to files in the temp dir, which `cleanup()`
- * removes.
+ * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"):
+ * the key server with an ECDSA and an RSA key in its token, certificates from a
+ * throwaway CA for the token keys and for the same names on key files, the demo
+ * origin, the keyless proxies, the in-memory proxy, the node:https floor and the
+ * nginx variants (lab/nginx.ts). Every server is its own process group, so
+ * `cleanup()` can kill a cluster at once, also from an 'exit' handler.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

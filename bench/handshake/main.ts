@@ -1,15 +1,10 @@
 /**
  * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same
- * proxy holding the key in memory, a bare node:https server (Node's floor), and
- * nginx holding the key three ways; the Node servers also under other Node
- * majors (--node 20,22,24), side by side in one run (issues 6, 12 and 13).
- *
- * Every handshake is a new TCP connection carrying one GET (set-ups: lab.ts;
- * kinds: scenarios.ts; one run: measure.ts). Server CPU = utime + stime of
- * every process of the set-up from /proc over the window ÷ handshakes in it.
- * Servers start once; warm-up, then interleaved rounds; medians and spread;
- * the targets as ratios per Node major (summary.ts); what one core can sign
- * (limits.ts). See bench/README.md, section "handshake".
+ * proxy holding the key in memory, the node:https floor and nginx holding it
+ * three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
+ * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and
+ * targets: summary.ts; Markdown: report.ts; method and columns:
+ * bench/README.md, "handshake".
  *
  * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
  */

@@ -1,9 +1,8 @@
 /**
- * One run of one handshake scenario (bench/handshake/main.ts): start the
- * client (ab, the resuming client or the ALPN client), ramp up, read the
- * servers' counters and every process's CPU around a measurement window,
- * stop the client, wait for the server to go idle. Server CPU per handshake
- * = the set-up's processes (front + key holder) over the window ÷ handshakes.
+ * One run of one handshake scenario: start the kind's client (ab, or the
+ * resuming or ALPN client in this process), ramp up, read the servers'
+ * counters and every process's CPU around the window, stop the client, wait
+ * until the server's counters stop moving (ab abandons connections at SIGINT).
  */
 import { join } from 'node:path';
 import { perUnit, processTree, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';

@@ -1,15 +1,8 @@
 /**
- * autocannon (devDependency) as the keep-alive HTTP/1.1 client of
- * bench/keepalive/main.ts, run through its CLI as a separate process so that it
- * can be pinned to its own CPU with taskset and its CPU time read from /proc
- * apart from the servers'.
- *
- * autocannon opens `connections` keep-alive connections (one TLS handshake
- * each, at the start) and keeps one request in flight on each for
- * `durationSec`, then prints one JSON object. It has no way to stop early and
- * still report (SIGINT just kills it), so the caller sizes the duration to
- * cover ramp-up and the measurement window and waits for it to finish.
- * Latencies are whole milliseconds (its histogram's resolution).
+ * autocannon (devDependency) as the HTTP/1.1 keep-alive client, run through
+ * its CLI in its own process so it can be pinned and its CPU read from /proc.
+ * It cannot stop early and still report, so the caller sizes its duration to
+ * cover ramp-up and window. Latencies are whole milliseconds (its histogram).
  */
 import { fileURLToPath } from 'node:url';
 import { type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';

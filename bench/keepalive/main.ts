@@ -1,20 +1,9 @@
 /**
- * Benchmark: keep-alive proxied requests, server CPU per request for a 1 KiB
- * page over HTTPS (TLS 1.3, ECDSA P-256), the keyless proxy next to nginx and
- * caddy proxying the same origin, in one run; over HTTP/1.1 (autocannon, one
- * request in flight per connection) and HTTP/2 (h2load, 10 streams in flight
- * per connection: issue 13; a server that does not negotiate h2 is skipped
- * with a note).
- *
- *   keyedge  `keyedge proxy` (node:cluster, N workers) + `keyedge keyserver`
- *   nginx    one worker, upstream keep-alive pool, key file, `listen ssl http2`
- *   caddy    reverse_proxy, certificate from files, admin off
- *
- * Requests in a window are counted at the origin (every proxied request
- * reaches it once), so all servers and both protocols are counted alike.
- * Server CPU = utime + stime from /proc of every server process over the
- * window ÷ those requests; the origin's CPU apart. Warm-up, then interleaved
- * rounds; medians and spread (report.ts). See bench/README.md, "keepalive".
+ * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3,
+ * ECDSA P-256), the keyless proxy next to nginx and caddy, over HTTP/1.1
+ * (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13).
+ * Set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts;
+ * method and columns: bench/README.md, "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
  */
