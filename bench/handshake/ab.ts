@@ -1,18 +1,13 @@
 /**
- * ApacheBench (`ab`, Debian package apache2-utils) as the TLS client of
- * bench/handshake/main.ts: without -k every request is a new TCP connection and a
- * full TLS handshake (ab never offers a session for resumption; the bench
- * checks that against the key server's sign count anyway).
- *
- * ab is started with a generous `-t` and stopped with SIGINT once the
- * measurement window has closed: on SIGINT it prints its usual report
- * (requests, failures, percentiles, `-e` CSV) for the time it ran and exits.
- *
- * SNI: ab sends the Host header's name (-H 'Host: …') as SNI when the URL
- * names an IP address, so no resolver entry is needed.
+ * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k
+ * every request is a new connection and a full handshake (the bench checks
+ * that against the key server's signs). Started with a generous -t and
+ * stopped with SIGINT after the window, when it still prints its report.
+ * SNI: ab sends the Host header's name when the URL names an IP address.
  */
+import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 
 export interface AbOptions {
@@ -30,39 +25,8 @@ export interface AbOptions {
   readonly protocol?: 'TLS1.3' | 'TLS1.2';
 }
 
-export interface AbResult {
-  readonly completeRequests: number;
-  readonly failedRequests: number;
-  /** ab's breakdown of failed requests (Connect, Receive, Length, Exceptions), when it printed one. */
-  readonly failedBreakdown: Record<string, number>;
-  readonly non2xx: number;
-  readonly requestsPerSecond: number;
-  readonly seconds: number;
-  /** "TLSv1.3,TLS_AES_256_GCM_SHA384,256,256" */
-  readonly tlsProtocol: string | undefined;
-  readonly serverTempKey: string | undefined;
-  readonly tlsServerName: string | undefined;
-  readonly documentLength: number | undefined;
-  /** Latency percentiles over the whole ab run (connect + handshake + request + response), from the -e CSV, in µs. */
-  readonly p50Us: number;
-  readonly p90Us: number;
-  readonly p99Us: number;
-  /** Lines ab wrote to stderr (e.g. "SSL handshake failed"), at most 20 kept. */
-  readonly stderr: readonly string[];
-  readonly stderrLines: number;
-  readonly exitCode: number | null;
-  readonly signal: string | null;
-}
-
-export interface RunningAb {
-  readonly pid: number;
-  readonly args: readonly string[];
-  /** True once ab has exited (on its own: an error, or -t ran out; or after stop()). */
-  exited(): boolean;
-  /** SIGINT: ab reports what it did so far and exits. */
-  stop(): void;
-  readonly done: Promise<AbResult>;
-}
+/** ab's report (its counts and TLS lines; latency percentiles over the whole run, connect to answer, from -e), how it exited. */
+export type AbResult = ReturnType<typeof parseAbOutput> & ReturnType<typeof readPercentiles> & Omit<ClientOutput, 'stdout'>;
 
 /** The ab command line (without taskset). */
 export function abArgs(options: AbOptions): string[] {
@@ -89,49 +53,19 @@ export function abArgs(options: AbOptions): string[] {
   ];
 }
 
-export function startAb(options: AbOptions): RunningAb {
-  const args = abArgs(options);
-  const child: ChildProcess =
-    options.cpus === undefined
-      ? spawn('ab', args, { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn('taskset', ['-c', options.cpus, 'ab', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  const stderr: string[] = [];
-  let stderrLines = 0;
-  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
-  child.stderr!.setEncoding('utf8').on('data', (t: string) => {
-    for (const line of t.split('\n').filter(Boolean)) {
-      stderrLines++;
-      if (stderr.length < 20) stderr.push(line);
-    }
-  });
-  const done = new Promise<AbResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => {
-      // 'exit' can come before the pipes are drained.
-      setImmediate(() => {
-        try {
-          resolve({ ...parseAbOutput(stdout), ...readPercentiles(options.csvPath), stderr, stderrLines, exitCode: code, signal });
-        } catch (err) {
-          reject(new Error(`${(err as Error).message}\n--- ab stdout ---\n${stdout}\n--- ab stderr ---\n${stderr.join('\n')}`));
-        }
-      });
-    });
-  });
-  return {
-    pid: child.pid ?? -1,
-    args,
-    exited: () => child.exitCode !== null || child.signalCode !== null,
-    stop: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-    },
-    done,
-  };
+/** ab as a client process (harness/client.ts): stop it with SIGINT and it reports what it did so far. */
+export function startAb(options: AbOptions): ClientProcess<AbResult> {
+  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, (out) => ({
+    ...parseAbOutput(out.stdout),
+    ...readPercentiles(options.csvPath),
+    stderr: out.stderr,
+    stderrLines: out.stderrLines,
+    exitCode: out.exitCode,
+    signal: out.signal,
+  }));
 }
 
-type AbReport = Omit<AbResult, 'p50Us' | 'p90Us' | 'p99Us' | 'stderr' | 'stderrLines' | 'exitCode' | 'signal'>;
-
-export function parseAbOutput(text: string): AbReport {
+export function parseAbOutput(text: string) {
   const field = (label: string): string | undefined => {
     const m = new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text);
     return m?.[1]?.trim();

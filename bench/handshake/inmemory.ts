@@ -9,7 +9,7 @@
  * No key server is configured, so the primary logs once that certificates
  * load unverified, /readyz stays 503 and the keyless counters read zero.
  *
- * Usage: node dist/bench/lab/handshake-inmemory.js --config FILE
+ * Usage: node dist/bench/handshake/inmemory.js --config FILE
  * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary
  * logs `in-memory ready` on stdout; SIGTERM/SIGINT stop it as `keyedge proxy`.
  */
@@ -35,9 +35,10 @@ export interface InMemoryConfig {
   readonly domains: readonly { readonly name: string; readonly origin: string }[];
   readonly admin: { readonly host: string; readonly port: number };
   readonly logLevel: string;
-  readonly hstsMaxAgeSeconds: number;
-  readonly ocspStapling: boolean;
-  readonly shutdownGraceMs: number;
+  /** The product's defaults when absent (config/proxy-schema.ts). */
+  readonly hstsMaxAgeSeconds?: number;
+  readonly ocspStapling?: boolean;
+  readonly shutdownGraceMs?: number;
 }
 
 /** PEM key files, found by key id (the SHA-256 of the public key, as the certificates name their key). */
@@ -71,8 +72,9 @@ const config = loadProxyConfig(undefined, {
   domains: c.domains,
   admin: c.admin,
   log: { level: c.logLevel },
-  tls: { hstsMaxAgeSeconds: c.hstsMaxAgeSeconds, ocspStapling: c.ocspStapling },
-  shutdownGraceMs: c.shutdownGraceMs,
+  // JSON has no undefined: what the file leaves out stays out, so the product's default applies.
+  tls: JSON.parse(JSON.stringify({ hstsMaxAgeSeconds: c.hstsMaxAgeSeconds, ocspStapling: c.ocspStapling })),
+  ...(c.shutdownGraceMs === undefined ? {} : { shutdownGraceMs: c.shutdownGraceMs }),
 });
 const log = createLogger(cluster.isPrimary ? 'inmemory' : `inmemory-worker-${cluster.worker?.id ?? 0}`, c.logLevel);
 if (cluster.isPrimary) {

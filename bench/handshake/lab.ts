@@ -1,21 +1,10 @@
 /**
- * The set-up of bench/handshake/main.ts, in one temporary directory:
- *   - a key server (bench/lab/keyserver.ts: embedded SoftHSM2 token, unix
- *     socket) with an admin port for its sign counters, and an ECDSA P-256 and
- *     an RSA-2048 key made in the token with `keyedge key generate`;
- *   - a throwaway CA (openssl) issuing, for each token key, a certificate from
- *     a CSR signed inside the token (`keyedge key csr`, as config/setup.sh's
- *     make_demo_certificate), and for the in-memory server the same names on
- *     ordinary key files (`openssl genpkey`);
- *   - the demo origin (`keyedge demo-origin`, 1 KiB page);
- *   - the keyless proxy exactly as deployed (`keyedge proxy --config`), and
- *     the in-memory comparison server (bench/handshake/inmemory.ts), the node:https floor (floor.ts), both
- *     with the same worker count, certificates by SNI, one listener each.
- *
- * Every server is its own process group (spawned detached), so a synchronous
- * `cleanup()` (also from an 'exit' handler) can SIGKILL a cluster primary and
- * its workers together. Logs go to files in the temp dir, which `cleanup()`
- * removes.
+ * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"):
+ * the key server with an ECDSA and an RSA key in its token, certificates from a
+ * throwaway CA for the token keys and for the same names on key files, the demo
+ * origin, the keyless proxies, the in-memory proxy, the node:https floor and the
+ * nginx variants (lab/nginx.ts). Every server is its own process group, so
+ * `cleanup()` can kill a cluster at once, also from an 'exit' handler.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -196,31 +185,12 @@ export class HandshakeLab extends LabBase<SetupId> {
     const f = (name: string) => join(dir, name);
     const endpoint = this.ports.endpoints[setup]!;
     const domains = [{ name: '*.bench.localhost', origin: `http://127.0.0.1:${this.ports.origin}` }];
-    const listen = [{ host: '127.0.0.1', port: endpoint.port, profile: options.profile }];
-    const admin = { host: '127.0.0.1', port: endpoint.admin };
     let config: unknown;
     const base = baseSetup(setup);
-    if (base === 'inmemory') {
-      config = {
-        host: '127.0.0.1',
-        port: endpoint.port,
-        workers: options.workers,
-        profile: options.profile,
-        certificates: options.keys.map((k) => ({ name: k.id, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) })),
-        domains,
-        admin,
-        logLevel: options.logLevel,
-        // The product's defaults (config/proxy-schema.ts PROXY_DEFAULTS).
-        hstsMaxAgeSeconds: 63_072_000,
-        ocspStapling: true,
-        shutdownGraceMs: 10_000,
-      } satisfies InMemoryConfig;
-    } else if (base === 'node-floor') {
-      config = {
-        port: endpoint.port,
-        admin: endpoint.admin,
-        certificates: options.keys.map((k) => ({ serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) })),
-      } satisfies FloorConfig;
+    if (base === 'inmemory' || base === 'node-floor') {
+      const certs = options.keys.map((k) => ({ name: k.id, serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) }));
+      const o = { ...options, port: endpoint.port, admin: endpoint.admin, origin: `http://127.0.0.1:${this.ports.origin}`, domain: '*.bench.localhost' };
+      config = fileKeyConfig(base, certs, o);
     } else {
       // The TCP proxy's key server port is known once it runs; it presents the lab's client certificate.
       const { tls } = this.keyserverLab;
@@ -229,11 +199,11 @@ export class HandshakeLab extends LabBase<SetupId> {
         stateDir: this.keyserverLab.stateDir,
         workers: options.workers,
         keyserver: setup === 'keyless-tcp' ? { socket: null, tcp } : { socket: join(this.keyserverLab.stateDir, 'keyserver.sock') },
-        listen,
+        listen: [{ host: '127.0.0.1', port: endpoint.port, profile: options.profile }],
         certificates: options.keys.map((k) => ({ name: k.id, chain: f(`keyless-${k.id}-chain.pem`) })),
         sni: { default: null, onUnknown: 'reject' },
         domains,
-        admin,
+        admin: { host: '127.0.0.1', port: endpoint.admin },
         log: { level: options.logLevel },
       };
     }
@@ -359,6 +329,28 @@ export class HandshakeLab extends LabBase<SetupId> {
   protected override killOthers(): void {
     this.nginx?.kill();
   }
+}
+
+/**
+ * The config of a server holding its keys in PEM files: the in-memory proxy (the product's defaults for everything the
+ * keyless proxy does not set either) or the node:https floor. Also bench/handshake/layers.ts's.
+ */
+export function fileKeyConfig(
+  kind: 'inmemory' | 'node-floor',
+  certs: readonly { name: string; serverName: string; chain: string; key: string }[],
+  o: { port: number; admin: number; workers: number; profile: TlsProfileName; logLevel: string; origin: string; domain: string },
+): InMemoryConfig | FloorConfig {
+  if (kind === 'node-floor') return { port: o.port, admin: o.admin, certificates: certs.map(({ serverName, chain, key }) => ({ serverName, chain, key })) };
+  return {
+    host: '127.0.0.1',
+    port: o.port,
+    workers: o.workers,
+    profile: o.profile,
+    certificates: certs.map(({ name, chain, key }) => ({ name, chain, key })),
+    domains: [{ name: o.domain, origin: o.origin }],
+    admin: { host: '127.0.0.1', port: o.admin },
+    logLevel: o.logLevel,
+  };
 }
 
 /** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */

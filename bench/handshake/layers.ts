@@ -20,24 +20,22 @@
  * certificate for `bench.test` from a throwaway CA. Client: ab (`-f TLS1.3`,
  * without `-k` for (a), `-k` for (b)), after a warm-up of the same loads.
  *
- * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind]
- *          [--full N] [--keepalive N] [--warmup N] [--concurrency C]
- *          [--servers inmemory,floor] [--log-level info] [--out DIR] [--keep-temp]
- * Prints Markdown; --out writes it (and the JSON) as <date>-layers.{md,json}.
+ * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [options]   (--help)
+ * Prints Markdown; --out writes it (and the JSON) as <date>-layers-<profiler>.{md,json}.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { parseCli, std } from '../harness/cli.js';
 import { delta, type ThreadCpu, threadCpu } from '../harness/proc-cpu.js';
 import { fmt, markdownTable, writeReport } from '../harness/report.js';
 import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
-import type { FloorConfig } from './floor.js';
-import type { InMemoryConfig } from './inmemory.js';
+import { fileKeyConfig } from './lab.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
 
 const execFileAsync = promisify(execFile);
@@ -45,23 +43,23 @@ const INMEMORY = fileURLToPath(new URL('./inmemory.js', import.meta.url));
 const FLOOR = fileURLToPath(new URL('./floor.js', import.meta.url));
 const HOST = 'bench.test';
 
-const { values: v } = parseArgs({
-  options: {
-    profiler: { type: 'string', default: 'cpu-prof' },
-    full: { type: 'string', default: '3000' },
-    keepalive: { type: 'string', default: '30000' },
-    warmup: { type: 'string', default: '3000' },
-    concurrency: { type: 'string', default: '8' },
-    servers: { type: 'string', default: 'inmemory,floor' },
-    'log-level': { type: 'string', default: 'info' },
-    interval: { type: 'string', default: '50' },
-    out: { type: 'string' },
-    'keep-temp': { type: 'boolean', default: false },
-  },
-});
+const TABLE = {
+  profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'what measures the worker (see above)' },
+  full: { kind: 'number', arg: 'N', def: 3000, min: 1, integer: true, help: '(a) full handshakes + GET measured' },
+  keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: '(b) keep-alive GETs measured' },
+  warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
+  concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: 'ab -c' },
+  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory and/or floor, in this order' },
+  'log-level': std.logLevel,
+  interval: { kind: 'number', arg: 'US', def: 50, min: 1, integer: true, help: 'node --cpu-prof-interval' },
+  out: { kind: 'string', arg: 'DIR', help: 'also write <date>-layers-<profiler>.{md,json} into DIR' },
+  'keep-temp': std.keepTemp,
+} as const;
+const parsed = parseCli('handshake/layers.js', TABLE);
+if (parsed === undefined) process.exit(0);
+const v = parsed;
 const profiler = v.profiler as 'cpu-prof' | 'none' | 'callgrind';
-if (!['cpu-prof', 'none', 'callgrind'].includes(profiler)) throw new Error('--profiler must be cpu-prof, none or callgrind');
-const counts = { full: Number(v.full), keepalive: Number(v.keepalive), warmup: Number(v.warmup), concurrency: Number(v.concurrency) };
+const counts = { full: v.full, keepalive: v.keepalive, warmup: v.warmup, concurrency: v.concurrency };
 const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
 interface Measured {
@@ -87,7 +85,7 @@ async function ab(port: number, n: number, keepAlive: boolean): Promise<void> {
 
 function wrapper(dir: string, name: string): string[] {
   if (profiler === 'none') return [process.execPath];
-  if (profiler === 'cpu-prof') return [process.execPath, '--cpu-prof', '--cpu-prof-dir', join(dir, `prof-${name}`), '--cpu-prof-interval', v.interval!];
+  if (profiler === 'cpu-prof') return [process.execPath, '--cpu-prof', '--cpu-prof-dir', join(dir, `prof-${name}`), '--cpu-prof-interval', String(v.interval)];
   return [
     'valgrind',
     '--tool=callgrind',
@@ -145,22 +143,10 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
   const admin = await freePort();
   const f = (x: string) => join(dir, x);
   const file = f(`${name}.json`);
-  const config =
-    name === 'floor'
-      ? ({ port, admin, certificates: [{ serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }] } satisfies FloorConfig)
-      : ({
-          host: '127.0.0.1',
-          port,
-          workers: 1,
-          profile: 'intermediate',
-          certificates: [{ name: 'ec', chain: f('server-chain.pem'), key: f('server.key') }],
-          domains: [{ name: HOST, origin: `http://127.0.0.1:${ports.origin}` }],
-          admin: { host: '127.0.0.1', port: admin },
-          logLevel: v['log-level']!,
-          hstsMaxAgeSeconds: 63_072_000,
-          ocspStapling: true,
-          shutdownGraceMs: 10_000,
-        } satisfies InMemoryConfig);
+  const certs = [{ name: 'ec', serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }];
+  const origin = `http://127.0.0.1:${ports.origin}`;
+  const o = { port, admin, workers: 1, profile: 'intermediate', logLevel: v['log-level'], origin, domain: HOST } as const;
+  const config = fileKeyConfig(name === 'floor' ? 'node-floor' : 'inmemory', certs, o);
   writeFileSync(file, JSON.stringify(config));
   mkdirSync(f(`prof-${name}`), { recursive: true });
   const proc = spawnManaged(name, [...wrapper(dir, name), name === 'floor' ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
@@ -292,7 +278,7 @@ async function main(): Promise<void> {
     origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(ports.origin)], join(dir, 'origin.log'), undefined, dir);
     await waitFor('demo origin', () => tcpOpen(ports.origin), 30_000, origin);
     const results: Measured[] = [];
-    for (const server of v.servers!.split(',')) results.push(...(await measureServer(dir, server, ports)));
+    for (const server of v.servers.split(',')) results.push(...(await measureServer(dir, server, ports)));
     const markdown = report(results);
     process.stdout.write(`${markdown}\n`);
     if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, { profiler, counts, results }, markdown);

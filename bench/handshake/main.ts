@@ -1,15 +1,10 @@
 /**
  * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same
- * proxy holding the key in memory, a bare node:https server (Node's floor), and
- * nginx holding the key three ways; the Node servers also under other Node
- * majors (--node 20,22,24), side by side in one run (issues 6, 12 and 13).
- *
- * Every handshake is a new TCP connection carrying one GET (set-ups: lab.ts;
- * kinds: scenarios.ts; one run: measure.ts). Server CPU = utime + stime of
- * every process of the set-up from /proc over the window ÷ handshakes in it.
- * Servers start once; warm-up, then interleaved rounds; medians and spread;
- * the targets as ratios per Node major (summary.ts); what one core can sign
- * (limits.ts). See bench/README.md, section "handshake".
+ * proxy holding the key in memory, the node:https floor and nginx holding it
+ * three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
+ * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and
+ * targets: summary.ts; Markdown: report.ts; method and columns:
+ * bench/README.md, "handshake".
  *
  * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
  */
@@ -17,12 +12,13 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
+import { shownCommand } from '../harness/client.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
 import type { RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
@@ -157,21 +153,8 @@ async function main(): Promise<number> {
     const nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
     for (const [m, bin] of nodeBinaries) nodeVersions.set(m, nodeVersionOf(bin));
     if (options.majors.length > 1) log(`Node servers under ${[...nodeVersions.values()].join(', ')}`);
-    lab = await HandshakeLab.create(
-      {
-        setups,
-        installNginx: options.install,
-        workers: options.workers,
-        logLevel: options.logLevel,
-        profile: options.profile,
-        serverCpus: options.serverCpus,
-        keyserverCpus: options.keyserverCpus,
-        keys: options.keys,
-        nodeBinaries,
-        ...(profiling ? { nodeArgs: ['--perf-basic-prof'] } : {}),
-      },
-      log,
-    );
+    const nodeArgs = profiling ? ['--perf-basic-prof'] : [];
+    lab = await HandshakeLab.create({ ...options, setups, installNginx: options.install, nodeBinaries, nodeArgs }, log);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);
@@ -211,8 +194,9 @@ async function main(): Promise<number> {
       `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
     );
-    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
       rounds: profiling ? 1 : options.rounds,
+      failSoft: failSoft(log),
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
@@ -231,31 +215,30 @@ async function main(): Promise<number> {
     });
 
     const date = dateStamp();
-    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers));
+    const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+    const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
     const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
     const ctx: ReportContext = {
       machine,
       options,
       date,
       ab,
-      abCommand: `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}ab ${abArgs({
-        port: 0,
-        host: 'KEY.bench.localhost',
-        concurrency: options.concurrency,
-        maxSeconds: 0,
-        csvPath: 'FILE.csv',
-        cpus: undefined,
-      })
-        .map((a) => (a.includes(' ') ? `'${a}'` : a))
-        .join(' ')
-        .replace(/-t \d+/, '-t T')
-        .replace(/-n \d+/, '-n N')
-        .replace('127.0.0.1:0', '127.0.0.1:PORT')}`,
+      abCommand: shownCommand(
+        options.clientCpus,
+        'ab',
+        abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined }),
+        [
+          [/-t \d+/, '-t T'],
+          [/-n \d+/, '-n N'],
+          [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
+        ],
+      ),
       nginxVersion: lab.nginxTools?.version,
       tls: firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`,
       skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),
       limits,
       nodeVersions,
+      failures,
     };
 
     if (options.perfDir !== undefined) {
@@ -319,6 +302,7 @@ async function main(): Promise<number> {
         tlsProfile: options.profile,
       },
       method: methodJson(options, order, quietWait, { nginxWarmupMs: options.nginxWarmupMs }),
+      failedRounds: failures,
       limits,
       keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),
       nodeVersions: Object.fromEntries(nodeVersions),

@@ -1,12 +1,11 @@
 /**
- * One run of one handshake scenario (bench/handshake/main.ts): start the
- * client (ab, the resuming client or the ALPN client), ramp up, read the
- * servers' counters and every process's CPU around a measurement window,
- * stop the client, wait for the server to go idle. Server CPU per handshake
- * = the set-up's processes (front + key holder) over the window ÷ handshakes.
+ * One run of one handshake scenario: start the kind's client (ab, or the
+ * resuming or ALPN client in this process), ramp up, read the servers'
+ * counters and every process's CPU around the window, stop the client, wait
+ * until the server's counters stop moving (ab abandons connections at SIGINT).
  */
 import { join } from 'node:path';
-import { processTree, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { perUnit, processTree, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
 import { perfRecord, threadLabels } from '../harness/perf.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
@@ -98,58 +97,14 @@ export class CounterReader {
 // ---------------------------------------------------------------------------
 // One run of one scenario
 
-export interface WindowFigures {
-  readonly seconds: number;
-  /** Handshakes of the scenario's kind in the window: full (server-counted) for ab kinds, completed connections (client-counted) for resumed. */
-  readonly handshakes: number;
-  /** Server counters over the window (nginx: connections as `full`). */
-  readonly server: HandshakeCounters;
-  /** Key server signs in the window, all algorithms (keyless set-ups). */
-  readonly keyserverSigns: number | undefined;
-  readonly handshakesPerSecond: number;
-  /** CPU µs per handshake: the set-up's processes (front + key holder). */
-  readonly serverUs: number;
-  readonly frontUs: number;
-  readonly keyUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  /** All server-side processes (front, key holder, origin), in cores. */
-  readonly serverSideCores: number;
-  readonly machineBusyCores: number;
-  /** Cores used by processes that are neither ours nor this bench. */
-  readonly otherCores: number;
-  /** Resumed kind: connections that offered a ticket, of those resumed, and latency in the window. */
-  readonly resume:
-    | {
-        readonly offered: number;
-        readonly resumed: number;
-        readonly offeredNotResumed: number;
-        /** Resumed ÷ connections completed in the window: 100% when every visit resumes. */
-        readonly resumedPct: number;
-        readonly p50Us: number;
-        readonly p99Us: number;
-      }
-    | undefined;
+export type WindowFigures = ReturnType<typeof windowFigures> & {
+  /** Resumed kind: tickets offered and resumed in the window, the client's latency. */
+  readonly resume: { offered: number; resumed: number; offeredNotResumed: number; resumedPct: number; p50Us: number; p99Us: number } | undefined;
   /** ALPN kinds: the client's latency in the window. */
   readonly alpn: { readonly p50Us: number; readonly p99Us: number } | undefined;
-  readonly usage: WindowUsage;
-}
+};
 
-export interface RunResult {
-  readonly window: WindowFigures;
-  /** The whole run, idle to idle. */
-  readonly run: {
-    /** ab kinds. */
-    readonly ab: AbResult | undefined;
-    /** Resumed kind: the client's failures over the whole run. */
-    readonly clientErrors: number;
-    readonly clientFirstError: string | undefined;
-    readonly counters: HandshakeCounters;
-    /** Key server signs by algorithm over the run (keyless only). */
-    readonly keyserverSigns: Record<string, number> | undefined;
-  };
-}
+export type RunResult = Awaited<ReturnType<typeof runScenario>>;
 
 export interface BenchScenario extends Scenario<RunResult> {
   readonly spec: ScenarioSpec;
@@ -163,6 +118,11 @@ export interface Env {
   readonly perfThreads: Map<string, Map<number, string>>;
 }
 
+/**
+ * A window's figures: handshakes of the scenario's kind (full ones the server counted for ab, connections the client
+ * completed for the others), server CPU per handshake = the set-up's processes (front + key holder), the origin's and
+ * the client's apart, and the cores other processes used (contention).
+ */
 function windowFigures(
   spec: ScenarioSpec,
   usage: WindowUsage,
@@ -170,27 +130,28 @@ function windowFigures(
   handshakes: number,
   keyserverSigns: number | undefined,
   clientFromSelf: boolean,
-): Omit<WindowFigures, 'resume' | 'alpn'> {
-  const g = (name: string | undefined) => (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0));
+) {
   const { front, key } = setupGroups(spec.setup);
-  const per = (us: number) => (handshakes > 0 ? us / handshakes : Number.NaN);
-  const clientCpu = clientFromSelf ? usage.selfCores * usage.seconds * 1e6 : g('client');
-  const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
+  const { per, cores, otherCores } = perUnit(usage, handshakes);
+  // An in-process client (resuming, ALPN) is this bench's own CPU.
+  const clientCores = clientFromSelf ? usage.selfCores : cores('client');
   return {
     seconds: usage.seconds,
     handshakes,
+    /** Server counters over the window (nginx: connections as `full`). */
     server,
+    /** Key server signs in the window, all algorithms (keyless set-ups). */
     keyserverSigns,
     handshakesPerSecond: handshakes / usage.seconds,
-    serverUs: per(g(front) + g(key)),
-    frontUs: per(g(front)),
-    keyUs: key === undefined ? undefined : per(g(key)),
-    originUs: per(g('origin')),
-    clientUs: per(clientCpu),
-    clientCores: clientCpu / 1e6 / usage.seconds,
-    serverSideCores: (g(front) + g(key) + g('origin')) / 1e6 / usage.seconds,
+    serverUs: per(front, key),
+    frontUs: per(front),
+    keyUs: key === undefined ? undefined : per(key),
+    originUs: per('origin'),
+    clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
+    clientCores,
+    serverSideCores: cores(front, key, 'origin'),
     machineBusyCores: usage.machineBusyCores,
-    otherCores: Math.max(0, usage.machineBusyCores - ours - usage.selfCores),
+    otherCores,
     usage,
   };
 }
@@ -209,11 +170,11 @@ function signsBetween(a: Record<string, number> | undefined, b: Record<string, n
 }
 
 /** Reads the server's counters (and the key server's signs) until they stop moving, at most 5 s: idle to idle. */
-async function settledCounters(env: Env, spec: ScenarioSpec): Promise<{ counters: HandshakeCounters; signs: Record<string, number> | undefined }> {
+async function settledCounters(env: Env, spec: ScenarioSpec, signal: AbortSignal | undefined) {
   let counters = await env.counters.read(spec.setup);
   let signs = await keyserverSignsNow(env, spec);
   for (let i = 0; i < 50; i++) {
-    await sleep(Math.max(100, env.options.settleMs / 2));
+    await sleep(Math.max(100, env.options.settleMs / 2), signal);
     const again = await env.counters.read(spec.setup);
     const signsAgain = await keyserverSignsNow(env, spec);
     const same = JSON.stringify([again, signsAgain]) === JSON.stringify([counters, signs]);
@@ -229,14 +190,6 @@ function startPerf(env: Env, spec: ScenarioSpec, durationMs: number, perfFile: s
   const processes = serverProcesses(env.lab, spec.setup);
   env.perfThreads.set(perfFile, threadLabels(processes));
   return perfRecord([...processes.keys()], perfFile, durationMs / 1000, env.options.perfHz);
-}
-
-/** Counts of an in-process client at one instant (the resuming and ALPN clients). */
-interface ClientCounts {
-  readonly completed: number;
-  readonly offered: number;
-  readonly resumed: number;
-  readonly notResumed: number;
 }
 
 /** What differs between the kinds' clients; `runScenario` does the rest the same way for all. */
@@ -277,14 +230,12 @@ function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: 
       const r = await ab.done;
       throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
     },
-    stop: () => {
-      ab.stop();
-      return ab.done;
-    },
+    stop: () => ab.stop('SIGINT'),
   };
 }
 
-const countsOf = (load: ScenarioClient['load']): ClientCounts => ({
+/** Counts of an in-process client (resuming, ALPN) at one instant. */
+const countsOf = (load: ScenarioClient['load']) => ({
   completed: load?.completed ?? 0,
   offered: load?.offered ?? 0,
   resumed: load?.resumed ?? 0,
@@ -297,7 +248,7 @@ const countsOf = (load: ScenarioClient['load']): ClientCounts => ({
  * window: full ones the server counted for ab, connections the client completed for the others. ALPN kinds do not read
  * the key server's signs.
  */
-export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined): Promise<RunResult> {
+export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined) {
   const { options, lab } = env;
   const withSigns = !spec.kind.startsWith('alpn-');
   const signsNow = () => (withSigns ? keyserverSignsNow(env, spec) : Promise.resolve(undefined));
@@ -358,7 +309,7 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     ab = await client.stop();
   }
   // Connections ab abandoned on SIGINT fail on the server side now: wait until the counters stop moving.
-  const end = await settledCounters(env, spec);
+  const end = await settledCounters(env, spec, context.signal);
   return {
     window,
     run: {

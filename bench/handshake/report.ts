@@ -9,7 +9,8 @@ import { median } from '../harness/stats.js';
 import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
-import { CONTENDED_CORES } from '../harness/bench.js';
+import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
+import type { RoundFailure } from '../harness/rounds.js';
 import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
 
@@ -48,13 +49,14 @@ export interface ReportContext {
   readonly limits: Limits;
   /** Node binaries of the versioned set-ups: major → version string. */
   readonly nodeVersions: ReadonlyMap<number, string>;
+  readonly failures: readonly RoundFailure[];
 }
 
 const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
   ['Key', 'left', (s) => s.key.title],
   ['Set-up', 'left', (s) => setupTitle(s.setup)],
   ['processes', 'left', (s) => s.processes],
-  ['handshakes/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.handshakesPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['handshakes/s', 'right', (s) => rateCell(s, s.handshakesPerSecond)],
   ['min–max (spread)', 'right', (s) => rangeText(s.handshakesPerSecond)],
   ['server µs/hs', 'right', (s) => `**${fmt(s.serverUs.median)}**`],
   ['min–max (spread)', 'right', (s) => rangeText(s.serverUs)],
@@ -74,8 +76,7 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
           ? `resumed ${fmt(s.resumeCheck.resumedPct, 1)}% (${fmt(s.resumeCheck.resumed)}/${fmt(s.resumeCheck.completed)})${s.resumeCheck.keyserverSigns === undefined ? '' : `, signs ${s.resumeCheck.keyserverSigns}`}${s.resumeCheck.ok ? '' : ' ✗'}`
           : '–',
   ],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
-  ['busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ...roundColumns<ScenarioSummary>('busy / others (cores)'),
 ];
 
 function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
@@ -172,6 +173,7 @@ export function markdownReport(
     contentionLine(summaries),
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
     ...(skipped.length > 0 ? ['', ...skipped] : []),
+    ...failureLines(ctx.failures),
     '',
     '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
     '',
@@ -194,7 +196,7 @@ export function markdownReport(
     'non-2xx + handshakes the server saw fail in the windows + resuming-client failures. check: full keyless = key server',
     'signatures ÷ (full + failed handshakes the proxy counted) over every run, idle to idle: ab abandons the connections in',
     'flight at SIGINT after their signature (1 = one signature per handshake; ✗ outside [full, full + failed]); resumed = tickets resumed / offered in the windows, and key server signs in them (must be 0).',
-    `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean rounds when at least 3`,
+    `${CLEAN_ROUNDS_NOTE} rounds when at least 3`,
     'are (else all, marked †). Per-round figures for every window are in the JSON.',
     '',
   ].join('\n');
@@ -225,30 +227,21 @@ export function perfMarkdown(rows: readonly PerfRow[], machine: MachineInfo, opt
     ...rows.flatMap((r) => [
       `## ${r.scenario}: ${fmt(r.sampledUsPerHandshake)} µs sampled per handshake (${r.handshakes} handshakes, ${r.summary.samples} samples)`,
       '',
-      markdownTable(
-        ['process, threads', 'share %', 'µs/hs'],
-        r.summary.byProcess.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['binary', 'share %', 'µs/hs'],
-        r.summary.byBinary.slice(0, 8).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['binary / symbol (self)', 'share %', 'µs/hs'],
-        r.summary.bySymbol.slice(0, 25).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
-      markdownTable(
-        ['JS function (inclusive)', 'share %', 'µs/hs'],
-        r.summary.jsInclusive.slice(0, 30).map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
-        ['left', 'right', 'right'],
-      ),
-      '',
+      ...(
+        [
+          ['process, threads', r.summary.byProcess],
+          ['binary', r.summary.byBinary.slice(0, 8)],
+          ['binary / symbol (self)', r.summary.bySymbol.slice(0, 25)],
+          ['JS function (inclusive)', r.summary.jsInclusive.slice(0, 30)],
+        ] as const
+      ).flatMap(([title, lines]) => [
+        markdownTable(
+          [title, 'share %', 'µs/hs'],
+          lines.map((l) => [l.name, fmt(l.pct, 1), perHs(r, l.pct)]),
+          ['left', 'right', 'right'],
+        ),
+        '',
+      ]),
     ]),
   ].join('\n');
 }

@@ -5,9 +5,10 @@
  * targets as ratios per Node major, the keyless hop, and the `summary` rows
  * the suite, its chart and comparison read.
  */
-import { cleanRounds, SATURATED_CORES, skippedRow } from '../harness/bench.js';
+import { overRounds } from '../harness/bench.js';
+import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { fmt } from '../harness/report.js';
-import { median, round, spread, type Spread } from '../harness/stats.js';
+import { round } from '../harness/stats.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import { sumValues } from '../lab/counters.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, type SetupId } from './lab.js';
@@ -38,156 +39,81 @@ const KIND_LABEL: Record<Kind, string> = {
   'alpn-h1': 'full TLS 1.3 + http/1.1 (ALPN)',
 };
 
-export interface ScenarioSummary {
-  readonly id: string;
-  readonly kind: Kind;
-  readonly setup: SetupId;
-  readonly key: HandshakeKey;
-  readonly processes: string;
-  readonly handshakesPerSecond: Spread;
-  readonly serverUs: Spread;
-  readonly frontUs: number;
-  readonly keyUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  readonly serverSideCores: number;
-  /** The client used ≥ SATURATED_CORES in the median round: the rate is what one client core could drive, a lower bound of the server's. */
-  readonly clientSaturated: boolean;
-  readonly serverSaturated: boolean;
-  readonly p50Us: number;
-  readonly p99Us: number;
-  readonly machineBusyCores: number;
-  readonly otherCores: number;
-  readonly cleanRounds: number;
-  readonly usedRounds: readonly number[];
-  /** ab failed requests / non-2xx, TLS handshakes the server saw fail inside the windows, the resuming client's failures. */
-  readonly errors: {
-    readonly abFailed: number;
-    readonly non2xx: number;
-    readonly windowFailedHandshakes: number;
-    readonly clientErrors: number;
-    readonly firstClientError: string | undefined;
-  };
-  readonly totalErrors: number;
-  /**
-   * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the
-   * sign, full + failed (ab abandons the connections it has in flight at SIGINT, up to -c, after the server's
-   * CertificateVerify was signed: a short or slow run has as many of those as completed ones); should be 1.
-   */
-  readonly signCheck:
-    | {
-        readonly signs: number;
-        readonly proxySigns: number;
-        readonly fullHandshakes: number;
-        readonly failedHandshakes: number;
-        readonly resumed: number;
-        readonly ratio: number;
-        readonly ok: boolean;
-      }
-    | undefined;
-  /** Resumed kind, over the windows: tickets offered and resumed; key server signs and server-side full handshakes (keyless). */
-  readonly resumeCheck:
-    | {
-        readonly offered: number;
-        readonly resumed: number;
-        readonly offeredNotResumed: number;
-        /** Connections completed in the windows, and the share of them that resumed (the client keeps only its newest ticket). */
-        readonly completed: number;
-        readonly resumedPct: number;
-        readonly keyserverSigns: number | undefined;
-        readonly serverFullHandshakes: number | undefined;
-        readonly ok: boolean;
-      }
-    | undefined;
-  readonly perRound: readonly RunResult[];
-}
-
 const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa: 'RSA_PSS_SHA256' };
 
-export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number): ScenarioSummary {
+/**
+ * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the sign,
+ * full + failed (ab abandons the connections in flight at SIGINT, up to -c, after the server's CertificateVerify was
+ * signed); should be 1, with every sign asked for by the proxy and nothing resumed.
+ */
+function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+  if (!isKeyless(spec.setup) || (spec.kind !== 'full-tls13' && spec.kind !== 'full-tls12')) return undefined;
+  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+  // TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs with ECDSA: the same algorithms on the wire to the key server.
+  const signs = sum((r) => sumValues(r.run.keyserverSigns ?? {}));
+  const matching = sum((r) => r.run.keyserverSigns?.[ALGORITHM[spec.key.id]] ?? 0);
+  const [full, failed] = [sum((r) => r.run.counters.full), sum((r) => r.run.counters.failed)];
+  const [proxySigns, resumed] = [sum((r) => r.run.counters.keylessSigns), sum((r) => r.run.counters.resumed)];
+  const ok = signs === matching && matching === proxySigns && resumed === 0 && matching >= full && matching <= full + failed;
+  return { signs: matching, proxySigns, fullHandshakes: full, failedHandshakes: failed, resumed, ratio: matching / (full + failed), ok };
+}
+
+/** Resumed kind, over the windows: every completed connection resumed (the client keeps its newest ticket), no sign. */
+function resumeCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+  if (spec.kind !== 'resumed-tls13') return undefined;
+  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+  const offered = sum((r) => r.window.resume?.offered ?? 0);
+  const resumed = sum((r) => r.window.resume?.resumed ?? 0);
+  const completed = sum((r) => r.window.handshakes);
+  const keyserverSigns = isKeyless(spec.setup) ? sum((r) => r.window.keyserverSigns ?? 0) : undefined;
+  const serverFullHandshakes = isNginx(spec.setup) ? undefined : sum((r) => r.window.server.full);
+  return {
+    offered,
+    resumed,
+    offeredNotResumed: sum((r) => r.window.resume?.offeredNotResumed ?? 0),
+    completed,
+    resumedPct: (100 * resumed) / Math.max(1, completed),
+    keyserverSigns,
+    serverFullHandshakes,
+    ok: offered > 0 && resumed === completed && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0,
+  };
+}
+
+export type ScenarioSummary = ReturnType<typeof summarize>;
+
+/** A scenario's medians and spread over its clean rounds (harness/bench.ts), its checks and its errors over every run. */
+export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
-  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
-  const w = (f: (r: WindowFigures) => number) => median(rs.map((r) => f(r.window)));
-  let signCheck: ScenarioSummary['signCheck'];
-  if (isKeyless(spec.setup) && (spec.kind === 'full-tls13' || spec.kind === 'full-tls12')) {
-    // TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs with ECDSA: the same algorithms on the wire to the key server.
-    const signs = all.reduce((n, r) => n + sumValues(r.run.keyserverSigns ?? {}), 0);
-    const matching = all.reduce((n, r) => n + (r.run.keyserverSigns?.[ALGORITHM[spec.key.id]] ?? 0), 0);
-    const full = all.reduce((n, r) => n + r.run.counters.full, 0);
-    const failed = all.reduce((n, r) => n + r.run.counters.failed, 0);
-    const proxySigns = all.reduce((n, r) => n + r.run.counters.keylessSigns, 0);
-    const resumed = all.reduce((n, r) => n + r.run.counters.resumed, 0);
-    // Every full handshake signs once, nothing resumes, and the key server signed exactly what the proxy asked for;
-    // a handshake ab abandoned at SIGINT after the server's CertificateVerify was signed but failed.
-    signCheck = {
-      signs: matching,
-      proxySigns,
-      fullHandshakes: full,
-      failedHandshakes: failed,
-      resumed,
-      ratio: matching / (full + failed),
-      ok: signs === matching && matching === proxySigns && resumed === 0 && matching >= full && matching <= full + failed,
-    };
-  }
-  let resumeCheck: ScenarioSummary['resumeCheck'];
-  if (spec.kind === 'resumed-tls13') {
-    const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
-    const offered = sum((r) => r.window.resume?.offered ?? 0);
-    const resumed = sum((r) => r.window.resume?.resumed ?? 0);
-    const keyserverSigns = isKeyless(spec.setup) ? sum((r) => r.window.keyserverSigns ?? 0) : undefined;
-    const serverFullHandshakes = isNginx(spec.setup) ? undefined : sum((r) => r.window.server.full);
-    resumeCheck = {
-      offered,
-      resumed,
-      offeredNotResumed: sum((r) => r.window.resume?.offeredNotResumed ?? 0),
-      completed: sum((r) => r.window.handshakes),
-      resumedPct:
-        (100 * resumed) /
-        Math.max(
-          1,
-          sum((r) => r.window.handshakes),
-        ),
-      keyserverSigns,
-      serverFullHandshakes,
-      ok: offered > 0 && resumed === sum((r) => r.window.handshakes) && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0,
-    };
-  }
+  const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
+  const w = (f: (r: WindowFigures) => number) => med((r) => f(r.window));
+  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
   const errors = {
-    abFailed: all.reduce((n, r) => n + (r.run.ab?.failedRequests ?? 0), 0),
-    non2xx: all.reduce((n, r) => n + (r.run.ab?.non2xx ?? 0), 0),
-    windowFailedHandshakes: all.reduce((n, r) => n + r.window.server.failed, 0),
-    clientErrors: all.reduce((n, r) => n + r.run.clientErrors, 0),
+    abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
+    non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
+    windowFailedHandshakes: sum((r) => r.window.server.failed),
+    clientErrors: sum((r) => r.run.clientErrors),
     firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
   };
-  const { key } = setupGroups(spec.setup);
+  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.resume?.[p] ?? r.window.alpn?.[p] ?? Number.NaN);
   return {
     id: spec.id,
     kind: spec.kind,
     setup: spec.setup,
     key: spec.key,
     processes: setupProcesses(spec.setup, workers),
-    handshakesPerSecond: spread(rs.map((r) => r.window.handshakesPerSecond)),
-    serverUs: spread(rs.map((r) => r.window.serverUs)),
+    handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
+    serverUs: spreadOf((r) => r.window.serverUs),
     frontUs: w((x) => x.frontUs),
-    keyUs: key === undefined ? undefined : w((x) => x.keyUs ?? Number.NaN),
+    keyUs: setupGroups(spec.setup).key === undefined ? undefined : w((x) => x.keyUs ?? Number.NaN),
     originUs: w((x) => x.originUs),
     clientUs: w((x) => x.clientUs),
-    clientCores: w((x) => x.clientCores),
-    serverSideCores: w((x) => x.serverSideCores),
-    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
-    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
-    p50Us: median(rs.map((r) => r.run.ab?.p50Us ?? r.window.resume?.p50Us ?? r.window.alpn?.p50Us ?? Number.NaN)),
-    p99Us: median(rs.map((r) => r.run.ab?.p99Us ?? r.window.resume?.p99Us ?? r.window.alpn?.p99Us ?? Number.NaN)),
-    machineBusyCores: w((x) => x.machineBusyCores),
-    otherCores: w((x) => x.otherCores),
-    cleanRounds: clean,
-    usedRounds,
+    p50Us: latency('p50Us'),
+    p99Us: latency('p99Us'),
+    ...common,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
-    signCheck,
-    resumeCheck,
-    perRound: all,
+    signCheck: signCheckOf(spec, all),
+    resumeCheck: resumeCheckOf(spec, all),
   };
 }
 
@@ -303,33 +229,30 @@ export interface Limits {
   readonly cpus: string | undefined;
 }
 
-/** The `summary` array of the result JSON, the shape `npm run bench`, its chart and result comparison read. */
+/** The `summary` array of the result JSON (harness/summary.ts): what `npm run bench`, its chart and comparison read. */
 export function summaryEntries(
   summaries: readonly ScenarioSummary[],
   skipReason: (spec: ScenarioSpec) => string | undefined,
   requested: readonly ScenarioSpec[],
 ) {
-  const ran = summaries.map((s) => ({
-    scenario: s.id,
-    label: `${KIND_LABEL[s.kind]}, ${setupTitle(s.setup)}, ${s.key.title}`,
-    handshakesPerSecond: round(s.handshakesPerSecond.median, 1),
-    serverCpuUsPerHandshake: round(s.serverUs.median, 1),
-    p50Ms: round(s.p50Us / 1000, 2),
-    p99Ms: round(s.p99Us / 1000, 2),
-    clientSaturated: s.clientSaturated,
-    errors: s.totalErrors,
-    spreadPct: round(s.handshakesPerSecond.spreadPct, 1),
-  }));
-  const notRun = requested
-    .filter((spec) => skipReason(spec) !== undefined)
-    .map((spec) =>
-      skippedRow(
-        spec.id,
-        `${KIND_LABEL[spec.kind]}, ${setupTitle(spec.setup)}, ${spec.key.title}`,
-        skipReason(spec)!,
-        'handshakesPerSecond',
-        'serverCpuUsPerHandshake',
-      ),
-    );
+  const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${KIND_LABEL[s.kind]}, ${setupTitle(s.setup)}, ${s.key.title}`;
+  const ran = summaries.map((s) =>
+    benchRow('handshake', {
+      scenario: s.id,
+      label: label(s),
+      rate: round(s.handshakesPerSecond.median, 1),
+      serverCpuUs: round(s.serverUs.median, 1),
+      p50Ms: round(s.p50Us / 1000, 2),
+      p99Ms: round(s.p99Us / 1000, 2),
+      clientSaturated: s.clientSaturated,
+      errors: s.totalErrors,
+      spreadPct: round(s.handshakesPerSecond.spreadPct, 1),
+      otherCores: round(s.otherCores, 2),
+    }),
+  );
+  const notRun = requested.flatMap((spec) => {
+    const reason = skipReason(spec);
+    return reason === undefined ? [] : [skippedBenchRow('handshake', spec.id, label(spec), reason)];
+  });
   return [...ran, ...notRun];
 }

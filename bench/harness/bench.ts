@@ -10,8 +10,10 @@
  * rounds when at least 3 (or all) are clean, else all rounds (marked †).
  */
 import { quietBeforeRun } from './quiet.js';
+import { type Column, fmt } from './report.js';
+import { median, type Spread, spread } from './stats.js';
 import { type WrittenReport, writeReport } from './report.js';
-import { type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
+import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 export const CONTENDED_CORES = 0.25;
@@ -34,6 +36,58 @@ export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number):
   return { used: used.map(({ r }) => r), usedRounds: used.map(({ i }) => i), cleanRounds: clean.length };
 }
 
+/** What every measuring bench's window holds besides its own figures. */
+export interface CommonWindow {
+  readonly clientCores: number;
+  readonly serverSideCores: number;
+  readonly machineBusyCores: number;
+  readonly otherCores: number;
+}
+
+/**
+ * One scenario over its rounds: `med`/`spreadOf` over the rounds the clean-round rule keeps, and the fields every
+ * bench reports alike (cores, saturation, the rounds used, clean and failed, every round as measured).
+ */
+export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow, serverCpuCount: number, failedRounds: number) {
+  const { used, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => window(r).otherCores);
+  const med = (f: (r: R) => number) => median(used.map(f));
+  const w = (f: (x: CommonWindow) => number) => med((r) => f(window(r)));
+  return {
+    med,
+    spreadOf: (f: (r: R) => number) => spread(used.map(f)),
+    common: {
+      clientCores: w((x) => x.clientCores),
+      serverSideCores: w((x) => x.serverSideCores),
+      /** The client used nearly its whole core: the rate is a lower bound of the server's. */
+      clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
+      serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
+      machineBusyCores: w((x) => x.machineBusyCores),
+      otherCores: w((x) => x.otherCores),
+      cleanRounds: clean,
+      usedRounds,
+      failedRounds,
+      perRound: all,
+    },
+  };
+}
+
+type Common = ReturnType<typeof overRounds>['common'];
+
+/** A rate cell: "≥" when the client saturated, "†" when contended rounds were used. */
+export const rateCell = (s: Common, rate: Spread): string =>
+  `${s.clientSaturated ? '≥ ' : ''}${fmt(rate.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`;
+
+/** The columns every measuring bench's table ends with. */
+export function roundColumns<T extends Common>(busyHeader: string): Column<T>[] {
+  return [
+    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
+    [busyHeader, 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ];
+}
+
+/** The reports' sentence on the clean-round rule. */
+export const CLEAN_ROUNDS_NOTE = `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`;
+
 /** "warm-up " or "round N ", for progress lines. */
 export const roundTag = (context: RunContext): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
 
@@ -54,7 +108,7 @@ export async function measureRounds<R>(
   ownPids: readonly number[],
   signal: AbortSignal,
   log: Log,
-  more: Pick<RoundsOptions<R>, 'extraRounds' | 'onRun'> & { readonly rounds?: number },
+  more: Pick<RoundsOptions<R>, 'extraRounds' | 'onRun' | 'failSoft'> & { readonly rounds?: number },
 ): Promise<RoundsResult<R> & { readonly quietWait: unknown }> {
   const quiet = quietBeforeRun(timing.quietBudgetMs, ownPids, signal, log);
   const result = await runRounds(scenarios, {
@@ -85,21 +139,21 @@ export function methodJson(timing: MeasureTiming, order: readonly (readonly stri
   };
 }
 
-/** The `summary` row of a scenario that did not run (harness/summary.ts reads it), named with the bench's own rate and CPU keys. */
-export function skippedRow(scenario: string, label: string, reason: string, rateKey: string, cpuKey: string) {
+/** failSoft for runRounds: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged. */
+export function failSoft(log: Log): NonNullable<RoundsOptions<unknown>['failSoft']> {
   return {
-    scenario,
-    label,
-    [rateKey]: Number.NaN,
-    [cpuKey]: Number.NaN,
-    p50Ms: Number.NaN,
-    p99Ms: Number.NaN,
-    clientSaturated: false,
-    errors: 0,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-    skipped: reason,
+    deadlineMs: 60_000,
+    onFailure: (f) => log(`${f.phase === 'warmup' ? 'warm-up ' : `round ${f.round + 1} `}${f.scenario}: FAILED, round skipped: ${f.error}`),
   };
+}
+
+/** The report's lines on failed rounds: none when every run gave figures. */
+export function failureLines(failures: readonly RoundFailure[]): string[] {
+  if (failures.length === 0) return [];
+  return [
+    '',
+    `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${f.phase === 'warmup' ? 'warm-up' : `round ${f.round + 1}`}: ${f.error}`).join('; ')}.`,
+  ];
 }
 
 /** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */

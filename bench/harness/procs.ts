@@ -141,3 +141,17 @@ export function usageBetween(a: CpuSnapshot, b: CpuSnapshot): WindowUsage {
     selfCores: totalUs(delta(a.self, b.self)) / 1e6 / seconds,
   };
 }
+
+/**
+ * Per-unit figures of a window: `per(...groups)` = their CPU µs ÷ units (NaN without units), `cores(...groups)`, and
+ * the cores other processes used (the machine's busy cores less every tracked group and this bench): contention.
+ */
+export function perUnit(usage: WindowUsage, units: number) {
+  const us = (names: readonly (string | undefined)[]) => names.reduce((n, name) => n + (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0)), 0);
+  const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
+  return {
+    per: (...names: (string | undefined)[]) => (units > 0 ? us(names) / units : Number.NaN),
+    cores: (...names: (string | undefined)[]) => us(names) / 1e6 / usage.seconds,
+    otherCores: Math.max(0, usage.machineBusyCores - ours - usage.selfCores),
+  };
+}

@@ -13,6 +13,11 @@
  *
  * Warm-up runs each scenario once first (results discarded): JIT, connection
  * set-up, token session caches, CPU frequency.
+ *
+ * With `failSoft`, a run that throws or outlives its deadline (a client that
+ * crashed or hung, harness/client.ts) costs that round of that scenario: it is
+ * recorded in `failures`, its signal aborted so it stops its client, and the
+ * rounds go on. Only the caller's own signal (Ctrl-C) ends them.
  */
 
 export interface RunContext {
@@ -44,13 +49,24 @@ export interface RoundsOptions<R> {
   readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
   /** Called after every run (warm-up included), e.g. for progress lines. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
+  /** A failed or overdue run is recorded and skipped; a run is overdue `deadlineMs` after its own duration. */
+  readonly failSoft?: { readonly deadlineMs: number; readonly onFailure?: (failure: RoundFailure) => void };
+}
+
+/** A run that produced no figures: the client crashed or hung, or the run threw. */
+export interface RoundFailure {
+  readonly scenario: string;
+  readonly phase: RunContext['phase'];
+  readonly round: number;
+  readonly error: string;
 }
 
 export interface RoundsResult<R> {
   /** Scenario names in the order each round ran them. */
   readonly order: readonly (readonly string[])[];
-  /** Per scenario, one result per round, in round order. */
+  /** Per scenario, one result per round that did not fail, in round order. */
   readonly results: ReadonlyMap<string, readonly R[]>;
+  readonly failures: readonly RoundFailure[];
 }
 
 /** The order of round `round`: rotated by `round`, reversed on odd rounds. */
@@ -65,17 +81,41 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
   if (names.size !== scenarios.length) throw new Error('scenario names must be unique');
   const { signal } = options;
   const settle = () => sleep(options.settleMs ?? 0, signal);
-
-  if (options.warmupMs > 0) {
-    for (const scenario of scenarios) {
-      signal?.throwIfAborted();
-      const context: RunContext = { phase: 'warmup', round: -1, signal };
-      await options.beforeRun?.(scenario.name, context);
-      const result = await scenario.run(options.warmupMs, context);
-      options.onRun?.({ scenario: scenario.name, context, result });
-      await settle();
+  const failures: RoundFailure[] = [];
+  const attempt = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
+    signal?.throwIfAborted();
+    await options.beforeRun?.(scenario.name, { phase, round, signal });
+    const result = await runOnce(scenario, ms, phase, round);
+    if (result !== undefined) options.onRun?.({ scenario: scenario.name, context: { phase, round, signal }, result });
+    await settle();
+    return result;
+  };
+  const runOnce = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
+    if (options.failSoft === undefined) return scenario.run(ms, { phase, round, signal });
+    const own = new AbortController();
+    const runSignal = signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]);
+    const limitMs = ms + options.failSoft.deadlineMs;
+    const timer = setTimeout(() => own.abort(new Error(`no result within ${(limitMs / 1000).toFixed(0)} s: killed`)), limitMs);
+    const run = scenario.run(ms, { phase, round, signal: runSignal });
+    // A run stuck where no signal reaches it is left behind after its deadline and a grace period.
+    const overdue = new Promise<never>((_, reject) =>
+      own.signal.addEventListener('abort', () => setTimeout(() => reject(own.signal.reason), 15_000).unref(), { once: true }),
+    );
+    try {
+      return await Promise.race([run, overdue]);
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      const failure = { scenario: scenario.name, phase, round, error: (err as Error).message?.split('\n')[0] ?? String(err) };
+      failures.push(failure);
+      options.failSoft.onFailure?.(failure);
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+      run.catch(() => undefined);
     }
-  }
+  };
+
+  if (options.warmupMs > 0) for (const scenario of scenarios) await attempt(scenario, options.warmupMs, 'warmup', -1);
 
   const results = new Map<string, R[]>(scenarios.map((s) => [s.name, []]));
   const order: string[][] = [];
@@ -85,16 +125,11 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
     const thisRound = roundOrder(scenarios, round);
     order.push(thisRound.map((s) => s.name));
     for (const scenario of thisRound) {
-      signal?.throwIfAborted();
-      const context: RunContext = { phase: 'measure', round, signal };
-      await options.beforeRun?.(scenario.name, context);
-      const result = await scenario.run(options.measureMs, context);
-      results.get(scenario.name)!.push(result);
-      options.onRun?.({ scenario: scenario.name, context, result });
-      await settle();
+      const result = await attempt(scenario, options.measureMs, 'measure', round);
+      if (result !== undefined) results.get(scenario.name)!.push(result);
     }
   }
-  return { order, results };
+  return { order, results, failures };
 }
 
 /** setTimeout as a promise that an AbortSignal cuts short (rejecting with its reason). */

@@ -79,37 +79,18 @@ function errorCount(value: unknown): number {
   return 0;
 }
 
-/** One row of a benchmark's `summary` array or `scenarios` array, in the neutral shape. */
+/** One row of a benchmark's `summary` array or `scenarios` array (or a suite file's, already neutral), in the neutral shape. */
 export function normalizeRow(bench: string, raw: Json): SummaryRow {
   const scenario = typeof raw.scenario === 'string' ? raw.scenario : typeof raw.name === 'string' ? raw.name : undefined;
   if (scenario === undefined) throw new Error(`${bench}: a summary row has neither "scenario" nor "name"`);
-  if (typeof raw.rate === 'number' || raw.rate === null) {
-    // Already neutral (a suite file).
-    const unit = raw.unit === 'handshake' || raw.unit === 'request' || raw.unit === 'sign' ? raw.unit : 'request';
-    return {
-      bench: typeof raw.bench === 'string' ? raw.bench : bench,
-      scenario,
-      label: typeof raw.label === 'string' ? raw.label : scenario,
-      unit,
-      rate: figure(raw.rate),
-      serverCpuUs: figure(raw.serverCpuUs),
-      p50Ms: figure(raw.p50Ms),
-      p99Ms: figure(raw.p99Ms),
-      clientSaturated: raw.clientSaturated === true,
-      errors: errorCount(raw.errors),
-      spreadPct: figure(raw.spreadPct),
-      otherCores: figure(raw.otherCores),
-      ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
-    };
-  }
+  const neutral = typeof raw.rate === 'number' || raw.rate === null;
   const found = RATE_KEYS.find(([key]) => key in raw);
-  const unit: WorkUnit = found?.[1] ?? 'request';
-  const rateValue = found === undefined ? undefined : raw[found[0]];
-  const cpuKey = CPU_KEYS[unit].find((key) => key in raw);
-  const ms = (key: string, usKey: string) => (key in raw ? figure(raw[key]) : figure(raw[usKey]) / 1000);
-  const spreadPct = typeof raw.spreadPct === 'number' ? raw.spreadPct : spreadOf(rateValue);
+  const unit: WorkUnit = neutral ? (raw.unit === 'handshake' || raw.unit === 'sign' ? raw.unit : 'request') : (found?.[1] ?? 'request');
+  const rateValue = neutral ? raw.rate : found === undefined ? undefined : raw[found[0]];
+  const cpuKey = neutral ? 'serverCpuUs' : CPU_KEYS[unit].find((key) => key in raw);
+  const ms = (key: string, usKey: string) => (neutral || key in raw ? figure(raw[key]) : figure(raw[usKey]) / 1000);
   return {
-    bench,
+    bench: neutral && typeof raw.bench === 'string' ? raw.bench : bench,
     scenario,
     label: typeof raw.label === 'string' ? raw.label : scenario,
     unit,
@@ -119,7 +100,7 @@ export function normalizeRow(bench: string, raw: Json): SummaryRow {
     p99Ms: ms('p99Ms', 'p99Us'),
     clientSaturated: raw.clientSaturated === true,
     errors: errorCount(raw.errors),
-    spreadPct,
+    spreadPct: typeof raw.spreadPct === 'number' || neutral ? figure(raw.spreadPct) : spreadOf(rateValue),
     otherCores: figure(raw.otherCores),
     ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
   };
@@ -158,4 +139,35 @@ export function durationRow(bench: string, scenario: string, label: string, p50M
     otherCores: Number.NaN,
     ...(skipped === undefined ? {} : { skipped }),
   };
+}
+
+const ROW_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string]> = {
+  handshake: ['handshakesPerSecond', 'serverCpuUsPerHandshake'],
+  request: ['requestsPerSecond', 'serverCpuUsPerRequest'],
+  sign: ['signsPerSecond', 'serverCpuUsPerSign'],
+};
+
+/** A bench's `summary` row with its rate and CPU named after its unit (what `readSummary` reads back); skipped: NaN figures and the reason. */
+export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' | 'rate' | 'serverCpuUs'> & { rate: number; serverCpuUs: number }) {
+  const { scenario, label, rate, serverCpuUs, skipped, ...rest } = row;
+  const [rateKey, cpuKey] = ROW_KEYS[unit];
+  return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
+}
+
+/** The row of a scenario that did not run. */
+export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
+  const nan = Number.NaN;
+  return benchRow(unit, {
+    scenario,
+    label,
+    rate: nan,
+    serverCpuUs: nan,
+    p50Ms: nan,
+    p99Ms: nan,
+    clientSaturated: false,
+    errors: 0,
+    spreadPct: nan,
+    otherCores: nan,
+    skipped: reason,
+  });
 }

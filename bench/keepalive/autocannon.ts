@@ -1,18 +1,11 @@
 /**
- * autocannon (devDependency) as the keep-alive HTTP/1.1 client of
- * bench/keepalive/main.ts, run through its CLI as a separate process so that it
- * can be pinned to its own CPU with taskset and its CPU time read from /proc
- * apart from the servers'.
- *
- * autocannon opens `connections` keep-alive connections (one TLS handshake
- * each, at the start) and keeps one request in flight on each for
- * `durationSec`, then prints one JSON object. It has no way to stop early and
- * still report (SIGINT just kills it), so the caller sizes the duration to
- * cover ramp-up and the measurement window and waits for it to finish.
- * Latencies are whole milliseconds (its histogram's resolution).
+ * autocannon (devDependency) as the HTTP/1.1 keep-alive client, run through
+ * its CLI in its own process so it can be pinned and its CPU read from /proc.
+ * It cannot stop early and still report, so the caller sizes its duration to
+ * cover ramp-up and window. Latencies are whole milliseconds (its histogram).
  */
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';
 
 /** The CLI in node_modules, relative to this module in dist/bench/lab/. */
 export const AUTOCANNON_CLI = fileURLToPath(new URL('../../../node_modules/autocannon/autocannon.js', import.meta.url));
@@ -43,16 +36,6 @@ export interface AutocannonResult {
   readonly statusCodes: Readonly<Record<string, number>>;
 }
 
-export interface RunningAutocannon {
-  /** The autocannon process itself (taskset execs it, so the pid is the same). */
-  readonly pid: number;
-  readonly args: readonly string[];
-  exited(): boolean;
-  /** SIGKILL, for cleanup on interruption (autocannon cannot stop early and report). */
-  kill(): void;
-  readonly done: Promise<AutocannonResult>;
-}
-
 export function autocannonArgs(options: AutocannonOptions): string[] {
   return [
     '--json',
@@ -71,38 +54,19 @@ export function autocannonArgs(options: AutocannonOptions): string[] {
   ];
 }
 
-export function startAutocannon(options: AutocannonOptions): RunningAutocannon {
-  const args = autocannonArgs(options);
-  const command = [process.execPath, AUTOCANNON_CLI, ...args];
-  const full = options.cpus === undefined ? command : ['taskset', '-c', options.cpus, ...command];
-  const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout += t));
-  child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-4000)));
-  const done = new Promise<AutocannonResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => {
-      // 'exit' can come before the pipes are drained.
-      setImmediate(() => {
-        try {
-          if (code !== 0) throw new Error(`autocannon exited with ${signal ?? `status ${code}`}`);
-          resolve(parseAutocannonJson(stdout));
-        } catch (err) {
-          reject(new Error(`${(err as Error).message}\n--- autocannon stdout ---\n${stdout.slice(0, 2000)}\n--- autocannon stderr ---\n${stderr}`));
-        }
-      });
-    });
-  });
-  return {
-    pid: child.pid ?? -1,
-    args,
-    exited: () => child.exitCode !== null || child.signalCode !== null,
-    kill: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+/** autocannon as a client process (harness/client.ts), under this node without the bench's NODE_OPTIONS. */
+export function startAutocannon(options: AutocannonOptions): ClientProcess<AutocannonResult> {
+  const command = [process.execPath, AUTOCANNON_CLI, ...autocannonArgs(options)];
+  return startClient(
+    'autocannon',
+    command,
+    options.cpus,
+    (out) => {
+      exitedCleanly(out);
+      return parseAutocannonJson(out.stdout);
     },
-    done,
-  };
+    { ...process.env, NODE_OPTIONS: '' },
+  );
 }
 
 /** autocannon's --json output: the last line that parses as an object with a `requests` block. */

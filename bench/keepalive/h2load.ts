@@ -7,8 +7,8 @@
  * clients alike; h2load prints no percentiles: p50 is its mean time per
  * request and p99 its maximum.
  */
-import { spawn } from 'node:child_process';
-import type { AutocannonResult, RunningAutocannon } from './autocannon.js';
+import { type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';
+import type { AutocannonResult } from './autocannon.js';
 
 export interface H2loadOptions {
   readonly port: number;
@@ -62,33 +62,10 @@ export function parseH2load(text: string, durationSec: number): AutocannonResult
   };
 }
 
-export function startH2load(options: H2loadOptions): RunningAutocannon {
-  const args = h2loadArgs(options);
-  const full = options.cpus === undefined ? ['h2load', ...args] : ['taskset', '-c', options.cpus, 'h2load', ...args];
-  const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.setEncoding('utf8').on('data', (t: string) => (out = (out + t).slice(-20_000)));
-  child.stderr!.setEncoding('utf8').on('data', (t: string) => (out = (out + t).slice(-20_000)));
-  const done = new Promise<AutocannonResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) =>
-      setImmediate(() => {
-        try {
-          if (code !== 0) throw new Error(`h2load exited with ${signal ?? `status ${code}`}`);
-          resolve(parseH2load(out, options.durationSec));
-        } catch (err) {
-          reject(new Error(`${(err as Error).message}\n--- h2load output ---\n${out.slice(-2000)}`));
-        }
-      }),
-    );
+/** h2load as a client process (harness/client.ts); its report may be on stdout or stderr. */
+export function startH2load(options: H2loadOptions): ClientProcess<AutocannonResult> {
+  return startClient('h2load', ['h2load', ...h2loadArgs(options)], options.cpus, (out) => {
+    exitedCleanly(out);
+    return parseH2load(`${out.stdout}\n${out.stderr.join('\n')}`, options.durationSec);
   });
-  return {
-    pid: child.pid ?? -1,
-    args,
-    exited: () => child.exitCode !== null || child.signalCode !== null,
-    kill: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-    done,
-  };
 }

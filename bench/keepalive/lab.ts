@@ -1,26 +1,11 @@
 /**
- * The set-up of bench/keepalive/main.ts, in one temporary directory:
- *   - a throwaway CA (openssl, P-256) and one name, `ka.bench.localhost`;
- *   - keyless: an ECDSA P-256 key made in an embedded SoftHSM2 token
- *     (`keyedge key generate`), its certificate issued from a CSR signed in
- *     the token (`keyedge key csr`), the key server (unix socket) and
- *     `keyedge proxy --config` exactly as deployed;
- *   - nginx and caddy: the same name on an ordinary P-256 key file from the
- *     same CA, each started from its own config file in the temp dir
- *     (nginx: `-p DIR -c FILE -e FILE`, one worker; caddy: `caddy run
- *     --config FILE.json`, admin endpoint off, nothing persisted), never the
- *     system service;
- *   - the origin all three proxy to: bench/keepalive/origin.ts (the demo
- *     page, 1 KiB, with a request counter).
- *
- * Every proxy keeps a pool of 64 keep-alive connections to the origin (the
- * product's undici Pool size, proxy/http/forward.ts), logs one access line per
- * request to a file unless `accessLog` is off, and sets X-Forwarded-For/-Proto
+ * The keep-alive bench's set-up in one temp dir (bench/README.md, "keepalive"):
+ * one name on a token key (the keyless proxy and its key server) and on a key
+ * file (nginx, caddy, each from its own config, never the system service), and
+ * the counting origin (origin.ts). Every proxy keeps a pool of 64 keep-alive
+ * connections to the origin (the product's undici Pool size), logs one access
+ * line per request unless `accessLog` is off, and sets X-Forwarded-For/-Proto
  * and HSTS as the product does, so they do comparable work per request.
- *
- * Every server is its own process group (bench/handshake/lab.ts
- * `spawnManaged`), so a synchronous `cleanup()` can SIGKILL a master and its
- * workers together.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -1,20 +1,9 @@
 /**
- * Benchmark: keep-alive proxied requests, server CPU per request for a 1 KiB
- * page over HTTPS (TLS 1.3, ECDSA P-256), the keyless proxy next to nginx and
- * caddy proxying the same origin, in one run; over HTTP/1.1 (autocannon, one
- * request in flight per connection) and HTTP/2 (h2load, 10 streams in flight
- * per connection: issue 13; a server that does not negotiate h2 is skipped
- * with a note).
- *
- *   keyedge  `keyedge proxy` (node:cluster, N workers) + `keyedge keyserver`
- *   nginx    one worker, upstream keep-alive pool, key file, `listen ssl http2`
- *   caddy    reverse_proxy, certificate from files, admin off
- *
- * Requests in a window are counted at the origin (every proxied request
- * reaches it once), so all servers and both protocols are counted alike.
- * Server CPU = utime + stime from /proc of every server process over the
- * window ÷ those requests; the origin's CPU apart. Warm-up, then interleaved
- * rounds; medians and spread (report.ts). See bench/README.md, "keepalive".
+ * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3,
+ * ECDSA P-256), the keyless proxy next to nginx and caddy, over HTTP/1.1
+ * (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13).
+ * Set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts;
+ * method and columns: bench/README.md, "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
  */
@@ -23,10 +12,12 @@ import { resolve } from 'node:path';
 import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { describeMachine } from '../harness/machine.js';
+import { shownCommand } from '../harness/client.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
 import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, measureRounds, methodJson, publish, roundTag, skippedRow, stampedLog } from '../harness/bench.js';
+import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { skippedBenchRow } from '../harness/summary.js';
 import type { RunContext, Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
@@ -120,18 +111,8 @@ async function main(): Promise<number> {
   try {
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
-    lab = await KeepaliveLab.create(
-      {
-        workers: options.workers,
-        logLevel: options.logLevel,
-        accessLog: options.accessLog,
-        serverCpus: options.serverCpus,
-        nginx: binaries.get('nginx'),
-        caddy: binaries.get('caddy'),
-        ...(options.cpuProfDir !== undefined ? { proxyNodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir] } : {}),
-      },
-      log,
-    );
+    const proxyNodeArgs = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir];
+    lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs }, log);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);
@@ -180,7 +161,8 @@ async function main(): Promise<number> {
       `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
         (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
     );
-    const { order, results, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
+      failSoft: failSoft(log),
       onRun: ({ scenario, context, result }) => {
         const w = result.window;
         const c = result.client;
@@ -195,19 +177,22 @@ async function main(): Promise<number> {
 
     const date = dateStamp();
     const summaries = scenarios.map((s) =>
-      summarize(s.name, `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`, results.get(s.name) ?? [], options.serverCpuCount),
+      summarize(
+        s.name,
+        `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`,
+        results.get(s.name) ?? [],
+        options.serverCpuCount,
+        failures.filter((f) => f.scenario === s.name && f.phase === 'measure').length,
+      ),
     );
     const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
-    const h2Command = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}h2load ${h2loadArgs({ port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined }).join(' ').replace('-D 0', '-D T').replaceAll(':0', ':PORT')}`;
-    const clientCommand = `${options.clientCpus === undefined ? '' : `taskset -c ${options.clientCpus} `}node_modules/.bin/autocannon ${autocannonArgs({
-      url: 'https://127.0.0.1:PORT/',
-      serverName: SERVER_NAME,
-      connections: options.connections,
-      durationSec: 0,
-      cpus: undefined,
-    })
-      .join(' ')
-      .replace('-d 0', '-d T')}`;
+    const h2Args = { port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined };
+    const h2Command = shownCommand(options.clientCpus, 'h2load', h2loadArgs(h2Args), [
+      [/-D 0/, '-D T'],
+      [/:0\b/g, ':PORT'],
+    ]);
+    const acArgs = { url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: options.connections, durationSec: 0, cpus: undefined };
+    const clientCommand = shownCommand(options.clientCpus, 'node_modules/.bin/autocannon', autocannonArgs(acArgs), [[/-d 0/, '-d T']]);
     const commands = {
       keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
       keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
@@ -223,7 +208,13 @@ async function main(): Promise<number> {
       profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
     }
 
-    const markdown = markdownReport({ machine, options, date, clientCommand, h2Command, commands, versions }, summaries, skipped, comparisons, profiles);
+    const markdown = markdownReport(
+      { machine, options, date, clientCommand, h2Command, commands, versions, failures },
+      summaries,
+      skipped,
+      comparisons,
+      profiles,
+    );
     const keyedge = summaries.find((s) => s.server === 'keyedge');
     const caddy = comparisons.find((c) => c.other === 'caddy');
     const nginx = comparisons.find((c) => c.other === 'nginx');
@@ -250,6 +241,7 @@ async function main(): Promise<number> {
         protocols: Object.fromEntries(lab.protocols),
       },
       method: methodJson(options, order, quietWait),
+      failedRounds: failures,
       proxyConfig: lab.configs.keyedge,
       nginxConfig: lab.configs.nginx,
       caddyConfig: lab.configs.caddy,
@@ -263,10 +255,7 @@ async function main(): Promise<number> {
         keyedgeServerCpuUsPerRequest: keyedge?.serverUs.median ?? null,
       },
       comparisons,
-      summary: [
-        ...summaries.map(summaryRow),
-        ...[...skipped].map(([server, reason]) => skippedRow(server, server, reason, 'requestsPerSecond', 'serverCpuUsPerRequest')),
-      ],
+      summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
       scenarios: summaries,
       profiles,
       durationSeconds: (Date.now() - started) / 1000,

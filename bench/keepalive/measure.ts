@@ -1,38 +1,18 @@
-import { snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/procs.js';
 import { type RunContext, sleep } from '../harness/rounds.js';
-import { type AutocannonResult, startAutocannon } from './autocannon.js';
+import { startAutocannon } from './autocannon.js';
 import { startH2load } from './h2load.js';
 import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
 import { CLIENT_MARGIN_MS, type Options } from './main.js';
 
-// One run of one server
+/**
+ * One run of one keep-alive scenario: start the client (autocannon, or h2load for HTTP/2), wait for traffic and the
+ * ramp-up, read the origin's request counter and every process's CPU around the window, then take the client's report.
+ * Requests are counted at the origin, so every server and protocol is counted alike.
+ */
 
-export interface WindowResult {
-  readonly seconds: number;
-  /** Requests the origin served in the window. */
-  readonly requests: number;
-  readonly requestsPerSecond: number;
-  /** CPU µs per request of the server's processes (keyedge: proxy + key server). */
-  readonly serverUs: number;
-  readonly proxyUs: number;
-  /** keyedge only: the key server's share (≈ 0: keep-alive connections sign once, at their handshake). */
-  readonly keyserverUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  /** Server + origin, in cores. */
-  readonly serverSideCores: number;
-  readonly machineBusyCores: number;
-  /** Cores used by processes that are neither ours nor this bench. */
-  readonly otherCores: number;
-  readonly usage: WindowUsage;
-}
-
-export interface RunResult {
-  readonly window: WindowResult;
-  /** autocannon's own report over its whole run (ramp-up included). */
-  readonly client: AutocannonResult;
-}
+export type RunResult = Awaited<ReturnType<typeof runOnce>>;
+export type WindowResult = RunResult['window'];
 
 export interface Env {
   readonly lab: KeepaliveLab;
@@ -55,7 +35,7 @@ export async function waitForTraffic(lab: KeepaliveLab, before: number, isDead: 
   }
 }
 
-export async function runOnce(env: Env, server: ServerId, h2: boolean, durationMs: number, context: RunContext): Promise<RunResult> {
+export async function runOnce(env: Env, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const { lab, options } = env;
   const count0 = await lab.originCount();
   // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
@@ -94,26 +74,28 @@ export async function runOnce(env: Env, server: ServerId, h2: boolean, durationM
     const sB = snapshot(tracked);
     if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
     const usage = usageBetween(sA, sB);
-    const g = (name: string) => usage.groups[name]?.cpuUs ?? 0;
     const requests = nB - nA;
-    const per = (us: number) => (requests > 0 ? us / requests : Number.NaN);
-    const ours = g('proxy') + g('keyserver') + g('origin') + g('client');
-    const window: WindowResult = {
+    const { per, cores, otherCores } = perUnit(usage, requests);
+    const window = {
       seconds: usage.seconds,
+      /** Requests the origin served in the window. */
       requests,
       requestsPerSecond: requests / usage.seconds,
-      serverUs: per(g('proxy') + g('keyserver')),
-      proxyUs: per(g('proxy')),
-      keyserverUs: server === 'keyedge' ? per(g('keyserver')) : undefined,
-      originUs: per(g('origin')),
-      clientUs: per(g('client')),
-      clientCores: g('client') / 1e6 / usage.seconds,
-      serverSideCores: (g('proxy') + g('keyserver') + g('origin')) / 1e6 / usage.seconds,
+      /** The server's processes (keyedge: proxy + key server). */
+      serverUs: per('proxy', 'keyserver'),
+      proxyUs: per('proxy'),
+      /** keyedge only: ≈ 0, keep-alive connections sign once, at their handshake. */
+      keyserverUs: server === 'keyedge' ? per('keyserver') : undefined,
+      originUs: per('origin'),
+      clientUs: per('client'),
+      clientCores: cores('client'),
+      serverSideCores: cores('proxy', 'keyserver', 'origin'),
       machineBusyCores: usage.machineBusyCores,
-      otherCores: Math.max(0, usage.machineBusyCores - ours / 1e6 / usage.seconds - usage.selfCores),
+      otherCores,
       usage,
     };
-    return { window, client: await ac.done };
+    // The client ends on its own at the end of its duration; a hung one is killed (harness/client.ts).
+    return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
   } finally {
     ac.kill();
   }

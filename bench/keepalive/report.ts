@@ -8,65 +8,34 @@ import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
 import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
-import { median, round, spread, type Spread } from '../harness/stats.js';
+import { round } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
-import { CONTENDED_CORES, cleanRounds, SATURATED_CORES } from '../harness/bench.js';
+import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/bench.js';
+import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
+import { benchRow } from '../harness/summary.js';
 
-export interface ServerSummary {
-  /** Scenario name: the server, `-h2` for HTTP/2. */
-  readonly server: string;
-  readonly label: string;
-  readonly requestsPerSecond: Spread;
-  readonly serverUs: Spread;
-  readonly proxyUs: number;
-  readonly keyserverUs: number | undefined;
-  readonly originUs: number;
-  readonly clientUs: number;
-  readonly clientCores: number;
-  readonly serverSideCores: number;
-  readonly clientSaturated: boolean;
-  readonly serverSaturated: boolean;
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly machineBusyCores: number;
-  readonly otherCores: number;
-  readonly cleanRounds: number;
-  readonly usedRounds: readonly number[];
-  /** Summed over all measured runs: autocannon errors (connection errors, timeouts), non-2xx answers. */
-  readonly errors: { readonly clientErrors: number; readonly timeouts: number; readonly non2xx: number };
-  readonly perRound: readonly RunResult[];
-}
+export type ServerSummary = ReturnType<typeof summarize>;
 
-export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number): ServerSummary {
-  const { used: rs, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.window.otherCores);
-  const w = (f: (r: WindowResult) => number) => median(rs.map((r) => f(r.window)));
+/** A scenario's medians and spread over its clean rounds (harness/bench.ts); errors over every run. */
+export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0) {
+  const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
+  const w = (f: (r: WindowResult) => number) => med((r) => f(r.window));
+  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
   return {
     server,
     label,
-    requestsPerSecond: spread(rs.map((r) => r.window.requestsPerSecond)),
-    serverUs: spread(rs.map((r) => r.window.serverUs)),
+    requestsPerSecond: spreadOf((r) => r.window.requestsPerSecond),
+    serverUs: spreadOf((r) => r.window.serverUs),
     proxyUs: w((x) => x.proxyUs),
     keyserverUs: server.startsWith('keyedge') ? w((x) => x.keyserverUs ?? Number.NaN) : undefined,
     originUs: w((x) => x.originUs),
     clientUs: w((x) => x.clientUs),
-    clientCores: w((x) => x.clientCores),
-    serverSideCores: w((x) => x.serverSideCores),
-    clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
-    serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
-    p50Ms: median(rs.map((r) => r.client.p50Ms)),
-    p99Ms: median(rs.map((r) => r.client.p99Ms)),
-    machineBusyCores: w((x) => x.machineBusyCores),
-    otherCores: w((x) => x.otherCores),
-    cleanRounds: clean,
-    usedRounds,
-    errors: {
-      clientErrors: all.reduce((n, r) => n + r.client.errors, 0),
-      timeouts: all.reduce((n, r) => n + r.client.timeouts, 0),
-      non2xx: all.reduce((n, r) => n + r.client.non2xx, 0),
-    },
-    perRound: all,
+    p50Ms: med((r) => r.client.p50Ms),
+    p99Ms: med((r) => r.client.p99Ms),
+    ...common,
+    errors: { clientErrors: sum((r) => r.client.errors), timeouts: sum((r) => r.client.timeouts), non2xx: sum((r) => r.client.non2xx) },
   };
 }
 
@@ -95,20 +64,20 @@ export function compareTo(summaries: readonly ServerSummary[], keyedge: string, 
   };
 }
 
-/** The row shape bench/run.ts, bench/compare.ts and the chart read (bench/harness/summary.ts). */
+/** The suite's row (harness/summary.ts). */
 export function summaryRow(s: ServerSummary) {
-  return {
+  return benchRow('request', {
     scenario: s.server,
     label: s.label,
-    requestsPerSecond: s.requestsPerSecond.median,
-    serverCpuUsPerRequest: s.serverUs.median,
+    rate: s.requestsPerSecond.median,
+    serverCpuUs: s.serverUs.median,
     p50Ms: s.p50Ms,
     p99Ms: s.p99Ms,
     clientSaturated: s.clientSaturated,
     errors: s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx,
     spreadPct: s.requestsPerSecond.spreadPct,
     otherCores: s.otherCores,
-  };
+  });
 }
 
 export interface ProfileReport {
@@ -120,7 +89,7 @@ export interface ProfileReport {
 
 const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ['Server', 'left', (s) => s.label],
-  ['requests/s', 'right', (s) => `${s.clientSaturated ? '≥ ' : ''}${fmt(s.requestsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
+  ['requests/s', 'right', (s) => rateCell(s, s.requestsPerSecond)],
   ['min–max (spread)', 'right', (s) => rangeText(s.requestsPerSecond)],
   ['server µs/request', 'right', (s) => `**${fmt(s.serverUs.median, 1)}**`],
   ['min–max (spread)', 'right', (s) => rangeText(s.serverUs, 1)],
@@ -130,8 +99,7 @@ const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}${s.serverSaturated ? ' (saturated)' : ''}`],
   ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Ms)} / ${fmt(s.p99Ms)}`],
   ['errors / timeouts / non-2xx', 'right', (s) => `${s.errors.clientErrors} / ${s.errors.timeouts} / ${s.errors.non2xx}`],
-  ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
-  ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ...roundColumns<ServerSummary>('machine busy / others (cores)'),
 ];
 
 export function markdownReport(
@@ -143,6 +111,7 @@ export function markdownReport(
     h2Command: string;
     commands: Record<string, string>;
     versions: Record<string, string | undefined>;
+    failures: readonly RoundFailure[];
   },
   summaries: readonly ServerSummary[],
   skipped: ReadonlyMap<string, string>,
@@ -207,6 +176,7 @@ export function markdownReport(
     `Servers: keyedge \`${ctx.commands.keyedge}\` + \`${ctx.commands.keyserver}\` (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'}, log level ${options.logLevel}); nginx \`${ctx.commands.nginx}\` (1 worker); caddy \`${ctx.commands.caddy}\`; origin \`${ctx.commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${options.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
     `Pinning: ${pin}.`,
     `Method: warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} interleaved rounds; each run starts autocannon, waits for traffic and ${options.rampMs} ms more, then measures a ${options.measureMs / 1000} s window (requests counted at the origin).`,
+    ...failureLines(ctx.failures),
     '',
     table,
     '',
@@ -220,7 +190,7 @@ export function markdownReport(
     "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
     "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
     'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
-    `summed over all rounds. Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`,
+    `summed over all rounds. ${CLEAN_ROUNDS_NOTE}`,
     "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
     '',
     ...profileSection,

@@ -23,7 +23,8 @@ import { parseCli, std } from '../harness/cli.js';
 import { renderChart } from '../harness/chart.js';
 import { compareSummaries, formatComparison } from '../harness/compare.js';
 import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt, markdownTable, writeReport } from '../harness/report.js';
+import { runBench as runMain } from '../harness/main.js';
+import { columnTable, dateStamp, fmt, writeReport } from '../harness/report.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
 const TABLE = {
@@ -80,13 +81,23 @@ function findResult(dir: string, name: string, since: number): string | undefine
     .sort((a, b) => b.t - a.t)[0]?.f;
 }
 
-function runChild(args: readonly string[], log: (line: string) => void): Promise<number | null> {
+/**
+ * Runs one bench; a bench that has not finished after `limitMs` (each bounds its own clients, so this is a last resort)
+ * is stopped (SIGTERM: it stops what it started; SIGKILL 30 s later) and the suite goes on with the next.
+ */
+function runChild(args: readonly string[], limitMs: number, log: (line: string) => void): Promise<number | null> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     // The child's Markdown table goes to our stderr with its progress lines; stdout is the suite's own table.
     child.stdout!.pipe(process.stderr);
+    const limit = setTimeout(() => {
+      log(`not finished after ${limitMs / 60_000} min: stopping it`);
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 30_000).unref();
+    }, limitMs);
     child.once('error', reject);
     child.once('exit', (code, signal) => {
+      clearTimeout(limit);
       if (signal !== null) log(`killed by ${signal}`);
       resolvePromise(code);
     });
@@ -107,7 +118,7 @@ async function runBench(
   const command = `node dist/bench/${spec.script} ${args.slice(1).join(' ')}`;
   const started = Date.now();
   log(`${spec.name}: ${command}`);
-  const exitCode = await runChild(args, log);
+  const exitCode = await runChild(args, (quick ? 20 : 90) * 60_000, log);
   const seconds = (Date.now() - started) / 1000;
   const resultFile = findResult(outDir, spec.name, started);
   let rows: SummaryRow[] = [];
@@ -125,20 +136,19 @@ async function runBench(
   return { name: spec.name, command, exitCode, seconds, resultFile, rows, note };
 }
 
-const UNIT: Record<SummaryRow['unit'], string> = { handshake: 'handshake', request: 'request', sign: 'sign' };
-
 function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof describeMachine>, outcomes: readonly BenchOutcome[], svgName: string): string {
-  const rows = outcomes.flatMap((o) =>
-    o.rows.map((r) => [
-      r.bench,
-      r.label === r.scenario ? r.scenario : `${r.scenario}: ${r.label}`,
-      r.skipped === undefined ? `${r.clientSaturated ? '≥ ' : ''}${fmt(r.rate)} /s` : `skipped: ${r.skipped}`,
-      fmt(r.spreadPct, 0) + (Number.isFinite(r.spreadPct) ? '%' : ''),
-      r.skipped === undefined ? `${fmt(r.serverCpuUs, 1)} µs/${UNIT[r.unit]}` : '–',
-      `${fmt(r.p50Ms, 1)} / ${fmt(r.p99Ms, 1)}`,
-      String(r.errors),
-      fmt(r.otherCores, 2),
-    ]),
+  const table = columnTable(
+    outcomes.flatMap((o) => o.rows),
+    [
+      ['bench', 'left', (r) => r.bench],
+      ['scenario', 'left', (r) => (r.label === r.scenario ? r.scenario : `${r.scenario}: ${r.label}`)],
+      ['rate', 'right', (r) => (r.skipped === undefined ? `${r.clientSaturated ? '≥ ' : ''}${fmt(r.rate)} /s` : `skipped: ${r.skipped}`)],
+      ['spread', 'right', (r) => fmt(r.spreadPct, 0) + (Number.isFinite(r.spreadPct) ? '%' : '')],
+      ['server CPU', 'right', (r) => (r.skipped === undefined ? `${fmt(r.serverCpuUs, 1)} µs/${r.unit}` : '–')],
+      ['p50 / p99 ms', 'right', (r) => `${fmt(r.p50Ms, 1)} / ${fmt(r.p99Ms, 1)}`],
+      ['errors', 'right', (r) => String(r.errors)],
+      ['other load (cores)', 'right', (r) => fmt(r.otherCores, 2)],
+    ],
   );
   const failed = outcomes.filter((o) => o.note !== undefined);
   return [
@@ -148,16 +158,7 @@ function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof 
     '',
     `![benchmark chart](${svgName})`,
     '',
-    markdownTable(['bench', 'scenario', 'rate', 'spread', 'server CPU', 'p50 / p99 ms', 'errors', 'other load (cores)'], rows, [
-      'left',
-      'left',
-      'right',
-      'right',
-      'right',
-      'right',
-      'right',
-      'right',
-    ]),
+    table,
     '',
     'rate = units per second (median over rounds; "≥": the client saturated its core). spread = (max − min) / median of the',
     'rate over rounds. server CPU = utime + stime of the server processes per unit, from /proc (the figure to compare; see',
@@ -229,12 +230,4 @@ async function main(): Promise<number> {
   return status;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-  },
-);
+runMain('bench', main());
