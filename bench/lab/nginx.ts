@@ -1,39 +1,22 @@
 /**
- * nginx as the reference TLS terminator of bench/handshake/main.ts, in three ways
- * of holding the same keys:
- *   file     the key as a PEM file (`ssl_certificate_key key.pem`), the usual
- *            deployment;
- *   engine   the key in the same SoftHSM2 token the key server uses, through
- *            OpenSSL's pkcs11 engine (libp11, Debian libengine-pkcs11-openssl):
- *            `ssl_engine pkcs11;` and `ssl_certificate_key
- *            engine:pkcs11:pkcs11:token=…;object=…;type=private`, with an
- *            OPENSSL_CONF that loads the engine with MODULE_PATH = SoftHSM2;
- *   p11kit   the same engine with MODULE_PATH = p11-kit-client.so, talking to
- *            `p11-kit server` (Debian p11-kit + p11-kit-modules) over a unix
- *            socket (P11_KIT_SERVER_ADDRESS), which holds the token: the key
- *            behind a local socket, the deployment the keyless proxy competes
- *            with.
+ * nginx, the reference TLS terminator of the handshake bench, holding the same
+ * keys three ways: `file` (a PEM key file), `engine` (the key server's SoftHSM2
+ * token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same engine
+ * on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the
+ * key behind a local socket, the deployment keyless competes with).
  *
- * Every nginx runs `master_process off` (one process that is the worker, the
- * equivalent of worker_processes 1): libp11 does not survive nginx's fork of
- * the worker after the master loaded the key (the worker's first signature
- * fails with CKR_CRYPTOKI_NOT_INITIALIZED or CKR_OBJECT_HANDLE_INVALID; libp11
- * issues #156, #195), and the file variant runs the same way so the three
- * compare. Each nginx is started with `-c <tmp>/nginx-<variant>.conf -g
- * 'daemon off;'` as its own process group (never the system service), with a
- * plain-HTTP `stub_status` listener from which the bench reads its connection
- * counters.
- *
- * The user PIN reaches libp11 through the engine section of the variant's
- * OPENSSL_CONF (`PIN = …`): a file in the bench's temp dir, mode 0600, never
- * on a command line, in the environment or in a log.
+ * Every nginx is one process (`master_process off`): libp11 does not survive
+ * nginx's fork of the worker after the master loaded the key (libp11 issues
+ * #156, #195), and the file variant runs the same way so the three compare.
+ * The user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600
+ * file in the temp dir: never a command line, the environment or a log.
  */
 import { aptInstall, which } from '../harness/install.js';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HandshakeKey } from '../handshake/lab.js';
-import { httpGet, type ManagedProcess, spawnManaged } from '../harness/spawn.js';
+import { httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 
 export type NginxVariant = 'file' | 'engine' | 'p11kit';
 
@@ -246,7 +229,7 @@ export class NginxLab {
       'master_process off;',
       'worker_processes 1;',
       `pid ${join(dir, `nginx-${instance.variant}.pid`)};`,
-      `error_log ${join(dir, `nginx-${instance.variant}-error.log`)} warn;`,
+      `error_log ${join(dir, `nginx-${instance.variant}.log`)} warn;`,
       ...(instance.variant === 'file' ? [] : ['ssl_engine pkcs11;']),
       'events { worker_connections 4096; }',
       'http {',
@@ -281,7 +264,7 @@ export class NginxLab {
         dir,
         baseEnv,
       );
-      await waitUntil('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
+      await waitFor('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
     }
     for (const instance of this.instances.values()) {
       writeFileSync(instance.configPath, this.#nginxConf(instance));
@@ -291,26 +274,17 @@ export class NginxLab {
           : instance.variant === 'engine'
             ? { ...baseEnv, OPENSSL_CONF: this.#opensslConf('openssl-engine.cnf', token.softhsmModule) }
             : { OPENSSL_CONF: this.#opensslConf('openssl-p11kit.cnf', tools.p11kitClient!), P11_KIT_SERVER_ADDRESS: `unix:path=${this.p11kitSocket}` };
+      // Start-up errors (-e) and the config's error_log go to the process's own log, which a failed wait shows.
+      const logFile = join(dir, `nginx-${instance.variant}.log`);
       instance.process = spawnManaged(
         `nginx ${instance.variant}`,
-        [tools.nginx, '-c', instance.configPath, '-e', join(dir, `nginx-${instance.variant}-error.log`), '-g', 'daemon off;'],
-        join(dir, `nginx-${instance.variant}.log`),
+        [tools.nginx, '-c', instance.configPath, '-e', logFile, '-g', 'daemon off;'],
+        logFile,
         cpus,
         dir,
         env,
       );
-      const statusPort = instance.statusPort;
-      await waitUntil(
-        `nginx ${instance.variant}`,
-        async () =>
-          await readNginxStatus(statusPort).then(
-            () => true,
-            () => false,
-          ),
-        15_000,
-        instance.process,
-        join(dir, `nginx-${instance.variant}-error.log`),
-      );
+      await waitFor(`nginx ${instance.variant}`, () => readNginxStatus(instance.statusPort).then(() => true), 15_000, instance.process);
     }
     log(
       `nginx ${tools.version ?? '?'}: ${[...this.instances.values()].map((i) => `${i.variant} pid ${i.process?.pid} :${i.port}`).join(', ')}` +
@@ -327,20 +301,5 @@ export class NginxLab {
   kill(): void {
     for (const i of this.instances.values()) i.process?.kill();
     this.p11kitServer?.kill();
-  }
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, proc: ManagedProcess, errorLog?: string): Promise<void> {
-  const started = Date.now();
-  const detail = () => {
-    let text = `\n--- ${proc.logFile} ---\n${proc.tail()}`;
-    if (errorLog !== undefined && existsSync(errorLog)) text += `\n--- ${errorLog} ---\n${readFileSync(errorLog, 'utf8').split('\n').slice(-15).join('\n')}`;
-    return text;
-  };
-  for (;;) {
-    if (await check()) return;
-    if (proc.exited()) throw new Error(`${what}: the process exited${detail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${detail()}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
