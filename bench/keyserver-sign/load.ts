@@ -23,7 +23,6 @@ import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { ClosedLoop, nowNs } from '../harness/loop.js';
 import { delta, machineCpu, procCpu, selfCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
-import type { LatencySummary } from '../harness/stats.js';
 
 /** A signing load: a closed loop, with load-specific cumulative counters that measureWindow reports per sign. */
 export type SignLoad = ClosedLoop & { counters?(): Record<string, number> };
@@ -186,33 +185,8 @@ export interface WindowOptions {
   readonly signal?: AbortSignal;
 }
 
-/** CPU per sign in µs, cores in cores of the window (see bench/README.md, "What the figures mean"). */
-export interface WindowResult {
-  readonly signs: number;
-  readonly errors: number;
-  readonly firstError: string | undefined;
-  readonly seconds: number;
-  readonly signsPerSecond: number;
-  readonly latency: LatencySummary;
-  /** process.cpuUsage() of the bench: for raw loads the token's work too. */
-  readonly clientCpuUsPerSign: number;
-  readonly clientCpuCores: number;
-  /** The key server from /proc: main thread (JavaScript, sockets) and the others (signing workers, V8). */
-  readonly server?: {
-    readonly cpuUsPerSign: number;
-    readonly userUsPerSign: number;
-    readonly systemUsPerSign: number;
-    readonly mainThreadUsPerSign: number;
-    readonly otherThreadsUsPerSign: number;
-    readonly cpuCores: number;
-  };
-  /** The whole machine; `otherCores`: busy minus the bench and the key server, i.e. other load. */
-  readonly machine: { readonly busyCores: number; readonly idleCores: number; readonly stealCores: number; readonly otherCores: number };
-  /** The load's counters per sign (raw: signInitUs). */
-  readonly perSign: Record<string, number>;
-  /** Requests still outstanding when stop() gave up waiting (should be 0). */
-  readonly undrained: number;
-}
+/** One window's figures (bench/README.md, "What the figures mean"): CPU per sign in µs, cores in cores of the window. */
+export type WindowResult = Awaited<ReturnType<typeof measureWindow>>;
 
 function snapshot(load: SignLoad, pid: number | undefined) {
   return {
@@ -227,11 +201,9 @@ function snapshot(load: SignLoad, pid: number | undefined) {
 }
 
 /** Starts `load`, measures a window of `durationMs` after `rampMs`, stops it and waits for it to drain. */
-export async function measureWindow(load: SignLoad, options: WindowOptions): Promise<WindowResult> {
+export async function measureWindow(load: SignLoad, options: WindowOptions) {
   load.latency.reset();
   load.start();
-  let result: Omit<WindowResult, 'undrained'>;
-  let undrained = 0;
   try {
     await sleep(options.rampMs, options.signal);
     const a = snapshot(load, options.serverPid);
@@ -244,9 +216,12 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
     const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
     const cores = (us: number) => us / 1e6 / seconds;
     const client = totalUs(delta(a.self, b.self));
-    let server: WindowResult['server'];
+    let server:
+      | { cpuUsPerSign: number; userUsPerSign: number; systemUsPerSign: number; mainThreadUsPerSign: number; otherThreadsUsPerSign: number; cpuCores: number }
+      | undefined;
     if (a.server !== undefined && b.server !== undefined) {
       const s = delta(a.server.all, b.server.all);
+      // main thread: JavaScript, framing, socket syscalls; others: the signing workers (C_Sign), V8's helpers.
       const threads = (pick: 'main' | 'others') => perSign(totalUs(delta(a.server!.threads[pick], b.server!.threads[pick])));
       server = {
         cpuUsPerSign: perSign(totalUs(s)),
@@ -258,7 +233,7 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
       };
     }
     const busyCores = cores(b.machine.busyUs - a.machine.busyUs);
-    result = {
+    const result = {
       signs,
       errors: b.errors - a.errors,
       firstError: load.firstError,
@@ -276,9 +251,12 @@ export async function measureWindow(load: SignLoad, options: WindowOptions): Pro
       perSign: Object.fromEntries(Object.entries(b.counters).map(([k, v]) => [k, perSign(v - (a.counters[k] ?? 0))])),
       ...(server === undefined ? {} : { server }),
     };
-  } finally {
-    undrained = await load.stop();
+    // Requests still outstanding when stop() gave up waiting (should be 0).
+    const undrained = await load.stop();
     if (undrained > 0) process.stderr.write(`warning: ${undrained} requests still outstanding after stop\n`);
+    return { ...result, undrained };
+  } catch (err) {
+    await load.stop();
+    throw err;
   }
-  return { ...result, undrained };
 }

@@ -65,31 +65,19 @@ export class ProxyLog {
   }
 }
 
-export interface RunningProxy {
-  readonly process: ManagedProcess;
-  readonly log: ProxyLog;
-  readonly port: number;
-  readonly adminPort: number;
-  readonly configFile: string;
-  /** From spawn until /readyz first answered 200, ms; undefined when it was not ready in time (`allowNotReady`). */
-  readonly readyMs: number | undefined;
-  /** The primary and its workers, now. */
-  pids(): { readonly primary: number; readonly workers: readonly number[] };
-  /** An admin request with the bearer token; the answer's status and body. */
-  admin(method: string, path: string, body?: string): Promise<{ readonly status: number; readonly text: string }>;
-  stop(): Promise<void>;
-}
+/** A started proxy: its process, log, ports, pids, admin requests with the token, stop. */
+export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 
 export interface ProxyStartOptions {
-  /** Name of the run: its config, log and token files are `<dir>/<name>.*`. */
+  /** Its config and log are `<dir>/<name>.{json,log}`. */
   readonly name: string;
   readonly config: Record<string, unknown>;
-  /** Extra node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
+  /** Node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
   readonly nodeArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
-  /** Resolve with readyMs undefined, the proxy left running, instead of rejecting when it is not ready in time. */
+  /** Not ready in time: resolve with readyMs undefined, the proxy left running, instead of rejecting. */
   readonly allowNotReady?: boolean;
-  /** Poll interval of /readyz while starting, ms. */
+  /** /readyz poll interval, ms. */
   readonly pollMs?: number;
 }
 
@@ -171,7 +159,7 @@ export class CertLab extends LabBase {
    * seen in the log, the proxy is started again on fresh ports, up to three
    * times; the config's listen[0] and admin ports are the ones to use.
    */
-  async startProxy(options: ProxyStartOptions): Promise<RunningProxy> {
+  async startProxy(options: ProxyStartOptions) {
     const configFile = join(this.dir, `${options.name}.json`);
     const logFile = join(this.dir, `${options.name}.log`);
     const timeoutMs = options.readyTimeoutMs ?? 120_000;
@@ -210,9 +198,10 @@ export class CertLab extends LabBase {
         port: (config.listen as { port: number }[])[0]!.port,
         adminPort: admin.port,
         configFile,
+        /** Spawn until /readyz first answered 200, ms; undefined when not ready in time (`allowNotReady`). */
         readyMs,
         pids: () => ({ primary: proc.pid, workers: processTree(proc.pid).slice(1) }),
-        async admin(method, path, body) {
+        async admin(method: string, path: string, body?: string): Promise<{ status: number; text: string }> {
           const init = { method, headers: { authorization }, signal: AbortSignal.timeout(120_000), ...(body === undefined ? {} : { body }) };
           const response = await fetch(`http://127.0.0.1:${admin.port}${path}`, init);
           return { status: response.status, text: await response.text() };

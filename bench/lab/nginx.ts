@@ -12,7 +12,7 @@
  * file in the temp dir: never a command line, the environment or a log.
  */
 import { aptInstall, which } from '../harness/install.js';
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HandshakeKey } from '../handshake/lab.js';
@@ -22,13 +22,9 @@ export type NginxVariant = 'file' | 'engine' | 'p11kit';
 
 export const NGINX_VARIANTS: readonly NginxVariant[] = ['file', 'engine', 'p11kit'];
 
-/** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64). */
-const ENGINE_CANDIDATES = ['/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so', '/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so', '/usr/lib64/engines-3/pkcs11.so'];
-const P11KIT_CLIENT_CANDIDATES = [
-  '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so',
-  '/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so',
-  '/usr/lib64/pkcs11/p11-kit-client.so',
-];
+/** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64), under these library dirs. */
+const LIB_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64'];
+const findLib = (name: string) => LIB_DIRS.map((dir) => `${dir}/${name}`).find((p) => existsSync(p));
 const DEBIAN_PACKAGES = ['nginx', 'libengine-pkcs11-openssl', 'p11-kit', 'p11-kit-modules'];
 
 export interface NginxTools {
@@ -42,20 +38,9 @@ export interface NginxTools {
 function findTools(): NginxTools | undefined {
   const nginx = which('nginx');
   if (nginx === undefined) return undefined;
-  let version: string | undefined;
-  try {
-    // nginx -v prints to stderr.
-    version = /nginx\/(\S+)/.exec(execFileSync('sh', ['-c', `${nginx} -v 2>&1`], { encoding: 'utf8', timeout: 5000 }))?.[1];
-  } catch {
-    version = undefined;
-  }
-  return {
-    nginx,
-    version,
-    engine: ENGINE_CANDIDATES.find((p) => existsSync(p)),
-    p11kit: which('p11-kit'),
-    p11kitClient: P11KIT_CLIENT_CANDIDATES.find((p) => existsSync(p)),
-  };
+  // nginx -v prints to stderr.
+  const version = spawnSync(nginx, ['-v'], { encoding: 'utf8', timeout: 5000 }).stderr?.match(/nginx\/(\S+)/)?.[1];
+  return { nginx, version, engine: findLib('engines-3/pkcs11.so'), p11kit: which('p11-kit'), p11kitClient: findLib('pkcs11/p11-kit-client.so') };
 }
 
 /** What each variant needs, or why it cannot run. */
@@ -69,11 +54,9 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
 }
 
 /**
- * Finds nginx, libp11's engine and p11-kit; when some are missing and
- * `install` is set, installs the Debian packages not installed yet
- * (harness/install.ts) and stops the system nginx the package may start, so
- * the only nginx running is the bench's own. Undefined when nginx is still
- * missing (the caller marks its scenarios skipped), after logging why.
+ * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is
+ * missing (harness/install.ts) and stops the system nginx the package may
+ * start. Undefined when nginx is still missing (its scenarios are skipped).
  */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
@@ -84,22 +67,19 @@ export function ensureNginxTools(install: boolean, log: (line: string) => void):
   return findTools();
 }
 
+/** The key server's token: its SoftHSM2 configuration, module, label and the file with the user PIN (0600). */
 export interface NginxTokenAccess {
-  /** The key server's SoftHSM2 configuration (the token's object directory). */
   readonly softhsmConf: string;
   readonly softhsmModule: string;
   readonly tokenLabel: string;
-  /** File holding the user PIN (mode 0600, in the temp dir). */
   readonly pinFile: string;
 }
 
+/** One key: the token key's chain and object label (engine, p11kit), the file variant's chain and PEM key. */
 export interface NginxKeyFiles {
   readonly key: HandshakeKey;
-  /** Certificate chain of the token key (engine, p11kit). */
   readonly tokenChain: string;
-  /** Token object label of the key (CKA_LABEL). */
   readonly tokenLabel: string;
-  /** Certificate chain and PEM key of the file variant. */
   readonly fileChain: string;
   readonly fileKey: string;
 }
@@ -149,11 +129,7 @@ export interface NginxLabOptions {
   readonly accessLog: boolean;
 }
 
-/**
- * The nginx variants and the p11-kit server. `start()` writes the configs and
- * starts what the variants need; `stop()` / `kill()` end them. Not reentrant:
- * one start, one stop.
- */
+/** The nginx variants and the p11-kit server: one start (configs written, processes started), one stop or kill. */
 export class NginxLab {
   readonly options: NginxLabOptions;
   readonly instances: ReadonlyMap<NginxVariant, NginxInstance>;
