@@ -14,7 +14,7 @@ import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
-import { freePort, httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { processTree } from '../harness/procs.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
