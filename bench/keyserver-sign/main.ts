@@ -63,24 +63,18 @@ export const TABLE = {
 export function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const ids = listOf(
-    v.keys,
-    '--keys',
-    BENCH_KEYS.map((k) => k.id),
-  );
+  const paths = listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const);
   return {
+    ...v,
     ...timing(v, [300, 150], [200, 50]),
     exploreMs: v.quick ? 250 : 1000,
     explorePasses: v.quick ? 1 : 2,
     idleMs: v.quick ? 300 : 2000,
-    maxExtraRounds: v['extra-rounds'],
     client: v.client as SignRig['client'],
     pipeline: v.pipeline === undefined ? undefined : parsePipeline(v.pipeline),
-    sessions: v.sessions,
-    serverCpuProf: v['server-cpu-prof'],
-    keepTemp: v['keep-temp'],
-    keys: ids.map((id) => BENCH_KEYS.find((k) => k.id === id)!),
-    paths: (['raw', 'unix', 'tls'] as const).filter((p) => listOf(v.paths, '--paths', ['raw', 'unix', 'tls']).includes(p)),
+    keys: listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => BENCH_KEYS.find((k) => k.id === id)!),
+    // In this order whatever the order given.
+    paths: (['raw', 'unix', 'tls'] as const).filter((p) => paths.includes(p)),
   };
 }
 
@@ -95,7 +89,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const log = stampedLog(started);
   const lab = new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions });
-  const signal = installInterrupt(log, () => lab.cleanup(options.keepTemp));
+  const signal = installInterrupt(log, () => lab.cleanup(options['keep-temp']));
   const scenarios: BenchScenario[] = [];
   let token: Token | undefined;
   const rawSessions: pkcs11js.Handle[] = [];
@@ -114,7 +108,9 @@ async function main(): Promise<number> {
     const tokenKeys = listKeys(opened);
     for (let i = 0; i < 2 * cores; i++) rawSessions.push(opened.openSession());
     const digests = Array.from({ length: 16 }, () => randomBytes(32));
-    const server = await lab.startServer(options.serverCpuProf === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.serverCpuProf] });
+    const server = await lab.startServer(
+      options['server-cpu-prof'] === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options['server-cpu-prof']] },
+    );
     log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
     const rig: SignRig = { lab, server, client: options.client, digests, keyIds, rampMs: options.rampMs };
     const rawLoad = (key: (typeof options.keys)[number], sessions: number) => {
@@ -143,7 +139,7 @@ async function main(): Promise<number> {
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
     const { order, results, quietWait } = await measureRounds(scenarios, options, [server.pid], signal, log, {
       extraRounds: {
-        max: options.maxExtraRounds,
+        max: options['extra-rounds'],
         needed: (sofar) => {
           const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
           if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
@@ -173,7 +169,7 @@ async function main(): Promise<number> {
     };
     const method = methodJson(options, order, quietWait, {
       roundsRun: order.length,
-      maxExtraRounds: options.maxExtraRounds,
+      maxExtraRounds: options['extra-rounds'],
       client: options.client,
       exploration: {
         candidates: PIPELINE_CANDIDATES.map(pipelineName),
@@ -211,9 +207,9 @@ async function main(): Promise<number> {
     token?.close();
     // The key server's graceful stop writes its --cpu-prof profile.
     await lab.stop();
-    if (options.serverCpuProf !== undefined) log(`key server CPU profile in ${options.serverCpuProf}`);
-    if (options.keepTemp) log(`kept ${lab.dir}`);
-    lab.cleanup(options.keepTemp);
+    if (options['server-cpu-prof'] !== undefined) log(`key server CPU profile in ${options['server-cpu-prof']}`);
+    if (options['keep-temp']) log(`kept ${lab.dir}`);
+    lab.cleanup(options['keep-temp']);
   }
 }
 

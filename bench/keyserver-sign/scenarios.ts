@@ -112,23 +112,10 @@ async function oneWindow(
   }
 }
 
-export interface ExploreRow {
-  readonly key: string;
-  readonly pipeline: string;
-  readonly signsPerSecond: number[];
-  readonly meanSignsPerSecond: number;
-  readonly p99Us: number;
-}
+export type ExploreRow = Awaited<ReturnType<typeof explorePipeline>>['rows'][number];
 
 /** Every candidate over the unix socket, `passes` times (alternate passes reversed); the smallest within EXPLORE_TOLERANCE of the best wins. */
-export async function explorePipeline(
-  rig: SignRig,
-  key: BenchKey,
-  exploreMs: number,
-  passes: number,
-  signal: AbortSignal,
-  log: Log,
-): Promise<{ chosen: Pipeline; rows: ExploreRow[] }> {
+export async function explorePipeline(rig: SignRig, key: BenchKey, exploreMs: number, passes: number, signal: AbortSignal, log: Log) {
   const runs = new Map<Pipeline, WindowResult[]>(PIPELINE_CANDIDATES.map((p) => [p, []]));
   // Warm the server for this key first, so the first candidate is not the cold one.
   await oneWindow(rig, key, 'unix', PIPELINE_CANDIDATES[2]!, exploreMs, signal);
@@ -139,7 +126,7 @@ export async function explorePipeline(
       runs.get(candidate)!.push(r);
     }
   }
-  const rows: ExploreRow[] = PIPELINE_CANDIDATES.map((p) => {
+  const rows = PIPELINE_CANDIDATES.map((p) => {
     const rates = runs.get(p)!.map((r) => r.signsPerSecond);
     const meanSignsPerSecond = rates.reduce((a, b) => a + b, 0) / rates.length;
     return {
@@ -160,30 +147,15 @@ export async function explorePipeline(
   return { chosen, rows };
 }
 
-export interface IdleLatencyRow {
-  readonly key: string;
-  readonly path: Path;
-  readonly signsPerSecond: number;
-  readonly p50Us: number;
-  readonly p99Us: number;
-  readonly errors: number;
-}
+export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
 
 /** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
-export async function idleLatency(
-  rig: SignRig,
-  key: BenchKey,
-  path: Path,
-  raw: () => RawSignLoad,
-  durationMs: number,
-  signal: AbortSignal,
-  log: Log,
-): Promise<IdleLatencyRow> {
+export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, raw: () => RawSignLoad, durationMs: number, signal: AbortSignal, log: Log) {
   signal.throwIfAborted();
   const r =
     path === 'raw'
       ? await measureWindow(raw(), { durationMs, rampMs: rig.rampMs, signal })
       : await oneWindow(rig, key, path, { connections: 1, depth: 1 }, durationMs, signal);
   log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
-  return { key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
+  return { key: key.title as string, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
 }
