@@ -150,25 +150,20 @@ export class NginxLab {
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
-    writeFileSync(
-      path,
-      [
-        'openssl_conf = openssl_init',
-        '[openssl_init]',
-        'engines = engine_section',
-        '[engine_section]',
-        'pkcs11 = pkcs11_section',
-        '[pkcs11_section]',
-        'engine_id = pkcs11',
-        `dynamic_path = ${this.options.tools.engine}`,
-        `MODULE_PATH = ${module}`,
-        `PIN = ${pin}`,
-        // nginx's ssl_engine initialises it; loading the config must not.
-        'init = 0',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    );
+    // init = 0: nginx's ssl_engine initialises the engine; loading the config must not.
+    const conf = `openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = ${this.options.tools.engine}
+MODULE_PATH = ${module}
+PIN = ${pin}
+init = 0
+`;
+    writeFileSync(path, conf, { mode: 0o600 });
     return path;
   }
 
@@ -232,14 +227,17 @@ export class NginxLab {
     const baseEnv = { SOFTHSM2_CONF: token.softhsmConf };
     if (this.instances.has('p11kit')) {
       // -f: foreground, so it is our child and its process group; it forks one p11-kit-remote per client connection.
-      this.p11kitServer = spawnManaged(
-        'p11-kit server',
-        [tools.p11kit!, 'server', '-f', '-n', this.p11kitSocket, '--provider', token.softhsmModule, `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`],
-        join(dir, 'p11kit-server.log'),
-        cpus,
-        dir,
-        baseEnv,
-      );
+      const command = [
+        tools.p11kit!,
+        'server',
+        '-f',
+        '-n',
+        this.p11kitSocket,
+        '--provider',
+        token.softhsmModule,
+        `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`,
+      ];
+      this.p11kitServer = spawnManaged('p11-kit server', command, join(dir, 'p11kit-server.log'), cpus, dir, baseEnv);
       await waitFor('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
     }
     for (const instance of this.instances.values()) {
@@ -252,14 +250,8 @@ export class NginxLab {
             : { OPENSSL_CONF: this.#opensslConf('openssl-p11kit.cnf', tools.p11kitClient!), P11_KIT_SERVER_ADDRESS: `unix:path=${this.p11kitSocket}` };
       // Start-up errors (-e) and the config's error_log go to the process's own log, which a failed wait shows.
       const logFile = join(dir, `nginx-${instance.variant}.log`);
-      instance.process = spawnManaged(
-        `nginx ${instance.variant}`,
-        [tools.nginx, '-c', instance.configPath, '-e', logFile, '-g', 'daemon off;'],
-        logFile,
-        cpus,
-        dir,
-        env,
-      );
+      const command = [tools.nginx, '-c', instance.configPath, '-e', logFile, '-g', 'daemon off;'];
+      instance.process = spawnManaged(`nginx ${instance.variant}`, command, logFile, cpus, dir, env);
       await waitFor(`nginx ${instance.variant}`, () => readNginxStatus(instance.statusPort).then(() => true), 15_000, instance.process);
     }
     log(
