@@ -16,13 +16,19 @@
  */
 import type net from 'node:net';
 import type pkcs11js from 'pkcs11js';
+import { loadKeyserverConfig } from '../../config/load.js';
+import type { KeyserverConfig } from '../../config/schema.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
+import { tokenOptions } from '../../keyserver/server/daemon.js';
+import { listKeys, type TokenKey } from '../../keyserver/token/keys.js';
+import { Token } from '../../keyserver/token/token.js';
 import { ClosedLoop, nowNs } from '../harness/loop.js';
 import { delta, machineCpu, procCpu, selfCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
+import type { BenchKey } from './keys.js';
 
 /** A signing load: a closed loop, with load-specific cumulative counters that measureWindow reports per sign. */
 export type SignLoad = ClosedLoop & { counters?(): Record<string, number> };
@@ -71,6 +77,38 @@ export class RawSignLoad extends ClosedLoop {
 
   counters(): Record<string, number> {
     return { signInitUs: this.#signInitNs / 1e3 };
+  }
+}
+
+/**
+ * The key server's token opened in this process for raw signing (one PKCS#11
+ * module per process: one per run, in a process that opened no other), with
+ * `sessions` sessions; `load` makes a RawSignLoad on the first n of them.
+ */
+export class RawToken {
+  readonly config: KeyserverConfig;
+  readonly token: Token;
+  readonly keys: readonly TokenKey[];
+  readonly sessions: pkcs11js.Handle[] = [];
+
+  constructor(configPath: string, sessions: number) {
+    this.config = loadKeyserverConfig(configPath);
+    this.token = Token.open(tokenOptions(this.config));
+    this.keys = listKeys(this.token);
+    for (let i = 0; i < sessions; i++) this.sessions.push(this.token.openSession());
+  }
+
+  /** A load signing with the token key `which` picks, with `key`'s mechanism, on `sessions` sessions. */
+  load(which: (k: TokenKey) => boolean, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
+    const tokenKey = this.keys.find(which);
+    if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
+    const rawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
+    return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), rawKey, digests);
+  }
+
+  close(): void {
+    for (const s of this.sessions) this.token.closeSession(s);
+    this.token.close();
   }
 }
 

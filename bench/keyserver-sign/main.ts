@@ -10,19 +10,14 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type pkcs11js from 'pkcs11js';
-import { loadKeyserverConfig } from '../../config/load.js';
-import { tokenOptions } from '../../keyserver/server/daemon.js';
-import { listKeys } from '../../keyserver/token/keys.js';
-import { Token } from '../../keyserver/token/token.js';
 import { cleanRounds, errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS, parsePipeline, type Pipeline, pipelineName } from './keys.js';
-import { RawSignLoad } from './load.js';
+import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
+import { RawToken } from './load.js';
 import { markdownReport, scenariosJson, summarize, TARGET_RATIO } from './report.js';
 import {
   type BenchScenario,
@@ -91,8 +86,7 @@ async function main(): Promise<number> {
   const lab = new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions });
   const signal = installInterrupt(log, () => lab.cleanup(options['keep-temp']));
   const scenarios: BenchScenario[] = [];
-  let token: Token | undefined;
-  const rawSessions: pkcs11js.Handle[] = [];
+  let raw: RawToken | undefined;
   try {
     log(`temp dir ${lab.dir}`);
     const keyIds = new Map<string, string>();
@@ -102,22 +96,16 @@ async function main(): Promise<number> {
     }
     signal.throwIfAborted();
     // The raw side: the same token, opened in this process.
-    const config = loadKeyserverConfig(lab.configPath);
-    const opened = Token.open(tokenOptions(config));
-    token = opened;
-    const tokenKeys = listKeys(opened);
-    for (let i = 0; i < 2 * cores; i++) rawSessions.push(opened.openSession());
+    const rawToken = new RawToken(lab.configPath, 2 * cores);
+    raw = rawToken;
+    const config = rawToken.config;
     const digests = Array.from({ length: 16 }, () => randomBytes(32));
     const server = await lab.startServer(
       options['server-cpu-prof'] === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options['server-cpu-prof']] },
     );
     log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
     const rig: SignRig = { lab, server, client: options.client, digests, keyIds, rampMs: options.rampMs };
-    const rawLoad = (key: (typeof options.keys)[number], sessions: number) => {
-      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
-      if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
-      return new RawSignLoad(opened.pkcs11, rawSessions.slice(0, sessions), { handle: tokenKey.privateHandle, ...key }, digests);
-    };
+    const rawLoad = (key: BenchKey, sessions: number) => rawToken.load((k) => k.keyId === keyIds.get(key.id), key, sessions, digests);
 
     // The pipeline setting per key type: given, or explored on the unix socket.
     const chosen = new Map<string, Pipeline>();
@@ -203,8 +191,7 @@ async function main(): Promise<number> {
     );
   } finally {
     for (const s of scenarios) s.close();
-    for (const s of rawSessions) token?.closeSession(s);
-    token?.close();
+    raw?.close();
     // The key server's graceful stop writes its --cpu-prof profile.
     await lab.stop();
     if (options['server-cpu-prof'] !== undefined) log(`key server CPU profile in ${options['server-cpu-prof']}`);
