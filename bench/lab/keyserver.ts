@@ -2,20 +2,20 @@
  * A throwaway key server for the benches, run as deployed: a temp dir with an
  * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS
  * listener (a private CA with server and client certificates), keys made by
- * `keyedge key generate`, and `node dist/keyedge.cjs keyserver` as its own
- * process group (harness/spawn.ts, like every server a lab starts).
+ * `keyedge key generate`, and `node dist/keyedge.cjs keyserver` as a child
+ * process with the ManagedProcess interface of the servers under test.
  * `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a
  * server still running, then the temp dir removed.
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { type ManagedProcess, waitFor } from '../harness/spawn.js';
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
 export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
@@ -96,33 +96,56 @@ export class KeyserverLab {
     return keyId;
   }
 
-  /** Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready" line. */
+  /**
+   * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g.
+   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers
+   * under test (harness/spawn.ts) it stays in the bench's session and process
+   * group, as it always ran here: detaching it would also move it into an
+   * autogroup of its own and change its share of a loaded machine's CPU.
+   */
   async startServer(options: { readonly nodeArgs?: readonly string[]; readonly timeoutMs?: number } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
-    const proc = spawnManaged('key server', command, logFile, undefined, this.dir);
+    const fd = openSync(logFile, 'a');
+    const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], env: childEnv() });
+    closeSync(fd);
+    let exited = false;
+    const exit = new Promise<void>((resolve) => child.once('exit', () => resolve(void (exited = true))));
+    child.once('error', () => undefined);
+    const tail = (lines = 20) =>
+      existsSync(logFile)
+        ? readFileSync(logFile, 'utf8')
+            .split('\n')
+            .slice(-lines - 1)
+            .join('\n')
+        : '';
+    const kill = () => void (exited || child.kill('SIGKILL'));
+    const stop = async (graceMs = 5000) => {
+      if (!exited) child.kill('SIGTERM');
+      const timer = setTimeout(kill, graceMs);
+      await exit;
+      clearTimeout(timer);
+      if (this.#server === server) this.#server = undefined;
+    };
+    const proc = { name: 'key server', pid: child.pid ?? -1, child, logFile, command, exited: () => exited, stop, kill, tail };
+    const server: KeyserverProcess = { ...proc, unixPath: '', tcpPort: 0, output: () => tail(50) };
+    this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
     const readyLine = () => {
-      for (const line of readFileSync(logFile, 'utf8').split('\n')) {
-        if (line.includes('"key server ready"')) ready = JSON.parse(line) as typeof ready;
-      }
+      ready = readFileSync(logFile, 'utf8')
+        .split('\n')
+        .filter((line) => line.includes('"key server ready"'))
+        .map((line) => JSON.parse(line) as typeof ready)[0];
       return ready !== undefined;
     };
-    this.#server = { ...proc, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
     try {
       await waitFor('key server', readyLine, options.timeoutMs ?? 30_000, proc, 50);
     } catch (err) {
-      await proc.stop(500);
-      this.#server = undefined;
+      await stop(500);
       throw err;
     }
-    const stop = async (graceMs = 5000) => {
-      await proc.stop(graceMs);
-      if (this.#server === server) this.#server = undefined;
-    };
-    const server: KeyserverProcess = { ...proc, unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0, output: () => proc.tail(50), stop };
-    this.#server = server;
+    Object.assign(server, { unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 });
     return server;
   }
 
