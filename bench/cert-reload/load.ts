@@ -1,13 +1,12 @@
 /**
- * The load of the cert-reload bench (cert-reload/main.ts), running through the
- * whole run: loops of new connections (node:tls connect, certificate verified
- * against the CA, GET with Connection: close, 200 expected, close) and
- * keep-alive loops (an https.Agent with one connection each), spread over the
- * certificates' names, plus the probe that looks for a new serial after each
- * replacement. Every completed handshake is kept as an observation (name,
- * serial, when), from which the bench reads when a new certificate was first
- * served and the old one last. A handshake error is a failed handshake; an
- * error or a non-200 after it, a failed request.
+ * The cert-reload bench's load, running through the whole run: loops of new
+ * connections (node:tls, certificate verified against the CA, one GET with
+ * Connection: close, 200 expected) and keep-alive loops (an https.Agent with
+ * one connection each) over the certificates' names, and the probe that
+ * looks for a new serial after each replacement. Every completed handshake
+ * is kept (name, serial, when): the report reads from them when a new
+ * certificate was first served and the old one last. An error in the
+ * handshake is a failed handshake; after it, a failed request.
  */
 import https from 'node:https';
 import { agentGet, type ConnectResult, connectOnce } from '../lab/cert-lab.js';
@@ -20,36 +19,25 @@ export interface Target {
 export interface Observation {
   readonly serverName: string;
   readonly serial: string;
-  /** When the handshake completed (performance.now()). */
+  /** performance.now() at the handshake's end, and connect → handshake done in ms. */
   readonly at: number;
-  /** Connect to handshake completed, ms. */
   readonly handshakeMs: number;
 }
 
-export interface LoadCounters {
-  handshakes: number;
-  newConnectionRequests: number;
-  keepAliveRequests: number;
-  keepAliveReused: number;
-  probeHandshakes: number;
-  probeRequests: number;
-  failedHandshakes: number;
-  failedRequests: number;
-  readonly failures: { readonly at: string; readonly what: string; readonly error: string }[];
-}
+const COUNTS = [
+  'handshakes',
+  'newConnectionRequests',
+  'keepAliveRequests',
+  'keepAliveReused',
+  'probeHandshakes',
+  'probeRequests',
+  'failedHandshakes',
+  'failedRequests',
+] as const;
+export type LoadCounters = Record<(typeof COUNTS)[number], number> & { readonly failures: { at: string; what: string; error: string }[] };
 
 export class ReloadLoad {
-  readonly counts: LoadCounters = {
-    handshakes: 0,
-    newConnectionRequests: 0,
-    keepAliveRequests: 0,
-    keepAliveReused: 0,
-    probeHandshakes: 0,
-    probeRequests: 0,
-    failedHandshakes: 0,
-    failedRequests: 0,
-    failures: [],
-  };
+  readonly counts = { ...Object.fromEntries(COUNTS.map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
   readonly observations: Observation[] = [];
   readonly startedAt = performance.now();
   #running = true;
@@ -69,28 +57,24 @@ export class ReloadLoad {
     ];
   }
 
-  #fail(what: string, error: string): void {
+  #fail(counter: 'failedHandshakes' | 'failedRequests', what: string, error = ''): void {
+    this.counts[counter]++;
     this.counts.failures.push({ at: new Date().toISOString(), what, error });
   }
 
-  /** One new connection + GET to `target`, kept as an observation; a failed handshake is counted here. */
-  async connect(target: Target, what: string): Promise<ConnectResult> {
+  /** One new connection + GET to `target`, kept as an observation; failures counted here, successes by the caller. */
+  async #connect(target: Target, what: string): Promise<ConnectResult> {
     const r = await connectOnce(this.port, target.serverName, this.ca, true);
     if (r.serial !== undefined && r.handshakeAt !== undefined)
       this.observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
-    if (r.failed === 'handshake') {
-      this.counts.failedHandshakes++;
-      this.#fail(`${what} ${target.serverName}: handshake`, r.error ?? '');
-    } else if (!r.ok) {
-      this.counts.failedRequests++;
-      this.#fail(`${what} ${target.serverName}: request`, r.error ?? '');
-    }
+    if (r.failed === 'handshake') this.#fail('failedHandshakes', `${what} ${target.serverName}: handshake`, r.error);
+    else if (!r.ok) this.#fail('failedRequests', `${what} ${target.serverName}: request`, r.error);
     return r;
   }
 
   async #newConnections(loop: number): Promise<void> {
     for (let n = 0; this.#running; n++) {
-      const r = await this.connect(this.targets[(loop + n) % this.targets.length]!, 'new connection');
+      const r = await this.#connect(this.targets[(loop + n) % this.targets.length]!, 'new connection');
       if (r.failed === 'handshake') continue;
       this.counts.handshakes++;
       if (r.ok) this.counts.newConnectionRequests++;
@@ -103,26 +87,25 @@ export class ReloadLoad {
     const target = this.targets[loop % this.targets.length]!;
     while (this.#running) {
       const r = await agentGet(agent, this.port, target.serverName, this.ca);
-      if (r.ok) {
+      if (!r.ok) this.#fail('failedRequests', `keep-alive ${target.serverName}`, r.error);
+      else {
         this.counts.keepAliveRequests++;
         if (r.reused) this.counts.keepAliveReused++;
-      } else {
-        this.counts.failedRequests++;
-        this.#fail(`keep-alive ${target.serverName}`, r.error ?? '');
       }
     }
   }
 
   /**
-   * A new connection every `probeMs` (or back to back when one takes longer) until `serial` shows, at most 15 s
-   * after `writtenAt`. Probes are whole requests (connect + GET + close) like the load's, so the server sees no
-   * aborted connection. Resolves with when the probe saw it (from writtenAt) and how many probes it took.
+   * A new connection every `probeMs` (back to back when one takes longer)
+   * until `serial` shows, at most 15 s after `writtenAt`; whole requests like
+   * the load's, so the server sees no aborted connection. Resolves with when
+   * the probe saw it (from writtenAt) and how many probes that took.
    */
   async probe(target: Target, serial: string, writtenAt: number, probeMs: number): Promise<{ seenMs: number | undefined; probes: number }> {
     let probes = 0;
     while (performance.now() - writtenAt < 15_000) {
       const started = performance.now();
-      const r = await this.connect(target, 'probe');
+      const r = await this.#connect(target, 'probe');
       probes++;
       if (r.failed !== 'handshake') {
         this.counts.probeHandshakes++;
@@ -138,8 +121,7 @@ export class ReloadLoad {
   async stop(): Promise<number> {
     this.#running = false;
     await Promise.all(this.#loops);
-    const seconds = (performance.now() - this.startedAt) / 1000;
     for (const agent of this.#agents) agent.destroy();
-    return seconds;
+    return (performance.now() - this.startedAt) / 1000;
   }
 }

@@ -1,69 +1,101 @@
 /**
- * The cert-reload bench's result files (cert-reload/main.ts): the Markdown
- * (figures, one row per replacement, the failures) and the JSON, with the
- * suite's summary rows (time to serve by trigger, as p50 and p99 = max).
+ * The cert-reload bench's figures and result files: when each new
+ * certificate was first served (from the load's observations), the totals,
+ * the Markdown (figures, one row per replacement, the failures) and the JSON
+ * with the suite's summary rows (time to serve by trigger, p99 = max).
  */
 import type { MachineInfo } from '../harness/machine.js';
 import { columnTable, dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
-import { round } from '../harness/stats.js';
+import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { HandshakeCounters } from '../lab/counters.js';
-import type { LoadCounters } from './load.js';
+import type { LoadCounters, Observation } from './load.js';
 
 export type Trigger = 'rename' | 'put' | 'sighup';
 export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
 
+/** One replacement as the run saw it; the times are ms from `writtenAt` (rename returned, PUT answered, SIGHUP sent). */
 export interface Replacement {
   readonly index: number;
   readonly trigger: Trigger;
   readonly certificate: string;
+  readonly serverName: string;
   readonly fromKey: string;
   readonly toKey: string;
   readonly serial: string;
   readonly oldSerial: string;
-  /** The write's reference instant (performance.now()): rename returned, PUT answered, SIGHUP sent. */
+  /** performance.now() of the write, and of its start (differs for PUT: the request sent). */
   readonly writtenAt: number;
-  /** When the write began: as writtenAt, but the PUT's request sent. */
   readonly startedAt: number;
-  /** PUT only: from sending the request to its answer. */
   readonly putRoundTripMs?: number;
-  /** From writtenAt until a new connection (load or probe) first completed a handshake with the new serial. */
-  timeToServeMs?: number | undefined;
-  /** The same from startedAt (differs for PUT only). */
-  timeToServeFromStartMs?: number | undefined;
-  /** From writtenAt until the probe saw the new serial. */
+  /** When the probe saw the new serial. */
   readonly probeMs: number | undefined;
   readonly probes: number;
+  /** The primary's "reload done" line. */
   readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
-  oldLastSeenMs?: number | undefined;
 }
 
-export interface ReloadFigures {
+export interface ReloadRun {
   readonly quick: boolean;
   readonly machine: MachineInfo;
   readonly settings: { readonly newLoops: number; readonly keepAliveLoops: number; readonly probeMs: number } & Record<string, number>;
   readonly loadSeconds: number;
   readonly done: readonly Replacement[];
-  readonly byTrigger: readonly { readonly trigger: Trigger; readonly count: number; readonly p50Ms: number; readonly maxMs: number }[];
   readonly counts: LoadCounters;
+  readonly observations: readonly Observation[];
   /** The proxy's own counters over the run. */
   readonly server: HandshakeCounters;
-  readonly summary: {
-    readonly handshakes: number;
-    readonly requests: number;
-    readonly newConnectionRequests: number;
-    readonly timeToServeP50Ms: number;
-    readonly timeToServeMaxMs: number;
-    readonly handshakeP50Ms: number;
-  } & Record<string, unknown>;
-  readonly failed: number;
 }
 
-export function reloadReport({ quick, machine, settings, loadSeconds, done, byTrigger, counts, server, summary, failed }: ReloadFigures): {
-  markdown: string;
-  json: unknown;
-} {
+const r1 = (v: number) => round(v, 1);
+const maxOf = (values: readonly number[]) => (values.length > 0 ? Math.max(...values) : Number.NaN);
+const ms = (v: number | undefined, none = '–') => (v === undefined ? none : fmt(v, 1));
+
+export function reloadReport(run: ReloadRun): { markdown: string; json: unknown; failed: number } {
+  const { quick, machine, settings, loadSeconds, counts, server } = run;
+  // Per replacement: the first new connection (load or probe) with the new serial, from the write and from its start;
+  // the last one still handed the old certificate after the write.
+  const done = run.done.map((r) => {
+    const mine = run.observations.filter((o) => o.serverName === r.serverName);
+    const firstNew = (from: number) => {
+      const seen = mine.filter((o) => o.serial === r.serial && o.at >= from).map((o) => o.at - from);
+      return seen.length === 0 ? undefined : Math.min(...seen);
+    };
+    const old = mine.filter((o) => o.serial === r.oldSerial && o.at >= r.writtenAt).map((o) => o.at - r.writtenAt);
+    return {
+      ...r,
+      timeToServeMs: firstNew(r.writtenAt),
+      timeToServeFromStartMs: firstNew(r.startedAt),
+      oldLastSeenMs: old.length === 0 ? undefined : Math.max(...old),
+    };
+  });
+  const served = (rs: typeof done) => rs.map((r) => r.timeToServeMs).filter((v): v is number => v !== undefined);
+  const byTrigger = (['rename', 'put', 'sighup'] as const).map((trigger) => {
+    const times = served(done.filter((r) => r.trigger === trigger));
+    return { trigger, count: times.length, p50Ms: r1(median(times)), maxMs: r1(maxOf(times)) };
+  });
   const notServed = done.filter((r) => r.timeToServeMs === undefined).length;
+  const failed = counts.failedHandshakes + counts.failedRequests + notServed;
+  const summary = {
+    replacements: done.length,
+    loadSeconds: r1(loadSeconds),
+    handshakes: counts.handshakes + counts.probeHandshakes,
+    loadHandshakes: counts.handshakes,
+    probeHandshakes: counts.probeHandshakes,
+    requests: counts.newConnectionRequests + counts.probeRequests + counts.keepAliveRequests,
+    newConnectionRequests: counts.newConnectionRequests + counts.probeRequests,
+    keepAliveRequests: counts.keepAliveRequests,
+    keepAliveReused: counts.keepAliveReused,
+    failedHandshakes: counts.failedHandshakes,
+    failedRequests: counts.failedRequests,
+    notServed,
+    timeToServeP50Ms: r1(median(served(done))),
+    handshakeP50Ms: r1(median(run.observations.map((o) => o.handshakeMs))),
+    timeToServeMaxMs: r1(maxOf(served(done))),
+    byTrigger,
+    server: { fullHandshakes: server.full, resumedHandshakes: server.resumed, failedHandshakes: server.failed, requests: server.requests },
+  };
+
   const markdown = [
     `# cert-reload${quick ? ' (quick)' : ''}: ${done.length} certificate replacements under load, ${dateStamp()}`,
     '',
@@ -96,18 +128,15 @@ export function reloadReport({ quick, machine, settings, loadSeconds, done, byTr
       ['trigger', 'left', (r) => TRIGGER_TITLE[r.trigger]],
       ['entry', 'left', (r) => r.certificate],
       ['key change', 'left', (r) => `${r.fromKey} → ${r.toKey}`],
-      ['time to serve ms', 'right', (r) => (r.timeToServeMs === undefined ? 'not served' : fmt(r.timeToServeMs, 1))],
+      ['time to serve ms', 'right', (r) => ms(r.timeToServeMs, 'not served')],
       ['primary reload ms (trigger)', 'right', (r) => (r.reload === undefined ? '?' : `${fmt(Number(r.reload.durationMs))} (${String(r.reload.trigger)})`)],
-      ['probe saw it ms', 'right', (r) => (r.probeMs === undefined ? '–' : fmt(r.probeMs, 1))],
+      ['probe saw it ms', 'right', (r) => ms(r.probeMs)],
       [
         'PUT round trip / serve from sent ms',
         'right',
-        (r) =>
-          r.putRoundTripMs === undefined
-            ? ''
-            : `${fmt(r.putRoundTripMs, 1)} / ${r.timeToServeFromStartMs === undefined ? '–' : fmt(r.timeToServeFromStartMs, 1)}`,
+        (r) => (r.putRoundTripMs === undefined ? '' : `${ms(r.putRoundTripMs)} / ${ms(r.timeToServeFromStartMs)}`),
       ],
-      ['old cert last seen ms', 'right', (r) => (r.oldLastSeenMs === undefined ? '–' : fmt(r.oldLastSeenMs, 1))],
+      ['old cert last seen ms', 'right', (r) => ms(r.oldLastSeenMs)],
       ['probes', 'right', (r) => String(r.probes)],
     ]),
     '',
@@ -119,35 +148,26 @@ export function reloadReport({ quick, machine, settings, loadSeconds, done, byTr
     ...machineLines(machine),
     ...(counts.failures.length === 0 ? [] : ['', '## Failures', '', ...counts.failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),
   ].join('\n');
+
+  const r2 = (v: number | undefined) => (v === undefined ? undefined : round(v, 2));
   const json = {
     benchmark: 'cert-reload',
     machine,
     settings,
-    // The suite's one-row-per-scenario shape (harness/summary.ts): no rate or CPU here; p50 / p99 are time to serve p50 / max.
+    // The suite's one-row-per-scenario shape (harness/summary.ts): no rate or CPU; p50 / p99 are time to serve p50 / max.
     summary: byTrigger.map((t) =>
-      durationRow(
-        'cert-reload',
-        t.trigger,
-        `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`,
-        round(t.p50Ms, 1),
-        round(t.maxMs, 1),
-        failed,
-      ),
+      durationRow('cert-reload', t.trigger, `replacement by ${TRIGGER_TITLE[t.trigger]}: time to serve (p99 = max)`, t.p50Ms, t.maxMs, failed),
     ),
     figures: summary,
-    replacements: done.map(({ writtenAt: _w, startedAt: _s, ...r }) => ({
+    replacements: done.map(({ writtenAt: _w, startedAt: _s, serverName: _n, ...r }) => ({
       ...r,
-      timeToServeMs: roundOrUndefined(r.timeToServeMs),
-      timeToServeFromStartMs: roundOrUndefined(r.timeToServeFromStartMs),
-      probeMs: roundOrUndefined(r.probeMs),
-      putRoundTripMs: roundOrUndefined(r.putRoundTripMs),
-      oldLastSeenMs: roundOrUndefined(r.oldLastSeenMs),
+      timeToServeMs: r2(r.timeToServeMs),
+      timeToServeFromStartMs: r2(r.timeToServeFromStartMs),
+      probeMs: r2(r.probeMs),
+      putRoundTripMs: r2(r.putRoundTripMs),
+      oldLastSeenMs: r2(r.oldLastSeenMs),
     })),
     failures: counts.failures,
   };
-  return { markdown, json };
-}
-
-function roundOrUndefined(value: number | undefined): number | undefined {
-  return value === undefined ? undefined : round(value, 2);
+  return { markdown, json, failed };
 }

@@ -5,22 +5,10 @@
  * keyserver/token/sign.ts uses).
  */
 import pkcs11js from 'pkcs11js';
-import { Algorithm, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
+import { Algorithm } from '../../keyserver/protocol/constants.js';
 
-export interface BenchKey {
-  readonly id: 'ec' | 'rsa';
-  readonly title: string;
-  /** `keyedge key generate --type` */
-  readonly type: string;
-  readonly label: string;
-  readonly algorithm: AlgorithmByte;
-  readonly algorithmName: string;
-  readonly mechanism: pkcs11js.Mechanism;
-  /** Signature buffer for raw C_Sign: r||s for ECDSA, the modulus size for RSA. */
-  readonly outputBytes: number;
-}
-
-export const BENCH_KEYS: readonly BenchKey[] = [
+/** Per key: the `keyedge key generate --type`, the wire algorithm, and for raw C_Sign the mechanism and signature size (r||s, or the modulus). */
+export const BENCH_KEYS = [
   {
     id: 'ec',
     title: 'ECDSA P-256',
@@ -45,7 +33,9 @@ export const BENCH_KEYS: readonly BenchKey[] = [
     },
     outputBytes: 256,
   },
-];
+] as const;
+
+export type BenchKey = (typeof BENCH_KEYS)[number];
 
 /** C connections to the key server, D requests in flight on each. */
 export interface Pipeline {

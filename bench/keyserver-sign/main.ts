@@ -1,38 +1,36 @@
 /**
- * Benchmark: signatures per second through the key server, against the
- * token's own ceiling (issue "key server", #4).
- *
- * For ECDSA P-256 (ECDSA_SHA256) and RSA-2048 (RSA_PSS_SHA256), on one
- * SoftHSM2 token in one run:
- *   raw    pkcs11js in this process, N sessions each looping C_SignInit +
- *          async C_Sign (N = cores and 2 × cores; the faster is the ceiling)
- *   unix   through the key server (its own process) over its unix socket
- *   tls    through the key server over mutual TLS 1.3 on 127.0.0.1
- * Each scenario is warmed up, then all are measured in interleaved rounds
- * (bench/harness/rounds.ts); the report gives per-scenario medians, min-max,
- * keyserver/raw ratios, latency percentiles and CPU per sign for the key
- * server and for this process. See bench/README.md.
- *
- * Usage: node dist/bench/keyserver-sign.js [--quick] [--out DIR] [options]
+ * Benchmark: signatures per second through the key server against the
+ * token's own ceiling (issue 4), for ECDSA P-256 and RSA-2048 on one SoftHSM2
+ * token: raw pkcs11js sessions in this process (cores and 2 × cores: the
+ * faster is the ceiling), the key server over its unix socket, and over
+ * mutual TLS 1.3. Warm-up, then interleaved rounds (harness/bench.ts); per
+ * scenario medians, ratios to the ceiling, latency and CPU per sign. Method
+ * and figures: bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type pkcs11js from 'pkcs11js';
-import { loadKeyserverConfig } from '../../config/load.js';
-import { tokenOptions } from '../../keyserver/server/daemon.js';
-import { listKeys } from '../../keyserver/token/keys.js';
-import { Token } from '../../keyserver/token/token.js';
-import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
-import { KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
-import { describeMachine } from '../harness/machine.js';
-import { dateStamp, fmt } from '../harness/report.js';
 import { cleanRounds, errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
-import { measureWindow, RawSignLoad, type RawKey } from './load.js';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
+import { describeMachine } from '../harness/machine.js';
 import { installInterrupt, runBench } from '../harness/main.js';
-import { type IdleLatencyRow, summarize, TARGET_RATIO, markdownReport } from './report.js';
-import { type BenchScenario, type Connected, connectLoad, type ExploreRow, explorePipeline, keyserverScenario, rawScenario } from './scenarios.js';
+import { dateStamp, fmt } from '../harness/report.js';
+import { KeyserverLab } from '../lab/keyserver.js';
+import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
+import { RawToken } from './load.js';
+import { markdownReport, scenariosJson, summarize, TARGET_RATIO } from './report.js';
+import {
+  type BenchScenario,
+  EXPLORE_TOLERANCE,
+  type ExploreRow,
+  explorePipeline,
+  type IdleLatencyRow,
+  idleLatency,
+  keyserverScenario,
+  PIPELINE_CANDIDATES,
+  rawScenario,
+  type SignRig,
+} from './scenarios.js';
 
 export const TABLE = {
   quick: std.quick('3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)'),
@@ -57,45 +55,21 @@ export const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
-/** Candidate (connections, in flight per connection) settings tried by the exploration. */
-export const PIPELINE_CANDIDATES: readonly Pipeline[] = [
-  { connections: 1, depth: 32 },
-  { connections: 1, depth: 64 },
-  { connections: 2, depth: 32 },
-  { connections: 2, depth: 64 },
-  { connections: 4, depth: 32 },
-  { connections: 4, depth: 64 },
-];
-/** A smaller setting within this fraction of the best is preferred: fewer in flight, lower latency, same throughput. */
-export const EXPLORE_TOLERANCE = 0.03;
-
-export type Transport = 'unix' | 'tls';
-export type ClientKind = 'lean' | 'library';
-
-export type Options = NonNullable<ReturnType<typeof parseOptions>>;
-
 export function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const quick = v.quick;
-  const keys = listOf(
-    v.keys,
-    '--keys',
-    BENCH_KEYS.map((k) => k.id),
-  ).map((id) => BENCH_KEYS.find((k) => k.id === id)!);
+  const paths = listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const);
   return {
+    ...v,
     ...timing(v, [300, 150], [200, 50]),
-    exploreMs: quick ? 250 : 1000,
-    /** Rounds added (whole rounds, all scenarios) while a scenario has fewer than 3 clean rounds. */
-    maxExtraRounds: v['extra-rounds'],
-    explorePasses: quick ? 1 : 2,
-    client: v.client as ClientKind,
+    exploreMs: v.quick ? 250 : 1000,
+    explorePasses: v.quick ? 1 : 2,
+    idleMs: v.quick ? 300 : 2000,
+    client: v.client as SignRig['client'],
     pipeline: v.pipeline === undefined ? undefined : parsePipeline(v.pipeline),
-    sessions: v.sessions,
-    serverCpuProf: v['server-cpu-prof'],
-    keepTemp: v['keep-temp'],
-    keys,
-    paths: new Set(listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const)),
+    keys: listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => BENCH_KEYS.find((k) => k.id === id)!),
+    // In this order whatever the order given.
+    paths: (['raw', 'unix', 'tls'] as const).filter((p) => paths.includes(p)),
   };
 }
 
@@ -105,24 +79,15 @@ async function main(): Promise<number> {
   const cores = os.availableParallelism();
   const rawSessionCounts = [...new Set([cores, 2 * cores])];
   const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-  if (poolThreads < Math.max(...rawSessionCounts)) {
-    process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${Math.max(...rawSessionCounts)} raw sessions; raw figures will be low\n`);
-  }
+  if (poolThreads < 2 * cores) process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${2 * cores} raw sessions; raw figures will be low\n`);
   const machine = describeMachine();
   const started = Date.now();
   const log = stampedLog(started);
-
-  let lab: KeyserverLab | undefined;
-  const signal = installInterrupt(log, () => {
-    if (!options.keepTemp) lab?.cleanup();
-  });
-
+  const lab = new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions });
+  const signal = installInterrupt(log, () => lab.cleanup(options['keep-temp']));
   const scenarios: BenchScenario[] = [];
-  let token: Token | undefined;
-  let server: KeyserverProcess | undefined;
-  const rawSessions: pkcs11js.Handle[] = [];
+  let raw: RawToken | undefined;
   try {
-    lab = new KeyserverLab({ ...(options.sessions !== undefined ? { sessions: options.sessions } : {}) });
     log(`temp dir ${lab.dir}`);
     const keyIds = new Map<string, string>();
     for (const key of options.keys) {
@@ -130,102 +95,57 @@ async function main(): Promise<number> {
       log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
     }
     signal.throwIfAborted();
-
     // The raw side: the same token, opened in this process.
-    const config = loadKeyserverConfig(lab.configPath);
-    token = Token.open(tokenOptions(config));
-    const tokenKeys = listKeys(token);
-    for (let i = 0; i < Math.max(...rawSessionCounts); i++) rawSessions.push(token.openSession());
+    const rawToken = new RawToken(lab.configPath, 2 * cores);
+    raw = rawToken;
+    const config = rawToken.config;
     const digests = Array.from({ length: 16 }, () => randomBytes(32));
-
-    server = await lab.startServer({
-      ...(options.serverCpuProf !== undefined ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.serverCpuProf] } : {}),
-    });
-    const running = server;
+    const server = await lab.startServer(
+      options['server-cpu-prof'] === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options['server-cpu-prof']] },
+    );
     log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
+    const rig: SignRig = { lab, server, client: options.client, digests, keyIds, rampMs: options.rampMs };
+    const rawLoad = (key: BenchKey, sessions: number) => rawToken.load((k) => k.keyId === keyIds.get(key.id), key, sessions, digests);
 
-    const connectFor = (key: BenchKey, transport: Transport) => (p: Pipeline) =>
-      connectLoad(running, lab!, transport, options.client, p, Buffer.from(keyIds.get(key.id)!, 'hex'), key, digests);
-
-    // Pipeline setting per key type: given, or explored on the unix socket.
+    // The pipeline setting per key type: given, or explored on the unix socket.
     const chosen = new Map<string, Pipeline>();
     const explore: ExploreRow[] = [];
+    const transports = options.paths.filter((p) => p !== 'raw');
     for (const key of options.keys) {
-      if (options.pipeline !== undefined || (!options.paths.has('unix') && !options.paths.has('tls'))) {
-        if (options.pipeline !== undefined) chosen.set(key.id, options.pipeline);
-        continue;
-      }
+      if (options.pipeline !== undefined) chosen.set(key.id, options.pipeline);
+      if (options.pipeline !== undefined || transports.length === 0) continue;
       log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
-      const result = await explorePipeline(key, connectFor(key, 'unix'), running.pid, options, signal, log);
+      const result = await explorePipeline(rig, key, options.exploreMs, options.explorePasses, signal, log);
       chosen.set(key.id, result.chosen);
       explore.push(...result.rows);
     }
-
     for (const key of options.keys) {
-      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id));
-      if (tokenKey === undefined) throw new Error(`key ${keyIds.get(key.id)} not found in the token`);
-      const rawKey: RawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
-      if (options.paths.has('raw'))
-        for (const n of rawSessionCounts) scenarios.push(rawScenario(key, token.pkcs11, rawSessions.slice(0, n), rawKey, digests, options));
-      for (const transport of (['unix', 'tls'] as const).filter((t) => options.paths.has(t))) {
-        const p = chosen.get(key.id)!;
-        scenarios.push(keyserverScenario(key, transport, p, () => connectFor(key, transport)(p), running.pid, options));
-      }
+      if (options.paths.includes('raw')) for (const n of rawSessionCounts) scenarios.push(rawScenario(key, rawLoad(key, n), options.rampMs));
+      for (const transport of transports) scenarios.push(keyserverScenario(rig, key, transport, chosen.get(key.id)!));
     }
 
     log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
-    const { order, results, quietWait } = await measureRounds(scenarios, options, [running.pid], signal, log, {
+    const { order, results, quietWait } = await measureRounds(scenarios, options, [server.pid], signal, log, {
       extraRounds: {
-        max: options.maxExtraRounds,
+        max: options['extra-rounds'],
         needed: (sofar) => {
           const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
           if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
           return short.length > 0;
         },
       },
-      onRun: ({ scenario, context, result }) => {
-        const server = result.server !== undefined ? ` server ${fmt(result.server.cpuUsPerSign, 1)} µs/sign (${fmt(result.server.cpuCores, 2)} cores)` : '';
-        const errors = result.errors > 0 ? ` ERRORS ${result.errors}: ${result.firstError}` : '';
+      onRun: ({ scenario, context, result: r }) => {
+        const onServer = r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`;
         log(
-          `${roundTag(context)}${scenario.padEnd(12)} ${fmt(result.signsPerSecond).padStart(8)} signs/s` +
-            `  p50 ${fmt(result.latency.p50Us)} p99 ${fmt(result.latency.p99Us)} µs  bench ${fmt(result.clientCpuUsPerSign, 1)} µs/sign (${fmt(result.clientCpuCores, 2)} cores)${server} machine ${fmt(result.machine.busyCores, 2)} busy, others ${fmt(result.machine.otherCores, 2)}${errors}`,
+          `${roundTag(context)}${scenario.padEnd(12)} ${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
+            `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)${onServer} machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}` +
+            (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : ''),
         );
       },
     });
-
-    // Round trip with nothing else in flight: what one handshake waits for on an idle key server.
     const idle: IdleLatencyRow[] = [];
-    const idleMs = options.quick ? 300 : 2000;
     for (const key of options.keys) {
-      const tokenKey = tokenKeys.find((k) => k.keyId === keyIds.get(key.id))!;
-      const single: Pipeline = { connections: 1, depth: 1 };
-      for (const path of (['raw', 'unix', 'tls'] as const).filter((p) => options.paths.has(p))) {
-        signal.throwIfAborted();
-        let connected: Connected | undefined;
-        const load =
-          path === 'raw'
-            ? new RawSignLoad(
-                token.pkcs11,
-                rawSessions.slice(0, 1),
-                { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes },
-                digests,
-              )
-            : (connected = await connectFor(key, path)(single)).load;
-        try {
-          const r = await measureWindow(load, {
-            durationMs: idleMs,
-            rampMs: options.rampMs,
-            ...(path === 'raw' ? {} : { serverPid: running.pid }),
-            signal: signal,
-          });
-          idle.push({ key: key.title, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors });
-          log(
-            `idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`,
-          );
-        } finally {
-          connected?.close();
-        }
-      }
+      for (const path of options.paths) idle.push(await idleLatency(rig, key, path, () => rawLoad(key, 1), options.idleMs, signal, log));
     }
 
     const { summaries, ceilings } = summarize(scenarios, results);
@@ -235,53 +155,33 @@ async function main(): Promise<number> {
       keyserverSessions: config.pkcs11.sessions,
       pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
     };
-    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, order.length, date);
+    const method = methodJson(options, order, quietWait, {
+      roundsRun: order.length,
+      maxExtraRounds: options['extra-rounds'],
+      client: options.client,
+      exploration: {
+        candidates: PIPELINE_CANDIDATES.map(pipelineName),
+        durationMs: options.exploreMs,
+        passes: options.explorePasses,
+        tolerance: EXPLORE_TOLERANCE,
+      },
+      targetRatio: TARGET_RATIO,
+    });
     const json = {
       benchmark: 'keyserver-sign',
       date,
       quick: options.quick,
       machine,
-      method: methodJson(options, order, quietWait, {
-        roundsRun: order.length,
-        maxExtraRounds: options.maxExtraRounds,
-        client: options.client,
-        exploration: {
-          candidates: PIPELINE_CANDIDATES.map(pipelineName),
-          durationMs: options.exploreMs,
-          passes: options.explorePasses,
-          tolerance: EXPLORE_TOLERANCE,
-        },
-        targetRatio: TARGET_RATIO,
-      }),
+      method,
       settings,
       keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,
       exploration: explore,
       idleLatency: idle,
-      scenarios: summaries.map((s) => ({
-        name: s.name,
-        key: s.key.id,
-        path: s.path,
-        setting: s.setting,
-        ceiling: ceilings.get(s.key.id) === s.name,
-        signsPerSecond: s.signsPerSecond,
-        vsRaw: s.vsRaw,
-        p50Us: s.p50Us,
-        p99Us: s.p99Us,
-        serverCpuUsPerSign: s.serverCpuUsPerSign,
-        serverMainThreadUsPerSign: s.serverMainThreadUsPerSign,
-        serverOtherThreadsUsPerSign: s.serverOtherThreadsUsPerSign,
-        benchProcessCpuUsPerSign: s.clientCpuUsPerSign,
-        totalCpuUsPerSign: s.totalCpuUsPerSign,
-        machineBusyCores: s.machineBusyCores,
-        otherCores: s.otherCores,
-        errors: s.errors,
-        cleanRounds: s.cleanRounds,
-        usedRounds: s.usedRounds,
-        rounds: s.perRound,
-      })),
+      scenarios: scenariosJson(summaries, ceilings),
       durationSeconds: (Date.now() - started) / 1000,
     };
+    const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, order.length, date);
     // A quick run never overwrites the day's full results.
     publish(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date, log);
     return errorStatus(
@@ -291,39 +191,29 @@ async function main(): Promise<number> {
     );
   } finally {
     for (const s of scenarios) s.close();
-    if (server !== undefined) {
-      await server.stop();
-      if (options.serverCpuProf !== undefined) log(`key server CPU profile in ${options.serverCpuProf}`);
-    }
-    if (token !== undefined) {
-      for (const s of rawSessions) token.closeSession(s);
-      token.close();
-    }
-    if (lab !== undefined) {
-      if (options.keepTemp) log(`kept ${lab.dir}`);
-      else lab.cleanup();
-    }
+    raw?.close();
+    // The key server's graceful stop writes its --cpu-prof profile.
+    await lab.stop();
+    if (options['server-cpu-prof'] !== undefined) log(`key server CPU profile in ${options['server-cpu-prof']}`);
+    if (options['keep-temp']) log(`kept ${lab.dir}`);
+    lab.cleanup(options['keep-temp']);
   }
 }
 
 /**
- * Raw runs use up to 2 × cores sessions, each holding a libuv pool thread
- * during C_Sign. An ES module cannot size the pool for itself (its imports
- * went through it already), so with too few threads the bench runs itself
- * again with UV_THREADPOOL_SIZE set.
+ * Raw runs hold up to 2 × cores libuv pool threads in C_Sign. An ES module
+ * cannot size the pool for itself (its imports went through it already), so
+ * with too few threads the bench runs itself again with UV_THREADPOOL_SIZE set.
  */
 function relaunchWithPool(): Promise<number> | undefined {
   const needed = 2 * os.availableParallelism();
   if (process.env.UV_THREADPOOL_SIZE !== undefined || needed <= 4) return undefined;
-  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, UV_THREADPOOL_SIZE: String(needed) },
-  });
+  const env = { ...process.env, UV_THREADPOOL_SIZE: String(needed) };
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit', env });
   // The terminal's Ctrl-C reaches the child too (same process group); a kill of this pid is passed on.
   process.on('SIGINT', () => undefined);
   process.on('SIGTERM', () => child.kill('SIGTERM'));
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
 }
 
-const relaunched = relaunchWithPool();
-runBench('keyserver-sign', relaunched ?? main());
+runBench('keyserver-sign', relaunchWithPool() ?? main());

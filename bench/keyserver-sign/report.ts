@@ -1,120 +1,77 @@
-import { BENCH_KEYS } from './keys.js';
-import type { describeMachine } from '../harness/machine.js';
-import { columnTable, fmt, markdownTable, rangeText } from '../harness/report.js';
-import type { WindowResult } from './load.js';
-import { median, spread } from '../harness/stats.js';
+/**
+ * The keyserver-sign bench's figures and result files: per scenario the
+ * medians over the clean rounds (harness/bench.ts cleanRounds), the ratios
+ * to the ceiling (the faster raw setting per key), the Markdown report and
+ * the JSON (bench/README.md, "What the figures mean").
+ */
+import type { MachineInfo } from '../harness/machine.js';
 import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
-import type { Options, Transport } from './main.js';
-import type { BenchScenario, ExploreRow, ScenarioInfo } from './scenarios.js';
+import { columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
+import { median, spread } from '../harness/stats.js';
+import { BENCH_KEYS } from './keys.js';
+import type { WindowResult } from './load.js';
+import type { BenchScenario, ExploreRow, IdleLatencyRow } from './scenarios.js';
 
-// ---------------------------------------------------------------------------
-// Summary
+export const TARGET_RATIO = 0.85;
 
-export interface IdleLatencyRow {
-  readonly key: string;
-  readonly path: 'raw' | Transport;
-  readonly signsPerSecond: number;
-  readonly p50Us: number;
-  readonly p99Us: number;
-  readonly errors: number;
-}
-
-export interface ScenarioSummary extends ScenarioInfo {
-  readonly signsPerSecond: ReturnType<typeof spread>;
-  readonly perRound: readonly WindowResult[];
-  readonly p50Us: number;
-  readonly p99Us: number;
-  readonly serverCpuUsPerSign: number | undefined;
-  readonly serverMainThreadUsPerSign: number | undefined;
-  readonly serverOtherThreadsUsPerSign: number | undefined;
-  readonly clientCpuUsPerSign: number;
-  /** Server + bench process per sign (for raw: the bench process alone, which then holds the token's work too). */
-  readonly totalCpuUsPerSign: number;
-  readonly machineBusyCores: number;
-  /** CPU used by everything else on the machine during the windows (median), in cores. */
-  readonly otherCores: number;
-  /** Rounds whose window had at most CONTENDED_CORES of other load. */
-  readonly cleanRounds: number;
-  /** The medians come from the clean rounds when at least 3 (or all) were clean, else from all rounds. */
-  readonly usedRounds: readonly number[];
-  readonly errors: number;
-  /** Median key server / best raw, and the range of the per-round ratios. */
-  readonly vsRaw:
-    | {
-        readonly ratio: number;
-        readonly perRound: readonly number[];
-        readonly rawScenario: string;
-        /** Ceiling's total CPU per sign / this path's: 1 means signing through the key server costs the machine no more CPU than raw. */
-        readonly cpuRatio: number;
-      }
-    | undefined;
-}
-
-export function summarize(
-  scenarios: readonly BenchScenario[],
-  results: ReadonlyMap<string, readonly WindowResult[]>,
-): { summaries: ScenarioSummary[]; ceilings: Map<string, string> } {
+/** Per scenario, the medians over the rounds cleanRounds picks, in the JSON's shape; `vsRaw` against the key's ceiling. */
+export function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>) {
   const base = scenarios.map((s) => {
     const all = results.get(s.name) ?? [];
-    const { used: perRound, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.machine.otherCores);
-    const opt = (f: (r: WindowResult) => number | undefined) => {
-      const v = perRound.map(f).filter((x): x is number => x !== undefined);
-      return v.length > 0 ? median(v) : undefined;
-    };
+    const { used, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => r.machine.otherCores);
+    const med = (f: (r: WindowResult) => number) => median(used.map(f));
+    const server = (f: (server: NonNullable<WindowResult['server']>) => number) => (used.some((r) => r.server) ? med((r) => f(r.server!)) : undefined);
     return {
       name: s.name,
       key: s.key,
       path: s.path,
       setting: s.setting,
-      signsPerSecond: spread(perRound.map((r) => r.signsPerSecond)),
-      perRound: all,
+      signsPerSecond: spread(used.map((r) => r.signsPerSecond)),
+      p50Us: med((r) => r.latency.p50Us),
+      p99Us: med((r) => r.latency.p99Us),
+      serverCpuUsPerSign: server((v) => v.cpuUsPerSign),
+      serverMainThreadUsPerSign: server((v) => v.mainThreadUsPerSign),
+      serverOtherThreadsUsPerSign: server((v) => v.otherThreadsUsPerSign),
+      /** The bench process per sign: raw, the whole sign (token included); key server, the client. */
+      benchProcessCpuUsPerSign: med((r) => r.clientCpuUsPerSign),
+      totalCpuUsPerSign: med((r) => (r.server?.cpuUsPerSign ?? 0) + r.clientCpuUsPerSign),
+      machineBusyCores: med((r) => r.machine.busyCores),
+      otherCores: med((r) => r.machine.otherCores),
+      errors: used.reduce((n, r) => n + r.errors, 0),
       cleanRounds: clean,
       usedRounds,
-      p50Us: median(perRound.map((r) => r.latency.p50Us)),
-      p99Us: median(perRound.map((r) => r.latency.p99Us)),
-      serverCpuUsPerSign: opt((r) => r.server?.cpuUsPerSign),
-      serverMainThreadUsPerSign: opt((r) => r.server?.mainThreadUsPerSign),
-      serverOtherThreadsUsPerSign: opt((r) => r.server?.otherThreadsUsPerSign),
-      clientCpuUsPerSign: median(perRound.map((r) => r.clientCpuUsPerSign)),
-      totalCpuUsPerSign: median(perRound.map((r) => (r.server?.cpuUsPerSign ?? 0) + r.clientCpuUsPerSign)),
-      machineBusyCores: median(perRound.map((r) => r.machine.busyCores)),
-      otherCores: median(perRound.map((r) => r.machine.otherCores)),
-      errors: perRound.reduce((n, r) => n + r.errors, 0),
+      rounds: all,
     };
   });
-  // The ceiling per key type: the raw setting with the higher median.
   const ceilings = new Map<string, string>();
   for (const key of BENCH_KEYS) {
-    const raws = base.filter((s) => s.path === 'raw' && s.key.id === key.id);
-    const best = raws.sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
+    const best = base.filter((s) => s.path === 'raw' && s.key.id === key.id).sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
     if (best !== undefined) ceilings.set(key.id, best.name);
   }
-  const summaries = base.map((s): ScenarioSummary => {
-    if (s.path === 'raw') return { ...s, vsRaw: undefined };
-    const raw = base.find((b) => b.name === ceilings.get(s.key.id));
+  const summaries = base.map((s) => {
+    const raw = s.path === 'raw' ? undefined : base.find((b) => b.name === ceilings.get(s.key.id));
     if (raw === undefined) return { ...s, vsRaw: undefined };
-    // Each round against the ceiling's same round (neighbours in time), over rounds both used.
+    // Each round against the ceiling's same round (neighbours in time), over the rounds both used.
     const both = s.usedRounds.filter((i) => raw.usedRounds.includes(i));
-    const pairs = both.length > 0 ? both : s.usedRounds;
-    const perRound = pairs.map((i) => (s.perRound[i]?.signsPerSecond ?? Number.NaN) / (raw.perRound[i]?.signsPerSecond ?? Number.NaN));
-    return {
-      ...s,
-      vsRaw: {
-        ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
-        perRound,
-        rawScenario: raw.name,
-        cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
-      },
+    const perRound = (both.length > 0 ? both : s.usedRounds).map(
+      (i) => (s.rounds[i]?.signsPerSecond ?? Number.NaN) / (raw.rounds[i]?.signsPerSecond ?? Number.NaN),
+    );
+    const vsRaw = {
+      ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
+      perRound,
+      rawScenario: raw.name,
+      cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
     };
+    return { ...s, vsRaw };
   });
   return { summaries, ceilings };
 }
 
-export const TARGET_RATIO = 0.85;
+export type ScenarioSummary = ReturnType<typeof summarize>['summaries'][number];
 
 export function markdownReport(
-  machine: ReturnType<typeof describeMachine>,
-  options: Options,
+  machine: MachineInfo,
+  options: { readonly quick: boolean; readonly measureMs: number; readonly warmupMs: number; readonly rampMs: number; readonly client: string },
   settings: Record<string, unknown>,
   summaries: readonly ScenarioSummary[],
   ceilings: Map<string, string>,
@@ -129,7 +86,7 @@ export function markdownReport(
     ['Setting', 'left', (s) => s.setting],
     ['signs/s', 'right', (s) => `${fmt(s.signsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
     ['min–max (spread)', 'right', (s) => rangeText(s.signsPerSecond)],
-    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}`],
+    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.rounds.length}`],
     [
       'vs raw (rounds)',
       'right',
@@ -146,7 +103,7 @@ export function markdownReport(
           ? '–'
           : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
     ],
-    ['bench µs/sign', 'right', (s) => fmt(s.clientCpuUsPerSign, 0)],
+    ['bench µs/sign', 'right', (s) => fmt(s.benchProcessCpuUsPerSign, 0)],
     ['total µs/sign', 'right', (s) => fmt(s.totalCpuUsPerSign, 0)],
     ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
   ]);
@@ -164,9 +121,7 @@ export function markdownReport(
   return [
     `# keyserver-sign, ${date}${options.quick ? ' (quick)' : ''}`,
     '',
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB; ${machine.kernel}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
-    `Software: Node ${machine.node}, OpenSSL ${machine.openssl}, ${machine.softhsm2 !== undefined ? `SoftHSM2 ${machine.softhsm2}` : 'SoftHSM2 (version unknown)'}`,
-    `Command: \`${machine.commandLine}\``,
+    ...machineLines(machine),
     `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(
       settings,
     )
@@ -210,5 +165,7 @@ export function markdownReport(
   ].join('\n');
 }
 
-// ---------------------------------------------------------------------------
-// Main
+/** The JSON's `scenarios` (the suite reads its medians from here). */
+export function scenariosJson(summaries: readonly ScenarioSummary[], ceilings: ReadonlyMap<string, string>) {
+  return summaries.map((s) => ({ ...s, key: s.key.id, ceiling: ceilings.get(s.key.id) === s.name }));
+}

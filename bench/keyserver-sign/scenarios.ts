@@ -1,43 +1,43 @@
+/**
+ * The keyserver-sign bench's scenarios: raw token sessions, and the key
+ * server over unix or mutual TLS with the lean or the library client; the
+ * exploration that picks the pipeline setting (connections × in flight), and
+ * the one-in-flight latency after the rounds.
+ */
 import type net from 'node:net';
-import type pkcs11js from 'pkcs11js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { type BenchKey, type Pipeline, pipelineName } from './keys.js';
-import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import type { Log } from '../harness/bench.js';
 import { fmt } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
-import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawSignLoad, type RawKey, type SignLoad, type WindowResult } from './load.js';
 import { median, round } from '../harness/stats.js';
-import { PIPELINE_CANDIDATES, EXPLORE_TOLERANCE, type Transport, type ClientKind, type Options } from './main.js';
+import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
+import { type BenchKey, type Pipeline, pipelineName } from './keys.js';
+import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, type RawSignLoad, type SignLoad, type WindowResult } from './load.js';
 
-export interface ScenarioInfo {
-  readonly name: string;
+export type Transport = 'unix' | 'tls';
+export type Path = 'raw' | Transport;
+
+/** Candidate settings of the exploration, and how close to the best a smaller one may be and still win (fewer in flight, lower latency). */
+export const PIPELINE_CANDIDATES: readonly Pipeline[] = [1, 2, 4].flatMap((connections) => [32, 64].map((depth) => ({ connections, depth })));
+export const EXPLORE_TOLERANCE = 0.03;
+
+export interface BenchScenario extends Scenario<WindowResult> {
   readonly key: BenchKey;
-  readonly path: 'raw' | Transport;
+  readonly path: Path;
   /** "N sessions" for raw, "CxD" for the key server. */
   readonly setting: string;
-}
-
-export interface BenchScenario extends Scenario<WindowResult>, ScenarioInfo {
   close(): void;
 }
 
-export function rawScenario(
-  key: BenchKey,
-  pkcs11: pkcs11js.PKCS11,
-  sessions: readonly pkcs11js.Handle[],
-  rawKey: RawKey,
-  digests: Buffer[],
-  options: Options,
-): BenchScenario {
-  const load = new RawSignLoad(pkcs11, sessions, rawKey, digests);
-  return {
-    name: `raw-${key.id}-${sessions.length}s`,
-    key,
-    path: 'raw',
-    setting: `${sessions.length} sessions`,
-    run: (durationMs, context) => measureWindow(load, { durationMs, rampMs: options.rampMs, signal: context.signal }),
-    close: () => undefined,
-  };
+/** What the key-server scenarios connect with. */
+export interface SignRig {
+  readonly lab: KeyserverLab;
+  readonly server: KeyserverProcess;
+  readonly client: 'lean' | 'library';
+  readonly digests: readonly Buffer[];
+  /** Key id (hex) by BenchKey id. */
+  readonly keyIds: ReadonlyMap<string, string>;
+  readonly rampMs: number;
 }
 
 export interface Connected {
@@ -45,63 +45,41 @@ export interface Connected {
   close(): void;
 }
 
-export async function connectLoad(
-  server: KeyserverProcess,
-  lab: KeyserverLab,
-  transport: Transport,
-  client: ClientKind,
-  pipeline: Pipeline,
-  keyId: Buffer,
-  key: BenchKey,
-  digests: Buffer[],
-): Promise<Connected> {
-  const spec = { keyId, algorithm: key.algorithm, digests };
-  if (client === 'library') {
-    const tcp = {
-      host: '127.0.0.1',
-      port: server.tcpPort,
-      ca: lab.tls.ca,
-      cert: lab.tls.clientCert,
-      key: lab.tls.clientKey,
-      servername: lab.tls.serverName,
-    };
-    const clients: KeyserverClient[] = [];
-    try {
-      for (let i = 0; i < pipeline.connections; i++) {
-        clients.push(
-          await KeyserverClient.connect({
-            ...(transport === 'unix' ? { unixPath: server.unixPath } : { tcp }),
-            maxInFlight: pipeline.depth,
-            timeoutMs: 10_000,
-          }),
-        );
-      }
-    } catch (err) {
-      clients.forEach((c) => void c.close());
-      throw err;
-    }
-    return { load: new LibraryClientSignLoad(clients, spec, pipeline.depth), close: () => clients.forEach((c) => void c.close()) };
-  }
-  const sockets: net.Socket[] = [];
-  try {
-    for (let i = 0; i < pipeline.connections; i++) {
-      sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
-    }
-  } catch (err) {
-    sockets.forEach((s) => void s.destroy());
-    throw err;
-  }
-  return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close: () => sockets.forEach((s) => void s.destroy()) };
+export function rawScenario(key: BenchKey, load: RawSignLoad, rampMs: number): BenchScenario {
+  const n = load.sessions.length;
+  return {
+    name: `raw-${key.id}-${n}s`,
+    key,
+    path: 'raw',
+    setting: `${n} sessions`,
+    run: (durationMs, context) => measureWindow(load, { durationMs, rampMs, signal: context.signal }),
+    close: () => undefined,
+  };
 }
 
-export function keyserverScenario(
-  key: BenchKey,
-  transport: Transport,
-  pipeline: Pipeline,
-  connect: () => Promise<Connected>,
-  serverPid: number,
-  options: Options,
-): BenchScenario {
+/** `pipeline.connections` connections to the key server, each with `pipeline.depth` requests in flight. */
+export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): Promise<Connected> {
+  const { lab, server } = rig;
+  const spec = { keyId: Buffer.from(rig.keyIds.get(key.id)!, 'hex'), algorithm: key.algorithm, digests: rig.digests };
+  const opened: (net.Socket | KeyserverClient)[] = [];
+  const close = () => opened.forEach((c) => void (c instanceof KeyserverClient ? c.close() : c.destroy()));
+  try {
+    if (rig.client === 'library') {
+      const tcp = { host: '127.0.0.1', port: server.tcpPort, ca: lab.tls.ca, cert: lab.tls.clientCert, key: lab.tls.clientKey, servername: lab.tls.serverName };
+      const options = { ...(transport === 'unix' ? { unixPath: server.unixPath } : { tcp }), maxInFlight: pipeline.depth, timeoutMs: 10_000 };
+      for (let i = 0; i < pipeline.connections; i++) opened.push(await KeyserverClient.connect(options));
+      return { load: new LibraryClientSignLoad(opened as KeyserverClient[], spec, pipeline.depth), close };
+    }
+    for (let i = 0; i < pipeline.connections; i++)
+      opened.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    return { load: new PipelinedSignLoad(opened as net.Socket[], spec, pipeline.depth), close };
+  } catch (err) {
+    close();
+    throw err;
+  }
+}
+
+export function keyserverScenario(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): BenchScenario {
   let connected: Connected | undefined;
   return {
     name: `${transport}-${key.id}`,
@@ -110,72 +88,74 @@ export function keyserverScenario(
     setting: pipelineName(pipeline),
     async run(durationMs, context) {
       // Connections are opened once and kept, as the proxy keeps them.
-      connected ??= await connect();
-      return measureWindow(connected.load, { durationMs, rampMs: options.rampMs, serverPid, signal: context.signal });
+      connected ??= await connectLoad(rig, key, transport, pipeline);
+      return measureWindow(connected.load, { durationMs, rampMs: rig.rampMs, serverPid: rig.server.pid, signal: context.signal });
     },
     close: () => connected?.close(),
   };
 }
 
-// ---------------------------------------------------------------------------
-// Exploration of the pipeline setting
-
-export interface ExploreRow {
-  readonly key: string;
-  readonly pipeline: string;
-  readonly signsPerSecond: number[];
-  readonly meanSignsPerSecond: number;
-  readonly p99Us: number;
+/** A fresh connection set for one window, closed after it. */
+async function oneWindow(
+  rig: SignRig,
+  key: BenchKey,
+  transport: Transport,
+  pipeline: Pipeline,
+  durationMs: number,
+  signal: AbortSignal,
+): Promise<WindowResult> {
+  const c = await connectLoad(rig, key, transport, pipeline);
+  try {
+    return await measureWindow(c.load, { durationMs, rampMs: rig.rampMs, serverPid: rig.server.pid, signal });
+  } finally {
+    c.close();
+  }
 }
 
-export async function explorePipeline(
-  key: BenchKey,
-  connect: (p: Pipeline) => Promise<Connected>,
-  serverPid: number,
-  options: Options,
-  signal: AbortSignal,
-  log: (line: string) => void,
-): Promise<{ chosen: Pipeline; rows: ExploreRow[] }> {
-  const rates = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
-  const p99 = new Map<string, number[]>(PIPELINE_CANDIDATES.map((p) => [pipelineName(p), []]));
+export type ExploreRow = Awaited<ReturnType<typeof explorePipeline>>['rows'][number];
+
+/** Every candidate over the unix socket, `passes` times (alternate passes reversed); the smallest within EXPLORE_TOLERANCE of the best wins. */
+export async function explorePipeline(rig: SignRig, key: BenchKey, exploreMs: number, passes: number, signal: AbortSignal, log: Log) {
+  const runs = new Map<Pipeline, WindowResult[]>(PIPELINE_CANDIDATES.map((p) => [p, []]));
   // Warm the server for this key first, so the first candidate is not the cold one.
-  const warm = await connect(PIPELINE_CANDIDATES[2]!);
-  try {
-    await measureWindow(warm.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
-  } finally {
-    warm.close();
-  }
-  for (let pass = 0; pass < options.explorePasses; pass++) {
-    const order = pass % 2 === 0 ? PIPELINE_CANDIDATES : [...PIPELINE_CANDIDATES].reverse();
-    for (const candidate of order) {
-      const c = await connect(candidate);
-      try {
-        const r = await measureWindow(c.load, { durationMs: options.exploreMs, rampMs: options.rampMs, serverPid, signal });
-        if (r.errors > 0) throw new Error(`exploration ${key.id} ${pipelineName(candidate)}: ${r.errors} errors, first: ${r.firstError}`);
-        rates.get(pipelineName(candidate))!.push(r.signsPerSecond);
-        p99.get(pipelineName(candidate))!.push(r.latency.p99Us);
-      } finally {
-        c.close();
-      }
+  await oneWindow(rig, key, 'unix', PIPELINE_CANDIDATES[2]!, exploreMs, signal);
+  for (let pass = 0; pass < passes; pass++) {
+    for (const candidate of pass % 2 === 0 ? PIPELINE_CANDIDATES : [...PIPELINE_CANDIDATES].reverse()) {
+      const r = await oneWindow(rig, key, 'unix', candidate, exploreMs, signal);
+      if (r.errors > 0) throw new Error(`exploration ${key.id} ${pipelineName(candidate)}: ${r.errors} errors, first: ${r.firstError}`);
+      runs.get(candidate)!.push(r);
     }
   }
-  const rows: ExploreRow[] = PIPELINE_CANDIDATES.map((p) => {
-    const name = pipelineName(p);
-    const r = rates.get(name)!;
+  const rows = PIPELINE_CANDIDATES.map((p) => {
+    const rates = runs.get(p)!.map((r) => r.signsPerSecond);
+    const meanSignsPerSecond = rates.reduce((a, b) => a + b, 0) / rates.length;
     return {
       key: key.title,
-      pipeline: name,
-      signsPerSecond: r.map((v) => round(v)),
-      meanSignsPerSecond: r.reduce((a, b) => a + b, 0) / r.length,
-      p99Us: median(p99.get(name)!),
+      pipeline: pipelineName(p),
+      signsPerSecond: rates.map((v) => round(v)),
+      meanSignsPerSecond,
+      p99Us: median(runs.get(p)!.map((r) => r.latency.p99Us)),
     };
   });
   const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
   const inFlight = (p: Pipeline) => p.connections * p.depth;
-  const chosen = [...PIPELINE_CANDIDATES]
-    .filter((p) => rows.find((r) => r.pipeline === pipelineName(p))!.meanSignsPerSecond >= best * (1 - EXPLORE_TOLERANCE))
-    .sort((a, b) => inFlight(a) - inFlight(b) || a.connections - b.connections)[0]!;
+  const chosen = PIPELINE_CANDIDATES.filter((_, i) => rows[i]!.meanSignsPerSecond >= best * (1 - EXPLORE_TOLERANCE)).sort(
+    (a, b) => inFlight(a) - inFlight(b) || a.connections - b.connections,
+  )[0]!;
   for (const r of rows) log(`  explore ${key.id} ${r.pipeline.padEnd(5)} ${fmt(r.meanSignsPerSecond).padStart(8)} signs/s  p99 ${fmt(r.p99Us)} µs`);
   log(`  explore ${key.id}: chose ${pipelineName(chosen)}`);
   return { chosen, rows };
+}
+
+export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
+
+/** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
+export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, raw: () => RawSignLoad, durationMs: number, signal: AbortSignal, log: Log) {
+  signal.throwIfAborted();
+  const r =
+    path === 'raw'
+      ? await measureWindow(raw(), { durationMs, rampMs: rig.rampMs, signal })
+      : await oneWindow(rig, key, path, { connections: 1, depth: 1 }, durationMs, signal);
+  log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
+  return { key: key.title as string, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
 }

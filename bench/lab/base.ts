@@ -1,11 +1,9 @@
 /**
  * What every bench lab shares (handshake, keepalive, the certificate benches):
- * one temp dir under a KeyserverLab's, and the registry of what was started
- * in it — the key server, the origin, the servers under test by id — with a
- * graceful `stop()` and a synchronous `cleanup()` (SIGKILL to every process
- * group still running, remove the temp dir; safe twice, also from an 'exit'
- * handler). Every server is its own process group (harness/spawn.ts), so a
- * cluster primary and its workers die together.
+ * a temp dir under a KeyserverLab's and the registry of what was started in
+ * it (key server, origin, the servers under test by id), with a graceful
+ * `stop()` and a synchronous `cleanup()` (SIGKILL to every process group still
+ * running, temp dir removed; safe twice, also from an 'exit' handler).
  */
 import https from 'node:https';
 import { join } from 'node:path';
@@ -61,12 +59,7 @@ export abstract class LabBase<Id extends string = string> {
     this.#cleaned = true;
     for (const p of [...this.servers.values(), this.origin]) p?.kill();
     this.killOthers();
-    if (!keepTemp) return this.keyserverLab.cleanup();
-    try {
-      this.keyserver?.child.kill('SIGKILL');
-    } catch {
-      // gone
-    }
+    this.keyserverLab.cleanup(keepTemp);
   }
 }
 

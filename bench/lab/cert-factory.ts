@@ -68,35 +68,37 @@ export function newSerial(): Buffer {
   return serial;
 }
 
-interface TbsFields {
-  readonly serial: Buffer;
-  readonly issuer: Buffer;
-  readonly subject: Buffer;
-  readonly notBefore: Date;
-  readonly notAfter: Date;
-  readonly spkiDer: Buffer;
-  readonly extensions: readonly Buffer[];
-}
-
-function certificateDer(tbs: TbsFields, signingKey: KeyObject): Buffer {
-  const body = seq(
-    hex('a0 03 02 01 02'), // [0] version v3
-    tlv(0x02, tbs.serial),
+/** A v3 certificate signed by `signingKey` (ECDSA P-256 with SHA-256). */
+function certificateDer(
+  serial: Buffer,
+  issuer: Buffer,
+  subject: Buffer,
+  validity: readonly [Date, Date],
+  spkiDer: Buffer,
+  extensions: readonly Buffer[],
+  signingKey: KeyObject,
+): Buffer {
+  const [notBefore, notAfter] = validity;
+  const version = hex('a0 03 02 01 02'); // [0] v3
+  const tbs = seq(
+    version,
+    tlv(0x02, serial),
     SIGNATURE_ALGORITHM,
-    tbs.issuer,
-    seq(utcTime(tbs.notBefore), utcTime(tbs.notAfter)),
-    tbs.subject,
-    tbs.spkiDer,
-    tlv(0xa3, seq(...tbs.extensions)),
+    issuer,
+    seq(utcTime(notBefore), utcTime(notAfter)),
+    subject,
+    spkiDer,
+    tlv(0xa3, seq(...extensions)),
   );
   // node:crypto's ECDSA signature is DER Ecdsa-Sig-Value, what X.509 carries (RFC 5758 §3.2).
-  const signature = sign('sha256', body, signingKey);
-  return seq(body, SIGNATURE_ALGORITHM, tlv(0x03, Buffer.concat([Buffer.from([0]), signature])));
+  return seq(tbs, SIGNATURE_ALGORITHM, tlv(0x03, Buffer.concat([Buffer.from([0]), sign('sha256', tbs, signingKey)])));
 }
 
 function pem(der: Buffer): string {
-  const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
-  return `-----BEGIN CERTIFICATE-----\n${lines.join('\n')}\n-----END CERTIFICATE-----\n`;
+  return `-----BEGIN CERTIFICATE-----\n${der
+    .toString('base64')
+    .match(/.{1,64}/g)!
+    .join('\n')}\n-----END CERTIFICATE-----\n`;
 }
 
 export interface IssuedLeaf {
@@ -105,68 +107,44 @@ export interface IssuedLeaf {
   readonly serial: string;
 }
 
-/**
- * A throwaway CA. Not safe for concurrent use from several threads (it is
- * used from one bench process); `issue` is synchronous.
- */
+/** A throwaway CA, used from one thread; `issue` is synchronous. */
 export class BenchCa {
   readonly pem: string;
   readonly #key: KeyObject;
   readonly #subject: Buffer;
   readonly #keyId: Buffer;
-  readonly #notBefore: Date;
-  readonly #notAfter: Date;
+  /** From a minute back (clock skew between the bench and the proxy's validation) for `validDays`. */
+  readonly #validity: readonly [Date, Date];
 
   constructor(commonName: string, validDays = 10) {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    this.#key = privateKey;
     const spkiDer = publicKey.export({ type: 'spki', format: 'der' });
+    this.#key = privateKey;
     this.#subject = name(commonName);
     this.#keyId = keyIdentifier(spkiDer);
-    // A minute back tolerates clock skew between the bench and the proxy's validation.
-    this.#notBefore = new Date(Date.now() - 60_000);
-    this.#notAfter = new Date(this.#notBefore.getTime() + validDays * 86_400_000);
-    const der = certificateDer(
-      {
-        serial: newSerial(),
-        issuer: this.#subject,
-        subject: this.#subject,
-        notBefore: this.#notBefore,
-        notAfter: this.#notAfter,
-        spkiDer,
-        extensions: [
-          extension(OID.basicConstraints, true, seq(hex('01 01 ff'))),
-          extension(OID.keyUsage, true, hex('03 02 01 06')), // keyCertSign, cRLSign
-          extension(OID.subjectKeyIdentifier, false, tlv(0x04, this.#keyId)),
-        ],
-      },
-      privateKey,
-    );
-    this.pem = pem(der);
+    const notBefore = new Date(Date.now() - 60_000);
+    this.#validity = [notBefore, new Date(notBefore.getTime() + validDays * 86_400_000)];
+    const extensions = [
+      extension(OID.basicConstraints, true, seq(CRITICAL)), // cA TRUE
+      extension(OID.keyUsage, true, hex('03 02 01 06')), // keyCertSign, cRLSign
+      extension(OID.subjectKeyIdentifier, false, tlv(0x04, this.#keyId)),
+    ];
+    this.pem = pem(certificateDer(newSerial(), this.#subject, this.#subject, this.#validity, spkiDer, extensions, privateKey));
   }
 
   /** A TLS server leaf for `spkiDer` (the key server's public key) covering `dnsNames`; valid as long as the CA, less a day. */
   issue(spkiDer: Buffer, dnsNames: readonly string[]): IssuedLeaf {
     const serial = newSerial();
-    const der = certificateDer(
-      {
-        serial,
-        issuer: this.#subject,
-        subject: name(dnsNames[0] ?? 'leaf'),
-        notBefore: this.#notBefore,
-        notAfter: new Date(this.#notAfter.getTime() - 86_400_000),
-        spkiDer,
-        extensions: [
-          extension(OID.basicConstraints, true, seq()),
-          extension(OID.keyUsage, true, hex('03 02 07 80')), // digitalSignature
-          extension(OID.extKeyUsage, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // serverAuth
-          extension(OID.subjectAltName, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
-          extension(OID.subjectKeyIdentifier, false, tlv(0x04, keyIdentifier(spkiDer))),
-          extension(OID.authorityKeyIdentifier, false, seq(tlv(0x80, this.#keyId))),
-        ],
-      },
-      this.#key,
-    );
+    const extensions = [
+      extension(OID.basicConstraints, true, seq()),
+      extension(OID.keyUsage, true, hex('03 02 07 80')), // digitalSignature
+      extension(OID.extKeyUsage, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // serverAuth
+      extension(OID.subjectAltName, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
+      extension(OID.subjectKeyIdentifier, false, tlv(0x04, keyIdentifier(spkiDer))),
+      extension(OID.authorityKeyIdentifier, false, seq(tlv(0x80, this.#keyId))),
+    ];
+    const validity = [this.#validity[0], new Date(this.#validity[1].getTime() - 86_400_000)] as const;
+    const der = certificateDer(serial, this.#subject, name(dnsNames[0] ?? 'leaf'), validity, spkiDer, extensions, this.#key);
     return { pem: pem(der), serial: serial.toString('hex').toUpperCase() };
   }
 

@@ -1,27 +1,20 @@
 /**
- * The set-up of the certificate benchmarks (cert-reload.ts, cert-scale.ts),
- * in one temporary directory:
- *   - a key server (keyserver-lab.ts: embedded SoftHSM2 token, unix socket)
- *     with keys made by `keyedge key generate`, their public keys read back
- *     over the key server protocol;
- *   - a throwaway CA (cert-factory.ts) issuing leaves for those keys;
- *   - the demo origin (`keyedge demo-origin`, 1 KiB page);
- *   - `keyedge proxy --config <file>` run as an operator runs it: cluster
- *     primary and workers, admin port with a bearer token file, a certificate
- *     store directory; started and restarted as often as a benchmark needs.
- *
- * Servers are process groups (handshake-lab.ts spawnManaged), so `cleanup()`
- * (synchronous, also from an 'exit' handler) kills a primary with its workers.
- * Proxy logs go to files; `ProxyLog` reads their JSON lines back.
+ * The set-up of the certificate benches (cert-reload, cert-scale) in one temp
+ * dir: a key server (lab/keyserver.ts) with keys from `keyedge key generate`,
+ * their public keys read back over the protocol; a throwaway CA
+ * (cert-factory.ts) issuing leaves for them; the demo origin; and `keyedge
+ * proxy --config <file>` run as an operator runs it (cluster, admin port with
+ * a bearer token file, a certificate store), started as often as a bench
+ * needs. Proxy logs go to files; `ProxyLog` reads their JSON lines back.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
-import { freePort, httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { processTree } from '../harness/procs.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
@@ -39,43 +32,32 @@ export interface LabKey {
 /** One JSON log line of the proxy (pino): `time` is ISO 8601, `msg` the message. */
 export type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
 
-/** Reads a proxy's log file incrementally; lines that are not JSON (a crash trace) are kept as `{ msg: text }`. */
+/** Reads a proxy's log file as it grows; a line that is not JSON (a crash trace) is kept as `{ msg: text }`. */
 export class ProxyLog {
-  readonly file: string;
   readonly lines: LogLine[] = [];
   #offset = 0;
   #pending = '';
 
-  constructor(file: string) {
-    this.file = file;
-  }
+  constructor(readonly file: string) {}
 
-  /** Reads what was appended since the last call; returns every line so far. */
+  /** Every line so far. */
   read(): LogLine[] {
-    let text: Buffer;
-    try {
-      text = readFileSync(this.file);
-    } catch {
-      return this.lines;
-    }
-    if (text.length > this.#offset) {
-      this.#pending += text.subarray(this.#offset).toString('utf8');
-      this.#offset = text.length;
-      const parts = this.#pending.split('\n');
-      this.#pending = parts.pop() ?? '';
-      for (const part of parts) {
-        if (part.trim() === '') continue;
-        try {
-          this.lines.push(JSON.parse(part) as LogLine);
-        } catch {
-          this.lines.push({ msg: part });
-        }
+    const text = existsSync(this.file) ? readFileSync(this.file) : Buffer.alloc(0);
+    if (text.length <= this.#offset) return this.lines;
+    const parts = (this.#pending + text.subarray(this.#offset).toString('utf8')).split('\n');
+    this.#offset = text.length;
+    this.#pending = parts.pop() ?? '';
+    for (const part of parts.filter((p) => p.trim() !== '')) {
+      try {
+        this.lines.push(JSON.parse(part) as LogLine);
+      } catch {
+        this.lines.push({ msg: part });
       }
     }
     return this.lines;
   }
 
-  /** Lines with message `msg` from index `from` on. */
+  /** Lines with message `msg`, from index `from` on. */
   find(msg: string, from = 0): LogLine[] {
     return this.read()
       .slice(from)
@@ -83,55 +65,42 @@ export class ProxyLog {
   }
 }
 
-export interface RunningProxy {
-  readonly process: ManagedProcess;
-  readonly log: ProxyLog;
-  readonly port: number;
-  readonly adminPort: number;
-  readonly configFile: string;
-  /** From spawn until /readyz first answered 200, ms; undefined when it was not ready in time (`allowNotReady`). */
-  readonly readyMs: number | undefined;
-  /** The primary and its workers, now. */
-  pids(): { readonly primary: number; readonly workers: readonly number[] };
-  /** An admin request with the bearer token; the answer's status and body. */
-  admin(method: string, path: string, body?: string): Promise<{ readonly status: number; readonly text: string }>;
-  stop(): Promise<void>;
-}
+/** A started proxy: its process, log, ports, pids, admin requests with the token, stop. */
+export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 
 export interface ProxyStartOptions {
-  /** Name of the run: its config, log and token files are `<dir>/<name>.*`. */
+  /** Its config and log are `<dir>/<name>.{json,log}`. */
   readonly name: string;
   readonly config: Record<string, unknown>;
-  /** Extra node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
+  /** Node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
   readonly nodeArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
-  /** Resolve with readyMs undefined, the proxy left running, instead of rejecting when it is not ready in time. */
+  /** Not ready in time: resolve with readyMs undefined, the proxy left running, instead of rejecting. */
   readonly allowNotReady?: boolean;
-  /** Poll interval of /readyz while starting, ms. */
+  /** /readyz poll interval, ms. */
   readonly pollMs?: number;
 }
 
 export class CertLab extends LabBase {
-  readonly ca: BenchCa;
+  readonly ca = new BenchCa('keyedge certificate bench CA');
   readonly caFile: string;
   readonly tokenFile: string;
-  readonly token: string;
+  readonly token = randomBytes(24).toString('hex');
   readonly keys = new Map<string, LabKey>();
-  readonly originPort: number;
 
-  private constructor(keyserverLab: KeyserverLab, originPort: number) {
+  private constructor(
+    keyserverLab: KeyserverLab,
+    readonly originPort: number,
+  ) {
     super(keyserverLab, 'certs-bench', 30_000);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.ca = new BenchCa('keyedge certificate bench CA');
     this.caFile = join(this.dir, 'ca.pem');
     writeFileSync(this.caFile, this.ca.pem);
     this.tokenFile = join(this.dir, 'admin.token');
-    this.token = randomBytes(24).toString('hex');
     writeFileSync(this.tokenFile, `${this.token}\n`, { mode: 0o600 });
-    this.originPort = originPort;
   }
 
-  /** Makes the temp dir and the keys (`keyedge key generate`), starts the key server and the origin. */
+  /** Makes the temp dir and the keys, starts the key server and the origin. */
   static async start(keys: readonly Omit<LabKey, 'keyId' | 'spki'>[], log: (line: string) => void): Promise<CertLab> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-certs-', tokenLabel: 'keyedge-certs' });
     let lab: CertLab | undefined;
@@ -169,103 +138,77 @@ export class CertLab extends LabBase {
     return key;
   }
 
-  /** The parts of a proxy config every benchmark shares: key server, one listener, the admin port with the token. */
+  /** What every bench's proxy config shares: the key server, one listener, the admin port with the token. */
   async baseConfig(): Promise<{ config: Record<string, unknown>; port: number; adminPort: number }> {
-    const port = await freePort();
-    const adminPort = await freePort();
-    return {
-      port,
-      adminPort,
-      config: {
-        stateDir: this.keyserverLab.stateDir,
-        workers: 2,
-        keyserver: { socket: this.keyserverSocket },
-        listen: [{ host: '127.0.0.1', port }],
-        admin: { host: '127.0.0.1', port: adminPort, tokenFile: this.tokenFile },
-        log: { level: 'info' },
-      },
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const config = {
+      stateDir: this.keyserverLab.stateDir,
+      workers: 2,
+      keyserver: { socket: this.keyserverSocket },
+      listen: [{ host: '127.0.0.1', port }],
+      admin: { host: '127.0.0.1', port: adminPort, tokenFile: this.tokenFile },
+      log: { level: 'info' },
     };
+    return { config, port, adminPort };
   }
 
   /**
-   * Writes the config, starts `keyedge proxy`, and resolves once /readyz
-   * answers 200. A port taken meanwhile by another program (the proxy's
-   * workers then fail with EADDRINUSE and are restarted forever) is detected
-   * in the log: the proxy is stopped and started again on fresh ports, up to
-   * three times. The config's listen[0] and admin ports are the ones to use.
+   * Writes the config, starts `keyedge proxy` and resolves once /readyz
+   * answers 200. Another program can take a port between freePort() and the
+   * bind (the workers then fail with EADDRINUSE and are restarted forever):
+   * seen in the log, the proxy is started again on fresh ports, up to three
+   * times; the config's listen[0] and admin ports are the ones to use.
    */
-  async startProxy(options: ProxyStartOptions): Promise<RunningProxy> {
+  async startProxy(options: ProxyStartOptions) {
     const configFile = join(this.dir, `${options.name}.json`);
     const logFile = join(this.dir, `${options.name}.log`);
+    const timeoutMs = options.readyTimeoutMs ?? 120_000;
     let config = options.config;
     for (let attempt = 1; ; attempt++) {
       writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
       writeFileSync(logFile, '');
-      const adminPort = (config.admin as { port: number }).port;
+      const admin = config.admin as { port: number };
       const started = performance.now();
-      const proc = spawnManaged(
-        options.name,
-        [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile],
-        logFile,
-        undefined,
-        this.dir,
-      );
+      const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile];
+      const proc = spawnManaged(options.name, command, logFile, undefined, this.dir);
       this.servers.set(options.name, proc);
-      let portTaken = false;
-      let timedOut = false;
-      const timeoutMs = options.readyTimeoutMs ?? 120_000;
+      let outcome = 'ready' as 'ready' | 'port taken' | 'timed out';
       const ready = async (): Promise<boolean> => {
-        if (readFileSync(logFile, 'utf8').includes('EADDRINUSE')) {
-          portTaken = true;
-          return true;
-        }
-        if (options.allowNotReady === true && performance.now() - started > timeoutMs) {
-          timedOut = true;
-          return true;
-        }
-        return (await httpGet(`http://127.0.0.1:${adminPort}/readyz`, 2000).catch(() => ({ status: 0 }))).status === 200;
+        if (readFileSync(logFile, 'utf8').includes('EADDRINUSE')) outcome = 'port taken';
+        else if (options.allowNotReady === true && performance.now() - started > timeoutMs) outcome = 'timed out';
+        else return (await httpGet(`http://127.0.0.1:${admin.port}/readyz`, 2000)).status === 200;
+        return true;
       };
       await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
-      if (portTaken) {
-        await proc.stop(10_000);
+      const readyMs = outcome === 'ready' ? performance.now() - started : undefined;
+      const stop = async () => {
+        await proc.stop(30_000);
         this.servers.delete(options.name);
+      };
+      if (outcome === 'port taken') {
+        await stop();
         if (attempt >= 3) throw new Error(`keyedge proxy ${options.name}: its ports were taken ${attempt} times\n${proc.tail()}`);
-        config = { ...config, listen: [{ host: '127.0.0.1', port: await freePort() }], admin: { ...(config.admin as object), port: await freePort() } };
+        config = { ...config, listen: [{ host: '127.0.0.1', port: await freePort() }], admin: { ...admin, port: await freePort() } };
         continue;
       }
-      return this.#running(proc, config, configFile, logFile, timedOut ? undefined : performance.now() - started);
+      const authorization = `Bearer ${this.token}`;
+      return {
+        process: proc,
+        log: new ProxyLog(logFile),
+        port: (config.listen as { port: number }[])[0]!.port,
+        adminPort: admin.port,
+        configFile,
+        /** Spawn until /readyz first answered 200, ms; undefined when not ready in time (`allowNotReady`). */
+        readyMs,
+        pids: () => ({ primary: proc.pid, workers: processTree(proc.pid).slice(1) }),
+        async admin(method: string, path: string, body?: string): Promise<{ status: number; text: string }> {
+          const init = { method, headers: { authorization }, signal: AbortSignal.timeout(120_000), ...(body === undefined ? {} : { body }) };
+          const response = await fetch(`http://127.0.0.1:${admin.port}${path}`, init);
+          return { status: response.status, text: await response.text() };
+        },
+        stop,
+      };
     }
-  }
-
-  #running(proc: ManagedProcess, config: Record<string, unknown>, configFile: string, logFile: string, readyMs: number | undefined): RunningProxy {
-    const listen = (config.listen as { port: number }[])[0]!;
-    const admin = config.admin as { port: number };
-    const token = this.token;
-    return {
-      process: proc,
-      log: new ProxyLog(logFile),
-      port: listen.port,
-      adminPort: admin.port,
-      configFile,
-      readyMs,
-      pids: () => {
-        const tree = processTree(proc.pid);
-        return { primary: proc.pid, workers: tree.slice(1) };
-      },
-      async admin(method, path, body) {
-        const response = await fetch(`http://127.0.0.1:${admin.port}${path}`, {
-          method,
-          headers: { authorization: `Bearer ${token}` },
-          ...(body === undefined ? {} : { body }),
-          signal: AbortSignal.timeout(120_000),
-        });
-        return { status: response.status, text: await response.text() };
-      },
-      stop: async () => {
-        await proc.stop(30_000);
-        this.servers.delete(proc.name);
-      },
-    };
   }
 }
 
@@ -288,24 +231,22 @@ export function rssKiB(pid: number): number {
 
 export interface ConnectResult {
   readonly ok: boolean;
-  /** Where it failed: the TLS handshake (including certificate verification) or the HTTP request after it. */
+  /** Where it failed: the TLS handshake (certificate verification included) or the HTTP request after it. */
   readonly failed?: 'handshake' | 'request';
   readonly error?: string;
   /** The served leaf's serial, upper-case hex (node:tls's form). */
   readonly serial?: string;
   readonly status?: number;
-  /** performance.now() when the connection was started. */
+  /** performance.now() at connect and at the handshake's end. */
   readonly startedAt: number;
-  /** performance.now() when the handshake completed. */
   readonly handshakeAt?: number;
 }
 
 /**
  * One new TLS connection to the proxy, verified against `ca` for
- * `servername`; with `request`, one GET (Connection: close) whose answer must
- * be a 200. Resolves with what happened, never rejects. The peer certificate
- * is read in 'secureConnect', while the socket is open (Node must not be asked
- * about a closed TLS socket).
+ * `servername`; with `request`, one GET (Connection: close) that must answer
+ * 200. Never rejects. The peer certificate is read in 'secureConnect', while
+ * the socket is open (Node must not be asked about a closed TLS socket).
  */
 export function connectOnce(port: number, servername: string, ca: string, request: boolean, timeoutMs = 10_000): Promise<ConnectResult> {
   return new Promise((resolve) => {
@@ -313,25 +254,15 @@ export function connectOnce(port: number, servername: string, ca: string, reques
     let serial: string | undefined;
     let handshakeAt: number | undefined;
     let head = '';
-    let settled = false;
+    const socket = tls.connect({ host: '127.0.0.1', port, servername, ca });
     const done = (result: Omit<ConnectResult, 'startedAt'>): void => {
-      if (settled) return;
-      settled = true;
       clearTimeout(timer);
       socket.destroy();
-      resolve({ ...result, startedAt });
+      resolve({ ...result, startedAt }); // a second call is a no-op: a promise settles once
     };
-    const socket = tls.connect({ host: '127.0.0.1', port, servername, ca });
-    const timer = setTimeout(
-      () =>
-        done({
-          ok: false,
-          failed: serial === undefined ? 'handshake' : 'request',
-          error: `no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`,
-          ...(serial === undefined ? {} : { serial }),
-        }),
-      timeoutMs,
-    );
+    const fail = (error: string) =>
+      done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error, ...(serial === undefined ? {} : { serial }) });
+    const timer = setTimeout(() => fail(`no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`), timeoutMs);
     socket.once('secureConnect', () => {
       handshakeAt = performance.now();
       serial = socket.getPeerCertificate().serialNumber?.toUpperCase();
@@ -341,29 +272,24 @@ export function connectOnce(port: number, servername: string, ca: string, reques
     socket.on('data', (chunk: Buffer) => {
       if (head.length < 64) head += chunk.toString('latin1');
     });
-    socket.once('error', (err) =>
-      done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: err.message, ...(serial === undefined ? {} : { serial }) }),
-    );
+    socket.once('error', (err) => fail(err.message));
     socket.once('end', () => {
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
-      done(
-        status === 200
-          ? { ok: true, serial, status, handshakeAt }
-          : { ok: false, failed: 'request', error: `answer: ${head.split('\r\n')[0] ?? '(none)'}`, status, serial },
-      );
+      if (status === 200) done({ ok: true, serial, status, handshakeAt });
+      else done({ ok: false, failed: 'request', error: `answer: ${head.split('\r\n')[0] ?? '(none)'}`, status, serial });
     });
     socket.once('close', () => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: 'closed before an answer' }));
   });
 }
 
-/** One GET over `agent` (keep-alive); resolves with the status or the error, and whether the connection was reused. */
+/** One GET over `agent` (keep-alive): ok or the error, and whether the connection was reused. */
 export function agentGet(
   agent: https.Agent,
   port: number,
   servername: string,
   ca: string,
   timeoutMs = 10_000,
-): Promise<{ readonly ok: boolean; readonly reused: boolean; readonly error?: string }> {
+): Promise<{ ok: boolean; reused: boolean; error?: string }> {
   return new Promise((resolve) => {
     const req = https.get({ host: '127.0.0.1', port, path: '/', servername, headers: { host: servername }, ca, agent, timeout: timeoutMs }, (res) => {
       res.resume();

@@ -1,51 +1,30 @@
 /**
- * nginx as the reference TLS terminator of bench/handshake/main.ts, in three ways
- * of holding the same keys:
- *   file     the key as a PEM file (`ssl_certificate_key key.pem`), the usual
- *            deployment;
- *   engine   the key in the same SoftHSM2 token the key server uses, through
- *            OpenSSL's pkcs11 engine (libp11, Debian libengine-pkcs11-openssl):
- *            `ssl_engine pkcs11;` and `ssl_certificate_key
- *            engine:pkcs11:pkcs11:token=…;object=…;type=private`, with an
- *            OPENSSL_CONF that loads the engine with MODULE_PATH = SoftHSM2;
- *   p11kit   the same engine with MODULE_PATH = p11-kit-client.so, talking to
- *            `p11-kit server` (Debian p11-kit + p11-kit-modules) over a unix
- *            socket (P11_KIT_SERVER_ADDRESS), which holds the token: the key
- *            behind a local socket, the deployment the keyless proxy competes
- *            with.
+ * nginx, the reference TLS terminator of the handshake bench, holding the same
+ * keys three ways: `file` (a PEM key file), `engine` (the key server's SoftHSM2
+ * token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same engine
+ * on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the
+ * key behind a local socket, the deployment keyless competes with).
  *
- * Every nginx runs `master_process off` (one process that is the worker, the
- * equivalent of worker_processes 1): libp11 does not survive nginx's fork of
- * the worker after the master loaded the key (the worker's first signature
- * fails with CKR_CRYPTOKI_NOT_INITIALIZED or CKR_OBJECT_HANDLE_INVALID; libp11
- * issues #156, #195), and the file variant runs the same way so the three
- * compare. Each nginx is started with `-c <tmp>/nginx-<variant>.conf -g
- * 'daemon off;'` as its own process group (never the system service), with a
- * plain-HTTP `stub_status` listener from which the bench reads its connection
- * counters.
- *
- * The user PIN reaches libp11 through the engine section of the variant's
- * OPENSSL_CONF (`PIN = …`): a file in the bench's temp dir, mode 0600, never
- * on a command line, in the environment or in a log.
+ * Every nginx is one process (`master_process off`): libp11 does not survive
+ * nginx's fork of the worker after the master loaded the key (libp11 issues
+ * #156, #195), and the file variant runs the same way so the three compare.
+ * The user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600
+ * file in the temp dir: never a command line, the environment or a log.
  */
 import { aptInstall, which } from '../harness/install.js';
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HandshakeKey } from '../handshake/lab.js';
-import { httpGet, type ManagedProcess, spawnManaged } from '../harness/spawn.js';
+import { httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 
 export type NginxVariant = 'file' | 'engine' | 'p11kit';
 
 export const NGINX_VARIANTS: readonly NginxVariant[] = ['file', 'engine', 'p11kit'];
 
-/** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64). */
-const ENGINE_CANDIDATES = ['/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so', '/usr/lib/aarch64-linux-gnu/engines-3/pkcs11.so', '/usr/lib64/engines-3/pkcs11.so'];
-const P11KIT_CLIENT_CANDIDATES = [
-  '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so',
-  '/usr/lib/aarch64-linux-gnu/pkcs11/p11-kit-client.so',
-  '/usr/lib64/pkcs11/p11-kit-client.so',
-];
+/** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64), under these library dirs. */
+const LIB_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64'];
+const findLib = (name: string) => LIB_DIRS.map((dir) => `${dir}/${name}`).find((p) => existsSync(p));
 const DEBIAN_PACKAGES = ['nginx', 'libengine-pkcs11-openssl', 'p11-kit', 'p11-kit-modules'];
 
 export interface NginxTools {
@@ -59,20 +38,9 @@ export interface NginxTools {
 function findTools(): NginxTools | undefined {
   const nginx = which('nginx');
   if (nginx === undefined) return undefined;
-  let version: string | undefined;
-  try {
-    // nginx -v prints to stderr.
-    version = /nginx\/(\S+)/.exec(execFileSync('sh', ['-c', `${nginx} -v 2>&1`], { encoding: 'utf8', timeout: 5000 }))?.[1];
-  } catch {
-    version = undefined;
-  }
-  return {
-    nginx,
-    version,
-    engine: ENGINE_CANDIDATES.find((p) => existsSync(p)),
-    p11kit: which('p11-kit'),
-    p11kitClient: P11KIT_CLIENT_CANDIDATES.find((p) => existsSync(p)),
-  };
+  // nginx -v prints to stderr.
+  const version = spawnSync(nginx, ['-v'], { encoding: 'utf8', timeout: 5000 }).stderr?.match(/nginx\/(\S+)/)?.[1];
+  return { nginx, version, engine: findLib('engines-3/pkcs11.so'), p11kit: which('p11-kit'), p11kitClient: findLib('pkcs11/p11-kit-client.so') };
 }
 
 /** What each variant needs, or why it cannot run. */
@@ -86,11 +54,9 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
 }
 
 /**
- * Finds nginx, libp11's engine and p11-kit; when some are missing and
- * `install` is set, installs the Debian packages not installed yet
- * (harness/install.ts) and stops the system nginx the package may start, so
- * the only nginx running is the bench's own. Undefined when nginx is still
- * missing (the caller marks its scenarios skipped), after logging why.
+ * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is
+ * missing (harness/install.ts) and stops the system nginx the package may
+ * start. Undefined when nginx is still missing (its scenarios are skipped).
  */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
@@ -101,22 +67,19 @@ export function ensureNginxTools(install: boolean, log: (line: string) => void):
   return findTools();
 }
 
+/** The key server's token: its SoftHSM2 configuration, module, label and the file with the user PIN (0600). */
 export interface NginxTokenAccess {
-  /** The key server's SoftHSM2 configuration (the token's object directory). */
   readonly softhsmConf: string;
   readonly softhsmModule: string;
   readonly tokenLabel: string;
-  /** File holding the user PIN (mode 0600, in the temp dir). */
   readonly pinFile: string;
 }
 
+/** One key: the token key's chain and object label (engine, p11kit), the file variant's chain and PEM key. */
 export interface NginxKeyFiles {
   readonly key: HandshakeKey;
-  /** Certificate chain of the token key (engine, p11kit). */
   readonly tokenChain: string;
-  /** Token object label of the key (CKA_LABEL). */
   readonly tokenLabel: string;
-  /** Certificate chain and PEM key of the file variant. */
   readonly fileChain: string;
   readonly fileKey: string;
 }
@@ -166,11 +129,7 @@ export interface NginxLabOptions {
   readonly accessLog: boolean;
 }
 
-/**
- * The nginx variants and the p11-kit server. `start()` writes the configs and
- * starts what the variants need; `stop()` / `kill()` end them. Not reentrant:
- * one start, one stop.
- */
+/** The nginx variants and the p11-kit server: one start (configs written, processes started), one stop or kill. */
 export class NginxLab {
   readonly options: NginxLabOptions;
   readonly instances: ReadonlyMap<NginxVariant, NginxInstance>;
@@ -191,25 +150,20 @@ export class NginxLab {
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
-    writeFileSync(
-      path,
-      [
-        'openssl_conf = openssl_init',
-        '[openssl_init]',
-        'engines = engine_section',
-        '[engine_section]',
-        'pkcs11 = pkcs11_section',
-        '[pkcs11_section]',
-        'engine_id = pkcs11',
-        `dynamic_path = ${this.options.tools.engine}`,
-        `MODULE_PATH = ${module}`,
-        `PIN = ${pin}`,
-        // nginx's ssl_engine initialises it; loading the config must not.
-        'init = 0',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    );
+    // init = 0: nginx's ssl_engine initialises the engine; loading the config must not.
+    const conf = `openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = ${this.options.tools.engine}
+MODULE_PATH = ${module}
+PIN = ${pin}
+init = 0
+`;
+    writeFileSync(path, conf, { mode: 0o600 });
     return path;
   }
 
@@ -246,7 +200,7 @@ export class NginxLab {
       'master_process off;',
       'worker_processes 1;',
       `pid ${join(dir, `nginx-${instance.variant}.pid`)};`,
-      `error_log ${join(dir, `nginx-${instance.variant}-error.log`)} warn;`,
+      `error_log ${join(dir, `nginx-${instance.variant}.log`)} warn;`,
       ...(instance.variant === 'file' ? [] : ['ssl_engine pkcs11;']),
       'events { worker_connections 4096; }',
       'http {',
@@ -273,15 +227,18 @@ export class NginxLab {
     const baseEnv = { SOFTHSM2_CONF: token.softhsmConf };
     if (this.instances.has('p11kit')) {
       // -f: foreground, so it is our child and its process group; it forks one p11-kit-remote per client connection.
-      this.p11kitServer = spawnManaged(
-        'p11-kit server',
-        [tools.p11kit!, 'server', '-f', '-n', this.p11kitSocket, '--provider', token.softhsmModule, `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`],
-        join(dir, 'p11kit-server.log'),
-        cpus,
-        dir,
-        baseEnv,
-      );
-      await waitUntil('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
+      const command = [
+        tools.p11kit!,
+        'server',
+        '-f',
+        '-n',
+        this.p11kitSocket,
+        '--provider',
+        token.softhsmModule,
+        `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`,
+      ];
+      this.p11kitServer = spawnManaged('p11-kit server', command, join(dir, 'p11kit-server.log'), cpus, dir, baseEnv);
+      await waitFor('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
     }
     for (const instance of this.instances.values()) {
       writeFileSync(instance.configPath, this.#nginxConf(instance));
@@ -291,26 +248,11 @@ export class NginxLab {
           : instance.variant === 'engine'
             ? { ...baseEnv, OPENSSL_CONF: this.#opensslConf('openssl-engine.cnf', token.softhsmModule) }
             : { OPENSSL_CONF: this.#opensslConf('openssl-p11kit.cnf', tools.p11kitClient!), P11_KIT_SERVER_ADDRESS: `unix:path=${this.p11kitSocket}` };
-      instance.process = spawnManaged(
-        `nginx ${instance.variant}`,
-        [tools.nginx, '-c', instance.configPath, '-e', join(dir, `nginx-${instance.variant}-error.log`), '-g', 'daemon off;'],
-        join(dir, `nginx-${instance.variant}.log`),
-        cpus,
-        dir,
-        env,
-      );
-      const statusPort = instance.statusPort;
-      await waitUntil(
-        `nginx ${instance.variant}`,
-        async () =>
-          await readNginxStatus(statusPort).then(
-            () => true,
-            () => false,
-          ),
-        15_000,
-        instance.process,
-        join(dir, `nginx-${instance.variant}-error.log`),
-      );
+      // Start-up errors (-e) and the config's error_log go to the process's own log, which a failed wait shows.
+      const logFile = join(dir, `nginx-${instance.variant}.log`);
+      const command = [tools.nginx, '-c', instance.configPath, '-e', logFile, '-g', 'daemon off;'];
+      instance.process = spawnManaged(`nginx ${instance.variant}`, command, logFile, cpus, dir, env);
+      await waitFor(`nginx ${instance.variant}`, () => readNginxStatus(instance.statusPort).then(() => true), 15_000, instance.process);
     }
     log(
       `nginx ${tools.version ?? '?'}: ${[...this.instances.values()].map((i) => `${i.variant} pid ${i.process?.pid} :${i.port}`).join(', ')}` +
@@ -327,20 +269,5 @@ export class NginxLab {
   kill(): void {
     for (const i of this.instances.values()) i.process?.kill();
     this.p11kitServer?.kill();
-  }
-}
-
-async function waitUntil(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, proc: ManagedProcess, errorLog?: string): Promise<void> {
-  const started = Date.now();
-  const detail = () => {
-    let text = `\n--- ${proc.logFile} ---\n${proc.tail()}`;
-    if (errorLog !== undefined && existsSync(errorLog)) text += `\n--- ${errorLog} ---\n${readFileSync(errorLog, 'utf8').split('\n').slice(-15).join('\n')}`;
-    return text;
-  };
-  for (;;) {
-    if (await check()) return;
-    if (proc.exited()) throw new Error(`${what}: the process exited${detail()}`);
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${detail()}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
