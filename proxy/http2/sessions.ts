@@ -31,6 +31,7 @@ import type { TLSSocket } from 'node:tls';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { HTTP2_CLOSE_REASONS } from '../metrics.js';
+import { AccessAccounts } from '../http/access.js';
 import { hstsHeaders } from '../http/handler.js';
 import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
@@ -83,6 +84,7 @@ export class Http2Sessions {
   readonly #server: http2.Http2Server;
   readonly #options: Http2Options;
   readonly #hstsOf: StreamContext['hstsOf'];
+  readonly #accounts: AccessAccounts;
   readonly #live = new Map<ServerHttp2Session, Live>();
   #arriving: { readonly connection: Http2Connection; readonly socket: TLSSocket } | undefined;
   #peerCheck: NodeJS.Timeout | undefined;
@@ -92,6 +94,7 @@ export class Http2Sessions {
   constructor(options: Http2Options) {
     this.#options = options;
     this.#hstsOf = hstsHeaders(options.hstsMaxAgeSeconds);
+    this.#accounts = new AccessAccounts(options.log, options.metrics);
     this.#server = http2.createServer(http2ServerOptions(options.limits));
     this.#server.on('session', (session: ServerHttp2Session) => this.#start(session));
     this.#server.on('stream', (stream: ServerHttp2Stream, headers) => this.#stream(stream, headers));
@@ -181,7 +184,7 @@ export class Http2Sessions {
     const { limits, metrics } = this.#options;
     const live: Live = {
       connection,
-      context: { hstsOf: this.#hstsOf, onClosed: (stream) => this.#closed(session, live, stream) },
+      context: { hstsOf: this.#hstsOf, accounts: this.#accounts, onClosed: (stream) => this.#closed(session, live, stream) },
       socket,
       resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()),
       streams: 0,

@@ -15,7 +15,8 @@ import { constants } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { type ProxyMetrics, statusClass } from '../metrics.js';
+import type { AccessAccounts } from '../http/access.js';
+import type { ProxyMetrics } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
 import { originFailure, type OriginPools } from '../http/forward.js';
@@ -49,6 +50,8 @@ export interface StreamHandlerOptions {
 export interface StreamContext {
   /** The HSTS header of a domain (http/handler.ts hstsHeaders: one frozen object per domain). */
   readonly hstsOf: (domain: Domain | undefined) => Readonly<Record<string, string>>;
+  /** The access line and request counts, shared with HTTP/1.1's (metric children made once, no redaction pass). */
+  readonly accounts: AccessAccounts;
   /** Called first when the stream closes, however it ends (one 'close' listener per stream does both). */
   readonly onClosed: (stream: ServerHttp2Stream) => void;
 }
@@ -74,7 +77,7 @@ export function handleStream(
   stream: ServerHttp2Stream,
   headers: Http2Headers,
 ): void {
-  const { pools, log, metrics } = options;
+  const { pools, log } = options;
   const started = process.hrtime.bigint();
   // Every stream keeps an error listener for its whole life: a reset with a code is an 'error', and one nobody hears kills the worker.
   stream.on('error', ignore);
@@ -96,29 +99,20 @@ export function handleStream(
     const aborted = reset || !answeredWhole(stream);
     const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
-    const logged = status ?? CLIENT_CLOSED_STATUS;
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    metrics.requests.inc({ status_class: statusClass(logged), code: code ?? 'none', protocol: 'h2' });
-    if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(logged) }, seconds);
-    log.info(
-      {
-        access: true,
-        protocol: 'h2',
-        domain: domain?.name,
-        method: request.method,
-        // The query string is left out: it often carries tokens.
-        path: withoutQuery(request.path),
-        status: logged,
-        bytes,
-        durationMs: Math.round(seconds * 1e4) / 10,
-        origin,
-        code,
-        tls: connection.tlsVersion,
-        resumed: connection.resumed,
-        ...(aborted ? { aborted } : {}),
-      },
-      'request',
-    );
+    context.accounts.countStream({
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      domain,
+      method: request.method,
+      // The query string is left out: it often carries tokens.
+      path: withoutQuery(request.path),
+      status: status ?? CLIENT_CLOSED_STATUS,
+      bytes,
+      origin,
+      code,
+      tls: connection.tlsVersion,
+      resumed: connection.resumed,
+      aborted,
+    });
   };
   // Node emits 'stream' a tick after the HEADERS: a connection closed in between leaves a stream already closed, with no 'close' to come.
   if (stream.destroyed) {
