@@ -109,19 +109,25 @@ async function ab(port: number, n: number, keepAlive: boolean): Promise<void> {
   if (failed !== 0 || non2xx !== 0) throw new Error(`ab: ${failed} failed, ${non2xx} non-2xx requests`);
 }
 
-/** h2load (Debian nghttp2-client): `n` GETs, a new connection for each (`full`), or on 4 connections with 10 streams in flight. */
-async function h2load(port: number, n: number, protocol: 'h2' | 'http/1.1', full: boolean): Promise<void> {
+/**
+ * h2load (Debian nghttp2-client): `n` GETs, a new connection for each
+ * (`full`), or on 4 connections with 10 streams in flight. Returns how many
+ * got a 2xx: under valgrind a connection now and then times out, and the
+ * operations counted are the ones served; more than 2% failed throws.
+ */
+async function h2load(port: number, n: number, protocol: 'h2' | 'http/1.1', full: boolean): Promise<number> {
   const batch = full ? counts.concurrency : n;
+  let served = 0;
   for (let done = 0; done < n; done += batch) {
     const size = Math.min(batch, n - done);
     // One request per client, as many clients as requests: each connection does one GET and closes.
     const shape = full ? ['-n', String(size), '-c', String(size)] : ['-n', String(size), '-c', '4', '-m', '10'];
     const args = [...shape, `--npn-list=${protocol}`, `--connect-to=127.0.0.1:${port}`, `https://${HOST}:${port}/`];
     const { stdout } = await execFileAsync('h2load', args, { maxBuffer: 1 << 22 });
-    const ok = Number(/requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded/.exec(stdout)?.[1] ?? 'NaN');
-    const twoxx = Number(/status codes: (\d+) 2xx/.exec(stdout)?.[1] ?? 'NaN');
-    if (ok !== size || twoxx !== size) throw new Error(`h2load ${args.join(' ')}: ${ok} of ${size} succeeded, ${twoxx} 2xx`);
+    served += Number(/status codes: (\d+) 2xx/.exec(stdout)?.[1] ?? 'NaN');
   }
+  if (!(served >= n * 0.98)) throw new Error(`h2load: ${served} of ${n} requests got a 2xx`);
+  return served;
 }
 
 /** The handshake bench's ALPN client until `n` connections completed; returns how many did (a loop or two more). */
@@ -137,8 +143,8 @@ async function alpn(port: number, n: number, protocol: AlpnProtocol, ca: string)
 /** Runs `n` operations of `load` against the server on `port`; returns how many ran. */
 async function drive(load: Load, port: number, n: number, ca: string): Promise<number> {
   if (load === 'alpn-h1' || load === 'alpn-h2') return alpn(port, n, load === 'alpn-h1' ? 'http/1.1' : 'h2', ca);
-  if (load === 'full' || load === 'keepalive') await ab(port, n, load === 'keepalive');
-  else await h2load(port, n, load === 'full-h1' ? 'http/1.1' : 'h2', isFull(load));
+  if (load !== 'full' && load !== 'keepalive') return h2load(port, n, load === 'full-h1' ? 'http/1.1' : 'h2', isFull(load));
+  await ab(port, n, load === 'keepalive');
   return n;
 }
 
