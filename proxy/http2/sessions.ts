@@ -21,9 +21,11 @@
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
- * Cost: one session object and a few closures per connection, one 'close'
- * listener per stream, one getpeername(2) a second per connection with
- * streams open. Single-threaded: one instance per worker.
+ * Cost: one session object and a few closures per connection; per stream,
+ * no listener of its own (the stream's one 'close' listener, stream.ts,
+ * calls `#closed`); one getpeername(2) a second per connection with streams
+ * open. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
+ * Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
