@@ -9,6 +9,11 @@
  * connection, so each stream is routed by its own authority, never by the
  * connection's SNI; an authority the certificate does not cover gets 421
  * (RFC 9110 §15.5.20), which makes the browser open a new connection for it.
+ *
+ * Cost per stream (bench/results/2026-12-04-h2-layers.md): the access line
+ * and counts go through HTTP/1.1's accounts (http/access.ts: metric children
+ * made once, no redaction pass), one 'close' listener serves both the line
+ * and the connection's bookkeeping, the HSTS header is one object per domain.
  */
 import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { constants } from 'node:http2';
