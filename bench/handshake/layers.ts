@@ -15,12 +15,25 @@
  *                         native functions with the most inclusive instructions.
  *
  * Servers: the in-memory proxy (inmemory.ts: the real cluster and worker,
- * one worker, key files) and the node:https floor (floor.ts: fixed answer,
- * no origin), one after the other, with the demo origin; ECDSA P-256
- * certificate for `bench.test` from a throwaway CA. Client: ab (`-f TLS1.3`,
- * without `-k` for (a), `-k` for (b)), after a warm-up of the same loads.
+ * one worker, key files), the node:https floor and the node:http2 floor
+ * (floor.ts: fixed answer, no origin; `floor-h2` offers only h2), one after
+ * the other, with the demo origin; ECDSA P-256 certificate for `bench.test`
+ * from a throwaway CA. Loads (`--loads`), each after a warm-up:
+ *   full          ab -f TLS1.3, a new connection per GET (HTTP/1.0, no keep-alive);
+ *   keepalive     ab -k, `--concurrency` connections;
+ *   full-h1       h2load --h1, a new connection per GET (HTTP/1.1, then closed);
+ *   full-h2       h2load, ALPN h2, a new connection per GET (preface,
+ *                 SETTINGS, one stream, GOAWAY): with full-h1, the same
+ *                 client, what h2 costs at the handshake (issue 13);
+ *   keepalive-h2  h2load -c 4 -m 10 (bench/keepalive's h2 load): 10 streams
+ *                 in flight on each of 4 connections;
+ *   alpn-h1, alpn-h2  the handshake bench's ALPN client (alpn.ts, node:tls and
+ *                 node:http2 in this process, `--concurrency` loops): a new
+ *                 connection per GET, Connection: close for h1, the client's
+ *                 GOAWAY for h2.
+ * A server is given only the loads of the protocols it speaks.
  *
- * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [options]   (--help)
+ * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [--loads LIST] [options]   (--help)
  * Prints Markdown; --out writes it (and the JSON) as <date>-layers-<profiler>.{md,json}.
  */
 import { execFile, execFileSync } from 'node:child_process';
@@ -35,6 +48,8 @@ import { fmt, markdownTable, writeReport } from '../harness/report.js';
 import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
+import { AlpnLoad, type AlpnProtocol } from './alpn.js';
+import type { FloorConfig } from './floor.js';
 import { fileKeyConfig } from './lab.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
 
@@ -49,7 +64,8 @@ const TABLE = {
   keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: '(b) keep-alive GETs measured' },
   warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
   concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: 'ab -c' },
-  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory and/or floor, in this order' },
+  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory, floor and/or floor-h2, in this order' },
+  loads: { kind: 'string', arg: 'LIST', def: 'full,keepalive', help: 'full, keepalive, full-h1, full-h2, keepalive-h2, alpn-h1, alpn-h2 (see above)' },
   'log-level': std.logLevel,
   interval: { kind: 'number', arg: 'US', def: 50, min: 1, integer: true, help: 'node --cpu-prof-interval' },
   out: { kind: 'string', arg: 'DIR', help: 'also write <date>-layers-<profiler>.{md,json} into DIR' },
@@ -61,14 +77,23 @@ const v = parsed;
 const profiler = v.profiler as 'cpu-prof' | 'none' | 'callgrind';
 const counts = { full: v.full, keepalive: v.keepalive, warmup: v.warmup, concurrency: v.concurrency };
 const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
+const LOADS = ['full', 'keepalive', 'full-h1', 'full-h2', 'keepalive-h2', 'alpn-h1', 'alpn-h2'] as const;
+type Load = (typeof LOADS)[number];
+const loads = v.loads.split(',') as Load[];
+for (const l of loads) if (!LOADS.includes(l)) throw new Error(`--loads: '${l}' is not one of ${LOADS.join(', ')}`);
+const isFull = (load: Load): boolean => load.startsWith('full') || load.startsWith('alpn');
+/** The floors speak one protocol each (floor-h2 only h2, floor only HTTP/1.x); the proxy both. */
+const speaks = (server: string, load: Load): boolean => (server.startsWith('floor') ? (server === 'floor-h2') === load.endsWith('-h2') : true);
 
 interface Measured {
   readonly server: string;
-  readonly load: 'full' | 'keepalive';
+  readonly load: Load;
   readonly operations: number;
   /** cpu-prof: the split; callgrind: instructions and the top native functions. */
   readonly split?: LayerSplit;
   readonly instructions?: number;
+  /** callgrind: the main thread's part of `instructions` (the rest: libuv's pool, V8's compiler and GC threads). */
+  readonly mainInstructions?: number;
   readonly topFunctions?: readonly { fn: string; inclusive: number }[];
   /** CPU time the serving process used over the window (/proc, 10 ms ticks): consumed, not a rate, so load moves it little. */
   readonly cpu?: ThreadCpu;
@@ -83,6 +108,45 @@ async function ab(port: number, n: number, keepAlive: boolean): Promise<void> {
   if (failed !== 0 || non2xx !== 0) throw new Error(`ab: ${failed} failed, ${non2xx} non-2xx requests`);
 }
 
+/**
+ * h2load (Debian nghttp2-client): `n` GETs, a new connection for each
+ * (`full`), or on 4 connections with 10 streams in flight. Returns how many
+ * got a 2xx: under valgrind a connection now and then times out, and the
+ * operations counted are the ones served; more than 2% failed throws.
+ */
+async function h2load(port: number, n: number, protocol: 'h2' | 'http/1.1', full: boolean): Promise<number> {
+  const batch = full ? counts.concurrency : n;
+  let served = 0;
+  for (let done = 0; done < n; done += batch) {
+    const size = Math.min(batch, n - done);
+    // One request per client, as many clients as requests: each connection does one GET and closes.
+    const shape = full ? ['-n', String(size), '-c', String(size)] : ['-n', String(size), '-c', '4', '-m', '10'];
+    const args = [...shape, `--npn-list=${protocol}`, `--connect-to=127.0.0.1:${port}`, `https://${HOST}:${port}/`];
+    const { stdout } = await execFileAsync('h2load', args, { maxBuffer: 1 << 22 });
+    served += Number(/status codes: (\d+) 2xx/.exec(stdout)?.[1] ?? 'NaN');
+  }
+  if (!(served >= n * 0.98)) throw new Error(`h2load: ${served} of ${n} requests got a 2xx`);
+  return served;
+}
+
+/** The handshake bench's ALPN client until `n` connections completed; returns how many did (a loop or two more). */
+async function alpn(port: number, n: number, protocol: AlpnProtocol, ca: string): Promise<number> {
+  const load = new AlpnLoad({ port, serverName: HOST, ca, loops: counts.concurrency, protocol });
+  load.start();
+  while (load.completed + load.errors < n) await new Promise((r) => setTimeout(r, 20));
+  if ((await load.stop(300_000)) !== 0) throw new Error('alpn: connections still out');
+  if (load.errors !== 0) throw new Error(`alpn ${protocol}: ${load.errors} failed (${load.firstError})`);
+  return load.completed;
+}
+
+/** Runs `n` operations of `load` against the server on `port`; returns how many ran. */
+async function drive(load: Load, port: number, n: number, ca: string): Promise<number> {
+  if (load === 'alpn-h1' || load === 'alpn-h2') return alpn(port, n, load === 'alpn-h1' ? 'http/1.1' : 'h2', ca);
+  if (load !== 'full' && load !== 'keepalive') return h2load(port, n, load === 'full-h1' ? 'http/1.1' : 'h2', isFull(load));
+  await ab(port, n, load === 'keepalive');
+  return n;
+}
+
 function wrapper(dir: string, name: string): string[] {
   if (profiler === 'none') return [process.execPath];
   if (profiler === 'cpu-prof') return [process.execPath, '--cpu-prof', '--cpu-prof-dir', join(dir, `prof-${name}`), '--cpu-prof-interval', String(v.interval)];
@@ -92,6 +156,8 @@ function wrapper(dir: string, name: string): string[] {
     '--trace-children=yes',
     '--instr-atstart=no',
     '--dump-instr=no',
+    // One file per thread and dump: the main thread apart from libuv's pool and V8's helpers (JIT, GC).
+    '--separate-threads=yes',
     `--callgrind-out-file=${join(dir, `callgrind-${name}.%p`)}`,
     process.execPath,
   ];
@@ -99,7 +165,7 @@ function wrapper(dir: string, name: string): string[] {
 
 /** The pid that serves: the in-memory cluster's one worker (from its ready line), or the floor process itself. */
 async function servingPid(proc: ManagedProcess, name: string, admin: number): Promise<number> {
-  if (name === 'floor') {
+  if (name.startsWith('floor')) {
     await waitFor('floor', () => tcpOpen(admin), 600_000, proc);
     // Under valgrind the process we spawned is valgrind itself, which execs node in place: same pid.
     return proc.pid;
@@ -124,10 +190,33 @@ async function callgrindControl(pid: number, ...args: string[]): Promise<void> {
   await execFileAsync('callgrind_control', [...args, String(pid)]);
 }
 
+/**
+ * The instructions of a callgrind dump as the sum of its self costs (every
+ * cost line but the inclusive one after each `calls=`). Its `summary:` line
+ * cannot be trusted when instrumentation was switched on mid-run: calls
+ * entered before it return unseen, and the summary (and inclusive costs
+ * above them) wrap below zero.
+ */
+function selfCost(text: string): number {
+  let total = 0;
+  let skipNext = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('calls=')) {
+      skipNext = true;
+      continue;
+    }
+    const m = /^[+\-*]?\d*\s+(\d+)$/.exec(line);
+    if (m === null) continue;
+    if (skipNext) skipNext = false;
+    else total += Number(m[1]);
+  }
+  return total;
+}
+
 /** Instructions of a callgrind dump, and its native functions by inclusive instructions. */
 function readCallgrind(file: string): { instructions: number; top: { fn: string; inclusive: number }[] } {
   const text = readFileSync(file, 'utf8');
-  const instructions = Number(/^(?:summary|totals):\s+(\d+)/m.exec(text)?.[1] ?? 'NaN');
+  const instructions = selfCost(text);
   const out = execFileSync('callgrind_annotate', ['--inclusive=yes', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 1 << 26 });
   const top: { fn: string; inclusive: number }[] = [];
   for (const line of out.split('\n')) {
@@ -138,7 +227,7 @@ function readCallgrind(file: string): { instructions: number; top: { fn: string;
   return { instructions, top };
 }
 
-async function measureServer(dir: string, name: string, ports: { origin: number }): Promise<Measured[]> {
+async function measureServer(dir: string, name: string, ports: { origin: number }, ca: string): Promise<Measured[]> {
   const port = await freePort();
   const admin = await freePort();
   const f = (x: string) => join(dir, x);
@@ -146,22 +235,23 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
   const certs = [{ name: 'ec', serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }];
   const origin = `http://127.0.0.1:${ports.origin}`;
   const o = { port, admin, workers: 1, profile: 'intermediate', logLevel: v['log-level'], origin, domain: HOST } as const;
-  const config = fileKeyConfig(name === 'floor' ? 'node-floor' : 'inmemory', certs, o);
+  const base = fileKeyConfig(name.startsWith('floor') ? 'node-floor' : 'inmemory', certs, o);
+  const config = name === 'floor-h2' ? ({ ...(base as FloorConfig), h2: true } satisfies FloorConfig) : base;
   writeFileSync(file, JSON.stringify(config));
   mkdirSync(f(`prof-${name}`), { recursive: true });
-  const proc = spawnManaged(name, [...wrapper(dir, name), name === 'floor' ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
+  const proc = spawnManaged(name, [...wrapper(dir, name), name.startsWith('floor') ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
   const out: Measured[] = [];
   try {
     const pid = await servingPid(proc, name, admin);
-    await ab(port, counts.warmup, false);
-    await ab(port, counts.warmup * 10, true);
-    const windows: { load: 'full' | 'keepalive'; operations: number; fromUs: number; toUs: number; cpu: ThreadCpu }[] = [];
-    for (const load of ['full', 'keepalive'] as const) {
-      const operations = load === 'full' ? counts.full : counts.keepalive;
+    const mine = loads.filter((l) => speaks(name, l));
+    for (const load of mine) await drive(load, port, isFull(load) ? counts.warmup : counts.warmup * 10, ca);
+    const windows: { load: Load; operations: number; fromUs: number; toUs: number; cpu: ThreadCpu }[] = [];
+    for (const load of mine) {
+      const wanted = isFull(load) ? counts.full : counts.keepalive;
       if (profiler === 'callgrind') await callgrindControl(pid, '-i', 'on');
       const fromUs = nowUs();
       const cpu0 = threadCpu(pid);
-      await ab(port, operations, load === 'keepalive');
+      const operations = await drive(load, port, wanted, ca);
       const cpu1 = threadCpu(pid);
       const toUs = nowUs();
       if (profiler === 'callgrind') {
@@ -171,20 +261,20 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
       windows.push({ load, operations, fromUs, toUs, cpu: { main: delta(cpu0.main, cpu1.main), others: delta(cpu0.others, cpu1.others) } });
     }
     await proc.stop(profiler === 'callgrind' ? 300_000 : 30_000);
-    for (const w of windows) {
+    for (const [i, w] of windows.entries()) {
       if (profiler === 'none') out.push({ server: name, load: w.load, operations: w.operations, cpu: w.cpu });
       else if (profiler === 'cpu-prof') {
         const profile = readdirSync(f(`prof-${name}`)).find((x) => x.includes(`.${pid}.`));
         if (profile === undefined) throw new Error(`no profile of pid ${pid} in ${f(`prof-${name}`)}`);
         out.push({ server: name, load: w.load, operations: w.operations, split: splitProfile(join(f(`prof-${name}`), profile), w), cpu: w.cpu });
       } else {
-        const dumps = readdirSync(dir)
-          .filter((x) => x.startsWith(`callgrind-${name}.${pid}.`))
-          .sort((a, b) => Number(a.split('.').pop()) - Number(b.split('.').pop()));
-        const dump = dumps[w.load === 'full' ? 0 : 1];
-        if (dump === undefined) throw new Error(`no callgrind dump of pid ${pid} for ${w.load}`);
-        const { instructions, top } = readCallgrind(f(dump));
-        out.push({ server: name, load: w.load, operations: w.operations, instructions, topFunctions: top });
+        // The i-th dump's files, one per thread: <prefix>.<dump>-<thread>, thread 01 the main one.
+        const prefix = `callgrind-${name}.${pid}.${i + 1}-`;
+        const threads = readdirSync(dir).filter((x) => x.startsWith(prefix));
+        if (!threads.includes(`${prefix}01`)) throw new Error(`no callgrind dump of pid ${pid}'s main thread for ${w.load}`);
+        const { instructions: mainInstructions, top } = readCallgrind(f(`${prefix}01`));
+        const instructions = threads.reduce((sum, t) => sum + selfCost(readFileSync(f(t), 'utf8')), 0);
+        out.push({ server: name, load: w.load, operations: w.operations, instructions, mainInstructions, topFunctions: top });
       }
     }
   } finally {
@@ -219,12 +309,12 @@ function report(results: readonly Measured[]): string {
     '',
     `Command: \`node dist/bench/handshake/layers.js ${process.argv.slice(2).join(' ')}\``,
     `Node ${process.version}; ECDSA P-256; ab -c ${counts.concurrency}; warm-up ${counts.warmup} full + ${counts.warmup * 10} keep-alive; ` +
-      `(a) ${counts.full} × (new connection, full TLS 1.3 handshake, one GET), (b) ${counts.keepalive} keep-alive GETs on ${counts.concurrency} connections.`,
+      `loads ${loads.join(', ')}: full* ${counts.full} × (new connection, full TLS 1.3 handshake, one GET), keepalive ${counts.keepalive} GETs on ${counts.concurrency} connections, keepalive-h2 ${counts.keepalive} GETs on 4 connections × 10 streams.`,
     '',
   ];
   if (profiler === 'none') lines.push(cpuTable(results, 'no profiler'), '');
   else if (profiler === 'cpu-prof') {
-    const cols = results.map((r) => `${r.server} ${r.load === 'full' ? '(a) full' : '(b) keep-alive'}`);
+    const cols = results.map((r) => `${r.server} ${r.load}`);
     const rows = LAYERS.map((layer) => [
       layer,
       ...results.map((r) => `${fmt((100 * r.split!.byLayer[layer]) / r.split!.busyUs, 1)}% · ${fmt(r.split!.byLayer[layer] / r.operations)}`),
@@ -247,20 +337,19 @@ function report(results: readonly Measured[]): string {
       lines.push(markdownTable(['layer', 'frame', 'µs/op'], frameRows, ['left', 'left', 'right']), '');
     }
   } else {
-    // V8's helper threads (optimizing compiler, concurrent marking, sweeping): apart, since a short warm-up under valgrind leaves compiling to do.
-    const helpers = (r: Measured) => r.topFunctions!.find((t) => t.fn.includes('PlatformWorkerThread'))?.inclusive ?? 0;
+    // The other threads (V8's optimizing compiler, concurrent marking and sweeping, libuv's pool) apart: a short warm-up under valgrind leaves compiling to do.
     const rows = results.map((r) => [
       r.server,
       r.load,
       fmt(r.operations),
       fmt(r.instructions! / r.operations),
-      fmt(helpers(r) / r.operations),
-      fmt((r.instructions! - helpers(r)) / r.operations),
+      fmt(r.mainInstructions! / r.operations),
+      fmt((r.instructions! - r.mainInstructions!) / r.operations),
     ]);
-    const header = ['server', 'load', 'operations', 'instructions per operation', 'of which V8 helper threads (JIT, GC)', 'the rest'];
+    const header = ['server', 'load', 'operations', 'instructions per operation', 'main thread', 'other threads (V8 JIT and GC, libuv pool)'];
     lines.push(markdownTable(header, rows, ['left', 'left', 'right', 'right', 'right', 'right']), '');
     for (const r of results) {
-      lines.push(`### ${r.server}, ${r.load}: native functions by inclusive instructions per operation`, '');
+      lines.push(`### ${r.server}, ${r.load}: main thread's native functions by inclusive instructions per operation`, '');
       const top = r.topFunctions!.slice(0, 30).map((t) => [t.fn, fmt(t.inclusive / r.operations)]);
       lines.push(markdownTable(['function', 'instructions/op'], top, ['left', 'right']), '');
     }
@@ -278,7 +367,7 @@ async function main(): Promise<void> {
     origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(ports.origin)], join(dir, 'origin.log'), undefined, dir);
     await waitFor('demo origin', () => tcpOpen(ports.origin), 30_000, origin);
     const results: Measured[] = [];
-    for (const server of v.servers.split(',')) results.push(...(await measureServer(dir, server, ports)));
+    for (const server of v.servers.split(',')) results.push(...(await measureServer(dir, server, ports, readFileSync(pki.caFile, 'utf8'))));
     const markdown = report(results);
     process.stdout.write(`${markdown}\n`);
     if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, { profiler, counts, results }, markdown);

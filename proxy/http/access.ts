@@ -1,6 +1,7 @@
 /**
- * The access line and the request metrics of the HTTPS handler, in one
- * place: one `count` per answer, when it went out whole or was cut.
+ * The access line and the request metrics of the HTTPS handler and of
+ * HTTP/2 streams (http2/stream.ts), in one place: one `count` (or
+ * `countStream`) per answer, when it went out whole or was cut.
  *
  * Costs, per request, kept off the request path: the metric children are
  * made once per status and code (prom-client builds and hashes a label
@@ -34,11 +35,29 @@ export interface AnswerEnd {
   readonly aborted: boolean;
 }
 
+/** What an HTTP/2 stream's access line says (the fields of HTTP/1.1's line). */
+export interface StreamAccess {
+  readonly seconds: number;
+  readonly domain: Domain | undefined;
+  readonly method: string;
+  /** Without its query string. */
+  readonly path: string;
+  readonly status: number;
+  readonly bytes: number | undefined;
+  readonly origin: string | undefined;
+  readonly code: HttpErrorCode | undefined;
+  readonly tls: string | undefined;
+  readonly resumed: boolean | undefined;
+  readonly aborted: boolean;
+}
+
+type AccessProtocol = 'http/1.1' | 'h2';
+
 /** The accounting of one request handler: the logger and the metric children it reuses. */
 export class AccessAccounts {
   readonly #log: Logger;
   readonly #metrics: ProxyMetrics;
-  readonly #requests = new Map<string, Map<number, { inc(): void }>>();
+  readonly #requests = { 'http/1.1': new Map<string, Map<number, { inc(): void }>>(), h2: new Map<string, Map<number, { inc(): void }>>() };
   readonly #durations = new Map<number, { observe(value: number): void }>();
 
   constructor(log: Logger, metrics: ProxyMetrics) {
@@ -46,22 +65,22 @@ export class AccessAccounts {
     this.#metrics = metrics;
   }
 
-  count(record: RequestRecord, end: AnswerEnd): void {
-    const { status, code } = end;
-    const seconds = Number(process.hrtime.bigint() - record.started) / 1e9;
+  /** The request counter and, for a forwarded answer, the origin duration. */
+  #tally(protocol: AccessProtocol, status: number, code: HttpErrorCode | undefined, domain: Domain | undefined, seconds: number): void {
     const key = code ?? 'none';
-    let byStatus = this.#requests.get(key);
+    const byCode = this.#requests[protocol];
+    let byStatus = byCode.get(key);
     if (byStatus === undefined) {
       byStatus = new Map();
-      this.#requests.set(key, byStatus);
+      byCode.set(key, byStatus);
     }
     let requests = byStatus.get(status);
     if (requests === undefined) {
-      requests = this.#metrics.requests.labels(statusClass(status), key, 'http/1.1');
+      requests = this.#metrics.requests.labels(statusClass(status), key, protocol);
       byStatus.set(status, requests);
     }
     requests.inc();
-    if (code === undefined && record.domain !== undefined) {
+    if (code === undefined && domain !== undefined) {
       let duration = this.#durations.get(status);
       if (duration === undefined) {
         duration = this.#metrics.originDuration.labels(statusClass(status));
@@ -69,6 +88,35 @@ export class AccessAccounts {
       }
       duration.observe(seconds);
     }
+  }
+
+  /** One HTTP/2 stream's counts and access line. */
+  countStream(a: StreamAccess): void {
+    this.#tally('h2', a.status, a.code, a.domain, a.seconds);
+    this.#log.info(
+      {
+        access: true,
+        protocol: 'h2',
+        domain: a.domain?.name,
+        method: a.method,
+        path: a.path,
+        status: a.status,
+        bytes: a.bytes,
+        durationMs: Math.round(a.seconds * 1e4) / 10,
+        origin: a.origin,
+        code: a.code,
+        tls: a.tls,
+        resumed: a.resumed,
+        ...(a.aborted ? { aborted: true } : {}),
+      },
+      'request',
+    );
+  }
+
+  count(record: RequestRecord, end: AnswerEnd): void {
+    const { status, code } = end;
+    const seconds = Number(process.hrtime.bigint() - record.started) / 1e9;
+    this.#tally('http/1.1', status, code, record.domain, seconds);
     const { req } = record;
     const url = req.url ?? '/';
     const query = url.indexOf('?');

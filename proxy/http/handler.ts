@@ -137,8 +137,8 @@ export function hostName(host: string | undefined): string | undefined {
   return end > 0 ? host.slice(0, end) : host;
 }
 
-/** The HSTS header of each domain object, made once (a reload makes new domain objects). */
-function hstsHeaders(maxAge: number): (domain: Domain | undefined) => Readonly<Record<string, string>> {
+/** The HSTS header of each domain object, made once (a reload makes new domain objects); HTTP/2 streams share it (http2/stream.ts). */
+export function hstsHeaders(maxAge: number): (domain: Domain | undefined) => Readonly<Record<string, string>> {
   const byDomain = new WeakMap<Domain, Readonly<Record<string, string>>>();
   const none = Object.freeze({ 'strict-transport-security': hstsValue(maxAge, undefined) });
   return (domain) => {

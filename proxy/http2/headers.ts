@@ -74,17 +74,26 @@ function latin1(bytes: Buffer | string): string {
 }
 
 /** An origin's answer fields with what HTTP/2 forbids removed, and `:status` set. */
-export function http2Answer(status: number, headers: Record<string, string | string[] | undefined>, extra: Record<string, string>): OutgoingHttpHeaders {
-  const named = new Set(
-    String(headers.connection ?? '')
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter((t) => t !== ''),
-  );
+export function http2Answer(
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  extra: Readonly<Record<string, string>>,
+): OutgoingHttpHeaders {
+  // Most answers name nothing in Connection: no set is made for them.
+  const connection = headers.connection;
+  const named =
+    connection === undefined
+      ? undefined
+      : new Set(
+          String(connection)
+            .split(',')
+            .map((t) => t.trim().toLowerCase())
+            .filter((t) => t !== ''),
+        );
   const out: OutgoingHttpHeaders = { ':status': status };
   for (const name in headers) {
     const value = headers[name];
-    if (value === undefined || CONNECTION_SPECIFIC.has(name) || named.has(name) || name.charCodeAt(0) === 58) continue;
+    if (value === undefined || CONNECTION_SPECIFIC.has(name) || named?.has(name) || name.charCodeAt(0) === 58) continue;
     out[name] = value;
   }
   return Object.assign(out, extra);

@@ -21,9 +21,11 @@
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
- * Cost: one session object and a few closures per connection, one 'close'
- * listener per stream, one getpeername(2) a second per connection with
- * streams open. Single-threaded: one instance per worker.
+ * Cost: one session object and a few closures per connection; per stream,
+ * no listener of its own (the stream's one 'close' listener, stream.ts,
+ * calls `#closed`); one getpeername(2) a second per connection with streams
+ * open. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
+ * Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
@@ -31,12 +33,14 @@ import type { TLSSocket } from 'node:tls';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { HTTP2_CLOSE_REASONS } from '../metrics.js';
+import { AccessAccounts } from '../http/access.js';
+import { hstsHeaders } from '../http/handler.js';
 import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { http2ServerOptions } from './settings.js';
-import { cutByUs, handleStream, type Http2Connection, type StreamHandlerOptions } from './stream.js';
+import { cutByUs, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
 
 /** Why a connection was closed by us (the `reason` label of keyedge_proxy_http2_connections_closed_total). */
 type Http2CloseReason = (typeof HTTP2_CLOSE_REASONS)[number];
@@ -68,6 +72,8 @@ const PEER_CHECK_MS = 1000;
 
 interface Live {
   readonly connection: Http2Connection;
+  /** What its streams are given (stream.ts), made once per connection. */
+  readonly context: StreamContext;
   readonly socket: TLSSocket;
   readonly resets: ResetGuard;
   streams: number;
@@ -79,6 +85,8 @@ interface Live {
 export class Http2Sessions {
   readonly #server: http2.Http2Server;
   readonly #options: Http2Options;
+  readonly #hstsOf: StreamContext['hstsOf'];
+  readonly #accounts: AccessAccounts;
   readonly #live = new Map<ServerHttp2Session, Live>();
   #arriving: { readonly connection: Http2Connection; readonly socket: TLSSocket } | undefined;
   #peerCheck: NodeJS.Timeout | undefined;
@@ -87,6 +95,8 @@ export class Http2Sessions {
 
   constructor(options: Http2Options) {
     this.#options = options;
+    this.#hstsOf = hstsHeaders(options.hstsMaxAgeSeconds);
+    this.#accounts = new AccessAccounts(options.log, options.metrics);
     this.#server = http2.createServer(http2ServerOptions(options.limits));
     this.#server.on('session', (session: ServerHttp2Session) => this.#start(session));
     this.#server.on('stream', (stream: ServerHttp2Stream, headers) => this.#stream(stream, headers));
@@ -174,7 +184,15 @@ export class Http2Sessions {
     if (arriving === undefined) return void session.destroy();
     const { connection, socket } = arriving;
     const { limits, metrics } = this.#options;
-    const live: Live = { connection, socket, resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()), streams: 0, open: new Set(), closing: false };
+    const live: Live = {
+      connection,
+      context: { hstsOf: this.#hstsOf, accounts: this.#accounts, onClosed: (stream) => this.#closed(session, live, stream) },
+      socket,
+      resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()),
+      streams: 0,
+      open: new Set(),
+      closing: false,
+    };
     this.#live.set(session, live);
     this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
     this.#started = session;
@@ -204,13 +222,16 @@ export class Http2Sessions {
     if (session === undefined || live === undefined) return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
     if (live.streams++ === 0) session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
     live.open.add(stream);
-    stream.once('close', () => {
-      live.open.delete(stream);
-      const code = stream.rstCode;
-      if (code === undefined || code === constants.NGHTTP2_NO_ERROR || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
-      if (!live.resets.reset(Date.now()) && !live.closing) this.#abuse(session, live);
-    });
-    handleStream(this.#options, live.connection, stream, headers);
+    // handleStream calls #closed from its one 'close' listener (or at once, for a stream already closed).
+    handleStream(this.#options, live.context, live.connection, stream, headers);
+  }
+
+  /** A stream of `session` closed: it leaves the open set, and a reset not of our making counts against the connection. */
+  #closed(session: ServerHttp2Session, live: Live, stream: ServerHttp2Stream): void {
+    live.open.delete(stream);
+    const code = stream.rstCode;
+    if (code === undefined || code === constants.NGHTTP2_NO_ERROR || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
+    if (!live.resets.reset(Date.now()) && !live.closing) this.#abuse(session, live);
   }
 
   /** Rapid Reset or MadeYouReset (reset-guard.ts): GOAWAY ENHANCE_YOUR_CALM, and the connection goes. */

@@ -9,15 +9,21 @@
  * connection, so each stream is routed by its own authority, never by the
  * connection's SNI; an authority the certificate does not cover gets 421
  * (RFC 9110 §15.5.20), which makes the browser open a new connection for it.
+ *
+ * Cost per stream (bench/results/2026-12-04-h2-layers.md): the access line
+ * and counts go through HTTP/1.1's accounts (http/access.ts: metric children
+ * made once, no redaction pass), one 'close' listener serves both the line
+ * and the connection's bookkeeping, the HSTS header is one object per domain.
  */
 import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { constants } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { type ProxyMetrics, statusClass } from '../metrics.js';
+import type { AccessAccounts } from '../http/access.js';
+import type { ProxyMetrics } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
-import { CLIENT_CLOSED_STATUS, type Domain, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
+import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
@@ -45,6 +51,16 @@ export interface StreamHandlerOptions {
   readonly metrics: ProxyMetrics;
 }
 
+/** What the connection's owner (sessions.ts) gives each stream besides the options: made once per worker, or per connection. */
+export interface StreamContext {
+  /** The HSTS header of a domain (http/handler.ts hstsHeaders: one frozen object per domain). */
+  readonly hstsOf: (domain: Domain | undefined) => Readonly<Record<string, string>>;
+  /** The access line and request counts, shared with HTTP/1.1's (metric children made once, no redaction pass). */
+  readonly accounts: AccessAccounts;
+  /** Called first when the stream closes, however it ends (one 'close' listener per stream does both). */
+  readonly onClosed: (stream: ServerHttp2Stream) => void;
+}
+
 const SERVER_OPTIONS: Refusal = {
   status: 200,
   code: 'KEYEDGE_HTTP_SERVER_OPTIONS',
@@ -59,8 +75,14 @@ function ownAnswer(method: string, path: string): Refusal | undefined {
   return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
 }
 
-export function handleStream(options: StreamHandlerOptions, connection: Http2Connection, stream: ServerHttp2Stream, headers: Http2Headers): void {
-  const { pools, log, metrics } = options;
+export function handleStream(
+  options: StreamHandlerOptions,
+  context: StreamContext,
+  connection: Http2Connection,
+  stream: ServerHttp2Stream,
+  headers: Http2Headers,
+): void {
+  const { pools, log } = options;
   const started = process.hrtime.bigint();
   // Every stream keeps an error listener for its whole life: a reset with a code is an 'error', and one nobody hears kills the worker.
   stream.on('error', ignore);
@@ -68,48 +90,41 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
   const host = hostName(request.authority);
   const route = routeRequest(options, host, connection.certificateNames);
   const domain = route.domain;
-  const hsts = { 'strict-transport-security': hstsValue(options.hstsMaxAgeSeconds, domain) };
+  const hsts = context.hstsOf(domain);
   let code: HttpErrorCode | undefined;
   let origin: string | undefined;
   let status: number | undefined;
   let bytes: number | undefined;
   // Reset before our answer was whole: Node ends the writable side itself then, so writableFinished cannot tell.
   let reset = false;
-  stream.once('aborted', () => (reset = true));
+  // 'aborted' and 'close' come once each: `on` spares once()'s wrapper.
+  stream.on('aborted', () => (reset = true));
   const onClose = (): void => {
+    context.onClosed(stream);
     const aborted = reset || !answeredWhole(stream);
     const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
-    const logged = status ?? CLIENT_CLOSED_STATUS;
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    metrics.requests.inc({ status_class: statusClass(logged), code: code ?? 'none', protocol: 'h2' });
-    if (code === undefined && domain !== undefined) metrics.originDuration.observe({ status_class: statusClass(logged) }, seconds);
-    log.info(
-      {
-        access: true,
-        protocol: 'h2',
-        domain: domain?.name,
-        method: request.method,
-        // The query string is left out: it often carries tokens.
-        path: request.path.split('?')[0],
-        status: logged,
-        bytes,
-        durationMs: Math.round(seconds * 1e4) / 10,
-        origin,
-        code,
-        tls: connection.tlsVersion,
-        resumed: connection.resumed,
-        ...(aborted ? { aborted } : {}),
-      },
-      'request',
-    );
+    context.accounts.countStream({
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      domain,
+      method: request.method,
+      // The query string is left out: it often carries tokens.
+      path: withoutQuery(request.path),
+      status: status ?? CLIENT_CLOSED_STATUS,
+      bytes,
+      origin,
+      code,
+      tls: connection.tlsVersion,
+      resumed: connection.resumed,
+      aborted,
+    });
   };
   // Node emits 'stream' a tick after the HEADERS: a connection closed in between leaves a stream already closed, with no 'close' to come.
   if (stream.destroyed) {
     reset = true;
     return onClose();
   }
-  stream.once('close', onClose);
+  stream.on('close', onClose);
   const respond = (refusal: Refusal): void => {
     code = refusal.code;
     status = refusal.status;
@@ -153,6 +168,11 @@ export function handleStream(options: StreamHandlerOptions, connection: Http2Con
 
 function ignore(): void {}
 
+function withoutQuery(path: string): string {
+  const query = path.indexOf('?');
+  return query === -1 ? path : path.slice(0, query);
+}
+
 const cuts = new WeakSet<ServerHttp2Stream>();
 
 /** Once an answer has started, only a reset tells the client it is incomplete (RFC 9113 §8.1). */
@@ -167,7 +187,7 @@ export function cutByUs(stream: ServerHttp2Stream): boolean {
 }
 
 /** Our answer: a short plain body and a stable code; no connection fields (RFC 9113 §8.2.2), whatever the refusal lists. */
-function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }: Refusal, extra: Record<string, string>): void {
+function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }: Refusal, extra: Readonly<Record<string, string>>): void {
   if (stream.destroyed || stream.headersSent) return;
   const head: OutgoingHttpHeaders = http2Answer(
     status,
