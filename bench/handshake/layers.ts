@@ -15,8 +15,10 @@
  *                         native functions with the most inclusive instructions.
  *
  * Servers: the in-memory proxy (inmemory.ts: the real cluster and worker,
- * one worker, key files) and the node:https floor (floor.ts: fixed answer,
- * no origin), one after the other, with the demo origin; ECDSA P-256
+ * one worker, key files), the node:https floor (floor.ts: fixed answer,
+ * no origin), and floor.ts as a bare forwarder to the same origin through
+ * undici's dispatch (`bare-undici`) or node:http's native-llhttp client
+ * (`bare-node-http`), one after the other, with the demo origin; ECDSA P-256
  * certificate for `bench.test` from a throwaway CA. Client: ab (`-f TLS1.3`,
  * without `-k` for (a), `-k` for (b)), after a warm-up of the same loads.
  *
@@ -71,6 +73,8 @@ interface Measured {
   /** cpu-prof: the split; callgrind: instructions and the top native functions. */
   readonly split?: LayerSplit;
   readonly instructions?: number;
+  /** callgrind: the main thread's (the event loop: our code, Node's, OpenSSL's); the rest is V8's compiler and GC threads and libuv's pool. */
+  readonly mainInstructions?: number;
   readonly topFunctions?: readonly { fn: string; inclusive: number }[];
   /** CPU time the serving process used over the window (/proc, 10 ms ticks): consumed, not a rate, so load moves it little. */
   readonly cpu?: ThreadCpu;
@@ -94,6 +98,8 @@ function wrapper(dir: string, name: string): string[] {
     '--trace-children=yes',
     '--instr-atstart=no',
     '--dump-instr=no',
+    // One file per thread and dump: the main thread's count is exact, apart from V8's compiler and GC threads.
+    '--separate-threads=yes',
     `--callgrind-out-file=${join(dir, `callgrind-${name}.%p`)}`,
     process.execPath,
   ];
@@ -101,8 +107,8 @@ function wrapper(dir: string, name: string): string[] {
 
 /** The pid that serves: the in-memory cluster's one worker (from its ready line), or the floor process itself. */
 async function servingPid(proc: ManagedProcess, name: string, admin: number): Promise<number> {
-  if (name === 'floor') {
-    await waitFor('floor', () => tcpOpen(admin), 600_000, proc);
+  if (name !== 'inmemory') {
+    await waitFor(name, () => tcpOpen(admin), 600_000, proc);
     // Under valgrind the process we spawned is valgrind itself, which execs node in place: same pid.
     return proc.pid;
   }
@@ -126,7 +132,7 @@ async function callgrindControl(pid: number, ...args: string[]): Promise<void> {
   await execFileAsync('callgrind_control', [...args, String(pid)]);
 }
 
-/** Instructions of a callgrind dump, and its native functions by inclusive instructions. */
+/** Instructions of one thread's callgrind dump, and its native functions by inclusive instructions (cycle artefacts above the total left out). */
 function readCallgrind(file: string): { instructions: number; top: { fn: string; inclusive: number }[] } {
   const text = readFileSync(file, 'utf8');
   const instructions = Number(/^(?:summary|totals):\s+(\d+)/m.exec(text)?.[1] ?? 'NaN');
@@ -135,9 +141,22 @@ function readCallgrind(file: string): { instructions: number; top: { fn: string;
   for (const line of out.split('\n')) {
     const m = /^\s*([\d,]+)\s+\([^)]*\)\s+(.*)$/.exec(line);
     if (m === null || top.length >= 80) continue;
-    top.push({ inclusive: Number(m[1]!.replaceAll(',', '')), fn: m[2]!.replace(/ \[[^\]]*\]$/, '') });
+    const inclusive = Number(m[1]!.replaceAll(',', ''));
+    if (inclusive <= instructions) top.push({ inclusive, fn: m[2]!.replace(/ \[[^\]]*\]$/, '') });
   }
   return { instructions, top };
+}
+
+/** Dump `n` (1-based) of `pid`: every thread's instructions, the main thread's (thread 1) apart, and its top functions. */
+function readDump(dir: string, name: string, pid: number, n: number): { instructions: number; main: number; top: { fn: string; inclusive: number }[] } {
+  const prefix = `callgrind-${name}.${pid}.${n}-`;
+  const files = readdirSync(dir).filter((x) => x.startsWith(prefix));
+  const main = files.find((x) => x === `${prefix}01`);
+  if (main === undefined) throw new Error(`no callgrind dump ${n} of pid ${pid}`);
+  let instructions = 0;
+  for (const file of files) instructions += readCallgrind(join(dir, file)).instructions;
+  const { instructions: mainInstructions, top } = readCallgrind(join(dir, main));
+  return { instructions, main: mainInstructions, top };
 }
 
 async function measureServer(dir: string, name: string, ports: { origin: number }): Promise<Measured[]> {
@@ -145,25 +164,31 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
   const admin = await freePort();
   const f = (x: string) => join(dir, x);
   const file = f(`${name}.json`);
-  const config =
-    name === 'floor'
-      ? ({ port, admin, certificates: [{ serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }] } satisfies FloorConfig)
-      : ({
-          host: '127.0.0.1',
-          port,
-          workers: 1,
-          profile: 'intermediate',
-          certificates: [{ name: 'ec', chain: f('server-chain.pem'), key: f('server.key') }],
-          domains: [{ name: HOST, origin: `http://127.0.0.1:${ports.origin}` }],
-          admin: { host: '127.0.0.1', port: admin },
-          logLevel: v['log-level']!,
-          hstsMaxAgeSeconds: 63_072_000,
-          ocspStapling: true,
-          shutdownGraceMs: 10_000,
-        } satisfies InMemoryConfig);
+  const bare = name === 'bare-undici' ? 'undici' : name === 'bare-node-http' ? 'node-http' : undefined;
+  const floorLike = name === 'floor' || bare !== undefined;
+  const config = floorLike
+    ? ({
+        port,
+        admin,
+        certificates: [{ serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }],
+        ...(bare === undefined ? {} : { forward: { origin: `http://127.0.0.1:${ports.origin}`, client: bare } }),
+      } satisfies FloorConfig)
+    : ({
+        host: '127.0.0.1',
+        port,
+        workers: 1,
+        profile: 'intermediate',
+        certificates: [{ name: 'ec', chain: f('server-chain.pem'), key: f('server.key') }],
+        domains: [{ name: HOST, origin: `http://127.0.0.1:${ports.origin}` }],
+        admin: { host: '127.0.0.1', port: admin },
+        logLevel: v['log-level']!,
+        hstsMaxAgeSeconds: 63_072_000,
+        ocspStapling: true,
+        shutdownGraceMs: 10_000,
+      } satisfies InMemoryConfig);
   writeFileSync(file, JSON.stringify(config));
   mkdirSync(f(`prof-${name}`), { recursive: true });
-  const proc = spawnManaged(name, [...wrapper(dir, name), name === 'floor' ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
+  const proc = spawnManaged(name, [...wrapper(dir, name), floorLike ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
   const out: Measured[] = [];
   try {
     const pid = await servingPid(proc, name, admin);
@@ -192,13 +217,8 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
         if (profile === undefined) throw new Error(`no profile of pid ${pid} in ${f(`prof-${name}`)}`);
         out.push({ server: name, load: w.load, operations: w.operations, split: splitProfile(join(f(`prof-${name}`), profile), w), cpu: w.cpu });
       } else {
-        const dumps = readdirSync(dir)
-          .filter((x) => x.startsWith(`callgrind-${name}.${pid}.`))
-          .sort((a, b) => Number(a.split('.').pop()) - Number(b.split('.').pop()));
-        const dump = dumps[w.load === 'full' ? 0 : 1];
-        if (dump === undefined) throw new Error(`no callgrind dump of pid ${pid} for ${w.load}`);
-        const { instructions, top } = readCallgrind(f(dump));
-        out.push({ server: name, load: w.load, operations: w.operations, instructions, topFunctions: top });
+        const { instructions, main, top } = readDump(dir, name, pid, w.load === 'full' ? 1 : 2);
+        out.push({ server: name, load: w.load, operations: w.operations, instructions, mainInstructions: main, topFunctions: top });
       }
     }
   } finally {
@@ -261,20 +281,18 @@ function report(results: readonly Measured[]): string {
       lines.push(markdownTable(['layer', 'frame', 'µs/op'], frameRows, ['left', 'left', 'right']), '');
     }
   } else {
-    // V8's helper threads (optimizing compiler, concurrent marking, sweeping): apart, since a short warm-up under valgrind leaves compiling to do.
-    const helpers = (r: Measured) => r.topFunctions!.find((t) => t.fn.includes('PlatformWorkerThread'))?.inclusive ?? 0;
     const rows = results.map((r) => [
       r.server,
       r.load,
       fmt(r.operations),
       fmt(r.instructions! / r.operations),
-      fmt(helpers(r) / r.operations),
-      fmt((r.instructions! - helpers(r)) / r.operations),
+      fmt(r.mainInstructions! / r.operations),
+      fmt((r.instructions! - r.mainInstructions!) / r.operations),
     ]);
-    const header = ['server', 'load', 'operations', 'instructions per operation', 'of which V8 helper threads (JIT, GC)', 'the rest'];
+    const header = ['server', 'load', 'operations', 'instructions per operation', 'main thread', 'other threads (V8 JIT and GC, libuv pool)'];
     lines.push(markdownTable(header, rows, ['left', 'left', 'right', 'right', 'right', 'right']), '');
     for (const r of results) {
-      lines.push(`### ${r.server}, ${r.load}: native functions by inclusive instructions per operation`, '');
+      lines.push(`### ${r.server}, ${r.load}: main thread's native functions by inclusive instructions per operation`, '');
       const top = r.topFunctions!.slice(0, 30).map((t) => [t.fn, fmt(t.inclusive / r.operations)]);
       lines.push(markdownTable(['function', 'instructions/op'], top, ['left', 'right']), '');
     }
