@@ -2,9 +2,11 @@
  * The access line and the request metrics of the HTTPS handler, in one
  * place: one `count` per answer, when it went out whole or was cut.
  *
- * Costs, per request, kept off the request path: the metric children are
- * made once per status and code (prom-client builds and hashes a label
- * object on every `inc` otherwise); access lines go through a child logger
+ * Costs, per request, kept off the request path: the request counter is a
+ * plain number per status and code, added to prom-client's counter when it
+ * is scraped (prom-client hashes and checks the label object on every `inc`,
+ * even a child's); the duration histogram's children are made once per
+ * status class; access lines go through a child logger
  * without redaction (their fields are fixed here and never carry a secret,
  * and the redaction pass cost about as much as the rest of the line); the
  * answer's 'finish' and 'close' listeners are module functions that find
@@ -16,7 +18,7 @@ import type { TLSSocket } from 'node:tls';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { type ProxyMetrics, statusClass } from '../metrics.js';
+import { type ProxyMetrics, type RequestTally, statusClass } from '../metrics.js';
 import type { ForwardOptions } from './forward.js';
 import { stalledSend } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -38,7 +40,7 @@ export interface AnswerEnd {
 export class AccessAccounts {
   readonly #log: Logger;
   readonly #metrics: ProxyMetrics;
-  readonly #requests = new Map<string, Map<number, { inc(): void }>>();
+  readonly #requests = new Map<string, Map<number, RequestTally>>();
   readonly #durations = new Map<number, { observe(value: number): void }>();
 
   constructor(log: Logger, metrics: ProxyMetrics) {
@@ -57,10 +59,10 @@ export class AccessAccounts {
     }
     let requests = byStatus.get(status);
     if (requests === undefined) {
-      requests = this.#metrics.requests.labels(statusClass(status), key, 'http/1.1');
+      requests = this.#metrics.requestTally(statusClass(status), key, 'http/1.1');
       byStatus.set(status, requests);
     }
-    requests.inc();
+    requests.count++;
     if (code === undefined && record.domain !== undefined) {
       let duration = this.#durations.get(status);
       if (duration === undefined) {
