@@ -31,7 +31,10 @@
  *                 node:http2 in this process, `--concurrency` loops): a new
  *                 connection per GET, Connection: close for h1, the client's
  *                 GOAWAY for h2.
- * A server is given only the loads of the protocols it speaks.
+ * A server is given only the loads of the protocols it speaks. floor.ts also
+ * runs as a bare forwarder to the same origin through undici's dispatch
+ * (`bare-undici`) or node:http's native-llhttp client (`bare-node-http`):
+ * what the origin hop costs with nothing of keyedge's.
  *
  * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [--loads LIST] [options]   (--help)
  * Prints Markdown; --out writes it (and the JSON) as <date>-layers-<profiler>.{md,json}.
@@ -64,7 +67,7 @@ const TABLE = {
   keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: '(b) keep-alive GETs measured' },
   warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
   concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: 'ab -c' },
-  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory, floor and/or floor-h2, in this order' },
+  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory, floor, floor-h2, bare-undici, bare-node-http, in this order' },
   loads: { kind: 'string', arg: 'LIST', def: 'full,keepalive', help: 'full, keepalive, full-h1, full-h2, keepalive-h2, alpn-h1, alpn-h2 (see above)' },
   'log-level': std.logLevel,
   interval: { kind: 'number', arg: 'US', def: 50, min: 1, integer: true, help: 'node --cpu-prof-interval' },
@@ -82,8 +85,8 @@ type Load = (typeof LOADS)[number];
 const loads = v.loads.split(',') as Load[];
 for (const l of loads) if (!LOADS.includes(l)) throw new Error(`--loads: '${l}' is not one of ${LOADS.join(', ')}`);
 const isFull = (load: Load): boolean => load.startsWith('full') || load.startsWith('alpn');
-/** The floors speak one protocol each (floor-h2 only h2, floor only HTTP/1.x); the proxy both. */
-const speaks = (server: string, load: Load): boolean => (server.startsWith('floor') ? (server === 'floor-h2') === load.endsWith('-h2') : true);
+/** The floors and bare forwarders speak one protocol each (floor-h2 only h2, the others only HTTP/1.x); the proxy both. */
+const speaks = (server: string, load: Load): boolean => server === 'inmemory' || (server === 'floor-h2') === load.endsWith('-h2');
 
 interface Measured {
   readonly server: string;
@@ -165,8 +168,8 @@ function wrapper(dir: string, name: string): string[] {
 
 /** The pid that serves: the in-memory cluster's one worker (from its ready line), or the floor process itself. */
 async function servingPid(proc: ManagedProcess, name: string, admin: number): Promise<number> {
-  if (name.startsWith('floor')) {
-    await waitFor('floor', () => tcpOpen(admin), 600_000, proc);
+  if (name !== 'inmemory') {
+    await waitFor(name, () => tcpOpen(admin), 600_000, proc);
     // Under valgrind the process we spawned is valgrind itself, which execs node in place: same pid.
     return proc.pid;
   }
@@ -222,7 +225,8 @@ function readCallgrind(file: string): { instructions: number; top: { fn: string;
   for (const line of out.split('\n')) {
     const m = /^\s*([\d,]+)\s+\([^)]*\)\s+(.*)$/.exec(line);
     if (m === null || top.length >= 80) continue;
-    top.push({ inclusive: Number(m[1]!.replaceAll(',', '')), fn: m[2]!.replace(/ \[[^\]]*\]$/, '') });
+    const inclusive = Number(m[1]!.replaceAll(',', ''));
+    if (inclusive <= instructions) top.push({ inclusive, fn: m[2]!.replace(/ \[[^\]]*\]$/, '') });
   }
   return { instructions, top };
 }
@@ -235,11 +239,19 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
   const certs = [{ name: 'ec', serverName: HOST, chain: f('server-chain.pem'), key: f('server.key') }];
   const origin = `http://127.0.0.1:${ports.origin}`;
   const o = { port, admin, workers: 1, profile: 'intermediate', logLevel: v['log-level'], origin, domain: HOST } as const;
-  const base = fileKeyConfig(name.startsWith('floor') ? 'node-floor' : 'inmemory', certs, o);
-  const config = name === 'floor-h2' ? ({ ...(base as FloorConfig), h2: true } satisfies FloorConfig) : base;
+  const bare = name === 'bare-undici' ? 'undici' : name === 'bare-node-http' ? 'node-http' : undefined;
+  const floorLike = name.startsWith('floor') || bare !== undefined;
+  const base = fileKeyConfig(floorLike ? 'node-floor' : 'inmemory', certs, o);
+  const config = !floorLike
+    ? base
+    : ({
+        ...(base as FloorConfig),
+        ...(name === 'floor-h2' ? { h2: true } : {}),
+        ...(bare === undefined ? {} : { forward: { origin, client: bare } }),
+      } satisfies FloorConfig);
   writeFileSync(file, JSON.stringify(config));
   mkdirSync(f(`prof-${name}`), { recursive: true });
-  const proc = spawnManaged(name, [...wrapper(dir, name), name.startsWith('floor') ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
+  const proc = spawnManaged(name, [...wrapper(dir, name), floorLike ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
   const out: Measured[] = [];
   try {
     const pid = await servingPid(proc, name, admin);

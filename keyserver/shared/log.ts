@@ -3,52 +3,95 @@
  * from config. Redaction is a second line of defence only: code never passes a
  * PIN, key bytes or a ticket key to a log call in the first place.
  *
- * Lines are written in batches: the destination (sonic-boom, asynchronous)
- * holds lines until it has LOG_BATCH_BYTES, or our timer fires (every
- * LOG_FLUSH_MS, while lines are held), then writes them with one write(2)
- * on libuv's thread pool. One write per line cost a thread-pool round trip per request (a wake-up of a pool thread and a
+ * Lines are written in batches: they are joined here until LOG_BATCH_BYTES
+ * are held, or our timer fires (every LOG_FLUSH_MS, while lines are held),
+ * and each batch goes to the destination (sonic-boom, asynchronous), which
+ * writes it with one write(2) on libuv's thread pool. One write per line cost
+ * a thread-pool round trip per request (a wake-up of a pool thread and a
  * completion callback back on the event loop): about as much CPU as the rest
- * of the access line (bench/results/2026-12-03-layers.md). Nothing is lost on
- * a normal end: pino flushes the destination synchronously on 'exit' (and on
- * 'beforeExit'), which every stop of ours goes through, a process.exit() after
- * an uncaught error included. A process killed by SIGKILL loses at most the
- * last LOG_FLUSH_MS of lines.
+ * of the access line (bench/results/2026-12-03-layers.md). The batch is ours,
+ * not sonic-boom's `minLength`: sonic-boom measures each line's UTF-8 length
+ * and the held batch's again, flattening the growing batch string on every
+ * line (bench/results/2026-12-04-keepalive-layers.md); here a line costs an
+ * append. Nothing is lost on a normal end: pino flushes the destination
+ * synchronously on 'exit' (and on 'beforeExit'), which every stop of ours goes
+ * through, a process.exit() after an uncaught error included, and the held
+ * batch goes first. A process killed by SIGKILL loses at most the last
+ * LOG_FLUSH_MS of lines.
+ *
+ * The time of a line is made once per millisecond: at request rates, most
+ * lines share their millisecond with the line before.
  */
+import { writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
 
 const REDACT = ['pin', '*.pin', 'soPin', '*.soPin', 'key', '*.key', 'privateKey', '*.privateKey'];
 
-/** A batch is written once it holds this much (about 15 access lines)… */
+/** A batch is written once it holds this much (about 15 access lines; counted in UTF-16 units, which is bytes for the ASCII of nearly every line)… */
 export const LOG_BATCH_BYTES = 4096;
 /** …or at the latest this often (an unref'd timer). */
 export const LOG_FLUSH_MS = 100;
 
 /**
- * stdout, batched (see above). The timer is ours rather than sonic-boom's
- * `periodicFlush`, which writes even when nothing is held: an empty write(2)
- * on the thread pool every period, in every process, idle or not (and the
- * proxy's workers did not start with it under a test's pipe). Ours flushes
- * only while lines are held.
+ * stdout, batched (see above). The timer only hands over what is held: an
+ * empty write(2) every period would cost every process, idle or not.
  */
 export function batchedStdout(): pino.DestinationStream {
+  // sonic-boom holds what it is given until it has LOG_BATCH_BYTES: a batch handed over whole is written at once, a short one (the timer's) waits for a flush.
   const stream = pino.destination({ sync: false, minLength: LOG_BATCH_BYTES });
   const write = stream.write.bind(stream);
-  // Bytes handed to the stream and not yet written: sonic-boom reports each write(2) as a 'write' event.
-  let held = 0;
+  const flush = stream.flush.bind(stream);
+  const flushSync = stream.flushSync.bind(stream);
+  // Lines not yet handed over, and bytes handed over and not yet written (sonic-boom reports each write(2) as a 'write' event).
+  let held = '';
+  let unwritten = 0;
+  const handOver = (): void => {
+    if (held === '') return;
+    const batch = held;
+    held = '';
+    unwritten += Buffer.byteLength(batch);
+    write(batch);
+  };
   stream.write = (line: string): boolean => {
-    held += Buffer.byteLength(line);
-    return write(line);
+    held += line;
+    if (held.length >= LOG_BATCH_BYTES) handOver();
+    return true;
   };
   stream.on('write', (written: number) => {
-    held -= written;
+    unwritten -= written;
   });
+  stream.flush = (cb?: (err?: Error) => unknown): void => {
+    handOver();
+    flush(cb);
+  };
+  // On exit (pino's handler): what sonic-boom holds, then what is held here, both written synchronously.
+  stream.flushSync = (): void => {
+    flushSync();
+    if (held === '') return;
+    writeSync((stream as unknown as { fd: number }).fd, held);
+    held = '';
+  };
   // A flush while a write is in flight does nothing: the next turn tries again.
   setInterval(() => {
-    if (held > 0) stream.flush();
+    handOver();
+    if (unwritten > 0) flush();
   }, LOG_FLUSH_MS).unref();
   return stream;
+}
+
+let timeMs = -1;
+let timeField = '';
+
+/** pino's isoTime, made once per millisecond. */
+function isoTimeOncePerMs(): string {
+  const now = Date.now();
+  if (now !== timeMs) {
+    timeMs = now;
+    timeField = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return timeField;
 }
 
 export function createLogger(name: string, level = 'info', destination: pino.DestinationStream = batchedStdout()): Logger {
@@ -58,7 +101,7 @@ export function createLogger(name: string, level = 'info', destination: pino.Des
       level,
       redact: { paths: REDACT, censor: '[redacted]' },
       base: { pid: process.pid },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: isoTimeOncePerMs,
     },
     destination,
   );

@@ -3,9 +3,11 @@
  * HTTP/2 streams (http2/stream.ts), in one place: one `count` (or
  * `countStream`) per answer, when it went out whole or was cut.
  *
- * Costs, per request, kept off the request path: the metric children are
- * made once per status and code (prom-client builds and hashes a label
- * object on every `inc` otherwise); access lines go through a child logger
+ * Costs, per request, kept off the request path: the request counter is a
+ * plain number per status and code, added to prom-client's counter when it
+ * is scraped (prom-client hashes and checks the label object on every `inc`,
+ * even a child's); the duration histogram's children are made once per
+ * status class; access lines go through a child logger
  * without redaction (their fields are fixed here and never carry a secret,
  * and the redaction pass cost about as much as the rest of the line); the
  * answer's 'finish' and 'close' listeners are module functions that find
@@ -17,7 +19,7 @@ import type { TLSSocket } from 'node:tls';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { type ProxyMetrics, statusClass } from '../metrics.js';
+import { type ProxyMetrics, type RequestTally, statusClass } from '../metrics.js';
 import type { ForwardOptions } from './forward.js';
 import { stalledSend } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -57,7 +59,7 @@ type AccessProtocol = 'http/1.1' | 'h2';
 export class AccessAccounts {
   readonly #log: Logger;
   readonly #metrics: ProxyMetrics;
-  readonly #requests = { 'http/1.1': new Map<string, Map<number, { inc(): void }>>(), h2: new Map<string, Map<number, { inc(): void }>>() };
+  readonly #requests = { 'http/1.1': new Map<string, Map<number, RequestTally>>(), h2: new Map<string, Map<number, RequestTally>>() };
   readonly #durations = new Map<number, { observe(value: number): void }>();
 
   constructor(log: Logger, metrics: ProxyMetrics) {
@@ -76,10 +78,10 @@ export class AccessAccounts {
     }
     let requests = byStatus.get(status);
     if (requests === undefined) {
-      requests = this.#metrics.requests.labels(statusClass(status), key, protocol);
+      requests = this.#metrics.requestTally(statusClass(status), key, protocol);
       byStatus.set(status, requests);
     }
-    requests.inc();
+    requests.count++;
     if (code === undefined && domain !== undefined) {
       let duration = this.#durations.get(status);
       if (duration === undefined) {

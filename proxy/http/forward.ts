@@ -4,7 +4,8 @@
  * bodies. Headers both ways: forward-headers.ts.
  *
  * Why dispatch and not `request()`/`stream()`: each request is one object
- * here (an Exchange, which is undici's handler), the origin's raw head goes
+ * here (an Exchange, which is undici's handler; what it shares with an
+ * HTTP/2 stream's is origin-exchange.ts), the origin's raw head goes
  * to `writeHead` as a flat list, and each body chunk to `res.write` with
  * undici's own pause/resume as backpressure. No Readable for the answer body,
  * no AbortController or signal (undici hands the abort function to the
@@ -33,14 +34,14 @@ import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
-import { ClientGone, HttpFailure } from './errors.js';
+import { ClientGone } from './errors.js';
 import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList } from './forward-headers.js';
 import { mayRetry, originFailure } from './origin-failure.js';
+import { type Carrier, EXCHANGE, OriginExchange, onAnswerEnd } from './origin-exchange.js';
 import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
-import { SendStallClock } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 export { endToEndHeaders, originRequestHeaders } from './forward-headers.js';
@@ -62,73 +63,36 @@ export interface ForwardOptions {
   bodyBytes?: number;
 }
 
-/** Where an answer keeps its Exchange, for the module-level listeners below. */
-const EXCHANGE = Symbol('keyedge.exchange');
-type Answer = ServerResponse & { [EXCHANGE]?: Exchange };
-
-/** What undici is told when the client has left: one object, never thrown, so no stack is captured per abort. */
-const CLIENT_LEFT = new ClientGone('the client left before the answer was whole');
+type Answer = ServerResponse & Carrier;
 
 /**
- * One forwarded request: undici's handler (the legacy callbacks, which
- * undici calls directly: onConnect, onHeaders, onData, onComplete, onError)
- * and the state its attempts share.
+ * One forwarded request: undici's handler (origin-exchange.ts holds what it
+ * shares with an HTTP/2 stream's) writing the answer to `res`.
  */
-class Exchange implements Dispatcher.DispatchHandler {
+class Exchange extends OriginExchange {
   readonly req: IncomingMessage;
   readonly res: Answer;
-  readonly pools: OriginPools;
   readonly extra: ExtraHeaders;
   readonly options: ForwardOptions;
-  body: RequestBody | null = null;
-  upload = false;
-  /** The attempt in flight: its origin, its gate (admitted until left), undici's abort and resume. */
-  target: OriginTarget | undefined = undefined;
-  gate: OriginGate | undefined = undefined;
-  abortOrigin: ((err: Error) => void) | undefined = undefined;
-  resumeOrigin: (() => void) | undefined = undefined;
-  /** Settles the attempt in flight. */
-  resolve: (() => void) | undefined = undefined;
-  reject: ((err: Error) => void) | undefined = undefined;
-  /** undici is holding the origin's answer back until the client's 'drain'. */
-  paused = false;
-  /** The client left before the answer was whole. */
-  gone = false;
-  /** Fired when the client leaves while the request waits at the gate; made only then. */
-  abandon: EventEmitter | undefined = undefined;
-  stall: SendStallClock | undefined = undefined;
   cancelQueued: (() => void) | undefined = undefined;
 
   constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions) {
-    this.pools = pools;
+    super(pools);
     this.req = req;
     this.res = res;
     this.options = options;
     this.extra = extraHeaders(options.extraHeaders);
   }
 
-  /** One attempt on `target`: resolves when the answer is handed to the client (or the client left), rejects with undici's failure. */
-  send(target: OriginTarget, request: Dispatcher.DispatchOptions): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-      this.pools.pool(target).dispatch(request, this);
-    });
+  get headersSent(): boolean {
+    return this.res.headersSent;
   }
 
   /** The client left (its answer closed early, or it was queued behind another on a connection that closed). */
   clientLeft(): void {
     if (this.gone || this.res.writableFinished) return;
-    this.gone = true;
     this.cancelQueued?.();
-    this.abandon?.emit('abort');
-    // Before undici connected the request, onConnect aborts it.
-    this.abortOrigin?.(CLIENT_LEFT);
-  }
-
-  onConnect(abort: (err?: Error) => void): void {
-    if (this.gone) abort(CLIENT_LEFT);
-    else this.abortOrigin = abort;
+    this.leftBeforeEnd();
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
@@ -147,14 +111,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (res.destroyed) return false;
     if (this.options.bodyBytes !== undefined) this.options.bodyBytes += chunk.length;
     if (res.write(chunk)) return true;
-    // The client's socket is full: undici stops reading the origin until 'drain'.
-    if (this.stall === undefined) {
-      this.stall = new SendStallClock(res, this.pools.sendTimeoutMs);
-      res.on('drain', onAnswerDrain);
-    }
-    this.stall.waiting();
-    this.paused = true;
-    return false;
+    // The client's socket is full.
+    return this.waitForDrain(res);
   }
 
   onComplete(): void {
@@ -163,56 +121,6 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (!res.destroyed) res.end();
     this.settle(undefined);
   }
-
-  onError(err: Error): void {
-    this.leaveGate();
-    if (this.stall?.stalled === true)
-      this.settle(new HttpFailure('KEYEDGE_HTTP_SEND_TIMEOUT', `the client took nothing of the answer for ${this.pools.sendTimeoutMs} ms`));
-    // The client left: nothing to tell it, and not the origin's failure.
-    else if (this.gone && this.res.headersSent) this.settle(undefined);
-    else this.settle(err);
-  }
-
-  leaveGate(): void {
-    const gate = this.gate;
-    this.gate = undefined;
-    this.abortOrigin = undefined;
-    // undici's resume restarts the connection's parser, which may be carrying another request by now.
-    this.resumeOrigin = undefined;
-    gate?.leave(this.upload);
-  }
-
-  settle(err: Error | undefined): void {
-    const { resolve, reject } = this;
-    this.resolve = this.reject = undefined;
-    if (err === undefined) resolve?.();
-    else reject?.(err);
-  }
-}
-
-function onAnswerClose(this: Answer): void {
-  const exchange = this[EXCHANGE];
-  exchange?.stall?.stop();
-  exchange?.clientLeft();
-}
-
-/**
- * The client took what was waiting. undici's resume runs its parser at once,
- * so it is deferred: Node emits 'drain' synchronously, even from inside
- * another answer's write (a queued pipelined answer's buffered bytes), and
- * so possibly from inside another connection's parser, which undici refuses.
- */
-function onAnswerDrain(this: Answer): void {
-  const exchange = this[EXCHANGE];
-  if (exchange === undefined) return;
-  exchange.stall?.flowing();
-  if (!exchange.paused) return;
-  exchange.paused = false;
-  process.nextTick(resumeOrigin, exchange);
-}
-
-function resumeOrigin(exchange: Exchange): void {
-  exchange.resumeOrigin?.();
 }
 
 /**
@@ -229,7 +137,7 @@ export async function forward(pools: OriginPools, domain: ProxyDomain, req: Inco
   const exchange = new Exchange(pools, req, res, options);
   const answer = res as Answer;
   answer[EXCHANGE] = exchange;
-  answer.on('close', onAnswerClose);
+  answer.on('close', onAnswerEnd);
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
   if (res.socket === null) exchange.cancelQueued = whenQueuedClientGone(req.socket, res, () => exchange.clientLeft());
   if (!hasBody) return attempts(exchange, targets, method, options);
@@ -275,7 +183,7 @@ async function attempts(exchange: Exchange, targets: readonly OriginTarget[], me
       await exchange.send(target, request);
       return;
     } catch (err) {
-      if (exchange.res.headersSent) throw err;
+      if (exchange.headersSent) throw err;
       // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
       const failure = exchange.gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
       if (failure !== 'not-origin') pools.failed(target);
