@@ -122,7 +122,7 @@ export class CertLab extends LabBase {
   private constructor(keyserverLab: KeyserverLab, originPort: number) {
     super(keyserverLab, 'certs-bench', 30_000);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.ca = new BenchCa('keyedge certificate bench CA');
+    this.ca = new BenchCa('keyedge certificate bench CA', 90);
     this.caFile = join(this.dir, 'ca.pem');
     writeFileSync(this.caFile, this.ca.pem);
     this.tokenFile = join(this.dir, 'admin.token');

@@ -10,8 +10,16 @@
  * inode, size, mtime and ctime of the chain, of its link and of the
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
  * reads and validates only the ones that moved. An explicit reload (`verify`)
- * reads every entry and compares content hashes, so no stat coincidence can
- * hide a change from an operator who asks. A targeted pass (`only`: the
+ * also reads and compares the content of every entry whose stat identity is
+ * not settled (its files changed less than QUIET_MS before they were last
+ * read, where a second change within one tick of the file system's clock
+ * could leave the same identity): a change after a settled read moves the
+ * ctime, which cannot be set back, so no stat coincidence can hide a change
+ * from an operator who asks, and a no-change reload of 100,000 entries
+ * costs their stats, not their reads. At start, an entry whose files still
+ * have the settled identity recorded beside the kept serving state (kept.ts)
+ * is not read at all: its verdict gives the record and its chain stays in
+ * the kept pack until something asks for it. A targeted pass (`only`: the
  * entries a watch event or an admin PUT named) looks at those entries alone
  * and keeps every other record as it is, so a one-name change in a store of
  * 100,000 costs a few stats and one read, not a listing.
@@ -32,7 +40,8 @@ import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
-import { judgeCertificate, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { judgeCertificate, rejudge, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import type { KeptRow, KeptState } from './kept.js';
 import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
@@ -60,6 +69,15 @@ export interface PreparedServing {
   readonly followed: readonly string[];
 }
 
+/** What a pass last saw of a store entry's files. */
+export interface SeenStat {
+  readonly statId: string;
+  /** The input id of the version read with this identity. */
+  readonly inputId: string;
+  /** The files had not changed for QUIET_MS before they were read: any later change moves the identity. */
+  readonly settled: boolean;
+}
+
 export interface PrepareOptions {
   readonly config: ProxyConfig;
   readonly store: EntryStorage;
@@ -70,9 +88,11 @@ export interface PrepareOptions {
    * their files; updated in place. Owned by one caller: not shared between
    * concurrent prepares.
    */
-  readonly seen: Map<string, string>;
-  /** Read every store entry and compare content, whatever stat says (SIGHUP, the admin API). */
+  readonly seen: Map<string, SeenStat>;
+  /** Read and compare the content of every store entry whose stat identity is not settled (SIGHUP, the admin API). */
   readonly verify?: boolean;
+  /** The serving state kept by the last run (kept.ts): entries whose files still match are not read. */
+  readonly kept?: KeptState;
   /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
   readonly verdicts?: VerdictCache;
   /**
@@ -92,6 +112,8 @@ interface Pending {
   readonly candidate: CertificateCandidate;
   readonly from: CertificateRecord['from'];
   readonly inputId: string;
+  /** Taken from the kept state: its verdict is known and its chain is in the kept pack. */
+  readonly kept?: KeptRow;
 }
 
 export async function prepareServing(options: PrepareOptions): Promise<PreparedServing> {
@@ -118,13 +140,15 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
 
   const listed = new Set<string>();
-  const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry> }>();
+  const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry>; settled: boolean }>();
   const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
   if (only !== undefined) {
     for (const [name, record] of previous) if (record.from === 'store' && !only.names.has(name)) records.set(name, record);
     for (const name of only.present) if (!only.names.has(name)) listed.add(name);
   }
+  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
+  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
   const toRead: StoreEntryRef[] = [];
   for (const ref of refs) {
@@ -135,13 +159,22 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const kept = previous.get(ref.name);
-    if (!options.verify && kept !== undefined && kept.from === 'store' && seen.get(ref.name) === ref.statId) {
+    const last = seen.get(ref.name);
+    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && (last.settled || !options.verify)) {
       records.set(ref.name, kept);
+      continue;
+    }
+    const row = options.kept?.rows.get(ref.name);
+    if (kept === undefined && row !== undefined && row.statId === ref.statId && verdicts.get(row.inputId) !== undefined) {
+      seen.set(ref.name, { statId: ref.statId, inputId: row.inputId, settled: true });
+      pending.push({ candidate: { name: ref.name, chainText: '', source: ref.chainPath }, from: 'store', inputId: row.inputId, kept: row });
       continue;
     }
     toRead.push(ref);
   }
   // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
+  // A read that starts QUIET_MS after the files' last change is settled (SeenStat).
+  const readFrom = Date.now();
   const firsts =
     store instanceof CertificateStore
       ? await mapLimited(toRead, READ_CONCURRENCY, (ref) => store.readAsync(ref.name, ref.metaMtimeMs !== undefined).catch(asError))
@@ -156,7 +189,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       () => ref.changedAtMs,
       firsts[i],
     );
-    storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
+    storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file, settled: readFrom - ref.changedAtMs >= QUIET_MS });
   }
   if (only === undefined) {
     for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
@@ -186,7 +219,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
   }
 
-  for (const [name, { statId, chainPath, file }] of storeReads) {
+  for (const [name, { statId, chainPath, file, settled }] of storeReads) {
     if (unsettled.has(file)) {
       leave(name, chainPath);
       continue;
@@ -198,15 +231,13 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const candidate = entryCandidate(read);
     const inputId = file.print;
-    seen.set(name, statId);
+    seen.set(name, { statId, inputId, settled });
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
     else pending.push({ candidate, from: 'store', inputId });
   }
 
   const changed: string[] = [];
-  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
-  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
   // Thousands of entries share a few keys: the key server is asked once per key id per pass.
   const spkis = new Map<string, Promise<Buffer | undefined>>();
   const validation: ValidationContext = {
@@ -220,10 +251,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       return held;
     },
   };
-  await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId }) => {
+  await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId, kept }) => {
     try {
-      const { verdict, warnings: found } = await judgeCertificate(candidate, inputId, validation, verdicts);
-      records.set(candidate.name, recordOfVerdict(verdict, candidate, from, inputId, validation.now));
+      const known = kept === undefined ? undefined : verdicts.get(inputId);
+      const { verdict, warnings: found } =
+        known === undefined
+          ? await judgeCertificate(candidate, inputId, validation, verdicts)
+          : { verdict: known, warnings: await rejudge(candidate, known, validation) };
+      records.set(candidate.name, recordOfVerdict(verdict, kept === undefined ? candidate : { ...candidate, chainText: kept.chain }, from, inputId, validation.now));
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {

@@ -27,7 +27,9 @@ import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
-import { prepareServing } from './prepare.js';
+import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
+import type { PackedDelta } from './pack.js';
+import { prepareServing, type SeenStat } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
@@ -74,7 +76,13 @@ export class ServingSource {
   #generation = 0;
   #followed: readonly string[] = [];
   #present: ReadonlySet<string> = new Set();
-  readonly #seen = new Map<string, string>();
+  readonly #seen = new Map<string, SeenStat>();
+  /** The serving state the last run kept (kept.ts), until the first pass has used it; then only what can be sent again. */
+  #kept: KeptState | undefined;
+  /** Records made from the kept state's rows at start: a state of exactly these is the kept pack. */
+  #fromKept = new WeakSet<CertificateRecord>();
+  readonly #keepState: boolean;
+  readonly #warn: (message: string) => void;
   #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string) => void) | undefined;
@@ -96,8 +104,12 @@ export class ServingSource {
       readonly onUnverified?: (reason: string) => void;
       readonly shared?: EtcdStore;
       readonly warn?: (message: string) => void;
+      /** Keep whole states in the state directory for the next start (the cluster primary: kept.ts). */
+      readonly keepState?: boolean;
     },
   ) {
+    this.#keepState = options.keepState === true;
+    this.#warn = options.warn ?? (() => {});
     this.#config = config;
     this.#fileDomains = config.domains;
     this.#reloadConfig = options.reloadConfig;
@@ -159,6 +171,7 @@ export class ServingSource {
     }
     let lookup = client;
     const targeted = options.only !== undefined && this.#generation > 0;
+    const kept = this.#generation === 0 && this.#keepState && this.#shared === undefined ? loadKept(config.stateDir, this.#warn) : undefined;
     try {
       const prepared = await prepareServing({
         config,
@@ -167,6 +180,7 @@ export class ServingSource {
         seen: this.#seen,
         verify: options.verify === true,
         verdicts: this.#verdicts,
+        ...(kept === undefined ? {} : { kept }),
         ...(targeted ? { only: { names: options.only!, present: this.#present, followed: this.#followed } } : {}),
         validation: {
           now: new Date(),
@@ -185,6 +199,13 @@ export class ServingSource {
           },
         },
       });
+      if (kept !== undefined) {
+        this.#kept = kept;
+        for (const [name, row] of kept.rows) {
+          const record = prepared.records.get(name);
+          if (record !== undefined && record.inputId === row.inputId && Object.getOwnPropertyDescriptor(record, 'chainPem')?.get !== undefined) this.#fromKept.add(record);
+        }
+      }
       const remove = [...this.#records.keys()].filter((name) => !prepared.records.has(name));
       const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
       const routing: Routing = { domains: config.domains, sni: config.sni };
@@ -294,6 +315,29 @@ export class ServingSource {
       remove: [],
       whole: true,
     };
+  }
+
+  /** The directory whole states are kept in for the next start (kept.ts), made now; undefined when none are kept. */
+  keptDir(): string | undefined {
+    return this.#keepState && this.#shared === undefined ? prepareKeptDir(this.#config.stateDir, this.#kept?.packed.file) : undefined;
+  }
+
+  /** The kept pack when `whole` is exactly the state it holds (every record taken from it at start): sent again, not written. */
+  keptPackFor(whole: ServingDelta): PackedDelta | undefined {
+    const kept = this.#kept;
+    if (kept === undefined || whole.upsert.length !== kept.count) return undefined;
+    for (const record of whole.upsert) if (!this.#fromKept.has(record)) return undefined;
+    return kept.packed;
+  }
+
+  /** Records a whole state just written for the workers as the one kept for the next start. */
+  keepWritten(packed: PackedDelta, whole: ServingDelta, chains: Float64Array): void {
+    this.#kept = undefined;
+    const statOf = (record: CertificateRecord): string | undefined => {
+      const seen = this.#seen.get(record.name);
+      return seen !== undefined && seen.settled && seen.inputId === record.inputId ? seen.statId : undefined;
+    };
+    keepPacked(this.#config.stateDir, packed, whole.upsert, chains, statOf, this.#warn);
   }
 
   /** What serves once `delta` (the next, not yet committed) is applied, as one whole delta: a rebase of the workers (serving/distribute.ts). */
