@@ -260,12 +260,12 @@ export function scaleMarkdown({
       [
         ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
         ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${fmt(firstStart.readyMs ?? Number.NaN)} ms`],
-        ['… its RSS after start: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB`],
+        ['… its RSS after start, CPU consumed: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB, ${fmt(firstStart.rss.primaryCpuMs)} / ${firstStart.rss.workersCpuMs.map((m) => fmt(m)).join(' / ')} ms`],
         ['start-up (verdicts known, as every start after the first): spawn → /readyz 200', `${fmt(readyMs)} ms`],
-        ['… primary read every entry (verdicts looked up) and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
-        ['… workers listening (state received as a pack, indexed)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
-        ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
-        ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
+        ['… primary listed the store, took unchanged entries from the kept state, forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
+        ['… workers listening (the kept pack received, indexed)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+        ['… CPU consumed until 1 s after ready (utime + stime): primary / workers', `${fmt(rssAfterStart.primaryCpuMs)} / ${rssAfterStart.workersCpuMs.map((m) => fmt(m)).join(' / ')} ms`],
+        ['RSS after start: primary / workers', `${fmt(rssAfterStart.primaryMiB, 1)} / ${workersRss(rssAfterStart)} MiB`],
         ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
         ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
         [

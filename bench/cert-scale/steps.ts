@@ -20,14 +20,19 @@ export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n)
 export const nameOf = (i: number): string => `n${i}`;
 export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
+/** RSS now, and CPU consumed since each process started (utime + stime, /proc: independent of the machine's load). */
 export interface Rss {
   readonly primaryMiB: number;
   readonly workersMiB: readonly number[];
+  readonly primaryCpuMs: number;
+  readonly workersCpuMs: readonly number[];
 }
 
 export function rssOf(proxy: RunningProxy): Rss {
   const { primary, workers } = proxy.pids();
-  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
+  const mib = (pid: number): number => round(rssKiB(pid) / 1024, 1);
+  const cpuMs = (pid: number): number => Math.round(totalUs(procCpu(pid)) / 1000);
+  return { primaryMiB: mib(primary), workersMiB: workers.map(mib), primaryCpuMs: cpuMs(primary), workersCpuMs: workers.map(cpuMs) };
 }
 
 export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
