@@ -68,43 +68,6 @@ describe('prepareServing and files being written', () => {
   });
 });
 
-describe('prepareServing, a targeted pass', () => {
-  it('looks at the named entries alone: a removed one goes, a changed one is read, the others keep their records unread', async () => {
-    const storeDir = join(dir, 'targeted');
-    mkdirSync(storeDir, { recursive: true });
-    for (const name of ['a', 'b', 'c']) writeFileSync(join(storeDir, `${name}.pem`), chain);
-    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
-    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
-    const seen = new Map<string, SeenStat>();
-    const store = new CertificateStore(storeDir);
-    const full = await prepareServing({ config, store, previous: new Map(), seen, validation });
-    expect([...full.records.keys()].sort()).toEqual(['a', 'b', 'c']);
-
-    // 'b' is removed and 'c' rewritten (unreadable now); only 'b' is named.
-    rmSync(join(storeDir, 'b.pem'));
-    writeFileSync(join(storeDir, 'c.pem'), 'not a chain');
-    const only = { names: new Set(['b']), present: full.present, followed: full.followed };
-    const targeted = await prepareServing({ config, store, previous: full.records, seen, validation, only });
-    expect([...targeted.records.keys()].sort()).toEqual(['a', 'c']);
-    // Not named: not read, its record kept as it was.
-    expect(targeted.records.get('c')).toBe(full.records.get('c'));
-    expect(targeted.refused).toEqual([]);
-    expect([...targeted.present].sort()).toEqual(['a', 'c']);
-
-    // Named, 'c' is read and refused; its previous version keeps serving.
-    const named = await prepareServing({
-      config,
-      store,
-      previous: targeted.records,
-      seen,
-      validation,
-      only: { names: new Set(['c']), present: targeted.present, followed: targeted.followed },
-    });
-    expect(named.refused.map((r) => r.name)).toEqual(['c']);
-    expect(named.records.get('c')).toBe(full.records.get('c'));
-  });
-});
-
 /** A store that counts the entry files it reads. */
 class CountingStore extends CertificateStore {
   reads: string[] = [];
@@ -117,6 +80,45 @@ class CountingStore extends CertificateStore {
     return super.readAsync(name, withMeta);
   }
 }
+
+describe('prepareServing, a targeted pass', () => {
+  it('looks at the named entries alone and answers for them alone: a removed one goes, the others are neither read nor copied', async () => {
+    const storeDir = join(dir, 'targeted');
+    mkdirSync(storeDir, { recursive: true });
+    for (const name of ['a', 'b', 'c']) writeFileSync(join(storeDir, `${name}.pem`), chain);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const seen = new Map<string, SeenStat>();
+    const store = new CountingStore(storeDir);
+    const full = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect([...full.records.keys()].sort()).toEqual(['a', 'b', 'c']);
+
+    // 'b' is removed and 'c' rewritten (unreadable now); only 'b' is named.
+    rmSync(join(storeDir, 'b.pem'));
+    writeFileSync(join(storeDir, 'c.pem'), 'not a chain');
+    store.reads = [];
+    const only = { names: new Set(['b']), followed: full.followed };
+    const targeted = await prepareServing({ config, store, previous: full.records, seen, validation, only });
+    // Nothing for 'b' (gone), nothing about 'a' or 'c' (they carry over as they are: not read, not copied).
+    expect([...targeted.records.keys()]).toEqual([]);
+    expect([...targeted.present]).toEqual([]);
+    expect(store.reads).toEqual([]);
+    expect(targeted.refused).toEqual([]);
+
+    // Named, 'c' is read and refused; its previous version keeps serving.
+    const named = await prepareServing({
+      config,
+      store,
+      previous: full.records,
+      seen,
+      validation,
+      only: { names: new Set(['c']), followed: targeted.followed },
+    });
+    expect(named.refused.map((r) => r.name)).toEqual(['c']);
+    expect(named.records.get('c')).toBe(full.records.get('c'));
+    expect([...named.present]).toEqual(['c']);
+  });
+});
 
 describe('prepareServing without reading unchanged entries', () => {
   const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };

@@ -21,8 +21,10 @@
  * is not read at all: its verdict gives the record and its chain stays in
  * the kept pack until something asks for it. A targeted pass (`only`: the
  * entries a watch event or an admin PUT named) looks at those entries alone
- * and keeps every other record as it is, so a one-name change in a store of
- * 100,000 costs a few stats and one read, not a listing.
+ * and answers for them alone (and the config's certificates): every other
+ * record carries over untouched, so a one-name change in a store of 100,000
+ * costs a few stats and one read, not a listing nor a copy of 100,000
+ * records.
  *
  * A file changed in the last QUIET_MS may still be being written (a tool
  * that writes the leaf, then appends the intermediates): it is read again
@@ -56,12 +58,13 @@ const SETTLE_LIMIT_MS = 2_000;
 const READ_CONCURRENCY = 32;
 
 export interface PreparedServing {
+  /** Every record to serve; after a targeted pass, only the config's and the named entries' (the rest of `previous` carries over). */
   readonly records: ReadonlyMap<string, CertificateRecord>;
   readonly refused: readonly Refusal[];
   readonly warnings: readonly { readonly name: string; readonly message: string }[];
   /** Names whose record is new or changed since `previous`. */
   readonly changed: readonly string[];
-  /** Every entry present now, in the config or the store, served or not. */
+  /** Every entry present now, in the config or the store, served or not; after a targeted pass, of the config and the named entries only. */
   readonly present: ReadonlySet<string>;
   /** Entries whose files kept changing while read: nothing was concluded, look again soon. */
   readonly unsettled: readonly string[];
@@ -97,13 +100,12 @@ export interface PrepareOptions {
   readonly verdicts?: VerdictCache;
   /**
    * Look only at these store entries (a file store's watch named them):
-   * every other record of `previous` is kept as it is, and `present` and
-   * `followed` of the previous pass carry over. Ignored for stores that
+   * every other record of `previous` carries over (not in `records`), and
+   * `followed` of the previous pass carries over. Ignored for stores that
    * cannot be asked about single entries (the fleet's store).
    */
   readonly only?: {
     readonly names: ReadonlySet<string>;
-    readonly present: ReadonlySet<string>;
     readonly followed: readonly string[];
   };
 }
@@ -143,10 +145,6 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry>; settled: boolean }>();
   const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
-  if (only !== undefined) {
-    for (const [name, record] of previous) if (record.from === 'store' && !only.names.has(name)) records.set(name, record);
-    for (const name of only.present) if (!only.names.has(name)) listed.add(name);
-  }
   const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
   verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
@@ -269,7 +267,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   });
 
   const sniDefault = config.sni.default;
-  if (sniDefault !== null && !records.has(sniDefault)) {
+  const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
+  if (sniDefault !== null && !records.has(sniDefault) && !carried(sniDefault)) {
     throw new ConfigError(
       config.source,
       'sni.default',

@@ -29,6 +29,7 @@ import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
 import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
 import type { PackedDelta } from './pack.js';
+import { LayeredMap } from './layered.js';
 import { prepareServing, type SeenStat } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
@@ -67,15 +68,19 @@ export interface NextServing {
   readonly fileDomains: ProxyConfig['domains'];
   /** Only the entries named by `next({ only })` were looked at. */
   readonly targeted: boolean;
+  /** The names a targeted pass answered for (its own and the config's certificates); `present` and the delta speak of these alone. */
+  readonly answered: readonly string[];
 }
 
 export class ServingSource {
   #config: ProxyConfig;
-  #records: ReadonlyMap<string, CertificateRecord> = new Map();
+  /** Layered (layered.ts): a commit of k changes costs O(k + changes since the base), not a copy of every record. */
+  #records = new LayeredMap<string, CertificateRecord>(new Map());
   #refusals = new Map<string, Refusal>();
   #generation = 0;
   #followed: readonly string[] = [];
-  #present: ReadonlySet<string> = new Set();
+  /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
+  #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
   /** The serving state the last run kept (kept.ts), until the first pass has used it; then only what can be sent again. */
   #kept: KeptState | undefined;
@@ -181,7 +186,7 @@ export class ServingSource {
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),
-        ...(targeted ? { only: { names: options.only!, present: this.#present, followed: this.#followed } } : {}),
+        ...(targeted ? { only: { names: options.only!, followed: this.#followed } } : {}),
         validation: {
           now: new Date(),
           issuers,
@@ -206,7 +211,9 @@ export class ServingSource {
           if (record !== undefined && record.inputId === row.inputId && Object.getOwnPropertyDescriptor(record, 'chainPem')?.get !== undefined) this.#fromKept.add(record);
         }
       }
-      const remove = [...this.#records.keys()].filter((name) => !prepared.records.has(name));
+      // A targeted pass answered for its names and the config's certificates (before and now) alone.
+      const answered = targeted ? [...options.only!, ...this.#config.certificates.map((c) => c.name), ...config.certificates.map((c) => c.name)] : undefined;
+      const remove = (answered ?? [...this.#records.keys()]).filter((name) => this.#records.has(name) && !prepared.records.has(name));
       const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
       const routing: Routing = { domains: config.domains, sni: config.sni };
       return {
@@ -220,6 +227,7 @@ export class ServingSource {
         followed: prepared.followed,
         fileDomains,
         targeted,
+        answered: answered ?? [],
       };
     } finally {
       client?.close();
@@ -268,27 +276,36 @@ export class ServingSource {
   /** Records `next` as what now serves. */
   commit(next: NextServing): void {
     assert.equal(next.delta.generation, this.#generation + 1, 'deltas are committed in order');
-    const records = new Map(this.#records);
+    const previous = this.#records;
     // Verdicts of inputs that no longer serve: a targeted pass names them, a full one keeps only what serves.
     const superseded: string[] = [];
     for (const name of next.delta.remove) {
-      const old = records.get(name);
+      const old = previous.get(name);
       if (old !== undefined) superseded.push(old.inputId);
-      records.delete(name);
       this.#refusals.delete(name);
     }
     for (const record of next.delta.upsert) {
-      const old = records.get(record.name);
+      const old = previous.get(record.name);
       if (old !== undefined && old.inputId !== record.inputId) superseded.push(old.inputId);
-      records.set(record.name, record);
       this.#refusals.delete(record.name);
     }
+    let records = previous.with(
+      next.delta.upsert.map((r) => [r.name, r] as const),
+      next.delta.remove,
+    );
+    // A new base once the changes on top outgrow a quarter of it: each commit copies the top layer.
+    if (records.changes > Math.max(1024, records.base.size / 4)) records = new LayeredMap(new Map(records));
     for (const refusal of next.refused) this.#refusals.set(refusal.name, refusal);
+    if (next.targeted) {
+      for (const name of next.answered) {
+        if (next.present.has(name)) this.#present.add(name);
+        else this.#present.delete(name);
+      }
+    } else this.#present = new Set(next.present);
     // Refusals of entries that have since gone from the store are moot.
-    for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
+    for (const name of this.#refusals.keys()) if (!this.#present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
-    this.#present = next.present;
     // Verdicts of what no longer serves go with the next write of the file.
     if (!next.targeted) {
       if (next.delta.upsert.length > 0 || next.delta.remove.length > 0 || next.delta.generation === 1)
