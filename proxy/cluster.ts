@@ -160,6 +160,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           keepIn,
           keep: (packed, delta, chains) => source.keepWritten(packed, delta, chains),
           existing: (delta) => source.keptPackFor(delta),
+          ...(source.keptPack === undefined ? {} : { kept: source.keptPack }),
         },
   );
   const distribution = new Distribution();

@@ -165,6 +165,8 @@ export interface PackShelfOptions {
   readonly keep?: (packed: PackedDelta, delta: ServingDelta, chains: Float64Array) => void;
   /** A whole state already on disk for `delta` (the pack kept by the last run), sent with a new header instead of written again. */
   readonly existing?: (delta: ServingDelta) => PackedDelta | undefined;
+  /** The pack kept by the last run, if any: unlinked once a newer whole state replaces it. */
+  readonly kept?: string;
 }
 
 /**
@@ -184,6 +186,7 @@ export class PackShelf<W> {
 
   constructor(options: PackShelfOptions = {}) {
     this.#options = options;
+    this.#kept = options.kept;
   }
 
   wire(kind: 'snapshot' | 'delta', delta: ServingDelta, to: W): WireDelta {

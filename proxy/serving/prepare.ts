@@ -70,6 +70,8 @@ export interface PreparedServing {
   readonly unsettled: readonly string[];
   /** Chain paths to watch beyond the store directory: the config's chains and the store's symlinks (proxy/serving/watch.ts). */
   readonly followed: readonly string[];
+  /** Entries whose record was made from the kept state's row (`kept`), unread. */
+  readonly fromKept: ReadonlySet<string>;
 }
 
 /** What a pass last saw of a store entry's files. */
@@ -236,6 +238,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
 
   const changed: string[] = [];
+  const fromKept = new Set<string>();
   // Thousands of entries share a few keys: the key server is asked once per key id per pass.
   const spkis = new Map<string, Promise<Buffer | undefined>>();
   const validation: ValidationContext = {
@@ -257,6 +260,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
           ? await judgeCertificate(candidate, inputId, validation, verdicts)
           : { verdict: known, warnings: await rejudge(candidate, known, validation) };
       records.set(candidate.name, recordOfVerdict(verdict, kept === undefined ? candidate : { ...candidate, chainText: kept.chain }, from, inputId, validation.now));
+      if (kept !== undefined) fromKept.add(candidate.name);
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {
@@ -277,7 +281,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
   const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
-  return { records, refused, warnings, changed, present, unsettled: left, followed };
+  return { records, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
 interface ChainFile {

@@ -206,9 +206,9 @@ export class ServingSource {
       });
       if (kept !== undefined) {
         this.#kept = kept;
-        for (const [name, row] of kept.rows) {
+        for (const name of prepared.fromKept) {
           const record = prepared.records.get(name);
-          if (record !== undefined && record.inputId === row.inputId && Object.getOwnPropertyDescriptor(record, 'chainPem')?.get !== undefined) this.#fromKept.add(record);
+          if (record !== undefined) this.#fromKept.add(record);
         }
       }
       // A targeted pass answered for its names and the config's certificates (before and now) alone.
@@ -337,6 +337,11 @@ export class ServingSource {
   /** The directory whole states are kept in for the next start (kept.ts), made now; undefined when none are kept. */
   keptDir(): string | undefined {
     return this.#keepState && this.#shared === undefined ? prepareKeptDir(this.#config.stateDir, this.#kept?.packed.file) : undefined;
+  }
+
+  /** The file of the pack kept by the last run, until a newer whole state is written. */
+  get keptPack(): string | undefined {
+    return this.#kept?.packed.file;
   }
 
   /** The kept pack when `whole` is exactly the state it holds (every record taken from it at start): sent again, not written. */
