@@ -160,7 +160,9 @@ describe('prepareServing without reading unchanged entries', () => {
     const config = loadProxyConfig(undefined, { stateDir, certStore: { dir: storeDir } });
     // The chain as validation writes it: a verdict then holds no copy of its own (verdicts.ts), the pack does.
     writeFileSync(join(storeDir, 'a.pem'), chain);
-    const normal = (await prepareServing({ config, store: new CertificateStore(storeDir), previous: new Map(), seen: new Map(), validation })).records.get('a')!.chainPem;
+    const normal = (await prepareServing({ config, store: new CertificateStore(storeDir), previous: new Map(), seen: new Map(), validation })).records.get(
+      'a',
+    )!.chainPem;
     for (const name of ['a', 'b', 'c']) writeFileSync(join(storeDir, `${name}.pem`), normal);
     await sleep(1_100);
     const verdicts = new VerdictCache({ file: null, warn: () => {} });

@@ -83,7 +83,8 @@ export function loadKept(stateDir: string, warn: (message: string) => void): Kep
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}; every store entry is read`);
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      warn(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}; every store entry is read`);
     return undefined;
   }
   const ignore = (why: string): undefined => {

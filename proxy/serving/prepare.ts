@@ -259,7 +259,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
         known === undefined
           ? await judgeCertificate(candidate, inputId, validation, verdicts)
           : { verdict: known, warnings: await rejudge(candidate, known, validation) };
-      records.set(candidate.name, recordOfVerdict(verdict, kept === undefined ? candidate : { ...candidate, chainText: kept.chain }, from, inputId, validation.now));
+      records.set(
+        candidate.name,
+        recordOfVerdict(verdict, kept === undefined ? candidate : { ...candidate, chainText: kept.chain }, from, inputId, validation.now),
+      );
       if (kept !== undefined) fromKept.add(candidate.name);
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });

@@ -357,7 +357,7 @@ export class ServingSource {
     this.#kept = undefined;
     const statOf = (record: CertificateRecord): string | undefined => {
       const seen = this.#seen.get(record.name);
-      return seen !== undefined && seen.settled && seen.inputId === record.inputId ? seen.statId : undefined;
+      return seen?.settled && seen.inputId === record.inputId ? seen.statId : undefined;
     };
     keepPacked(this.#config.stateDir, packed, whole.upsert, chains, statOf, this.#warn);
   }
