@@ -115,6 +115,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     reloadConfig: configFile !== undefined,
     onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
     warn: (message) => log.warn(message),
+    keepState: true,
   });
   let first: Awaited<ReturnType<ServingSource['next']>>;
   try {
@@ -150,7 +151,18 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   warnExpiry();
 
   // Large deltas (a worker's whole state) go to workers as files, not through the IPC pipe (serving/pack.ts).
-  const packs = new PackShelf<Worker>();
+  // The newest whole state stays in the state directory: the next start sends it again rather than reading the store (serving/kept.ts).
+  const keepIn = source.keptDir();
+  const packs = new PackShelf<Worker>(
+    keepIn === undefined
+      ? {}
+      : {
+          keepIn,
+          keep: (packed, delta, chains) => source.keepWritten(packed, delta, chains),
+          existing: (delta) => source.keptPackFor(delta),
+          ...(source.keptPack === undefined ? {} : { kept: source.keptPack }),
+        },
+  );
   const distribution = new Distribution();
   // Workers that hold the current serving state and get every delta after it.
   const synced = new Set<Worker>();

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VERDICT_FILE } from '../proxy/certs/verdicts.js';
@@ -51,6 +51,8 @@ beforeAll(async () => {
   storeDir = join(lab.dir, 'scale', 'certs');
   mkdirSync(storeDir, { recursive: true });
   for (let i = 0; i < ENTRIES; i++) await writeEntry(i);
+  // Files read within a second of their last change are read again at the next start (serving/kept.ts): these are not.
+  await new Promise((resolve) => setTimeout(resolve, 1_100));
 }, 120_000);
 afterAll(async () => {
   await proxy?.stop();
@@ -67,12 +69,20 @@ describe('keyedge proxy with a store larger than a pack', () => {
     expect(header.count).toBe(ENTRIES);
   }, 90_000);
 
-  it('restarts from remembered verdicts: nothing is judged again, so the file is not rewritten', async () => {
+  it('restarts from remembered verdicts and the kept state: nothing is judged again, the kept pack is sent again, no file rewritten', async () => {
     const file = join(lab.dir, 'state', VERDICT_FILE);
     const before = { text: readFileSync(file, 'utf8'), mtimeMs: statSync(file).mtimeMs };
+    // The whole state the first start wrote for its workers stays for the next start (proxy/serving/kept.ts).
+    const kept = join(lab.dir, 'state', 'serving');
+    const packs = readdirSync(kept).filter((f) => f.endsWith('.pack'));
+    expect(packs).toHaveLength(1);
+    const sidecar = statSync(join(kept, 'kept.json')).mtimeMs;
     const p = await start();
     await expectServed(p, [2, ENTRIES - 2]);
     await p.stop();
+    // Every entry came from it unread, so the workers got the same pack and nothing was written.
+    expect(readdirSync(kept).filter((f) => f.endsWith('.pack'))).toEqual(packs);
+    expect(statSync(join(kept, 'kept.json')).mtimeMs).toBe(sidecar);
     expect(statSync(file).mtimeMs).toBe(before.mtimeMs);
     expect(readFileSync(file, 'utf8')).toBe(before.text);
     expect(p.lines.filter((l) => String(l.msg).includes(VERDICT_FILE))).toEqual([]);

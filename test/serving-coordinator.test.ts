@@ -38,6 +38,7 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): {
         followed: [],
         fileDomains: [],
         targeted: options.only !== undefined,
+        answered: [],
       };
     },
     commit(next: NextServing): void {

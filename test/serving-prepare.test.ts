@@ -1,10 +1,14 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { CertificateStore } from '../proxy/certs/store.js';
-import { prepareServing } from '../proxy/serving/prepare.js';
+import { VerdictCache } from '../proxy/certs/verdicts.js';
+import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
+import { writePack } from '../proxy/serving/pack.js';
+import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';
 import { createCa, type Issued, issue, issueCa } from './helpers/pki.js';
 
 // Reading the store while a writer is still at it: a file is used only once
@@ -23,7 +27,7 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function pass(storeDir: string, seen: Map<string, string>) {
+function pass(storeDir: string, seen: Map<string, SeenStat>) {
   const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
   return prepareServing({
     config,
@@ -44,7 +48,7 @@ describe('prepareServing and files being written', () => {
     let step = 0;
     writeFileSync(file, chain.slice(0, 100));
     const writer = setInterval(() => writeFileSync(file, chain.slice(0, 100 + (++step % 50) * 10)), 40);
-    const seen = new Map<string, string>();
+    const seen = new Map<string, SeenStat>();
     let busy: Awaited<ReturnType<typeof pass>>;
     try {
       busy = await pass(storeDir, seen);
@@ -64,39 +68,143 @@ describe('prepareServing and files being written', () => {
   });
 });
 
+/** A store that counts the entry files it reads. */
+class CountingStore extends CertificateStore {
+  reads: string[] = [];
+  override read(name: string, withMeta?: boolean): ReturnType<CertificateStore['read']> {
+    this.reads.push(name);
+    return super.read(name, withMeta);
+  }
+  override readAsync(name: string, withMeta?: boolean): ReturnType<CertificateStore['readAsync']> {
+    this.reads.push(name);
+    return super.readAsync(name, withMeta);
+  }
+}
+
 describe('prepareServing, a targeted pass', () => {
-  it('looks at the named entries alone: a removed one goes, a changed one is read, the others keep their records unread', async () => {
+  it('looks at the named entries alone and answers for them alone: a removed one goes, the others are neither read nor copied', async () => {
     const storeDir = join(dir, 'targeted');
     mkdirSync(storeDir, { recursive: true });
     for (const name of ['a', 'b', 'c']) writeFileSync(join(storeDir, `${name}.pem`), chain);
     const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
     const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
-    const seen = new Map<string, string>();
-    const store = new CertificateStore(storeDir);
+    const seen = new Map<string, SeenStat>();
+    const store = new CountingStore(storeDir);
     const full = await prepareServing({ config, store, previous: new Map(), seen, validation });
     expect([...full.records.keys()].sort()).toEqual(['a', 'b', 'c']);
 
     // 'b' is removed and 'c' rewritten (unreadable now); only 'b' is named.
     rmSync(join(storeDir, 'b.pem'));
     writeFileSync(join(storeDir, 'c.pem'), 'not a chain');
-    const only = { names: new Set(['b']), present: full.present, followed: full.followed };
+    store.reads = [];
+    const only = { names: new Set(['b']), followed: full.followed };
     const targeted = await prepareServing({ config, store, previous: full.records, seen, validation, only });
-    expect([...targeted.records.keys()].sort()).toEqual(['a', 'c']);
-    // Not named: not read, its record kept as it was.
-    expect(targeted.records.get('c')).toBe(full.records.get('c'));
+    // Nothing for 'b' (gone), nothing about 'a' or 'c' (they carry over as they are: not read, not copied).
+    expect([...targeted.records.keys()]).toEqual([]);
+    expect([...targeted.present]).toEqual([]);
+    expect(store.reads).toEqual([]);
     expect(targeted.refused).toEqual([]);
-    expect([...targeted.present].sort()).toEqual(['a', 'c']);
 
     // Named, 'c' is read and refused; its previous version keeps serving.
     const named = await prepareServing({
       config,
       store,
-      previous: targeted.records,
+      previous: full.records,
       seen,
       validation,
-      only: { names: new Set(['c']), present: targeted.present, followed: targeted.followed },
+      only: { names: new Set(['c']), followed: targeted.followed },
     });
     expect(named.refused.map((r) => r.name)).toEqual(['c']);
     expect(named.records.get('c')).toBe(full.records.get('c'));
+    expect([...named.present]).toEqual(['c']);
+  });
+});
+
+describe('prepareServing without reading unchanged entries', () => {
+  const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+
+  it('a verifying pass (SIGHUP, POST /reload) reads only the entries whose stat identity is not settled', async () => {
+    const storeDir = join(dir, 'verify');
+    mkdirSync(storeDir, { recursive: true });
+    for (const name of ['a', 'b']) writeFileSync(join(storeDir, `${name}.pem`), chain);
+    // Settled: read more than a second after the files last changed.
+    await sleep(1_100);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const seen = new Map<string, SeenStat>();
+    const store = new CountingStore(storeDir);
+    const full = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect(store.reads.sort()).toEqual(['a', 'b']);
+    expect(seen.get('a')?.settled).toBe(true);
+
+    writeFileSync(join(storeDir, 'c.pem'), chain);
+    store.reads = [];
+    const added = await prepareServing({ config, store, previous: full.records, seen, validation, verify: true });
+    // (Read twice: a file changed within the last second must read the same twice.)
+    expect([...new Set(store.reads)]).toEqual(['c']);
+    expect(added.records.get('a')).toBe(full.records.get('a'));
+    // Read within a second of its change: not settled, so the next verifying pass compares its content again.
+    expect(seen.get('c')?.settled).toBe(false);
+    store.reads = [];
+    const again = await prepareServing({ config, store, previous: added.records, seen, validation, verify: true });
+    // (Read twice: a file changed within the last second must read the same twice.)
+    expect([...new Set(store.reads)]).toEqual(['c']);
+    expect(again.changed).toEqual([]);
+    expect(again.records.get('c')).toBe(added.records.get('c'));
+  });
+
+  it('a start with the kept state reads no unchanged entry, serves their chains from the kept pack, and reads a changed one', async () => {
+    const storeDir = join(dir, 'kept-store');
+    const stateDir = join(dir, 'kept-state');
+    mkdirSync(storeDir, { recursive: true });
+    mkdirSync(keptDir(stateDir), { recursive: true });
+    const config = loadProxyConfig(undefined, { stateDir, certStore: { dir: storeDir } });
+    // The chain as validation writes it: a verdict then holds no copy of its own (verdicts.ts), the pack does.
+    writeFileSync(join(storeDir, 'a.pem'), chain);
+    const normal = (await prepareServing({ config, store: new CertificateStore(storeDir), previous: new Map(), seen: new Map(), validation })).records.get(
+      'a',
+    )!.chainPem;
+    for (const name of ['a', 'b', 'c']) writeFileSync(join(storeDir, `${name}.pem`), normal);
+    await sleep(1_100);
+    const verdicts = new VerdictCache({ file: null, warn: () => {} });
+    const seen = new Map<string, SeenStat>();
+    const first = await prepareServing({ config, store: new CertificateStore(storeDir), previous: new Map(), seen, validation, verdicts });
+    const upsert = [...first.records.values()];
+    const chains = new Float64Array(upsert.length * 2);
+    const whole = { generation: 1, routing: { domains: config.domains, sni: config.sni }, upsert, remove: [], whole: true };
+    const packed = writePack(keptDir(stateDir), 'kept.pack', whole, chains);
+    const statOf = (r: { name: string; inputId: string }): string | undefined => {
+      const s = seen.get(r.name);
+      return s?.settled && s.inputId === r.inputId ? s.statId : undefined;
+    };
+    keepPacked(stateDir, packed, upsert, chains, statOf, (m) => expect.fail(m));
+
+    // 'b' is rewritten while the proxy is down.
+    writeFileSync(join(storeDir, 'b.pem'), chain);
+    const warnings: string[] = [];
+    const kept = loadKept(stateDir, (m) => warnings.push(m));
+    expect(warnings).toEqual([]);
+    expect(kept?.rows.size).toBe(3);
+    const store = new CountingStore(storeDir);
+    const restart = new Map<string, SeenStat>();
+    const next = await prepareServing({ config, store, previous: new Map(), seen: restart, validation, verdicts, ...(kept === undefined ? {} : { kept }) });
+    expect([...new Set(store.reads)]).toEqual(['b']);
+    expect([...next.records.keys()].sort()).toEqual(['a', 'b', 'c']);
+    expect(next.refused).toEqual([]);
+    const a = next.records.get('a');
+    expect(a?.serial).toBe(first.records.get('a')?.serial);
+    expect(a?.names).toEqual(['x.example']);
+    // Read from the pack on use, not held.
+    expect(Object.getOwnPropertyDescriptor(a, 'chainPem')?.get).toBeTypeOf('function');
+    expect(a?.chainPem).toBe(first.records.get('a')?.chainPem);
+    expect(restart.get('a')?.settled).toBe(true);
+  });
+
+  it('ignores a kept state that does not match its checksum, with a warning', () => {
+    const stateDir = join(dir, 'kept-broken');
+    mkdirSync(keptDir(stateDir), { recursive: true });
+    writeFileSync(join(keptDir(stateDir), 'kept.json'), '{"sha256":"00"}\n{}');
+    const warnings: string[] = [];
+    expect(loadKept(stateDir, (m) => warnings.push(m))).toBeUndefined();
+    expect(warnings).toEqual([expect.stringContaining('does not match its checksum')]);
   });
 });

@@ -9,7 +9,7 @@ import type { describeMachine, MachineInfo } from '../harness/machine.js';
 import { dateStamp, fmt, machineLines, markdownTable, writeReport } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
 import { durationRow, type SummaryRow } from '../harness/summary.js';
-import { DOMAIN, type listingCost, type ReloadFigure, REPO_ROOT, type Rss, type startupPhases, workersRss } from './steps.js';
+import { cpus, DOMAIN, type listingCost, type ReloadFigure, REPO_ROOT, type Rss, type startupPhases, workersRss } from './steps.js';
 
 /** The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
 export function summaryRows(
@@ -159,16 +159,9 @@ export function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyC
       [
         ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(ctx.listing.cpuMs, 1)} / ${fmt(ctx.listing.wallMs, 1)} ms`],
         ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
-        [
-          '… primary validated every entry and forked ("proxy primary started")',
-          notReady.phases.primaryStartedMs === undefined ? 'not yet' : `${fmt(notReady.phases.primaryStartedMs)} ms`,
-        ],
-        [
-          '… workers listening',
-          notReady.phases.workersListeningMs.length === 0 ? 'none yet' : `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`,
-        ],
-        ['RSS when given up: primary', `${fmt(notReady.rss.primaryMiB, 1)} MiB`],
-        ['RSS when given up: workers', `${workersRss(notReady.rss)} MiB`],
+        ['… primary forked ("proxy primary started")', `${fmt(notReady.phases.primaryStartedMs ?? Number.NaN)} ms`],
+        ['… workers listening', `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ') || 'none'} ms`],
+        ['RSS, CPU used when given up: primary / workers', `${fmt(notReady.rss.primaryMiB, 1)} / ${workersRss(notReady.rss)} MiB, ${cpus(notReady.rss)} ms`],
       ],
       ['left', 'right'],
     ),
@@ -260,12 +253,12 @@ export function scaleMarkdown({
       [
         ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
         ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${fmt(firstStart.readyMs ?? Number.NaN)} ms`],
-        ['… its RSS after start: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB`],
+        ['… RSS, CPU used: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB, ${cpus(firstStart.rss)} ms`],
         ['start-up (verdicts known, as every start after the first): spawn → /readyz 200', `${fmt(readyMs)} ms`],
-        ['… primary read every entry (verdicts looked up) and forked ("proxy primary started")', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
-        ['… workers listening (state received as a pack, indexed)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
-        ['RSS after start: primary', `${fmt(rssAfterStart.primaryMiB, 1)} MiB`],
-        ['RSS after start: workers', `${workersRss(rssAfterStart)} MiB`],
+        ['… primary listed the store (unchanged entries from the kept state), forked', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
+        ['… workers listening (the kept pack received, indexed)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
+        ['… CPU consumed until 1 s after ready (utime + stime): primary / workers', `${cpus(rssAfterStart)} ms`],
+        ['RSS after start: primary / workers', `${fmt(rssAfterStart.primaryMiB, 1)} / ${workersRss(rssAfterStart)} MiB`],
         ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
         ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
         [

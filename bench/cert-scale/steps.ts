@@ -20,23 +20,25 @@ export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n)
 export const nameOf = (i: number): string => `n${i}`;
 export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
+/** RSS now; CPU used since start (utime + stime). */
 export interface Rss {
   readonly primaryMiB: number;
   readonly workersMiB: readonly number[];
+  readonly primaryCpuMs: number;
+  readonly workersCpuMs: readonly number[];
 }
 
 export function rssOf(proxy: RunningProxy): Rss {
   const { primary, workers } = proxy.pids();
-  return { primaryMiB: round(rssKiB(primary) / 1024, 1), workersMiB: workers.map((pid) => round(rssKiB(pid) / 1024, 1)) };
+  const mib = (pid: number): number => round(rssKiB(pid) / 1024, 1);
+  const cpuMs = (pid: number): number => Math.round(totalUs(procCpu(pid)) / 1000);
+  return { primaryMiB: mib(primary), workersMiB: workers.map(mib), primaryCpuMs: cpuMs(primary), workersCpuMs: workers.map(cpuMs) };
 }
 
 export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
+export const cpus = (r: Rss): string => [r.primaryCpuMs, ...r.workersCpuMs].map((m) => fmt(m)).join(' / ');
 
-/**
- * What listing the store directory once costs on this filesystem: readdir and
- * a stat of every .pem, as any change detection by stat must do (median of 3,
- * this process's CPU and wall time).
- */
+/** CPU and wall time of listing the store (readdir, a stat of each .pem), median of 3. */
 export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
   const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
   for (let k = 0; k < 3; k++) {
@@ -50,11 +52,7 @@ export function listingCost(dir: string): { cpuMs: number; wallMs: number; files
   return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
 }
 
-/**
- * Waits until every worker of `proxy` used less than a tenth of a core over
- * one second (background work after start: OCSP tracking parses every leaf),
- * at most `maxMs`; resolves with the time waited and whether they settled.
- */
+/** Waits (at most `maxMs`) until every worker used < 0.1 core over 1 s; the time waited, whether they did. */
 export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
   const started = performance.now();
   const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));

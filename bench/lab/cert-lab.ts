@@ -82,7 +82,8 @@ export interface ProxyStartOptions {
 }
 
 export class CertLab extends LabBase {
-  readonly ca = new BenchCa('keyedge certificate bench CA');
+  /** Issues 90-day certificates: a start logs no expiry warning per entry (100,000 lines at the largest store). */
+  readonly ca = new BenchCa('keyedge certificate bench CA', 90);
   readonly caFile: string;
   readonly tokenFile: string;
   readonly token = randomBytes(24).toString('hex');

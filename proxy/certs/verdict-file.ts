@@ -4,27 +4,59 @@
  * ids and SPKIs) are written once in tables and referred to by index, times
  * are epoch milliseconds, and each verdict is a tuple. At 100,000 entries
  * this is about a third of the size of one object per verdict, and reading
- * it is dominated by JSON.parse; zod then checks every tuple and every
- * index is checked against its table, so a file that parses is either whole
- * or refused, never used in part.
+ * it is dominated by JSON.parse; every tuple's shape is then checked (by
+ * hand: a zod parse per tuple cost ~2.5 s at 100,000 entries, more than the
+ * JSON.parse) and every index against its table, so a file that parses is
+ * either whole or refused, never used in part.
  *
  * Pure: text in, verdicts out (or a reason), and back.
  */
 import { z } from 'zod';
 import type { Verdict } from './verdicts.js';
 
-const ms = z.number().int().min(0);
-const index = z.number().int().min(0);
-const verdictTuple = z.union([
-  z.tuple([z.array(z.string()).min(1), index, z.string(), index, ms, ms, z.array(z.tuple([index, ms])), z.boolean(), z.array(index)]),
-  z.tuple([z.array(z.string()).min(1), index, z.string(), index, ms, ms, z.array(z.tuple([index, ms])), z.boolean(), z.array(index), z.string()]),
-]);
-type VerdictTuple = z.infer<typeof verdictTuple>;
-const bodySchema = z.strictObject({
-  strings: z.array(z.string()),
-  keys: z.array(z.tuple([z.string().regex(/^[0-9a-f]{64}$/), z.base64()])),
-  verdicts: z.record(z.string().regex(/^[a-z]+:[0-9a-f]+$/), z.unknown()),
-});
+/** [names, key index, serial, issuer index, notBefore ms, notAfter ms, [subject index, notAfter ms][], stapled, warning indexes, chainPem?] */
+type VerdictTuple =
+  | [string[], number, string, number, number, number, [number, number][], boolean, number[]]
+  | [string[], number, string, number, number, number, [number, number][], boolean, number[], string];
+
+const natural = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const strings = (v: unknown, min: number): v is string[] => Array.isArray(v) && v.length >= min && v.every((s) => typeof s === 'string');
+
+/** Whether `raw` has a verdict tuple's shape (the indexes are checked against their tables after). */
+function isVerdictTuple(raw: unknown): raw is VerdictTuple {
+  if (!Array.isArray(raw) || (raw.length !== 9 && raw.length !== 10)) return false;
+  const [names, key, serial, issuer, notBefore, notAfter, expiries, stapled, warnings, chainPem] = raw as unknown[];
+  return (
+    strings(names, 1) &&
+    natural(key) &&
+    typeof serial === 'string' &&
+    natural(issuer) &&
+    natural(notBefore) &&
+    natural(notAfter) &&
+    Array.isArray(expiries) &&
+    expiries.every((e) => Array.isArray(e) && e.length === 2 && natural(e[0]) && natural(e[1])) &&
+    typeof stapled === 'boolean' &&
+    Array.isArray(warnings) &&
+    warnings.every(natural) &&
+    (raw.length === 9 || typeof chainPem === 'string')
+  );
+}
+const keysSchema = z.array(z.tuple([z.string().regex(/^[0-9a-f]{64}$/), z.base64()]));
+
+interface Body {
+  readonly strings: string[];
+  readonly keys: [string, string][];
+  readonly verdicts: Record<string, unknown>;
+}
+
+/** The body's outline (its few keys checked by zod, its many tuples by hand): or undefined. */
+function bodyOf(value: unknown): Body | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+  const { strings: texts, keys, verdicts, ...rest } = value as Record<string, unknown>;
+  if (Object.keys(rest).length > 0 || !strings(texts, 0) || !keysSchema.safeParse(keys).success) return undefined;
+  if (typeof verdicts !== 'object' || verdicts === null || Array.isArray(verdicts)) return undefined;
+  return { strings: texts, keys: keys as [string, string][], verdicts: verdicts as Record<string, unknown> };
+}
 
 export function encodeVerdicts(verdicts: ReadonlyMap<string, Verdict>): string {
   const strings: string[] = [];
@@ -68,13 +100,13 @@ export function encodeVerdicts(verdicts: ReadonlyMap<string, Verdict>): string {
 
 /** The verdicts of `text`, or the reason it is refused whole. */
 export function decodeVerdicts(text: string): Map<string, Verdict> | string {
-  let body: z.infer<typeof bodySchema>;
+  let body: Body | undefined;
   try {
-    body = bodySchema.parse(JSON.parse(text));
+    body = bodyOf(JSON.parse(text));
   } catch {
     // The parser's message may quote the file: it is not kept.
-    return 'is not a verdict file';
   }
+  if (body === undefined) return 'is not a verdict file';
   const { strings, keys } = body;
   // Each distinct time is turned into text once: thousands of entries share a few.
   const isoOf = new Map<number, string>();
@@ -89,11 +121,11 @@ export function decodeVerdicts(text: string): Map<string, Verdict> | string {
     return s;
   };
   const verdicts = new Map<string, Verdict>();
+  const inputId = /^[a-z]+:[0-9a-f]+$/;
   for (const [id, raw] of Object.entries(body.verdicts)) {
-    const parsed = verdictTuple.safeParse(raw);
     const malformed = `holds a malformed verdict (${id.slice(0, 20)}…)`;
-    if (!parsed.success) return malformed;
-    const [names, k, serial, issuer, notBefore, notAfter, expiries, stapled, warnings, chainPem] = parsed.data;
+    if (!inputId.test(id) || !isVerdictTuple(raw)) return malformed;
+    const [names, k, serial, issuer, notBefore, notAfter, expiries, stapled, warnings, chainPem] = raw;
     const key = keys[k];
     const issuerName = strings[issuer];
     const before = iso(notBefore);

@@ -116,7 +116,7 @@ export function verdictOf(certificate: ServedCertificate, chainText: string, str
  */
 export async function rejudge(candidate: Pick<CertificateCandidate, 'name' | 'source'>, verdict: Verdict, ctx: ValidationContext): Promise<string[]> {
   const timed = checkValidityWindow(candidate, validityOfVerdict(verdict), ctx.now);
-  await checkKeyserverKey(candidate, { keyId: verdict.keyId, spki: Buffer.from(verdict.spki, 'base64') }, ctx.keyserverSpki);
+  await checkKeyserverKey(candidate, { keyId: verdict.keyId, spki: memo(spkis, verdict.spki, () => Buffer.from(verdict.spki, 'base64')) }, ctx.keyserverSpki);
   return [...verdict.warnings, ...timed];
 }
 
@@ -147,11 +147,25 @@ export async function judgeCertificate(
   return { verdict, warnings: [...structure.warnings, ...timed] };
 }
 
+/** Parsed times and decoded keys, by their text: 100,000 verdicts share a few of each (a start rejudges every one). */
+const dates = new Map<string, Date>();
+const spkis = new Map<string, Buffer>();
+function memo<V>(map: Map<string, V>, key: string, make: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) {
+    if (map.size >= 4096) map.clear();
+    value = make();
+    map.set(key, value);
+  }
+  return value;
+}
+const dateOf = (iso: string): Date => memo(dates, iso, () => new Date(iso));
+
 function validityOfVerdict(verdict: Verdict): ChainValidity {
   return {
-    notBefore: new Date(verdict.notBefore),
-    notAfter: new Date(verdict.notAfter),
-    chainExpiries: verdict.chainExpiries.map((c) => ({ subject: c.subject, notAfter: new Date(c.notAfter) })),
+    notBefore: dateOf(verdict.notBefore),
+    notAfter: dateOf(verdict.notAfter),
+    chainExpiries: verdict.chainExpiries.map((c) => ({ subject: c.subject, notAfter: dateOf(c.notAfter) })),
   };
 }
 

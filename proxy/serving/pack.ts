@@ -30,6 +30,9 @@ import { PackedTable, type PackedRow } from './table.js';
 /** Deltas with more certificates than this travel as a pack; a renewal or two stays inline. */
 export const PACK_THRESHOLD = 256;
 
+/** The header line of a pack: the delta without its certificates. */
+export type PackHead = Omit<ServingDelta, 'upsert' | 'table'>;
+
 /** What crosses the IPC pipe instead of the delta. */
 export interface PackedDelta {
   readonly file: string;
@@ -37,10 +40,12 @@ export interface PackedDelta {
   readonly jsonBytes: number;
   /** Length of the index line, bytes (without its newline); the records follow it. */
   readonly indexBytes: number;
+  /** Replaces the file's header: a pack kept from an earlier generation (kept.ts) sent as the whole state of this one. */
+  readonly head?: PackHead;
 }
 
-/** Writes `delta` to `<dir>/<name>` and returns its reference. */
-export function writePack(dir: string, name: string, delta: ServingDelta): PackedDelta {
+/** Writes `delta` to `<dir>/<name>` and returns its reference; `chains`, when given, gets each row's chain offset and length (2 per row). */
+export function writePack(dir: string, name: string, delta: ServingDelta, chains?: Float64Array): PackedDelta {
   const { upsert, table: _table, ...rest } = delta;
   const header = JSON.stringify({ ...rest, count: upsert.length });
   // Text, not a Buffer per record: at 100,000 entries the copies and their collection cost seconds.
@@ -52,6 +57,14 @@ export function writePack(dir: string, name: string, delta: ServingDelta): Packe
     records.push(json);
   }
   const index = JSON.stringify(rows);
+  if (chains !== undefined) {
+    let at = Buffer.byteLength(header) + Buffer.byteLength(index) + 2;
+    for (const [i, row] of rows.entries()) {
+      chains[i * 2] = at + row[2];
+      chains[i * 2 + 1] = row[3];
+      at += row[2] + row[3];
+    }
+  }
   const file = join(dir, name);
   const fd = openSync(file, 'wx', 0o600);
   try {
@@ -107,10 +120,10 @@ const closer = new FinalizationRegistry<number>((fd) => {
  */
 export function readPack(packed: PackedDelta): ServingDelta {
   const pack = new PackFile(packed.file);
-  let head: Omit<ServingDelta, 'upsert' | 'table'>;
+  let head: PackHead;
   let rows: PackedRow[];
   try {
-    head = JSON.parse(pack.read(0, packed.jsonBytes)) as typeof head;
+    head = packed.head ?? (JSON.parse(pack.read(0, packed.jsonBytes)) as PackHead);
     rows = JSON.parse(pack.read(packed.jsonBytes + 1, packed.indexBytes)) as PackedRow[];
   } catch (err) {
     closeSync(pack.fd);
@@ -140,28 +153,75 @@ export function isPackedDelta(value: unknown): value is PackedDelta {
 /** How a delta travels to a worker: inline, or as a pack. */
 export type WireDelta = { readonly delta: ServingDelta } | { readonly packed: PackedDelta };
 
+export interface PackShelfOptions {
+  /**
+   * Where whole states are written and kept (kept.ts): the newest stays
+   * after its workers opened it, for the next start to send again; `keep`
+   * is told of each. Without it, packs go to a temporary directory and
+   * none is kept.
+   */
+  readonly keepIn?: string;
+  /** `chains`: each row's chain offset and length in the file (2 per row, in `delta.upsert` order). */
+  readonly keep?: (packed: PackedDelta, delta: ServingDelta, chains: Float64Array) => void;
+  /** A whole state already on disk for `delta` (the pack kept by the last run), sent with a new header instead of written again. */
+  readonly existing?: (delta: ServingDelta) => PackedDelta | undefined;
+  /** The pack kept by the last run, if any: unlinked once a newer whole state replaces it. */
+  readonly kept?: string;
+}
+
 /**
  * The primary's packs: one file per delta generation, shared by every worker
  * it is sent to, unlinked once each of them said it opened it (`opened`) or
- * died (`gone`). The directory goes at `close`.
+ * died (`gone`), except the newest whole state when packs are kept. A
+ * temporary directory goes at `close`.
  */
 export class PackShelf<W> {
+  readonly #options: PackShelfOptions;
   #dir: string | undefined;
   /** By kind and generation: a snapshot of generation G (everything) is not the delta that made G. */
   readonly #packs = new Map<string, { readonly packed: PackedDelta; readonly waiting: Set<W> }>();
+  /** The whole state kept on disk for the next start: never unlinked here but when a newer one replaces it. */
+  #kept: string | undefined;
   #written = 0;
+
+  constructor(options: PackShelfOptions = {}) {
+    this.#options = options;
+    this.#kept = options.kept;
+  }
 
   wire(kind: 'snapshot' | 'delta', delta: ServingDelta, to: W): WireDelta {
     if (delta.upsert.length <= PACK_THRESHOLD) return { delta };
     const key = `${kind}-${delta.generation}`;
     let pack = this.#packs.get(key);
     if (pack === undefined) {
-      this.#dir ??= mkdtempSync(join(tmpdir(), 'keyedge-serving-'));
-      pack = { packed: writePack(this.#dir, `${key}-${++this.#written}.pack`, delta), waiting: new Set() };
+      pack = { packed: this.#write(key, delta), waiting: new Set() };
       this.#packs.set(key, pack);
     }
     pack.waiting.add(to);
     return { packed: pack.packed };
+  }
+
+  #write(key: string, delta: ServingDelta): PackedDelta {
+    const whole = delta.whole === true && this.#options.keepIn !== undefined;
+    if (whole) {
+      const existing = this.#options.existing?.(delta);
+      if (existing !== undefined) {
+        const { upsert: _upsert, table: _table, ...head } = delta;
+        this.#kept = existing.file;
+        return { ...existing, head };
+      }
+    }
+    this.#dir ??= this.#options.keepIn ?? mkdtempSync(join(tmpdir(), 'keyedge-serving-'));
+    const chains = whole ? new Float64Array(delta.upsert.length * 2) : undefined;
+    const packed = writePack(this.#dir, `${key}-${process.pid}-${Date.now()}-${++this.#written}.pack`, delta, chains);
+    if (chains !== undefined) {
+      const previous = this.#kept;
+      this.#kept = packed.file;
+      this.#options.keep?.(packed, delta, chains);
+      // The one it replaces goes now unless a worker has yet to open it (then when the last one has).
+      if (previous !== undefined && ![...this.#packs.values()].some((p) => p.packed.file === previous)) unlinkQuietly(previous);
+    }
+    return packed;
   }
 
   opened(by: W, file: string): void {
@@ -173,8 +233,10 @@ export class PackShelf<W> {
   }
 
   close(): void {
+    // Packs not yet opened by every worker: the workers go too; the kept one stays for the next start.
+    for (const pack of this.#packs.values()) if (pack.packed.file !== this.#kept) unlinkQuietly(pack.packed.file);
     this.#packs.clear();
-    if (this.#dir !== undefined) rmSync(this.#dir, { recursive: true, force: true });
+    if (this.#dir !== undefined && this.#options.keepIn === undefined) rmSync(this.#dir, { recursive: true, force: true });
     this.#dir = undefined;
   }
 
@@ -182,10 +244,14 @@ export class PackShelf<W> {
     const pack = this.#packs.get(key);
     if (pack === undefined || !pack.waiting.delete(worker) || pack.waiting.size > 0) return;
     this.#packs.delete(key);
-    try {
-      unlinkSync(pack.packed.file);
-    } catch {
-      // Gone already (the directory removed at shutdown).
-    }
+    if (pack.packed.file !== this.#kept && ![...this.#packs.values()].some((p) => p.packed.file === pack.packed.file)) unlinkQuietly(pack.packed.file);
+  }
+}
+
+function unlinkQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // Gone already (the directory removed at shutdown).
   }
 }

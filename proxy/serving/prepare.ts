@@ -10,11 +10,21 @@
  * inode, size, mtime and ctime of the chain, of its link and of the
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
  * reads and validates only the ones that moved. An explicit reload (`verify`)
- * reads every entry and compares content hashes, so no stat coincidence can
- * hide a change from an operator who asks. A targeted pass (`only`: the
+ * also reads and compares the content of every entry whose stat identity is
+ * not settled (its files changed less than QUIET_MS before they were last
+ * read, where a second change within one tick of the file system's clock
+ * could leave the same identity): a change after a settled read moves the
+ * ctime, which cannot be set back, so no stat coincidence can hide a change
+ * from an operator who asks, and a no-change reload of 100,000 entries
+ * costs their stats, not their reads. At start, an entry whose files still
+ * have the settled identity recorded beside the kept serving state (kept.ts)
+ * is not read at all: its verdict gives the record and its chain stays in
+ * the kept pack until something asks for it. A targeted pass (`only`: the
  * entries a watch event or an admin PUT named) looks at those entries alone
- * and keeps every other record as it is, so a one-name change in a store of
- * 100,000 costs a few stats and one read, not a listing.
+ * and answers for them alone (and the config's certificates): every other
+ * record carries over untouched, so a one-name change in a store of 100,000
+ * costs a few stats and one read, not a listing nor a copy of 100,000
+ * records.
  *
  * A file changed in the last QUIET_MS may still be being written (a tool
  * that writes the leaf, then appends the intermediates): it is read again
@@ -32,7 +42,8 @@ import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
-import { judgeCertificate, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { judgeCertificate, rejudge, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import type { KeptRow, KeptState } from './kept.js';
 import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
@@ -47,17 +58,29 @@ const SETTLE_LIMIT_MS = 2_000;
 const READ_CONCURRENCY = 32;
 
 export interface PreparedServing {
+  /** Every record to serve; after a targeted pass, only the config's and the named entries' (the rest of `previous` carries over). */
   readonly records: ReadonlyMap<string, CertificateRecord>;
   readonly refused: readonly Refusal[];
   readonly warnings: readonly { readonly name: string; readonly message: string }[];
   /** Names whose record is new or changed since `previous`. */
   readonly changed: readonly string[];
-  /** Every entry present now, in the config or the store, served or not. */
+  /** Every entry present now, in the config or the store, served or not; after a targeted pass, of the config and the named entries only. */
   readonly present: ReadonlySet<string>;
   /** Entries whose files kept changing while read: nothing was concluded, look again soon. */
   readonly unsettled: readonly string[];
   /** Chain paths to watch beyond the store directory: the config's chains and the store's symlinks (proxy/serving/watch.ts). */
   readonly followed: readonly string[];
+  /** Entries whose record was made from the kept state's row (`kept`), unread. */
+  readonly fromKept: ReadonlySet<string>;
+}
+
+/** What a pass last saw of a store entry's files. */
+export interface SeenStat {
+  readonly statId: string;
+  /** The input id of the version read with this identity. */
+  readonly inputId: string;
+  /** The files had not changed for QUIET_MS before they were read: any later change moves the identity. */
+  readonly settled: boolean;
 }
 
 export interface PrepareOptions {
@@ -70,20 +93,21 @@ export interface PrepareOptions {
    * their files; updated in place. Owned by one caller: not shared between
    * concurrent prepares.
    */
-  readonly seen: Map<string, string>;
-  /** Read every store entry and compare content, whatever stat says (SIGHUP, the admin API). */
+  readonly seen: Map<string, SeenStat>;
+  /** Read and compare the content of every store entry whose stat identity is not settled (SIGHUP, the admin API). */
   readonly verify?: boolean;
+  /** The serving state kept by the last run (kept.ts): entries whose files still match are not read. */
+  readonly kept?: KeptState;
   /** Verdicts remembered by content hash (certs/verdicts.ts): an input judged before is not parsed again. Default: none kept. */
   readonly verdicts?: VerdictCache;
   /**
    * Look only at these store entries (a file store's watch named them):
-   * every other record of `previous` is kept as it is, and `present` and
-   * `followed` of the previous pass carry over. Ignored for stores that
+   * every other record of `previous` carries over (not in `records`), and
+   * `followed` of the previous pass carries over. Ignored for stores that
    * cannot be asked about single entries (the fleet's store).
    */
   readonly only?: {
     readonly names: ReadonlySet<string>;
-    readonly present: ReadonlySet<string>;
     readonly followed: readonly string[];
   };
 }
@@ -92,6 +116,8 @@ interface Pending {
   readonly candidate: CertificateCandidate;
   readonly from: CertificateRecord['from'];
   readonly inputId: string;
+  /** Taken from the kept state: its verdict is known and its chain is in the kept pack. */
+  readonly kept?: KeptRow;
 }
 
 export async function prepareServing(options: PrepareOptions): Promise<PreparedServing> {
@@ -118,13 +144,11 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
 
   const listed = new Set<string>();
-  const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry> }>();
+  const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry>; settled: boolean }>();
   const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
-  if (only !== undefined) {
-    for (const [name, record] of previous) if (record.from === 'store' && !only.names.has(name)) records.set(name, record);
-    for (const name of only.present) if (!only.names.has(name)) listed.add(name);
-  }
+  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
+  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
   const toRead: StoreEntryRef[] = [];
   for (const ref of refs) {
@@ -135,13 +159,22 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const kept = previous.get(ref.name);
-    if (!options.verify && kept !== undefined && kept.from === 'store' && seen.get(ref.name) === ref.statId) {
+    const last = seen.get(ref.name);
+    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && (last.settled || !options.verify)) {
       records.set(ref.name, kept);
+      continue;
+    }
+    const row = options.kept?.rows.get(ref.name);
+    if (kept === undefined && row !== undefined && row.statId === ref.statId && verdicts.get(row.inputId) !== undefined) {
+      seen.set(ref.name, { statId: ref.statId, inputId: row.inputId, settled: true });
+      pending.push({ candidate: { name: ref.name, chainText: '', source: ref.chainPath }, from: 'store', inputId: row.inputId, kept: row });
       continue;
     }
     toRead.push(ref);
   }
   // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
+  // A read that starts QUIET_MS after the files' last change is settled (SeenStat).
+  const readFrom = Date.now();
   const firsts =
     store instanceof CertificateStore
       ? await mapLimited(toRead, READ_CONCURRENCY, (ref) => store.readAsync(ref.name, ref.metaMtimeMs !== undefined).catch(asError))
@@ -156,7 +189,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       () => ref.changedAtMs,
       firsts[i],
     );
-    storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file });
+    storeReads.set(ref.name, { statId: ref.statId, chainPath: ref.chainPath, file, settled: readFrom - ref.changedAtMs >= QUIET_MS });
   }
   if (only === undefined) {
     for (const name of seen.keys()) if (!listed.has(name)) seen.delete(name);
@@ -186,7 +219,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
   }
 
-  for (const [name, { statId, chainPath, file }] of storeReads) {
+  for (const [name, { statId, chainPath, file, settled }] of storeReads) {
     if (unsettled.has(file)) {
       leave(name, chainPath);
       continue;
@@ -198,15 +231,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const candidate = entryCandidate(read);
     const inputId = file.print;
-    seen.set(name, statId);
+    seen.set(name, { statId, inputId, settled });
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
     else pending.push({ candidate, from: 'store', inputId });
   }
 
   const changed: string[] = [];
-  const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
-  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  const fromKept = new Set<string>();
   // Thousands of entries share a few keys: the key server is asked once per key id per pass.
   const spkis = new Map<string, Promise<Buffer | undefined>>();
   const validation: ValidationContext = {
@@ -220,10 +252,18 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       return held;
     },
   };
-  await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId }) => {
+  await forEachLimited(pending, VALIDATION_CONCURRENCY, async ({ candidate, from, inputId, kept }) => {
     try {
-      const { verdict, warnings: found } = await judgeCertificate(candidate, inputId, validation, verdicts);
-      records.set(candidate.name, recordOfVerdict(verdict, candidate, from, inputId, validation.now));
+      const known = kept === undefined ? undefined : verdicts.get(inputId);
+      const { verdict, warnings: found } =
+        known === undefined
+          ? await judgeCertificate(candidate, inputId, validation, verdicts)
+          : { verdict: known, warnings: await rejudge(candidate, known, validation) };
+      records.set(
+        candidate.name,
+        recordOfVerdict(verdict, kept === undefined ? candidate : { ...candidate, chainText: kept.chain }, from, inputId, validation.now),
+      );
+      if (kept !== undefined) fromKept.add(candidate.name);
       changed.push(candidate.name);
       for (const message of found) warnings.push({ name: candidate.name, message });
     } catch (err) {
@@ -234,7 +274,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   });
 
   const sniDefault = config.sni.default;
-  if (sniDefault !== null && !records.has(sniDefault)) {
+  const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
+  if (sniDefault !== null && !records.has(sniDefault) && !carried(sniDefault)) {
     throw new ConfigError(
       config.source,
       'sni.default',
@@ -243,7 +284,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
   const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
-  return { records, refused, warnings, changed, present, unsettled: left, followed };
+  return { records, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
 interface ChainFile {

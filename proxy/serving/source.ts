@@ -27,7 +27,10 @@ import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
-import { prepareServing } from './prepare.js';
+import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
+import type { PackedDelta } from './pack.js';
+import { LayeredMap } from './layered.js';
+import { prepareServing, type SeenStat } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
@@ -65,16 +68,26 @@ export interface NextServing {
   readonly fileDomains: ProxyConfig['domains'];
   /** Only the entries named by `next({ only })` were looked at. */
   readonly targeted: boolean;
+  /** The names a targeted pass answered for (its own and the config's certificates); `present` and the delta speak of these alone. */
+  readonly answered: readonly string[];
 }
 
 export class ServingSource {
   #config: ProxyConfig;
-  #records: ReadonlyMap<string, CertificateRecord> = new Map();
+  /** Layered (layered.ts): a commit of k changes costs O(k + changes since the base), not a copy of every record. */
+  #records = new LayeredMap<string, CertificateRecord>(new Map());
   #refusals = new Map<string, Refusal>();
   #generation = 0;
   #followed: readonly string[] = [];
-  #present: ReadonlySet<string> = new Set();
-  readonly #seen = new Map<string, string>();
+  /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
+  #present = new Set<string>();
+  readonly #seen = new Map<string, SeenStat>();
+  /** The serving state the last run kept (kept.ts), until the first pass has used it; then only what can be sent again. */
+  #kept: KeptState | undefined;
+  /** Records made from the kept state's rows at start: a state of exactly these is the kept pack. */
+  #fromKept = new WeakSet<CertificateRecord>();
+  readonly #keepState: boolean;
+  readonly #warn: (message: string) => void;
   #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
   readonly #onUnverified: ((reason: string) => void) | undefined;
@@ -96,8 +109,12 @@ export class ServingSource {
       readonly onUnverified?: (reason: string) => void;
       readonly shared?: EtcdStore;
       readonly warn?: (message: string) => void;
+      /** Keep whole states in the state directory for the next start (the cluster primary: kept.ts). */
+      readonly keepState?: boolean;
     },
   ) {
+    this.#keepState = options.keepState === true;
+    this.#warn = options.warn ?? (() => {});
     this.#config = config;
     this.#fileDomains = config.domains;
     this.#reloadConfig = options.reloadConfig;
@@ -159,6 +176,7 @@ export class ServingSource {
     }
     let lookup = client;
     const targeted = options.only !== undefined && this.#generation > 0;
+    const kept = this.#generation === 0 && this.#keepState && this.#shared === undefined ? loadKept(config.stateDir, this.#warn) : undefined;
     try {
       const prepared = await prepareServing({
         config,
@@ -167,7 +185,8 @@ export class ServingSource {
         seen: this.#seen,
         verify: options.verify === true,
         verdicts: this.#verdicts,
-        ...(targeted ? { only: { names: options.only!, present: this.#present, followed: this.#followed } } : {}),
+        ...(kept === undefined ? {} : { kept }),
+        ...(targeted ? { only: { names: options.only!, followed: this.#followed } } : {}),
         validation: {
           now: new Date(),
           issuers,
@@ -185,7 +204,16 @@ export class ServingSource {
           },
         },
       });
-      const remove = [...this.#records.keys()].filter((name) => !prepared.records.has(name));
+      if (kept !== undefined) {
+        this.#kept = kept;
+        for (const name of prepared.fromKept) {
+          const record = prepared.records.get(name);
+          if (record !== undefined) this.#fromKept.add(record);
+        }
+      }
+      // A targeted pass answered for its names and the config's certificates (before and now) alone.
+      const answered = targeted ? [...options.only!, ...this.#config.certificates.map((c) => c.name), ...config.certificates.map((c) => c.name)] : undefined;
+      const remove = (answered ?? [...this.#records.keys()]).filter((name) => this.#records.has(name) && !prepared.records.has(name));
       const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
       const routing: Routing = { domains: config.domains, sni: config.sni };
       return {
@@ -199,6 +227,7 @@ export class ServingSource {
         followed: prepared.followed,
         fileDomains,
         targeted,
+        answered: answered ?? [],
       };
     } finally {
       client?.close();
@@ -247,27 +276,36 @@ export class ServingSource {
   /** Records `next` as what now serves. */
   commit(next: NextServing): void {
     assert.equal(next.delta.generation, this.#generation + 1, 'deltas are committed in order');
-    const records = new Map(this.#records);
+    const previous = this.#records;
     // Verdicts of inputs that no longer serve: a targeted pass names them, a full one keeps only what serves.
     const superseded: string[] = [];
     for (const name of next.delta.remove) {
-      const old = records.get(name);
+      const old = previous.get(name);
       if (old !== undefined) superseded.push(old.inputId);
-      records.delete(name);
       this.#refusals.delete(name);
     }
     for (const record of next.delta.upsert) {
-      const old = records.get(record.name);
+      const old = previous.get(record.name);
       if (old !== undefined && old.inputId !== record.inputId) superseded.push(old.inputId);
-      records.set(record.name, record);
       this.#refusals.delete(record.name);
     }
+    let records = previous.with(
+      next.delta.upsert.map((r) => [r.name, r] as const),
+      next.delta.remove,
+    );
+    // A new base once the changes on top outgrow a quarter of it: each commit copies the top layer.
+    if (records.changes > Math.max(1024, records.base.size / 4)) records = new LayeredMap(new Map(records));
     for (const refusal of next.refused) this.#refusals.set(refusal.name, refusal);
+    if (next.targeted) {
+      for (const name of next.answered) {
+        if (next.present.has(name)) this.#present.add(name);
+        else this.#present.delete(name);
+      }
+    } else this.#present = new Set(next.present);
     // Refusals of entries that have since gone from the store are moot.
-    for (const name of this.#refusals.keys()) if (!next.present.has(name)) this.#refusals.delete(name);
+    for (const name of this.#refusals.keys()) if (!this.#present.has(name)) this.#refusals.delete(name);
     this.#records = records;
     this.#generation = next.delta.generation;
-    this.#present = next.present;
     // Verdicts of what no longer serves go with the next write of the file.
     if (!next.targeted) {
       if (next.delta.upsert.length > 0 || next.delta.remove.length > 0 || next.delta.generation === 1)
@@ -294,6 +332,34 @@ export class ServingSource {
       remove: [],
       whole: true,
     };
+  }
+
+  /** The directory whole states are kept in for the next start (kept.ts), made now; undefined when none are kept. */
+  keptDir(): string | undefined {
+    return this.#keepState && this.#shared === undefined ? prepareKeptDir(this.#config.stateDir, this.#kept?.packed.file) : undefined;
+  }
+
+  /** The file of the pack kept by the last run, until a newer whole state is written. */
+  get keptPack(): string | undefined {
+    return this.#kept?.packed.file;
+  }
+
+  /** The kept pack when `whole` is exactly the state it holds (every record taken from it at start): sent again, not written. */
+  keptPackFor(whole: ServingDelta): PackedDelta | undefined {
+    const kept = this.#kept;
+    if (kept === undefined || whole.upsert.length !== kept.count) return undefined;
+    for (const record of whole.upsert) if (!this.#fromKept.has(record)) return undefined;
+    return kept.packed;
+  }
+
+  /** Records a whole state just written for the workers as the one kept for the next start. */
+  keepWritten(packed: PackedDelta, whole: ServingDelta, chains: Float64Array): void {
+    this.#kept = undefined;
+    const statOf = (record: CertificateRecord): string | undefined => {
+      const seen = this.#seen.get(record.name);
+      return seen?.settled && seen.inputId === record.inputId ? seen.statId : undefined;
+    };
+    keepPacked(this.#config.stateDir, packed, whole.upsert, chains, statOf, this.#warn);
   }
 
   /** What serves once `delta` (the next, not yet committed) is applied, as one whole delta: a rebase of the workers (serving/distribute.ts). */

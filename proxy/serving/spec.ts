@@ -81,19 +81,25 @@ export function recordOf(certificate: ServedCertificate, from: CertificateRecord
   };
 }
 
-/** A record from a verdict (verdicts.ts): nothing is parsed. `chainText` is the input the verdict was reached on. */
+/**
+ * A record from a verdict (verdicts.ts): nothing is parsed. `chainText` is
+ * the input the verdict was reached on, or a function that reads it (a kept
+ * pack's row, kept.ts): the record then reads its chain on each use and
+ * holds none.
+ */
 export function recordOfVerdict(
   verdict: Verdict,
-  entry: { readonly name: string; readonly source: string; readonly chainText: string },
+  entry: { readonly name: string; readonly source: string; readonly chainText: string | (() => string) },
   from: CertificateRecord['from'],
   inputId: string,
   loadedAt: Date,
 ): CertificateRecord {
-  return {
+  const chainText = entry.chainText;
+  const record = {
     name: entry.name,
     from,
     source: entry.source,
-    chainPem: verdict.chainPem ?? entry.chainText,
+    chainPem: '',
     names: verdict.names,
     keyId: verdict.keyId,
     spki: verdict.spki,
@@ -104,4 +110,6 @@ export function recordOfVerdict(
     loadedAt: loadedAt.toISOString(),
     inputId,
   };
+  if (verdict.chainPem !== undefined || typeof chainText === 'string') return { ...record, chainPem: verdict.chainPem ?? (chainText as string) };
+  return Object.defineProperty(record, 'chainPem', { enumerable: true, get: chainText });
 }
