@@ -1,0 +1,25 @@
+/**
+ * The tree as committed: no file git tracks holds a merge's leftover
+ * conflict markers. Biome parses only code, so a marker left in a Markdown
+ * file (README, SPEC, bench notes) would otherwise ship unnoticed.
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { REPO } from './helpers/keyserver.js';
+
+/** A conflict marker line as git writes it (seven characters at the start of a line). */
+const MARKER = /^(?:<{7}|>{7})(?: |$)|^={7}$/m;
+const TEXT = /\.(?:ts|cts|mts|js|cjs|mjs|json|md|sh|c|h|gyp|yml|yaml|conf|txt)$|^\.ci\/run$/;
+
+describe('tree hygiene', () => {
+  it('no tracked text file holds a conflict marker', () => {
+    const files = execFileSync('git', ['ls-files'], { cwd: REPO, encoding: 'utf8' })
+      .split('\n')
+      .filter((file) => TEXT.test(file) && file !== 'package-lock.json');
+    expect(files.length).toBeGreaterThan(100);
+    const marked = files.filter((file) => MARKER.test(readFileSync(path.join(REPO, file), 'utf8')));
+    expect(marked).toEqual([]);
+  });
+});
