@@ -10,7 +10,8 @@ import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { childEnv, KEYEDGE_CLI, type KeyserverLab } from './keyserver.js';
+import { childEnv } from '../harness/spawn.js';
+import { KEYEDGE_CLI, type KeyserverLab } from './keyserver.js';
 
 const execFileAsync = promisify(execFile);
 
