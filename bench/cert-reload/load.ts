@@ -24,20 +24,12 @@ export interface Observation {
   readonly handshakeMs: number;
 }
 
-const COUNTS = [
-  'handshakes',
-  'newConnectionRequests',
-  'keepAliveRequests',
-  'keepAliveReused',
-  'probeHandshakes',
-  'probeRequests',
-  'failedHandshakes',
-  'failedRequests',
-] as const;
-export type LoadCounters = Record<(typeof COUNTS)[number], number> & { readonly failures: { at: string; what: string; error: string }[] };
+const COUNTS = ['handshakes', 'newConnectionRequests', 'keepAliveRequests', 'keepAliveReused', 'probeHandshakes', 'probeRequests'] as const;
+type Count = (typeof COUNTS)[number] | 'failedHandshakes' | 'failedRequests';
+export type LoadCounters = Record<Count, number> & { readonly failures: { at: string; what: string; error: string }[] };
 
 export class ReloadLoad {
-  readonly counts = { ...Object.fromEntries(COUNTS.map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
+  readonly counts = { ...Object.fromEntries([...COUNTS, 'failedHandshakes', 'failedRequests'].map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
   readonly observations: Observation[] = [];
   readonly startedAt = performance.now();
   #running = true;

@@ -11,11 +11,10 @@
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { publish } from '../harness/bench.js';
 import { parseCli, std } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { exitOnInterrupt, runBench } from '../harness/main.js';
-import { dateStamp, fmt } from '../harness/report.js';
+import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { CertLab, writeAtomically } from '../lab/cert-lab.js';
 import { diffCounters, readHandshakeCounters } from '../lab/counters.js';
@@ -142,9 +141,7 @@ async function main(): Promise<number> {
     const server = diffCounters(countersBefore, await readHandshakeCounters(proxy.adminPort));
     await proxy.stop();
     const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
-    const { observations, counts } = load;
-    const { markdown, json, failed } = reloadReport({ quick, machine, settings, loadSeconds, done, counts, observations, server });
-    publish(values.out, quick ? 'cert-reload-quick' : 'cert-reload', json, markdown, dateStamp(), say);
+    const failed = reloadReport({ quick, machine, settings, loadSeconds, done, counts: load.counts, observations: load.observations, server }, values.out, say);
     await lab.stop();
     return failed > 0 ? 1 : 0;
   } finally {

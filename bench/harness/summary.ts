@@ -122,23 +122,12 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
   });
 }
 
+/** The figures of a row that measured none: NaN (null in JSON), nothing saturated, no errors. */
+const NO_FIGURES = { rate: NaN, serverCpuUs: NaN, p50Ms: NaN, p99Ms: NaN, clientSaturated: false, errors: 0, spreadPct: NaN, otherCores: NaN };
+
 /** A row of the certificate benches, which measure durations, not rates: p50 and p99 carry them, no rate or CPU. */
 export function durationRow(bench: string, scenario: string, label: string, p50Ms: number, p99Ms: number, errors: number, skipped?: string): SummaryRow {
-  return {
-    bench,
-    scenario,
-    label,
-    unit: 'request',
-    rate: Number.NaN,
-    serverCpuUs: Number.NaN,
-    p50Ms,
-    p99Ms,
-    clientSaturated: false,
-    errors,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-    ...(skipped === undefined ? {} : { skipped }),
-  };
+  return { bench, scenario, label, unit: 'request', ...NO_FIGURES, p50Ms, p99Ms, errors, ...(skipped === undefined ? {} : { skipped }) };
 }
 
 const ROW_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string]> = {
@@ -156,18 +145,5 @@ export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' 
 
 /** The row of a scenario that did not run. */
 export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
-  const nan = Number.NaN;
-  return benchRow(unit, {
-    scenario,
-    label,
-    rate: nan,
-    serverCpuUs: nan,
-    p50Ms: nan,
-    p99Ms: nan,
-    clientSaturated: false,
-    errors: 0,
-    spreadPct: nan,
-    otherCores: nan,
-    skipped: reason,
-  });
+  return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
 }
