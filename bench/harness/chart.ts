@@ -15,12 +15,8 @@
  */
 import type { SummaryRow, WorkUnit } from './summary.js';
 
-export interface ChartInput {
-  readonly title: string;
-  /** One line under the title, e.g. the machine and date. */
-  readonly subtitle?: string;
-  readonly rows: readonly SummaryRow[];
-}
+/** The subtitle is one line under the title, e.g. the machine and date. */
+export type ChartInput = { readonly title: string; readonly subtitle?: string; readonly rows: readonly SummaryRow[] };
 
 /** Text for XML character data and attribute values. */
 export function escapeXml(text: string): string {
@@ -56,11 +52,7 @@ function formatValue(value: number): string {
 /** The SVG document for `input`; rows keep their order within each group, groups their first appearance. */
 export function renderChart(input: ChartInput): string {
   const groups = new Map<string, SummaryRow[]>();
-  for (const row of input.rows) {
-    const list = groups.get(row.bench) ?? [];
-    list.push(row);
-    groups.set(row.bench, list);
-  }
+  for (const row of input.rows) groups.set(row.bench, [...(groups.get(row.bench) ?? []), row]);
   const panelX: readonly [number, number] = [W.margin + W.label, W.margin + W.label + W.panel + W.value + W.gap];
   const width = panelX[1] + W.panel + W.value + W.margin;
   const out: string[] = [];
