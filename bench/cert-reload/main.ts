@@ -1,13 +1,9 @@
 /**
- * Benchmark: certificate replacement under load. A real `keyedge proxy`
- * (cluster, 2 workers) serves two certificates under new-connection and
- * keep-alive load while they are replaced one after the other, alternating
- * ECDSA P-256 and RSA-2048 keys, by the three ways an operator has: a store
- * entry renamed over `<name>.pem` (the file watch), PUT /certs/:name on the
- * admin API, and a config chain file rewritten then SIGHUP. Figures: the time
- * until a new connection gets the new serial, the primary's reload time, how
- * long the old certificate was still served, and failures (must be 0).
- * bench/README.md, "cert-reload".
+ * Benchmark: certificate replacement under load. A real `keyedge proxy` (cluster, 2 workers) serves two certificates
+ * under new-connection and keep-alive load while they are replaced in turn (ECDSA P-256 ⇄ RSA-2048) the three ways an
+ * operator has: a store entry renamed over `<name>.pem`, PUT /certs/:name, a config chain rewritten then SIGHUP.
+ * Figures: time until a new connection gets the new serial, the primary's reload time, how long the old certificate
+ * was still served, failures (must be 0). bench/README.md, "cert-reload".
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';

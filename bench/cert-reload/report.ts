@@ -1,8 +1,7 @@
 /**
- * The cert-reload bench's figures and result files: when each new
- * certificate was first served (from the load's observations), the totals,
- * the Markdown (figures, one row per replacement, the failures) and the JSON
- * with the suite's summary rows (time to serve by trigger, p99 = max).
+ * The cert-reload bench's figures and result files: when each new certificate was first served (from the load's
+ * observations), the totals, the Markdown (figures, one row per replacement, the failures) and the JSON with the
+ * suite's summary rows (time to serve by trigger, p99 = max).
  */
 import { publish } from '../harness/bench.js';
 import type { MachineInfo } from '../harness/machine.js';

@@ -1,25 +1,10 @@
 /**
- * Benchmark: the proxy with a large certificate store. A store of N entries
- * (default 10,000: `n<i>` serving n<i>.scale.test, one name each, all on one
- * ECDSA P-256 key of the key server, issued by a throwaway CA in this
- * process), then, against a real `keyedge proxy` (cluster, 2 workers):
- *   - a first start, which validates every entry and records its verdict in
- *     the state directory, then the start measured: until /readyz answers
- *     200 with every verdict known (the primary reads and hashes each entry,
- *     the workers get the state as a pack file and build contexts on first
- *     handshake), split by the log lines;
- *   - RSS of the primary and of each worker after start (/proc);
- *   - one reload after replacing ONE entry (rename in the store): until a new
- *     connection gets the new serial, and the primary's "reload done"
- *     durationMs; a no-change rescan (POST /reload, the answer's durationMs);
- *   - bounded memory: worker RSS after handshakes to 5,000 distinct names
- *     with contextCacheSize 1000, after each of 3 passes;
- *   - memory per secure context: two proxies on a store of M names (default
- *     1000) that differ only in contextCacheSize (1 and M), worker RSS after
- *     start and after a handshake to each name.
- * `--cpu-prof` instead runs the start-up, a one-entry reload and a rescan
- * with the primary and workers under `node --cpu-prof` and reports where
- * their time went. See bench/README.md, section "cert-scale".
+ * Benchmark: the proxy with a large certificate store (default 10,000 entries n<i>.scale.test, one name each, all on
+ * one ECDSA P-256 key, issued by a throwaway CA in this process) against a real `keyedge proxy` (cluster, 2 workers):
+ * a first start (every entry validated, verdicts recorded), then the start measured (verdicts known: until /readyz
+ * 200, split by the log lines), RSS after start, one-entry reloads (rename → new serial served) and no-change rescans,
+ * bounded memory (more names than contextCacheSize, pass after pass) and memory per secure context (cache 1 vs M).
+ * `--cpu-prof` profiles the start-up, the reloads and the rescans instead. See bench/README.md, section "cert-scale".
  *
  * Usage: node dist/bench/cert-scale/main.js [--quick] [--names N] [options]   (--help)
  */

@@ -1,7 +1,6 @@
 /**
- * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts):
- * the cost of listing the store, start-up phases from the log, RSS, waiting
- * for the workers to go idle, handshake passes over many names, a one-entry
+ * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts): the cost of listing the store,
+ * start-up phases from the log, RSS, waiting for the workers to go idle, handshake passes over many names, a one-entry
  * reload and a no-change rescan. See bench/README.md, section "cert-scale".
  */
 import { readdirSync, statSync } from 'node:fs';

@@ -1,20 +1,16 @@
 /**
- * The skeleton the measuring benches (keyserver-sign, handshake, keepalive)
- * share around their own runs: a timestamped log, warm-up and interleaved
- * rounds behind a quiet-machine wait, the clean-round rule, the `method`
- * block of the result JSON, a skipped scenario's `summary` row, and writing
- * the result files. What one run measures stays in each bench.
+ * The skeleton the measuring benches (keyserver-sign, handshake, keepalive) share around their own runs: a timestamped
+ * log, warm-up and interleaved rounds behind a quiet-machine wait, the clean-round rule, the `method` block of the
+ * result JSON, a skipped scenario's `summary` row, and writing the result files. What one run measures stays in each
+ * bench.
  *
- * Clean rounds: a window during which other processes used more than
- * CONTENDED_CORES counts as contended; a scenario's medians use its clean
- * rounds when at least 3 (or all) are clean, else all rounds (marked †).
+ * Clean rounds: a window during which other processes used more than CONTENDED_CORES counts as contended; a scenario's
+ * medians use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †).
  *
- * Quiet waits: on a shared machine other workloads come and go; a window
- * measured while something else takes a core says little about the code
- * under test. Between runs our own processes are idle, so whatever CPU the
- * machine spends then belongs to someone else: sample it (250 ms) until it is
- * below 0.25 cores. One time budget covers the whole run, so a machine that
- * stays busy costs a bounded delay and still gets measured (the windows say so).
+ * Quiet waits: on a shared machine other workloads come and go; a window measured while something else takes a core
+ * says little about the code under test. Between runs our own processes are idle, so whatever CPU the machine spends
+ * then belongs to someone else: sample it (250 ms) until it is below 0.25 cores. One time budget covers the whole run,
+ * so a machine that stays busy costs a bounded delay and still gets measured (the windows say so).
  */
 import { machineCpu, procCpu, selfCpu, totalUs } from './proc-cpu.js';
 import { type Column, fmt, type WrittenReport, writeReport } from './report.js';

@@ -1,10 +1,8 @@
 /**
- * The benchmarks' command lines: one table per bench, built mostly from the
- * shared entries below (--quick, --out, --rounds, --measure, --warmup, CPU
- * pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
- * node:util parseArgs, checked (numbers, choices) with errors that name the
- * flag, and printed as --help from the same table, so usage and parser never
- * drift. A value given in `quick` applies under --quick when the flag is absent.
+ * The benchmarks' command lines: one table per bench, built mostly from the shared entries below (--quick, --out,
+ * --rounds, --measure, --warmup, CPU pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
+ * node:util parseArgs, checked (numbers, choices) with errors that name the flag, and printed as --help from the same
+ * table, so usage and parser never drift. A value given in `quick` applies under --quick when the flag is absent.
  */
 import { parseArgs } from 'node:util';
 import { onlineCpus } from './procs.js';

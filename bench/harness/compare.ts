@@ -1,13 +1,8 @@
 /**
- * Comparing two benchmark results, scenario by scenario: how much the rate
- * and the server CPU per unit moved from OLD to NEW, and which scenarios moved
- * by more than a threshold (either way: a speed-up that large is as much worth
- * a look as a slow-down, e.g. a scenario that stopped doing its work).
- *
- * Pure: rows in (bench/harness/summary.ts), a table and a verdict out. Scenarios
- * present in one file only, or skipped in either, are listed but never
- * flagged. The threshold is relative; on this shared machine identical runs
- * differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
+ * Two benchmark results compared scenario by scenario: how much the rate and the server CPU per unit moved from OLD to
+ * NEW, flagged beyond a relative threshold either way (a speed-up that large is as much worth a look, e.g. a scenario
+ * that stopped doing its work). Scenarios in one file only, or skipped, are listed, never flagged. Identical runs on
+ * this shared machine differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
  */
 import { fmt, markdownTable } from './report.js';
 import { rowKey, type SummaryRow } from './summary.js';

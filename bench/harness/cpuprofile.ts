@@ -1,13 +1,11 @@
 /**
- * Reading a V8 CPU profile (`node --cpu-prof`, a .cpuprofile JSON file):
- * self and inclusive time per function, so a benchmark can say which source
- * lines cost what per operation.
+ * Reading a V8 CPU profile (`node --cpu-prof`, a .cpuprofile JSON file): self and inclusive time per function, so a
+ * benchmark can say which source lines cost what per operation.
  *
- * Time per sample is taken from `timeDeltas` (the gap before the next
- * sample), not from hit counts times the nominal interval, so a stalled
- * sampler does not skew the shares. "(idle)" is excluded from the totals;
- * "(program)" (native code V8 cannot attribute: libuv, syscalls, native
- * addons without JS frames above them) and "(garbage collector)" are kept.
+ * Time per sample is taken from `timeDeltas` (the gap before the next sample), not from hit counts times the nominal
+ * interval, so a stalled sampler does not skew the shares. "(idle)" is excluded from the totals; "(program)" (native
+ * code V8 cannot attribute: libuv, syscalls, native addons without JS frames above them) and "(garbage collector)" are
+ * kept.
  */
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';

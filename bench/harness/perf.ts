@@ -1,15 +1,12 @@
 /**
- * `perf record` of server processes during a measurement window, and the
- * report bench/handshake/main.ts --perf makes of it: where the CPU of a handshake
- * goes, per process, per binary (node = V8 + OpenSSL, which node links
- * statically; the kernel; the keyless addon), per native symbol, and per
- * JavaScript function (inclusive).
+ * `perf record` of server processes during a measurement window, and the report bench/handshake/main.ts --perf makes
+ * of it: where the CPU of a handshake goes, per process, per binary (node = V8 + OpenSSL, which node links statically;
+ * the kernel; the keyless addon), per native symbol, and per JavaScript function (inclusive).
  *
- * Sampling is on-CPU (cpu-clock), so unlike `node --cpu-prof` (which samples
- * the main thread by wall clock) a worker blocked in the keyless RPC's poll()
- * costs nothing here, and native code (OpenSSL, libuv, the kernel) is seen.
- * JavaScript names need the servers started with `--perf-basic-prof`, which
- * makes V8 write /tmp/perf-<pid>.map; `removePerfMaps` deletes them.
+ * Sampling is on-CPU (cpu-clock), so unlike `node --cpu-prof` (which samples the main thread by wall clock) a worker
+ * blocked in the keyless RPC's poll() costs nothing here, and native code (OpenSSL, libuv, the kernel) is seen.
+ * JavaScript names need the servers started with `--perf-basic-prof`, which makes V8 write /tmp/perf-<pid>.map;
+ * `removePerfMaps` deletes them.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { readdirSync, rmSync } from 'node:fs';

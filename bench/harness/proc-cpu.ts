@@ -1,12 +1,10 @@
 /**
  * CPU time of processes and of the machine, read from /proc (Linux only).
  *
- * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's
- * user and system time, all threads included, in clock ticks (usually 100 per
- * second, so 10 ms resolution: measure windows of a second or more).
- * `/proc/<pid>/task/<tid>/stat` gives the same per thread, which separates a
- * Node process's main thread (tid = pid: JavaScript, syscalls) from its other
- * threads (libuv pool: PKCS#11 calls; V8 helpers: GC, compilation). For the
+ * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's user and system time, all threads
+ * included, in clock ticks (usually 100 per second, so 10 ms resolution: measure windows of a second or more).
+ * `/proc/<pid>/task/<tid>/stat` gives the same per thread, which separates a Node process's main thread (tid = pid:
+ * JavaScript, syscalls) from its other threads (libuv pool: PKCS#11 calls; V8 helpers: GC, compilation). For the
  * calling process itself `selfCpu()` uses process.cpuUsage() (µs resolution).
  */
 import { execFileSync } from 'node:child_process';

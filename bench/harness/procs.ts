@@ -1,7 +1,6 @@
 /**
- * Process trees for bench/handshake/main.ts: the CPU time of a server that is more
- * than one process (a cluster primary and its workers), CPU affinity, and
- * CPU snapshots of several such trees plus the whole machine at one instant.
+ * Process trees for bench/handshake/main.ts: the CPU time of a server that is more than one process (a cluster primary
+ * and its workers), CPU affinity, and CPU snapshots of several such trees plus the whole machine at one instant.
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';

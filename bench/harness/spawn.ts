@@ -1,9 +1,7 @@
 /**
- * Processes and ports for the benches' servers: free ports below the
- * ephemeral range (also drawn by the tests, test/helpers/proxy-lab.ts),
- * servers started detached as their own process group (so a cluster primary
- * and its workers, or nginx and its helpers, die together), readiness
- * polling, and a small HTTP GET for admin endpoints.
+ * Processes and ports for the benches' servers: free ports below the ephemeral range (also drawn by the tests,
+ * test/helpers/proxy-lab.ts), servers started detached as their own process group (so a cluster primary and its
+ * workers, or nginx and its helpers, die together), readiness polling, and a small HTTP GET for admin endpoints.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';

@@ -1,10 +1,9 @@
 /**
- * Small statistics for benchmark figures: median, percentiles, spread, and a
- * latency recorder cheap enough to run on every request.
+ * Small statistics for benchmark figures: median, percentiles, spread, and a latency recorder cheap enough to run on
+ * every request.
  *
- * Percentiles use the nearest-rank method (the smallest value with at least
- * p% of the samples at or below it), so a reported p99 is always a latency
- * some request actually had.
+ * Percentiles use the nearest-rank method (the smallest value with at least p% of the samples at or below it), so a
+ * reported p99 is always a latency some request actually had.
  */
 
 /** Median of `values` (mean of the two middle ones for an even count); NaN when empty. */

@@ -1,13 +1,8 @@
 /**
- * The one-row-per-scenario summary every benchmark's JSON carries next to its
- * detailed figures, and the reading of it back from any result file.
- *
- * Each benchmark names its rate after what it counts (handshakesPerSecond,
- * requestsPerSecond, signsPerSecond) and its CPU figure likewise
- * (serverCpuUsPerHandshake, ...). `readSummary` turns any of them, and a suite
- * file, into `SummaryRow`s with a neutral `rate` and `serverCpuUs`, which is
- * what the suite table, the chart and `compare` work on. Files written before
- * the `summary` array existed are read from their `scenarios` array.
+ * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, and the reading of it
+ * back: each bench names its rate and CPU after its unit (handshakesPerSecond, serverCpuUsPerRequest, ...);
+ * `readSummary` turns any of them, a suite file, or a file from before `summary` existed (its `scenarios`), into
+ * neutral `SummaryRow`s (`rate`, `serverCpuUs`): what the suite table, the chart and `compare` work on.
  */
 
 /** What one unit of work is, for labels: "handshakes/s", "µs/request". */

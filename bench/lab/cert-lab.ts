@@ -1,11 +1,8 @@
 /**
- * The set-up of the certificate benches (cert-reload, cert-scale) in one temp
- * dir: a key server (lab/keyserver.ts) with keys from `keyedge key generate`,
- * their public keys read back over the protocol; a throwaway CA
- * (cert-factory.ts) issuing leaves for them; the demo origin; and `keyedge
- * proxy --config <file>` run as an operator runs it (cluster, admin port with
- * a bearer token file, a certificate store), started as often as a bench
- * needs. Proxy logs go to files; `ProxyLog` reads their JSON lines back.
+ * The certificate benches' set-up (cert-reload, cert-scale) in one temp dir: a key server with keys from `keyedge key
+ * generate` (public keys read back over the protocol), a throwaway CA (cert-factory.ts) issuing leaves for them, the
+ * demo origin, and `keyedge proxy --config <file>` run as an operator runs it (cluster, admin port with a bearer token
+ * file, a certificate store), as often as a bench needs; `ProxyLog` reads its JSON log lines back.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -145,11 +142,9 @@ export class CertLab extends LabBase {
   }
 
   /**
-   * Writes the config, starts `keyedge proxy` and resolves once /readyz
-   * answers 200. Another program can take a port between freePort() and the
-   * bind (the workers then fail with EADDRINUSE and are restarted forever):
-   * seen in the log, the proxy is started again on fresh ports, up to three
-   * times; the config's listen[0] and admin ports are the ones to use.
+   * Writes the config, starts `keyedge proxy` and resolves once /readyz answers 200. Another program can take a port between freePort() and the bind (the
+   * workers then fail with EADDRINUSE and are restarted forever): seen in the log, the proxy is started again on fresh ports, up to three times; the
+   * config's listen[0] and admin ports are the ones to use.
    */
   async startProxy(options: ProxyStartOptions) {
     const configFile = join(this.dir, `${options.name}.json`);

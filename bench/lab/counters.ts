@@ -1,8 +1,7 @@
 /**
- * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus
- * text): the proxy's and the in-memory server's handshakes (summed over
- * workers by the cluster primary, prom-client AggregatorRegistry) and the key
- * server's successful signs.
+ * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus text): the proxy's and the
+ * in-memory server's handshakes (summed over workers by the cluster primary, prom-client AggregatorRegistry) and the
+ * key server's successful signs.
  */
 import { httpGet } from '../harness/spawn.js';
 

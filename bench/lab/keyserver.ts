@@ -1,11 +1,9 @@
 /**
- * A throwaway key server for the benches, run as deployed: a temp dir with an
- * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS
- * listener (a private CA with server and client certificates), keys made by
- * `keyedge key generate`, and `node dist/keyedge.cjs keyserver` as a child
- * process with the ManagedProcess interface of the servers under test.
- * `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a
- * server still running, then the temp dir removed.
+ * A throwaway key server for the benches, run as deployed: a temp dir with an embedded SoftHSM2 token, a config with a
+ * unix socket and a mutual-TLS listener (a private CA with server and client certificates), keys made by `keyedge key
+ * generate`, and `node dist/keyedge.cjs keyserver` as a child process with the ManagedProcess interface of the servers
+ * under test. `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a server still running, then the
+ * temp dir removed.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -98,10 +96,8 @@ export class KeyserverLab {
 
   /**
    * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g.
-   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers
-   * under test (harness/spawn.ts) it stays in the bench's session and process
-   * group, as it always ran here: detaching it would also move it into an
-   * autogroup of its own and change its share of a loaded machine's CPU.
+   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers under test (harness/spawn.ts) it stays in the bench's session and process
+   *   group, as it always ran here: detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
    */
   async startServer(options: { readonly nodeArgs?: readonly string[]; readonly timeoutMs?: number } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');

@@ -1,10 +1,8 @@
 /**
- * The certificates of the handshake and keep-alive labs, with openssl in a
- * temp dir: a throwaway CA; for a token key, a certificate from a CSR signed
- * inside the token (`keyedge key csr`, as config/setup.sh's demo certificate);
- * for the servers that hold a key file (in memory, floor, nginx, caddy), an
- * ordinary key file (`openssl genpkey`) and its certificate for the same name.
- * Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
+ * The certificates of the handshake and keep-alive labs, with openssl in a temp dir: a throwaway CA; for a token key,
+ * a certificate from a CSR signed inside the token (`keyedge key csr`, as config/setup.sh's demo certificate); for the
+ * servers that hold a key file (in memory, floor, nginx, caddy), an ordinary key file (`openssl genpkey`) and its
+ * certificate for the same name. Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';

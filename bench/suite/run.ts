@@ -1,19 +1,13 @@
 /**
- * The benchmark suite: runs the key server sign bench, the handshake bench and
- * the keep-alive bench one after the other (each as its own child process, so
- * none measures while another runs), collects their summary rows and writes
- * `<date>-suite.{json,md,svg}`: one table of every scenario and figure, and a
- * chart (bench/harness/chart.ts). `--compare OLD.json` then compares the new
- * result with an older one (bench/harness/compare.ts) and exits 1 when a scenario
- * moved by more than the threshold.
- *
- * `--quick` runs each bench's quick mode on a reduced set (ECDSA P-256 only)
- * and never installs packages; it writes `<date>-suite-quick.*`, so a smoke
- * run never overwrites the day's full result. Builds nothing: run
- * `npx tsc -p .` first.
+ * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
+ * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}` (one
+ * table, one chart: bench/harness/chart.ts); `--compare OLD.json` then flags scenarios that moved by more than the
+ * threshold (bench/harness/compare.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no
+ * package installs) into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds
+ * nothing.
  *
  * Usage: node dist/bench/suite/run.js [--quick] [--out DIR] [--only LIST] [--compare OLD.json] [--threshold PCT]
- *        (npm run bench -- --quick)
+ * (npm run bench -- --quick)
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
