@@ -1,12 +1,9 @@
 /**
- * The cert-reload bench's load, running through the whole run: loops of new
- * connections (node:tls, certificate verified against the CA, one GET with
- * Connection: close, 200 expected) and keep-alive loops (an https.Agent with
- * one connection each) over the certificates' names, and the probe that
- * looks for a new serial after each replacement. Every completed handshake
- * is kept (name, serial, when): the report reads from them when a new
- * certificate was first served and the old one last. An error in the
- * handshake is a failed handshake; after it, a failed request.
+ * The cert-reload bench's load, running through the whole run: loops of new connections (node:tls, certificate
+ * verified against the CA, one GET with Connection: close, 200 expected) and keep-alive loops (an https.Agent with one
+ * connection each) over the certificates' names, and the probe that looks for a new serial after each replacement.
+ * Every completed handshake is kept (name, serial, when): the report reads from them when a new certificate was first
+ * served and the old one last. An error in the handshake is a failed handshake; after it, a failed request.
  */
 import https from 'node:https';
 import { agentGet, type ConnectResult, connectOnce } from '../lab/cert-lab.js';
@@ -24,20 +21,12 @@ export interface Observation {
   readonly handshakeMs: number;
 }
 
-const COUNTS = [
-  'handshakes',
-  'newConnectionRequests',
-  'keepAliveRequests',
-  'keepAliveReused',
-  'probeHandshakes',
-  'probeRequests',
-  'failedHandshakes',
-  'failedRequests',
-] as const;
-export type LoadCounters = Record<(typeof COUNTS)[number], number> & { readonly failures: { at: string; what: string; error: string }[] };
+const COUNTS = ['handshakes', 'newConnectionRequests', 'keepAliveRequests', 'keepAliveReused', 'probeHandshakes', 'probeRequests'] as const;
+type Count = (typeof COUNTS)[number] | 'failedHandshakes' | 'failedRequests';
+export type LoadCounters = Record<Count, number> & { readonly failures: { at: string; what: string; error: string }[] };
 
 export class ReloadLoad {
-  readonly counts = { ...Object.fromEntries(COUNTS.map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
+  readonly counts = { ...Object.fromEntries([...COUNTS, 'failedHandshakes', 'failedRequests'].map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
   readonly observations: Observation[] = [];
   readonly startedAt = performance.now();
   #running = true;
@@ -96,10 +85,8 @@ export class ReloadLoad {
   }
 
   /**
-   * A new connection every `probeMs` (back to back when one takes longer)
-   * until `serial` shows, at most 15 s after `writtenAt`; whole requests like
-   * the load's, so the server sees no aborted connection. Resolves with when
-   * the probe saw it (from writtenAt) and how many probes that took.
+   * A new connection every `probeMs` (back to back when one takes longer) until `serial` shows, at most 15 s after `writtenAt`; whole requests like the
+   * load's, so the server sees no aborted connection. Resolves with when the probe saw it (from writtenAt) and how many probes that took.
    */
   async probe(target: Target, serial: string, writtenAt: number, probeMs: number): Promise<{ seenMs: number | undefined; probes: number }> {
     let probes = 0;

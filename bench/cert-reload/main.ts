@@ -1,21 +1,16 @@
 /**
- * Benchmark: certificate replacement under load. A real `keyedge proxy`
- * (cluster, 2 workers) serves two certificates under new-connection and
- * keep-alive load while they are replaced one after the other, alternating
- * ECDSA P-256 and RSA-2048 keys, by the three ways an operator has: a store
- * entry renamed over `<name>.pem` (the file watch), PUT /certs/:name on the
- * admin API, and a config chain file rewritten then SIGHUP. Figures: the time
- * until a new connection gets the new serial, the primary's reload time, how
- * long the old certificate was still served, and failures (must be 0).
- * bench/README.md, "cert-reload".
+ * Benchmark: certificate replacement under load. A real `keyedge proxy` (cluster, 2 workers) serves two certificates
+ * under new-connection and keep-alive load while they are replaced in turn (ECDSA P-256 ⇄ RSA-2048) the three ways an
+ * operator has: a store entry renamed over `<name>.pem`, PUT /certs/:name, a config chain rewritten then SIGHUP.
+ * Figures: time until a new connection gets the new serial, the primary's reload time, how long the old certificate
+ * was still served, failures (must be 0). bench/README.md, "cert-reload".
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { publish } from '../harness/bench.js';
 import { parseCli, std } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { exitOnInterrupt, runBench } from '../harness/main.js';
-import { dateStamp, fmt } from '../harness/report.js';
+import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { CertLab, writeAtomically } from '../lab/cert-lab.js';
 import { diffCounters, readHandshakeCounters } from '../lab/counters.js';
@@ -142,9 +137,7 @@ async function main(): Promise<number> {
     const server = diffCounters(countersBefore, await readHandshakeCounters(proxy.adminPort));
     await proxy.stop();
     const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
-    const { observations, counts } = load;
-    const { markdown, json, failed } = reloadReport({ quick, machine, settings, loadSeconds, done, counts, observations, server });
-    publish(values.out, quick ? 'cert-reload-quick' : 'cert-reload', json, markdown, dateStamp(), say);
+    const failed = reloadReport({ quick, machine, settings, loadSeconds, done, counts: load.counts, observations: load.observations, server }, values.out, say);
     await lab.stop();
     return failed > 0 ? 1 : 0;
   } finally {

@@ -1,9 +1,9 @@
 /**
- * The cert-reload bench's figures and result files: when each new
- * certificate was first served (from the load's observations), the totals,
- * the Markdown (figures, one row per replacement, the failures) and the JSON
- * with the suite's summary rows (time to serve by trigger, p99 = max).
+ * The cert-reload bench's figures and result files: when each new certificate was first served (from the load's
+ * observations), the totals, the Markdown (figures, one row per replacement, the failures) and the JSON with the
+ * suite's summary rows (time to serve by trigger, p99 = max).
  */
+import { publish } from '../harness/bench.js';
 import type { MachineInfo } from '../harness/machine.js';
 import { columnTable, dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
@@ -14,7 +14,7 @@ import type { LoadCounters, Observation } from './load.js';
 export type Trigger = 'rename' | 'put' | 'sighup';
 export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
 
-/** One replacement as the run saw it; the times are ms from `writtenAt` (rename returned, PUT answered, SIGHUP sent). */
+/** One replacement as the run saw it: `writtenAt` / `startedAt` are performance.now() of the write and of its start (PUT: sent). */
 export interface Replacement {
   readonly index: number;
   readonly trigger: Trigger;
@@ -24,11 +24,10 @@ export interface Replacement {
   readonly toKey: string;
   readonly serial: string;
   readonly oldSerial: string;
-  /** performance.now() of the write, and of its start (differs for PUT: the request sent). */
   readonly writtenAt: number;
   readonly startedAt: number;
   readonly putRoundTripMs?: number;
-  /** When the probe saw the new serial. */
+  /** When the probe saw the new serial, ms from `writtenAt`. */
   readonly probeMs: number | undefined;
   readonly probes: number;
   /** The primary's "reload done" line. */
@@ -51,7 +50,8 @@ const r1 = (v: number) => round(v, 1);
 const maxOf = (values: readonly number[]) => (values.length > 0 ? Math.max(...values) : Number.NaN);
 const ms = (v: number | undefined, none = '–') => (v === undefined ? none : fmt(v, 1));
 
-export function reloadReport(run: ReloadRun): { markdown: string; json: unknown; failed: number } {
+/** Writes the result files; the count of failures (handshakes, requests, certificates never served). */
+export function reloadReport(run: ReloadRun, out: string, log: (line: string) => void): number {
   const { quick, machine, settings, loadSeconds, counts, server } = run;
   // Per replacement: the first new connection (load or probe) with the new serial, from the write and from its start;
   // the last one still handed the old certificate after the write.
@@ -169,5 +169,6 @@ export function reloadReport(run: ReloadRun): { markdown: string; json: unknown;
     })),
     failures: counts.failures,
   };
-  return { markdown, json, failed };
+  publish(out, quick ? 'cert-reload-quick' : 'cert-reload', json, markdown, dateStamp(), log);
+  return failed;
 }

@@ -1,25 +1,10 @@
 /**
- * Benchmark: the proxy with a large certificate store. A store of N entries
- * (default 10,000: `n<i>` serving n<i>.scale.test, one name each, all on one
- * ECDSA P-256 key of the key server, issued by a throwaway CA in this
- * process), then, against a real `keyedge proxy` (cluster, 2 workers):
- *   - a first start, which validates every entry and records its verdict in
- *     the state directory, then the start measured: until /readyz answers
- *     200 with every verdict known (the primary reads and hashes each entry,
- *     the workers get the state as a pack file and build contexts on first
- *     handshake), split by the log lines;
- *   - RSS of the primary and of each worker after start (/proc);
- *   - one reload after replacing ONE entry (rename in the store): until a new
- *     connection gets the new serial, and the primary's "reload done"
- *     durationMs; a no-change rescan (POST /reload, the answer's durationMs);
- *   - bounded memory: worker RSS after handshakes to 5,000 distinct names
- *     with contextCacheSize 1000, after each of 3 passes;
- *   - memory per secure context: two proxies on a store of M names (default
- *     1000) that differ only in contextCacheSize (1 and M), worker RSS after
- *     start and after a handshake to each name.
- * `--cpu-prof` instead runs the start-up, a one-entry reload and a rescan
- * with the primary and workers under `node --cpu-prof` and reports where
- * their time went. See bench/README.md, section "cert-scale".
+ * Benchmark: the proxy with a large certificate store (default 10,000 entries n<i>.scale.test, one name each, all on
+ * one ECDSA P-256 key, issued by a throwaway CA in this process) against a real `keyedge proxy` (cluster, 2 workers):
+ * a first start (every entry validated, verdicts recorded), then the start measured (verdicts known: until /readyz
+ * 200, split by the log lines), RSS after start, one-entry reloads (rename → new serial served) and no-change rescans,
+ * bounded memory (more names than contextCacheSize, pass after pass) and memory per secure context (cache 1 vs M).
+ * `--cpu-prof` profiles the start-up, the reloads and the rescans instead. See bench/README.md, section "cert-scale".
  *
  * Usage: node dist/bench/cert-scale/main.js [--quick] [--names N] [options]   (--help)
  */
@@ -28,27 +13,11 @@ import { join, resolve } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
 import { describeMachine } from '../harness/machine.js';
 import { exitOnInterrupt, runBench } from '../harness/main.js';
-import { fmt, writeReport } from '../harness/report.js';
+import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
-import { median, round } from '../harness/stats.js';
 import { CertLab } from '../lab/cert-lab.js';
-import { scaleMarkdown, summaryRows, writeNotReadyReport, writeProfileReport } from './report.js';
-import {
-  handshakeAll,
-  hostOf,
-  listingCost,
-  monotonicUs,
-  nameOf,
-  type ReloadFigure,
-  replaceOne,
-  rescan,
-  type Rss,
-  rssOf,
-  scaleConfig,
-  settle,
-  startupPhases,
-  workersRss,
-} from './steps.js';
+import { notReadyReport, profileReport, scaleReport } from './report.js';
+import { handshakeAll, hostOf, listingCost, monotonicUs, nameOf, replaceOne, rescan, rssOf, scaleConfig, settle, startupPhases, workersRss } from './steps.js';
 
 const TABLE = {
   quick: std.quick('1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass, 300 in the per-context measurement'),
@@ -83,29 +52,21 @@ const TABLE = {
 } as const;
 
 async function main(): Promise<number> {
-  const values = parseCli('cert-scale/main.js', TABLE);
-  if (values === undefined) return 0;
-  const quick = values.quick;
-  const names = values.names;
-  const bounded = Math.min(names, values.bounded);
-  const cacheSize = values.cache;
-  const contextNames = values['context-names'];
-  const concurrency = values.concurrency;
-  const reloads = values.reloads;
-  const readyTimeoutMs = values['ready-timeout'] * 1000;
-  const profiling = values['cpu-prof'];
-  const top = values.top;
-  const boundedPasses = values['bounded-passes'];
-  const settleMaxMs = values['settle-max'] * 1000;
+  const v = parseCli('cert-scale/main.js', TABLE);
+  if (v === undefined) return 0;
+  const { quick, names, cache: cacheSize, concurrency, reloads, top, 'bounded-passes': boundedPasses } = v;
+  const [bounded, readyTimeoutMs, profiling] = [Math.min(names, v.bounded), v['ready-timeout'] * 1000, v['cpu-prof']];
   const suffix = quick ? '-quick' : names === 10_000 ? '' : `-${names}`;
   const machine = describeMachine();
   const say = (line: string): void => void process.stderr.write(`${line}\n`);
 
   const lab = await CertLab.start([{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' }], say);
-  exitOnInterrupt(() => lab.cleanup(values['keep-temp']));
+  exitOnInterrupt(() => lab.cleanup(v['keep-temp']));
   try {
     const key = lab.key('ec');
     const ca = lab.ca.pem;
+    const startProxy = async (name: string, store: string, size: number, more: Partial<Parameters<CertLab['startProxy']>[0]> = {}) =>
+      lab.startProxy({ name, config: scaleConfig((await lab.baseConfig()).config, store, size, lab.originPort), readyTimeoutMs, ...more });
 
     // The store: one file per entry, the leaf and the CA (RFC 8446 §4.4.2: the chain the client needs).
     const storeDir = join(lab.dir, 'store');
@@ -114,20 +75,15 @@ async function main(): Promise<number> {
     for (let i = 0; i < names; i++) writeFileSync(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(lab.ca.issue(key.spki, [hostOf(i)])));
     const generateSeconds = (performance.now() - genStarted) / 1000;
     const listing = listingCost(storeDir);
+    const scale = { names, cacheSize, generateSeconds, listing, machine };
     say(
       `store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`,
     );
 
     // The first start meets every entry for the first time: it validates each and records the verdicts in the
     // state directory. The start measured after it is any later one (issue 15: validated once, when written).
-    const firstBase = await lab.baseConfig();
     const firstAt = Date.now();
-    const first = await lab.startProxy({
-      name: 'scale-first',
-      config: scaleConfig(firstBase.config, storeDir, cacheSize, lab.originPort),
-      readyTimeoutMs,
-      allowNotReady: true,
-    });
+    const first = await startProxy('scale-first', storeDir, cacheSize, { allowNotReady: true });
     const firstStart = {
       readyMs: first.readyMs === undefined ? undefined : Math.round(first.readyMs),
       phases: startupPhases(first, firstAt),
@@ -140,13 +96,8 @@ async function main(): Promise<number> {
 
     const profDir = resolve('bench/results/tmp/profiles', `cert-scale-${process.pid}`);
     if (profiling) mkdirSync(profDir, { recursive: true });
-    const base = await lab.baseConfig();
-    const spawnedAt = Date.now();
-    const spawnedUs = monotonicUs();
-    const proxy = await lab.startProxy({
-      name: 'scale',
-      config: scaleConfig(base.config, storeDir, cacheSize, lab.originPort),
-      readyTimeoutMs,
+    const [spawnedAt, spawnedUs] = [Date.now(), monotonicUs()];
+    const proxy = await startProxy('scale', storeDir, cacheSize, {
       allowNotReady: true,
       ...(profiling ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] } : {}),
     });
@@ -154,21 +105,13 @@ async function main(): Promise<number> {
     if (proxy.readyMs === undefined) {
       // Not ready in time: what it reached is the finding; the rest cannot be measured.
       const rss = rssOf(proxy);
-      const cpu = proxy.pids();
       say(
         `start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`,
       );
-      const notReady = { readyTimeoutMs, phases, rss, pids: cpu, lastLogLines: proxy.log.read().slice(-5) };
+      const notReady = { readyTimeoutMs, phases, rss, pids: proxy.pids(), lastLogLines: proxy.log.read().slice(-5) };
       await proxy.stop();
       await lab.stop();
-      return writeNotReadyReport(values.out, `cert-scale${suffix}${profiling ? '-profile' : ''}`, {
-        names,
-        generateSeconds,
-        listing,
-        notReady,
-        machine,
-        cacheSize,
-      });
+      return notReadyReport(v.out, `cert-scale${suffix}${profiling ? '-profile' : ''}`, { ...scale, notReady }, say);
     }
     const readyMs = proxy.readyMs;
     const readyUs = monotonicUs();
@@ -178,81 +121,57 @@ async function main(): Promise<number> {
     await sleep(1000);
     const rssAfterStart = rssOf(proxy);
     say(`RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB`);
-    const settled = await settle(proxy, settleMaxMs);
+    const settled = await settle(proxy, v['settle-max'] * 1000);
     const rssSettled = rssOf(proxy);
     say(
       `workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`,
     );
 
     const reloadsFromUs = monotonicUs();
-    const replaced: ReloadFigure[] = [];
+    const replaced = [];
     for (let r = 0; r < reloads; r++) {
-      const i = Math.floor(((r + 1) * names) / (reloads + 1));
-      replaced.push(await replaceOne(lab, proxy, storeDir, key, i));
-      const f = replaced.at(-1)!;
+      const f = await replaceOne(lab, proxy, storeDir, key, Math.floor(((r + 1) * names) / (reloads + 1)));
+      replaced.push(f);
       say(
         `one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`,
       );
       await sleep(300);
     }
-    const rescans: { durationMs: number; roundTripMs: number; changed: number }[] = [];
+    const rescans = [];
     for (let r = 0; r < reloads; r++) {
       rescans.push(await rescan(proxy));
       say(`no-change rescan (POST /reload): ${fmt(rescans.at(-1)!.durationMs, 1)} ms (round trip ${fmt(rescans.at(-1)!.roundTripMs, 1)} ms)`);
     }
-
     const reloadsToUs = monotonicUs();
     if (profiling) {
       await proxy.stop();
       await lab.stop();
-      return writeProfileReport(values.out, `cert-scale-profile${suffix}`, profDir, {
-        names,
-        readyMs,
-        pid: proxy.process.pid,
-        phases,
-        rssAfterStart,
-        replaced,
-        rescans,
-        top,
-        machine,
-        windows: { startup: { fromUs: spawnedUs, toUs: readyUs }, reloads: { fromUs: reloadsFromUs, toUs: reloadsToUs } },
-      });
+      const windows = { startup: { fromUs: spawnedUs, toUs: readyUs }, reloads: { fromUs: reloadsFromUs, toUs: reloadsToUs } };
+      const run = { names, readyMs, pid: proxy.process.pid, phases, rssAfterStart, replaced, rescans, top, machine, windows };
+      return profileReport(v.out, `cert-scale-profile${suffix}`, profDir, run, say);
     }
 
-    // Bounded memory: more distinct names than contextCacheSize, twice over.
+    // Bounded memory: more distinct names than contextCacheSize, pass after pass.
     const spreadHosts = Array.from({ length: bounded }, (_, k) => hostOf(Math.floor((k * names) / bounded)));
     const rssBeforeBounded = rssOf(proxy);
-    const passes: { ok: number; failed: number; seconds: number; errors: string[]; rss: Rss }[] = [];
-    for (let k = 0; k < boundedPasses; k++) {
-      const pass = await handshakeAll(proxy.port, spreadHosts, ca, concurrency);
-      passes.push({ ...pass, rss: rssOf(proxy) });
-    }
-    const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
-    const rssTrail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
+    const passes = [];
+    for (let k = 0; k < boundedPasses; k++) passes.push({ ...(await handshakeAll(proxy.port, spreadHosts, ca, concurrency)), rss: rssOf(proxy) });
+    const trail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
     say(
-      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${rssTrail} MiB (${boundedFailed} failed)`,
+      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${trail} MiB (${passes.reduce((n, p) => n + p.failed, 0)} failed)`,
     );
     await proxy.stop();
 
     // Memory per context: the same M-entry store, contextCacheSize 1 and M.
     const contextStore = join(lab.dir, 'store-contexts');
     mkdirSync(contextStore, { recursive: true });
-    const contextIndexes = Array.from({ length: Math.min(contextNames, names) }, (_, k) => k);
-    for (const i of contextIndexes) copyFileSync(join(storeDir, `${nameOf(i)}.pem`), join(contextStore, `${nameOf(i)}.pem`));
-    const contextHosts = contextIndexes.map(hostOf);
-    const contextRuns: {
-      cacheSize: number;
-      readyMs: number;
-      afterStart: Rss;
-      afterHandshakes: Rss;
-      ok: number;
-      failed: number;
-      seconds: number;
-      errors: string[];
-    }[] = [];
+    const contextHosts = Array.from({ length: Math.min(v['context-names'], names) }, (_, i) => {
+      copyFileSync(join(storeDir, `${nameOf(i)}.pem`), join(contextStore, `${nameOf(i)}.pem`));
+      return hostOf(i);
+    });
+    const contextRuns = [];
     for (const size of [1, contextHosts.length]) {
-      const b = await lab.baseConfig();
-      const p = await lab.startProxy({ name: `contexts-${size}`, config: scaleConfig(b.config, contextStore, size, lab.originPort), readyTimeoutMs });
+      const p = await startProxy(`contexts-${size}`, contextStore, size);
       await sleep(1000);
       const afterStart = rssOf(p);
       const pass = await handshakeAll(p.port, contextHosts, ca, concurrency);
@@ -264,50 +183,12 @@ async function main(): Promise<number> {
       );
       await p.stop();
     }
-    const [small, large] = contextRuns as [(typeof contextRuns)[0], (typeof contextRuns)[0]];
-    const meanWorkers = (r: Rss): number => r.workersMiB.reduce((a, b) => a + b, 0) / r.workersMiB.length;
-    const perContextKiB = {
-      afterStart: ((meanWorkers(large.afterStart) - meanWorkers(small.afterStart)) * 1024) / (contextHosts.length - 1),
-      afterHandshakes: ((meanWorkers(large.afterHandshakes) - meanWorkers(small.afterHandshakes)) * 1024) / (contextHosts.length - 1),
-    };
     await lab.stop();
-
-    const failed = boundedFailed + small.failed + large.failed + replaced.filter((r) => r.timeToServeMs === undefined).length;
-    const summary = {
-      names,
-      generateSeconds: round(generateSeconds, 1),
-      listing,
-      firstStart,
-      startup: { readyMs: Math.round(readyMs), primaryStartedMs: phases.primaryStartedMs, workersListeningMs: phases.workersListeningMs },
-      rssAfterStart,
-      settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: rssSettled },
-      oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
-      oneEntryReloadMedian: {
-        timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
-        reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
-      },
-      noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
-      noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
-      bounded: {
-        distinctNames: bounded,
-        contextCacheSize: cacheSize,
-        before: rssBeforeBounded,
-        passes: passes.map((p) => ({ rssAfter: p.rss, ok: p.ok, failed: p.failed, handshakesPerSecond: round(p.ok / p.seconds, 1), errors: p.errors })),
-      },
-      perContext: {
-        entries: contextHosts.length,
-        runs: contextRuns.map((r) => ({ ...r, readyMs: Math.round(r.readyMs), seconds: round(r.seconds, 1) })),
-        kibPerContextAfterStart: round(perContextKiB.afterStart, 1),
-        kibPerContextAfterHandshakes: round(perContextKiB.afterHandshakes, 1),
-      },
-    };
-
-    const markdown = scaleMarkdown({
+    const settings = { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 };
+    const run = {
+      ...scale,
       quick,
-      names,
-      cacheSize,
-      generateSeconds,
-      listing,
+      settings,
       firstStart,
       readyMs,
       phases,
@@ -315,34 +196,14 @@ async function main(): Promise<number> {
       settled,
       rssSettled,
       replaced,
-      medianTimeToServeMs: summary.oneEntryReloadMedian.timeToServeMs,
       rescans,
-      bounded,
-      boundedPasses,
-      rssTrail,
+      rssBeforeBounded,
       passes,
-      boundedFailed,
-      contextEntries: contextHosts.length,
-      perContextKiB,
       contextRuns,
-      machine,
-    });
-    const out = writeReport(
-      values.out,
-      `cert-scale${suffix}`,
-      {
-        benchmark: 'cert-scale',
-        machine,
-        settings: { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 },
-        summary: summaryRows(summary, failed),
-        figures: summary,
-      },
-      markdown,
-    );
-    process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
-    return failed > 0 ? 1 : 0;
+    };
+    return scaleReport(v.out, `cert-scale${suffix}`, run, say);
   } finally {
-    lab.cleanup(values['keep-temp']);
+    lab.cleanup(v['keep-temp']);
   }
 }
 

@@ -1,28 +1,94 @@
 /**
- * The cert-scale bench's reports: the suite's summary rows, the --cpu-prof report and the report of a store that never became ready.
+ * The cert-scale bench's result files: a full run's (figures, the suite's summary rows, the per-context table), the
+ * --cpu-prof run's (where the primary's and a worker's time went) and that of a store that never became ready.
  */
 import { readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { LogLine } from '../lab/cert-lab.js';
+import { publish } from '../harness/bench.js';
 import { type FunctionCost, type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
-import type { describeMachine, MachineInfo } from '../harness/machine.js';
-import { dateStamp, fmt, machineLines, markdownTable, writeReport } from '../harness/report.js';
+import type { MachineInfo } from '../harness/machine.js';
+import { dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
-import { durationRow, type SummaryRow } from '../harness/summary.js';
+import { durationRow } from '../harness/summary.js';
+import type { LogLine } from '../lab/cert-lab.js';
 import { cpus, DOMAIN, type listingCost, type ReloadFigure, REPO_ROOT, type Rss, type startupPhases, workersRss } from './steps.js';
 
-/** The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU. */
-export function summaryRows(
-  figures: {
-    startup: { readyMs: number };
-    oneEntryReload: readonly { timeToServeMs?: number | undefined }[];
-    noChangeRescan: readonly { durationMs: number }[];
-  },
-  errors: number,
-): SummaryRow[] {
-  const row = (scenario: string, label: string, values: readonly number[]): SummaryRow =>
-    durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), errors);
-  return [
+type Log = (line: string) => void;
+type Phases = ReturnType<typeof startupPhases>;
+type Pass = { readonly ok: number; readonly failed: number; readonly seconds: number; readonly errors: string[] };
+/** What every report says of the store. */
+interface Store {
+  readonly names: number;
+  readonly cacheSize: number;
+  readonly generateSeconds: number;
+  readonly listing: ReturnType<typeof listingCost>;
+  readonly machine: MachineInfo;
+}
+
+const figureTable = (rows: readonly (readonly string[])[]) => markdownTable(['Figure', 'Value'], rows, ['left', 'right']);
+const ms = (v: number | undefined) => fmt(v ?? Number.NaN);
+const list = (values: readonly (number | undefined)[]) => values.map(ms).join(' / ');
+const storeText = (s: Store, keyText: string) =>
+  `\`keyedge proxy\`, 2 workers, contextCacheSize ${s.cacheSize}; a store of ${fmt(s.names)} entries (one name each, n<i>.${DOMAIN}, ${keyText}), issued and written in ${fmt(s.generateSeconds, 1)} s`;
+
+export interface ScaleRun extends Store {
+  readonly quick: boolean;
+  readonly settings: { readonly bounded: number } & Record<string, number>;
+  /** The first start, which validates every entry and records the verdicts. */
+  readonly firstStart: { readonly readyMs: number | undefined; readonly phases: Phases; readonly rss: Rss };
+  readonly readyMs: number;
+  readonly phases: Phases;
+  readonly rssAfterStart: Rss;
+  readonly settled: { readonly waitedMs: number; readonly settled: boolean };
+  readonly rssSettled: Rss;
+  readonly replaced: readonly ReloadFigure[];
+  readonly rescans: readonly { readonly durationMs: number; readonly roundTripMs: number; readonly changed: number }[];
+  readonly rssBeforeBounded: Rss;
+  readonly passes: readonly (Pass & { readonly rss: Rss })[];
+  readonly contextRuns: readonly (Pass & { cacheSize: number; readyMs: number; afterStart: Rss; afterHandshakes: Rss })[];
+}
+
+/** A full run's files; exit status 1 when a handshake failed or a new certificate was never served. */
+export function scaleReport(outDir: string, name: string, run: ScaleRun, log: Log): number {
+  const { names, cacheSize, listing, firstStart, phases, rssAfterStart, settled, replaced, rescans, passes, contextRuns } = run;
+  const [small, large] = contextRuns as [ScaleRun['contextRuns'][0], ScaleRun['contextRuns'][0]];
+  const contextEntries = large.cacheSize; // the store's entries: the larger cache holds them all
+  const meanWorkers = (r: Rss): number => r.workersMiB.reduce((a, b) => a + b, 0) / r.workersMiB.length;
+  const perContextKiB = (at: 'afterStart' | 'afterHandshakes') => ((meanWorkers(large[at]) - meanWorkers(small[at])) * 1024) / (contextEntries - 1);
+  const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
+  const failed = boundedFailed + small.failed + large.failed + replaced.filter((r) => r.timeToServeMs === undefined).length;
+  const figures = {
+    names,
+    generateSeconds: round(run.generateSeconds, 1),
+    listing,
+    firstStart,
+    startup: { readyMs: Math.round(run.readyMs), primaryStartedMs: phases.primaryStartedMs, workersListeningMs: phases.workersListeningMs },
+    rssAfterStart,
+    settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: run.rssSettled },
+    oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
+    oneEntryReloadMedian: {
+      timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
+      reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
+    },
+    noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
+    noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
+    bounded: {
+      distinctNames: run.settings.bounded,
+      contextCacheSize: cacheSize,
+      before: run.rssBeforeBounded,
+      passes: passes.map((p) => ({ rssAfter: p.rss, ok: p.ok, failed: p.failed, handshakesPerSecond: round(p.ok / p.seconds, 1), errors: p.errors })),
+    },
+    perContext: {
+      entries: contextEntries,
+      runs: contextRuns.map((r) => ({ ...r, readyMs: Math.round(r.readyMs), seconds: round(r.seconds, 1) })),
+      kibPerContextAfterStart: round(perContextKiB('afterStart'), 1),
+      kibPerContextAfterHandshakes: round(perContextKiB('afterHandshakes'), 1),
+    },
+  };
+  // The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU.
+  const row = (scenario: string, label: string, values: readonly number[]) =>
+    durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), failed);
+  const summary = [
     row('startup', 'start-up until /readyz 200', [figures.startup.readyMs]),
     row(
       'one-entry-reload',
@@ -35,251 +101,37 @@ export function summaryRows(
       figures.noChangeRescan.map((r) => r.durationMs),
     ),
   ];
-}
-
-export interface ProfileContext {
-  readonly names: number;
-  readonly readyMs: number;
-  readonly pid: number;
-  readonly phases: ReturnType<typeof startupPhases>;
-  readonly rssAfterStart: Rss;
-  readonly replaced: readonly ReloadFigure[];
-  readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
-  readonly top: number;
-  readonly machine: ReturnType<typeof describeMachine>;
-  /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
-  readonly windows: { readonly startup: ProfileWindow; readonly reloads: ProfileWindow };
-}
-
-/** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
-export function writeProfileReport(outDir: string, name: string, profDir: string, ctx: ProfileContext): number {
-  const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
-  const primaryPid = ctx.pid;
-  // node names them CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
-  const pidOf = (f: string): number => Number(f.split('.')[3]);
-  const primaryFile = files.find((f) => pidOf(f) === primaryPid);
-  const workerFile = files.find((f) => pidOf(f) !== primaryPid);
-  const keep = resolve('bench/results/tmp/profiles');
-  const kept: string[] = [];
-  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
-  for (const [role, file] of [
-    ['primary', primaryFile],
-    ['worker', workerFile],
-  ] as const) {
-    if (file === undefined) continue;
-    const target = join(keep, `${dateStamp()}-cert-scale-${ctx.names}-${role}.cpuprofile`);
-    renameSync(join(profDir, file), target);
-    kept.push(target);
-    for (const [window, span] of [
-      ['start-up (spawn → /readyz 200)', ctx.windows.startup],
-      ['one-entry reloads and no-change rescans', ctx.windows.reloads],
-    ] as const) {
-      const s = summarizeProfile(target, REPO_ROOT, span);
-      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
-    }
-  }
-  rmSync(profDir, { recursive: true, force: true });
-  const table = (functions: readonly FunctionCost[], by: 'self' | 'inclusive'): string =>
-    markdownTable(
-      ['function', 'self ms', 'self %', 'inclusive ms', 'incl %'],
-      [...functions]
-        .sort((a, b) => (by === 'self' ? b.selfUs - a.selfUs : b.inclusiveUs - a.inclusiveUs))
-        .slice(0, ctx.top)
-        .map((f) => [f.function, fmt(f.selfUs / 1000), fmt(f.selfPct, 1), fmt(f.inclusiveUs / 1000), fmt(f.inclusivePct, 1)]),
-      ['left', 'right', 'right', 'right', 'right'],
-    );
+  const trail = [run.rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
   const markdown = [
-    `# cert-scale profile: ${fmt(ctx.names)} store entries, ${dateStamp()}`,
+    `# cert-scale${run.quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
     '',
-    `Primary and workers under \`node --cpu-prof\` (sampling slows them a little): start-up until /readyz 200 ${fmt(ctx.readyMs)} ms (primary started at ${fmt(ctx.phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${ctx.phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms), ` +
-      `then ${ctx.replaced.length} one-entry reloads (primary "reload done" ${ctx.replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms; new serial served after ${ctx.replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms) ` +
-      `and ${ctx.rescans.length} no-change rescans (${ctx.rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms). RSS after start: primary ${fmt(ctx.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(ctx.rssAfterStart)} MiB.`,
+    `${storeText(run, 'all on one ECDSA P-256 key of the key server, SoftHSM2')} by the bench.`,
     '',
-    ...summaries.flatMap((s) => [
-      `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
-      '',
-      '### by self time',
-      '',
-      table(s.functions, 'self'),
-      '',
-      '### by inclusive time',
-      '',
-      table(s.functions, 'inclusive'),
-      '',
+    figureTable([
+      ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
+      ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${ms(firstStart.readyMs)} ms`],
+      ['… RSS, CPU used: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB, ${cpus(firstStart.rss)} ms`],
+      ['start-up (verdicts known, as every start after the first): spawn → /readyz 200', `${fmt(run.readyMs)} ms`],
+      ['… primary listed the store (unchanged entries from the kept state), forked', `${ms(phases.primaryStartedMs)} ms`],
+      ['… workers listening (the kept pack received, indexed)', `${list(phases.workersListeningMs)} ms`],
+      ['… CPU consumed until 1 s after ready (utime + stime): primary / workers', `${cpus(rssAfterStart)} ms`],
+      ['RSS after start: primary / workers', `${fmt(rssAfterStart.primaryMiB, 1)} / ${workersRss(rssAfterStart)} MiB`],
+      ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
+      ['RSS once idle: primary / workers', `${fmt(run.rssSettled.primaryMiB, 1)} / ${workersRss(run.rssSettled)} MiB`],
+      [
+        `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
+        `${list(replaced.map((r) => r.timeToServeMs))} ms (median ${fmt(figures.oneEntryReloadMedian.timeToServeMs)})`,
+      ],
+      ['… primary "reload done" durationMs (after the 150 ms watch debounce)', `${list(replaced.map((r) => r.reloadDurationMs))} ms`],
+      [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${list(rescans.map((r) => r.durationMs))} ms`],
+      [
+        `bounded memory: ${fmt(run.settings.bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${passes.length} passes`,
+        `${trail} MiB`,
+      ],
+      ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
+      [`memory per secure context (${fmt(contextEntries)} entries, cache ${contextEntries} vs 1): after start`, `${fmt(perContextKiB('afterStart'), 1)} KiB`],
+      ['… after a handshake to every name', `${fmt(perContextKiB('afterHandshakes'), 1)} KiB`],
     ]),
-    `Profiles kept: ${kept.map((k) => `\`${k}\``).join(', ')} (bench/results/tmp is not committed).`,
-    '',
-    `Command: \`${ctx.machine.commandLine}\``,
-  ].join('\n');
-  const out = writeReport(
-    outDir,
-    name,
-    {
-      benchmark: 'cert-scale-profile',
-      machine: ctx.machine,
-      names: ctx.names,
-      readyMs: Math.round(ctx.readyMs),
-      phases: ctx.phases,
-      rssAfterStart: ctx.rssAfterStart,
-      replaced: ctx.replaced,
-      rescans: ctx.rescans,
-      profiles: summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, ctx.top) })),
-    },
-    markdown,
-  );
-  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
-  return 0;
-}
-
-export interface NotReadyContext {
-  readonly names: number;
-  readonly generateSeconds: number;
-  readonly listing: ReturnType<typeof listingCost>;
-  readonly notReady: {
-    readonly readyTimeoutMs: number;
-    readonly phases: ReturnType<typeof startupPhases>;
-    readonly rss: Rss;
-    readonly lastLogLines: readonly LogLine[];
-  };
-  readonly machine: ReturnType<typeof describeMachine>;
-  readonly cacheSize: number;
-}
-
-/** The report of a run whose proxy did not become ready in time: how far it got. Exit status 1. */
-export function writeNotReadyReport(outDir: string, name: string, ctx: NotReadyContext): number {
-  const { notReady, machine } = ctx;
-  const markdown = [
-    `# cert-scale: ${fmt(ctx.names)} store entries, ${dateStamp()}: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s`,
-    '',
-    `\`keyedge proxy\`, 2 workers, contextCacheSize ${ctx.cacheSize}; a store of ${fmt(ctx.names)} entries (one name each, n<i>.${DOMAIN}, one ECDSA P-256 key), issued and written in ${fmt(ctx.generateSeconds, 1)} s. ` +
-      'The proxy did not answer /readyz 200 within the time allowed, so reload, rescan and memory figures could not be taken. See bench/README.md, section "cert-scale".',
-    '',
-    markdownTable(
-      ['Figure', 'Value'],
-      [
-        ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(ctx.listing.cpuMs, 1)} / ${fmt(ctx.listing.wallMs, 1)} ms`],
-        ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
-        ['… primary forked ("proxy primary started")', `${fmt(notReady.phases.primaryStartedMs ?? Number.NaN)} ms`],
-        ['… workers listening', `${notReady.phases.workersListeningMs.map((m) => fmt(m)).join(' / ') || 'none'} ms`],
-        ['RSS, CPU used when given up: primary / workers', `${fmt(notReady.rss.primaryMiB, 1)} / ${workersRss(notReady.rss)} MiB, ${cpus(notReady.rss)} ms`],
-      ],
-      ['left', 'right'],
-    ),
-    '',
-    ...machineLines(machine),
-  ].join('\n');
-  const out = writeReport(
-    outDir,
-    name,
-    {
-      benchmark: 'cert-scale',
-      summary: [
-        durationRow('cert-scale', 'startup', 'start-up until /readyz 200', Number.NaN, Number.NaN, 1, `not ready within ${notReady.readyTimeoutMs / 1000} s`),
-      ],
-      machine,
-      names: ctx.names,
-      generateSeconds: round(ctx.generateSeconds, 1),
-      listing: ctx.listing,
-      cacheSize: ctx.cacheSize,
-      notReady,
-    },
-    markdown,
-  );
-  process.stdout.write(`${markdown}\n\nwrote ${out.jsonPath} and ${out.markdownPath}\n`);
-  return 1;
-}
-
-export interface ScaleFigures {
-  readonly quick: boolean;
-  readonly names: number;
-  readonly cacheSize: number;
-  readonly generateSeconds: number;
-  readonly listing: ReturnType<typeof listingCost>;
-  /** The first start, which validates every entry and records the verdicts. */
-  readonly firstStart: { readonly readyMs: number | undefined; readonly rss: Rss };
-  readonly readyMs: number;
-  readonly phases: ReturnType<typeof startupPhases>;
-  readonly rssAfterStart: Rss;
-  readonly settled: { readonly waitedMs: number; readonly settled: boolean };
-  readonly rssSettled: Rss;
-  readonly replaced: readonly ReloadFigure[];
-  readonly medianTimeToServeMs: number;
-  readonly rescans: readonly { readonly durationMs: number }[];
-  readonly bounded: number;
-  readonly boundedPasses: number;
-  /** Worker RSS before and after each bounded pass. */
-  readonly rssTrail: string;
-  readonly passes: readonly { readonly ok: number; readonly seconds: number }[];
-  readonly boundedFailed: number;
-  readonly contextEntries: number;
-  readonly perContextKiB: { readonly afterStart: number; readonly afterHandshakes: number };
-  readonly contextRuns: readonly { cacheSize: number; readyMs: number; afterStart: Rss; afterHandshakes: Rss; ok: number; failed: number }[];
-  readonly machine: MachineInfo;
-}
-
-/** The Markdown of a full run. */
-export function scaleMarkdown({
-  quick,
-  names,
-  cacheSize,
-  generateSeconds,
-  listing,
-  firstStart,
-  readyMs,
-  phases,
-  rssAfterStart,
-  settled,
-  rssSettled,
-  replaced,
-  medianTimeToServeMs,
-  rescans,
-  bounded,
-  boundedPasses,
-  rssTrail,
-  passes,
-  boundedFailed,
-  contextEntries,
-  perContextKiB,
-  contextRuns,
-  machine,
-}: ScaleFigures): string {
-  return [
-    `# cert-scale${quick ? ' (quick)' : ''}: ${fmt(names)} store entries, ${dateStamp()}`,
-    '',
-    `\`keyedge proxy\`, 2 workers, contextCacheSize ${cacheSize}; a store of ${fmt(names)} entries (one name each, n<i>.${DOMAIN}, all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(generateSeconds, 1)} s by the bench.`,
-    '',
-    markdownTable(
-      ['Figure', 'Value'],
-      [
-        ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
-        ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${fmt(firstStart.readyMs ?? Number.NaN)} ms`],
-        ['… RSS, CPU used: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB, ${cpus(firstStart.rss)} ms`],
-        ['start-up (verdicts known, as every start after the first): spawn → /readyz 200', `${fmt(readyMs)} ms`],
-        ['… primary listed the store (unchanged entries from the kept state), forked', `${fmt(phases.primaryStartedMs ?? Number.NaN)} ms`],
-        ['… workers listening (the kept pack received, indexed)', `${phases.workersListeningMs.map((m) => fmt(m)).join(' / ')} ms`],
-        ['… CPU consumed until 1 s after ready (utime + stime): primary / workers', `${cpus(rssAfterStart)} ms`],
-        ['RSS after start: primary / workers', `${fmt(rssAfterStart.primaryMiB, 1)} / ${workersRss(rssAfterStart)} MiB`],
-        ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
-        ['RSS once idle: primary / workers', `${fmt(rssSettled.primaryMiB, 1)} / ${workersRss(rssSettled)} MiB`],
-        [
-          `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
-          `${replaced.map((r) => fmt(r.timeToServeMs ?? Number.NaN)).join(' / ')} ms (median ${fmt(medianTimeToServeMs)})`,
-        ],
-        [
-          '… primary "reload done" durationMs (after the 150 ms watch debounce)',
-          `${replaced.map((r) => fmt(r.reloadDurationMs ?? Number.NaN)).join(' / ')} ms`,
-        ],
-        [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${rescans.map((r) => fmt(r.durationMs)).join(' / ')} ms`],
-        [
-          `bounded memory: ${fmt(bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${boundedPasses} passes`,
-          `${rssTrail} MiB`,
-        ],
-        ['… handshakes/s per pass, failed', `${passes.map((p) => fmt(p.ok / p.seconds)).join(' / ')}, ${boundedFailed}`],
-        [`memory per secure context (${fmt(contextEntries)} entries, cache ${contextEntries} vs 1): after start`, `${fmt(perContextKiB.afterStart, 1)} KiB`],
-        ['… after a handshake to every name', `${fmt(perContextKiB.afterHandshakes, 1)} KiB`],
-      ],
-      ['left', 'right'],
-    ),
     '',
     markdownTable(
       ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'],
@@ -294,6 +146,122 @@ export function scaleMarkdown({
       ['left', 'right', 'right', 'right', 'right', 'right'],
     ),
     '',
+    ...machineLines(run.machine),
+  ].join('\n');
+  publish(outDir, name, { benchmark: 'cert-scale', machine: run.machine, settings: run.settings, summary, figures }, markdown, dateStamp(), log);
+  return failed > 0 ? 1 : 0;
+}
+
+export interface ProfileRun {
+  readonly names: number;
+  readonly readyMs: number;
+  readonly pid: number;
+  readonly phases: Phases;
+  readonly rssAfterStart: Rss;
+  readonly replaced: readonly ReloadFigure[];
+  readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
+  readonly top: number;
+  readonly machine: MachineInfo;
+  /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
+  readonly windows: { readonly startup: ProfileWindow; readonly reloads: ProfileWindow };
+}
+
+/** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
+export function profileReport(outDir: string, name: string, profDir: string, run: ProfileRun, log: Log): number {
+  // node names them CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
+  const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
+  const pidOf = (f: string): number => Number(f.split('.')[3]);
+  const kept: string[] = [];
+  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
+  const byRole = [['primary', files.find((f) => pidOf(f) === run.pid)] as const, ['worker', files.find((f) => pidOf(f) !== run.pid)] as const];
+  for (const [role, file] of byRole) {
+    if (file === undefined) continue;
+    const target = join(resolve('bench/results/tmp/profiles'), `${dateStamp()}-cert-scale-${run.names}-${role}.cpuprofile`);
+    renameSync(join(profDir, file), target);
+    kept.push(target);
+    for (const [window, span] of [
+      ['start-up (spawn → /readyz 200)', run.windows.startup],
+      ['one-entry reloads and no-change rescans', run.windows.reloads],
+    ] as const) {
+      const s = summarizeProfile(target, REPO_ROOT, span);
+      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
+    }
+  }
+  rmSync(profDir, { recursive: true, force: true });
+  const table = (functions: readonly FunctionCost[], by: 'selfUs' | 'inclusiveUs'): string =>
+    markdownTable(
+      ['function', 'self ms', 'self %', 'inclusive ms', 'incl %'],
+      [...functions]
+        .sort((a, b) => b[by] - a[by])
+        .slice(0, run.top)
+        .map((f) => [f.function, fmt(f.selfUs / 1000), fmt(f.selfPct, 1), fmt(f.inclusiveUs / 1000), fmt(f.inclusivePct, 1)]),
+      ['left', 'right', 'right', 'right', 'right'],
+    );
+  const { phases, replaced, rescans } = run;
+  const markdown = [
+    `# cert-scale profile: ${fmt(run.names)} store entries, ${dateStamp()}`,
+    '',
+    `Primary and workers under \`node --cpu-prof\` (sampling slows them a little): start-up until /readyz 200 ${fmt(run.readyMs)} ms (primary started at ${ms(phases.primaryStartedMs)} ms, workers listening at ${list(phases.workersListeningMs)} ms), ` +
+      `then ${replaced.length} one-entry reloads (primary "reload done" ${list(replaced.map((r) => r.reloadDurationMs))} ms; new serial served after ${list(replaced.map((r) => r.timeToServeMs))} ms) ` +
+      `and ${rescans.length} no-change rescans (${list(rescans.map((r) => r.durationMs))} ms). RSS after start: primary ${fmt(run.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(run.rssAfterStart)} MiB.`,
+    '',
+    ...summaries.flatMap((s) => [
+      `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
+      ...['', '### by self time', '', table(s.functions, 'selfUs'), '', '### by inclusive time', '', table(s.functions, 'inclusiveUs'), ''],
+    ]),
+    `Profiles kept: ${kept.map((k) => `\`${k}\``).join(', ')} (bench/results/tmp is not committed).`,
+    '',
+    `Command: \`${run.machine.commandLine}\``,
+  ].join('\n');
+  const profiles = summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, run.top) }));
+  const { names, machine, rssAfterStart } = run;
+  const json = { benchmark: 'cert-scale-profile', machine, names, readyMs: Math.round(run.readyMs), phases, rssAfterStart, replaced, rescans, profiles };
+  publish(outDir, name, json, markdown, dateStamp(), log);
+  return 0;
+}
+
+export interface NotReadyRun extends Store {
+  readonly notReady: {
+    readonly readyTimeoutMs: number;
+    readonly phases: Phases;
+    readonly rss: Rss;
+    readonly pids: unknown;
+    readonly lastLogLines: readonly LogLine[];
+  };
+}
+
+/** The report of a run whose proxy did not become ready in time: how far it got. Exit status 1. */
+export function notReadyReport(outDir: string, name: string, run: NotReadyRun, log: Log): number {
+  const { notReady, machine, listing } = run;
+  const markdown = [
+    `# cert-scale: ${fmt(run.names)} store entries, ${dateStamp()}: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s`,
+    '',
+    `${storeText(run, 'one ECDSA P-256 key')}. ` +
+      'The proxy did not answer /readyz 200 within the time allowed, so reload, rescan and memory figures could not be taken. See bench/README.md, section "cert-scale".',
+    '',
+    figureTable([
+      ['listing the store once (readdir + stat of each file), CPU / wall', `${fmt(listing.cpuMs, 1)} / ${fmt(listing.wallMs, 1)} ms`],
+      ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
+      ['… primary forked ("proxy primary started")', `${ms(notReady.phases.primaryStartedMs)} ms`],
+      ['… workers listening', `${list(notReady.phases.workersListeningMs) || 'none'} ms`],
+      ['RSS, CPU used when given up: primary / workers', `${fmt(notReady.rss.primaryMiB, 1)} / ${workersRss(notReady.rss)} MiB, ${cpus(notReady.rss)} ms`],
+    ]),
+    '',
     ...machineLines(machine),
   ].join('\n');
+  const summary = [
+    durationRow('cert-scale', 'startup', 'start-up until /readyz 200', Number.NaN, Number.NaN, 1, `not ready within ${notReady.readyTimeoutMs / 1000} s`),
+  ];
+  const json = {
+    benchmark: 'cert-scale',
+    summary,
+    machine,
+    names: run.names,
+    generateSeconds: round(run.generateSeconds, 1),
+    listing,
+    cacheSize: run.cacheSize,
+    notReady,
+  };
+  publish(outDir, name, json, markdown, dateStamp(), log);
+  return 1;
 }

@@ -1,7 +1,6 @@
 /**
- * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts):
- * the cost of listing the store, start-up phases from the log, RSS, waiting
- * for the workers to go idle, handshake passes over many names, a one-entry
+ * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts): the cost of listing the store,
+ * start-up phases from the log, RSS, waiting for the workers to go idle, handshake passes over many names, a one-entry
  * reload and a no-change rescan. See bench/README.md, section "cert-scale".
  */
 import { readdirSync, statSync } from 'node:fs';
@@ -40,15 +39,13 @@ export const cpus = (r: Rss): string => [r.primaryCpuMs, ...r.workersCpuMs].map(
 
 /** CPU and wall time of listing the store (readdir, a stat of each .pem), median of 3. */
 export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
-  const runs: { cpuMs: number; wallMs: number; files: number }[] = [];
-  for (let k = 0; k < 3; k++) {
-    const cpu = process.cpuUsage();
-    const wall = performance.now();
+  const runs = [0, 1, 2].map(() => {
+    const [cpu, wall] = [process.cpuUsage(), performance.now()];
     const files = readdirSync(dir).filter((f) => f.endsWith('.pem'));
     for (const f of files) statSync(join(dir, f));
     const used = process.cpuUsage(cpu);
-    runs.push({ cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length });
-  }
+    return { cpuMs: (used.user + used.system) / 1000, wallMs: performance.now() - wall, files: files.length };
+  });
   return { cpuMs: round(median(runs.map((r) => r.cpuMs)), 1), wallMs: round(median(runs.map((r) => r.wallMs)), 1), files: runs[0]!.files };
 }
 
@@ -75,9 +72,7 @@ export async function handshakeAll(
   ca: string,
   concurrency: number,
 ): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
-  let next = 0;
-  let ok = 0;
-  let failed = 0;
+  let [next, ok, failed] = [0, 0, 0];
   const errors: string[] = [];
   const started = performance.now();
   await Promise.all(
@@ -97,27 +92,18 @@ export async function handshakeAll(
 }
 
 /** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
-export async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const line = proxy.log
-      .read()
-      .slice(from)
-      .find((l) => l.msg === 'reload done');
+async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
+  for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
+    const line = proxy.log.find('reload done', from)[0];
     if (line !== undefined || Date.now() > deadline) return line;
-    await sleep(20);
   }
 }
 
 /** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
 export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
-  const lines = proxy.log.read();
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
-  const primary = lines.find((l) => l.msg === 'proxy primary started');
-  return {
-    primaryStartedMs: primary === undefined ? undefined : at(primary),
-    workersListeningMs: lines.filter((l) => l.msg === 'proxy worker listening').map(at),
-  };
+  const primary = proxy.log.find('proxy primary started')[0];
+  return { primaryStartedMs: primary === undefined ? undefined : at(primary), workersListeningMs: proxy.log.find('proxy worker listening').map(at) };
 }
 
 export interface ReloadFigure {

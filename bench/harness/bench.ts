@@ -1,19 +1,21 @@
 /**
- * The skeleton the measuring benches (keyserver-sign, handshake, keepalive)
- * share around their own runs: a timestamped log, warm-up and interleaved
- * rounds behind a quiet-machine wait, the clean-round rule, the `method`
- * block of the result JSON, a skipped scenario's `summary` row, and writing
- * the result files. What one run measures stays in each bench.
+ * The skeleton the measuring benches (keyserver-sign, handshake, keepalive) share around their own runs: a timestamped
+ * log, warm-up and interleaved rounds behind a quiet-machine wait, the clean-round rule, the `method` block of the
+ * result JSON, a skipped scenario's `summary` row, and writing the result files. What one run measures stays in each
+ * bench.
  *
- * Clean rounds: a window during which other processes used more than
- * CONTENDED_CORES counts as contended; a scenario's medians use its clean
- * rounds when at least 3 (or all) are clean, else all rounds (marked †).
+ * Clean rounds: a window during which other processes used more than CONTENDED_CORES counts as contended; a scenario's
+ * medians use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †).
+ *
+ * Quiet waits: on a shared machine other workloads come and go; a window measured while something else takes a core
+ * says little about the code under test. Between runs our own processes are idle, so whatever CPU the machine spends
+ * then belongs to someone else: sample it (250 ms) until it is below 0.25 cores. One time budget covers the whole run,
+ * so a machine that stays busy costs a bounded delay and still gets measured (the windows say so).
  */
-import { quietBeforeRun } from './quiet.js';
-import { type Column, fmt } from './report.js';
+import { machineCpu, procCpu, selfCpu, totalUs } from './proc-cpu.js';
+import { type Column, fmt, type WrittenReport, writeReport } from './report.js';
+import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
-import { type WrittenReport, writeReport } from './report.js';
-import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario } from './rounds.js';
 
 /** A window during which other processes used more than this many cores counts as contended. */
 export const CONTENDED_CORES = 0.25;
@@ -89,7 +91,7 @@ export function roundColumns<T extends Common>(busyHeader: string): Column<T>[] 
 export const CLEAN_ROUNDS_NOTE = `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`;
 
 /** "warm-up " or "round N ", for progress lines. */
-export const roundTag = (context: RunContext): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
+export const roundTag = (context: Pick<RunContext, 'phase' | 'round'>): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
 
 export interface MeasureTiming {
   readonly rounds: number;
@@ -143,17 +145,14 @@ export function methodJson(timing: MeasureTiming, order: readonly (readonly stri
 export function failSoft(log: Log): NonNullable<RoundsOptions<unknown>['failSoft']> {
   return {
     deadlineMs: 60_000,
-    onFailure: (f) => log(`${f.phase === 'warmup' ? 'warm-up ' : `round ${f.round + 1} `}${f.scenario}: FAILED, round skipped: ${f.error}`),
+    onFailure: (f) => log(`${roundTag(f)}${f.scenario}: FAILED, round skipped: ${f.error}`),
   };
 }
 
 /** The report's lines on failed rounds: none when every run gave figures. */
 export function failureLines(failures: readonly RoundFailure[]): string[] {
   if (failures.length === 0) return [];
-  return [
-    '',
-    `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${f.phase === 'warmup' ? 'warm-up' : `round ${f.round + 1}`}: ${f.error}`).join('; ')}.`,
-  ];
+  return ['', `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${roundTag(f).trim()}: ${f.error}`).join('; ')}.`];
 }
 
 /** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
@@ -169,4 +168,51 @@ export function errorStatus(errors: number, what: string, log: Log): number {
   if (errors === 0) return 0;
   log(`${errors} ${what} failed during measurement: the figures are suspect`);
   return 1;
+}
+
+const QUIET_CORES = 0.25;
+const SAMPLE_MS = 250;
+
+/** One sample: cores used during `ms` by everything but this process and `ownPids`. */
+async function otherLoad(ms: number, ownPids: readonly number[], signal: AbortSignal): Promise<number> {
+  const cpuOf = (pid: number) => {
+    try {
+      return totalUs(procCpu(pid));
+    } catch {
+      return 0; // exited
+    }
+  };
+  const own = () => totalUs(selfCpu()) + ownPids.reduce((sum, pid) => sum + cpuOf(pid), 0);
+  const [m0, o0, t0] = [machineCpu(), own(), process.hrtime.bigint()];
+  await sleep(ms, signal);
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return Math.max(0, (machineCpu().busyUs - m0.busyUs - (own() - o0)) / 1e6 / seconds);
+}
+
+/**
+ * The quiet wait before every measured run of a bench (runRounds' beforeRun): one budget of `budgetMs` for the
+ * whole run (0: never wait), long waits logged, every wait kept for the result file (`record()`).
+ */
+export function quietBeforeRun(budgetMs: number, ownPids: readonly number[], signal: AbortSignal, log: (line: string) => void) {
+  const waits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+  let waitedMs = 0;
+  return {
+    beforeRun: async (scenario: string, context: { readonly phase: string; readonly round: number }): Promise<void> => {
+      if (budgetMs <= 0 || context.phase !== 'measure') return;
+      const started = Date.now();
+      let other: number;
+      let quiet: boolean;
+      for (;;) {
+        other = await otherLoad(SAMPLE_MS, ownPids, signal);
+        quiet = other <= QUIET_CORES;
+        if (quiet || Date.now() - started >= budgetMs - waitedMs) break;
+      }
+      const waited = Date.now() - started;
+      waitedMs += waited;
+      waits.push({ scenario, round: context.round, waitedMs: waited, otherCores: other, quiet });
+      if (!quiet || waited > 300)
+        log(`waited ${(waited / 1000).toFixed(1)} s for other load to drop: ${other.toFixed(2)} cores${quiet ? '' : ' (budget spent, measuring anyway)'}`);
+    },
+    record: () => ({ budgetMs, waitedMs, waits }),
+  };
 }

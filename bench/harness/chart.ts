@@ -1,26 +1,13 @@
 /**
- * A dependency-free SVG chart of benchmark summary rows: two horizontal bar
- * panels side by side, sharing one scenario label per row — left the rate
- * (handshakes, requests or signs per second), right the server CPU µs per
- * unit — each bar labelled with its value.
- *
- * Rows are grouped by benchmark and bars are scaled within their group: a
- * handshake rate (hundreds per second) and a keep-alive request rate
- * (thousands) on one axis would leave the handshake bars invisible, and the
- * units differ anyway. Each group's heading says what one unit is.
- *
- * The SVG is static (no script, no external font or style), has a white
- * background so it reads on GitHub's dark theme too, and every piece of text
- * is XML-escaped: labels come from result files.
+ * A dependency-free SVG chart of summary rows: per row, the rate (left panel) and the server CPU µs per unit (right),
+ * each bar labelled. Bars are scaled within each benchmark's group: a handshake rate (hundreds per second) beside a
+ * keep-alive rate (thousands) would vanish, and the units differ anyway. Static (no script, font or external style),
+ * on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
  */
 import type { SummaryRow, WorkUnit } from './summary.js';
 
-export interface ChartInput {
-  readonly title: string;
-  /** One line under the title, e.g. the machine and date. */
-  readonly subtitle?: string;
-  readonly rows: readonly SummaryRow[];
-}
+/** The subtitle is one line under the title, e.g. the machine and date. */
+export type ChartInput = { readonly title: string; readonly subtitle?: string; readonly rows: readonly SummaryRow[] };
 
 /** Text for XML character data and attribute values. */
 export function escapeXml(text: string): string {
@@ -56,11 +43,7 @@ function formatValue(value: number): string {
 /** The SVG document for `input`; rows keep their order within each group, groups their first appearance. */
 export function renderChart(input: ChartInput): string {
   const groups = new Map<string, SummaryRow[]>();
-  for (const row of input.rows) {
-    const list = groups.get(row.bench) ?? [];
-    list.push(row);
-    groups.set(row.bench, list);
-  }
+  for (const row of input.rows) groups.set(row.bench, [...(groups.get(row.bench) ?? []), row]);
   const panelX: readonly [number, number] = [W.margin + W.label, W.margin + W.label + W.panel + W.value + W.gap];
   const width = panelX[1] + W.panel + W.value + W.margin;
   const out: string[] = [];

@@ -1,47 +1,32 @@
 /**
- * The benchmarks' command lines: one table per bench, built mostly from the
- * shared entries below (--quick, --out, --rounds, --measure, --warmup, CPU
- * pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
- * node:util parseArgs, checked (numbers, choices) with errors that name the
- * flag, and printed as --help from the same table, so usage and parser never
- * drift. A value given in `quick` applies under --quick when the flag is absent.
+ * The benchmarks' command lines: one table per bench, built mostly from the shared entries below (--quick, --out,
+ * --rounds, --measure, --warmup, CPU pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
+ * node:util parseArgs, checked (numbers, choices) with errors that name the flag, and printed as --help from the same
+ * table, so usage and parser never drift. A value given in `quick` applies under --quick when the flag is absent.
  */
 import { parseArgs } from 'node:util';
 import { onlineCpus } from './procs.js';
 
+/** One option: its kind, its --help text and the placeholder shown after the flag (N, SEC, LIST). */
 interface BaseOpt {
   readonly help: string;
-  /** Shown after the flag in --help, e.g. N, SEC, LIST. */
   readonly arg?: string;
 }
-export interface FlagOpt extends BaseOpt {
-  readonly kind: 'flag';
-}
-export interface NumberOpt extends BaseOpt {
-  readonly kind: 'number';
-  readonly def?: number;
-  readonly quick?: number;
-  readonly min: number;
-  readonly integer?: boolean;
-}
-export interface StringOpt extends BaseOpt {
-  readonly kind: 'string';
-  readonly def?: string;
-  readonly quick?: string;
-  readonly choices?: readonly string[];
-}
+export type FlagOpt = BaseOpt & { readonly kind: 'flag' };
+export type NumberOpt = BaseOpt & { readonly kind: 'number'; readonly def?: number; readonly quick?: number; readonly min: number; readonly integer?: boolean };
+export type StringOpt = BaseOpt & { readonly kind: 'string'; readonly def?: string; readonly quick?: string; readonly choices?: readonly string[] };
 export type Opt = FlagOpt | NumberOpt | StringOpt;
 export type OptTable = Readonly<Record<string, Opt>>;
 
 type ValueOf<O> = O extends FlagOpt
   ? boolean
-  : O extends NumberOpt
-    ? O extends { def: number }
-      ? number
-      : number | undefined
-    : O extends { def: string }
-      ? string
-      : string | undefined;
+  : O extends { def: number }
+    ? number
+    : O extends NumberOpt
+      ? number | undefined
+      : O extends { def: string }
+        ? string
+        : string | undefined;
 export type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
 
 /** Shared entries; a bench calls the functions with its own defaults. */
@@ -110,21 +95,15 @@ export function parseCli<T extends OptTable>(command: string, table: T, argv: re
     process.stdout.write(usage(command, table));
     return undefined;
   }
-  const quick = values.quick === true;
   const out: Record<string, unknown> = {};
   for (const [name, opt] of Object.entries(table)) {
     const given = values[name];
-    if (opt.kind === 'flag') {
-      out[name] = given === true;
-      continue;
-    }
-    const raw = typeof given === 'string' ? given : undefined;
-    if (opt.kind === 'number') {
-      const fallback = quick && opt.quick !== undefined ? opt.quick : opt.def;
-      out[name] = raw === undefined ? fallback : numberValue(raw, `--${name}`, opt.min, opt.integer === true);
-    } else {
-      const value = raw ?? (quick && opt.quick !== undefined ? opt.quick : opt.def);
-      if (value !== undefined && opt.choices !== undefined && !opt.choices.includes(value))
+    const fallback = opt.kind !== 'flag' && values.quick === true && opt.quick !== undefined ? opt.quick : opt.kind === 'flag' ? false : opt.def;
+    if (opt.kind === 'flag') out[name] = given === true;
+    else if (opt.kind === 'number') out[name] = typeof given === 'string' ? numberOption(given, `--${name}`, 0, opt.min, opt.integer) : fallback;
+    else {
+      const value = typeof given === 'string' ? given : fallback;
+      if (typeof value === 'string' && opt.choices !== undefined && !opt.choices.includes(value))
         throw new Error(`--${name} takes ${opt.choices.join(', ')}; got '${value}'`);
       out[name] = value;
     }
@@ -132,15 +111,12 @@ export function parseCli<T extends OptTable>(command: string, table: T, argv: re
   return out as Values<T>;
 }
 
-function numberValue(value: string, name: string, min: number, integer: boolean): number {
+/** `value` as a number of at least `min` (rounded when `integer`), `fallback` when absent; a clear error naming the flag otherwise. */
+export function numberOption(value: string | undefined, name: string, fallback: number, min: number, integer = false): number {
+  if (value === undefined) return fallback;
   const n = Number(value);
   if (!Number.isFinite(n) || n < min) throw new Error(`${name} must be a number >= ${min}, got '${value}'`);
   return integer ? Math.round(n) : n;
-}
-
-/** `value` as a number of at least `min`, `fallback` when absent; a clear error naming the flag otherwise. */
-export function numberOption(value: string | undefined, name: string, fallback: number, min: number): number {
-  return value === undefined ? fallback : numberValue(value, name, min, false);
 }
 
 /** A comma list whose items must be among `known`; duplicates dropped. */

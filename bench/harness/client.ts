@@ -1,14 +1,11 @@
 /**
- * A load client run as its own process (ab, autocannon, h2load): pinned with
- * taskset (which execs it, so the pid is the client's and /proc gives its CPU),
- * its output collected, its report parsed once it exits.
+ * A load client run as its own process (ab, autocannon, h2load): pinned with taskset (which execs it, so the pid is
+ * the client's and /proc gives its CPU), its output collected, its report parsed once it exits.
  *
- * Every wait is bounded: a client can crash mid-run (ab once died of
- * `malloc(): invalid size`) or hang (ab against nginx + p11-kit). `stop()`
- * sends the client's report signal (ab: SIGINT) or none (autocannon and
- * h2load run for a fixed time), waits `graceMs` for it to exit, then SIGKILLs
- * it; `done` then rejects, and harness/rounds.ts records that round of that
- * scenario as failed instead of ending the run.
+ * Every wait is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or hang (ab against
+ * nginx + p11-kit). `stop()` sends the client's report signal (ab: SIGINT) or none (autocannon and h2load run for a
+ * fixed time), waits `graceMs` for it to exit, then SIGKILLs it; `done` then rejects, and harness/rounds.ts records
+ * that round of that scenario as failed instead of ending the run.
  */
 import { spawn } from 'node:child_process';
 

@@ -1,13 +1,8 @@
 /**
- * Comparing two benchmark results, scenario by scenario: how much the rate
- * and the server CPU per unit moved from OLD to NEW, and which scenarios moved
- * by more than a threshold (either way: a speed-up that large is as much worth
- * a look as a slow-down, e.g. a scenario that stopped doing its work).
- *
- * Pure: rows in (bench/harness/summary.ts), a table and a verdict out. Scenarios
- * present in one file only, or skipped in either, are listed but never
- * flagged. The threshold is relative; on this shared machine identical runs
- * differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
+ * Two benchmark results compared scenario by scenario: how much the rate and the server CPU per unit moved from OLD to
+ * NEW, flagged beyond a relative threshold either way (a speed-up that large is as much worth a look, e.g. a scenario
+ * that stopped doing its work). Scenarios in one file only, or skipped, are listed, never flagged. Identical runs on
+ * this shared machine differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
  */
 import { fmt, markdownTable } from './report.js';
 import { rowKey, type SummaryRow } from './summary.js';
@@ -19,13 +14,13 @@ export interface CompareOptions {
 
 export type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
 
+/** One scenario in both files: rate and server CPU µs per unit, old and new, and (new − old) / old (NaN when either is missing). */
 export interface ScenarioChange {
   readonly key: string;
   readonly label: string;
   readonly unit: SummaryRow['unit'];
   readonly oldRate: number;
   readonly newRate: number;
-  /** (new − old) / old; NaN when either is missing. */
   readonly rateChange: number;
   readonly oldCpuUs: number;
   readonly newCpuUs: number;
@@ -35,10 +30,10 @@ export interface ScenarioChange {
   readonly reasons: readonly string[];
 }
 
+/** Every change, and those with status 'moved'. */
 export interface Comparison {
   readonly threshold: number;
   readonly changes: readonly ScenarioChange[];
-  /** The changes with status 'moved'. */
   readonly flagged: readonly ScenarioChange[];
 }
 
@@ -53,34 +48,30 @@ export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readon
   const newer = new Map(newRows.map((r) => [rowKey(r), r]));
   const keys = [...newer.keys(), ...[...older.keys()].filter((k) => !newer.has(k))];
   const changes = keys.map((key): ScenarioChange => {
-    const o = older.get(key);
-    const n = newer.get(key);
-    const rateChange = relativeChange(o?.rate ?? Number.NaN, n?.rate ?? Number.NaN);
-    const cpuChange = relativeChange(o?.serverCpuUs ?? Number.NaN, n?.serverCpuUs ?? Number.NaN);
-    const reasons: string[] = [];
-    let status: ChangeStatus;
-    if (o === undefined) status = 'only-new';
-    else if (n === undefined) status = 'only-old';
-    else if (o.skipped !== undefined || n.skipped !== undefined) status = 'skipped';
-    else {
-      if (Math.abs(rateChange) > options.threshold) reasons.push(`rate ${pct(rateChange)}`);
-      if (Math.abs(cpuChange) > options.threshold) reasons.push(`CPU/unit ${pct(cpuChange)}`);
-      status = reasons.length > 0 ? 'moved' : 'ok';
-    }
-    const row = n ?? o!;
-    return {
-      key,
-      label: row.label,
-      unit: row.unit,
-      oldRate: o?.rate ?? Number.NaN,
-      newRate: n?.rate ?? Number.NaN,
-      rateChange,
-      oldCpuUs: o?.serverCpuUs ?? Number.NaN,
-      newCpuUs: n?.serverCpuUs ?? Number.NaN,
-      cpuChange,
-      status,
-      reasons,
-    };
+    const [o, n] = [older.get(key), newer.get(key)];
+    const [oldRate, newRate, oldCpuUs, newCpuUs] = [o?.rate, n?.rate, o?.serverCpuUs, n?.serverCpuUs].map((v) => v ?? Number.NaN) as [
+      number,
+      number,
+      number,
+      number,
+    ];
+    const [rateChange, cpuChange] = [relativeChange(oldRate, newRate), relativeChange(oldCpuUs, newCpuUs)];
+    const reasons = [
+      ...(Math.abs(rateChange) > options.threshold ? [`rate ${pct(rateChange)}`] : []),
+      ...(Math.abs(cpuChange) > options.threshold ? [`CPU/unit ${pct(cpuChange)}`] : []),
+    ];
+    const status: ChangeStatus =
+      o === undefined
+        ? 'only-new'
+        : n === undefined
+          ? 'only-old'
+          : o.skipped !== undefined || n.skipped !== undefined
+            ? 'skipped'
+            : reasons.length > 0
+              ? 'moved'
+              : 'ok';
+    const { label, unit } = (n ?? o)!;
+    return { key, label, unit, oldRate, newRate, rateChange, oldCpuUs, newCpuUs, cpuChange, status, reasons: status === 'moved' ? reasons : [] };
   });
   return { threshold: options.threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
 }

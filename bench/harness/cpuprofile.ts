@@ -1,13 +1,11 @@
 /**
- * Reading a V8 CPU profile (`node --cpu-prof`, a .cpuprofile JSON file):
- * self and inclusive time per function, so a benchmark can say which source
- * lines cost what per operation.
+ * Reading a V8 CPU profile (`node --cpu-prof`, a .cpuprofile JSON file): self and inclusive time per function, so a
+ * benchmark can say which source lines cost what per operation.
  *
- * Time per sample is taken from `timeDeltas` (the gap before the next
- * sample), not from hit counts times the nominal interval, so a stalled
- * sampler does not skew the shares. "(idle)" is excluded from the totals;
- * "(program)" (native code V8 cannot attribute: libuv, syscalls, native
- * addons without JS frames above them) and "(garbage collector)" are kept.
+ * Time per sample is taken from `timeDeltas` (the gap before the next sample), not from hit counts times the nominal
+ * interval, so a stalled sampler does not skew the shares. "(idle)" is excluded from the totals; "(program)" (native
+ * code V8 cannot attribute: libuv, syscalls, native addons without JS frames above them) and "(garbage collector)" are
+ * kept.
  */
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
@@ -19,28 +17,21 @@ export interface CallFrame {
   readonly columnNumber: number;
 }
 
-export interface ProfileNode {
-  readonly id: number;
-  readonly callFrame: CallFrame;
-  readonly children?: readonly number[];
-}
+export type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
 
-export interface CpuProfile {
+/** `startTime` is µs on V8's monotonic clock: on Linux CLOCK_MONOTONIC, the clock of process.hrtime() in any process. */
+export type CpuProfile = {
   readonly nodes: readonly ProfileNode[];
-  /** µs on V8's monotonic clock: on Linux CLOCK_MONOTONIC, the clock of process.hrtime() in any process. */
   readonly startTime: number;
   readonly samples: readonly number[];
   readonly timeDeltas: readonly number[];
-}
+};
 
 /** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n` in any process of the machine, Linux). */
-export interface ProfileWindow {
-  readonly fromUs: number;
-  readonly toUs: number;
-}
+export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
 
+/** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */
 export interface FunctionCost {
-  /** "name file:line" with the file relative to `root` when given. */
   readonly function: string;
   readonly selfUs: number;
   readonly inclusiveUs: number;
@@ -48,12 +39,8 @@ export interface FunctionCost {
   readonly inclusivePct: number;
 }
 
-export interface ProfileSummary {
-  /** Non-idle sampled time, µs. */
-  readonly busyUs: number;
-  readonly idleUs: number;
-  readonly functions: readonly FunctionCost[];
-}
+/** Non-idle and idle sampled time, µs, and the cost of every function. */
+export type ProfileSummary = { readonly busyUs: number; readonly idleUs: number; readonly functions: readonly FunctionCost[] };
 
 function frameKey(frame: CallFrame, root: string | undefined): string {
   const name = frame.functionName === '' ? '(anonymous)' : frame.functionName;

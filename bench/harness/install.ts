@@ -1,12 +1,9 @@
 /**
- * The benchmarks' one installer of Debian packages (nginx, caddy, ab,
- * libengine-pkcs11-openssl, p11-kit): find a binary, or as root with apt-get
- * install what is missing (an `apt-get update` only when the first attempt
- * fails), or say why not. A comparison that cannot run is skipped with that
- * reason, never a crash. apt may start a package's system service (Debian's
- * postinst does unless a policy-rc.d forbids it); the benches run their own
- * instance with their own config, so a service started by an install is
- * stopped again.
+ * The benchmarks' one installer of Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): find a
+ * binary, or as root with apt-get install what is missing (an `apt-get update` only when the first attempt fails), or
+ * say why not. A comparison that cannot run is skipped with that reason, never a crash. apt may start a package's
+ * system service (Debian's postinst does unless a policy-rc.d forbids it); the benches run their own instance with
+ * their own config, so a service started by an install is stopped again.
  */
 import { execFileSync } from 'node:child_process';
 

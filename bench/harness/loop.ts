@@ -1,13 +1,11 @@
 /**
- * The bookkeeping every closed-loop load of the benches shares (signing loads
- * of keyserver-sign, the resuming and ALPN clients of handshake): a fixed
- * number of loops, each starting its next operation when the last one ends;
- * completed / failed counts, the first error, per-operation latency while
- * `recording`, and a stop that resolves once the last loop has ended.
+ * The bookkeeping every closed-loop load of the benches shares (signing loads of keyserver-sign, the resuming and ALPN
+ * clients of handshake): a fixed number of loops, each starting its next operation when the last one ends; completed /
+ * failed counts, the first error, per-operation latency while `recording`, and a stop that resolves once the last loop
+ * has ended.
  *
- * A subclass starts its loops in `begin()` (setting `outstanding` to their
- * number), reports each operation with `done()` and calls `retire()` when a
- * loop does not go on. Single-threaded, in the bench process.
+ * A subclass starts its loops in `begin()` (setting `outstanding` to their number), reports each operation with
+ * `done()` and calls `retire()` when a loop does not go on. Single-threaded, in the bench process.
  */
 import { LatencyRecorder } from './stats.js';
 

@@ -1,8 +1,7 @@
 /**
- * What a benchmark ran on, for the results file: the figures mean little
- * without the CPU, the core count, the runtime and the crypto library.
- * Everything here is cheap; anything that cannot be read is left undefined
- * rather than failing the run.
+ * What a benchmark ran on, for the results file: the figures mean little without the CPU, the core count, the runtime
+ * and the crypto library. Everything here is cheap; anything that cannot be read is left undefined rather than failing
+ * the run.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';

@@ -1,7 +1,6 @@
 /**
- * Ctrl-C for a benchmark process: the first SIGINT/SIGTERM aborts `signal`,
- * so the bench stops what it started and exits 130; a second one cleans up
- * and exits at once. `cleanup` also runs when the process exits.
+ * Ctrl-C for a benchmark process: the first SIGINT/SIGTERM aborts `signal`, so the bench stops what it started and
+ * exits 130; a second one cleans up and exits at once. `cleanup` also runs when the process exits.
  *
  * One per process (a benchmark's main): `runBench` reads whether it fired.
  */

@@ -1,11 +1,9 @@
 /**
- * Other Node majors for the benches' Node servers (--node 20,22,24): the
- * machine's own node stays as it is; another major is the npm package
- * `node@<major>` (the official binaries) installed once with npm into
- * ~/.cache/keyedge-bench/node-<major>, and its binary used in place of
- * process.execPath. The product's native parts are N-API (the keyless
- * bridge) and load on every major; whether they work there is for the run
- * to show (a server that does not start is skipped with its log's tail).
+ * Other Node majors for the benches' Node servers (--node 20,22,24): the machine's own node stays as it is; another
+ * major is the npm package `node@<major>` (the official binaries) installed once with npm into
+ * ~/.cache/keyedge-bench/node-<major>, and its binary used in place of process.execPath. The product's native parts
+ * are N-API (the keyless bridge) and load on every major; whether they work there is for the run to show (a server
+ * that does not start is skipped with its log's tail).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';

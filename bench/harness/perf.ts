@@ -1,15 +1,12 @@
 /**
- * `perf record` of server processes during a measurement window, and the
- * report bench/handshake/main.ts --perf makes of it: where the CPU of a handshake
- * goes, per process, per binary (node = V8 + OpenSSL, which node links
- * statically; the kernel; the keyless addon), per native symbol, and per
- * JavaScript function (inclusive).
+ * `perf record` of server processes during a measurement window, and the report bench/handshake/main.ts --perf makes
+ * of it: where the CPU of a handshake goes, per process, per binary (node = V8 + OpenSSL, which node links statically;
+ * the kernel; the keyless addon), per native symbol, and per JavaScript function (inclusive).
  *
- * Sampling is on-CPU (cpu-clock), so unlike `node --cpu-prof` (which samples
- * the main thread by wall clock) a worker blocked in the keyless RPC's poll()
- * costs nothing here, and native code (OpenSSL, libuv, the kernel) is seen.
- * JavaScript names need the servers started with `--perf-basic-prof`, which
- * makes V8 write /tmp/perf-<pid>.map; `removePerfMaps` deletes them.
+ * Sampling is on-CPU (cpu-clock), so unlike `node --cpu-prof` (which samples the main thread by wall clock) a worker
+ * blocked in the keyless RPC's poll() costs nothing here, and native code (OpenSSL, libuv, the kernel) is seen.
+ * JavaScript names need the servers started with `--perf-basic-prof`, which makes V8 write /tmp/perf-<pid>.map;
+ * `removePerfMaps` deletes them.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { readdirSync, rmSync } from 'node:fs';
@@ -97,14 +94,6 @@ export interface PerfSummary {
 
 export async function summarizePerf(file: string, hz: number, labels: ReadonlyMap<number, string>, limit = 30): Promise<PerfSummary> {
   const byThread = parseSelf(await report(file, ['--no-children', '--sort', 'pid']));
-  const grouped = new Map<string, PerfLine>();
-  for (const l of byThread) {
-    const tid = Number(/^(\d+):/.exec(l.name)?.[1]);
-    const name = labels.get(tid) ?? `thread ${l.name}`;
-    const prev = grouped.get(name);
-    grouped.set(name, { name, pct: (prev?.pct ?? 0) + l.pct, samples: (prev?.samples ?? 0) + l.samples });
-  }
-  const byProcess = [...grouped.values()].sort((a, b) => b.pct - a.pct);
   const byBinary = parseSelf(await report(file, ['--no-children', '--sort', 'dso']));
   const bySymbol = parseSelf(await report(file, ['--no-children', '--sort', 'dso,sym'])).slice(0, limit);
   // Children: "children% self% samples [.] symbol".
@@ -113,22 +102,26 @@ export async function summarizePerf(file: string, hz: number, labels: ReadonlyMa
     const m = /^\s+([\d.]+)%\s+[\d.]+%\s+(\d+)\s+\[.\]\s+(JS:.*\S)\s*$/.exec(line);
     if (m !== null) jsInclusive.push({ pct: Number(m[1]), samples: Number(m[2]), name: m[3]! });
   }
-  // The same function appears once per process (and per tier): merge by name without the tier mark.
-  const merged = new Map<string, PerfLine>();
-  for (const l of jsInclusive) {
-    const name = l.name.replace(/^JS:[*^~+]?/, '');
-    const prev = merged.get(name);
-    merged.set(name, { name, pct: (prev?.pct ?? 0) + l.pct, samples: (prev?.samples ?? 0) + l.samples });
-  }
-  const samples = byThread.reduce((n, l) => n + l.samples, 0);
   return {
-    samples,
+    samples: byThread.reduce((n, l) => n + l.samples, 0),
     hz,
-    byProcess,
+    byProcess: merged(byThread, (name) => labels.get(Number(/^(\d+):/.exec(name)?.[1])) ?? `thread ${name}`),
     byBinary,
     bySymbol,
-    jsInclusive: [...merged.values()].sort((a, b) => b.pct - a.pct).slice(0, limit),
+    // The same function appears once per process (and per tier): merged by name without the tier mark.
+    jsInclusive: merged(jsInclusive, (name) => name.replace(/^JS:[*^~+]?/, '')).slice(0, limit),
   };
+}
+
+/** Lines summed by `nameOf(line.name)`, largest share first. */
+function merged(lines: readonly PerfLine[], nameOf: (name: string) => string): PerfLine[] {
+  const out = new Map<string, PerfLine>();
+  for (const l of lines) {
+    const name = nameOf(l.name);
+    const prev = out.get(name);
+    out.set(name, { name, pct: (prev?.pct ?? 0) + l.pct, samples: (prev?.samples ?? 0) + l.samples });
+  }
+  return [...out.values()].sort((a, b) => b.pct - a.pct);
 }
 
 /** Deletes the /tmp/perf-<pid>.map files V8 wrote for `--perf-basic-prof`. */

@@ -1,50 +1,43 @@
 /**
- * CPU time of other processes, read from /proc (Linux only).
+ * CPU time of processes and of the machine, read from /proc (Linux only).
  *
- * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's
- * user and system time, all threads included, in clock ticks (usually 100 per
- * second, so 10 ms resolution: measure windows of a second or more).
- * `/proc/<pid>/task/<tid>/stat` gives the same per thread, which separates a
- * Node process's main thread (tid = pid: JavaScript, syscalls) from its other
- * threads (libuv pool: PKCS#11 calls; V8 helpers: GC, compilation).
- *
- * For the calling process itself use `process.cpuUsage()` (microsecond
- * resolution); `selfCpu()` wraps it in the same shape.
+ * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's user and system time, all threads
+ * included, in clock ticks (usually 100 per second, so 10 ms resolution: measure windows of a second or more).
+ * `/proc/<pid>/task/<tid>/stat` gives the same per thread, which separates a Node process's main thread (tid = pid:
+ * JavaScript, syscalls) from its other threads (libuv pool: PKCS#11 calls; V8 helpers: GC, compilation). For the
+ * calling process itself `selfCpu()` uses process.cpuUsage() (µs resolution).
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
+/** Microseconds of user and of system (kernel) time. */
 export interface CpuTimes {
-  /** Microseconds of user time. */
   readonly userUs: number;
-  /** Microseconds of system (kernel) time. */
   readonly systemUs: number;
 }
 
-let ticksPerSecond: number | undefined;
+let usPerTick: number | undefined;
 
-/** sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 if that fails (the Linux value everywhere in practice). */
-export function clockTicksPerSecond(): number {
-  if (ticksPerSecond === undefined) {
+/** 1e6 / sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 ticks a second if that fails (the Linux value in practice). */
+function tickUs(): number {
+  if (usPerTick === undefined) {
+    let ticks = 100;
     try {
-      const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).trim());
-      ticksPerSecond = Number.isInteger(n) && n > 0 ? n : 100;
+      ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).trim());
     } catch {
-      ticksPerSecond = 100;
+      // keep 100
     }
+    usPerTick = 1e6 / (Number.isInteger(ticks) && ticks > 0 ? ticks : 100);
   }
-  return ticksPerSecond;
+  return usPerTick;
 }
 
-/** utime and stime from the text of a /proc stat file. The command name may hold spaces and ')', so fields are counted from the last ')'. */
-export function parseStat(text: string): CpuTimes {
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // rest[0] is field 3 (state), so field n is rest[n - 3].
-  const utime = Number(rest[14 - 3]);
-  const stime = Number(rest[15 - 3]);
+/** utime and stime from a /proc stat file. The command name may hold spaces and ')': fields count from the last ')'. */
+function parseStat(text: string): CpuTimes {
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' '); // rest[0] is field 3 (state): field n is rest[n - 3]
+  const [utime, stime] = [Number(rest[14 - 3]), Number(rest[15 - 3])];
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`unexpected /proc stat format: ${text.slice(0, 80)}`);
-  const usPerTick = 1e6 / clockTicksPerSecond();
-  return { userUs: utime * usPerTick, systemUs: stime * usPerTick };
+  return { userUs: utime * tickUs(), systemUs: stime * tickUs() };
 }
 
 /** The whole process's CPU time (all threads, living and exited). */
@@ -52,10 +45,9 @@ export function procCpu(pid: number): CpuTimes {
   return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
+/** The main thread (tid = pid) and all other threads currently alive, summed. */
 export interface ThreadCpu {
-  /** The main thread (tid = pid). */
   readonly main: CpuTimes;
-  /** All other threads currently alive, summed. */
   readonly others: CpuTimes;
 }
 
@@ -64,14 +56,13 @@ export function threadCpu(pid: number): ThreadCpu {
   let main: CpuTimes = { userUs: 0, systemUs: 0 };
   let others: CpuTimes = { userUs: 0, systemUs: 0 };
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let times: CpuTimes;
     try {
-      times = parseStat(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
+      const times = parseStat(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
+      if (Number(tid) === pid) main = times;
+      else others = add(others, times);
     } catch {
-      continue; // the thread exited while we looked
+      // the thread exited while we looked
     }
-    if (Number(tid) === pid) main = times;
-    else others = add(others, times);
   }
   return { main, others };
 }
@@ -82,34 +73,21 @@ export function selfCpu(): CpuTimes {
   return { userUs: u.user, systemUs: u.system };
 }
 
-export function add(a: CpuTimes, b: CpuTimes): CpuTimes {
-  return { userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs };
-}
+export const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
+export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
+export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
 
-export function delta(before: CpuTimes, after: CpuTimes): CpuTimes {
-  return { userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs };
-}
-
-export function totalUs(t: CpuTimes): number {
-  return t.userUs + t.systemUs;
-}
-
+/** µs of CPU, summed over all CPUs: busy (anything but idle and iowait), idle, and steal (the hypervisor ran something else; 0 where not accounted). */
 export interface MachineCpu {
-  /** Microseconds of CPU time spent on anything but idle and iowait, summed over all CPUs. */
   readonly busyUs: number;
   readonly idleUs: number;
-  /** Time the hypervisor ran something else (0 where the kernel does not account it). */
   readonly stealUs: number;
 }
 
-/** Whole-machine CPU time from the first line of /proc/stat (all CPUs summed). */
+/** Whole-machine CPU time from the first line of /proc/stat. */
 export function machineCpu(): MachineCpu {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-  const [, user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).map(Number);
-  const usPerTick = 1e6 / clockTicksPerSecond();
-  return {
-    busyUs: ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0)) * usPerTick,
-    idleUs: ((idle ?? 0) + (iowait ?? 0)) * usPerTick,
-    stealUs: (steal ?? 0) * usPerTick,
-  };
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+  const us = (...ticks: (number | undefined)[]) => ticks.reduce<number>((n, t) => n + (t ?? 0), 0) * tickUs();
+  return { busyUs: us(user, nice, system, irq, softirq), idleUs: us(idle, iowait), stealUs: us(steal) };
 }

@@ -1,36 +1,25 @@
 /**
- * Process trees for bench/handshake/main.ts: the CPU time of a server that is more
- * than one process (a cluster primary and its workers), CPU affinity, and
- * CPU snapshots of several such trees plus the whole machine at one instant.
+ * Process trees for bench/handshake/main.ts: the CPU time of a server that is more than one process (a cluster primary
+ * and its workers), CPU affinity, and CPU snapshots of several such trees plus the whole machine at one instant.
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { add, type CpuTimes, delta, machineCpu, type MachineCpu, procCpu, selfCpu, totalUs } from './proc-cpu.js';
 
-/** Parent pid of every process, from /proc/<pid>/stat field 4. */
-function parents(): Map<number, number> {
-  const out = new Map<number, number>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
+/** `root` and all its living descendants (parent pids from /proc/<pid>/stat field 4). */
+export function processTree(root: number): number[] {
+  const ppids = new Map<number, number>();
+  for (const name of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     try {
       const text = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const ppid = Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]);
-      out.set(Number(name), ppid);
+      ppids.set(Number(name), Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]));
     } catch {
       // exited while we looked
     }
   }
-  return out;
-}
-
-/** `root` and all its living descendants. */
-export function processTree(root: number): number[] {
-  const ppids = parents();
   const tree = [root];
-  for (let i = 0; i < tree.length; i++) {
-    for (const [pid, ppid] of ppids) if (ppid === tree[i]) tree.push(pid);
-  }
+  for (let i = 0; i < tree.length; i++) for (const [pid, ppid] of ppids) if (ppid === tree[i]) tree.push(pid);
   return tree;
 }
 

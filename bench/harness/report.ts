@@ -1,8 +1,7 @@
 /**
- * Writing a benchmark's results: one JSON file with everything (machine,
- * settings, every round's figures) for later comparison, and one Markdown
- * file with the summary table for humans, both named
- * `<YYYY-MM-DD>-<name>.{json,md}` in the output directory.
+ * Writing a benchmark's results: one JSON file with everything (machine, settings, every round's figures) for later
+ * comparison, and one Markdown file with the summary table for humans, both named `<YYYY-MM-DD>-<name>.{json,md}` in
+ * the output directory.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';

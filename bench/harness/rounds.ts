@@ -1,23 +1,13 @@
 /**
- * Warm-up, then rounds: the measuring method for a noisy machine.
+ * Warm-up, then interleaved rounds: the measuring method for a noisy machine. Identical runs differ by 10-25% and the
+ * noise drifts over minutes (neighbours, heat, frequency), so measuring A for a minute then B would turn drift into a
+ * difference. Every scenario runs several short times instead, round r in an order rotated by r and reversed on odd
+ * rounds, so drift hits all alike and none always follows the same neighbour; callers report the median and the
+ * min-max spread. Warm-up runs each once first, discarded (JIT, connections, token sessions, CPU frequency).
  *
- * On a shared machine two identical runs differ by 10-25%, and the noise
- * drifts over minutes (neighbours, thermal and frequency changes). Measuring
- * scenario A for a minute and then B for a minute would turn that drift into
- * a difference between A and B. Instead every scenario is measured several
- * times for a few seconds, interleaved: round r runs the scenarios in an
- * order rotated by r and reversed on odd rounds (A B C, C B A... shifted), so
- * slow drift hits all of them alike and no scenario always follows the same
- * neighbour. The caller reports the median per scenario and the min-max
- * spread, which shows how far to trust it.
- *
- * Warm-up runs each scenario once first (results discarded): JIT, connection
- * set-up, token session caches, CPU frequency.
- *
- * With `failSoft`, a run that throws or outlives its deadline (a client that
- * crashed or hung, harness/client.ts) costs that round of that scenario: it is
- * recorded in `failures`, its signal aborted so it stops its client, and the
- * rounds go on. Only the caller's own signal (Ctrl-C) ends them.
+ * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client, harness/client.ts) costs that
+ * round of that scenario: recorded in `failures`, its signal aborted so it stops its client; only the caller's own
+ * signal (Ctrl-C) ends the rounds.
  */
 
 export interface RunContext {
@@ -42,10 +32,7 @@ export interface RoundsOptions<R> {
   readonly signal?: AbortSignal;
   /** Awaited before every run (warm-up included), e.g. to wait for a quiet machine. */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
-  /**
-   * Extra rounds after `rounds`, at most `max`, run while `needed` says the
-   * results so far are not enough (e.g. too few uncontended windows).
-   */
+  /** Extra rounds after `rounds`, at most `max`, run while `needed` says the results so far are not enough (e.g. too few uncontended windows). */
   readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
   /** Called after every run (warm-up included), e.g. for progress lines. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;

@@ -1,13 +1,11 @@
 /**
- * Processes and ports for the handshake benchmark's servers: free ports below
- * the ephemeral range, servers started detached as their own process group
- * (so a cluster primary and its workers, or nginx and its helpers, die
- * together), readiness polling, and a small HTTP GET for admin endpoints.
+ * Processes and ports for the benches' servers: free ports below the ephemeral range (also drawn by the tests,
+ * test/helpers/proxy-lab.ts), servers started detached as their own process group (so a cluster primary and its
+ * workers, or nginx and its helpers, die together), readiness polling, and a small HTTP GET for admin endpoints.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { childEnv } from '../lab/keyserver.js';
 
 export interface ManagedProcess {
   readonly name: string;
@@ -23,6 +21,12 @@ export interface ManagedProcess {
   tail(lines?: number): string;
 }
 
+/** The environment of keyedge children: the embedded token sets SOFTHSM2_CONF itself, and the bench's Node options must not reach the servers it measures. */
+export function childEnv(): NodeJS.ProcessEnv {
+  const { SOFTHSM2_CONF: _conf, NODE_OPTIONS: _options, ...env } = process.env;
+  return env;
+}
+
 /** Binds 127.0.0.1:port (0: the kernel picks) and releases it; resolves with the port, or undefined when taken. */
 async function tryPort(port: number): Promise<number | undefined> {
   const server = net.createServer();
@@ -36,23 +40,28 @@ async function tryPort(port: number): Promise<number | undefined> {
   return chosen;
 }
 
+const handedOut = new Set<number>();
+
 /**
- * A free port below the kernel's ephemeral range: the servers bind it a few seconds later, and a port from the
- * ephemeral range (what listen(0) hands out) can be taken meanwhile by any outgoing connection (ab opens thousands).
+ * A free port below the kernel's ephemeral range, never the same twice in a process: the servers bind it a few seconds
+ * later, and a port from the ephemeral range (what listen(0) hands out) can be taken meanwhile by any outgoing
+ * connection (ab opens thousands; a red CI once: EADDRINUSE on a proxy's port). Without `slice`: anywhere from 20000 up
+ * to the ephemeral range, 50 tries, then any port. With `slice` (a vitest worker's, 0-3): only 20000 + slice × 3000
+ * and the 3000 above, until one is free, so test files running side by side never pick the same.
  */
-export async function freePort(): Promise<number> {
+export async function freePort(slice?: number): Promise<number> {
   let low = 32768;
   try {
     low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
   } catch {
     // not Linux: use the default range start
   }
-  const from = 20_000;
-  if (low - from > 1000) {
-    for (let i = 0; i < 50; i++) {
-      const port = await tryPort(from + Math.floor(Math.random() * (low - from)));
-      if (port !== undefined) return port;
-    }
+  const [from, width] = slice === undefined ? [20_000, low - 20_000] : [20_000 + slice * 3000, 3000];
+  for (let i = 0; slice !== undefined || (width > 1000 && i < 50); i++) {
+    const port = from + Math.floor(Math.random() * width);
+    if (handedOut.has(port) || (await tryPort(port)) === undefined) continue;
+    handedOut.add(port);
+    return port;
   }
   const port = await tryPort(0);
   if (port === undefined) throw new Error('no free port');
@@ -60,8 +69,8 @@ export async function freePort(): Promise<number> {
 }
 
 /**
- * Starts `command` detached (its own process group) with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8
- * logs, land there), with `extraEnv` over the bench's child environment.
+ * Starts `command` with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there), with
+ * `extraEnv` over the bench's child environment; `detached` (the default): its own process group, killed whole.
  */
 export function spawnManaged(
   name: string,
@@ -70,29 +79,24 @@ export function spawnManaged(
   cpus: string | undefined,
   cwd: string,
   extraEnv: Readonly<Record<string, string>> = {},
+  detached = true,
 ): ManagedProcess {
   const full = cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command];
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
-    // detached: its own process group, so the group can be killed at once (cluster workers included).
-    child = spawn(full[0]!, full.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: { ...childEnv(), ...extraEnv }, cwd });
+    child = spawn(full[0]!, full.slice(1), { detached, stdio: ['ignore', fd, fd], env: { ...childEnv(), ...extraEnv }, cwd });
   } finally {
     closeSync(fd);
   }
   const pid = child.pid ?? -1;
   let exited = false;
-  const exit = new Promise<void>((resolve) =>
-    child.once('exit', () => {
-      exited = true;
-      resolve();
-    }),
-  );
+  const exit = new Promise<void>((resolve) => child.once('exit', () => resolve(void (exited = true))));
   child.once('error', () => undefined);
   const kill = () => {
-    if (pid <= 0) return;
     try {
-      process.kill(-pid, 'SIGKILL');
+      if (pid > 0 && detached) process.kill(-pid, 'SIGKILL');
+      else if (!exited) child.kill('SIGKILL');
     } catch {
       // gone already
     }
@@ -129,16 +133,11 @@ export function spawnManaged(
 /** Polls `check` (a throw counts as not yet) every `pollMs` until true; fails when `process` exits or after `timeoutMs`, with its log's tail. */
 export async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, process?: ManagedProcess, pollMs = 100): Promise<void> {
   const started = Date.now();
+  const tail = () => (process ? `\n--- ${process.logFile} ---\n${process.tail()}` : '');
   for (;;) {
-    if (
-      await Promise.resolve()
-        .then(check)
-        .catch(() => false)
-    )
-      return;
-    if (process?.exited()) throw new Error(`${what}: the process exited\n--- ${process.logFile} ---\n${process.tail()}`);
-    if (Date.now() - started > timeoutMs)
-      throw new Error(`${what}: not ready within ${timeoutMs} ms${process ? `\n--- ${process.logFile} ---\n${process.tail()}` : ''}`);
+    if (await (async () => check())().catch(() => false)) return;
+    if (process?.exited()) throw new Error(`${what}: the process exited${tail()}`);
+    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${tail()}`);
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
 }
@@ -149,12 +148,6 @@ export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: 
 }
 
 export function tcpOpen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
+  const socket = net.connect(port, '127.0.0.1');
+  return new Promise<boolean>((resolve) => socket.once('connect', () => resolve(true)).once('error', () => resolve(false))).finally(() => socket.destroy());
 }

@@ -1,10 +1,9 @@
 /**
- * Small statistics for benchmark figures: median, percentiles, spread, and a
- * latency recorder cheap enough to run on every request.
+ * Small statistics for benchmark figures: median, percentiles, spread, and a latency recorder cheap enough to run on
+ * every request.
  *
- * Percentiles use the nearest-rank method (the smallest value with at least
- * p% of the samples at or below it), so a reported p99 is always a latency
- * some request actually had.
+ * Percentiles use the nearest-rank method (the smallest value with at least p% of the samples at or below it), so a
+ * reported p99 is always a latency some request actually had.
  */
 
 /** Median of `values` (mean of the two middle ones for an even count); NaN when empty. */
@@ -22,19 +21,11 @@ export function percentileSorted(sorted: ArrayLike<number>, p: number): number {
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
 }
 
-/** Nearest-rank percentile (p in 0..100) of unsorted values. */
-export function percentile(values: readonly number[], p: number): number {
-  return percentileSorted(
-    [...values].sort((a, b) => a - b),
-    p,
-  );
-}
-
+/** Median, min, max, n and spreadPct = (max - min) / median in percent: how far apart the rounds were. */
 export interface Spread {
   readonly median: number;
   readonly min: number;
   readonly max: number;
-  /** (max - min) / median, in percent: how far apart the rounds were. */
   readonly spreadPct: number;
   readonly n: number;
 }
@@ -42,9 +33,7 @@ export interface Spread {
 /** Median, min, max and relative spread of per-round figures. */
 export function spread(values: readonly number[]): Spread {
   const finite = values.filter((v) => Number.isFinite(v));
-  const m = median(finite);
-  const min = finite.length > 0 ? Math.min(...finite) : Number.NaN;
-  const max = finite.length > 0 ? Math.max(...finite) : Number.NaN;
+  const [m, min, max] = finite.length > 0 ? [median(finite), Math.min(...finite), Math.max(...finite)] : [Number.NaN, Number.NaN, Number.NaN];
   return { median: m, min, max, spreadPct: m > 0 ? ((max - min) / m) * 100 : Number.NaN, n: finite.length };
 }
 
@@ -65,10 +54,6 @@ export class LatencyRecorder {
   #samples = new Float64Array(1 << 14);
   #count = 0;
 
-  get count(): number {
-    return this.#count;
-  }
-
   record(us: number): void {
     if (this.#count === this.#samples.length) {
       const bigger = new Float64Array(this.#samples.length * 2);
@@ -76,6 +61,10 @@ export class LatencyRecorder {
       this.#samples = bigger;
     }
     this.#samples[this.#count++] = us;
+  }
+
+  get count(): number {
+    return this.#count;
   }
 
   reset(): void {

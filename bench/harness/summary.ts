@@ -1,13 +1,8 @@
 /**
- * The one-row-per-scenario summary every benchmark's JSON carries next to its
- * detailed figures, and the reading of it back from any result file.
- *
- * Each benchmark names its rate after what it counts (handshakesPerSecond,
- * requestsPerSecond, signsPerSecond) and its CPU figure likewise
- * (serverCpuUsPerHandshake, ...). `readSummary` turns any of them, and a suite
- * file, into `SummaryRow`s with a neutral `rate` and `serverCpuUs`, which is
- * what the suite table, the chart and `compare` work on. Files written before
- * the `summary` array existed are read from their `scenarios` array.
+ * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, and the reading of it
+ * back: each bench names its rate and CPU after its unit (handshakesPerSecond, serverCpuUsPerRequest, ...);
+ * `readSummary` turns any of them, a suite file, or a file from before `summary` existed (its `scenarios`), into
+ * neutral `SummaryRow`s (`rate`, `serverCpuUs`): what the suite table, the chart and `compare` work on.
  */
 
 /** What one unit of work is, for labels: "handshakes/s", "µs/request". */
@@ -122,23 +117,12 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
   });
 }
 
+/** The figures of a row that measured none: NaN (null in JSON), nothing saturated, no errors. */
+const NO_FIGURES = { rate: NaN, serverCpuUs: NaN, p50Ms: NaN, p99Ms: NaN, clientSaturated: false, errors: 0, spreadPct: NaN, otherCores: NaN };
+
 /** A row of the certificate benches, which measure durations, not rates: p50 and p99 carry them, no rate or CPU. */
 export function durationRow(bench: string, scenario: string, label: string, p50Ms: number, p99Ms: number, errors: number, skipped?: string): SummaryRow {
-  return {
-    bench,
-    scenario,
-    label,
-    unit: 'request',
-    rate: Number.NaN,
-    serverCpuUs: Number.NaN,
-    p50Ms,
-    p99Ms,
-    clientSaturated: false,
-    errors,
-    spreadPct: Number.NaN,
-    otherCores: Number.NaN,
-    ...(skipped === undefined ? {} : { skipped }),
-  };
+  return { bench, scenario, label, unit: 'request', ...NO_FIGURES, p50Ms, p99Ms, errors, ...(skipped === undefined ? {} : { skipped }) };
 }
 
 const ROW_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string]> = {
@@ -156,18 +140,5 @@ export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' 
 
 /** The row of a scenario that did not run. */
 export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
-  const nan = Number.NaN;
-  return benchRow(unit, {
-    scenario,
-    label,
-    rate: nan,
-    serverCpuUs: nan,
-    p50Ms: nan,
-    p99Ms: nan,
-    clientSaturated: false,
-    errors: 0,
-    spreadPct: nan,
-    otherCores: nan,
-    skipped: reason,
-  });
+  return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
 }

@@ -1,9 +1,8 @@
 /**
- * What every bench lab shares (handshake, keepalive, the certificate benches):
- * a temp dir under a KeyserverLab's and the registry of what was started in
- * it (key server, origin, the servers under test by id), with a graceful
- * `stop()` and a synchronous `cleanup()` (SIGKILL to every process group still
- * running, temp dir removed; safe twice, also from an 'exit' handler).
+ * What every bench lab shares (handshake, keepalive, the certificate benches): a temp dir under a KeyserverLab's and
+ * the registry of what was started in it (key server, origin, the servers under test by id), with a graceful `stop()`
+ * and a synchronous `cleanup()` (SIGKILL to every process group still running, temp dir removed; safe twice, also from
+ * an 'exit' handler).
  */
 import https from 'node:https';
 import { join } from 'node:path';

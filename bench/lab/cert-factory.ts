@@ -1,16 +1,12 @@
 /**
- * Certificates for the certificate benchmarks, made in the bench process
- * fast enough for 10,000 of them: a throwaway ECDSA P-256 CA (node:crypto)
- * and leaves for a given public key, DER-encoded here and signed with
- * `crypto.sign` (about 0.1 ms a leaf; openssl per certificate would take
- * minutes, @peculiar/x509 over WebCrypto several seconds).
+ * Certificates for the certificate benchmarks, made in the bench process fast enough for 10,000 of them: a throwaway
+ * ECDSA P-256 CA (node:crypto) and leaves for a given public key, DER-encoded here and signed with `crypto.sign`
+ * (about 0.1 ms a leaf; openssl per certificate would take minutes, @peculiar/x509 over WebCrypto several seconds).
  *
- * The leaves are ordinary RFC 5280 TLS server certificates: v3, a positive
- * 16-byte serial (§4.1.2.2), UTCTime validity (§4.1.2.5.1), critical
- * basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth,
- * subjectAltName dNSNames (RFC 6125 §6.4.4: clients match on these), and
- * subject/authority key identifiers (§4.2.1.1-2) so chain building never
- * falls back to name matching.
+ * The leaves are ordinary RFC 5280 TLS server certificates: v3, a positive 16-byte serial (§4.1.2.2), UTCTime validity
+ * (§4.1.2.5.1), critical basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth, subjectAltName
+ * dNSNames (RFC 6125 §6.4.4: clients match on these), and subject/authority key identifiers (§4.2.1.1-2) so chain
+ * building never falls back to name matching.
  */
 import { createHash, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto';
 

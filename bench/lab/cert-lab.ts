@@ -1,11 +1,8 @@
 /**
- * The set-up of the certificate benches (cert-reload, cert-scale) in one temp
- * dir: a key server (lab/keyserver.ts) with keys from `keyedge key generate`,
- * their public keys read back over the protocol; a throwaway CA
- * (cert-factory.ts) issuing leaves for them; the demo origin; and `keyedge
- * proxy --config <file>` run as an operator runs it (cluster, admin port with
- * a bearer token file, a certificate store), started as often as a bench
- * needs. Proxy logs go to files; `ProxyLog` reads their JSON lines back.
+ * The certificate benches' set-up (cert-reload, cert-scale) in one temp dir: a key server with keys from `keyedge key
+ * generate` (public keys read back over the protocol), a throwaway CA (cert-factory.ts) issuing leaves for them, the
+ * demo origin, and `keyedge proxy --config <file>` run as an operator runs it (cluster, admin port with a bearer token
+ * file, a certificate store), as often as a bench needs; `ProxyLog` reads its JSON log lines back.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -19,13 +16,12 @@ import { processTree } from '../harness/procs.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
 
+/** A token key: `type` as `keyedge key generate --type` takes it, `spki` (DER) as the key server returns it. */
 export interface LabKey {
   readonly id: string;
   readonly title: string;
-  /** `keyedge key generate --type` */
   readonly type: 'ec-p256' | 'rsa-2048';
   readonly keyId: string;
-  /** SubjectPublicKeyInfo, DER, as the key server returns it. */
   readonly spki: Buffer;
 }
 
@@ -40,7 +36,7 @@ export class ProxyLog {
 
   constructor(readonly file: string) {}
 
-  /** Every line so far. */
+  /** Every line so far (reads what was appended since the last call). */
   read(): LogLine[] {
     const text = existsSync(this.file) ? readFileSync(this.file) : Buffer.alloc(0);
     if (text.length <= this.#offset) return this.lines;
@@ -59,9 +55,7 @@ export class ProxyLog {
 
   /** Lines with message `msg`, from index `from` on. */
   find(msg: string, from = 0): LogLine[] {
-    return this.read()
-      .slice(from)
-      .filter((l) => l.msg === msg);
+    return this.read().filter((l, i) => i >= from && l.msg === msg);
   }
 }
 
@@ -84,7 +78,6 @@ export interface ProxyStartOptions {
 export class CertLab extends LabBase {
   /** Issues 90-day certificates: a start logs no expiry warning per entry (100,000 lines at the largest store). */
   readonly ca = new BenchCa('keyedge certificate bench CA', 90);
-  readonly caFile: string;
   readonly tokenFile: string;
   readonly token = randomBytes(24).toString('hex');
   readonly keys = new Map<string, LabKey>();
@@ -95,8 +88,7 @@ export class CertLab extends LabBase {
   ) {
     super(keyserverLab, 'certs-bench', 30_000);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.caFile = join(this.dir, 'ca.pem');
-    writeFileSync(this.caFile, this.ca.pem);
+    writeFileSync(join(this.dir, 'ca.pem'), this.ca.pem);
     this.tokenFile = join(this.dir, 'admin.token');
     writeFileSync(this.tokenFile, `${this.token}\n`, { mode: 0o600 });
   }
@@ -110,7 +102,7 @@ export class CertLab extends LabBase {
       const ids = new Map<string, string>();
       for (const key of keys) ids.set(key.id, await keyserverLab.generateKey(key.type, `bench-${key.id}`));
       lab.keyserver = await keyserverLab.startServer();
-      const client = await KeyserverClient.connect({ unixPath: lab.keyserverSocket });
+      const client = await KeyserverClient.connect({ unixPath: join(keyserverLab.stateDir, 'keyserver.sock') });
       try {
         for (const key of keys) {
           const keyId = ids.get(key.id)!;
@@ -129,10 +121,6 @@ export class CertLab extends LabBase {
     }
   }
 
-  get keyserverSocket(): string {
-    return join(this.keyserverLab.stateDir, 'keyserver.sock');
-  }
-
   key(id: string): LabKey {
     const key = this.keys.get(id);
     if (key === undefined) throw new Error(`no lab key '${id}'`);
@@ -145,7 +133,7 @@ export class CertLab extends LabBase {
     const config = {
       stateDir: this.keyserverLab.stateDir,
       workers: 2,
-      keyserver: { socket: this.keyserverSocket },
+      keyserver: { socket: join(this.keyserverLab.stateDir, 'keyserver.sock') },
       listen: [{ host: '127.0.0.1', port }],
       admin: { host: '127.0.0.1', port: adminPort, tokenFile: this.tokenFile },
       log: { level: 'info' },
@@ -154,11 +142,9 @@ export class CertLab extends LabBase {
   }
 
   /**
-   * Writes the config, starts `keyedge proxy` and resolves once /readyz
-   * answers 200. Another program can take a port between freePort() and the
-   * bind (the workers then fail with EADDRINUSE and are restarted forever):
-   * seen in the log, the proxy is started again on fresh ports, up to three
-   * times; the config's listen[0] and admin ports are the ones to use.
+   * Writes the config, starts `keyedge proxy` and resolves once /readyz answers 200. Another program can take a port between freePort() and the bind (the
+   * workers then fail with EADDRINUSE and are restarted forever): seen in the log, the proxy is started again on fresh ports, up to three times; the
+   * config's listen[0] and admin ports are the ones to use.
    */
   async startProxy(options: ProxyStartOptions) {
     const configFile = join(this.dir, `${options.name}.json`);

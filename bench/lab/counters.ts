@@ -1,8 +1,7 @@
 /**
- * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus
- * text): the proxy's and the in-memory server's handshakes (summed over
- * workers by the cluster primary, prom-client AggregatorRegistry) and the key
- * server's successful signs.
+ * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus text): the proxy's and the
+ * in-memory server's handshakes (summed over workers by the cluster primary, prom-client AggregatorRegistry) and the
+ * key server's successful signs.
  */
 import { httpGet } from '../harness/spawn.js';
 
@@ -21,29 +20,16 @@ export interface HandshakeCounters {
 
 /** Sample lines `name{labels} value` of one metric, labels parsed. */
 export function samples(text: string, name: string): { labels: Record<string, string>; value: number }[] {
-  const out: { labels: Record<string, string>; value: number }[] = [];
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const rest = line.slice(name.length);
-    if (rest[0] !== '{' && rest[0] !== ' ') continue;
-    const labels: Record<string, string> = {};
-    let valueText = rest.trim();
-    if (rest[0] === '{') {
-      const end = rest.indexOf('}');
-      for (const m of rest.slice(1, end).matchAll(/(\w+)="([^"]*)"/g)) labels[m[1]!] = m[2]!;
-      valueText = rest.slice(end + 1).trim();
-    }
-    out.push({ labels, value: Number(valueText.split(' ')[0]) });
-  }
-  return out;
+  return [...text.matchAll(new RegExp(`^${name}(?:\\{([^}]*)\\})? +(\\S+)`, 'gm'))].map((m) => ({
+    labels: Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]])),
+    value: Number(m[2]),
+  }));
 }
 
 export async function readHandshakeCounters(adminPort: number): Promise<HandshakeCounters> {
   const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
   if (status !== 200) throw new Error(`admin :${adminPort}/metrics answered ${status}`);
-  let full = 0;
-  let resumed = 0;
-  let failed = 0;
+  let [full, resumed, failed] = [0, 0, 0];
   for (const s of samples(body, 'keyedge_proxy_tls_handshakes_total')) {
     if (s.labels.result === 'ok') {
       if (s.labels.resumed === 'true') resumed += s.value;

@@ -1,21 +1,19 @@
 /**
- * A throwaway key server for the benches, run as deployed: a temp dir with an
- * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS
- * listener (a private CA with server and client certificates), keys made by
- * `keyedge key generate`, and `node dist/keyedge.cjs keyserver` as a child
- * process with the ManagedProcess interface of the servers under test.
- * `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a
- * server still running, then the temp dir removed.
+ * A throwaway key server for the benches, run as deployed: a temp dir with an embedded SoftHSM2 token, a config with a
+ * unix socket and a mutual-TLS listener (a private CA with server and client certificates), keys made by `keyedge key
+ * generate`, and `node dist/keyedge.cjs keyserver` as a child process with the ManagedProcess interface of the servers
+ * under test. `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a server still running, then the
+ * temp dir removed.
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { type ManagedProcess, waitFor } from '../harness/spawn.js';
+import { childEnv, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
 export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
@@ -98,45 +96,26 @@ export class KeyserverLab {
 
   /**
    * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g.
-   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers
-   * under test (harness/spawn.ts) it stays in the bench's session and process
-   * group, as it always ran here: detaching it would also move it into an
-   * autogroup of its own and change its share of a loaded machine's CPU.
+   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers under test (harness/spawn.ts) it stays in the bench's session and process
+   *   group, as it always ran here: detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
    */
   async startServer(options: { readonly nodeArgs?: readonly string[]; readonly timeoutMs?: number } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
-    const fd = openSync(logFile, 'a');
-    const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], env: childEnv() });
-    closeSync(fd);
-    let exited = false;
-    const exit = new Promise<void>((resolve) => child.once('exit', () => resolve(void (exited = true))));
-    child.once('error', () => undefined);
-    const tail = (lines = 20) =>
-      existsSync(logFile)
-        ? readFileSync(logFile, 'utf8')
-            .split('\n')
-            .slice(-lines - 1)
-            .join('\n')
-        : '';
-    const kill = () => void (exited || child.kill('SIGKILL'));
+    const proc = spawnManaged('key server', command, logFile, undefined, process.cwd(), {}, false);
     const stop = async (graceMs = 5000) => {
-      if (!exited) child.kill('SIGTERM');
-      const timer = setTimeout(kill, graceMs);
-      await exit;
-      clearTimeout(timer);
+      await proc.stop(graceMs);
       if (this.#server === server) this.#server = undefined;
     };
-    const proc = { name: 'key server', pid: child.pid ?? -1, child, logFile, command, exited: () => exited, stop, kill, tail };
-    const server: KeyserverProcess = { ...proc, unixPath: '', tcpPort: 0, output: () => tail(50) };
+    const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
     const readyLine = () => {
-      ready = readFileSync(logFile, 'utf8')
+      const line = readFileSync(logFile, 'utf8')
         .split('\n')
-        .filter((line) => line.includes('"key server ready"'))
-        .map((line) => JSON.parse(line) as typeof ready)[0];
+        .find((l) => l.includes('"key server ready"'));
+      ready = line === undefined ? undefined : (JSON.parse(line) as typeof ready);
       return ready !== undefined;
     };
     try {
@@ -161,14 +140,6 @@ export class KeyserverLab {
     this.#server?.kill();
     if (!keepTemp) rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-/** The environment of keyedge children: the embedded token sets SOFTHSM2_CONF itself, and the bench's Node options must not reach the servers it measures. */
-export function childEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  delete env.SOFTHSM2_CONF;
-  delete env.NODE_OPTIONS;
-  return env;
 }
 
 /** A private CA (P-256), a server certificate for localhost and 127.0.0.1, and a client certificate, with the openssl CLI. */

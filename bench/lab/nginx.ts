@@ -1,15 +1,13 @@
 /**
- * nginx, the reference TLS terminator of the handshake bench, holding the same
- * keys three ways: `file` (a PEM key file), `engine` (the key server's SoftHSM2
- * token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same engine
- * on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the
- * key behind a local socket, the deployment keyless competes with).
+ * nginx, the reference TLS terminator of the handshake bench, holding the same keys three ways: `file` (a PEM key
+ * file), `engine` (the key server's SoftHSM2 token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same
+ * engine on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the key behind a local socket, the
+ * deployment keyless competes with).
  *
- * Every nginx is one process (`master_process off`): libp11 does not survive
- * nginx's fork of the worker after the master loaded the key (libp11 issues
- * #156, #195), and the file variant runs the same way so the three compare.
- * The user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600
- * file in the temp dir: never a command line, the environment or a log.
+ * Every nginx is one process (`master_process off`): libp11 does not survive nginx's fork of the worker after the
+ * master loaded the key (libp11 issues #156, #195), and the file variant runs the same way so the three compare. The
+ * user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir: never a command line,
+ * the environment or a log.
  */
 import { aptInstall, which } from '../harness/install.js';
 import { spawnSync } from 'node:child_process';

@@ -1,16 +1,15 @@
 /**
- * The certificates of the handshake and keep-alive labs, with openssl in a
- * temp dir: a throwaway CA; for a token key, a certificate from a CSR signed
- * inside the token (`keyedge key csr`, as config/setup.sh's demo certificate);
- * for the servers that hold a key file (in memory, floor, nginx, caddy), an
- * ordinary key file (`openssl genpkey`) and its certificate for the same name.
- * Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
+ * The certificates of the handshake and keep-alive labs, with openssl in a temp dir: a throwaway CA; for a token key,
+ * a certificate from a CSR signed inside the token (`keyedge key csr`, as config/setup.sh's demo certificate); for the
+ * servers that hold a key file (in memory, floor, nginx, caddy), an ordinary key file (`openssl genpkey`) and its
+ * certificate for the same name. Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { childEnv, KEYEDGE_CLI, type KeyserverLab } from './keyserver.js';
+import { childEnv } from '../harness/spawn.js';
+import { KEYEDGE_CLI, type KeyserverLab } from './keyserver.js';
 
 const execFileAsync = promisify(execFile);
 

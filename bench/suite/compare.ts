@@ -1,10 +1,8 @@
 /**
- * Compares two benchmark result files: `node dist/bench/suite/compare.js OLD.json
- * NEW.json [--threshold PCT]`. Either file may be a suite result
- * (`<date>-suite.json`) or a single bench's (`<date>-handshake.json`, ...);
- * scenarios are matched by bench and name. Prints a table of each scenario's
- * change in rate and server CPU per unit and exits 1, naming them, when any
- * scenario moved by more than the threshold (default 10%); 2 on bad input.
+ * Compares two benchmark result files: `node dist/bench/suite/compare.js OLD.json NEW.json [--threshold PCT]`. Either
+ * file may be a suite result (`<date>-suite.json`) or a single bench's (`<date>-handshake.json`, ...); scenarios are
+ * matched by bench and name. Prints a table of each scenario's change in rate and server CPU per unit and exits 1,
+ * naming them, when any scenario moved by more than the threshold (default 10%); 2 on bad input.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';

@@ -1,29 +1,23 @@
 /**
- * The benchmark suite: runs the key server sign bench, the handshake bench and
- * the keep-alive bench one after the other (each as its own child process, so
- * none measures while another runs), collects their summary rows and writes
- * `<date>-suite.{json,md,svg}`: one table of every scenario and figure, and a
- * chart (bench/harness/chart.ts). `--compare OLD.json` then compares the new
- * result with an older one (bench/harness/compare.ts) and exits 1 when a scenario
- * moved by more than the threshold.
- *
- * `--quick` runs each bench's quick mode on a reduced set (ECDSA P-256 only)
- * and never installs packages; it writes `<date>-suite-quick.*`, so a smoke
- * run never overwrites the day's full result. Builds nothing: run
- * `npx tsc -p .` first.
+ * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
+ * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}` (one
+ * table, one chart: bench/harness/chart.ts); `--compare OLD.json` then flags scenarios that moved by more than the
+ * threshold (bench/harness/compare.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no
+ * package installs) into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds
+ * nothing.
  *
  * Usage: node dist/bench/suite/run.js [--quick] [--out DIR] [--only LIST] [--compare OLD.json] [--threshold PCT]
- *        (npm run bench -- --quick)
+ * (npm run bench -- --quick)
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseCli, std } from '../harness/cli.js';
+import { listOf, parseCli, std } from '../harness/cli.js';
 import { renderChart } from '../harness/chart.js';
 import { compareSummaries, formatComparison } from '../harness/compare.js';
 import { describeMachine } from '../harness/machine.js';
-import { runBench as runMain } from '../harness/main.js';
+import { runBench } from '../harness/main.js';
 import { columnTable, dateStamp, fmt, writeReport } from '../harness/report.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
@@ -40,20 +34,12 @@ const TABLE = {
   node: { ...std.node, help: 'passed to the handshake bench: its Node servers also under these Node majors, e.g. 20,22,24' },
 } as const;
 
-interface BenchSpec {
-  readonly name: string;
-  /** dist/bench/<script> */
-  readonly script: string;
-  /** Arguments besides --out, per mode. */
-  readonly full: readonly string[];
-  readonly quick: readonly string[];
-}
-
-const BENCHES: readonly BenchSpec[] = [
-  { name: 'keyserver-sign', script: 'keyserver-sign/main.js', full: [], quick: ['--quick', '--keys', 'ec', '--paths', 'unix'] },
-  { name: 'handshake', script: 'handshake/main.js', full: [], quick: ['--quick', '--keys', 'ec'] },
-  { name: 'keepalive', script: 'keepalive/main.js', full: [], quick: ['--quick', '--no-install', '--warmup', '1', '--measure', '1'] },
-];
+/** Each bench runs `dist/bench/<name>/main.js --out DIR`, plus these arguments under --quick. */
+const BENCHES: Readonly<Record<string, readonly string[]>> = {
+  'keyserver-sign': ['--quick', '--keys', 'ec', '--paths', 'unix'],
+  handshake: ['--quick', '--keys', 'ec'],
+  keepalive: ['--quick', '--no-install', '--warmup', '1', '--measure', '1'],
+};
 
 const HERE = fileURLToPath(new URL('..', import.meta.url));
 const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
@@ -105,35 +91,27 @@ function runChild(args: readonly string[], limitMs: number, log: (line: string) 
 }
 
 /** `out` is the directory as given (for the children and the command shown), `outDir` the same resolved. */
-async function runBench(
-  spec: BenchSpec,
-  quick: boolean,
-  extra: readonly string[],
-  out: string,
-  outDir: string,
-  log: (line: string) => void,
-): Promise<BenchOutcome> {
-  const script = join(HERE, spec.script);
-  const args = [script, ...(quick ? spec.quick : spec.full), ...extra, '--out', out];
-  const command = `node dist/bench/${spec.script} ${args.slice(1).join(' ')}`;
+async function runOne(name: string, args: readonly string[], out: string, outDir: string, log: (line: string) => void): Promise<BenchOutcome> {
+  const script = `${name}/main.js`;
+  const command = `node dist/bench/${script} ${[...args, '--out', out].join(' ')}`;
   const started = Date.now();
-  log(`${spec.name}: ${command}`);
-  const exitCode = await runChild(args, (quick ? 20 : 90) * 60_000, log);
+  log(`${name}: ${command}`);
+  const exitCode = await runChild([join(HERE, script), ...args, '--out', out], (args.includes('--quick') ? 20 : 90) * 60_000, log);
   const seconds = (Date.now() - started) / 1000;
-  const resultFile = findResult(outDir, spec.name, started);
+  const resultFile = findResult(outDir, name, started);
   let rows: SummaryRow[] = [];
   let note: string | undefined;
   if (resultFile === undefined) note = `no result file (exit status ${exitCode})`;
   else {
     try {
-      rows = readSummary(JSON.parse(readFileSync(resultFile, 'utf8')), resultFile).map((r) => ({ ...r, bench: spec.name }));
+      rows = readSummary(JSON.parse(readFileSync(resultFile, 'utf8')), resultFile).map((r) => ({ ...r, bench: name }));
     } catch (err) {
       note = (err as Error).message;
     }
     if (exitCode !== 0 && note === undefined) note = `exit status ${exitCode}: requests failed during measurement, figures suspect (see ${resultFile})`;
   }
-  log(`${spec.name}: ${rows.length} scenario(s) in ${fmt(seconds, 0)} s${note === undefined ? '' : ` (${note})`}`);
-  return { name: spec.name, command, exitCode, seconds, resultFile, rows, note };
+  log(`${name}: ${rows.length} scenario(s) in ${fmt(seconds, 0)} s${note === undefined ? '' : ` (${note})`}`);
+  return { name, command, exitCode, seconds, resultFile, rows, note };
 }
 
 function suiteMarkdown(date: string, quick: boolean, machine: ReturnType<typeof describeMachine>, outcomes: readonly BenchOutcome[], svgName: string): string {
@@ -182,20 +160,21 @@ async function main(): Promise<number> {
   const started = Date.now();
   const log = (line: string) => process.stderr.write(`[suite ${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
   const threshold = values.threshold / 100;
-  const only = values.only?.split(',') ?? BENCHES.map((b) => b.name);
-  for (const name of only) if (!BENCHES.some((b) => b.name === name)) throw new Error(`--only takes ${BENCHES.map((b) => b.name).join(', ')}; got '${name}'`);
+  const only = values.only === undefined ? Object.keys(BENCHES) : listOf(values.only, '--only', Object.keys(BENCHES));
   // Read OLD before spending minutes measuring.
   const oldRows = values.compare === undefined ? undefined : readSummary(JSON.parse(readFileSync(values.compare, 'utf8')), values.compare);
 
-  const missing = [KEYEDGE_CLI, ...BENCHES.filter((b) => only.includes(b.name)).map((b) => join(HERE, b.script))].filter((f) => !existsSync(f));
+  const missing = [KEYEDGE_CLI, ...only.map((name) => join(HERE, name, 'main.js'))].filter((f) => !existsSync(f));
   if (missing.length > 0) throw new Error(`not built: ${missing.join(', ')} missing. Run \`npx tsc -p .\` (npm run build) first.`);
 
   const out = resolve(values.out);
   const quick = values.quick;
   const machine = describeMachine();
   const outcomes: BenchOutcome[] = [];
-  for (const spec of BENCHES.filter((b) => only.includes(b.name)))
-    outcomes.push(await runBench(spec, quick, spec.name === 'handshake' && values.node !== undefined ? ['--node', values.node] : [], values.out, out, log));
+  for (const name of Object.keys(BENCHES).filter((b) => only.includes(b))) {
+    const args = [...(quick ? BENCHES[name]! : []), ...(name === 'handshake' && values.node !== undefined ? ['--node', values.node] : [])];
+    outcomes.push(await runOne(name, args, values.out, out, log));
+  }
 
   const date = dateStamp();
   const name = quick ? 'suite-quick' : 'suite';
@@ -230,4 +209,4 @@ async function main(): Promise<number> {
   return status;
 }
 
-runMain('bench', main());
+runBench('bench', main());

@@ -11,11 +11,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
+import type net from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
+import { freePort as benchFreePort } from '../../bench/harness/spawn.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { CLI, removeDir, runCli, sleep, tempDir } from './keyserver.js';
 import { createCa, issueForPublicKey, type Issued, type TestCa, writePem } from './pki.js';
@@ -45,33 +46,11 @@ export interface KeylessLab {
 }
 
 /**
- * A port nothing listens on, which stays free until the caller binds it.
- * It lies below Linux's ephemeral range (32768-60999), where port-0
- * listeners and outgoing connections get theirs: a port taken from that
- * range and closed again can be handed to another process's connection
- * before the caller listens on it (a red CI once: EADDRINUSE on a proxy's
- * port). Each vitest worker draws from its own slice (VITEST_POOL_ID), and
- * a process never hands out the same port twice, so two test files running
- * side by side never pick the same one.
+ * A port nothing listens on, which stays free until the caller binds it: below Linux's ephemeral range, never twice in
+ * a process (bench/harness/spawn.ts). Each vitest worker draws from its own slice (VITEST_POOL_ID), so two test files
+ * running side by side never pick the same one.
  */
-export async function freePort(): Promise<number> {
-  const slice = Math.max(0, (Number(process.env.VITEST_POOL_ID) || 1) - 1) % 4;
-  for (;;) {
-    const port = 20_000 + slice * 3_000 + Math.floor(Math.random() * 3_000);
-    if (handedOut.has(port)) continue;
-    const server = net.createServer();
-    const free = await new Promise<boolean>((resolve) => {
-      server.once('error', () => resolve(false));
-      server.listen(port, '127.0.0.1', () => resolve(true));
-    });
-    if (free) {
-      handedOut.add(port);
-      await new Promise((resolve) => server.close(resolve));
-      return port;
-    }
-  }
-}
-const handedOut = new Set<number>();
+export const freePort = (): Promise<number> => benchFreePort(Math.max(0, (Number(process.env.VITEST_POOL_ID) || 1) - 1) % 4);
 
 /** A port nothing listens on: for an origin that must refuse connections, or one that comes up later on a known port. */
 export const refusedPort = freePort;
