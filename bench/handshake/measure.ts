@@ -13,7 +13,8 @@ import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { ClosedLoop } from '../harness/loop.js';
-import { baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
+import { type BaseSetup, baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
+import { plural } from '../harness/runner.js';
 import type { Options } from './main.js';
 import { ResumeLoad } from './resume.js';
 import type { ScenarioSpec } from './scenarios.js';
@@ -23,28 +24,22 @@ export function setupGroups(setup: SetupId): { readonly front: string; readonly 
   return { front: setup, key: isKeyless(setup) ? 'keyserver' : setup === 'nginx-p11kit' ? 'p11kit' : undefined };
 }
 
-const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+/** Per base set-up: its title in the report, and what runs in it (`w`: the proxies' workers, `node`: ", Node N" or ''). */
+const SETUPS: Record<BaseSetup, readonly [title: string, processes: (w: string, node: string) => string]> = {
+  'keyless-unix': ['keyless (unix)', (w, node) => `proxy ${w} + key server (unix)${node}`],
+  'keyless-tcp': ['keyless (mTLS)', (w) => `proxy ${w} + key server (mTLS)`],
+  inmemory: ['in memory', (w, node) => `${w}${node}`],
+  'node-floor': ['bare node:https (floor)', (_, node) => `node:https 1 process${node}`],
+  'nginx-file': ['nginx key file', () => 'nginx 1 process'],
+  'nginx-engine': ['nginx + pkcs11 engine', () => 'nginx 1 process (SoftHSM2 in it)'],
+  'nginx-p11kit': ['nginx + p11-kit', () => 'nginx 1 process + p11-kit server'],
+};
+const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
+
+export const setupTitle = (setup: SetupId): string => `${SETUPS[baseSetup(setup)][0]}${onMajor(setup)}`;
 
 /** What the report says runs in each set-up. */
-export function setupProcesses(setup: SetupId, workers: number): string {
-  const node = nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`;
-  switch (baseSetup(setup)) {
-    case 'keyless-unix':
-      return `proxy ${plural(workers, 'worker')} + key server (unix)${node}`;
-    case 'keyless-tcp':
-      return `proxy ${plural(workers, 'worker')} + key server (mTLS)`;
-    case 'inmemory':
-      return `${plural(workers, 'worker')}${node}`;
-    case 'node-floor':
-      return `node:https 1 process${node}`;
-    case 'nginx-file':
-      return 'nginx 1 process';
-    case 'nginx-engine':
-      return 'nginx 1 process (SoftHSM2 in it)';
-    case 'nginx-p11kit':
-      return 'nginx 1 process + p11-kit server';
-  }
-}
+export const setupProcesses = (setup: SetupId, workers: number): string => SETUPS[baseSetup(setup)][1](plural(workers, 'worker'), onMajor(setup));
 
 export function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
   return [

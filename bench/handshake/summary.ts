@@ -12,9 +12,8 @@ import { round } from '../harness/stats.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import { sumValues } from '../lab/counters.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, NODE_SETUPS, type NodeSetup, onNode, type SetupId } from './lab.js';
-import { type BenchScenario, type RunResult, setupGroups, setupProcesses, type WindowFigures } from './measure.js';
+import { type BenchScenario, type RunResult, setupGroups, setupProcesses, setupTitle, type WindowFigures } from './measure.js';
 import type { OpensslSpeed, RawTokenRate } from './limits.js';
-import { setupTitle } from './report.js';
 import type { Kind, ScenarioSpec } from './scenarios.js';
 
 /** The targets (issue 12; issue 13 for h2). */
