@@ -277,28 +277,17 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     const ks = signsBetween(sA, sB);
     const latency = load?.latency.summary();
     const completed = l1.completed - l0.completed;
-    const figures = windowFigures(
-      spec,
-      usageBetween(uA, uB),
-      c,
-      load === undefined ? c.full : completed,
-      ks === undefined ? undefined : sumValues(ks),
-      load !== undefined,
-    );
+    const figures = windowFigures(spec, usageBetween(uA, uB), c, load === undefined ? c.full : completed, ks && sumValues(ks), load !== undefined);
+    const d = (k: keyof typeof l0) => l1[k] - l0[k];
+    const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
+    const resumedPct = (100 * d('resumed')) / Math.max(1, completed);
     window = {
       ...figures,
       resume:
-        spec.kind === 'resumed-tls13' && latency !== undefined
-          ? {
-              offered: l1.offered - l0.offered,
-              resumed: l1.resumed - l0.resumed,
-              offeredNotResumed: l1.notResumed - l0.notResumed,
-              resumedPct: (100 * (l1.resumed - l0.resumed)) / Math.max(1, completed),
-              p50Us: latency.p50Us,
-              p99Us: latency.p99Us,
-            }
+        spec.kind === 'resumed-tls13' && lat
+          ? { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('notResumed'), resumedPct, ...lat }
           : undefined,
-      alpn: spec.kind.startsWith('alpn-') && latency !== undefined ? { p50Us: latency.p50Us, p99Us: latency.p99Us } : undefined,
+      alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
     };
   } finally {
     ab = await client.stop();

@@ -47,22 +47,10 @@ export async function runOnce(env: Env, server: ServerId, h2: boolean, durationM
   // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
   // for noticing that traffic started.
   const durationSec = (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000;
+  const client = { serverName: SERVER_NAME, durationSec, cpus: options.clientCpus };
   const ac = h2
-    ? startH2load({
-        port: lab.port(server),
-        serverName: SERVER_NAME,
-        connections: options.h2Connections,
-        streams: options.h2Streams,
-        durationSec,
-        cpus: options.clientCpus,
-      })
-    : startAutocannon({
-        url: `https://127.0.0.1:${lab.port(server)}/`,
-        serverName: SERVER_NAME,
-        connections: options.connections,
-        durationSec,
-        cpus: options.clientCpus,
-      });
+    ? startH2load({ ...client, port: lab.port(server), connections: options.h2Connections, streams: options.h2Streams })
+    : startAutocannon({ ...client, url: `https://127.0.0.1:${lab.port(server)}/`, connections: options.connections });
   try {
     await waitForTraffic(lab, count0, () => ac.exited(), context.signal);
     await sleep(options.rampMs, context.signal);
