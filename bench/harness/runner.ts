@@ -123,6 +123,3 @@ export const minMax = (values: readonly number[], decimals = 0): string => `${fm
 
 /** "1 worker", "2 workers". */
 export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
-
-/** The first line of an error's message. */
-export const firstLine = (err: unknown): string => (err as Error).message?.split('\n')[0] ?? String(err);
