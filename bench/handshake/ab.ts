@@ -30,27 +30,12 @@ export type AbResult = ReturnType<typeof parseAbOutput> & ReturnType<typeof read
 
 /** The ab command line (without taskset). */
 export function abArgs(options: AbOptions): string[] {
-  return [
-    '-q',
-    '-r', // a receive error counts as a failed request instead of ending the run
-    '-t',
-    String(Math.max(1, Math.ceil(options.maxSeconds))),
-    // After -t, which would otherwise cap the run at 50000 requests. ab allocates its per-request records up front,
-    // so this is sized for 20,000 requests/s rather than "infinite".
-    '-n',
-    String(Math.max(50_000, Math.ceil(options.maxSeconds * 20_000))),
-    '-c',
-    String(options.concurrency),
-    '-s',
-    '30',
-    '-f',
-    options.protocol ?? 'TLS1.3',
-    '-H',
-    `Host: ${options.host}`,
-    '-e',
-    options.csvPath,
-    `https://127.0.0.1:${options.port}/`,
-  ];
+  // -r: a receive error counts as a failed request instead of ending the run. -n after -t, which would otherwise cap
+  // the run at 50000 requests: ab allocates its per-request records up front, so it is sized for 20,000 requests/s.
+  const seconds = Math.max(1, Math.ceil(options.maxSeconds));
+  const n = Math.max(50_000, Math.ceil(options.maxSeconds * 20_000));
+  const flags = ['-q', '-r', '-t', String(seconds), '-n', String(n), '-c', String(options.concurrency), '-s', '30', '-f', options.protocol ?? 'TLS1.3'];
+  return [...flags, '-H', `Host: ${options.host}`, '-e', options.csvPath, `https://127.0.0.1:${options.port}/`];
 }
 
 /** ab as a client process (harness/client.ts): stop it with SIGINT and it reports what it did so far. */
@@ -66,15 +51,8 @@ export function startAb(options: AbOptions): ClientProcess<AbResult> {
 }
 
 export function parseAbOutput(text: string) {
-  const field = (label: string): string | undefined => {
-    const m = new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text);
-    return m?.[1]?.trim();
-  };
-  const num = (label: string): number => {
-    const v = field(label);
-    const n = v === undefined ? Number.NaN : Number.parseFloat(v);
-    return n;
-  };
+  const field = (label: string): string | undefined => new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text)?.[1]?.trim();
+  const num = (label: string): number => Number.parseFloat(field(label) ?? 'NaN');
   const complete = num('Complete requests');
   if (!Number.isFinite(complete)) throw new Error('ab printed no "Complete requests" line');
   const failedBreakdown: Record<string, number> = {};

@@ -13,13 +13,9 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import { loadKeyserverConfig } from '../../config/load.js';
-import { tokenOptions } from '../../keyserver/server/daemon.js';
-import { listKeys } from '../../keyserver/token/keys.js';
-import { Token } from '../../keyserver/token/token.js';
 import { BENCH_KEYS } from '../keyserver-sign/keys.js';
 import { type HandshakeKey, tokenKeyLabel } from './lab.js';
-import { measureWindow, RawSignLoad } from '../keyserver-sign/load.js';
+import { measureWindow, RawToken } from '../keyserver-sign/load.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -60,9 +56,8 @@ export interface RawTokenRate {
 }
 
 /**
- * Raw signing on the key server's token from this process: one PKCS#11
- * module per process, so call it once per run, in a process that has not
- * opened another. `sessions` loops, `durationMs` window after `rampMs`.
+ * Raw signing on the key server's token from this process (keyserver-sign's RawToken: one PKCS#11 module per process,
+ * so once per run, in a process that has not opened another). `sessions` loops, `durationMs` window after `rampMs`.
  */
 export async function rawTokenRates(
   keyserverConfigPath: string,
@@ -72,29 +67,17 @@ export async function rawTokenRates(
   rampMs: number,
   signal?: AbortSignal,
 ): Promise<RawTokenRate[]> {
-  const config = loadKeyserverConfig(keyserverConfigPath);
-  const token = Token.open(tokenOptions(config));
-  const handles = Array.from({ length: sessions }, () => token.openSession());
+  const token = new RawToken(keyserverConfigPath, sessions);
   try {
-    const tokenKeys = listKeys(token);
     const digests = Array.from({ length: 16 }, () => randomBytes(32));
     const out: RawTokenRate[] = [];
     for (const key of keys) {
-      const benchKey = BENCH_KEYS.find((k) => k.id === key.id)!;
-      const tokenKey = tokenKeys.find((k) => k.label === tokenKeyLabel(key));
-      if (tokenKey === undefined) throw new Error(`no key labelled ${tokenKeyLabel(key)} in the token`);
-      const load = new RawSignLoad(
-        token.pkcs11,
-        handles,
-        { handle: tokenKey.privateHandle, mechanism: benchKey.mechanism, outputBytes: benchKey.outputBytes },
-        digests,
-      );
+      const load = token.load((k) => k.label === tokenKeyLabel(key), BENCH_KEYS.find((k) => k.id === key.id)!, sessions, digests);
       const w = await measureWindow(load, { durationMs, rampMs, ...(signal ? { signal } : {}) });
       out.push({ key: key.id, sessions, signsPerSecond: w.signsPerSecond, cpuUsPerSign: w.clientCpuUsPerSign, p50Us: w.latency.p50Us, errors: w.errors });
     }
     return out;
   } finally {
-    for (const h of handles) token.closeSession(h);
     token.close();
   }
 }

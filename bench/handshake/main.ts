@@ -11,14 +11,12 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
-import { describeMachine } from '../harness/machine.js';
 import { shownCommand } from '../harness/client.js';
-import { installInterrupt, runBench } from '../harness/main.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { fmt } from '../harness/report.js';
 import type { RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
@@ -26,7 +24,7 @@ import { abArgs, abVersion, ensureAb } from './ab.js';
 import { negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
 import { opensslSpeed, rawTokenRates } from './limits.js';
-import { type BenchScenario, CounterReader, type Env, runScenario, trackedGroups } from './measure.js';
+import { type BenchScenario, CounterReader, type Env, type RunResult, runScenario, trackedGroups } from './measure.js';
 import { markdownReport, type PerfRow, perfMarkdown, type ReportContext } from './report.js';
 import { allScenarios, KEY_NAME, KINDS, selectScenarios } from './scenarios.js';
 import { hops, type Limits, summarize, summaryEntries, targets } from './summary.js';
@@ -129,21 +127,23 @@ async function measureLimits(lab: HandshakeLab, options: Options, log: (line: st
   return { openssl, rawToken, cpus };
 }
 
-async function main(): Promise<number> {
-  const options = parseOptions(process.argv.slice(2));
-  if (options === undefined) return 0;
-  const started = Date.now();
-  const log = stampedLog(started);
-  if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
-  const machine = describeMachine();
-  const ab = abVersion();
+interface Lab {
+  readonly lab: HandshakeLab;
+  readonly env: Env;
+  /** ALPN h2 scenarios whose server does not negotiate h2, with the reason. */
+  readonly noH2: Map<string, string>;
+  readonly nodeVersions: Map<number, string>;
+  readonly ab: string | undefined;
+  limits?: Limits;
+}
 
-  let lab: HandshakeLab | undefined;
-  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
-
-  try {
+const HANDSHAKE: MeasuringBench<Options, Lab, BenchScenario, RunResult> = {
+  name: 'handshake',
+  parse: parseOptions,
+  async setup(options, { log, signal }, hold) {
+    if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
+    const ab = abVersion();
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
-    const profiling = options.perfDir !== undefined;
     if (options.perfDir !== undefined) {
       if (!havePerf()) throw new Error('--perf needs perf (Debian: apt-get install -y linux-perf)');
       mkdirSync(options.perfDir, { recursive: true });
@@ -153,86 +153,97 @@ async function main(): Promise<number> {
     const nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
     for (const [m, bin] of nodeBinaries) nodeVersions.set(m, nodeVersionOf(bin));
     if (options.majors.length > 1) log(`Node servers under ${[...nodeVersions.values()].join(', ')}`);
-    const nodeArgs = profiling ? ['--perf-basic-prof'] : [];
-    lab = await HandshakeLab.create({ ...options, setups, installNginx: options.install, nodeBinaries, nodeArgs }, log);
+    const nodeArgs = options.perfDir !== undefined ? ['--perf-basic-prof'] : [];
+    const lab = await HandshakeLab.create({ ...options, setups, installNginx: options.install, nodeBinaries, nodeArgs }, log);
+    const env: Env = { lab, options, counters: new CounterReader(lab), ca: readFileSync(lab.caFile, 'utf8'), perfThreads: new Map() };
+    const held: Lab = { lab, env, noH2: new Map(), nodeVersions, ab };
+    hold(held);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);
-    signal.throwIfAborted();
-    const running = lab;
-    const env: Env = { lab, options, counters: new CounterReader(lab), ca: readFileSync(lab.caFile, 'utf8'), perfThreads: new Map() };
-
+    return held;
+  },
+  async scenarios(held, options, { log, signal }) {
+    const { lab, env, noH2 } = held;
     // ALPN h2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
-    const noH2 = new Map<string, string>();
-    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && running.has(s.setup))) {
+    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.has(s.setup))) {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: env.ca, protocol: 'h2' });
       if (picked !== 'h2') noH2.set(spec.id, `does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
     }
     for (const [id, reason] of noH2) log(`${id}: skipped, the server ${reason}`);
-    const scenarios: BenchScenario[] = options.scenarios
-      .filter((spec) => running.has(spec.setup) && !noH2.has(spec.id))
+    const scenarios = options.scenarios
+      .filter((spec) => lab.has(spec.setup) && !noH2.has(spec.id))
       .map((spec) => ({
         name: spec.id,
         spec,
         run: (durationMs: number, context: RunContext) => {
           const duration = context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(durationMs, options.nginxWarmupMs) : durationMs;
-          const perfFile =
-            options.perfDir !== undefined && context.phase === 'measure' ? join(options.perfDir, `${spec.id.replaceAll('/', '_')}.perf.data`) : undefined;
+          const perfFile = options.perfDir !== undefined && context.phase === 'measure' ? perfFileOf(options.perfDir, spec.id) : undefined;
           return runScenario(env, spec, duration, context, perfFile);
         },
       }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
-
-    const limits: Limits =
-      options.limits && !profiling ? await measureLimits(lab, options, log, signal) : { openssl: undefined, rawToken: undefined, cpus: undefined };
-
-    const ownPids = trackedGroups(running, undefined)
+    const none = { openssl: undefined, rawToken: undefined, cpus: undefined };
+    held.limits = options.limits && options.perfDir === undefined ? await measureLimits(lab, options, log, signal) : none;
+    return scenarios;
+  },
+  ownPids: ({ lab }) =>
+    trackedGroups(lab, undefined)
       .flatMap((g) => g.roots())
       .filter((p) => p > 0)
-      .flatMap((p) => processTree(p));
-    log(
-      `warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${profiling ? 1 : options.rounds} round(s) of ${options.measureMs / 1000} s over ${scenarios.length} scenarios` +
-        (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, clients on CPU ${options.clientCpus}`),
+      .flatMap((p) => processTree(p)),
+  plan: (o, scenarios) =>
+    `warm-up ${o.warmupMs / 1000} s per Node scenario (${o.nginxWarmupMs / 1000} s nginx), then ${o.perfDir !== undefined ? 1 : o.rounds} round(s) of ${o.measureMs / 1000} s over ${scenarios.length} scenarios` +
+    (o.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${o.serverCpus}, clients on CPU ${o.clientCpus}`),
+  rounds: (o) => ({ rounds: o.perfDir !== undefined ? 1 : o.rounds }),
+  pad: 32,
+  line({ window: w, run }) {
+    const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
+    const signs = run.keyserverSigns === undefined ? '' : ` signs ${sumValues(run.keyserverSigns)}/${run.counters.full} full`;
+    const resume = w.resume === undefined ? '' : ` resumed ${w.resume.resumed}/${w.resume.offered}`;
+    const abErr = run.ab === undefined ? 0 : run.ab.failedRequests + run.ab.non2xx;
+    const errors =
+      abErr + w.server.failed + run.clientErrors > 0
+        ? ` ERRORS client ${abErr + run.clientErrors} TLS failed ${w.server.failed}${run.clientFirstError ? ` (${run.clientFirstError})` : ''}`
+        : '';
+    return (
+      `${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)` +
+      `  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`
     );
-    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
-      rounds: profiling ? 1 : options.rounds,
-      failSoft: failSoft(log),
-      onRun: ({ scenario, context, result }) => {
-        const w = result.window;
-        const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
-        const signs = result.run.keyserverSigns === undefined ? '' : ` signs ${sumValues(result.run.keyserverSigns)}/${result.run.counters.full} full`;
-        const resume = w.resume === undefined ? '' : ` resumed ${w.resume.resumed}/${w.resume.offered}`;
-        const abErr = result.run.ab === undefined ? 0 : result.run.ab.failedRequests + result.run.ab.non2xx;
-        const errors =
-          abErr + w.server.failed + result.run.clientErrors > 0
-            ? ` ERRORS client ${abErr + result.run.clientErrors} TLS failed ${w.server.failed}${result.run.clientFirstError ? ` (${result.run.clientFirstError})` : ''}`
-            : '';
-        log(
-          `${roundTag(context)}${scenario.padEnd(32)} ${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}` +
-            `  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`,
-        );
-      },
-    });
-
-    const date = dateStamp();
+  },
+  async report(held, options, scenarios, { results, failures, method }, { log, machine, date }) {
+    const { lab, env, noH2, nodeVersions, ab } = held;
+    const limits = held.limits!;
     const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
     const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
+    if (options.perfDir !== undefined) {
+      const rows: PerfRow[] = [];
+      for (const s of scenarios) {
+        const window = results.get(s.name)?.[0]?.window;
+        if (window === undefined) continue;
+        const file = perfFileOf(options.perfDir, s.name);
+        const summary = await summarizePerf(file, options.perfHz, env.perfThreads.get(file) ?? new Map());
+        const sampledUsPerHandshake = ((summary.samples / options.perfHz) * 1e6) / window.handshakes;
+        rows.push({ scenario: s.name, handshakes: window.handshakes, sampledUsPerHandshake, summary });
+      }
+      log(`perf data in ${options.perfDir} (perf report -i FILE)`);
+      const scenariosJson = summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window }));
+      const json = { benchmark: 'handshake-perf', command: machine.commandLine, options, perf: rows, scenarios: scenariosJson };
+      return { json, markdown: perfMarkdown(rows, machine, options, date), errors: 0, what: '', file: 'handshake-perf' };
+    }
+    const targetRows = targets(summaries, options.majors);
     const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
+    const abShown = abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined });
     const ctx: ReportContext = {
       machine,
       options,
       date,
       ab,
-      abCommand: shownCommand(
-        options.clientCpus,
-        'ab',
-        abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined }),
-        [
-          [/-t \d+/, '-t T'],
-          [/-n \d+/, '-n N'],
-          [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
-        ],
-      ),
+      abCommand: shownCommand(options.clientCpus, 'ab', abShown, [
+        [/-t \d+/, '-t T'],
+        [/-n \d+/, '-n N'],
+        [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
+      ]),
       nginxVersion: lab.nginxTools?.version,
       tls: firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`,
       skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),
@@ -240,101 +251,48 @@ async function main(): Promise<number> {
       nodeVersions,
       failures,
     };
-
-    if (options.perfDir !== undefined) {
-      const perfDir = options.perfDir;
-      const rows: PerfRow[] = [];
-      for (const s of scenarios) {
-        const window = results.get(s.name)?.[0]?.window;
-        if (window === undefined) continue;
-        const file = join(perfDir, `${s.name.replaceAll('/', '_')}.perf.data`);
-        const summary = await summarizePerf(file, options.perfHz, env.perfThreads.get(file) ?? new Map());
-        rows.push({
-          scenario: s.name,
-          handshakes: window.handshakes,
-          sampledUsPerHandshake: ((summary.samples / options.perfHz) * 1e6) / window.handshakes,
-          summary,
-        });
-      }
-      const md = perfMarkdown(rows, machine, options, date);
-      publish(
-        options.out,
-        'handshake-perf',
-        {
-          benchmark: 'handshake-perf',
-          date,
-          machine,
-          command: machine.commandLine,
-          options,
-          perf: rows,
-          scenarios: summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window })),
-        },
-        md,
-        date,
-        log,
-      );
-      log(`perf data in ${perfDir} (perf report -i FILE)`);
-      return 0;
-    }
-
-    const targetRows = targets(summaries, options.majors);
     const hopRows = hops(summaries);
-    const markdown = markdownReport(ctx, summaries, targetRows, hopRows);
+    const tools = lab.nginxTools;
     const json = {
-      benchmark: 'handshake',
-      date,
-      quick: options.quick,
       command: machine.commandLine,
-      machine,
-      summary: summaryEntries(summaries, (spec) => running.skipped.get(spec.setup) ?? noH2.get(spec.id), options.scenarios),
+      summary: summaryEntries(summaries, (spec) => lab.skipped.get(spec.setup) ?? noH2.get(spec.id), options.scenarios),
       targets: targetRows.map((t) => ({ ...t, value: round(t.value, 3), limit: t.limit === undefined ? null : round(t.limit, 3) })),
       skipped: Object.fromEntries(ctx.skipped),
       client: { ab, command: ctx.abCommand, concurrency: options.concurrency, resumeLoops: options.resumeLoops, cpus: options.clientCpus },
       servers: {
         workers: options.workers,
-        nginx:
-          lab.nginxTools === undefined
-            ? undefined
-            : { version: lab.nginxTools.version, processes: 1, masterProcess: false, engine: lab.nginxTools.engine, p11kitClient: lab.nginxTools.p11kitClient },
+        nginx: tools && { version: tools.version, processes: 1, masterProcess: false, engine: tools.engine, p11kitClient: tools.p11kitClient },
         cpus: options.serverCpus,
         keyserverCpus: options.keyserverCpus ?? options.serverCpus,
         logLevel: options.logLevel,
         tlsProfile: options.profile,
       },
-      method: methodJson(options, order, quietWait, { nginxWarmupMs: options.nginxWarmupMs }),
+      method: method({ nginxWarmupMs: options.nginxWarmupMs }),
       failedRounds: failures,
       limits,
-      keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab!.keyIds.get(k.id) })),
+      keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab.keyIds.get(k.id) })),
       nodeVersions: Object.fromEntries(nodeVersions),
       serverConfigs: Object.fromEntries(lab.configs),
       keyless_hop: hopRows.map((h) => ({
-        key: h.key.id,
-        setup: h.setup,
-        hopUs: round(h.hopUs),
-        frontHopUs: round(h.frontHopUs),
-        keyUs: round(h.keyUs),
+        ...{ key: h.key.id, setup: h.setup, hopUs: round(h.hopUs), frontHopUs: round(h.frontHopUs), keyUs: round(h.keyUs) },
         perRoundUs: h.perRoundUs.map((v) => round(v)),
       })),
       scenarios: summaries.map((s) => ({ ...s, key: s.key.id })),
-      durationSeconds: (Date.now() - started) / 1000,
     };
-    publish(options.out, options.quick ? 'handshake-quick' : 'handshake', json, markdown, date, log);
     const badSigns = summaries.filter((s) => s.signCheck !== undefined && !s.signCheck.ok);
     if (badSigns.length > 0) log(`sign count does not match handshakes for ${badSigns.map((s) => s.id).join(', ')}: see the JSON`);
-    const status = errorStatus(
-      summaries.reduce((n, s) => n + s.totalErrors, 0),
-      'requests or handshakes',
-      log,
-    );
-    return status === 0 && badSigns.length > 0 ? 1 : status;
-  } finally {
-    if (lab !== undefined) {
-      // V8's /tmp/perf-<pid>.map files (--perf-basic-prof) of every Node server process.
-      const pids = [...lab.servers.values()].flatMap((p) => processTree(p.pid)).concat(lab.keyserver?.pid ?? []);
-      await lab.close(options.keepTemp, log);
-      if (options.perfDir !== undefined) removePerfMaps(pids);
-    }
-  }
-}
+    const errors = summaries.reduce((n, s) => n + s.totalErrors, 0);
+    return { json, markdown: markdownReport(ctx, summaries, targetRows, hopRows), errors, what: 'requests or handshakes', status: badSigns.length > 0 ? 1 : 0 };
+  },
+  async close({ lab }, options, log) {
+    // V8's /tmp/perf-<pid>.map files (--perf-basic-prof) of every Node server process.
+    const pids = [...lab.servers.values()].flatMap((p) => processTree(p.pid)).concat(lab.keyserver?.pid ?? []);
+    await lab.close(options.keepTemp, log);
+    if (options.perfDir !== undefined) removePerfMaps(pids);
+  },
+  kill: ({ lab }, options) => lab.cleanup(options.keepTemp),
+};
 
-runBench('handshake', main());
+const perfFileOf = (dir: string, id: string): string => join(dir, `${id.replaceAll('/', '_')}.perf.data`);
+
+runMeasuring(HANDSHAKE);

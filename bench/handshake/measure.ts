@@ -13,7 +13,8 @@ import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { ClosedLoop } from '../harness/loop.js';
-import { baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
+import { type BaseSetup, baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
+import { plural } from '../harness/runner.js';
 import type { Options } from './main.js';
 import { ResumeLoad } from './resume.js';
 import type { ScenarioSpec } from './scenarios.js';
@@ -23,28 +24,22 @@ export function setupGroups(setup: SetupId): { readonly front: string; readonly 
   return { front: setup, key: isKeyless(setup) ? 'keyserver' : setup === 'nginx-p11kit' ? 'p11kit' : undefined };
 }
 
-const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+/** Per base set-up: its title in the report, and what runs in it (`w`: the proxies' workers, `node`: ", Node N" or ''). */
+const SETUPS: Record<BaseSetup, readonly [title: string, processes: (w: string, node: string) => string]> = {
+  'keyless-unix': ['keyless (unix)', (w, node) => `proxy ${w} + key server (unix)${node}`],
+  'keyless-tcp': ['keyless (mTLS)', (w) => `proxy ${w} + key server (mTLS)`],
+  inmemory: ['in memory', (w, node) => `${w}${node}`],
+  'node-floor': ['bare node:https (floor)', (_, node) => `node:https 1 process${node}`],
+  'nginx-file': ['nginx key file', () => 'nginx 1 process'],
+  'nginx-engine': ['nginx + pkcs11 engine', () => 'nginx 1 process (SoftHSM2 in it)'],
+  'nginx-p11kit': ['nginx + p11-kit', () => 'nginx 1 process + p11-kit server'],
+};
+const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
+
+export const setupTitle = (setup: SetupId): string => `${SETUPS[baseSetup(setup)][0]}${onMajor(setup)}`;
 
 /** What the report says runs in each set-up. */
-export function setupProcesses(setup: SetupId, workers: number): string {
-  const node = nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`;
-  switch (baseSetup(setup)) {
-    case 'keyless-unix':
-      return `proxy ${plural(workers, 'worker')} + key server (unix)${node}`;
-    case 'keyless-tcp':
-      return `proxy ${plural(workers, 'worker')} + key server (mTLS)`;
-    case 'inmemory':
-      return `${plural(workers, 'worker')}${node}`;
-    case 'node-floor':
-      return `node:https 1 process${node}`;
-    case 'nginx-file':
-      return 'nginx 1 process';
-    case 'nginx-engine':
-      return 'nginx 1 process (SoftHSM2 in it)';
-    case 'nginx-p11kit':
-      return 'nginx 1 process + p11-kit server';
-  }
-}
+export const setupProcesses = (setup: SetupId, workers: number): string => SETUPS[baseSetup(setup)][1](plural(workers, 'worker'), onMajor(setup));
 
 export function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
   return [
@@ -282,28 +277,17 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     const ks = signsBetween(sA, sB);
     const latency = load?.latency.summary();
     const completed = l1.completed - l0.completed;
-    const figures = windowFigures(
-      spec,
-      usageBetween(uA, uB),
-      c,
-      load === undefined ? c.full : completed,
-      ks === undefined ? undefined : sumValues(ks),
-      load !== undefined,
-    );
+    const figures = windowFigures(spec, usageBetween(uA, uB), c, load === undefined ? c.full : completed, ks && sumValues(ks), load !== undefined);
+    const d = (k: keyof typeof l0) => l1[k] - l0[k];
+    const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
+    const resumedPct = (100 * d('resumed')) / Math.max(1, completed);
     window = {
       ...figures,
       resume:
-        spec.kind === 'resumed-tls13' && latency !== undefined
-          ? {
-              offered: l1.offered - l0.offered,
-              resumed: l1.resumed - l0.resumed,
-              offeredNotResumed: l1.notResumed - l0.notResumed,
-              resumedPct: (100 * (l1.resumed - l0.resumed)) / Math.max(1, completed),
-              p50Us: latency.p50Us,
-              p99Us: latency.p99Us,
-            }
+        spec.kind === 'resumed-tls13' && lat
+          ? { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('notResumed'), resumedPct, ...lat }
           : undefined,
-      alpn: spec.kind.startsWith('alpn-') && latency !== undefined ? { p50Us: latency.p50Us, p99Us: latency.p99Us } : undefined,
+      alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
     };
   } finally {
     ab = await client.stop();

@@ -5,29 +5,16 @@
  */
 import type { MachineInfo } from '../harness/machine.js';
 import { type Column, columnTable, fmt, markdownTable, rangeText } from '../harness/report.js';
+import { minMax, specTable } from '../harness/runner.js';
 import { median } from '../harness/stats.js';
-import { type BaseSetup, baseSetup, HANDSHAKE_KEYS, nodeMajorOf, type SetupId } from './lab.js';
+import { HANDSHAKE_KEYS } from './lab.js';
+import { setupTitle } from './measure.js';
 import type { Options } from './main.js';
 import { type Kind, KINDS } from './scenarios.js';
 import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
 import type { RoundFailure } from '../harness/rounds.js';
 import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 import type { PerfSummary } from '../harness/perf.js';
-
-const SETUP_TITLE: Record<BaseSetup, string> = {
-  'keyless-unix': 'keyless (unix)',
-  'keyless-tcp': 'keyless (mTLS)',
-  inmemory: 'in memory',
-  'node-floor': 'bare node:https (floor)',
-  'nginx-file': 'nginx key file',
-  'nginx-engine': 'nginx + pkcs11 engine',
-  'nginx-p11kit': 'nginx + p11-kit',
-};
-
-export function setupTitle(setup: SetupId): string {
-  const major = nodeMajorOf(setup);
-  return `${SETUP_TITLE[baseSetup(setup)]}${major === undefined ? '' : `, Node ${major}`}`;
-}
 
 const KIND_TITLE: Record<Kind, string> = {
   'full-tls13': 'Full TLS 1.3 handshakes (ab -f TLS1.3, new connection per request)',
@@ -109,36 +96,30 @@ export function markdownReport(
       : `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`) +
     (options.keyserverCpus === undefined ? '' : `; key server moved to CPU ${options.keyserverCpus}`);
   const kinds = KINDS.filter((k) => summaries.some((s) => s.kind === k));
-  const targetTable =
-    targetRows.length === 0
-      ? '(needs the scenarios the targets compare)'
-      : markdownTable(
-          ['Target', 'Key', 'Node', 'value', 'limit', 'met', 'from'],
-          targetRows.map((t) => [
-            t.name,
-            t.key,
-            t.node,
-            fmt(t.value, 2),
-            t.limit === undefined ? '–' : `≤ ${fmt(t.limit, 2)}`,
-            t.limit === undefined ? '' : t.met === undefined ? '?' : t.met ? 'yes' : '**no**',
-            t.detail,
-          ]),
-          ['left', 'left', 'right', 'right', 'right', 'left', 'left'],
-        );
-  const hopTable =
-    hopRows.length === 0
-      ? '(needs keyless and in memory)'
-      : markdownTable(
-          ['Key', 'Transport', '**hop µs/hs**', 'of which proxy / key server', 'per round (min–max)'],
-          hopRows.map((h) => [
-            h.key.title,
-            setupTitle(h.setup),
-            `**${fmt(h.hopUs)}**`,
-            `${fmt(h.frontHopUs)} / ${fmt(h.keyUs)}`,
-            `${fmt(Math.min(...h.perRoundUs))}–${fmt(Math.max(...h.perRoundUs))}`,
-          ]),
-          ['left', 'left', 'right', 'right', 'right'],
-        );
+  const targetTable = specTable(
+    targetRows,
+    [
+      ['Target', 'left', (t) => t.name],
+      ['Key', 'left', (t) => t.key],
+      ['Node', 'right', (t) => t.node],
+      ['value', 'right', (t) => fmt(t.value, 2)],
+      ['limit', 'right', (t) => (t.limit === undefined ? '–' : `≤ ${fmt(t.limit, 2)}`)],
+      ['met', 'left', (t) => (t.limit === undefined ? '' : t.met === undefined ? '?' : t.met ? 'yes' : '**no**')],
+      ['from', 'left', (t) => t.detail],
+    ],
+    '(needs the scenarios the targets compare)',
+  );
+  const hopTable = specTable(
+    hopRows,
+    [
+      ['Key', 'left', (h) => h.key.title],
+      ['Transport', 'left', (h) => setupTitle(h.setup)],
+      ['**hop µs/hs**', 'right', (h) => `**${fmt(h.hopUs)}**`],
+      ['of which proxy / key server', 'right', (h) => `${fmt(h.frontHopUs)} / ${fmt(h.keyUs)}`],
+      ['per round (min–max)', 'right', (h) => minMax(h.perRoundUs)],
+    ],
+    '(needs keyless and in memory)',
+  );
   const limitLines: string[] = [];
   if (limits.openssl !== undefined) {
     limitLines.push(

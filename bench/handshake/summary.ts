@@ -11,10 +11,9 @@ import { fmt } from '../harness/report.js';
 import { round } from '../harness/stats.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import { sumValues } from '../lab/counters.js';
-import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, type SetupId } from './lab.js';
-import { type BenchScenario, type RunResult, setupGroups, setupProcesses, type WindowFigures } from './measure.js';
+import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, NODE_SETUPS, type NodeSetup, onNode, type SetupId } from './lab.js';
+import { type BenchScenario, type RunResult, setupGroups, setupProcesses, setupTitle, type WindowFigures } from './measure.js';
 import type { OpensslSpeed, RawTokenRate } from './limits.js';
-import { setupTitle } from './report.js';
 import type { Kind, ScenarioSpec } from './scenarios.js';
 
 /** The targets (issue 12; issue 13 for h2). */
@@ -133,62 +132,47 @@ function find(summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId,
 }
 
 /**
+ * The targets' rows: name, the two figures divided (kind and base set-up, or a difference of two such pairs), the
+ * limit (undefined: reported, no target), whether only under this process's Node major (the ALPN kinds run there only).
+ */
+type Figure = readonly [Kind, SetupId];
+const KEYLESS: Figure = ['full-tls13', 'keyless-unix'];
+const IN_MEMORY: Figure = ['full-tls13', 'inmemory'];
+const FILE: Figure = ['full-tls13', 'nginx-file'];
+const P11KIT: Figure = ['full-tls13', 'nginx-p11kit'];
+const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true])[] = [
+  ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], TARGETS.keylessVsP11kit],
+  ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], TARGETS.inMemoryVsFile],
+  ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], TARGETS.hopVsP11kitHop],
+  ['full handshake: bare node:https (floor) ÷ nginx key file', [['full-tls13', 'node-floor']], [FILE], undefined],
+  ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], TARGETS.resumedVsNginx],
+  ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
+  ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], TARGETS.h2VsH1Handshake, true],
+  ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
+];
+
+/**
  * The targets (issue 12) from the medians of this run, per Node major of the Node side (nginx is the same process in
  * every row). A row is left out when a scenario it needs did not run; `limit` undefined: reported, no target.
  */
 export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]): TargetRow[] {
-  const out: TargetRow[] = [];
-  const ratio = (name: string, key: HandshakeKey, major: number, a: number | undefined, b: number | undefined, limit: number | undefined, detail = '') => {
-    if (a === undefined || b === undefined) return;
-    const value = a / b;
-    const met = limit === undefined || !(b > 0) ? undefined : value <= limit;
-    out.push({ name, key: key.title, node: String(major), value, limit, met, detail: detail || `${fmt(a)} ÷ ${fmt(b)} µs` });
-  };
-  for (const major of majors) {
-    for (const key of HANDSHAKE_KEYS) {
-      const cpu = (kind: Kind, setup: SetupId) => find(summaries, kind, setup, key.id)?.serverUs.median;
-      const keyless = cpu('full-tls13', onNode('keyless-unix', major));
-      const inMemory = cpu('full-tls13', onNode('inmemory', major));
-      const floor = cpu('full-tls13', onNode('node-floor', major));
-      const [file, p11kit] = [cpu('full-tls13', 'nginx-file'), cpu('full-tls13', 'nginx-p11kit')];
-      ratio('full handshake: keyless (unix) ÷ nginx + p11-kit', key, major, keyless, p11kit, TARGETS.keylessVsP11kit);
-      ratio('full handshake: in memory ÷ nginx key file', key, major, inMemory, file, TARGETS.inMemoryVsFile);
-      if (keyless !== undefined && inMemory !== undefined && p11kit !== undefined && file !== undefined) {
-        const detail = `${fmt(keyless - inMemory)} ÷ ${fmt(p11kit - file)} µs`;
-        ratio(
-          'keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)',
-          key,
-          major,
-          keyless - inMemory,
-          p11kit - file,
-          TARGETS.hopVsP11kitHop,
-          detail,
-        );
-      }
-      ratio('full handshake: bare node:https (floor) ÷ nginx key file', key, major, floor, file, undefined);
-      ratio(
-        'resumed handshake: keyless ÷ nginx',
-        key,
-        major,
-        cpu('resumed-tls13', onNode('keyless-unix', major)),
-        cpu('resumed-tls13', 'nginx-file'),
-        TARGETS.resumedVsNginx,
-      );
-      ratio('resumed handshake: floor ÷ nginx', key, major, cpu('resumed-tls13', onNode('node-floor', major)), cpu('resumed-tls13', 'nginx-file'), undefined);
-      if (major === OWN_MAJOR) {
-        ratio(
-          'full handshake with h2 ÷ with http/1.1: keyless',
-          key,
-          major,
-          cpu('alpn-h2', 'keyless-unix'),
-          cpu('alpn-h1', 'keyless-unix'),
-          TARGETS.h2VsH1Handshake,
-        );
-        ratio('full handshake with h2 ÷ with http/1.1: nginx', key, major, cpu('alpn-h2', 'nginx-file'), cpu('alpn-h1', 'nginx-file'), undefined);
-      }
-    }
-  }
-  return out;
+  return majors.flatMap((major) =>
+    HANDSHAKE_KEYS.flatMap((key) =>
+      TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]): TargetRow[] => {
+        if (ownOnly && major !== OWN_MAJOR) return [];
+        const node = (setup: SetupId) => (NODE_SETUPS.includes(setup as NodeSetup) ? onNode(setup as NodeSetup, major) : setup);
+        const cpu = ([kind, setup]: Figure) => find(summaries, kind, node(setup), key.id)?.serverUs.median;
+        const value = (figures: readonly Figure[]) => {
+          const [x, y] = figures.map(cpu);
+          return figures.length === 1 ? x : x === undefined || y === undefined ? undefined : x - y;
+        };
+        const [x, y] = [value(a), value(b)];
+        if (x === undefined || y === undefined) return [];
+        const detail = `${fmt(x)} ÷ ${fmt(y)} µs`;
+        return [{ name, key: key.title, node: String(major), value: x / y, limit, met: limit === undefined || !(y > 0) ? undefined : x / y <= limit, detail }];
+      }),
+    ),
+  );
 }
 
 export interface HopRow {

@@ -4,8 +4,9 @@
  * It cannot stop early and still report, so the caller sizes its duration to
  * cover ramp-up and window. Latencies are whole milliseconds (its histogram).
  */
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';
+import { type ClientOutput, type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';
 
 /** The CLI in node_modules, relative to this module in dist/bench/lab/. */
 export const AUTOCANNON_CLI = fileURLToPath(new URL('../../../node_modules/autocannon/autocannon.js', import.meta.url));
@@ -36,46 +37,24 @@ export interface AutocannonResult {
   readonly statusCodes: Readonly<Record<string, number>>;
 }
 
-export function autocannonArgs(options: AutocannonOptions): string[] {
-  return [
-    '--json',
-    '-c',
-    String(options.connections),
-    '-d',
-    String(options.durationSec),
-    // A request unanswered for 10 s counts as a timeout (an error), not a hang.
-    '-t',
-    '10',
-    '-s',
-    options.serverName,
-    '-H',
-    `host=${options.serverName}`,
-    options.url,
-  ];
+export function autocannonArgs(o: AutocannonOptions): string[] {
+  // -t 10: a request unanswered for 10 s counts as a timeout (an error), not a hang.
+  return ['--json', '-c', String(o.connections), '-d', String(o.durationSec), '-t', '10', '-s', o.serverName, '-H', `host=${o.serverName}`, o.url];
 }
 
 /** autocannon as a client process (harness/client.ts), under this node without the bench's NODE_OPTIONS. */
 export function startAutocannon(options: AutocannonOptions): ClientProcess<AutocannonResult> {
   const command = [process.execPath, AUTOCANNON_CLI, ...autocannonArgs(options)];
-  return startClient(
-    'autocannon',
-    command,
-    options.cpus,
-    (out) => {
-      exitedCleanly(out);
-      return parseAutocannonJson(out.stdout);
-    },
-    { ...process.env, NODE_OPTIONS: '' },
-  );
+  const parse = (out: ClientOutput) => {
+    exitedCleanly(out);
+    return parseAutocannonJson(out.stdout);
+  };
+  return startClient('autocannon', command, options.cpus, parse, { ...process.env, NODE_OPTIONS: '' });
 }
 
 /** autocannon's --json output: the last line that parses as an object with a `requests` block. */
 export function parseAutocannonJson(text: string): AutocannonResult {
-  const line = text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l.startsWith('{'))
-    .at(-1);
+  const line = [...text.matchAll(/^\s*(\{.*?)\s*$/gm)].at(-1)?.[1];
   if (line === undefined) throw new Error('autocannon printed no JSON');
   const j = JSON.parse(line) as Record<string, unknown>;
   const block = (name: string) => (typeof j[name] === 'object' && j[name] !== null ? (j[name] as Record<string, unknown>) : {});
@@ -101,13 +80,6 @@ export function parseAutocannonJson(text: string): AutocannonResult {
 
 /** autocannon's version, from its package.json. */
 export async function autocannonVersion(): Promise<string | undefined> {
-  try {
-    const { readFile } = await import('node:fs/promises');
-    const pkg = JSON.parse(await readFile(fileURLToPath(new URL('../../../node_modules/autocannon/package.json', import.meta.url)), 'utf8')) as {
-      version?: string;
-    };
-    return pkg.version;
-  } catch {
-    return undefined;
-  }
+  const pkg = await readFile(fileURLToPath(new URL('../../../node_modules/autocannon/package.json', import.meta.url)), 'utf8').catch(() => '{}');
+  return (JSON.parse(pkg) as { version?: string }).version;
 }

@@ -20,17 +20,8 @@ export interface H2loadOptions {
 }
 
 export function h2loadArgs(o: H2loadOptions): string[] {
-  return [
-    '-c',
-    String(o.connections),
-    '-m',
-    String(o.streams),
-    '-D',
-    String(Math.ceil(o.durationSec)),
-    '--npn-list=h2',
-    `--connect-to=127.0.0.1:${o.port}`,
-    `https://${o.serverName}:${o.port}/`,
-  ];
+  const shape = ['-c', String(o.connections), '-m', String(o.streams), '-D', String(Math.ceil(o.durationSec))];
+  return [...shape, '--npn-list=h2', `--connect-to=127.0.0.1:${o.port}`, `https://${o.serverName}:${o.port}/`];
 }
 
 /** Milliseconds of an h2load time such as `1.23ms`, `850us` or `2.1s`. */

@@ -139,13 +139,9 @@ export class KeepaliveLab extends LabBase<ServerId> {
 
     await this.#check('keyedge');
     // A comparison server that does not come up is left out with the reason (its log's tail), not the whole run.
+    const nginx = [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')];
     const third: [ServerId, string | undefined, () => readonly string[], string][] = [
-      [
-        'nginx',
-        this.configs.nginx === undefined ? undefined : this.options.nginx,
-        () => [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')],
-        'nginx.log',
-      ],
+      ['nginx', this.configs.nginx === undefined ? undefined : this.options.nginx, () => nginx, 'nginx.log'],
       [
         'caddy',
         this.configs.caddy === undefined ? undefined : this.options.caddy,

@@ -2,8 +2,9 @@
  * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3,
  * ECDSA P-256), the keyless proxy next to nginx and caddy, over HTTP/1.1
  * (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13).
- * Set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts;
- * method and columns: bench/README.md, "keepalive".
+ * A description for harness/runner.ts; set-up: lab.ts; one run: measure.ts;
+ * figures and Markdown: report.ts; method and columns: bench/README.md,
+ * "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
  */
@@ -11,27 +12,20 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
-import { describeMachine } from '../harness/machine.js';
 import { shownCommand } from '../harness/client.js';
-import { installInterrupt, runBench } from '../harness/main.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { dateStamp, fmt } from '../harness/report.js';
-import { errorStatus, failSoft, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { fmt } from '../harness/report.js';
 import { skippedBenchRow } from '../harness/summary.js';
-import type { RunContext, Scenario } from '../harness/rounds.js';
+import { type MeasuringBench, plural, runMeasuring } from '../harness/runner.js';
+import type { Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
 import { h2loadArgs } from './h2load.js';
 import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
-import { type Env, type RunResult, runOnce } from './measure.js';
-import { compareTo, markdownReport, type ProfileReport, readProfiles, summarize, summaryRow } from './report.js';
+import { type RunResult, runOnce } from './measure.js';
+import { compareTo, markdownReport, readProfiles, summarize, summaryRow } from './report.js';
 
 export const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
-/**
- * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the
- * origin (process start, 64 handshakes), which on a loaded machine takes well over a second.
- */
-export const CLIENT_MARGIN_MS = 2500;
 
 export const TABLE = {
   quick: std.quick('3 rounds of 2 s, 1.5 s warm-up per scenario (about a minute)'),
@@ -77,114 +71,98 @@ export function parseOptions(argv: string[]) {
   };
 }
 
-async function main(): Promise<number> {
-  const options = parseOptions(process.argv.slice(2));
-  if (options === undefined) return 0;
-  const started = Date.now();
-  const log = stampedLog(started);
-  const machine = describeMachine();
+/** The lab, what was skipped and why, the servers' versions, and every request each server answered (warm-up included: what a --cpu-prof profile covers). */
+interface Lab {
+  readonly lab: KeepaliveLab;
+  readonly skipped: Map<string, string>;
+  readonly versions: Record<string, string | undefined>;
+  readonly answered: Map<string, number>;
+}
+type KeepaliveScenario = Scenario<RunResult> & { server: ServerId; h2: boolean; label: string };
 
-  // Third-party servers: found or installed, else skipped with the reason.
-  const skipped = new Map<string, string>();
-  const binaries = new Map<ServerId, string>();
-  for (const [server, pkg] of [
-    ['nginx', 'nginx'],
-    ['caddy', 'caddy'],
-  ] as const) {
-    if (!options.servers.includes(server)) continue;
-    const found = findOrInstall(server, pkg, options.install, log);
-    if (found.ok) binaries.set(server, found.path);
-    else {
-      skipped.set(server, found.reason);
-      log(`${server} skipped: ${found.reason}`);
+const COMMANDS = {
+  keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
+  keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
+  nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
+  caddy: 'caddy run --config <tmp>/caddy.json',
+  origin: 'node dist/bench/keepalive/origin.js --port P',
+};
+
+const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
+  name: 'keepalive',
+  parse: parseOptions,
+  async setup(options, { log }, hold) {
+    // Third-party servers: found or installed, else skipped with the reason.
+    const skipped = new Map<string, string>();
+    const binaries = new Map<ServerId, string>();
+    for (const server of ['nginx', 'caddy'] as const) {
+      if (!options.servers.includes(server)) continue;
+      const found = findOrInstall(server, server, options.install, log);
+      if (found.ok) binaries.set(server, found.path);
+      else {
+        skipped.set(server, found.reason);
+        log(`${server} skipped: ${found.reason}`);
+      }
     }
-  }
-  const versions = {
-    autocannon: await autocannonVersion(),
-    ...(binaries.has('nginx') ? { nginx: versionOf(binaries.get('nginx')!, ['-v'])?.replace(/^nginx version: nginx\//, '') } : {}),
-    ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
-  };
-
-  let lab: KeepaliveLab | undefined;
-  const signal = installInterrupt(log, () => lab?.cleanup(options.keepTemp));
-
-  try {
+    const versions = {
+      autocannon: await autocannonVersion(),
+      ...(binaries.has('nginx') ? { nginx: versionOf(binaries.get('nginx')!, ['-v'])?.replace(/^nginx version: nginx\//, '') } : {}),
+      ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
+    };
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
     const proxyNodeArgs = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir];
-    lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs }, log);
+    const lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs }, log);
+    const held = { lab, skipped, versions, answered: new Map<string, number>() };
+    hold(held);
     log(`temp dir ${lab.dir}`);
-    signal.throwIfAborted();
     await lab.start(log);
     for (const [server, reason] of lab.failed) skipped.set(server, reason);
-    signal.throwIfAborted();
-    const env: Env = { lab, options };
-    const running = lab;
-
+    return held;
+  },
+  async scenarios({ lab, skipped, versions }, options, { log }) {
     // HTTP/2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
     const ca = readFileSync(lab.caFile, 'utf8');
     const h2Servers = new Set<ServerId>();
-    if (options.protocols.includes('h2')) {
-      for (const server of options.servers.filter((s) => running.servers.has(s))) {
-        const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
-        if (picked === 'h2') h2Servers.add(server);
-        else {
-          skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
-          log(`${server}-h2 skipped: the server does not negotiate h2`);
-        }
+    for (const server of options.protocols.includes('h2') ? options.servers.filter((s) => lab.servers.has(s)) : []) {
+      const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
+      if (picked === 'h2') h2Servers.add(server);
+      else {
+        skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+        log(`${server}-h2 skipped: the server does not negotiate h2`);
       }
     }
     const labels: Record<ServerId, string> = {
-      keyedge: `keyedge proxy (keyless, ${options.workers} worker${options.workers === 1 ? '' : 's'})`,
+      keyedge: `keyedge proxy (keyless, ${plural(options.workers, 'worker')})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
       caddy: `caddy ${versions.caddy ?? ''}`.trim(),
     };
-    const scenarios: (Scenario<RunResult> & { server: ServerId; h2: boolean })[] = options.protocols.flatMap((protocol) =>
+    return options.protocols.flatMap((protocol) =>
       options.servers
-        .filter((s) => running.servers.has(s) && (protocol === 'h1' || h2Servers.has(s)))
+        .filter((s) => lab.servers.has(s) && (protocol === 'h1' || h2Servers.has(s)))
         .map((server) => {
           const h2 = protocol === 'h2';
-          return {
-            name: h2 ? `${server}-h2` : server,
-            server,
-            h2,
-            run: (durationMs: number, context: RunContext) => runOnce(env, server, h2, durationMs, context),
-          };
+          const label = `${labels[server]}${h2 ? ', HTTP/2' : ''}`;
+          return { name: h2 ? `${server}-h2` : server, label, server, h2, run: (ms, context) => runOnce({ lab, options }, server, h2, ms, context) };
         }),
     );
-    const ownPids = [...running.servers.values(), running.origin]
-      .flatMap((p) => (p === undefined ? [] : processTree(p.pid)))
-      .concat(running.keyserver?.pid ?? []);
-    // Every request each server answered, warm-up included: what a --cpu-prof profile (the proxy's whole life) covers.
-    const answered = new Map<string, number>();
-    log(
-      `warm-up ${options.warmupMs / 1000} s per server, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
-        (options.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${options.serverCpus}, autocannon on CPU ${options.clientCpus}`),
+  },
+  ownPids: ({ lab }) => [...lab.servers.values(), lab.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(lab.keyserver?.pid ?? []),
+  plan: (o, scenarios) =>
+    `warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} rounds of ${o.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
+    (o.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${o.serverCpus}, autocannon on CPU ${o.clientCpus}`),
+  pad: 8,
+  line({ window: w, client: c }, scenario, { answered }) {
+    answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
+    const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
+    return (
+      `${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req ` +
+      `(${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`
     );
-    const { order, results, failures, quietWait } = await measureRounds(scenarios, options, ownPids, signal, log, {
-      failSoft: failSoft(log),
-      onRun: ({ scenario, context, result }) => {
-        const w = result.window;
-        const c = result.client;
-        answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
-        const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
-        log(
-          `${roundTag(context)}${scenario.padEnd(8)} ${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req` +
-            `  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req (${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`,
-        );
-      },
-    });
-
-    const date = dateStamp();
-    const summaries = scenarios.map((s) =>
-      summarize(
-        s.name,
-        `${labels[s.server]}${s.h2 ? ', HTTP/2' : ''}`,
-        results.get(s.name) ?? [],
-        options.serverCpuCount,
-        failures.filter((f) => f.scenario === s.name && f.phase === 'measure').length,
-      ),
-    );
+  },
+  async report({ lab, skipped, versions, answered }, options, scenarios, { results, failures, method }, { machine, date }) {
+    const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+    const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], options.serverCpuCount, failed(s.name)));
     const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
     const h2Args = { port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined };
     const h2Command = shownCommand(options.clientCpus, 'h2load', h2loadArgs(h2Args), [
@@ -193,37 +171,12 @@ async function main(): Promise<number> {
     ]);
     const acArgs = { url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: options.connections, durationSec: 0, cpus: undefined };
     const clientCommand = shownCommand(options.clientCpus, 'node_modules/.bin/autocannon', autocannonArgs(acArgs), [[/-d 0/, '-d T']]);
-    const commands = {
-      keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
-      keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
-      nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
-      caddy: 'caddy run --config <tmp>/caddy.json',
-      origin: 'node dist/bench/keepalive/origin.js --port P',
-    };
-
     // Stop the proxy first when profiling: node writes --cpu-prof files at exit.
-    let profiles: ProfileReport[] = [];
-    if (options.cpuProfDir !== undefined) {
-      await lab.servers.get('keyedge')?.stop(15_000);
-      profiles = readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
-    }
-
-    const markdown = markdownReport(
-      { machine, options, date, clientCommand, h2Command, commands, versions, failures },
-      summaries,
-      skipped,
-      comparisons,
-      profiles,
-    );
-    const keyedge = summaries.find((s) => s.server === 'keyedge');
-    const caddy = comparisons.find((c) => c.other === 'caddy');
-    const nginx = comparisons.find((c) => c.other === 'nginx');
-    const nginxH2 = comparisons.find((c) => c.other === 'nginx-h2');
+    if (options.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
+    const profiles = options.cpuProfDir === undefined ? [] : readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
+    const ctx = { machine, options, date, clientCommand, h2Command, commands: COMMANDS, versions, failures };
+    const ratio = (other: string) => comparisons.find((c) => c.other === other)?.cpuRatio ?? null;
     const json = {
-      benchmark: 'keepalive',
-      date,
-      quick: options.quick,
-      machine,
       versions,
       client: {
         command: clientCommand,
@@ -232,7 +185,7 @@ async function main(): Promise<number> {
         h2: { command: h2Command, connections: options.h2Connections, streams: options.h2Streams },
       },
       servers: {
-        ...commands,
+        ...COMMANDS,
         workers: options.workers,
         cpus: options.serverCpus,
         logLevel: options.logLevel,
@@ -240,35 +193,30 @@ async function main(): Promise<number> {
         originPool: ORIGIN_POOL,
         protocols: Object.fromEntries(lab.protocols),
       },
-      method: methodJson(options, order, quietWait),
+      method: method(),
       failedRounds: failures,
       proxyConfig: lab.configs.keyedge,
       nginxConfig: lab.configs.nginx,
       caddyConfig: lab.configs.caddy,
       targets: {
         /** keyedge server CPU per request below caddy's, in this run. */
-        keyedgeBelowCaddy: caddy === undefined ? null : caddy.cpuRatio < 1,
-        keyedgeVsCaddyCpu: caddy?.cpuRatio ?? null,
-        keyedgeVsNginxCpu: nginx?.cpuRatio ?? null,
+        keyedgeBelowCaddy: ratio('caddy') === null ? null : ratio('caddy')! < 1,
+        keyedgeVsCaddyCpu: ratio('caddy'),
+        keyedgeVsNginxCpu: ratio('nginx'),
         /** Issue 13: CPU per request over h2 (10 streams), keyedge ÷ nginx; target ≤ 2.0. */
-        keyedgeVsNginxH2Cpu: nginxH2?.cpuRatio ?? null,
-        keyedgeServerCpuUsPerRequest: keyedge?.serverUs.median ?? null,
+        keyedgeVsNginxH2Cpu: ratio('nginx-h2'),
+        keyedgeServerCpuUsPerRequest: summaries.find((s) => s.server === 'keyedge')?.serverUs.median ?? null,
       },
       comparisons,
       summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
       scenarios: summaries,
       profiles,
-      durationSeconds: (Date.now() - started) / 1000,
     };
-    publish(options.out, options.quick ? 'keepalive-quick' : 'keepalive', json, markdown, date, log);
-    return errorStatus(
-      summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0),
-      'requests',
-      log,
-    );
-  } finally {
-    await lab?.close(options.keepTemp, log);
-  }
-}
+    const errors = summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0);
+    return { json, markdown: markdownReport(ctx, summaries, skipped, comparisons, profiles), errors, what: 'requests' };
+  },
+  close: ({ lab }, o, log) => lab.close(o.keepTemp, log),
+  kill: ({ lab }, o) => lab.cleanup(o.keepTemp),
+};
 
-runBench('keepalive', main());
+runMeasuring(KEEPALIVE);

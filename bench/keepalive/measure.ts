@@ -3,13 +3,19 @@ import { type RunContext, sleep } from '../harness/rounds.js';
 import { startAutocannon } from './autocannon.js';
 import { startH2load } from './h2load.js';
 import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
-import { CLIENT_MARGIN_MS, type Options } from './main.js';
+import type { Options } from './main.js';
 
 /**
  * One run of one keep-alive scenario: start the client (autocannon, or h2load for HTTP/2), wait for traffic and the
  * ramp-up, read the origin's request counter and every process's CPU around the window, then take the client's report.
  * Requests are counted at the origin, so every server and protocol is counted alike.
  */
+
+/**
+ * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the
+ * origin (process start, 64 handshakes), which on a loaded machine takes well over a second.
+ */
+export const CLIENT_MARGIN_MS = 2500;
 
 export type RunResult = Awaited<ReturnType<typeof runOnce>>;
 export type WindowResult = RunResult['window'];
@@ -41,22 +47,10 @@ export async function runOnce(env: Env, server: ServerId, h2: boolean, durationM
   // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
   // for noticing that traffic started.
   const durationSec = (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000;
+  const client = { serverName: SERVER_NAME, durationSec, cpus: options.clientCpus };
   const ac = h2
-    ? startH2load({
-        port: lab.port(server),
-        serverName: SERVER_NAME,
-        connections: options.h2Connections,
-        streams: options.h2Streams,
-        durationSec,
-        cpus: options.clientCpus,
-      })
-    : startAutocannon({
-        url: `https://127.0.0.1:${lab.port(server)}/`,
-        serverName: SERVER_NAME,
-        connections: options.connections,
-        durationSec,
-        cpus: options.clientCpus,
-      });
+    ? startH2load({ ...client, port: lab.port(server), connections: options.h2Connections, streams: options.h2Streams })
+    : startAutocannon({ ...client, url: `https://127.0.0.1:${lab.port(server)}/`, connections: options.connections });
   try {
     await waitForTraffic(lab, count0, () => ac.exited(), context.signal);
     await sleep(options.rampMs, context.signal);

@@ -15,6 +15,7 @@ import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
 import { benchRow } from '../harness/summary.js';
+import { minMax, specTable } from '../harness/runner.js';
 
 export type ServerSummary = ReturnType<typeof summarize>;
 
@@ -124,26 +125,23 @@ export function markdownReport(
     SERVER_COLUMNS,
     [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']),
   );
-  const cmpTable =
-    comparisons.length === 0
-      ? '(needs keyedge and at least one of nginx, caddy)'
-      : markdownTable(
-          ['keyedge vs', 'CPU/request ratio (keyedge ÷ other)', 'per round (min–max)', 'requests/s ratio', 'target'],
-          comparisons.map((c) => [
-            `${c.keyedge} vs ${c.other}`,
-            `**${fmt(c.cpuRatio, 2)}**`,
-            `${fmt(Math.min(...c.cpuRatioPerRound), 2)}–${fmt(Math.max(...c.cpuRatioPerRound), 2)}`,
-            fmt(c.rateRatio, 2),
-            c.other === 'caddy'
-              ? c.cpuRatio < 1
-                ? 'met: below caddy'
-                : 'missed: not below caddy'
-              : c.other === 'nginx'
-                ? `≤ 2.0 (issue 12): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`
-                : `≤ 2.0 (issue 13): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`,
-          ]),
-          ['left', 'right', 'right', 'right', 'left'],
-        );
+  const target = (c: Comparison) =>
+    c.other === 'caddy'
+      ? c.cpuRatio < 1
+        ? 'met: below caddy'
+        : 'missed: not below caddy'
+      : `≤ 2.0 (issue ${c.other === 'nginx' ? 12 : 13}): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`;
+  const cmpTable = specTable(
+    comparisons,
+    [
+      ['keyedge vs', 'left', (c) => `${c.keyedge} vs ${c.other}`],
+      ['CPU/request ratio (keyedge ÷ other)', 'right', (c) => `**${fmt(c.cpuRatio, 2)}**`],
+      ['per round (min–max)', 'right', (c) => minMax(c.cpuRatioPerRound, 2)],
+      ['requests/s ratio', 'right', (c) => fmt(c.rateRatio, 2)],
+      ['target', 'left', target],
+    ],
+    '(needs keyedge and at least one of nginx, caddy)',
+  );
   const pin =
     options.serverCpus === undefined
       ? 'none (scheduler)'

@@ -26,7 +26,7 @@ import { tokenOptions } from '../../keyserver/server/daemon.js';
 import { listKeys, type TokenKey } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
 import { ClosedLoop, nowNs } from '../harness/loop.js';
-import { delta, machineCpu, procCpu, selfCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
+import { type CpuTimes, delta, machineCpu, procCpu, selfCpu, type ThreadCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
 import type { BenchKey } from './keys.js';
 
@@ -238,6 +238,19 @@ function snapshot(load: SignLoad, pid: number | undefined) {
   };
 }
 
+function serverPerSign(s: CpuTimes, a: ThreadCpu, b: ThreadCpu, perSign: (us: number) => number, cores: (us: number) => number) {
+  const threads = (pick: 'main' | 'others') => perSign(totalUs(delta(a[pick], b[pick])));
+  const [cpuUsPerSign, userUsPerSign, systemUsPerSign] = [perSign(totalUs(s)), perSign(s.userUs), perSign(s.systemUs)];
+  return {
+    cpuUsPerSign,
+    userUsPerSign,
+    systemUsPerSign,
+    mainThreadUsPerSign: threads('main'),
+    otherThreadsUsPerSign: threads('others'),
+    cpuCores: cores(totalUs(s)),
+  };
+}
+
 /** Starts `load`, measures a window of `durationMs` after `rampMs`, stops it and waits for it to drain. */
 export async function measureWindow(load: SignLoad, options: WindowOptions) {
   load.latency.reset();
@@ -254,22 +267,8 @@ export async function measureWindow(load: SignLoad, options: WindowOptions) {
     const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
     const cores = (us: number) => us / 1e6 / seconds;
     const client = totalUs(delta(a.self, b.self));
-    let server:
-      | { cpuUsPerSign: number; userUsPerSign: number; systemUsPerSign: number; mainThreadUsPerSign: number; otherThreadsUsPerSign: number; cpuCores: number }
-      | undefined;
-    if (a.server !== undefined && b.server !== undefined) {
-      const s = delta(a.server.all, b.server.all);
-      // main thread: JavaScript, framing, socket syscalls; others: the signing workers (C_Sign), V8's helpers.
-      const threads = (pick: 'main' | 'others') => perSign(totalUs(delta(a.server!.threads[pick], b.server!.threads[pick])));
-      server = {
-        cpuUsPerSign: perSign(totalUs(s)),
-        userUsPerSign: perSign(s.userUs),
-        systemUsPerSign: perSign(s.systemUs),
-        mainThreadUsPerSign: threads('main'),
-        otherThreadsUsPerSign: threads('others'),
-        cpuCores: cores(totalUs(s)),
-      };
-    }
+    // main thread: JavaScript, framing, socket syscalls; others: the signing workers (C_Sign), V8's helpers.
+    const server = a.server && b.server && serverPerSign(delta(a.server.all, b.server.all), a.server.threads, b.server.threads, perSign, cores);
     const busyCores = cores(b.machine.busyUs - a.machine.busyUs);
     const result = {
       signs,

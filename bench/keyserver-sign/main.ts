@@ -10,14 +10,13 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { cleanRounds, errorStatus, measureRounds, methodJson, publish, roundTag, stampedLog } from '../harness/bench.js';
+import { cleanRounds } from '../harness/bench.js';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
-import { describeMachine } from '../harness/machine.js';
-import { installInterrupt, runBench } from '../harness/main.js';
-import { dateStamp, fmt } from '../harness/report.js';
+import { fmt } from '../harness/report.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { KeyserverLab } from '../lab/keyserver.js';
 import { BENCH_KEYS, type BenchKey, parsePipeline, type Pipeline, pipelineName } from './keys.js';
-import { RawToken } from './load.js';
+import { RawToken, type WindowResult } from './load.js';
 import { markdownReport, scenariosJson, summarize, TARGET_RATIO } from './report.js';
 import {
   type BenchScenario,
@@ -55,6 +54,8 @@ export const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
+
 export function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
@@ -73,132 +74,134 @@ export function parseOptions(argv: string[]) {
   };
 }
 
-async function main(): Promise<number> {
-  const options = parseOptions(process.argv.slice(2));
-  if (options === undefined) return 0;
-  const cores = os.availableParallelism();
-  const rawSessionCounts = [...new Set([cores, 2 * cores])];
-  const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-  if (poolThreads < 2 * cores) process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${2 * cores} raw sessions; raw figures will be low\n`);
-  const machine = describeMachine();
-  const started = Date.now();
-  const log = stampedLog(started);
-  const lab = new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions });
-  const signal = installInterrupt(log, () => lab.cleanup(options['keep-temp']));
-  const scenarios: BenchScenario[] = [];
-  let raw: RawToken | undefined;
-  try {
+/** The lab, the raw token opened in this process, the key ids, the pipeline per key, the exploration and the idle latencies. */
+interface Lab {
+  readonly lab: KeyserverLab;
+  raw?: RawToken;
+  rig?: SignRig;
+  readonly keyIds: Map<string, string>;
+  readonly chosen: Map<string, Pipeline>;
+  readonly explore: ExploreRow[];
+  readonly scenarios: BenchScenario[];
+}
+
+const cores = os.availableParallelism();
+const rawSessionCounts = [...new Set([cores, 2 * cores])];
+
+const KEYSERVER_SIGN: MeasuringBench<Options, Lab, BenchScenario, WindowResult> = {
+  name: 'keyserver-sign',
+  parse: parseOptions,
+  async setup(options, { log, signal }, hold) {
+    const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+    if (poolThreads < 2 * cores)
+      process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${2 * cores} raw sessions; raw figures will be low\n`);
+    const held: Lab = {
+      lab: new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions }),
+      keyIds: new Map(),
+      chosen: new Map(),
+      explore: [],
+      scenarios: [],
+    };
+    hold(held);
+    const { lab, keyIds } = held;
     log(`temp dir ${lab.dir}`);
-    const keyIds = new Map<string, string>();
     for (const key of options.keys) {
       keyIds.set(key.id, await lab.generateKey(key.type, key.label));
       log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
     }
     signal.throwIfAborted();
     // The raw side: the same token, opened in this process.
-    const rawToken = new RawToken(lab.configPath, 2 * cores);
-    raw = rawToken;
-    const config = rawToken.config;
+    held.raw = new RawToken(lab.configPath, 2 * cores);
+    const prof = options['server-cpu-prof'];
+    const server = await lab.startServer(prof === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', prof] });
+    log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${held.raw.config.pkcs11.sessions}`);
     const digests = Array.from({ length: 16 }, () => randomBytes(32));
-    const server = await lab.startServer(
-      options['server-cpu-prof'] === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options['server-cpu-prof']] },
-    );
-    log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${config.pkcs11.sessions}`);
-    const rig: SignRig = { lab, server, client: options.client, digests, keyIds, rampMs: options.rampMs };
-    const rawLoad = (key: BenchKey, sessions: number) => rawToken.load((k) => k.keyId === keyIds.get(key.id), key, sessions, digests);
-
+    held.rig = { lab, server, client: options.client, digests, keyIds, rampMs: options.rampMs };
+    return held;
+  },
+  async scenarios(held, options, { log, signal }) {
+    const rig = held.rig!;
     // The pipeline setting per key type: given, or explored on the unix socket.
-    const chosen = new Map<string, Pipeline>();
-    const explore: ExploreRow[] = [];
     const transports = options.paths.filter((p) => p !== 'raw');
     for (const key of options.keys) {
-      if (options.pipeline !== undefined) chosen.set(key.id, options.pipeline);
+      if (options.pipeline !== undefined) held.chosen.set(key.id, options.pipeline);
       if (options.pipeline !== undefined || transports.length === 0) continue;
       log(`exploring pipeline settings for ${key.title} (${options.explorePasses} pass(es) of ${options.exploreMs} ms each)`);
       const result = await explorePipeline(rig, key, options.exploreMs, options.explorePasses, signal, log);
-      chosen.set(key.id, result.chosen);
-      explore.push(...result.rows);
+      held.chosen.set(key.id, result.chosen);
+      held.explore.push(...result.rows);
     }
     for (const key of options.keys) {
-      if (options.paths.includes('raw')) for (const n of rawSessionCounts) scenarios.push(rawScenario(key, rawLoad(key, n), options.rampMs));
-      for (const transport of transports) scenarios.push(keyserverScenario(rig, key, transport, chosen.get(key.id)!));
+      if (options.paths.includes('raw')) for (const n of rawSessionCounts) held.scenarios.push(rawScenario(key, rawLoad(held, key, n), options.rampMs));
+      for (const transport of transports) held.scenarios.push(keyserverScenario(rig, key, transport, held.chosen.get(key.id)!));
     }
-
-    log(`warm-up ${options.warmupMs / 1000} s per scenario, then ${options.rounds} rounds of ${options.measureMs / 1000} s over ${scenarios.length} scenarios`);
-    const { order, results, quietWait } = await measureRounds(scenarios, options, [server.pid], signal, log, {
-      extraRounds: {
-        max: options['extra-rounds'],
-        needed: (sofar) => {
-          const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
-          if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
-          return short.length > 0;
-        },
+    return held.scenarios;
+  },
+  ownPids: (held) => [held.rig!.server.pid],
+  plan: (o, scenarios) => `warm-up ${o.warmupMs / 1000} s per scenario, then ${o.rounds} rounds of ${o.measureMs / 1000} s over ${scenarios.length} scenarios`,
+  rounds: (options, log) => ({
+    failSoft: false,
+    extraRounds: {
+      max: options['extra-rounds'],
+      needed: (sofar) => {
+        const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
+        if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
+        return short.length > 0;
       },
-      onRun: ({ scenario, context, result: r }) => {
-        const onServer = r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`;
-        log(
-          `${roundTag(context)}${scenario.padEnd(12)} ${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
-            `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)${onServer} machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}` +
-            (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : ''),
-        );
-      },
-    });
+    },
+  }),
+  pad: 12,
+  line(r) {
+    const onServer = r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`;
+    return (
+      `${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
+      `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)${onServer} machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}` +
+      (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : '')
+    );
+  },
+  async report(held, options, scenarios, { results, order, method }, { log, signal, machine, date }) {
+    const { lab, rig, keyIds, chosen, explore } = held;
     const idle: IdleLatencyRow[] = [];
     for (const key of options.keys) {
-      for (const path of options.paths) idle.push(await idleLatency(rig, key, path, () => rawLoad(key, 1), options.idleMs, signal, log));
+      for (const path of options.paths) idle.push(await idleLatency(rig!, key, path, () => rawLoad(held, key, 1), options.idleMs, signal, log));
     }
-
     const { summaries, ceilings } = summarize(scenarios, results);
-    const date = dateStamp();
     const settings = {
       rawSessions: rawSessionCounts,
-      keyserverSessions: config.pkcs11.sessions,
+      keyserverSessions: held.raw!.config.pkcs11.sessions,
       pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
     };
-    const method = methodJson(options, order, quietWait, {
-      roundsRun: order.length,
-      maxExtraRounds: options['extra-rounds'],
-      client: options.client,
-      exploration: {
-        candidates: PIPELINE_CANDIDATES.map(pipelineName),
-        durationMs: options.exploreMs,
-        passes: options.explorePasses,
-        tolerance: EXPLORE_TOLERANCE,
-      },
-      targetRatio: TARGET_RATIO,
-    });
+    const exploration = {
+      candidates: PIPELINE_CANDIDATES.map(pipelineName),
+      durationMs: options.exploreMs,
+      passes: options.explorePasses,
+      tolerance: EXPLORE_TOLERANCE,
+    };
     const json = {
-      benchmark: 'keyserver-sign',
-      date,
-      quick: options.quick,
-      machine,
-      method,
+      method: method({ roundsRun: order.length, maxExtraRounds: options['extra-rounds'], client: options.client, exploration, targetRatio: TARGET_RATIO }),
       settings,
       keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,
       exploration: explore,
       idleLatency: idle,
       scenarios: scenariosJson(summaries, ceilings),
-      durationSeconds: (Date.now() - started) / 1000,
     };
     const markdown = markdownReport(machine, options, settings, summaries, ceilings, explore, idle, order.length, date);
-    // A quick run never overwrites the day's full results.
-    publish(options.out, options.quick ? 'keyserver-sign-quick' : 'keyserver-sign', json, markdown, date, log);
-    return errorStatus(
-      summaries.reduce((n, s) => n + s.errors, 0),
-      'requests',
-      log,
-    );
-  } finally {
-    for (const s of scenarios) s.close();
-    raw?.close();
+    return { json, markdown, errors: summaries.reduce((n, s) => n + s.errors, 0), what: 'requests' };
+  },
+  async close(held, options, log) {
+    for (const s of held.scenarios) s.close();
+    held.raw?.close();
     // The key server's graceful stop writes its --cpu-prof profile.
-    await lab.stop();
+    await held.lab.stop();
     if (options['server-cpu-prof'] !== undefined) log(`key server CPU profile in ${options['server-cpu-prof']}`);
-    if (options['keep-temp']) log(`kept ${lab.dir}`);
-    lab.cleanup(options['keep-temp']);
-  }
-}
+    if (options['keep-temp']) log(`kept ${held.lab.dir}`);
+    held.lab.cleanup(options['keep-temp']);
+  },
+  kill: (held, options) => held.lab.cleanup(options['keep-temp']),
+};
+
+const rawLoad = (held: Lab, key: BenchKey, sessions: number) => held.raw!.load((k) => k.keyId === held.keyIds.get(key.id), key, sessions, held.rig!.digests);
 
 /**
  * Raw runs hold up to 2 × cores libuv pool threads in C_Sign. An ES module
@@ -216,4 +219,4 @@ function relaunchWithPool(): Promise<number> | undefined {
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal !== null ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
 }
 
-runBench('keyserver-sign', relaunchWithPool() ?? main());
+runMeasuring(KEYSERVER_SIGN, relaunchWithPool());

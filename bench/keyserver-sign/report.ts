@@ -7,6 +7,7 @@
 import type { MachineInfo } from '../harness/machine.js';
 import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
 import { columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
+import { minMax, specTable } from '../harness/runner.js';
 import { median, spread } from '../harness/stats.js';
 import { BENCH_KEYS } from './keys.js';
 import type { WindowResult } from './load.js';
@@ -69,6 +70,9 @@ export function summarize(scenarios: readonly BenchScenario[], results: Readonly
 
 export type ScenarioSummary = ReturnType<typeof summarize>['summaries'][number];
 
+const serverCell = (s: ScenarioSummary) =>
+  `${fmt(s.serverCpuUsPerSign ?? Number.NaN, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`;
+
 export function markdownReport(
   machine: MachineInfo,
   options: { readonly quick: boolean; readonly measureMs: number; readonly warmupMs: number; readonly rampMs: number; readonly client: string },
@@ -87,22 +91,11 @@ export function markdownReport(
     ['signs/s', 'right', (s) => `${fmt(s.signsPerSecond.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`],
     ['min–max (spread)', 'right', (s) => rangeText(s.signsPerSecond)],
     ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.rounds.length}`],
-    [
-      'vs raw (rounds)',
-      'right',
-      (s) => (s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${fmt(Math.min(...s.vsRaw.perRound), 2)}–${fmt(Math.max(...s.vsRaw.perRound), 2)})`),
-    ],
+    ['vs raw (rounds)', 'right', (s) => (s.vsRaw === undefined ? '–' : `**${fmt(s.vsRaw.ratio, 2)}** (${minMax(s.vsRaw.perRound, 2)})`)],
     ['CPU vs raw', 'right', (s) => (s.vsRaw === undefined ? '–' : fmt(s.vsRaw.cpuRatio, 2))],
     ['p50 µs', 'right', (s) => fmt(s.p50Us)],
     ['p99 µs', 'right', (s) => fmt(s.p99Us)],
-    [
-      'server µs/sign (main + other)',
-      'right',
-      (s) =>
-        s.serverCpuUsPerSign === undefined
-          ? '–'
-          : `${fmt(s.serverCpuUsPerSign, 0)} (${fmt(s.serverMainThreadUsPerSign ?? Number.NaN, 0)} + ${fmt(s.serverOtherThreadsUsPerSign ?? Number.NaN, 0)})`,
-    ],
+    ['server µs/sign (main + other)', 'right', (s) => (s.serverCpuUsPerSign === undefined ? '–' : serverCell(s))],
     ['bench µs/sign', 'right', (s) => fmt(s.benchProcessCpuUsPerSign, 0)],
     ['total µs/sign', 'right', (s) => fmt(s.totalCpuUsPerSign, 0)],
     ['machine busy / others (cores)', 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
@@ -110,23 +103,23 @@ export function markdownReport(
   const verdicts = summaries
     .filter((s) => s.vsRaw !== undefined)
     .map((s) => `${s.key.title} ${s.path}: ${fmt(s.vsRaw!.ratio, 2)} ${s.vsRaw!.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`);
-  const exploreTable =
-    explore.length === 0
-      ? '(skipped: --pipeline given)'
-      : markdownTable(
-          ['Key', 'CxD', 'signs/s (mean of passes)', 'passes', 'p99 µs'],
-          explore.map((r) => [r.key, r.pipeline, fmt(r.meanSignsPerSecond), r.signsPerSecond.map((v) => fmt(v)).join(', '), fmt(r.p99Us)]),
-          ['left', 'left', 'right', 'right', 'right'],
-        );
+  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+  const exploreTable = specTable(
+    explore,
+    [
+      ['Key', 'left', (r) => r.key],
+      ['CxD', 'left', (r) => r.pipeline],
+      ['signs/s (mean of passes)', 'right', (r) => fmt(r.meanSignsPerSecond)],
+      ['passes', 'right', (r) => r.signsPerSecond.map((v) => fmt(v)).join(', ')],
+      ['p99 µs', 'right', (r) => fmt(r.p99Us)],
+    ],
+    '(skipped: --pipeline given)',
+  );
   return [
     `# keyserver-sign, ${date}${options.quick ? ' (quick)' : ''}`,
     '',
     ...machineLines(machine),
-    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${Object.entries(
-      settings,
-    )
-      .map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
-      .join('; ')}.`,
+    `Method: ${roundsRun} interleaved rounds of ${options.measureMs / 1000} s per scenario after ${options.warmupMs / 1000} s warm-up each; window opens ${options.rampMs} ms after the load starts. Client: ${options.client}. Settings: ${settingsText.join('; ')}.`,
     '',
     table,
     '',

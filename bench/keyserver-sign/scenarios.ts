@@ -96,14 +96,7 @@ export function keyserverScenario(rig: SignRig, key: BenchKey, transport: Transp
 }
 
 /** A fresh connection set for one window, closed after it. */
-async function oneWindow(
-  rig: SignRig,
-  key: BenchKey,
-  transport: Transport,
-  pipeline: Pipeline,
-  durationMs: number,
-  signal: AbortSignal,
-): Promise<WindowResult> {
+async function oneWindow(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline, durationMs: number, signal: AbortSignal) {
   const c = await connectLoad(rig, key, transport, pipeline);
   try {
     return await measureWindow(c.load, { durationMs, rampMs: rig.rampMs, serverPid: rig.server.pid, signal });
