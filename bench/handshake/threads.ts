@@ -40,6 +40,8 @@ const TABLE = {
   concurrency: { kind: 'number', arg: 'C', def: 4, min: 1, integer: true, help: 'ab -c' },
   heap: { kind: 'string', arg: 'yes|no', def: 'no', choices: ['yes', 'no'], help: 'sample allocations in the window (heap-sampler.ts)' },
   trace: { kind: 'string', arg: 'yes|no', def: 'yes', choices: ['yes', 'no'], help: '--trace-gc --trace-opt --trace-deopt (off: CPU without their printing)' },
+  'node-flags': { kind: 'string', arg: 'FLAGS', help: "more flags for the server's node, space-separated (e.g. V8's --no-flush-bytecode)" },
+  'keep-log': { kind: 'string', arg: 'FILE', help: "write the window's part of the server's log (the traces) to FILE" },
 } as const;
 const v = parseCli('handshake/threads.js', TABLE);
 if (v === undefined) process.exit(0);
@@ -141,6 +143,7 @@ async function main(): Promise<void> {
     const base = { port, admin, workers: 1, profile: 'intermediate', logLevel: 'info', origin: `http://127.0.0.1:${originPort}`, domain: HOST } as const;
     writeFileSync(join(dir, 'server.json'), JSON.stringify(fileKeyConfig(kind, certs, base)));
     const flags = o.trace === 'yes' ? ['--trace-gc', '--trace-opt', '--trace-deopt'] : [];
+    if (o['node-flags'] !== undefined) flags.push(...o['node-flags'].split(' ').filter((f) => f !== ''));
     if (o.heap === 'yes') flags.push('--import', pathToFileURL(here('./heap-sampler.js')).href);
     const script = here(o.server === 'floor' ? './floor.js' : './inmemory.js');
     const env = o.heap === 'yes' ? { HEAP_SAMPLE_DIR: dir } : undefined;
@@ -172,6 +175,7 @@ async function main(): Promise<void> {
     if (o.heap === 'yes') process.kill(pid, 'SIGUSR2');
     await new Promise((r) => setTimeout(r, 1500));
     const text = readFileSync(proc.logFile, 'utf8').slice(from);
+    if (o['keep-log'] !== undefined) writeFileSync(o['keep-log'], text);
     const byName = new Map<string, { user: number; system: number }>();
     for (const [tid, t] of t1) {
       const was = byName.get(t.comm) ?? { user: 0, system: 0 };
@@ -180,7 +184,7 @@ async function main(): Promise<void> {
     const per = (us: number) => (us / o.full).toFixed(1);
     const sum = (f: (x: { user: number; system: number }) => number) => [...byName.values()].reduce((a, b) => a + f(b), 0);
     const lines = [
-      `## ${o.server}, Node ${process.version}: ${o.full} full TLS 1.3 handshakes + GET (ab -c ${o.concurrency}) after ${o.warmup}; flags ${flags.filter((f) => f.startsWith('--trace')).join(' ') || 'none'}`,
+      `## ${o.server}, Node ${process.version}: ${o.full} full TLS 1.3 handshakes + GET (ab -c ${o.concurrency}) after ${o.warmup}; flags ${flags.filter((f) => f.startsWith('--') && f !== '--import').join(' ') || 'none'}`,
       '',
       '| thread | user µs per handshake | system µs per handshake |',
       '|---|--:|--:|',
