@@ -55,6 +55,7 @@ import { AlpnLoad, type AlpnProtocol } from './alpn.js';
 import type { FloorConfig } from './floor.js';
 import { fileKeyConfig } from './lab.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
+import { extraServer } from './lean-forwarder.js';
 
 const execFileAsync = promisify(execFile);
 const INMEMORY = fileURLToPath(new URL('./inmemory.js', import.meta.url));
@@ -67,7 +68,12 @@ const TABLE = {
   keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: '(b) keep-alive GETs measured' },
   warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
   concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: 'ab -c' },
-  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: 'inmemory, floor, floor-h2, bare-undici, bare-node-http, in this order' },
+  servers: {
+    kind: 'string',
+    arg: 'LIST',
+    def: 'inmemory,floor',
+    help: 'inmemory, floor, floor-h2, bare-undici, bare-node-http, bare-llhttp, nginx, in this order',
+  },
   loads: { kind: 'string', arg: 'LIST', def: 'full,keepalive', help: 'full, keepalive, full-h1, full-h2, keepalive-h2, alpn-h1, alpn-h2 (see above)' },
   'log-level': std.logLevel,
   interval: { kind: 'number', arg: 'US', def: 50, min: 1, integer: true, help: 'node --cpu-prof-interval' },
@@ -251,7 +257,22 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
       } satisfies FloorConfig);
   writeFileSync(file, JSON.stringify(config));
   mkdirSync(f(`prof-${name}`), { recursive: true });
-  const proc = spawnManaged(name, [...wrapper(dir, name), floorLike ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
+  // bare-llhttp (the leanest Node forwarder) and nginx (the keep-alive bench's config): lean-forwarder.ts.
+  const extra = extraServer(
+    {
+      name,
+      dir,
+      port,
+      admin,
+      origin,
+      chain: certs[0]!.chain,
+      key: certs[0]!.key,
+      serverName: HOST,
+      accessLog: ['trace', 'debug', 'info'].includes(v['log-level']),
+    },
+    wrapper(dir, name),
+  );
+  const proc = spawnManaged(name, extra ?? [...wrapper(dir, name), floorLike ? FLOOR : INMEMORY, '--config', file], f(`${name}.log`), undefined, dir);
   const out: Measured[] = [];
   try {
     const pid = await servingPid(proc, name, admin);
