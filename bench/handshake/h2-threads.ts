@@ -33,7 +33,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parseCli, std } from '../harness/cli.js';
-import { clockTicksPerSecond } from '../harness/proc-cpu.js';
+import { childrenOf, minus, type ThreadTimes, threads } from '../harness/proc-threads.js';
 import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig, SERVER_NAME } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
@@ -66,61 +66,6 @@ const servers = v.servers.split(',');
 const callgrind = v.profiler === 'callgrind';
 const speaks = (server: string, load: Load): boolean =>
   server === 'keyedge' || server === 'nginx' || (server.endsWith('-h2') ? load.endsWith('-h2') : load === 'full-h1');
-
-/** CPU of one thread: its process's role, its name, user and system µs. */
-interface ThreadTimes {
-  readonly key: string;
-  readonly userUs: number;
-  readonly systemUs: number;
-}
-
-function childrenOf(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
-      readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number),
-    );
-  } catch {
-    return [];
-  }
-}
-
-/** Every thread of `pid` and its descendants, keyed `main` (tid = pid) or by thread name. */
-function threads(pid: number, withChildren: boolean): Map<string, ThreadTimes> {
-  const out = new Map<string, ThreadTimes>();
-  const usPerTick = 1e6 / clockTicksPerSecond();
-  const pids = withChildren ? [pid, ...childrenOf(pid)] : [pid];
-  for (const p of pids) {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${p}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tids) {
-      let text: string;
-      try {
-        text = readFileSync(`/proc/${p}/task/${tid}/stat`, 'utf8');
-      } catch {
-        continue;
-      }
-      const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
-      const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-      const key = Number(tid) === p ? `main (${comm})` : comm.replace(/\d+$/, 'N');
-      const prev = out.get(key) ?? { key, userUs: 0, systemUs: 0 };
-      out.set(key, { key, userUs: prev.userUs + Number(rest[11]) * usPerTick, systemUs: prev.systemUs + Number(rest[12]) * usPerTick });
-    }
-  }
-  return out;
-}
-
-function minus(after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> {
-  const out = new Map<string, ThreadTimes>();
-  for (const [k, a] of after) {
-    const b = before.get(k) ?? { key: k, userUs: 0, systemUs: 0 };
-    out.set(k, { key: k, userUs: a.userUs - b.userUs, systemUs: a.systemUs - b.systemUs });
-  }
-  return out;
-}
 
 /** h2load: `n` GETs, a new connection each in batches of 8 (full), or on 4 connections × 10 streams. Returns the 2xx count. */
 async function h2load(port: number, n: number, load: Load): Promise<number> {
