@@ -20,11 +20,14 @@
  * `--diagnose`: one more window per server and load under `strace -c -f`
  * (system calls per operation, by name) with Node's `--trace-gc` on
  * (scavenges and mark-compacts per operation); its CPU is not counted.
+ * `--perf`: `perf stat` on each window too (task-clock: CPU time at
+ * nanosecond resolution; page faults; context switches), with h2 ÷ http/1.1
+ * by task-clock within each round.
  * `--profiler callgrind`: the Node servers under callgrind (switched on for
  * the measured window only): instructions per operation, main thread and all
  * threads, instead of /proc; nginx too (its worker), user space only.
  *
- * Usage: node dist/bench/handshake/h2-threads.js [--full N] [--keepalive N] [--rounds R] [--servers LIST] [--loads LIST] [--diagnose] [--profiler none|callgrind]
+ * Usage: node dist/bench/handshake/h2-threads.js [--full N] [--keepalive N] [--rounds R] [--servers LIST] [--loads LIST] [--diagnose] [--perf] [--profiler none|callgrind] [--node-args ARGS]
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -51,6 +54,7 @@ const TABLE = {
   rounds: { kind: 'number', arg: 'R', def: 3, min: 1, integer: true, help: 'interleaved rounds' },
   servers: { kind: 'string', arg: 'LIST', def: 'keyedge,floor,floor-h2,fwd-h1,fwd-h2,nginx', help: 'keyedge, floor, floor-h2, fwd-h1, fwd-h2, nginx' },
   loads: { kind: 'string', arg: 'LIST', def: 'full-h1,full-h2,keepalive-h2', help: 'full-h1, full-h2, keepalive-h2' },
+  perf: { kind: 'flag', help: 'also perf stat each window: CPU time at ns resolution, page faults, context switches' },
   diagnose: { kind: 'flag', help: 'one more window per server and load under strace -c -f, with --trace-gc' },
   profiler: { kind: 'string', arg: 'NAME', def: 'none', choices: ['none', 'callgrind'], help: '/proc CPU, or callgrind instructions' },
   'node-args': { kind: 'string', arg: 'ARGS', def: '', help: 'extra node options for the Node servers, space-separated (e.g. --max-semi-space-size=16)' },
@@ -159,14 +163,42 @@ interface Window {
   readonly operations: number;
   readonly threads?: Map<string, ThreadTimes>;
   readonly instructions?: { main: number; all: number };
+  /** --perf: perf stat's task-clock (ms), page-faults and context-switches over the window. */
+  readonly counters?: Record<string, number>;
+}
+
+/**
+ * `perf stat` attached to the server's processes for one window: its CPU time
+ * at nanosecond resolution (task-clock, every thread) and the software
+ * events a VM still counts (page faults, context switches); hardware counters
+ * are not offered here. Returns a function that stops it and reads the counts.
+ */
+function startPerf(s: Running, dir: string): () => Promise<Record<string, number>> {
+  const out = join(dir, `perf-${s.name}.csv`);
+  const pids = s.name === 'nginx' ? [s.pid, ...childrenOf(s.pid)] : [s.pid];
+  const events = 'task-clock,page-faults,context-switches';
+  const proc = spawnManaged(`perf-${s.name}`, ['perf', 'stat', '-x,', '-e', events, '-o', out, '-p', pids.join(',')], join(dir, 'perf.log'), undefined, dir);
+  return async () => {
+    proc.child.kill('SIGINT');
+    await new Promise<void>((r) => (proc.exited() ? r() : proc.child.once('exit', () => r())));
+    const counts: Record<string, number> = {};
+    for (const line of readFileSync(out, 'utf8').split('\n')) {
+      const [value, , event] = line.split(',');
+      if (event !== undefined && value !== undefined && /^[\d.]+$/.test(value)) counts[event] = Number(value);
+    }
+    return counts;
+  };
 }
 
 async function measure(round: number, s: Running, load: Load, n: number, dumps: { count: number }, dir: string): Promise<Window> {
   if (callgrind) await execFileAsync('callgrind_control', ['-i', 'on', String(s.pid)]);
+  const perf = v.perf ? startPerf(s, dir) : undefined;
+  if (perf !== undefined) await new Promise((r) => setTimeout(r, 500));
   const before = threads(s.pid, s.name === 'nginx');
   const operations = await h2load(s.port, n, load);
   const after = threads(s.pid, s.name === 'nginx');
-  if (!callgrind) return { round, server: s.name, load, operations, threads: minus(after, before) };
+  const counters = perf === undefined ? undefined : await perf();
+  if (!callgrind) return { round, server: s.name, load, operations, threads: minus(after, before), counters };
   await execFileAsync('callgrind_control', ['-d', load, String(s.pid)]);
   await execFileAsync('callgrind_control', ['-i', 'off', String(s.pid)]);
   dumps.count++;
@@ -274,6 +306,35 @@ function ratios(windows: readonly Window[]): string {
   return lines.join('\n');
 }
 
+/** --perf: task-clock per operation (µs) and software events, medians; and h2 ÷ http/1.1 by task-clock within rounds. */
+function perfReport(windows: readonly Window[]): string {
+  const ws = windows.filter((w) => w.counters !== undefined);
+  if (ws.length === 0) return '';
+  const clock = (w: Window) => ((w.counters!['task-clock'] ?? Number.NaN) * 1000) / w.operations;
+  const per = (w: Window, e: string) => (w.counters![e] ?? Number.NaN) / w.operations;
+  const lines = ['| server, load (perf stat) | task-clock µs/op (spread) | page faults/op | context switches/op |', '|---|--:|--:|--:|'];
+  const keys = [...new Set(ws.map((w) => `${w.server} ${w.load}`))];
+  for (const k of keys) {
+    const g = ws.filter((w) => `${w.server} ${w.load}` === k);
+    const c = g.map(clock);
+    lines.push(
+      `| ${k} | ${median(c).toFixed(1)} (${spread(c)}) | ${median(g.map((w) => per(w, 'page-faults'))).toFixed(1)} | ${median(g.map((w) => per(w, 'context-switches'))).toFixed(2)} |`,
+    );
+  }
+  lines.push('', '| task-clock ratio within each round | median (min–max) |', '|---|--:|');
+  const h1Of = (server: string) => (server === 'floor-h2' ? 'floor' : server === 'fwd-h2' ? 'fwd-h1' : server);
+  for (const server of servers) {
+    const xs = ws
+      .filter((w) => w.server === server && w.load === 'full-h2')
+      .map((w) => [w, ws.find((x) => x.round === w.round && x.server === h1Of(server) && x.load === 'full-h1')] as const)
+      .filter((p): p is readonly [Window, Window] => p[1] !== undefined)
+      .map(([a, b]) => clock(a) / clock(b));
+    if (xs.length > 0)
+      lines.push(`| ${server} full-h2 ÷ ${h1Of(server)} full-h1 | ${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}) |`);
+  }
+  return lines.join('\n');
+}
+
 function report(windows: readonly Window[]): string {
   const lines: string[] = [];
   const groups = new Map<string, Window[]>();
@@ -348,6 +409,8 @@ async function main(): Promise<void> {
       report(windows),
       '',
       ratios(windows),
+      '',
+      perfReport(windows),
     ];
     if (v.diagnose) {
       lines.push('', '| server | load | operations | syscalls/op | top syscalls per op |', '|---|---|--:|--:|---|');
