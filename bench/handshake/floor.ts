@@ -28,6 +28,7 @@ import https from 'node:https';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { serveFloorCounts } from './floor-counts.js';
 
 export interface FloorConfig {
   readonly port: number;
@@ -116,16 +117,6 @@ const server = c.h2
       counts.requests++;
       forwarder(req, res);
     });
-server.on('secureConnection', (socket: tls.TLSSocket) => (socket.isSessionReused() ? counts.resumed++ : counts.full++));
-server.on('tlsClientError', () => counts.failed++);
 server.listen(c.port, '127.0.0.1');
-http
-  .createServer((_req, res) => {
-    const m = 'keyedge_proxy_tls_handshakes_total';
-    res.end(
-      `${m}{result="ok",resumed="false"} ${counts.full}\n${m}{result="ok",resumed="true"} ${counts.resumed}\n${m}{result="failed",resumed="false"} ${counts.failed}\n` +
-        `keyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\n`,
-    );
-  })
-  .listen(c.admin, '127.0.0.1', () => process.stdout.write('"floor ready"\n'));
+serveFloorCounts(server, counts, c.admin, 'floor ready');
 process.on('SIGTERM', () => process.exit(0));

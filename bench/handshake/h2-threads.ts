@@ -42,6 +42,7 @@ import { nginxConfig, SERVER_NAME } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
 import { callgrindInstructions } from './callgrind-cost.js';
+import { inMemoryWorkerPid } from './inmemory-pid.js';
 import { fileKeyConfig } from './lab.js';
 
 const execFileAsync = promisify(execFile);
@@ -140,20 +141,7 @@ async function start(dir: string, name: string, originPort: number, extraNodeArg
     await waitFor(name, () => tcpOpen(admin), 600_000, proc);
     return { name, proc, port, pid: proc.pid };
   }
-  let pid: number | undefined;
-  await waitFor(
-    'in-memory ready',
-    () => {
-      const line = readFileSync(proc.logFile, 'utf8')
-        .split('\n')
-        .find((l) => l.includes('"in-memory ready"'));
-      if (line !== undefined) pid = (JSON.parse(line) as { workers: number[] }).workers[0];
-      return pid !== undefined;
-    },
-    600_000,
-    proc,
-  );
-  return { name, proc, port, pid: pid! };
+  return { name, proc, port, pid: await inMemoryWorkerPid(proc) };
 }
 
 interface Window {

@@ -52,6 +52,8 @@ import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '.
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
 import { AlpnLoad, type AlpnProtocol } from './alpn.js';
+import { callgrindInstructions } from './callgrind-cost.js';
+import { inMemoryWorkerPid } from './inmemory-pid.js';
 import type { FloorConfig } from './floor.js';
 import { fileKeyConfig } from './lab.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
@@ -179,53 +181,16 @@ async function servingPid(proc: ManagedProcess, name: string, admin: number): Pr
     // Under valgrind the process we spawned is valgrind itself, which execs node in place: same pid.
     return proc.pid;
   }
-  let pid: number | undefined;
-  await waitFor(
-    'in-memory ready',
-    () => {
-      const line = readFileSync(proc.logFile, 'utf8')
-        .split('\n')
-        .find((l) => l.includes('"in-memory ready"'));
-      if (line !== undefined) pid = (JSON.parse(line) as { workers: number[] }).workers[0];
-      return pid !== undefined;
-    },
-    600_000,
-    proc,
-  );
-  return pid!;
+  return inMemoryWorkerPid(proc);
 }
 
 async function callgrindControl(pid: number, ...args: string[]): Promise<void> {
   await execFileAsync('callgrind_control', [...args, String(pid)]);
 }
 
-/**
- * The instructions of a callgrind dump as the sum of its self costs (every
- * cost line but the inclusive one after each `calls=`). Its `summary:` line
- * cannot be trusted when instrumentation was switched on mid-run: calls
- * entered before it return unseen, and the summary (and inclusive costs
- * above them) wrap below zero.
- */
-function selfCost(text: string): number {
-  let total = 0;
-  let skipNext = false;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('calls=')) {
-      skipNext = true;
-      continue;
-    }
-    const m = /^[+\-*]?\d*\s+(\d+)$/.exec(line);
-    if (m === null) continue;
-    if (skipNext) skipNext = false;
-    else total += Number(m[1]);
-  }
-  return total;
-}
-
 /** Instructions of a callgrind dump, and its native functions by inclusive instructions. */
 function readCallgrind(file: string): { instructions: number; top: { fn: string; inclusive: number }[] } {
-  const text = readFileSync(file, 'utf8');
-  const instructions = selfCost(text);
+  const instructions = callgrindInstructions(file);
   const out = execFileSync('callgrind_annotate', ['--inclusive=yes', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 1 << 26 });
   const top: { fn: string; inclusive: number }[] = [];
   for (const line of out.split('\n')) {
@@ -306,7 +271,7 @@ async function measureServer(dir: string, name: string, ports: { origin: number 
         const threads = readdirSync(dir).filter((x) => x.startsWith(prefix));
         if (!threads.includes(`${prefix}01`)) throw new Error(`no callgrind dump of pid ${pid}'s main thread for ${w.load}`);
         const { instructions: mainInstructions, top } = readCallgrind(f(`${prefix}01`));
-        const instructions = threads.reduce((sum, t) => sum + selfCost(readFileSync(f(t), 'utf8')), 0);
+        const instructions = threads.reduce((sum, t) => sum + callgrindInstructions(f(t)), 0);
         out.push({ server: name, load: w.load, operations: w.operations, instructions, mainInstructions, topFunctions: top });
       }
     }

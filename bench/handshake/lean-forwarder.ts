@@ -22,7 +22,7 @@
  * Usage: node dist/bench/handshake/lean-forwarder.js --config FILE   (FILE: LeanConfig as JSON)
  */
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import https from 'node:https';
 import { createRequire } from 'node:module';
 import net from 'node:net';
@@ -31,6 +31,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { nginxConfig } from '../keepalive/lab.js';
+import { serveFloorCounts } from './floor-counts.js';
 
 interface LeanConfig {
   readonly port: number;
@@ -225,17 +226,8 @@ function main(): void {
       });
     },
   );
-  server.on('secureConnection', (socket: tls.TLSSocket) => (socket.isSessionReused() ? counts.resumed++ : counts.full++));
-  server.on('tlsClientError', () => counts.failed++);
   server.listen(c.port, '127.0.0.1');
-  http
-    .createServer((_req, res) => {
-      const m = 'keyedge_proxy_tls_handshakes_total';
-      res.end(
-        `${m}{result="ok",resumed="false"} ${counts.full}\n${m}{result="ok",resumed="true"} ${counts.resumed}\nkeyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\norigin_connections_opened ${counts.originConnections}\n`,
-      );
-    })
-    .listen(c.admin, '127.0.0.1', () => process.stdout.write('"lean forwarder ready"\n'));
+  serveFloorCounts(server, counts, c.admin, 'lean forwarder ready');
   process.on('SIGTERM', () => process.exit(0));
 }
 

@@ -29,6 +29,7 @@ import { freePort, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
 import { fileKeyConfig } from './lab.js';
+import { inMemoryWorkerPid } from './inmemory-pid.js';
 
 const execFileAsync = promisify(execFile);
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
@@ -159,11 +160,7 @@ async function main(): Promise<void> {
     let pid = proc.pid;
     await waitFor(o.server, () => tcpOpen(admin), 120_000, proc);
     if (o.server === 'inmemory') {
-      await waitFor('ready', () => readFileSync(proc.logFile, 'utf8').includes('"in-memory ready"'), 120_000, proc);
-      const line = readFileSync(proc.logFile, 'utf8')
-        .split('\n')
-        .find((l) => l.includes('"in-memory ready"'))!;
-      pid = (JSON.parse(line.slice(line.indexOf('{'))) as { workers: number[] }).workers[0]!;
+      pid = await inMemoryWorkerPid(proc, 120_000);
     }
     await ab(port, o.warmup);
     await new Promise((r) => setTimeout(r, 1000));

@@ -33,7 +33,7 @@ function tickUs(): number {
 }
 
 /** utime and stime from a /proc stat file. The command name may hold spaces and ')': fields count from the last ')'. */
-function parseStat(text: string): CpuTimes {
+export function parseStat(text: string): CpuTimes {
   const rest = text.slice(text.lastIndexOf(')') + 2).split(' '); // rest[0] is field 3 (state): field n is rest[n - 3]
   const [utime, stime] = [Number(rest[14 - 3]), Number(rest[15 - 3])];
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`unexpected /proc stat format: ${text.slice(0, 80)}`);

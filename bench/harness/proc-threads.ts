@@ -8,7 +8,7 @@
  * out of the sum: read before and after a window of work and subtract.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { clockTicksPerSecond } from './proc-cpu.js';
+import { parseStat } from './proc-cpu.js';
 
 /** CPU of one thread: its process's role, its name, user and system µs. */
 export interface ThreadTimes {
@@ -30,7 +30,6 @@ export function childrenOf(pid: number): number[] {
 /** Every thread of `pid` and its descendants, keyed `main` (tid = pid) or by thread name. */
 export function threads(pid: number, withChildren: boolean): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
-  const usPerTick = 1e6 / clockTicksPerSecond();
   const pids = withChildren ? [pid, ...childrenOf(pid)] : [pid];
   for (const p of pids) {
     let tids: string[] = [];
@@ -47,10 +46,10 @@ export function threads(pid: number, withChildren: boolean): Map<string, ThreadT
         continue;
       }
       const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
-      const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      const t = parseStat(text);
       const key = Number(tid) === p ? `main (${comm})` : comm.replace(/\d+$/, 'N');
       const prev = out.get(key) ?? { key, userUs: 0, systemUs: 0 };
-      out.set(key, { key, userUs: prev.userUs + Number(rest[11]) * usPerTick, systemUs: prev.systemUs + Number(rest[12]) * usPerTick });
+      out.set(key, { key, userUs: prev.userUs + t.userUs, systemUs: prev.systemUs + t.systemUs });
     }
   }
   return out;
