@@ -71,6 +71,8 @@ export async function forwardStream(
     pools.bodies.release(body);
   }
   // Answered before the client finished its body: it may stop sending (RFC 9113 §8.1), once the answer is out.
+  // A request without a body (END_STREAM on its HEADERS) has nothing left to refuse: no 'finish' listener for it.
+  if (!hasBody) return;
   if (stream.writableFinished) endUnreadBody(stream);
   else stream.once('finish', () => endUnreadBody(stream));
 }

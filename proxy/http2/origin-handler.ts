@@ -116,9 +116,10 @@ export function abandonStream(stream: ServerHttp2Stream): void {
 /** Makes `exchange` the one `stream`'s ends are told to: 'aborted' (a reset while the answer was open) and 'close' (every end). */
 export function trackStream(stream: ServerHttp2Stream, exchange: StreamExchange): void {
   (stream as Tracked)[EXCHANGE] = exchange;
-  // 'aborted' (a reset while the answer was open) or 'close' (every end, whatever came before it).
-  stream.once('aborted', onAnswerEnd);
-  stream.once('close', onAnswerEnd);
+  // 'aborted' (a reset while the answer was open) or 'close' (every end, whatever came before it). Each comes once
+  // and onAnswerEnd is idempotent: `on` spares once()'s wrapper and its removal.
+  stream.on('aborted', onAnswerEnd);
+  stream.on('close', onAnswerEnd);
   // Closed before this was called: no 'close' is to come.
   if (stream.destroyed) exchange.clientLeft();
 }
