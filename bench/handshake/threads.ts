@@ -18,13 +18,13 @@
  * Usage: node dist/bench/handshake/threads.js --server inmemory|floor [--full N] [--warmup N] [--heap yes] [--trace yes]
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { parseCli } from '../harness/cli.js';
-import { parseStat } from '../harness/proc-cpu.js';
+import { minus, threads } from '../harness/proc-threads.js';
 import { freePort, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
@@ -46,26 +46,6 @@ const TABLE = {
 } as const;
 const v = parseCli('handshake/threads.js', TABLE);
 if (v === undefined) process.exit(0);
-
-interface Thread {
-  readonly comm: string;
-  readonly user: number;
-  readonly system: number;
-}
-/** Every thread of `pid` by tid: its name and user + system µs. */
-function threads(pid: number): Map<string, Thread> {
-  const out = new Map<string, Thread>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      const t = parseStat(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
-      out.set(tid, { comm: tid === String(pid) ? `main (${comm})` : comm, user: t.userUs, system: t.systemUs });
-    } catch {
-      // The thread ended between readdir and read.
-    }
-  }
-  return out;
-}
 
 async function ab(port: number, n: number): Promise<void> {
   const args = ['-q', '-r', '-n', String(n), '-c', String(v!.concurrency), '-s', '120', '-f', 'TLS1.3', '-H', `Host: ${HOST}`, `https://127.0.0.1:${port}/`];
@@ -166,18 +146,14 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 1000));
     const from = statSync(proc.logFile).size;
     if (o.heap === 'yes') process.kill(pid, 'SIGUSR2');
-    const t0 = threads(pid);
+    const t0 = threads(pid, false);
     await ab(port, o.full);
-    const t1 = threads(pid);
+    const t1 = threads(pid, false);
     if (o.heap === 'yes') process.kill(pid, 'SIGUSR2');
     await new Promise((r) => setTimeout(r, 1500));
     const text = readFileSync(proc.logFile, 'utf8').slice(from);
     if (o['keep-log'] !== undefined) writeFileSync(o['keep-log'], text);
-    const byName = new Map<string, { user: number; system: number }>();
-    for (const [tid, t] of t1) {
-      const was = byName.get(t.comm) ?? { user: 0, system: 0 };
-      byName.set(t.comm, { user: was.user + t.user - (t0.get(tid)?.user ?? 0), system: was.system + t.system - (t0.get(tid)?.system ?? 0) });
-    }
+    const byName = new Map([...minus(t1, t0)].map(([name, t]) => [name, { user: t.userUs, system: t.systemUs }]));
     const per = (us: number) => (us / o.full).toFixed(1);
     const sum = (f: (x: { user: number; system: number }) => number) => [...byName.values()].reduce((a, b) => a + f(b), 0);
     const lines = [
