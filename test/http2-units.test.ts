@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
-import { http1Request, http2Answer } from '../proxy/http2/headers.js';
+import { http1Request, http2Answer, http2Fields } from '../proxy/http2/headers.js';
 import { ResetGuard } from '../proxy/http2/reset-guard.js';
 import { http2ServerOptions } from '../proxy/http2/settings.js';
 
@@ -37,6 +37,37 @@ describe('HTTP/2 request and answer fields', () => {
       { 'strict-transport-security': 'max-age=1' },
     );
     expect(head).toEqual({ ':status': 200, 'x-kept': '2', 'set-cookie': ['a=1', 'b=2'], 'strict-transport-security': 'max-age=1' });
+  });
+});
+
+describe("an origin's raw head as an HTTP/2 answer (one pass)", () => {
+  it("lower-cases names, keeps repetitions as lists, drops what HTTP/2 forbids and what Connection names, and lets ours replace the origin's", () => {
+    const raw = [
+      'Connection',
+      'keep-alive, X-Hop',
+      'X-Hop',
+      '1',
+      'Keep-Alive',
+      'timeout=5',
+      'Transfer-Encoding',
+      'chunked',
+      'Set-Cookie',
+      'a=1',
+      'set-cookie',
+      'b=2',
+      'Strict-Transport-Security',
+      'max-age=0',
+      'Constructor',
+      'c',
+      '__proto__',
+      'p',
+    ].map((t, i) => (i % 4 === 1 ? Buffer.from(t, 'latin1') : t));
+    const head = http2Fields(raw, { 'strict-transport-security': 'max-age=1' }, 204);
+    expect(head).toEqual({ ':status': 204, 'set-cookie': ['a=1', 'b=2'], 'strict-transport-security': 'max-age=1', constructor: 'c', ['__proto__']: 'p' });
+    expect(Object.getPrototypeOf(head)).toBe(Object.prototype);
+    expect(Object.keys(head)).toContain('__proto__');
+    // Trailers: no :status; a Connection of keep-alive names nothing.
+    expect(http2Fields(['Connection', 'keep-alive', 'X-Sum', '1', 'x-sum', '2'], {})).toEqual({ 'x-sum': ['1', '2'] });
   });
 });
 

@@ -5,8 +5,13 @@
  *
  * Lines are written in batches: they are joined here until LOG_BATCH_BYTES
  * are held, or our timer fires (every LOG_FLUSH_MS, while lines are held),
- * and each batch goes to the destination (sonic-boom, asynchronous), which
- * writes it with one write(2) on libuv's thread pool. One write per line cost
+ * and each batch goes to the destination (sonic-boom) with one write(2).
+ * When stdout is a regular file, that write is made at once on the event
+ * loop, as nginx writes its logs: a file never answers EAGAIN, and the
+ * thread-pool hop cost about 4 µs per proxied HTTP/2 request in all threads
+ * (wake-ups, the completion callback; bench/results/2026-12-04-h2-own-code.md).
+ * Otherwise (a pipe or socket to a collector, which may be slow or full) it is
+ * made on libuv's thread pool, so a full pipe never blocks serving. One write per line cost
  * a thread-pool round trip per request (a wake-up of a pool thread and a
  * completion callback back on the event loop): about as much CPU as the rest
  * of the access line (bench/results/2026-12-03-layers.md). The batch is ours,
@@ -22,7 +27,7 @@
  * The time of a line is made once per millisecond: at request rates, most
  * lines share their millisecond with the line before.
  */
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
@@ -39,8 +44,10 @@ export const LOG_FLUSH_MS = 100;
  * empty write(2) every period would cost every process, idle or not.
  */
 export function batchedStdout(): pino.DestinationStream {
-  // sonic-boom holds what it is given until it has LOG_BATCH_BYTES: a batch handed over whole is written at once, a short one (the timer's) waits for a flush.
-  const stream = pino.destination({ sync: false, minLength: LOG_BATCH_BYTES });
+  const toFile = isRegularFile(1);
+  // Asynchronous: sonic-boom holds what it is given until it has LOG_BATCH_BYTES: a batch handed over whole is written at once, a
+  // short one (the timer's) waits for a flush. To a file: each batch is written when handed over.
+  const stream = toFile ? pino.destination({ sync: true }) : pino.destination({ sync: false, minLength: LOG_BATCH_BYTES });
   const write = stream.write.bind(stream);
   const flush = stream.flush.bind(stream);
   const flushSync = stream.flushSync.bind(stream);
@@ -51,7 +58,8 @@ export function batchedStdout(): pino.DestinationStream {
     if (held === '') return;
     const batch = held;
     held = '';
-    unwritten += Buffer.byteLength(batch);
+    // Written by the time write returns, to a file: nothing to count.
+    if (!toFile) unwritten += Buffer.byteLength(batch);
     write(batch);
   };
   stream.write = (line: string): boolean => {
@@ -59,9 +67,10 @@ export function batchedStdout(): pino.DestinationStream {
     if (held.length >= LOG_BATCH_BYTES) handOver();
     return true;
   };
-  stream.on('write', (written: number) => {
-    unwritten -= written;
-  });
+  if (!toFile)
+    stream.on('write', (written: number) => {
+      unwritten -= written;
+    });
   stream.flush = (cb?: (err?: Error) => unknown): void => {
     handOver();
     flush(cb);
@@ -79,6 +88,14 @@ export function batchedStdout(): pino.DestinationStream {
     if (unwritten > 0) flush();
   }, LOG_FLUSH_MS).unref();
   return stream;
+}
+
+function isRegularFile(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile();
+  } catch {
+    return false;
+  }
 }
 
 let timeMs = -1;

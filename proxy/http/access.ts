@@ -57,13 +57,15 @@ type AccessProtocol = 'http/1.1' | 'h2';
 
 /** The accounting of one request handler: the logger and the metric children it reuses. */
 export class AccessAccounts {
-  readonly #log: Logger;
+  /** The access lines' fixed fields as the loggers' own bindings, serialised once rather than on every line. */
+  readonly #lines: Readonly<Record<AccessProtocol, Logger>>;
   readonly #metrics: ProxyMetrics;
   readonly #requests = { 'http/1.1': new Map<string, Map<number, RequestTally>>(), h2: new Map<string, Map<number, RequestTally>>() };
   readonly #durations = new Map<number, { observe(value: number): void }>();
 
   constructor(log: Logger, metrics: ProxyMetrics) {
-    this.#log = log.child({}, { redact: { paths: [] } });
+    const lines = log.child({}, { redact: { paths: [] } });
+    this.#lines = { 'http/1.1': lines.child({ access: true, protocol: 'http/1.1' }), h2: lines.child({ access: true, protocol: 'h2' }) };
     this.#metrics = metrics;
   }
 
@@ -95,10 +97,8 @@ export class AccessAccounts {
   /** One HTTP/2 stream's counts and access line. */
   countStream(a: StreamAccess): void {
     this.#tally('h2', a.status, a.code, a.domain, a.seconds);
-    this.#log.info(
+    this.#lines.h2.info(
       {
-        access: true,
-        protocol: 'h2',
         domain: a.domain?.name,
         method: a.method,
         path: a.path,
@@ -109,7 +109,8 @@ export class AccessAccounts {
         code: a.code,
         tls: a.tls,
         resumed: a.resumed,
-        ...(a.aborted ? { aborted: true } : {}),
+        // pino leaves undefined fields out: `aborted` only on a cut answer.
+        aborted: a.aborted ? true : undefined,
       },
       'request',
     );
@@ -122,10 +123,8 @@ export class AccessAccounts {
     const { req } = record;
     const url = req.url ?? '/';
     const query = url.indexOf('?');
-    this.#log.info(
+    this.#lines['http/1.1'].info(
       {
-        access: true,
-        protocol: 'http/1.1',
         domain: record.domain?.name,
         method: req.method,
         // The query string is left out: it often carries tokens.
@@ -137,7 +136,7 @@ export class AccessAccounts {
         code,
         tls: record.tlsVersion,
         resumed: record.resumed,
-        ...(end.aborted ? { aborted: true } : {}),
+        aborted: end.aborted ? true : undefined,
       },
       'request',
     );

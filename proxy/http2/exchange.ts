@@ -45,87 +45,143 @@ function bodySource(stream: ServerHttp2Stream): IncomingMessage {
 
 /**
  * Sends the stream's request to one of `domain`'s origins and streams the
- * answer back. Resolves when the answer is handed to the stream or the client
- * has gone; rejects with the failure when no origin could be reached or one
- * failed before answering (the caller answers 502/504), when the answer broke
- * off, or with our own failure (body too large or slow, origin busy, send stall).
+ * answer back. `options.onFailure` hears, once, when no origin could be
+ * reached or one failed before answering (the caller answers 502/504), when
+ * the answer broke off, or of our own failure (body too large or slow,
+ * origin busy, send stall); nothing is said when the answer was handed to the
+ * stream or the client left.
+ *
+ * A request without a body admitted at once is sent in this call, with no
+ * promise on its way (most requests: GETs); one with a body, or that waits
+ * for a place at its origin, continues asynchronously.
  */
-export async function forwardStream(
-  pools: OriginPools,
-  domain: ProxyDomain,
-  stream: ServerHttp2Stream,
-  request: Http1Request,
-  options: StreamForwardOptions,
-): Promise<void> {
-  const exchange = new StreamExchange(pools, stream, options);
+export function forwardStream(pools: OriginPools, domain: ProxyDomain, stream: ServerHttp2Stream, request: Http1Request, options: StreamForwardOptions): void {
+  const exchange = new ForwardedStream(pools, stream, options, pools.targets(domain), request);
   trackStream(stream, exchange);
-  const hasBody = !stream.endAfterHeaders;
-  // RFC 9110 §10.1.1: the client waits for 100 before its body; the body is read at once below, so say so now.
-  if (hasBody && request.headers.expect?.toLowerCase() === '100-continue' && !stream.closed) stream.additionalHeaders({ ':status': 100 });
-  const body = hasBody ? await pools.bodies.read(bodySource(stream), options.maxBodyBytes) : null;
-  exchange.body = body;
-  exchange.upload = body !== null && !Buffer.isBuffer(body);
-  try {
-    await attempts(exchange, pools.targets(domain), request);
-  } finally {
-    pools.bodies.release(body);
+  if (stream.endAfterHeaders) exchange.attempt();
+  else void exchange.readBodyThenAttempt();
+}
+
+/** One forwarded stream's attempts, on its domain's targets in order (at most one retry, as forward.ts). */
+class ForwardedStream extends StreamExchange {
+  readonly targets: readonly OriginTarget[];
+  readonly request: Http1Request;
+  attempts = 0;
+  /** An attempt is at the origin: its settling decides what comes next. */
+  dispatched = false;
+  finished = false;
+
+  constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions, targets: readonly OriginTarget[], request: Http1Request) {
+    super(pools, stream, options);
+    this.targets = targets;
+    this.request = request;
   }
-  // Answered before the client finished its body: it may stop sending (RFC 9113 §8.1), once the answer is out.
-  // A request without a body (END_STREAM on its HEADERS) has nothing left to refuse: no 'finish' listener for it.
-  if (!hasBody) return;
-  if (stream.writableFinished) endUnreadBody(stream);
-  else stream.once('finish', () => endUnreadBody(stream));
+
+  async readBodyThenAttempt(): Promise<void> {
+    const { stream, request, options } = this;
+    try {
+      // RFC 9110 §10.1.1: the client waits for 100 before its body; the body is read at once below, so say so now.
+      if (request.headers.expect?.toLowerCase() === '100-continue' && !stream.closed) stream.additionalHeaders({ ':status': 100 });
+      const body = await this.pools.bodies.read(bodySource(stream), options.maxBodyBytes);
+      this.body = body;
+      this.upload = !Buffer.isBuffer(body);
+    } catch (err) {
+      return this.finish(err as Error);
+    }
+    this.attempt();
+  }
+
+  /** The next attempt: a place at the target's gate (waited for only when there is none free), then the request to its pool. */
+  attempt(): void {
+    try {
+      const target = this.targets[this.attempts];
+      if (target === undefined) throw new Error('no origin configured');
+      this.options.onOrigin(target.url.origin);
+      const gate = this.pools.gate(target);
+      if (gate.tryEnter(this.upload)) return this.dispatch(target, gate);
+      this.abandon ??= new EventEmitter();
+      waitAdmitted(gate.enter(this.upload, this.abandon), gate, this).then(
+        () => this.dispatch(target, gate),
+        (err: Error) => {
+          // Nothing was sent: a busy origin's request may go to the next one whatever its method.
+          if (this.attempts === 0 && this.targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') {
+            this.attempts++;
+            return this.attempt();
+          }
+          this.finish(err);
+        },
+      );
+    } catch (err) {
+      this.finish(err as Error);
+    }
+  }
+
+  dispatch(target: OriginTarget, gate: OriginGate): void {
+    // Gone while the body was read or a place awaited: nothing is sent.
+    if (this.gone) {
+      gate.leave(this.upload);
+      return this.finish(new ClientGone('the client left before its request was sent'));
+    }
+    this.gate = gate;
+    this.target = target;
+    const { request, options } = this;
+    try {
+      const dispatch: Dispatcher.DispatchOptions & { servername?: string } = {
+        path: request.path,
+        method: request.method as Dispatcher.HttpMethod,
+        headers: originRequestHeaderList(request.headers, options.peer, 'https', target, options.trusted),
+        body: this.body,
+      };
+      // undici takes `servername` per request at run time, though its types omit it.
+      if (target.tls !== undefined) dispatch.servername = requestServername(target);
+      this.dispatched = true;
+      // A failure of undici's (arguments it refuses, a handler that threw) comes to onError, hence settle.
+      this.pools.pool(target).dispatch(dispatch, this);
+    } catch (err) {
+      // Called from a promise's callback too: nothing may escape as an unheard rejection.
+      this.dispatched = false;
+      this.leaveGate();
+      this.finish(err as Error);
+    }
+  }
+
+  /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once on the next target. */
+  override settle(err: Error | undefined): void {
+    if (!this.dispatched) return;
+    this.dispatched = false;
+    if (err === undefined || this.stream.headersSent) return this.finish(err);
+    // A client that left is not the origin's failure.
+    const failure = this.gone ? 'not-origin' : originFailure(err);
+    if (failure !== 'not-origin') this.pools.failed(this.target!);
+    if (this.attempts === 0 && this.targets.length > 1 && mayRetry(this.request.method, this.body !== null, failure)) {
+      this.attempts++;
+      // Out of undici's callback: the next attempt dispatches on another pool.
+      queueMicrotask(() => this.attempt());
+      return;
+    }
+    this.finish(err);
+  }
+
+  /** Once: the body goes back, and the failure, if any, to the stream's owner, outside undici's callbacks. */
+  finish(err: Error | undefined): void {
+    if (this.finished) return;
+    this.finished = true;
+    const { stream, body } = this;
+    this.pools.bodies.release(body);
+    if (err !== undefined) {
+      queueMicrotask(() => this.options.onFailure(err));
+      return;
+    }
+    // Answered before the client finished its body: it may stop sending (RFC 9113 §8.1), once the answer is out.
+    // A request without a body (END_STREAM on its HEADERS) has nothing left to refuse: no 'finish' listener for it.
+    if (stream.endAfterHeaders) return;
+    if (stream.writableFinished) endUnreadBody(stream);
+    else stream.once('finish', () => endUnreadBody(stream));
+  }
 }
 
 function endUnreadBody(stream: ServerHttp2Stream): void {
   if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
-}
-
-/** The attempts of `forwardStream`, on `targets` in order, once the body (if any) is at hand. */
-async function attempts(exchange: StreamExchange, targets: readonly OriginTarget[], request: Http1Request): Promise<void> {
-  const { pools, stream, body, upload, options } = exchange;
-  for (let attempt = 0; ; attempt++) {
-    const target = targets[attempt];
-    if (target === undefined) throw new Error('no origin configured');
-    options.onOrigin?.(target.url.origin);
-    const gate = pools.gate(target);
-    if (!gate.tryEnter(upload)) {
-      try {
-        exchange.abandon ??= new EventEmitter();
-        await waitAdmitted(gate.enter(upload, exchange.abandon), gate, exchange);
-      } catch (err) {
-        // Nothing was sent: a busy origin's request may go to the next one whatever its method.
-        if (attempt === 0 && targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') continue;
-        throw err;
-      }
-    }
-    // Gone while the body was read or a place awaited: nothing is sent.
-    if (exchange.gone) {
-      gate.leave(upload);
-      throw new ClientGone('the client left before its request was sent');
-    }
-    exchange.gate = gate;
-    exchange.target = target;
-    const dispatch: Dispatcher.DispatchOptions & { servername?: string } = {
-      path: request.path,
-      method: request.method as Dispatcher.HttpMethod,
-      headers: originRequestHeaderList(request.headers, options.peer, 'https', target, options.trusted),
-      body,
-    };
-    // undici takes `servername` per request at run time, though its types omit it.
-    if (target.tls !== undefined) dispatch.servername = requestServername(target);
-    try {
-      await exchange.send(target, dispatch);
-      return;
-    } catch (err) {
-      if (stream.headersSent) throw err;
-      // A client that left is not the origin's failure.
-      const failure = exchange.gone ? 'not-origin' : originFailure(err);
-      if (failure !== 'not-origin') pools.failed(target);
-      if (attempt === 0 && targets.length > 1 && mayRetry(request.method, body !== null, failure)) continue;
-      throw err;
-    }
-  }
 }
 
 /** The client may still be sending a body this side will not read. */

@@ -28,52 +28,83 @@ export interface Http1Request {
   readonly headers: IncomingHttpHeaders;
 }
 
-export function http1Request(h2: Http2Headers): Http1Request {
+/**
+ * `rawHeaders`: the stream's [name, value, …] as Node received them (the
+ * 'stream' event's fourth argument). Names are taken from it and values from
+ * `h2`, Node's folded object (its rules for repeated fields kept): a for-in
+ * over that null-prototype object enumerates a dictionary, sorting its keys
+ * on every request.
+ */
+export function http1Request(h2: Http2Headers, rawHeaders?: readonly string[]): Http1Request {
   const headers: IncomingHttpHeaders = {};
-  for (const name in h2) {
-    if (name.charCodeAt(0) === 58 /* ':' */) continue;
-    const value = h2[name];
-    if (value === undefined) continue;
-    // Node joins repeated cookie fields already; a list is joined here in case it did not (RFC 9113 §8.2.3).
-    if (name === 'cookie') headers.cookie = Array.isArray(value) ? value.join('; ') : value;
-    else (headers as Record<string, string | string[]>)[name] = value;
-  }
+  if (rawHeaders !== undefined) for (let i = 0; i < rawHeaders.length; i += 2) copyField(h2, rawHeaders[i]!, headers);
+  else for (const name in h2) copyField(h2, name, headers);
   const authority = single(h2[':authority']) ?? single(h2.host);
   if (authority !== undefined) headers.host = authority;
   return { method: single(h2[':method']) ?? 'GET', path: single(h2[':path']) ?? '/', authority, headers };
+}
+
+/** One field of `h2` into `headers` (a repeated name is copied again, to the same value). */
+function copyField(h2: Http2Headers, name: string, headers: IncomingHttpHeaders): void {
+  if (name.charCodeAt(0) === 58 /* ':' */) return;
+  const value = h2[name];
+  if (value === undefined) return;
+  // Node joins repeated cookie fields already; a list is joined here in case it did not (RFC 9113 §8.2.3).
+  if (name === 'cookie') headers.cookie = Array.isArray(value) ? value.join('; ') : value;
+  else (headers as Record<string, string | string[]>)[name] = value;
 }
 
 function single(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/** Connection values that name no other field. */
+const NAMES_NOTHING = new Set(['keep-alive', 'close', 'Keep-Alive', 'Close']);
+
 /** Never allowed in an HTTP/2 field section (RFC 9113 §8.2.2); Node throws ERR_HTTP2_INVALID_CONNECTION_HEADERS on them. */
 const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te']);
 
 /**
  * An origin's raw head or trailers (undici's [name, value, …], bytes as
- * latin1, RFC 9110 §5.5) as named fields: names lower-cased (RFC 9113 §8.2.1),
- * a repeated field as a list (two Set-Cookie stay two).
+ * latin1, RFC 9110 §5.5) as an HTTP/2 field section, in one pass and one
+ * object: `:status` first when given, names lower-cased (RFC 9113 §8.2.1), a
+ * repeated field as a list (two Set-Cookie stay two), what HTTP/2 forbids
+ * dropped (connection-specific fields, what Connection names, `:`-names),
+ * then `extra`, which replaces what the origin sent of the same name.
  */
-export function answerFields(raw: readonly (Buffer | string)[]): Record<string, string | string[]> {
-  // No prototype: a field named __proto__ is just a field.
-  const fields: Record<string, string | string[]> = Object.create(null);
+export function http2Fields(raw: readonly (Buffer | string)[], extra: Readonly<Record<string, string>>, status?: number): OutgoingHttpHeaders {
+  // Most answers name nothing in Connection (keep-alive, close): no set is made for them.
+  let named: Set<string> | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.length !== 10 || latin1(raw[i]!).toLowerCase() !== 'connection') continue;
+    const value = latin1(raw[i + 1]!);
+    if (NAMES_NOTHING.has(value)) continue;
+    for (const token of value.split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name !== '') (named ??= new Set()).add(name);
+    }
+  }
+  // A plain object: what Node's respond copies fastest.
+  const out: OutgoingHttpHeaders = status === undefined ? {} : { ':status': status };
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = latin1(raw[i]!).toLowerCase();
+    if (CONNECTION_SPECIFIC.has(name) || named?.has(name) || name.charCodeAt(0) === 58) continue;
     const value = latin1(raw[i + 1]!);
-    const seen = fields[name];
-    if (seen === undefined) fields[name] = value;
+    const seen = out[name];
+    if (seen === undefined) out[name] = value;
+    else if (typeof seen === 'string') out[name] = [seen, value];
     else if (Array.isArray(seen)) seen.push(value);
-    else fields[name] = [seen, value];
+    // A name Object.prototype has (constructor, __proto__): defined, not set, so it is just a field.
+    else Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
   }
-  return fields;
+  return Object.assign(out, extra);
 }
 
 function latin1(bytes: Buffer | string): string {
   return typeof bytes === 'string' ? bytes : bytes.toString('latin1');
 }
 
-/** An origin's answer fields with what HTTP/2 forbids removed, and `:status` set. */
+/** Named answer fields (our own answers) with what HTTP/2 forbids removed, and `:status` set. */
 export function http2Answer(
   status: number,
   headers: Record<string, string | string[] | undefined>,

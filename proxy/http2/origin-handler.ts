@@ -19,7 +19,7 @@ import { constants, type ServerHttp2Stream } from 'node:http2';
 import { type Carrier, EXCHANGE, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
 import type { OriginPools } from '../http/origins.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { answerFields, http2Answer } from './headers.js';
+import { http2Fields } from './headers.js';
 
 export interface StreamForwardOptions {
   /** Set on the answer after the origin's fields (HSTS). */
@@ -29,9 +29,11 @@ export interface StreamForwardOptions {
   /** The client's address, for X-Forwarded-For. */
   readonly peer: string | undefined;
   /** Told each origin tried, before the attempt (for the access log). */
-  readonly onOrigin?: (origin: string) => void;
+  onOrigin(origin: string): void;
   /** Told the status once the answer's head is sent. */
-  readonly onStatus: (status: number) => void;
+  onStatus(status: number): void;
+  /** Told, once, why the stream could not be forwarded or its answer broke off (exchange.ts forwardStream). */
+  onFailure(err: Error): void;
 }
 
 type Tracked = ServerHttp2Stream & Carrier;
@@ -42,7 +44,8 @@ export class StreamExchange extends OriginExchange {
   readonly options: StreamForwardOptions;
   /** The origin's answer was read whole: nothing is left to abort. */
   complete = false;
-  trailers: Record<string, string | string[]> | undefined = undefined;
+  /** The origin's raw trailers, sent when Node asks for them. */
+  trailers: Buffer[] | string[] | null = null;
 
   constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions) {
     super(pools);
@@ -72,12 +75,12 @@ export class StreamExchange extends OriginExchange {
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
-    const fields = answerFields(rawHeaders ?? []);
-    const declaresTrailers = fields.trailer !== undefined;
+    const head = http2Fields(rawHeaders ?? [], this.options.extraHeaders, statusCode);
+    const declaresTrailers = head.trailer !== undefined;
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
-    stream.respond(http2Answer(statusCode, fields, this.options.extraHeaders), { waitForTrailers: declaresTrailers });
+    stream.respond(head, declaresTrailers ? WAIT_FOR_TRAILERS : undefined);
     this.options.onStatus(statusCode);
-    if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? {}));
+    if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? []));
     return true;
   }
 
@@ -97,7 +100,7 @@ export class StreamExchange extends OriginExchange {
   onComplete(trailers: Buffer[] | string[] | null): void {
     this.complete = true;
     this.leaveGate();
-    if (trailers !== null && trailers.length > 0) this.trailers = answerFields(trailers);
+    if (trailers !== null && trailers.length > 0) this.trailers = trailers;
     const stream = this.stream;
     if (!stream.destroyed && !stream.writableEnded) stream.end();
     this.settle(undefined);
@@ -113,21 +116,28 @@ export function abandonStream(stream: ServerHttp2Stream): void {
   (stream as Tracked)[EXCHANGE]?.clientLeft();
 }
 
-/** Makes `exchange` the one `stream`'s ends are told to: 'aborted' (a reset while the answer was open) and 'close' (every end). */
+/**
+ * Makes `exchange` the one `stream`'s ends are told to. The stream's owner
+ * (stream.ts) has one 'aborted' and one 'close' listener per stream, and
+ * each calls `streamEnded`: no listener of this module's own per stream.
+ */
 export function trackStream(stream: ServerHttp2Stream, exchange: StreamExchange): void {
   (stream as Tracked)[EXCHANGE] = exchange;
-  // 'aborted' (a reset while the answer was open) or 'close' (every end, whatever came before it). Each comes once
-  // and onAnswerEnd is idempotent: `on` spares once()'s wrapper and its removal.
-  stream.on('aborted', onAnswerEnd);
-  stream.on('close', onAnswerEnd);
   // Closed before this was called: no 'close' is to come.
   if (stream.destroyed) exchange.clientLeft();
 }
 
+/** The stream closed, or was reset while its answer was open (each once; idempotent): its exchange, if any, hears the client left. */
+export function streamEnded(stream: ServerHttp2Stream): void {
+  onAnswerEnd.call(stream as Tracked);
+}
+
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+const NO_FIELDS: Readonly<Record<string, string>> = Object.freeze({});
+
 /** The origin's trailers with what HTTP/2 forbids dropped; a trailer section Node refuses ends the stream with a reset instead. */
-function sendTrailers(stream: ServerHttp2Stream, trailers: Record<string, string | string[]>): void {
-  const fields = http2Answer(0, trailers, {});
-  delete fields[':status'];
+function sendTrailers(stream: ServerHttp2Stream, trailers: readonly (Buffer | string)[]): void {
+  const fields = http2Fields(trailers, NO_FIELDS);
   try {
     stream.sendTrailers(fields);
   } catch {

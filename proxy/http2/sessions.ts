@@ -99,7 +99,10 @@ export class Http2Sessions {
     this.#accounts = new AccessAccounts(options.log, options.metrics);
     this.#server = http2.createServer(http2ServerOptions(options.limits));
     this.#server.on('session', (session: ServerHttp2Session) => this.#start(session));
-    this.#server.on('stream', (stream: ServerHttp2Stream, headers) => this.#stream(stream, headers));
+    // The fourth argument, the raw [name, value, …] list, is Node's (documented on the session's 'stream'), not in its types.
+    this.#server.on('stream', (stream: ServerHttp2Stream, headers, _flags: number, raw?: unknown) =>
+      this.#stream(stream, headers, Array.isArray(raw) ? (raw as string[]) : undefined),
+    );
   }
 
   /** Connections being served. */
@@ -186,7 +189,7 @@ export class Http2Sessions {
     const { limits, metrics } = this.#options;
     const live: Live = {
       connection,
-      context: { hstsOf: this.#hstsOf, accounts: this.#accounts, onClosed: (stream) => this.#closed(session, live, stream) },
+      context: { hstsOf: this.#hstsOf, accounts: this.#accounts, onClosed: (stream) => this.#closed(session, live, stream), lastRoute: undefined },
       socket,
       resets: new ResetGuard(limits.http2MaxResetStreams, Date.now()),
       streams: 0,
@@ -216,14 +219,14 @@ export class Http2Sessions {
     });
   }
 
-  #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
     const session = stream.session as ServerHttp2Session | undefined;
     const live = session === undefined ? undefined : this.#live.get(session);
     if (session === undefined || live === undefined) return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
     if (live.streams++ === 0) session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
     live.open.add(stream);
     // handleStream calls #closed from its one 'close' listener (or at once, for a stream already closed).
-    handleStream(this.#options, live.context, live.connection, stream, headers);
+    handleStream(this.#options, live.context, live.connection, stream, headers, rawHeaders);
   }
 
   /** A stream of `session` closed: it leaves the open set, and a reset not of our making counts against the connection. */

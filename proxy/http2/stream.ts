@@ -20,15 +20,16 @@ import { constants } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import type { AccessAccounts } from '../http/access.js';
+import type { AccessAccounts, StreamAccess } from '../http/access.js';
 import type { ProxyMetrics } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { answeredWhole, bodyPending, forwardStream } from './exchange.js';
-import { http1Request, http2Answer } from './headers.js';
+import { answeredWhole, bodyPending, forwardStream, type StreamForwardOptions } from './exchange.js';
+import { type Http1Request, http1Request, http2Answer } from './headers.js';
+import { streamEnded } from './origin-handler.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
 export interface Http2Connection {
@@ -59,6 +60,30 @@ export interface StreamContext {
   readonly accounts: AccessAccounts;
   /** Called first when the stream closes, however it ends (one 'close' listener per stream does both). */
   readonly onClosed: (stream: ServerHttp2Stream) => void;
+  /** The connection's last route, reused while its streams ask for the same host under the same configuration. */
+  lastRoute?: RouteMemo;
+}
+
+type Route = ReturnType<typeof routeRequest>;
+interface RouteMemo {
+  readonly host: string | undefined;
+  readonly domains: NameIndex<Domain>;
+  readonly route: Route;
+}
+
+/**
+ * The route of `host` on this connection: a browser's streams on one
+ * connection nearly all name the same host, so the last answer is kept (the
+ * certificate's names are the connection's own; a reload makes a new domain
+ * index, which misses). Routes are read, never changed.
+ */
+function routeOf(options: StreamHandlerOptions, context: StreamContext, host: string | undefined, certificateNames: readonly string[]): Route {
+  const domains = options.domains();
+  const memo = context.lastRoute;
+  if (memo !== undefined && memo.host === host && memo.domains === domains) return memo.route;
+  const route = routeRequest({ domains: () => domains }, host, certificateNames);
+  context.lastRoute = { host, domains, route };
+  return route;
 }
 
 const SERVER_OPTIONS: Refusal = {
@@ -81,97 +106,158 @@ export function handleStream(
   connection: Http2Connection,
   stream: ServerHttp2Stream,
   headers: Http2Headers,
+  rawHeaders?: readonly string[],
 ): void {
-  const { pools, log } = options;
-  const started = process.hrtime.bigint();
+  const request = http1Request(headers, rawHeaders);
+  const route = routeOf(options, context, hostName(request.authority), connection.certificateNames);
+  const record = new StreamRecord(options, context, connection, stream, request, route.domain);
+  (stream as Recorded)[RECORD] = record;
   // Every stream keeps an error listener for its whole life: a reset with a code is an 'error', and one nobody hears kills the worker.
   stream.on('error', ignore);
-  const request = http1Request(headers);
-  const host = hostName(request.authority);
-  const route = routeRequest(options, host, connection.certificateNames);
-  const domain = route.domain;
-  const hsts = context.hstsOf(domain);
-  let code: HttpErrorCode | undefined;
-  let origin: string | undefined;
-  let status: number | undefined;
-  let bytes: number | undefined;
-  // Reset before our answer was whole: Node ends the writable side itself then, so writableFinished cannot tell.
-  let reset = false;
-  // 'aborted' and 'close' come once each: `on` spares once()'s wrapper.
-  stream.on('aborted', () => (reset = true));
-  const onClose = (): void => {
-    context.onClosed(stream);
-    const aborted = reset || !answeredWhole(stream);
-    const ours = code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
-    code = aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
-    context.accounts.countStream({
-      seconds: Number(process.hrtime.bigint() - started) / 1e9,
-      domain,
-      method: request.method,
-      // The query string is left out: it often carries tokens.
-      path: withoutQuery(request.path),
-      status: status ?? CLIENT_CLOSED_STATUS,
-      bytes,
-      origin,
-      code,
-      tls: connection.tlsVersion,
-      resumed: connection.resumed,
-      aborted,
-    });
-  };
+  stream.on('aborted', onStreamAborted);
   // Node emits 'stream' a tick after the HEADERS: a connection closed in between leaves a stream already closed, with no 'close' to come.
   if (stream.destroyed) {
-    reset = true;
-    return onClose();
+    record.reset = true;
+    return record.closed();
   }
-  stream.on('close', onClose);
-  const respond = (refusal: Refusal): void => {
-    code = refusal.code;
-    status = refusal.status;
-    answer(stream, refusal, hsts);
-  };
+  stream.on('close', onStreamClose);
   const own = ownAnswer(request.method, request.path);
-  if (own !== undefined) return respond(own);
-  if ('refusal' in route) return respond(route.refusal);
+  if (own !== undefined) return record.respond(own);
+  if ('refusal' in route) return record.respond(route.refusal);
   const target = route.domain;
   const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
-  if (Number(request.headers['content-length'] ?? 0) > maxBodyBytes) return respond(ownFailureRefusal('KEYEDGE_HTTP_BODY_TOO_LARGE', maxBodyBytes)!);
-  forwardStream(pools, target, stream, request, {
-    extraHeaders: hsts,
-    maxBodyBytes,
-    trusted: options.trustedPeers,
-    peer: connection.peer,
-    onOrigin: (o) => (origin = o),
-    onStatus: (s) => {
-      status = s;
-      bytes = Number(stream.sentHeaders['content-length'] ?? 0) || undefined;
-    },
-  }).catch((err: unknown) => {
+  record.maxBodyBytes = maxBodyBytes;
+  if (Number(request.headers['content-length'] ?? 0) > maxBodyBytes) return record.respond(ownFailureRefusal('KEYEDGE_HTTP_BODY_TOO_LARGE', maxBodyBytes)!);
+  forwardStream(options.pools, target, stream, request, record);
+}
+
+const RECORD = Symbol('keyedge.stream-record');
+type Recorded = ServerHttp2Stream & { [RECORD]?: StreamRecord };
+
+/**
+ * One stream as this module follows it: what its access line says, and the
+ * options of its forward (it is both, so a stream makes one object here, and
+ * its listeners are module functions that find it on the stream).
+ */
+class StreamRecord implements StreamForwardOptions, StreamAccess {
+  readonly options: StreamHandlerOptions;
+  readonly context: StreamContext;
+  readonly stream: ServerHttp2Stream;
+  readonly started = process.hrtime.bigint();
+  readonly request: Http1Request;
+  readonly domain: Domain | undefined;
+  // StreamAccess: what the access line says.
+  seconds = 0;
+  readonly method: string;
+  readonly tls: string | undefined;
+  readonly resumed: boolean | undefined;
+  status = CLIENT_CLOSED_STATUS;
+  bytes: number | undefined = undefined;
+  origin: string | undefined = undefined;
+  code: HttpErrorCode | undefined = undefined;
+  aborted = false;
+  /** Reset before our answer was whole: Node ends the writable side itself then, so writableFinished cannot tell. */
+  reset = false;
+  /** Our answer or the origin's head went out. */
+  answered = false;
+  // StreamForwardOptions
+  readonly extraHeaders: Readonly<Record<string, string>>;
+  maxBodyBytes: number;
+  readonly trusted: TrustedPeers | undefined;
+  readonly peer: string | undefined;
+
+  constructor(
+    options: StreamHandlerOptions,
+    context: StreamContext,
+    connection: Http2Connection,
+    stream: ServerHttp2Stream,
+    request: Http1Request,
+    domain: Domain | undefined,
+  ) {
+    this.options = options;
+    this.context = context;
+    this.stream = stream;
+    this.request = request;
+    this.domain = domain;
+    this.method = request.method;
+    this.tls = connection.tlsVersion;
+    this.resumed = connection.resumed;
+    this.extraHeaders = context.hstsOf(domain);
+    this.maxBodyBytes = options.maxBodyBytes;
+    this.trusted = options.trustedPeers;
+    this.peer = connection.peer;
+  }
+
+  /** Without its query string, which often carries tokens. */
+  get path(): string {
+    const path = this.request.path;
+    const query = path.indexOf('?');
+    return query === -1 ? path : path.slice(0, query);
+  }
+
+  onOrigin(origin: string): void {
+    this.origin = origin;
+  }
+
+  onStatus(status: number): void {
+    this.status = status;
+    this.answered = true;
+    this.bytes = Number(this.stream.sentHeaders['content-length'] ?? 0) || undefined;
+  }
+
+  respond(refusal: Refusal): void {
+    this.code = refusal.code;
+    this.status = refusal.status;
+    this.answered = true;
+    answer(this.stream, refusal, this.extraHeaders);
+  }
+
+  /** Once, however the stream ended: its connection's bookkeeping, then its access line and counts. */
+  closed(): void {
+    const { stream } = this;
+    this.context.onClosed(stream);
+    this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
+    this.aborted = this.reset || !answeredWhole(stream);
+    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
+    this.context.accounts.countStream(this);
+  }
+
+  onFailure(err: Error): void {
+    const { stream, options } = this;
     const failure = (err as { code?: string }).code;
-    const refusal = ownFailureRefusal(failure, maxBodyBytes);
+    const refusal = ownFailureRefusal(failure, this.maxBodyBytes);
+    const domain = this.domain?.name;
     if (refusal !== undefined) {
-      code = refusal.code;
-      log.info({ code, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
+      this.code = refusal.code;
+      options.log.info({ code: this.code, domain, origin: this.origin, reason: err.message }, 'request refused');
       // 413 and 408 as they happen mid-body: the rest of the body is refused with the stream (RFC 9113 §8.1).
-      if (status === undefined && refusal.status !== 0 && !stream.destroyed) respond(refusal);
+      if (!this.answered && refusal.status !== 0 && !stream.destroyed) this.respond(refusal);
       else cut(stream);
       return;
     }
     // The client left (a reset, or the stream closed under the request): no one to answer, and not the origin's failure.
-    if (reset || stream.destroyed || stream.closed) return;
-    code = status !== undefined ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
-    log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
-    if (status === undefined) respond(originRefusal(originFailure(err)));
+    if (this.reset || stream.destroyed || stream.closed) return;
+    this.code = this.answered ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+    options.log.warn({ code: this.code, domain, origin: this.origin, err }, 'origin request failed');
+    if (!this.answered) this.respond(originRefusal(originFailure(err)));
     else cut(stream);
-  });
+  }
+}
+
+/** 'aborted' (a reset while the answer was open) and 'close' (every end): each comes once, and `on` spares once()'s wrapper. */
+function onStreamAborted(this: Recorded): void {
+  const record = this[RECORD];
+  if (record !== undefined) record.reset = true;
+  streamEnded(this);
+}
+
+function onStreamClose(this: Recorded): void {
+  this[RECORD]?.closed();
+  streamEnded(this);
 }
 
 function ignore(): void {}
-
-function withoutQuery(path: string): string {
-  const query = path.indexOf('?');
-  return query === -1 ? path : path.slice(0, query);
-}
 
 const cuts = new WeakSet<ServerHttp2Stream>();
 
