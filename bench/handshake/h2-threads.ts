@@ -32,7 +32,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { childrenOf, minus, type ThreadTimes, threads } from '../harness/proc-threads.js';
+import { childrenOf, minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import { spawnManaged } from '../harness/spawn.js';
 import { median, spread } from '../harness/stats.js';

@@ -21,7 +21,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseCli } from '../harness/cli.js';
-import { minus, threads } from '../harness/proc-threads.js';
+import { minus, threads } from '../harness/proc-cpu.js';
 import { drive, openRig, startServer } from './rig.js';
 
 const TABLE = {
