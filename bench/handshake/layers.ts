@@ -39,7 +39,7 @@ import { parseCli, std } from '../harness/cli.js';
 import { delta, type ThreadCpu, threadCpu } from '../harness/proc-cpu.js';
 import { fmt, markdownTable, writeReport } from '../harness/report.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
-import { callgrind, callgrindControl, callgrindDump, drive, isFull, LOADS, type Load, openRig, type Rig, type Running, speaks, startServer } from './rig.js';
+import { callgrind, callgrindControl, callgrindDump, drive, isFull, LOADS, type Load, openRig, type Rig, speaks, startServer } from './rig.js';
 
 const TABLE = {
   profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'what measures the worker (see above)' },
@@ -94,7 +94,7 @@ function topFunctions(file: string, instructions: number): { fn: string; inclusi
   return top;
 }
 
-async function measureServer(rig: Rig & { servers: Running[] }, name: string): Promise<Measured[]> {
+async function measureServer(rig: Rig, name: string): Promise<Measured[]> {
   const prof = join(rig.dir, `prof-${name}`);
   mkdirSync(prof, { recursive: true });
   const cpuProf = ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-interval', String(v.interval)];

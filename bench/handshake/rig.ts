@@ -41,12 +41,14 @@ export interface Rig {
   readonly ca: string;
   /** http://127.0.0.1:port of the demo origin. */
   readonly origin: string;
+  /** What startServer started, for close(). */
+  readonly servers: Running[];
   /** Stops what the rig started and removes its dir (kept with `keep`). */
   close(keep?: boolean): Promise<void>;
 }
 
 /** A temp dir `keyedge-<name>-*` with the certificate (file-chain.pem, file.key) and the demo origin running. */
-export async function openRig(name: string): Promise<Rig & { readonly servers: Running[] }> {
+export async function openRig(name: string): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), `keyedge-${name}-`));
   const servers: Running[] = [];
   let origin: ManagedProcess | undefined;
@@ -102,7 +104,7 @@ const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['
 export const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
 
 /** Starts server `name` of the rig, waits until it serves, and registers it for `rig.close()`. */
-export async function startServer(rig: Rig & { servers: Running[] }, name: string, o: StartOptions = {}): Promise<Running> {
+export async function startServer(rig: Rig, name: string, o: StartOptions = {}): Promise<Running> {
   if (!SERVERS.includes(name)) throw new Error(`unknown server '${name}' (${SERVERS.join(', ')})`);
   const [port, admin] = [await freePort(), await freePort()];
   const f = (x: string) => join(rig.dir, x);
