@@ -12,28 +12,18 @@
  * a loaded machine. The Node that runs this script runs the server: run it
  * with another major's binary (harness/node-versions.ts) to measure that one.
  *
- * Servers: `inmemory` (the real cluster, one worker, key in memory) or
- * `floor` (floor.ts: bare node:https, fixed answer, no origin).
+ * Servers (rig.ts): `inmemory` (the real cluster, one worker, key in memory)
+ * or `floor` (floor.ts: bare node:https, fixed answer, no origin).
  *
  * Usage: node dist/bench/handshake/threads.js --server inmemory|floor [--full N] [--warmup N] [--heap yes] [--trace yes]
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { parseCli } from '../harness/cli.js';
-import { minus, threads } from '../harness/proc-threads.js';
-import { freePort, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
-import { KEYEDGE_CLI } from '../lab/keyserver.js';
-import { LabPki } from '../lab/pki.js';
-import { fileKeyConfig } from './lab.js';
-import { inMemoryWorkerPid } from './inmemory-pid.js';
+import { minus, threads } from '../harness/proc-cpu.js';
+import { drive, openRig, startServer } from './rig.js';
 
-const execFileAsync = promisify(execFile);
-const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
-const HOST = 'bench.test';
 const TABLE = {
   server: { kind: 'string', arg: 'NAME', def: 'inmemory', choices: ['inmemory', 'floor'], help: 'what serves' },
   full: { kind: 'number', arg: 'N', def: 3000, min: 1, integer: true, help: 'full handshakes + GET measured' },
@@ -46,13 +36,6 @@ const TABLE = {
 } as const;
 const v = parseCli('handshake/threads.js', TABLE);
 if (v === undefined) process.exit(0);
-
-async function ab(port: number, n: number): Promise<void> {
-  const args = ['-q', '-r', '-n', String(n), '-c', String(v!.concurrency), '-s', '120', '-f', 'TLS1.3', '-H', `Host: ${HOST}`, `https://127.0.0.1:${port}/`];
-  const { stdout } = await execFileAsync('ab', args, { maxBuffer: 1 << 22 });
-  const failed = Number(/Failed requests:\s+(\d+)/.exec(stdout)?.[1] ?? 'NaN');
-  if (failed !== 0) throw new Error(`ab: ${failed} failed`);
-}
 
 /** `--trace-gc` lines of `pid`: "… Scavenge 10.2 (12.0) -> 9.5 (12.0) MB": counts and MB allocated between GCs (before − previous after). */
 function gcFigures(text: string, pid: number, byFunction: { optimized: Map<string, number>; deopts: Map<string, number> }): Record<string, number> {
@@ -102,52 +85,20 @@ function heapTop(file: string): { fn: string; bytes: number }[] {
 
 async function main(): Promise<void> {
   const o = v!;
-  const dir = mkdtempSync(join(tmpdir(), 'keyedge-threads-'));
-  const procs: { kill(): void }[] = [];
+  const rig = await openRig('threads');
   try {
-    const pki = new LabPki(dir, 'keyedge threads CA');
-    pki.fileCert('ec-p256', HOST, 'server');
-    const originPort = await freePort();
-    const origin = spawnManaged(
-      'origin',
-      [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(originPort)],
-      join(dir, 'origin.log'),
-      undefined,
-      dir,
-    );
-    procs.push(origin);
-    await waitFor('demo origin', () => tcpOpen(originPort), 30_000, origin);
-    const port = await freePort();
-    const admin = await freePort();
-    const certs = [{ name: 'ec', serverName: HOST, chain: join(dir, 'server-chain.pem'), key: join(dir, 'server.key') }];
-    const kind = o.server === 'floor' ? 'node-floor' : 'inmemory';
-    const base = { port, admin, workers: 1, profile: 'intermediate', logLevel: 'info', origin: `http://127.0.0.1:${originPort}`, domain: HOST } as const;
-    writeFileSync(join(dir, 'server.json'), JSON.stringify(fileKeyConfig(kind, certs, base)));
     const flags = o.trace === 'yes' ? ['--trace-gc', '--trace-opt', '--trace-deopt'] : [];
     if (o['node-flags'] !== undefined) flags.push(...o['node-flags'].split(' ').filter((f) => f !== ''));
-    if (o.heap === 'yes') flags.push('--import', pathToFileURL(here('./heap-sampler.js')).href);
-    const script = here(o.server === 'floor' ? './floor.js' : './inmemory.js');
-    const env = o.heap === 'yes' ? { HEAP_SAMPLE_DIR: dir } : undefined;
-    const proc = spawnManaged(
-      o.server,
-      [process.execPath, ...flags, script, '--config', join(dir, 'server.json')],
-      join(dir, 'server.log'),
-      undefined,
-      dir,
-      env,
-    );
-    procs.push(proc);
-    let pid = proc.pid;
-    await waitFor(o.server, () => tcpOpen(admin), 120_000, proc);
-    if (o.server === 'inmemory') {
-      pid = await inMemoryWorkerPid(proc, 120_000);
-    }
-    await ab(port, o.warmup);
+    if (o.heap === 'yes') flags.push('--import', pathToFileURL(fileURLToPath(new URL('./heap-sampler.js', import.meta.url))).href);
+    const env = o.heap === 'yes' ? { HEAP_SAMPLE_DIR: rig.dir } : undefined;
+    const { proc, pid, port } = await startServer(rig, o.server, { nodeArgs: flags, env });
+    const ab = (n: number) => drive('full', port, n, o.concurrency, rig.ca);
+    await ab(o.warmup);
     await new Promise((r) => setTimeout(r, 1000));
     const from = statSync(proc.logFile).size;
     if (o.heap === 'yes') process.kill(pid, 'SIGUSR2');
     const t0 = threads(pid, false);
-    await ab(port, o.full);
+    await ab(o.full);
     const t1 = threads(pid, false);
     if (o.heap === 'yes') process.kill(pid, 'SIGUSR2');
     await new Promise((r) => setTimeout(r, 1500));
@@ -186,7 +137,7 @@ async function main(): Promise<void> {
       );
     }
     if (o.heap === 'yes') {
-      const file = join(dir, `${pid}.heapprofile`);
+      const file = join(rig.dir, `${pid}.heapprofile`);
       const top = heapTop(file);
       const total = top.reduce((a, b) => a + b.bytes, 0);
       lines.push(
@@ -199,10 +150,8 @@ async function main(): Promise<void> {
       lines.push('');
     }
     process.stdout.write(`${lines.join('\n')}\n`);
-    await proc.stop(10_000);
   } finally {
-    for (const p of procs) p.kill();
-    rmSync(dir, { recursive: true, force: true });
+    await rig.close();
   }
 }
 

@@ -45,26 +45,68 @@ export function procCpu(pid: number): CpuTimes {
   return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
+/** CPU of one thread: its process's role, its name, user and system µs. */
+export interface ThreadTimes extends CpuTimes {
+  readonly key: string;
+}
+
+/** The live children of `pid` (every thread's). */
+export function childrenOf(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+      readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number),
+    );
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Every live thread of `pid` (and with `withChildren` of its children), summed by key: the main thread of each process
+ * as `main (<comm>)` (tid = pid), the others by name with a trailing number as N. Node names its helper threads (V8's
+ * platform workers: GC and compiler; libuv's pool) `node` like its main thread, so they are told apart by tid only.
+ * Threads that exit between two readings drop out: read before and after a window and subtract (`minus`).
+ */
+export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
+  const out = new Map<string, ThreadTimes>();
+  for (const p of withChildren ? [pid, ...childrenOf(pid)] : [pid]) {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      let text: string;
+      try {
+        text = readFileSync(`/proc/${p}/task/${tid}/stat`, 'utf8');
+      } catch {
+        continue; // the thread exited while we looked
+      }
+      const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
+      const key = Number(tid) === p ? `main (${comm})` : comm.replace(/\d+$/, 'N');
+      out.set(key, { key, ...add(out.get(key) ?? { userUs: 0, systemUs: 0 }, parseStat(text)) });
+    }
+  }
+  return out;
+}
+
+export function minus(after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> {
+  return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? { userUs: 0, systemUs: 0 }, a) }]));
+}
+
 /** The main thread (tid = pid) and all other threads currently alive, summed. */
 export interface ThreadCpu {
   readonly main: CpuTimes;
   readonly others: CpuTimes;
 }
 
-/** CPU time of the main thread and of the other live threads of `pid`. Threads that exit between two readings drop out of `others`. */
+/** CPU time of the main thread and of the other live threads of `pid`. */
 export function threadCpu(pid: number): ThreadCpu {
-  let main: CpuTimes = { userUs: 0, systemUs: 0 };
-  let others: CpuTimes = { userUs: 0, systemUs: 0 };
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const times = parseStat(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
-      if (Number(tid) === pid) main = times;
-      else others = add(others, times);
-    } catch {
-      // the thread exited while we looked
-    }
-  }
-  return { main, others };
+  const all = [...threads(pid).values()];
+  const main = all.find((t) => t.key.startsWith('main ('));
+  const others = all.filter((t) => t !== main).reduce<CpuTimes>(add, { userUs: 0, systemUs: 0 });
+  return { main: { userUs: main?.userUs ?? 0, systemUs: main?.systemUs ?? 0 }, others };
 }
 
 /** This process, from process.cpuUsage() (all threads, microseconds). */
