@@ -18,6 +18,9 @@ export function run(command: string, args: readonly string[], input = '', timeou
       const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1;
       resolve({ code, stdout, stderr });
     });
+    // A command that exits without reading its input (openssl with a file argument) closes the pipe: EPIPE on this
+    // write is not the command's result, which the callback above reports, and an unheard 'error' would be uncaught.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(input);
   });
 }
