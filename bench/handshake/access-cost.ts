@@ -30,7 +30,7 @@ const req = { url: '/index.html?q=1', method: 'GET', socket: { getProtocol: () =
 const res = { statusCode: 200 } as ServerResponse;
 
 function one(): void {
-  const record = new RequestRecord(req, res, process.hrtime.bigint(), domain, {}, undefined, accounts);
+  const record = new RequestRecord(req, res, process.hrtime.bigint(), domain, {}, undefined, accounts, () => {});
   record.origin = 'http://127.0.0.1:8080';
   record.bodyBytes = 1024;
   accounts.count(record, { status: 200, code: undefined, aborted: false });

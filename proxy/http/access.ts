@@ -143,6 +143,9 @@ export class AccessAccounts {
   }
 }
 
+/** What the handler makes of a forward's failure (handler.ts): one function per handler, told the request's record. */
+export type ForwardFailed = (record: RequestRecord, err: Error) => void;
+
 /**
  * One request as the handler follows it: what its access line says, and the
  * options of its forward (it is both, so a request makes one object here).
@@ -166,6 +169,7 @@ export class RequestRecord implements ForwardOptions {
   awaitsContinue = false;
   bodyBytes = 0;
   cancelQueued: (() => void) | undefined = undefined;
+  readonly failed: ForwardFailed;
 
   constructor(
     req: IncomingMessage,
@@ -175,6 +179,7 @@ export class RequestRecord implements ForwardOptions {
     extraHeaders: Readonly<Record<string, string>>,
     trusted: TrustedPeers | undefined,
     accounts: AccessAccounts,
+    failed: ForwardFailed,
   ) {
     this.req = req;
     this.res = res;
@@ -183,9 +188,18 @@ export class RequestRecord implements ForwardOptions {
     this.extraHeaders = extraHeaders;
     this.trusted = trusted;
     this.accounts = accounts;
+    this.failed = failed;
     const facts = tlsFacts(req.socket as TLSSocket & { [TLS_FACTS]?: TlsFacts });
     this.tlsVersion = facts.version;
     this.resumed = facts.resumed;
+  }
+
+  onOrigin(origin: string): void {
+    this.origin = origin;
+  }
+
+  onFailure(err: Error): void {
+    this.failed(this, err);
   }
 
   /** Once, when the answer went out whole or was cut (onAnswerEnd's rules). */

@@ -15,12 +15,8 @@
  * Slow clients (body.ts, origin-gate.ts, send-stall.ts): a body is read
  * before the request waits for an origin connection (whole when small), a
  * request takes its place at the origin's gate before undici sees it, and an
- * answer the client stops reading is cut.
- *
- * Retries: a request is sent once. Only a request that cannot have reached
- * the origin and can be repeated safely (an idempotent method, RFC 9110
- * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
- * the next origin, when the first could not be connected to.
+ * answer the client stops reading is cut. Attempts and retries:
+ * origin-exchange.ts.
  *
  * A client that goes away (mid-upload, while the origin thinks, mid-answer)
  * aborts the origin request: undici closes that origin connection, so nothing
@@ -28,19 +24,13 @@
  * request through the handler's onError, never as a stream 'error'; the
  * request body stream (body.ts) keeps its own error listener for its life.
  */
-import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
-import type { RequestBody } from './body.js';
-import { ClientGone } from './errors.js';
 import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList } from './forward-headers.js';
-import { mayRetry, originFailure } from './origin-failure.js';
-import { type Carrier, EXCHANGE, OriginExchange, onAnswerEnd } from './origin-exchange.js';
-import type { OriginGate } from './origin-gate.js';
-import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
+import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from './origin-exchange.js';
+import type { OriginPools, OriginTarget } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -48,15 +38,13 @@ export { endToEndHeaders, originRequestHeaders } from './forward-headers.js';
 export { mayRetry, type OriginFailure, originFailure } from './origin-failure.js';
 export { OriginPools, type OriginTimeouts } from './origins.js';
 
-export interface ForwardOptions {
+export interface ForwardOptions extends ExchangeOwner {
   /** Set on the answer after the origin's headers (HSTS); keep one object per route, it is prepared once (forward-headers.ts). */
   readonly extraHeaders: Readonly<Record<string, string>>;
   /** The scheme the client used. */
   readonly proto: 'https' | 'http';
   readonly maxBodyBytes: number;
   readonly trusted?: TrustedPeers | undefined;
-  /** Set to each origin tried, before the attempt (for the access log). */
-  origin?: string | undefined;
   /** The client awaits 100 (Continue) before sending its body (expect.ts). */
   readonly awaitsContinue?: boolean;
   /** Counts the answer's body bytes handed to the client (for the access log), when present. */
@@ -69,18 +57,16 @@ type Answer = ServerResponse & Carrier;
  * One forwarded request: undici's handler (origin-exchange.ts holds what it
  * shares with an HTTP/2 stream's) writing the answer to `res`.
  */
-class Exchange extends OriginExchange {
+class Exchange extends OriginExchange<ForwardOptions> {
   readonly req: IncomingMessage;
   readonly res: Answer;
   readonly extra: ExtraHeaders;
-  readonly options: ForwardOptions;
   cancelQueued: (() => void) | undefined = undefined;
 
-  constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions) {
-    super(pools);
+  constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions, targets: readonly OriginTarget[], method: string) {
+    super(pools, options, targets, method);
     this.req = req;
     this.res = res;
-    this.options = options;
     this.extra = extraHeaders(options.extraHeaders);
   }
 
@@ -88,11 +74,44 @@ class Exchange extends OriginExchange {
     return this.res.headersSent;
   }
 
+  get clientGone(): boolean {
+    return this.gone || this.req.socket.destroyed;
+  }
+
   /** The client left (its answer closed early, or it was queued behind another on a connection that closed). */
   clientLeft(): void {
     if (this.gone || this.res.writableFinished) return;
     this.cancelQueued?.();
     this.leftBeforeEnd();
+  }
+
+  protected originRequest(target: OriginTarget): Dispatcher.DispatchOptions {
+    const { req, owner } = this;
+    return {
+      path: req.url ?? '/',
+      method: this.method as Dispatcher.HttpMethod,
+      headers: originRequestHeaderList(req.headers, req.socket.remoteAddress, owner.proto, target, owner.trusted),
+      body: this.body,
+    };
+  }
+
+  /**
+   * The body to send on, then the first attempt: read whole when small, so a
+   * slow upload holds no origin connection (body.ts), streamed past that. A
+   * client waiting for 100 (Continue) sends nothing until asked: its body
+   * streams, and is asked for when an origin connection takes it (expect.ts).
+   */
+  async readBodyThenAttempt(): Promise<void> {
+    const { pools, req, res, owner } = this;
+    try {
+      const body =
+        owner.awaitsContinue === true ? continueOnRead(pools.bodies.stream(req, owner.maxBodyBytes), res) : await pools.bodies.read(req, owner.maxBodyBytes);
+      this.body = body;
+      this.upload = !Buffer.isBuffer(body);
+    } catch (err) {
+      return this.finish(err as Error);
+    }
+    this.attempt();
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
@@ -109,7 +128,7 @@ class Exchange extends OriginExchange {
   onData(chunk: Buffer): boolean {
     const res = this.res;
     if (res.destroyed) return false;
-    if (this.options.bodyBytes !== undefined) this.options.bodyBytes += chunk.length;
+    if (this.owner.bodyBytes !== undefined) this.owner.bodyBytes += chunk.length;
     if (res.write(chunk)) return true;
     // The client's socket is full.
     return this.waitForDrain(res);
@@ -125,83 +144,22 @@ class Exchange extends OriginExchange {
 
 /**
  * Sends `req` to one of `domain`'s origins and streams the answer into
- * `res`. Resolves when the answer is handed to the client whole (or the
- * client left); rejects with the failure when no origin could be reached or
- * one failed before answering (the caller answers 502/504 then), or when the
- * answer broke off mid-way.
+ * `res`. `options.onFailure` hears, once, when no origin could be reached or
+ * one failed before answering (the caller answers 502/504), when the answer
+ * broke off mid-way, or of our own failure; nothing is said when the answer
+ * was handed to the client whole or the client left.
  */
-export async function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<void> {
+export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): void {
   const method = req.method ?? 'GET';
   const hasBody = method !== 'GET' && method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
-  const targets = pools.targets(domain);
-  const exchange = new Exchange(pools, req, res, options);
   const answer = res as Answer;
+  const exchange = new Exchange(pools, req, answer, options, pools.targets(domain), method);
   answer[EXCHANGE] = exchange;
   answer.on('close', onAnswerEnd);
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
   if (res.socket === null) exchange.cancelQueued = whenQueuedClientGone(req.socket, res, () => exchange.clientLeft());
-  if (!hasBody) return attempts(exchange, targets, method, options);
-  const body = await requestBody(pools, req, res, options);
-  exchange.body = body;
-  exchange.upload = !Buffer.isBuffer(body);
-  try {
-    await attempts(exchange, targets, method, options);
-  } finally {
-    pools.bodies.release(body);
-  }
-}
-
-/** The attempts of `forward`, on `targets` in order, once the body (if any) is at hand. */
-async function attempts(exchange: Exchange, targets: readonly OriginTarget[], method: string, options: ForwardOptions): Promise<void> {
-  const { pools, req, body, upload } = exchange;
-  for (let attempt = 0; ; attempt++) {
-    const target = targets[attempt];
-    if (target === undefined) throw new Error('no origin configured');
-    options.origin = target.url.origin;
-    const gate = pools.gate(target);
-    if (!gate.tryEnter(upload)) {
-      try {
-        exchange.abandon ??= new EventEmitter();
-        await waitAdmitted(gate.enter(upload, exchange.abandon), gate, upload, req, body);
-      } catch (err) {
-        // Nothing was sent: a busy origin's request may go to the next one whatever its method.
-        if (attempt === 0 && targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') continue;
-        throw err;
-      }
-    }
-    exchange.gate = gate;
-    exchange.target = target;
-    const request: Dispatcher.DispatchOptions & { servername?: string } = {
-      path: req.url ?? '/',
-      method: method as Dispatcher.HttpMethod,
-      headers: originRequestHeaderList(req.headers, req.socket.remoteAddress, options.proto, target, options.trusted),
-      body,
-    };
-    // undici takes `servername` per request at run time, though its types omit it.
-    if (target.tls !== undefined) request.servername = requestServername(target);
-    try {
-      await exchange.send(target, request);
-      return;
-    } catch (err) {
-      if (exchange.headersSent) throw err;
-      // A client that went away mid-upload fails the request with its own reset: not the origin's fault.
-      const failure = exchange.gone || req.socket.destroyed ? 'not-origin' : originFailure(err);
-      if (failure !== 'not-origin') pools.failed(target);
-      if (attempt === 0 && targets.length > 1 && mayRetry(req.method, body !== null, failure)) continue;
-      throw err;
-    }
-  }
-}
-
-/**
- * The body to send on: read whole when small, so a slow upload holds no
- * origin connection (body.ts), streamed past that. A client waiting for 100
- * (Continue) sends nothing until asked: its body streams, and is asked for
- * when an origin connection takes it (expect.ts).
- */
-function requestBody(pools: OriginPools, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): Promise<RequestBody> {
-  if (options.awaitsContinue === true) return Promise.resolve(continueOnRead(pools.bodies.stream(req, options.maxBodyBytes), res));
-  return pools.bodies.read(req, options.maxBodyBytes);
+  if (hasBody) void exchange.readBodyThenAttempt();
+  else exchange.attempt();
 }
 
 /** How long a connection closed after an early answer keeps reading what the client still sends (nginx: lingering_timeout 5 s). */
@@ -229,17 +187,4 @@ function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void 
     socket.once('end', () => socket.destroy());
     req.resume();
   });
-}
-
-/**
- * Waits for a place at `gate` for a request that could not enter at once;
- * once there, a request whose client left or whose streamed body failed
- * while it waited gives its place back and fails.
- */
-async function waitAdmitted(entered: true | Promise<void>, gate: OriginGate, upload: boolean, req: IncomingMessage, body: RequestBody | null): Promise<void> {
-  await entered;
-  const failed = upload ? (body as Readable).errored : null;
-  if (failed === null && !req.socket.destroyed) return;
-  gate.leave(upload);
-  throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }

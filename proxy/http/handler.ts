@@ -14,7 +14,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { whenQueuedClientGone } from './queued.js';
-import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
+import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -155,6 +155,7 @@ export function hstsHeaders(maxAge: number): (domain: Domain | undefined) => Rea
 export function createRequestHandler(options: HandlerOptions): ExpectingHandler {
   const { pools, log, metrics } = options;
   const accounts = new AccessAccounts(log, metrics);
+  const failed = forwardFailed(log);
   const hstsOf = hstsHeaders(options.hstsMaxAgeSeconds);
   return (req, res, expectation?: Expectation) => {
     const started = process.hrtime.bigint();
@@ -165,7 +166,7 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     const route = routeRequest(options, host, servedNames(req.socket));
     const domain = route.domain;
     const hsts = hstsOf(domain);
-    const record = new RequestRecord(req, res, started, domain, hsts, options.trustedPeers, accounts);
+    const record = new RequestRecord(req, res, started, domain, hsts, options.trustedPeers, accounts, failed);
     (res as ServerResponse & { [RECORD]?: RequestRecord })[RECORD] = record;
     res.on('finish', onRecordedAnswerEnd);
     res.on('close', onRecordedAnswerEnd);
@@ -183,6 +184,7 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     }
     const target = route.domain;
     const maxBodyBytes = target.maxBodyBytes ?? options.maxBodyBytes;
+    record.maxBodyBytes = maxBodyBytes;
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > maxBodyBytes) {
       record.code = 'KEYEDGE_HTTP_BODY_TOO_LARGE';
@@ -190,25 +192,30 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
       record.bodyBytes = answer(res, ownFailureRefusal(record.code, maxBodyBytes)!, hsts);
       return;
     }
-    record.maxBodyBytes = maxBodyBytes;
     record.awaitsContinue = expectation === 'continue';
-    forward(pools, target, req, res, record).catch((err: unknown) => {
-      const refused = refuseFailure(err, req, res, hsts, maxBodyBytes);
-      const origin = record.origin;
-      if (refused !== undefined) {
-        record.code = refused;
-        log.info({ code: refused, domain: target.name, origin, reason: (err as Error).message }, 'request refused');
-        return;
-      }
-      // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
-      if (record.code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
-      // Once the answer has started, the client can only be told by a cut connection.
-      const code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
-      record.code = code;
-      log.warn({ code, domain: target.name, origin, err }, 'origin request failed');
-      if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), hsts);
-      else res.destroy();
-    });
+    forward(pools, target, req, res, record);
+  };
+}
+
+/** What a forward's failure becomes: our answer when none has started, a cut connection once one has, and a log line. */
+function forwardFailed(log: Logger): ForwardFailed {
+  return (record, err) => {
+    const { req, res, maxBodyBytes } = record;
+    const domain = record.domain?.name;
+    const refused = refuseFailure(err, req, res, record.extraHeaders, maxBodyBytes);
+    if (refused !== undefined) {
+      record.code = refused;
+      log.info({ code: refused, domain, origin: record.origin, reason: err.message }, 'request refused');
+      return;
+    }
+    // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
+    if (record.code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+    // Once the answer has started, the client can only be told by a cut connection.
+    const code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
+    record.code = code;
+    log.warn({ code, domain, origin: record.origin, err }, 'origin request failed');
+    if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), record.extraHeaders);
+    else res.destroy();
   };
 }
 

@@ -1,28 +1,41 @@
 /**
  * What every forwarded request shares with undici, whether its client speaks
- * HTTP/1.1 (forward.ts's Exchange) or HTTP/2 (http2/origin-handler.ts): the
- * attempt in flight (its origin, its place at the origin's gate, undici's
- * abort and resume), how an attempt settles, how a client that leaves aborts
- * the origin request, and backpressure (a refused write pauses the origin
- * until the client's 'drain', with the stall clock running, send-stall.ts).
- * The subclasses keep only what differs: where the answer's head and body go.
+ * HTTP/1.1 (forward.ts's Exchange) or HTTP/2 (http2/exchange.ts): its
+ * attempts on the domain's origins in order (a place at the origin's gate,
+ * then undici's `dispatch()`; at most one retry, below), how an attempt
+ * settles, how a client that leaves aborts the origin request, and
+ * backpressure (a refused write pauses the origin until the client's
+ * 'drain', with the stall clock running, send-stall.ts). The subclasses keep
+ * only what differs: the request head, where the answer's head and body go,
+ * and what a failure becomes.
  *
  * undici's legacy handler callbacks (onConnect, onHeaders, onData,
  * onComplete, onError) are called directly on the object: no Readable, no
  * AbortController or signal (undici hands the abort function to the
  * handler), no pipe between the origin and the client.
  *
- * Cost per request: the one object; the listeners are module functions that
- * find their exchange on the answer (or stream) under one symbol, and the
- * stall clock exists only once an answer meets backpressure.
+ * Cost per request: the one object. A request without a body admitted at
+ * once is sent in the call that starts it, with no promise on its way (most
+ * requests: GETs); the listeners are module functions that find their
+ * exchange on the answer (or stream) under one symbol, and the stall clock
+ * exists only once an answer meets backpressure.
+ *
+ * Retries: a request is sent once. Only a request that cannot have reached
+ * the origin and can be repeated safely (an idempotent method, RFC 9110
+ * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
+ * the next origin, when the first could not be connected to; a request
+ * refused by a busy origin's gate was not sent, and goes to the next origin
+ * whatever its method.
  */
-import type { EventEmitter } from 'node:events';
+import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { RequestBody } from './body.js';
 import { ClientGone, HttpFailure } from './errors.js';
+import { mayRetry, originFailure } from './origin-failure.js';
 import type { OriginGate } from './origin-gate.js';
-import type { OriginPools, OriginTarget } from './origins.js';
+import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { SendStallClock } from './send-stall.js';
 
 /** Where an answer (or an HTTP/2 stream) keeps its exchange, for the module-level listeners below. */
@@ -33,18 +46,39 @@ export type Carrier = EventEmitter & { [EXCHANGE]?: OriginExchange };
 /** What undici is told when the client has left: one object, never thrown, so no stack is captured per abort. */
 const CLIENT_LEFT = new ClientGone('the client left before the answer was whole');
 
-export abstract class OriginExchange implements Dispatcher.DispatchHandler {
+/** Who started an exchange, and hears of it (the request's record: handler.ts, http2/stream.ts). */
+export interface ExchangeOwner {
+  /** Told each origin tried, before the attempt (for the access log). */
+  onOrigin(origin: string): void;
+  /**
+   * Told, once and outside undici's callbacks, why the request could not be
+   * forwarded or its answer broke off: no origin reached, one failed before
+   * answering or mid-answer, or a failure of ours (body too large or slow,
+   * origin busy, send stall). Not told when the answer was handed over whole
+   * or the client left after its head went out.
+   */
+  onFailure(err: Error): void;
+}
+
+export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner> implements Dispatcher.DispatchHandler {
   readonly pools: OriginPools;
+  readonly owner: Owner;
+  /** The domain's origins, tried in order. */
+  readonly targets: readonly OriginTarget[];
+  /** The request's method, for the retry rule. */
+  readonly method: string;
   body: RequestBody | null = null;
   upload = false;
+  /** Attempts made before the one in flight. */
+  attempts = 0;
+  /** An attempt is at the origin: its settling decides what comes next. */
+  dispatched = false;
+  finished = false;
   /** The attempt in flight: its origin, its gate (admitted until left), undici's abort and resume. */
   target: OriginTarget | undefined = undefined;
   gate: OriginGate | undefined = undefined;
   abortOrigin: ((err: Error) => void) | undefined = undefined;
   resumeOrigin: (() => void) | undefined = undefined;
-  /** Settles the attempt in flight. */
-  resolve: (() => void) | undefined = undefined;
-  reject: ((err: Error) => void) | undefined = undefined;
   /** undici is holding the origin's answer back until the client's 'drain'. */
   paused = false;
   /** The client left before the answer was whole. */
@@ -53,23 +87,69 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   abandon: EventEmitter | undefined = undefined;
   stall: SendStallClock | undefined = undefined;
 
-  constructor(pools: OriginPools) {
+  constructor(pools: OriginPools, owner: Owner, targets: readonly OriginTarget[], method: string) {
     this.pools = pools;
+    this.owner = owner;
+    this.targets = targets;
+    this.method = method;
   }
 
   /** Whether the answer's head went to the client (a failure after it cannot become a 502). */
   abstract get headersSent(): boolean;
+  /** The client left, or its connection is gone: nothing more is sent for it, and a failure then is not the origin's. */
+  abstract get clientGone(): boolean;
+  /** The request as `target` is sent it: path, method, head and `this.body`. */
+  protected abstract originRequest(target: OriginTarget): Dispatcher.DispatchOptions;
   abstract onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean;
   abstract onData(chunk: Buffer): boolean;
   abstract onComplete(trailers: Buffer[] | string[] | null): void;
 
-  /** One attempt on `target`: resolves when the answer is handed to the client (or the client left), rejects with undici's failure. */
-  send(target: OriginTarget, request: Dispatcher.DispatchOptions): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
+  /** The next attempt: a place at the target's gate (waited for only when there is none free), then the request to its pool. */
+  attempt(): void {
+    try {
+      const target = this.targets[this.attempts];
+      if (target === undefined) throw new Error('no origin configured');
+      this.owner.onOrigin(target.url.origin);
+      const gate = this.pools.gate(target);
+      if (gate.tryEnter(this.upload)) return this.dispatch(target, gate);
+      this.abandon ??= new EventEmitter();
+      waitAdmitted(gate.enter(this.upload, this.abandon), gate, this).then(
+        () => this.dispatch(target, gate),
+        (err: Error) => {
+          // Nothing was sent: a busy origin's request may go to the next one whatever its method.
+          if (this.attempts === 0 && this.targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') {
+            this.attempts++;
+            return this.attempt();
+          }
+          this.finish(err);
+        },
+      );
+    } catch (err) {
+      this.finish(err as Error);
+    }
+  }
+
+  dispatch(target: OriginTarget, gate: OriginGate): void {
+    // Gone while the body was read or a place awaited: nothing is sent.
+    if (this.clientGone) {
+      gate.leave(this.upload);
+      return this.finish(new ClientGone('the client left before its request was sent'));
+    }
+    this.gate = gate;
+    this.target = target;
+    try {
+      const request: Dispatcher.DispatchOptions & { servername?: string } = this.originRequest(target);
+      // undici takes `servername` per request at run time, though its types omit it.
+      if (target.tls !== undefined) request.servername = requestServername(target);
+      this.dispatched = true;
+      // A failure of undici's (arguments it refuses, a handler that threw) comes to onError, hence settle.
       this.pools.pool(target).dispatch(request, this);
-    });
+    } catch (err) {
+      // Called from a promise's callback too: nothing may escape as an unheard rejection.
+      this.dispatched = false;
+      this.leaveGate();
+      this.finish(err as Error);
+    }
   }
 
   /** The client left before the answer was whole: a request waiting at the gate gives up, one at the origin is aborted. */
@@ -122,12 +202,43 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     gate?.leave(this.upload);
   }
 
+  /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once on the next target. */
   settle(err: Error | undefined): void {
-    const { resolve, reject } = this;
-    this.resolve = this.reject = undefined;
-    if (err === undefined) resolve?.();
-    else reject?.(err);
+    if (!this.dispatched) return;
+    this.dispatched = false;
+    if (err === undefined || this.headersSent) return this.finish(err);
+    // A client that left is not the origin's failure.
+    const failure = this.clientGone ? 'not-origin' : originFailure(err);
+    if (failure !== 'not-origin') this.pools.failed(this.target!);
+    if (this.attempts === 0 && this.targets.length > 1 && mayRetry(this.method, this.body !== null, failure)) {
+      this.attempts++;
+      // Out of undici's callback: the next attempt dispatches on another pool.
+      queueMicrotask(() => this.attempt());
+      return;
+    }
+    this.finish(err);
   }
+
+  /** Once: the body goes back, and the failure, if any, to the owner, outside undici's callbacks. */
+  finish(err: Error | undefined): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.pools.bodies.release(this.body);
+    if (err !== undefined) queueMicrotask(() => this.owner.onFailure(err));
+    else this.answered();
+  }
+
+  /** The exchange ended with the answer handed over (or the client gone after its head). */
+  protected answered(): void {}
+}
+
+/** Once admitted, a request whose client left or whose streamed body failed while it waited gives its place back and fails. */
+async function waitAdmitted(entered: true | Promise<void>, gate: OriginGate, exchange: OriginExchange): Promise<void> {
+  await entered;
+  const failed = exchange.upload ? (exchange.body as Readable).errored : null;
+  if (failed === null && !exchange.clientGone) return;
+  gate.leave(exchange.upload);
+  throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }
 
 /** The answer (or stream) closed, or was reset while open: its stall clock stops and its exchange hears the client left. */

@@ -88,20 +88,24 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
         maxBodyBytes,
         trusted: options.trustedPeers,
         awaitsContinue: expectation === 'continue',
-      }).catch((err: unknown) => {
-        // The client left: no one to answer, and not the origin's failure.
-        if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
-        const refused = refuseFailure(err, req, res, {}, maxBodyBytes);
-        if (refused !== undefined) {
-          code = refused;
-          log.info({ code, domain: domain.name, reason: (err as Error).message }, 'ACME challenge request refused');
-          return;
-        }
-        code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
-        log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
-        if (!res.headersSent)
-          res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' }).end('origin unreachable\n');
-        else res.destroy();
+        onOrigin() {},
+        onFailure(err) {
+          // The client left: no one to answer, and not the origin's failure.
+          if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
+          const refused = refuseFailure(err, req, res, {}, maxBodyBytes);
+          if (refused !== undefined) {
+            code = refused;
+            log.info({ code, domain: domain.name, reason: err.message }, 'ACME challenge request refused');
+            return;
+          }
+          code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
+          log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: domain.name, err }, 'ACME challenge could not reach the origin');
+          if (!res.headersSent)
+            res
+              .writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' })
+              .end('origin unreachable\n');
+          else res.destroy();
+        },
       });
       return;
     }

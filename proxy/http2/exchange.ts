@@ -2,10 +2,9 @@
  * One HTTP/2 stream forwarded to one of its domain's HTTP/1.1 origins, over
  * the same pools, admission gates, body reading and stall timeout as
  * HTTP/1.1 requests (proxy/http/), with undici's `dispatch()` as forward.ts
- * does; the handler that relays the answer and aborts the origin request
- * when the client leaves is origin-handler.ts. From forward.ts it takes only
- * its pure, exported parts (the origin's request head, failure classes, the
- * retry rule), so that module can change inside without this one.
+ * does; its attempts and retry are origin-exchange.ts's, shared with
+ * HTTP/1.1, and the handler that relays the answer and aborts the origin
+ * request when the client leaves is origin-handler.ts.
  *
  * Flow control is the backpressure: a request body is read as the origin
  * takes it, and nghttp2 grants the client more window only as it is read
@@ -18,17 +17,12 @@
  * RST_STREAM NO_ERROR (RFC 9113 §8.1): the client stops sending, the
  * connection lives on.
  */
-import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { constants, type ServerHttp2Stream } from 'node:http2';
-import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
-import { ClientGone } from '../http/errors.js';
-import { mayRetry, originFailure } from '../http/forward.js';
 import { originRequestHeaderList } from '../http/forward-headers.js';
-import type { OriginGate } from '../http/origin-gate.js';
-import { type OriginPools, type OriginTarget, requestServername } from '../http/origins.js';
+import type { OriginPools, OriginTarget } from '../http/origins.js';
 import type { Http1Request } from './headers.js';
 import { StreamExchange, type StreamForwardOptions, trackStream } from './origin-handler.js';
 
@@ -62,27 +56,35 @@ export function forwardStream(pools: OriginPools, domain: ProxyDomain, stream: S
   else void exchange.readBodyThenAttempt();
 }
 
-/** One forwarded stream's attempts, on its domain's targets in order (at most one retry, as forward.ts). */
+/** One forwarded stream: its request head and body (its attempts and the answer's relay: origin-exchange.ts, origin-handler.ts). */
 class ForwardedStream extends StreamExchange {
-  readonly targets: readonly OriginTarget[];
   readonly request: Http1Request;
-  attempts = 0;
-  /** An attempt is at the origin: its settling decides what comes next. */
-  dispatched = false;
-  finished = false;
 
   constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions, targets: readonly OriginTarget[], request: Http1Request) {
-    super(pools, stream, options);
-    this.targets = targets;
+    super(pools, stream, options, targets, request.method);
     this.request = request;
   }
 
+  get clientGone(): boolean {
+    return this.gone;
+  }
+
+  protected originRequest(target: OriginTarget): Dispatcher.DispatchOptions {
+    const { request, owner } = this;
+    return {
+      path: request.path,
+      method: request.method as Dispatcher.HttpMethod,
+      headers: originRequestHeaderList(request.headers, owner.peer, 'https', target, owner.trusted),
+      body: this.body,
+    };
+  }
+
   async readBodyThenAttempt(): Promise<void> {
-    const { stream, request, options } = this;
+    const { stream, request, owner } = this;
     try {
       // RFC 9110 §10.1.1: the client waits for 100 before its body; the body is read at once below, so say so now.
       if (request.headers.expect?.toLowerCase() === '100-continue' && !stream.closed) stream.additionalHeaders({ ':status': 100 });
-      const body = await this.pools.bodies.read(bodySource(stream), options.maxBodyBytes);
+      const body = await this.pools.bodies.read(bodySource(stream), owner.maxBodyBytes);
       this.body = body;
       this.upload = !Buffer.isBuffer(body);
     } catch (err) {
@@ -91,88 +93,9 @@ class ForwardedStream extends StreamExchange {
     this.attempt();
   }
 
-  /** The next attempt: a place at the target's gate (waited for only when there is none free), then the request to its pool. */
-  attempt(): void {
-    try {
-      const target = this.targets[this.attempts];
-      if (target === undefined) throw new Error('no origin configured');
-      this.options.onOrigin(target.url.origin);
-      const gate = this.pools.gate(target);
-      if (gate.tryEnter(this.upload)) return this.dispatch(target, gate);
-      this.abandon ??= new EventEmitter();
-      waitAdmitted(gate.enter(this.upload, this.abandon), gate, this).then(
-        () => this.dispatch(target, gate),
-        (err: Error) => {
-          // Nothing was sent: a busy origin's request may go to the next one whatever its method.
-          if (this.attempts === 0 && this.targets.length > 1 && (err as { code?: string }).code === 'KEYEDGE_HTTP_ORIGIN_BUSY') {
-            this.attempts++;
-            return this.attempt();
-          }
-          this.finish(err);
-        },
-      );
-    } catch (err) {
-      this.finish(err as Error);
-    }
-  }
-
-  dispatch(target: OriginTarget, gate: OriginGate): void {
-    // Gone while the body was read or a place awaited: nothing is sent.
-    if (this.gone) {
-      gate.leave(this.upload);
-      return this.finish(new ClientGone('the client left before its request was sent'));
-    }
-    this.gate = gate;
-    this.target = target;
-    const { request, options } = this;
-    try {
-      const dispatch: Dispatcher.DispatchOptions & { servername?: string } = {
-        path: request.path,
-        method: request.method as Dispatcher.HttpMethod,
-        headers: originRequestHeaderList(request.headers, options.peer, 'https', target, options.trusted),
-        body: this.body,
-      };
-      // undici takes `servername` per request at run time, though its types omit it.
-      if (target.tls !== undefined) dispatch.servername = requestServername(target);
-      this.dispatched = true;
-      // A failure of undici's (arguments it refuses, a handler that threw) comes to onError, hence settle.
-      this.pools.pool(target).dispatch(dispatch, this);
-    } catch (err) {
-      // Called from a promise's callback too: nothing may escape as an unheard rejection.
-      this.dispatched = false;
-      this.leaveGate();
-      this.finish(err as Error);
-    }
-  }
-
-  /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once on the next target. */
-  override settle(err: Error | undefined): void {
-    if (!this.dispatched) return;
-    this.dispatched = false;
-    if (err === undefined || this.stream.headersSent) return this.finish(err);
-    // A client that left is not the origin's failure.
-    const failure = this.gone ? 'not-origin' : originFailure(err);
-    if (failure !== 'not-origin') this.pools.failed(this.target!);
-    if (this.attempts === 0 && this.targets.length > 1 && mayRetry(this.request.method, this.body !== null, failure)) {
-      this.attempts++;
-      // Out of undici's callback: the next attempt dispatches on another pool.
-      queueMicrotask(() => this.attempt());
-      return;
-    }
-    this.finish(err);
-  }
-
-  /** Once: the body goes back, and the failure, if any, to the stream's owner, outside undici's callbacks. */
-  finish(err: Error | undefined): void {
-    if (this.finished) return;
-    this.finished = true;
-    const { stream, body } = this;
-    this.pools.bodies.release(body);
-    if (err !== undefined) {
-      queueMicrotask(() => this.options.onFailure(err));
-      return;
-    }
-    // Answered before the client finished its body: it may stop sending (RFC 9113 §8.1), once the answer is out.
+  /** Answered before the client finished its body: it may stop sending (RFC 9113 §8.1), once the answer is out. */
+  protected override answered(): void {
+    const stream = this.stream;
     // A request without a body (END_STREAM on its HEADERS) has nothing left to refuse: no 'finish' listener for it.
     if (stream.endAfterHeaders) return;
     if (stream.writableFinished) endUnreadBody(stream);
@@ -197,13 +120,4 @@ export function bodyPending(stream: ServerHttp2Stream): boolean {
  */
 export function answeredWhole(stream: ServerHttp2Stream): boolean {
   return stream.writableFinished && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) === constants.NGHTTP2_NO_ERROR;
-}
-
-/** As forward.ts: once admitted, a request whose client left or whose streamed body failed gives its place back. */
-async function waitAdmitted(entered: true | Promise<void>, gate: OriginGate, exchange: StreamExchange): Promise<void> {
-  await entered;
-  const failed = exchange.upload ? (exchange.body as Readable).errored : null;
-  if (failed === null && !exchange.gone) return;
-  gate.leave(exchange.upload);
-  throw failed ?? new ClientGone('the client left while its request waited for an origin connection');
 }

@@ -16,41 +16,35 @@
  * on the stream.
  */
 import { constants, type ServerHttp2Stream } from 'node:http2';
-import { type Carrier, EXCHANGE, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
-import type { OriginPools } from '../http/origins.js';
+import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
+import type { OriginPools, OriginTarget } from '../http/origins.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
 import { http2Fields } from './headers.js';
 
-export interface StreamForwardOptions {
+export interface StreamForwardOptions extends ExchangeOwner {
   /** Set on the answer after the origin's fields (HSTS). */
   readonly extraHeaders: Record<string, string>;
   readonly maxBodyBytes: number;
   readonly trusted?: TrustedPeers;
   /** The client's address, for X-Forwarded-For. */
   readonly peer: string | undefined;
-  /** Told each origin tried, before the attempt (for the access log). */
-  onOrigin(origin: string): void;
   /** Told the status once the answer's head is sent. */
   onStatus(status: number): void;
-  /** Told, once, why the stream could not be forwarded or its answer broke off (exchange.ts forwardStream). */
-  onFailure(err: Error): void;
 }
 
 type Tracked = ServerHttp2Stream & Carrier;
 
 /** One forwarded stream: undici's handler (origin-exchange.ts holds what it shares with forward.ts's Exchange) answering on `stream`. */
-export class StreamExchange extends OriginExchange {
+export abstract class StreamExchange extends OriginExchange<StreamForwardOptions> {
   readonly stream: ServerHttp2Stream;
-  readonly options: StreamForwardOptions;
   /** The origin's answer was read whole: nothing is left to abort. */
   complete = false;
   /** The origin's raw trailers, sent when Node asks for them. */
   trailers: Buffer[] | string[] | null = null;
 
-  constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions) {
-    super(pools);
+  constructor(pools: OriginPools, stream: ServerHttp2Stream, options: StreamForwardOptions, targets: readonly OriginTarget[], method: string) {
+    super(pools, options, targets, method);
     this.stream = stream;
-    this.options = options;
   }
 
   get headersSent(): boolean {
@@ -75,11 +69,11 @@ export class StreamExchange extends OriginExchange {
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
-    const head = http2Fields(rawHeaders ?? [], this.options.extraHeaders, statusCode);
+    const head = http2Fields(rawHeaders ?? [], this.owner.extraHeaders, statusCode);
     const declaresTrailers = head.trailer !== undefined;
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
     stream.respond(head, declaresTrailers ? WAIT_FOR_TRAILERS : undefined);
-    this.options.onStatus(statusCode);
+    this.owner.onStatus(statusCode);
     if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? []));
     return true;
   }
