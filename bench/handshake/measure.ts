@@ -14,7 +14,7 @@ import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { ClosedLoop } from '../harness/loop.js';
 import { type BaseSetup, baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
-import { plural } from '../harness/runner.js';
+import { plural } from '../harness/report.js';
 import type { Options } from './main.js';
 import { ResumeLoad } from './resume.js';
 import type { ScenarioSpec } from './scenarios.js';

@@ -14,9 +14,9 @@ import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/c
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { shownCommand } from '../harness/client.js';
 import { processTree, setAffinity } from '../harness/procs.js';
-import { fmt } from '../harness/report.js';
+import { fmt, plural } from '../harness/report.js';
 import { skippedBenchRow } from '../harness/summary.js';
-import { type MeasuringBench, plural, runMeasuring } from '../harness/runner.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import type { Scenario } from '../harness/rounds.js';
 import { negotiates } from '../handshake/alpn.js';
 import { autocannonArgs, autocannonVersion } from './autocannon.js';
