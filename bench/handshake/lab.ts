@@ -6,7 +6,7 @@
  * nginx variants (lab/nginx.ts). Every server is its own process group, so
  * `cleanup()` can kill a cluster at once, also from an 'exit' handler.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
@@ -148,7 +148,6 @@ export class HandshakeLab extends LabBase<SetupId> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
     try {
       const dir = join(keyserverLab.dir, 'handshake');
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
       const endpoint = async (): Promise<Endpoint> => ({ port: await freePort(), admin: await freePort() });
       const endpoints: Record<string, Endpoint> = {};
       for (const setup of [...SETUP_IDS, ...options.setups]) endpoints[setup] ??= await endpoint();
