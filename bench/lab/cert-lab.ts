@@ -12,7 +12,7 @@ import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { processTree } from '../harness/procs.js';
+import { processTree } from '../harness/proc-cpu.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
 
