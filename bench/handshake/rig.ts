@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
@@ -138,13 +138,7 @@ export async function startServer(rig: Rig, name: string, o: StartOptions = {}):
 /** The pid of the in-memory server's first worker (inmemory.ts), from the primary's `in-memory ready` log line. */
 export async function inMemoryWorkerPid(proc: ManagedProcess, timeoutMs = 600_000): Promise<number> {
   let pid: number | undefined;
-  const ready = () => {
-    const line = readFileSync(proc.logFile, 'utf8')
-      .split('\n')
-      .find((l) => l.includes('"in-memory ready"'));
-    if (line !== undefined) pid = (JSON.parse(line.slice(line.indexOf('{'))) as { workers: number[] }).workers[0];
-    return pid !== undefined;
-  };
+  const ready = () => (pid = jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0]) !== undefined;
   await waitFor('in-memory ready', ready, timeoutMs, proc);
   return pid!;
 }

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { childEnv, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { childEnv, jsonLine, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 import { LabPki } from './pki.js';
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
@@ -117,13 +117,7 @@ export class KeyserverLab {
     const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
-    const readyLine = () => {
-      const line = readFileSync(logFile, 'utf8')
-        .split('\n')
-        .find((l) => l.includes('"key server ready"'));
-      ready = line === undefined ? undefined : (JSON.parse(line) as typeof ready);
-      return ready !== undefined;
-    };
+    const readyLine = () => (ready = jsonLine(logFile, 'key server ready')) !== undefined;
     try {
       await waitFor('key server', readyLine, options.timeoutMs ?? 30_000, proc, 50);
     } catch (err) {
