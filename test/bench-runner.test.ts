@@ -1,11 +1,11 @@
-// The measuring benches' shared runner pieces that shape their reports, and the
+// The report pieces the measuring benches share, and the
 // handshake bench's targets table (which ratios it reports per Node major, and
 // when a row is left out), and the clients' command lines the reports show.
 import { describe, expect, it } from 'vitest';
 import { abArgs } from '../bench/handshake/ab.js';
 import { setupProcesses, setupTitle } from '../bench/handshake/measure.js';
 import { targets } from '../bench/handshake/summary.js';
-import { minMax, plural, specTable } from '../bench/harness/runner.js';
+import { minMax, plural, specTable } from '../bench/harness/report.js';
 import { OWN_MAJOR } from '../bench/harness/node-versions.js';
 import { HANDSHAKE_KEYS } from '../bench/handshake/lab.js';
 import { autocannonArgs } from '../bench/keepalive/autocannon.js';

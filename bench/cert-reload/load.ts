@@ -6,7 +6,7 @@
  * served and the old one last. An error in the handshake is a failed handshake; after it, a failed request.
  */
 import https from 'node:https';
-import { agentGet, type ConnectResult, connectOnce } from '../lab/cert-lab.js';
+import { agentGet, type ConnectResult, connectOnce, untilServed } from '../lab/cert-lab.js';
 
 export interface Target {
   readonly entry: string;
@@ -84,24 +84,16 @@ export class ReloadLoad {
     }
   }
 
-  /**
-   * A new connection every `probeMs` (back to back when one takes longer) until `serial` shows, at most 15 s after `writtenAt`; whole requests like the
-   * load's, so the server sees no aborted connection. Resolves with when the probe saw it (from writtenAt) and how many probes that took.
-   */
-  async probe(target: Target, serial: string, writtenAt: number, probeMs: number): Promise<{ seenMs: number | undefined; probes: number }> {
-    let probes = 0;
-    while (performance.now() - writtenAt < 15_000) {
-      const started = performance.now();
+  /** Probes for `serial` every `probeMs` (lab/cert-lab.ts untilServed), whole requests like the load's, at most 15 s. */
+  probe(target: Target, serial: string, writtenAt: number, probeMs: number): Promise<{ seenMs: number | undefined; probes: number }> {
+    return untilServed(serial, writtenAt, probeMs, 15_000, async () => {
       const r = await this.#connect(target, 'probe');
-      probes++;
       if (r.failed !== 'handshake') {
         this.counts.probeHandshakes++;
         if (r.ok) this.counts.probeRequests++;
-        if (r.serial === serial) return { seenMs: r.handshakeAt! - writtenAt, probes };
       }
-      await new Promise((resolve) => setTimeout(resolve, Math.max(0, probeMs - (performance.now() - started))));
-    }
-    return { seenMs: undefined, probes };
+      return r;
+    });
   }
 
   /** Stops the loops; resolves with the seconds the load ran. */

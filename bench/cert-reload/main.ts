@@ -89,15 +89,12 @@ async function main(): Promise<number> {
       return { startedAt: writtenAt, writtenAt };
     };
     /** The primary's account of the next reload: its next "reload done" line with a change in it, waited for up to 5 s. */
-    let reloadLines = 0;
+    let reloadFrom = 0;
     const nextReload = async (): Promise<Replacement['reload']> => {
-      for (const deadline = Date.now() + 5_000; Date.now() <= deadline; await sleep(20)) {
-        const line = proxy.log.find('reload done').filter((l) => Number(l.changed) > 0)[reloadLines];
-        if (line === undefined) continue;
-        reloadLines++;
-        return { trigger: line.trigger, generation: line.generation, durationMs: line.durationMs };
-      }
-      return undefined;
+      const line = await proxy.log.next('reload done', reloadFrom, 5_000, (l) => Number(l.changed) > 0);
+      if (line === undefined) return undefined;
+      reloadFrom = proxy.log.lines.indexOf(line) + 1;
+      return { trigger: line.trigger, generation: line.generation, durationMs: line.durationMs };
     };
 
     const done: Replacement[] = [];

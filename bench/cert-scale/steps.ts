@@ -10,7 +10,7 @@ import { procCpu, totalUs } from '../harness/proc-cpu.js';
 import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { median, round } from '../harness/stats.js';
-import { type CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
+import { type CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, untilServed, writeAtomically } from '../lab/cert-lab.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const DOMAIN = 'scale.test';
@@ -91,14 +91,6 @@ export async function handshakeAll(
   return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
 }
 
-/** The primary's next "reload done" line after `from` lines, waiting up to `timeoutMs`. */
-async function reloadDone(proxy: RunningProxy, from: number, timeoutMs: number): Promise<LogLine | undefined> {
-  for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
-    const line = proxy.log.find('reload done', from)[0];
-    if (line !== undefined || Date.now() > deadline) return line;
-  }
-}
-
 /** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
 export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
@@ -120,20 +112,9 @@ export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: st
   const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
   const logFrom = proxy.log.read().length;
   writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
-  const writtenAt = performance.now();
-  let timeToServeMs: number | undefined;
-  let probes = 0;
-  while (performance.now() - writtenAt < 60_000) {
-    const started = performance.now();
-    const r = await connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
-    probes++;
-    if (r.serial === leaf.serial && r.handshakeAt !== undefined) {
-      timeToServeMs = r.handshakeAt - writtenAt;
-      break;
-    }
-    await sleep(Math.max(0, 10 - (performance.now() - started)));
-  }
-  const line = await reloadDone(proxy, logFrom, 30_000);
+  const connect = () => connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
+  const { seenMs: timeToServeMs, probes } = await untilServed(leaf.serial, performance.now(), 10, 60_000, connect);
+  const line = await proxy.log.next('reload done', logFrom, 30_000);
   return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
 }
 

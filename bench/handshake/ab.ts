@@ -7,7 +7,6 @@
  */
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';
-import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 
 export interface AbOptions {
@@ -89,15 +88,6 @@ export function readPercentiles(path: string): { p50Us: number; p90Us: number; p
   }
   const at = (p: number) => byPct.get(p) ?? Number.NaN;
   return { p50Us: at(50), p90Us: at(90), p99Us: at(99) };
-}
-
-/** `ab -V`, first line. */
-export function abVersion(): string | undefined {
-  try {
-    return execFileSync('ab', ['-V'], { encoding: 'utf8', timeout: 5000 }).split('\n')[0]?.trim();
-  } catch {
-    return undefined;
-  }
 }
 
 /** Makes sure `ab` is installed (apache2-utils, harness/install.ts); throws with the reason when it cannot be. */

@@ -32,7 +32,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { childrenOf, minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
+import { minus, processTree, type ThreadTimes, threads } from '../harness/proc-cpu.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import { spawnManaged } from '../harness/spawn.js';
 import { median, spread } from '../harness/stats.js';
@@ -62,7 +62,7 @@ let ca = '';
 /** h2load's full loads go 8 connections at a time. */
 const run = (s: Running, load: Load, n: number) => drive(load, s.port, n, 8, ca);
 /** nginx's figures include any process it forks. */
-const pidsOf = (s: Running) => (s.name === 'nginx' ? [s.pid, ...childrenOf(s.pid)] : [s.pid]);
+const pidsOf = (s: Running) => (s.name === 'nginx' ? processTree(s.pid) : [s.pid]);
 
 interface Window {
   readonly round: number;

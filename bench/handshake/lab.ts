@@ -6,7 +6,7 @@
  * nginx variants (lab/nginx.ts). Every server is its own process group, so
  * `cleanup()` can kill a cluster at once, also from an 'exit' handler.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
@@ -14,7 +14,7 @@ import type { InMemoryConfig } from './inmemory.js';
 import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
 import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from '../lab/nginx.js';
 import { setAffinity } from '../harness/procs.js';
-import { freePort, httpGet, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { freePort, httpGet, jsonLine, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { LabBase, probe } from '../lab/base.js';
 import { LabPki } from '../lab/pki.js';
 import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
@@ -148,7 +148,6 @@ export class HandshakeLab extends LabBase<SetupId> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
     try {
       const dir = join(keyserverLab.dir, 'handshake');
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
       const endpoint = async (): Promise<Endpoint> => ({ port: await freePort(), admin: await freePort() });
       const endpoints: Record<string, Endpoint> = {};
       for (const setup of [...SETUP_IDS, ...options.setups]) endpoints[setup] ??= await endpoint();
@@ -230,7 +229,7 @@ export class HandshakeLab extends LabBase<SetupId> {
     const admin = this.ports.endpoints[setup]!.admin;
     const ready =
       base === 'inmemory'
-        ? () => existsSync(proc.logFile) && readFileSync(proc.logFile, 'utf8').includes('"in-memory ready"')
+        ? () => jsonLine(proc.logFile, 'in-memory ready') !== undefined
         : base === 'node-floor'
           ? () => tcpOpen(admin)
           : async () => (await httpGet(`http://127.0.0.1:${admin}/readyz`).catch(() => ({ status: 0 }))).status === 200;

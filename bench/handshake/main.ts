@@ -12,15 +12,17 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { shownCommand } from '../harness/client.js';
+import { versionOf } from '../harness/install.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
-import { processTree, setAffinity } from '../harness/procs.js';
+import { processTree } from '../harness/proc-cpu.js';
+import { setAffinity } from '../harness/procs.js';
 import { fmt } from '../harness/report.js';
 import type { RunContext } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
-import { abArgs, abVersion, ensureAb } from './ab.js';
+import { abArgs, ensureAb } from './ab.js';
 import { negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
 import { opensslSpeed, rawTokenRates } from './limits.js';
@@ -142,7 +144,7 @@ const HANDSHAKE: MeasuringBench<Options, Lab, BenchScenario, RunResult> = {
   parse: parseOptions,
   async setup(options, { log, signal }, hold) {
     if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
-    const ab = abVersion();
+    const ab = versionOf('ab', ['-V']);
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     if (options.perfDir !== undefined) {
       if (!havePerf()) throw new Error('--perf needs perf (Debian: apt-get install -y linux-perf)');

@@ -5,7 +5,8 @@
  * until the server's counters stop moving (ab abandons connections at SIGINT).
  */
 import { join } from 'node:path';
-import { perUnit, processTree, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { processTree } from '../harness/proc-cpu.js';
+import { perUnit, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
 import { perfRecord, threadLabels } from '../harness/perf.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
@@ -14,7 +15,7 @@ import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { ClosedLoop } from '../harness/loop.js';
 import { type BaseSetup, baseSetup, type HandshakeLab, isKeyless, isNginx, nodeMajorOf, type SetupId } from './lab.js';
-import { plural } from '../harness/runner.js';
+import { plural } from '../harness/report.js';
 import type { Options } from './main.js';
 import { ResumeLoad } from './resume.js';
 import type { ScenarioSpec } from './scenarios.js';

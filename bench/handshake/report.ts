@@ -4,8 +4,7 @@
  * the keyless hop, what one core signs; and the --perf run's profile tables.
  */
 import type { MachineInfo } from '../harness/machine.js';
-import { type Column, columnTable, fmt, markdownTable, rangeText } from '../harness/report.js';
-import { minMax, specTable } from '../harness/runner.js';
+import { type Column, columnTable, fmt, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import { median } from '../harness/stats.js';
 import { HANDSHAKE_KEYS } from './lab.js';
 import { setupTitle } from './measure.js';

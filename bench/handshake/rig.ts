@@ -23,10 +23,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
+import { parseAbOutput } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { FloorConfig } from './floor.js';
 import { fileKeyConfig } from './lab.js';
@@ -137,13 +138,7 @@ export async function startServer(rig: Rig, name: string, o: StartOptions = {}):
 /** The pid of the in-memory server's first worker (inmemory.ts), from the primary's `in-memory ready` log line. */
 export async function inMemoryWorkerPid(proc: ManagedProcess, timeoutMs = 600_000): Promise<number> {
   let pid: number | undefined;
-  const ready = () => {
-    const line = readFileSync(proc.logFile, 'utf8')
-      .split('\n')
-      .find((l) => l.includes('"in-memory ready"'));
-    if (line !== undefined) pid = (JSON.parse(line.slice(line.indexOf('{'))) as { workers: number[] }).workers[0];
-    return pid !== undefined;
-  };
+  const ready = () => (pid = jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0]) !== undefined;
   await waitFor('in-memory ready', ready, timeoutMs, proc);
   return pid!;
 }
@@ -176,9 +171,8 @@ export async function drive(load: Load, port: number, n: number, concurrency: nu
     const args = ['-q', '-r', '-n', String(n), '-c', String(concurrency), '-s', '120', '-f', 'TLS1.3', '-H', `Host: ${HOST}`];
     if (load === 'keepalive') args.push('-k');
     const { stdout } = await execFileAsync('ab', [...args, `https://127.0.0.1:${port}/`], { maxBuffer: 1 << 22 });
-    const failed = Number(/Failed requests:\s+(\d+)/.exec(stdout)?.[1] ?? 'NaN');
-    const non2xx = Number(/Non-2xx responses:\s+(\d+)/.exec(stdout)?.[1] ?? '0');
-    if (failed !== 0 || non2xx !== 0) throw new Error(`ab: ${failed} failed, ${non2xx} non-2xx requests`);
+    const { failedRequests, non2xx } = parseAbOutput(stdout);
+    if (failedRequests !== 0 || non2xx !== 0) throw new Error(`ab: ${failedRequests} failed, ${non2xx} non-2xx requests`);
     return n;
   }
   // h2load (Debian nghttp2-client) counts the GETs that got a 2xx: under valgrind a connection now and then

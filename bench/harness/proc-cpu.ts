@@ -1,5 +1,5 @@
 /**
- * CPU time of processes and of the machine, read from /proc (Linux only).
+ * CPU time of processes and of the machine, and process trees, read from /proc (Linux only).
  *
  * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's user and system time, all threads
  * included, in clock ticks (usually 100 per second, so 10 ms resolution: measure windows of a second or more).
@@ -50,26 +50,34 @@ export interface ThreadTimes extends CpuTimes {
   readonly key: string;
 }
 
-/** The live children of `pid` (every thread's). */
-export function childrenOf(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
-      readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number),
-    );
-  } catch {
-    return [];
+/**
+ * `root` and all its living descendants (parent pids from /proc/<pid>/stat field 4; not /proc/<pid>/task/<tid>/children,
+ * which kernels without CONFIG_PROC_CHILDREN lack).
+ */
+export function processTree(root: number): number[] {
+  const ppids = new Map<number, number>();
+  for (const name of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const text = readFileSync(`/proc/${name}/stat`, 'utf8');
+      ppids.set(Number(name), Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // exited while we looked
+    }
   }
+  const tree = [root];
+  for (let i = 0; i < tree.length; i++) for (const [pid, ppid] of ppids) if (ppid === tree[i]) tree.push(pid);
+  return tree;
 }
 
 /**
- * Every live thread of `pid` (and with `withChildren` of its children), summed by key: the main thread of each process
+ * Every live thread of `pid` (and with `withChildren` of its descendants), summed by key: the main thread of each process
  * as `main (<comm>)` (tid = pid), the others by name with a trailing number as N. Node names its helper threads (V8's
  * platform workers: GC and compiler; libuv's pool) `node` like its main thread, so they are told apart by tid only.
  * Threads that exit between two readings drop out: read before and after a window and subtract (`minus`).
  */
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
-  for (const p of withChildren ? [pid, ...childrenOf(pid)] : [pid]) {
+  for (const p of withChildren ? processTree(pid) : [pid]) {
     let tids: string[] = [];
     try {
       tids = readdirSync(`/proc/${p}/task`);

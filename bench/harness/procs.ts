@@ -1,27 +1,12 @@
 /**
  * Process trees for bench/handshake/main.ts: the CPU time of a server that is more than one process (a cluster primary
- * and its workers), CPU affinity, and CPU snapshots of several such trees plus the whole machine at one instant.
+ * and its workers, found by proc-cpu.ts processTree), CPU affinity, and CPU snapshots of several such trees plus the
+ * whole machine at one instant.
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { add, type CpuTimes, delta, machineCpu, type MachineCpu, procCpu, selfCpu, totalUs } from './proc-cpu.js';
-
-/** `root` and all its living descendants (parent pids from /proc/<pid>/stat field 4). */
-export function processTree(root: number): number[] {
-  const ppids = new Map<number, number>();
-  for (const name of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      const text = readFileSync(`/proc/${name}/stat`, 'utf8');
-      ppids.set(Number(name), Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // exited while we looked
-    }
-  }
-  const tree = [root];
-  for (let i = 0; i < tree.length; i++) for (const [pid, ppid] of ppids) if (ppid === tree[i]) tree.push(pid);
-  return tree;
-}
+import { add, type CpuTimes, delta, machineCpu, type MachineCpu, processTree, procCpu, selfCpu, totalUs } from './proc-cpu.js';
 
 /** Restricts `pid` and all its threads (and, by inheritance, the children it forks later) to `cpus` (taskset list syntax). */
 export function setAffinity(pid: number, cpus: string): void {

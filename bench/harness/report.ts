@@ -79,3 +79,13 @@ export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[]
     columns.map(([, align]) => align),
   );
 }
+
+/** columnTable, or `empty` (what the table needs, e.g. "(needs keyless and in memory)") when there are no rows. */
+export const specTable = <T>(rows: readonly T[], columns: readonly Column<T>[], empty: string): string =>
+  rows.length === 0 ? empty : columnTable(rows, columns);
+
+/** "min–max" of per-round figures. */
+export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
+
+/** "1 worker", "2 workers". */
+export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;

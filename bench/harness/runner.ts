@@ -6,12 +6,12 @@
  * Ctrl-C and cleanup, warm-up and interleaved rounds behind the quiet-machine
  * wait (harness/bench.ts), the result JSON's common fields, `<date>-<name>`
  * (`-quick` under --quick: a quick run never overwrites the day's full
- * results) and the exit status. Also the report pieces the benches share.
+ * results) and the exit status.
  */
 import { errorStatus, failSoft, type Log, type MeasureTiming, measureRounds, methodJson, publish, roundTag, stampedLog } from './bench.js';
 import { describeMachine, type MachineInfo } from './machine.js';
 import { installInterrupt, runBench } from './main.js';
-import { dateStamp, fmt, markdownTable } from './report.js';
+import { dateStamp } from './report.js';
 import type { RoundsOptions, RoundsResult, Scenario } from './rounds.js';
 
 export interface RunnerOptions extends MeasureTiming {
@@ -107,19 +107,3 @@ export async function measuringMain<O extends RunnerOptions, L, S extends Scenar
 export function runMeasuring<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>, preempt?: Promise<number>): void {
   runBench(bench.name, preempt ?? measuringMain(bench));
 }
-
-/** A report table from rows of [header, alignment, cell] specs: `table(rows, [['Key', 'left', (r) => r.key], ...])`. */
-export function specTable<T>(rows: readonly T[], columns: readonly (readonly [string, 'left' | 'right', (row: T) => string])[], empty: string): string {
-  if (rows.length === 0) return empty;
-  return markdownTable(
-    columns.map(([h]) => h),
-    rows.map((row) => columns.map(([, , cell]) => cell(row))),
-    columns.map(([, a]) => a),
-  );
-}
-
-/** "min–max" of per-round figures. */
-export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
-
-/** "1 worker", "2 workers". */
-export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;

@@ -1,7 +1,8 @@
 /**
  * Processes and ports for the benches' servers: free ports below the ephemeral range (also drawn by the tests,
  * test/helpers/proxy-lab.ts), servers started detached as their own process group (so a cluster primary and its
- * workers, or nginx and its helpers, die together), readiness polling, and a small HTTP GET for admin endpoints.
+ * workers, or nginx and its helpers, die together), readiness polling (a ready line in a JSON log), and a small HTTP GET
+ * for admin endpoints.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
@@ -140,6 +141,14 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
     if (Date.now() - started > timeoutMs) throw new Error(`${what}: not ready within ${timeoutMs} ms${tail()}`);
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }
+}
+
+/** The first line of `file` that holds `"text"`, parsed from its first '{' (a JSON log line, maybe prefixed); undefined when none yet. */
+export function jsonLine<T>(file: string, text: string): T | undefined {
+  const line = readFileSync(file, 'utf8')
+    .split('\n')
+    .find((l) => l.includes(`"${text}"`));
+  return line === undefined ? undefined : (JSON.parse(line.slice(line.indexOf('{'))) as T);
 }
 
 export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {

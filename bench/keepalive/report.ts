@@ -7,7 +7,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeProfile, type FunctionCost } from '../harness/cpuprofile.js';
 import type { MachineInfo } from '../harness/machine.js';
-import { type Column, columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
+import { type Column, columnTable, fmt, machineLines, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import { round } from '../harness/stats.js';
 import { ORIGIN_POOL } from './lab.js';
 import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/bench.js';
@@ -15,7 +15,6 @@ import type { RoundFailure } from '../harness/rounds.js';
 import type { Options } from './main.js';
 import type { RunResult, WindowResult } from './measure.js';
 import { benchRow } from '../harness/summary.js';
-import { minMax, specTable } from '../harness/runner.js';
 
 export type ServerSummary = ReturnType<typeof summarize>;
 

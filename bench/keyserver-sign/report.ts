@@ -6,8 +6,7 @@
  */
 import type { MachineInfo } from '../harness/machine.js';
 import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
-import { columnTable, fmt, machineLines, markdownTable, rangeText } from '../harness/report.js';
-import { minMax, specTable } from '../harness/runner.js';
+import { columnTable, fmt, machineLines, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import { median, spread } from '../harness/stats.js';
 import { BENCH_KEYS } from './keys.js';
 import type { WindowResult } from './load.js';

@@ -12,7 +12,8 @@ import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { BenchCa } from './cert-factory.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { processTree } from '../harness/procs.js';
+import { processTree } from '../harness/proc-cpu.js';
+import { sleep } from '../harness/rounds.js';
 import { LabBase } from './base.js';
 import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
 
@@ -56,6 +57,14 @@ export class ProxyLog {
   /** Lines with message `msg`, from index `from` on. */
   find(msg: string, from = 0): LogLine[] {
     return this.read().filter((l, i) => i >= from && l.msg === msg);
+  }
+
+  /** The first line with message `msg` (and `when`) from index `from` on, waited for up to `timeoutMs`; undefined after. */
+  async next(msg: string, from: number, timeoutMs: number, when: (l: LogLine) => boolean = () => true): Promise<LogLine | undefined> {
+    for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
+      const line = this.find(msg, from).find(when);
+      if (line !== undefined || Date.now() > deadline) return line;
+    }
   }
 }
 
@@ -267,6 +276,23 @@ export function connectOnce(port: number, servername: string, ca: string, reques
     });
     socket.once('close', () => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: 'closed before an answer' }));
   });
+}
+
+/**
+ * `connect` (a new connection to the replaced certificate's name) every `intervalMs`, back to back when one takes
+ * longer, until it is served `serial`, at most `limitMs` after `writtenAt`: when the new serial was first seen (ms from
+ * `writtenAt`; undefined: never) and how many connections that took.
+ */
+export async function untilServed(serial: string, writtenAt: number, intervalMs: number, limitMs: number, connect: () => Promise<ConnectResult>) {
+  let probes = 0;
+  while (performance.now() - writtenAt < limitMs) {
+    const started = performance.now();
+    const r = await connect();
+    probes++;
+    if (r.serial === serial && r.handshakeAt !== undefined) return { seenMs: r.handshakeAt - writtenAt, probes };
+    await sleep(Math.max(0, intervalMs - (performance.now() - started)));
+  }
+  return { seenMs: undefined, probes };
 }
 
 /** One GET over `agent` (keep-alive): ok or the error, and whether the connection was reused. */

@@ -5,15 +5,16 @@
  * under test. `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a server still running, then the
  * temp dir removed.
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { childEnv, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { childEnv, jsonLine, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
+import { LabPki } from './pki.js';
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
 export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
@@ -85,10 +86,15 @@ export class KeyserverLab {
     }
   }
 
+  /** `keyedge key ARGS --config <this lab's config>` (generate, csr); resolves with what it printed. */
+  async key(...args: string[]): Promise<string> {
+    const argv = [KEYEDGE_CLI, 'key', ...args, '--config', this.configPath];
+    return (await promisify(execFile)(process.execPath, argv, { env: childEnv(), timeout: 120_000 })).stdout;
+  }
+
   /** `keyedge key generate --type TYPE --label LABEL`; resolves with the key id. */
   async generateKey(type: string, label: string): Promise<string> {
-    const args = [KEYEDGE_CLI, 'key', 'generate', '--config', this.configPath, '--type', type, '--label', label];
-    const { stdout } = await promisify(execFile)(process.execPath, args, { env: childEnv(), timeout: 120_000 });
+    const stdout = await this.key('generate', '--type', type, '--label', label);
     const keyId = /key id: ([0-9a-f]{64})/.exec(stdout)?.[1];
     if (keyId === undefined) throw new Error(`keyedge key generate printed no key id:\n${stdout}`);
     return keyId;
@@ -111,13 +117,7 @@ export class KeyserverLab {
     const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
-    const readyLine = () => {
-      const line = readFileSync(logFile, 'utf8')
-        .split('\n')
-        .find((l) => l.includes('"key server ready"'));
-      ready = line === undefined ? undefined : (JSON.parse(line) as typeof ready);
-      return ready !== undefined;
-    };
+    const readyLine = () => (ready = jsonLine(logFile, 'key server ready')) !== undefined;
     try {
       await waitFor('key server', readyLine, options.timeoutMs ?? 30_000, proc, 50);
     } catch (err) {
@@ -142,26 +142,14 @@ export class KeyserverLab {
   }
 }
 
-/** A private CA (P-256), a server certificate for localhost and 127.0.0.1, and a client certificate, with the openssl CLI. */
+/** A private CA (P-256), a server certificate for localhost and 127.0.0.1, and a client certificate (lab/pki.ts). */
 export function makeCertificates(dir: string): TlsFiles {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const f = (name: string) => join(dir, name);
-  const openssl = (args: string, ...more: string[]) =>
-    execFileSync('openssl', [...args.split(' '), ...more], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
-  const ecKey = '-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes';
-  const ca = `-days 2 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign`;
-  openssl(`req -x509 ${ecKey} -keyout ${f('ca.key')} -out ${f('ca.pem')} ${ca}`, '-subj', '/CN=keyedge bench CA');
-  const issue = (name: string, subject: string, ext: string) => {
-    writeFileSync(f(`${name}.ext`), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${ext}`);
-    openssl(`req ${ecKey} -keyout ${f(`${name}.key`)} -out ${f(`${name}.csr`)} -subj /CN=${subject}`);
-    openssl(
-      `x509 -req -in ${f(`${name}.csr`)} -CA ${f('ca.pem')} -CAkey ${f('ca.key')} -CAcreateserial -out ${f(`${name}.pem`)} -days 2 -extfile ${f(`${name}.ext`)}`,
-    );
-  };
+  const pki = new LabPki(dir, 'keyedge bench CA');
   const files = { serverName: 'localhost', clientCommonName: 'keyedge-bench-client' };
-  issue('server', files.serverName, `serverAuth\nsubjectAltName=DNS:${files.serverName},IP:127.0.0.1\n`);
-  issue('client', files.clientCommonName, 'clientAuth\n');
-  return { ...files, ca: f('ca.pem'), serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
+  pki.fileCert('ec-p256', files.serverName, 'server', `DNS:${files.serverName},IP:127.0.0.1`);
+  pki.fileCert('ec-p256', files.clientCommonName, 'client', '', 'clientAuth');
+  const f = (name: string) => join(dir, name);
+  return { ...files, ca: pki.caFile, serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
 }
 
 /** A connected unix-socket stream to the key server (Nagle off, as the product's client). */

@@ -9,8 +9,7 @@
  * user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir: never a command line,
  * the environment or a log.
  */
-import { aptInstall, which } from '../harness/install.js';
-import { spawnSync } from 'node:child_process';
+import { aptInstall, versionOf, which } from '../harness/install.js';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HandshakeKey } from '../handshake/lab.js';
@@ -36,8 +35,7 @@ export interface NginxTools {
 function findTools(): NginxTools | undefined {
   const nginx = which('nginx');
   if (nginx === undefined) return undefined;
-  // nginx -v prints to stderr.
-  const version = spawnSync(nginx, ['-v'], { encoding: 'utf8', timeout: 5000 }).stderr?.match(/nginx\/(\S+)/)?.[1];
+  const version = versionOf(nginx, ['-v'])?.match(/nginx\/(\S+)/)?.[1];
   return { nginx, version, engine: findLib('engines-3/pkcs11.so'), p11kit: which('p11-kit'), p11kitClient: findLib('pkcs11/p11-kit-client.so') };
 }
 
