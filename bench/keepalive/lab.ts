@@ -38,6 +38,8 @@ export interface KeepaliveLabOptions {
   readonly caddy: string | undefined;
   /** Extra node options for the keyless proxy (passed on to its workers), e.g. --cpu-prof. */
   readonly proxyNodeArgs?: readonly string[];
+  /** The node binary of the keyless proxy (another major's: harness/node-versions.ts); the key server stays on this one (pkcs11js is built for its ABI). */
+  readonly proxyNode?: string;
 }
 
 export class KeepaliveLab extends LabBase<ServerId> {
@@ -129,7 +131,7 @@ export class KeepaliveLab extends LabBase<ServerId> {
 
     const proxy = spawnManaged(
       'keyedge',
-      [node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')],
+      [this.options.proxyNode ?? node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')],
       this.#file('proxy.log'),
       cpus,
       this.dir,

@@ -12,6 +12,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
+import { nodeBinary, nodeVersionOf } from '../harness/node-versions.js';
 import { shownCommand } from '../harness/client.js';
 import { processTree } from '../harness/proc-cpu.js';
 import { setAffinity } from '../harness/procs.js';
@@ -46,6 +47,13 @@ export const TABLE = {
   'client-cpus': std.clientCpus,
   'log-level': std.logLevel,
   'quiet-wait': std.quietWait,
+  'proxy-node': {
+    kind: 'number',
+    arg: 'MAJOR',
+    min: 18,
+    integer: true,
+    help: 'run the keyless proxy under this Node major (an npm package, installed on first use); default: this node',
+  },
   'cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the proxy under node --cpu-prof into DIR; top functions per request in the report' },
   'keep-temp': std.keepTemp,
 } as const;
@@ -67,6 +75,7 @@ export function parseOptions(argv: string[]) {
     ...pinning(v),
     logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
+    proxyNodeMajor: v['proxy-node'],
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
     keepTemp: v['keep-temp'],
   };
@@ -105,7 +114,9 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
         log(`${server} skipped: ${found.reason}`);
       }
     }
+    const proxyNode = options.proxyNodeMajor === undefined ? undefined : nodeBinary(options.proxyNodeMajor, log);
     const versions = {
+      proxyNode: proxyNode === undefined ? `${process.version} (OpenSSL ${process.versions.openssl})` : nodeVersionOf(proxyNode),
       autocannon: await autocannonVersion(),
       ...(binaries.has('nginx') ? { nginx: versionOf(binaries.get('nginx')!, ['-v'])?.replace(/^nginx version: nginx\//, '') } : {}),
       ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
@@ -113,7 +124,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
     const proxyNodeArgs = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir];
-    const lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs }, log);
+    const lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs, proxyNode }, log);
     const held = { lab, skipped, versions, answered: new Map<string, number>() };
     hold(held);
     log(`temp dir ${lab.dir}`);
@@ -134,7 +145,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       }
     }
     const labels: Record<ServerId, string> = {
-      keyedge: `keyedge proxy (keyless, ${plural(options.workers, 'worker')})`,
+      keyedge: `keyedge proxy (keyless, ${plural(options.workers, 'worker')}${options.proxyNodeMajor === undefined ? '' : `, Node ${versions.proxyNode}`})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
       caddy: `caddy ${versions.caddy ?? ''}`.trim(),
     };
