@@ -115,8 +115,10 @@ describe('HTTP/2 reset attacks', () => {
 
     // The same with a WINDOW_UPDATE of 0 on the stream (§6.9): nghttp2 counts it as an invalid frame, and Node's
     // maxSessionInvalidFrames (100, settings.ts) ends the connection with GOAWAY INTERNAL_ERROR before our bound does.
+    // Node closes the connection right after that GOAWAY, on frames still unread: the reset this makes can reach the
+    // client, still writing, before it reads the GOAWAY, so either says the server ended it.
     const invalid = await attack((id) => Buffer.concat([getHeaders(id, HOST, `/made0/answer?delayMs=1000&size=1024`), windowUpdate(id, 0)]));
-    expect(invalid.client.goaways.length).toBeGreaterThan(0);
+    expect(invalid.client.goaways.length > 0 || invalid.client.error !== undefined).toBe(true);
     expect(invalid.goawaySeconds).toBeLessThan(10);
     expect(invalid.closed).toBe(true);
 

@@ -7,6 +7,14 @@ import { describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { Admission } from '../keyserver/server/admission.js';
 import { LogLimiter } from '../keyserver/server/log-limiter.js';
+import { unixIdentity } from '../keyserver/server/authz.js';
+import type { KeyStore } from '../keyserver/server/keystore.js';
+import { KeyserverMetrics } from '../keyserver/server/metrics.js';
+import { SigningService } from '../keyserver/server/service.js';
+import { Algorithm, ErrorCode } from '../keyserver/protocol/constants.js';
+import { TokenError } from '../keyserver/shared/errors.js';
+import type { TokenKey } from '../keyserver/token/keys.js';
+import type { SigningWorkers } from '../keyserver/token/sign-workers.js';
 
 describe('LogLimiter', () => {
   it('writes `burst` lines per interval and key, then reports how many it dropped on the next line', () => {
@@ -74,5 +82,30 @@ describe('Admission', () => {
     // A closed connection frees its slot at once.
     admission.remove('c1');
     expect(admission.admit('d1', 'D')).toEqual({ admitted: true, evicted: [] });
+  });
+});
+
+describe('SigningService deadline', () => {
+  it('answers DEADLINE_EXCEEDED, not SIGN_FAILED, to a sign a signing thread skipped past its deadline before the timer fired', async () => {
+    const key = {
+      keyId: 'ab'.repeat(32),
+      label: 'k',
+      kind: 'ec',
+      bits: 256,
+      curve: 'P-256',
+      spki: Buffer.alloc(0),
+      privateHandle: Buffer.alloc(8),
+    } as unknown as TokenKey;
+    const service = new SigningService({
+      // A busy loop runs the deadline timer late: the thread's skip arrives first.
+      signers: { sign: () => Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'deadline')) } as unknown as SigningWorkers,
+      keys: { get: () => key } as unknown as KeyStore,
+      metrics: new KeyserverMetrics(),
+      log: createLogger('service-test', 'silent'),
+      requestTimeoutMs: 60_000,
+    });
+    const request = { op: 'sign', id: 7, keyId: Buffer.from(key.keyId, 'hex'), algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32) } as const;
+    const answer = await service.handle(request, unixIdentity('*'));
+    expect(answer).toMatchObject({ op: 'error', id: 7, code: ErrorCode.DEADLINE_EXCEEDED });
   });
 });

@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import { Socket } from 'node:net';
 import type net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProxyDomain } from '../config/proxy-schema.js';
 import { ConfigError } from '../keyserver/shared/errors.js';
 import { Balancer } from '../proxy/http/balancer.js';
+import { forward } from '../proxy/http/forward.js';
 import { OriginPools } from '../proxy/http/origins.js';
 import { createCa } from './helpers/pki.js';
 
@@ -165,6 +167,22 @@ describe('origin pools', () => {
       expect((error as Error).message).toContain('domains[bad.example].originTls.ca');
     }
     expect(pools.targets(good)).toEqual(goodTargets);
+  });
+
+  it('fails a forward whose domain was never retained and whose origin CA cannot be read now: told, never thrown', async () => {
+    const pools = new OriginPools();
+    const bad = domain('late.example', ['https://origin.internal'], { originTls: { ca: join(dir, 'missing.pem'), servername: null } });
+    const req = new http.IncomingMessage(new Socket());
+    req.method = 'GET';
+    req.url = '/';
+    const failures: Error[] = [];
+    const owner = { extraHeaders: {}, proto: 'https' as const, maxBodyBytes: 1000, onOrigin() {}, onFailure: (err: Error) => void failures.push(err) };
+    // A throw here would leave the server's 'request' listener: the worker's end (uncaught.ts).
+    expect(() => forward(pools, bad, req, new http.ServerResponse(req), owner)).not.toThrow();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(failures).toHaveLength(1);
+    expect(failures[0]).toBeInstanceOf(ConfigError);
+    await pools.close();
   });
 
   it('derives Host, SNI and the pool key from the origin and originTls', () => {

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
@@ -7,12 +8,14 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // The plain-HTTP listener: 308 to HTTPS for known domains, ACME challenges to the origin.
 let lab: KeylessLab;
 let proxy: RunningWorker;
+/** The worker's log lines (JSON). */
+const logged: string[] = [];
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
   proxy = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], httpRedirect: { host: '127.0.0.1', port: 0 } }), {
-    log: createLogger('redirect-test', 'silent'),
+    log: createLogger('redirect-test', 'info', { write: (line: string) => void logged.push(line) }),
   });
 });
 afterAll(async () => {
@@ -65,5 +68,27 @@ describe('plain HTTP', () => {
       expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_UNKNOWN_HOST');
       expect(res.headers.location).toBeUndefined();
     }
+  });
+
+  it("counts a client whose connection broke as its request's body arrived as gone (499), not as an origin failure", async () => {
+    const lines = logged.length;
+    const socket = net.connect(proxy.httpPort!, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    // A first answer on the connection: a parse error after it closes the connection at once (client-error.ts).
+    socket.write('GET / HTTP/1.1\r\nhost: shop.lab.test\r\n\r\n');
+    await new Promise((resolve) => socket.once('data', resolve));
+    // The challenge's body whole, then bytes no request starts with, in one segment: the body is read, the connection is gone.
+    socket.write('POST /.well-known/acme-challenge/gone HTTP/1.1\r\nhost: shop.lab.test\r\ncontent-length: 5\r\n\r\nhello\x01\x02\r\n\r\n');
+    await new Promise((resolve) => socket.once('close', resolve));
+    await expect
+      .poll(() =>
+        logged
+          .slice(lines)
+          .map((line) => JSON.parse(line) as Record<string, unknown>)
+          .find((line) => line.path === '/.well-known/acme-challenge/gone'),
+      )
+      .toMatchObject({ access: true, status: 499, code: 'KEYEDGE_HTTP_CLIENT_CLOSED' });
+    expect(logged.slice(lines).join('')).not.toContain('could not reach the origin');
   });
 });

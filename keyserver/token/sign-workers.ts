@@ -58,6 +58,14 @@ interface Job {
   readonly deadline: number;
 }
 
+/** A job's error when the worker skipped it, its deadline already past. */
+const DEADLINE_SKIPPED = 'deadline';
+
+/** Whether a sign's rejection says a worker skipped it, its deadline past before the worker got to it (nothing reached the token). */
+export function skippedPastDeadline(err: unknown): boolean {
+  return err instanceof TokenError && err.message === DEADLINE_SKIPPED;
+}
+
 type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
 
 /** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
@@ -76,7 +84,7 @@ parentPort.on('message', (jobs) => {
   const results = [];
   for (const job of jobs) {
     if (Date.now() > job.deadline) {
-      results.push({ id: job.id, error: 'deadline' });
+      results.push({ id: job.id, error: '${DEADLINE_SKIPPED}' });
       continue;
     }
     try {

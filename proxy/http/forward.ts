@@ -29,7 +29,7 @@ import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList } from './forward-headers.js';
-import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from './origin-exchange.js';
+import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -152,8 +152,10 @@ class Exchange extends OriginExchange<ForwardOptions> {
 export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMessage, res: ServerResponse, options: ForwardOptions): void {
   const method = req.method ?? 'GET';
   const hasBody = method !== 'GET' && method !== 'HEAD' && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
+  const targets = originTargets(pools, domain, options);
+  if (targets === undefined) return;
   const answer = res as Answer;
-  const exchange = new Exchange(pools, req, answer, options, pools.targets(domain), method);
+  const exchange = new Exchange(pools, req, answer, options, targets, method);
   answer[EXCHANGE] = exchange;
   answer.on('close', onAnswerEnd);
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).

@@ -31,6 +31,7 @@ import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
 import { ClientGone, HttpFailure } from './errors.js';
 import { mayRetry, originFailure } from './origin-failure.js';
@@ -230,6 +231,22 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
 
   /** The exchange ended with the answer handed over (or the client gone after its head). */
   protected answered(): void {}
+}
+
+/**
+ * `domain`'s origins in the order to try them, or undefined when they cannot
+ * be had (a domain not prepared ahead whose CA file cannot be read now,
+ * origins.ts): `owner` is then told, as of any other failure, and nothing is
+ * thrown into the server's request or stream listener, where it would end
+ * the worker.
+ */
+export function originTargets(pools: OriginPools, domain: ProxyDomain, owner: ExchangeOwner): readonly OriginTarget[] | undefined {
+  try {
+    return pools.targets(domain);
+  } catch (err) {
+    queueMicrotask(() => owner.onFailure(err as Error));
+    return undefined;
+  }
 }
 
 /** Once admitted, a request whose client left or whose streamed body failed while it waited gives its place back and fails. */

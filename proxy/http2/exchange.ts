@@ -22,6 +22,7 @@ import { constants, type ServerHttp2Stream } from 'node:http2';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { originRequestHeaderList } from '../http/forward-headers.js';
+import { originTargets } from '../http/origin-exchange.js';
 import type { OriginPools, OriginTarget } from '../http/origins.js';
 import type { Http1Request } from './headers.js';
 import { StreamExchange, type StreamForwardOptions, trackStream } from './origin-handler.js';
@@ -50,7 +51,9 @@ function bodySource(stream: ServerHttp2Stream): IncomingMessage {
  * for a place at its origin, continues asynchronously.
  */
 export function forwardStream(pools: OriginPools, domain: ProxyDomain, stream: ServerHttp2Stream, request: Http1Request, options: StreamForwardOptions): void {
-  const exchange = new ForwardedStream(pools, stream, options, pools.targets(domain), request);
+  const targets = originTargets(pools, domain, options);
+  if (targets === undefined) return;
+  const exchange = new ForwardedStream(pools, stream, options, targets, request);
   trackStream(stream, exchange);
   if (stream.endAfterHeaders) exchange.attempt();
   else void exchange.readBodyThenAttempt();

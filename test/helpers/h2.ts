@@ -74,13 +74,16 @@ export class RawH2 {
   resets = 0;
   /** HEADERS frames received (answers started). */
   answers = 0;
+  /** The connection's error, if it ended with one (ECONNRESET: the server closed it on bytes it had not read). */
+  error: string | undefined;
   #buffer = Buffer.alloc(0);
 
   constructor(port: number, ca: string, servername: string) {
     const tcp = net.connect({ host: '127.0.0.1', port });
-    tcp.on('error', () => undefined);
+    const failed = (err: NodeJS.ErrnoException): void => void (this.error ??= err.code ?? err.message);
+    tcp.on('error', failed);
     this.tls = tls.connect({ socket: tcp, ca, servername, ALPNProtocols: ['h2'] });
-    this.tls.on('error', () => undefined);
+    this.tls.on('error', failed);
     this.secure = new Promise((resolve, reject) => {
       this.tls.once('secureConnect', () => (this.tls.alpnProtocol === 'h2' ? resolve() : reject(new Error(`ALPN chose ${this.tls.alpnProtocol}`))));
       this.tls.once('close', () => reject(new Error('closed before the handshake')));
