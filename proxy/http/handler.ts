@@ -9,7 +9,6 @@ import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { connectionOf } from '../tls/connection.js';
-import { ClientGone } from './errors.js';
 import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
@@ -211,11 +210,6 @@ function forwardFailed(log: Logger): ForwardFailed {
     }
     // The client left (logged and counted as such when it did): no one to answer, and not the origin's failure.
     if (record.code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
-    // Its connection is gone though the answer's 'close' has not come yet: the same, said now.
-    if (clientLeft(err, req)) {
-      record.code = 'KEYEDGE_HTTP_CLIENT_CLOSED';
-      return;
-    }
     // Once the answer has started, the client can only be told by a cut connection.
     const code = res.headersSent ? 'KEYEDGE_HTTP_ORIGIN_ABORTED' : originRefusal(originFailure(err)).code;
     record.code = code;
@@ -223,11 +217,6 @@ function forwardFailed(log: Logger): ForwardFailed {
     if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), record.extraHeaders);
     else res.destroy();
   };
-}
-
-/** The forward failed because its client's connection is gone (before its request was sent), not for the origin. */
-export function clientLeft(err: Error, req: IncomingMessage): boolean {
-  return err instanceof ClientGone && req.socket.destroyed;
 }
 
 /**

@@ -56,7 +56,7 @@ export interface ExchangeOwner {
    * forwarded or its answer broke off: no origin reached, one failed before
    * answering or mid-answer, or a failure of ours (body too large or slow,
    * origin busy, send stall). Not told when the answer was handed over whole
-   * or the client left after its head went out.
+   * or the client left (its answer's end accounts for it).
    */
   onFailure(err: Error): void;
 }
@@ -220,13 +220,17 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
     this.finish(err);
   }
 
-  /** Once: the body goes back, and the failure, if any, to the owner, outside undici's callbacks. */
+  /**
+   * Once: the body goes back, and the failure, if any, to the owner, outside
+   * undici's callbacks. A client that left before its request was sent is
+   * no failure to tell: its answer's end says so (499, client closed).
+   */
   finish(err: Error | undefined): void {
     if (this.finished) return;
     this.finished = true;
     this.pools.bodies.release(this.body);
-    if (err !== undefined) queueMicrotask(() => this.owner.onFailure(err));
-    else this.answered();
+    if (err === undefined) this.answered();
+    else if (!(err instanceof ClientGone && this.clientGone)) queueMicrotask(() => this.owner.onFailure(err));
   }
 
   /** The exchange ended with the answer handed over (or the client gone after its head). */

@@ -14,7 +14,7 @@ import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
-import { answer, clientLeft, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
+import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 
@@ -92,10 +92,6 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
         onFailure(err) {
           // The client left: no one to answer, and not the origin's failure.
           if (code === 'KEYEDGE_HTTP_CLIENT_CLOSED') return;
-          if (clientLeft(err, req)) {
-            code = 'KEYEDGE_HTTP_CLIENT_CLOSED';
-            return;
-          }
           const refused = refuseFailure(err, req, res, {}, maxBodyBytes);
           if (refused !== undefined) {
             code = refused;
