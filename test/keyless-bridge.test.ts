@@ -23,6 +23,7 @@ import {
   signCount,
   startFakeKeyserver,
   startKeyserverProcess,
+  startNotTlsServer,
   startTlsServer,
   tlsHandshake,
 } from './helpers/keyless.js';
@@ -528,6 +529,63 @@ describe('mutual TLS transport', () => {
 
       expect(() => useTls({ keyPem: pki.otherCa.keyPem })).toThrow(expect.objectContaining({ code: 'KEYEDGE_ERR_CONFIG' }));
     } finally {
+      useKeyserver();
+    }
+  });
+
+  it('an endpoint that answers with something other than TLS fails the sign at once, not by spinning until the deadline', async () => {
+    // libssl leaves "wants to read" set after failing on a record it read, and the socket stays readable:
+    // the transport used to poll and call again, burning the CPU for the whole deadline.
+    const peer = await startNotTlsServer();
+    try {
+      useTls({ port: peer.port }); // a 5 s deadline
+      const before = { ...failures() };
+      const start = performance.now();
+      const cpu = process.cpuUsage();
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(false);
+      const elapsed = performance.now() - start;
+      const used = process.cpuUsage(cpu);
+      expect(bridge.stats().lastError).toMatch(/TLS handshake: .*wrong version number/);
+      expect(failures().connect).toBe(before.connect + 1);
+      expect(failures().timeout).toBe(before.timeout);
+      expect(elapsed).toBeLessThan(2500);
+      expect((used.user + used.system) / 1000).toBeLessThan(1500);
+    } finally {
+      await peer.stop();
+      useKeyserver();
+    }
+  });
+
+  it('in a pool, the next TLS key server after such an endpoint signs: its failure is not taken for the next one', async () => {
+    // libssl clears the error queue as a handshake call starts: the first endpoint's error is gone
+    // then, which must not read as an error raised by the next server's handshake.
+    const peer = await startNotTlsServer();
+    try {
+      const endpoint = (port: number) => ({
+        host: '127.0.0.1',
+        port,
+        caPem: readFileSync(pki.caFile, 'utf8'),
+        certPem: readFileSync(pki.clients.edge!.cert, 'utf8'),
+        keyPem: readFileSync(pki.clients.edge!.key, 'utf8'),
+      });
+      bridge.init({
+        servers: [
+          { name: 'not-tls', tls: endpoint(peer.port) },
+          { name: 'live', tls: endpoint(ks.tcpPort!) },
+        ],
+        timeoutMs: 5000,
+        breakerMs: 0,
+      });
+      const start = performance.now();
+      const result = await tlsHandshake(ecServer.port, ca.certPem);
+      expect(result.ok, bridge.stats().lastError).toBe(true);
+      expect(performance.now() - start).toBeLessThan(2500);
+      expect(bridge.stats().servers!.map((s) => [s.name, s.signs, s.failures.connect])).toEqual([
+        ['not-tls', 0, 1],
+        ['live', 1, 0],
+      ]);
+    } finally {
+      await peer.stop();
       useKeyserver();
     }
   });

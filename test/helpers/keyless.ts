@@ -284,3 +284,31 @@ export function startFakeKeyserver(path: string, answers: readonly FakeAnswer[])
     child.once('exit', (code) => reject(new Error(`the fake key server exited (${code})`)));
   });
 }
+
+// A TCP peer that answers whatever it is sent with an HTTP error and keeps the connection open: what a
+// key server's TLS endpoint looks like when it points at a web server, or anything else that is not TLS.
+const NOT_TLS_SERVER = `
+const net = require('node:net');
+net.createServer((socket) => {
+  socket.on('error', () => {});
+  socket.once('data', () => socket.write('HTTP/1.1 400 Bad Request\\r\\nContent-Length: 0\\r\\n\\r\\n'));
+}).listen(0, '127.0.0.1', function () { process.stdout.write(this.address().port + '\\n'); });
+`;
+
+/** A TCP server that does not speak TLS, in a child process (the bridge blocks this one while it connects). */
+export function startNotTlsServer(): Promise<{ port: number; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, ['-e', NOT_TLS_SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return new Promise((resolve, reject) => {
+    child.stdout.once('data', (chunk: Buffer) =>
+      resolve({
+        port: Number(chunk.toString('utf8').trim()),
+        stop: async () => {
+          child.kill('SIGKILL');
+          await exited;
+        },
+      }),
+    );
+    child.once('exit', (code) => reject(new Error(`the TCP server exited (${code})`)));
+  });
+}

@@ -13,7 +13,8 @@
  * Non-blocking socket: every libssl call that would block is answered by a
  * poll() with the remaining time. SSL_want_read/SSL_want_write say which,
  * rather than SSL_get_error, which could be misled by errors the caller
- * (libssl's own server handshake) left on the error queue.
+ * (libssl's own server handshake) left on the error queue; a call that put a
+ * new error on the queue has failed, whatever they say (wait_for_ssl).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,18 +62,32 @@ static void last_ssl_error(const char *what, SSL *ssl, char *err, size_t errlen)
 }
 
 /*
- * Waits for what libssl wants after a call that returned <= 0.
+ * Waits for what libssl wants after a call that returned <= 0; `before` is
+ * ERR_peek_last_error() from just before that call.
+ *
+ * A call that raised an error failed for good, whatever SSL_want_read says:
+ * libssl leaves "wants to read" set when it fails a record it has read (a
+ * peer answering with bytes that are not TLS: "wrong version number"), and
+ * the socket stays readable, so waiting and calling again was a busy loop
+ * until the deadline. A handshake call starts by clearing the queue, so an
+ * empty queue after the call is no error of its own. (An error equal to the
+ * newest one before the call goes unnoticed; the deadline then ends the call.)
  *
  * A broken connection must not become a busy loop: after a reset, libssl may
  * fail to write its alert and still say it wants to write, and poll() on a
  * hung-up socket returns at once. So a hang-up while waiting to write, or two
  * waits in a row ending in a hang-up, are the end of the connection.
  */
-static int wait_for_ssl(tls_transport *t, int64_t deadline, const char *what, char *err, size_t errlen)
+static int wait_for_ssl(tls_transport *t, unsigned long before, int64_t deadline, const char *what, char *err,
+                        size_t errlen)
 {
     short events, revents = 0;
     int w;
 
+    if (ERR_peek_last_error() != 0 && ERR_peek_last_error() != before) {
+        last_ssl_error(what, t->ssl, err, errlen);
+        return IO_ERR;
+    }
     if (SSL_want_read(t->ssl))
         events = POLLIN;
     else if (SSL_want_write(t->ssl))
@@ -134,10 +149,12 @@ static int tls_open(keyless_transport *base, int64_t deadline, char *err, size_t
         return IO_ERR;
     }
     for (;;) {
+        unsigned long before = ERR_peek_last_error();
+
         errno = 0;
         if (SSL_connect(t->ssl) == 1)
             break;
-        if ((rc = wait_for_ssl(t, deadline, "TLS handshake", err, errlen)) != IO_OK) {
+        if ((rc = wait_for_ssl(t, before, deadline, "TLS handshake", err, errlen)) != IO_OK) {
             tls_close(base);
             return rc;
         }
@@ -154,6 +171,8 @@ static int tls_send_all(keyless_transport *base, const unsigned char *buf, size_
     int rc;
 
     while (len > 0) {
+        unsigned long before = ERR_peek_last_error();
+
         errno = 0;
         if (SSL_write_ex(t->ssl, buf, len, &n)) {
             t->hangups = 0;
@@ -161,7 +180,7 @@ static int tls_send_all(keyless_transport *base, const unsigned char *buf, size_
             len -= n;
             continue;
         }
-        if ((rc = wait_for_ssl(t, deadline, "send", err, errlen)) != IO_OK)
+        if ((rc = wait_for_ssl(t, before, deadline, "send", err, errlen)) != IO_OK)
             return rc;
     }
     return IO_OK;
@@ -175,6 +194,8 @@ static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t le
     int rc;
 
     while (len > 0) {
+        unsigned long before = ERR_peek_last_error();
+
         errno = 0;
         if (SSL_read_ex(t->ssl, buf, len, &n)) {
             t->hangups = 0;
@@ -182,7 +203,7 @@ static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t le
             len -= n;
             continue;
         }
-        if ((rc = wait_for_ssl(t, deadline, "receive", err, errlen)) != IO_OK) {
+        if ((rc = wait_for_ssl(t, before, deadline, "receive", err, errlen)) != IO_OK) {
             if (rc == IO_TIMEOUT)
                 snprintf(err, errlen, "no answer within the deadline");
             return rc;
@@ -196,6 +217,7 @@ static int tls_usable(keyless_transport *base)
     tls_transport *t = (tls_transport *)base;
     struct pollfd pfd = { t->fd, POLLIN, 0 };
     unsigned char byte;
+    unsigned long before;
     size_t n;
     int ok;
 
@@ -206,7 +228,10 @@ static int tls_usable(keyless_transport *base)
     /* Readable while idle: TLS 1.3 session tickets are fine (libssl consumes
      * them and wants more), EOF, an alert or application data are not. */
     ERR_set_mark();
-    ok = !SSL_read_ex(t->ssl, &byte, 1, &n) && SSL_want_read(t->ssl);
+    before = ERR_peek_last_error();
+    /* Wanting more is fine, unless the read raised an error (see wait_for_ssl). */
+    ok = !SSL_read_ex(t->ssl, &byte, 1, &n) && SSL_want_read(t->ssl)
+         && (ERR_peek_last_error() == 0 || ERR_peek_last_error() == before);
     ERR_pop_to_mark();
     return ok;
 }
