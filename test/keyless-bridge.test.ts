@@ -393,6 +393,41 @@ describe('failures', () => {
   });
 });
 
+describe('a key server that mangles valid answers (a relay in front of the real one)', () => {
+  type Outcome = 'ok' | 'timeout' | 'connect' | 'protocol';
+  const cases: { name: string; answers: FakeAnswer[]; expect: Outcome[]; timeoutMs?: number; connections: number }[] = [
+    // The duplicate is found by the idle check before the next request: a new connection, no failed sign.
+    { name: 'answers twice', answers: ['twice', 'relay', 'relay'], expect: ['ok', 'ok', 'ok'], connections: 2 },
+    // The late answer lands on the connection closed at the deadline, never on the next request.
+    { name: 'answers after the deadline', answers: ['late', 'relay', 'relay'], expect: ['timeout', 'ok', 'ok'], connections: 2 },
+    { name: 'sends the header, the body after the deadline', answers: ['split-late', 'relay'], expect: ['timeout', 'ok'], connections: 2 },
+    { name: 'trickles the answer a byte at a time', answers: ['trickle', 'relay'], expect: ['ok', 'ok'], timeoutMs: 5_000, connections: 1 },
+    { name: 'closes mid-frame', answers: ['cut', 'relay'], expect: ['connect', 'ok'], connections: 2 },
+    { name: 'declares a 4 GiB body', answers: ['huge', 'relay'], expect: ['protocol', 'ok'], connections: 2 },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: ${c.expect.join(', ')}, over ${c.connections} connection(s): a failure never reaches the next sign`, async () => {
+      const path = join(stateDir, `mangle-${cases.indexOf(c)}.sock`);
+      const fake = await startFakeKeyserver(path, c.answers, ks.unixPath!);
+      try {
+        bridge.init({ socketPath: path, timeoutMs: c.timeoutMs ?? TIMEOUT_MS, breakerMs: BREAKER_MS });
+        for (const [i, expected] of c.expect.entries()) {
+          const before = { ...failures() };
+          const result = await tlsHandshake(ecServer.port, ca.certPem);
+          expect(result.ok, `handshake ${i}: ${bridge.stats().lastError}`).toBe(expected === 'ok');
+          if (expected !== 'ok') expect(failures()[expected], bridge.stats().lastError).toBe(before[expected] + 1);
+          // Past the breaker, and past any late answer of this case (1.5 s) before the last handshake.
+          await sleep(i === c.expect.length - 2 && c.answers.some((a) => a.includes('late')) ? 1_600 : BREAKER_MS + 50);
+        }
+        expect(fake.connections).toBe(c.connections);
+      } finally {
+        await fake.stop();
+        useKeyserver();
+      }
+    }, 20_000);
+  }
+});
+
 describe('a pool of key servers', () => {
   const server = (name: string) => bridge.stats().servers!.find((s) => s.name === name)!;
 

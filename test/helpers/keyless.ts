@@ -214,14 +214,22 @@ export type FakeAnswer =
   | 'critical-item' // a SIGNATURE plus an unknown critical item
   | 'not-der' // a SIGNATURE that is no DER ECDSA-Sig-Value
   | 'overrun' // an item longer than the body
-  | 'error-optional'; // ERROR OVERLOADED ("busy") with an unknown optional item first
+  | 'error-optional' // ERROR OVERLOADED ("busy") with an unknown optional item first
+  // With `upstream` (a real key server's socket), the request is relayed there and its answer is:
+  | 'relay' // passed on as it is
+  | 'twice' // passed on twice
+  | 'late' // passed on 1.5 s later
+  | 'trickle' // passed on a byte at a time, 2 ms apart
+  | 'cut' // cut after 20 bytes, then the connection closed
+  | 'huge' // replaced by a header declaring a 4 GiB body, then the first bytes of one, connection kept open
+  | 'split-late'; // its header at once, its body 1.5 s later
 
 // Runs in a child process: the bridge blocks this process while it waits for
 // an answer, so a fake key server here could never send one.
 const FAKE_SERVER = `
 const net = require('node:net');
 const fs = require('node:fs');
-const [path, ...answers] = process.argv.slice(1);
+const [path, upstream, ...answers] = process.argv.slice(1);
 const item = (tag, value, declared = value.length) => Buffer.concat([Buffer.from([tag, declared >> 8, declared & 255]), value]);
 const frame = (opcode, id, body) => {
   const h = Buffer.alloc(12);
@@ -236,21 +244,49 @@ const replies = {
   'overrun': (id) => frame(0x83, id, item(5, Buffer.alloc(10, 1), 20)),
   'error-optional': (id) => frame(0xff, id, Buffer.concat([item(0xf0, Buffer.from('later')), item(7, Buffer.from([0, 11])), item(0x80, Buffer.from('busy'))])),
 };
+const frames = (onFrame) => {
+  let buf = Buffer.alloc(0);
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    while (buf.length >= 12 && buf.length >= 12 + buf.readUInt32BE(8)) {
+      const f = buf.subarray(0, 12 + buf.readUInt32BE(8));
+      buf = buf.subarray(f.length);
+      onFrame(f);
+    }
+  };
+};
+const relayed = {
+  'relay': (socket, a) => socket.write(a),
+  'twice': (socket, a) => { socket.write(a); socket.write(a); },
+  'late': (socket, a) => setTimeout(() => socket.write(a), 1500),
+  'trickle': (socket, a) => { let i = 0; const t = setInterval(() => { if (i < a.length && !socket.destroyed) socket.write(a.subarray(i, ++i)); else clearInterval(t); }, 2); },
+  'cut': (socket, a) => { socket.write(a.subarray(0, 20)); setTimeout(() => socket.destroy(), 20); },
+  'huge': (socket, a) => { const h = Buffer.from(a.subarray(0, 12)); h.writeUInt32BE(0xffffffff, 8); socket.write(Buffer.concat([h, a.subarray(12)])); },
+  'split-late': (socket, a) => { socket.write(a.subarray(0, 12)); setTimeout(() => socket.write(a.subarray(12)), 1500); },
+};
 let n = 0;
 try { fs.rmSync(path, { force: true }); } catch {}
 net.createServer((socket) => {
   process.stdout.write('connection\\n');
   socket.on('error', () => {});
-  let buf = Buffer.alloc(0);
-  socket.on('data', (chunk) => {
-    buf = Buffer.concat([buf, chunk]);
-    while (buf.length >= 12 && buf.length >= 12 + buf.readUInt32BE(8)) {
-      const req = buf.subarray(0, 12 + buf.readUInt32BE(8));
-      buf = buf.subarray(req.length);
-      const reply = replies[answers[n++ % answers.length]](req.readUInt32BE(4));
-      if (reply) socket.write(reply);
+  const queue = [];
+  let up;
+  if (upstream !== '-') {
+    up = net.connect(upstream);
+    up.on('error', () => socket.destroy());
+    up.on('data', frames((a) => { const how = queue.shift(); if (!socket.destroyed) relayed[how](socket, a); }));
+    socket.on('close', () => up.destroy());
+  }
+  socket.on('data', frames((req) => {
+    const how = answers[n++ % answers.length];
+    if (how in relayed) {
+      queue.push(how);
+      up.write(req);
+      return;
     }
-  });
+    const reply = replies[how](req.readUInt32BE(4));
+    if (reply) socket.write(reply);
+  }));
 }).listen(path, () => process.stdout.write('ready\\n'));
 `;
 
@@ -260,9 +296,9 @@ export interface FakeKeyserver {
   stop(): Promise<void>;
 }
 
-/** A misbehaving key server on a unix socket, in a child process. */
-export function startFakeKeyserver(path: string, answers: readonly FakeAnswer[]): Promise<FakeKeyserver> {
-  const child = spawn(process.execPath, ['-e', FAKE_SERVER, path, ...answers], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** A misbehaving key server on a unix socket, in a child process; `upstream`: the real key server it relays to. */
+export function startFakeKeyserver(path: string, answers: readonly FakeAnswer[], upstream = '-'): Promise<FakeKeyserver> {
+  const child = spawn(process.execPath, ['-e', FAKE_SERVER, path, upstream, ...answers], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let out = '';
   return new Promise((resolve, reject) => {
