@@ -476,6 +476,60 @@ describe('a pool of key servers', () => {
     }
   });
 
+  // Never measured (they never sign), such servers scored best and were tried before the live one on
+  // every handshake, each time a reconnect and an exchange (up to their share of the deadline) for nothing.
+  const broken: { name: string; answer: FakeAnswer; failures: Partial<bridge.KeylessStats['failures']> }[] = [
+    { name: 'garbles its answers', answer: 'wrong-id', failures: { protocol: 1 } },
+    { name: 'refuses every sign (OVERLOADED)', answer: 'error-optional', failures: { remote: 1 } },
+    { name: 'drops the connection mid-answer', answer: 'cut', failures: { connect: 1 } },
+  ];
+  for (const b of broken) {
+    it(`a key server that ${b.name} is skipped after one failure, not tried first on every sign`, async () => {
+      const path = join(stateDir, `pool-${b.answer}.sock`);
+      const fake = await startFakeKeyserver(path, [b.answer], ks.unixPath!);
+      try {
+        bridge.init({
+          servers: [
+            { name: 'live', socketPath: ks.unixPath! },
+            { name: 'broken', socketPath: path },
+          ],
+          timeoutMs: 2_000,
+          breakerMs: 60_000,
+        });
+        for (let i = 0; i < 5; i++) expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+        expect(server('broken')).toMatchObject({ state: 'cooling', signs: 0, failovers: 1, failures: b.failures });
+        expect(server('live').signs).toBe(5);
+      } finally {
+        await fake.stop();
+        useKeyserver();
+      }
+    });
+  }
+
+  it('an ERROR about the key (UNKNOWN_KEY) benches no key server: the handshakes with other keys go on', async () => {
+    // Else one handshake for a key the pool lacks would open every breaker and fail all handshakes.
+    const local = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spki = local.publicKey.export({ type: 'spki', format: 'der' });
+    const unknown = await startTlsServer({ key: bridge.keylessKeyPem(keyIdOf(spki), spki), cert: await issueForSpki(ca, spki, 'ec') });
+    try {
+      bridge.init({
+        servers: [
+          { name: 'a', socketPath: ks.unixPath! },
+          { name: 'b', socketPath: ks.unixPath! },
+        ],
+        timeoutMs: 2_000,
+        breakerMs: 60_000,
+      });
+      expect((await tlsHandshake(unknown.port, ca.certPem)).ok).toBe(false);
+      expect(bridge.stats().lastError).toContain('UNKNOWN_KEY');
+      expect([server('a').state, server('b').state]).toEqual(['up', 'up']);
+      expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+    } finally {
+      await unknown.close();
+      useKeyserver();
+    }
+  });
+
   it('with health checks, a server reported down stays out until reported up, then is tried first; a stale verdict is ignored', async () => {
     try {
       const generation = bridge.init({

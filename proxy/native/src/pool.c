@@ -210,6 +210,12 @@ static int request_at_fault(unsigned code)
            || code == ERR_ALGORITHM_MISMATCH || code == ERR_UNKNOWN_ALGORITHM || code == ERR_BAD_DIGEST_LENGTH;
 }
 
+/* Whether a failed attempt says something of the server, not only of the request or of one key. */
+static int server_at_fault(int st, unsigned code)
+{
+    return st != RPC_E_REMOTE || !(request_at_fault(code) || code == ERR_UNKNOWN_KEY || code == ERR_NOT_AUTHORISED);
+}
+
 /* One attempt on one server; counts it there. */
 static int attempt(server *s, const unsigned char *key_id, unsigned char alg, const unsigned char *digest,
                    size_t dlen, unsigned char *sig, size_t *siglen, size_t sigmax, int64_t deadline,
@@ -252,8 +258,15 @@ static int attempt(server *s, const unsigned char *key_id, unsigned char alg, co
         s->st.connect++;
         break;
     }
-    /* Gone, hanging or draining: skip it for a while (until a health check, when they run). */
-    if (open_failed || st == RPC_E_TIMEOUT || (st == RPC_E_REMOTE && *code == ERR_SHUTTING_DOWN)) {
+    /* Gone, hanging or draining: skip it for a while (until a health check, when they run). In a pool,
+     * after any failure that says something of the server too (garbled answers, refusals such as
+     * OVERLOADED or SIGN_FAILED, connections dropped mid-answer): a server that never signs is never
+     * measured, so it would score best and be tried first on every sign, each time a reconnect and an
+     * exchange for nothing. Not after an answer about the request (request_at_fault) or about one key
+     * (UNKNOWN_KEY, NOT_AUTHORISED: the server may sign other keys; the answer is quick and keeps the
+     * connection). Alone, a server is still tried on each sign: one bad answer does not fail the next. */
+    if (open_failed || st == RPC_E_TIMEOUT || (st == RPC_E_REMOTE && *code == ERR_SHUTTING_DOWN)
+        || (nservers > 1 && server_at_fault(st, *code))) {
         if (breaker_ms > 0)
             s->breaker_until = keyless_now_ms() + breaker_ms;
         if (health_checked)

@@ -8,8 +8,9 @@
  * allows (failover), each attempt getting an equal share of what is left.
  * Choice: the key server with the lowest latency (EWMA of its signs, decaying
  * while it is idle so that every server is re-measured now and then). A
- * circuit breaker per key server: after a connect failure, a timeout or a
- * draining answer it is skipped for breaker_ms; with health checks on
+ * circuit breaker per key server: after a connect failure, a timeout, a
+ * draining answer or (in a pool) any failure but an ERROR about the request
+ * or the key, it is skipped for breaker_ms; with health checks on
  * (health_checked) it stays out until keyless_rpc_set_health says it is up.
  * A server is only skipped while another is usable: with every server
  * skipped, the breakers alone decide, so one key server behaves as before.
@@ -93,6 +94,9 @@ enum {
 #define ERR_ALGORITHM_MISMATCH 6
 #define ERR_UNKNOWN_ALGORITHM 7
 #define ERR_BAD_DIGEST_LENGTH 8
+/* About one key, not the server's health: no breaker in a pool (pool.c). */
+#define ERR_UNKNOWN_KEY 5
+#define ERR_NOT_AUTHORISED 9
 /* The connection is closed after these; a draining server is skipped for a while. */
 #define ERR_FRAME_TOO_LARGE 4
 #define ERR_SHUTTING_DOWN 13
