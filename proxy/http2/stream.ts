@@ -1,6 +1,6 @@
 /**
  * One HTTP/2 request: routed by its `:authority`, answered by us (421, 404,
- * 413, 400, `OPTIONS *`) or forwarded (exchange.ts), with one access line
+ * 413, 431, 400, `OPTIONS *`) or forwarded (exchange.ts), with one access line
  * and one count per stream, as HTTP/1.1 requests get (proxy/http/handler.ts,
  * whose routing and refusals it shares).
  *
@@ -50,6 +50,8 @@ export interface StreamHandlerOptions {
   readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** `maxHeaderBytes`: the request header list's bound (RFC 9113 §6.5.2), checked here too (`headersOverLimit`). */
+  readonly limits?: { readonly maxHeaderBytes: number };
 }
 
 /** What the connection's owner (sessions.ts) gives each stream besides the options: made once per worker, or per connection. */
@@ -92,7 +94,23 @@ const SERVER_OPTIONS: Refusal = {
   body: '',
   headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' },
 };
+const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', body: 'request header fields too large\n' };
 const BAD_TARGET: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: expected an origin-form :path\n' };
+
+/**
+ * Whether the header list is over `maxBytes`, counted as RFC 9113 §6.5.2
+ * does (name + value + 32 per field, pseudo-headers included). Node checks
+ * SETTINGS_MAX_HEADER_LIST_SIZE against the settings the client has
+ * acknowledged (nghttp2's local settings): a client that never sends the
+ * SETTINGS ACK meets Node's default bound instead, and had 100 KB header
+ * lists forwarded to the origin past a 16 KiB `limits.maxHeaderBytes` (Node
+ * 20.20, nghttp2 1.61; test/abuse-http2-framing.test.ts).
+ */
+function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): boolean {
+  let size = 0;
+  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * 32;
+  return size > maxBytes;
+}
 
 /** `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there) or a `:path` that is not origin-form (CONNECT has none: extended CONNECT is not offered). */
 function ownAnswer(method: string, path: string): Refusal | undefined {
@@ -121,6 +139,8 @@ export function handleStream(
     return record.closed();
   }
   stream.on('close', onStreamClose);
+  const maxHeaderBytes = options.limits?.maxHeaderBytes;
+  if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
   const own = ownAnswer(request.method, request.path);
   if (own !== undefined) return record.respond(own);
   if ('refusal' in route) return record.respond(route.refusal);

@@ -1,0 +1,105 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { metricSum, workerPids } from './helpers/abuse.js';
+import { headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// HTTP/2 framing a client library would not send, against `keyedge proxy`
+// with two workers and an origin that accepts header lists of any size and
+// records what reached it: each case must get a clear answer of the proxy's
+// (or a stream error), never reach the origin as something the proxy's
+// limits forbid, and leave the workers unharmed.
+const HOST = 'framing-h2.lab.test';
+/** limits.maxHeaderBytes, as configured below. */
+const MAX_HEADER_BYTES = 16_384;
+
+let lab: KeylessLab;
+let proxy: ClusterProxy;
+let ca: string;
+let origin: http.Server;
+/** Per request reaching the origin: its path and the bytes of its header names and values. */
+const seen: { path: string; headerBytes: number }[] = [];
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  origin = http.createServer({ maxHeaderSize: 4 * 1024 * 1024 }, (req, res) => {
+    seen.push({ path: req.url ?? '', headerBytes: req.rawHeaders.reduce((sum, h) => sum + h.length, 0) });
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 3 }).end('ok\n');
+  });
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  const originUrl = `http://127.0.0.1:${(origin.address() as AddressInfo).port}`;
+  const cert = await lab.certificate('framing-h2', lab.keys.ec, [HOST]);
+  proxy = await startClusterProxy(
+    lab,
+    'framing-h2',
+    (p) => {
+      writeFileSync(join(p.storeDir, 'framing-h2.pem'), readFileSync(cert.file));
+      return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: originUrl }], limits: { maxHeaderBytes: MAX_HEADER_BYTES } });
+    },
+    {},
+    75_000,
+  );
+  await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
+  ca = readFileSync(lab.caFile, 'utf8');
+}, 120_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  origin?.closeAllConnections();
+  await new Promise((resolve) => origin?.close(resolve));
+  await lab?.close();
+});
+
+/** A raw connection past its handshake and preface. */
+async function rawClient(options: { ackSettings?: boolean } = {}): Promise<RawH2> {
+  const client = new RawH2(proxy.port, ca, HOST, options);
+  await client.secure;
+  client.preface();
+  return client;
+}
+
+/** The access line of the request for `path`, once logged. */
+const accessLine = (path: string): Promise<Record<string, unknown>> =>
+  waitFor(`the access line of ${path}`, () => proxy.lines.find((l) => l.msg === 'request' && l.path === path));
+
+/** A GET's header block: the static-table :method GET and :scheme https (RFC 7541 Appendix A), then `fields` as literals. */
+const getBlock = (path: string, fields: readonly (readonly [string, string])[] = []): Buffer =>
+  Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', HOST), ...fields.map(([n, v]) => hpackLiteral(n, v))]);
+
+describe('HTTP/2 framing abuse', () => {
+  it('a header list over limits.maxHeaderBytes is refused 431 (or reset) and never reaches the origin, whether or not the client acknowledged SETTINGS', async () => {
+    const before = workerPids(proxy).listening;
+    // 100 fields of 1,000 bytes: about six times the bound, in HEADERS + CONTINUATION frames.
+    const big = Array.from({ length: 100 }, (_, i) => [`x-field-${i}`, 'v'.repeat(1000)] as const);
+    for (const ackSettings of [true, false]) {
+      const path = `/big-headers-${ackSettings ? 'acked' : 'unacked'}`;
+      const client = await rawClient({ ackSettings });
+      // Node applies our SETTINGS once they are acknowledged: the acknowledging client's ACK has left by then.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      client.write(headerFrames(1, getBlock(path, big), true));
+      await waitFor(`${path} answered or reset`, () => (client.answers + client.resets > 0 ? true : undefined));
+      if (ackSettings) {
+        // Node's own bound: the stream is reset before it is ever a request (no access line).
+        expect(client.resets).toBe(1);
+      } else {
+        const line = await accessLine(path);
+        expect(line.status).toBe(431);
+        expect(line.code).toBe('KEYEDGE_HTTP_HEADERS_TOO_LARGE');
+      }
+      client.tls.destroy();
+      expect(seen.filter((s) => s.path === path)).toEqual([]);
+    }
+    // A list within the bound goes through on a client that never acknowledges.
+    const client = await rawClient({ ackSettings: false });
+    client.write(headerFrames(1, getBlock('/small-headers', [['x-small', 'v'.repeat(1000)]]), true));
+    expect((await accessLine('/small-headers')).status).toBe(200);
+    client.tls.destroy();
+    expect(workerPids(proxy).listening).toEqual(before);
+    expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+  }, 60_000);
+});
