@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, workerPids } from './helpers/abuse.js';
-import { headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { closeSession, h2Connect, h2Request, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -29,6 +29,18 @@ beforeAll(async () => {
   origin = http.createServer({ maxHeaderSize: 4 * 1024 * 1024 }, (req, res) => {
     seen.push({ path: req.url ?? '', headerBytes: req.rawHeaders.reduce((sum, h) => sum + h.length, 0) });
     req.resume();
+    // Fields HTTP/1.1 lets an origin repeat, which Node's HTTP/2 layer sends only once; in the head and in trailers.
+    if (req.url === '/repeated-fields') {
+      const head = 'x-content-type-options: nosniff\r\nx-content-type-options: nosniff\r\ncontent-type: text/plain\r\ncontent-type: text/html\r\n';
+      res.socket?.end(`HTTP/1.1 200 OK\r\n${head}connection: close\r\ncontent-length: 3\r\n\r\nok\n`);
+      return;
+    }
+    if (req.url === '/repeated-trailers') {
+      res.socket?.end(
+        'HTTP/1.1 200 OK\r\nconnection: close\r\ntrailer: etag\r\ntransfer-encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\netag: "a"\r\netag: "b"\r\n\r\n',
+      );
+      return;
+    }
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 3 }).end('ok\n');
   });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
@@ -102,4 +114,22 @@ describe('HTTP/2 framing abuse', () => {
     expect(workerPids(proxy).listening).toEqual(before);
     expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
   }, 60_000);
+
+  it("an origin's repeated field that Node sends only once (X-Content-Type-Options, Content-Type, ETag trailers) reaches an HTTP/2 client once, not as a 502", async () => {
+    const session = h2Connect(proxy.port, ca, HOST);
+    try {
+      const answer = await h2Request(session, { ':path': '/repeated-fields' });
+      expect(answer.status).toBe(200);
+      expect(answer.headers['x-keyedge-error']).toBeUndefined();
+      expect(answer.headers['x-content-type-options']).toBe('nosniff');
+      expect(answer.headers['content-type']).toBe('text/plain');
+      expect(answer.body.toString()).toBe('ok\n');
+      const trailed = await h2Request(session, { ':path': '/repeated-trailers' });
+      expect(trailed.status).toBe(200);
+      expect(trailed.body.toString()).toBe('ok\n');
+      expect(trailed.trailers?.etag).toBe('"a"');
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
 });
