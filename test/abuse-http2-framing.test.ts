@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, workerPids } from './helpers/abuse.js';
-import { closeSession, h2Connect, h2Request, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { closeSession, frame, h2Connect, h2Request, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -132,4 +132,49 @@ describe('HTTP/2 framing abuse', () => {
       await closeSession(session);
     }
   }, 30_000);
+
+  it('floods of CONTINUATION, empty DATA, PING, SETTINGS and PRIORITY frames end their connection (or cost nothing), and a normal client is served meanwhile', async () => {
+    const before = workerPids(proxy).listening;
+    const settingsFrame = (): Buffer => frame(0x4, 0, 0, Buffer.from([0, 4, 0, 0, 0xff, 0xff]));
+    const priority = (id: number): Buffer => frame(0x2, 0, id, Buffer.from([0, 0, 0, 0, 16]));
+    // name, the flood's frame, whether the client stops reading, whether the server must close it, what opens the flood.
+    const floods: [string, (i: number) => Buffer, boolean, boolean, Buffer?][] = [
+      // CVE-2024-27316 / CVE-2024-28182: a header block that never ends, one CONTINUATION after another.
+      ['continuation', () => frame(0x9, 0, 1, hpackLiteral('x-a', 'b')), false, true, frame(0x1, 0, 1, getBlock('/continuation'))],
+      // CVE-2019-9518: empty DATA frames on an open stream.
+      ['empty-data', () => frame(0x0, 0, 1, Buffer.alloc(0)), false, true, headerFrames(1, getBlock('/empty-data'), false)],
+      // CVE-2019-9515: SETTINGS whose acknowledgements the client never reads.
+      ['settings', settingsFrame, true, true],
+      // CVE-2019-9512: PINGs likewise. Node stops reading a connection whose writes are pending, so the client's own
+      // TCP window stops the flood: nothing to cut, the connection goes at the idle deadline.
+      ['ping', () => frame(0x6, 0, 0, Buffer.alloc(8)), true, false],
+      // PRIORITY frames for streams never opened (RFC 9113 §5.3.2 deprecates the scheme; each is still parsed).
+      ['priority', (i) => priority(2 * i + 1), false, false],
+    ];
+    const results: string[] = [];
+    for (const [name, make, stopReading, mustClose, first] of floods) {
+      const client = await rawClient();
+      if (stopReading) client.tls.pause();
+      if (first !== undefined) client.write(first);
+      const started = Date.now();
+      let sent = 0;
+      while (sent < 200_000 && !client.tls.destroyed && Date.now() - started < 3_000) {
+        const batch = Array.from({ length: 1000 }, (_, i) => make(sent + i));
+        sent += batch.length;
+        if (!client.write(Buffer.concat(batch))) await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      if (stopReading) client.tls.resume();
+      const session = h2Connect(proxy.port, ca, HOST);
+      const normal = await h2Request(session, { ':path': `/after-${name}` });
+      await closeSession(session);
+      expect(normal.status, `a normal request after the ${name} flood`).toBe(200);
+      if (mustClose) await Promise.race([client.closed, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+      results.push(`${name}: ${sent} frames, closed ${client.tls.destroyed}, goaway ${client.goaways.join('/')}, ${Date.now() - started} ms`);
+      if (mustClose) expect(client.tls.destroyed, `${name} flood ends its connection`).toBe(true);
+      client.tls.destroy();
+    }
+    console.log(results.join('; '));
+    expect(workerPids(proxy).listening).toEqual(before);
+    expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+  }, 120_000);
 });
