@@ -177,4 +177,29 @@ describe('HTTP/2 framing abuse', () => {
     expect(workerPids(proxy).listening).toEqual(before);
     expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
   }, 120_000);
+
+  it('an :authority with userinfo or a port that is not digits is refused 400, never routed on its first name and handed to the origin as Host', async () => {
+    // nghttp2 lets `@` and `,` through; routing reads the name before the first `:`.
+    const authorities = [`${HOST}:1@evil.test`, `${HOST}:443,evil.test`, `${HOST}:x`];
+    for (const [i, authority] of authorities.entries()) {
+      const path = `/authority-${i}`;
+      const client = await rawClient();
+      client.write(headerFrames(1, Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', authority)]), true));
+      const line = await accessLine(path);
+      expect([authority, line.status, line.code]).toEqual([authority, 400, 'KEYEDGE_HTTP_BAD_TARGET']);
+      client.tls.destroy();
+      expect(seen.filter((s) => s.path === path)).toEqual([]);
+    }
+    // With a port, as browsers send it on a port other than 443: routed.
+    const client = await rawClient();
+    client.write(
+      headerFrames(
+        1,
+        Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', '/authority-port'), hpackLiteral(':authority', `${HOST}:${proxy.port}`)]),
+        true,
+      ),
+    );
+    expect((await accessLine('/authority-port')).status).toBe(200);
+    client.tls.destroy();
+  }, 30_000);
 });

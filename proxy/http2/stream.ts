@@ -95,7 +95,11 @@ const SERVER_OPTIONS: Refusal = {
   headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' },
 };
 const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', body: 'request header fields too large\n' };
-const BAD_TARGET: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: expected an origin-form :path\n' };
+const BAD_TARGET: Refusal = {
+  status: 400,
+  code: 'KEYEDGE_HTTP_BAD_TARGET',
+  body: 'bad request target: expected an origin-form :path and a host[:port] authority\n',
+};
 
 /**
  * Whether the header list is over `maxBytes`, counted as RFC 9113 §6.5.2
@@ -112,8 +116,23 @@ function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): bool
   return size > maxBytes;
 }
 
-/** `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there) or a `:path` that is not origin-form (CONNECT has none: extended CONNECT is not offered). */
-function ownAnswer(method: string, path: string): Refusal | undefined {
+/**
+ * An authority as `host[:port]` (RFC 3986 §3.2.2, §3.2.3): no userinfo
+ * (RFC 9113 §8.3.1 forbids it in `:authority`), a port of digits only.
+ * nghttp2 lets `@` and `,` through, and routing reads only the name before
+ * the first `:`: `a.example:1@evil.example` was routed to a.example and its
+ * origin got it as Host and X-Forwarded-Host, which an application building
+ * links from them reads as evil.example (Host header poisoning).
+ */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[^[\]:@]*)(?::[0-9]*)?$/;
+
+/**
+ * `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there), a `:path` that is not
+ * origin-form (CONNECT has none: extended CONNECT is not offered), or an
+ * authority that is not `host[:port]`.
+ */
+function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
+  if (authority !== undefined && !AUTHORITY.test(authority)) return BAD_TARGET;
   if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
   return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
 }
@@ -141,7 +160,7 @@ export function handleStream(
   stream.on('close', onStreamClose);
   const maxHeaderBytes = options.limits?.maxHeaderBytes;
   if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
-  const own = ownAnswer(request.method, request.path);
+  const own = ownAnswer(request.method, request.path, request.authority);
   if (own !== undefined) return record.respond(own);
   if ('refusal' in route) return record.respond(route.refusal);
   const target = route.domain;
