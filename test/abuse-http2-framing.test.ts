@@ -23,12 +23,31 @@ let ca: string;
 let origin: http.Server;
 /** Per request reaching the origin: its path and the bytes of its header names and values. */
 const seen: { path: string; headerBytes: number }[] = [];
+/** Per /big answer, once closed: whether it was sent whole. */
+const bigClosed: boolean[] = [];
+/** limits.sendTimeoutMs, as configured below. */
+const SEND_TIMEOUT_MS = 2_000;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   origin = http.createServer({ maxHeaderSize: 4 * 1024 * 1024 }, (req, res) => {
     seen.push({ path: req.url ?? '', headerBytes: req.rawHeaders.reduce((sum, h) => sum + h.length, 0) });
     req.resume();
+    // 8 MiB written as the proxy takes it; `bigClosed` says whether it went out whole.
+    if (req.url === '/big') {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 8 * 1024 * 1024 });
+      res.once('close', () => bigClosed.push(res.writableFinished));
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      let sent = 0;
+      const more = (): void => {
+        while (sent < 128) {
+          sent++;
+          if (!res.write(chunk)) return void res.once('drain', more);
+        }
+        res.end();
+      };
+      return more();
+    }
     // Fields HTTP/1.1 lets an origin repeat, which Node's HTTP/2 layer sends only once; in the head and in trailers.
     if (req.url === '/repeated-fields') {
       const head = 'x-content-type-options: nosniff\r\nx-content-type-options: nosniff\r\ncontent-type: text/plain\r\ncontent-type: text/html\r\n';
@@ -51,7 +70,10 @@ beforeAll(async () => {
     'framing-h2',
     (p) => {
       writeFileSync(join(p.storeDir, 'framing-h2.pem'), readFileSync(cert.file));
-      return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: originUrl }], limits: { maxHeaderBytes: MAX_HEADER_BYTES } });
+      return storeProxyConfig(lab, p, {
+        domains: [{ name: HOST, origin: originUrl }],
+        limits: { maxHeaderBytes: MAX_HEADER_BYTES, sendTimeoutMs: SEND_TIMEOUT_MS },
+      });
     },
     {},
     75_000,
@@ -200,6 +222,24 @@ describe('HTTP/2 framing abuse', () => {
       ),
     );
     expect((await accessLine('/authority-port')).status).toBe(200);
+    client.tls.destroy();
+  }, 30_000);
+
+  it('a client that never opens its window (SETTINGS_INITIAL_WINDOW_SIZE 0) is cut after limits.sendTimeoutMs, and its origin request aborted', async () => {
+    const client = new RawH2(proxy.port, ca, HOST);
+    await client.secure;
+    const zeroWindow = Buffer.from([0, 4, 0, 0, 0, 0]);
+    client.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), frame(0x4, 0, 0, zeroWindow)]));
+    const started = Date.now();
+    client.write(headerFrames(1, getBlock('/big'), true));
+    await waitFor('the stalled stream reset', () => (client.resets > 0 ? true : undefined), 15_000);
+    const seconds = (Date.now() - started) / 1000;
+    expect(seconds).toBeGreaterThan(SEND_TIMEOUT_MS / 1000 - 0.5);
+    const line = await accessLine('/big');
+    expect(line.code).toBe('KEYEDGE_HTTP_SEND_TIMEOUT');
+    // The origin's answer was abandoned, not read to its end into the proxy's memory.
+    await waitFor('the origin answer closed', () => (bigClosed.length > 0 ? true : undefined));
+    expect(bigClosed).toEqual([false]);
     client.tls.destroy();
   }, 30_000);
 });
