@@ -1,10 +1,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, workerPids } from './helpers/abuse.js';
-import { closeSession, frame, h2Connect, h2Request, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { closeSession, frame, getHeaders, h2Connect, h2Request, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -241,5 +242,22 @@ describe('HTTP/2 framing abuse', () => {
     await waitFor('the origin answer closed', () => (bigClosed.length > 0 ? true : undefined));
     expect(bigClosed).toEqual([false]);
     client.tls.destroy();
+  }, 30_000);
+
+  it('Rapid Reset with RST_STREAM NO_ERROR instead of CANCEL is counted like any other reset: GOAWAY ENHANCE_YOUR_CALM at limits.http2MaxResetStreams', async () => {
+    const before = workerPids(proxy).listening;
+    const client = await rawClient();
+    // Three times the bound (200), under nghttp2's own limit on received resets (1,000 at once).
+    for (let first = 0; first < 600 && !client.tls.destroyed; first += 100) {
+      const batch: Buffer[] = [];
+      for (let id = 2 * first + 1; id < 2 * (first + 100); id += 2) batch.push(getHeaders(id, HOST, `/no-error-reset-${id}`), rstStream(id, 0));
+      client.write(Buffer.concat(batch));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Promise.race([client.closed, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+    expect(client.goaways).toContain(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(client.tls.destroyed).toBe(true);
+    client.tls.destroy();
+    expect(workerPids(proxy).listening).toEqual(before);
   }, 30_000);
 });

@@ -233,7 +233,11 @@ export class Http2Sessions {
   #closed(session: ServerHttp2Session, live: Live, stream: ServerHttp2Stream): void {
     live.open.delete(stream);
     const code = stream.rstCode;
-    if (code === undefined || code === constants.NGHTTP2_NO_ERROR || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
+    if (code === undefined || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
+    // NO_ERROR is a normal end, or our RST_STREAM after a whole answer (RFC 9113 §8.1). A client's RST_STREAM NO_ERROR
+    // while the answer was still open ('aborted') is Rapid Reset all the same: HEADERS + RST_STREAM(NO_ERROR) pairs were
+    // never counted, only nghttp2's looser bound (1,000 at once) stopped them. Streams ended by the connection's end are not.
+    if (code === constants.NGHTTP2_NO_ERROR && (!stream.aborted || session.destroyed)) return;
     if (!live.resets.reset(Date.now()) && !live.closing) this.#abuse(session, live);
   }
 
