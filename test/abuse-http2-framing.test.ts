@@ -260,4 +260,23 @@ describe('HTTP/2 framing abuse', () => {
     client.tls.destroy();
     expect(workerPids(proxy).listening).toEqual(before);
   }, 30_000);
+
+  it('a HEAD with a body still coming that gets an answer of ours (413, 421) has its stream closed, not held open for ever', async () => {
+    const session = h2Connect(proxy.port, ca, HOST);
+    try {
+      const cases: [string, http2.OutgoingHttpHeaders, number][] = [
+        ['/head-too-large', { 'content-length': String(1 << 30) }, 413],
+        ['/head-misdirected', { ':authority': 'elsewhere.test' }, 421],
+      ];
+      for (const [path, headers, status] of cases) {
+        // The body is never sent: only our closing the stream (RST_STREAM NO_ERROR after the answer, RFC 9113 §8.1) ends it.
+        const answer = h2Request(session, { ':method': 'HEAD', ':path': path, ...headers }, 'open');
+        const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${path}: stream still open after 5 s`)), 5_000));
+        expect((await Promise.race([answer, timeout])).status).toBe(status);
+        expect((await accessLine(path)).status).toBe(status);
+      }
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
 });

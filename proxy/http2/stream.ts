@@ -324,9 +324,14 @@ function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }:
     },
   );
   stream.respond(head);
-  stream.end(body);
-  // A body the client still sends is not read: it may stop (RFC 9113 §8.1).
-  stream.once('finish', () => {
-    if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
-  });
+  // A HEAD's answer ends with its head: Node ends (and finishes) the stream in respond, and a body now is an error.
+  if (!stream.writableEnded) stream.end(body);
+  // A body the client still sends is not read: it may stop (RFC 9113 §8.1). Waiting for a 'finish' that HEAD's
+  // answer had already had left such a stream open for ever, holding its connection past every timeout.
+  if (stream.writableFinished) closeUnreadBody(stream);
+  else stream.once('finish', () => closeUnreadBody(stream));
+}
+
+function closeUnreadBody(stream: ServerHttp2Stream): void {
+  if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
 }
