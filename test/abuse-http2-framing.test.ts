@@ -279,4 +279,30 @@ describe('HTTP/2 framing abuse', () => {
       await closeSession(session);
     }
   }, 30_000);
+
+  it('a client that never opens its window on a small answer (all of it written, its end waiting on the window) is cut after limits.sendTimeoutMs', async () => {
+    const results: string[] = [];
+    for (const path of ['/small-answer', '/small-own-answer']) {
+      const client = new RawH2(proxy.port, ca, HOST);
+      await client.secure;
+      client.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), frame(0x4, 0, 0, Buffer.from([0, 4, 0, 0, 0, 0]))]));
+      // Ours: a 421 for a name the certificate does not cover.
+      const authority = path === '/small-answer' ? HOST : 'elsewhere.test';
+      client.write(headerFrames(1, Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', authority)]), true));
+      const started = Date.now();
+      const line = await waitFor(
+        `the access line of ${path}`,
+        () => proxy.lines.find((l) => l.msg === 'request' && l.path === path),
+        4 * SEND_TIMEOUT_MS + 5_000,
+      );
+      results.push(`${path}: ${line.status} ${line.code} after ${Date.now() - started} ms`);
+      // Our 421 keeps its own code; the line says the answer was cut.
+      expect(line.code).toBe(path === '/small-answer' ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : 'KEYEDGE_HTTP_MISDIRECTED');
+      expect(line.aborted).toBe(true);
+      expect(Date.now() - started).toBeGreaterThan(SEND_TIMEOUT_MS - 500);
+      expect(client.resets).toBeGreaterThan(0);
+      client.tls.destroy();
+    }
+    console.log(results.join('; '));
+  }, 60_000);
 });

@@ -257,7 +257,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     this.aborted = this.reset || !answeredWhole(stream);
-    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnds.has(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     this.context.accounts.countStream(this);
   }
@@ -304,6 +304,20 @@ const cuts = new WeakSet<ServerHttp2Stream>();
 function cut(stream: ServerHttp2Stream): void {
   cuts.add(stream);
   if (!stream.destroyed) stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+}
+
+const stalledEnds = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * Cuts a stream whose answer was all written but whose end the client has
+ * not taken (its flow-control window stays shut) for `limits.sendTimeoutMs`
+ * (sessions.ts finds them): logged as KEYEDGE_HTTP_SEND_TIMEOUT, as the
+ * send-stall clock's cuts are, and not counted as the client's reset.
+ */
+export function cutStalledEnd(stream: ServerHttp2Stream): void {
+  stalledEnds.add(stream);
+  cuts.add(stream);
+  if (!stream.destroyed) stream.destroy();
 }
 
 /** Whether the stream was reset for a reason of ours (an origin failed mid-answer), not counted against its client. */
