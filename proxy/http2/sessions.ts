@@ -198,6 +198,9 @@ export class Http2Sessions {
    * idle deadline waits for no stream to be open), for ever. So an answer
    * whose end has been waiting with no byte taken (its pending length
    * unchanged) for `limits.sendTimeoutMs` is cut, as the clock would cut it.
+   * Node completes a stream's writes in batches, so progress shows a batch
+   * at a time (at most the high-water mark and a chunk): the granularity of
+   * the clock's 'drain'.
    */
   #checkEnds(live: Live, now: number): void {
     for (const stream of live.open) {
