@@ -305,4 +305,24 @@ describe('HTTP/2 framing abuse', () => {
     }
     console.log(results.join('; '));
   }, 60_000);
+
+  it('an answer cut for a stalled client is reset with an error code, never RST_STREAM NO_ERROR, which says it was whole (RFC 9113 §8.1)', async () => {
+    const session = h2Connect(proxy.port, ca, HOST);
+    try {
+      const stream = session.request({ ':path': '/big' });
+      stream.on('error', () => undefined);
+      // Not read: Node's client grants no window while its stream is paused, so the proxy's writes stall.
+      stream.pause();
+      const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+      await new Promise((resolve) => setTimeout(resolve, SEND_TIMEOUT_MS + 2_000));
+      let received = 0;
+      stream.on('data', (chunk: Buffer) => (received += chunk.length));
+      stream.resume();
+      await closed;
+      expect(received).toBeLessThan(8 * 1024 * 1024);
+      expect(stream.rstCode).not.toBe(http2.constants.NGHTTP2_NO_ERROR);
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
 });

@@ -317,7 +317,8 @@ const stalledEnds = new WeakSet<ServerHttp2Stream>();
 export function cutStalledEnd(stream: ServerHttp2Stream): void {
   stalledEnds.add(stream);
   cuts.add(stream);
-  if (!stream.destroyed) stream.destroy();
+  // Not destroy(): that resets with NO_ERROR, which says the answer was whole (RFC 9113 §8.1).
+  if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL);
 }
 
 /** Whether the stream was reset for a reason of ours (an origin failed mid-answer), not counted against its client. */
