@@ -1,10 +1,11 @@
 /**
  * The write-stall timeout of an answer being relayed (nginx's send_timeout):
  * when the client has taken nothing of it for `timeoutMs` while the proxy had
- * more to send, the client has stopped reading. Its connection is destroyed,
- * which ends the relay, and the relay's end aborts the origin request: a
- * client that never reads an 8 MB answer must not hold an origin connection
- * (and the answer's buffers) for ever.
+ * more to send, the client has stopped reading. Its connection is destroyed
+ * (an HTTP/2 stream is reset with CANCEL), which ends the relay, and the
+ * relay's end aborts the origin request: a client that never reads an 8 MB
+ * answer must not hold an origin connection (and the answer's buffers) for
+ * ever.
  *
  * "Had more to send" is the answer refusing a chunk (`res.write` returned
  * false, forward.ts and http2/exchange.ts then pause the origin; an HTTP/2
@@ -14,6 +15,7 @@
  * here.
  */
 import type { ServerResponse } from 'node:http';
+import { constants } from 'node:http2';
 
 /** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
 const stalled = new WeakSet<ServerResponse>();
@@ -72,7 +74,7 @@ export class SendStallClock {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       stalled.add(this.#res);
-      this.#res.destroy();
+      cutAnswer(this.#res);
     }, this.#timeoutMs);
   }
 
@@ -81,6 +83,18 @@ export class SendStallClock {
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
+}
+
+/**
+ * Ends a stalled answer. An HTTP/2 stream standing in for it (http2/
+ * origin-handler.ts) is reset with CANCEL: its destroy() resets it with
+ * NO_ERROR, which tells the client the answer was whole (RFC 9113 §8.1), and
+ * a client that read on got a truncated answer as a complete one.
+ */
+function cutAnswer(res: ServerResponse): void {
+  const stream = res as unknown as { readonly session?: unknown; close?: (code: number) => void };
+  if ('session' in res && typeof stream.close === 'function') stream.close(constants.NGHTTP2_CANCEL);
+  else res.destroy();
 }
 
 /** Whether `res` was closed because its client stopped reading. */

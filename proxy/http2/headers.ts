@@ -13,7 +13,8 @@
  * Answers: an HTTP/2 answer must not carry connection-specific fields
  * (§8.2.2; Node refuses to send them), nor `:`-names; what the origin sent in
  * them (Connection and what it names, Keep-Alive, Transfer-Encoding, Upgrade,
- * Proxy-Connection) is dropped.
+ * Proxy-Connection) is dropped; of a field Node sends only once
+ * (Content-Type, Date, ETag, …) repeated by the origin, the first is kept.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders } from 'node:http2';
@@ -65,10 +66,57 @@ const NAMES_NOTHING = new Set(['keep-alive', 'close', 'Keep-Alive', 'Close']);
 const CONNECTION_SPECIFIC = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings', 'te']);
 
 /**
+ * The fields Node's HTTP/2 layer refuses to send more than once
+ * (ERR_HTTP2_HEADER_SINGLE_VALUE, lib/internal/http2/util.js
+ * kSingleValueHeaders; the same on Node 20, 22 and 24). HTTP/1.1 allows an
+ * origin to repeat them (two identical Content-Length, RFC 9110 §8.6; an
+ * X-Content-Type-Options set by both the application and its server), and
+ * an HTTP/1.1 client gets them as sent; an HTTP/2 one got a 502 for the whole
+ * answer. The first is kept, as Node itself keeps the first when it reads them.
+ */
+const SINGLE_VALUE = new Set([
+  'access-control-allow-credentials',
+  'access-control-max-age',
+  'access-control-request-method',
+  'age',
+  'authorization',
+  'content-encoding',
+  'content-language',
+  'content-length',
+  'content-location',
+  'content-md5',
+  'content-range',
+  'content-type',
+  'date',
+  'dnt',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-match',
+  'if-modified-since',
+  'if-none-match',
+  'if-range',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'range',
+  'referer',
+  'retry-after',
+  'tk',
+  'upgrade-insecure-requests',
+  'user-agent',
+  'x-content-type-options',
+]);
+
+/**
  * An origin's raw head or trailers (undici's [name, value, …], bytes as
  * latin1, RFC 9110 §5.5) as an HTTP/2 field section, in one pass and one
  * object: `:status` first when given, names lower-cased (RFC 9113 §8.2.1), a
- * repeated field as a list (two Set-Cookie stay two), what HTTP/2 forbids
+ * repeated field as a list (two Set-Cookie stay two; of one Node sends once,
+ * SINGLE_VALUE, the first), what HTTP/2 forbids
  * dropped (connection-specific fields, what Connection names, `:`-names),
  * then `extra`, which replaces what the origin sent of the same name.
  */
@@ -92,6 +140,7 @@ export function http2Fields(raw: readonly (Buffer | string)[], extra: Readonly<R
     const value = latin1(raw[i + 1]!);
     const seen = out[name];
     if (seen === undefined) out[name] = value;
+    else if (SINGLE_VALUE.has(name)) continue;
     else if (typeof seen === 'string') out[name] = [seen, value];
     else if (Array.isArray(seen)) seen.push(value);
     // A name Object.prototype has (constructor, __proto__): defined, not set, so it is just a field.

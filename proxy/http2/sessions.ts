@@ -17,14 +17,17 @@
  * - its open streams: when the connection ends, however it ends (socket
  *   closed, failed or at EOF, session closed or failed, or its TCP
  *   connection found gone while Node was not reading it: `#checkPeers`),
- *   each stream's origin request is aborted at once (origin-handler.ts).
+ *   each stream's origin request is aborted at once (origin-handler.ts);
+ *   and an answer whose end has waited on a shut flow-control window for
+ *   `limits.sendTimeoutMs` is cut (`#checkEnds`: the send-stall clock only
+ *   runs while a write is refused).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
  * Cost: one session object and a few closures per connection; per stream,
  * no listener of its own (the stream's one 'close' listener, stream.ts,
- * calls `#closed`); one getpeername(2) a second per connection with streams
- * open. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
+ * calls `#closed`); one getpeername(2) and a look at each open stream a
+ * second per connection with streams open. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
  * Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
@@ -40,7 +43,7 @@ import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { http2ServerOptions } from './settings.js';
-import { cutByUs, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
+import { cutByUs, cutStalledEnd, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
 
 /** Why a connection was closed by us (the `reason` label of keyedge_proxy_http2_connections_closed_total). */
 type Http2CloseReason = (typeof HTTP2_CLOSE_REASONS)[number];
@@ -92,6 +95,8 @@ export class Http2Sessions {
   #peerCheck: NodeJS.Timeout | undefined;
   /** The session made for the socket being handed over (set by #start). */
   #started: ServerHttp2Session | undefined;
+  /** Answers whose end waits on the client's window: since when, with how many bytes pending (#checkEnds). */
+  readonly #ends = new WeakMap<ServerHttp2Stream, { readonly at: number; readonly pending: number }>();
 
   constructor(options: Http2Options) {
     this.#options = options;
@@ -175,10 +180,35 @@ export class Http2Sessions {
    * have ended it. One system call per such connection per second.
    */
   #checkPeers(): void {
+    const now = Date.now();
     for (const [session, live] of this.#live) {
-      if (live.open.size === 0 || session.destroyed || !tcpConnectionGone(live.socket)) continue;
+      if (live.open.size === 0 || session.destroyed) continue;
+      this.#checkEnds(live, now);
+      if (!tcpConnectionGone(live.socket)) continue;
       this.#ended(session, true);
       live.socket.destroy();
+    }
+  }
+
+  /**
+   * The send-stall clock (send-stall.ts) runs only while a write is refused;
+   * an answer small enough to be written whole (or the last part of a large
+   * one) ends with its bytes still waiting on the client's window, and a
+   * client that never opens it held that stream, and so its connection (whose
+   * idle deadline waits for no stream to be open), for ever. So an answer
+   * whose end has been waiting with no byte taken (its pending length
+   * unchanged) for `limits.sendTimeoutMs` is cut, as the clock would cut it.
+   * Node completes a stream's writes in batches, so progress shows a batch
+   * at a time (at most the high-water mark and a chunk): the granularity of
+   * the clock's 'drain'.
+   */
+  #checkEnds(live: Live, now: number): void {
+    for (const stream of live.open) {
+      if (!stream.writableEnded || stream.writableFinished || stream.destroyed) continue;
+      const pending = stream.writableLength;
+      const seen = this.#ends.get(stream);
+      if (seen === undefined || seen.pending !== pending) this.#ends.set(stream, { at: now, pending });
+      else if (now - seen.at >= this.#options.limits.sendTimeoutMs) cutStalledEnd(stream);
     }
   }
 
@@ -233,7 +263,11 @@ export class Http2Sessions {
   #closed(session: ServerHttp2Session, live: Live, stream: ServerHttp2Stream): void {
     live.open.delete(stream);
     const code = stream.rstCode;
-    if (code === undefined || code === constants.NGHTTP2_NO_ERROR || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
+    if (code === undefined || cutByUs(stream) || stalledSend(stream as unknown as ServerResponse)) return;
+    // NO_ERROR is a normal end, or our RST_STREAM after a whole answer (RFC 9113 §8.1). A client's RST_STREAM NO_ERROR
+    // while the answer was still open ('aborted') is Rapid Reset all the same: HEADERS + RST_STREAM(NO_ERROR) pairs were
+    // never counted, only nghttp2's looser bound (1,000 at once) stopped them. Streams ended by the connection's end are not.
+    if (code === constants.NGHTTP2_NO_ERROR && (!stream.aborted || session.destroyed)) return;
     if (!live.resets.reset(Date.now()) && !live.closing) this.#abuse(session, live);
   }
 

@@ -8,7 +8,8 @@
  *   connection with GOAWAY ENHANCE_YOUR_CALM.
  * - SETTINGS_MAX_HEADER_LIST_SIZE: `limits.maxHeaderBytes`, as HTTP/1.1's 431
  *   bound (RFC 9113 §6.5.2; HPACK-decoded size, §6.5.2's octet count), and
- *   `maxHeaderListPairs` fields at most.
+ *   `maxHeaderListPairs` fields at most. Node enforces the size only once the
+ *   client has acknowledged our SETTINGS, so stream.ts checks it again (431).
  * - SETTINGS_INITIAL_WINDOW_SIZE: 64 KiB, the protocol's default (§6.9.2):
  *   what a client may send on a stream before the proxy reads it, so unread
  *   request bodies hold at most streams × 64 KiB per connection.

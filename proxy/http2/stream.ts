@@ -1,6 +1,6 @@
 /**
  * One HTTP/2 request: routed by its `:authority`, answered by us (421, 404,
- * 413, 400, `OPTIONS *`) or forwarded (exchange.ts), with one access line
+ * 413, 431, 400, `OPTIONS *`) or forwarded (exchange.ts), with one access line
  * and one count per stream, as HTTP/1.1 requests get (proxy/http/handler.ts,
  * whose routing and refusals it shares).
  *
@@ -50,6 +50,8 @@ export interface StreamHandlerOptions {
   readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** `maxHeaderBytes`: the request header list's bound (RFC 9113 §6.5.2), checked here too (`headersOverLimit`). */
+  readonly limits?: { readonly maxHeaderBytes: number };
 }
 
 /** What the connection's owner (sessions.ts) gives each stream besides the options: made once per worker, or per connection. */
@@ -92,10 +94,45 @@ const SERVER_OPTIONS: Refusal = {
   body: '',
   headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' },
 };
-const BAD_TARGET: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: expected an origin-form :path\n' };
+const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', body: 'request header fields too large\n' };
+const BAD_TARGET: Refusal = {
+  status: 400,
+  code: 'KEYEDGE_HTTP_BAD_TARGET',
+  body: 'bad request target: expected an origin-form :path and a host[:port] authority\n',
+};
 
-/** `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there) or a `:path` that is not origin-form (CONNECT has none: extended CONNECT is not offered). */
-function ownAnswer(method: string, path: string): Refusal | undefined {
+/**
+ * Whether the header list is over `maxBytes`, counted as RFC 9113 §6.5.2
+ * does (name + value + 32 per field, pseudo-headers included). Node checks
+ * SETTINGS_MAX_HEADER_LIST_SIZE against the settings the client has
+ * acknowledged (nghttp2's local settings): a client that never sends the
+ * SETTINGS ACK meets Node's default bound instead, and had 100 KB header
+ * lists forwarded to the origin past a 16 KiB `limits.maxHeaderBytes` (Node
+ * 20.20, nghttp2 1.61; test/abuse-http2-framing.test.ts).
+ */
+function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): boolean {
+  let size = 0;
+  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * 32;
+  return size > maxBytes;
+}
+
+/**
+ * An authority as `host[:port]` (RFC 3986 §3.2.2, §3.2.3): no userinfo
+ * (RFC 9113 §8.3.1 forbids it in `:authority`), a port of digits only.
+ * nghttp2 lets `@` and `,` through, and routing reads only the name before
+ * the first `:`: `a.example:1@evil.example` was routed to a.example and its
+ * origin got it as Host and X-Forwarded-Host, which an application building
+ * links from them reads as evil.example (Host header poisoning).
+ */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[^[\]:@]*)(?::[0-9]*)?$/;
+
+/**
+ * `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there), a `:path` that is not
+ * origin-form (CONNECT has none: extended CONNECT is not offered), or an
+ * authority that is not `host[:port]`.
+ */
+function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
+  if (authority !== undefined && !AUTHORITY.test(authority)) return BAD_TARGET;
   if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
   return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
 }
@@ -121,7 +158,9 @@ export function handleStream(
     return record.closed();
   }
   stream.on('close', onStreamClose);
-  const own = ownAnswer(request.method, request.path);
+  const maxHeaderBytes = options.limits?.maxHeaderBytes;
+  if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
+  const own = ownAnswer(request.method, request.path, request.authority);
   if (own !== undefined) return record.respond(own);
   if ('refusal' in route) return record.respond(route.refusal);
   const target = route.domain;
@@ -218,7 +257,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     this.aborted = this.reset || !answeredWhole(stream);
-    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnds.has(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     this.context.accounts.countStream(this);
   }
@@ -267,6 +306,21 @@ function cut(stream: ServerHttp2Stream): void {
   if (!stream.destroyed) stream.close(constants.NGHTTP2_INTERNAL_ERROR);
 }
 
+const stalledEnds = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * Cuts a stream whose answer was all written but whose end the client has
+ * not taken (its flow-control window stays shut) for `limits.sendTimeoutMs`
+ * (sessions.ts finds them): logged as KEYEDGE_HTTP_SEND_TIMEOUT, as the
+ * send-stall clock's cuts are, and not counted as the client's reset.
+ */
+export function cutStalledEnd(stream: ServerHttp2Stream): void {
+  stalledEnds.add(stream);
+  cuts.add(stream);
+  // Not destroy(): that resets with NO_ERROR, which says the answer was whole (RFC 9113 §8.1).
+  if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL);
+}
+
 /** Whether the stream was reset for a reason of ours (an origin failed mid-answer), not counted against its client. */
 export function cutByUs(stream: ServerHttp2Stream): boolean {
   return cuts.has(stream);
@@ -285,9 +339,14 @@ function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }:
     },
   );
   stream.respond(head);
-  stream.end(body);
-  // A body the client still sends is not read: it may stop (RFC 9113 §8.1).
-  stream.once('finish', () => {
-    if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
-  });
+  // A HEAD's answer ends with its head: Node ends (and finishes) the stream in respond, and a body now is an error.
+  if (!stream.writableEnded) stream.end(body);
+  // A body the client still sends is not read: it may stop (RFC 9113 §8.1). Waiting for a 'finish' that HEAD's
+  // answer had already had left such a stream open for ever, holding its connection past every timeout.
+  if (stream.writableFinished) closeUnreadBody(stream);
+  else stream.once('finish', () => closeUnreadBody(stream));
+}
+
+function closeUnreadBody(stream: ServerHttp2Stream): void {
+  if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
 }

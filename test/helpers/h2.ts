@@ -78,7 +78,11 @@ export class RawH2 {
   error: string | undefined;
   #buffer = Buffer.alloc(0);
 
-  constructor(port: number, ca: string, servername: string) {
+  readonly #ackSettings: boolean;
+
+  /** `ackSettings` false: the server's SETTINGS are never acknowledged (§6.5.3), as a hostile client may do. */
+  constructor(port: number, ca: string, servername: string, { ackSettings = true }: { ackSettings?: boolean } = {}) {
+    this.#ackSettings = ackSettings;
     const tcp = net.connect({ host: '127.0.0.1', port });
     const failed = (err: NodeJS.ErrnoException): void => void (this.error ??= err.code ?? err.message);
     tcp.on('error', failed);
@@ -117,10 +121,38 @@ export class RawH2 {
       if (type === 0x3) this.resets++;
       if (type === 0x1) this.answers++;
       // SETTINGS from the server: acknowledge (§6.5.3), as any client must.
-      if (type === 0x4 && (flags & 0x1) === 0) this.write(frame(0x4, 0x1, 0, Buffer.alloc(0)));
+      if (type === 0x4 && (flags & 0x1) === 0 && this.#ackSettings) this.write(frame(0x4, 0x1, 0, Buffer.alloc(0)));
       this.#buffer = this.#buffer.subarray(9 + length);
     }
   }
+}
+
+/** An HPACK integer (RFC 7541 §5.1): `prefixBits` bits of the first byte, whose other bits are `first`. */
+function hpackInt(prefixBits: number, first: number, n: number): Buffer {
+  const max = (1 << prefixBits) - 1;
+  if (n < max) return Buffer.from([first | n]);
+  const out = [first | max];
+  for (n -= max; n >= 128; n = Math.floor(n / 128)) out.push((n % 128) + 128);
+  out.push(n);
+  return Buffer.from(out);
+}
+
+/** A header field as an HPACK literal without indexing, new name (RFC 7541 §6.2.2), any length; name and value are latin1. */
+export function hpackLiteral(name: string, value: string): Buffer {
+  const n = Buffer.from(name, 'latin1');
+  const v = Buffer.from(value, 'latin1');
+  return Buffer.concat([Buffer.from([0]), hpackInt(7, 0, n.length), n, hpackInt(7, 0, v.length), v]);
+}
+
+/** A header block as HEADERS then CONTINUATION frames of at most `frameBytes` (END_HEADERS on the last; END_STREAM when `endStream`). */
+export function headerFrames(streamId: number, block: Buffer, endStream: boolean, frameBytes = 16_384): Buffer {
+  const frames: Buffer[] = [];
+  for (let offset = 0; offset < block.length || offset === 0; offset += frameBytes) {
+    const first = offset === 0;
+    const last = offset + frameBytes >= block.length;
+    frames.push(frame(first ? 0x1 : 0x9, (first && endStream ? 0x1 : 0) | (last ? 0x4 : 0), streamId, block.subarray(offset, offset + frameBytes)));
+  }
+  return Buffer.concat(frames);
 }
 
 /** One frame: 24-bit length, type, flags, 31-bit stream id, payload (RFC 9113 §4.1). */
