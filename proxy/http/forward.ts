@@ -116,6 +116,10 @@ class Exchange extends OriginExchange<ForwardOptions> {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
     const { req, res } = this;
+    // 1xx (102, 103 Early Hints): an interim answer, the final one still to come from the same parser (RFC 9110 §15.2).
+    // It is dropped, as for HTTP/2 clients (http2/origin-handler.ts) and by nginx: writing it would use up the answer's
+    // one head, and the final one would then throw and cut the connection with nothing sent.
+    if (statusCode < 200) return true;
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;

@@ -19,6 +19,8 @@
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
  *   pool), the client's once the answer is sent.
+ * An Upgrade pipelined behind requests whose answers are still being sent
+ * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
  * An Upgrade request with a body (Content-Length over 0, any
  * Transfer-Encoding) is refused with 400: Node's server does not read it (it
  * arrives among the held bytes), and WebSocket handshakes (GET) have none.
@@ -31,7 +33,7 @@
  * carry HSTS like every HTTPS answer. A client gone before the answer is
  * logged and counted as 499 (nginx's "client closed request").
  */
-import http, { type IncomingMessage } from 'node:http';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -67,7 +69,7 @@ export interface UpgradeOptions {
 
 export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   const { pools, log, metrics } = options;
-  return (req, socket, head) => {
+  const handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const client = socket as tls.TLSSocket;
     // Held until the origin has switched protocols (above). The error
     // listener stays until the socket is gone: no phase may throw.
@@ -122,6 +124,8 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       dropOrigin?.();
       settle(CLIENT_GONE, undefined);
     });
+    // Gone while earlier answers on its connection were sent (above).
+    if (client.destroyed) return settle(CLIENT_GONE, undefined);
     if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
@@ -231,6 +235,44 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     };
     attempt(0);
   };
+  return (req, socket, head) => {
+    // An Upgrade pipelined behind requests whose answers are not all sent yet waits for them: answers go out in the
+    // order of the requests (RFC 9112 §9.3.2). Node hands the upgrade over at once; handled now, its 101 (or refusal)
+    // would overtake those answers, which would then be written into the switched connection (or be cut by a refusal).
+    if (answerInProgress(socket) === undefined) return handle(req, socket, head);
+    socket.pause();
+    // Node's server dropped its own error and 'drain' listeners when it handed the socket over; without the latter,
+    // an answer that met backpressure would wait for a 'drain' that never comes, until its send timeout cut it.
+    if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+    const drain = (): void => void answerInProgress(socket)?.emit('drain');
+    socket.on('drain', drain);
+    const wait = (): void => {
+      const earlier = answerInProgress(socket);
+      if (earlier === undefined) {
+        socket.off('drain', drain);
+        return handle(req, socket, head);
+      }
+      const next = (): void => {
+        earlier.off('finish', next);
+        earlier.off('close', next);
+        // After node's own 'finish' listener, which hands the socket to the next queued answer, if any.
+        wait();
+      };
+      earlier.once('finish', next);
+      earlier.once('close', next);
+    };
+    wait();
+  };
+}
+
+/**
+ * The answer that holds `socket` while it is being sent, if any: node's
+ * server keeps it as `socket._httpMessage` (Node 20 to 24), and answers queued
+ * behind it get the socket only once it is done, so none means none pending.
+ */
+function answerInProgress(socket: Duplex): ServerResponse | undefined {
+  const answer = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+  return answer == null || answer.writableFinished || answer.destroyed ? undefined : answer;
 }
 
 function connect(target: OriginTarget, timeoutMs: number): net.Socket {
