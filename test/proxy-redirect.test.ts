@@ -8,15 +8,23 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // The plain-HTTP listener: 308 to HTTPS for known domains, ACME challenges to the origin.
 let lab: KeylessLab;
 let proxy: RunningWorker;
+const BODY_LIMIT = 4096;
 /** The worker's log lines (JSON). */
 const logged: string[] = [];
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
-  proxy = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], httpRedirect: { host: '127.0.0.1', port: 0 } }), {
-    log: createLogger('redirect-test', 'info', { write: (line: string) => void logged.push(line) }),
-  });
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      httpRedirect: { host: '127.0.0.1', port: 0 },
+      limits: { maxBodyBytes: BODY_LIMIT },
+    }),
+    {
+      log: createLogger('redirect-test', 'info', { write: (line: string) => void logged.push(line) }),
+    },
+  );
 });
 afterAll(async () => {
   await proxy?.close();
@@ -30,7 +38,7 @@ interface Answer {
 }
 
 /** node:http, because fetch() may not set Host. */
-function get(host: string, path: string, method = 'GET'): Promise<Answer> {
+function get(host: string, path: string, method = 'GET', body?: string): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port: proxy.httpPort, path, method, headers: { host } }, (res) => {
       let body = '';
@@ -38,7 +46,7 @@ function get(host: string, path: string, method = 'GET'): Promise<Answer> {
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
     });
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -59,6 +67,14 @@ describe('plain HTTP', () => {
     expect(seen).toMatchObject({ host: 'shop.lab.test', url: '/.well-known/acme-challenge/token-123' });
     expect(seen.forwarded).toContain('proto=http;');
     expect(lab.origin.requests()).toBe(before + 1);
+  });
+
+  it('holds an ACME challenge request body to limits.maxBodyBytes, as on HTTPS: 413, and the origin gets nothing', async () => {
+    const before = lab.origin.requests();
+    const res = await get('shop.lab.test', '/.well-known/acme-challenge/big', 'POST', 'x'.repeat(2 * BODY_LIMIT));
+    expect(res.status).toBe(413);
+    expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_BODY_TOO_LARGE');
+    expect(lab.origin.requests()).toBe(before);
   });
 
   it('answers 404 to an unknown host, and to a host that is not a plain DNS name', async () => {
