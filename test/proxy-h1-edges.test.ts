@@ -30,6 +30,7 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
     socket.write(Buffer.alloc(BIG, 'a'));
   },
+  '/early-cookies': 'HTTP/1.1 401 Unauthorized\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 4\r\n\r\nnope',
   '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
 };
 
@@ -111,6 +112,18 @@ describe('interim answers from the origin', () => {
     const line = await accessLine(path);
     expect(line).toMatchObject({ status: 200, bytes: 5 });
     expect(line.code).toBeUndefined();
+  });
+});
+
+describe('an origin that answers before it has read the body', () => {
+  it('has its answer relayed with every field it sent (two Set-Cookie stay two), and Connection: close', async () => {
+    const head = `POST /early-cookies HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 1000000\r\n\r\n`;
+    // More than the body buffer, so the body streams and the origin answers while it is still coming.
+    const { received } = await exchange(head + 'x'.repeat(200_000), (r) => r.includes('\r\n\r\nnope'));
+    const answerHead = received.slice(0, received.indexOf('\r\n\r\n')).toLowerCase();
+    expect(answerHead.startsWith('http/1.1 401 ')).toBe(true);
+    expect(answerHead.match(/^set-cookie: .*$/gm)).toEqual(['set-cookie: a=1', 'set-cookie: b=2']);
+    expect(answerHead.match(/^connection: .*$/gm)).toEqual(['connection: close']);
   });
 });
 

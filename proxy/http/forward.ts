@@ -123,9 +123,14 @@ class Exchange extends OriginExchange<ForwardOptions> {
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
-    if (this.body !== null && !req.complete) closeAfterEarlyAnswer(req, res);
+    const early = this.body !== null && !req.complete;
+    const head = answerHeaderList(rawHeaders ?? [], this.extra);
+    // In the list, never by setHeader: once one field is set that way, node's writeHead sets each of the list's
+    // with setHeader too, and a field the origin repeated (two Set-Cookie) would keep only its last value.
+    if (early) head.push('connection', 'close');
     // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids) throws here: undici then aborts and calls onError.
-    res.writeHead(statusCode, answerHeaderList(rawHeaders ?? [], this.extra));
+    res.writeHead(statusCode, head);
+    if (early) closeAfterEarlyAnswer(req, res);
     return true;
   }
 
@@ -174,7 +179,7 @@ const LINGER_MS = 5000;
 /**
  * The origin answered before the client's body was all read (a 401 or 417
  * before reading it): undici stops sending the body, so the rest of it cannot
- * be told from a next request, and the answer says `Connection: close`.
+ * be told from a next request, and the answer says `Connection: close` (onHeaders).
  * Node then ends the socket and destroys it as soon as the end is flushed;
  * with the client still sending, closing on unread bytes resets the
  * connection, and the client may lose the answer. So the connection lingers
@@ -182,7 +187,6 @@ const LINGER_MS = 5000;
  * the client closes or LINGER_MS pass.
  */
 function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
-  res.setHeader('connection', 'close');
   const socket = req.socket;
   res.once('finish', () => {
     if (req.complete || socket.destroyed) return;
