@@ -31,6 +31,10 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     socket.write(Buffer.alloc(BIG, 'a'));
   },
   '/early-cookies': 'HTTP/1.1 401 Unauthorized\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 4\r\n\r\nnope',
+  // RFC 9110 §8.6: a 304 may carry the Content-Length its 200 would have had; a 204 has no content whatever it says.
+  '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
+  '/no-content': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n',
+  '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
   '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
 };
 
@@ -112,6 +116,22 @@ describe('interim answers from the origin', () => {
     const line = await accessLine(path);
     expect(line).toMatchObject({ status: 200, bytes: 5 });
     expect(line.code).toBeUndefined();
+  });
+});
+
+describe('answers without content that carry a Content-Length', () => {
+  it.each([
+    ['/not-modified', '304'],
+    ['/no-content', '204'],
+  ])('%s: relayed whole (%s), the connection stays usable for the next answer', async (path, status) => {
+    const text = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received, closed } = await exchange(text, (r) => r.endsWith('\r\n\r\nok'));
+    expect(closed).toBe(false);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual([status, '200']);
+    const line = await accessLine(path);
+    expect(line).toMatchObject({ status: Number(status) });
+    expect(line.code).toBeUndefined();
+    expect(line.aborted).toBeUndefined();
   });
 });
 

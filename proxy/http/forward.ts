@@ -62,6 +62,8 @@ class Exchange extends OriginExchange<ForwardOptions> {
   readonly res: Answer;
   readonly extra: ExtraHeaders;
   cancelQueued: (() => void) | undefined = undefined;
+  /** The answer is a 204 or 304: it has no content, whatever its Content-Length says (RFC 9110 §6.4.1). */
+  noContent = false;
 
   constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions, targets: readonly OriginTarget[], method: string) {
     super(pools, options, targets, method);
@@ -131,7 +133,21 @@ class Exchange extends OriginExchange<ForwardOptions> {
     // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids) throws here: undici then aborts and calls onError.
     res.writeHead(statusCode, head);
     if (early) closeAfterEarlyAnswer(req, res);
+    this.noContent = statusCode === 204 || statusCode === 304;
     return true;
+  }
+
+  /**
+   * undici checks an answer's Content-Length against the body it read, except
+   * for HEAD: a 304 that carries the length of the 200 it stands for (RFC 9110
+   * §8.6 allows it) or a 204 with one fails with
+   * UND_ERR_RES_CONTENT_LENGTH_MISMATCH once its head is in, and the client's
+   * connection would be cut for a whole answer. Such an answer is complete
+   * with its head (undici has closed that origin connection).
+   */
+  override onError(err: Error): void {
+    if (this.noContent && (err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') return this.onComplete();
+    super.onError(err);
   }
 
   onData(chunk: Buffer): boolean {
