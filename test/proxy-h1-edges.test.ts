@@ -20,6 +20,8 @@ let ca: string;
 let origin: net.Server;
 const lines: Record<string, unknown>[] = [];
 const sockets = new Set<net.Socket>();
+/** The request line of each request the origin received. */
+const originSaw: string[] = [];
 
 /** What the raw origin answers, by path: the bytes, or what to do with the socket. */
 const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
@@ -47,6 +49,7 @@ function rawOrigin(): net.Server {
     socket.on('data', (chunk: Buffer) => {
       buffered += chunk.toString('latin1');
       for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
+        originSaw.push(buffered.slice(0, buffered.indexOf('\r\n')));
         const path = buffered.slice(0, end).split(' ')[1] ?? '/';
         buffered = buffered.slice(end + 4);
         const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
@@ -170,5 +173,18 @@ describe('an Upgrade pipelined behind another request', () => {
     expect(closed).toBe(true);
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '421']);
     expect(received).toContain('slow-body');
+  });
+});
+
+describe('CONNECT', () => {
+  it.each([['e.lab.test:443'], ['http://e.lab.test/x']])('%s: our 400 after the answer pipelined before it, logged; no origin is asked', async (target) => {
+    const text = `GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\nCONNECT ${target} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received, closed } = await exchange(text, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '400']);
+    expect(received).toContain('slow-body');
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_BAD_TARGET');
+    expect(originSaw.filter((line) => line.startsWith('CONNECT'))).toEqual([]);
+    await waitFor('the CONNECT access line', () => lines.find((l) => l.access === true && l.method === 'CONNECT' && l.status === 400));
   });
 });

@@ -19,6 +19,7 @@
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
  *   pool), the client's once the answer is sent.
+ * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
  * An Upgrade request with a body (Content-Length over 0, any
@@ -57,6 +58,8 @@ const CLIENT_GONE = 499;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
+/** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts), 400. */
+const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -126,6 +129,8 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     });
     // Gone while earlier answers on its connection were sent (above).
     if (client.destroyed) return settle(CLIENT_GONE, undefined);
+    // Node hands a CONNECT over as it does an upgrade ('connect', server.ts); its target is never forwarded.
+    if (req.method === 'CONNECT') return refuse(CONNECT_REFUSED);
     if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
