@@ -13,6 +13,7 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 // are still being sent (RFC 9112 §9.3.2: answers go out in request order).
 const HOST = 'e.lab.test';
 const BIG = 8 * 1024 * 1024;
+const SEND_TIMEOUT_MS = 3000;
 
 let lab: KeylessLab;
 let proxy: RunningWorker;
@@ -20,6 +21,8 @@ let ca: string;
 let origin: net.Server;
 const lines: Record<string, unknown>[] = [];
 const sockets = new Set<net.Socket>();
+/** The origin connection of the last '/ws-ignored' request. */
+let refusing: net.Socket | undefined;
 /** The request line of each request the origin received. */
 const originSaw: string[] = [];
 
@@ -37,6 +40,12 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
   '/no-content': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n',
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // An origin that ignores the Upgrade and serves a page: relayed as an ordinary answer.
+  '/ws-ignored': (socket) => {
+    refusing = socket;
+    socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
+    socket.write(Buffer.alloc(BIG, 'p'));
+  },
   '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
 };
 
@@ -96,6 +105,7 @@ beforeAll(async () => {
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'e', chain: cert.file }],
+      limits: { sendTimeoutMs: SEND_TIMEOUT_MS },
       domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
     }),
     { log: createLogger('h1-edges-test', 'info', jsonLineSink(lines)) },
@@ -174,6 +184,26 @@ describe('an Upgrade pipelined behind another request', () => {
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '421']);
     expect(received).toContain('slow-body');
   });
+});
+
+describe('an Upgrade the origin answers with an ordinary answer', () => {
+  it('is cut, with its origin connection, when the client takes nothing of it for limits.sendTimeoutMs', async () => {
+    refusing = undefined;
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    // Reads nothing: the answer fills the socket buffers, then waits.
+    socket.pause();
+    socket.write(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-ignored '));
+    const origin = await waitFor('the origin connection', () => refusing);
+    const started = Date.now();
+    const closed = (s: net.Socket): Promise<void> => new Promise((resolve) => (s.destroyed ? resolve() : s.once('close', () => resolve())));
+    await Promise.race([closed(origin), new Promise((resolve) => setTimeout(resolve, SEND_TIMEOUT_MS + 12_000))]);
+    expect(origin.destroyed).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
+    socket.resume();
+    await closed(socket);
+  }, 30_000);
 });
 
 describe('CONNECT', () => {

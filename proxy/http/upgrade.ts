@@ -18,7 +18,8 @@
  * - any other answer is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
- *   pool), the client's once the answer is sent.
+ *   pool), the client's once the answer is sent, or when the client takes
+ *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests).
  * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
@@ -226,6 +227,18 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         headers.push(['connection', 'close']);
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
         res.on('error', () => undefined);
+        // A client that takes nothing of the answer for sendTimeoutMs is cut, its origin connection with it (the
+        // client's close drops it), as an answer to a request is (send-stall.ts): nothing else times out here.
+        let stall: NodeJS.Timeout | undefined;
+        const flowing = (): void => {
+          clearTimeout(stall);
+          stall = undefined;
+        };
+        res.on('pause', () => {
+          stall ??= setTimeout(() => client.destroy(), pools.sendTimeoutMs);
+        });
+        client.on('drain', flowing);
+        client.once('close', flowing);
         res.pipe(client, { end: false });
         res.once('close', () => {
           // Never back to a pool: the origin connection closes with its answer.
