@@ -218,3 +218,15 @@ describe('CONNECT', () => {
     await waitFor('the CONNECT access line', () => lines.find((l) => l.access === true && l.method === 'CONNECT' && l.status === 400));
   });
 });
+
+describe('a request the parser refuses, pipelined behind another', () => {
+  it.each([
+    ['obs-fold', `GET / HTTP/1.1\r\nHost: ${HOST}\r\nX-A: 1\r\n folded\r\n\r\n`, '400'],
+    ['a head over the limit', `GET / HTTP/1.1\r\nHost: ${HOST}\r\nX-Big: ${'b'.repeat(40_000)}\r\n\r\n`, '431'],
+  ])('%s: its error follows the earlier answer, whole, then the connection closes', async (_name, bad, status) => {
+    const { received, closed } = await exchange(`GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${bad}`, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', status]);
+    expect(received).toContain('\r\n\r\nslow-body');
+  });
+});

@@ -35,7 +35,7 @@
  * carry HSTS like every HTTPS answer. A client gone before the answer is
  * logged and counted as 499 (nginx's "client closed request").
  */
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -45,6 +45,7 @@ import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { answerInProgress, whenAnswersSent } from './queued.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -264,33 +265,11 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
     const drain = (): void => void answerInProgress(socket)?.emit('drain');
     socket.on('drain', drain);
-    const wait = (): void => {
-      const earlier = answerInProgress(socket);
-      if (earlier === undefined) {
-        socket.off('drain', drain);
-        return handle(req, socket, head);
-      }
-      const next = (): void => {
-        earlier.off('finish', next);
-        earlier.off('close', next);
-        // After node's own 'finish' listener, which hands the socket to the next queued answer, if any.
-        wait();
-      };
-      earlier.once('finish', next);
-      earlier.once('close', next);
-    };
-    wait();
+    whenAnswersSent(socket, () => {
+      socket.off('drain', drain);
+      handle(req, socket, head);
+    });
   };
-}
-
-/**
- * The answer that holds `socket` while it is being sent, if any: node's
- * server keeps it as `socket._httpMessage` (Node 20 to 24), and answers queued
- * behind it get the socket only once it is done, so none means none pending.
- */
-function answerInProgress(socket: Duplex): ServerResponse | undefined {
-  const answer = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
-  return answer == null || answer.writableFinished || answer.destroyed ? undefined : answer;
 }
 
 function connect(target: OriginTarget, timeoutMs: number): net.Socket {
