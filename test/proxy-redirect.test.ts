@@ -91,12 +91,11 @@ describe('plain HTTP', () => {
     const socket = net.connect(proxy.httpPort!, '127.0.0.1');
     socket.on('error', () => undefined);
     await new Promise((resolve) => socket.once('connect', resolve));
-    // A first answer on the connection: a parse error after it closes the connection at once (client-error.ts).
-    socket.write('GET / HTTP/1.1\r\nhost: shop.lab.test\r\n\r\n');
-    await new Promise((resolve) => socket.once('data', resolve));
-    // The challenge's body whole, then bytes no request starts with, in one segment: the body is read, the connection is gone.
-    socket.write('POST /.well-known/acme-challenge/gone HTTP/1.1\r\nhost: shop.lab.test\r\ncontent-length: 5\r\n\r\nhello\x01\x02\r\n\r\n');
-    await new Promise((resolve) => socket.once('close', resolve));
+    // The challenge's body whole, then a reset at once: the body is read, and the connection is gone as the request
+    // is sent or just after. (A parse error behind a whole request no longer closes the connection before that
+    // request's answer, client-error.ts, so it cannot stand in for the reset.)
+    socket.write('POST /.well-known/acme-challenge/gone HTTP/1.1\r\nhost: shop.lab.test\r\ncontent-length: 5\r\n\r\nhello');
+    socket.resetAndDestroy();
     await expect
       .poll(() =>
         logged
