@@ -77,6 +77,7 @@ export class HttpFront {
     const redirect = await startRedirectServer(address, {
       ...this.#options,
       trustedPeers: this.trustedPeers,
+      maxBodyBytes: this.#config.limits.maxBodyBytes,
       httpsPort,
       ...(challenges === undefined ? {} : { challenges }),
     });

@@ -8,15 +8,23 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // The plain-HTTP listener: 308 to HTTPS for known domains, ACME challenges to the origin.
 let lab: KeylessLab;
 let proxy: RunningWorker;
+const BODY_LIMIT = 4096;
 /** The worker's log lines (JSON). */
 const logged: string[] = [];
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
-  proxy = await startProxyWorker(lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], httpRedirect: { host: '127.0.0.1', port: 0 } }), {
-    log: createLogger('redirect-test', 'info', { write: (line: string) => void logged.push(line) }),
-  });
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      httpRedirect: { host: '127.0.0.1', port: 0 },
+      limits: { maxBodyBytes: BODY_LIMIT },
+    }),
+    {
+      log: createLogger('redirect-test', 'info', { write: (line: string) => void logged.push(line) }),
+    },
+  );
 });
 afterAll(async () => {
   await proxy?.close();
@@ -30,7 +38,7 @@ interface Answer {
 }
 
 /** node:http, because fetch() may not set Host. */
-function get(host: string, path: string, method = 'GET'): Promise<Answer> {
+function get(host: string, path: string, method = 'GET', body?: string): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port: proxy.httpPort, path, method, headers: { host } }, (res) => {
       let body = '';
@@ -38,7 +46,7 @@ function get(host: string, path: string, method = 'GET'): Promise<Answer> {
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
     });
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -61,6 +69,14 @@ describe('plain HTTP', () => {
     expect(lab.origin.requests()).toBe(before + 1);
   });
 
+  it('holds an ACME challenge request body to limits.maxBodyBytes, as on HTTPS: 413, and the origin gets nothing', async () => {
+    const before = lab.origin.requests();
+    const res = await get('shop.lab.test', '/.well-known/acme-challenge/big', 'POST', 'x'.repeat(2 * BODY_LIMIT));
+    expect(res.status).toBe(413);
+    expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_BODY_TOO_LARGE');
+    expect(lab.origin.requests()).toBe(before);
+  });
+
   it('answers 404 to an unknown host, and to a host that is not a plain DNS name', async () => {
     for (const host of ['unknown.example', 'evil.com/@x.lab.test']) {
       const res = await get(host, '/');
@@ -75,12 +91,11 @@ describe('plain HTTP', () => {
     const socket = net.connect(proxy.httpPort!, '127.0.0.1');
     socket.on('error', () => undefined);
     await new Promise((resolve) => socket.once('connect', resolve));
-    // A first answer on the connection: a parse error after it closes the connection at once (client-error.ts).
-    socket.write('GET / HTTP/1.1\r\nhost: shop.lab.test\r\n\r\n');
-    await new Promise((resolve) => socket.once('data', resolve));
-    // The challenge's body whole, then bytes no request starts with, in one segment: the body is read, the connection is gone.
-    socket.write('POST /.well-known/acme-challenge/gone HTTP/1.1\r\nhost: shop.lab.test\r\ncontent-length: 5\r\n\r\nhello\x01\x02\r\n\r\n');
-    await new Promise((resolve) => socket.once('close', resolve));
+    // The challenge's body whole, then a reset at once: the body is read, and the connection is gone as the request
+    // is sent or just after. (A parse error behind a whole request no longer closes the connection before that
+    // request's answer, client-error.ts, so it cannot stand in for the reset.)
+    socket.write('POST /.well-known/acme-challenge/gone HTTP/1.1\r\nhost: shop.lab.test\r\ncontent-length: 5\r\n\r\nhello');
+    socket.resetAndDestroy();
     await expect
       .poll(() =>
         logged

@@ -7,9 +7,11 @@
  * answer is written and the connection ended gracefully, then destroyed
  * after LINGER_MS if the client keeps it open (nginx's lingering close,
  * RFC 9112 §9.6). Nothing after the bad request is forwarded: Node's parser
- * stays in its error state, and what the client still sends is dropped.
+ * stays in its error state, and what the client still sends is dropped. The
+ * answers to requests pipelined before the bad one go out first (queued.ts).
  */
 import type { Duplex } from 'node:stream';
+import { answerInProgress, whenAnswersSent } from './queued.js';
 
 /** How long a connection we ended may stay open for the client to read our answer (nginx: lingering_timeout 5 s). */
 const LINGER_MS = 5_000;
@@ -27,16 +29,25 @@ const answered = new WeakSet<Duplex>();
 
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (answered.has(socket)) return;
+  answered.add(socket);
   // Node removed its own error listener before telling us; a reset from here on is expected.
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+  respond(err, socket, false);
+}
+
+/** Our answer, once the answers to the whole requests before the bad one are sent (`afterAnswers`: some were). */
+function respond(err: NodeJS.ErrnoException, socket: Duplex, afterAnswers: boolean): void {
+  const pending = answerInProgress(socket);
+  // Pipelined requests read whole before the bad one are answered first, in order (RFC 9112 §9.3.2): written now,
+  // our status would reach the client as the answer to the first of them, and theirs would be lost.
+  if (pending?.req.complete === true) return whenAnswersSent(socket, () => respond(err, socket, true));
   const written = (socket as Duplex & { bytesWritten?: number }).bytesWritten ?? 0;
-  // A client gone, or an answer already under way: nothing can be said on this connection.
-  if (!socket.writable || written > 0 || err.code === 'ECONNRESET') {
+  // A client gone, or an answer under way (the one to the request whose body went bad): nothing can be said on this connection.
+  if (!socket.writable || err.code === 'ECONNRESET' || pending?.headersSent === true || (!afterAnswers && written > 0)) {
     socket.destroy();
     return;
   }
   const { status, reason } = statusFor(err.code);
-  answered.add(socket);
   socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
   socket.once('close', () => clearTimeout(timer));

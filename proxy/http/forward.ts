@@ -62,6 +62,8 @@ class Exchange extends OriginExchange<ForwardOptions> {
   readonly res: Answer;
   readonly extra: ExtraHeaders;
   cancelQueued: (() => void) | undefined = undefined;
+  /** The answer is a 204 or 304: it has no content, whatever its Content-Length says (RFC 9110 §6.4.1). */
+  noContent = false;
 
   constructor(pools: OriginPools, req: IncomingMessage, res: Answer, options: ForwardOptions, targets: readonly OriginTarget[], method: string) {
     super(pools, options, targets, method);
@@ -116,13 +118,36 @@ class Exchange extends OriginExchange<ForwardOptions> {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
     const { req, res } = this;
+    // 1xx (102, 103 Early Hints): an interim answer, the final one still to come from the same parser (RFC 9110 §15.2).
+    // It is dropped, as for HTTP/2 clients (http2/origin-handler.ts) and by nginx: writing it would use up the answer's
+    // one head, and the final one would then throw and cut the connection with nothing sent.
+    if (statusCode < 200) return true;
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
-    if (this.body !== null && !req.complete) closeAfterEarlyAnswer(req, res);
+    const early = this.body !== null && !req.complete;
+    const head = answerHeaderList(rawHeaders ?? [], this.extra);
+    // In the list, never by setHeader: once one field is set that way, node's writeHead sets each of the list's
+    // with setHeader too, and a field the origin repeated (two Set-Cookie) would keep only its last value.
+    if (early) head.push('connection', 'close');
     // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids) throws here: undici then aborts and calls onError.
-    res.writeHead(statusCode, answerHeaderList(rawHeaders ?? [], this.extra));
+    res.writeHead(statusCode, head);
+    if (early) closeAfterEarlyAnswer(req, res);
+    this.noContent = statusCode === 204 || statusCode === 304;
     return true;
+  }
+
+  /**
+   * undici checks an answer's Content-Length against the body it read, except
+   * for HEAD: a 304 that carries the length of the 200 it stands for (RFC 9110
+   * §8.6 allows it) or a 204 with one fails with
+   * UND_ERR_RES_CONTENT_LENGTH_MISMATCH once its head is in, and the client's
+   * connection would be cut for a whole answer. Such an answer is complete
+   * with its head (undici has closed that origin connection).
+   */
+  override onError(err: Error): void {
+    if (this.noContent && (err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') return this.onComplete();
+    super.onError(err);
   }
 
   onData(chunk: Buffer): boolean {
@@ -170,7 +195,7 @@ const LINGER_MS = 5000;
 /**
  * The origin answered before the client's body was all read (a 401 or 417
  * before reading it): undici stops sending the body, so the rest of it cannot
- * be told from a next request, and the answer says `Connection: close`.
+ * be told from a next request, and the answer says `Connection: close` (onHeaders).
  * Node then ends the socket and destroys it as soon as the end is flushed;
  * with the client still sending, closing on unread bytes resets the
  * connection, and the client may lose the answer. So the connection lingers
@@ -178,7 +203,6 @@ const LINGER_MS = 5000;
  * the client closes or LINGER_MS pass.
  */
 function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
-  res.setHeader('connection', 'close');
   const socket = req.socket;
   res.once('finish', () => {
     if (req.complete || socket.destroyed) return;

@@ -1,14 +1,16 @@
 /**
- * Telling a queued answer that its client has gone. A pipelined request's
- * answer waits behind the one before it (RFC 9112 §9.3.2): node has not given
- * it the socket yet, so it gets no 'close' of its own when the connection
- * closes. Those answers are told here, through one 'close' listener per
- * connection however deep the pipeline (one listener per request would grow
- * with it). Answers that hold their socket need none of this: their 'close'
- * comes from node.
+ * Answers waiting on a connection. A pipelined request's answer waits behind
+ * the one before it (RFC 9112 §9.3.2): node has not given it the socket yet,
+ * so it gets no 'close' of its own when the connection closes. Those answers
+ * are told here, through one 'close' listener per connection however deep
+ * the pipeline (one listener per request would grow with it). Answers that
+ * hold their socket need none of this: their 'close' comes from node. And
+ * what must wait for a connection's answers to be sent (an upgrade, our answer
+ * to a request node could not parse) waits here.
  */
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 
 const waiting = new WeakMap<Socket, Set<() => void>>();
 
@@ -35,3 +37,32 @@ export function whenQueuedClientGone(socket: Socket, res: ServerResponse, gone: 
 }
 
 function noop(): void {}
+
+/**
+ * The answer that holds `socket` while it is being sent, if any: node's
+ * server keeps it as `socket._httpMessage` (Node 20 to 24), and answers queued
+ * behind it get the socket only once it is done, so none means none pending.
+ */
+export function answerInProgress(socket: Duplex): ServerResponse | undefined {
+  const answer = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+  return answer == null || answer.writableFinished || answer.destroyed ? undefined : answer;
+}
+
+/**
+ * Calls `then` once no answer is being sent or queued on `socket` (at once
+ * when none is): what comes after a request that node's server hands over
+ * without an answer of its own (an upgrade, a request it could not parse)
+ * must not overtake the answers of the requests before it (RFC 9112 §9.3.2).
+ */
+export function whenAnswersSent(socket: Duplex, then: () => void): void {
+  const earlier = answerInProgress(socket);
+  if (earlier === undefined) return then();
+  const next = (): void => {
+    earlier.off('finish', next);
+    earlier.off('close', next);
+    // After node's own 'finish' listener, which hands the socket to the next queued answer, if any.
+    whenAnswersSent(socket, then);
+  };
+  earlier.once('finish', next);
+  earlier.once('close', next);
+}

@@ -27,6 +27,8 @@ export interface RedirectOptions {
   readonly pools: OriginPools;
   /** Peers whose forwarding headers are kept; none when absent. */
   readonly trustedPeers?: TrustedPeers;
+  /** For domains without their own `maxBodyBytes` (limits.maxBodyBytes), as on HTTPS. */
+  readonly maxBodyBytes: number;
   /** The HTTPS port clients should use; 443 is left out of the Location. */
   readonly httpsPort: number;
   readonly log: Logger;
@@ -81,7 +83,8 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       return;
     }
     if (path.startsWith(ACME_CHALLENGE)) {
-      const maxBodyBytes = domain.maxBodyBytes ?? Infinity;
+      // The body limit is HTTPS's: a challenge path on port 80 is no way around it.
+      const maxBodyBytes = domain.maxBodyBytes ?? options.maxBodyBytes;
       forward(options.pools, domain, req, res, {
         extraHeaders: {},
         proto: 'http',

@@ -44,6 +44,8 @@ export function createHttp1Server(
     handler,
   );
   server.on('upgrade', upgrade);
+  // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
+  server.on('connect', upgrade);
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
   // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.

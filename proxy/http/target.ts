@@ -16,7 +16,7 @@
  *   origin accepts is that origin's business). nginx answers 400 to it. Any
  *   other method with `*` is 400.
  *
- * Authority-form is CONNECT's, which Node hands to 'connect' (not served).
+ * Authority-form is CONNECT's, which Node hands to 'connect': not served, 400 (upgrade.ts).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Refusal } from './handler.js';

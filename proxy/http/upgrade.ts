@@ -18,7 +18,11 @@
  * - any other answer is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
- *   pool), the client's once the answer is sent.
+ *   pool), the client's once the answer is sent, or when the client takes
+ *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests).
+ * A CONNECT comes here too (Node hands it over the same way) and gets 400.
+ * An Upgrade pipelined behind requests whose answers are still being sent
+ * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
  * An Upgrade request with a body (Content-Length over 0, any
  * Transfer-Encoding) is refused with 400: Node's server does not read it (it
  * arrives among the held bytes), and WebSocket handshakes (GET) have none.
@@ -41,6 +45,7 @@ import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
+import { answerInProgress, whenAnswersSent } from './queued.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -55,6 +60,8 @@ const CLIENT_GONE = 499;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
+/** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts), 400. */
+const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -67,7 +74,7 @@ export interface UpgradeOptions {
 
 export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   const { pools, log, metrics } = options;
-  return (req, socket, head) => {
+  const handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const client = socket as tls.TLSSocket;
     // Held until the origin has switched protocols (above). The error
     // listener stays until the socket is gone: no phase may throw.
@@ -122,6 +129,10 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       dropOrigin?.();
       settle(CLIENT_GONE, undefined);
     });
+    // Gone while earlier answers on its connection were sent (above).
+    if (client.destroyed) return settle(CLIENT_GONE, undefined);
+    // Node hands a CONNECT over as it does an upgrade ('connect', server.ts); its target is never forwarded.
+    if (req.method === 'CONNECT') return refuse(CONNECT_REFUSED);
     if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
@@ -217,6 +228,18 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         headers.push(['connection', 'close']);
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
         res.on('error', () => undefined);
+        // A client that takes nothing of the answer for sendTimeoutMs is cut, its origin connection with it (the
+        // client's close drops it), as an answer to a request is (send-stall.ts): nothing else times out here.
+        let stall: NodeJS.Timeout | undefined;
+        const flowing = (): void => {
+          clearTimeout(stall);
+          stall = undefined;
+        };
+        res.on('pause', () => {
+          stall ??= setTimeout(() => client.destroy(), pools.sendTimeoutMs);
+        });
+        client.on('drain', flowing);
+        client.once('close', flowing);
         res.pipe(client, { end: false });
         res.once('close', () => {
           // Never back to a pool: the origin connection closes with its answer.
@@ -230,6 +253,22 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       request.end();
     };
     attempt(0);
+  };
+  return (req, socket, head) => {
+    // An Upgrade pipelined behind requests whose answers are not all sent yet waits for them: answers go out in the
+    // order of the requests (RFC 9112 §9.3.2). Node hands the upgrade over at once; handled now, its 101 (or refusal)
+    // would overtake those answers, which would then be written into the switched connection (or be cut by a refusal).
+    if (answerInProgress(socket) === undefined) return handle(req, socket, head);
+    socket.pause();
+    // Node's server dropped its own error and 'drain' listeners when it handed the socket over; without the latter,
+    // an answer that met backpressure would wait for a 'drain' that never comes, until its send timeout cut it.
+    if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+    const drain = (): void => void answerInProgress(socket)?.emit('drain');
+    socket.on('drain', drain);
+    whenAnswersSent(socket, () => {
+      socket.off('drain', drain);
+      handle(req, socket, head);
+    });
   };
 }
 

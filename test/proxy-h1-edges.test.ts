@@ -1,0 +1,232 @@
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+
+// HTTP/1.1 edge cases between a raw client and a raw origin, against an
+// in-process worker: origins that send interim (1xx) answers before the final
+// one (RFC 9110 §15.2), and an Upgrade pipelined behind requests whose answers
+// are still being sent (RFC 9112 §9.3.2: answers go out in request order).
+const HOST = 'e.lab.test';
+const BIG = 8 * 1024 * 1024;
+const SEND_TIMEOUT_MS = 3000;
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+let origin: net.Server;
+const lines: Record<string, unknown>[] = [];
+const sockets = new Set<net.Socket>();
+/** The origin connection of the last '/ws-ignored' request. */
+let refusing: net.Socket | undefined;
+/** The request line of each request the origin received. */
+const originSaw: string[] = [];
+
+/** What the raw origin answers, by path: the bytes, or what to do with the socket. */
+const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
+  '/early-hints': 'HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
+  '/processing': 'HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
+  '/slow': (socket) => setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nslow-body'), 500),
+  '/big': (socket) => {
+    socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
+    socket.write(Buffer.alloc(BIG, 'a'));
+  },
+  '/early-cookies': 'HTTP/1.1 401 Unauthorized\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 4\r\n\r\nnope',
+  // RFC 9110 §8.6: a 304 may carry the Content-Length its 200 would have had; a 204 has no content whatever it says.
+  '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
+  '/no-content': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n',
+  '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // An origin that ignores the Upgrade and serves a page: relayed as an ordinary answer.
+  '/ws-ignored': (socket) => {
+    refusing = socket;
+    socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
+    socket.write(Buffer.alloc(BIG, 'p'));
+  },
+  '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
+};
+
+function rawOrigin(): net.Server {
+  return net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
+        originSaw.push(buffered.slice(0, buffered.indexOf('\r\n')));
+        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
+        buffered = buffered.slice(end + 4);
+        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
+        if (typeof answer === 'string') socket.write(answer);
+        else answer(socket);
+      }
+    });
+  });
+}
+
+/** Writes `text` on a new TLS connection; resolves with what came back once `done` says so, or when the connection closes. */
+function exchange(text: string, done: (received: string) => boolean): Promise<{ received: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    let received = '';
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    const end = (closed: boolean): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ received, closed });
+    };
+    const timer = setTimeout(() => end(false), 20_000);
+    socket.once('secureConnect', () => socket.write(text));
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      if (done(received)) end(false);
+    });
+    socket.on('error', () => undefined);
+    socket.once('close', () => end(true));
+  });
+}
+
+const accessLine = (path: string): Promise<Record<string, unknown>> =>
+  waitFor(`the access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path));
+
+const upgradeHead = (host: string): string =>
+  `GET /ws HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('e', lab.keys.ec, [HOST]);
+  origin = rawOrigin();
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'e', chain: cert.file }],
+      limits: { sendTimeoutMs: SEND_TIMEOUT_MS },
+      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+    }),
+    { log: createLogger('h1-edges-test', 'info', jsonLineSink(lines)) },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  for (const socket of sockets) socket.destroy();
+  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await lab?.close();
+});
+
+describe('interim answers from the origin', () => {
+  it.each([['/early-hints'], ['/processing']])('%s: the final answer reaches the client whole, on a connection that stays usable', async (path) => {
+    const twice = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received, closed } = await exchange(twice, (r) => r.split('hello').length === 3);
+    expect(closed).toBe(false);
+    // Each answer's head is its final one, 200, and both bodies came whole.
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '200']);
+    const line = await accessLine(path);
+    expect(line).toMatchObject({ status: 200, bytes: 5 });
+    expect(line.code).toBeUndefined();
+  });
+});
+
+describe('answers without content that carry a Content-Length', () => {
+  it.each([
+    ['/not-modified', '304'],
+    ['/no-content', '204'],
+  ])('%s: relayed whole (%s), the connection stays usable for the next answer', async (path, status) => {
+    const text = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received, closed } = await exchange(text, (r) => r.endsWith('\r\n\r\nok'));
+    expect(closed).toBe(false);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual([status, '200']);
+    const line = await accessLine(path);
+    expect(line).toMatchObject({ status: Number(status) });
+    expect(line.code).toBeUndefined();
+    expect(line.aborted).toBeUndefined();
+  });
+});
+
+describe('an origin that answers before it has read the body', () => {
+  it('has its answer relayed with every field it sent (two Set-Cookie stay two), and Connection: close', async () => {
+    const head = `POST /early-cookies HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: 1000000\r\n\r\n`;
+    // More than the body buffer, so the body streams and the origin answers while it is still coming.
+    const { received } = await exchange(head + 'x'.repeat(200_000), (r) => r.includes('\r\n\r\nnope'));
+    const answerHead = received.slice(0, received.indexOf('\r\n\r\n')).toLowerCase();
+    expect(answerHead.startsWith('http/1.1 401 ')).toBe(true);
+    expect(answerHead.match(/^set-cookie: .*$/gm)).toEqual(['set-cookie: a=1', 'set-cookie: b=2']);
+    expect(answerHead.match(/^connection: .*$/gm)).toEqual(['connection: close']);
+  });
+});
+
+describe('an Upgrade pipelined behind another request', () => {
+  it('waits for the earlier answer: it arrives first and whole, then the 101 and the switched bytes', async () => {
+    const { received, closed } = await exchange(`GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${upgradeHead(HOST)}`, (r) => r.includes('FROM-ORIGIN'));
+    expect(closed).toBe(false);
+    expect(received.startsWith('HTTP/1.1 200 ')).toBe(true);
+    expect(received.indexOf('slow-body')).toBeLessThan(received.indexOf('HTTP/1.1 101 '));
+    expect(received.endsWith('\r\n\r\nFROM-ORIGIN')).toBe(true);
+    expect(await accessLine('/slow')).toMatchObject({ status: 200, bytes: 9 });
+    expect(await accessLine('/ws')).toMatchObject({ status: 101 });
+  });
+
+  it('behind an answer larger than the socket buffers: that answer is not stalled, and the 101 follows it', async () => {
+    const { received } = await exchange(`GET /big HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${upgradeHead(HOST)}`, (r) => r.includes('FROM-ORIGIN'));
+    const body = received.indexOf('\r\n\r\n') + 4;
+    expect(received.indexOf('HTTP/1.1 101 ')).toBe(body + BIG);
+    expect(await accessLine('/big')).toMatchObject({ status: 200, bytes: BIG });
+  }, 30_000);
+
+  it('refused (421) only after the earlier answer went out whole', async () => {
+    const { received, closed } = await exchange(`GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${upgradeHead('other.lab.test')}`, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '421']);
+    expect(received).toContain('slow-body');
+  });
+});
+
+describe('an Upgrade the origin answers with an ordinary answer', () => {
+  it('is cut, with its origin connection, when the client takes nothing of it for limits.sendTimeoutMs', async () => {
+    refusing = undefined;
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    // Reads nothing: the answer fills the socket buffers, then waits.
+    socket.pause();
+    socket.write(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-ignored '));
+    const origin = await waitFor('the origin connection', () => refusing);
+    const started = Date.now();
+    const closed = (s: net.Socket): Promise<void> => new Promise((resolve) => (s.destroyed ? resolve() : s.once('close', () => resolve())));
+    await Promise.race([closed(origin), new Promise((resolve) => setTimeout(resolve, SEND_TIMEOUT_MS + 12_000))]);
+    expect(origin.destroyed).toBe(true);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
+    socket.resume();
+    await closed(socket);
+  }, 30_000);
+});
+
+describe('CONNECT', () => {
+  it.each([['e.lab.test:443'], ['http://e.lab.test/x']])('%s: our 400 after the answer pipelined before it, logged; no origin is asked', async (target) => {
+    const text = `GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\nCONNECT ${target} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+    const { received, closed } = await exchange(text, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '400']);
+    expect(received).toContain('slow-body');
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_BAD_TARGET');
+    expect(originSaw.filter((line) => line.startsWith('CONNECT'))).toEqual([]);
+    await waitFor('the CONNECT access line', () => lines.find((l) => l.access === true && l.method === 'CONNECT' && l.status === 400));
+  });
+});
+
+describe('a request the parser refuses, pipelined behind another', () => {
+  it.each([
+    ['obs-fold', `GET / HTTP/1.1\r\nHost: ${HOST}\r\nX-A: 1\r\n folded\r\n\r\n`, '400'],
+    ['a head over the limit', `GET / HTTP/1.1\r\nHost: ${HOST}\r\nX-Big: ${'b'.repeat(40_000)}\r\n\r\n`, '431'],
+  ])('%s: its error follows the earlier answer, whole, then the connection closes', async (_name, bad, status) => {
+    const { received, closed } = await exchange(`GET /slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${bad}`, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', status]);
+    expect(received).toContain('\r\n\r\nslow-body');
+  });
+});
