@@ -25,6 +25,8 @@ const sockets = new Set<net.Socket>();
 let refusing: net.Socket | undefined;
 /** The request line of each request the origin received. */
 const originSaw: string[] = [];
+/** The whole head of each request the origin received. */
+const originHeads: string[] = [];
 
 /** What the raw origin answers, by path: the bytes, or what to do with the socket. */
 const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
@@ -59,6 +61,7 @@ function rawOrigin(): net.Server {
       buffered += chunk.toString('latin1');
       for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
         originSaw.push(buffered.slice(0, buffered.indexOf('\r\n')));
+        originHeads.push(buffered.slice(0, end));
         const path = buffered.slice(0, end).split(' ')[1] ?? '/';
         buffered = buffered.slice(end + 4);
         const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
@@ -228,5 +231,19 @@ describe('a request the parser refuses, pipelined behind another', () => {
     expect(closed).toBe(true);
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', status]);
     expect(received).toContain('\r\n\r\nslow-body');
+  });
+});
+
+describe('a Host that is not host[:port]', () => {
+  // RFC 9112 §3.2: a Host with an invalid value is answered 400. Routing reads the name before the first ':', so
+  // `e.lab.test:1@evil.test` was routed to e.lab.test and reached its origin as Host and X-Forwarded-Host, which an
+  // application building links from them reads as evil.test (Host header poisoning).
+  it.each([[`${HOST}:1@evil.test`], [`${HOST}:x`], [`evil.test@${HOST}`]])('%s: 400 KEYEDGE_HTTP_BAD_TARGET, never forwarded', async (host) => {
+    const before = originHeads.length;
+    const { received } = await exchange(`GET /host-probe HTTP/1.1\r\nHost: ${host}\r\n\r\n`, (r) => r.includes('\r\n\r\n'));
+    expect(received).toMatch(/^HTTP\/1\.1 400 /);
+    expect(originHeads.slice(before).join('\n')).not.toContain('evil');
+    expect(await accessLine('/host-probe')).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
+    lines.length = 0;
   });
 });

@@ -77,11 +77,14 @@ describe('plain HTTP', () => {
     expect(lab.origin.requests()).toBe(before);
   });
 
-  it('answers 404 to an unknown host, and to a host that is not a plain DNS name', async () => {
-    for (const host of ['unknown.example', 'evil.com/@x.lab.test']) {
+  it('answers 404 to an unknown host, and 400 to a Host that is not host[:port], never redirecting either', async () => {
+    for (const [host, status, code] of [
+      ['unknown.example', 404, 'KEYEDGE_HTTP_UNKNOWN_HOST'],
+      ['evil.com/@x.lab.test', 400, 'KEYEDGE_HTTP_BAD_TARGET'],
+    ] as const) {
       const res = await get(host, '/');
-      expect(res.status).toBe(404);
-      expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_UNKNOWN_HOST');
+      expect(res.status).toBe(status);
+      expect(res.headers['x-keyedge-error']).toBe(code);
       expect(res.headers.location).toBeUndefined();
     }
   });

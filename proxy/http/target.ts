@@ -17,6 +17,9 @@
  *   other method with `*` is 400.
  *
  * Authority-form is CONNECT's, which Node hands to 'connect': not served, 400 (upgrade.ts).
+ *
+ * The Host routed on must be `host[:port]` (RFC 9112 §3.2: a Host with an
+ * invalid value is 400; HTTP/2's :authority alike, RFC 9113 §8.3.1).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Refusal } from './handler.js';
@@ -27,6 +30,22 @@ export type RequestTarget =
 
 const badTarget = (why: string): Refusal => ({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: `bad request target: ${why}\n` });
 const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';
+/**
+ * `host[:port]` (RFC 3986 §3.2.2, §3.2.3): an IP literal or a reg-name, a
+ * port of digits. Routing reads the name before the first `:`, so without
+ * this `a.example:1@evil.example` (userinfo, which Host and :authority never
+ * carry) was routed to a.example and reached its origin as Host and
+ * X-Forwarded-Host, which an application building links from them reads as
+ * evil.example (Host header poisoning). An empty Host passes: it routes nowhere.
+ */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+const BAD_HOST = badTarget('the Host is not host[:port]');
+
+/** Our 400 for a Host (or HTTP/2 :authority) that is not `host[:port]`; undefined when it is, or absent. */
+export function hostRefusal(host: string | undefined): Refusal | undefined {
+  return host === undefined || AUTHORITY.test(host) ? undefined : BAD_HOST;
+}
+
 const SERVER_OPTIONS: Refusal = { status: 200, code: 'KEYEDGE_HTTP_SERVER_OPTIONS', body: '', headers: { allow: FORWARDED_METHODS } };
 
 /** What `method target` with Host `host` asks for; `path` of a refusal is safe to log (no userinfo, no query). */
@@ -51,9 +70,9 @@ export function requestTarget(method: string | undefined, target: string | undef
  */
 export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
   // Origin-form, nearly every request: nothing to change, nothing to allocate.
-  if (req.url?.startsWith('/') === true) return undefined;
+  if (req.url?.startsWith('/') === true) return hostRefusal(req.headers.host);
   const target = requestTarget(req.method, req.url, req.headers.host);
-  if ('asterisk' in target) return SERVER_OPTIONS;
+  if ('asterisk' in target) return hostRefusal(req.headers.host) ?? SERVER_OPTIONS;
   // A refused target is logged by its path only: the raw one may hold a password.
   req.url = target.path;
   if ('refusal' in target) return target.refusal;

@@ -26,6 +26,7 @@ import type { NameIndex } from '../tls/names.js';
 import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
+import { hostRefusal } from '../http/target.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
 import { answeredWhole, bodyPending, forwardStream, type StreamForwardOptions } from './exchange.js';
 import { type Http1Request, http1Request, http2Answer } from './headers.js';
@@ -98,7 +99,7 @@ const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TO
 const BAD_TARGET: Refusal = {
   status: 400,
   code: 'KEYEDGE_HTTP_BAD_TARGET',
-  body: 'bad request target: expected an origin-form :path and a host[:port] authority\n',
+  body: 'bad request target: expected an origin-form :path\n',
 };
 
 /**
@@ -117,22 +118,14 @@ function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): bool
 }
 
 /**
- * An authority as `host[:port]` (RFC 3986 §3.2.2, §3.2.3): no userinfo
- * (RFC 9113 §8.3.1 forbids it in `:authority`), a port of digits only.
- * nghttp2 lets `@` and `,` through, and routing reads only the name before
- * the first `:`: `a.example:1@evil.example` was routed to a.example and its
- * origin got it as Host and X-Forwarded-Host, which an application building
- * links from them reads as evil.example (Host header poisoning).
- */
-const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[^[\]:@]*)(?::[0-9]*)?$/;
-
-/**
  * `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there), a `:path` that is not
  * origin-form (CONNECT has none: extended CONNECT is not offered), or an
- * authority that is not `host[:port]`.
+ * authority that is not `host[:port]` (http/target.ts: nghttp2 lets `@` and
+ * `,` through, RFC 9113 §8.3.1 forbids userinfo there).
  */
 function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
-  if (authority !== undefined && !AUTHORITY.test(authority)) return BAD_TARGET;
+  const badAuthority = hostRefusal(authority);
+  if (badAuthority !== undefined) return badAuthority;
   if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
   return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
 }
