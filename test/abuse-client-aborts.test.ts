@@ -147,7 +147,10 @@ describe('clients that go away', () => {
   it('mid-answer: logged with the status that was sent, marked aborted, KEYEDGE_HTTP_CLIENT_CLOSED', async () => {
     const client = new RawClient(proxy.port, ca, HOST);
     await client.secure;
-    client.write(get(answerPath('chunked', 8 * MIB))('left-body'));
+    // Larger than what the kernel can hold between the origin and the proxy (send buffer up to 4 MiB, receive buffer up
+    // to tcp_rmem's 32 MiB here): with 8 MiB, a loaded machine let the origin write its whole answer into those buffers
+    // before the cut, and it was never seen abandoned.
+    client.write(get(answerPath('chunked', 64 * MIB))('left-body'));
     await client.receivedAtLeast(256 * KIB);
     client.cut('reset');
     const line = await waitFor('the access line', () => accessLine('/left-body/answer'));
