@@ -4,6 +4,7 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 
@@ -148,6 +149,25 @@ describe('answers without content that carry a Content-Length', () => {
     expect(line).toMatchObject({ status: Number(status) });
     expect(line.code).toBeUndefined();
     expect(line.aborted).toBeUndefined();
+  });
+});
+
+describe('answers without content that carry a Content-Length, to an HTTP/2 client', () => {
+  it.each([
+    ['/not-modified', 304],
+    ['/no-content', 204],
+  ])('%s: relayed whole (%s), not reset as if cut', async (path, status) => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Request(session, { ':path': path });
+      expect(answer.status).toBe(status);
+      const line = await waitFor(`the HTTP/2 access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path && l.protocol === 'h2'));
+      expect(line).toMatchObject({ status });
+      expect(line.code).toBeUndefined();
+      expect(line.aborted).toBeUndefined();
+    } finally {
+      await closeSession(session);
+    }
   });
 });
 

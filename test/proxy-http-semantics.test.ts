@@ -5,7 +5,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requestTarget } from '../proxy/http/target.js';
+import { hostRefusal, requestTarget } from '../proxy/http/target.js';
 import { curl, run } from './helpers/clients.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { freePort, refusedPort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -288,5 +288,27 @@ describe('requestTarget', () => {
 
   it.each(['https://a.lab.test:99999/x', 'mailto:a@lab.test', 'https://:pw@a.lab.test/', 'urn:x'])('%s is refused', (target) => {
     expect(requestTarget('GET', target, 'a.lab.test')).toMatchObject({ refusal: { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' } });
+  });
+});
+
+describe('hostRefusal', () => {
+  // Hosts ordinary clients send must pass (case, a trailing dot, `_`, punycode, an empty port, IP literals).
+  it.each([
+    'A.Lab.Test',
+    'a.lab.test.',
+    'a.lab.test.:8443',
+    'my_host.lab.test',
+    'xn--bcher-kva.lab.test',
+    'a.lab.test:',
+    '[::1]:443',
+    '[::ffff:127.0.0.1]:8443',
+    '127.0.0.1:8443',
+    '',
+  ])('%s passes', (host) => {
+    expect(hostRefusal(host)).toBeUndefined();
+  });
+
+  it.each(['a.lab.test:1@evil.test', 'evil.test@a.lab.test', 'a.lab.test:x', 'a.lab.test/x', 'a lab.test'])('%s is refused', (host) => {
+    expect(hostRefusal(host)).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
   });
 });

@@ -110,3 +110,18 @@ describe('plain HTTP', () => {
     expect(logged.slice(lines).join('')).not.toContain('could not reach the origin');
   });
 });
+
+describe('a request the parser refuses, pipelined behind redirects', () => {
+  // Our answers on this port are written at once; the parser's error for a request behind them must still follow them.
+  it('gets its 400 after their answers, in order', async () => {
+    const socket = net.connect(proxy.httpPort!, '127.0.0.1');
+    socket.on('error', () => undefined);
+    let received = '';
+    socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
+    await new Promise((resolve) => socket.once('connect', resolve));
+    const get = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: shop.lab.test\r\n\r\n`;
+    socket.write(`${get('/a')}${get('/b')}GET /c HTTP/1.1\r\nHost: shop.lab.test\r\nX-A: 1\r\n folded\r\n\r\n`);
+    await new Promise((resolve) => socket.once('close', resolve));
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['308', '308', '400']);
+  });
+});

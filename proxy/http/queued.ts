@@ -45,7 +45,9 @@ function noop(): void {}
  */
 export function answerInProgress(socket: Duplex): ServerResponse | undefined {
   const answer = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
-  return answer == null || answer.writableFinished || answer.destroyed ? undefined : answer;
+  // Not writableFinished: an answer written at once on a plain socket is finished before its 'finish' (next tick),
+  // which is what hands the socket to the answer queued behind it; taken as done, that one was overtaken (port 80).
+  return answer == null || answer.destroyed ? undefined : answer;
 }
 
 /**
