@@ -506,6 +506,29 @@ describe('a pool of key servers', () => {
     });
   }
 
+  it('SIGN_FAILED benches no key server: it may be about one key, and a client asking for that name again must not bench the pool', async () => {
+    // Each sign goes to the failing server first (never measured, it scores best), fails over and signs on the live one.
+    const path = join(stateDir, 'pool-sign-failed.sock');
+    const fake = await startFakeKeyserver(path, ['sign-failed'], ks.unixPath!);
+    try {
+      bridge.init({
+        servers: [
+          { name: 'live', socketPath: ks.unixPath! },
+          { name: 'failing', socketPath: path },
+        ],
+        timeoutMs: 2_000,
+        breakerMs: 60_000,
+      });
+      for (let i = 0; i < 3; i++) expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+      expect(server('failing').state).toBe('up');
+      expect(server('failing').failures.remote).toBeGreaterThanOrEqual(1);
+      expect(server('live').signs).toBe(3);
+    } finally {
+      await fake.stop();
+      useKeyserver();
+    }
+  });
+
   it('an ERROR about the key (UNKNOWN_KEY) benches no key server: the handshakes with other keys go on', async () => {
     // Else one handshake for a key the pool lacks would open every breaker and fail all handshakes.
     const local = generateKeyPairSync('ec', { namedCurve: 'P-256' });

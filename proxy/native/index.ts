@@ -55,7 +55,7 @@ export interface KeylessInitOptions {
   readonly servers?: readonly KeylessServer[];
   /** Deadline of one signature, connects and failovers included (default 250 ms, 1..60000). */
   readonly timeoutMs?: number;
-  /** After a connect failure, timeout, draining answer or (in a pool) any failed sign but an ERROR about the request or the key, a key server is skipped this long (default 200 ms, 0 = off). */
+  /** After a connect failure, timeout, draining answer or (in a pool) any failed sign but an ERROR about the request or the key (SIGN_FAILED counts as the key's), a key server is skipped this long (default 200 ms, 0 = off). */
   readonly breakerMs?: number;
   /** A key server marked down stays out of the choice until `setHealth(…, true)` (health checks run). */
   readonly healthChecked?: boolean;

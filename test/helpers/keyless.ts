@@ -215,6 +215,7 @@ export type FakeAnswer =
   | 'not-der' // a SIGNATURE that is no DER ECDSA-Sig-Value
   | 'overrun' // an item longer than the body
   | 'error-optional' // ERROR OVERLOADED ("busy") with an unknown optional item first
+  | 'sign-failed' // ERROR SIGN_FAILED (the token failed this key's sign)
   // With `upstream` (a real key server's socket), the request is relayed there and its answer is:
   | 'relay' // passed on as it is
   | 'twice' // passed on twice
@@ -243,6 +244,7 @@ const replies = {
   'not-der': (id) => frame(0x83, id, item(5, Buffer.alloc(70, 1))),
   'overrun': (id) => frame(0x83, id, item(5, Buffer.alloc(10, 1), 20)),
   'error-optional': (id) => frame(0xff, id, Buffer.concat([item(0xf0, Buffer.from('later')), item(7, Buffer.from([0, 11])), item(0x80, Buffer.from('busy'))])),
+  'sign-failed': (id) => frame(0xff, id, item(7, Buffer.from([0, 10]))),
 };
 const frames = (onFrame) => {
   let buf = Buffer.alloc(0);

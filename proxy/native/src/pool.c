@@ -210,10 +210,15 @@ static int request_at_fault(unsigned code)
            || code == ERR_ALGORITHM_MISMATCH || code == ERR_UNKNOWN_ALGORITHM || code == ERR_BAD_DIGEST_LENGTH;
 }
 
-/* Whether a failed attempt says something of the server, not only of the request or of one key. */
+/* Whether a failed attempt says something of the server, not only of the request or of one key.
+ * SIGN_FAILED may be about one key (a token error on its object): benching on it would let a client
+ * that keeps asking for a broken key's name bench every server of the pool, and fail every other
+ * domain's handshakes in this worker for breakerMs each time; a server whose token fails every key
+ * costs a quick refusal and a failover per sign instead, and its health checks still run. */
 static int server_at_fault(int st, unsigned code)
 {
-    return st != RPC_E_REMOTE || !(request_at_fault(code) || code == ERR_UNKNOWN_KEY || code == ERR_NOT_AUTHORISED);
+    return st != RPC_E_REMOTE
+           || !(request_at_fault(code) || code == ERR_UNKNOWN_KEY || code == ERR_NOT_AUTHORISED || code == ERR_SIGN_FAILED);
 }
 
 /* One attempt on one server; counts it there. */
@@ -260,11 +265,11 @@ static int attempt(server *s, const unsigned char *key_id, unsigned char alg, co
     }
     /* Gone, hanging or draining: skip it for a while (until a health check, when they run). In a pool,
      * after any failure that says something of the server too (garbled answers, refusals such as
-     * OVERLOADED or SIGN_FAILED, connections dropped mid-answer): a server that never signs is never
+     * OVERLOADED, connections dropped mid-answer): a server that never signs is never
      * measured, so it would score best and be tried first on every sign, each time a reconnect and an
-     * exchange for nothing. Not after an answer about the request (request_at_fault) or about one key
-     * (UNKNOWN_KEY, NOT_AUTHORISED: the server may sign other keys; the answer is quick and keeps the
-     * connection). Alone, a server is still tried on each sign: one bad answer does not fail the next. */
+     * exchange for nothing. Not after an answer about the request (request_at_fault) or that may be
+     * about one key (UNKNOWN_KEY, NOT_AUTHORISED, SIGN_FAILED: the server may sign other keys; the
+     * answer is quick and keeps the connection). Alone, a server is still tried on each sign: one bad answer does not fail the next. */
     if (open_failed || st == RPC_E_TIMEOUT || (st == RPC_E_REMOTE && *code == ERR_SHUTTING_DOWN)
         || (nservers > 1 && server_at_fault(st, *code))) {
         if (breaker_ms > 0)

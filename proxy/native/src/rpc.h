@@ -10,7 +10,7 @@
  * while it is idle so that every server is re-measured now and then). A
  * circuit breaker per key server: after a connect failure, a timeout, a
  * draining answer or (in a pool) any failure but an ERROR about the request
- * or the key, it is skipped for breaker_ms; with health checks on
+ * or the key (SIGN_FAILED counts as the key's), it is skipped for breaker_ms; with health checks on
  * (health_checked) it stays out until keyless_rpc_set_health says it is up.
  * A server is only skipped while another is usable: with every server
  * skipped, the breakers alone decide, so one key server behaves as before.
@@ -94,9 +94,10 @@ enum {
 #define ERR_ALGORITHM_MISMATCH 6
 #define ERR_UNKNOWN_ALGORITHM 7
 #define ERR_BAD_DIGEST_LENGTH 8
-/* About one key, not the server's health: no breaker in a pool (pool.c). */
+/* About one key, or may be, not the server's health: no breaker in a pool (pool.c). */
 #define ERR_UNKNOWN_KEY 5
 #define ERR_NOT_AUTHORISED 9
+#define ERR_SIGN_FAILED 10
 /* The connection is closed after these; a draining server is skipped for a while. */
 #define ERR_FRAME_TOO_LARGE 4
 #define ERR_SHUTTING_DOWN 13
