@@ -24,7 +24,7 @@ import type { ServedCertificate } from '../certs/certificate.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { type ConnectionInfo, keepConnection, type SecureConnectionHandler } from './connection.js';
 import { normaliseName } from './names.js';
-import { releaseControl, stapleOnSocket } from './node-internals.js';
+import { onNamelessHello, releaseControl, stapleOnSocket } from './node-internals.js';
 import { HTTP1, type ProtocolTable } from './protocols.js';
 
 /** The listener's choice of context for one connection. */
@@ -49,11 +49,11 @@ export type ContextChoice =
     }
   /** No certificate to show (no SNI, no default certificate): the handshake fails. */
   | { readonly kind: 'none'; readonly context: tls.SecureContext; readonly offered: readonly string[] | undefined }
-  /** A ClientHello only OpenSSL could read: the SNI callback picks, through `pick`. */
+  /** A ClientHello only OpenSSL could read: the certificate callback picks, through `pick` (no name: the default certificate). */
   | {
       readonly kind: 'by-callback';
       readonly context: tls.SecureContext;
-      readonly pick: (serverName: string) => { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined;
+      readonly pick: (serverName: string | undefined) => { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined;
     };
 
 export interface HandshakeSetting {
@@ -94,6 +94,17 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
     };
   }
   const socket = new tls.TLSSocket(raw, options);
+  if (choice.kind === 'by-callback') {
+    // Node asks the SNI callback only for a named server: a hello without SNI would stay on the context without a
+    // certificate and fail, where the same hello in one record gets the default certificate (listener.ts).
+    onNamelessHello(socket, () => {
+      const picked = choice.pick(undefined);
+      if (picked === undefined) return undefined;
+      certificate = picked.certificate;
+      if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
+      return picked.context;
+    });
+  }
   if (choice.kind === 'certificate' && choice.staple !== undefined) stapleOnSocket(socket, choice.staple);
   let settled = false;
   const fail = (code: string | undefined, reason: string): void => {

@@ -26,7 +26,8 @@
  * config refuses them (the unrecognized_name alert, RFC 6066 §3). A client
  * without SNI gets the default certificate; without one its handshake fails.
  * A ClientHello we cannot read (split over records, say) goes to OpenSSL
- * with an SNI callback: the rare path keeps working, at the old cost.
+ * with an SNI callback: the rare path keeps working, at the old cost, and a hello
+ * without SNI gets the default certificate there too.
  *
  * Cost per connection: one read callback, one context lookup, one TLS
  * socket, one small record (ConnectionInfo), one timer.
@@ -227,10 +228,10 @@ export class TlsListener {
     };
   }
 
-  /** For a ClientHello only OpenSSL could read: its SNI callback's choice. */
-  #pick(serverName: string): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
+  /** For a ClientHello only OpenSSL could read: its certificate callback's choice, as #choose's (no name: the default certificate). */
+  #pick(serverName: string | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     const state = this.#options.serving();
-    const selected = selectByName(state.sni, serverName, state.fallback)?.value;
+    const selected = serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value;
     if (selected === undefined) return undefined;
     return { certificate: selected, context: this.#contextOf(selected), staple: this.#options.stapler?.stapleOf(selected) };
   }
