@@ -15,6 +15,7 @@
  *
  * Concurrency: worker-local, synchronous.
  */
+import { createHash } from 'node:crypto';
 import tls from 'node:tls';
 import { LRUCache } from 'lru-cache';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
@@ -64,6 +65,7 @@ export class SecureContextCache {
     const context = tls.createSecureContext({
       ...TLS_PROFILES[profile],
       ...this.#extra,
+      sessionIdContext: sessionIdContext(profile, certificate),
       cert: certificate.chainPem,
       key: this.#keyPemFor(certificate),
     });
@@ -135,6 +137,19 @@ export class SecureContextCache {
     const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
     for (const key of [...this.#cache.keys()]) if (key.endsWith(suffix)) this.#cache.delete(key);
   }
+}
+
+/**
+ * One session-id context per profile and certificate name: OpenSSL resumes a
+ * session (a ticket: the ring is the same for every certificate) only in the
+ * context it was made in, so a session authenticated by one certificate never
+ * resumes on a connection served another one (RFC 6066 §3: not for another
+ * server name; RFC 8446 §4.6.1: only for a name the original certificate is
+ * valid for). By name, not serial: a renewed certificate keeps its sessions,
+ * and every node of a fleet derives the same one. OpenSSL takes at most 32 bytes.
+ */
+function sessionIdContext(profile: TlsProfileName, certificate: ServedCertificate): string {
+  return createHash('sha256').update(`${TLS_PROFILES[profile].sessionIdContext}\0${certificate.name}`).digest('hex').slice(0, 32);
 }
 
 function cacheKey(profile: TlsProfileName, certificate: ServedCertificate): string {
