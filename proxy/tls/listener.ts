@@ -66,8 +66,8 @@ export interface TlsListenerOptions {
   /** From accept to the end of the TLS handshake: past it the connection is closed. */
   readonly handshakeTimeoutMs: number;
   /**
-   * Told of each SNI name no certificate covers by itself (before any
-   * fallback): on-demand issuance may want it (acme/on-demand.ts). Must not
+   * Told of each SNI host name (normalised; not any other bytes) no
+   * certificate covers by itself (before any fallback): on-demand issuance may want it (acme/on-demand.ts). Must not
    * block; the handshake goes on with what serves now.
    */
   readonly onUncoveredName?: (serverName: string) => void;
@@ -79,6 +79,13 @@ export interface TlsListenerOptions {
 }
 
 let internalsChecked = false;
+
+/**
+ * What may be told as an uncovered name: letters, digits, hyphens, dots, up to 253 characters (RFC 1035 §2.3.4;
+ * RFC 6066 §3 names a host by its DNS name). The SNI is the client's bytes, up to 16 KB: anything else is no name
+ * a certificate could be issued for, and would cost the reporter's memory and the primary's messages.
+ */
+const HOST_NAME = /^[a-z0-9.-]{1,253}$/;
 
 export class TlsListener {
   #id: string;
@@ -213,7 +220,7 @@ export class TlsListener {
     const state = this.#options.serving();
     // One lookup per connection: a name no certificate covers by itself is told, then served the fallback, if any.
     const covering = peek.serverName === undefined ? undefined : selectByName(state.sni, peek.serverName, undefined)?.value;
-    if (covering === undefined && serverName !== undefined) this.#options.onUncoveredName?.(serverName);
+    if (covering === undefined && serverName !== undefined && HOST_NAME.test(serverName)) this.#options.onUncoveredName?.(serverName);
     const selected = peek.serverName === undefined ? state.noSni : (covering ?? state.fallback);
     // No default certificate for a client without SNI: a context without one, whose handshake fails as Node's did.
     if (selected === undefined)
