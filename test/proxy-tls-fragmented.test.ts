@@ -84,4 +84,13 @@ describe('a ClientHello fragmented over several records', () => {
     const result = await nodeGet(await fragmentingRelay(proxy.ports[0]!, 64), 'unknown.example', ca);
     expect(result.ok).toBe(false);
   });
+
+  // RFC 6066 §3: a session made with one certificate never resumes for a name another certificate serves.
+  it.each(['TLSv1.2', 'TLSv1.3'] as const)('over %s, a session resumes for its own certificate only', async (version) => {
+    const relay = await fragmentingRelay(proxy.ports[0]!, 64);
+    const first = await nodeGet(relay, 'ec.lab.test', ca, { maxVersion: version });
+    expect(first).toMatchObject({ ok: true, resumed: false });
+    const other = await nodeGet(relay, 'rsa.lab.test', ca, { maxVersion: version, session: first.session! });
+    expect(other).toMatchObject({ ok: true, resumed: false, subjectAltName: 'DNS:rsa.lab.test' });
+  });
 });

@@ -15,7 +15,7 @@
  *
  * Concurrency: worker-local, synchronous.
  */
-import { createHash } from 'node:crypto';
+import { constants, createHash } from 'node:crypto';
 import tls from 'node:tls';
 import { LRUCache } from 'lru-cache';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
@@ -77,14 +77,18 @@ export class SecureContextCache {
    * A context with the profile and no certificate, built once per profile: a
    * handshake on it fails (no certificate to show) unless an SNI callback
    * lends it a certificate's (the listener's path for a ClientHello it could
-   * not read). It holds the ticket keys too: OpenSSL asks the context a
-   * connection started with about tickets, whatever it switched to.
+   * not read). No session resumes on it and none is issued there
+   * (SSL_OP_NO_TICKET; Node keeps no session cache): OpenSSL decides on
+   * resumption before the SNI callback picks the certificate, in this
+   * context's session-id context, so a session made with one certificate
+   * would resume under another's name (RFC 6066 §3), and a resumed
+   * connection skips the callback, so its certificate would be unknown.
    */
   withoutCertificate(profile: TlsProfileName): tls.SecureContext {
     let context = this.#bare.get(profile);
     if (context === undefined) {
-      context = tls.createSecureContext({ ...TLS_PROFILES[profile], ...this.#extra });
-      if (this.#tickets !== undefined) useTicketKeyRing(context, this.#tickets.ring, this.#tickets.onLookup);
+      const options = { ...TLS_PROFILES[profile], ...this.#extra };
+      context = tls.createSecureContext({ ...options, secureOptions: (options.secureOptions ?? 0) | constants.SSL_OP_NO_TICKET });
       this.#bare.set(profile, context);
     }
     return context;

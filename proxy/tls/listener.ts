@@ -27,7 +27,8 @@
  * without SNI gets the default certificate; without one its handshake fails.
  * A ClientHello we cannot read (split over records, say) goes to OpenSSL
  * with an SNI callback: the rare path keeps working, at the old cost, and a hello
- * without SNI gets the default certificate there too.
+ * without SNI gets the default certificate there too; no session resumes
+ * there (contexts.ts, withoutCertificate).
  *
  * Cost per connection: one read callback, one context lookup, one TLS
  * socket, one small record (ConnectionInfo), one timer.
