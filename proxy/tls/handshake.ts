@@ -98,11 +98,16 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
     // Node asks the SNI callback only for a named server: a hello without SNI would stay on the context without a
     // certificate and fail, where the same hello in one record gets the default certificate (listener.ts).
     onNamelessHello(socket, () => {
-      const picked = choice.pick(undefined);
-      if (picked === undefined) return undefined;
-      certificate = picked.certificate;
-      if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
-      return picked.context;
+      try {
+        const picked = choice.pick(undefined);
+        if (picked === undefined) return undefined;
+        certificate = picked.certificate;
+        if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
+        return picked.context;
+      } catch {
+        // Logged where it failed (listener.ts); called from OpenSSL, it must not throw: no certificate, the handshake fails.
+        return undefined;
+      }
     });
   }
   if (choice.kind === 'certificate' && choice.staple !== undefined) stapleOnSocket(socket, choice.staple);
