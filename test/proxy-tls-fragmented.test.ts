@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ProxyConfig } from '../config/proxy-schema.js';
@@ -92,5 +93,24 @@ describe('a ClientHello fragmented over several records', () => {
     expect(first).toMatchObject({ ok: true, resumed: false });
     const other = await nodeGet(relay, 'rsa.lab.test', ca, { maxVersion: version, session: first.session! });
     expect(other).toMatchObject({ ok: true, resumed: false, subjectAltName: 'DNS:rsa.lab.test' });
+  });
+
+  it('hands an h2 connection to HTTP/2, which checks the Host against its certificate', async () => {
+    const relay = await fragmentingRelay(proxy.ports[0]!, 64);
+    const session = http2.connect(`https://127.0.0.1:${relay}`, { servername: 'rsa.lab.test', ca });
+    session.on('error', () => {});
+    const status = (authority: string): Promise<number | undefined> =>
+      new Promise((resolve) => {
+        const stream = session.request({ ':path': '/', ':authority': authority });
+        stream.on('response', (headers) => resolve(headers[':status']));
+        stream.on('error', () => resolve(undefined));
+        stream.resume();
+      });
+    try {
+      expect(await status('rsa.lab.test')).toBe(200);
+      expect(await status('ec.lab.test')).toBe(421);
+    } finally {
+      session.close();
+    }
   });
 });
