@@ -12,6 +12,7 @@ import { TlsListener } from '../proxy/tls/listener.js';
 const told: string[] = [];
 let listener: TlsListener;
 let port: number;
+let metrics: ProxyMetrics;
 
 beforeAll(async () => {
   const empty = { exact: new Map(), wildcard: new Map() };
@@ -23,7 +24,7 @@ beforeAll(async () => {
     http1: (socket) => socket.destroy(),
     handshakeTimeoutMs: 5_000,
     onUncoveredName: (name) => told.push(name),
-    metrics: new ProxyMetrics(() => ({}) as never, new Registry()),
+    metrics: (metrics = new ProxyMetrics(() => ({}) as never, new Registry())),
     log: createLogger('uncovered-test', 'silent'),
   });
   port = await listener.listen('127.0.0.1', 0);
@@ -43,12 +44,21 @@ function helloNaming(name: string): Buffer {
   return Buffer.concat([Buffer.from([22, 3, 1]), u16(handshake.length), handshake]);
 }
 
+/** The same hello cut into two records (RFC 8446 §5.1): only OpenSSL reads it, through the SNI callback. */
+function inTwoRecords(hello: Buffer): Buffer {
+  const body = hello.subarray(5);
+  const half = body.length >> 1;
+  const record = (part: Buffer): Buffer => Buffer.concat([Buffer.from([22, 3, 1, part.length >> 8, part.length & 0xff]), part]);
+  return Buffer.concat([record(body.subarray(0, half)), record(body.subarray(half))]);
+}
+
 /** Sends the hello and waits for the listener's answer (the unrecognized_name alert) and close. */
-async function send(name: string): Promise<Buffer> {
+async function send(name: string, split = false): Promise<Buffer> {
   const socket = net.connect(port, '127.0.0.1');
   const chunks: Buffer[] = [];
   socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.write(helloNaming(name));
+  socket.on('error', () => {});
+  socket.write(split ? inTwoRecords(helloNaming(name)) : helloNaming(name));
   socket.end();
   await new Promise((resolve) => socket.once('close', resolve));
   return Buffer.concat(chunks);
@@ -67,5 +77,15 @@ describe('names told to on-demand issuance', () => {
     // Refused either way, with the unrecognized_name alert (RFC 6066 §3).
     expect([...answer]).toEqual([21, 3, 3, 0, 2, 2, 112]);
     expect(told).toEqual(expected === undefined ? [] : [expected]);
+  });
+
+  it('a hello split over two records: told, refused before any certificate, and counted as an unknown name', async () => {
+    told.length = 0;
+    const before = (await metrics.handshakes.get()).values.find((v) => v.labels.result === 'unknown_name')?.value ?? 0;
+    const answer = await send('Split.Example', true);
+    expect(told).toEqual(['split.example']);
+    // No ServerHello (22), no certificate: only OpenSSL's alert, if any.
+    expect(answer[0]).not.toBe(22);
+    expect((await metrics.handshakes.get()).values.find((v) => v.labels.result === 'unknown_name')?.value).toBe(before + 1);
   });
 });

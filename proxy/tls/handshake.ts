@@ -73,6 +73,8 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
   const { metrics, log } = setting;
   let certificate = choice.kind === 'certificate' ? choice.certificate : undefined;
   let serverName = choice.kind === 'by-callback' || choice.kind === 'none' ? undefined : choice.serverName;
+  /** The SNI callback found no certificate for the name: counted as the listener counts its own refusals. */
+  let unknownName = false;
   const options: tls.TLSSocketOptions = {
     isServer: true,
     secureContext: choice.context,
@@ -83,7 +85,10 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
       try {
         const picked = choice.pick(name);
         // Node cannot send unrecognized_name from here: the handshake is closed before any certificate is shown.
-        if (picked === undefined) return done(new Error('no certificate for this server name'));
+        if (picked === undefined) {
+          unknownName = true;
+          return done(new Error('no certificate for this server name'));
+        }
         certificate = picked.certificate;
         serverName = normaliseName(name);
         if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
@@ -115,7 +120,7 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
   const fail = (code: string | undefined, reason: string): void => {
     if (settled) return;
     settled = true;
-    metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
+    metrics.handshakes.inc({ result: unknownName ? 'unknown_name' : 'failed', tls_version: 'none', resumed: 'false' });
     log.debug({ code, reason }, 'TLS handshake failed');
   };
   socket.on('_tlsError', (err: NodeJS.ErrnoException) => fail(err.code, err.message));

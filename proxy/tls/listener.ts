@@ -239,7 +239,15 @@ export class TlsListener {
   /** For a ClientHello only OpenSSL could read: its certificate callback's choice, as #choose's (no name: the default certificate). */
   #pick(serverName: string | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     const state = this.#options.serving();
-    const selected = serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value;
+    if (serverName === undefined) return this.#picked(state.noSni);
+    // As #choose: a name no certificate covers by itself is told, then served the fallback, if any.
+    const covering = selectByName(state.sni, serverName, undefined)?.value;
+    const name = normaliseName(serverName);
+    if (covering === undefined && name !== undefined && HOST_NAME.test(name)) this.#options.onUncoveredName?.(name);
+    return this.#picked(covering ?? state.fallback);
+  }
+
+  #picked(selected: ServedCertificate | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     if (selected === undefined) return undefined;
     return { certificate: selected, context: this.#contextOf(selected), staple: this.#options.stapler?.stapleOf(selected) };
   }
