@@ -102,12 +102,20 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (control === undefined) return text(404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
-        res
-          .writeHead(denied.status, {
-            'content-type': 'text/plain; charset=utf-8',
-            ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
-          })
-          .end(`${denied.message}\n`);
+        const answer = (close: boolean): void => {
+          res
+            .writeHead(denied.status, {
+              'content-type': 'text/plain; charset=utf-8',
+              ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
+              ...(close ? { connection: 'close' } : {}),
+            })
+            .end(`${denied.message}\n`);
+        };
+        if (!hasBody(req)) return answer(false);
+        // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
+        // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
+        // to its end, however long (an endless chunked one for ever), to keep the connection.
+        void readBody(req, 0).then((body) => answer(typeof body !== 'string' && body.close));
         return;
       }
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
@@ -251,6 +259,11 @@ function putFailureStatus(err: Error): number {
   // The key server could not be asked for the chain's key.
   if (err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_CLOSED' || err.code === 'KEYEDGE_ERR_TIMEOUT')) return 503;
   return 500;
+}
+
+/** Whether a body follows the request's head: a non-zero Content-Length, or any Transfer-Encoding (RFC 9112 §6.3). */
+function hasBody(req: http.IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || declaredLength(req) > 0;
 }
 
 function declaredLength(req: http.IncomingMessage): number {
