@@ -280,7 +280,9 @@ function boundDrain(req: http.IncomingMessage, res: http.ServerResponse): void {
       req.socket.destroy();
     };
     const timer = setTimeout(cut, DISCARD_MS).unref();
-    const poll = setInterval(() => req.socket.bytesRead - from > DISCARD_BYTES && cut(), DRAIN_POLL_MS).unref();
+    // Past what readBody lets Node drop for a declared length it answered at once (413 without Connection: close).
+    const bound = MAX_UPLOAD_BYTES + DISCARD_BYTES;
+    const poll = setInterval(() => req.socket.bytesRead - from > bound && cut(), DRAIN_POLL_MS).unref();
     req.once('end', () => {
       clearTimeout(timer);
       clearInterval(poll);
