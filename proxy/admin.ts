@@ -54,6 +54,8 @@ const MAX_UPLOAD_BYTES = 256 * 1024;
 /** Past the limit, this much more is read and dropped before answering 413 (nginx's lingering close reads for up to 5 s). */
 const DISCARD_BYTES = 4 * 1024 * 1024;
 const DISCARD_MS = 5_000;
+/** How often a body Node drops unread is measured against DISCARD_BYTES. */
+const DRAIN_POLL_MS = 20;
 
 export interface AdminControl {
   readonly tokenFile: string;
@@ -86,6 +88,7 @@ export interface AdminSources {
 
 export function startProxyAdmin(host: string, port: number, sources: AdminSources): Promise<http.Server> {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    boundDrain(req, res);
     const path = (req.url ?? '/').split('?')[0];
     const text = (status: number, body: string): void => {
       res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' }).end(body);
@@ -102,12 +105,20 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (control === undefined) return text(404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
-        res
-          .writeHead(denied.status, {
-            'content-type': 'text/plain; charset=utf-8',
-            ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
-          })
-          .end(`${denied.message}\n`);
+        const answer = (close: boolean): void => {
+          res
+            .writeHead(denied.status, {
+              'content-type': 'text/plain; charset=utf-8',
+              ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
+              ...(close ? { connection: 'close' } : {}),
+            })
+            .end(`${denied.message}\n`);
+        };
+        if (!hasBody(req)) return answer(false);
+        // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
+        // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
+        // to its end, however long (an endless chunked one for ever), to keep the connection.
+        void readBody(req, 0).then((body) => answer(typeof body !== 'string' && body.close));
         return;
       }
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
@@ -251,6 +262,38 @@ function putFailureStatus(err: Error): number {
   // The key server could not be asked for the chain's key.
   if (err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_CLOSED' || err.code === 'KEYEDGE_ERR_TIMEOUT')) return 503;
   return 500;
+}
+
+/**
+ * A body the answer left unread (a GET's, a 404's, a refused one still arriving) is read and dropped by Node to its end
+ * to keep the connection, however long, an endless chunked one for ever: bounded here as readBody bounds one over the
+ * limit (DISCARD_BYTES more or DISCARD_MS), past which the connection ends. Any client that reaches the port may send one.
+ */
+function boundDrain(req: http.IncomingMessage, res: http.ServerResponse): void {
+  res.once('finish', () => {
+    if (req.complete) return;
+    // Node's dump emits no 'data' (it drops the bytes in its parser): what it read is the socket's count.
+    const from = req.socket.bytesRead;
+    const cut = (): void => {
+      clearTimeout(timer);
+      clearInterval(poll);
+      req.socket.destroy();
+    };
+    const timer = setTimeout(cut, DISCARD_MS).unref();
+    // Past what readBody lets Node drop for a declared length it answered at once (413 without Connection: close).
+    const bound = MAX_UPLOAD_BYTES + DISCARD_BYTES;
+    const poll = setInterval(() => req.socket.bytesRead - from > bound && cut(), DRAIN_POLL_MS).unref();
+    req.once('end', () => {
+      clearTimeout(timer);
+      clearInterval(poll);
+    });
+    req.socket.once('close', () => clearInterval(poll));
+  });
+}
+
+/** Whether a body follows the request's head: a non-zero Content-Length, or any Transfer-Encoding (RFC 9112 §6.3). */
+function hasBody(req: http.IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || declaredLength(req) > 0;
 }
 
 function declaredLength(req: http.IncomingMessage): number {

@@ -127,6 +127,34 @@ describe('admin API: names, body limit, auth scheme', () => {
     expect((await adminRequest('GET', '/healthz')).status).toBe(200);
   });
 
+  it.each([
+    ['PUT /certs/endless', 401],
+    ['GET /healthz', 200],
+    ['PATCH /reload', 405],
+  ])(
+    'answers %s (no token) with an endless chunked body, and does not read it past the discard bound',
+    async (request, status) => {
+      const socket = net.connect(proxy.adminPort, '127.0.0.1');
+      let answer = '';
+      socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+      socket.on('error', () => undefined);
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.write(`${request} HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n`);
+      const chunk = Buffer.from(`10000\r\n${'a'.repeat(0x10000)}\r\n`);
+      let sent = 0;
+      for (const started = Date.now(); !socket.destroyed && Date.now() - started < 20_000; ) {
+        if (socket.write(chunk)) sent += chunk.length;
+        else await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      socket.destroy();
+      await closed;
+      expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+      // Read up to the discard bound (4 MiB), plus what the sockets buffered: not 20 s of sending.
+      expect(sent).toBeLessThan(64 * 1024 * 1024);
+    },
+    30_000,
+  );
+
   it('accepts the Bearer scheme in any case (RFC 9110 §11.1), and still refuses a wrong token', async () => {
     for (const scheme of ['bearer', 'BEARER', 'bEaReR']) {
       const answer = await adminRequest('POST', '/reload', { headers: { authorization: `${scheme} ${ADMIN_TOKEN}` } });

@@ -215,3 +215,14 @@ describe('keyless signing', () => {
     expect(JSON.stringify(config)).not.toMatch(/"key"\s*:/);
   });
 });
+
+describe('session resumption and the certificate', () => {
+  // RFC 6066 §3: a server MUST NOT resume a session for a different server name; one ticket ring serves every certificate.
+  it.each(['TLSv1.2', 'TLSv1.3'] as const)('over %s, a session made with one certificate resumes for it, never for another name', async (version) => {
+    const first = await nodeGet(port, 'ec.lab.test', ca, { maxVersion: version });
+    expect(first).toMatchObject({ ok: true, resumed: false });
+    expect(await nodeGet(port, 'a.wild.lab.test', ca, { maxVersion: version, session: first.session! })).toMatchObject({ ok: true, resumed: true });
+    const other = await nodeGet(port, 'rsa.lab.test', ca, { maxVersion: version, session: first.session! });
+    expect(other).toMatchObject({ ok: true, resumed: false, subjectAltName: 'DNS:rsa.lab.test' });
+  });
+});

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -206,5 +206,19 @@ describe('prepareServing without reading unchanged entries', () => {
     const warnings: string[] = [];
     expect(loadKept(stateDir, (m) => warnings.push(m))).toBeUndefined();
     expect(warnings).toEqual([expect.stringContaining('does not match its checksum')]);
+  });
+});
+
+describe('prepareServing and an entry that cannot be looked at', () => {
+  it('refuses a chain that is a symlink loop by its name and path, and serves the entries beside it', async () => {
+    const storeDir = join(dir, 'loop');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'x.pem'), chain);
+    symlinkSync('loop.pem', join(storeDir, 'loop.pem'));
+    const prepared = await pass(storeDir, new Map());
+    expect(prepared.records.get('x')?.serial).toBe(issued.cert.serialNumber);
+    expect(prepared.refused).toEqual([
+      expect.objectContaining({ name: 'loop', source: join(storeDir, 'loop.pem'), message: expect.stringContaining('ELOOP') }),
+    ]);
   });
 });

@@ -125,7 +125,10 @@ export class CertificateStore {
     this.dir = dir;
   }
 
-  /** Entries with a chain file, sorted by name; temp files, metadata without a chain and other files are ignored. */
+  /**
+   * Entries with a chain file, sorted by name; temp files, metadata without a chain and other files are ignored.
+   * A chain that cannot be looked at (a link loop) is listed: its read fails, naming it.
+   */
   list(): StoreEntryRef[] {
     let files: Dirent[];
     try {
@@ -178,7 +181,9 @@ export class CertificateStore {
     } catch (err) {
       // Removed since readdir, or a dangling link: not an entry (read() would say why).
       if (errno(err) === 'ENOENT') return undefined;
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot stat ${paths.chainPath}: ${errno(err)}`, { cause: err });
+      // A link loop (ELOOP) or the like: an entry whose read fails, refused by its name and path with the others
+      // served, rather than a store that cannot be listed (every entry's change held back by one bad file).
+      return { name, ...paths, mtimeMs: 0, size: 0, metaMtimeMs: undefined, statId: `unreadable:${errno(err)}`, changedAtMs: 0, link: isLink };
     }
     if (!chain.isFile()) return undefined;
     // lstat only for links: the readdir entry already says which ones are.

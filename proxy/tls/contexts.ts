@@ -15,6 +15,7 @@
  *
  * Concurrency: worker-local, synchronous.
  */
+import { constants, createHash } from 'node:crypto';
 import tls from 'node:tls';
 import { LRUCache } from 'lru-cache';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
@@ -64,6 +65,7 @@ export class SecureContextCache {
     const context = tls.createSecureContext({
       ...TLS_PROFILES[profile],
       ...this.#extra,
+      sessionIdContext: sessionIdContext(profile, certificate),
       cert: certificate.chainPem,
       key: this.#keyPemFor(certificate),
     });
@@ -75,14 +77,18 @@ export class SecureContextCache {
    * A context with the profile and no certificate, built once per profile: a
    * handshake on it fails (no certificate to show) unless an SNI callback
    * lends it a certificate's (the listener's path for a ClientHello it could
-   * not read). It holds the ticket keys too: OpenSSL asks the context a
-   * connection started with about tickets, whatever it switched to.
+   * not read). No session resumes on it and none is issued there
+   * (SSL_OP_NO_TICKET; Node keeps no session cache): OpenSSL decides on
+   * resumption before the SNI callback picks the certificate, in this
+   * context's session-id context, so a session made with one certificate
+   * would resume under another's name (RFC 6066 §3), and a resumed
+   * connection skips the callback, so its certificate would be unknown.
    */
   withoutCertificate(profile: TlsProfileName): tls.SecureContext {
     let context = this.#bare.get(profile);
     if (context === undefined) {
-      context = tls.createSecureContext({ ...TLS_PROFILES[profile], ...this.#extra });
-      if (this.#tickets !== undefined) useTicketKeyRing(context, this.#tickets.ring, this.#tickets.onLookup);
+      const options = { ...TLS_PROFILES[profile], ...this.#extra };
+      context = tls.createSecureContext({ ...options, secureOptions: (options.secureOptions ?? 0) | constants.SSL_OP_NO_TICKET });
       this.#bare.set(profile, context);
     }
     return context;
@@ -135,6 +141,19 @@ export class SecureContextCache {
     const suffix = `\0${certificate.keyId}\0${certificate.serial}\0${certificate.name}`;
     for (const key of [...this.#cache.keys()]) if (key.endsWith(suffix)) this.#cache.delete(key);
   }
+}
+
+/**
+ * One session-id context per profile and certificate name: OpenSSL resumes a
+ * session (a ticket: the ring is the same for every certificate) only in the
+ * context it was made in, so a session authenticated by one certificate never
+ * resumes on a connection served another one (RFC 6066 §3: not for another
+ * server name; RFC 8446 §4.6.1: only for a name the original certificate is
+ * valid for). By name, not serial: a renewed certificate keeps its sessions,
+ * and every node of a fleet derives the same one. OpenSSL takes at most 32 bytes.
+ */
+function sessionIdContext(profile: TlsProfileName, certificate: ServedCertificate): string {
+  return createHash('sha256').update(`${TLS_PROFILES[profile].sessionIdContext}\0${certificate.name}`).digest('hex').slice(0, 32);
 }
 
 function cacheKey(profile: TlsProfileName, certificate: ServedCertificate): string {

@@ -24,7 +24,7 @@ import type { ServedCertificate } from '../certs/certificate.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { type ConnectionInfo, keepConnection, type SecureConnectionHandler } from './connection.js';
 import { normaliseName } from './names.js';
-import { releaseControl, stapleOnSocket } from './node-internals.js';
+import { onNamelessHello, releaseControl, stapleOnSocket } from './node-internals.js';
 import { HTTP1, type ProtocolTable } from './protocols.js';
 
 /** The listener's choice of context for one connection. */
@@ -49,11 +49,11 @@ export type ContextChoice =
     }
   /** No certificate to show (no SNI, no default certificate): the handshake fails. */
   | { readonly kind: 'none'; readonly context: tls.SecureContext; readonly offered: readonly string[] | undefined }
-  /** A ClientHello only OpenSSL could read: the SNI callback picks, through `pick`. */
+  /** A ClientHello only OpenSSL could read: the certificate callback picks, through `pick` (no name: the default certificate). */
   | {
       readonly kind: 'by-callback';
       readonly context: tls.SecureContext;
-      readonly pick: (serverName: string) => { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined;
+      readonly pick: (serverName: string | undefined) => { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined;
     };
 
 export interface HandshakeSetting {
@@ -73,6 +73,8 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
   const { metrics, log } = setting;
   let certificate = choice.kind === 'certificate' ? choice.certificate : undefined;
   let serverName = choice.kind === 'by-callback' || choice.kind === 'none' ? undefined : choice.serverName;
+  /** The SNI callback found no certificate for the name: counted as the listener counts its own refusals. */
+  let unknownName = false;
   const options: tls.TLSSocketOptions = {
     isServer: true,
     secureContext: choice.context,
@@ -83,7 +85,10 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
       try {
         const picked = choice.pick(name);
         // Node cannot send unrecognized_name from here: the handshake is closed before any certificate is shown.
-        if (picked === undefined) return done(new Error('no certificate for this server name'));
+        if (picked === undefined) {
+          unknownName = true;
+          return done(new Error('no certificate for this server name'));
+        }
         certificate = picked.certificate;
         serverName = normaliseName(name);
         if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
@@ -94,12 +99,28 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
     };
   }
   const socket = new tls.TLSSocket(raw, options);
+  if (choice.kind === 'by-callback') {
+    // Node asks the SNI callback only for a named server: a hello without SNI would stay on the context without a
+    // certificate and fail, where the same hello in one record gets the default certificate (listener.ts).
+    onNamelessHello(socket, () => {
+      try {
+        const picked = choice.pick(undefined);
+        if (picked === undefined) return undefined;
+        certificate = picked.certificate;
+        if (picked.staple !== undefined) stapleOnSocket(socket, picked.staple);
+        return picked.context;
+      } catch {
+        // Logged where it failed (listener.ts); called from OpenSSL, it must not throw: no certificate, the handshake fails.
+        return undefined;
+      }
+    });
+  }
   if (choice.kind === 'certificate' && choice.staple !== undefined) stapleOnSocket(socket, choice.staple);
   let settled = false;
   const fail = (code: string | undefined, reason: string): void => {
     if (settled) return;
     settled = true;
-    metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
+    metrics.handshakes.inc({ result: unknownName ? 'unknown_name' : 'failed', tls_version: 'none', resumed: 'false' });
     log.debug({ code, reason }, 'TLS handshake failed');
   };
   socket.on('_tlsError', (err: NodeJS.ErrnoException) => fail(err.code, err.message));

@@ -26,7 +26,9 @@
  * config refuses them (the unrecognized_name alert, RFC 6066 §3). A client
  * without SNI gets the default certificate; without one its handshake fails.
  * A ClientHello we cannot read (split over records, say) goes to OpenSSL
- * with an SNI callback: the rare path keeps working, at the old cost.
+ * with an SNI callback: the rare path keeps working, at the old cost, and a hello
+ * without SNI gets the default certificate there too; no session resumes
+ * there (contexts.ts, withoutCertificate).
  *
  * Cost per connection: one read callback, one context lookup, one TLS
  * socket, one small record (ConnectionInfo), one timer.
@@ -65,8 +67,8 @@ export interface TlsListenerOptions {
   /** From accept to the end of the TLS handshake: past it the connection is closed. */
   readonly handshakeTimeoutMs: number;
   /**
-   * Told of each SNI name no certificate covers by itself (before any
-   * fallback): on-demand issuance may want it (acme/on-demand.ts). Must not
+   * Told of each SNI host name (normalised; not any other bytes) no
+   * certificate covers by itself (before any fallback): on-demand issuance may want it (acme/on-demand.ts). Must not
    * block; the handshake goes on with what serves now.
    */
   readonly onUncoveredName?: (serverName: string) => void;
@@ -78,6 +80,13 @@ export interface TlsListenerOptions {
 }
 
 let internalsChecked = false;
+
+/**
+ * What may be told as an uncovered name: letters, digits, hyphens, dots, up to 253 characters (RFC 1035 §2.3.4;
+ * RFC 6066 §3 names a host by its DNS name). The SNI is the client's bytes, up to 16 KB: anything else is no name
+ * a certificate could be issued for, and would cost the reporter's memory and the primary's messages.
+ */
+const HOST_NAME = /^[a-z0-9.-]{1,253}$/;
 
 export class TlsListener {
   #id: string;
@@ -212,7 +221,7 @@ export class TlsListener {
     const state = this.#options.serving();
     // One lookup per connection: a name no certificate covers by itself is told, then served the fallback, if any.
     const covering = peek.serverName === undefined ? undefined : selectByName(state.sni, peek.serverName, undefined)?.value;
-    if (covering === undefined && serverName !== undefined) this.#options.onUncoveredName?.(serverName);
+    if (covering === undefined && serverName !== undefined && HOST_NAME.test(serverName)) this.#options.onUncoveredName?.(serverName);
     const selected = peek.serverName === undefined ? state.noSni : (covering ?? state.fallback);
     // No default certificate for a client without SNI: a context without one, whose handshake fails as Node's did.
     if (selected === undefined)
@@ -227,10 +236,18 @@ export class TlsListener {
     };
   }
 
-  /** For a ClientHello only OpenSSL could read: its SNI callback's choice. */
-  #pick(serverName: string): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
+  /** For a ClientHello only OpenSSL could read: its certificate callback's choice, as #choose's (no name: the default certificate). */
+  #pick(serverName: string | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     const state = this.#options.serving();
-    const selected = selectByName(state.sni, serverName, state.fallback)?.value;
+    if (serverName === undefined) return this.#picked(state.noSni);
+    // As #choose: a name no certificate covers by itself is told, then served the fallback, if any.
+    const covering = selectByName(state.sni, serverName, undefined)?.value;
+    const name = normaliseName(serverName);
+    if (covering === undefined && name !== undefined && HOST_NAME.test(name)) this.#options.onUncoveredName?.(name);
+    return this.#picked(covering ?? state.fallback);
+  }
+
+  #picked(selected: ServedCertificate | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     if (selected === undefined) return undefined;
     return { certificate: selected, context: this.#contextOf(selected), staple: this.#options.stapler?.stapleOf(selected) };
   }

@@ -56,7 +56,8 @@ const COMMON: SecureContextOptions = {
  * the context it was made in (SSL_CTX_set_session_id_context(3)), and Node's
  * default derives it from process.argv, which differs between the nodes of a
  * fleet (each has its own config path), so a ticket issued by one node would
- * never resume on another even with the fleet's shared ticket keys.
+ * never resume on another even with the fleet's shared ticket keys. A
+ * certificate's context narrows it to that certificate (contexts.ts).
  */
 export const TLS_PROFILES: Readonly<Record<TlsProfileName, Readonly<SecureContextOptions>>> = Object.freeze({
   intermediate: Object.freeze({ ...COMMON, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3', sessionIdContext: 'keyedge/intermediate' }),
