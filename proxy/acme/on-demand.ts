@@ -7,7 +7,7 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name, not managed or in flight already;
+ *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits), not managed or in flight already;
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
  *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;
@@ -26,7 +26,9 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 
 const WANTED = 'keyedge:acme-wanted';
-const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+// The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
+// went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
+const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
