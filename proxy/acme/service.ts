@@ -118,7 +118,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           config: acme.onDemand,
           log,
           isManaged: (name) => running.isManaged(name),
-          order: (name) => void running.issue([name]).catch(() => undefined),
+          order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome) => metrics.onDemand.inc({ outcome }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
         });
