@@ -157,4 +157,20 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(attempts).toBeLessThanOrEqual(4);
     expect(Date.now() - startedAt).toBeLessThan(60_000);
   }, 60_000);
+
+  it('a huge certificate answer: cut at the answer limit, not buffered whole; the current certificate keeps serving', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'huge';
+    front.hugeBytes = 256 * 1024 * 1024;
+    front.hugeSent = 0;
+    const answer = await renew();
+    front.mode = 'pass';
+    expect(answer.status).toBe(502);
+    expect(answer.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(answer.body.error?.message).toMatch(/larger than/);
+    expect(front.faults.huge).toBeGreaterThanOrEqual(1);
+    // What the client took: the limit and what the sockets buffer, far from the 256 MB offered.
+    expect(front.hugeSent).toBeLessThan(32 * 1024 * 1024);
+    await stillServes(before.serial);
+  }, 90_000);
 });
