@@ -64,6 +64,7 @@ beforeAll(async () => {
         acme: acmeLab.acme({
           directory: front.directory,
           timeoutMs: 2_000,
+          orderTimeoutSeconds: 8,
           renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
         }),
       }),
@@ -171,6 +172,20 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(front.faults.huge).toBeGreaterThanOrEqual(1);
     // What the client took: the limit and what the sockets buffer, far from the 256 MB offered.
     expect(front.hugeSent).toBeLessThan(32 * 1024 * 1024);
+    await stillServes(before.serial);
+  }, 90_000);
+
+  it('an order stuck pending with Retry-After: 0: polled with growing waits until the order deadline, not in a tight loop', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'stuckPending';
+    front.faults.stuckPending = 0;
+    const answer = await renew();
+    front.mode = 'pass';
+    expect(answer.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(answer.body.error?.message, answer.body.error?.message).toMatch(/deadline/);
+    // Waits of 0.25, 0.5, 1, 2, 4 s fill the 8 s deadline: a handful of polls, not one per round trip.
+    expect(front.faults.stuckPending).toBeGreaterThanOrEqual(1);
+    expect(front.faults.stuckPending).toBeLessThan(15);
     await stillServes(before.serial);
   }, 90_000);
 });

@@ -207,13 +207,14 @@ export class AcmeIssuer {
   }
 }
 
-/** POST-as-GET `url` until `done`, at the CA's Retry-After or a gentle back-off, until the order's deadline. */
+/** POST-as-GET `url` until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
 async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (body: T) => boolean): Promise<T> {
   for (let wait = 250; ; wait = Math.min(wait * 2, 5_000)) {
     const answer = await acme.get<T>(url);
     if (done(answer.body)) return answer.body;
     if (Date.now() > deadline) throw new AcmeError(`${url} still not done at the order's deadline`, {});
-    await new Promise((resolve) => setTimeout(resolve, Math.min(answer.retryAfterMs ?? wait, 10_000)));
+    // The CA's Retry-After may lengthen the wait, never shorten it: `Retry-After: 0` (or a past date) was a tight loop of signed polls.
+    await new Promise((resolve) => setTimeout(resolve, Math.min(Math.max(answer.retryAfterMs ?? 0, wait), 10_000)));
   }
 }
 

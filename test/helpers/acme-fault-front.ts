@@ -7,13 +7,14 @@
  * POST refused with a fresh nonce, RFC 8555 §6.5), `rateLimited` (newOrder
  * refused with 429 and Retry-After, §6.6), `huge` (the certificate download
  * answered with `hugeBytes` of PEM, counted in `hugeSent` as the client takes
- * them). Pebble itself has no rate limits.
+ * them), `stuckPending` (an order that became ready is answered as still
+ * pending, with `Retry-After: 0`). Pebble itself has no rate limits.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge';
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending';
 
 export interface FaultFront {
   readonly directory: string;
@@ -94,7 +95,13 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 if (value === undefined || name === 'content-length' || name === 'transfer-encoding') continue;
                 headers[name] = Array.isArray(value) ? value.map(rewrite) : rewrite(value);
               }
-              res.writeHead(answer.statusCode ?? 502, headers).end(rewrite(Buffer.concat(body).toString('utf8')));
+              let text = rewrite(Buffer.concat(body).toString('utf8'));
+              if (mode === 'stuckPending' && req.url?.includes('/my-order/') && /"status":\s*"ready"/.test(text)) {
+                count();
+                text = text.replace(/"status":\s*"ready"/, '"status": "pending"');
+                headers['retry-after'] = '0';
+              }
+              res.writeHead(answer.statusCode ?? 502, headers).end(text);
             });
           },
         );
