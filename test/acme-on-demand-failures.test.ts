@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
@@ -9,7 +10,10 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // not retried by the renewal loop on its own backoff: that loop's retries
 // were orders and token keys outside the on-demand hourly limits, for every
 // name a client ever sent. The name comes back only through the gate (its
-// next handshake), under those limits: with maxOrdersPerHour 1, one order.
+// next handshake), under those limits: with maxOrdersPerDomainPerHour 1, one
+// order. And a handshake for a name that is the entry name of a certificate
+// of the store (not ACME's: uploaded by the operator) orders nothing: the
+// order's chain would have replaced that entry, and what it served.
 let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
@@ -28,7 +32,7 @@ beforeAll(async () => {
         acme: acmeLab.acme({
           timeoutMs: 2_000,
           renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 2, jitter: 0 },
-          onDemand: { maxOrdersPerHour: 1 },
+          onDemand: { maxOrdersPerDomainPerHour: 1 },
         }),
       }),
     {},
@@ -42,14 +46,20 @@ afterAll(async () => {
 });
 
 function handshake(name: string): Promise<boolean> {
+  return served(name).then((sans) => sans !== undefined);
+}
+
+/** The served leaf's subjectAltName for `name`, or undefined when the handshake fails. */
+function served(name: string): Promise<string | undefined> {
   return new Promise((resolve) => {
     const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: name, rejectUnauthorized: false });
     socket.setTimeout(15_000, () => socket.destroy(new Error('timeout')));
     socket.once('secureConnect', () => {
+      const sans = socket.getPeerCertificate().subjectaltname ?? '';
       socket.destroy();
-      resolve(true);
+      resolve(sans);
     });
-    socket.once('error', () => resolve(false));
+    socket.once('error', () => resolve(undefined));
   });
 }
 
@@ -72,5 +82,19 @@ describe('on-demand orders that fail', () => {
     expect(pebble.orders()).toBe(1);
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="ordered"\} 1\b/);
+  }, 90_000);
+
+  it('a name that is the entry name of an uploaded certificate orders nothing, and the entry keeps serving', async () => {
+    const { file } = await lab.certificate('site', lab.keys.ec, ['www.site.test']);
+    const put = await proxy.admin('PUT', '/certs/site.test', readFileSync(file, 'utf8'));
+    expect(put.status, put.text).toBe(200);
+    await waitFor('the uploaded certificate to serve', async () => ((await served('www.site.test'))?.includes('www.site.test') ? true : undefined));
+    await pebble.addA('site.test', '127.0.0.1');
+    const before = pebble.orders();
+    expect(await handshake('site.test')).toBe(false);
+    // An order would be at the CA and done within a few seconds.
+    await sleep(6_000);
+    expect(pebble.orders()).toBe(before);
+    expect(await served('www.site.test')).toMatch(/www\.site\.test/);
   }, 90_000);
 });
