@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
@@ -13,7 +14,8 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // next handshake), under those limits: with maxOrdersPerDomainPerHour 1, one
 // order. And a handshake for a name that is the entry name of a certificate
 // of the store (not ACME's: uploaded by the operator) orders nothing: the
-// order's chain would have replaced that entry, and what it served.
+// order's chain would have replaced that entry, and what it served. A state
+// file that cannot be written (disk full) fails the order, never the primary.
 let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
@@ -97,4 +99,20 @@ describe('on-demand orders that fail', () => {
     expect(pebble.orders()).toBe(before);
     expect(await served('www.site.test')).toMatch(/www\.site\.test/);
   }, 90_000);
+
+  it('a state file that cannot be written: the on-demand order fails, the primary keeps running', async () => {
+    // The state file is written to a temp file first: a directory in its place makes every write fail (EISDIR), as a full disk would.
+    const blocker = join(lab.dir, 'state', 'acme', `state.json.${proxy.pid}.tmp`);
+    mkdirSync(blocker, { recursive: true });
+    try {
+      await pebble.addA('www.full.test', '127.0.0.1');
+      expect(await handshake('www.full.test')).toBe(false);
+      await sleep(4_000);
+      expect(() => process.kill(proxy.pid, 0)).not.toThrow();
+      expect((await proxy.admin('GET', '/certs')).status).toBe(200);
+      expect(await served('www.site.test')).toMatch(/www\.site\.test/);
+    } finally {
+      rmSync(blocker, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -100,7 +100,11 @@ export class CertificateManager {
     const managed = this.#deps.state.state.certificates[name];
     if (managed === undefined) {
       this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
-      void this.#deps.state.save();
+      // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
+      // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
+      Promise.resolve()
+        .then(() => this.#deps.state.save())
+        .catch((err: unknown) => this.#deps.log.warn({ certificate: name, reason: (err as Error).message }, 'ACME state not saved'));
     }
     return this.#run(name);
   }
