@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
@@ -188,4 +189,27 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(front.faults.stuckPending).toBeLessThan(15);
     await stillServes(before.serial);
   }, 90_000);
+
+  it('a worker that does not apply the renewed certificate in time: its key stays in the token, and it serves everywhere', async () => {
+    // The last renewal validated the name: the CA reuses that authorization, so this order needs no worker to answer a challenge.
+    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
+    expect(workers.length).toBeGreaterThanOrEqual(2);
+    process.kill(workers[0]!, 'SIGSTOP');
+    let answer: Awaited<ReturnType<typeof renew>>;
+    try {
+      answer = await renew();
+    } finally {
+      process.kill(workers[0]!, 'SIGCONT');
+    }
+    // Stored, committed, served by the other worker, but not applied everywhere in time: reported as a failure.
+    expect(answer.status, JSON.stringify(answer.body)).toBe(502);
+    expect(answer.body.error?.message).toMatch(/stored but not loaded/);
+    await sleep(1_000);
+    const served = (await managed(NAME))!;
+    // The new chain serves, on every worker: its key was not deleted from under it.
+    for (let i = 0; i < 6; i++) await stillServes(served.serial);
+  }, 120_000);
 });

@@ -79,6 +79,7 @@ export class AcmeIssuer {
     const { config, keys, log } = this.#deps;
     const keyserver = await this.#deps.keyserver();
     let made: string | undefined;
+    let storing = false;
     try {
       const acme = await this.#session(keyserver);
       let keyId = request.keyId;
@@ -93,13 +94,25 @@ export class AcmeIssuer {
         spki = await waitForKey(keyserver, keyId);
       }
       const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
+      storing = true;
       await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock);
       this.#deps.onOrder?.('ok');
       return { keyId, chainPem, newKey: made !== undefined };
     } catch (err) {
       this.#deps.onOrder?.('failed');
-      // A key no certificate uses is of no use: it goes at once.
-      if (made !== undefined) await keys.remove(made).catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not delete an unused certificate key'));
+      if (made !== undefined && storing) {
+        // The store may hold and serve the chain already (stored, then not applied by every worker in time): deleting its
+        // key at once took it from under the certificate serving, and every handshake for the name failed. It is retired
+        // instead, deleted after the grace period only if nothing serves it then (maintain.ts).
+        const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
+        this.#deps.state.state.retiredKeys.push({ keyId: made, deleteAfter });
+        await Promise.resolve()
+          .then(() => this.#deps.state.save())
+          .catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not record a certificate key to delete later'));
+      } else if (made !== undefined) {
+        // A key no certificate uses is of no use: it goes at once.
+        await keys.remove(made).catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not delete an unused certificate key'));
+      }
       throw err;
     } finally {
       keyserver.close();

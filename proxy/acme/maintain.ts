@@ -235,7 +235,11 @@ export class CertificateManager {
         lastIssuedAt: new Date().toISOString(),
       });
       if (previousKey !== undefined && previousKey !== issued.keyId) {
-        state.state.retiredKeys.push({ keyId: previousKey, deleteAfter: new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString() });
+        const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
+        // Retired already when its order's result was stored but not applied everywhere (issuer.ts): its grace starts now.
+        const retired = state.state.retiredKeys.find((r) => r.keyId === previousKey);
+        if (retired !== undefined) retired.deleteAfter = deleteAfter;
+        else state.state.retiredKeys.push({ keyId: previousKey, deleteAfter });
       }
       // Before the lock goes: the next holder reads it and orders nothing.
       await state.save();
