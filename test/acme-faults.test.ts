@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
@@ -64,6 +65,7 @@ beforeAll(async () => {
         acme: acmeLab.acme({
           directory: front.directory,
           timeoutMs: 2_000,
+          orderTimeoutSeconds: 8,
           renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
         }),
       }),
@@ -157,4 +159,57 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(attempts).toBeLessThanOrEqual(4);
     expect(Date.now() - startedAt).toBeLessThan(60_000);
   }, 60_000);
+
+  it('a huge certificate answer: cut at the answer limit, not buffered whole; the current certificate keeps serving', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'huge';
+    front.hugeBytes = 256 * 1024 * 1024;
+    front.hugeSent = 0;
+    const answer = await renew();
+    front.mode = 'pass';
+    expect(answer.status).toBe(502);
+    expect(answer.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(answer.body.error?.message).toMatch(/larger than/);
+    expect(front.faults.huge).toBeGreaterThanOrEqual(1);
+    // What the client took: the limit and what the sockets buffer, far from the 256 MB offered.
+    expect(front.hugeSent).toBeLessThan(32 * 1024 * 1024);
+    await stillServes(before.serial);
+  }, 90_000);
+
+  it('an order stuck pending with Retry-After: 0: polled with growing waits until the order deadline, not in a tight loop', async () => {
+    const before = (await managed(NAME))!;
+    front.mode = 'stuckPending';
+    front.faults.stuckPending = 0;
+    const answer = await renew();
+    front.mode = 'pass';
+    expect(answer.body.error?.code).toBe('KEYEDGE_ERR_ACME');
+    expect(answer.body.error?.message, answer.body.error?.message).toMatch(/deadline/);
+    // Waits of 0.25, 0.5, 1, 2, 4 s fill the 8 s deadline: a handful of polls, not one per round trip.
+    expect(front.faults.stuckPending).toBeGreaterThanOrEqual(1);
+    expect(front.faults.stuckPending).toBeLessThan(15);
+    await stillServes(before.serial);
+  }, 90_000);
+
+  it('a worker that does not apply the renewed certificate in time: its key stays in the token, and it serves everywhere', async () => {
+    // The last renewal validated the name: the CA reuses that authorization, so this order needs no worker to answer a challenge.
+    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
+    expect(workers.length).toBeGreaterThanOrEqual(2);
+    process.kill(workers[0]!, 'SIGSTOP');
+    let answer: Awaited<ReturnType<typeof renew>>;
+    try {
+      answer = await renew();
+    } finally {
+      process.kill(workers[0]!, 'SIGCONT');
+    }
+    // Stored, committed, served by the other worker, but not applied everywhere in time: reported as a failure.
+    expect(answer.status, JSON.stringify(answer.body)).toBe(502);
+    expect(answer.body.error?.message).toMatch(/stored but not loaded/);
+    await sleep(1_000);
+    const served = (await managed(NAME))!;
+    // The new chain serves, on every worker: its key was not deleted from under it.
+    for (let i = 0; i < 6; i++) await stillServes(served.serial);
+  }, 120_000);
 });

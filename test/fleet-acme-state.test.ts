@@ -3,11 +3,16 @@ import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
+import { CertificateManager } from '../proxy/acme/maintain.js';
 import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
 import { SharedIssuerState } from '../proxy/acme/shared-state.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import { etcdClient } from '../proxy/store/etcd-client.js';
+import { registerAcmeMetrics } from '../proxy/metrics.js';
+import { Registry } from 'prom-client';
+import { captureLog } from './helpers/keyserver.js';
 import { EtcdStore } from '../proxy/store/etcd-store.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
@@ -125,5 +130,45 @@ describe('ACME state shared on etcd', () => {
     ledgers[0]!.rememberRefusal('bad.example.test', 'the ask endpoint answered 403');
     await waitFor('node B to know the refusal', () => (ledgers[1]!.refused('bad.example.test') ? true : undefined));
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
+  });
+
+  it('ignores garbage in a managed certificate key, naming it, and keeps renewing the others', async () => {
+    const a = await node('/acme-garbage/', 'garbage-a');
+    const logs = captureLog('warn');
+    // Garbage written first (a broken tool, a hand edit): JSON, but not a managed certificate.
+    await a.put('acme/certificates/aaa-null', 'null');
+    await a.put('acme/certificates/aaa-empty', '{}');
+    await a.put('acme/certificates/aaa-domains', '{"domains":"x.test","keyId":"","failures":0}');
+    await a.put('acme/certificates/aaa-text', 'not json');
+    await a.put('acme/certificates/www.test', JSON.stringify({ domains: ['www.test'], keyId: '', failures: 0 }));
+    await waitFor('the store to mirror the keys', () => (a.keys('acme/certificates/').length === 5 ? true : undefined));
+    const state = new SharedIssuerState(a, logs.logger);
+    const orders: IssueRequest[] = [];
+    const issuer = {
+      issue: async (request: IssueRequest) => {
+        orders.push(request);
+        throw new Error('no CA here');
+      },
+    } as unknown as AcmeIssuer;
+    let manager: CertificateManager | undefined;
+    const metrics = registerAcmeMetrics(new Registry(), () => manager?.failing ?? 0);
+    manager = new CertificateManager({
+      config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
+      state,
+      issuer,
+      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+      records: () => new Map(),
+      metrics,
+      log: logs.logger,
+      renewalWindow: async () => undefined,
+    });
+    // The maintenance pass neither throws nor orders garbage; the valid entry is ordered.
+    await manager.tick();
+    await waitFor('the valid entry to be ordered', () => (orders.length > 0 ? true : undefined));
+    expect(orders.map((o) => o.name)).toEqual(['www.test']);
+    expect(manager.failing).toBeGreaterThanOrEqual(0);
+    const warned = logs.find(/not a managed certificate/).map((l) => l.storeKey);
+    expect(warned).toEqual(expect.arrayContaining(['acme/certificates/aaa-null', 'acme/certificates/aaa-empty', 'acme/certificates/aaa-domains']));
+    expect(logs.find(/not valid JSON/).map((l) => l.storeKey)).toEqual(['acme/certificates/aaa-text']);
   });
 });

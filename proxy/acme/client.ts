@@ -68,6 +68,8 @@ interface Answer<T> {
 
 /** badNonce is retried with the nonce of the error answer (§6.5): a few times, then it is the server's failure. */
 const BAD_NONCE_RETRIES = 3;
+/** No ACME answer comes near this (a directory, an order, a chain of a few certificates: kilobytes). */
+const MAX_ANSWER_BYTES = 1024 * 1024;
 
 export class AcmeClient {
   readonly #options: AcmeClientOptions;
@@ -192,7 +194,7 @@ export class AcmeClient {
     const nonce = response.headers.get('replay-nonce');
     if (nonce !== null && /^[\w-]+$/.test(nonce)) this.#nonces.push(nonce);
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
-    const text = method === 'HEAD' ? '' : await response.text();
+    const text = method === 'HEAD' ? '' : await readCapped(response, `${method} ${url}`);
     if (response.status >= 400) {
       let problem: { type?: string; detail?: string } = {};
       try {
@@ -217,6 +219,31 @@ export class AcmeClient {
     }
     return { body: parsed as T, text, location: response.headers.get('location') ?? undefined, retryAfterMs };
   }
+}
+
+/**
+ * An answer's body, refused past MAX_ANSWER_BYTES: `response.text()` took whatever the CA sent for as long as
+ * `timeoutMs` allowed (a failing CA's endless certificate was held whole in the primary's memory).
+ */
+async function readCapped(response: Awaited<ReturnType<typeof fetch>>, what: string): Promise<string> {
+  const tooBig = (): AcmeError => new AcmeError(`${what}: the answer is larger than ${MAX_ANSWER_BYTES} bytes`, { status: response.status });
+  if (Number(response.headers.get('content-length') ?? 0) > MAX_ANSWER_BYTES) {
+    await response.body?.cancel().catch(() => undefined);
+    throw tooBig();
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of response.body ?? []) {
+      size += (chunk as Uint8Array).byteLength;
+      if (size > MAX_ANSWER_BYTES) throw tooBig();
+      chunks.push(Buffer.from(chunk as Uint8Array));
+    }
+  } catch (err) {
+    if (err instanceof AcmeError) throw err;
+    throw new AcmeError(`${what}: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`, { cause: err });
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** Retry-After (RFC 9110 §10.2.3): seconds or an HTTP date; capped at a day. */

@@ -79,6 +79,7 @@ export class AcmeIssuer {
     const { config, keys, log } = this.#deps;
     const keyserver = await this.#deps.keyserver();
     let made: string | undefined;
+    let storing = false;
     try {
       const acme = await this.#session(keyserver);
       let keyId = request.keyId;
@@ -93,13 +94,25 @@ export class AcmeIssuer {
         spki = await waitForKey(keyserver, keyId);
       }
       const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
+      storing = true;
       await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock);
       this.#deps.onOrder?.('ok');
       return { keyId, chainPem, newKey: made !== undefined };
     } catch (err) {
       this.#deps.onOrder?.('failed');
-      // A key no certificate uses is of no use: it goes at once.
-      if (made !== undefined) await keys.remove(made).catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not delete an unused certificate key'));
+      if (made !== undefined && storing) {
+        // The store may hold and serve the chain already (stored, then not applied by every worker in time): deleting its
+        // key at once took it from under the certificate serving, and every handshake for the name failed. It is retired
+        // instead, deleted after the grace period only if nothing serves it then (maintain.ts).
+        const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
+        this.#deps.state.state.retiredKeys.push({ keyId: made, deleteAfter });
+        await Promise.resolve()
+          .then(() => this.#deps.state.save())
+          .catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not record a certificate key to delete later'));
+      } else if (made !== undefined) {
+        // A key no certificate uses is of no use: it goes at once.
+        await keys.remove(made).catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not delete an unused certificate key'));
+      }
       throw err;
     } finally {
       keyserver.close();
@@ -207,13 +220,14 @@ export class AcmeIssuer {
   }
 }
 
-/** POST-as-GET `url` until `done`, at the CA's Retry-After or a gentle back-off, until the order's deadline. */
+/** POST-as-GET `url` until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
 async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (body: T) => boolean): Promise<T> {
   for (let wait = 250; ; wait = Math.min(wait * 2, 5_000)) {
     const answer = await acme.get<T>(url);
     if (done(answer.body)) return answer.body;
     if (Date.now() > deadline) throw new AcmeError(`${url} still not done at the order's deadline`, {});
-    await new Promise((resolve) => setTimeout(resolve, Math.min(answer.retryAfterMs ?? wait, 10_000)));
+    // The CA's Retry-After may lengthen the wait, never shorten it: `Retry-After: 0` (or a past date) was a tight loop of signed polls.
+    await new Promise((resolve) => setTimeout(resolve, Math.min(Math.max(answer.retryAfterMs ?? 0, wait), 10_000)));
   }
 }
 

@@ -8,6 +8,9 @@
  * is never ordered twice. A failure leaves the store entry as it is (the
  * current certificate keeps serving until it expires), is logged, counted,
  * remembered with its backoff in the state file, and shown in GET /certs.
+ * An on-demand entry whose first order failed is the exception: the loop
+ * leaves it, and only its next handshake, through the on-demand gate and
+ * its hourly limits, orders it again (on-demand.ts).
  *
  * In a fleet every node runs this loop on the shared state (shared-state.ts);
  * an order runs under the name's issuance lock (issuance-locks.ts), so when
@@ -50,6 +53,11 @@ const JUST_ISSUED_MS = 120_000;
 /** ARI windows are looked at again after the CA's Retry-After, or this long (RFC 9773 §4.3 suggests hours). */
 const ARI_RECHECK_MS = 6 * 3_600_000;
 
+/** An on-demand entry whose first order failed: only its next handshake, through the on-demand gate and its limits, orders it again. */
+function waitsForTheGate(managed: ManagedState): boolean {
+  return managed.onDemand === true && managed.lastIssuedAt === undefined && managed.failures > 0;
+}
+
 /** The store entry name for a set of domains: the first one, `*` spelled `_`. */
 export function entryNameFor(domains: readonly string[]): string {
   return (domains[0] ?? 'acme').replace(/^\*/, '_').slice(0, 64);
@@ -76,9 +84,11 @@ export class CertificateManager {
     clearInterval(this.#timer);
   }
 
-  /** Whether `name` has a managed entry of its own (on-demand asks before ordering). */
+  /** Whether `name` has a managed entry of its own (on-demand asks before ordering); a failed on-demand one is the gate's again. */
   isManaged(name: string): boolean {
-    return this.#deps.state.state.certificates[entryNameFor([name])] !== undefined;
+    const entry = entryNameFor([name]);
+    const managed = this.#deps.state.state.certificates[entry];
+    return managed !== undefined && (this.#inFlight.has(entry) || !waitsForTheGate(managed));
   }
 
   get failing(): number {
@@ -86,11 +96,15 @@ export class CertificateManager {
   }
 
   /** Issues a new managed certificate now (or renews it, when the entry is managed already); resolves once it serves. */
-  issue(domains: readonly string[], name = entryNameFor(domains)): Promise<Issued> {
+  issue(domains: readonly string[], name = entryNameFor(domains), onDemand = false): Promise<Issued> {
     const managed = this.#deps.state.state.certificates[name];
     if (managed === undefined) {
-      this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0 };
-      void this.#deps.state.save();
+      this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
+      // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
+      // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
+      Promise.resolve()
+        .then(() => this.#deps.state.save())
+        .catch((err: unknown) => this.#deps.log.warn({ certificate: name, reason: (err as Error).message }, 'ACME state not saved'));
     }
     return this.#run(name);
   }
@@ -130,6 +144,8 @@ export class CertificateManager {
       for (const [name, managed] of Object.entries(certificates)) {
         if (this.#inFlight.size >= this.#deps.config.renewal.maxConcurrent) break;
         if (this.#inFlight.has(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
+        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
+        if (waitsForTheGate(managed)) continue;
         const record = this.#deps.records().get(name);
         if (record !== undefined) await this.#checkAri(name, managed, record);
         // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
@@ -219,7 +235,11 @@ export class CertificateManager {
         lastIssuedAt: new Date().toISOString(),
       });
       if (previousKey !== undefined && previousKey !== issued.keyId) {
-        state.state.retiredKeys.push({ keyId: previousKey, deleteAfter: new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString() });
+        const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
+        // Retired already when its order's result was stored but not applied everywhere (issuer.ts): its grace starts now.
+        const retired = state.state.retiredKeys.find((r) => r.keyId === previousKey);
+        if (retired !== undefined) retired.deleteAfter = deleteAfter;
+        else state.state.retiredKeys.push({ keyId: previousKey, deleteAfter });
       }
       // Before the lock goes: the next holder reads it and orders nothing.
       await state.save();

@@ -7,7 +7,8 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name, not managed or in flight already;
+ *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits), not managed or in flight already,
+ *      and not the entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
  *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;
@@ -26,9 +27,16 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 
 const WANTED = 'keyedge:acme-wanted';
-const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+// The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
+// went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
+const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
+
+/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits. */
+function isDnsName(name: string): boolean {
+  return name.length <= 253 && DNS_NAME.test(name);
+}
 
 export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
   return { type: WANTED, name };
@@ -43,11 +51,14 @@ export function wantedName(message: unknown): string | undefined {
 /**
  * The worker's side: report each unknown name at most once per `intervalMs`
  * (bounded memory), so a flood of handshakes costs the primary one message
- * per name, not one per handshake.
+ * per name, not one per handshake; a name that is not a DNS name is not
+ * reported (nor remembered).
  */
 export function missReporter(send: (name: string) => void, intervalMs = 10_000): (name: string) => void {
   const recent = new LRUCache<string, true>({ max: 10_000, ttl: intervalMs });
   return (name) => {
+    // The gate would ignore it: not kept, not sent. An SNI may be 16 KB, and 10,000 of them were kept here and sent over IPC.
+    if (!isDnsName(name)) return;
     if (recent.has(name)) return;
     recent.set(name, true);
     send(name);
@@ -87,7 +98,7 @@ export class OnDemandGate {
 
   async #decide(name: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
-    if (!DNS_NAME.test(name) || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
+    if (!isDnsName(name) || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
     if (this.#ledger.refused(name)) return 'remembered';
     if (this.#checking.size >= config.maxPendingChecks) return 'busy';
     this.#checking.add(name);

@@ -24,7 +24,7 @@ import { registerAcmeMetrics } from '../metrics.js';
 import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
 import { AcmeIssuer } from './issuer.js';
-import { CertificateManager } from './maintain.js';
+import { CertificateManager, entryNameFor } from './maintain.js';
 import { OnDemandGate } from './on-demand.js';
 import { FleetChallenges } from './fleet-challenges.js';
 import { FleetLedger } from './on-demand-ledger.js';
@@ -117,8 +117,9 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
       : new OnDemandGate({
           config: acme.onDemand,
           log,
-          isManaged: (name) => running.isManaged(name),
-          order: (name) => void running.issue([name]).catch(() => undefined),
+          // A certificate already named so (uploaded, or the config file's) is not ACME's to take: the order's chain replaced it.
+          isManaged: (name) => running.isManaged(name) || deps.records().has(entryNameFor([name])),
+          order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome) => metrics.onDemand.inc({ outcome }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
         });

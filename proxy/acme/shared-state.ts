@@ -18,6 +18,8 @@
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity.
+ * A value that is not what its key should hold (a broken tool, a hand
+ * edit) is logged with its key and ignored: what was held stays.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME, type EtcdStore } from '../store/etcd-store.js';
@@ -42,13 +44,17 @@ export class SharedIssuerState implements IssuerStateStore {
 
   refresh(): void {
     this.#take(ACCOUNT, (value) => {
-      this.state.account = value as AccountState;
+      if (!isAccount(value)) return this.#garbage(ACCOUNT, 'not an ACME account');
+      this.state.account = value;
     });
     this.#take(RETIRED, (value) => {
-      if (Array.isArray(value)) this.state.retiredKeys = value as IssuerState['retiredKeys'];
+      if (!Array.isArray(value) || !value.every(isRetiredKey)) return this.#garbage(RETIRED, 'not a list of retired keys');
+      this.state.retiredKeys = value;
     });
     for (const name of this.#store.keys(CERTIFICATES)) {
       this.#take(CERTIFICATES + name, (value) => {
+        // `null` or `{}` here once stopped every maintenance pass (TypeError) and broke /metrics: the value is checked, and garbage leaves what is held.
+        if (!isManaged(value)) return this.#garbage(CERTIFICATES + name, 'not a managed certificate');
         const held = this.state.certificates[name] as unknown as Record<string, unknown> | undefined;
         if (held === undefined) {
           this.state.certificates[name] = value as ManagedState;
@@ -74,9 +80,14 @@ export class SharedIssuerState implements IssuerStateStore {
       try {
         this.#seen.set(key, await this.#store.put(key, text));
       } catch (err) {
-        this.#log.warn({ key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
+        this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
       }
     }
+  }
+
+  /** `storeKey`, not `key`: the logger redacts every `key` field, which hid the name of the key at fault. */
+  #garbage(key: string, what: string): void {
+    this.#log.warn({ storeKey: key }, `ACME state in the fleet's store is ${what}; ignored, the previous state kept`);
   }
 
   #take(key: string, apply: (value: unknown) => void): void {
@@ -86,7 +97,36 @@ export class SharedIssuerState implements IssuerStateStore {
     try {
       apply(JSON.parse(item.value));
     } catch {
-      this.#log.warn({ key }, "ACME state in the fleet's store is not valid JSON; ignored");
+      this.#log.warn({ storeKey: key }, "ACME state in the fleet's store is not valid JSON; ignored");
     }
   }
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+const optionalString = (value: unknown): boolean => value === undefined || typeof value === 'string';
+
+function isAccount(value: unknown): value is AccountState {
+  return isObject(value) && typeof value.directory === 'string' && typeof value.keyId === 'string' && typeof value.url === 'string';
+}
+
+function isRetiredKey(value: unknown): value is IssuerState['retiredKeys'][number] {
+  return isObject(value) && typeof value.keyId === 'string' && typeof value.deleteAfter === 'string';
+}
+
+/** The fields the manager reads without looking (state.ts ManagedState). */
+function isManaged(value: unknown): value is ManagedState {
+  return (
+    isObject(value) &&
+    Array.isArray(value.domains) &&
+    value.domains.length > 0 &&
+    value.domains.every((d) => typeof d === 'string') &&
+    typeof value.keyId === 'string' &&
+    typeof value.failures === 'number' &&
+    Number.isInteger(value.failures) &&
+    value.failures >= 0 &&
+    optionalString(value.notBefore) &&
+    optionalString(value.lastIssuedAt) &&
+    (value.lastError === undefined || isObject(value.lastError)) &&
+    (value.ari === undefined || isObject(value.ari))
+  );
 }

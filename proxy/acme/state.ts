@@ -26,6 +26,8 @@ export interface ManagedState {
   notBefore?: string | undefined;
   lastError?: { code: string; problem?: string | undefined; message: string; at: string } | undefined;
   lastIssuedAt?: string | undefined;
+  /** Made by an on-demand handshake: until its first certificate, a failed order is retried only through the on-demand gate. */
+  onDemand?: true | undefined;
   /** The renewal time chosen inside the CA's ARI window (RFC 9773 §4.2), with the window's certificate serial. */
   ari?: { serial: string; at: string; checkedAt: string } | undefined;
 }

@@ -5,19 +5,25 @@
  * rewritten too) unless told to misbehave: `down`
  * (connections cut), `slow` (answers held for `slowMs`), `badNonce` (every
  * POST refused with a fresh nonce, RFC 8555 §6.5), `rateLimited` (newOrder
- * refused with 429 and Retry-After, §6.6). Pebble itself has no rate limits.
+ * refused with 429 and Retry-After, §6.6), `huge` (the certificate download
+ * answered with `hugeBytes` of PEM, counted in `hugeSent` as the client takes
+ * them), `stuckPending` (an order that became ready is answered as still
+ * pending, with `Retry-After: 0`). Pebble itself has no rate limits.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited';
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending';
 
 export interface FaultFront {
   readonly directory: string;
   mode: FaultMode;
   slowMs: number;
   retryAfterSeconds: number;
+  hugeBytes: number;
+  /** Bytes of the huge answer the client took before it stopped reading. */
+  hugeSent: number;
   /** Requests answered with a fault, by mode. */
   readonly faults: Record<string, number>;
   close(): Promise<void>;
@@ -33,6 +39,8 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     mode: 'pass',
     slowMs: 0,
     retryAfterSeconds: 30,
+    hugeBytes: 0,
+    hugeSent: 0,
     faults: {},
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
@@ -59,6 +67,20 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
         count();
         return problem(res, 429, 'rateLimited', { 'retry-after': String(front.retryAfterSeconds) });
       }
+      if (mode === 'huge' && req.method === 'POST' && req.url?.includes('/certZ/')) {
+        count();
+        res.writeHead(200, { 'content-type': 'application/pem-certificate-chain', 'replay-nonce': `fault${Date.now()}` });
+        const chunk = Buffer.from(`-----BEGIN CERTIFICATE-----\n${'A'.repeat(64)}\n`.repeat(1024));
+        const more = (): void => {
+          while (front.hugeSent < front.hugeBytes && !res.destroyed) {
+            front.hugeSent += chunk.length;
+            if (!res.write(chunk)) return void res.once('drain', more);
+          }
+          res.end();
+        };
+        res.on('close', () => undefined);
+        return more();
+      }
       const relay = (): void => {
         const out = https.request(
           `${upstream}${req.url}`,
@@ -73,7 +95,13 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 if (value === undefined || name === 'content-length' || name === 'transfer-encoding') continue;
                 headers[name] = Array.isArray(value) ? value.map(rewrite) : rewrite(value);
               }
-              res.writeHead(answer.statusCode ?? 502, headers).end(rewrite(Buffer.concat(body).toString('utf8')));
+              let text = rewrite(Buffer.concat(body).toString('utf8'));
+              if (mode === 'stuckPending' && req.url?.includes('/my-order/') && /"status":\s*"ready"/.test(text)) {
+                count();
+                text = text.replace(/"status":\s*"ready"/, '"status": "pending"');
+                headers['retry-after'] = '0';
+              }
+              res.writeHead(answer.statusCode ?? 502, headers).end(text);
             });
           },
         );

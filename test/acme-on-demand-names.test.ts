@@ -1,0 +1,61 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { missReporter, OnDemandGate } from '../proxy/acme/on-demand.js';
+
+// The on-demand gate's first check, the name itself, against a real ask
+// endpoint: a name that is not a DNS host name an ACME CA could validate (an
+// IPv4 literal in the SNI, a numeric top-level label, a wildcard, an
+// underscore) is ignored before the ask endpoint, the rate limits or the CA;
+// a plain or punycode name goes on. A worker neither reports nor remembers
+// such a name: an SNI of 16 KB (a ClientHello holds one) was kept in each
+// worker's 10,000-name memory and sent to the primary.
+let ask: http.Server;
+const asked: string[] = [];
+
+beforeAll(async () => {
+  ask = http.createServer((req, res) => {
+    asked.push(new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '');
+    res.writeHead(200).end();
+  });
+  await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
+});
+
+afterAll(() => new Promise((resolve) => ask.close(resolve)));
+
+describe('on-demand names', () => {
+  it('ignores IP literals and names no CA can validate; orders plain and punycode names', async () => {
+    const config = loadProxyConfig(undefined, {
+      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask` } },
+    }).acme!.onDemand!;
+    const ordered: string[] = [];
+    const gate = new OnDemandGate({
+      config,
+      log: createLogger('on-demand-names-test', 'silent', process.stderr),
+      isManaged: () => false,
+      order: (name) => void ordered.push(name),
+    });
+    for (const name of ['192.0.2.1', '10.0.0.1', '127.0.0.1', 'host.123', '*.x.test', 'a_b.x.test', 'x.test.', '-a.x.test']) {
+      expect(await gate.wanted(name), name).toBe('ignored');
+    }
+    expect(asked).toEqual([]);
+    expect(await gate.wanted('www.x.test')).toBe('ordered');
+    expect(await gate.wanted('xn--bcher-kva.x.test')).toBe('ordered');
+    expect(await gate.wanted('1.x.test')).toBe('ordered');
+    expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test']);
+    expect(asked).toEqual(ordered);
+  });
+
+  it('a worker reports only names that may be DNS names, and keeps no other', () => {
+    const sent: string[] = [];
+    const report = missReporter((name) => sent.push(name));
+    report('x'.repeat(16_000));
+    report(`${'a'.repeat(63)}.`.repeat(4).concat('test'));
+    report('192.0.2.1');
+    report('www.x.test');
+    report('www.x.test');
+    expect(sent).toEqual(['www.x.test']);
+  });
+});
