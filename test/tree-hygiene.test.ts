@@ -1,7 +1,10 @@
 /**
  * The tree as committed: no file git tracks holds a merge's leftover
  * conflict markers. Biome parses only code, so a marker left in a Markdown
- * file (README, SPEC, bench notes) would otherwise ship unnoticed.
+ * file (README, SPEC, bench notes) would otherwise ship unnoticed. And no
+ * symbolic link is tracked: a checkout's node_modules or native build linked
+ * from elsewhere, once committed, replaces the real directory of every
+ * checkout that merges it.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -21,5 +24,13 @@ describe('tree hygiene', () => {
     expect(files.length).toBeGreaterThan(100);
     const marked = files.filter((file) => MARKER.test(readFileSync(path.join(REPO, file), 'utf8')));
     expect(marked).toEqual([]);
+  });
+
+  it('no symbolic link is tracked', () => {
+    // `git ls-files -s`: mode 120000 is a symbolic link.
+    const links = execFileSync('git', ['ls-files', '-s'], { cwd: REPO, encoding: 'utf8' })
+      .split('\n')
+      .filter((line) => line.startsWith('120000 '));
+    expect(links).toEqual([]);
   });
 });
