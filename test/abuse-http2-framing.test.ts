@@ -208,8 +208,14 @@ describe('HTTP/2 framing abuse', () => {
       const path = `/authority-${i}`;
       const client = await rawClient();
       client.write(headerFrames(1, Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', authority)]), true));
-      const line = await accessLine(path);
-      expect([authority, line.status, line.code]).toEqual([authority, 400, 'KEYEDGE_HTTP_BAD_TARGET']);
+      // Ours (400) where nghttp2 lets it through (Node 20's 1.61); the newer nghttp2 of Node 22 and 24 resets such a
+      // stream itself (PROTOCOL_ERROR, RFC 9113 §8.1.1), before any request reaches the proxy: refused either way.
+      const outcome = await waitFor(`the refusal of ${path}`, () => {
+        const line = proxy.lines.find((l) => l.msg === 'request' && l.path === path);
+        if (line !== undefined) return { status: line.status, code: line.code };
+        return client.resets > 0 || client.goaways.length > 0 ? { status: 'reset', code: undefined } : undefined;
+      });
+      if (outcome.status !== 'reset') expect([authority, outcome.status, outcome.code]).toEqual([authority, 400, 'KEYEDGE_HTTP_BAD_TARGET']);
       client.tls.destroy();
       expect(seen.filter((s) => s.path === path)).toEqual([]);
     }

@@ -335,11 +335,13 @@ function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }:
   // A HEAD's answer ends with its head: Node ends (and finishes) the stream in respond, and a body now is an error.
   if (!stream.writableEnded) stream.end(body);
   // A body the client still sends is not read: it may stop (RFC 9113 §8.1). Waiting for a 'finish' that HEAD's
-  // answer had already had left such a stream open for ever, holding its connection past every timeout.
-  if (stream.writableFinished) closeUnreadBody(stream);
+  // answer had already had left such a stream open for ever, holding its connection past every timeout. Closed in
+  // the next turn, once Node has handed the head to nghttp2's output: an RST_STREAM submitted first makes nghttp2
+  // drop the HEADERS still queued for the stream (seen on Node 22: the client got the reset and no answer).
+  if (stream.writableFinished) setImmediate(closeUnreadBody, stream);
   else stream.once('finish', () => closeUnreadBody(stream));
 }
 
 function closeUnreadBody(stream: ServerHttp2Stream): void {
-  if (bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
+  if (!stream.destroyed && bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
 }
