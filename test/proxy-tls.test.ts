@@ -221,7 +221,10 @@ describe('session resumption and the certificate', () => {
   it.each(['TLSv1.2', 'TLSv1.3'] as const)('over %s, a session made with one certificate resumes for it, never for another name', async (version) => {
     const first = await nodeGet(port, 'ec.lab.test', ca, { maxVersion: version });
     expect(first).toMatchObject({ ok: true, resumed: false });
-    expect(await nodeGet(port, 'a.wild.lab.test', ca, { maxVersion: version, session: first.session! })).toMatchObject({ ok: true, resumed: true });
+    expect(await nodeGet(port, 'ec.lab.test', ca, { maxVersion: version, session: first.session! })).toMatchObject({ ok: true, resumed: true });
+    // Another name of the same certificate may resume (RFC 8446 §4.6.1): it does on Node 20's OpenSSL 3.0; the OpenSSL 3.5
+    // of Node 22 and 24 resumes only for the session's own name. Either way the connection is served.
+    expect(await nodeGet(port, 'a.wild.lab.test', ca, { maxVersion: version, session: first.session! })).toMatchObject({ ok: true });
     const other = await nodeGet(port, 'rsa.lab.test', ca, { maxVersion: version, session: first.session! });
     expect(other).toMatchObject({ ok: true, resumed: false, subjectAltName: 'DNS:rsa.lab.test' });
   });
