@@ -10,7 +10,8 @@
  * remembered with its backoff in the state file, and shown in GET /certs.
  * An on-demand entry whose first order failed is the exception: the loop
  * leaves it, and only its next handshake, through the on-demand gate and
- * its hourly limits, orders it again (on-demand.ts).
+ * its hourly limits, orders it again (on-demand.ts), unless the operator
+ * issues it (admin API), which makes it an ordinary entry.
  *
  * In a fleet every node runs this loop on the shared state (shared-state.ts);
  * an order runs under the name's issuance lock (issuance-locks.ts), so when
@@ -105,6 +106,10 @@ export class CertificateManager {
       Promise.resolve()
         .then(() => this.#deps.state.save())
         .catch((err: unknown) => this.#deps.log.warn({ certificate: name, reason: (err as Error).message }, 'ACME state not saved'));
+    } else if (!onDemand && managed.onDemand === true) {
+      // The operator asks for it (admin API): it is no longer the gate's alone, and a failure is retried by the loop as for any
+      // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
+      delete managed.onDemand;
     }
     return this.#run(name);
   }
