@@ -201,4 +201,52 @@ describe('an on-demand entry the operator orders', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('an on-demand entry whose first certificate serves though its order was counted failed (stored, not applied in time) is renewed by the loop', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-served-'));
+    try {
+      const ca = await createCa('on-demand served CA');
+      // Issued 80 days ago for 90: past two thirds of its lifetime, due for renewal.
+      const leaf = await issue(ca, {
+        commonName: 'late.example',
+        dnsNames: ['late.example'],
+        keyAlgorithm: 'ec-p256',
+        notBefore: new Date(Date.now() - 80 * DAY),
+        notAfter: new Date(Date.now() + 10 * DAY),
+      });
+      const record = { name: 'late.example', chainPem: leaf.certPem, keyId: 'k2' } as unknown as CertificateRecord;
+      const state = new StateFile(dir);
+      // The first order's chain was stored and serves, but a worker did not apply it in time: the order counted as failed.
+      state.state.certificates['late.example'] = {
+        domains: ['late.example'],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: new Date(Date.now() - 1000).toISOString(),
+      };
+      const orders: IssueRequest[] = [];
+      const issuer = {
+        issue: async (request: IssueRequest) => {
+          orders.push(request);
+          return { keyId: 'k3', chainPem: leaf.certPem, newKey: true };
+        },
+      } as unknown as AcmeIssuer;
+      const manager = new CertificateManager({
+        config: acme,
+        state,
+        issuer,
+        keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+        records: () => new Map([['late.example', record]]),
+        metrics: registerAcmeMetrics(new Registry(), () => 0),
+        log: captureLog('warn').logger,
+        renewalWindow: async () => undefined,
+      });
+      // Its handshakes find a certificate: no uncovered name reaches the gate, so only the loop can renew it before it expires.
+      await manager.tick();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(orders.map((o) => o.name)).toEqual(['late.example']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

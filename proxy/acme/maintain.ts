@@ -8,7 +8,7 @@
  * is never ordered twice. A failure leaves the store entry as it is (the
  * current certificate keeps serving until it expires), is logged, counted,
  * remembered with its backoff in the state file, and shown in GET /certs.
- * An on-demand entry whose first order failed is the exception: the loop
+ * An on-demand entry whose first order failed, no certificate serving it, is the exception: the loop
  * leaves it, and only its next handshake, through the on-demand gate and
  * its hourly limits, orders it again (on-demand.ts), unless the operator
  * issues it (admin API), which makes it an ordinary entry.
@@ -149,9 +149,11 @@ export class CertificateManager {
       for (const [name, managed] of Object.entries(certificates)) {
         if (this.#inFlight.size >= this.#deps.config.renewal.maxConcurrent) break;
         if (this.#inFlight.has(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
-        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
-        if (waitsForTheGate(managed)) continue;
         const record = this.#deps.records().get(name);
+        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
+        // Only while no certificate serves it: one whose order was counted failed after its chain was stored (issuer.ts) serves,
+        // its handshakes tell the gate nothing, and skipped here it was never renewed and expired.
+        if (record === undefined && waitsForTheGate(managed)) continue;
         if (record !== undefined) await this.#checkAri(name, managed, record);
         // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
         const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
