@@ -164,43 +164,46 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
 });
 
 describe('an on-demand entry the operator orders', () => {
-  it("a failed on-demand entry the admin API issues is the operator's: the renewal loop retries it after a failure", async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'keyedge-adopt-'));
-    try {
-      const state = new StateFile(dir);
-      // The first order of a handshake's name failed: the loop leaves it to the on-demand gate.
-      state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: '', failures: 1, onDemand: true };
-      const orders: IssueRequest[] = [];
-      const issuer = {
-        issue: async (request: IssueRequest) => {
-          orders.push(request);
-          throw new Error('CA unavailable');
-        },
-      } as unknown as AcmeIssuer;
-      const manager = new CertificateManager({
-        config: acme,
-        state,
-        issuer,
-        keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-        records: () => new Map(),
-        metrics: registerAcmeMetrics(new Registry(), () => 0),
-        log: captureLog('warn').logger,
-        renewalWindow: async () => undefined,
-      });
-      await manager.tick();
-      expect(orders).toHaveLength(0);
-      // POST /acme/issue {"domains":["shop.example"]}: the operator asks for it; the CA is briefly down.
-      await expect(manager.issue(['shop.example'])).rejects.toThrow('CA unavailable');
-      expect(orders).toHaveLength(1);
-      // Its backoff over, the loop orders it again, as for any name the operator asked for.
-      state.state.certificates['shop.example']!.notBefore = new Date(Date.now() - 1000).toISOString();
-      await manager.tick();
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      expect(orders).toHaveLength(2);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  it.each(['issue', 'renew'] as const)(
+    "a failed on-demand entry the admin API orders (%s) is the operator's: the renewal loop retries it after a failure",
+    async (how) => {
+      const dir = mkdtempSync(join(tmpdir(), 'keyedge-adopt-'));
+      try {
+        const state = new StateFile(dir);
+        // The first order of a handshake's name failed: the loop leaves it to the on-demand gate.
+        state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: '', failures: 1, onDemand: true };
+        const orders: IssueRequest[] = [];
+        const issuer = {
+          issue: async (request: IssueRequest) => {
+            orders.push(request);
+            throw new Error('CA unavailable');
+          },
+        } as unknown as AcmeIssuer;
+        const manager = new CertificateManager({
+          config: acme,
+          state,
+          issuer,
+          keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+          records: () => new Map(),
+          metrics: registerAcmeMetrics(new Registry(), () => 0),
+          log: captureLog('warn').logger,
+          renewalWindow: async () => undefined,
+        });
+        await manager.tick();
+        expect(orders).toHaveLength(0);
+        // POST /acme/issue {"domains":["shop.example"]} or /acme/renew/shop.example: the operator asks for it; the CA is briefly down.
+        await expect(how === 'issue' ? manager.issue(['shop.example']) : manager.renew('shop.example')).rejects.toThrow('CA unavailable');
+        expect(orders).toHaveLength(1);
+        // Its backoff over, the loop orders it again, as for any name the operator asked for.
+        state.state.certificates['shop.example']!.notBefore = new Date(Date.now() - 1000).toISOString();
+        await manager.tick();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(orders).toHaveLength(2);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 
   it('an on-demand entry whose first certificate serves though its order was counted failed (stored, not applied in time) is renewed by the loop', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'keyedge-served-'));

@@ -11,7 +11,7 @@
  * An on-demand entry whose first order failed, no certificate serving it, is the exception: the loop
  * leaves it, and only its next handshake, through the on-demand gate and
  * its hourly limits, orders it again (on-demand.ts), unless the operator
- * issues it (admin API), which makes it an ordinary entry.
+ * issues or renews it (admin API), which makes it an ordinary entry.
  *
  * In a fleet every node runs this loop on the shared state (shared-state.ts);
  * an order runs under the name's issuance lock (issuance-locks.ts), so when
@@ -116,9 +116,12 @@ export class CertificateManager {
 
   /** Renews a managed entry now, whatever its schedule or backoff. */
   renew(name: string): Promise<Issued> {
-    if (this.#deps.state.state.certificates[name] === undefined) {
+    const managed = this.#deps.state.state.certificates[name];
+    if (managed === undefined) {
       return Promise.reject(new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME; issue it with keyedge cert issue`));
     }
+    // The operator asks for it, as in issue(): a failure is retried by the loop from now on.
+    delete managed.onDemand;
     return this.#run(name);
   }
 
