@@ -162,3 +162,94 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
     client.close();
   });
 });
+
+describe('an on-demand entry the operator orders', () => {
+  it.each(['issue', 'renew'] as const)(
+    "a failed on-demand entry the admin API orders (%s) is the operator's: the renewal loop retries it after a failure",
+    async (how) => {
+      const dir = mkdtempSync(join(tmpdir(), 'keyedge-adopt-'));
+      try {
+        const state = new StateFile(dir);
+        // The first order of a handshake's name failed: the loop leaves it to the on-demand gate.
+        state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: '', failures: 1, onDemand: true };
+        const orders: IssueRequest[] = [];
+        const issuer = {
+          issue: async (request: IssueRequest) => {
+            orders.push(request);
+            throw new Error('CA unavailable');
+          },
+        } as unknown as AcmeIssuer;
+        const manager = new CertificateManager({
+          config: acme,
+          state,
+          issuer,
+          keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+          records: () => new Map(),
+          metrics: registerAcmeMetrics(new Registry(), () => 0),
+          log: captureLog('warn').logger,
+          renewalWindow: async () => undefined,
+        });
+        await manager.tick();
+        expect(orders).toHaveLength(0);
+        // POST /acme/issue {"domains":["shop.example"]} or /acme/renew/shop.example: the operator asks for it; the CA is briefly down.
+        await expect(how === 'issue' ? manager.issue(['shop.example']) : manager.renew('shop.example')).rejects.toThrow('CA unavailable');
+        expect(orders).toHaveLength(1);
+        // Its backoff over, the loop orders it again, as for any name the operator asked for.
+        state.state.certificates['shop.example']!.notBefore = new Date(Date.now() - 1000).toISOString();
+        await manager.tick();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(orders).toHaveLength(2);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it('an on-demand entry whose first certificate serves though its order was counted failed (stored, not applied in time) is renewed by the loop', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-served-'));
+    try {
+      const ca = await createCa('on-demand served CA');
+      // Issued 80 days ago for 90: past two thirds of its lifetime, due for renewal.
+      const leaf = await issue(ca, {
+        commonName: 'late.example',
+        dnsNames: ['late.example'],
+        keyAlgorithm: 'ec-p256',
+        notBefore: new Date(Date.now() - 80 * DAY),
+        notAfter: new Date(Date.now() + 10 * DAY),
+      });
+      const record = { name: 'late.example', chainPem: leaf.certPem, keyId: 'k2' } as unknown as CertificateRecord;
+      const state = new StateFile(dir);
+      // The first order's chain was stored and serves, but a worker did not apply it in time: the order counted as failed.
+      state.state.certificates['late.example'] = {
+        domains: ['late.example'],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: new Date(Date.now() - 1000).toISOString(),
+      };
+      const orders: IssueRequest[] = [];
+      const issuer = {
+        issue: async (request: IssueRequest) => {
+          orders.push(request);
+          return { keyId: 'k3', chainPem: leaf.certPem, newKey: true };
+        },
+      } as unknown as AcmeIssuer;
+      const manager = new CertificateManager({
+        config: acme,
+        state,
+        issuer,
+        keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+        records: () => new Map([['late.example', record]]),
+        metrics: registerAcmeMetrics(new Registry(), () => 0),
+        log: captureLog('warn').logger,
+        renewalWindow: async () => undefined,
+      });
+      // Its handshakes find a certificate: no uncovered name reaches the gate, so only the loop can renew it before it expires.
+      await manager.tick();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(orders.map((o) => o.name)).toEqual(['late.example']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -8,9 +8,10 @@
  * is never ordered twice. A failure leaves the store entry as it is (the
  * current certificate keeps serving until it expires), is logged, counted,
  * remembered with its backoff in the state file, and shown in GET /certs.
- * An on-demand entry whose first order failed is the exception: the loop
+ * An on-demand entry whose first order failed, no certificate serving it, is the exception: the loop
  * leaves it, and only its next handshake, through the on-demand gate and
- * its hourly limits, orders it again (on-demand.ts).
+ * its hourly limits, orders it again (on-demand.ts), unless the operator
+ * issues or renews it (admin API), which makes it an ordinary entry.
  *
  * In a fleet every node runs this loop on the shared state (shared-state.ts);
  * an order runs under the name's issuance lock (issuance-locks.ts), so when
@@ -105,15 +106,22 @@ export class CertificateManager {
       Promise.resolve()
         .then(() => this.#deps.state.save())
         .catch((err: unknown) => this.#deps.log.warn({ certificate: name, reason: (err as Error).message }, 'ACME state not saved'));
+    } else if (!onDemand && managed.onDemand === true) {
+      // The operator asks for it (admin API): it is no longer the gate's alone, and a failure is retried by the loop as for any
+      // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
+      delete managed.onDemand;
     }
     return this.#run(name);
   }
 
   /** Renews a managed entry now, whatever its schedule or backoff. */
   renew(name: string): Promise<Issued> {
-    if (this.#deps.state.state.certificates[name] === undefined) {
+    const managed = this.#deps.state.state.certificates[name];
+    if (managed === undefined) {
       return Promise.reject(new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME; issue it with keyedge cert issue`));
     }
+    // The operator asks for it, as in issue(): a failure is retried by the loop from now on.
+    delete managed.onDemand;
     return this.#run(name);
   }
 
@@ -144,9 +152,11 @@ export class CertificateManager {
       for (const [name, managed] of Object.entries(certificates)) {
         if (this.#inFlight.size >= this.#deps.config.renewal.maxConcurrent) break;
         if (this.#inFlight.has(name) || (managed.notBefore !== undefined && Date.parse(managed.notBefore) > now)) continue;
-        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
-        if (waitsForTheGate(managed)) continue;
         const record = this.#deps.records().get(name);
+        // Retrying it here was an order and a token key per backoff step, outside the on-demand hourly limits, for every name ever sent.
+        // Only while no certificate serves it: one whose order was counted failed after its chain was stored (issuer.ts) serves,
+        // its handshakes tell the gate nothing, and skipped here it was never renewed and expired.
+        if (record === undefined && waitsForTheGate(managed)) continue;
         if (record !== undefined) await this.#checkAri(name, managed, record);
         // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
         const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
