@@ -27,6 +27,37 @@ import { createCa, issue } from './helpers/pki.js';
 const acme = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir' } }).acme!;
 const DAY = 86_400_000;
 
+type ManagerDeps = ConstructorParameters<typeof CertificateManager>[0];
+
+/** A manager over `state` whose issuer records each order it is asked for and answers with `answer`. */
+function recordingManager(
+  state: StateFile,
+  options: {
+    answer: (request: IssueRequest) => Promise<unknown>;
+    records?: ReturnType<ManagerDeps['records']>;
+    renewalWindow?: ManagerDeps['renewalWindow'];
+  },
+): { manager: CertificateManager; orders: IssueRequest[] } {
+  const orders: IssueRequest[] = [];
+  const issuer = {
+    issue: (request: IssueRequest) => {
+      orders.push(request);
+      return options.answer(request);
+    },
+  } as unknown as AcmeIssuer;
+  const manager = new CertificateManager({
+    config: acme,
+    state,
+    issuer,
+    keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+    records: () => options.records ?? new Map(),
+    metrics: registerAcmeMetrics(new Registry(), () => 0),
+    log: captureLog('warn').logger,
+    renewalWindow: options.renewalWindow ?? (async () => undefined),
+  });
+  return { manager, orders };
+}
+
 describe('renewal policy', () => {
   it('renews at two thirds of the lifetime, each name moved earlier by its own part of the spread', () => {
     const leaf = { notBefore: Date.parse('2026-01-01T00:00:00Z'), notAfter: Date.parse('2026-01-01T00:00:00Z') + 90 * DAY };
@@ -126,21 +157,9 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
     });
     const state = new StateFile(dir);
     state.state.certificates['ari.example'] = { domains: ['ari.example'], keyId: 'k1', failures: 0 };
-    const orders: IssueRequest[] = [];
-    const issuer = {
-      issue: async (request: IssueRequest) => {
-        orders.push(request);
-        return { keyId: 'k2', chainPem: leaf.certPem, newKey: true };
-      },
-    } as unknown as AcmeIssuer;
-    const manager = new CertificateManager({
-      config: acme,
-      state,
-      issuer,
-      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-      records: () => new Map([['ari.example', record]]),
-      metrics: registerAcmeMetrics(new Registry(), () => 0),
-      log: captureLog('warn').logger,
+    const { manager, orders } = recordingManager(state, {
+      answer: async () => ({ keyId: 'k2', chainPem: leaf.certPem, newKey: true }),
+      records: new Map([['ari.example', record]]),
       renewalWindow: (certId) => client.renewalInfo(certId),
     });
 
@@ -172,22 +191,10 @@ describe('an on-demand entry the operator orders', () => {
         const state = new StateFile(dir);
         // The first order of a handshake's name failed: the loop leaves it to the on-demand gate.
         state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: '', failures: 1, onDemand: true };
-        const orders: IssueRequest[] = [];
-        const issuer = {
-          issue: async (request: IssueRequest) => {
-            orders.push(request);
+        const { manager, orders } = recordingManager(state, {
+          answer: async () => {
             throw new Error('CA unavailable');
           },
-        } as unknown as AcmeIssuer;
-        const manager = new CertificateManager({
-          config: acme,
-          state,
-          issuer,
-          keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-          records: () => new Map(),
-          metrics: registerAcmeMetrics(new Registry(), () => 0),
-          log: captureLog('warn').logger,
-          renewalWindow: async () => undefined,
         });
         await manager.tick();
         expect(orders).toHaveLength(0);
@@ -227,22 +234,9 @@ describe('an on-demand entry the operator orders', () => {
         onDemand: true,
         notBefore: new Date(Date.now() - 1000).toISOString(),
       };
-      const orders: IssueRequest[] = [];
-      const issuer = {
-        issue: async (request: IssueRequest) => {
-          orders.push(request);
-          return { keyId: 'k3', chainPem: leaf.certPem, newKey: true };
-        },
-      } as unknown as AcmeIssuer;
-      const manager = new CertificateManager({
-        config: acme,
-        state,
-        issuer,
-        keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-        records: () => new Map([['late.example', record]]),
-        metrics: registerAcmeMetrics(new Registry(), () => 0),
-        log: captureLog('warn').logger,
-        renewalWindow: async () => undefined,
+      const { manager, orders } = recordingManager(state, {
+        answer: async () => ({ keyId: 'k3', chainPem: leaf.certPem, newKey: true }),
+        records: new Map([['late.example', record]]),
       });
       // Its handshakes find a certificate: no uncovered name reaches the gate, so only the loop can renew it before it expires.
       await manager.tick();
