@@ -6,7 +6,7 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { nodeGet } from './helpers/clients.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { ecAndRsaServing, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // A ClientHello fragmented over several TLS records (legal: RFC 8446 §5.1) is read by OpenSSL, not by the
 // listener's peek: the rare path must choose the certificate as the common one does.
@@ -19,14 +19,8 @@ const log = createLogger('proxy-test', 'silent');
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
-  const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test', '*.wild.lab.test']);
-  const rsa = await lab.certificate('rsa', lab.keys.rsa, ['rsa.lab.test']);
   const config: ProxyConfig = lab.proxyConfig({
-    certificates: [
-      { name: 'ec', chain: ec.file },
-      { name: 'rsa', chain: rsa.file },
-    ],
-    sni: { default: 'ec', onUnknown: 'reject' },
+    ...(await ecAndRsaServing(lab)),
     listen: [{ host: '127.0.0.1', port: 0, profile: 'intermediate' }],
   });
   proxy = await startProxyWorker(config, { log });

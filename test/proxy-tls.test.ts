@@ -7,7 +7,7 @@ import { Registry } from 'prom-client';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { curl, nodeGet, sClient } from './helpers/clients.js';
-import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { ecAndRsaServing, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // Keyless TLS termination through a real key server, with real clients:
 // versions, suites, signature schemes, SNI, HSTS, tickets.
@@ -20,14 +20,8 @@ const log = createLogger('proxy-test', 'silent');
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
-  const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test', '*.wild.lab.test']);
-  const rsa = await lab.certificate('rsa', lab.keys.rsa, ['rsa.lab.test']);
   const config: ProxyConfig = lab.proxyConfig({
-    certificates: [
-      { name: 'ec', chain: ec.file },
-      { name: 'rsa', chain: rsa.file },
-    ],
-    sni: { default: 'ec', onUnknown: 'reject' },
+    ...(await ecAndRsaServing(lab)),
     listen: [
       { host: '127.0.0.1', port: 0, profile: 'intermediate' },
       { host: '127.0.0.1', port: 0, profile: 'modern' },

@@ -168,6 +168,22 @@ export async function startKeylessLab(): Promise<KeylessLab> {
 }
 
 /** A pino destination that parses each JSON log line into `lines`, for assertions on what was logged. */
+/**
+ * The TLS tests' certificates, to spread into `lab.proxyConfig`: ECDSA for ec.lab.test and *.wild.lab.test (also
+ * the default, for a hello without SNI), RSA for rsa.lab.test; any other name refused.
+ */
+export async function ecAndRsaServing(lab: KeylessLab): Promise<Record<string, unknown>> {
+  const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test', '*.wild.lab.test']);
+  const rsa = await lab.certificate('rsa', lab.keys.rsa, ['rsa.lab.test']);
+  return {
+    certificates: [
+      { name: 'ec', chain: ec.file },
+      { name: 'rsa', chain: rsa.file },
+    ],
+    sni: { default: 'ec', onUnknown: 'reject' },
+  };
+}
+
 export function jsonLineSink(lines: Record<string, unknown>[]): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, done) {
