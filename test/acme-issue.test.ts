@@ -75,4 +75,15 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(metrics).toMatch(/keyedge_proxy_acme_orders_total\{result="ok"\} 1/);
   }, 120_000);
+
+  it('a first name over 64 characters (no CN in its CSR: RFC 5280 ub-common-name) is issued and serves', async () => {
+    const long = `${'a'.repeat(60)}.acme.test`;
+    expect(long.length).toBeGreaterThan(64);
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', long]);
+    expect(issued.stderr).toBe('');
+    expect(issued.code).toBe(0);
+    const got = await curl(proxy.port, long, await pebble.rootFile());
+    expect(got.code, got.stderr).toBe(0);
+    expect(got.stdout).toContain(`"host":"${long}:${proxy.port}"`);
+  }, 120_000);
 });

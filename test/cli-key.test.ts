@@ -69,6 +69,18 @@ describe('keyedge key', () => {
     const spki = Buffer.from(csr.publicKey.rawData);
     expect(createHash('sha256').update(spki).digest('hex')).toBe(keys.find((k) => k.label === label)?.keyId);
   });
+
+  it('makes a CSR without a CN when the first name is over 64 characters (RFC 5280 ub-common-name): the names are in the SAN', async () => {
+    const long = `${'a'.repeat(60)}.shop.example`;
+    const out = join(dir, 'long.csr');
+    const result = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', long, '--domain', 'shop.example', '--out', out);
+    expect(result.status, result.stderr).toBe(0);
+    expect(execFileSync('openssl', ['req', '-in', out, '-noout', '-verify'], { encoding: 'utf8', stdio: 'pipe' })).toBe('');
+    const csr = new x509.Pkcs10CertificateRequest(readFileSync(out, 'utf8'));
+    expect(csr.subject).toBe('');
+    const san = csr.extensions.find((e): e is x509.SubjectAlternativeNameExtension => e instanceof x509.SubjectAlternativeNameExtension);
+    expect(san?.names.items.map((n) => n.value)).toEqual([long, 'shop.example']);
+  });
 });
 
 describe('usage and errors', () => {

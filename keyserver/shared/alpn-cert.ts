@@ -7,13 +7,15 @@
  * validated, and the critical acmeIdentifier extension
  * (id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31) whose value is the DER OCTET
  * STRING of SHA-256(key authorization). @peculiar/x509 builds and encodes it.
+ * Its subject is the name's CN when that fits in 64 characters, else empty
+ * with the subjectAltName critical (RFC 5280 §4.2.1.6), as for a CSR (csr.ts).
  *
  * Cost: one signature by the holder (one key-server round trip); the
  * certificate lives only while its authorization is pending.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
-import { type CsrKey, type CsrSigner, holderCrypto } from './csr.js';
+import { type CsrKey, type CsrSigner, holderCrypto, subjectFor } from './csr.js';
 import * as x509 from './x509.js';
 
 /** id-pe-acmeIdentifier (RFC 8737 §6.1). */
@@ -25,18 +27,22 @@ export async function createAlpnChallengeCertWith(key: CsrKey, name: string, key
   const digest = createHash('sha256').update(keyAuthorization).digest();
   const acmeIdentifier = AsnConvert.serialize(new OctetString(digest));
   const now = Date.now();
+  const subject = subjectFor([name]);
   // A positive serial: first bit cleared.
   const serial = randomBytes(16);
   serial[0] = (serial[0] ?? 0) & 0x7f;
   return x509.X509CertificateGenerator.createSelfSigned(
     {
       serialNumber: serial.toString('hex'),
-      name: `CN=${name}`,
+      name: subject,
       notBefore: new Date(now - 86_400_000),
       notAfter: new Date(now + 86_400_000),
       keys,
       signingAlgorithm,
-      extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: name }]), new x509.Extension(ACME_IDENTIFIER_OID, true, acmeIdentifier)],
+      extensions: [
+        new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: name }], subject === ''),
+        new x509.Extension(ACME_IDENTIFIER_OID, true, acmeIdentifier),
+      ],
     },
     crypto,
   );

@@ -8,6 +8,14 @@
  * object it is given. We give it node's WebCrypto with `sign` replaced by the
  * caller's function: the library hashes nothing itself, so we hash the
  * to-be-signed bytes here and the holder signs the digest.
+ *
+ * The subject's common name is the first name only when it fits: RFC 5280
+ * (Appendix A.1, ub-common-name) bounds a CN at 64 characters, and a public
+ * CA (Let's Encrypt) refuses a request whose CN is longer, so a certificate
+ * whose first name is over 64 could never be issued. Such a request has an
+ * empty subject and names every domain in its subjectAltName alone, which
+ * the CA/Browser Forum's Baseline Requirements allow (§7.1.4.3: the CN is
+ * discouraged, a copy of one SAN when present) and certbot and lego do.
  */
 import { createHash, createPublicKey, webcrypto } from 'node:crypto';
 import * as x509 from './x509.js';
@@ -80,11 +88,24 @@ export async function holderCrypto(
   return { keys: { publicKey, privateKey }, crypto, signingAlgorithm: { name: algorithm.name, hash: webHash } };
 }
 
+/** RFC 5280 Appendix A.1: ub-common-name INTEGER ::= 64. */
+export const MAX_COMMON_NAME = 64;
+
+/**
+ * The subject for a certificate of `names`: `CN=<first>` when the first name
+ * is at most 64 bytes, else empty (the names are in the subjectAltName).
+ * DNS names are ASCII (A-labels), so bytes and characters are the same.
+ */
+export function subjectFor(names: readonly string[]): string {
+  const first = names[0];
+  return first !== undefined && Buffer.byteLength(first) <= MAX_COMMON_NAME ? `CN=${first}` : '';
+}
+
 export async function createCsrWith(key: CsrKey, domains: readonly string[], sign: CsrSigner): Promise<x509.Pkcs10CertificateRequest> {
   const { keys, crypto, signingAlgorithm } = await holderCrypto(key, sign);
   return x509.Pkcs10CertificateRequestGenerator.create(
     {
-      name: `CN=${domains[0] ?? ''}`,
+      name: subjectFor(domains),
       keys,
       signingAlgorithm,
       extensions: [new x509.SubjectAlternativeNameExtension(domains.map((value) => ({ type: 'dns' as const, value })))],
