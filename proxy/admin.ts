@@ -36,7 +36,10 @@
  * A body over the limit is read and dropped up to a bound (readBody), so the
  * client sees the 413 rather than a reset of a connection it still writes to,
  * as nginx's lingering close does; past the bound, the 413 goes out with
- * `connection: close`.
+ * `connection: close`. With `Expect: 100-continue`, `100 Continue` goes only
+ * to a request that would not be refused before its body: a change without
+ * the token gets its 401/403 instead (checked first), a declared body over
+ * the limit its 413, and the connection ends.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -101,24 +104,15 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       json(putFailureStatus(err), {
         error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CERTIFICATE', reason: (err as { reason?: string }).reason, message: err.message },
       });
-    if (req.method === 'POST' || req.method === 'PUT' || req.method === 'DELETE') {
+    if (CHANGES.has(req.method ?? '')) {
       if (control === undefined) return text(404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
-        const answer = (close: boolean): void => {
-          res
-            .writeHead(denied.status, {
-              'content-type': 'text/plain; charset=utf-8',
-              ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
-              ...(close ? { connection: 'close' } : {}),
-            })
-            .end(`${denied.message}\n`);
-        };
-        if (!hasBody(req)) return answer(false);
+        if (!hasBody(req)) return refuse(res, denied, false);
         // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
         // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
         // to its end, however long (an endless chunked one for ever), to keep the connection.
-        void readBody(req, 0).then((body) => answer(typeof body !== 'string' && body.close));
+        void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }
       const upload = /^\/certs\/(.+)$/.exec(path ?? '');
@@ -237,8 +231,14 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     }
   };
   const server = http.createServer(handle);
-  // Expect: 100-continue (RFC 9110 §10.1.1): a declared body over the limit gets its 413 instead of the 100.
+  // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so a request that would be refused gets its final
+  // answer instead, and the connection ends after it (the client may send the body anyway once it tires of waiting; it is
+  // not read). A change without the token: its 401 or 403, checked first, so that no client without the token is invited to
+  // send up to the body limit. A declared body over the limit: its 413.
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const tokenFile = sources.control?.tokenFile;
+    const denied = tokenFile !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, tokenFile) : undefined;
+    if (denied !== undefined) return refuse(res, denied, true);
     if (declaredLength(req) > MAX_UPLOAD_BYTES) return tooLarge(res, true);
     res.writeContinue();
     handle(req, res);
@@ -312,6 +312,20 @@ function tooLarge(res: http.ServerResponse, close: boolean): void {
       ...(close ? { connection: 'close' } : {}),
     })
     .end(body);
+}
+
+/** The methods that change something: each needs the admin token. */
+const CHANGES: ReadonlySet<string> = new Set(['POST', 'PUT', 'DELETE']);
+
+/** The 401 or 403 of a change without the token; with `close`, the connection ends after it. */
+function refuse(res: http.ServerResponse, denied: { status: number; message: string }, close: boolean): void {
+  res
+    .writeHead(denied.status, {
+      'content-type': 'text/plain; charset=utf-8',
+      ...(denied.status === 401 ? { 'www-authenticate': 'Bearer realm="keyedge-admin"' } : {}),
+      ...(close ? { connection: 'close' } : {}),
+    })
+    .end(`${denied.message}\n`);
 }
 
 /** Undefined when the request carries the admin token; else the answer to give. */

@@ -72,6 +72,44 @@ function rawExchange(head: string, body: Buffer = Buffer.alloc(0), ms = 15_000):
   });
 }
 
+/**
+ * Sends `head` with `Expect: 100-continue` on a raw socket, and `body` only once a `100 Continue` came. Resolves with all
+ * that came back (interim and final answers) once the final answer is whole (by its length or its last chunk; with
+ * `untilClose`, only once the server closes, or after 15 s), and whether the server closed.
+ */
+function continueExchange(head: string, body: Buffer, options: { untilClose?: boolean } = {}): Promise<{ answer: string; closedByServer: boolean }> {
+  return new Promise((resolve) => {
+    const socket = net.connect(proxy.adminPort, '127.0.0.1');
+    let answer = '';
+    let sent = false;
+    let closedByServer = false;
+    const timer = setTimeout(() => socket.destroy(), 15_000);
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+      const interim = /^HTTP\/1\.1 100 [^\r]*\r\n\r\n/.exec(answer)?.[0] ?? '';
+      if (interim !== '' && !sent) {
+        sent = true;
+        socket.write(body);
+      }
+      const final = answer.slice(interim.length);
+      const end = final.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: (\d+)\r\n/i.exec(final.slice(0, end))?.[1];
+      const whole = length === undefined ? final.endsWith('\r\n0\r\n\r\n') : final.length >= end + 4 + Number(length);
+      if (end >= 0 && whole && options.untilClose !== true) socket.destroy();
+    });
+    socket.on('end', () => {
+      closedByServer = true;
+      socket.destroy();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ answer, closedByServer });
+    });
+    socket.write(head);
+  });
+}
+
 function errorCode(answer: RawAnswer): unknown {
   return (JSON.parse(answer.body) as { error?: { code?: unknown } }).error?.code;
 }
@@ -110,6 +148,34 @@ describe('admin API: names, body limit, auth scheme', () => {
       `PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\nExpect: 100-continue\r\n\r\n`,
     );
     expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+  });
+
+  it('checks the token before 100 Continue: a change without it gets its 401 at once and the connection ends', async () => {
+    const started = Date.now();
+    for (const authorization of ['Authorization: Bearer wrong-token\r\n', '']) {
+      const { answer, closedByServer } = await continueExchange(
+        `PUT /certs/sneaky HTTP/1.1\r\nHost: admin\r\n${authorization}Content-Length: 200000\r\nExpect: 100-continue\r\n\r\n`,
+        Buffer.alloc(200_000, 'a'),
+        { untilClose: true },
+      );
+      expect(answer, authorization).toMatch(/^HTTP\/1\.1 401 /);
+      expect(answer).not.toMatch(/100 Continue/i);
+      expect(answer).toMatch(/\r\nwww-authenticate: Bearer realm="keyedge-admin"\r\n/i);
+      expect(answer).toMatch(/\r\nconnection: close\r\n/i);
+      expect(closedByServer).toBe(true);
+    }
+    // Answered at once, not after a wait for a body that never comes (the client waits for the 100); a large margin.
+    expect(Date.now() - started).toBeLessThan(4_000);
+    // Nothing was stored.
+    expect(JSON.parse((await adminRequest('GET', '/certs')).body).certificates.map((c: { name: string }) => c.name)).not.toContain('sneaky');
+  });
+
+  it('with the token, Expect: 100-continue gets the 100, then the body is read and answered as usual', async () => {
+    const { answer } = await continueExchange(
+      `PUT /certs/continued HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: ${Buffer.byteLength(chainPem)}\r\nExpect: 100-continue\r\n\r\n`,
+      Buffer.from(chainPem),
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /);
   });
 
   it('answers 413 to a body sent whole past the limit (declared or chunked), and the client reads it', async () => {
