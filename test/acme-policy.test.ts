@@ -13,7 +13,7 @@ import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
 import { ecdsaDerToRaw, jwkOfSpki, signJws, thumbprint } from '../proxy/acme/jws.js';
 import { CertificateManager } from '../proxy/acme/maintain.js';
 import { ariTime, backoffMs, leafTimes, renewalTime } from '../proxy/acme/policy.js';
-import { StateFile } from '../proxy/acme/state.js';
+import { type ManagedState, StateFile } from '../proxy/acme/state.js';
 import { registerAcmeMetrics } from '../proxy/metrics.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
 import { captureLog } from './helpers/keyserver.js';
@@ -242,6 +242,70 @@ describe('an on-demand entry the operator orders', () => {
       await manager.tick();
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(orders.map((o) => o.name)).toEqual(['late.example']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('failed on-demand entries', () => {
+  it('are forgotten a day after their last failure, unless a certificate serves them, an order runs or their backoff is not over', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-forget-'));
+    try {
+      const ca = await createCa('on-demand forget CA');
+      const leaf = await issue(ca, {
+        commonName: 'served.example',
+        dnsNames: ['served.example'],
+        keyAlgorithm: 'ec-p256',
+        notAfter: new Date(Date.now() + 90 * DAY),
+      });
+      const state = new StateFile(dir);
+      const failedAgo = (ms: number, extra: Partial<ManagedState> = {}): ManagedState => ({
+        domains: [],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: new Date(Date.now() - ms + 60_000).toISOString(),
+        lastError: { code: 'KEYEDGE_ERR_ACME', problem: 'unauthorized', message: 'validation failed', at: new Date(Date.now() - ms).toISOString() },
+        ...extra,
+      });
+      const { certificates } = state.state;
+      // A handshake's name whose order failed a day and a minute ago: nothing serves it; its 1-minute backoff is long over.
+      certificates['old.example'] = failedAgo(DAY + 60_000, { domains: ['old.example'] });
+      certificates['older.example'] = failedAgo(30 * DAY, { domains: ['older.example'] });
+      // Failed an hour ago: still shown in GET /certs.
+      certificates['recent.example'] = failedAgo(3_600_000, { domains: ['recent.example'] });
+      // Its backoff (the CA's Retry-After, say) runs for another hour.
+      certificates['waiting.example'] = failedAgo(DAY + 60_000, { domains: ['waiting.example'], notBefore: new Date(Date.now() + 3_600_000).toISOString() });
+      // Its chain was stored though the order was counted failed: it serves.
+      certificates['served.example'] = failedAgo(DAY + 60_000, { domains: ['served.example'] });
+      // Its name came back through the gate: an order for it runs now.
+      certificates['again.example'] = failedAgo(DAY + 60_000, { domains: ['again.example'] });
+      // The operator's (admin API): the loop retries it, never forgets it.
+      certificates['operator.example'] = failedAgo(DAY + 60_000, { domains: ['operator.example'], onDemand: undefined });
+      state.save();
+      let finish!: (err: Error) => void;
+      const { manager, orders } = recordingManager(state, {
+        answer: (request) =>
+          request.name === 'again.example' ? new Promise((_resolve, reject) => (finish = reject)) : Promise.reject(new Error('CA unavailable')),
+        records: new Map([['served.example', { name: 'served.example', chainPem: leaf.certPem, keyId: 'k1' } as unknown as CertificateRecord]]),
+      });
+      const running = manager.issue(['again.example'], 'again.example', true).catch(() => undefined);
+      expect(orders.map((o) => o.name)).toEqual(['again.example']);
+
+      await manager.tick();
+      const kept = ['recent.example', 'waiting.example', 'served.example', 'again.example', 'operator.example'];
+      expect(Object.keys(state.state.certificates).sort()).toEqual([...kept].sort());
+      // Written: a restart does not bring them back.
+      expect(Object.keys(new StateFile(dir).state.certificates).sort()).toEqual([...kept].sort());
+      // Forgotten, its name is new to the gate again (it orders through its checks and hourly limits).
+      expect(manager.isManaged('old.example')).toBe(false);
+
+      // The order that ran fails now: its failure is new, so it is kept another day.
+      finish(new Error('validation failed'));
+      await running;
+      await manager.tick();
+      expect(state.state.certificates['again.example']?.failures).toBe(2);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -8,6 +8,7 @@ import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import { CertificateManager } from '../proxy/acme/maintain.js';
 import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
 import { SharedIssuerState } from '../proxy/acme/shared-state.js';
+import type { ManagedState } from '../proxy/acme/state.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import { etcdClient } from '../proxy/store/etcd-client.js';
 import { registerAcmeMetrics } from '../proxy/metrics.js';
@@ -130,6 +131,66 @@ describe('ACME state shared on etcd', () => {
     ledgers[0]!.rememberRefusal('bad.example.test', 'the ask endpoint answered 403');
     await waitFor('node B to know the refusal', () => (ledgers[1]!.refused('bad.example.test') ? true : undefined));
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
+  });
+
+  it('forgets a failed on-demand entry for the fleet, but not while another node holds its issuance lock', async () => {
+    const a = await node('/acme-forget/', 'forget-a');
+    const b = await node('/acme-forget/', 'forget-b');
+    const stateA = new SharedIssuerState(a, log);
+    const stateB = new SharedIssuerState(b, log);
+    const locksA = fleetLocks(a, () => stateA.refresh());
+    const locksB = fleetLocks(b, () => stateB.refresh());
+    const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000).toISOString();
+    const failed = (name: string): ManagedState => ({
+      domains: [name],
+      keyId: '',
+      failures: 1,
+      onDemand: true,
+      notBefore: twoDaysAgo,
+      lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: twoDaysAgo },
+    });
+    stateA.state.certificates['old.test'] = failed('old.test');
+    stateA.state.certificates['busy.test'] = failed('busy.test');
+    await stateA.save();
+    await waitFor('node B to see both entries', () => {
+      stateB.refresh();
+      return stateB.state.certificates['old.test'] !== undefined && stateB.state.certificates['busy.test'] !== undefined ? true : undefined;
+    });
+    const manager = new CertificateManager({
+      config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
+      state: stateA,
+      issuer: { issue: () => Promise.reject(new Error('no CA here')) } as unknown as AcmeIssuer,
+      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+      records: () => new Map(),
+      metrics: registerAcmeMetrics(new Registry(), () => 0),
+      log,
+      locks: locksA,
+      renewalWindow: async () => undefined,
+    });
+    // Node B orders busy.test (its name came back through B's gate): it holds the name's lock while A's pass runs.
+    let release!: () => void;
+    let held!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const bHolds = new Promise<void>((resolve) => (held = resolve));
+    const orderOnB = locksB.hold('acme/issue/busy.test', 5_000, async () => {
+      held();
+      await released;
+    });
+    await bHolds;
+    await manager.tick();
+    release();
+    await orderOnB;
+    expect(Object.keys(stateA.state.certificates)).toEqual(['busy.test']);
+    expect(a.item('acme/certificates/old.test')).toBeUndefined();
+    expect(a.item('acme/certificates/busy.test')).toBeDefined();
+    await waitFor('node B to forget it too', () => {
+      stateB.refresh();
+      return stateB.state.certificates['old.test'] === undefined ? true : undefined;
+    });
+    expect(stateB.state.certificates['busy.test']).toBeDefined();
+    // Node B's next save does not write back what A forgot.
+    await stateB.save();
+    expect(b.item('acme/certificates/old.test')).toBeUndefined();
   });
 
   it('ignores garbage in a managed certificate key, naming it, and keeps renewing the others', async () => {

@@ -12,6 +12,13 @@
  * leaves it, and only its next handshake, through the on-demand gate and
  * its hourly limits, orders it again (on-demand.ts), unless the operator
  * issues or renews it (admin API), which makes it an ordinary entry.
+ * Such an entry is kept only to show why (GET /certs): once its last failure
+ * is FAILED_ON_DEMAND_KEPT_MS old and its backoff over, a pass forgets it,
+ * unless a certificate serves it or an order for it runs (in a fleet: under
+ * its issuance lock, not waited for). Without that, every name a client
+ * could make the gate order stayed in the state (memory, the state file or
+ * etcd) for ever; now at most a day of on-demand orders (24 × the hourly
+ * limit) is kept. A handshake for it later goes through the gate as a new name.
  *
  * In a fleet every node runs this loop on the shared state (shared-state.ts);
  * an order runs under the name's issuance lock (issuance-locks.ts), so when
@@ -53,6 +60,14 @@ const JUST_ISSUED_MS = 120_000;
 
 /** ARI windows are looked at again after the CA's Retry-After, or this long (RFC 9773 §4.3 suggests hours). */
 const ARI_RECHECK_MS = 6 * 3_600_000;
+
+/**
+ * A failed on-demand entry nothing serves is forgotten once its last failure is this old (and its backoff over): a day,
+ * long enough for an operator to see in GET /certs why a name was not issued, and it bounds the entries kept to a
+ * day's on-demand orders (24 × `onDemand.maxOrdersPerHour`). Forgetting it changes no decision: the gate orders
+ * its name again only through its own checks and hourly limits, entry or not.
+ */
+export const FAILED_ON_DEMAND_KEPT_MS = 24 * 3_600_000;
 
 /** An on-demand entry whose first order failed: only its next handshake, through the on-demand gate and its limits, orders it again. */
 function waitsForTheGate(managed: ManagedState): boolean {
@@ -162,6 +177,7 @@ export class CertificateManager {
         const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
         if (due <= now) this.#run(name).catch(() => undefined);
       }
+      await this.#forgetStaleFailures(now);
       await this.#deleteRetiredKeys(now);
     } finally {
       this.#ticking = false;
@@ -271,6 +287,44 @@ export class CertificateManager {
         'ACME issuance failed; the current certificate keeps serving',
       );
       throw err;
+    }
+  }
+
+  /** Whether `name` is a failed on-demand entry to forget: nothing serves it, no order runs, its last failure old, its backoff over. */
+  #stale(name: string, managed: ManagedState, now: number): boolean {
+    if (!waitsForTheGate(managed) || managed.keyId !== '' || this.#inFlight.has(name) || this.#deps.records().has(name)) return false;
+    const failedAt = Date.parse(managed.lastError?.at ?? managed.notBefore ?? '');
+    const notBefore = managed.notBefore === undefined ? 0 : Date.parse(managed.notBefore);
+    return now - failedAt > FAILED_ON_DEMAND_KEPT_MS && !(notBefore > now);
+  }
+
+  /** Forgets the failed on-demand entries past FAILED_ON_DEMAND_KEPT_MS (#stale); in a fleet each under its issuance lock, skipped while another node holds it. */
+  async #forgetStaleFailures(now: number): Promise<void> {
+    const { state, log } = this.#deps;
+    const stale = Object.entries(state.state.certificates)
+      .filter(([name, managed]) => this.#stale(name, managed, now))
+      .map(([name]) => name);
+    if (stale.length === 0) return;
+    const forgotten: string[] = [];
+    try {
+      if (this.#deps.locks === undefined) forgotten.push(...(await state.forget(stale)));
+      else {
+        for (const name of stale) {
+          // The lock's holder sees what the previous one wrote: the entry is judged again under it (a handshake may have ordered it).
+          await this.#deps.locks
+            .hold(`acme/issue/${name}`, 0, async () => {
+              const managed = state.state.certificates[name];
+              if (managed !== undefined && this.#stale(name, managed, Date.now())) forgotten.push(...(await state.forget([name])));
+            })
+            .catch(() => undefined);
+        }
+      }
+    } catch (err) {
+      // The state file not written (disk full): the entries stay, tried again next pass.
+      log.warn({ reason: (err as Error).message }, 'failed on-demand certificates not forgotten; trying again next pass');
+    }
+    if (forgotten.length > 0) {
+      log.info({ count: forgotten.length, names: forgotten.slice(0, 10) }, 'failed on-demand certificates forgotten a day after their last failure');
     }
   }
 

@@ -17,7 +17,10 @@
  * once etcd has them (failures are logged: the next save writes them again).
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
- * caller holds keeps its identity.
+ * caller holds keeps its identity. `forget()` deletes entries' keys (under
+ * the name's issuance lock, maintain.ts); an entry this node took from the
+ * store or wrote there whose key is gone is dropped at the next `refresh()`,
+ * so no node writes a forgotten entry back.
  * A value that is not what its key should hold (a broken tool, a hand
  * edit) is logged with its key and ignored: what was held stays.
  */
@@ -51,6 +54,15 @@ export class SharedIssuerState implements IssuerStateStore {
       if (!Array.isArray(value) || !value.every(isRetiredKey)) return this.#garbage(RETIRED, 'not a list of retired keys');
       this.state.retiredKeys = value;
     });
+    // Another node forgot it (deleted its key): dropped here too. One never in the store (made here, its first write not
+    // done yet) is not in #seen and stays.
+    for (const name of Object.keys(this.state.certificates)) {
+      const key = CERTIFICATES + name;
+      if (this.#seen.has(key) && this.#store.item(key) === undefined) {
+        delete this.state.certificates[name];
+        this.#seen.delete(key);
+      }
+    }
     for (const name of this.#store.keys(CERTIFICATES)) {
       this.#take(CERTIFICATES + name, (value) => {
         // `null` or `{}` here once stopped every maintenance pass (TypeError) and broke /metrics: the value is checked, and garbage leaves what is held.
@@ -64,6 +76,22 @@ export class SharedIssuerState implements IssuerStateStore {
         Object.assign(held, value);
       });
     }
+  }
+
+  async forget(names: readonly string[]): Promise<string[]> {
+    const forgotten: string[] = [];
+    for (const name of names) {
+      try {
+        await this.#store.delete(CERTIFICATES + name);
+      } catch (err) {
+        this.#log.warn({ storeKey: CERTIFICATES + name, reason: (err as Error).message }, "ACME state not deleted from the fleet's store; tried again later");
+        continue;
+      }
+      delete this.state.certificates[name];
+      this.#seen.delete(CERTIFICATES + name);
+      forgotten.push(name);
+    }
+    return forgotten;
   }
 
   async save(): Promise<void> {

@@ -46,6 +46,12 @@ export interface IssuerState {
 export interface IssuerStateStore {
   readonly state: IssuerState;
   save(): void | Promise<void>;
+  /**
+   * Drops the managed entries `names` and writes that (the fleet's store:
+   * deletes their keys, and an entry whose delete failed stays, to be tried
+   * again). Resolves with the names dropped.
+   */
+  forget(names: readonly string[]): string[] | Promise<string[]>;
   /** Brings `state` up to what the other nodes wrote (the fleet); nothing for a file. */
   refresh?(): void;
 }
@@ -64,6 +70,19 @@ export class StateFile implements IssuerStateStore {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.state = { certificates: {}, retiredKeys: [] };
     }
+  }
+
+  forget(names: readonly string[]): string[] {
+    const held = names.map((name) => [name, this.state.certificates[name]] as const);
+    for (const name of names) delete this.state.certificates[name];
+    try {
+      this.save();
+    } catch (err) {
+      // Not written (disk full): the entries stay, as the file has them.
+      for (const [name, managed] of held) if (managed !== undefined) this.state.certificates[name] = managed;
+      throw err;
+    }
+    return [...names];
   }
 
   save(): void {
