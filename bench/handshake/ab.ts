@@ -1,9 +1,8 @@
 /**
- * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k
- * every request is a new connection and a full handshake (the bench checks
- * that against the key server's signs). Started with a generous -t and
- * stopped with SIGINT after the window, when it still prints its report.
- * SNI: ab sends the Host header's name when the URL names an IP address.
+ * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k every request is a new connection and a
+ * full handshake (the bench checks that against the key server's signs). Started with a generous -t and stopped with
+ * SIGINT after the window, when it still prints its report. SNI: ab sends the Host header's name when the URL names
+ * an IP address.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';

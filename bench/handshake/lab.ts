@@ -1,10 +1,8 @@
 /**
- * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"):
- * the key server with an ECDSA and an RSA key in its token, certificates from a
- * throwaway CA for the token keys and for the same names on key files, the demo
- * origin, the keyless proxies, the in-memory proxy, the node:https floor and the
- * nginx variants (lab/nginx.ts). Every server is its own process group, so
- * `cleanup()` can kill a cluster at once, also from an 'exit' handler.
+ * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"): the key server with an ECDSA and an RSA
+ * key in its token, certificates from a throwaway CA for the token keys and for the same names on key files, the demo
+ * origin, the keyless proxies, the in-memory proxy, the node:https floor and the nginx variants (lab/nginx.ts). Every
+ * server is its own process group, so `cleanup()` can kill a cluster at once, also from an 'exit' handler.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

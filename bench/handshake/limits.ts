@@ -1,10 +1,8 @@
 /**
- * What one core of this machine can sign, measured in the same run as the
- * handshakes (while the servers are idle) so their figures can be read against
- * it: `openssl speed -seconds 1 ecdsap256 rsa2048` (OpenSSL's sign rate with the
- * key in memory: what nginx with a key file and the in-memory server pay per
- * handshake), and raw pkcs11js C_SignInit + C_Sign on the key server's SoftHSM2
- * token (keyserver-sign's RawToken and measureWindow): the token's ceiling,
+ * What one core of this machine can sign, measured in the same run as the handshakes (while the servers are idle) so
+ * their figures can be read against it: `openssl speed -seconds 1 ecdsap256 rsa2048` (OpenSSL's sign rate with the
+ * key in memory: what nginx with a key file and the in-memory server pay per handshake), and raw pkcs11js C_SignInit
+ * + C_Sign on the key server's SoftHSM2 token (keyserver-sign's RawToken and measureWindow): the token's ceiling,
  * what every token-backed set-up (key server, nginx engine, p11-kit) pays.
  */
 import { execFile } from 'node:child_process';

@@ -1,10 +1,8 @@
 /**
- * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same
- * proxy holding the key in memory, the node:https floor and nginx holding it
- * three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
- * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and
- * targets: summary.ts; Markdown: report.ts; method and columns:
- * bench/README.md, "handshake".
+ * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same proxy holding the key in memory, the
+ * node:https floor and nginx holding it three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
+ * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and targets: summary.ts; Markdown: report.ts;
+ * method and columns: bench/README.md, "handshake".
  *
  * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
  */

@@ -1,8 +1,7 @@
 /**
- * One run of one handshake scenario: start the kind's client (ab, or the
- * resuming or ALPN client in this process), ramp up, read the servers'
- * counters and every process's CPU around the window, stop the client, wait
- * until the server's counters stop moving (ab abandons connections at SIGINT).
+ * One run of one handshake scenario: start the kind's client (ab, or the resuming or ALPN client in this process),
+ * ramp up, read the servers' counters and every process's CPU around the window, stop the client, wait until the
+ * server's counters stop moving (ab abandons connections at SIGINT).
  */
 import { join } from 'node:path';
 import type { ClosedLoop } from '../harness/loop.js';

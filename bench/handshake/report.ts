@@ -1,7 +1,6 @@
 /**
- * The handshake bench's Markdown: the targets per Node major, one table per
- * kind (rates, server CPU per handshake with min–max, checks, resumption %),
- * the keyless hop, what one core signs; and the --perf run's profile tables.
+ * The handshake bench's Markdown: the targets per Node major, one table per kind (rates, server CPU per handshake
+ * with min–max, checks, resumption %), the keyless hop, what one core signs; and the --perf run's profile tables.
  */
 import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
 import type { MachineInfo } from '../harness/machine.js';
@@ -105,23 +104,20 @@ export function markdownReport(
   );
   const { openssl, rawToken } = limits;
   const perSign = (rate: number) => `${fmt(rate)} signs/s (${fmt(1e6 / rate, 0)} µs each)`;
-  const limitLines = [
-    ...(openssl === undefined
-      ? []
-      : [
-          'error' in openssl
-            ? `- openssl speed: failed (${openssl.error})`
-            : `- \`${openssl.command}\`: ECDSA P-256 ${perSign(openssl.ecdsaP256SignsPerSecond)}, RSA-2048 ${perSign(openssl.rsa2048SignsPerSecond)}`,
-        ]),
-    ...(rawToken === undefined
-      ? []
-      : 'error' in rawToken
-        ? [`- raw C_Sign: failed (${rawToken.error})`]
-        : rawToken.map(
-            (r) =>
-              `- raw pkcs11js C_SignInit + C_Sign on the token, ${HANDSHAKE_KEYS.find((k) => k.id === r.key)!.title}, ${r.sessions} sessions: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign${r.errors > 0 ? `, ${r.errors} errors` : ''}`,
-          )),
-  ];
+  const limitLines: string[] = [];
+  if (openssl !== undefined && 'error' in openssl) limitLines.push(`- openssl speed: failed (${openssl.error})`);
+  else if (openssl !== undefined)
+    limitLines.push(`- \`${openssl.command}\`: ECDSA P-256 ${perSign(openssl.ecdsaP256SignsPerSecond)}, RSA-2048 ${perSign(openssl.rsa2048SignsPerSecond)}`);
+  if (rawToken !== undefined && 'error' in rawToken) limitLines.push(`- raw C_Sign: failed (${rawToken.error})`);
+  else {
+    for (const r of rawToken ?? []) {
+      const key = HANDSHAKE_KEYS.find((k) => k.id === r.key)!.title;
+      const errors = r.errors > 0 ? `, ${r.errors} errors` : '';
+      limitLines.push(
+        `- raw pkcs11js C_SignInit + C_Sign on the token, ${key}, ${r.sessions} sessions: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign${errors}`,
+      );
+    }
+  }
   const skipped = [...ctx.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`);
   return [
     `# handshake, ${ctx.date}${options.quick ? ' (quick)' : ''}`,

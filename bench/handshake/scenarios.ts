@@ -1,8 +1,7 @@
 /**
- * The scenarios of bench/handshake/main.ts and their ids, e.g.
- * "full-tls13/keyless-unix/ecdsa": what kind of handshake, which server set-up,
- * which key. The ids are stable: the result JSON's `summary`, the orchestrator
- * (`npm run bench`) and result comparison key on them.
+ * The scenarios of bench/handshake/main.ts and their ids, e.g. "full-tls13/keyless-unix/ecdsa": what kind of
+ * handshake, which server set-up, which key. The ids are stable: the result JSON's `summary`, the orchestrator (`npm
+ * run bench`) and result comparison key on them.
  */
 import { OWN_MAJOR } from '../harness/node-versions.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type SetupId } from './lab.js';

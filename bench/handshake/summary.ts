@@ -1,9 +1,7 @@
 /**
- * The handshake bench's figures from its runs: each scenario's medians and
- * spread over the clean rounds, its checks (one key-server sign per full
- * keyless handshake; tickets resumed, with the resumption %), the issue's
- * targets as ratios per Node major, the keyless hop, and the `summary` rows
- * the suite, its chart and comparison read.
+ * The handshake bench's figures from its runs: each scenario's medians and spread over the clean rounds, its checks
+ * (one key-server sign per full keyless handshake; tickets resumed, with the resumption %), the issue's targets as
+ * ratios per Node major, the keyless hop, and the `summary` rows the suite, its chart and comparison read.
  */
 import { overRounds } from '../harness/bench.js';
 import { OWN_MAJOR } from '../harness/node-versions.js';
