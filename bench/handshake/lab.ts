@@ -19,6 +19,7 @@ import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variant
 import { LabPki } from '../lab/pki.js';
 import type { FloorConfig } from './floor.js';
 import type { InMemoryConfig } from './inmemory.js';
+import type { Options } from './main.js';
 
 const script = (name: string) => fileURLToPath(new URL(`./${name}.js`, import.meta.url));
 
@@ -78,24 +79,16 @@ export const setupProcesses = (setup: SetupId, workers: number): string => SETUP
 /** The process groups of a set-up: the TLS front (proxy, nginx, floor; named as the set-up) and what holds the key apart from it. */
 export const setupGroups = (setup: SetupId): { readonly front: string; readonly key: string | undefined } => ({ front: setup, key: spec(setup).key });
 
-export interface HandshakeLabOptions {
+export type HandshakeLabOptions = Pick<Options, 'workers' | 'logLevel' | 'profile' | 'serverCpus' | 'keyserverCpus' | 'keys'> & {
   /** Servers to start; nginx ones that cannot run (packages missing) are left out and reported by `skipped`. */
   readonly setups: readonly SetupId[];
   /** Install nginx, libp11's engine and p11-kit with apt-get when missing (root only). */
   readonly installNginx: boolean;
-  readonly workers: number;
-  readonly logLevel: string;
-  readonly profile: TlsProfileName;
-  /** taskset CPU list for every server process; undefined: no pinning. */
-  readonly serverCpus: string | undefined;
-  /** taskset CPU list for the key server alone; undefined: as serverCpus. */
-  readonly keyserverCpus?: string | undefined;
   /** Extra node options for the proxy and the in-memory server (passed on to their workers), e.g. --perf-basic-prof. */
-  readonly nodeArgs?: readonly string[];
-  readonly keys: readonly HandshakeKey[];
+  readonly nodeArgs: readonly string[];
   /** Node binary by major, for the versioned set-ups. */
   readonly nodeBinaries: ReadonlyMap<number, string>;
-}
+};
 
 /** TLS port, and admin port (proxy, in-memory, floor: /metrics; nginx: stub_status) of one server. */
 export interface Endpoint {
@@ -209,7 +202,7 @@ export class HandshakeLab extends LabBase<SetupId> {
     const file = this.#config(setup);
     const base = baseSetup(setup);
     const command = base === 'inmemory' || base === 'node-floor' ? [script(base === 'inmemory' ? 'inmemory' : 'floor')] : [KEYEDGE_CLI, 'proxy'];
-    const argv = [node, ...(this.options.nodeArgs ?? []), ...command, '--config', file];
+    const argv = [node, ...this.options.nodeArgs, ...command, '--config', file];
     const proc = spawnManaged(setup, argv, join(this.dir, `${setup}.log`), this.options.serverCpus, this.dir);
     this.servers.set(setup, proc);
     const admin = this.ports.endpoints[setup]!.admin;

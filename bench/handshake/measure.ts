@@ -4,10 +4,9 @@
  * server's counters stop moving (ab abandons connections at SIGINT).
  */
 import { join } from 'node:path';
-import type { ClosedLoop } from '../harness/loop.js';
 import { perfRecord, threadLabels } from '../harness/perf.js';
 import { processTree } from '../harness/proc-cpu.js';
-import { perUnit, snapshot, type TrackedGroup, usageBetween, type WindowUsage } from '../harness/procs.js';
+import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/procs.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
 import { readNginxStatus } from '../lab/nginx.js';
@@ -59,13 +58,8 @@ export class CounterReader {
   }
 }
 
-export type WindowFigures = ReturnType<typeof windowFigures> & {
-  /** Resumed kind: tickets offered and resumed in the window, the client's latency. */
-  readonly resume: { offered: number; resumed: number; offeredNotResumed: number; resumedPct: number; p50Us: number; p99Us: number } | undefined;
-  /** ALPN kinds: the client's latency in the window. */
-  readonly alpn: { readonly p50Us: number; readonly p99Us: number } | undefined;
-};
 export type RunResult = Awaited<ReturnType<typeof runScenario>>;
+export type WindowFigures = RunResult['window'];
 export interface BenchScenario extends Scenario<RunResult> {
   readonly spec: ScenarioSpec;
 }
@@ -76,42 +70,6 @@ export interface Env {
   readonly counters: CounterReader;
   readonly ca: string;
   readonly perfThreads: Map<string, Map<number, string>>;
-}
-
-/**
- * A window's figures: server CPU per handshake = the set-up's processes (front + key holder), the origin's and the
- * client's apart (an in-process client is this bench's own CPU), and the cores other processes used (contention).
- */
-function windowFigures(
-  spec: ScenarioSpec,
-  usage: WindowUsage,
-  server: HandshakeCounters,
-  handshakes: number,
-  keyserverSigns: number | undefined,
-  inProcess: boolean,
-) {
-  const { front, key } = setupGroups(spec.setup);
-  const { per, cores, otherCores } = perUnit(usage, handshakes);
-  const clientCores = inProcess ? usage.selfCores : cores('client');
-  return {
-    seconds: usage.seconds,
-    handshakes,
-    /** Server counters over the window (nginx: connections as `full`). */
-    server,
-    /** Key server signs in the window, all algorithms (keyless set-ups). */
-    keyserverSigns,
-    handshakesPerSecond: handshakes / usage.seconds,
-    serverUs: per(front, key),
-    frontUs: per(front),
-    keyUs: key === undefined ? undefined : per(key),
-    originUs: per('origin'),
-    clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
-    clientCores,
-    serverSideCores: cores(front, key, 'origin'),
-    machineBusyCores: usage.machineBusyCores,
-    otherCores,
-    usage,
-  };
 }
 
 type Signs = Record<string, number> | undefined;
@@ -126,7 +84,7 @@ function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: 
   const port = lab.ports.endpoints[spec.setup]!.port;
   const target = { port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops };
   if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
-    const load: ClosedLoop & { offered?: number; resumed?: number; offeredNotResumed?: number } =
+    const load: AlpnLoad =
       spec.kind === 'resumed-tls13' ? new ResumeLoad(target) : new AlpnLoad({ ...target, protocol: spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1' });
     load.start();
     return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop()) };
@@ -168,9 +126,8 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     resumed: load?.resumed ?? 0,
     notResumed: load?.offeredNotResumed ?? 0,
   });
-  let window: WindowFigures | undefined;
   let ab: AbResult | undefined;
-  try {
+  const measured = async () => {
     await sleep(options.rampMs, context.signal);
     const tracked = trackedGroups(lab, client.pid);
     const [sA, cA, l0] = [await signsNow(), await counters(), countsOf()];
@@ -187,31 +144,52 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     await recording?.done;
     // ab: the server's counters first, then the CPU; an in-process client: the CPU first, then its counts.
     const cB0 = load === undefined ? await counters() : undefined;
-    const uB = snapshot(tracked);
+    const usage = usageBetween(uA, snapshot(tracked));
     if (load !== undefined) load.recording = false;
     const l1 = countsOf();
-    const cB = cB0 ?? (await counters());
-    const ks = signsBetween(sA, await signsNow());
+    const server = diffCounters(cA, cB0 ?? (await counters()));
+    const signs = signsBetween(sA, await signsNow());
     await client.check();
-    const c = diffCounters(cA, cB);
     const d = (k: keyof typeof l0) => l1[k] - l0[k];
-    const figures = windowFigures(spec, usageBetween(uA, uB), c, load === undefined ? c.full : d('completed'), ks && sumValues(ks), load !== undefined);
+    // Server CPU per handshake = the set-up's processes (front + key holder), the origin's and the client's apart (an
+    // in-process client is this bench's own CPU), and the cores other processes used (contention).
+    const handshakes = load === undefined ? server.full : d('completed');
+    const { front, key } = setupGroups(spec.setup);
+    const { per, cores, otherCores } = perUnit(usage, handshakes);
+    const clientCores = load === undefined ? cores('client') : usage.selfCores;
     const latency = load?.latency.summary();
     const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
-    const resume = {
-      offered: d('offered'),
-      resumed: d('resumed'),
-      offeredNotResumed: d('notResumed'),
-      resumedPct: (100 * d('resumed')) / Math.max(1, d('completed')),
-    };
-    window = {
-      ...figures,
-      resume: spec.kind === 'resumed-tls13' && lat ? { ...resume, ...lat } : undefined,
+    const resumedPct = (100 * d('resumed')) / Math.max(1, d('completed'));
+    return {
+      seconds: usage.seconds,
+      handshakes,
+      /** Server counters over the window (nginx: connections as `full`). */
+      server,
+      /** Key server signs in the window, all algorithms (keyless set-ups). */
+      keyserverSigns: signs && sumValues(signs),
+      handshakesPerSecond: handshakes / usage.seconds,
+      serverUs: per(front, key),
+      frontUs: per(front),
+      keyUs: key === undefined ? undefined : per(key),
+      originUs: per('origin'),
+      clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
+      clientCores,
+      serverSideCores: cores(front, key, 'origin'),
+      machineBusyCores: usage.machineBusyCores,
+      otherCores,
+      usage,
+      /** Resumed kind: tickets offered and resumed in the window, the client's latency. */
+      resume:
+        spec.kind === 'resumed-tls13' && lat
+          ? { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('notResumed'), resumedPct, ...lat }
+          : undefined,
+      /** ALPN kinds: the client's latency in the window. */
       alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
     };
-  } finally {
+  };
+  const window = await measured().finally(async () => {
     ab = await client.stop();
-  }
+  });
   // Connections ab abandoned on SIGINT fail on the server side now: read the counters (and the key server's signs)
   // until they stop moving, at most 5 s, so the run's counts are idle to idle.
   let [end, endSigns] = [await counters(), await signsNow()];
