@@ -1,20 +1,20 @@
 /**
- * The handshake bench's in-process clients, a new TLS 1.3 connection per GET in `loops` closed loops (connect, one
- * GET, read the answer to its end, again):
+ * The handshake bench's in-process clients: a new TLS 1.3 connection per GET in `loops` closed loops (connect, one
+ * GET, read the answer to its end, again). Single-threaded; `start()` once, `stop()` once (resolves when no
+ * connection is left).
  *
- * - `AlpnLoad`, the `alpn-h2` / `alpn-h1` kinds (issue 13: a full handshake with h2 negotiated should cost at most
- * 10% more than with http/1.1): offering only `h2` (node:http2 client: preface, SETTINGS, one GET, close) or only
- * `http/1.1` (node:tls, `Connection: close`), no session ticket. The same TLS part for both, so the server-side
+ * `AlpnLoad` is the `alpn-h2` / `alpn-h1` kinds' client (issue 13: a full handshake with h2 negotiated should cost at
+ * most 10% more than with http/1.1): it offers only `h2` (node:http2 client: preface, SETTINGS, one GET, close) or
+ * only `http/1.1` (node:tls, `Connection: close`), no session ticket: the same TLS part for both, so the server-side
  * difference is the protocol's. A server that does not negotiate `h2` fails every h2 connection saying so
  * (`negotiates()` checks first, so the bench can skip it).
- * - `ResumeLoad`, the `resumed-tls13` kind (ab never offers a session; h2load cannot force a new connection per
+ *
+ * `ResumeLoad` is the `resumed-tls13` kind's (ab never offers a session; h2load cannot force a new connection per
  * request without pipelining): each loop offers the newest ticket it received, once (RFC 8446 §C.4: clients SHOULD
  * NOT reuse a ticket; BoringSSL and OpenSSL's cache do the same), so a server that sends no new ticket on a resumed
- * connection gets a full handshake on the next one. A loop's first connection is a full handshake (in the ramp-up).
+ * connection gets a full handshake on the next one; a loop's first connection is a full handshake (in the ramp-up).
  * Counted when a connection completes (200 received in full): those that offered a ticket and those the server
  * resumed (`isSessionReused()` at 'secureConnect'), so in any window resumed ≤ offered ≤ completed.
- *
- * Single-threaded, in this process; `start()` once, `stop()` once (resolves when no connection is left).
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';

@@ -60,14 +60,14 @@ export type SetupId = BaseSetup | `${NodeSetup}-node${number}`;
 
 export const SETUP_IDS = Object.keys(SETUPS) as BaseSetup[];
 export const NODE_SETUPS = SETUP_IDS.filter((s) => (SETUPS[s] as SetupSpec).node) as NodeSetup[];
-export const baseSetup = (setup: SetupId): BaseSetup => setup.replace(/-node\d+$/, '') as BaseSetup;
+const baseSetup = (setup: SetupId): BaseSetup => setup.replace(/-node\d+$/, '') as BaseSetup;
 const spec = (setup: SetupId): SetupSpec => SETUPS[baseSetup(setup)];
 /** The Node major a set-up runs under; undefined: this process's node (or not Node). */
-export const nodeMajorOf = (setup: SetupId): number | undefined => {
+const nodeMajorOf = (setup: SetupId): number | undefined => {
   const m = /-node(\d+)$/.exec(setup);
   return m === null ? undefined : Number(m[1]);
 };
-export const nginxVariant = (setup: SetupId): NginxVariant | undefined => spec(setup).nginx;
+const nginxVariant = (setup: SetupId): NginxVariant | undefined => spec(setup).nginx;
 export const isNginx = (setup: SetupId): boolean => nginxVariant(setup) !== undefined;
 export const isKeyless = (setup: SetupId): boolean => spec(setup).key === 'keyserver';
 /** `setup` under Node `major` (the plain id for this process's major). */

@@ -59,7 +59,6 @@ export class CounterReader {
 }
 
 export type RunResult = Awaited<ReturnType<typeof runScenario>>;
-export type WindowFigures = RunResult['window'];
 export interface BenchScenario extends Scenario<RunResult> {
   readonly spec: ScenarioSpec;
 }

@@ -98,7 +98,7 @@ const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['
   'bare-llhttp-consume': { client: 'llhttp-consume' },
   'fwd-h2': { client: 'undici', h2: true },
 };
-export const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
+const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
 
 /**
  * valgrind's callgrind, instrumentation off until a window switches it on; one file per thread and dump: the main
