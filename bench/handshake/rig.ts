@@ -29,23 +29,14 @@ import { fileKeyConfig } from './lab.js';
 const execFileAsync = promisify(execFile);
 const HOST = 'bench.test';
 
-export interface Rig {
-  readonly dir: string;
-  /** The CA's PEM, for clients that verify. */
-  readonly ca: string;
-  /** http://127.0.0.1:port of the demo origin. */
-  readonly origin: string;
-  /** What startServer started, for close(). */
-  readonly servers: Running[];
-  /** Stops what the rig started and removes its dir (kept with `keep`). */
-  close(keep?: boolean): Promise<void>;
-}
+export type Rig = Awaited<ReturnType<typeof openRig>>;
 
 /** A temp dir `keyedge-<name>-*` with the certificate (file-chain.pem, file.key) and the demo origin running. */
-export async function openRig(name: string): Promise<Rig> {
+export async function openRig(name: string) {
   const dir = mkdtempSync(join(tmpdir(), `keyedge-${name}-`));
   const servers: Running[] = [];
   let origin: ManagedProcess | undefined;
+  /** Stops what the rig started and removes its dir (kept with `keep`). */
   const close = async (keep = false) => {
     for (const s of servers) await s.proc.stop(s.graceMs).catch(() => s.proc.kill());
     origin?.kill();
@@ -58,6 +49,7 @@ export async function openRig(name: string): Promise<Rig> {
     const port = await freePort();
     origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(port)], join(dir, 'origin.log'), undefined, dir);
     await waitFor('demo origin', () => tcpOpen(port), 30_000, origin);
+    // The CA's PEM for clients that verify; the demo origin's URL; what startServer started, for close().
     return { dir, ca: readFileSync(pki.caFile, 'utf8'), origin: `http://127.0.0.1:${port}`, servers, close };
   } catch (e) {
     await close();

@@ -103,17 +103,6 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
   };
 }
 
-export interface TargetRow {
-  readonly name: string;
-  readonly key: string;
-  /** The Node major of the keyedge side. */
-  readonly node: string;
-  readonly value: number;
-  readonly limit: number | undefined;
-  readonly met: boolean | undefined;
-  readonly detail: string;
-}
-
 const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId, key: HandshakeKey['id']) =>
   summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
 
@@ -138,11 +127,16 @@ const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: re
   ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
 ];
 
-/** The targets from the medians of this run, per Node major of the Node side (nginx is the same process in every row); a row whose scenarios did not run is left out. */
-export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]): TargetRow[] {
+export type TargetRow = ReturnType<typeof targets>[number];
+
+/**
+ * The targets from the medians of this run, per Node major of the Node side (nginx is the same process in every row);
+ * a row whose scenarios did not run is left out.
+ */
+export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]) {
   return majors.flatMap((major) =>
     HANDSHAKE_KEYS.flatMap((key) =>
-      TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]): TargetRow[] => {
+      TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]) => {
         if (ownOnly && major !== OWN_MAJOR) return [];
         const node = (setup: SetupId) => (NODE_SETUPS.includes(setup as NodeSetup) ? onNode(setup as NodeSetup, major) : setup);
         const value = (figures: readonly Figure[]) => {
@@ -158,17 +152,10 @@ export function targets(summaries: readonly ScenarioSummary[], majors: readonly 
   );
 }
 
-export interface HopRow {
-  readonly key: HandshakeKey;
-  readonly setup: SetupId;
-  readonly hopUs: number;
-  readonly frontHopUs: number;
-  readonly keyUs: number;
-  readonly perRoundUs: readonly number[];
-}
+export type HopRow = ReturnType<typeof hops>[number];
 
 /** Keyless − in memory (full TLS 1.3), per transport, and per round (neighbours in time). */
-export function hops(summaries: readonly ScenarioSummary[]): HopRow[] {
+export function hops(summaries: readonly ScenarioSummary[]) {
   return HANDSHAKE_KEYS.flatMap((key) => {
     const m = find(summaries, 'full-tls13', 'inmemory', key.id);
     return (['keyless-unix', 'keyless-tcp'] as const).flatMap((setup) => {
