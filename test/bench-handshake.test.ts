@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseOpensslSpeed } from '../bench/handshake/limits.js';
 import { parseStubStatus, variantSkipReason } from '../bench/lab/nginx.js';
-import { ResumeLoad } from '../bench/handshake/resume.js';
+import { ResumeLoad } from '../bench/handshake/alpn.js';
 import { allScenarios, selectScenarios } from '../bench/handshake/scenarios.js';
 import { createCa, issue } from './helpers/pki.js';
 

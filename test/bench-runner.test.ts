@@ -3,11 +3,10 @@
 // when a row is left out), and the clients' command lines the reports show.
 import { describe, expect, it } from 'vitest';
 import { abArgs } from '../bench/handshake/ab.js';
-import { setupProcesses, setupTitle } from '../bench/handshake/measure.js';
+import { HANDSHAKE_KEYS, setupProcesses, setupTitle } from '../bench/handshake/lab.js';
 import { targets } from '../bench/handshake/summary.js';
 import { minMax, plural, specTable } from '../bench/harness/report.js';
 import { OWN_MAJOR } from '../bench/harness/node-versions.js';
-import { HANDSHAKE_KEYS } from '../bench/handshake/lab.js';
 import { autocannonArgs } from '../bench/keepalive/autocannon.js';
 import { h2loadArgs } from '../bench/keepalive/h2load.js';
 

@@ -1,13 +1,12 @@
 /**
- * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k
- * every request is a new connection and a full handshake (the bench checks
- * that against the key server's signs). Started with a generous -t and
- * stopped with SIGINT after the window, when it still prints its report.
- * SNI: ab sends the Host header's name when the URL names an IP address.
+ * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k every request is a new connection and a
+ * full handshake (the bench checks that against the key server's signs). Started with a generous -t and stopped with
+ * SIGINT after the window, when it still prints its report. SNI: ab sends the Host header's name when the URL names
+ * an IP address.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
 import { findOrInstall } from '../harness/install.js';
-import { existsSync, readFileSync } from 'node:fs';
 
 export interface AbOptions {
   readonly port: number;
@@ -39,13 +38,10 @@ export function abArgs(options: AbOptions): string[] {
 
 /** ab as a client process (harness/client.ts): stop it with SIGINT and it reports what it did so far. */
 export function startAb(options: AbOptions): ClientProcess<AbResult> {
-  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, (out) => ({
-    ...parseAbOutput(out.stdout),
+  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, ({ stdout, ...out }) => ({
+    ...parseAbOutput(stdout),
     ...readPercentiles(options.csvPath),
-    stderr: out.stderr,
-    stderrLines: out.stderrLines,
-    exitCode: out.exitCode,
-    signal: out.signal,
+    ...out,
   }));
 }
 
@@ -54,14 +50,8 @@ export function parseAbOutput(text: string) {
   const num = (label: string): number => Number.parseFloat(field(label) ?? 'NaN');
   const complete = num('Complete requests');
   if (!Number.isFinite(complete)) throw new Error('ab printed no "Complete requests" line');
-  const failedBreakdown: Record<string, number> = {};
-  const breakdown = /^Failed requests:\s*\d+\s*\n\s*\((.*)\)/m.exec(text)?.[1];
-  if (breakdown !== undefined) {
-    for (const part of breakdown.split(',')) {
-      const m = /(\w+):\s*(\d+)/.exec(part);
-      if (m !== null) failedBreakdown[m[1]!] = Number(m[2]);
-    }
-  }
+  const breakdown = /^Failed requests:\s*\d+\s*\n\s*\((.*)\)/m.exec(text)?.[1] ?? '';
+  const failedBreakdown = Object.fromEntries([...breakdown.matchAll(/(\w+):\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
   const non2xx = field('Non-2xx responses');
   return {
     completeRequests: complete,
@@ -78,14 +68,9 @@ export function parseAbOutput(text: string) {
 }
 
 /** ab's -e CSV: "Percentage served,Time in ms", rows 0..100. */
-export function readPercentiles(path: string): { p50Us: number; p90Us: number; p99Us: number } {
-  const byPct = new Map<number, number>();
-  if (existsSync(path)) {
-    for (const line of readFileSync(path, 'utf8').split('\n').slice(1)) {
-      const [pct, ms] = line.split(',');
-      if (pct !== undefined && ms !== undefined && ms !== '') byPct.set(Number(pct), Number(ms) * 1000);
-    }
-  }
+function readPercentiles(path: string): { p50Us: number; p90Us: number; p99Us: number } {
+  const rows = existsSync(path) ? readFileSync(path, 'utf8').split('\n').slice(1) : [];
+  const byPct = new Map(rows.map((l) => l.split(',')).flatMap(([pct, ms]) => (ms ? [[Number(pct), Number(ms) * 1000] as const] : [])));
   const at = (p: number) => byPct.get(p) ?? Number.NaN;
   return { p50Us: at(50), p90Us: at(90), p99Us: at(99) };
 }

@@ -1,17 +1,14 @@
 /**
- * The cost of one request's accounting alone (proxy/http/access.ts: the
- * access line through the product's logger and the request metrics), in a
- * loop, without a server: what the access line and metrics add to every
- * proxied request. Run it under callgrind for instruction counts that do not
- * depend on the machine's load (the difference between N and 0 requests,
- * divided by N, is the cost of one):
+ * The cost of one request's accounting alone (proxy/http/access.ts: the access line through the product's logger and
+ * the request metrics), in a loop, without a server: what the access line and metrics add to every proxied request.
+ * Run it under callgrind for instruction counts that do not depend on the machine's load (the difference between N
+ * and 0 requests, divided by N, is the cost of one):
  *
  *   N=0 valgrind --tool=callgrind --callgrind-out-file=a0 node dist/bench/handshake/access-cost.js > /dev/null
  *   N=40000 valgrind --tool=callgrind --callgrind-out-file=a1 node dist/bench/handshake/access-cost.js > /dev/null
  *
- * Without valgrind it prints the CPU time (user + system, the log's pool
- * thread included) per request on stderr. Lines go to stdout: send it to
- * /dev/null, as above.
+ * Without valgrind it prints the CPU time (user + system, the log's pool thread included) per request on stderr.
+ * Lines go to stdout: send it to /dev/null, as above.
  */
 import { Registry } from 'prom-client';
 import { createLogger } from '../../keyserver/shared/log.js';

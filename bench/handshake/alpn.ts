@@ -1,27 +1,31 @@
 /**
- * A client of full TLS 1.3 handshakes with a chosen ALPN protocol: the load of
- * the handshake bench's `alpn-h2` and `alpn-h1` kinds (issue 13: a full
- * handshake with h2 negotiated should cost at most 10% more than with
- * http/1.1). `loops` closed loops in this process, each: connect offering only
- * `h2` (node:http2 client: connection preface, SETTINGS, one GET, close) or
- * only `http/1.1` (node:tls, one GET with Connection: close), no session
- * ticket, read the answer to its end, start again. The same client code for
- * both protocols' TLS part, so the server-side difference is the protocol's.
- * A server that does not negotiate `h2` fails every h2 connection with a
- * message saying so (`negotiates()` checks first, so the bench can skip it).
+ * The handshake bench's in-process clients: a new TLS 1.3 connection per GET in `loops` closed loops (connect, one
+ * GET, read the answer to its end, again). Single-threaded; `start()` once, `stop()` once (resolves when no
+ * connection is left).
+ *
+ * `AlpnLoad` is the `alpn-h2` / `alpn-h1` kinds' client (issue 13: a full handshake with h2 negotiated should cost at
+ * most 10% more than with http/1.1): it offers only `h2` (node:http2 client: preface, SETTINGS, one GET, close) or
+ * only `http/1.1` (node:tls, `Connection: close`), no session ticket: the same TLS part for both, so the server-side
+ * difference is the protocol's. A server that does not negotiate `h2` fails every h2 connection saying so
+ * (`negotiates()` checks first, so the bench can skip it).
+ *
+ * `ResumeLoad` is the `resumed-tls13` kind's (ab never offers a session; h2load cannot force a new connection per
+ * request without pipelining): each loop offers the newest ticket it received, once (RFC 8446 §C.4: clients SHOULD
+ * NOT reuse a ticket; BoringSSL and OpenSSL's cache do the same), so a server that sends no new ticket on a resumed
+ * connection gets a full handshake on the next one; a loop's first connection is a full handshake (in the ramp-up).
+ * Counted when a connection completes (200 received in full): those that offered a ticket and those the server
+ * resumed (`isSessionReused()` at 'secureConnect'), so in any window resumed ≤ offered ≤ completed.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { ClosedLoop, nowNs } from '../harness/loop.js';
-
-export type AlpnProtocol = 'h2' | 'http/1.1';
 
 export interface AlpnLoadOptions {
   readonly port: number;
   readonly serverName: string;
   readonly ca: string;
   readonly loops: number;
-  readonly protocol: AlpnProtocol;
+  readonly protocol: 'h2' | 'http/1.1';
 }
 
 /** The protocol the server picks when offered only `protocol` (false: none, or another). */
@@ -36,54 +40,76 @@ export function negotiates(options: Omit<AlpnLoadOptions, 'loops'>): Promise<str
   });
 }
 
+type Done = (failed: string | undefined) => void;
+
 export class AlpnLoad extends ClosedLoop {
-  constructor(readonly options: AlpnLoadOptions) {
+  offered = 0;
+  resumed = 0;
+  /** Connections that offered a ticket and got a full handshake anyway. */
+  offeredNotResumed = 0;
+
+  /** `protocol` undefined: no ALPN offered; `resume`: offer each loop's newest ticket. */
+  constructor(readonly options: Omit<AlpnLoadOptions, 'protocol'> & { readonly protocol?: AlpnLoadOptions['protocol']; readonly resume?: boolean }) {
     super();
   }
 
   protected begin(): void {
     this.outstanding = this.options.loops;
-    for (let i = 0; i < this.options.loops; i++) this.#next();
+    for (let i = 0; i < this.options.loops; i++) this.#next(undefined);
   }
 
-  #next(): void {
+  #next(session: Buffer | undefined): void {
     if (this.stopped) return this.retire();
     const started = nowNs();
-    const done = (failed: string | undefined) => {
+    // A failure starts over without a ticket.
+    const done = (failed: string | undefined, newest?: Buffer) => {
       this.done(started, failed);
-      setImmediate(() => this.#next());
+      setImmediate(() => this.#next(failed === undefined ? newest : undefined));
     };
     if (this.options.protocol === 'h2') this.#h2(done);
-    else this.#h1(done);
+    else this.#h1(session, done);
   }
 
   #tlsOptions(): tls.ConnectionOptions {
     const o = this.options;
-    return { host: '127.0.0.1', port: o.port, servername: o.serverName, ca: o.ca, minVersion: 'TLSv1.3', ALPNProtocols: [o.protocol] };
+    return { host: '127.0.0.1', port: o.port, servername: o.serverName, ca: o.ca, minVersion: 'TLSv1.3', ...(o.protocol && { ALPNProtocols: [o.protocol] }) };
   }
 
-  #h1(done: (failed: string | undefined) => void): void {
-    let head = '';
-    let failed: string | undefined;
-    const socket = tls.connect(this.#tlsOptions(), () => socket.write(`GET / HTTP/1.1\r\nHost: ${this.options.serverName}\r\nConnection: close\r\n\r\n`));
+  #h1(session: Buffer | undefined, done: (failed: string | undefined, newest?: Buffer) => void): void {
+    let [head, bytes, reused] = ['', 0, false];
+    let [failed, newest] = [undefined as string | undefined, undefined as Buffer | undefined];
+    const socket = tls.connect({ ...this.#tlsOptions(), ...(session && { session }) });
+    socket.on('session', (s: Buffer) => (newest = s));
+    socket.once('secureConnect', () => {
+      reused = socket.isSessionReused();
+      socket.write(`GET / HTTP/1.1\r\nHost: ${this.options.serverName}\r\nConnection: close\r\n\r\n`);
+    });
     socket.on('data', (chunk: Buffer) => {
       if (head.length < 16) head += chunk.toString('latin1', 0, 16);
+      bytes += chunk.length;
     });
     socket.once('error', (err) => (failed ??= err.message));
-    socket.once('close', () => done(failed ?? (head.startsWith('HTTP/1.1 200') ? undefined : `answer ${JSON.stringify(head.slice(0, 12))}`)));
+    socket.once('close', () => {
+      if (failed === undefined && !head.startsWith('HTTP/1.1 200')) failed = `answer ${JSON.stringify(head.slice(0, 12))} (${bytes} bytes)`;
+      if (failed === undefined && session !== undefined) {
+        this.offered++;
+        if (reused) this.resumed++;
+        else this.offeredNotResumed++;
+      }
+      done(failed, this.options.resume ? newest : undefined);
+    });
   }
 
-  #h2(done: (failed: string | undefined) => void): void {
+  #h2(done: Done): void {
     let failed: string | undefined;
     const session = http2.connect(`https://127.0.0.1:${this.options.port}`, this.#tlsOptions());
     session.once('error', (err) => (failed ??= err.message));
     session.once('close', () => done(failed));
     session.once('connect', () => {
-      const socket = session.socket as tls.TLSSocket;
-      if (socket.alpnProtocol !== 'h2') {
-        failed ??= `the server did not negotiate h2 (ALPN: ${socket.alpnProtocol || 'none'})`;
-        session.destroy();
-        return;
+      const { alpnProtocol } = session.socket as tls.TLSSocket;
+      if (alpnProtocol !== 'h2') {
+        failed ??= `the server did not negotiate h2 (ALPN: ${alpnProtocol || 'none'})`;
+        return session.destroy();
       }
       const req = session.request({ ':path': '/', ':authority': this.options.serverName });
       req.once('response', (headers) => {
@@ -94,5 +120,12 @@ export class AlpnLoad extends ClosedLoop {
       req.once('close', () => session.close());
       req.end();
     });
+  }
+}
+
+/** The resuming client (see above): http/1.1 without ALPN, each loop offering its newest ticket. */
+export class ResumeLoad extends AlpnLoad {
+  constructor(options: Omit<AlpnLoadOptions, 'protocol'>) {
+    super({ ...options, resume: true });
   }
 }

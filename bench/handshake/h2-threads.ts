@@ -1,42 +1,26 @@
 /**
- * What HTTP/2 costs a server, thread by thread (issue 13, must-show 3): for
- * (a) a full TLS 1.3 handshake + one GET negotiating h2 against one
- * negotiating http/1.1, and (b) a keep-alive GET over h2 with 10 streams in
- * flight on each of 4 connections, CPU consumed at a fixed number of
- * operations, split by thread (its name, `comm`) and into user and system
- * time, from /proc/<pid>/task/<tid>/stat of every process of the server
- * (nginx's one process; the in-memory proxy's worker only, its primary
- * idles). Rounds are interleaved (server × load, `--rounds` times) and each
- * figure is the median with its spread (max − min over the median).
+ * What HTTP/2 costs a server, thread by thread (issue 13, must-show 3): a full TLS 1.3 handshake + one GET negotiating
+ * h2 against one negotiating http/1.1, and a keep-alive GET over h2 (10 streams on each of 4 connections): CPU at a
+ * fixed number of operations, by thread (`comm`), user and system apart, from /proc of every process of the server
+ * (the in-memory proxy's worker only: its primary idles). The servers (rig.ts: `keyedge`, `floor`, `floor-h2`, `fwd-h1`,
+ * `fwd-h2`, `nginx`, all to the same demo origin) run at once; rounds interleave server × load, and each figure is
+ * the median with its spread (max − min over the median); ratios are taken within each round.
  *
- * Servers (`--servers`, rig.ts): `keyedge` (inmemory.ts: the real cluster,
- * one worker, the key in memory), `floor` / `floor-h2` (floor.ts: bare
- * node:https / node:http2, fixed 1 KiB answer, no origin), `fwd-h1` (floor.ts
- * forwarding through undici's dispatch), `fwd-h2` (floor.ts: bare node:http2
- * stream API + undici dispatch), `nginx` (the keep-alive bench's config,
- * `listen … ssl http2`, one process). All forward to the same demo origin;
- * all run at once, the loads one after the other.
- *
- * `--diagnose`: one more window per server and load under `strace -c -f`
- * (system calls per operation, by name) with Node's `--trace-gc` on
- * (scavenges and mark-compacts per operation); its CPU is not counted.
- * `--perf`: `perf stat` on each window too (task-clock: CPU time at
- * nanosecond resolution; page faults; context switches), with h2 ÷ http/1.1
- * by task-clock within each round.
- * `--profiler callgrind`: the Node servers under callgrind (switched on for
- * the measured window only): instructions per operation, main thread and all
- * threads, instead of /proc; nginx too (its worker), user space only.
+ * `--diagnose`: one more window per server and load under `strace -c -f` (system calls per operation) with Node's
+ * `--trace-gc` (scavenges and mark-compacts per operation); its CPU is not counted. `--perf`: `perf stat` on each
+ * window too (task-clock: CPU time at ns resolution; page faults; context switches). `--profiler callgrind`: the
+ * servers under callgrind for the windows: instructions per operation instead of /proc (nginx: user space only).
  *
  * Usage: node dist/bench/handshake/h2-threads.js [--full N] [--keepalive N] [--rounds R] [--servers LIST] [--loads LIST] [--diagnose] [--perf] [--profiler none|callgrind] [--node-args ARGS]
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { minus, processTree, type ThreadTimes, threads } from '../harness/proc-cpu.js';
+import { processTree, type ThreadTimes } from '../harness/proc-cpu.js';
 import { fmt, markdownTable } from '../harness/report.js';
 import { spawnManaged } from '../harness/spawn.js';
 import { median, spread } from '../harness/stats.js';
-import { callgrind, callgrindControl, callgrindDump, drive, interrupt, type Load, openRig, type Running, speaks, startServer } from './rig.js';
+import { drive, interrupt, type Load, measure, openRig, type Rig, type Running, speaks, startServer, type Window as Measured } from './rig.js';
 
 const TABLE = {
   full: { kind: 'number', arg: 'N', def: 1000, min: 1, integer: true, help: '(a) full handshakes + GET per window' },
@@ -58,103 +42,77 @@ const v = parsed;
 const loads = v.loads.split(',') as Load[];
 const servers = v.servers.split(',');
 const withCallgrind = v.profiler === 'callgrind';
-let ca = '';
 /** h2load's full loads go 8 connections at a time. */
-const run = (s: Running, load: Load, n: number) => drive(load, s.port, n, 8, ca);
+const CONCURRENCY = 8;
+const count = (load: Load) => (load === 'keepalive-h2' ? v.keepalive : v.full);
 /** nginx's figures include any process it forks. */
 const pidsOf = (s: Running) => (s.name === 'nginx' ? processTree(s.pid) : [s.pid]);
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Window {
+interface Window extends Measured {
   readonly round: number;
   readonly server: string;
   readonly load: Load;
-  readonly operations: number;
-  readonly threads?: Map<string, ThreadTimes>;
-  readonly instructions?: { main: number; all: number };
   /** --perf: perf stat's task-clock (ms), page-faults and context-switches over the window. */
   readonly counters?: Record<string, number>;
 }
 
 /**
- * `perf stat` attached to the server's processes for one window: its CPU time
- * at nanosecond resolution (task-clock, every thread) and the software
- * events a VM still counts (page faults, context switches); hardware counters
- * are not offered here. Returns a function that stops it and reads the counts.
+ * `perf stat` attached to the server's processes for one window: its CPU time at nanosecond resolution (task-clock,
+ * every thread) and the software events a VM still counts (page faults, context switches; hardware counters are not
+ * offered here). Returns a function that stops it and reads the counts.
  */
 function startPerf(s: Running, dir: string): () => Promise<Record<string, number>> {
   const out = join(dir, `perf-${s.name}.csv`);
-  const events = 'task-clock,page-faults,context-switches';
-  const proc = spawnManaged(
-    `perf-${s.name}`,
-    ['perf', 'stat', '-x,', '-e', events, '-o', out, '-p', pidsOf(s).join(',')],
-    join(dir, 'perf.log'),
-    undefined,
-    dir,
-  );
+  const command = ['perf', 'stat', '-x,', '-e', 'task-clock,page-faults,context-switches', '-o', out, '-p', pidsOf(s).join(',')];
+  const proc = spawnManaged(`perf-${s.name}`, command, join(dir, 'perf.log'), undefined, dir);
   return async () => {
     await interrupt(proc);
-    const counts: Record<string, number> = {};
-    for (const line of readFileSync(out, 'utf8').split('\n')) {
-      const [value, , event] = line.split(',');
-      if (event !== undefined && value !== undefined && /^[\d.]+$/.test(value)) counts[event] = Number(value);
-    }
-    return counts;
+    const rows = readFileSync(out, 'utf8')
+      .split('\n')
+      .map((line) => line.split(','));
+    return Object.fromEntries(
+      rows.flatMap(([value, , event]) => (event !== undefined && value !== undefined && /^[\d.]+$/.test(value) ? [[event, Number(value)]] : [])),
+    );
   };
 }
 
-async function measure(round: number, s: Running, load: Load, n: number, dump: number, dir: string): Promise<Window> {
-  if (withCallgrind) await callgrindControl(s.pid, '-i', 'on');
-  const perf = v.perf ? startPerf(s, dir) : undefined;
-  if (perf !== undefined) await new Promise((r) => setTimeout(r, 500));
-  const before = threads(s.pid, s.name === 'nginx');
-  const operations = await run(s, load, n);
-  const after = threads(s.pid, s.name === 'nginx');
-  const counters = perf === undefined ? undefined : await perf();
-  if (!withCallgrind) return { round, server: s.name, load, operations, threads: minus(after, before), counters };
-  await callgrindControl(s.pid, '-d', load);
-  await callgrindControl(s.pid, '-i', 'off');
-  const { main, all } = callgrindDump(dir, s.name, s.pid, dump);
-  return { round, server: s.name, load, operations, instructions: { main, all } };
-}
-
 /** strace -c -f on every process of the server over one window: calls per operation by syscall, and GC events from --trace-gc. */
-async function diagnose(s: Running, load: Load, n: number, dir: string): Promise<string[]> {
-  const out = join(dir, `strace-${s.name}-${load}.txt`);
+async function diagnose(rig: Rig, s: Running, load: Load): Promise<string[]> {
+  const out = join(rig.dir, `strace-${s.name}-${load}.txt`);
   const command = ['strace', '-c', '-f', '-o', out, ...pidsOf(s).flatMap((p) => ['-p', String(p)])];
-  const strace = spawnManaged(`strace-${s.name}`, command, join(dir, 'strace.log'), undefined, dir);
-  await new Promise((r) => setTimeout(r, 1500));
-  const gcBefore = gcEvents(s);
-  const operations = await run(s, load, n);
-  const gcAfter = gcEvents(s);
+  const strace = spawnManaged(`strace-${s.name}`, command, join(rig.dir, 'strace.log'), undefined, rig.dir);
+  await pause(1500);
+  const gc = () => {
+    const lines = readFileSync(s.proc.logFile, 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith(`[${s.pid}:`));
+    return { scavenge: lines.filter((l) => l.includes('Scavenge')).length, markCompact: lines.filter((l) => l.includes('Mark-Compact')).length };
+  };
+  const gcBefore = gc();
+  const operations = await drive(load, s.port, count(load), CONCURRENCY, rig.ca);
+  const gcAfter = gc();
   await interrupt(strace);
   const rows = readFileSync(out, 'utf8')
     .split('\n')
     .map((l) => l.trim().split(/\s+/))
-    .filter((c) => c.length >= 5 && /^\d/.test(c[0]!) && c[c.length - 1] !== 'total')
-    .map((c) => ({ name: c[c.length - 1]!, calls: Number(c[3]) }))
-    .filter((r) => Number.isFinite(r.calls))
+    .filter((c) => c.length >= 5 && /^\d/.test(c[0]!) && c.at(-1) !== 'total' && Number.isFinite(Number(c[3])))
+    .map((c) => ({ name: c.at(-1)!, calls: Number(c[3]) }))
     .sort((a, b) => b.calls - a.calls);
   const per = (x: number) => (x / operations).toFixed(2);
   const top = rows.slice(0, 10).map((r) => `${r.name} ${per(r.calls)}`);
-  const gc = `; GC per op: scavenge ${per(gcAfter.scavenge - gcBefore.scavenge)}, mark-compact ${per(gcAfter.markCompact - gcBefore.markCompact)}`;
-  return [s.name, load, String(operations), per(rows.reduce((sum, r) => sum + r.calls, 0)), `${top.join(', ')}${s.name === 'nginx' ? '' : gc}`];
-}
-
-function gcEvents(s: Running): { scavenge: number; markCompact: number } {
-  const lines = readFileSync(s.proc.logFile, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith(`[${s.pid}:`));
-  return { scavenge: lines.filter((l) => l.includes('Scavenge')).length, markCompact: lines.filter((l) => l.includes('Mark-Compact')).length };
+  const gcText = `; GC per op: scavenge ${per(gcAfter.scavenge - gcBefore.scavenge)}, mark-compact ${per(gcAfter.markCompact - gcBefore.markCompact)}`;
+  return [s.name, load, String(operations), per(rows.reduce((sum, r) => sum + r.calls, 0)), `${top.join(', ')}${s.name === 'nginx' ? '' : gcText}`];
 }
 
 const spreadText = (xs: readonly number[]): string => (median(xs) === 0 ? '–' : `${Math.round(spread(xs).spreadPct)}%`);
 const range = (xs: readonly number[]) => `${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
 const R = 'right' as const;
 
-/** The figure a window gives per operation: /proc CPU (all threads) or instructions (main thread, all threads). */
+/** The figure a window gives per operation: /proc CPU or instructions, of the main thread or all threads. */
 function perOp(w: Window, which: 'main' | 'all'): number {
   if (w.instructions !== undefined) return w.instructions[which] / w.operations;
-  const ts = [...w.threads!.values()].filter((t) => which === 'all' || t.key.startsWith('main'));
+  const ts = [...w.threads.values()].filter((t) => which === 'all' || t.key.startsWith('main'));
   return ts.reduce((a, t) => a + t.userUs + t.systemUs, 0) / w.operations;
 }
 
@@ -166,10 +124,10 @@ function perOp(w: Window, which: 'main' | 'all'): number {
 function ratioRows(windows: readonly Window[], figures: readonly ((w: Window) => number)[], vsNginx: boolean): string[][] {
   const rows: string[][] = [];
   const row = (label: string, server: string, load: Load, other: string, otherLoad: Load) => {
-    const pairs = windows
-      .filter((w) => w.server === server && w.load === load)
-      .map((w) => [w, windows.find((x) => x.round === w.round && x.server === other && x.load === otherLoad)] as const)
-      .filter((p): p is readonly [Window, Window] => p[1] !== undefined);
+    const pairs = windows.flatMap((w) => {
+      const b = w.server === server && w.load === load ? windows.find((x) => x.round === w.round && x.server === other && x.load === otherLoad) : undefined;
+      return b === undefined ? [] : [[w, b] as const];
+    });
     if (pairs.length > 0) rows.push([label, ...figures.map((f) => range(pairs.map(([a, b]) => f(a) / f(b))))]);
   };
   const h1Of = (server: string) => (server === 'floor-h2' ? 'floor' : server === 'fwd-h2' ? 'fwd-h1' : server);
@@ -178,32 +136,30 @@ function ratioRows(windows: readonly Window[], figures: readonly ((w: Window) =>
   return rows;
 }
 
+/** Windows by "server load", in the order they ran. */
+function groups(windows: readonly Window[]): Map<string, Window[]> {
+  const out = new Map<string, Window[]>();
+  for (const w of windows) out.set(`${w.server} ${w.load}`, [...(out.get(`${w.server} ${w.load}`) ?? []), w]);
+  return out;
+}
+
 /** --perf: task-clock per operation (µs) and software events, medians; and h2 ÷ http/1.1 by task-clock within rounds. */
 function perfReport(windows: readonly Window[]): string {
   const ws = windows.filter((w) => w.counters !== undefined);
   if (ws.length === 0) return '';
   const per = (w: Window, e: string) => (w.counters![e] ?? Number.NaN) / w.operations;
   const clock = (w: Window) => per(w, 'task-clock') * 1000;
-  const rows = [...groups(ws)].map(([k, g]) => {
-    const c = g.map(clock);
-    return [
-      k,
-      `${median(c).toFixed(1)} (${spreadText(c)})`,
-      median(g.map((w) => per(w, 'page-faults'))).toFixed(1),
-      median(g.map((w) => per(w, 'context-switches'))).toFixed(2),
-    ];
-  });
+  const rows = [...groups(ws)].map(([k, g]) => [
+    k,
+    `${median(g.map(clock)).toFixed(1)} (${spreadText(g.map(clock))})`,
+    median(g.map((w) => per(w, 'page-faults'))).toFixed(1),
+    median(g.map((w) => per(w, 'context-switches'))).toFixed(2),
+  ]);
   return [
     markdownTable(['server, load (perf stat)', 'task-clock µs/op (spread)', 'page faults/op', 'context switches/op'], rows, ['left', R, R, R]),
     '',
     markdownTable(['task-clock ratio within each round', 'median (min–max)'], ratioRows(ws, [clock], false), ['left', R]),
   ].join('\n');
-}
-
-function groups(windows: readonly Window[]): Map<string, Window[]> {
-  const out = new Map<string, Window[]>();
-  for (const w of windows) out.set(`${w.server} ${w.load}`, [...(out.get(`${w.server} ${w.load}`) ?? []), w]);
-  return out;
 }
 
 function report(windows: readonly Window[]): string {
@@ -216,78 +172,64 @@ function report(windows: readonly Window[]): string {
     return markdownTable(['server, load', 'operations', 'main-thread instructions/op (median, spread)', 'all threads'], rows, ['left', R, R, R]);
   }
   const rows = [...groups(windows)].map(([k, ws]) => {
-    const sum = (w: Window, f: (t: ThreadTimes) => number) => [...w.threads!.values()].reduce((a, t) => a + f(t), 0) / w.operations;
-    const keys = [...new Set(ws.flatMap((w) => [...w.threads!.keys()]))];
-    const byThread = keys
+    const sum = (w: Window, f: (t: ThreadTimes) => number) => [...w.threads.values()].reduce((a, t) => a + f(t), 0) / w.operations;
+    const byThread = [...new Set(ws.flatMap((w) => [...w.threads.keys()]))]
       .map((key) => {
-        const u = median(ws.map((w) => (w.threads!.get(key)?.userUs ?? 0) / w.operations));
-        const sy = median(ws.map((w) => (w.threads!.get(key)?.systemUs ?? 0) / w.operations));
-        return { key, u, sy };
+        const [u, sy] = (['userUs', 'systemUs'] as const).map((f) => median(ws.map((w) => (w.threads.get(key)?.[f] ?? 0) / w.operations)));
+        return { key, u: u!, sy: sy! };
       })
       .filter((t) => t.u + t.sy > 0)
       .sort((a, b) => b.u + b.sy - (a.u + a.sy))
       .map((t) => `${t.key} ${t.u.toFixed(0)}+${t.sy.toFixed(0)}`)
       .join('; ');
-    const user = median(ws.map((w) => sum(w, (t) => t.userUs))).toFixed(1);
-    const system = median(ws.map((w) => sum(w, (t) => t.systemUs))).toFixed(1);
-    return [
-      k,
-      `${ws[0]!.operations} × ${ws.length}`,
-      cell(
-        ws.map((w) => sum(w, (t) => t.userUs + t.systemUs)),
-        (x) => x.toFixed(1),
-      ),
-      user,
-      system,
-      byThread,
-    ];
+    const total = cell(
+      ws.map((w) => sum(w, (t) => t.userUs + t.systemUs)),
+      (x) => x.toFixed(1),
+    );
+    const [user, system] = (['userUs', 'systemUs'] as const).map((f) => median(ws.map((w) => sum(w, (t) => t[f]))).toFixed(1));
+    return [k, `${ws[0]!.operations} × ${ws.length}`, total, user!, system!, byThread];
   });
   const header = ['server, load', 'operations', 'total µs/op (median, spread)', 'user', 'system', 'by thread (user+system µs/op, median)'];
   return markdownTable(header, rows, ['left', R, R, R, R, 'left']);
 }
 
-async function main(): Promise<void> {
-  const rig = await openRig('h2-threads');
-  ca = rig.ca;
-  try {
-    const nodeArgs = [...(v.diagnose ? ['--trace-gc'] : []), ...v['node-args'].split(' ').filter(Boolean)];
-    // V8 prints --trace-gc with stdio, which buffers a file fully: line-buffered, each GC is in the log when it happens.
-    const wrap = (name: string) => (withCallgrind ? callgrind(rig.dir, name) : v.diagnose && name !== 'nginx' ? ['stdbuf', '-oL'] : []);
-    const graceMs = withCallgrind ? 120_000 : 10_000;
-    const running: Running[] = [];
-    for (const name of servers) running.push(await startServer(rig, name, { wrap: wrap(name), nodeArgs, logLevel: v['log-level'], graceMs }));
-    const count = (load: Load) => (load === 'keepalive-h2' ? v.keepalive : v.full);
-    for (const s of running) for (const load of loads) if (speaks(s.name, load)) await run(s, load, load === 'keepalive-h2' ? v.warmup * 10 : v.warmup);
-    const windows: Window[] = [];
-    const dumps = new Map(running.map((s) => [s.name, 0]));
-    for (let r = 0; r < v.rounds; r++) {
-      for (const s of running)
-        for (const load of loads) {
-          if (!speaks(s.name, load)) continue;
-          dumps.set(s.name, dumps.get(s.name)! + 1);
-          windows.push(await measure(r, s, load, count(load), dumps.get(s.name)!, rig.dir));
-        }
-      process.stderr.write(`round ${r + 1} of ${v.rounds} done\n`);
+const rig = await openRig('h2-threads');
+try {
+  const nodeArgs = [...(v.diagnose ? ['--trace-gc'] : []), ...v['node-args'].split(' ').filter(Boolean)];
+  // V8 prints --trace-gc with stdio, which buffers a file fully: line-buffered, each GC is in the log when it happens.
+  const wrap = (name: string) => (v.diagnose && name !== 'nginx' ? ['stdbuf', '-oL'] : []);
+  const running: Running[] = [];
+  for (const name of servers) running.push(await startServer(rig, name, { callgrind: withCallgrind, wrap: wrap(name), nodeArgs, logLevel: v['log-level'] }));
+  const mine = (s: Running) => loads.filter((load) => speaks(s.name, load));
+  for (const s of running) for (const load of mine(s)) await drive(load, s.port, load === 'keepalive-h2' ? v.warmup * 10 : v.warmup, CONCURRENCY, rig.ca);
+  const windows: Window[] = [];
+  for (let round = 0; round < v.rounds; round++) {
+    for (const s of running) {
+      for (const load of mine(s)) {
+        const perf = v.perf ? startPerf(s, rig.dir) : undefined;
+        if (perf !== undefined) await pause(500);
+        const w = await measure(rig, s, load, count(load), CONCURRENCY);
+        windows.push({ ...w, round, server: s.name, load, ...(perf && { counters: await perf() }) });
+      }
     }
-    const ratioHeader = ['ratio, within each round', 'all threads: median (min–max)', 'main thread: median (min–max)'];
-    const lines = [
-      `Node ${process.version} ${nodeArgs.join(' ')}; ${v.rounds} interleaved rounds; full ${v.full}, keepalive-h2 ${v.keepalive} per window; ${withCallgrind ? 'callgrind' : '/proc, 10 ms ticks'}`,
-      '',
-      report(windows),
-      '',
-      markdownTable(ratioHeader, ratioRows(windows, [(w) => perOp(w, 'all'), (w) => perOp(w, 'main')], true), ['left', R, R]),
-      '',
-      perfReport(windows),
-    ];
-    if (v.diagnose) {
-      const rows: string[][] = [];
-      for (const s of running) for (const load of loads) if (speaks(s.name, load)) rows.push(await diagnose(s, load, count(load), rig.dir));
-      lines.push('', markdownTable(['server', 'load', 'operations', 'syscalls/op', 'top syscalls per op'], rows, ['left', 'left', R, R, 'left']));
-    }
-    process.stdout.write(`${lines.join('\n')}\n`);
-  } finally {
-    await rig.close(v['keep-temp']);
+    process.stderr.write(`round ${round + 1} of ${v.rounds} done\n`);
   }
+  const ratioHeader = ['ratio, within each round', 'all threads: median (min–max)', 'main thread: median (min–max)'];
+  const lines = [
+    `Node ${process.version} ${nodeArgs.join(' ')}; ${v.rounds} interleaved rounds; full ${v.full}, keepalive-h2 ${v.keepalive} per window; ${withCallgrind ? 'callgrind' : '/proc, 10 ms ticks'}`,
+    '',
+    report(windows),
+    '',
+    markdownTable(ratioHeader, ratioRows(windows, [(w) => perOp(w, 'all'), (w) => perOp(w, 'main')], true), ['left', R, R]),
+    '',
+    perfReport(windows),
+  ];
+  if (v.diagnose) {
+    const rows: string[][] = [];
+    for (const s of running) for (const load of mine(s)) rows.push(await diagnose(rig, s, load));
+    lines.push('', markdownTable(['server', 'load', 'operations', 'syscalls/op', 'top syscalls per op'], rows, ['left', 'left', R, R, 'left']));
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+} finally {
+  await rig.close(v['keep-temp']);
 }
-
-await main();

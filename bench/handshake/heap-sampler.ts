@@ -1,13 +1,11 @@
 /**
- * Preloaded (`node --import`) into the process that serves, by threads.ts:
- * V8's sampling heap profiler through an in-process inspector session, with
- * the objects that minor and major GCs collected kept in the profile, so the
- * profile is every sampled allocation of the window (what the scavenges of a
- * handshake are made of), not only what is still alive at its end. SIGUSR2
- * starts it, the next SIGUSR2 writes `<HEAP_SAMPLE_DIR>/<pid>.heapprofile`.
- * Off unless HEAP_SAMPLE_DIR is set (a cluster's primary listens too; threads.ts signals the worker).
- * Cost: one stack walk per sampled allocation (every HEAP_SAMPLE_INTERVAL
- * bytes on average, 4 KiB unless set); the window is measured apart from it.
+ * Preloaded (`node --import`) into the process that serves, by threads.ts: V8's sampling heap profiler through an
+ * in-process inspector session, with the objects that minor and major GCs collected kept in the profile, so the
+ * profile is every sampled allocation of the window (what the scavenges of a handshake are made of), not only what is
+ * still alive at its end. SIGUSR2 starts it, the next SIGUSR2 writes `<HEAP_SAMPLE_DIR>/<pid>.heapprofile`. Off
+ * unless HEAP_SAMPLE_DIR is set (a cluster's primary listens too; threads.ts signals the worker). Cost: one stack
+ * walk per sampled allocation (every HEAP_SAMPLE_INTERVAL bytes on average, 4 KiB unless set); the window is measured
+ * apart from it.
  */
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';

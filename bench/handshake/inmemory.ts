@@ -1,17 +1,14 @@
 /**
- * The comparison server of bench/handshake/main.ts: the real `keyedge proxy`
- * cluster (proxy/cluster.ts primary and workers, proxy/worker.ts) with one
- * difference, its KeySource (proxy/tls/key-source.ts): each certificate's key
- * is an ordinary PEM key file held in memory, not the keyless bridge. So the
- * difference between the two is exactly the keyless hop (the provider's
- * synchronous RPC and the key server's sign instead of an in-process sign).
- * It is a bench script, not a mode of the product: no config key reaches it.
- * No key server is configured, so the primary logs once that certificates
- * load unverified, /readyz stays 503 and the keyless counters read zero.
+ * The comparison server of bench/handshake/main.ts: the real `keyedge proxy` cluster (proxy/cluster.ts primary and
+ * workers, proxy/worker.ts) with one difference, its KeySource (proxy/tls/key-source.ts): each certificate's key is
+ * an ordinary PEM key file held in memory, not the keyless bridge. So the difference between the two is exactly the
+ * keyless hop (the provider's synchronous RPC and the key server's sign instead of an in-process sign). It is a bench
+ * script, not a mode of the product: no config key reaches it. No key server is configured, so the primary logs once
+ * that certificates load unverified, /readyz stays 503 and the keyless counters read zero.
  *
  * Usage: node dist/bench/handshake/inmemory.js --config FILE
- * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary
- * logs `in-memory ready` on stdout; SIGTERM/SIGINT stop it as `keyedge proxy`.
+ * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary logs `in-memory ready` on stdout;
+ * SIGTERM/SIGINT stop it as `keyedge proxy`.
  */
 import cluster from 'node:cluster';
 import { createPublicKey } from 'node:crypto';

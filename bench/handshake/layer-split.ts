@@ -1,25 +1,19 @@
 /**
- * Splits a V8 CPU profile (`node --cpu-prof`) of a proxy worker into the
- * layers of issue 12's table: accept, ClientHello, handshake, session
- * tickets, key hop, HTTP parse, routing, forward, answer, log/metrics, plus
- * connection close, GC, native work with no JavaScript frame above it, and
- * the rest. Pure: a profile in, sampled µs per layer out.
+ * Splits a V8 CPU profile (`node --cpu-prof`) of a proxy worker into the layers of issue 12's table: accept,
+ * ClientHello, handshake, session tickets, key hop, HTTP parse, routing, forward, answer, log/metrics, plus
+ * connection close, GC, native work with no JavaScript frame above it, and the rest. Pure: a profile in, sampled µs
+ * per layer out.
  *
- * How a sample is placed: its stack is walked from the leaf towards the root
- * and the first frame a rule claims decides (so pino called from the answer's
- * 'finish' is log/metrics, a socket write under undici is forward). Frames of
- * generic machinery (events, streams, ticks, timers, node:net sockets) claim
- * nothing and are walked through. The CertificateVerify sign of an in-memory
- * key runs inside OpenSSL under `initRead` (node:_tls_wrap) and so lands in
- * "handshake"; a keyless sign does too (the RPC is native, under the same
- * frame): V8 cannot tell them apart, which is why the key hop is measured
- * apart (bench/handshake, keyless − in memory).
+ * How a sample is placed: its stack is walked from the leaf towards the root and the first frame a rule claims
+ * decides (so pino called from the answer's 'finish' is log/metrics, a socket write under undici is forward). Frames
+ * of generic machinery (events, streams, ticks, timers, node:net sockets) claim nothing and are walked through. The
+ * CertificateVerify sign of an in-memory key runs inside OpenSSL under `initRead` (node:_tls_wrap) and so lands in
+ * "handshake"; a keyless sign does too (the RPC is native, under the same frame): V8 cannot tell them apart, which is
+ * why the key hop is measured apart (bench/handshake, keyless − in memory).
  *
- * Time per sample is the gap to the next one (harness/cpuprofile.ts);
- * "(idle)" is left out. Sampling is by wall clock on the main thread: under
- * contention a preempted thread's wait is charged where it was preempted,
- * which is in proportion to where it runs, so shares hold better than
- * absolute µs.
+ * Time per sample is the gap to the next one (harness/cpuprofile.ts); "(idle)" is left out. Sampling is by wall clock
+ * on the main thread: under contention a preempted thread's wait is charged where it was preempted, which is in
+ * proportion to where it runs, so shares hold better than absolute µs.
  */
 import { type CallFrame, type ProfileWindow, readProfile } from '../harness/cpuprofile.js';
 

@@ -1,33 +1,13 @@
 /**
- * Where a proxy worker's CPU goes, layer by layer (issue 12's per-layer
- * table), for (a) a full TLS 1.3 handshake + one proxied 1 KiB GET and (b) a
- * keep-alive GET, with measures that do not depend on how busy the machine
- * is: a fixed number of operations, and either
- *   --profiler cpu-prof   (default) V8 samples of the worker's main thread,
- *                         split into layers by layer-split.ts: shares (%);
- *   --profiler none       no profiler: /proc CPU time per operation only, main
- *                         thread (user, system) and other threads (the libuv
- *                         pool, V8's GC and compiler): with a profiler its
- *                         sampling thread would be among them;
- *   --profiler callgrind  the worker under valgrind's callgrind, switched on
- *                         for the measured operations only: instructions per
- *                         operation (exact, whatever else runs), and the
- *                         native functions with the most inclusive instructions.
- *
- * Servers (`--servers`, rig.ts, one after the other, with the demo origin):
- * the in-memory proxy (inmemory.ts: the real cluster and worker, one worker,
- * key files), the node:https and node:http2 floors (floor.ts: fixed answer, no
- * origin; `floor-h2` offers only h2), floor.ts as a bare forwarder to the same
- * origin through undici's dispatch (`bare-undici`), node:http's native-llhttp
- * client (`bare-node-http`) or the leanest llhttp forwarder (`bare-llhttp`,
- * `bare-llhttp-consume`: lean-forwarder.ts), what the origin hop costs with
- * nothing of keyedge's, and `nginx`. Loads (`--loads`, rig.ts's `drive`), each
- * after a warm-up: `full` (ab, a new connection per GET), `keepalive` (ab -k,
- * `--concurrency` connections), `full-h1` / `full-h2` (h2load, a new
- * connection per GET: the same client, what h2 costs at the handshake, issue
- * 13), `keepalive-h2` (h2load, 10 streams on each of 4 connections),
- * `alpn-h1` / `alpn-h2` (the handshake bench's ALPN client). A server is given
- * only the loads of the protocols it speaks.
+ * Where a proxy worker's CPU goes, layer by layer (issue 12's per-layer table), for a full TLS 1.3 handshake + one
+ * proxied 1 KiB GET and a keep-alive GET, at a fixed number of operations (figures the machine's load moves little):
+ *   --profiler cpu-prof   (default) V8 samples of the worker's main thread, split by layer-split.ts: shares;
+ *   --profiler none       /proc CPU per operation only: main thread (user, system) and the other threads (libuv's
+ *                         pool, V8's GC and compiler; with a profiler on, its sampling thread is among them);
+ *   --profiler callgrind  the worker under callgrind for the measured operations only: instructions per operation
+ *                         (exact, whatever else runs), and the native functions with the most inclusive instructions.
+ * Servers (`--servers`) and loads (`--loads`) are rig.ts's: one server after the other, with the demo origin, each
+ * given only the loads of the protocols it speaks, after a warm-up.
  *
  * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [--loads LIST] [options]   (--help)
  * Prints Markdown; --out writes it (and the JSON) as <date>-layers-<profiler>.{md,json}.
@@ -36,10 +16,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { delta, type ThreadCpu, threadCpu } from '../harness/proc-cpu.js';
+import { add, type CpuTimes, type ThreadCpu } from '../harness/proc-cpu.js';
 import { fmt, markdownTable, writeReport } from '../harness/report.js';
 import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
-import { callgrind, callgrindControl, callgrindDump, drive, isFull, LOADS, type Load, openRig, type Rig, speaks, startServer } from './rig.js';
+import { drive, isFull, LOADS, type Load, measure, openRig, type Rig, speaks, startServer } from './rig.js';
 
 const TABLE = {
   profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'what measures the worker (see above)' },
@@ -67,105 +47,86 @@ const counts = { full: v.full, keepalive: v.keepalive, warmup: v.warmup, concurr
 const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
 const loads = v.loads.split(',') as Load[];
 for (const l of loads) if (!LOADS.includes(l)) throw new Error(`--loads: '${l}' is not one of ${LOADS.join(', ')}`);
+
 interface Measured {
   readonly server: string;
   readonly load: Load;
   readonly operations: number;
-  /** cpu-prof: the split; callgrind: instructions and the top native functions. */
+  /** CPU time the serving process used over the window (/proc, 10 ms ticks): consumed, not a rate, so load moves it little. */
+  readonly cpu: ThreadCpu;
+  /** cpu-prof: the split. */
   readonly split?: LayerSplit;
+  /** callgrind: instructions, the main thread's part of them (the rest: libuv's pool, V8's compiler and GC threads), its top native functions. */
   readonly instructions?: number;
-  /** callgrind: the main thread's part of `instructions` (the rest: libuv's pool, V8's compiler and GC threads). */
   readonly mainInstructions?: number;
   readonly topFunctions?: readonly { fn: string; inclusive: number }[];
-  /** CPU time the serving process used over the window (/proc, 10 ms ticks): consumed, not a rate, so load moves it little. */
-  readonly cpu?: ThreadCpu;
 }
 
-/** Instructions of a callgrind dump, and its native functions by inclusive instructions. */
+/** The native functions of a callgrind dump by inclusive instructions (at most `instructions`: the rest are entered before the window). */
 function topFunctions(file: string, instructions: number): { fn: string; inclusive: number }[] {
   const out = execFileSync('callgrind_annotate', ['--inclusive=yes', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  const top: { fn: string; inclusive: number }[] = [];
-  for (const line of out.split('\n')) {
-    const m = /^\s*([\d,]+)\s+\([^)]*\)\s+(.*)$/.exec(line);
-    if (m === null || top.length >= 80) continue;
-    const inclusive = Number(m[1]!.replaceAll(',', ''));
-    if (inclusive <= instructions) top.push({ inclusive, fn: m[2]!.replace(/ \[[^\]]*\]$/, '') });
-  }
-  return top;
+  return [...out.matchAll(/^[ \t]*([\d,]+)[ \t]+\([^)]*\)[ \t]+(.*)$/gm)]
+    .map((m) => ({ inclusive: Number(m[1]!.replaceAll(',', '')), fn: m[2]!.replace(/ \[[^\]]*\]$/, '') }))
+    .filter((t) => t.inclusive <= instructions)
+    .slice(0, 80);
 }
 
 async function measureServer(rig: Rig, name: string): Promise<Measured[]> {
   const prof = join(rig.dir, `prof-${name}`);
   mkdirSync(prof, { recursive: true });
-  const cpuProf = ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-interval', String(v.interval)];
-  const { proc, pid, port } = await startServer(rig, name, {
-    wrap: profiler === 'callgrind' ? callgrind(rig.dir, name) : [],
-    nodeArgs: profiler === 'cpu-prof' ? cpuProf : [],
+  const s = await startServer(rig, name, {
+    callgrind: profiler === 'callgrind',
+    nodeArgs: profiler === 'cpu-prof' ? ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-interval', String(v.interval)] : [],
     logLevel: v['log-level'],
     accessLog: ['trace', 'debug', 'info'].includes(v['log-level']),
   });
-  const run = (load: Load, n: number) => drive(load, port, n, counts.concurrency, rig.ca);
+  const mine = loads.filter((l) => speaks(name, l));
   const out: Measured[] = [];
   try {
-    const mine = loads.filter((l) => speaks(name, l));
-    for (const load of mine) await run(load, isFull(load) ? counts.warmup : counts.warmup * 10);
-    const windows: { load: Load; operations: number; fromUs: number; toUs: number; cpu: ThreadCpu }[] = [];
+    for (const load of mine) await drive(load, s.port, isFull(load) ? counts.warmup : counts.warmup * 10, counts.concurrency, rig.ca);
+    const windows: { load: Load; fromUs: number; toUs: number; w: Awaited<ReturnType<typeof measure>> }[] = [];
     for (const load of mine) {
-      const wanted = isFull(load) ? counts.full : counts.keepalive;
-      if (profiler === 'callgrind') await callgrindControl(pid, '-i', 'on');
       const fromUs = nowUs();
-      const cpu0 = threadCpu(pid);
-      const operations = await run(load, wanted);
-      const cpu1 = threadCpu(pid);
-      const toUs = nowUs();
-      if (profiler === 'callgrind') {
-        await callgrindControl(pid, '-d', load);
-        await callgrindControl(pid, '-i', 'off');
-      }
-      windows.push({ load, operations, fromUs, toUs, cpu: { main: delta(cpu0.main, cpu1.main), others: delta(cpu0.others, cpu1.others) } });
+      const w = await measure(rig, s, load, isFull(load) ? counts.full : counts.keepalive, counts.concurrency);
+      windows.push({ load, fromUs, toUs: nowUs(), w });
     }
-    await proc.stop(profiler === 'callgrind' ? 300_000 : 30_000);
-    for (const [i, w] of windows.entries()) {
-      if (profiler === 'none') out.push({ server: name, load: w.load, operations: w.operations, cpu: w.cpu });
-      else if (profiler === 'cpu-prof') {
-        const profile = readdirSync(prof).find((x) => x.includes(`.${pid}.`));
-        if (profile === undefined) throw new Error(`no profile of pid ${pid} in ${prof}`);
-        out.push({ server: name, load: w.load, operations: w.operations, split: splitProfile(join(prof, profile), w), cpu: w.cpu });
-      } else {
-        const { mainFile, main, all } = callgrindDump(rig.dir, name, pid, i + 1);
-        out.push({
-          server: name,
-          load: w.load,
-          operations: w.operations,
-          instructions: all,
-          mainInstructions: main,
-          topFunctions: topFunctions(mainFile, main),
-        });
-      }
+    await s.proc.stop(s.graceMs);
+    // The profile is written when the worker exits.
+    const profile = profiler === 'cpu-prof' ? readdirSync(prof).find((x) => x.includes(`.${s.pid}.`)) : undefined;
+    if (profiler === 'cpu-prof' && profile === undefined) throw new Error(`no profile of pid ${s.pid} in ${prof}`);
+    for (const { load, fromUs, toUs, w } of windows) {
+      const ts = [...w.threads.values()];
+      const sum = (xs: CpuTimes[]) => xs.reduce<CpuTimes>(add, { userUs: 0, systemUs: 0 });
+      const cpu = { main: sum(ts.filter((t) => t.key.startsWith('main ('))), others: sum(ts.filter((t) => !t.key.startsWith('main ('))) };
+      const i = w.instructions;
+      out.push({
+        server: name,
+        load,
+        operations: w.operations,
+        cpu,
+        ...(profile && { split: splitProfile(join(prof, profile), { fromUs, toUs }) }),
+        ...(i && { instructions: i.all, mainInstructions: i.main, topFunctions: topFunctions(i.mainFile, i.main) }),
+      });
     }
   } finally {
-    proc.kill();
+    s.proc.kill();
   }
   return out;
 }
 
 /** CPU time of the serving process over the measured operations, µs per operation, from /proc. */
 function cpuTable(results: readonly Measured[], note: string): string {
-  const table = markdownTable(
-    ['server, load', 'main thread user', 'main thread system', 'other threads (libuv pool, V8 GC and JIT)', 'total'],
-    results.map((r) => {
-      const per = (us: number) => fmt(us / r.operations);
-      const c = r.cpu!;
-      const total = c.main.userUs + c.main.systemUs + c.others.userUs + c.others.systemUs;
-      return [`${r.server} ${r.load}`, per(c.main.userUs), per(c.main.systemUs), per(c.others.userUs + c.others.systemUs), per(total)];
-    }),
-    ['left', 'right', 'right', 'right', 'right'],
-  );
+  const rows = results.map(({ cpu: c, operations, server, load }) => {
+    const per = (us: number) => fmt(us / operations);
+    const others = c.others.userUs + c.others.systemUs;
+    return [`${server} ${load}`, per(c.main.userUs), per(c.main.systemUs), per(others), per(c.main.userUs + c.main.systemUs + others)];
+  });
+  const header = ['server, load', 'main thread user', 'main thread system', 'other threads (libuv pool, V8 GC and JIT)', 'total'];
   return [
     `CPU time of the serving process over the same operations (/proc utime + stime, 10 ms ticks, µs per operation; ${note}).`,
     'The floor has no origin connection; the in-memory cluster primary, idle here, is not counted.',
     '',
-    table,
+    markdownTable(header, rows, ['left', 'right', 'right', 'right', 'right']),
   ].join('\n');
 }
 
@@ -198,42 +159,33 @@ function report(results: readonly Measured[]): string {
       '',
     );
     for (const r of results) {
-      lines.push(`### ${r.server}, ${r.load}`, '');
       const frameRows = LAYERS.flatMap((layer) => r.split!.topFrames[layer].slice(0, 3).map((t) => [layer, t.frame, fmt(t.us / r.operations, 1)]));
-      lines.push(markdownTable(['layer', 'frame', 'µs/op'], frameRows, ['left', 'left', 'right']), '');
+      lines.push(`### ${r.server}, ${r.load}`, '', markdownTable(['layer', 'frame', 'µs/op'], frameRows, ['left', 'left', 'right']), '');
     }
   } else {
     // The other threads (V8's optimizing compiler, concurrent marking and sweeping, libuv's pool) apart: a short warm-up under valgrind leaves compiling to do.
-    const rows = results.map((r) => [
-      r.server,
-      r.load,
-      fmt(r.operations),
-      fmt(r.instructions! / r.operations),
-      fmt(r.mainInstructions! / r.operations),
-      fmt((r.instructions! - r.mainInstructions!) / r.operations),
-    ]);
+    const rows = results.map((r) => {
+      const [all, main] = [r.instructions!, r.mainInstructions!];
+      return [r.server, r.load, fmt(r.operations), fmt(all / r.operations), fmt(main / r.operations), fmt((all - main) / r.operations)];
+    });
     const header = ['server', 'load', 'operations', 'instructions per operation', 'main thread', 'other threads (V8 JIT and GC, libuv pool)'];
     lines.push(markdownTable(header, rows, ['left', 'left', 'right', 'right', 'right', 'right']), '');
     for (const r of results) {
-      lines.push(`### ${r.server}, ${r.load}: main thread's native functions by inclusive instructions per operation`, '');
       const top = r.topFunctions!.slice(0, 30).map((t) => [t.fn, fmt(t.inclusive / r.operations)]);
+      lines.push(`### ${r.server}, ${r.load}: main thread's native functions by inclusive instructions per operation`, '');
       lines.push(markdownTable(['function', 'instructions/op'], top, ['left', 'right']), '');
     }
   }
   return lines.join('\n');
 }
 
-async function main(): Promise<void> {
-  const rig = await openRig('layers');
-  try {
-    const results: Measured[] = [];
-    for (const server of v.servers.split(',')) results.push(...(await measureServer(rig, server)));
-    const markdown = report(results);
-    process.stdout.write(`${markdown}\n`);
-    if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, { profiler, counts, results }, markdown);
-  } finally {
-    await rig.close(v['keep-temp']);
-  }
+const rig = await openRig('layers');
+try {
+  const results: Measured[] = [];
+  for (const server of v.servers.split(',')) results.push(...(await measureServer(rig, server)));
+  const markdown = report(results);
+  process.stdout.write(`${markdown}\n`);
+  if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, { profiler, counts, results }, markdown);
+} finally {
+  await rig.close(v['keep-temp']);
 }
-
-await main();

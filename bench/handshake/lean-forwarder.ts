@@ -1,16 +1,12 @@
 /**
- * The leanest keep-alive forwarder Node can do (`bare-llhttp` in layers.ts,
- * floor.ts's `forward.client: 'llhttp'`): requests go to one origin over
- * kept-alive net sockets, one llhttp parser per origin socket (Node's own
- * native HTTPParser from `_http_common`, the parser node:http uses, present
- * with the same calls on Node 20, 22 and 24), the request head written as one
- * string, the answer's raw head straight to `writeHead` and its body chunks to
- * `write`. No ClientRequest, IncomingMessage, stream, promise or closure per
- * request: what is left is the socket write, the read, the parse and the
- * answer, the least any origin client on Node has to do. It is a bench floor,
- * not a product client: GET/HEAD without a request body, no timeouts, no
- * retries, no limits on the origin's answer (what the product's client must
- * add is listed in bench/results/2026-12-04-floor.md).
+ * The leanest keep-alive forwarder Node can do (`bare-llhttp` in layers.ts, floor.ts's `forward.client: 'llhttp'`):
+ * requests go to one origin over kept-alive net sockets, one llhttp parser per origin socket (Node's own native
+ * HTTPParser from `_http_common`, the parser node:http uses, present with the same calls on Node 20, 22 and 24), the
+ * request head written as one string, the answer's raw head straight to `writeHead` and its body chunks to `write`.
+ * No ClientRequest, IncomingMessage, stream, promise or closure per request: what is left is the socket write, the
+ * read, the parse and the answer, the least any origin client on Node has to do. It is a bench floor, not a product
+ * client: GET/HEAD without a request body, no timeouts, no retries, no limits on the origin's answer (what the
+ * product's client must add is listed in bench/results/2026-12-04-floor.md).
  */
 import type http from 'node:http';
 import { createRequire } from 'node:module';
@@ -47,37 +43,20 @@ class OriginConnection {
   reusable = false;
   #headers: string[] = [];
 
-  constructor(
-    P: HttpCommon['HTTPParser'],
-    host: string,
-    port: number,
-    private readonly release: (c: OriginConnection) => void,
-    consume: boolean,
-  ) {
+  constructor(P: HttpCommon['HTTPParser'], host: string, port: number, release: (c: OriginConnection) => void, consume: boolean) {
     this.socket = net.connect({ host, port, noDelay: true });
     this.parser = new P();
     this.parser.initialize(P.RESPONSE, {}, 0, P.kLenientNone);
     // Head in more than one call when it has more than 32 fields (llhttp's flush): collected here.
-    this.parser[P.kOnHeaders] = (headers: string[]) => {
-      for (const h of headers) this.#headers.push(h);
-    };
-    this.parser[P.kOnHeadersComplete] = (
-      _major: number,
-      _minor: number,
-      headers: string[] | undefined,
-      _method: unknown,
-      _url: unknown,
-      status: number,
-      _message: string,
-      _upgrade: boolean,
-      keepAlive: boolean,
-    ) => {
-      const raw = headers === undefined ? this.#headers : this.#headers.length === 0 ? headers : this.#headers.concat(headers);
+    this.parser[P.kOnHeaders] = (headers: string[]) => this.#headers.push(...headers);
+    // (versionMajor, versionMinor, headers, method, url, statusCode, statusMessage, upgrade, shouldKeepAlive)
+    this.parser[P.kOnHeadersComplete] = (...a: [number, number, string[] | undefined, unknown, unknown, number, string, boolean, boolean]) => {
+      const raw = a[2] === undefined ? this.#headers : this.#headers.length === 0 ? a[2] : this.#headers.concat(a[2]);
       this.#headers = [];
-      this.reusable = keepAlive;
+      this.reusable = a[8];
       const out: string[] = [];
       for (let i = 0; i < raw.length; i += 2) if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
-      this.res?.writeHead(status, out);
+      this.res?.writeHead(a[5], out);
       // 1: no body follows (the answer to HEAD), as node:http's client tells llhttp.
       return this.head ? 1 : 0;
     };
@@ -87,21 +66,15 @@ class OriginConnection {
       const res = this.res;
       this.res = null;
       res?.end();
-      if (this.reusable) this.release(this);
+      if (this.reusable) release(this);
       else this.socket.destroy();
     };
     if (consume) {
       // As node:http's server: the native parser reads the handle; the 'data' listener only keeps the socket reading.
-      this.parser[P.kOnExecute] = (r: number | Error) => {
-        if (r instanceof Error) this.fail();
-      };
+      this.parser[P.kOnExecute] = (r: number | Error) => r instanceof Error && this.fail();
       this.socket.on('data', () => undefined);
       this.socket.once('connect', () => this.parser.consume((this.socket as unknown as { _handle: unknown })._handle));
-    } else
-      this.socket.on('data', (data: Buffer) => {
-        const r = this.parser.execute(data);
-        if (r instanceof Error) this.fail();
-      });
+    } else this.socket.on('data', (data: Buffer) => this.parser.execute(data) instanceof Error && this.fail());
     this.socket.on('error', () => this.fail());
     this.socket.on('close', () => this.fail());
   }
@@ -123,9 +96,6 @@ export function llhttpForwarder(
 ): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const { HTTPParser } = createRequire(import.meta.url)('_http_common') as HttpCommon;
   const url = new URL(origin);
-  const host = url.hostname;
-  const port = Number(url.port);
-  const hostHeader = url.host;
   const idle: OriginConnection[] = [];
   const release = (conn: OriginConnection) => void idle.push(conn);
   counts.originConnections = 0;
@@ -134,21 +104,19 @@ export function llhttpForwarder(
     while (conn?.socket.destroyed) conn = idle.pop();
     if (conn === undefined) {
       counts.originConnections!++;
-      conn = new OriginConnection(HTTPParser, host, port, release, consume);
+      conn = new OriginConnection(HTTPParser, url.hostname, Number(url.port), release, consume);
     }
     conn.res = res;
     conn.head = req.method === 'HEAD';
     // The request head as one string: end-to-end fields as received, the origin's Host, one write.
-    let head = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${hostHeader}\r\n`;
+    let head = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${url.host}\r\n`;
     const raw = req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toLowerCase();
       if (name !== 'host' && !HOP_BY_HOP.has(name)) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
     }
     conn.socket.write(`${head}\r\n`, 'latin1');
-    res.on('close', () => {
-      // The client left before the answer ended: the origin socket's framing is mid-answer, so it cannot be reused.
-      if (conn!.res === res) conn!.fail();
-    });
+    // The client left before the answer ended: the origin socket's framing is mid-answer, so it cannot be reused.
+    res.on('close', () => conn.res === res && conn.fail());
   };
 }

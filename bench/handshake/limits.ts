@@ -1,21 +1,16 @@
 /**
- * What one core of this machine can sign, measured in the same run as the
- * handshakes so the handshake figures can be read against it:
- *   - `openssl speed -seconds 1 ecdsap256 rsa2048`: OpenSSL's own sign rate
- *     with the key in memory (what nginx with a key file and the in-memory
- *     server pay per handshake signature);
- *   - raw pkcs11js C_SignInit + C_Sign on the SoftHSM2 token the key server
- *     uses (bench/keyserver-sign/load.ts RawSignLoad and measureWindow, the same
- *     loop as bench/keyserver-sign.ts): the token's ceiling, what every
- *     token-backed set-up (key server, nginx engine, p11-kit) pays at least.
- * Both run while the servers are idle.
+ * What one core of this machine can sign, measured in the same run as the handshakes (while the servers are idle) so
+ * their figures can be read against it: `openssl speed -seconds 1 ecdsap256 rsa2048` (OpenSSL's sign rate with the
+ * key in memory: what nginx with a key file and the in-memory server pay per handshake), and raw pkcs11js C_SignInit
+ * + C_Sign on the key server's SoftHSM2 token (keyserver-sign's RawToken and measureWindow): the token's ceiling,
+ * what every token-backed set-up (key server, nginx engine, p11-kit) pays.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { BENCH_KEYS } from '../keyserver-sign/keys.js';
-import { type HandshakeKey, tokenKeyLabel } from './lab.js';
 import { measureWindow, RawToken } from '../keyserver-sign/load.js';
+import { type HandshakeKey, tokenKeyLabel } from './lab.js';
 
 const execFileAsync = promisify(execFile);
 

@@ -1,10 +1,8 @@
 /**
- * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same
- * proxy holding the key in memory, the node:https floor and nginx holding it
- * three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
- * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and
- * targets: summary.ts; Markdown: report.ts; method and columns:
- * bench/README.md, "handshake".
+ * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same proxy holding the key in memory, the
+ * node:https floor and nginx holding it three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
+ * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and targets: summary.ts; Markdown: report.ts;
+ * method and columns: bench/README.md, "handshake".
  *
  * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
  */
@@ -13,13 +11,13 @@ import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { shownCommand } from '../harness/client.js';
 import { versionOf } from '../harness/install.js';
-import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree } from '../harness/proc-cpu.js';
 import { setAffinity } from '../harness/procs.js';
 import { fmt } from '../harness/report.js';
 import type { RunContext } from '../harness/rounds.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { round } from '../harness/stats.js';
 import { sumValues } from '../lab/counters.js';
 import { abArgs, ensureAb } from './ab.js';
@@ -27,7 +25,7 @@ import { negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
 import { opensslSpeed, rawTokenRates } from './limits.js';
 import { type BenchScenario, CounterReader, type Env, type RunResult, runScenario, trackedGroups } from './measure.js';
-import { markdownReport, type PerfRow, perfMarkdown, type ReportContext } from './report.js';
+import { markdownReport, type PerfRow, perfMarkdown } from './report.js';
 import { allScenarios, KEY_NAME, KINDS, selectScenarios } from './scenarios.js';
 import { hops, type Limits, summarize, summaryEntries, targets } from './summary.js';
 
@@ -103,29 +101,35 @@ function parseOptions(argv: string[]) {
   };
 }
 
+/** openssl speed and raw C_Sign on the server CPUs, each reporting its error instead of failing the run. */
 async function measureLimits(lab: HandshakeLab, options: Options, log: (line: string) => void, signal: AbortSignal): Promise<Limits> {
   const cpus = options.serverCpus;
-  let openssl: Limits['openssl'];
-  try {
-    openssl = await opensslSpeed(cpus, signal);
-    log(`openssl speed: ECDSA P-256 ${fmt(openssl.ecdsaP256SignsPerSecond)} signs/s, RSA-2048 ${fmt(openssl.rsa2048SignsPerSecond)} signs/s`);
-  } catch (err) {
-    openssl = { error: (err as Error).message.split('\n')[0]! };
-    log(`openssl speed failed: ${openssl.error}`);
-  }
-  let rawToken: Limits['rawToken'];
+  const tried = async <T>(what: string, f: () => Promise<T>, say: (x: T) => string[]): Promise<T | { error: string }> => {
+    try {
+      const x = await f();
+      for (const line of say(x)) log(line);
+      return x;
+    } catch (err) {
+      const error = (err as Error).message.split('\n')[0]!;
+      log(`${what} failed: ${error}`);
+      return { error };
+    }
+  };
+  const openssl = await tried(
+    'openssl speed',
+    () => opensslSpeed(cpus, signal),
+    (o) => [`openssl speed: ECDSA P-256 ${fmt(o.ecdsaP256SignsPerSecond)} signs/s, RSA-2048 ${fmt(o.rsa2048SignsPerSecond)} signs/s`],
+  );
   // The raw loop runs in this process: move it (all threads) to the servers' CPUs for the measurement.
   if (cpus !== undefined) setAffinity(process.pid, cpus);
-  try {
-    const sessions = cpus === undefined ? 2 : cpus.split(',').length * 2;
-    rawToken = await rawTokenRates(lab.keyserverLab.configPath, options.keys, sessions, options.quick ? 500 : 2000, options.quick ? 100 : 300, signal);
-    for (const r of rawToken) log(`raw C_Sign ${r.key}: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign`);
-  } catch (err) {
-    rawToken = { error: (err as Error).message.split('\n')[0]! };
-    log(`raw C_Sign failed: ${rawToken.error}`);
-  } finally {
-    if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
-  }
+  const sessions = cpus === undefined ? 2 : cpus.split(',').length * 2;
+  const [windowMs, rampMs] = options.quick ? [500, 100] : [2000, 300];
+  const rawToken = await tried(
+    'raw C_Sign',
+    () => rawTokenRates(lab.keyserverLab.configPath, options.keys, sessions, windowMs, rampMs, signal),
+    (rates) => rates.map((r) => `raw C_Sign ${r.key}: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign`),
+  );
+  if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
   return { openssl, rawToken, cpus };
 }
 
@@ -215,7 +219,6 @@ const HANDSHAKE: MeasuringBench<Options, Lab, BenchScenario, RunResult> = {
   },
   async report(held, options, scenarios, { results, failures, method }, { log, machine, date }) {
     const { lab, env, noH2, nodeVersions, ab } = held;
-    const limits = held.limits!;
     const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
     const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
     if (options.perfDir !== undefined) {
@@ -225,42 +228,42 @@ const HANDSHAKE: MeasuringBench<Options, Lab, BenchScenario, RunResult> = {
         if (window === undefined) continue;
         const file = perfFileOf(options.perfDir, s.name);
         const summary = await summarizePerf(file, options.perfHz, env.perfThreads.get(file) ?? new Map());
-        const sampledUsPerHandshake = ((summary.samples / options.perfHz) * 1e6) / window.handshakes;
-        rows.push({ scenario: s.name, handshakes: window.handshakes, sampledUsPerHandshake, summary });
+        rows.push({
+          scenario: s.name,
+          handshakes: window.handshakes,
+          sampledUsPerHandshake: ((summary.samples / options.perfHz) * 1e6) / window.handshakes,
+          summary,
+        });
       }
       log(`perf data in ${options.perfDir} (perf report -i FILE)`);
-      const scenariosJson = summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window }));
-      const json = { benchmark: 'handshake-perf', command: machine.commandLine, options, perf: rows, scenarios: scenariosJson };
+      const json = {
+        benchmark: 'handshake-perf',
+        command: machine.commandLine,
+        options,
+        perf: rows,
+        scenarios: summaries.map((s) => ({ name: s.id, window: s.perRound[0]?.window })),
+      };
       return { json, markdown: perfMarkdown(rows, machine, options, date), errors: 0, what: '', file: 'handshake-perf' };
     }
     const targetRows = targets(summaries, options.majors);
+    const hopRows = hops(summaries);
     const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
     const abShown = abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined });
-    const ctx: ReportContext = {
-      machine,
-      options,
-      date,
-      ab,
-      abCommand: shownCommand(options.clientCpus, 'ab', abShown, [
-        [/-t \d+/, '-t T'],
-        [/-n \d+/, '-n N'],
-        [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
-      ]),
-      nginxVersion: lab.nginxTools?.version,
-      tls: firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`,
-      skipped: new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]),
-      limits,
-      nodeVersions,
-      failures,
-    };
-    const hopRows = hops(summaries);
+    const abCommand = shownCommand(options.clientCpus, 'ab', abShown, [
+      [/-t \d+/, '-t T'],
+      [/-n \d+/, '-n N'],
+      [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
+    ]);
+    const skipped = new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]);
     const tools = lab.nginxTools;
+    const tls = firstAb === undefined ? undefined : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`;
+    const ctx = { machine, options, date, ab, abCommand, nginxVersion: tools?.version, tls, skipped, limits: held.limits!, nodeVersions, failures };
     const json = {
       command: machine.commandLine,
       summary: summaryEntries(summaries, (spec) => lab.skipped.get(spec.setup) ?? noH2.get(spec.id), options.scenarios),
       targets: targetRows.map((t) => ({ ...t, value: round(t.value, 3), limit: t.limit === undefined ? null : round(t.limit, 3) })),
-      skipped: Object.fromEntries(ctx.skipped),
-      client: { ab, command: ctx.abCommand, concurrency: options.concurrency, resumeLoops: options.resumeLoops, cpus: options.clientCpus },
+      skipped: Object.fromEntries(skipped),
+      client: { ab, command: abCommand, concurrency: options.concurrency, resumeLoops: options.resumeLoops, cpus: options.clientCpus },
       servers: {
         workers: options.workers,
         nginx: tools && { version: tools.version, processes: 1, masterProcess: false, engine: tools.engine, p11kitClient: tools.p11kitClient },
@@ -271,7 +274,7 @@ const HANDSHAKE: MeasuringBench<Options, Lab, BenchScenario, RunResult> = {
       },
       method: method({ nginxWarmupMs: options.nginxWarmupMs }),
       failedRounds: failures,
-      limits,
+      limits: held.limits,
       keys: options.keys.map((k) => ({ id: k.id, name: KEY_NAME[k.id], title: k.title, type: k.type, serverName: k.serverName, keyId: lab.keyIds.get(k.id) })),
       nodeVersions: Object.fromEntries(nodeVersions),
       serverConfigs: Object.fromEntries(lab.configs),

@@ -1,27 +1,17 @@
 /**
- * The handshake bench's Markdown: the targets per Node major, one table per
- * kind (rates, server CPU per handshake with min–max, checks, resumption %),
- * the keyless hop, what one core signs; and the --perf run's profile tables.
+ * The handshake bench's Markdown: the targets per Node major, one table per kind (rates, server CPU per handshake
+ * with min–max, checks, resumption %), the keyless hop, what one core signs; and the --perf run's profile tables.
  */
-import type { MachineInfo } from '../harness/machine.js';
-import { type Column, columnTable, fmt, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
-import { median } from '../harness/stats.js';
-import { HANDSHAKE_KEYS } from './lab.js';
-import { setupTitle } from './measure.js';
-import type { Options } from './main.js';
-import { type Kind, KINDS } from './scenarios.js';
 import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
-import type { RoundFailure } from '../harness/rounds.js';
-import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
+import type { MachineInfo } from '../harness/machine.js';
 import type { PerfSummary } from '../harness/perf.js';
-
-const KIND_TITLE: Record<Kind, string> = {
-  'full-tls13': 'Full TLS 1.3 handshakes (ab -f TLS1.3, new connection per request)',
-  'resumed-tls13': 'Resumed TLS 1.3 handshakes (session tickets, node:tls client, new connection per request)',
-  'full-tls12': 'Full TLS 1.2 handshakes, spot check (ab -f TLS1.2)',
-  'alpn-h2': 'Full TLS 1.3 handshakes negotiating h2 (node:http2 client, one GET per connection)',
-  'alpn-h1': 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
-};
+import { type Column, columnTable, fmt, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
+import type { RoundFailure } from '../harness/rounds.js';
+import { median } from '../harness/stats.js';
+import { HANDSHAKE_KEYS, quietLog, setupTitle } from './lab.js';
+import type { Options } from './main.js';
+import { KINDS, kindTitle } from './scenarios.js';
+import type { HopRow, Limits, ScenarioSummary, TargetRow } from './summary.js';
 
 export interface ReportContext {
   readonly machine: MachineInfo;
@@ -64,13 +54,6 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
   ],
   ...roundColumns<ScenarioSummary>('busy / others (cores)'),
 ];
-
-function scenarioTable(kind: Kind, summaries: readonly ScenarioSummary[]): string {
-  return columnTable(
-    summaries.filter((s) => s.kind === kind),
-    SCENARIO_COLUMNS,
-  );
-}
 
 /** How much other load the windows saw: on a shared machine this says how far the absolute figures can be trusted. */
 function contentionLine(summaries: readonly ScenarioSummary[]): string {
@@ -119,22 +102,20 @@ export function markdownReport(
     ],
     '(needs keyless and in memory)',
   );
+  const { openssl, rawToken } = limits;
+  const perSign = (rate: number) => `${fmt(rate)} signs/s (${fmt(1e6 / rate, 0)} µs each)`;
   const limitLines: string[] = [];
-  if (limits.openssl !== undefined) {
-    limitLines.push(
-      'error' in limits.openssl
-        ? `- openssl speed: failed (${limits.openssl.error})`
-        : `- \`${limits.openssl.command}\`: ECDSA P-256 ${fmt(limits.openssl.ecdsaP256SignsPerSecond)} signs/s (${fmt(1e6 / limits.openssl.ecdsaP256SignsPerSecond, 0)} µs each), RSA-2048 ${fmt(limits.openssl.rsa2048SignsPerSecond)} signs/s (${fmt(1e6 / limits.openssl.rsa2048SignsPerSecond, 0)} µs each)`,
-    );
-  }
-  if (limits.rawToken !== undefined) {
-    if ('error' in limits.rawToken) limitLines.push(`- raw C_Sign: failed (${limits.rawToken.error})`);
-    else {
-      for (const r of limits.rawToken) {
-        limitLines.push(
-          `- raw pkcs11js C_SignInit + C_Sign on the token, ${HANDSHAKE_KEYS.find((k) => k.id === r.key)!.title}, ${r.sessions} sessions: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign${r.errors > 0 ? `, ${r.errors} errors` : ''}`,
-        );
-      }
+  if (openssl !== undefined && 'error' in openssl) limitLines.push(`- openssl speed: failed (${openssl.error})`);
+  else if (openssl !== undefined)
+    limitLines.push(`- \`${openssl.command}\`: ECDSA P-256 ${perSign(openssl.ecdsaP256SignsPerSecond)}, RSA-2048 ${perSign(openssl.rsa2048SignsPerSecond)}`);
+  if (rawToken !== undefined && 'error' in rawToken) limitLines.push(`- raw C_Sign: failed (${rawToken.error})`);
+  else {
+    for (const r of rawToken ?? []) {
+      const key = HANDSHAKE_KEYS.find((k) => k.id === r.key)!.title;
+      const errors = r.errors > 0 ? `, ${r.errors} errors` : '';
+      limitLines.push(
+        `- raw pkcs11js C_SignInit + C_Sign on the token, ${key}, ${r.sessions} sessions: ${fmt(r.signsPerSecond)} signs/s, ${fmt(r.cpuUsPerSign)} µs CPU per sign${errors}`,
+      );
     }
   }
   const skipped = [...ctx.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`);
@@ -148,7 +129,7 @@ export function markdownReport(
       : []),
     `Command: \`${machine.commandLine}\``,
     `Client: \`${ctx.abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${ctx.tls ?? '?'}); resumed: ${options.resumeLoops} node:tls connections in flight in this bench's process, each offering the newest ticket it got.`,
-    `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off, the worker), access log ${options.logLevel === 'warn' || options.logLevel === 'error' || options.logLevel === 'silent' ? 'off' : 'on'}.`,
+    `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off, the worker), access log ${quietLog(options.logLevel) ? 'off' : 'on'}.`,
     `Pinning: ${pin}.`,
     contentionLine(summaries),
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
@@ -159,7 +140,15 @@ export function markdownReport(
     '',
     targetTable,
     '',
-    ...kinds.flatMap((k) => [`## ${KIND_TITLE[k]}`, '', scenarioTable(k, summaries), '']),
+    ...kinds.flatMap((k) => [
+      `## ${kindTitle(k)}`,
+      '',
+      columnTable(
+        summaries.filter((s) => s.kind === k),
+        SCENARIO_COLUMNS,
+      ),
+      '',
+    ]),
     '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)',
     '',
     hopTable,

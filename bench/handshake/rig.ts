@@ -1,21 +1,14 @@
 /**
- * The rig of the handshake investigation tools (layers.ts, threads.ts,
- * h2-threads.ts): a temp dir with a throwaway CA's ECDSA P-256 certificate
- * for `bench.test` and the demo origin; the servers they measure, by name,
- * each behind an optional wrapper (valgrind, stdbuf) and Node flags; the pid
- * that serves; the loads, each run to a fixed number of operations (consumed
- * CPU and counts, not rates: they hold on a loaded machine); and callgrind's
- * per-thread dumps.
+ * The rig of the handshake investigation tools (layers.ts, threads.ts, h2-threads.ts): a temp dir with a throwaway
+ * CA's ECDSA P-256 certificate for `bench.test` and the demo origin; the servers they measure, by name, optionally
+ * under callgrind or another wrapper and with Node flags, and the pid that serves; the loads, each run to a fixed
+ * number of operations (consumed CPU and counts, not rates: they hold on a loaded machine); one measured window.
  *
- * Servers: `inmemory` (alias `keyedge`: inmemory.ts, the real cluster, one
- * worker, key files), `floor` / `floor-h2` (floor.ts: bare node:https /
- * node:http2, fixed 1 KiB answer, no origin), the bare forwarders of floor.ts
- * to the same origin: `bare-undici` (alias `fwd-h1`), `bare-node-http`,
- * `bare-llhttp`, `bare-llhttp-consume` (lean-forwarder.ts) and `fwd-h2`
- * (node:http2 + undici), and `nginx`: the keep-alive bench's configuration
- * (`listen … ssl http2`, bench/keepalive/lab.ts) as one process
- * (`master_process off`, so the pid measured is the one that serves), with a
- * stub_status listener on the admin port for the readiness probe.
+ * Servers: `inmemory` (alias `keyedge`: inmemory.ts, the real cluster, one worker, key files), `floor` / `floor-h2`
+ * (floor.ts: bare node:https / node:http2, fixed 1 KiB answer, no origin), floor.ts's bare forwarders to the same
+ * origin: `bare-undici` (alias `fwd-h1`), `bare-node-http`, `bare-llhttp`, `bare-llhttp-consume` (lean-forwarder.ts)
+ * and `fwd-h2` (node:http2 + undici); and `nginx`: the keep-alive bench's configuration (`listen … ssl http2`) as one
+ * process (`master_process off`: the pid measured serves), with a stub_status listener for the readiness probe.
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
 import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
@@ -33,26 +27,16 @@ import type { FloorConfig } from './floor.js';
 import { fileKeyConfig } from './lab.js';
 
 const execFileAsync = promisify(execFile);
-const script = (name: string) => fileURLToPath(new URL(`./${name}.js`, import.meta.url));
-export const HOST = 'bench.test';
+const HOST = 'bench.test';
 
-export interface Rig {
-  readonly dir: string;
-  /** The CA's PEM, for clients that verify. */
-  readonly ca: string;
-  /** http://127.0.0.1:port of the demo origin. */
-  readonly origin: string;
-  /** What startServer started, for close(). */
-  readonly servers: Running[];
-  /** Stops what the rig started and removes its dir (kept with `keep`). */
-  close(keep?: boolean): Promise<void>;
-}
+export type Rig = Awaited<ReturnType<typeof openRig>>;
 
 /** A temp dir `keyedge-<name>-*` with the certificate (file-chain.pem, file.key) and the demo origin running. */
-export async function openRig(name: string): Promise<Rig> {
+export async function openRig(name: string) {
   const dir = mkdtempSync(join(tmpdir(), `keyedge-${name}-`));
   const servers: Running[] = [];
   let origin: ManagedProcess | undefined;
+  /** Stops what the rig started and removes its dir (kept with `keep`). */
   const close = async (keep = false) => {
     for (const s of servers) await s.proc.stop(s.graceMs).catch(() => s.proc.kill());
     origin?.kill();
@@ -65,6 +49,7 @@ export async function openRig(name: string): Promise<Rig> {
     const port = await freePort();
     origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(port)], join(dir, 'origin.log'), undefined, dir);
     await waitFor('demo origin', () => tcpOpen(port), 30_000, origin);
+    // The CA's PEM for clients that verify; the demo origin's URL; what startServer started, for close().
     return { dir, ca: readFileSync(pki.caFile, 'utf8'), origin: `http://127.0.0.1:${port}`, servers, close };
   } catch (e) {
     await close();
@@ -80,10 +65,14 @@ export interface Running {
   readonly pid: number;
   /** How long a graceful stop may take (a callgrind dump at exit takes long). */
   readonly graceMs: number;
+  /** Under callgrind: the dumps taken so far (each window is one). */
+  callgrind?: { dumps: number };
 }
 
 export interface StartOptions {
-  /** Before the binary: valgrind's command, stdbuf, or nothing. */
+  /** Under valgrind's callgrind, instrumentation off until a window switches it on (`measure`). */
+  readonly callgrind?: boolean;
+  /** Before the binary otherwise: stdbuf, or nothing. */
   readonly wrap?: readonly string[];
   /** Flags of the Node servers' node. */
   readonly nodeArgs?: readonly string[];
@@ -91,7 +80,6 @@ export interface StartOptions {
   /** nginx writes an access log line per request (parity with the proxy at 'info'). */
   readonly accessLog?: boolean;
   readonly env?: Readonly<Record<string, string>>;
-  readonly graceMs?: number;
 }
 
 const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['client']; h2?: true }> = {
@@ -102,45 +90,52 @@ const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['
   'bare-llhttp-consume': { client: 'llhttp-consume' },
   'fwd-h2': { client: 'undici', h2: true },
 };
-export const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
+const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
+
+/**
+ * valgrind's callgrind, instrumentation off until a window switches it on; one file per thread and dump: the main
+ * thread apart from libuv's pool and V8's helpers (JIT, GC).
+ */
+const callgrind = (dir: string, name: string) => [
+  ...['valgrind', '--tool=callgrind', '--trace-children=yes', '--instr-atstart=no', '--dump-instr=no', '--separate-threads=yes'],
+  `--callgrind-out-file=${join(dir, `cg-${name}.%p`)}`,
+];
 
 /** Starts server `name` of the rig, waits until it serves, and registers it for `rig.close()`. */
 export async function startServer(rig: Rig, name: string, o: StartOptions = {}): Promise<Running> {
   if (!SERVERS.includes(name)) throw new Error(`unknown server '${name}' (${SERVERS.join(', ')})`);
   const [port, admin] = [await freePort(), await freePort()];
   const f = (x: string) => join(rig.dir, x);
-  const wrap = o.wrap ?? [];
+  const wrap = o.callgrind ? callgrind(rig.dir, name) : (o.wrap ?? []);
+  const inmemory = name === 'inmemory' || name === 'keyedge';
   let command: string[];
   if (name === 'nginx') {
     mkdirSync(f('nginx-tmp'), { recursive: true, mode: 0o700 });
     const status = `  server { listen 127.0.0.1:${admin}; access_log off; location = /status { stub_status; } }\n}\n`;
-    const originPort = Number(new URL(rig.origin).port);
-    writeFileSync(f('nginx.conf'), `master_process off;\n${nginxConfig(rig.dir, port, originPort, o.accessLog ?? true).replace(/}\n$/, status)}`);
+    const config = nginxConfig(rig.dir, port, Number(new URL(rig.origin).port), o.accessLog ?? true);
+    writeFileSync(f('nginx.conf'), `master_process off;\n${config.replace(/}\n$/, status)}`);
     command = [...wrap, 'nginx', '-e', f('nginx-error.log'), '-p', rig.dir, '-c', f('nginx.conf')];
   } else {
-    const inmemory = name === 'inmemory' || name === 'keyedge';
     const certs = [{ name: 'ec', serverName: HOST, chain: f('file-chain.pem'), key: f('file.key') }];
     const base = { port, admin, workers: 1, profile: 'intermediate', logLevel: o.logLevel ?? 'info', origin: rig.origin, domain: HOST } as const;
     const fwd = FORWARDERS[name];
     const config = fileKeyConfig(inmemory ? 'inmemory' : 'node-floor', certs, base);
-    const floor = { ...(config as FloorConfig), h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
+    const floor: FloorConfig = { ...(config as FloorConfig), h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
     writeFileSync(f(`${name}.json`), JSON.stringify(inmemory ? config : floor));
-    command = [...wrap, process.execPath, ...(o.nodeArgs ?? []), script(inmemory ? 'inmemory' : 'floor'), '--config', f(`${name}.json`)];
+    const script = fileURLToPath(new URL(`./${inmemory ? 'inmemory' : 'floor'}.js`, import.meta.url));
+    command = [...wrap, process.execPath, ...(o.nodeArgs ?? []), script, '--config', f(`${name}.json`)];
   }
   const proc = spawnManaged(name, command, f(`${name}.log`), undefined, rig.dir, o.env);
-  const running = { name, proc, port, pid: proc.pid, graceMs: o.graceMs ?? 10_000 };
+  const running: Running = { name, proc, port, pid: proc.pid, graceMs: o.callgrind ? 300_000 : 30_000, ...(o.callgrind && { callgrind: { dumps: 0 } }) };
   rig.servers.push(running);
-  if (name === 'inmemory' || name === 'keyedge') return { ...running, pid: await inMemoryWorkerPid(proc) };
-  await waitFor(name, () => tcpOpen(admin), 600_000, proc);
+  if (!inmemory) await waitFor(name, () => tcpOpen(admin), 600_000, proc);
+  else {
+    // The pid of the first worker, from the primary's `in-memory ready` log line.
+    let pid: number | undefined;
+    await waitFor('in-memory ready', () => (pid = jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0]) !== undefined, 600_000, proc);
+    return { ...running, pid: pid! };
+  }
   return running;
-}
-
-/** The pid of the in-memory server's first worker (inmemory.ts), from the primary's `in-memory ready` log line. */
-export async function inMemoryWorkerPid(proc: ManagedProcess, timeoutMs = 600_000): Promise<number> {
-  let pid: number | undefined;
-  const ready = () => (pid = jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0]) !== undefined;
-  await waitFor('in-memory ready', ready, timeoutMs, proc);
-  return pid!;
 }
 
 export const LOADS = ['full', 'keepalive', 'full-h1', 'full-h2', 'keepalive-h2', 'alpn-h1', 'alpn-h2'] as const;
@@ -168,8 +163,21 @@ export async function drive(load: Load, port: number, n: number, concurrency: nu
     return alpn.completed;
   }
   if (load === 'full' || load === 'keepalive') {
-    const args = ['-q', '-r', '-n', String(n), '-c', String(concurrency), '-s', '120', '-f', 'TLS1.3', '-H', `Host: ${HOST}`];
-    if (load === 'keepalive') args.push('-k');
+    const args = [
+      '-q',
+      '-r',
+      '-n',
+      String(n),
+      '-c',
+      String(concurrency),
+      '-s',
+      '120',
+      '-f',
+      'TLS1.3',
+      '-H',
+      `Host: ${HOST}`,
+      ...(load === 'keepalive' ? ['-k'] : []),
+    ];
     const { stdout } = await execFileAsync('ab', [...args, `https://127.0.0.1:${port}/`], { maxBuffer: 1 << 22 });
     const { failedRequests, non2xx } = parseAbOutput(stdout);
     if (failedRequests !== 0 || non2xx !== 0) throw new Error(`ab: ${failedRequests} failed, ${non2xx} non-2xx requests`);
@@ -178,14 +186,12 @@ export async function drive(load: Load, port: number, n: number, concurrency: nu
   // h2load (Debian nghttp2-client) counts the GETs that got a 2xx: under valgrind a connection now and then
   // times out, and the operations counted are the ones served; more than 2% failed throws.
   const full = isFull(load);
-  const batch = full ? concurrency : n;
   let served = 0;
-  for (let done = 0; done < n; done += batch) {
-    const size = Math.min(batch, n - done);
-    // One request per client, as many clients as requests: each connection does one GET and closes.
+  for (let done = 0; done < n; done += full ? concurrency : n) {
+    const size = Math.min(full ? concurrency : n, n - done);
+    // Full: one request per client, as many clients as requests, so each connection does one GET and closes.
     const shape = full ? ['-n', String(size), '-c', String(size)] : ['-n', String(size), '-c', '4', '-m', '10'];
-    const protocol = load === 'full-h1' ? 'http/1.1' : 'h2';
-    const args = [...shape, `--npn-list=${protocol}`, `--connect-to=127.0.0.1:${port}`, `https://${HOST}:${port}/`];
+    const args = [...shape, `--npn-list=${load === 'full-h1' ? 'http/1.1' : 'h2'}`, `--connect-to=127.0.0.1:${port}`, `https://${HOST}:${port}/`];
     const { stdout } = await execFileAsync('h2load', args, { maxBuffer: 1 << 22 });
     served += Number(/status codes: (\d+) 2xx/.exec(stdout)?.[1] ?? 'NaN');
   }
@@ -193,45 +199,49 @@ export async function drive(load: Load, port: number, n: number, concurrency: nu
   return served;
 }
 
-/** valgrind's callgrind, instrumentation off until a window switches it on; one file per thread and dump: the main thread apart from libuv's pool and V8's helpers (JIT, GC). */
-export function callgrind(dir: string, name: string): string[] {
-  const out = `--callgrind-out-file=${join(dir, `cg-${name}.%p`)}`;
-  return ['valgrind', '--tool=callgrind', '--trace-children=yes', '--instr-atstart=no', '--dump-instr=no', '--separate-threads=yes', out];
+export interface Window {
+  readonly operations: number;
+  /** CPU per thread over the window (/proc, 10 ms ticks), of every process of the server. */
+  readonly threads: Map<string, ThreadTimes>;
+  /** Under callgrind: the main thread's dump file, and instructions of the main thread and of all threads. */
+  readonly instructions?: { readonly mainFile: string; readonly main: number; readonly all: number };
 }
 
-/** `callgrind_control ARGS pid`: `-i on|off`, `-d` (dump). */
-export async function callgrindControl(pid: number, ...args: string[]): Promise<void> {
-  await execFileAsync('callgrind_control', [...args, String(pid)]);
-}
-
-/** Dump `dump` (from 1) of server `name`'s `pid`: its main thread's file (`cg-<name>.<pid>.<dump>-01`), and instructions of the main thread and of all threads. */
-export function callgrindDump(dir: string, name: string, pid: number, dump: number): { mainFile: string; main: number; all: number } {
-  const prefix = `cg-${name}.${pid}.${dump}-`;
-  const files = readdirSync(dir).filter((x) => x.startsWith(prefix));
-  if (!files.includes(`${prefix}01`)) throw new Error(`no callgrind dump ${dump} of ${name}'s main thread (pid ${pid})`);
-  const mainFile = join(dir, `${prefix}01`);
-  return { mainFile, main: callgrindInstructions(mainFile), all: files.reduce((sum, x) => sum + callgrindInstructions(join(dir, x)), 0) };
+/** One window: `n` operations of `load` on `s` (`concurrency`: ab -c, h2load's full connections at a time, the ALPN client's loops). */
+export async function measure(rig: Rig, s: Running, load: Load, n: number, concurrency: number): Promise<Window> {
+  const cpu = () => threads(s.pid, s.name === 'nginx');
+  if (s.callgrind) await execFileAsync('callgrind_control', ['-i', 'on', String(s.pid)]);
+  const before = cpu();
+  const operations = await drive(load, s.port, n, concurrency, rig.ca);
+  const window = { operations, threads: minus(cpu(), before) };
+  if (!s.callgrind) return window;
+  for (const args of [
+    ['-d', load],
+    ['-i', 'off'],
+  ])
+    await execFileAsync('callgrind_control', [...args, String(s.pid)]);
+  // Dump N of the server: one file per thread, `cg-<name>.<pid>.<N>-<thread>`, the main thread's `-01`.
+  const prefix = `cg-${s.name}.${s.pid}.${++s.callgrind.dumps}-`;
+  const files = readdirSync(rig.dir).filter((x) => x.startsWith(prefix));
+  if (!files.includes(`${prefix}01`)) throw new Error(`no callgrind dump ${s.callgrind.dumps} of ${s.name}'s main thread (pid ${s.pid})`);
+  const mainFile = join(rig.dir, `${prefix}01`);
+  const all = files.reduce((sum, x) => sum + callgrindInstructions(join(rig.dir, x)), 0);
+  return { ...window, instructions: { mainFile, main: callgrindInstructions(mainFile), all } };
 }
 
 /**
- * The instructions of one callgrind dump file as the sum of its self costs
- * (every cost line but the inclusive one after each `calls=`). Its `summary:`
- * line cannot be trusted when instrumentation was switched on mid-run
- * (`--instr-atstart=no`): calls entered before it return unseen, and the
- * summary wraps below zero.
+ * The instructions of one callgrind dump file as the sum of its self costs (every cost line but the inclusive one after
+ * each `calls=`). Its `summary:` line cannot be trusted when instrumentation was switched on mid-run
+ * (`--instr-atstart=no`): calls entered before it return unseen, and the summary wraps below zero.
  */
-export function callgrindInstructions(file: string): number {
-  let total = 0;
-  let skipNext = false;
+function callgrindInstructions(file: string): number {
+  let [total, skipNext] = [0, false];
   for (const line of readFileSync(file, 'utf8').split('\n')) {
-    if (line.startsWith('calls=')) {
-      skipNext = true;
-      continue;
+    if (line.startsWith('calls=')) skipNext = true;
+    else if (/^[+\-*]?\d*\s+\d+$/.test(line)) {
+      if (!skipNext) total += Number(line.split(/\s+/).at(-1));
+      skipNext = false;
     }
-    const m = /^[+\-*]?\d*\s+(\d+)$/.exec(line);
-    if (m === null) continue;
-    if (skipNext) skipNext = false;
-    else total += Number(m[1]);
   }
   return total;
 }

@@ -1,44 +1,34 @@
 /**
- * The handshake bench's figures from its runs: each scenario's medians and
- * spread over the clean rounds, its checks (one key-server sign per full
- * keyless handshake; tickets resumed, with the resumption %), the issue's
- * targets as ratios per Node major, the keyless hop, and the `summary` rows
- * the suite, its chart and comparison read.
+ * The handshake bench's figures from its runs: each scenario's medians and spread over the clean rounds, its checks
+ * (one key-server sign per full keyless handshake; tickets resumed, with the resumption %), the issue's targets as
+ * ratios per Node major, the keyless hop, and the `summary` rows the suite, its chart and comparison read.
  */
 import { overRounds } from '../harness/bench.js';
-import { benchRow, skippedBenchRow } from '../harness/summary.js';
+import { OWN_MAJOR } from '../harness/node-versions.js';
 import { fmt } from '../harness/report.js';
 import { round } from '../harness/stats.js';
-import { OWN_MAJOR } from '../harness/node-versions.js';
+import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
-import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, NODE_SETUPS, type NodeSetup, onNode, type SetupId } from './lab.js';
-import { type BenchScenario, type RunResult, setupGroups, setupProcesses, setupTitle, type WindowFigures } from './measure.js';
+import {
+  HANDSHAKE_KEYS,
+  type HandshakeKey,
+  isKeyless,
+  isNginx,
+  NODE_SETUPS,
+  type NodeSetup,
+  onNode,
+  type SetupId,
+  setupGroups,
+  setupProcesses,
+  setupTitle,
+} from './lab.js';
 import type { OpensslSpeed, RawTokenRate } from './limits.js';
-import type { Kind, ScenarioSpec } from './scenarios.js';
-
-/** The targets (issue 12; issue 13 for h2). */
-const TARGETS = {
-  /** CPU per full keyless handshake ÷ nginx + p11-kit's. */
-  keylessVsP11kit: 1.25,
-  /** In memory ÷ nginx with a key file. */
-  inMemoryVsFile: 1.3,
-  /** Keyless hop (keyless − in memory) ÷ (nginx + p11-kit − nginx key file). */
-  hopVsP11kitHop: 1.0,
-  /** CPU per resumed keyless handshake ÷ nginx's. */
-  resumedVsNginx: 1.3,
-  /** A full handshake with h2 negotiated ÷ with http/1.1. */
-  h2VsH1Handshake: 1.1,
-} as const;
-
-const KIND_LABEL: Record<Kind, string> = {
-  'full-tls13': 'full TLS 1.3',
-  'full-tls12': 'full TLS 1.2',
-  'resumed-tls13': 'resumed TLS 1.3',
-  'alpn-h2': 'full TLS 1.3 + h2',
-  'alpn-h1': 'full TLS 1.3 + http/1.1 (ALPN)',
-};
+import type { BenchScenario, RunResult } from './measure.js';
+import { type Kind, kindLabel, type ScenarioSpec } from './scenarios.js';
 
 const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa: 'RSA_PSS_SHA256' };
+
+const total = (all: readonly RunResult[], f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
 
 /**
  * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the sign,
@@ -47,7 +37,7 @@ const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa:
  */
 function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
   if (!isKeyless(spec.setup) || (spec.kind !== 'full-tls13' && spec.kind !== 'full-tls12')) return undefined;
-  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+  const sum = (f: (r: RunResult) => number) => total(all, f);
   // TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs with ECDSA: the same algorithms on the wire to the key server.
   const signs = sum((r) => sumValues(r.run.keyserverSigns ?? {}));
   const matching = sum((r) => r.run.keyserverSigns?.[ALGORITHM[spec.key.id]] ?? 0);
@@ -60,10 +50,8 @@ function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
 /** Resumed kind, over the windows: every completed connection resumed (the client keeps its newest ticket), no sign. */
 function resumeCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
   if (spec.kind !== 'resumed-tls13') return undefined;
-  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
-  const offered = sum((r) => r.window.resume?.offered ?? 0);
-  const resumed = sum((r) => r.window.resume?.resumed ?? 0);
-  const completed = sum((r) => r.window.handshakes);
+  const sum = (f: (r: RunResult) => number) => total(all, f);
+  const [offered, resumed, completed] = [sum((r) => r.window.resume?.offered ?? 0), sum((r) => r.window.resume?.resumed ?? 0), sum((r) => r.window.handshakes)];
   const keyserverSigns = isKeyless(spec.setup) ? sum((r) => r.window.keyserverSigns ?? 0) : undefined;
   const serverFullHandshakes = isNginx(spec.setup) ? undefined : sum((r) => r.window.server.full);
   return {
@@ -84,8 +72,7 @@ export type ScenarioSummary = ReturnType<typeof summarize>;
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
-  const w = (f: (r: WindowFigures) => number) => med((r) => f(r.window));
-  const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+  const sum = (f: (r: RunResult) => number) => total(all, f);
   const errors = {
     abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
     non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
@@ -102,10 +89,10 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     processes: setupProcesses(spec.setup, workers),
     handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
     serverUs: spreadOf((r) => r.window.serverUs),
-    frontUs: w((x) => x.frontUs),
-    keyUs: setupGroups(spec.setup).key === undefined ? undefined : w((x) => x.keyUs ?? Number.NaN),
-    originUs: w((x) => x.originUs),
-    clientUs: w((x) => x.clientUs),
+    frontUs: med((r) => r.window.frontUs),
+    keyUs: setupGroups(spec.setup).key === undefined ? undefined : med((r) => r.window.keyUs ?? Number.NaN),
+    originUs: med((r) => r.window.originUs),
+    clientUs: med((r) => r.window.clientUs),
     p50Us: latency('p50Us'),
     p99Us: latency('p99Us'),
     ...common,
@@ -116,24 +103,13 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
   };
 }
 
-export interface TargetRow {
-  readonly name: string;
-  readonly key: string;
-  /** The Node major of the keyedge side ('' when not a Node set-up). */
-  readonly node: string;
-  readonly value: number;
-  readonly limit: number | undefined;
-  readonly met: boolean | undefined;
-  readonly detail: string;
-}
-
-function find(summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId, key: HandshakeKey['id']): ScenarioSummary | undefined {
-  return summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
-}
+const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId, key: HandshakeKey['id']) =>
+  summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
 
 /**
- * The targets' rows: name, the two figures divided (kind and base set-up, or a difference of two such pairs), the
- * limit (undefined: reported, no target), whether only under this process's Node major (the ALPN kinds run there only).
+ * The targets (issue 12; issue 13 for h2): name, the figures divided (kind and base set-up, or a difference of two
+ * such pairs), the limit (undefined: reported, no target), and whether only under this process's Node major (the ALPN
+ * kinds run there only).
  */
 type Figure = readonly [Kind, SetupId];
 const KEYLESS: Figure = ['full-tls13', 'keyless-unix'];
@@ -141,70 +117,55 @@ const IN_MEMORY: Figure = ['full-tls13', 'inmemory'];
 const FILE: Figure = ['full-tls13', 'nginx-file'];
 const P11KIT: Figure = ['full-tls13', 'nginx-p11kit'];
 const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true])[] = [
-  ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], TARGETS.keylessVsP11kit],
-  ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], TARGETS.inMemoryVsFile],
-  ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], TARGETS.hopVsP11kitHop],
+  ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], 1.25],
+  ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], 1.3],
+  ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], 1.0],
   ['full handshake: bare node:https (floor) ÷ nginx key file', [['full-tls13', 'node-floor']], [FILE], undefined],
-  ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], TARGETS.resumedVsNginx],
+  ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], 1.3],
   ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
-  ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], TARGETS.h2VsH1Handshake, true],
+  ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], 1.1, true],
   ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
 ];
 
+export type TargetRow = ReturnType<typeof targets>[number];
+
 /**
- * The targets (issue 12) from the medians of this run, per Node major of the Node side (nginx is the same process in
- * every row). A row is left out when a scenario it needs did not run; `limit` undefined: reported, no target.
+ * The targets from the medians of this run, per Node major of the Node side (nginx is the same process in every row);
+ * a row whose scenarios did not run is left out.
  */
-export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]): TargetRow[] {
+export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]) {
   return majors.flatMap((major) =>
     HANDSHAKE_KEYS.flatMap((key) =>
-      TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]): TargetRow[] => {
+      TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]) => {
         if (ownOnly && major !== OWN_MAJOR) return [];
         const node = (setup: SetupId) => (NODE_SETUPS.includes(setup as NodeSetup) ? onNode(setup as NodeSetup, major) : setup);
-        const cpu = ([kind, setup]: Figure) => find(summaries, kind, node(setup), key.id)?.serverUs.median;
         const value = (figures: readonly Figure[]) => {
-          const [x, y] = figures.map(cpu);
+          const [x, y] = figures.map(([kind, setup]) => find(summaries, kind, node(setup), key.id)?.serverUs.median);
           return figures.length === 1 ? x : x === undefined || y === undefined ? undefined : x - y;
         };
         const [x, y] = [value(a), value(b)];
         if (x === undefined || y === undefined) return [];
-        const detail = `${fmt(x)} ÷ ${fmt(y)} µs`;
-        return [{ name, key: key.title, node: String(major), value: x / y, limit, met: limit === undefined || !(y > 0) ? undefined : x / y <= limit, detail }];
+        const met = limit === undefined || !(y > 0) ? undefined : x / y <= limit;
+        return [{ name, key: key.title, node: String(major), value: x / y, limit, met, detail: `${fmt(x)} ÷ ${fmt(y)} µs` }];
       }),
     ),
   );
 }
 
-export interface HopRow {
-  readonly key: HandshakeKey;
-  readonly setup: SetupId;
-  readonly hopUs: number;
-  readonly frontHopUs: number;
-  readonly keyUs: number;
-  readonly perRoundUs: readonly number[];
-}
+export type HopRow = ReturnType<typeof hops>[number];
 
 /** Keyless − in memory (full TLS 1.3), per transport, and per round (neighbours in time). */
-export function hops(summaries: readonly ScenarioSummary[]): HopRow[] {
-  const out: HopRow[] = [];
-  for (const key of HANDSHAKE_KEYS) {
+export function hops(summaries: readonly ScenarioSummary[]) {
+  return HANDSHAKE_KEYS.flatMap((key) => {
     const m = find(summaries, 'full-tls13', 'inmemory', key.id);
-    if (m === undefined) continue;
-    for (const setup of ['keyless-unix', 'keyless-tcp'] as const) {
+    return (['keyless-unix', 'keyless-tcp'] as const).flatMap((setup) => {
       const k = find(summaries, 'full-tls13', setup, key.id);
-      if (k === undefined) continue;
+      if (k === undefined || m === undefined) return [];
       const rounds = Math.min(k.perRound.length, m.perRound.length);
-      out.push({
-        key,
-        setup,
-        hopUs: k.serverUs.median - m.serverUs.median,
-        frontHopUs: k.frontUs - m.frontUs,
-        keyUs: k.keyUs ?? Number.NaN,
-        perRoundUs: Array.from({ length: rounds }, (_, i) => k.perRound[i]!.window.serverUs - m.perRound[i]!.window.serverUs),
-      });
-    }
-  }
-  return out;
+      const perRoundUs = Array.from({ length: rounds }, (_, i) => k.perRound[i]!.window.serverUs - m.perRound[i]!.window.serverUs);
+      return [{ key, setup, hopUs: k.serverUs.median - m.serverUs.median, frontHopUs: k.frontUs - m.frontUs, keyUs: k.keyUs ?? Number.NaN, perRoundUs }];
+    });
+  });
 }
 
 export interface Limits {
@@ -219,7 +180,7 @@ export function summaryEntries(
   skipReason: (spec: ScenarioSpec) => string | undefined,
   requested: readonly ScenarioSpec[],
 ) {
-  const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${KIND_LABEL[s.kind]}, ${setupTitle(s.setup)}, ${s.key.title}`;
+  const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${kindLabel(s.kind)}, ${setupTitle(s.setup)}, ${s.key.title}`;
   const ran = summaries.map((s) =>
     benchRow('handshake', {
       scenario: s.id,
