@@ -26,7 +26,10 @@ beforeAll(async () => {
     (p) =>
       storeProxyConfig(lab, p, {
         httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [{ name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
+        domains: [
+          { name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+          { name: '*.acme.tesu', origin: `http://127.0.0.1:${lab.origin.port}` },
+        ],
         acme: acmeLab.acme({ contact: ['mailto:ops@acme.test'], timeoutMs: 10_000 }),
       }),
     {},
@@ -85,5 +88,30 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     const got = await curl(proxy.port, long, await pebble.rootFile());
     expect(got.code, got.stderr).toBe(0);
     expect(got.stdout).toContain(`"host":"${long}:${proxy.port}"`);
+  }, 120_000);
+
+  it('a second name alike in its first 64 characters gets its own entry and certificate; each name serves its own', async () => {
+    // Entry names were cut to 64 characters: this issue renewed the first name's entry (for the first name) and said "issued".
+    const long = `${'a'.repeat(60)}.acme.test`;
+    const twin = `${'a'.repeat(60)}.acme.tesu`;
+    expect(twin.slice(0, 64)).toBe(long.slice(0, 64));
+    const before = pebble.orders();
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', twin]);
+    expect(issued.stderr).toBe('');
+    expect(issued.code).toBe(0);
+    expect(pebble.orders()).toBe(before + 1);
+    const root = await pebble.rootFile();
+    for (const name of [long, twin]) {
+      const got = await curl(proxy.port, name, root);
+      expect(got.code, got.stderr).toBe(0);
+      expect(got.stdout).toContain(`"host":"${name}:${proxy.port}"`);
+    }
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as {
+      certificates: { name: string; keyId: string; names: string[]; acme: { domains: string[] } | null }[];
+    };
+    const entries = certs.certificates.filter((c) => c.name.startsWith('a'.repeat(47)));
+    expect(entries.map((c) => c.acme?.domains).sort()).toEqual([[long], [twin]]);
+    expect(new Set(entries.map((c) => c.keyId)).size).toBe(2);
+    for (const entry of entries) expect(entry.name).toMatch(/^a{47}_[0-9a-f]{16}$/);
   }, 120_000);
 });

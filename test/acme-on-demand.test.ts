@@ -98,6 +98,28 @@ describe('on-demand issuance', () => {
     expect(pebble.orders()).toBe(1);
   }, 90_000);
 
+  it('two names alike in their first 64 characters: each handshake orders its own certificate', async () => {
+    // Entry names were cut to 64 characters: the second name was "managed" already, its handshakes ignored, never ordered.
+    const long = `${'a'.repeat(60)}.twin.test`;
+    const twin = `${'a'.repeat(60)}.twim.test`;
+    expect(twin.slice(0, 64)).toBe(long.slice(0, 64));
+    const before = pebble.orders();
+    const root = await pebble.rootFile();
+    for (const name of [long, twin]) {
+      await pebble.setCname(name, EDGE);
+      expect((await handshake(name)).ok).toBe(false);
+      await waitFor(
+        `the on-demand certificate of ${name} to serve`,
+        async () => {
+          const got = await curl(proxy.port, name, root);
+          return got.code === 0 ? got : undefined;
+        },
+        60_000,
+      );
+    }
+    expect(pebble.orders()).toBe(before + 2);
+  }, 150_000);
+
   it('names the ask endpoint refuses, or whose CNAME is elsewhere, never reach the CA; refusals are remembered', async () => {
     const before = pebble.orders();
     await pebble.setCname('x.evil.test', EDGE);

@@ -31,6 +31,7 @@ import type { AcmeConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME_PROBLEMS, type AcmeMetrics } from '../metrics.js';
 import type { CertificateRecord } from '../serving/spec.js';
+import { entryOf } from './entry-names.js';
 import { AcmeError } from './errors.js';
 import { type IssuanceLocks, localLocks } from './issuance-locks.js';
 import type { AcmeIssuer, Issued } from './issuer.js';
@@ -74,11 +75,6 @@ function waitsForTheGate(managed: ManagedState): boolean {
   return managed.onDemand === true && managed.lastIssuedAt === undefined && managed.failures > 0;
 }
 
-/** The store entry name for a set of domains: the first one, `*` spelled `_`. */
-export function entryNameFor(domains: readonly string[]): string {
-  return (domains[0] ?? 'acme').replace(/^\*/, '_').slice(0, 64);
-}
-
 export class CertificateManager {
   readonly #deps: ManagerDeps;
   readonly #inFlight = new Map<string, Promise<Issued>>();
@@ -102,7 +98,7 @@ export class CertificateManager {
 
   /** Whether `name` has a managed entry of its own (on-demand asks before ordering); a failed on-demand one is the gate's again. */
   isManaged(name: string): boolean {
-    const entry = entryNameFor([name]);
+    const entry = this.entryOf([name]);
     const managed = this.#deps.state.state.certificates[entry];
     return managed !== undefined && (this.#inFlight.has(entry) || !waitsForTheGate(managed));
   }
@@ -111,8 +107,14 @@ export class CertificateManager {
     return Object.values(this.#deps.state.state.certificates).filter((c) => c.failures > 0).length;
   }
 
+  /** The store entry `domains` are (or would be) managed under: entry-names.ts. */
+  entryOf(domains: readonly string[]): string {
+    return entryOf(domains, this.#deps.state.state.certificates);
+  }
+
   /** Issues a new managed certificate now (or renews it, when the entry is managed already); resolves once it serves. */
-  issue(domains: readonly string[], name = entryNameFor(domains), onDemand = false): Promise<Issued> {
+  issue(domains: readonly string[], entry?: string, onDemand = false): Promise<Issued> {
+    const name = entry ?? this.entryOf(domains);
     const managed = this.#deps.state.state.certificates[name];
     if (managed === undefined) {
       this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };

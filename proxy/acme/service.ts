@@ -24,7 +24,7 @@ import { registerAcmeMetrics } from '../metrics.js';
 import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
 import { AcmeIssuer } from './issuer.js';
-import { CertificateManager, entryNameFor } from './maintain.js';
+import { CertificateManager } from './maintain.js';
 import { OnDemandGate } from './on-demand.js';
 import { FleetChallenges } from './fleet-challenges.js';
 import { FleetLedger } from './on-demand-ledger.js';
@@ -118,7 +118,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           config: acme.onDemand,
           log,
           // A certificate already named so (uploaded, or the config file's) is not ACME's to take: the order's chain replaced it.
-          isManaged: (name) => running.isManaged(name) || deps.records().has(entryNameFor([name])),
+          isManaged: (name) => running.isManaged(name) || deps.records().has(running.entryOf([name])),
           order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome) => metrics.onDemand.inc({ outcome }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
