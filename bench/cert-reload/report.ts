@@ -34,7 +34,8 @@ export interface Replacement {
   readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
 }
 
-const [r1, r2] = [(v: number) => round(v, 1), (v: number | undefined) => (v === undefined ? undefined : round(v, 2))];
+const r1 = (v: number) => round(v, 1);
+const r2 = (v: number | undefined) => (v === undefined ? undefined : round(v, 2));
 const maxOf = (values: readonly number[]) => (values.length > 0 ? Math.max(...values) : Number.NaN);
 const ms = (v: number | undefined, none = '–') => (v === undefined ? none : fmt(v, 1));
 const firstOf = (values: readonly number[]) => (values.length === 0 ? undefined : Math.min(...values));

@@ -86,8 +86,9 @@ export function parseH2load(text: string, durationSec: number): LoadResult {
   const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(text);
   if (req === null || codes === null) throw new Error('not an h2load report (no "requests:" and "status codes:" lines)');
   const time = /time for request:\s+(\S+)\s+(\S+)\s+(\S+)/.exec(text);
-  const [n, c] = [(i: number) => Number(req[i]), (i: number) => Number(codes[i])];
-  const [p50Ms, maxMs] = [ms(time?.[3]), ms(time?.[2])];
+  const n = (i: number) => Number(req[i]);
+  const c = (i: number) => Number(codes[i]);
+  const maxMs = ms(time?.[2]);
   const statusCodes = { '2xx': c(1), '3xx': c(2), '4xx': c(3), '5xx': c(4) };
   return {
     requests: n(4),
@@ -97,7 +98,7 @@ export function parseH2load(text: string, durationSec: number): LoadResult {
     non2xx: c(2) + c(3) + c(4),
     resets: 0,
     mismatches: 0,
-    p50Ms,
+    p50Ms: ms(time?.[3]),
     p90Ms: NaN,
     p99Ms: maxMs,
     maxMs,

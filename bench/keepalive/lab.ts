@@ -14,6 +14,7 @@ import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { LabBase, probe } from '../lab/base.js';
 import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
 import { LabPki } from '../lab/pki.js';
+import type { Options } from './main.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
 
 export const SERVER_NAME = 'ka.bench.localhost';
@@ -22,22 +23,12 @@ export const ORIGIN_POOL = 64;
 
 export type ServerId = 'keyedge' | 'nginx' | 'caddy';
 
-interface KeepaliveLabOptions {
-  readonly workers: number;
-  /** The proxy's log level; 'info' logs one access line per request (the product's default). */
-  readonly logLevel: string;
-  /** nginx and caddy write an access log line per request too (parity with the proxy at 'info'). */
-  readonly accessLog: boolean;
-  /** taskset CPU list for every server process, origin and key server included; undefined: no pinning. */
-  readonly serverCpus: string | undefined;
-  /** Binaries of the third-party servers to set up (absent: not run). */
-  readonly nginx: string | undefined;
-  readonly caddy: string | undefined;
-  /** Extra node options for the keyless proxy (passed on to its workers), e.g. --cpu-prof. */
-  readonly proxyNodeArgs: readonly string[];
-  /** The keyless proxy's node (another major's: harness/node-versions.ts); the key server stays on this one (pkcs11js's ABI). */
-  readonly proxyNode: string | undefined;
-}
+/**
+ * What the lab needs of the bench's options (main.ts), the binaries of nginx and caddy (absent: not run), and the
+ * keyless proxy's node and extra node options (--cpu-prof); the key server stays on this node (pkcs11js's ABI).
+ */
+type KeepaliveLabOptions = Pick<Options, 'workers' | 'logLevel' | 'accessLog' | 'serverCpus'> &
+  Record<'nginx' | 'caddy' | 'proxyNode', string | undefined> & { readonly proxyNodeArgs: readonly string[] };
 
 export class KeepaliveLab extends LabBase<ServerId> {
   readonly caFile = join(this.dir, 'ca.pem');

@@ -6,8 +6,9 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/bench.js';
 import { summarizeProfile } from '../harness/cpuprofile.js';
+import { topFunctionsTable } from '../harness/ka-profile.js';
 import type { MachineInfo } from '../harness/machine.js';
-import { type Column, columnTable, fmt, machineLines, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
+import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
 import type { RoundFailure } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';
 import { benchRow } from '../harness/summary.js';
@@ -108,11 +109,13 @@ export function markdownReport(
   const profileSection = profiles.flatMap((p) => [
     `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
     '',
-    markdownTable(
-      ['function (self)', 'self %', 'inclusive %', 'self µs/request'],
-      p.top.map((f) => [f.function, fmt(f.selfPct, 1), fmt(f.inclusivePct, 1), fmt(p.requests > 0 ? f.selfUs / p.requests : Number.NaN, 2)]),
-      ['left', 'right', 'right', 'right'],
-    ),
+    topFunctionsTable(p.top, {
+      top: p.top.length,
+      by: 'selfUs',
+      unit: 'µs/request',
+      per: (us) => (p.requests > 0 ? us / p.requests : Number.NaN),
+      decimals: 2,
+    }),
     '',
   ]);
   const versions = Object.entries(ctx.versions).map(([k, v]) => `${k} ${v ?? '?'}`);
