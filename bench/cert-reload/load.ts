@@ -8,9 +8,7 @@
 import https from 'node:https';
 import { agentGet, type ConnectResult, connectOnce, untilServed } from '../lab/cert-lab.js';
 
-interface Target {
-  readonly serverName: string;
-}
+type Target = { readonly serverName: string };
 
 /** A completed handshake: `at` is performance.now() at its end, `handshakeMs` connect → handshake done. */
 type Observation = { readonly serverName: string; readonly serial: string; readonly at: number; readonly handshakeMs: number };
