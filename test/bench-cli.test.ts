@@ -1,9 +1,9 @@
 // The benchmarks' shared option table (bench/harness/cli.ts) and the HTTP/2 client's report parser
-// (bench/keepalive/h2load.ts): what decides which settings a bench runs with and what its h2 figures mean.
+// (bench/keepalive/clients.ts): what decides which settings a bench runs with and what its h2 figures mean.
 import { describe, expect, it, vi } from 'vitest';
 import { listOf, parseCli, std } from '../bench/harness/cli.js';
 import { parseMajors } from '../bench/harness/node-versions.js';
-import { parseH2load } from '../bench/keepalive/h2load.js';
+import { parseH2load } from '../bench/keepalive/clients.js';
 
 const TABLE = {
   quick: std.quick('short'),

@@ -7,8 +7,7 @@ import { HANDSHAKE_KEYS, setupProcesses, setupTitle } from '../bench/handshake/l
 import { targets } from '../bench/handshake/summary.js';
 import { minMax, plural, specTable } from '../bench/harness/report.js';
 import { OWN_MAJOR } from '../bench/harness/node-versions.js';
-import { autocannonArgs } from '../bench/keepalive/autocannon.js';
-import { h2loadArgs } from '../bench/keepalive/h2load.js';
+import { autocannonArgs, h2loadArgs } from '../bench/keepalive/clients.js';
 
 describe('runner report pieces', () => {
   it('specTable renders headers, alignment and cells from column specs; an empty list gives the note', () => {

@@ -8,22 +8,14 @@
 import https from 'node:https';
 import { agentGet, type ConnectResult, connectOnce, untilServed } from '../lab/cert-lab.js';
 
-export interface Target {
-  readonly entry: string;
-  readonly serverName: string;
-}
+type Target = { readonly serverName: string };
 
-export interface Observation {
-  readonly serverName: string;
-  readonly serial: string;
-  /** performance.now() at the handshake's end, and connect → handshake done in ms. */
-  readonly at: number;
-  readonly handshakeMs: number;
-}
+/** A completed handshake: `at` is performance.now() at its end, `handshakeMs` connect → handshake done. */
+type Observation = { readonly serverName: string; readonly serial: string; readonly at: number; readonly handshakeMs: number };
 
 const COUNTS = ['handshakes', 'newConnectionRequests', 'keepAliveRequests', 'keepAliveReused', 'probeHandshakes', 'probeRequests'] as const;
 type Count = (typeof COUNTS)[number] | 'failedHandshakes' | 'failedRequests';
-export type LoadCounters = Record<Count, number> & { readonly failures: { at: string; what: string; error: string }[] };
+type LoadCounters = Record<Count, number> & { readonly failures: { at: string; what: string; error: string }[] };
 
 export class ReloadLoad {
   readonly counts = { ...Object.fromEntries([...COUNTS, 'failedHandshakes', 'failedRequests'].map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;

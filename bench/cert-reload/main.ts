@@ -37,10 +37,7 @@ async function main(): Promise<number> {
   const { quick, replacements, 'new-loops': newLoops, 'keepalive-loops': keepAliveLoops, 'probe-ms': probeMs, 'pause-ms': pauseMs } = values;
   const machine = describeMachine();
   const say = (line: string): void => void process.stderr.write(`${line}\n`);
-  const keys = [
-    { id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' },
-    { id: 'rsa', title: 'RSA-2048', type: 'rsa-2048' },
-  ] as const;
+  const keys = [{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' } as const, { id: 'rsa', title: 'RSA-2048', type: 'rsa-2048' } as const];
   const lab = await CertLab.start(keys, say);
   exitOnInterrupt(() => lab.cleanup(values['keep-temp']));
   try {
@@ -59,13 +56,9 @@ async function main(): Promise<number> {
       site.serial = leaf.serial;
     }
     const { config: base } = await lab.baseConfig();
-    const config = {
-      ...base,
-      certificates: [{ name: 'cfg', chain: cfgChain }],
-      domains: [{ name: '*.reload.test', origin: `http://127.0.0.1:${lab.originPort}` }],
-      // The periodic rescan is pushed out of the run, so every reload is the trigger's own.
-      certStore: { dir: storeDir, rescanSeconds: 3600 },
-    };
+    const domains = [{ name: '*.reload.test', origin: `http://127.0.0.1:${lab.originPort}` }];
+    // The periodic rescan is pushed out of the run, so every reload is the trigger's own.
+    const config = { ...base, certificates: [{ name: 'cfg', chain: cfgChain }], domains, certStore: { dir: storeDir, rescanSeconds: 3600 } };
     const proxy = await lab.startProxy({ name: 'proxy', config });
     say(
       `proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`,
@@ -108,20 +101,8 @@ async function main(): Promise<number> {
       const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
       [site.key, site.serial] = [toKey, leaf.serial];
       const reload = await nextReload();
-      done.push({
-        index,
-        trigger,
-        certificate: site.entry,
-        serverName: site.serverName,
-        fromKey: fromKey.title,
-        toKey: toKey.title,
-        serial: leaf.serial,
-        oldSerial,
-        ...written,
-        probeMs: seenMs,
-        probes,
-        reload,
-      });
+      const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
+      done.push({ index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload });
       say(
         `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
           `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
@@ -134,7 +115,7 @@ async function main(): Promise<number> {
     const server = diffCounters(countersBefore, await readHandshakeCounters(proxy.adminPort));
     await proxy.stop();
     const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
-    const failed = reloadReport({ quick, machine, settings, loadSeconds, done, counts: load.counts, observations: load.observations, server }, values.out, say);
+    const failed = reloadReport({ quick, machine, settings, loadSeconds, replacements: done }, load, server, values.out, say);
     await lab.stop();
     return failed > 0 ? 1 : 0;
   } finally {

@@ -9,7 +9,7 @@ import { columnTable, dateStamp, fmt, machineLines, markdownTable } from '../har
 import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { HandshakeCounters } from '../lab/counters.js';
-import type { LoadCounters, Observation } from './load.js';
+import type { ReloadLoad } from './load.js';
 
 export type Trigger = 'rename' | 'put' | 'sighup';
 export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
@@ -34,42 +34,32 @@ export interface Replacement {
   readonly reload: { readonly trigger: unknown; readonly generation: unknown; readonly durationMs: unknown } | undefined;
 }
 
-export interface ReloadRun {
-  readonly quick: boolean;
-  readonly machine: MachineInfo;
-  readonly settings: { readonly newLoops: number; readonly keepAliveLoops: number; readonly probeMs: number } & Record<string, number>;
-  readonly loadSeconds: number;
-  readonly done: readonly Replacement[];
-  readonly counts: LoadCounters;
-  readonly observations: readonly Observation[];
-  /** The proxy's own counters over the run. */
-  readonly server: HandshakeCounters;
-}
-
 const r1 = (v: number) => round(v, 1);
+const r2 = (v: number | undefined) => (v === undefined ? undefined : round(v, 2));
 const maxOf = (values: readonly number[]) => (values.length > 0 ? Math.max(...values) : Number.NaN);
 const ms = (v: number | undefined, none = '–') => (v === undefined ? none : fmt(v, 1));
+const firstOf = (values: readonly number[]) => (values.length === 0 ? undefined : Math.min(...values));
 
 /** Writes the result files; the count of failures (handshakes, requests, certificates never served). */
-export function reloadReport(run: ReloadRun, out: string, log: (line: string) => void): number {
-  const { quick, machine, settings, loadSeconds, counts, server } = run;
+export function reloadReport(
+  run: { quick: boolean; machine: MachineInfo; settings: Record<string, number>; loadSeconds: number; replacements: readonly Replacement[] },
+  load: ReloadLoad,
+  server: HandshakeCounters,
+  out: string,
+  log: (line: string) => void,
+): number {
+  const { quick, machine, settings, loadSeconds } = run;
+  const { counts, observations } = load;
   // Per replacement: the first new connection (load or probe) with the new serial, from the write and from its start;
   // the last one still handed the old certificate after the write.
-  const done = run.done.map((r) => {
-    const mine = run.observations.filter((o) => o.serverName === r.serverName);
-    const firstNew = (from: number) => {
-      const seen = mine.filter((o) => o.serial === r.serial && o.at >= from).map((o) => o.at - from);
-      return seen.length === 0 ? undefined : Math.min(...seen);
-    };
-    const old = mine.filter((o) => o.serial === r.oldSerial && o.at >= r.writtenAt).map((o) => o.at - r.writtenAt);
-    return {
-      ...r,
-      timeToServeMs: firstNew(r.writtenAt),
-      timeToServeFromStartMs: firstNew(r.startedAt),
-      oldLastSeenMs: old.length === 0 ? undefined : Math.max(...old),
-    };
+  const done = run.replacements.map((r) => {
+    const mine = observations.filter((o) => o.serverName === r.serverName);
+    const after = (serial: string, from: number) => mine.filter((o) => o.serial === serial && o.at >= from).map((o) => o.at - from);
+    const old = after(r.oldSerial, r.writtenAt);
+    const oldLastSeenMs = old.length === 0 ? undefined : Math.max(...old);
+    return { ...r, timeToServeMs: firstOf(after(r.serial, r.writtenAt)), timeToServeFromStartMs: firstOf(after(r.serial, r.startedAt)), oldLastSeenMs };
   });
-  const served = (rs: typeof done) => rs.map((r) => r.timeToServeMs).filter((v): v is number => v !== undefined);
+  const served = (rs: typeof done) => rs.flatMap((r) => (r.timeToServeMs === undefined ? [] : [r.timeToServeMs]));
   const byTrigger = (['rename', 'put', 'sighup'] as const).map((trigger) => {
     const times = served(done.filter((r) => r.trigger === trigger));
     return { trigger, count: times.length, p50Ms: r1(median(times)), maxMs: r1(maxOf(times)) };
@@ -90,12 +80,26 @@ export function reloadReport(run: ReloadRun, out: string, log: (line: string) =>
     failedRequests: counts.failedRequests,
     notServed,
     timeToServeP50Ms: r1(median(served(done))),
-    handshakeP50Ms: r1(median(run.observations.map((o) => o.handshakeMs))),
+    handshakeP50Ms: r1(median(observations.map((o) => o.handshakeMs))),
     timeToServeMaxMs: r1(maxOf(served(done))),
     byTrigger,
     server: { fullHandshakes: server.full, resumedHandshakes: server.resumed, failedHandshakes: server.failed, requests: server.requests },
   };
-
+  const figures: [string, string][] = [
+    ['replacements (rename / PUT / SIGHUP)', `${done.length} (${byTrigger.map((t) => done.filter((r) => r.trigger === t.trigger).length).join(' / ')})`],
+    ['handshakes (load + probes)', `${fmt(summary.handshakes)} (${fmt(counts.handshakes)} + ${fmt(counts.probeHandshakes)})`],
+    [
+      'requests (new connections + keep-alive)',
+      `${fmt(summary.requests)} (${fmt(summary.newConnectionRequests)} + ${fmt(counts.keepAliveRequests)}, ${fmt(counts.keepAliveReused)} on a reused connection)`,
+    ],
+    ['failed handshakes', fmt(counts.failedHandshakes)],
+    ['failed requests', fmt(counts.failedRequests)],
+    ['replacements not served within 15 s', fmt(notServed)],
+    ['time to serve p50 / max, ms', `${fmt(summary.timeToServeP50Ms, 1)} / ${fmt(summary.timeToServeMaxMs, 1)}`],
+    ['new connection: connect → handshake done, p50 ms (part of every time to serve)', fmt(summary.handshakeP50Ms, 1)],
+    ...byTrigger.map((t): [string, string] => [`… ${TRIGGER_TITLE[t.trigger]} (${t.count}) p50 / max, ms`, `${fmt(t.p50Ms, 1)} / ${fmt(t.maxMs, 1)}`]),
+    ['proxy counters: full handshakes / failed (server side)', `${fmt(server.full)} / ${fmt(server.failed)}`],
+  ];
   const markdown = [
     `# cert-reload${quick ? ' (quick)' : ''}: ${done.length} certificate replacements under load, ${dateStamp()}`,
     '',
@@ -103,25 +107,7 @@ export function reloadReport(run: ReloadRun, out: string, log: (line: string) =>
       `Load for ${fmt(loadSeconds, 1)} s: ${settings.newLoops} loops of new connections (node:tls connect + GET + close) and ${settings.keepAliveLoops} keep-alive loops (https.Agent, one connection each), over both certificates. ` +
       `Time to serve: from the write (rename returned / PUT answered / SIGHUP sent) until a new connection (probed every ${settings.probeMs} ms) first got the new serial.`,
     '',
-    markdownTable(
-      ['Figure', 'Value'],
-      [
-        ['replacements (rename / PUT / SIGHUP)', `${done.length} (${byTrigger.map((t) => done.filter((r) => r.trigger === t.trigger).length).join(' / ')})`],
-        ['handshakes (load + probes)', `${fmt(summary.handshakes)} (${fmt(counts.handshakes)} + ${fmt(counts.probeHandshakes)})`],
-        [
-          'requests (new connections + keep-alive)',
-          `${fmt(summary.requests)} (${fmt(summary.newConnectionRequests)} + ${fmt(counts.keepAliveRequests)}, ${fmt(counts.keepAliveReused)} on a reused connection)`,
-        ],
-        ['failed handshakes', fmt(counts.failedHandshakes)],
-        ['failed requests', fmt(counts.failedRequests)],
-        ['replacements not served within 15 s', fmt(notServed)],
-        ['time to serve p50 / max, ms', `${fmt(summary.timeToServeP50Ms, 1)} / ${fmt(summary.timeToServeMaxMs, 1)}`],
-        ['new connection: connect → handshake done, p50 ms (part of every time to serve)', fmt(summary.handshakeP50Ms, 1)],
-        ...byTrigger.map((t) => [`… ${TRIGGER_TITLE[t.trigger]} (${t.count}) p50 / max, ms`, `${fmt(t.p50Ms, 1)} / ${fmt(t.maxMs, 1)}`]),
-        ['proxy counters: full handshakes / failed (server side)', `${fmt(server.full)} / ${fmt(server.failed)}`],
-      ],
-      ['left', 'right'],
-    ),
+    markdownTable(['Figure', 'Value'], figures, ['left', 'right']),
     '',
     columnTable(done, [
       ['#', 'right', (r) => String(r.index)],
@@ -148,8 +134,6 @@ export function reloadReport(run: ReloadRun, out: string, log: (line: string) =>
     ...machineLines(machine),
     ...(counts.failures.length === 0 ? [] : ['', '## Failures', '', ...counts.failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),
   ].join('\n');
-
-  const r2 = (v: number | undefined) => (v === undefined ? undefined : round(v, 2));
   const json = {
     benchmark: 'cert-reload',
     machine,
@@ -161,11 +145,7 @@ export function reloadReport(run: ReloadRun, out: string, log: (line: string) =>
     figures: summary,
     replacements: done.map(({ writtenAt: _w, startedAt: _s, serverName: _n, ...r }) => ({
       ...r,
-      timeToServeMs: r2(r.timeToServeMs),
-      timeToServeFromStartMs: r2(r.timeToServeFromStartMs),
-      probeMs: r2(r.probeMs),
-      putRoundTripMs: r2(r.putRoundTripMs),
-      oldLastSeenMs: r2(r.oldLastSeenMs),
+      ...Object.fromEntries((['timeToServeMs', 'timeToServeFromStartMs', 'probeMs', 'putRoundTripMs', 'oldLastSeenMs'] as const).map((k) => [k, r2(r[k])])),
     })),
     failures: counts.failures,
   };

@@ -17,7 +17,21 @@ import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { CertLab } from '../lab/cert-lab.js';
 import { notReadyReport, profileReport, scaleReport } from './report.js';
-import { handshakeAll, hostOf, listingCost, monotonicUs, nameOf, replaceOne, rescan, rssOf, scaleConfig, settle, startupPhases, workersRss } from './steps.js';
+import {
+  handshakeAll,
+  hostOf,
+  listingCost,
+  monotonicUs,
+  nameOf,
+  type Rss,
+  replaceOne,
+  rescan,
+  rssOf,
+  scaleConfig,
+  settle,
+  startupPhases,
+  workersRss,
+} from './steps.js';
 
 const TABLE = {
   quick: std.quick('1,000 names, contextCacheSize 200, 500 names in the bounded-memory pass, 300 in the per-context measurement'),
@@ -51,6 +65,9 @@ const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
+const ms = (v: number | undefined, decimals = 0) => fmt(v ?? Number.NaN, decimals);
+const rssText = (r: Rss) => `RSS primary ${fmt(r.primaryMiB, 1)} MiB, workers ${workersRss(r)} MiB`;
+
 async function main(): Promise<number> {
   const v = parseCli('cert-scale/main.js', TABLE);
   if (v === undefined) return 0;
@@ -76,38 +93,27 @@ async function main(): Promise<number> {
     const generateSeconds = (performance.now() - genStarted) / 1000;
     const listing = listingCost(storeDir);
     const scale = { names, cacheSize, generateSeconds, listing, machine };
-    say(
-      `store: ${fmt(names)} entries (one name each, one ECDSA key) issued and written in ${fmt(generateSeconds, 1)} s; listing it (readdir + stat each) costs ${fmt(listing.cpuMs, 1)} ms CPU`,
-    );
+    say(`store: ${fmt(names)} entries issued and written in ${fmt(generateSeconds, 1)} s; listing it costs ${fmt(listing.cpuMs, 1)} ms CPU`);
 
     // The first start meets every entry for the first time: it validates each and records the verdicts in the
     // state directory. The start measured after it is any later one (issue 15: validated once, when written).
     const firstAt = Date.now();
     const first = await startProxy('scale-first', storeDir, cacheSize, { allowNotReady: true });
-    const firstStart = {
-      readyMs: first.readyMs === undefined ? undefined : Math.round(first.readyMs),
-      phases: startupPhases(first, firstAt),
-      rss: rssOf(first),
-    };
-    say(
-      `first start (every entry validated, verdicts recorded): /readyz 200 after ${fmt(firstStart.readyMs ?? Number.NaN)} ms (primary started at ${fmt(firstStart.phases.primaryStartedMs ?? Number.NaN)} ms); RSS primary ${fmt(firstStart.rss.primaryMiB, 1)} MiB, workers ${workersRss(firstStart.rss)} MiB`,
-    );
+    const firstReady = first.readyMs === undefined ? undefined : Math.round(first.readyMs);
+    const firstStart = { readyMs: firstReady, phases: startupPhases(first, firstAt), rss: rssOf(first) };
+    say(`first start (every entry validated, verdicts recorded): /readyz 200 after ${ms(firstReady)} ms; ${rssText(firstStart.rss)}`);
     await first.stop();
 
     const profDir = resolve('bench/results/tmp/profiles', `cert-scale-${process.pid}`);
     if (profiling) mkdirSync(profDir, { recursive: true });
     const [spawnedAt, spawnedUs] = [Date.now(), monotonicUs()];
-    const proxy = await startProxy('scale', storeDir, cacheSize, {
-      allowNotReady: true,
-      ...(profiling ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] } : {}),
-    });
+    const profArgs = profiling ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] } : {};
+    const proxy = await startProxy('scale', storeDir, cacheSize, { allowNotReady: true, ...profArgs });
     const phases = startupPhases(proxy, spawnedAt);
     if (proxy.readyMs === undefined) {
       // Not ready in time: what it reached is the finding; the rest cannot be measured.
       const rss = rssOf(proxy);
-      say(
-        `start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s (primary started: ${phases.primaryStartedMs === undefined ? 'no' : `${fmt(phases.primaryStartedMs)} ms`}); RSS primary ${fmt(rss.primaryMiB, 1)} MiB`,
-      );
+      say(`start-up with ${fmt(names)} entries: NOT ready within ${fmt(readyTimeoutMs / 1000)} s; ${rssText(rss)}`);
       const notReady = { readyTimeoutMs, phases, rss, pids: proxy.pids(), lastLogLines: proxy.log.read().slice(-5) };
       await proxy.stop();
       await lab.stop();
@@ -116,31 +122,28 @@ async function main(): Promise<number> {
     const readyMs = proxy.readyMs;
     const readyUs = monotonicUs();
     say(
-      `start-up with ${fmt(names)} entries: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${fmt(phases.primaryStartedMs ?? Number.NaN)} ms, workers listening at ${phases.workersListeningMs.map((m) => fmt(m)).join(', ')} ms)`,
+      `start-up: /readyz 200 after ${fmt(readyMs)} ms (primary started at ${ms(phases.primaryStartedMs)} ms, workers listening at ${phases.workersListeningMs.map((m) => ms(m)).join(', ')} ms)`,
     );
     await sleep(1000);
     const rssAfterStart = rssOf(proxy);
-    say(`RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB`);
+    say(`after start: ${rssText(rssAfterStart)}`);
     const settled = await settle(proxy, v['settle-max'] * 1000);
     const rssSettled = rssOf(proxy);
-    say(
-      `workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; RSS primary ${fmt(rssSettled.primaryMiB, 1)} MiB, workers ${workersRss(rssSettled)} MiB`,
-    );
+    say(`workers ${settled.settled ? 'idle' : 'still busy'} after a further ${fmt(settled.waitedMs)} ms; ${rssText(rssSettled)}`);
 
     const reloadsFromUs = monotonicUs();
     const replaced = [];
     for (let r = 0; r < reloads; r++) {
       const f = await replaceOne(lab, proxy, storeDir, key, Math.floor(((r + 1) * names) / (reloads + 1)));
       replaced.push(f);
-      say(
-        `one-entry reload (${f.entry}): new serial served after ${fmt(f.timeToServeMs ?? Number.NaN, 1)} ms; primary "reload done" ${fmt(f.reloadDurationMs ?? Number.NaN)} ms (${String(f.reloadTrigger)})`,
-      );
+      say(`one-entry reload (${f.entry}): new serial served after ${ms(f.timeToServeMs, 1)} ms; primary "reload done" ${ms(f.reloadDurationMs)} ms`);
       await sleep(300);
     }
     const rescans = [];
     for (let r = 0; r < reloads; r++) {
-      rescans.push(await rescan(proxy));
-      say(`no-change rescan (POST /reload): ${fmt(rescans.at(-1)!.durationMs, 1)} ms (round trip ${fmt(rescans.at(-1)!.roundTripMs, 1)} ms)`);
+      const x = await rescan(proxy);
+      rescans.push(x);
+      say(`no-change rescan (POST /reload): ${fmt(x.durationMs, 1)} ms (round trip ${fmt(x.roundTripMs, 1)} ms)`);
     }
     const reloadsToUs = monotonicUs();
     if (profiling) {
@@ -157,9 +160,8 @@ async function main(): Promise<number> {
     const passes = [];
     for (let k = 0; k < boundedPasses; k++) passes.push({ ...(await handshakeAll(proxy.port, spreadHosts, ca, concurrency)), rss: rssOf(proxy) });
     const trail = [rssBeforeBounded, ...passes.map((p) => p.rss)].map(workersRss).join(' → ');
-    say(
-      `bounded: ${fmt(bounded)} distinct names × ${boundedPasses} passes with contextCacheSize ${cacheSize}: workers ${trail} MiB (${passes.reduce((n, p) => n + p.failed, 0)} failed)`,
-    );
+    const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
+    say(`bounded: ${fmt(bounded)} names × ${boundedPasses} passes, contextCacheSize ${cacheSize}: workers ${trail} MiB (${boundedFailed} failed)`);
     await proxy.stop();
 
     // Memory per context: the same M-entry store, contextCacheSize 1 and M.
@@ -178,29 +180,14 @@ async function main(): Promise<number> {
       await sleep(500);
       const afterHandshakes = rssOf(p);
       contextRuns.push({ cacheSize: size, readyMs: p.readyMs ?? Number.NaN, afterStart, afterHandshakes, ...pass });
-      say(
-        `contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${fmt(p.readyMs ?? Number.NaN)} ms; workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`,
-      );
+      const rss = `workers ${workersRss(afterStart)} MiB after start, ${workersRss(afterHandshakes)} MiB after ${pass.ok} handshakes`;
+      say(`contexts: ${fmt(contextHosts.length)} entries, contextCacheSize ${size}: ready in ${ms(p.readyMs)} ms; ${rss}`);
       await p.stop();
     }
     await lab.stop();
     const settings = { names, bounded, boundedPasses, cacheSize, contextNames: contextHosts.length, concurrency, reloads, workers: 2 };
-    const run = {
-      ...scale,
-      quick,
-      settings,
-      firstStart,
-      readyMs,
-      phases,
-      rssAfterStart,
-      settled,
-      rssSettled,
-      replaced,
-      rescans,
-      rssBeforeBounded,
-      passes,
-      contextRuns,
-    };
+    const started = { firstStart, readyMs, phases, rssAfterStart, settled, rssSettled };
+    const run = { ...scale, quick, settings, ...started, replaced, rescans, rssBeforeBounded, passes, contextRuns };
     return scaleReport(v.out, `cert-scale${suffix}`, run, say);
   } finally {
     lab.cleanup(v['keep-temp']);

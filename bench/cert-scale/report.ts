@@ -5,17 +5,30 @@
 import { readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { publish } from '../harness/bench.js';
-import { type FunctionCost, type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
+import { type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
+import { topFunctionsTables } from '../harness/ka-profile.js';
 import type { MachineInfo } from '../harness/machine.js';
 import { dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { LogLine } from '../lab/cert-lab.js';
-import { cpus, DOMAIN, type listingCost, type ReloadFigure, REPO_ROOT, type Rss, type startupPhases, workersRss } from './steps.js';
+import {
+  cpus,
+  DOMAIN,
+  type handshakeAll,
+  type listingCost,
+  type ReloadFigure,
+  REPO_ROOT,
+  type Rss,
+  type rescan,
+  type startupPhases,
+  workersRss,
+} from './steps.js';
 
 type Log = (line: string) => void;
 type Phases = ReturnType<typeof startupPhases>;
-type Pass = { readonly ok: number; readonly failed: number; readonly seconds: number; readonly errors: string[] };
+type Pass = Awaited<ReturnType<typeof handshakeAll>>;
+type Rescan = Awaited<ReturnType<typeof rescan>>;
 /** What every report says of the store. */
 interface Store {
   readonly names: number;
@@ -28,6 +41,7 @@ interface Store {
 const figureTable = (rows: readonly (readonly string[])[]) => markdownTable(['Figure', 'Value'], rows, ['left', 'right']);
 const ms = (v: number | undefined) => fmt(v ?? Number.NaN);
 const list = (values: readonly (number | undefined)[]) => values.map(ms).join(' / ');
+const mib = (r: Rss) => `${fmt(r.primaryMiB, 1)} / ${workersRss(r)} MiB`;
 const storeText = (s: Store, keyText: string) =>
   `\`keyedge proxy\`, 2 workers, contextCacheSize ${s.cacheSize}; a store of ${fmt(s.names)} entries (one name each, n<i>.${DOMAIN}, ${keyText}), issued and written in ${fmt(s.generateSeconds, 1)} s`;
 
@@ -42,7 +56,7 @@ export interface ScaleRun extends Store {
   readonly settled: { readonly waitedMs: number; readonly settled: boolean };
   readonly rssSettled: Rss;
   readonly replaced: readonly ReloadFigure[];
-  readonly rescans: readonly { readonly durationMs: number; readonly roundTripMs: number; readonly changed: number }[];
+  readonly rescans: readonly Rescan[];
   readonly rssBeforeBounded: Rss;
   readonly passes: readonly (Pass & { readonly rss: Rss })[];
   readonly contextRuns: readonly (Pass & { cacheSize: number; readyMs: number; afterStart: Rss; afterHandshakes: Rss })[];
@@ -57,6 +71,8 @@ export function scaleReport(outDir: string, name: string, run: ScaleRun, log: Lo
   const perContextKiB = (at: 'afterStart' | 'afterHandshakes') => ((meanWorkers(large[at]) - meanWorkers(small[at])) * 1024) / (contextEntries - 1);
   const boundedFailed = passes.reduce((n, p) => n + p.failed, 0);
   const failed = boundedFailed + small.failed + large.failed + replaced.filter((r) => r.timeToServeMs === undefined).length;
+  const serveTimes = replaced.map((r) => r.timeToServeMs ?? Number.NaN);
+  const rescanTimes = rescans.map((r) => r.durationMs);
   const figures = {
     names,
     generateSeconds: round(run.generateSeconds, 1),
@@ -66,12 +82,9 @@ export function scaleReport(outDir: string, name: string, run: ScaleRun, log: Lo
     rssAfterStart,
     settle: { waitedMs: Math.round(settled.waitedMs), settled: settled.settled, rss: run.rssSettled },
     oneEntryReload: replaced.map((r) => ({ ...r, timeToServeMs: r.timeToServeMs === undefined ? undefined : round(r.timeToServeMs, 1) })),
-    oneEntryReloadMedian: {
-      timeToServeMs: round(median(replaced.map((r) => r.timeToServeMs ?? Number.NaN)), 1),
-      reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)),
-    },
+    oneEntryReloadMedian: { timeToServeMs: round(median(serveTimes), 1), reloadDurationMs: median(replaced.map((r) => r.reloadDurationMs ?? Number.NaN)) },
     noChangeRescan: rescans.map((r) => ({ durationMs: round(r.durationMs, 1), roundTripMs: round(r.roundTripMs, 1), changed: r.changed })),
-    noChangeRescanMedianMs: round(median(rescans.map((r) => r.durationMs)), 1),
+    noChangeRescanMedianMs: round(median(rescanTimes), 1),
     bounded: {
       distinctNames: run.settings.bounded,
       contextCacheSize: cacheSize,
@@ -93,7 +106,7 @@ export function scaleReport(outDir: string, name: string, run: ScaleRun, log: Lo
     row(
       'one-entry-reload',
       'one entry replaced: rename → served (p99 = max)',
-      figures.oneEntryReload.map((r) => r.timeToServeMs ?? Number.NaN),
+      serveTimes.map((v) => round(v, 1)),
     ),
     row(
       'rescan',
@@ -110,20 +123,20 @@ export function scaleReport(outDir: string, name: string, run: ScaleRun, log: Lo
     figureTable([
       ['listing the store once (readdir + stat of each file), CPU', `${fmt(listing.cpuMs, 1)} ms`],
       ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${ms(firstStart.readyMs)} ms`],
-      ['… RSS, CPU used: primary / workers', `${fmt(firstStart.rss.primaryMiB, 1)} / ${workersRss(firstStart.rss)} MiB, ${cpus(firstStart.rss)} ms`],
+      ['… RSS, CPU used: primary / workers', `${mib(firstStart.rss)}, ${cpus(firstStart.rss)} ms`],
       ['start-up (verdicts known, as every start after the first): spawn → /readyz 200', `${fmt(run.readyMs)} ms`],
       ['… primary listed the store (unchanged entries from the kept state), forked', `${ms(phases.primaryStartedMs)} ms`],
       ['… workers listening (the kept pack received, indexed)', `${list(phases.workersListeningMs)} ms`],
       ['… CPU consumed until 1 s after ready (utime + stime): primary / workers', `${cpus(rssAfterStart)} ms`],
-      ['RSS after start: primary / workers', `${fmt(rssAfterStart.primaryMiB, 1)} / ${workersRss(rssAfterStart)} MiB`],
+      ['RSS after start: primary / workers', mib(rssAfterStart)],
       ['workers busy after ready (background work) until idle', `${settled.settled ? '' : 'still busy after '}${fmt(settled.waitedMs)} ms`],
-      ['RSS once idle: primary / workers', `${fmt(run.rssSettled.primaryMiB, 1)} / ${workersRss(run.rssSettled)} MiB`],
+      ['RSS once idle: primary / workers', mib(run.rssSettled)],
       [
         `one-entry reload (rename → new serial on a new connection), ${replaced.length}×`,
-        `${list(replaced.map((r) => r.timeToServeMs))} ms (median ${fmt(figures.oneEntryReloadMedian.timeToServeMs)})`,
+        `${list(serveTimes)} ms (median ${fmt(figures.oneEntryReloadMedian.timeToServeMs)})`,
       ],
       ['… primary "reload done" durationMs (after the 150 ms watch debounce)', `${list(replaced.map((r) => r.reloadDurationMs))} ms`],
-      [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${list(rescans.map((r) => r.durationMs))} ms`],
+      [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${list(rescanTimes)} ms`],
       [
         `bounded memory: ${fmt(run.settings.bounded)} distinct names, contextCacheSize ${cacheSize}: workers before → after each of ${passes.length} passes`,
         `${trail} MiB`,
@@ -159,7 +172,7 @@ export interface ProfileRun {
   readonly phases: Phases;
   readonly rssAfterStart: Rss;
   readonly replaced: readonly ReloadFigure[];
-  readonly rescans: readonly { durationMs: number; roundTripMs: number }[];
+  readonly rescans: readonly Rescan[];
   readonly top: number;
   readonly machine: MachineInfo;
   /** Start-up (spawn → ready) and the one-entry reloads plus rescans. */
@@ -168,70 +181,46 @@ export interface ProfileRun {
 
 /** Summarises the primary's and one worker's .cpuprofile (written when they exited) and writes the profile report. */
 export function profileReport(outDir: string, name: string, profDir: string, run: ProfileRun, log: Log): number {
+  const { names, machine, phases, replaced, rescans, rssAfterStart, top } = run;
   // node names them CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
   const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
-  const pidOf = (f: string): number => Number(f.split('.')[3]);
-  const kept: string[] = [];
-  const summaries: { role: string; window: string; file: string; busyMs: number; functions: readonly FunctionCost[] }[] = [];
-  const byRole = [['primary', files.find((f) => pidOf(f) === run.pid)] as const, ['worker', files.find((f) => pidOf(f) !== run.pid)] as const];
-  for (const [role, file] of byRole) {
-    if (file === undefined) continue;
-    const target = join(resolve('bench/results/tmp/profiles'), `${dateStamp()}-cert-scale-${run.names}-${role}.cpuprofile`);
+  const isPrimary = (f: string): boolean => Number(f.split('.')[3]) === run.pid;
+  const byRole = [['primary', files.find(isPrimary)] as const, ['worker', files.find((f) => !isPrimary(f))] as const];
+  const windows = [['start-up (spawn → /readyz 200)', run.windows.startup] as const, ['one-entry reloads and no-change rescans', run.windows.reloads] as const];
+  const summaries = byRole.flatMap(([role, file]) => {
+    if (file === undefined) return [];
+    const target = join(resolve('bench/results/tmp/profiles'), `${dateStamp()}-cert-scale-${names}-${role}.cpuprofile`);
     renameSync(join(profDir, file), target);
-    kept.push(target);
-    for (const [window, span] of [
-      ['start-up (spawn → /readyz 200)', run.windows.startup],
-      ['one-entry reloads and no-change rescans', run.windows.reloads],
-    ] as const) {
+    return windows.map(([window, span]) => {
       const s = summarizeProfile(target, REPO_ROOT, span);
-      summaries.push({ role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions });
-    }
-  }
+      return { role, window, file: target, busyMs: s.busyUs / 1000, functions: s.functions };
+    });
+  });
   rmSync(profDir, { recursive: true, force: true });
-  const table = (functions: readonly FunctionCost[], by: 'selfUs' | 'inclusiveUs'): string =>
-    markdownTable(
-      ['function', 'self ms', 'self %', 'inclusive ms', 'incl %'],
-      [...functions]
-        .sort((a, b) => b[by] - a[by])
-        .slice(0, run.top)
-        .map((f) => [f.function, fmt(f.selfUs / 1000), fmt(f.selfPct, 1), fmt(f.inclusiveUs / 1000), fmt(f.inclusivePct, 1)]),
-      ['left', 'right', 'right', 'right', 'right'],
-    );
-  const { phases, replaced, rescans } = run;
   const markdown = [
-    `# cert-scale profile: ${fmt(run.names)} store entries, ${dateStamp()}`,
+    `# cert-scale profile: ${fmt(names)} store entries, ${dateStamp()}`,
     '',
     `Primary and workers under \`node --cpu-prof\` (sampling slows them a little): start-up until /readyz 200 ${fmt(run.readyMs)} ms (primary started at ${ms(phases.primaryStartedMs)} ms, workers listening at ${list(phases.workersListeningMs)} ms), ` +
       `then ${replaced.length} one-entry reloads (primary "reload done" ${list(replaced.map((r) => r.reloadDurationMs))} ms; new serial served after ${list(replaced.map((r) => r.timeToServeMs))} ms) ` +
-      `and ${rescans.length} no-change rescans (${list(rescans.map((r) => r.durationMs))} ms). RSS after start: primary ${fmt(run.rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(run.rssAfterStart)} MiB.`,
+      `and ${rescans.length} no-change rescans (${list(rescans.map((r) => r.durationMs))} ms). RSS after start: primary ${fmt(rssAfterStart.primaryMiB, 1)} MiB, workers ${workersRss(rssAfterStart)} MiB.`,
     '',
     ...summaries.flatMap((s) => [
       `## ${s.role}, ${s.window}: ${fmt(s.busyMs)} ms sampled busy on the main thread`,
-      ...['', '### by self time', '', table(s.functions, 'selfUs'), '', '### by inclusive time', '', table(s.functions, 'inclusiveUs'), ''],
+      '',
+      ...topFunctionsTables(s.functions, '###', { top, unit: 'ms', per: (us) => us / 1000, decimals: 0 }),
     ]),
-    `Profiles kept: ${kept.map((k) => `\`${k}\``).join(', ')} (bench/results/tmp is not committed).`,
+    `Profiles kept: ${[...new Set(summaries.map((s) => `\`${s.file}\``))].join(', ')} (bench/results/tmp is not committed).`,
     '',
-    `Command: \`${run.machine.commandLine}\``,
+    `Command: \`${machine.commandLine}\``,
   ].join('\n');
-  const profiles = summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, run.top) }));
-  const { names, machine, rssAfterStart } = run;
+  const profiles = summaries.map((s) => ({ role: s.role, window: s.window, file: s.file, busyMs: round(s.busyMs, 1), top: s.functions.slice(0, top) }));
   const json = { benchmark: 'cert-scale-profile', machine, names, readyMs: Math.round(run.readyMs), phases, rssAfterStart, replaced, rescans, profiles };
   publish(outDir, name, json, markdown, dateStamp(), log);
   return 0;
 }
 
-export interface NotReadyRun extends Store {
-  readonly notReady: {
-    readonly readyTimeoutMs: number;
-    readonly phases: Phases;
-    readonly rss: Rss;
-    readonly pids: unknown;
-    readonly lastLogLines: readonly LogLine[];
-  };
-}
-
 /** The report of a run whose proxy did not become ready in time: how far it got. Exit status 1. */
-export function notReadyReport(outDir: string, name: string, run: NotReadyRun, log: Log): number {
+export function notReadyReport(outDir: string, name: string, run: Store & { notReady: NotReady }, log: Log): number {
   const { notReady, machine, listing } = run;
   const markdown = [
     `# cert-scale: ${fmt(run.names)} store entries, ${dateStamp()}: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s`,
@@ -244,24 +233,17 @@ export function notReadyReport(outDir: string, name: string, run: NotReadyRun, l
       ['start-up: spawn → /readyz 200', `not within ${fmt(notReady.readyTimeoutMs)} ms`],
       ['… primary forked ("proxy primary started")', `${ms(notReady.phases.primaryStartedMs)} ms`],
       ['… workers listening', `${list(notReady.phases.workersListeningMs) || 'none'} ms`],
-      ['RSS, CPU used when given up: primary / workers', `${fmt(notReady.rss.primaryMiB, 1)} / ${workersRss(notReady.rss)} MiB, ${cpus(notReady.rss)} ms`],
+      ['RSS, CPU used when given up: primary / workers', `${mib(notReady.rss)}, ${cpus(notReady.rss)} ms`],
     ]),
     '',
     ...machineLines(machine),
   ].join('\n');
-  const summary = [
-    durationRow('cert-scale', 'startup', 'start-up until /readyz 200', Number.NaN, Number.NaN, 1, `not ready within ${notReady.readyTimeoutMs / 1000} s`),
-  ];
-  const json = {
-    benchmark: 'cert-scale',
-    summary,
-    machine,
-    names: run.names,
-    generateSeconds: round(run.generateSeconds, 1),
-    listing,
-    cacheSize: run.cacheSize,
-    notReady,
-  };
+  const skipped = `not ready within ${notReady.readyTimeoutMs / 1000} s`;
+  const summary = [durationRow('cert-scale', 'startup', 'start-up until /readyz 200', Number.NaN, Number.NaN, 1, skipped)];
+  const { names, cacheSize } = run;
+  const json = { benchmark: 'cert-scale', summary, machine, names, generateSeconds: round(run.generateSeconds, 1), listing, cacheSize, notReady };
   publish(outDir, name, json, markdown, dateStamp(), log);
   return 1;
 }
+
+type NotReady = { readyTimeoutMs: number; phases: Phases; rss: Rss; pids: unknown; lastLogLines: readonly LogLine[] };

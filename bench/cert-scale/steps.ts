@@ -20,14 +20,9 @@ export const nameOf = (i: number): string => `n${i}`;
 export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
 /** RSS now; CPU used since start (utime + stime). */
-export interface Rss {
-  readonly primaryMiB: number;
-  readonly workersMiB: readonly number[];
-  readonly primaryCpuMs: number;
-  readonly workersCpuMs: readonly number[];
-}
+export type Rss = ReturnType<typeof rssOf>;
 
-export function rssOf(proxy: RunningProxy): Rss {
+export function rssOf(proxy: RunningProxy) {
   const { primary, workers } = proxy.pids();
   const mib = (pid: number): number => round(rssKiB(pid) / 1024, 1);
   const cpuMs = (pid: number): number => Math.round(totalUs(procCpu(pid)) / 1000);
@@ -66,12 +61,7 @@ export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ wait
 }
 
 /** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
-export async function handshakeAll(
-  port: number,
-  hosts: readonly string[],
-  ca: string,
-  concurrency: number,
-): Promise<{ ok: number; failed: number; seconds: number; errors: string[] }> {
+export async function handshakeAll(port: number, hosts: readonly string[], ca: string, concurrency: number) {
   let [next, ok, failed] = [0, 0, 0];
   const errors: string[] = [];
   const started = performance.now();
@@ -92,34 +82,28 @@ export async function handshakeAll(
 }
 
 /** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
-export function startupPhases(proxy: RunningProxy, spawnedAtMs: number): { primaryStartedMs: number | undefined; workersListeningMs: number[] } {
+export function startupPhases(proxy: RunningProxy, spawnedAtMs: number) {
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
   const primary = proxy.log.find('proxy primary started')[0];
   return { primaryStartedMs: primary === undefined ? undefined : at(primary), workersListeningMs: proxy.log.find('proxy worker listening').map(at) };
 }
 
-export interface ReloadFigure {
-  readonly entry: string;
-  /** From the rename until a new connection got the new serial. */
-  readonly timeToServeMs: number | undefined;
-  readonly reloadDurationMs: number | undefined;
-  readonly reloadTrigger: unknown;
-  readonly probes: number;
-}
+export type ReloadFigure = Awaited<ReturnType<typeof replaceOne>>;
 
-/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it. */
-export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number): Promise<ReloadFigure> {
+/** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it (`timeToServeMs` from the rename). */
+export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number) {
   const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
   const logFrom = proxy.log.read().length;
   writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
   const connect = () => connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
   const { seenMs: timeToServeMs, probes } = await untilServed(leaf.serial, performance.now(), 10, 60_000, connect);
   const line = await proxy.log.next('reload done', logFrom, 30_000);
-  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line === undefined ? undefined : Number(line.durationMs), reloadTrigger: line?.trigger, probes };
+  const reloadDurationMs = line === undefined ? undefined : Number(line.durationMs);
+  return { entry: nameOf(i), timeToServeMs, reloadDurationMs, reloadTrigger: line?.trigger as unknown, probes };
 }
 
 /** POST /reload with nothing changed: the answer's durationMs and the round trip. */
-export async function rescan(proxy: RunningProxy): Promise<{ durationMs: number; roundTripMs: number; changed: number }> {
+export async function rescan(proxy: RunningProxy) {
   const started = performance.now();
   const answer = await proxy.admin('POST', '/reload');
   const roundTripMs = performance.now() - started;

@@ -1,71 +1,57 @@
 /**
- * The keep-alive bench's set-up in one temp dir (bench/README.md, "keepalive"):
- * one name on a token key (the keyless proxy and its key server) and on a key
- * file (nginx, caddy, each from its own config, never the system service), and
- * the counting origin (origin.ts). Every proxy keeps a pool of 64 keep-alive
- * connections to the origin (the product's undici Pool size), logs one access
- * line per request unless `accessLog` is off, and sets X-Forwarded-For/-Proto
- * and HSTS as the product does, so they do comparable work per request.
+ * The keep-alive bench's set-up in one temp dir (bench/README.md, "keepalive"): one name on a token key (the keyless
+ * proxy and its key server) and on a key file (nginx, caddy, each from its own config, never the system service), and
+ * the counting origin (origin.ts). Every proxy keeps a pool of 64 keep-alive connections to the origin (the product's
+ * undici Pool size), logs one access line per request unless `accessLog` is off, and sets X-Forwarded-For/-Proto and
+ * HSTS as the product does, so they do comparable work per request. A comparison server that does not come up is left
+ * out with the reason (its log's first lines), not the whole run.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setAffinity } from '../harness/procs.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { LabBase, probe } from '../lab/base.js';
-import { setAffinity } from '../harness/procs.js';
-import { COUNT_PATH, READY_LINE } from './origin.js';
-import { LabPki } from '../lab/pki.js';
 import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
+import { LabPki } from '../lab/pki.js';
+import type { Options } from './main.js';
+import { COUNT_PATH, READY_LINE } from './origin.js';
 
-export const ORIGIN_SCRIPT = fileURLToPath(new URL('./origin.js', import.meta.url));
 export const SERVER_NAME = 'ka.bench.localhost';
 /** Keep-alive connections each proxy may keep to the origin: the product's per-worker undici Pool size. */
 export const ORIGIN_POOL = 64;
 
 export type ServerId = 'keyedge' | 'nginx' | 'caddy';
 
-export interface KeepaliveLabOptions {
-  /** Workers of the keyless proxy. */
-  readonly workers: number;
-  /** The proxy's log level; 'info' logs one access line per request (the product's default). */
-  readonly logLevel: string;
-  /** nginx and caddy write an access log line per request too (parity with the proxy at 'info'). */
-  readonly accessLog: boolean;
-  /** taskset CPU list for every server process, origin and key server included; undefined: no pinning. */
-  readonly serverCpus: string | undefined;
-  /** Binaries of the third-party servers to set up (absent: not run). */
-  readonly nginx: string | undefined;
-  readonly caddy: string | undefined;
-  /** Extra node options for the keyless proxy (passed on to its workers), e.g. --cpu-prof. */
-  readonly proxyNodeArgs?: readonly string[];
-  /** The node binary of the keyless proxy (another major's: harness/node-versions.ts); the key server stays on this one (pkcs11js is built for its ABI). */
-  readonly proxyNode?: string;
-}
+/**
+ * What the lab needs of the bench's options (main.ts), the binaries of nginx and caddy (absent: not run), and the
+ * keyless proxy's node and extra node options (--cpu-prof); the key server stays on this node (pkcs11js's ABI).
+ */
+type KeepaliveLabOptions = Pick<Options, 'workers' | 'logLevel' | 'accessLog' | 'serverCpus'> &
+  Record<'nginx' | 'caddy' | 'proxyNode', string | undefined> & { readonly proxyNodeArgs: readonly string[] };
 
 export class KeepaliveLab extends LabBase<ServerId> {
-  readonly options: KeepaliveLabOptions;
-  readonly caFile: string;
-  readonly ports: { readonly origin: number; readonly keyedge: number; readonly keyedgeAdmin: number; readonly nginx: number; readonly caddy: number };
-  readonly configs: { keyedge: Record<string, unknown>; nginx: string | undefined; caddy: Record<string, unknown> | undefined };
-  keyId = '';
+  readonly caFile = join(this.dir, 'ca.pem');
+  readonly configs: { keyedge: Record<string, unknown>; nginx?: string; caddy?: Record<string, unknown> } = { keyedge: {} };
   /** Comparison servers that were configured but did not come up, with the reason. */
   readonly failed = new Map<ServerId, string>();
   /** Negotiated protocol of each server's start-up probe. */
   readonly protocols = new Map<ServerId, string>();
 
-  private constructor(keyserverLab: KeyserverLab, options: KeepaliveLabOptions, ports: KeepaliveLab['ports']) {
+  private constructor(
+    keyserverLab: KeyserverLab,
+    readonly options: KeepaliveLabOptions,
+    readonly ports: Record<ServerId | 'origin' | 'admin', number>,
+  ) {
     super(keyserverLab, 'keepalive');
-    this.options = options;
-    this.caFile = join(this.dir, 'ca.pem');
-    this.ports = ports;
-    this.configs = { keyedge: {}, nginx: undefined, caddy: undefined };
   }
 
   /** Makes the temp dir, the token key, certificates and configs (nothing is started yet). */
   static async create(options: KeepaliveLabOptions, log: (line: string) => void): Promise<KeepaliveLab> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-keepalive-', tokenLabel: 'keyedge-keepalive' });
     try {
-      const ports = { origin: await freePort(), keyedge: await freePort(), keyedgeAdmin: await freePort(), nginx: await freePort(), caddy: await freePort() };
+      const ports = { origin: 0, keyedge: 0, admin: 0, nginx: 0, caddy: 0 };
+      for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort();
       const lab = new KeepaliveLab(keyserverLab, options, ports);
       await lab.#makeFiles(log);
       return lab;
@@ -75,88 +61,70 @@ export class KeepaliveLab extends LabBase<ServerId> {
     }
   }
 
-  #file(name: string): string {
-    return join(this.dir, name);
-  }
+  #file = (name: string): string => join(this.dir, name);
 
   async #makeFiles(log: (line: string) => void): Promise<void> {
-    const f = (name: string) => this.#file(name);
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    mkdirSync(f('nginx-tmp'), { mode: 0o700 });
+    const { options: o, ports } = this;
+    mkdirSync(this.#file('nginx-tmp'), { recursive: true, mode: 0o700 });
     // Keyless: the key lives in the token, the CSR is signed there; nginx and caddy: a key file, the same name and CA.
     const pki = new LabPki(this.dir, 'keyedge keepalive bench CA');
-    this.keyId = await this.keyserverLab.generateKey('ec-p256', 'bench-keepalive-ec');
+    const keyId = await this.keyserverLab.generateKey('ec-p256', 'bench-keepalive-ec');
     await pki.tokenCert(this.keyserverLab, 'bench-keepalive-ec', SERVER_NAME, 'keyless');
     pki.fileCert('ec-p256', SERVER_NAME, 'file');
-    log(`ECDSA P-256: token key ${this.keyId.slice(0, 16)}… (keyless proxy), key file (nginx, caddy); certificates for ${SERVER_NAME}`);
-
-    const origin = `http://127.0.0.1:${this.ports.origin}`;
+    log(`ECDSA P-256: token key ${keyId.slice(0, 16)}… (keyless proxy), key file (nginx, caddy); certificates for ${SERVER_NAME}`);
+    const stateDir = this.keyserverLab.stateDir;
     this.configs.keyedge = {
-      stateDir: this.keyserverLab.stateDir,
-      workers: this.options.workers,
-      keyserver: { socket: join(this.keyserverLab.stateDir, 'keyserver.sock') },
-      listen: [{ host: '127.0.0.1', port: this.ports.keyedge, profile: 'intermediate' }],
-      certificates: [{ name: 'ka', chain: f('keyless-chain.pem') }],
+      stateDir,
+      workers: o.workers,
+      keyserver: { socket: join(stateDir, 'keyserver.sock') },
+      listen: [{ host: '127.0.0.1', port: ports.keyedge, profile: 'intermediate' }],
+      certificates: [{ name: 'ka', chain: this.#file('keyless-chain.pem') }],
       sni: { default: null, onUnknown: 'reject' },
-      domains: [{ name: SERVER_NAME, origin }],
-      admin: { host: '127.0.0.1', port: this.ports.keyedgeAdmin },
-      log: { level: this.options.logLevel },
+      domains: [{ name: SERVER_NAME, origin: `http://127.0.0.1:${ports.origin}` }],
+      admin: { host: '127.0.0.1', port: ports.admin },
+      log: { level: o.logLevel },
     };
-    writeFileSync(f('proxy.json'), `${JSON.stringify(this.configs.keyedge, null, 2)}\n`);
-    if (this.options.nginx !== undefined) {
-      this.configs.nginx = nginxConfig(this.dir, this.ports.nginx, this.ports.origin, this.options.accessLog);
-      writeFileSync(f('nginx.conf'), this.configs.nginx);
-    }
-    if (this.options.caddy !== undefined) {
-      this.configs.caddy = caddyConfig(this.dir, this.ports.caddy, this.ports.origin, this.options.accessLog);
-      writeFileSync(f('caddy.json'), `${JSON.stringify(this.configs.caddy, null, 2)}\n`);
-    }
+    if (o.nginx !== undefined) this.configs.nginx = nginxConfig(this.dir, ports.nginx, ports.origin, o.accessLog);
+    if (o.caddy !== undefined) this.configs.caddy = caddyConfig(this.dir, ports.caddy, ports.origin, o.accessLog);
+    const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
+    writeFileSync(this.#file('proxy.json'), json(this.configs.keyedge));
+    if (this.configs.nginx !== undefined) writeFileSync(this.#file('nginx.conf'), this.configs.nginx);
+    if (this.configs.caddy !== undefined) writeFileSync(this.#file('caddy.json'), json(this.configs.caddy));
   }
 
-  /** The port each server listens on for the benchmark. */
   port(server: ServerId): number {
     return this.ports[server];
   }
 
   /** Starts the origin, the key server, the keyless proxy and whichever of nginx and caddy were configured; probes each. */
   async start(log: (line: string) => void): Promise<void> {
-    const cpus = this.options.serverCpus;
-    const node = process.execPath;
-    this.origin = spawnManaged('origin', [node, ORIGIN_SCRIPT, '--port', String(this.ports.origin)], this.#file('origin.log'), cpus, this.dir);
+    const { options: o, ports } = this;
+    const cpus = o.serverCpus;
+    const originScript = fileURLToPath(new URL('./origin.js', import.meta.url));
+    this.origin = spawnManaged('origin', [process.execPath, originScript, '--port', String(ports.origin)], this.#file('origin.log'), cpus, this.dir);
     const originLog = this.origin.logFile;
     await waitFor('origin', async () => readFileSync(originLog, 'utf8').includes(READY_LINE), 15_000, this.origin);
-
     this.keyserver = await this.keyserverLab.startServer();
     if (cpus !== undefined) setAffinity(this.keyserver.pid, cpus);
-
-    const proxy = spawnManaged(
-      'keyedge',
-      [this.options.proxyNode ?? node, ...(this.options.proxyNodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')],
-      this.#file('proxy.log'),
-      cpus,
-      this.dir,
-    );
+    const proxyCommand = [o.proxyNode ?? process.execPath, ...o.proxyNodeArgs, KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')];
+    const proxy = spawnManaged('keyedge', proxyCommand, this.#file('proxy.log'), cpus, this.dir);
     this.servers.set('keyedge', proxy);
-    await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${this.ports.keyedgeAdmin}/readyz`)).status === 200, 30_000, proxy);
-
+    await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${ports.admin}/readyz`)).status === 200, 30_000, proxy);
     await this.#check('keyedge');
-    // A comparison server that does not come up is left out with the reason (its log's tail), not the whole run.
-    const nginx = [this.options.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')];
-    const third: [ServerId, string | undefined, () => readonly string[], string][] = [
-      ['nginx', this.configs.nginx === undefined ? undefined : this.options.nginx, () => nginx, 'nginx.log'],
+    const third: [ServerId, readonly string[] | undefined, string][] = [
       [
-        'caddy',
-        this.configs.caddy === undefined ? undefined : this.options.caddy,
-        () => [this.options.caddy!, 'run', '--config', this.#file('caddy.json')],
-        'caddy-stdout.log',
+        'nginx',
+        this.configs.nginx === undefined ? undefined : [o.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')],
+        'nginx.log',
       ],
+      ['caddy', this.configs.caddy === undefined ? undefined : [o.caddy!, 'run', '--config', this.#file('caddy.json')], 'caddy-stdout.log'],
     ];
-    for (const [id, binary, command, logName] of third) {
-      if (binary === undefined) continue;
-      const server = spawnManaged(id, command(), this.#file(logName), cpus, this.dir);
+    for (const [id, command, logName] of third) {
+      if (command === undefined) continue;
+      const server = spawnManaged(id, command, this.#file(logName), cpus, this.dir);
       this.servers.set(id, server);
       try {
-        await waitFor(id, () => probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 30_000, server);
+        await waitFor(id, () => probe(ports[id], SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 30_000, server);
         await this.#check(id);
       } catch (err) {
         this.servers.delete(id);
@@ -166,23 +134,23 @@ export class KeepaliveLab extends LabBase<ServerId> {
         log(`${id} ${reason}`);
       }
     }
+    const running = [...this.servers].map(([id, p]) => `${id} pid ${p.pid} :${ports[id]}`).join('; ');
     log(
-      `origin pid ${this.origin.pid} :${this.ports.origin}; key server pid ${this.keyserver.pid}; ` +
-        [...this.servers].map(([id, p]) => `${id} pid ${p.pid} :${this.port(id)}`).join('; ') +
-        `; keyless proxy ${this.options.workers} worker(s)${cpus === undefined ? '' : `; servers on CPU ${cpus}`}`,
+      `origin pid ${this.origin.pid} :${ports.origin}; key server pid ${this.keyserver.pid}; ${running}; ` +
+        `keyless proxy ${o.workers} worker(s)${cpus === undefined ? '' : `; servers on CPU ${cpus}`}`,
     );
   }
 
   /** One request through `id`: 200, the 1 KiB page, TLS 1.3. */
   async #check(id: ServerId): Promise<void> {
-    const r = await probe(this.port(id), SERVER_NAME, readFileSync(this.caFile, 'utf8'));
+    const r = await probe(this.ports[id], SERVER_NAME, readFileSync(this.caFile, 'utf8'));
     if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
       throw new Error(`${id} https://${SERVER_NAME}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
     }
     this.protocols.set(id, r.protocol);
   }
 
-  /** Requests the origin has served so far (its counter; asked directly, not through a proxy). */
+  /** Requests the origin has served so far (asked directly, not through a proxy). */
   async originCount(): Promise<number> {
     const { status, body } = await httpGet(`http://127.0.0.1:${this.ports.origin}${COUNT_PATH}`);
     if (status !== 200) throw new Error(`origin count: HTTP ${status}`);

@@ -1,45 +1,43 @@
 /**
- * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3,
- * ECDSA P-256), the keyless proxy next to nginx and caddy, over HTTP/1.1
- * (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13).
- * A description for harness/runner.ts; set-up: lab.ts; one run: measure.ts;
- * figures and Markdown: report.ts; method and columns: bench/README.md,
- * "keepalive".
+ * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3, ECDSA P-256), the keyless proxy next to
+ * nginx and caddy, over HTTP/1.1 (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13). A description
+ * for harness/runner.ts; set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts; method and columns:
+ * bench/README.md, "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { listOf, LOG_LEVELS, parseCli, pinning, std, timing } from '../harness/cli.js';
+import { negotiates } from '../handshake/alpn.js';
+import { shownCommand } from '../harness/client.js';
+import { LOG_LEVELS, listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
 import { nodeBinary, nodeVersionOf } from '../harness/node-versions.js';
-import { shownCommand } from '../harness/client.js';
 import { processTree } from '../harness/proc-cpu.js';
 import { setAffinity } from '../harness/procs.js';
 import { fmt, plural } from '../harness/report.js';
-import { skippedBenchRow } from '../harness/summary.js';
-import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import type { Scenario } from '../harness/rounds.js';
-import { negotiates } from '../handshake/alpn.js';
-import { autocannonArgs, autocannonVersion } from './autocannon.js';
-import { h2loadArgs } from './h2load.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
+import { skippedBenchRow } from '../harness/summary.js';
+import { autocannonArgs, autocannonVersion, h2loadArgs } from './clients.js';
 import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
 import { type RunResult, runOnce } from './measure.js';
-import { compareTo, markdownReport, readProfiles, summarize, summaryRow } from './report.js';
+import { compareTo, errorCount, markdownReport, readProfiles, summarize, summaryRow } from './report.js';
 
-export const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
+const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
+const count = (help: string, def: number) => ({ kind: 'number', arg: 'N', def, min: 1, integer: true, help }) as const;
 
-export const TABLE = {
+const TABLE = {
   quick: std.quick('3 rounds of 2 s, 1.5 s warm-up per scenario (about a minute)'),
   out: std.out('keepalive'),
   rounds: std.rounds(5, 3),
   measure: std.measure(5, 2, 0.5),
   warmup: std.warmup(5, 1.5, 'per scenario (for the JIT)'),
-  connections: { kind: 'number', arg: 'N', def: 64, min: 1, integer: true, help: 'autocannon -c: HTTP/1.1 keep-alive connections' },
+  connections: count('autocannon -c: HTTP/1.1 keep-alive connections', 64),
   protocols: { kind: 'string', arg: 'h1,h2', def: 'h1,h2', help: 'HTTP/1.1 (autocannon) and/or HTTP/2 (h2load)' },
-  'h2-connections': { kind: 'number', arg: 'N', def: 4, min: 1, integer: true, help: 'h2load -c: HTTP/2 connections' },
-  'h2-streams': { kind: 'number', arg: 'N', def: 10, min: 1, integer: true, help: 'h2load -m: streams in flight per HTTP/2 connection' },
-  workers: { kind: 'number', arg: 'N', def: 1, min: 1, integer: true, help: 'workers of the keyless proxy (the servers get one core)' },
+  'h2-connections': count('h2load -c: HTTP/2 connections', 4),
+  'h2-streams': count('h2load -m: streams in flight per HTTP/2 connection', 10),
+  workers: count('workers of the keyless proxy (the servers get one core)', 1),
   servers: { kind: 'string', arg: 'LIST', def: SERVER_IDS.join(','), help: 'keyedge,nginx,caddy (keyedge alone needs only the product)' },
   'no-install': { kind: 'flag', help: 'never apt-get install nginx or caddy (missing: skipped)' },
   pin: std.pin,
@@ -60,7 +58,7 @@ export const TABLE = {
 
 export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 
-export function parseOptions(argv: string[]) {
+function parseOptions(argv: string[]) {
   const v = parseCli('keepalive/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   return {
@@ -155,7 +153,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
         .map((server) => {
           const h2 = protocol === 'h2';
           const label = `${labels[server]}${h2 ? ', HTTP/2' : ''}`;
-          return { name: h2 ? `${server}-h2` : server, label, server, h2, run: (ms, context) => runOnce({ lab, options }, server, h2, ms, context) };
+          return { name: h2 ? `${server}-h2` : server, label, server, h2, run: (ms, context) => runOnce(lab, options, server, h2, ms, context) };
         }),
     );
   },
@@ -224,7 +222,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       scenarios: summaries,
       profiles,
     };
-    const errors = summaries.reduce((n, s) => n + s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx, 0);
+    const errors = summaries.reduce((n, s) => n + errorCount(s), 0);
     return { json, markdown: markdownReport(ctx, summaries, skipped, comparisons, profiles), errors, what: 'requests' };
   },
   close: ({ lab }, o, log) => lab.close(o.keepTemp, log),

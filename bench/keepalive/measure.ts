@@ -1,71 +1,46 @@
-import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/procs.js';
-import { type RunContext, sleep } from '../harness/rounds.js';
-import { startAutocannon } from './autocannon.js';
-import { startH2load } from './h2load.js';
-import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
-import type { Options } from './main.js';
-
 /**
  * One run of one keep-alive scenario: start the client (autocannon, or h2load for HTTP/2), wait for traffic and the
  * ramp-up, read the origin's request counter and every process's CPU around the window, then take the client's report.
  * Requests are counted at the origin, so every server and protocol is counted alike.
  */
+import { perUnit, snapshot, usageBetween } from '../harness/procs.js';
+import { type RunContext, sleep } from '../harness/rounds.js';
+import { startAutocannon, startH2load } from './clients.js';
+import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
+import type { Options } from './main.js';
 
 /**
- * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the
- * origin (process start, 64 handshakes), which on a loaded machine takes well over a second.
+ * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the origin
+ * (process start, 64 handshakes), which on a loaded machine takes well over a second.
  */
-export const CLIENT_MARGIN_MS = 2500;
+const CLIENT_MARGIN_MS = 2500;
 
 export type RunResult = Awaited<ReturnType<typeof runOnce>>;
 export type WindowResult = RunResult['window'];
 
-export interface Env {
-  readonly lab: KeepaliveLab;
-  readonly options: Options;
-}
-
-export function serverRoots(lab: KeepaliveLab, server: ServerId): { proxy: number[]; keyserver: number[] } {
-  const pid = lab.servers.get(server)?.pid;
-  return { proxy: pid === undefined ? [] : [pid], keyserver: server === 'keyedge' && lab.keyserver !== undefined ? [lab.keyserver.pid] : [] };
-}
-
-/** Polls the origin's counter until requests flow (autocannon's start-up is a few hundred ms of Node loading). */
-export async function waitForTraffic(lab: KeepaliveLab, before: number, isDead: () => boolean, signal: AbortSignal | undefined): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    if ((await lab.originCount()) > before) return;
-    if (isDead()) throw new Error('the client exited before sending a request');
-    if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
-    await sleep(25, signal);
-  }
-}
-
-export async function runOnce(env: Env, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
-  const { lab, options } = env;
+export async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const count0 = await lab.originCount();
-  // The clients cannot be stopped early and still report, so their duration covers ramp-up and window, plus a margin
-  // for noticing that traffic started.
-  const durationSec = (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000;
-  const client = { serverName: SERVER_NAME, durationSec, cpus: options.clientCpus };
+  const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
   const ac = h2
     ? startH2load({ ...client, port: lab.port(server), connections: options.h2Connections, streams: options.h2Streams })
     : startAutocannon({ ...client, url: `https://127.0.0.1:${lab.port(server)}/`, connections: options.connections });
   try {
-    await waitForTraffic(lab, count0, () => ac.exited(), context.signal);
+    // Poll the origin's counter until requests flow (the client's start-up is a few hundred ms of loading).
+    for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {
+      if (ac.exited()) throw new Error('the client exited before sending a request');
+      if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
+    }
     await sleep(options.rampMs, context.signal);
-    const roots = serverRoots(lab, server);
-    const tracked: TrackedGroup[] = [
-      { name: 'proxy', roots: () => roots.proxy },
-      { name: 'keyserver', roots: () => roots.keyserver },
+    const pid = (p: { pid: number } | undefined) => (p === undefined ? [] : [p.pid]);
+    const tracked = [
+      { name: 'proxy', roots: () => pid(lab.servers.get(server)) },
+      { name: 'keyserver', roots: () => (server === 'keyedge' ? pid(lab.keyserver) : []) },
       { name: 'origin', roots: () => [lab.origin?.pid ?? -1] },
       { name: 'client', roots: () => [ac.pid] },
     ];
-    const nA = await lab.originCount();
-    const sA = snapshot(tracked);
+    const [nA, sA] = [await lab.originCount(), snapshot(tracked)];
     await sleep(durationMs, context.signal);
-    const nB = await lab.originCount();
-    const sB = snapshot(tracked);
+    const [nB, sB] = [await lab.originCount(), snapshot(tracked)];
     if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
     const usage = usageBetween(sA, sB);
     const requests = nB - nA;

@@ -1,16 +1,10 @@
 /**
- * The origin of bench/keepalive/main.ts: the product's demo page (1 KiB,
- * proxy/demo-origin.ts `demoPage`) served by node:http, plus a request
- * counter. Every proxied request reaches the origin exactly once, so the
- * counter's difference over a measurement window is the number of requests
- * each proxy served in it, counted the same way for the keyless proxy, nginx
- * and caddy (none of which would otherwise agree on how to expose a count).
+ * The keep-alive bench's origin: the product's demo page (1 KiB, proxy/demo-origin.ts) served by node:http, plus a
+ * request counter. Every proxied request reaches the origin exactly once, so the counter's difference over a window is
+ * the requests each proxy served in it, counted alike for keyedge, nginx and caddy. `GET /__bench/count` answers the
+ * count as JSON and is not counted (the bench asks it directly, never through a proxy).
  *
- * `GET /__bench/count` answers the count as JSON and is not counted; the
- * bench asks it directly, never through a proxy.
- *
- * Usage: node dist/bench/lab/keepalive-origin.js --port P [--size BYTES]
- * Prints one line "keepalive origin ready <port>" once listening.
+ * Usage: node dist/bench/keepalive/origin.js --port P [--size BYTES]; prints "keepalive origin ready <port>".
  */
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
@@ -22,29 +16,21 @@ export const READY_LINE = 'keepalive origin ready';
 
 function main(): void {
   const { values } = parseArgs({ options: { port: { type: 'string' }, size: { type: 'string', default: '1024' } }, strict: true });
-  const port = Number(values.port);
-  const size = Number(values.size);
+  const [port, size] = [Number(values.port), Number(values.size)];
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`--port must be 1..65535, got '${values.port ?? ''}'`);
   if (!Number.isInteger(size) || size < 0) throw new Error(`--size must be a byte count, got '${values.size}'`);
   const page = demoPage(size);
   let served = 0;
   const server = http.createServer((req, res) => {
-    if (req.url === COUNT_PATH) {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ served }));
-      return;
-    }
+    if (req.url === COUNT_PATH) return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ served }));
     served++;
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': page.length });
-    res.end(page);
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': page.length }).end(page);
   });
   // Longer than every proxy's upstream idle timeout, so the proxies, not the origin, decide when pooled connections close.
   server.keepAliveTimeout = 120_000;
   server.headersTimeout = 130_000;
   server.listen(port, '127.0.0.1', () => process.stdout.write(`${READY_LINE} ${port}\n`));
-  const stop = () => server.close(() => process.exit(0));
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => server.close(() => process.exit(0)));
 }
 
 // Importable for its constants; runs only as a script.

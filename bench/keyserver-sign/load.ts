@@ -1,18 +1,15 @@
 /**
- * Closed-loop signing loads (harness/loop.ts) and the measuring window around
- * them:
- * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit
- *   then C_Sign in its callback form (the sign runs on a libuv pool thread):
- *   the ceiling the token allows.
- * - PipelinedSignLoad: the lean key-server client over connected sockets,
- *   `depth` requests in flight per connection, one pre-encoded SIGN frame per
- *   slot (id = slot), answers cut by the project's FrameReader and checked by
- *   decodeResponse, the requests one read triggers sent in one corked write:
- *   as little client CPU as possible, so the server's cost is what shows.
- * - LibraryClientSignLoad: the project's KeyserverClient (a promise, timer
- *   and Map entry per request), what the CLI and tests use.
- * `measureWindow` reads every counter at both ends of a window while the load
- * keeps running, so ramp-up and drain stay out of the figures.
+ * Closed-loop signing loads (harness/loop.ts) and the measuring window around them:
+ * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit then C_Sign in its callback form (the sign
+ *   runs on a libuv pool thread): the ceiling the token allows.
+ * - PipelinedSignLoad: the lean key-server client over connected sockets, `depth` requests in flight per connection,
+ *   one pre-encoded SIGN frame per slot (id = slot), answers cut by the project's FrameReader and checked by
+ *   decodeResponse, the requests one read triggers sent in one corked write: as little client CPU as possible, so the
+ *   server's cost is what shows.
+ * - LibraryClientSignLoad: the project's KeyserverClient (a promise, timer and Map entry per request), what the CLI and
+ *   tests use.
+ * `measureWindow` reads every counter at both ends of a window while the load keeps running, so ramp-up and drain stay
+ * out of the figures.
  */
 import type net from 'node:net';
 import type pkcs11js from 'pkcs11js';
@@ -33,13 +30,6 @@ import type { BenchKey } from './keys.js';
 /** A signing load: a closed loop, with load-specific cumulative counters that measureWindow reports per sign. */
 export type SignLoad = ClosedLoop & { counters?(): Record<string, number> };
 
-export interface RawKey {
-  readonly handle: pkcs11js.Handle;
-  readonly mechanism: pkcs11js.Mechanism;
-  /** Signature buffer size: r||s for ECDSA, the modulus for RSA. */
-  readonly outputBytes: number;
-}
-
 export class RawSignLoad extends ClosedLoop {
   /** Time inside C_SignInit, which pkcs11js runs on this (the main) thread. */
   #signInitNs = 0;
@@ -47,7 +37,8 @@ export class RawSignLoad extends ClosedLoop {
   constructor(
     readonly pkcs11: pkcs11js.PKCS11,
     readonly sessions: readonly pkcs11js.Handle[],
-    readonly key: RawKey,
+    readonly handle: pkcs11js.Handle,
+    readonly key: BenchKey,
     readonly digests: readonly Buffer[],
   ) {
     super();
@@ -62,7 +53,7 @@ export class RawSignLoad extends ClosedLoop {
     if (this.stopped) return this.retire();
     const started = nowNs();
     try {
-      this.pkcs11.C_SignInit(session, this.key.mechanism, this.key.handle);
+      this.pkcs11.C_SignInit(session, this.key.mechanism, this.handle);
     } catch (err) {
       this.done(started, (err as Error).message);
       return this.retire(); // a session that cannot init will not recover in a benchmark
@@ -102,8 +93,7 @@ export class RawToken {
   load(which: (k: TokenKey) => boolean, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
     const tokenKey = this.keys.find(which);
     if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
-    const rawKey = { handle: tokenKey.privateHandle, mechanism: key.mechanism, outputBytes: key.outputBytes };
-    return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), rawKey, digests);
+    return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), tokenKey.privateHandle, key, digests);
   }
 
   close(): void {
@@ -112,7 +102,7 @@ export class RawToken {
   }
 }
 
-export interface SignRequestSpec {
+interface SignRequestSpec {
   readonly keyId: Buffer;
   readonly algorithm: AlgorithmByte;
   /** Slot i of connection c signs digests[(c × depth + i) % length]. */
@@ -214,7 +204,7 @@ export class LibraryClientSignLoad extends ClosedLoop {
   }
 }
 
-export interface WindowOptions {
+interface WindowOptions {
   readonly durationMs: number;
   /** The load runs this long before the window opens. */
   readonly rampMs: number;
@@ -238,13 +228,16 @@ function snapshot(load: SignLoad, pid: number | undefined) {
   };
 }
 
+/**
+ * The key server's CPU per sign: all of it, user and system, and by thread (main: JavaScript, framing, socket
+ * syscalls; others: the signing workers, V8's helpers).
+ */
 function serverPerSign(s: CpuTimes, a: ThreadCpu, b: ThreadCpu, perSign: (us: number) => number, cores: (us: number) => number) {
   const threads = (pick: 'main' | 'others') => perSign(totalUs(delta(a[pick], b[pick])));
-  const [cpuUsPerSign, userUsPerSign, systemUsPerSign] = [perSign(totalUs(s)), perSign(s.userUs), perSign(s.systemUs)];
   return {
-    cpuUsPerSign,
-    userUsPerSign,
-    systemUsPerSign,
+    cpuUsPerSign: perSign(totalUs(s)),
+    userUsPerSign: perSign(s.userUs),
+    systemUsPerSign: perSign(s.systemUs),
     mainThreadUsPerSign: threads('main'),
     otherThreadsUsPerSign: threads('others'),
     cpuCores: cores(totalUs(s)),
@@ -267,7 +260,6 @@ export async function measureWindow(load: SignLoad, options: WindowOptions) {
     const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
     const cores = (us: number) => us / 1e6 / seconds;
     const client = totalUs(delta(a.self, b.self));
-    // main thread: JavaScript, framing, socket syscalls; others: the signing workers (C_Sign), V8's helpers.
     const server = a.server && b.server && serverPerSign(delta(a.server.all, b.server.all), a.server.threads, b.server.threads, perSign, cores);
     const busyCores = cores(b.machine.busyUs - a.machine.busyUs);
     const result = {

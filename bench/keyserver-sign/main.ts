@@ -1,11 +1,9 @@
 /**
- * Benchmark: signatures per second through the key server against the
- * token's own ceiling (issue 4), for ECDSA P-256 and RSA-2048 on one SoftHSM2
- * token: raw pkcs11js sessions in this process (cores and 2 × cores: the
- * faster is the ceiling), the key server over its unix socket, and over
- * mutual TLS 1.3. Warm-up, then interleaved rounds (harness/bench.ts); per
- * scenario medians, ratios to the ceiling, latency and CPU per sign. Method
- * and figures: bench/README.md, "keyserver-sign".
+ * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
+ * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions in this process (cores and 2 × cores: the faster is the
+ * ceiling), the key server over its unix socket, and over mutual TLS 1.3. Warm-up, then interleaved rounds
+ * (harness/bench.ts); per scenario medians, ratios to the ceiling, latency and CPU per sign. Method and figures:
+ * bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -31,7 +29,7 @@ import {
   type SignRig,
 } from './scenarios.js';
 
-export const TABLE = {
+const TABLE = {
   quick: std.quick('3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)'),
   out: std.out('keyserver-sign'),
   rounds: std.rounds(5, 3),
@@ -56,7 +54,7 @@ export const TABLE = {
 
 export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 
-export function parseOptions(argv: string[]) {
+function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   const paths = listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const);
@@ -95,15 +93,10 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, BenchScenario, WindowResult> 
     const poolThreads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
     if (poolThreads < 2 * cores)
       process.stderr.write(`warning: libuv has ${poolThreads} threads for up to ${2 * cores} raw sessions; raw figures will be low\n`);
-    const held: Lab = {
-      lab: new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions }),
-      keyIds: new Map(),
-      chosen: new Map(),
-      explore: [],
-      scenarios: [],
-    };
+    const lab = new KeyserverLab(options.sessions === undefined ? {} : { sessions: options.sessions });
+    const held: Lab = { lab, keyIds: new Map(), chosen: new Map(), explore: [], scenarios: [] };
     hold(held);
-    const { lab, keyIds } = held;
+    const { keyIds } = held;
     log(`temp dir ${lab.dir}`);
     for (const key of options.keys) {
       keyIds.set(key.id, await lab.generateKey(key.type, key.label));
@@ -177,8 +170,9 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, BenchScenario, WindowResult> 
       passes: options.explorePasses,
       tolerance: EXPLORE_TOLERANCE,
     };
+    const extra = { roundsRun: order.length, maxExtraRounds: options['extra-rounds'], client: options.client, exploration, targetRatio: TARGET_RATIO };
     const json = {
-      method: method({ roundsRun: order.length, maxExtraRounds: options['extra-rounds'], client: options.client, exploration, targetRatio: TARGET_RATIO }),
+      method: method(extra),
       settings,
       keys: options.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: keyIds.get(k.id) })),
       keyserverConfig: lab.config,

@@ -1,10 +1,10 @@
 /**
- * Where the key server's time goes under a signing load: the server under
- * `node --cpu-prof`, one key type over one transport with the lean client,
- * and the functions that cost most per sign (self and inclusive), next to the
- * process's CPU per sign from /proc. Sampling costs a few percent and V8
- * samples the main thread by wall clock: this finds hot spots, main.ts sizes
- * them. The .cpuprofile is kept for DevTools or speedscope.
+ * Where the key server's time goes under a signing load: the server under `node --cpu-prof`, one key type over one
+ * transport with the lean client, and the functions that cost most per sign (self and inclusive), next to the
+ * process's CPU per sign from /proc. Sampling costs a few percent and V8 samples the main thread by wall clock: this
+ * finds hot spots, main.ts sizes them. The .cpuprofile is kept for DevTools or speedscope.
+ *
+ * Usage: node dist/bench/keyserver-sign/profile.js [--key ec|rsa] [--transport unix|tls] [options]   (--help)
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { parseCli } from '../harness/cli.js';
 import { summarizeProfile } from '../harness/cpuprofile.js';
 import { runBench } from '../harness/main.js';
-import { dateStamp, fmt, markdownTable } from '../harness/report.js';
+import { topFunctionsTables } from '../harness/ka-profile.js';
+import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
 import { BENCH_KEYS, parsePipeline, pipelineName } from './keys.js';
 import { connectLoad } from './scenarios.js';
@@ -59,10 +60,7 @@ async function main(): Promise<number> {
     const kept = join(outDir, `${dateStamp()}-keyserver-${key.id}-${transport}-${pipelineName(pipeline)}.cpuprofile`);
     renameSync(join(profDir, file), kept);
     const summary = summarizeProfile(kept, REPO_ROOT);
-    const perSign = (us: number) => fmt(us / totalSigns, 2);
-    const pct = (p: number) => fmt(p, 1);
     const s = window.server!;
-    const byInclusive = [...summary.functions].sort((a, b) => b.inclusiveUs - a.inclusiveUs).slice(0, v.top);
     process.stdout.write(
       [
         `# key server profile: ${key.title} over ${transport}, ${pipelineName(pipeline)}, sessions ${v.sessions ?? 'default'}`,
@@ -71,22 +69,7 @@ async function main(): Promise<number> {
         `profile: ${fmt(summary.busyUs / 1000)} ms busy on the main thread over ${fmt(totalSigns)} signs = ${fmt(summary.busyUs / totalSigns, 1)} µs/sign (includes start-up); idle ${fmt(summary.idleUs / 1000)} ms`,
         `kept ${kept}`,
         '',
-        '## by self time',
-        '',
-        markdownTable(
-          ['function', 'self µs/sign', 'self %', 'inclusive µs/sign', 'incl %'],
-          summary.functions.slice(0, v.top).map((f) => [f.function, perSign(f.selfUs), pct(f.selfPct), perSign(f.inclusiveUs), pct(f.inclusivePct)]),
-          ['left', 'right', 'right', 'right', 'right'],
-        ),
-        '',
-        '## by inclusive time',
-        '',
-        markdownTable(
-          ['function', 'inclusive µs/sign', 'incl %', 'self µs/sign'],
-          byInclusive.map((f) => [f.function, perSign(f.inclusiveUs), pct(f.inclusivePct), perSign(f.selfUs)]),
-          ['left', 'right', 'right', 'right'],
-        ),
-        '',
+        ...topFunctionsTables(summary.functions, '##', { top: v.top, unit: 'µs/sign', per: (us) => us / totalSigns, decimals: 2 }),
       ].join('\n'),
     );
     return 0;

@@ -1,14 +1,12 @@
 /**
- * The keyserver-sign bench's figures and result files: per scenario the
- * medians over the clean rounds (harness/bench.ts cleanRounds), the ratios
- * to the ceiling (the faster raw setting per key), the Markdown report and
- * the JSON (bench/README.md, "What the figures mean").
+ * The keyserver-sign bench's figures and result files: per scenario the medians over the clean rounds (harness/bench.ts
+ * cleanRounds), the ratios to the ceiling (the faster raw setting per key), the Markdown report and the JSON
+ * (bench/README.md, "What the figures mean").
  */
 import type { MachineInfo } from '../harness/machine.js';
 import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
 import { columnTable, fmt, machineLines, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import { median, spread } from '../harness/stats.js';
-import { BENCH_KEYS } from './keys.js';
 import type { WindowResult } from './load.js';
 import type { BenchScenario, ExploreRow, IdleLatencyRow } from './scenarios.js';
 
@@ -44,10 +42,7 @@ export function summarize(scenarios: readonly BenchScenario[], results: Readonly
     };
   });
   const ceilings = new Map<string, string>();
-  for (const key of BENCH_KEYS) {
-    const best = base.filter((s) => s.path === 'raw' && s.key.id === key.id).sort((a, b) => b.signsPerSecond.median - a.signsPerSecond.median)[0];
-    if (best !== undefined) ceilings.set(key.id, best.name);
-  }
+  for (const s of base.filter((b) => b.path === 'raw').sort((a, b) => a.signsPerSecond.median - b.signsPerSecond.median)) ceilings.set(s.key.id, s.name);
   const summaries = base.map((s) => {
     const raw = s.path === 'raw' ? undefined : base.find((b) => b.name === ceilings.get(s.key.id));
     if (raw === undefined) return { ...s, vsRaw: undefined };
@@ -56,13 +51,8 @@ export function summarize(scenarios: readonly BenchScenario[], results: Readonly
     const perRound = (both.length > 0 ? both : s.usedRounds).map(
       (i) => (s.rounds[i]?.signsPerSecond ?? Number.NaN) / (raw.rounds[i]?.signsPerSecond ?? Number.NaN),
     );
-    const vsRaw = {
-      ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
-      perRound,
-      rawScenario: raw.name,
-      cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
-    };
-    return { ...s, vsRaw };
+    const ratio = s.signsPerSecond.median / raw.signsPerSecond.median;
+    return { ...s, vsRaw: { ratio, perRound, rawScenario: raw.name, cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign } };
   });
   return { summaries, ceilings };
 }

@@ -1,8 +1,7 @@
 /**
- * The keyserver-sign bench's scenarios: raw token sessions, and the key
- * server over unix or mutual TLS with the lean or the library client; the
- * exploration that picks the pipeline setting (connections × in flight), and
- * the one-in-flight latency after the rounds.
+ * The keyserver-sign bench's scenarios: raw token sessions, and the key server over unix or mutual TLS with the lean or
+ * the library client; the exploration that picks the pipeline setting (connections × in flight), and the one-in-flight
+ * latency after the rounds.
  */
 import type net from 'node:net';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -40,11 +39,6 @@ export interface SignRig {
   readonly rampMs: number;
 }
 
-export interface Connected {
-  readonly load: SignLoad;
-  close(): void;
-}
-
 export function rawScenario(key: BenchKey, load: RawSignLoad, rampMs: number): BenchScenario {
   const n = load.sessions.length;
   return {
@@ -58,7 +52,7 @@ export function rawScenario(key: BenchKey, load: RawSignLoad, rampMs: number): B
 }
 
 /** `pipeline.connections` connections to the key server, each with `pipeline.depth` requests in flight. */
-export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): Promise<Connected> {
+export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): Promise<{ load: SignLoad; close(): void }> {
   const { lab, server } = rig;
   const spec = { keyId: Buffer.from(rig.keyIds.get(key.id)!, 'hex'), algorithm: key.algorithm, digests: rig.digests };
   const opened: (net.Socket | KeyserverClient)[] = [];
@@ -80,7 +74,7 @@ export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transp
 }
 
 export function keyserverScenario(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): BenchScenario {
-  let connected: Connected | undefined;
+  let connected: Awaited<ReturnType<typeof connectLoad>> | undefined;
   return {
     name: `${transport}-${key.id}`,
     key,
@@ -122,13 +116,8 @@ export async function explorePipeline(rig: SignRig, key: BenchKey, exploreMs: nu
   const rows = PIPELINE_CANDIDATES.map((p) => {
     const rates = runs.get(p)!.map((r) => r.signsPerSecond);
     const meanSignsPerSecond = rates.reduce((a, b) => a + b, 0) / rates.length;
-    return {
-      key: key.title,
-      pipeline: pipelineName(p),
-      signsPerSecond: rates.map((v) => round(v)),
-      meanSignsPerSecond,
-      p99Us: median(runs.get(p)!.map((r) => r.latency.p99Us)),
-    };
+    const p99Us = median(runs.get(p)!.map((r) => r.latency.p99Us));
+    return { key: key.title, pipeline: pipelineName(p), signsPerSecond: rates.map((v) => round(v)), meanSignsPerSecond, p99Us };
   });
   const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
   const inFlight = (p: Pipeline) => p.connections * p.depth;

@@ -24,13 +24,11 @@ function load(path: string): SummaryRow[] {
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  let json: unknown;
   try {
-    json = JSON.parse(text);
+    return readSummary(JSON.parse(text), path);
   } catch (err) {
-    throw new Error(`${path} is not JSON: ${(err as Error).message}`);
+    throw err instanceof SyntaxError ? new Error(`${path} is not JSON: ${err.message}`) : err;
   }
-  return readSummary(json, path);
 }
 
 function main(): number {

@@ -44,17 +44,8 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
 const HERE = fileURLToPath(new URL('..', import.meta.url));
 const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
-interface BenchOutcome {
-  readonly name: string;
-  readonly command: string;
-  readonly exitCode: number | null;
-  readonly seconds: number;
-  /** The result file it wrote in this run, if any. */
-  readonly resultFile: string | undefined;
-  readonly rows: readonly SummaryRow[];
-  /** Why there are no rows, or why the rows are suspect (non-zero exit). */
-  readonly note: string | undefined;
-}
+/** A bench's run: the result file it wrote in this run, if any, its rows, and `note`: why there are none or why they are suspect. */
+type BenchOutcome = Awaited<ReturnType<typeof runOne>>;
 
 /** The newest `<date>-<name>[-quick].json` in `dir` written at or after `since` (ms). */
 function findResult(dir: string, name: string, since: number): string | undefined {
@@ -91,7 +82,7 @@ function runChild(args: readonly string[], limitMs: number, log: (line: string) 
 }
 
 /** `out` is the directory as given (for the children and the command shown), `outDir` the same resolved. */
-async function runOne(name: string, args: readonly string[], out: string, outDir: string, log: (line: string) => void): Promise<BenchOutcome> {
+async function runOne(name: string, args: readonly string[], out: string, outDir: string, log: (line: string) => void) {
   const script = `${name}/main.js`;
   const command = `node dist/bench/${script} ${[...args, '--out', out].join(' ')}`;
   const started = Date.now();
@@ -181,15 +172,8 @@ async function main(): Promise<number> {
   const svgName = `${date}-${name}.svg`;
   const rows = outcomes.flatMap((o) => o.rows);
   const markdown = suiteMarkdown(date, quick, machine, outcomes, svgName);
-  const json = {
-    benchmark: 'suite',
-    date,
-    quick,
-    machine,
-    benches: outcomes.map(({ rows: _rows, ...o }) => o),
-    summary: rows,
-    durationSeconds: (Date.now() - started) / 1000,
-  };
+  const benches = outcomes.map(({ rows: _rows, ...o }) => o);
+  const json = { benchmark: 'suite', date, quick, machine, benches, summary: rows, durationSeconds: (Date.now() - started) / 1000 };
   const written = writeReport(out, name, json, markdown, date);
   const svg = renderChart({
     title: `keyedge benchmarks, ${date}${quick ? ' (quick)' : ''}`,
