@@ -7,6 +7,8 @@
  * for, known domain or not yet; every other one goes to the domain's origin,
  * so a customer's own ACME client keeps working. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
  * Request targets and expectations are dealt with as on HTTPS (handler.ts).
+ * Our own answers read no request body: to a request whose body is still
+ * coming they close the connection, after a bounded lingering (linger.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../../keyserver/shared/log.js';
@@ -15,6 +17,7 @@ import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
+import { closeIfBodyUnread } from './linger.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 
@@ -67,6 +70,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     const keyAuthorization = options.challenges?.answer(host, path);
     if (keyAuthorization !== undefined) {
       // RFC 8555 §8.3: the key authorization as the body; the CA ignores the content type.
+      closeIfBodyUnread(req, res);
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': Buffer.byteLength(keyAuthorization) });
       res.end(keyAuthorization);
       return;
@@ -74,6 +78,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     if (domain === undefined || host === undefined) {
       const body = 'unknown host\n';
       code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
+      closeIfBodyUnread(req, res);
       res.writeHead(404, {
         'content-type': 'text/plain; charset=utf-8',
         'content-length': Buffer.byteLength(body),
@@ -113,6 +118,8 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       return;
     }
     const port = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
+    // The client sends its body again to HTTPS: this one is not read (linger.ts).
+    closeIfBodyUnread(req, res);
     res.writeHead(308, { location: `https://${host}${port}${path}`, 'content-length': 0 });
     res.end();
   };
