@@ -4,12 +4,14 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 
 // What a client that is not speaking to us properly gets on HTTP/1.1, over TLS and on the plain-HTTP port: our own
 // answers (404, 421, 308) to a request whose body never ends close the connection after a bounded lingering, not
-// after Node's whole-request timeout (minutes). And what must not change: keep-alive after our own answers to
-// requests without a body, and requests with a body to a known origin.
+// after Node's whole-request timeout (minutes); a CONNECT on the plain-HTTP port is answered 400, in order. And what
+// must not change: keep-alive after our own answers to requests without a body, and requests with a body to a known
+// origin.
 const KNOWN = 'known.test';
 /** Covered by the certificate, not a configured domain: 404. */
 const UNKNOWN = 'unknown.test';
@@ -136,5 +138,17 @@ describe('what stays as it was', () => {
     expect(closed).toBe(false);
     expect(statuses(received)).toEqual(['200', '200']);
     expect(received).toContain('"url":"/form"');
+  });
+});
+
+describe('CONNECT on the plain-HTTP port', () => {
+  it('gets 400 after the answer pipelined before it, logged; the connection closes', async () => {
+    const text = `GET /first HTTP/1.1\r\nHost: ${KNOWN}\r\n\r\nCONNECT ${KNOWN}:443 HTTP/1.1\r\nHost: ${KNOWN}\r\n\r\n`;
+    const { received, closed } = await talk('plain', text);
+    expect(closed).toBe(true);
+    expect(statuses(received)).toEqual(['308', '400']);
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_BAD_TARGET');
+    expect(received).not.toContain('strict-transport-security');
+    await waitFor('the CONNECT access line', () => lines.find((l) => l.access === true && l.scheme === 'http' && l.method === 'CONNECT' && l.status === 400));
   });
 });
