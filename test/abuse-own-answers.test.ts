@@ -9,9 +9,9 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 
 // What a client that is not speaking to us properly gets on HTTP/1.1, over TLS and on the plain-HTTP port: our own
 // answers (404, 421, 308) to a request whose body never ends close the connection after a bounded lingering, not
-// after Node's whole-request timeout (minutes); a CONNECT on the plain-HTTP port is answered 400, in order. And what
-// must not change: keep-alive after our own answers to requests without a body, and requests with a body to a known
-// origin.
+// after Node's whole-request timeout (minutes); a CONNECT on the plain-HTTP port is answered 400, in order; the
+// HTTP/2 connection preface sent with prior knowledge gets a 400 that says so. And what must not change: keep-alive
+// after our own answers to requests without a body, and requests with a body to a known origin.
 const KNOWN = 'known.test';
 /** Covered by the certificate, not a configured domain: 404. */
 const UNKNOWN = 'unknown.test';
@@ -19,6 +19,7 @@ const UNKNOWN = 'unknown.test';
 const OTHER = 'other.test';
 /** linger.ts's LINGER_MS is 5 s: a connection still open long after it is not lingering but held. */
 const CLOSED_WITHIN_MS = 30_000;
+const PREFACE = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.from('000000040000000000', 'hex')]);
 
 let lab: KeylessLab;
 let proxy: RunningWorker;
@@ -150,5 +151,15 @@ describe('CONNECT on the plain-HTTP port', () => {
     expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_BAD_TARGET');
     expect(received).not.toContain('strict-transport-security');
     await waitFor('the CONNECT access line', () => lines.find((l) => l.access === true && l.scheme === 'http' && l.method === 'CONNECT' && l.status === 400));
+  });
+});
+
+describe('the HTTP/2 connection preface on an HTTP/1.1 connection', () => {
+  it.each([['tls'], ['tls-no-alpn'], ['plain']] as const)('%s: 400 KEYEDGE_HTTP_H2_PREFACE, then the connection closes', async (port) => {
+    const { received, closed, ms } = await talk(port, PREFACE);
+    expect(closed).toBe(true);
+    expect(statuses(received)).toEqual(['400']);
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_H2_PREFACE');
+    expect(ms).toBeLessThan(CLOSED_WITHIN_MS);
   });
 });
