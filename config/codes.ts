@@ -51,6 +51,7 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_SERVER_OPTIONS: '200: `OPTIONS *`, answered by the proxy itself',
   KEYEDGE_HTTP_EXPECTATION_FAILED: '417: an Expect other than 100-continue',
   KEYEDGE_HTTP_PLAIN_HTTP: '400: plain HTTP sent to a TLS port',
+  KEYEDGE_HTTP_H2_PREFACE: '400: the HTTP/2 connection preface (prior knowledge) on a connection that speaks HTTP/1.1',
   KEYEDGE_HTTP_BODY_TIMEOUT: '408: the request body stalled or took too long',
   KEYEDGE_HTTP_ORIGIN_BUSY: "503: the origin's connections are busy and its queue is full or timed out",
   KEYEDGE_HTTP_SEND_TIMEOUT: 'connection cut: the client took nothing of its answer for limits.sendTimeoutMs',

@@ -33,6 +33,8 @@ const originHeads: string[] = [];
 const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/early-hints': 'HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
   '/processing': 'HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
+  // A 100 nobody asked for (the proxy never sends Expect on): still an interim answer (RFC 9110 §15.2).
+  '/continue': 'HTTP/1.1 100 Continue\r\nx-interim: 1\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
   '/slow': (socket) => setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nslow-body'), 500),
   '/big': (socket) => {
     socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
@@ -124,15 +126,40 @@ afterAll(async () => {
 });
 
 describe('interim answers from the origin', () => {
-  it.each([['/early-hints'], ['/processing']])('%s: the final answer reaches the client whole, on a connection that stays usable', async (path) => {
-    const twice = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
-    const { received, closed } = await exchange(twice, (r) => r.split('hello').length === 3);
-    expect(closed).toBe(false);
-    // Each answer's head is its final one, 200, and both bodies came whole.
-    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '200']);
-    const line = await accessLine(path);
-    expect(line).toMatchObject({ status: 200, bytes: 5 });
-    expect(line.code).toBeUndefined();
+  it.each([['/early-hints'], ['/processing'], ['/continue']])(
+    '%s: the final answer reaches the client whole, on a connection that stays usable',
+    async (path) => {
+      const twice = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+      const { received, closed } = await exchange(twice, (r) => r.split('hello').length === 3);
+      expect(closed).toBe(false);
+      // Each answer's head is its final one, 200, and both bodies came whole.
+      expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200', '200']);
+      const line = await accessLine(path);
+      expect(line).toMatchObject({ status: 200, bytes: 5 });
+      expect(line.code).toBeUndefined();
+    },
+  );
+});
+
+describe('interim answers from the origin, to an HTTP/2 client', () => {
+  it('an unasked-for 100 (Continue): dropped, the final answer reaches the client whole', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const before = lines.filter((l) => l.access === true && l.path === '/continue' && l.protocol === 'h2').length;
+      for (let i = 0; i < 2; i++) {
+        const answer = await h2Request(session, { ':path': '/continue' });
+        expect(answer.status).toBe(200);
+        expect(answer.body.toString()).toBe('hello');
+      }
+      const mine = await waitFor('the HTTP/2 access lines of /continue', () => {
+        const found = lines.filter((l) => l.access === true && l.path === '/continue' && l.protocol === 'h2');
+        return found.length === before + 2 ? found.slice(before) : undefined;
+      });
+      for (const line of mine) expect(line).toMatchObject({ status: 200, bytes: 5 });
+      for (const line of mine) expect(line.code).toBeUndefined();
+    } finally {
+      await closeSession(session);
+    }
   });
 });
 

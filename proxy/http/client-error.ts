@@ -9,15 +9,34 @@
  * RFC 9112 §9.6). Nothing after the bad request is forwarded: Node's parser
  * stays in its error state, and what the client still sends is dropped. The
  * answers to requests pipelined before the bad one go out first (queued.ts).
+ * The HTTP/2 connection preface gets a 400 of ours that says what it met.
  */
 import type { Duplex } from 'node:stream';
+import { LINGER_MS } from './linger.js';
 import { answerInProgress, whenAnswersSent } from './queued.js';
 
-/** How long a connection we ended may stay open for the client to read our answer (nginx: lingering_timeout 5 s). */
-const LINGER_MS = 5_000;
+/**
+ * The HTTP/2 connection preface (`PRI * HTTP/2.0`, RFC 9113 §3.4), sent with
+ * prior knowledge on a connection that speaks HTTP/1.1: llhttp stops on it
+ * (HPE_PAUSED_H2_UPGRADE). 400, as nginx answers, rather than 505 (RFC 9110
+ * §15.6.6, a major version not supported): over TLS, HTTP/2 is chosen with
+ * ALPN only (RFC 9113 §3.3: prior knowledge is for cleartext TCP), so the
+ * preface there is the client's error; keyedge offers no cleartext HTTP/2
+ * at all; and a 5xx would count as our failure in the server-error rate,
+ * for bytes any scanner can send. The client, speaking HTTP/2, cannot read
+ * the answer; a person with a raw tool or a packet capture can.
+ */
+const H2_PREFACE_BODY = 'HTTP/2 connection preface on a connection that speaks HTTP/1.1: HTTP/2 needs TLS with ALPN h2, not prior knowledge\n';
+const H2_PREFACE = {
+  status: 400,
+  reason: 'Bad Request',
+  headers: `content-type: text/plain; charset=utf-8\r\nx-keyedge-error: KEYEDGE_HTTP_H2_PREFACE\r\ncontent-length: ${H2_PREFACE_BODY.length}\r\n`,
+  body: H2_PREFACE_BODY,
+};
 
-/** Node's own choice of status for a parser error (lib/_http_server.js, socketOnError). */
-function statusFor(code: string | undefined): { readonly status: number; readonly reason: string } {
+/** Node's own choice of status for a parser error (lib/_http_server.js, socketOnError); ours for the HTTP/2 preface. */
+function statusFor(code: string | undefined): { readonly status: number; readonly reason: string; readonly headers?: string; readonly body?: string } {
+  if (code === 'HPE_PAUSED_H2_UPGRADE') return H2_PREFACE;
   if (code === 'HPE_HEADER_OVERFLOW') return { status: 431, reason: 'Request Header Fields Too Large' };
   if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return { status: 413, reason: 'Payload Too Large' };
   if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, reason: 'Request Timeout' };
@@ -47,8 +66,8 @@ function respond(err: NodeJS.ErrnoException, socket: Duplex, afterAnswers: boole
     socket.destroy();
     return;
   }
-  const { status, reason } = statusFor(err.code);
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+  const { status, reason, headers = 'content-length: 0\r\n', body = '' } = statusFor(err.code);
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\n${headers}\r\n${body}`);
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
   socket.once('close', () => clearTimeout(timer));
 }

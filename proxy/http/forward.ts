@@ -29,6 +29,7 @@ import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList } from './forward-headers.js';
+import { closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
@@ -132,7 +133,9 @@ class Exchange extends OriginExchange<ForwardOptions> {
     if (early) head.push('connection', 'close');
     // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids) throws here: undici then aborts and calls onError.
     res.writeHead(statusCode, head);
-    if (early) closeAfterEarlyAnswer(req, res);
+    // An origin that answered before the body was all read (a 401 or 417): undici stops sending it, so its rest cannot
+    // be told from a next request. The connection lingers, reading and dropping it, then closes (linger.ts).
+    if (early) closeAfterAnswer(req, res);
     this.noContent = statusCode === 204 || statusCode === 304;
     return true;
   }
@@ -187,30 +190,4 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   if (res.socket === null) exchange.cancelQueued = whenQueuedClientGone(req.socket, res, () => exchange.clientLeft());
   if (hasBody) void exchange.readBodyThenAttempt();
   else exchange.attempt();
-}
-
-/** How long a connection closed after an early answer keeps reading what the client still sends (nginx: lingering_timeout 5 s). */
-const LINGER_MS = 5000;
-
-/**
- * The origin answered before the client's body was all read (a 401 or 417
- * before reading it): undici stops sending the body, so the rest of it cannot
- * be told from a next request, and the answer says `Connection: close` (onHeaders).
- * Node then ends the socket and destroys it as soon as the end is flushed;
- * with the client still sending, closing on unread bytes resets the
- * connection, and the client may lose the answer. So the connection lingers
- * (RFC 9112 §9.6): half-closed, reading and dropping what still arrives, until
- * the client closes or LINGER_MS pass.
- */
-function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse): void {
-  const socket = req.socket;
-  res.once('finish', () => {
-    if (req.complete || socket.destroyed) return;
-    // Registered by Node's destroySoon() in its own 'finish' listener, which runs before this one.
-    socket.removeListener('finish', socket.destroy);
-    const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
-    socket.once('close', () => clearTimeout(timer));
-    socket.once('end', () => socket.destroy());
-    req.resume();
-  });
 }

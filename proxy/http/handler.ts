@@ -13,6 +13,7 @@ import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
+import { closeIfBodyUnread } from './linger.js';
 import { whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
@@ -257,9 +258,15 @@ export function ownFailureRefusal(code: string | undefined, maxBodyBytes: number
   return undefined;
 }
 
-/** Sends our answer; returns its body's length (for the access line). */
+/**
+ * Sends our answer; returns its body's length (for the access line). To a
+ * request whose body is still unread it says `Connection: close`, and the
+ * connection lingers a bounded time after it, then closes (linger.ts): Node
+ * would otherwise read and drop an endless body until its request timeout.
+ */
 export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Readonly<Record<string, string>>): number {
   const length = Buffer.byteLength(body);
+  closeIfBodyUnread(res.req, res);
   res.writeHead(status, {
     ...headers,
     ...own,

@@ -29,6 +29,7 @@ import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';
+import { acceptUnaskedContinue } from './origin-interim.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -258,7 +259,8 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
 /**
  * undici's connector with the target's TLS trust. The SNI name is fixed per
  * target: undici would otherwise derive it from each request's Host header,
- * and reconnect whenever that changes.
+ * and reconnect whenever that changes. Each connection reads an unasked-for
+ * 100 (Continue) as interim (origin-interim.ts).
  */
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
@@ -267,7 +269,12 @@ function connector(target: OriginTarget, timeoutMs: number): buildConnector.conn
       ? {}
       : { ca: target.tls.ca, rejectUnauthorized: true, ...(target.tls.servername === undefined ? {} : { servername: target.tls.servername }) }),
   } as buildConnector.BuildOptions & tls.ConnectionOptions);
-  return (options, callback) => base({ ...options, servername: target.tls?.servername ?? undefined }, callback);
+  return (options, callback) =>
+    base({ ...options, servername: target.tls?.servername ?? undefined }, (...args) => {
+      callback(...args);
+      // undici attached its parser in the callback; the first answer is read on a later turn.
+      if (args[0] === null) acceptUnaskedContinue(args[1]);
+    });
 }
 
 /** The `servername` to give undici per request: constant per target, so undici never reconnects over it. */

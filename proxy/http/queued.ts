@@ -5,8 +5,8 @@
  * are told here, through one 'close' listener per connection however deep
  * the pipeline (one listener per request would grow with it). Answers that
  * hold their socket need none of this: their 'close' comes from node. And
- * what must wait for a connection's answers to be sent (an upgrade, our answer
- * to a request node could not parse) waits here.
+ * what must wait for a connection's answers to be sent (an upgrade, a CONNECT,
+ * our answer to a request node could not parse) waits here.
  */
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
@@ -67,4 +67,26 @@ export function whenAnswersSent(socket: Duplex, then: () => void): void {
   };
   earlier.once('finish', next);
   earlier.once('close', next);
+}
+
+/**
+ * Calls `then` for a connection node's server handed over without an answer
+ * of its own (an upgrade, a CONNECT) once the answers to the requests before
+ * it are sent: handled at once, its answer would overtake theirs (RFC 9112
+ * §9.3.2). Until then the socket is paused (what the client sent after the
+ * request is not read), and its 'drain' is passed to the answer being sent:
+ * node's server dropped its own error and 'drain' listeners when it handed
+ * the socket over, and an answer that met backpressure would otherwise wait
+ * for a 'drain' that never comes, until its send timeout cut it.
+ */
+export function inAnswerOrder(socket: Duplex, then: () => void): void {
+  if (answerInProgress(socket) === undefined) return then();
+  socket.pause();
+  if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+  const drain = (): void => void answerInProgress(socket)?.emit('drain');
+  socket.on('drain', drain);
+  whenAnswersSent(socket, () => {
+    socket.off('drain', drain);
+    then();
+  });
 }

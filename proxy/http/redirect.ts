@@ -6,15 +6,22 @@
  * issuer (proxy/acme/challenges.ts) is answered here, for any Host it was made
  * for, known domain or not yet; every other one goes to the domain's origin,
  * so a customer's own ACME client keeps working. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
- * Request targets and expectations are dealt with as on HTTPS (handler.ts).
+ * Request targets and expectations are dealt with as on HTTPS (handler.ts);
+ * CONNECT gets 400 as on HTTPS (createConnectRefusal).
+ * Our own answers read no request body: to a request whose body is still
+ * coming they close the connection, after a bounded lingering (linger.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
+import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
+import { inAnswerOrder } from './queued.js';
+import { CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 
@@ -67,6 +74,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     const keyAuthorization = options.challenges?.answer(host, path);
     if (keyAuthorization !== undefined) {
       // RFC 8555 §8.3: the key authorization as the body; the CA ignores the content type.
+      closeIfBodyUnread(req, res);
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': Buffer.byteLength(keyAuthorization) });
       res.end(keyAuthorization);
       return;
@@ -74,6 +82,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
     if (domain === undefined || host === undefined) {
       const body = 'unknown host\n';
       code = 'KEYEDGE_HTTP_UNKNOWN_HOST';
+      closeIfBodyUnread(req, res);
       res.writeHead(404, {
         'content-type': 'text/plain; charset=utf-8',
         'content-length': Buffer.byteLength(body),
@@ -113,7 +122,33 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       return;
     }
     const port = options.httpsPort === 443 ? '' : `:${options.httpsPort}`;
+    // The client sends its body again to HTTPS: this one is not read (linger.ts).
+    closeIfBodyUnread(req, res);
     res.writeHead(308, { location: `https://${host}${port}${path}`, 'content-length': 0 });
     res.end();
+  };
+}
+
+/**
+ * CONNECT on the plain-HTTP port (RFC 9110 §9.3.6): no tunnel is offered,
+ * 400 as on HTTPS (upgrade.ts), after the answers to the requests pipelined
+ * before it, then the connection closes with a lingering close (linger.ts).
+ * Node hands a CONNECT over as it does an upgrade; without this listener it
+ * destroys the connection, with no answer and the earlier answers cut.
+ */
+export function createConnectRefusal(options: Pick<RedirectOptions, 'log' | 'metrics'>): (req: IncomingMessage, socket: Duplex) => void {
+  const { log, metrics } = options;
+  return (req, socket) => {
+    // Node removed its own error listener when it handed the socket over; a reset from here on is expected.
+    if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+    inAnswerOrder(socket, () => {
+      const { status, code } = CONNECT_REFUSED;
+      metrics.requests.inc({ status_class: statusClass(status), code, protocol: 'http/1.1' });
+      log.info({ access: true, scheme: 'http', method: req.method, path: (req.url ?? '').split('?')[0], status, code }, 'request');
+      if (!socket.writable) return void socket.destroy();
+      socket.end(refusalText(CONNECT_REFUSED, undefined), 'latin1');
+      socket.resume();
+      lingerAfterEnd(socket);
+    });
   };
 }

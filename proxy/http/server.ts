@@ -20,7 +20,7 @@ import { listen } from '../../keyserver/shared/listen.js';
 import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
-import { createRedirectHandler, type RedirectOptions } from './redirect.js';
+import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
 
 export interface Http1Server {
   readonly server: http.Server;
@@ -60,6 +60,8 @@ export async function startRedirectServer(
 ): Promise<{ readonly server: http.Server; readonly port: number }> {
   const handler = createRedirectHandler(options);
   const server = http.createServer(handler);
+  // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
+  server.on('connect', createConnectRefusal(options));
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
   await listen(server, { host: address.host, port: address.port, exclusive: false });

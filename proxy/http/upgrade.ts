@@ -45,7 +45,7 @@ import type { NameIndex } from '../tls/names.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
-import { answerInProgress, whenAnswersSent } from './queued.js';
+import { inAnswerOrder } from './queued.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -60,8 +60,8 @@ const CLIENT_GONE = 499;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
-/** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts), 400. */
-const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
+/** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts) and port 80 (redirect.ts), 400. */
+export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -254,22 +254,10 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     };
     attempt(0);
   };
-  return (req, socket, head) => {
-    // An Upgrade pipelined behind requests whose answers are not all sent yet waits for them: answers go out in the
-    // order of the requests (RFC 9112 §9.3.2). Node hands the upgrade over at once; handled now, its 101 (or refusal)
-    // would overtake those answers, which would then be written into the switched connection (or be cut by a refusal).
-    if (answerInProgress(socket) === undefined) return handle(req, socket, head);
-    socket.pause();
-    // Node's server dropped its own error and 'drain' listeners when it handed the socket over; without the latter,
-    // an answer that met backpressure would wait for a 'drain' that never comes, until its send timeout cut it.
-    if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
-    const drain = (): void => void answerInProgress(socket)?.emit('drain');
-    socket.on('drain', drain);
-    whenAnswersSent(socket, () => {
-      socket.off('drain', drain);
-      handle(req, socket, head);
-    });
-  };
+  // An Upgrade pipelined behind requests whose answers are not all sent yet waits for them (queued.ts). Node hands the
+  // upgrade over at once; handled now, its 101 (or refusal) would overtake those answers, which would then be written
+  // into the switched connection (or be cut by a refusal).
+  return (req, socket, head) => inAnswerOrder(socket, () => handle(req, socket, head));
 }
 
 function connect(target: OriginTarget, timeoutMs: number): net.Socket {
@@ -304,9 +292,10 @@ function responseHead(status: number, reason: string | undefined, headers: reado
   return `${text}\r\n`;
 }
 
-function refusalText({ status, code, body }: Refusal, hsts: string): string {
+/** Our refusal as written on a raw socket, closing it; with HSTS over TLS (none on the plain-HTTP port: RFC 6797 §7.2). */
+export function refusalText({ status, code, body }: Refusal, hsts: string | undefined): string {
   const headers: [string, string][] = [
-    ['strict-transport-security', hsts],
+    ...(hsts === undefined ? [] : [['strict-transport-security', hsts] as [string, string]]),
     ['content-type', 'text/plain; charset=utf-8'],
     ['content-length', String(Buffer.byteLength(body))],
     ['x-keyedge-error', code],
