@@ -17,7 +17,7 @@
  * Ctrl-C: the first SIGINT/SIGTERM aborts the run's signal, so the bench stops what it started and exits 130; a second
  * one cleans up and exits at once. The cleanup also runs when the process exits.
  */
-import { machineCpu, procCpu, selfCpu, totalUs } from './proc-cpu.js';
+import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
 import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type WrittenReport, writeReport } from './report.js';
 import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
@@ -103,23 +103,15 @@ export function publish(out: string, name: string, json: unknown, markdown: stri
 }
 
 /**
- * The quiet wait before every measured run (runRounds' beforeRun): samples of the cores used by everything but this
- * process and `ownPids`, one budget of `budgetMs` for the whole run (0: never wait), long waits logged, every wait
- * kept for the result file (`record()`).
+ * The quiet wait before every measured run (runRounds' beforeRun): one budget of `budgetMs` for the whole run (0: never
+ * wait), long waits logged, every wait kept for the result file (`record()`).
  */
 function quietBeforeRun(budgetMs: number, ownPids: readonly number[], signal: AbortSignal, log: Log) {
-  const cpuOf = (pid: number) => {
-    try {
-      return totalUs(procCpu(pid));
-    } catch {
-      return 0; // exited
-    }
-  };
-  const own = () => totalUs(selfCpu()) + ownPids.reduce((sum, pid) => sum + cpuOf(pid), 0);
+  const own = [{ name: 'own', roots: () => ownPids }];
   const otherLoad = async () => {
-    const [m0, o0, t0] = [machineCpu(), own(), process.hrtime.bigint()];
+    const before = snapshot(own);
     await sleep(250, signal);
-    return Math.max(0, (machineCpu().busyUs - m0.busyUs - (own() - o0)) / 1e6 / (Number(process.hrtime.bigint() - t0) / 1e9));
+    return perUnit(usageBetween(before, snapshot(own)), 0).otherCores;
   };
   const waits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
   let waitedMs = 0;
@@ -193,25 +185,16 @@ export interface MeasureTiming {
 }
 
 type RunnerOptions = MeasureTiming & { readonly quick: boolean; readonly out: string };
-
-/** What the runner hands every step. */
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
 
-/** The rounds' results, the quiet waits, and the result JSON's `method` block (the timing, the round order, the thresholds, the quiet waits). */
+/**
+ * One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count (anything
+ * but 0 exits 1: "N <what> failed during measurement"), the result file's name instead of the bench's (--perf; no
+ * -quick suffix), the exit status when the errors are 0 (e.g. a failed check).
+ */
 type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
-/** One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count. */
-interface BenchReport {
-  readonly json: Record<string, unknown>;
-  readonly markdown: string;
-  /** Errors over the run: anything but 0 exits 1 ("N <what> failed during measurement"). */
-  readonly errors: number;
-  readonly what: string;
-  /** Result file name instead of the bench's (--perf); no -quick suffix. */
-  readonly file?: string;
-  /** Exit status when the errors are 0 (e.g. a failed check). */
-  readonly status?: number;
-}
+type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   /** `benchmark` in the JSON and the result file's name. */
@@ -230,6 +213,7 @@ export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R
   line(result: R, scenario: string, lab: L): string;
   /** Round options beyond the timing (failSoft is on unless `failSoft: false`). */
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
+  /** `measured.method()`: the result JSON's `method` block (the timing, the round order, the thresholds, the quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
   /** Stops everything (normal end and failures). */
   close(lab: L, o: O, log: Log): Promise<void>;

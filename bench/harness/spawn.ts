@@ -17,19 +17,7 @@ import net from 'node:net';
 
 const pinned = (cpus: string | undefined, command: readonly string[]) => (cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command]);
 
-export interface ManagedProcess {
-  readonly name: string;
-  readonly pid: number;
-  readonly child: ChildProcess;
-  readonly logFile: string;
-  readonly command: readonly string[];
-  exited(): boolean;
-  /** SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after `graceMs`. */
-  stop(graceMs?: number): Promise<void>;
-  /** SIGKILL to the whole process group, synchronously. */
-  kill(): void;
-  tail(lines?: number): string;
-}
+export type ManagedProcess = ReturnType<typeof spawnManaged>;
 
 /** The environment of keyedge children: the embedded token sets SOFTHSM2_CONF itself, and the bench's Node options must not reach the servers it measures. */
 export function childEnv(): NodeJS.ProcessEnv {
@@ -76,6 +64,8 @@ export async function freePort(slice?: number): Promise<number> {
 /**
  * Starts `command` with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there), with
  * `extraEnv` over the bench's child environment; `detached` (the default): its own process group, killed whole.
+ * `stop()`: SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after
+ * `graceMs`; `kill()`: SIGKILL to the whole group, synchronously.
  */
 export function spawnManaged(
   name: string,
@@ -85,7 +75,7 @@ export function spawnManaged(
   cwd: string,
   extraEnv: Readonly<Record<string, string>> = {},
   detached = true,
-): ManagedProcess {
+) {
   const full = pinned(cpus, command);
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
@@ -155,17 +145,11 @@ export function tcpOpen(port: number): Promise<boolean> {
   return new Promise<boolean>((resolve) => socket.once('connect', () => resolve(true)).once('error', () => resolve(false))).finally(() => socket.destroy());
 }
 
-export interface ClientProcess<T> {
-  readonly pid: number;
-  readonly command: readonly string[];
-  exited(): boolean;
-  /** `signal` (if any), then SIGKILL after `graceMs`; resolves with the report or rejects saying why there is none. */
-  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<T>;
-  /** SIGKILL now (cleanup). */
-  kill(): void;
-  /** The report once the client exited on its own or was stopped; rejects when it could not be parsed. */
-  readonly done: Promise<T>;
-}
+/**
+ * `stop(signal)`: `signal` (if any), then SIGKILL after `graceMs`; resolves with the report or rejects saying why there
+ * is none. `done`: the report once the client exited on its own or was stopped; rejects when it could not be parsed.
+ */
+export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
 
 /** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
 export type ClientOutput = {
@@ -183,7 +167,7 @@ export function startClient<T>(
   cpus: string | undefined,
   parse: (out: ClientOutput) => T,
   env: NodeJS.ProcessEnv = process.env,
-): ClientProcess<T> {
+) {
   const full = pinned(cpus, command);
   const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
   let stdout = '';
