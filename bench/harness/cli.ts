@@ -131,7 +131,7 @@ export function pinning(v: { readonly pin: string; readonly 'server-cpus': strin
   return { serverCpus, clientCpus, serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length };
 }
 
-/** The measuring benches' shared options in milliseconds (harness/runner.ts MeasureTiming); ramp-up and settle: [full, quick]. */
+/** The measuring benches' shared options in milliseconds (harness/runner.ts RunnerOptions); ramp-up and settle: [full, quick]. */
 export function timing(
   v: {
     readonly quick: boolean;

@@ -17,6 +17,7 @@
  * Ctrl-C: the first SIGINT/SIGTERM aborts the run's signal, so the bench stops what it started and exits 130; a second
  * one cleans up and exits at once. The cleanup also runs when the process exits.
  */
+import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
 import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type WrittenReport, writeReport } from './report.js';
 import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
@@ -174,26 +175,16 @@ export function exitOnInterrupt(cleanup: () => void): void {
   process.on('SIGINT', () => process.exit(130));
 }
 
-export interface MeasureTiming {
-  readonly rounds: number;
-  readonly warmupMs: number;
-  readonly measureMs: number;
-  readonly rampMs: number;
-  readonly settleMs: number;
-  /** Total time the run may wait for other load to go away (0: never wait). */
-  readonly quietBudgetMs: number;
-}
-
-type RunnerOptions = MeasureTiming & { readonly quick: boolean; readonly out: string };
+/** The shared options of a measuring bench (cli.ts `timing`). */
+type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
+type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
 /**
  * One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count (anything
  * but 0 exits 1: "N <what> failed during measurement"), the result file's name instead of the bench's (--perf; no
  * -quick suffix), the exit status when the errors are 0 (e.g. a failed check).
  */
-type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
-
 type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {

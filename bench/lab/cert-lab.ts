@@ -67,7 +67,7 @@ export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 /**
  * `name`: its config and log are `<dir>/<name>.{json,log}`; `nodeArgs`: Node options for the primary (node:cluster
  * passes them on to the workers), e.g. --cpu-prof; `allowNotReady`: not ready in time resolves with readyMs undefined,
- * the proxy left running, instead of rejecting; `pollMs`: /readyz poll interval.
+ * the proxy left running, instead of rejecting.
  */
 type ProxyStartOptions = {
   readonly name: string;
@@ -75,7 +75,6 @@ type ProxyStartOptions = {
   readonly nodeArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
   readonly allowNotReady?: boolean;
-  readonly pollMs?: number;
 };
 
 export class CertLab extends LabBase {
@@ -169,7 +168,7 @@ export class CertLab extends LabBase {
         else return (await httpGet(`http://127.0.0.1:${admin.port}/readyz`, 2000)).status === 200;
         return true;
       };
-      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
+      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, 20);
       const readyMs = outcome === 'ready' ? performance.now() - started : undefined;
       const stop = async () => {
         await proc.stop(30_000);

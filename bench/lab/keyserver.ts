@@ -158,7 +158,7 @@ export class KeyserverLab {
    * line. Unlike the servers under test it stays in the bench's session and process group, as it always ran here:
    * detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
    */
-  async startServer(options: { readonly nodeArgs?: readonly string[]; readonly timeoutMs?: number } = {}): Promise<KeyserverProcess> {
+  async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
@@ -171,7 +171,7 @@ export class KeyserverLab {
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
     try {
-      await waitFor('key server', () => (ready = jsonLine(logFile, 'key server ready')) !== undefined, options.timeoutMs ?? 30_000, proc, 50);
+      await waitFor('key server', () => (ready = jsonLine(logFile, 'key server ready')) !== undefined, 30_000, proc, 50);
     } catch (err) {
       await stop(500);
       throw err;
@@ -210,9 +210,9 @@ export function connectUnix(path: string): Promise<net.Socket> {
 }
 
 /** A mutual-TLS 1.3 connection to the key server with the lab's client certificate. */
-export async function connectTls(port: number, files: TlsFiles, host = '127.0.0.1'): Promise<tls.TLSSocket> {
+export async function connectTls(port: number, files: TlsFiles): Promise<tls.TLSSocket> {
   const [ca, cert, key] = [files.ca, files.clientCert, files.clientKey].map((file) => readFileSync(file));
-  const socket = await connected(tls.connect({ host, port, servername: files.serverName, ca, cert, key, minVersion: 'TLSv1.3' }), 'secureConnect');
+  const socket = await connected(tls.connect({ host: '127.0.0.1', port, servername: files.serverName, ca, cert, key, minVersion: 'TLSv1.3' }), 'secureConnect');
   if (socket.getProtocol() === 'TLSv1.3') return socket;
   socket.destroy();
   throw new Error(`expected TLSv1.3, negotiated ${socket.getProtocol() ?? 'nothing'}`);
