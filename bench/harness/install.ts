@@ -1,14 +1,10 @@
 /**
- * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): find a binary,
- * or as root with apt-get install what is missing (an `apt-get update` only when the first attempt fails), or say why
- * not; a comparison that cannot run is skipped with that reason, never a crash. apt may start a package's system
- * service (Debian's postinst does unless a policy-rc.d forbids it); the benches run their own instance with their own
- * config, so a service started by an install is stopped again.
- *
- * Other Node majors for the benches' Node servers (--node 20,22,24): the machine's own node stays as it is; another
- * major is the npm package `node@<major>` (the official binaries) installed once into ~/.cache/keyedge-bench/node-<major>,
- * and its binary used in place of process.execPath. The product's native parts are N-API (the keyless bridge) and load
- * on every major; whether they work there is for the run to show (a server that does not start is skipped with its log).
+ * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): found, or as
+ * root apt-get installed (`apt-get update` only when the first attempt fails), or a reason why not: a comparison that
+ * cannot run is skipped with it, never a crash. apt may start a package's service (Debian's postinst does unless a
+ * policy-rc.d forbids it); the benches run their own instance, so it is stopped again. Other Node majors (--node
+ * 20,22,24): the npm package `node@<major>` (the official binaries), installed once into ~/.cache/keyedge-bench; the
+ * product's native parts are N-API and load on every major (a server that does not start is skipped with its log).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -18,7 +14,6 @@ import { join } from 'node:path';
 type Log = (line: string) => void;
 export type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
 
-/** The stdout of `command args`, or undefined when it fails. */
 function output(command: string, args: readonly string[], timeoutMs = 5000): string | undefined {
   try {
     return execFileSync(command, args, { encoding: 'utf8', timeout: timeoutMs, stdio: ['ignore', 'pipe', 'ignore'] });
@@ -116,7 +111,6 @@ export function nodeBinary(major: number, log: Log): string {
   return bin;
 }
 
-/** `v22.23.3 (OpenSSL 3.5.8)` of a node binary. */
 export function nodeVersionOf(bin: string): string {
   return execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();
 }

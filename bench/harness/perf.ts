@@ -78,7 +78,6 @@ export async function summarizePerf(file: string, hz: number, labels: ReadonlyMa
   };
 }
 
-/** Lines summed by `nameOf(line.name)`, largest share first. */
 function merged(lines: readonly PerfLine[], nameOf: (name: string) => string): PerfLine[] {
   const out = new Map<string, PerfLine>();
   for (const l of lines) {

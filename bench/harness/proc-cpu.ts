@@ -42,7 +42,6 @@ function tickUs(): number {
 /** Fields 3.. of a /proc stat file (field n is at n - 3): the command name may hold spaces and ')', so after the last ')'. */
 const statFields = (text: string): string[] => text.slice(text.lastIndexOf(')') + 2).split(' ');
 
-/** utime and stime from a /proc stat file. */
 function parseStat(text: string): CpuTimes {
   const rest = statFields(text);
   const [utime, stime] = [Number(rest[14 - 3]), Number(rest[15 - 3])];
@@ -55,7 +54,6 @@ export function procCpu(pid: number): CpuTimes {
   return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
-/** The thread ids of `pid`; none once it exited. */
 export function taskIds(pid: number): number[] {
   try {
     return readdirSync(`/proc/${pid}/task`).map(Number);
@@ -105,14 +103,12 @@ export function minus(after: Map<string, ThreadTimes>, before: Map<string, Threa
   return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 }
 
-/** CPU time of the main thread and of the other live threads of `pid`. */
 export function threadCpu(pid: number): ThreadCpu {
   const all = [...threads(pid).values()];
   const main = all.find((t) => t.key.startsWith('main ('));
   return { main: { userUs: main?.userUs ?? 0, systemUs: main?.systemUs ?? 0 }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
-/** This process, from process.cpuUsage() (all threads, microseconds). */
 export function selfCpu(): CpuTimes {
   const u = process.cpuUsage();
   return { userUs: u.user, systemUs: u.system };
@@ -135,7 +131,6 @@ export function setAffinity(pid: number, cpus: string): void {
   execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
 }
 
-/** Online CPU ids of the machine, e.g. [0, 1]. */
 export function onlineCpus(): number[] {
   try {
     return readFileSync('/sys/devices/system/cpu/online', 'utf8')

@@ -11,7 +11,6 @@ import { join, resolve } from 'node:path';
 import { versionOf } from './install.js';
 import type { Spread } from './stats.js';
 
-/** Local date as YYYY-MM-DD. */
 export function dateStamp(date = new Date()): string {
   const pad = (n: number) => String(n).padStart(2, '0');
   return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
@@ -42,7 +41,6 @@ export function writeReport(outDir: string, name: string, json: unknown, markdow
   return { jsonPath, markdownPath };
 }
 
-/** Formats a number with thousands separators and fixed decimals, for tables. */
 export function fmt(value: number, decimals = 0): string {
   if (!Number.isFinite(value)) return '–';
   return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
@@ -57,7 +55,6 @@ export const minMax = (values: readonly number[], decimals = 0): string => `${fm
 /** "1 worker", "2 workers". */
 export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 
-/** One column of a table: its header, its alignment and its cell for a row. */
 export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];
 
 /** A Markdown table from column specs (header, alignment and cell side by side); `extra` rows go after, as given. */

@@ -1,21 +1,16 @@
 /**
- * The declarative runner of the measuring benches (keyserver-sign, handshake, keepalive), and what they share around
- * their own runs. A bench is a `MeasuringBench` (its options, how to set up and tear down its lab, its scenarios, its
- * progress line, its report) and `runMeasuring` does the rest the same way for all: parse the command line, Ctrl-C and
- * cleanup, warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the result JSON's common fields,
- * `<date>-<name>` (`-quick` under --quick: a quick run never overwrites the day's full results) and the exit status.
- * What one run measures stays in each bench.
+ * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench` (options, lab
+ * set-up and tear-down, scenarios, progress line, report); `runMeasuring` does the rest alike for all: command line,
+ * Ctrl-C (the first aborts the run, which stops what it started and exits 130; a second kills and exits at once),
+ * warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the JSON's common fields, `<date>-<name>`
+ * (`-quick` under --quick: a quick run never overwrites the day's full results) and the exit status.
  *
  * Clean rounds: a window during which other processes used more than CONTENDED_CORES counts as contended; a scenario's
  * medians use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †).
  *
- * Quiet waits: on a shared machine other workloads come and go; a window measured while something else takes a core
- * says little about the code under test. Between runs our own processes are idle, so whatever CPU the machine spends
- * then belongs to someone else: sample it (250 ms) until it is below 0.25 cores. One time budget covers the whole run,
- * so a machine that stays busy costs a bounded delay and still gets measured (the windows say so).
- *
- * Ctrl-C: the first SIGINT/SIGTERM aborts the run's signal, so the bench stops what it started and exits 130; a second
- * one cleans up and exits at once. The cleanup also runs when the process exits.
+ * Quiet waits: a window measured while another workload takes a core says little about the code under test. Between
+ * runs our own processes are idle, so the machine's CPU then is someone else's: sample it (250 ms) until it is below
+ * 0.25 cores. One budget covers the whole run: a machine that stays busy costs a bounded delay and still gets measured.
  */
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
@@ -175,7 +170,6 @@ export function exitOnInterrupt(cleanup: () => void): void {
   process.on('SIGINT', () => process.exit(130));
 }
 
-/** The shared options of a measuring bench (cli.ts `timing`). */
 type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
 type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
@@ -197,7 +191,6 @@ export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R
   scenarios(lab: L, o: O, env: RunEnv): Promise<S[]>;
   /** Our own processes (not "other load" for the quiet wait). */
   ownPids(lab: L): number[];
-  /** The line logged before the rounds. */
   plan(o: O, scenarios: readonly S[]): string;
   /** The figures of one run in a progress line, after "round N <scenario>" padded to `pad`. */
   readonly pad: number;
@@ -206,7 +199,6 @@ export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
   /** `measured.method()`: the result JSON's `method` block (the timing, the round order, the thresholds, the quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
-  /** Stops everything (normal end and failures). */
   close(lab: L, o: O, log: Log): Promise<void>;
   /** Kills everything at once (Ctrl-C twice, process exit). */
   kill(lab: L, o: O): void;

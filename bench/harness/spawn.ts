@@ -1,15 +1,13 @@
 /**
  * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests,
- * test/helpers/proxy-lab.ts); servers started detached as their own process group (so a cluster primary and its
- * workers, or nginx and its helpers, die together), readiness polling (a ready line in a JSON log), a small HTTP GET for
- * admin endpoints; and load clients (ab, autocannon, h2load) run as their own process, their report parsed once they
- * exit.
+ * test/helpers/proxy-lab.ts); servers started detached as their own process group (a cluster primary and its workers,
+ * nginx and its helpers, die together), readiness polling, a small HTTP GET for admin endpoints; and load clients (ab,
+ * autocannon, h2load), their report parsed once they exit. Both are pinned with taskset when given CPUs (it execs the
+ * command: the pid is the program's, /proc gives its CPU).
  *
- * Both are pinned with taskset when given CPUs (taskset execs the command, so the pid is the program's and /proc gives
- * its CPU). Every wait on a client is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or
- * hang (ab against nginx + p11-kit). `stop()` sends the client's report signal (ab: SIGINT) or none (autocannon and
- * h2load run for a fixed time), waits `graceMs` for it to exit, then SIGKILLs it; `done` then rejects, and
- * harness/rounds.ts records that round of that scenario as failed instead of ending the run.
+ * Every wait on a client is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or hang (ab
+ * against nginx + p11-kit). `stop()` sends its report signal (ab: SIGINT) or none (autocannon, h2load run for a fixed
+ * time), waits `graceMs`, then SIGKILLs it; `done` rejects, and rounds.ts records that round as failed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
@@ -160,7 +158,6 @@ export type ClientOutput = {
   readonly signal: NodeJS.Signals | null;
 };
 
-/** A load client pinned to `cpus`, its output collected and `parse`d once it exits. */
 export function startClient<T>(
   name: string,
   command: readonly string[],

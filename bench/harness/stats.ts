@@ -24,7 +24,6 @@ function percentile(sorted: ArrayLike<number>, p: number): number {
 /** Median, min, max, n and spreadPct = (max - min) / median in percent: how far apart the rounds were. */
 export type Spread = { readonly median: number; readonly min: number; readonly max: number; readonly spreadPct: number; readonly n: number };
 
-/** The Spread of per-round figures (non-finite ones left out). */
 export function spread(values: readonly number[]): Spread {
   const finite = values.filter((v) => Number.isFinite(v));
   const [m, min, max] = finite.length > 0 ? [median(finite), Math.min(...finite), Math.max(...finite)] : [Number.NaN, Number.NaN, Number.NaN];
@@ -88,7 +87,6 @@ export abstract class ClosedLoop {
   protected outstanding = 0;
   #drained: (() => void) | undefined;
 
-  /** Starts (or restarts, after stop() resolved) the loops. */
   start(): void {
     this.stopped = false;
     this.#drained = undefined;
@@ -97,7 +95,6 @@ export abstract class ClosedLoop {
 
   protected abstract begin(): void;
 
-  /** One operation ended: `error` undefined when it succeeded. */
   protected done(startNs: number, error: string | undefined): void {
     if (error === undefined) {
       this.completed++;

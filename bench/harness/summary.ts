@@ -20,7 +20,6 @@ export interface SummaryRow {
   readonly bench: string;
   /** Stable id within the benchmark (what `compare` matches on). */
   readonly scenario: string;
-  /** Human title. */
   readonly label: string;
   readonly unit: WorkUnit;
   /** Units per second (median over rounds); NaN when skipped. */
@@ -116,7 +115,6 @@ export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' 
   return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-/** The row of a scenario that did not run. */
 export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
   return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
 }

@@ -95,7 +95,6 @@ export class CertLab extends LabBase {
     writeFileSync(this.tokenFile, `${this.token}\n`, { mode: 0o600 });
   }
 
-  /** Makes the temp dir and the keys, starts the key server and the origin. */
   static async start(keys: readonly Omit<LabKey, 'keyId' | 'spki'>[], log: (line: string) => void): Promise<CertLab> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-certs-', tokenLabel: 'keyedge-certs' });
     let lab: CertLab | undefined;

@@ -57,7 +57,6 @@ export class LabPki {
     writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(this.caFile, 'utf8'));
   }
 
-  /** A certificate for the token key `label` (its CSR signed inside the token). */
   async tokenCert(keyserverLab: KeyserverLab, label: string, serverName: string, name: string): Promise<void> {
     await keyserverLab.key('csr', '--key', label, '--domain', serverName, '--out', join(this.dir, `${name}.csr`));
     this.#issue(name);
@@ -204,7 +203,6 @@ function connected<S extends net.Socket>(socket: S, event: string): Promise<S> {
   });
 }
 
-/** A connected unix-socket stream to the key server. */
 export function connectUnix(path: string): Promise<net.Socket> {
   return connected(net.connect(path), 'connect');
 }
