@@ -31,7 +31,7 @@ export function spread(values: readonly number[]): Spread {
 }
 
 /** Per-request latencies in µs, appended to a growing Float64Array (no per-sample object), sorted once at the end. */
-export class LatencyRecorder {
+class LatencyRecorder {
   #samples = new Float64Array(1 << 14);
   count = 0;
 

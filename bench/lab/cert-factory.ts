@@ -62,7 +62,7 @@ function certificate(
 }
 
 /** An issued leaf; `serial` in upper-case hex, as node:tls reports a peer certificate's serialNumber. */
-export type IssuedLeaf = { readonly pem: string; readonly serial: string };
+type IssuedLeaf = { readonly pem: string; readonly serial: string };
 
 /** A throwaway CA, used from one thread; `issue` is synchronous. */
 export class BenchCa {

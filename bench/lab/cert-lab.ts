@@ -23,7 +23,7 @@ export type LabKey = { readonly id: string; readonly title: string; readonly typ
 export type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
 
 /** Reads a proxy's log file as it grows; a line that is not JSON (a crash trace) is kept as `{ msg: text }`. */
-export class ProxyLog {
+class ProxyLog {
   readonly lines: LogLine[] = [];
   #offset = 0;
   #pending = '';

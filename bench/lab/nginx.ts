@@ -67,7 +67,7 @@ export async function readNginxStatus(statusPort: number) {
 const INTERMEDIATE_CIPHERS =
   'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305';
 
-export interface NginxLabOptions {
+interface NginxLabOptions {
   readonly dir: string;
   readonly tools: NonNullable<NginxTools>;
   readonly variants: readonly NginxVariant[];
