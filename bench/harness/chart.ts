@@ -6,9 +6,6 @@
  */
 import type { SummaryRow, WorkUnit } from './summary.js';
 
-/** The subtitle is one line under the title, e.g. the machine and date. */
-export type ChartInput = { readonly title: string; readonly subtitle?: string; readonly rows: readonly SummaryRow[] };
-
 /** Text for XML character data and attribute values. */
 export function escapeXml(text: string): string {
   return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
@@ -27,56 +24,45 @@ const GROUP_TITLE: Record<string, string> = {
 };
 
 const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948'];
+const [LABEL, PANEL, VALUE, GAP, MARGIN, ROW] = [300, 300, 110, 24, 16, 22];
 
-const W = { label: 300, panel: 300, value: 110, gap: 24, margin: 16 };
-const ROW = 22;
-/** A group's heading line and its axis line. */
-const GROUP_HEAD = 44;
-const TOP = 64;
+/** Whole numbers from 10 up, one decimal below. */
+const formatValue = (v: number): string =>
+  Number.isFinite(v) ? v.toLocaleString('en-US', { minimumFractionDigits: v < 10 ? 1 : 0, maximumFractionDigits: v < 10 ? 1 : 0 }) : '–';
 
-function formatValue(value: number): string {
-  if (!Number.isFinite(value)) return '–';
-  const decimals = value < 10 ? 1 : 0;
-  return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
-}
-
-/** The SVG document for `input`; rows keep their order within each group, groups their first appearance. */
-export function renderChart(input: ChartInput): string {
+/** The SVG document for a title, an optional subtitle (one line, e.g. the machine and date) and rows; rows keep their order within each group, groups their first appearance. */
+export function renderChart(input: { readonly title: string; readonly subtitle?: string; readonly rows: readonly SummaryRow[] }): string {
   const groups = new Map<string, SummaryRow[]>();
   for (const row of input.rows) groups.set(row.bench, [...(groups.get(row.bench) ?? []), row]);
-  const panelX: readonly [number, number] = [W.margin + W.label, W.margin + W.label + W.panel + W.value + W.gap];
-  const width = panelX[1] + W.panel + W.value + W.margin;
+  const panelX = [MARGIN + LABEL, MARGIN + LABEL + PANEL + VALUE + GAP] as const;
+  const width = panelX[1] + PANEL + VALUE + MARGIN;
   const out: string[] = [];
-  let y = TOP;
-  let colour = 0;
-  for (const [bench, rows] of groups) {
-    const fill = PALETTE[colour++ % PALETTE.length]!;
+  let y = 64;
+  for (const [i, [bench, rows]] of [...groups].entries()) {
+    const fill = PALETTE[i % PALETTE.length]!;
     const unit = UNIT_SHORT[rows[0]!.unit];
-    const maxRate = Math.max(0, ...rows.map((r) => (Number.isFinite(r.rate) ? r.rate : 0)));
-    const maxCpu = Math.max(0, ...rows.map((r) => (Number.isFinite(r.serverCpuUs) ? r.serverCpuUs : 0)));
-    y += 8;
-    out.push(`<text x="${W.margin}" y="${y + 14}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);
-    out.push(`<text x="${panelX[0]}" y="${y + 32}" class="axis">${escapeXml(unit.rate)} (higher is better)</text>`);
-    out.push(`<text x="${panelX[1]}" y="${y + 32}" class="axis">server CPU ${escapeXml(unit.cpu)} (lower is better)</text>`);
-    y += GROUP_HEAD - 8;
+    const max = (f: (r: SummaryRow) => number) => Math.max(0, ...rows.map((r) => (Number.isFinite(f(r)) ? f(r) : 0)));
+    const [maxRate, maxCpu] = [max((r) => r.rate), max((r) => r.serverCpuUs)];
+    out.push(`<text x="${MARGIN}" y="${y + 22}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);
+    out.push(`<text x="${panelX[0]}" y="${y + 40}" class="axis">${escapeXml(unit.rate)} (higher is better)</text>`);
+    out.push(`<text x="${panelX[1]}" y="${y + 40}" class="axis">server CPU ${escapeXml(unit.cpu)} (lower is better)</text>`);
+    y += 44;
     for (const row of rows) {
       const mid = y + ROW / 2;
+      const skipped = row.skipped === undefined ? '' : ` (skipped: ${row.skipped})`;
       out.push(`<g class="row" data-scenario="${escapeXml(`${row.bench}/${row.scenario}`)}">`);
-      out.push(
-        `<title>${escapeXml(`${row.label}: ${formatValue(row.rate)} ${unit.rate}, ${formatValue(row.serverCpuUs)} ${unit.cpu}${row.skipped === undefined ? '' : ` (skipped: ${row.skipped})`}`)}</title>`,
-      );
+      out.push(`<title>${escapeXml(`${row.label}: ${formatValue(row.rate)} ${unit.rate}, ${formatValue(row.serverCpuUs)} ${unit.cpu}${skipped}`)}</title>`);
       out.push(`<text x="${panelX[0] - 8}" y="${mid + 4}" class="label" text-anchor="end">${escapeXml(row.label)}</text>`);
       if (row.skipped !== undefined) {
-        out.push(
-          `<text x="${panelX[0]}" y="${mid + 4}" class="skipped">skipped: ${escapeXml(row.skipped.length > 90 ? `${row.skipped.slice(0, 87)}…` : row.skipped)}</text>`,
-        );
+        const reason = row.skipped.length > 90 ? `${row.skipped.slice(0, 87)}…` : row.skipped;
+        out.push(`<text x="${panelX[0]}" y="${mid + 4}" class="skipped">skipped: ${escapeXml(reason)}</text>`);
       } else {
-        const bars: [number, number, number, string][] = [
+        const bars = [
           [panelX[0], row.rate, maxRate, `${formatValue(row.rate)}${row.clientSaturated ? ' (≥)' : ''}`],
           [panelX[1], row.serverCpuUs, maxCpu, formatValue(row.serverCpuUs)],
-        ];
+        ] as const;
         for (const [x, value, max, text] of bars) {
-          const len = Number.isFinite(value) && max > 0 ? Math.max(1, (value / max) * W.panel) : 0;
+          const len = Number.isFinite(value) && max > 0 ? Math.max(1, (value / max) * PANEL) : 0;
           out.push(`<rect x="${x}" y="${y + 3}" width="${len.toFixed(1)}" height="${ROW - 6}" fill="${fill}" rx="2"/>`);
           out.push(`<text x="${(x + len + 5).toFixed(1)}" y="${mid + 4}" class="value">${escapeXml(text)}</text>`);
         }
@@ -87,18 +73,18 @@ export function renderChart(input: ChartInput): string {
   }
   const height = y + 34;
   const footer = 'Bars are scaled within each benchmark. "(≥)": the client saturated its core, so the rate is a lower bound.';
+  const style =
+    'text{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:12px;fill:#24292f}.title{font-size:16px;font-weight:600}.subtitle{fill:#57606a}' +
+    '.group{font-weight:600}.axis{fill:#57606a;font-size:11px}.value{font-variant-numeric:tabular-nums}.skipped{fill:#9a6700;font-style:italic}';
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeXml(input.title)}">`,
     `<title>${escapeXml(input.title)}</title>`,
-    '<style>text{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:12px;fill:#24292f}.title{font-size:16px;font-weight:600}.subtitle{fill:#57606a}.group{font-weight:600}.axis{fill:#57606a;font-size:11px}.value{font-variant-numeric:tabular-nums}.skipped{fill:#9a6700;font-style:italic}</style>',
+    `<style>${style}</style>`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
-    `<text x="${W.margin}" y="26" class="title">${escapeXml(input.title)}</text>`,
-    input.subtitle === undefined ? '' : `<text x="${W.margin}" y="46" class="subtitle">${escapeXml(input.subtitle)}</text>`,
+    `<text x="${MARGIN}" y="26" class="title">${escapeXml(input.title)}</text>`,
+    ...(input.subtitle === undefined ? [] : [`<text x="${MARGIN}" y="46" class="subtitle">${escapeXml(input.subtitle)}</text>`]),
     ...out,
-    `<text x="${W.margin}" y="${height - 12}" class="axis">${escapeXml(footer)}</text>`,
+    `<text x="${MARGIN}" y="${height - 12}" class="axis">${escapeXml(footer)}</text>`,
     '</svg>',
-    '',
-  ]
-    .filter((line) => line !== '')
-    .join('\n');
+  ].join('\n');
 }

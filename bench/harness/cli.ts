@@ -5,18 +5,15 @@
  * table, so usage and parser never drift. A value given in `quick` applies under --quick when the flag is absent.
  */
 import { parseArgs } from 'node:util';
-import { onlineCpus } from './procs.js';
+import { onlineCpus } from './proc-cpu.js';
 
 /** One option: its kind, its --help text and the placeholder shown after the flag (N, SEC, LIST). */
-interface BaseOpt {
-  readonly help: string;
-  readonly arg?: string;
-}
-export type FlagOpt = BaseOpt & { readonly kind: 'flag' };
-export type NumberOpt = BaseOpt & { readonly kind: 'number'; readonly def?: number; readonly quick?: number; readonly min: number; readonly integer?: boolean };
-export type StringOpt = BaseOpt & { readonly kind: 'string'; readonly def?: string; readonly quick?: string; readonly choices?: readonly string[] };
-export type Opt = FlagOpt | NumberOpt | StringOpt;
-export type OptTable = Readonly<Record<string, Opt>>;
+type BaseOpt = { readonly help: string; readonly arg?: string };
+type FlagOpt = BaseOpt & { readonly kind: 'flag' };
+type NumberOpt = BaseOpt & { readonly kind: 'number'; readonly def?: number; readonly quick?: number; readonly min: number; readonly integer?: boolean };
+type StringOpt = BaseOpt & { readonly kind: 'string'; readonly def?: string; readonly quick?: string; readonly choices?: readonly string[] };
+type Opt = FlagOpt | NumberOpt | StringOpt;
+type OptTable = Readonly<Record<string, Opt>>;
 
 type ValueOf<O> = O extends FlagOpt
   ? boolean
@@ -27,7 +24,7 @@ type ValueOf<O> = O extends FlagOpt
       : O extends { def: string }
         ? string
         : string | undefined;
-export type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
+type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
 
 /** Shared entries; a bench calls the functions with its own defaults. */
 export const std = {
@@ -98,12 +95,11 @@ export function parseCli<T extends OptTable>(command: string, table: T, argv: re
   const out: Record<string, unknown> = {};
   for (const [name, opt] of Object.entries(table)) {
     const given = values[name];
-    const fallback = opt.kind !== 'flag' && values.quick === true && opt.quick !== undefined ? opt.quick : opt.kind === 'flag' ? false : opt.def;
     if (opt.kind === 'flag') out[name] = given === true;
-    else if (opt.kind === 'number') out[name] = typeof given === 'string' ? numberOption(given, `--${name}`, 0, opt.min, opt.integer) : fallback;
+    else if (typeof given === 'string' && opt.kind === 'number') out[name] = numberOption(given, `--${name}`, 0, opt.min, opt.integer);
     else {
-      const value = typeof given === 'string' ? given : fallback;
-      if (typeof value === 'string' && opt.choices !== undefined && !opt.choices.includes(value))
+      const value = typeof given === 'string' ? given : values.quick === true && opt.quick !== undefined ? opt.quick : opt.def;
+      if (opt.kind === 'string' && value !== undefined && opt.choices !== undefined && !opt.choices.includes(value as string))
         throw new Error(`--${name} takes ${opt.choices.join(', ')}; got '${value}'`);
       out[name] = value;
     }
@@ -126,24 +122,16 @@ export function listOf<T extends string>(value: string, name: string, known: rea
   return [...new Set(items as T[])];
 }
 
-/** Where servers and clients run: --server-cpus/--client-cpus, else --pin auto splits the online CPUs (last one for clients). */
-export function pinning(values: { readonly pin: string; readonly 'server-cpus': string | undefined; readonly 'client-cpus': string | undefined }): {
-  readonly serverCpus: string | undefined;
-  readonly clientCpus: string | undefined;
-  /** CPUs the servers may use. */
-  readonly serverCpuCount: number;
-} {
+/** Where servers and clients run: --server-cpus/--client-cpus, else --pin auto splits the online CPUs (last one for clients); `serverCpuCount`: CPUs the servers may use. */
+export function pinning(v: { readonly pin: string; readonly 'server-cpus': string | undefined; readonly 'client-cpus': string | undefined }) {
   const cpus = onlineCpus();
-  const auto = values.pin === 'auto' && cpus.length >= 2;
-  const serverCpus = values['server-cpus'] ?? (auto ? cpus.slice(0, -1).join(',') : undefined);
-  return {
-    serverCpus,
-    clientCpus: values['client-cpus'] ?? (auto ? String(cpus[cpus.length - 1]) : undefined),
-    serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length,
-  };
+  const auto = v.pin === 'auto' && cpus.length >= 2;
+  const serverCpus = v['server-cpus'] ?? (auto ? cpus.slice(0, -1).join(',') : undefined);
+  const clientCpus = v['client-cpus'] ?? (auto ? String(cpus[cpus.length - 1]) : undefined);
+  return { serverCpus, clientCpus, serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length };
 }
 
-/** The measuring benches' shared options in milliseconds (harness/bench.ts MeasureTiming); ramp-up and settle: [full, quick]. */
+/** The measuring benches' shared options in milliseconds (harness/runner.ts RunnerOptions); ramp-up and settle: [full, quick]. */
 export function timing(
   v: {
     readonly quick: boolean;
@@ -156,14 +144,15 @@ export function timing(
   rampMs: readonly [number, number],
   settleMs: readonly [number, number],
 ) {
+  const pick = v.quick ? 1 : 0;
   return {
     quick: v.quick,
     out: v.out,
     rounds: v.rounds,
     measureMs: v.measure * 1000,
     warmupMs: v.warmup * 1000,
-    rampMs: v.quick ? rampMs[1] : rampMs[0],
-    settleMs: v.quick ? settleMs[1] : settleMs[0],
+    rampMs: rampMs[pick],
+    settleMs: settleMs[pick],
     /** Total time the run may wait for other load to go away before measurements (0: never wait). */
     quietBudgetMs: v['quiet-wait'] * 1000,
   };

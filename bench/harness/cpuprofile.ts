@@ -10,17 +10,10 @@
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
 
-export interface CallFrame {
-  readonly functionName: string;
-  readonly url: string;
-  readonly lineNumber: number;
-  readonly columnNumber: number;
-}
-
-export type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
-
+export type CallFrame = { readonly functionName: string; readonly url: string; readonly lineNumber: number; readonly columnNumber: number };
+type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
 /** `startTime` is µs on V8's monotonic clock: on Linux CLOCK_MONOTONIC, the clock of process.hrtime() in any process. */
-export type CpuProfile = {
+type CpuProfile = {
   readonly nodes: readonly ProfileNode[];
   readonly startTime: number;
   readonly samples: readonly number[];
@@ -31,46 +24,29 @@ export type CpuProfile = {
 export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
 
 /** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */
-export interface FunctionCost {
-  readonly function: string;
-  readonly selfUs: number;
-  readonly inclusiveUs: number;
-  readonly selfPct: number;
-  readonly inclusivePct: number;
-}
-
-/** Non-idle and idle sampled time, µs, and the cost of every function. */
-export type ProfileSummary = { readonly busyUs: number; readonly idleUs: number; readonly functions: readonly FunctionCost[] };
-
-function frameKey(frame: CallFrame, root: string | undefined): string {
-  const name = frame.functionName === '' ? '(anonymous)' : frame.functionName;
-  if (frame.url === '') return name;
-  let file = frame.url.replace(/^file:\/\//, '');
-  if (root !== undefined && file.startsWith(root)) file = relative(root, file);
-  return `${name} ${file}:${frame.lineNumber + 1}`;
-}
+export type FunctionCost = ReturnType<typeof summarizeProfile>['functions'][number];
 
 /** The profile at `path` with its nodes by id and each node's parent id. */
 export function readProfile(path: string): { profile: CpuProfile; byId: Map<number, ProfileNode>; parent: Map<number, number> } {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
-  const byId = new Map<number, ProfileNode>();
-  const parent = new Map<number, number>();
-  for (const node of profile.nodes) {
-    byId.set(node.id, node);
-    for (const child of node.children ?? []) parent.set(child, node.id);
-  }
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
+  const parent = new Map(profile.nodes.flatMap((node) => (node.children ?? []).map((child) => [child, node.id] as const)));
   return { profile, byId, parent };
 }
 
 /** Self and inclusive time per function of the profile at `path`, most expensive (self) first; only samples inside `window` when given. */
-export function summarizeProfile(path: string, root?: string, window?: ProfileWindow): ProfileSummary {
+export function summarizeProfile(path: string, root?: string, window?: ProfileWindow) {
   const { profile, byId, parent } = readProfile(path);
+  const keyOf = ({ functionName, url, lineNumber }: CallFrame) => {
+    const file = url.replace(/^file:\/\//, '');
+    const shown = root !== undefined && file.startsWith(root) ? relative(root, file) : file;
+    return `${functionName || '(anonymous)'}${url === '' ? '' : ` ${shown}:${lineNumber + 1}`}`;
+  };
   const self = new Map<string, number>();
   const inclusive = new Map<string, number>();
-  let busyUs = 0;
-  let idleUs = 0;
+  const addTo = (map: Map<string, number>, key: string, us: number) => map.set(key, (map.get(key) ?? 0) + us);
+  let [busyUs, idleUs, at] = [0, 0, profile.startTime];
   const n = profile.samples.length;
-  let at = profile.startTime;
   for (let i = 0; i < n; i++) {
     // The delta before sample i+1 is how long sample i's stack was current.
     const dt = i + 1 < n ? Math.max(0, profile.timeDeltas[i + 1]!) : 0;
@@ -83,23 +59,17 @@ export function summarizeProfile(path: string, root?: string, window?: ProfileWi
       continue;
     }
     busyUs += dt;
-    const leafKey = frameKey(leaf.callFrame, root);
-    self.set(leafKey, (self.get(leafKey) ?? 0) + dt);
-    const seen = new Set<string>();
-    for (let id: number | undefined = leaf.id; id !== undefined; id = parent.get(id)) {
-      const node = byId.get(id)!;
-      if (node.callFrame.functionName === '(root)') break;
-      const key = frameKey(node.callFrame, root);
-      if (seen.has(key)) continue; // recursion: count a sample once per function
+    addTo(self, keyOf(leaf.callFrame), dt);
+    const seen = new Set<string>(); // recursion: a sample counts once per function
+    for (let id: number | undefined = leaf.id; id !== undefined && byId.get(id)!.callFrame.functionName !== '(root)'; id = parent.get(id)) {
+      const key = keyOf(byId.get(id)!.callFrame);
+      if (!seen.has(key)) addTo(inclusive, key, dt);
       seen.add(key);
-      inclusive.set(key, (inclusive.get(key) ?? 0) + dt);
     }
   }
-  const functions = [...inclusive.keys()].map((key) => {
+  const functions = [...inclusive].map(([key, inc]) => {
     const s = self.get(key) ?? 0;
-    const inc = inclusive.get(key) ?? 0;
     return { function: key, selfUs: s, inclusiveUs: inc, selfPct: (s / busyUs) * 100, inclusivePct: (inc / busyUs) * 100 };
   });
-  functions.sort((a, b) => b.selfUs - a.selfUs);
-  return { busyUs, idleUs, functions };
+  return { busyUs, idleUs, functions: functions.sort((a, b) => b.selfUs - a.selfUs) };
 }

@@ -1,61 +1,50 @@
 /**
- * The benchmarks' one installer of Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): find a
- * binary, or as root with apt-get install what is missing (an `apt-get update` only when the first attempt fails), or
- * say why not. A comparison that cannot run is skipped with that reason, never a crash. apt may start a package's
- * system service (Debian's postinst does unless a policy-rc.d forbids it); the benches run their own instance with
- * their own config, so a service started by an install is stopped again.
+ * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): found, or as
+ * root apt-get installed (`apt-get update` only when the first attempt fails), or a reason why not: a comparison that
+ * cannot run is skipped with it, never a crash. apt may start a package's service (Debian's postinst does unless a
+ * policy-rc.d forbids it); the benches run their own instance, so it is stopped again. Other Node majors (--node
+ * 20,22,24): the npm package `node@<major>` (the official binaries), installed once into ~/.cache/keyedge-bench; the
+ * product's native parts are N-API and load on every major (a server that does not start is skipped with its log).
  */
 import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 
+type Log = (line: string) => void;
 export type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
 
-/** The absolute path of `binary` on PATH (or in /usr/sbin, which a non-root PATH may lack), or undefined. */
-export function which(binary: string): string | undefined {
+function output(command: string, args: readonly string[], timeoutMs = 5000): string | undefined {
   try {
-    const out = execFileSync('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary], {
-      encoding: 'utf8',
-      timeout: 5000,
-    }).trim();
-    return out === '' ? undefined : out;
+    return execFileSync(command, args, { encoding: 'utf8', timeout: timeoutMs, stdio: ['ignore', 'pipe', 'ignore'] });
   } catch {
     return undefined;
   }
 }
 
-export function isInstalled(pkg: string): boolean {
-  try {
-    return /Status: install ok installed/.test(execFileSync('dpkg', ['-s', pkg], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
-  } catch {
-    return false;
-  }
+/** The absolute path of `binary` on PATH (or in /usr/sbin, which a non-root PATH may lack), or undefined. */
+export function which(binary: string): string | undefined {
+  return output('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary])?.trim() || undefined;
+}
+
+/** First line of `binary args` (a version string; nginx -v writes to stderr), or undefined. */
+export function versionOf(binary: string, args: readonly string[]): string | undefined {
+  return (
+    output('sh', ['-c', '"$0" "$@" 2>&1', binary, ...args])
+      ?.split('\n')[0]
+      ?.trim() || undefined
+  );
 }
 
 function run(command: string, args: readonly string[]): void {
   execFileSync(command, args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
 }
 
-/** Stops the system service apt may have started; best effort (a container without an init system is fine). */
-function stopSystemService(service: string): void {
-  const ways: [string, string[]][] = [
-    ['systemctl', ['stop', service]],
-    ['service', [service, 'stop']],
-  ];
-  for (const [command, args] of ways) {
-    if (which(command) === undefined) continue;
-    try {
-      return run(command, args);
-    } catch {
-      // not running, or this init system does not manage it: try the next way
-    }
-  }
-}
-
-/** Installs the packages of `packages` not installed yet; undefined when done, else why not. `services`: stopped after. */
-export function aptInstall(packages: readonly string[], log: (line: string) => void, services: readonly string[] = []): string | undefined {
-  const missing = packages.filter((p) => !isInstalled(p));
+/** Installs the packages of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
+export function aptInstall(packages: readonly string[], log: Log, services: readonly string[] = []): string | undefined {
+  const missing = packages.filter((p) => !/Status: install ok installed/.test(output('dpkg', ['-s', p], 10_000) ?? ''));
   if (missing.length === 0) return undefined;
-  const hint = `install with: apt-get install -y ${missing.join(' ')}`;
-  if (process.getuid?.() !== 0) return `not root (${hint})`;
+  if (process.getuid?.() !== 0) return `not root (install with: apt-get install -y ${missing.join(' ')})`;
   if (which('apt-get') === undefined) return `no apt-get to install ${missing.join(' ')}`;
   const args = ['install', '-y', '-qq', '--no-install-recommends', ...missing];
   log(`installing ${missing.join(' ')} (apt-get)`);
@@ -71,12 +60,24 @@ export function aptInstall(packages: readonly string[], log: (line: string) => v
     const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim().split('\n').slice(-2).join(' ') ?? '';
     return `installing ${missing.join(' ')} failed: ${stderr || (err as Error).message}`;
   }
-  for (const s of services) stopSystemService(s);
+  // A container without an init system is fine: not running, or not this init system's: try the next way.
+  for (const service of services) {
+    for (const [command, ...args] of [
+      ['systemctl', 'stop', service],
+      ['service', service, 'stop'],
+    ] as const) {
+      if (which(command) === undefined) continue;
+      try {
+        run(command, args);
+        break;
+      } catch {}
+    }
+  }
   return undefined;
 }
 
 /** `binary` from PATH; when missing and `install` is true, installs `aptPackage` (and stops the service it may start). */
-export function findOrInstall(binary: string, aptPackage: string, install: boolean, log: (line: string) => void): Found {
+export function findOrInstall(binary: string, aptPackage: string, install: boolean, log: Log): Found {
   const present = which(binary);
   if (present !== undefined) return { ok: true, path: present };
   if (!install) return { ok: false, reason: `${binary} is not installed (install it with: apt-get install -y ${aptPackage})` };
@@ -86,12 +87,30 @@ export function findOrInstall(binary: string, aptPackage: string, install: boole
   return installed === undefined ? { ok: false, reason: `${aptPackage} was installed but ${binary} is still not found` } : { ok: true, path: installed };
 }
 
-/** First line of `binary args` (a version string; nginx -v writes to stderr), or undefined. */
-export function versionOf(binary: string, args: readonly string[]): string | undefined {
-  try {
-    const out = execFileSync('sh', ['-c', '"$0" "$@" 2>&1', binary, ...args], { encoding: 'utf8', timeout: 5000 });
-    return out.split('\n')[0]?.trim() || undefined;
-  } catch {
-    return undefined;
+export const OWN_MAJOR = Number(process.versions.node.split('.')[0]);
+
+export function parseMajors(list: string | undefined): number[] {
+  if (list === undefined) return [OWN_MAJOR];
+  const majors = list.split(',').map((s) => Number(s.trim()));
+  for (const m of majors) if (!Number.isInteger(m) || m < 18) throw new Error(`--node takes Node majors such as 20,22,24; got '${list}'`);
+  return [...new Set(majors)];
+}
+
+/** The node binary of `major`: this process's own, or the npm package's (installed on first use). */
+export function nodeBinary(major: number, log: Log): string {
+  if (major === OWN_MAJOR) return process.execPath;
+  const dir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'keyedge-bench', `node-${major}`);
+  const bin = join(dir, 'node_modules', 'node', 'bin', 'node');
+  if (!existsSync(bin)) {
+    log(`installing Node ${major} (npm install --prefix ${dir} node@${major})`);
+    mkdirSync(dir, { recursive: true });
+    const args = ['install', '--no-save', '--no-audit', '--no-fund', '--loglevel=error', '--prefix', dir, `node@${major}`];
+    execFileSync('npm', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 600_000 });
+    if (!existsSync(bin)) throw new Error(`npm installed node@${major} but ${bin} is missing`);
   }
+  return bin;
+}
+
+export function nodeVersionOf(bin: string): string {
+  return execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();
 }

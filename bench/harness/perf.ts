@@ -9,10 +9,9 @@
  * `removePerfMaps` deletes them.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { readdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { promisify } from 'node:util';
-
-const execFileAsync = promisify(execFile);
+import { taskIds } from './proc-cpu.js';
 
 export function havePerf(): boolean {
   try {
@@ -23,16 +22,10 @@ export function havePerf(): boolean {
   }
 }
 
-export interface PerfRecording {
-  /** Resolves when perf has written its file. */
-  readonly done: Promise<void>;
-}
-
-/** `perf record -F hz -g -p pids -o file -- sleep seconds`. */
-export function perfRecord(pids: readonly number[], file: string, seconds: number, hz: number): PerfRecording {
-  const child = spawn('perf', ['record', '-q', '-F', String(hz), '-g', '-p', pids.join(','), '-o', file, '--', 'sleep', String(seconds)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+/** `perf record -F hz -g -p pids -o file -- sleep seconds`; `done` resolves when perf has written its file. */
+export function perfRecord(pids: readonly number[], file: string, seconds: number, hz: number): { readonly done: Promise<void> } {
+  const args = ['record', '-q', '-F', String(hz), '-g', '-p', pids.join(','), '-o', file, '--', 'sleep', String(seconds)];
+  const child = spawn('perf', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr += t));
   const done = new Promise<void>((resolve, reject) => {
@@ -42,25 +35,17 @@ export function perfRecord(pids: readonly number[], file: string, seconds: numbe
   return { done };
 }
 
-export interface PerfLine {
-  /** Share of all samples, percent (self; inclusive for `children`). */
-  readonly pct: number;
-  readonly samples: number;
-  readonly name: string;
-}
+/** One line of a report: share of all samples in percent (self; inclusive for `jsInclusive`), samples, name. */
+type PerfLine = { readonly pct: number; readonly samples: number; readonly name: string };
 
-async function report(file: string, args: readonly string[]): Promise<string> {
-  const { stdout } = await execFileAsync('perf', ['report', '-i', file, '--stdio', '-g', 'none', '-n', ...args], { maxBuffer: 64 * 2 ** 20, timeout: 120_000 });
-  return stdout;
-}
-
-function parseSelf(text: string): PerfLine[] {
-  const out: PerfLine[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^\s+([\d.]+)%\s+(\d+)\s+(.*\S)\s*$/.exec(line);
-    if (m !== null) out.push({ pct: Number(m[1]), samples: Number(m[2]), name: m[3]!.replace(/\s+/g, ' ') });
-  }
-  return out;
+/** `perf report` lines matching `pattern` (groups: percent, samples, name). */
+async function report(file: string, args: readonly string[], pattern: RegExp): Promise<PerfLine[]> {
+  const options = { maxBuffer: 64 * 2 ** 20, timeout: 120_000 };
+  const { stdout } = await promisify(execFile)('perf', ['report', '-i', file, '--stdio', '-g', 'none', '-n', ...args], options);
+  return stdout.split('\n').flatMap((line) => {
+    const m = pattern.exec(line);
+    return m === null ? [] : [{ pct: Number(m[1]), samples: Number(m[2]), name: m[3]!.replace(/\s+/g, ' ') }];
+  });
 }
 
 /**
@@ -69,51 +54,30 @@ function parseSelf(text: string): PerfLine[] {
  */
 export function threadLabels(processes: ReadonlyMap<number, string>): Map<number, string> {
   const out = new Map<number, string>();
-  for (const [pid, role] of processes) {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tids) out.set(Number(tid), Number(tid) === pid ? `${role} ${pid}, main thread` : `${role} ${pid}, other threads`);
-  }
+  for (const [pid, role] of processes) for (const tid of taskIds(pid)) out.set(tid, `${role} ${pid}, ${tid === pid ? 'main thread' : 'other threads'}`);
   return out;
 }
 
-export interface PerfSummary {
-  readonly samples: number;
-  readonly hz: number;
-  /** By thread group (threadLabels), in the order of their share. */
-  readonly byProcess: readonly PerfLine[];
-  readonly byBinary: readonly PerfLine[];
-  readonly bySymbol: readonly PerfLine[];
-  /** JavaScript functions by inclusive share (children), at most `limit`. */
-  readonly jsInclusive: readonly PerfLine[];
-}
+export type PerfSummary = Awaited<ReturnType<typeof summarizePerf>>;
 
-export async function summarizePerf(file: string, hz: number, labels: ReadonlyMap<number, string>, limit = 30): Promise<PerfSummary> {
-  const byThread = parseSelf(await report(file, ['--no-children', '--sort', 'pid']));
-  const byBinary = parseSelf(await report(file, ['--no-children', '--sort', 'dso']));
-  const bySymbol = parseSelf(await report(file, ['--no-children', '--sort', 'dso,sym'])).slice(0, limit);
+/** By thread group (threadLabels), binary, symbol (at most `limit`) and JavaScript function (inclusive, at most `limit`), largest first. */
+export async function summarizePerf(file: string, hz: number, labels: ReadonlyMap<number, string>, limit = 30) {
+  const self = /^\s+([\d.]+)%\s+(\d+)\s+(.*\S)\s*$/;
+  const byThread = await report(file, ['--no-children', '--sort', 'pid'], self);
+  const bySymbol = await report(file, ['--no-children', '--sort', 'dso,sym'], self);
   // Children: "children% self% samples [.] symbol".
-  const jsInclusive: PerfLine[] = [];
-  for (const line of (await report(file, ['--children', '--sort', 'sym'])).split('\n')) {
-    const m = /^\s+([\d.]+)%\s+[\d.]+%\s+(\d+)\s+\[.\]\s+(JS:.*\S)\s*$/.exec(line);
-    if (m !== null) jsInclusive.push({ pct: Number(m[1]), samples: Number(m[2]), name: m[3]! });
-  }
+  const jsInclusive = await report(file, ['--children', '--sort', 'sym'], /^\s+([\d.]+)%\s+[\d.]+%\s+(\d+)\s+\[.\]\s+(JS:.*\S)\s*$/);
   return {
     samples: byThread.reduce((n, l) => n + l.samples, 0),
     hz,
     byProcess: merged(byThread, (name) => labels.get(Number(/^(\d+):/.exec(name)?.[1])) ?? `thread ${name}`),
-    byBinary,
-    bySymbol,
+    byBinary: await report(file, ['--no-children', '--sort', 'dso'], self),
+    bySymbol: bySymbol.slice(0, limit),
     // The same function appears once per process (and per tier): merged by name without the tier mark.
     jsInclusive: merged(jsInclusive, (name) => name.replace(/^JS:[*^~+]?/, '')).slice(0, limit),
   };
 }
 
-/** Lines summed by `nameOf(line.name)`, largest share first. */
 function merged(lines: readonly PerfLine[], nameOf: (name: string) => string): PerfLine[] {
   const out = new Map<string, PerfLine>();
   for (const l of lines) {

@@ -1,5 +1,7 @@
 /**
- * CPU time of processes and of the machine, and process trees, read from /proc (Linux only).
+ * CPU time of processes, threads and the machine, process trees and CPU affinity, read from /proc (Linux only); and
+ * snapshots of named process groups (a cluster primary and its workers, found again at every snapshot) plus the whole
+ * machine at one instant, whose difference is a measurement window's usage.
  *
  * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's user and system time, all threads
  * included, in clock ticks (usually 100 per second, so 10 ms resolution: measure windows of a second or more).
@@ -9,12 +11,19 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 
 /** Microseconds of user and of system (kernel) time. */
-export interface CpuTimes {
-  readonly userUs: number;
-  readonly systemUs: number;
-}
+export type CpuTimes = { readonly userUs: number; readonly systemUs: number };
+/** CPU of the threads summed under `key` (see `threads`). */
+export type ThreadTimes = CpuTimes & { readonly key: string };
+/** The main thread (tid = pid) and all other threads currently alive, summed. */
+export type ThreadCpu = { readonly main: CpuTimes; readonly others: CpuTimes };
+
+const ZERO: CpuTimes = { userUs: 0, systemUs: 0 };
+export const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
+export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
+export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
 
 let usPerTick: number | undefined;
 
@@ -24,17 +33,17 @@ function tickUs(): number {
     let ticks = 100;
     try {
       ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).trim());
-    } catch {
-      // keep 100
-    }
+    } catch {}
     usPerTick = 1e6 / (Number.isInteger(ticks) && ticks > 0 ? ticks : 100);
   }
   return usPerTick;
 }
 
-/** utime and stime from a /proc stat file. The command name may hold spaces and ')': fields count from the last ')'. */
-export function parseStat(text: string): CpuTimes {
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' '); // rest[0] is field 3 (state): field n is rest[n - 3]
+/** Fields 3.. of a /proc stat file (field n is at n - 3): the command name may hold spaces and ')', so after the last ')'. */
+const statFields = (text: string): string[] => text.slice(text.lastIndexOf(')') + 2).split(' ');
+
+function parseStat(text: string): CpuTimes {
+  const rest = statFields(text);
   const [utime, stime] = [Number(rest[14 - 3]), Number(rest[15 - 3])];
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`unexpected /proc stat format: ${text.slice(0, 80)}`);
   return { userUs: utime * tickUs(), systemUs: stime * tickUs() };
@@ -45,24 +54,21 @@ export function procCpu(pid: number): CpuTimes {
   return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
-/** CPU of one thread: its process's role, its name, user and system µs. */
-export interface ThreadTimes extends CpuTimes {
-  readonly key: string;
+export function taskIds(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).map(Number);
+  } catch {
+    return [];
+  }
 }
 
-/**
- * `root` and all its living descendants (parent pids from /proc/<pid>/stat field 4; not /proc/<pid>/task/<tid>/children,
- * which kernels without CONFIG_PROC_CHILDREN lack).
- */
+/** `root` and its living descendants (parent pids from field 4; /proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN). */
 export function processTree(root: number): number[] {
   const ppids = new Map<number, number>();
   for (const name of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     try {
-      const text = readFileSync(`/proc/${name}/stat`, 'utf8');
-      ppids.set(Number(name), Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // exited while we looked
-    }
+      ppids.set(Number(name), Number(statFields(readFileSync(`/proc/${name}/stat`, 'utf8'))[1]));
+    } catch {} // exited while we looked
   }
   const tree = [root];
   for (let i = 0; i < tree.length; i++) for (const [pid, ppid] of ppids) if (ppid === tree[i]) tree.push(pid);
@@ -78,13 +84,7 @@ export function processTree(root: number): number[] {
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
   for (const p of withChildren ? processTree(pid) : [pid]) {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${p}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tids) {
+    for (const tid of taskIds(p)) {
       let text: string;
       try {
         text = readFileSync(`/proc/${p}/task/${tid}/stat`, 'utf8');
@@ -92,52 +92,120 @@ export function threads(pid: number, withChildren = false): Map<string, ThreadTi
         continue; // the thread exited while we looked
       }
       const comm = text.slice(text.indexOf('(') + 1, text.lastIndexOf(')'));
-      const key = Number(tid) === p ? `main (${comm})` : comm.replace(/\d+$/, 'N');
-      out.set(key, { key, ...add(out.get(key) ?? { userUs: 0, systemUs: 0 }, parseStat(text)) });
+      const key = tid === p ? `main (${comm})` : comm.replace(/\d+$/, 'N');
+      out.set(key, { key, ...add(out.get(key) ?? ZERO, parseStat(text)) });
     }
   }
   return out;
 }
 
 export function minus(after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> {
-  return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? { userUs: 0, systemUs: 0 }, a) }]));
+  return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 }
 
-/** The main thread (tid = pid) and all other threads currently alive, summed. */
-export interface ThreadCpu {
-  readonly main: CpuTimes;
-  readonly others: CpuTimes;
-}
-
-/** CPU time of the main thread and of the other live threads of `pid`. */
 export function threadCpu(pid: number): ThreadCpu {
   const all = [...threads(pid).values()];
   const main = all.find((t) => t.key.startsWith('main ('));
-  const others = all.filter((t) => t !== main).reduce<CpuTimes>(add, { userUs: 0, systemUs: 0 });
-  return { main: { userUs: main?.userUs ?? 0, systemUs: main?.systemUs ?? 0 }, others };
+  return { main: { userUs: main?.userUs ?? 0, systemUs: main?.systemUs ?? 0 }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
-/** This process, from process.cpuUsage() (all threads, microseconds). */
 export function selfCpu(): CpuTimes {
   const u = process.cpuUsage();
   return { userUs: u.user, systemUs: u.system };
 }
 
-export const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
-export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
-export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
-
-/** µs of CPU, summed over all CPUs: busy (anything but idle and iowait), idle, and steal (the hypervisor ran something else; 0 where not accounted). */
-export interface MachineCpu {
-  readonly busyUs: number;
-  readonly idleUs: number;
-  readonly stealUs: number;
-}
-
-/** Whole-machine CPU time from the first line of /proc/stat. */
-export function machineCpu(): MachineCpu {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+/** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), idle, steal (the hypervisor ran someone else). */
+export function machineCpu(): { readonly busyUs: number; readonly idleUs: number; readonly stealUs: number } {
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8')
+    .split('\n', 1)[0]!
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
   const us = (...ticks: (number | undefined)[]) => ticks.reduce<number>((n, t) => n + (t ?? 0), 0) * tickUs();
   return { busyUs: us(user, nice, system, irq, softirq), idleUs: us(idle, iowait), stealUs: us(steal) };
+}
+
+/** Restricts `pid` and all its threads (and, by inheritance, the children it forks later) to `cpus` (taskset list syntax). */
+export function setAffinity(pid: number, cpus: string): void {
+  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
+}
+
+export function onlineCpus(): number[] {
+  try {
+    return readFileSync('/sys/devices/system/cpu/online', 'utf8')
+      .trim()
+      .split(',')
+      .flatMap((part) => {
+        const [a, b = a] = part.split('-').map(Number);
+        return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
+      });
+  } catch {
+    return os.cpus().map((_, i) => i);
+  }
+}
+
+/** A named group of processes measured together (e.g. "proxy": the primary and its workers): each root and its descendants. */
+export type TrackedGroup = { readonly name: string; readonly roots: () => readonly number[] };
+type CpuSnapshot = ReturnType<typeof snapshot>;
+
+export function snapshot(groups: readonly TrackedGroup[]) {
+  const byGroup = new Map<string, Map<number, CpuTimes>>();
+  for (const group of groups) {
+    const byPid = new Map<number, CpuTimes>();
+    for (const pid of group.roots().flatMap((root) => (root > 0 ? processTree(root) : []))) {
+      try {
+        byPid.set(pid, procCpu(pid));
+      } catch {} // exited
+    }
+    byGroup.set(group.name, byPid);
+  }
+  return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: selfCpu() };
+}
+
+/** One group over a window: CPU µs (all its processes), per pid, and the pids present at one end only (a worker died: incomplete). */
+type GroupUsage = { cpuUs: number; userUs: number; systemUs: number; byPid: Record<string, number>; changedPids: number[] };
+export type WindowUsage = ReturnType<typeof usageBetween>;
+
+export function usageBetween(a: CpuSnapshot, b: CpuSnapshot) {
+  const seconds = Number(b.atNs - a.atNs) / 1e9;
+  const groups: Record<string, GroupUsage> = {};
+  for (const [name, end] of b.groups) {
+    const start = a.groups.get(name);
+    let sum = ZERO;
+    const byPid: Record<string, number> = {};
+    const changedPids = [...end.keys()].filter((pid) => !start?.has(pid));
+    changedPids.push(...[...(start?.keys() ?? [])].filter((pid) => !end.has(pid)));
+    for (const [pid, times] of end) {
+      const from = start?.get(pid);
+      if (from === undefined) continue;
+      sum = add(sum, delta(from, times));
+      byPid[String(pid)] = totalUs(delta(from, times));
+    }
+    groups[name] = { cpuUs: totalUs(sum), ...sum, byPid, changedPids };
+  }
+  const cores = (from: number, to: number) => (to - from) / 1e6 / seconds;
+  return {
+    seconds,
+    groups,
+    /** Cores busy on the whole machine during the window (/proc/stat). */
+    machineBusyCores: cores(a.machine.busyUs, b.machine.busyUs),
+    stealCores: cores(a.machine.stealUs, b.machine.stealUs),
+    /** Cores used by this bench process. */
+    selfCores: cores(totalUs(a.self), totalUs(b.self)),
+  };
+}
+
+/**
+ * Per-unit figures of a window: `per(...groups)` = their CPU µs ÷ units (NaN without units), `cores(...groups)`, and
+ * the cores other processes used (the machine's busy cores less every tracked group and this bench): contention.
+ */
+export function perUnit(usage: WindowUsage, units: number) {
+  const us = (names: readonly (string | undefined)[]) => names.reduce((n, name) => n + (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0)), 0);
+  const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
+  return {
+    per: (...names: (string | undefined)[]) => (units > 0 ? us(names) / units : Number.NaN),
+    cores: (...names: (string | undefined)[]) => us(names) / 1e6 / usage.seconds,
+    otherCores: Math.max(0, usage.machineBusyCores - ours - usage.selfCores),
+  };
 }

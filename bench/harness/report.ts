@@ -1,81 +1,68 @@
 /**
  * Writing a benchmark's results: one JSON file with everything (machine, settings, every round's figures) for later
  * comparison, and one Markdown file with the summary table for humans, both named `<YYYY-MM-DD>-<name>.{json,md}` in
- * the output directory.
+ * the output directory; the Markdown tables and number formats; and what the run ran on (`describeMachine`): the
+ * figures mean little without the CPU, the core count, the runtime and the crypto library. Anything that cannot be read
+ * is left undefined rather than failing the run.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { join, resolve } from 'node:path';
-import type { MachineInfo } from './machine.js';
+import { versionOf } from './install.js';
 import type { Spread } from './stats.js';
 
-/** Local date as YYYY-MM-DD. */
 export function dateStamp(date = new Date()): string {
   const pad = (n: number) => String(n).padStart(2, '0');
   return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
 }
 
-export type Align = 'left' | 'right';
+type Align = 'left' | 'right';
 
 /** A GitHub-flavoured Markdown table; cells are escaped for '|'. */
 export function markdownTable(header: readonly string[], rows: readonly (readonly string[])[], align?: readonly Align[]): string {
   const esc = (s: string) => s.replaceAll('|', '\\|');
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => esc(r[i] ?? '').length), 3));
-  const line = (cells: readonly string[]) =>
-    `| ${cells.map((c, i) => (align?.[i] === 'right' ? esc(c).padStart(widths[i]!) : esc(c).padEnd(widths[i]!))).join(' | ')} |`;
-  const rule = `|${widths.map((w, i) => (align?.[i] === 'right' ? `${'-'.repeat(w + 1)}:` : `${'-'.repeat(w + 2)}`)).join('|')}|`;
+  const right = (i: number) => align?.[i] === 'right';
+  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (right(i) ? esc(c).padStart(widths[i]!) : esc(c).padEnd(widths[i]!))).join(' | ')} |`;
+  const rule = `|${widths.map((w, i) => (right(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;
   return [line(header), rule, ...rows.map(line)].join('\n');
 }
 
-export interface WrittenReport {
-  readonly jsonPath: string;
-  readonly markdownPath: string;
-}
+export type WrittenReport = { readonly jsonPath: string; readonly markdownPath: string };
 
-/** Writes `<outDir>/<date>-<name>.json` and `.md`; creates outDir. */
+/** Writes `<outDir>/<date>-<name>.json` and `.md`; creates outDir. NaN and Infinity are not JSON: written as null, BigInts as numbers. */
 export function writeReport(outDir: string, name: string, json: unknown, markdown: string, date = dateStamp()): WrittenReport {
   const dir = resolve(outDir);
   mkdirSync(dir, { recursive: true });
-  const jsonPath = join(dir, `${date}-${name}.json`);
-  const markdownPath = join(dir, `${date}-${name}.md`);
-  writeFileSync(jsonPath, `${JSON.stringify(json, jsonReplacer, 2)}\n`);
+  const [jsonPath, markdownPath] = [join(dir, `${date}-${name}.json`), join(dir, `${date}-${name}.md`)];
+  const replacer = (_key: string, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : typeof v === 'bigint' ? Number(v) : v);
+  writeFileSync(jsonPath, `${JSON.stringify(json, replacer, 2)}\n`);
   writeFileSync(markdownPath, markdown.endsWith('\n') ? markdown : `${markdown}\n`);
   return { jsonPath, markdownPath };
 }
 
-/** NaN and Infinity are not JSON: written as null. BigInts as numbers. */
-function jsonReplacer(_key: string, value: unknown): unknown {
-  if (typeof value === 'number' && !Number.isFinite(value)) return null;
-  if (typeof value === 'bigint') return Number(value);
-  return value;
-}
-
-/** Formats a number with thousands separators and fixed decimals, for tables. */
 export function fmt(value: number, decimals = 0): string {
   if (!Number.isFinite(value)) return '–';
   return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
 }
 
 /** "min–max (spread%)" of per-round figures. */
-export function rangeText(s: Spread, decimals = 0): string {
-  return `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-}
+export const rangeText = (s: Spread, decimals = 0): string => `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
 
-/** The report lines saying what ran where: "Machine: …" (with `extra`, e.g. tool versions) and "Command: `…`". */
-export function machineLines(machine: MachineInfo, extra = ''): string[] {
-  return [
-    `Machine: ${machine.cpuModel}, ${machine.cores} cores, ${machine.totalMemoryMB} MB, ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; ${machine.softhsm2 === undefined ? '' : `SoftHSM2 ${machine.softhsm2}; `}${extra === '' ? '' : `${extra}; `}load average at start ${machine.loadAverageAtStart.join(' ')}.`,
-    `Command: \`${machine.commandLine}\``,
-  ];
-}
+/** "min–max" of per-round figures. */
+export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
 
-/** One column of a table: its header, its alignment and its cell for a row. */
+/** "1 worker", "2 workers". */
+export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];
 
 /** A Markdown table from column specs (header, alignment and cell side by side); `extra` rows go after, as given. */
 export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[], extra: readonly (readonly string[])[] = []): string {
+  const cells = [...rows.map((row) => columns.map(([, , cell]) => cell(row))), ...extra];
   return markdownTable(
     columns.map(([header]) => header),
-    [...rows.map((row) => columns.map(([, , cell]) => cell(row))), ...extra],
+    cells,
     columns.map(([, align]) => align),
   );
 }
@@ -84,8 +71,40 @@ export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[]
 export const specTable = <T>(rows: readonly T[], columns: readonly Column<T>[], empty: string): string =>
   rows.length === 0 ? empty : columnTable(rows, columns);
 
-/** "min–max" of per-round figures. */
-export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
+export type MachineInfo = ReturnType<typeof describeMachine>;
 
-/** "1 worker", "2 workers". */
-export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+export function describeMachine() {
+  let cpuModel: string | undefined;
+  try {
+    const line = readFileSync('/proc/cpuinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('model name'));
+    cpuModel = line?.slice(line.indexOf(':') + 1).trim();
+  } catch {} // not Linux
+  const quote = (arg: string) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`);
+  return {
+    cpuModel: cpuModel ?? os.cpus()[0]?.model ?? 'unknown',
+    /** os.availableParallelism(): the cores this process may use. */
+    cores: os.availableParallelism(),
+    logicalCpus: os.cpus().length,
+    totalMemoryMB: Math.round(os.totalmem() / 2 ** 20),
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    loadAverageAtStart: os.loadavg().map((l) => Math.round(l * 100) / 100),
+    node: process.version,
+    v8: process.versions.v8,
+    openssl: process.versions.openssl,
+    uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE,
+    softhsm2: versionOf('softhsm2-util', ['--version']),
+    commandLine: [process.argv0, ...process.execArgv, ...process.argv.slice(1)].map(quote).join(' '),
+    startedAt: new Date().toISOString(),
+  };
+}
+
+/** The report lines saying what ran where: "Machine: …" (with `extra`, e.g. tool versions) and "Command: `…`". */
+export function machineLines(m: MachineInfo, extra = ''): string[] {
+  const tools = `${m.softhsm2 === undefined ? '' : `SoftHSM2 ${m.softhsm2}; `}${extra === '' ? '' : `${extra}; `}`;
+  return [
+    `Machine: ${m.cpuModel}, ${m.cores} cores, ${m.totalMemoryMB} MB, ${m.kernel}; Node ${m.node}, OpenSSL ${m.openssl}; ${tools}load average at start ${m.loadAverageAtStart.join(' ')}.`,
+    `Command: \`${m.commandLine}\``,
+  ];
+}

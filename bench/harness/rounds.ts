@@ -32,7 +32,7 @@ export interface RoundsOptions<R> {
   readonly signal?: AbortSignal;
   /** Awaited before every run (warm-up included), e.g. to wait for a quiet machine. */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
-  /** Extra rounds after `rounds`, at most `max`, run while `needed` says the results so far are not enough (e.g. too few uncontended windows). */
+  /** Rounds after `rounds`, at most `max`, while `needed` says the results so far are not enough (e.g. too few clean windows). */
   readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
   /** Called after every run (warm-up included), e.g. for progress lines. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
@@ -41,12 +41,7 @@ export interface RoundsOptions<R> {
 }
 
 /** A run that produced no figures: the client crashed or hung, or the run threw. */
-export interface RoundFailure {
-  readonly scenario: string;
-  readonly phase: RunContext['phase'];
-  readonly round: number;
-  readonly error: string;
-}
+export type RoundFailure = { readonly scenario: string; readonly phase: RunContext['phase']; readonly round: number; readonly error: string };
 
 export interface RoundsResult<R> {
   /** Scenario names in the order each round ran them. */
@@ -56,34 +51,16 @@ export interface RoundsResult<R> {
   readonly failures: readonly RoundFailure[];
 }
 
-/** The order of round `round`: rotated by `round`, reversed on odd rounds. */
-export function roundOrder<T>(items: readonly T[], round: number): T[] {
-  const n = items.length;
-  const rotated = items.map((_, i) => items[(i + round) % n]!);
-  return round % 2 === 1 ? rotated.reverse() : rotated;
-}
-
 export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>): Promise<RoundsResult<R>> {
-  const names = new Set(scenarios.map((s) => s.name));
-  if (names.size !== scenarios.length) throw new Error('scenario names must be unique');
-  const { signal } = options;
-  const settle = () => sleep(options.settleMs ?? 0, signal);
+  if (new Set(scenarios.map((s) => s.name)).size !== scenarios.length) throw new Error('scenario names must be unique');
+  const { signal, failSoft } = options;
   const failures: RoundFailure[] = [];
-  const attempt = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
-    signal?.throwIfAborted();
-    await options.beforeRun?.(scenario.name, { phase, round, signal });
-    const result = await runOnce(scenario, ms, phase, round);
-    if (result !== undefined) options.onRun?.({ scenario: scenario.name, context: { phase, round, signal }, result });
-    await settle();
-    return result;
-  };
   const runOnce = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
-    if (options.failSoft === undefined) return scenario.run(ms, { phase, round, signal });
+    if (failSoft === undefined) return scenario.run(ms, { phase, round, signal });
     const own = new AbortController();
-    const runSignal = signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]);
-    const limitMs = ms + options.failSoft.deadlineMs;
+    const limitMs = ms + failSoft.deadlineMs;
     const timer = setTimeout(() => own.abort(new Error(`no result within ${(limitMs / 1000).toFixed(0)} s: killed`)), limitMs);
-    const run = scenario.run(ms, { phase, round, signal: runSignal });
+    const run = scenario.run(ms, { phase, round, signal: signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]) });
     // A run stuck where no signal reaches it is left behind after its deadline and a grace period.
     const overdue = new Promise<never>((_, reject) =>
       own.signal.addEventListener('abort', () => setTimeout(() => reject(own.signal.reason), 15_000).unref(), { once: true }),
@@ -94,22 +71,29 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
       if (signal?.aborted) throw err;
       const failure = { scenario: scenario.name, phase, round, error: (err as Error).message?.split('\n')[0] ?? String(err) };
       failures.push(failure);
-      options.failSoft.onFailure?.(failure);
+      failSoft.onFailure?.(failure);
       return undefined;
     } finally {
       clearTimeout(timer);
       run.catch(() => undefined);
     }
   };
+  const attempt = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
+    signal?.throwIfAborted();
+    await options.beforeRun?.(scenario.name, { phase, round, signal });
+    const result = await runOnce(scenario, ms, phase, round);
+    if (result !== undefined) options.onRun?.({ scenario: scenario.name, context: { phase, round, signal }, result });
+    await sleep(options.settleMs ?? 0, signal);
+    return result;
+  };
 
   if (options.warmupMs > 0) for (const scenario of scenarios) await attempt(scenario, options.warmupMs, 'warmup', -1);
-
   const results = new Map<string, R[]>(scenarios.map((s) => [s.name, []]));
   const order: string[][] = [];
-  const maxRounds = options.rounds + (options.extraRounds?.max ?? 0);
-  for (let round = 0; round < maxRounds; round++) {
+  for (let round = 0; round < options.rounds + (options.extraRounds?.max ?? 0); round++) {
     if (round >= options.rounds && !options.extraRounds!.needed(results)) break;
-    const thisRound = roundOrder(scenarios, round);
+    const rotated = scenarios.map((_, i) => scenarios[(i + round) % scenarios.length]!);
+    const thisRound = round % 2 === 1 ? rotated.reverse() : rotated;
     order.push(thisRound.map((s) => s.name));
     for (const scenario of thisRound) {
       const result = await attempt(scenario, options.measureMs, 'measure', round);

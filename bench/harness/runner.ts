@@ -1,49 +1,185 @@
 /**
- * The declarative runner of the measuring benches (keyserver-sign, handshake,
- * keepalive): a bench is a `MeasuringBench` (its options, how to set up and
- * tear down its lab, its scenarios, its progress line, its report), and
- * `runMeasuring` does the rest the same way for all: parse the command line,
- * Ctrl-C and cleanup, warm-up and interleaved rounds behind the quiet-machine
- * wait (harness/bench.ts), the result JSON's common fields, `<date>-<name>`
- * (`-quick` under --quick: a quick run never overwrites the day's full
- * results) and the exit status.
+ * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench` (options, lab
+ * set-up and tear-down, scenarios, progress line, report); `runMeasuring` does the rest alike for all: command line,
+ * Ctrl-C (the first aborts the run, which stops what it started and exits 130; a second kills and exits at once),
+ * warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the JSON's common fields, `<date>-<name>`
+ * (`-quick` under --quick: a quick run never overwrites the day's full results) and the exit status.
+ *
+ * Clean rounds: a window during which other processes used more than CONTENDED_CORES counts as contended; a scenario's
+ * medians use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †).
+ *
+ * Quiet waits: a window measured while another workload takes a core says little about the code under test. Between
+ * runs our own processes are idle, so the machine's CPU then is someone else's: sample it (250 ms) until it is below
+ * 0.25 cores. One budget covers the whole run: a machine that stays busy costs a bounded delay and still gets measured.
  */
-import { errorStatus, failSoft, type Log, type MeasureTiming, measureRounds, methodJson, publish, roundTag, stampedLog } from './bench.js';
-import { describeMachine, type MachineInfo } from './machine.js';
-import { installInterrupt, runBench } from './main.js';
-import { dateStamp } from './report.js';
-import type { RoundsOptions, RoundsResult, Scenario } from './rounds.js';
+import type { timing } from './cli.js';
+import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
+import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type WrittenReport, writeReport } from './report.js';
+import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
+import { median, type Spread, spread } from './stats.js';
 
-export interface RunnerOptions extends MeasureTiming {
-  readonly quick: boolean;
-  readonly out: string;
+/** A window during which other processes used more than this many cores counts as contended. */
+export const CONTENDED_CORES = 0.25;
+/** A process using at least this share of a core during a window counts as saturated. */
+export const SATURATED_CORES = 0.9;
+
+export type Log = (line: string) => void;
+
+/** The clean rounds of one scenario and the rounds its medians use. */
+export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number): { used: R[]; usedRounds: number[]; cleanRounds: number } {
+  const indexed = all.map((r, i) => ({ r, i }));
+  const clean = indexed.filter(({ r }) => otherCores(r) <= CONTENDED_CORES);
+  // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
+  const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
+  return { used: used.map(({ r }) => r), usedRounds: used.map(({ i }) => i), cleanRounds: clean.length };
 }
 
-/** What the runner hands every step. */
-export interface RunEnv {
-  readonly log: Log;
-  readonly signal: AbortSignal;
-  readonly machine: MachineInfo;
-  readonly started: number;
+/** What every measuring bench's window holds besides its own figures. */
+type CommonWindow = { readonly clientCores: number; readonly serverSideCores: number; readonly machineBusyCores: number; readonly otherCores: number };
+
+/**
+ * One scenario over its rounds: `med`/`spreadOf` over the rounds the clean-round rule keeps, and the fields every
+ * bench reports alike (cores, saturation, the rounds used, clean and failed, every round as measured).
+ */
+export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow, serverCpuCount: number, failedRounds: number) {
+  const { used, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => window(r).otherCores);
+  const med = (f: (r: R) => number) => median(used.map(f));
+  const w = (f: (x: CommonWindow) => number) => med((r) => f(window(r)));
+  return {
+    med,
+    spreadOf: (f: (r: R) => number) => spread(used.map(f)),
+    common: {
+      clientCores: w((x) => x.clientCores),
+      serverSideCores: w((x) => x.serverSideCores),
+      /** The client used nearly its whole core: the rate is a lower bound of the server's. */
+      clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
+      serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
+      machineBusyCores: w((x) => x.machineBusyCores),
+      otherCores: w((x) => x.otherCores),
+      cleanRounds: clean,
+      usedRounds,
+      failedRounds,
+      perRound: all,
+    },
+  };
 }
 
-export type Measured<R> = RoundsResult<R> & {
-  readonly quietWait: unknown;
-  readonly method: (extra?: Record<string, unknown>) => ReturnType<typeof methodJson>;
-};
+type Common = ReturnType<typeof overRounds>['common'];
 
-/** One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count. */
-export interface BenchReport {
-  readonly json: Record<string, unknown>;
-  readonly markdown: string;
-  /** Errors over the run: anything but 0 exits 1 ("N <what> failed during measurement"). */
-  readonly errors: number;
-  readonly what: string;
-  /** Result file name instead of the bench's (--perf); no -quick suffix. */
-  readonly file?: string;
-  /** Exit status when the errors are 0 (e.g. a failed check). */
-  readonly status?: number;
+/** A rate cell: "≥" when the client saturated, "†" when contended rounds were used. */
+export const rateCell = (s: Common, rate: Spread): string =>
+  `${s.clientSaturated ? '≥ ' : ''}${fmt(rate.median)}${s.usedRounds.length > s.cleanRounds ? ' †' : ''}`;
+
+/** The columns every measuring bench's table ends with. */
+export function roundColumns<T extends Common>(busyHeader: string): Column<T>[] {
+  return [
+    ['clean rounds', 'right', (s) => `${s.cleanRounds}/${s.perRound.length}${s.failedRounds > 0 ? `, ${s.failedRounds} failed` : ''}`],
+    [busyHeader, 'right', (s) => `${fmt(s.machineBusyCores, 2)} / ${fmt(s.otherCores, 2)}`],
+  ];
 }
+
+/** The reports' sentence on the clean-round rule. */
+export const CLEAN_ROUNDS_NOTE = `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`;
+
+/** "warm-up " or "round N ", for progress lines. */
+const roundTag = (context: Pick<RunContext, 'phase' | 'round'>): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
+
+/** The report's lines on failed rounds: none when every run gave figures. */
+export function failureLines(failures: readonly RoundFailure[]): string[] {
+  if (failures.length === 0) return [];
+  return ['', `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${roundTag(f).trim()}: ${f.error}`).join('; ')}.`];
+}
+
+/** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
+export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): WrittenReport {
+  const written = writeReport(out, name, json, markdown, date);
+  process.stdout.write(`${markdown}\n`);
+  log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
+  return written;
+}
+
+/**
+ * The quiet wait before every measured run (runRounds' beforeRun): one budget of `budgetMs` for the whole run (0: never
+ * wait), long waits logged, every wait kept for the result file (`record()`).
+ */
+function quietBeforeRun(budgetMs: number, ownPids: readonly number[], signal: AbortSignal, log: Log) {
+  const own = [{ name: 'own', roots: () => ownPids }];
+  const otherLoad = async () => {
+    const before = snapshot(own);
+    await sleep(250, signal);
+    return perUnit(usageBetween(before, snapshot(own)), 0).otherCores;
+  };
+  const waits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
+  let waitedMs = 0;
+  return {
+    beforeRun: async (scenario: string, context: RunContext): Promise<void> => {
+      if (budgetMs <= 0 || context.phase !== 'measure') return;
+      const started = Date.now();
+      let [other, quiet] = [0, false];
+      do {
+        other = await otherLoad();
+        quiet = other <= 0.25;
+      } while (!quiet && Date.now() - started < budgetMs - waitedMs);
+      const waited = Date.now() - started;
+      waitedMs += waited;
+      waits.push({ scenario, round: context.round, waitedMs: waited, otherCores: other, quiet });
+      if (!quiet || waited > 300)
+        log(`waited ${(waited / 1000).toFixed(1)} s for other load to drop: ${other.toFixed(2)} cores${quiet ? '' : ' (budget spent, measuring anyway)'}`);
+    },
+    record: () => ({ budgetMs, waitedMs, waits }),
+  };
+}
+
+let interrupted = false;
+
+/** Ctrl-C for a benchmark process (one per process): see the header; `runBench` reads whether it fired. */
+function installInterrupt(log: Log, cleanup: () => void): AbortSignal {
+  const abort = new AbortController();
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) {
+      cleanup();
+      process.exit(130);
+    }
+    interrupted = true;
+    log(`${signal}: stopping (again to force)`);
+    abort.abort(new Error(`interrupted by ${signal}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', cleanup);
+  return abort.signal;
+}
+
+/** Sets the exit status from a benchmark's main: its own, 130 when interrupted, 1 (stack on stderr) on a failure. */
+export function runBench(name: string, main: Promise<number>): void {
+  main.then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      const why = interrupted ? 'interrupted; everything it started is stopped' : err instanceof Error ? (err.stack ?? err.message) : String(err);
+      process.stderr.write(`${name}: ${why}\n`);
+      process.exitCode = interrupted ? 130 : 1;
+    },
+  );
+}
+
+/** For a bench that polls no AbortSignal (cert-reload, cert-scale): Ctrl-C exits 130 at once, `cleanup` runs on exit. */
+export function exitOnInterrupt(cleanup: () => void): void {
+  process.on('exit', cleanup);
+  process.on('SIGINT', () => process.exit(130));
+}
+
+type RunnerOptions = ReturnType<typeof timing>;
+type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
+type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
+
+/**
+ * One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count (anything
+ * but 0 exits 1: "N <what> failed during measurement"), the result file's name instead of the bench's (--perf; no
+ * -quick suffix), the exit status when the errors are 0 (e.g. a failed check).
+ */
+type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   /** `benchmark` in the JSON and the result file's name. */
@@ -55,25 +191,24 @@ export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R
   scenarios(lab: L, o: O, env: RunEnv): Promise<S[]>;
   /** Our own processes (not "other load" for the quiet wait). */
   ownPids(lab: L): number[];
-  /** The line logged before the rounds. */
   plan(o: O, scenarios: readonly S[]): string;
   /** The figures of one run in a progress line, after "round N <scenario>" padded to `pad`. */
   readonly pad: number;
   line(result: R, scenario: string, lab: L): string;
   /** Round options beyond the timing (failSoft is on unless `failSoft: false`). */
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
+  /** `measured.method()`: the result JSON's `method` block (the timing, the round order, the thresholds, the quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
-  /** Stops everything (normal end and failures). */
   close(lab: L, o: O, log: Log): Promise<void>;
   /** Kills everything at once (Ctrl-C twice, process exit). */
   kill(lab: L, o: O): void;
 }
 
-export async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>): Promise<number> {
+async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>): Promise<number> {
   const o = bench.parse(process.argv.slice(2));
   if (o === undefined) return 0;
   const started = Date.now();
-  const log = stampedLog(started);
+  const log: Log = (line) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
   const machine = describeMachine();
   let lab: L | undefined;
   const signal = installInterrupt(log, () => lab !== undefined && bench.kill(lab, o));
@@ -85,19 +220,32 @@ export async function measuringMain<O extends RunnerOptions, L, S extends Scenar
     signal.throwIfAborted();
     const scenarios = await bench.scenarios(lab, o, env);
     log(bench.plan(o, scenarios));
-    const { failSoft: soft, ...more } = bench.rounds?.(o, log) ?? {};
-    const result = await measureRounds(scenarios, o, bench.ownPids(lab), signal, log, {
+    const { failSoft, rounds, ...more } = bench.rounds?.(o, log) ?? {};
+    const quiet = quietBeforeRun(o.quietBudgetMs, bench.ownPids(lab), signal, log);
+    // failSoft: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
+    const onFailure = (f: RoundFailure) => log(`${roundTag(f)}${f.scenario}: FAILED, round skipped: ${f.error}`);
+    const result = await runRounds(scenarios, {
       ...more,
-      ...(soft === false ? {} : { failSoft: failSoft(log) }),
+      ...(failSoft === false ? {} : { failSoft: { deadlineMs: 60_000, onFailure } }),
+      rounds: rounds ?? o.rounds,
+      warmupMs: o.warmupMs,
+      measureMs: o.measureMs,
+      settleMs: o.settleMs,
+      signal,
+      beforeRun: quiet.beforeRun,
       onRun: ({ scenario, context, result: r }) => log(`${roundTag(context)}${scenario.padEnd(bench.pad)} ${bench.line(r, scenario, lab!)}`),
     });
-    const measured = { ...result, method: (extra?: Record<string, unknown>) => methodJson(o, result.order, result.quietWait, extra) };
+    const quietWait = quiet.record();
+    const { rounds: n, measureMs, warmupMs, rampMs, settleMs } = o;
+    const thresholds = { contendedCores: CONTENDED_CORES, saturatedCores: SATURATED_CORES };
+    const method = (extra = {}) => ({ rounds: n, measureMs, warmupMs, rampMs, settleMs, order: result.order, ...thresholds, quietWait, ...extra });
     const date = dateStamp();
-    const r = await bench.report(lab, o, scenarios, measured, { ...env, date });
+    const r = await bench.report(lab, o, scenarios, { ...result, quietWait, method }, { ...env, date });
     const json = { benchmark: bench.name, date, quick: o.quick, machine, ...r.json, durationSeconds: (Date.now() - started) / 1000 };
     publish(o.out, r.file ?? (o.quick ? `${bench.name}-quick` : bench.name), json, r.markdown, date, log);
-    const status = errorStatus(r.errors, r.what, log);
-    return status === 0 ? (r.status ?? 0) : status;
+    if (r.errors === 0) return r.status ?? 0;
+    log(`${r.errors} ${r.what} failed during measurement: the figures are suspect`);
+    return 1;
   } finally {
     if (lab !== undefined) await bench.close(lab, o, log);
   }

@@ -1,26 +1,21 @@
 /**
- * Processes and ports for the benches' servers: free ports below the ephemeral range (also drawn by the tests,
- * test/helpers/proxy-lab.ts), servers started detached as their own process group (so a cluster primary and its
- * workers, or nginx and its helpers, die together), readiness polling (a ready line in a JSON log), and a small HTTP GET
- * for admin endpoints.
+ * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests,
+ * test/helpers/proxy-lab.ts); servers started detached as their own process group (a cluster primary and its workers,
+ * nginx and its helpers, die together), readiness polling, a small HTTP GET for admin endpoints; and load clients (ab,
+ * autocannon, h2load), their report parsed once they exit. Both are pinned with taskset when given CPUs (it execs the
+ * command: the pid is the program's, /proc gives its CPU).
+ *
+ * Every wait on a client is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or hang (ab
+ * against nginx + p11-kit). `stop()` sends its report signal (ab: SIGINT) or none (autocannon, h2load run for a fixed
+ * time), waits `graceMs`, then SIGKILLs it; `done` rejects, and rounds.ts records that round as failed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 
-export interface ManagedProcess {
-  readonly name: string;
-  readonly pid: number;
-  readonly child: ChildProcess;
-  readonly logFile: string;
-  readonly command: readonly string[];
-  exited(): boolean;
-  /** SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after `graceMs`. */
-  stop(graceMs?: number): Promise<void>;
-  /** SIGKILL to the whole process group, synchronously. */
-  kill(): void;
-  tail(lines?: number): string;
-}
+const pinned = (cpus: string | undefined, command: readonly string[]) => (cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command]);
+
+export type ManagedProcess = ReturnType<typeof spawnManaged>;
 
 /** The environment of keyedge children: the embedded token sets SOFTHSM2_CONF itself, and the bench's Node options must not reach the servers it measures. */
 export function childEnv(): NodeJS.ProcessEnv {
@@ -31,10 +26,7 @@ export function childEnv(): NodeJS.ProcessEnv {
 /** Binds 127.0.0.1:port (0: the kernel picks) and releases it; resolves with the port, or undefined when taken. */
 async function tryPort(port: number): Promise<number | undefined> {
   const server = net.createServer();
-  const bound = await new Promise<boolean>((resolve) => {
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => resolve(true));
-  });
+  const bound = await new Promise<boolean>((resolve) => server.once('error', () => resolve(false)).listen(port, '127.0.0.1', () => resolve(true)));
   if (!bound) return undefined;
   const chosen = (server.address() as net.AddressInfo).port;
   await new Promise((resolve) => server.close(resolve));
@@ -54,9 +46,7 @@ export async function freePort(slice?: number): Promise<number> {
   let low = 32768;
   try {
     low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
-  } catch {
-    // not Linux: use the default range start
-  }
+  } catch {} // not Linux: the default range start
   const [from, width] = slice === undefined ? [20_000, low - 20_000] : [20_000 + slice * 3000, 3000];
   for (let i = 0; slice !== undefined || (width > 1000 && i < 50); i++) {
     const port = from + Math.floor(Math.random() * width);
@@ -72,6 +62,8 @@ export async function freePort(slice?: number): Promise<number> {
 /**
  * Starts `command` with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there), with
  * `extraEnv` over the bench's child environment; `detached` (the default): its own process group, killed whole.
+ * `stop()`: SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after
+ * `graceMs`; `kill()`: SIGKILL to the whole group, synchronously.
  */
 export function spawnManaged(
   name: string,
@@ -81,8 +73,8 @@ export function spawnManaged(
   cwd: string,
   extraEnv: Readonly<Record<string, string>> = {},
   detached = true,
-): ManagedProcess {
-  const full = cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command];
+) {
+  const full = pinned(cpus, command);
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
@@ -98,37 +90,27 @@ export function spawnManaged(
     try {
       if (pid > 0 && detached) process.kill(-pid, 'SIGKILL');
       else if (!exited) child.kill('SIGKILL');
+    } catch {} // gone already
+  };
+  const stop = async (graceMs = 5000) => {
+    if (exited) return kill(); // the primary is gone; workers may linger
+    child.kill('SIGTERM');
+    const timer = setTimeout(kill, graceMs);
+    await exit;
+    clearTimeout(timer);
+    kill();
+  };
+  const tail = (lines = 20) => {
+    try {
+      return readFileSync(logFile, 'utf8')
+        .split('\n')
+        .slice(-lines - 1)
+        .join('\n');
     } catch {
-      // gone already
+      return '';
     }
   };
-  return {
-    name,
-    pid,
-    child,
-    logFile,
-    command: full,
-    exited: () => exited,
-    async stop(graceMs = 5000) {
-      if (exited) return kill(); // the primary is gone; workers may linger
-      child.kill('SIGTERM');
-      const timer = setTimeout(kill, graceMs);
-      await exit;
-      clearTimeout(timer);
-      kill();
-    },
-    kill,
-    tail(lines = 20) {
-      try {
-        return readFileSync(logFile, 'utf8')
-          .split('\n')
-          .slice(-lines - 1)
-          .join('\n');
-      } catch {
-        return '';
-      }
-    },
-  };
+  return { name, pid, child, logFile, command: full, exited: () => exited, stop, kill, tail };
 }
 
 /** Polls `check` (a throw counts as not yet) every `pollMs` until true; fails when `process` exits or after `timeoutMs`, with its log's tail. */
@@ -159,4 +141,83 @@ export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: 
 export function tcpOpen(port: number): Promise<boolean> {
   const socket = net.connect(port, '127.0.0.1');
   return new Promise<boolean>((resolve) => socket.once('connect', () => resolve(true)).once('error', () => resolve(false))).finally(() => socket.destroy());
+}
+
+/**
+ * `stop(signal)`: `signal` (if any), then SIGKILL after `graceMs`; resolves with the report or rejects saying why there
+ * is none. `done`: the report once the client exited on its own or was stopped; rejects when it could not be parsed.
+ */
+export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
+
+/** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
+export type ClientOutput = {
+  readonly stdout: string;
+  readonly stderr: readonly string[];
+  readonly stderrLines: number;
+  readonly exitCode: number | null;
+  readonly signal: NodeJS.Signals | null;
+};
+
+export function startClient<T>(
+  name: string,
+  command: readonly string[],
+  cpus: string | undefined,
+  parse: (out: ClientOutput) => T,
+  env: NodeJS.ProcessEnv = process.env,
+) {
+  const full = pinned(cpus, command);
+  const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let stdout = '';
+  const stderr: string[] = [];
+  let stderrLines = 0;
+  let killedAfterMs: number | undefined;
+  child.stdout!.setEncoding('utf8').on('data', (t: string) => (stdout = (stdout + t).slice(-200_000)));
+  child.stderr!.setEncoding('utf8').on('data', (t: string) => {
+    for (const line of t.split('\n').filter(Boolean)) if (stderrLines++ < 20) stderr.push(line);
+  });
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
+  const kill = () => {
+    if (!exited()) child.kill('SIGKILL');
+  };
+  // 'close' once the pipes are drained; a grandchild holding them open does not hold us past 'exit' for long.
+  const exit = new Promise<void>((resolve) => {
+    child.once('close', () => resolve());
+    child.once('exit', () => setTimeout(resolve, 1000).unref());
+  });
+  const done = new Promise<T>((resolve, reject) => {
+    child.once('error', reject);
+    void exit.then(() => {
+      const how = child.signalCode ?? `status ${child.exitCode}`;
+      const why = killedAfterMs === undefined ? `exited with ${how}` : `did not exit within ${killedAfterMs / 1000} s of being stopped: killed`;
+      try {
+        resolve(parse({ stdout, stderr, stderrLines, exitCode: child.exitCode, signal: child.signalCode }));
+      } catch (err) {
+        reject(new Error(`${name} ${why}: ${(err as Error).message}\n--- ${name} output ---\n${stdout.slice(-2000)}\n${stderr.join('\n')}`));
+      }
+    });
+  });
+  done.catch(() => undefined); // observed by whoever awaits it; never an unhandled rejection
+  const stop = async (signal?: NodeJS.Signals, graceMs = 10_000) => {
+    if (!exited() && signal !== undefined) child.kill(signal);
+    const timer = setTimeout(() => {
+      if (exited()) return;
+      killedAfterMs = graceMs;
+      kill();
+    }, graceMs);
+    await exit;
+    clearTimeout(timer);
+    return done;
+  };
+  return { pid: child.pid ?? -1, command: full, exited, kill, done, stop };
+}
+
+/** A parse step that refuses a client that did not exit cleanly (autocannon, h2load: status 0 or no report). */
+export function exitedCleanly(out: ClientOutput): void {
+  if (out.exitCode !== 0) throw new Error(`exit ${out.signal ?? `status ${out.exitCode}`}`);
+}
+
+/** A client's command line as a report shows it: taskset when pinned, spaced arguments quoted, per-run parts as placeholders. */
+export function shownCommand(cpus: string | undefined, program: string, args: readonly string[], placeholders: readonly [RegExp, string][]): string {
+  const line = pinned(cpus, [program, ...args.map((a) => (a.includes(' ') ? `'${a}'` : a))]).join(' ');
+  return placeholders.reduce((text, [pattern, with_]) => text.replace(pattern, with_), line);
 }

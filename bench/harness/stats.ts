@@ -1,6 +1,7 @@
 /**
- * Small statistics for benchmark figures: median, percentiles, spread, and a latency recorder cheap enough to run on
- * every request.
+ * Small statistics for benchmark figures (median, percentiles, spread, a latency recorder cheap enough for every
+ * request) and `ClosedLoop`, the bookkeeping every closed-loop load shares (keyserver-sign's signing loads, handshake's
+ * resuming and ALPN clients).
  *
  * Percentiles use the nearest-rank method (the smallest value with at least p% of the samples at or below it), so a
  * reported p99 is always a latency some request actually had.
@@ -14,89 +15,111 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-/** Nearest-rank percentile (p in 0..100) of values already sorted ascending; NaN when empty. */
-export function percentileSorted(sorted: ArrayLike<number>, p: number): number {
+/** Nearest-rank percentile (p in 0..100) of values sorted ascending; NaN when empty. */
+function percentile(sorted: ArrayLike<number>, p: number): number {
   if (sorted.length === 0) return Number.NaN;
-  const rank = Math.ceil((p / 100) * sorted.length);
-  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+  return sorted[Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length))) - 1]!;
 }
 
 /** Median, min, max, n and spreadPct = (max - min) / median in percent: how far apart the rounds were. */
-export interface Spread {
-  readonly median: number;
-  readonly min: number;
-  readonly max: number;
-  readonly spreadPct: number;
-  readonly n: number;
-}
+export type Spread = { readonly median: number; readonly min: number; readonly max: number; readonly spreadPct: number; readonly n: number };
 
-/** Median, min, max and relative spread of per-round figures. */
 export function spread(values: readonly number[]): Spread {
   const finite = values.filter((v) => Number.isFinite(v));
   const [m, min, max] = finite.length > 0 ? [median(finite), Math.min(...finite), Math.max(...finite)] : [Number.NaN, Number.NaN, Number.NaN];
   return { median: m, min, max, spreadPct: m > 0 ? ((max - min) / m) * 100 : Number.NaN, n: finite.length };
 }
 
-export interface LatencySummary {
-  readonly count: number;
-  readonly p50Us: number;
-  readonly p90Us: number;
-  readonly p99Us: number;
-  readonly maxUs: number;
-  readonly meanUs: number;
-}
-
-/**
- * Per-request latencies in microseconds, appended to a growing Float64Array
- * (no per-sample object), summarised by sorting a copy once at the end.
- */
-export class LatencyRecorder {
+/** Per-request latencies in µs, appended to a growing Float64Array (no per-sample object), sorted once at the end. */
+class LatencyRecorder {
   #samples = new Float64Array(1 << 14);
-  #count = 0;
+  count = 0;
 
   record(us: number): void {
-    if (this.#count === this.#samples.length) {
+    if (this.count === this.#samples.length) {
       const bigger = new Float64Array(this.#samples.length * 2);
       bigger.set(this.#samples);
       this.#samples = bigger;
     }
-    this.#samples[this.#count++] = us;
-  }
-
-  get count(): number {
-    return this.#count;
+    this.#samples[this.count++] = us;
   }
 
   reset(): void {
-    this.#count = 0;
+    this.count = 0;
   }
 
-  /** Samples recorded so far, sorted ascending (a copy). */
-  sorted(): Float64Array {
-    return this.#samples.slice(0, this.#count).sort();
-  }
-
-  summary(): LatencySummary {
-    return summarizeLatencies(this.sorted());
+  summary() {
+    const sorted = this.#samples.slice(0, this.count).sort();
+    const n = sorted.length;
+    return {
+      count: n,
+      p50Us: percentile(sorted, 50),
+      p90Us: percentile(sorted, 90),
+      p99Us: percentile(sorted, 99),
+      maxUs: n > 0 ? sorted[n - 1]! : Number.NaN,
+      meanUs: n > 0 ? sorted.reduce((a, b) => a + b, 0) / n : Number.NaN,
+    };
   }
 }
 
-export function summarizeLatencies(sorted: Float64Array): LatencySummary {
-  let sum = 0;
-  for (const v of sorted) sum += v;
-  return {
-    count: sorted.length,
-    p50Us: percentileSorted(sorted, 50),
-    p90Us: percentileSorted(sorted, 90),
-    p99Us: percentileSorted(sorted, 99),
-    maxUs: sorted.length > 0 ? sorted[sorted.length - 1]! : Number.NaN,
-    meanUs: sorted.length > 0 ? sum / sorted.length : Number.NaN,
-  };
-}
-
-/** Rounds to `digits` significant-ish decimals for reports (keeps integers integral). */
+/** Rounds to `decimals` decimals for reports (keeps integers integral). */
 export function round(value: number, decimals = 1): number {
-  if (!Number.isFinite(value)) return value;
   const f = 10 ** decimals;
-  return Math.round(value * f) / f;
+  return Number.isFinite(value) ? Math.round(value * f) / f : value;
+}
+
+export const nowNs = (): number => Number(process.hrtime.bigint());
+
+/**
+ * A fixed number of loops, each starting its next operation when the last one ends: completed / failed counts, the
+ * first error, per-operation latency while `recording`, and a stop that resolves once the last loop has ended. A
+ * subclass starts its loops in `begin()` (setting `outstanding` to their number), reports each operation with `done()`
+ * and calls `retire()` when a loop does not go on. Single-threaded, in the bench process.
+ */
+export abstract class ClosedLoop {
+  completed = 0;
+  errors = 0;
+  firstError: string | undefined;
+  /** While true, each completed operation's latency is recorded. */
+  recording = false;
+  readonly latency = new LatencyRecorder();
+  protected stopped = false;
+  protected outstanding = 0;
+  #drained: (() => void) | undefined;
+
+  start(): void {
+    this.stopped = false;
+    this.#drained = undefined;
+    this.begin();
+  }
+
+  protected abstract begin(): void;
+
+  protected done(startNs: number, error: string | undefined): void {
+    if (error === undefined) {
+      this.completed++;
+      if (this.recording) this.latency.record((nowNs() - startNs) / 1e3);
+    } else {
+      this.errors++;
+      this.firstError ??= error;
+    }
+  }
+
+  protected retire(): void {
+    if (--this.outstanding === 0) this.#drained?.();
+  }
+
+  /** Stops issuing; resolves with 0 once nothing is outstanding, or after `timeoutMs` with the count still out. */
+  stop(timeoutMs = 10_000): Promise<number> {
+    this.stopped = true;
+    this.recording = false;
+    if (this.outstanding === 0) return Promise.resolve(0);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(this.outstanding), timeoutMs);
+      this.#drained = () => {
+        clearTimeout(timer);
+        resolve(0);
+      };
+    });
+  }
 }

@@ -1,9 +1,16 @@
 /**
- * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, and the reading of it
- * back: each bench names its rate and CPU after its unit (handshakesPerSecond, serverCpuUsPerRequest, ...);
- * `readSummary` turns any of them, a suite file, or a file from before `summary` existed (its `scenarios`), into
- * neutral `SummaryRow`s (`rate`, `serverCpuUs`): what the suite table, the chart and `compare` work on.
+ * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, the reading of it
+ * back, and the comparison of two results. Each bench names its rate and CPU after its unit (handshakesPerSecond,
+ * serverCpuUsPerRequest, ...); `readSummary` turns any of them, a suite file, or a file from before `summary` existed
+ * (its `scenarios`), into neutral `SummaryRow`s (`rate`, `serverCpuUs`): what the suite table, the chart and
+ * `compareSummaries` work on.
+ *
+ * Comparing: how much the rate and the server CPU per unit moved from OLD to NEW, flagged beyond a relative threshold
+ * either way (a speed-up that large is as much worth a look, e.g. a scenario that stopped doing its work). Scenarios in
+ * one file only, or skipped, are listed, never flagged. Identical runs on this shared machine differ by 10-25%
+ * (bench/README.md), so 10% flags noise too: read the spread.
  */
+import { fmt, markdownTable } from './report.js';
 
 /** What one unit of work is, for labels: "handshakes/s", "µs/request". */
 export type WorkUnit = 'handshake' | 'request' | 'sign';
@@ -13,7 +20,6 @@ export interface SummaryRow {
   readonly bench: string;
   /** Stable id within the benchmark (what `compare` matches on). */
   readonly scenario: string;
-  /** Human title. */
   readonly label: string;
   readonly unit: WorkUnit;
   /** Units per second (median over rounds); NaN when skipped. */
@@ -34,56 +40,38 @@ export interface SummaryRow {
   readonly skipped?: string;
 }
 
-/** The key under which a row is matched across files: "<bench>/<scenario>". */
-export function rowKey(row: Pick<SummaryRow, 'bench' | 'scenario'>): string {
-  return `${row.bench}/${row.scenario}`;
-}
-
-const RATE_KEYS: readonly (readonly [string, WorkUnit])[] = [
-  ['handshakesPerSecond', 'handshake'],
-  ['requestsPerSecond', 'request'],
-  ['signsPerSecond', 'sign'],
-];
-const CPU_KEYS: Record<WorkUnit, readonly string[]> = {
-  handshake: ['serverCpuUsPerHandshake', 'serverUs'],
-  request: ['serverCpuUsPerRequest', 'serverUs'],
-  sign: ['serverCpuUsPerSign', 'totalCpuUsPerSign'],
+/** Per unit, a bench row's rate key and its CPU key, then older files' CPU keys. */
+const UNIT_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string, oldCpu: string]> = {
+  handshake: ['handshakesPerSecond', 'serverCpuUsPerHandshake', 'serverUs'],
+  request: ['requestsPerSecond', 'serverCpuUsPerRequest', 'serverUs'],
+  sign: ['signsPerSecond', 'serverCpuUsPerSign', 'totalCpuUsPerSign'],
 };
 
 type Json = Record<string, unknown>;
-
-function isObject(value: unknown): value is Json {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
+const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /** A figure written either as a number or as a Spread ({ median, ... }); null (NaN in JSON) and absence are NaN. */
-function figure(value: unknown): number {
-  if (typeof value === 'number') return value;
-  if (isObject(value) && typeof value.median === 'number') return value.median;
-  return Number.NaN;
-}
+const figure = (value: unknown): number =>
+  typeof value === 'number' ? value : isObject(value) && typeof value.median === 'number' ? value.median : Number.NaN;
 
-function spreadOf(value: unknown): number {
-  return isObject(value) && typeof value.spreadPct === 'number' ? value.spreadPct : Number.NaN;
-}
-
-/** Errors written as a count or as an object of counts (handshake: { abFailed, non2xx, ... }). */
+/** Errors written as a count or as an object of counts (handshake: { abFailed, non2xx, ... }; stderr line counts left out). */
 function errorCount(value: unknown): number {
   if (typeof value === 'number') return value;
-  if (isObject(value)) return Object.entries(value).reduce((n, [k, v]) => n + (typeof v === 'number' && !/stderr/i.test(k) ? v : 0), 0);
-  return 0;
+  if (!isObject(value)) return 0;
+  return Object.entries(value).reduce((n, [k, v]) => n + (typeof v === 'number' && !/stderr/i.test(k) ? v : 0), 0);
 }
 
-/** One row of a benchmark's `summary` array or `scenarios` array (or a suite file's, already neutral), in the neutral shape. */
-export function normalizeRow(bench: string, raw: Json): SummaryRow {
+/** One row of a benchmark's `summary` or `scenarios` array (or a suite file's, already neutral), in the neutral shape. */
+function normalizeRow(bench: string, raw: Json): SummaryRow {
   const scenario = typeof raw.scenario === 'string' ? raw.scenario : typeof raw.name === 'string' ? raw.name : undefined;
   if (scenario === undefined) throw new Error(`${bench}: a summary row has neither "scenario" nor "name"`);
   const neutral = typeof raw.rate === 'number' || raw.rate === null;
-  const found = RATE_KEYS.find(([key]) => key in raw);
-  const unit: WorkUnit = neutral ? (raw.unit === 'handshake' || raw.unit === 'sign' ? raw.unit : 'request') : (found?.[1] ?? 'request');
-  const rateValue = neutral ? raw.rate : found === undefined ? undefined : raw[found[0]];
-  const cpuKey = neutral ? 'serverCpuUs' : CPU_KEYS[unit].find((key) => key in raw);
+  const found = (Object.entries(UNIT_KEYS) as [WorkUnit, readonly string[]][]).find(([, [key]]) => key! in raw);
+  const unit: WorkUnit = neutral ? (raw.unit === 'handshake' || raw.unit === 'sign' ? raw.unit : 'request') : (found?.[0] ?? 'request');
+  const rateValue = neutral ? raw.rate : found === undefined ? undefined : raw[found[1][0]!];
+  const cpuKey = neutral ? 'serverCpuUs' : UNIT_KEYS[unit].slice(1).find((key) => key in raw);
   const ms = (key: string, usKey: string) => (neutral || key in raw ? figure(raw[key]) : figure(raw[usKey]) / 1000);
+  const rateSpread = isObject(rateValue) && typeof rateValue.spreadPct === 'number' ? rateValue.spreadPct : Number.NaN;
   return {
     bench: neutral && typeof raw.bench === 'string' ? raw.bench : bench,
     scenario,
@@ -95,25 +83,20 @@ export function normalizeRow(bench: string, raw: Json): SummaryRow {
     p99Ms: ms('p99Ms', 'p99Us'),
     clientSaturated: raw.clientSaturated === true,
     errors: errorCount(raw.errors),
-    spreadPct: typeof raw.spreadPct === 'number' || neutral ? figure(raw.spreadPct) : spreadOf(rateValue),
+    spreadPct: typeof raw.spreadPct === 'number' || neutral ? figure(raw.spreadPct) : rateSpread,
     otherCores: figure(raw.otherCores),
     ...(typeof raw.skipped === 'string' ? { skipped: raw.skipped } : {}),
   };
 }
 
-/**
- * The summary rows of a parsed result file: a suite file (`benchmark:
- * "suite"`), a benchmark file with a `summary` array, or one with only
- * `scenarios`. `source` names the file in errors.
- */
+/** The summary rows of a parsed result file: a suite file, a benchmark file with a `summary` array, or one with only `scenarios`. `source` names the file in errors. */
 export function readSummary(json: unknown, source: string): SummaryRow[] {
   if (!isObject(json)) throw new Error(`${source}: not a benchmark result (expected a JSON object)`);
-  const bench = typeof json.benchmark === 'string' ? json.benchmark : 'unknown';
   const rows = Array.isArray(json.summary) ? json.summary : Array.isArray(json.scenarios) ? json.scenarios : undefined;
   if (rows === undefined) throw new Error(`${source}: no "summary" or "scenarios" array: not a benchmark result`);
   return rows.map((row, i) => {
     if (!isObject(row)) throw new Error(`${source}: summary row ${i} is not an object`);
-    return normalizeRow(bench, row);
+    return normalizeRow(typeof json.benchmark === 'string' ? json.benchmark : 'unknown', row);
   });
 }
 
@@ -125,20 +108,83 @@ export function durationRow(bench: string, scenario: string, label: string, p50M
   return { bench, scenario, label, unit: 'request', ...NO_FIGURES, p50Ms, p99Ms, errors, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-const ROW_KEYS: Record<WorkUnit, readonly [rate: string, cpu: string]> = {
-  handshake: ['handshakesPerSecond', 'serverCpuUsPerHandshake'],
-  request: ['requestsPerSecond', 'serverCpuUsPerRequest'],
-  sign: ['signsPerSecond', 'serverCpuUsPerSign'],
-};
-
 /** A bench's `summary` row with its rate and CPU named after its unit (what `readSummary` reads back); skipped: NaN figures and the reason. */
 export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' | 'rate' | 'serverCpuUs'> & { rate: number; serverCpuUs: number }) {
   const { scenario, label, rate, serverCpuUs, skipped, ...rest } = row;
-  const [rateKey, cpuKey] = ROW_KEYS[unit];
+  const [rateKey, cpuKey] = UNIT_KEYS[unit];
   return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-/** The row of a scenario that did not run. */
 export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
   return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
+}
+
+type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
+/** Every scenario of either file: rate and server CPU µs per unit, old and new, (new − old) / old, why it is flagged. */
+export type Comparison = ReturnType<typeof compareSummaries>;
+
+/** (b − a) / a, NaN unless both are finite and a > 0. */
+export function relativeChange(a: number, b: number): number {
+  return Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN;
+}
+
+/** "+12.3%" / "−4.0%" / "–" for NaN. */
+export function pct(change: number): string {
+  return Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–';
+}
+
+/** Rows matched by "<bench>/<scenario>"; `threshold` is the relative change (0.10 = 10%) beyond which a scenario is flagged. */
+export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readonly SummaryRow[], options: { readonly threshold: number }) {
+  const { threshold } = options;
+  if (!(threshold > 0)) throw new Error(`threshold must be > 0, got ${threshold}`);
+  const keyOf = (r: SummaryRow) => `${r.bench}/${r.scenario}`;
+  const [older, newer] = [new Map(oldRows.map((r) => [keyOf(r), r])), new Map(newRows.map((r) => [keyOf(r), r]))];
+  const changes = [...newer.keys(), ...[...older.keys()].filter((k) => !newer.has(k))].map((key) => {
+    const [o, n] = [older.get(key), newer.get(key)];
+    const [oldRate, newRate, oldCpuUs, newCpuUs] = [o?.rate, n?.rate, o?.serverCpuUs, n?.serverCpuUs].map((v) => v ?? Number.NaN) as [
+      number,
+      number,
+      number,
+      number,
+    ];
+    const [rateChange, cpuChange] = [relativeChange(oldRate, newRate), relativeChange(oldCpuUs, newCpuUs)];
+    const reasons = [
+      ...(Math.abs(rateChange) > threshold ? [`rate ${pct(rateChange)}`] : []),
+      ...(Math.abs(cpuChange) > threshold ? [`CPU/unit ${pct(cpuChange)}`] : []),
+    ];
+    const status: ChangeStatus =
+      o === undefined
+        ? 'only-new'
+        : n === undefined
+          ? 'only-old'
+          : o.skipped !== undefined || n.skipped !== undefined
+            ? 'skipped'
+            : reasons.length > 0
+              ? 'moved'
+              : 'ok';
+    const { label, unit } = (n ?? o)!;
+    return { key, label, unit, oldRate, newRate, rateChange, oldCpuUs, newCpuUs, cpuChange, status, reasons: status === 'moved' ? reasons : [] };
+  });
+  return { threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
+}
+
+const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
+
+/** The comparison as a Markdown table plus a verdict line. */
+export function formatComparison(c: Comparison): string {
+  const table = markdownTable(
+    ['scenario', 'rate old → new', 'change', 'server CPU µs/unit old → new', 'change', 'status'],
+    c.changes.map((x) => [
+      x.label === x.key.slice(x.key.indexOf('/') + 1) ? x.key : `${x.key} (${x.label})`,
+      `${fmt(x.oldRate)} → ${fmt(x.newRate)}`,
+      pct(x.rateChange),
+      `${fmt(x.oldCpuUs, 1)} → ${fmt(x.newCpuUs, 1)}`,
+      pct(x.cpuChange),
+      x.status === 'moved' ? `MOVED: ${x.reasons.join(', ')}` : STATUS_TEXT[x.status],
+    ]),
+    ['left', 'right', 'right', 'right', 'right', 'left'],
+  );
+  const [n, limit] = [c.flagged.length, `${(c.threshold * 100).toFixed(0)}%`];
+  const moved = c.flagged.map((x) => `${x.key} (${x.reasons.join(', ')})`).join('; ');
+  return `${table}\n\n${n === 0 ? `No scenario moved by more than ${limit}.` : `${n} scenario${n === 1 ? '' : 's'} moved by more than ${limit}: ${moved}.`}\n`;
 }

@@ -10,98 +10,59 @@
  */
 import { createHash, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto';
 
-// DER (X.690 §8, §10): tag, length (short form below 128, else long form), content.
+/** DER (X.690 §8, §10): tag, length (short form below 128, else long form), content. */
 function tlv(tag: number, content: Buffer): Buffer {
   const n = content.length;
-  let head: Buffer;
-  if (n < 0x80) head = Buffer.from([tag, n]);
-  else if (n < 0x100) head = Buffer.from([tag, 0x81, n]);
-  else if (n < 0x10000) head = Buffer.from([tag, 0x82, n >> 8, n & 0xff]);
-  else head = Buffer.from([tag, 0x83, n >> 16, (n >> 8) & 0xff, n & 0xff]);
-  return Buffer.concat([head, content]);
+  const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : n < 0x10000 ? [0x82, n >> 8, n & 0xff] : [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...length]), content]);
 }
 const seq = (...parts: Buffer[]): Buffer => tlv(0x30, Buffer.concat(parts));
 const hex = (text: string): Buffer => Buffer.from(text.replaceAll(' ', ''), 'hex');
 
-// Encoded OBJECT IDENTIFIERs (tag and length included).
-const OID = {
-  ecdsaWithSha256: hex('06 08 2a 86 48 ce 3d 04 03 02'), // 1.2.840.10045.4.3.2
-  commonName: hex('06 03 55 04 03'), // 2.5.4.3
-  subjectKeyIdentifier: hex('06 03 55 1d 0e'),
-  keyUsage: hex('06 03 55 1d 0f'),
-  subjectAltName: hex('06 03 55 1d 11'),
-  basicConstraints: hex('06 03 55 1d 13'),
-  authorityKeyIdentifier: hex('06 03 55 1d 23'),
-  extKeyUsage: hex('06 03 55 1d 25'),
-};
-const CRITICAL = hex('01 01 ff');
-const SIGNATURE_ALGORITHM = seq(OID.ecdsaWithSha256); // RFC 5758 §3.2: no parameters
+/** An extension (critical or not) of the OBJECT IDENTIFIER 2.5.29.`id` (encoded here) with `value`. */
+const extension = (id: number, critical: boolean, value: Buffer): Buffer =>
+  seq(hex(`06 03 55 1d ${id.toString(16).padStart(2, '0')}`), ...(critical ? [hex('01 01 ff')] : []), tlv(0x04, value));
+const EXT = { subjectKeyIdentifier: 0x0e, keyUsage: 0x0f, subjectAltName: 0x11, basicConstraints: 0x13, authorityKeyIdentifier: 0x23, extKeyUsage: 0x25 };
+const SIGNATURE_ALGORITHM = seq(hex('06 08 2a 86 48 ce 3d 04 03 02')); // ecdsa-with-SHA256 1.2.840.10045.4.3.2, no parameters (RFC 5758 §3.2)
 
-function name(commonName: string): Buffer {
-  return seq(tlv(0x31, seq(OID.commonName, tlv(0x0c, Buffer.from(commonName, 'utf8')))));
-}
+/** A Name of one commonName (2.5.4.3) RDN. */
+const name = (commonName: string): Buffer => seq(tlv(0x31, seq(hex('06 03 55 04 03'), tlv(0x0c, Buffer.from(commonName, 'utf8')))));
 
 /** UTCTime YYMMDDHHMMSSZ: RFC 5280 §4.1.2.5 requires it for years before 2050. */
-function utcTime(date: Date): Buffer {
-  const iso = date.toISOString();
-  const text = `${iso.slice(2, 4)}${iso.slice(5, 7)}${iso.slice(8, 10)}${iso.slice(11, 13)}${iso.slice(14, 16)}${iso.slice(17, 19)}Z`;
-  return tlv(0x17, Buffer.from(text, 'ascii'));
-}
-
-function extension(oid: Buffer, critical: boolean, value: Buffer): Buffer {
-  return critical ? seq(oid, CRITICAL, tlv(0x04, value)) : seq(oid, tlv(0x04, value));
-}
+const utcTime = (date: Date): Buffer => tlv(0x17, Buffer.from(`${date.toISOString().slice(2, 19).replace(/[-T:]/g, '')}Z`, 'ascii'));
 
 /** SHA-1 of the SPKI: a key identifier (RFC 5280 §4.2.1.2 allows any unique value; this is its method 1 in spirit). */
-function keyIdentifier(spkiDer: Buffer): Buffer {
-  return createHash('sha1').update(spkiDer).digest();
-}
+const keyIdentifier = (spkiDer: Buffer): Buffer => createHash('sha1').update(spkiDer).digest();
 
 /** 16 random bytes, top bit clear (positive INTEGER) and first byte ≥ 0x10, so every serial prints as 32 hex digits. */
-export function newSerial(): Buffer {
+function newSerial(): Buffer {
   const serial = randomBytes(16);
   serial[0] = 0x10 + (serial[0]! % 0x70);
   return serial;
 }
 
-/** A v3 certificate signed by `signingKey` (ECDSA P-256 with SHA-256). */
-function certificateDer(
+/** A v3 certificate, PEM, signed by `signingKey` (ECDSA P-256 with SHA-256). */
+function certificate(
   serial: Buffer,
   issuer: Buffer,
   subject: Buffer,
   validity: readonly [Date, Date],
   spkiDer: Buffer,
   extensions: readonly Buffer[],
-  signingKey: KeyObject,
-): Buffer {
-  const [notBefore, notAfter] = validity;
+  key: KeyObject,
+) {
   const version = hex('a0 03 02 01 02'); // [0] v3
-  const tbs = seq(
-    version,
-    tlv(0x02, serial),
-    SIGNATURE_ALGORITHM,
-    issuer,
-    seq(utcTime(notBefore), utcTime(notAfter)),
-    subject,
-    spkiDer,
-    tlv(0xa3, seq(...extensions)),
-  );
+  const tbs = seq(version, tlv(0x02, serial), SIGNATURE_ALGORITHM, issuer, seq(...validity.map(utcTime)), subject, spkiDer, tlv(0xa3, seq(...extensions)));
   // node:crypto's ECDSA signature is DER Ecdsa-Sig-Value, what X.509 carries (RFC 5758 §3.2).
-  return seq(tbs, SIGNATURE_ALGORITHM, tlv(0x03, Buffer.concat([Buffer.from([0]), sign('sha256', tbs, signingKey)])));
-}
-
-function pem(der: Buffer): string {
+  const der = seq(tbs, SIGNATURE_ALGORITHM, tlv(0x03, Buffer.concat([Buffer.from([0]), sign('sha256', tbs, key)])));
   return `-----BEGIN CERTIFICATE-----\n${der
     .toString('base64')
     .match(/.{1,64}/g)!
     .join('\n')}\n-----END CERTIFICATE-----\n`;
 }
 
-export interface IssuedLeaf {
-  readonly pem: string;
-  /** Upper-case hex, as node:tls reports a peer certificate's serialNumber. */
-  readonly serial: string;
-}
+/** An issued leaf; `serial` in upper-case hex, as node:tls reports a peer certificate's serialNumber. */
+type IssuedLeaf = { readonly pem: string; readonly serial: string };
 
 /** A throwaway CA, used from one thread; `issue` is synchronous. */
 export class BenchCa {
@@ -121,27 +82,27 @@ export class BenchCa {
     const notBefore = new Date(Date.now() - 60_000);
     this.#validity = [notBefore, new Date(notBefore.getTime() + validDays * 86_400_000)];
     const extensions = [
-      extension(OID.basicConstraints, true, seq(CRITICAL)), // cA TRUE
-      extension(OID.keyUsage, true, hex('03 02 01 06')), // keyCertSign, cRLSign
-      extension(OID.subjectKeyIdentifier, false, tlv(0x04, this.#keyId)),
+      extension(EXT.basicConstraints, true, seq(hex('01 01 ff'))), // cA TRUE
+      extension(EXT.keyUsage, true, hex('03 02 01 06')), // keyCertSign, cRLSign
+      extension(EXT.subjectKeyIdentifier, false, tlv(0x04, this.#keyId)),
     ];
-    this.pem = pem(certificateDer(newSerial(), this.#subject, this.#subject, this.#validity, spkiDer, extensions, privateKey));
+    this.pem = certificate(newSerial(), this.#subject, this.#subject, this.#validity, spkiDer, extensions, privateKey);
   }
 
   /** A TLS server leaf for `spkiDer` (the key server's public key) covering `dnsNames`; valid as long as the CA, less a day. */
   issue(spkiDer: Buffer, dnsNames: readonly string[]): IssuedLeaf {
     const serial = newSerial();
     const extensions = [
-      extension(OID.basicConstraints, true, seq()),
-      extension(OID.keyUsage, true, hex('03 02 07 80')), // digitalSignature
-      extension(OID.extKeyUsage, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // serverAuth
-      extension(OID.subjectAltName, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
-      extension(OID.subjectKeyIdentifier, false, tlv(0x04, keyIdentifier(spkiDer))),
-      extension(OID.authorityKeyIdentifier, false, seq(tlv(0x80, this.#keyId))),
+      extension(EXT.basicConstraints, true, seq()),
+      extension(EXT.keyUsage, true, hex('03 02 07 80')), // digitalSignature
+      extension(EXT.extKeyUsage, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // serverAuth
+      extension(EXT.subjectAltName, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
+      extension(EXT.subjectKeyIdentifier, false, tlv(0x04, keyIdentifier(spkiDer))),
+      extension(EXT.authorityKeyIdentifier, false, seq(tlv(0x80, this.#keyId))),
     ];
     const validity = [this.#validity[0], new Date(this.#validity[1].getTime() - 86_400_000)] as const;
-    const der = certificateDer(serial, this.#subject, name(dnsNames[0] ?? 'leaf'), validity, spkiDer, extensions, this.#key);
-    return { pem: pem(der), serial: serial.toString('hex').toUpperCase() };
+    const pem = certificate(serial, this.#subject, name(dnsNames[0] ?? 'leaf'), validity, spkiDer, extensions, this.#key);
+    return { pem, serial: serial.toString('hex').toUpperCase() };
   }
 
   /** The leaf followed by this CA: what a store entry or a config chain file holds. */

@@ -10,27 +10,20 @@ import https from 'node:https';
 import { basename, dirname, join } from 'node:path';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { BenchCa } from './cert-factory.js';
-import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { processTree } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
-import { LabBase } from './base.js';
-import { KEYEDGE_CLI, KeyserverLab } from './keyserver.js';
+import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
+import { BenchCa } from './cert-factory.js';
+import { KEYEDGE_CLI, KeyserverLab, type KeyType, LabBase } from './keyserver.js';
 
 /** A token key: `type` as `keyedge key generate --type` takes it, `spki` (DER) as the key server returns it. */
-export interface LabKey {
-  readonly id: string;
-  readonly title: string;
-  readonly type: 'ec-p256' | 'rsa-2048';
-  readonly keyId: string;
-  readonly spki: Buffer;
-}
+export type LabKey = { readonly id: string; readonly title: string; readonly type: KeyType; readonly keyId: string; readonly spki: Buffer };
 
 /** One JSON log line of the proxy (pino): `time` is ISO 8601, `msg` the message. */
 export type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
 
 /** Reads a proxy's log file as it grows; a line that is not JSON (a crash trace) is kept as `{ msg: text }`. */
-export class ProxyLog {
+class ProxyLog {
   readonly lines: LogLine[] = [];
   #offset = 0;
   #pending = '';
@@ -71,18 +64,18 @@ export class ProxyLog {
 /** A started proxy: its process, log, ports, pids, admin requests with the token, stop. */
 export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 
-export interface ProxyStartOptions {
-  /** Its config and log are `<dir>/<name>.{json,log}`. */
+/**
+ * `name`: its config and log are `<dir>/<name>.{json,log}`; `nodeArgs`: Node options for the primary (node:cluster
+ * passes them on to the workers), e.g. --cpu-prof; `allowNotReady`: not ready in time resolves with readyMs undefined,
+ * the proxy left running, instead of rejecting.
+ */
+type ProxyStartOptions = {
   readonly name: string;
   readonly config: Record<string, unknown>;
-  /** Node options for the primary (node:cluster passes them on to the workers), e.g. --cpu-prof. */
   readonly nodeArgs?: readonly string[];
   readonly readyTimeoutMs?: number;
-  /** Not ready in time: resolve with readyMs undefined, the proxy left running, instead of rejecting. */
   readonly allowNotReady?: boolean;
-  /** /readyz poll interval, ms. */
-  readonly pollMs?: number;
-}
+};
 
 export class CertLab extends LabBase {
   /** Issues 90-day certificates: a start logs no expiry warning per entry (100,000 lines at the largest store). */
@@ -102,7 +95,6 @@ export class CertLab extends LabBase {
     writeFileSync(this.tokenFile, `${this.token}\n`, { mode: 0o600 });
   }
 
-  /** Makes the temp dir and the keys, starts the key server and the origin. */
   static async start(keys: readonly Omit<LabKey, 'keyId' | 'spki'>[], log: (line: string) => void): Promise<CertLab> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-certs-', tokenLabel: 'keyedge-certs' });
     let lab: CertLab | undefined;
@@ -151,13 +143,13 @@ export class CertLab extends LabBase {
   }
 
   /**
-   * Writes the config, starts `keyedge proxy` and resolves once /readyz answers 200. Another program can take a port between freePort() and the bind (the
-   * workers then fail with EADDRINUSE and are restarted forever): seen in the log, the proxy is started again on fresh ports, up to three times; the
-   * config's listen[0] and admin ports are the ones to use.
+   * Writes the config, starts `keyedge proxy` and resolves once /readyz answers 200. Another program can take a port
+   * between freePort() and the bind (the workers then fail with EADDRINUSE and are restarted forever): seen in the log,
+   * the proxy is started again on fresh ports, up to three times; the config's listen[0] and admin ports are the ones
+   * to use.
    */
   async startProxy(options: ProxyStartOptions) {
-    const configFile = join(this.dir, `${options.name}.json`);
-    const logFile = join(this.dir, `${options.name}.log`);
+    const [configFile, logFile] = [join(this.dir, `${options.name}.json`), join(this.dir, `${options.name}.log`)];
     const timeoutMs = options.readyTimeoutMs ?? 120_000;
     let config = options.config;
     for (let attempt = 1; ; attempt++) {
@@ -175,7 +167,7 @@ export class CertLab extends LabBase {
         else return (await httpGet(`http://127.0.0.1:${admin.port}/readyz`, 2000)).status === 200;
         return true;
       };
-      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, options.pollMs ?? 20);
+      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, 20);
       const readyMs = outcome === 'ready' ? performance.now() - started : undefined;
       const stop = async () => {
         await proc.stop(30_000);
@@ -187,7 +179,12 @@ export class CertLab extends LabBase {
         config = { ...config, listen: [{ host: '127.0.0.1', port: await freePort() }], admin: { ...admin, port: await freePort() } };
         continue;
       }
-      const authorization = `Bearer ${this.token}`;
+      const headers = { authorization: `Bearer ${this.token}` };
+      const adminRequest = async (method: string, path: string, body?: string): Promise<{ status: number; text: string }> => {
+        const init = { method, headers, signal: AbortSignal.timeout(120_000), ...(body === undefined ? {} : { body }) };
+        const response = await fetch(`http://127.0.0.1:${admin.port}${path}`, init);
+        return { status: response.status, text: await response.text() };
+      };
       return {
         process: proc,
         log: new ProxyLog(logFile),
@@ -197,11 +194,7 @@ export class CertLab extends LabBase {
         /** Spawn until /readyz first answered 200, ms; undefined when not ready in time (`allowNotReady`). */
         readyMs,
         pids: () => ({ primary: proc.pid, workers: processTree(proc.pid).slice(1) }),
-        async admin(method: string, path: string, body?: string): Promise<{ status: number; text: string }> {
-          const init = { method, headers: { authorization }, signal: AbortSignal.timeout(120_000), ...(body === undefined ? {} : { body }) };
-          const response = await fetch(`http://127.0.0.1:${admin.port}${path}`, init);
-          return { status: response.status, text: await response.text() };
-        },
+        admin: adminRequest,
         stop,
       };
     }
@@ -217,10 +210,7 @@ export function writeAtomically(file: string, text: string): void {
 
 /** Resident set size of `pid` in KiB (VmRSS from /proc/<pid>/status). */
 export function rssKiB(pid: number): number {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('VmRSS:'));
-  const kib = Number(/(\d+)/.exec(line ?? '')?.[1]);
+  const kib = Number(/^VmRSS:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
   if (!Number.isFinite(kib)) throw new Error(`no VmRSS for pid ${pid}`);
   return kib;
 }
@@ -239,16 +229,14 @@ export interface ConnectResult {
 }
 
 /**
- * One new TLS connection to the proxy, verified against `ca` for
- * `servername`; with `request`, one GET (Connection: close) that must answer
- * 200. Never rejects. The peer certificate is read in 'secureConnect', while
- * the socket is open (Node must not be asked about a closed TLS socket).
+ * One new TLS connection to the proxy, verified against `ca` for `servername`; with `request`, one GET (Connection:
+ * close) that must answer 200. Never rejects. The peer certificate is read in 'secureConnect', while the socket is open
+ * (Node must not be asked about a closed TLS socket).
  */
 export function connectOnce(port: number, servername: string, ca: string, request: boolean, timeoutMs = 10_000): Promise<ConnectResult> {
   return new Promise((resolve) => {
     const startedAt = performance.now();
     let serial: string | undefined;
-    let handshakeAt: number | undefined;
     let head = '';
     const socket = tls.connect({ host: '127.0.0.1', port, servername, ca });
     const done = (result: Omit<ConnectResult, 'startedAt'>): void => {
@@ -256,9 +244,10 @@ export function connectOnce(port: number, servername: string, ca: string, reques
       socket.destroy();
       resolve({ ...result, startedAt }); // a second call is a no-op: a promise settles once
     };
-    const fail = (error: string) =>
-      done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error, ...(serial === undefined ? {} : { serial }) });
+    const stage = () => (serial === undefined ? 'handshake' : 'request');
+    const fail = (error: string) => done({ ok: false, failed: stage(), error, ...(serial === undefined ? {} : { serial }) });
     const timer = setTimeout(() => fail(`no ${serial === undefined ? 'handshake' : 'answer'} within ${timeoutMs} ms`), timeoutMs);
+    let handshakeAt: number | undefined;
     socket.once('secureConnect', () => {
       handshakeAt = performance.now();
       serial = socket.getPeerCertificate().serialNumber?.toUpperCase();
@@ -274,7 +263,7 @@ export function connectOnce(port: number, servername: string, ca: string, reques
       if (status === 200) done({ ok: true, serial, status, handshakeAt });
       else done({ ok: false, failed: 'request', error: `answer: ${head.split('\r\n')[0] ?? '(none)'}`, status, serial });
     });
-    socket.once('close', () => done({ ok: false, failed: serial === undefined ? 'handshake' : 'request', error: 'closed before an answer' }));
+    socket.once('close', () => done({ ok: false, failed: stage(), error: 'closed before an answer' }));
   });
 }
 
@@ -296,22 +285,15 @@ export async function untilServed(serial: string, writtenAt: number, intervalMs:
 }
 
 /** One GET over `agent` (keep-alive): ok or the error, and whether the connection was reused. */
-export function agentGet(
-  agent: https.Agent,
-  port: number,
-  servername: string,
-  ca: string,
-  timeoutMs = 10_000,
-): Promise<{ ok: boolean; reused: boolean; error?: string }> {
-  return new Promise((resolve) => {
+export function agentGet(agent: https.Agent, port: number, servername: string, ca: string, timeoutMs = 10_000) {
+  return new Promise<{ ok: boolean; reused: boolean; error?: string }>((resolve) => {
+    const answer = (error?: string) => resolve({ ok: error === undefined, reused: req.reusedSocket, ...(error === undefined ? {} : { error }) });
     const req = https.get({ host: '127.0.0.1', port, path: '/', servername, headers: { host: servername }, ca, agent, timeout: timeoutMs }, (res) => {
       res.resume();
-      res.once('end', () =>
-        resolve(res.statusCode === 200 ? { ok: true, reused: req.reusedSocket } : { ok: false, reused: req.reusedSocket, error: `status ${res.statusCode}` }),
-      );
-      res.once('error', (err) => resolve({ ok: false, reused: req.reusedSocket, error: err.message }));
+      res.once('end', () => answer(res.statusCode === 200 ? undefined : `status ${res.statusCode}`));
+      res.once('error', (err) => answer(err.message));
     });
     req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.once('error', (err) => resolve({ ok: false, reused: req.reusedSocket, error: err.message }));
+    req.once('error', (err) => answer(err.message));
   });
 }

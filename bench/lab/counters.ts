@@ -18,41 +18,35 @@ export interface HandshakeCounters {
   readonly keylessSigns: number;
 }
 
-/** Sample lines `name{labels} value` of one metric, labels parsed. */
-export function samples(text: string, name: string): { labels: Record<string, string>; value: number }[] {
-  return [...text.matchAll(new RegExp(`^${name}(?:\\{([^}]*)\\})? +(\\S+)`, 'gm'))].map((m) => ({
-    labels: Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]])),
-    value: Number(m[2]),
-  }));
+/** The samples `name{labels} value` of each metric in `/metrics` at `adminPort`, labels parsed. */
+async function metrics(adminPort: number, what: string) {
+  const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
+  if (status !== 200) throw new Error(`${what}admin :${adminPort}/metrics answered ${status}`);
+  return (name: string) =>
+    [...body.matchAll(new RegExp(`^${name}(?:\\{([^}]*)\\})? +(\\S+)`, 'gm'))].map((m) => ({
+      labels: Object.fromEntries([...(m[1] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]])) as Record<string, string>,
+      value: Number(m[2]),
+    }));
 }
 
+const addTo = (to: Record<string, number>, key: string, n: number) => (to[key] = (to[key] ?? 0) + n);
+
 export async function readHandshakeCounters(adminPort: number): Promise<HandshakeCounters> {
-  const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
-  if (status !== 200) throw new Error(`admin :${adminPort}/metrics answered ${status}`);
-  let [full, resumed, failed] = [0, 0, 0];
-  for (const s of samples(body, 'keyedge_proxy_tls_handshakes_total')) {
-    if (s.labels.result === 'ok') {
-      if (s.labels.resumed === 'true') resumed += s.value;
-      else full += s.value;
-    } else failed += s.value;
-  }
+  const samples = await metrics(adminPort, '');
+  const handshakes: Record<string, number> = {};
+  for (const { labels, value } of samples('keyedge_proxy_tls_handshakes_total'))
+    addTo(handshakes, labels.result !== 'ok' ? 'failed' : labels.resumed === 'true' ? 'resumed' : 'full', value);
   const requests: Record<string, number> = {};
-  for (const s of samples(body, 'keyedge_proxy_http_requests_total')) {
-    const k = s.labels.status_class ?? 'other';
-    requests[k] = (requests[k] ?? 0) + s.value;
-  }
-  const keylessSigns = samples(body, 'keyedge_proxy_keyless_signs_total').reduce((n, s) => n + s.value, 0);
-  return { full, resumed, failed, requests, keylessSigns };
+  for (const s of samples('keyedge_proxy_http_requests_total')) addTo(requests, s.labels.status_class ?? 'other', s.value);
+  const keylessSigns = samples('keyedge_proxy_keyless_signs_total').reduce((n, s) => n + s.value, 0);
+  return { full: handshakes.full ?? 0, resumed: handshakes.resumed ?? 0, failed: handshakes.failed ?? 0, requests, keylessSigns };
 }
 
 /** Successful signs at the key server, by algorithm. */
 export async function readKeyserverSigns(adminPort: number): Promise<Record<string, number>> {
-  const { status, body } = await httpGet(`http://127.0.0.1:${adminPort}/metrics`, 10_000);
-  if (status !== 200) throw new Error(`key server admin :${adminPort}/metrics answered ${status}`);
   const out: Record<string, number> = {};
-  for (const s of samples(body, 'keyedge_keyserver_requests_total')) {
-    if (s.labels.op === 'sign' && s.labels.result === 'ok') out[s.labels.algorithm ?? 'unknown'] = (out[s.labels.algorithm ?? 'unknown'] ?? 0) + s.value;
-  }
+  for (const s of (await metrics(adminPort, 'key server '))('keyedge_keyserver_requests_total'))
+    if (s.labels.op === 'sign' && s.labels.result === 'ok') addTo(out, s.labels.algorithm ?? 'unknown', s.value);
   return out;
 }
 

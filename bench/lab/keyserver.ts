@@ -1,44 +1,80 @@
 /**
- * A throwaway key server for the benches, run as deployed: a temp dir with an embedded SoftHSM2 token, a config with a
- * unix socket and a mutual-TLS listener (a private CA with server and client certificates), keys made by `keyedge key
- * generate`, and `node dist/keyedge.cjs keyserver` as a child process with the ManagedProcess interface of the servers
- * under test. `cleanup()` is synchronous (also from an 'exit' handler): SIGKILL to a server still running, then the
- * temp dir removed.
+ * What every bench lab stands on. `KeyserverLab`: a throwaway key server run as deployed, in a temp dir with an
+ * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS listener, keys made by `keyedge key generate`,
+ * and `node dist/keyedge.cjs keyserver` as a child process. `LabPki`: the openssl-made certificates of the labs. And
+ * `LabBase`: a temp dir under a KeyserverLab's with the registry of what was started in it (key server, origin, the
+ * servers under test by id), a graceful `stop()`.
+ *
+ * `cleanup()` is synchronous (also from an 'exit' handler) and safe twice: SIGKILL to every process group still
+ * running, then the temp dir removed.
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { childEnv, jsonLine, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
-import { LabPki } from './pki.js';
+import { childEnv, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 
 /** The compiled CLI launcher, relative to this module in dist/bench/lab/. */
 export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
-export interface LabOptions {
-  /** pkcs11.sessions; absent: the product default. */
-  readonly sessions?: number;
-  readonly tokenLabel?: string;
-  readonly maxInFlightPerConnection?: number;
-  /** Prefix of the temp dir's name. */
-  readonly prefix?: string;
+export type KeyType = 'ec-p256' | 'rsa-2048';
+
+/**
+ * A throwaway CA in `dir` (made, 0700, when missing); for a token key, a certificate from a CSR signed inside the token
+ * (`keyedge key csr`, as config/setup.sh's demo certificate); for the servers that hold a key file (in memory, floor,
+ * nginx, caddy, and the key server's mutual-TLS listener and its client), an ordinary key file (`openssl genpkey`) and
+ * its certificate. Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
+ */
+export class LabPki {
+  readonly caFile: string;
+
+  constructor(
+    readonly dir: string,
+    commonName: string,
+  ) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.caFile = join(dir, 'ca.pem');
+    const ca = `-x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ${join(dir, 'ca.key')} -out ${this.caFile}`;
+    const extensions = ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'];
+    this.#openssl('req', ...ca.split(' '), ...extensions, '-subj', `/CN=${commonName}`);
+  }
+
+  #openssl(...args: string[]): void {
+    execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+  }
+
+  /** `<name>.pem` and `<name>-chain.pem` from `<name>.csr`, the CSR's subjectAltName copied; `usage`: its extendedKeyUsage. */
+  #issue(name: string, usage = 'serverAuth'): void {
+    const f = (x: string) => join(this.dir, x);
+    writeFileSync(f(`${usage}.ext`), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${usage}\n`);
+    const args = `x509 -req -CAcreateserial -days 2 -copy_extensions copy -in ${f(`${name}.csr`)} -CA ${this.caFile} -CAkey ${f('ca.key')}`;
+    this.#openssl(...args.split(' '), '-extfile', f(`${usage}.ext`), '-out', f(`${name}.pem`));
+    writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(this.caFile, 'utf8'));
+  }
+
+  async tokenCert(keyserverLab: KeyserverLab, label: string, serverName: string, name: string): Promise<void> {
+    await keyserverLab.key('csr', '--key', label, '--domain', serverName, '--out', join(this.dir, `${name}.csr`));
+    this.#issue(name);
+  }
+
+  /** A key file `<name>.key` and its certificate for CN `subject`, subjectAltName `san` ('' for none). */
+  fileCert(type: KeyType, subject: string, name: string, san = `DNS:${subject}`, usage = 'serverAuth'): void {
+    const key = join(this.dir, `${name}.key`);
+    const algorithm = type === 'ec-p256' ? '-algorithm EC -pkeyopt ec_paramgen_curve:P-256' : '-algorithm RSA -pkeyopt rsa_keygen_bits:2048';
+    this.#openssl('genpkey', ...algorithm.split(' '), '-out', key);
+    const sanArgs = san === '' ? [] : ['-addext', `subjectAltName=${san}`];
+    this.#openssl('req', '-new', '-key', key, '-subj', `/CN=${subject}`, ...sanArgs, '-out', join(this.dir, `${name}.csr`));
+    this.#issue(name, usage);
+  }
 }
 
-export interface TlsFiles {
-  readonly ca: string;
-  readonly serverCert: string;
-  readonly serverKey: string;
-  readonly clientCert: string;
-  readonly clientKey: string;
-  /** The server certificate's name (it also covers IP 127.0.0.1). */
-  readonly serverName: string;
-  /** The client certificate's CN, which the config's `clients` rule matches. */
-  readonly clientCommonName: string;
-}
+/** The key server's mutual-TLS files: its server certificate covers `serverName` and IP 127.0.0.1; the config's `clients` rule matches `clientCommonName`. */
+type TlsFiles = Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clientKey' | 'serverName' | 'clientCommonName', string>;
 
 export interface KeyserverProcess extends ManagedProcess {
   readonly unixPath: string;
@@ -57,12 +93,28 @@ export class KeyserverLab {
   #server: KeyserverProcess | undefined;
   #cleaned = false;
 
-  constructor(options: LabOptions = {}) {
+  /** `sessions`: pkcs11.sessions (absent: the product default); `prefix`: of the temp dir's name. */
+  constructor(
+    options: { readonly sessions?: number; readonly tokenLabel?: string; readonly maxInFlightPerConnection?: number; readonly prefix?: string } = {},
+  ) {
     this.dir = mkdtempSync(join(tmpdir(), options.prefix ?? 'keyedge-bench-'));
     try {
       this.stateDir = join(this.dir, 'state');
       this.tokenLabel = options.tokenLabel ?? 'keyedge-bench';
-      this.tls = makeCertificates(join(this.dir, 'pki'));
+      const pki = new LabPki(join(this.dir, 'pki'), 'keyedge bench CA');
+      const [serverName, clientCommonName] = ['localhost', 'keyedge-bench-client'];
+      pki.fileCert('ec-p256', serverName, 'server', `DNS:${serverName},IP:127.0.0.1`);
+      pki.fileCert('ec-p256', clientCommonName, 'client', '', 'clientAuth');
+      const f = (name: string) => join(pki.dir, name);
+      this.tls = {
+        serverName,
+        clientCommonName,
+        ca: pki.caFile,
+        serverCert: f('server.pem'),
+        serverKey: f('server.key'),
+        clientCert: f('client.pem'),
+        clientKey: f('client.key'),
+      };
       this.configPath = join(this.dir, 'keyserver.json');
       const { sessions, maxInFlightPerConnection } = options;
       this.config = {
@@ -73,7 +125,7 @@ export class KeyserverLab {
           // Port 0: the kernel picks; the "key server ready" line says which.
           tcp: { host: '127.0.0.1', port: 0, cert: this.tls.serverCert, key: this.tls.serverKey, clientCa: this.tls.ca },
         },
-        clients: [{ name: 'bench', match: { commonName: this.tls.clientCommonName }, keys: '*' }],
+        clients: [{ name: 'bench', match: { commonName: clientCommonName }, keys: '*' }],
         limits: { shutdownGraceMs: 2000, ...(maxInFlightPerConnection === undefined ? {} : { maxInFlightPerConnection }) },
         admin: null,
         // info logs the ready line and nothing per request; the key-usage line is pushed out of any run.
@@ -101,11 +153,11 @@ export class KeyserverLab {
   }
 
   /**
-   * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g.
-   * --cpu-prof); resolves on its "key server ready" line. Unlike the servers under test (harness/spawn.ts) it stays in the bench's session and process
-   *   group, as it always ran here: detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
+   * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready"
+   * line. Unlike the servers under test it stays in the bench's session and process group, as it always ran here:
+   * detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
    */
-  async startServer(options: { readonly nodeArgs?: readonly string[]; readonly timeoutMs?: number } = {}): Promise<KeyserverProcess> {
+  async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
@@ -117,15 +169,13 @@ export class KeyserverLab {
     const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
-    const readyLine = () => (ready = jsonLine(logFile, 'key server ready')) !== undefined;
     try {
-      await waitFor('key server', readyLine, options.timeoutMs ?? 30_000, proc, 50);
+      await waitFor('key server', () => (ready = jsonLine(logFile, 'key server ready')) !== undefined, 30_000, proc, 50);
     } catch (err) {
       await stop(500);
       throw err;
     }
-    Object.assign(server, { unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 });
-    return server;
+    return Object.assign(server, { unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 });
   }
 
   /** Graceful stop of the server (SIGTERM: a --cpu-prof profile gets written). */
@@ -133,7 +183,7 @@ export class KeyserverLab {
     await this.#server?.stop();
   }
 
-  /** SIGKILL to a server still running, then the temp dir removed (unless `keepTemp`). Synchronous; safe twice. */
+  /** SIGKILL to a server still running, then the temp dir removed (unless `keepTemp`). */
   cleanup(keepTemp = false): void {
     if (this.#cleaned) return;
     this.#cleaned = true;
@@ -142,37 +192,95 @@ export class KeyserverLab {
   }
 }
 
-/** A private CA (P-256), a server certificate for localhost and 127.0.0.1, and a client certificate (lab/pki.ts). */
-export function makeCertificates(dir: string): TlsFiles {
-  const pki = new LabPki(dir, 'keyedge bench CA');
-  const files = { serverName: 'localhost', clientCommonName: 'keyedge-bench-client' };
-  pki.fileCert('ec-p256', files.serverName, 'server', `DNS:${files.serverName},IP:127.0.0.1`);
-  pki.fileCert('ec-p256', files.clientCommonName, 'client', '', 'clientAuth');
-  const f = (name: string) => join(dir, name);
-  return { ...files, ca: pki.caFile, serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
-}
-
-/** A connected unix-socket stream to the key server (Nagle off, as the product's client). */
-export function connectUnix(path: string): Promise<net.Socket> {
-  return connected(net.connect(path), 'connect');
-}
-
-/** A mutual-TLS 1.3 connection to the key server with the lab's client certificate. */
-export async function connectTls(port: number, files: TlsFiles, host = '127.0.0.1'): Promise<tls.TLSSocket> {
-  const [ca, cert, key] = [files.ca, files.clientCert, files.clientKey].map((file) => readFileSync(file));
-  const socket = await connected(tls.connect({ host, port, servername: files.serverName, ca, cert, key, minVersion: 'TLSv1.3' }), 'secureConnect');
-  if (socket.getProtocol() === 'TLSv1.3') return socket;
-  socket.destroy();
-  throw new Error(`expected TLSv1.3, negotiated ${socket.getProtocol() ?? 'nothing'}`);
-}
-
+/** A connected socket (Nagle off, as the product's client) once `event` fired. */
 function connected<S extends net.Socket>(socket: S, event: string): Promise<S> {
   return new Promise((resolve, reject) => {
     socket.once('error', reject);
     socket.once(event, () => {
       socket.off('error', reject);
-      socket.setNoDelay(true);
-      resolve(socket);
+      resolve(socket.setNoDelay(true));
     });
+  });
+}
+
+export function connectUnix(path: string): Promise<net.Socket> {
+  return connected(net.connect(path), 'connect');
+}
+
+/** A mutual-TLS 1.3 connection to the key server with the lab's client certificate. */
+export async function connectTls(port: number, files: TlsFiles): Promise<tls.TLSSocket> {
+  const [ca, cert, key] = [files.ca, files.clientCert, files.clientKey].map((file) => readFileSync(file));
+  const socket = await connected(tls.connect({ host: '127.0.0.1', port, servername: files.serverName, ca, cert, key, minVersion: 'TLSv1.3' }), 'secureConnect');
+  if (socket.getProtocol() === 'TLSv1.3') return socket;
+  socket.destroy();
+  throw new Error(`expected TLSv1.3, negotiated ${socket.getProtocol() ?? 'nothing'}`);
+}
+
+export abstract class LabBase<Id extends string = string> {
+  readonly dir: string;
+  keyserver: KeyserverProcess | undefined;
+  origin: ManagedProcess | undefined;
+  /** The servers under test (or proxies) that run, by id. */
+  readonly servers = new Map<Id, ManagedProcess>();
+  #cleaned = false;
+
+  /** `graceMs`: SIGTERM to SIGKILL, for the servers. */
+  protected constructor(
+    readonly keyserverLab: KeyserverLab,
+    subdir: string,
+    readonly graceMs = 15_000,
+  ) {
+    this.dir = join(keyserverLab.dir, subdir);
+  }
+
+  /** `keyedge demo-origin` (1 KiB page) on `port`, in this lab's dir; resolves once it accepts connections. */
+  protected async startDemoOrigin(port: number, cpus: string | undefined): Promise<ManagedProcess> {
+    this.origin = spawnManaged('origin', [process.execPath, KEYEDGE_CLI, 'demo-origin', '--port', String(port)], join(this.dir, 'origin.log'), cpus, this.dir);
+    await waitFor('demo origin', () => tcpOpen(port), 15_000, this.origin);
+    return this.origin;
+  }
+
+  /** Stops (kills) what a lab starts besides the registry (nginx). */
+  protected async stopOthers(): Promise<void> {}
+  protected killOthers(): void {}
+
+  /** Graceful stop of everything started: servers, then the key server, then the origin. */
+  async stop(): Promise<void> {
+    await Promise.all([...[...this.servers.values()].map((p) => p.stop(this.graceMs)), this.stopOthers()]);
+    await this.keyserver?.stop();
+    await this.origin?.stop();
+  }
+
+  /** The end of a bench's run: graceful stop, then cleanup (the temp dir kept, and said so, with `keepTemp`). */
+  async close(keepTemp: boolean, log: (line: string) => void): Promise<void> {
+    await this.stop().catch(() => undefined);
+    if (keepTemp) log(`kept ${this.dir}`);
+    this.cleanup(keepTemp);
+  }
+
+  cleanup(keepTemp = false): void {
+    if (this.#cleaned) return;
+    this.#cleaned = true;
+    for (const p of [...this.servers.values(), this.origin]) p?.kill();
+    this.killOthers();
+    this.keyserverLab.cleanup(keepTemp);
+  }
+}
+
+/** One HTTPS GET through a server, checking the certificate against the lab CA and the answer (200, 1 KiB). */
+export function probe(port: number, serverName: string, caPem: string): Promise<{ status: number; bytes: number; protocol: string | null }> {
+  return new Promise((resolve, reject) => {
+    const options = { host: '127.0.0.1', port, path: '/', servername: serverName, headers: { host: serverName }, ca: caPem, agent: false, timeout: 5000 };
+    const req = https.request({ ...options, minVersion: 'TLSv1.3' }, (res) => {
+      // Read while the socket is open (node must not touch a closed TLS socket's state).
+      const protocol = (res.socket as tls.TLSSocket).getProtocol();
+      let bytes = 0;
+      res.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, protocol }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('probe timed out')));
+    req.on('error', reject);
+    req.end();
   });
 }

@@ -9,30 +9,19 @@
  * user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir: never a command line,
  * the environment or a log.
  */
-import { aptInstall, versionOf, which } from '../harness/install.js';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { HandshakeKey } from '../handshake/lab.js';
+import { aptInstall, versionOf, which } from '../harness/install.js';
 import { httpGet, type ManagedProcess, spawnManaged, waitFor } from '../harness/spawn.js';
 
 export type NginxVariant = 'file' | 'engine' | 'p11kit';
 
-export const NGINX_VARIANTS: readonly NginxVariant[] = ['file', 'engine', 'p11kit'];
-
 /** Where Debian puts libp11's engine and p11-kit's client module (amd64, arm64), under these library dirs. */
-const LIB_DIRS = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64'];
-const findLib = (name: string) => LIB_DIRS.map((dir) => `${dir}/${name}`).find((p) => existsSync(p));
-const DEBIAN_PACKAGES = ['nginx', 'libengine-pkcs11-openssl', 'p11-kit', 'p11-kit-modules'];
+const findLib = (name: string) => ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64'].map((dir) => `${dir}/${name}`).find(existsSync);
 
-export interface NginxTools {
-  readonly nginx: string;
-  readonly version: string | undefined;
-  readonly engine: string | undefined;
-  readonly p11kit: string | undefined;
-  readonly p11kitClient: string | undefined;
-}
+export type NginxTools = ReturnType<typeof findTools>;
 
-function findTools(): NginxTools | undefined {
+function findTools() {
   const nginx = which('nginx');
   if (nginx === undefined) return undefined;
   const version = versionOf(nginx, ['-v'])?.match(/nginx\/(\S+)/)?.[1];
@@ -50,59 +39,25 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
 }
 
 /**
- * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is
- * missing (harness/install.ts) and stops the system nginx the package may
- * start. Undefined when nginx is still missing (its scenarios are skipped).
+ * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is missing (harness/install.ts) and stops the
+ * system nginx the package may start. Undefined when nginx is still missing (its scenarios are skipped).
  */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
-  const complete = found !== undefined && NGINX_VARIANTS.every((v) => variantSkipReason(found, v) === undefined);
-  if (complete || !install) return found;
-  const failed = aptInstall(DEBIAN_PACKAGES, log, ['nginx']);
+  if (!install || (found !== undefined && (['engine', 'p11kit'] as const).every((v) => variantSkipReason(found, v) === undefined))) return found;
+  const failed = aptInstall(['nginx', 'libengine-pkcs11-openssl', 'p11-kit', 'p11-kit-modules'], log, ['nginx']);
   if (failed !== undefined) log(`nginx scenarios: ${failed}; skipping what cannot run`);
   return findTools();
 }
 
-/** The key server's token: its SoftHSM2 configuration, module, label and the file with the user PIN (0600). */
-export interface NginxTokenAccess {
-  readonly softhsmConf: string;
-  readonly softhsmModule: string;
-  readonly tokenLabel: string;
-  readonly pinFile: string;
-}
-
-/** One key: the token key's chain and object label (engine, p11kit), the file variant's chain and PEM key. */
-export interface NginxKeyFiles {
-  readonly key: HandshakeKey;
-  readonly tokenChain: string;
-  readonly tokenLabel: string;
-  readonly fileChain: string;
-  readonly fileKey: string;
-}
-
-export interface NginxInstance {
-  readonly variant: NginxVariant;
-  readonly port: number;
-  readonly statusPort: number;
-  readonly configPath: string;
-  process: ManagedProcess | undefined;
-}
-
-export interface NginxStatus {
-  /** Connections accepted and handled, requests served, since start (all listeners, the status ones included). */
-  readonly accepts: number;
-  readonly handled: number;
-  readonly requests: number;
-}
-
-/** `stub_status` text: "Active connections: N \n server accepts handled requests\n A H R \n…". */
-export function parseStubStatus(text: string): NginxStatus {
+/** `stub_status` text: "Active connections: N \n server accepts handled requests\n A H R \n…": connections accepted and handled, requests served, since start (all listeners). */
+export function parseStubStatus(text: string): { readonly accepts: number; readonly handled: number; readonly requests: number } {
   const m = /accepts handled requests\s*\n\s*(\d+)\s+(\d+)\s+(\d+)/.exec(text);
   if (m === null) throw new Error(`not a stub_status answer: ${text.slice(0, 120)}`);
   return { accepts: Number(m[1]), handled: Number(m[2]), requests: Number(m[3]) };
 }
 
-export async function readNginxStatus(statusPort: number): Promise<NginxStatus> {
+export async function readNginxStatus(statusPort: number) {
   const { status, body } = await httpGet(`http://127.0.0.1:${statusPort}/status`, 10_000);
   if (status !== 200) throw new Error(`nginx status :${statusPort} answered ${status}`);
   return parseStubStatus(body);
@@ -112,12 +67,14 @@ export async function readNginxStatus(statusPort: number): Promise<NginxStatus> 
 const INTERMEDIATE_CIPHERS =
   'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305';
 
-export interface NginxLabOptions {
+interface NginxLabOptions {
   readonly dir: string;
-  readonly tools: NginxTools;
+  readonly tools: NonNullable<NginxTools>;
   readonly variants: readonly NginxVariant[];
-  readonly keys: readonly NginxKeyFiles[];
-  readonly token: NginxTokenAccess;
+  /** Per key: the token key's chain and object label (engine, p11kit), the file variant's chain and PEM key. */
+  readonly keys: readonly { key: { readonly serverName: string }; tokenChain: string; tokenLabel: string; fileChain: string; fileKey: string }[];
+  /** The key server's token: its SoftHSM2 configuration, module, label and the file with the user PIN (0600). */
+  readonly token: { readonly softhsmConf: string; readonly softhsmModule: string; readonly tokenLabel: string; readonly pinFile: string };
   readonly originPort: number;
   readonly ports: Readonly<Record<NginxVariant, { port: number; statusPort: number }>>;
   readonly cpus: string | undefined;
@@ -125,60 +82,53 @@ export interface NginxLabOptions {
   readonly accessLog: boolean;
 }
 
+type NginxInstance = { readonly variant: NginxVariant; readonly port: number; readonly statusPort: number; process: ManagedProcess | undefined };
+
 /** The nginx variants and the p11-kit server: one start (configs written, processes started), one stop or kill. */
 export class NginxLab {
-  readonly options: NginxLabOptions;
   readonly instances: ReadonlyMap<NginxVariant, NginxInstance>;
   readonly p11kitSocket: string;
   p11kitServer: ManagedProcess | undefined;
 
-  constructor(options: NginxLabOptions) {
-    this.options = options;
+  constructor(readonly options: NginxLabOptions) {
     this.p11kitSocket = join(options.dir, 'p11kit.sock');
-    const instances = new Map<NginxVariant, NginxInstance>();
-    for (const variant of options.variants) {
-      instances.set(variant, { variant, ...options.ports[variant], configPath: join(options.dir, `nginx-${variant}.conf`), process: undefined });
-    }
-    this.instances = instances;
+    this.instances = new Map(options.variants.map((variant) => [variant, { variant, ...options.ports[variant], process: undefined }]));
   }
 
-  /** Writes the OpenSSL config that loads libp11 with `module` and the user PIN; mode 0600. */
+  /** Writes the OpenSSL config that loads libp11 with `module` and the user PIN; mode 0600. init = 0: nginx's ssl_engine initialises the engine, loading the config must not. */
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
-    // init = 0: nginx's ssl_engine initialises the engine; loading the config must not.
-    const conf = `openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = ${this.options.tools.engine}
-MODULE_PATH = ${module}
-PIN = ${pin}
-init = 0
-`;
-    writeFileSync(path, conf, { mode: 0o600 });
+    const conf = [
+      'openssl_conf = openssl_init',
+      '[openssl_init]',
+      'engines = engine_section',
+      '[engine_section]',
+      'pkcs11 = pkcs11_section',
+      '[pkcs11_section]',
+      'engine_id = pkcs11',
+      `dynamic_path = ${this.options.tools.engine}`,
+      `MODULE_PATH = ${module}`,
+      `PIN = ${pin}`,
+      'init = 0',
+    ];
+    writeFileSync(path, `${conf.join('\n')}\n`, { mode: 0o600 });
     return path;
   }
 
-  #nginxConf(instance: NginxInstance): string {
-    const { dir, keys, originPort, accessLog } = this.options;
-    const tmp = join(dir, `nginx-${instance.variant}-tmp`);
-    mkdirSync(tmp, { recursive: true, mode: 0o700 });
-    const servers = keys.map((k) => {
-      const keyRef =
-        instance.variant === 'file'
-          ? k.fileKey
-          : `engine:pkcs11:pkcs11:token=${encodeURIComponent(this.options.token.tokenLabel)};object=${encodeURIComponent(k.tokenLabel)};type=private`;
+  #nginxConf({ variant, port, statusPort }: NginxInstance): string {
+    const { dir, keys, originPort, accessLog, token } = this.options;
+    const file = (suffix: string) => join(dir, `nginx-${variant}${suffix}`);
+    mkdirSync(file('-tmp'), { recursive: true, mode: 0o700 });
+    const servers = keys.flatMap((k) => {
+      const tokenKey = `engine:pkcs11:pkcs11:token=${encodeURIComponent(token.tokenLabel)};object=${encodeURIComponent(k.tokenLabel)};type=private`;
       return [
         '  server {',
         // http2: ALPN h2 for the alpn-h2 kind (nginx 1.22 syntax; `http2 on` from 1.25.1); ab offers no ALPN and gets HTTP/1.1.
-        `    listen 127.0.0.1:${instance.port} ssl http2;`,
+        `    listen 127.0.0.1:${port} ssl http2;`,
         `    server_name ${k.key.serverName};`,
-        `    ssl_certificate ${instance.variant === 'file' ? k.fileChain : k.tokenChain};`,
-        `    ssl_certificate_key "${keyRef}";`,
+        `    ssl_certificate ${variant === 'file' ? k.fileChain : k.tokenChain};`,
+        `    ssl_certificate_key "${variant === 'file' ? k.fileKey : tokenKey}";`,
         '    location / {',
         '      proxy_pass http://origin;',
         '      proxy_http_version 1.1;',
@@ -188,20 +138,20 @@ init = 0
         '      proxy_set_header X-Forwarded-Proto https;',
         '    }',
         '  }',
-      ].join('\n');
+      ];
     });
     return [
-      `# Written by bench/handshake/main.ts: nginx ${instance.variant} variant.`,
+      `# Written by bench/handshake/main.ts: nginx ${variant} variant.`,
       // One process: see the module comment (libp11 and fork).
       'master_process off;',
       'worker_processes 1;',
-      `pid ${join(dir, `nginx-${instance.variant}.pid`)};`,
-      `error_log ${join(dir, `nginx-${instance.variant}.log`)} warn;`,
-      ...(instance.variant === 'file' ? [] : ['ssl_engine pkcs11;']),
+      `pid ${file('.pid')};`,
+      `error_log ${file('.log')} warn;`,
+      ...(variant === 'file' ? [] : ['ssl_engine pkcs11;']),
       'events { worker_connections 4096; }',
       'http {',
-      accessLog ? `  access_log ${join(dir, `nginx-${instance.variant}-access.log`)};` : '  access_log off;',
-      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${tmp}/${t};`),
+      accessLog ? `  access_log ${file('-access.log')};` : '  access_log off;',
+      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${file('-tmp')}/${t};`),
       '  ssl_protocols TLSv1.2 TLSv1.3;',
       `  ssl_ciphers ${INTERMEDIATE_CIPHERS};`,
       '  ssl_prefer_server_ciphers off;',
@@ -211,7 +161,7 @@ init = 0
       // Keep-alive connections to the origin, as the proxy's undici pool.
       `  upstream origin { server 127.0.0.1:${originPort}; keepalive 64; }`,
       ...servers,
-      `  server { listen 127.0.0.1:${instance.statusPort}; access_log off; location = /status { stub_status; } }`,
+      `  server { listen 127.0.0.1:${statusPort}; access_log off; location = /status { stub_status; } }`,
       '}',
       '',
     ].join('\n');
@@ -220,7 +170,7 @@ init = 0
   /** Starts the p11-kit server (when a variant needs it) and every nginx; resolves once each answers its status port. */
   async start(log: (line: string) => void): Promise<void> {
     const { tools, token, dir, cpus } = this.options;
-    const baseEnv = { SOFTHSM2_CONF: token.softhsmConf };
+    const tokenEnv = { SOFTHSM2_CONF: token.softhsmConf };
     if (this.instances.has('p11kit')) {
       // -f: foreground, so it is our child and its process group; it forks one p11-kit-remote per client connection.
       const command = [
@@ -233,27 +183,26 @@ init = 0
         token.softhsmModule,
         `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`,
       ];
-      this.p11kitServer = spawnManaged('p11-kit server', command, join(dir, 'p11kit-server.log'), cpus, dir, baseEnv);
+      this.p11kitServer = spawnManaged('p11-kit server', command, join(dir, 'p11kit-server.log'), cpus, dir, tokenEnv);
       await waitFor('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
     }
     for (const instance of this.instances.values()) {
-      writeFileSync(instance.configPath, this.#nginxConf(instance));
+      const { variant } = instance;
+      const configPath = join(dir, `nginx-${variant}.conf`);
+      writeFileSync(configPath, this.#nginxConf(instance));
       const env: Record<string, string> =
-        instance.variant === 'file'
+        variant === 'file'
           ? {}
-          : instance.variant === 'engine'
-            ? { ...baseEnv, OPENSSL_CONF: this.#opensslConf('openssl-engine.cnf', token.softhsmModule) }
+          : variant === 'engine'
+            ? { ...tokenEnv, OPENSSL_CONF: this.#opensslConf('openssl-engine.cnf', token.softhsmModule) }
             : { OPENSSL_CONF: this.#opensslConf('openssl-p11kit.cnf', tools.p11kitClient!), P11_KIT_SERVER_ADDRESS: `unix:path=${this.p11kitSocket}` };
       // Start-up errors (-e) and the config's error_log go to the process's own log, which a failed wait shows.
-      const logFile = join(dir, `nginx-${instance.variant}.log`);
-      const command = [tools.nginx, '-c', instance.configPath, '-e', logFile, '-g', 'daemon off;'];
-      instance.process = spawnManaged(`nginx ${instance.variant}`, command, logFile, cpus, dir, env);
-      await waitFor(`nginx ${instance.variant}`, () => readNginxStatus(instance.statusPort).then(() => true), 15_000, instance.process);
+      const logFile = join(dir, `nginx-${variant}.log`);
+      instance.process = spawnManaged(`nginx ${variant}`, [tools.nginx, '-c', configPath, '-e', logFile, '-g', 'daemon off;'], logFile, cpus, dir, env);
+      await waitFor(`nginx ${variant}`, () => readNginxStatus(instance.statusPort).then(() => true), 15_000, instance.process);
     }
-    log(
-      `nginx ${tools.version ?? '?'}: ${[...this.instances.values()].map((i) => `${i.variant} pid ${i.process?.pid} :${i.port}`).join(', ')}` +
-        (this.p11kitServer === undefined ? '' : `; p11-kit server pid ${this.p11kitServer.pid}`),
-    );
+    const started = [...this.instances.values()].map((i) => `${i.variant} pid ${i.process?.pid} :${i.port}`).join(', ');
+    log(`nginx ${tools.version ?? '?'}: ${started}${this.p11kitServer === undefined ? '' : `; p11-kit server pid ${this.p11kitServer.pid}`}`);
   }
 
   async stop(): Promise<void> {
