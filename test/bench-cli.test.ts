@@ -2,7 +2,7 @@
 // (bench/keepalive/clients.ts): what decides which settings a bench runs with and what its h2 figures mean.
 import { describe, expect, it, vi } from 'vitest';
 import { listOf, parseCli, std } from '../bench/harness/cli.js';
-import { parseMajors } from '../bench/harness/node-versions.js';
+import { parseMajors } from '../bench/harness/install.js';
 import { parseH2load } from '../bench/keepalive/clients.js';
 
 const TABLE = {

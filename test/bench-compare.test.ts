@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compareSummaries, formatComparison, pct, relativeChange } from '../bench/harness/compare.js';
+import { compareSummaries, formatComparison, pct, relativeChange } from '../bench/harness/summary.js';
 import { readSummary, type SummaryRow } from '../bench/harness/summary.js';
 
 function row(scenario: string, rate: number, serverCpuUs: number, extra: Partial<SummaryRow> = {}): SummaryRow {

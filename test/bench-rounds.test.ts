@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { startClient } from '../bench/harness/client.js';
+import { startClient } from '../bench/harness/spawn.js';
 import { runRounds, type Scenario } from '../bench/harness/rounds.js';
 
 // A crashed or hung load client must cost one round of one scenario, never the bench run.

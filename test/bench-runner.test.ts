@@ -6,7 +6,7 @@ import { abArgs } from '../bench/handshake/ab.js';
 import { HANDSHAKE_KEYS, setupProcesses, setupTitle } from '../bench/handshake/lab.js';
 import { targets } from '../bench/handshake/summary.js';
 import { minMax, plural, specTable } from '../bench/harness/report.js';
-import { OWN_MAJOR } from '../bench/harness/node-versions.js';
+import { OWN_MAJOR } from '../bench/harness/install.js';
 import { autocannonArgs, h2loadArgs } from '../bench/keepalive/clients.js';
 
 describe('runner report pieces', () => {

@@ -8,8 +8,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { describeMachine } from '../harness/machine.js';
-import { exitOnInterrupt, runBench } from '../harness/main.js';
+import { describeMachine } from '../harness/report.js';
+import { exitOnInterrupt, runBench } from '../harness/runner.js';
 import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { CertLab, writeAtomically } from '../lab/cert-lab.js';

@@ -3,8 +3,8 @@
  * observations), the totals, the Markdown (figures, one row per replacement, the failures) and the JSON with the
  * suite's summary rows (time to serve by trigger, p99 = max).
  */
-import { publish } from '../harness/bench.js';
-import type { MachineInfo } from '../harness/machine.js';
+import { publish } from '../harness/runner.js';
+import type { MachineInfo } from '../harness/report.js';
 import { columnTable, dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';

@@ -11,8 +11,8 @@
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { describeMachine } from '../harness/machine.js';
-import { exitOnInterrupt, runBench } from '../harness/main.js';
+import { describeMachine } from '../harness/report.js';
+import { exitOnInterrupt, runBench } from '../harness/runner.js';
 import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { CertLab } from '../lab/cert-lab.js';

@@ -4,10 +4,10 @@
  */
 import { readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { publish } from '../harness/bench.js';
+import { publish } from '../harness/runner.js';
 import { type ProfileWindow, summarizeProfile } from '../harness/cpuprofile.js';
-import { topFunctionsTables } from '../harness/ka-profile.js';
-import type { MachineInfo } from '../harness/machine.js';
+import { topFunctionsTables } from '../harness/profile-table.js';
+import type { MachineInfo } from '../harness/report.js';
 import { dateStamp, fmt, machineLines, markdownTable } from '../harness/report.js';
 import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';

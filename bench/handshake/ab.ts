@@ -5,7 +5,7 @@
  * an IP address.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { type ClientOutput, type ClientProcess, startClient } from '../harness/client.js';
+import { type ClientOutput, type ClientProcess, startClient } from '../harness/spawn.js';
 import { findOrInstall } from '../harness/install.js';
 
 export interface AbOptions {
@@ -36,7 +36,7 @@ export function abArgs(options: AbOptions): string[] {
   return [...flags, '-H', `Host: ${options.host}`, '-e', options.csvPath, `https://127.0.0.1:${options.port}/`];
 }
 
-/** ab as a client process (harness/client.ts): stop it with SIGINT and it reports what it did so far. */
+/** ab as a client process (harness/spawn.ts): stop it with SIGINT and it reports what it did so far. */
 export function startAb(options: AbOptions): ClientProcess<AbResult> {
   return startClient('ab', ['ab', ...abArgs(options)], options.cpus, ({ stdout, ...out }) => ({
     ...parseAbOutput(stdout),

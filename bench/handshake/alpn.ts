@@ -18,7 +18,7 @@
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { ClosedLoop, nowNs } from '../harness/loop.js';
+import { ClosedLoop, nowNs } from '../harness/stats.js';
 
 export interface AlpnLoadOptions {
   readonly port: number;

@@ -9,12 +9,12 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
-import { shownCommand } from '../harness/client.js';
+import { shownCommand } from '../harness/spawn.js';
 import { versionOf } from '../harness/install.js';
-import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/node-versions.js';
+import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors } from '../harness/install.js';
 import { havePerf, removePerfMaps, summarizePerf } from '../harness/perf.js';
 import { processTree } from '../harness/proc-cpu.js';
-import { setAffinity } from '../harness/procs.js';
+import { setAffinity } from '../harness/proc-cpu.js';
 import { fmt } from '../harness/report.js';
 import type { RunContext } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';

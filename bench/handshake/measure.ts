@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { perfRecord, threadLabels } from '../harness/perf.js';
 import { processTree } from '../harness/proc-cpu.js';
-import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/procs.js';
+import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/proc-cpu.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
 import { readNginxStatus } from '../lab/nginx.js';

@@ -2,8 +2,8 @@
  * The handshake bench's Markdown: the targets per Node major, one table per kind (rates, server CPU per handshake
  * with min–max, checks, resumption %), the keyless hop, what one core signs; and the --perf run's profile tables.
  */
-import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/bench.js';
-import type { MachineInfo } from '../harness/machine.js';
+import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, rateCell, roundColumns } from '../harness/runner.js';
+import type { MachineInfo } from '../harness/report.js';
 import type { PerfSummary } from '../harness/perf.js';
 import { type Column, columnTable, fmt, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import type { RoundFailure } from '../harness/rounds.js';

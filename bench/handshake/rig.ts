@@ -20,7 +20,7 @@ import { minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
 import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI } from '../lab/keyserver.js';
-import { LabPki } from '../lab/pki.js';
+import { LabPki } from '../lab/keyserver.js';
 import { parseAbOutput } from './ab.js';
 import { AlpnLoad } from './alpn.js';
 import type { FloorConfig } from './floor.js';

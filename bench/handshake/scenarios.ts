@@ -3,7 +3,7 @@
  * handshake, which server set-up, which key. The ids are stable: the result JSON's `summary`, the orchestrator (`npm
  * run bench`) and result comparison key on them.
  */
-import { OWN_MAJOR } from '../harness/node-versions.js';
+import { OWN_MAJOR } from '../harness/install.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type SetupId } from './lab.js';
 
 /**

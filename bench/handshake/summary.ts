@@ -3,8 +3,8 @@
  * (one key-server sign per full keyless handshake; tickets resumed, with the resumption %), the issue's targets as
  * ratios per Node major, the keyless hop, and the `summary` rows the suite, its chart and comparison read.
  */
-import { overRounds } from '../harness/bench.js';
-import { OWN_MAJOR } from '../harness/node-versions.js';
+import { overRounds } from '../harness/runner.js';
+import { OWN_MAJOR } from '../harness/install.js';
 import { fmt } from '../harness/report.js';
 import { round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';

@@ -4,7 +4,7 @@
  * the serving process (the main thread; V8's platform workers: optimizing compiler, concurrent GC; libuv's pool),
  * scavenges, mark-compacts and bytes allocated per handshake (`--trace-gc`), optimisations and deoptimisations
  * (`--trace-opt`, `--trace-deopt`), and with `--heap yes` the window's allocations by function (heap-sampler.ts).
- * The node that runs this script runs the server: run it with another major's binary (harness/node-versions.ts) to
+ * The node that runs this script runs the server: run it with another major's binary (harness/install.ts) to
  * measure that one. Servers (rig.ts): `inmemory` (the real cluster, one worker) or `floor` (bare node:https).
  *
  * Usage: node dist/bench/handshake/threads.js --server inmemory|floor [--full N] [--warmup N] [--heap yes] [--trace yes]

@@ -5,7 +5,7 @@
  * rounds, so drift hits all alike and none always follows the same neighbour; callers report the median and the
  * min-max spread. Warm-up runs each once first, discarded (JIT, connections, token sessions, CPU frequency).
  *
- * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client, harness/client.ts) costs that
+ * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client, harness/spawn.ts) costs that
  * round of that scenario: recorded in `failures`, its signal aborted so it stops its client; only the caller's own
  * signal (Ctrl-C) ends the rounds.
  */

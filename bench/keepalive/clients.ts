@@ -1,5 +1,5 @@
 /**
- * The keep-alive bench's load clients, each in its own process (harness/client.ts: pinned, CPU read from /proc, every
+ * The keep-alive bench's load clients, each in its own process (harness/spawn.ts: pinned, CPU read from /proc, every
  * wait bounded), both giving the same result shape:
  * - autocannon (devDependency, its CLI under this node): HTTP/1.1. It cannot stop early and still report, so the
  *   caller sizes its duration to cover ramp-up and window. Latencies are whole milliseconds (its histogram).
@@ -9,7 +9,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { type ClientOutput, type ClientProcess, exitedCleanly, startClient } from '../harness/client.js';
+import { type ClientOutput, type ClientProcess, exitedCleanly, startClient } from '../harness/spawn.js';
 
 const autocannonFile = (name: string) => fileURLToPath(new URL(`../../../node_modules/autocannon/${name}`, import.meta.url));
 

@@ -9,11 +9,11 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setAffinity } from '../harness/procs.js';
+import { setAffinity } from '../harness/proc-cpu.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { LabBase, probe } from '../lab/base.js';
+import { LabBase, probe } from '../lab/keyserver.js';
 import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
-import { LabPki } from '../lab/pki.js';
+import { LabPki } from '../lab/keyserver.js';
 import type { Options } from './main.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
 

@@ -9,12 +9,12 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { negotiates } from '../handshake/alpn.js';
-import { shownCommand } from '../harness/client.js';
+import { shownCommand } from '../harness/spawn.js';
 import { LOG_LEVELS, listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, versionOf } from '../harness/install.js';
-import { nodeBinary, nodeVersionOf } from '../harness/node-versions.js';
+import { nodeBinary, nodeVersionOf } from '../harness/install.js';
 import { processTree } from '../harness/proc-cpu.js';
-import { setAffinity } from '../harness/procs.js';
+import { setAffinity } from '../harness/proc-cpu.js';
 import { fmt, plural } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';

@@ -3,7 +3,7 @@
  * ramp-up, read the origin's request counter and every process's CPU around the window, then take the client's report.
  * Requests are counted at the origin, so every server and protocol is counted alike.
  */
-import { perUnit, snapshot, usageBetween } from '../harness/procs.js';
+import { perUnit, snapshot, usageBetween } from '../harness/proc-cpu.js';
 import { type RunContext, sleep } from '../harness/rounds.js';
 import { startAutocannon, startH2load } from './clients.js';
 import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
@@ -63,7 +63,7 @@ export async function runOnce(lab: KeepaliveLab, options: Options, server: Serve
       otherCores,
       usage,
     };
-    // The client ends on its own at the end of its duration; a hung one is killed (harness/client.ts).
+    // The client ends on its own at the end of its duration; a hung one is killed (harness/spawn.ts).
     return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
   } finally {
     ac.kill();

@@ -4,10 +4,10 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/bench.js';
+import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/runner.js';
 import { summarizeProfile } from '../harness/cpuprofile.js';
-import { topFunctionsTable } from '../harness/ka-profile.js';
-import type { MachineInfo } from '../harness/machine.js';
+import { topFunctionsTable } from '../harness/profile-table.js';
+import type { MachineInfo } from '../harness/report.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
 import type { RoundFailure } from '../harness/rounds.js';
 import { round } from '../harness/stats.js';

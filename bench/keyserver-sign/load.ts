@@ -1,5 +1,5 @@
 /**
- * Closed-loop signing loads (harness/loop.ts) and the measuring window around them:
+ * Closed-loop signing loads (harness/stats.ts) and the measuring window around them:
  * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit then C_Sign in its callback form (the sign
  *   runs on a libuv pool thread): the ceiling the token allows.
  * - PipelinedSignLoad: the lean key-server client over connected sockets, `depth` requests in flight per connection,
@@ -22,7 +22,7 @@ import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { tokenOptions } from '../../keyserver/server/daemon.js';
 import { listKeys, type TokenKey } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
-import { ClosedLoop, nowNs } from '../harness/loop.js';
+import { ClosedLoop, nowNs } from '../harness/stats.js';
 import { type CpuTimes, delta, machineCpu, procCpu, selfCpu, type ThreadCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
 import type { BenchKey } from './keys.js';

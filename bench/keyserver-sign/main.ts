@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { cleanRounds } from '../harness/bench.js';
+import { cleanRounds } from '../harness/runner.js';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { fmt } from '../harness/report.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';

@@ -3,8 +3,8 @@
  * cleanRounds), the ratios to the ceiling (the faster raw setting per key), the Markdown report and the JSON
  * (bench/README.md, "What the figures mean").
  */
-import type { MachineInfo } from '../harness/machine.js';
-import { CONTENDED_CORES, cleanRounds } from '../harness/bench.js';
+import type { MachineInfo } from '../harness/report.js';
+import { CONTENDED_CORES, cleanRounds } from '../harness/runner.js';
 import { columnTable, fmt, machineLines, markdownTable, minMax, rangeText, specTable } from '../harness/report.js';
 import { median, spread } from '../harness/stats.js';
 import type { WindowResult } from './load.js';

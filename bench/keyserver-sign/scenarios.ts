@@ -5,7 +5,7 @@
  */
 import type net from 'node:net';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import type { Log } from '../harness/bench.js';
+import type { Log } from '../harness/runner.js';
 import { fmt } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
 import { median, round } from '../harness/stats.js';

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { numberOption } from '../harness/cli.js';
-import { compareSummaries, formatComparison } from '../harness/compare.js';
+import { compareSummaries, formatComparison } from '../harness/summary.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 
 const USAGE = `Usage: node dist/bench/suite/compare.js OLD.json NEW.json [--threshold PCT]

@@ -15,9 +15,9 @@ import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listOf, parseCli, std } from '../harness/cli.js';
 import { renderChart } from '../harness/chart.js';
-import { compareSummaries, formatComparison } from '../harness/compare.js';
-import { describeMachine } from '../harness/machine.js';
-import { runBench } from '../harness/main.js';
+import { compareSummaries, formatComparison } from '../harness/summary.js';
+import { describeMachine } from '../harness/report.js';
+import { runBench } from '../harness/runner.js';
 import { columnTable, dateStamp, fmt, writeReport } from '../harness/report.js';
 import { readSummary, type SummaryRow } from '../harness/summary.js';
 

@@ -1,2 +1,0 @@
-/** Moved to keyserver.ts (LabBase, probe); this path stays for its importers. */
-export { LabBase, probe } from './keyserver.js';
