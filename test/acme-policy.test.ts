@@ -349,6 +349,15 @@ describe("an operator's issue for another list of names than the entry records",
       await expect(manager.issue(['shop.example', 'cart.example', 'till.example'])).rejects.toThrow('CA unavailable');
       expect(orders).toHaveLength(3);
       expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example']);
+
+      // Two issues asked together: the second is judged again on the list the first recorded, and would drop its new name.
+      fail = false;
+      const pay = manager.issue(['shop.example', 'cart.example', 'pay.example']);
+      const gift = manager.issue(['shop.example', 'cart.example', 'gift.example']);
+      await expect(pay).resolves.toMatchObject({ domains: ['shop.example', 'cart.example', 'pay.example'] });
+      await expect(gift).rejects.toMatchObject({ code: 'KEYEDGE_ERR_ACME_DOMAINS' });
+      expect(orders).toHaveLength(4);
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example', 'pay.example']);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

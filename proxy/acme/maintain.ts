@@ -71,6 +71,12 @@ const ARI_RECHECK_MS = 6 * 3_600_000;
  */
 export const FAILED_ON_DEMAND_KEPT_MS = 24 * 3_600_000;
 
+/** An operator's list of names for a managed entry, and whether it may leave recorded names out (domain-lists.ts). */
+interface NewList {
+  readonly domains: readonly string[];
+  readonly replace: boolean;
+}
+
 /** What an issue did: the certificate, the entry, the names it covers, and the entry's names before when it changed them (domain-lists.ts). */
 export interface IssueOutcome extends Issued {
   readonly entry: string;
@@ -150,7 +156,7 @@ export class CertificateManager {
       // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
       delete managed.onDemand;
     }
-    return this.#run(name, wanted).then((issued) => ({
+    return this.#run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
       ...issued,
       entry: name,
       domains: wanted ?? this.#deps.state.state.certificates[name]?.domains ?? [...domains],
@@ -238,32 +244,29 @@ export class CertificateManager {
     }
   }
 
-  /** Orders `name` for `domains` (default: its recorded names), or joins the running order when it is for the same names. */
-  #run(name: string, domains?: readonly string[]): Promise<Issued> {
+  /** Orders `name` for its recorded names, or for an operator's new list; joins the running order when it is for the same names. */
+  #run(name: string, list?: NewList): Promise<Issued> {
     const running = this.#inFlight.get(name);
     if (running !== undefined) {
-      if (domains === undefined || sameDomains(running.domains, domains)) return running.attempt;
+      if (list === undefined || sameDomains(running.domains, list.domains)) return running.attempt;
       // An order for other names runs (a renewal of the recorded ones): its certificate does not cover these, so this one follows it.
-      return running.attempt.catch(() => undefined).then(() => this.#run(name, domains));
+      return running.attempt.catch(() => undefined).then(() => this.#run(name, list));
     }
-    const attempt = this.#attempt(name, domains).finally(() => this.#inFlight.delete(name));
-    this.#inFlight.set(name, { domains: domains ?? this.#deps.state.state.certificates[name]?.domains ?? [], attempt });
+    const attempt = this.#attempt(name, list).finally(() => this.#inFlight.delete(name));
+    this.#inFlight.set(name, { domains: list?.domains ?? this.#deps.state.state.certificates[name]?.domains ?? [], attempt });
     return attempt;
   }
 
   /** Orders `name` under its issuance lock, unless another node issued it for these names while this one waited for the lock. */
-  async #attempt(name: string, domains: readonly string[] | undefined): Promise<Issued> {
+  async #attempt(name: string, list: NewList | undefined): Promise<Issued> {
     const { state, config, log } = this.#deps;
     const asked = state.state.certificates[name]?.lastIssuedAt;
     const held = await (this.#deps.locks ?? localLocks).hold(`acme/issue/${name}`, config.orderTimeoutSeconds * 1000 + LOCK_WAIT_SLACK_MS, async (lock) => {
       const managed = state.state.certificates[name];
-      if (
-        lock !== undefined &&
-        managed !== undefined &&
-        managed.lastIssuedAt !== asked &&
-        managed.failures === 0 &&
-        (domains === undefined || sameDomains(managed.domains, domains))
-      ) {
+      // Judged again on the list recorded now: another issue (here, or another node's) may have changed it since it was asked
+      // for, and its names must not be dropped without `replaceDomains` either.
+      const domains = list === undefined || managed === undefined ? undefined : domainsToOrder(name, managed.domains, list.domains, list.replace);
+      if (lock !== undefined && managed !== undefined && managed.lastIssuedAt !== asked && managed.failures === 0 && domains === undefined) {
         log.info({ certificate: name, keyId: managed.keyId }, 'ACME certificate issued by another node of the fleet while this one waited; not ordered again');
         return { keyId: managed.keyId, chainPem: this.#deps.records().get(name)?.chainPem ?? '', newKey: false };
       }
