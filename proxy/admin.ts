@@ -22,9 +22,11 @@
  *                                      in a fleet, for every node
  *   PUT /routes/:name, DELETE /routes/:name   (fleet only) a route, as in the
  *                                      config's `domains[]`, kept in etcd
- *   POST /acme/issue                   {"domains": [...], "name"?}: a managed
- *                                      certificate from the ACME CA; answers once
- *                                      it serves (502 KEYEDGE_ERR_ACME otherwise)
+ *   POST /acme/issue                   {"domains": [...], "name"?, "replaceDomains"?}:
+ *                                      a managed certificate from the ACME CA; answers
+ *                                      once it serves (502 KEYEDGE_ERR_ACME otherwise;
+ *                                      409 KEYEDGE_ERR_ACME_DOMAINS when it would drop
+ *                                      names of the entry, acme/domain-lists.ts)
  *   POST /acme/renew/:name             renew a managed certificate now
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
@@ -75,7 +77,7 @@ export interface AdminControl {
   /** Removes a stored route, then reloads; undefined when there was none. */
   readonly deleteRoute?: (name: string) => Promise<ReloadReport | undefined>;
   /** ACME (when configured): issue a managed certificate for these domains, or renew one now; resolve once it serves. */
-  readonly acmeIssue?: (domains: readonly string[], name?: string) => Promise<unknown>;
+  readonly acmeIssue?: (domains: readonly string[], name?: string, replaceDomains?: boolean) => Promise<unknown>;
   readonly acmeRenew?: (name: string) => Promise<unknown>;
 }
 
@@ -157,20 +159,13 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         acmeRequest(req, path, control).then(
           (answer) => json(200, answer),
           (err: Error) =>
-            json(
-              err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_USAGE' || err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND')
-                ? err.code === 'KEYEDGE_ERR_USAGE'
-                  ? 400
-                  : 404
-                : 502,
-              {
-                error: {
-                  code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME',
-                  problem: (err as { problem?: string }).problem,
-                  message: err.message,
-                },
+            json(err instanceof KeyedgeError ? (ACME_STATUS[err.code] ?? 502) : 502, {
+              error: {
+                code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME',
+                problem: (err as { problem?: string }).problem,
+                message: err.message,
               },
-            ),
+            }),
         );
         return;
       }
@@ -383,6 +378,14 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<string | To
   });
 }
 
+/** The status of an ACME request's refusal by its code; anything else is the CA's or the order's failure, 502. */
+const ACME_STATUS: Partial<Record<KeyedgeError['code'], number>> = {
+  KEYEDGE_ERR_USAGE: 400,
+  KEYEDGE_ERR_CERT_NOT_FOUND: 404,
+  // The entry records other names than those asked for (acme/domain-lists.ts): a conflict with its state, nothing ordered.
+  KEYEDGE_ERR_ACME_DOMAINS: 409,
+};
+
 /** POST /acme/issue and /acme/renew/NAME: the body's domains, or the entry name from the path. */
 async function acmeRequest(req: http.IncomingMessage, path: string, control: AdminControl): Promise<unknown> {
   const { acmeIssue, acmeRenew } = control;
@@ -394,11 +397,11 @@ async function acmeRequest(req: http.IncomingMessage, path: string, control: Adm
   }
   const body = await readBody(req, 64 * 1024);
   if (typeof body !== 'string') throw new UsageError('the request body is too large');
-  let parsed: { domains?: unknown; name?: unknown };
+  let parsed: { domains?: unknown; name?: unknown; replaceDomains?: unknown };
   try {
     parsed = JSON.parse(body) as typeof parsed;
   } catch {
-    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry"}');
+    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}');
   }
   const domains = parsed.domains;
   if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
@@ -406,7 +409,8 @@ async function acmeRequest(req: http.IncomingMessage, path: string, control: Adm
   }
   if (parsed.name !== undefined && (typeof parsed.name !== 'string' || !STORE_ENTRY_NAME.test(parsed.name)))
     throw new UsageError('"name" is not a certificate name');
-  return acmeIssue(domains as string[], parsed.name as string | undefined);
+  if (parsed.replaceDomains !== undefined && typeof parsed.replaceDomains !== 'boolean') throw new UsageError('"replaceDomains" must be true or false');
+  return acmeIssue(domains as string[], parsed.name as string | undefined, parsed.replaceDomains === true);
 }
 
 /** A lower-case DNS name, optionally with one leading wildcard label (RFC 6125 §6.4.3). */

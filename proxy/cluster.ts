@@ -341,7 +341,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           ...(acme === undefined
             ? {}
             : {
-                acmeIssue: async (domains: readonly string[], name?: string) => describeIssued(await acme.manager.issue(domains, name)),
+                acmeIssue: async (domains: readonly string[], name?: string, replaceDomains = false) =>
+                  describeIssued(await acme.manager.issue(domains, name, false, replaceDomains)),
                 acmeRenew: async (name: string) => describeIssued(await acme.manager.renew(name)),
               }),
           ownedByConfig: (name) => source.config.certificates.some((c) => c.name === name),
@@ -504,9 +505,14 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   log.info('proxy stopped');
 }
 
-/** What an ACME issuance answers the admin: never key material, the key id only. */
-function describeIssued(issued: { keyId: string; newKey: boolean }): unknown {
-  return { keyId: issued.keyId, newKey: issued.newKey };
+/** What an ACME issuance answers the admin: never key material, the key id only; an issue adds its entry and the names it covers. */
+function describeIssued(issued: { keyId: string; newKey: boolean; entry?: string; domains?: readonly string[]; previousDomains?: readonly string[] }): unknown {
+  return {
+    keyId: issued.keyId,
+    newKey: issued.newKey,
+    ...(issued.entry === undefined ? {} : { name: issued.entry, domains: issued.domains }),
+    ...(issued.previousDomains === undefined ? {} : { previousDomains: issued.previousDomains }),
+  };
 }
 
 /** GET /certs: what serves, what was refused, and each ACME-managed entry's renewal state. */

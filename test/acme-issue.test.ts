@@ -114,4 +114,62 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     expect(new Set(entries.map((c) => c.keyId)).size).toBe(2);
     for (const entry of entries) expect(entry.name).toMatch(/^a{47}_[0-9a-f]{16}$/);
   }, 120_000);
+
+  it('an issue that adds a name to a managed entry orders a certificate for the whole list, and the added name serves', async () => {
+    // It renewed the entry for its recorded names and left the added one out, yet printed "issued".
+    const root = await pebble.rootFile();
+    const first = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'shop.acme.test']);
+    expect(first.code, first.stderr).toBe(0);
+    const before = pebble.orders();
+    const expanded = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'shop.acme.test', '--domain', 'cart.acme.test']);
+    expect(expanded.stderr).toBe('');
+    expect(expanded.code).toBe(0);
+    for (const name of ['cart.acme.test', 'shop.acme.test']) {
+      const got = await curl(proxy.port, name, root);
+      expect(got.code, got.stderr).toBe(0);
+      expect(got.stdout).toContain(`"host":"${name}:${proxy.port}"`);
+    }
+    expect(pebble.orders()).toBe(before + 1);
+    expect(expanded.stdout).toContain('names: shop.acme.test, cart.acme.test');
+    expect(expanded.stdout).toContain("the entry's names changed from shop.acme.test");
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as {
+      certificates: { name: string; names: string[]; acme: { domains: string[] } | null }[];
+    };
+    const entry = certs.certificates.find((c) => c.name === 'shop.acme.test');
+    // Recorded: the maintenance loop renews the list asked for, not the one before.
+    expect(entry?.acme?.domains).toEqual(['shop.acme.test', 'cart.acme.test']);
+    expect([...(entry?.names ?? [])].sort()).toEqual(['cart.acme.test', 'shop.acme.test']);
+  }, 180_000);
+
+  it('an issue that leaves out a name the entry serves is refused, naming the entry and both lists; --replace-domains replaces them', async () => {
+    const root = await pebble.rootFile();
+    const before = pebble.orders();
+    const refused = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'shop.acme.test', '--domain', 'till.acme.test']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^keyedge: KEYEDGE_ERR_ACME_DOMAINS: certificate 'shop\.acme\.test' is managed for \[shop\.acme\.test, cart\.acme\.test\]/);
+    expect(refused.stderr).toContain('[shop.acme.test, till.acme.test], leave out [cart.acme.test]');
+    expect(refused.stderr).toContain('--replace-domains');
+    expect(pebble.orders()).toBe(before);
+    const still = await curl(proxy.port, 'cart.acme.test', root);
+    expect(still.code, still.stderr).toBe(0);
+
+    const replaced = await cli([
+      'cert',
+      'issue',
+      '--config',
+      proxy.configFile,
+      '--replace-domains',
+      '--domain',
+      'shop.acme.test',
+      '--domain',
+      'till.acme.test',
+    ]);
+    expect(replaced.stderr).toBe('');
+    expect(replaced.code).toBe(0);
+    expect(replaced.stdout).toContain('names: shop.acme.test, till.acme.test');
+    expect(pebble.orders()).toBe(before + 1);
+    const till = await curl(proxy.port, 'till.acme.test', root);
+    expect(till.code, till.stderr).toBe(0);
+    expect(till.stdout).toContain(`"host":"till.acme.test:${proxy.port}"`);
+  }, 180_000);
 });

@@ -311,3 +311,55 @@ describe('failed on-demand entries', () => {
     }
   });
 });
+
+describe("an operator's issue for another list of names than the entry records", () => {
+  it('is not answered by a renewal of the recorded names that runs: its own order follows; the list is recorded once it serves', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-expand-'));
+    try {
+      const state = new StateFile(dir);
+      state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
+      let release: () => void = () => undefined;
+      const first = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let fail = false;
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          if (orders.length === 1) await first;
+          if (fail) throw new Error('CA unavailable');
+          return { keyId: `k${orders.length + 1}`, chainPem: '', newKey: true, domains: request.domains };
+        },
+      });
+      const renewal = manager.renew('shop.example');
+      const expanded = manager.issue(['shop.example', 'cart.example']);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      // The renewal's order is the only one running: the expansion waits for it rather than being answered by it.
+      expect(orders.map((o) => o.domains)).toEqual([['shop.example']]);
+      release();
+      await renewal;
+      const outcome = await expanded;
+      expect(orders.map((o) => o.domains)).toEqual([['shop.example'], ['shop.example', 'cart.example']]);
+      expect(outcome).toMatchObject({ entry: 'shop.example', domains: ['shop.example', 'cart.example'], previousDomains: ['shop.example'] });
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example']);
+
+      // Leaving a recorded name out is refused, nothing ordered; a failed order for a new list keeps the recorded one.
+      await expect(manager.issue(['shop.example', 'till.example'])).rejects.toMatchObject({ code: 'KEYEDGE_ERR_ACME_DOMAINS' });
+      expect(orders).toHaveLength(2);
+      fail = true;
+      await expect(manager.issue(['shop.example', 'cart.example', 'till.example'])).rejects.toThrow('CA unavailable');
+      expect(orders).toHaveLength(3);
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example']);
+
+      // Two issues asked together: the second is judged again on the list the first recorded, and would drop its new name.
+      fail = false;
+      const pay = manager.issue(['shop.example', 'cart.example', 'pay.example']);
+      const gift = manager.issue(['shop.example', 'cart.example', 'gift.example']);
+      await expect(pay).resolves.toMatchObject({ domains: ['shop.example', 'cart.example', 'pay.example'] });
+      await expect(gift).rejects.toMatchObject({ code: 'KEYEDGE_ERR_ACME_DOMAINS' });
+      expect(orders).toHaveLength(4);
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example', 'pay.example']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

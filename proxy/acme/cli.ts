@@ -4,6 +4,8 @@
  * to obtain or renew a managed certificate over ACME. The proxy's primary
  * does the work, since it owns the store, the challenges and the reload; the
  * command waits until the certificate serves, or prints why it does not.
+ * What it prints is the names the serving certificate covers, and the
+ * entry's names before when the issue changed them (acme/domain-lists.ts).
  */
 import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
@@ -15,6 +17,7 @@ export async function acmeCertCommand(
   name: string | undefined,
   domains: readonly string[],
   configFile: string | undefined,
+  replaceDomains = false,
 ): Promise<number> {
   const config = loadProxyConfig(configFile);
   if (config.admin === null) throw new UsageError('the proxy config has no admin API ("admin": null): cert issue and renew need it');
@@ -36,14 +39,20 @@ export async function acmeCertCommand(
     response = await fetch(`http://${host}:${config.admin.port}${path}`, {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: action === 'issue' ? JSON.stringify({ domains, ...(name === undefined ? {} : { name }) }) : '',
+      body: action === 'issue' ? JSON.stringify({ domains, ...(name === undefined ? {} : { name }), ...(replaceDomains ? { replaceDomains } : {}) }) : '',
       // An order waits on the CA's validation: minutes at worst, bounded by the proxy's acme.orderTimeoutSeconds.
       signal: AbortSignal.timeout(30 * 60_000),
     });
   } catch (err) {
     throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot reach the proxy's admin API at ${host}:${config.admin.port}: ${(err as Error).message}`);
   }
-  const body = (await response.json().catch(() => ({}))) as { keyId?: string; error?: { code?: string; message?: string; problem?: string } };
+  const body = (await response.json().catch(() => ({}))) as {
+    keyId?: string;
+    name?: string;
+    domains?: string[];
+    previousDomains?: string[];
+    error?: { code?: string; message?: string; problem?: string };
+  };
   if (!response.ok) {
     if (body.error?.code === 'KEYEDGE_ERR_ACME' || body.error?.code === undefined)
       throw new AcmeError(
@@ -52,6 +61,12 @@ export async function acmeCertCommand(
       );
     throw new KeyedgeError(body.error.code as KeyedgeError['code'], body.error.message ?? `the admin API answered ${response.status}`);
   }
-  process.stdout.write(`${action === 'issue' ? 'issued' : 'renewed'} ${name ?? domains[0]}: serving, key id ${body.keyId ?? '?'} (in the token)\n`);
+  process.stdout.write(
+    `${action === 'issue' ? 'issued' : 'renewed'} ${body.name ?? name ?? domains[0]}: serving, key id ${body.keyId ?? '?'} (in the token)\n`,
+  );
+  if (body.domains !== undefined) process.stdout.write(`  names: ${body.domains.join(', ')}\n`);
+  if (body.previousDomains !== undefined) {
+    process.stdout.write(`  the entry's names changed from ${body.previousDomains.join(', ')}: a new certificate, renewed for these names from now on\n`);
+  }
   return 0;
 }

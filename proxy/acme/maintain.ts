@@ -31,6 +31,7 @@ import type { AcmeConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME_PROBLEMS, type AcmeMetrics } from '../metrics.js';
 import type { CertificateRecord } from '../serving/spec.js';
+import { domainsToOrder, sameDomains } from './domain-lists.js';
 import { entryOf } from './entry-names.js';
 import { AcmeError } from './errors.js';
 import { type IssuanceLocks, localLocks } from './issuance-locks.js';
@@ -70,6 +71,19 @@ const ARI_RECHECK_MS = 6 * 3_600_000;
  */
 export const FAILED_ON_DEMAND_KEPT_MS = 24 * 3_600_000;
 
+/** An operator's list of names for a managed entry, and whether it may leave recorded names out (domain-lists.ts). */
+interface NewList {
+  readonly domains: readonly string[];
+  readonly replace: boolean;
+}
+
+/** What an issue did: the certificate, the entry, the names it covers, and the entry's names before when it changed them (domain-lists.ts). */
+export interface IssueOutcome extends Issued {
+  readonly entry: string;
+  readonly domains: readonly string[];
+  readonly previousDomains?: readonly string[];
+}
+
 /** An on-demand entry whose first order failed: only its next handshake, through the on-demand gate and its limits, orders it again. */
 function waitsForTheGate(managed: ManagedState): boolean {
   return managed.onDemand === true && managed.lastIssuedAt === undefined && managed.failures > 0;
@@ -77,7 +91,8 @@ function waitsForTheGate(managed: ManagedState): boolean {
 
 export class CertificateManager {
   readonly #deps: ManagerDeps;
-  readonly #inFlight = new Map<string, Promise<Issued>>();
+  /** Each running order and the names it orders: an issue for another list waits for it, not answered by it. */
+  readonly #inFlight = new Map<string, { readonly domains: readonly string[]; readonly attempt: Promise<Issued> }>();
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
@@ -112,10 +127,23 @@ export class CertificateManager {
     return entryOf(domains, this.#deps.state.state.certificates);
   }
 
-  /** Issues a new managed certificate now (or renews it, when the entry is managed already); resolves once it serves. */
-  issue(domains: readonly string[], entry?: string, onDemand = false): Promise<Issued> {
+  /**
+   * Issues a new managed certificate now, or, when the entry is managed already, renews it, or orders it for the operator's
+   * new list of names (domain-lists.ts: added names, or `replaceDomains`; a dropped name without it is refused); resolves once
+   * a certificate covering `domains` serves. An on-demand order never changes an entry's names.
+   */
+  issue(domains: readonly string[], entry?: string, onDemand = false, replaceDomains = false): Promise<IssueOutcome> {
     const name = entry ?? this.entryOf(domains);
     const managed = this.#deps.state.state.certificates[name];
+    let wanted: string[] | undefined;
+    if (managed !== undefined && !onDemand) {
+      try {
+        wanted = domainsToOrder(name, managed.domains, domains, replaceDomains);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    const previous = managed === undefined ? undefined : [...managed.domains];
     if (managed === undefined) {
       this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
       // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
@@ -128,7 +156,12 @@ export class CertificateManager {
       // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
       delete managed.onDemand;
     }
-    return this.#run(name);
+    return this.#run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
+      ...issued,
+      entry: name,
+      domains: wanted ?? this.#deps.state.state.certificates[name]?.domains ?? [...domains],
+      ...(wanted === undefined || previous === undefined ? {} : { previousDomains: previous }),
+    }));
   }
 
   /** Renews a managed entry now, whatever its schedule or backoff. */
@@ -211,25 +244,33 @@ export class CertificateManager {
     }
   }
 
-  #run(name: string): Promise<Issued> {
+  /** Orders `name` for its recorded names, or for an operator's new list; joins the running order when it is for the same names. */
+  #run(name: string, list?: NewList): Promise<Issued> {
     const running = this.#inFlight.get(name);
-    if (running !== undefined) return running;
-    const attempt = this.#attempt(name).finally(() => this.#inFlight.delete(name));
-    this.#inFlight.set(name, attempt);
+    if (running !== undefined) {
+      if (list === undefined || sameDomains(running.domains, list.domains)) return running.attempt;
+      // An order for other names runs (a renewal of the recorded ones): its certificate does not cover these, so this one follows it.
+      return running.attempt.catch(() => undefined).then(() => this.#run(name, list));
+    }
+    const attempt = this.#attempt(name, list).finally(() => this.#inFlight.delete(name));
+    this.#inFlight.set(name, { domains: list?.domains ?? this.#deps.state.state.certificates[name]?.domains ?? [], attempt });
     return attempt;
   }
 
-  /** Orders `name` under its issuance lock, unless another node issued it while this one waited for the lock. */
-  async #attempt(name: string): Promise<Issued> {
+  /** Orders `name` under its issuance lock, unless another node issued it for these names while this one waited for the lock. */
+  async #attempt(name: string, list: NewList | undefined): Promise<Issued> {
     const { state, config, log } = this.#deps;
     const asked = state.state.certificates[name]?.lastIssuedAt;
     const held = await (this.#deps.locks ?? localLocks).hold(`acme/issue/${name}`, config.orderTimeoutSeconds * 1000 + LOCK_WAIT_SLACK_MS, async (lock) => {
       const managed = state.state.certificates[name];
-      if (lock !== undefined && managed !== undefined && managed.lastIssuedAt !== asked && managed.failures === 0) {
+      // Judged again on the list recorded now: another issue (here, or another node's) may have changed it since it was asked
+      // for, and its names must not be dropped without `replaceDomains` either.
+      const domains = list === undefined || managed === undefined ? undefined : domainsToOrder(name, managed.domains, list.domains, list.replace);
+      if (lock !== undefined && managed !== undefined && managed.lastIssuedAt !== asked && managed.failures === 0 && domains === undefined) {
         log.info({ certificate: name, keyId: managed.keyId }, 'ACME certificate issued by another node of the fleet while this one waited; not ordered again');
         return { keyId: managed.keyId, chainPem: this.#deps.records().get(name)?.chainPem ?? '', newKey: false };
       }
-      return this.#order(name, lock);
+      return this.#order(name, lock, domains);
     });
     if (held === undefined) {
       throw new KeyedgeError('KEYEDGE_ERR_ACME', `another node of the fleet has been ordering '${name}' for longer than an order may take; not ordered here`);
@@ -237,24 +278,27 @@ export class CertificateManager {
     return held.value;
   }
 
-  async #order(name: string, lock: HeldLock | undefined): Promise<Issued> {
+  async #order(name: string, lock: HeldLock | undefined, wanted: readonly string[] | undefined): Promise<Issued> {
     const { state, issuer, config, metrics, log } = this.#deps;
     const managed = state.state.certificates[name];
     if (managed === undefined) throw new KeyedgeError('KEYEDGE_ERR_CERT_NOT_FOUND', `certificate '${name}' is not managed by ACME`);
+    const domains = wanted === undefined ? managed.domains : [...wanted];
     const record = this.#deps.records().get(name);
     const previousKey = record?.keyId;
     const certId = record === undefined ? undefined : leafTimes(record.chainPem).certId;
-    log.info({ certificate: name, domains: managed.domains, renewal: record !== undefined }, 'ACME issuance started');
+    log.info({ certificate: name, domains, renewal: record !== undefined }, 'ACME issuance started');
     try {
       const issued = await issuer.issue({
         name,
-        domains: managed.domains,
+        domains,
         // `replaces` is only meaningful to a CA that offers ARI; one that does not ignores what it does not know (RFC 8555 §7.4).
         ...(certId !== undefined && managed.ari !== undefined ? { replaces: certId } : {}),
         ...(!config.renewal.newKey && previousKey !== undefined ? { keyId: previousKey } : {}),
         ...(lock === undefined ? {} : { lock }),
       });
+      // The names its certificate covers now: renewals keep them, and in a fleet every node reads them (shared-state.ts).
       Object.assign(managed, {
+        domains,
         keyId: issued.keyId,
         failures: 0,
         notBefore: undefined,

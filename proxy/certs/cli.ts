@@ -41,7 +41,9 @@ Actions:
   issue [NAME] --domain D [--domain D ...]
                       the running proxy obtains a certificate for these names
                       from its ACME CA (key and CSR made in the token) and
-                      serves it; NAME defaults to the first domain
+                      serves it; NAME defaults to the first domain. For a
+                      managed NAME: its names, or more (a new certificate for
+                      the list); fewer only with --replace-domains
   renew NAME          the running proxy renews a managed certificate now
 
 Options:
@@ -50,6 +52,9 @@ Options:
   --key KEYID     pin the key server key id (64 hex digits, from \`keyedge key list\`)
   --json          machine-readable output
   --domain D      a name for the certificate (issue; repeat for more)
+  --replace-domains
+                  issue: the names given replace the managed entry's, even
+                  when some are left out (they stop being served)
   --config FILE   the proxy's config: its key server and certificate store
                   (default: ./var/keyserver.sock and ./var/certs)
   --help          this text
@@ -68,6 +73,7 @@ const OPTIONS = {
   key: { type: 'string' },
   json: { type: 'boolean' },
   domain: { type: 'string', multiple: true },
+  'replace-domains': { type: 'boolean' },
 } as const;
 
 /** An operator's command may wait longer than a handshake (the proxy's keyserver.timeoutMs); GET_PUBLIC_KEY never takes this long on a live key server. */
@@ -107,7 +113,7 @@ export const certCommand: Command = {
           return remove(name!, values);
         case 'issue':
         case 'renew':
-          return await acmeCertCommand(action, name, values.domain ?? [], values.config);
+          return await acmeCertCommand(action, name, values.domain ?? [], values.config, values['replace-domains'] === true);
         default:
           throw new UsageError(`unknown action 'cert ${action}'\n\n${USAGE}`);
       }
