@@ -56,15 +56,19 @@ interface Talk {
 }
 
 /**
- * Writes `first` on a new connection, then `trickle` every 250 ms until the connection closes; resolves with what
+ * Writes `first` on a new connection, then `trickle` every 250 ms (or, with `whenAnswered`, what it writes once an answer is in)
  * came back when it closes, or once `done` says so.
  */
-function talk(port: Port, first: string | Buffer, options: { trickle?: string; done?: (received: string) => boolean } = {}): Promise<Talk> {
+function talk(
+  port: Port,
+  first: string | Buffer,
+  options: { trickle?: string; done?: (received: string) => boolean; whenAnswered?: (socket: net.Socket) => void } = {},
+): Promise<Talk> {
   return new Promise((resolve) => {
     let received = '';
     let started = 0;
     // Half-open for a trickling client: it keeps sending after our end of the connection, as an abusive one would.
-    const allowHalfOpen = options.trickle !== undefined;
+    const allowHalfOpen = options.trickle !== undefined || options.whenAnswered !== undefined;
     // tls.connect reads allowHalfOpen at run time; its types omit it.
     const secure: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
       host: '127.0.0.1',
@@ -91,6 +95,7 @@ function talk(port: Port, first: string | Buffer, options: { trickle?: string; d
     socket.on('data', (chunk: Buffer) => {
       received += chunk.toString('latin1');
       if (options.done?.(received) === true) end(false);
+      else if (options.whenAnswered !== undefined && /\r\n\r\n[\s\S]*\n$/.test(received)) options.whenAnswered(socket);
     });
     socket.on('error', () => undefined);
     socket.once('close', () => end(true));
@@ -118,6 +123,41 @@ describe('our own answer to a request whose body never ends', () => {
       expect(ms).toBeLessThan(CLOSED_WITHIN_MS);
       expect(statuses(received)).toEqual([status]);
       expect(received.toLowerCase()).toContain('\r\nconnection: close\r\n');
+    },
+    60_000,
+  );
+});
+
+describe('what the client sends after the request our answer closes the connection on', () => {
+  // RFC 9112 §9.6: a server that sends `close` must not process further requests on that connection. Node's parser
+  // reads on while the connection lingers: a request after the unread body was once forwarded to the origin (its
+  // side effects done) and its answer never sent. Each is sent once the 404 (Connection: close) is in.
+  it.each([
+    ['tls', 'a request', `GET /after-close HTTP/1.1\r\nHost: ${KNOWN}\r\n\r\n`],
+    // Port 80 forwards a known domain's ACME challenge paths to its origin.
+    ['plain', 'a request', `GET /.well-known/acme-challenge/after-close HTTP/1.1\r\nHost: ${KNOWN}\r\n\r\n`],
+    ['tls', 'an upgrade', `GET /after-close HTTP/1.1\r\nHost: ${KNOWN}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n`],
+  ] as const)(
+    '%s: %s after the rest of the body reaches no origin and gets no answer',
+    async (port, _what, next) => {
+      const before = lab.origin.requests();
+      let sent = false;
+      const { received, closed } = await talk(port, `POST /upload HTTP/1.1\r\nHost: ${UNKNOWN}\r\nContent-Length: 5\r\n\r\n`, {
+        // Once the 404 is in: the rest of the body, then the next request, in one write; a second later the client ends
+        // its side (it sees no close of ours before that: its half of the connection is still open).
+        whenAnswered: (socket) => {
+          if (sent) return;
+          sent = true;
+          socket.write(`hello${next}`);
+          setTimeout(() => socket.end(), 1000);
+        },
+      });
+      expect(closed).toBe(true);
+      expect(statuses(received)).toEqual(['404']);
+      expect(received.toLowerCase()).toContain('\r\nconnection: close\r\n');
+      // Time for a forwarded request to reach the origin.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(lab.origin.requests() - before).toBe(0);
     },
     60_000,
   );

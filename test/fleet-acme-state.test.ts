@@ -193,6 +193,54 @@ describe('ACME state shared on etcd', () => {
     expect(b.item('acme/certificates/old.test')).toBeUndefined();
   });
 
+  it('keeps a failed on-demand entry whose name a handshake orders while the pass forgets it: the order runs', async () => {
+    const a = await node('/acme-forget-race/', 'forget-race-a');
+    const stateA = new SharedIssuerState(a, log);
+    const locksA = fleetLocks(a, () => stateA.refresh());
+    const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000).toISOString();
+    stateA.state.certificates['again.test'] = {
+      domains: ['again.test'],
+      keyId: '',
+      failures: 1,
+      onDemand: true,
+      notBefore: twoDaysAgo,
+      lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: twoDaysAgo },
+    };
+    await stateA.save();
+    const ordered: string[] = [];
+    const manager = new CertificateManager({
+      config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
+      state: stateA,
+      issuer: {
+        issue: (request: { name: string }) => {
+          ordered.push(request.name);
+          return Promise.reject(new Error('no CA here'));
+        },
+      } as unknown as AcmeIssuer,
+      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+      records: () => new Map(),
+      metrics: registerAcmeMetrics(new Registry(), () => 0),
+      log,
+      locks: locksA,
+      renewalWindow: async () => undefined,
+    });
+    // The name's handshake comes through the gate while the pass deletes the entry's key (an etcd round trip).
+    let order: Promise<unknown> | undefined;
+    const forget = stateA.forget.bind(stateA);
+    stateA.forget = (names) => {
+      order = manager.issue(['again.test'], undefined, true).catch((err: unknown) => err);
+      return forget(names);
+    };
+    await manager.tick();
+    expect(order).toBeDefined();
+    const outcome = await order;
+    // The order went to the CA (and failed there): not KEYEDGE_ERR_CERT_NOT_FOUND before it, its entry gone under it.
+    expect((outcome as { code?: string }).code).not.toBe('KEYEDGE_ERR_CERT_NOT_FOUND');
+    expect(ordered).toEqual(['again.test']);
+    expect(stateA.state.certificates['again.test']?.failures).toBe(2);
+    await waitFor('its failure written to the fleet', () => a.item('acme/certificates/again.test'));
+  });
+
   it('ignores garbage in a managed certificate key, naming it, and keeps renewing the others', async () => {
     const a = await node('/acme-garbage/', 'garbage-a');
     const logs = captureLog('warn');

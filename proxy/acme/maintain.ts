@@ -14,8 +14,8 @@
  * issues or renews it (admin API), which makes it an ordinary entry.
  * Such an entry is kept only to show why (GET /certs): once its last failure
  * is FAILED_ON_DEMAND_KEPT_MS old and its backoff over, a pass forgets it,
- * unless a certificate serves it or an order for it runs (in a fleet: under
- * its issuance lock, not waited for). Without that, every name a client
+ * unless a certificate serves it or an order for it runs or starts meanwhile
+ * (in a fleet: under its issuance lock, not waited for). Without that, every name a client
  * could make the gate order stayed in the state (memory, the state file or
  * etcd) for ever; now at most a day of on-demand orders (24 × the hourly
  * limit) is kept. A handshake for it later goes through the gate as a new name.
@@ -360,7 +360,12 @@ export class CertificateManager {
           await this.#deps.locks
             .hold(`acme/issue/${name}`, 0, async () => {
               const managed = state.state.certificates[name];
-              if (managed !== undefined && this.#stale(name, managed, Date.now())) forgotten.push(...(await state.forget([name])));
+              if (managed === undefined || !this.#stale(name, managed, Date.now())) return;
+              const dropped = await state.forget([name]);
+              // A handshake ordered it while its key was deleted: issue() found the entry, and its order waits for this lock.
+              // The entry stays for it (the order's save writes it again); forgotten, the order failed as not managed.
+              if (this.#inFlight.has(name)) state.state.certificates[name] = managed;
+              else forgotten.push(...dropped);
             })
             .catch(() => undefined);
         }

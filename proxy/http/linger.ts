@@ -10,6 +10,12 @@
  * arrives is read and dropped, and it is destroyed when the client closes
  * or after LINGER_MS, whichever comes first.
  *
+ * Nothing the client sends after that request is processed (RFC 9112 §9.6:
+ * a server that sends `close` must not process further requests on the
+ * connection): Node's parser reads on while the connection lingers, and a
+ * request after the unread body would reach the origin, its answer never
+ * sent. The server's listeners are wrapped in `notAfterClose` (server.ts).
+ *
  * Bound: LINGER_MS in all from our end, not refreshed by what arrives
  * (nginx: `lingering_time` 30 s in all, `lingering_timeout` 5 s between
  * reads); what a client can make us read and drop is what it sends in that
@@ -17,6 +23,9 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+
+/** Connections an answer of ours closes after the request it answers (closeAfterAnswer). */
+const closing = new WeakSet<Duplex>();
 
 /** How long a connection we ended may stay open for the client to read our answer (nginx: lingering_timeout 5 s). */
 export const LINGER_MS = 5_000;
@@ -55,6 +64,8 @@ export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): bo
  */
 export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
   const socket = req.socket;
+  // From now on: what Node parses on this connection comes after this request (its body is not all parsed yet).
+  closing.add(socket);
   res.once('finish', () => {
     if (req.complete || socket.destroyed) return;
     // Registered by Node's destroySoon() in its own 'finish' listener, which runs before this one.
@@ -69,4 +80,23 @@ export function lingerAfterEnd(socket: Duplex): void {
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
   socket.once('close', () => clearTimeout(timer));
   socket.once('end', () => socket.destroy());
+}
+
+/**
+ * `handle` (a server's 'request', 'upgrade' or 'connect' listener), except
+ * for a request that arrives on a connection an answer of ours closes
+ * (closeAfterAnswer): it is not processed and gets no answer; what it sends
+ * is read and dropped until the connection ends.
+ */
+export function notAfterClose<Rest extends unknown[]>(handle: (req: IncomingMessage, ...rest: Rest) => void): (req: IncomingMessage, ...rest: Rest) => void {
+  return (req, ...rest) => {
+    if (!closing.has(req.socket)) return handle(req, ...rest);
+    const socket = req.socket;
+    req.resume();
+    // An upgrade or a CONNECT: Node handed the socket itself over, its parser and error listener gone.
+    if (rest[0] === socket) {
+      if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+      socket.resume();
+    }
+  };
 }

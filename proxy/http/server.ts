@@ -20,6 +20,7 @@ import { listen } from '../../keyserver/shared/listen.js';
 import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
+import { notAfterClose } from './linger.js';
 import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
 
 export interface Http1Server {
@@ -33,6 +34,8 @@ export function createHttp1Server(
   handler: ExpectingHandler,
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
 ): Http1Server {
+  // Nothing after a request we answered with `close` is processed (linger.ts).
+  const own = notAfterClose(handler);
   const server = http.createServer(
     {
       maxHeaderSize: limits.maxHeaderBytes,
@@ -41,12 +44,12 @@ export function createHttp1Server(
       requestTimeout: limits.headerTimeoutMs + limits.bodyTimeoutMs + 1000,
       connectionsCheckingInterval: 1000,
     },
-    handler,
+    own,
   );
-  server.on('upgrade', upgrade);
+  server.on('upgrade', notAfterClose(upgrade));
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
-  server.on('connect', upgrade);
-  handleExpectations(server, handler);
+  server.on('connect', notAfterClose(upgrade));
+  handleExpectations(server, own);
   server.on('clientError', answerClientError);
   // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.
   server.emit('listening');
@@ -58,10 +61,11 @@ export async function startRedirectServer(
   address: { readonly host: string; readonly port: number },
   options: RedirectOptions,
 ): Promise<{ readonly server: http.Server; readonly port: number }> {
-  const handler = createRedirectHandler(options);
+  // Nothing after a request we answered with `close` is processed (linger.ts).
+  const handler = notAfterClose(createRedirectHandler(options));
   const server = http.createServer(handler);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
-  server.on('connect', createConnectRefusal(options));
+  server.on('connect', notAfterClose(createConnectRefusal(options)));
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
   await listen(server, { host: address.host, port: address.port, exclusive: false });
