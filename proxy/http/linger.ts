@@ -88,13 +88,14 @@ export function lingerAfterEnd(socket: Duplex): void {
  * (closeAfterAnswer): it is not processed and gets no answer; what it sends
  * is read and dropped until the connection ends.
  */
-export function notAfterClose<Rest extends unknown[]>(handle: (req: IncomingMessage, ...rest: Rest) => void): (req: IncomingMessage, ...rest: Rest) => void {
-  return (req, ...rest) => {
-    if (!closing.has(req.socket)) return handle(req, ...rest);
+export function notAfterClose<A, B>(handle: (req: IncomingMessage, a: A, b: B) => void): (req: IncomingMessage, a: A, b?: B) => void {
+  // Fixed arity, no rest parameter: this runs on every request (no array per call).
+  return (req, a, b) => {
     const socket = req.socket;
+    if (!closing.has(socket)) return handle(req, a, b as B);
     req.resume();
     // An upgrade or a CONNECT: Node handed the socket itself over, its parser and error listener gone.
-    if (rest[0] === socket) {
+    if ((a as unknown) === socket) {
       if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
       socket.resume();
     }
