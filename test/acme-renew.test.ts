@@ -22,6 +22,7 @@ let cli: AcmeLab['cli'];
 
 async function tokenKeyIds(): Promise<string[]> {
   const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
+  if (listed.code !== 0) throw new Error(`keyedge key list failed (exit ${listed.code}): ${listed.stderr.trim() || 'no stderr (killed by the 30 s timeout?)'}`);
   return (JSON.parse(listed.stdout) as { keyId: string }[]).map((k) => k.keyId);
 }
 

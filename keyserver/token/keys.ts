@@ -11,10 +11,13 @@
  * public half whatever their CKA_ID says.
  *
  * Concurrency: these run on the token's management session, one call at a time.
+ * Other processes (the key server, another `keyedge key`) may create and destroy
+ * objects in the same token meanwhile: a listing skips a key destroyed while it
+ * was being read rather than failing.
  */
 import { createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { KeyError } from '../shared/errors.js';
+import { KeyError, TokenError } from '../shared/errors.js';
 import { keyIdOf } from '../shared/key-id.js';
 import { type Token, tokenCall } from './token.js';
 
@@ -281,8 +284,22 @@ function readKeyOrUndefined(token: Token, handle: pkcs11js.Handle): TokenKey | u
   } catch (err) {
     // A key type we do not sign with (e.g. Ed25519 put there by another tool) is not ours to list.
     if (err instanceof KeyError && err.code === 'KEYEDGE_ERR_KEY_UNSUPPORTED') return undefined;
+    // Destroyed between C_FindObjects and reading it, by another process on the
+    // same token (`keyedge key delete`, a renewal retiring its old key): a key
+    // that is gone is not listed, as it would not be a moment later.
+    if (vanished(err)) return undefined;
     throw err;
   }
+}
+
+/**
+ * CKR_OBJECT_HANDLE_INVALID on a handle C_FindObjects just returned: the
+ * object was destroyed since (PKCS#11 v2.40 §5.7; SoftHSM2's file store shows
+ * every process the others' deletions).
+ */
+function vanished(err: unknown): boolean {
+  const cause = err instanceof TokenError ? err.cause : undefined;
+  return (cause as { code?: unknown } | undefined)?.code === pkcs11js.CKR_OBJECT_HANDLE_INVALID;
 }
 
 function readKey(token: Token, privateHandle: pkcs11js.Handle): TokenKey {
@@ -319,9 +336,9 @@ function publicKeyFor(token: Token, privateHandle: pkcs11js.Handle, keyType: num
   const { pkcs11, management } = token;
   if (keyType === pkcs11js.CKK_RSA) {
     // Modulus and public exponent are public attributes of an RSA private key (PKCS#11 v2.40 §2.1.3).
-    const [n, e] = pkcs11
-      .C_GetAttributeValue(management, privateHandle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }])
-      .map((a) => a.value as Buffer);
+    const [n, e] = tokenCall('C_GetAttributeValue', () =>
+      pkcs11.C_GetAttributeValue(management, privateHandle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]),
+    ).map((a) => a.value as Buffer);
     if (n === undefined || e === undefined) throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', 'RSA key without modulus');
     return spkiFromJwk({ kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') });
   }
@@ -341,16 +358,18 @@ function publicKeyFor(token: Token, privateHandle: pkcs11js.Handle, keyType: num
 
 function publicKeyFromObject(token: Token, handle: pkcs11js.Handle): Buffer {
   const { pkcs11, management } = token;
-  const [keyType] = pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]).map((a) => a.value as Buffer);
+  const [keyType] = tokenCall('C_GetAttributeValue', () => pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_KEY_TYPE }])).map(
+    (a) => a.value as Buffer,
+  );
   if (keyType !== undefined && readUlong(keyType) === pkcs11js.CKK_RSA) {
-    const [n, e] = pkcs11
-      .C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }])
-      .map((a) => a.value as Buffer);
+    const [n, e] = tokenCall('C_GetAttributeValue', () =>
+      pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]),
+    ).map((a) => a.value as Buffer);
     return spkiFromJwk({ kty: 'RSA', n: n?.toString('base64url'), e: e?.toString('base64url') });
   }
-  const [params, pointDer] = pkcs11
-    .C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }])
-    .map((a) => a.value as Buffer);
+  const [params, pointDer] = tokenCall('C_GetAttributeValue', () =>
+    pkcs11.C_GetAttributeValue(management, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]),
+  ).map((a) => a.value as Buffer);
   const curve = (Object.keys(CURVES) as Curve[]).find((name) => params !== undefined && CURVES[name].oid.equals(params));
   if (curve === undefined || pointDer === undefined) {
     throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', 'EC key on a curve other than P-256 or P-384');

@@ -51,11 +51,22 @@ export class Token {
     this.management = management;
   }
 
+  /**
+   * Opens the token, starting over (C_Finalize, C_Initialize) when the module
+   * answers CKR_GENERAL_ERROR or shows no token (transientOpenFailure).
+   * SoftHSM2 does that when it reads its token file while another process
+   * rewrites it (every C_Login there rewrites it), and keeps failing until
+   * it is initialised again; the other process's write takes milliseconds.
+   */
   static open(options: TokenOpenOptions): Token {
+    return openRetrying(() => Token.#openOnce(options));
+  }
+
+  static #openOnce(options: TokenOpenOptions): Token {
     const pkcs11 = loadModule(options.modulePath);
     try {
       const { slot, info } = findToken(pkcs11, options.token, options.modulePath);
-      const management = pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      const management = tokenCall('C_OpenSession', () => pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
       login(pkcs11, management, fixedString(info.label), options.pinSource, options.pin);
       return new Token(pkcs11, slot, info, management);
     } catch (err) {
@@ -136,10 +147,39 @@ function loadModule(modulePath: string): pkcs11js.PKCS11 {
   return pkcs11;
 }
 
+/** Attempts at opening the token, and the pause between them, for a module that answers CKR_GENERAL_ERROR. */
+const OPEN_ATTEMPTS = 5;
+const OPEN_RETRY_PAUSE_MS = 100;
+
+/** Runs `open` until it succeeds, fails otherwise than transiently, or has been tried OPEN_ATTEMPTS times. */
+export function openRetrying<T>(open: () => T, attempts = OPEN_ATTEMPTS, pauseMs = OPEN_RETRY_PAUSE_MS): T {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return open();
+    } catch (err) {
+      if (attempt >= attempts || !transientOpenFailure(err)) throw err;
+      // Synchronous like the PKCS#11 calls around it: opening happens once, at start.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, pauseMs);
+    }
+  }
+}
+
+/**
+ * CKR_GENERAL_ERROR from finding the token or logging in, or no token at all
+ * when the module was initialised on an empty token file: what SoftHSM2 shows
+ * a process that reads the file as another rewrites it. A token that really is
+ * not there costs the attempts' pauses, then fails the same way.
+ */
+function transientOpenFailure(err: unknown): boolean {
+  if (!(err instanceof TokenError)) return false;
+  if (err.code === 'KEYEDGE_ERR_TOKEN_NOT_FOUND') return true;
+  return (err.cause as { code?: unknown } | undefined)?.code === pkcs11js.CKR_GENERAL_ERROR;
+}
+
 function findToken(pkcs11: pkcs11js.PKCS11, selector: TokenSelector, modulePath: string): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
   const seen: string[] = [];
-  for (const slot of pkcs11.C_GetSlotList(true)) {
-    const info = pkcs11.C_GetTokenInfo(slot);
+  for (const slot of tokenCall('C_GetSlotList', () => pkcs11.C_GetSlotList(true))) {
+    const info = tokenCall('C_GetTokenInfo', () => pkcs11.C_GetTokenInfo(slot));
     if (!(info.flags & pkcs11js.CKF_TOKEN_INITIALIZED)) continue;
     const label = fixedString(info.label);
     const serial = fixedString(info.serialNumber);
