@@ -42,6 +42,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
+import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
 import { cutByUs, cutStalledEnd, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
 
@@ -239,6 +240,8 @@ export class Http2Sessions {
       if (live.open.size === 0 && !live.closing) this.#goAway(session, live, 'idle');
     });
     session.once('close', () => {
+      // Node leaves the idle timer armed on a closed session, holding it (and its socket) until it fires.
+      disarmClosedSession(session);
       this.#ended(session, false);
       this.#live.delete(session);
       if (this.#live.size === 0) {
