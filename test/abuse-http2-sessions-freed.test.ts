@@ -4,11 +4,13 @@ import http2 from 'node:http2';
 import type net from 'node:net';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { Registry } from 'prom-client';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
-import { h2Connect, h2Request, RawH2 } from './helpers/h2.js';
+import { data, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
@@ -36,6 +38,7 @@ const createServer = http2.createServer;
 
 let lab: KeylessLab;
 let proxy: RunningWorker;
+let originUrl: string;
 let origin: http.Server;
 let ca: string;
 
@@ -46,7 +49,7 @@ beforeAll(async () => {
   // 1 MiB answers: the client is still being sent one when it goes.
   origin = http.createServer((_req, res) => res.writeHead(200, { 'content-length': 1 << 20 }).end(Buffer.alloc(1 << 20)));
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  const originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
+  originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
@@ -113,3 +116,35 @@ it(`${3 * PER_WAY} HTTP/2 connections opened and dropped: the worker holds none 
   // A few may still be on their way out (a linger, a timer of the socket's); before the fix every one was held, for 75 s.
   expect(await reachable()).toBeLessThan(PER_WAY / 4);
 }, 60_000);
+
+it('a connection nghttp2 ended with GOAWAY (a connection error) while a stream was open is closed once nothing moves on it for the idle timeout', async () => {
+  const ec = await lab.certificate('ec-idle', lab.keys.ec, ['lab.test', '*.lab.test']);
+  const short = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [{ name: '*.lab.test', origin: originUrl }],
+      limits: { maxConnectionsPerClient: null, http2IdleTimeoutMs: 1000 },
+    }),
+    // A second worker in this process: its metrics go to a registry of their own.
+    { log: createLogger('h2-sessions-freed', 'silent'), metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) },
+  );
+  try {
+    const clients = await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+        await raw.secure;
+        raw.preface();
+        // A stream, then DATA on stream 0: a connection error (RFC 9113 §6.1); nghttp2 answers GOAWAY PROTOCOL_ERROR.
+        raw.write(getHeaders(1, 'a.lab.test', '/'));
+        raw.write(data(0, Buffer.from('x'), false));
+        await waitFor('GOAWAY', () => raw.goaways[0]);
+        return raw;
+      }),
+    );
+    for (const raw of clients) raw.tls.destroy();
+    // Node no longer reads these sockets, so the clients' close is never seen: before the fix they stayed open for ever.
+    await waitFor('the abandoned connections closed', () => short.listeners[0]!.connections === 0 || undefined, 15_000);
+  } finally {
+    await short.close();
+  }
+}, 30_000);
