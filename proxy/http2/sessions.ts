@@ -11,6 +11,8 @@
  * - an idle deadline: `limits.headerTimeoutMs` until the first stream (a
  *   connection that negotiated h2 and says nothing is a slowloris), then
  *   `limits.http2IdleTimeoutMs` with no stream open; then a graceful GOAWAY;
+ *   with streams open and frames queued that never left, the connection is
+ *   closed instead (nghttp2 ended it on a connection error);
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
  *   the browser reconnects and sees the new certificate;
@@ -42,6 +44,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
+import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
 import { cutByUs, cutStalledEnd, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
 
@@ -235,10 +238,21 @@ export class Http2Sessions {
       live.closing = true;
       this.#ended(session, false);
     });
+    // Node's session timer: no byte read or written for the timeout (a write still moving refreshes it).
     session.setTimeout(limits.headerTimeoutMs, () => {
-      if (live.open.size === 0 && !live.closing) this.#goAway(session, live, 'idle');
+      if (live.closing) return;
+      if (live.open.size === 0) return this.#goAway(session, live, 'idle');
+      // Streams open, frames waiting to go out, and nothing moved all this time: nghttp2 ended the session (it sent
+      // GOAWAY on a connection error, RFC 9113 §5.4.1) and Node stopped reading, so the client's close goes unseen and
+      // its streams would never close. A stream merely waiting on a slow origin has nothing queued.
+      if (session.state.outboundQueueSize !== undefined && session.state.outboundQueueSize > 0) {
+        this.#ended(session, true);
+        live.socket.destroy();
+      }
     });
     session.once('close', () => {
+      // Node leaves the idle timer armed on a closed session, holding it (and its socket) until it fires.
+      disarmClosedSession(session);
       this.#ended(session, false);
       this.#live.delete(session);
       if (this.#live.size === 0) {

@@ -1,0 +1,150 @@
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { sleep } from './helpers/keyserver.js';
+import { data, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+
+// HTTP/2 connections a client opens and drops (gone mid-answer, gone before
+// any stream, closed gracefully): once they are closed, the worker must hold
+// none of their sessions.
+// Node 20 to 24 leave a closed session's timeout timer armed, and it held
+// each session, its TLS socket and its streams for limits.http2IdleTimeoutMs
+// (75 s): at a few thousand connections a second, hundreds of megabytes.
+// Counted directly: each of the worker's sessions is watched with a WeakRef,
+// and those still reachable after a full GC are counted.
+const PER_WAY = 60;
+
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+/** Every session the worker's HTTP/2 server makes, weakly: its http2.createServer is watched before the worker makes it. */
+const sessions: WeakRef<http2.ServerHttp2Session>[] = [];
+const createServer = http2.createServer;
+(http2 as { createServer: unknown }).createServer = (...args: Parameters<typeof http2.createServer>) => {
+  const server = createServer(...args);
+  server.on('session', (session: http2.ServerHttp2Session) => sessions.push(new WeakRef(session)));
+  return server;
+};
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let originUrl: string;
+let origin: http.Server;
+let ca: string;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  // 1 MiB answers: the client is still being sent one when it goes.
+  origin = http.createServer((_req, res) => res.writeHead(200, { 'content-length': 1 << 20 }).end(Buffer.alloc(1 << 20)));
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [{ name: '*.lab.test', origin: originUrl }],
+      limits: { maxConnectionsPerClient: null },
+    }),
+    { log: createLogger('h2-sessions-freed', 'silent') },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  (http2 as { createServer: unknown }).createServer = createServer;
+  await proxy?.close();
+  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await lab?.close();
+});
+
+/** The client goes (its socket destroyed) once the first bytes of its answer arrive. */
+async function goneMidAnswer(): Promise<void> {
+  const session = h2Connect(proxy.ports[0]!, ca, 'a.lab.test');
+  const stream = session.request({ ':path': '/big', ':authority': 'a.lab.test' });
+  stream.on('error', () => undefined);
+  await new Promise<void>((resolve) => {
+    stream.once('data', () => resolve());
+    stream.once('close', () => resolve());
+  });
+  session.destroy();
+}
+
+/** The client sends its preface and goes before any stream (the session's header deadline was running). */
+async function goneBeforeAnyStream(): Promise<void> {
+  const raw = new RawH2(proxy.ports[0]!, ca, 'a.lab.test');
+  await raw.secure;
+  raw.preface();
+  await sleep(20);
+  raw.tls.destroy();
+  await raw.closed;
+}
+
+/** A whole exchange, then GOAWAY from the client (RFC 9113 §6.8). */
+async function graceful(): Promise<void> {
+  const session = h2Connect(proxy.ports[0]!, ca, 'a.lab.test');
+  await h2Request(session, { ':path': '/', ':method': 'HEAD', ':authority': 'a.lab.test' }).catch(() => undefined);
+  await new Promise<void>((resolve) => {
+    session.once('close', () => resolve());
+    session.close();
+  });
+}
+
+async function reachable(): Promise<number> {
+  for (let i = 0; i < 5; i++) {
+    gc();
+    await sleep(50);
+  }
+  return sessions.filter((ref) => ref.deref() !== undefined).length;
+}
+
+it(`${3 * PER_WAY} HTTP/2 connections opened and dropped: the worker holds none of their sessions once they close`, async () => {
+  for (const way of [goneMidAnswer, goneBeforeAnyStream, graceful]) {
+    for (let i = 0; i < PER_WAY; i += 6) await Promise.all(Array.from({ length: 6 }, () => way()));
+  }
+  expect(sessions.length).toBe(3 * PER_WAY);
+  await waitFor('every connection closed', () => proxy.listeners[0]!.connections === 0 || undefined, 20_000);
+  // A few may still be on their way out (a linger, a timer of the socket's); before the fix every one was held, for 75 s.
+  expect(await reachable()).toBeLessThan(PER_WAY / 4);
+}, 60_000);
+
+it('a connection nghttp2 ended with GOAWAY (a connection error) while a stream was open is closed once nothing moves on it for the idle timeout', async () => {
+  const ec = await lab.certificate('ec-idle', lab.keys.ec, ['lab.test', '*.lab.test']);
+  const short = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [{ name: '*.lab.test', origin: originUrl }],
+      limits: { maxConnectionsPerClient: null, http2IdleTimeoutMs: 1000 },
+    }),
+    // A second worker in this process: its metrics go to a registry of their own.
+    { log: createLogger('h2-sessions-freed', 'silent'), metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) },
+  );
+  try {
+    const clients = await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+        await raw.secure;
+        raw.preface();
+        // A stream, then DATA on stream 0: a connection error (RFC 9113 §6.1); nghttp2 answers GOAWAY PROTOCOL_ERROR.
+        raw.write(getHeaders(1, 'a.lab.test', '/'));
+        raw.write(data(0, Buffer.from('x'), false));
+        await waitFor('GOAWAY', () => raw.goaways[0]);
+        return raw;
+      }),
+    );
+    for (const raw of clients) raw.tls.destroy();
+    // Node no longer reads these sockets, so the clients' close is never seen: before the fix they stayed open for ever.
+    await waitFor('the abandoned connections closed', () => short.listeners[0]!.connections === 0 || undefined, 15_000);
+  } finally {
+    await short.close();
+  }
+}, 30_000);
