@@ -306,6 +306,25 @@ describe('bad-frame flood', () => {
       for (const conn of conns) conn.close();
     }
   });
+
+  it('2,000 signs with a key the token does not hold: every one refused UNKNOWN_KEY, under 30 log lines', async () => {
+    // What a proxy does on every handshake for a certificate whose key left the token: the log must not follow its rate.
+    const conn = await RawConnection.connect(server.unixPath!);
+    try {
+      const missing = Buffer.from('ab'.repeat(32), 'hex');
+      const frames = Array.from({ length: 2_000 }, () =>
+        encodeRequest({ op: 'sign', id: nextId++, keyId: missing, algorithm: Algorithm.ECDSA_SHA256, digest: randomBytes(32) }),
+      );
+      conn.write(Buffer.concat(frames));
+      await waitFor('2,000 answers', () => conn.responses.length === 2_000, 20_000);
+      expect(conn.responses.every((r) => r.op === 'error' && r.code === ErrorCode.UNKNOWN_KEY)).toBe(true);
+      // A burst of 10 per 10 s window (the flood takes well under one), then one line that says how many were dropped.
+      expect(logs.find(/in the token/).length).toBeLessThan(30);
+      expect(await metricValue(server, 'keyedge_keyserver_requests_total', { op: 'sign', result: 'UNKNOWN_KEY' })).toBeGreaterThanOrEqual(2_000);
+    } finally {
+      conn.close();
+    }
+  });
 });
 
 describe('mutual TLS', () => {

@@ -102,6 +102,7 @@ describe('SigningService deadline', () => {
       keys: { get: () => key } as unknown as KeyStore,
       metrics: new KeyserverMetrics(),
       log: createLogger('service-test', 'silent'),
+      limiter: new LogLimiter({ intervalMs: 60_000, burst: 10 }),
       requestTimeoutMs: 60_000,
     });
     const request = { op: 'sign', id: 7, keyId: Buffer.from(key.keyId, 'hex'), algorithm: Algorithm.ECDSA_SHA256, digest: Buffer.alloc(32) } as const;

@@ -62,9 +62,9 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     const signers = new SigningWorkers(token, openOptions.modulePath, config.pkcs11.sessions);
     closers.unshift(() => signers.close());
     const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
-    const service = new SigningService({ signers, keys, metrics, log, requestTimeoutMs: config.limits.requestTimeoutMs });
-    const connections = new Set<KeyserverConnection>();
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
+    const service = new SigningService({ signers, keys, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
+    const connections = new Set<KeyserverConnection>();
     const admission = new Admission<KeyserverConnection>(config.limits);
     const dropped = (reason: DropReason, fields: Record<string, unknown>, msg: string): void => {
       metrics.connectionDropped(reason);

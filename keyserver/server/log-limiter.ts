@@ -66,8 +66,13 @@ export class LogLimiter {
 
   /** log.warn(fields, msg) unless `key` is over its rate; adds `suppressed` when lines were dropped before it. */
   warn(log: Logger, key: string, fields: Record<string, unknown>, msg: string): void {
+    this.write(log, 'warn', key, fields, msg);
+  }
+
+  /** log[level](fields, msg) unless `key` is over its rate; adds `suppressed` when lines were dropped before it. */
+  write(log: Logger, level: 'warn' | 'error', key: string, fields: Record<string, unknown>, msg: string): void {
     const suppressed = this.take(key);
     if (suppressed === undefined) return;
-    log.warn(suppressed > 0 ? { ...fields, suppressed } : fields, msg);
+    log[level](suppressed > 0 ? { ...fields, suppressed } : fields, msg);
   }
 }

@@ -23,6 +23,7 @@ import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import type { KeyStore } from './keystore.js';
 import type { KeyserverMetrics } from './metrics.js';
+import type { LogLimiter } from './log-limiter.js';
 
 type SignRequestOf = Extract<Request, { op: 'sign' }>;
 
@@ -36,6 +37,12 @@ export interface ServiceOptions {
   readonly keys: KeyStore;
   readonly metrics: KeyserverMetrics;
   readonly log: Logger;
+  /**
+   * Refusals are logged through it, keyed by refusal code: what a client
+   * makes us refuse, it can make us refuse at its own rate (a proxy whose
+   * certificate's key left the token asks for it on every handshake).
+   */
+  readonly limiter: LogLimiter;
   readonly requestTimeoutMs: number;
 }
 
@@ -159,7 +166,8 @@ export class SigningService {
     // which keys exist nor make the key store rescan the token.
     if (!mayUseKey(client, keyId)) {
       this.#options.metrics.authzRefusals.inc({ transport: client.transport });
-      this.#options.log.warn({ audit: 'refused', client: client.name, transport: client.transport, keyId, op: request.op }, 'client may not use this key');
+      const fields = { audit: 'refused', client: client.name, transport: client.transport, keyId, op: request.op };
+      this.#options.limiter.warn(this.#options.log, 'refused:NOT_AUTHORISED', fields, 'client may not use this key');
       return this.#refuse(request, client, 'NOT_AUTHORISED', `this client may not use key ${keyId}`, undefined, true);
     }
     const key = this.#options.keys.get(keyId);
@@ -171,7 +179,8 @@ export class SigningService {
     this.#count(request, code);
     if (!logged) {
       const level = code === 'SIGN_FAILED' || code === 'DEADLINE_EXCEEDED' ? 'error' : 'warn';
-      this.#options.log[level]({ client: client.name, transport: client.transport, op: request.op, code, err: cause }, detail);
+      const fields = { client: client.name, transport: client.transport, op: request.op, code, err: cause };
+      this.#options.limiter.write(this.#options.log, level, `refused:${code}`, fields, detail);
     }
     return { op: 'error', id: request.id, code: ErrorCode[code], detail };
   }
