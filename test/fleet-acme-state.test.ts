@@ -43,6 +43,13 @@ async function node(prefix: string, name: string): Promise<EtcdStore> {
   return made;
 }
 
+/** Two nodes on one prefix, each with its issuer state and its issuance locks (which refresh that state). */
+async function twoNodes(prefix: string, name: string) {
+  const [a, b] = [await node(prefix, `${name}-a`), await node(prefix, `${name}-b`)];
+  const [stateA, stateB] = [new SharedIssuerState(a, log), new SharedIssuerState(b, log)];
+  return { a, b, stateA, stateB, locksA: fleetLocks(a, () => stateA.refresh()), locksB: fleetLocks(b, () => stateB.refresh()) };
+}
+
 beforeAll(async () => {
   dir = tempDir('keyedge-fleet-acme-state-');
   etcd = await startEtcdCluster(dir, 1);
@@ -77,12 +84,7 @@ describe('ACME state shared on etcd', () => {
   });
 
   it('shows a node that takes the lock what the previous holder wrote under it', async () => {
-    const a = await node('/acme-state/', 'state-a');
-    const b = await node('/acme-state/', 'state-b');
-    const stateA = new SharedIssuerState(a, log);
-    const stateB = new SharedIssuerState(b, log);
-    const locksA = fleetLocks(a, () => stateA.refresh());
-    const locksB = fleetLocks(b, () => stateB.refresh());
+    const { stateA, stateB, locksA, locksB } = await twoNodes('/acme-state/', 'state');
     stateA.state.certificates['www.test'] = { domains: ['www.test'], keyId: '', failures: 0 };
     await stateA.save();
     await waitFor('node B to see the managed entry', () => {
@@ -134,12 +136,7 @@ describe('ACME state shared on etcd', () => {
   });
 
   it('forgets a failed on-demand entry for the fleet, but not while another node holds its issuance lock', async () => {
-    const a = await node('/acme-forget/', 'forget-a');
-    const b = await node('/acme-forget/', 'forget-b');
-    const stateA = new SharedIssuerState(a, log);
-    const stateB = new SharedIssuerState(b, log);
-    const locksA = fleetLocks(a, () => stateA.refresh());
-    const locksB = fleetLocks(b, () => stateB.refresh());
+    const { a, b, stateA, stateB, locksA, locksB } = await twoNodes('/acme-forget/', 'forget');
     const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000).toISOString();
     const failed = (name: string): ManagedState => ({
       domains: [name],
