@@ -36,7 +36,14 @@ export class KeyStore {
     const key = this.#keys.get(keyId);
     if (key !== undefined) return key;
     if (Date.now() - this.#lastScan < this.#rescanIntervalMs) return undefined;
-    this.rescan();
+    try {
+      this.rescan();
+    } catch (err) {
+      // The token failed the scan: the keys known so far keep signing, this id is unknown, and the key
+      // server carries on (a throw here would reach the connection's frame loop). Once per interval at most.
+      this.#log.error({ err, keyId }, 'token scan for an unknown key id failed; the keys already loaded stay in use');
+      return undefined;
+    }
     return this.#keys.get(keyId);
   }
 
@@ -46,11 +53,12 @@ export class KeyStore {
   }
 
   rescan(): void {
+    // Stamped first: a scan that throws still counts, so a failing token is scanned once per interval, not per request.
+    this.#lastScan = Date.now();
     const keys = new Map<string, TokenKey>();
     for (const key of listKeys(this.#token)) keys.set(key.keyId, key);
     const added = [...keys.keys()].filter((id) => !this.#keys.has(id));
     this.#keys = keys;
-    this.#lastScan = Date.now();
     this.#onScan(keys.size);
     if (added.length > 0) {
       this.#log.info({ keys: keys.size, added: added.map((id) => ({ keyId: id, label: keys.get(id)?.label })) }, 'token keys loaded');

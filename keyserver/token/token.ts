@@ -12,6 +12,13 @@
  * thread through `management`, a session reserved for them; signing uses the
  * signing workers (sign-workers.ts), so a long key listing never holds up a handshake.
  *
+ * After open, nothing here calls C_GetTokenInfo again, and nothing should:
+ * SoftHSM2 reads its token file for it, and a read while another process
+ * rewrites the file (every C_Login does) can leave the module failing that
+ * call and serving a frozen object list to C_FindObjects until C_Finalize,
+ * so keys added later would never be found (seen in a stress run: logins
+ * and key creation by other processes next to a C_GetTokenInfo loop).
+ *
  * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
  */
