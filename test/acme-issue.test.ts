@@ -184,4 +184,13 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string }[] };
     expect(certs.certificates.map((c) => c.name)).not.toContain('till.acme.test');
   }, 180_000);
+
+  it('a name listed twice in an issue is recorded, ordered and renewed once', async () => {
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'twice.acme.test', '--domain', 'twice.acme.test']);
+    expect(issued.stderr).toBe('');
+    expect(issued.code).toBe(0);
+    expect(issued.stdout).toContain('names: twice.acme.test\n');
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; acme: { domains: string[] } | null }[] };
+    expect(certs.certificates.find((c) => c.name === 'twice.acme.test')?.acme?.domains).toEqual(['twice.acme.test']);
+  }, 180_000);
 });

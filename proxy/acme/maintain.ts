@@ -159,7 +159,9 @@ export class CertificateManager {
     }
     const previous = managed === undefined ? undefined : [...managed.domains];
     if (managed === undefined) {
-      this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
+      // A name listed twice is one name (as domainsToOrder makes it for a managed entry): recorded, ordered and shown once.
+      const unique = [...new Set(domains)];
+      this.#deps.state.state.certificates[name] = { domains: unique, keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
       // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
       // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
       Promise.resolve()
