@@ -172,4 +172,25 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     expect(till.code, till.stderr).toBe(0);
     expect(till.stdout).toContain(`"host":"till.acme.test:${proxy.port}"`);
   }, 180_000);
+
+  it("an issue listing the entry's names in another order (another first name) renews that entry, not a second one", async () => {
+    // The entry is named after its first domain: `till, shop` made a second entry, `till.acme.test`, and a second certificate.
+    const before = pebble.orders();
+    const reordered = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'till.acme.test', '--domain', 'shop.acme.test']);
+    expect(reordered.stderr).toBe('');
+    expect(reordered.code).toBe(0);
+    expect(reordered.stdout).toContain('issued shop.acme.test:');
+    expect(pebble.orders()).toBe(before + 1);
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string }[] };
+    expect(certs.certificates.map((c) => c.name)).not.toContain('till.acme.test');
+  }, 180_000);
+
+  it('a name listed twice in an issue is recorded, ordered and renewed once', async () => {
+    const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'twice.acme.test', '--domain', 'twice.acme.test']);
+    expect(issued.stderr).toBe('');
+    expect(issued.code).toBe(0);
+    expect(issued.stdout).toContain('names: twice.acme.test\n');
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; acme: { domains: string[] } | null }[] };
+    expect(certs.certificates.find((c) => c.name === 'twice.acme.test')?.acme?.domains).toEqual(['twice.acme.test']);
+  }, 180_000);
 });

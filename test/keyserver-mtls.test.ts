@@ -228,4 +228,21 @@ describe('which keys a client may use', () => {
     }
     expect(audit.map((l) => l.keyId)).toEqual([keys.listed!.keyId, keys.unlisted!.keyId, keys.listed!.keyId]);
   });
+
+  it("one client refused at its own rate does not take another client's audit line: refusals are rate-limited per client", async () => {
+    // The log limiter's burst (log.rateLimitBurst, 10 a window) spent by one certificate matching no rule...
+    await withClient('stranger', async (client) => {
+      for (let i = 0; i < 30; i++) expectCode(await client.request(signRequest(keys.listed!, Algorithm.ECDSA_SHA256)), ErrorCode.NOT_AUTHORISED);
+    });
+    const auditBefore = logs.lines().filter((l) => l.audit === 'refused').length;
+    // ...and then a configured client's one refusal: its audit line names it (keyed by code only, it was dropped).
+    await withClient('edge-u', async (client) => {
+      expectCode(await client.request(signRequest(keys.listed!, Algorithm.ECDSA_SHA256)), ErrorCode.NOT_AUTHORISED);
+    });
+    const audit = logs
+      .lines()
+      .filter((l) => l.audit === 'refused')
+      .slice(auditBefore);
+    expect(audit).toMatchObject([{ client: 'by-uri', keyId: keys.listed!.keyId, msg: 'client may not use this key' }]);
+  });
 });

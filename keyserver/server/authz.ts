@@ -23,12 +23,18 @@ export interface ClientIdentity {
   readonly transport: 'unix' | 'tls';
   /** The matching rule's name, or a description of an unmatched certificate, for logs only. */
   readonly name: string;
+  /**
+   * The configured client that matched, `unix-socket`, or `unmatched`: one of
+   * a bounded set of names (unlike `name`), so rate-limited log lines can be
+   * counted per client (service.ts) without a table growing with certificates.
+   */
+  readonly rule: string;
   /** null means every key. */
   readonly keys: ReadonlySet<string> | null;
 }
 
 export function unixIdentity(keys: '*' | readonly string[]): ClientIdentity {
-  return { transport: 'unix', name: 'unix-socket', keys: keys === '*' ? null : new Set(keys) };
+  return { transport: 'unix', name: 'unix-socket', rule: 'unix-socket', keys: keys === '*' ? null : new Set(keys) };
 }
 
 export function tlsIdentity(cert: X509Certificate, rules: readonly ClientRule[]): ClientIdentity {
@@ -39,10 +45,10 @@ export function tlsIdentity(cert: X509Certificate, rules: readonly ClientRule[])
     if (dnsName !== undefined && !facts.dnsNames.includes(dnsName)) continue;
     if (uri !== undefined && !facts.uris.includes(uri)) continue;
     if (spkiSha256 !== undefined && facts.spkiSha256 !== spkiSha256) continue;
-    return { transport: 'tls', name: rule.name, keys: rule.keys === '*' ? null : new Set(rule.keys) };
+    return { transport: 'tls', name: rule.name, rule: rule.name, keys: rule.keys === '*' ? null : new Set(rule.keys) };
   }
   const cn = facts.commonNames[0] ?? '(no CN)';
-  return { transport: 'tls', name: `unmatched certificate CN=${cn} spki-sha256=${facts.spkiSha256}`, keys: new Set() };
+  return { transport: 'tls', name: `unmatched certificate CN=${cn} spki-sha256=${facts.spkiSha256}`, rule: 'unmatched', keys: new Set() };
 }
 
 export function mayUseKey(identity: ClientIdentity, keyId: string): boolean {

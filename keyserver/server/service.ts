@@ -38,9 +38,11 @@ export interface ServiceOptions {
   readonly metrics: KeyserverMetrics;
   readonly log: Logger;
   /**
-   * Refusals are logged through it, keyed by refusal code: what a client
-   * makes us refuse, it can make us refuse at its own rate (a proxy whose
-   * certificate's key left the token asks for it on every handshake).
+   * Refusals are logged through it, keyed by refusal code and client rule
+   * (authz.ts): what a client makes us refuse, it can make us refuse at its
+   * own rate (a proxy whose certificate's key left the token asks for it on
+   * every handshake), and that must not use up another client's lines (an
+   * audit line of a refusal to another client would be dropped).
    */
   readonly limiter: LogLimiter;
   readonly requestTimeoutMs: number;
@@ -167,7 +169,7 @@ export class SigningService {
     if (!mayUseKey(client, keyId)) {
       this.#options.metrics.authzRefusals.inc({ transport: client.transport });
       const fields = { audit: 'refused', client: client.name, transport: client.transport, keyId, op: request.op };
-      this.#options.limiter.warn(this.#options.log, 'refused:NOT_AUTHORISED', fields, 'client may not use this key');
+      this.#options.limiter.warn(this.#options.log, `refused:NOT_AUTHORISED:${client.rule}`, fields, 'client may not use this key');
       return this.#refuse(request, client, 'NOT_AUTHORISED', `this client may not use key ${keyId}`, undefined, true);
     }
     const key = this.#options.keys.get(keyId);
@@ -180,7 +182,7 @@ export class SigningService {
     if (!logged) {
       const level = code === 'SIGN_FAILED' || code === 'DEADLINE_EXCEEDED' ? 'error' : 'warn';
       const fields = { client: client.name, transport: client.transport, op: request.op, code, err: cause };
-      this.#options.limiter.write(this.#options.log, level, `refused:${code}`, fields, detail);
+      this.#options.limiter.write(this.#options.log, level, `refused:${code}:${client.rule}`, fields, detail);
     }
     return { op: 'error', id: request.id, code: ErrorCode[code], detail };
   }

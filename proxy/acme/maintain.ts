@@ -128,12 +128,26 @@ export class CertificateManager {
   }
 
   /**
+   * The entry an operator's issue of `domains` without an entry name is for: the first domain's, or else the entry that
+   * records these very names in another order (domain-lists.ts: the same names are a renewal). Without it, `b, a` made a
+   * second entry and a second certificate beside `a`'s for `a, b`, both renewed from then on.
+   */
+  #entryOfList(domains: readonly string[]): string {
+    const name = this.entryOf(domains);
+    const { certificates } = this.#deps.state.state;
+    if (certificates[name] !== undefined) return name;
+    return (
+      Object.keys(certificates).find((other) => certificates[other]?.onDemand !== true && sameDomains(certificates[other]?.domains ?? [], domains)) ?? name
+    );
+  }
+
+  /**
    * Issues a new managed certificate now, or, when the entry is managed already, renews it, or orders it for the operator's
    * new list of names (domain-lists.ts: added names, or `replaceDomains`; a dropped name without it is refused); resolves once
    * a certificate covering `domains` serves. An on-demand order never changes an entry's names.
    */
   issue(domains: readonly string[], entry?: string, onDemand = false, replaceDomains = false): Promise<IssueOutcome> {
-    const name = entry ?? this.entryOf(domains);
+    const name = entry ?? (onDemand ? this.entryOf(domains) : this.#entryOfList(domains));
     const managed = this.#deps.state.state.certificates[name];
     let wanted: string[] | undefined;
     if (managed !== undefined && !onDemand) {
@@ -145,7 +159,9 @@ export class CertificateManager {
     }
     const previous = managed === undefined ? undefined : [...managed.domains];
     if (managed === undefined) {
-      this.#deps.state.state.certificates[name] = { domains: [...domains], keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
+      // A name listed twice is one name (as domainsToOrder makes it for a managed entry): recorded, ordered and shown once.
+      const unique = [...new Set(domains)];
+      this.#deps.state.state.certificates[name] = { domains: unique, keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
       // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
       // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
       Promise.resolve()

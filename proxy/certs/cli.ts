@@ -41,7 +41,8 @@ Actions:
   issue [NAME] --domain D [--domain D ...]
                       the running proxy obtains a certificate for these names
                       from its ACME CA (key and CSR made in the token) and
-                      serves it; NAME defaults to the first domain. For a
+                      serves it; NAME defaults to the entry managed for
+                      these names (in any order), else the first domain. For a
                       managed NAME: its names, or more (a new certificate for
                       the list); fewer only with --replace-domains
   renew NAME          the running proxy renews a managed certificate now
