@@ -50,6 +50,20 @@ async function twoNodes(prefix: string, name: string) {
   return { a, b, stateA, stateB, locksA: fleetLocks(a, () => stateA.refresh()), locksB: fleetLocks(b, () => stateB.refresh()) };
 }
 
+/** Holds `name` on `locks` until `release()`: `holds` resolves once the lock is held; `then` runs under it after release. */
+function holdUntilReleased(locks: ReturnType<typeof fleetLocks>, name: string, then: () => Promise<void> = async () => {}) {
+  let release!: () => void;
+  let held!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const holds = new Promise<void>((resolve) => (held = resolve));
+  const done = locks.hold(name, 5_000, async () => {
+    held();
+    await released;
+    await then();
+  });
+  return { holds, release, done };
+}
+
 beforeAll(async () => {
   dir = tempDir('keyedge-fleet-acme-state-');
   etcd = await startEtcdCluster(dir, 1);
@@ -92,21 +106,15 @@ describe('ACME state shared on etcd', () => {
       return stateB.state.certificates['www.test'];
     });
     const entryOnB = stateB.state.certificates['www.test']!;
-    let release!: () => void;
-    let held!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    const aHolds = new Promise<void>((resolve) => (held = resolve));
-    const orderOnA = locksA.hold('acme/issue/www.test', 5_000, async () => {
-      held();
-      await released;
+    const orderOnA = holdUntilReleased(locksA, 'acme/issue/www.test', async () => {
       Object.assign(stateA.state.certificates['www.test']!, { keyId: 'k'.repeat(64), lastIssuedAt: new Date().toISOString() });
       stateA.state.account = { directory: 'https://ca.test/dir', keyId: 'acct', url: 'https://ca.test/acct/1' };
       await stateA.save();
     });
-    await aHolds;
+    await orderOnA.holds;
     const onB = locksB.hold('acme/issue/www.test', 10_000, async () => ({ ...stateB.state.certificates['www.test']! }));
-    release();
-    await orderOnA;
+    orderOnA.release();
+    await orderOnA.done;
     const seen = await onB;
     // What A wrote before releasing, B sees once its lock is held; the object B held kept its identity.
     expect(seen?.value.keyId).toBe('k'.repeat(64));
@@ -165,18 +173,11 @@ describe('ACME state shared on etcd', () => {
       renewalWindow: async () => undefined,
     });
     // Node B orders busy.test (its name came back through B's gate): it holds the name's lock while A's pass runs.
-    let release!: () => void;
-    let held!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    const bHolds = new Promise<void>((resolve) => (held = resolve));
-    const orderOnB = locksB.hold('acme/issue/busy.test', 5_000, async () => {
-      held();
-      await released;
-    });
-    await bHolds;
+    const orderOnB = holdUntilReleased(locksB, 'acme/issue/busy.test');
+    await orderOnB.holds;
     await manager.tick();
-    release();
-    await orderOnB;
+    orderOnB.release();
+    await orderOnB.done;
     expect(Object.keys(stateA.state.certificates)).toEqual(['busy.test']);
     expect(a.item('acme/certificates/old.test')).toBeUndefined();
     expect(a.item('acme/certificates/busy.test')).toBeDefined();
