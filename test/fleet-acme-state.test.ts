@@ -64,6 +64,25 @@ function holdUntilReleased(locks: ReturnType<typeof fleetLocks>, name: string, t
   return { holds, release, done };
 }
 
+/** A certificate manager on `state` and `locks` whose CA answers with `issue` (by default: none here). */
+function managerOn(
+  state: SharedIssuerState,
+  locks: ReturnType<typeof fleetLocks>,
+  issue: (request: { name: string }) => Promise<unknown> = () => Promise.reject(new Error('no CA here')),
+): CertificateManager {
+  return new CertificateManager({
+    config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
+    state,
+    issuer: { issue } as unknown as AcmeIssuer,
+    keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+    records: () => new Map(),
+    metrics: registerAcmeMetrics(new Registry(), () => 0),
+    log,
+    locks,
+    renewalWindow: async () => undefined,
+  });
+}
+
 beforeAll(async () => {
   dir = tempDir('keyedge-fleet-acme-state-');
   etcd = await startEtcdCluster(dir, 1);
@@ -161,17 +180,7 @@ describe('ACME state shared on etcd', () => {
       stateB.refresh();
       return stateB.state.certificates['old.test'] !== undefined && stateB.state.certificates['busy.test'] !== undefined ? true : undefined;
     });
-    const manager = new CertificateManager({
-      config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
-      state: stateA,
-      issuer: { issue: () => Promise.reject(new Error('no CA here')) } as unknown as AcmeIssuer,
-      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-      records: () => new Map(),
-      metrics: registerAcmeMetrics(new Registry(), () => 0),
-      log,
-      locks: locksA,
-      renewalWindow: async () => undefined,
-    });
+    const manager = managerOn(stateA, locksA);
     // Node B orders busy.test (its name came back through B's gate): it holds the name's lock while A's pass runs.
     const orderOnB = holdUntilReleased(locksB, 'acme/issue/busy.test');
     await orderOnB.holds;
@@ -206,21 +215,9 @@ describe('ACME state shared on etcd', () => {
     };
     await stateA.save();
     const ordered: string[] = [];
-    const manager = new CertificateManager({
-      config: loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!,
-      state: stateA,
-      issuer: {
-        issue: (request: { name: string }) => {
-          ordered.push(request.name);
-          return Promise.reject(new Error('no CA here'));
-        },
-      } as unknown as AcmeIssuer,
-      keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-      records: () => new Map(),
-      metrics: registerAcmeMetrics(new Registry(), () => 0),
-      log,
-      locks: locksA,
-      renewalWindow: async () => undefined,
+    const manager = managerOn(stateA, locksA, (request) => {
+      ordered.push(request.name);
+      return Promise.reject(new Error('no CA here'));
     });
     // The name's handshake comes through the gate while the pass deletes the entry's key (an etcd round trip).
     let order: Promise<unknown> | undefined;
