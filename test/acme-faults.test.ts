@@ -52,7 +52,9 @@ async function keyLabels(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  acmeLab = await startAcmeLab();
+  // Pebble reuses a valid authorization for only half of new orders by default (PEBBLE_AUTHZREUSE=50). The stopped-worker
+  // test needs reuse: its order must need no challenge answered, since the stopped worker could be the one asked.
+  acmeLab = await startAcmeLab({ env: { PEBBLE_AUTHZREUSE: '100' } });
   ({ lab, pebble, keyserverConfig } = acmeLab);
   front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
   proxy = await startClusterProxy(
