@@ -68,7 +68,7 @@ function resumeCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
 
 export type ScenarioSummary = ReturnType<typeof summarize>;
 
-/** A scenario's medians and spread over its clean rounds (harness/bench.ts), its checks and its errors over every run. */
+/** A scenario's medians and spread over its clean rounds (harness/runner.ts), its checks and its errors over every run. */
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);

@@ -20,7 +20,7 @@ type ServerSummary = ReturnType<typeof summarize>;
 type Comparison = NonNullable<ReturnType<typeof compareTo>>;
 type ProfileReport = ReturnType<typeof readProfiles>[number];
 
-/** A scenario's medians and spread over its clean rounds (harness/bench.ts); errors over every run. */
+/** A scenario's medians and spread over its clean rounds (harness/runner.ts); errors over every run. */
 export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0) {
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
   const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);

@@ -2,7 +2,7 @@
  * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
  * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions in this process (cores and 2 × cores: the faster is the
  * ceiling), the key server over its unix socket, and over mutual TLS 1.3. Warm-up, then interleaved rounds
- * (harness/bench.ts); per scenario medians, ratios to the ceiling, latency and CPU per sign. Method and figures:
+ * (harness/runner.ts); per scenario medians, ratios to the ceiling, latency and CPU per sign. Method and figures:
  * bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';

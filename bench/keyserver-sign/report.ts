@@ -1,5 +1,5 @@
 /**
- * The keyserver-sign bench's figures and result files: per scenario the medians over the clean rounds (harness/bench.ts
+ * The keyserver-sign bench's figures and result files: per scenario the medians over the clean rounds (harness/runner.ts
  * cleanRounds), the ratios to the ceiling (the faster raw setting per key), the Markdown report and the JSON
  * (bench/README.md, "What the figures mean").
  */

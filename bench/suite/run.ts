@@ -2,7 +2,7 @@
  * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
  * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}` (one
  * table, one chart: bench/harness/chart.ts); `--compare OLD.json` then flags scenarios that moved by more than the
- * threshold (bench/harness/compare.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no
+ * threshold (bench/harness/summary.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no
  * package installs) into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds
  * nothing.
  *
