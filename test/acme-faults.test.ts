@@ -4,8 +4,7 @@ import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
-import type { KeylessLab } from './helpers/proxy-lab.js';
+import type { ClusterProxy } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
 // retries) or rateLimited with Retry-After, and a failed validation. Each
@@ -14,7 +13,6 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // metrics, and retries back off as configured (min 1 s doubling, max 8 s,
 // never before Retry-After). A certificate key made for an order that failed
 // is deleted from the token at once.
-let lab: KeylessLab;
 let pebble: Pebble;
 let front: FaultFront;
 let proxy: ClusterProxy;
@@ -55,25 +53,14 @@ beforeAll(async () => {
   // Pebble reuses a valid authorization for only half of new orders by default (PEBBLE_AUTHZREUSE=50). The stopped-worker
   // test needs reuse: its order must need no challenge answered, since the stopped worker could be the one asked.
   acmeLab = await startAcmeLab({ env: { PEBBLE_AUTHZREUSE: '100' } });
-  ({ lab, pebble, keyserverConfig } = acmeLab);
+  ({ pebble, keyserverConfig } = acmeLab);
   front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
-  proxy = await startClusterProxy(
-    lab,
-    'acme',
-    (p) =>
-      storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [{ name: '*.fault.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: acmeLab.acme({
-          directory: front.directory,
-          timeoutMs: 2_000,
-          orderTimeoutSeconds: 8,
-          renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
-        }),
-      }),
-    {},
-    90_000,
-  );
+  proxy = await acmeLab.startProxy(['*.fault.test'], {
+    directory: front.directory,
+    timeoutMs: 2_000,
+    orderTimeoutSeconds: 8,
+    renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
+  });
   root = await pebble.rootFile();
   const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME] }));
   expect(issued.status, issued.text).toBe(200);

@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
-import type { KeylessLab } from './helpers/proxy-lab.js';
+import type { ClusterProxy } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 1 (HTTP-01): a real `keyedge proxy` (two workers) gets a
 // certificate from a real pebble through HTTP-01 answered on its own port 80
@@ -11,7 +10,6 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // goes through the store's validation and swap; curl trusting pebble's root
 // gets the origin's page. The keys are read back through PKCS#11 attributes.
 let acmeLab: AcmeLab;
-let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let keyserverConfig: string;
@@ -19,22 +17,8 @@ let cli: AcmeLab['cli'];
 
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
-  ({ lab, pebble, keyserverConfig, cli } = acmeLab);
-  proxy = await startClusterProxy(
-    lab,
-    'acme',
-    (p) =>
-      storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [
-          { name: '*.acme.test', origin: `http://127.0.0.1:${lab.origin.port}` },
-          { name: '*.acme.tesu', origin: `http://127.0.0.1:${lab.origin.port}` },
-        ],
-        acme: acmeLab.acme({ contact: ['mailto:ops@acme.test'], timeoutMs: 10_000 }),
-      }),
-    {},
-    90_000,
-  );
+  ({ pebble, keyserverConfig, cli } = acmeLab);
+  proxy = await acmeLab.startProxy(['*.acme.test', '*.acme.tesu'], { contact: ['mailto:ops@acme.test'], timeoutMs: 10_000 });
 }, 150_000);
 
 afterAll(async () => {

@@ -4,7 +4,7 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import type { KeylessLab } from './helpers/proxy-lab.js';
 
 // An on-demand order that fails (the name's validation fails at the CA) is
@@ -24,22 +24,11 @@ let acmeLab: AcmeLab;
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
   ({ lab, pebble } = acmeLab);
-  proxy = await startClusterProxy(
-    lab,
-    'acme',
-    (p) =>
-      storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [{ name: '*.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: acmeLab.acme({
-          timeoutMs: 2_000,
-          renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 2, jitter: 0 },
-          onDemand: { maxOrdersPerDomainPerHour: 1 },
-        }),
-      }),
-    {},
-    90_000,
-  );
+  proxy = await acmeLab.startProxy(['*.test'], {
+    timeoutMs: 2_000,
+    renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 2, jitter: 0 },
+    onDemand: { maxOrdersPerDomainPerHour: 1 },
+  });
 }, 150_000);
 
 afterAll(async () => {

@@ -5,8 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import type { KeylessLab } from './helpers/proxy-lab.js';
+import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 3: on-demand issuance. A handshake for an unknown name
 // fails fast (unrecognized_name) and, when the ask endpoint allows the name
@@ -15,7 +14,6 @@ import type { KeylessLab } from './helpers/proxy-lab.js';
 // CNAME is elsewhere, never reach the CA (orders counted at pebble), and are
 // asked about once. 1,000 handshakes for random names under one registered
 // domain cause at most maxOrdersPerDomainPerHour (2) orders.
-let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let ask: http.Server;
@@ -25,32 +23,21 @@ let acmeLab: AcmeLab;
 
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
-  ({ lab, pebble } = acmeLab);
+  ({ pebble } = acmeLab);
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
     res.writeHead(domain.endsWith('.evil.test') ? 403 : 200).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
-  proxy = await startClusterProxy(
-    lab,
-    'acme',
-    (p) =>
-      storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [{ name: '*.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: acmeLab.acme({
-          onDemand: {
-            ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
-            cnameTarget: EDGE,
-            resolver: pebble.dnsServer,
-            maxOrdersPerDomainPerHour: 2,
-          },
-        }),
-      }),
-    {},
-    90_000,
-  );
+  proxy = await acmeLab.startProxy(['*.test'], {
+    onDemand: {
+      ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
+      cnameTarget: EDGE,
+      resolver: pebble.dnsServer,
+      maxOrdersPerDomainPerHour: 2,
+    },
+  });
 }, 150_000);
 
 afterAll(async () => {

@@ -4,15 +4,13 @@ import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import type { KeylessLab } from './helpers/proxy-lab.js';
+import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 2: `keyedge cert renew` under steady load (a new TLS
 // connection per request, so every request is a full handshake) swaps in a
 // certificate for a new key with zero failed handshakes and zero failed
 // requests; the previous key is deleted from the token once its grace period
 // (2 s here) is over, and not before the new certificate serves.
-let lab: KeylessLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let keyserverConfig: string;
@@ -28,19 +26,8 @@ async function tokenKeyIds(): Promise<string[]> {
 
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
-  ({ lab, pebble, keyserverConfig, cli } = acmeLab);
-  proxy = await startClusterProxy(
-    lab,
-    'acme',
-    (p) =>
-      storeProxyConfig(lab, p, {
-        httpRedirect: { host: '127.0.0.1', port: acmeLab.httpPort },
-        domains: [{ name: '*.renew.test', origin: `http://127.0.0.1:${lab.origin.port}` }],
-        acme: acmeLab.acme({ renewal: { checkSeconds: 1, keyGraceSeconds: 2 } }),
-      }),
-    {},
-    90_000,
-  );
+  ({ pebble, keyserverConfig, cli } = acmeLab);
+  proxy = await acmeLab.startProxy(['*.renew.test'], { renewal: { checkSeconds: 1, keyGraceSeconds: 2 } });
 }, 150_000);
 
 afterAll(async () => {

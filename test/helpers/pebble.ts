@@ -20,6 +20,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
 import { CLI, REPO, sleep } from './keyserver.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './proxy-cluster.js';
 import { freePort, type KeylessLab, startKeylessLab } from './proxy-lab.js';
 
 export interface AcmeLab {
@@ -31,6 +32,11 @@ export interface AcmeLab {
   readonly httpPort: number;
   /** The proxy's `acme` section for this pebble (directory, its CA, the key server), with `overrides` on top. */
   acme(overrides?: Record<string, unknown>): Record<string, unknown>;
+  /**
+   * A 2-worker proxy (`acme`) serving `patterns` to the lab's origin, its plain-HTTP port the one pebble validates on,
+   * with `acme(overrides)` as its acme section.
+   */
+  startProxy(patterns: readonly string[], overrides?: Record<string, unknown>): Promise<ClusterProxy>;
   /** Runs the built `keyedge` CLI. */
   cli(args: readonly string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Stops pebble and the lab (the test stops its proxies first). */
@@ -48,18 +54,32 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
     mkdirSync(pebbleDir);
     pebble = await startPebble(pebbleDir, httpPort, options.env ?? {}, options.pebble ?? {});
     const started = pebble;
+    const acme = (overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
+      directory: started.directory,
+      caBundle: started.tlsCaFile,
+      keyserverConfig,
+      orderTimeoutSeconds: 60,
+      ...overrides,
+    });
     return {
       lab,
       pebble: started,
       keyserverConfig,
       httpPort,
-      acme: (overrides = {}) => ({
-        directory: started.directory,
-        caBundle: started.tlsCaFile,
-        keyserverConfig,
-        orderTimeoutSeconds: 60,
-        ...overrides,
-      }),
+      acme,
+      startProxy: (patterns, overrides = {}) =>
+        startClusterProxy(
+          lab,
+          'acme',
+          (p) =>
+            storeProxyConfig(lab, p, {
+              httpRedirect: { host: '127.0.0.1', port: httpPort },
+              domains: patterns.map((name) => ({ name, origin: `http://127.0.0.1:${lab.origin.port}` })),
+              acme: acme(overrides),
+            }),
+          {},
+          90_000,
+        ),
       cli: (args, timeoutMs = 120_000) =>
         new Promise((resolve) => {
           execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: timeoutMs }, (err, stdout, stderr) => {
