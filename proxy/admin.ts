@@ -39,9 +39,10 @@
  * client sees the 413 rather than a reset of a connection it still writes to,
  * as nginx's lingering close does; past the bound, the 413 goes out with
  * `connection: close`. With `Expect: 100-continue`, `100 Continue` goes only
- * to a request that would not be refused before its body: a change without
- * the token gets its 401/403 instead (checked first), a declared body over
- * the limit its 413, and the connection ends.
+ * to a change the control API takes and would not refuse before its body: a
+ * read, or any change without a control API, gets its answer at once, a change
+ * without the token its 401/403 (checked first), a declared body over the limit
+ * its 413, and the connection ends.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -230,9 +231,15 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
   // answer instead, and the connection ends after it (the client may send the body anyway once it tires of waiting; it is
   // not read). A change without the token: its 401 or 403, checked first, so that no client without the token is invited to
   // send up to the body limit. A declared body over the limit: its 413.
+  // Only a change the control API takes reads a body: anything else (a GET, or any change when no control API is
+  // configured, which is a 404) gets its final answer without the invitation.
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const tokenFile = sources.control?.tokenFile;
-    const denied = tokenFile !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, tokenFile) : undefined;
+    const control = sources.control;
+    if (control === undefined || !CHANGES.has(req.method ?? '')) {
+      res.shouldKeepAlive = false;
+      return handle(req, res);
+    }
+    const denied = authorisationFailure(req, control.tokenFile);
     if (denied !== undefined) return refuse(res, denied, true);
     if (declaredLength(req) > MAX_UPLOAD_BYTES) return tooLarge(res, true);
     res.writeContinue();

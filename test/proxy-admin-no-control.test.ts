@@ -1,0 +1,64 @@
+// The proxy's admin port without a control API (no `admin.tokenFile`): only read-only
+// endpoints exist, so `Expect: 100-continue` on a change must not invite a body that
+// can only be refused (RFC 9110 §10.1.1): the 404 comes at once, without a 100, and the
+// connection ends. In process, at port 0.
+import type http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import { startProxyAdmin } from '../proxy/admin.js';
+
+let server: http.Server;
+let port: number;
+
+beforeAll(async () => {
+  server = await startProxyAdmin('127.0.0.1', 0, {
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    notReadyReason: async () => undefined,
+    config: () => ({}) as ProxyConfig,
+  });
+  port = (server.address() as AddressInfo).port;
+});
+afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+/** Sends `head`; resolves with everything the server sent until it closed (or after 10 s), and whether it closed. */
+function exchange(head: string): Promise<{ answer: string; closedByServer: boolean }> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let answer = '';
+    let closedByServer = false;
+    const timer = setTimeout(() => socket.destroy(), 10_000);
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+    });
+    socket.on('end', () => {
+      closedByServer = true;
+      socket.destroy();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ answer, closedByServer });
+    });
+    socket.write(head);
+  });
+}
+
+describe('admin API without a control API', () => {
+  it('answers a change with Expect: 100-continue by 404 without 100 Continue, and closes', async () => {
+    for (const method of ['PUT', 'POST', 'DELETE']) {
+      const { answer, closedByServer } = await exchange(`${method} /certs/x HTTP/1.1\r\nHost: admin\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n`);
+      expect(answer, method).toMatch(/^HTTP\/1\.1 404 /);
+      expect(answer, method).not.toMatch(/100 Continue/i);
+      expect(answer, method).toMatch(/\r\nconnection: close\r\n/i);
+      expect(closedByServer, method).toBe(true);
+    }
+  });
+
+  it('a read with Expect: 100-continue gets its answer without 100 Continue', async () => {
+    const { answer } = await exchange('GET /config HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).not.toMatch(/100 Continue/i);
+  });
+});
