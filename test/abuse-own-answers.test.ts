@@ -142,13 +142,14 @@ describe('what the client sends after the request our answer closes the connecti
     async (port, _what, next) => {
       const before = lab.origin.requests();
       let sent = false;
-      const { received, closed } = await talk(port, `POST /upload HTTP/1.1\r\nHost: ${UNKNOWN}\r\nContent-Length: 5\r\n\r\n`, {
+      // Chunked: a small declared length is read and the connection kept (the next test), its end being known.
+      const { received, closed } = await talk(port, `POST /upload HTTP/1.1\r\nHost: ${UNKNOWN}\r\nTransfer-Encoding: chunked\r\n\r\n`, {
         // Once the 404 is in: the rest of the body, then the next request, in one write; a second later the client ends
         // its side (it sees no close of ours before that: its half of the connection is still open).
         whenAnswered: (socket) => {
           if (sent) return;
           sent = true;
-          socket.write(`hello${next}`);
+          socket.write(`5\r\nhello\r\n0\r\n\r\n${next}`);
           setTimeout(() => socket.end(), 1000);
         },
       });
@@ -158,6 +159,42 @@ describe('what the client sends after the request our answer closes the connecti
       // Time for a forwarded request to reach the origin.
       await new Promise((resolve) => setTimeout(resolve, 300));
       expect(lab.origin.requests() - before).toBe(0);
+    },
+    60_000,
+  );
+});
+
+describe('a small declared body to our own answer', () => {
+  // As nginx discards a refused request's body: a Content-Length up to 64 KiB is read and dropped after the answer, the
+  // connection kept, and the request after it answered in order.
+  it.each([['tls'], ['plain']] as const)('%s: read and dropped, the connection kept for the next request', async (port) => {
+    const post = `POST /form HTTP/1.1\r\nHost: ${UNKNOWN}\r\nContent-Length: 5\r\n\r\n`;
+    const get = `GET /next HTTP/1.1\r\nHost: ${UNKNOWN}\r\n\r\n`;
+    let sent = false;
+    const { received, closed } = await talk(port, post, {
+      // The body and the next request once the 404 is in: the body was unread when the answer went out.
+      whenAnswered: (socket) => {
+        if (sent) return;
+        sent = true;
+        socket.write(`hello${get}`);
+      },
+      done: (r) => statuses(r).length === 2 && r.endsWith('unknown host\n'),
+    });
+    expect(closed).toBe(false);
+    expect(statuses(received)).toEqual(['404', '404']);
+    expect(received.toLowerCase()).not.toContain('connection: close');
+  });
+
+  it.each([
+    ['a body that never comes', `Content-Length: 5\r\n`],
+    ['a client awaiting 100 (Continue)', `Content-Length: 5\r\nExpect: 100-continue\r\n`],
+  ])(
+    '%s: the connection closes within seconds',
+    async (_what, fields) => {
+      const { received, closed, ms } = await talk('tls', `POST /form HTTP/1.1\r\nHost: ${UNKNOWN}\r\n${fields}\r\n`);
+      expect(closed).toBe(true);
+      expect(ms).toBeLessThan(CLOSED_WITHIN_MS);
+      expect(statuses(received)).toEqual(['404']);
     },
     60_000,
   );

@@ -44,16 +44,57 @@ export function bodyUnread(req: IncomingMessage): boolean {
 
 /**
  * Our own answer to `req` (one we give without reading its body): when the
- * body is unread, the answer says `Connection: close` (the rest of the body
+ * body is unread, a small declared one is dropped and the connection kept
+ * (discardable); any other says `Connection: close` (the rest of the body
  * is never parsed as a next request) and the connection lingers after it
  * (closeAfterAnswer). Call before the answer's head is written. Returns
  * whether it will close.
  */
 export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): boolean {
   if (!bodyUnread(req) || res.headersSent) return false;
+  if (discardable(req)) {
+    discardWithin(req, res);
+    return false;
+  }
   res.setHeader('connection', 'close');
   closeAfterAnswer(req, res);
   return true;
+}
+
+/**
+ * A declared body this small (Content-Length, no Transfer-Encoding) is read
+ * and dropped after our answer and the connection kept, as nginx discards a
+ * refused request's body (ngx_http_discard_request_body): its end is known,
+ * so the next request is found where it starts. Larger or chunked bodies
+ * close the connection (closeAfterAnswer).
+ */
+export const DISCARD_KEPT_BYTES = 64 * 1024;
+
+/**
+ * A small declared body, and no `Expect`: a client awaiting 100 (Continue)
+ * may never send the body we did not invite (RFC 9110 §10.1.1), so its next
+ * bytes could be a request or the body; that connection closes.
+ */
+function discardable(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  if (req.headers['transfer-encoding'] !== undefined || req.headers.expect !== undefined || length === undefined) return false;
+  return /^\d{1,7}$/.test(length) && Number(length) <= DISCARD_KEPT_BYTES;
+}
+
+/**
+ * Node reads and drops `req`'s unread body once `res` is sent, and keeps the
+ * connection; a body that does not come whole within LINGER_MS of that ends
+ * the connection (a slow client holds it no longer than a lingering close).
+ */
+function discardWithin(req: IncomingMessage, res: ServerResponse): void {
+  res.once('finish', () => {
+    if (req.complete || req.socket.destroyed) return;
+    const socket = req.socket;
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
+    const done = (): void => clearTimeout(timer);
+    req.once('end', done);
+    socket.once('close', done);
+  });
 }
 
 /**
