@@ -21,7 +21,7 @@
  *    otherwise stop a name being served at the next reload, which certbot asks
  *    an interactive operator to confirm (its `--cert-name` prompt).
  * The list is judged when asked for and again under the name's issuance lock
- * (maintain.ts), on the list recorded then: an issue asked while another one
+ * (orders.ts), on the list recorded then: an issue asked while another one
  * (here, or another node's) changed it drops none of that one's names.
  * The recorded list changes once a certificate for the new list is stored
  * (orders.ts): an order that fails (a new name not pointed here yet) leaves
