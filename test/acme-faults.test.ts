@@ -201,4 +201,36 @@ describe('ACME faults: the current certificate keeps serving', () => {
     // The new chain serves, on every worker: its key was not deleted from under it.
     for (let i = 0; i < 6; i++) await stillServes(served.serial);
   }, 120_000);
+
+  it("an order for a longer list stored but not applied in time: the entry's names are the stored certificate's, its failures untouched", async () => {
+    // It kept the list before: the next renewal ordered that list alone, and the store entry's names lost the added one.
+    const EXTRA = 'extra.fault.test';
+    // Validated once by an entry of its own: the CA reuses that authorization, so the expansion needs no worker to answer a challenge.
+    const extra = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [EXTRA] }));
+    expect(extra.status, extra.text).toBe(200);
+    const before = (await managed(NAME))!;
+    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
+    process.kill(workers[0]!, 'SIGSTOP');
+    let answer: Awaited<ReturnType<typeof proxy.admin>>;
+    try {
+      answer = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME, EXTRA], name: NAME }));
+    } finally {
+      process.kill(workers[0]!, 'SIGCONT');
+    }
+    expect(answer.status, answer.text).toBe(502);
+    expect(answer.text).toMatch(/stored but not loaded/);
+    await sleep(1_000);
+    const after = (await managed(NAME)) as unknown as { serial: string; names: string[]; acme: Managed & { domains: string[] } };
+    expect(after.serial).not.toBe(before.serial);
+    expect([...after.names].sort()).toEqual([EXTRA, NAME]);
+    expect(after.acme.domains).toEqual([NAME, EXTRA]);
+    expect(after.acme.failures).toBe(before.acme.failures);
+    for (const name of [NAME, EXTRA]) {
+      const got = await curl(proxy.port, name, root);
+      expect(got.code, got.stderr).toBe(0);
+    }
+  }, 120_000);
 });

@@ -169,6 +169,73 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     expect(certs.certificates.map((c) => c.name)).not.toContain('till.acme.test');
   }, 180_000);
 
+  it('an issue whose first name is new and a later one managed expands the entry that serves it, as in the other order', async () => {
+    // `--domain blog --domain home` with `home` managed made a second entry, `blog.acme.test`, serving `home` from a second certificate.
+    const first = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'home.acme.test']);
+    expect(first.code, first.stderr).toBe(0);
+    const expanded = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'blog.acme.test', '--domain', 'home.acme.test']);
+    expect(expanded.stderr).toBe('');
+    expect(expanded.code).toBe(0);
+    expect(expanded.stdout).toContain('issued home.acme.test:');
+    // The names it kept first: the entry's first domain still names it.
+    expect(expanded.stdout).toContain('names: home.acme.test, blog.acme.test');
+    expect(expanded.stdout).toContain("the entry's names changed from home.acme.test");
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; acme: { domains: string[] } | null }[] };
+    expect(certs.certificates.map((c) => c.name)).not.toContain('blog.acme.test');
+    expect(certs.certificates.find((c) => c.name === 'home.acme.test')?.acme?.domains).toEqual(['home.acme.test', 'blog.acme.test']);
+    const got = await curl(proxy.port, 'blog.acme.test', await pebble.rootFile());
+    expect(got.code, got.stderr).toBe(0);
+
+    // Names two entries record: which one keeps them is the operator's call, nothing ordered.
+    const before = pebble.orders();
+    const both = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'blog.acme.test', '--domain', 'shop.acme.test']);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toMatch(/^keyedge: KEYEDGE_ERR_ACME_DOMAINS: the names asked for, \[blog\.acme\.test, shop\.acme\.test\], are managed under several/);
+    expect(both.stderr).toContain("'home.acme.test' [home.acme.test, blog.acme.test]");
+    expect(both.stderr).toContain("'shop.acme.test' [shop.acme.test, till.acme.test]");
+    expect(pebble.orders()).toBe(before);
+  }, 180_000);
+
+  it('a failed order for a longer list fails the command; the serving entry keeps its names, no failure counted, no backoff', async () => {
+    // It was counted as the serving entry's failure: its backoff then delayed the renewal of the certificate that serves.
+    await pebble.addA('unreachable.acme.test', '127.0.0.2');
+    const failed = await cli([
+      'cert',
+      'issue',
+      '--config',
+      proxy.configFile,
+      '--domain',
+      'home.acme.test',
+      '--domain',
+      'blog.acme.test',
+      '--domain',
+      'unreachable.acme.test',
+    ]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toMatch(/KEYEDGE_ERR_ACME: .*validation of unreachable\.acme\.test failed/);
+    const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as {
+      certificates: { name: string; acme: { domains: string[]; failures: number; retryNotBefore: string | null; lastError: unknown } | null }[];
+    };
+    expect(certs.certificates.find((c) => c.name === 'home.acme.test')?.acme).toMatchObject({
+      domains: ['home.acme.test', 'blog.acme.test'],
+      failures: 0,
+      retryNotBefore: null,
+      lastError: null,
+    });
+  }, 180_000);
+
+  it('keyedge cert renew refuses --replace-domains and --domain (a usage error naming the flag) rather than ignoring them', async () => {
+    // Both were taken and ignored: the entry was renewed for its recorded names and the command said "renewed".
+    const before = pebble.orders();
+    const replace = await cli(['cert', 'renew', 'home.acme.test', '--config', proxy.configFile, '--replace-domains']);
+    expect(replace.code).toBe(2);
+    expect(replace.stderr).toMatch(/KEYEDGE_ERR_USAGE: cert renew takes no --replace-domains/);
+    const domain = await cli(['cert', 'renew', 'home.acme.test', '--config', proxy.configFile, '--domain', 'home.acme.test']);
+    expect(domain.code).toBe(2);
+    expect(domain.stderr).toMatch(/KEYEDGE_ERR_USAGE: cert renew takes no --domain/);
+    expect(pebble.orders()).toBe(before);
+  }, 60_000);
+
   it('a name listed twice in an issue is recorded, ordered and renewed once', async () => {
     const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', 'twice.acme.test', '--domain', 'twice.acme.test']);
     expect(issued.stderr).toBe('');

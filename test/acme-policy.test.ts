@@ -363,3 +363,36 @@ describe("an operator's issue for another list of names than the entry records",
     }
   });
 });
+
+describe('names the on-demand gate takes as managed', () => {
+  it("its own entry's, another entry's list's (a wildcard's too), and those of an expansion still ordering; not a failed on-demand entry's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-covered-'));
+    try {
+      const state = new StateFile(dir);
+      state.state.certificates['a.example'] = { domains: ['a.example', 'b.example'], keyId: 'k1', failures: 0 };
+      state.state.certificates['_.wild.example'] = { domains: ['*.wild.example'], keyId: 'k2', failures: 0 };
+      state.state.certificates['gone.example'] = { domains: ['gone.example'], keyId: '', failures: 1, onDemand: true };
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const { manager } = recordingManager(state, {
+        answer: async () => {
+          await held;
+          return { keyId: 'k3', chainPem: '', newKey: true };
+        },
+      });
+      for (const name of ['a.example', 'b.example', 'x.wild.example']) expect(manager.isManaged(name), name).toBe(true);
+      for (const name of ['c.example', 'x.y.wild.example', 'wild.example', 'gone.example']) expect(manager.isManaged(name), name).toBe(false);
+      // An expansion runs: its new name is not recorded yet, and a handshake for it must not order a second certificate.
+      const expanded = manager.issue(['a.example', 'b.example', 'c.example']);
+      expect(manager.isManaged('c.example')).toBe(true);
+      release();
+      await expanded;
+      expect(state.state.certificates['a.example']?.domains).toEqual(['a.example', 'b.example', 'c.example']);
+      expect(manager.isManaged('c.example')).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,6 +1,6 @@
 /**
  * `keyedge cert issue [NAME] --domain D [--domain D …]` and `keyedge cert
- * renew NAME`: asking the running proxy (its admin API, with the admin token)
+ * renew NAME` (no --domain, no --replace-domains: a usage error): asking the running proxy (its admin API, with the admin token)
  * to obtain or renew a managed certificate over ACME. The proxy's primary
  * does the work, since it owns the store, the challenges and the reload; the
  * command waits until the certificate serves, or prints why it does not.
@@ -19,6 +19,13 @@ export async function acmeCertCommand(
   configFile: string | undefined,
   replaceDomains = false,
 ): Promise<number> {
+  if (action === 'renew' && (replaceDomains || domains.length > 0)) {
+    // A renewal orders the names the entry records; taking these flags and ignoring them renewed the old list and said "renewed".
+    throw new UsageError(
+      `cert renew takes no ${replaceDomains ? '--replace-domains' : '--domain'}: it renews the names the entry records; to change them, ` +
+        'keyedge cert issue NAME --domain D [--domain D ...] [--replace-domains]',
+    );
+  }
   const config = loadProxyConfig(configFile);
   if (config.admin === null) throw new UsageError('the proxy config has no admin API ("admin": null): cert issue and renew need it');
   if (action === 'issue' && domains.length === 0) throw new UsageError('give at least one --domain');

@@ -21,13 +21,23 @@
  *    otherwise stop a name being served at the next reload, which certbot asks
  *    an interactive operator to confirm (its `--cert-name` prompt).
  * The list is judged when asked for and again under the name's issuance lock
- * (maintain.ts), on the list recorded then: an issue asked while another one
+ * (orders.ts), on the list recorded then: an issue asked while another one
  * (here, or another node's) changed it drops none of that one's names.
- * The recorded list changes only once a certificate for the new list serves
- * (maintain.ts): an order that fails (a new name not pointed here yet) leaves
- * the entry renewing what it served, and the failure is the answer.
+ * The recorded list changes once a certificate for the new list is stored
+ * (orders.ts): an order that fails (a new name not pointed here yet) leaves
+ * the entry renewing what it served, on its own schedule, and the failure is
+ * the answer. The names it keeps come first, in their recorded order, so the
+ * entry's first domain still names it.
+ *
+ * Without an entry name, an issue is for the entry that records one of its
+ * names, whichever name comes first (`--domain new --domain a` expands `a`'s
+ * entry as `--domain a --domain new` does, certbot's `--expand`): a second
+ * entry beside it served `a` from two certificates, both renewed. Names that
+ * several entries record are refused (KEYEDGE_ERR_ACME_DOMAINS), since which
+ * one to keep is the operator's call: an entry name says it.
  */
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
+import type { ManagedState } from './state.js';
 
 /** Whether two lists hold the same names (a certificate's SANs have no order that matters, RFC 5280 §4.2.1.6). */
 export function sameDomains(a: readonly string[], b: readonly string[]): boolean {
@@ -51,5 +61,29 @@ export function domainsToOrder(name: string, recorded: readonly string[], reques
         '--replace-domains (admin API: "replaceDomains": true); to add names, list every current one too',
     );
   }
-  return [...new Set(requested)];
+  const kept = recorded.filter((d) => requested.includes(d));
+  return [...new Set([...kept, ...requested])];
+}
+
+/** Whether `domains` cover `name`: listed, or under a listed wildcard of one label (RFC 6125 §6.4.3). */
+export function covers(domains: readonly string[], name: string): boolean {
+  const dot = name.indexOf('.');
+  return domains.includes(name) || (dot > 0 && domains.includes(`*${name.slice(dot)}`));
+}
+
+/**
+ * The managed entry an operator's issue of `requested` without an entry name is for, among `certificates` (the state's):
+ * the entry that records one of these names, or `named` (the first domain's, entry-names.ts) when it is managed or none
+ * does. Throws KEYEDGE_ERR_ACME_DOMAINS when several entries record them.
+ */
+export function entryForList(named: string, requested: readonly string[], certificates: Readonly<Record<string, ManagedState>>): string {
+  const entries = Object.keys(certificates).filter((entry) => certificates[entry]?.domains.some((d) => requested.includes(d)));
+  const candidates = certificates[named] === undefined || entries.includes(named) ? entries : [named, ...entries];
+  if (candidates.length <= 1) return candidates[0] ?? named;
+  const listed = candidates.map((entry) => `'${entry}' [${certificates[entry]?.domains.join(', ')}]`).join(', ');
+  throw new KeyedgeError(
+    'KEYEDGE_ERR_ACME_DOMAINS',
+    `the names asked for, [${requested.join(', ')}], are managed under several certificates: ${listed}; nothing ordered. ` +
+      'To put them on one, issue again naming the entry to keep (keyedge cert issue NAME; admin API: "name")',
+  );
 }

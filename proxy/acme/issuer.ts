@@ -103,7 +103,7 @@ export class AcmeIssuer {
       if (made !== undefined && storing) {
         // The store may hold and serve the chain already (stored, then not applied by every worker in time): deleting its
         // key at once took it from under the certificate serving, and every handshake for the name failed. It is retired
-        // instead, deleted after the grace period only if nothing serves it then (maintain.ts).
+        // instead, deleted after the grace period only if nothing serves it then (housekeeping.ts).
         const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
         this.#deps.state.state.retiredKeys.push({ keyId: made, deleteAfter });
         await Promise.resolve()

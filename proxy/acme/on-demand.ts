@@ -7,8 +7,9 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits), not managed or in flight already,
- *      and not the entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
+ *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits), not managed or in flight already
+ *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
+ *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
  *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;

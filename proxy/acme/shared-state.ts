@@ -18,7 +18,7 @@
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity. `forget()` deletes entries' keys (under
- * the name's issuance lock, maintain.ts); an entry this node took from the
+ * the name's issuance lock, housekeeping.ts); an entry this node took from the
  * store or wrote there whose key is gone is dropped at the next `refresh()`,
  * so no node writes a forgotten entry back.
  * A value that is not what its key should hold (a broken tool, a hand

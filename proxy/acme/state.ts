@@ -32,6 +32,11 @@ export interface ManagedState {
   ari?: { serial: string; at: string; checkedAt: string } | undefined;
 }
 
+/** An on-demand entry whose first order failed: only its next handshake, through the on-demand gate and its limits, orders it again. */
+export function waitsForTheGate(managed: ManagedState): boolean {
+  return managed.onDemand === true && managed.lastIssuedAt === undefined && managed.failures > 0;
+}
+
 export interface IssuerState {
   account?: AccountState | undefined;
   certificates: Record<string, ManagedState>;

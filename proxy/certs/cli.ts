@@ -41,11 +41,14 @@ Actions:
   issue [NAME] --domain D [--domain D ...]
                       the running proxy obtains a certificate for these names
                       from its ACME CA (key and CSR made in the token) and
-                      serves it; NAME defaults to the entry managed for
-                      these names (in any order), else the first domain. For a
-                      managed NAME: its names, or more (a new certificate for
-                      the list); fewer only with --replace-domains
-  renew NAME          the running proxy renews a managed certificate now
+                      serves it; NAME defaults to the managed entry that
+                      records any of these names (several: refused), else
+                      the first domain. For a managed NAME: its names, or
+                      more (a new certificate for the list); fewer only with
+                      --replace-domains
+  renew NAME          the running proxy renews a managed certificate now, for
+                      the names it records (--domain and --replace-domains are
+                      refused: cert issue NAME changes them)
 
 Options:
   --chain FILE    the full chain, PEM (certbot: fullchain.pem)
@@ -55,7 +58,7 @@ Options:
   --domain D      a name for the certificate (issue; repeat for more)
   --replace-domains
                   issue: the names given replace the managed entry's, even
-                  when some are left out (they stop being served)
+                  when some are left out (they stop being served); not for renew
   --config FILE   the proxy's config: its key server and certificate store
                   (default: ./var/keyserver.sock and ./var/certs)
   --help          this text
