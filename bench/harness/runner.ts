@@ -16,7 +16,7 @@ import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunConte
 import { median, type Spread, spread } from './stats.js';
 
 export const CONTENDED_CORES = 0.25;
-/** A process using at least this share of a core during a window counts as saturated. */
+/** A process using at least this share of a core in a window is saturated. */
 export const SATURATED_CORES = 0.9;
 
 export type Log = (line: string) => void;
@@ -133,9 +133,7 @@ function installInterrupt(log: Log, cleanup: () => void): AbortSignal {
 /** Sets the exit status from a benchmark's main: its own, 130 when interrupted, 1 (stack on stderr) on a failure. */
 export function runBench(name: string, main: Promise<number>): void {
   main.then(
-    (code) => {
-      process.exitCode = code;
-    },
+    (code) => void (process.exitCode = code),
     (err: unknown) => {
       const why = interrupted ? 'interrupted; everything it started is stopped' : err instanceof Error ? (err.stack ?? err.message) : String(err);
       process.stderr.write(`${name}: ${why}\n`);
@@ -154,16 +152,13 @@ type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
 type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
-/**
- * One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count (anything
- * but 0 exits 1), `file` instead of the bench's name (no -quick suffix), the exit status when the errors are 0.
- */
+/** A bench's JSON fields and Markdown; `errors` > 0 exits 1; `file` replaces the result file's name; `status`: the exit status otherwise. */
 type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   /** `benchmark` in the JSON and the result file's name. */
   readonly name: string;
-  /** The options from argv; undefined after --help. */
+  /** undefined after --help. */
   parse(argv: string[]): O | undefined;
   /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
   setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>;
@@ -193,9 +188,7 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
   const signal = installInterrupt(log, () => lab !== undefined && bench.kill(lab, o));
   const env: RunEnv = { log, signal, machine, started };
   try {
-    lab = await bench.setup(o, env, (l) => {
-      lab = l;
-    });
+    lab = await bench.setup(o, env, (held) => void (lab = held));
     signal.throwIfAborted();
     const scenarios = await bench.scenarios(lab, o, env);
     log(bench.plan(o, scenarios));

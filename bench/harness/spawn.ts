@@ -124,9 +124,8 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
 
 /** The first line of `file` that holds `"text"`, parsed from its first '{' (a JSON log line, maybe prefixed); undefined when none yet. */
 export function jsonLine<T>(file: string, text: string): T | undefined {
-  const line = readFileSync(file, 'utf8')
-    .split('\n')
-    .find((l) => l.includes(`"${text}"`));
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const line = lines.find((l) => l.includes(`"${text}"`));
   return line === undefined ? undefined : (JSON.parse(line.slice(line.indexOf('{'))) as T);
 }
 
@@ -144,13 +143,7 @@ export function tcpOpen(port: number): Promise<boolean> {
 export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
 
 /** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
-export type ClientOutput = {
-  readonly stdout: string;
-  readonly stderr: readonly string[];
-  readonly stderrLines: number;
-  readonly exitCode: number | null;
-  readonly signal: NodeJS.Signals | null;
-};
+export type ClientOutput = { stdout: string; stderr: readonly string[]; stderrLines: number; exitCode: number | null; signal: NodeJS.Signals | null };
 
 export function startClient<T>(
   name: string,
