@@ -26,7 +26,9 @@ type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
 
 const LOG_LEVEL_HELP =
   "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)";
-const NODE_HELP = 'Node majors to run the Node servers under, side by side, e.g. 20,22,24 (installed into ~/.cache/keyedge-bench; default: this one)';
+const NODE_HELP =
+  "Node majors to run the Node servers under, side by side, e.g. 20,22,24 (others installed as npm packages into ~/.cache/keyedge-bench; default: this node's)";
+const QUIET_HELP = 'before each measurement wait (up to SEC in total per run) for other processes to use < 0.25 cores';
 const PIN_HELP = 'auto (2+ CPUs): servers on CPU 0..n-2, clients and this bench on the last CPU; none: leave it to the scheduler';
 
 /** Shared entries; a bench calls the functions with its own defaults. */
@@ -39,7 +41,7 @@ export const std = {
   pin: { kind: 'string', arg: 'auto|none', def: 'auto', choices: ['auto', 'none'], help: PIN_HELP } as const,
   serverCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the servers (overrides --pin)' } as const,
   clientCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the clients and this bench (overrides --pin)' } as const,
-  quietWait: { kind: 'number', arg: 'SEC', def: 60, quick: 0, min: 0, help: 'wait up to SEC in all for other processes to use < 0.25 cores' } as const,
+  quietWait: { kind: 'number', arg: 'SEC', def: 60, quick: 0, min: 0, help: QUIET_HELP } as const,
   install: (what: string) =>
     ({ kind: 'string', arg: 'yes|no', def: 'yes', quick: 'no', choices: ['yes', 'no'], help: `apt-get install ${what} when missing (root)` }) as const,
   logLevel: {
