@@ -11,7 +11,6 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
-/** Microseconds of user and of system (kernel) time. */
 export type CpuTimes = { readonly userUs: number; readonly systemUs: number };
 /** CPU of the threads summed under `key` (see `threads`). */
 export type ThreadTimes = CpuTimes & { readonly key: string };
@@ -71,9 +70,8 @@ export function processTree(root: number): number[] {
 }
 
 /**
- * Every live thread of `pid` (with `withChildren`, of its descendants too), summed by key: each main thread as
- * `main (<comm>)`, the others by name with a trailing number as N (Node names its helper threads `node` like its main
- * thread, so only the tid tells them apart). Threads that exit between readings drop out: subtract with `minus`.
+ * Every live thread of `pid` (`withChildren`: and of its descendants), summed by key: `main (<comm>)` (tid = pid), the
+ * others by name, a trailing number as N. Threads that exit between readings drop out: subtract with `minus`.
  */
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
@@ -103,7 +101,6 @@ export function threadCpu(pid: number): ThreadCpu {
   return { main: { userUs: main.userUs, systemUs: main.systemUs }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
-/** This process's CPU time from process.cpuUsage() (µs resolution). */
 export function selfCpu(): CpuTimes {
   const u = process.cpuUsage();
   return { userUs: u.user, systemUs: u.system };

@@ -35,10 +35,9 @@ async function tryPort(port: number): Promise<number | undefined> {
 const handedOut = new Set<number>();
 
 /**
- * A free port below the kernel's ephemeral range, never the same twice in a process: a port from the ephemeral range
- * can be taken by any outgoing connection (ab opens thousands) before the server binds it. Without `slice`: 20000 up to
- * the ephemeral range, 50 tries, then any port. With `slice` (a vitest worker's, 0-3): only the 3000 ports from
- * 20000 + slice × 3000, until one is free, so test files running side by side never pick the same.
+ * A free port below the ephemeral range (where any outgoing connection, and ab opens thousands, may take it before the
+ * server binds it), never the same twice in a process. Without `slice`: 50 tries, then any port. With `slice` (a vitest
+ * worker's, 0-3): only 20000 + slice × 3000 and the 3000 above, so test files side by side never pick the same.
  */
 export async function freePort(slice?: number): Promise<number> {
   let low = 32768;

@@ -57,10 +57,8 @@ export function round(value: number, decimals = 1): number {
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
 /**
- * A fixed number of loops, each starting its next operation when the last one ends: completed / failed counts, the
- * first error, per-operation latency while `recording`, and a stop that resolves once the last loop has ended. A
- * subclass starts its loops in `begin()` (setting `outstanding` to their number), reports each operation with `done()`
- * and calls `retire()` when a loop does not go on.
+ * A fixed number of loops, each starting its next operation when the last one ends. A subclass starts its loops in
+ * `begin()` (setting `outstanding`), reports each operation with `done()` and calls `retire()` when a loop stops.
  */
 export abstract class ClosedLoop {
   completed = 0;
