@@ -1,9 +1,9 @@
 /**
- * A dependency-free SVG chart of summary rows: per row, the rate (left panel) and the server CPU µs per unit (right),
- * each bar labelled. Bars are scaled within each benchmark's group: a handshake rate (hundreds per second) beside a
- * keep-alive rate (thousands) would vanish, and the units differ anyway. Static (no script, font or external style),
- * on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
+ * A dependency-free SVG chart of summary rows: per row, the rate (left panel) and the server CPU µs per unit (right).
+ * Bars are scaled within each benchmark (a handshake rate beside a keep-alive rate would vanish; the units differ).
+ * Static, on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
  */
+import { fmt } from './report.js';
 import type { SummaryRow, WorkUnit } from './summary.js';
 
 /** Text for XML character data and attribute values. */
@@ -27,10 +27,9 @@ const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948
 const [LABEL, PANEL, VALUE, GAP, MARGIN, ROW] = [300, 300, 110, 24, 16, 22];
 
 /** Whole numbers from 10 up, one decimal below. */
-const formatValue = (v: number): string =>
-  Number.isFinite(v) ? v.toLocaleString('en-US', { minimumFractionDigits: v < 10 ? 1 : 0, maximumFractionDigits: v < 10 ? 1 : 0 }) : '–';
+const formatValue = (v: number): string => fmt(v, v < 10 ? 1 : 0);
 
-/** The SVG document for a title, an optional subtitle (one line, e.g. the machine and date) and rows; rows keep their order within each group, groups their first appearance. */
+/** The SVG document; rows keep their order within each bench's group, groups their first appearance. */
 export function renderChart(input: { readonly title: string; readonly subtitle?: string; readonly rows: readonly SummaryRow[] }): string {
   const groups = new Map<string, SummaryRow[]>();
   for (const row of input.rows) groups.set(row.bench, [...(groups.get(row.bench) ?? []), row]);

@@ -1,6 +1,5 @@
 /**
- * The benchmarks' command lines: one table per bench, built mostly from the shared entries below (--quick, --out,
- * --rounds, --measure, --warmup, CPU pinning, --quiet-wait, --install, --node, --keep-temp), parsed strictly by
+ * The benchmarks' command lines: one table per bench, built mostly from the shared entries below, parsed strictly by
  * node:util parseArgs, checked (numbers, choices) with errors that name the flag, and printed as --help from the same
  * table, so usage and parser never drift. A value given in `quick` applies under --quick when the flag is absent.
  */
@@ -12,19 +11,25 @@ type BaseOpt = { readonly help: string; readonly arg?: string };
 type FlagOpt = BaseOpt & { readonly kind: 'flag' };
 type NumberOpt = BaseOpt & { readonly kind: 'number'; readonly def?: number; readonly quick?: number; readonly min: number; readonly integer?: boolean };
 type StringOpt = BaseOpt & { readonly kind: 'string'; readonly def?: string; readonly quick?: string; readonly choices?: readonly string[] };
-type Opt = FlagOpt | NumberOpt | StringOpt;
-type OptTable = Readonly<Record<string, Opt>>;
+type OptTable = Readonly<Record<string, FlagOpt | NumberOpt | StringOpt>>;
 
 type ValueOf<O> = O extends FlagOpt
   ? boolean
   : O extends { def: number }
     ? number
-    : O extends NumberOpt
-      ? number | undefined
-      : O extends { def: string }
-        ? string
+    : O extends { def: string }
+      ? string
+      : O extends NumberOpt
+        ? number | undefined
         : string | undefined;
 type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
+
+const LOG_LEVEL_HELP =
+  "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)";
+const NODE_HELP =
+  "Node majors to run the Node servers under, side by side, e.g. 20,22,24 (others installed as npm packages into ~/.cache/keyedge-bench; default: this node's)";
+const QUIET_HELP = 'before each measurement wait (up to SEC in total per run) for other processes to use < 0.25 cores';
+const PIN_HELP = 'auto (2+ CPUs): servers on CPU 0..n-2, clients and this bench on the last CPU; none: leave it to the scheduler';
 
 /** Shared entries; a bench calls the functions with its own defaults. */
 export const std = {
@@ -33,23 +38,10 @@ export const std = {
   rounds: (def: number, quick: number) => ({ kind: 'number', arg: 'N', def, quick, min: 1, integer: true, help: 'measuring rounds' }) as const,
   measure: (def: number, quick: number, min = 0.3) => ({ kind: 'number', arg: 'SEC', def, quick, min, help: 'seconds per measurement window' }) as const,
   warmup: (def: number, quick: number, what = 'per scenario') => ({ kind: 'number', arg: 'SEC', def, quick, min: 0, help: `warm-up seconds ${what}` }) as const,
-  pin: {
-    kind: 'string',
-    arg: 'auto|none',
-    def: 'auto',
-    choices: ['auto', 'none'],
-    help: 'auto (2+ CPUs): servers on CPU 0..n-2, clients and this bench on the last CPU; none: leave it to the scheduler',
-  } as const,
+  pin: { kind: 'string', arg: 'auto|none', def: 'auto', choices: ['auto', 'none'], help: PIN_HELP } as const,
   serverCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the servers (overrides --pin)' } as const,
   clientCpus: { kind: 'string', arg: 'LIST', help: 'taskset CPU list for the clients and this bench (overrides --pin)' } as const,
-  quietWait: {
-    kind: 'number',
-    arg: 'SEC',
-    def: 60,
-    quick: 0,
-    min: 0,
-    help: 'before each measurement wait (up to SEC in total per run) for other processes to use < 0.25 cores',
-  } as const,
+  quietWait: { kind: 'number', arg: 'SEC', def: 60, quick: 0, min: 0, help: QUIET_HELP } as const,
   install: (what: string) =>
     ({ kind: 'string', arg: 'yes|no', def: 'yes', quick: 'no', choices: ['yes', 'no'], help: `apt-get install ${what} when missing (root)` }) as const,
   logLevel: {
@@ -57,13 +49,9 @@ export const std = {
     arg: 'LEVEL',
     def: 'info',
     choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
-    help: "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)",
+    help: LOG_LEVEL_HELP,
   } as const,
-  node: {
-    kind: 'string',
-    arg: 'LIST',
-    help: "Node majors to run the Node servers under, side by side, e.g. 20,22,24 (others installed as npm packages into ~/.cache/keyedge-bench; default: this node's)",
-  } as const,
+  node: { kind: 'string', arg: 'LIST', help: NODE_HELP } as const,
   keepTemp: { kind: 'flag', help: 'keep the temp directory (token, certificates, configs, logs)' } as const,
 } as const;
 
@@ -74,13 +62,11 @@ function usage(command: string, table: OptTable): string {
   const lines = [`Usage: node dist/bench/${command} [options]`, ''];
   for (const [name, opt] of Object.entries(table)) {
     const head = `  --${name}${opt.arg === undefined ? '' : ` ${opt.arg}`}`;
-    const defaults =
-      opt.kind === 'flag' ? '' : `${opt.def === undefined ? '' : ` (default ${opt.def}${opt.quick === undefined ? '' : `; quick ${opt.quick}`})`}`;
-    const text = `${opt.help}${defaults}`;
+    const quick = opt.kind === 'flag' || opt.quick === undefined ? '' : `; quick ${opt.quick}`;
+    const text = `${opt.help}${opt.kind === 'flag' || opt.def === undefined ? '' : ` (default ${opt.def}${quick})`}`;
     lines.push(head.length < 22 ? `${head.padEnd(23)}${text}` : `${head}\n${' '.repeat(23)}${text}`);
   }
-  lines.push('  --help');
-  return `${lines.join('\n')}\n`;
+  return `${[...lines, '  --help'].join('\n')}\n`;
 }
 
 /** The table's values from argv, or undefined after printing --help. Throws a message naming the flag on a bad value. */
@@ -122,7 +108,7 @@ export function listOf<T extends string>(value: string, name: string, known: rea
   return [...new Set(items as T[])];
 }
 
-/** Where servers and clients run: --server-cpus/--client-cpus, else --pin auto splits the online CPUs (last one for clients); `serverCpuCount`: CPUs the servers may use. */
+/** --server-cpus/--client-cpus, else --pin auto splits the online CPUs (the last for clients); `serverCpuCount`: CPUs the servers may use. */
 export function pinning(v: { readonly pin: string; readonly 'server-cpus': string | undefined; readonly 'client-cpus': string | undefined }) {
   const cpus = onlineCpus();
   const auto = v.pin === 'auto' && cpus.length >= 2;
@@ -131,29 +117,12 @@ export function pinning(v: { readonly pin: string; readonly 'server-cpus': strin
   return { serverCpus, clientCpus, serverCpuCount: serverCpus === undefined ? cpus.length : serverCpus.split(',').length };
 }
 
-/** The measuring benches' shared options in milliseconds (harness/runner.ts RunnerOptions); ramp-up and settle: [full, quick]. */
-export function timing(
-  v: {
-    readonly quick: boolean;
-    readonly out: string;
-    readonly rounds: number;
-    readonly measure: number;
-    readonly warmup: number;
-    readonly 'quiet-wait': number;
-  },
-  rampMs: readonly [number, number],
-  settleMs: readonly [number, number],
-) {
-  const pick = v.quick ? 1 : 0;
-  return {
-    quick: v.quick,
-    out: v.out,
-    rounds: v.rounds,
-    measureMs: v.measure * 1000,
-    warmupMs: v.warmup * 1000,
-    rampMs: rampMs[pick],
-    settleMs: settleMs[pick],
-    /** Total time the run may wait for other load to go away before measurements (0: never wait). */
-    quietBudgetMs: v['quiet-wait'] * 1000,
-  };
+type TimingValues = { readonly quick: boolean; readonly out: string; readonly rounds: number; readonly measure: number; readonly warmup: number };
+
+/** The measuring benches' shared options in milliseconds (runner.ts RunnerOptions); ramp-up and settle: [full, quick]. */
+export function timing(v: TimingValues & { readonly 'quiet-wait': number }, rampMs: readonly [number, number], settleMs: readonly [number, number]) {
+  const pick = (fullAndQuick: readonly [number, number]) => (v.quick ? fullAndQuick[1] : fullAndQuick[0]);
+  const [measureMs, warmupMs, quietBudgetMs] = [v.measure * 1000, v.warmup * 1000, v['quiet-wait'] * 1000];
+  // quietBudgetMs: the total time the run may wait for other load to go away before measurements (0: never wait).
+  return { quick: v.quick, out: v.out, rounds: v.rounds, measureMs, warmupMs, rampMs: pick(rampMs), settleMs: pick(settleMs), quietBudgetMs };
 }

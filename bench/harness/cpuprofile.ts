@@ -1,18 +1,15 @@
 /**
- * Reading a V8 CPU profile (`node --cpu-prof`, a .cpuprofile JSON file): self and inclusive time per function, so a
- * benchmark can say which source lines cost what per operation.
- *
- * Time per sample is taken from `timeDeltas` (the gap before the next sample), not from hit counts times the nominal
- * interval, so a stalled sampler does not skew the shares. "(idle)" is excluded from the totals; "(program)" (native
- * code V8 cannot attribute: libuv, syscalls, native addons without JS frames above them) and "(garbage collector)" are
- * kept.
+ * Reading a V8 CPU profile (`node --cpu-prof`): self and inclusive time per function, so a benchmark can say which
+ * source lines cost what per operation. Time per sample comes from `timeDeltas`, not hit counts times the nominal
+ * interval, so a stalled sampler does not skew the shares. "(idle)" is left out of the totals; "(program)" (native code
+ * V8 cannot attribute) and "(garbage collector)" are kept.
  */
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
 
 export type CallFrame = { readonly functionName: string; readonly url: string; readonly lineNumber: number; readonly columnNumber: number };
 type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
-/** `startTime` is µs on V8's monotonic clock: on Linux CLOCK_MONOTONIC, the clock of process.hrtime() in any process. */
+/** `startTime`: µs on CLOCK_MONOTONIC (Linux), the clock of process.hrtime() in any process. */
 type CpuProfile = {
   readonly nodes: readonly ProfileNode[];
   readonly startTime: number;
@@ -20,7 +17,7 @@ type CpuProfile = {
   readonly timeDeltas: readonly number[];
 };
 
-/** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n` in any process of the machine, Linux). */
+/** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n`). */
 export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
 
 /** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */

@@ -1,10 +1,9 @@
 /**
  * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): found, or as
  * root apt-get installed (`apt-get update` only when the first attempt fails), or a reason why not: a comparison that
- * cannot run is skipped with it, never a crash. apt may start a package's service (Debian's postinst does unless a
- * policy-rc.d forbids it); the benches run their own instance, so it is stopped again. Other Node majors (--node
- * 20,22,24): the npm package `node@<major>` (the official binaries), installed once into ~/.cache/keyedge-bench; the
- * product's native parts are N-API and load on every major (a server that does not start is skipped with its log).
+ * cannot run is skipped with it, never a crash. apt may start a package's service; the benches run their own instance,
+ * so it is stopped again. Other Node majors (--node 20,22,24): the npm package `node@<major>` (the official binaries),
+ * installed once into ~/.cache/keyedge-bench; the product's native parts are N-API and load on every major.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -29,15 +28,12 @@ export function which(binary: string): string | undefined {
 
 /** First line of `binary args` (a version string; nginx -v writes to stderr), or undefined. */
 export function versionOf(binary: string, args: readonly string[]): string | undefined {
-  return (
-    output('sh', ['-c', '"$0" "$@" 2>&1', binary, ...args])
-      ?.split('\n')[0]
-      ?.trim() || undefined
-  );
+  const text = output('sh', ['-c', '"$0" "$@" 2>&1', binary, ...args]);
+  return text?.split('\n')[0]?.trim() || undefined;
 }
 
-function run(command: string, args: readonly string[]): void {
-  execFileSync(command, args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
+function aptGet(args: readonly string[]): void {
+  execFileSync('apt-get', args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
 }
 
 /** Installs the packages of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
@@ -50,29 +46,18 @@ export function aptInstall(packages: readonly string[], log: Log, services: read
   log(`installing ${missing.join(' ')} (apt-get)`);
   try {
     try {
-      run('apt-get', args);
+      aptGet(args);
     } catch {
       log('apt-get install failed; running apt-get update and trying again');
-      run('apt-get', ['update', '-qq']);
-      run('apt-get', args);
+      aptGet(['update', '-qq']);
+      aptGet(args);
     }
   } catch (err) {
     const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim().split('\n').slice(-2).join(' ') ?? '';
     return `installing ${missing.join(' ')} failed: ${stderr || (err as Error).message}`;
   }
-  // A container without an init system is fine: not running, or not this init system's: try the next way.
-  for (const service of services) {
-    for (const [command, ...args] of [
-      ['systemctl', 'stop', service],
-      ['service', service, 'stop'],
-    ] as const) {
-      if (which(command) === undefined) continue;
-      try {
-        run(command, args);
-        break;
-      } catch {}
-    }
-  }
+  // A container without an init system is fine: not running, or not this init system's.
+  for (const service of services) output('sh', ['-c', 'systemctl stop "$1" || service "$1" stop', 'sh', service], 300_000);
   return undefined;
 }
 

@@ -1,25 +1,17 @@
 /**
  * `perf record` of server processes during a measurement window, and the report bench/handshake/main.ts --perf makes
- * of it: where the CPU of a handshake goes, per process, per binary (node = V8 + OpenSSL, which node links statically;
- * the kernel; the keyless addon), per native symbol, and per JavaScript function (inclusive).
- *
- * Sampling is on-CPU (cpu-clock), so unlike `node --cpu-prof` (which samples the main thread by wall clock) a worker
- * blocked in the keyless RPC's poll() costs nothing here, and native code (OpenSSL, libuv, the kernel) is seen.
- * JavaScript names need the servers started with `--perf-basic-prof`, which makes V8 write /tmp/perf-<pid>.map;
- * `removePerfMaps` deletes them.
+ * of it: where a handshake's CPU goes, per process, binary (node = V8 + statically linked OpenSSL; the kernel; the
+ * keyless addon), native symbol and JavaScript function (inclusive). Sampling is on-CPU, so unlike `node --cpu-prof` a
+ * worker blocked in poll() costs nothing, and native code is seen. JavaScript names need `--perf-basic-prof` (V8
+ * writes /tmp/perf-<pid>.map; `removePerfMaps` deletes them).
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { taskIds } from './proc-cpu.js';
 
 export function havePerf(): boolean {
-  try {
-    execFileSync('perf', ['--version'], { stdio: 'ignore', timeout: 5000 });
-    return true;
-  } catch {
-    return false;
-  }
+  return spawnSync('perf', ['--version'], { stdio: 'ignore', timeout: 5000 }).status === 0;
 }
 
 /** `perf record -F hz -g -p pids -o file -- sleep seconds`; `done` resolves when perf has written its file. */
@@ -48,10 +40,7 @@ async function report(file: string, args: readonly string[], pattern: RegExp): P
   });
 }
 
-/**
- * Labels for every thread of the given processes (perf's "pid" sort key is a thread id): the main thread (tid = pid:
- * JavaScript, OpenSSL, syscalls) apart from the others (V8's GC and compiler threads, libuv's pool).
- */
+/** Labels for every thread of the processes (perf's "pid" sort key is a thread id): the main thread apart from the others. */
 export function threadLabels(processes: ReadonlyMap<number, string>): Map<number, string> {
   const out = new Map<number, string>();
   for (const [pid, role] of processes) for (const tid of taskIds(pid)) out.set(tid, `${role} ${pid}, ${tid === pid ? 'main thread' : 'other threads'}`);

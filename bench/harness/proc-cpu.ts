@@ -1,19 +1,16 @@
 /**
  * CPU time of processes, threads and the machine, process trees and CPU affinity, read from /proc (Linux only); and
  * snapshots of named process groups (a cluster primary and its workers, found again at every snapshot) plus the whole
- * machine at one instant, whose difference is a measurement window's usage.
+ * machine, whose difference is a measurement window's usage.
  *
- * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's user and system time, all threads
- * included, in clock ticks (usually 100 per second, so 10 ms resolution: measure windows of a second or more).
- * `/proc/<pid>/task/<tid>/stat` gives the same per thread, which separates a Node process's main thread (tid = pid:
- * JavaScript, syscalls) from its other threads (libuv pool: PKCS#11 calls; V8 helpers: GC, compilation). For the
- * calling process itself `selfCpu()` uses process.cpuUsage() (µs resolution).
+ * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's time, all threads included, in clock ticks
+ * (usually 100 a second: measure windows of a second or more); `/proc/<pid>/task/<tid>/stat` gives it per thread, which
+ * separates a Node main thread (tid = pid: JavaScript, syscalls) from its others (libuv pool, V8's GC and compiler).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
-/** Microseconds of user and of system (kernel) time. */
 export type CpuTimes = { readonly userUs: number; readonly systemUs: number };
 /** CPU of the threads summed under `key` (see `threads`). */
 export type ThreadTimes = CpuTimes & { readonly key: string };
@@ -30,10 +27,7 @@ let usPerTick: number | undefined;
 /** 1e6 / sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 ticks a second if that fails (the Linux value in practice). */
 function tickUs(): number {
   if (usPerTick === undefined) {
-    let ticks = 100;
-    try {
-      ticks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).trim());
-    } catch {}
+    const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).stdout?.trim());
     usPerTick = 1e6 / (Number.isInteger(ticks) && ticks > 0 ? ticks : 100);
   }
   return usPerTick;
@@ -76,10 +70,8 @@ export function processTree(root: number): number[] {
 }
 
 /**
- * Every live thread of `pid` (and with `withChildren` of its descendants), summed by key: the main thread of each process
- * as `main (<comm>)` (tid = pid), the others by name with a trailing number as N. Node names its helper threads (V8's
- * platform workers: GC and compiler; libuv's pool) `node` like its main thread, so they are told apart by tid only.
- * Threads that exit between two readings drop out: read before and after a window and subtract (`minus`).
+ * Every live thread of `pid` (`withChildren`: and of its descendants), summed by key: `main (<comm>)` (tid = pid), the
+ * others by name, a trailing number as N. Threads that exit between readings drop out: subtract with `minus`.
  */
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
@@ -105,8 +97,8 @@ export function minus(after: Map<string, ThreadTimes>, before: Map<string, Threa
 
 export function threadCpu(pid: number): ThreadCpu {
   const all = [...threads(pid).values()];
-  const main = all.find((t) => t.key.startsWith('main ('));
-  return { main: { userUs: main?.userUs ?? 0, systemUs: main?.systemUs ?? 0 }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
+  const main = all.find((t) => t.key.startsWith('main (')) ?? { ...ZERO, key: '' };
+  return { main: { userUs: main.userUs, systemUs: main.systemUs }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
 export function selfCpu(): CpuTimes {
@@ -116,12 +108,8 @@ export function selfCpu(): CpuTimes {
 
 /** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), idle, steal (the hypervisor ran someone else). */
 export function machineCpu(): { readonly busyUs: number; readonly idleUs: number; readonly stealUs: number } {
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8')
-    .split('\n', 1)[0]!
-    .trim()
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
   const us = (...ticks: (number | undefined)[]) => ticks.reduce<number>((n, t) => n + (t ?? 0), 0) * tickUs();
   return { busyUs: us(user, nice, system, irq, softirq), idleUs: us(idle, iowait), stealUs: us(steal) };
 }
@@ -133,13 +121,11 @@ export function setAffinity(pid: number, cpus: string): void {
 
 export function onlineCpus(): number[] {
   try {
-    return readFileSync('/sys/devices/system/cpu/online', 'utf8')
-      .trim()
-      .split(',')
-      .flatMap((part) => {
-        const [a, b = a] = part.split('-').map(Number);
-        return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
-      });
+    const ranges = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim().split(',');
+    return ranges.flatMap((range) => {
+      const [a, b = a] = range.split('-').map(Number);
+      return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
+    });
   } catch {
     return os.cpus().map((_, i) => i);
   }
@@ -147,7 +133,6 @@ export function onlineCpus(): number[] {
 
 /** A named group of processes measured together (e.g. "proxy": the primary and its workers): each root and its descendants. */
 export type TrackedGroup = { readonly name: string; readonly roots: () => readonly number[] };
-type CpuSnapshot = ReturnType<typeof snapshot>;
 
 export function snapshot(groups: readonly TrackedGroup[]) {
   const byGroup = new Map<string, Map<number, CpuTimes>>();
@@ -167,17 +152,16 @@ export function snapshot(groups: readonly TrackedGroup[]) {
 type GroupUsage = { cpuUs: number; userUs: number; systemUs: number; byPid: Record<string, number>; changedPids: number[] };
 export type WindowUsage = ReturnType<typeof usageBetween>;
 
-export function usageBetween(a: CpuSnapshot, b: CpuSnapshot) {
+export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeof snapshot>) {
   const seconds = Number(b.atNs - a.atNs) / 1e9;
   const groups: Record<string, GroupUsage> = {};
   for (const [name, end] of b.groups) {
-    const start = a.groups.get(name);
+    const start = a.groups.get(name) ?? new Map<number, CpuTimes>();
     let sum = ZERO;
     const byPid: Record<string, number> = {};
-    const changedPids = [...end.keys()].filter((pid) => !start?.has(pid));
-    changedPids.push(...[...(start?.keys() ?? [])].filter((pid) => !end.has(pid)));
+    const changedPids = [...[...end.keys()].filter((pid) => !start.has(pid)), ...[...start.keys()].filter((pid) => !end.has(pid))];
     for (const [pid, times] of end) {
-      const from = start?.get(pid);
+      const from = start.get(pid);
       if (from === undefined) continue;
       sum = add(sum, delta(from, times));
       byPid[String(pid)] = totalUs(delta(from, times));

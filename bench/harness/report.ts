@@ -1,9 +1,8 @@
 /**
- * Writing a benchmark's results: one JSON file with everything (machine, settings, every round's figures) for later
- * comparison, and one Markdown file with the summary table for humans, both named `<YYYY-MM-DD>-<name>.{json,md}` in
- * the output directory; the Markdown tables and number formats; and what the run ran on (`describeMachine`): the
- * figures mean little without the CPU, the core count, the runtime and the crypto library. Anything that cannot be read
- * is left undefined rather than failing the run.
+ * Writing a benchmark's results: `<YYYY-MM-DD>-<name>.json` with everything (machine, settings, every round) for later
+ * comparison and `.md` with the tables for humans; the Markdown tables and number formats; and what the run ran on
+ * (`describeMachine`: figures mean little without the CPU, cores, runtime and crypto library; unreadable parts are
+ * left undefined rather than failing the run).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -41,10 +40,8 @@ export function writeReport(outDir: string, name: string, json: unknown, markdow
   return { jsonPath, markdownPath };
 }
 
-export function fmt(value: number, decimals = 0): string {
-  if (!Number.isFinite(value)) return '–';
-  return value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
-}
+export const fmt = (value: number, decimals = 0): string =>
+  Number.isFinite(value) ? value.toLocaleString('en-US', { minimumFractionDigits: decimals, maximumFractionDigits: decimals }) : '–';
 
 /** "min–max (spread%)" of per-round figures. */
 export const rangeText = (s: Spread, decimals = 0): string => `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
@@ -60,14 +57,11 @@ export type Column<T> = readonly [header: string, align: Align, cell: (row: T) =
 /** A Markdown table from column specs (header, alignment and cell side by side); `extra` rows go after, as given. */
 export function columnTable<T>(rows: readonly T[], columns: readonly Column<T>[], extra: readonly (readonly string[])[] = []): string {
   const cells = [...rows.map((row) => columns.map(([, , cell]) => cell(row))), ...extra];
-  return markdownTable(
-    columns.map(([header]) => header),
-    cells,
-    columns.map(([, align]) => align),
-  );
+  const [headers, aligns] = [columns.map(([header]) => header), columns.map(([, align]) => align)];
+  return markdownTable(headers, cells, aligns);
 }
 
-/** columnTable, or `empty` (what the table needs, e.g. "(needs keyless and in memory)") when there are no rows. */
+/** columnTable, or `empty` (e.g. "(needs keyless and in memory)") when there are no rows. */
 export const specTable = <T>(rows: readonly T[], columns: readonly Column<T>[], empty: string): string =>
   rows.length === 0 ? empty : columnTable(rows, columns);
 
@@ -76,10 +70,7 @@ export type MachineInfo = ReturnType<typeof describeMachine>;
 export function describeMachine() {
   let cpuModel: string | undefined;
   try {
-    const line = readFileSync('/proc/cpuinfo', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('model name'));
-    cpuModel = line?.slice(line.indexOf(':') + 1).trim();
+    cpuModel = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim();
   } catch {} // not Linux
   const quote = (arg: string) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`);
   return {

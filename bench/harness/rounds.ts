@@ -1,14 +1,13 @@
 /**
  * Warm-up, then interleaved rounds: the measuring method for a noisy machine. Identical runs differ by 10-25% and the
- * noise drifts over minutes (neighbours, heat, frequency), so measuring A for a minute then B would turn drift into a
- * difference. Every scenario runs several short times instead, round r in an order rotated by r and reversed on odd
- * rounds, so drift hits all alike and none always follows the same neighbour; callers report the median and the
- * min-max spread. Warm-up runs each once first, discarded (JIT, connections, token sessions, CPU frequency).
+ * noise drifts over minutes, so measuring A for a minute then B would turn drift into a difference. Every scenario runs
+ * several short times instead, round r in an order rotated by r and reversed on odd rounds, so drift hits all alike and
+ * none always follows the same neighbour. Warm-up runs each once first, discarded (JIT, connections, CPU frequency).
  *
- * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client, harness/spawn.ts) costs that
- * round of that scenario: recorded in `failures`, its signal aborted so it stops its client; only the caller's own
- * signal (Ctrl-C) ends the rounds.
+ * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client) costs that round of that
+ * scenario: recorded in `failures`, its signal aborted so it stops its client; only the caller's signal ends the rounds.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 
 export interface RunContext {
   readonly phase: 'warmup' | 'measure';
@@ -30,17 +29,16 @@ export interface RoundsOptions<R> {
   /** Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window. */
   readonly settleMs?: number;
   readonly signal?: AbortSignal;
-  /** Awaited before every run (warm-up included), e.g. to wait for a quiet machine. */
+  /** Awaited before every run, warm-up included (e.g. to wait for a quiet machine). */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
-  /** Rounds after `rounds`, at most `max`, while `needed` says the results so far are not enough (e.g. too few clean windows). */
+  /** Rounds after `rounds`, at most `max`, while `needed` says the results so far are not enough. */
   readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
-  /** Called after every run (warm-up included), e.g. for progress lines. */
+  /** Called after every run that gave a result, warm-up included. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
-  /** A failed or overdue run is recorded and skipped; a run is overdue `deadlineMs` after its own duration. */
+  /** A failed run, or one overdue `deadlineMs` after its own duration, is recorded and skipped. */
   readonly failSoft?: { readonly deadlineMs: number; readonly onFailure?: (failure: RoundFailure) => void };
 }
 
-/** A run that produced no figures: the client crashed or hung, or the run threw. */
 export type RoundFailure = { readonly scenario: string; readonly phase: RunContext['phase']; readonly round: number; readonly error: string };
 
 export interface RoundsResult<R> {
@@ -55,12 +53,12 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
   if (new Set(scenarios.map((s) => s.name)).size !== scenarios.length) throw new Error('scenario names must be unique');
   const { signal, failSoft } = options;
   const failures: RoundFailure[] = [];
-  const runOnce = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
-    if (failSoft === undefined) return scenario.run(ms, { phase, round, signal });
+  const runOnce = async (scenario: Scenario<R>, ms: number, context: RunContext): Promise<R | undefined> => {
+    if (failSoft === undefined) return scenario.run(ms, context);
     const own = new AbortController();
     const limitMs = ms + failSoft.deadlineMs;
     const timer = setTimeout(() => own.abort(new Error(`no result within ${(limitMs / 1000).toFixed(0)} s: killed`)), limitMs);
-    const run = scenario.run(ms, { phase, round, signal: signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]) });
+    const run = scenario.run(ms, { ...context, signal: signal === undefined ? own.signal : AbortSignal.any([signal, own.signal]) });
     // A run stuck where no signal reaches it is left behind after its deadline and a grace period.
     const overdue = new Promise<never>((_, reject) =>
       own.signal.addEventListener('abort', () => setTimeout(() => reject(own.signal.reason), 15_000).unref(), { once: true }),
@@ -69,7 +67,7 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
       return await Promise.race([run, overdue]);
     } catch (err) {
       if (signal?.aborted) throw err;
-      const failure = { scenario: scenario.name, phase, round, error: (err as Error).message?.split('\n')[0] ?? String(err) };
+      const failure = { scenario: scenario.name, phase: context.phase, round: context.round, error: (err as Error).message?.split('\n')[0] ?? String(err) };
       failures.push(failure);
       failSoft.onFailure?.(failure);
       return undefined;
@@ -80,9 +78,10 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
   };
   const attempt = async (scenario: Scenario<R>, ms: number, phase: RunContext['phase'], round: number): Promise<R | undefined> => {
     signal?.throwIfAborted();
-    await options.beforeRun?.(scenario.name, { phase, round, signal });
-    const result = await runOnce(scenario, ms, phase, round);
-    if (result !== undefined) options.onRun?.({ scenario: scenario.name, context: { phase, round, signal }, result });
+    const context = { phase, round, signal };
+    await options.beforeRun?.(scenario.name, context);
+    const result = await runOnce(scenario, ms, context);
+    if (result !== undefined) options.onRun?.({ scenario: scenario.name, context, result });
     await sleep(options.settleMs ?? 0, signal);
     return result;
   };
@@ -103,19 +102,7 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
   return { order, results, failures };
 }
 
-/** setTimeout as a promise that an AbortSignal cuts short (rejecting with its reason). */
+/** setTimeout as a promise that an AbortSignal cuts short, rejecting with the signal's reason. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  if (ms <= 0) return signal?.aborted ? Promise.reject(signal.reason) : Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener('abort', onAbort, { once: true });
-  });
+  return delay(Math.max(0, ms), undefined, { signal }).catch((err) => Promise.reject(signal?.aborted ? signal.reason : err));
 }

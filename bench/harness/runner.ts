@@ -1,16 +1,13 @@
 /**
- * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench` (options, lab
- * set-up and tear-down, scenarios, progress line, report); `runMeasuring` does the rest alike for all: command line,
- * Ctrl-C (the first aborts the run, which stops what it started and exits 130; a second kills and exits at once),
- * warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the JSON's common fields, `<date>-<name>`
- * (`-quick` under --quick: a quick run never overwrites the day's full results) and the exit status.
+ * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench`; `runMeasuring`
+ * does the rest alike for all: command line, Ctrl-C (the first aborts the run, which stops what it started and exits
+ * 130; a second kills and exits at once), warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the
+ * JSON's common fields, `<date>-<name>` (`-quick` under --quick: never overwrites the day's full results), exit status.
  *
- * Clean rounds: a window during which other processes used more than CONTENDED_CORES counts as contended; a scenario's
- * medians use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †).
- *
- * Quiet waits: a window measured while another workload takes a core says little about the code under test. Between
- * runs our own processes are idle, so the machine's CPU then is someone else's: sample it (250 ms) until it is below
- * 0.25 cores. One budget covers the whole run: a machine that stays busy costs a bounded delay and still gets measured.
+ * Clean rounds: a window in which other processes used more than CONTENDED_CORES is contended; a scenario's medians
+ * use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †). Quiet wait: between runs our own
+ * processes are idle, so the machine's CPU is someone else's; sample it until below CONTENDED_CORES, within one budget
+ * for the whole run, so a machine that stays busy costs a bounded delay and still gets measured.
  */
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
@@ -18,29 +15,23 @@ import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type Wr
 import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
 
-/** A window during which other processes used more than this many cores counts as contended. */
 export const CONTENDED_CORES = 0.25;
-/** A process using at least this share of a core during a window counts as saturated. */
+/** A process using at least this share of a core in a window is saturated. */
 export const SATURATED_CORES = 0.9;
 
 export type Log = (line: string) => void;
 
-/** The clean rounds of one scenario and the rounds its medians use. */
+/** The clean rounds of one scenario and the rounds its medians use (every round stays in the JSON). */
 export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number): { used: R[]; usedRounds: number[]; cleanRounds: number } {
   const indexed = all.map((r, i) => ({ r, i }));
   const clean = indexed.filter(({ r }) => otherCores(r) <= CONTENDED_CORES);
-  // Contended rounds are left out when enough clean ones remain; every round stays in the JSON.
   const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
   return { used: used.map(({ r }) => r), usedRounds: used.map(({ i }) => i), cleanRounds: clean.length };
 }
 
-/** What every measuring bench's window holds besides its own figures. */
 type CommonWindow = { readonly clientCores: number; readonly serverSideCores: number; readonly machineBusyCores: number; readonly otherCores: number };
 
-/**
- * One scenario over its rounds: `med`/`spreadOf` over the rounds the clean-round rule keeps, and the fields every
- * bench reports alike (cores, saturation, the rounds used, clean and failed, every round as measured).
- */
+/** One scenario over its rounds: `med`/`spreadOf` over the rounds the clean-round rule keeps, and the fields every bench reports alike. */
 export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow, serverCpuCount: number, failedRounds: number) {
   const { used, usedRounds, cleanRounds: clean } = cleanRounds(all, (r) => window(r).otherCores);
   const med = (f: (r: R) => number) => median(used.map(f));
@@ -78,10 +69,8 @@ export function roundColumns<T extends Common>(busyHeader: string): Column<T>[] 
   ];
 }
 
-/** The reports' sentence on the clean-round rule. */
 export const CLEAN_ROUNDS_NOTE = `Rounds are clean when other processes used ≤ ${CONTENDED_CORES} cores in the window; medians use the clean`;
 
-/** "warm-up " or "round N ", for progress lines. */
 const roundTag = (context: Pick<RunContext, 'phase' | 'round'>): string => (context.phase === 'warmup' ? 'warm-up ' : `round ${context.round + 1} `);
 
 /** The report's lines on failed rounds: none when every run gave figures. */
@@ -98,36 +87,27 @@ export function publish(out: string, name: string, json: unknown, markdown: stri
   return written;
 }
 
-/**
- * The quiet wait before every measured run (runRounds' beforeRun): one budget of `budgetMs` for the whole run (0: never
- * wait), long waits logged, every wait kept for the result file (`record()`).
- */
+/** runRounds' beforeRun: the quiet wait (`budgetMs` for the whole run, 0: never), every wait kept for the result file. */
 function quietBeforeRun(budgetMs: number, ownPids: readonly number[], signal: AbortSignal, log: Log) {
   const own = [{ name: 'own', roots: () => ownPids }];
-  const otherLoad = async () => {
-    const before = snapshot(own);
-    await sleep(250, signal);
-    return perUnit(usageBetween(before, snapshot(own)), 0).otherCores;
-  };
   const waits: { scenario: string; round: number; waitedMs: number; otherCores: number; quiet: boolean }[] = [];
   let waitedMs = 0;
-  return {
-    beforeRun: async (scenario: string, context: RunContext): Promise<void> => {
-      if (budgetMs <= 0 || context.phase !== 'measure') return;
-      const started = Date.now();
-      let [other, quiet] = [0, false];
-      do {
-        other = await otherLoad();
-        quiet = other <= 0.25;
-      } while (!quiet && Date.now() - started < budgetMs - waitedMs);
-      const waited = Date.now() - started;
-      waitedMs += waited;
-      waits.push({ scenario, round: context.round, waitedMs: waited, otherCores: other, quiet });
-      if (!quiet || waited > 300)
-        log(`waited ${(waited / 1000).toFixed(1)} s for other load to drop: ${other.toFixed(2)} cores${quiet ? '' : ' (budget spent, measuring anyway)'}`);
-    },
-    record: () => ({ budgetMs, waitedMs, waits }),
+  const beforeRun = async (scenario: string, context: RunContext): Promise<void> => {
+    if (budgetMs <= 0 || context.phase !== 'measure') return;
+    const started = Date.now();
+    let other: number;
+    do {
+      const before = snapshot(own);
+      await sleep(250, signal);
+      other = perUnit(usageBetween(before, snapshot(own)), 0).otherCores;
+    } while (other > CONTENDED_CORES && Date.now() - started < budgetMs - waitedMs);
+    const [waited, quiet] = [Date.now() - started, other <= CONTENDED_CORES];
+    waitedMs += waited;
+    waits.push({ scenario, round: context.round, waitedMs: waited, otherCores: other, quiet });
+    if (!quiet || waited > 300)
+      log(`waited ${(waited / 1000).toFixed(1)} s for other load to drop: ${other.toFixed(2)} cores${quiet ? '' : ' (budget spent, measuring anyway)'}`);
   };
+  return { beforeRun, record: () => ({ budgetMs, waitedMs, waits }) };
 }
 
 let interrupted = false;
@@ -153,9 +133,7 @@ function installInterrupt(log: Log, cleanup: () => void): AbortSignal {
 /** Sets the exit status from a benchmark's main: its own, 130 when interrupted, 1 (stack on stderr) on a failure. */
 export function runBench(name: string, main: Promise<number>): void {
   main.then(
-    (code) => {
-      process.exitCode = code;
-    },
+    (code) => void (process.exitCode = code),
     (err: unknown) => {
       const why = interrupted ? 'interrupted; everything it started is stopped' : err instanceof Error ? (err.stack ?? err.message) : String(err);
       process.stderr.write(`${name}: ${why}\n`);
@@ -174,17 +152,13 @@ type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
 type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
-/**
- * One bench's result: its JSON fields (after benchmark, date, quick, machine), its Markdown, its error count (anything
- * but 0 exits 1: "N <what> failed during measurement"), the result file's name instead of the bench's (--perf; no
- * -quick suffix), the exit status when the errors are 0 (e.g. a failed check).
- */
+/** A bench's JSON fields and Markdown; `errors` > 0 exits 1; `file` replaces the result file's name; `status`: the exit status otherwise. */
 type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   /** `benchmark` in the JSON and the result file's name. */
   readonly name: string;
-  /** The options from argv; undefined after --help. */
+  /** undefined after --help. */
   parse(argv: string[]): O | undefined;
   /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
   setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>;
@@ -197,7 +171,7 @@ export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R
   line(result: R, scenario: string, lab: L): string;
   /** Round options beyond the timing (failSoft is on unless `failSoft: false`). */
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
-  /** `measured.method()`: the result JSON's `method` block (the timing, the round order, the thresholds, the quiet waits). */
+  /** `measured.method()`: the result JSON's `method` block (timing, round order, thresholds, quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
   close(lab: L, o: O, log: Log): Promise<void>;
   /** Kills everything at once (Ctrl-C twice, process exit). */
@@ -214,9 +188,7 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
   const signal = installInterrupt(log, () => lab !== undefined && bench.kill(lab, o));
   const env: RunEnv = { log, signal, machine, started };
   try {
-    lab = await bench.setup(o, env, (l) => {
-      lab = l;
-    });
+    lab = await bench.setup(o, env, (held) => void (lab = held));
     signal.throwIfAborted();
     const scenarios = await bench.scenarios(lab, o, env);
     log(bench.plan(o, scenarios));

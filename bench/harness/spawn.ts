@@ -1,13 +1,12 @@
 /**
- * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests,
- * test/helpers/proxy-lab.ts); servers started detached as their own process group (a cluster primary and its workers,
- * nginx and its helpers, die together), readiness polling, a small HTTP GET for admin endpoints; and load clients (ab,
- * autocannon, h2load), their report parsed once they exit. Both are pinned with taskset when given CPUs (it execs the
- * command: the pid is the program's, /proc gives its CPU).
+ * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests); servers started
+ * detached as their own process group (a cluster primary and its workers die together), readiness polling, a small
+ * HTTP GET; and load clients (ab, autocannon, h2load), their report parsed once they exit. Both are pinned with taskset
+ * when given CPUs (it execs the command: the pid is the program's, /proc gives its CPU).
  *
  * Every wait on a client is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or hang (ab
- * against nginx + p11-kit). `stop()` sends its report signal (ab: SIGINT) or none (autocannon, h2load run for a fixed
- * time), waits `graceMs`, then SIGKILLs it; `done` rejects, and rounds.ts records that round as failed.
+ * against nginx + p11-kit). `stop()` sends its report signal (ab: SIGINT) or none, waits `graceMs`, then SIGKILLs it;
+ * `done` rejects, and rounds.ts records that round as failed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
@@ -17,7 +16,7 @@ const pinned = (cpus: string | undefined, command: readonly string[]) => (cpus =
 
 export type ManagedProcess = ReturnType<typeof spawnManaged>;
 
-/** The environment of keyedge children: the embedded token sets SOFTHSM2_CONF itself, and the bench's Node options must not reach the servers it measures. */
+/** keyedge children's environment: the embedded token sets SOFTHSM2_CONF itself; the bench's Node options must not reach what it measures. */
 export function childEnv(): NodeJS.ProcessEnv {
   const { SOFTHSM2_CONF: _conf, NODE_OPTIONS: _options, ...env } = process.env;
   return env;
@@ -36,11 +35,9 @@ async function tryPort(port: number): Promise<number | undefined> {
 const handedOut = new Set<number>();
 
 /**
- * A free port below the kernel's ephemeral range, never the same twice in a process: the servers bind it a few seconds
- * later, and a port from the ephemeral range (what listen(0) hands out) can be taken meanwhile by any outgoing
- * connection (ab opens thousands; a red CI once: EADDRINUSE on a proxy's port). Without `slice`: anywhere from 20000 up
- * to the ephemeral range, 50 tries, then any port. With `slice` (a vitest worker's, 0-3): only 20000 + slice × 3000
- * and the 3000 above, until one is free, so test files running side by side never pick the same.
+ * A free port below the ephemeral range (where any outgoing connection, and ab opens thousands, may take it before the
+ * server binds it), never the same twice in a process. Without `slice`: 50 tries, then any port. With `slice` (a vitest
+ * worker's, 0-3): only 20000 + slice × 3000 and the 3000 above, so test files side by side never pick the same.
  */
 export async function freePort(slice?: number): Promise<number> {
   let low = 32768;
@@ -60,10 +57,8 @@ export async function freePort(slice?: number): Promise<number> {
 }
 
 /**
- * Starts `command` with output to `logFile`, in `cwd` (files a runtime drops, e.g. V8 logs, land there), with
- * `extraEnv` over the bench's child environment; `detached` (the default): its own process group, killed whole.
- * `stop()`: SIGTERM to the process (graceful: a cluster primary stops its workers), SIGKILL to its group after
- * `graceMs`; `kill()`: SIGKILL to the whole group, synchronously.
+ * Starts `command` in `cwd` with output to `logFile` and `extraEnv` over childEnv(); `detached`: its own process group.
+ * `stop()`: SIGTERM (a cluster primary stops its workers), SIGKILL to the group after `graceMs`; `kill()`: SIGKILL now.
  */
 export function spawnManaged(
   name: string,
@@ -102,7 +97,8 @@ export function spawnManaged(
   };
   const tail = (lines = 20) => {
     try {
-      return readFileSync(logFile, 'utf8')
+      const text = readFileSync(logFile, 'utf8');
+      return text
         .split('\n')
         .slice(-lines - 1)
         .join('\n');
@@ -127,9 +123,8 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
 
 /** The first line of `file` that holds `"text"`, parsed from its first '{' (a JSON log line, maybe prefixed); undefined when none yet. */
 export function jsonLine<T>(file: string, text: string): T | undefined {
-  const line = readFileSync(file, 'utf8')
-    .split('\n')
-    .find((l) => l.includes(`"${text}"`));
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const line = lines.find((l) => l.includes(`"${text}"`));
   return line === undefined ? undefined : (JSON.parse(line.slice(line.indexOf('{'))) as T);
 }
 
@@ -143,20 +138,11 @@ export function tcpOpen(port: number): Promise<boolean> {
   return new Promise<boolean>((resolve) => socket.once('connect', () => resolve(true)).once('error', () => resolve(false))).finally(() => socket.destroy());
 }
 
-/**
- * `stop(signal)`: `signal` (if any), then SIGKILL after `graceMs`; resolves with the report or rejects saying why there
- * is none. `done`: the report once the client exited on its own or was stopped; rejects when it could not be parsed.
- */
+/** `stop(signal)`: `signal` if any, SIGKILL after `graceMs`; then the report, or a rejection saying why there is none. */
 export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
 
 /** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
-export type ClientOutput = {
-  readonly stdout: string;
-  readonly stderr: readonly string[];
-  readonly stderrLines: number;
-  readonly exitCode: number | null;
-  readonly signal: NodeJS.Signals | null;
-};
+export type ClientOutput = { stdout: string; stderr: readonly string[]; stderrLines: number; exitCode: number | null; signal: NodeJS.Signals | null };
 
 export function startClient<T>(
   name: string,

@@ -1,10 +1,7 @@
 /**
- * Small statistics for benchmark figures (median, percentiles, spread, a latency recorder cheap enough for every
- * request) and `ClosedLoop`, the bookkeeping every closed-loop load shares (keyserver-sign's signing loads, handshake's
- * resuming and ALPN clients).
- *
- * Percentiles use the nearest-rank method (the smallest value with at least p% of the samples at or below it), so a
- * reported p99 is always a latency some request actually had.
+ * Small statistics for benchmark figures (median, nearest-rank percentiles, spread, a latency recorder cheap enough for
+ * every request) and `ClosedLoop`, the bookkeeping every closed-loop load shares (keyserver-sign's signing loads,
+ * handshake's resuming and ALPN clients). Nearest rank: a reported p99 is always a latency some request actually had.
  */
 
 /** Median of `values` (mean of the two middle ones for an even count); NaN when empty. */
@@ -13,12 +10,6 @@ export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-/** Nearest-rank percentile (p in 0..100) of values sorted ascending; NaN when empty. */
-function percentile(sorted: ArrayLike<number>, p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length))) - 1]!;
 }
 
 /** Median, min, max, n and spreadPct = (max - min) / median in percent: how far apart the rounds were. */
@@ -30,32 +21,27 @@ export function spread(values: readonly number[]): Spread {
   return { median: m, min, max, spreadPct: m > 0 ? ((max - min) / m) * 100 : Number.NaN, n: finite.length };
 }
 
-/** Per-request latencies in µs, appended to a growing Float64Array (no per-sample object), sorted once at the end. */
+/** Per-request latencies in µs (a packed array of doubles: no object per sample), sorted once at the end. */
 class LatencyRecorder {
-  #samples = new Float64Array(1 << 14);
-  count = 0;
+  #samples: number[] = [];
 
   record(us: number): void {
-    if (this.count === this.#samples.length) {
-      const bigger = new Float64Array(this.#samples.length * 2);
-      bigger.set(this.#samples);
-      this.#samples = bigger;
-    }
-    this.#samples[this.count++] = us;
+    this.#samples.push(us);
   }
 
   reset(): void {
-    this.count = 0;
+    this.#samples = [];
   }
 
   summary() {
-    const sorted = this.#samples.slice(0, this.count).sort();
+    const sorted = Float64Array.from(this.#samples).sort();
     const n = sorted.length;
+    const percentile = (p: number) => (n === 0 ? Number.NaN : sorted[Math.min(n, Math.max(1, Math.ceil((p / 100) * n))) - 1]!);
     return {
       count: n,
-      p50Us: percentile(sorted, 50),
-      p90Us: percentile(sorted, 90),
-      p99Us: percentile(sorted, 99),
+      p50Us: percentile(50),
+      p90Us: percentile(90),
+      p99Us: percentile(99),
       maxUs: n > 0 ? sorted[n - 1]! : Number.NaN,
       meanUs: n > 0 ? sorted.reduce((a, b) => a + b, 0) / n : Number.NaN,
     };
@@ -71,16 +57,13 @@ export function round(value: number, decimals = 1): number {
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
 /**
- * A fixed number of loops, each starting its next operation when the last one ends: completed / failed counts, the
- * first error, per-operation latency while `recording`, and a stop that resolves once the last loop has ended. A
- * subclass starts its loops in `begin()` (setting `outstanding` to their number), reports each operation with `done()`
- * and calls `retire()` when a loop does not go on. Single-threaded, in the bench process.
+ * A fixed number of loops, each starting its next operation when the last one ends. A subclass starts its loops in
+ * `begin()` (setting `outstanding`), reports each operation with `done()` and calls `retire()` when a loop stops.
  */
 export abstract class ClosedLoop {
   completed = 0;
   errors = 0;
   firstError: string | undefined;
-  /** While true, each completed operation's latency is recorded. */
   recording = false;
   readonly latency = new LatencyRecorder();
   protected stopped = false;

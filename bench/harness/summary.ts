@@ -1,15 +1,14 @@
 /**
- * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, the reading of it
- * back, and the comparison of two results. Each bench names its rate and CPU after its unit (handshakesPerSecond,
+ * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, the reading of it back,
+ * and the comparison of two results. Each bench names its rate and CPU after its unit (handshakesPerSecond,
  * serverCpuUsPerRequest, ...); `readSummary` turns any of them, a suite file, or a file from before `summary` existed
- * (its `scenarios`), into neutral `SummaryRow`s (`rate`, `serverCpuUs`): what the suite table, the chart and
- * `compareSummaries` work on.
+ * (its `scenarios`), into neutral `SummaryRow`s: what the suite table, the chart and `compareSummaries` work on.
  *
- * Comparing: how much the rate and the server CPU per unit moved from OLD to NEW, flagged beyond a relative threshold
- * either way (a speed-up that large is as much worth a look, e.g. a scenario that stopped doing its work). Scenarios in
- * one file only, or skipped, are listed, never flagged. Identical runs on this shared machine differ by 10-25%
- * (bench/README.md), so 10% flags noise too: read the spread.
+ * Comparing flags a rate or server CPU per unit that moved beyond a relative threshold either way (a large speed-up is
+ * as much worth a look). Scenarios in one file only, or skipped, are listed, never flagged. Identical runs on a shared
+ * machine differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
  */
+import { readFileSync } from 'node:fs';
 import { fmt, markdownTable } from './report.js';
 
 /** What one unit of work is, for labels: "handshakes/s", "µs/request". */
@@ -34,7 +33,7 @@ export interface SummaryRow {
   readonly errors: number;
   /** (max − min) / median of the rate over rounds, percent. */
   readonly spreadPct: number;
-  /** Cores other processes used during the windows (median): contention on a shared machine; NaN when not recorded. */
+  /** Cores other processes used during the windows (median); NaN when not recorded. */
   readonly otherCores: number;
   /** Why the scenario did not run (a missing package); absent when it ran. */
   readonly skipped?: string;
@@ -89,7 +88,7 @@ function normalizeRow(bench: string, raw: Json): SummaryRow {
   };
 }
 
-/** The summary rows of a parsed result file: a suite file, a benchmark file with a `summary` array, or one with only `scenarios`. `source` names the file in errors. */
+/** The summary rows of a parsed result file (suite, bench with `summary`, or older bench with only `scenarios`); `source` names it in errors. */
 export function readSummary(json: unknown, source: string): SummaryRow[] {
   if (!isObject(json)) throw new Error(`${source}: not a benchmark result (expected a JSON object)`);
   const rows = Array.isArray(json.summary) ? json.summary : Array.isArray(json.scenarios) ? json.scenarios : undefined;
@@ -100,6 +99,21 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
   });
 }
 
+/** readSummary of the file at `path`, with errors that name it. */
+export function readSummaryFile(path: string): SummaryRow[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  try {
+    return readSummary(JSON.parse(text), path);
+  } catch (err) {
+    throw err instanceof SyntaxError ? new Error(`${path} is not JSON: ${err.message}`) : err;
+  }
+}
+
 /** The figures of a row that measured none: NaN (null in JSON), nothing saturated, no errors. */
 const NO_FIGURES = { rate: NaN, serverCpuUs: NaN, p50Ms: NaN, p99Ms: NaN, clientSaturated: false, errors: 0, spreadPct: NaN, otherCores: NaN };
 
@@ -108,7 +122,7 @@ export function durationRow(bench: string, scenario: string, label: string, p50M
   return { bench, scenario, label, unit: 'request', ...NO_FIGURES, p50Ms, p99Ms, errors, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-/** A bench's `summary` row with its rate and CPU named after its unit (what `readSummary` reads back); skipped: NaN figures and the reason. */
+/** A bench's `summary` row with its rate and CPU named after its unit (what `readSummary` reads back). */
 export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' | 'rate' | 'serverCpuUs'> & { rate: number; serverCpuUs: number }) {
   const { scenario, label, rate, serverCpuUs, skipped, ...rest } = row;
   const [rateKey, cpuKey] = UNIT_KEYS[unit];
@@ -120,8 +134,7 @@ export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string,
 }
 
 type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
-/** Every scenario of either file: rate and server CPU µs per unit, old and new, (new − old) / old, why it is flagged. */
-export type Comparison = ReturnType<typeof compareSummaries>;
+const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
 
 /** (b − a) / a, NaN unless both are finite and a > 0. */
 export function relativeChange(a: number, b: number): number {
@@ -139,36 +152,26 @@ export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readon
   if (!(threshold > 0)) throw new Error(`threshold must be > 0, got ${threshold}`);
   const keyOf = (r: SummaryRow) => `${r.bench}/${r.scenario}`;
   const [older, newer] = [new Map(oldRows.map((r) => [keyOf(r), r])), new Map(newRows.map((r) => [keyOf(r), r]))];
-  const changes = [...newer.keys(), ...[...older.keys()].filter((k) => !newer.has(k))].map((key) => {
+  const figures = (r: SummaryRow | undefined) => [r?.rate ?? Number.NaN, r?.serverCpuUs ?? Number.NaN] as const;
+  const changes = [...new Set([...newer.keys(), ...older.keys()])].map((key) => {
     const [o, n] = [older.get(key), newer.get(key)];
-    const [oldRate, newRate, oldCpuUs, newCpuUs] = [o?.rate, n?.rate, o?.serverCpuUs, n?.serverCpuUs].map((v) => v ?? Number.NaN) as [
-      number,
-      number,
-      number,
-      number,
-    ];
+    const [[oldRate, oldCpuUs], [newRate, newCpuUs]] = [figures(o), figures(n)];
     const [rateChange, cpuChange] = [relativeChange(oldRate, newRate), relativeChange(oldCpuUs, newCpuUs)];
     const reasons = [
       ...(Math.abs(rateChange) > threshold ? [`rate ${pct(rateChange)}`] : []),
       ...(Math.abs(cpuChange) > threshold ? [`CPU/unit ${pct(cpuChange)}`] : []),
     ];
-    const status: ChangeStatus =
-      o === undefined
-        ? 'only-new'
-        : n === undefined
-          ? 'only-old'
-          : o.skipped !== undefined || n.skipped !== undefined
-            ? 'skipped'
-            : reasons.length > 0
-              ? 'moved'
-              : 'ok';
+    let status: ChangeStatus = reasons.length > 0 ? 'moved' : 'ok';
+    if (o === undefined || n === undefined) status = o === undefined ? 'only-new' : 'only-old';
+    else if (o.skipped !== undefined || n.skipped !== undefined) status = 'skipped';
     const { label, unit } = (n ?? o)!;
     return { key, label, unit, oldRate, newRate, rateChange, oldCpuUs, newCpuUs, cpuChange, status, reasons: status === 'moved' ? reasons : [] };
   });
   return { threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
 }
 
-const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
+/** Every scenario of either file: rate and server CPU µs per unit, old and new, (new − old) / old, why it is flagged. */
+export type Comparison = ReturnType<typeof compareSummaries>;
 
 /** The comparison as a Markdown table plus a verdict line. */
 export function formatComparison(c: Comparison): string {
