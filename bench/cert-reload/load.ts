@@ -55,7 +55,7 @@ export class ReloadLoad {
     if (r.failed === 'handshake') this.#fail('failedHandshakes', `${what} ${target.serverName}: handshake`, r.error);
     else {
       this.counts[what === 'probe' ? 'probeHandshakes' : 'loadHandshakes']++;
-      if (r.ok) this.counts.newConnectionRequests++;
+      if (r.failed === undefined) this.counts.newConnectionRequests++;
       else this.#fail('failedRequests', `${what} ${target.serverName}: request`, r.error);
     }
     return r;
@@ -71,7 +71,7 @@ export class ReloadLoad {
     const target = this.targets[loop % this.targets.length]!;
     while (this.#running) {
       const r = await get(this.port, target.serverName, this.ca, agent);
-      if (!r.ok) this.#fail('failedRequests', `keep-alive ${target.serverName}`, r.error);
+      if (r.failed !== undefined) this.#fail('failedRequests', `keep-alive ${target.serverName}`, r.error);
       else {
         this.counts.keepAliveRequests++;
         if (r.reused) this.counts.keepAliveReused++;

@@ -10,11 +10,11 @@ import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
 import { describeMachine, fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
-import { runBench } from '../harness/runner.js';
+import { type Log, runBench } from '../harness/runner.js';
 import { CertLab, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
 import { diffCounters, readHandshakeCounters } from '../lab/counters.js';
 import { ReloadLoad } from './load.js';
-import { type Replacement, reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
+import { reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
 
 const TABLE = {
   quick: std.quick('4 replacements (one of each trigger at least); writes -cert-reload-quick'),
@@ -44,8 +44,39 @@ async function write(proxy: RunningProxy, trigger: Trigger, site: Site, chain: s
   writeAtomically(site.file, chain);
   if (trigger === 'sighup') process.kill(proxy.process.pid, 'SIGHUP');
   const writtenAt = performance.now();
-  return { startedAt: writtenAt, writtenAt };
+  return { startedAt: writtenAt, writtenAt, putRoundTripMs: undefined };
 }
+
+/** What every replacement uses; `reloadFrom`: the proxy log's line after the last "reload done" seen. */
+type Bench = { lab: CertLab; proxy: RunningProxy; load: ReloadLoad; sites: readonly Site[]; probeMs: number; reloadFrom: number; say: Log };
+
+/**
+ * Replacement `index`: a leaf on the other key, written the trigger's way, probed until served; the primary's account
+ * (its next "reload done" line with a change in it, waited for up to 5 s). `startedAt` / `writtenAt`: performance.now()
+ * of the write's start and of its effect (PUT: sent and answered); `probeMs`: when the probe saw the new serial.
+ */
+async function replace(bench: Bench, index: number) {
+  const { lab, proxy, load, sites, probeMs } = bench;
+  const trigger = triggerOf(index);
+  const site = sites[trigger === 'sighup' ? 1 : 0]!;
+  const [fromKey, oldSerial] = [site.key, site.serial];
+  const toKey = lab.key(fromKey.id === 'ec' ? 'rsa' : 'ec');
+  const leaf = lab.ca.issue(toKey.spki, [site.serverName]);
+  const written = await write(proxy, trigger, site, lab.ca.chain(leaf));
+  const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
+  [site.key, site.serial] = [toKey, leaf.serial];
+  const line = await proxy.log.next('reload done', bench.reloadFrom, 5_000, (l) => Number(l.changed) > 0);
+  if (line !== undefined) bench.reloadFrom = proxy.log.lines.indexOf(line) + 1;
+  const reload = line && { trigger: String(line.trigger), generation: line.generation, durationMs: Number(line.durationMs) };
+  bench.say(
+    `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
+      `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
+      `(${probes} probes); primary reload ${reload === undefined ? '?' : `${reload.trigger} ${fmt(reload.durationMs)} ms`}`,
+  );
+  const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
+  return { index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload };
+}
+export type Replacement = Awaited<ReturnType<typeof replace>>;
 
 async function main(): Promise<number> {
   const v = parseCli('cert-reload/main.js', TABLE);
@@ -78,28 +109,10 @@ async function main(): Promise<number> {
     const load = new ReloadLoad(proxy.port, lab.ca.pem, sites, newLoops, keepAliveLoops);
     await sleep(1000);
 
-    let reloadFrom = 0; // the log line after the last "reload done" seen
+    const bench = { lab, proxy, load, sites, probeMs, reloadFrom: 0, say };
     const done: Replacement[] = [];
     for (let index = 1; index <= replacements; index++) {
-      const trigger = triggerOf(index);
-      const site = sites[trigger === 'sighup' ? 1 : 0]!;
-      const [fromKey, oldSerial] = [site.key, site.serial];
-      const toKey = lab.key(fromKey.id === 'ec' ? 'rsa' : 'ec');
-      const leaf = lab.ca.issue(toKey.spki, [site.serverName]);
-      const written = await write(proxy, trigger, site, lab.ca.chain(leaf));
-      const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
-      [site.key, site.serial] = [toKey, leaf.serial];
-      // The primary's account: its next "reload done" line with a change in it, waited for up to 5 s.
-      const line = await proxy.log.next('reload done', reloadFrom, 5_000, (l) => Number(l.changed) > 0);
-      if (line !== undefined) reloadFrom = proxy.log.lines.indexOf(line) + 1;
-      const reload = line && { trigger: String(line.trigger), generation: line.generation, durationMs: Number(line.durationMs) };
-      const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
-      done.push({ index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload });
-      say(
-        `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
-          `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
-          `(${probes} probes); primary reload ${reload === undefined ? '?' : `${reload.trigger} ${fmt(reload.durationMs)} ms`}`,
-      );
+      done.push(await replace(bench, index));
       await sleep(pauseMs);
     }
     await sleep(500);

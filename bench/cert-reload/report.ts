@@ -10,29 +10,10 @@ import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
 import type { HandshakeCounters } from '../lab/counters.js';
 import type { ReloadLoad } from './load.js';
+import type { Replacement } from './main.js';
 
 export type Trigger = 'rename' | 'put' | 'sighup';
 export const TRIGGER_TITLE: Record<Trigger, string> = { rename: 'store file rename', put: 'admin PUT /certs/site', sighup: 'config chain + SIGHUP' };
-
-/** One replacement as the run saw it: `writtenAt` / `startedAt` are performance.now() of the write and of its start (PUT: sent). */
-export interface Replacement {
-  readonly index: number;
-  readonly trigger: Trigger;
-  readonly certificate: string;
-  readonly serverName: string;
-  readonly fromKey: string;
-  readonly toKey: string;
-  readonly serial: string;
-  readonly oldSerial: string;
-  readonly writtenAt: number;
-  readonly startedAt: number;
-  readonly putRoundTripMs?: number;
-  /** When the probe saw the new serial, ms from `writtenAt`. */
-  readonly probeMs: number | undefined;
-  readonly probes: number;
-  /** The primary's "reload done" line. */
-  readonly reload: { readonly trigger: string; readonly generation: unknown; readonly durationMs: number } | undefined;
-}
 
 const r1 = (v: number) => round(v, 1);
 const ms = (v: number | undefined, none = '–') => (v === undefined ? none : fmt(v, 1));

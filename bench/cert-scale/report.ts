@@ -96,14 +96,8 @@ export function scaleReport(run: ScaleRun, log: Log): number {
   }
   const profiles = profile ? summarizeProfiles(profile, settings.names) : [];
   const contextColumns = ['per-context run', 'ready ms', 'workers RSS after start MiB', 'workers RSS after handshakes MiB', 'handshakes', 'failed'];
-  const contextRows = contextRuns.map((r) => [
-    `contextCacheSize ${r.cacheSize}`,
-    fmt(r.readyMs),
-    workersRss(r.afterStart),
-    workersRss(r.afterHandshakes),
-    fmt(r.ok),
-    fmt(r.failed),
-  ]);
+  const contextRow = (r: (typeof contextRuns)[number]) => [fmt(r.readyMs), workersRss(r.afterStart), workersRss(r.afterHandshakes), fmt(r.ok), fmt(r.failed)];
+  const contextRows = contextRuns.map((r) => [`contextCacheSize ${r.cacheSize}`, ...contextRow(r)]);
   const title = `cert-scale${profile ? ' profile' : ''}${run.quick ? ' (quick)' : ''}: ${fmt(settings.names)} store entries, ${dateStamp()}`;
   const markdown = [
     `# ${title}${notReady ? `: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s` : ''}`,
@@ -127,27 +121,23 @@ export function scaleReport(run: ScaleRun, log: Log): number {
   // The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU.
   const row = (scenario: string, label: string, values: readonly number[]) =>
     durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), failed, notReady && 'not ready in time');
-  const summary = [
-    row('startup', 'start-up until /readyz 200', [startup?.readyMs ?? Number.NaN]),
-    ...(startup
-      ? [
-          row(
-            'one-entry-reload',
-            'one entry replaced: rename → served (p99 = max)',
-            replaced.map((r) => r.timeToServeMs ?? Number.NaN),
-          ),
-        ]
-      : []),
-    ...(startup
-      ? [
-          row(
-            'rescan',
-            'no-change rescan, POST /reload durationMs (p99 = max)',
-            rescans.map((r) => r.durationMs),
-          ),
-        ]
-      : []),
-  ];
+  const summary = [row('startup', 'start-up until /readyz 200', [startup?.readyMs ?? Number.NaN])];
+  if (startup) {
+    summary.push(
+      row(
+        'one-entry-reload',
+        'one entry replaced: rename → served (p99 = max)',
+        replaced.map((r) => r.timeToServeMs ?? Number.NaN),
+      ),
+    );
+    summary.push(
+      row(
+        'rescan',
+        'no-change rescan, POST /reload durationMs (p99 = max)',
+        rescans.map((r) => r.durationMs),
+      ),
+    );
+  }
   const { out, name, machine, top: _top, settings: _settings, ...figures } = run;
   const kib = { kibPerContextAfterStart: perContextKiB('afterStart'), kibPerContextAfterHandshakes: perContextKiB('afterHandshakes') };
   const profileFigures = profiles.map(({ functions, ...s }) => ({ ...s, busyMs: round(s.busyMs, 1), top: functions.slice(0, run.top) }));

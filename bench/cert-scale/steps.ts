@@ -63,7 +63,7 @@ export async function handshakeAll(port: number, hosts: readonly string[], ca: s
   const loop = async () => {
     for (let host = hosts[next++]; host !== undefined; host = hosts[next++]) {
       const r = await get(port, host, ca, false, 30_000);
-      if (r.ok) ok++;
+      if (r.failed === undefined) ok++;
       else if (++failed <= 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
     }
   };

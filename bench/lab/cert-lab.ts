@@ -50,15 +50,15 @@ class ProxyLog {
     return this.lines;
   }
 
-  /** Lines with message `msg`, from index `from` on. */
-  find(msg: string, from = 0): LogLine[] {
-    return this.read().filter((l, i) => i >= from && l.msg === msg);
+  /** Lines with message `msg`. */
+  find(msg: string): LogLine[] {
+    return this.read().filter((l) => l.msg === msg);
   }
 
   /** The first line with message `msg` (and `when`) from index `from` on, waited for up to `timeoutMs`; undefined after. */
   async next(msg: string, from: number, timeoutMs: number, when: (l: LogLine) => boolean = () => true): Promise<LogLine | undefined> {
     for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
-      const line = this.find(msg, from).find(when);
+      const line = this.read().find((l, i) => i >= from && l.msg === msg && when(l));
       if (line !== undefined || Date.now() > deadline) return line;
     }
   }
@@ -69,17 +69,10 @@ export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 
 /**
  * `name`: its config and log are `<dir>/<name>.{json,log}`; `config`: the bench's sections over the shared ones (key
- * server, one listener, admin port with the token, 2 workers); `nodeArgs`: Node options for the primary (node:cluster
- * passes them on to the workers), e.g. --cpu-prof; `allowNotReady`: not ready in time resolves with readyMs
- * undefined, the proxy left running, instead of rejecting.
+ * server, one listener, admin port with the token, 2 workers); `nodeArgs`: for the primary, which node:cluster passes on
+ * to the workers (--cpu-prof); `allowNotReady`: not ready in time resolves with readyMs undefined instead of rejecting.
  */
-type ProxyStartOptions = {
-  readonly name: string;
-  readonly config: Record<string, unknown>;
-  readonly nodeArgs?: readonly string[];
-  readonly readyTimeoutMs?: number;
-  readonly allowNotReady?: boolean;
-};
+type ProxyStartOptions = { name: string; config: object; nodeArgs?: readonly string[]; readyTimeoutMs?: number; allowNotReady?: boolean };
 
 export class CertLab extends LabBase {
   /** Issues 90-day certificates: a start logs no expiry warning per entry (100,000 lines at the largest store). */
@@ -213,18 +206,12 @@ export function rssKiB(pid: number): number {
   return kib;
 }
 
-export interface GetResult {
-  readonly ok: boolean;
-  /** Where it failed: the TLS handshake (certificate verification included) or the HTTP request after it. */
-  readonly failed?: 'handshake' | 'request';
-  readonly error?: string;
-  /** The served leaf's serial, upper-case hex (node:tls's form). */
-  readonly serial?: string;
-  /** performance.now() at the start and at the end of the handshake (none on a reused connection). */
-  readonly startedAt: number;
-  readonly handshakeAt?: number;
-  readonly reused: boolean;
-}
+/**
+ * `failed`: in the TLS handshake (certificate verification included) or in the HTTP request after it (absent: it
+ * answered 200); `serial`: the served leaf's, upper-case hex (node:tls's form); `startedAt`, `handshakeAt`:
+ * performance.now() at the start and at the end of the handshake (none on a reused connection).
+ */
+export type GetResult = { failed?: 'handshake' | 'request'; error?: string; serial?: string; startedAt: number; handshakeAt?: number; reused: boolean };
 
 /**
  * One GET / to the proxy for `servername`, verified against `ca`, that must answer 200: on a new connection
@@ -239,7 +226,7 @@ export function get(port: number, servername: string, ca: string, agent: https.A
     const peerSerial = (socket: unknown) => (socket as tls.TLSSocket).getPeerCertificate().serialNumber?.toUpperCase();
     const done = (error?: string) => {
       const failure = error === undefined ? {} : { error, failed: serial === undefined ? ('handshake' as const) : ('request' as const) };
-      resolve({ ok: error === undefined, ...failure, serial, startedAt, handshakeAt, reused: req.reusedSocket });
+      resolve({ ...failure, serial, startedAt, handshakeAt, reused: req.reusedSocket });
     };
     const options = { host: '127.0.0.1', port, path: '/', servername, headers: { host: servername }, ca, agent, timeout: timeoutMs };
     const req = https.get(options, (res) => {
