@@ -65,12 +65,9 @@ export function reloadReport(
   const rows: [string, string][] = [
     ['replacements (rename / PUT / SIGHUP)', `${done.length} (${byTrigger.map((t) => t.count).join(' / ')})`],
     ['handshakes (load + probes)', `${n(figures.handshakes)} (${n(counts.loadHandshakes)} + ${n(counts.probeHandshakes)})`],
-    [
-      'requests (new connections + keep-alive)',
-      `${n(figures.requests)} (${n(counts.newConnectionRequests)} + ${n(counts.keepAliveRequests)}, ${n(counts.keepAliveReused)} on a reused connection)`,
-    ],
-    ['failed handshakes', n(counts.failedHandshakes)],
-    ['failed requests', n(counts.failedRequests)],
+    ['requests (new connections + keep-alive)', `${n(figures.requests)} (${n(counts.newConnectionRequests)} + ${n(counts.keepAliveRequests)})`],
+    ['… keep-alive requests on a reused connection', n(counts.keepAliveReused)],
+    ['failed handshakes / failed requests', `${n(counts.failedHandshakes)} / ${n(counts.failedRequests)}`],
     ['replacements not served within 15 s', n(notServed)],
     ['time to serve p50 / max, ms', slash(all.p50Ms, all.maxMs)],
     ['new connection: connect → handshake done, p50 ms (part of every time to serve)', fmt(figures.handshakeP50Ms, 1)],
