@@ -1,24 +1,30 @@
 /**
- * The cert-reload bench's load, running through the whole run: loops of new connections (node:tls, certificate
- * verified against the CA, one GET with Connection: close, 200 expected) and keep-alive loops (an https.Agent with one
- * connection each) over the certificates' names, and the probe that looks for a new serial after each replacement.
- * Every completed handshake is kept (name, serial, when): the report reads from them when a new certificate was first
- * served and the old one last. An error in the handshake is a failed handshake; after it, a failed request.
+ * The cert-reload bench's load, running through the whole run: loops of new connections (certificate verified against
+ * the CA, one GET with Connection: close, 200 expected) and keep-alive loops (an https.Agent with one connection each)
+ * over the certificates' names, and the probe that looks for a new serial after each replacement. Every completed
+ * handshake is kept (name, serial, when): the report reads from them when a new certificate was first served and the
+ * old one last. An error in the handshake is a failed handshake; after it (or on a keep-alive loop), a failed request.
  */
 import https from 'node:https';
-import { agentGet, type ConnectResult, connectOnce, untilServed } from '../lab/cert-lab.js';
+import { type GetResult, get, untilServed } from '../lab/cert-lab.js';
 
 type Target = { readonly serverName: string };
 
 /** A completed handshake: `at` is performance.now() at its end, `handshakeMs` connect → handshake done. */
 type Observation = { readonly serverName: string; readonly serial: string; readonly at: number; readonly handshakeMs: number };
 
-const COUNTS = ['handshakes', 'newConnectionRequests', 'keepAliveRequests', 'keepAliveReused', 'probeHandshakes', 'probeRequests'] as const;
-type Count = (typeof COUNTS)[number] | 'failedHandshakes' | 'failedRequests';
-type LoadCounters = Record<Count, number> & { readonly failures: { at: string; what: string; error: string }[] };
-
 export class ReloadLoad {
-  readonly counts = { ...Object.fromEntries([...COUNTS, 'failedHandshakes', 'failedRequests'].map((k) => [k, 0])), failures: [] } as unknown as LoadCounters;
+  /** New-connection requests: the load's and the probe's. */
+  readonly counts = {
+    loadHandshakes: 0,
+    probeHandshakes: 0,
+    newConnectionRequests: 0,
+    keepAliveRequests: 0,
+    keepAliveReused: 0,
+    failedHandshakes: 0,
+    failedRequests: 0,
+  };
+  readonly failures: { at: string; what: string; error: string }[] = [];
   readonly observations: Observation[] = [];
   readonly startedAt = performance.now();
   #running = true;
@@ -32,34 +38,31 @@ export class ReloadLoad {
     newLoops: number,
     keepAliveLoops: number,
   ) {
-    this.#loops = [
-      ...Array.from({ length: newLoops }, (_, i) => this.#newConnections(i)),
-      ...Array.from({ length: keepAliveLoops }, (_, i) => this.#keepAlive(i)),
-    ];
+    const loops = (n: number, loop: (i: number) => Promise<void>) => Array.from({ length: n }, (_, i) => loop(i));
+    this.#loops = [...loops(newLoops, (i) => this.#newConnections(i)), ...loops(keepAliveLoops, (i) => this.#keepAlive(i))];
   }
 
   #fail(counter: 'failedHandshakes' | 'failedRequests', what: string, error = ''): void {
     this.counts[counter]++;
-    this.counts.failures.push({ at: new Date().toISOString(), what, error });
+    this.failures.push({ at: new Date().toISOString(), what, error });
   }
 
-  /** One new connection + GET to `target`, kept as an observation; failures counted here, successes by the caller. */
-  async #connect(target: Target, what: string): Promise<ConnectResult> {
-    const r = await connectOnce(this.port, target.serverName, this.ca, true);
+  /** One new connection + GET to `target`, counted and kept as an observation. */
+  async #connect(target: Target, what: 'new connection' | 'probe'): Promise<GetResult> {
+    const r = await get(this.port, target.serverName, this.ca);
     if (r.serial !== undefined && r.handshakeAt !== undefined)
       this.observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
     if (r.failed === 'handshake') this.#fail('failedHandshakes', `${what} ${target.serverName}: handshake`, r.error);
-    else if (!r.ok) this.#fail('failedRequests', `${what} ${target.serverName}: request`, r.error);
+    else {
+      this.counts[what === 'probe' ? 'probeHandshakes' : 'loadHandshakes']++;
+      if (r.failed === undefined) this.counts.newConnectionRequests++;
+      else this.#fail('failedRequests', `${what} ${target.serverName}: request`, r.error);
+    }
     return r;
   }
 
   async #newConnections(loop: number): Promise<void> {
-    for (let n = 0; this.#running; n++) {
-      const r = await this.#connect(this.targets[(loop + n) % this.targets.length]!, 'new connection');
-      if (r.failed === 'handshake') continue;
-      this.counts.handshakes++;
-      if (r.ok) this.counts.newConnectionRequests++;
-    }
+    for (let n = 0; this.#running; n++) await this.#connect(this.targets[(loop + n) % this.targets.length]!, 'new connection');
   }
 
   async #keepAlive(loop: number): Promise<void> {
@@ -67,8 +70,8 @@ export class ReloadLoad {
     this.#agents.push(agent);
     const target = this.targets[loop % this.targets.length]!;
     while (this.#running) {
-      const r = await agentGet(agent, this.port, target.serverName, this.ca);
-      if (!r.ok) this.#fail('failedRequests', `keep-alive ${target.serverName}`, r.error);
+      const r = await get(this.port, target.serverName, this.ca, agent);
+      if (r.failed !== undefined) this.#fail('failedRequests', `keep-alive ${target.serverName}`, r.error);
       else {
         this.counts.keepAliveRequests++;
         if (r.reused) this.counts.keepAliveReused++;
@@ -78,14 +81,7 @@ export class ReloadLoad {
 
   /** Probes for `serial` every `probeMs` (lab/cert-lab.ts untilServed), whole requests like the load's, at most 15 s. */
   probe(target: Target, serial: string, writtenAt: number, probeMs: number): Promise<{ seenMs: number | undefined; probes: number }> {
-    return untilServed(serial, writtenAt, probeMs, 15_000, async () => {
-      const r = await this.#connect(target, 'probe');
-      if (r.failed !== 'handshake') {
-        this.counts.probeHandshakes++;
-        if (r.ok) this.counts.probeRequests++;
-      }
-      return r;
-    });
+    return untilServed(serial, writtenAt, probeMs, 15_000, () => this.#connect(target, 'probe'));
   }
 
   /** Stops the loops; resolves with the seconds the load ran. */

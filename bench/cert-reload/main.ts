@@ -6,16 +6,15 @@
  * was still served, failures (must be 0). bench/README.md, "cert-reload".
  */
 import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { parseCli, std } from '../harness/cli.js';
-import { describeMachine } from '../harness/report.js';
-import { exitOnInterrupt, runBench } from '../harness/runner.js';
-import { fmt } from '../harness/report.js';
+import { describeMachine, fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
-import { CertLab, writeAtomically } from '../lab/cert-lab.js';
+import { type Log, runBench } from '../harness/runner.js';
+import { CertLab, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
 import { diffCounters, readHandshakeCounters } from '../lab/counters.js';
 import { ReloadLoad } from './load.js';
-import { type Replacement, reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
+import { reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
 
 const TABLE = {
   quick: std.quick('4 replacements (one of each trigger at least); writes -cert-reload-quick'),
@@ -31,83 +30,89 @@ const TABLE = {
 /** Replacement i (1-based): 2 and 4 of every 5 are PUT and SIGHUP, the rest renames, so --quick's 4 covers every trigger and 20 give 12 / 4 / 4. */
 const triggerOf = (i: number): Trigger => (i % 5 === 2 ? 'put' : i % 5 === 4 ? 'sighup' : 'rename');
 
+type Site = { readonly entry: string; readonly serverName: string; readonly file: string; key: ReturnType<CertLab['key']>; serial: string };
+
+/** Writes `chain` the trigger's way; the instants the write started and took effect (PUT: sent and answered). */
+async function write(proxy: RunningProxy, trigger: Trigger, site: Site, chain: string) {
+  const startedAt = performance.now();
+  if (trigger === 'put') {
+    const answer = await proxy.admin('PUT', `/certs/${site.entry}`, chain);
+    const writtenAt = performance.now();
+    if (answer.status !== 200) throw new Error(`PUT /certs/${site.entry} answered ${answer.status}: ${answer.text}`);
+    return { startedAt, writtenAt, putRoundTripMs: writtenAt - startedAt };
+  }
+  writeAtomically(site.file, chain);
+  if (trigger === 'sighup') process.kill(proxy.process.pid, 'SIGHUP');
+  const writtenAt = performance.now();
+  return { startedAt: writtenAt, writtenAt, putRoundTripMs: undefined };
+}
+
+/** What every replacement uses; `reloadFrom`: the proxy log's line after the last "reload done" seen. */
+type Bench = { lab: CertLab; proxy: RunningProxy; load: ReloadLoad; sites: readonly Site[]; probeMs: number; reloadFrom: number; say: Log };
+
+/**
+ * Replacement `index`: a leaf on the other key, written the trigger's way, probed until served; the primary's account
+ * (its next "reload done" line with a change in it, waited for up to 5 s). `startedAt` / `writtenAt`: performance.now()
+ * of the write's start and of its effect (PUT: sent and answered); `probeMs`: when the probe saw the new serial.
+ */
+async function replace(bench: Bench, index: number) {
+  const { lab, proxy, load, sites, probeMs } = bench;
+  const trigger = triggerOf(index);
+  const site = sites[trigger === 'sighup' ? 1 : 0]!;
+  const [fromKey, oldSerial] = [site.key, site.serial];
+  const toKey = lab.key(fromKey.id === 'ec' ? 'rsa' : 'ec');
+  const leaf = lab.ca.issue(toKey.spki, [site.serverName]);
+  const written = await write(proxy, trigger, site, lab.ca.chain(leaf));
+  const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
+  [site.key, site.serial] = [toKey, leaf.serial];
+  const line = await proxy.log.next('reload done', bench.reloadFrom, 5_000, (l) => Number(l.changed) > 0);
+  if (line !== undefined) bench.reloadFrom = proxy.log.lines.indexOf(line) + 1;
+  const reload = line && { trigger: String(line.trigger), generation: line.generation, durationMs: Number(line.durationMs) };
+  bench.say(
+    `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
+      `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
+      `(${probes} probes); primary reload ${reload === undefined ? '?' : `${reload.trigger} ${fmt(reload.durationMs)} ms`}`,
+  );
+  const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
+  return { index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload };
+}
+export type Replacement = Awaited<ReturnType<typeof replace>>;
+
 async function main(): Promise<number> {
-  const values = parseCli('cert-reload/main.js', TABLE);
-  if (values === undefined) return 0;
-  const { quick, replacements, 'new-loops': newLoops, 'keepalive-loops': keepAliveLoops, 'probe-ms': probeMs, 'pause-ms': pauseMs } = values;
+  const v = parseCli('cert-reload/main.js', TABLE);
+  if (v === undefined) return 0;
+  const { replacements, 'new-loops': newLoops, 'keepalive-loops': keepAliveLoops, 'probe-ms': probeMs, 'pause-ms': pauseMs } = v;
   const machine = describeMachine();
-  const say = (line: string): void => void process.stderr.write(`${line}\n`);
-  const keys = [{ id: 'ec', title: 'ECDSA P-256', type: 'ec-p256' } as const, { id: 'rsa', title: 'RSA-2048', type: 'rsa-2048' } as const];
-  const lab = await CertLab.start(keys, say);
-  exitOnInterrupt(() => lab.cleanup(values['keep-temp']));
-  try {
-    const storeDir = join(lab.dir, 'store');
-    const cfgChain = join(lab.dir, 'config-chains', 'cfg.pem');
-    mkdirSync(storeDir, { recursive: true });
-    mkdirSync(dirname(cfgChain), { recursive: true });
+  return CertLab.run(['ec', 'rsa'], v['keep-temp'], async (lab, say) => {
+    const [storeDir, chainDir] = [join(lab.dir, 'store'), join(lab.dir, 'config-chains')];
+    for (const dir of [storeDir, chainDir]) mkdirSync(dir, { recursive: true });
     // The store entry `site` (rename, PUT) and the config's chain file `cfg` (SIGHUP); both start on the ECDSA key.
-    const sites = [
+    const sites: Site[] = [
       { entry: 'site', serverName: 'site.reload.test', file: join(storeDir, 'site.pem'), key: lab.key('ec'), serial: '' },
-      { entry: 'cfg', serverName: 'cfg.reload.test', file: cfgChain, key: lab.key('ec'), serial: '' },
+      { entry: 'cfg', serverName: 'cfg.reload.test', file: join(chainDir, 'cfg.pem'), key: lab.key('ec'), serial: '' },
     ];
     for (const site of sites) {
       const leaf = lab.ca.issue(site.key.spki, [site.serverName]);
       writeAtomically(site.file, lab.ca.chain(leaf));
       site.serial = leaf.serial;
     }
-    const { config: base } = await lab.baseConfig();
-    const domains = [{ name: '*.reload.test', origin: `http://127.0.0.1:${lab.originPort}` }];
-    // The periodic rescan is pushed out of the run, so every reload is the trigger's own.
-    const config = { ...base, certificates: [{ name: 'cfg', chain: cfgChain }], domains, certStore: { dir: storeDir, rescanSeconds: 3600 } };
+    const config = {
+      certificates: [{ name: 'cfg', chain: sites[1]!.file }],
+      domains: [{ name: '*.reload.test', origin: `http://127.0.0.1:${lab.originPort}` }],
+      // The periodic rescan is pushed out of the run, so every reload is the trigger's own.
+      certStore: { dir: storeDir, rescanSeconds: 3600 },
+    };
     const proxy = await lab.startProxy({ name: 'proxy', config });
-    say(
-      `proxy pid ${proxy.process.pid} :${proxy.port} (workers ${proxy.pids().workers.join(', ')}), ready in ${fmt(proxy.readyMs ?? Number.NaN)} ms; ${replacements} replacements under load`,
-    );
+    const workers = proxy.pids().workers.join(', ');
+    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${workers}), ready in ${fmt(proxy.readyMs!)} ms; ${replacements} replacements under load`);
     const countersBefore = await readHandshakeCounters(proxy.adminPort);
     const load = new ReloadLoad(proxy.port, lab.ca.pem, sites, newLoops, keepAliveLoops);
     await sleep(1000);
 
-    /** Writes `chain` the trigger's way; the instants the write started and took effect (PUT: sent and answered). */
-    const write = async (trigger: Trigger, site: (typeof sites)[number], chain: string) => {
-      const startedAt = performance.now();
-      if (trigger === 'put') {
-        const answer = await proxy.admin('PUT', `/certs/${site.entry}`, chain);
-        const writtenAt = performance.now();
-        if (answer.status !== 200) throw new Error(`PUT /certs/${site.entry} answered ${answer.status}: ${answer.text}`);
-        return { startedAt, writtenAt, putRoundTripMs: writtenAt - startedAt };
-      }
-      writeAtomically(site.file, chain);
-      if (trigger === 'sighup') process.kill(proxy.process.pid, 'SIGHUP');
-      const writtenAt = performance.now();
-      return { startedAt: writtenAt, writtenAt };
-    };
-    /** The primary's account of the next reload: its next "reload done" line with a change in it, waited for up to 5 s. */
-    let reloadFrom = 0;
-    const nextReload = async (): Promise<Replacement['reload']> => {
-      const line = await proxy.log.next('reload done', reloadFrom, 5_000, (l) => Number(l.changed) > 0);
-      if (line === undefined) return undefined;
-      reloadFrom = proxy.log.lines.indexOf(line) + 1;
-      return { trigger: line.trigger, generation: line.generation, durationMs: line.durationMs };
-    };
-
+    const bench = { lab, proxy, load, sites, probeMs, reloadFrom: 0, say };
     const done: Replacement[] = [];
     for (let index = 1; index <= replacements; index++) {
-      const trigger = triggerOf(index);
-      const site = sites[trigger === 'sighup' ? 1 : 0]!;
-      const [fromKey, oldSerial] = [site.key, site.serial];
-      const toKey = lab.key(fromKey.id === 'ec' ? 'rsa' : 'ec');
-      const leaf = lab.ca.issue(toKey.spki, [site.serverName]);
-      const written = await write(trigger, site, lab.ca.chain(leaf));
-      const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
-      [site.key, site.serial] = [toKey, leaf.serial];
-      const reload = await nextReload();
-      const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
-      done.push({ index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload });
-      say(
-        `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
-          `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
-          `(${probes} probes); primary reload ${reload === undefined ? '?' : `${String(reload.trigger)} ${fmt(Number(reload.durationMs))} ms`}`,
-      );
+      done.push(await replace(bench, index));
       await sleep(pauseMs);
     }
     await sleep(500);
@@ -115,12 +120,9 @@ async function main(): Promise<number> {
     const server = diffCounters(countersBefore, await readHandshakeCounters(proxy.adminPort));
     await proxy.stop();
     const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
-    const failed = reloadReport({ quick, machine, settings, loadSeconds, replacements: done }, load, server, values.out, say);
-    await lab.stop();
+    const failed = reloadReport({ quick: v.quick, machine, settings, loadSeconds, replacements: done }, load, server, v.out, say);
     return failed > 0 ? 1 : 0;
-  } finally {
-    lab.cleanup(values['keep-temp']);
-  }
+  });
 }
 
 runBench('cert-reload', main());

@@ -1,25 +1,21 @@
 /**
  * The steps of the cert-scale bench against a running proxy (cert-scale/main.ts): the cost of listing the store,
- * start-up phases from the log, RSS, waiting for the workers to go idle, handshake passes over many names, a one-entry
- * reload and a no-change rescan. See bench/README.md, section "cert-scale".
+ * start-up phases from the log, RSS and CPU, waiting for the workers to go idle, handshake passes over many names, a
+ * one-entry reload and a no-change rescan. See bench/README.md, section "cert-scale".
  */
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { procCpu, totalUs } from '../harness/proc-cpu.js';
 import { fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { median, round } from '../harness/stats.js';
-import { type CertLab, connectOnce, type LabKey, type LogLine, rssKiB, type RunningProxy, untilServed, writeAtomically } from '../lab/cert-lab.js';
+import { type CertLab, get, type LabKey, type LogLine, type RunningProxy, rssKiB, untilServed, writeAtomically } from '../lab/cert-lab.js';
 
-export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const DOMAIN = 'scale.test';
-/** Now on the monotonic clock, µs: comparable with a --cpu-prof profile's sample times (harness/cpuprofile.ts). */
-export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);
 export const nameOf = (i: number): string => `n${i}`;
 export const hostOf = (i: number): string => `n${i}.${DOMAIN}`;
 
-/** RSS now; CPU used since start (utime + stime). */
+/** RSS now (MiB); CPU used since start (utime + stime, ms). */
 export type Rss = ReturnType<typeof rssOf>;
 
 export function rssOf(proxy: RunningProxy) {
@@ -30,7 +26,7 @@ export function rssOf(proxy: RunningProxy) {
 }
 
 export const workersRss = (r: Rss): string => (r.workersMiB.length === 0 ? 'none' : r.workersMiB.map((m) => fmt(m, 1)).join(' / '));
-export const cpus = (r: Rss): string => [r.primaryCpuMs, ...r.workersCpuMs].map((m) => fmt(m)).join(' / ');
+export const rssText = (r: Rss): string => `RSS primary ${fmt(r.primaryMiB, 1)} MiB, workers ${workersRss(r)} MiB`;
 
 /** CPU and wall time of listing the store (readdir, a stat of each .pem), median of 3. */
 export function listingCost(dir: string): { cpuMs: number; wallMs: number; files: number } {
@@ -48,76 +44,58 @@ export function listingCost(dir: string): { cpuMs: number; wallMs: number; files
 export async function settle(proxy: RunningProxy, maxMs: number): Promise<{ waitedMs: number; settled: boolean }> {
   const started = performance.now();
   const cpu = (): number[] => proxy.pids().workers.map((pid) => totalUs(procCpu(pid)));
-  let before = cpu();
-  for (;;) {
+  for (let before = cpu(); ; ) {
     await sleep(1000);
     const after = cpu();
     const busiest = Math.max(0, ...after.map((us, k) => (us - (before[k] ?? 0)) / 1e6));
-    const waitedMs = performance.now() - started;
+    const waitedMs = Math.round(performance.now() - started);
     if (busiest < 0.1 && after.length === before.length) return { waitedMs, settled: true };
     if (waitedMs > maxMs) return { waitedMs, settled: false };
     before = after;
   }
 }
 
-/** A new connection + GET to each host, `concurrency` at a time; counts what failed. */
+/** A new connection + GET to each host, `concurrency` at a time; what failed (the first 20 errors). */
 export async function handshakeAll(port: number, hosts: readonly string[], ca: string, concurrency: number) {
   let [next, ok, failed] = [0, 0, 0];
   const errors: string[] = [];
   const started = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (next < hosts.length) {
-        const host = hosts[next++]!;
-        const r = await connectOnce(port, host, ca, true, 30_000);
-        if (r.ok) ok++;
-        else {
-          failed++;
-          if (errors.length < 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
-        }
-      }
-    }),
-  );
-  return { ok, failed, seconds: (performance.now() - started) / 1000, errors };
+  const loop = async () => {
+    for (let host = hosts[next++]; host !== undefined; host = hosts[next++]) {
+      const r = await get(port, host, ca, false, 30_000);
+      if (r.failed === undefined) ok++;
+      else if (++failed <= 20) errors.push(`${host}: ${r.failed} ${r.error ?? ''}`);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  return { ok, failed, seconds: round((performance.now() - started) / 1000, 2), errors };
 }
 
 /** Start-up split by the proxy's log lines: until the primary has validated everything and forked, until each worker listens. */
 export function startupPhases(proxy: RunningProxy, spawnedAtMs: number) {
   const at = (l: LogLine): number => Date.parse(String(l.time)) - spawnedAtMs;
   const primary = proxy.log.find('proxy primary started')[0];
-  return { primaryStartedMs: primary === undefined ? undefined : at(primary), workersListeningMs: proxy.log.find('proxy worker listening').map(at) };
+  return { primaryStartedMs: primary && at(primary), workersListeningMs: proxy.log.find('proxy worker listening').map(at) };
 }
-
-export type ReloadFigure = Awaited<ReturnType<typeof replaceOne>>;
 
 /** Replaces entry i (new serial, same key) by rename; waits for a new connection to get it (`timeToServeMs` from the rename). */
 export async function replaceOne(lab: CertLab, proxy: RunningProxy, storeDir: string, key: LabKey, i: number) {
   const leaf = lab.ca.issue(key.spki, [hostOf(i)]);
   const logFrom = proxy.log.read().length;
   writeAtomically(join(storeDir, `${nameOf(i)}.pem`), lab.ca.chain(leaf));
-  const connect = () => connectOnce(proxy.port, hostOf(i), lab.ca.pem, true, 30_000);
-  const { seenMs: timeToServeMs, probes } = await untilServed(leaf.serial, performance.now(), 10, 60_000, connect);
+  const connect = () => get(proxy.port, hostOf(i), lab.ca.pem, false, 30_000);
+  const { seenMs, probes } = await untilServed(leaf.serial, performance.now(), 10, 60_000, connect);
   const line = await proxy.log.next('reload done', logFrom, 30_000);
-  const reloadDurationMs = line === undefined ? undefined : Number(line.durationMs);
-  return { entry: nameOf(i), timeToServeMs, reloadDurationMs, reloadTrigger: line?.trigger as unknown, probes };
+  const timeToServeMs = seenMs && round(seenMs, 1);
+  return { entry: nameOf(i), timeToServeMs, reloadDurationMs: line && Number(line.durationMs), reloadTrigger: line?.trigger, probes };
 }
 
 /** POST /reload with nothing changed: the answer's durationMs and the round trip. */
 export async function rescan(proxy: RunningProxy) {
   const started = performance.now();
   const answer = await proxy.admin('POST', '/reload');
-  const roundTripMs = performance.now() - started;
+  const roundTripMs = round(performance.now() - started, 1);
   if (answer.status !== 200) throw new Error(`POST /reload answered ${answer.status}: ${answer.text.slice(0, 300)}`);
   const report = JSON.parse(answer.text) as { durationMs: number; changed: unknown[] };
-  return { durationMs: report.durationMs, roundTripMs, changed: report.changed.length };
-}
-
-export function scaleConfig(base: Record<string, unknown>, storeDir: string, cacheSize: number, originPort: number): Record<string, unknown> {
-  return {
-    ...base,
-    domains: [{ name: `*.${DOMAIN}`, origin: `http://127.0.0.1:${originPort}` }],
-    tls: { contextCacheSize: cacheSize },
-    // The periodic rescan is pushed out of the run: every reload measured is the one the bench caused.
-    certStore: { dir: storeDir, rescanSeconds: 3600 },
-  };
+  return { durationMs: round(report.durationMs, 1), roundTripMs, changed: report.changed.length };
 }

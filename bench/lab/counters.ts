@@ -5,18 +5,11 @@
  */
 import { httpGet } from '../harness/spawn.js';
 
-export interface HandshakeCounters {
-  /** Full handshakes: result="ok", resumed="false". */
-  readonly full: number;
-  /** result="ok", resumed="true". */
-  readonly resumed: number;
-  /** result="failed" (tlsClientError) and "unknown_name". */
-  readonly failed: number;
-  /** HTTP answers by status class. */
-  readonly requests: Readonly<Record<string, number>>;
-  /** The proxy's own count of signatures received (keyless_signs_total; 0 for the in-memory server). */
-  readonly keylessSigns: number;
-}
+/**
+ * Handshakes: `full` (result="ok", resumed="false"), `resumed`, `failed` (result="failed" and "unknown_name"); HTTP
+ * `requests` by status class; `keylessSigns`: the proxy's own count of signatures received (0 for the in-memory server).
+ */
+export type HandshakeCounters = { full: number; resumed: number; failed: number; requests: Readonly<Record<string, number>>; keylessSigns: number };
 
 /** The samples `name{labels} value` of each metric in `/metrics` at `adminPort`, labels parsed. */
 async function metrics(adminPort: number, what: string) {

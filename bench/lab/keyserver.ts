@@ -1,12 +1,9 @@
 /**
- * What every bench lab stands on. `KeyserverLab`: a throwaway key server run as deployed, in a temp dir with an
- * embedded SoftHSM2 token, a config with a unix socket and a mutual-TLS listener, keys made by `keyedge key generate`,
- * and `node dist/keyedge.cjs keyserver` as a child process. `LabPki`: the openssl-made certificates of the labs. And
- * `LabBase`: a temp dir under a KeyserverLab's with the registry of what was started in it (key server, origin, the
- * servers under test by id), a graceful `stop()`.
- *
- * `cleanup()` is synchronous (also from an 'exit' handler) and safe twice: SIGKILL to every process group still
- * running, then the temp dir removed.
+ * What every bench lab stands on. `KeyserverLab`: a throwaway key server run as deployed (temp dir, embedded SoftHSM2
+ * token, unix socket and mutual-TLS listener, keys by `keyedge key generate`, `keyedge keyserver` as a child).
+ * `LabPki`: the openssl-made certificates of the labs. `LabBase`: a temp dir under a KeyserverLab's with the registry
+ * of what was started in it, a graceful `stop()`. `cleanup()` is synchronous (also from an 'exit' handler) and safe
+ * twice: SIGKILL to every process group still running, then the temp dir removed.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,10 +22,9 @@ export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.met
 export type KeyType = 'ec-p256' | 'rsa-2048';
 
 /**
- * A throwaway CA in `dir` (made, 0700, when missing); for a token key, a certificate from a CSR signed inside the token
- * (`keyedge key csr`, as config/setup.sh's demo certificate); for the servers that hold a key file (in memory, floor,
- * nginx, caddy, and the key server's mutual-TLS listener and its client), an ordinary key file (`openssl genpkey`) and
- * its certificate. Each certificate is written as `<name>.pem` and `<name>-chain.pem` (leaf + CA).
+ * A throwaway CA in `dir` (made, 0700, when missing) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA): for a
+ * token key from a CSR signed inside the token (`keyedge key csr`, as config/setup.sh), for a server holding a key
+ * file from `openssl genpkey`.
  */
 export class LabPki {
   readonly caFile: string;
@@ -79,8 +75,6 @@ type TlsFiles = Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clien
 export interface KeyserverProcess extends ManagedProcess {
   readonly unixPath: string;
   readonly tcpPort: number;
-  /** The last lines the server logged, for error messages. */
-  output(): string;
 }
 
 export class KeyserverLab {
@@ -106,15 +100,8 @@ export class KeyserverLab {
       pki.fileCert('ec-p256', serverName, 'server', `DNS:${serverName},IP:127.0.0.1`);
       pki.fileCert('ec-p256', clientCommonName, 'client', '', 'clientAuth');
       const f = (name: string) => join(pki.dir, name);
-      this.tls = {
-        serverName,
-        clientCommonName,
-        ca: pki.caFile,
-        serverCert: f('server.pem'),
-        serverKey: f('server.key'),
-        clientCert: f('client.pem'),
-        clientKey: f('client.key'),
-      };
+      const files = { serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
+      this.tls = { serverName, clientCommonName, ca: pki.caFile, ...files };
       this.configPath = join(this.dir, 'keyserver.json');
       const { sessions, maxInFlightPerConnection } = options;
       this.config = {
@@ -153,9 +140,8 @@ export class KeyserverLab {
   }
 
   /**
-   * Starts `keyedge keyserver` (with `nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready"
-   * line. Unlike the servers under test it stays in the bench's session and process group, as it always ran here:
-   * detaching it would also move it into an autogroup of its own and change its share of a loaded machine's CPU.
+   * Starts `keyedge keyserver` (`nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready" line.
+   * It stays in the bench's process group: detached, it would get an autogroup of its own and another share of the CPU.
    */
   async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
     if (this.#server !== undefined) throw new Error('the lab key server is already running');
@@ -166,7 +152,7 @@ export class KeyserverLab {
       await proc.stop(graceMs);
       if (this.#server === server) this.#server = undefined;
     };
-    const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0, output: () => proc.tail(50) };
+    const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0 };
     this.#server = server;
     let ready: { unix?: string; tcp?: number } | undefined;
     try {

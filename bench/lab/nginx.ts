@@ -99,20 +99,19 @@ export class NginxLab {
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
-    const conf = [
-      'openssl_conf = openssl_init',
-      '[openssl_init]',
-      'engines = engine_section',
-      '[engine_section]',
-      'pkcs11 = pkcs11_section',
-      '[pkcs11_section]',
-      'engine_id = pkcs11',
-      `dynamic_path = ${this.options.tools.engine}`,
-      `MODULE_PATH = ${module}`,
-      `PIN = ${pin}`,
-      'init = 0',
-    ];
-    writeFileSync(path, `${conf.join('\n')}\n`, { mode: 0o600 });
+    const conf = `openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = ${this.options.tools.engine}
+MODULE_PATH = ${module}
+PIN = ${pin}
+init = 0
+`;
+    writeFileSync(path, conf, { mode: 0o600 });
     return path;
   }
 
@@ -173,16 +172,8 @@ export class NginxLab {
     const tokenEnv = { SOFTHSM2_CONF: token.softhsmConf };
     if (this.instances.has('p11kit')) {
       // -f: foreground, so it is our child and its process group; it forks one p11-kit-remote per client connection.
-      const command = [
-        tools.p11kit!,
-        'server',
-        '-f',
-        '-n',
-        this.p11kitSocket,
-        '--provider',
-        token.softhsmModule,
-        `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`,
-      ];
+      const tokenUri = `pkcs11:token=${encodeURIComponent(token.tokenLabel)}`;
+      const command = [tools.p11kit!, 'server', '-f', '-n', this.p11kitSocket, '--provider', token.softhsmModule, tokenUri];
       this.p11kitServer = spawnManaged('p11-kit server', command, join(dir, 'p11kit-server.log'), cpus, dir, tokenEnv);
       await waitFor('p11-kit server socket', () => existsSync(this.p11kitSocket), 15_000, this.p11kitServer);
     }
