@@ -20,7 +20,7 @@ import { LAYERS, type Layer, type LayerSplit, splitProfile } from './layer-split
 import { drive, isFull, LOADS, type Load, measure, openRig, type Running, SERVERS, speaks, startServer, type Window } from './rig.js';
 
 const TABLE = {
-  profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'what measures the server (see above)' },
+  profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'cpu-prof: by layer; none: /proc; callgrind' },
   full: { kind: 'number', arg: 'N', def: 3000, min: 1, integer: true, help: 'full handshakes + GET per window' },
   keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: 'keep-alive GETs per window' },
   warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
@@ -59,7 +59,7 @@ async function start(name: string): Promise<Running> {
 /** Stops `s`; under cpu-prof, splits its profile over its windows among `windows`, load by load. */
 async function finish(s: Running, windows: readonly Measured[]): Promise<void> {
   await s.proc.stop(s.graceMs);
-  if (profiler !== 'cpu-prof') return;
+  if (profiler !== 'cpu-prof' || s.name === 'nginx') return;
   const dir = join(rig.dir, `prof-${s.name}`);
   const profile = readdirSync(dir).find((x) => x.includes(`.${s.pid}.`));
   if (profile === undefined) throw new Error(`no profile of pid ${s.pid} in ${dir}`);
@@ -108,7 +108,7 @@ function groupTable(groups: Map<string, Measured[]>): string {
 
 function layerTables(groups: Map<string, Measured[]>): string[] {
   const ops = (key: string) => groups.get(key)!.reduce((n, w) => n + w.operations, 0);
-  const entries = [...splits].filter(([key]) => groups.has(key));
+  const entries = [...groups.keys()].flatMap((key) => (splits.has(key) ? [[key, splits.get(key)!] as const] : []));
   const share = (layer: Layer) =>
     entries.map(([k, s]) => `${fmt((100 * s.byLayer[layer]) / s.busyUs, 1)}% · ${fmt(s.byLayer[layer] / ops(k))} · ${s.topFrame[layer]}`);
   const busy = ['**sampled busy µs per operation**', ...entries.map(([k, s]) => `**${fmt(s.busyUs / ops(k))}**`)];
