@@ -1,19 +1,12 @@
 /**
- * The floor servers of the handshake bench and its investigation tools: a bare node:https server, no proxy, no
- * cluster, one process, answering every request with a fixed 1 KiB page, certificates by SNI from PEM key files. Its
- * CPU per handshake is what Node and its OpenSSL cost on their own (the part of keyedge's figure that is not
- * keyedge's), per Node version (--node). Counts full and resumed handshakes on /metrics of its admin port, in the
- * proxy's metric names, so the bench reads it like the proxy (lab/counters.ts).
- *
- * With `h2: true` it is a bare node:http2 secure server instead (ALPN `h2` only, the stream API, the same page): the
- * floor of an HTTP/2 connection.
- *
- * With `forward` set it is a bare forwarder: each request goes to `forward.origin` with nothing of keyedge's (no
- * routing, header rules, gates, log or metrics), through undici's `dispatch()` (the client keyedge uses), node:http's
- * client (Node's own native llhttp) or the leanest llhttp forwarder (lean-forwarder.ts). Their difference from the
- * floor is the origin hop's own cost; keyedge's difference from them is ours. With `h2` too (undici only): issue 13's
- * floor for keyedge's h2 path, the node:http2 stream API to an HTTP/1.1 origin, `:authority` as Host (RFC 9113
- * §8.3.1), the origin's hop-by-hop fields dropped (§8.2.2).
+ * The floor servers of the handshake bench and of layers.ts: a bare node:https server, one process, a fixed 1 KiB page,
+ * certificates by SNI from PEM files: what Node and its OpenSSL cost on their own. Counts handshakes and requests on
+ * /metrics of its admin port in the proxy's metric names, so the bench reads it like the proxy (lab/counters.ts).
+ * `h2: true`: a bare node:http2 secure server instead (ALPN `h2` only, the stream API, the same page).
+ * `forward`: a bare forwarder to `forward.origin` with nothing of keyedge's (no routing, header rules, gates, log or
+ * metrics), through undici's `dispatch()` (keyedge's client) or the lean llhttp forwarder below: the origin hop's own
+ * cost. With `h2` too (undici): issue 13's floor for keyedge's h2 path, `:authority` as Host (RFC 9113 §8.3.1), the
+ * origin's hop-by-hop fields dropped (§8.2.2).
  *
  * Usage: node dist/bench/handshake/floor.js --config FILE   (FILE: FloorConfig as JSON)
  */
@@ -21,10 +14,11 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import https from 'node:https';
+import { createRequire } from 'node:module';
+import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
-import { HOP_BY_HOP, llhttpForwarder } from './lean-forwarder.js';
 
 export interface FloorConfig {
   readonly port: number;
@@ -33,13 +27,14 @@ export interface FloorConfig {
   /** A node:http2 server (ALPN h2 only) instead of node:https. */
   readonly h2?: boolean;
   /** Forward to `origin` (http://host:port) with `client` instead of answering. */
-  readonly forward?: { readonly origin: string; readonly client: 'undici' | 'node-http' | 'llhttp' | 'llhttp-consume' };
+  readonly forward?: { readonly origin: string; readonly client: 'undici' | 'llhttp' };
 }
 
 type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 const PAGE = Buffer.alloc(1024, 'x');
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'te', 'upgrade', 'trailer']);
 
-/** A raw [name, value, …] list without the hop-by-hop headers that would change the connection's handling (undici refuses most Connection values; ab without -k waits for the close). */
+/** A raw [name, value, …] list without the hop-by-hop fields (undici refuses most Connection values; ab without -k waits for the close). */
 function endToEnd(raw: readonly (Buffer | string)[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
@@ -54,12 +49,12 @@ function dispatcher(origin: string) {
   const pool = new Pool(origin, { connections: 64, pipelining: 1, keepAliveTimeout: 30_000 });
   return (
     request: { path: string; method: string; headers: string[] },
-    to: { head(status: number, raw: string[]): void; write(chunk: Buffer): boolean; end(): void; destroy(): void },
+    to: { writeHead(status: number, raw: string[]): unknown; write(chunk: Buffer): boolean; end(): unknown; destroy(): unknown },
   ) =>
     pool.dispatch(request as { path: string; method: 'GET'; headers: string[] }, {
       onConnect: () => undefined,
       onHeaders: (status: number, raw: Buffer[] | string[] | null) => {
-        to.head(status, endToEnd(raw ?? []));
+        to.writeHead(status, endToEnd(raw ?? []));
         return true;
       },
       onData: (chunk: Buffer) => to.write(chunk),
@@ -68,31 +63,90 @@ function dispatcher(origin: string) {
     });
 }
 
-function answerOf(forward: FloorConfig['forward'], counts: { originConnections?: number }): Answer {
-  if (forward === undefined) return (_req, res) => res.writeHead(200, { 'content-type': 'text/html', 'content-length': PAGE.length }).end(PAGE);
-  if (forward.client === 'undici') {
-    const dispatch = dispatcher(forward.origin);
-    return (req, res) =>
-      dispatch(
-        { path: req.url ?? '/', method: req.method ?? 'GET', headers: endToEnd(req.rawHeaders) },
-        { head: (status, raw) => res.writeHead(status, raw), write: (c) => res.write(c), end: () => res.end(), destroy: () => res.destroy() },
-      );
-  }
-  if (forward.client === 'node-http') {
-    const url = new URL(forward.origin);
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-    return (req, res) => {
-      const options = { host: url.hostname, port: url.port, path: req.url, method: req.method, headers: endToEnd(req.rawHeaders), agent };
-      const out = http.request(options, (answer) => {
-        res.writeHead(answer.statusCode ?? 502, endToEnd(answer.rawHeaders));
-        answer.on('data', (chunk: Buffer) => res.write(chunk));
-        answer.on('end', () => res.end());
-      });
-      out.on('error', () => res.destroy());
-      out.end();
+/** Node's native llhttp binding, as node:http uses it (not a public API). */
+interface NativeParser {
+  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  execute(data: Buffer): number | Error;
+  [key: number]: unknown;
+}
+type ParserKey = 'RESPONSE' | 'kOnHeadersComplete' | 'kOnBody' | 'kOnMessageComplete' | 'kLenientNone';
+type HttpParser = (new () => NativeParser) & Record<ParserKey, number>;
+
+/** One kept-alive origin socket, its parser, and the answer it is feeding (null when idle). */
+class OriginConnection {
+  readonly socket: net.Socket;
+  readonly parser: NativeParser;
+  res: http.ServerResponse | null = null;
+  reusable = false;
+
+  constructor(P: HttpParser, host: string, port: number, release: (c: OriginConnection) => void) {
+    this.socket = net.connect({ host, port, noDelay: true });
+    this.parser = new P();
+    this.parser.initialize(P.RESPONSE, {}, 0, P.kLenientNone);
+    // (versionMajor, versionMinor, headers, method, url, statusCode, statusMessage, upgrade, shouldKeepAlive); the
+    // demo origin's head has fewer than 32 fields, so it comes whole here (llhttp flushes longer ones to kOnHeaders).
+    this.parser[P.kOnHeadersComplete] = (...a: [number, number, string[], unknown, unknown, number, string, boolean, boolean]) => {
+      this.reusable = a[8];
+      this.res?.writeHead(a[5], endToEnd(a[2]));
     };
+    // Node's binding hands each body chunk as its own Buffer (copied out of the read buffer).
+    this.parser[P.kOnBody] = (chunk: Buffer) => this.res?.write(chunk);
+    this.parser[P.kOnMessageComplete] = () => {
+      const res = this.res;
+      this.res = null;
+      res?.end();
+      if (this.reusable) release(this);
+      else this.socket.destroy();
+    };
+    this.socket.on('data', (data: Buffer) => this.parser.execute(data) instanceof Error && this.fail());
+    this.socket.on('error', () => this.fail());
+    this.socket.on('close', () => this.fail());
   }
-  return llhttpForwarder(forward.origin, forward.client === 'llhttp-consume', counts);
+
+  fail(): void {
+    const res = this.res;
+    this.res = null;
+    this.socket.destroy();
+    res?.destroy();
+  }
+}
+
+/**
+ * The leanest keep-alive forwarder Node can do (`bare-llhttp`): kept-alive net sockets to the origin, one native llhttp
+ * parser each (node:http's own `HTTPParser` from `_http_common`, the same calls on Node 20, 22 and 24), the request
+ * head written as one string, the answer's raw head straight to `writeHead` and its body chunks to `write`. No
+ * ClientRequest, IncomingMessage, stream, promise or closure per request: the least any origin client on Node has to
+ * do. A bench floor, not a product client: GET without a body, no timeouts, retries or limits (what the product's
+ * client must add: bench/results/2026-12-04-floor.md).
+ */
+function llhttpForwarder(origin: string): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+  const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: HttpParser };
+  const url = new URL(origin);
+  const idle: OriginConnection[] = [];
+  const release = (conn: OriginConnection) => void idle.push(conn);
+  return (req, res) => {
+    let conn = idle.pop();
+    while (conn?.socket.destroyed) conn = idle.pop();
+    conn ??= new OriginConnection(HTTPParser, url.hostname, Number(url.port), release);
+    conn.res = res;
+    // The request head as one string: end-to-end fields as received, the origin's Host, one write.
+    let head = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${url.host}\r\n`;
+    const raw = req.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toLowerCase();
+      if (name !== 'host' && !HOP_BY_HOP.has(name)) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+    }
+    conn.socket.write(`${head}\r\n`, 'latin1');
+    // The client left before the answer ended: the origin socket's framing is mid-answer, so it cannot be reused.
+    res.on('close', () => conn.res === res && conn.fail());
+  };
+}
+
+function answerOf(forward: FloorConfig['forward']): Answer {
+  if (forward === undefined) return (_req, res) => res.writeHead(200, { 'content-type': 'text/html', 'content-length': PAGE.length }).end(PAGE);
+  if (forward.client === 'llhttp') return llhttpForwarder(forward.origin);
+  const dispatch = dispatcher(forward.origin);
+  return (req, res) => dispatch({ path: req.url ?? '/', method: req.method ?? 'GET', headers: endToEnd(req.rawHeaders) }, res);
 }
 
 /** An h2 stream answered with the page, or sent to the origin through undici's dispatch(): Host from :authority, no pseudo-fields. */
@@ -105,24 +159,22 @@ function h2Answer(forward: FloorConfig['forward']): (stream: ServerHttp2Stream, 
   }
   const dispatch = dispatcher(forward.origin);
   return (stream, headers) => {
-    const head: string[] = ['host', String(headers[':authority'] ?? '')];
+    const head = ['host', String(headers[':authority'])];
     for (const [name, value] of Object.entries(headers)) {
-      if (name.startsWith(':') || value === undefined) continue;
-      for (const v of Array.isArray(value) ? value : [value]) head.push(name, String(v));
+      if (!name.startsWith(':') && value !== undefined) for (const v of Array.isArray(value) ? value : [value]) head.push(name, String(v));
     }
-    dispatch(
-      { path: String(headers[':path'] ?? '/'), method: String(headers[':method'] ?? 'GET'), headers: head },
-      {
-        head: (status, raw) => {
-          const answer: Record<string, string> = { ':status': String(status) };
-          for (let i = 0; i < raw.length; i += 2) answer[raw[i]!.toLowerCase()] = raw[i + 1]!;
-          if (!stream.destroyed) stream.respond(answer);
-        },
-        write: (chunk) => (stream.destroyed ? true : stream.write(chunk)),
-        end: () => void (stream.destroyed || stream.end()),
-        destroy: () => void stream.destroy(),
-      },
-    );
+    const writeHead = (status: number, raw: string[]) => {
+      const answer: Record<string, string> = { ':status': String(status) };
+      for (let i = 0; i < raw.length; i += 2) answer[raw[i]!.toLowerCase()] = raw[i + 1]!;
+      if (!stream.destroyed) stream.respond(answer);
+    };
+    const to = {
+      writeHead,
+      write: (chunk: Buffer) => stream.destroyed || stream.write(chunk),
+      end: () => stream.destroyed || stream.end(),
+      destroy: () => stream.destroy(),
+    };
+    dispatch({ path: String(headers[':path']), method: String(headers[':method']), headers: head }, to);
   };
 }
 
@@ -132,11 +184,9 @@ const c = JSON.parse(readFileSync(values.config, 'utf8')) as FloorConfig;
 const contexts = new Map(
   c.certificates.map((x) => [x.serverName, tls.createSecureContext({ cert: readFileSync(x.chain), key: readFileSync(x.key), minVersion: 'TLSv1.2' })]),
 );
-const counts: { full: number; resumed: number; failed: number; requests: number; originConnections?: number } = { full: 0, resumed: 0, failed: 0, requests: 0 };
-const tlsOptions = {
-  SNICallback: (name: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => cb(null, contexts.get(name)),
-  minVersion: 'TLSv1.2' as const,
-};
+const counts = { full: 0, resumed: 0, failed: 0, requests: 0 };
+const sni: tls.TlsOptions['SNICallback'] = (name, cb) => cb(null, contexts.get(name));
+const tlsOptions = { SNICallback: sni, minVersion: 'TLSv1.2' as const };
 let server: tls.Server;
 if (c.h2) {
   const answer = h2Answer(c.forward);
@@ -146,22 +196,20 @@ if (c.h2) {
     answer(stream, headers);
   });
 } else {
-  const answer = answerOf(c.forward, counts);
+  const answer = answerOf(c.forward);
   server = https.createServer({ ...tlsOptions, ALPNProtocols: ['http/1.1'] }, (req, res) => {
     counts.requests++;
     answer(req, res);
   });
 }
 server.listen(c.port, '127.0.0.1');
-// The counters on a plain admin port, in the Prometheus names the proxy uses.
 server.on('secureConnection', (socket: tls.TLSSocket) => (socket.isSessionReused() ? counts.resumed++ : counts.full++));
 server.on('tlsClientError', () => counts.failed++);
 const m = 'keyedge_proxy_tls_handshakes_total';
 http
   .createServer((_req, res) => {
-    let text = `${m}{result="ok",resumed="false"} ${counts.full}\n${m}{result="ok",resumed="true"} ${counts.resumed}\n`;
-    text += `${m}{result="failed",resumed="false"} ${counts.failed}\nkeyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\n`;
-    res.end(counts.originConnections === undefined ? text : `${text}origin_connections_opened ${counts.originConnections}\n`);
+    const handshakes = `${m}{result="ok",resumed="false"} ${counts.full}\n${m}{result="ok",resumed="true"} ${counts.resumed}\n`;
+    res.end(`${handshakes}${m}{result="failed",resumed="false"} ${counts.failed}\nkeyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\n`);
   })
   .listen(c.admin, '127.0.0.1', () => process.stdout.write('"floor ready"\n'));
 process.on('SIGTERM', () => process.exit(0));

@@ -1,19 +1,13 @@
 /**
- * Splits a V8 CPU profile (`node --cpu-prof`) of a proxy worker into the layers of issue 12's table: accept,
- * ClientHello, handshake, session tickets, key hop, HTTP parse, routing, forward, answer, log/metrics, plus
- * connection close, GC, native work with no JavaScript frame above it, and the rest. Pure: a profile in, sampled µs
- * per layer out.
+ * Splits a V8 CPU profile (`node --cpu-prof`) of a proxy worker into the layers of issue 12's table (LAYERS). Pure: a
+ * profile in, sampled µs per layer out.
  *
- * How a sample is placed: its stack is walked from the leaf towards the root and the first frame a rule claims
- * decides (so pino called from the answer's 'finish' is log/metrics, a socket write under undici is forward). Frames
- * of generic machinery (events, streams, ticks, timers, node:net sockets) claim nothing and are walked through. The
- * CertificateVerify sign of an in-memory key runs inside OpenSSL under `initRead` (node:_tls_wrap) and so lands in
- * "handshake"; a keyless sign does too (the RPC is native, under the same frame): V8 cannot tell them apart, which is
- * why the key hop is measured apart (bench/handshake, keyless − in memory).
- *
- * Time per sample is the gap to the next one (harness/cpuprofile.ts); "(idle)" is left out. Sampling is by wall clock
- * on the main thread: under contention a preempted thread's wait is charged where it was preempted, which is in
- * proportion to where it runs, so shares hold better than absolute µs.
+ * A sample's stack is walked from the leaf towards the root and the first frame a rule claims decides (pino called
+ * from the answer's 'finish' is log/metrics, a socket write under undici is forward); generic machinery (events,
+ * streams, ticks, timers, node:net sockets) claims nothing. An in-memory or keyless CertificateVerify sign runs
+ * natively under `initRead` (node:_tls_wrap) and lands in "handshake": the key hop is measured apart (bench/handshake,
+ * keyless − in memory). Time per sample is the gap to the next one; "(idle)" is left out. Sampling is by wall clock,
+ * so under contention shares hold better than absolute µs.
  */
 import { type CallFrame, type ProfileWindow, readProfile } from '../harness/cpuprofile.js';
 
@@ -35,20 +29,17 @@ export const LAYERS = [
 ] as const;
 export type Layer = (typeof LAYERS)[number];
 
-/** µs on the monotonic clock (process.hrtime.bigint() / 1000n in any process). */
-export type Window = ProfileWindow;
-
 export interface LayerSplit {
   readonly busyUs: number;
   readonly byLayer: Readonly<Record<Layer, number>>;
-  /** The costliest frames (self time) per layer, for reading the table. */
-  readonly topFrames: Readonly<Record<Layer, readonly { frame: string; us: number }[]>>;
+  /** The costliest frame (self time) of each layer, for reading the table. */
+  readonly topFrame: Readonly<Record<Layer, string>>;
 }
 
 const has = (url: string, ...parts: string[]): boolean => parts.some((p) => url.includes(p));
 
 /** The layer a frame claims, or undefined for generic machinery. */
-export function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer | undefined {
+function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer | undefined {
   const { functionName: name, url } = frame;
   if (name === '(garbage collector)') return 'GC';
   if (name === '(program)') return 'native, no JS frame (libuv, OpenSSL on reads)';
@@ -66,8 +57,7 @@ export function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer |
   if (has(url, '/proxy/tls/listener.js')) return /accept|reject/i.test(name) ? 'accept' : 'ClientHello + context choice';
   if (has(url, '/proxy/tls/connection-limits.js')) return 'accept';
   if (has(url, '/proxy/tls/')) return 'TLS handshake (JS side and OpenSSL under it)';
-  if (has(url, '/bench/handshake/floor.js')) return 'answer (writeHead/write/end to the client)';
-  if (url === 'node:_http_outgoing') return 'answer (writeHead/write/end to the client)';
+  if (has(url, '/bench/handshake/floor.js') || url === 'node:_http_outgoing') return 'answer (writeHead/write/end to the client)';
   if (url === 'node:_http_server') {
     if (/^(writeHead|_writeRaw|end|write|resOnFinish|ServerResponse|_finish|detachSocket|assignSocket|onServerResponseClose|emitCloseNT)/.test(name))
       return 'answer (writeHead/write/end to the client)';
@@ -87,22 +77,18 @@ export function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer |
   return undefined;
 }
 
-/** Sampled µs per layer of the profile at `path`, over the samples inside `window`. */
-export function splitProfile(path: string, window: Window): LayerSplit {
+/** Sampled µs per layer of the profile at `path`, over the samples inside `windows` (µs on the monotonic clock, as process.hrtime). */
+export function splitProfile(path: string, windows: readonly ProfileWindow[]): LayerSplit {
   const { profile, byId, parent } = readProfile(path);
   const layerOfNode = new Map<number, Layer>();
+  /** The layer of the nearest frame that claims one, from the node up to the root. */
   const resolveNode = (id: number): Layer => {
-    const known = layerOfNode.get(id);
-    if (known !== undefined) return known;
-    let layer: Layer = 'other JS (event loop, streams)';
-    for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) {
-      const claimed = layerOf(byId.get(at)!.callFrame);
-      if (claimed !== undefined) {
-        layer = claimed;
-        break;
-      }
+    let layer = layerOfNode.get(id);
+    if (layer === undefined) {
+      const up = parent.get(id);
+      layer = layerOf(byId.get(id)!.callFrame) ?? (up === undefined ? 'other JS (event loop, streams)' : resolveNode(up));
+      layerOfNode.set(id, layer);
     }
-    layerOfNode.set(id, layer);
     return layer;
   };
   const byLayer = Object.fromEntries(LAYERS.map((l) => [l, 0])) as Record<Layer, number>;
@@ -113,7 +99,7 @@ export function splitProfile(path: string, window: Window): LayerSplit {
   for (let i = 0; i < n; i++) {
     const dt = i + 1 < n ? Math.max(0, profile.timeDeltas[i + 1]!) : 0;
     at += profile.timeDeltas[i] ?? 0;
-    if (at < window.fromUs || at > window.toUs) continue;
+    if (!windows.some((w) => at >= w.fromUs && at <= w.toUs)) continue;
     const leaf = byId.get(profile.samples[i]!);
     if (leaf === undefined || leaf.callFrame.functionName === '(idle)') continue;
     busyUs += dt;
@@ -123,14 +109,6 @@ export function splitProfile(path: string, window: Window): LayerSplit {
     const perLayer = frames.get(layer)!;
     perLayer.set(key, (perLayer.get(key) ?? 0) + dt);
   }
-  const topFrames = Object.fromEntries(
-    LAYERS.map((l) => [
-      l,
-      [...frames.get(l)!.entries()]
-        .sort((a, b) => b[1] - a[1])
-        .slice(0, 5)
-        .map(([frame, us]) => ({ frame, us })),
-    ]),
-  ) as Record<Layer, { frame: string; us: number }[]>;
-  return { busyUs, byLayer, topFrames };
+  const top = (l: Layer) => [...frames.get(l)!].reduce<[string, number]>((a, b) => (b[1] > a[1] ? b : a), ['–', 0])[0];
+  return { busyUs, byLayer, topFrame: Object.fromEntries(LAYERS.map((l) => [l, top(l)])) as Record<Layer, string> };
 }

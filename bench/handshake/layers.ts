@@ -1,41 +1,35 @@
 /**
- * Where a proxy worker's CPU goes, layer by layer (issue 12's per-layer table), for a full TLS 1.3 handshake + one
- * proxied 1 KiB GET and a keep-alive GET, at a fixed number of operations (figures the machine's load moves little):
- *   --profiler cpu-prof   (default) V8 samples of the worker's main thread, split by layer-split.ts: shares;
- *   --profiler none       /proc CPU per operation only: main thread (user, system) and the other threads (libuv's
- *                         pool, V8's GC and compiler; with a profiler on, its sampling thread is among them);
- *   --profiler callgrind  the worker under callgrind for the measured operations only: instructions per operation
- *                         (exact, whatever else runs), and the native functions with the most inclusive instructions.
- * Servers (`--servers`) and loads (`--loads`) are rig.ts's: one server after the other, with the demo origin, each
- * given only the loads of the protocols it speaks, after a warm-up.
+ * Where a server's CPU goes for a full TLS 1.3 handshake + one proxied 1 KiB GET and for keep-alive GETs (issues 12,
+ * 13), at a fixed number of operations (consumed CPU, not rates: the machine's load moves it little):
+ *   --profiler none       /proc CPU per operation, per thread, user and system apart;
+ *   --profiler cpu-prof   that, and V8 samples (every 50 µs) of the main thread split by layer (layer-split.ts, issue 12);
+ *   --profiler callgrind  instructions per operation in the measured windows (exact whatever else runs), main thread
+ *                         apart (with --keep-temp, `callgrind_annotate --inclusive=yes` on its dumps names the functions).
+ * Servers and loads are rig.ts's; each server gets the loads it speaks, after a warm-up. `--rounds N` repeats the
+ * windows, the server order rotated, servers up throughout: medians, and ratios within each round (the machine's
+ * speed cancels): h2 ÷ http/1.1 per server, each server ÷ the first of `--servers`.
  *
- * Usage: node dist/bench/handshake/layers.js [--profiler cpu-prof|none|callgrind] [--loads LIST] [options]   (--help)
- * Prints Markdown; --out writes it (and the JSON) as <date>-layers-<profiler>.{md,json}.
+ * Usage: node dist/bench/handshake/layers.js [--profiler none|cpu-prof|callgrind] [--servers LIST] [--loads LIST] …   (--help)
  */
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseCli, std } from '../harness/cli.js';
-import { add, type CpuTimes, type ThreadCpu } from '../harness/proc-cpu.js';
-import { fmt, markdownTable, writeReport } from '../harness/report.js';
-import { LAYERS, type LayerSplit, splitProfile } from './layer-split.js';
-import { drive, isFull, LOADS, type Load, measure, openRig, type Rig, speaks, startServer } from './rig.js';
+import { listOf, parseCli, std } from '../harness/cli.js';
+import { fmt, markdownTable, minMax, writeReport } from '../harness/report.js';
+import { median, spread } from '../harness/stats.js';
+import { LAYERS, type Layer, type LayerSplit, splitProfile } from './layer-split.js';
+import { drive, isFull, LOADS, type Load, measure, openRig, type Running, SERVERS, speaks, startServer, type Window } from './rig.js';
 
 const TABLE = {
-  profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'what measures the worker (see above)' },
-  full: { kind: 'number', arg: 'N', def: 3000, min: 1, integer: true, help: '(a) full handshakes + GET measured' },
-  keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: '(b) keep-alive GETs measured' },
+  profiler: { kind: 'string', arg: 'NAME', def: 'cpu-prof', choices: ['cpu-prof', 'none', 'callgrind'], help: 'cpu-prof: by layer; none: /proc; callgrind' },
+  full: { kind: 'number', arg: 'N', def: 3000, min: 1, integer: true, help: 'full handshakes + GET per window' },
+  keepalive: { kind: 'number', arg: 'N', def: 30_000, min: 1, integer: true, help: 'keep-alive GETs per window' },
   warmup: { kind: 'number', arg: 'N', def: 3000, min: 0, integer: true, help: 'warm-up: N full handshakes, then 10 N keep-alive GETs' },
-  concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: 'ab -c' },
-  servers: {
-    kind: 'string',
-    arg: 'LIST',
-    def: 'inmemory,floor',
-    help: 'inmemory, floor, floor-h2, bare-undici, bare-node-http, bare-llhttp, nginx, in this order',
-  },
-  loads: { kind: 'string', arg: 'LIST', def: 'full,keepalive', help: 'full, keepalive, full-h1, full-h2, keepalive-h2, alpn-h1, alpn-h2 (see above)' },
+  concurrency: { kind: 'number', arg: 'C', def: 8, min: 1, integer: true, help: "ab -c, h2load's full connections at a time" },
+  rounds: { kind: 'number', arg: 'N', def: 1, min: 1, integer: true, help: 'rounds of windows, the server order rotated each round' },
+  servers: { kind: 'string', arg: 'LIST', def: 'inmemory,floor', help: `${SERVERS.join(', ')}; the first is the ratios' reference` },
+  loads: { kind: 'string', arg: 'LIST', def: 'full,keepalive', help: LOADS.join(', ') },
+  'node-args': { kind: 'string', arg: 'ARGS', def: '', help: "more flags for the Node servers' node, space-separated (e.g. --trace-gc)" },
   'log-level': std.logLevel,
-  interval: { kind: 'number', arg: 'US', def: 50, min: 1, integer: true, help: 'node --cpu-prof-interval' },
   out: { kind: 'string', arg: 'DIR', help: 'also write <date>-layers-<profiler>.{md,json} into DIR' },
   'keep-temp': std.keepTemp,
 } as const;
@@ -43,149 +37,140 @@ const parsed = parseCli('handshake/layers.js', TABLE);
 if (parsed === undefined) process.exit(0);
 const v = parsed;
 const profiler = v.profiler as 'cpu-prof' | 'none' | 'callgrind';
-const counts = { full: v.full, keepalive: v.keepalive, warmup: v.warmup, concurrency: v.concurrency };
-const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
-const loads = v.loads.split(',') as Load[];
-for (const l of loads) if (!LOADS.includes(l)) throw new Error(`--loads: '${l}' is not one of ${LOADS.join(', ')}`);
+const servers = listOf(v.servers, '--servers', SERVERS);
+const loads = listOf(v.loads, '--loads', LOADS);
+const R = 'right' as const;
 
-interface Measured {
-  readonly server: string;
-  readonly load: Load;
-  readonly operations: number;
-  /** CPU time the serving process used over the window (/proc, 10 ms ticks): consumed, not a rate, so load moves it little. */
-  readonly cpu: ThreadCpu;
-  /** cpu-prof: the split. */
-  readonly split?: LayerSplit;
-  /** callgrind: instructions, the main thread's part of them (the rest: libuv's pool, V8's compiler and GC threads), its top native functions. */
-  readonly instructions?: number;
-  readonly mainInstructions?: number;
-  readonly topFunctions?: readonly { fn: string; inclusive: number }[];
-}
+type Measured = Window & { readonly round: number };
+const keyOf = (w: Measured) => `${w.server} ${w.load}`;
+/** cpu-prof: the split of each "server load" over all its windows (one profile per server, written when it exits). */
+const splits = new Map<string, LayerSplit>();
 
-/** The native functions of a callgrind dump by inclusive instructions (at most `instructions`: the rest are entered before the window). */
-function topFunctions(file: string, instructions: number): { fn: string; inclusive: number }[] {
-  const out = execFileSync('callgrind_annotate', ['--inclusive=yes', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  return [...out.matchAll(/^[ \t]*([\d,]+)[ \t]+\([^)]*\)[ \t]+(.*)$/gm)]
-    .map((m) => ({ inclusive: Number(m[1]!.replaceAll(',', '')), fn: m[2]!.replace(/ \[[^\]]*\]$/, '') }))
-    .filter((t) => t.inclusive <= instructions)
-    .slice(0, 80);
-}
-
-async function measureServer(rig: Rig, name: string): Promise<Measured[]> {
+async function start(name: string): Promise<Running> {
   const prof = join(rig.dir, `prof-${name}`);
   mkdirSync(prof, { recursive: true });
-  const s = await startServer(rig, name, {
-    callgrind: profiler === 'callgrind',
-    nodeArgs: profiler === 'cpu-prof' ? ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-interval', String(v.interval)] : [],
-    logLevel: v['log-level'],
-    accessLog: ['trace', 'debug', 'info'].includes(v['log-level']),
-  });
-  const mine = loads.filter((l) => speaks(name, l));
-  const out: Measured[] = [];
-  try {
-    for (const load of mine) await drive(load, s.port, isFull(load) ? counts.warmup : counts.warmup * 10, counts.concurrency, rig.ca);
-    const windows: { load: Load; fromUs: number; toUs: number; w: Awaited<ReturnType<typeof measure>> }[] = [];
-    for (const load of mine) {
-      const fromUs = nowUs();
-      const w = await measure(rig, s, load, isFull(load) ? counts.full : counts.keepalive, counts.concurrency);
-      windows.push({ load, fromUs, toUs: nowUs(), w });
-    }
-    await s.proc.stop(s.graceMs);
-    // The profile is written when the worker exits.
-    const profile = profiler === 'cpu-prof' ? readdirSync(prof).find((x) => x.includes(`.${s.pid}.`)) : undefined;
-    if (profiler === 'cpu-prof' && profile === undefined) throw new Error(`no profile of pid ${s.pid} in ${prof}`);
-    for (const { load, fromUs, toUs, w } of windows) {
-      const ts = [...w.threads.values()];
-      const sum = (xs: CpuTimes[]) => xs.reduce<CpuTimes>(add, { userUs: 0, systemUs: 0 });
-      const cpu = { main: sum(ts.filter((t) => t.key.startsWith('main ('))), others: sum(ts.filter((t) => !t.key.startsWith('main ('))) };
-      const i = w.instructions;
-      out.push({
-        server: name,
-        load,
-        operations: w.operations,
-        cpu,
-        ...(profile && { split: splitProfile(join(prof, profile), { fromUs, toUs }) }),
-        ...(i && { instructions: i.all, mainInstructions: i.main, topFunctions: topFunctions(i.mainFile, i.main) }),
-      });
-    }
-  } finally {
-    s.proc.kill();
-  }
-  return out;
+  const cpuProf = ['--cpu-prof', '--cpu-prof-dir', prof, '--cpu-prof-interval', '50'];
+  const nodeArgs = [...(profiler === 'cpu-prof' ? cpuProf : []), ...v['node-args'].split(' ').filter(Boolean)];
+  const s = await startServer(rig, name, { callgrind: profiler === 'callgrind', nodeArgs, logLevel: v['log-level'] });
+  for (const load of loads.filter((l) => speaks(name, l))) await drive(load, s.port, isFull(load) ? v.warmup : v.warmup * 10, v.concurrency);
+  return s;
 }
 
-/** CPU time of the serving process over the measured operations, µs per operation, from /proc. */
-function cpuTable(results: readonly Measured[], note: string): string {
-  const rows = results.map(({ cpu: c, operations, server, load }) => {
-    const per = (us: number) => fmt(us / operations);
-    const others = c.others.userUs + c.others.systemUs;
-    return [`${server} ${load}`, per(c.main.userUs), per(c.main.systemUs), per(others), per(c.main.userUs + c.main.systemUs + others)];
+/** Stops `s`; under cpu-prof, splits its profile over its windows among `windows`, load by load. */
+async function finish(s: Running, windows: readonly Measured[]): Promise<void> {
+  await s.proc.stop(s.graceMs);
+  if (profiler !== 'cpu-prof' || s.name === 'nginx') return;
+  const dir = join(rig.dir, `prof-${s.name}`);
+  const profile = readdirSync(dir).find((x) => x.includes(`.${s.pid}.`));
+  if (profile === undefined) throw new Error(`no profile of pid ${s.pid} in ${dir}`);
+  for (const load of loads) {
+    const mine = windows.filter((w) => w.server === s.name && w.load === load);
+    if (mine.length > 0) splits.set(`${s.name} ${load}`, splitProfile(join(dir, profile), mine));
+  }
+}
+
+/** µs per operation over a window (/proc, 10 ms ticks), of the main thread or all threads; user, system or both. */
+function cpuUs(w: Measured, which: 'main' | 'all', field?: 'userUs' | 'systemUs'): number {
+  let us = 0;
+  for (const t of w.threads.values()) if (which === 'all' || t.key.startsWith('main (')) us += field ? t[field] : t.userUs + t.systemUs;
+  return us / w.operations;
+}
+/** The figure compared: instructions under callgrind, else /proc CPU. */
+const figure = (w: Measured, which: 'main' | 'all') => (w.instructions ? w.instructions[which] / w.operations : cpuUs(w, which));
+/** The median over a group's windows, with their spread when there are several. */
+function cell(ws: readonly Measured[], f: (w: Measured) => number, decimals = 0): string {
+  const xs = ws.map(f);
+  return xs.length > 1 ? `${fmt(median(xs), decimals)} (${fmt(spread(xs).spreadPct)}%)` : fmt(xs[0]!, decimals);
+}
+
+/** Each thread's (or group of like-named threads') user+system µs per operation, medians, busiest first. */
+function byThread(ws: readonly Measured[]): string {
+  const per = (k: string, f: 'userUs' | 'systemUs') => median(ws.map((w) => (w.threads.get(k)?.[f] ?? 0) / w.operations));
+  const rows = [...new Set(ws.flatMap((w) => [...w.threads.keys()]))].map((k) => ({ k, u: per(k, 'userUs'), s: per(k, 'systemUs') }));
+  const busy = rows.filter((t) => t.u + t.s > 0).sort((a, b) => b.u + b.s - (a.u + a.s));
+  return busy.map((t) => `${t.k} ${fmt(t.u)}+${fmt(t.s)}`).join('; ');
+}
+
+/** Per "server load": CPU per operation and by thread, or instructions per operation. */
+function groupTable(groups: Map<string, Measured[]>): string {
+  const cg = profiler === 'callgrind';
+  const figures = cg ? ['instructions/op (spread)', 'main thread'] : ['µs/op (spread)', 'user', 'system', 'by thread: user+system µs/op'];
+  const rows = [...groups].map(([key, ws]) => {
+    const cpu = (field?: 'userUs' | 'systemUs') => cell(ws, (w) => cpuUs(w, 'all', field), 1);
+    const cells = cg ? [cell(ws, (w) => figure(w, 'all')), cell(ws, (w) => figure(w, 'main'))] : [cpu(), cpu('userUs'), cpu('systemUs'), byThread(ws)];
+    return [key, `${ws[0]!.operations} × ${ws.length}`, ...cells];
   });
-  const header = ['server, load', 'main thread user', 'main thread system', 'other threads (libuv pool, V8 GC and JIT)', 'total'];
+  const note = cg
+    ? "Instructions per operation (threads other than main: V8's compiler and GC, libuv's pool)."
+    : "CPU of the serving process per operation (/proc utime + stime, 10 ms ticks; `node` threads other than main: V8's GC and compiler, libuv's pool; with cpu-prof its sampler). The floors have no origin; the in-memory cluster's idle primary is not counted.";
+  return `${note}\n\n${markdownTable(['server, load', 'operations', ...figures], rows, ['left', R, R, R, R, 'left'])}`;
+}
+
+function layerTables(groups: Map<string, Measured[]>): string[] {
+  const ops = (key: string) => groups.get(key)!.reduce((n, w) => n + w.operations, 0);
+  const entries = [...groups.keys()].flatMap((key) => (splits.has(key) ? [[key, splits.get(key)!] as const] : []));
+  const share = (layer: Layer) =>
+    entries.map(([k, s]) => `${fmt((100 * s.byLayer[layer]) / s.busyUs, 1)}% · ${fmt(s.byLayer[layer] / ops(k))} · ${s.topFrame[layer]}`);
+  const busy = ['**sampled busy µs per operation**', ...entries.map(([k, s]) => `**${fmt(s.busyUs / ops(k))}**`)];
+  const rows = [...LAYERS.map((layer) => [layer, ...share(layer)]), busy];
   return [
-    `CPU time of the serving process over the same operations (/proc utime + stime, 10 ms ticks, µs per operation; ${note}).`,
-    'The floor has no origin connection; the in-memory cluster primary, idle here, is not counted.',
+    "Share of the worker main thread's sampled busy time · sampled µs per operation · the layer's costliest frame (self)",
+    "(wall-clock sampling: the µs move with the machine's load, the shares much less).",
     '',
-    markdownTable(header, rows, ['left', 'right', 'right', 'right', 'right']),
-  ].join('\n');
+    markdownTable(['layer', ...entries.map(([k]) => k)], rows, ['left', ...entries.map(() => R)]),
+  ];
 }
 
-function report(results: readonly Measured[]): string {
-  const lines = [
-    `# Per-layer CPU of a proxy worker (${profiler}), ${new Date().toISOString().slice(0, 10)}`,
-    '',
-    `Command: \`node dist/bench/handshake/layers.js ${process.argv.slice(2).join(' ')}\``,
-    `Node ${process.version}; ECDSA P-256; ab -c ${counts.concurrency}; warm-up ${counts.warmup} full + ${counts.warmup * 10} keep-alive; ` +
-      `loads ${loads.join(', ')}: full* ${counts.full} × (new connection, full TLS 1.3 handshake, one GET), keepalive ${counts.keepalive} GETs on ${counts.concurrency} connections, keepalive-h2 ${counts.keepalive} GETs on 4 connections × 10 streams.`,
-    '',
-  ];
-  if (profiler === 'none') lines.push(cpuTable(results, 'no profiler'), '');
-  else if (profiler === 'cpu-prof') {
-    const cols = results.map((r) => `${r.server} ${r.load}`);
-    const rows = LAYERS.map((layer) => [
-      layer,
-      ...results.map((r) => `${fmt((100 * r.split!.byLayer[layer]) / r.split!.busyUs, 1)}% · ${fmt(r.split!.byLayer[layer] / r.operations)}`),
-    ]);
-    rows.push(['**sampled busy µs per operation**', ...results.map((r) => `**${fmt(r.split!.busyUs / r.operations)}**`)]);
-    lines.push(
-      "Share of the worker main thread's sampled busy time · sampled µs per operation (wall-clock sampling: the µs",
-      "move with the machine's load, the shares much less).",
-      '',
-      markdownTable(['layer', ...cols], rows, ['left', ...cols.map(() => 'right' as const)]),
-      '',
-      cpuTable(results, 'with the profiler on, other threads include its sampling thread: see `--profiler none`'),
-      '',
-      '## Costliest frames (self) per layer',
-      '',
-    );
-    for (const r of results) {
-      const frameRows = LAYERS.flatMap((layer) => r.split!.topFrames[layer].slice(0, 3).map((t) => [layer, t.frame, fmt(t.us / r.operations, 1)]));
-      lines.push(`### ${r.server}, ${r.load}`, '', markdownTable(['layer', 'frame', 'µs/op'], frameRows, ['left', 'left', 'right']), '');
-    }
-  } else {
-    // The other threads (V8's optimizing compiler, concurrent marking and sweeping, libuv's pool) apart: a short warm-up under valgrind leaves compiling to do.
-    const rows = results.map((r) => {
-      const [all, main] = [r.instructions!, r.mainInstructions!];
-      return [r.server, r.load, fmt(r.operations), fmt(all / r.operations), fmt(main / r.operations), fmt((all - main) / r.operations)];
-    });
-    const header = ['server', 'load', 'operations', 'instructions per operation', 'main thread', 'other threads (V8 JIT and GC, libuv pool)'];
-    lines.push(markdownTable(header, rows, ['left', 'left', 'right', 'right', 'right', 'right']), '');
-    for (const r of results) {
-      const top = r.topFunctions!.slice(0, 30).map((t) => [t.fn, fmt(t.inclusive / r.operations)]);
-      lines.push(`### ${r.server}, ${r.load}: main thread's native functions by inclusive instructions per operation`, '');
-      lines.push(markdownTable(['function', 'instructions/op'], top, ['left', 'right']), '');
-    }
+/** Ratios within each round: each h2 load ÷ its http/1.1 twin (the floors' and forwarders' h2 servers ÷ their h1 ones), each server ÷ the reference. */
+function ratioTable(windows: readonly Measured[]): string {
+  const pairs = new Map<string, [Measured, Measured][]>();
+  const pair = (label: string, a: Measured, server: string, load: Load) => {
+    const b = windows.find((x) => x.round === a.round && x.server === server && x.load === load);
+    if (b !== undefined && b !== a) pairs.set(label, [...(pairs.get(label) ?? []), [a, b]]);
+  };
+  const h1Of = (s: string) => ({ 'floor-h2': 'floor', 'fwd-h2': 'fwd-h1' })[s] ?? s;
+  for (const w of windows) {
+    const h1 = w.load.replace(/-h2$/, '-h1') as Load;
+    if (isFull(w.load) && h1 !== w.load) pair(`${keyOf(w)} ÷ ${h1Of(w.server)} ${h1}`, w, h1Of(w.server), h1);
+    pair(`${keyOf(w)} ÷ ${servers[0]}`, w, servers[0]!, w.load);
   }
-  return lines.join('\n');
+  const range = (xs: number[]) => `${fmt(median(xs), 3)} (${minMax(xs, 2)})`;
+  const rows = [...pairs].map(([label, ps]) => [label, ...(['all', 'main'] as const).map((t) => range(ps.map(([a, b]) => figure(a, t) / figure(b, t))))]);
+  return markdownTable(['ratio within each round', 'all threads: median (min–max)', 'main thread'], rows, ['left', R, R]);
 }
 
 const rig = await openRig('layers');
 try {
-  const results: Measured[] = [];
-  for (const server of v.servers.split(',')) results.push(...(await measureServer(rig, server)));
-  const markdown = report(results);
+  const windows: Measured[] = [];
+  for (let round = 0; round < v.rounds; round++) {
+    for (const name of [...servers.slice(round % servers.length), ...servers.slice(0, round % servers.length)]) {
+      const s = rig.servers.find((x) => x.name === name) ?? (await start(name));
+      const n = (load: Load) => (isFull(load) ? v.full : v.keepalive);
+      for (const load of loads.filter((l) => speaks(name, l))) windows.push({ ...(await measure(rig, s, load, n(load), v.concurrency)), round });
+      // The last round: the server is done (with one round, one server runs at a time).
+      if (round === v.rounds - 1) await finish(s, windows);
+    }
+    process.stderr.write(`round ${round + 1} of ${v.rounds} done\n`);
+  }
+  // Windows by "server load", in --servers order.
+  const groups = new Map<string, Measured[]>();
+  for (const name of servers) for (const w of windows.filter((x) => x.server === name)) groups.set(keyOf(w), [...(groups.get(keyOf(w)) ?? []), w]);
+  const markdown = [
+    `# Per-layer CPU (${profiler}), ${new Date().toISOString().slice(0, 10)}`,
+    '',
+    `Command: \`node dist/bench/handshake/layers.js ${process.argv.slice(2).join(' ')}\``,
+    `Node ${process.version}; ECDSA P-256; ${v.rounds} round(s); warm-up ${v.warmup} full + ${v.warmup * 10} keep-alive; ` +
+      `full* ${v.full} × (new connection, full TLS 1.3 handshake, one GET), ${v.concurrency} at a time; keepalive ${v.keepalive} GETs on ` +
+      `${v.concurrency} connections, keepalive-h2 on 4 connections × 10 streams.`,
+    '',
+    groupTable(groups),
+    ...(profiler === 'cpu-prof' ? ['', ...layerTables(groups)] : []),
+    '',
+    ratioTable(windows),
+  ].join('\n');
   process.stdout.write(`${markdown}\n`);
-  if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, { profiler, counts, results }, markdown);
+  const json = { profiler, options: v, windows: windows.map((w) => ({ ...w, threads: Object.fromEntries(w.threads) })), splits: Object.fromEntries(splits) };
+  if (v.out !== undefined) writeReport(v.out, `layers-${profiler}`, json, markdown);
 } finally {
   await rig.close(v['keep-temp']);
 }
