@@ -9,23 +9,19 @@ import { startAutocannon, startH2load } from './clients.js';
 import { type KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
 import type { Options } from './main.js';
 
-/**
- * The client runs this much longer than ramp-up + window: its clock starts before its first requests reach the origin
- * (process start, 64 handshakes), which on a loaded machine takes well over a second.
- */
+/** The client's clock starts before its first requests reach the origin (start-up, 64 handshakes): it runs this much longer. */
 const CLIENT_MARGIN_MS = 2500;
 
 export type RunResult = Awaited<ReturnType<typeof runOnce>>;
-export type WindowResult = RunResult['window'];
 
 export async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const count0 = await lab.originCount();
   const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
+  const port = lab.port(server);
   const ac = h2
-    ? startH2load({ ...client, port: lab.port(server), connections: options.h2Connections, streams: options.h2Streams })
-    : startAutocannon({ ...client, url: `https://127.0.0.1:${lab.port(server)}/`, connections: options.connections });
+    ? startH2load({ ...client, port, connections: options.h2Connections, streams: options.h2Streams })
+    : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });
   try {
-    // Poll the origin's counter until requests flow (the client's start-up is a few hundred ms of loading).
     for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {
       if (ac.exited()) throw new Error('the client exited before sending a request');
       if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
@@ -35,7 +31,7 @@ export async function runOnce(lab: KeepaliveLab, options: Options, server: Serve
     const tracked = [
       { name: 'proxy', roots: () => pid(lab.servers.get(server)) },
       { name: 'keyserver', roots: () => (server === 'keyedge' ? pid(lab.keyserver) : []) },
-      { name: 'origin', roots: () => [lab.origin?.pid ?? -1] },
+      { name: 'origin', roots: () => pid(lab.origin) },
       { name: 'client', roots: () => [ac.pid] },
     ];
     const [nA, sA] = [await lab.originCount(), snapshot(tracked)];
@@ -47,13 +43,11 @@ export async function runOnce(lab: KeepaliveLab, options: Options, server: Serve
     const { per, cores, otherCores } = perUnit(usage, requests);
     const window = {
       seconds: usage.seconds,
-      /** Requests the origin served in the window. */
       requests,
       requestsPerSecond: requests / usage.seconds,
-      /** The server's processes (keyedge: proxy + key server). */
+      /** The server's processes (keyedge: proxy + key server, whose part is ≈ 0: a keep-alive connection signs once). */
       serverUs: per('proxy', 'keyserver'),
       proxyUs: per('proxy'),
-      /** keyedge only: ≈ 0, keep-alive connections sign once, at their handshake. */
       keyserverUs: server === 'keyedge' ? per('keyserver') : undefined,
       originUs: per('origin'),
       clientUs: per('client'),

@@ -16,9 +16,9 @@ import { runBench } from '../harness/runner.js';
 import { topFunctionsTables } from '../harness/profile-table.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS, parsePipeline, pipelineName } from './keys.js';
-import { connectLoad } from './scenarios.js';
+import { BENCH_KEYS } from './keys.js';
 import { measureWindow } from './load.js';
+import { connectLoad, parsePipeline, pipelineName } from './scenarios.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
