@@ -1,7 +1,7 @@
 /**
  * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3, ECDSA P-256), the keyless proxy next to
  * nginx and caddy, over HTTP/1.1 (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13). A description
- * for harness/runner.ts; set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts; method and columns:
+ * for harness/runner.ts, and one run; set-up: lab.ts; figures and Markdown: report.ts; method and columns:
  * bench/README.md, "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
@@ -11,15 +11,13 @@ import { resolve } from 'node:path';
 import { negotiates } from '../handshake/alpn.js';
 import { LOG_LEVELS, listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, nodeBinary, nodeVersionOf, versionOf } from '../harness/install.js';
-import { processTree, setAffinity } from '../harness/proc-cpu.js';
+import { perUnit, processTree, setAffinity, snapshot, usageBetween } from '../harness/proc-cpu.js';
 import { fmt, plural } from '../harness/report.js';
-import type { Scenario } from '../harness/rounds.js';
+import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
-import { shownCommand } from '../harness/spawn.js';
-import { autocannonArgs, autocannonVersion, h2loadArgs } from './clients.js';
+import { autocannonVersion, startAutocannon, startH2load } from './clients.js';
 import { KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
-import { type RunResult, runOnce } from './measure.js';
-import { keepaliveReport } from './report.js';
+import { report } from './report.js';
 
 const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
 const count = (help: string, def: number) => ({ kind: 'number', arg: 'N', def, min: 1, integer: true, help }) as const;
@@ -77,13 +75,14 @@ function parseOptions(argv: string[]) {
 }
 
 /** The lab, what was skipped and why, the servers' versions, and the requests each scenario's client sent (warm-up included). */
-interface Lab {
+export interface Lab {
   readonly lab: KeepaliveLab;
   readonly skipped: Map<string, string>;
   readonly versions: Record<string, string | undefined>;
   readonly answered: Map<string, number>;
 }
-type KeepaliveScenario = Scenario<RunResult> & { label: string };
+export type RunResult = Awaited<ReturnType<typeof runOnce>>;
+export type KeepaliveScenario = Scenario<RunResult> & { label: string };
 
 const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
   name: 'keepalive',
@@ -154,36 +153,63 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       `(${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`
     );
   },
-  async report({ lab, skipped, versions, answered }, o, scenarios, { results, failures, method }, { machine, date }) {
-    const h2Args = { port: 0, serverName: SERVER_NAME, connections: o.h2Connections, streams: o.h2Streams, durationSec: 0, cpus: undefined };
-    const h2Command = shownCommand(o.clientCpus, 'h2load', h2loadArgs(h2Args), [
-      [/-D 0/, '-D T'],
-      [/:0\b/g, ':PORT'],
-    ]);
-    const acArgs = { url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: o.connections, durationSec: 0, cpus: undefined };
-    const clientCommand = shownCommand(o.clientCpus, 'node_modules/.bin/autocannon', autocannonArgs(acArgs), [[/-d 0/, '-d T']]);
-    // Stop the proxy first when profiling: node writes --cpu-prof files at exit.
-    if (o.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
-    const proxyRequests = (answered.get('keyedge') ?? 0) + (answered.get('keyedge-h2') ?? 0);
-    const input = {
-      lab,
-      options: o,
-      scenarios,
-      results,
-      failures,
-      method: method(),
-      machine,
-      date,
-      skipped,
-      versions,
-      clientCommand,
-      h2Command,
-      proxyRequests,
-    };
-    return { ...keepaliveReport(input), what: 'requests' };
-  },
+  report,
   close: ({ lab }, o, log) => lab.close(o.keepTemp, log),
   kill: ({ lab }, o) => lab.cleanup(o.keepTemp),
 };
+
+/** The client's clock starts before its first requests reach the origin (start-up, 64 handshakes): it runs this much longer. */
+const CLIENT_MARGIN_MS = 2500;
+
+/** One run: start the client, wait for traffic and the ramp-up, read the origin's counter and every process's CPU around the window. */
+async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
+  const count0 = await lab.originCount();
+  const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
+  const port = lab.port(server);
+  const ac = h2
+    ? startH2load({ ...client, port, connections: options.h2Connections, streams: options.h2Streams })
+    : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });
+  try {
+    for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {
+      if (ac.exited()) throw new Error('the client exited before sending a request');
+      if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
+    }
+    await sleep(options.rampMs, context.signal);
+    const pid = (p: { pid: number } | undefined) => (p === undefined ? [] : [p.pid]);
+    const tracked = [
+      { name: 'proxy', roots: () => pid(lab.servers.get(server)) },
+      { name: 'keyserver', roots: () => (server === 'keyedge' ? pid(lab.keyserver) : []) },
+      { name: 'origin', roots: () => pid(lab.origin) },
+      { name: 'client', roots: () => [ac.pid] },
+    ];
+    const [nA, sA] = [await lab.originCount(), snapshot(tracked)];
+    await sleep(durationMs, context.signal);
+    const [nB, sB] = [await lab.originCount(), snapshot(tracked)];
+    if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
+    const usage = usageBetween(sA, sB);
+    const requests = nB - nA;
+    const { per, cores, otherCores } = perUnit(usage, requests);
+    const window = {
+      seconds: usage.seconds,
+      requests,
+      requestsPerSecond: requests / usage.seconds,
+      /** The server's processes (keyedge: proxy + key server, whose part is ≈ 0: a keep-alive connection signs once). */
+      serverUs: per('proxy', 'keyserver'),
+      proxyUs: per('proxy'),
+      keyserverUs: server === 'keyedge' ? per('keyserver') : undefined,
+      originUs: per('origin'),
+      clientUs: per('client'),
+      clientCores: cores('client'),
+      serverSideCores: cores('proxy', 'keyserver', 'origin'),
+      machineBusyCores: usage.machineBusyCores,
+      otherCores,
+      usage,
+    };
+    // The client ends on its own at the end of its duration; a hung one is killed (harness/spawn.ts).
+    return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
+  } finally {
+    ac.kill();
+  }
+}
 
 runMeasuring(KEEPALIVE);

@@ -7,14 +7,14 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeProfile } from '../harness/cpuprofile.js';
 import { topFunctionsTable } from '../harness/profile-table.js';
-import { type Column, columnTable, fmt, type MachineInfo, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
-import type { RoundFailure } from '../harness/rounds.js';
-import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns } from '../harness/runner.js';
+import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { CLEAN_ROUNDS_NOTE, failureLines, type MeasuringBench, overRounds, rateCell, roundColumns } from '../harness/runner.js';
+import { shownCommand } from '../harness/spawn.js';
 import { round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
-import { type KeepaliveLab, ORIGIN_POOL } from './lab.js';
-import type { Options } from './main.js';
-import type { RunResult } from './measure.js';
+import { autocannonArgs, h2loadArgs } from './clients.js';
+import { ORIGIN_POOL, SERVER_NAME } from './lab.js';
+import type { KeepaliveScenario, Lab, Options, RunResult } from './main.js';
 
 const COMMANDS = {
   keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
@@ -101,36 +101,33 @@ function readProfiles(dir: string, requests: number) {
   return busiest.map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
 }
 
-export interface ReportInput {
-  readonly lab: KeepaliveLab;
-  readonly options: Options;
-  readonly scenarios: readonly { readonly name: string; readonly label: string }[];
-  readonly results: ReadonlyMap<string, readonly RunResult[]>;
-  readonly failures: readonly RoundFailure[];
-  readonly method: Record<string, unknown>;
-  readonly machine: MachineInfo;
-  readonly date: string;
-  readonly skipped: ReadonlyMap<string, string>;
-  readonly versions: Record<string, string | undefined>;
-  /** The shown client commands; requests the proxy answered in all (warm-up included: what a --cpu-prof profile covers). */
-  readonly clientCommand: string;
-  readonly h2Command: string;
-  readonly proxyRequests: number;
-}
-
-export function keepaliveReport(r: ReportInput) {
-  const { options: o, lab, skipped } = r;
-  const failed = (name: string) => r.failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
-  const summaries = r.scenarios.map((s) => summarize(s.name, s.label, r.results.get(s.name) ?? [], o.serverCpuCount, failed(s.name)));
+/** The bench's report (harness/runner.ts MeasuringBench). */
+export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>['report'] = async (held, o, scenarios, measured, { machine, date }) => {
+  const { lab, skipped, versions, answered } = held;
+  const { results, failures } = measured;
+  const shown = { serverName: SERVER_NAME, durationSec: 0, cpus: undefined };
+  const h2Args = h2loadArgs({ ...shown, port: 0, connections: o.h2Connections, streams: o.h2Streams });
+  const h2Shown: [RegExp, string][] = [
+    [/-D 0/, '-D T'],
+    [/:0\b/g, ':PORT'],
+  ];
+  const h2Command = shownCommand(o.clientCpus, 'h2load', h2Args, h2Shown);
+  const acArgs = autocannonArgs({ ...shown, url: 'https://127.0.0.1:PORT/', connections: o.connections });
+  const clientCommand = shownCommand(o.clientCpus, 'node_modules/.bin/autocannon', acArgs, [[/-d 0/, '-d T']]);
+  // Stop the proxy first when profiling: node writes --cpu-prof files at exit. The profile covers every request it answered.
+  if (o.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
+  const proxyRequests = (answered.get('keyedge') ?? 0) + (answered.get('keyedge-h2') ?? 0);
+  const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+  const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], o.serverCpuCount, failed(s.name)));
   const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((other) => compareTo(summaries, `keyedge${p}`, `${other}${p}`) ?? []));
-  const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, r.proxyRequests);
+  const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, proxyRequests);
   const { connections, h2Connections, h2Streams, clientCpus, serverCpus, workers, logLevel, accessLog } = o;
   const json = {
-    versions: r.versions,
-    client: { command: r.clientCommand, connections, cpus: clientCpus, h2: { command: r.h2Command, connections: h2Connections, streams: h2Streams } },
+    versions,
+    client: { command: clientCommand, connections, cpus: clientCpus, h2: { command: h2Command, connections: h2Connections, streams: h2Streams } },
     servers: { ...COMMANDS, workers, cpus: serverCpus, logLevel, accessLog, originPool: ORIGIN_POOL },
-    method: r.method,
-    failedRounds: r.failures,
+    method: measured.method(),
+    failedRounds: failures,
     proxyConfig: lab.configs.keyedge,
     nginxConfig: lab.configs.nginx,
     caddyConfig: lab.configs.caddy,
@@ -156,18 +153,18 @@ export function keepaliveReport(r: ReportInput) {
     }),
     '',
   ]);
-  const versions = Object.entries(r.versions).map(([k, v]) => `${k} ${v ?? '?'}`);
-  const h2 = `HTTP/2 (the -h2 rows): \`${r.h2Command}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
+  const tools = Object.entries(versions).map(([k, v]) => `${k} ${v ?? '?'}`);
+  const h2 = `HTTP/2 (the -h2 rows): \`${h2Command}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
   const markdown = [
-    `# keepalive, ${r.date}${o.quick ? ' (quick)' : ''}`,
+    `# keepalive, ${date}${o.quick ? ' (quick)' : ''}`,
     '',
-    ...machineLines(r.machine, versions.join(', ')),
-    `Client: \`${r.clientCommand}\` (HTTP/1.1 keep-alive, ${connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
+    ...machineLines(machine, tools.join(', ')),
+    `Client: \`${clientCommand}\` (HTTP/1.1 keep-alive, ${connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
     ...(o.protocols.includes('h2') ? [h2] : []),
     `Servers: keyedge \`${COMMANDS.keyedge}\` + \`${COMMANDS.keyserver}\` (keyless, ${workers} worker${workers === 1 ? '' : 's'}, log level ${logLevel}); nginx \`${COMMANDS.nginx}\` (1 worker); caddy \`${COMMANDS.caddy}\`; origin \`${COMMANDS.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
     `Pinning: ${pin}.`,
     `Method: warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} interleaved rounds; each run starts the client, waits for traffic and ${o.rampMs} ms more, then measures a ${o.measureMs / 1000} s window (requests counted at the origin).`,
-    ...failureLines(r.failures),
+    ...failureLines(failures),
     '',
     columnTable(summaries, SERVER_COLUMNS, skippedRows),
     '',
@@ -182,5 +179,5 @@ export function keepaliveReport(r: ReportInput) {
     '',
     ...profileSection,
   ].join('\n');
-  return { json, markdown, errors: summaries.reduce((n, s) => n + errorCount(s), 0) };
-}
+  return { json, markdown, errors: summaries.reduce((n, s) => n + errorCount(s), 0), what: 'requests' };
+};

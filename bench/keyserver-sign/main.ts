@@ -5,15 +5,14 @@
  * scenarios.ts, load.ts and report.ts do the rest. Method and figures: bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { fmt } from '../harness/report.js';
 import { cleanRounds, type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { KeyserverLab } from '../lab/keyserver.js';
 import { BENCH_KEYS } from './keys.js';
-import { RawToken, type WindowResult } from './load.js';
-import { markdownReport, summarize, TARGET_RATIO } from './report.js';
+import type { WindowResult } from './load.js';
+import { report } from './report.js';
 import * as sc from './scenarios.js';
 
 const TABLE = {
@@ -39,7 +38,7 @@ const TABLE = {
   'keep-temp': std.keepTemp,
 } as const;
 
-type Options = NonNullable<ReturnType<typeof parseOptions>>;
+export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 
 function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
@@ -59,7 +58,7 @@ function parseOptions(argv: string[]) {
 }
 
 /** The lab, the rig once the key server runs, the pipeline per key and the exploration behind it, the scenarios. */
-interface Lab {
+export interface Lab {
   readonly lab: KeyserverLab;
   rig?: sc.SignRig;
   readonly chosen: Map<string, sc.Pipeline>;
@@ -68,28 +67,18 @@ interface Lab {
 }
 
 const cores = os.availableParallelism();
-const rawSessionCounts = [...new Set([cores, 2 * cores])];
 
 const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResult> = {
   name: 'keyserver-sign',
   parse: parseOptions,
-  async setup(o, { log, signal }, hold) {
+  async setup(o, { log }, hold) {
     const lab = new KeyserverLab(o.sessions === undefined ? {} : { sessions: o.sessions });
     const held: Lab = { lab, chosen: new Map(), explore: [], scenarios: [] };
     hold(held);
     log(`temp dir ${lab.dir}`);
-    const keyIds = new Map<string, string>();
-    for (const key of o.keys) {
-      keyIds.set(key.id, await lab.generateKey(key.type, key.label));
-      log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
-    }
-    signal.throwIfAborted();
-    const raw = new RawToken(lab.configPath, 2 * cores);
     const prof = o['server-cpu-prof'];
-    const server = await lab.startServer(prof === undefined ? {} : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', prof] });
-    log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${raw.config.pkcs11.sessions}`);
-    const digests = Array.from({ length: 16 }, () => randomBytes(32));
-    held.rig = { lab, raw, server, client: o.client, digests, keyIds, rampMs: o.rampMs };
+    const nodeArgs = prof === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', prof];
+    held.rig = await sc.startRig(lab, o.keys, { client: o.client, rampMs: o.rampMs, nodeArgs, rawSessions: 2 * cores }, log);
     return held;
   },
   async scenarios(held, o, { log, signal }) {
@@ -106,7 +95,7 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
       }
     }
     for (const key of o.keys) {
-      if (o.paths.includes('raw')) for (const n of rawSessionCounts) held.scenarios.push(sc.rawScenario(rig, key, n));
+      if (o.paths.includes('raw')) for (const n of sc.RAW_SESSION_COUNTS) held.scenarios.push(sc.rawScenario(rig, key, n));
       for (const transport of transports) held.scenarios.push(sc.keyserverScenario(rig, key, transport, held.chosen.get(key.id)!));
     }
     return held.scenarios;
@@ -133,37 +122,7 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
       (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : '')
     );
   },
-  async report({ lab, rig, chosen, explore }, o, scenarios, { results, order, method }, { log, signal, machine, date }) {
-    const idle: sc.IdleLatencyRow[] = [];
-    for (const key of o.keys) for (const path of o.paths) idle.push(await sc.idleLatency(rig!, key, path, o.idleMs, signal, log));
-    const summaries = summarize(scenarios, results);
-    const settings = {
-      rawSessions: rawSessionCounts,
-      keyserverSessions: rig!.raw!.config.pkcs11.sessions,
-      pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, sc.pipelineName(p)])),
-    };
-    const exploration = {
-      candidates: sc.PIPELINE_CANDIDATES.map(sc.pipelineName),
-      durationMs: o.explore.ms,
-      passes: o.explore.passes,
-      tolerance: sc.EXPLORE_TOLERANCE,
-    };
-    const json = {
-      method: method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], client: o.client, exploration, targetRatio: TARGET_RATIO }),
-      settings,
-      keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: rig!.keyIds.get(k.id) })),
-      keyserverConfig: lab.config,
-      exploration: explore,
-      idleLatency: idle,
-      scenarios: summaries,
-    };
-    const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
-    const methodText =
-      `${order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
-      `${o.rampMs} ms after the load starts. Client: ${o.client}. Settings: ${settingsText.join('; ')}.`;
-    const markdown = markdownReport({ machine, date, options: o, method: methodText, summaries, explore, idle });
-    return { json, markdown, errors: summaries.reduce((n, s) => n + s.errors, 0), what: 'requests' };
-  },
+  report,
   async close({ lab, scenarios, rig }, o, log) {
     for (const s of scenarios) s.close();
     rig?.raw?.close();

@@ -3,10 +3,11 @@
  * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies and the pipeline exploration.
  * The figures are explained in bench/README.md, "What the figures mean".
  */
-import { columnTable, fmt, machineLines, type MachineInfo, minMax, rangeText, specTable } from '../harness/report.js';
-import { CLEAN_ROUNDS_NOTE, overRounds, roundColumns } from '../harness/runner.js';
+import { columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
 import type { WindowResult } from './load.js';
-import type { BenchScenario, ExploreRow, IdleLatencyRow } from './scenarios.js';
+import type { Lab, Options } from './main.js';
+import { type BenchScenario, EXPLORE_TOLERANCE, type IdleLatencyRow, idleLatency, PIPELINE_CANDIDATES, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
 
 export const TARGET_RATIO = 0.85;
 
@@ -66,17 +67,29 @@ type ScenarioSummary = ReturnType<typeof summarize>[number];
 const us = (v: number | undefined) => fmt(v ?? Number.NaN, 0);
 const ratio = (s: ScenarioSummary, f: (v: NonNullable<ScenarioSummary['vsRaw']>) => string) => (s.vsRaw === undefined ? '–' : f(s.vsRaw));
 
-type ReportInput = {
-  readonly machine: MachineInfo;
-  readonly date: string;
-  readonly options: { readonly quick: boolean; readonly measureMs: number; readonly warmupMs: number; readonly rampMs: number; readonly idleMs: number };
-  readonly method: string;
-  readonly summaries: readonly ScenarioSummary[];
-  readonly explore: readonly ExploreRow[];
-  readonly idle: readonly IdleLatencyRow[];
-};
-
-export function markdownReport({ machine, date, options: o, method, summaries, explore, idle }: ReportInput): string {
+/** The bench's report (harness/runner.ts MeasuringBench), after the one-in-flight latencies. */
+export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['report'] = async (held, o, scenarios, measured, env) => {
+  const { lab, rig, chosen, explore } = held;
+  const { results, order } = measured;
+  const idle: IdleLatencyRow[] = [];
+  for (const key of o.keys) for (const path of o.paths) idle.push(await idleLatency(rig!, key, path, o.idleMs, env.signal, env.log));
+  const summaries = summarize(scenarios, results);
+  const settings = {
+    rawSessions: RAW_SESSION_COUNTS,
+    keyserverSessions: rig!.raw!.config.pkcs11.sessions,
+    pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
+  };
+  const exploration = { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: o.explore.ms, passes: o.explore.passes, tolerance: EXPLORE_TOLERANCE };
+  const json = {
+    method: measured.method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], client: o.client, exploration, targetRatio: TARGET_RATIO }),
+    settings,
+    keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: rig!.keyIds.get(k.id) })),
+    keyserverConfig: lab.config,
+    exploration: explore,
+    idleLatency: idle,
+    scenarios: summaries,
+  };
+  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
   const table = columnTable(summaries, [
     ['Key', 'left', (s) => s.title],
     ['Path', 'left', (s) => s.path + (s.ceiling ? ' (ceiling)' : '')],
@@ -120,11 +133,12 @@ export function markdownReport({ machine, date, options: o, method, summaries, e
     ],
     '(skipped: --pipeline given)',
   );
-  return [
-    `# keyserver-sign, ${date}${o.quick ? ' (quick)' : ''}`,
+  const markdown = [
+    `# keyserver-sign, ${env.date}${o.quick ? ' (quick)' : ''}`,
     '',
-    ...machineLines(machine),
-    `Method: ${method}`,
+    ...machineLines(env.machine),
+    `Method: ${order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
+      `${o.rampMs} ms after the load starts. Client: ${o.client}. Settings: ${settingsText.join('; ')}.`,
     '',
     table,
     '',
@@ -147,4 +161,5 @@ export function markdownReport({ machine, date, options: o, method, summaries, e
     exploreTable,
     '',
   ].join('\n');
-}
+  return { json, markdown, errors: summaries.reduce((n, s) => n + s.errors, 0), what: 'requests' };
+};

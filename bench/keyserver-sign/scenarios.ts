@@ -3,7 +3,9 @@
  * the library client; the exploration that picks the pipeline setting (connections × in flight), and the one-in-flight
  * latency after the rounds.
  */
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import os from 'node:os';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { fmt } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
@@ -11,7 +13,10 @@ import type { Log } from '../harness/runner.js';
 import { median, round } from '../harness/stats.js';
 import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import type { BenchKey } from './keys.js';
-import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, type RawToken, type WindowResult } from './load.js';
+import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawToken, type WindowResult } from './load.js';
+
+/** Raw sessions: cores and 2 × cores; the faster is the ceiling. */
+export const RAW_SESSION_COUNTS = [...new Set([os.availableParallelism(), 2 * os.availableParallelism()])];
 
 export type Transport = 'unix' | 'tls';
 export type Path = 'raw' | Transport;
@@ -49,6 +54,21 @@ export interface SignRig {
   /** Key id (hex) by BenchKey id. */
   readonly keyIds: ReadonlyMap<string, string>;
   readonly rampMs: number;
+}
+
+type RigOptions = { readonly client: SignRig['client']; readonly rampMs: number; readonly nodeArgs?: readonly string[]; readonly rawSessions?: number };
+
+/** Generates `keys` in the lab's token, opens it here with `rawSessions` sessions (if given) and starts the key server with `nodeArgs`. */
+export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: RigOptions, log: Log): Promise<SignRig> {
+  const keyIds = new Map<string, string>();
+  for (const key of keys) {
+    keyIds.set(key.id, await lab.generateKey(key.type, key.label));
+    log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
+  }
+  const raw = o.rawSessions === undefined ? undefined : new RawToken(lab.configPath, o.rawSessions);
+  const server = await lab.startServer({ nodeArgs: o.nodeArgs ?? [] });
+  log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${raw?.config.pkcs11.sessions ?? 'default'}`);
+  return { lab, raw, server, client: o.client, digests: Array.from({ length: 16 }, () => randomBytes(32)), keyIds, rampMs: o.rampMs };
 }
 
 const rawLoad = (rig: SignRig, key: BenchKey, sessions: number) => rig.raw!.load((k) => k.keyId === rig.keyIds.get(key.id), key, sessions, rig.digests);
