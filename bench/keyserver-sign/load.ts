@@ -5,7 +5,6 @@
  * - PipelinedSignLoad: the lean key-server client, `depth` pre-encoded SIGN frames in flight per connection (id = slot),
  *   answers cut by the project's FrameReader and checked by decodeResponse, the requests one read triggers sent in one
  *   corked write: as little client CPU as possible, so the server's cost is what shows.
- * - LibraryClientSignLoad: the project's KeyserverClient (a promise, timer and Map entry per request).
  * `measureWindow` reads every counter at both ends of a window while the load keeps running, so ramp-up and drain stay
  * out of the figures.
  */
@@ -13,7 +12,6 @@ import type net from 'node:net';
 import type pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
-import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
@@ -86,13 +84,7 @@ export class RawToken {
 }
 
 /** What a key-server load signs; slot i of connection c signs digests[(c × depth + i) % length]. */
-interface SignRequestSpec {
-  readonly keyId: Buffer;
-  readonly algorithm: AlgorithmByte;
-  readonly digests: readonly Buffer[];
-}
-
-const digestOf = (spec: SignRequestSpec, depth: number, c: number, slot: number): Buffer => spec.digests[(c * depth + slot) % spec.digests.length]!;
+type SignRequestSpec = { readonly keyId: Buffer; readonly algorithm: AlgorithmByte; readonly digests: readonly Buffer[] };
 
 export class PipelinedSignLoad extends ClosedLoop {
   readonly #frames: Buffer[][];
@@ -105,7 +97,7 @@ export class PipelinedSignLoad extends ClosedLoop {
   ) {
     super();
     const frame = (c: number, id: number) =>
-      encodeRequest({ op: 'sign', id, keyId: spec.keyId, algorithm: spec.algorithm, digest: digestOf(spec, depth, c, id) });
+      encodeRequest({ op: 'sign', id, keyId: spec.keyId, algorithm: spec.algorithm, digest: spec.digests[(c * depth + id) % spec.digests.length]! });
     this.#frames = sockets.map((_, c) => Array.from({ length: depth }, (_, id) => frame(c, id)));
     this.#started = sockets.map(() => new Float64Array(depth));
     sockets.forEach((socket, c) => {
@@ -149,37 +141,6 @@ export class PipelinedSignLoad extends ClosedLoop {
     this.done(this.#started[c]![slot]!, error);
     if (this.stopped) this.retire();
     else this.#send(c, slot);
-  }
-}
-
-export class LibraryClientSignLoad extends ClosedLoop {
-  constructor(
-    readonly clients: readonly KeyserverClient[],
-    readonly spec: SignRequestSpec,
-    readonly depth: number,
-  ) {
-    super();
-  }
-
-  protected begin(): void {
-    this.outstanding = this.clients.length * this.depth;
-    this.clients.forEach((client, c) => {
-      for (let slot = 0; slot < this.depth; slot++) void this.#loop(client, digestOf(this.spec, this.depth, c, slot));
-    });
-  }
-
-  async #loop(client: KeyserverClient, digest: Buffer): Promise<void> {
-    while (!this.stopped) {
-      const started = nowNs();
-      try {
-        await client.sign(this.spec.keyId, this.spec.algorithm, digest);
-        this.done(started, undefined);
-      } catch (err) {
-        this.done(started, (err as Error).message);
-        if ((err as { code?: string }).code === 'KEYEDGE_ERR_CLOSED') break;
-      }
-    }
-    this.retire();
   }
 }
 

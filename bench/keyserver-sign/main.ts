@@ -21,16 +21,8 @@ const TABLE = {
   rounds: std.rounds(5, 3),
   measure: std.measure(4, 1, 0.2),
   warmup: std.warmup(2, 1),
-  client: {
-    kind: 'string',
-    arg: 'lean|library',
-    def: 'lean',
-    choices: ['lean', 'library'],
-    help: "key-server client: the lean pipelining client or the project's KeyserverClient",
-  },
   pipeline: { kind: 'string', arg: 'CxD', help: 'C connections x D requests in flight each, for both key types (skips the exploration), e.g. 2x32' },
   sessions: { kind: 'number', arg: 'N', min: 1, integer: true, help: "the key server's pkcs11.sessions (default: product default)" },
-  'server-cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the key server under node --cpu-prof, profile to DIR' },
   keys: { kind: 'string', arg: 'ec,rsa', def: BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
   paths: { kind: 'string', arg: 'LIST', def: 'raw,unix,tls', help: 'paths to run (raw is needed for the ratios)' },
   'quiet-wait': std.quietWait,
@@ -49,7 +41,6 @@ function parseOptions(argv: string[]) {
     ...timing(v, [300, 150], [200, 50]),
     explore: { ms: v.quick ? 250 : 1000, passes: v.quick ? 1 : 2 },
     idleMs: v.quick ? 300 : 2000,
-    client: v.client as sc.SignRig['client'],
     pipeline: v.pipeline === undefined ? undefined : sc.parsePipeline(v.pipeline),
     keys: listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => BENCH_KEYS.find((k) => k.id === id)!),
     // In this order whatever the order given.
@@ -76,9 +67,7 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
     const held: Lab = { lab, chosen: new Map(), explore: [], scenarios: [] };
     hold(held);
     log(`temp dir ${lab.dir}`);
-    const prof = o['server-cpu-prof'];
-    const nodeArgs = prof === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', prof];
-    held.rig = await sc.startRig(lab, o.keys, { client: o.client, rampMs: o.rampMs, nodeArgs, rawSessions: 2 * cores }, log);
+    held.rig = await sc.startRig(lab, o.keys, { rampMs: o.rampMs, rawSessions: 2 * cores }, log);
     return held;
   },
   async scenarios(held, o, { log, signal }) {
@@ -126,9 +115,7 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
   async close({ lab, scenarios, rig }, o, log) {
     for (const s of scenarios) s.close();
     rig?.raw?.close();
-    // The key server's graceful stop writes its --cpu-prof profile.
     await lab.stop();
-    if (o['server-cpu-prof'] !== undefined) log(`key server CPU profile in ${o['server-cpu-prof']}`);
     if (o['keep-temp']) log(`kept ${lab.dir}`);
     lab.cleanup(o['keep-temp']);
   },

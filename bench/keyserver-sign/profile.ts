@@ -45,7 +45,7 @@ async function main(): Promise<number> {
   exitOnInterrupt(() => lab.cleanup());
   try {
     const nodeArgs = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', String(v.interval)];
-    const rig = await startRig(lab, [key], { client: 'lean', rampMs: 500, nodeArgs }, (line) => process.stderr.write(`${line}\n`));
+    const rig = await startRig(lab, [key], { rampMs: 500, nodeArgs }, (line) => process.stderr.write(`${line}\n`));
     const connected = await connectLoad(rig, key, transport, pipeline);
     const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: rig.server.pid });
     const totalSigns = connected.load.completed;

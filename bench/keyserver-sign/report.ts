@@ -81,7 +81,7 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
   };
   const exploration = { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: o.explore.ms, passes: o.explore.passes, tolerance: EXPLORE_TOLERANCE };
   const json = {
-    method: measured.method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], client: o.client, exploration, targetRatio: TARGET_RATIO }),
+    method: measured.method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], exploration, targetRatio: TARGET_RATIO }),
     settings,
     keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: rig!.keyIds.get(k.id) })),
     keyserverConfig: lab.config,
@@ -138,7 +138,7 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     '',
     ...machineLines(env.machine),
     `Method: ${order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
-      `${o.rampMs} ms after the load starts. Client: ${o.client}. Settings: ${settingsText.join('; ')}.`,
+      `${o.rampMs} ms after the load starts. Settings: ${settingsText.join('; ')}.`,
     '',
     table,
     '',

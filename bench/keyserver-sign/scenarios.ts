@@ -1,19 +1,18 @@
 /**
- * The keyserver-sign bench's scenarios: raw token sessions, and the key server over unix or mutual TLS with the lean or
- * the library client; the exploration that picks the pipeline setting (connections × in flight), and the one-in-flight
+ * The keyserver-sign bench's scenarios: raw token sessions, and the key server over unix or mutual TLS (the lean client,
+ * load.ts); the exploration that picks the pipeline setting (connections × in flight), and the one-in-flight
  * latency after the rounds.
  */
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import os from 'node:os';
-import { KeyserverClient } from '../../keyserver/client/client.js';
 import { fmt } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
 import type { Log } from '../harness/runner.js';
 import { median, round } from '../harness/stats.js';
 import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import type { BenchKey } from './keys.js';
-import { LibraryClientSignLoad, measureWindow, PipelinedSignLoad, RawToken, type WindowResult } from './load.js';
+import { measureWindow, PipelinedSignLoad, RawToken, type WindowResult } from './load.js';
 
 /** Raw sessions: cores and 2 × cores; the faster is the ceiling. */
 export const RAW_SESSION_COUNTS = [...new Set([os.availableParallelism(), 2 * os.availableParallelism()])];
@@ -44,19 +43,18 @@ export interface BenchScenario extends Scenario<WindowResult> {
   close(): void;
 }
 
-/** What the scenarios sign with: the raw token opened in this process, the key server and the client to reach it. */
+/** What the scenarios sign with: the raw token opened in this process, the key server. */
 export interface SignRig {
   readonly lab: KeyserverLab;
   readonly raw?: RawToken;
   readonly server: KeyserverProcess;
-  readonly client: 'lean' | 'library';
   readonly digests: readonly Buffer[];
   /** Key id (hex) by BenchKey id. */
   readonly keyIds: ReadonlyMap<string, string>;
   readonly rampMs: number;
 }
 
-type RigOptions = { readonly client: SignRig['client']; readonly rampMs: number; readonly nodeArgs?: readonly string[]; readonly rawSessions?: number };
+type RigOptions = { readonly rampMs: number; readonly nodeArgs?: readonly string[]; readonly rawSessions?: number };
 
 /** Generates `keys` in the lab's token, opens it here with `rawSessions` sessions (if given) and starts the key server with `nodeArgs`. */
 export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: RigOptions, log: Log): Promise<SignRig> {
@@ -68,7 +66,7 @@ export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: 
   const raw = o.rawSessions === undefined ? undefined : new RawToken(lab.configPath, o.rawSessions);
   const server = await lab.startServer({ nodeArgs: o.nodeArgs ?? [] });
   log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${raw?.config.pkcs11.sessions ?? 'default'}`);
-  return { lab, raw, server, client: o.client, digests: Array.from({ length: 16 }, () => randomBytes(32)), keyIds, rampMs: o.rampMs };
+  return { lab, raw, server, digests: Array.from({ length: 16 }, () => randomBytes(32)), keyIds, rampMs: o.rampMs };
 }
 
 const rawLoad = (rig: SignRig, key: BenchKey, sessions: number) => rig.raw!.load((k) => k.keyId === rig.keyIds.get(key.id), key, sessions, rig.digests);
@@ -83,19 +81,12 @@ export function rawScenario(rig: SignRig, key: BenchKey, sessions: number): Benc
 export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline) {
   const { lab, server } = rig;
   const spec = { keyId: Buffer.from(rig.keyIds.get(key.id)!, 'hex'), algorithm: key.algorithm, digests: rig.digests };
-  const opened: (net.Socket | KeyserverClient)[] = [];
-  const close = () => opened.forEach((c) => void (c instanceof KeyserverClient ? c.close() : c.destroy()));
+  const sockets: net.Socket[] = [];
+  const close = () => sockets.forEach((socket) => socket.destroy());
   try {
-    if (rig.client === 'library') {
-      const { ca, clientCert: cert, clientKey, serverName: servername } = lab.tls;
-      const tcp = { host: '127.0.0.1', port: server.tcpPort, ca, cert, key: clientKey, servername };
-      const options = { ...(transport === 'unix' ? { unixPath: server.unixPath } : { tcp }), maxInFlight: pipeline.depth, timeoutMs: 10_000 };
-      for (let i = 0; i < pipeline.connections; i++) opened.push(await KeyserverClient.connect(options));
-      return { load: new LibraryClientSignLoad(opened as KeyserverClient[], spec, pipeline.depth), close };
-    }
     for (let i = 0; i < pipeline.connections; i++)
-      opened.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
-    return { load: new PipelinedSignLoad(opened as net.Socket[], spec, pipeline.depth), close };
+      sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close };
   } catch (err) {
     close();
     throw err;
