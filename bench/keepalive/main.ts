@@ -40,13 +40,7 @@ const TABLE = {
   'client-cpus': std.clientCpus,
   'log-level': std.logLevel,
   'quiet-wait': std.quietWait,
-  'proxy-node': {
-    kind: 'number',
-    arg: 'MAJOR',
-    min: 18,
-    integer: true,
-    help: 'run the keyless proxy under this Node major (an npm package, installed on first use); default: this node',
-  },
+  'proxy-node': { kind: 'number', arg: 'MAJOR', min: 18, integer: true, help: 'the keyless proxy under Node MAJOR (installed on first use)' },
   'cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the proxy under node --cpu-prof into DIR; top functions per request in the report' },
   'keep-temp': std.keepTemp,
 } as const;
@@ -57,20 +51,14 @@ function parseOptions(argv: string[]) {
   const v = parseCli('keepalive/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   return {
+    ...v,
     ...timing(v, [1000, 500], [300, 150]),
     ...pinning(v),
-    connections: v.connections,
     protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
-    h2Connections: v['h2-connections'],
-    h2Streams: v['h2-streams'],
-    workers: v.workers,
     servers: listOf(v.servers, '--servers', SERVER_IDS),
-    install: !v['no-install'],
     logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
-    proxyNodeMajor: v['proxy-node'],
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
-    keepTemp: v['keep-temp'],
   };
 }
 
@@ -90,16 +78,15 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
   async setup(o, { log }, hold) {
     // Third-party servers: found or installed, else skipped with the reason.
     const skipped = new Map<string, string>();
-    const binaries = new Map<ServerId, string>();
-    for (const server of ['nginx', 'caddy'] as const) {
-      if (!o.servers.includes(server)) continue;
-      const found = findOrInstall(server, server, o.install, log);
-      if (found.ok) binaries.set(server, found.path);
-      else skipped.set(server, found.reason);
-      if (!found.ok) log(`${server} skipped: ${found.reason}`);
-    }
-    const [nginx, caddy] = [binaries.get('nginx'), binaries.get('caddy')];
-    const proxyNode = o.proxyNodeMajor === undefined ? undefined : nodeBinary(o.proxyNodeMajor, log);
+    const [nginx, caddy] = (['nginx', 'caddy'] as const).map((server) => {
+      const found = o.servers.includes(server) ? findOrInstall(server, server, !o['no-install'], log) : undefined;
+      if (found?.ok === false) {
+        skipped.set(server, found.reason);
+        log(`${server} skipped: ${found.reason}`);
+      }
+      return found?.ok ? found.path : undefined;
+    });
+    const proxyNode = o['proxy-node'] === undefined ? undefined : nodeBinary(o['proxy-node'], log);
     const versions = {
       proxyNode: proxyNode === undefined ? `${process.version} (OpenSSL ${process.versions.openssl})` : nodeVersionOf(proxyNode),
       autocannon: await autocannonVersion(),
@@ -129,7 +116,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       if (picked !== 'h2') log(`${server}-h2 skipped: the server does not negotiate h2`);
     }
     const labels: Record<ServerId, string> = {
-      keyedge: `keyedge proxy (keyless, ${plural(o.workers, 'worker')}${o.proxyNodeMajor === undefined ? '' : `, Node ${versions.proxyNode}`})`,
+      keyedge: `keyedge proxy (keyless, ${plural(o.workers, 'worker')}${o['proxy-node'] === undefined ? '' : `, Node ${versions.proxyNode}`})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
       caddy: `caddy ${versions.caddy ?? ''}`.trim(),
     };
@@ -154,20 +141,23 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
     );
   },
   report,
-  close: ({ lab }, o, log) => lab.close(o.keepTemp, log),
-  kill: ({ lab }, o) => lab.cleanup(o.keepTemp),
+  close: ({ lab }, o, log) => lab.close(o['keep-temp'], log),
+  kill: ({ lab }, o) => lab.cleanup(o['keep-temp']),
 };
 
 /** The client's clock starts before its first requests reach the origin (start-up, 64 handshakes): it runs this much longer. */
 const CLIENT_MARGIN_MS = 2500;
 
-/** One run: start the client, wait for traffic and the ramp-up, read the origin's counter and every process's CPU around the window. */
+/**
+ * One run: start the client, wait for traffic and the ramp-up, read the origin's counter and every process's CPU around
+ * the window, then take the client's report. Requests are counted at the origin, so every server is counted alike.
+ */
 async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const count0 = await lab.originCount();
   const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
   const port = lab.port(server);
   const ac = h2
-    ? startH2load({ ...client, port, connections: options.h2Connections, streams: options.h2Streams })
+    ? startH2load({ ...client, port, connections: options['h2-connections'], streams: options['h2-streams'] })
     : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });
   try {
     for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {

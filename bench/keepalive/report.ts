@@ -106,7 +106,7 @@ export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>[
   const { lab, skipped, versions, answered } = held;
   const { results, failures } = measured;
   const shown = { serverName: SERVER_NAME, durationSec: 0, cpus: undefined };
-  const h2Args = h2loadArgs({ ...shown, port: 0, connections: o.h2Connections, streams: o.h2Streams });
+  const h2Args = h2loadArgs({ ...shown, port: 0, connections: o['h2-connections'], streams: o['h2-streams'] });
   const h2Shown: [RegExp, string][] = [
     [/-D 0/, '-D T'],
     [/:0\b/g, ':PORT'],
@@ -121,7 +121,7 @@ export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>[
   const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], o.serverCpuCount, failed(s.name)));
   const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((other) => compareTo(summaries, `keyedge${p}`, `${other}${p}`) ?? []));
   const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, proxyRequests);
-  const { connections, h2Connections, h2Streams, clientCpus, serverCpus, workers, logLevel, accessLog } = o;
+  const { connections, 'h2-connections': h2Connections, 'h2-streams': h2Streams, clientCpus, serverCpus, workers, logLevel, accessLog } = o;
   const json = {
     versions,
     client: { command: clientCommand, connections, cpus: clientCpus, h2: { command: h2Command, connections: h2Connections, streams: h2Streams } },
@@ -141,18 +141,15 @@ export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>[
     serverCpus === undefined
       ? 'none (scheduler)'
       : `servers (proxy, key server, nginx, caddy, origin) on CPU ${serverCpus}; clients and this bench on CPU ${clientCpus}`;
-  const profileSection = profiles.flatMap((p) => [
-    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
-    '',
-    topFunctionsTable(p.top, {
-      top: p.top.length,
-      by: 'selfUs',
-      unit: 'µs/request',
-      per: (us) => (p.requests > 0 ? us / p.requests : Number.NaN),
-      decimals: 2,
-    }),
-    '',
-  ]);
+  const profileSection = profiles.flatMap((p) => {
+    const per = (us: number) => (p.requests > 0 ? us / p.requests : Number.NaN);
+    return [
+      `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
+      '',
+      topFunctionsTable(p.top, { top: p.top.length, by: 'selfUs', unit: 'µs/request', per, decimals: 2 }),
+      '',
+    ];
+  });
   const tools = Object.entries(versions).map(([k, v]) => `${k} ${v ?? '?'}`);
   const h2 = `HTTP/2 (the -h2 rows): \`${h2Command}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
   const markdown = [
