@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { setAffinity } from '../harness/proc-cpu.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
 import { KEYEDGE_CLI, KeyserverLab, LabBase, LabPki, probe } from '../lab/keyserver.js';
+import type { Options } from './main.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
 
 export const SERVER_NAME = 'ka.bench.localhost';
@@ -20,16 +21,8 @@ export const ORIGIN_POOL = 64;
 export type ServerId = 'keyedge' | 'nginx' | 'caddy';
 
 /** nginx and caddy: their binaries (absent: not run); the keyless proxy: its node and node options (--cpu-prof). */
-type KeepaliveLabOptions = {
-  readonly workers: number;
-  readonly logLevel: string;
-  readonly accessLog: boolean;
-  readonly serverCpus: string | undefined;
-  readonly nginx?: string;
-  readonly caddy?: string;
-  readonly proxyNode?: string;
-  readonly proxyNodeArgs: readonly string[];
-};
+type KeepaliveLabOptions = Pick<Options, 'workers' | 'logLevel' | 'accessLog' | 'serverCpus'> &
+  Record<'nginx' | 'caddy' | 'proxyNode', string | undefined> & { readonly proxyNodeArgs: readonly string[] };
 
 export class KeepaliveLab extends LabBase<ServerId> {
   readonly caFile = join(this.dir, 'ca.pem');

@@ -23,7 +23,7 @@ import { sleep } from '../harness/rounds.js';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 import type { BenchKey } from './keys.js';
 
-export class RawSignLoad extends ClosedLoop {
+class RawSignLoad extends ClosedLoop {
   constructor(
     readonly pkcs11: pkcs11js.PKCS11,
     readonly sessions: readonly pkcs11js.Handle[],

@@ -9,7 +9,7 @@ import type { WindowResult } from './load.js';
 import type { Lab, Options } from './main.js';
 import { type BenchScenario, EXPLORE_TOLERANCE, type IdleLatencyRow, idleLatency, PIPELINE_CANDIDATES, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
 
-export const TARGET_RATIO = 0.85;
+const TARGET_RATIO = 0.85;
 
 /** Raw runs have no client: the bench process is the signer. */
 const common = (r: WindowResult) => ({
@@ -20,7 +20,7 @@ const common = (r: WindowResult) => ({
 });
 
 /** Per scenario (the JSON's `scenarios`, which the suite reads), its medians; `vsRaw` against the key's ceiling. */
-export function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>) {
+function summarize(scenarios: readonly BenchScenario[], results: ReadonlyMap<string, readonly WindowResult[]>) {
   const base = scenarios.map((s) => {
     const all = results.get(s.name) ?? [];
     const { med, spreadOf, common: rounds } = overRounds(all, common, 1, 0);
@@ -52,13 +52,8 @@ export function summarize(scenarios: readonly BenchScenario[], results: Readonly
     const both = s.usedRounds.filter((i) => raw.usedRounds.includes(i));
     const rate = (x: typeof s, i: number) => x.perRound[i]?.signsPerSecond ?? Number.NaN;
     const perRound = (both.length > 0 ? both : s.usedRounds).map((i) => rate(s, i) / rate(raw, i));
-    const vsRaw = {
-      ratio: s.signsPerSecond.median / raw.signsPerSecond.median,
-      perRound,
-      rawScenario: raw.name,
-      cpuRatio: raw.totalCpuUsPerSign / s.totalCpuUsPerSign,
-    };
-    return { ...s, ceiling: false, vsRaw };
+    const [ratio, cpuRatio] = [s.signsPerSecond.median / raw.signsPerSecond.median, raw.totalCpuUsPerSign / s.totalCpuUsPerSign];
+    return { ...s, ceiling: false, vsRaw: { ratio, perRound, rawScenario: raw.name, cpuRatio } };
   });
 }
 
