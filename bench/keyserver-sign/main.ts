@@ -82,8 +82,6 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
         held.chosen.set(key.id, result.chosen);
         held.explore.push(...result.rows);
       }
-    }
-    for (const key of o.keys) {
       if (o.paths.includes('raw')) for (const n of sc.RAW_SESSION_COUNTS) held.scenarios.push(sc.rawScenario(rig, key, n));
       for (const transport of transports) held.scenarios.push(sc.keyserverScenario(rig, key, transport, held.chosen.get(key.id)!));
     }

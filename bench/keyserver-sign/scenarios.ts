@@ -82,7 +82,9 @@ export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transp
   const { lab, server } = rig;
   const spec = { keyId: Buffer.from(rig.keyIds.get(key.id)!, 'hex'), algorithm: key.algorithm, digests: rig.digests };
   const sockets: net.Socket[] = [];
-  const close = () => sockets.forEach((socket) => socket.destroy());
+  const close = () => {
+    for (const socket of sockets) socket.destroy();
+  };
   try {
     for (let i = 0; i < pipeline.connections; i++)
       sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
