@@ -77,16 +77,13 @@ export class KeepaliveLab extends LabBase<ServerId> {
     writeFileSync(this.#file('proxy.json'), JSON.stringify(this.configs.keyedge, null, 2));
     if (o.nginx !== undefined) {
       mkdirSync(this.#file('nginx-tmp'), { recursive: true, mode: 0o700 });
-      writeFileSync(this.#file('nginx.conf'), (this.configs.nginx = nginxConfig(this.dir, ports.nginx, ports.origin, o.accessLog)));
+      this.configs.nginx = nginxConfig(this.dir, ports.nginx, ports.origin, o.accessLog);
+      writeFileSync(this.#file('nginx.conf'), this.configs.nginx);
     }
     if (o.caddy !== undefined) {
       this.configs.caddy = caddyConfig(this.dir, ports.caddy, ports.origin, o.accessLog);
       writeFileSync(this.#file('caddy.json'), JSON.stringify(this.configs.caddy, null, 2));
     }
-  }
-
-  port(server: ServerId): number {
-    return this.ports[server];
   }
 
   /** Starts the origin, the key server, the keyless proxy and whichever of nginx and caddy were configured; probes each. */

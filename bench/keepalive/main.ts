@@ -110,7 +110,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
     const ca = readFileSync(lab.caFile, 'utf8');
     const h2Servers: ServerId[] = [];
     for (const server of o.protocols.includes('h2') ? running : []) {
-      const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
+      const picked = await negotiates({ port: lab.ports[server], serverName: SERVER_NAME, ca, protocol: 'h2' });
       if (picked === 'h2') h2Servers.push(server);
       else skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
       if (picked !== 'h2') log(`${server}-h2 skipped: the server does not negotiate h2`);
@@ -155,7 +155,7 @@ const CLIENT_MARGIN_MS = 2500;
 async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const count0 = await lab.originCount();
   const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
-  const port = lab.port(server);
+  const port = lab.ports[server];
   const ac = h2
     ? startH2load({ ...client, port, connections: options['h2-connections'], streams: options['h2-streams'] })
     : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });

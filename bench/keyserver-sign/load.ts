@@ -107,7 +107,9 @@ export class PipelinedSignLoad extends ClosedLoop {
         reader.push(chunk);
         socket.uncork();
       });
-      socket.on('close', () => !this.stopped && this.done(0, `connection ${c} closed by the key server`));
+      socket.on('close', () => {
+        if (!this.stopped) this.done(0, `connection ${c} closed by the key server`);
+      });
     });
   }
 
