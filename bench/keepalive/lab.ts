@@ -1,19 +1,16 @@
 /**
  * The keep-alive bench's set-up in one temp dir (bench/README.md, "keepalive"): one name on a token key (the keyless
  * proxy and its key server) and on a key file (nginx, caddy, each from its own config, never the system service), and
- * the counting origin (origin.ts). Every proxy keeps a pool of 64 keep-alive connections to the origin (the product's
- * undici Pool size), logs one access line per request unless `accessLog` is off, and sets X-Forwarded-For/-Proto and
- * HSTS as the product does, so they do comparable work per request. A comparison server that does not come up is left
- * out with the reason (its log's first lines), not the whole run.
+ * the counting origin (origin.ts). Each proxy keeps up to ORIGIN_POOL keep-alive connections to the origin, logs one
+ * access line per request unless `accessLog` is off, and sets X-Forwarded-For/-Proto and HSTS as the product does, so
+ * they do comparable work per request. A comparison server that does not come up is left out with the reason.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setAffinity } from '../harness/proc-cpu.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { LabBase, probe } from '../lab/keyserver.js';
-import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
-import { LabPki } from '../lab/keyserver.js';
+import { KEYEDGE_CLI, KeyserverLab, LabBase, LabPki, probe } from '../lab/keyserver.js';
 import type { Options } from './main.js';
 import { COUNT_PATH, READY_LINE } from './origin.js';
 
@@ -23,10 +20,7 @@ export const ORIGIN_POOL = 64;
 
 export type ServerId = 'keyedge' | 'nginx' | 'caddy';
 
-/**
- * What the lab needs of the bench's options (main.ts), the binaries of nginx and caddy (absent: not run), and the
- * keyless proxy's node and extra node options (--cpu-prof); the key server stays on this node (pkcs11js's ABI).
- */
+/** nginx and caddy: their binaries (absent: not run); the keyless proxy: its node and node options (--cpu-prof). */
 type KeepaliveLabOptions = Pick<Options, 'workers' | 'logLevel' | 'accessLog' | 'serverCpus'> &
   Record<'nginx' | 'caddy' | 'proxyNode', string | undefined> & { readonly proxyNodeArgs: readonly string[] };
 
@@ -35,8 +29,6 @@ export class KeepaliveLab extends LabBase<ServerId> {
   readonly configs: { keyedge: Record<string, unknown>; nginx?: string; caddy?: Record<string, unknown> } = { keyedge: {} };
   /** Comparison servers that were configured but did not come up, with the reason. */
   readonly failed = new Map<ServerId, string>();
-  /** Negotiated protocol of each server's start-up probe. */
-  readonly protocols = new Map<ServerId, string>();
 
   private constructor(
     keyserverLab: KeyserverLab,
@@ -50,8 +42,7 @@ export class KeepaliveLab extends LabBase<ServerId> {
   static async create(options: KeepaliveLabOptions, log: (line: string) => void): Promise<KeepaliveLab> {
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-keepalive-', tokenLabel: 'keyedge-keepalive' });
     try {
-      const ports = { origin: 0, keyedge: 0, admin: 0, nginx: 0, caddy: 0 };
-      for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort();
+      const ports = { origin: await freePort(), keyedge: await freePort(), admin: await freePort(), nginx: await freePort(), caddy: await freePort() };
       const lab = new KeepaliveLab(keyserverLab, options, ports);
       await lab.#makeFiles(log);
       return lab;
@@ -65,7 +56,6 @@ export class KeepaliveLab extends LabBase<ServerId> {
 
   async #makeFiles(log: (line: string) => void): Promise<void> {
     const { options: o, ports } = this;
-    mkdirSync(this.#file('nginx-tmp'), { recursive: true, mode: 0o700 });
     // Keyless: the key lives in the token, the CSR is signed there; nginx and caddy: a key file, the same name and CA.
     const pki = new LabPki(this.dir, 'keyedge keepalive bench CA');
     const keyId = await this.keyserverLab.generateKey('ec-p256', 'bench-keepalive-ec');
@@ -84,44 +74,37 @@ export class KeepaliveLab extends LabBase<ServerId> {
       admin: { host: '127.0.0.1', port: ports.admin },
       log: { level: o.logLevel },
     };
-    if (o.nginx !== undefined) this.configs.nginx = nginxConfig(this.dir, ports.nginx, ports.origin, o.accessLog);
-    if (o.caddy !== undefined) this.configs.caddy = caddyConfig(this.dir, ports.caddy, ports.origin, o.accessLog);
-    const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
-    writeFileSync(this.#file('proxy.json'), json(this.configs.keyedge));
-    if (this.configs.nginx !== undefined) writeFileSync(this.#file('nginx.conf'), this.configs.nginx);
-    if (this.configs.caddy !== undefined) writeFileSync(this.#file('caddy.json'), json(this.configs.caddy));
-  }
-
-  port(server: ServerId): number {
-    return this.ports[server];
+    writeFileSync(this.#file('proxy.json'), JSON.stringify(this.configs.keyedge, null, 2));
+    if (o.nginx !== undefined) {
+      mkdirSync(this.#file('nginx-tmp'), { recursive: true, mode: 0o700 });
+      this.configs.nginx = nginxConfig(this.dir, ports.nginx, ports.origin, o.accessLog);
+      writeFileSync(this.#file('nginx.conf'), this.configs.nginx);
+    }
+    if (o.caddy !== undefined) {
+      this.configs.caddy = caddyConfig(this.dir, ports.caddy, ports.origin, o.accessLog);
+      writeFileSync(this.#file('caddy.json'), JSON.stringify(this.configs.caddy, null, 2));
+    }
   }
 
   /** Starts the origin, the key server, the keyless proxy and whichever of nginx and caddy were configured; probes each. */
   async start(log: (line: string) => void): Promise<void> {
     const { options: o, ports } = this;
-    const cpus = o.serverCpus;
-    const originScript = fileURLToPath(new URL('./origin.js', import.meta.url));
-    this.origin = spawnManaged('origin', [process.execPath, originScript, '--port', String(ports.origin)], this.#file('origin.log'), cpus, this.dir);
-    const originLog = this.origin.logFile;
-    await waitFor('origin', async () => readFileSync(originLog, 'utf8').includes(READY_LINE), 15_000, this.origin);
+    const [cpus, f] = [o.serverCpus, this.#file];
+    const originCommand = [process.execPath, fileURLToPath(new URL('./origin.js', import.meta.url)), '--port', String(ports.origin)];
+    const origin = (this.origin = spawnManaged('origin', originCommand, f('origin.log'), cpus, this.dir));
+    await waitFor('origin', () => readFileSync(origin.logFile, 'utf8').includes(READY_LINE), 15_000, origin);
     this.keyserver = await this.keyserverLab.startServer();
     if (cpus !== undefined) setAffinity(this.keyserver.pid, cpus);
-    const proxyCommand = [o.proxyNode ?? process.execPath, ...o.proxyNodeArgs, KEYEDGE_CLI, 'proxy', '--config', this.#file('proxy.json')];
-    const proxy = spawnManaged('keyedge', proxyCommand, this.#file('proxy.log'), cpus, this.dir);
+    const proxyCommand = [o.proxyNode ?? process.execPath, ...o.proxyNodeArgs, KEYEDGE_CLI, 'proxy', '--config', f('proxy.json')];
+    const proxy = spawnManaged('keyedge', proxyCommand, f('proxy.log'), cpus, this.dir);
     this.servers.set('keyedge', proxy);
     await waitFor('keyless proxy (/readyz)', async () => (await httpGet(`http://127.0.0.1:${ports.admin}/readyz`)).status === 200, 30_000, proxy);
     await this.#check('keyedge');
-    const third: [ServerId, readonly string[] | undefined, string][] = [
-      [
-        'nginx',
-        this.configs.nginx === undefined ? undefined : [o.nginx!, '-e', this.#file('nginx-error.log'), '-p', this.dir, '-c', this.#file('nginx.conf')],
-        'nginx.log',
-      ],
-      ['caddy', this.configs.caddy === undefined ? undefined : [o.caddy!, 'run', '--config', this.#file('caddy.json')], 'caddy-stdout.log'],
-    ];
-    for (const [id, command, logName] of third) {
-      if (command === undefined) continue;
-      const server = spawnManaged(id, command, this.#file(logName), cpus, this.dir);
+    const others: [ServerId, string[]][] = [];
+    if (o.nginx !== undefined) others.push(['nginx', [o.nginx, '-e', f('nginx-error.log'), '-p', this.dir, '-c', f('nginx.conf')]]);
+    if (o.caddy !== undefined) others.push(['caddy', [o.caddy, 'run', '--config', f('caddy.json')]]);
+    for (const [id, command] of others) {
+      const server = spawnManaged(id, command, f(`${id}-stdout.log`), cpus, this.dir);
       this.servers.set(id, server);
       try {
         await waitFor(id, () => probe(ports[id], SERVER_NAME, readFileSync(this.caFile, 'utf8')).then((r) => r.status > 0), 30_000, server);
@@ -129,14 +112,13 @@ export class KeepaliveLab extends LabBase<ServerId> {
       } catch (err) {
         this.servers.delete(id);
         await server.stop(2000);
-        const reason = `did not start: ${(err as Error).message.split('\n').slice(0, 4).join(' ')}`;
-        this.failed.set(id, reason);
-        log(`${id} ${reason}`);
+        this.failed.set(id, `did not start: ${(err as Error).message.split('\n').slice(0, 4).join(' ')}`);
+        log(`${id} ${this.failed.get(id)}`);
       }
     }
     const running = [...this.servers].map(([id, p]) => `${id} pid ${p.pid} :${ports[id]}`).join('; ');
     log(
-      `origin pid ${this.origin.pid} :${ports.origin}; key server pid ${this.keyserver.pid}; ${running}; ` +
+      `origin pid ${origin.pid} :${ports.origin}; key server pid ${this.keyserver.pid}; ${running}; ` +
         `keyless proxy ${o.workers} worker(s)${cpus === undefined ? '' : `; servers on CPU ${cpus}`}`,
     );
   }
@@ -147,7 +129,6 @@ export class KeepaliveLab extends LabBase<ServerId> {
     if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
       throw new Error(`${id} https://${SERVER_NAME}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
     }
-    this.protocols.set(id, r.protocol);
   }
 
   /** Requests the origin has served so far (asked directly, not through a proxy). */
@@ -159,26 +140,20 @@ export class KeepaliveLab extends LabBase<ServerId> {
 }
 
 /**
- * nginx: one worker (the proxy's worker count is stated next to it), TLS 1.2
- * and 1.3 as the product's intermediate profile, an upstream keep-alive pool.
- * `keepalive_requests` is raised on both sides because nginx otherwise closes
- * a keep-alive connection after 1000 requests (a new handshake per 1000
- * requests that neither node:http nor caddy would do).
+ * nginx: one worker, TLS 1.2 and 1.3 as the product's intermediate profile, an upstream keep-alive pool.
+ * `keepalive_requests` is raised on both sides: nginx otherwise closes a keep-alive connection after 1000 requests (a
+ * new handshake per 1000 requests that neither node:http nor caddy would do). Temp paths under `<dir>/nginx-tmp`.
  */
 export function nginxConfig(dir: string, port: number, originPort: number, accessLog: boolean): string {
   const f = (name: string) => join(dir, name);
-  return `# bench/keepalive/main.ts: nginx as a TLS reverse proxy, one worker, its own prefix ${dir}
+  return `# bench/keepalive/lab.ts: nginx as a TLS reverse proxy, one worker, its own prefix ${dir}
 worker_processes 1;
 daemon off;
 pid ${f('nginx.pid')};
 error_log ${f('nginx-error.log')} warn;
 events { worker_connections 4096; }
 http {
-  client_body_temp_path ${f('nginx-tmp/body')};
-  proxy_temp_path ${f('nginx-tmp/proxy')};
-  fastcgi_temp_path ${f('nginx-tmp/fastcgi')};
-  uwsgi_temp_path ${f('nginx-tmp/uwsgi')};
-  scgi_temp_path ${f('nginx-tmp/scgi')};
+${['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${f(`nginx-tmp/${t}`)};`).join('\n')}
   ${accessLog ? `access_log ${f('nginx-access.log')};` : 'access_log off;'}
   keepalive_requests 1000000;
   keepalive_timeout 75s;
@@ -209,41 +184,25 @@ http {
 }
 
 /**
- * caddy (JSON config): admin endpoint off, nothing persisted, automatic HTTPS
- * off (no ACME, no redirect listener), the certificate loaded from files;
- * reverse_proxy with an idle pool as large as the others'. caddy sets
- * X-Forwarded-For/-Proto itself.
+ * caddy (JSON config): admin endpoint off, nothing persisted, automatic HTTPS off (no ACME, no redirect listener), the
+ * certificate from files; reverse_proxy with an idle pool as large as the others'. caddy sets X-Forwarded-* itself.
  */
-export function caddyConfig(dir: string, port: number, originPort: number, accessLog: boolean): Record<string, unknown> {
+function caddyConfig(dir: string, port: number, originPort: number, accessLog: boolean): Record<string, unknown> {
   const f = (name: string) => join(dir, name);
+  const hsts = { handler: 'headers', response: { set: { 'Strict-Transport-Security': ['max-age=63072000'] } } };
+  const transport = { protocol: 'http', keep_alive: { max_idle_conns_per_host: ORIGIN_POOL } };
+  const proxy = { handler: 'reverse_proxy', upstreams: [{ dial: `127.0.0.1:${originPort}` }], transport };
+  const server = {
+    listen: [`127.0.0.1:${port}`],
+    automatic_https: { disable: true },
+    tls_connection_policies: [{ protocol_min: 'tls1.2' }],
+    ...(accessLog ? { logs: {} } : {}),
+    routes: [{ handle: [hsts, proxy] }],
+  };
   return {
     admin: { disabled: true, config: { persist: false } },
     storage: { module: 'file_system', root: f('caddy-data') },
     logging: { logs: { default: { writer: { output: 'file', filename: f('caddy.log') }, level: accessLog ? 'INFO' : 'WARN' } } },
-    apps: {
-      http: {
-        servers: {
-          bench: {
-            listen: [`127.0.0.1:${port}`],
-            automatic_https: { disable: true },
-            tls_connection_policies: [{ protocol_min: 'tls1.2' }],
-            ...(accessLog ? { logs: {} } : {}),
-            routes: [
-              {
-                handle: [
-                  { handler: 'headers', response: { set: { 'Strict-Transport-Security': ['max-age=63072000'] } } },
-                  {
-                    handler: 'reverse_proxy',
-                    upstreams: [{ dial: `127.0.0.1:${originPort}` }],
-                    transport: { protocol: 'http', keep_alive: { max_idle_conns_per_host: ORIGIN_POOL } },
-                  },
-                ],
-              },
-            ],
-          },
-        },
-      },
-      tls: { certificates: { load_files: [{ certificate: f('file-chain.pem'), key: f('file.key') }] } },
-    },
+    apps: { http: { servers: { bench: server } }, tls: { certificates: { load_files: [{ certificate: f('file-chain.pem'), key: f('file.key') }] } } },
   };
 }

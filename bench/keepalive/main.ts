@@ -1,7 +1,7 @@
 /**
  * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3, ECDSA P-256), the keyless proxy next to
  * nginx and caddy, over HTTP/1.1 (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13). A description
- * for harness/runner.ts; set-up: lab.ts; one run: measure.ts; figures and Markdown: report.ts; method and columns:
+ * for harness/runner.ts, and one run; set-up: lab.ts; figures and Markdown: report.ts; method and columns:
  * bench/README.md, "keepalive".
  *
  * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
@@ -9,20 +9,15 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { negotiates } from '../handshake/alpn.js';
-import { shownCommand } from '../harness/spawn.js';
 import { LOG_LEVELS, listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
-import { findOrInstall, versionOf } from '../harness/install.js';
-import { nodeBinary, nodeVersionOf } from '../harness/install.js';
-import { processTree } from '../harness/proc-cpu.js';
-import { setAffinity } from '../harness/proc-cpu.js';
+import { findOrInstall, nodeBinary, nodeVersionOf, versionOf } from '../harness/install.js';
+import { perUnit, processTree, setAffinity, snapshot, usageBetween } from '../harness/proc-cpu.js';
 import { fmt, plural } from '../harness/report.js';
-import type { Scenario } from '../harness/rounds.js';
+import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
-import { skippedBenchRow } from '../harness/summary.js';
-import { autocannonArgs, autocannonVersion, h2loadArgs } from './clients.js';
-import { KeepaliveLab, ORIGIN_POOL, SERVER_NAME, type ServerId } from './lab.js';
-import { type RunResult, runOnce } from './measure.js';
-import { compareTo, errorCount, markdownReport, readProfiles, summarize, summaryRow } from './report.js';
+import { autocannonVersion, startAutocannon, startH2load } from './clients.js';
+import { KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
+import { report } from './report.js';
 
 const SERVER_IDS: readonly ServerId[] = ['keyedge', 'nginx', 'caddy'];
 const count = (help: string, def: number) => ({ kind: 'number', arg: 'N', def, min: 1, integer: true, help }) as const;
@@ -45,13 +40,7 @@ const TABLE = {
   'client-cpus': std.clientCpus,
   'log-level': std.logLevel,
   'quiet-wait': std.quietWait,
-  'proxy-node': {
-    kind: 'number',
-    arg: 'MAJOR',
-    min: 18,
-    integer: true,
-    help: 'run the keyless proxy under this Node major (an npm package, installed on first use); default: this node',
-  },
+  'proxy-node': { kind: 'number', arg: 'MAJOR', min: 18, integer: true, help: 'the keyless proxy under Node MAJOR (installed on first use)' },
   'cpu-prof': { kind: 'string', arg: 'DIR', help: 'run the proxy under node --cpu-prof into DIR; top functions per request in the report' },
   'keep-temp': std.keepTemp,
 } as const;
@@ -62,67 +51,52 @@ function parseOptions(argv: string[]) {
   const v = parseCli('keepalive/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   return {
+    ...v,
     ...timing(v, [1000, 500], [300, 150]),
-    connections: v.connections,
-    protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
-    h2Connections: v['h2-connections'],
-    h2Streams: v['h2-streams'],
-    workers: v.workers,
-    servers: listOf(v.servers, '--servers', SERVER_IDS),
-    install: !v['no-install'],
     ...pinning(v),
+    protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
+    servers: listOf(v.servers, '--servers', SERVER_IDS),
     logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
-    proxyNodeMajor: v['proxy-node'],
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
-    keepTemp: v['keep-temp'],
   };
 }
 
-/** The lab, what was skipped and why, the servers' versions, and every request each server answered (warm-up included: what a --cpu-prof profile covers). */
-interface Lab {
+/** The lab, what was skipped and why, the servers' versions, and the requests each scenario's client sent (warm-up included). */
+export interface Lab {
   readonly lab: KeepaliveLab;
   readonly skipped: Map<string, string>;
   readonly versions: Record<string, string | undefined>;
   readonly answered: Map<string, number>;
 }
-type KeepaliveScenario = Scenario<RunResult> & { server: ServerId; h2: boolean; label: string };
-
-const COMMANDS = {
-  keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
-  keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
-  nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
-  caddy: 'caddy run --config <tmp>/caddy.json',
-  origin: 'node dist/bench/keepalive/origin.js --port P',
-};
+export type RunResult = Awaited<ReturnType<typeof runOnce>>;
+export type KeepaliveScenario = Scenario<RunResult> & { label: string };
 
 const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
   name: 'keepalive',
   parse: parseOptions,
-  async setup(options, { log }, hold) {
+  async setup(o, { log }, hold) {
     // Third-party servers: found or installed, else skipped with the reason.
     const skipped = new Map<string, string>();
-    const binaries = new Map<ServerId, string>();
-    for (const server of ['nginx', 'caddy'] as const) {
-      if (!options.servers.includes(server)) continue;
-      const found = findOrInstall(server, server, options.install, log);
-      if (found.ok) binaries.set(server, found.path);
-      else {
+    const [nginx, caddy] = (['nginx', 'caddy'] as const).map((server) => {
+      const found = o.servers.includes(server) ? findOrInstall(server, server, !o['no-install'], log) : undefined;
+      if (found?.ok === false) {
         skipped.set(server, found.reason);
         log(`${server} skipped: ${found.reason}`);
       }
-    }
-    const proxyNode = options.proxyNodeMajor === undefined ? undefined : nodeBinary(options.proxyNodeMajor, log);
+      return found?.ok ? found.path : undefined;
+    });
+    const proxyNode = o['proxy-node'] === undefined ? undefined : nodeBinary(o['proxy-node'], log);
     const versions = {
       proxyNode: proxyNode === undefined ? `${process.version} (OpenSSL ${process.versions.openssl})` : nodeVersionOf(proxyNode),
       autocannon: await autocannonVersion(),
-      ...(binaries.has('nginx') ? { nginx: versionOf(binaries.get('nginx')!, ['-v'])?.replace(/^nginx version: nginx\//, '') } : {}),
-      ...(binaries.has('caddy') ? { caddy: versionOf(binaries.get('caddy')!, ['version'])?.split(' ')[0] } : {}),
+      ...(nginx === undefined ? {} : { nginx: versionOf(nginx, ['-v'])?.replace(/^nginx version: nginx\//, '') }),
+      ...(caddy === undefined ? {} : { caddy: versionOf(caddy, ['version'])?.split(' ')[0] }),
     };
-    if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
-    if (options.cpuProfDir !== undefined) mkdirSync(options.cpuProfDir, { recursive: true });
-    const proxyNodeArgs = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir];
-    const lab = await KeepaliveLab.create({ ...options, nginx: binaries.get('nginx'), caddy: binaries.get('caddy'), proxyNodeArgs, proxyNode }, log);
+    if (o.clientCpus !== undefined) setAffinity(process.pid, o.clientCpus);
+    if (o.cpuProfDir !== undefined) mkdirSync(o.cpuProfDir, { recursive: true });
+    const proxyNodeArgs = o.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir];
+    const lab = await KeepaliveLab.create({ ...o, nginx, caddy, proxyNodeArgs, proxyNode }, log);
     const held = { lab, skipped, versions, answered: new Map<string, number>() };
     hold(held);
     log(`temp dir ${lab.dir}`);
@@ -130,37 +104,33 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
     for (const [server, reason] of lab.failed) skipped.set(server, reason);
     return held;
   },
-  async scenarios({ lab, skipped, versions }, options, { log }) {
+  async scenarios({ lab, skipped, versions }, o, { log }) {
+    const running = o.servers.filter((s) => lab.servers.has(s));
     // HTTP/2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
     const ca = readFileSync(lab.caFile, 'utf8');
-    const h2Servers = new Set<ServerId>();
-    for (const server of options.protocols.includes('h2') ? options.servers.filter((s) => lab.servers.has(s)) : []) {
-      const picked = await negotiates({ port: lab.port(server), serverName: SERVER_NAME, ca, protocol: 'h2' });
-      if (picked === 'h2') h2Servers.add(server);
-      else {
-        skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
-        log(`${server}-h2 skipped: the server does not negotiate h2`);
-      }
+    const h2Servers: ServerId[] = [];
+    for (const server of o.protocols.includes('h2') ? running : []) {
+      const picked = await negotiates({ port: lab.ports[server], serverName: SERVER_NAME, ca, protocol: 'h2' });
+      if (picked === 'h2') h2Servers.push(server);
+      else skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+      if (picked !== 'h2') log(`${server}-h2 skipped: the server does not negotiate h2`);
     }
     const labels: Record<ServerId, string> = {
-      keyedge: `keyedge proxy (keyless, ${plural(options.workers, 'worker')}${options.proxyNodeMajor === undefined ? '' : `, Node ${versions.proxyNode}`})`,
+      keyedge: `keyedge proxy (keyless, ${plural(o.workers, 'worker')}${o['proxy-node'] === undefined ? '' : `, Node ${versions.proxyNode}`})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
       caddy: `caddy ${versions.caddy ?? ''}`.trim(),
     };
-    return options.protocols.flatMap((protocol) =>
-      options.servers
-        .filter((s) => lab.servers.has(s) && (protocol === 'h1' || h2Servers.has(s)))
-        .map((server) => {
-          const h2 = protocol === 'h2';
-          const label = `${labels[server]}${h2 ? ', HTTP/2' : ''}`;
-          return { name: h2 ? `${server}-h2` : server, label, server, h2, run: (ms, context) => runOnce(lab, options, server, h2, ms, context) };
-        }),
-    );
+    const scenario = (server: ServerId, h2: boolean): KeepaliveScenario => ({
+      name: h2 ? `${server}-h2` : server,
+      label: `${labels[server]}${h2 ? ', HTTP/2' : ''}`,
+      run: (ms, context) => runOnce(lab, o, server, h2, ms, context),
+    });
+    return o.protocols.flatMap((p) => (p === 'h1' ? running.map((s) => scenario(s, false)) : h2Servers.map((s) => scenario(s, true))));
   },
   ownPids: ({ lab }) => [...lab.servers.values(), lab.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(lab.keyserver?.pid ?? []),
   plan: (o, scenarios) =>
     `warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} rounds of ${o.measureMs / 1000} s over ${scenarios.map((s) => s.name).join(', ')}` +
-    (o.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${o.serverCpus}, autocannon on CPU ${o.clientCpus}`),
+    (o.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${o.serverCpus}, clients on CPU ${o.clientCpus}`),
   pad: 8,
   line({ window: w, client: c }, scenario, { answered }) {
     answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
@@ -170,63 +140,66 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       `(${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`
     );
   },
-  async report({ lab, skipped, versions, answered }, options, scenarios, { results, failures, method }, { machine, date }) {
-    const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
-    const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], options.serverCpuCount, failed(s.name)));
-    const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((o) => compareTo(summaries, `keyedge${p}`, `${o}${p}`) ?? []));
-    const h2Args = { port: 0, serverName: SERVER_NAME, connections: options.h2Connections, streams: options.h2Streams, durationSec: 0, cpus: undefined };
-    const h2Command = shownCommand(options.clientCpus, 'h2load', h2loadArgs(h2Args), [
-      [/-D 0/, '-D T'],
-      [/:0\b/g, ':PORT'],
-    ]);
-    const acArgs = { url: 'https://127.0.0.1:PORT/', serverName: SERVER_NAME, connections: options.connections, durationSec: 0, cpus: undefined };
-    const clientCommand = shownCommand(options.clientCpus, 'node_modules/.bin/autocannon', autocannonArgs(acArgs), [[/-d 0/, '-d T']]);
-    // Stop the proxy first when profiling: node writes --cpu-prof files at exit.
-    if (options.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
-    const profiles = options.cpuProfDir === undefined ? [] : readProfiles(options.cpuProfDir, answered.get('keyedge') ?? 0);
-    const ctx = { machine, options, date, clientCommand, h2Command, commands: COMMANDS, versions, failures };
-    const ratio = (other: string) => comparisons.find((c) => c.other === other)?.cpuRatio ?? null;
-    const json = {
-      versions,
-      client: {
-        command: clientCommand,
-        connections: options.connections,
-        cpus: options.clientCpus,
-        h2: { command: h2Command, connections: options.h2Connections, streams: options.h2Streams },
-      },
-      servers: {
-        ...COMMANDS,
-        workers: options.workers,
-        cpus: options.serverCpus,
-        logLevel: options.logLevel,
-        accessLog: options.accessLog,
-        originPool: ORIGIN_POOL,
-        protocols: Object.fromEntries(lab.protocols),
-      },
-      method: method(),
-      failedRounds: failures,
-      proxyConfig: lab.configs.keyedge,
-      nginxConfig: lab.configs.nginx,
-      caddyConfig: lab.configs.caddy,
-      targets: {
-        /** keyedge server CPU per request below caddy's, in this run. */
-        keyedgeBelowCaddy: ratio('caddy') === null ? null : ratio('caddy')! < 1,
-        keyedgeVsCaddyCpu: ratio('caddy'),
-        keyedgeVsNginxCpu: ratio('nginx'),
-        /** Issue 13: CPU per request over h2 (10 streams), keyedge ÷ nginx; target ≤ 2.0. */
-        keyedgeVsNginxH2Cpu: ratio('nginx-h2'),
-        keyedgeServerCpuUsPerRequest: summaries.find((s) => s.server === 'keyedge')?.serverUs.median ?? null,
-      },
-      comparisons,
-      summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
-      scenarios: summaries,
-      profiles,
-    };
-    const errors = summaries.reduce((n, s) => n + errorCount(s), 0);
-    return { json, markdown: markdownReport(ctx, summaries, skipped, comparisons, profiles), errors, what: 'requests' };
-  },
-  close: ({ lab }, o, log) => lab.close(o.keepTemp, log),
-  kill: ({ lab }, o) => lab.cleanup(o.keepTemp),
+  report,
+  close: ({ lab }, o, log) => lab.close(o['keep-temp'], log),
+  kill: ({ lab }, o) => lab.cleanup(o['keep-temp']),
 };
+
+/** The client's clock starts before its first requests reach the origin (start-up, 64 handshakes): it runs this much longer. */
+const CLIENT_MARGIN_MS = 2500;
+
+/**
+ * One run: start the client, wait for traffic and the ramp-up, read the origin's counter and every process's CPU around
+ * the window, then take the client's report. Requests are counted at the origin, so every server is counted alike.
+ */
+async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
+  const count0 = await lab.originCount();
+  const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
+  const port = lab.ports[server];
+  const ac = h2
+    ? startH2load({ ...client, port, connections: options['h2-connections'], streams: options['h2-streams'] })
+    : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });
+  try {
+    for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {
+      if (ac.exited()) throw new Error('the client exited before sending a request');
+      if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
+    }
+    await sleep(options.rampMs, context.signal);
+    const pid = (p: { pid: number } | undefined) => (p === undefined ? [] : [p.pid]);
+    const tracked = [
+      { name: 'proxy', roots: () => pid(lab.servers.get(server)) },
+      { name: 'keyserver', roots: () => (server === 'keyedge' ? pid(lab.keyserver) : []) },
+      { name: 'origin', roots: () => pid(lab.origin) },
+      { name: 'client', roots: () => [ac.pid] },
+    ];
+    const [nA, sA] = [await lab.originCount(), snapshot(tracked)];
+    await sleep(durationMs, context.signal);
+    const [nB, sB] = [await lab.originCount(), snapshot(tracked)];
+    if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
+    const usage = usageBetween(sA, sB);
+    const requests = nB - nA;
+    const { per, cores, otherCores } = perUnit(usage, requests);
+    const window = {
+      seconds: usage.seconds,
+      requests,
+      requestsPerSecond: requests / usage.seconds,
+      /** The server's processes (keyedge: proxy + key server, whose part is ≈ 0: a keep-alive connection signs once). */
+      serverUs: per('proxy', 'keyserver'),
+      proxyUs: per('proxy'),
+      keyserverUs: server === 'keyedge' ? per('keyserver') : undefined,
+      originUs: per('origin'),
+      clientUs: per('client'),
+      clientCores: cores('client'),
+      serverSideCores: cores('proxy', 'keyserver', 'origin'),
+      machineBusyCores: usage.machineBusyCores,
+      otherCores,
+      usage,
+    };
+    // The client ends on its own at the end of its duration; a hung one is killed (harness/spawn.ts).
+    return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
+  } finally {
+    ac.kill();
+  }
+}
 
 runMeasuring(KEEPALIVE);

@@ -1,8 +1,7 @@
 /**
- * The keep-alive bench's origin: the product's demo page (1 KiB, proxy/demo-origin.ts) served by node:http, plus a
- * request counter. Every proxied request reaches the origin exactly once, so the counter's difference over a window is
- * the requests each proxy served in it, counted alike for keyedge, nginx and caddy. `GET /__bench/count` answers the
- * count as JSON and is not counted (the bench asks it directly, never through a proxy).
+ * The keep-alive bench's origin: the product's demo page (1 KiB, proxy/demo-origin.ts) and a request counter. Every
+ * proxied request reaches the origin exactly once, so the counter counts keyedge, nginx and caddy alike.
+ * `GET /__bench/count` answers the count as JSON and is not counted (the bench asks it directly).
  *
  * Usage: node dist/bench/keepalive/origin.js --port P [--size BYTES]; prints "keepalive origin ready <port>".
  */

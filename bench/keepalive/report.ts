@@ -1,27 +1,31 @@
 /**
- * The keep-alive bench's figures and Markdown: medians and spread per scenario (server × protocol), keyedge ÷ nginx
- * and ÷ caddy per protocol, the `summary` rows the suite reads, and the proxy's --cpu-prof top functions.
+ * The keep-alive bench's result: medians and spread per scenario (server × protocol), keyedge ÷ nginx and ÷ caddy per
+ * protocol, the `summary` rows the suite reads, the proxy's --cpu-prof top functions, as JSON and Markdown. The
+ * columns are explained in bench/README.md, "keepalive".
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLEAN_ROUNDS_NOTE, failureLines, overRounds, rateCell, roundColumns, SATURATED_CORES } from '../harness/runner.js';
 import { summarizeProfile } from '../harness/cpuprofile.js';
 import { topFunctionsTable } from '../harness/profile-table.js';
-import type { MachineInfo } from '../harness/report.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
-import type { RoundFailure } from '../harness/rounds.js';
+import { CLEAN_ROUNDS_NOTE, failureLines, type MeasuringBench, overRounds, rateCell, roundColumns } from '../harness/runner.js';
+import { shownCommand } from '../harness/spawn.js';
 import { round } from '../harness/stats.js';
-import { benchRow } from '../harness/summary.js';
-import { ORIGIN_POOL } from './lab.js';
-import type { Options } from './main.js';
-import type { RunResult } from './measure.js';
+import { benchRow, skippedBenchRow } from '../harness/summary.js';
+import { autocannonArgs, h2loadArgs } from './clients.js';
+import { ORIGIN_POOL, SERVER_NAME } from './lab.js';
+import type { KeepaliveScenario, Lab, Options, RunResult } from './main.js';
 
-type ServerSummary = ReturnType<typeof summarize>;
-type Comparison = NonNullable<ReturnType<typeof compareTo>>;
-type ProfileReport = ReturnType<typeof readProfiles>[number];
+const COMMANDS = {
+  keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
+  keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
+  nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
+  caddy: 'caddy run --config <tmp>/caddy.json',
+  origin: 'node dist/bench/keepalive/origin.js --port P',
+};
 
 /** A scenario's medians and spread over its clean rounds (harness/runner.ts); errors over every run. */
-export function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds = 0) {
+function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds: number) {
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
   const sum = (f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
   return {
@@ -40,10 +44,13 @@ export function summarize(server: string, label: string, all: readonly RunResult
   };
 }
 
-export const errorCount = (s: ServerSummary) => s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx;
+type ServerSummary = ReturnType<typeof summarize>;
+type Comparison = NonNullable<ReturnType<typeof compareTo>>;
+
+const errorCount = (s: ServerSummary) => s.errors.clientErrors + s.errors.timeouts + s.errors.non2xx;
 
 /** keyedge's scenario against another's of the same protocol: server µs/request ratio (< 1: keyedge spends less), also per round. */
-export function compareTo(summaries: readonly ServerSummary[], keyedge: string, other: string) {
+function compareTo(summaries: readonly ServerSummary[], keyedge: string, other: string) {
   const [k, o] = [keyedge, other].map((name) => summaries.find((s) => s.server === name));
   if (k === undefined || o === undefined) return undefined;
   const perRound = k.perRound.slice(0, o.perRound.length).map((r, i) => round(r.window.serverUs / o.perRound[i]!.window.serverUs, 3));
@@ -52,7 +59,7 @@ export function compareTo(summaries: readonly ServerSummary[], keyedge: string, 
 }
 
 /** The suite's row (harness/summary.ts). */
-export function summaryRow(s: ServerSummary) {
+function summaryRow(s: ServerSummary) {
   const { server: scenario, label, p50Ms, p99Ms, clientSaturated, otherCores } = s;
   const rate = { rate: s.requestsPerSecond.median, spreadPct: s.requestsPerSecond.spreadPct, serverCpuUs: s.serverUs.median };
   return benchRow('request', { scenario, label, ...rate, p50Ms, p99Ms, clientSaturated, errors: errorCount(s), otherCores });
@@ -73,63 +80,88 @@ const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ...roundColumns<ServerSummary>('machine busy / others (cores)'),
 ];
 
+const target = (c: Comparison) =>
+  c.other === 'caddy'
+    ? `${c.cpuRatio < 1 ? 'met' : 'missed'}: ${c.cpuRatio < 1 ? '' : 'not '}below caddy`
+    : `≤ 2.0 (issue ${c.other === 'nginx' ? 12 : 13}): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`;
+
 const COMPARISON_COLUMNS: readonly Column<Comparison>[] = [
   ['keyedge vs', 'left', (c) => `${c.keyedge} vs ${c.other}`],
   ['CPU/request ratio (keyedge ÷ other)', 'right', (c) => `**${fmt(c.cpuRatio, 2)}**`],
   ['per round (min–max)', 'right', (c) => minMax(c.cpuRatioPerRound, 2)],
   ['requests/s ratio', 'right', (c) => fmt(c.rateRatio, 2)],
-  ['target', 'left', (c) => (c.other === 'caddy' ? (c.cpuRatio < 1 ? 'met: below caddy' : 'missed: not below caddy') : target(c))],
+  ['target', 'left', target],
 ];
-const target = (c: Comparison) => `≤ 2.0 (issue ${c.other === 'nginx' ? 12 : 13}): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`;
 
-export interface ReportContext {
-  readonly machine: MachineInfo;
-  readonly options: Options;
-  readonly date: string;
-  readonly clientCommand: string;
-  readonly h2Command: string;
-  readonly commands: Record<string, string>;
-  readonly versions: Record<string, string | undefined>;
-  readonly failures: readonly RoundFailure[];
+/** The .cpuprofile files the proxy wrote: the busiest process's (a worker's) top functions. */
+function readProfiles(dir: string, requests: number) {
+  const files = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')) : [];
+  const profiles = files.map((file) => ({ file, summary: summarizeProfile(join(dir, file), process.cwd()) }));
+  const busiest = profiles.sort((a, b) => b.summary.busyUs - a.summary.busyUs).slice(0, 1);
+  return busiest.map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
 }
 
-export function markdownReport(
-  ctx: ReportContext,
-  summaries: readonly ServerSummary[],
-  skipped: ReadonlyMap<string, string>,
-  comparisons: readonly Comparison[],
-  profiles: readonly ProfileReport[],
-): string {
-  const { options: o, commands } = ctx;
-  const skippedRows = [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', '', '', '', '', '', '', '', '', '']);
+/** The bench's report (harness/runner.ts MeasuringBench). */
+export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>['report'] = async (held, o, scenarios, measured, { machine, date }) => {
+  const { lab, skipped, versions, answered } = held;
+  const { results, failures } = measured;
+  const shown = { serverName: SERVER_NAME, durationSec: 0, cpus: undefined };
+  const h2Args = h2loadArgs({ ...shown, port: 0, connections: o['h2-connections'], streams: o['h2-streams'] });
+  const h2Shown: [RegExp, string][] = [
+    [/-D 0/, '-D T'],
+    [/:0\b/g, ':PORT'],
+  ];
+  const h2Command = shownCommand(o.clientCpus, 'h2load', h2Args, h2Shown);
+  const acArgs = autocannonArgs({ ...shown, url: 'https://127.0.0.1:PORT/', connections: o.connections });
+  const clientCommand = shownCommand(o.clientCpus, 'node_modules/.bin/autocannon', acArgs, [[/-d 0/, '-d T']]);
+  // Stop the proxy first when profiling: node writes --cpu-prof files at exit. The profile covers every request it answered.
+  if (o.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
+  const proxyRequests = (answered.get('keyedge') ?? 0) + (answered.get('keyedge-h2') ?? 0);
+  const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+  const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], o.serverCpuCount, failed(s.name)));
+  const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((other) => compareTo(summaries, `keyedge${p}`, `${other}${p}`) ?? []));
+  const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, proxyRequests);
+  const { connections, 'h2-connections': h2Connections, 'h2-streams': h2Streams, clientCpus, serverCpus, workers, logLevel, accessLog } = o;
+  const json = {
+    versions,
+    client: { command: clientCommand, connections, cpus: clientCpus, h2: { command: h2Command, connections: h2Connections, streams: h2Streams } },
+    servers: { ...COMMANDS, workers, cpus: serverCpus, logLevel, accessLog, originPool: ORIGIN_POOL },
+    method: measured.method(),
+    failedRounds: failures,
+    proxyConfig: lab.configs.keyedge,
+    nginxConfig: lab.configs.nginx,
+    caddyConfig: lab.configs.caddy,
+    comparisons,
+    summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
+    scenarios: summaries,
+    profiles,
+  };
+  const skippedRows = [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', ...Array<string>(9).fill('')]);
   const pin =
-    o.serverCpus === undefined
+    serverCpus === undefined
       ? 'none (scheduler)'
-      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${o.serverCpus}; autocannon and this bench on CPU ${o.clientCpus}`;
-  const profileSection = profiles.flatMap((p) => [
-    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
+      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${serverCpus}; clients and this bench on CPU ${clientCpus}`;
+  const profileSection = profiles.flatMap((p) => {
+    const per = (us: number) => (p.requests > 0 ? us / p.requests : Number.NaN);
+    return [
+      `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
+      '',
+      topFunctionsTable(p.top, { top: p.top.length, by: 'selfUs', unit: 'µs/request', per, decimals: 2 }),
+      '',
+    ];
+  });
+  const tools = Object.entries(versions).map(([k, v]) => `${k} ${v ?? '?'}`);
+  const h2 = `HTTP/2 (the -h2 rows): \`${h2Command}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
+  const markdown = [
+    `# keepalive, ${date}${o.quick ? ' (quick)' : ''}`,
     '',
-    topFunctionsTable(p.top, {
-      top: p.top.length,
-      by: 'selfUs',
-      unit: 'µs/request',
-      per: (us) => (p.requests > 0 ? us / p.requests : Number.NaN),
-      decimals: 2,
-    }),
-    '',
-  ]);
-  const versions = Object.entries(ctx.versions).map(([k, v]) => `${k} ${v ?? '?'}`);
-  const h2 = `HTTP/2 (the -h2 rows): \`${ctx.h2Command}\` (${o.h2Connections} connections, ${o.h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
-  return [
-    `# keepalive, ${ctx.date}${o.quick ? ' (quick)' : ''}`,
-    '',
-    ...machineLines(ctx.machine, versions.join(', ')),
-    `Client: \`${ctx.clientCommand}\` (HTTP/1.1 keep-alive, ${o.connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
+    ...machineLines(machine, tools.join(', ')),
+    `Client: \`${clientCommand}\` (HTTP/1.1 keep-alive, ${connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
     ...(o.protocols.includes('h2') ? [h2] : []),
-    `Servers: keyedge \`${commands.keyedge}\` + \`${commands.keyserver}\` (keyless, ${o.workers} worker${o.workers === 1 ? '' : 's'}, log level ${o.logLevel}); nginx \`${commands.nginx}\` (1 worker); caddy \`${commands.caddy}\`; origin \`${commands.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${o.accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
+    `Servers: keyedge \`${COMMANDS.keyedge}\` + \`${COMMANDS.keyserver}\` (keyless, ${workers} worker${workers === 1 ? '' : 's'}, log level ${logLevel}); nginx \`${COMMANDS.nginx}\` (1 worker); caddy \`${COMMANDS.caddy}\`; origin \`${COMMANDS.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
     `Pinning: ${pin}.`,
-    `Method: warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} interleaved rounds; each run starts autocannon, waits for traffic and ${o.rampMs} ms more, then measures a ${o.measureMs / 1000} s window (requests counted at the origin).`,
-    ...failureLines(ctx.failures),
+    `Method: warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} interleaved rounds; each run starts the client, waits for traffic and ${o.rampMs} ms more, then measures a ${o.measureMs / 1000} s window (requests counted at the origin).`,
+    ...failureLines(failures),
     '',
     columnTable(summaries, SERVER_COLUMNS, skippedRows),
     '',
@@ -137,23 +169,12 @@ export function markdownReport(
     '',
     specTable(comparisons, COMPARISON_COLUMNS, '(needs keyedge and at least one of nginx, caddy)'),
     '',
-    'Columns: requests/s = requests the origin served in the window ÷ its length, median over rounds ("≥": autocannon used',
-    `≥ ${SATURATED_CORES} of its core, so the rate is what one client core could drive). **server µs/request** = utime+stime from /proc of`,
-    'every server process (keyedge: proxy primary + workers + key server; nginx: master + worker; caddy) over the window ÷',
-    "requests in it: the figure to compare. origin µs = the origin (same for all, not in the server figure). client = autocannon's",
-    "CPU per request (its cores in brackets). server-side cores = server + origin. p50/p99 = autocannon's latency over its whole",
-    'run (ms, whole-millisecond resolution), median over rounds. errors = autocannon connection errors / timeouts / non-2xx,',
-    `summed over all rounds. ${CLEAN_ROUNDS_NOTE}`,
-    "rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.",
+    'requests/s: served by the origin in the window, median over rounds ("≥": the client used ≥ 0.9 of its core). **server',
+    'µs/request**: utime+stime of every server process (keyedge: proxy + workers + key server) ÷ requests, the figure to',
+    "compare; origin and client are not in it. p50/p99: the client's latency over its whole run (h2load: mean / max).",
+    `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.`,
     '',
     ...profileSection,
   ].join('\n');
-}
-
-/** The .cpuprofile files the proxy wrote: the busiest process's (a worker's) top functions. */
-export function readProfiles(dir: string, requests: number) {
-  const files = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')) : [];
-  const profiles = files.map((file) => ({ file, summary: summarizeProfile(join(dir, file), process.cwd()) }));
-  const busiest = profiles.sort((a, b) => b.summary.busyUs - a.summary.busyUs).slice(0, 1);
-  return busiest.map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
-}
+  return { json, markdown, errors: summaries.reduce((n, s) => n + errorCount(s), 0), what: 'requests' };
+};

@@ -1,13 +1,11 @@
 /**
- * The key types the signing benchmarks use, with everything each side needs:
- * the CLI type to generate, the wire algorithm for the key server, and the
- * PKCS#11 mechanism for raw signing (the same parameters
- * keyserver/token/sign.ts uses).
+ * The key types the signing benchmarks use (keyserver-sign, handshake), with what each side needs: the type to
+ * generate, the wire algorithm for the key server, the PKCS#11 mechanism for raw signing (as keyserver/token/sign.ts).
  */
 import pkcs11js from 'pkcs11js';
 import { Algorithm } from '../../keyserver/protocol/constants.js';
 
-/** Per key: the `keyedge key generate --type`, the wire algorithm, and for raw C_Sign the mechanism and signature size (r||s, or the modulus). */
+/** outputBytes: the raw signature's size (r||s, or the modulus). */
 export const BENCH_KEYS = [
   {
     id: 'ec',
@@ -36,17 +34,3 @@ export const BENCH_KEYS = [
 ] as const;
 
 export type BenchKey = (typeof BENCH_KEYS)[number];
-
-/** C connections to the key server, D requests in flight on each. */
-export interface Pipeline {
-  readonly connections: number;
-  readonly depth: number;
-}
-
-export const pipelineName = (p: Pipeline): string => `${p.connections}x${p.depth}`;
-
-export function parsePipeline(text: string): Pipeline {
-  const m = /^(\d+)x(\d+)$/.exec(text);
-  if (m === null || Number(m[1]) < 1 || Number(m[2]) < 1) throw new Error(`a pipeline setting looks like 2x32 (connections x in flight), got '${text}'`);
-  return { connections: Number(m[1]), depth: Number(m[2]) };
-}

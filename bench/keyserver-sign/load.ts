@@ -2,12 +2,9 @@
  * Closed-loop signing loads (harness/stats.ts) and the measuring window around them:
  * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit then C_Sign in its callback form (the sign
  *   runs on a libuv pool thread): the ceiling the token allows.
- * - PipelinedSignLoad: the lean key-server client over connected sockets, `depth` requests in flight per connection,
- *   one pre-encoded SIGN frame per slot (id = slot), answers cut by the project's FrameReader and checked by
- *   decodeResponse, the requests one read triggers sent in one corked write: as little client CPU as possible, so the
- *   server's cost is what shows.
- * - LibraryClientSignLoad: the project's KeyserverClient (a promise, timer and Map entry per request), what the CLI and
- *   tests use.
+ * - PipelinedSignLoad: the lean key-server client, `depth` pre-encoded SIGN frames in flight per connection (id = slot),
+ *   answers cut by the project's FrameReader and checked by decodeResponse, the requests one read triggers sent in one
+ *   corked write: as little client CPU as possible, so the server's cost is what shows.
  * `measureWindow` reads every counter at both ends of a window while the load keeps running, so ramp-up and drain stay
  * out of the figures.
  */
@@ -15,25 +12,18 @@ import type net from 'node:net';
 import type pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
-import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { tokenOptions } from '../../keyserver/server/daemon.js';
 import { listKeys, type TokenKey } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
-import { ClosedLoop, nowNs } from '../harness/stats.js';
-import { type CpuTimes, delta, machineCpu, procCpu, selfCpu, type ThreadCpu, threadCpu, totalUs } from '../harness/proc-cpu.js';
+import { delta, perUnit, snapshot, threadCpu, totalUs, usageBetween } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
+import { ClosedLoop, nowNs } from '../harness/stats.js';
 import type { BenchKey } from './keys.js';
 
-/** A signing load: a closed loop, with load-specific cumulative counters that measureWindow reports per sign. */
-export type SignLoad = ClosedLoop & { counters?(): Record<string, number> };
-
-export class RawSignLoad extends ClosedLoop {
-  /** Time inside C_SignInit, which pkcs11js runs on this (the main) thread. */
-  #signInitNs = 0;
-
+class RawSignLoad extends ClosedLoop {
   constructor(
     readonly pkcs11: pkcs11js.PKCS11,
     readonly sessions: readonly pkcs11js.Handle[],
@@ -58,24 +48,15 @@ export class RawSignLoad extends ClosedLoop {
       this.done(started, (err as Error).message);
       return this.retire(); // a session that cannot init will not recover in a benchmark
     }
-    this.#signInitNs += nowNs() - started;
     this.pkcs11.C_Sign(session, digest, out, (err: Error | null) => {
       this.done(started, err?.message);
       if (err !== null) return this.retire();
       this.#loop(session, digest, out);
     });
   }
-
-  counters(): Record<string, number> {
-    return { signInitUs: this.#signInitNs / 1e3 };
-  }
 }
 
-/**
- * The key server's token opened in this process for raw signing (one PKCS#11
- * module per process: one per run, in a process that opened no other), with
- * `sessions` sessions; `load` makes a RawSignLoad on the first n of them.
- */
+/** The key server's token opened in this process (one PKCS#11 module per process: one per run) with `sessions` sessions. */
 export class RawToken {
   readonly config: KeyserverConfig;
   readonly token: Token;
@@ -89,7 +70,7 @@ export class RawToken {
     for (let i = 0; i < sessions; i++) this.sessions.push(this.token.openSession());
   }
 
-  /** A load signing with the token key `which` picks, with `key`'s mechanism, on `sessions` sessions. */
+  /** A load signing with the token key `which` picks, with `key`'s mechanism, on the first `sessions` sessions. */
   load(which: (k: TokenKey) => boolean, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
     const tokenKey = this.keys.find(which);
     if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
@@ -102,14 +83,8 @@ export class RawToken {
   }
 }
 
-interface SignRequestSpec {
-  readonly keyId: Buffer;
-  readonly algorithm: AlgorithmByte;
-  /** Slot i of connection c signs digests[(c × depth + i) % length]. */
-  readonly digests: readonly Buffer[];
-}
-
-const digestOf = (spec: SignRequestSpec, depth: number, c: number, slot: number): Buffer => spec.digests[(c * depth + slot) % spec.digests.length]!;
+/** What a key-server load signs; slot i of connection c signs digests[(c × depth + i) % length]. */
+type SignRequestSpec = { readonly keyId: Buffer; readonly algorithm: AlgorithmByte; readonly digests: readonly Buffer[] };
 
 export class PipelinedSignLoad extends ClosedLoop {
   readonly #frames: Buffer[][];
@@ -121,14 +96,12 @@ export class PipelinedSignLoad extends ClosedLoop {
     readonly depth: number,
   ) {
     super();
-    this.#frames = sockets.map((_, c) =>
-      Array.from({ length: depth }, (_, id) =>
-        encodeRequest({ op: 'sign', id, keyId: spec.keyId, algorithm: spec.algorithm, digest: digestOf(spec, depth, c, id) }),
-      ),
-    );
+    const frame = (c: number, id: number) =>
+      encodeRequest({ op: 'sign', id, keyId: spec.keyId, algorithm: spec.algorithm, digest: spec.digests[(c * depth + id) % spec.digests.length]! });
+    this.#frames = sockets.map((_, c) => Array.from({ length: depth }, (_, id) => frame(c, id)));
     this.#started = sockets.map(() => new Float64Array(depth));
     sockets.forEach((socket, c) => {
-      const reader = new FrameReader({ maxBodyBytes: 16384, onFrame: (frame) => this.#onFrame(c, frame), onError: (err) => socket.destroy(err) });
+      const reader = new FrameReader({ maxBodyBytes: 16384, onFrame: (f) => this.#onFrame(c, f), onError: (err) => socket.destroy(err) });
       socket.on('data', (chunk: Buffer) => {
         socket.cork();
         reader.push(chunk);
@@ -173,112 +146,55 @@ export class PipelinedSignLoad extends ClosedLoop {
   }
 }
 
-export class LibraryClientSignLoad extends ClosedLoop {
-  constructor(
-    readonly clients: readonly KeyserverClient[],
-    readonly spec: SignRequestSpec,
-    readonly depth: number,
-  ) {
-    super();
-  }
-
-  protected begin(): void {
-    this.outstanding = this.clients.length * this.depth;
-    this.clients.forEach((client, c) => {
-      for (let slot = 0; slot < this.depth; slot++) void this.#loop(client, digestOf(this.spec, this.depth, c, slot));
-    });
-  }
-
-  async #loop(client: KeyserverClient, digest: Buffer): Promise<void> {
-    while (!this.stopped) {
-      const started = nowNs();
-      try {
-        await client.sign(this.spec.keyId, this.spec.algorithm, digest);
-        this.done(started, undefined);
-      } catch (err) {
-        this.done(started, (err as Error).message);
-        if ((err as { code?: string }).code === 'KEYEDGE_ERR_CLOSED') break;
-      }
-    }
-    this.retire();
-  }
-}
-
-interface WindowOptions {
-  readonly durationMs: number;
-  /** The load runs this long before the window opens. */
-  readonly rampMs: number;
-  /** The key server's pid, for its CPU; absent for in-process loads. */
-  readonly serverPid?: number;
-  readonly signal?: AbortSignal;
-}
+/** `rampMs`: the load runs this long before the window opens; `serverPid`: the key server's, absent for in-process loads. */
+type WindowOptions = { readonly durationMs: number; readonly rampMs: number; readonly serverPid?: number; readonly signal?: AbortSignal };
 
 /** One window's figures (bench/README.md, "What the figures mean"): CPU per sign in µs, cores in cores of the window. */
 export type WindowResult = Awaited<ReturnType<typeof measureWindow>>;
 
-function snapshot(load: SignLoad, pid: number | undefined) {
-  return {
-    ns: nowNs(),
-    completed: load.completed,
-    errors: load.errors,
-    self: selfCpu(),
-    machine: machineCpu(),
-    server: pid === undefined ? undefined : { all: procCpu(pid), threads: threadCpu(pid) },
-    counters: load.counters?.() ?? {},
-  };
-}
-
-/**
- * The key server's CPU per sign: all of it, user and system, and by thread (main: JavaScript, framing, socket
- * syscalls; others: the signing workers, V8's helpers).
- */
-function serverPerSign(s: CpuTimes, a: ThreadCpu, b: ThreadCpu, perSign: (us: number) => number, cores: (us: number) => number) {
-  const threads = (pick: 'main' | 'others') => perSign(totalUs(delta(a[pick], b[pick])));
-  return {
-    cpuUsPerSign: perSign(totalUs(s)),
-    userUsPerSign: perSign(s.userUs),
-    systemUsPerSign: perSign(s.systemUs),
-    mainThreadUsPerSign: threads('main'),
-    otherThreadsUsPerSign: threads('others'),
-    cpuCores: cores(totalUs(s)),
-  };
-}
-
 /** Starts `load`, measures a window of `durationMs` after `rampMs`, stops it and waits for it to drain. */
-export async function measureWindow(load: SignLoad, options: WindowOptions) {
+export async function measureWindow(load: ClosedLoop, o: WindowOptions) {
+  const pid = o.serverPid;
+  const server = [{ name: 'server', roots: () => (pid === undefined ? [] : [pid]) }];
+  // The key server's threads: main = JavaScript, framing, socket syscalls; others = the signing workers, V8's helpers.
+  const read = () => ({ completed: load.completed, errors: load.errors, cpu: snapshot(server), threads: pid === undefined ? undefined : threadCpu(pid) });
   load.latency.reset();
   load.start();
   try {
-    await sleep(options.rampMs, options.signal);
-    const a = snapshot(load, options.serverPid);
+    await sleep(o.rampMs, o.signal);
+    const a = read();
     load.recording = true;
-    await sleep(options.durationMs, options.signal);
+    await sleep(o.durationMs, o.signal);
     load.recording = false;
-    const b = snapshot(load, options.serverPid);
-    const seconds = (b.ns - a.ns) / 1e9;
+    const b = read();
+    const usage = usageBetween(a.cpu, b.cpu);
     const signs = b.completed - a.completed;
+    const { per, cores, otherCores } = perUnit(usage, signs);
     const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
-    const cores = (us: number) => us / 1e6 / seconds;
-    const client = totalUs(delta(a.self, b.self));
-    const server = a.server && b.server && serverPerSign(delta(a.server.all, b.server.all), a.server.threads, b.server.threads, perSign, cores);
-    const busyCores = cores(b.machine.busyUs - a.machine.busyUs);
+    const thread = (pick: 'main' | 'others') => perSign(totalUs(delta(a.threads![pick], b.threads![pick])));
+    const s = usage.groups.server!;
     const result = {
       signs,
       errors: b.errors - a.errors,
       firstError: load.firstError,
-      seconds,
-      signsPerSecond: signs / seconds,
+      seconds: usage.seconds,
+      signsPerSecond: signs / usage.seconds,
       latency: load.latency.summary(),
-      clientCpuUsPerSign: perSign(client),
-      clientCpuCores: cores(client),
-      machine: {
-        busyCores,
-        idleCores: cores(b.machine.idleUs - a.machine.idleUs),
-        stealCores: cores(b.machine.stealUs - a.machine.stealUs),
-        otherCores: Math.max(0, busyCores - cores(client) - (server?.cpuCores ?? 0)),
-      },
-      perSign: Object.fromEntries(Object.entries(b.counters).map(([k, v]) => [k, perSign(v - (a.counters[k] ?? 0))])),
-      ...(server === undefined ? {} : { server }),
+      clientCpuUsPerSign: perSign(totalUs(delta(a.cpu.self, b.cpu.self))),
+      clientCpuCores: usage.selfCores,
+      machine: { busyCores: usage.machineBusyCores, stealCores: usage.stealCores, otherCores },
+      ...(pid === undefined
+        ? {}
+        : {
+            server: {
+              cpuUsPerSign: per('server'),
+              userUsPerSign: perSign(s.userUs),
+              systemUsPerSign: perSign(s.systemUs),
+              mainThreadUsPerSign: thread('main'),
+              otherThreadsUsPerSign: thread('others'),
+              cpuCores: cores('server'),
+            },
+          }),
     };
     // Requests still outstanding when stop() gave up waiting (should be 0).
     const undrained = await load.stop();

@@ -6,19 +6,18 @@
  *
  * Usage: node dist/bench/keyserver-sign/profile.js [--key ec|rsa] [--transport unix|tls] [options]   (--help)
  */
-import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCli } from '../harness/cli.js';
 import { summarizeProfile } from '../harness/cpuprofile.js';
-import { runBench } from '../harness/runner.js';
+import { exitOnInterrupt, runBench } from '../harness/runner.js';
 import { topFunctionsTables } from '../harness/profile-table.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS, parsePipeline, pipelineName } from './keys.js';
-import { connectLoad } from './scenarios.js';
+import { BENCH_KEYS } from './keys.js';
 import { measureWindow } from './load.js';
+import { connectLoad, parsePipeline, pipelineName, startRig } from './scenarios.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -43,17 +42,15 @@ async function main(): Promise<number> {
   const profDir = join(outDir, `tmp-${process.pid}`);
   mkdirSync(profDir, { recursive: true });
   const lab = new KeyserverLab(v.sessions === undefined ? {} : { sessions: v.sessions });
-  process.on('exit', () => lab.cleanup());
-  process.on('SIGINT', () => process.exit(130));
+  exitOnInterrupt(() => lab.cleanup());
   try {
-    const keyIds = new Map([[key.id, await lab.generateKey(key.type, key.label)]]);
-    const server = await lab.startServer({ nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', String(v.interval)] });
-    const digests = Array.from({ length: 16 }, () => randomBytes(32));
-    const connected = await connectLoad({ lab, server, client: 'lean', digests, keyIds, rampMs: 500 }, key, transport, pipeline);
-    const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: server.pid });
+    const nodeArgs = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', String(v.interval)];
+    const rig = await startRig(lab, [key], { rampMs: 500, nodeArgs }, (line) => process.stderr.write(`${line}\n`));
+    const connected = await connectLoad(rig, key, transport, pipeline);
+    const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: rig.server.pid });
     const totalSigns = connected.load.completed;
     connected.close();
-    await server.stop(10_000);
+    await rig.server.stop(10_000);
 
     const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
     if (file === undefined) throw new Error(`no profile written in ${profDir}`);
