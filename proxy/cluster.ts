@@ -48,6 +48,7 @@ import { deleteRoute, putRoute } from './store/routes.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from './store/tickets.js';
 import { type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
 import { boardAppliedGeneration, boardAppliedMessage, type BoardMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
+import { ChainStoredNotLoadedError } from './acme/errors.js';
 import { type RunningAcme, startAcme } from './acme/service.js';
 import { wantedName } from './acme/on-demand.js';
 
@@ -294,8 +295,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       store: async (name, chainPem, keyId, domains, lock) => {
         await source.putCertificate(name, chainPem, { keyId, names: domains, source: 'ACME', ...(lock === undefined ? {} : { lock }) });
         const report = await coordinator.reload('admin', [name]);
-        if (report.error !== undefined)
-          throw new KeyedgeError('KEYEDGE_ERR_CERTIFICATE', `the issued certificate was stored but not loaded: ${report.error.message}`);
+        if (report.error !== undefined) throw new ChainStoredNotLoadedError(keyId, report.error.message);
       },
       broadcast: broadcastBoard,
       shared,

@@ -37,7 +37,6 @@
  * one to keep is the operator's call: an entry name says it.
  */
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
-import type { ManagedState } from './state.js';
 
 /** Whether two lists hold the same names (a certificate's SANs have no order that matters, RFC 5280 §4.2.1.6). */
 export function sameDomains(a: readonly string[], b: readonly string[]): boolean {
@@ -72,18 +71,20 @@ export function covers(domains: readonly string[], name: string): boolean {
 }
 
 /**
- * The managed entry an operator's issue of `requested` without an entry name is for, among `certificates` (the state's):
- * the entry that records one of these names, or `named` (the first domain's, entry-names.ts) when it is managed or none
- * does. Throws KEYEDGE_ERR_ACME_DOMAINS when several entries record them.
+ * The managed entry an operator's issue of `requested` without an entry name is for, among `holders` (each live entry's
+ * names: those it records and those its running order is for; maintain.ts): the entry that holds one of these names, or
+ * `named` (the first domain's, entry-names.ts) when it is a holder or none is. Throws KEYEDGE_ERR_ACME_DOMAINS when
+ * several entries hold them: one name on two certificates is two renewals, and every later issue of it is ambiguous.
  */
-export function entryForList(named: string, requested: readonly string[], certificates: Readonly<Record<string, ManagedState>>): string {
-  const entries = Object.keys(certificates).filter((entry) => certificates[entry]?.domains.some((d) => requested.includes(d)));
-  const candidates = certificates[named] === undefined || entries.includes(named) ? entries : [named, ...entries];
+export function entryForList(named: string, requested: readonly string[], holders: ReadonlyMap<string, readonly string[]>): string {
+  const entries = [...holders.keys()].filter((entry) => holders.get(entry)?.some((d) => requested.includes(d)));
+  const candidates = !holders.has(named) || entries.includes(named) ? entries : [named, ...entries];
   if (candidates.length <= 1) return candidates[0] ?? named;
-  const listed = candidates.map((entry) => `'${entry}' [${certificates[entry]?.domains.join(', ')}]`).join(', ');
+  const listed = candidates.map((entry) => `'${entry}' [${holders.get(entry)?.join(', ')}]`).join(', ');
   throw new KeyedgeError(
     'KEYEDGE_ERR_ACME_DOMAINS',
     `the names asked for, [${requested.join(', ')}], are managed under several certificates: ${listed}; nothing ordered. ` +
-      'To put them on one, issue again naming the entry to keep (keyedge cert issue NAME; admin API: "name")',
+      'To move a name, first take it off the entry that loses it (keyedge cert issue OTHER --domain … --replace-domains, ' +
+      'listing the names it keeps), then issue again',
   );
 }

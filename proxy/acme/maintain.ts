@@ -91,6 +91,20 @@ export class CertificateManager {
     return false;
   }
 
+  /**
+   * Each live entry's names (entryForList): those it records, with those of its running order (an expansion not yet
+   * recorded). A failed on-demand entry nothing serves holds none: it is the gate's, and forgotten in a day.
+   */
+  #holders(): Map<string, readonly string[]> {
+    const holders = new Map<string, readonly string[]>();
+    for (const [entry, managed] of Object.entries(this.#deps.state.state.certificates)) {
+      const running = this.#orders.domainsOf(entry);
+      if (running === undefined && waitsForTheGate(managed)) continue;
+      holders.set(entry, running === undefined ? managed.domains : [...new Set([...managed.domains, ...running])]);
+    }
+    return holders;
+  }
+
   get failing(): number {
     return Object.values(this.#deps.state.state.certificates).filter((c) => c.failures > 0).length;
   }
@@ -110,8 +124,12 @@ export class CertificateManager {
     let name: string;
     let wanted: string[] | undefined;
     try {
-      name = entry ?? (onDemand ? this.entryOf(domains) : entryForList(this.entryOf(domains), domains, this.#deps.state.state.certificates));
+      name = entry ?? (onDemand ? this.entryOf(domains) : entryForList(this.entryOf(domains), domains, this.#holders()));
       const managed = this.#deps.state.state.certificates[name];
+      // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since.
+      if (onDemand && domains.some((d) => this.isManaged(d))) {
+        throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
+      }
       if (managed !== undefined && !onDemand) wanted = domainsToOrder(name, managed.domains, domains, replaceDomains);
     } catch (err) {
       return Promise.reject(err);

@@ -9,8 +9,8 @@
  *    again under the lock on the list recorded then.
  *  - The entry's state follows the certificate the store holds: once an
  *    order's chain is stored, its names and key are the entry's, even when
- *    the order is reported failed because not every worker applied it in
- *    time (issuer.ts). Recording the list before it left the entry renewing
+ *    the order is reported failed because not every worker loaded it (the
+ *    store step throws ChainStoredNotLoadedError, errors.ts). Recording the list before it left the entry renewing
  *    the list before, and its next renewal took the added names out of the
  *    store.
  *  - A failure of an order for the recorded names is the entry's: counted,
@@ -29,7 +29,7 @@ import { ACME_PROBLEMS, type AcmeMetrics } from '../metrics.js';
 import type { CertificateRecord } from '../serving/spec.js';
 import type { HeldLock } from '../store/lock.js';
 import { covers, domainsToOrder, sameDomains } from './domain-lists.js';
-import { AcmeError } from './errors.js';
+import { AcmeError, ChainStoredNotLoadedError } from './errors.js';
 import { type IssuanceLocks, localLocks } from './issuance-locks.js';
 import type { AcmeIssuer, Issued } from './issuer.js';
 import { backoffMs, leafTimes } from './policy.js';
@@ -72,6 +72,11 @@ export class OrderRunner {
   /** Whether an order for entry `name` runs now. */
   running(name: string): boolean {
     return this.#inFlight.has(name);
+  }
+
+  /** The names the order running for entry `name` is for, or undefined. */
+  domainsOf(name: string): readonly string[] | undefined {
+    return this.#inFlight.get(name)?.domains;
   }
 
   /** Whether a running order's names cover `name` (an expansion not yet recorded, domain-lists.ts). */
@@ -140,11 +145,10 @@ export class OrderRunner {
       log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
       return issued;
     } catch (err) {
-      // Stored, then not applied by every worker in time (issuer.ts): under the name's lock no other order writes the entry, so a
-      // certificate other than the one before is this order's, and it serves (the workers that did not apply it are replaced).
-      const stored = this.#deps.records().get(name);
-      const storedHere = stored !== undefined && stored.serial !== record?.serial;
-      if (storedHere) this.#recordServing(managed, domains, stored.keyId, previousKey);
+      // Stored, then not loaded by every worker (the store step says so): the store's entry is this order's certificate, its
+      // names and key are the entry's; the workers that did not load it are replaced, or load it at the next reload.
+      const storedHere = err instanceof ChainStoredNotLoadedError;
+      if (storedHere) this.#recordServing(managed, domains, err.keyId, previousKey);
       const acme = err instanceof AcmeError ? err : undefined;
       const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME';
       const problem = (ACME_PROBLEMS as readonly string[]).includes(acme?.problem ?? '') ? (acme?.problem as string) : 'other';

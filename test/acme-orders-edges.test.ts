@@ -1,0 +1,251 @@
+/**
+ * The edges of an entry's orders, without pebble (a fake issuer, a mutable map
+ * of loaded records, the real CertificateManager, OrderRunner, OnDemandGate):
+ *
+ *  1. A failed order records a new list only when the store step says it wrote
+ *     its chain (ChainStoredNotLoadedError): a serving certificate that changed
+ *     for another reason (an operator's `cert replace`, a fleet peer's renewal
+ *     loaded late) leaves the entry's names alone; a chain stored whose reload
+ *     was refused as a whole makes them the entry's.
+ *  2. An issue without an entry name (entryForList): a failed on-demand entry
+ *     nothing serves holds no names; two entries holding the names are a 409
+ *     whose advice works; two such issues at once cannot put one new name on
+ *     two entries (running orders' names count).
+ *  3. The on-demand gate: an expansion started while it awaits its ask endpoint
+ *     covers the name, and the gate's order is not placed.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import type { OnDemandConfig } from '../config/proxy-schema.js';
+import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
+import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
+import { CertificateManager } from '../proxy/acme/maintain.js';
+import { OnDemandGate } from '../proxy/acme/on-demand.js';
+import { StateFile } from '../proxy/acme/state.js';
+import { registerAcmeMetrics } from '../proxy/metrics.js';
+import type { CertificateRecord } from '../proxy/serving/spec.js';
+import { captureLog } from './helpers/keyserver.js';
+import { createCa, issue } from './helpers/pki.js';
+
+const acme = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir' } }).acme!;
+const DAY = 86_400_000;
+
+function managerOver(
+  state: StateFile,
+  records: Map<string, CertificateRecord>,
+  answer: (request: IssueRequest) => Promise<unknown>,
+): { manager: CertificateManager; orders: IssueRequest[] } {
+  const orders: IssueRequest[] = [];
+  const issuer = {
+    issue: (request: IssueRequest) => {
+      orders.push(request);
+      return answer(request);
+    },
+  } as unknown as AcmeIssuer;
+  const manager = new CertificateManager({
+    config: acme,
+    state,
+    issuer,
+    keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
+    records: () => records,
+    metrics: registerAcmeMetrics(new Registry(), () => 0),
+    log: captureLog('warn').logger,
+    renewalWindow: async () => undefined,
+  });
+  return { manager, orders };
+}
+
+async function record(name: string, dnsNames: string[], keyId: string, serial: string): Promise<CertificateRecord> {
+  const ca = await createCa(`edges CA ${serial}`);
+  const leaf = await issue(ca, { commonName: dnsNames[0]!, dnsNames, keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 90 * DAY) });
+  return { name, chainPem: leaf.certPem, keyId, serial, names: dnsNames } as unknown as CertificateRecord;
+}
+
+function withDir<T>(run: (state: StateFile) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'keyedge-acme-edges-'));
+  return run(new StateFile(dir)).finally(() => rmSync(dir, { recursive: true, force: true }));
+}
+
+describe('orders.ts: a failed order whose entry serves another serial afterwards', () => {
+  it("an expansion failing while the operator's `cert replace` of the same entry loads keeps the entry's names (the stored certificate's)", () =>
+    withDir(async (state) => {
+      state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
+      const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
+      // The operator's replacement (same pinned key, certs/manage.ts), for the names the entry serves.
+      const replaced = await record('shop.example', ['shop.example'], 'k1', 'S2');
+      const { manager, orders } = managerOver(state, records, async (request) => {
+        if (request.domains.includes('cart.example')) {
+          // The replacement's watch reload commits while this order waits on the CA; then cart.example fails validation.
+          records.set('shop.example', replaced);
+          throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
+        }
+        return { keyId: 'k1', chainPem: '', newKey: false };
+      });
+      await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow(/validation of cart.example failed/);
+      // Not [shop.example, cart.example], a list no stored certificate has.
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example']);
+      // Its next renewal orders cart.example again, which fails validation every time: shop.example's certificate expires.
+      await manager.renew('shop.example').catch(() => undefined);
+      expect(orders.at(-1)?.domains).toEqual(['shop.example']);
+    }));
+
+  it("in a fleet: a peer's renewal loaded here only after this node's lock, then this node's expansion fails: the peer's names, not the failed list", () =>
+    withDir(async (state) => {
+      state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
+      const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
+      // Node A renewed shop.example under the lock (k2, S2); node B's records learn it from the store's watch, after B holds the lock.
+      const peers = await record('shop.example', ['shop.example'], 'k2', 'S2');
+      const { manager } = managerOver(state, records, async () => {
+        records.set('shop.example', peers);
+        throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
+      });
+      await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow();
+      // The peer's key comes with the fleet's shared state (shared-state.ts), not from this failure.
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example']);
+    }));
+
+  it('the chain stored, the reload refused as a whole (key server away a moment, the config file mid-edit): the entry records the stored list', () =>
+    withDir(async (state) => {
+      state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
+      const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
+      const { manager } = managerOver(state, records, async () => {
+        // cluster.ts's store: putCertificate wrote [shop, cart] on k2, then coordinator.reload reported the whole pass refused.
+        throw new ChainStoredNotLoadedError('k2', 'cannot validate against the key server');
+      });
+      await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow(/stored but not loaded/);
+      // Kept at [shop.example] (the loaded records did not change), the next renewal ordered shop.example alone once the
+      // store's chain loaded, and its store write dropped cart.example.
+      expect(state.state.certificates['shop.example']?.domains).toEqual(['shop.example', 'cart.example']);
+      expect(state.state.certificates['shop.example']?.keyId).toBe('k2');
+      // The key before is retired (deleted after its grace only if nothing serves it then), the stored one is not.
+      expect(state.state.retiredKeys.map((r) => r.keyId)).toEqual(['k1']);
+    }));
+});
+
+describe('domain-lists.ts entryForList: an issue without an entry name', () => {
+  it('a failed on-demand entry nothing serves does not make an expansion of the first name a 409 (it expanded before this change)', () =>
+    withDir(async (state) => {
+      state.state.certificates['a.example'] = { domains: ['a.example'], keyId: 'k1', failures: 0 };
+      state.state.certificates['b.example'] = {
+        domains: ['b.example'],
+        keyId: '',
+        failures: 1,
+        onDemand: true,
+        notBefore: new Date(Date.now() + 60_000).toISOString(),
+        lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: new Date().toISOString() },
+      };
+      const { manager } = managerOver(state, new Map(), async () => ({ keyId: 'k2', chainPem: '', newKey: true }));
+      // Not KEYEDGE_ERR_ACME_DOMAINS "managed under several certificates", for up to a day (until b.example is forgotten).
+      await expect(manager.issue(['a.example', 'b.example'])).resolves.toMatchObject({ entry: 'a.example', domains: ['a.example', 'b.example'] });
+    }));
+
+  it("the 409's advice works: take the name off the entry that loses it, then issue again", () =>
+    withDir(async (state) => {
+      state.state.certificates['home.example'] = { domains: ['home.example', 'blog.example'], keyId: 'k1', failures: 0 };
+      state.state.certificates['shop.example'] = { domains: ['shop.example', 'till.example'], keyId: 'k2', failures: 0 };
+      const { manager } = managerOver(state, new Map(), async () => ({ keyId: 'k3', chainPem: '', newKey: true }));
+      await expect(manager.issue(['blog.example', 'shop.example'])).rejects.toMatchObject({
+        code: 'KEYEDGE_ERR_ACME_DOMAINS',
+        message: expect.stringContaining('--replace-domains'),
+      });
+      await manager.issue(['till.example'], 'shop.example', false, true);
+      await manager.issue(['home.example', 'blog.example', 'shop.example']);
+      const recording = Object.entries(state.state.certificates).filter(([, m]) => m.domains.includes('shop.example'));
+      expect(recording.map(([name]) => name)).toEqual(['home.example']);
+    }));
+});
+
+describe('domain-lists.ts entryForList: two issues without an entry name at once', () => {
+  it('two expansions adding the same new name to two entries: one is refused, not both recorded', () =>
+    withDir(async (state) => {
+      state.state.certificates['a.example'] = { domains: ['a.example'], keyId: 'k1', failures: 0 };
+      state.state.certificates['b.example'] = { domains: ['b.example'], keyId: 'k2', failures: 0 };
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const { manager } = managerOver(state, new Map(), async () => {
+        await held;
+        return { keyId: 'k3', chainPem: '', newKey: true };
+      });
+      // The first's order runs (its names not yet recorded) when the second is judged.
+      const first = manager.issue(['new.example', 'a.example']);
+      const second = manager.issue(['new.example', 'b.example']);
+      release();
+      const settled = await Promise.allSettled([first, second]);
+      const recording = Object.entries(state.state.certificates).filter(([, m]) => m.domains.includes('new.example'));
+      // Not both: a.example and b.example recording new.example (two certificates, both renewed), and every later
+      // issue naming new.example without NAME refused as "managed under several certificates".
+      expect(settled.map((s) => s.status).sort()).toEqual(['fulfilled', 'rejected']);
+      expect(recording).toHaveLength(1);
+    }));
+});
+
+describe('on-demand gate: the managed check and the order', () => {
+  it('an expansion started while the gate awaits its ask endpoint: the name is not ordered as a second entry', async () => {
+    let answerAsk: () => void = () => undefined;
+    const asked = new Promise<void>((resolve) => {
+      answerAsk = resolve;
+    });
+    let askArrived: () => void = () => undefined;
+    const arrived = new Promise<void>((resolve) => {
+      askArrived = resolve;
+    });
+    const server = http.createServer((_req, res) => {
+      askArrived();
+      void asked.then(() => res.end('ok'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await withDir(async (state) => {
+        state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
+        let finish: () => void = () => undefined;
+        const expansionHeld = new Promise<void>((resolve) => {
+          finish = resolve;
+        });
+        const { manager, orders } = managerOver(state, new Map(), async (request) => {
+          if (request.domains.length > 1) await expansionHeld;
+          return { keyId: `k${orders.length + 1}`, chainPem: '', newKey: true };
+        });
+        const config: OnDemandConfig = {
+          ask: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+          askTimeoutMs: 10_000,
+          cnameTarget: null,
+          resolver: null,
+          refusedSeconds: 3_600,
+          maxOrdersPerHour: 100,
+          maxOrdersPerDomainPerHour: 10,
+          maxPendingChecks: 16,
+        };
+        // Wired as service.ts wires it.
+        const gate = new OnDemandGate({
+          config,
+          log: captureLog('warn').logger,
+          isManaged: (name) => manager.isManaged(name),
+          order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+        });
+        const decided = gate.wanted('cart.example');
+        await arrived;
+        // The operator expands shop.example to cart.example while the gate waits for its ask endpoint.
+        const expansion = manager.issue(['shop.example', 'cart.example']);
+        expect(manager.isManaged('cart.example')).toBe(true);
+        answerAsk();
+        const outcome = await decided;
+        finish();
+        await expansion;
+        // The gate said 'ordered', but made no entry and order of its own for cart.example beside shop.example's.
+        expect(outcome).toBe('ordered');
+        expect(Object.keys(state.state.certificates)).toEqual(['shop.example']);
+        expect(orders.map((o) => o.domains)).toEqual([['shop.example', 'cart.example']]);
+      });
+    } finally {
+      server.close();
+    }
+  });
+});
