@@ -1,11 +1,9 @@
 /**
  * One run of one handshake scenario: start the kind's client (ab, or the resuming or ALPN client in this process),
- * ramp up, read the servers' counters and every process's CPU around the window, stop the client, wait until the
- * server's counters stop moving (ab abandons connections at SIGINT).
+ * ramp up, read the server's counters and every process's CPU around the window, stop the client, then wait until
+ * the server's counters stop moving (ab abandons connections at SIGINT), so the run's counts are idle to idle.
  */
 import { join } from 'node:path';
-import { perfRecord, threadLabels } from '../harness/perf.js';
-import { processTree } from '../harness/proc-cpu.js';
 import { perUnit, snapshot, type TrackedGroup, usageBetween } from '../harness/proc-cpu.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
@@ -13,7 +11,6 @@ import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad, ResumeLoad } from './alpn.js';
 import { type HandshakeLab, isKeyless, isNginx, type SetupId, setupGroups } from './lab.js';
-import type { Options } from './main.js';
 import type { ScenarioSpec } from './scenarios.js';
 
 export function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
@@ -28,47 +25,25 @@ export function trackedGroups(lab: HandshakeLab, clientPid: number | undefined):
   ];
 }
 
-/** Every pid a set-up's server consists of, with a role for perf's report. */
-function serverProcesses(lab: HandshakeLab, setup: SetupId): Map<number, string> {
-  const out = new Map<number, string>();
-  const { front, key } = setupGroups(setup);
-  for (const group of trackedGroups(lab, undefined).filter((g) => g.name === front || g.name === key)) {
-    for (const root of group.roots().filter((p) => p > 0)) for (const pid of processTree(root)) out.set(pid, pid === root ? group.name : `${group.name} child`);
-  }
-  return out;
-}
+/** The bench's own stub_status reads, by admin port. */
+const statusReads = new Map<number, number>();
 
 /**
- * The server's own handshake counters. Proxy, in-memory and floor: their admin metrics. nginx: stub_status, whose
- * `requests` counts every request, the status requests included (fetch may reuse the status connection, so `handled`
- * connections would not count them one by one): the bench subtracts its own reads, and with one GET per connection
- * `full` = TLS connections that carried their request (nginx does not tell full from resumed or failed handshakes; ab's
- * and the resuming client's own counts cover that).
+ * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status, whose `requests` counts
+ * the status reads too (a reused status connection would hide them from `handled`): the bench subtracts its own, and
+ * with one GET per connection `full` = TLS connections that carried their request (nginx does not tell full from
+ * resumed or failed handshakes; the clients' own counts cover that).
  */
-export class CounterReader {
-  readonly #statusReads = new Map<number, number>();
-  constructor(readonly lab: HandshakeLab) {}
-
-  async read(setup: SetupId): Promise<HandshakeCounters> {
-    const { admin } = this.lab.ports.endpoints[setup]!;
-    if (!isNginx(setup)) return readHandshakeCounters(admin);
-    const reads = (this.#statusReads.get(admin) ?? 0) + 1;
-    this.#statusReads.set(admin, reads);
-    return { full: (await readNginxStatus(admin)).requests - reads, resumed: 0, failed: 0, requests: {}, keylessSigns: 0 };
-  }
+async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<HandshakeCounters> {
+  const { admin } = lab.ports.endpoints[setup]!;
+  if (!isNginx(setup)) return readHandshakeCounters(admin);
+  statusReads.set(admin, (statusReads.get(admin) ?? 0) + 1);
+  return { full: (await readNginxStatus(admin)).requests - statusReads.get(admin)!, resumed: 0, failed: 0, requests: {}, keylessSigns: 0 };
 }
 
 export type RunResult = Awaited<ReturnType<typeof runScenario>>;
 export interface BenchScenario extends Scenario<RunResult> {
   readonly spec: ScenarioSpec;
-}
-
-export interface Env {
-  readonly lab: HandshakeLab;
-  readonly options: Options;
-  readonly counters: CounterReader;
-  readonly ca: string;
-  readonly perfThreads: Map<string, Map<number, string>>;
 }
 
 type Signs = Record<string, number> | undefined;
@@ -78,10 +53,10 @@ const signsBetween = (a: Signs, b: Signs): Signs =>
     : Object.fromEntries(Object.keys({ ...a, ...b }).flatMap((k) => ((b[k] ?? 0) === (a[k] ?? 0) ? [] : [[k, (b[k] ?? 0) - (a[k] ?? 0)]])));
 
 /** The kind's client: ab (its own process, stopped with SIGINT), or the resuming or ALPN client in this process (`load`). */
-function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext) {
-  const { options, lab } = env;
+function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
+  const { options } = lab;
   const port = lab.ports.endpoints[spec.setup]!.port;
-  const target = { port, serverName: spec.key.serverName, ca: env.ca, loops: options.resumeLoops };
+  const target = { port, serverName: spec.key.serverName, ca: lab.ca, loops: options.resumeLoops };
   if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
     const load: AlpnLoad =
       spec.kind === 'resumed-tls13' ? new ResumeLoad(target) : new AlpnLoad({ ...target, protocol: spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1' });
@@ -106,59 +81,48 @@ function startClient(env: Env, spec: ScenarioSpec, durationMs: number, context: 
 }
 
 /**
- * One run: ramp up, read counters and CPU around the window, stop the client, wait for the server to go idle.
- * Handshakes in the window: full ones the server counted for ab, connections the client completed for the others.
- * ALPN kinds do not read the key server's signs.
+ * One run. Handshakes in the window: full ones the server counted for ab, connections the client completed for the
+ * in-process clients. ALPN kinds do not read the key server's signs.
  */
-export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: number, context: RunContext, perfFile: string | undefined) {
-  const { options, lab } = env;
+export async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
+  const { options } = lab;
   const withSigns = !spec.kind.startsWith('alpn-');
   const signsNow = async () => (withSigns && isKeyless(spec.setup) ? readKeyserverSigns(lab.ports.keyserverAdmin) : undefined);
-  const counters = () => env.counters.read(spec.setup);
-  const signs0 = await signsNow();
-  const run0 = await counters();
-  const client = startClient(env, spec, durationMs, context);
+  const counters = () => readCounters(lab, spec.setup);
+  const [signs0, run0] = [await signsNow(), await counters()];
+  const client = startClient(lab, spec, durationMs, context);
   const { load } = client;
-  const countsOf = () => ({
-    completed: load?.completed ?? 0,
-    offered: load?.offered ?? 0,
-    resumed: load?.resumed ?? 0,
-    notResumed: load?.offeredNotResumed ?? 0,
-  });
-  let ab: AbResult | undefined;
   const measured = async () => {
     await sleep(options.rampMs, context.signal);
     const tracked = trackedGroups(lab, client.pid);
-    const [sA, cA, l0] = [await signsNow(), await counters(), countsOf()];
+    const [sA, cA, l0] = [await signsNow(), await counters(), { ...load }];
     load?.latency.reset();
     if (load !== undefined) load.recording = true;
     const uA = snapshot(tracked);
-    let recording: ReturnType<typeof perfRecord> | undefined;
-    if (perfFile !== undefined) {
-      const processes = serverProcesses(lab, spec.setup);
-      env.perfThreads.set(perfFile, threadLabels(processes));
-      recording = perfRecord([...processes.keys()], perfFile, durationMs / 1000, options.perfHz);
-    }
     await sleep(durationMs, context.signal);
-    await recording?.done;
     // ab: the server's counters first, then the CPU; an in-process client: the CPU first, then its counts.
     const cB0 = load === undefined ? await counters() : undefined;
     const usage = usageBetween(uA, snapshot(tracked));
     if (load !== undefined) load.recording = false;
-    const l1 = countsOf();
+    const l1 = { ...load };
     const server = diffCounters(cA, cB0 ?? (await counters()));
     const signs = signsBetween(sA, await signsNow());
     await client.check();
-    const d = (k: keyof typeof l0) => l1[k] - l0[k];
-    // Server CPU per handshake = the set-up's processes (front + key holder), the origin's and the client's apart (an
-    // in-process client is this bench's own CPU), and the cores other processes used (contention).
+    const d = (k: 'completed' | 'offered' | 'resumed' | 'offeredNotResumed') => (l1[k] ?? 0) - (l0[k] ?? 0);
+    // Server CPU = the set-up's processes (front + key holder); the origin and the client apart (an in-process client
+    // is this bench's own CPU), and the cores other processes used (contention).
     const handshakes = load === undefined ? server.full : d('completed');
     const { front, key } = setupGroups(spec.setup);
     const { per, cores, otherCores } = perUnit(usage, handshakes);
     const clientCores = load === undefined ? cores('client') : usage.selfCores;
     const latency = load?.latency.summary();
     const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
-    const resumedPct = (100 * d('resumed')) / Math.max(1, d('completed'));
+    const resume = {
+      offered: d('offered'),
+      resumed: d('resumed'),
+      offeredNotResumed: d('offeredNotResumed'),
+      resumedPct: (100 * d('resumed')) / Math.max(1, d('completed')),
+    };
     return {
       seconds: usage.seconds,
       handshakes,
@@ -178,19 +142,16 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
       otherCores,
       usage,
       /** Resumed kind: tickets offered and resumed in the window, the client's latency. */
-      resume:
-        spec.kind === 'resumed-tls13' && lat
-          ? { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('notResumed'), resumedPct, ...lat }
-          : undefined,
+      resume: spec.kind === 'resumed-tls13' && lat ? { ...resume, ...lat } : undefined,
       /** ALPN kinds: the client's latency in the window. */
       alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
     };
   };
+  let ab: AbResult | undefined;
   const window = await measured().finally(async () => {
     ab = await client.stop();
   });
-  // Connections ab abandoned on SIGINT fail on the server side now: read the counters (and the key server's signs)
-  // until they stop moving, at most 5 s, so the run's counts are idle to idle.
+  // Connections ab abandoned at SIGINT fail on the server side now: read the counters and signs until they stop moving (≤ 5 s).
   let [end, endSigns] = [await counters(), await signsNow()];
   for (let i = 0; i < 50; i++) {
     await sleep(Math.max(100, options.settleMs / 2), context.signal);
@@ -199,14 +160,6 @@ export async function runScenario(env: Env, spec: ScenarioSpec, durationMs: numb
     [end, endSigns] = again;
     if (same) break;
   }
-  return {
-    window,
-    run: {
-      ab,
-      clientErrors: load?.errors ?? 0,
-      clientFirstError: load?.firstError,
-      counters: diffCounters(run0, end),
-      keyserverSigns: withSigns ? signsBetween(signs0, endSigns) : undefined,
-    },
-  };
+  const run = { ab, clientErrors: load?.errors ?? 0, clientFirstError: load?.firstError, counters: diffCounters(run0, end) };
+  return { window, run: { ...run, keyserverSigns: withSigns ? signsBetween(signs0, endSigns) : undefined } };
 }

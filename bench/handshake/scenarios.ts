@@ -1,16 +1,14 @@
 /**
- * The scenarios of bench/handshake/main.ts and their ids, e.g. "full-tls13/keyless-unix/ecdsa": what kind of
- * handshake, which server set-up, which key. The ids are stable: the result JSON's `summary`, the orchestrator (`npm
- * run bench`) and result comparison key on them.
+ * The handshake bench's scenarios and their ids, `kind/setup/key` (e.g. "full-tls13/keyless-unix/ecdsa"). The ids are
+ * stable: the result JSON's `summary`, `npm run bench` and result comparison key on them.
  */
 import { OWN_MAJOR } from '../harness/install.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type SetupId } from './lab.js';
 
-/**
- * Per kind: its label in the summary rows, its section title in the report, the set-ups it runs with (resumption,
- * TLS 1.2 and ALPN are compared keyless vs nginx with a key file, ECDSA only), and whether its Node set-ups also run
- * under the other Node majors (--node).
- */
+/** Resumption, TLS 1.2 and ALPN compare keyless with nginx's key file, ECDSA only. */
+const PAIR: readonly SetupId[] = ['keyless-unix', 'nginx-file'];
+
+/** Per kind: its label in summary rows, its report section title, set-ups and keys, and whether its Node set-ups also run under --node's majors. */
 const KIND_TABLE = {
   'full-tls13': {
     label: 'full TLS 1.3',
@@ -26,17 +24,17 @@ const KIND_TABLE = {
     keys: ['ec'],
     majors: true,
   },
-  'full-tls12': { label: 'full TLS 1.2', title: 'Full TLS 1.2 handshakes, spot check (ab -f TLS1.2)', setups: ['keyless-unix', 'nginx-file'], keys: ['ec'] },
+  'full-tls12': { label: 'full TLS 1.2', title: 'Full TLS 1.2 handshakes, spot check (ab -f TLS1.2)', setups: PAIR, keys: ['ec'] },
   'alpn-h2': {
     label: 'full TLS 1.3 + h2',
     title: 'Full TLS 1.3 handshakes negotiating h2 (node:http2 client, one GET per connection)',
-    setups: ['keyless-unix', 'nginx-file'],
+    setups: PAIR,
     keys: ['ec'],
   },
   'alpn-h1': {
     label: 'full TLS 1.3 + http/1.1 (ALPN)',
     title: 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
-    setups: ['keyless-unix', 'nginx-file'],
+    setups: PAIR,
     keys: ['ec'],
   },
 } satisfies Record<string, { label: string; title: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true }>;
@@ -56,7 +54,7 @@ export interface ScenarioSpec {
   readonly key: HandshakeKey;
 }
 
-/** Every scenario the bench knows, in report order (kind, then key, then set-up); `majors`: the Node set-ups also under each other major. */
+/** Every scenario, in report order (kind, key, set-up), the Node set-ups of `majors` kinds also under each other major. */
 export function allScenarios(majors: readonly number[] = [OWN_MAJOR]): ScenarioSpec[] {
   return KINDS.flatMap((kind) => {
     const k: { setups: readonly SetupId[]; keys: readonly string[]; majors?: true } = KIND_TABLE[kind];
@@ -68,10 +66,7 @@ export function allScenarios(majors: readonly number[] = [OWN_MAJOR]): ScenarioS
   });
 }
 
-/**
- * The scenarios matching any of `patterns` (comma-separated ids, `*` matching within one part, e.g. "full-tls13/*\/ecdsa"),
- * or all when undefined. Throws naming a pattern that matches nothing.
- */
+/** The scenarios matching any of `patterns` (comma-separated ids, `*` within one part), or all; throws naming a pattern that matches none. */
 export function selectScenarios(patterns: string | undefined, candidates: readonly ScenarioSpec[] = allScenarios()): ScenarioSpec[] {
   if (patterns === undefined) return [...candidates];
   const list = patterns
@@ -80,14 +75,11 @@ export function selectScenarios(patterns: string | undefined, candidates: readon
     .filter(Boolean);
   if (list.length === 0) throw new Error('--scenarios: empty list');
   const res = list.map((p) => {
-    const re = new RegExp(
-      `^${p
-        .split('*')
-        .map((x) => x.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
-        .join('[^/]*')}$`,
-    );
+    const re = new RegExp(`^${p.split('*').map(escapeRegExp).join('[^/]*')}$`);
     if (!candidates.some((s) => re.test(s.id))) throw new Error(`--scenarios: '${p}' matches no scenario; known: ${candidates.map((s) => s.id).join(', ')}`);
     return re;
   });
   return candidates.filter((s) => res.some((re) => re.test(s.id)));
 }
+
+const escapeRegExp = (text: string): string => text.replace(/[.+?^${}()|[\]\\]/g, '\\$&');

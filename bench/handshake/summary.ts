@@ -1,11 +1,11 @@
 /**
  * The handshake bench's figures from its runs: each scenario's medians and spread over the clean rounds, its checks
- * (one key-server sign per full keyless handshake; tickets resumed, with the resumption %), the issue's targets as
- * ratios per Node major, the keyless hop, and the `summary` rows the suite, its chart and comparison read.
+ * (one key-server sign per full keyless handshake; every offered ticket resumed), the issues' targets as ratios per
+ * Node major, the keyless hop, and the `summary` rows `npm run bench`, its chart and comparison read.
  */
-import { overRounds } from '../harness/runner.js';
 import { OWN_MAJOR } from '../harness/install.js';
 import { fmt } from '../harness/report.js';
+import { overRounds } from '../harness/runner.js';
 import { round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
@@ -22,23 +22,21 @@ import {
   setupProcesses,
   setupTitle,
 } from './lab.js';
-import type { OpensslSpeed, RawTokenRate } from './limits.js';
 import type { BenchScenario, RunResult } from './measure.js';
 import { type Kind, kindLabel, type ScenarioSpec } from './scenarios.js';
 
+/** TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs ECDSA: the key server sees the same algorithms. */
 const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa: 'RSA_PSS_SHA256' };
 
-const total = (all: readonly RunResult[], f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+type Sum = (f: (r: RunResult) => number) => number;
 
 /**
- * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the sign,
- * full + failed (ab abandons the connections in flight at SIGINT, up to -c, after the server's CertificateVerify was
- * signed); should be 1, with every sign asked for by the proxy and nothing resumed.
+ * Full keyless kinds, over every run idle to idle: key server signs ÷ handshakes that reached the sign, full + failed
+ * (ab abandons up to -c connections at SIGINT after their CertificateVerify was signed). Should be 1, every sign the
+ * proxy's, of the key's algorithm, nothing resumed.
  */
-function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+function signCheckOf(spec: ScenarioSpec, sum: Sum) {
   if (!isKeyless(spec.setup) || (spec.kind !== 'full-tls13' && spec.kind !== 'full-tls12')) return undefined;
-  const sum = (f: (r: RunResult) => number) => total(all, f);
-  // TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs with ECDSA: the same algorithms on the wire to the key server.
   const signs = sum((r) => sumValues(r.run.keyserverSigns ?? {}));
   const matching = sum((r) => r.run.keyserverSigns?.[ALGORITHM[spec.key.id]] ?? 0);
   const [full, failed] = [sum((r) => r.run.counters.full), sum((r) => r.run.counters.failed)];
@@ -48,22 +46,14 @@ function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
 }
 
 /** Resumed kind, over the windows: every completed connection resumed (the client keeps its newest ticket), no sign. */
-function resumeCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+function resumeCheckOf(spec: ScenarioSpec, sum: Sum) {
   if (spec.kind !== 'resumed-tls13') return undefined;
-  const sum = (f: (r: RunResult) => number) => total(all, f);
   const [offered, resumed, completed] = [sum((r) => r.window.resume?.offered ?? 0), sum((r) => r.window.resume?.resumed ?? 0), sum((r) => r.window.handshakes)];
   const keyserverSigns = isKeyless(spec.setup) ? sum((r) => r.window.keyserverSigns ?? 0) : undefined;
   const serverFullHandshakes = isNginx(spec.setup) ? undefined : sum((r) => r.window.server.full);
-  return {
-    offered,
-    resumed,
-    offeredNotResumed: sum((r) => r.window.resume?.offeredNotResumed ?? 0),
-    completed,
-    resumedPct: (100 * resumed) / Math.max(1, completed),
-    keyserverSigns,
-    serverFullHandshakes,
-    ok: offered > 0 && resumed === completed && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0,
-  };
+  const offeredNotResumed = sum((r) => r.window.resume?.offeredNotResumed ?? 0);
+  const ok = offered > 0 && resumed === completed && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0;
+  return { offered, resumed, offeredNotResumed, completed, resumedPct: (100 * resumed) / Math.max(1, completed), keyserverSigns, serverFullHandshakes, ok };
 }
 
 export type ScenarioSummary = ReturnType<typeof summarize>;
@@ -72,7 +62,7 @@ export type ScenarioSummary = ReturnType<typeof summarize>;
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
-  const sum = (f: (r: RunResult) => number) => total(all, f);
+  const sum: Sum = (f) => all.reduce((n, r) => n + f(r), 0);
   const errors = {
     abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
     non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
@@ -98,8 +88,8 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     ...common,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
-    signCheck: signCheckOf(spec, all),
-    resumeCheck: resumeCheckOf(spec, all),
+    signCheck: signCheckOf(spec, sum),
+    resumeCheck: resumeCheckOf(spec, sum),
   };
 }
 
@@ -107,20 +97,18 @@ const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId,
   summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
 
 /**
- * The targets (issue 12; issue 13 for h2): name, the figures divided (kind and base set-up, or a difference of two
- * such pairs), the limit (undefined: reported, no target), and whether only under this process's Node major (the ALPN
- * kinds run there only).
+ * The targets (issue 12; issue 13 for h2): name, the server µs divided (one figure, or the difference of two), the
+ * limit (undefined: reported, no target), and whether under this process's Node major only (the ALPN kinds run there only).
  */
 type Figure = readonly [Kind, SetupId];
-const KEYLESS: Figure = ['full-tls13', 'keyless-unix'];
-const IN_MEMORY: Figure = ['full-tls13', 'inmemory'];
-const FILE: Figure = ['full-tls13', 'nginx-file'];
-const P11KIT: Figure = ['full-tls13', 'nginx-p11kit'];
-const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true])[] = [
+const full = (setup: SetupId): Figure => ['full-tls13', setup];
+const [KEYLESS, IN_MEMORY, FILE, P11KIT] = [full('keyless-unix'), full('inmemory'), full('nginx-file'), full('nginx-p11kit')];
+type TargetSpec = readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true];
+const TARGET_ROWS: readonly TargetSpec[] = [
   ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], 1.25],
   ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], 1.3],
   ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], 1.0],
-  ['full handshake: bare node:https (floor) ÷ nginx key file', [['full-tls13', 'node-floor']], [FILE], undefined],
+  ['full handshake: bare node:https (floor) ÷ nginx key file', [full('node-floor')], [FILE], undefined],
   ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], 1.3],
   ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
   ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], 1.1, true],
@@ -129,10 +117,7 @@ const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: re
 
 export type TargetRow = ReturnType<typeof targets>[number];
 
-/**
- * The targets from the medians of this run, per Node major of the Node side (nginx is the same process in every row);
- * a row whose scenarios did not run is left out.
- */
+/** The targets from this run's medians, per Node major of the Node side (nginx is the same in every block); rows whose scenarios did not run left out. */
 export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]) {
   return majors.flatMap((major) =>
     HANDSHAKE_KEYS.flatMap((key) =>
@@ -168,13 +153,7 @@ export function hops(summaries: readonly ScenarioSummary[]) {
   });
 }
 
-export interface Limits {
-  readonly openssl: OpensslSpeed | { readonly error: string } | undefined;
-  readonly rawToken: readonly RawTokenRate[] | { readonly error: string } | undefined;
-  readonly cpus: string | undefined;
-}
-
-/** The `summary` array of the result JSON (harness/summary.ts): what `npm run bench`, its chart and comparison read. */
+/** The result JSON's `summary` (harness/summary.ts): one row per scenario that ran, and per requested one skipped. */
 export function summaryEntries(
   summaries: readonly ScenarioSummary[],
   skipReason: (spec: ScenarioSpec) => string | undefined,
