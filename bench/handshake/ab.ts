@@ -7,14 +7,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { findOrInstall } from '../harness/install.js';
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/spawn.js';
 
+/** `host`: Host header and SNI name; `maxSeconds`: ab's -t, an upper bound (the caller stops it earlier); `csvPath`: -e. */
 export interface AbOptions {
   readonly port: number;
-  /** Host header and SNI name. */
   readonly host: string;
   readonly concurrency: number;
-  /** ab's -t (whole seconds): an upper bound, the caller normally stops it earlier. */
   readonly maxSeconds: number;
-  /** ab's -e: the percentile CSV. */
   readonly csvPath: string;
   /** `taskset -c` list, or undefined. */
   readonly cpus: string | undefined;

@@ -1,15 +1,10 @@
 /**
- * The handshake bench's in-process clients: `loops` closed loops of a new TLS 1.3 connection per GET (connect, one
- * GET, read the answer to its end, again). `start()` once, `stop()` once (resolves when no connection is left).
- *
- * `AlpnLoad` (kinds alpn-h2 / alpn-h1; issue 13: h2 may cost at most 10% more than http/1.1) offers only `h2`
- * (node:http2: preface, SETTINGS, one GET, close) or only `http/1.1` (node:tls, `Connection: close`) and no ticket:
- * the TLS part is the same, so the difference is the protocol's.
- *
- * `ResumeLoad` (kind resumed-tls13; ab never offers a session) offers each loop's newest ticket once (RFC 8446 §C.4:
- * clients SHOULD NOT reuse a ticket), so a server that sends no new ticket on a resumed connection gives the next one
- * a full handshake. Counted at completion (200 read in full): tickets offered and resumed (`isSessionReused()`), so
- * in any window resumed ≤ offered ≤ completed.
+ * The handshake bench's in-process clients: `loops` closed loops of a new TLS 1.3 connection per GET, read to its end.
+ * `AlpnLoad` (kinds alpn-h2 / alpn-h1; issue 13) offers only `h2` (node:http2: preface, SETTINGS, one GET, close) or
+ * only `http/1.1` (node:tls, `Connection: close`) and no ticket: the TLS part is the same, the difference the protocol's.
+ * `ResumeLoad` (resumed-tls13; ab never offers a session) offers each loop's newest ticket once (RFC 8446 §C.4: no
+ * reuse), so a server sending no new ticket on a resumed connection gives the next one a full handshake. Counted at
+ * completion (200 read in full): tickets offered and resumed (`isSessionReused()`), so resumed ≤ offered ≤ completed.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
@@ -20,11 +15,14 @@ export interface AlpnLoadOptions {
   readonly serverName: string;
   readonly ca: string;
   readonly loops: number;
-  readonly protocol: 'h2' | 'http/1.1';
+  /** The only ALPN protocol offered; none when undefined. */
+  readonly protocol?: 'h2' | 'http/1.1';
+  /** Offer each loop's newest ticket. */
+  readonly resume?: boolean;
 }
 
 /** The protocol the server picks when offered only `protocol` (false: none). */
-export function negotiates(options: Omit<AlpnLoadOptions, 'loops'>): Promise<string | false> {
+export function negotiates(options: Omit<AlpnLoadOptions, 'loops'> & { readonly protocol: string }): Promise<string | false> {
   return new Promise((resolve) => {
     const socket = tls.connect({ host: '127.0.0.1', port: options.port, servername: options.serverName, ca: options.ca, ALPNProtocols: [options.protocol] });
     socket.once('secureConnect', () => {
@@ -43,8 +41,7 @@ export class AlpnLoad extends ClosedLoop {
   /** Connections that offered a ticket and got a full handshake anyway. */
   offeredNotResumed = 0;
 
-  /** `protocol` undefined: no ALPN offered; `resume`: offer each loop's newest ticket. */
-  constructor(readonly options: Omit<AlpnLoadOptions, 'protocol'> & { readonly protocol?: AlpnLoadOptions['protocol']; readonly resume?: boolean }) {
+  constructor(readonly options: AlpnLoadOptions) {
     super();
   }
 
@@ -120,7 +117,7 @@ export class AlpnLoad extends ClosedLoop {
 
 /** The resuming client: http/1.1 without ALPN, each loop offering its newest ticket. */
 export class ResumeLoad extends AlpnLoad {
-  constructor(options: Omit<AlpnLoadOptions, 'protocol'>) {
+  constructor(options: Omit<AlpnLoadOptions, 'protocol' | 'resume'>) {
     super({ ...options, resume: true });
   }
 }

@@ -27,9 +27,8 @@ export const HANDSHAKE_KEYS = [
 export type HandshakeKey = (typeof HANDSHAKE_KEYS)[number];
 
 /**
- * Per set-up: its title, what runs in it (`w`: the proxies' workers, `node`: ", Node N" or ''), the process group that
- * holds the key apart from the front, the nginx variant, and whether it also runs under other Node majors (--node:
- * `keyless-unix-node22` is the keyless proxy under Node 22, its key server staying on this node).
+ * Per set-up: title, what runs in it (`w`: workers, `node`: ", Node N" or ''), the process group holding the key apart
+ * from the front, the nginx variant, whether it also runs under --node's majors (`keyless-unix-node22`; key server here).
  */
 type SetupSpec = { title: string; runs: (w: string, node: string) => string; key?: 'keyserver' | 'p11kit'; nginx?: NginxVariant; node?: true };
 const SETUPS = {
@@ -51,14 +50,11 @@ const baseSetup = (setup: SetupId): BaseSetup => setup.replace(/-node\d+$/, '') 
 const spec = (setup: SetupId): SetupSpec => SETUPS[baseSetup(setup)];
 export const NODE_SETUPS = SETUP_IDS.filter((s) => spec(s).node) as NodeSetup[];
 /** The Node major a set-up runs under; undefined: this process's node (or not Node). */
-const nodeMajorOf = (setup: SetupId): number | undefined => {
-  const m = /-node(\d+)$/.exec(setup);
-  return m === null ? undefined : Number(m[1]);
-};
+const nodeMajorOf = (setup: SetupId): number | undefined => (/-node\d+$/.test(setup) ? Number(setup.slice(setup.lastIndexOf('-node') + 5)) : undefined);
 export const isNginx = (setup: SetupId): boolean => spec(setup).nginx !== undefined;
 export const isKeyless = (setup: SetupId): boolean => spec(setup).key === 'keyserver';
-/** `setup` under Node `major` (the plain id for this process's major). */
-export const onNode = (setup: NodeSetup, major: number): SetupId => (major === OWN_MAJOR ? setup : `${setup}-node${major}`);
+/** `setup` under Node `major`; unchanged for this process's major and for set-ups that are not Node servers. */
+export const onNode = (setup: SetupId, major: number): SetupId => (major === OWN_MAJOR || !spec(setup).node ? setup : (`${setup}-node${major}` as SetupId));
 const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
 export const setupTitle = (setup: SetupId): string => `${spec(setup).title}${onMajor(setup)}`;
 /** What the report says runs in a set-up. */
@@ -72,6 +68,8 @@ export const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;
 
 export class HandshakeLab extends LabBase<SetupId> {
   readonly keyIds = new Map<string, string>();
+  /** Set-ups asked for that cannot run (nginx packages missing, a Node server failing under another major), with the reason. */
+  readonly skipped = new Map<SetupId, string>();
   readonly caFile: string;
   /** The config each Node server was started with, for the result file. */
   readonly configs = new Map<SetupId, unknown>();
@@ -80,13 +78,9 @@ export class HandshakeLab extends LabBase<SetupId> {
   private constructor(
     keyserverLab: KeyserverLab,
     readonly options: Options,
-    /** Node binary by major, for the versioned set-ups. */
     readonly nodeBinaries: ReadonlyMap<number, string>,
     readonly ports: { readonly origin: number; readonly keyserverAdmin: number; readonly endpoints: Readonly<Record<string, { port: number; admin: number }>> },
-    /** undefined: nginx missing. */
     readonly nginxTools: NginxTools | undefined,
-    /** Set-ups asked for that cannot run, with the reason (start() adds Node servers failing under another major). */
-    readonly skipped: Map<SetupId, string>,
   ) {
     super(keyserverLab, 'handshake');
     this.caFile = join(this.dir, 'ca.pem');
@@ -109,21 +103,15 @@ export class HandshakeLab extends LabBase<SetupId> {
 
   #file = (name: string): string => join(this.dir, name);
 
-  /**
-   * Makes the temp dir, keys, certificates; finds (or installs, --install) nginx when an nginx set-up is asked for; nginx
-   * set-ups whose packages are missing are skipped. Starts nothing.
-   */
+  #skip(setup: SetupId, reason: string, log: (line: string) => void): void {
+    this.skipped.set(setup, reason);
+    log(`${setup}: skipped, ${reason}`);
+  }
+
+  /** Makes the temp dir, keys, certificates; finds (or installs, --install) nginx when an nginx set-up is asked for. Starts nothing. */
   static async create(options: Options, nodeBinaries: ReadonlyMap<number, string>, log: (line: string) => void): Promise<HandshakeLab> {
-    const skipped = new Map<SetupId, string>();
     const setups = [...new Set(options.scenarios.map((s) => s.setup))];
-    const nginxSetups = setups.filter(isNginx);
-    const nginxTools = nginxSetups.length > 0 ? ensureNginxTools(options.install, log) : undefined;
-    for (const setup of nginxSetups) {
-      const reason = variantSkipReason(nginxTools!, spec(setup).nginx!);
-      if (reason === undefined) continue;
-      skipped.set(setup, reason);
-      log(`${setup}: skipped, ${reason}`);
-    }
+    const nginxTools = setups.some(isNginx) ? ensureNginxTools(options.install, log) : undefined;
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
     try {
       const endpoints: Record<string, { port: number; admin: number }> = {};
@@ -132,7 +120,11 @@ export class HandshakeLab extends LabBase<SetupId> {
       // The key server's sign counter is read from its admin port.
       const config = { ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } };
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
-      const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools, skipped);
+      const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
+      for (const setup of setups.filter(isNginx)) {
+        const reason = variantSkipReason(nginxTools!, spec(setup).nginx!);
+        if (reason !== undefined) lab.#skip(setup, reason, log);
+      }
       const pki = new LabPki(lab.dir, 'keyedge handshake bench CA');
       for (const key of options.keys) {
         // Token-backed set-ups: the key made in the token, its CSR signed there. The others: a key file, same names and CA.
@@ -212,9 +204,7 @@ export class HandshakeLab extends LabBase<SetupId> {
       const skip = (err: unknown) => {
         this.servers.get(setup)?.kill();
         this.servers.delete(setup);
-        const reason = `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`;
-        this.skipped.set(setup, reason);
-        log(`${setup}: skipped, ${reason}`);
+        this.#skip(setup, `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`, log);
       };
       starts.push(nodeMajorOf(setup) === undefined ? started : started.catch(skip));
     }

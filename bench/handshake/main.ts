@@ -18,16 +18,13 @@ import { negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
 import { type Limits, measureLimits } from './limits.js';
 import { type BenchScenario, type RunResult, runScenario, trackedGroups } from './measure.js';
-import { handshakeReport } from './report.js';
-import { allScenarios, KINDS, selectScenarios } from './scenarios.js';
+import { handshakeReport } from './summary.js';
+import { allScenarios, KINDS, type ScenarioSpec, selectScenarios } from './scenarios.js';
 
+const SCENARIO_IDS = `e.g. 'full-tls13/*/ecdsa' (kinds ${KINDS.join(', ')}; setups ${SETUP_IDS.join(', ')}, Node ones also <setup>-node<major>; keys ecdsa, rsa)`;
 const TABLE = {
   quick: std.quick('2 rounds of 0.5 s, 0.75 s warm-up, ECDSA only, no TLS 1.2 or ALPN kinds, no limits, nginx only when installed (< 60 s)'),
-  scenarios: {
-    kind: 'string',
-    arg: 'LIST',
-    help: `only these scenarios: comma-separated ids kind/setup/key, * within a part, e.g. 'full-tls13/*/ecdsa' (kinds ${KINDS.join(', ')}; setups ${SETUP_IDS.join(', ')}, Node ones also <setup>-node<major>; keys ecdsa, rsa)`,
-  },
+  scenarios: { kind: 'string', arg: 'LIST', help: `only these scenarios: comma-separated ids kind/setup/key, * within a part, ${SCENARIO_IDS}` },
   keys: { kind: 'string', arg: 'ec,rsa', def: 'ec,rsa', quick: 'ec', help: 'key types' },
   node: std.node,
   out: std.out('handshake'),
@@ -53,32 +50,20 @@ export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 function parseOptions(argv: string[]) {
   const v = parseCli('handshake/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const quick = v.quick;
+  const { quick, concurrency } = v;
   const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => HANDSHAKE_KEYS.find((k) => k.id === id)!);
   const majors = parseMajors(v.node);
   // Quick leaves out the TLS 1.2 spot check and the ALPN pair unless asked for.
-  const scenarios = selectScenarios(v.scenarios, allScenarios(majors)).filter(
-    (s) => keys.includes(s.key) && (v.scenarios !== undefined || !quick || s.kind === 'full-tls13' || s.kind === 'resumed-tls13'),
-  );
+  const wanted = (s: ScenarioSpec) => keys.includes(s.key) && (v.scenarios !== undefined || !quick || s.kind === 'full-tls13' || s.kind === 'resumed-tls13');
+  const scenarios = selectScenarios(v.scenarios, allScenarios(majors)).filter(wanted);
   if (scenarios.length === 0) throw new Error('no scenario left after --scenarios and --keys');
   const pins = pinning(v);
-  return {
-    ...timing(v, [1000, 250], [300, 100]),
-    nginxWarmupMs: quick ? 300 : 1000,
-    concurrency: v.concurrency,
-    resumeLoops: v['resume-loops'],
-    // One worker per server core, as the product defaults to: two on one core cost more per handshake than they hide.
-    workers: v.workers ?? pins.serverCpuCount,
-    keys,
-    majors,
-    scenarios,
-    install: v.install === 'yes',
-    limits: (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes',
-    ...pins,
-    logLevel: v['log-level'],
-    profile: v.profile as 'intermediate' | 'modern',
-    keepTemp: v['keep-temp'],
-  };
+  // One worker per server core, as the product defaults to: two on one core cost more per handshake than they hide.
+  const workers = v.workers ?? pins.serverCpuCount;
+  const limits = (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes';
+  const [resumeLoops, logLevel, profile, keepTemp] = [v['resume-loops'], v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
+  const run = { concurrency, resumeLoops, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
+  return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
 
 export interface Lab {
@@ -119,25 +104,18 @@ const HANDSHAKE: HandshakeBench = {
       if (picked !== 'h2') noH2.set(spec.id, `does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
     }
     for (const [id, reason] of noH2) log(`${id}: skipped, the server ${reason}`);
-    const scenarios = options.scenarios
-      .filter((spec) => lab.has(spec.setup) && !noH2.has(spec.id))
-      .map((spec) => ({
-        name: spec.id,
-        spec,
-        run: (durationMs: number, context: RunContext) => {
-          const duration = context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(durationMs, options.nginxWarmupMs) : durationMs;
-          return runScenario(lab, spec, duration, context);
-        },
-      }));
+    // nginx needs no JIT warm-up: its warm-up runs are short.
+    const run = (spec: ScenarioSpec) => (ms: number, context: RunContext) =>
+      runScenario(lab, spec, context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(ms, options.nginxWarmupMs) : ms, context);
+    const scenarios = options.scenarios.filter((s) => lab.has(s.setup) && !noH2.has(s.id)).map((spec) => ({ name: spec.id, spec, run: run(spec) }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
     held.limits = options.limits ? await measureLimits(options.serverCpus, log, signal) : { openssl: undefined, cpus: undefined };
     return scenarios;
   },
-  ownPids: ({ lab }) =>
-    trackedGroups(lab, undefined)
-      .flatMap((g) => g.roots())
-      .filter((p) => p > 0)
-      .flatMap((p) => processTree(p)),
+  ownPids: ({ lab }) => {
+    const roots = trackedGroups(lab, undefined).flatMap((g) => g.roots());
+    return roots.filter((p) => p > 0).flatMap(processTree);
+  },
   plan: (o, scenarios) =>
     `warm-up ${o.warmupMs / 1000} s per Node scenario (${o.nginxWarmupMs / 1000} s nginx), then ${o.rounds} round(s) of ${o.measureMs / 1000} s over ${scenarios.length} scenarios` +
     (o.serverCpus === undefined ? ', no pinning' : `; servers on CPU ${o.serverCpus}, clients on CPU ${o.clientCpus}`),
@@ -146,15 +124,10 @@ const HANDSHAKE: HandshakeBench = {
     const split = w.keyUs === undefined ? '' : ` (front ${fmt(w.frontUs)} + key ${fmt(w.keyUs)})`;
     const signs = run.keyserverSigns === undefined ? '' : ` signs ${sumValues(run.keyserverSigns)}/${run.counters.full} full`;
     const resume = w.resume === undefined ? '' : ` resumed ${w.resume.resumed}/${w.resume.offered}`;
-    const clientErrors = (run.ab === undefined ? 0 : run.ab.failedRequests + run.ab.non2xx) + run.clientErrors;
-    const errors =
-      clientErrors + w.server.failed > 0
-        ? ` ERRORS client ${clientErrors} TLS failed ${w.server.failed}${run.clientFirstError ? ` (${run.clientFirstError})` : ''}`
-        : '';
-    return (
-      `${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)` +
-      `  server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${signs}${resume}${errors}`
-    );
+    const failed = (run.ab === undefined ? 0 : run.ab.failedRequests + run.ab.non2xx) + run.clientErrors;
+    const errors = failed + w.server.failed > 0 ? ` ERRORS client ${failed} TLS failed ${w.server.failed} ${run.clientFirstError ?? ''}` : '';
+    const cores = `server-side ${fmt(w.serverSideCores, 2)}  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}`;
+    return `${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  ${cores}${signs}${resume}${errors}`;
   },
   report: handshakeReport,
   close: ({ lab }, options, log) => lab.close(options.keepTemp, log),

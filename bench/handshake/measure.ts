@@ -46,11 +46,9 @@ export interface BenchScenario extends Scenario<RunResult> {
   readonly spec: ScenarioSpec;
 }
 
+/** Signs per algorithm between two reads of the key server's counters (counters only grow, and only appear). */
 type Signs = Record<string, number> | undefined;
-const signsBetween = (a: Signs, b: Signs): Signs =>
-  a === undefined || b === undefined
-    ? undefined
-    : Object.fromEntries(Object.keys({ ...a, ...b }).flatMap((k) => ((b[k] ?? 0) === (a[k] ?? 0) ? [] : [[k, (b[k] ?? 0) - (a[k] ?? 0)]])));
+const signsBetween = (a: Signs, b: Signs): Signs => (a && b ? Object.fromEntries(Object.entries(b).map(([k, n]) => [k, n - (a[k] ?? 0)])) : undefined);
 
 /** The kind's client: ab (its own process, stopped with SIGINT), or the resuming or ALPN client in this process (`load`). */
 function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
@@ -117,12 +115,8 @@ export async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, duratio
     const clientCores = load === undefined ? cores('client') : usage.selfCores;
     const latency = load?.latency.summary();
     const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
-    const resume = {
-      offered: d('offered'),
-      resumed: d('resumed'),
-      offeredNotResumed: d('offeredNotResumed'),
-      resumedPct: (100 * d('resumed')) / Math.max(1, d('completed')),
-    };
+    const [offered, resumed, offeredNotResumed] = [d('offered'), d('resumed'), d('offeredNotResumed')];
+    const resume = { offered, resumed, offeredNotResumed, resumedPct: (100 * resumed) / Math.max(1, d('completed')) };
     return {
       seconds: usage.seconds,
       handshakes,

@@ -5,44 +5,25 @@
 import { OWN_MAJOR } from '../harness/install.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type SetupId } from './lab.js';
 
-/** Resumption, TLS 1.2 and ALPN compare keyless with nginx's key file, ECDSA only. */
+/** Resumption (and the floor's), TLS 1.2 and ALPN compare keyless with nginx's key file, ECDSA only. */
 const PAIR: readonly SetupId[] = ['keyless-unix', 'nginx-file'];
+const EC: readonly HandshakeKey['id'][] = ['ec'];
+const RESUMED: readonly SetupId[] = ['keyless-unix', 'node-floor', 'nginx-file'];
 
-/** Per kind: its label in summary rows, its report section title, set-ups and keys, and whether its Node set-ups also run under --node's majors. */
+/** Per kind: its label (summary rows; report section "<Label> handshakes (<client>)"), set-ups, keys, and whether its Node set-ups also run under --node's majors. */
+type KindSpec = { label: string; client: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true };
 const KIND_TABLE = {
-  'full-tls13': {
-    label: 'full TLS 1.3',
-    title: 'Full TLS 1.3 handshakes (ab -f TLS1.3, new connection per request)',
-    setups: SETUP_IDS,
-    keys: ['ec', 'rsa'],
-    majors: true,
-  },
-  'resumed-tls13': {
-    label: 'resumed TLS 1.3',
-    title: 'Resumed TLS 1.3 handshakes (session tickets, node:tls client, new connection per request)',
-    setups: ['keyless-unix', 'node-floor', 'nginx-file'],
-    keys: ['ec'],
-    majors: true,
-  },
-  'full-tls12': { label: 'full TLS 1.2', title: 'Full TLS 1.2 handshakes, spot check (ab -f TLS1.2)', setups: PAIR, keys: ['ec'] },
-  'alpn-h2': {
-    label: 'full TLS 1.3 + h2',
-    title: 'Full TLS 1.3 handshakes negotiating h2 (node:http2 client, one GET per connection)',
-    setups: PAIR,
-    keys: ['ec'],
-  },
-  'alpn-h1': {
-    label: 'full TLS 1.3 + http/1.1 (ALPN)',
-    title: 'Full TLS 1.3 handshakes negotiating http/1.1 (the same client offering only http/1.1)',
-    setups: PAIR,
-    keys: ['ec'],
-  },
-} satisfies Record<string, { label: string; title: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true }>;
+  'full-tls13': { label: 'full TLS 1.3', client: 'ab -f TLS1.3, new connection per request', setups: SETUP_IDS, keys: ['ec', 'rsa'], majors: true },
+  'resumed-tls13': { label: 'resumed TLS 1.3', client: 'tickets, node:tls client, new connection per request', setups: RESUMED, keys: EC, majors: true },
+  'full-tls12': { label: 'full TLS 1.2', client: 'spot check, ab -f TLS1.2', setups: PAIR, keys: EC },
+  'alpn-h2': { label: 'full TLS 1.3 + h2', client: 'node:http2 client offering only h2, one GET per connection', setups: PAIR, keys: EC },
+  'alpn-h1': { label: 'full TLS 1.3 + http/1.1 (ALPN)', client: 'the same client offering only http/1.1', setups: PAIR, keys: EC },
+} satisfies Record<string, KindSpec>;
 
 export type Kind = keyof typeof KIND_TABLE;
 export const KINDS = Object.keys(KIND_TABLE) as Kind[];
 export const kindLabel = (kind: Kind): string => KIND_TABLE[kind].label;
-export const kindTitle = (kind: Kind): string => KIND_TABLE[kind].title;
+export const kindTitle = (kind: Kind): string => `${KIND_TABLE[kind].label.replace(/^./, (c) => c.toUpperCase())} handshakes (${KIND_TABLE[kind].client})`;
 
 /** Key names in scenario ids. */
 export const KEY_NAME: Readonly<Record<HandshakeKey['id'], string>> = { ec: 'ecdsa', rsa: 'rsa' };
@@ -57,7 +38,7 @@ export interface ScenarioSpec {
 /** Every scenario, in report order (kind, key, set-up), the Node set-ups of `majors` kinds also under each other major. */
 export function allScenarios(majors: readonly number[] = [OWN_MAJOR]): ScenarioSpec[] {
   return KINDS.flatMap((kind) => {
-    const k: { setups: readonly SetupId[]; keys: readonly string[]; majors?: true } = KIND_TABLE[kind];
+    const k: KindSpec = KIND_TABLE[kind];
     const versioned = k.majors ? NODE_SETUPS.filter((s) => k.setups.includes(s)) : [];
     const setups = [...k.setups, ...majors.filter((m) => m !== OWN_MAJOR).flatMap((m) => versioned.map((s) => onNode(s, m)))];
     return HANDSHAKE_KEYS.filter((key) => k.keys.includes(key.id)).flatMap((key) =>
