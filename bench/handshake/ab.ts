@@ -51,12 +51,8 @@ export function parseAbOutput(text: string) {
     failedRequests: num('Failed requests'),
     failedBreakdown: Object.fromEntries([...breakdown.matchAll(/(\w+):\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])])),
     non2xx: num('Non-2xx responses', 0),
-    requestsPerSecond: num('Requests per second'),
-    seconds: num('Time taken for tests'),
     tlsProtocol: field('SSL/TLS Protocol'),
     serverTempKey: field('Server Temp Key'),
-    tlsServerName: field('TLS Server Name'),
-    documentLength: field('Document Length') === undefined ? undefined : num('Document Length'),
   };
 }
 

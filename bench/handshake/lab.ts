@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
-import { OWN_MAJOR } from '../harness/install.js';
+import { nodeBinary, nodeVersionOf, OWN_MAJOR } from '../harness/install.js';
 import { setAffinity } from '../harness/proc-cpu.js';
 import { plural } from '../harness/report.js';
 import { freePort, httpGet, jsonLine, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
@@ -17,6 +17,7 @@ import { KEYEDGE_CLI, KeyserverLab, LabBase, LabPki, probe } from '../lab/keyser
 import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from '../lab/nginx.js';
 import type { FloorConfig } from './floor.js';
 import type { InMemoryConfig } from './inmemory.js';
+import type { Limits } from './limits.js';
 import type { Options } from './main.js';
 
 /** `type`: `keyedge key generate --type`; `serverName`: SNI and Host header, covered by every server's certificate. */
@@ -57,20 +58,24 @@ export const isKeyless = (setup: SetupId): boolean => spec(setup).key === 'keyse
 export const onNode = (setup: SetupId, major: number): SetupId => (major === OWN_MAJOR || !spec(setup).node ? setup : (`${setup}-node${major}` as SetupId));
 const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
 export const setupTitle = (setup: SetupId): string => `${spec(setup).title}${onMajor(setup)}`;
-/** What the report says runs in a set-up. */
 export const setupProcesses = (setup: SetupId, workers: number): string => spec(setup).runs(plural(workers, 'worker'), onMajor(setup));
 /** A set-up's process groups: the TLS front (named as the set-up) and what holds the key apart from it. */
 export const setupGroups = (setup: SetupId): { readonly front: string; readonly key: string | undefined } => ({ front: setup, key: spec(setup).key });
-/** nginx's access log is off at these levels (parity with the proxy). */
+/** nginx's access log is off at these levels, as the proxy's. */
 export const quietLog = (level: string): boolean => level === 'warn' || level === 'error' || level === 'silent';
 /** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */
 export const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;
 
 export class HandshakeLab extends LabBase<SetupId> {
   readonly keyIds = new Map<string, string>();
-  /** Set-ups asked for that cannot run (nginx packages missing, a Node server failing under another major), with the reason. */
-  readonly skipped = new Map<SetupId, string>();
-  readonly caFile: string;
+  /** Set-ups (nginx packages missing, a Node server failing under another major) and scenarios that cannot run, with the reason. */
+  readonly skipped = new Map<string, string>();
+  /** Node versions by major: this one, and --node's others. */
+  readonly nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
+  /** What one core signs (limits.ts), when measured. */
+  limits: Limits = { openssl: undefined, cpus: undefined };
+  /** The lab CA (PEM), which the clients trust. */
+  ca = '';
   /** The config each Node server was started with, for the result file. */
   readonly configs = new Map<SetupId, unknown>();
   nginx: NginxLab | undefined;
@@ -83,33 +88,22 @@ export class HandshakeLab extends LabBase<SetupId> {
     readonly nginxTools: NginxTools | undefined,
   ) {
     super(keyserverLab, 'handshake');
-    this.caFile = join(this.dir, 'ca.pem');
   }
 
-  /** The set-ups that run: those of the scenarios asked for, not skipped. */
   get setups(): SetupId[] {
     return [...new Set(this.options.scenarios.map((s) => s.setup))].filter((s) => !this.skipped.has(s));
   }
 
-  has(setup: SetupId): boolean {
-    return this.setups.includes(setup);
-  }
-
-  #ca: string | undefined;
-  /** The lab CA's certificate (PEM), which the clients trust. */
-  get ca(): string {
-    return (this.#ca ??= readFileSync(this.caFile, 'utf8'));
-  }
-
   #file = (name: string): string => join(this.dir, name);
 
-  #skip(setup: SetupId, reason: string, log: (line: string) => void): void {
-    this.skipped.set(setup, reason);
-    log(`${setup}: skipped, ${reason}`);
+  skip(id: string, reason: string, log: (line: string) => void): void {
+    this.skipped.set(id, reason);
+    log(`${id}: skipped, ${reason}`);
   }
 
   /** Makes the temp dir, keys, certificates; finds (or installs, --install) nginx when an nginx set-up is asked for. Starts nothing. */
-  static async create(options: Options, nodeBinaries: ReadonlyMap<number, string>, log: (line: string) => void): Promise<HandshakeLab> {
+  static async create(options: Options, log: (line: string) => void): Promise<HandshakeLab> {
+    const nodeBinaries = new Map(options.majors.filter((m) => m !== OWN_MAJOR).map((m) => [m, nodeBinary(m, log)] as const));
     const setups = [...new Set(options.scenarios.map((s) => s.setup))];
     const nginxTools = setups.some(isNginx) ? ensureNginxTools(options.install, log) : undefined;
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
@@ -121,11 +115,14 @@ export class HandshakeLab extends LabBase<SetupId> {
       const config = { ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } };
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
+      for (const [m, bin] of nodeBinaries) lab.nodeVersions.set(m, nodeVersionOf(bin));
+      if (nodeBinaries.size > 0) log(`Node servers under ${[...lab.nodeVersions.values()].join(', ')}`);
       for (const setup of setups.filter(isNginx)) {
         const reason = variantSkipReason(nginxTools!, spec(setup).nginx!);
-        if (reason !== undefined) lab.#skip(setup, reason, log);
+        if (reason !== undefined) lab.skip(setup, reason, log);
       }
       const pki = new LabPki(lab.dir, 'keyedge handshake bench CA');
+      lab.ca = readFileSync(pki.caFile, 'utf8');
       for (const key of options.keys) {
         // Token-backed set-ups: the key made in the token, its CSR signed there. The others: a key file, same names and CA.
         lab.keyIds.set(key.id, await keyserverLab.generateKey(key.type, tokenKeyLabel(key)));
@@ -140,7 +137,6 @@ export class HandshakeLab extends LabBase<SetupId> {
     }
   }
 
-  /** Writes a Node set-up's config, starts it and waits until it serves. */
   async #startNode(setup: SetupId): Promise<void> {
     const { options } = this;
     const f = this.#file;
@@ -204,7 +200,7 @@ export class HandshakeLab extends LabBase<SetupId> {
       const skip = (err: unknown) => {
         this.servers.get(setup)?.kill();
         this.servers.delete(setup);
-        this.#skip(setup, `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`, log);
+        this.skip(setup, `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`, log);
       };
       starts.push(nodeMajorOf(setup) === undefined ? started : started.catch(skip));
     }
@@ -223,8 +219,9 @@ export class HandshakeLab extends LabBase<SetupId> {
       }
     }
     const servers = [...this.servers].map(([setup, p]) => `; ${setup} pid ${p.pid} :${ports.endpoints[setup]!.port}`).join('');
-    const keyserver = this.keyserver ? `; key server pid ${this.keyserver.pid} (tcp :${this.keyserver.tcpPort})` : '';
-    log(`origin pid ${this.origin!.pid} :${ports.origin}${keyserver}${servers}; ${options.workers} workers per proxy; servers on CPU ${cpus ?? 'any'}`);
+    log(
+      `origin pid ${this.origin!.pid}, key server pid ${this.keyserver?.pid ?? '-'}${servers}; ${options.workers} workers per proxy; servers on CPU ${cpus ?? 'any'}`,
+    );
   }
 
   #startNginx(variants: NginxVariant[], log: (line: string) => void): Promise<void> {

@@ -41,11 +41,11 @@ export async function measureLimits(cpus: string | undefined, log: (line: string
 
 /** The report's "What one core signs" section; none when not measured. */
 export function limitsMarkdown({ openssl, cpus }: Limits): string[] {
-  if (openssl === undefined) return [];
   const perSign = (rate: number) => `${fmt(rate)} signs/s (${fmt(1e6 / rate, 0)} µs each)`;
+  if (openssl === undefined) return [];
   const line =
     'error' in openssl
-      ? `- openssl speed: failed (${openssl.error})`
-      : `- \`${openssl.command}\`: ECDSA P-256 ${perSign(openssl.ecdsaP256)}, RSA-2048 ${perSign(openssl.rsa2048)}`;
-  return [`## What one core signs (CPU ${cpus ?? 'any'}, servers idle)`, '', line, ''];
+      ? `openssl speed: failed (${openssl.error})`
+      : `\`${openssl.command}\`: ECDSA P-256 ${perSign(openssl.ecdsaP256)}, RSA-2048 ${perSign(openssl.rsa2048)}`;
+  return [`## What one core signs (CPU ${cpus ?? 'any'}, servers idle)`, '', `- ${line}`, ''];
 }

@@ -1,23 +1,25 @@
 /**
  * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same proxy holding the key in memory, the
  * node:https floor and nginx holding it three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
- * Set-ups: lab.ts; kinds: scenarios.ts; one run: measure.ts; figures and targets: summary.ts; result: report.ts;
- * method and columns: bench/README.md, "handshake".
+ * Here: the options, the bench for harness/runner.ts, and one run (start the kind's client, ramp up, read the server's
+ * counters and every process's CPU around the window, stop the client, wait until the counters stop moving).
+ * Set-ups: lab.ts; kinds: scenarios.ts; figures, targets and the result: summary.ts; method: bench/README.md.
  *
  * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
  */
+import { join } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
-import { nodeBinary, nodeVersionOf, OWN_MAJOR, parseMajors, versionOf } from '../harness/install.js';
-import { processTree, setAffinity } from '../harness/proc-cpu.js';
+import { parseMajors } from '../harness/install.js';
+import { perUnit, processTree, setAffinity, snapshot, type TrackedGroup, usageBetween } from '../harness/proc-cpu.js';
 import { fmt } from '../harness/report.js';
-import type { RunContext } from '../harness/rounds.js';
+import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
-import { sumValues } from '../lab/counters.js';
-import { ensureAb } from './ab.js';
-import { negotiates } from './alpn.js';
-import { HANDSHAKE_KEYS, HandshakeLab, isNginx, SETUP_IDS } from './lab.js';
-import { type Limits, measureLimits } from './limits.js';
-import { type BenchScenario, type RunResult, runScenario, trackedGroups } from './measure.js';
+import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
+import { readNginxStatus } from '../lab/nginx.js';
+import { type AbResult, ensureAb, startAb } from './ab.js';
+import { AlpnLoad, negotiates, ResumeLoad } from './alpn.js';
+import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, SETUP_IDS, type SetupId, setupGroups } from './lab.js';
+import { measureLimits } from './limits.js';
 import { handshakeReport } from './summary.js';
 import { allScenarios, KINDS, type ScenarioSpec, selectScenarios } from './scenarios.js';
 
@@ -66,17 +68,7 @@ function parseOptions(argv: string[]) {
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
 
-export interface Lab {
-  readonly lab: HandshakeLab;
-  /** ALPN h2 scenarios whose server does not negotiate h2, with the reason. */
-  readonly noH2: Map<string, string>;
-  readonly nodeVersions: Map<number, string>;
-  /** ab's version line. */
-  readonly ab: string | undefined;
-  limits?: Limits;
-}
-
-export type HandshakeBench = MeasuringBench<Options, Lab, BenchScenario, RunResult>;
+export type HandshakeBench = MeasuringBench<Options, HandshakeLab, BenchScenario, RunResult>;
 
 const HANDSHAKE: HandshakeBench = {
   name: 'handshake',
@@ -84,35 +76,30 @@ const HANDSHAKE: HandshakeBench = {
   async setup(options, { log, signal }, hold) {
     if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
-    const nodeBinaries = new Map(options.majors.filter((m) => m !== OWN_MAJOR).map((m) => [m, nodeBinary(m, log)] as const));
-    const nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
-    for (const [m, bin] of nodeBinaries) nodeVersions.set(m, nodeVersionOf(bin));
-    if (options.majors.length > 1) log(`Node servers under ${[...nodeVersions.values()].join(', ')}`);
-    const lab = await HandshakeLab.create(options, nodeBinaries, log);
-    const held: Lab = { lab, noH2: new Map(), nodeVersions, ab: versionOf('ab', ['-V']) };
-    hold(held);
+    const lab = await HandshakeLab.create(options, log);
+    hold(lab);
     log(`temp dir ${lab.dir}`);
     signal.throwIfAborted();
     await lab.start(log);
-    return held;
+    return lab;
   },
-  async scenarios(held, options, { log, signal }) {
-    const { lab, noH2 } = held;
+  async scenarios(lab, options, { log, signal }) {
     // ALPN h2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
-    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.has(s.setup))) {
+    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.setups.includes(s.setup))) {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: lab.ca, protocol: 'h2' });
-      if (picked !== 'h2') noH2.set(spec.id, `does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
+      if (picked !== 'h2') lab.skip(spec.id, `the server does not negotiate h2 (ALPN answer: ${picked || 'none'})`, log);
     }
-    for (const [id, reason] of noH2) log(`${id}: skipped, the server ${reason}`);
     // nginx needs no JIT warm-up: its warm-up runs are short.
     const run = (spec: ScenarioSpec) => (ms: number, context: RunContext) =>
       runScenario(lab, spec, context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(ms, options.nginxWarmupMs) : ms, context);
-    const scenarios = options.scenarios.filter((s) => lab.has(s.setup) && !noH2.has(s.id)).map((spec) => ({ name: spec.id, spec, run: run(spec) }));
+    const scenarios = options.scenarios
+      .filter((s) => lab.setups.includes(s.setup) && !lab.skipped.has(s.id))
+      .map((spec) => ({ name: spec.id, spec, run: run(spec) }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
-    held.limits = options.limits ? await measureLimits(options.serverCpus, log, signal) : { openssl: undefined, cpus: undefined };
+    if (options.limits) lab.limits = await measureLimits(options.serverCpus, log, signal);
     return scenarios;
   },
-  ownPids: ({ lab }) => {
+  ownPids: (lab) => {
     const roots = trackedGroups(lab, undefined).flatMap((g) => g.roots());
     return roots.filter((p) => p > 0).flatMap(processTree);
   },
@@ -130,8 +117,141 @@ const HANDSHAKE: HandshakeBench = {
     return `${fmt(w.handshakesPerSecond).padStart(6)} hs/s  server ${fmt(w.serverUs)} µs/hs${split}  client ${fmt(w.clientUs)} µs/hs (${fmt(w.clientCores, 2)} cores)  ${cores}${signs}${resume}${errors}`;
   },
   report: handshakeReport,
-  close: ({ lab }, options, log) => lab.close(options.keepTemp, log),
-  kill: ({ lab }, options) => lab.cleanup(options.keepTemp),
+  close: (lab, options, log) => lab.close(options.keepTemp, log),
+  kill: (lab, options) => lab.cleanup(options.keepTemp),
 };
+
+function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
+  const group = (name: string, pid: number | undefined) => ({ name, roots: () => [pid ?? -1] });
+  return [
+    ...[...lab.servers].map(([setup, p]) => group(setup, p.pid)),
+    ...[...(lab.nginx?.instances ?? new Map())].map(([variant, i]) => ({ name: `nginx-${variant}`, roots: () => [i.process?.pid ?? -1] })),
+    group('keyserver', lab.keyserver?.pid),
+    group('origin', lab.origin?.pid),
+    { name: 'p11kit', roots: () => [lab.nginx?.p11kitServer?.pid ?? -1] },
+    group('client', clientPid),
+  ];
+}
+
+const statusReads = new Map<number, number>();
+
+/**
+ * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status, whose `requests` counts
+ * the status reads too (a reused status connection would hide them from `handled`): the bench subtracts its own, and
+ * with one GET per connection `full` = TLS connections that carried their request (nginx does not tell full from
+ * resumed or failed handshakes; the clients' own counts cover that).
+ */
+async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<HandshakeCounters> {
+  const { admin } = lab.ports.endpoints[setup]!;
+  if (!isNginx(setup)) return readHandshakeCounters(admin);
+  statusReads.set(admin, (statusReads.get(admin) ?? 0) + 1);
+  return { full: (await readNginxStatus(admin)).requests - statusReads.get(admin)!, resumed: 0, failed: 0, requests: {}, keylessSigns: 0 };
+}
+
+export type RunResult = Awaited<ReturnType<typeof runScenario>>;
+export interface BenchScenario extends Scenario<RunResult> {
+  readonly spec: ScenarioSpec;
+}
+
+/** Signs per algorithm between two reads of the key server's counters (counters only grow, and only appear). */
+type Signs = Record<string, number> | undefined;
+const signsBetween = (a: Signs, b: Signs): Signs => (a && b ? Object.fromEntries(Object.entries(b).map(([k, n]) => [k, n - (a[k] ?? 0)])) : undefined);
+
+/** The kind's client: ab (its own process, stopped with SIGINT), or the resuming or ALPN client in this process (`load`). */
+function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
+  const { options } = lab;
+  const port = lab.ports.endpoints[spec.setup]!.port;
+  const target = { port, serverName: spec.key.serverName, ca: lab.ca, loops: options.resumeLoops };
+  if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
+    const load: AlpnLoad =
+      spec.kind === 'resumed-tls13' ? new ResumeLoad(target) : new AlpnLoad({ ...target, protocol: spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1' });
+    load.start();
+    return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop()) };
+  }
+  const csvPath = join(lab.dir, `${spec.id.replaceAll('/', '_')}-${context.phase}-${context.round}.csv`);
+  const [maxSeconds, protocol] = [(options.rampMs + durationMs) / 1000 + 30, spec.kind === 'full-tls12' ? ('TLS1.2' as const) : undefined];
+  const ab = startAb({ port, host: spec.key.serverName, concurrency: options.concurrency, maxSeconds, csvPath, cpus: options.clientCpus, protocol });
+  const check = async () => {
+    if (!ab.exited()) return;
+    const r = await ab.done;
+    throw new Error(`ab exited before the window closed (status ${r.exitCode ?? r.signal}): ${r.stderr.join(' | ') || 'no message'}`);
+  };
+  return { pid: ab.pid, load: undefined, check, stop: () => ab.stop('SIGINT') };
+}
+
+/**
+ * One run. Handshakes in the window: full ones the server counted for ab, connections the client completed for the
+ * in-process clients. ALPN kinds do not read the key server's signs.
+ */
+async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
+  const { options } = lab;
+  const withSigns = !spec.kind.startsWith('alpn-');
+  const signsNow = async () => (withSigns && isKeyless(spec.setup) ? readKeyserverSigns(lab.ports.keyserverAdmin) : undefined);
+  const counters = () => readCounters(lab, spec.setup);
+  const [signs0, run0] = [await signsNow(), await counters()];
+  const client = startClient(lab, spec, durationMs, context);
+  const { load } = client;
+  const measured = async () => {
+    await sleep(options.rampMs, context.signal);
+    const tracked = trackedGroups(lab, client.pid);
+    const [sA, cA, l0] = [await signsNow(), await counters(), { ...load }];
+    load?.latency.reset();
+    if (load !== undefined) load.recording = true;
+    const uA = snapshot(tracked);
+    await sleep(durationMs, context.signal);
+    // ab: the server's counters first, then the CPU; an in-process client: the CPU first, then its counts.
+    const cB0 = load === undefined ? await counters() : undefined;
+    const usage = usageBetween(uA, snapshot(tracked));
+    if (load !== undefined) load.recording = false;
+    const l1 = { ...load };
+    const server = diffCounters(cA, cB0 ?? (await counters()));
+    const signs = signsBetween(sA, await signsNow());
+    await client.check();
+    const d = (k: 'completed' | 'offered' | 'resumed' | 'offeredNotResumed') => (l1[k] ?? 0) - (l0[k] ?? 0);
+    // Server CPU = the set-up's processes (front + key holder); the origin and the client apart (an in-process client
+    // is this bench's own CPU), and the cores other processes used (contention).
+    const handshakes = load === undefined ? server.full : d('completed');
+    const { front, key } = setupGroups(spec.setup);
+    const { per, cores, otherCores } = perUnit(usage, handshakes);
+    const clientCores = load === undefined ? cores('client') : usage.selfCores;
+    const latency = load?.latency.summary();
+    const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
+    const [offered, resumed, offeredNotResumed] = [d('offered'), d('resumed'), d('offeredNotResumed')];
+    const resume = { offered, resumed, offeredNotResumed, resumedPct: (100 * resumed) / Math.max(1, d('completed')) };
+    return {
+      handshakes,
+      server,
+      keyserverSigns: signs && sumValues(signs),
+      handshakesPerSecond: handshakes / usage.seconds,
+      serverUs: per(front, key),
+      frontUs: per(front),
+      keyUs: key === undefined ? undefined : per(key),
+      originUs: per('origin'),
+      clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
+      clientCores,
+      serverSideCores: cores(front, key, 'origin'),
+      machineBusyCores: usage.machineBusyCores,
+      otherCores,
+      usage,
+      resume: spec.kind === 'resumed-tls13' && lat ? { ...resume, ...lat } : undefined,
+      alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
+    };
+  };
+  let ab: AbResult | undefined;
+  const window = await measured().finally(async () => {
+    ab = await client.stop();
+  });
+  // Connections ab abandoned at SIGINT fail on the server side now: read the counters and signs until they stop moving (≤ 5 s).
+  let [end, endSigns] = [await counters(), await signsNow()];
+  for (let i = 0; i < 50; i++) {
+    await sleep(Math.max(100, options.settleMs / 2), context.signal);
+    const again = [await counters(), await signsNow()] as const;
+    const same = JSON.stringify(again) === JSON.stringify([end, endSigns]);
+    [end, endSigns] = again;
+    if (same) break;
+  }
+  const run = { ab, clientErrors: load?.errors ?? 0, clientFirstError: load?.firstError, counters: diffCounters(run0, end) };
+  return { window, run: { ...run, keyserverSigns: withSigns ? signsBetween(signs0, endSigns) : undefined } };
+}
 
 runMeasuring(HANDSHAKE);

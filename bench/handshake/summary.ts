@@ -4,7 +4,7 @@
  * major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and comparison read) and the
  * Markdown. Columns and method: bench/README.md, "handshake".
  */
-import { OWN_MAJOR } from '../harness/install.js';
+import { OWN_MAJOR, versionOf } from '../harness/install.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, overRounds, rateCell, roundColumns } from '../harness/runner.js';
 import { shownCommand } from '../harness/spawn.js';
@@ -14,8 +14,7 @@ import { sumValues } from '../lab/counters.js';
 import { abArgs } from './ab.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, quietLog, type SetupId, setupGroups, setupProcesses, setupTitle } from './lab.js';
 import { limitsMarkdown } from './limits.js';
-import type { HandshakeBench } from './main.js';
-import type { BenchScenario, RunResult } from './measure.js';
+import type { BenchScenario, HandshakeBench, RunResult } from './main.js';
 import { KEY_NAME, KINDS, type Kind, kindLabel, kindTitle, type ScenarioSpec } from './scenarios.js';
 
 /** TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs ECDSA: the key server sees the same algorithms. */
@@ -163,9 +162,6 @@ export function summaryEntries(summaries: readonly ScenarioSummary[], requested:
   return [...ran, ...notRun];
 }
 
-// ---------------------------------------------------------------------------
-// The result: JSON and Markdown
-
 const checkCell = ({ signCheck: sign, resumeCheck: resume }: ScenarioSummary): string => {
   if (sign !== undefined) return `signs/hs ${fmt(sign.ratio, 3)}${sign.ok ? '' : ' ✗'}`;
   if (resume === undefined) return '–';
@@ -209,17 +205,9 @@ const HOP_COLUMNS: readonly Column<HopRow>[] = [
   ['per round (min–max)', 'right', (h) => minMax(h.perRoundUs)],
 ];
 
-/** How much other load the windows saw: on a shared machine, how far the absolute figures can be trusted. */
-function contentionLine(summaries: readonly ScenarioSummary[]): string {
-  const windows = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
-  const contended = windows.filter((c) => c > CONTENDED_CORES).length;
-  const figures = `median ${fmt(median(windows), 2)}, max ${fmt(Math.max(...windows), 2)} cores`;
-  const verdict = contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.';
-  return `Other load: ${contended} of ${windows.length} windows had more than ${CONTENDED_CORES} cores of other processes (${figures})${verdict}`;
-}
-
-export async function handshakeReport(...[held, options, scenarios, measured, { log, machine, date }]: Parameters<HandshakeBench['report']>) {
-  const { lab, noH2, nodeVersions, ab, limits } = held;
+export async function handshakeReport(...[lab, options, scenarios, measured, { log, machine, date }]: Parameters<HandshakeBench['report']>) {
+  const { nodeVersions, limits } = lab;
+  const ab = versionOf('ab', ['-V']);
   const { results, failures, method } = measured;
   const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
   const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
@@ -230,18 +218,18 @@ export async function handshakeReport(...[held, options, scenarios, measured, { 
     [/-n \d+/, '-n N'],
     [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
   ]);
-  const skipped = new Map([...lab.skipped, ...[...noH2].map(([id, reason]) => [id, `the server ${reason}`] as const)]);
   const tools = lab.nginxTools;
   const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
   const tls = firstAb === undefined ? '?' : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`;
   const { scenarios: _, keys, ...runOptions } = options;
   const json = {
     command: machine.commandLine,
-    summary: summaryEntries(summaries, options.scenarios, (spec) => lab.skipped.get(spec.setup) ?? noH2.get(spec.id)),
+    summary: summaryEntries(summaries, options.scenarios, (spec) => lab.skipped.get(spec.setup) ?? lab.skipped.get(spec.id)),
     targets: targetRows.map((t) => ({ ...t, value: round(t.value, 3), limit: t.limit === undefined ? null : round(t.limit, 3) })),
     options: { ...runOptions, ab, abCommand, nginx: tools && { ...tools, processes: 1, masterProcess: false } },
     method: method({ nginxWarmupMs: options.nginxWarmupMs }),
     failedRounds: failures,
+    skipped: Object.fromEntries(lab.skipped),
     limits,
     keys: keys.map((k) => ({ ...k, name: KEY_NAME[k.id], keyId: lab.keyIds.get(k.id) })),
     nodeVersions: Object.fromEntries(nodeVersions),
@@ -251,6 +239,11 @@ export async function handshakeReport(...[held, options, scenarios, measured, { 
   };
   const pin = `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`;
   const majors = [...nodeVersions].map(([m, v]) => `${m} = ${v}`).join(', ');
+  const ofKind = (kind: Kind) => summaries.filter((s) => s.kind === kind);
+  // How much other load the windows saw: on a shared machine, how far the absolute figures can be trusted.
+  const others = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
+  const contended = others.filter((c) => c > CONTENDED_CORES).length;
+  const shared = contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.';
   const markdown = [
     `# handshake, ${date}${options.quick ? ' (quick)' : ''}`,
     '',
@@ -259,29 +252,21 @@ export async function handshakeReport(...[held, options, scenarios, measured, { 
     `Client: \`${abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${tls}); resumed and ALPN: ${options.resumeLoops} connections in flight in this bench's process (resumed: each offering the newest ticket it got).`,
     `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off), access log ${quietLog(options.logLevel) ? 'off' : 'on'}.`,
     `Pinning: ${options.serverCpus === undefined ? 'no pinning (scheduler decides)' : pin}.`,
-    contentionLine(summaries),
+    `Other load: ${contended} of ${others.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(others), 2)}, max ${fmt(Math.max(...others), 2)} cores)${shared}`,
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
-    ...(skipped.size > 0 ? ['', ...[...skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`)] : []),
+    ...(lab.skipped.size > 0 ? ['', ...[...lab.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`)] : []),
     ...failureLines(failures),
     '',
     '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
     '',
     specTable(targetRows, TARGET_COLUMNS, '(needs the scenarios the targets compare)'),
     '',
-    ...KINDS.filter((k) => summaries.some((s) => s.kind === k)).flatMap((k) => [
-      `## ${kindTitle(k)}`,
-      '',
-      columnTable(
-        summaries.filter((s) => s.kind === k),
-        SCENARIO_COLUMNS,
-      ),
-      '',
-    ]),
+    ...KINDS.filter((k) => ofKind(k).length > 0).flatMap((k) => [`## ${kindTitle(k)}`, '', columnTable(ofKind(k), SCENARIO_COLUMNS), '']),
     '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)',
     '',
     specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)'),
     '',
-    ...limitsMarkdown(limits!),
+    ...limitsMarkdown(limits),
     'Columns (bench/README.md, "handshake"): handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: stub_status requests; resumed and ALPN: connections the client completed); "≥": the client used ≥ 0.9 of its core, the rate is a lower bound. **server µs/hs** = utime+stime of every process of the set-up (front + key holder) over the window ÷ handshakes in it: the figure to compare; origin and client apart. p50/p99 = per-connection time (connect + handshake + GET), mostly queueing. errors = ab failed + non-2xx + handshakes the server saw fail + client failures. check: full keyless = key server signs ÷ (full + failed handshakes), idle to idle (1 = one sign per handshake); resumed = tickets resumed, and key server signs (must be 0).',
     `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Per-round figures for every window are in the JSON.`,
     '',
