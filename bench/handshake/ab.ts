@@ -1,20 +1,18 @@
 /**
  * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k every request is a new connection and a
  * full handshake. Started with a generous -t, stopped with SIGINT after the window (it still prints its report). SNI:
- * ab sends the Host header's name when the URL names an IP address.
+ * ab sends the Host header's name when the URL names an IP address. The bench installs it (apache2-utils) when missing.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { findOrInstall } from '../harness/install.js';
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/spawn.js';
 
-/** `host`: Host header and SNI name; `maxSeconds`: ab's -t, an upper bound (the caller stops it earlier); `csvPath`: -e. */
+/** `host`: Host and SNI; `maxSeconds`: -t, an upper bound (the caller stops it earlier); `csvPath`: -e; `cpus`: taskset -c. */
 export interface AbOptions {
   readonly port: number;
   readonly host: string;
   readonly concurrency: number;
   readonly maxSeconds: number;
   readonly csvPath: string;
-  /** `taskset -c` list, or undefined. */
   readonly cpus: string | undefined;
   readonly protocol?: 'TLS1.3' | 'TLS1.2';
 }
@@ -62,10 +60,4 @@ function readPercentiles(path: string): { p50Us: number; p90Us: number; p99Us: n
   const byPct = new Map(rows.map((l) => l.split(',')).flatMap(([pct, ms]) => (ms ? [[Number(pct), Number(ms) * 1000] as const] : [])));
   const at = (p: number) => byPct.get(p) ?? Number.NaN;
   return { p50Us: at(50), p90Us: at(90), p99Us: at(99) };
-}
-
-/** Installs `ab` (apache2-utils) when missing; throws with the reason when it cannot. */
-export function ensureAb(log: (line: string) => void): void {
-  const found = findOrInstall('ab', 'apache2-utils', true, log);
-  if (!found.ok) throw new Error(`ab (ApacheBench): ${found.reason}`);
 }

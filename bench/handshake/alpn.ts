@@ -1,10 +1,9 @@
 /**
  * The handshake bench's in-process clients: `loops` closed loops of a new TLS 1.3 connection per GET, read to its end.
- * `AlpnLoad` (kinds alpn-h2 / alpn-h1; issue 13) offers only `h2` (node:http2: preface, SETTINGS, one GET, close) or
- * only `http/1.1` (node:tls, `Connection: close`) and no ticket: the TLS part is the same, the difference the protocol's.
- * `ResumeLoad` (resumed-tls13; ab never offers a session) offers each loop's newest ticket once (RFC 8446 §C.4: no
- * reuse), so a server sending no new ticket on a resumed connection gives the next one a full handshake. Counted at
- * completion (200 read in full): tickets offered and resumed (`isSessionReused()`), so resumed ≤ offered ≤ completed.
+ * `AlpnLoad` (alpn-h2 / alpn-h1; issue 13) offers only `h2` (node:http2) or only `http/1.1` (node:tls, `Connection:
+ * close`) and no ticket, so the difference is the protocol's. `ResumeLoad` (resumed-tls13) offers each loop's newest
+ * ticket once (RFC 8446 §C.4), so a server sending no new ticket on a resumed connection gives the next one a full
+ * handshake. Counted at completion (200 read in full), so resumed (`isSessionReused()`) ≤ offered ≤ completed.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';

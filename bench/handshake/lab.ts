@@ -1,8 +1,8 @@
 /**
  * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"): the key server with an ECDSA and an RSA
  * key in its token, certificates from a throwaway CA for the token keys and for key files with the same names, the
- * demo origin, the keyless proxies, the in-memory proxy, the node:https floor and the nginx variants (lab/nginx.ts).
- * Every server is its own process group, so `cleanup()` kills a cluster at once, also from an 'exit' handler.
+ * demo origin, the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts). Every
+ * server is its own process group, so `cleanup()` kills a cluster at once, also from an 'exit' handler.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,10 +27,7 @@ export const HANDSHAKE_KEYS = [
 ] as const;
 export type HandshakeKey = (typeof HANDSHAKE_KEYS)[number];
 
-/**
- * Per set-up: title, what runs in it (`w`: workers, `node`: ", Node N" or ''), the process group holding the key apart
- * from the front, the nginx variant, whether it also runs under --node's majors (`keyless-unix-node22`; key server here).
- */
+/** Per set-up: title, what runs in it, the process group holding the key apart from the front, nginx variant, whether under --node's majors. */
 type SetupSpec = { title: string; runs: (w: string, node: string) => string; key?: 'keyserver' | 'p11kit'; nginx?: NginxVariant; node?: true };
 const SETUPS = {
   'keyless-unix': { title: 'keyless (unix)', runs: (w, node) => `proxy ${w} + key server (unix)${node}`, key: 'keyserver', node: true },
@@ -73,7 +70,7 @@ export class HandshakeLab extends LabBase<SetupId> {
   /** Node versions by major: this one, and --node's others. */
   readonly nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
   /** What one core signs (limits.ts), when measured. */
-  limits: Limits = { openssl: undefined, cpus: undefined };
+  limits?: Limits;
   /** The lab CA (PEM), which the clients trust. */
   ca = '';
   /** The config each Node server was started with, for the result file. */
@@ -116,7 +113,6 @@ export class HandshakeLab extends LabBase<SetupId> {
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
       for (const [m, bin] of nodeBinaries) lab.nodeVersions.set(m, nodeVersionOf(bin));
-      if (nodeBinaries.size > 0) log(`Node servers under ${[...lab.nodeVersions.values()].join(', ')}`);
       for (const setup of setups.filter(isNginx)) {
         const reason = variantSkipReason(nginxTools!, spec(setup).nginx!);
         if (reason !== undefined) lab.skip(setup, reason, log);
@@ -209,7 +205,6 @@ export class HandshakeLab extends LabBase<SetupId> {
     // Every start settles before an error is thrown, so stop() sees every process that was spawned.
     const failed = (await Promise.allSettled(starts)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
-
     for (const key of options.keys) {
       for (const setup of this.setups) {
         const r = await probe(ports.endpoints[setup]!.port, key.serverName, this.ca);

@@ -1,22 +1,19 @@
 /**
  * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same proxy holding the key in memory, the
  * node:https floor and nginx holding it three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
- * Here: the options, the bench for harness/runner.ts, and one run (start the kind's client, ramp up, read the server's
- * counters and every process's CPU around the window, stop the client, wait until the counters stop moving).
- * Set-ups: lab.ts; kinds: scenarios.ts; figures, targets and the result: summary.ts; method: bench/README.md.
- *
- * Usage: node dist/bench/handshake/main.js [--quick] [options]   (--help)
+ * Here: the options, the bench for harness/runner.ts, and one run. Set-ups: lab.ts; kinds: scenarios.ts; figures,
+ * targets and the result: summary.ts; method: bench/README.md. Usage: node dist/bench/handshake/main.js [--quick] (--help)
  */
 import { join } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
-import { parseMajors } from '../harness/install.js';
+import { findOrInstall, parseMajors } from '../harness/install.js';
 import { perUnit, processTree, setAffinity, snapshot, type TrackedGroup, usageBetween } from '../harness/proc-cpu.js';
 import { fmt } from '../harness/report.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
 import { readNginxStatus } from '../lab/nginx.js';
-import { type AbResult, ensureAb, startAb } from './ab.js';
+import { type AbResult, startAb } from './ab.js';
 import { AlpnLoad, negotiates, ResumeLoad } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, SETUP_IDS, type SetupId, setupGroups } from './lab.js';
 import { measureLimits } from './limits.js';
@@ -33,8 +30,6 @@ const TABLE = {
   rounds: std.rounds(3, 2),
   measure: std.measure(4, 0.5),
   warmup: std.warmup(4, 0.75, 'per Node scenario (nginx: 1 s, quick 0.3)'),
-  concurrency: { kind: 'number', arg: 'N', def: 64, min: 1, integer: true, help: 'ab -c: connections in flight' },
-  'resume-loops': { kind: 'number', arg: 'N', def: 16, min: 1, integer: true, help: 'connections in flight of the resuming and ALPN clients' },
   workers: { kind: 'number', arg: 'N', min: 1, integer: true, help: 'workers of the proxies and the in-memory server (default: one per server CPU)' },
   install: std.install('nginx, libengine-pkcs11-openssl, p11-kit, p11-kit-modules'),
   limits: { kind: 'string', arg: 'yes|no', choices: ['yes', 'no'], help: 'openssl speed on the server CPUs (default yes; quick and --scenarios no)' },
@@ -52,7 +47,7 @@ export type Options = NonNullable<ReturnType<typeof parseOptions>>;
 function parseOptions(argv: string[]) {
   const v = parseCli('handshake/main.js', TABLE, argv);
   if (v === undefined) return undefined;
-  const { quick, concurrency } = v;
+  const { quick } = v;
   const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => HANDSHAKE_KEYS.find((k) => k.id === id)!);
   const majors = parseMajors(v.node);
   // Quick leaves out the TLS 1.2 spot check and the ALPN pair unless asked for.
@@ -63,8 +58,9 @@ function parseOptions(argv: string[]) {
   // One worker per server core, as the product defaults to: two on one core cost more per handshake than they hide.
   const workers = v.workers ?? pins.serverCpuCount;
   const limits = (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes';
-  const [resumeLoops, logLevel, profile, keepTemp] = [v['resume-loops'], v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
-  const run = { concurrency, resumeLoops, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
+  const [logLevel, profile, keepTemp] = [v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
+  // Connections in flight: ab's -c, and the resuming and ALPN clients' loops.
+  const run = { concurrency: 64, resumeLoops: 16, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
 
@@ -74,7 +70,8 @@ const HANDSHAKE: HandshakeBench = {
   name: 'handshake',
   parse: parseOptions,
   async setup(options, { log, signal }, hold) {
-    if (options.scenarios.some((s) => s.kind !== 'resumed-tls13')) ensureAb(log);
+    const ab = options.scenarios.some((s) => s.kind !== 'resumed-tls13') ? findOrInstall('ab', 'apache2-utils', true, log) : undefined;
+    if (ab?.ok === false) throw new Error(`ab (ApacheBench): ${ab.reason}`);
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     const lab = await HandshakeLab.create(options, log);
     hold(lab);
@@ -89,14 +86,14 @@ const HANDSHAKE: HandshakeBench = {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: lab.ca, protocol: 'h2' });
       if (picked !== 'h2') lab.skip(spec.id, `the server does not negotiate h2 (ALPN answer: ${picked || 'none'})`, log);
     }
-    // nginx needs no JIT warm-up: its warm-up runs are short.
     const run = (spec: ScenarioSpec) => (ms: number, context: RunContext) =>
       runScenario(lab, spec, context.phase === 'warmup' && isNginx(spec.setup) ? Math.min(ms, options.nginxWarmupMs) : ms, context);
     const scenarios = options.scenarios
       .filter((s) => lab.setups.includes(s.setup) && !lab.skipped.has(s.id))
       .map((spec) => ({ name: spec.id, spec, run: run(spec) }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
-    if (options.limits) lab.limits = await measureLimits(options.serverCpus, log, signal);
+    lab.limits = options.limits ? await measureLimits(options.serverCpus, signal) : undefined;
+    if (lab.limits) log(lab.limits.line);
     return scenarios;
   },
   ownPids: (lab) => {
@@ -180,8 +177,9 @@ function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, 
 }
 
 /**
- * One run. Handshakes in the window: full ones the server counted for ab, connections the client completed for the
- * in-process clients. ALPN kinds do not read the key server's signs.
+ * One run: start the client, ramp up, read the server's counters and every process's CPU around the window, stop the
+ * client, wait until the counters stop moving. Handshakes in the window: full ones the server counted for ab,
+ * connections the client completed for the in-process clients. ALPN kinds do not read the key server's signs.
  */
 async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
@@ -214,8 +212,6 @@ async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: nu
     const { front, key } = setupGroups(spec.setup);
     const { per, cores, otherCores } = perUnit(usage, handshakes);
     const clientCores = load === undefined ? cores('client') : usage.selfCores;
-    const latency = load?.latency.summary();
-    const lat = latency && { p50Us: latency.p50Us, p99Us: latency.p99Us };
     const [offered, resumed, offeredNotResumed] = [d('offered'), d('resumed'), d('offeredNotResumed')];
     const resume = { offered, resumed, offeredNotResumed, resumedPct: (100 * resumed) / Math.max(1, d('completed')) };
     return {
@@ -233,8 +229,9 @@ async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: nu
       machineBusyCores: usage.machineBusyCores,
       otherCores,
       usage,
-      resume: spec.kind === 'resumed-tls13' && lat ? { ...resume, ...lat } : undefined,
-      alpn: spec.kind.startsWith('alpn-') ? lat : undefined,
+      /** The in-process client's connection latency (p50Us, p99Us…), and for resumed, its tickets. */
+      latency: load?.latency.summary(),
+      resume: spec.kind === 'resumed-tls13' ? resume : undefined,
     };
   };
   let ab: AbResult | undefined;

@@ -25,7 +25,6 @@ export const KINDS = Object.keys(KIND_TABLE) as Kind[];
 export const kindLabel = (kind: Kind): string => KIND_TABLE[kind].label;
 export const kindTitle = (kind: Kind): string => `${KIND_TABLE[kind].label.replace(/^./, (c) => c.toUpperCase())} handshakes (${KIND_TABLE[kind].client})`;
 
-/** Key names in scenario ids. */
 export const KEY_NAME: Readonly<Record<HandshakeKey['id'], string>> = { ec: 'ecdsa', rsa: 'rsa' };
 
 export interface ScenarioSpec {

@@ -1,8 +1,7 @@
 /**
- * The handshake bench's figures and result: each scenario's medians and spread over the clean rounds, its checks (one
- * key-server sign per full keyless handshake; every offered ticket resumed), the issues' targets as ratios per Node
- * major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and comparison read) and the
- * Markdown. Columns and method: bench/README.md, "handshake".
+ * The handshake bench's figures and result: each scenario's medians and spread over the clean rounds, its checks, the
+ * issues' targets per Node major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and
+ * comparison read) and the Markdown. Columns and method: bench/README.md, "handshake".
  */
 import { OWN_MAJOR, versionOf } from '../harness/install.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
@@ -13,7 +12,6 @@ import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
 import { abArgs } from './ab.js';
 import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, quietLog, type SetupId, setupGroups, setupProcesses, setupTitle } from './lab.js';
-import { limitsMarkdown } from './limits.js';
 import type { BenchScenario, HandshakeBench, RunResult } from './main.js';
 import { KEY_NAME, KINDS, type Kind, kindLabel, kindTitle, type ScenarioSpec } from './scenarios.js';
 
@@ -23,9 +21,8 @@ const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa:
 type Sum = (f: (r: RunResult) => number) => number;
 
 /**
- * Full keyless kinds, over every run idle to idle: key server signs ÷ handshakes that reached the sign, full + failed
- * (ab abandons up to -c connections at SIGINT after their CertificateVerify was signed). Should be 1, every sign the
- * proxy's, of the key's algorithm, nothing resumed.
+ * Full keyless kinds, every run idle to idle: key server signs ÷ (full + failed handshakes: ab abandons up to -c signed
+ * connections at SIGINT). Should be 1, every sign the proxy's, of the key's algorithm, nothing resumed.
  */
 function signCheckOf(spec: ScenarioSpec, sum: Sum) {
   if (!isKeyless(spec.setup) || (spec.kind !== 'full-tls13' && spec.kind !== 'full-tls12')) return undefined;
@@ -62,7 +59,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     clientErrors: sum((r) => r.run.clientErrors),
     firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
   };
-  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.resume?.[p] ?? r.window.alpn?.[p] ?? Number.NaN);
+  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.latency?.[p] ?? Number.NaN);
   return {
     ...spec,
     processes: setupProcesses(spec.setup, workers),
@@ -85,10 +82,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
 const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId, key: HandshakeKey['id']) =>
   summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
 
-/**
- * The targets (issue 12; issue 13 for h2): name, the server µs divided (one figure, or the difference of two), the
- * limit (undefined: reported, no target), and whether under this process's Node major only (the ALPN kinds run there only).
- */
+/** The targets (issues 12, 13): the server µs divided (a figure, or a difference of two), the limit, whether under this node only. */
 type Figure = readonly [Kind, SetupId];
 const full = (setup: SetupId): Figure => ['full-tls13', setup];
 const [KEYLESS, IN_MEMORY, FILE, P11KIT] = [full('keyless-unix'), full('inmemory'), full('nginx-file'), full('nginx-p11kit')];
@@ -205,10 +199,10 @@ const HOP_COLUMNS: readonly Column<HopRow>[] = [
   ['per round (min–max)', 'right', (h) => minMax(h.perRoundUs)],
 ];
 
-export async function handshakeReport(...[lab, options, scenarios, measured, { log, machine, date }]: Parameters<HandshakeBench['report']>) {
+type ReportArgs = Parameters<HandshakeBench['report']>;
+export async function handshakeReport(...[lab, options, scenarios, { results, failures, method }, { log, machine, date }]: ReportArgs) {
   const { nodeVersions, limits } = lab;
   const ab = versionOf('ab', ['-V']);
-  const { results, failures, method } = measured;
   const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
   const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
   const [targetRows, hopRows] = [targets(summaries, options.majors), hops(summaries)];
@@ -240,7 +234,7 @@ export async function handshakeReport(...[lab, options, scenarios, measured, { l
   const pin = `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`;
   const majors = [...nodeVersions].map(([m, v]) => `${m} = ${v}`).join(', ');
   const ofKind = (kind: Kind) => summaries.filter((s) => s.kind === kind);
-  // How much other load the windows saw: on a shared machine, how far the absolute figures can be trusted.
+  // Other load in the windows: on a shared machine, how far the absolute figures can be trusted.
   const others = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
   const contended = others.filter((c) => c > CONTENDED_CORES).length;
   const shared = contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.';
@@ -254,6 +248,7 @@ export async function handshakeReport(...[lab, options, scenarios, measured, { l
     `Pinning: ${options.serverCpus === undefined ? 'no pinning (scheduler decides)' : pin}.`,
     `Other load: ${contended} of ${others.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(others), 2)}, max ${fmt(Math.max(...others), 2)} cores)${shared}`,
     `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
+    ...(limits === undefined ? [] : [limits.line]),
     ...(lab.skipped.size > 0 ? ['', ...[...lab.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`)] : []),
     ...failureLines(failures),
     '',
@@ -266,7 +261,6 @@ export async function handshakeReport(...[lab, options, scenarios, measured, { l
     '',
     specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)'),
     '',
-    ...limitsMarkdown(limits),
     'Columns (bench/README.md, "handshake"): handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: stub_status requests; resumed and ALPN: connections the client completed); "≥": the client used ≥ 0.9 of its core, the rate is a lower bound. **server µs/hs** = utime+stime of every process of the set-up (front + key holder) over the window ÷ handshakes in it: the figure to compare; origin and client apart. p50/p99 = per-connection time (connect + handshake + GET), mostly queueing. errors = ab failed + non-2xx + handshakes the server saw fail + client failures. check: full keyless = key server signs ÷ (full + failed handshakes), idle to idle (1 = one sign per handshake); resumed = tickets resumed, and key server signs (must be 0).',
     `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Per-round figures for every window are in the JSON.`,
     '',
