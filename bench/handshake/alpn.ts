@@ -1,20 +1,9 @@
 /**
- * The handshake bench's in-process clients: a new TLS 1.3 connection per GET in `loops` closed loops (connect, one
- * GET, read the answer to its end, again). Single-threaded; `start()` once, `stop()` once (resolves when no
- * connection is left).
- *
- * `AlpnLoad` is the `alpn-h2` / `alpn-h1` kinds' client (issue 13: a full handshake with h2 negotiated should cost at
- * most 10% more than with http/1.1): it offers only `h2` (node:http2 client: preface, SETTINGS, one GET, close) or
- * only `http/1.1` (node:tls, `Connection: close`), no session ticket: the same TLS part for both, so the server-side
- * difference is the protocol's. A server that does not negotiate `h2` fails every h2 connection saying so
- * (`negotiates()` checks first, so the bench can skip it).
- *
- * `ResumeLoad` is the `resumed-tls13` kind's (ab never offers a session; h2load cannot force a new connection per
- * request without pipelining): each loop offers the newest ticket it received, once (RFC 8446 §C.4: clients SHOULD
- * NOT reuse a ticket; BoringSSL and OpenSSL's cache do the same), so a server that sends no new ticket on a resumed
- * connection gets a full handshake on the next one; a loop's first connection is a full handshake (in the ramp-up).
- * Counted when a connection completes (200 received in full): those that offered a ticket and those the server
- * resumed (`isSessionReused()` at 'secureConnect'), so in any window resumed ≤ offered ≤ completed.
+ * The handshake bench's in-process clients: `loops` closed loops of a new TLS 1.3 connection per GET, read to its end.
+ * `AlpnLoad` (alpn-h2 / alpn-h1; issue 13) offers only `h2` (node:http2) or only `http/1.1` (node:tls, `Connection:
+ * close`) and no ticket, so the difference is the protocol's. `ResumeLoad` (resumed-tls13) offers each loop's newest
+ * ticket once (RFC 8446 §C.4), so a server sending no new ticket on a resumed connection gives the next one a full
+ * handshake. Counted at completion (200 read in full), so resumed (`isSessionReused()`) ≤ offered ≤ completed.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
@@ -25,11 +14,14 @@ export interface AlpnLoadOptions {
   readonly serverName: string;
   readonly ca: string;
   readonly loops: number;
-  readonly protocol: 'h2' | 'http/1.1';
+  /** The only ALPN protocol offered; none when undefined. */
+  readonly protocol?: 'h2' | 'http/1.1';
+  /** Offer each loop's newest ticket. */
+  readonly resume?: boolean;
 }
 
-/** The protocol the server picks when offered only `protocol` (false: none, or another). */
-export function negotiates(options: Omit<AlpnLoadOptions, 'loops'>): Promise<string | false> {
+/** The protocol the server picks when offered only `protocol` (false: none). */
+export function negotiates(options: Omit<AlpnLoadOptions, 'loops'> & { readonly protocol: string }): Promise<string | false> {
   return new Promise((resolve) => {
     const socket = tls.connect({ host: '127.0.0.1', port: options.port, servername: options.serverName, ca: options.ca, ALPNProtocols: [options.protocol] });
     socket.once('secureConnect', () => {
@@ -40,7 +32,7 @@ export function negotiates(options: Omit<AlpnLoadOptions, 'loops'>): Promise<str
   });
 }
 
-type Done = (failed: string | undefined) => void;
+type Done = (failed: string | undefined, newest?: Buffer) => void;
 
 export class AlpnLoad extends ClosedLoop {
   offered = 0;
@@ -48,8 +40,7 @@ export class AlpnLoad extends ClosedLoop {
   /** Connections that offered a ticket and got a full handshake anyway. */
   offeredNotResumed = 0;
 
-  /** `protocol` undefined: no ALPN offered; `resume`: offer each loop's newest ticket. */
-  constructor(readonly options: Omit<AlpnLoadOptions, 'protocol'> & { readonly protocol?: AlpnLoadOptions['protocol']; readonly resume?: boolean }) {
+  constructor(readonly options: AlpnLoadOptions) {
     super();
   }
 
@@ -62,7 +53,7 @@ export class AlpnLoad extends ClosedLoop {
     if (this.stopped) return this.retire();
     const started = nowNs();
     // A failure starts over without a ticket.
-    const done = (failed: string | undefined, newest?: Buffer) => {
+    const done: Done = (failed, newest) => {
       this.done(started, failed);
       setImmediate(() => this.#next(failed === undefined ? newest : undefined));
     };
@@ -75,7 +66,7 @@ export class AlpnLoad extends ClosedLoop {
     return { host: '127.0.0.1', port: o.port, servername: o.serverName, ca: o.ca, minVersion: 'TLSv1.3', ...(o.protocol && { ALPNProtocols: [o.protocol] }) };
   }
 
-  #h1(session: Buffer | undefined, done: (failed: string | undefined, newest?: Buffer) => void): void {
+  #h1(session: Buffer | undefined, done: Done): void {
     let [head, bytes, reused] = ['', 0, false];
     let [failed, newest] = [undefined as string | undefined, undefined as Buffer | undefined];
     const socket = tls.connect({ ...this.#tlsOptions(), ...(session && { session }) });
@@ -123,9 +114,9 @@ export class AlpnLoad extends ClosedLoop {
   }
 }
 
-/** The resuming client (see above): http/1.1 without ALPN, each loop offering its newest ticket. */
+/** The resuming client: http/1.1 without ALPN, each loop offering its newest ticket. */
 export class ResumeLoad extends AlpnLoad {
-  constructor(options: Omit<AlpnLoadOptions, 'protocol'>) {
+  constructor(options: Omit<AlpnLoadOptions, 'protocol' | 'resume'>) {
     super({ ...options, resume: true });
   }
 }

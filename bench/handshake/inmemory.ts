@@ -1,14 +1,9 @@
 /**
- * The comparison server of bench/handshake/main.ts: the real `keyedge proxy` cluster (proxy/cluster.ts primary and
- * workers, proxy/worker.ts) with one difference, its KeySource (proxy/tls/key-source.ts): each certificate's key is
- * an ordinary PEM key file held in memory, not the keyless bridge. So the difference between the two is exactly the
- * keyless hop (the provider's synchronous RPC and the key server's sign instead of an in-process sign). It is a bench
- * script, not a mode of the product: no config key reaches it. No key server is configured, so the primary logs once
- * that certificates load unverified, /readyz stays 503 and the keyless counters read zero.
- *
- * Usage: node dist/bench/handshake/inmemory.js --config FILE
- * FILE is the JSON of `InMemoryConfig`. Once every worker serves, the primary logs `in-memory ready` on stdout;
- * SIGTERM/SIGINT stop it as `keyedge proxy`.
+ * The handshake bench's comparison server: the real `keyedge proxy` cluster (proxy/cluster.ts, proxy/worker.ts) whose
+ * KeySource (proxy/tls/key-source.ts) hands out PEM key files held in memory instead of the keyless bridge, so keyless −
+ * in memory is exactly the keyless hop. A bench script, not a product mode; no key server is configured (/readyz 503).
+ * Usage: node dist/bench/handshake/inmemory.js --config FILE (`InMemoryConfig` JSON); logs `in-memory ready` once every
+ * worker serves; SIGTERM/SIGINT stop it as `keyedge proxy`.
  */
 import cluster from 'node:cluster';
 import { createPublicKey } from 'node:crypto';
@@ -38,7 +33,7 @@ export interface InMemoryConfig {
   readonly shutdownGraceMs?: number;
 }
 
-/** PEM key files, found by key id (the SHA-256 of the public key, as the certificates name their key). */
+/** PEM key files by key id (the SHA-256 of the public key, as certificates name their key). */
 function pemKeySource(files: readonly string[]): KeySource {
   const pems = files.map((file) => readFileSync(file, 'utf8'));
   const byKeyId = new Map(pems.map((pem) => [keyIdOf(createPublicKey(pem).export({ type: 'spki', format: 'der' })), pem]));

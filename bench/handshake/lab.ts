@@ -1,48 +1,34 @@
 /**
  * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"): the key server with an ECDSA and an RSA
- * key in its token, certificates from a throwaway CA for the token keys and for the same names on key files, the demo
- * origin, the keyless proxies, the in-memory proxy, the node:https floor and the nginx variants (lab/nginx.ts). Every
- * server is its own process group, so `cleanup()` can kill a cluster at once, also from an 'exit' handler.
+ * key in its token, certificates from a throwaway CA for the token keys and for key files with the same names, the
+ * demo origin, the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts). Every
+ * server is its own process group, so `cleanup()` kills a cluster at once, also from an 'exit' handler.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
-import { OWN_MAJOR } from '../harness/install.js';
+import { nodeBinary, nodeVersionOf, OWN_MAJOR } from '../harness/install.js';
 import { setAffinity } from '../harness/proc-cpu.js';
 import { plural } from '../harness/report.js';
 import { freePort, httpGet, jsonLine, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
-import { LabBase, probe } from '../lab/keyserver.js';
-import { KEYEDGE_CLI, KeyserverLab } from '../lab/keyserver.js';
+import { KEYEDGE_CLI, KeyserverLab, LabBase, LabPki, probe } from '../lab/keyserver.js';
 import { ensureNginxTools, NginxLab, type NginxTools, type NginxVariant, variantSkipReason } from '../lab/nginx.js';
-import { LabPki } from '../lab/keyserver.js';
 import type { FloorConfig } from './floor.js';
 import type { InMemoryConfig } from './inmemory.js';
+import type { Limits } from './limits.js';
 import type { Options } from './main.js';
 
-const script = (name: string) => fileURLToPath(new URL(`./${name}.js`, import.meta.url));
-
-export interface HandshakeKey {
-  readonly id: 'ec' | 'rsa';
-  readonly title: string;
-  /** `keyedge key generate --type` */
-  readonly type: 'ec-p256' | 'rsa-2048';
-  /** SNI name and Host header; the certificates of both servers cover it. */
-  readonly serverName: string;
-}
-
-export const HANDSHAKE_KEYS: readonly HandshakeKey[] = [
+/** `type`: `keyedge key generate --type`; `serverName`: SNI and Host header, covered by every server's certificate. */
+export const HANDSHAKE_KEYS = [
   { id: 'ec', title: 'ECDSA P-256', type: 'ec-p256', serverName: 'ec.bench.localhost' },
   { id: 'rsa', title: 'RSA-2048', type: 'rsa-2048', serverName: 'rsa.bench.localhost' },
-];
+] as const;
+export type HandshakeKey = (typeof HANDSHAKE_KEYS)[number];
 
-/**
- * The servers a scenario can measure (bench/README.md, "Set-ups"): their title, what runs in them (`w`: the proxies'
- * workers, `node`: ", Node N" or ''), the group that holds the key apart from the front, the nginx variant, and whether
- * they also run under other Node majors (--node: `keyless-unix-node22` is the keyless proxy under Node 22, its key
- * server staying on this node).
- */
+/** Per set-up: title, what runs in it, the process group holding the key apart from the front, nginx variant, whether under --node's majors. */
+type SetupSpec = { title: string; runs: (w: string, node: string) => string; key?: 'keyserver' | 'p11kit'; nginx?: NginxVariant; node?: true };
 const SETUPS = {
   'keyless-unix': { title: 'keyless (unix)', runs: (w, node) => `proxy ${w} + key server (unix)${node}`, key: 'keyserver', node: true },
   'keyless-tcp': { title: 'keyless (mTLS)', runs: (w) => `proxy ${w} + key server (mTLS)`, key: 'keyserver' },
@@ -51,106 +37,90 @@ const SETUPS = {
   'nginx-file': { title: 'nginx key file', runs: () => 'nginx 1 process', nginx: 'file' },
   'nginx-engine': { title: 'nginx + pkcs11 engine', runs: () => 'nginx 1 process (SoftHSM2 in it)', nginx: 'engine' },
   'nginx-p11kit': { title: 'nginx + p11-kit', runs: () => 'nginx 1 process + p11-kit server', key: 'p11kit', nginx: 'p11kit' },
-} satisfies Record<string, { title: string; runs: (w: string, node: string) => string; key?: 'keyserver' | 'p11kit'; nginx?: NginxVariant; node?: true }>;
-type SetupSpec = { readonly key?: 'keyserver' | 'p11kit'; readonly nginx?: NginxVariant; readonly node?: true };
+} satisfies Record<string, SetupSpec>;
 
-export type BaseSetup = keyof typeof SETUPS;
+type BaseSetup = keyof typeof SETUPS;
 export type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor';
 export type SetupId = BaseSetup | `${NodeSetup}-node${number}`;
 
 export const SETUP_IDS = Object.keys(SETUPS) as BaseSetup[];
-export const NODE_SETUPS = SETUP_IDS.filter((s) => (SETUPS[s] as SetupSpec).node) as NodeSetup[];
 const baseSetup = (setup: SetupId): BaseSetup => setup.replace(/-node\d+$/, '') as BaseSetup;
 const spec = (setup: SetupId): SetupSpec => SETUPS[baseSetup(setup)];
+export const NODE_SETUPS = SETUP_IDS.filter((s) => spec(s).node) as NodeSetup[];
 /** The Node major a set-up runs under; undefined: this process's node (or not Node). */
-const nodeMajorOf = (setup: SetupId): number | undefined => {
-  const m = /-node(\d+)$/.exec(setup);
-  return m === null ? undefined : Number(m[1]);
-};
-const nginxVariant = (setup: SetupId): NginxVariant | undefined => spec(setup).nginx;
-export const isNginx = (setup: SetupId): boolean => nginxVariant(setup) !== undefined;
+const nodeMajorOf = (setup: SetupId): number | undefined => (/-node\d+$/.test(setup) ? Number(setup.slice(setup.lastIndexOf('-node') + 5)) : undefined);
+export const isNginx = (setup: SetupId): boolean => spec(setup).nginx !== undefined;
 export const isKeyless = (setup: SetupId): boolean => spec(setup).key === 'keyserver';
-/** `setup` under Node `major` (the plain id for this process's major). */
-export const onNode = (setup: NodeSetup, major: number): SetupId => (major === OWN_MAJOR ? setup : `${setup}-node${major}`);
+/** `setup` under Node `major`; unchanged for this process's major and for set-ups that are not Node servers. */
+export const onNode = (setup: SetupId, major: number): SetupId => (major === OWN_MAJOR || !spec(setup).node ? setup : (`${setup}-node${major}` as SetupId));
 const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
-export const setupTitle = (setup: SetupId): string => `${SETUPS[baseSetup(setup)].title}${onMajor(setup)}`;
-/** What the report says runs in each set-up. */
-export const setupProcesses = (setup: SetupId, workers: number): string => SETUPS[baseSetup(setup)].runs(plural(workers, 'worker'), onMajor(setup));
-/** The process groups of a set-up: the TLS front (proxy, nginx, floor; named as the set-up) and what holds the key apart from it. */
+export const setupTitle = (setup: SetupId): string => `${spec(setup).title}${onMajor(setup)}`;
+export const setupProcesses = (setup: SetupId, workers: number): string => spec(setup).runs(plural(workers, 'worker'), onMajor(setup));
+/** A set-up's process groups: the TLS front (named as the set-up) and what holds the key apart from it. */
 export const setupGroups = (setup: SetupId): { readonly front: string; readonly key: string | undefined } => ({ front: setup, key: spec(setup).key });
-
-export type HandshakeLabOptions = Pick<Options, 'workers' | 'logLevel' | 'profile' | 'serverCpus' | 'keyserverCpus' | 'keys'> & {
-  /** Servers to start; nginx ones that cannot run (packages missing) are left out and reported by `skipped`. */
-  readonly setups: readonly SetupId[];
-  /** Install nginx, libp11's engine and p11-kit with apt-get when missing (root only). */
-  readonly installNginx: boolean;
-  /** Extra node options for the proxy and the in-memory server (passed on to their workers), e.g. --perf-basic-prof. */
-  readonly nodeArgs: readonly string[];
-  /** Node binary by major, for the versioned set-ups. */
-  readonly nodeBinaries: ReadonlyMap<number, string>;
-};
-
-/** TLS port, and admin port (proxy, in-memory, floor: /metrics; nginx: stub_status) of one server. */
-export interface Endpoint {
-  readonly port: number;
-  readonly admin: number;
-}
-
-/** nginx's access log is off at these levels (parity with the proxy). */
+/** nginx's access log is off at these levels, as the proxy's. */
 export const quietLog = (level: string): boolean => level === 'warn' || level === 'error' || level === 'silent';
+/** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */
+export const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;
 
 export class HandshakeLab extends LabBase<SetupId> {
   readonly keyIds = new Map<string, string>();
-  readonly caFile: string;
-  /** The config each Node server was started with, by set-up (for the result file). */
+  /** Set-ups (nginx packages missing, a Node server failing under another major) and scenarios that cannot run, with the reason. */
+  readonly skipped = new Map<string, string>();
+  /** Node versions by major: this one, and --node's others. */
+  readonly nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
+  /** What one core signs (limits.ts), when measured. */
+  limits?: Limits;
+  /** The lab CA (PEM), which the clients trust. */
+  ca = '';
+  /** The config each Node server was started with, for the result file. */
   readonly configs = new Map<SetupId, unknown>();
   nginx: NginxLab | undefined;
 
   private constructor(
     keyserverLab: KeyserverLab,
-    readonly options: HandshakeLabOptions,
-    readonly ports: { readonly origin: number; readonly keyserverAdmin: number; readonly endpoints: Readonly<Record<string, Endpoint>> },
-    /** nginx and friends, found or installed by create(); undefined: nginx missing. */
+    readonly options: Options,
+    readonly nodeBinaries: ReadonlyMap<number, string>,
+    readonly ports: { readonly origin: number; readonly keyserverAdmin: number; readonly endpoints: Readonly<Record<string, { port: number; admin: number }>> },
     readonly nginxTools: NginxTools | undefined,
-    /** Setups asked for that cannot run, with the reason (start() adds Node servers that fail under another major). */
-    readonly skipped: Map<SetupId, string>,
   ) {
     super(keyserverLab, 'handshake');
-    this.caFile = join(this.dir, 'ca.pem');
   }
 
-  /** The setups that will run: asked for and not skipped. */
   get setups(): SetupId[] {
-    return this.options.setups.filter((s) => !this.skipped.has(s));
+    return [...new Set(this.options.scenarios.map((s) => s.setup))].filter((s) => !this.skipped.has(s));
   }
 
-  has(setup: SetupId): boolean {
-    return this.setups.includes(setup);
+  #file = (name: string): string => join(this.dir, name);
+
+  skip(id: string, reason: string, log: (line: string) => void): void {
+    this.skipped.set(id, reason);
+    log(`${id}: skipped, ${reason}`);
   }
 
-  /** Makes the temp dir, keys, certificates and configs; finds (or installs) nginx when an nginx setup is asked for. Nothing is started yet. */
-  static async create(options: HandshakeLabOptions, log: (line: string) => void): Promise<HandshakeLab> {
-    const skipped = new Map<SetupId, string>();
-    const nginxSetups = options.setups.filter(isNginx);
-    const nginxTools = nginxSetups.length > 0 ? ensureNginxTools(options.installNginx, log) : undefined;
-    for (const setup of nginxSetups) {
-      const reason = variantSkipReason(nginxTools!, nginxVariant(setup)!);
-      if (reason !== undefined) skipped.set(setup, reason);
-      if (reason !== undefined) log(`${setup}: skipped, ${reason}`);
-    }
+  /** Makes the temp dir, keys, certificates; finds (or installs, --install) nginx when an nginx set-up is asked for. Starts nothing. */
+  static async create(options: Options, log: (line: string) => void): Promise<HandshakeLab> {
+    const nodeBinaries = new Map(options.majors.filter((m) => m !== OWN_MAJOR).map((m) => [m, nodeBinary(m, log)] as const));
+    const setups = [...new Set(options.scenarios.map((s) => s.setup))];
+    const nginxTools = setups.some(isNginx) ? ensureNginxTools(options.install, log) : undefined;
     const keyserverLab = new KeyserverLab({ prefix: 'keyedge-handshake-', tokenLabel: 'keyedge-handshake' });
     try {
-      const endpoints: Record<string, Endpoint> = {};
-      for (const setup of [...SETUP_IDS, ...options.setups]) endpoints[setup] ??= { port: await freePort(), admin: await freePort() };
+      const endpoints: Record<string, { port: number; admin: number }> = {};
+      for (const setup of [...SETUP_IDS, ...setups]) endpoints[setup] ??= { port: await freePort(), admin: await freePort() };
       const ports = { origin: await freePort(), keyserverAdmin: await freePort(), endpoints };
       // The key server's sign counter is read from its admin port.
       const config = { ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } };
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
-      const lab = new HandshakeLab(keyserverLab, options, ports, nginxTools, skipped);
+      const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
+      for (const [m, bin] of nodeBinaries) lab.nodeVersions.set(m, nodeVersionOf(bin));
+      for (const setup of setups.filter(isNginx)) {
+        const reason = variantSkipReason(nginxTools!, spec(setup).nginx!);
+        if (reason !== undefined) lab.skip(setup, reason, log);
+      }
       const pki = new LabPki(lab.dir, 'keyedge handshake bench CA');
+      lab.ca = readFileSync(pki.caFile, 'utf8');
       for (const key of options.keys) {
-        // Keyless (and nginx on the token): the key is made in the token, the CSR signed there. In memory, the floor
-        // and nginx with a key file: an ordinary key file, the same names, the same CA.
+        // Token-backed set-ups: the key made in the token, its CSR signed there. The others: a key file, same names and CA.
         lab.keyIds.set(key.id, await keyserverLab.generateKey(key.type, tokenKeyLabel(key)));
         await pki.tokenCert(keyserverLab, tokenKeyLabel(key), key.serverName, `keyless-${key.id}`);
         pki.fileCert(key.type, key.serverName, `inmemory-${key.id}`);
@@ -163,19 +133,19 @@ export class HandshakeLab extends LabBase<SetupId> {
     }
   }
 
-  /** Writes the config of a Node server set-up (keyless proxies, in-memory, floor) into the dir; returns its file. */
-  #config(setup: SetupId): string {
-    const { options, dir } = this;
-    const f = (name: string) => join(dir, name);
+  async #startNode(setup: SetupId): Promise<void> {
+    const { options } = this;
+    const f = this.#file;
     const endpoint = this.ports.endpoints[setup]!;
     const origin = `http://127.0.0.1:${this.ports.origin}`;
     const base = baseSetup(setup);
+    const fileKeyed = base === 'inmemory' || base === 'node-floor';
     let config: unknown;
-    if (base === 'inmemory' || base === 'node-floor') {
+    if (fileKeyed) {
       const certs = options.keys.map((k) => ({ name: k.id, serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) }));
       config = fileKeyConfig(base, certs, { ...options, ...endpoint, origin, domain: '*.bench.localhost' });
     } else {
-      // The TCP proxy's key server port is known once it runs; it presents the lab's client certificate.
+      // The mTLS proxy's key server port is known once it runs; it presents the lab's client certificate.
       const { tls, stateDir } = this.keyserverLab;
       const tcp = { host: '127.0.0.1', port: this.keyserver?.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName };
       config = {
@@ -192,99 +162,84 @@ export class HandshakeLab extends LabBase<SetupId> {
     }
     writeFileSync(f(`${setup}.json`), `${JSON.stringify(config, null, 2)}\n`);
     this.configs.set(setup, config);
-    return f(`${setup}.json`);
-  }
-
-  /** Starts one Node server set-up and waits until it serves. */
-  async #startNode(setup: SetupId): Promise<void> {
     const major = nodeMajorOf(setup);
-    const node = major === undefined ? process.execPath : this.options.nodeBinaries.get(major)!;
-    const file = this.#config(setup);
-    const base = baseSetup(setup);
-    const command = base === 'inmemory' || base === 'node-floor' ? [script(base === 'inmemory' ? 'inmemory' : 'floor')] : [KEYEDGE_CLI, 'proxy'];
-    const argv = [node, ...this.options.nodeArgs, ...command, '--config', file];
-    const proc = spawnManaged(setup, argv, join(this.dir, `${setup}.log`), this.options.serverCpus, this.dir);
+    const node = major === undefined ? process.execPath : this.nodeBinaries.get(major)!;
+    const script = fileURLToPath(new URL(`./${base === 'inmemory' ? 'inmemory' : 'floor'}.js`, import.meta.url));
+    const argv = [node, ...(fileKeyed ? [script] : [KEYEDGE_CLI, 'proxy']), '--config', f(`${setup}.json`)];
+    const proc = spawnManaged(setup, argv, f(`${setup}.log`), options.serverCpus, this.dir);
     this.servers.set(setup, proc);
-    const admin = this.ports.endpoints[setup]!.admin;
-    const ready =
-      base === 'inmemory'
+    const ready = !fileKeyed
+      ? async () => (await httpGet(`http://127.0.0.1:${endpoint.admin}/readyz`).catch(() => ({ status: 0 }))).status === 200
+      : base === 'inmemory'
         ? () => jsonLine(proc.logFile, 'in-memory ready') !== undefined
-        : base === 'node-floor'
-          ? () => tcpOpen(admin)
-          : async () => (await httpGet(`http://127.0.0.1:${admin}/readyz`).catch(() => ({ status: 0 }))).status === 200;
+        : () => tcpOpen(endpoint.admin);
     await waitFor(`${setup} (${node === process.execPath ? process.version : node})`, ready, 60_000, proc);
   }
 
-  /** Starts the origin, the key server and the servers of the setups that run; checks one request through each server and key. */
+  /** Starts the origin, the key server and the set-ups that run; checks one request through each server and key. */
   async start(log: (line: string) => void): Promise<void> {
     const { options, ports } = this;
     const cpus = options.serverCpus;
     // Independent servers start concurrently (start-up is most of a quick run); the proxies need the key server.
-    const originReady = this.startDemoOrigin(ports.origin, cpus);
     const startKeyserver = async () => {
-      // Without nodeArgs: KeyserverLab starts it in this process's working directory, where --perf-basic-prof would
-      // leave V8 log files. Always on this node: pkcs11js is built for its ABI.
+      // Always on this node: pkcs11js is built for its ABI.
       this.keyserver = await this.keyserverLab.startServer();
-      if ((options.keyserverCpus ?? cpus) !== undefined) setAffinity(this.keyserver.pid, (options.keyserverCpus ?? cpus)!);
+      if (cpus !== undefined) setAffinity(this.keyserver.pid, cpus);
       const metrics = async () => (await httpGet(`http://127.0.0.1:${ports.keyserverAdmin}/metrics`).catch(() => ({ status: 0 }))).status === 200;
       await waitFor('key server admin', metrics, 15_000);
     };
     const keyserverReady = this.setups.some(isKeyless) ? startKeyserver() : Promise.resolve();
-    const starts: Promise<unknown>[] = [originReady, keyserverReady];
+    const starts: Promise<unknown>[] = [this.startDemoOrigin(ports.origin, cpus), keyserverReady];
     for (const setup of this.setups.filter((s) => !isNginx(s))) {
       const started = (isKeyless(setup) ? keyserverReady : Promise.resolve()).then(() => this.#startNode(setup));
       // Under another Node major, a server that does not start is skipped with its log, not a failed run.
       const skip = (err: unknown) => {
         this.servers.get(setup)?.kill();
         this.servers.delete(setup);
-        const reason = `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`;
-        this.skipped.set(setup, reason);
-        log(`${setup}: skipped, ${reason}`);
+        this.skip(setup, `did not start under Node ${nodeMajorOf(setup)}: ${(err as Error).message.split('\n').slice(0, 3).join(' ')}`, log);
       };
       starts.push(nodeMajorOf(setup) === undefined ? started : started.catch(skip));
     }
-    const variants = this.setups.flatMap((s) => nginxVariant(s) ?? []);
-    if (variants.length > 0) {
-      const token = embeddedTokenPaths(this.keyserverLab.stateDir);
-      const nginxPorts = {} as Record<NginxVariant, { port: number; statusPort: number }>;
-      for (const setup of SETUP_IDS.filter(isNginx))
-        nginxPorts[nginxVariant(setup)!] = { port: ports.endpoints[setup]!.port, statusPort: ports.endpoints[setup]!.admin };
-      const f = (name: string) => join(this.dir, name);
-      this.nginx = new NginxLab({
-        dir: this.dir,
-        tools: this.nginxTools!,
-        variants,
-        keys: options.keys.map((key) => {
-          const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
-          return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
-        }),
-        token: { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile },
-        originPort: ports.origin,
-        ports: nginxPorts,
-        cpus,
-        accessLog: !quietLog(options.logLevel),
-      });
-      starts.push(this.nginx.start(log));
-    }
+    const variants = this.setups.flatMap((s) => spec(s).nginx ?? []);
+    if (variants.length > 0) starts.push(this.#startNginx(variants, log));
     // Every start settles before an error is thrown, so stop() sees every process that was spawned.
     const failed = (await Promise.allSettled(starts)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
-
-    const ca = readFileSync(this.caFile, 'utf8');
     for (const key of options.keys) {
       for (const setup of this.setups) {
-        const r = await probe(ports.endpoints[setup]!.port, key.serverName, ca);
+        const r = await probe(ports.endpoints[setup]!.port, key.serverName, this.ca);
         if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
           throw new Error(`${setup} ${key.serverName}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
         }
       }
     }
-    const servers = [...this.servers].map(([setup, p]) => `; ${setup} pid ${p.pid} :${ports.endpoints[setup]!.port}`);
+    const servers = [...this.servers].map(([setup, p]) => `; ${setup} pid ${p.pid} :${ports.endpoints[setup]!.port}`).join('');
     log(
-      `origin pid ${this.origin!.pid} :${ports.origin}${this.keyserver ? `; key server pid ${this.keyserver.pid} (tcp :${this.keyserver.tcpPort})` : ''}` +
-        `${servers.join('')}; ${options.workers} workers per proxy${cpus === undefined ? '' : `; servers on CPU ${cpus}`}` +
-        `${options.keyserverCpus === undefined ? '' : `, key server on CPU ${options.keyserverCpus}`}`,
+      `origin pid ${this.origin!.pid}, key server pid ${this.keyserver?.pid ?? '-'}${servers}; ${options.workers} workers per proxy; servers on CPU ${cpus ?? 'any'}`,
     );
+  }
+
+  #startNginx(variants: NginxVariant[], log: (line: string) => void): Promise<void> {
+    const f = this.#file;
+    const token = embeddedTokenPaths(this.keyserverLab.stateDir);
+    const ports = Object.fromEntries(
+      SETUP_IDS.filter(isNginx).map((s) => [spec(s).nginx!, { port: this.ports.endpoints[s]!.port, statusPort: this.ports.endpoints[s]!.admin }]),
+    ) as Record<NginxVariant, { port: number; statusPort: number }>;
+    this.nginx = new NginxLab({
+      dir: this.dir,
+      tools: this.nginxTools!,
+      variants,
+      keys: this.options.keys.map((key) => {
+        const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
+        return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
+      }),
+      token: { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile },
+      originPort: this.ports.origin,
+      ports,
+      cpus: this.options.serverCpus,
+      accessLog: !quietLog(this.options.logLevel),
+    });
+    return this.nginx.start(log);
   }
 
   protected override async stopOthers(): Promise<void> {
@@ -296,10 +251,7 @@ export class HandshakeLab extends LabBase<SetupId> {
   }
 }
 
-/**
- * The config of a server holding its keys in PEM files: the in-memory proxy (the product's defaults for everything the
- * keyless proxy does not set either) or the node:https floor. Also rig.ts's.
- */
+/** The config of a server with PEM key files: the in-memory proxy (product defaults elsewhere) or the node:https floor. Also rig.ts's. */
 export function fileKeyConfig(
   kind: 'inmemory' | 'node-floor',
   certs: readonly { name: string; serverName: string; chain: string; key: string }[],
@@ -308,17 +260,6 @@ export function fileKeyConfig(
   if (kind === 'node-floor') return { port: o.port, admin: o.admin, certificates: certs.map(({ serverName, chain, key }) => ({ serverName, chain, key })) };
   const { port, workers, profile, logLevel } = o;
   const certificates = certs.map(({ name, chain, key }) => ({ name, chain, key }));
-  return {
-    host: '127.0.0.1',
-    port,
-    workers,
-    profile,
-    certificates,
-    domains: [{ name: o.domain, origin: o.origin }],
-    admin: { host: '127.0.0.1', port: o.admin },
-    logLevel,
-  };
+  const [domains, admin] = [[{ name: o.domain, origin: o.origin }], { host: '127.0.0.1', port: o.admin }];
+  return { host: '127.0.0.1', port, workers, profile, logLevel, certificates, domains, admin };
 }
-
-/** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */
-export const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;

@@ -1,44 +1,31 @@
 /**
- * The handshake bench's figures from its runs: each scenario's medians and spread over the clean rounds, its checks
- * (one key-server sign per full keyless handshake; tickets resumed, with the resumption %), the issue's targets as
- * ratios per Node major, the keyless hop, and the `summary` rows the suite, its chart and comparison read.
+ * The handshake bench's figures and result: each scenario's medians and spread over the clean rounds, its checks, the
+ * issues' targets per Node major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and
+ * comparison read) and the Markdown. Columns and method: bench/README.md, "handshake".
  */
-import { overRounds } from '../harness/runner.js';
-import { OWN_MAJOR } from '../harness/install.js';
-import { fmt } from '../harness/report.js';
-import { round } from '../harness/stats.js';
+import { OWN_MAJOR, versionOf } from '../harness/install.js';
+import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { CLEAN_ROUNDS_NOTE, CONTENDED_CORES, failureLines, overRounds, rateCell, roundColumns } from '../harness/runner.js';
+import { shownCommand } from '../harness/spawn.js';
+import { median, round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
-import {
-  HANDSHAKE_KEYS,
-  type HandshakeKey,
-  isKeyless,
-  isNginx,
-  NODE_SETUPS,
-  type NodeSetup,
-  onNode,
-  type SetupId,
-  setupGroups,
-  setupProcesses,
-  setupTitle,
-} from './lab.js';
-import type { OpensslSpeed, RawTokenRate } from './limits.js';
-import type { BenchScenario, RunResult } from './measure.js';
-import { type Kind, kindLabel, type ScenarioSpec } from './scenarios.js';
+import { abArgs } from './ab.js';
+import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, quietLog, type SetupId, setupGroups, setupProcesses, setupTitle } from './lab.js';
+import type { BenchScenario, HandshakeBench, RunResult } from './main.js';
+import { KEY_NAME, KINDS, type Kind, kindLabel, kindTitle, type ScenarioSpec } from './scenarios.js';
 
+/** TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs ECDSA: the key server sees the same algorithms. */
 const ALGORITHM: Record<HandshakeKey['id'], string> = { ec: 'ECDSA_SHA256', rsa: 'RSA_PSS_SHA256' };
 
-const total = (all: readonly RunResult[], f: (r: RunResult) => number) => all.reduce((n, r) => n + f(r), 0);
+type Sum = (f: (r: RunResult) => number) => number;
 
 /**
- * Full keyless kinds, over all measured runs: key server signs (matching algorithm) ÷ handshakes that reached the sign,
- * full + failed (ab abandons the connections in flight at SIGINT, up to -c, after the server's CertificateVerify was
- * signed); should be 1, with every sign asked for by the proxy and nothing resumed.
+ * Full keyless kinds, every run idle to idle: key server signs ÷ (full + failed handshakes: ab abandons up to -c signed
+ * connections at SIGINT). Should be 1, every sign the proxy's, of the key's algorithm, nothing resumed.
  */
-function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+function signCheckOf(spec: ScenarioSpec, sum: Sum) {
   if (!isKeyless(spec.setup) || (spec.kind !== 'full-tls13' && spec.kind !== 'full-tls12')) return undefined;
-  const sum = (f: (r: RunResult) => number) => total(all, f);
-  // TLS 1.3 RSA signs RSA-PSS; TLS 1.2 ECDHE-ECDSA signs with ECDSA: the same algorithms on the wire to the key server.
   const signs = sum((r) => sumValues(r.run.keyserverSigns ?? {}));
   const matching = sum((r) => r.run.keyserverSigns?.[ALGORITHM[spec.key.id]] ?? 0);
   const [full, failed] = [sum((r) => r.run.counters.full), sum((r) => r.run.counters.failed)];
@@ -48,22 +35,14 @@ function signCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
 }
 
 /** Resumed kind, over the windows: every completed connection resumed (the client keeps its newest ticket), no sign. */
-function resumeCheckOf(spec: ScenarioSpec, all: readonly RunResult[]) {
+function resumeCheckOf(spec: ScenarioSpec, sum: Sum) {
   if (spec.kind !== 'resumed-tls13') return undefined;
-  const sum = (f: (r: RunResult) => number) => total(all, f);
   const [offered, resumed, completed] = [sum((r) => r.window.resume?.offered ?? 0), sum((r) => r.window.resume?.resumed ?? 0), sum((r) => r.window.handshakes)];
   const keyserverSigns = isKeyless(spec.setup) ? sum((r) => r.window.keyserverSigns ?? 0) : undefined;
   const serverFullHandshakes = isNginx(spec.setup) ? undefined : sum((r) => r.window.server.full);
-  return {
-    offered,
-    resumed,
-    offeredNotResumed: sum((r) => r.window.resume?.offeredNotResumed ?? 0),
-    completed,
-    resumedPct: (100 * resumed) / Math.max(1, completed),
-    keyserverSigns,
-    serverFullHandshakes,
-    ok: offered > 0 && resumed === completed && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0,
-  };
+  const offeredNotResumed = sum((r) => r.window.resume?.offeredNotResumed ?? 0);
+  const ok = offered > 0 && resumed === completed && (keyserverSigns ?? 0) === 0 && (serverFullHandshakes ?? 0) === 0;
+  return { offered, resumed, offeredNotResumed, completed, resumedPct: (100 * resumed) / Math.max(1, completed), keyserverSigns, serverFullHandshakes, ok };
 }
 
 export type ScenarioSummary = ReturnType<typeof summarize>;
@@ -72,7 +51,7 @@ export type ScenarioSummary = ReturnType<typeof summarize>;
 export function summarize(scenario: BenchScenario, all: readonly RunResult[], serverCpuCount: number, workers: number, failedRounds = 0) {
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
-  const sum = (f: (r: RunResult) => number) => total(all, f);
+  const sum: Sum = (f) => all.reduce((n, r) => n + f(r), 0);
   const errors = {
     abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
     non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
@@ -80,12 +59,9 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     clientErrors: sum((r) => r.run.clientErrors),
     firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
   };
-  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.resume?.[p] ?? r.window.alpn?.[p] ?? Number.NaN);
+  const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.latency?.[p] ?? Number.NaN);
   return {
-    id: spec.id,
-    kind: spec.kind,
-    setup: spec.setup,
-    key: spec.key,
+    ...spec,
     processes: setupProcesses(spec.setup, workers),
     handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
     serverUs: spreadOf((r) => r.window.serverUs),
@@ -98,29 +74,24 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     ...common,
     errors,
     totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
-    signCheck: signCheckOf(spec, all),
-    resumeCheck: resumeCheckOf(spec, all),
+    signCheck: signCheckOf(spec, sum),
+    resumeCheck: resumeCheckOf(spec, sum),
   };
 }
 
 const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId, key: HandshakeKey['id']) =>
   summaries.find((s) => s.kind === kind && s.setup === setup && s.key.id === key);
 
-/**
- * The targets (issue 12; issue 13 for h2): name, the figures divided (kind and base set-up, or a difference of two
- * such pairs), the limit (undefined: reported, no target), and whether only under this process's Node major (the ALPN
- * kinds run there only).
- */
+/** The targets (issues 12, 13): the server µs divided (a figure, or a difference of two), the limit, whether under this node only. */
 type Figure = readonly [Kind, SetupId];
-const KEYLESS: Figure = ['full-tls13', 'keyless-unix'];
-const IN_MEMORY: Figure = ['full-tls13', 'inmemory'];
-const FILE: Figure = ['full-tls13', 'nginx-file'];
-const P11KIT: Figure = ['full-tls13', 'nginx-p11kit'];
-const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true])[] = [
+const full = (setup: SetupId): Figure => ['full-tls13', setup];
+const [KEYLESS, IN_MEMORY, FILE, P11KIT] = [full('keyless-unix'), full('inmemory'), full('nginx-file'), full('nginx-p11kit')];
+type TargetSpec = readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true];
+const TARGET_ROWS: readonly TargetSpec[] = [
   ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], 1.25],
   ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], 1.3],
   ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], 1.0],
-  ['full handshake: bare node:https (floor) ÷ nginx key file', [['full-tls13', 'node-floor']], [FILE], undefined],
+  ['full handshake: bare node:https (floor) ÷ nginx key file', [full('node-floor')], [FILE], undefined],
   ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], 1.3],
   ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
   ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], 1.1, true],
@@ -129,18 +100,14 @@ const TARGET_ROWS: readonly (readonly [name: string, a: readonly Figure[], b: re
 
 export type TargetRow = ReturnType<typeof targets>[number];
 
-/**
- * The targets from the medians of this run, per Node major of the Node side (nginx is the same process in every row);
- * a row whose scenarios did not run is left out.
- */
+/** The targets from this run's medians, per Node major of the Node side (nginx is the same in every block); rows whose scenarios did not run left out. */
 export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]) {
   return majors.flatMap((major) =>
     HANDSHAKE_KEYS.flatMap((key) =>
       TARGET_ROWS.flatMap(([name, a, b, limit, ownOnly]) => {
         if (ownOnly && major !== OWN_MAJOR) return [];
-        const node = (setup: SetupId) => (NODE_SETUPS.includes(setup as NodeSetup) ? onNode(setup as NodeSetup, major) : setup);
         const value = (figures: readonly Figure[]) => {
-          const [x, y] = figures.map(([kind, setup]) => find(summaries, kind, node(setup), key.id)?.serverUs.median);
+          const [x, y] = figures.map(([kind, setup]) => find(summaries, kind, onNode(setup, major), key.id)?.serverUs.median);
           return figures.length === 1 ? x : x === undefined || y === undefined ? undefined : x - y;
         };
         const [x, y] = [value(a), value(b)];
@@ -168,18 +135,8 @@ export function hops(summaries: readonly ScenarioSummary[]) {
   });
 }
 
-export interface Limits {
-  readonly openssl: OpensslSpeed | { readonly error: string } | undefined;
-  readonly rawToken: readonly RawTokenRate[] | { readonly error: string } | undefined;
-  readonly cpus: string | undefined;
-}
-
-/** The `summary` array of the result JSON (harness/summary.ts): what `npm run bench`, its chart and comparison read. */
-export function summaryEntries(
-  summaries: readonly ScenarioSummary[],
-  skipReason: (spec: ScenarioSpec) => string | undefined,
-  requested: readonly ScenarioSpec[],
-) {
+/** The result JSON's `summary` (harness/summary.ts): one row per scenario that ran, and per requested one skipped. */
+export function summaryEntries(summaries: readonly ScenarioSummary[], requested: readonly ScenarioSpec[], why: (s: ScenarioSpec) => string | undefined) {
   const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${kindLabel(s.kind)}, ${setupTitle(s.setup)}, ${s.key.title}`;
   const ran = summaries.map((s) =>
     benchRow('handshake', {
@@ -195,9 +152,121 @@ export function summaryEntries(
       otherCores: round(s.otherCores, 2),
     }),
   );
-  const notRun = requested.flatMap((spec) => {
-    const reason = skipReason(spec);
-    return reason === undefined ? [] : [skippedBenchRow('handshake', spec.id, label(spec), reason)];
-  });
+  const notRun = requested.flatMap((spec) => (why(spec) === undefined ? [] : [skippedBenchRow('handshake', spec.id, label(spec), why(spec)!)]));
   return [...ran, ...notRun];
+}
+
+const checkCell = ({ signCheck: sign, resumeCheck: resume }: ScenarioSummary): string => {
+  if (sign !== undefined) return `signs/hs ${fmt(sign.ratio, 3)}${sign.ok ? '' : ' ✗'}`;
+  if (resume === undefined) return '–';
+  const signs = resume.keyserverSigns === undefined ? '' : `, signs ${resume.keyserverSigns}`;
+  return `resumed ${fmt(resume.resumedPct, 1)}% (${fmt(resume.resumed)}/${fmt(resume.completed)})${signs}${resume.ok ? '' : ' ✗'}`;
+};
+
+const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
+  ['Key', 'left', (s) => s.key.title],
+  ['Set-up', 'left', (s) => setupTitle(s.setup)],
+  ['processes', 'left', (s) => s.processes],
+  ['handshakes/s', 'right', (s) => rateCell(s, s.handshakesPerSecond)],
+  ['min–max (spread)', 'right', (s) => rangeText(s.handshakesPerSecond)],
+  ['server µs/hs', 'right', (s) => `**${fmt(s.serverUs.median)}**`],
+  ['min–max (spread)', 'right', (s) => rangeText(s.serverUs)],
+  ['front + key holder µs', 'right', (s) => (s.keyUs === undefined ? `${fmt(s.frontUs)}` : `${fmt(s.frontUs)} + ${fmt(s.keyUs)}`)],
+  ['origin µs', 'right', (s) => fmt(s.originUs)],
+  ['client µs (cores)', 'right', (s) => `${fmt(s.clientUs)} (${fmt(s.clientCores, 2)})`],
+  ['server-side cores', 'right', (s) => `${fmt(s.serverSideCores, 2)}`],
+  ['p50 / p99 ms', 'right', (s) => `${fmt(s.p50Us / 1000, 1)} / ${fmt(s.p99Us / 1000, 1)}`],
+  ['errors', 'right', (s) => String(s.totalErrors)],
+  ['check', 'left', checkCell],
+  ...roundColumns<ScenarioSummary>('busy / others (cores)'),
+];
+
+const TARGET_COLUMNS: readonly Column<TargetRow>[] = [
+  ['Target', 'left', (t) => t.name],
+  ['Key', 'left', (t) => t.key],
+  ['Node', 'right', (t) => t.node],
+  ['value', 'right', (t) => fmt(t.value, 2)],
+  ['limit', 'right', (t) => (t.limit === undefined ? '–' : `≤ ${fmt(t.limit, 2)}`)],
+  ['met', 'left', (t) => (t.limit === undefined ? '' : t.met === undefined ? '?' : t.met ? 'yes' : '**no**')],
+  ['from', 'left', (t) => t.detail],
+];
+
+const HOP_COLUMNS: readonly Column<HopRow>[] = [
+  ['Key', 'left', (h) => h.key.title],
+  ['Transport', 'left', (h) => setupTitle(h.setup)],
+  ['**hop µs/hs**', 'right', (h) => `**${fmt(h.hopUs)}**`],
+  ['of which proxy / key server', 'right', (h) => `${fmt(h.frontHopUs)} / ${fmt(h.keyUs)}`],
+  ['per round (min–max)', 'right', (h) => minMax(h.perRoundUs)],
+];
+
+type ReportArgs = Parameters<HandshakeBench['report']>;
+export async function handshakeReport(...[lab, options, scenarios, { results, failures, method }, { log, machine, date }]: ReportArgs) {
+  const { nodeVersions, limits } = lab;
+  const ab = versionOf('ab', ['-V']);
+  const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
+  const summaries = scenarios.map((s) => summarize(s, results.get(s.name) ?? [], options.serverCpuCount, options.workers, failed(s.name)));
+  const [targetRows, hopRows] = [targets(summaries, options.majors), hops(summaries)];
+  const abShown = abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined });
+  const abCommand = shownCommand(options.clientCpus, 'ab', abShown, [
+    [/-t \d+/, '-t T'],
+    [/-n \d+/, '-n N'],
+    [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
+  ]);
+  const tools = lab.nginxTools;
+  const firstAb = summaries.find((s) => s.kind === 'full-tls13')?.perRound[0]?.run.ab;
+  const tls = firstAb === undefined ? '?' : `${firstAb.tlsProtocol ?? '?'}, ${firstAb.serverTempKey ?? '?'}`;
+  const { scenarios: _, keys, ...runOptions } = options;
+  const json = {
+    command: machine.commandLine,
+    summary: summaryEntries(summaries, options.scenarios, (spec) => lab.skipped.get(spec.setup) ?? lab.skipped.get(spec.id)),
+    targets: targetRows.map((t) => ({ ...t, value: round(t.value, 3), limit: t.limit === undefined ? null : round(t.limit, 3) })),
+    options: { ...runOptions, ab, abCommand, nginx: tools && { ...tools, processes: 1, masterProcess: false } },
+    method: method({ nginxWarmupMs: options.nginxWarmupMs }),
+    failedRounds: failures,
+    skipped: Object.fromEntries(lab.skipped),
+    limits,
+    keys: keys.map((k) => ({ ...k, name: KEY_NAME[k.id], keyId: lab.keyIds.get(k.id) })),
+    nodeVersions: Object.fromEntries(nodeVersions),
+    serverConfigs: Object.fromEntries(lab.configs),
+    keyless_hop: hopRows.map(({ key, perRoundUs, ...h }) => ({ ...h, key: key.id, perRoundUs: perRoundUs.map((v) => round(v)) })),
+    scenarios: summaries.map((s) => ({ ...s, key: s.key.id })),
+  };
+  const pin = `servers (proxies, key server, in-memory, nginx, p11-kit server, origin) on CPU ${options.serverCpus}; clients and this bench on CPU ${options.clientCpus}`;
+  const majors = [...nodeVersions].map(([m, v]) => `${m} = ${v}`).join(', ');
+  const ofKind = (kind: Kind) => summaries.filter((s) => s.kind === kind);
+  // Other load in the windows: on a shared machine, how far the absolute figures can be trusted.
+  const others = summaries.flatMap((s) => s.perRound.map((r) => r.window.otherCores));
+  const contended = others.filter((c) => c > CONTENDED_CORES).length;
+  const shared = contended > 0 ? ': the server core was shared, absolute figures read high and rates low; compare set-ups within this run.' : '.';
+  const markdown = [
+    `# handshake, ${date}${options.quick ? ' (quick)' : ''}`,
+    '',
+    ...machineLines(machine, `${ab ?? 'ab (version unknown)'}${tools === undefined ? '' : `, nginx ${tools.version}`}`),
+    ...(nodeVersions.size > 1 ? [`Node majors (--node): ${majors}; the key server, nginx and the origin stay on this node.`] : []),
+    `Client: \`${abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${tls}); resumed and ALPN: ${options.resumeLoops} connections in flight in this bench's process (resumed: each offering the newest ticket it got).`,
+    `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off), access log ${quietLog(options.logLevel) ? 'off' : 'on'}.`,
+    `Pinning: ${options.serverCpus === undefined ? 'no pinning (scheduler decides)' : pin}.`,
+    `Other load: ${contended} of ${others.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(others), 2)}, max ${fmt(Math.max(...others), 2)} cores)${shared}`,
+    `Method: warm-up ${options.warmupMs / 1000} s per Node scenario (${options.nginxWarmupMs / 1000} s nginx), then ${options.rounds} interleaved rounds; each run starts the client, waits ${options.rampMs} ms, measures a ${options.measureMs / 1000} s window, then stops the client.`,
+    ...(limits === undefined ? [] : [limits.line]),
+    ...(lab.skipped.size > 0 ? ['', ...[...lab.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`)] : []),
+    ...failureLines(failures),
+    '',
+    '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
+    '',
+    specTable(targetRows, TARGET_COLUMNS, '(needs the scenarios the targets compare)'),
+    '',
+    ...KINDS.filter((k) => ofKind(k).length > 0).flatMap((k) => [`## ${kindTitle(k)}`, '', columnTable(ofKind(k), SCENARIO_COLUMNS), '']),
+    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)',
+    '',
+    specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)'),
+    '',
+    'Columns (bench/README.md, "handshake"): handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: stub_status requests; resumed and ALPN: connections the client completed); "≥": the client used ≥ 0.9 of its core, the rate is a lower bound. **server µs/hs** = utime+stime of every process of the set-up (front + key holder) over the window ÷ handshakes in it: the figure to compare; origin and client apart. p50/p99 = per-connection time (connect + handshake + GET), mostly queueing. errors = ab failed + non-2xx + handshakes the server saw fail + client failures. check: full keyless = key server signs ÷ (full + failed handshakes), idle to idle (1 = one sign per handshake); resumed = tickets resumed, and key server signs (must be 0).',
+    `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Per-round figures for every window are in the JSON.`,
+    '',
+  ].join('\n');
+  const badSigns = summaries.filter((s) => s.signCheck !== undefined && !s.signCheck.ok);
+  if (badSigns.length > 0) log(`sign count does not match handshakes for ${badSigns.map((s) => s.id).join(', ')}: see the JSON`);
+  const errors = summaries.reduce((n, s) => n + s.totalErrors, 0);
+  return { json, markdown, errors, what: 'requests or handshakes', status: badSigns.length > 0 ? 1 : 0 };
 }
