@@ -231,12 +231,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
   // answer instead, and the connection ends after it (the client may send the body anyway once it tires of waiting; it is
   // not read). A change without the token: its 401 or 403, checked first, so that no client without the token is invited to
   // send up to the body limit. A declared body over the limit: its 413.
-  // Only a change the control API takes reads a body: anything else (a GET, or any change when no control API is
-  // configured, which is a 404) gets its final answer without the invitation.
+  // Only a change that reads a body gets the invitation: anything else (a read, a change without a body, any change when
+  // no control API is configured) gets its final answer, and the connection ends if a body was declared.
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const control = sources.control;
-    if (control === undefined || !CHANGES.has(req.method ?? '')) {
-      res.shouldKeepAlive = false;
+    if (control === undefined || !readsBody(req, control)) {
+      if (hasBody(req)) res.shouldKeepAlive = false;
       return handle(req, res);
     }
     const denied = authorisationFailure(req, control.tokenFile);
@@ -291,6 +291,13 @@ function boundDrain(req: http.IncomingMessage, res: http.ServerResponse): void {
     });
     req.socket.once('close', () => clearInterval(poll));
   });
+}
+
+/** Whether `req` is a change `control` reads a body for: a certificate upload, a route (fleet), an ACME issue. */
+function readsBody(req: http.IncomingMessage, control: AdminControl): boolean {
+  const path = (req.url ?? '/').split('?')[0] ?? '';
+  if (req.method === 'PUT') return /^\/certs\/./.test(path) || (/^\/routes\/[^/]+$/.test(path) && control.putRoute !== undefined);
+  return req.method === 'POST' && path === '/acme/issue' && control.acmeIssue !== undefined;
 }
 
 /** Whether a body follows the request's head: a non-zero Content-Length, or any Transfer-Encoding (RFC 9112 §6.3). */

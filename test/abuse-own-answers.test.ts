@@ -34,7 +34,8 @@ beforeAll(async () => {
     lab.proxyConfig({
       certificates: [{ name: 'own', chain: cert.file }],
       httpRedirect: { host: '127.0.0.1', port: 0 },
-      domains: [{ name: KNOWN, origin: `http://127.0.0.1:${lab.origin.port}` }],
+      // A small body limit: a 413 (which closes the connection itself) for a body under the size discarded and kept.
+      domains: [{ name: KNOWN, origin: `http://127.0.0.1:${lab.origin.port}`, maxBodyBytes: 100 }],
     }),
     { log: createLogger('own-answers-test', 'info', jsonLineSink(lines)) },
   );
@@ -62,7 +63,7 @@ interface Talk {
 function talk(
   port: Port,
   first: string | Buffer,
-  options: { trickle?: string; done?: (received: string) => boolean; whenAnswered?: (socket: net.Socket) => void } = {},
+  options: { trickle?: string; done?: (received: string) => boolean; whenAnswered?: (socket: net.Socket, received: string) => void } = {},
 ): Promise<Talk> {
   return new Promise((resolve) => {
     let received = '';
@@ -95,7 +96,7 @@ function talk(
     socket.on('data', (chunk: Buffer) => {
       received += chunk.toString('latin1');
       if (options.done?.(received) === true) end(false);
-      else if (options.whenAnswered !== undefined && /\r\n\r\n[\s\S]*\n$/.test(received)) options.whenAnswered(socket);
+      else if (options.whenAnswered !== undefined && /\r\n\r\n[\s\S]*\n$/.test(received)) options.whenAnswered(socket, received);
     });
     socket.on('error', () => undefined);
     socket.once('close', () => end(true));
@@ -183,6 +184,41 @@ describe('a small declared body to our own answer', () => {
     expect(closed).toBe(false);
     expect(statuses(received)).toEqual(['404', '404']);
     expect(received.toLowerCase()).not.toContain('connection: close');
+  });
+
+  it('a 413 (which closes the connection itself): a request pipelined after the body reaches no origin', async () => {
+    const before = lab.origin.requests();
+    const text = `POST /big HTTP/1.1\r\nHost: ${KNOWN}\r\nContent-Length: 200\r\n\r\n${'x'.repeat(200)}POST /second HTTP/1.1\r\nHost: ${KNOWN}\r\nContent-Length: 0\r\n\r\n`;
+    const { received, closed } = await talk('tls', text);
+    expect(closed).toBe(true);
+    expect(statuses(received)).toEqual(['413']);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(lab.origin.requests() - before).toBe(0);
+  });
+
+  it('many on one connection: no listener gathers on its socket', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const head = `POST /form HTTP/1.1\r\nHost: ${UNKNOWN}\r\nContent-Length: 1\r\n\r\n`;
+      let answered = 0;
+      const { received, closed } = await talk('tls', head, {
+        // Each body once its 404 is in (so it was unread when the answer went out), with the next request.
+        whenAnswered: (socket, sofar) => {
+          const now = statuses(sofar).length;
+          if (now === answered) return;
+          answered = now;
+          socket.write(now < 30 ? `x${head}` : 'x');
+        },
+        done: (r) => statuses(r).length === 30 && r.endsWith('unknown host\n'),
+      });
+      expect(closed).toBe(false);
+      expect(statuses(received)).toHaveLength(30);
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it.each([

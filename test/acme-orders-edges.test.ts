@@ -19,47 +19,17 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
-import type { OnDemandConfig } from '../config/proxy-schema.js';
 import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
-import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
-import { CertificateManager } from '../proxy/acme/maintain.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { StateFile } from '../proxy/acme/state.js';
-import { registerAcmeMetrics } from '../proxy/metrics.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
+import { recordingManager } from './helpers/acme-manager.js';
 import { captureLog } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
-const acme = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir' } }).acme!;
 const DAY = 86_400_000;
-
-function managerOver(
-  state: StateFile,
-  records: Map<string, CertificateRecord>,
-  answer: (request: IssueRequest) => Promise<unknown>,
-): { manager: CertificateManager; orders: IssueRequest[] } {
-  const orders: IssueRequest[] = [];
-  const issuer = {
-    issue: (request: IssueRequest) => {
-      orders.push(request);
-      return answer(request);
-    },
-  } as unknown as AcmeIssuer;
-  const manager = new CertificateManager({
-    config: acme,
-    state,
-    issuer,
-    keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-    records: () => records,
-    metrics: registerAcmeMetrics(new Registry(), () => 0),
-    log: captureLog('warn').logger,
-    renewalWindow: async () => undefined,
-  });
-  return { manager, orders };
-}
 
 async function record(name: string, dnsNames: string[], keyId: string, serial: string): Promise<CertificateRecord> {
   const ca = await createCa(`edges CA ${serial}`);
@@ -79,13 +49,16 @@ describe('orders.ts: a failed order whose entry serves another serial afterwards
       const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
       // The operator's replacement (same pinned key, certs/manage.ts), for the names the entry serves.
       const replaced = await record('shop.example', ['shop.example'], 'k1', 'S2');
-      const { manager, orders } = managerOver(state, records, async (request) => {
-        if (request.domains.includes('cart.example')) {
-          // The replacement's watch reload commits while this order waits on the CA; then cart.example fails validation.
-          records.set('shop.example', replaced);
-          throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
-        }
-        return { keyId: 'k1', chainPem: '', newKey: false };
+      const { manager, orders } = recordingManager(state, {
+        records,
+        answer: async (request) => {
+          if (request.domains.includes('cart.example')) {
+            // The replacement's watch reload commits while this order waits on the CA; then cart.example fails validation.
+            records.set('shop.example', replaced);
+            throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
+          }
+          return { keyId: 'k1', chainPem: '', newKey: false };
+        },
       });
       await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow(/validation of cart.example failed/);
       // Not [shop.example, cart.example], a list no stored certificate has.
@@ -101,9 +74,12 @@ describe('orders.ts: a failed order whose entry serves another serial afterwards
       const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
       // Node A renewed shop.example under the lock (k2, S2); node B's records learn it from the store's watch, after B holds the lock.
       const peers = await record('shop.example', ['shop.example'], 'k2', 'S2');
-      const { manager } = managerOver(state, records, async () => {
-        records.set('shop.example', peers);
-        throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
+      const { manager } = recordingManager(state, {
+        records,
+        answer: async () => {
+          records.set('shop.example', peers);
+          throw new AcmeError('validation of cart.example failed: unauthorized', { problem: 'unauthorized' });
+        },
       });
       await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow();
       // The peer's key comes with the fleet's shared state (shared-state.ts), not from this failure.
@@ -114,9 +90,12 @@ describe('orders.ts: a failed order whose entry serves another serial afterwards
     withDir(async (state) => {
       state.state.certificates['shop.example'] = { domains: ['shop.example'], keyId: 'k1', failures: 0 };
       const records = new Map([['shop.example', await record('shop.example', ['shop.example'], 'k1', 'S1')]]);
-      const { manager } = managerOver(state, records, async () => {
-        // cluster.ts's store: putCertificate wrote [shop, cart] on k2, then coordinator.reload reported the whole pass refused.
-        throw new ChainStoredNotLoadedError('k2', 'cannot validate against the key server');
+      const { manager } = recordingManager(state, {
+        records,
+        answer: async () => {
+          // cluster.ts's store: putCertificate wrote [shop, cart] on k2, then coordinator.reload reported the whole pass refused.
+          throw new ChainStoredNotLoadedError('k2', 'cannot validate against the key server');
+        },
       });
       await expect(manager.issue(['shop.example', 'cart.example'])).rejects.toThrow(/stored but not loaded/);
       // Kept at [shop.example] (the loaded records did not change), the next renewal ordered shop.example alone once the
@@ -140,7 +119,7 @@ describe('domain-lists.ts entryForList: an issue without an entry name', () => {
         notBefore: new Date(Date.now() + 60_000).toISOString(),
         lastError: { code: 'KEYEDGE_ERR_ACME', message: 'validation failed', at: new Date().toISOString() },
       };
-      const { manager } = managerOver(state, new Map(), async () => ({ keyId: 'k2', chainPem: '', newKey: true }));
+      const { manager } = recordingManager(state, { answer: async () => ({ keyId: 'k2', chainPem: '', newKey: true }) });
       // Not KEYEDGE_ERR_ACME_DOMAINS "managed under several certificates", for up to a day (until b.example is forgotten).
       await expect(manager.issue(['a.example', 'b.example'])).resolves.toMatchObject({ entry: 'a.example', domains: ['a.example', 'b.example'] });
     }));
@@ -149,7 +128,7 @@ describe('domain-lists.ts entryForList: an issue without an entry name', () => {
     withDir(async (state) => {
       state.state.certificates['home.example'] = { domains: ['home.example', 'blog.example'], keyId: 'k1', failures: 0 };
       state.state.certificates['shop.example'] = { domains: ['shop.example', 'till.example'], keyId: 'k2', failures: 0 };
-      const { manager } = managerOver(state, new Map(), async () => ({ keyId: 'k3', chainPem: '', newKey: true }));
+      const { manager } = recordingManager(state, { answer: async () => ({ keyId: 'k3', chainPem: '', newKey: true }) });
       await expect(manager.issue(['blog.example', 'shop.example'])).rejects.toMatchObject({
         code: 'KEYEDGE_ERR_ACME_DOMAINS',
         message: expect.stringContaining('--replace-domains'),
@@ -170,9 +149,11 @@ describe('domain-lists.ts entryForList: two issues without an entry name at once
       const held = new Promise<void>((resolve) => {
         release = resolve;
       });
-      const { manager } = managerOver(state, new Map(), async () => {
-        await held;
-        return { keyId: 'k3', chainPem: '', newKey: true };
+      const { manager } = recordingManager(state, {
+        answer: async () => {
+          await held;
+          return { keyId: 'k3', chainPem: '', newKey: true };
+        },
       });
       // The first's order runs (its names not yet recorded) when the second is judged.
       const first = manager.issue(['new.example', 'a.example']);
@@ -209,20 +190,16 @@ describe('on-demand gate: the managed check and the order', () => {
         const expansionHeld = new Promise<void>((resolve) => {
           finish = resolve;
         });
-        const { manager, orders } = managerOver(state, new Map(), async (request) => {
-          if (request.domains.length > 1) await expansionHeld;
-          return { keyId: `k${orders.length + 1}`, chainPem: '', newKey: true };
+        const { manager, orders } = recordingManager(state, {
+          answer: async (request) => {
+            if (request.domains.length > 1) await expansionHeld;
+            return { keyId: `k${orders.length + 1}`, chainPem: '', newKey: true };
+          },
         });
-        const config: OnDemandConfig = {
-          ask: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
-          askTimeoutMs: 10_000,
-          cnameTarget: null,
-          resolver: null,
-          refusedSeconds: 3_600,
-          maxOrdersPerHour: 100,
-          maxOrdersPerDomainPerHour: 10,
-          maxPendingChecks: 16,
-        };
+        const ask = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+        const onDemand = { ask, askTimeoutMs: 10_000 };
+        const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
+          .onDemand!;
         // Wired as service.ts wires it.
         const gate = new OnDemandGate({
           config,

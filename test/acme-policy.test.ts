@@ -4,19 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadProxyConfig } from '../config/load.js';
 import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
 import { AcmeClient, parseRetryAfter } from '../proxy/acme/client.js';
-import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
 import { ecdsaDerToRaw, jwkOfSpki, signJws, thumbprint } from '../proxy/acme/jws.js';
-import { CertificateManager } from '../proxy/acme/maintain.js';
 import { ariTime, backoffMs, leafTimes, renewalTime } from '../proxy/acme/policy.js';
 import { type ManagedState, StateFile } from '../proxy/acme/state.js';
-import { registerAcmeMetrics } from '../proxy/metrics.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
-import { captureLog } from './helpers/keyserver.js';
+import { recordingManager, TEST_ACME } from './helpers/acme-manager.js';
 import { createCa, issue } from './helpers/pki.js';
 
 // Issue 14: the renewal policy (two thirds of the lifetime, the spread, the
@@ -24,39 +19,8 @@ import { createCa, issue } from './helpers/pki.js';
 // renewal-info endpoint (pebble 2.4.0 has none): the window decides the
 // renewal time and the new order carries `replaces`; and the JWS signature
 // format (DER from the key server to JWS r || s).
-const acme = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir' } }).acme!;
+const acme = TEST_ACME;
 const DAY = 86_400_000;
-
-type ManagerDeps = ConstructorParameters<typeof CertificateManager>[0];
-
-/** A manager over `state` whose issuer records each order it is asked for and answers with `answer`. */
-function recordingManager(
-  state: StateFile,
-  options: {
-    answer: (request: IssueRequest) => Promise<unknown>;
-    records?: ReturnType<ManagerDeps['records']>;
-    renewalWindow?: ManagerDeps['renewalWindow'];
-  },
-): { manager: CertificateManager; orders: IssueRequest[] } {
-  const orders: IssueRequest[] = [];
-  const issuer = {
-    issue: (request: IssueRequest) => {
-      orders.push(request);
-      return options.answer(request);
-    },
-  } as unknown as AcmeIssuer;
-  const manager = new CertificateManager({
-    config: acme,
-    state,
-    issuer,
-    keys: { generate: () => Promise.reject(new Error('unused')), remove: async () => undefined },
-    records: () => options.records ?? new Map(),
-    metrics: registerAcmeMetrics(new Registry(), () => 0),
-    log: captureLog('warn').logger,
-    renewalWindow: options.renewalWindow ?? (async () => undefined),
-  });
-  return { manager, orders };
-}
 
 describe('renewal policy', () => {
   it('renews at two thirds of the lifetime, each name moved earlier by its own part of the spread', () => {

@@ -261,11 +261,15 @@ export function ownFailureRefusal(code: string | undefined, maxBodyBytes: number
 /**
  * Sends our answer; returns its body's length (for the access line). To a
  * request whose body is still unread it says `Connection: close`, and the
- * connection lingers a bounded time after it, then closes (linger.ts): Node
- * would otherwise read and drop an endless body until its request timeout.
+ * connection lingers a bounded time after it, then closes, unless the body is
+ * small and declared and nothing else closes the connection: then it is read
+ * and dropped (linger.ts). Node would otherwise read and drop an endless body
+ * until its request timeout.
  */
 export function answer(res: ServerResponse, { status, code, body, headers: own }: Refusal, headers: Readonly<Record<string, string>>): number {
   const length = Buffer.byteLength(body);
+  // Before closeIfBodyUnread: a refusal that closes the connection itself (413, 408) is not one that keeps it.
+  if (own?.connection !== undefined) res.setHeader('connection', own.connection);
   closeIfBodyUnread(res.req, res);
   res.writeHead(status, {
     ...headers,

@@ -45,14 +45,17 @@ export function bodyUnread(req: IncomingMessage): boolean {
 /**
  * Our own answer to `req` (one we give without reading its body): when the
  * body is unread, a small declared one is dropped and the connection kept
- * (discardable); any other says `Connection: close` (the rest of the body
+ * when nothing else closes it (discardable); any other says `Connection: close` (the rest of the body
  * is never parsed as a next request) and the connection lingers after it
  * (closeAfterAnswer). Call before the answer's head is written. Returns
  * whether it will close.
  */
 export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): boolean {
   if (!bodyUnread(req) || res.headersSent) return false;
-  if (discardable(req)) {
+  // Only while the connection stays open: an answer that closes it (the client's `close`, HTTP/1.0, a 413 or 408 of
+  // ours) must linger, or its reset can destroy the answer, and nothing after it may be processed (notAfterClose).
+  const keeps = res.shouldKeepAlive && String(res.getHeader('connection') ?? '').toLowerCase() !== 'close';
+  if (keeps && discardable(req)) {
     discardWithin(req, res);
     return false;
   }
@@ -91,7 +94,12 @@ function discardWithin(req: IncomingMessage, res: ServerResponse): void {
     if (req.complete || req.socket.destroyed) return;
     const socket = req.socket;
     const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
-    const done = (): void => clearTimeout(timer);
+    // Both listeners go with the first: a kept-alive socket carries many requests, and would gather one per request.
+    const done = (): void => {
+      clearTimeout(timer);
+      req.removeListener('end', done);
+      socket.removeListener('close', done);
+    };
     req.once('end', done);
     socket.once('close', done);
   });

@@ -9,7 +9,8 @@
  * Request targets and expectations are dealt with as on HTTPS (handler.ts);
  * CONNECT gets 400 as on HTTPS (createConnectRefusal).
  * Our own answers read no request body: to a request whose body is still
- * coming they close the connection, after a bounded lingering (linger.ts).
+ * coming they close the connection, after a bounded lingering, unless it is
+ * small and declared: then it is read and dropped (linger.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
