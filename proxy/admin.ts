@@ -275,21 +275,25 @@ function boundDrain(req: http.IncomingMessage, res: http.ServerResponse): void {
   res.once('finish', () => {
     if (req.complete) return;
     // Node's dump emits no 'data' (it drops the bytes in its parser): what it read is the socket's count.
-    const from = req.socket.bytesRead;
-    const cut = (): void => {
+    const socket = req.socket;
+    const from = socket.bytesRead;
+    // Both listeners go with the first: a kept-alive connection carries many requests, and would gather one per request.
+    const done = (): void => {
       clearTimeout(timer);
       clearInterval(poll);
-      req.socket.destroy();
+      req.removeListener('end', done);
+      socket.removeListener('close', done);
+    };
+    const cut = (): void => {
+      done();
+      socket.destroy();
     };
     const timer = setTimeout(cut, DISCARD_MS).unref();
     // Past what readBody lets Node drop for a declared length it answered at once (413 without Connection: close).
     const bound = MAX_UPLOAD_BYTES + DISCARD_BYTES;
-    const poll = setInterval(() => req.socket.bytesRead - from > bound && cut(), DRAIN_POLL_MS).unref();
-    req.once('end', () => {
-      clearTimeout(timer);
-      clearInterval(poll);
-    });
-    req.socket.once('close', () => clearInterval(poll));
+    const poll = setInterval(() => socket.bytesRead - from > bound && cut(), DRAIN_POLL_MS).unref();
+    req.once('end', done);
+    socket.once('close', done);
   });
 }
 

@@ -56,6 +56,34 @@ describe('admin API without a control API', () => {
     }
   });
 
+  it('bodies left unread by many answers on one connection gather no listeners on its socket', async () => {
+    const accepted: net.Socket[] = [];
+    const onConnection = (socket: net.Socket): void => void accepted.push(socket);
+    server.on('connection', onConnection);
+    const head = 'GET /config HTTP/1.1\r\nHost: admin\r\nContent-Length: 1\r\n\r\n';
+    const socket = net.connect(port, '127.0.0.1');
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      let received = '';
+      const answers = (): number => received.split('HTTP/1.1 200 ').length - 1;
+      socket.on('data', (d: Buffer) => {
+        received += d.toString('latin1');
+      });
+      // Each body once its answer is in (so it was unread when the answer went out), with the next request.
+      for (let sent = 1; sent <= 30; sent++) {
+        socket.write(sent === 1 ? head : `x${head}`);
+        const started = Date.now();
+        while (answers() < sent && Date.now() - started < 5_000) await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      expect(answers()).toBe(30);
+      expect(accepted).toHaveLength(1);
+      expect(accepted[0]!.listenerCount('close')).toBeLessThan(10);
+    } finally {
+      server.off('connection', onConnection);
+      socket.destroy();
+    }
+  });
+
   it('a read with Expect: 100-continue gets its answer without 100 Continue', async () => {
     const { answer } = await exchange('GET /config HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n');
     expect(answer).toMatch(/^HTTP\/1\.1 200 /);
