@@ -235,12 +235,13 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
   // no control API is configured) gets its final answer, and the connection ends if a body was declared.
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const control = sources.control;
+    // Every change's token first: a refused one would otherwise wait for a body its client holds back for the 100.
+    const denied = control !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, control.tokenFile) : undefined;
+    if (denied !== undefined) return refuse(res, denied, true);
     if (control === undefined || !readsBody(req, control)) {
       if (hasBody(req)) res.shouldKeepAlive = false;
       return handle(req, res);
     }
-    const denied = authorisationFailure(req, control.tokenFile);
-    if (denied !== undefined) return refuse(res, denied, true);
     if (declaredLength(req) > MAX_UPLOAD_BYTES) return tooLarge(res, true);
     res.writeContinue();
     handle(req, res);

@@ -226,3 +226,29 @@ describe('on-demand gate: the managed check and the order', () => {
     }
   });
 });
+
+describe('a new list waiting behind a running renewal of its entry', () => {
+  it('its names count as ordered: a concurrent issue of one of them makes no second entry', () =>
+    withDir(async (state) => {
+      state.state.certificates['a.example'] = { domains: ['a.example'], keyId: 'k1', failures: 0 };
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let n = 0;
+      const { manager } = recordingManager(state, {
+        answer: async () => {
+          if (n++ === 0) await held;
+          return { keyId: `k${n + 1}`, chainPem: '', newKey: true };
+        },
+      });
+      const renewal = manager.renew('a.example');
+      const expansion = manager.issue(['a.example', 'c.example']);
+      expect(manager.isManaged('c.example')).toBe(true);
+      const second = manager.issue(['c.example']);
+      release();
+      await Promise.allSettled([renewal, expansion, second]);
+      const holding = Object.entries(state.state.certificates).filter(([, m]) => m.domains.includes('c.example'));
+      expect(holding.map(([name]) => name)).toEqual(['a.example']);
+    }));
+});

@@ -1,13 +1,17 @@
-// The proxy's admin port without a control API (no `admin.tokenFile`): only read-only
-// endpoints exist, so `Expect: 100-continue` on a change must not invite a body that
-// can only be refused (RFC 9110 §10.1.1): the 404 comes at once, without a 100, and the
-// connection ends. In process, at port 0.
+// The proxy's admin port and `Expect: 100-continue` (RFC 9110 §10.1.1), in process, at port 0. Without a control API
+// (no `admin.tokenFile`) only read-only endpoints exist: a change gets its 404 at once, without a 100, and the
+// connection ends. With one, a change without the token gets its 401 at once, whatever its body, never an invitation
+// to send it. And a body an answer leaves unread gathers nothing on a kept-alive connection.
 import type http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { startProxyAdmin } from '../proxy/admin.js';
+import type { ReloadReport } from '../proxy/serving/coordinator.js';
 
 let server: http.Server;
 let port: number;
@@ -23,9 +27,9 @@ beforeAll(async () => {
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 /** Sends `head`; resolves with everything the server sent until it closed (or after 10 s), and whether it closed. */
-function exchange(head: string): Promise<{ answer: string; closedByServer: boolean }> {
+function exchange(head: string, to = port): Promise<{ answer: string; closedByServer: boolean }> {
   return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
+    const socket = net.connect(to, '127.0.0.1');
     let answer = '';
     let closedByServer = false;
     const timer = setTimeout(() => socket.destroy(), 10_000);
@@ -88,5 +92,43 @@ describe('admin API without a control API', () => {
     const { answer } = await exchange('GET /config HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n');
     expect(answer).toMatch(/^HTTP\/1\.1 200 /);
     expect(answer).not.toMatch(/100 Continue/i);
+  });
+});
+
+describe('admin API with a control API: Expect: 100-continue on a change without the token', () => {
+  let controlled: http.Server;
+  let controlledPort: number;
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'keyedge-admin-continue-'));
+    const tokenFile = join(dir, 'token');
+    writeFileSync(tokenFile, 'a-token-of-the-test\n', { mode: 0o600 });
+    const report = async () => ({}) as ReloadReport;
+    controlled = await startProxyAdmin('127.0.0.1', 0, {
+      metrics: async () => ({ contentType: 'text/plain', body: '' }),
+      notReadyReason: async () => undefined,
+      config: () => ({}) as ProxyConfig,
+      control: { tokenFile, reload: report, putCertificate: report, certificates: () => [], ownedByConfig: () => false, deleteRoute: async () => undefined },
+    });
+    controlledPort = (controlled.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise<void>((resolve) => controlled.close(() => resolve()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a change that reads no body, with a chunked body held back for the 100: 401 at once', async () => {
+    for (const [method, path] of [
+      ['POST', '/reload'],
+      ['DELETE', '/routes/x'],
+      ['PUT', '/certs/x'],
+    ]) {
+      const { answer, closedByServer } = await exchange(
+        `${method} ${path} HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n`,
+        controlledPort,
+      );
+      expect(answer, path).toMatch(/^HTTP\/1\.1 401 /);
+      expect(closedByServer, path).toBe(true);
+    }
   });
 });

@@ -127,7 +127,7 @@ export class CertificateManager {
       name = entry ?? (onDemand ? this.entryOf(domains) : entryForList(this.entryOf(domains), domains, this.#holders()));
       const managed = this.#deps.state.state.certificates[name];
       // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since.
-      if (onDemand && domains.some((d) => this.isManaged(d))) {
+      if (onDemand && domains.some((d) => this.isManaged(d) || this.#deps.records().has(this.entryOf([d])))) {
         throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
       }
       if (managed !== undefined && !onDemand) wanted = domainsToOrder(name, managed.domains, domains, replaceDomains);

@@ -59,6 +59,8 @@ export class OrderRunner {
   readonly #deps: OrderDeps;
   /** Each running order and the names it orders: an issue for another list waits for it, not answered by it. */
   readonly #inFlight = new Map<string, { readonly domains: readonly string[]; readonly attempt: Promise<Issued> }>();
+  /** The new lists waiting behind each entry's running order (run). */
+  readonly #following = new Map<string, Set<readonly string[]>>();
 
   constructor(deps: OrderDeps) {
     this.#deps = deps;
@@ -74,14 +76,18 @@ export class OrderRunner {
     return this.#inFlight.has(name);
   }
 
-  /** The names the order running for entry `name` is for, or undefined. */
+  /** The names the orders running for entry `name`, or waiting behind its running one, are for; undefined when none. */
   domainsOf(name: string): readonly string[] | undefined {
-    return this.#inFlight.get(name)?.domains;
+    const running = this.#inFlight.get(name)?.domains;
+    const waiting = this.#following.get(name);
+    if (waiting === undefined) return running;
+    return [...new Set([...(running ?? []), ...[...waiting].flat()])];
   }
 
-  /** Whether a running order's names cover `name` (an expansion not yet recorded, domain-lists.ts). */
+  /** Whether a running or waiting order's names cover `name` (an expansion not yet recorded, domain-lists.ts). */
   ordering(name: string): boolean {
     for (const order of this.#inFlight.values()) if (covers(order.domains, name)) return true;
+    for (const lists of this.#following.values()) for (const domains of lists) if (covers(domains, name)) return true;
     return false;
   }
 
@@ -91,7 +97,19 @@ export class OrderRunner {
     if (running !== undefined) {
       if (list === undefined || sameDomains(running.domains, list.domains)) return running.attempt;
       // An order for other names runs (a renewal of the recorded ones): its certificate does not cover these, so this one follows it.
-      return running.attempt.catch(() => undefined).then(() => this.run(name, list));
+      // Until it starts, its names count as ordered (domainsOf, ordering): another issue or the on-demand gate would put them on a
+      // second entry.
+      const waiting = this.#following.get(name) ?? new Set<readonly string[]>();
+      this.#following.set(name, waiting);
+      const domains = list.domains;
+      waiting.add(domains);
+      return running.attempt
+        .catch(() => undefined)
+        .then(() => {
+          waiting.delete(domains);
+          if (waiting.size === 0 && this.#following.get(name) === waiting) this.#following.delete(name);
+          return this.run(name, list);
+        });
     }
     const attempt = this.#attempt(name, list).finally(() => this.#inFlight.delete(name));
     this.#inFlight.set(name, { domains: list?.domains ?? this.#deps.state.state.certificates[name]?.domains ?? [], attempt });
