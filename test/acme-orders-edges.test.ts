@@ -25,7 +25,7 @@ import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { StateFile } from '../proxy/acme/state.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
-import { recordingManager } from './helpers/acme-manager.js';
+import { heldAnswer, recordingManager } from './helpers/acme-manager.js';
 import { captureLog } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
@@ -145,16 +145,8 @@ describe('domain-lists.ts entryForList: two issues without an entry name at once
     withDir(async (state) => {
       state.state.certificates['a.example'] = { domains: ['a.example'], keyId: 'k1', failures: 0 };
       state.state.certificates['b.example'] = { domains: ['b.example'], keyId: 'k2', failures: 0 };
-      let release: () => void = () => undefined;
-      const held = new Promise<void>((resolve) => {
-        release = resolve;
-      });
-      const { manager } = recordingManager(state, {
-        answer: async () => {
-          await held;
-          return { keyId: 'k3', chainPem: '', newKey: true };
-        },
-      });
+      const { answer, release } = heldAnswer('k3');
+      const { manager } = recordingManager(state, { answer });
       // The first's order runs (its names not yet recorded) when the second is judged.
       const first = manager.issue(['new.example', 'a.example']);
       const second = manager.issue(['new.example', 'b.example']);

@@ -11,7 +11,7 @@ import { ecdsaDerToRaw, jwkOfSpki, signJws, thumbprint } from '../proxy/acme/jws
 import { ariTime, backoffMs, leafTimes, renewalTime } from '../proxy/acme/policy.js';
 import { type ManagedState, StateFile } from '../proxy/acme/state.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
-import { recordingManager, TEST_ACME } from './helpers/acme-manager.js';
+import { heldAnswer, recordingManager, TEST_ACME } from './helpers/acme-manager.js';
 import { createCa, issue } from './helpers/pki.js';
 
 // Issue 14: the renewal policy (two thirds of the lifetime, the spread, the
@@ -336,16 +336,8 @@ describe('names the on-demand gate takes as managed', () => {
       state.state.certificates['a.example'] = { domains: ['a.example', 'b.example'], keyId: 'k1', failures: 0 };
       state.state.certificates['_.wild.example'] = { domains: ['*.wild.example'], keyId: 'k2', failures: 0 };
       state.state.certificates['gone.example'] = { domains: ['gone.example'], keyId: '', failures: 1, onDemand: true };
-      let release: () => void = () => undefined;
-      const held = new Promise<void>((resolve) => {
-        release = resolve;
-      });
-      const { manager } = recordingManager(state, {
-        answer: async () => {
-          await held;
-          return { keyId: 'k3', chainPem: '', newKey: true };
-        },
-      });
+      const { answer, release } = heldAnswer('k3');
+      const { manager } = recordingManager(state, { answer });
       for (const name of ['a.example', 'b.example', 'x.wild.example']) expect(manager.isManaged(name), name).toBe(true);
       for (const name of ['c.example', 'x.y.wild.example', 'wild.example', 'gone.example']) expect(manager.isManaged(name), name).toBe(false);
       // An expansion runs: its new name is not recorded yet, and a handshake for it must not order a second certificate.

@@ -44,3 +44,18 @@ export function recordingManager(
   });
   return { manager, orders };
 }
+
+/** An issuer's answer held until `release()`: the orders run while the test acts, then each gets `keyId`. */
+export function heldAnswer(keyId: string): { answer: () => Promise<unknown>; release: () => void } {
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  return {
+    answer: async () => {
+      await held;
+      return { keyId, chainPem: '', newKey: true };
+    },
+    release: () => release(),
+  };
+}
