@@ -227,15 +227,14 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     }
   };
   const server = http.createServer(handle);
-  // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so a request that would be refused gets its final
-  // answer instead, and the connection ends after it (the client may send the body anyway once it tires of waiting; it is
-  // not read). A change without the token: its 401 or 403, checked first, so that no client without the token is invited to
-  // send up to the body limit. A declared body over the limit: its 413.
-  // Only a change that reads a body gets the invitation: anything else (a read, a change without a body, any change when
-  // no control API is configured) gets its final answer, and the connection ends if a body was declared.
+  // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
+  // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
+  // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the
+  // 100. Then a declared body over the limit gets its 413. Anything else gets its final answer at once, and the
+  // connection ends after it if a body was declared (the client may send it anyway once it tires of waiting; it is not
+  // read).
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const control = sources.control;
-    // Every change's token first: a refused one would otherwise wait for a body its client holds back for the 100.
     const denied = control !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, control.tokenFile) : undefined;
     if (denied !== undefined) return refuse(res, denied, true);
     if (control === undefined || !readsBody(req, control)) {

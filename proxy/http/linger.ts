@@ -45,10 +45,10 @@ export function bodyUnread(req: IncomingMessage): boolean {
 /**
  * Our own answer to `req` (one we give without reading its body): when the
  * body is unread, a small declared one is dropped and the connection kept
- * when nothing else closes it (discardable); any other says `Connection: close` (the rest of the body
- * is never parsed as a next request) and the connection lingers after it
- * (closeAfterAnswer). Call before the answer's head is written. Returns
- * whether it will close.
+ * when nothing else closes it (discardable); any other makes the answer say
+ * `Connection: close` (the rest of the body is never parsed as a next
+ * request) and the connection linger after it (closeAfterAnswer). Call
+ * before the answer's head is written. Returns whether it will close.
  */
 export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): boolean {
   if (!bodyUnread(req) || res.headersSent) return false;
@@ -71,7 +71,7 @@ export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): bo
  * so the next request is found where it starts. Larger or chunked bodies
  * close the connection (closeAfterAnswer).
  */
-export const DISCARD_KEPT_BYTES = 64 * 1024;
+const DISCARD_KEPT_BYTES = 64 * 1024;
 
 /**
  * A small declared body, and no `Expect`: a client awaiting 100 (Continue)
