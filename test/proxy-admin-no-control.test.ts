@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { startProxyAdmin } from '../proxy/admin.js';
+import { continueExchange } from './helpers/continue.js';
 import type { ReloadReport } from '../proxy/serving/coordinator.js';
 
 let server: http.Server;
@@ -26,33 +27,15 @@ beforeAll(async () => {
 });
 afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
-/** Sends `head`; resolves with everything the server sent until it closed (or after 10 s), and whether it closed. */
-function exchange(head: string, to = port): Promise<{ answer: string; closedByServer: boolean }> {
-  return new Promise((resolve) => {
-    const socket = net.connect(to, '127.0.0.1');
-    let answer = '';
-    let closedByServer = false;
-    const timer = setTimeout(() => socket.destroy(), 10_000);
-    socket.on('data', (d: Buffer) => {
-      answer += d.toString('latin1');
-    });
-    socket.on('end', () => {
-      closedByServer = true;
-      socket.destroy();
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve({ answer, closedByServer });
-    });
-    socket.write(head);
-  });
-}
-
 describe('admin API without a control API', () => {
   it('answers a change with Expect: 100-continue by 404 without 100 Continue, and closes', async () => {
     for (const method of ['PUT', 'POST', 'DELETE']) {
-      const { answer, closedByServer } = await exchange(`${method} /certs/x HTTP/1.1\r\nHost: admin\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n`);
+      const { answer, closedByServer } = await continueExchange(
+        port,
+        `${method} /certs/x HTTP/1.1\r\nHost: admin\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n`,
+        Buffer.alloc(0),
+        { untilClose: true },
+      );
       expect(answer, method).toMatch(/^HTTP\/1\.1 404 /);
       expect(answer, method).not.toMatch(/100 Continue/i);
       expect(answer, method).toMatch(/\r\nconnection: close\r\n/i);
@@ -89,7 +72,12 @@ describe('admin API without a control API', () => {
   });
 
   it('a read with Expect: 100-continue gets its answer without 100 Continue', async () => {
-    const { answer } = await exchange('GET /config HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n');
+    const { answer } = await continueExchange(
+      port,
+      'GET /config HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n',
+      Buffer.alloc(0),
+      { untilClose: true },
+    );
     expect(answer).toMatch(/^HTTP\/1\.1 200 /);
     expect(answer).not.toMatch(/100 Continue/i);
   });
@@ -123,9 +111,11 @@ describe('admin API with a control API: Expect: 100-continue on a change without
       ['DELETE', '/routes/x'],
       ['PUT', '/certs/x'],
     ]) {
-      const { answer, closedByServer } = await exchange(
-        `${method} ${path} HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n`,
+      const { answer, closedByServer } = await continueExchange(
         controlledPort,
+        `${method} ${path} HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n`,
+        Buffer.alloc(0),
+        { untilClose: true },
       );
       expect(answer, path).toMatch(/^HTTP\/1\.1 401 /);
       expect(closedByServer, path).toBe(true);

@@ -4,6 +4,7 @@ import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { continueExchange } from './helpers/continue.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 // The proxy's admin API and its /metrics, against a real `keyedge proxy` with
@@ -72,44 +73,6 @@ function rawExchange(head: string, body: Buffer = Buffer.alloc(0), ms = 15_000):
   });
 }
 
-/**
- * Sends `head` with `Expect: 100-continue` on a raw socket, and `body` only once a `100 Continue` came. Resolves with all
- * that came back (interim and final answers) once the final answer is whole (by its length or its last chunk; with
- * `untilClose`, only once the server closes, or after 15 s), and whether the server closed.
- */
-function continueExchange(head: string, body: Buffer, options: { untilClose?: boolean } = {}): Promise<{ answer: string; closedByServer: boolean }> {
-  return new Promise((resolve) => {
-    const socket = net.connect(proxy.adminPort, '127.0.0.1');
-    let answer = '';
-    let sent = false;
-    let closedByServer = false;
-    const timer = setTimeout(() => socket.destroy(), 15_000);
-    socket.on('data', (d: Buffer) => {
-      answer += d.toString('latin1');
-      const interim = /^HTTP\/1\.1 100 [^\r]*\r\n\r\n/.exec(answer)?.[0] ?? '';
-      if (interim !== '' && !sent) {
-        sent = true;
-        socket.write(body);
-      }
-      const final = answer.slice(interim.length);
-      const end = final.indexOf('\r\n\r\n');
-      const length = /\r\ncontent-length: (\d+)\r\n/i.exec(final.slice(0, end))?.[1];
-      const whole = length === undefined ? final.endsWith('\r\n0\r\n\r\n') : final.length >= end + 4 + Number(length);
-      if (end >= 0 && whole && options.untilClose !== true) socket.destroy();
-    });
-    socket.on('end', () => {
-      closedByServer = true;
-      socket.destroy();
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      resolve({ answer, closedByServer });
-    });
-    socket.write(head);
-  });
-}
-
 function errorCode(answer: RawAnswer): unknown {
   return (JSON.parse(answer.body) as { error?: { code?: unknown } }).error?.code;
 }
@@ -154,6 +117,7 @@ describe('admin API: names, body limit, auth scheme', () => {
     const started = Date.now();
     for (const authorization of ['Authorization: Bearer wrong-token\r\n', '']) {
       const { answer, closedByServer } = await continueExchange(
+        proxy.adminPort,
         `PUT /certs/sneaky HTTP/1.1\r\nHost: admin\r\n${authorization}Content-Length: 200000\r\nExpect: 100-continue\r\n\r\n`,
         Buffer.alloc(200_000, 'a'),
         { untilClose: true },
@@ -176,6 +140,7 @@ describe('admin API: names, body limit, auth scheme', () => {
       ['PUT', '/routes/x', '404'],
     ] as const) {
       const { answer, closedByServer } = await continueExchange(
+        proxy.adminPort,
         `${method} ${path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n`,
         Buffer.alloc(10, 'a'),
         { untilClose: true },
@@ -188,6 +153,7 @@ describe('admin API: names, body limit, auth scheme', () => {
 
   it('with the token, Expect: 100-continue gets the 100, then the body is read and answered as usual', async () => {
     const { answer } = await continueExchange(
+      proxy.adminPort,
       `PUT /certs/continued HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: ${Buffer.byteLength(chainPem)}\r\nExpect: 100-continue\r\n\r\n`,
       Buffer.from(chainPem),
     );
