@@ -10,11 +10,28 @@ import { waitFor } from './helpers/proxy-cluster.js';
 // per second) and MadeYouReset (CVE-2025-8671: frames that make the server
 // reset the stream, which Node 20's nghttp2 does not count). Each attacking
 // connection must be sent GOAWAY ENHANCE_YOUR_CALM and closed once it is over
-// limits.http2MaxResetStreams (200) resets, whatever it still sends; the
+// limits.http2MaxResetStreams (200) resets, whatever it still sends (or, for
+// MadeYouReset on Node 22 and 24, be ended by nghttp2 first: see below); the
 // workers live on, bounded in memory; a normal client on other connections,
 // HTTP/1.1 and HTTP/2, keeps getting 200.
 const HOST = 'resets.lab.test';
 const ENHANCE_YOUR_CALM = http2.constants.NGHTTP2_ENHANCE_YOUR_CALM;
+/**
+ * nghttp2 1.67+ (Node 22: 1.69, Node 24: 1.70) bounds the resets it sends
+ * itself, and counts them while it reads a batch of frames, before any of
+ * them reaches the worker's count: it ends a MadeYouReset connection first,
+ * with GOAWAY INTERNAL_ERROR (counted `protocol_error`). Node 20's 1.61
+ * counts only the resets it receives: there, keyedge's bound ends it.
+ */
+const NGHTTP2_BOUNDS_OWN_RESETS = ((major, minor) => major > 1 || minor >= 67)(
+  ...((process.versions.nghttp2 ?? '0.0').split('.').map(Number) as [number, number]),
+);
+/**
+ * Connections keyedge's own bound must cut: Rapid Reset, and on Node 20 MadeYouReset and the cancel loop too. On Node
+ * 24 nghttp2 sometimes ends the cancel loop's connection before the worker has counted its resets (seen at 800 of
+ * them): cut all the same, counted `protocol_error`.
+ */
+const OUR_CUTS = NGHTTP2_BOUNDS_OWN_RESETS ? 1 : 3;
 /** Pairs each attacker sends: over 20 times the bound. */
 const PAIRS = 5_000;
 /** The bound (limits.http2MaxResetStreams) and what the same read may still carry past it. */
@@ -108,8 +125,12 @@ describe('HTTP/2 reset attacks', () => {
     const made = await attack((id) =>
       Buffer.concat([getHeaders(id, HOST, `/made/answer?delayMs=1000&size=1024`, false, [['content-length', '1']]), data(id, Buffer.from('xx'), true)]),
     );
-    expect(made.client.goaways).toContain(ENHANCE_YOUR_CALM);
-    expect(made.client.resets).toBeGreaterThan(0);
+    if (NGHTTP2_BOUNDS_OWN_RESETS) {
+      expect(made.client.goaways).toContain(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    } else {
+      expect(made.client.goaways).toContain(ENHANCE_YOUR_CALM);
+      expect(made.client.resets).toBeGreaterThan(0);
+    }
     expect(made.goawaySeconds).toBeLessThan(10);
     expect(made.closed).toBe(true);
 
@@ -141,17 +162,24 @@ describe('HTTP/2 reset attacks', () => {
       await new Promise((resolve) => setImmediate(resolve));
     }
     await waitFor('the cancel loop to be cut off', () => (goaway !== undefined || session.destroyed ? true : undefined), 10_000);
+    const loopClosed = session.destroyed;
     session.destroy();
-    expect(goaway).toBe(ENHANCE_YOUR_CALM);
+    if (NGHTTP2_BOUNDS_OWN_RESETS)
+      expect(goaway === ENHANCE_YOUR_CALM || (goaway ?? http2.constants.NGHTTP2_INTERNAL_ERROR) === http2.constants.NGHTTP2_INTERNAL_ERROR).toBe(true);
+    else expect(goaway).toBe(ENHANCE_YOUR_CALM);
+    expect(goaway !== undefined || loopClosed).toBe(true);
     const loopSeconds = (Date.now() - loopStarted) / 1000;
 
     // Every cut came at the bound: the count the server had when it cut each connection.
-    const lines = await waitFor('three cut-offs logged', () => (cutLines().length >= 3 ? cutLines() : undefined));
+    const lines = await waitFor(`${OUR_CUTS} cut-offs logged`, () => (cutLines().length >= OUR_CUTS ? cutLines() : undefined));
     for (const line of lines) {
       expect(line.resets as number).toBeGreaterThan(BOUND);
       expect(line.resets as number).toBeLessThanOrEqual(CUT_BY);
     }
-    expect(await metricSum(proxy, 'keyedge_proxy_http2_connections_closed_total', { reason: 'reset_flood' })).toBeGreaterThanOrEqual(3);
+    expect(await metricSum(proxy, 'keyedge_proxy_http2_connections_closed_total', { reason: 'reset_flood' })).toBeGreaterThanOrEqual(OUR_CUTS);
+    // nghttp2's own cuts are counted too (WINDOW_UPDATE 0, and what it ends first on Node 22 and 24): all four attacking connections.
+    const cuts = async (reason: string): Promise<number> => (await metricSum(proxy, 'keyedge_proxy_http2_connections_closed_total', { reason })) ?? 0;
+    expect((await cuts('reset_flood')) + (await cuts('protocol_error'))).toBeGreaterThanOrEqual(4);
     // What reached the origin is bounded by the cut, not by what the attackers sent (3 × 5,000 streams).
     const attackRequests = origin.seen() - seenBefore;
     expect(attackRequests).toBeLessThan(4 * CUT_BY + steady.requests + steadyH2.requests + 200);

@@ -9,8 +9,11 @@
  * the server's are MadeYouReset (CVE-2025-8671: frames that make the server
  * reset the stream, such as WINDOW_UPDATE 0 or DATA past END_STREAM, which
  * the client's own reset count never sees). nghttp2 on Node 20 (1.61) limits
- * only received resets (burst 1000, 33/s); 1.67+ (Node 22, 24) also its own.
- * This bucket, lower than both, is what every supported Node enforces.
+ * only received resets (burst 1000, 33/s), so this bucket, lower, is what
+ * bounds both kinds there. 1.67+ (Node 22, 24) also limits its own resets,
+ * counted while it reads a batch of frames, before any stream's close
+ * reaches this bucket: it ends MadeYouReset connections first
+ * (INTERNAL_ERROR, test/abuse-http2-resets.test.ts).
  *
  * Pure: the clock is passed in. O(1) per reset, one object per connection.
  */
