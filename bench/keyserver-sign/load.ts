@@ -70,9 +70,9 @@ export class RawToken {
     for (let i = 0; i < sessions; i++) this.sessions.push(this.token.openSession());
   }
 
-  /** A load signing with the token key `which` picks, with `key`'s mechanism, on the first `sessions` sessions. */
-  load(which: (k: TokenKey) => boolean, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
-    const tokenKey = this.keys.find(which);
+  /** A load signing with the key `keyId` (hex), with `key`'s mechanism, on the first `sessions` sessions. */
+  load(keyId: string, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
+    const tokenKey = this.keys.find((k) => k.keyId === keyId);
     if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
     return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), tokenKey.privateHandle, key, digests);
   }

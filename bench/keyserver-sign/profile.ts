@@ -17,7 +17,7 @@ import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
 import { BENCH_KEYS } from './keys.js';
 import { measureWindow } from './load.js';
-import { connectLoad, parsePipeline, pipelineName, startRig } from './scenarios.js';
+import { openLoad, parsePipeline, pipelineName, startRig } from './scenarios.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -25,7 +25,7 @@ const TABLE = {
   key: { kind: 'string', arg: 'ec|rsa', def: 'ec', choices: ['ec', 'rsa'], help: 'key type' },
   transport: { kind: 'string', arg: 'unix|tls', def: 'unix', choices: ['unix', 'tls'], help: 'how to reach the key server' },
   seconds: { kind: 'number', arg: 'SEC', def: 8, min: 0.5, help: 'length of the profiled load' },
-  pipeline: { kind: 'string', arg: 'CxD', def: '2x64', help: 'C connections x D requests in flight each' },
+  pipeline: { kind: 'string', arg: 'CxD', help: "C connections x D requests in flight each (default: the bench's for the key)" },
   sessions: { kind: 'number', arg: 'N', min: 1, integer: true, help: "the key server's pkcs11.sessions (default: product default)" },
   interval: { kind: 'number', arg: 'US', def: 100, min: 1, integer: true, help: 'sampling interval (--cpu-prof-interval)' },
   top: { kind: 'number', arg: 'N', def: 30, min: 1, integer: true, help: 'functions per table' },
@@ -37,7 +37,7 @@ async function main(): Promise<number> {
   if (v === undefined) return 0;
   const key = BENCH_KEYS.find((k) => k.id === v.key)!;
   const transport = v.transport as 'unix' | 'tls';
-  const pipeline = parsePipeline(v.pipeline);
+  const pipeline = parsePipeline(v.pipeline ?? key.pipeline);
   const outDir = resolve(v.out);
   const profDir = join(outDir, `tmp-${process.pid}`);
   mkdirSync(profDir, { recursive: true });
@@ -46,8 +46,8 @@ async function main(): Promise<number> {
   try {
     const nodeArgs = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', String(v.interval)];
     const rig = await startRig(lab, [key], { rampMs: 500, nodeArgs }, (line) => process.stderr.write(`${line}\n`));
-    const connected = await connectLoad(rig, key, transport, pipeline);
-    const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: rig.server.pid });
+    const connected = await openLoad(rig, key, { path: transport, pipeline });
+    const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: connected.serverPid });
     const totalSigns = connected.load.completed;
     connected.close();
     await rig.server.stop(10_000);

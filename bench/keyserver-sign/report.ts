@@ -1,13 +1,13 @@
 /**
  * The keyserver-sign bench's figures and Markdown: per scenario the medians over the clean rounds (harness/runner.ts),
- * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies and the pipeline exploration.
+ * the ratios to the ceiling (the faster raw setting per key) and the one-in-flight latencies.
  * The figures are explained in bench/README.md, "What the figures mean".
  */
 import { columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
 import type { WindowResult } from './load.js';
 import type { Lab, Options } from './main.js';
-import { type BenchScenario, EXPLORE_TOLERANCE, type IdleLatencyRow, idleLatency, PIPELINE_CANDIDATES, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
+import { type BenchScenario, type IdleLatencyRow, idleLatency, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
 
 const TARGET_RATIO = 0.85;
 
@@ -66,7 +66,7 @@ const ratio = (s: ScenarioSummary, f: (v: NonNullable<ScenarioSummary['vsRaw']>)
 
 /** The bench's report (harness/runner.ts MeasuringBench), after the one-in-flight latencies. */
 export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['report'] = async (held, o, scenarios, measured, env) => {
-  const { lab, rig, chosen, explore } = held;
+  const { lab, rig } = held;
   const { results, order } = measured;
   const idle: IdleLatencyRow[] = [];
   for (const key of o.keys) for (const path of o.paths) idle.push(await idleLatency(rig!, key, path, o.idleMs, env.signal, env.log));
@@ -74,15 +74,13 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
   const settings = {
     rawSessions: RAW_SESSION_COUNTS,
     keyserverSessions: rig!.raw!.config.pkcs11.sessions,
-    pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
+    pipeline: Object.fromEntries([...o.pipelines].map(([k, p]) => [k, pipelineName(p)])),
   };
-  const exploration = { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: o.explore.ms, passes: o.explore.passes, tolerance: EXPLORE_TOLERANCE };
   const json = {
-    method: measured.method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], exploration, targetRatio: TARGET_RATIO }),
+    method: measured.method({ targetRatio: TARGET_RATIO }),
     settings,
-    keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: rig!.keyIds.get(k.id) })),
+    keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithm, keyId: rig!.keyIds.get(k.id) })),
     keyserverConfig: lab.config,
-    exploration: explore,
     idleLatency: idle,
     scenarios: summaries,
   };
@@ -114,17 +112,6 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     ],
     '(not measured)',
   );
-  const exploreTable = specTable(
-    explore,
-    [
-      ['Key', 'left', (r) => r.key],
-      ['CxD', 'left', (r) => r.pipeline],
-      ['signs/s (mean of passes)', 'right', (r) => fmt(r.meanSignsPerSecond)],
-      ['passes', 'right', (r) => r.signsPerSecond.map((v) => fmt(v)).join(', ')],
-      ['p99 µs', 'right', (r) => fmt(r.p99Us)],
-    ],
-    '(skipped: --pipeline given)',
-  );
   const markdown = [
     `# keyserver-sign, ${env.date}${o.quick ? ' (quick)' : ''}`,
     '',
@@ -148,10 +135,6 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     '',
     `One raw session, or one connection with one request outstanding, for ${o.idleMs / 1000} s after the rounds: the`,
     'round trip one TLS handshake waits for when the key server is idle (the table above has it at saturation).',
-    '',
-    '## Pipeline exploration (unix socket)',
-    '',
-    exploreTable,
     '',
   ].join('\n');
   return { json, markdown, errors: summaries.reduce((n, s) => n + s.errors, 0), what: 'requests' };

@@ -1,15 +1,16 @@
 /**
  * The keyserver-sign bench's scenarios: raw token sessions, and the key server over unix or mutual TLS (the lean client,
- * load.ts); the exploration that picks the pipeline setting (connections × in flight), and the one-in-flight
- * latency after the rounds.
+ * load.ts) with a fixed pipeline setting (connections × in flight) per key; and the one-in-flight latency after the
+ * rounds.
  */
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import os from 'node:os';
+import { Algorithm } from '../../keyserver/protocol/constants.js';
 import { fmt } from '../harness/report.js';
 import type { Scenario } from '../harness/rounds.js';
 import type { Log } from '../harness/runner.js';
-import { median, round } from '../harness/stats.js';
+import type { ClosedLoop } from '../harness/stats.js';
 import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
 import type { BenchKey } from './keys.js';
 import { measureWindow, PipelinedSignLoad, RawToken, type WindowResult } from './load.js';
@@ -31,9 +32,8 @@ export function parsePipeline(text: string): Pipeline {
   return { connections: Number(m[1]), depth: Number(m[2]) };
 }
 
-/** The exploration's candidates; a smaller one within EXPLORE_TOLERANCE of the best wins (fewer in flight, lower latency). */
-export const PIPELINE_CANDIDATES: readonly Pipeline[] = [1, 2, 4].flatMap((connections) => [32, 64].map((depth) => ({ connections, depth })));
-export const EXPLORE_TOLERANCE = 0.03;
+/** What a load signs through: `sessions` raw sessions in this process, or the key server over `path`. */
+export type Target = { readonly path: 'raw'; readonly sessions: number } | { readonly path: Transport; readonly pipeline: Pipeline };
 
 export interface BenchScenario extends Scenario<WindowResult> {
   readonly key: BenchKey;
@@ -69,86 +69,41 @@ export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: 
   return { lab, raw, server, digests: Array.from({ length: 16 }, () => randomBytes(32)), keyIds, rampMs: o.rampMs };
 }
 
-const rawLoad = (rig: SignRig, key: BenchKey, sessions: number) => rig.raw!.load((k) => k.keyId === rig.keyIds.get(key.id), key, sessions, rig.digests);
-
-export function rawScenario(rig: SignRig, key: BenchKey, sessions: number): BenchScenario {
-  const load = rawLoad(rig, key, sessions);
-  const run = (durationMs: number, { signal }: { signal: AbortSignal | undefined }) => measureWindow(load, { durationMs, rampMs: rig.rampMs, signal });
-  return { name: `raw-${key.id}-${sessions}s`, key, path: 'raw', setting: `${sessions} sessions`, run, close: () => undefined };
-}
-
-/** `pipeline.connections` connections to the key server, each with `pipeline.depth` requests in flight. */
-export async function connectLoad(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline) {
+/** A load on `target`, with the key server's pid for its CPU (none for raw) and what closes its connections. */
+export async function openLoad(rig: SignRig, key: BenchKey, target: Target): Promise<{ load: ClosedLoop; serverPid?: number; close(): void }> {
+  const keyId = rig.keyIds.get(key.id)!;
+  if (target.path === 'raw') return { load: rig.raw!.load(keyId, key, target.sessions, rig.digests), close: () => undefined };
   const { lab, server } = rig;
-  const spec = { keyId: Buffer.from(rig.keyIds.get(key.id)!, 'hex'), algorithm: key.algorithm, digests: rig.digests };
   const sockets: net.Socket[] = [];
   const close = () => {
     for (const socket of sockets) socket.destroy();
   };
   try {
-    for (let i = 0; i < pipeline.connections; i++)
-      sockets.push(transport === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
-    return { load: new PipelinedSignLoad(sockets, spec, pipeline.depth), close };
+    for (let i = 0; i < target.pipeline.connections; i++)
+      sockets.push(target.path === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    const spec = { keyId: Buffer.from(keyId, 'hex'), algorithm: Algorithm[key.algorithm], digests: rig.digests };
+    return { load: new PipelinedSignLoad(sockets, spec, target.pipeline.depth), serverPid: server.pid, close };
   } catch (err) {
     close();
     throw err;
   }
 }
 
-/** Connections are opened at the first run and kept, as the proxy keeps them. */
-export function keyserverScenario(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline): BenchScenario {
-  let connected: Awaited<ReturnType<typeof connectLoad>> | undefined;
+/** Opens its load at the first run and keeps it (the proxy keeps its connections). */
+export function benchScenario(rig: SignRig, key: BenchKey, target: Target): BenchScenario {
+  let opened: Awaited<ReturnType<typeof openLoad>> | undefined;
+  const raw = target.path === 'raw';
   return {
-    name: `${transport}-${key.id}`,
+    name: raw ? `raw-${key.id}-${target.sessions}s` : `${target.path}-${key.id}`,
     key,
-    path: transport,
-    setting: pipelineName(pipeline),
+    path: target.path,
+    setting: raw ? `${target.sessions} sessions` : pipelineName(target.pipeline),
     async run(durationMs, { signal }) {
-      connected ??= await connectLoad(rig, key, transport, pipeline);
-      return measureWindow(connected.load, { durationMs, rampMs: rig.rampMs, serverPid: rig.server.pid, signal });
+      opened ??= await openLoad(rig, key, target);
+      return measureWindow(opened.load, { durationMs, rampMs: rig.rampMs, serverPid: opened.serverPid, signal });
     },
-    close: () => connected?.close(),
+    close: () => opened?.close(),
   };
-}
-
-/** A fresh connection set for one window, closed after it. */
-async function oneWindow(rig: SignRig, key: BenchKey, transport: Transport, pipeline: Pipeline, durationMs: number, signal: AbortSignal) {
-  const c = await connectLoad(rig, key, transport, pipeline);
-  try {
-    return await measureWindow(c.load, { durationMs, rampMs: rig.rampMs, serverPid: rig.server.pid, signal });
-  } finally {
-    c.close();
-  }
-}
-
-export type ExploreRow = Awaited<ReturnType<typeof explorePipeline>>['rows'][number];
-
-/** Every candidate over the unix socket, `passes` times (alternate passes reversed); the smallest within EXPLORE_TOLERANCE of the best wins. */
-export async function explorePipeline(rig: SignRig, key: BenchKey, exploreMs: number, passes: number, signal: AbortSignal, log: Log) {
-  const runs = new Map<Pipeline, WindowResult[]>(PIPELINE_CANDIDATES.map((p) => [p, []]));
-  // Warm the server for this key first, so the first candidate is not the cold one.
-  await oneWindow(rig, key, 'unix', PIPELINE_CANDIDATES[2]!, exploreMs, signal);
-  for (let pass = 0; pass < passes; pass++) {
-    for (const candidate of pass % 2 === 0 ? PIPELINE_CANDIDATES : [...PIPELINE_CANDIDATES].reverse()) {
-      const r = await oneWindow(rig, key, 'unix', candidate, exploreMs, signal);
-      if (r.errors > 0) throw new Error(`exploration ${key.id} ${pipelineName(candidate)}: ${r.errors} errors, first: ${r.firstError}`);
-      runs.get(candidate)!.push(r);
-    }
-  }
-  const rows = PIPELINE_CANDIDATES.map((p) => {
-    const rates = runs.get(p)!.map((r) => r.signsPerSecond);
-    const meanSignsPerSecond = rates.reduce((a, b) => a + b, 0) / rates.length;
-    const p99Us = median(runs.get(p)!.map((r) => r.latency.p99Us));
-    return { key: key.title, pipeline: pipelineName(p), signsPerSecond: rates.map((v) => round(v)), meanSignsPerSecond, p99Us };
-  });
-  const best = Math.max(...rows.map((r) => r.meanSignsPerSecond));
-  const inFlight = (p: Pipeline) => p.connections * p.depth;
-  const chosen = PIPELINE_CANDIDATES.filter((_, i) => rows[i]!.meanSignsPerSecond >= best * (1 - EXPLORE_TOLERANCE)).sort(
-    (a, b) => inFlight(a) - inFlight(b) || a.connections - b.connections,
-  )[0]!;
-  for (const r of rows) log(`  explore ${key.id} ${r.pipeline.padEnd(5)} ${fmt(r.meanSignsPerSecond).padStart(8)} signs/s  p99 ${fmt(r.p99Us)} µs`);
-  log(`  explore ${key.id}: chose ${pipelineName(chosen)}`);
-  return { chosen, rows };
 }
 
 export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
@@ -156,10 +111,9 @@ export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
 /** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
 export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, durationMs: number, signal: AbortSignal, log: Log) {
   signal.throwIfAborted();
-  const r =
-    path === 'raw'
-      ? await measureWindow(rawLoad(rig, key, 1), { durationMs, rampMs: rig.rampMs, signal })
-      : await oneWindow(rig, key, path, { connections: 1, depth: 1 }, durationMs, signal);
+  const target: Target = path === 'raw' ? { path, sessions: 1 } : { path, pipeline: { connections: 1, depth: 1 } };
+  const scenario = benchScenario(rig, key, target);
+  const r = await scenario.run(durationMs, { phase: 'measure', round: 0, signal }).finally(() => scenario.close());
   log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
   return { key: key.title as string, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
 }
