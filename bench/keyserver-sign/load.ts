@@ -1,27 +1,58 @@
 /**
- * Closed-loop signing loads (harness/stats.ts) and the measuring window around them:
+ * The key types keyserver-sign signs with, and its closed-loop signing loads (harness/stats.ts):
  * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit then C_Sign in its callback form (the sign
  *   runs on a libuv pool thread): the ceiling the token allows.
  * - PipelinedSignLoad: the lean key-server client, `depth` pre-encoded SIGN frames in flight per connection (id = slot),
  *   answers cut by the project's FrameReader and checked by decodeResponse, the requests one read triggers sent in one
  *   corked write: as little client CPU as possible, so the server's cost is what shows.
- * `measureWindow` reads every counter at both ends of a window while the load keeps running, so ramp-up and drain stay
- * out of the figures.
+ * `measureWindow` reads every counter at both ends of a window while the load keeps running: ramp-up and drain stay out.
  */
 import type net from 'node:net';
-import type pkcs11js from 'pkcs11js';
+import pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { tokenOptions } from '../../keyserver/server/daemon.js';
-import { listKeys, type TokenKey } from '../../keyserver/token/keys.js';
+import { listKeys } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
 import { delta, perUnit, snapshot, threadCpu, totalUs, usageBetween } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
-import type { BenchKey } from './keys.js';
+
+/**
+ * type: what `keyedge key generate` makes; algorithm: the key server's wire name; mechanism: raw signing's (as
+ * keyserver/token/sign.ts); outputBytes: the raw signature's size (r||s, or the modulus). pipeline: the key server's
+ * C connections × D in flight, from the former exploration (bench/results/2026-12-0[34]-keyserver-sign.md): ECDSA
+ * gains up to 4x64, RSA is flat from 1x64 (within 3%).
+ */
+export const BENCH_KEYS = [
+  {
+    id: 'ec',
+    title: 'ECDSA P-256',
+    type: 'ec-p256',
+    algorithm: 'ECDSA_SHA256',
+    mechanism: { mechanism: pkcs11js.CKM_ECDSA },
+    outputBytes: 64,
+    pipeline: '4x64',
+  },
+  {
+    id: 'rsa',
+    title: 'RSA-2048',
+    type: 'rsa-2048',
+    algorithm: 'RSA_PSS_SHA256',
+    // Salt = hash length, MGF1 with the same hash: RFC 8446 §4.2.3, as sign.ts.
+    mechanism: {
+      mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
+      parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS,
+    },
+    outputBytes: 256,
+    pipeline: '2x64',
+  },
+] as const;
+
+export type BenchKey = (typeof BENCH_KEYS)[number];
 
 class RawSignLoad extends ClosedLoop {
   constructor(
@@ -60,19 +91,17 @@ class RawSignLoad extends ClosedLoop {
 export class RawToken {
   readonly config: KeyserverConfig;
   readonly token: Token;
-  readonly keys: readonly TokenKey[];
   readonly sessions: pkcs11js.Handle[] = [];
 
   constructor(configPath: string, sessions: number) {
     this.config = loadKeyserverConfig(configPath);
     this.token = Token.open(tokenOptions(this.config));
-    this.keys = listKeys(this.token);
     for (let i = 0; i < sessions; i++) this.sessions.push(this.token.openSession());
   }
 
   /** A load signing with the key `keyId` (hex), with `key`'s mechanism, on the first `sessions` sessions. */
   load(keyId: string, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
-    const tokenKey = this.keys.find((k) => k.keyId === keyId);
+    const tokenKey = listKeys(this.token).find((k) => k.keyId === keyId);
     if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
     return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), tokenKey.privateHandle, key, digests);
   }
@@ -83,16 +112,14 @@ export class RawToken {
   }
 }
 
-/** What a key-server load signs; slot i of connection c signs digests[(c × depth + i) % length]. */
-type SignRequestSpec = { readonly keyId: Buffer; readonly algorithm: AlgorithmByte; readonly digests: readonly Buffer[] };
-
+/** `spec`: what it signs; slot i of connection c signs digests[(c × depth + i) % length]. */
 export class PipelinedSignLoad extends ClosedLoop {
   readonly #frames: Buffer[][];
   readonly #started: Float64Array[];
 
   constructor(
     readonly sockets: readonly net.Socket[],
-    spec: SignRequestSpec,
+    spec: { readonly keyId: Buffer; readonly algorithm: AlgorithmByte; readonly digests: readonly Buffer[] },
     readonly depth: number,
   ) {
     super();
@@ -146,62 +173,59 @@ export class PipelinedSignLoad extends ClosedLoop {
   }
 }
 
-/** `rampMs`: the load runs this long before the window opens; `serverPid`: the key server's, absent for in-process loads. */
-type WindowOptions = { readonly durationMs: number; readonly rampMs: number; readonly serverPid?: number; readonly signal?: AbortSignal };
-
 /** One window's figures (bench/README.md, "What the figures mean"): CPU per sign in µs, cores in cores of the window. */
 export type WindowResult = Awaited<ReturnType<typeof measureWindow>>;
 
-/** Starts `load`, measures a window of `durationMs` after `rampMs`, stops it and waits for it to drain. */
-export async function measureWindow(load: ClosedLoop, o: WindowOptions) {
+/**
+ * Starts `load`, measures a window of `durationMs` after `rampMs`, stops it and waits for it to drain; `serverPid`: the
+ * key server's, absent for in-process loads.
+ */
+export async function measureWindow(load: ClosedLoop, o: { durationMs: number; rampMs: number; serverPid?: number; signal?: AbortSignal }) {
   const pid = o.serverPid;
   const server = [{ name: 'server', roots: () => (pid === undefined ? [] : [pid]) }];
   // The key server's threads: main = JavaScript, framing, socket syscalls; others = the signing workers, V8's helpers.
   const read = () => ({ completed: load.completed, errors: load.errors, cpu: snapshot(server), threads: pid === undefined ? undefined : threadCpu(pid) });
-  load.latency.reset();
-  load.start();
-  try {
+  const window = async () => {
     await sleep(o.rampMs, o.signal);
     const a = read();
     load.recording = true;
     await sleep(o.durationMs, o.signal);
     load.recording = false;
-    const b = read();
-    const usage = usageBetween(a.cpu, b.cpu);
-    const signs = b.completed - a.completed;
-    const { per, cores, otherCores } = perUnit(usage, signs);
-    const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
-    const thread = (pick: 'main' | 'others') => perSign(totalUs(delta(a.threads![pick], b.threads![pick])));
-    const s = usage.groups.server!;
-    const result = {
-      signs,
-      errors: b.errors - a.errors,
-      firstError: load.firstError,
-      seconds: usage.seconds,
-      signsPerSecond: signs / usage.seconds,
-      latency: load.latency.summary(),
-      clientCpuUsPerSign: perSign(totalUs(delta(a.cpu.self, b.cpu.self))),
-      clientCpuCores: usage.selfCores,
-      machine: { busyCores: usage.machineBusyCores, stealCores: usage.stealCores, otherCores },
-      ...(pid === undefined
-        ? {}
+    return [a, read()] as const;
+  };
+  load.latency.reset();
+  load.start();
+  // Requests still outstanding when stop() gave up waiting (should be 0).
+  let undrained = 0;
+  const [a, b] = await window().finally(async () => void (undrained = await load.stop()));
+  if (undrained > 0) process.stderr.write(`warning: ${undrained} requests still outstanding after stop\n`);
+  const usage = usageBetween(a.cpu, b.cpu);
+  const signs = b.completed - a.completed;
+  const { per, cores, otherCores } = perUnit(usage, signs);
+  const perSign = (us: number) => (signs > 0 ? us / signs : Number.NaN);
+  const thread = (pick: 'main' | 'others') => perSign(totalUs(delta(a.threads![pick], b.threads![pick])));
+  const s = usage.groups.server!;
+  return {
+    signs,
+    errors: b.errors - a.errors,
+    firstError: load.firstError,
+    seconds: usage.seconds,
+    signsPerSecond: signs / usage.seconds,
+    latency: load.latency.summary(),
+    clientCpuUsPerSign: perSign(totalUs(delta(a.cpu.self, b.cpu.self))),
+    clientCpuCores: usage.selfCores,
+    machine: { busyCores: usage.machineBusyCores, stealCores: usage.stealCores, otherCores },
+    server:
+      pid === undefined
+        ? undefined
         : {
-            server: {
-              cpuUsPerSign: per('server'),
-              userUsPerSign: perSign(s.userUs),
-              systemUsPerSign: perSign(s.systemUs),
-              mainThreadUsPerSign: thread('main'),
-              otherThreadsUsPerSign: thread('others'),
-              cpuCores: cores('server'),
-            },
-          }),
-    };
-    // Requests still outstanding when stop() gave up waiting (should be 0).
-    const undrained = await load.stop();
-    if (undrained > 0) process.stderr.write(`warning: ${undrained} requests still outstanding after stop\n`);
-    return { ...result, undrained };
-  } catch (err) {
-    await load.stop();
-    throw err;
-  }
+            cpuUsPerSign: per('server'),
+            userUsPerSign: perSign(s.userUs),
+            systemUsPerSign: perSign(s.systemUs),
+            mainThreadUsPerSign: thread('main'),
+            otherThreadsUsPerSign: thread('others'),
+            cpuCores: cores('server'),
+          },
+    undrained,
+  };
 }

@@ -10,8 +10,7 @@ import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { fmt } from '../harness/report.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS } from './keys.js';
-import type { WindowResult } from './load.js';
+import { BENCH_KEYS, type WindowResult } from './load.js';
 import { report } from './report.js';
 import * as sc from './scenarios.js';
 
@@ -49,11 +48,7 @@ function parseOptions(argv: string[]) {
 }
 
 /** The lab, the rig once the key server runs, the scenarios. */
-export interface Lab {
-  readonly lab: KeyserverLab;
-  rig?: sc.SignRig;
-  readonly scenarios: sc.BenchScenario[];
-}
+export type Lab = { readonly lab: KeyserverLab; rig?: sc.SignRig; readonly scenarios: sc.BenchScenario[] };
 
 const cores = os.availableParallelism();
 

@@ -6,7 +6,7 @@
  *
  * Usage: node dist/bench/keyserver-sign/profile.js [--key ec|rsa] [--transport unix|tls] [options]   (--help)
  */
-import { mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCli } from '../harness/cli.js';
@@ -15,8 +15,7 @@ import { exitOnInterrupt, runBench } from '../harness/runner.js';
 import { topFunctionsTables } from '../harness/profile-table.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS } from './keys.js';
-import { measureWindow } from './load.js';
+import { BENCH_KEYS, measureWindow } from './load.js';
 import { openLoad, parsePipeline, pipelineName, startRig } from './scenarios.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -39,12 +38,12 @@ async function main(): Promise<number> {
   const transport = v.transport as 'unix' | 'tls';
   const pipeline = parsePipeline(v.pipeline ?? key.pipeline);
   const outDir = resolve(v.out);
-  const profDir = join(outDir, `tmp-${process.pid}`);
-  mkdirSync(profDir, { recursive: true });
+  mkdirSync(outDir, { recursive: true });
   const lab = new KeyserverLab(v.sessions === undefined ? {} : { sessions: v.sessions });
   exitOnInterrupt(() => lab.cleanup());
   try {
-    const nodeArgs = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', String(v.interval)];
+    // Every thread of the server writes CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile; thread 0 is the main one.
+    const nodeArgs = ['--cpu-prof', '--cpu-prof-dir', outDir, '--cpu-prof-interval', String(v.interval)];
     const rig = await startRig(lab, [key], { rampMs: 500, nodeArgs }, (line) => process.stderr.write(`${line}\n`));
     const connected = await openLoad(rig, key, { path: transport, pipeline });
     const window = await measureWindow(connected.load, { durationMs: v.seconds * 1000, rampMs: 500, serverPid: connected.serverPid });
@@ -52,10 +51,10 @@ async function main(): Promise<number> {
     connected.close();
     await rig.server.stop(10_000);
 
-    const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
-    if (file === undefined) throw new Error(`no profile written in ${profDir}`);
+    const file = readdirSync(outDir).find((f) => f.startsWith('CPU.') && f.includes(`.${rig.server.pid}.0.`) && f.endsWith('.cpuprofile'));
+    if (file === undefined) throw new Error(`no profile of the key server's main thread in ${outDir}`);
     const kept = join(outDir, `${dateStamp()}-keyserver-${key.id}-${transport}-${pipelineName(pipeline)}.cpuprofile`);
-    renameSync(join(profDir, file), kept);
+    renameSync(join(outDir, file), kept);
     const summary = summarizeProfile(kept, REPO_ROOT);
     const s = window.server!;
     process.stdout.write(
@@ -72,8 +71,6 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     lab.cleanup();
-    for (const f of readdirSync(profDir)) renameSync(join(profDir, f), join(outDir, f));
-    rmSync(profDir, { recursive: true, force: true });
   }
 }
 

@@ -1,7 +1,6 @@
 /**
  * The keyserver-sign bench's figures and Markdown: per scenario the medians over the clean rounds (harness/runner.ts),
- * the ratios to the ceiling (the faster raw setting per key) and the one-in-flight latencies.
- * The figures are explained in bench/README.md, "What the figures mean".
+ * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies (bench/README.md explains).
  */
 import { columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
@@ -123,11 +122,9 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     '',
     `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.filter((v) => v !== '–').join('; ')}.`,
     '',
-    `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †).`,
-    '"vs raw": ÷ the ceiling (the faster raw setting for the key), in brackets each round ÷ the ceiling\'s same round;',
-    "\"CPU vs raw\": the ceiling's total CPU per sign ÷ this path's. Server: the key server's utime+stime per sign (main",
-    'thread + signing workers and V8 helpers); bench: this process (raw: the whole sign; key server: the client); total =',
-    'both. Every figure: bench/README.md, "keyserver-sign".',
+    `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). "vs raw": ÷ the ceiling (the faster raw`,
+    'setting), in brackets each round ÷ the ceiling\'s same round; "CPU vs raw": the ceiling\'s total CPU per sign ÷ this',
+    "path's. Server: the key server's CPU per sign; bench: this process (raw: the whole sign); every figure: bench/README.md.",
     '',
     '## Latency with one request in flight',
     '',

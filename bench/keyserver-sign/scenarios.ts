@@ -8,18 +8,14 @@ import type net from 'node:net';
 import os from 'node:os';
 import { Algorithm } from '../../keyserver/protocol/constants.js';
 import { fmt } from '../harness/report.js';
-import type { Scenario } from '../harness/rounds.js';
+import type { RunContext } from '../harness/rounds.js';
 import type { Log } from '../harness/runner.js';
 import type { ClosedLoop } from '../harness/stats.js';
-import { connectTls, connectUnix, type KeyserverLab, type KeyserverProcess } from '../lab/keyserver.js';
-import type { BenchKey } from './keys.js';
-import { measureWindow, PipelinedSignLoad, RawToken, type WindowResult } from './load.js';
+import { connectTls, connectUnix, type KeyserverLab } from '../lab/keyserver.js';
+import { type BenchKey, measureWindow, PipelinedSignLoad, RawToken } from './load.js';
 
 /** Raw sessions: cores and 2 × cores; the faster is the ceiling. */
 export const RAW_SESSION_COUNTS = [...new Set([os.availableParallelism(), 2 * os.availableParallelism()])];
-
-export type Transport = 'unix' | 'tls';
-export type Path = 'raw' | Transport;
 
 /** C connections to the key server, D requests in flight on each. */
 export type Pipeline = { readonly connections: number; readonly depth: number };
@@ -33,34 +29,17 @@ export function parsePipeline(text: string): Pipeline {
 }
 
 /** What a load signs through: `sessions` raw sessions in this process, or the key server over `path`. */
-export type Target = { readonly path: 'raw'; readonly sessions: number } | { readonly path: Transport; readonly pipeline: Pipeline };
+export type Target = { readonly path: 'raw'; readonly sessions: number } | { readonly path: 'unix' | 'tls'; readonly pipeline: Pipeline };
+export type Path = Target['path'];
 
-export interface BenchScenario extends Scenario<WindowResult> {
-  readonly key: BenchKey;
-  readonly path: Path;
-  /** "N sessions" for raw, "CxD" for the key server. */
-  readonly setting: string;
-  close(): void;
-}
-
-/** What the scenarios sign with: the raw token opened in this process, the key server. */
-export interface SignRig {
-  readonly lab: KeyserverLab;
-  readonly raw?: RawToken;
-  readonly server: KeyserverProcess;
-  readonly digests: readonly Buffer[];
-  /** Key id (hex) by BenchKey id. */
-  readonly keyIds: ReadonlyMap<string, string>;
-  readonly rampMs: number;
-}
-
-type RigOptions = { readonly rampMs: number; readonly nodeArgs?: readonly string[]; readonly rawSessions?: number };
+/** What the scenarios sign with: the raw token opened in this process, the key server; `keyIds`: hex by BenchKey id. */
+export type SignRig = Awaited<ReturnType<typeof startRig>>;
 
 /** Generates `keys` in the lab's token, opens it here with `rawSessions` sessions (if given) and starts the key server with `nodeArgs`. */
-export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: RigOptions, log: Log): Promise<SignRig> {
+export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: { rampMs: number; nodeArgs?: string[]; rawSessions?: number }, log: Log) {
   const keyIds = new Map<string, string>();
   for (const key of keys) {
-    keyIds.set(key.id, await lab.generateKey(key.type, key.label));
+    keyIds.set(key.id, await lab.generateKey(key.type, `bench-${key.type}`));
     log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
   }
   const raw = o.rawSessions === undefined ? undefined : new RawToken(lab.configPath, o.rawSessions);
@@ -89,8 +68,10 @@ export async function openLoad(rig: SignRig, key: BenchKey, target: Target): Pro
   }
 }
 
-/** Opens its load at the first run and keeps it (the proxy keeps its connections). */
-export function benchScenario(rig: SignRig, key: BenchKey, target: Target): BenchScenario {
+export type BenchScenario = ReturnType<typeof benchScenario>;
+
+/** Opens its load at the first run and keeps it (the proxy keeps its connections); `setting`: "N sessions" or "CxD". */
+export function benchScenario(rig: SignRig, key: BenchKey, target: Target) {
   let opened: Awaited<ReturnType<typeof openLoad>> | undefined;
   const raw = target.path === 'raw';
   return {
@@ -98,7 +79,7 @@ export function benchScenario(rig: SignRig, key: BenchKey, target: Target): Benc
     key,
     path: target.path,
     setting: raw ? `${target.sessions} sessions` : pipelineName(target.pipeline),
-    async run(durationMs, { signal }) {
+    async run(durationMs: number, { signal }: Pick<RunContext, 'signal'>) {
       opened ??= await openLoad(rig, key, target);
       return measureWindow(opened.load, { durationMs, rampMs: rig.rampMs, serverPid: opened.serverPid, signal });
     },
@@ -111,9 +92,8 @@ export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
 /** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
 export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, durationMs: number, signal: AbortSignal, log: Log) {
   signal.throwIfAborted();
-  const target: Target = path === 'raw' ? { path, sessions: 1 } : { path, pipeline: { connections: 1, depth: 1 } };
-  const scenario = benchScenario(rig, key, target);
-  const r = await scenario.run(durationMs, { phase: 'measure', round: 0, signal }).finally(() => scenario.close());
+  const scenario = benchScenario(rig, key, path === 'raw' ? { path, sessions: 1 } : { path, pipeline: { connections: 1, depth: 1 } });
+  const r = await scenario.run(durationMs, { signal }).finally(() => scenario.close());
   log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
   return { key: key.title as string, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
 }
