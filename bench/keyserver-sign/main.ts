@@ -1,8 +1,8 @@
 /**
  * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
  * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions in this process (cores and 2 × cores: the faster is the
- * ceiling), the key server over its unix socket, and over mutual TLS 1.3. A description for harness/runner.ts;
- * scenarios.ts, load.ts and report.ts do the rest. Method and figures: bench/README.md, "keyserver-sign".
+ * ceiling), the key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts;
+ * scenarios.ts, load.ts and report.ts do the rest; bench/README.md, "keyserver-sign", the method and figures.
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
@@ -76,14 +76,11 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
   plan: (o, scenarios) => `warm-up ${o.warmupMs / 1000} s per scenario, then ${o.rounds} rounds of ${o.measureMs / 1000} s over ${scenarios.length} scenarios`,
   rounds: () => ({ failSoft: false }),
   pad: 12,
-  line(r) {
-    const onServer = r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`;
-    return (
-      `${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
-      `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)${onServer} machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}` +
-      (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : '')
-    );
-  },
+  line: (r) =>
+    `${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
+    `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)` +
+    (r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`) +
+    ` machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}${r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : ''}`,
   report,
   async close({ lab, scenarios, rig }, o, log) {
     for (const s of scenarios) s.close();

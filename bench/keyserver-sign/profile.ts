@@ -2,9 +2,7 @@
  * Where the key server's time goes under a signing load: the server under `node --cpu-prof`, one key type over one
  * transport with the lean client, and the functions that cost most per sign (self and inclusive), next to the
  * process's CPU per sign from /proc. Sampling costs a few percent and V8 samples the main thread by wall clock: this
- * finds hot spots, main.ts sizes them. The .cpuprofile is kept for DevTools or speedscope.
- *
- * Usage: node dist/bench/keyserver-sign/profile.js [--key ec|rsa] [--transport unix|tls] [options]   (--help)
+ * finds hot spots, main.ts sizes them. The .cpuprofile is kept for DevTools or speedscope. `--help` for the options.
  */
 import { mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';

@@ -2,11 +2,11 @@
  * The keyserver-sign bench's figures and Markdown: per scenario the medians over the clean rounds (harness/runner.ts),
  * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies (bench/README.md explains).
  */
-import { columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { columnTable, fmt, machineLines, minMax, rangeText } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
 import type { WindowResult } from './load.js';
 import type { Lab, Options } from './main.js';
-import { type BenchScenario, type IdleLatencyRow, idleLatency, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
+import { type BenchScenario, idleLatency, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
 
 const TARGET_RATIO = 0.85;
 
@@ -67,7 +67,7 @@ const ratio = (s: ScenarioSummary, f: (v: NonNullable<ScenarioSummary['vsRaw']>)
 export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['report'] = async (held, o, scenarios, measured, env) => {
   const { lab, rig } = held;
   const { results, order } = measured;
-  const idle: IdleLatencyRow[] = [];
+  const idle = [];
   for (const key of o.keys) for (const path of o.paths) idle.push(await idleLatency(rig!, key, path, o.idleMs, env.signal, env.log));
   const summaries = summarize(scenarios, results);
   const settings = {
@@ -83,7 +83,7 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     idleLatency: idle,
     scenarios: summaries,
   };
-  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${JSON.stringify(v)}`);
   const table = columnTable(summaries, [
     ['Key', 'left', (s) => s.title],
     ['Path', 'left', (s) => s.path + (s.ceiling ? ' (ceiling)' : '')],
@@ -100,17 +100,13 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     ...roundColumns<ScenarioSummary>('machine busy / others (cores)'),
   ]);
   const verdicts = summaries.map((s) => ratio(s, (v) => `${s.title} ${s.path}: ${fmt(v.ratio, 2)} ${v.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`));
-  const idleTable = specTable(
-    idle,
-    [
-      ['Key', 'left', (r) => r.key],
-      ['Path', 'left', (r) => r.path],
-      ['p50 µs', 'right', (r) => fmt(r.p50Us)],
-      ['p99 µs', 'right', (r) => fmt(r.p99Us)],
-      ['signs/s', 'right', (r) => fmt(r.signsPerSecond)],
-    ],
-    '(not measured)',
-  );
+  const idleTable = columnTable(idle, [
+    ['Key', 'left', (r) => r.key],
+    ['Path', 'left', (r) => r.path],
+    ['p50 µs', 'right', (r) => fmt(r.p50Us)],
+    ['p99 µs', 'right', (r) => fmt(r.p99Us)],
+    ['signs/s', 'right', (r) => fmt(r.signsPerSecond)],
+  ]);
   const markdown = [
     `# keyserver-sign, ${env.date}${o.quick ? ' (quick)' : ''}`,
     '',

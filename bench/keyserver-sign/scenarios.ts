@@ -1,7 +1,6 @@
 /**
  * The keyserver-sign bench's scenarios: raw token sessions, and the key server over unix or mutual TLS (the lean client,
- * load.ts) with a fixed pipeline setting (connections × in flight) per key; and the one-in-flight latency after the
- * rounds.
+ * load.ts) with a fixed pipeline setting (connections × in flight) per key; the one-in-flight latency after the rounds.
  */
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
@@ -86,8 +85,6 @@ export function benchScenario(rig: SignRig, key: BenchKey, target: Target) {
     close: () => opened?.close(),
   };
 }
-
-export type IdleLatencyRow = Awaited<ReturnType<typeof idleLatency>>;
 
 /** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
 export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, durationMs: number, signal: AbortSignal, log: Log) {
