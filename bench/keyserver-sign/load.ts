@@ -1,11 +1,10 @@
 /**
- * The key types keyserver-sign signs with, and its closed-loop signing loads (harness/stats.ts):
- * - RawSignLoad: pkcs11js in this process, one loop per session, C_SignInit then C_Sign in its callback form (the sign
- *   runs on a libuv pool thread): the ceiling the token allows.
- * - PipelinedSignLoad: the lean key-server client, `depth` pre-encoded SIGN frames in flight per connection (id = slot),
- *   answers cut by the project's FrameReader and checked by decodeResponse, the requests one read triggers sent in one
- *   corked write: as little client CPU as possible, so the server's cost is what shows.
- * `measureWindow` reads every counter at both ends of a window while the load keeps running: ramp-up and drain stay out.
+ * The key types keyserver-sign signs with, its closed-loop signing loads (harness/stats.ts) and their measuring window:
+ * - RawSignLoad: pkcs11js here, one loop per session, C_SignInit then C_Sign in its callback form (on a libuv pool
+ *   thread): the ceiling the token allows.
+ * - PipelinedSignLoad: the lean key-server client (bench/README.md, "Which client, and why"): `depth` pre-encoded SIGN
+ *   frames in flight per connection, the requests one read triggers in one corked write, so the server's cost shows.
+ * - measureWindow: every counter read at both ends of a window while the load runs: ramp-up and drain stay out.
  */
 import type net from 'node:net';
 import pkcs11js from 'pkcs11js';
@@ -22,10 +21,9 @@ import { sleep } from '../harness/rounds.js';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 
 /**
- * type: what `keyedge key generate` makes; algorithm: the key server's wire name; mechanism: raw signing's (as
- * keyserver/token/sign.ts); outputBytes: the raw signature's size (r||s, or the modulus). pipeline: the key server's
- * C connections × D in flight, from the former exploration (bench/results/2026-12-0[34]-keyserver-sign.md): ECDSA
- * gains up to 4x64, RSA is flat from 1x64 (within 3%).
+ * mechanism: raw signing's (as keyserver/token/sign.ts); outputBytes: the raw signature's size (r||s, or the modulus);
+ * pipeline: the key server's C connections × D in flight, what the former exploration chose
+ * (bench/results/2026-12-0[34]-keyserver-sign.md): ECDSA gains up to 4x64, RSA is flat from 1x64 (within 3%).
  */
 export const BENCH_KEYS = [
   {
@@ -101,9 +99,8 @@ export class RawToken {
 
   /** A load signing with the key `keyId` (hex), with `key`'s mechanism, on the first `sessions` sessions. */
   load(keyId: string, key: BenchKey, sessions: number, digests: readonly Buffer[]): RawSignLoad {
-    const tokenKey = listKeys(this.token).find((k) => k.keyId === keyId);
-    if (tokenKey === undefined) throw new Error(`no such key in the token for ${key.title}`);
-    return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), tokenKey.privateHandle, key, digests);
+    const handle = listKeys(this.token).find((k) => k.keyId === keyId)!.privateHandle;
+    return new RawSignLoad(this.token.pkcs11, this.sessions.slice(0, sessions), handle, key, digests);
   }
 
   close(): void {

@@ -1,8 +1,8 @@
 /**
  * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
- * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions in this process (cores and 2 × cores: the faster is the
- * ceiling), the key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts;
- * scenarios.ts, load.ts and report.ts do the rest; bench/README.md, "keyserver-sign", the method and figures.
+ * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions here (cores and 2 × cores: the faster is the ceiling), the
+ * key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts; scenarios.ts, load.ts
+ * and report.ts do the rest. Method and figures: bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';

@@ -66,10 +66,9 @@ const ratio = (s: ScenarioSummary, f: (v: NonNullable<ScenarioSummary['vsRaw']>)
 /** The bench's report (harness/runner.ts MeasuringBench), after the one-in-flight latencies. */
 export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['report'] = async (held, o, scenarios, measured, env) => {
   const { lab, rig } = held;
-  const { results, order } = measured;
   const idle = [];
   for (const key of o.keys) for (const path of o.paths) idle.push(await idleLatency(rig!, key, path, o.idleMs, env.signal, env.log));
-  const summaries = summarize(scenarios, results);
+  const summaries = summarize(scenarios, measured.results);
   const settings = {
     rawSessions: RAW_SESSION_COUNTS,
     keyserverSessions: rig!.raw!.config.pkcs11.sessions,
@@ -111,7 +110,7 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     `# keyserver-sign, ${env.date}${o.quick ? ' (quick)' : ''}`,
     '',
     ...machineLines(env.machine),
-    `Method: ${order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
+    `Method: ${measured.order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
       `${o.rampMs} ms after the load starts. Settings: ${settingsText.join('; ')}.`,
     '',
     table,

@@ -53,9 +53,7 @@ export async function openLoad(rig: SignRig, key: BenchKey, target: Target): Pro
   if (target.path === 'raw') return { load: rig.raw!.load(keyId, key, target.sessions, rig.digests), close: () => undefined };
   const { lab, server } = rig;
   const sockets: net.Socket[] = [];
-  const close = () => {
-    for (const socket of sockets) socket.destroy();
-  };
+  const close = () => sockets.forEach((socket) => void socket.destroy());
   try {
     for (let i = 0; i < target.pipeline.connections; i++)
       sockets.push(target.path === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
