@@ -1,24 +1,28 @@
 /**
- * The key types keyserver-sign signs with, its closed-loop signing loads (harness/stats.ts) and their measuring window:
- * - RawSignLoad: pkcs11js here, one loop per session, C_SignInit then C_Sign in its callback form (on a libuv pool
- *   thread): the ceiling the token allows.
- * - PipelinedSignLoad: the lean key-server client (bench/README.md, "Which client, and why"): `depth` pre-encoded SIGN
- *   frames in flight per connection, the requests one read triggers in one corked write, so the server's cost shows.
- * - measureWindow: every counter read at both ends of a window while the load runs: ramp-up and drain stay out.
+ * What keyserver-sign signs with and how it measures (main.ts, profile.ts): the key types; the rig (the lab's token
+ * opened here, the key server started); closed-loop loads (harness/stats.ts) on a target: raw (RawSignLoad: pkcs11js
+ * here, one C_SignInit + C_Sign loop per session, the sign on a libuv pool thread: the token's ceiling), unix or tls
+ * (PipelinedSignLoad: the lean client, bench/README.md "Which client, and why"); measureWindow, every counter read at
+ * both ends of a window while the load runs (ramp-up and drain stay out); the scenarios and the one-in-flight latency.
  */
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import os from 'node:os';
 import pkcs11js from 'pkcs11js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
-import type { AlgorithmByte } from '../../keyserver/protocol/constants.js';
+import { Algorithm, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { tokenOptions } from '../../keyserver/server/daemon.js';
 import { listKeys } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
 import { delta, perUnit, snapshot, threadCpu, totalUs, usageBetween } from '../harness/proc-cpu.js';
-import { sleep } from '../harness/rounds.js';
+import { fmt } from '../harness/report.js';
+import { type RunContext, sleep } from '../harness/rounds.js';
+import type { Log } from '../harness/runner.js';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
+import { connectTls, connectUnix, type KeyserverLab } from '../lab/keyserver.js';
 
 /**
  * mechanism: raw signing's (as keyserver/token/sign.ts); outputBytes: the raw signature's size (r||s, or the modulus);
@@ -51,6 +55,24 @@ export const BENCH_KEYS = [
 ] as const;
 
 export type BenchKey = (typeof BENCH_KEYS)[number];
+
+/** Raw sessions: cores and 2 × cores; the faster is the ceiling. */
+export const RAW_SESSION_COUNTS = [...new Set([os.availableParallelism(), 2 * os.availableParallelism()])];
+
+/** C connections to the key server, D requests in flight on each. */
+export type Pipeline = { readonly connections: number; readonly depth: number };
+
+export const pipelineName = (p: Pipeline): string => `${p.connections}x${p.depth}`;
+
+export function parsePipeline(text: string): Pipeline {
+  const m = /^(\d+)x(\d+)$/.exec(text);
+  if (m === null || Number(m[1]) < 1 || Number(m[2]) < 1) throw new Error(`a pipeline setting looks like 2x32 (connections x in flight), got '${text}'`);
+  return { connections: Number(m[1]), depth: Number(m[2]) };
+}
+
+/** What a load signs through: `sessions` raw sessions in this process, or the key server over `path`. */
+export type Target = { readonly path: 'raw'; readonly sessions: number } | { readonly path: 'unix' | 'tls'; readonly pipeline: Pipeline };
+export type Path = Target['path'];
 
 class RawSignLoad extends ClosedLoop {
   constructor(
@@ -225,4 +247,66 @@ export async function measureWindow(load: ClosedLoop, o: { durationMs: number; r
           },
     undrained,
   };
+}
+
+/** What the scenarios sign with: the raw token opened in this process, the key server; `keyIds`: hex by BenchKey id. */
+export type SignRig = Awaited<ReturnType<typeof startRig>>;
+
+/** Generates `keys` in the lab's token, opens it here with `rawSessions` sessions (if given) and starts the key server with `nodeArgs`. */
+export async function startRig(lab: KeyserverLab, keys: readonly BenchKey[], o: { rampMs: number; nodeArgs?: string[]; rawSessions?: number }, log: Log) {
+  const keyIds = new Map<string, string>();
+  for (const key of keys) {
+    keyIds.set(key.id, await lab.generateKey(key.type, `bench-${key.type}`));
+    log(`generated ${key.title} key ${keyIds.get(key.id)!.slice(0, 16)}… with keyedge key generate`);
+  }
+  const raw = o.rawSessions === undefined ? undefined : new RawToken(lab.configPath, o.rawSessions);
+  const server = await lab.startServer({ nodeArgs: o.nodeArgs ?? [] });
+  log(`key server pid ${server.pid}, unix ${server.unixPath}, tcp 127.0.0.1:${server.tcpPort}, sessions ${raw?.config.pkcs11.sessions ?? 'default'}`);
+  return { lab, raw, server, digests: Array.from({ length: 16 }, () => randomBytes(32)), keyIds, rampMs: o.rampMs };
+}
+
+/** A load on `target`, with the key server's pid for its CPU (none for raw) and what closes its connections. */
+export async function openLoad(rig: SignRig, key: BenchKey, target: Target) {
+  const keyId = rig.keyIds.get(key.id)!;
+  if (target.path === 'raw') return { load: rig.raw!.load(keyId, key, target.sessions, rig.digests), serverPid: undefined, close: () => undefined };
+  const { lab, server } = rig;
+  const sockets: net.Socket[] = [];
+  const close = () => sockets.forEach((socket) => void socket.destroy());
+  try {
+    for (let i = 0; i < target.pipeline.connections; i++)
+      sockets.push(target.path === 'unix' ? await connectUnix(server.unixPath) : await connectTls(server.tcpPort, lab.tls));
+    const spec = { keyId: Buffer.from(keyId, 'hex'), algorithm: Algorithm[key.algorithm], digests: rig.digests };
+    return { load: new PipelinedSignLoad(sockets, spec, target.pipeline.depth), serverPid: server.pid, close };
+  } catch (err) {
+    close();
+    throw err;
+  }
+}
+
+export type BenchScenario = ReturnType<typeof benchScenario>;
+
+/** Opens its load at the first run and keeps it (the proxy keeps its connections); `setting`: "N sessions" or "CxD". */
+export function benchScenario(rig: SignRig, key: BenchKey, target: Target) {
+  let opened: Awaited<ReturnType<typeof openLoad>> | undefined;
+  const raw = target.path === 'raw';
+  return {
+    name: raw ? `raw-${key.id}-${target.sessions}s` : `${target.path}-${key.id}`,
+    key,
+    path: target.path,
+    setting: raw ? `${target.sessions} sessions` : pipelineName(target.pipeline),
+    async run(durationMs: number, { signal }: Pick<RunContext, 'signal'>) {
+      opened ??= await openLoad(rig, key, target);
+      return measureWindow(opened.load, { durationMs, rampMs: rig.rampMs, serverPid: opened.serverPid, signal });
+    },
+    close: () => opened?.close(),
+  };
+}
+
+/** One request in flight on an idle key server (raw: one session): the round trip one handshake waits for. */
+export async function idleLatency(rig: SignRig, key: BenchKey, path: Path, durationMs: number, signal: AbortSignal, log: Log) {
+  signal.throwIfAborted();
+  const scenario = benchScenario(rig, key, path === 'raw' ? { path, sessions: 1 } : { path, pipeline: { connections: 1, depth: 1 } });
+  const r = await scenario.run(durationMs, { signal }).finally(() => scenario.close());
+  log(`idle latency ${key.id} ${path.padEnd(4)} p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs (${fmt(r.signsPerSecond)} signs/s, 1 in flight)`);
+  return { key: key.title as string, path, signsPerSecond: r.signsPerSecond, p50Us: r.latency.p50Us, p99Us: r.latency.p99Us, errors: r.errors };
 }

@@ -1,8 +1,8 @@
 /**
  * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
  * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions here (cores and 2 × cores: the faster is the ceiling), the
- * key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts; scenarios.ts, load.ts
- * and report.ts do the rest. Method and figures: bench/README.md, "keyserver-sign".
+ * key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts; load.ts and report.ts
+ * do the rest. Method and figures: bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
@@ -10,9 +10,8 @@ import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { fmt } from '../harness/report.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS, type WindowResult } from './load.js';
+import * as sign from './load.js';
 import { report } from './report.js';
-import * as sc from './scenarios.js';
 
 const TABLE = {
   quick: std.quick('3 rounds of ~1 s, 1 s warm-up (< 1 min)'),
@@ -22,7 +21,7 @@ const TABLE = {
   warmup: std.warmup(2, 1),
   pipeline: { kind: 'string', arg: 'CxD', help: 'C connections x D requests in flight each, for both key types (default: ec 4x64, rsa 2x64)' },
   sessions: { kind: 'number', arg: 'N', min: 1, integer: true, help: "the key server's pkcs11.sessions (default: product default)" },
-  keys: { kind: 'string', arg: 'ec,rsa', def: BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
+  keys: { kind: 'string', arg: 'ec,rsa', def: sign.BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
   paths: { kind: 'string', arg: 'LIST', def: 'raw,unix,tls', help: 'paths to run (raw is needed for the ratios)' },
   'quiet-wait': std.quietWait,
   'keep-temp': std.keepTemp,
@@ -34,25 +33,25 @@ function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   const paths = listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const);
-  const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => BENCH_KEYS.find((k) => k.id === id)!);
+  const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => sign.BENCH_KEYS.find((k) => k.id === id)!);
   return {
     ...v,
     ...timing(v, [300, 150], [200, 50]),
     idleMs: v.quick ? 300 : 2000,
     keys,
     /** The key server's pipeline setting per key id: --pipeline, else the key's own. */
-    pipelines: new Map(keys.map((k) => [k.id, sc.parsePipeline(v.pipeline ?? k.pipeline)])),
+    pipelines: new Map(keys.map((k) => [k.id, sign.parsePipeline(v.pipeline ?? k.pipeline)])),
     // In this order whatever the order given.
     paths: (['raw', 'unix', 'tls'] as const).filter((p) => paths.includes(p)),
   };
 }
 
 /** The lab, the rig once the key server runs, the scenarios. */
-export type Lab = { readonly lab: KeyserverLab; rig?: sc.SignRig; readonly scenarios: sc.BenchScenario[] };
+export type Lab = { readonly lab: KeyserverLab; rig?: sign.SignRig; readonly scenarios: sign.BenchScenario[] };
 
 const cores = os.availableParallelism();
 
-const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResult> = {
+const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sign.BenchScenario, sign.WindowResult> = {
   name: 'keyserver-sign',
   parse: parseOptions,
   async setup(o, { log }, hold) {
@@ -60,15 +59,15 @@ const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResul
     const held: Lab = { lab, scenarios: [] };
     hold(held);
     log(`temp dir ${lab.dir}`);
-    held.rig = await sc.startRig(lab, o.keys, { rampMs: o.rampMs, rawSessions: 2 * cores }, log);
+    held.rig = await sign.startRig(lab, o.keys, { rampMs: o.rampMs, rawSessions: 2 * cores }, log);
     return held;
   },
   async scenarios(held, o) {
     for (const key of o.keys)
       for (const path of o.paths) {
-        const targets: sc.Target[] =
-          path === 'raw' ? sc.RAW_SESSION_COUNTS.map((sessions) => ({ path, sessions })) : [{ path, pipeline: o.pipelines.get(key.id)! }];
-        held.scenarios.push(...targets.map((target) => sc.benchScenario(held.rig!, key, target)));
+        const targets: sign.Target[] =
+          path === 'raw' ? sign.RAW_SESSION_COUNTS.map((sessions) => ({ path, sessions })) : [{ path, pipeline: o.pipelines.get(key.id)! }];
+        held.scenarios.push(...targets.map((target) => sign.benchScenario(held.rig!, key, target)));
       }
     return held.scenarios;
   },

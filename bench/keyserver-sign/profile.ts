@@ -13,8 +13,7 @@ import { exitOnInterrupt, runBench } from '../harness/runner.js';
 import { topFunctionsTables } from '../harness/profile-table.js';
 import { dateStamp, fmt } from '../harness/report.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS, measureWindow } from './load.js';
-import { openLoad, parsePipeline, pipelineName, startRig } from './scenarios.js';
+import { BENCH_KEYS, measureWindow, openLoad, parsePipeline, pipelineName, startRig } from './load.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 

@@ -4,9 +4,8 @@
  */
 import { columnTable, fmt, machineLines, minMax, rangeText } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
-import type { WindowResult } from './load.js';
 import type { Lab, Options } from './main.js';
-import { type BenchScenario, idleLatency, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
+import { type BenchScenario, idleLatency, pipelineName, RAW_SESSION_COUNTS, type WindowResult } from './load.js';
 
 const TARGET_RATIO = 0.85;
 
