@@ -1,32 +1,29 @@
 /**
  * Benchmark: signatures per second through the key server against the token's own ceiling (issue 4), for ECDSA P-256
- * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions in this process (cores and 2 × cores: the faster is the
- * ceiling), the key server over its unix socket, and over mutual TLS 1.3. A description for harness/runner.ts;
- * scenarios.ts, load.ts and report.ts do the rest. Method and figures: bench/README.md, "keyserver-sign".
+ * and RSA-2048 on one SoftHSM2 token: raw pkcs11js sessions here (cores and 2 × cores: the faster is the ceiling), the
+ * key server over its unix socket and over mutual TLS 1.3. A description for harness/runner.ts; load.ts and report.ts
+ * do the rest. Method and figures: bench/README.md, "keyserver-sign".
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import { listOf, parseCli, std, timing } from '../harness/cli.js';
 import { fmt } from '../harness/report.js';
-import { cleanRounds, type MeasuringBench, runMeasuring } from '../harness/runner.js';
+import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { KeyserverLab } from '../lab/keyserver.js';
-import { BENCH_KEYS } from './keys.js';
-import type { WindowResult } from './load.js';
+import * as sign from './load.js';
 import { report } from './report.js';
-import * as sc from './scenarios.js';
 
 const TABLE = {
-  quick: std.quick('3 rounds of ~1 s, 1 s warm-up, short pipeline exploration (< 1 min)'),
+  quick: std.quick('3 rounds of ~1 s, 1 s warm-up (< 1 min)'),
   out: std.out('keyserver-sign'),
   rounds: std.rounds(5, 3),
   measure: std.measure(4, 1, 0.2),
   warmup: std.warmup(2, 1),
-  pipeline: { kind: 'string', arg: 'CxD', help: 'C connections x D requests in flight each, for both key types (skips the exploration), e.g. 2x32' },
+  pipeline: { kind: 'string', arg: 'CxD', help: 'C connections x D requests in flight each, for both key types (default: ec 4x64, rsa 2x64)' },
   sessions: { kind: 'number', arg: 'N', min: 1, integer: true, help: "the key server's pkcs11.sessions (default: product default)" },
-  keys: { kind: 'string', arg: 'ec,rsa', def: BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
+  keys: { kind: 'string', arg: 'ec,rsa', def: sign.BENCH_KEYS.map((k) => k.id).join(','), help: 'key types to run' },
   paths: { kind: 'string', arg: 'LIST', def: 'raw,unix,tls', help: 'paths to run (raw is needed for the ratios)' },
   'quiet-wait': std.quietWait,
-  'extra-rounds': { kind: 'number', arg: 'N', def: 2, quick: 0, min: 0, integer: true, help: 'up to N more rounds while a scenario has < 3 clean rounds' },
   'keep-temp': std.keepTemp,
 } as const;
 
@@ -36,79 +33,53 @@ function parseOptions(argv: string[]) {
   const v = parseCli('keyserver-sign/main.js', TABLE, argv);
   if (v === undefined) return undefined;
   const paths = listOf(v.paths, '--paths', ['raw', 'unix', 'tls'] as const);
+  const keys = listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => sign.BENCH_KEYS.find((k) => k.id === id)!);
   return {
     ...v,
     ...timing(v, [300, 150], [200, 50]),
-    explore: { ms: v.quick ? 250 : 1000, passes: v.quick ? 1 : 2 },
     idleMs: v.quick ? 300 : 2000,
-    pipeline: v.pipeline === undefined ? undefined : sc.parsePipeline(v.pipeline),
-    keys: listOf(v.keys, '--keys', ['ec', 'rsa'] as const).map((id) => BENCH_KEYS.find((k) => k.id === id)!),
+    keys,
+    /** The key server's pipeline setting per key id: --pipeline, else the key's own. */
+    pipelines: new Map(keys.map((k) => [k.id, sign.parsePipeline(v.pipeline ?? k.pipeline)])),
     // In this order whatever the order given.
     paths: (['raw', 'unix', 'tls'] as const).filter((p) => paths.includes(p)),
   };
 }
 
-/** The lab, the rig once the key server runs, the pipeline per key and the exploration behind it, the scenarios. */
-export interface Lab {
-  readonly lab: KeyserverLab;
-  rig?: sc.SignRig;
-  readonly chosen: Map<string, sc.Pipeline>;
-  readonly explore: sc.ExploreRow[];
-  readonly scenarios: sc.BenchScenario[];
-}
+/** The lab, the rig once the key server runs, the scenarios. */
+export type Lab = { readonly lab: KeyserverLab; rig?: sign.SignRig; readonly scenarios: sign.BenchScenario[] };
 
 const cores = os.availableParallelism();
 
-const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sc.BenchScenario, WindowResult> = {
+const KEYSERVER_SIGN: MeasuringBench<Options, Lab, sign.BenchScenario, sign.WindowResult> = {
   name: 'keyserver-sign',
   parse: parseOptions,
   async setup(o, { log }, hold) {
     const lab = new KeyserverLab(o.sessions === undefined ? {} : { sessions: o.sessions });
-    const held: Lab = { lab, chosen: new Map(), explore: [], scenarios: [] };
+    const held: Lab = { lab, scenarios: [] };
     hold(held);
     log(`temp dir ${lab.dir}`);
-    held.rig = await sc.startRig(lab, o.keys, { rampMs: o.rampMs, rawSessions: 2 * cores }, log);
+    held.rig = await sign.startRig(lab, o.keys, { rampMs: o.rampMs, rawSessions: 2 * cores }, log);
     return held;
   },
-  async scenarios(held, o, { log, signal }) {
-    const rig = held.rig!;
-    const transports = o.paths.filter((p) => p !== 'raw');
-    for (const key of o.keys) {
-      // The pipeline setting: given, or explored on the unix socket.
-      if (o.pipeline !== undefined) held.chosen.set(key.id, o.pipeline);
-      else if (transports.length > 0) {
-        log(`exploring pipeline settings for ${key.title} (${o.explore.passes} pass(es) of ${o.explore.ms} ms each)`);
-        const result = await sc.explorePipeline(rig, key, o.explore.ms, o.explore.passes, signal, log);
-        held.chosen.set(key.id, result.chosen);
-        held.explore.push(...result.rows);
+  async scenarios(held, o) {
+    for (const key of o.keys)
+      for (const path of o.paths) {
+        const targets: sign.Target[] =
+          path === 'raw' ? sign.RAW_SESSION_COUNTS.map((sessions) => ({ path, sessions })) : [{ path, pipeline: o.pipelines.get(key.id)! }];
+        held.scenarios.push(...targets.map((target) => sign.benchScenario(held.rig!, key, target)));
       }
-      if (o.paths.includes('raw')) for (const n of sc.RAW_SESSION_COUNTS) held.scenarios.push(sc.rawScenario(rig, key, n));
-      for (const transport of transports) held.scenarios.push(sc.keyserverScenario(rig, key, transport, held.chosen.get(key.id)!));
-    }
     return held.scenarios;
   },
   ownPids: (held) => [held.rig!.server.pid],
   plan: (o, scenarios) => `warm-up ${o.warmupMs / 1000} s per scenario, then ${o.rounds} rounds of ${o.measureMs / 1000} s over ${scenarios.length} scenarios`,
-  rounds: (o, log) => ({
-    failSoft: false,
-    extraRounds: {
-      max: o['extra-rounds'],
-      needed: (sofar) => {
-        const short = [...sofar].filter(([, rs]) => cleanRounds(rs, (r) => r.machine.otherCores).cleanRounds < 3).map(([name]) => name);
-        if (short.length > 0) log(`fewer than 3 clean rounds for ${short.join(', ')}: one more round`);
-        return short.length > 0;
-      },
-    },
-  }),
+  rounds: () => ({ failSoft: false }),
   pad: 12,
-  line(r) {
-    const onServer = r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`;
-    return (
-      `${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
-      `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)${onServer} machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}` +
-      (r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : '')
-    );
-  },
+  line: (r) =>
+    `${fmt(r.signsPerSecond).padStart(8)} signs/s  p50 ${fmt(r.latency.p50Us)} p99 ${fmt(r.latency.p99Us)} µs  ` +
+    `bench ${fmt(r.clientCpuUsPerSign, 1)} µs/sign (${fmt(r.clientCpuCores, 2)} cores)` +
+    (r.server === undefined ? '' : ` server ${fmt(r.server.cpuUsPerSign, 1)} µs/sign (${fmt(r.server.cpuCores, 2)} cores)`) +
+    ` machine ${fmt(r.machine.busyCores, 2)} busy, others ${fmt(r.machine.otherCores, 2)}${r.errors > 0 ? ` ERRORS ${r.errors}: ${r.firstError}` : ''}`,
   report,
   async close({ lab, scenarios, rig }, o, log) {
     for (const s of scenarios) s.close();

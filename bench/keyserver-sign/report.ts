@@ -1,13 +1,11 @@
 /**
  * The keyserver-sign bench's figures and Markdown: per scenario the medians over the clean rounds (harness/runner.ts),
- * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies and the pipeline exploration.
- * The figures are explained in bench/README.md, "What the figures mean".
+ * the ratios to the ceiling (the faster raw setting per key), the one-in-flight latencies (bench/README.md explains).
  */
-import { columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { columnTable, fmt, machineLines, minMax, rangeText } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, type MeasuringBench, overRounds, roundColumns } from '../harness/runner.js';
-import type { WindowResult } from './load.js';
 import type { Lab, Options } from './main.js';
-import { type BenchScenario, EXPLORE_TOLERANCE, type IdleLatencyRow, idleLatency, PIPELINE_CANDIDATES, pipelineName, RAW_SESSION_COUNTS } from './scenarios.js';
+import { type BenchScenario, idleLatency, pipelineName, RAW_SESSION_COUNTS, type WindowResult } from './load.js';
 
 const TARGET_RATIO = 0.85;
 
@@ -66,27 +64,24 @@ const ratio = (s: ScenarioSummary, f: (v: NonNullable<ScenarioSummary['vsRaw']>)
 
 /** The bench's report (harness/runner.ts MeasuringBench), after the one-in-flight latencies. */
 export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['report'] = async (held, o, scenarios, measured, env) => {
-  const { lab, rig, chosen, explore } = held;
-  const { results, order } = measured;
-  const idle: IdleLatencyRow[] = [];
+  const { lab, rig } = held;
+  const idle = [];
   for (const key of o.keys) for (const path of o.paths) idle.push(await idleLatency(rig!, key, path, o.idleMs, env.signal, env.log));
-  const summaries = summarize(scenarios, results);
+  const summaries = summarize(scenarios, measured.results);
   const settings = {
     rawSessions: RAW_SESSION_COUNTS,
     keyserverSessions: rig!.raw!.config.pkcs11.sessions,
-    pipeline: Object.fromEntries([...chosen].map(([k, p]) => [k, pipelineName(p)])),
+    pipeline: Object.fromEntries([...o.pipelines].map(([k, p]) => [k, pipelineName(p)])),
   };
-  const exploration = { candidates: PIPELINE_CANDIDATES.map(pipelineName), durationMs: o.explore.ms, passes: o.explore.passes, tolerance: EXPLORE_TOLERANCE };
   const json = {
-    method: measured.method({ roundsRun: order.length, maxExtraRounds: o['extra-rounds'], exploration, targetRatio: TARGET_RATIO }),
+    method: measured.method({ targetRatio: TARGET_RATIO }),
     settings,
-    keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithmName, keyId: rig!.keyIds.get(k.id) })),
+    keys: o.keys.map((k) => ({ id: k.id, title: k.title, type: k.type, algorithm: k.algorithm, keyId: rig!.keyIds.get(k.id) })),
     keyserverConfig: lab.config,
-    exploration: explore,
     idleLatency: idle,
     scenarios: summaries,
   };
-  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`);
+  const settingsText = Object.entries(settings).map(([k, v]) => `${k} ${JSON.stringify(v)}`);
   const table = columnTable(summaries, [
     ['Key', 'left', (s) => s.title],
     ['Path', 'left', (s) => s.path + (s.ceiling ? ' (ceiling)' : '')],
@@ -103,33 +98,18 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     ...roundColumns<ScenarioSummary>('machine busy / others (cores)'),
   ]);
   const verdicts = summaries.map((s) => ratio(s, (v) => `${s.title} ${s.path}: ${fmt(v.ratio, 2)} ${v.ratio >= TARGET_RATIO ? '≥' : '<'} ${TARGET_RATIO}`));
-  const idleTable = specTable(
-    idle,
-    [
-      ['Key', 'left', (r) => r.key],
-      ['Path', 'left', (r) => r.path],
-      ['p50 µs', 'right', (r) => fmt(r.p50Us)],
-      ['p99 µs', 'right', (r) => fmt(r.p99Us)],
-      ['signs/s', 'right', (r) => fmt(r.signsPerSecond)],
-    ],
-    '(not measured)',
-  );
-  const exploreTable = specTable(
-    explore,
-    [
-      ['Key', 'left', (r) => r.key],
-      ['CxD', 'left', (r) => r.pipeline],
-      ['signs/s (mean of passes)', 'right', (r) => fmt(r.meanSignsPerSecond)],
-      ['passes', 'right', (r) => r.signsPerSecond.map((v) => fmt(v)).join(', ')],
-      ['p99 µs', 'right', (r) => fmt(r.p99Us)],
-    ],
-    '(skipped: --pipeline given)',
-  );
+  const idleTable = columnTable(idle, [
+    ['Key', 'left', (r) => r.key],
+    ['Path', 'left', (r) => r.path],
+    ['p50 µs', 'right', (r) => fmt(r.p50Us)],
+    ['p99 µs', 'right', (r) => fmt(r.p99Us)],
+    ['signs/s', 'right', (r) => fmt(r.signsPerSecond)],
+  ]);
   const markdown = [
     `# keyserver-sign, ${env.date}${o.quick ? ' (quick)' : ''}`,
     '',
     ...machineLines(env.machine),
-    `Method: ${order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
+    `Method: ${measured.order.length} interleaved rounds of ${o.measureMs / 1000} s per scenario after ${o.warmupMs / 1000} s warm-up each; window opens ` +
       `${o.rampMs} ms after the load starts. Settings: ${settingsText.join('; ')}.`,
     '',
     table,
@@ -137,10 +117,9 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     `Target keyserver/raw ≥ ${TARGET_RATIO}: ${verdicts.filter((v) => v !== '–').join('; ')}.`,
     '',
     `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †).`,
-    '"vs raw": ÷ the ceiling (the faster raw setting for the key), in brackets each round ÷ the ceiling\'s same round;',
-    "\"CPU vs raw\": the ceiling's total CPU per sign ÷ this path's. Server: the key server's utime+stime per sign (main",
-    'thread + signing workers and V8 helpers); bench: this process (raw: the whole sign; key server: the client); total =',
-    'both. Every figure: bench/README.md, "keyserver-sign".',
+    '"vs raw": ÷ the ceiling (the faster raw setting), in brackets each round ÷ the ceiling\'s same round; "CPU vs raw": the',
+    "ceiling's total CPU per sign ÷ this path's. Server: the key server's CPU per sign (main thread + signing workers and V8",
+    'helpers); bench: this process (raw: the whole sign; key server: the client). Every figure: bench/README.md, "keyserver-sign".',
     '',
     '## Latency with one request in flight',
     '',
@@ -148,10 +127,6 @@ export const report: MeasuringBench<Options, Lab, BenchScenario, WindowResult>['
     '',
     `One raw session, or one connection with one request outstanding, for ${o.idleMs / 1000} s after the rounds: the`,
     'round trip one TLS handshake waits for when the key server is idle (the table above has it at saturation).',
-    '',
-    '## Pipeline exploration (unix socket)',
-    '',
-    exploreTable,
     '',
   ].join('\n');
   return { json, markdown, errors: summaries.reduce((n, s) => n + s.errors, 0), what: 'requests' };
