@@ -238,8 +238,11 @@ export class Http2Sessions {
       live.closing = true;
       this.#ended(session, false);
     });
-    // Node's session timer: no byte read or written for the timeout (a write still moving refreshes it).
-    session.setTimeout(limits.headerTimeoutMs, () => {
+    // Node's session timer: no byte read or written for the timeout (a write still moving refreshes it). It fires
+    // again after each later quiet spell; a callback given to setTimeout is a once('timeout') listener, so one that
+    // fired while a stream waited on a slow origin left every later idle deadline unheard: a listener of our own.
+    session.setTimeout(limits.headerTimeoutMs);
+    session.on('timeout', () => {
       if (live.closing) return;
       if (live.open.size === 0) return this.#goAway(session, live, 'idle');
       // Streams open, frames waiting to go out, and nothing moved all this time: nghttp2 ended the session (it sent
