@@ -10,7 +10,7 @@ import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
-import { data, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
+import { data, frame, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
@@ -177,3 +177,28 @@ it('a connection whose stream waited on a slow origin past the idle timeout stil
     }
   });
 }, 30_000);
+
+it('a client that floods PINGs and never reads their acknowledgements has its connection closed, not held open for ever', async () => {
+  // Node destroys such a session (its idle deadline passed with nothing moving) but closes the socket only once the
+  // write in flight completes, which a client that never reads never lets happen: no stream, no timer was left.
+  await withShortWorker('ec-unread', { headerTimeoutMs: 1000, sendTimeoutMs: 1000 }, async (short) => {
+    const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+    try {
+      await raw.secure;
+      raw.preface();
+      raw.tls.pause();
+      // Until the proxy stops reading (its acknowledgements fill the buffers between it and this client), at most 1M.
+      const ping = frame(0x6, 0, 0, Buffer.alloc(8));
+      const batch = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+      for (let sent = 0; sent < 1_000_000; sent += 1000) {
+        if (raw.write(batch)) continue;
+        const drained = await Promise.race([new Promise((resolve) => raw.tls.once('drain', () => resolve(true))), sleep(1_000).then(() => false)]);
+        if (!drained) break;
+      }
+      expect(short.listeners[0]!.connections).toBe(1);
+      await waitFor('the unread connection closed', () => short.listeners[0]!.connections === 0 || undefined, 20_000);
+    } finally {
+      raw.tls.destroy();
+    }
+  });
+}, 60_000);
