@@ -195,7 +195,6 @@ it('a client that floods PINGs and never reads their acknowledgements has its co
         const drained = await Promise.race([new Promise((resolve) => raw.tls.once('drain', () => resolve(true))), sleep(1_000).then(() => false)]);
         if (!drained) break;
       }
-      expect(short.listeners[0]!.connections).toBe(1);
       await waitFor('the unread connection closed', () => short.listeners[0]!.connections === 0 || undefined, 20_000);
     } finally {
       raw.tls.destroy();
