@@ -22,6 +22,9 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // (75 s): at a few thousand connections a second, hundreds of megabytes.
 // Counted directly: each of the worker's sessions is watched with a WeakRef,
 // and those still reachable after a full GC are counted.
+// And connections the worker must close itself (a second worker with short
+// limits): one nghttp2 ended, one idle after a slow stream, one whose client
+// never reads what the worker still has to send.
 const PER_WAY = 60;
 /** How long /slow keeps its stream waiting: three times the short worker's idle timeout, nothing sent meanwhile. */
 const SLOW_ORIGIN_MS = 3_000;
