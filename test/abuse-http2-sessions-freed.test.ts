@@ -10,7 +10,7 @@ import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
-import { data, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
+import { data, frame, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
@@ -22,7 +22,12 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // (75 s): at a few thousand connections a second, hundreds of megabytes.
 // Counted directly: each of the worker's sessions is watched with a WeakRef,
 // and those still reachable after a full GC are counted.
+// And connections the worker must close itself (a second worker with short
+// limits): one nghttp2 ended, one idle after a slow stream, one whose client
+// never reads what the worker still has to send.
 const PER_WAY = 60;
+/** How long /slow keeps its stream waiting: three times the short worker's idle timeout, nothing sent meanwhile. */
+const SLOW_ORIGIN_MS = 3_000;
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
@@ -46,8 +51,11 @@ beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
-  // 1 MiB answers: the client is still being sent one when it goes.
-  origin = http.createServer((_req, res) => res.writeHead(200, { 'content-length': 1 << 20 }).end(Buffer.alloc(1 << 20)));
+  // 1 MiB answers: the client is still being sent one when it goes. /slow: a short answer after SLOW_ORIGIN_MS.
+  origin = http.createServer((req, res) => {
+    if (req.url === '/slow') return void setTimeout(() => res.writeHead(200, { 'content-length': 3 }).end('ok\n'), SLOW_ORIGIN_MS);
+    res.writeHead(200, { 'content-length': 1 << 20 }).end(Buffer.alloc(1 << 20));
+  });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
   proxy = await startProxyWorker(
@@ -117,18 +125,26 @@ it(`${3 * PER_WAY} HTTP/2 connections opened and dropped: the worker holds none 
   expect(await reachable()).toBeLessThan(PER_WAY / 4);
 }, 60_000);
 
-it('a connection nghttp2 ended with GOAWAY (a connection error) while a stream was open is closed once nothing moves on it for the idle timeout', async () => {
-  const ec = await lab.certificate('ec-idle', lab.keys.ec, ['lab.test', '*.lab.test']);
+/** A second worker in this process, with `limits` (its metrics in a registry of their own), for `use`; closed after. */
+async function withShortWorker(label: string, limits: Record<string, number>, use: (short: RunningWorker) => Promise<void>): Promise<void> {
+  const ec = await lab.certificate(label, lab.keys.ec, ['lab.test', '*.lab.test']);
   const short = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [{ name: '*.lab.test', origin: originUrl }],
-      limits: { maxConnectionsPerClient: null, http2IdleTimeoutMs: 1000 },
+      limits: { maxConnectionsPerClient: null, ...limits },
     }),
-    // A second worker in this process: its metrics go to a registry of their own.
     { log: createLogger('h2-sessions-freed', 'silent'), metrics: new ProxyMetrics(() => proxy.keySource.stats(), new Registry()) },
   );
   try {
+    await use(short);
+  } finally {
+    await short.close();
+  }
+}
+
+it('a connection nghttp2 ended with GOAWAY (a connection error) while a stream was open is closed once nothing moves on it for the idle timeout', async () => {
+  await withShortWorker('ec-idle', { http2IdleTimeoutMs: 1000 }, async (short) => {
     const clients = await Promise.all(
       Array.from({ length: 3 }, async () => {
         const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
@@ -144,7 +160,47 @@ it('a connection nghttp2 ended with GOAWAY (a connection error) while a stream w
     for (const raw of clients) raw.tls.destroy();
     // Node no longer reads these sockets, so the clients' close is never seen: before the fix they stayed open for ever.
     await waitFor('the abandoned connections closed', () => short.listeners[0]!.connections === 0 || undefined, 15_000);
-  } finally {
-    await short.close();
-  }
+  });
 }, 30_000);
+
+it('a connection whose stream waited on a slow origin past the idle timeout still gets its GOAWAY once idle', async () => {
+  // Node's setTimeout callback is a once('timeout') listener: spent on the quiet spell while /slow waited, it left
+  // the connection without an idle deadline for ever after.
+  await withShortWorker('ec-slow', { http2IdleTimeoutMs: 1000 }, async (short) => {
+    const session = h2Connect(short.ports[0]!, ca, 'a.lab.test');
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    try {
+      expect((await h2Request(session, { ':path': '/slow', ':authority': 'a.lab.test' })).status).toBe(200);
+      const answered = Date.now();
+      const code = await Promise.race([goaway, sleep(10_000).then(() => 'none')]);
+      expect(code, 'GOAWAY within 10 s of the last answer').toBe(http2.constants.NGHTTP2_NO_ERROR);
+      expect(Date.now() - answered).toBeGreaterThan(500);
+    } finally {
+      session.destroy();
+    }
+  });
+}, 30_000);
+
+it('a client that floods PINGs and never reads their acknowledgements has its connection closed, not held open for ever', async () => {
+  // Node destroys such a session (its idle deadline passed with nothing moving) but closes the socket only once the
+  // write in flight completes, which a client that never reads never lets happen: no stream, no timer was left.
+  await withShortWorker('ec-unread', { headerTimeoutMs: 1000, sendTimeoutMs: 1000 }, async (short) => {
+    const raw = new RawH2(short.ports[0]!, ca, 'a.lab.test');
+    try {
+      await raw.secure;
+      raw.preface();
+      raw.tls.pause();
+      // Until the proxy stops reading (its acknowledgements fill the buffers between it and this client), at most 1M.
+      const ping = frame(0x6, 0, 0, Buffer.alloc(8));
+      const batch = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+      for (let sent = 0; sent < 1_000_000; sent += 1000) {
+        if (raw.write(batch)) continue;
+        const drained = await Promise.race([new Promise((resolve) => raw.tls.once('drain', () => resolve(true))), sleep(1_000).then(() => false)]);
+        if (!drained) break;
+      }
+      await waitFor('the unread connection closed', () => short.listeners[0]!.connections === 0 || undefined, 20_000);
+    } finally {
+      raw.tls.destroy();
+    }
+  });
+}, 60_000);

@@ -22,14 +22,16 @@
  *   each stream's origin request is aborted at once (origin-handler.ts);
  *   and an answer whose end has waited on a shut flow-control window for
  *   `limits.sendTimeoutMs` is cut (`#checkEnds`: the send-stall clock only
- *   runs while a write is refused).
+ *   runs while a write is refused); a connection closing with no stream
+ *   open whose last frames the client never takes is closed after
+ *   `limits.sendTimeoutMs` (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
  * Cost: one session object and a few closures per connection; per stream,
  * no listener of its own (the stream's one 'close' listener, stream.ts,
  * calls `#closed`); one getpeername(2) and a look at each open stream a
- * second per connection with streams open. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
+ * second per connection with streams open, a look at its state otherwise. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
  * Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
@@ -86,6 +88,8 @@ interface Live {
   /** Streams not yet closed, whose origin requests the connection's end aborts. */
   readonly open: Set<ServerHttp2Stream>;
   closing: boolean;
+  /** When #checkPeers first found the session closing, no stream open, its socket still open. */
+  lastWriteSince: number | undefined;
 }
 
 export class Http2Sessions {
@@ -185,12 +189,31 @@ export class Http2Sessions {
   #checkPeers(): void {
     const now = Date.now();
     for (const [session, live] of this.#live) {
-      if (live.open.size === 0 || session.destroyed) continue;
+      if (live.open.size === 0) {
+        if (session.closed || session.destroyed) this.#checkLastWrite(live, now);
+        continue;
+      }
+      if (session.destroyed) continue;
       this.#checkEnds(live, now);
       if (!tcpConnectionGone(live.socket)) continue;
       this.#ended(session, true);
       live.socket.destroy();
     }
+  }
+
+  /**
+   * A session closing with no stream open (our GOAWAY after its idle
+   * deadline or for abuse, the client's, nghttp2's on a connection error)
+   * closes its socket, and emits 'close', only once its pending frames are
+   * written and its write in flight completes (lib/internal/http2/core.js
+   * kMaybeDestroy, src/node_http2.cc Http2Session::Close): a client that
+   * never reads (a PING flood whose acknowledgements it leaves unread) held
+   * the connection for ever, with no stream or timer left to end it. It is
+   * given `limits.sendTimeoutMs`, as an answer the client takes nothing of is.
+   */
+  #checkLastWrite(live: Live, now: number): void {
+    live.lastWriteSince ??= now;
+    if (now - live.lastWriteSince >= this.#options.limits.sendTimeoutMs) live.socket.destroy();
   }
 
   /**
@@ -228,6 +251,7 @@ export class Http2Sessions {
       streams: 0,
       open: new Set(),
       closing: false,
+      lastWriteSince: undefined,
     };
     this.#live.set(session, live);
     this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
@@ -238,8 +262,11 @@ export class Http2Sessions {
       live.closing = true;
       this.#ended(session, false);
     });
-    // Node's session timer: no byte read or written for the timeout (a write still moving refreshes it).
-    session.setTimeout(limits.headerTimeoutMs, () => {
+    // Node's session timer: no byte read or written for the timeout (a write still moving refreshes it). It fires
+    // again after each later quiet spell; a callback given to setTimeout is a once('timeout') listener, so one that
+    // fired while a stream waited on a slow origin left every later idle deadline unheard: a listener of our own.
+    session.setTimeout(limits.headerTimeoutMs);
+    session.on('timeout', () => {
       if (live.closing) return;
       if (live.open.size === 0) return this.#goAway(session, live, 'idle');
       // Streams open, frames waiting to go out, and nothing moved all this time: nghttp2 ended the session (it sent
