@@ -81,10 +81,12 @@ class Exchange extends OriginExchange<ForwardOptions> {
     return this.gone || this.req.socket.destroyed;
   }
 
-  /** The client left (its answer closed early, or it was queued behind another on a connection that closed). */
+  /** The answer closed (whole, or early: the client left), or it was queued behind another on a connection that closed. */
   clientLeft(): void {
-    if (this.gone || this.res.writableFinished) return;
+    // Whole or not, its place among the connection's queued answers (queued.ts) goes with it: kept, it would hold
+    // this request, its answer and this exchange until the connection closes, one more per pipelined request.
     this.cancelQueued?.();
+    if (this.gone || this.res.writableFinished) return;
     this.leftBeforeEnd();
   }
 
