@@ -190,6 +190,9 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   answer.on('close', onAnswerEnd);
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
   if (res.socket === null) exchange.cancelQueued = whenQueuedClientGone(req.socket, res, () => exchange.clientLeft());
+  // A GET or HEAD body awaiting 100 (Continue) is not forwarded, so its 100 never goes: Node's server closes the connection
+  // after the answer, and what it parses after the request (the body may or may not come) is not processed (linger.ts).
+  if (!hasBody && options.awaitsContinue === true) closeAfterAnswer(req, res);
   if (hasBody) void exchange.readBodyThenAttempt();
   else exchange.attempt();
 }
