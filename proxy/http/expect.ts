@@ -10,10 +10,18 @@
  * when undici starts reading it. The expectation is met here, so the header
  * itself is not sent on (undici refuses it anyway). Any other expectation
  * is answered 417 (Node's 'checkExpectation').
+ *
+ * A request whose framing says it has no content (no Transfer-Encoding,
+ * Content-Length absent or 0) has no body to wait for: its 100 goes at once,
+ * as Node's own server sends it, and the request is handled as any other.
+ * Left unmet, Node closes the connection after the answer (the client might
+ * still send a body), and a request pipelined behind it has reached its
+ * origin by then, its answer never sent.
  */
 import type http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import { bodyUnread } from './linger.js';
 
 /** Which expectation the server found: `continue` (100 not sent yet) or one keyedge cannot meet. */
 export type Expectation = 'continue' | 'unsupported';
@@ -22,7 +30,12 @@ export type ExpectingHandler = (req: IncomingMessage, res: ServerResponse, expec
 
 /** Sends `server`'s requests that carry an expectation to `handler`, saying which. */
 export function handleExpectations(server: http.Server, handler: ExpectingHandler): void {
-  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'continue'));
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if (bodyUnread(req)) return handler(req, res, 'continue');
+    // Nothing to wait for (above): met now, so the connection is kept like any other's.
+    res.writeContinue();
+    handler(req, res);
+  });
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'unsupported'));
 }
 

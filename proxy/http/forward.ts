@@ -81,10 +81,12 @@ class Exchange extends OriginExchange<ForwardOptions> {
     return this.gone || this.req.socket.destroyed;
   }
 
-  /** The client left (its answer closed early, or it was queued behind another on a connection that closed). */
+  /** The answer closed (whole, or early: the client left), or it was queued behind another on a connection that closed. */
   clientLeft(): void {
-    if (this.gone || this.res.writableFinished) return;
+    // Whole or not, its place among the connection's queued answers (queued.ts) goes with it: kept, it would hold
+    // this request, its answer and this exchange until the connection closes, one more per pipelined request.
     this.cancelQueued?.();
+    if (this.gone || this.res.writableFinished) return;
     this.leftBeforeEnd();
   }
 
@@ -188,6 +190,9 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   answer.on('close', onAnswerEnd);
   // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
   if (res.socket === null) exchange.cancelQueued = whenQueuedClientGone(req.socket, res, () => exchange.clientLeft());
+  // A GET or HEAD body awaiting 100 (Continue) is not forwarded, so its 100 never goes: Node's server closes the connection
+  // after the answer, and what it parses after the request (the body may or may not come) is not processed (linger.ts).
+  if (!hasBody && options.awaitsContinue === true) closeAfterAnswer(req, res);
   if (hasBody) void exchange.readBodyThenAttempt();
   else exchange.attempt();
 }
