@@ -45,6 +45,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
   '/no-content': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n',
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // Chunked: relayed to an HTTP/1.0 client without a length, so its connection ends with the answer.
+  '/slow-chunked': (socket) => setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'), 500),
   // An origin that ignores the Upgrade and serves a page: relayed as an ordinary answer.
   '/ws-ignored': (socket) => {
     refusing = socket;
@@ -314,6 +316,32 @@ describe('Expect: 100-continue on a GET that declares a body, with a request pip
     expect(received).toContain('slow-body');
     // The origin had the time to take it: the answer before it took 500 ms.
     expect(originSaw.slice(before)).toEqual(['GET /slow HTTP/1.1']);
+  });
+});
+
+describe('HTTP/1.0 keep-alive requests pipelined behind an answer of unknown length', () => {
+  // HTTP/1.0 has no chunked framing: the answer ends the connection (RFC 9112 §6.3). Before, the request behind it
+  // had already been sent to its origin, which acted on it (a POST), and its answer was never sent.
+  it('the first is answered and the connection closes; the one behind it reaches no origin', async () => {
+    const before = originSaw.length;
+    const keepAlive = `Host: ${HOST}\r\nConnection: keep-alive\r\n`;
+    const text = `GET /slow-chunked HTTP/1.0\r\n${keepAlive}\r\nPOST /ok HTTP/1.0\r\n${keepAlive}Content-Length: 0\r\n\r\n`;
+    const { received, closed } = await exchange(text, () => false);
+    expect(closed).toBe(true);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200']);
+    expect(received).toMatch(/\r\n\r\nhello$/);
+    // The origin had the time to take it: the answer before it took 500 ms.
+    expect(originSaw.slice(before)).toEqual(['GET /slow-chunked HTTP/1.1']);
+  });
+
+  it('with answers of known length, both are answered, in order, on one connection', async () => {
+    const before = originSaw.length;
+    const keepAlive = `Host: ${HOST}\r\nConnection: keep-alive\r\n`;
+    const text = `GET /slow HTTP/1.0\r\n${keepAlive}\r\nGET /ok HTTP/1.0\r\n${keepAlive}\r\n`;
+    const { received, closed } = await exchange(text, (r) => r.endsWith('\r\n\r\nok'));
+    expect(closed).toBe(false);
+    expect(received.indexOf('slow-body')).toBeLessThan(received.indexOf('\r\n\r\nok'));
+    expect(originSaw.slice(before)).toEqual(['GET /slow HTTP/1.1', 'GET /ok HTTP/1.1']);
   });
 });
 

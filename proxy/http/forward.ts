@@ -193,6 +193,15 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
   // A GET or HEAD body awaiting 100 (Continue) is not forwarded, so its 100 never goes: Node's server closes the connection
   // after the answer, and what it parses after the request (the body may or may not come) is not processed (linger.ts).
   if (!hasBody && options.awaitsContinue === true) closeAfterAnswer(req, res);
+  // HTTP/1.0 has no chunked framing: an answer before this one whose length the origin did not give ends the
+  // connection (RFC 9112 §6.3), and a request sent on meanwhile would reach its origin with its answer never sent. So
+  // a pipelined HTTP/1.0 request goes only once its answer holds the connection (as nginx takes pipelined requests one
+  // at a time); the connection's close, first, says the client is gone (above).
+  if (res.socket === null && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) res.once('socket', () => send(exchange, hasBody));
+  else send(exchange, hasBody);
+}
+
+function send(exchange: Exchange, hasBody: boolean): void {
   if (hasBody) void exchange.readBodyThenAttempt();
   else exchange.attempt();
 }
