@@ -11,8 +11,8 @@ import { type GetResult, get, untilServed } from '../lab/cert-lab.js';
 type Target = { readonly serverName: string };
 
 export class ReloadLoad {
-  /** `handshakes` and `newConnectionRequests` count the probe's too. */
-  readonly counts = { handshakes: 0, newConnectionRequests: 0, keepAliveRequests: 0, keepAliveReused: 0, failedHandshakes: 0, failedRequests: 0 };
+  /** `newConnectionRequests` counts the probe's too. */
+  readonly counts = { newConnectionRequests: 0, keepAliveRequests: 0, keepAliveReused: 0, failedHandshakes: 0, failedRequests: 0 };
   readonly failures: { at: string; what: string; error: string }[] = [];
   /** Completed handshakes: `at` is performance.now() at their end, `handshakeMs` connect → handshake done. */
   readonly observations: { serverName: string; serial: string; at: number; handshakeMs: number }[] = [];
@@ -36,7 +36,6 @@ export class ReloadLoad {
     const r = await get(this.port, target.serverName, this.ca, agent);
     if (r.serial !== undefined && r.handshakeAt !== undefined)
       this.observations.push({ serverName: target.serverName, serial: r.serial, at: r.handshakeAt, handshakeMs: r.handshakeAt - r.startedAt });
-    if (r.handshakeAt !== undefined) this.counts.handshakes++;
     if (r.failed !== undefined) {
       this.counts[r.failed === 'handshake' ? 'failedHandshakes' : 'failedRequests']++;
       this.failures.push({ at: new Date().toISOString(), what: `${what} ${target.serverName}: ${r.failed}`, error: r.error ?? '' });

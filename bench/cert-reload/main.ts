@@ -92,8 +92,7 @@ async function main(): Promise<number> {
       certStore: { dir: storeDir, rescanSeconds: 3600 },
     };
     const proxy = await lab.startProxy({ name: 'proxy', config });
-    const workers = proxy.pids().workers.join(', ');
-    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${workers}), ready in ${fmt(proxy.readyMs!)} ms; ${replacements} replacements under load`);
+    say(`proxy pid ${proxy.process.pid} :${proxy.port}, ready in ${fmt(proxy.readyMs!)} ms; ${replacements} replacements under load`);
     const load = new ReloadLoad(proxy.port, lab.ca.pem, sites, newLoops, keepAliveLoops);
     await sleep(1000);
 

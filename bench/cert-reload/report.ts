@@ -45,7 +45,6 @@ export function reloadReport(
   const slash = (t: { p50Ms: number; maxMs: number }) => `${fmt(t.p50Ms, 1)} / ${fmt(t.maxMs, 1)}`;
   const rows: [string, string][] = [
     ['replacements (rename / PUT / SIGHUP)', `${done.length} (${n(...byTrigger.map((t) => t.count))})`],
-    ['handshakes (load and probe)', n(counts.handshakes)],
     [
       'requests on new connections / keep-alive / … of them on a reused connection',
       n(counts.newConnectionRequests, counts.keepAliveRequests, counts.keepAliveReused),
@@ -76,9 +75,8 @@ export function reloadReport(
     ]),
     '',
     'Columns (bench/README.md, "cert-reload"): "time to serve" and "old cert last seen" count from the write to the first new connection, load or probe, ' +
-      'whose handshake got the new certificate, and to the last that still got the previous one ("–": none after it). ' +
-      '"PUT round trip": the PUT answers once every worker serves the new certificate. ' +
-      '"primary reload ms": durationMs of the primary\'s "reload done" line (a rename waits 150 ms of watch debounce before it).',
+      'whose handshake got the new certificate, and to the last that still got the previous one ("–": none after it). The PUT answers once every worker ' +
+      'serves the new certificate. "primary reload ms": durationMs of the primary\'s "reload done" line (a rename waits 150 ms of watch debounce before it).',
     '',
     ...machineLines(machine),
     ...(failures.length === 0 ? [] : ['', '## Failures', '', ...failures.slice(0, 50).map((f) => `- ${f.at} ${f.what}: ${f.error}`)]),

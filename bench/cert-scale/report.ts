@@ -12,23 +12,24 @@ import { dateStamp, fmt, type MachineInfo, machineLines, markdownTable } from '.
 import { type Log, publish } from '../harness/runner.js';
 import { median, round } from '../harness/stats.js';
 import { durationRow } from '../harness/summary.js';
-import { DOMAIN, type handshakeAll, type Rss, type replaceOne, type startupPhases, workersRss } from './steps.js';
+import type { handshakeAll, replaceOne, rssOf, startupPhases } from './main.js';
 
-type Phases = ReturnType<typeof startupPhases>;
+type Rss = ReturnType<typeof rssOf>;
 type Pass = Awaited<ReturnType<typeof handshakeAll>>;
+type Phases = ReturnType<typeof startupPhases>;
 
 /** What cert-scale/main.ts measured; the parts after the first start only as far as the run got. */
-export type ScaleRun = {
+type ScaleRun = {
   out: string;
   name: string;
   quick: boolean;
   machine: MachineInfo;
-  settings: { names: number; bounded: number; cacheSize: number };
+  settings: { names: number; bounded: number; cacheSize: number; readyTimeoutMs: number };
   generateSeconds: number;
   /** The first start, which validates every entry and records the verdicts. */
   firstStart: { readyMs: number | undefined; rss: Rss };
-  notReady?: { readyTimeoutMs: number; phases: Phases; rss: Rss; lastLogLines: unknown };
-  startup?: { readyMs: number; phases: Phases; rssAfterStart: Rss };
+  /** The start measured; `rss` 1 s after ready, or when given up (readyMs undefined, the log's last lines kept). */
+  startup: { readyMs: number | undefined; phases: Phases; rss: Rss; lastLogLines?: unknown };
   replaced?: Awaited<ReturnType<typeof replaceOne>>[];
   /** No-change rescans: POST /reload's durationMs. */
   rescans?: number[];
@@ -39,39 +40,36 @@ export type ScaleRun = {
 };
 
 const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-/** Functions listed per profile. */
-const TOP = 25;
+const TOP = 25; // functions listed per profile
 const ms = (v: number | undefined, decimals = 0) => fmt(v ?? Number.NaN, decimals);
-const list = (values: readonly (number | undefined)[]) => values.map((v) => ms(v)).join(' / ');
-const mib = (r: Rss) => `${fmt(r.primaryMiB, 1)} / ${workersRss(r)} MiB`;
-const rssCpu = (r: Rss) => `${mib(r)}, CPU ${[r.primaryCpuMs, ...r.workersCpuMs].map((m) => fmt(m)).join(' / ')} ms`;
+const list = (values: readonly (number | undefined)[], decimals = 0) => values.map((v) => ms(v, decimals)).join(' / ');
+export const workersRss = (r: Rss): string => list(r.workersMiB, 1) || 'none';
+/** RSS, then CPU used: primary / workers. */
+export const rssText = (r: Rss) => `${fmt(r.primaryMiB, 1)} / ${workersRss(r)} MiB, CPU ${list([r.primaryCpuMs, ...r.workersCpuMs])} ms`;
 const meanWorkers = (r: Rss): number => r.workersMiB.reduce((a, b) => a + b, 0) / r.workersMiB.length;
 
 /** Writes the result files; exit status 1 when the proxy was not ready, a handshake failed or a new certificate was never served. */
 export function scaleReport(run: ScaleRun, log: Log): number {
-  const { settings, firstStart, notReady, startup, replaced = [], rescans = [], bounded, contextRuns = [], profile } = run;
-  const phases = startup?.phases ?? notReady!.phases;
+  const { settings, firstStart, startup, replaced = [], rescans = [], bounded, contextRuns = [], profile } = run;
+  const { phases, readyMs } = startup;
+  const notReady = readyMs === undefined;
   const passes = bounded?.passes ?? [];
   const notServed = replaced.filter((r) => r.timeToServeMs === undefined).length;
-  const failed = [...passes, ...contextRuns].reduce((n, p) => n + p.failed, notServed + (notReady === undefined ? 0 : 1));
+  const failed = [...passes, ...contextRuns].reduce((n, p) => n + p.failed, notServed + (notReady ? 1 : 0));
   const [small, large] = contextRuns;
   // (mean worker RSS with every entry's context − with one) / (entries − 1); the larger cache holds the whole store.
   const perContextKiB = (at: 'afterStart' | 'afterHandshakes') =>
     small && large ? round(((meanWorkers(large[at]) - meanWorkers(small[at])) * 1024) / (large.cacheSize - 1), 1) : undefined;
   const rows: (readonly [string, string])[] = [
     ['first start (every entry validated, verdicts recorded): spawn → /readyz 200', `${ms(firstStart.readyMs)} ms`],
-    ['… RSS, CPU used: primary / workers', rssCpu(firstStart.rss)],
-    [
-      'start-up (verdicts known, as every start after the first): spawn → /readyz 200',
-      `${startup ? fmt(startup.readyMs) : `not within ${fmt(notReady!.readyTimeoutMs)}`} ms`,
-    ],
+    ['… RSS, CPU used: primary / workers', rssText(firstStart.rss)],
+    ['start-up (verdicts known, as every later start): spawn → /readyz 200', `${notReady ? 'not within ' : ''}${ms(readyMs ?? settings.readyTimeoutMs)} ms`],
     ['… primary listed the store (unchanged entries from the kept state), forked', `${ms(phases.primaryStartedMs)} ms`],
     ['… workers listening (the kept pack received, indexed)', `${list(phases.workersListeningMs) || 'none'} ms`],
+    [`RSS ${notReady ? 'when given up' : '1 s after ready'}, CPU used until then: primary / workers`, rssText(startup.rss)],
   ];
-  if (notReady) rows.push(['RSS, CPU used when given up: primary / workers', rssCpu(notReady.rss)]);
-  if (startup) {
+  if (!notReady) {
     rows.push(
-      ['RSS 1 s after ready, CPU used until then: primary / workers', rssCpu(startup.rssAfterStart)],
       [`one-entry reload (rename → new serial on a new connection), ${replaced.length}×`, `${list(replaced.map((r) => r.timeToServeMs))} ms`],
       ['… primary "reload done" durationMs (after the 150 ms watch debounce)', `${list(replaced.map((r) => r.reloadDurationMs))} ms`],
       [`no-change rescan (POST /reload durationMs), ${rescans.length}×`, `${list(rescans)} ms`],
@@ -95,9 +93,9 @@ export function scaleReport(run: ScaleRun, log: Log): number {
   const profiles = profile ? summarizeProfiles(profile, settings.names) : [];
   const title = `cert-scale${profile ? ' profile' : ''}${run.quick ? ' (quick)' : ''}: ${fmt(settings.names)} store entries, ${dateStamp()}`;
   const markdown = [
-    `# ${title}${notReady ? `: NOT READY within ${fmt(notReady.readyTimeoutMs / 1000)} s` : ''}`,
+    `# ${title}${notReady ? `: NOT READY within ${fmt(settings.readyTimeoutMs / 1000)} s` : ''}`,
     '',
-    `\`keyedge proxy\`, 2 workers, contextCacheSize ${settings.cacheSize}; a store of ${fmt(settings.names)} entries (one name each, n<i>.${DOMAIN}, ` +
+    `\`keyedge proxy\`, 2 workers, contextCacheSize ${settings.cacheSize}; a store of ${fmt(settings.names)} entries (one name each, n<i>.scale.test, ` +
       `all on one ECDSA P-256 key of the key server, SoftHSM2), issued and written in ${fmt(run.generateSeconds, 1)} s by the bench.` +
       (profile ? ' Primary and workers under `node --cpu-prof` (sampling slows them a little).' : '') +
       (notReady ? ' The proxy did not answer /readyz 200 in time: the later figures could not be taken. See bench/README.md, "cert-scale".' : ''),
@@ -114,19 +112,16 @@ export function scaleReport(run: ScaleRun, log: Log): number {
   ].join('\n');
   // The suite's one-row-per-scenario shape (harness/summary.ts): durations as p50 (median) and p99 (max); no rate or CPU.
   const row = (scenario: string, label: string, values: readonly number[]) =>
-    durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), failed, notReady && 'not ready in time');
+    durationRow('cert-scale', scenario, label, round(median(values), 1), round(Math.max(...values), 1), failed, notReady ? 'not ready in time' : undefined);
+  // Not ready in time: every row skipped (JSON null figures), the suite still lists the scenarios.
   const summary = [
-    row('startup', 'start-up until /readyz 200', [startup?.readyMs ?? Number.NaN]),
-    ...(startup === undefined
-      ? []
-      : [
-          row(
-            'one-entry-reload',
-            'one entry replaced: rename → served (p99 = max)',
-            replaced.map((r) => r.timeToServeMs ?? Number.NaN),
-          ),
-          row('rescan', 'no-change rescan, POST /reload durationMs (p99 = max)', rescans),
-        ]),
+    row('startup', 'start-up until /readyz 200', [readyMs ?? Number.NaN]),
+    row(
+      'one-entry-reload',
+      'one entry replaced: rename → served (p99 = max)',
+      replaced.map((r) => r.timeToServeMs ?? Number.NaN),
+    ),
+    row('rescan', 'no-change rescan, POST /reload durationMs (p99 = max)', rescans),
   ];
   const { out, name, machine, settings: _settings, ...figures } = run;
   const kib = { kibPerContextAfterStart: perContextKiB('afterStart'), kibPerContextAfterHandshakes: perContextKiB('afterHandshakes') };
@@ -142,10 +137,8 @@ function summarizeProfiles(profile: NonNullable<ScaleRun['profile']>, names: num
   const files = readdirSync(profile.dir).filter((f) => f.endsWith('.cpuprofile'));
   const isPrimary = (f: string): boolean => Number(f.split('.')[3]) === profile.primaryPid;
   const byRole = [['primary', files.find(isPrimary)] as const, ['worker', files.find((f) => !isPrimary(f))] as const];
-  const windows = [
-    ['start-up (spawn → /readyz 200)', profile.windows.startup],
-    ['one-entry reloads and no-change rescans', profile.windows.reloads],
-  ] as const;
+  const { startup, reloads } = profile.windows;
+  const windows = [['start-up (spawn → /readyz 200)', startup] as const, ['one-entry reloads and no-change rescans', reloads] as const];
   const summaries = byRole.flatMap(([role, file]) => {
     if (file === undefined) return [];
     const target = join(resolve('bench/results/tmp/profiles'), `${dateStamp()}-cert-scale-${names}-${role}.cpuprofile`);

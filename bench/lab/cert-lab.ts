@@ -1,19 +1,16 @@
 /**
  * The certificate benches' set-up (cert-reload, cert-scale) in one temp dir: a key server with keys from `keyedge key
- * generate --json` (key id and public key), a throwaway CA issuing leaves for them, the demo origin, and
- * `keyedge proxy --config <file>` run as an operator runs it (cluster, admin port with a bearer token file, a
- * certificate store), as often as a bench needs; its JSON log read back as it grows; and the client side: one verified
- * GET that reports the served serial, and a probe until a new serial is served.
+ * generate`, a throwaway CA issuing leaves for them, the demo origin, and `keyedge proxy --config <file>` run as an
+ * operator runs it (cluster, admin port with a bearer token file, a certificate store), its JSON log read as it grows;
+ * and the client side: one verified GET that reports the served serial, and a probe until a new serial is served.
  *
- * The CA is made in the bench process, fast enough for 100,000 leaves: DER encoded here and signed with `crypto.sign`
- * (~0.1 ms a leaf; openssl per certificate would take minutes, @peculiar/x509 over WebCrypto several seconds). Its
- * leaves are ordinary RFC 5280 TLS server certificates: v3, a positive 16-byte serial (§4.1.2.2), UTCTime validity
- * (§4.1.2.5.1), critical basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth, subjectAltName
- * dNSNames (RFC 6125 §6.4.4), and subject/authority key identifiers (§4.2.1.1-2) so chain building never falls back
- * to name matching.
+ * The CA signs with `crypto.sign` over DER encoded here: ~0.1 ms a leaf (openssl would take minutes for 100,000).
+ * Leaves are ordinary RFC 5280 TLS server certificates: v3, positive 16-byte serial, UTCTime validity, critical
+ * basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth, subjectAltName dNSNames (RFC 6125 §6.4.4),
+ * subject/authority key identifiers (§4.2.1.1-2) so chain building never falls back to name matching.
  */
 import { createHash, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { basename, dirname, join } from 'node:path';
 import type tls from 'node:tls';
@@ -21,7 +18,7 @@ import { processTree } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
 import { exitOnInterrupt, type Log } from '../harness/runner.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyType, LabBase } from './keyserver.js';
+import { KEYEDGE_CLI, KeyserverLab, LabBase } from './keyserver.js';
 
 /** DER (X.690 §8.1.3): tag, length (short form below 128, else long form), content. */
 function tlv(tag: number, content: Buffer): Buffer {
@@ -110,8 +107,8 @@ class BenchCa {
 
 const KEYS = { ec: { title: 'ECDSA P-256', type: 'ec-p256' }, rsa: { title: 'RSA-2048', type: 'rsa-2048' } } as const;
 
-/** A token key: `type` as `keyedge key generate --type` takes it, `spki` (DER) as the key server returns it. */
-export type LabKey = { readonly id: keyof typeof KEYS; readonly title: string; readonly type: KeyType; readonly keyId: string; readonly spki: Buffer };
+/** A token key; `spki` (DER) as `keyedge key generate --json` printed it. */
+export type LabKey = { readonly id: keyof typeof KEYS; readonly title: string; readonly spki: Buffer };
 
 /** One JSON log line of the proxy (pino): `time` is ISO 8601, `msg` the message. */
 type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
@@ -126,7 +123,7 @@ class ProxyLog {
 
   /** Every line so far (reads what was appended since the last call). */
   read(): LogLine[] {
-    const text = existsSync(this.file) ? readFileSync(this.file) : Buffer.alloc(0);
+    const text = readFileSync(this.file);
     if (text.length <= this.#offset) return this.lines;
     const parts = (this.#pending + text.subarray(this.#offset).toString('utf8')).split('\n');
     [this.#offset, this.#pending] = [text.length, parts.pop() ?? ''];
@@ -180,7 +177,7 @@ export class CertLab extends LabBase {
     try {
       for (const id of keyIds) {
         const generated = JSON.parse(await lab.keyserverLab.key('generate', '--type', KEYS[id].type, '--label', `bench-${id}`, '--json'));
-        lab.keys.set(id, { id, ...KEYS[id], keyId: generated.keyId, spki: Buffer.from(generated.spki, 'base64') });
+        lab.keys.set(id, { id, title: KEYS[id].title, spki: Buffer.from(generated.spki, 'base64') });
         say(`${KEYS[id].title}: token key ${generated.keyId.slice(0, 16)}… (keyedge key generate)`);
       }
       lab.keyserver = await lab.keyserverLab.startServer();
@@ -200,12 +197,10 @@ export class CertLab extends LabBase {
   }
 
   /**
-   * Writes `<dir>/<name>.json` (`config` over the shared sections: key server, one listener, admin port with the
-   * token, 2 workers), starts `keyedge proxy` (`nodeArgs` for the primary, which node:cluster passes on to the
-   * workers: --cpu-prof) logging to `<dir>/<name>.log`, and resolves once /readyz answers 200; not ready in time
-   * rejects, or with `allowNotReady` resolves with readyMs undefined. Another program can take a port between
-   * freePort() and the bind (the workers then fail with EADDRINUSE and are restarted forever): seen in the log, the
-   * proxy is started again on fresh ports, up to three times.
+   * Writes `<dir>/<name>.json` (`config` over the shared sections: key server, one listener, admin port with the token,
+   * 2 workers), starts `keyedge proxy` (`nodeArgs`, e.g. --cpu-prof, reach the workers through node:cluster) and
+   * resolves once /readyz answers 200; not ready in time rejects, or with `allowNotReady` resolves with readyMs
+   * undefined. A port taken between freePort() and the bind (EADDRINUSE in the log): started again, up to three times.
    */
   async startProxy(options: { name: string; config: object; nodeArgs?: readonly string[]; readyTimeoutMs?: number; allowNotReady?: boolean }) {
     const { name, readyTimeoutMs = 120_000 } = options;
@@ -277,9 +272,9 @@ export function writeAtomically(file: string, text: string): void {
 }
 
 /**
- * `failed`: in the TLS handshake (certificate verification included) or in the HTTP request after it (absent: it
- * answered 200); `serial`: the served leaf's, upper-case hex (node:tls's form); `startedAt`, `handshakeAt`:
- * performance.now() at the start and at the end of the handshake (none on a reused connection).
+ * `failed`: in the TLS handshake (certificate verification included) or in the HTTP request after it (absent: 200);
+ * `serial`: the served leaf's, upper-case hex; `startedAt`, `handshakeAt`: performance.now() at the start and at the
+ * end of the handshake (none on a reused connection).
  */
 export type GetResult = { failed?: 'handshake' | 'request'; error?: string; serial?: string; startedAt: number; handshakeAt?: number; reused: boolean };
 
