@@ -11,8 +11,8 @@ import { parseCli, std } from '../harness/cli.js';
 import { describeMachine, fmt } from '../harness/report.js';
 import { sleep } from '../harness/rounds.js';
 import { type Log, runBench } from '../harness/runner.js';
-import { CertLab, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
-import { diffCounters, readHandshakeCounters } from '../lab/counters.js';
+import { round } from '../harness/stats.js';
+import { CertLab, type LabKey, type RunningProxy, writeAtomically } from '../lab/cert-lab.js';
 import { ReloadLoad } from './load.js';
 import { reloadReport, TRIGGER_TITLE, type Trigger } from './report.js';
 
@@ -30,51 +30,42 @@ const TABLE = {
 /** Replacement i (1-based): 2 and 4 of every 5 are PUT and SIGHUP, the rest renames, so --quick's 4 covers every trigger and 20 give 12 / 4 / 4. */
 const triggerOf = (i: number): Trigger => (i % 5 === 2 ? 'put' : i % 5 === 4 ? 'sighup' : 'rename');
 
-type Site = { readonly entry: string; readonly serverName: string; readonly file: string; key: ReturnType<CertLab['key']>; serial: string };
-
-/** Writes `chain` the trigger's way; the instants the write started and took effect (PUT: sent and answered). */
-async function write(proxy: RunningProxy, trigger: Trigger, site: Site, chain: string) {
-  const startedAt = performance.now();
-  if (trigger === 'put') {
-    const answer = await proxy.admin('PUT', `/certs/${site.entry}`, chain);
-    const writtenAt = performance.now();
-    if (answer.status !== 200) throw new Error(`PUT /certs/${site.entry} answered ${answer.status}: ${answer.text}`);
-    return { startedAt, writtenAt, putRoundTripMs: writtenAt - startedAt };
-  }
-  writeAtomically(site.file, chain);
-  if (trigger === 'sighup') process.kill(proxy.process.pid, 'SIGHUP');
-  const writtenAt = performance.now();
-  return { startedAt: writtenAt, writtenAt, putRoundTripMs: undefined };
-}
+type Site = { readonly entry: string; readonly serverName: string; readonly file: string; key: LabKey; serial: string };
 
 /** What every replacement uses; `reloadFrom`: the proxy log's line after the last "reload done" seen. */
 type Bench = { lab: CertLab; proxy: RunningProxy; load: ReloadLoad; sites: readonly Site[]; probeMs: number; reloadFrom: number; say: Log };
 
 /**
  * Replacement `index`: a leaf on the other key, written the trigger's way, probed until served; the primary's account
- * (its next "reload done" line with a change in it, waited for up to 5 s). `startedAt` / `writtenAt`: performance.now()
- * of the write's start and of its effect (PUT: sent and answered); `probeMs`: when the probe saw the new serial.
+ * (its next "reload done" line with a change in it, waited for up to 5 s). `writtenAt`: performance.now() once the
+ * write took effect (PUT: answered); `probeMs`: when the probe saw the new serial.
  */
 async function replace(bench: Bench, index: number) {
-  const { lab, proxy, load, sites, probeMs } = bench;
+  const { lab, proxy, load, sites } = bench;
   const trigger = triggerOf(index);
   const site = sites[trigger === 'sighup' ? 1 : 0]!;
   const [fromKey, oldSerial] = [site.key, site.serial];
   const toKey = lab.key(fromKey.id === 'ec' ? 'rsa' : 'ec');
   const leaf = lab.ca.issue(toKey.spki, [site.serverName]);
-  const written = await write(proxy, trigger, site, lab.ca.chain(leaf));
-  const { seenMs, probes } = await load.probe(site, leaf.serial, written.writtenAt, probeMs);
+  const sentAt = performance.now();
+  if (trigger === 'put') {
+    const answer = await proxy.admin('PUT', `/certs/${site.entry}`, leaf.chain);
+    if (answer.status !== 200) throw new Error(`PUT /certs/${site.entry} answered ${answer.status}: ${answer.text}`);
+  } else {
+    writeAtomically(site.file, leaf.chain);
+    if (trigger === 'sighup') process.kill(proxy.process.pid, 'SIGHUP');
+  }
+  const writtenAt = performance.now();
+  const seenMs = await load.probe(site, leaf.serial, writtenAt, bench.probeMs);
   [site.key, site.serial] = [toKey, leaf.serial];
   const line = await proxy.log.next('reload done', bench.reloadFrom, 5_000, (l) => Number(l.changed) > 0);
   if (line !== undefined) bench.reloadFrom = proxy.log.lines.indexOf(line) + 1;
-  const reload = line && { trigger: String(line.trigger), generation: line.generation, durationMs: Number(line.durationMs) };
-  bench.say(
-    `#${index} ${TRIGGER_TITLE[trigger]} (${site.entry}: ${fromKey.title} → ${toKey.title}): ` +
-      `${seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`} ` +
-      `(${probes} probes); primary reload ${reload === undefined ? '?' : `${reload.trigger} ${fmt(reload.durationMs)} ms`}`,
-  );
+  const reload = line && { trigger: String(line.trigger), durationMs: Number(line.durationMs) };
+  const served = seenMs === undefined ? 'NOT served within 15 s' : `probe saw the new serial after ${fmt(seenMs, 1)} ms`;
+  bench.say(`#${index} ${TRIGGER_TITLE[trigger]} (${fromKey.title} → ${toKey.title}): ${served}; reload ${fmt(reload?.durationMs ?? Number.NaN)} ms`);
   const keys = { fromKey: fromKey.title, toKey: toKey.title, serial: leaf.serial, oldSerial };
-  return { index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...written, probeMs: seenMs, probes, reload };
+  const times = { writtenAt, putRoundTripMs: trigger === 'put' ? round(writtenAt - sentAt, 2) : undefined, probeMs: seenMs && round(seenMs, 2) };
+  return { index, trigger, certificate: site.entry, serverName: site.serverName, ...keys, ...times, reload };
 }
 export type Replacement = Awaited<ReturnType<typeof replace>>;
 
@@ -85,17 +76,15 @@ async function main(): Promise<number> {
   const machine = describeMachine();
   return CertLab.run(['ec', 'rsa'], v['keep-temp'], async (lab, say) => {
     const [storeDir, chainDir] = [join(lab.dir, 'store'), join(lab.dir, 'config-chains')];
-    for (const dir of [storeDir, chainDir]) mkdirSync(dir, { recursive: true });
+    const site = (entry: string, dir: string): Site => {
+      const [serverName, file, key] = [`${entry}.reload.test`, join(dir, `${entry}.pem`), lab.key('ec')];
+      const leaf = lab.ca.issue(key.spki, [serverName]);
+      mkdirSync(dir, { recursive: true });
+      writeAtomically(file, leaf.chain);
+      return { entry, serverName, file, key, serial: leaf.serial };
+    };
     // The store entry `site` (rename, PUT) and the config's chain file `cfg` (SIGHUP); both start on the ECDSA key.
-    const sites: Site[] = [
-      { entry: 'site', serverName: 'site.reload.test', file: join(storeDir, 'site.pem'), key: lab.key('ec'), serial: '' },
-      { entry: 'cfg', serverName: 'cfg.reload.test', file: join(chainDir, 'cfg.pem'), key: lab.key('ec'), serial: '' },
-    ];
-    for (const site of sites) {
-      const leaf = lab.ca.issue(site.key.spki, [site.serverName]);
-      writeAtomically(site.file, lab.ca.chain(leaf));
-      site.serial = leaf.serial;
-    }
+    const sites = [site('site', storeDir), site('cfg', chainDir)];
     const config = {
       certificates: [{ name: 'cfg', chain: sites[1]!.file }],
       domains: [{ name: '*.reload.test', origin: `http://127.0.0.1:${lab.originPort}` }],
@@ -103,9 +92,7 @@ async function main(): Promise<number> {
       certStore: { dir: storeDir, rescanSeconds: 3600 },
     };
     const proxy = await lab.startProxy({ name: 'proxy', config });
-    const workers = proxy.pids().workers.join(', ');
-    say(`proxy pid ${proxy.process.pid} :${proxy.port} (workers ${workers}), ready in ${fmt(proxy.readyMs!)} ms; ${replacements} replacements under load`);
-    const countersBefore = await readHandshakeCounters(proxy.adminPort);
+    say(`proxy pid ${proxy.process.pid} :${proxy.port}, ready in ${fmt(proxy.readyMs!)} ms; ${replacements} replacements under load`);
     const load = new ReloadLoad(proxy.port, lab.ca.pem, sites, newLoops, keepAliveLoops);
     await sleep(1000);
 
@@ -117,10 +104,9 @@ async function main(): Promise<number> {
     }
     await sleep(500);
     const loadSeconds = await load.stop();
-    const server = diffCounters(countersBefore, await readHandshakeCounters(proxy.adminPort));
     await proxy.stop();
     const settings = { replacements, newLoops, keepAliveLoops, probeMs, pauseMs, workers: 2, rescanSeconds: 3600 };
-    const failed = reloadReport({ quick: v.quick, machine, settings, loadSeconds, replacements: done }, load, server, v.out, say);
+    const failed = reloadReport({ quick: v.quick, machine, settings, loadSeconds, replacements: done }, load, v.out, say);
     return failed > 0 ? 1 : 0;
   });
 }

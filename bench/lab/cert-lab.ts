@@ -1,30 +1,117 @@
 /**
  * The certificate benches' set-up (cert-reload, cert-scale) in one temp dir: a key server with keys from `keyedge key
- * generate` (public keys read back over the protocol), a throwaway CA (cert-factory.ts) issuing leaves for them, the
- * demo origin, and `keyedge proxy --config <file>` run as an operator runs it (cluster, admin port with a bearer token
- * file, a certificate store), as often as a bench needs; its JSON log read back as it grows; and the client side: one
- * verified GET that reports the served serial, and a probe until a new serial is served.
+ * generate`, a throwaway CA issuing leaves for them, the demo origin, and `keyedge proxy --config <file>` run as an
+ * operator runs it (cluster, admin port with a bearer token file, a certificate store), its JSON log read as it grows;
+ * and the client side: one verified GET that reports the served serial, and a probe until a new serial is served.
+ *
+ * The CA signs with `crypto.sign` over DER encoded here: ~0.1 ms a leaf (openssl would take minutes for 100,000).
+ * Leaves are ordinary RFC 5280 TLS server certificates: v3, positive 16-byte serial, UTCTime validity, critical
+ * basicConstraints CA:FALSE and keyUsage digitalSignature, EKU serverAuth, subjectAltName dNSNames (RFC 6125 §6.4.4),
+ * subject/authority key identifiers (§4.2.1.1-2) so chain building never falls back to name matching.
  */
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createHash, generateKeyPairSync, type KeyObject, randomBytes, sign } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { basename, dirname, join } from 'node:path';
 import type tls from 'node:tls';
-import { KeyserverClient } from '../../keyserver/client/client.js';
 import { processTree } from '../harness/proc-cpu.js';
 import { sleep } from '../harness/rounds.js';
 import { exitOnInterrupt, type Log } from '../harness/runner.js';
 import { freePort, httpGet, spawnManaged, waitFor } from '../harness/spawn.js';
-import { BenchCa } from './cert-factory.js';
-import { KEYEDGE_CLI, KeyserverLab, type KeyType, LabBase } from './keyserver.js';
+import { KEYEDGE_CLI, KeyserverLab, LabBase } from './keyserver.js';
+
+/** DER (X.690 §8.1.3): tag, length (short form below 128, else long form), content. */
+function tlv(tag: number, content: Buffer): Buffer {
+  const n = content.length;
+  const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : n < 0x10000 ? [0x82, n >> 8, n & 0xff] : [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...length]), content]);
+}
+const seq = (...parts: Buffer[]): Buffer => tlv(0x30, Buffer.concat(parts));
+const hex = (text: string): Buffer => Buffer.from(text.replaceAll(' ', ''), 'hex');
+
+/** Extension 2.5.29.`id` (subjectKeyIdentifier 14, keyUsage 15, subjectAltName 17, basicConstraints 19, authorityKeyIdentifier 35, extKeyUsage 37). */
+const extension = (id: number, critical: boolean, value: Buffer): Buffer =>
+  seq(hex(`06 03 55 1d ${id.toString(16).padStart(2, '0')}`), ...(critical ? [hex('01 01 ff')] : []), tlv(0x04, value));
+const ECDSA_SHA256 = seq(hex('06 08 2a 86 48 ce 3d 04 03 02')); // 1.2.840.10045.4.3.2, no parameters (RFC 5758 §3.2)
+const commonName = (text: string): Buffer => seq(tlv(0x31, seq(hex('06 03 55 04 03'), tlv(0x0c, Buffer.from(text, 'utf8')))));
+/** UTCTime YYMMDDHHMMSSZ: RFC 5280 §4.1.2.5 requires it for years before 2050. */
+const utcTime = (date: Date): Buffer => tlv(0x17, Buffer.from(`${date.toISOString().slice(2, 19).replace(/[-T:]/g, '')}Z`, 'ascii'));
+/** SHA-1 of the SPKI (RFC 5280 §4.2.1.2, method 1 in spirit). */
+const keyIdentifier = (spkiDer: Buffer): Buffer => createHash('sha1').update(spkiDer).digest();
+
+/** 16 random bytes, positive and first byte ≥ 0x10, so every serial prints as 32 hex digits. */
+function newSerial(): Buffer {
+  const serial = randomBytes(16);
+  serial[0] = 0x10 + (serial[0]! % 0x70);
+  return serial;
+}
+
+type Fields = { serial: Buffer; issuer: Buffer; subject: Buffer; validity: readonly Date[]; spkiDer: Buffer; extensions: Buffer[] };
+
+/** A v3 certificate, PEM, signed by `key` (ECDSA P-256 with SHA-256: node's DER Ecdsa-Sig-Value, as X.509 carries it). */
+function certificate(f: Fields, key: KeyObject): string {
+  const validity = seq(...f.validity.map(utcTime));
+  const tbs = seq(hex('a0 03 02 01 02'), tlv(0x02, f.serial), ECDSA_SHA256, f.issuer, validity, f.subject, f.spkiDer, tlv(0xa3, seq(...f.extensions)));
+  const der = seq(tbs, ECDSA_SHA256, tlv(0x03, Buffer.concat([Buffer.from([0]), sign('sha256', tbs, key)])));
+  return `-----BEGIN CERTIFICATE-----\n${der
+    .toString('base64')
+    .match(/.{1,64}/g)!
+    .join('\n')}\n-----END CERTIFICATE-----\n`;
+}
+
+/**
+ * A throwaway ECDSA P-256 CA valid from a minute back (clock skew) for 90 days, so that a start logs no expiry warning
+ * per entry (100,000 lines at the largest store); `issue` is synchronous.
+ */
+class BenchCa {
+  readonly #key: KeyObject;
+  readonly #subject = commonName('keyedge certificate bench CA');
+  readonly #keyId: Buffer;
+  readonly #validity: readonly [Date, Date];
+  readonly pem: string;
+
+  constructor() {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spkiDer = publicKey.export({ type: 'spki', format: 'der' });
+    [this.#key, this.#keyId] = [privateKey, keyIdentifier(spkiDer)];
+    const notBefore = new Date(Date.now() - 60_000);
+    this.#validity = [notBefore, new Date(notBefore.getTime() + 90 * 86_400_000)];
+    const extensions = [
+      extension(0x13, true, seq(hex('01 01 ff'))), // basicConstraints cA TRUE
+      extension(0x0f, true, hex('03 02 01 06')), // keyUsage keyCertSign, cRLSign
+      extension(0x0e, false, tlv(0x04, this.#keyId)),
+    ];
+    this.pem = certificate({ serial: newSerial(), issuer: this.#subject, subject: this.#subject, validity: this.#validity, spkiDer, extensions }, privateKey);
+  }
+
+  /**
+   * A TLS server leaf for `spkiDer` (the key server's public key) covering `dnsNames`, valid as long as the CA less a
+   * day: `chain`, the leaf then this CA, is what a store entry or a config chain file holds (RFC 8446 §4.4.2);
+   * `serial` in upper-case hex, as node:tls reports a peer certificate's serialNumber.
+   */
+  issue(spkiDer: Buffer, dnsNames: readonly string[]): { readonly chain: string; readonly serial: string } {
+    const serial = newSerial();
+    const extensions = [
+      extension(0x13, true, seq()), // basicConstraints, cA FALSE
+      extension(0x0f, true, hex('03 02 07 80')), // keyUsage digitalSignature
+      extension(0x25, false, seq(hex('06 08 2b 06 01 05 05 07 03 01'))), // extKeyUsage serverAuth
+      extension(0x11, false, seq(...dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'ascii'))))),
+      extension(0x0e, false, tlv(0x04, keyIdentifier(spkiDer))),
+      extension(0x23, false, seq(tlv(0x80, this.#keyId))),
+    ];
+    const validity = [this.#validity[0], new Date(this.#validity[1].getTime() - 86_400_000)];
+    const pem = certificate({ serial, issuer: this.#subject, subject: commonName(dnsNames[0] ?? 'leaf'), validity, spkiDer, extensions }, this.#key);
+    return { chain: `${pem}${this.pem}`, serial: serial.toString('hex').toUpperCase() };
+  }
+}
 
 const KEYS = { ec: { title: 'ECDSA P-256', type: 'ec-p256' }, rsa: { title: 'RSA-2048', type: 'rsa-2048' } } as const;
 
-/** A token key: `type` as `keyedge key generate --type` takes it, `spki` (DER) as the key server returns it. */
-export type LabKey = { readonly id: keyof typeof KEYS; readonly title: string; readonly type: KeyType; readonly keyId: string; readonly spki: Buffer };
+/** A token key; `spki` (DER) as `keyedge key generate --json` printed it. */
+export type LabKey = { readonly id: keyof typeof KEYS; readonly title: string; readonly spki: Buffer };
 
 /** One JSON log line of the proxy (pino): `time` is ISO 8601, `msg` the message. */
-export type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
+type LogLine = Record<string, unknown> & { readonly msg?: string; readonly time?: string };
 
 /** Reads a proxy's log file as it grows; a line that is not JSON (a crash trace) is kept as `{ msg: text }`. */
 class ProxyLog {
@@ -36,7 +123,7 @@ class ProxyLog {
 
   /** Every line so far (reads what was appended since the last call). */
   read(): LogLine[] {
-    const text = existsSync(this.file) ? readFileSync(this.file) : Buffer.alloc(0);
+    const text = readFileSync(this.file);
     if (text.length <= this.#offset) return this.lines;
     const parts = (this.#pending + text.subarray(this.#offset).toString('utf8')).split('\n');
     [this.#offset, this.#pending] = [text.length, parts.pop() ?? ''];
@@ -48,11 +135,6 @@ class ProxyLog {
       }
     }
     return this.lines;
-  }
-
-  /** Lines with message `msg`. */
-  find(msg: string): LogLine[] {
-    return this.read().filter((l) => l.msg === msg);
   }
 
   /** The first line with message `msg` (and `when`) from index `from` on, waited for up to `timeoutMs`; undefined after. */
@@ -67,16 +149,8 @@ class ProxyLog {
 /** A started proxy: its process, log, ports, pids, admin requests with the token, stop. */
 export type RunningProxy = Awaited<ReturnType<CertLab['startProxy']>>;
 
-/**
- * `name`: its config and log are `<dir>/<name>.{json,log}`; `config`: the bench's sections over the shared ones (key
- * server, one listener, admin port with the token, 2 workers); `nodeArgs`: for the primary, which node:cluster passes on
- * to the workers (--cpu-prof); `allowNotReady`: not ready in time resolves with readyMs undefined instead of rejecting.
- */
-type ProxyStartOptions = { name: string; config: object; nodeArgs?: readonly string[]; readyTimeoutMs?: number; allowNotReady?: boolean };
-
 export class CertLab extends LabBase {
-  /** Issues 90-day certificates: a start logs no expiry warning per entry (100,000 lines at the largest store). */
-  readonly ca = new BenchCa('keyedge certificate bench CA', 90);
+  readonly ca = new BenchCa();
   readonly tokenFile: string;
   readonly token = randomBytes(24).toString('hex');
   readonly keys = new Map<string, LabKey>();
@@ -98,24 +172,16 @@ export class CertLab extends LabBase {
    */
   static async run(keyIds: readonly LabKey['id'][], keepTemp: boolean, body: (lab: CertLab, say: Log) => Promise<number>): Promise<number> {
     const say = (line: string): void => void process.stderr.write(`${line}\n`);
-    const originPort = await freePort();
-    const lab = new CertLab(new KeyserverLab({ prefix: 'keyedge-certs-', tokenLabel: 'keyedge-certs' }), originPort);
+    const lab = new CertLab(new KeyserverLab({ prefix: 'keyedge-certs-', tokenLabel: 'keyedge-certs' }), await freePort());
     exitOnInterrupt(() => lab.cleanup(keepTemp));
     try {
-      const generated: string[] = [];
-      for (const id of keyIds) generated.push(await lab.keyserverLab.generateKey(KEYS[id].type, `bench-${id}`));
-      lab.keyserver = await lab.keyserverLab.startServer();
-      const client = await KeyserverClient.connect({ unixPath: join(lab.keyserverLab.stateDir, 'keyserver.sock') });
-      try {
-        for (const [i, id] of keyIds.entries()) {
-          const keyId = generated[i]!;
-          lab.keys.set(id, { id, ...KEYS[id], keyId, spki: await client.getPublicKey(keyId) });
-          say(`${KEYS[id].title}: token key ${keyId.slice(0, 16)}… (keyedge key generate)`);
-        }
-      } finally {
-        client.close();
+      for (const id of keyIds) {
+        const generated = JSON.parse(await lab.keyserverLab.key('generate', '--type', KEYS[id].type, '--label', `bench-${id}`, '--json'));
+        lab.keys.set(id, { id, title: KEYS[id].title, spki: Buffer.from(generated.spki, 'base64') });
+        say(`${KEYS[id].title}: token key ${generated.keyId.slice(0, 16)}… (keyedge key generate)`);
       }
-      await lab.startDemoOrigin(originPort, undefined);
+      lab.keyserver = await lab.keyserverLab.startServer();
+      await lab.startDemoOrigin(lab.originPort, undefined);
       const status = await body(lab, say);
       await lab.stop();
       return status;
@@ -131,13 +197,14 @@ export class CertLab extends LabBase {
   }
 
   /**
-   * Writes the config, starts `keyedge proxy` and resolves once /readyz answers 200. Another program can take a port
-   * between freePort() and the bind (the workers then fail with EADDRINUSE and are restarted forever): seen in the log,
-   * the proxy is started again on fresh ports, up to three times.
+   * Writes `<dir>/<name>.json` (`config` over the shared sections: key server, one listener, admin port with the token,
+   * 2 workers), starts `keyedge proxy` (`nodeArgs`, e.g. --cpu-prof, reach the workers through node:cluster) and
+   * resolves once /readyz answers 200; not ready in time rejects, or with `allowNotReady` resolves with readyMs
+   * undefined. A port taken between freePort() and the bind (EADDRINUSE in the log): started again, up to three times.
    */
-  async startProxy(options: ProxyStartOptions) {
-    const [configFile, logFile] = [join(this.dir, `${options.name}.json`), join(this.dir, `${options.name}.log`)];
-    const timeoutMs = options.readyTimeoutMs ?? 120_000;
+  async startProxy(options: { name: string; config: object; nodeArgs?: readonly string[]; readyTimeoutMs?: number; allowNotReady?: boolean }) {
+    const { name, readyTimeoutMs = 120_000 } = options;
+    const [configFile, logFile] = [join(this.dir, `${name}.json`), join(this.dir, `${name}.log`)];
     for (let attempt = 1; ; attempt++) {
       const [port, adminPort] = [await freePort(), await freePort()];
       const config = {
@@ -152,25 +219,30 @@ export class CertLab extends LabBase {
       writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
       writeFileSync(logFile, '');
       const started = performance.now();
-      const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile];
-      const proc = spawnManaged(options.name, command, logFile, undefined, this.dir);
-      this.servers.set(options.name, proc);
+      const proc = spawnManaged(
+        name,
+        [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'proxy', '--config', configFile],
+        logFile,
+        undefined,
+        this.dir,
+      );
+      this.servers.set(name, proc);
       const stop = async () => {
         await proc.stop(30_000);
-        this.servers.delete(options.name);
+        this.servers.delete(name);
       };
       let outcome: 'ready' | 'port taken' | 'timed out' = 'ready';
       const ready = async (): Promise<boolean> => {
         if (readFileSync(logFile, 'utf8').includes('EADDRINUSE')) outcome = 'port taken';
-        else if (performance.now() - started > timeoutMs) outcome = 'timed out';
+        else if (performance.now() - started > readyTimeoutMs) outcome = 'timed out';
         else return (await httpGet(`http://127.0.0.1:${adminPort}/readyz`, 2000)).status === 200;
         return true;
       };
-      await waitFor(`keyedge proxy ${options.name} (/readyz)`, ready, timeoutMs + 5_000, proc, 20);
+      await waitFor(`keyedge proxy ${name} (/readyz)`, ready, readyTimeoutMs + 5_000, proc, 20);
       if (outcome !== 'ready' && (outcome === 'port taken' || options.allowNotReady !== true)) {
         await stop();
         if (outcome === 'port taken' && attempt < 3) continue;
-        throw new Error(`keyedge proxy ${options.name}: ${outcome === 'port taken' ? `its ports were taken ${attempt} times` : 'not ready'}\n${proc.tail()}`);
+        throw new Error(`keyedge proxy ${name}: ${outcome === 'port taken' ? `its ports were taken ${attempt} times` : 'not ready'}\n${proc.tail()}`);
       }
       const admin = async (method: string, path: string, body?: string): Promise<{ status: number; text: string }> => {
         const init = { method, headers: { authorization: `Bearer ${this.token}` }, signal: AbortSignal.timeout(120_000), body };
@@ -199,17 +271,10 @@ export function writeAtomically(file: string, text: string): void {
   renameSync(temp, file);
 }
 
-/** Resident set size of `pid` in KiB (VmRSS from /proc/<pid>/status). */
-export function rssKiB(pid: number): number {
-  const kib = Number(/^VmRSS:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-  if (!Number.isFinite(kib)) throw new Error(`no VmRSS for pid ${pid}`);
-  return kib;
-}
-
 /**
- * `failed`: in the TLS handshake (certificate verification included) or in the HTTP request after it (absent: it
- * answered 200); `serial`: the served leaf's, upper-case hex (node:tls's form); `startedAt`, `handshakeAt`:
- * performance.now() at the start and at the end of the handshake (none on a reused connection).
+ * `failed`: in the TLS handshake (certificate verification included) or in the HTTP request after it (absent: 200);
+ * `serial`: the served leaf's, upper-case hex; `startedAt`, `handshakeAt`: performance.now() at the start and at the
+ * end of the handshake (none on a reused connection).
  */
 export type GetResult = { failed?: 'handshake' | 'request'; error?: string; serial?: string; startedAt: number; handshakeAt?: number; reused: boolean };
 
@@ -249,17 +314,15 @@ export function get(port: number, servername: string, ca: string, agent: https.A
 
 /**
  * `connect` (a new connection to the replaced certificate's name) every `intervalMs`, back to back when one takes
- * longer, until it is served `serial`, at most `limitMs` after `writtenAt`: when the new serial was first seen (ms from
- * `writtenAt`; undefined: never) and how many connections that took.
+ * longer, until it is served `serial`, at most `limitMs` after `writtenAt`: ms from `writtenAt` until the new serial
+ * was first seen; undefined: never.
  */
 export async function untilServed(serial: string, writtenAt: number, intervalMs: number, limitMs: number, connect: () => Promise<GetResult>) {
-  let probes = 0;
   while (performance.now() - writtenAt < limitMs) {
     const started = performance.now();
     const r = await connect();
-    probes++;
-    if (r.serial === serial && r.handshakeAt !== undefined) return { seenMs: r.handshakeAt - writtenAt, probes };
+    if (r.serial === serial && r.handshakeAt !== undefined) return r.handshakeAt - writtenAt;
     await sleep(Math.max(0, intervalMs - (performance.now() - started)));
   }
-  return { seenMs: undefined, probes };
+  return undefined;
 }
