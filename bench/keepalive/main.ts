@@ -2,20 +2,16 @@
  * Benchmark: server CPU per keep-alive proxied request (1 KiB page, TLS 1.3, ECDSA P-256), the keyless proxy next to
  * nginx and caddy, over HTTP/1.1 (autocannon) and HTTP/2 (h2load, 10 streams per connection: issue 13). A description
  * for harness/runner.ts, and one run; set-up: lab.ts; figures and Markdown: report.ts; method and columns:
- * bench/README.md, "keepalive".
- *
- * Usage: node dist/bench/keepalive/main.js [--quick] [options]   (--help)
+ * bench/README.md, "keepalive". Usage: node dist/bench/keepalive/main.js [--quick] [options] (--help).
  */
-import { mkdirSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { negotiates } from '../handshake/alpn.js';
 import { LOG_LEVELS, listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
 import { findOrInstall, nodeBinary, nodeVersionOf, versionOf } from '../harness/install.js';
 import { perUnit, processTree, setAffinity, snapshot, usageBetween } from '../harness/proc-cpu.js';
 import { fmt, plural } from '../harness/report.js';
 import { type RunContext, type Scenario, sleep } from '../harness/rounds.js';
 import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
-import { autocannonVersion, startAutocannon, startH2load } from './clients.js';
+import { autocannonVersion, clientSeconds, startAutocannon, startH2load } from './clients.js';
 import { KeepaliveLab, SERVER_NAME, type ServerId } from './lab.js';
 import { report } from './report.js';
 
@@ -56,19 +52,13 @@ function parseOptions(argv: string[]) {
     ...pinning(v),
     protocols: listOf(v.protocols, '--protocols', ['h1', 'h2'] as const),
     servers: listOf(v.servers, '--servers', SERVER_IDS),
-    logLevel: v['log-level'],
     accessLog: LOG_LEVELS.indexOf(v['log-level']) <= LOG_LEVELS.indexOf('info'),
     cpuProfDir: v['cpu-prof'] === undefined ? undefined : resolve(v['cpu-prof']),
   };
 }
 
-/** The lab, what was skipped and why, the servers' versions, and the requests each scenario's client sent (warm-up included). */
-export interface Lab {
-  readonly lab: KeepaliveLab;
-  readonly skipped: Map<string, string>;
-  readonly versions: Record<string, string | undefined>;
-  readonly answered: Map<string, number>;
-}
+/** The lab, the scenarios skipped (why), the servers' versions, the requests each scenario's client sent (warm-up included). */
+export type Lab = { lab: KeepaliveLab; skipped: Map<string, string>; versions: Record<string, string | undefined>; answered: Map<string, number> };
 export type RunResult = Awaited<ReturnType<typeof runOnce>>;
 export type KeepaliveScenario = Scenario<RunResult> & { label: string };
 
@@ -76,45 +66,31 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
   name: 'keepalive',
   parse: parseOptions,
   async setup(o, { log }, hold) {
-    // Third-party servers: found or installed, else skipped with the reason.
     const skipped = new Map<string, string>();
     const [nginx, caddy] = (['nginx', 'caddy'] as const).map((server) => {
       const found = o.servers.includes(server) ? findOrInstall(server, server, !o['no-install'], log) : undefined;
-      if (found?.ok === false) {
-        skipped.set(server, found.reason);
-        log(`${server} skipped: ${found.reason}`);
-      }
+      if (found?.ok === false) skipped.set(server, found.reason);
       return found?.ok ? found.path : undefined;
     });
     const proxyNode = o['proxy-node'] === undefined ? undefined : nodeBinary(o['proxy-node'], log);
     const versions = {
       proxyNode: proxyNode === undefined ? `${process.version} (OpenSSL ${process.versions.openssl})` : nodeVersionOf(proxyNode),
-      autocannon: await autocannonVersion(),
+      autocannon: autocannonVersion(),
       ...(nginx === undefined ? {} : { nginx: versionOf(nginx, ['-v'])?.replace(/^nginx version: nginx\//, '') }),
       ...(caddy === undefined ? {} : { caddy: versionOf(caddy, ['version'])?.split(' ')[0] }),
     };
     if (o.clientCpus !== undefined) setAffinity(process.pid, o.clientCpus);
-    if (o.cpuProfDir !== undefined) mkdirSync(o.cpuProfDir, { recursive: true });
-    const proxyNodeArgs = o.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir];
-    const lab = await KeepaliveLab.create({ ...o, nginx, caddy, proxyNodeArgs, proxyNode }, log);
+    // Held as soon as it exists: the runner stops and removes what it started, on failure too.
+    const lab = new KeepaliveLab({ ...o, nginx, caddy, proxyNode });
     const held = { lab, skipped, versions, answered: new Map<string, number>() };
     hold(held);
     log(`temp dir ${lab.dir}`);
-    await lab.start(log);
-    for (const [server, reason] of lab.failed) skipped.set(server, reason);
+    for (const [server, reason] of await lab.start(log)) skipped.set(server, reason);
+    for (const [server, reason] of skipped) log(`${server} skipped: ${reason}`);
     return held;
   },
-  async scenarios({ lab, skipped, versions }, o, { log }) {
+  async scenarios({ lab, versions }, o) {
     const running = o.servers.filter((s) => lab.servers.has(s));
-    // HTTP/2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
-    const ca = readFileSync(lab.caFile, 'utf8');
-    const h2Servers: ServerId[] = [];
-    for (const server of o.protocols.includes('h2') ? running : []) {
-      const picked = await negotiates({ port: lab.ports[server], serverName: SERVER_NAME, ca, protocol: 'h2' });
-      if (picked === 'h2') h2Servers.push(server);
-      else skipped.set(`${server}-h2`, `${server} does not negotiate h2 (ALPN answer: ${picked || 'none'})`);
-      if (picked !== 'h2') log(`${server}-h2 skipped: the server does not negotiate h2`);
-    }
     const labels: Record<ServerId, string> = {
       keyedge: `keyedge proxy (keyless, ${plural(o.workers, 'worker')}${o['proxy-node'] === undefined ? '' : `, Node ${versions.proxyNode}`})`,
       nginx: `nginx ${versions.nginx ?? ''} (1 worker)`.replace('  ', ' '),
@@ -125,7 +101,7 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
       label: `${labels[server]}${h2 ? ', HTTP/2' : ''}`,
       run: (ms, context) => runOnce(lab, o, server, h2, ms, context),
     });
-    return o.protocols.flatMap((p) => (p === 'h1' ? running.map((s) => scenario(s, false)) : h2Servers.map((s) => scenario(s, true))));
+    return o.protocols.flatMap((p) => running.map((s) => scenario(s, p === 'h2')));
   },
   ownPids: ({ lab }) => [...lab.servers.values(), lab.origin].flatMap((p) => (p === undefined ? [] : processTree(p.pid))).concat(lab.keyserver?.pid ?? []),
   plan: (o, scenarios) =>
@@ -135,58 +111,43 @@ const KEEPALIVE: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult> = {
   line({ window: w, client: c }, scenario, { answered }) {
     answered.set(scenario, (answered.get(scenario) ?? 0) + c.requests);
     const errors = c.errors + c.timeouts + c.non2xx > 0 ? `  ERRORS ${c.errors} errors, ${c.timeouts} timeouts, ${c.non2xx} non-2xx` : '';
-    return (
-      `${fmt(w.requestsPerSecond).padStart(6)} req/s  server ${fmt(w.serverUs, 1)} µs/req  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req ` +
-      `(${fmt(w.clientCores, 2)} cores)  server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}${errors}`
-    );
+    const cpu = `server ${fmt(w.serverUs, 1)} µs/req  origin ${fmt(w.originUs, 1)}  client ${fmt(w.clientUs, 1)} µs/req (${fmt(w.clientCores, 2)} cores)`;
+    const cores = `server-side ${fmt(w.serverSideCores, 2)} cores  machine ${fmt(w.machineBusyCores, 2)}, others ${fmt(w.otherCores, 2)}`;
+    return `${fmt(w.requestsPerSecond).padStart(6)} req/s  ${cpu}  ${cores}${errors}`;
   },
   report,
   close: ({ lab }, o, log) => lab.close(o['keep-temp'], log),
   kill: ({ lab }, o) => lab.cleanup(o['keep-temp']),
 };
 
-/** The client's clock starts before its first requests reach the origin (start-up, 64 handshakes): it runs this much longer. */
-const CLIENT_MARGIN_MS = 2500;
-
-/**
- * One run: start the client, wait for traffic and the ramp-up, read the origin's counter and every process's CPU around
- * the window, then take the client's report. Requests are counted at the origin, so every server is counted alike.
- */
+/** One run: the client started, traffic and ramp-up awaited, a window of the origin's count and every process's CPU. */
 async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2: boolean, durationMs: number, context: RunContext) {
   const count0 = await lab.originCount();
-  const client = { serverName: SERVER_NAME, durationSec: (options.rampMs + durationMs + CLIENT_MARGIN_MS) / 1000, cpus: options.clientCpus };
-  const port = lab.ports[server];
+  const client = { serverName: SERVER_NAME, durationSec: clientSeconds(options.rampMs, durationMs), cpus: options.clientCpus };
+  const [port, tool] = [lab.ports[server], h2 ? 'h2load' : 'autocannon'];
   const ac = h2
     ? startH2load({ ...client, port, connections: options['h2-connections'], streams: options['h2-streams'] })
     : startAutocannon({ ...client, url: `https://127.0.0.1:${port}/`, connections: options.connections });
   try {
     for (const started = Date.now(); (await lab.originCount()) <= count0; await sleep(25, context.signal)) {
-      if (ac.exited()) throw new Error('the client exited before sending a request');
+      if (ac.exited()) throw new Error(`${tool} exited before sending a request`);
       if (Date.now() - started > 15_000) throw new Error('no request reached the origin within 15 s of starting the client');
     }
     await sleep(options.rampMs, context.signal);
-    const pid = (p: { pid: number } | undefined) => (p === undefined ? [] : [p.pid]);
-    const tracked = [
-      { name: 'proxy', roots: () => pid(lab.servers.get(server)) },
-      { name: 'keyserver', roots: () => (server === 'keyedge' ? pid(lab.keyserver) : []) },
-      { name: 'origin', roots: () => pid(lab.origin) },
-      { name: 'client', roots: () => [ac.pid] },
-    ];
+    const groups = { proxy: lab.servers.get(server), keyserver: server === 'keyedge' ? lab.keyserver : undefined, origin: lab.origin, client: ac };
+    const tracked = Object.entries(groups).map(([name, p]) => ({ name, roots: () => (p === undefined ? [] : [p.pid]) }));
     const [nA, sA] = [await lab.originCount(), snapshot(tracked)];
     await sleep(durationMs, context.signal);
     const [nB, sB] = [await lab.originCount(), snapshot(tracked)];
-    if (ac.exited()) throw new Error(`${h2 ? 'h2load' : 'autocannon'} finished before the measurement window closed`);
+    if (ac.exited()) throw new Error(`${tool} finished before the measurement window closed`);
     const usage = usageBetween(sA, sB);
     const requests = nB - nA;
     const { per, cores, otherCores } = perUnit(usage, requests);
     const window = {
-      seconds: usage.seconds,
       requests,
       requestsPerSecond: requests / usage.seconds,
-      /** The server's processes (keyedge: proxy + key server, whose part is ≈ 0: a keep-alive connection signs once). */
       serverUs: per('proxy', 'keyserver'),
       proxyUs: per('proxy'),
-      keyserverUs: server === 'keyedge' ? per('keyserver') : undefined,
       originUs: per('origin'),
       clientUs: per('client'),
       clientCores: cores('client'),
@@ -195,8 +156,8 @@ async function runOnce(lab: KeepaliveLab, options: Options, server: ServerId, h2
       otherCores,
       usage,
     };
-    // The client ends on its own at the end of its duration; a hung one is killed (harness/spawn.ts).
-    return { window, client: await ac.stop(undefined, CLIENT_MARGIN_MS + 15_000) };
+    // The client ends on its own at the end of its duration, a few seconds on; a hung one is killed (harness/spawn.ts).
+    return { window, client: await ac.stop(undefined, 20_000) };
   } finally {
     ac.kill();
   }

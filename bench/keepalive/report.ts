@@ -1,28 +1,20 @@
 /**
  * The keep-alive bench's result: medians and spread per scenario (server × protocol), keyedge ÷ nginx and ÷ caddy per
- * protocol, the `summary` rows the suite reads, the proxy's --cpu-prof top functions, as JSON and Markdown. The
- * columns are explained in bench/README.md, "keepalive".
+ * protocol, the `summary` rows the suite reads, the proxy's --cpu-prof top functions, as JSON and Markdown (columns:
+ * bench/README.md, "keepalive").
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { summarizeProfile } from '../harness/cpuprofile.js';
 import { topFunctionsTable } from '../harness/profile-table.js';
-import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
+import { type Column, columnTable, fmt, machineLines, minMax, plural, rangeText, specTable } from '../harness/report.js';
 import { CLEAN_ROUNDS_NOTE, failureLines, type MeasuringBench, overRounds, rateCell, roundColumns } from '../harness/runner.js';
 import { shownCommand } from '../harness/spawn.js';
 import { round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
-import { autocannonArgs, h2loadArgs } from './clients.js';
+import { autocannonArgs, clientSeconds, h2loadArgs } from './clients.js';
 import { ORIGIN_POOL, SERVER_NAME } from './lab.js';
 import type { KeepaliveScenario, Lab, Options, RunResult } from './main.js';
-
-const COMMANDS = {
-  keyedge: 'node dist/keyedge.cjs proxy --config <tmp>/proxy.json',
-  keyserver: 'node dist/keyedge.cjs keyserver --config <tmp>/keyserver.json',
-  nginx: 'nginx -p <tmp> -c <tmp>/nginx.conf -e <tmp>/nginx-error.log',
-  caddy: 'caddy run --config <tmp>/caddy.json',
-  origin: 'node dist/bench/keepalive/origin.js --port P',
-};
 
 /** A scenario's medians and spread over its clean rounds (harness/runner.ts); errors over every run. */
 function summarize(server: string, label: string, all: readonly RunResult[], serverCpuCount: number, failedRounds: number) {
@@ -34,7 +26,7 @@ function summarize(server: string, label: string, all: readonly RunResult[], ser
     requestsPerSecond: spreadOf((r) => r.window.requestsPerSecond),
     serverUs: spreadOf((r) => r.window.serverUs),
     proxyUs: med((r) => r.window.proxyUs),
-    keyserverUs: server.startsWith('keyedge') ? med((r) => r.window.keyserverUs ?? Number.NaN) : undefined,
+    keyserverUs: server.startsWith('keyedge') ? med((r) => r.window.serverUs - r.window.proxyUs) : undefined,
     originUs: med((r) => r.window.originUs),
     clientUs: med((r) => r.window.clientUs),
     p50Ms: med((r) => r.client.p50Ms),
@@ -80,10 +72,10 @@ const SERVER_COLUMNS: readonly Column<ServerSummary>[] = [
   ...roundColumns<ServerSummary>('machine busy / others (cores)'),
 ];
 
+const met = (ok: boolean) => (ok ? 'met' : 'missed');
+/** Below caddy's CPU per request; ≤ 2.0 × nginx's (issue 12 over HTTP/1.1, issue 13 over HTTP/2). */
 const target = (c: Comparison) =>
-  c.other === 'caddy'
-    ? `${c.cpuRatio < 1 ? 'met' : 'missed'}: ${c.cpuRatio < 1 ? '' : 'not '}below caddy`
-    : `≤ 2.0 (issue ${c.other === 'nginx' ? 12 : 13}): ${c.cpuRatio <= 2 ? 'met' : 'missed'}`;
+  c.other.startsWith('caddy') ? `below caddy: ${met(c.cpuRatio < 1)}` : `≤ 2.0 (issue ${c.other === 'nginx' ? 12 : 13}): ${met(c.cpuRatio <= 2)}`;
 
 const COMPARISON_COLUMNS: readonly Column<Comparison>[] = [
   ['keyedge vs', 'left', (c) => `${c.keyedge} vs ${c.other}`],
@@ -101,64 +93,52 @@ function readProfiles(dir: string, requests: number) {
   return busiest.map(({ file, summary }) => ({ file, busyUs: summary.busyUs, requests, top: summary.functions.slice(0, 25) }));
 }
 
-/** The bench's report (harness/runner.ts MeasuringBench). */
-export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>['report'] = async (held, o, scenarios, measured, { machine, date }) => {
-  const { lab, skipped, versions, answered } = held;
+type Report = MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>['report'];
+
+export const report: Report = async ({ lab, skipped, versions, answered }, o, scenarios, measured, { machine, date }) => {
   const { results, failures } = measured;
-  const shown = { serverName: SERVER_NAME, durationSec: 0, cpus: undefined };
-  const h2Args = h2loadArgs({ ...shown, port: 0, connections: o['h2-connections'], streams: o['h2-streams'] });
-  const h2Shown: [RegExp, string][] = [
-    [/-D 0/, '-D T'],
-    [/:0\b/g, ':PORT'],
-  ];
-  const h2Command = shownCommand(o.clientCpus, 'h2load', h2Args, h2Shown);
-  const acArgs = autocannonArgs({ ...shown, url: 'https://127.0.0.1:PORT/', connections: o.connections });
-  const clientCommand = shownCommand(o.clientCpus, 'node_modules/.bin/autocannon', acArgs, [[/-d 0/, '-d T']]);
+  // The client commands as a measuring run starts them, the port as a placeholder.
+  const client = { serverName: SERVER_NAME, durationSec: clientSeconds(o.rampMs, o.measureMs), cpus: undefined };
+  const h1 = autocannonArgs({ ...client, url: 'https://127.0.0.1:0/', connections: o.connections });
+  const h2 = h2loadArgs({ ...client, port: 0, connections: o['h2-connections'], streams: o['h2-streams'] });
+  const show = (program: string, args: string[]) => shownCommand(o.clientCpus, program, args, [[/:0\b/g, ':PORT']]);
+  const commands = { h1: show('node_modules/.bin/autocannon', h1), h2: show('h2load', h2) };
   // Stop the proxy first when profiling: node writes --cpu-prof files at exit. The profile covers every request it answered.
   if (o.cpuProfDir !== undefined) await lab.servers.get('keyedge')?.stop(15_000);
-  const proxyRequests = (answered.get('keyedge') ?? 0) + (answered.get('keyedge-h2') ?? 0);
   const failed = (name: string) => failures.filter((f) => f.scenario === name && f.phase === 'measure').length;
   const summaries = scenarios.map((s) => summarize(s.name, s.label, results.get(s.name) ?? [], o.serverCpuCount, failed(s.name)));
   const comparisons = ['', '-h2'].flatMap((p) => (['caddy', 'nginx'] as const).flatMap((other) => compareTo(summaries, `keyedge${p}`, `${other}${p}`) ?? []));
-  const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, proxyRequests);
-  const { connections, 'h2-connections': h2Connections, 'h2-streams': h2Streams, clientCpus, serverCpus, workers, logLevel, accessLog } = o;
+  const profiles = o.cpuProfDir === undefined ? [] : readProfiles(o.cpuProfDir, (answered.get('keyedge') ?? 0) + (answered.get('keyedge-h2') ?? 0));
+  const { connections, 'h2-connections': h2Connections, 'h2-streams': h2Streams, clientCpus, serverCpus, workers, 'log-level': logLevel, accessLog } = o;
   const json = {
     versions,
-    client: { command: clientCommand, connections, cpus: clientCpus, h2: { command: h2Command, connections: h2Connections, streams: h2Streams } },
-    servers: { ...COMMANDS, workers, cpus: serverCpus, logLevel, accessLog, originPool: ORIGIN_POOL },
+    client: { command: commands.h1, connections, cpus: clientCpus, h2: { command: commands.h2, connections: h2Connections, streams: h2Streams } },
+    servers: { workers, cpus: serverCpus, logLevel, accessLog, originPool: ORIGIN_POOL },
     method: measured.method(),
     failedRounds: failures,
-    proxyConfig: lab.configs.keyedge,
-    nginxConfig: lab.configs.nginx,
-    caddyConfig: lab.configs.caddy,
+    configs: lab.configs,
     comparisons,
     summary: [...summaries.map(summaryRow), ...[...skipped].map(([server, reason]) => skippedBenchRow('request', server, server, reason))],
     scenarios: summaries,
     profiles,
   };
   const skippedRows = [...skipped].map(([server, reason]) => [`${server} (skipped: ${reason})`, '–', '', '–', ...Array<string>(9).fill('')]);
-  const pin =
-    serverCpus === undefined
-      ? 'none (scheduler)'
-      : `servers (proxy, key server, nginx, caddy, origin) on CPU ${serverCpus}; clients and this bench on CPU ${clientCpus}`;
-  const profileSection = profiles.flatMap((p) => {
-    const per = (us: number) => (p.requests > 0 ? us / p.requests : Number.NaN);
-    return [
-      `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
-      '',
-      topFunctionsTable(p.top, { top: p.top.length, by: 'selfUs', unit: 'µs/request', per, decimals: 2 }),
-      '',
-    ];
-  });
+  const pin = serverCpus === undefined ? 'none' : `servers, key server and origin on CPU ${serverCpus}; clients and this bench on CPU ${clientCpus}`;
+  const profileSection = profiles.flatMap((p) => [
+    `## Proxy CPU profile: ${p.file} (${fmt(p.busyUs / 1000)} ms sampled busy over ${fmt(p.requests)} requests, warm-up and start-up included; V8 samples the main thread by wall clock, so time the core was taken away counts too: use the shares)`,
+    '',
+    topFunctionsTable(p.top, { top: p.top.length, by: 'selfUs', unit: 'µs/request', per: (us) => us / p.requests, decimals: 2 }),
+    '',
+  ]);
   const tools = Object.entries(versions).map(([k, v]) => `${k} ${v ?? '?'}`);
-  const h2 = `HTTP/2 (the -h2 rows): \`${h2Command}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
+  const h2Line = `HTTP/2 (the -h2 rows): \`${commands.h2}\` (${h2Connections} connections, ${h2Streams} streams in flight on each; nginx \`listen ... ssl http2\`).`;
   const markdown = [
     `# keepalive, ${date}${o.quick ? ' (quick)' : ''}`,
     '',
     ...machineLines(machine, tools.join(', ')),
-    `Client: \`${clientCommand}\` (HTTP/1.1 keep-alive, ${connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
-    ...(o.protocols.includes('h2') ? [h2] : []),
-    `Servers: keyedge \`${COMMANDS.keyedge}\` + \`${COMMANDS.keyserver}\` (keyless, ${workers} worker${workers === 1 ? '' : 's'}, log level ${logLevel}); nginx \`${COMMANDS.nginx}\` (1 worker); caddy \`${COMMANDS.caddy}\`; origin \`${COMMANDS.origin}\` (the demo page). Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
+    `Client: \`${commands.h1}\` (HTTP/1.1 keep-alive, ${connections} connections, one request in flight each; GET / of a 1 KiB page over TLS 1.3, ECDSA P-256 certificate).`,
+    ...(o.protocols.includes('h2') ? [h2Line] : []),
+    `Servers, each from its config in the temp dir (in the JSON): keyedge proxy + key server (keyless, ${plural(workers, 'worker')}, log level ${logLevel}); nginx (1 worker); caddy; the origin serves the demo page and counts requests. Each keeps up to ${ORIGIN_POOL} keep-alive connections to the origin${accessLog ? ' and writes one access-log line per request to a file' : '; no access logs'}.`,
     `Pinning: ${pin}.`,
     `Method: warm-up ${o.warmupMs / 1000} s per server, then ${o.rounds} interleaved rounds; each run starts the client, waits for traffic and ${o.rampMs} ms more, then measures a ${o.measureMs / 1000} s window (requests counted at the origin).`,
     ...failureLines(failures),
@@ -169,10 +149,9 @@ export const report: MeasuringBench<Options, Lab, KeepaliveScenario, RunResult>[
     '',
     specTable(comparisons, COMPARISON_COLUMNS, '(needs keyedge and at least one of nginx, caddy)'),
     '',
-    'requests/s: served by the origin in the window, median over rounds ("≥": the client used ≥ 0.9 of its core). **server',
-    'µs/request**: utime+stime of every server process (keyedge: proxy + workers + key server) ÷ requests, the figure to',
-    "compare; origin and client are not in it. p50/p99: the client's latency over its whole run (h2load: mean / max).",
-    `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Every window's figures are in the JSON.`,
+    'requests/s: served by the origin in the window ("≥": the client used ≥ 0.9 of its core). **server µs/request**: CPU',
+    "of every server process (keyedge: proxy + workers + key server) ÷ requests; origin and client are not in it. p50/p99: the client's",
+    `latency over its whole run (h2load: mean / max). ${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †).`,
     '',
     ...profileSection,
   ].join('\n');
