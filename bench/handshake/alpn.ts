@@ -9,16 +9,11 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 
-export interface AlpnLoadOptions {
-  readonly port: number;
-  readonly serverName: string;
-  readonly ca: string;
-  readonly loops: number;
-  /** The only ALPN protocol offered; none when undefined. */
+/** `protocol`: the only ALPN protocol offered (none when undefined); `resume`: offer each loop's newest ticket. */
+type AlpnLoadOptions = { readonly port: number; readonly serverName: string; readonly ca: string; readonly loops: number } & {
   readonly protocol?: 'h2' | 'http/1.1';
-  /** Offer each loop's newest ticket. */
   readonly resume?: boolean;
-}
+};
 
 /** The protocol the server picks when offered only `protocol` (false: none). */
 export function negotiates(options: Omit<AlpnLoadOptions, 'loops'> & { readonly protocol: string }): Promise<string | false> {

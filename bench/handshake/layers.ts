@@ -2,14 +2,11 @@
  * Where a server's CPU goes for a full TLS 1.3 handshake + one proxied 1 KiB GET and for keep-alive GETs (issues 12,
  * 13), at a fixed number of operations (consumed CPU, not rates: the machine's load moves it little):
  *   --profiler none       /proc CPU per operation, per thread, user and system apart;
- *   --profiler cpu-prof   that, and V8 samples (every 50 µs) of the main thread split by layer (layer-split.ts, issue 12);
- *   --profiler callgrind  instructions per operation in the measured windows (exact whatever else runs), main thread
- *                         apart (with --keep-temp, `callgrind_annotate --inclusive=yes` on its dumps names the functions).
- * Servers and loads are rig.ts's; each server gets the loads it speaks, after a warm-up. `--rounds N` repeats the
- * windows, the server order rotated, servers up throughout: medians, and ratios within each round (the machine's
- * speed cancels): h2 ÷ http/1.1 per server, each server ÷ the first of `--servers`.
- *
- * Usage: node dist/bench/handshake/layers.js [--profiler none|cpu-prof|callgrind] [--servers LIST] [--loads LIST] …   (--help)
+ *   --profiler cpu-prof   that, and V8 samples (every 50 µs) of the main thread split by layer (layer-split.ts);
+ *   --profiler callgrind  instructions per operation in the windows (exact whatever else runs), main thread apart
+ *                         (with --keep-temp, `callgrind_annotate --inclusive=yes` on its dumps names the functions).
+ * Servers and loads: rig.ts. `--rounds N` repeats the windows, the server order rotated, servers up throughout:
+ * medians, and ratios within each round (the machine's speed cancels). Usage: node dist/bench/handshake/layers.js --help
  */
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,9 +30,7 @@ const TABLE = {
   out: { kind: 'string', arg: 'DIR', help: 'also write <date>-layers-<profiler>.{md,json} into DIR' },
   'keep-temp': std.keepTemp,
 } as const;
-const parsed = parseCli('handshake/layers.js', TABLE);
-if (parsed === undefined) process.exit(0);
-const v = parsed;
+const v = parseCli('handshake/layers.js', TABLE) ?? process.exit(0);
 const profiler = v.profiler as 'cpu-prof' | 'none' | 'callgrind';
 const servers = listOf(v.servers, '--servers', SERVERS);
 const loads = listOf(v.loads, '--loads', LOADS);

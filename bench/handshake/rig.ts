@@ -11,16 +11,15 @@ import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { ProfileWindow } from '../harness/cpuprofile.js';
 import { minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
-import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI, LabPki } from '../lab/keyserver.js';
 import { parseAbOutput } from './ab.js';
 import type { FloorConfig } from './floor.js';
-import { fileKeyConfig } from './lab.js';
+import { startFileKeyed } from './lab.js';
 
 const execFileAsync = promisify(execFile);
 const HOST = 'bench.test';
@@ -80,34 +79,26 @@ export async function startServer(rig: Rig, name: string, o: { callgrind: boolea
   const [port, admin] = [await freePort(), await freePort()];
   const f = (x: string) => join(rig.dir, x);
   const wrap = o.callgrind ? [...CALLGRIND, `--callgrind-out-file=${f(`cg-${name}.%p`)}`] : [];
-  const inmemory = name === 'inmemory' || name === 'keyedge';
-  let command: string[];
+  let started: { proc: ManagedProcess; serving: Promise<number> };
   if (name === 'nginx') {
     mkdirSync(f('nginx-tmp'), { recursive: true, mode: 0o700 });
     const config = nginxConfig(rig.dir, port, Number(new URL(rig.origin).port), ['trace', 'debug', 'info'].includes(o.logLevel));
     writeFileSync(f('nginx.conf'), `master_process off;\n${config}`);
-    command = [...wrap, 'nginx', '-e', f('nginx-error.log'), '-p', rig.dir, '-c', f('nginx.conf')];
+    const proc = spawnManaged(name, [...wrap, 'nginx', '-e', f('nginx-error.log'), '-p', rig.dir, '-c', f('nginx.conf')], f('nginx.log'), undefined, rig.dir);
+    // One process: it serves once its port is open.
+    started = { proc, serving: waitFor(name, () => tcpOpen(port), 600_000, proc).then(() => proc.pid) };
   } else {
     const certs = [{ name: 'ec', serverName: HOST, chain: f('file-chain.pem'), key: f('file.key') }];
-    const base = { port, admin, workers: 1, profile: 'intermediate', logLevel: o.logLevel, origin: rig.origin, domain: HOST } as const;
-    const fwd = FORWARDERS[name];
-    const config = fileKeyConfig(inmemory ? 'inmemory' : 'node-floor', certs, base);
-    const floor: FloorConfig = { ...(config as FloorConfig), h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
-    writeFileSync(f(`${name}.json`), JSON.stringify(inmemory ? config : floor));
-    const script = fileURLToPath(new URL(`./${inmemory ? 'inmemory' : 'floor'}.js`, import.meta.url));
-    command = [...wrap, process.execPath, ...o.nodeArgs, script, '--config', f(`${name}.json`)];
+    const [command, fwd] = [[...wrap, process.execPath, ...o.nodeArgs], FORWARDERS[name]];
+    const options = { port, admin, workers: 1, profile: 'intermediate', logLevel: o.logLevel, origin: rig.origin, domain: HOST } as const;
+    const floor = { h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
+    const kind = name === 'inmemory' || name === 'keyedge' ? 'inmemory' : 'node-floor';
+    started = startFileKeyed(name, kind, certs, { ...options, dir: rig.dir, command, cpus: undefined, timeoutMs: 600_000 }, floor);
   }
-  const proc = spawnManaged(name, command, f(`${name}.log`), undefined, rig.dir);
-  const running: Running = { name, proc, port, pid: proc.pid, graceMs: o.callgrind ? 300_000 : 30_000, ...(o.callgrind && { callgrind: { dumps: 0 } }) };
+  const running: Running = { name, port, proc: started.proc, pid: started.proc.pid, graceMs: o.callgrind ? 300_000 : 30_000 };
+  if (o.callgrind) running.callgrind = { dumps: 0 };
   rig.servers.push(running);
-  if (!inmemory) {
-    // The floor opens its admin port last; nginx (one process) serves once its port is open.
-    await waitFor(name, () => tcpOpen(name === 'nginx' ? port : admin), 600_000, proc);
-    return running;
-  }
-  // The pid of the first worker, from the primary's `in-memory ready` log line.
-  const worker = () => jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0];
-  await waitFor('in-memory ready', () => (running.pid = worker() ?? 0) > 0, 600_000, proc);
+  running.pid = await started.serving;
   return running;
 }
 

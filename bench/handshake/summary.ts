@@ -11,7 +11,7 @@ import { median, round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
 import { abArgs } from './ab.js';
-import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, quietLog, type SetupId, setupGroups, setupProcesses, setupTitle } from './lab.js';
+import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, keyHolder, onNode, quietLog, type SetupId, setupProcesses, setupTitle } from './lab.js';
 import type { BenchScenario, HandshakeBench, RunResult } from './main.js';
 import { KEY_NAME, KINDS, type Kind, kindLabel, kindTitle, type ScenarioSpec } from './scenarios.js';
 
@@ -66,7 +66,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
     serverUs: spreadOf((r) => r.window.serverUs),
     frontUs: med((r) => r.window.frontUs),
-    keyUs: setupGroups(spec.setup).key === undefined ? undefined : med((r) => r.window.keyUs ?? Number.NaN),
+    keyUs: keyHolder(spec.setup) === undefined ? undefined : med((r) => r.window.keyUs ?? Number.NaN),
     originUs: med((r) => r.window.originUs),
     clientUs: med((r) => r.window.clientUs),
     p50Us: latency('p50Us'),
