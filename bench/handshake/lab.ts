@@ -1,8 +1,7 @@
 /**
  * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"): the key server with an ECDSA and an RSA
- * key in its token, certificates from a throwaway CA for the token keys and for key files with the same names, the
- * demo origin, the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts). Every
- * server is its own process group, so `cleanup()` kills a cluster at once, also from an 'exit' handler.
+ * key in its token, certificates from a throwaway CA for them and for key files with the same names, the demo origin,
+ * the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -108,7 +107,6 @@ export class HandshakeLab extends LabBase<SetupId> {
       const endpoints: Record<string, { port: number; admin: number }> = {};
       for (const setup of [...SETUP_IDS, ...setups]) endpoints[setup] ??= { port: await freePort(), admin: await freePort() };
       const ports = { origin: await freePort(), keyserverAdmin: await freePort(), endpoints };
-      // The key server's sign counter is read from its admin port.
       const config = { ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } };
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
@@ -211,9 +209,8 @@ export class HandshakeLab extends LabBase<SetupId> {
   #startNginx(variants: NginxVariant[], log: (line: string) => void): Promise<void> {
     const f = this.#file;
     const token = embeddedTokenPaths(this.keyserverLab.stateDir);
-    const ports = Object.fromEntries(
-      SETUP_IDS.filter(isNginx).map((s) => [spec(s).nginx!, { port: this.ports.endpoints[s]!.port, statusPort: this.ports.endpoints[s]!.admin }]),
-    ) as Record<NginxVariant, { port: number; statusPort: number }>;
+    const endpoint = (v: NginxVariant) => this.ports.endpoints[`nginx-${v}`]!;
+    const ports = Object.fromEntries(variants.map((v) => [v, { port: endpoint(v).port, statusPort: endpoint(v).admin }]));
     this.nginx = new NginxLab({
       dir: this.dir,
       tools: this.nginxTools!,
@@ -224,7 +221,7 @@ export class HandshakeLab extends LabBase<SetupId> {
       }),
       token: { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile },
       originPort: this.ports.origin,
-      ports,
+      ports: ports as Record<NginxVariant, { port: number; statusPort: number }>,
       cpus: this.options.serverCpus,
       accessLog: !quietLog(this.options.logLevel),
     });

@@ -59,7 +59,6 @@ function parseOptions(argv: string[]) {
   const workers = v.workers ?? pins.serverCpuCount;
   const limits = (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes';
   const [logLevel, profile, keepTemp] = [v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
-  // Connections in flight: ab's -c, and the resuming and ALPN clients' loops.
   const run = { concurrency: 64, resumeLoops: 16, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
@@ -81,7 +80,6 @@ const HANDSHAKE: HandshakeBench = {
     return lab;
   },
   async scenarios(lab, options, { log, signal }) {
-    // ALPN h2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
     for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.setups.includes(s.setup))) {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: lab.ca, protocol: 'h2' });
       if (picked !== 'h2') lab.skip(spec.id, `the server does not negotiate h2 (ALPN answer: ${picked || 'none'})`, log);
@@ -128,9 +126,8 @@ function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): Tracke
 const statusReads = new Map<number, number>();
 
 /**
- * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status, whose `requests` counts
- * the bench's own status reads too (subtracted; one GET per connection, so `full` = TLS connections that carried their
- * request: nginx does not tell full from resumed or failed handshakes, the clients' own counts cover that).
+ * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status `requests` less the bench's
+ * own status reads (one GET per connection; nginx does not tell full from resumed or failed handshakes, the clients do).
  */
 async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<HandshakeCounters> {
   const { admin } = lab.ports.endpoints[setup]!;
@@ -140,9 +137,7 @@ async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<Handshak
 }
 
 export type RunResult = Awaited<ReturnType<typeof runScenario>>;
-export interface BenchScenario extends Scenario<RunResult> {
-  readonly spec: ScenarioSpec;
-}
+export type BenchScenario = Scenario<RunResult> & { readonly spec: ScenarioSpec };
 
 /** Signs per algorithm between two reads of the key server's counters (counters only grow, and only appear). */
 type Signs = Record<string, number> | undefined;
@@ -171,8 +166,8 @@ function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, 
 
 /**
  * One run: start the client, ramp up, read the server's counters and every process's CPU around the window, stop the
- * client, wait until the counters stop moving. Handshakes in the window: full ones the server counted for ab,
- * connections the client completed for the in-process clients. ALPN kinds do not read the key server's signs.
+ * client, wait until the counters stop moving. Handshakes: full ones the server counted for ab, connections completed
+ * for the in-process clients. ALPN kinds do not read the key server's signs.
  */
 async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
@@ -205,23 +200,18 @@ async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: nu
     const [front, key] = [spec.setup, keyHolder(spec.setup)];
     const { per, cores, otherCores } = perUnit(usage, handshakes);
     const clientCores = load === undefined ? cores('client') : usage.selfCores;
+    const cpuUs = { serverUs: per(front, key), frontUs: per(front), keyUs: key === undefined ? undefined : per(key), originUs: per('origin') };
+    const coresUsed = { clientCores, serverSideCores: cores(front, key, 'origin'), machineBusyCores: usage.machineBusyCores, otherCores };
     const resume = { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('offeredNotResumed') };
     return {
       handshakes,
       server,
       keyserverSigns: signs && sumValues(signs),
       handshakesPerSecond: handshakes / usage.seconds,
-      serverUs: per(front, key),
-      frontUs: per(front),
-      keyUs: key === undefined ? undefined : per(key),
-      originUs: per('origin'),
+      ...cpuUs,
       clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
-      clientCores,
-      serverSideCores: cores(front, key, 'origin'),
-      machineBusyCores: usage.machineBusyCores,
-      otherCores,
+      ...coresUsed,
       usage,
-      /** The in-process client's connection latency (p50Us, p99Us…), and for resumed, its tickets. */
       latency: load?.latency.summary(),
       resume: spec.kind === 'resumed-tls13' ? { ...resume, resumedPct: (100 * resume.resumed) / Math.max(1, handshakes) } : undefined,
     };
