@@ -1,13 +1,10 @@
 /**
  * The floor servers of the handshake bench and of layers.ts: a bare node:https server, one process, a fixed 1 KiB page,
- * certificates by SNI from PEM files: what Node and its OpenSSL cost on their own. Counts handshakes and requests on
- * its admin port's /metrics in the proxy's metric names (lab/counters.ts reads both alike).
- * `h2: true`: a bare node:http2 secure server instead (ALPN `h2` only, the stream API, the same page).
- * `forward`: a bare forwarder to `forward.origin` with nothing of keyedge's (no routing, header rules, gates, log or
- * metrics), through undici's `dispatch()` (keyedge's client) or the lean llhttp forwarder below: the origin hop's own
- * cost. With `h2` (undici): issue 13's floor for keyedge's h2 path, `:authority` as Host (RFC 9113 §8.3.1).
- *
- * Usage: node dist/bench/handshake/floor.js --config FILE   (FILE: FloorConfig as JSON)
+ * certificates by SNI from PEM files: what Node and its OpenSSL cost on their own; its admin port's /metrics counts
+ * handshakes and requests in the proxy's metric names. `h2`: a bare node:http2 server instead (ALPN `h2` only, the
+ * stream API). `forward`: a bare forwarder to the origin with nothing of keyedge's, through undici's `dispatch()` or the
+ * lean llhttp forwarder below: the origin hop's own cost (with `h2`: issue 13's floor, `:authority` as Host, RFC 9113
+ * §8.3.1). Usage: node dist/bench/handshake/floor.js --config FILE (FloorConfig JSON)
  */
 import { readFileSync } from 'node:fs';
 import http from 'node:http';

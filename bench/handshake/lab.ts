@@ -66,9 +66,7 @@ export class HandshakeLab extends LabBase<SetupId> {
   readonly keyIds = new Map<string, string>();
   /** Set-ups (nginx packages missing, a Node server failing under another major) and scenarios that cannot run, with the reason. */
   readonly skipped = new Map<string, string>();
-  /** Node versions by major: this one, and --node's others. */
   readonly nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
-  /** What one core signs (limits.ts), when measured. */
   limits?: Limits;
   /** The lab CA (PEM), which the clients trust. */
   ca = '';

@@ -1,7 +1,6 @@
 /**
  * The handshake bench's figures and result: each scenario's medians and spread over the clean rounds, its checks, the
- * issues' targets per Node major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and
- * comparison read) and the Markdown. Columns and method: bench/README.md, "handshake".
+ * targets per Node major, the keyless hop; the JSON and the Markdown (bench/README.md, "handshake").
  */
 import { OWN_MAJOR, versionOf } from '../harness/install.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
@@ -52,13 +51,8 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
   const sum: Sum = (f) => all.reduce((n, r) => n + f(r), 0);
-  const errors = {
-    abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
-    non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
-    windowFailedHandshakes: sum((r) => r.window.server.failed),
-    clientErrors: sum((r) => r.run.clientErrors),
-    firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
-  };
+  // ab's failed and non-2xx requests, handshakes the server saw fail in the windows, in-process client failures (each run's in `perRound`).
+  const totalErrors = sum((r) => (r.run.ab ? r.run.ab.failedRequests + r.run.ab.non2xx : 0) + r.window.server.failed + r.run.clientErrors);
   const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.latency?.[p] ?? Number.NaN);
   return {
     ...spec,
@@ -72,8 +66,7 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     p50Us: latency('p50Us'),
     p99Us: latency('p99Us'),
     ...common,
-    errors,
-    totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
+    totalErrors,
     signCheck: signCheckOf(spec, sum),
     resumeCheck: resumeCheckOf(spec, sum),
   };
