@@ -127,7 +127,8 @@ const statusReads = new Map<number, number>();
 
 /**
  * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status `requests` less the bench's
- * own status reads (one GET per connection; nginx does not tell full from resumed or failed handshakes, the clients do).
+ * own status reads (`handled` would hide them on a reused status connection). One GET per connection, so `full` =
+ * connections that carried their request: nginx does not tell full from resumed or failed handshakes, the clients do.
  */
 async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<HandshakeCounters> {
   const { admin } = lab.ports.endpoints[setup]!;
