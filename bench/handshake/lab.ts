@@ -209,20 +209,14 @@ export class HandshakeLab extends LabBase<SetupId> {
     const token = embeddedTokenPaths(this.keyserverLab.stateDir);
     const endpoint = (v: NginxVariant) => this.ports.endpoints[`nginx-${v}`]!;
     const ports = Object.fromEntries(variants.map((v) => [v, { port: endpoint(v).port, statusPort: endpoint(v).admin }]));
-    this.nginx = new NginxLab({
-      dir: this.dir,
-      tools: this.nginxTools!,
-      variants,
-      keys: this.options.keys.map((key) => {
-        const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
-        return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
-      }),
-      token: { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile },
-      originPort: this.ports.origin,
-      ports: ports as Record<NginxVariant, { port: number; statusPort: number }>,
-      cpus: this.options.serverCpus,
-      accessLog: !quietLog(this.options.logLevel),
+    const keys = this.options.keys.map((key) => {
+      const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
+      return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
     });
+    const tokenFiles = { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile };
+    const [tools, originPort, cpus, accessLog] = [this.nginxTools!, this.ports.origin, this.options.serverCpus, !quietLog(this.options.logLevel)];
+    const options = { dir: this.dir, tools, variants, keys, token: tokenFiles, originPort, cpus, accessLog };
+    this.nginx = new NginxLab({ ...options, ports: ports as Record<NginxVariant, { port: number; statusPort: number }> });
     return this.nginx.start(log);
   }
 

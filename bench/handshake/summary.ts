@@ -127,20 +127,12 @@ function hops(summaries: readonly ScenarioSummary[]) {
 /** The result JSON's `summary` (harness/summary.ts): one row per scenario that ran, and per requested one skipped. */
 function summaryEntries(summaries: readonly ScenarioSummary[], requested: readonly ScenarioSpec[], why: (s: ScenarioSpec) => string | undefined) {
   const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${kindLabel(s.kind)}, ${setupTitle(s.setup)}, ${s.key.title}`;
-  const ran = summaries.map((s) =>
-    benchRow('handshake', {
-      scenario: s.id,
-      label: label(s),
-      rate: round(s.handshakesPerSecond.median, 1),
-      serverCpuUs: round(s.serverUs.median, 1),
-      p50Ms: round(s.p50Us / 1000, 2),
-      p99Ms: round(s.p99Us / 1000, 2),
-      clientSaturated: s.clientSaturated,
-      errors: s.totalErrors,
-      spreadPct: round(s.handshakesPerSecond.spreadPct, 1),
-      otherCores: round(s.otherCores, 2),
-    }),
-  );
+  const ran = summaries.map((s) => {
+    const [rate, serverCpuUs, spreadPct] = [round(s.handshakesPerSecond.median, 1), round(s.serverUs.median, 1), round(s.handshakesPerSecond.spreadPct, 1)];
+    const [p50Ms, p99Ms, otherCores] = [round(s.p50Us / 1000, 2), round(s.p99Us / 1000, 2), round(s.otherCores, 2)];
+    const figures = { rate, serverCpuUs, p50Ms, p99Ms, clientSaturated: s.clientSaturated, errors: s.totalErrors, spreadPct, otherCores };
+    return benchRow('handshake', { scenario: s.id, label: label(s), ...figures });
+  });
   const notRun = requested.flatMap((spec) => (why(spec) === undefined ? [] : [skippedBenchRow('handshake', spec.id, label(spec), why(spec)!)]));
   return [...ran, ...notRun];
 }
