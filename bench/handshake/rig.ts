@@ -21,7 +21,7 @@ import { startFileKeyed } from './lab.js';
 const execFileAsync = promisify(execFile);
 const HOST = 'bench.test';
 
-export type Rig = Awaited<ReturnType<typeof openRig>>;
+type Rig = Awaited<ReturnType<typeof openRig>>;
 
 /** A temp dir `keyedge-<name>-*` with the certificate (file-chain.pem, file.key) and the demo origin running. */
 export async function openRig(name: string) {
