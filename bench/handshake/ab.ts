@@ -1,21 +1,21 @@
 /**
  * ApacheBench (`ab`, apache2-utils) as the full-handshake client: without -k every request is a new connection and a
  * full handshake. Started with a generous -t, stopped with SIGINT after the window (it still prints its report). SNI:
- * ab sends the Host header's name when the URL names an IP address. The bench installs it (apache2-utils) when missing.
+ * ab sends the Host header's name when the URL names an IP address.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { type ClientOutput, type ClientProcess, startClient } from '../harness/spawn.js';
 
 /** `host`: Host and SNI; `maxSeconds`: -t, an upper bound (the caller stops it earlier); `csvPath`: -e; `cpus`: taskset -c. */
-export interface AbOptions {
-  readonly port: number;
-  readonly host: string;
-  readonly concurrency: number;
-  readonly maxSeconds: number;
-  readonly csvPath: string;
-  readonly cpus: string | undefined;
-  readonly protocol?: 'TLS1.3' | 'TLS1.2';
-}
+type AbOptions = {
+  port: number;
+  host: string;
+  concurrency: number;
+  maxSeconds: number;
+  csvPath: string;
+  cpus: string | undefined;
+  protocol?: 'TLS1.3' | 'TLS1.2';
+};
 
 /** ab's counts and TLS lines, its latency percentiles (whole run, connect to answer), how it exited. */
 export type AbResult = ReturnType<typeof parseAbOutput> & ReturnType<typeof readPercentiles> & Omit<ClientOutput, 'stdout'>;
@@ -31,16 +31,13 @@ export function abArgs(options: AbOptions): string[] {
 }
 
 export function startAb(options: AbOptions): ClientProcess<AbResult> {
-  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, ({ stdout, ...out }) => ({
-    ...parseAbOutput(stdout),
-    ...readPercentiles(options.csvPath),
-    ...out,
-  }));
+  const result = ({ stdout, ...out }: ClientOutput) => ({ ...parseAbOutput(stdout), ...readPercentiles(options.csvPath), ...out });
+  return startClient('ab', ['ab', ...abArgs(options)], options.cpus, result);
 }
 
 export function parseAbOutput(text: string) {
   const field = (label: string): string | undefined => new RegExp(`^${label}:\\s*(.*)$`, 'm').exec(text)?.[1]?.trim();
-  const num = (label: string, missing = Number.NaN): number => (field(label) === undefined ? missing : Number.parseFloat(field(label)!));
+  const num = (label: string, missing = Number.NaN): number => Number.parseFloat(field(label) ?? String(missing));
   const complete = num('Complete requests');
   if (!Number.isFinite(complete)) throw new Error('ab printed no "Complete requests" line');
   const breakdown = /^Failed requests:\s*\d+\s*\n\s*\((.*)\)/m.exec(text)?.[1] ?? '';

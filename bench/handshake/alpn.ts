@@ -1,24 +1,17 @@
 /**
- * The handshake bench's in-process clients: `loops` closed loops of a new TLS 1.3 connection per GET, read to its end.
- * `AlpnLoad` (alpn-h2 / alpn-h1; issue 13) offers only `h2` (node:http2) or only `http/1.1` (node:tls, `Connection:
- * close`) and no ticket, so the difference is the protocol's. `ResumeLoad` (resumed-tls13) offers each loop's newest
- * ticket once (RFC 8446 §C.4), so a server sending no new ticket on a resumed connection gives the next one a full
- * handshake. Counted at completion (200 read in full), so resumed (`isSessionReused()`) ≤ offered ≤ completed.
+ * The handshake bench's in-process clients, `loops` closed loops of a new TLS 1.3 connection per GET read to its end
+ * (bench/README.md, "Scenarios and clients"): `AlpnLoad` offers only `h2` or only `http/1.1` and no ticket (issue 13);
+ * `ResumeLoad` offers each loop's newest ticket once (RFC 8446 §C.4). Counted at completion: resumed ≤ offered ≤ completed.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 
-export interface AlpnLoadOptions {
-  readonly port: number;
-  readonly serverName: string;
-  readonly ca: string;
-  readonly loops: number;
-  /** The only ALPN protocol offered; none when undefined. */
+/** `protocol`: the only ALPN protocol offered (none when undefined); `resume`: offer each loop's newest ticket. */
+type AlpnLoadOptions = { readonly port: number; readonly serverName: string; readonly ca: string; readonly loops: number } & {
   readonly protocol?: 'h2' | 'http/1.1';
-  /** Offer each loop's newest ticket. */
   readonly resume?: boolean;
-}
+};
 
 /** The protocol the server picks when offered only `protocol` (false: none). */
 export function negotiates(options: Omit<AlpnLoadOptions, 'loops'> & { readonly protocol: string }): Promise<string | false> {

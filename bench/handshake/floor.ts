@@ -1,14 +1,10 @@
 /**
  * The floor servers of the handshake bench and of layers.ts: a bare node:https server, one process, a fixed 1 KiB page,
- * certificates by SNI from PEM files: what Node and its OpenSSL cost on their own. Counts handshakes and requests on
- * /metrics of its admin port in the proxy's metric names, so the bench reads it like the proxy (lab/counters.ts).
- * `h2: true`: a bare node:http2 secure server instead (ALPN `h2` only, the stream API, the same page).
- * `forward`: a bare forwarder to `forward.origin` with nothing of keyedge's (no routing, header rules, gates, log or
- * metrics), through undici's `dispatch()` (keyedge's client) or the lean llhttp forwarder below: the origin hop's own
- * cost. With `h2` too (undici): issue 13's floor for keyedge's h2 path, `:authority` as Host (RFC 9113 §8.3.1), the
- * origin's hop-by-hop fields dropped (§8.2.2).
- *
- * Usage: node dist/bench/handshake/floor.js --config FILE   (FILE: FloorConfig as JSON)
+ * certificates by SNI from PEM files: what Node and its OpenSSL cost on their own; its admin port's /metrics counts
+ * handshakes and requests in the proxy's metric names. `h2`: a bare node:http2 server instead (ALPN `h2` only, the
+ * stream API). `forward`: a bare forwarder to the origin with nothing of keyedge's, through undici's `dispatch()` or the
+ * lean llhttp forwarder below: the origin hop's own cost (with `h2`: issue 13's floor, `:authority` as Host, RFC 9113
+ * §8.3.1). Usage: node dist/bench/handshake/floor.js --config FILE (FloorConfig JSON)
  */
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -31,10 +27,12 @@ export interface FloorConfig {
 }
 
 type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
+/** Where an origin's answer goes: node:http's ServerResponse, or an adapter to an h2 stream. */
+type Sink = { writeHead(status: number, raw: string[]): unknown; write(chunk: Buffer): boolean; end(): unknown; destroy(): unknown };
 const PAGE = Buffer.alloc(1024, 'x');
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'te', 'upgrade', 'trailer']);
 
-/** A raw [name, value, …] list without the hop-by-hop fields (undici refuses most Connection values; ab without -k waits for the close). */
+/** A raw [name, value, …] list without hop-by-hop fields (undici refuses most Connection values; ab without -k waits for the close). */
 function endToEnd(raw: readonly (Buffer | string)[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
@@ -47,10 +45,7 @@ function endToEnd(raw: readonly (Buffer | string)[]): string[] {
 /** undici's dispatch() to a kept-alive pool with its legacy handler callbacks: the origin's raw head, its chunks, its end. */
 function dispatcher(origin: string) {
   const pool = new Pool(origin, { connections: 64, pipelining: 1, keepAliveTimeout: 30_000 });
-  return (
-    request: { path: string; method: string; headers: string[] },
-    to: { writeHead(status: number, raw: string[]): unknown; write(chunk: Buffer): boolean; end(): unknown; destroy(): unknown },
-  ) =>
+  return (request: { path: string; method: string; headers: string[] }, to: Sink) =>
     pool.dispatch(request as { path: string; method: 'GET'; headers: string[] }, {
       onConnect: () => undefined,
       onHeaders: (status: number, raw: Buffer[] | string[] | null) => {
@@ -83,13 +78,12 @@ class OriginConnection {
     this.socket = net.connect({ host, port, noDelay: true });
     this.parser = new P();
     this.parser.initialize(P.RESPONSE, {}, 0, P.kLenientNone);
-    // (versionMajor, versionMinor, headers, method, url, statusCode, statusMessage, upgrade, shouldKeepAlive); the
-    // demo origin's head has fewer than 32 fields, so it comes whole here (llhttp flushes longer ones to kOnHeaders).
+    // (versionMajor, versionMinor, headers, method, url, statusCode, statusMessage, upgrade, shouldKeepAlive); the demo
+    // origin's head has < 32 fields, so it comes whole here (llhttp flushes longer ones to kOnHeaders).
     this.parser[P.kOnHeadersComplete] = (...a: [number, number, string[], unknown, unknown, number, string, boolean, boolean]) => {
       this.reusable = a[8];
       this.res?.writeHead(a[5], endToEnd(a[2]));
     };
-    // Node's binding hands each body chunk as its own Buffer (copied out of the read buffer).
     this.parser[P.kOnBody] = (chunk: Buffer) => this.res?.write(chunk);
     this.parser[P.kOnMessageComplete] = () => {
       const res = this.res;
@@ -114,12 +108,11 @@ class OriginConnection {
 /**
  * The leanest keep-alive forwarder Node can do (`bare-llhttp`): kept-alive net sockets to the origin, one native llhttp
  * parser each (node:http's own `HTTPParser` from `_http_common`, the same calls on Node 20, 22 and 24), the request
- * head written as one string, the answer's raw head straight to `writeHead` and its body chunks to `write`. No
- * ClientRequest, IncomingMessage, stream, promise or closure per request: the least any origin client on Node has to
- * do. A bench floor, not a product client: GET without a body, no timeouts, retries or limits (what the product's
- * client must add: bench/results/2026-12-04-floor.md).
+ * head as one string, the answer's raw head straight to `writeHead`, its body chunks to `write`: no object, stream or
+ * promise per request. A floor, not a client: GET without a body, no timeouts, retries or limits
+ * (bench/results/2026-12-04-floor.md).
  */
-function llhttpForwarder(origin: string): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+function llhttpForwarder(origin: string): Answer {
   const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: HttpParser };
   const url = new URL(origin);
   const idle: OriginConnection[] = [];
@@ -129,7 +122,6 @@ function llhttpForwarder(origin: string): (req: http.IncomingMessage, res: http.
     while (conn?.socket.destroyed) conn = idle.pop();
     conn ??= new OriginConnection(HTTPParser, url.hostname, Number(url.port), release);
     conn.res = res;
-    // The request head as one string: end-to-end fields as received, the origin's Host, one write.
     let head = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${url.host}\r\n`;
     const raw = req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
@@ -163,14 +155,13 @@ function h2Answer(forward: FloorConfig['forward']): (stream: ServerHttp2Stream, 
     for (const [name, value] of Object.entries(headers)) {
       if (!name.startsWith(':') && value !== undefined) for (const v of Array.isArray(value) ? value : [value]) head.push(name, String(v));
     }
-    const writeHead = (status: number, raw: string[]) => {
-      const answer: Record<string, string> = { ':status': String(status) };
-      for (let i = 0; i < raw.length; i += 2) answer[raw[i]!.toLowerCase()] = raw[i + 1]!;
-      if (!stream.destroyed) stream.respond(answer);
-    };
-    const to = {
-      writeHead,
-      write: (chunk: Buffer) => stream.destroyed || stream.write(chunk),
+    const to: Sink = {
+      writeHead: (status, raw) => {
+        const answer: Record<string, string> = { ':status': String(status) };
+        for (let i = 0; i < raw.length; i += 2) answer[raw[i]!.toLowerCase()] = raw[i + 1]!;
+        if (!stream.destroyed) stream.respond(answer);
+      },
+      write: (chunk) => stream.destroyed || stream.write(chunk),
       end: () => stream.destroyed || stream.end(),
       destroy: () => stream.destroy(),
     };

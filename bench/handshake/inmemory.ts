@@ -1,9 +1,8 @@
 /**
- * The handshake bench's comparison server: the real `keyedge proxy` cluster (proxy/cluster.ts, proxy/worker.ts) whose
- * KeySource (proxy/tls/key-source.ts) hands out PEM key files held in memory instead of the keyless bridge, so keyless −
- * in memory is exactly the keyless hop. A bench script, not a product mode; no key server is configured (/readyz 503).
- * Usage: node dist/bench/handshake/inmemory.js --config FILE (`InMemoryConfig` JSON); logs `in-memory ready` once every
- * worker serves; SIGTERM/SIGINT stop it as `keyedge proxy`.
+ * The handshake bench's comparison server: the real `keyedge proxy` cluster with a KeySource (proxy/tls/key-source.ts)
+ * handing out PEM key files instead of the keyless bridge, so keyless − in memory is exactly the keyless hop
+ * (bench/README.md, "Set-ups"). Usage: node dist/bench/handshake/inmemory.js --config FILE (`InMemoryConfig` JSON);
+ * logs `in-memory ready` once every worker serves; SIGTERM/SIGINT stop it as `keyedge proxy`.
  */
 import cluster from 'node:cluster';
 import { createPublicKey } from 'node:crypto';

@@ -1,8 +1,7 @@
 /**
  * The handshake bench's set-ups in one temp dir (bench/README.md, "Set-ups"): the key server with an ECDSA and an RSA
- * key in its token, certificates from a throwaway CA for the token keys and for key files with the same names, the
- * demo origin, the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts). Every
- * server is its own process group, so `cleanup()` kills a cluster at once, also from an 'exit' handler.
+ * key in its token, certificates from a throwaway CA for them and for key files with the same names, the demo origin,
+ * the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -40,7 +39,7 @@ const SETUPS = {
 } satisfies Record<string, SetupSpec>;
 
 type BaseSetup = keyof typeof SETUPS;
-export type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor';
+type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor';
 export type SetupId = BaseSetup | `${NodeSetup}-node${number}`;
 
 export const SETUP_IDS = Object.keys(SETUPS) as BaseSetup[];
@@ -56,20 +55,18 @@ export const onNode = (setup: SetupId, major: number): SetupId => (major === OWN
 const onMajor = (setup: SetupId): string => (nodeMajorOf(setup) === undefined ? '' : `, Node ${nodeMajorOf(setup)}`);
 export const setupTitle = (setup: SetupId): string => `${spec(setup).title}${onMajor(setup)}`;
 export const setupProcesses = (setup: SetupId, workers: number): string => spec(setup).runs(plural(workers, 'worker'), onMajor(setup));
-/** A set-up's process groups: the TLS front (named as the set-up) and what holds the key apart from it. */
-export const setupGroups = (setup: SetupId): { readonly front: string; readonly key: string | undefined } => ({ front: setup, key: spec(setup).key });
+/** The process group holding a set-up's key apart from its TLS front (the front's group is named as the set-up). */
+export const keyHolder = (setup: SetupId): string | undefined => spec(setup).key;
 /** nginx's access log is off at these levels, as the proxy's. */
 export const quietLog = (level: string): boolean => level === 'warn' || level === 'error' || level === 'silent';
 /** CKA_LABEL of a bench key in the token (`keyedge key generate --label`). */
-export const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;
+const tokenKeyLabel = (key: HandshakeKey): string => `bench-${key.type}`;
 
 export class HandshakeLab extends LabBase<SetupId> {
   readonly keyIds = new Map<string, string>();
   /** Set-ups (nginx packages missing, a Node server failing under another major) and scenarios that cannot run, with the reason. */
   readonly skipped = new Map<string, string>();
-  /** Node versions by major: this one, and --node's others. */
   readonly nodeVersions = new Map([[OWN_MAJOR, `${process.version} (OpenSSL ${process.versions.openssl})`]]);
-  /** What one core signs (limits.ts), when measured. */
   limits?: Limits;
   /** The lab CA (PEM), which the clients trust. */
   ca = '';
@@ -108,7 +105,6 @@ export class HandshakeLab extends LabBase<SetupId> {
       const endpoints: Record<string, { port: number; admin: number }> = {};
       for (const setup of [...SETUP_IDS, ...setups]) endpoints[setup] ??= { port: await freePort(), admin: await freePort() };
       const ports = { origin: await freePort(), keyserverAdmin: await freePort(), endpoints };
-      // The key server's sign counter is read from its admin port.
       const config = { ...keyserverLab.config, admin: { host: '127.0.0.1', port: ports.keyserverAdmin } };
       writeFileSync(keyserverLab.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
       const lab = new HandshakeLab(keyserverLab, options, nodeBinaries, ports, nginxTools);
@@ -137,42 +133,35 @@ export class HandshakeLab extends LabBase<SetupId> {
     const { options } = this;
     const f = this.#file;
     const endpoint = this.ports.endpoints[setup]!;
-    const origin = `http://127.0.0.1:${this.ports.origin}`;
-    const base = baseSetup(setup);
-    const fileKeyed = base === 'inmemory' || base === 'node-floor';
-    let config: unknown;
-    if (fileKeyed) {
+    const [origin, base, major] = [`http://127.0.0.1:${this.ports.origin}`, baseSetup(setup), nodeMajorOf(setup)];
+    const node = major === undefined ? process.execPath : this.nodeBinaries.get(major)!;
+    if (base === 'inmemory' || base === 'node-floor') {
       const certs = options.keys.map((k) => ({ name: k.id, serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) }));
-      config = fileKeyConfig(base, certs, { ...options, ...endpoint, origin, domain: '*.bench.localhost' });
-    } else {
-      // The mTLS proxy's key server port is known once it runs; it presents the lab's client certificate.
-      const { tls, stateDir } = this.keyserverLab;
-      const tcp = { host: '127.0.0.1', port: this.keyserver?.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName };
-      config = {
-        stateDir,
-        workers: options.workers,
-        keyserver: setup === 'keyless-tcp' ? { socket: null, tcp } : { socket: join(stateDir, 'keyserver.sock') },
-        listen: [{ host: '127.0.0.1', port: endpoint.port, profile: options.profile }],
-        certificates: options.keys.map((k) => ({ name: k.id, chain: f(`keyless-${k.id}-chain.pem`) })),
-        sni: { default: null, onUnknown: 'reject' },
-        domains: [{ name: '*.bench.localhost', origin }],
-        admin: { host: '127.0.0.1', port: endpoint.admin },
-        log: { level: options.logLevel },
-      };
+      const o = { ...options, ...endpoint, origin, domain: '*.bench.localhost', dir: this.dir, command: [node], cpus: options.serverCpus, timeoutMs: 60_000 };
+      const server = startFileKeyed(setup, base, certs, o);
+      this.servers.set(setup, server.proc);
+      this.configs.set(setup, server.config);
+      return void (await server.serving);
     }
+    // The mTLS proxy's key server port is known once it runs; it presents the lab's client certificate.
+    const { tls, stateDir } = this.keyserverLab;
+    const tcp = { host: '127.0.0.1', port: this.keyserver?.tcpPort, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey, servername: tls.serverName };
+    const config = {
+      stateDir,
+      workers: options.workers,
+      keyserver: setup === 'keyless-tcp' ? { socket: null, tcp } : { socket: join(stateDir, 'keyserver.sock') },
+      listen: [{ host: '127.0.0.1', port: endpoint.port, profile: options.profile }],
+      certificates: options.keys.map((k) => ({ name: k.id, chain: f(`keyless-${k.id}-chain.pem`) })),
+      sni: { default: null, onUnknown: 'reject' },
+      domains: [{ name: '*.bench.localhost', origin }],
+      admin: { host: '127.0.0.1', port: endpoint.admin },
+      log: { level: options.logLevel },
+    };
     writeFileSync(f(`${setup}.json`), `${JSON.stringify(config, null, 2)}\n`);
     this.configs.set(setup, config);
-    const major = nodeMajorOf(setup);
-    const node = major === undefined ? process.execPath : this.nodeBinaries.get(major)!;
-    const script = fileURLToPath(new URL(`./${base === 'inmemory' ? 'inmemory' : 'floor'}.js`, import.meta.url));
-    const argv = [node, ...(fileKeyed ? [script] : [KEYEDGE_CLI, 'proxy']), '--config', f(`${setup}.json`)];
-    const proc = spawnManaged(setup, argv, f(`${setup}.log`), options.serverCpus, this.dir);
+    const proc = spawnManaged(setup, [node, KEYEDGE_CLI, 'proxy', '--config', f(`${setup}.json`)], f(`${setup}.log`), options.serverCpus, this.dir);
     this.servers.set(setup, proc);
-    const ready = !fileKeyed
-      ? async () => (await httpGet(`http://127.0.0.1:${endpoint.admin}/readyz`).catch(() => ({ status: 0 }))).status === 200
-      : base === 'inmemory'
-        ? () => jsonLine(proc.logFile, 'in-memory ready') !== undefined
-        : () => tcpOpen(endpoint.admin);
+    const ready = async () => (await httpGet(`http://127.0.0.1:${endpoint.admin}/readyz`).catch(() => ({ status: 0 }))).status === 200;
     await waitFor(`${setup} (${node === process.execPath ? process.version : node})`, ready, 60_000, proc);
   }
 
@@ -205,40 +194,29 @@ export class HandshakeLab extends LabBase<SetupId> {
     // Every start settles before an error is thrown, so stop() sees every process that was spawned.
     const failed = (await Promise.allSettled(starts)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
-    for (const key of options.keys) {
-      for (const setup of this.setups) {
-        const r = await probe(ports.endpoints[setup]!.port, key.serverName, this.ca);
-        if (r.status !== 200 || r.bytes !== 1024 || r.protocol !== 'TLSv1.3') {
-          throw new Error(`${setup} ${key.serverName}: expected 200 with 1024 bytes over TLSv1.3, got ${r.status}, ${r.bytes} bytes, ${r.protocol}`);
-        }
-      }
+    for (const [key, setup] of options.keys.flatMap((k) => this.setups.map((s) => [k, s] as const))) {
+      const r = await probe(ports.endpoints[setup]!.port, key.serverName, this.ca);
+      const got = `${r.status}, ${r.bytes} bytes, ${r.protocol}`;
+      if (got !== '200, 1024 bytes, TLSv1.3') throw new Error(`${setup} ${key.serverName}: expected 200 with 1024 bytes over TLSv1.3, got ${got}`);
     }
     const servers = [...this.servers].map(([setup, p]) => `; ${setup} pid ${p.pid} :${ports.endpoints[setup]!.port}`).join('');
-    log(
-      `origin pid ${this.origin!.pid}, key server pid ${this.keyserver?.pid ?? '-'}${servers}; ${options.workers} workers per proxy; servers on CPU ${cpus ?? 'any'}`,
-    );
+    const keyserver = `key server pid ${this.keyserver?.pid ?? '-'}`;
+    log(`origin pid ${this.origin!.pid}, ${keyserver}${servers}; ${options.workers} workers per proxy; servers on CPU ${cpus ?? 'any'}`);
   }
 
   #startNginx(variants: NginxVariant[], log: (line: string) => void): Promise<void> {
     const f = this.#file;
     const token = embeddedTokenPaths(this.keyserverLab.stateDir);
-    const ports = Object.fromEntries(
-      SETUP_IDS.filter(isNginx).map((s) => [spec(s).nginx!, { port: this.ports.endpoints[s]!.port, statusPort: this.ports.endpoints[s]!.admin }]),
-    ) as Record<NginxVariant, { port: number; statusPort: number }>;
-    this.nginx = new NginxLab({
-      dir: this.dir,
-      tools: this.nginxTools!,
-      variants,
-      keys: this.options.keys.map((key) => {
-        const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
-        return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
-      }),
-      token: { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile },
-      originPort: this.ports.origin,
-      ports,
-      cpus: this.options.serverCpus,
-      accessLog: !quietLog(this.options.logLevel),
+    const endpoint = (v: NginxVariant) => this.ports.endpoints[`nginx-${v}`]!;
+    const ports = Object.fromEntries(variants.map((v) => [v, { port: endpoint(v).port, statusPort: endpoint(v).admin }]));
+    const keys = this.options.keys.map((key) => {
+      const [tokenChain, fileChain, fileKey] = [f(`keyless-${key.id}-chain.pem`), f(`inmemory-${key.id}-chain.pem`), f(`inmemory-${key.id}.key`)];
+      return { key, tokenChain, tokenLabel: tokenKeyLabel(key), fileChain, fileKey };
     });
+    const tokenFiles = { softhsmConf: token.confFile, softhsmModule: findSoftHsmModule(), tokenLabel: this.keyserverLab.tokenLabel, pinFile: token.pinFile };
+    const [tools, originPort, cpus, accessLog] = [this.nginxTools!, this.ports.origin, this.options.serverCpus, !quietLog(this.options.logLevel)];
+    const options = { dir: this.dir, tools, variants, keys, token: tokenFiles, originPort, cpus, accessLog };
+    this.nginx = new NginxLab({ ...options, ports: ports as Record<NginxVariant, { port: number; statusPort: number }> });
     return this.nginx.start(log);
   }
 
@@ -251,15 +229,32 @@ export class HandshakeLab extends LabBase<SetupId> {
   }
 }
 
-/** The config of a server with PEM key files: the in-memory proxy (product defaults elsewhere) or the node:https floor. Also rig.ts's. */
-export function fileKeyConfig(
+type ServerOptions = { port: number; admin: number; workers: number; profile: TlsProfileName; logLevel: string; origin: string; domain: string };
+
+/**
+ * Starts a server holding PEM key files, configured in `<dir>/<name>.json`: the in-memory proxy (inmemory.ts, product
+ * defaults elsewhere) or the floor (floor.ts; `floor` adds h2 or forwarding). Also rig.ts's. `serving` resolves once it
+ * serves, with the pid that serves: the in-memory cluster's first worker (its `in-memory ready` line), else the floor.
+ */
+export function startFileKeyed(
+  name: string,
   kind: 'inmemory' | 'node-floor',
   certs: readonly { name: string; serverName: string; chain: string; key: string }[],
-  o: { port: number; admin: number; workers: number; profile: TlsProfileName; logLevel: string; origin: string; domain: string },
-): InMemoryConfig | FloorConfig {
-  if (kind === 'node-floor') return { port: o.port, admin: o.admin, certificates: certs.map(({ serverName, chain, key }) => ({ serverName, chain, key })) };
+  o: ServerOptions & { dir: string; command: readonly string[]; cpus: string | undefined; timeoutMs: number },
+  floor?: Pick<FloorConfig, 'h2' | 'forward'>,
+) {
   const { port, workers, profile, logLevel } = o;
-  const certificates = certs.map(({ name, chain, key }) => ({ name, chain, key }));
   const [domains, admin] = [[{ name: o.domain, origin: o.origin }], { host: '127.0.0.1', port: o.admin }];
-  return { host: '127.0.0.1', port, workers, profile, logLevel, certificates, domains, admin };
+  const config: InMemoryConfig | FloorConfig =
+    kind === 'inmemory'
+      ? { host: '127.0.0.1', port, workers, profile, logLevel, certificates: certs.map(({ name, chain, key }) => ({ name, chain, key })), domains, admin }
+      : { port, admin: o.admin, certificates: certs.map(({ serverName, chain, key }) => ({ serverName, chain, key })), ...floor };
+  const file = join(o.dir, `${name}.json`);
+  writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
+  const script = fileURLToPath(new URL(`./${kind === 'inmemory' ? 'inmemory' : 'floor'}.js`, import.meta.url));
+  const proc = spawnManaged(name, [...o.command, script, '--config', file], join(o.dir, `${name}.log`), o.cpus, o.dir);
+  let pid = proc.pid;
+  const worker = () => jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0] ?? 0;
+  const ready = kind === 'inmemory' ? () => (pid = worker()) > 0 : () => tcpOpen(o.admin);
+  return { proc, config, serving: waitFor(name, ready, o.timeoutMs, proc).then(() => pid) };
 }

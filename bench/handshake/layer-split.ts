@@ -1,12 +1,10 @@
 /**
  * Splits a V8 CPU profile (`node --cpu-prof`) of a proxy worker into the layers of issue 12's table (LAYERS). Pure: a
- * profile in, sampled µs per layer out.
- *
- * A sample's stack is walked from the leaf towards the root and the first frame a rule claims decides (pino called
- * from the answer's 'finish' is log/metrics, a socket write under undici is forward); generic machinery (events,
- * streams, ticks, timers, node:net sockets) claims nothing. An in-memory or keyless CertificateVerify sign runs
- * natively under `initRead` (node:_tls_wrap) and lands in "handshake": the key hop is measured apart (bench/handshake,
- * keyless − in memory). Time per sample is the gap to the next one; "(idle)" is left out. Sampling is by wall clock,
+ * profile in, sampled µs per layer out. A sample's stack is walked from the leaf towards the root and the first frame
+ * a rule claims decides (pino called from the answer's 'finish' is log/metrics, a socket write under undici is
+ * forward); generic machinery (events, streams, ticks, timers, node:net sockets) claims nothing. A CertificateVerify
+ * sign runs natively under `initRead` (node:_tls_wrap) and lands in "handshake": the key hop is measured apart
+ * (keyless − in memory). Time per sample is the gap to the next one; "(idle)" is left out. Sampling is by wall clock,
  * so under contention shares hold better than absolute µs.
  */
 import { type CallFrame, type ProfileWindow, readProfile } from '../harness/cpuprofile.js';
@@ -29,12 +27,8 @@ export const LAYERS = [
 ] as const;
 export type Layer = (typeof LAYERS)[number];
 
-export interface LayerSplit {
-  readonly busyUs: number;
-  readonly byLayer: Readonly<Record<Layer, number>>;
-  /** The costliest frame (self time) of each layer, for reading the table. */
-  readonly topFrame: Readonly<Record<Layer, string>>;
-}
+/** Sampled µs per layer, and the costliest frame (self time) of each layer, for reading the table. */
+export type LayerSplit = ReturnType<typeof splitProfile>;
 
 const has = (url: string, ...parts: string[]): boolean => parts.some((p) => url.includes(p));
 
@@ -78,7 +72,7 @@ function layerOf(frame: Pick<CallFrame, 'functionName' | 'url'>): Layer | undefi
 }
 
 /** Sampled µs per layer of the profile at `path`, over the samples inside `windows` (µs on the monotonic clock, as process.hrtime). */
-export function splitProfile(path: string, windows: readonly ProfileWindow[]): LayerSplit {
+export function splitProfile(path: string, windows: readonly ProfileWindow[]) {
   const { profile, byId, parent } = readProfile(path);
   const layerOfNode = new Map<number, Layer>();
   /** The layer of the nearest frame that claims one, from the node up to the root. */

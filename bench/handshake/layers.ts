@@ -1,15 +1,10 @@
 /**
  * Where a server's CPU goes for a full TLS 1.3 handshake + one proxied 1 KiB GET and for keep-alive GETs (issues 12,
- * 13), at a fixed number of operations (consumed CPU, not rates: the machine's load moves it little):
- *   --profiler none       /proc CPU per operation, per thread, user and system apart;
- *   --profiler cpu-prof   that, and V8 samples (every 50 µs) of the main thread split by layer (layer-split.ts, issue 12);
- *   --profiler callgrind  instructions per operation in the measured windows (exact whatever else runs), main thread
- *                         apart (with --keep-temp, `callgrind_annotate --inclusive=yes` on its dumps names the functions).
- * Servers and loads are rig.ts's; each server gets the loads it speaks, after a warm-up. `--rounds N` repeats the
- * windows, the server order rotated, servers up throughout: medians, and ratios within each round (the machine's
- * speed cancels): h2 ÷ http/1.1 per server, each server ÷ the first of `--servers`.
- *
- * Usage: node dist/bench/handshake/layers.js [--profiler none|cpu-prof|callgrind] [--servers LIST] [--loads LIST] …   (--help)
+ * 13), at a fixed number of operations (consumed CPU, not rates: the machine's load moves it little): `--profiler none`
+ * /proc CPU per thread; `cpu-prof` that and the main thread's V8 samples (every 50 µs) by layer (layer-split.ts);
+ * `callgrind` instructions per operation, main thread apart (with --keep-temp, `callgrind_annotate --inclusive=yes` on
+ * the dumps names the functions). Servers and loads: rig.ts. `--rounds N`: the windows in rounds, the server order
+ * rotated, ratios within each round (the machine's speed cancels). Usage: node dist/bench/handshake/layers.js --help
  */
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,9 +28,7 @@ const TABLE = {
   out: { kind: 'string', arg: 'DIR', help: 'also write <date>-layers-<profiler>.{md,json} into DIR' },
   'keep-temp': std.keepTemp,
 } as const;
-const parsed = parseCli('handshake/layers.js', TABLE);
-if (parsed === undefined) process.exit(0);
-const v = parsed;
+const v = parseCli('handshake/layers.js', TABLE) ?? process.exit(0);
 const profiler = v.profiler as 'cpu-prof' | 'none' | 'callgrind';
 const servers = listOf(v.servers, '--servers', SERVERS);
 const loads = listOf(v.loads, '--loads', LOADS);
@@ -106,19 +99,16 @@ function groupTable(groups: Map<string, Measured[]>): string {
   return `${note}\n\n${markdownTable(['server, load', 'operations', ...figures], rows, ['left', R, R, R, R, 'left'])}`;
 }
 
-function layerTables(groups: Map<string, Measured[]>): string[] {
+function layerTable(groups: Map<string, Measured[]>): string {
   const ops = (key: string) => groups.get(key)!.reduce((n, w) => n + w.operations, 0);
   const entries = [...groups.keys()].flatMap((key) => (splits.has(key) ? [[key, splits.get(key)!] as const] : []));
   const share = (layer: Layer) =>
     entries.map(([k, s]) => `${fmt((100 * s.byLayer[layer]) / s.busyUs, 1)}% · ${fmt(s.byLayer[layer] / ops(k))} · ${s.topFrame[layer]}`);
   const busy = ['**sampled busy µs per operation**', ...entries.map(([k, s]) => `**${fmt(s.busyUs / ops(k))}**`)];
   const rows = [...LAYERS.map((layer) => [layer, ...share(layer)]), busy];
-  return [
-    "Share of the worker main thread's sampled busy time · sampled µs per operation · the layer's costliest frame (self)",
-    "(wall-clock sampling: the µs move with the machine's load, the shares much less).",
-    '',
-    markdownTable(['layer', ...entries.map(([k]) => k)], rows, ['left', ...entries.map(() => R)]),
-  ];
+  const note = "Share of the worker main thread's sampled busy time · sampled µs per operation · the layer's costliest frame (self)";
+  const table = markdownTable(['layer', ...entries.map(([k]) => k)], rows, ['left', ...entries.map(() => R)]);
+  return `${note}\n(wall-clock sampling: the µs move with the machine's load, the shares much less).\n\n${table}`;
 }
 
 /** Ratios within each round: each h2 load ÷ its http/1.1 twin (the floors' and forwarders' h2 servers ÷ their h1 ones), each server ÷ the reference. */
@@ -156,16 +146,13 @@ try {
   const groups = new Map<string, Measured[]>();
   for (const name of servers) for (const w of windows.filter((x) => x.server === name)) groups.set(keyOf(w), [...(groups.get(keyOf(w)) ?? []), w]);
   const markdown = [
-    `# Per-layer CPU (${profiler}), ${new Date().toISOString().slice(0, 10)}`,
-    '',
+    `# Per-layer CPU (${profiler}), ${new Date().toISOString().slice(0, 10)}\n`,
     `Command: \`node dist/bench/handshake/layers.js ${process.argv.slice(2).join(' ')}\``,
     `Node ${process.version}; ECDSA P-256; ${v.rounds} round(s); warm-up ${v.warmup} full + ${v.warmup * 10} keep-alive; ` +
       `full* ${v.full} × (new connection, full TLS 1.3 handshake, one GET), ${v.concurrency} at a time; keepalive ${v.keepalive} GETs on ` +
-      `${v.concurrency} connections, keepalive-h2 on 4 connections × 10 streams.`,
-    '',
-    groupTable(groups),
-    ...(profiler === 'cpu-prof' ? ['', ...layerTables(groups)] : []),
-    '',
+      `${v.concurrency} connections, keepalive-h2 on 4 connections × 10 streams.\n`,
+    `${groupTable(groups)}\n`,
+    ...(profiler === 'cpu-prof' ? [`${layerTable(groups)}\n`] : []),
     ratioTable(windows),
   ].join('\n');
   process.stdout.write(`${markdown}\n`);

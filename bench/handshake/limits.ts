@@ -1,7 +1,6 @@
 /**
- * What one core of this machine signs with the key in memory (what nginx with a key file and the in-memory server pay
- * per handshake), measured while the servers are idle so their figures can be read against it. The token's raw sign
- * rate is keyserver-sign's `raw` scenario.
+ * What one core signs with the key in memory (what nginx with a key file and the in-memory server pay per handshake),
+ * measured while the servers are idle so their figures can be read against it.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';

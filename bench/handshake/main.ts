@@ -1,8 +1,8 @@
 /**
  * Benchmark: CPU per TLS handshake through the keyless proxy, next to the same proxy holding the key in memory, the
  * node:https floor and nginx holding it three ways, also under other Node majors (--node 20,22,24); issues 6, 12, 13.
- * Here: the options, the bench for harness/runner.ts, and one run. Set-ups: lab.ts; kinds: scenarios.ts; figures,
- * targets and the result: summary.ts; method: bench/README.md. Usage: node dist/bench/handshake/main.js [--quick] (--help)
+ * Here: the options, the bench for harness/runner.ts, and one run; method: bench/README.md, "handshake".
+ * Usage: node dist/bench/handshake/main.js [--quick] (--help)
  */
 import { join } from 'node:path';
 import { listOf, parseCli, pinning, std, timing } from '../harness/cli.js';
@@ -14,8 +14,8 @@ import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
 import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
-import { AlpnLoad, negotiates, ResumeLoad } from './alpn.js';
-import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, SETUP_IDS, type SetupId, setupGroups } from './lab.js';
+import { AlpnLoad, negotiates } from './alpn.js';
+import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, keyHolder, SETUP_IDS, type SetupId } from './lab.js';
 import { measureLimits } from './limits.js';
 import { handshakeReport } from './summary.js';
 import { allScenarios, KINDS, type ScenarioSpec, selectScenarios } from './scenarios.js';
@@ -59,7 +59,6 @@ function parseOptions(argv: string[]) {
   const workers = v.workers ?? pins.serverCpuCount;
   const limits = (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes';
   const [logLevel, profile, keepTemp] = [v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
-  // Connections in flight: ab's -c, and the resuming and ALPN clients' loops.
   const run = { concurrency: 64, resumeLoops: 16, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
@@ -81,7 +80,6 @@ const HANDSHAKE: HandshakeBench = {
     return lab;
   },
   async scenarios(lab, options, { log, signal }) {
-    // ALPN h2: a server that does not negotiate h2 (keyedge before its HTTP/2 support) is skipped with a note.
     for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.setups.includes(s.setup))) {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: lab.ca, protocol: 'h2' });
       if (picked !== 'h2') lab.skip(spec.id, `the server does not negotiate h2 (ALPN answer: ${picked || 'none'})`, log);
@@ -120,23 +118,17 @@ const HANDSHAKE: HandshakeBench = {
 
 function trackedGroups(lab: HandshakeLab, clientPid: number | undefined): TrackedGroup[] {
   const group = (name: string, pid: number | undefined) => ({ name, roots: () => [pid ?? -1] });
-  return [
-    ...[...lab.servers].map(([setup, p]) => group(setup, p.pid)),
-    ...[...(lab.nginx?.instances ?? new Map())].map(([variant, i]) => ({ name: `nginx-${variant}`, roots: () => [i.process?.pid ?? -1] })),
-    group('keyserver', lab.keyserver?.pid),
-    group('origin', lab.origin?.pid),
-    { name: 'p11kit', roots: () => [lab.nginx?.p11kitServer?.pid ?? -1] },
-    group('client', clientPid),
-  ];
+  const nginx = [...(lab.nginx?.instances ?? [])].map(([variant, i]) => group(`nginx-${variant}`, i.process?.pid));
+  const others = [group('keyserver', lab.keyserver?.pid), group('origin', lab.origin?.pid), group('p11kit', lab.nginx?.p11kitServer?.pid)];
+  return [...[...lab.servers].map(([setup, p]) => group(setup, p.pid)), ...nginx, ...others, group('client', clientPid)];
 }
 
 const statusReads = new Map<number, number>();
 
 /**
- * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status, whose `requests` counts
- * the status reads too (a reused status connection would hide them from `handled`): the bench subtracts its own, and
- * with one GET per connection `full` = TLS connections that carried their request (nginx does not tell full from
- * resumed or failed handshakes; the clients' own counts cover that).
+ * The server's handshake counters: the Node servers' admin metrics, or nginx's stub_status `requests` less the bench's
+ * own status reads (`handled` would hide them on a reused status connection). One GET per connection, so `full` =
+ * connections that carried their request: nginx does not tell full from resumed or failed handshakes, the clients do.
  */
 async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<HandshakeCounters> {
   const { admin } = lab.ports.endpoints[setup]!;
@@ -146,9 +138,7 @@ async function readCounters(lab: HandshakeLab, setup: SetupId): Promise<Handshak
 }
 
 export type RunResult = Awaited<ReturnType<typeof runScenario>>;
-export interface BenchScenario extends Scenario<RunResult> {
-  readonly spec: ScenarioSpec;
-}
+export type BenchScenario = Scenario<RunResult> & { readonly spec: ScenarioSpec };
 
 /** Signs per algorithm between two reads of the key server's counters (counters only grow, and only appear). */
 type Signs = Record<string, number> | undefined;
@@ -158,10 +148,9 @@ const signsBetween = (a: Signs, b: Signs): Signs => (a && b ? Object.fromEntries
 function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
   const port = lab.ports.endpoints[spec.setup]!.port;
-  const target = { port, serverName: spec.key.serverName, ca: lab.ca, loops: options.resumeLoops };
   if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
-    const load: AlpnLoad =
-      spec.kind === 'resumed-tls13' ? new ResumeLoad(target) : new AlpnLoad({ ...target, protocol: spec.kind === 'alpn-h2' ? 'h2' : 'http/1.1' });
+    const protocol = spec.kind === 'alpn-h2' ? 'h2' : spec.kind === 'alpn-h1' ? 'http/1.1' : undefined;
+    const load = new AlpnLoad({ port, serverName: spec.key.serverName, ca: lab.ca, loops: options.resumeLoops, protocol, resume: !protocol });
     load.start();
     return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop()) };
   }
@@ -178,8 +167,8 @@ function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, 
 
 /**
  * One run: start the client, ramp up, read the server's counters and every process's CPU around the window, stop the
- * client, wait until the counters stop moving. Handshakes in the window: full ones the server counted for ab,
- * connections the client completed for the in-process clients. ALPN kinds do not read the key server's signs.
+ * client, wait until the counters stop moving. Handshakes: full ones the server counted for ab, connections completed
+ * for the in-process clients. ALPN kinds do not read the key server's signs.
  */
 async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
@@ -206,32 +195,26 @@ async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: nu
     const signs = signsBetween(sA, await signsNow());
     await client.check();
     const d = (k: 'completed' | 'offered' | 'resumed' | 'offeredNotResumed') => (l1[k] ?? 0) - (l0[k] ?? 0);
+    const handshakes = load === undefined ? server.full : d('completed');
     // Server CPU = the set-up's processes (front + key holder); the origin and the client apart (an in-process client
     // is this bench's own CPU), and the cores other processes used (contention).
-    const handshakes = load === undefined ? server.full : d('completed');
-    const { front, key } = setupGroups(spec.setup);
+    const [front, key] = [spec.setup, keyHolder(spec.setup)];
     const { per, cores, otherCores } = perUnit(usage, handshakes);
     const clientCores = load === undefined ? cores('client') : usage.selfCores;
-    const [offered, resumed, offeredNotResumed] = [d('offered'), d('resumed'), d('offeredNotResumed')];
-    const resume = { offered, resumed, offeredNotResumed, resumedPct: (100 * resumed) / Math.max(1, d('completed')) };
+    const cpuUs = { serverUs: per(front, key), frontUs: per(front), keyUs: key === undefined ? undefined : per(key), originUs: per('origin') };
+    const coresUsed = { clientCores, serverSideCores: cores(front, key, 'origin'), machineBusyCores: usage.machineBusyCores, otherCores };
+    const resume = { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('offeredNotResumed') };
     return {
       handshakes,
       server,
       keyserverSigns: signs && sumValues(signs),
       handshakesPerSecond: handshakes / usage.seconds,
-      serverUs: per(front, key),
-      frontUs: per(front),
-      keyUs: key === undefined ? undefined : per(key),
-      originUs: per('origin'),
+      ...cpuUs,
       clientUs: handshakes > 0 ? (clientCores * usage.seconds * 1e6) / handshakes : Number.NaN,
-      clientCores,
-      serverSideCores: cores(front, key, 'origin'),
-      machineBusyCores: usage.machineBusyCores,
-      otherCores,
+      ...coresUsed,
       usage,
-      /** The in-process client's connection latency (p50Us, p99Us…), and for resumed, its tickets. */
       latency: load?.latency.summary(),
-      resume: spec.kind === 'resumed-tls13' ? resume : undefined,
+      resume: spec.kind === 'resumed-tls13' ? { ...resume, resumedPct: (100 * resume.resumed) / Math.max(1, handshakes) } : undefined,
     };
   };
   let ab: AbResult | undefined;

@@ -1,31 +1,27 @@
 /**
  * The rig of layers.ts: a temp dir with a throwaway CA's ECDSA P-256 certificate for `bench.test` and the demo origin;
  * the servers by name, optionally under callgrind and with Node flags; the loads, run to a fixed number of operations.
- *
- * Servers: `inmemory` (alias `keyedge`: inmemory.ts, the real cluster, one worker, key files), `floor` / `floor-h2`
- * (floor.ts: bare node:https / node:http2, no origin), floor.ts's bare forwarders to the same origin: `bare-undici`
- * (alias `fwd-h1`), `bare-llhttp` (the lean llhttp forwarder), `fwd-h2` (node:http2 + undici); and `nginx`: the keep-alive
- * bench's configuration (`listen … ssl http2`) as one process (`master_process off`: the pid measured serves).
+ * Servers: `inmemory` (alias `keyedge`: inmemory.ts, one worker), `floor` / `floor-h2` (floor.ts: bare node:https /
+ * node:http2, no origin), floor.ts's bare forwarders to the same origin: `bare-undici` (alias `fwd-h1`), `bare-llhttp`,
+ * `fwd-h2` (node:http2 + undici); `nginx`: the keep-alive bench's configuration as one process (`master_process off`).
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { ProfileWindow } from '../harness/cpuprofile.js';
-import { minus, type ThreadTimes, threads } from '../harness/proc-cpu.js';
-import { freePort, jsonLine, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
+import { minus, threads } from '../harness/proc-cpu.js';
+import { freePort, type ManagedProcess, spawnManaged, tcpOpen, waitFor } from '../harness/spawn.js';
 import { nginxConfig } from '../keepalive/lab.js';
 import { KEYEDGE_CLI, LabPki } from '../lab/keyserver.js';
 import { parseAbOutput } from './ab.js';
 import type { FloorConfig } from './floor.js';
-import { fileKeyConfig } from './lab.js';
+import { startFileKeyed } from './lab.js';
 
 const execFileAsync = promisify(execFile);
 const HOST = 'bench.test';
 
-export type Rig = Awaited<ReturnType<typeof openRig>>;
+type Rig = Awaited<ReturnType<typeof openRig>>;
 
 /** A temp dir `keyedge-<name>-*` with the certificate (file-chain.pem, file.key) and the demo origin running. */
 export async function openRig(name: string) {
@@ -52,17 +48,13 @@ export async function openRig(name: string) {
   }
 }
 
-export interface Running {
-  readonly name: string;
-  readonly proc: ManagedProcess;
-  readonly port: number;
-  /** The process that serves: the in-memory cluster's worker, else the process started (valgrind runs it as the same pid). */
-  pid: number;
-  /** How long a graceful stop may take (a callgrind dump at exit takes long). */
-  readonly graceMs: number;
-  /** Under callgrind: the dumps taken so far (each window is one). */
+/**
+ * `pid`: the process that serves (the in-memory cluster's worker, else the one started: valgrind runs it as the same pid);
+ * `graceMs`: how long a graceful stop may take (a callgrind dump at exit takes long); `callgrind`: the dumps taken so far.
+ */
+export type Running = { readonly name: string; readonly proc: ManagedProcess; readonly port: number; pid: number; readonly graceMs: number } & {
   callgrind?: { dumps: number };
-}
+};
 
 const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['client']; h2?: true }> = {
   'bare-undici': { client: 'undici' },
@@ -80,34 +72,26 @@ export async function startServer(rig: Rig, name: string, o: { callgrind: boolea
   const [port, admin] = [await freePort(), await freePort()];
   const f = (x: string) => join(rig.dir, x);
   const wrap = o.callgrind ? [...CALLGRIND, `--callgrind-out-file=${f(`cg-${name}.%p`)}`] : [];
-  const inmemory = name === 'inmemory' || name === 'keyedge';
-  let command: string[];
+  let started: { proc: ManagedProcess; serving: Promise<number> };
   if (name === 'nginx') {
     mkdirSync(f('nginx-tmp'), { recursive: true, mode: 0o700 });
     const config = nginxConfig(rig.dir, port, Number(new URL(rig.origin).port), ['trace', 'debug', 'info'].includes(o.logLevel));
     writeFileSync(f('nginx.conf'), `master_process off;\n${config}`);
-    command = [...wrap, 'nginx', '-e', f('nginx-error.log'), '-p', rig.dir, '-c', f('nginx.conf')];
+    const proc = spawnManaged(name, [...wrap, 'nginx', '-e', f('nginx-error.log'), '-p', rig.dir, '-c', f('nginx.conf')], f('nginx.log'), undefined, rig.dir);
+    // One process: it serves once its port is open.
+    started = { proc, serving: waitFor(name, () => tcpOpen(port), 600_000, proc).then(() => proc.pid) };
   } else {
     const certs = [{ name: 'ec', serverName: HOST, chain: f('file-chain.pem'), key: f('file.key') }];
-    const base = { port, admin, workers: 1, profile: 'intermediate', logLevel: o.logLevel, origin: rig.origin, domain: HOST } as const;
-    const fwd = FORWARDERS[name];
-    const config = fileKeyConfig(inmemory ? 'inmemory' : 'node-floor', certs, base);
-    const floor: FloorConfig = { ...(config as FloorConfig), h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
-    writeFileSync(f(`${name}.json`), JSON.stringify(inmemory ? config : floor));
-    const script = fileURLToPath(new URL(`./${inmemory ? 'inmemory' : 'floor'}.js`, import.meta.url));
-    command = [...wrap, process.execPath, ...o.nodeArgs, script, '--config', f(`${name}.json`)];
+    const [command, fwd] = [[...wrap, process.execPath, ...o.nodeArgs], FORWARDERS[name]];
+    const options = { port, admin, workers: 1, profile: 'intermediate', logLevel: o.logLevel, origin: rig.origin, domain: HOST } as const;
+    const floor = { h2: name === 'floor-h2' || fwd?.h2, forward: fwd && { origin: rig.origin, client: fwd.client } };
+    const kind = name === 'inmemory' || name === 'keyedge' ? 'inmemory' : 'node-floor';
+    started = startFileKeyed(name, kind, certs, { ...options, dir: rig.dir, command, cpus: undefined, timeoutMs: 600_000 }, floor);
   }
-  const proc = spawnManaged(name, command, f(`${name}.log`), undefined, rig.dir);
-  const running: Running = { name, proc, port, pid: proc.pid, graceMs: o.callgrind ? 300_000 : 30_000, ...(o.callgrind && { callgrind: { dumps: 0 } }) };
+  const running: Running = { name, port, proc: started.proc, pid: started.proc.pid, graceMs: o.callgrind ? 300_000 : 30_000 };
+  if (o.callgrind) running.callgrind = { dumps: 0 };
   rig.servers.push(running);
-  if (!inmemory) {
-    // The floor opens its admin port last; nginx (one process) serves once its port is open.
-    await waitFor(name, () => tcpOpen(name === 'nginx' ? port : admin), 600_000, proc);
-    return running;
-  }
-  // The pid of the first worker, from the primary's `in-memory ready` log line.
-  const worker = () => jsonLine<{ workers: number[] }>(proc.logFile, 'in-memory ready')?.workers[0];
-  await waitFor('in-memory ready', () => (running.pid = worker() ?? 0) > 0, 600_000, proc);
+  running.pid = await started.serving;
   return running;
 }
 
@@ -119,10 +103,9 @@ export const speaks = (server: string, load: Load): boolean =>
   server === 'inmemory' || server === 'keyedge' || server === 'nginx' || server.endsWith('-h2') === load.endsWith('-h2');
 
 /**
- * Runs `n` operations of `load` against `port`; returns how many ran. `full`: ab -f TLS1.3, a new connection per GET
- * (HTTP/1.0); `keepalive`: ab -k on `concurrency` connections; `full-h1`/`-h2`: h2load, a new connection per GET
- * (HTTP/1.1, or ALPN h2: preface, SETTINGS, one stream, GOAWAY), `concurrency` at a time; `keepalive-h2`: h2load -c 4
- * -m 10 (bench/keepalive's h2 load).
+ * Runs `n` operations of `load` against `port`; returns how many ran. `full`: ab, a new connection per GET; `keepalive`:
+ * ab -k on `concurrency` connections; `full-h1`/`-h2`: h2load, a new connection per GET (ALPN http/1.1 or h2),
+ * `concurrency` at a time; `keepalive-h2`: h2load -c 4 -m 10 (bench/keepalive's h2 load).
  */
 export async function drive(load: Load, port: number, n: number, concurrency: number): Promise<number> {
   if (load === 'full' || load === 'keepalive') {
@@ -148,25 +131,17 @@ export async function drive(load: Load, port: number, n: number, concurrency: nu
   return served;
 }
 
-/** One measured window, `fromUs`–`toUs` on the monotonic clock (as a V8 CPU profile's). */
-export interface Window extends ProfileWindow {
-  readonly server: string;
-  readonly load: Load;
-  readonly operations: number;
-  /** CPU per thread (/proc, 10 ms ticks), of every process of the server. */
-  readonly threads: Map<string, ThreadTimes>;
-  /** Under callgrind: instructions of the main thread and of all threads. */
-  readonly instructions?: { readonly main: number; readonly all: number };
-}
+/** One measured window: `fromUs`–`toUs` on the monotonic clock (as a V8 CPU profile's), CPU per thread of every process of the server. */
+export type Window = Awaited<ReturnType<typeof measure>>;
 
-/** `n` operations of `load` on `s` (`concurrency`: ab -c, h2load's full connections at a time). */
-export async function measure(rig: Rig, s: Running, load: Load, n: number, concurrency: number): Promise<Window> {
+/** `n` operations of `load` on `s` (`concurrency`: ab -c, h2load's full connections at a time); under callgrind, instructions too. */
+export async function measure(rig: Rig, s: Running, load: Load, n: number, concurrency: number) {
   const [cpu, nowUs] = [() => threads(s.pid, s.name === 'nginx'), () => Number(process.hrtime.bigint() / 1000n)];
   if (s.callgrind) await execFileAsync('callgrind_control', ['-i', 'on', String(s.pid)]);
   const [before, fromUs] = [cpu(), nowUs()];
   const operations = await drive(load, s.port, n, concurrency);
   const window = { server: s.name, load, operations, threads: minus(cpu(), before), fromUs, toUs: nowUs() };
-  if (!s.callgrind) return window;
+  if (!s.callgrind) return { ...window, instructions: undefined as { main: number; all: number } | undefined };
   await execFileAsync('callgrind_control', ['-d', load, String(s.pid)]);
   await execFileAsync('callgrind_control', ['-i', 'off', String(s.pid)]);
   // Dump N of the server: one file per thread, `cg-<name>.<pid>.<N>-<thread>`, the main thread's `-01`.

@@ -27,12 +27,7 @@ export const kindTitle = (kind: Kind): string => `${KIND_TABLE[kind].label.repla
 
 export const KEY_NAME: Readonly<Record<HandshakeKey['id'], string>> = { ec: 'ecdsa', rsa: 'rsa' };
 
-export interface ScenarioSpec {
-  readonly id: string;
-  readonly kind: Kind;
-  readonly setup: SetupId;
-  readonly key: HandshakeKey;
-}
+export type ScenarioSpec = { readonly id: string; readonly kind: Kind; readonly setup: SetupId; readonly key: HandshakeKey };
 
 /** Every scenario, in report order (kind, key, set-up), the Node set-ups of `majors` kinds also under each other major. */
 export function allScenarios(majors: readonly number[] = [OWN_MAJOR]): ScenarioSpec[] {
@@ -49,17 +44,13 @@ export function allScenarios(majors: readonly number[] = [OWN_MAJOR]): ScenarioS
 /** The scenarios matching any of `patterns` (comma-separated ids, `*` within one part), or all; throws naming a pattern that matches none. */
 export function selectScenarios(patterns: string | undefined, candidates: readonly ScenarioSpec[] = allScenarios()): ScenarioSpec[] {
   if (patterns === undefined) return [...candidates];
-  const list = patterns
-    .split(',')
-    .map((p) => p.trim())
-    .filter(Boolean);
+  const list = patterns.split(',').flatMap((p) => (p.trim() === '' ? [] : [p.trim()]));
   if (list.length === 0) throw new Error('--scenarios: empty list');
   const res = list.map((p) => {
-    const re = new RegExp(`^${p.split('*').map(escapeRegExp).join('[^/]*')}$`);
+    // Escapes every special character but `*`, which matches within one part.
+    const re = new RegExp(`^${p.replace(/[.+?^${}()|[\]\\]/g, '\\$&').replaceAll('*', '[^/]*')}$`);
     if (!candidates.some((s) => re.test(s.id))) throw new Error(`--scenarios: '${p}' matches no scenario; known: ${candidates.map((s) => s.id).join(', ')}`);
     return re;
   });
   return candidates.filter((s) => res.some((re) => re.test(s.id)));
 }
-
-const escapeRegExp = (text: string): string => text.replace(/[.+?^${}()|[\]\\]/g, '\\$&');

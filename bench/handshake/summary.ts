@@ -1,7 +1,6 @@
 /**
  * The handshake bench's figures and result: each scenario's medians and spread over the clean rounds, its checks, the
- * issues' targets per Node major, the keyless hop; the JSON (with the `summary` rows `npm run bench`, its chart and
- * comparison read) and the Markdown. Columns and method: bench/README.md, "handshake".
+ * targets per Node major, the keyless hop; the JSON and the Markdown (bench/README.md, "handshake").
  */
 import { OWN_MAJOR, versionOf } from '../harness/install.js';
 import { type Column, columnTable, fmt, machineLines, minMax, rangeText, specTable } from '../harness/report.js';
@@ -11,7 +10,7 @@ import { median, round } from '../harness/stats.js';
 import { benchRow, skippedBenchRow } from '../harness/summary.js';
 import { sumValues } from '../lab/counters.js';
 import { abArgs } from './ab.js';
-import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, onNode, quietLog, type SetupId, setupGroups, setupProcesses, setupTitle } from './lab.js';
+import { HANDSHAKE_KEYS, type HandshakeKey, isKeyless, isNginx, keyHolder, onNode, quietLog, type SetupId, setupProcesses, setupTitle } from './lab.js';
 import type { BenchScenario, HandshakeBench, RunResult } from './main.js';
 import { KEY_NAME, KINDS, type Kind, kindLabel, kindTitle, type ScenarioSpec } from './scenarios.js';
 
@@ -52,13 +51,8 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
   const { spec } = scenario;
   const { med, spreadOf, common } = overRounds(all, (r) => r.window, serverCpuCount, failedRounds);
   const sum: Sum = (f) => all.reduce((n, r) => n + f(r), 0);
-  const errors = {
-    abFailed: sum((r) => r.run.ab?.failedRequests ?? 0),
-    non2xx: sum((r) => r.run.ab?.non2xx ?? 0),
-    windowFailedHandshakes: sum((r) => r.window.server.failed),
-    clientErrors: sum((r) => r.run.clientErrors),
-    firstClientError: all.find((r) => r.run.clientFirstError !== undefined)?.run.clientFirstError,
-  };
+  // ab's failed and non-2xx requests, handshakes the server saw fail in the windows, in-process client failures (each run's in `perRound`).
+  const totalErrors = sum((r) => (r.run.ab ? r.run.ab.failedRequests + r.run.ab.non2xx : 0) + r.window.server.failed + r.run.clientErrors);
   const latency = (p: 'p50Us' | 'p99Us') => med((r) => r.run.ab?.[p] ?? r.window.latency?.[p] ?? Number.NaN);
   return {
     ...spec,
@@ -66,14 +60,13 @@ export function summarize(scenario: BenchScenario, all: readonly RunResult[], se
     handshakesPerSecond: spreadOf((r) => r.window.handshakesPerSecond),
     serverUs: spreadOf((r) => r.window.serverUs),
     frontUs: med((r) => r.window.frontUs),
-    keyUs: setupGroups(spec.setup).key === undefined ? undefined : med((r) => r.window.keyUs ?? Number.NaN),
+    keyUs: keyHolder(spec.setup) === undefined ? undefined : med((r) => r.window.keyUs ?? Number.NaN),
     originUs: med((r) => r.window.originUs),
     clientUs: med((r) => r.window.clientUs),
     p50Us: latency('p50Us'),
     p99Us: latency('p99Us'),
     ...common,
-    errors,
-    totalErrors: errors.abFailed + errors.non2xx + errors.windowFailedHandshakes + errors.clientErrors,
+    totalErrors,
     signCheck: signCheckOf(spec, sum),
     resumeCheck: resumeCheckOf(spec, sum),
   };
@@ -98,8 +91,6 @@ const TARGET_ROWS: readonly TargetSpec[] = [
   ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
 ];
 
-export type TargetRow = ReturnType<typeof targets>[number];
-
 /** The targets from this run's medians, per Node major of the Node side (nginx is the same in every block); rows whose scenarios did not run left out. */
 export function targets(summaries: readonly ScenarioSummary[], majors: readonly number[]) {
   return majors.flatMap((major) =>
@@ -119,10 +110,8 @@ export function targets(summaries: readonly ScenarioSummary[], majors: readonly 
   );
 }
 
-export type HopRow = ReturnType<typeof hops>[number];
-
 /** Keyless − in memory (full TLS 1.3), per transport, and per round (neighbours in time). */
-export function hops(summaries: readonly ScenarioSummary[]) {
+function hops(summaries: readonly ScenarioSummary[]) {
   return HANDSHAKE_KEYS.flatMap((key) => {
     const m = find(summaries, 'full-tls13', 'inmemory', key.id);
     return (['keyless-unix', 'keyless-tcp'] as const).flatMap((setup) => {
@@ -136,22 +125,14 @@ export function hops(summaries: readonly ScenarioSummary[]) {
 }
 
 /** The result JSON's `summary` (harness/summary.ts): one row per scenario that ran, and per requested one skipped. */
-export function summaryEntries(summaries: readonly ScenarioSummary[], requested: readonly ScenarioSpec[], why: (s: ScenarioSpec) => string | undefined) {
+function summaryEntries(summaries: readonly ScenarioSummary[], requested: readonly ScenarioSpec[], why: (s: ScenarioSpec) => string | undefined) {
   const label = (s: Pick<ScenarioSpec, 'kind' | 'setup' | 'key'>) => `${kindLabel(s.kind)}, ${setupTitle(s.setup)}, ${s.key.title}`;
-  const ran = summaries.map((s) =>
-    benchRow('handshake', {
-      scenario: s.id,
-      label: label(s),
-      rate: round(s.handshakesPerSecond.median, 1),
-      serverCpuUs: round(s.serverUs.median, 1),
-      p50Ms: round(s.p50Us / 1000, 2),
-      p99Ms: round(s.p99Us / 1000, 2),
-      clientSaturated: s.clientSaturated,
-      errors: s.totalErrors,
-      spreadPct: round(s.handshakesPerSecond.spreadPct, 1),
-      otherCores: round(s.otherCores, 2),
-    }),
-  );
+  const ran = summaries.map((s) => {
+    const [rate, serverCpuUs, spreadPct] = [round(s.handshakesPerSecond.median, 1), round(s.serverUs.median, 1), round(s.handshakesPerSecond.spreadPct, 1)];
+    const [p50Ms, p99Ms, otherCores] = [round(s.p50Us / 1000, 2), round(s.p99Us / 1000, 2), round(s.otherCores, 2)];
+    const figures = { rate, serverCpuUs, p50Ms, p99Ms, clientSaturated: s.clientSaturated, errors: s.totalErrors, spreadPct, otherCores };
+    return benchRow('handshake', { scenario: s.id, label: label(s), ...figures });
+  });
   const notRun = requested.flatMap((spec) => (why(spec) === undefined ? [] : [skippedBenchRow('handshake', spec.id, label(spec), why(spec)!)]));
   return [...ran, ...notRun];
 }
@@ -181,7 +162,7 @@ const SCENARIO_COLUMNS: readonly Column<ScenarioSummary>[] = [
   ...roundColumns<ScenarioSummary>('busy / others (cores)'),
 ];
 
-const TARGET_COLUMNS: readonly Column<TargetRow>[] = [
+const TARGET_COLUMNS: readonly Column<ReturnType<typeof targets>[number]>[] = [
   ['Target', 'left', (t) => t.name],
   ['Key', 'left', (t) => t.key],
   ['Node', 'right', (t) => t.node],
@@ -191,7 +172,7 @@ const TARGET_COLUMNS: readonly Column<TargetRow>[] = [
   ['from', 'left', (t) => t.detail],
 ];
 
-const HOP_COLUMNS: readonly Column<HopRow>[] = [
+const HOP_COLUMNS: readonly Column<ReturnType<typeof hops>[number]>[] = [
   ['Key', 'left', (h) => h.key.title],
   ['Transport', 'left', (h) => setupTitle(h.setup)],
   ['**hop µs/hs**', 'right', (h) => `**${fmt(h.hopUs)}**`],
@@ -208,8 +189,7 @@ export async function handshakeReport(...[lab, options, scenarios, { results, fa
   const [targetRows, hopRows] = [targets(summaries, options.majors), hops(summaries)];
   const abShown = abArgs({ port: 0, host: 'KEY.bench.localhost', concurrency: options.concurrency, maxSeconds: 0, csvPath: 'FILE.csv', cpus: undefined });
   const abCommand = shownCommand(options.clientCpus, 'ab', abShown, [
-    [/-t \d+/, '-t T'],
-    [/-n \d+/, '-n N'],
+    [/-t \d+ -n \d+/, '-t T -n N'],
     [/127\.0\.0\.1:0/, '127.0.0.1:PORT'],
   ]);
   const tools = lab.nginxTools;
@@ -251,16 +231,11 @@ export async function handshakeReport(...[lab, options, scenarios, { results, fa
     ...(limits === undefined ? [] : [limits.line]),
     ...(lab.skipped.size > 0 ? ['', ...[...lab.skipped].map(([setup, reason]) => `- ${setup}: skipped, ${reason}`)] : []),
     ...failureLines(failures),
-    '',
-    '## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side',
-    '',
-    specTable(targetRows, TARGET_COLUMNS, '(needs the scenarios the targets compare)'),
-    '',
-    ...KINDS.filter((k) => ofKind(k).length > 0).flatMap((k) => [`## ${kindTitle(k)}`, '', columnTable(ofKind(k), SCENARIO_COLUMNS), '']),
-    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)',
-    '',
-    specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)'),
-    '',
+    '\n## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side\n',
+    `${specTable(targetRows, TARGET_COLUMNS, '(needs the scenarios the targets compare)')}\n`,
+    ...KINDS.filter((k) => ofKind(k).length > 0).flatMap((k) => [`## ${kindTitle(k)}\n`, `${columnTable(ofKind(k), SCENARIO_COLUMNS)}\n`]),
+    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)\n',
+    `${specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)')}\n`,
     'Columns (bench/README.md, "handshake"): handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: stub_status requests; resumed and ALPN: connections the client completed); "≥": the client used ≥ 0.9 of its core, the rate is a lower bound. **server µs/hs** = utime+stime of every process of the set-up (front + key holder) over the window ÷ handshakes in it: the figure to compare; origin and client apart. p50/p99 = per-connection time (connect + handshake + GET), mostly queueing. errors = ab failed + non-2xx + handshakes the server saw fail + client failures. check: full keyless = key server signs ÷ (full + failed handshakes), idle to idle (1 = one sign per handshake); resumed = tickets resumed, and key server signs (must be 0).',
     `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Per-round figures for every window are in the JSON.`,
     '',
