@@ -4,18 +4,12 @@
  * Static, on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
  */
 import { fmt } from './report.js';
-import type { SummaryRow, WorkUnit } from './summary.js';
+import type { SummaryRow } from './summary.js';
 
 /** Text for XML character data and attribute values. */
 export function escapeXml(text: string): string {
   return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 }
-
-const UNIT_SHORT: Record<WorkUnit, { rate: string; cpu: string }> = {
-  handshake: { rate: 'handshakes/s', cpu: 'µs/handshake' },
-  request: { rate: 'requests/s', cpu: 'µs/request' },
-  sign: { rate: 'signs/s', cpu: 'µs/sign' },
-};
 
 const GROUP_TITLE: Record<string, string> = {
   handshake: 'TLS 1.3 handshakes (new connection + one proxied GET each)',
@@ -39,7 +33,7 @@ export function renderChart(input: { readonly title: string; readonly subtitle?:
   let y = 64;
   for (const [i, [bench, rows]] of [...groups].entries()) {
     const fill = PALETTE[i % PALETTE.length]!;
-    const unit = UNIT_SHORT[rows[0]!.unit];
+    const unit = { rate: `${rows[0]!.unit}s/s`, cpu: `µs/${rows[0]!.unit}` };
     const max = (f: (r: SummaryRow) => number) => Math.max(0, ...rows.map((r) => (Number.isFinite(f(r)) ? f(r) : 0)));
     const [maxRate, maxCpu] = [max((r) => r.rate), max((r) => r.serverCpuUs)];
     out.push(`<text x="${MARGIN}" y="${y + 22}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);

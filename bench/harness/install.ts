@@ -1,9 +1,8 @@
 /**
- * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): found, or as
- * root apt-get installed (`apt-get update` only when the first attempt fails), or a reason why not: a comparison that
- * cannot run is skipped with it, never a crash. apt may start a package's service; the benches run their own instance,
- * so it is stopped again. Other Node majors (--node 20,22,24): the npm package `node@<major>` (the official binaries),
- * installed once into ~/.cache/keyedge-bench; the product's native parts are N-API and load on every major.
+ * The benchmarks' one installer. Debian packages: found, or as root apt-get installed (`apt-get update` only when the
+ * first attempt fails; a service apt starts is stopped again), or a reason why not: a comparison that cannot run is
+ * skipped with it, never a crash. Other Node majors: the npm package `node@<major>` (the official binaries), installed
+ * once into ~/.cache/keyedge-bench; the product's native parts are N-API and load on every major.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -11,7 +10,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 
 type Log = (line: string) => void;
-export type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
+type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
 
 function output(command: string, args: readonly string[], timeoutMs = 5000): string | undefined {
   try {
@@ -36,7 +35,7 @@ function aptGet(args: readonly string[]): void {
   execFileSync('apt-get', args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
 }
 
-/** Installs the packages of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
+/** Installs those of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
 export function aptInstall(packages: readonly string[], log: Log, services: readonly string[] = []): string | undefined {
   const missing = packages.filter((p) => !/Status: install ok installed/.test(output('dpkg', ['-s', p], 10_000) ?? ''));
   if (missing.length === 0) return undefined;

@@ -1,24 +1,20 @@
 /**
  * CPU time of processes, threads and the machine, process trees and CPU affinity, read from /proc (Linux only); and
- * snapshots of named process groups (a cluster primary and its workers, found again at every snapshot) plus the whole
- * machine, whose difference is a measurement window's usage.
+ * snapshots of named process groups plus the whole machine, whose difference is a measurement window's usage.
  *
  * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's time, all threads included, in clock ticks
- * (usually 100 a second: measure windows of a second or more); `/proc/<pid>/task/<tid>/stat` gives it per thread, which
- * separates a Node main thread (tid = pid: JavaScript, syscalls) from its others (libuv pool, V8's GC and compiler).
+ * (usually 100 a second: measure windows of a second or more); `/proc/<pid>/task/<tid>/stat` gives it per thread.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
-export type CpuTimes = { readonly userUs: number; readonly systemUs: number };
+type CpuTimes = { readonly userUs: number; readonly systemUs: number };
 /** CPU of the threads summed under `key` (see `threads`). */
 export type ThreadTimes = CpuTimes & { readonly key: string };
-/** The main thread (tid = pid) and all other threads currently alive, summed. */
-export type ThreadCpu = { readonly main: CpuTimes; readonly others: CpuTimes };
 
 const ZERO: CpuTimes = { userUs: 0, systemUs: 0 };
-export const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
+const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
 export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
 export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
 
@@ -48,14 +44,6 @@ export function procCpu(pid: number): CpuTimes {
   return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
-export function taskIds(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).map(Number);
-  } catch {
-    return [];
-  }
-}
-
 /** `root` and its living descendants (parent pids from field 4; /proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN). */
 export function processTree(root: number): number[] {
   const ppids = new Map<number, number>();
@@ -76,7 +64,11 @@ export function processTree(root: number): number[] {
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
   for (const p of withChildren ? processTree(pid) : [pid]) {
-    for (const tid of taskIds(p)) {
+    let tids: number[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`).map(Number);
+    } catch {} // the process exited
+    for (const tid of tids) {
       let text: string;
       try {
         text = readFileSync(`/proc/${p}/task/${tid}/stat`, 'utf8');
@@ -95,23 +87,19 @@ export function minus(after: Map<string, ThreadTimes>, before: Map<string, Threa
   return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 }
 
-export function threadCpu(pid: number): ThreadCpu {
+/** The main thread (tid = pid) and all other threads currently alive, summed. */
+export function threadCpu(pid: number): { main: CpuTimes; others: CpuTimes } {
   const all = [...threads(pid).values()];
   const main = all.find((t) => t.key.startsWith('main (')) ?? { ...ZERO, key: '' };
   return { main: { userUs: main.userUs, systemUs: main.systemUs }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
-export function selfCpu(): CpuTimes {
-  const u = process.cpuUsage();
-  return { userUs: u.user, systemUs: u.system };
-}
-
-/** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), idle, steal (the hypervisor ran someone else). */
-export function machineCpu(): { readonly busyUs: number; readonly idleUs: number; readonly stealUs: number } {
+/** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), steal (the hypervisor ran someone else). */
+function machineCpu(): { readonly busyUs: number; readonly stealUs: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
   const us = (...ticks: (number | undefined)[]) => ticks.reduce<number>((n, t) => n + (t ?? 0), 0) * tickUs();
-  return { busyUs: us(user, nice, system, irq, softirq), idleUs: us(idle, iowait), stealUs: us(steal) };
+  return { busyUs: us(user, nice, system, irq, softirq), stealUs: us(steal) };
 }
 
 /** Restricts `pid` and all its threads (and, by inheritance, the children it forks later) to `cpus` (taskset list syntax). */
@@ -145,12 +133,12 @@ export function snapshot(groups: readonly TrackedGroup[]) {
     }
     byGroup.set(group.name, byPid);
   }
-  return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: selfCpu() };
+  const self = process.cpuUsage();
+  return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: { userUs: self.user, systemUs: self.system } };
 }
 
 /** One group over a window: CPU µs (all its processes), per pid, and the pids present at one end only (a worker died: incomplete). */
 type GroupUsage = { cpuUs: number; userUs: number; systemUs: number; byPid: Record<string, number>; changedPids: number[] };
-export type WindowUsage = ReturnType<typeof usageBetween>;
 
 export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeof snapshot>) {
   const seconds = Number(b.atNs - a.atNs) / 1e9;
@@ -172,7 +160,6 @@ export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeo
   return {
     seconds,
     groups,
-    /** Cores busy on the whole machine during the window (/proc/stat). */
     machineBusyCores: cores(a.machine.busyUs, b.machine.busyUs),
     stealCores: cores(a.machine.stealUs, b.machine.stealUs),
     /** Cores used by this bench process. */
@@ -184,7 +171,7 @@ export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeo
  * Per-unit figures of a window: `per(...groups)` = their CPU µs ÷ units (NaN without units), `cores(...groups)`, and
  * the cores other processes used (the machine's busy cores less every tracked group and this bench): contention.
  */
-export function perUnit(usage: WindowUsage, units: number) {
+export function perUnit(usage: ReturnType<typeof usageBetween>, units: number) {
   const us = (names: readonly (string | undefined)[]) => names.reduce((n, name) => n + (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0)), 0);
   const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
   return {

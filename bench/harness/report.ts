@@ -27,10 +27,8 @@ export function markdownTable(header: readonly string[], rows: readonly (readonl
   return [line(header), rule, ...rows.map(line)].join('\n');
 }
 
-export type WrittenReport = { readonly jsonPath: string; readonly markdownPath: string };
-
 /** Writes `<outDir>/<date>-<name>.json` and `.md`; creates outDir. NaN and Infinity are not JSON: written as null, BigInts as numbers. */
-export function writeReport(outDir: string, name: string, json: unknown, markdown: string, date = dateStamp()): WrittenReport {
+export function writeReport(outDir: string, name: string, json: unknown, markdown: string, date = dateStamp()) {
   const dir = resolve(outDir);
   mkdirSync(dir, { recursive: true });
   const [jsonPath, markdownPath] = [join(dir, `${date}-${name}.json`), join(dir, `${date}-${name}.md`)];

@@ -1,28 +1,27 @@
 /**
  * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench`; `runMeasuring`
- * does the rest alike for all: command line, Ctrl-C (the first aborts the run, which stops what it started and exits
- * 130; a second kills and exits at once), warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the
- * JSON's common fields, `<date>-<name>` (`-quick` under --quick: never overwrites the day's full results), exit status.
+ * does the rest alike: command line, Ctrl-C (the first aborts the run, which stops what it started and exits 130; a
+ * second kills and exits at once), warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the JSON's
+ * common fields, `<date>-<name>` (`-quick` under --quick: never overwrites the day's full results), exit status.
  *
- * Clean rounds: a window in which other processes used more than CONTENDED_CORES is contended; a scenario's medians
- * use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †). Quiet wait: between runs our own
- * processes are idle, so the machine's CPU is someone else's; sample it until below CONTENDED_CORES, within one budget
- * for the whole run, so a machine that stays busy costs a bounded delay and still gets measured.
+ * Clean rounds: a window in which other processes used more than CONTENDED_CORES is contended; medians use the clean
+ * rounds when at least 3 (or all) are clean, else all (marked †). Quiet wait: between runs our processes are idle, so
+ * the machine's CPU is someone else's; wait until it drops below CONTENDED_CORES, within one budget per run.
  */
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
-import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type WrittenReport, writeReport } from './report.js';
+import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, writeReport } from './report.js';
 import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
 
 export const CONTENDED_CORES = 0.25;
 /** A process using at least this share of a core in a window is saturated. */
-export const SATURATED_CORES = 0.9;
+const SATURATED_CORES = 0.9;
 
 export type Log = (line: string) => void;
 
 /** The clean rounds of one scenario and the rounds its medians use (every round stays in the JSON). */
-export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number): { used: R[]; usedRounds: number[]; cleanRounds: number } {
+export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number) {
   const indexed = all.map((r, i) => ({ r, i }));
   const clean = indexed.filter(({ r }) => otherCores(r) <= CONTENDED_CORES);
   const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
@@ -42,7 +41,6 @@ export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow,
     common: {
       clientCores: w((x) => x.clientCores),
       serverSideCores: w((x) => x.serverSideCores),
-      /** The client used nearly its whole core: the rate is a lower bound of the server's. */
       clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
       serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
       machineBusyCores: w((x) => x.machineBusyCores),
@@ -80,11 +78,10 @@ export function failureLines(failures: readonly RoundFailure[]): string[] {
 }
 
 /** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
-export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): WrittenReport {
+export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): void {
   const written = writeReport(out, name, json, markdown, date);
   process.stdout.write(`${markdown}\n`);
   log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
-  return written;
 }
 
 /** runRounds' beforeRun: the quiet wait (`budgetMs` for the whole run, 0: never), every wait kept for the result file. */
@@ -152,14 +149,13 @@ type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
 type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
-/** A bench's JSON fields and Markdown; `errors` > 0 exits 1; `file` replaces the result file's name; `status`: the exit status otherwise. */
-type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
+/** A bench's JSON fields and Markdown; `errors` > 0 exits 1 (naming `what` failed); `status`: the exit status otherwise. */
+type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   /** `benchmark` in the JSON and the result file's name. */
   readonly name: string;
-  /** undefined after --help. */
-  parse(argv: string[]): O | undefined;
+  parse(argv: string[]): O | undefined; // undefined after --help
   /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
   setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>;
   scenarios(lab: L, o: O, env: RunEnv): Promise<S[]>;
@@ -194,7 +190,7 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
     log(bench.plan(o, scenarios));
     const { failSoft, rounds, ...more } = bench.rounds?.(o, log) ?? {};
     const quiet = quietBeforeRun(o.quietBudgetMs, bench.ownPids(lab), signal, log);
-    // failSoft: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
+    // A run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
     const onFailure = (f: RoundFailure) => log(`${roundTag(f)}${f.scenario}: FAILED, round skipped: ${f.error}`);
     const result = await runRounds(scenarios, {
       ...more,
@@ -214,7 +210,7 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
     const date = dateStamp();
     const r = await bench.report(lab, o, scenarios, { ...result, quietWait, method }, { ...env, date });
     const json = { benchmark: bench.name, date, quick: o.quick, machine, ...r.json, durationSeconds: (Date.now() - started) / 1000 };
-    publish(o.out, r.file ?? (o.quick ? `${bench.name}-quick` : bench.name), json, r.markdown, date, log);
+    publish(o.out, o.quick ? `${bench.name}-quick` : bench.name, json, r.markdown, date, log);
     if (r.errors === 0) return r.status ?? 0;
     log(`${r.errors} ${r.what} failed during measurement: the figures are suspect`);
     return 1;

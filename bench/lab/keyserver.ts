@@ -1,9 +1,8 @@
 /**
  * What every bench lab stands on. `KeyserverLab`: a throwaway key server run as deployed (temp dir, embedded SoftHSM2
- * token, unix socket and mutual-TLS listener, keys by `keyedge key generate`, `keyedge keyserver` as a child).
- * `LabPki`: the openssl-made certificates of the labs. `LabBase`: a temp dir under a KeyserverLab's with the registry
- * of what was started in it, a graceful `stop()`. `cleanup()` is synchronous (also from an 'exit' handler) and safe
- * twice: SIGKILL to every process group still running, then the temp dir removed.
+ * token, unix socket and mutual-TLS listener, keys by `keyedge key generate`). `LabPki`: the labs' openssl-made
+ * certificates. `LabBase`: a temp dir under a KeyserverLab's with the registry of what was started in it. `cleanup()`
+ * is synchronous (also from an 'exit' handler) and safe twice: SIGKILL to what still runs, then the temp dir removed.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,11 +20,9 @@ export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.met
 
 export type KeyType = 'ec-p256' | 'rsa-2048';
 
-/**
- * A throwaway CA in `dir` (made, 0700, when missing) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA): for a
- * token key from a CSR signed inside the token (`keyedge key csr`, as config/setup.sh), for a server holding a key
- * file from `openssl genpkey`.
- */
+/** A throwaway CA in `dir` (0700) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA) for token keys and key files. */
+const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+
 export class LabPki {
   readonly caFile: string;
 
@@ -37,11 +34,7 @@ export class LabPki {
     this.caFile = join(dir, 'ca.pem');
     const ca = `-x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ${join(dir, 'ca.key')} -out ${this.caFile}`;
     const extensions = ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'];
-    this.#openssl('req', ...ca.split(' '), ...extensions, '-subj', `/CN=${commonName}`);
-  }
-
-  #openssl(...args: string[]): void {
-    execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+    openssl('req', ...ca.split(' '), ...extensions, '-subj', `/CN=${commonName}`);
   }
 
   /** `<name>.pem` and `<name>-chain.pem` from `<name>.csr`, the CSR's subjectAltName copied; `usage`: its extendedKeyUsage. */
@@ -49,10 +42,11 @@ export class LabPki {
     const f = (x: string) => join(this.dir, x);
     writeFileSync(f(`${usage}.ext`), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${usage}\n`);
     const args = `x509 -req -CAcreateserial -days 2 -copy_extensions copy -in ${f(`${name}.csr`)} -CA ${this.caFile} -CAkey ${f('ca.key')}`;
-    this.#openssl(...args.split(' '), '-extfile', f(`${usage}.ext`), '-out', f(`${name}.pem`));
+    openssl(...args.split(' '), '-extfile', f(`${usage}.ext`), '-out', f(`${name}.pem`));
     writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(this.caFile, 'utf8'));
   }
 
+  /** From a CSR signed inside the token (`keyedge key csr`, as config/setup.sh). */
   async tokenCert(keyserverLab: KeyserverLab, label: string, serverName: string, name: string): Promise<void> {
     await keyserverLab.key('csr', '--key', label, '--domain', serverName, '--out', join(this.dir, `${name}.csr`));
     this.#issue(name);
@@ -62,9 +56,9 @@ export class LabPki {
   fileCert(type: KeyType, subject: string, name: string, san = `DNS:${subject}`, usage = 'serverAuth'): void {
     const key = join(this.dir, `${name}.key`);
     const algorithm = type === 'ec-p256' ? '-algorithm EC -pkeyopt ec_paramgen_curve:P-256' : '-algorithm RSA -pkeyopt rsa_keygen_bits:2048';
-    this.#openssl('genpkey', ...algorithm.split(' '), '-out', key);
+    openssl('genpkey', ...algorithm.split(' '), '-out', key);
     const sanArgs = san === '' ? [] : ['-addext', `subjectAltName=${san}`];
-    this.#openssl('req', '-new', '-key', key, '-subj', `/CN=${subject}`, ...sanArgs, '-out', join(this.dir, `${name}.csr`));
+    openssl('req', '-new', '-key', key, '-subj', `/CN=${subject}`, ...sanArgs, '-out', join(this.dir, `${name}.csr`));
     this.#issue(name, usage);
   }
 }
@@ -84,13 +78,11 @@ export class KeyserverLab {
   readonly tls: TlsFiles;
   readonly tokenLabel: string;
   readonly config: Record<string, unknown>;
-  #server: KeyserverProcess | undefined;
+  #server: ManagedProcess | undefined;
   #cleaned = false;
 
   /** `sessions`: pkcs11.sessions (absent: the product default); `prefix`: of the temp dir's name. */
-  constructor(
-    options: { readonly sessions?: number; readonly tokenLabel?: string; readonly maxInFlightPerConnection?: number; readonly prefix?: string } = {},
-  ) {
+  constructor(options: { readonly sessions?: number; readonly tokenLabel?: string; readonly prefix?: string } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), options.prefix ?? 'keyedge-bench-'));
     try {
       this.stateDir = join(this.dir, 'state');
@@ -103,7 +95,7 @@ export class KeyserverLab {
       const files = { serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
       this.tls = { serverName, clientCommonName, ca: pki.caFile, ...files };
       this.configPath = join(this.dir, 'keyserver.json');
-      const { sessions, maxInFlightPerConnection } = options;
+      const { sessions } = options;
       this.config = {
         stateDir: this.stateDir,
         pkcs11: { module: 'embedded', token: { label: this.tokenLabel }, ...(sessions === undefined ? {} : { sessions }) },
@@ -113,7 +105,7 @@ export class KeyserverLab {
           tcp: { host: '127.0.0.1', port: 0, cert: this.tls.serverCert, key: this.tls.serverKey, clientCa: this.tls.ca },
         },
         clients: [{ name: 'bench', match: { commonName: clientCommonName }, keys: '*' }],
-        limits: { shutdownGraceMs: 2000, ...(maxInFlightPerConnection === undefined ? {} : { maxInFlightPerConnection }) },
+        limits: { shutdownGraceMs: 2000 },
         admin: null,
         // info logs the ready line and nothing per request; the key-usage line is pushed out of any run.
         log: { level: 'info', keyUsageIntervalSeconds: 86_400 },
@@ -144,27 +136,21 @@ export class KeyserverLab {
    * It stays in the bench's process group: detached, it would get an autogroup of its own and another share of the CPU.
    */
   async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
-    if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
     const proc = spawnManaged('key server', command, logFile, undefined, process.cwd(), {}, false);
-    const stop = async (graceMs = 5000) => {
-      await proc.stop(graceMs);
-      if (this.#server === server) this.#server = undefined;
-    };
-    const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0 };
-    this.#server = server;
+    this.#server = proc;
     let ready: { unix?: string; tcp?: number } | undefined;
     try {
       await waitFor('key server', () => (ready = jsonLine(logFile, 'key server ready')) !== undefined, 30_000, proc, 50);
     } catch (err) {
-      await stop(500);
+      await proc.stop(500);
       throw err;
     }
-    return Object.assign(server, { unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 });
+    return { ...proc, unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 };
   }
 
-  /** Graceful stop of the server (SIGTERM: a --cpu-prof profile gets written). */
+  /** SIGTERM: a --cpu-prof profile gets written. */
   async stop(): Promise<void> {
     await this.#server?.stop();
   }
@@ -210,7 +196,7 @@ export abstract class LabBase<Id extends string = string> {
   readonly servers = new Map<Id, ManagedProcess>();
   #cleaned = false;
 
-  /** `graceMs`: SIGTERM to SIGKILL, for the servers. */
+  /** `graceMs`: the servers' SIGTERM to SIGKILL. */
   protected constructor(
     readonly keyserverLab: KeyserverLab,
     subdir: string,
@@ -226,7 +212,7 @@ export abstract class LabBase<Id extends string = string> {
     return this.origin;
   }
 
-  /** Stops (kills) what a lab starts besides the registry (nginx). */
+  /** What a lab starts besides the registry (nginx). */
   protected async stopOthers(): Promise<void> {}
   protected killOthers(): void {}
 

@@ -1,13 +1,11 @@
 /**
- * nginx, the reference TLS terminator of the handshake bench, holding the same keys three ways: `file` (a PEM key
- * file), `engine` (the key server's SoftHSM2 token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same
- * engine on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the key behind a local socket, the
- * deployment keyless competes with).
+ * nginx, the handshake bench's reference TLS terminator, holding the same keys three ways: `file` (a PEM key file),
+ * `engine` (the key server's SoftHSM2 token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same engine on
+ * p11-kit-client.so talking to `p11-kit server`: the key behind a local socket, the deployment keyless competes with).
  *
  * Every nginx is one process (`master_process off`): libp11 does not survive nginx's fork of the worker after the
- * master loaded the key (libp11 issues #156, #195), and the file variant runs the same way so the three compare. The
- * user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir: never a command line,
- * the environment or a log.
+ * master loaded the key (libp11 issues #156, #195); the file variant runs the same way so the three compare. The user
+ * PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -38,10 +36,7 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
   return undefined;
 }
 
-/**
- * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is missing (harness/install.ts) and stops the
- * system nginx the package may start. Undefined when nginx is still missing (its scenarios are skipped).
- */
+/** nginx, libp11's engine and p11-kit, apt-got when missing with `install`; undefined when nginx is still missing. */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
   if (!install || (found !== undefined && (['engine', 'p11kit'] as const).every((v) => variantSkipReason(found, v) === undefined))) return found;
@@ -50,7 +45,7 @@ export function ensureNginxTools(install: boolean, log: (line: string) => void):
   return findTools();
 }
 
-/** `stub_status` text: "Active connections: N \n server accepts handled requests\n A H R \n…": connections accepted and handled, requests served, since start (all listeners). */
+/** `stub_status` text ("…accepts handled requests\n A H R"): connections accepted and handled, requests served, since start. */
 export function parseStubStatus(text: string): { readonly accepts: number; readonly handled: number; readonly requests: number } {
   const m = /accepts handled requests\s*\n\s*(\d+)\s+(\d+)\s+(\d+)/.exec(text);
   if (m === null) throw new Error(`not a stub_status answer: ${text.slice(0, 120)}`);
@@ -95,7 +90,7 @@ export class NginxLab {
     this.instances = new Map(options.variants.map((variant) => [variant, { variant, ...options.ports[variant], process: undefined }]));
   }
 
-  /** Writes the OpenSSL config that loads libp11 with `module` and the user PIN; mode 0600. init = 0: nginx's ssl_engine initialises the engine, loading the config must not. */
+  /** The OpenSSL config (0600) loading libp11 with `module` and the PIN; init = 0: nginx's ssl_engine initialises the engine. */
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
@@ -131,10 +126,7 @@ init = 0
         '    location / {',
         '      proxy_pass http://origin;',
         '      proxy_http_version 1.1;',
-        '      proxy_set_header Connection "";',
-        '      proxy_set_header Host $host;',
-        '      proxy_set_header X-Forwarded-For $remote_addr;',
-        '      proxy_set_header X-Forwarded-Proto https;',
+        ...['Connection ""', 'Host $host', 'X-Forwarded-For $remote_addr', 'X-Forwarded-Proto https'].map((h) => `      proxy_set_header ${h};`),
         '    }',
         '  }',
       ];
@@ -201,7 +193,7 @@ init = 0
     await this.p11kitServer?.stop(5000);
   }
 
-  /** SIGKILL to every process group started; synchronous. */
+  /** SIGKILL to every process group started. */
   kill(): void {
     for (const i of this.instances.values()) i.process?.kill();
     this.p11kitServer?.kill();

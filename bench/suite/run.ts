@@ -1,12 +1,11 @@
 /**
  * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
- * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}` (one
- * table, one chart: harness/chart.ts); `--compare OLD.json` then flags scenarios that moved by more than the threshold
- * (harness/summary.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no package installs)
- * into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds nothing.
+ * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}`;
+ * `--compare OLD.json` then flags scenarios that moved beyond the threshold (exit status 1). `--quick` runs each bench's
+ * quick mode into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds nothing.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { renderChart } from '../harness/chart.js';
@@ -38,18 +37,7 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
 const HERE = fileURLToPath(new URL('..', import.meta.url));
 const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
-/** The newest `<date>-<name>[-quick].json` in `dir` written at or after `since` (ms): what this run of the bench wrote. */
-function findResult(dir: string, name: string, since: number): string | undefined {
-  const pattern = new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${name}(-quick)?\\.json$`);
-  const files = existsSync(dir) ? readdirSync(dir).filter((f) => pattern.test(f)) : [];
-  const written = files.map((f) => ({ f: join(dir, f), t: statSync(join(dir, f)).mtimeMs })).filter(({ t }) => t >= since - 1000);
-  return written.sort((a, b) => b.t - a.t)[0]?.f;
-}
-
-/**
- * Runs one bench and reads its rows; `note`: why there are none or why they are suspect. A bench still running after
- * `limitMs` (each bounds its own clients: a last resort) gets SIGTERM (it stops what it started), SIGKILL 30 s later.
- */
+/** Runs one bench and reads its rows; `note`: why there are none or why they are suspect. `limitMs`: a last resort. */
 async function runOne(name: string, args: readonly string[], out: string, log: Log) {
   const script = `${name}/main.js`;
   const command = `node dist/bench/${script} ${[...args, '--out', out].join(' ')}`;
@@ -72,7 +60,9 @@ async function runOne(name: string, args: readonly string[], out: string, log: L
     });
   });
   const seconds = (Date.now() - started) / 1000;
-  const resultFile = findResult(resolve(out), name, started);
+  // What this run of the bench wrote (runner.ts names it), not an older run's file.
+  const written = join(resolve(out), `${dateStamp()}-${name}${args.includes('--quick') ? '-quick' : ''}.json`);
+  const resultFile = existsSync(written) && statSync(written).mtimeMs >= started - 1000 ? written : undefined;
   let rows: SummaryRow[] = [];
   let note: string | undefined = `no result file (exit status ${exitCode})`;
   if (resultFile !== undefined) {
