@@ -1,12 +1,10 @@
 /**
- * A dependency-free SVG chart of summary rows: per row, the rate (left panel) and the server CPU µs per unit (right).
- * Bars are scaled within each benchmark (a handshake rate beside a keep-alive rate would vanish; the units differ).
- * Static, on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
+ * A dependency-free SVG chart of summary rows: the rate (left panel) and the server CPU µs per unit (right), scaled
+ * within each benchmark (the units differ). White background (GitHub's dark theme); every text XML-escaped.
  */
 import { fmt } from './report.js';
 import type { SummaryRow } from './summary.js';
 
-/** Text for XML character data and attribute values. */
 export function escapeXml(text: string): string {
   return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 }
@@ -20,7 +18,6 @@ const GROUP_TITLE: Record<string, string> = {
 const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948'];
 const [LABEL, PANEL, VALUE, GAP, MARGIN, ROW] = [300, 300, 110, 24, 16, 22];
 
-/** Whole numbers from 10 up, one decimal below. */
 const formatValue = (v: number): string => fmt(v, v < 10 ? 1 : 0);
 
 /** The SVG document; rows keep their order within each bench's group, groups their first appearance. */

@@ -24,6 +24,8 @@ type ValueOf<O> = O extends FlagOpt
         : string | undefined;
 type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
 
+/** Most verbose first. */
+export const LOG_LEVELS: readonly string[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const LOG_LEVEL_HELP =
   "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)";
 const NODE_HELP =
@@ -43,19 +45,10 @@ export const std = {
   quietWait: { kind: 'number', arg: 'SEC', def: 60, quick: 0, min: 0, help: QUIET_HELP } as const,
   install: (what: string) =>
     ({ kind: 'string', arg: 'yes|no', def: 'yes', quick: 'no', choices: ['yes', 'no'], help: `apt-get install ${what} when missing (root)` }) as const,
-  logLevel: {
-    kind: 'string',
-    arg: 'LEVEL',
-    def: 'info',
-    choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
-    help: LOG_LEVEL_HELP,
-  } as const,
+  logLevel: { kind: 'string', arg: 'LEVEL', def: 'info', choices: LOG_LEVELS, help: LOG_LEVEL_HELP } as const,
   node: { kind: 'string', arg: 'LIST', help: NODE_HELP } as const,
   keepTemp: { kind: 'flag', help: 'keep the temp directory (token, certificates, configs, logs)' } as const,
 } as const;
-
-/** Most verbose first. */
-export const LOG_LEVELS: readonly string[] = std.logLevel.choices;
 
 function usage(command: string, table: OptTable): string {
   const lines = [`Usage: node dist/bench/${command} [options]`, ''];
@@ -100,7 +93,6 @@ export function numberOption(value: string | undefined, name: string, fallback: 
   return integer ? Math.round(n) : n;
 }
 
-/** A comma list whose items must be among `known`; duplicates dropped. */
 export function listOf<T extends string>(value: string, name: string, known: readonly T[]): T[] {
   const items = value.split(',').filter((s) => s !== '');
   for (const item of items) if (!(known as readonly string[]).includes(item)) throw new Error(`${name} takes ${known.join(', ')}; got '${item}'`);

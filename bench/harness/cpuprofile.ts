@@ -17,7 +17,6 @@ export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
 /** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */
 export type FunctionCost = ReturnType<typeof summarizeProfile>['functions'][number];
 
-/** The profile at `path` with its nodes by id and each node's parent id. */
 export function readProfile(path: string) {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map(profile.nodes.map((node) => [node.id, node]));

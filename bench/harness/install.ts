@@ -80,7 +80,6 @@ export function parseMajors(list: string | undefined): number[] {
   return [...new Set(majors)];
 }
 
-/** The node binary of `major`: this process's own, or the npm package's (installed on first use). */
 export function nodeBinary(major: number, log: Log): string {
   if (major === OWN_MAJOR) return process.execPath;
   const dir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'keyedge-bench', `node-${major}`);

@@ -1,16 +1,13 @@
 /**
- * CPU time of processes, threads and the machine, process trees and CPU affinity, read from /proc (Linux only); and
- * snapshots of named process groups plus the whole machine, whose difference is a measurement window's usage.
- *
- * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's time, all threads included, in clock ticks
- * (usually 100 a second: measure windows of a second or more); `/proc/<pid>/task/<tid>/stat` gives it per thread.
+ * CPU time of processes, threads and the machine, process trees and CPU affinity, from /proc (Linux only); snapshots of
+ * named process groups and the machine, whose difference is a window's usage. /proc stat fields 14 and 15 (utime,
+ * stime) count clock ticks, usually 100 a second: measure windows of a second or more.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
 type CpuTimes = { readonly userUs: number; readonly systemUs: number };
-/** CPU of the threads summed under `key` (see `threads`). */
 export type ThreadTimes = CpuTimes & { readonly key: string };
 
 const ZERO: CpuTimes = { userUs: 0, systemUs: 0 };
@@ -18,6 +15,7 @@ const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.user
 export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
 export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
 
+const ONLINE = '/sys/devices/system/cpu/online';
 let usPerTick: number | undefined;
 
 /** 1e6 / sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 ticks a second if that fails (the Linux value in practice). */
@@ -57,10 +55,7 @@ export function processTree(root: number): number[] {
   return tree;
 }
 
-/**
- * Every live thread of `pid` (`withChildren`: and of its descendants), summed by key: `main (<comm>)` (tid = pid), the
- * others by name, a trailing number as N. Threads that exit between readings drop out: subtract with `minus`.
- */
+/** Every live thread of `pid` (and its descendants), summed by key: `main (<comm>)`, the others by name (a trailing number as N). */
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
   for (const p of withChildren ? processTree(pid) : [pid]) {
@@ -87,7 +82,6 @@ export function minus(after: Map<string, ThreadTimes>, before: Map<string, Threa
   return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 }
 
-/** The main thread (tid = pid) and all other threads currently alive, summed. */
 export function threadCpu(pid: number): { main: CpuTimes; others: CpuTimes } {
   const all = [...threads(pid).values()];
   const main = all.find((t) => t.key.startsWith('main (')) ?? { ...ZERO, key: '' };
@@ -107,16 +101,13 @@ export function setAffinity(pid: number, cpus: string): void {
   execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
 }
 
+/** The online CPUs' numbers (a list such as "0-3,6"); all of os.cpus() where /sys does not say. */
 export function onlineCpus(): number[] {
-  try {
-    const ranges = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim().split(',');
-    return ranges.flatMap((range) => {
-      const [a, b = a] = range.split('-').map(Number);
-      return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
-    });
-  } catch {
-    return os.cpus().map((_, i) => i);
-  }
+  const online = existsSync(ONLINE) ? readFileSync(ONLINE, 'utf8').trim() : `0-${os.cpus().length - 1}`;
+  return online.split(',').flatMap((range) => {
+    const [a, b = a] = range.split('-').map(Number);
+    return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
+  });
 }
 
 /** A named group of processes measured together (e.g. "proxy": the primary and its workers): each root and its descendants. */
@@ -137,7 +128,7 @@ export function snapshot(groups: readonly TrackedGroup[]) {
   return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: { userUs: self.user, systemUs: self.system } };
 }
 
-/** One group over a window: CPU µs (all its processes), per pid, and the pids present at one end only (a worker died: incomplete). */
+/** `changedPids`: present at one end only (a worker died: incomplete). */
 type GroupUsage = { cpuUs: number; userUs: number; systemUs: number; byPid: Record<string, number>; changedPids: number[] };
 
 export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeof snapshot>) {
@@ -162,7 +153,6 @@ export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeo
     groups,
     machineBusyCores: cores(a.machine.busyUs, b.machine.busyUs),
     stealCores: cores(a.machine.stealUs, b.machine.stealUs),
-    /** Cores used by this bench process. */
     selfCores: cores(totalUs(a.self), totalUs(b.self)),
   };
 }

@@ -1,7 +1,4 @@
-/**
- * A --cpu-prof profile's top functions as a Markdown table (keep-alive proxy, cert-scale proxy, key server profile):
- * by self or inclusive time, each function's time in the report's unit (per request, per sign, ms) and its shares.
- */
+/** A --cpu-prof profile's top functions as a Markdown table: by self or inclusive time, in the report's unit and shares. */
 import type { FunctionCost } from './cpuprofile.js';
 import { fmt, markdownTable } from './report.js';
 

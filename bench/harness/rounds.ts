@@ -7,16 +7,9 @@
  */
 import { setTimeout as delay } from 'node:timers/promises';
 
-export interface RunContext {
-  readonly phase: 'warmup' | 'measure';
-  readonly round: number; // -1 during warm-up
-  readonly signal: AbortSignal | undefined;
-}
-
-export interface Scenario<R> {
-  readonly name: string;
-  run(durationMs: number, context: RunContext): Promise<R>;
-}
+/** `round`: 0-based, -1 during warm-up. */
+export type RunContext = { readonly phase: 'warmup' | 'measure'; readonly round: number; readonly signal: AbortSignal | undefined };
+export type Scenario<R> = { readonly name: string; run(durationMs: number, context: RunContext): Promise<R> };
 
 export interface RoundsOptions<R> {
   readonly rounds: number;
@@ -36,14 +29,8 @@ export interface RoundsOptions<R> {
 
 export type RoundFailure = { readonly scenario: string; readonly phase: RunContext['phase']; readonly round: number; readonly error: string };
 
-export interface RoundsResult<R> {
-  readonly order: readonly (readonly string[])[];
-  /** Per scenario, one result per round that did not fail. */
-  readonly results: ReadonlyMap<string, readonly R[]>;
-  readonly failures: readonly RoundFailure[];
-}
-
-export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>): Promise<RoundsResult<R>> {
+/** `order`: the scenarios' order in each round; `results`: per scenario, one per round that did not fail. */
+export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>) {
   if (new Set(scenarios.map((s) => s.name)).size !== scenarios.length) throw new Error('scenario names must be unique');
   const { signal, failSoft } = options;
   const failures: RoundFailure[] = [];

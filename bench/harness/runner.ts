@@ -11,7 +11,7 @@
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
 import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, writeReport } from './report.js';
-import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
+import { type RoundFailure, type RoundsOptions, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
 
 export const CONTENDED_CORES = 0.25;
@@ -77,7 +77,6 @@ export function failureLines(failures: readonly RoundFailure[]): string[] {
   return ['', `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${roundTag(f).trim()}: ${f.error}`).join('; ')}.`];
 }
 
-/** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
 export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): void {
   const written = writeReport(out, name, json, markdown, date);
   process.stdout.write(`${markdown}\n`);
@@ -147,13 +146,12 @@ export function exitOnInterrupt(cleanup: () => void): void {
 
 type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
-type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
+type Measured<R> = Awaited<ReturnType<typeof runRounds<R>>> & { quietWait: unknown; method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
 /** A bench's JSON fields and Markdown; `errors` > 0 exits 1 (naming `what` failed); `status`: the exit status otherwise. */
 type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
-  /** `benchmark` in the JSON and the result file's name. */
   readonly name: string;
   parse(argv: string[]): O | undefined; // undefined after --help
   /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
@@ -192,19 +190,13 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
     const quiet = quietBeforeRun(o.quietBudgetMs, bench.ownPids(lab), signal, log);
     // A run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
     const onFailure = (f: RoundFailure) => log(`${roundTag(f)}${f.scenario}: FAILED, round skipped: ${f.error}`);
-    const result = await runRounds(scenarios, {
-      ...more,
-      ...(failSoft === false ? {} : { failSoft: { deadlineMs: 60_000, onFailure } }),
-      rounds: rounds ?? o.rounds,
-      warmupMs: o.warmupMs,
-      measureMs: o.measureMs,
-      settleMs: o.settleMs,
-      signal,
-      beforeRun: quiet.beforeRun,
-      onRun: ({ scenario, context, result: r }) => log(`${roundTag(context)}${scenario.padEnd(bench.pad)} ${bench.line(r, scenario, lab!)}`),
-    });
-    const quietWait = quiet.record();
+    const soft = failSoft === false ? {} : { failSoft: { deadlineMs: 60_000, onFailure } };
+    const onRun = ({ scenario, context, result: r }: { scenario: string; context: RunContext; result: R }) =>
+      log(`${roundTag(context)}${scenario.padEnd(bench.pad)} ${bench.line(r, scenario, lab!)}`);
     const { rounds: n, measureMs, warmupMs, rampMs, settleMs } = o;
+    const windows = { rounds: rounds ?? n, warmupMs, measureMs, settleMs, signal };
+    const result = await runRounds(scenarios, { ...more, ...soft, ...windows, beforeRun: quiet.beforeRun, onRun });
+    const quietWait = quiet.record();
     const thresholds = { contendedCores: CONTENDED_CORES, saturatedCores: SATURATED_CORES };
     const method = (extra = {}) => ({ rounds: n, measureMs, warmupMs, rampMs, settleMs, order: result.order, ...thresholds, quietWait, ...extra });
     const date = dateStamp();

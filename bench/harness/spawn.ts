@@ -30,6 +30,7 @@ async function tryPort(port: number): Promise<number | undefined> {
 }
 
 const handedOut = new Set<number>();
+const PORT_RANGE = '/proc/sys/net/ipv4/ip_local_port_range';
 
 /**
  * A free port below the ephemeral range (where an outgoing connection may take it before the server binds it), never
@@ -37,10 +38,8 @@ const handedOut = new Set<number>();
  * 20000 + slice × 3000 and the 3000 above, so test files side by side never pick the same.
  */
 export async function freePort(slice?: number): Promise<number> {
-  let low = 32768;
-  try {
-    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
-  } catch {} // not Linux: the default range start
+  const range = existsSync(PORT_RANGE) ? readFileSync(PORT_RANGE, 'utf8') : ''; // not Linux: the default range start
+  const low = Number(/\d+/.exec(range)?.[0] ?? 32768);
   const [from, width] = slice === undefined ? [20_000, low - 20_000] : [20_000 + slice * 3000, 3000];
   for (let i = 0; slice !== undefined || (width > 1000 && i < 50); i++) {
     const port = from + Math.floor(Math.random() * width);

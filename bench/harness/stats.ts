@@ -3,7 +3,6 @@
  * request had) and `ClosedLoop`, the bookkeeping of the closed-loop loads (signing loads, resuming and ALPN clients).
  */
 
-/** Median of `values` (mean of the two middle ones for an even count); NaN when empty. */
 export function median(values: readonly number[]): number {
   if (values.length === 0) return Number.NaN;
   const sorted = [...values].sort((a, b) => a - b);
@@ -37,7 +36,6 @@ class LatencyRecorder {
   }
 }
 
-/** Rounds to `decimals` decimals for reports (keeps integers integral). */
 export function round(value: number, decimals = 1): number {
   const f = 10 ** decimals;
   return Number.isFinite(value) ? Math.round(value * f) / f : value;
@@ -45,10 +43,7 @@ export function round(value: number, decimals = 1): number {
 
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
-/**
- * A fixed number of loops, each starting its next operation when the last one ends. A subclass starts its loops in
- * `begin()` (setting `outstanding`), reports each operation with `done()` and calls `retire()` when a loop stops.
- */
+/** Loops each starting its next operation when the last ends: `begin()` starts them (setting `outstanding`). */
 export abstract class ClosedLoop {
   completed = 0;
   errors = 0;

@@ -92,7 +92,6 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
   });
 }
 
-/** readSummary of the file at `path`, with errors that name it. */
 export function readSummaryFile(path: string): SummaryRow[] {
   let json: unknown;
   try {
@@ -124,7 +123,6 @@ export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string,
 type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
 const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
 
-/** (b − a) / a, NaN unless both are finite and a > 0. */
 export function relativeChange(a: number, b: number): number {
   return Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN;
 }
@@ -158,7 +156,6 @@ export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readon
   return { threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
 }
 
-/** The comparison as a Markdown table plus a verdict line. */
 export function formatComparison(c: ReturnType<typeof compareSummaries>): string {
   const table = markdownTable(
     ['scenario', 'rate old → new', 'change', 'server CPU µs/unit old → new', 'change', 'status'],

@@ -1,7 +1,6 @@
 /**
- * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus text): the proxy's and the
- * in-memory server's handshakes (summed over workers by the cluster primary, prom-client AggregatorRegistry) and the
- * key server's successful signs.
+ * Counters the handshake and cert-reload benches read from the servers' admin ports (Prometheus text): the proxy's and
+ * the in-memory server's handshakes (summed over workers by the cluster primary) and the key server's signs.
  */
 import { httpGet } from '../harness/spawn.js';
 

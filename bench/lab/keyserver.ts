@@ -20,9 +20,9 @@ export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.met
 
 export type KeyType = 'ec-p256' | 'rsa-2048';
 
-/** A throwaway CA in `dir` (0700) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA) for token keys and key files. */
 const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
 
+/** A throwaway CA in `dir` (0700) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA) for token keys and key files. */
 export class LabPki {
   readonly caFile: string;
 
@@ -66,10 +66,7 @@ export class LabPki {
 /** The key server's mutual-TLS files: its server certificate covers `serverName` and IP 127.0.0.1; the config's `clients` rule matches `clientCommonName`. */
 type TlsFiles = Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clientKey' | 'serverName' | 'clientCommonName', string>;
 
-export interface KeyserverProcess extends ManagedProcess {
-  readonly unixPath: string;
-  readonly tcpPort: number;
-}
+export type KeyserverProcess = ManagedProcess & { readonly unixPath: string; readonly tcpPort: number };
 
 export class KeyserverLab {
   readonly dir: string;
@@ -123,7 +120,6 @@ export class KeyserverLab {
     return (await promisify(execFile)(process.execPath, argv, { env: childEnv(), timeout: 120_000 })).stdout;
   }
 
-  /** `keyedge key generate --type TYPE --label LABEL`; resolves with the key id. */
   async generateKey(type: string, label: string): Promise<string> {
     const stdout = await this.key('generate', '--type', type, '--label', label);
     const keyId = /key id: ([0-9a-f]{64})/.exec(stdout)?.[1];
@@ -155,7 +151,6 @@ export class KeyserverLab {
     await this.#server?.stop();
   }
 
-  /** SIGKILL to a server still running, then the temp dir removed (unless `keepTemp`). */
   cleanup(keepTemp = false): void {
     if (this.#cleaned) return;
     this.#cleaned = true;
@@ -192,9 +187,7 @@ export abstract class LabBase<Id extends string = string> {
   readonly dir: string;
   keyserver: KeyserverProcess | undefined;
   origin: ManagedProcess | undefined;
-  /** The servers under test (or proxies) that run, by id. */
   readonly servers = new Map<Id, ManagedProcess>();
-  #cleaned = false;
 
   /** `graceMs`: the servers' SIGTERM to SIGKILL. */
   protected constructor(
@@ -230,9 +223,8 @@ export abstract class LabBase<Id extends string = string> {
     this.cleanup(keepTemp);
   }
 
+  /** Kills are idempotent and the key server lab's cleanup runs once: safe twice. */
   cleanup(keepTemp = false): void {
-    if (this.#cleaned) return;
-    this.#cleaned = true;
     for (const p of [...this.servers.values(), this.origin]) p?.kill();
     this.killOthers();
     this.keyserverLab.cleanup(keepTemp);

@@ -26,7 +26,6 @@ function findTools() {
   return { nginx, version, engine: findLib('engines-3/pkcs11.so'), p11kit: which('p11-kit'), p11kitClient: findLib('pkcs11/p11-kit-client.so') };
 }
 
-/** What each variant needs, or why it cannot run. */
 export function variantSkipReason(tools: NginxTools | undefined, variant: NginxVariant): string | undefined {
   if (tools === undefined) return 'nginx is not installed (apt-get install -y nginx)';
   if (variant === 'file') return undefined;
@@ -193,7 +192,6 @@ init = 0
     await this.p11kitServer?.stop(5000);
   }
 
-  /** SIGKILL to every process group started. */
   kill(): void {
     for (const i of this.instances.values()) i.process?.kill();
     this.p11kitServer?.kill();

@@ -13,16 +13,13 @@ import { listOf, parseCli, std } from '../harness/cli.js';
 import { columnTable, dateStamp, describeMachine, fmt, type MachineInfo, machineLines } from '../harness/report.js';
 import { type Log, publish, runBench } from '../harness/runner.js';
 import { compareSummaries, formatComparison, readSummaryFile, type SummaryRow } from '../harness/summary.js';
+import { KEYEDGE_CLI } from '../lab/keyserver.js';
 
 const TABLE = {
   quick: std.quick("each bench's quick mode, ECDSA P-256 only, no package installs (a smoke run: a few minutes; rough figures)"),
   out: { kind: 'string', arg: 'DIR', def: 'bench/results', help: 'where every bench and the suite write' },
   only: { kind: 'string', arg: 'LIST', help: 'keyserver-sign,handshake,keepalive (default all)' },
-  compare: {
-    kind: 'string',
-    arg: 'OLD.json',
-    help: 'compare the result with OLD (suite or single bench); exit status 1 when a scenario moved beyond the threshold',
-  },
+  compare: { kind: 'string', arg: 'OLD.json', help: 'compare with OLD (suite or single bench); exit status 1 when a scenario moved beyond the threshold' },
   threshold: { kind: 'number', arg: 'PCT', def: 10, min: 0.1, help: 'for --compare' },
   node: { ...std.node, help: 'passed to the handshake bench: its Node servers also under these Node majors, e.g. 20,22,24' },
 } as const;
@@ -35,7 +32,6 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
 };
 
 const HERE = fileURLToPath(new URL('..', import.meta.url));
-const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
 /** Runs one bench and reads its rows; `note`: why there are none or why they are suspect. `limitMs`: a last resort. */
 async function runOne(name: string, args: readonly string[], out: string, log: Log) {
