@@ -5,9 +5,8 @@
 import { fmt } from './report.js';
 import type { SummaryRow } from './summary.js';
 
-export function escapeXml(text: string): string {
-  return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
-}
+export const escapeXml = (text: string): string =>
+  text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 
 const GROUP_TITLE: Record<string, string> = {
   handshake: 'TLS 1.3 handshakes (new connection + one proxied GET each)',

@@ -21,9 +21,8 @@ function output(command: string, args: readonly string[], timeoutMs = 5000): str
 }
 
 /** The absolute path of `binary` on PATH (or in /usr/sbin, which a non-root PATH may lack), or undefined. */
-export function which(binary: string): string | undefined {
-  return output('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary])?.trim() || undefined;
-}
+export const which = (binary: string): string | undefined =>
+  output('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary])?.trim() || undefined;
 
 /** First line of `binary args` (a version string; nginx -v writes to stderr), or undefined. */
 export function versionOf(binary: string, args: readonly string[]): string | undefined {
@@ -62,13 +61,11 @@ export function aptInstall(packages: readonly string[], log: Log, services: read
 
 /** `binary` from PATH; when missing and `install` is true, installs `aptPackage` (and stops the service it may start). */
 export function findOrInstall(binary: string, aptPackage: string, install: boolean, log: Log): Found {
-  const present = which(binary);
-  if (present !== undefined) return { ok: true, path: present };
-  if (!install) return { ok: false, reason: `${binary} is not installed (install it with: apt-get install -y ${aptPackage})` };
-  const failed = aptInstall([aptPackage], log, [aptPackage]);
-  if (failed !== undefined) return { ok: false, reason: `${binary} is not installed: ${failed}` };
-  const installed = which(binary);
-  return installed === undefined ? { ok: false, reason: `${aptPackage} was installed but ${binary} is still not found` } : { ok: true, path: installed };
+  const failed = install && which(binary) === undefined ? aptInstall([aptPackage], log, [aptPackage]) : undefined;
+  const path = which(binary);
+  if (path !== undefined) return { ok: true, path };
+  const why = failed ?? (install ? `${aptPackage} was installed but ${binary} is still not found` : `install it with: apt-get install -y ${aptPackage}`);
+  return { ok: false, reason: `${binary} is not installed (${why})` };
 }
 
 export const OWN_MAJOR = Number(process.versions.node.split('.')[0]);
@@ -94,6 +91,5 @@ export function nodeBinary(major: number, log: Log): string {
   return bin;
 }
 
-export function nodeVersionOf(bin: string): string {
-  return execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();
-}
+export const nodeVersionOf = (bin: string): string =>
+  execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();

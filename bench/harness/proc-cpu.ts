@@ -38,9 +38,7 @@ function parseStat(text: string): CpuTimes {
 }
 
 /** The whole process's CPU time (all threads, living and exited). */
-export function procCpu(pid: number): CpuTimes {
-  return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-}
+export const procCpu = (pid: number): CpuTimes => parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 
 /** `root` and its living descendants (parent pids from field 4; /proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN). */
 export function processTree(root: number): number[] {
@@ -78,9 +76,8 @@ export function threads(pid: number, withChildren = false): Map<string, ThreadTi
   return out;
 }
 
-export function minus(after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> {
-  return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
-}
+export const minus = (after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> =>
+  new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 
 export function threadCpu(pid: number): { main: CpuTimes; others: CpuTimes } {
   const all = [...threads(pid).values()];

@@ -84,6 +84,5 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
 }
 
 /** setTimeout as a promise that an AbortSignal cuts short, rejecting with the signal's reason. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return delay(Math.max(0, ms), undefined, { signal }).catch((err) => Promise.reject(signal?.aborted ? signal.reason : err));
-}
+export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  delay(Math.max(0, ms), undefined, { signal }).catch((err) => Promise.reject(signal?.aborted ? signal.reason : err));

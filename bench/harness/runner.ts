@@ -1,12 +1,9 @@
 /**
- * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench`; `runMeasuring`
- * does the rest alike: command line, Ctrl-C (the first aborts the run, which stops what it started and exits 130; a
- * second kills and exits at once), warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the JSON's
- * common fields, `<date>-<name>` (`-quick` under --quick: never overwrites the day's full results), exit status.
- *
- * Clean rounds: a window in which other processes used more than CONTENDED_CORES is contended; medians use the clean
- * rounds when at least 3 (or all) are clean, else all (marked †). Quiet wait: between runs our processes are idle, so
- * the machine's CPU is someone else's; wait until it drops below CONTENDED_CORES, within one budget per run.
+ * The measuring benches' runner: a bench is a `MeasuringBench`; `runMeasuring` does the rest alike: command line,
+ * Ctrl-C (the first stops what the run started, exit 130; a second kills at once), rounds (rounds.ts) behind the quiet
+ * wait (between runs our processes idle, so busy CPU is someone else's: wait, within one budget per run, until it drops
+ * below CONTENDED_CORES), `<date>-<name>[-quick]` results, exit status. Medians use the clean (uncontended) rounds when
+ * at least 3 (or all) are clean, else all (marked †).
  */
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';

@@ -1,9 +1,8 @@
 /**
- * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests); servers started
- * as their own process group (a cluster primary and its workers die together), readiness polling; load clients (ab,
- * autocannon, h2load), their report parsed once they exit. Both pinned with taskset when given CPUs (it execs the
- * command: the pid is the program's). Every wait on a client is bounded: a client can crash mid-run (ab once died of
- * `malloc(): invalid size`) or hang (ab against nginx + p11-kit); `done` then rejects and rounds.ts records a failure.
+ * Processes and ports: free ports below the ephemeral range (also drawn by the tests); servers as their own process
+ * group (a cluster primary and its workers die together), readiness polling; load clients (ab, autocannon, h2load),
+ * parsed once they exit, every wait on them bounded (ab has crashed mid-run and hung). Pinned with taskset (which execs
+ * the command: the pid is the program's).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';

@@ -116,21 +116,16 @@ export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' 
   return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
-  return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
-}
+export const skippedBenchRow = (unit: WorkUnit, scenario: string, label: string, reason: string) =>
+  benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
 
 type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
 const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
 
-export function relativeChange(a: number, b: number): number {
-  return Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN;
-}
+export const relativeChange = (a: number, b: number): number => (Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN);
 
 /** "+12.3%" / "−4.0%" / "–" for NaN. */
-export function pct(change: number): string {
-  return Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–';
-}
+export const pct = (change: number): string => (Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–');
 
 /** Rows matched by "<bench>/<scenario>"; `threshold` is the relative change (0.10 = 10%) beyond which a scenario is flagged. */
 export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readonly SummaryRow[], options: { readonly threshold: number }) {

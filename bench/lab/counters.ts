@@ -48,6 +48,4 @@ export function diffCounters(a: HandshakeCounters, b: HandshakeCounters): Handsh
   return { full: b.full - a.full, resumed: b.resumed - a.resumed, failed: b.failed - a.failed, requests, keylessSigns: b.keylessSigns - a.keylessSigns };
 }
 
-export function sumValues(r: Readonly<Record<string, number>>): number {
-  return Object.values(r).reduce((a, b) => a + b, 0);
-}
+export const sumValues = (r: Readonly<Record<string, number>>): number => Object.values(r).reduce((a, b) => a + b, 0);

@@ -170,9 +170,7 @@ function connected<S extends net.Socket>(socket: S, event: string): Promise<S> {
   });
 }
 
-export function connectUnix(path: string): Promise<net.Socket> {
-  return connected(net.connect(path), 'connect');
-}
+export const connectUnix = (path: string): Promise<net.Socket> => connected(net.connect(path), 'connect');
 
 /** A mutual-TLS 1.3 connection to the key server with the lab's client certificate. */
 export async function connectTls(port: number, files: TlsFiles): Promise<tls.TLSSocket> {

@@ -1,11 +1,8 @@
 /**
  * nginx, the handshake bench's reference TLS terminator, holding the same keys three ways: `file` (a PEM key file),
- * `engine` (the key server's SoftHSM2 token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same engine on
- * p11-kit-client.so talking to `p11-kit server`: the key behind a local socket, the deployment keyless competes with).
- *
- * Every nginx is one process (`master_process off`): libp11 does not survive nginx's fork of the worker after the
- * master loaded the key (libp11 issues #156, #195); the file variant runs the same way so the three compare. The user
- * PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir.
+ * `engine` (the token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (that engine on p11-kit-client.so talking
+ * to `p11-kit server`: the key behind a local socket, the deployment keyless competes with). Every nginx is one process:
+ * libp11 does not survive nginx's fork of the worker (libp11 #156, #195). The PIN stays in a 0600 OPENSSL_CONF file.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

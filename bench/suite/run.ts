@@ -1,8 +1,7 @@
 /**
- * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
- * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}`;
- * `--compare OLD.json` then flags scenarios that moved beyond the threshold (exit status 1). `--quick` runs each bench's
- * quick mode into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds nothing.
+ * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each a child process,
+ * so none measures while another runs), their summary rows in `<date>-suite[-quick].{json,md,svg}`; `--compare OLD.json`
+ * flags scenarios that moved beyond the threshold (exit status 1). Builds nothing.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
