@@ -16,7 +16,6 @@ const GROUP_TITLE: Record<string, string> = {
 
 const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948'];
 const [LABEL, PANEL, VALUE, GAP, MARGIN, ROW] = [300, 300, 110, 24, 16, 22];
-
 const formatValue = (v: number): string => fmt(v, v < 10 ? 1 : 0);
 
 /** The SVG document; rows keep their order within each bench's group, groups their first appearance. */

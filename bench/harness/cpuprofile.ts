@@ -10,10 +10,8 @@ export type CallFrame = { readonly functionName: string; readonly url: string; r
 type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
 /** `startTime`: µs on CLOCK_MONOTONIC (Linux), the clock of process.hrtime() in any process. */
 type CpuProfile = { nodes: readonly ProfileNode[]; startTime: number; samples: readonly number[]; timeDeltas: readonly number[] };
-
 /** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n`). */
 export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
-
 /** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */
 export type FunctionCost = ReturnType<typeof summarizeProfile>['functions'][number];
 

@@ -9,7 +9,6 @@ import os from 'node:os';
 
 type CpuTimes = { readonly userUs: number; readonly systemUs: number };
 export type ThreadTimes = CpuTimes & { readonly key: string };
-
 const ZERO: CpuTimes = { userUs: 0, systemUs: 0 };
 const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
 export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
@@ -154,10 +153,7 @@ export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeo
   };
 }
 
-/**
- * Per-unit figures of a window: `per(...groups)` = their CPU µs ÷ units (NaN without units), `cores(...groups)`, and
- * the cores other processes used (the machine's busy cores less every tracked group and this bench): contention.
- */
+/** A window's `per(...groups)` CPU µs per unit, `cores(...groups)`, and `otherCores`: busy cores not ours (contention). */
 export function perUnit(usage: ReturnType<typeof usageBetween>, units: number) {
   const us = (names: readonly (string | undefined)[]) => names.reduce((n, name) => n + (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0)), 0);
   const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;

@@ -42,9 +42,7 @@ export const fmt = (value: number, decimals = 0): string =>
 
 /** "min–max (spread%)" of per-round figures. */
 export const rangeText = (s: Spread, decimals = 0): string => `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-
 export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
-
 export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];

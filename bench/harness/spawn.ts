@@ -32,9 +32,8 @@ const handedOut = new Set<number>();
 const PORT_RANGE = '/proc/sys/net/ipv4/ip_local_port_range';
 
 /**
- * A free port below the ephemeral range (where an outgoing connection may take it before the server binds it), never
- * the same twice in a process. Without `slice`: 50 tries, then any port. With `slice` (a vitest worker's, 0-3): only
- * 20000 + slice × 3000 and the 3000 above, so test files side by side never pick the same.
+ * A free port below the ephemeral range (where an outgoing connection may take it first), never the same twice in a
+ * process; with `slice` (a vitest worker's, 0-3) only 20000 + slice × 3000 and the 3000 above, so test files differ.
  */
 export async function freePort(slice?: number): Promise<number> {
   const range = existsSync(PORT_RANGE) ? readFileSync(PORT_RANGE, 'utf8') : ''; // not Linux: the default range start
@@ -124,7 +123,6 @@ export function tcpOpen(port: number): Promise<boolean> {
 }
 
 export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
-
 /** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
 export type ClientOutput = { stdout: string; stderr: readonly string[]; stderrLines: number; exitCode: number | null; signal: NodeJS.Signals | null };
 

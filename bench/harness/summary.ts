@@ -123,7 +123,6 @@ type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
 const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
 
 export const relativeChange = (a: number, b: number): number => (Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN);
-
 /** "+12.3%" / "−4.0%" / "–" for NaN. */
 export const pct = (change: number): string => (Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–');
 

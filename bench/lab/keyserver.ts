@@ -65,7 +65,6 @@ export class LabPki {
 
 /** The key server's mutual-TLS files: its server certificate covers `serverName` and IP 127.0.0.1; the config's `clients` rule matches `clientCommonName`. */
 type TlsFiles = Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clientKey' | 'serverName' | 'clientCommonName', string>;
-
 export type KeyserverProcess = ManagedProcess & { readonly unixPath: string; readonly tcpPort: number };
 
 export class KeyserverLab {
@@ -92,10 +91,9 @@ export class KeyserverLab {
       const files = { serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
       this.tls = { serverName, clientCommonName, ca: pki.caFile, ...files };
       this.configPath = join(this.dir, 'keyserver.json');
-      const { sessions } = options;
       this.config = {
         stateDir: this.stateDir,
-        pkcs11: { module: 'embedded', token: { label: this.tokenLabel }, ...(sessions === undefined ? {} : { sessions }) },
+        pkcs11: { module: 'embedded', token: { label: this.tokenLabel }, ...(options.sessions === undefined ? {} : { sessions: options.sessions }) },
         listen: {
           unix: { path: 'keyserver.sock', mode: '0600', keys: '*' },
           // Port 0: the kernel picks; the "key server ready" line says which.
@@ -127,10 +125,7 @@ export class KeyserverLab {
     return keyId;
   }
 
-  /**
-   * Starts `keyedge keyserver` (`nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready" line.
-   * It stays in the bench's process group: detached, it would get an autogroup of its own and another share of the CPU.
-   */
+  /** `keyedge keyserver`, ready; not detached: an autogroup of its own would get another share of the CPU. */
   async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
