@@ -15,8 +15,7 @@ export interface RoundsOptions<R> {
   readonly rounds: number;
   readonly warmupMs: number;
   readonly measureMs: number;
-  /** Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window. */
-  readonly settleMs?: number;
+  readonly settleMs?: number; // Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window.
   readonly signal?: AbortSignal;
   /** Awaited before every run, warm-up included (e.g. to wait for a quiet machine). */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;

@@ -151,22 +151,18 @@ type BenchReport = { json: Record<string, unknown>; markdown: string; errors: nu
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
   readonly name: string;
   parse(argv: string[]): O | undefined; // undefined after --help
-  /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
-  setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>;
+  setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>; // `hold`: the lab to the runner as soon as it exists, for Ctrl-C
   scenarios(lab: L, o: O, env: RunEnv): Promise<S[]>;
-  /** Our own processes (not "other load" for the quiet wait). */
-  ownPids(lab: L): number[];
+  ownPids(lab: L): number[]; // not "other load" for the quiet wait
   plan(o: O, scenarios: readonly S[]): string;
-  /** The figures of one run in a progress line, after "round N <scenario>" padded to `pad`. */
-  readonly pad: number;
+  readonly pad: number; // a progress line: "round N <scenario padded to pad> <line(result)>"
   line(result: R, scenario: string, lab: L): string;
   /** Round options beyond the timing (failSoft is on unless `failSoft: false`). */
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
   /** `measured.method()`: the result JSON's `method` block (timing, round order, thresholds, quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
   close(lab: L, o: O, log: Log): Promise<void>;
-  /** Kills everything at once (Ctrl-C twice, process exit). */
-  kill(lab: L, o: O): void;
+  kill(lab: L, o: O): void; // everything at once (Ctrl-C twice, process exit)
 }
 
 async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>): Promise<number> {

@@ -17,8 +17,7 @@ export type WorkUnit = 'handshake' | 'request' | 'sign';
  */
 export interface SummaryRow {
   readonly bench: string;
-  /** Stable within the bench: what `compare` matches on. */
-  readonly scenario: string;
+  readonly scenario: string; // Stable within the bench: what `compare` matches on.
   readonly label: string;
   readonly unit: WorkUnit;
   readonly rate: number;

@@ -69,8 +69,7 @@ interface NginxLabOptions {
   readonly originPort: number;
   readonly ports: Readonly<Record<NginxVariant, { port: number; statusPort: number }>>;
   readonly cpus: string | undefined;
-  /** Access log on (one line per request, like the proxy at info) or off. */
-  readonly accessLog: boolean;
+  readonly accessLog: boolean; // Access log on (one line per request, like the proxy at info) or off.
 }
 
 type NginxInstance = { readonly variant: NginxVariant; readonly port: number; readonly statusPort: number; process: ManagedProcess | undefined };
