@@ -30,9 +30,8 @@ export function versionOf(binary: string, args: readonly string[]): string | und
   return text?.split('\n')[0]?.trim() || undefined;
 }
 
-function aptGet(args: readonly string[]): void {
+const aptGet = (args: readonly string[]) =>
   execFileSync('apt-get', args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
-}
 
 /** Installs those of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
 export function aptInstall(packages: readonly string[], log: Log, services: readonly string[] = []): string | undefined {

@@ -19,10 +19,7 @@ let usPerTick: number | undefined;
 
 /** 1e6 / sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 ticks a second if that fails (the Linux value in practice). */
 function tickUs(): number {
-  if (usPerTick === undefined) {
-    const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).stdout?.trim());
-    usPerTick = 1e6 / (Number.isInteger(ticks) && ticks > 0 ? ticks : 100);
-  }
+  usPerTick ??= 1e6 / (Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).stdout?.trim()) || 100);
   return usPerTick;
 }
 
@@ -93,9 +90,8 @@ function machineCpu(): { readonly busyUs: number; readonly stealUs: number } {
 }
 
 /** Restricts `pid` and all its threads (and, by inheritance, the children it forks later) to `cpus` (taskset list syntax). */
-export function setAffinity(pid: number, cpus: string): void {
-  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
-}
+export const setAffinity = (pid: number, cpus: string): void =>
+  void execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
 
 /** The online CPUs' numbers (a list such as "0-3,6"); all of os.cpus() where /sys does not say. */
 export function onlineCpus(): number[] {

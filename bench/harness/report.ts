@@ -9,10 +9,8 @@ import { join, resolve } from 'node:path';
 import { versionOf } from './install.js';
 import type { Spread } from './stats.js';
 
-export function dateStamp(date = new Date()): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
-}
+/** The local date, YYYY-MM-DD. */
+export const dateStamp = (date = new Date()): string => new Date(date.getTime() - date.getTimezoneOffset() * 60_000).toISOString().slice(0, 10);
 
 type Align = 'left' | 'right';
 

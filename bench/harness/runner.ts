@@ -205,6 +205,5 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
 }
 
 /** Runs a measuring bench as this process's main (`preempt`: a run that replaces it, e.g. a relaunch). */
-export function runMeasuring<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>, preempt?: Promise<number>): void {
+export const runMeasuring = <O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>, preempt?: Promise<number>): void =>
   runBench(bench.name, preempt ?? measuringMain(bench));
-}

@@ -36,10 +36,7 @@ class LatencyRecorder {
   }
 }
 
-export function round(value: number, decimals = 1): number {
-  const f = 10 ** decimals;
-  return Number.isFinite(value) ? Math.round(value * f) / f : value;
-}
+export const round = (value: number, decimals = 1): number => (Number.isFinite(value) ? Math.round(value * 10 ** decimals) / 10 ** decimals : value);
 
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
