@@ -40,7 +40,7 @@ export const round = (value: number, decimals = 1): number => (Number.isFinite(v
 
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
-/** Loops each starting its next operation when the last ends: `begin()` starts them (setting `outstanding`). */
+/** Loops each starting its next operation when the last ends: `begin()` starts them (setting `outstanding`), `retire()` ends one. */
 export abstract class ClosedLoop {
   completed = 0;
   errors = 0;

@@ -25,12 +25,11 @@ const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['
 /** A throwaway CA in `dir` (0700) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA) for token keys and key files. */
 export class LabPki {
   readonly caFile: string;
+  readonly dir: string;
 
-  constructor(
-    readonly dir: string,
-    commonName: string,
-  ) {
+  constructor(dir: string, commonName: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.dir = dir;
     this.caFile = join(dir, 'ca.pem');
     const ca = `-x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ${join(dir, 'ca.key')} -out ${this.caFile}`;
     const extensions = ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'];
