@@ -1,21 +1,12 @@
 /**
- * A dependency-free SVG chart of summary rows: per row, the rate (left panel) and the server CPU µs per unit (right).
- * Bars are scaled within each benchmark (a handshake rate beside a keep-alive rate would vanish; the units differ).
- * Static, on a white background (GitHub's dark theme), every text XML-escaped: labels come from result files.
+ * A dependency-free SVG chart of summary rows: the rate (left panel) and the server CPU µs per unit (right), scaled
+ * within each benchmark (the units differ). White background (GitHub's dark theme); every text XML-escaped.
  */
 import { fmt } from './report.js';
-import type { SummaryRow, WorkUnit } from './summary.js';
+import type { SummaryRow } from './summary.js';
 
-/** Text for XML character data and attribute values. */
-export function escapeXml(text: string): string {
-  return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
-}
-
-const UNIT_SHORT: Record<WorkUnit, { rate: string; cpu: string }> = {
-  handshake: { rate: 'handshakes/s', cpu: 'µs/handshake' },
-  request: { rate: 'requests/s', cpu: 'µs/request' },
-  sign: { rate: 'signs/s', cpu: 'µs/sign' },
-};
+export const escapeXml = (text: string): string =>
+  text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
 
 const GROUP_TITLE: Record<string, string> = {
   handshake: 'TLS 1.3 handshakes (new connection + one proxied GET each)',
@@ -25,8 +16,6 @@ const GROUP_TITLE: Record<string, string> = {
 
 const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948'];
 const [LABEL, PANEL, VALUE, GAP, MARGIN, ROW] = [300, 300, 110, 24, 16, 22];
-
-/** Whole numbers from 10 up, one decimal below. */
 const formatValue = (v: number): string => fmt(v, v < 10 ? 1 : 0);
 
 /** The SVG document; rows keep their order within each bench's group, groups their first appearance. */
@@ -39,7 +28,7 @@ export function renderChart(input: { readonly title: string; readonly subtitle?:
   let y = 64;
   for (const [i, [bench, rows]] of [...groups].entries()) {
     const fill = PALETTE[i % PALETTE.length]!;
-    const unit = UNIT_SHORT[rows[0]!.unit];
+    const unit = { rate: `${rows[0]!.unit}s/s`, cpu: `µs/${rows[0]!.unit}` };
     const max = (f: (r: SummaryRow) => number) => Math.max(0, ...rows.map((r) => (Number.isFinite(f(r)) ? f(r) : 0)));
     const [maxRate, maxCpu] = [max((r) => r.rate), max((r) => r.serverCpuUs)];
     out.push(`<text x="${MARGIN}" y="${y + 22}" class="group">${escapeXml(`${bench}: ${GROUP_TITLE[bench] ?? ''}`.replace(/: $/, ''))}</text>`);

@@ -1,12 +1,12 @@
 /**
- * The benchmarks' command lines: one table per bench, built mostly from the shared entries below, parsed strictly by
- * node:util parseArgs, checked (numbers, choices) with errors that name the flag, and printed as --help from the same
- * table, so usage and parser never drift. A value given in `quick` applies under --quick when the flag is absent.
+ * The benchmarks' command lines: one table per bench, mostly from the shared entries below, parsed strictly by
+ * node:util parseArgs, checked with errors that name the flag, and printed as --help from the same table, so usage and
+ * parser never drift. A value given in `quick` applies under --quick when the flag is absent.
  */
 import { parseArgs } from 'node:util';
 import { onlineCpus } from './proc-cpu.js';
 
-/** One option: its kind, its --help text and the placeholder shown after the flag (N, SEC, LIST). */
+/** `arg`: the placeholder shown after the flag (N, SEC, LIST). */
 type BaseOpt = { readonly help: string; readonly arg?: string };
 type FlagOpt = BaseOpt & { readonly kind: 'flag' };
 type NumberOpt = BaseOpt & { readonly kind: 'number'; readonly def?: number; readonly quick?: number; readonly min: number; readonly integer?: boolean };
@@ -24,6 +24,8 @@ type ValueOf<O> = O extends FlagOpt
         : string | undefined;
 type Values<T extends OptTable> = { readonly [K in keyof T]: ValueOf<T[K]> };
 
+/** Most verbose first. */
+export const LOG_LEVELS: readonly string[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const LOG_LEVEL_HELP =
   "the proxies' log level (info, the product's default: one access line per request; nginx and caddy log access lines unless warn or above)";
 const NODE_HELP =
@@ -31,7 +33,6 @@ const NODE_HELP =
 const QUIET_HELP = 'before each measurement wait (up to SEC in total per run) for other processes to use < 0.25 cores';
 const PIN_HELP = 'auto (2+ CPUs): servers on CPU 0..n-2, clients and this bench on the last CPU; none: leave it to the scheduler';
 
-/** Shared entries; a bench calls the functions with its own defaults. */
 export const std = {
   quick: (help: string): FlagOpt => ({ kind: 'flag', help }),
   out: (name: string) => ({ kind: 'string', arg: 'DIR', def: 'bench/results', help: `where to write <date>-${name}.{json,md} (quick: -quick)` }) as const,
@@ -44,19 +45,10 @@ export const std = {
   quietWait: { kind: 'number', arg: 'SEC', def: 60, quick: 0, min: 0, help: QUIET_HELP } as const,
   install: (what: string) =>
     ({ kind: 'string', arg: 'yes|no', def: 'yes', quick: 'no', choices: ['yes', 'no'], help: `apt-get install ${what} when missing (root)` }) as const,
-  logLevel: {
-    kind: 'string',
-    arg: 'LEVEL',
-    def: 'info',
-    choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
-    help: LOG_LEVEL_HELP,
-  } as const,
+  logLevel: { kind: 'string', arg: 'LEVEL', def: 'info', choices: LOG_LEVELS, help: LOG_LEVEL_HELP } as const,
   node: { kind: 'string', arg: 'LIST', help: NODE_HELP } as const,
   keepTemp: { kind: 'flag', help: 'keep the temp directory (token, certificates, configs, logs)' } as const,
 } as const;
-
-/** Known log levels, most verbose first. */
-export const LOG_LEVELS: readonly string[] = std.logLevel.choices;
 
 function usage(command: string, table: OptTable): string {
   const lines = [`Usage: node dist/bench/${command} [options]`, ''];
@@ -101,14 +93,13 @@ export function numberOption(value: string | undefined, name: string, fallback: 
   return integer ? Math.round(n) : n;
 }
 
-/** A comma list whose items must be among `known`; duplicates dropped. */
 export function listOf<T extends string>(value: string, name: string, known: readonly T[]): T[] {
   const items = value.split(',').filter((s) => s !== '');
   for (const item of items) if (!(known as readonly string[]).includes(item)) throw new Error(`${name} takes ${known.join(', ')}; got '${item}'`);
   return [...new Set(items as T[])];
 }
 
-/** --server-cpus/--client-cpus, else --pin auto splits the online CPUs (the last for clients); `serverCpuCount`: CPUs the servers may use. */
+/** --server-cpus/--client-cpus, else --pin auto splits the online CPUs (the last for clients). */
 export function pinning(v: { readonly pin: string; readonly 'server-cpus': string | undefined; readonly 'client-cpus': string | undefined }) {
   const cpus = onlineCpus();
   const auto = v.pin === 'auto' && cpus.length >= 2;
@@ -119,10 +110,10 @@ export function pinning(v: { readonly pin: string; readonly 'server-cpus': strin
 
 type TimingValues = { readonly quick: boolean; readonly out: string; readonly rounds: number; readonly measure: number; readonly warmup: number };
 
-/** The measuring benches' shared options in milliseconds (runner.ts RunnerOptions); ramp-up and settle: [full, quick]. */
+/** The measuring benches' shared options in milliseconds (runner.ts); ramp-up and settle: [full, quick]. */
 export function timing(v: TimingValues & { readonly 'quiet-wait': number }, rampMs: readonly [number, number], settleMs: readonly [number, number]) {
   const pick = (fullAndQuick: readonly [number, number]) => (v.quick ? fullAndQuick[1] : fullAndQuick[0]);
-  const [measureMs, warmupMs, quietBudgetMs] = [v.measure * 1000, v.warmup * 1000, v['quiet-wait'] * 1000];
   // quietBudgetMs: the total time the run may wait for other load to go away before measurements (0: never wait).
+  const [measureMs, warmupMs, quietBudgetMs] = [v.measure * 1000, v.warmup * 1000, v['quiet-wait'] * 1000];
   return { quick: v.quick, out: v.out, rounds: v.rounds, measureMs, warmupMs, rampMs: pick(rampMs), settleMs: pick(settleMs), quietBudgetMs };
 }

@@ -1,8 +1,7 @@
 /**
- * Reading a V8 CPU profile (`node --cpu-prof`): self and inclusive time per function, so a benchmark can say which
- * source lines cost what per operation. Time per sample comes from `timeDeltas`, not hit counts times the nominal
- * interval, so a stalled sampler does not skew the shares. "(idle)" is left out of the totals; "(program)" (native code
- * V8 cannot attribute) and "(garbage collector)" are kept.
+ * Reading a V8 CPU profile (`node --cpu-prof`): self and inclusive time per function. Time per sample comes from
+ * `timeDeltas`, not hit counts times the nominal interval, so a stalled sampler does not skew the shares. "(idle)" is
+ * left out of the totals; "(program)" (native code V8 cannot attribute) and "(garbage collector)" are kept.
  */
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
@@ -10,21 +9,13 @@ import { relative } from 'node:path';
 export type CallFrame = { readonly functionName: string; readonly url: string; readonly lineNumber: number; readonly columnNumber: number };
 type ProfileNode = { readonly id: number; readonly callFrame: CallFrame; readonly children?: readonly number[] };
 /** `startTime`: µs on CLOCK_MONOTONIC (Linux), the clock of process.hrtime() in any process. */
-type CpuProfile = {
-  readonly nodes: readonly ProfileNode[];
-  readonly startTime: number;
-  readonly samples: readonly number[];
-  readonly timeDeltas: readonly number[];
-};
-
+type CpuProfile = { nodes: readonly ProfileNode[]; startTime: number; samples: readonly number[]; timeDeltas: readonly number[] };
 /** A span of time on the monotonic clock, µs (`process.hrtime.bigint() / 1000n`). */
 export type ProfileWindow = { readonly fromUs: number; readonly toUs: number };
-
 /** One function ("name file:line", the file relative to `root` when given): self and inclusive time, µs and % of busy. */
 export type FunctionCost = ReturnType<typeof summarizeProfile>['functions'][number];
 
-/** The profile at `path` with its nodes by id and each node's parent id. */
-export function readProfile(path: string): { profile: CpuProfile; byId: Map<number, ProfileNode>; parent: Map<number, number> } {
+export function readProfile(path: string) {
   const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
   const byId = new Map(profile.nodes.map((node) => [node.id, node]));
   const parent = new Map(profile.nodes.flatMap((node) => (node.children ?? []).map((child) => [child, node.id] as const)));

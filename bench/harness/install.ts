@@ -1,9 +1,8 @@
 /**
- * The benchmarks' one installer. Debian packages (nginx, caddy, ab, libengine-pkcs11-openssl, p11-kit): found, or as
- * root apt-get installed (`apt-get update` only when the first attempt fails), or a reason why not: a comparison that
- * cannot run is skipped with it, never a crash. apt may start a package's service; the benches run their own instance,
- * so it is stopped again. Other Node majors (--node 20,22,24): the npm package `node@<major>` (the official binaries),
- * installed once into ~/.cache/keyedge-bench; the product's native parts are N-API and load on every major.
+ * The benchmarks' one installer. Debian packages: found, or as root apt-get installed (`apt-get update` only when the
+ * first attempt fails; a service apt starts is stopped again), or a reason why not: a comparison that cannot run is
+ * skipped with it, never a crash. Other Node majors: the npm package `node@<major>` (the official binaries), installed
+ * once into ~/.cache/keyedge-bench; the product's native parts are N-API and load on every major.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -11,7 +10,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 
 type Log = (line: string) => void;
-export type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
+type Found = { readonly ok: true; readonly path: string } | { readonly ok: false; readonly reason: string };
 
 function output(command: string, args: readonly string[], timeoutMs = 5000): string | undefined {
   try {
@@ -22,9 +21,8 @@ function output(command: string, args: readonly string[], timeoutMs = 5000): str
 }
 
 /** The absolute path of `binary` on PATH (or in /usr/sbin, which a non-root PATH may lack), or undefined. */
-export function which(binary: string): string | undefined {
-  return output('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary])?.trim() || undefined;
-}
+export const which = (binary: string): string | undefined =>
+  output('sh', ['-c', `command -v "$1" || { test -x "/usr/sbin/$1" && echo "/usr/sbin/$1"; }`, 'sh', binary])?.trim() || undefined;
 
 /** First line of `binary args` (a version string; nginx -v writes to stderr), or undefined. */
 export function versionOf(binary: string, args: readonly string[]): string | undefined {
@@ -32,11 +30,10 @@ export function versionOf(binary: string, args: readonly string[]): string | und
   return text?.split('\n')[0]?.trim() || undefined;
 }
 
-function aptGet(args: readonly string[]): void {
+const aptGet = (args: readonly string[]) =>
   execFileSync('apt-get', args, { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 300_000 });
-}
 
-/** Installs the packages of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
+/** Installs those of `packages` not installed yet; undefined when done, else why not. `services`: stopped after (best effort). */
 export function aptInstall(packages: readonly string[], log: Log, services: readonly string[] = []): string | undefined {
   const missing = packages.filter((p) => !/Status: install ok installed/.test(output('dpkg', ['-s', p], 10_000) ?? ''));
   if (missing.length === 0) return undefined;
@@ -63,13 +60,11 @@ export function aptInstall(packages: readonly string[], log: Log, services: read
 
 /** `binary` from PATH; when missing and `install` is true, installs `aptPackage` (and stops the service it may start). */
 export function findOrInstall(binary: string, aptPackage: string, install: boolean, log: Log): Found {
-  const present = which(binary);
-  if (present !== undefined) return { ok: true, path: present };
-  if (!install) return { ok: false, reason: `${binary} is not installed (install it with: apt-get install -y ${aptPackage})` };
-  const failed = aptInstall([aptPackage], log, [aptPackage]);
-  if (failed !== undefined) return { ok: false, reason: `${binary} is not installed: ${failed}` };
-  const installed = which(binary);
-  return installed === undefined ? { ok: false, reason: `${aptPackage} was installed but ${binary} is still not found` } : { ok: true, path: installed };
+  const failed = install && which(binary) === undefined ? aptInstall([aptPackage], log, [aptPackage]) : undefined;
+  const path = which(binary);
+  if (path !== undefined) return { ok: true, path };
+  const why = failed ?? (install ? `${aptPackage} was installed but ${binary} is still not found` : `install it with: apt-get install -y ${aptPackage}`);
+  return { ok: false, reason: `${binary} is not installed (${why})` };
 }
 
 export const OWN_MAJOR = Number(process.versions.node.split('.')[0]);
@@ -81,7 +76,6 @@ export function parseMajors(list: string | undefined): number[] {
   return [...new Set(majors)];
 }
 
-/** The node binary of `major`: this process's own, or the npm package's (installed on first use). */
 export function nodeBinary(major: number, log: Log): string {
   if (major === OWN_MAJOR) return process.execPath;
   const dir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'keyedge-bench', `node-${major}`);
@@ -96,6 +90,5 @@ export function nodeBinary(major: number, log: Log): string {
   return bin;
 }
 
-export function nodeVersionOf(bin: string): string {
-  return execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();
-}
+export const nodeVersionOf = (bin: string): string =>
+  execFileSync(bin, ['-p', 'process.version + " (OpenSSL " + process.versions.openssl + ")"'], { encoding: 'utf8', timeout: 30_000 }).trim();

@@ -1,35 +1,25 @@
 /**
- * CPU time of processes, threads and the machine, process trees and CPU affinity, read from /proc (Linux only); and
- * snapshots of named process groups (a cluster primary and its workers, found again at every snapshot) plus the whole
- * machine, whose difference is a measurement window's usage.
- *
- * `/proc/<pid>/stat` fields 14 and 15 (utime, stime) are the whole process's time, all threads included, in clock ticks
- * (usually 100 a second: measure windows of a second or more); `/proc/<pid>/task/<tid>/stat` gives it per thread, which
- * separates a Node main thread (tid = pid: JavaScript, syscalls) from its others (libuv pool, V8's GC and compiler).
+ * CPU time of processes, threads and the machine, process trees and CPU affinity, from /proc (Linux only); snapshots of
+ * named process groups and the machine, whose difference is a window's usage. /proc stat fields 14 and 15 (utime,
+ * stime) count clock ticks, usually 100 a second: measure windows of a second or more.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 
-export type CpuTimes = { readonly userUs: number; readonly systemUs: number };
-/** CPU of the threads summed under `key` (see `threads`). */
+type CpuTimes = { readonly userUs: number; readonly systemUs: number };
 export type ThreadTimes = CpuTimes & { readonly key: string };
-/** The main thread (tid = pid) and all other threads currently alive, summed. */
-export type ThreadCpu = { readonly main: CpuTimes; readonly others: CpuTimes };
-
 const ZERO: CpuTimes = { userUs: 0, systemUs: 0 };
-export const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
+const add = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ userUs: a.userUs + b.userUs, systemUs: a.systemUs + b.systemUs });
 export const delta = (before: CpuTimes, after: CpuTimes): CpuTimes => ({ userUs: after.userUs - before.userUs, systemUs: after.systemUs - before.systemUs });
 export const totalUs = (t: CpuTimes): number => t.userUs + t.systemUs;
 
+const ONLINE = '/sys/devices/system/cpu/online';
 let usPerTick: number | undefined;
 
 /** 1e6 / sysconf(_SC_CLK_TCK), asked of `getconf` once; 100 ticks a second if that fails (the Linux value in practice). */
 function tickUs(): number {
-  if (usPerTick === undefined) {
-    const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).stdout?.trim());
-    usPerTick = 1e6 / (Number.isInteger(ticks) && ticks > 0 ? ticks : 100);
-  }
+  usPerTick ??= 1e6 / (Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 2000 }).stdout?.trim()) || 100);
   return usPerTick;
 }
 
@@ -44,17 +34,7 @@ function parseStat(text: string): CpuTimes {
 }
 
 /** The whole process's CPU time (all threads, living and exited). */
-export function procCpu(pid: number): CpuTimes {
-  return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-}
-
-export function taskIds(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).map(Number);
-  } catch {
-    return [];
-  }
-}
+export const procCpu = (pid: number): CpuTimes => parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 
 /** `root` and its living descendants (parent pids from field 4; /proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN). */
 export function processTree(root: number): number[] {
@@ -69,14 +49,15 @@ export function processTree(root: number): number[] {
   return tree;
 }
 
-/**
- * Every live thread of `pid` (`withChildren`: and of its descendants), summed by key: `main (<comm>)` (tid = pid), the
- * others by name, a trailing number as N. Threads that exit between readings drop out: subtract with `minus`.
- */
+/** Every live thread of `pid` (and its descendants), summed by key: `main (<comm>)`, the others by name (a trailing number as N). */
 export function threads(pid: number, withChildren = false): Map<string, ThreadTimes> {
   const out = new Map<string, ThreadTimes>();
   for (const p of withChildren ? processTree(pid) : [pid]) {
-    for (const tid of taskIds(p)) {
+    let tids: number[] = [];
+    try {
+      tids = readdirSync(`/proc/${p}/task`).map(Number);
+    } catch {} // the process exited
+    for (const tid of tids) {
       let text: string;
       try {
         text = readFileSync(`/proc/${p}/task/${tid}/stat`, 'utf8');
@@ -91,44 +72,34 @@ export function threads(pid: number, withChildren = false): Map<string, ThreadTi
   return out;
 }
 
-export function minus(after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> {
-  return new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
-}
+export const minus = (after: Map<string, ThreadTimes>, before: Map<string, ThreadTimes>): Map<string, ThreadTimes> =>
+  new Map([...after].map(([key, a]) => [key, { key, ...delta(before.get(key) ?? ZERO, a) }]));
 
-export function threadCpu(pid: number): ThreadCpu {
+export function threadCpu(pid: number): { main: CpuTimes; others: CpuTimes } {
   const all = [...threads(pid).values()];
   const main = all.find((t) => t.key.startsWith('main (')) ?? { ...ZERO, key: '' };
   return { main: { userUs: main.userUs, systemUs: main.systemUs }, others: all.filter((t) => t !== main).reduce<CpuTimes>(add, ZERO) };
 }
 
-export function selfCpu(): CpuTimes {
-  const u = process.cpuUsage();
-  return { userUs: u.user, systemUs: u.system };
-}
-
-/** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), idle, steal (the hypervisor ran someone else). */
-export function machineCpu(): { readonly busyUs: number; readonly idleUs: number; readonly stealUs: number } {
+/** Whole-machine µs over all CPUs from /proc/stat: busy (not idle or iowait), steal (the hypervisor ran someone else). */
+function machineCpu(): { readonly busyUs: number; readonly stealUs: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
   const us = (...ticks: (number | undefined)[]) => ticks.reduce<number>((n, t) => n + (t ?? 0), 0) * tickUs();
-  return { busyUs: us(user, nice, system, irq, softirq), idleUs: us(idle, iowait), stealUs: us(steal) };
+  return { busyUs: us(user, nice, system, irq, softirq), stealUs: us(steal) };
 }
 
 /** Restricts `pid` and all its threads (and, by inheritance, the children it forks later) to `cpus` (taskset list syntax). */
-export function setAffinity(pid: number, cpus: string): void {
-  execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
-}
+export const setAffinity = (pid: number, cpus: string): void =>
+  void execFileSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
 
+/** The online CPUs' numbers (a list such as "0-3,6"); all of os.cpus() where /sys does not say. */
 export function onlineCpus(): number[] {
-  try {
-    const ranges = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim().split(',');
-    return ranges.flatMap((range) => {
-      const [a, b = a] = range.split('-').map(Number);
-      return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
-    });
-  } catch {
-    return os.cpus().map((_, i) => i);
-  }
+  const online = existsSync(ONLINE) ? readFileSync(ONLINE, 'utf8').trim() : `0-${os.cpus().length - 1}`;
+  return online.split(',').flatMap((range) => {
+    const [a, b = a] = range.split('-').map(Number);
+    return Array.from({ length: b! - a! + 1 }, (_, i) => a! + i);
+  });
 }
 
 /** A named group of processes measured together (e.g. "proxy": the primary and its workers): each root and its descendants. */
@@ -145,12 +116,12 @@ export function snapshot(groups: readonly TrackedGroup[]) {
     }
     byGroup.set(group.name, byPid);
   }
-  return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: selfCpu() };
+  const self = process.cpuUsage();
+  return { atNs: process.hrtime.bigint(), groups: byGroup, machine: machineCpu(), self: { userUs: self.user, systemUs: self.system } };
 }
 
-/** One group over a window: CPU µs (all its processes), per pid, and the pids present at one end only (a worker died: incomplete). */
+/** `changedPids`: present at one end only (a worker died: incomplete). */
 type GroupUsage = { cpuUs: number; userUs: number; systemUs: number; byPid: Record<string, number>; changedPids: number[] };
-export type WindowUsage = ReturnType<typeof usageBetween>;
 
 export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeof snapshot>) {
   const seconds = Number(b.atNs - a.atNs) / 1e9;
@@ -172,19 +143,14 @@ export function usageBetween(a: ReturnType<typeof snapshot>, b: ReturnType<typeo
   return {
     seconds,
     groups,
-    /** Cores busy on the whole machine during the window (/proc/stat). */
     machineBusyCores: cores(a.machine.busyUs, b.machine.busyUs),
     stealCores: cores(a.machine.stealUs, b.machine.stealUs),
-    /** Cores used by this bench process. */
     selfCores: cores(totalUs(a.self), totalUs(b.self)),
   };
 }
 
-/**
- * Per-unit figures of a window: `per(...groups)` = their CPU µs ÷ units (NaN without units), `cores(...groups)`, and
- * the cores other processes used (the machine's busy cores less every tracked group and this bench): contention.
- */
-export function perUnit(usage: WindowUsage, units: number) {
+/** A window's `per(...groups)` CPU µs per unit, `cores(...groups)`, and `otherCores`: busy cores not ours (contention). */
+export function perUnit(usage: ReturnType<typeof usageBetween>, units: number) {
   const us = (names: readonly (string | undefined)[]) => names.reduce((n, name) => n + (name === undefined ? 0 : (usage.groups[name]?.cpuUs ?? 0)), 0);
   const ours = Object.values(usage.groups).reduce((n, x) => n + x.cpuUs, 0) / 1e6 / usage.seconds;
   return {

@@ -1,18 +1,9 @@
-/**
- * A --cpu-prof profile's top functions as a Markdown table (keep-alive proxy, cert-scale proxy, key server profile):
- * by self or inclusive time, each function's time in the report's unit (per request, per sign, ms) and its shares.
- */
+/** A --cpu-prof profile's top functions as a Markdown table: by self or inclusive time, in the report's unit and shares. */
 import type { FunctionCost } from './cpuprofile.js';
 import { fmt, markdownTable } from './report.js';
 
 /** `unit`: the time columns' unit, e.g. "µs/request"; `per` turns µs into it. */
-type TopOptions = {
-  readonly top: number;
-  readonly by: 'selfUs' | 'inclusiveUs';
-  readonly unit: string;
-  readonly per: (us: number) => number;
-  readonly decimals: number;
-};
+type TopOptions = { top: number; by: 'selfUs' | 'inclusiveUs'; unit: string; per: (us: number) => number; decimals: number };
 
 export function topFunctionsTable(functions: readonly FunctionCost[], o: TopOptions): string {
   const rows = [...functions].sort((a, b) => b[o.by] - a[o.by]).slice(0, o.top);

@@ -1,19 +1,16 @@
 /**
  * Writing a benchmark's results: `<YYYY-MM-DD>-<name>.json` with everything (machine, settings, every round) for later
- * comparison and `.md` with the tables for humans; the Markdown tables and number formats; and what the run ran on
- * (`describeMachine`: figures mean little without the CPU, cores, runtime and crypto library; unreadable parts are
- * left undefined rather than failing the run).
+ * comparison and `.md` for humans; Markdown tables and number formats; what the run ran on (figures mean little without
+ * the CPU, cores, runtime and crypto library).
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { versionOf } from './install.js';
 import type { Spread } from './stats.js';
 
-export function dateStamp(date = new Date()): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
-}
+/** The local date, YYYY-MM-DD. */
+export const dateStamp = (date = new Date()): string => new Date(date.getTime() - date.getTimezoneOffset() * 60_000).toISOString().slice(0, 10);
 
 type Align = 'left' | 'right';
 
@@ -27,10 +24,8 @@ export function markdownTable(header: readonly string[], rows: readonly (readonl
   return [line(header), rule, ...rows.map(line)].join('\n');
 }
 
-export type WrittenReport = { readonly jsonPath: string; readonly markdownPath: string };
-
 /** Writes `<outDir>/<date>-<name>.json` and `.md`; creates outDir. NaN and Infinity are not JSON: written as null, BigInts as numbers. */
-export function writeReport(outDir: string, name: string, json: unknown, markdown: string, date = dateStamp()): WrittenReport {
+export function writeReport(outDir: string, name: string, json: unknown, markdown: string, date = dateStamp()) {
   const dir = resolve(outDir);
   mkdirSync(dir, { recursive: true });
   const [jsonPath, markdownPath] = [join(dir, `${date}-${name}.json`), join(dir, `${date}-${name}.md`)];
@@ -45,11 +40,7 @@ export const fmt = (value: number, decimals = 0): string =>
 
 /** "min–max (spread%)" of per-round figures. */
 export const rangeText = (s: Spread, decimals = 0): string => `${fmt(s.min, decimals)}–${fmt(s.max, decimals)} (${fmt(s.spreadPct, 0)}%)`;
-
-/** "min–max" of per-round figures. */
 export const minMax = (values: readonly number[], decimals = 0): string => `${fmt(Math.min(...values), decimals)}–${fmt(Math.max(...values), decimals)}`;
-
-/** "1 worker", "2 workers". */
 export const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 export type Column<T> = readonly [header: string, align: Align, cell: (row: T) => string];
@@ -68,14 +59,9 @@ export const specTable = <T>(rows: readonly T[], columns: readonly Column<T>[], 
 export type MachineInfo = ReturnType<typeof describeMachine>;
 
 export function describeMachine() {
-  let cpuModel: string | undefined;
-  try {
-    cpuModel = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim();
-  } catch {} // not Linux
   const quote = (arg: string) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`);
   return {
-    cpuModel: cpuModel ?? os.cpus()[0]?.model ?? 'unknown',
-    /** os.availableParallelism(): the cores this process may use. */
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
     cores: os.availableParallelism(),
     logicalCpus: os.cpus().length,
     totalMemoryMB: Math.round(os.totalmem() / 2 ** 20),

@@ -1,39 +1,26 @@
 /**
- * Warm-up, then interleaved rounds: the measuring method for a noisy machine. Identical runs differ by 10-25% and the
- * noise drifts over minutes, so measuring A for a minute then B would turn drift into a difference. Every scenario runs
- * several short times instead, round r in an order rotated by r and reversed on odd rounds, so drift hits all alike and
- * none always follows the same neighbour. Warm-up runs each once first, discarded (JIT, connections, CPU frequency).
- *
- * With `failSoft`, a run that throws or outlives its deadline (a crashed or hung client) costs that round of that
- * scenario: recorded in `failures`, its signal aborted so it stops its client; only the caller's signal ends the rounds.
+ * Warm-up, then interleaved rounds: the measuring method for a noisy machine, where identical runs differ by 10-25% and
+ * the noise drifts over minutes. Every scenario runs several short times, round r in an order rotated by r and reversed
+ * on odd rounds, so drift hits all alike; a warm-up run of each comes first, discarded (JIT, connections, CPU frequency).
+ * With `failSoft`, a run that throws or outlives its deadline costs that round of that scenario (recorded, its signal
+ * aborted so it stops its client); only the caller's signal ends the rounds.
  */
 import { setTimeout as delay } from 'node:timers/promises';
 
-export interface RunContext {
-  readonly phase: 'warmup' | 'measure';
-  /** 0-based round; -1 during warm-up. */
-  readonly round: number;
-  readonly signal: AbortSignal | undefined;
-}
-
-export interface Scenario<R> {
-  readonly name: string;
-  /** Loads the system for about `durationMs` and returns the figures measured. */
-  run(durationMs: number, context: RunContext): Promise<R>;
-}
+/** `round`: 0-based, -1 during warm-up. */
+export type RunContext = { readonly phase: 'warmup' | 'measure'; readonly round: number; readonly signal: AbortSignal | undefined };
+export type Scenario<R> = { readonly name: string; run(durationMs: number, context: RunContext): Promise<R> };
 
 export interface RoundsOptions<R> {
   readonly rounds: number;
   readonly warmupMs: number;
   readonly measureMs: number;
-  /** Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window. */
-  readonly settleMs?: number;
+  readonly settleMs?: number; // Idle time between two runs, so one scenario's tail (drain, GC) does not land in the next one's window.
   readonly signal?: AbortSignal;
   /** Awaited before every run, warm-up included (e.g. to wait for a quiet machine). */
   readonly beforeRun?: (scenario: string, context: RunContext) => Promise<void>;
   /** Rounds after `rounds`, at most `max`, while `needed` says the results so far are not enough. */
   readonly extraRounds?: { readonly max: number; readonly needed: (results: ReadonlyMap<string, readonly R[]>) => boolean };
-  /** Called after every run that gave a result, warm-up included. */
   readonly onRun?: (event: { scenario: string; context: RunContext; result: R }) => void;
   /** A failed run, or one overdue `deadlineMs` after its own duration, is recorded and skipped. */
   readonly failSoft?: { readonly deadlineMs: number; readonly onFailure?: (failure: RoundFailure) => void };
@@ -41,15 +28,8 @@ export interface RoundsOptions<R> {
 
 export type RoundFailure = { readonly scenario: string; readonly phase: RunContext['phase']; readonly round: number; readonly error: string };
 
-export interface RoundsResult<R> {
-  /** Scenario names in the order each round ran them. */
-  readonly order: readonly (readonly string[])[];
-  /** Per scenario, one result per round that did not fail, in round order. */
-  readonly results: ReadonlyMap<string, readonly R[]>;
-  readonly failures: readonly RoundFailure[];
-}
-
-export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>): Promise<RoundsResult<R>> {
+/** `order`: the scenarios' order in each round; `results`: per scenario, one per round that did not fail. */
+export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: RoundsOptions<R>) {
   if (new Set(scenarios.map((s) => s.name)).size !== scenarios.length) throw new Error('scenario names must be unique');
   const { signal, failSoft } = options;
   const failures: RoundFailure[] = [];
@@ -103,6 +83,5 @@ export async function runRounds<R>(scenarios: readonly Scenario<R>[], options: R
 }
 
 /** setTimeout as a promise that an AbortSignal cuts short, rejecting with the signal's reason. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return delay(Math.max(0, ms), undefined, { signal }).catch((err) => Promise.reject(signal?.aborted ? signal.reason : err));
-}
+export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  delay(Math.max(0, ms), undefined, { signal }).catch((err) => Promise.reject(signal?.aborted ? signal.reason : err));

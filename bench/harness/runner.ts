@@ -1,28 +1,24 @@
 /**
- * The measuring benches' runner (keyserver-sign, handshake, keepalive): a bench is a `MeasuringBench`; `runMeasuring`
- * does the rest alike for all: command line, Ctrl-C (the first aborts the run, which stops what it started and exits
- * 130; a second kills and exits at once), warm-up and interleaved rounds (rounds.ts) behind the quiet-machine wait, the
- * JSON's common fields, `<date>-<name>` (`-quick` under --quick: never overwrites the day's full results), exit status.
- *
- * Clean rounds: a window in which other processes used more than CONTENDED_CORES is contended; a scenario's medians
- * use its clean rounds when at least 3 (or all) are clean, else all rounds (marked †). Quiet wait: between runs our own
- * processes are idle, so the machine's CPU is someone else's; sample it until below CONTENDED_CORES, within one budget
- * for the whole run, so a machine that stays busy costs a bounded delay and still gets measured.
+ * The measuring benches' runner: a bench is a `MeasuringBench`; `runMeasuring` does the rest alike: command line,
+ * Ctrl-C (the first stops what the run started, exit 130; a second kills at once), rounds (rounds.ts) behind the quiet
+ * wait (between runs our processes idle, so busy CPU is someone else's: wait, within one budget per run, until it drops
+ * below CONTENDED_CORES), `<date>-<name>[-quick]` results, exit status. Medians use the clean (uncontended) rounds when
+ * at least 3 (or all) are clean, else all (marked †).
  */
 import type { timing } from './cli.js';
 import { perUnit, snapshot, usageBetween } from './proc-cpu.js';
-import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, type WrittenReport, writeReport } from './report.js';
-import { type RoundFailure, type RoundsOptions, type RoundsResult, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
+import { type Column, dateStamp, describeMachine, fmt, type MachineInfo, writeReport } from './report.js';
+import { type RoundFailure, type RoundsOptions, type RunContext, runRounds, type Scenario, sleep } from './rounds.js';
 import { median, type Spread, spread } from './stats.js';
 
 export const CONTENDED_CORES = 0.25;
 /** A process using at least this share of a core in a window is saturated. */
-export const SATURATED_CORES = 0.9;
+const SATURATED_CORES = 0.9;
 
 export type Log = (line: string) => void;
 
 /** The clean rounds of one scenario and the rounds its medians use (every round stays in the JSON). */
-export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number): { used: R[]; usedRounds: number[]; cleanRounds: number } {
+export function cleanRounds<R>(all: readonly R[], otherCores: (r: R) => number) {
   const indexed = all.map((r, i) => ({ r, i }));
   const clean = indexed.filter(({ r }) => otherCores(r) <= CONTENDED_CORES);
   const used = clean.length >= Math.min(3, all.length) ? clean : indexed;
@@ -42,7 +38,6 @@ export function overRounds<R>(all: readonly R[], window: (r: R) => CommonWindow,
     common: {
       clientCores: w((x) => x.clientCores),
       serverSideCores: w((x) => x.serverSideCores),
-      /** The client used nearly its whole core: the rate is a lower bound of the server's. */
       clientSaturated: w((x) => x.clientCores) >= SATURATED_CORES,
       serverSaturated: w((x) => x.serverSideCores) >= SATURATED_CORES * serverCpuCount,
       machineBusyCores: w((x) => x.machineBusyCores),
@@ -79,12 +74,10 @@ export function failureLines(failures: readonly RoundFailure[]): string[] {
   return ['', `Failed rounds (no figures; left out of the medians): ${failures.map((f) => `${f.scenario} ${roundTag(f).trim()}: ${f.error}`).join('; ')}.`];
 }
 
-/** Writes `<date>-<name>.{json,md}` into `out`, prints the Markdown, logs where. */
-export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): WrittenReport {
+export function publish(out: string, name: string, json: unknown, markdown: string, date: string, log: Log): void {
   const written = writeReport(out, name, json, markdown, date);
   process.stdout.write(`${markdown}\n`);
   log(`wrote ${written.jsonPath} and ${written.markdownPath}`);
-  return written;
 }
 
 /** runRounds' beforeRun: the quiet wait (`budgetMs` for the whole run, 0: never), every wait kept for the result file. */
@@ -150,32 +143,26 @@ export function exitOnInterrupt(cleanup: () => void): void {
 
 type RunnerOptions = ReturnType<typeof timing>;
 type RunEnv = { readonly log: Log; readonly signal: AbortSignal; readonly machine: MachineInfo; readonly started: number };
-type Measured<R> = RoundsResult<R> & { readonly quietWait: unknown; readonly method: (extra?: Record<string, unknown>) => Record<string, unknown> };
+type Measured<R> = Awaited<ReturnType<typeof runRounds<R>>> & { quietWait: unknown; method: (extra?: Record<string, unknown>) => Record<string, unknown> };
 
-/** A bench's JSON fields and Markdown; `errors` > 0 exits 1; `file` replaces the result file's name; `status`: the exit status otherwise. */
-type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; file?: string; status?: number };
+/** A bench's JSON fields and Markdown; `errors` > 0 exits 1 (naming `what` failed); `status`: the exit status otherwise. */
+type BenchReport = { json: Record<string, unknown>; markdown: string; errors: number; what: string; status?: number };
 
 export interface MeasuringBench<O extends RunnerOptions, L, S extends Scenario<R>, R> {
-  /** `benchmark` in the JSON and the result file's name. */
   readonly name: string;
-  /** undefined after --help. */
-  parse(argv: string[]): O | undefined;
-  /** Makes and starts the lab; `hold` gives it to the runner as soon as it exists, for Ctrl-C. */
-  setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>;
+  parse(argv: string[]): O | undefined; // undefined after --help
+  setup(o: O, env: RunEnv, hold: (lab: L) => void): Promise<L>; // `hold`: the lab to the runner as soon as it exists, for Ctrl-C
   scenarios(lab: L, o: O, env: RunEnv): Promise<S[]>;
-  /** Our own processes (not "other load" for the quiet wait). */
-  ownPids(lab: L): number[];
+  ownPids(lab: L): number[]; // not "other load" for the quiet wait
   plan(o: O, scenarios: readonly S[]): string;
-  /** The figures of one run in a progress line, after "round N <scenario>" padded to `pad`. */
-  readonly pad: number;
+  readonly pad: number; // a progress line: "round N <scenario padded to pad> <line(result)>"
   line(result: R, scenario: string, lab: L): string;
   /** Round options beyond the timing (failSoft is on unless `failSoft: false`). */
   rounds?(o: O, log: Log): Partial<Pick<RoundsOptions<R>, 'extraRounds' | 'rounds'>> & { readonly failSoft?: false };
   /** `measured.method()`: the result JSON's `method` block (timing, round order, thresholds, quiet waits). */
   report(lab: L, o: O, scenarios: readonly S[], measured: Measured<R>, env: RunEnv & { readonly date: string }): Promise<BenchReport>;
   close(lab: L, o: O, log: Log): Promise<void>;
-  /** Kills everything at once (Ctrl-C twice, process exit). */
-  kill(lab: L, o: O): void;
+  kill(lab: L, o: O): void; // everything at once (Ctrl-C twice, process exit)
 }
 
 async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>): Promise<number> {
@@ -194,27 +181,21 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
     log(bench.plan(o, scenarios));
     const { failSoft, rounds, ...more } = bench.rounds?.(o, log) ?? {};
     const quiet = quietBeforeRun(o.quietBudgetMs, bench.ownPids(lab), signal, log);
-    // failSoft: a run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
+    // A run with no result 60 s past its window (a crashed or hung client) costs that round, logged.
     const onFailure = (f: RoundFailure) => log(`${roundTag(f)}${f.scenario}: FAILED, round skipped: ${f.error}`);
-    const result = await runRounds(scenarios, {
-      ...more,
-      ...(failSoft === false ? {} : { failSoft: { deadlineMs: 60_000, onFailure } }),
-      rounds: rounds ?? o.rounds,
-      warmupMs: o.warmupMs,
-      measureMs: o.measureMs,
-      settleMs: o.settleMs,
-      signal,
-      beforeRun: quiet.beforeRun,
-      onRun: ({ scenario, context, result: r }) => log(`${roundTag(context)}${scenario.padEnd(bench.pad)} ${bench.line(r, scenario, lab!)}`),
-    });
-    const quietWait = quiet.record();
+    const soft = failSoft === false ? {} : { failSoft: { deadlineMs: 60_000, onFailure } };
+    const onRun = ({ scenario, context, result: r }: { scenario: string; context: RunContext; result: R }) =>
+      log(`${roundTag(context)}${scenario.padEnd(bench.pad)} ${bench.line(r, scenario, lab!)}`);
     const { rounds: n, measureMs, warmupMs, rampMs, settleMs } = o;
+    const windows = { rounds: rounds ?? n, warmupMs, measureMs, settleMs, signal };
+    const result = await runRounds(scenarios, { ...more, ...soft, ...windows, beforeRun: quiet.beforeRun, onRun });
+    const quietWait = quiet.record();
     const thresholds = { contendedCores: CONTENDED_CORES, saturatedCores: SATURATED_CORES };
     const method = (extra = {}) => ({ rounds: n, measureMs, warmupMs, rampMs, settleMs, order: result.order, ...thresholds, quietWait, ...extra });
     const date = dateStamp();
     const r = await bench.report(lab, o, scenarios, { ...result, quietWait, method }, { ...env, date });
     const json = { benchmark: bench.name, date, quick: o.quick, machine, ...r.json, durationSeconds: (Date.now() - started) / 1000 };
-    publish(o.out, r.file ?? (o.quick ? `${bench.name}-quick` : bench.name), json, r.markdown, date, log);
+    publish(o.out, o.quick ? `${bench.name}-quick` : bench.name, json, r.markdown, date, log);
     if (r.errors === 0) return r.status ?? 0;
     log(`${r.errors} ${r.what} failed during measurement: the figures are suspect`);
     return 1;
@@ -224,6 +205,5 @@ async function measuringMain<O extends RunnerOptions, L, S extends Scenario<R>, 
 }
 
 /** Runs a measuring bench as this process's main (`preempt`: a run that replaces it, e.g. a relaunch). */
-export function runMeasuring<O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>, preempt?: Promise<number>): void {
+export const runMeasuring = <O extends RunnerOptions, L, S extends Scenario<R>, R>(bench: MeasuringBench<O, L, S, R>, preempt?: Promise<number>): void =>
   runBench(bench.name, preempt ?? measuringMain(bench));
-}

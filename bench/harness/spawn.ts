@@ -1,22 +1,18 @@
 /**
- * Processes and ports for the benches: free ports below the ephemeral range (also drawn by the tests); servers started
- * detached as their own process group (a cluster primary and its workers die together), readiness polling, a small
- * HTTP GET; and load clients (ab, autocannon, h2load), their report parsed once they exit. Both are pinned with taskset
- * when given CPUs (it execs the command: the pid is the program's, /proc gives its CPU).
- *
- * Every wait on a client is bounded: a client can crash mid-run (ab once died of `malloc(): invalid size`) or hang (ab
- * against nginx + p11-kit). `stop()` sends its report signal (ab: SIGINT) or none, waits `graceMs`, then SIGKILLs it;
- * `done` rejects, and rounds.ts records that round as failed.
+ * Processes and ports: free ports below the ephemeral range (also drawn by the tests); servers as their own process
+ * group (a cluster primary and its workers die together), readiness polling; load clients (ab, autocannon, h2load),
+ * parsed once they exit, every wait on them bounded (ab has crashed mid-run and hung). Pinned with taskset (which execs
+ * the command: the pid is the program's).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 
 const pinned = (cpus: string | undefined, command: readonly string[]) => (cpus === undefined ? [...command] : ['taskset', '-c', cpus, ...command]);
 
 export type ManagedProcess = ReturnType<typeof spawnManaged>;
 
-/** keyedge children's environment: the embedded token sets SOFTHSM2_CONF itself; the bench's Node options must not reach what it measures. */
+/** keyedge children's environment: the embedded token sets SOFTHSM2_CONF itself; the bench's NODE_OPTIONS stay out. */
 export function childEnv(): NodeJS.ProcessEnv {
   const { SOFTHSM2_CONF: _conf, NODE_OPTIONS: _options, ...env } = process.env;
   return env;
@@ -33,17 +29,15 @@ async function tryPort(port: number): Promise<number | undefined> {
 }
 
 const handedOut = new Set<number>();
+const PORT_RANGE = '/proc/sys/net/ipv4/ip_local_port_range';
 
 /**
- * A free port below the ephemeral range (where any outgoing connection, and ab opens thousands, may take it before the
- * server binds it), never the same twice in a process. Without `slice`: 50 tries, then any port. With `slice` (a vitest
- * worker's, 0-3): only 20000 + slice × 3000 and the 3000 above, so test files side by side never pick the same.
+ * A free port below the ephemeral range (where an outgoing connection may take it first), never the same twice in a
+ * process; with `slice` (a vitest worker's, 0-3) only 20000 + slice × 3000 and the 3000 above, so test files differ.
  */
 export async function freePort(slice?: number): Promise<number> {
-  let low = 32768;
-  try {
-    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
-  } catch {} // not Linux: the default range start
+  const range = existsSync(PORT_RANGE) ? readFileSync(PORT_RANGE, 'utf8') : ''; // not Linux: the default range start
+  const low = Number(/\d+/.exec(range)?.[0] ?? 32768);
   const [from, width] = slice === undefined ? [20_000, low - 20_000] : [20_000 + slice * 3000, 3000];
   for (let i = 0; slice !== undefined || (width > 1000 && i < 50); i++) {
     const port = from + Math.floor(Math.random() * width);
@@ -95,17 +89,7 @@ export function spawnManaged(
     clearTimeout(timer);
     kill();
   };
-  const tail = (lines = 20) => {
-    try {
-      const text = readFileSync(logFile, 'utf8');
-      return text
-        .split('\n')
-        .slice(-lines - 1)
-        .join('\n');
-    } catch {
-      return '';
-    }
-  };
+  const tail = (lines = 20) => (existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n') : []).slice(-lines - 1).join('\n');
   return { name, pid, child, logFile, command: full, exited: () => exited, stop, kill, tail };
 }
 
@@ -121,7 +105,7 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
   }
 }
 
-/** The first line of `file` that holds `"text"`, parsed from its first '{' (a JSON log line, maybe prefixed); undefined when none yet. */
+/** The first line of `file` holding `"text"`, parsed from its first '{' (a JSON log line, maybe prefixed); undefined when none yet. */
 export function jsonLine<T>(file: string, text: string): T | undefined {
   const lines = readFileSync(file, 'utf8').split('\n');
   const line = lines.find((l) => l.includes(`"${text}"`));
@@ -138,9 +122,7 @@ export function tcpOpen(port: number): Promise<boolean> {
   return new Promise<boolean>((resolve) => socket.once('connect', () => resolve(true)).once('error', () => resolve(false))).finally(() => socket.destroy());
 }
 
-/** `stop(signal)`: `signal` if any, SIGKILL after `graceMs`; then the report, or a rejection saying why there is none. */
 export type ClientProcess<T> = ReturnType<typeof startClient<T>>;
-
 /** What `parse` gets: stdout, stderr lines (the first 20 and their count), how the client exited. */
 export type ClientOutput = { stdout: string; stderr: readonly string[]; stderrLines: number; exitCode: number | null; signal: NodeJS.Signals | null };
 
@@ -183,6 +165,7 @@ export function startClient<T>(
     });
   });
   done.catch(() => undefined); // observed by whoever awaits it; never an unhandled rejection
+  /** `signal` if any, SIGKILL after `graceMs`; then the report, or a rejection saying why there is none. */
   const stop = async (signal?: NodeJS.Signals, graceMs = 10_000) => {
     if (!exited() && signal !== undefined) child.kill(signal);
     const timer = setTimeout(() => {

@@ -1,10 +1,8 @@
 /**
- * Small statistics for benchmark figures (median, nearest-rank percentiles, spread, a latency recorder cheap enough for
- * every request) and `ClosedLoop`, the bookkeeping every closed-loop load shares (keyserver-sign's signing loads,
- * handshake's resuming and ALPN clients). Nearest rank: a reported p99 is always a latency some request actually had.
+ * Small statistics for benchmark figures (median, spread, nearest-rank percentiles: a reported p99 is a latency some
+ * request had) and `ClosedLoop`, the bookkeeping of the closed-loop loads (signing loads, resuming and ALPN clients).
  */
 
-/** Median of `values` (mean of the two middle ones for an even count); NaN when empty. */
 export function median(values: readonly number[]): number {
   if (values.length === 0) return Number.NaN;
   const sorted = [...values].sort((a, b) => a - b);
@@ -23,43 +21,26 @@ export function spread(values: readonly number[]): Spread {
 
 /** Per-request latencies in µs (a packed array of doubles: no object per sample), sorted once at the end. */
 class LatencyRecorder {
-  #samples: number[] = [];
-
-  record(us: number): void {
-    this.#samples.push(us);
-  }
+  samples: number[] = [];
 
   reset(): void {
-    this.#samples = [];
+    this.samples = [];
   }
 
   summary() {
-    const sorted = Float64Array.from(this.#samples).sort();
+    const sorted = Float64Array.from(this.samples).sort();
     const n = sorted.length;
-    const percentile = (p: number) => (n === 0 ? Number.NaN : sorted[Math.min(n, Math.max(1, Math.ceil((p / 100) * n))) - 1]!);
-    return {
-      count: n,
-      p50Us: percentile(50),
-      p90Us: percentile(90),
-      p99Us: percentile(99),
-      maxUs: n > 0 ? sorted[n - 1]! : Number.NaN,
-      meanUs: n > 0 ? sorted.reduce((a, b) => a + b, 0) / n : Number.NaN,
-    };
+    const at = (p: number) => (n === 0 ? Number.NaN : sorted[Math.min(n, Math.max(1, Math.ceil((p / 100) * n))) - 1]!);
+    const meanUs = n > 0 ? sorted.reduce((a, b) => a + b, 0) / n : Number.NaN;
+    return { count: n, p50Us: at(50), p90Us: at(90), p99Us: at(99), maxUs: at(100), meanUs };
   }
 }
 
-/** Rounds to `decimals` decimals for reports (keeps integers integral). */
-export function round(value: number, decimals = 1): number {
-  const f = 10 ** decimals;
-  return Number.isFinite(value) ? Math.round(value * f) / f : value;
-}
+export const round = (value: number, decimals = 1): number => (Number.isFinite(value) ? Math.round(value * 10 ** decimals) / 10 ** decimals : value);
 
 export const nowNs = (): number => Number(process.hrtime.bigint());
 
-/**
- * A fixed number of loops, each starting its next operation when the last one ends. A subclass starts its loops in
- * `begin()` (setting `outstanding`), reports each operation with `done()` and calls `retire()` when a loop stops.
- */
+/** Loops each starting its next operation when the last ends: `begin()` starts them (setting `outstanding`), `retire()` ends one. */
 export abstract class ClosedLoop {
   completed = 0;
   errors = 0;
@@ -81,7 +62,7 @@ export abstract class ClosedLoop {
   protected done(startNs: number, error: string | undefined): void {
     if (error === undefined) {
       this.completed++;
-      if (this.recording) this.latency.record((nowNs() - startNs) / 1e3);
+      if (this.recording) this.latency.samples.push((nowNs() - startNs) / 1e3);
     } else {
       this.errors++;
       this.firstError ??= error;

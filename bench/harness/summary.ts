@@ -1,41 +1,33 @@
 /**
- * The one-row-per-scenario summary every benchmark's JSON carries next to its detailed figures, the reading of it back,
- * and the comparison of two results. Each bench names its rate and CPU after its unit (handshakesPerSecond,
- * serverCpuUsPerRequest, ...); `readSummary` turns any of them, a suite file, or a file from before `summary` existed
- * (its `scenarios`), into neutral `SummaryRow`s: what the suite table, the chart and `compareSummaries` work on.
- *
- * Comparing flags a rate or server CPU per unit that moved beyond a relative threshold either way (a large speed-up is
- * as much worth a look). Scenarios in one file only, or skipped, are listed, never flagged. Identical runs on a shared
- * machine differ by 10-25% (bench/README.md), so 10% flags noise too: read the spread.
+ * The one-row-per-scenario summary every benchmark's JSON carries, the reading of it back and the comparison of two
+ * results. Each bench names its rate and CPU after its unit (handshakesPerSecond, serverCpuUsPerRequest, ...);
+ * `readSummary` turns any of them, a suite file, or a file from before `summary` existed (its `scenarios`), into
+ * neutral `SummaryRow`s. Comparing flags a rate or server CPU per unit that moved beyond a threshold either way;
+ * identical runs on a shared machine differ by 10-25% (bench/README.md), so read the spread.
  */
 import { readFileSync } from 'node:fs';
 import { fmt, markdownTable } from './report.js';
 
-/** What one unit of work is, for labels: "handshakes/s", "µs/request". */
 export type WorkUnit = 'handshake' | 'request' | 'sign';
 
+/**
+ * Medians over rounds, NaN when not measured: `rate` units per second, `serverCpuUs` server utime + stime µs per unit,
+ * `spreadPct` (max − min) / median of the rate in %, `otherCores` the cores other processes used. `clientSaturated`: the
+ * rate is a lower bound; `errors` > 0 makes the figures suspect; `skipped`: why it did not run (a missing package).
+ */
 export interface SummaryRow {
-  /** The benchmark that measured it: "handshake", "keepalive", "keyserver-sign". */
   readonly bench: string;
-  /** Stable id within the benchmark (what `compare` matches on). */
-  readonly scenario: string;
+  readonly scenario: string; // Stable within the bench: what `compare` matches on.
   readonly label: string;
   readonly unit: WorkUnit;
-  /** Units per second (median over rounds); NaN when skipped. */
   readonly rate: number;
-  /** Server CPU (utime + stime) µs per unit (median over rounds); NaN when not measured. */
   readonly serverCpuUs: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
-  /** The client used (nearly) a whole core: the rate is a lower bound of the server's. */
   readonly clientSaturated: boolean;
-  /** Failed requests, non-2xx answers, failed handshakes: anything but 0 makes the figures suspect. */
   readonly errors: number;
-  /** (max − min) / median of the rate over rounds, percent. */
   readonly spreadPct: number;
-  /** Cores other processes used during the windows (median); NaN when not recorded. */
   readonly otherCores: number;
-  /** Why the scenario did not run (a missing package); absent when it ran. */
   readonly skipped?: string;
 }
 
@@ -88,7 +80,7 @@ function normalizeRow(bench: string, raw: Json): SummaryRow {
   };
 }
 
-/** The summary rows of a parsed result file (suite, bench with `summary`, or older bench with only `scenarios`); `source` names it in errors. */
+/** The summary rows of a parsed result file; `source` names it in errors. */
 export function readSummary(json: unknown, source: string): SummaryRow[] {
   if (!isObject(json)) throw new Error(`${source}: not a benchmark result (expected a JSON object)`);
   const rows = Array.isArray(json.summary) ? json.summary : Array.isArray(json.scenarios) ? json.scenarios : undefined;
@@ -99,22 +91,16 @@ export function readSummary(json: unknown, source: string): SummaryRow[] {
   });
 }
 
-/** readSummary of the file at `path`, with errors that name it. */
 export function readSummaryFile(path: string): SummaryRow[] {
-  let text: string;
+  let json: unknown;
   try {
-    text = readFileSync(path, 'utf8');
+    json = JSON.parse(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  try {
-    return readSummary(JSON.parse(text), path);
-  } catch (err) {
-    throw err instanceof SyntaxError ? new Error(`${path} is not JSON: ${err.message}`) : err;
-  }
+  return readSummary(json, path);
 }
 
-/** The figures of a row that measured none: NaN (null in JSON), nothing saturated, no errors. */
 const NO_FIGURES = { rate: NaN, serverCpuUs: NaN, p50Ms: NaN, p99Ms: NaN, clientSaturated: false, errors: 0, spreadPct: NaN, otherCores: NaN };
 
 /** A row of the certificate benches, which measure durations, not rates: p50 and p99 carry them, no rate or CPU. */
@@ -129,22 +115,15 @@ export function benchRow(unit: WorkUnit, row: Omit<SummaryRow, 'bench' | 'unit' 
   return { scenario, label, [rateKey]: rate, [cpuKey]: serverCpuUs, ...rest, ...(skipped === undefined ? {} : { skipped }) };
 }
 
-export function skippedBenchRow(unit: WorkUnit, scenario: string, label: string, reason: string) {
-  return benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
-}
+export const skippedBenchRow = (unit: WorkUnit, scenario: string, label: string, reason: string) =>
+  benchRow(unit, { scenario, label, ...NO_FIGURES, skipped: reason });
 
 type ChangeStatus = 'ok' | 'moved' | 'only-old' | 'only-new' | 'skipped';
 const STATUS_TEXT: Record<ChangeStatus, string> = { ok: 'ok', moved: 'MOVED', 'only-old': 'only in OLD', 'only-new': 'only in NEW', skipped: 'skipped' };
 
-/** (b − a) / a, NaN unless both are finite and a > 0. */
-export function relativeChange(a: number, b: number): number {
-  return Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN;
-}
-
+export const relativeChange = (a: number, b: number): number => (Number.isFinite(a) && Number.isFinite(b) && a > 0 ? (b - a) / a : Number.NaN);
 /** "+12.3%" / "−4.0%" / "–" for NaN. */
-export function pct(change: number): string {
-  return Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–';
-}
+export const pct = (change: number): string => (Number.isFinite(change) ? `${change >= 0 ? '+' : '−'}${Math.abs(change * 100).toFixed(1)}%` : '–');
 
 /** Rows matched by "<bench>/<scenario>"; `threshold` is the relative change (0.10 = 10%) beyond which a scenario is flagged. */
 export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readonly SummaryRow[], options: { readonly threshold: number }) {
@@ -170,11 +149,7 @@ export function compareSummaries(oldRows: readonly SummaryRow[], newRows: readon
   return { threshold, changes, flagged: changes.filter((c) => c.status === 'moved') };
 }
 
-/** Every scenario of either file: rate and server CPU µs per unit, old and new, (new − old) / old, why it is flagged. */
-export type Comparison = ReturnType<typeof compareSummaries>;
-
-/** The comparison as a Markdown table plus a verdict line. */
-export function formatComparison(c: Comparison): string {
+export function formatComparison(c: ReturnType<typeof compareSummaries>): string {
   const table = markdownTable(
     ['scenario', 'rate old → new', 'change', 'server CPU µs/unit old → new', 'change', 'status'],
     c.changes.map((x) => [

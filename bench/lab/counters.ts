@@ -1,7 +1,6 @@
 /**
- * Counters bench/handshake/main.ts reads from the servers' admin ports (Prometheus text): the proxy's and the
- * in-memory server's handshakes (summed over workers by the cluster primary, prom-client AggregatorRegistry) and the
- * key server's successful signs.
+ * Counters the handshake and cert-reload benches read from the servers' admin ports (Prometheus text): the proxy's and
+ * the in-memory server's handshakes (summed over workers by the cluster primary) and the key server's signs.
  */
 import { httpGet } from '../harness/spawn.js';
 
@@ -49,6 +48,4 @@ export function diffCounters(a: HandshakeCounters, b: HandshakeCounters): Handsh
   return { full: b.full - a.full, resumed: b.resumed - a.resumed, failed: b.failed - a.failed, requests, keylessSigns: b.keylessSigns - a.keylessSigns };
 }
 
-export function sumValues(r: Readonly<Record<string, number>>): number {
-  return Object.values(r).reduce((a, b) => a + b, 0);
-}
+export const sumValues = (r: Readonly<Record<string, number>>): number => Object.values(r).reduce((a, b) => a + b, 0);

@@ -1,9 +1,8 @@
 /**
  * What every bench lab stands on. `KeyserverLab`: a throwaway key server run as deployed (temp dir, embedded SoftHSM2
- * token, unix socket and mutual-TLS listener, keys by `keyedge key generate`, `keyedge keyserver` as a child).
- * `LabPki`: the openssl-made certificates of the labs. `LabBase`: a temp dir under a KeyserverLab's with the registry
- * of what was started in it, a graceful `stop()`. `cleanup()` is synchronous (also from an 'exit' handler) and safe
- * twice: SIGKILL to every process group still running, then the temp dir removed.
+ * token, unix socket and mutual-TLS listener, keys by `keyedge key generate`). `LabPki`: the labs' openssl-made
+ * certificates. `LabBase`: a temp dir under a KeyserverLab's with the registry of what was started in it. `cleanup()`
+ * is synchronous (also from an 'exit' handler) and safe twice: SIGKILL to what still runs, then the temp dir removed.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,27 +20,20 @@ export const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.met
 
 export type KeyType = 'ec-p256' | 'rsa-2048';
 
-/**
- * A throwaway CA in `dir` (made, 0700, when missing) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA): for a
- * token key from a CSR signed inside the token (`keyedge key csr`, as config/setup.sh), for a server holding a key
- * file from `openssl genpkey`.
- */
+const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+
+/** A throwaway CA in `dir` (0700) issuing `<name>.pem` and `<name>-chain.pem` (leaf + CA) for token keys and key files. */
 export class LabPki {
   readonly caFile: string;
+  readonly dir: string;
 
-  constructor(
-    readonly dir: string,
-    commonName: string,
-  ) {
+  constructor(dir: string, commonName: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.dir = dir;
     this.caFile = join(dir, 'ca.pem');
     const ca = `-x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ${join(dir, 'ca.key')} -out ${this.caFile}`;
     const extensions = ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'];
-    this.#openssl('req', ...ca.split(' '), ...extensions, '-subj', `/CN=${commonName}`);
-  }
-
-  #openssl(...args: string[]): void {
-    execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
+    openssl('req', ...ca.split(' '), ...extensions, '-subj', `/CN=${commonName}`);
   }
 
   /** `<name>.pem` and `<name>-chain.pem` from `<name>.csr`, the CSR's subjectAltName copied; `usage`: its extendedKeyUsage. */
@@ -49,10 +41,11 @@ export class LabPki {
     const f = (x: string) => join(this.dir, x);
     writeFileSync(f(`${usage}.ext`), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${usage}\n`);
     const args = `x509 -req -CAcreateserial -days 2 -copy_extensions copy -in ${f(`${name}.csr`)} -CA ${this.caFile} -CAkey ${f('ca.key')}`;
-    this.#openssl(...args.split(' '), '-extfile', f(`${usage}.ext`), '-out', f(`${name}.pem`));
+    openssl(...args.split(' '), '-extfile', f(`${usage}.ext`), '-out', f(`${name}.pem`));
     writeFileSync(f(`${name}-chain.pem`), readFileSync(f(`${name}.pem`), 'utf8') + readFileSync(this.caFile, 'utf8'));
   }
 
+  /** From a CSR signed inside the token (`keyedge key csr`, as config/setup.sh). */
   async tokenCert(keyserverLab: KeyserverLab, label: string, serverName: string, name: string): Promise<void> {
     await keyserverLab.key('csr', '--key', label, '--domain', serverName, '--out', join(this.dir, `${name}.csr`));
     this.#issue(name);
@@ -62,20 +55,16 @@ export class LabPki {
   fileCert(type: KeyType, subject: string, name: string, san = `DNS:${subject}`, usage = 'serverAuth'): void {
     const key = join(this.dir, `${name}.key`);
     const algorithm = type === 'ec-p256' ? '-algorithm EC -pkeyopt ec_paramgen_curve:P-256' : '-algorithm RSA -pkeyopt rsa_keygen_bits:2048';
-    this.#openssl('genpkey', ...algorithm.split(' '), '-out', key);
+    openssl('genpkey', ...algorithm.split(' '), '-out', key);
     const sanArgs = san === '' ? [] : ['-addext', `subjectAltName=${san}`];
-    this.#openssl('req', '-new', '-key', key, '-subj', `/CN=${subject}`, ...sanArgs, '-out', join(this.dir, `${name}.csr`));
+    openssl('req', '-new', '-key', key, '-subj', `/CN=${subject}`, ...sanArgs, '-out', join(this.dir, `${name}.csr`));
     this.#issue(name, usage);
   }
 }
 
 /** The key server's mutual-TLS files: its server certificate covers `serverName` and IP 127.0.0.1; the config's `clients` rule matches `clientCommonName`. */
 type TlsFiles = Record<'ca' | 'serverCert' | 'serverKey' | 'clientCert' | 'clientKey' | 'serverName' | 'clientCommonName', string>;
-
-export interface KeyserverProcess extends ManagedProcess {
-  readonly unixPath: string;
-  readonly tcpPort: number;
-}
+export type KeyserverProcess = ManagedProcess & { readonly unixPath: string; readonly tcpPort: number };
 
 export class KeyserverLab {
   readonly dir: string;
@@ -84,13 +73,11 @@ export class KeyserverLab {
   readonly tls: TlsFiles;
   readonly tokenLabel: string;
   readonly config: Record<string, unknown>;
-  #server: KeyserverProcess | undefined;
+  #server: ManagedProcess | undefined;
   #cleaned = false;
 
   /** `sessions`: pkcs11.sessions (absent: the product default); `prefix`: of the temp dir's name. */
-  constructor(
-    options: { readonly sessions?: number; readonly tokenLabel?: string; readonly maxInFlightPerConnection?: number; readonly prefix?: string } = {},
-  ) {
+  constructor(options: { readonly sessions?: number; readonly tokenLabel?: string; readonly prefix?: string } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), options.prefix ?? 'keyedge-bench-'));
     try {
       this.stateDir = join(this.dir, 'state');
@@ -103,17 +90,16 @@ export class KeyserverLab {
       const files = { serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
       this.tls = { serverName, clientCommonName, ca: pki.caFile, ...files };
       this.configPath = join(this.dir, 'keyserver.json');
-      const { sessions, maxInFlightPerConnection } = options;
       this.config = {
         stateDir: this.stateDir,
-        pkcs11: { module: 'embedded', token: { label: this.tokenLabel }, ...(sessions === undefined ? {} : { sessions }) },
+        pkcs11: { module: 'embedded', token: { label: this.tokenLabel }, ...(options.sessions === undefined ? {} : { sessions: options.sessions }) },
         listen: {
           unix: { path: 'keyserver.sock', mode: '0600', keys: '*' },
           // Port 0: the kernel picks; the "key server ready" line says which.
           tcp: { host: '127.0.0.1', port: 0, cert: this.tls.serverCert, key: this.tls.serverKey, clientCa: this.tls.ca },
         },
         clients: [{ name: 'bench', match: { commonName: clientCommonName }, keys: '*' }],
-        limits: { shutdownGraceMs: 2000, ...(maxInFlightPerConnection === undefined ? {} : { maxInFlightPerConnection }) },
+        limits: { shutdownGraceMs: 2000 },
         admin: null,
         // info logs the ready line and nothing per request; the key-usage line is pushed out of any run.
         log: { level: 'info', keyUsageIntervalSeconds: 86_400 },
@@ -131,7 +117,6 @@ export class KeyserverLab {
     return (await promisify(execFile)(process.execPath, argv, { env: childEnv(), timeout: 120_000 })).stdout;
   }
 
-  /** `keyedge key generate --type TYPE --label LABEL`; resolves with the key id. */
   async generateKey(type: string, label: string): Promise<string> {
     const stdout = await this.key('generate', '--type', type, '--label', label);
     const keyId = /key id: ([0-9a-f]{64})/.exec(stdout)?.[1];
@@ -139,37 +124,27 @@ export class KeyserverLab {
     return keyId;
   }
 
-  /**
-   * Starts `keyedge keyserver` (`nodeArgs` before the script, e.g. --cpu-prof); resolves on its "key server ready" line.
-   * It stays in the bench's process group: detached, it would get an autogroup of its own and another share of the CPU.
-   */
+  /** `keyedge keyserver`, ready; not detached: an autogroup of its own would get another share of the CPU. */
   async startServer(options: { readonly nodeArgs?: readonly string[] } = {}): Promise<KeyserverProcess> {
-    if (this.#server !== undefined) throw new Error('the lab key server is already running');
     const logFile = join(this.dir, 'keyserver.log');
     const command = [process.execPath, ...(options.nodeArgs ?? []), KEYEDGE_CLI, 'keyserver', '--config', this.configPath];
     const proc = spawnManaged('key server', command, logFile, undefined, process.cwd(), {}, false);
-    const stop = async (graceMs = 5000) => {
-      await proc.stop(graceMs);
-      if (this.#server === server) this.#server = undefined;
-    };
-    const server: KeyserverProcess = { ...proc, stop, unixPath: '', tcpPort: 0 };
-    this.#server = server;
+    this.#server = proc;
     let ready: { unix?: string; tcp?: number } | undefined;
     try {
       await waitFor('key server', () => (ready = jsonLine(logFile, 'key server ready')) !== undefined, 30_000, proc, 50);
     } catch (err) {
-      await stop(500);
+      await proc.stop(500);
       throw err;
     }
-    return Object.assign(server, { unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 });
+    return { ...proc, unixPath: ready?.unix ?? '', tcpPort: ready?.tcp ?? 0 };
   }
 
-  /** Graceful stop of the server (SIGTERM: a --cpu-prof profile gets written). */
+  /** SIGTERM: a --cpu-prof profile gets written. */
   async stop(): Promise<void> {
     await this.#server?.stop();
   }
 
-  /** SIGKILL to a server still running, then the temp dir removed (unless `keepTemp`). */
   cleanup(keepTemp = false): void {
     if (this.#cleaned) return;
     this.#cleaned = true;
@@ -189,9 +164,7 @@ function connected<S extends net.Socket>(socket: S, event: string): Promise<S> {
   });
 }
 
-export function connectUnix(path: string): Promise<net.Socket> {
-  return connected(net.connect(path), 'connect');
-}
+export const connectUnix = (path: string): Promise<net.Socket> => connected(net.connect(path), 'connect');
 
 /** A mutual-TLS 1.3 connection to the key server with the lab's client certificate. */
 export async function connectTls(port: number, files: TlsFiles): Promise<tls.TLSSocket> {
@@ -206,11 +179,9 @@ export abstract class LabBase<Id extends string = string> {
   readonly dir: string;
   keyserver: KeyserverProcess | undefined;
   origin: ManagedProcess | undefined;
-  /** The servers under test (or proxies) that run, by id. */
   readonly servers = new Map<Id, ManagedProcess>();
-  #cleaned = false;
 
-  /** `graceMs`: SIGTERM to SIGKILL, for the servers. */
+  /** `graceMs`: the servers' SIGTERM to SIGKILL. */
   protected constructor(
     readonly keyserverLab: KeyserverLab,
     subdir: string,
@@ -226,7 +197,7 @@ export abstract class LabBase<Id extends string = string> {
     return this.origin;
   }
 
-  /** Stops (kills) what a lab starts besides the registry (nginx). */
+  /** What a lab starts besides the registry (nginx). */
   protected async stopOthers(): Promise<void> {}
   protected killOthers(): void {}
 
@@ -244,9 +215,8 @@ export abstract class LabBase<Id extends string = string> {
     this.cleanup(keepTemp);
   }
 
+  /** Kills are idempotent and the key server lab's cleanup runs once: safe twice. */
   cleanup(keepTemp = false): void {
-    if (this.#cleaned) return;
-    this.#cleaned = true;
     for (const p of [...this.servers.values(), this.origin]) p?.kill();
     this.killOthers();
     this.keyserverLab.cleanup(keepTemp);

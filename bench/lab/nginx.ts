@@ -1,13 +1,8 @@
 /**
- * nginx, the reference TLS terminator of the handshake bench, holding the same keys three ways: `file` (a PEM key
- * file), `engine` (the key server's SoftHSM2 token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (the same
- * engine on p11-kit-client.so, talking to `p11-kit server`, which holds the token: the key behind a local socket, the
- * deployment keyless competes with).
- *
- * Every nginx is one process (`master_process off`): libp11 does not survive nginx's fork of the worker after the
- * master loaded the key (libp11 issues #156, #195), and the file variant runs the same way so the three compare. The
- * user PIN reaches libp11 only through the variant's OPENSSL_CONF, a 0600 file in the temp dir: never a command line,
- * the environment or a log.
+ * nginx, the handshake bench's reference TLS terminator, holding the same keys three ways: `file` (a PEM key file),
+ * `engine` (the token through OpenSSL's pkcs11 engine, libp11) and `p11kit` (that engine on p11-kit-client.so talking
+ * to `p11-kit server`: the key behind a local socket, the deployment keyless competes with). Every nginx is one process:
+ * libp11 does not survive nginx's fork of the worker (libp11 #156, #195). The PIN stays in a 0600 OPENSSL_CONF file.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,7 +23,6 @@ function findTools() {
   return { nginx, version, engine: findLib('engines-3/pkcs11.so'), p11kit: which('p11-kit'), p11kitClient: findLib('pkcs11/p11-kit-client.so') };
 }
 
-/** What each variant needs, or why it cannot run. */
 export function variantSkipReason(tools: NginxTools | undefined, variant: NginxVariant): string | undefined {
   if (tools === undefined) return 'nginx is not installed (apt-get install -y nginx)';
   if (variant === 'file') return undefined;
@@ -38,10 +32,7 @@ export function variantSkipReason(tools: NginxTools | undefined, variant: NginxV
   return undefined;
 }
 
-/**
- * Finds nginx, libp11's engine and p11-kit; with `install`, apt-gets what is missing (harness/install.ts) and stops the
- * system nginx the package may start. Undefined when nginx is still missing (its scenarios are skipped).
- */
+/** nginx, libp11's engine and p11-kit, apt-got when missing with `install`; undefined when nginx is still missing. */
 export function ensureNginxTools(install: boolean, log: (line: string) => void): NginxTools | undefined {
   const found = findTools();
   if (!install || (found !== undefined && (['engine', 'p11kit'] as const).every((v) => variantSkipReason(found, v) === undefined))) return found;
@@ -50,7 +41,7 @@ export function ensureNginxTools(install: boolean, log: (line: string) => void):
   return findTools();
 }
 
-/** `stub_status` text: "Active connections: N \n server accepts handled requests\n A H R \n…": connections accepted and handled, requests served, since start (all listeners). */
+/** `stub_status` text ("…accepts handled requests\n A H R"): connections accepted and handled, requests served, since start. */
 export function parseStubStatus(text: string): { readonly accepts: number; readonly handled: number; readonly requests: number } {
   const m = /accepts handled requests\s*\n\s*(\d+)\s+(\d+)\s+(\d+)/.exec(text);
   if (m === null) throw new Error(`not a stub_status answer: ${text.slice(0, 120)}`);
@@ -78,8 +69,7 @@ interface NginxLabOptions {
   readonly originPort: number;
   readonly ports: Readonly<Record<NginxVariant, { port: number; statusPort: number }>>;
   readonly cpus: string | undefined;
-  /** Access log on (one line per request, like the proxy at info) or off. */
-  readonly accessLog: boolean;
+  readonly accessLog: boolean; // Access log on (one line per request, like the proxy at info) or off.
 }
 
 type NginxInstance = { readonly variant: NginxVariant; readonly port: number; readonly statusPort: number; process: ManagedProcess | undefined };
@@ -95,7 +85,7 @@ export class NginxLab {
     this.instances = new Map(options.variants.map((variant) => [variant, { variant, ...options.ports[variant], process: undefined }]));
   }
 
-  /** Writes the OpenSSL config that loads libp11 with `module` and the user PIN; mode 0600. init = 0: nginx's ssl_engine initialises the engine, loading the config must not. */
+  /** The OpenSSL config (0600) loading libp11 with `module` and the PIN; init = 0: nginx's ssl_engine initialises the engine. */
   #opensslConf(name: string, module: string): string {
     const pin = readFileSync(this.options.token.pinFile, 'utf8').trim();
     const path = join(this.options.dir, name);
@@ -131,10 +121,7 @@ init = 0
         '    location / {',
         '      proxy_pass http://origin;',
         '      proxy_http_version 1.1;',
-        '      proxy_set_header Connection "";',
-        '      proxy_set_header Host $host;',
-        '      proxy_set_header X-Forwarded-For $remote_addr;',
-        '      proxy_set_header X-Forwarded-Proto https;',
+        ...['Connection ""', 'Host $host', 'X-Forwarded-For $remote_addr', 'X-Forwarded-Proto https'].map((h) => `      proxy_set_header ${h};`),
         '    }',
         '  }',
       ];
@@ -201,7 +188,6 @@ init = 0
     await this.p11kitServer?.stop(5000);
   }
 
-  /** SIGKILL to every process group started; synchronous. */
   kill(): void {
     for (const i of this.instances.values()) i.process?.kill();
     this.p11kitServer?.kill();

@@ -1,7 +1,6 @@
 /**
- * Compares two benchmark result files: `node dist/bench/suite/compare.js OLD.json NEW.json [--threshold PCT]`. Either
- * may be a suite result or a single bench's; scenarios are matched by bench and name. Prints each scenario's change in
- * rate and server CPU per unit; exits 1, naming them, when any moved by more than PCT (default 10%); 2 on bad input.
+ * Compares two benchmark result files (suite or single bench), scenario by scenario: each one's change in rate and
+ * server CPU per unit; exits 1, naming them, when any moved by more than PCT (default 10%), 2 on bad input.
  */
 import { parseArgs } from 'node:util';
 import { numberOption } from '../harness/cli.js';

@@ -1,12 +1,10 @@
 /**
- * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each its own child
- * process, so none measures while another runs), their summary rows collected into `<date>-suite.{json,md,svg}` (one
- * table, one chart: harness/chart.ts); `--compare OLD.json` then flags scenarios that moved by more than the threshold
- * (harness/summary.ts, exit status 1). `--quick` runs each bench's quick mode (ECDSA P-256 only, no package installs)
- * into `<date>-suite-quick.*`, so a smoke run never overwrites the day's full result. Builds nothing.
+ * The benchmark suite: the key server sign, handshake and keep-alive benches one after the other (each a child process,
+ * so none measures while another runs), their summary rows in `<date>-suite[-quick].{json,md,svg}`; `--compare OLD.json`
+ * flags scenarios that moved beyond the threshold (exit status 1). Builds nothing.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { renderChart } from '../harness/chart.js';
@@ -14,16 +12,13 @@ import { listOf, parseCli, std } from '../harness/cli.js';
 import { columnTable, dateStamp, describeMachine, fmt, type MachineInfo, machineLines } from '../harness/report.js';
 import { type Log, publish, runBench } from '../harness/runner.js';
 import { compareSummaries, formatComparison, readSummaryFile, type SummaryRow } from '../harness/summary.js';
+import { KEYEDGE_CLI } from '../lab/keyserver.js';
 
 const TABLE = {
   quick: std.quick("each bench's quick mode, ECDSA P-256 only, no package installs (a smoke run: a few minutes; rough figures)"),
   out: { kind: 'string', arg: 'DIR', def: 'bench/results', help: 'where every bench and the suite write' },
   only: { kind: 'string', arg: 'LIST', help: 'keyserver-sign,handshake,keepalive (default all)' },
-  compare: {
-    kind: 'string',
-    arg: 'OLD.json',
-    help: 'compare the result with OLD (suite or single bench); exit status 1 when a scenario moved beyond the threshold',
-  },
+  compare: { kind: 'string', arg: 'OLD.json', help: 'compare with OLD (suite or single bench); exit status 1 when a scenario moved beyond the threshold' },
   threshold: { kind: 'number', arg: 'PCT', def: 10, min: 0.1, help: 'for --compare' },
   node: { ...std.node, help: 'passed to the handshake bench: its Node servers also under these Node majors, e.g. 20,22,24' },
 } as const;
@@ -36,20 +31,8 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
 };
 
 const HERE = fileURLToPath(new URL('..', import.meta.url));
-const KEYEDGE_CLI = fileURLToPath(new URL('../../keyedge.cjs', import.meta.url));
 
-/** The newest `<date>-<name>[-quick].json` in `dir` written at or after `since` (ms): what this run of the bench wrote. */
-function findResult(dir: string, name: string, since: number): string | undefined {
-  const pattern = new RegExp(`^\\d{4}-\\d{2}-\\d{2}-${name}(-quick)?\\.json$`);
-  const files = existsSync(dir) ? readdirSync(dir).filter((f) => pattern.test(f)) : [];
-  const written = files.map((f) => ({ f: join(dir, f), t: statSync(join(dir, f)).mtimeMs })).filter(({ t }) => t >= since - 1000);
-  return written.sort((a, b) => b.t - a.t)[0]?.f;
-}
-
-/**
- * Runs one bench and reads its rows; `note`: why there are none or why they are suspect. A bench still running after
- * `limitMs` (each bounds its own clients: a last resort) gets SIGTERM (it stops what it started), SIGKILL 30 s later.
- */
+/** Runs one bench and reads its rows; `note`: why there are none or why they are suspect. `limitMs`: a last resort. */
 async function runOne(name: string, args: readonly string[], out: string, log: Log) {
   const script = `${name}/main.js`;
   const command = `node dist/bench/${script} ${[...args, '--out', out].join(' ')}`;
@@ -72,7 +55,9 @@ async function runOne(name: string, args: readonly string[], out: string, log: L
     });
   });
   const seconds = (Date.now() - started) / 1000;
-  const resultFile = findResult(resolve(out), name, started);
+  // What this run of the bench wrote (runner.ts names it), not an older run's file.
+  const written = join(resolve(out), `${dateStamp()}-${name}${args.includes('--quick') ? '-quick' : ''}.json`);
+  const resultFile = existsSync(written) && statSync(written).mtimeMs >= started - 1000 ? written : undefined;
   let rows: SummaryRow[] = [];
   let note: string | undefined = `no result file (exit status ${exitCode})`;
   if (resultFile !== undefined) {
