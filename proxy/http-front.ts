@@ -28,6 +28,7 @@ import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { http2Connection, Http2Sessions } from './http2/sessions.js';
 import type { ProxyMetrics } from './metrics.js';
+import type { WorkerConnectionCaps } from './tls/connection-limits.js';
 import type { SecureConnectionHandler } from './tls/connection.js';
 import type { NameIndex } from './tls/names.js';
 
@@ -72,15 +73,28 @@ export class HttpFront {
     return http1.take;
   }
 
-  /** Starts the plain-HTTP port (redirects to `httpsPort`, ACME HTTP-01 answers); resolves with its bound port. */
-  async startRedirect(address: { readonly host: string; readonly port: number }, httpsPort: number, challenges?: ChallengeAnswers): Promise<number> {
-    const redirect = await startRedirectServer(address, {
-      ...this.#options,
-      trustedPeers: this.trustedPeers,
-      maxBodyBytes: this.#config.limits.maxBodyBytes,
-      httpsPort,
-      ...(challenges === undefined ? {} : { challenges }),
-    });
+  /**
+   * Starts the plain-HTTP port (redirects to `httpsPort`, ACME HTTP-01 answers) under the worker's connection `caps`,
+   * shared with its TLS listeners; resolves with its bound port.
+   */
+  async startRedirect(
+    address: { readonly host: string; readonly port: number },
+    httpsPort: number,
+    caps: WorkerConnectionCaps,
+    challenges?: ChallengeAnswers,
+  ): Promise<number> {
+    const redirect = await startRedirectServer(
+      address,
+      {
+        ...this.#options,
+        trustedPeers: this.trustedPeers,
+        maxBodyBytes: this.#config.limits.maxBodyBytes,
+        httpsPort,
+        ...(challenges === undefined ? {} : { challenges }),
+      },
+      this.#config.limits,
+      caps,
+    );
     this.#servers.push(redirect.server);
     return redirect.port;
   }

@@ -61,18 +61,20 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   // A name no certificate covers may be one a customer just pointed here: on-demand issuance is told (never waited for).
   const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
   const alpnChallenges = challenges === undefined ? undefined : new AlpnChallengeContexts(challenges, keySource);
+  // One set of caps for every port of the worker, the plain-HTTP one included.
+  const caps = workerConnectionLimits(limits, (address) => front.trustedPeers.trusts(address));
   const everyListener = {
     serving: () => serving.state,
     contexts,
     ...(stapler === undefined ? {} : { stapler }),
     handshakeTimeoutMs: limits.handshakeTimeoutMs,
     ...(reportMiss === undefined ? {} : { onUncoveredName: reportMiss }),
-    ...workerConnectionLimits(limits, (address) => front.trustedPeers.trusts(address)),
+    ...caps,
     metrics,
     log,
   };
   const { listeners, ports } = await openListeners(config.listen, everyListener, front, alpnChallenges);
-  const httpPort = config.httpRedirect === null ? undefined : await front.startRedirect(config.httpRedirect, ports[0] ?? 443, challenges);
+  const httpPort = config.httpRedirect === null ? undefined : await front.startRedirect(config.httpRedirect, ports[0] ?? 443, caps, challenges);
   const { certificates, domains } = serving.state;
   const routed = domains.exact.size + domains.wildcard.size;
   log.info({ ports, httpPort, certificates: certificates.size, domains: routed, contexts: contexts.size }, 'proxy worker listening');

@@ -5,6 +5,13 @@
  * plain-HTTP port's (`startRedirectServer`): redirects to HTTPS and ACME
  * HTTP-01 (redirect.ts).
  *
+ * Both run under the same limits. The plain-HTTP port also applies the
+ * worker's connection caps at accept, as its TLS listeners do
+ * (tls/connection-limits.ts): a port that took connections the caps do not
+ * count would let a flood there hold the sockets (and file descriptors)
+ * the caps exist to bound; without our header deadline a client that sends
+ * nothing, or a byte now and then, would hold one for Node's 60 to 90 s.
+ *
  * Its limits: over `maxHeaderBytes` Node answers 431 (client-error.ts says
  * it so the answer survives), headers not complete in time 408; Node's
  * whole-request deadline stays a backstop behind the body timeouts
@@ -17,6 +24,8 @@ import type { Duplex } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { listen } from '../../keyserver/shared/listen.js';
+import type { ProxyMetrics } from '../metrics.js';
+import { refusalOf, type WorkerConnectionCaps } from '../tls/connection-limits.js';
 import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
@@ -36,16 +45,7 @@ export function createHttp1Server(
 ): Http1Server {
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const own = notAfterClose(handler);
-  const server = http.createServer(
-    {
-      maxHeaderSize: limits.maxHeaderBytes,
-      headersTimeout: limits.headerTimeoutMs,
-      keepAliveTimeout: limits.keepAliveTimeoutMs,
-      requestTimeout: limits.headerTimeoutMs + limits.bodyTimeoutMs + 1000,
-      connectionsCheckingInterval: 1000,
-    },
-    own,
-  );
+  const server = http.createServer(serverOptions(limits), own);
   server.on('upgrade', notAfterClose(upgrade));
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(upgrade));
@@ -56,18 +56,50 @@ export function createHttp1Server(
   return { server, take: (socket) => void server.emit('connection', socket) };
 }
 
-/** The plain-HTTP port, listening; resolves with its server and bound port. */
+/** Node's limits and deadlines from ours; Node checks them every second (its 30 s default would let a slow client linger). */
+function serverOptions(limits: ProxyConfig['limits']): http.ServerOptions {
+  return {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headerTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    requestTimeout: limits.headerTimeoutMs + limits.bodyTimeoutMs + 1000,
+    connectionsCheckingInterval: 1000,
+  };
+}
+
+/** The plain-HTTP port, listening, under `limits` and the worker's `caps`; resolves with its server and bound port. */
 export async function startRedirectServer(
   address: { readonly host: string; readonly port: number },
   options: RedirectOptions,
+  limits: ProxyConfig['limits'],
+  caps: WorkerConnectionCaps,
 ): Promise<{ readonly server: http.Server; readonly port: number }> {
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const handler = notAfterClose(createRedirectHandler(options));
-  const server = http.createServer(handler);
+  const server = http.createServer(serverOptions(limits), handler);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
+  capConnections(server, caps, options.metrics);
   await listen(server, { host: address.host, port: address.port, exclusive: false });
   return { server, port: (server.address() as net.AddressInfo).port };
+}
+
+/**
+ * Closes a connection over the worker's caps at accept, counted as the TLS
+ * listeners count theirs, before the server's own 'connection' listeners
+ * (Node's, which set up an HTTP parser) run: they run for admitted ones only.
+ */
+function capConnections(server: http.Server, caps: WorkerConnectionCaps, metrics: ProxyMetrics): void {
+  const serve = server.listeners('connection') as ((socket: net.Socket) => void)[];
+  server.removeAllListeners('connection');
+  server.on('connection', (socket: net.Socket) => {
+    const refusal = refusalOf(caps, socket);
+    if (refusal === undefined) for (const listener of serve) listener.call(server, socket);
+    else {
+      metrics.rejectedConnections.inc({ reason: refusal });
+      socket.destroy();
+    }
+  });
 }

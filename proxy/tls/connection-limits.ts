@@ -1,8 +1,9 @@
 /**
- * The caps a TLS listener applies at accept, before any TLS work: the
+ * The caps a worker applies at accept, before any TLS or HTTP work: the
  * worker's connection cap and the per-client-address cap, both shared by a
- * worker's listeners (listener.ts). A connection over either is closed at
- * once; the client sees the close and may retry.
+ * worker's TLS listeners (listener.ts) and its plain-HTTP port
+ * (http/server.ts). A connection over either is closed at once; the client
+ * sees the close and may retry.
  *
  * Cost: one counter update and one 'close' listener per connection; the
  * per-client map holds one entry per client with an open connection.
@@ -13,6 +14,19 @@ import type { ProxyConfig } from '../../config/proxy-schema.js';
 /** Why a connection was closed at accept (the `reason` label of keyedge_proxy_connections_rejected_total). */
 export type RejectReason = 'worker_limit' | 'client_limit';
 
+/** A worker's caps, shared by all its listeners; an absent one caps nothing. */
+export interface WorkerConnectionCaps {
+  readonly limit?: ConnectionLimit;
+  readonly clientLimit?: ClientConnectionLimit;
+}
+
+/** Counts `socket` against both caps until it closes; or, counting nothing, why it must be closed. Per-client first, so one address at its cap takes no worker slot. */
+export function refusalOf(caps: WorkerConnectionCaps, socket: net.Socket): RejectReason | undefined {
+  if (caps.clientLimit !== undefined && !caps.clientLimit.admit(socket)) return 'client_limit';
+  if (caps.limit !== undefined && !caps.limit.admit(socket)) return 'worker_limit';
+  return undefined;
+}
+
 /**
  * A worker's caps from its config's `limits`, for all its listeners. `trusted`:
  * a trusted proxy's connections carry many clients, so its address is not
@@ -21,7 +35,7 @@ export type RejectReason = 'worker_limit' | 'client_limit';
 export function workerConnectionLimits(
   limits: ProxyConfig['limits'],
   trusted: (address: string) => boolean,
-): { readonly limit: ConnectionLimit; readonly clientLimit?: ClientConnectionLimit } {
+): WorkerConnectionCaps & { readonly limit: ConnectionLimit } {
   const limit = new ConnectionLimit(limits.maxConnectionsPerWorker);
   if (limits.maxConnectionsPerClient === null) return { limit };
   return { limit, clientLimit: new ClientConnectionLimit(limits.maxConnectionsPerClient, trusted) };

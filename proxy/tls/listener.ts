@@ -42,7 +42,7 @@ import type { ProxyMetrics } from '../metrics.js';
 import type { ServingState } from '../serving/state.js';
 import { listen } from '../../keyserver/shared/listen.js';
 import { HelloAssembler, type HelloPeek, UNRECOGNIZED_NAME_ALERT } from './client-hello.js';
-import type { ClientConnectionLimit, ConnectionLimit, RejectReason } from './connection-limits.js';
+import { type ClientConnectionLimit, type ConnectionLimit, type RejectReason, refusalOf } from './connection-limits.js';
 import type { ConnectionInfo, SecureConnectionHandler } from './connection.js';
 import type { SecureContextCache } from './contexts.js';
 import { secureConnection, type ContextChoice } from './handshake.js';
@@ -149,9 +149,9 @@ export class TlsListener {
   }
 
   #accept(socket: net.Socket): void {
-    const { clientLimit, limit, metrics } = this.#options;
-    if (clientLimit !== undefined && !clientLimit.admit(socket)) return this.#reject(socket, 'client_limit');
-    if (limit !== undefined && !limit.admit(socket)) return this.#reject(socket, 'worker_limit');
+    const { metrics } = this.#options;
+    const refusal = refusalOf(this.#options, socket);
+    if (refusal !== undefined) return this.#reject(socket, refusal);
     const accepted = process.hrtime.bigint();
     this.#sockets.add(socket);
     metrics.openConnections.inc();
