@@ -24,6 +24,8 @@ let site: ServedCertificate;
 let renewed: ServedCertificate;
 let other: ServedCertificate;
 const ticketKeys = [newTicketKey(), newTicketKey()];
+/** Node 20's OpenSSL 3.0 client offers a session to another server name; later ones do not. */
+const CLIENT_OFFERS_ACROSS_NAMES = process.versions.openssl.startsWith('3.0.');
 /** A worker: its own context cache, the fleet's ticket keys. */
 const worker = (ring: TicketKeyRing): SecureContextCache => new SecureContextCache(8, (c) => keys.get(c.keyId)!, {}, { ring });
 
@@ -54,8 +56,13 @@ describe('session resumption and the session-id context', () => {
       // The renewed certificate of the same name, on another worker (its own cache, the same ticket keys).
       const two = worker(new TicketKeyRing([...ticketKeys]));
       serve = two.get('intermediate', renewed);
-      const again = await nodeGet(port, 'b.site.test', ca, { maxVersion: version, session: first.session! });
+      const again = await nodeGet(port, 'a.site.test', ca, { maxVersion: version, session: first.session! });
       expect(again).toMatchObject({ ok: true, resumed: true });
+      // Another name of the certificate: the server resumes it, but Node 22 and 24's client (OpenSSL 3.5) no longer
+      // offers a session for a name other than its own, so only Node 20's (OpenSSL 3.0) can show it.
+      if (CLIENT_OFFERS_ACROSS_NAMES) {
+        expect(await nodeGet(port, 'b.site.test', ca, { maxVersion: version, session: first.session! })).toMatchObject({ ok: true, resumed: true });
+      }
       // A rotation: the key that made the ticket is now a previous one. (Over TLS 1.2 a session resumed with the newest
       // key gets no new ticket: the client offers the one it has.)
       const ticket = again.session ?? first.session!;
