@@ -159,6 +159,13 @@ async function normalClient(port: number, agent: https.Agent, durationMs: number
   return latencies;
 }
 
+/**
+ * The bound on a normal GET's p99 while slow clients run. A starved GET waits for an origin connection a slow upload
+ * holds, for seconds (up to the 10 s request timeout, counted as a failure); an unstarved one takes milliseconds, and
+ * under 1 s even on a loaded 2-core machine (1,022 ms once at load average 15): 2.5 s tells the two apart with margin.
+ */
+const P99_BOUND_MS = 2500;
+
 function p99(latencies: readonly number[]): number {
   const sorted = [...latencies].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))]!;
@@ -187,7 +194,7 @@ describe('slow and non-reading clients', () => {
     await origin?.close();
   });
 
-  it('200 slow uploads and 4 non-readers for 60 s: every normal GET succeeds, p99 under 1 s, memory bounded', async () => {
+  it('200 slow uploads and 4 non-readers for 60 s: every normal GET succeeds, p99 under 2.5 s, memory bounded', async () => {
     const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
     await normalClient(proxy.port, agent, 1000);
     const rssBefore = await workersRss(proxy);
@@ -212,7 +219,7 @@ describe('slow and non-reading clients', () => {
     const failed = latencies.filter((ms) => ms === Infinity).length;
     expect(failed).toBe(0);
     expect(latencies.length).toBeGreaterThan(100);
-    expect(p99(latencies)).toBeLessThan(1000);
+    expect(p99(latencies)).toBeLessThan(P99_BOUND_MS);
     // Slow uploads past bodyTimeoutMs got 408 and came back; the non-readers' answers were cut.
     expect(posters.timeouts()).toBeGreaterThan(100);
     expect(rounds.cut).toBeGreaterThanOrEqual(4);
@@ -252,7 +259,7 @@ describe('slow uploads with the default limits', () => {
       posters.stop();
     }
     expect(latencies.filter((ms) => ms === Infinity)).toEqual([]);
-    expect(p99(latencies)).toBeLessThan(1000);
+    expect(p99(latencies)).toBeLessThan(P99_BOUND_MS);
     expect(origin.stats.posts).toBe(0);
     expect(died(proxy)).toEqual([]);
   }, 60_000);
