@@ -161,8 +161,8 @@ async function normalClient(port: number, agent: https.Agent, durationMs: number
 
 /**
  * The bound on a normal GET's p99 while slow clients run. A starved GET waits for an origin connection a slow upload
- * holds, for seconds (up to the 10 s request timeout, counted as a failure); an unstarved one takes milliseconds, and
- * under 1 s even on a loaded 2-core machine (1,022 ms once at load average 15): 2.5 s tells the two apart with margin.
+ * holds, for seconds (up to the 10 s request timeout, counted as a failure); an unstarved one takes milliseconds,
+ * about a second at worst on a loaded 2-core machine (1,022 ms once at load average 15): 2.5 s tells them apart.
  */
 const P99_BOUND_MS = 2500;
 
