@@ -2,7 +2,7 @@
  * A worker's graceful stop: stop accepting everywhere, close idle keep-alive
  * connections at once and busy ones once their answer is sent, wait for the
  * TLS listeners' connections to end within the grace period, then cut what
- * is left and release the rest (staple loops, metrics, origin pools, keys).
+ * is left on every port and release the rest (staple loops, metrics, origin pools, keys).
  *
  * Cost: one check every 20 ms while waiting.
  */
@@ -37,5 +37,8 @@ export async function shutDown({ listeners, servers, graceMs, release }: Shutdow
   const grace = new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref());
   await Promise.race([allClosed, grace]);
   for (const listener of listeners) listener.destroyConnections();
+  // The plain-HTTP port's connections have no TLS listener to cut them: left to Node's deadlines, a request still
+  // arriving held the worker past its grace period.
+  for (const server of servers) server.closeAllConnections();
   await release();
 }

@@ -2,6 +2,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { Registry } from 'prom-client';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
@@ -124,4 +126,34 @@ describe('a request the parser refuses, pipelined behind redirects', () => {
     await new Promise((resolve) => socket.once('close', resolve));
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['308', '308', '400']);
   });
+});
+
+describe('a worker stopping with a plain-HTTP request still arriving', () => {
+  // The TLS listeners' connections are cut when the grace period ends; before, the plain-HTTP port's were left to
+  // Node's own deadlines (headerTimeoutMs here: 30 s), and with them the worker's event loop.
+  it('cuts it when the grace period ends', async () => {
+    const ec = await lab.certificate('ec-stop', lab.keys.ec, ['lab.test']);
+    const stopping = await startProxyWorker(
+      lab.proxyConfig({
+        certificates: [{ name: 'ec-stop', chain: ec.file }],
+        httpRedirect: { host: '127.0.0.1', port: 0 },
+        shutdownGraceMs: 500,
+        limits: { headerTimeoutMs: 30_000 },
+      }),
+      {
+        log: createLogger('redirect-stop-test', 'warn', { write: () => undefined }),
+        metrics: new ProxyMetrics(() => stopping.keySource.stats(), new Registry()),
+      },
+    );
+    const socket = net.connect(stopping.httpPort!, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write('GET /slow HTTP/1.1\r\nHost: lab.test\r\n');
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    const started = Date.now();
+    await stopping.close();
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+    expect(socket.destroyed).toBe(true);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  }, 30_000);
 });
