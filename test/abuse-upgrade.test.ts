@@ -32,8 +32,9 @@ const SMUGGLED = 'GET /smuggled HTTP/1.1\r\nHost: other.localhost\r\nX-Forwarded
 /**
  * The raw origin. The request path says how to answer: `/answer/<status>/<delayMs>/<id>`, with
  * status 101 (switch), another code (a 2-byte body, connection kept open as keep-alive), `none`
- * (never), `close` (close without answering), `reset` (switch, then reset) or `stubborn` (switch,
- * and never end its side, even after the proxy ended its own).
+ * (never), `close` (close without answering), `reset` (switch, then reset), `stubborn` (switch,
+ * and never end its side, even after the proxy ended its own), `h2c` (switch to h2c when asked
+ * for it, else 200) or `to-h2c` (switch to h2c whatever was asked).
  */
 function startRawOrigin(): Promise<number> {
   origin = net.createServer({ allowHalfOpen: true }, (socket) => {
@@ -54,11 +55,13 @@ function startRawOrigin(): Promise<number> {
       setTimeout(() => {
         if (socket.destroyed || status === 'none') return;
         connection.beforeAnswer = connection.received;
-        if (status === 'close') socket.destroy();
+        const h2c = status === 'to-h2c' || (status === 'h2c' && /\r\nupgrade: *h2c\r\n/i.test(connection.received.toString('latin1')));
+        if (h2c) socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nh2-frames');
+        else if (status === 'close') socket.destroy();
         else if (status === '101' || status === 'reset' || status === 'stubborn') {
           socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello');
           if (status === 'reset') setTimeout(() => socket.resetAndDestroy(), 50);
-        } else socket.write(`HTTP/1.1 ${status} Whatever\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nno`);
+        } else socket.write(`HTTP/1.1 ${status === 'h2c' ? 200 : status} Whatever\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nno`);
       }, Number(delay));
     });
   });
@@ -166,6 +169,36 @@ describe('an Upgrade request with more bytes behind it', () => {
       expect(connection.received.equals(connection.beforeAnswer!)).toBe(true);
     });
   }
+});
+
+describe('an Upgrade to anything but WebSocket (h2c smuggling)', () => {
+  const H2C = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n';
+
+  it('is sent to the origin as an ordinary request: no switch is asked for, the answer is relayed and the connection closes', async () => {
+    const client = await rawClient();
+    client.socket.write(`GET /answer/h2c/0/h2c-asked HTTP/1.1\r\nHost: ws.lab.test\r\n${H2C}\r\n${SMUGGLED}`);
+    const connection = await connectionFor('h2c-asked');
+    await within(8000, 'the client connection closing', client.closed);
+    expect(client.received()).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\nconnection: close\r\n/i);
+    expect(client.received().endsWith('\r\n\r\nno')).toBe(true);
+    const request = connection.received.toString('latin1');
+    expect(request).not.toMatch(/\r\nupgrade:/i);
+    expect(request).not.toMatch(/\r\nhttp2-settings:/i);
+    expect(heads(connection.received)).toBe(1);
+    expect(request).not.toContain('other.localhost');
+  });
+
+  it('an origin that switches to h2c anyway gets 502, and nothing held reaches it', async () => {
+    const client = await rawClient();
+    client.socket.write(upgradeRequest('/answer/to-h2c/0/h2c-forced') + SMUGGLED);
+    const connection = await connectionFor('h2c-forced');
+    await within(8000, 'the 502', client.closed);
+    expect(client.received()).toMatch(/^HTTP\/1\.1 502 [\s\S]*x-keyedge-error: KEYEDGE_HTTP_ORIGIN/i);
+    expect(client.received()).not.toContain('h2-frames');
+    await waitFor('the origin connection to close', () => (connection.closed ? true : undefined), 5000);
+    expect(heads(connection.received)).toBe(1);
+    expect(connection.received.toString('latin1')).not.toContain('other.localhost');
+  });
 });
 
 describe('an origin that does not switch', () => {

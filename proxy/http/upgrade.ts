@@ -29,7 +29,13 @@
  *
  * Upgrade and Connection are hop-by-hop (RFC 9110 §7.6.1, §7.8): the client's
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
- * for the same protocol itself. A failed connect is retried once on the next
+ * for WebSocket itself, and for nothing else. Any other protocol (h2c above
+ * all: "h2c smuggling", where an origin that switches to HTTP/2 takes every
+ * later request on the connection straight from the client, past routing and
+ * the forwarding headers) is ignored, as RFC 9110 §7.8 lets a server do: the
+ * request goes to the origin as an ordinary one and its answer is relayed as
+ * below. A 101 that names anything but WebSocket is the origin's failure (502),
+ * never a tunnel. A failed connect is retried once on the next
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
  * carry HSTS like every HTTPS answer. A client gone before the answer is
@@ -137,6 +143,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
 
+    const websocket = namesWebSocket(req.headers.upgrade);
     let targets: readonly OriginTarget[];
     try {
       targets = pools.targets(route.domain);
@@ -185,7 +192,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         request = http.request({
           method: req.method,
           path: req.url ?? '/',
-          headers: upgradeHeaders(req, target, client.remoteAddress, options.trustedPeers),
+          headers: upgradeHeaders(req, websocket, target, client.remoteAddress, options.trustedPeers),
           // Host is the one of the forwarding rule; without one, none (node would invent its own).
           setHost: false,
           createConnection: () => upstream,
@@ -196,6 +203,10 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       }
       request.on('error', onError);
       request.on('upgrade', (res: IncomingMessage, _socket: Duplex, originHead: Buffer) => {
+        // Only the switch the proxy asked for is relayed (above); RFC 6455 §4.1: the client would fail it too.
+        if (!websocket || !namesWebSocket(res.headers.upgrade)) {
+          return fail('broken', new Error('origin switched to a protocol the proxy did not ask for'));
+        }
         answered = true;
         upstream.setTimeout(0);
         pools.succeeded(target);
@@ -273,15 +284,26 @@ function connect(target: OriginTarget, timeoutMs: number): net.Socket {
   return socket;
 }
 
+/** Whether an Upgrade field lists WebSocket (RFC 9110 §7.8: a list of protocol[/version], names case-insensitive). */
+export function namesWebSocket(upgrade: string | undefined): boolean {
+  if (upgrade === undefined) return false;
+  for (const protocol of upgrade.split(',')) if (protocol.trim().toLowerCase() === 'websocket') return true;
+  return false;
+}
+
+/** The origin request's headers: asking for WebSocket alone, or, when the client asked for anything else, for no switch. */
 function upgradeHeaders(
   req: IncomingMessage,
+  websocket: boolean,
   target: OriginTarget,
   peer: string | undefined,
   trusted: TrustedPeers | undefined,
 ): Record<string, string | string[]> {
   const headers = originRequestHeaders(req.headers, peer, 'https', target, trusted);
-  headers.connection = 'upgrade';
-  if (req.headers.upgrade !== undefined) headers.upgrade = req.headers.upgrade;
+  if (websocket) {
+    headers.connection = 'upgrade';
+    headers.upgrade = 'websocket';
+  } else headers.connection = 'close';
   return headers;
 }
 
