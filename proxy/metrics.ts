@@ -78,7 +78,7 @@ export class ProxyMetrics {
     });
     this.openConnections = new Gauge({
       name: `${PREFIX}open_connections`,
-      help: 'Client connections currently open.',
+      help: 'Client connections currently open, TLS and plain-HTTP ports alike.',
       registers,
     });
     this.rejectedConnections = new Counter({

@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 
 /** How long a refused connection may take to be seen closed, and an admitted one must stay open: generous under load. */
@@ -123,9 +124,12 @@ describe('plain-HTTP port: the worker connection caps', () => {
       expect(await Promise.all(held.map((s) => heldAfter(s, 0)))).toEqual([true, true, true, true]);
       expect(await handshakes('127.0.0.57', worker.ports[0]!)).toBe(false);
       expect(await rejected(metrics, 'worker_limit')).toBe(3);
+      // The four held are open connections like the TLS ones, and stop being so once closed.
+      expect((await metrics.openConnections.get()).values[0]?.value).toBe(4);
     } finally {
       for (const socket of [...held, ...over]) socket.destroy();
     }
+    await waitFor('no open connection', async () => ((await metrics.openConnections.get()).values[0]?.value === 0 ? true : undefined));
   });
 });
 

@@ -96,8 +96,12 @@ function capConnections(server: http.Server, caps: WorkerConnectionCaps, metrics
   server.removeAllListeners('connection');
   server.on('connection', (socket: net.Socket) => {
     const refusal = refusalOf(caps, socket);
-    if (refusal === undefined) for (const listener of serve) listener.call(server, socket);
-    else {
+    if (refusal === undefined) {
+      // Counted with the TLS listeners' (listener.ts): the gauge is every client connection the worker holds.
+      metrics.openConnections.inc();
+      socket.once('close', () => metrics.openConnections.dec());
+      for (const listener of serve) listener.call(server, socket);
+    } else {
       metrics.rejectedConnections.inc({ reason: refusal });
       socket.destroy();
     }
