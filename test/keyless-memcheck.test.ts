@@ -9,12 +9,13 @@
  *
  * Slow (valgrind: minutes) and needs valgrind: runs only with KEYEDGE_MEMCHECK=1, e.g.
  *   KEYEDGE_MEMCHECK=1 npx vitest run --config test/vitest.config.ts test/keyless-memcheck.test.ts
- * The valgrind log is kept in $KEYEDGE_MEMCHECK_LOG (default: a file in the test's temp dir, printed);
+ * The valgrind log is kept in $KEYEDGE_MEMCHECK_LOG (default: keyedge-memcheck-<pid>.log in the temp dir, printed);
  * KEYEDGE_MEMCHECK_VALGRIND_ARGS adds valgrind options (e.g. --track-fds=yes).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import readline from 'node:readline';
 import tls from 'node:tls';
@@ -125,7 +126,7 @@ beforeAll(async () => {
     const spki = await fetchSpki(ks.unixPath!, ids[kind]);
     certs.push({ key: bridge.keylessKeyPem(ids[kind], spki), cert: await issueForSpki(ca, spki, kind) });
   }
-  logFile = process.env.KEYEDGE_MEMCHECK_LOG ?? join(stateDir, 'memcheck.log');
+  logFile = process.env.KEYEDGE_MEMCHECK_LOG ?? join(tmpdir(), `keyedge-memcheck-${process.pid}.log`);
   served = spawn(
     'valgrind',
     [
@@ -150,8 +151,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (!ENABLED) return;
+  if (served?.exitCode === null && served.signalCode === null) served.kill('SIGKILL'); // a test failed before 'exit'
   await ks?.stop();
-  if (process.env.KEYEDGE_MEMCHECK_LOG === undefined && stateDir !== undefined) removeDir(stateDir);
+  if (stateDir !== undefined) removeDir(stateDir);
 });
 
 describe.skipIf(!ENABLED)('the keyless bridge under valgrind memcheck, with faults injected', () => {

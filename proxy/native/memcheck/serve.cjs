@@ -54,5 +54,8 @@ function answer(line) {
   }
 }
 
-readline.createInterface({ input: process.stdin }).on('line', (line) => process.stdout.write(`${JSON.stringify(answer(line))}\n`));
+readline
+  .createInterface({ input: process.stdin })
+  .on('line', (line) => process.stdout.write(`${JSON.stringify(answer(line))}\n`))
+  .on('close', () => process.exit(0)); // the test is gone
 server.listen(0, '127.0.0.1', () => process.stdout.write(`${JSON.stringify({ ready: server.address().port })}\n`));
