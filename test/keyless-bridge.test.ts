@@ -713,6 +713,17 @@ describe('init()', () => {
     useKeyserver(); // idempotent
     useKeyserver();
   });
+
+  it('refuses numbers outside int range, NaN and infinities before converting them (UB in C; only UBSan tells)', () => {
+    // The release build refused these before the range check too (x86-64 turns such a cast into INT_MIN);
+    // an addon built with gcc -fsanitize=float-cast-overflow died on the first one (src/addon.c, get_int).
+    for (const timeoutMs of [1e12, Number.NaN, Number.POSITIVE_INFINITY, -(2 ** 31) - 1, 2 ** 32 + 250]) {
+      expect(() => bridge.init({ socketPath: ks.unixPath!, timeoutMs })).toThrow(/timeoutMs must be an integer/);
+    }
+    const endpoint = { host: '127.0.0.1', port: 2 ** 32 + 443, caPem: 'x', certPem: 'x', keyPem: 'x' };
+    expect(() => bridge.init({ tls: endpoint })).toThrow(/port must be an integer/);
+    useKeyserver();
+  });
 });
 
 describe('the KeyObject guard', () => {

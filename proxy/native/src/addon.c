@@ -15,6 +15,7 @@
  * Errors thrown carry a `code`: KEYEDGE_ERR_CONFIG for bad options,
  * KEYEDGE_ERR_SETUP when OpenSSL refuses the provider.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,8 +95,11 @@ static int get_int(napi_env env, napi_value obj, const char *name, int dflt, int
     *out = dflt;
     if (r <= 0)
         return r == 0;
+    /* In range before the cast: converting NaN, an infinity or a number outside int's range to int is
+     * undefined behaviour (C11 6.3.1.4), which x86-64 happens to turn into INT_MIN. Seen with UBSan:
+     * gcc -fsanitize=float-cast-overflow on src/*.c, then init({ socketPath: 'x', timeoutMs: 1e12 }). */
     if (napi_typeof(env, v, &type) != napi_ok || type != napi_number || napi_get_value_double(env, v, &d) != napi_ok
-        || d != (double)(int)d) {
+        || !(d >= INT_MIN && d <= INT_MAX) || d != (double)(int)d) {
         snprintf(err, errlen, "%s must be an integer", name);
         return 0;
     }
