@@ -49,7 +49,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { CertificateError, type CertificateRefusal } from './errors.js';
 import * as x509 from '../../keyserver/shared/x509.js';
-import { nameCovers, normaliseName } from '../tls/names.js';
+import { coveredBy, normaliseName } from '../tls/names.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { dnsNames, type ServedCertificate, servedCertificate } from './certificate.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
@@ -458,14 +458,15 @@ function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate
   if (sans.length === 0) throw refuse('names', 'the leaf has no DNS subjectAltName (RFC 6125 §6.4.4: the common name is not used)');
   if (candidate.names === undefined) return [...new Set(sans)];
   if (candidate.names.length === 0) throw refuse('names', 'the entry lists no names to serve');
-  const names: string[] = [];
+  const names = new Set<string>();
+  const covered = coveredBy(sans);
   for (const raw of candidate.names) {
     const name = normaliseName(raw.trim());
     if (name === undefined || !DNS_NAME.test(name) || name.length > 253) throw refuse('names', `"${raw}" is not a DNS name`);
-    if (!sans.some((san) => nameCovers(san, name))) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${sans.join(', ')})`);
-    if (!names.includes(name)) names.push(name);
+    if (!covered(name)) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${listed(sans)})`);
+    names.add(name);
   }
-  return names;
+  return [...names];
 }
 
 /**
@@ -490,6 +491,11 @@ export async function checkKeyserverKey(
     throw refuse('key_mismatch', `the key server's public key for ${keyId} does not decode`, err);
   }
   if (!same) throw refuse('key_mismatch', `the key server's key ${keyId} is not the leaf's public key`);
+}
+
+/** The first few of `names`, then how many more: a message names a certificate's thousands of SANs in a line, not in 200 KB. */
+function listed(names: readonly string[], shown = 10): string {
+  return names.length <= shown ? names.join(', ') : `${names.slice(0, shown).join(', ')} and ${names.length - shown} more`;
 }
 
 function formatDuration(ms: number): string {
