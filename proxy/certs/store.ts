@@ -97,6 +97,14 @@ export interface StoreEntry extends Omit<StoreEntryRef, 'statId' | 'changedAtMs'
 export const STORE_ENTRY_NAME = /^[\w-][\w.-]{0,63}$/;
 const CHAIN_FILE = /^([\w-][\w.-]{0,63})\.pem$/;
 const DNS_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/**
+ * The largest chain file read. A real chain is a few KB; the largest
+ * certificate the X.509 parser takes (asn1js caps a structure at 10,000
+ * nodes: about 9,000 names) is some 250 KB. A larger file is refused by its
+ * size, unread: a 150 MB one held the cluster primary's event loop for
+ * seconds and grew it by 0.9 GB (a link to the wrong file could be larger).
+ */
+export const MAX_CHAIN_BYTES = 1024 * 1024;
 const FILE_MODE = 0o644;
 const DIR_MODE = 0o755;
 
@@ -235,8 +243,10 @@ export class CertificateStore {
     try {
       // One descriptor for stat and content: the size and mtime describe exactly the text returned.
       stat = fstatSync(fd);
+      checkChainSize(stat.size, paths.chainPath, name);
       chainText = readFileSync(fd, 'utf8');
     } catch (err) {
+      if (err instanceof CertificateError) throw err;
       throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
     } finally {
       closeSync(fd);
@@ -266,8 +276,10 @@ export class CertificateStore {
     try {
       // One descriptor for stat and content, as read().
       stat = await handle.stat();
+      checkChainSize(stat.size, paths.chainPath, name);
       chainText = await handle.readFile('utf8');
     } catch (err) {
+      if (err instanceof CertificateError) throw err;
       throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
     } finally {
       await handle.close();
@@ -340,6 +352,16 @@ export class CertificateStore {
 
   #paths(name: string): { chainPath: string; metaPath: string } {
     return { chainPath: join(this.dir, `${name}.pem`), metaPath: join(this.dir, `${name}.json`) };
+  }
+}
+
+/** Refuses a chain file over MAX_CHAIN_BYTES before it is read, naming it and its size. */
+export function checkChainSize(size: number, chainPath: string, entry: string): void {
+  if (size > MAX_CHAIN_BYTES) {
+    throw new CertificateError(chainPath, `the chain file is ${size} bytes; a chain file holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+      reason: 'parse',
+      entry,
+    });
   }
 }
 

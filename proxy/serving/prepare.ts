@@ -38,7 +38,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
+import { CertificateStore, checkChainSize, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -136,7 +136,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     configReads.set(entry.name, {
       entry,
       file: new SettlingRead(
-        () => readChainFile(entry.chain),
+        () => readChainFile(entry.chain, entry.name),
         (f) => sha256(f.text),
         (f) => f.changedAtMs,
       ),
@@ -210,7 +210,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const read = file.value;
     if (read instanceof Error) {
-      refuse(name, entry.chain, 'unreadable', `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`);
+      const message = read instanceof CertificateError ? read.message : `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`;
+      refuse(name, entry.chain, 'unreadable', message);
       continue;
     }
     const inputId = `config:${sha256(read.text)}`;
@@ -293,10 +294,11 @@ interface ChainFile {
 }
 
 /** The text and its last change, from one descriptor so that both describe the same file. */
-function readChainFile(file: string): ChainFile {
+function readChainFile(file: string, name: string): ChainFile {
   const fd = openSync(file, 'r');
   try {
     const stat = fstatSync(fd);
+    checkChainSize(stat.size, file, name);
     return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
   } finally {
     closeSync(fd);
