@@ -73,3 +73,32 @@ describe('coveredBy', () => {
     for (const probe of probes) expect([probe, covered(probe)]).toEqual([probe, patterns.some((p) => nameCovers(p, probe))]);
   });
 });
+
+describe('names no client could be served for', () => {
+  async function leafWith(dnsNames: string[]): Promise<string> {
+    const leaf = await issue(inter, { commonName: 'odd.example', dnsNames, keyAlgorithm: 'ec-p256' });
+    return `${leaf.certPem}\n${inter.certPem}\n`;
+  }
+
+  it('serves the SANs that are DNS names (case and a trailing dot normalised) and names the others in a warning', async () => {
+    const chainText = await leafWith(['Shop.Example.', '*.com', '*', 'a.*.example', 'f*.example', 'bücher.example', '*.shop.example']);
+    const { certificate, warnings } = await inspectCertificate({ name: 'odd', chainText, source: '/store/odd.pem' }, new Date());
+    expect(certificate.names).toEqual(['shop.example', '*.shop.example']);
+    expect(warnings).toContainEqual(
+      expect.stringMatching(/^5 DNS name\(s\) of the leaf are not served \("\*\.com", "\*", "a\.\*\.example", "f\*\.example", "bücher\.example"\)/),
+    );
+  });
+
+  it.each([
+    ['*.com', /"\*\.com" is a wildcard over a top-level domain/],
+    ['*', /"\*" is not a DNS name/],
+  ])('refuses a leaf whose only SAN is %s, and the name when pinned', async (san, pinned) => {
+    const chainText = await leafWith([san]);
+    const alone = await inspectCertificate({ name: 'odd', chainText, source: '/store/odd.pem' }, new Date()).catch((err: unknown) => err);
+    expect((alone as CertificateError).reason).toBe('names');
+    expect((alone as CertificateError).message).toMatch(/the leaf has no DNS name that can be served/);
+    const wide = await leafWith(['*.com', 'shop.example']);
+    const named = await inspectCertificate({ name: 'odd', chainText: wide, source: '/store/odd.pem', names: [san] }, new Date()).catch((err: unknown) => err);
+    expect((named as CertificateError).message).toMatch(pinned);
+  });
+});

@@ -200,7 +200,7 @@ export async function inspectStructure(
   for (const cert of chain.slice(1)) if (!isSelfIssued(cert)) checkKey(cert, CA_CURVES, `intermediate "${cert.subject}"`, refuse);
   afterKeys?.(chain);
 
-  const names = servedNames(candidate, leaf, refuse);
+  const names = servedNames(candidate, leaf, refuse, warnings);
 
   if (candidate.keyId !== undefined) {
     const pinned = candidate.keyId.toLowerCase();
@@ -452,21 +452,51 @@ function checkKey(cert: x509.X509Certificate, curves: Readonly<Record<string, st
   throw refuse('weak_key', `${what} has a ${key.asymmetricKeyType ?? 'unknown'} key; expected ${allowed}`);
 }
 
-/** The names to serve, lower-case and unique, each covered by a DNS SAN of the leaf (wildcards per RFC 6125 §6.4.3). */
-function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate, refuse: Refuse): string[] {
+/**
+ * The names to serve, lower-case and unique, each covered by a DNS SAN of the
+ * leaf (wildcards per RFC 6125 §6.4.3). Without pinned names, the leaf's SANs
+ * that no client could be served for are left out with a warning: one that
+ * is not an LDH name (an IDN's U-label, a wildcard not alone in the leftmost
+ * label), or a wildcard over a single label (`*.com`: RFC 6125 §7.2, which
+ * clients refuse), which would otherwise take every unknown name under that
+ * top-level domain from the default answer and from on-demand issuance.
+ */
+function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate, refuse: Refuse, warnings: string[]): string[] {
   const sans = dnsNames(leaf);
   if (sans.length === 0) throw refuse('names', 'the leaf has no DNS subjectAltName (RFC 6125 §6.4.4: the common name is not used)');
-  if (candidate.names === undefined) return [...new Set(sans)];
+  if (candidate.names === undefined) {
+    const served = new Set<string>();
+    const unservable: string[] = [];
+    for (const san of sans) {
+      const name = normaliseName(san);
+      if (name !== undefined && unservableBecause(name) === undefined) served.add(name);
+      else unservable.push(san);
+    }
+    if (unservable.length > 0) {
+      const because = unservableBecause(normaliseName(unservable[0]!) ?? '');
+      warnings.push(`${unservable.length} DNS name(s) of the leaf are not served (${listed(unservable.map((n) => JSON.stringify(n)))}): the first ${because}`);
+    }
+    if (served.size === 0) throw refuse('names', `the leaf has no DNS name that can be served (its DNS names: ${listed(sans)})`);
+    return [...served];
+  }
   if (candidate.names.length === 0) throw refuse('names', 'the entry lists no names to serve');
   const names = new Set<string>();
   const covered = coveredBy(sans);
   for (const raw of candidate.names) {
     const name = normaliseName(raw.trim());
-    if (name === undefined || !DNS_NAME.test(name) || name.length > 253) throw refuse('names', `"${raw}" is not a DNS name`);
-    if (!covered(name)) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${listed(sans)})`);
-    names.add(name);
+    const because = name === undefined ? 'is not a DNS name' : unservableBecause(name);
+    if (because !== undefined) throw refuse('names', `"${raw}" ${because}`);
+    if (!covered(name!)) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${listed(sans)})`);
+    names.add(name!);
   }
   return [...names];
+}
+
+/** Why a normalised name cannot be served, or undefined when it can. */
+function unservableBecause(name: string): string | undefined {
+  if (!DNS_NAME.test(name) || name.length > 253) return 'is not a DNS name (letters, digits, hyphens; an IDN in its xn-- form)';
+  if (name.startsWith('*.') && !name.slice(2).includes('.')) return 'is a wildcard over a top-level domain (RFC 6125 §7.2)';
+  return undefined;
 }
 
 /**

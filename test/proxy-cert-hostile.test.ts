@@ -1,0 +1,99 @@
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { type Issued, issueForPublicKey } from './helpers/pki.js';
+
+// Hostile and broken store files under `keyedge proxy` (2 workers), seen by
+// real TLS clients: what serves must stay what served, and a name no
+// certificate can be served for must not take anyone's handshakes.
+
+let lab: KeylessLab;
+let proxy: ClusterProxy;
+let root: string;
+let padded: Issued;
+let wide: Issued;
+
+interface Answer {
+  readonly serial?: string;
+  readonly error?: string;
+}
+
+/** One handshake for `servername`, whatever the certificate says: its leaf's serial (lower-case), or the error. */
+function handshake(servername: string): Promise<Answer> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername, ca: root, checkServerIdentity: () => undefined });
+    socket.setTimeout(10_000, () => socket.destroy(new Error('timeout')));
+    socket.once('secureConnect', () => {
+      resolve({ serial: socket.getPeerCertificate().serialNumber.toLowerCase() });
+      socket.destroy();
+    });
+    socket.once('error', (err) => resolve({ error: err.message }));
+  });
+}
+
+interface Listed {
+  readonly certificates: readonly { readonly name: string; readonly serial: string; readonly refused: { readonly message: string } | null }[];
+}
+
+async function listed(name: string): Promise<Listed['certificates'][number] | undefined> {
+  const { text } = await proxy.admin('GET', '/certs');
+  return (JSON.parse(text) as Listed).certificates.find((c) => c.name === name);
+}
+
+/** The leaf and the lab's CA: a leaf alone is refused as an incomplete chain. */
+function chainOf(leaf: Issued): string {
+  return `${leaf.certPem}\n${lab.ca.certPem}\n`;
+}
+
+/** `content` made `<store>/<name>.pem` in one rename, as a renewal tool writes it. */
+function replace(name: string, content: string): void {
+  const temp = join(proxy.storeDir, `.${name}.tmp`);
+  writeFileSync(temp, content);
+  renameSync(temp, join(proxy.storeDir, `${name}.pem`));
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  root = readFileSync(lab.caFile, 'utf8');
+  const leaf = (dnsNames: string[]): Promise<Issued> => issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: dnsNames[0]!, dnsNames });
+  padded = await leaf(['padded.lab.test']);
+  // A SAN over a whole top-level domain (RFC 6125 §7.2), as a misissued or self-made certificate may carry.
+  wide = await leaf(['wide.lab.test', '*.test']);
+  proxy = await startClusterProxy(lab, 'cert-hostile', (p) => {
+    writeFileSync(join(p.storeDir, 'padded.pem'), chainOf(padded));
+    writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
+    return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
+  });
+}, 90_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await lab?.close();
+});
+
+describe('store files no chain should come from', () => {
+  it('refuses a chain file of megabytes by its size, unread, and keeps serving the previous chain', async () => {
+    expect((await handshake('padded.lab.test')).serial).toBe(padded.cert.serialNumber.toLowerCase());
+    const next = await issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: 'padded.lab.test', dnsNames: ['padded.lab.test'] });
+    // A valid chain, then 2 MiB of text between and after the blocks (PEM parsers skip it).
+    const junk = `${'x'.repeat(1023)}\n`.repeat(1024);
+    replace('padded', `${junk}${chainOf(next)}${junk}`);
+    const refused = await waitFor('the padded chain to be refused', async () => (await listed('padded'))?.refused ?? undefined, 15_000);
+    expect(refused.message).toMatch(/padded\.pem\): the chain file is 2\d{6} bytes; a chain file holds at most 1048576/);
+    expect((await handshake('padded.lab.test')).serial).toBe(padded.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('names no client could be served for', () => {
+  it('serves a certificate for its DNS names, never for a wildcard over a top-level domain', async () => {
+    expect((await handshake('wide.lab.test')).serial).toBe(wide.cert.serialNumber.toLowerCase());
+    expect((await listed('wide'))?.refused).toBeNull();
+    // No certificate covers it: the unrecognized_name alert (RFC 6066 §3), as for any unknown name.
+    const answer = await handshake('victim.test');
+    expect(answer.serial).toBeUndefined();
+    expect(answer.error).toMatch(/unrecognized name/i);
+  });
+});
