@@ -1,9 +1,10 @@
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { runCli } from './helpers/keyserver.js';
+import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueForPublicKey } from './helpers/pki.js';
 
 // Hostile and broken store files under `keyedge proxy` (2 workers), seen by
@@ -96,4 +97,27 @@ describe('names no client could be served for', () => {
     expect(answer.serial).toBeUndefined();
     expect(answer.error).toMatch(/unrecognized name/i);
   });
+});
+
+describe('a default certificate refused at start', () => {
+  it('stops the start naming the certificate and why it was refused, not as missing', async () => {
+    const expired = await issueForPublicKey(lab.ca, lab.keys.ec.spki, {
+      commonName: 'main.lab.test',
+      dnsNames: ['main.lab.test'],
+      notBefore: new Date(Date.now() - 3 * 86_400_000),
+      notAfter: new Date(Date.now() - 86_400_000),
+    });
+    // Ports nothing listens on: the start must stop before it binds them.
+    const dir = join(lab.dir, 'cert-hostile-default');
+    const storeDir = join(dir, 'certs');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'main.pem'), chainOf(expired));
+    const ports = { port: await freePort(), adminPort: await freePort(), storeDir, tokenFile: join(dir, 'admin.token') };
+    writeFileSync(ports.tokenFile, 'test-admin-token-0123456789\n', { mode: 0o600 });
+    const configFile = join(dir, 'proxy.json');
+    writeFileSync(configFile, JSON.stringify(storeProxyConfig(lab, ports, { sni: { default: 'main' } })));
+    const { code, stdout, stderr } = await runCli(['proxy', '--config', configFile]);
+    expect(code).toBe(1);
+    expect(stdout + stderr).toMatch(/sni\.default.*names certificate 'main', which was refused: .*main\.pem\): the leaf expired at/);
+  }, 60_000);
 });

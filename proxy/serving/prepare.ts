@@ -274,17 +274,21 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
   });
 
+  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
   const sniDefault = config.sni.default;
   const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
   if (sniDefault !== null && !records.has(sniDefault) && !carried(sniDefault)) {
-    throw new ConfigError(
-      config.source,
-      'sni.default',
-      `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`,
-    );
+    // Present but not served (at start, with nothing before it to keep): say why, not that it is missing.
+    const refusal = refused.find((r) => r.name === sniDefault);
+    const why =
+      refusal !== undefined
+        ? `which was refused: ${refusal.message}`
+        : left.includes(sniDefault)
+          ? 'whose chain kept changing while read; try again once it is written'
+          : `which is neither loaded from certificates nor in the store (${store.dir})`;
+    throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', ${why}`);
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
-  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
   return { records, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
