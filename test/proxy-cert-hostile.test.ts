@@ -1,4 +1,5 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +17,8 @@ let proxy: ClusterProxy;
 let root: string;
 let padded: Issued;
 let wide: Issued;
+let linked: Issued;
+let outside: string;
 
 interface Answer {
   readonly serial?: string;
@@ -63,9 +66,16 @@ beforeAll(async () => {
   padded = await leaf(['padded.lab.test']);
   // A SAN over a whole top-level domain (RFC 6125 §7.2), as a misissued or self-made certificate may carry.
   wide = await leaf(['wide.lab.test', '*.test']);
+  linked = await leaf(['linked.lab.test']);
+  // A renewal tool's directory outside the store, linked from it.
+  outside = join(lab.dir, 'live', 'linked');
+  mkdirSync(outside, { recursive: true });
+  writeFileSync(join(outside, 'fullchain.pem'), chainOf(linked));
+  execFileSync('mkfifo', [join(outside, 'fifo.pem')]);
   proxy = await startClusterProxy(lab, 'cert-hostile', (p) => {
     writeFileSync(join(p.storeDir, 'padded.pem'), chainOf(padded));
     writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
+    symlinkSync(join(outside, 'fullchain.pem'), join(p.storeDir, 'linked.pem'));
     return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
   });
 }, 90_000);
@@ -85,6 +95,29 @@ describe('store files no chain should come from', () => {
     const refused = await waitFor('the padded chain to be refused', async () => (await listed('padded'))?.refused ?? undefined, 15_000);
     expect(refused.message).toMatch(/padded\.pem\): the chain file is 2\d{6} bytes; a chain file holds at most 1048576/);
     expect((await handshake('padded.lab.test')).serial).toBe(padded.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('a store link re-pointed at something that is not a chain file', () => {
+  it.each([
+    ['the directory of the chain file', () => outside, /not a file but a directory/],
+    ['a FIFO (which would block whoever opened it)', () => join(outside, 'fifo.pem'), /not a file but a special file/],
+  ])('is refused, naming it, and the chain it served keeps serving: %s', async (_case, target, message) => {
+    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
+    // Atomically, as `ln -sfn` does: a new link renamed over the old one.
+    const temp = join(proxy.storeDir, '.linked.tmp');
+    symlinkSync(target(), temp);
+    renameSync(temp, join(proxy.storeDir, 'linked.pem'));
+    const refused = await waitFor(
+      'the link to be refused',
+      async () => {
+        const entry = await listed('linked');
+        return entry === undefined || message.test(entry.refused?.message ?? '') ? (entry ?? { refused: null }) : undefined;
+      },
+      15_000,
+    );
+    expect(refused.refused?.message).toMatch(/certificate 'linked' \(.*linked\.pem\)/);
+    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
   });
 });
 

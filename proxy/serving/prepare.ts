@@ -38,7 +38,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import { CertificateStore, checkChainSize, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
+import { CertificateStore, checkChainFile, READ_CHAIN, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -299,10 +299,10 @@ interface ChainFile {
 
 /** The text and its last change, from one descriptor so that both describe the same file. */
 function readChainFile(file: string, name: string): ChainFile {
-  const fd = openSync(file, 'r');
+  const fd = openSync(file, READ_CHAIN);
   try {
     const stat = fstatSync(fd);
-    checkChainSize(stat.size, file, name);
+    checkChainFile(stat, file, name);
     return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
   } finally {
     closeSync(fd);
