@@ -18,6 +18,7 @@ let root: string;
 let padded: Issued;
 let wide: Issued;
 let linked: Issued;
+let early: Issued;
 let outside: string;
 
 interface Answer {
@@ -67,6 +68,7 @@ beforeAll(async () => {
   // A SAN over a whole top-level domain (RFC 6125 §7.2), as a misissued or self-made certificate may carry.
   wide = await leaf(['wide.lab.test', '*.test']);
   linked = await leaf(['linked.lab.test']);
+  early = await leaf(['early.lab.test']);
   // A renewal tool's directory outside the store, linked from it.
   outside = join(lab.dir, 'live', 'linked');
   mkdirSync(outside, { recursive: true });
@@ -76,6 +78,7 @@ beforeAll(async () => {
     writeFileSync(join(p.storeDir, 'padded.pem'), chainOf(padded));
     writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
     symlinkSync(join(outside, 'fullchain.pem'), join(p.storeDir, 'linked.pem'));
+    writeFileSync(join(p.storeDir, 'early.pem'), chainOf(early));
     return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
   });
 }, 90_000);
@@ -119,6 +122,34 @@ describe('a store link re-pointed at something that is not a chain file', () => 
     expect(refused.refused?.message).toMatch(/certificate 'linked' \(.*linked\.pem\)/);
     expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
   });
+});
+
+describe('a renewal refused only for now', () => {
+  it('serves a renewal dated a moment ahead of the clock once it is valid, without a change to its file', async () => {
+    expect((await handshake('early.lab.test')).serial).toBe(early.cert.serialNumber.toLowerCase());
+    // A CA whose clock runs a few seconds ahead of ours (RFC 5280 §4.1.2.5: not valid before notBefore).
+    const validFrom = Date.now() + 4_000;
+    const next = await issueForPublicKey(lab.ca, lab.keys.ec.spki, {
+      commonName: 'early.lab.test',
+      dnsNames: ['early.lab.test'],
+      notBefore: new Date(validFrom),
+      notAfter: new Date(validFrom + 86_400_000),
+    });
+    replace('early', chainOf(next));
+    const refused = await waitFor('the renewal to be refused', async () => (await listed('early'))?.refused ?? undefined, 15_000);
+    expect(refused.message).toMatch(/the leaf is not valid before/);
+    expect((await handshake('early.lab.test')).serial).toBe(early.cert.serialNumber.toLowerCase());
+    // Once valid, the next full pass serves it, though the file has not changed since: here the pass a change to the
+    // config file makes (the periodic rescan's, an hour away in this config).
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, validFrom - Date.now()) + 500));
+    writeFileSync(proxy.configFile, readFileSync(proxy.configFile));
+    await waitFor(
+      'the renewal to serve',
+      async () => ((await handshake('early.lab.test')).serial === next.cert.serialNumber.toLowerCase() ? true : undefined),
+      10_000,
+    );
+    expect((await listed('early'))?.refused).toBeNull();
+  }, 60_000);
 });
 
 describe('names no client could be served for', () => {

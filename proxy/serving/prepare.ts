@@ -54,6 +54,8 @@ const QUIET_MS = 1_000;
 const SETTLE_MS = 150;
 /** A file still changing after this is left for a later pass rather than read half-way. */
 const SETTLE_LIMIT_MS = 2_000;
+/** Refusals that can lift with no change to the files: their entries are read again by the next pass. */
+const RETRIED: ReadonlySet<Refusal['reason']> = new Set(['not_yet_valid', 'key_unknown']);
 /** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
 const READ_CONCURRENCY = 32;
 
@@ -270,7 +272,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     } catch (err) {
       if (!(err instanceof CertificateError)) throw err;
       refuse(candidate.name, candidate.source, err.reason, err.message);
-      // A refused store entry is looked at again when its files change, not on every rescan.
+      // A refused store entry is looked at again when its files change, not on every rescan; but a refusal that
+      // time or the key server lifts (a renewal dated a moment ahead of this clock, a key imported after its
+      // chain) is looked at again by the next pass: else the previous version served on until it expired.
+      if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
     }
   });
 
