@@ -294,7 +294,15 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', ${why}`);
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
-  return { records, refused, warnings, changed, present, unsettled: left, followed, fromKept };
+  // In the order that settles a name two certificates claim (the first listed keeps it, state.ts): the config's in
+  // order, then the store's by name; not the order their validations finished in, which the key server's answers
+  // decide, so that the same files give the same winner on every start and every node of a fleet.
+  const ordered = new Map<string, CertificateRecord>();
+  for (const name of present) {
+    const record = records.get(name);
+    if (record !== undefined) ordered.set(name, record);
+  }
+  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
 interface ChainFile {
