@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,5 +52,24 @@ describe('chain files over the size bound', () => {
     // The synchronous read (a settling re-read, `keyedge cert`) refuses it the same way.
     expect(() => new CertificateStore(storeDir).read('big')).toThrow(CertificateError);
     expect(() => new CertificateStore(storeDir).read('big')).toThrow(size);
+  });
+
+  it('are refused when they are not files: a config chain that is a FIFO, which would block every pass that opened it', async () => {
+    const storeDir = join(dir, 'fifo-store');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'fine.pem'), chain);
+    const fifo = join(dir, 'chain.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir }, certificates: [{ name: 'main', chain: fifo }] });
+    const prepared = await prepareServing({
+      config,
+      store: new CertificateStore(storeDir),
+      previous: new Map(),
+      seen: new Map(),
+      validation: { now: new Date(), keyserverSpki: async (_keyId, leafSpki) => leafSpki },
+    });
+    expect([...prepared.records.keys()]).toEqual(['fine']);
+    expect(prepared.refused.map((r) => [r.name, r.reason])).toEqual([['main', 'unreadable']]);
+    expect(prepared.refused[0]!.message).toMatch(/chain\.fifo\): the chain is not a file but a special file/);
   });
 });
