@@ -101,4 +101,13 @@ describe('names no client could be served for', () => {
     const named = await inspectCertificate({ name: 'odd', chainText: wide, source: '/store/odd.pem', names: [san] }, new Date()).catch((err: unknown) => err);
     expect((named as CertificateError).message).toMatch(pinned);
   });
+
+  it('does not take a pinned name as covered by a wildcard over a top-level domain', async () => {
+    const wide = await leafWith(['*.com', 'shop.example']);
+    const named = await inspectCertificate({ name: 'odd', chainText: wide, source: '/store/odd.pem', names: ['shop.com'] }, new Date()).catch(
+      (err: unknown) => err,
+    );
+    expect((named as CertificateError).reason).toBe('names');
+    expect((named as CertificateError).message).toMatch(/the leaf does not cover "shop.com"/);
+  });
 });

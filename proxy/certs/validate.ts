@@ -481,7 +481,8 @@ function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate
   }
   if (candidate.names.length === 0) throw refuse('names', 'the entry lists no names to serve');
   const names = new Set<string>();
-  const covered = coveredBy(sans);
+  // Only by SANs a client accepts: `*.com` covers `shop.com` for no browser (RFC 6125 §7.2).
+  const covered = coveredBy(sans.filter((san) => unservableBecause(normaliseName(san) ?? '') === undefined));
   for (const raw of candidate.names) {
     const name = normaliseName(raw.trim());
     const because = name === undefined ? 'is not a DNS name' : unservableBecause(name);
