@@ -18,7 +18,9 @@
  *                  key server signs with), or an intermediate weaker than
  *                  RSA 2048 / EC P-256
  *   not_yet_valid, expired   the leaf outside its validity window
- *   names          the leaf's DNS SANs do not cover every name to serve
+ *   names          the leaf's DNS SANs do not cover every name to serve (SANs
+ *                  no client accepts, such as `*.com`, cover nothing and are
+ *                  not served)
  *   key_mismatch   a pinned key id that is not the leaf's, or a key server
  *                  key whose SPKI is not the leaf's
  *   incomplete_chain  the leaf alone, not self-signed, and its issuer is not

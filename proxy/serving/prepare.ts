@@ -6,6 +6,9 @@
  *
  * Per certificate, a refusal never removes what serves: an entry whose new
  * version is refused keeps its previous version, and the refusal is reported.
+ * Records come back in the order that settles a name two of them claim (the
+ * config's in order, then the store's by name), whatever order their
+ * validations finished in.
  * Unchanged entries are recognised by a stat of their files (store: device,
  * inode, size, mtime and ctime of the chain, of its link and of the
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
