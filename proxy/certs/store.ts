@@ -28,6 +28,7 @@
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
+  constants as fsConstants,
   closeSync,
   type Dirent,
   fchmodSync,
@@ -97,6 +98,14 @@ export interface StoreEntry extends Omit<StoreEntryRef, 'statId' | 'changedAtMs'
 export const STORE_ENTRY_NAME = /^[\w-][\w.-]{0,63}$/;
 const CHAIN_FILE = /^([\w-][\w.-]{0,63})\.pem$/;
 const DNS_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/**
+ * The largest chain file read. A real chain is a few KB; the largest
+ * certificate the X.509 parser takes (asn1js caps a structure at 10,000
+ * nodes: about 9,000 names) is some 250 KB. A larger file is refused by its
+ * size, unread: a 150 MB one held the cluster primary's event loop for
+ * seconds and grew it by 0.9 GB (a link to the wrong file could be larger).
+ */
+export const MAX_CHAIN_BYTES = 1024 * 1024;
 const FILE_MODE = 0o644;
 const DIR_MODE = 0o755;
 
@@ -185,7 +194,13 @@ export class CertificateStore {
       // served, rather than a store that cannot be listed (every entry's change held back by one bad file).
       return { name, ...paths, mtimeMs: 0, size: 0, metaMtimeMs: undefined, statId: `unreadable:${errno(err)}`, changedAtMs: 0, link: isLink };
     }
-    if (!chain.isFile()) return undefined;
+    if (!chain.isFile()) {
+      // A directory named like a chain is not an entry. A link to something other than a file (certbot's live/NAME
+      // directory for its fullchain.pem, say) is an operator's mistake: an entry whose read fails, naming it, so
+      // what it served keeps serving, rather than an entry silently gone.
+      if (!isLink) return undefined;
+      return { name, ...paths, mtimeMs: 0, size: 0, metaMtimeMs: undefined, statId: `notfile:${identity(chain)}`, changedAtMs: 0, link: true };
+    }
     // lstat only for links: the readdir entry already says which ones are.
     const link = isLink ? lstatIdentity(paths.chainPath) : undefined;
     const meta = mayHaveMeta ? metaStat(paths.metaPath) : undefined;
@@ -224,7 +239,7 @@ export class CertificateStore {
     const paths = this.#paths(name);
     let fd: number;
     try {
-      fd = openSync(paths.chainPath, 'r');
+      fd = openSync(paths.chainPath, READ_CHAIN);
     } catch (err) {
       if (errno(err) === 'ENOENT')
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
@@ -235,8 +250,10 @@ export class CertificateStore {
     try {
       // One descriptor for stat and content: the size and mtime describe exactly the text returned.
       stat = fstatSync(fd);
+      checkChainFile(stat, paths.chainPath, name);
       chainText = readFileSync(fd, 'utf8');
     } catch (err) {
+      if (err instanceof CertificateError) throw err;
       throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
     } finally {
       closeSync(fd);
@@ -255,7 +272,7 @@ export class CertificateStore {
     const paths = this.#paths(name);
     let handle: FileHandle;
     try {
-      handle = await open(paths.chainPath, 'r');
+      handle = await open(paths.chainPath, READ_CHAIN);
     } catch (err) {
       if (errno(err) === 'ENOENT')
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`, { cause: err });
@@ -266,8 +283,10 @@ export class CertificateStore {
     try {
       // One descriptor for stat and content, as read().
       stat = await handle.stat();
+      checkChainFile(stat, paths.chainPath, name);
       chainText = await handle.readFile('utf8');
     } catch (err) {
+      if (err instanceof CertificateError) throw err;
       throw new CertificateError(paths.chainPath, `cannot read the chain: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
     } finally {
       await handle.close();
@@ -340,6 +359,29 @@ export class CertificateStore {
 
   #paths(name: string): { chainPath: string; metaPath: string } {
     return { chainPath: join(this.dir, `${name}.pem`), metaPath: join(this.dir, `${name}.json`) };
+  }
+}
+
+/**
+ * How a chain file is opened: without blocking, so a link to a FIFO (which
+ * open(2) would hold until a writer came) fails its checks instead of
+ * stalling every reload; O_NONBLOCK changes nothing for a regular file.
+ */
+export const READ_CHAIN = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK;
+
+/** Refuses, before it is read, a chain that is not a regular file or is over MAX_CHAIN_BYTES, naming it. */
+export function checkChainFile(stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>, chainPath: string, entry: string): void {
+  if (!stat.isFile()) {
+    throw new CertificateError(chainPath, `the chain is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; link the chain file itself`, {
+      reason: 'parse',
+      entry,
+    });
+  }
+  if (stat.size > MAX_CHAIN_BYTES) {
+    throw new CertificateError(chainPath, `the chain file is ${stat.size} bytes; a chain file holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+      reason: 'parse',
+      entry,
+    });
   }
 }
 

@@ -18,7 +18,9 @@
  *                  key server signs with), or an intermediate weaker than
  *                  RSA 2048 / EC P-256
  *   not_yet_valid, expired   the leaf outside its validity window
- *   names          the leaf's DNS SANs do not cover every name to serve
+ *   names          the leaf's DNS SANs do not cover every name to serve (SANs
+ *                  no client accepts, such as `*.com`, cover nothing and are
+ *                  not served)
  *   key_mismatch   a pinned key id that is not the leaf's, or a key server
  *                  key whose SPKI is not the leaf's
  *   incomplete_chain  the leaf alone, not self-signed, and its issuer is not
@@ -49,7 +51,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { CertificateError, type CertificateRefusal } from './errors.js';
 import * as x509 from '../../keyserver/shared/x509.js';
-import { nameCovers, normaliseName } from '../tls/names.js';
+import { coveredBy, normaliseName } from '../tls/names.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { dnsNames, type ServedCertificate, servedCertificate } from './certificate.js';
 import { type IssuerPool, loadIssuerPool } from './issuers.js';
@@ -200,7 +202,7 @@ export async function inspectStructure(
   for (const cert of chain.slice(1)) if (!isSelfIssued(cert)) checkKey(cert, CA_CURVES, `intermediate "${cert.subject}"`, refuse);
   afterKeys?.(chain);
 
-  const names = servedNames(candidate, leaf, refuse);
+  const names = servedNames(candidate, leaf, refuse, warnings);
 
   if (candidate.keyId !== undefined) {
     const pinned = candidate.keyId.toLowerCase();
@@ -452,20 +454,52 @@ function checkKey(cert: x509.X509Certificate, curves: Readonly<Record<string, st
   throw refuse('weak_key', `${what} has a ${key.asymmetricKeyType ?? 'unknown'} key; expected ${allowed}`);
 }
 
-/** The names to serve, lower-case and unique, each covered by a DNS SAN of the leaf (wildcards per RFC 6125 §6.4.3). */
-function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate, refuse: Refuse): string[] {
+/**
+ * The names to serve, lower-case and unique, each covered by a DNS SAN of the
+ * leaf (wildcards per RFC 6125 §6.4.3). Without pinned names, the leaf's SANs
+ * that no client could be served for are left out with a warning: one that
+ * is not an LDH name (an IDN's U-label, a wildcard not alone in the leftmost
+ * label), or a wildcard over a single label (`*.com`: RFC 6125 §7.2, which
+ * clients refuse), which would otherwise take every unknown name under that
+ * top-level domain from the default answer and from on-demand issuance.
+ */
+function servedNames(candidate: CertificateCandidate, leaf: x509.X509Certificate, refuse: Refuse, warnings: string[]): string[] {
   const sans = dnsNames(leaf);
   if (sans.length === 0) throw refuse('names', 'the leaf has no DNS subjectAltName (RFC 6125 §6.4.4: the common name is not used)');
-  if (candidate.names === undefined) return [...new Set(sans)];
+  if (candidate.names === undefined) {
+    const served = new Set<string>();
+    const unservable: string[] = [];
+    for (const san of sans) {
+      const name = normaliseName(san);
+      if (name !== undefined && unservableBecause(name) === undefined) served.add(name);
+      else unservable.push(san);
+    }
+    if (unservable.length > 0) {
+      const because = unservableBecause(normaliseName(unservable[0]!) ?? '');
+      warnings.push(`${unservable.length} DNS name(s) of the leaf are not served (${listed(unservable.map((n) => JSON.stringify(n)))}): the first ${because}`);
+    }
+    if (served.size === 0) throw refuse('names', `the leaf has no DNS name that can be served (its DNS names: ${listed(sans)})`);
+    return [...served];
+  }
   if (candidate.names.length === 0) throw refuse('names', 'the entry lists no names to serve');
-  const names: string[] = [];
+  const names = new Set<string>();
+  // Only by SANs a client accepts: `*.com` covers `shop.com` for no browser (RFC 6125 §7.2).
+  const covered = coveredBy(sans.filter((san) => unservableBecause(normaliseName(san) ?? '') === undefined));
   for (const raw of candidate.names) {
     const name = normaliseName(raw.trim());
-    if (name === undefined || !DNS_NAME.test(name) || name.length > 253) throw refuse('names', `"${raw}" is not a DNS name`);
-    if (!sans.some((san) => nameCovers(san, name))) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${sans.join(', ')})`);
-    if (!names.includes(name)) names.push(name);
+    const because = name === undefined ? 'is not a DNS name' : unservableBecause(name);
+    if (because !== undefined) throw refuse('names', `"${raw}" ${because}`);
+    if (!covered(name!)) throw refuse('names', `the leaf does not cover "${name}" (its DNS names: ${listed(sans)})`);
+    names.add(name!);
   }
-  return names;
+  return [...names];
+}
+
+/** Why a normalised name cannot be served, or undefined when it can. */
+function unservableBecause(name: string): string | undefined {
+  if (!DNS_NAME.test(name) || name.length > 253) return 'is not a DNS name (letters, digits, hyphens; an IDN in its xn-- form)';
+  if (name.startsWith('*.') && !name.slice(2).includes('.')) return 'is a wildcard over a top-level domain (RFC 6125 §7.2)';
+  return undefined;
 }
 
 /**
@@ -490,6 +524,11 @@ export async function checkKeyserverKey(
     throw refuse('key_mismatch', `the key server's public key for ${keyId} does not decode`, err);
   }
   if (!same) throw refuse('key_mismatch', `the key server's key ${keyId} is not the leaf's public key`);
+}
+
+/** The first few of `names`, then how many more: a message names a certificate's thousands of SANs in a line, not in 200 KB. */
+function listed(names: readonly string[], shown = 10): string {
+  return names.length <= shown ? names.join(', ') : `${names.slice(0, shown).join(', ')} and ${names.length - shown} more`;
 }
 
 function formatDuration(ms: number): string {

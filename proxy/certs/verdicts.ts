@@ -53,7 +53,7 @@ import {
 } from './validate.js';
 
 /** Raised whenever a rule in validate.ts changes what it accepts or what it derives: every verdict is then reached again. */
-export const VERDICT_SCHEMA = 1;
+export const VERDICT_SCHEMA = 2;
 export const VERDICT_FILE = 'cert-verdicts.json';
 const FORMAT = 'keyedge-cert-verdicts';
 /**

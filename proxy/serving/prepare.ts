@@ -6,6 +6,9 @@
  *
  * Per certificate, a refusal never removes what serves: an entry whose new
  * version is refused keeps its previous version, and the refusal is reported.
+ * Records come back in the order that settles a name two of them claim (the
+ * config's in order, then the store's by name), whatever order their
+ * validations finished in.
  * Unchanged entries are recognised by a stat of their files (store: device,
  * inode, size, mtime and ctime of the chain, of its link and of the
  * metadata) or a hash of their text (config), so a rescan of 10,000 entries
@@ -38,7 +41,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
+import { CertificateStore, checkChainFile, READ_CHAIN, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -54,6 +57,8 @@ const QUIET_MS = 1_000;
 const SETTLE_MS = 150;
 /** A file still changing after this is left for a later pass rather than read half-way. */
 const SETTLE_LIMIT_MS = 2_000;
+/** Refusals that can lift with no change to the files: their entries are read again by the next pass. */
+const RETRIED: ReadonlySet<Refusal['reason']> = new Set(['not_yet_valid', 'key_unknown']);
 /** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
 const READ_CONCURRENCY = 32;
 
@@ -136,7 +141,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     configReads.set(entry.name, {
       entry,
       file: new SettlingRead(
-        () => readChainFile(entry.chain),
+        () => readChainFile(entry.chain, entry.name),
         (f) => sha256(f.text),
         (f) => f.changedAtMs,
       ),
@@ -210,7 +215,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const read = file.value;
     if (read instanceof Error) {
-      refuse(name, entry.chain, 'unreadable', `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`);
+      const message = read instanceof CertificateError ? read.message : `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`;
+      refuse(name, entry.chain, 'unreadable', message);
       continue;
     }
     const inputId = `config:${sha256(read.text)}`;
@@ -269,22 +275,37 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     } catch (err) {
       if (!(err instanceof CertificateError)) throw err;
       refuse(candidate.name, candidate.source, err.reason, err.message);
-      // A refused store entry is looked at again when its files change, not on every rescan.
+      // A refused store entry is looked at again when its files change, not on every rescan; but a refusal that
+      // time or the key server lifts (a renewal dated a moment ahead of this clock, a key imported after its
+      // chain) is looked at again by the next pass: else the previous version served on until it expired.
+      if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
     }
   });
 
+  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
   const sniDefault = config.sni.default;
   const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
   if (sniDefault !== null && !records.has(sniDefault) && !carried(sniDefault)) {
-    throw new ConfigError(
-      config.source,
-      'sni.default',
-      `names certificate '${sniDefault}', which is neither loaded from certificates nor in the store (${store.dir})`,
-    );
+    // Present but not served (at start, with nothing before it to keep): say why, not that it is missing.
+    const refusal = refused.find((r) => r.name === sniDefault);
+    const why =
+      refusal !== undefined
+        ? `which was refused: ${refusal.message}`
+        : left.includes(sniDefault)
+          ? 'whose chain kept changing while read; try again once it is written'
+          : `which is neither loaded from certificates nor in the store (${store.dir})`;
+    throw new ConfigError(config.source, 'sni.default', `names certificate '${sniDefault}', ${why}`);
   }
   const present = new Set([...config.certificates.map((c) => c.name), ...listed]);
-  const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
-  return { records, refused, warnings, changed, present, unsettled: left, followed, fromKept };
+  // In the order that settles a name two certificates claim (the first listed keeps it, state.ts): the config's in
+  // order, then the store's by name; not the order their validations finished in, which the key server's answers
+  // decide, so that the same files give the same winner on every start and every node of a fleet.
+  const ordered = new Map<string, CertificateRecord>();
+  for (const name of present) {
+    const record = records.get(name);
+    if (record !== undefined) ordered.set(name, record);
+  }
+  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
 interface ChainFile {
@@ -293,10 +314,11 @@ interface ChainFile {
 }
 
 /** The text and its last change, from one descriptor so that both describe the same file. */
-function readChainFile(file: string): ChainFile {
-  const fd = openSync(file, 'r');
+function readChainFile(file: string, name: string): ChainFile {
+  const fd = openSync(file, READ_CHAIN);
   try {
     const stat = fstatSync(fd);
+    checkChainFile(stat, file, name);
     return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
   } finally {
     closeSync(fd);

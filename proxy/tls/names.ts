@@ -76,3 +76,14 @@ export function nameCovers(pattern: string, name: string): boolean {
   const dot = n.indexOf('.');
   return dot > 0 && n.slice(dot + 1) === p.slice(2);
 }
+
+/**
+ * Whether any of `patterns` covers a name, as nameCovers would say, in
+ * constant time per name once built (linear in the patterns): checking every
+ * pinned name of a certificate with thousands of SANs against each SAN in
+ * turn cost quadratic time (9,000 names: 9 s).
+ */
+export function coveredBy(patterns: readonly string[]): (name: string) => boolean {
+  const index = buildNameIndex([{ names: patterns, value: true }]);
+  return (name) => selectByName(index, name, undefined) !== undefined;
+}
