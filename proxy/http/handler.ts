@@ -9,7 +9,7 @@ import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { connectionOf } from '../tls/connection.js';
-import { type NameIndex, nameCovers, selectByName } from '../tls/names.js';
+import { coveredBy, type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
@@ -63,7 +63,7 @@ export function routeRequest(
   // A request for a host the connection's certificate does not cover is
   // refused (RFC 9110 §15.5.20): one tenant's TLS connection must not reach
   // another tenant's origin (domain fronting).
-  if (host !== undefined && !certificateNames.some((name) => nameCovers(name, host))) {
+  if (host !== undefined && !covers(certificateNames, host)) {
     return {
       domain,
       refusal: { status: 421, code: 'KEYEDGE_HTTP_MISDIRECTED', body: "misdirected request: this connection's certificate does not cover the host\n" },
@@ -71,6 +71,24 @@ export function routeRequest(
   }
   if (domain === undefined) return { domain, refusal: { status: 404, code: 'KEYEDGE_HTTP_UNKNOWN_HOST', body: 'unknown host\n' } };
   return { domain };
+}
+
+/**
+ * Each certificate's names as an index, built on its first request: checking
+ * a Host against every name in turn cost each request time linear in the
+ * certificate's SANs (0.75 ms per request with 9,000 of them). Keyed by the
+ * served certificate's own list, so it goes with the certificate.
+ */
+const coverage = new WeakMap<readonly string[], (name: string) => boolean>();
+
+function covers(certificateNames: readonly string[], host: string): boolean {
+  if (certificateNames.length === 0) return false;
+  let check = coverage.get(certificateNames);
+  if (check === undefined) {
+    check = coveredBy(certificateNames);
+    coverage.set(certificateNames, check);
+  }
+  return check(host);
 }
 
 /** The names the connection's certificate covers, as its TLS listener recorded them; none on a socket no listener secured. */
