@@ -1,0 +1,180 @@
+import { readFileSync } from 'node:fs';
+import type http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+
+// Hostile or broken origins, as raw bytes from a net server, through an
+// in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
+// hold a request for ever.
+const HOST = 'o.lab.test';
+/** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
+const RESPONSE_TIMEOUT_MS = 2000;
+/** How long a client waits before it says the proxy never ended its exchange: far past every bound above, for a loaded machine. */
+const CLIENT_PATIENCE_MS = 20_000;
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+let origin: net.Server;
+const lines: Record<string, unknown>[] = [];
+const sockets = new Set<net.Socket>();
+/** Per path: interim answers the origin wrote, and when the proxy closed that origin connection (ms after the request arrived). */
+const interimSent = new Map<string, number>();
+const originClosedAfter = new Map<string, number>();
+
+/** Writes a 103 every 200 ms until the connection closes, then (when `finalAfterMs` is given) the final answer at that time. */
+function interims(path: string, socket: net.Socket, finalAfterMs?: number): void {
+  const started = Date.now();
+  interimSent.set(path, 0);
+  const tick = setInterval(() => {
+    socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n');
+    interimSent.set(path, (interimSent.get(path) ?? 0) + 1);
+  }, 200);
+  const final =
+    finalAfterMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          clearInterval(tick);
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal');
+        }, finalAfterMs);
+  socket.once('close', () => {
+    clearInterval(tick);
+    clearTimeout(final);
+    originClosedAfter.set(path, Date.now() - started);
+  });
+}
+
+/** What the raw origin does, by path: the bytes to write, or what to do with the socket. */
+const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
+  '/interim-forever': (socket) => interims('/interim-forever', socket),
+  '/interim-forever-h2': (socket) => interims('/interim-forever-h2', socket),
+  // Interim answers for a second, then the final one well within the timeout: relayed as usual.
+  '/interim-then-final': (socket) => interims('/interim-then-final', socket, 1000),
+  '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+};
+
+function rawOrigin(): net.Server {
+  return net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
+        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
+        buffered = buffered.slice(end + 4);
+        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
+        if (typeof answer === 'string') socket.write(answer);
+        else answer(socket);
+      }
+    });
+  });
+}
+
+/** One GET on a new HTTP/1.1 connection: what came back, and when the proxy ended it (or the client gave up). */
+function h1Get(path: string): Promise<{ received: string; ms: number; gaveUp: boolean }> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let received = '';
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    const end = (gaveUp: boolean): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ received, ms: Date.now() - started, gaveUp });
+    };
+    const timer = setTimeout(() => end(true), CLIENT_PATIENCE_MS);
+    socket.once('secureConnect', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`));
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.once('close', () => end(false));
+  });
+}
+
+/** One request on `session`, with the client's patience: its answer, or why it had none. */
+function h2Get(session: http2.ClientHttp2Session, path: string): Promise<{ status?: number; body?: string; code?: string; error?: string; ms: number }> {
+  const started = Date.now();
+  return Promise.race([
+    h2Request(session, { ':path': path }).then(
+      (answer) => ({
+        status: answer.status,
+        body: answer.body.toString(),
+        code: answer.headers['x-keyedge-error'] as string | undefined,
+        ms: Date.now() - started,
+      }),
+      (err: Error) => ({ error: err.message, ms: Date.now() - started }),
+    ),
+    new Promise<{ error: string; ms: number }>((resolve) =>
+      setTimeout(() => resolve({ error: 'the client gave up', ms: Date.now() - started }), CLIENT_PATIENCE_MS),
+    ),
+  ]);
+}
+
+const accessLine = (path: string, protocol: string): Promise<Record<string, unknown>> =>
+  waitFor(`the ${protocol} access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path && l.protocol === protocol));
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('o', lab.keys.ec, [HOST]);
+  origin = rawOrigin();
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'o', chain: cert.file }],
+      limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS },
+      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+    }),
+    { log: createLogger('origin-answers-test', 'info', jsonLineSink(lines)) },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  for (const socket of sockets) socket.destroy();
+  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await lab?.close();
+});
+
+describe('an origin that sends interim answers and never the final one', () => {
+  it('HTTP/1.1: 504 once limits.originResponseTimeoutMs has passed since the request, not held for ever; the origin connection is closed', async () => {
+    const { received, ms, gaveUp } = await h1Get('/interim-forever');
+    expect(gaveUp, `nothing but ${JSON.stringify(received)} after ${ms} ms`).toBe(false);
+    expect(received).toMatch(/^HTTP\/1\.1 504 /);
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_ORIGIN_TIMEOUT');
+    // The interim answers came all along, each of which used to restart undici's head timeout.
+    expect(interimSent.get('/interim-forever')).toBeGreaterThanOrEqual(5);
+    // undici's fast timers fire up to a second late; the margin above is for a loaded machine.
+    expect(ms).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 500);
+    expect(ms).toBeLessThan(RESPONSE_TIMEOUT_MS + 8000);
+    await waitFor('the origin connection closed', () => originClosedAfter.get('/interim-forever'));
+    expect(await accessLine('/interim-forever', 'http/1.1')).toMatchObject({ status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' });
+  }, 30_000);
+
+  it('HTTP/2: the same 504 on the stream', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Get(session, '/interim-forever-h2');
+      expect(answer.error).toBeUndefined();
+      expect(answer).toMatchObject({ status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' });
+      expect(answer.ms).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 500);
+      expect(answer.ms).toBeLessThan(RESPONSE_TIMEOUT_MS + 8000);
+      await waitFor('the origin connection closed', () => originClosedAfter.get('/interim-forever-h2'));
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
+
+  it('interim answers followed by the final one within the timeout: the final answer is relayed whole', async () => {
+    const { received, gaveUp } = await h1Get('/interim-then-final');
+    expect(gaveUp).toBe(false);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200']);
+    expect(received.endsWith('\r\n\r\nfinal')).toBe(true);
+  });
+});
