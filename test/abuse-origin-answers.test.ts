@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
+import { constants } from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +12,7 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 
 // Hostile or broken origins, as raw bytes from a net server, through an
 // in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
-// hold a request for ever.
+// hold a request for ever, or be passed off as whole when they broke off.
 const HOST = 'o.lab.test';
 /** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
 const RESPONSE_TIMEOUT_MS = 2000;
@@ -50,12 +51,21 @@ function interims(path: string, socket: net.Socket, finalAfterMs?: number): void
   });
 }
 
+/** A chunked answer's head and first chunk, then `end` breaks it off without its last chunk. */
+const brokenChunked = (end: (socket: net.Socket) => void) => (socket: net.Socket) => {
+  socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n');
+  setTimeout(() => end(socket), 100);
+};
+
 /** What the raw origin does, by path: the bytes to write, or what to do with the socket. */
 const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/interim-forever': (socket) => interims('/interim-forever', socket),
   '/interim-forever-h2': (socket) => interims('/interim-forever-h2', socket),
   // Interim answers for a second, then the final one well within the timeout: relayed as usual.
   '/interim-then-final': (socket) => interims('/interim-then-final', socket, 1000),
+  '/broken-reset': brokenChunked((socket) => socket.resetAndDestroy()),
+  '/broken-fin': brokenChunked((socket) => socket.end()),
+  '/broken-chunk-size': brokenChunked((socket) => socket.write('zz\r\nnot a chunk\r\n')),
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
 };
 
@@ -177,4 +187,31 @@ describe('an origin that sends interim answers and never the final one', () => {
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200']);
     expect(received.endsWith('\r\n\r\nfinal')).toBe(true);
   });
+});
+
+describe('an HTTP/2 answer the origin breaks off mid-body (chunked: no length to tell the client)', () => {
+  it.each([['/broken-reset'], ['/broken-fin'], ['/broken-chunk-size']])(
+    '%s: the stream is reset with an error code, never ended as if whole; the connection serves on',
+    async (path) => {
+      const session = h2Connect(proxy.ports[0]!, ca, HOST);
+      try {
+        const stream = session.request({ ':path': path });
+        let body = '';
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('error', () => undefined);
+        const ended = await new Promise<'end' | 'close'>((resolve) => {
+          stream.once('end', () => resolve('end'));
+          stream.once('close', () => resolve('close'));
+        });
+        await new Promise<void>((resolve) => (stream.closed ? resolve() : stream.once('close', () => resolve())));
+        expect(body).toBe('partial');
+        // END_STREAM ('end') would say the answer was whole; RST_STREAM NO_ERROR would too (RFC 9113 §8.1).
+        expect({ ended, rstCode: stream.rstCode }).toEqual({ ended: 'close', rstCode: constants.NGHTTP2_INTERNAL_ERROR });
+        expect(await accessLine(path, 'h2')).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_ORIGIN_ABORTED', aborted: true });
+        expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      } finally {
+        await closeSession(session);
+      }
+    },
+  );
 });
