@@ -12,12 +12,15 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 
 // Hostile or broken origins, as raw bytes from a net server, through an
 // in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
-// hold a request for ever, or be passed off as whole when they broke off.
+// hold a request for ever, be passed off as whole when they broke off, or
+// take down a client's whole HTTP/2 connection.
 const HOST = 'o.lab.test';
 /** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
 const RESPONSE_TIMEOUT_MS = 2000;
 /** How long a client waits before it says the proxy never ended its exchange: far past every bound above, for a loaded machine. */
 const CLIENT_PATIENCE_MS = 20_000;
+/** Short fields an origin can send within undici's 16 KiB head bound, yet over the 64 KiB nghttp2 sends in one header block (as it counts). */
+const MANY_FIELDS = 'a: 1\r\n'.repeat(6000);
 
 let lab: KeylessLab;
 let proxy: RunningWorker;
@@ -66,6 +69,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/broken-reset': brokenChunked((socket) => socket.resetAndDestroy()),
   '/broken-fin': brokenChunked((socket) => socket.end()),
   '/broken-chunk-size': brokenChunked((socket) => socket.write('zz\r\nnot a chunk\r\n')),
+  '/many-fields': `HTTP/1.1 200 OK\r\n${MANY_FIELDS}content-length: 2\r\n\r\nok`,
+  '/many-trailers': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${MANY_FIELDS}\r\n`,
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
 };
 
@@ -214,4 +219,31 @@ describe('an HTTP/2 answer the origin breaks off mid-body (chunked: no length to
       }
     },
   );
+});
+
+describe('an origin head or trailers larger than an HTTP/2 header block may be', () => {
+  it('HTTP/2: that answer fails alone (502, or a reset once its head went out); the connection and its other streams go on, with no GOAWAY', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    const goaways: number[] = [];
+    session.on('goaway', (code: number) => goaways.push(code));
+    try {
+      expect(await h2Get(session, '/many-fields')).toMatchObject({ status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      // The trailers come after the head and the body: only a reset is left to say the answer is not whole.
+      const trailed = await h2Get(session, '/many-trailers');
+      expect(trailed).toMatchObject({ error: expect.stringMatching(/NGHTTP2_INTERNAL_ERROR|code 2$/) });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      expect(goaways).toEqual([]);
+    } finally {
+      await closeSession(session);
+    }
+  });
+
+  it('HTTP/1.1: the same head is relayed whole (it is within undici’s bound, and HTTP/1.1 has no block limit)', async () => {
+    const { received, gaveUp } = await h1Get('/many-fields');
+    expect(gaveUp).toBe(false);
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+    expect(received.split('\r\na: 1').length - 1).toBe(6000);
+    expect(received.endsWith('\r\n\r\nok')).toBe(true);
+  });
 });
