@@ -72,6 +72,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/many-fields': `HTTP/1.1 200 OK\r\n${MANY_FIELDS}content-length: 2\r\n\r\nok`,
   '/many-trailers': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${MANY_FIELDS}\r\n`,
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
+  '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
 
 function rawOrigin(): net.Server {
@@ -245,5 +247,18 @@ describe('an origin head or trailers larger than an HTTP/2 header block may be',
     expect(received).toMatch(/^HTTP\/1\.1 200 /);
     expect(received.split('\r\na: 1').length - 1).toBe(6000);
     expect(received.endsWith('\r\n\r\nok')).toBe(true);
+  });
+});
+
+describe('a 205 (Reset Content) with content, to an HTTP/2 client', () => {
+  it('is relayed as a 205 without content or a Content-Length, not reset by the client for a length its empty stream lacks', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      // Node ends a 205's stream with its head (as for 204 and 304): the Content-Length would announce bytes that never come.
+      expect(await h2Get(session, '/reset-content')).toMatchObject({ status: 205, body: '' });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
   });
 });
