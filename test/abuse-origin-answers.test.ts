@@ -72,6 +72,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/many-fields': `HTTP/1.1 200 OK\r\n${MANY_FIELDS}content-length: 2\r\n\r\nok`,
   '/many-trailers': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${MANY_FIELDS}\r\n`,
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // A bad chunk size, then more of the answer: what undici had read past the error went into the log line, up to 64 KiB.
+  '/broken-then-content': brokenChunked((socket) => socket.write(`zz\r\n${'answer-content-'.repeat(2000)}`)),
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
@@ -260,5 +262,29 @@ describe('a 205 (Reset Content) with content, to an HTTP/2 client', () => {
     } finally {
       await closeSession(session);
     }
+  });
+});
+
+describe('an answer undici cannot parse', () => {
+  it('is logged with the parser’s reason, never with the origin’s bytes that followed (its content, up to 64 KiB a line)', async () => {
+    const before = lines.length;
+    const { received, gaveUp } = await h1Get('/broken-then-content');
+    expect(gaveUp).toBe(false);
+    expect(received).toContain('partial');
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      expect((await h2Get(session, '/broken-then-content')).error).toMatch(/INTERNAL_ERROR/);
+    } finally {
+      await closeSession(session);
+    }
+    const failed = await waitFor('both lines of the failures', () => {
+      const found = lines.slice(before).filter((l) => l.msg === 'origin request failed');
+      return found.length === 2 ? found : undefined;
+    });
+    // undici's HTTPParserError has no code (undici 7 looks its name up the wrong way round); its message says what broke.
+    for (const line of failed) expect(line.err).toMatchObject({ type: 'HTTPParserError', message: expect.stringContaining('chunk size') });
+    const logged = JSON.stringify(lines.slice(before));
+    expect(logged.includes('answer-content-'), `the answer's content in the log (${logged.length} bytes of lines)`).toBe(false);
+    expect(logged.length).toBeLessThan(16_384);
   });
 });
