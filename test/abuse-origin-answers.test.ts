@@ -74,6 +74,13 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
   // A bad chunk size, then more of the answer: what undici had read past the error went into the log line, up to 64 KiB.
   '/broken-then-content': brokenChunked((socket) => socket.write(`zz\r\n${'answer-content-'.repeat(2000)}`)),
+  // Bad framing (RFC 9112 §6.3): refused, or ended where the framing says, never read into the next answer.
+  '/two-lengths': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk',
+  '/length-and-chunked': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  '/longer-than-length': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/body-after-204': 'HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/body-after-304': 'HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nINJECTED',
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
@@ -286,5 +293,40 @@ describe('an answer undici cannot parse', () => {
     const logged = JSON.stringify(lines.slice(before));
     expect(logged.includes('answer-content-'), `the answer's content in the log (${logged.length} bytes of lines)`).toBe(false);
     expect(logged.length).toBeLessThan(16_384);
+  });
+});
+
+describe('answers with bad framing, each followed by a request on the same client connection', () => {
+  it.each([
+    ['/two-lengths', '502'],
+    ['/length-and-chunked', '502'],
+    ['/longer-than-length', '200'],
+    ['/body-after-204', '204'],
+    ['/body-after-304', '304'],
+    ['/switching', '502'],
+  ])('%s: %s, and the next answer is its own (the origin connection is dropped, the client connection stays in step)', async (path, status) => {
+    const pair = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`;
+    const received = await new Promise<string>((resolve) => {
+      let text = '';
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+      const timer = setTimeout(() => socket.destroy(), CLIENT_PATIENCE_MS);
+      socket.once('secureConnect', () => socket.write(pair));
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+      socket.on('error', () => undefined);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(text);
+      });
+    });
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual([status, '200']);
+    expect(received).not.toContain('INJECTED');
+    expect(received.endsWith('\r\n\r\nok')).toBe(true);
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      expect(await h2Get(session, path)).toMatchObject({ status: Number(status) });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
   });
 });
