@@ -12,8 +12,11 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 
 // Hostile or broken origins, as raw bytes from a net server, through an
 // in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
-// hold a request for ever, be passed off as whole when they broke off, or
-// take down a client's whole HTTP/2 connection.
+// hold a request for ever (interim answers without end), be passed off as
+// whole when they broke off, take down a client's whole HTTP/2 connection (a
+// head too large for one header block), put their content in the log (bytes
+// undici could not parse), or put a client connection out of step with its
+// answers (bad framing).
 const HOST = 'o.lab.test';
 /** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
 const RESPONSE_TIMEOUT_MS = 2000;
