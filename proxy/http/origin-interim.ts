@@ -1,10 +1,11 @@
 /**
  * Interim (1xx) answers from an origin: an unasked-for 100 (Continue) read
- * as the interim answer it is, and none of them restarting the head timeout. RFC 9110 §15.2: a client must be able to parse 1xx
- * answers before the final one even when it did not expect them (nginx
- * drops them). keyedge never sends `Expect: 100-continue` to an origin
- * (expect.ts: the expectation is met at the edge), so every 100 it gets is
- * one of those; some servers send one anyway before a POST's answer.
+ * as the interim answer it is, and none of them restarting the head
+ * timeout. RFC 9110 §15.2: a client must be able to parse 1xx answers
+ * before the final one even when it did not expect them (nginx drops them).
+ * keyedge never sends `Expect: 100-continue` to an origin (expect.ts: the
+ * expectation is met at the edge), so every 100 it gets is one of those;
+ * some servers send one anyway before a POST's answer.
  *
  * undici 7 treats any 100 as a broken answer: its HTTP/1.1 parser
  * (lib/dispatcher/client-h1.js, `Parser.onHeadersComplete`) destroys the

@@ -293,7 +293,7 @@ function ignore(): void {}
 
 const cuts = new WeakSet<ServerHttp2Stream>();
 /** Destroys a stream with RST_STREAM INTERNAL_ERROR (Node's code for a stream destroyed with an error); never thrown. */
-const CUT = new Error('the origin answer broke off');
+const CUT = new Error('the answer was cut before its end');
 
 /**
  * Once an answer has started, only a reset tells the client it is
