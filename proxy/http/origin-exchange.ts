@@ -186,6 +186,9 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   }
 
   onError(err: Error): void {
+    // undici's HTTPParserError carries what it had read past the error (up to 64 KiB of the origin's answer: its
+    // content, cookies) as `data`, which the failure's log line would print whole; its message says what broke.
+    if ((err as { data?: unknown }).data !== undefined) delete (err as { data?: unknown }).data;
     this.leaveGate();
     if (this.stall?.stalled === true)
       this.settle(new HttpFailure('KEYEDGE_HTTP_SEND_TIMEOUT', `the client took nothing of the answer for ${this.pools.sendTimeoutMs} ms`));

@@ -29,7 +29,7 @@ import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';
-import { acceptUnaskedContinue } from './origin-interim.js';
+import { acceptInterimAnswers } from './origin-interim.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -260,7 +260,8 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
  * undici's connector with the target's TLS trust. The SNI name is fixed per
  * target: undici would otherwise derive it from each request's Host header,
  * and reconnect whenever that changes. Each connection reads an unasked-for
- * 100 (Continue) as interim (origin-interim.ts).
+ * 100 (Continue) as interim, and no interim answer restarts its head timeout
+ * (origin-interim.ts).
  */
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
@@ -273,7 +274,7 @@ function connector(target: OriginTarget, timeoutMs: number): buildConnector.conn
     base({ ...options, servername: target.tls?.servername ?? undefined }, (...args) => {
       callback(...args);
       // undici attached its parser in the callback; the first answer is read on a later turn.
-      if (args[0] === null) acceptUnaskedContinue(args[1]);
+      if (args[0] === null) acceptInterimAnswers(args[1]);
     });
 }
 

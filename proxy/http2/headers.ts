@@ -15,6 +15,8 @@
  * them (Connection and what it names, Keep-Alive, Transfer-Encoding, Upgrade,
  * Proxy-Connection) is dropped; of a field Node sends only once
  * (Content-Type, Date, ETag, …) repeated by the origin, the first is kept.
+ * A head or trailer section larger than nghttp2 sends in one block is not
+ * relayed (`sendableFieldSection`).
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders } from 'node:http2';
@@ -147,6 +149,26 @@ export function http2Fields(raw: readonly (Buffer | string)[], extra: Readonly<R
     else Object.defineProperty(out, name, { value, enumerable: true, writable: true, configurable: true });
   }
   return Object.assign(out, extra);
+}
+
+/**
+ * The largest header block nghttp2 sends (NGHTTP2_MAX_HEADERSLEN, which Node
+ * keeps unless `maxSendHeaderBlockLength` is set), as nghttp2 sizes a block
+ * before compressing it: 12 octets, and per field 12 more than its name and
+ * value (`nghttp2_hd_deflate_bound`). A larger one is not sent: Node reports a
+ * 'frameError' and then closes the whole session (GOAWAY), refusing the
+ * client's next streams, whoever's they are. An origin gets past undici's
+ * 16 KiB head bound with thousands of short fields (5,000 `a:` are 5 KB).
+ */
+const MAX_SEND_HEADER_BLOCK = 65_536;
+/** What is added to the origin's fields: `:status`, Node's `date`, `extra` (HSTS), the frame header; with room to spare. */
+const ADDED_FIELDS = 512;
+
+/** Whether the field section made of `raw` (an origin's head or trailers) fits in what nghttp2 sends, counted as above. */
+export function sendableFieldSection(raw: readonly (Buffer | string)[]): boolean {
+  let size = 12 + ADDED_FIELDS;
+  for (let i = 0; i < raw.length; i++) size += raw[i]!.length + (i & 1) * 12;
+  return size <= MAX_SEND_HEADER_BLOCK;
 }
 
 function latin1(bytes: Buffer | string): string {

@@ -19,7 +19,7 @@ import { constants, type ServerHttp2Stream } from 'node:http2';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
 import type { OriginPools, OriginTarget } from '../http/origins.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { http2Fields } from './headers.js';
+import { http2Fields, sendableFieldSection } from './headers.js';
 
 export interface StreamForwardOptions extends ExchangeOwner {
   /** Set on the answer after the origin's fields (HSTS). */
@@ -66,13 +66,17 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
       this.clientLeft();
       return false;
     }
+    // Refused before Node's respond: it would accept the head, fail to send it, and close the client's whole session.
+    // A failure undici hands to onError (a 502), as it does a head over its own bound on either protocol.
+    if (!sendableFieldSection(rawHeaders ?? [])) throw new Error('the origin answer head is larger than an HTTP/2 header block may be');
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;
     const head = http2Fields(rawHeaders ?? [], this.owner.extraHeaders, statusCode);
     // A 204 has no content and no Content-Length (RFC 9110 §8.6); nghttp2 clients (curl, Node) reset a 204 that
-    // carries one other than 0 with PROTOCOL_ERROR. HTTP/1.1 clients get it as sent (forward.ts).
-    if (statusCode === 204) delete head['content-length'];
+    // carries one other than 0 with PROTOCOL_ERROR. A 205 has no content either (§15.3.6) and Node ends its stream
+    // with the head as for a 204: a length an origin gave it goes too. HTTP/1.1 clients get them as sent (forward.ts).
+    if (statusCode === 204 || statusCode === 205) delete head['content-length'];
     const declaresTrailers = head.trailer !== undefined;
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
     stream.respond(head, declaresTrailers ? WAIT_FOR_TRAILERS : undefined);
@@ -132,8 +136,13 @@ export function streamEnded(stream: ServerHttp2Stream): void {
 const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
 const NO_FIELDS: Readonly<Record<string, string>> = Object.freeze({});
 
-/** The origin's trailers with what HTTP/2 forbids dropped; a trailer section Node refuses ends the stream with a reset instead. */
+/**
+ * The origin's trailers with what HTTP/2 forbids dropped; a trailer section
+ * Node refuses, or one too large to send (headers.ts), ends the stream with
+ * a reset instead.
+ */
 function sendTrailers(stream: ServerHttp2Stream, trailers: readonly (Buffer | string)[]): void {
+  if (!sendableFieldSection(trailers)) return void stream.close(constants.NGHTTP2_INTERNAL_ERROR);
   const fields = http2Fields(trailers, NO_FIELDS);
   try {
     stream.sendTrailers(fields);

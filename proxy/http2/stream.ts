@@ -292,11 +292,20 @@ function onStreamClose(this: Recorded): void {
 function ignore(): void {}
 
 const cuts = new WeakSet<ServerHttp2Stream>();
+/** Destroys a stream with RST_STREAM INTERNAL_ERROR (Node's code for a stream destroyed with an error); never thrown. */
+const CUT = new Error('the answer was cut before its end');
 
-/** Once an answer has started, only a reset tells the client it is incomplete (RFC 9113 §8.1). */
+/**
+ * Once an answer has started, only a reset tells the client it is
+ * incomplete (RFC 9113 §8.1). Not close(): it ends the stream's writable
+ * side before it resets, and with none of the answer waiting for the
+ * client's window, Node has nghttp2 send that END_STREAM first: the client
+ * took the cut answer for a whole one (a chunked answer has no length to
+ * betray it). destroy() with an error resets without ending.
+ */
 function cut(stream: ServerHttp2Stream): void {
   cuts.add(stream);
-  if (!stream.destroyed) stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+  if (!stream.destroyed) stream.destroy(CUT);
 }
 
 const stalledEnds = new WeakSet<ServerHttp2Stream>();

@@ -1,0 +1,335 @@
+import { readFileSync } from 'node:fs';
+import type http2 from 'node:http2';
+import { constants } from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+
+// Hostile or broken origins, as raw bytes from a net server, through an
+// in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
+// hold a request for ever (interim answers without end), be passed off as
+// whole when they broke off, take down a client's whole HTTP/2 connection (a
+// head too large for one header block), put their content in the log (bytes
+// undici could not parse), or put a client connection out of step with its
+// answers (bad framing).
+const HOST = 'o.lab.test';
+/** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
+const RESPONSE_TIMEOUT_MS = 2000;
+/** How long a client waits before it says the proxy never ended its exchange: far past every bound above, for a loaded machine. */
+const CLIENT_PATIENCE_MS = 20_000;
+/** Short fields an origin can send within undici's 16 KiB head bound, yet over the 64 KiB nghttp2 sends in one header block (as it counts). */
+const MANY_FIELDS = 'a: 1\r\n'.repeat(6000);
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+let origin: net.Server;
+const lines: Record<string, unknown>[] = [];
+const sockets = new Set<net.Socket>();
+/** Per path: interim answers the origin wrote, and when the proxy closed that origin connection (ms after the request arrived). */
+const interimSent = new Map<string, number>();
+const originClosedAfter = new Map<string, number>();
+
+/** Writes a 103 every 200 ms until the connection closes, then (when `finalAfterMs` is given) the final answer at that time. */
+function interims(path: string, socket: net.Socket, finalAfterMs?: number): void {
+  const started = Date.now();
+  interimSent.set(path, 0);
+  const tick = setInterval(() => {
+    socket.write('HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n');
+    interimSent.set(path, (interimSent.get(path) ?? 0) + 1);
+  }, 200);
+  const final =
+    finalAfterMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          clearInterval(tick);
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal');
+        }, finalAfterMs);
+  socket.once('close', () => {
+    clearInterval(tick);
+    clearTimeout(final);
+    originClosedAfter.set(path, Date.now() - started);
+  });
+}
+
+/** A chunked answer's head and first chunk, then `end` breaks it off without its last chunk. */
+const brokenChunked = (end: (socket: net.Socket) => void) => (socket: net.Socket) => {
+  socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n');
+  setTimeout(() => end(socket), 100);
+};
+
+/** What the raw origin does, by path: the bytes to write, or what to do with the socket. */
+const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
+  '/interim-forever': (socket) => interims('/interim-forever', socket),
+  '/interim-forever-h2': (socket) => interims('/interim-forever-h2', socket),
+  // Interim answers for 700 ms, then the final one well within the timeout (a loaded machine's timers may lag): relayed as usual.
+  '/interim-then-final': (socket) => interims('/interim-then-final', socket, 700),
+  '/broken-reset': brokenChunked((socket) => socket.resetAndDestroy()),
+  '/broken-fin': brokenChunked((socket) => socket.end()),
+  '/broken-chunk-size': brokenChunked((socket) => socket.write('zz\r\nnot a chunk\r\n')),
+  '/many-fields': `HTTP/1.1 200 OK\r\n${MANY_FIELDS}content-length: 2\r\n\r\nok`,
+  '/many-trailers': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${MANY_FIELDS}\r\n`,
+  '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // A bad chunk size, then more of the answer: what undici had read past the error went into the log line, up to 64 KiB.
+  '/broken-then-content': brokenChunked((socket) => socket.write(`zz\r\n${'answer-content-'.repeat(2000)}`)),
+  // Bad framing (RFC 9112 §6.3): refused, or ended where the framing says, never read into the next answer.
+  '/two-lengths': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk',
+  '/length-and-chunked': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  '/longer-than-length': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/body-after-204': 'HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/body-after-304': 'HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nINJECTED',
+  // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
+  '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
+};
+
+function rawOrigin(): net.Server {
+  return net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let buffered = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('latin1');
+      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
+        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
+        buffered = buffered.slice(end + 4);
+        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
+        if (typeof answer === 'string') socket.write(answer);
+        else answer(socket);
+      }
+    });
+  });
+}
+
+/** One GET on a new HTTP/1.1 connection: what came back, and when the proxy ended it (or the client gave up). */
+function h1Get(path: string): Promise<{ received: string; ms: number; gaveUp: boolean }> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    let received = '';
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    const end = (gaveUp: boolean): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ received, ms: Date.now() - started, gaveUp });
+    };
+    const timer = setTimeout(() => end(true), CLIENT_PATIENCE_MS);
+    socket.once('secureConnect', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`));
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.once('close', () => end(false));
+  });
+}
+
+/** One request on `session`, with the client's patience: its answer, or why it had none. */
+function h2Get(session: http2.ClientHttp2Session, path: string): Promise<{ status?: number; body?: string; code?: string; error?: string; ms: number }> {
+  const started = Date.now();
+  return Promise.race([
+    h2Request(session, { ':path': path }).then(
+      (answer) => ({
+        status: answer.status,
+        body: answer.body.toString(),
+        code: answer.headers['x-keyedge-error'] as string | undefined,
+        ms: Date.now() - started,
+      }),
+      (err: Error) => ({ error: err.message, ms: Date.now() - started }),
+    ),
+    new Promise<{ error: string; ms: number }>((resolve) =>
+      setTimeout(() => resolve({ error: 'the client gave up', ms: Date.now() - started }), CLIENT_PATIENCE_MS),
+    ),
+  ]);
+}
+
+const accessLine = (path: string, protocol: string): Promise<Record<string, unknown>> =>
+  waitFor(`the ${protocol} access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path && l.protocol === protocol));
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('o', lab.keys.ec, [HOST]);
+  origin = rawOrigin();
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'o', chain: cert.file }],
+      limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS },
+      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+    }),
+    { log: createLogger('origin-answers-test', 'info', jsonLineSink(lines)) },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  for (const socket of sockets) socket.destroy();
+  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await lab?.close();
+});
+
+describe('an origin that sends interim answers and never the final one', () => {
+  it('HTTP/1.1: 504 once limits.originResponseTimeoutMs has passed since the request, not held for ever; the origin connection is closed', async () => {
+    const { received, ms, gaveUp } = await h1Get('/interim-forever');
+    expect(gaveUp, `nothing but ${JSON.stringify(received)} after ${ms} ms`).toBe(false);
+    expect(received).toMatch(/^HTTP\/1\.1 504 /);
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_ORIGIN_TIMEOUT');
+    // The interim answers came all along, each of which used to restart undici's head timeout.
+    expect(interimSent.get('/interim-forever')).toBeGreaterThanOrEqual(5);
+    // undici's fast timers fire up to a second late; the margin above is for a loaded machine.
+    expect(ms).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 500);
+    expect(ms).toBeLessThan(RESPONSE_TIMEOUT_MS + 8000);
+    await waitFor('the origin connection closed', () => originClosedAfter.get('/interim-forever'));
+    expect(await accessLine('/interim-forever', 'http/1.1')).toMatchObject({ status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' });
+  }, 30_000);
+
+  it('HTTP/2: the same 504 on the stream', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Get(session, '/interim-forever-h2');
+      expect(answer.error).toBeUndefined();
+      expect(answer).toMatchObject({ status: 504, code: 'KEYEDGE_HTTP_ORIGIN_TIMEOUT' });
+      expect(answer.ms).toBeGreaterThanOrEqual(RESPONSE_TIMEOUT_MS - 500);
+      expect(answer.ms).toBeLessThan(RESPONSE_TIMEOUT_MS + 8000);
+      await waitFor('the origin connection closed', () => originClosedAfter.get('/interim-forever-h2'));
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
+
+  it('interim answers followed by the final one within the timeout: the final answer is relayed whole', async () => {
+    const { received, gaveUp } = await h1Get('/interim-then-final');
+    expect(gaveUp).toBe(false);
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200']);
+    expect(received.endsWith('\r\n\r\nfinal')).toBe(true);
+  });
+});
+
+describe('an HTTP/2 answer the origin breaks off mid-body (chunked: no length to tell the client)', () => {
+  it.each([['/broken-reset'], ['/broken-fin'], ['/broken-chunk-size']])(
+    '%s: the stream is reset with an error code, never ended as if whole; the connection serves on',
+    async (path) => {
+      const session = h2Connect(proxy.ports[0]!, ca, HOST);
+      try {
+        const stream = session.request({ ':path': path });
+        let body = '';
+        stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        stream.on('error', () => undefined);
+        const ended = await new Promise<'end' | 'close'>((resolve) => {
+          stream.once('end', () => resolve('end'));
+          stream.once('close', () => resolve('close'));
+        });
+        await new Promise<void>((resolve) => (stream.closed ? resolve() : stream.once('close', () => resolve())));
+        expect(body).toBe('partial');
+        // END_STREAM ('end') would say the answer was whole; RST_STREAM NO_ERROR would too (RFC 9113 §8.1).
+        expect({ ended, rstCode: stream.rstCode }).toEqual({ ended: 'close', rstCode: constants.NGHTTP2_INTERNAL_ERROR });
+        expect(await accessLine(path, 'h2')).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_ORIGIN_ABORTED', aborted: true });
+        expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      } finally {
+        await closeSession(session);
+      }
+    },
+  );
+});
+
+describe('an origin head or trailers larger than an HTTP/2 header block may be', () => {
+  it('HTTP/2: that answer fails alone (502, or a reset once its head went out); the connection and its other streams go on, with no GOAWAY', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    const goaways: number[] = [];
+    session.on('goaway', (code: number) => goaways.push(code));
+    try {
+      expect(await h2Get(session, '/many-fields')).toMatchObject({ status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      // The trailers come after the head and the body: only a reset is left to say the answer is not whole.
+      const trailed = await h2Get(session, '/many-trailers');
+      expect(trailed).toMatchObject({ error: expect.stringMatching(/NGHTTP2_INTERNAL_ERROR|code 2$/) });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      expect(goaways).toEqual([]);
+    } finally {
+      await closeSession(session);
+    }
+  });
+
+  it('HTTP/1.1: the same head is relayed whole (it is within undici’s bound, and HTTP/1.1 has no block limit)', async () => {
+    const { received, gaveUp } = await h1Get('/many-fields');
+    expect(gaveUp).toBe(false);
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+    expect(received.split('\r\na: 1').length - 1).toBe(6000);
+    expect(received.endsWith('\r\n\r\nok')).toBe(true);
+  });
+});
+
+describe('a 205 (Reset Content) with content, to an HTTP/2 client', () => {
+  it('is relayed as a 205 without content or a Content-Length, not reset by the client for a length its empty stream lacks', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      // Node ends a 205's stream with its head (as for 204 and 304): the Content-Length would announce bytes that never come.
+      expect(await h2Get(session, '/reset-content')).toMatchObject({ status: 205, body: '' });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
+
+describe('an answer undici cannot parse', () => {
+  it('is logged with the parser’s reason, never with the origin’s bytes that followed (its content, up to 64 KiB a line)', async () => {
+    const before = lines.length;
+    const { received, gaveUp } = await h1Get('/broken-then-content');
+    expect(gaveUp).toBe(false);
+    expect(received).toContain('partial');
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      expect((await h2Get(session, '/broken-then-content')).error).toMatch(/INTERNAL_ERROR/);
+    } finally {
+      await closeSession(session);
+    }
+    const failed = await waitFor('both lines of the failures', () => {
+      const found = lines.slice(before).filter((l) => l.msg === 'origin request failed');
+      return found.length === 2 ? found : undefined;
+    });
+    // undici's HTTPParserError has no code (undici 7 looks its name up the wrong way round); its message says what broke.
+    for (const line of failed) expect(line.err).toMatchObject({ type: 'HTTPParserError', message: expect.stringContaining('chunk size') });
+    const logged = JSON.stringify(lines.slice(before));
+    expect(logged.includes('answer-content-'), `the answer's content in the log (${logged.length} bytes of lines)`).toBe(false);
+    expect(logged.length).toBeLessThan(16_384);
+  });
+});
+
+describe('answers with bad framing, each followed by a request on the same client connection', () => {
+  it.each([
+    ['/two-lengths', '502'],
+    ['/length-and-chunked', '502'],
+    ['/longer-than-length', '200'],
+    ['/body-after-204', '204'],
+    ['/body-after-304', '304'],
+    ['/switching', '502'],
+  ])('%s: %s, and the next answer is its own (the origin connection is dropped, the client connection stays in step)', async (path, status) => {
+    const pair = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`;
+    const received = await new Promise<string>((resolve) => {
+      let text = '';
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+      const timer = setTimeout(() => socket.destroy(), CLIENT_PATIENCE_MS);
+      socket.once('secureConnect', () => socket.write(pair));
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+      socket.on('error', () => undefined);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(text);
+      });
+    });
+    expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual([status, '200']);
+    expect(received).not.toContain('INJECTED');
+    expect(received.endsWith('\r\n\r\nok')).toBe(true);
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      expect(await h2Get(session, path)).toMatchObject({ status: Number(status) });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
