@@ -34,7 +34,8 @@ const SMUGGLED = 'GET /smuggled HTTP/1.1\r\nHost: other.localhost\r\nX-Forwarded
  * status 101 (switch), another code (a 2-byte body, connection kept open as keep-alive), `none`
  * (never), `close` (close without answering), `reset` (switch, then reset), `stubborn` (switch,
  * and never end its side, even after the proxy ended its own), `h2c` (switch to h2c when asked
- * for it, else 200) or `to-h2c` (switch to h2c whatever was asked).
+ * for it, else 200), `to-h2c` (switch to h2c whatever was asked) or `garbage` (an answer the parser
+ * refuses, then content that must never reach a log).
  */
 function startRawOrigin(): Promise<number> {
   origin = net.createServer({ allowHalfOpen: true }, (socket) => {
@@ -56,7 +57,8 @@ function startRawOrigin(): Promise<number> {
         if (socket.destroyed || status === 'none') return;
         connection.beforeAnswer = connection.received;
         const h2c = status === 'to-h2c' || (status === 'h2c' && /\r\nupgrade: *h2c\r\n/i.test(connection.received.toString('latin1')));
-        if (h2c) socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nh2-frames');
+        if (status === 'garbage') socket.write(`HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nBad Header\r\n\r\n${'origin-secret-'.repeat(200)}`);
+        else if (h2c) socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nh2-frames');
         else if (status === 'close') socket.destroy();
         else if (status === '101' || status === 'reset' || status === 'stubborn') {
           socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello');
@@ -222,6 +224,21 @@ describe('an origin that does not switch', () => {
     // originResponseTimeoutMs is 2000.
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
     await waitFor('the origin connection to close', () => (connection.closed ? true : undefined), 5000);
+  });
+
+  it('answering what the parser refuses gets 502, and the log line names the error, never the origin bytes', async () => {
+    const before = proxy.lines.length;
+    const client = await rawClient();
+    client.socket.write(upgradeRequest('/answer/garbage/0/garbage'));
+    await within(10_000, 'the 502', client.closed);
+    expect(client.received()).toMatch(/^HTTP\/1\.1 502 /);
+    const logged = await waitFor('the failure line', () => {
+      const text = JSON.stringify(proxy.lines.slice(before));
+      return text.includes('origin upgrade failed') ? text : undefined;
+    });
+    // Node's client error carries the bytes it read as `rawPacket` (a Buffer: logged as its byte values).
+    expect(logged).not.toContain('rawPacket');
+    expect(logged).not.toContain('origin-secret-');
   });
 
   it('closing without an answer gets 502', async () => {

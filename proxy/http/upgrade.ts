@@ -174,7 +174,12 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         refuse(refusal);
       };
       // The client is still there (its leaving ends the attempt first): any failure is the origin's.
-      const onError = (err: Error): void => fail(originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+      const onError = (err: Error): void => {
+        // Node's parse error carries the origin's bytes as `rawPacket` (its answer's content, cookies), which the failure's
+        // log line would print; its message says what broke (as origin-exchange.ts does for undici's).
+        delete (err as { rawPacket?: unknown }).rawPacket;
+        fail(originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+      };
       dropOrigin = () => {
         done = true;
         upstream.destroy();
