@@ -78,6 +78,8 @@ export interface ProxyConfig {
     readonly keepAliveTimeoutMs: number;
     readonly originConnectTimeoutMs: number;
     readonly originResponseTimeoutMs: number;
+    /** Between two reads of an answer's body from the origin; null: no bound. */
+    readonly originReadTimeoutMs: number | null;
     readonly originFailureCooldownMs: number;
     readonly maxConnectionsPerWorker: number;
     /** From accept to the end of the TLS handshake. */
@@ -343,6 +345,12 @@ export const PROXY_DEFAULTS = Object.freeze({
     originConnectTimeoutMs: 10_000,
     // Waiting a minute for an answer's headers matches common load balancers (504 after).
     originResponseTimeoutMs: 60_000,
+    // nginx's proxy_read_timeout (HAProxy's timeout server): an origin that
+    // sends nothing more of an answer for a minute has stalled, and would hold
+    // the client, an origin connection and its gate place for ever. Not
+    // counted while the client is the one not reading (sendTimeoutMs is).
+    // Event streams with rarer heartbeats: raise it, or null.
+    originReadTimeoutMs: 60_000,
     // nginx's fail_timeout default: a dead origin costs one failed attempt per
     // 10 s instead of one per request, and a restarted one is back within 10 s.
     originFailureCooldownMs: 10_000,
@@ -729,6 +737,7 @@ export const proxyFileSchema = strict(
         keepAliveTimeoutMs: intIn(0, 600_000).optional(),
         originConnectTimeoutMs: intIn(100, 600_000).optional(),
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
+        originReadTimeoutMs: intIn(100, 86_400_000).nullable().optional(),
         originFailureCooldownMs: intIn(0, 3_600_000).optional(),
         maxConnectionsPerWorker: intIn(1, 1_000_000).optional(),
         handshakeTimeoutMs: intIn(100, 600_000).optional(),

@@ -20,6 +20,9 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 const HOST = 'o.lab.test';
 /** limits.originResponseTimeoutMs: short, so the tests that wait for it are quick. */
 const RESPONSE_TIMEOUT_MS = 2000;
+/** limits.originReadTimeoutMs: between two reads of an answer's body. */
+const READ_TIMEOUT_MS = 1500;
+const BIG_BYTES = 16 * 1024 * 1024;
 /** How long a client waits before it says the proxy never ended its exchange: far past every bound above, for a loaded machine. */
 const CLIENT_PATIENCE_MS = 20_000;
 /** Short fields an origin can send within undici's 16 KiB head bound, yet over the 64 KiB nghttp2 sends in one header block (as it counts). */
@@ -84,6 +87,21 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/body-after-204': 'HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/body-after-304': 'HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nINJECTED',
+  // A head and 7 of the 100 bytes it announces, then nothing more (the connection left open).
+  '/stalled-body': 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial',
+  '/stalled-body-h2': 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial',
+  // More than the socket buffers on the way hold, at once: the proxy must pause reading it for a client that does not read.
+  '/big': `HTTP/1.1 200 OK\r\ncontent-length: ${BIG_BYTES}\r\n\r\n${'x'.repeat(BIG_BYTES)}`,
+  // Ten bytes, one every 300 ms: slow, but never READ_TIMEOUT_MS without a read, though the whole takes twice that.
+  '/dripping-body': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n');
+    let sent = 0;
+    const tick = setInterval(() => {
+      socket.write(String(sent++));
+      if (sent === 10) clearInterval(tick);
+    }, 300);
+    socket.once('close', () => clearInterval(tick));
+  },
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
@@ -157,7 +175,7 @@ beforeAll(async () => {
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'o', chain: cert.file }],
-      limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS },
+      limits: { originResponseTimeoutMs: RESPONSE_TIMEOUT_MS, originReadTimeoutMs: READ_TIMEOUT_MS },
       domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
     }),
     { log: createLogger('origin-answers-test', 'info', jsonLineSink(lines)) },
@@ -206,6 +224,55 @@ describe('an origin that sends interim answers and never the final one', () => {
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual(['200']);
     expect(received.endsWith('\r\n\r\nfinal')).toBe(true);
   });
+});
+
+describe('an origin that stops sending an answer mid-body (nginx: proxy_read_timeout)', () => {
+  it('HTTP/1.1: the answer is cut after limits.originReadTimeoutMs without a read, not held for ever; the origin connection is closed', async () => {
+    const { received, ms, gaveUp } = await h1Get('/stalled-body');
+    expect(gaveUp, `nothing but ${JSON.stringify(received)} after ${ms} ms`).toBe(false);
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+    expect(received.endsWith('\r\n\r\npartial')).toBe(true);
+    // undici's fast timers fire up to a second late; the margin above is for a loaded machine.
+    expect(ms).toBeGreaterThanOrEqual(READ_TIMEOUT_MS - 500);
+    expect(ms).toBeLessThan(READ_TIMEOUT_MS + 8000);
+    await waitFor('the origin connection closed', () => (sockets.size === 0 ? true : undefined));
+    expect(await accessLine('/stalled-body', 'http/1.1')).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_ORIGIN_ABORTED', aborted: true });
+  }, 30_000);
+
+  it('HTTP/2: the stream is reset with an error code; the connection serves on', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Get(session, '/stalled-body-h2');
+      expect(answer.error).toMatch(/INTERNAL_ERROR|code 2$/);
+      expect(answer.ms).toBeLessThan(READ_TIMEOUT_MS + 8000);
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  }, 30_000);
+
+  it('a client that reads nothing for longer than the timeout still gets a large answer whole: the origin is not the one stalling', async () => {
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    socket.write(`GET /big HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+    socket.pause();
+    await new Promise((resolve) => setTimeout(resolve, 3 * READ_TIMEOUT_MS));
+    let bytes = 0;
+    socket.on('data', (chunk: Buffer) => (bytes += chunk.length));
+    socket.resume();
+    await new Promise((resolve) => socket.once('close', resolve));
+    expect(bytes).toBeGreaterThan(BIG_BYTES);
+    expect(await accessLine('/big', 'http/1.1')).toMatchObject({ status: 200 });
+    expect((await accessLine('/big', 'http/1.1')).code).toBeUndefined();
+  }, 30_000);
+
+  it('a slow answer that never pauses that long is relayed whole, however long it takes in all', async () => {
+    const { received, ms, gaveUp } = await h1Get('/dripping-body');
+    expect(gaveUp).toBe(false);
+    expect(received.endsWith('\r\n\r\n0123456789')).toBe(true);
+    expect(ms).toBeGreaterThan(READ_TIMEOUT_MS);
+  }, 30_000);
 });
 
 describe('an HTTP/2 answer the origin breaks off mid-body (chunked: no length to tell the client)', () => {

@@ -26,7 +26,7 @@ const CERTIFICATE_FAILURES = new Set([
   'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 /** Failures after the request may have reached the origin. */
-const LATER_FAILURES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_HEADERS_TIMEOUT']);
+const LATER_FAILURES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
 const errorCode = (err: unknown): string => String((err as { code?: unknown }).code ?? '');
 
@@ -37,7 +37,8 @@ export function originFailure(err: unknown): OriginFailure {
   const code = errorCode(err);
   if (CERTIFICATE_FAILURES.has(code)) return 'certificate';
   if (CONNECT_FAILURES.has(code) || code.startsWith('ERR_SSL_')) return 'connect';
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return 'timeout';
+  // The head not in time (504), or the body stalled past limits.originReadTimeoutMs (the answer is cut).
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
   if (LATER_FAILURES.has(code)) return 'broken';
   // Our body limit, a client that went away: the origin is not at fault.
   return 'not-origin';

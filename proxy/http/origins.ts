@@ -49,6 +49,8 @@ export interface OriginPoolOptions extends OriginTimeouts {
   readonly bodies?: RequestBodyLimits;
   /** An answer the client takes nothing of for this long is cut (send-stall.ts). */
   readonly sendTimeoutMs?: number;
+  /** An answer whose origin sends nothing more of its body for this long is cut; null or absent: never. */
+  readonly readMs?: number | null;
 }
 
 export interface OriginAdmission {
@@ -73,6 +75,7 @@ export function originPoolOptions(limits: ProxyConfig['limits']): OriginPoolOpti
       timeoutMs: limits.bodyTimeoutMs,
     },
     sendTimeoutMs: limits.sendTimeoutMs,
+    readMs: limits.originReadTimeoutMs,
   };
 }
 
@@ -94,6 +97,8 @@ export class OriginPools {
   readonly admission: OriginAdmission;
   readonly bodies: RequestBodies;
   readonly sendTimeoutMs: number;
+  /** undici's bodyTimeout: 0 is none. */
+  readonly #readMs: number;
   readonly #pools = new Map<string, Pool>();
   readonly #gates = new Map<string, OriginGate>();
   readonly #balancer: Balancer;
@@ -105,6 +110,7 @@ export class OriginPools {
     this.admission = options.admission ?? DEFAULT_ADMISSION;
     this.bodies = new RequestBodies(options.bodies);
     this.sendTimeoutMs = options.sendTimeoutMs ?? 60_000;
+    this.#readMs = options.readMs ?? 0;
     this.#balancer = new Balancer(options.failureCooldownMs ?? 10_000, options.now);
   }
 
@@ -137,8 +143,9 @@ export class OriginPools {
         keepAliveTimeout: 30_000,
         pipelining: 1,
         headersTimeout: this.timeouts.responseMs,
-        // A streaming answer may pause for long; only the wait for its start is bounded.
-        bodyTimeout: 0,
+        // Between two reads of the body (nginx's proxy_read_timeout); undici does not count it while the body is
+        // paused for a client that is not reading (its parser's timeout skips a paused parser, and resuming restarts it).
+        bodyTimeout: this.#readMs,
         connect: connector(target, this.timeouts.connectMs),
       });
       this.#pools.set(target.key, pool);
