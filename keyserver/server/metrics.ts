@@ -6,8 +6,19 @@
  * reason from DROP_REASONS. Key
  * ids, client names and peer addresses are never labels (per-key usage goes to
  * the periodic log line instead).
+ *
+ * Signs answered ok (nearly every request) are recorded by `signed()` as plain
+ * numbers and handed to `requests` and `signDuration` in one pass at each
+ * scrape (prom-client's `collect`), or once SIGN_BATCH of one algorithm are
+ * held: a sign arrives alone every couple of milliseconds, with the caches cold
+ * from whatever ran in between, and prom-client's label handling per call
+ * (validate, hash the labels, look up the series, key the bucket by its bound
+ * as a string) measured 10-12 µs of key-server CPU per sign there, against
+ * about 1 µs per observation in a batch (bench/results/2026-12-05-keyless-hop.md).
+ * What a scrape shows is the same either way.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AlgorithmInfo } from '../protocol/constants.js';
 
 const PREFIX = 'keyedge_keyserver_';
 
@@ -22,14 +33,38 @@ export const DROP_REASONS = [
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
+/**
+ * How often the event-loop lag metrics (`..._eventloop_lag_*`) sample the loop.
+ * prom-client's 10 ms is a timer firing 100 times a second: on an idle key
+ * server that wake-up was its only work (3-4 ms of CPU a second), and between
+ * signs at handshake rates it is an extra wake-up with cold caches each time
+ * (bench/results/2026-12-05-keyless-hop.md). At 100 ms a stall of 100 ms or
+ * more is still always seen, a shorter one in proportion to its length.
+ */
+const EVENT_LOOP_SAMPLE_MS = 100;
+
+/** Signs of one algorithm held by `signed()` before they are handed over: 4 KiB of durations each, at most 9 algorithms. */
+const SIGN_BATCH = 512;
+
+/** Signs answered ok with one algorithm since the last hand-over, and the series they go to. */
+interface HeldSigns {
+  count: number;
+  readonly seconds: Float64Array;
+  readonly requests: { inc(value: number): void };
+  readonly duration: { observe(seconds: number): void };
+}
+
 export class KeyserverMetrics {
   readonly registry = new Registry();
+  /** By algorithm byte; an entry is made at an algorithm's first sign. */
+  readonly #held: (HeldSigns | undefined)[] = [];
 
   readonly requests = new Counter({
     name: `${PREFIX}requests_total`,
     help: 'Requests answered, by operation, algorithm (sign only, else "none") and result ("ok" or the wire error name).',
     labelNames: ['op', 'algorithm', 'result'] as const,
     registers: [this.registry],
+    collect: () => this.#handOverSigns(),
   });
 
   readonly signDuration = new Histogram({
@@ -40,6 +75,7 @@ export class KeyserverMetrics {
     // busy network HSM): the range a deadline of a few seconds can see.
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2],
     registers: [this.registry],
+    collect: () => this.#handOverSigns(),
   });
 
   readonly inFlight = new Gauge({
@@ -84,12 +120,39 @@ export class KeyserverMetrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Every reason exported from the start at 0, so a rate() over it has a baseline.
     for (const reason of DROP_REASONS) this.connectionsDropped.inc({ reason }, 0);
   }
 
   connectionDropped(reason: DropReason): void {
     this.connectionsDropped.inc({ reason });
+  }
+
+  /** A sign answered ok after `seconds`: one `requests` {op="sign", result="ok"} and one `signDuration` observation, as of the next scrape. */
+  signed(algorithm: AlgorithmInfo, seconds: number): void {
+    const held = this.#held[algorithm.byte] ?? this.#holdFor(algorithm);
+    held.seconds[held.count++] = seconds;
+    if (held.count === SIGN_BATCH) this.#handOverSigns();
+  }
+
+  #holdFor(algorithm: AlgorithmInfo): HeldSigns {
+    const held: HeldSigns = {
+      count: 0,
+      seconds: new Float64Array(SIGN_BATCH),
+      requests: this.requests.labels('sign', algorithm.name, 'ok'),
+      duration: this.signDuration.labels(algorithm.name),
+    };
+    this.#held[algorithm.byte] = held;
+    return held;
+  }
+
+  #handOverSigns(): void {
+    for (const held of this.#held) {
+      if (held === undefined || held.count === 0) continue;
+      held.requests.inc(held.count);
+      for (let i = 0; i < held.count; i++) held.duration.observe(held.seconds[i]!);
+      held.count = 0;
+    }
   }
 }

@@ -55,6 +55,9 @@ export class SigningService {
   #draining = false;
   readonly #requestChildren = new Map<string, { inc(): void }>();
   readonly #durationChildren = new Map<string, { observe(seconds: number): void }>();
+  /** The key id asked for last, and its hex: a proxy asks for the same few keys handshake after handshake. */
+  #lastKeyIdBytes = Buffer.alloc(0);
+  #lastKeyId = '';
 
   constructor(options: ServiceOptions) {
     this.#options = options;
@@ -142,10 +145,9 @@ export class SigningService {
 
   #signed(request: SignRequestOf, key: TokenKey, algorithm: AlgorithmInfo, raw: Buffer, started: number): Response {
     this.#countUse(key);
-    this.#count(request, 'ok');
     // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
     const signature = algorithm.scheme === 'ecdsa' ? ecdsaRawToDer(raw) : raw;
-    this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
+    this.#options.metrics.signed(algorithm, (performance.now() - started) / 1000);
     return { op: 'signature', id: request.id, signature };
   }
 
@@ -163,7 +165,7 @@ export class SigningService {
 
   /** The key if it exists and the client may use it, else the refusal to send. */
   #authorisedKey(keyIdBytes: Buffer, request: Request, client: ClientIdentity): TokenKey | Response {
-    const keyId = keyIdBytes.toString('hex');
+    const keyId = this.#keyIdHex(keyIdBytes);
     // Authorisation comes first, so an unauthorised client can neither probe
     // which keys exist nor make the key store rescan the token.
     if (!mayUseKey(client, keyId)) {
@@ -175,6 +177,20 @@ export class SigningService {
     const key = this.#options.keys.get(keyId);
     if (key === undefined) return this.#refuse(request, client, 'UNKNOWN_KEY', `no key ${keyId} in the token`);
     return key;
+  }
+
+  /**
+   * The key id as hex, the form every table here is keyed by. Comparing 32
+   * bytes costs less than making the string, and the same string again makes
+   * the table lookups after it cheaper (its hash is kept with it).
+   */
+  #keyIdHex(keyIdBytes: Buffer): string {
+    if (!keyIdBytes.equals(this.#lastKeyIdBytes)) {
+      // A copy: the bytes given are a view of the connection's read buffer.
+      this.#lastKeyIdBytes = Buffer.from(keyIdBytes);
+      this.#lastKeyId = keyIdBytes.toString('hex');
+    }
+    return this.#lastKeyId;
   }
 
   #refuse(request: Request, client: ClientIdentity, code: ErrorCodeName, detail: string, cause?: unknown, logged = false): Response {

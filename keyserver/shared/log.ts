@@ -36,12 +36,13 @@ const REDACT = ['pin', '*.pin', 'soPin', '*.soPin', 'key', '*.key', 'privateKey'
 
 /** A batch is written once it holds this much (about 15 access lines; counted in UTF-16 units, which is bytes for the ASCII of nearly every line)… */
 export const LOG_BATCH_BYTES = 4096;
-/** …or at the latest this often (an unref'd timer). */
+/** …or at the latest this often (an unref'd timer, armed only while lines are held or unwritten). */
 export const LOG_FLUSH_MS = 100;
 
 /**
  * stdout, batched (see above). The timer only hands over what is held: an
- * empty write(2) every period would cost every process, idle or not.
+ * empty write(2) every period would cost every process, idle or not; and it
+ * only runs while there is something to hand over or to flush.
  */
 export function batchedStdout(): pino.DestinationStream {
   const toFile = isRegularFile(1);
@@ -62,9 +63,25 @@ export function batchedStdout(): pino.DestinationStream {
     if (!toFile) unwritten += Buffer.byteLength(batch);
     write(batch);
   };
+  // Armed while anything is held or unwritten, so a process that logs nothing (a key server between its
+  // start-up lines and a scrape) has no timer waking it 10 times a second.
+  let timer: NodeJS.Timeout | undefined;
+  const tick = (): void => {
+    timer = undefined;
+    handOver();
+    // A flush while a write is in flight does nothing: the next period tries again.
+    if (unwritten > 0) {
+      flush();
+      arm();
+    }
+  };
+  const arm = (): void => {
+    if (timer === undefined) timer = setTimeout(tick, LOG_FLUSH_MS).unref();
+  };
   stream.write = (line: string): boolean => {
     held += line;
     if (held.length >= LOG_BATCH_BYTES) handOver();
+    arm();
     return true;
   };
   if (!toFile)
@@ -82,11 +99,6 @@ export function batchedStdout(): pino.DestinationStream {
     writeSync((stream as unknown as { fd: number }).fd, held);
     held = '';
   };
-  // A flush while a write is in flight does nothing: the next turn tries again.
-  setInterval(() => {
-    handOver();
-    if (unwritten > 0) flush();
-  }, LOG_FLUSH_MS).unref();
   return stream;
 }
 

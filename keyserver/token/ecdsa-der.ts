@@ -12,26 +12,36 @@
 export function ecdsaRawToDer(raw: Buffer): Buffer {
   if (raw.length === 0 || raw.length % 2 !== 0) throw new RangeError(`an r || s ECDSA signature has an even, non-zero length, got ${raw.length}`);
   const half = raw.length / 2;
-  const r = integerBody(raw, 0, half);
-  const s = integerBody(raw, half, raw.length);
-  const content = 2 + lengthBytes(r.length) + r.length + 2 + lengthBytes(s.length) + s.length - 2;
+  const rStart = firstSignificant(raw, 0, half);
+  const sStart = firstSignificant(raw, half, raw.length);
+  const rLength = integerLength(raw, rStart, half);
+  const sLength = integerLength(raw, sStart, raw.length);
+  const content = 1 + lengthBytes(rLength) + rLength + 1 + lengthBytes(sLength) + sLength;
+  // Written in place, one allocation: this runs for every ECDSA handshake.
   const out = Buffer.allocUnsafe(1 + lengthBytes(content) + content);
-  let at = 0;
-  out[at++] = 0x30;
-  at = writeLength(out, at, content);
-  for (const body of [r, s]) {
-    out[at++] = 0x02;
-    at = writeLength(out, at, body.length);
-    at += body.copy(out, at);
-  }
+  out[0] = 0x30;
+  const at = writeInteger(out, writeLength(out, 1, content), raw, rStart, half, rLength);
+  writeInteger(out, at, raw, sStart, raw.length, sLength);
   return out;
 }
 
-/** The INTEGER content octets of the unsigned big-endian number raw[start..end). */
-function integerBody(raw: Buffer, start: number, end: number): Buffer {
+/** Where the unsigned big-endian number raw[start..end) starts once its leading zero octets are dropped (one octet stays). */
+function firstSignificant(raw: Buffer, start: number, end: number): number {
   while (start < end - 1 && raw[start] === 0) start++;
-  const value = raw.subarray(start, end);
-  return value[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), value]) : value;
+  return start;
+}
+
+/** The INTEGER's content length for raw[start..end): one more when the top bit is set, for the 0x00 that keeps it non-negative. */
+function integerLength(raw: Buffer, start: number, end: number): number {
+  return end - start + (raw[start]! & 0x80 ? 1 : 0);
+}
+
+/** Writes INTEGER (tag, length, content of `length` octets: raw[start..end) after a 0x00 if one is due) at `at`; returns the end. */
+function writeInteger(out: Buffer, at: number, raw: Buffer, start: number, end: number, length: number): number {
+  out[at] = 0x02;
+  at = writeLength(out, at + 1, length);
+  if (length > end - start) out[at++] = 0;
+  return at + raw.copy(out, at, start, end);
 }
 
 /** Octets after the tag for a length field: 1 up to 127, else 1 + the length's own bytes. */
