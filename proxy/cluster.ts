@@ -24,7 +24,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
@@ -70,6 +70,8 @@ function isMessage(message: unknown, type: string): boolean {
 }
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
+/** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
+const MAX_RESTART_PAUSE_MS = 30_000;
 
 export function isShutdownMessage(message: unknown): boolean {
   return isMessage(message, SHUTDOWN.type);
@@ -87,6 +89,24 @@ const EXPIRY_CHECK_MS = 3_600_000;
 
 /** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
 export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void> {
+  // SIGHUP's default action ends the process: one that came while the primary starts (a deploy tool's reload) or
+  // drains killed it, and its workers with their requests in flight. Caught from the start, it reloads once serving.
+  let hangup = (): void => void (hangupWhileStarting = true);
+  let hangupWhileStarting = false;
+  const onHangup = (): void => hangup();
+  process.on('SIGHUP', onHangup);
+  try {
+    await primary(config, log, (reload) => {
+      hangup = reload;
+      if (hangupWhileStarting) reload();
+    });
+  } finally {
+    process.off('SIGHUP', onHangup);
+  }
+}
+
+/** `onHangup(reload)`: from now on SIGHUP calls `reload` (at once if one came already); a no-op while stopping. */
+async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () => void) => void): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   const tickets = new TicketKeyRing();
   let ticketGeneration = 0;
@@ -137,6 +157,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const primaryRegistry = new Registry();
   const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
   if (shared !== undefined) registerFleetStoreMetrics(primaryRegistry, () => shared.health);
+  const restarts = new Counter({
+    name: 'keyedge_proxy_worker_restarts_total',
+    help: 'Workers that died and were replaced; a crash loop shows as a steady rise (the pause between quick deaths doubles up to 30 s).',
+    registers: [primaryRegistry],
+  });
   reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
   const warned = new Map<string, number>();
   // After a reload, only the certificates it changed: a look at each of 100,000 records is for the hourly check.
@@ -380,6 +405,9 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
       if (isMessage(message, WANT_TICKET_KEY.type)) {
+        // Stopping already: the shutdown sent to it may have come before it listened for messages, and been lost. It
+        // serves nothing yet and has no SIGTERM handler: it ends at once, instead of starting and waiting for the SIGKILL.
+        if (stopping) return void worker.process.kill('SIGTERM');
         sendToWorker(worker, ticketRingMessage(tickets, ticketGeneration));
         // The committed state, then the delta being applied (if any): IPC
         // keeps order, so the worker ends up where every other worker is.
@@ -410,6 +438,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       }
     });
   };
+  let quickDeaths = 0;
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
     started.delete(worker);
@@ -422,8 +451,13 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     for (const wake of boardWaiters) wake();
     acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
-    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
-    if (lived < CRASH_LOOP_MS) setTimeout(() => !stopping && fork(), 1000).unref();
+    restarts.inc();
+    quickDeaths = lived < CRASH_LOOP_MS ? quickDeaths + 1 : 0;
+    // A fixed 1 s pause had a worker that dies at start (a bad host, a bug in its start) re-forked, and its whole state
+    // loaded again, every second for ever, on the cores the serving workers need.
+    const pauseMs = quickDeaths === 0 ? 0 : Math.min(1000 * 2 ** (quickDeaths - 1), MAX_RESTART_PAUSE_MS);
+    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: pauseMs }, 'proxy worker died; starting a replacement');
+    if (pauseMs > 0) setTimeout(() => !stopping && fork(), pauseMs).unref();
     else fork();
   });
 
@@ -454,8 +488,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     followed: () => source.followed,
     log,
   });
-  const onHangup = (): void => void coordinator.reload('signal');
-  process.on('SIGHUP', onHangup);
+  onHangup(() => void coordinator.reload('signal'));
   log.info({ workers: config.workers, listen: config.listen, admin: admin?.address(), certificates: source.records.size }, 'proxy primary started');
 
   const stopTimers = (): void => {
@@ -465,10 +498,16 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     clusterMetrics.stop();
     acme?.stop();
     stopWatching();
-    process.off('SIGHUP', onHangup);
+    onHangup(() => undefined);
     source.close();
     packs.close();
   };
+  // Every SIGTERM/SIGINT is caught until the end: a second one's default action ended the primary at once, mid-drain,
+  // and its workers with it (they exit when the IPC channel closes). The drain is bounded by the grace period.
+  let stop: (signal: NodeJS.Signals) => void = () => undefined;
+  const onStopSignal = (signal: NodeJS.Signals): void => stop(signal);
+  process.on('SIGTERM', onStopSignal);
+  process.on('SIGINT', onStopSignal);
   try {
     await new Promise<void>((resolve, reject) => {
       failStart = (err) => {
@@ -479,7 +518,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
         reject(err);
       };
-      const stop = (signal: NodeJS.Signals): void => {
+      stop = (signal) => {
         if (stopping) return;
         stopTimers();
         log.info({ signal }, 'stopping proxy workers');
@@ -495,10 +534,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
         }, config.shutdownGraceMs + 5_000).unref();
       };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
     });
   } finally {
+    process.off('SIGTERM', onStopSignal);
+    process.off('SIGINT', onStopSignal);
     admin?.close();
     await shared?.close();
   }
@@ -556,6 +595,10 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
  * `options.keySource`: as WorkerOptions (embedding, benchmarks); `keyedge proxy` passes none.
  */
 export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
+  // From the start, not once serving: a signal to the whole process group (a terminal's ^C or hangup) ends a worker
+  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGHUP', () => undefined);
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.
@@ -625,10 +668,8 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
     stop = (): void => void running.close().then(resolve);
     if (stopEarly) stop();
     // The primary relays SIGTERM as a message; a worker signalled directly stops the same way.
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', () => undefined);
-    // SIGHUP goes to the primary, which reloads for every worker.
-    process.on('SIGHUP', () => undefined);
+    // Every one: a second SIGTERM's default action cut this worker's requests in flight (close() is idempotent).
+    process.on('SIGTERM', stop);
   });
   // What this worker counted since the primary's last poll stays in the cluster's sums.
   await sendFinalMetrics();
