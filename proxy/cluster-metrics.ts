@@ -56,7 +56,7 @@ interface WorkerMetrics {
   counting: Metrics;
   /** The latest full snapshot, gauges included. */
   full: Metrics | undefined;
-  readonly waiting: (() => void)[];
+  readonly waiting: Set<() => void>;
 }
 
 /** In the primary: tracks each worker's snapshots and sums them with the retired workers' counts. */
@@ -81,10 +81,11 @@ export class ClusterMetrics {
    * end never does.
    */
   track(worker: Worker): void {
-    const entry: WorkerMetrics = { counting: [], full: undefined, waiting: [] };
+    const entry: WorkerMetrics = { counting: [], full: undefined, waiting: new Set() };
     this.#workers.set(worker, entry);
     const wakeAll = (): void => {
-      for (const wake of entry.waiting.splice(0)) wake();
+      for (const wake of entry.waiting) wake();
+      entry.waiting.clear();
     };
     worker.on('message', (message: unknown) => {
       if (!isSnapshot(message)) return;
@@ -114,11 +115,16 @@ export class ClusterMetrics {
       live.map(
         ([worker, entry]) =>
           new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, SCRAPE_WAIT_MS);
-            entry.waiting.push(() => {
+            const wake = (): void => {
               clearTimeout(timer);
               resolve();
-            });
+            };
+            // A worker that never answers (its event loop blocked) kept every scrape's waiter for as long as it lived.
+            const timer = setTimeout(() => {
+              entry.waiting.delete(wake);
+              resolve();
+            }, SCRAPE_WAIT_MS);
+            entry.waiting.add(wake);
             ask(worker, true);
           }),
       ),

@@ -72,6 +72,12 @@ function isMessage(message: unknown, type: string): boolean {
 const CRASH_LOOP_MS = 5_000;
 /** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
 const MAX_RESTART_PAUSE_MS = 30_000;
+/**
+ * A serving worker that sent nothing for this long, not even its answers to the metrics polls (every 5 s,
+ * cluster-metrics.ts), has a blocked event loop: it is killed and replaced (APPLY_TIMEOUT_MS more during a reload).
+ */
+const SILENT_MS = 30_000;
+const WATCH_MS = 5_000;
 
 export function isShutdownMessage(message: unknown): boolean {
   return isMessage(message, SHUTDOWN.type);
@@ -127,6 +133,8 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   const ticketWaiters = new Set<() => void>();
   let stopping = false;
   const started = new Map<Worker, number>();
+  /** When each worker last sent anything (the metrics polls make a live one answer every few seconds). */
+  const heardAt = new Map<Worker, number>();
 
   // Certificates are validated here, once, before any worker starts: workers
   // receive the result and never parse or judge a certificate themselves.
@@ -203,7 +211,10 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
         [...synced].map(
           (worker) =>
             new Promise<string | undefined>((resolve) => {
-              const timer = setTimeout(() => resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
+              const timer = setTimeout(() => {
+                acks.delete(worker);
+                resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`);
+              }, APPLY_TIMEOUT_MS);
               acks.set(worker, (message) => {
                 if (message.generation !== delta.generation) return;
                 clearTimeout(timer);
@@ -404,6 +415,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
     started.set(worker, Date.now());
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
+      heardAt.set(worker, Date.now());
       if (isMessage(message, WANT_TICKET_KEY.type)) {
         // Stopping already: the shutdown sent to it may have come before it listened for messages, and been lost. It
         // serves nothing yet and has no SIGTERM handler: it ends at once, instead of starting and waiting for the SIGKILL.
@@ -442,6 +454,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
     started.delete(worker);
+    heardAt.delete(worker);
     ready.delete(worker);
     synced.delete(worker);
     packs.gone(worker);
@@ -478,6 +491,24 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
           Math.min(Math.max(rotationMs / 12, 5_000), 300_000),
         );
   rotation.unref();
+  // A worker whose event loop is blocked (a hot loop, a hang in native code) answers nothing and holds its connections
+  // for ever; the kernel gives new ones to the others, so nothing else would notice. It is killed and replaced.
+  let watchedAt = Date.now();
+  const watchdog = setInterval(() => {
+    const now = Date.now();
+    // A primary held up itself (a long synchronous validation) has not read its workers' messages yet: judged next time.
+    const held = now - watchedAt > 2 * WATCH_MS;
+    watchedAt = now;
+    if (held) return;
+    for (const worker of ready) {
+      const silentMs = now - (heardAt.get(worker) ?? now);
+      // Building a large reload's contexts holds a worker's loop: while one is applied to it, it has that long more.
+      if (silentMs < SILENT_MS + (acks.has(worker) ? APPLY_TIMEOUT_MS : 0) || worker.isDead()) continue;
+      log.error({ worker: worker.id, pid: worker.process.pid, silentMs }, 'proxy worker unresponsive (its event loop is blocked); killing it');
+      worker.process.kill('SIGKILL');
+    }
+  }, WATCH_MS);
+  watchdog.unref();
   const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
   expiryTimer.unref();
   const stopWatching = watchForChanges({
@@ -494,6 +525,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   const stopTimers = (): void => {
     stopping = true;
     clearInterval(rotation);
+    clearInterval(watchdog);
     clearInterval(expiryTimer);
     clusterMetrics.stop();
     acme?.stop();

@@ -184,3 +184,42 @@ describe('a worker that dies at every start', () => {
     expect(Date.now() - from).toBeLessThan(60_000);
   }, 120_000);
 });
+
+describe('a worker whose event loop is blocked (SIGSTOP)', () => {
+  it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves', async () => {
+    const proxy = await startProxy('hung', join(dir, 'hung'));
+    const [survivor, victim] = await waitFor('two workers listening', () =>
+      workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+    );
+    process.kill(victim!, 'SIGSTOP');
+    const stoppedAt = Date.now();
+    try {
+      const scrapes = await Promise.all(
+        Array.from({ length: 50 }, async () => {
+          const started = Date.now();
+          const response = await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`);
+          await response.text();
+          return { status: response.status, ms: Date.now() - started };
+        }),
+      );
+      for (const scrape of scrapes) expect(scrape.status).toBe(200);
+      expect(Math.max(...scrapes.map((s) => s.ms))).toBeLessThan(8_000);
+      expect(await answered(proxy, '/while-hung/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      // Silent for 30 s (60 s while a store rescan, every 30 s, waits for it to apply), judged every 5 s; a generous margin.
+      const killed = await waitFor(
+        'the primary to kill it',
+        () => proxy.lines.find((l) => l.msg === 'proxy worker unresponsive (its event loop is blocked); killing it'),
+        100_000,
+      );
+      expect(killed.pid).toBe(victim);
+      expect(Number(killed.silentMs)).toBeGreaterThanOrEqual(30_000);
+      expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(30_000);
+      await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
+      await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
+      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+      expect(alive(survivor!)).toBe(true);
+    } finally {
+      if (alive(victim!)) process.kill(victim!, 'SIGCONT');
+    }
+  }, 200_000);
+});
