@@ -28,7 +28,7 @@ import { Counter, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
-import { startProxyAdmin } from './admin.js';
+import { isLoopbackHost, startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
 import { registerFleetStoreMetrics, uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
@@ -350,6 +350,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   const clusterMetrics = new ClusterMetrics(primaryRegistry);
   const ready = new Set<Worker>();
   let admin: http.Server | undefined;
+  let keyserverPing: Promise<string | undefined> | undefined;
   if (config.admin !== null) {
     try {
       admin = await startProxyAdmin(config.admin.host, config.admin.port, {
@@ -364,7 +365,10 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
           if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
           const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
           if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
-          return keyserverUnreachableReason(config);
+          // One ping at a time, shared by every probe meanwhile: a burst of probes opened a key-server connection each,
+          // which took the key server's allowance for this host from the workers' bridges, and read as not ready.
+          keyserverPing ??= keyserverUnreachableReason(config).finally(() => (keyserverPing = undefined));
+          return keyserverPing;
         },
         control: {
           tokenFile: config.admin.tokenFile,
@@ -397,6 +401,12 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
               }),
         },
       });
+      if (!isLoopbackHost(config.admin.host)) {
+        log.warn(
+          { admin: admin.address() },
+          'the admin API listens beyond loopback: /metrics, /readyz, /config and /certs answer anyone who reaches it (changes still need the token)',
+        );
+      }
     } catch (err) {
       clusterMetrics.stop();
       await shared?.close();
