@@ -42,9 +42,28 @@ interface SnapshotMessage {
   readonly metrics: Metrics;
 }
 
+/**
+ * A snapshot whose every metric has a name, a type and values with a number each: one that did not (a null in the
+ * array, `values` not an array) threw in the primary's message handler, or at the worker's exit, and ended the proxy.
+ */
 function isSnapshot(message: unknown): message is SnapshotMessage {
   const type = typeof message === 'object' && message !== null ? (message as { type?: unknown }).type : undefined;
-  return (type === SNAPSHOT || type === FINAL) && Array.isArray((message as { metrics?: unknown }).metrics);
+  const metrics = (message as { metrics?: unknown } | undefined)?.metrics;
+  return (type === SNAPSHOT || type === FINAL) && Array.isArray(metrics) && metrics.every(isMetric);
+}
+
+function isMetric(metric: unknown): boolean {
+  if (typeof metric !== 'object' || metric === null) return false;
+  const { name, type, values } = metric as { name?: unknown; type?: unknown; values?: unknown };
+  return (
+    typeof name === 'string' &&
+    typeof type === 'string' &&
+    Array.isArray(values) &&
+    values.every((v: unknown) => {
+      const { value, labels } = (typeof v === 'object' && v !== null ? v : {}) as { value?: unknown; labels?: unknown };
+      return typeof value === 'number' && typeof labels === 'object' && labels !== null;
+    })
+  );
 }
 
 function isCounting(metric: { type: unknown }): boolean {

@@ -35,6 +35,13 @@ if (dir !== undefined && cluster.isPrimary) {
     return worker;
   };
 } else if (dir !== undefined) {
+  // Metrics snapshots of every wrong shape, as a worker in a corrupted state might send them.
+  process.on('SIGUSR2', () => {
+    for (const metrics of [[null], [{ name: 'x', type: 'counter', values: 5 }], [{ type: 'counter', values: [] }], [{ name: 'y', type: 'counter', values: [{ value: 1 }] }], [{ name: 'z', type: 'counter', values: [null] }]]) {
+      process.send({ type: 'keyedge:metrics', full: false, metrics });
+      process.send({ type: 'keyedge:metrics', full: true, metrics });
+    }
+  });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
   if (existsSync(join(dir, 'slow-worker'))) block(3000);
 }
@@ -222,4 +229,23 @@ describe('a worker whose event loop is blocked (SIGSTOP)', () => {
       if (alive(victim!)) process.kill(victim!, 'SIGCONT');
     }
   }, 200_000);
+});
+
+describe('IPC messages of unexpected shapes', () => {
+  it("metrics snapshots a worker sends malformed are ignored: the primary goes on, /metrics answers, the worker's death is summed", async () => {
+    const proxy = await startProxy('shapes', join(dir, 'shapes'));
+    const [, victim] = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+    process.kill(victim!, 'SIGUSR2');
+    await sleep(1_000);
+    expect(alive(proxy.pid), 'the primary').toBe(true);
+    expect((await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).status).toBe(200);
+    // Its exit folds its last snapshot into the retired sums: a malformed one would throw there.
+    process.kill(victim!, 'SIGKILL');
+    await waitFor('a replacement', () => (workerPids(proxy).died.includes(victim!) ? true : undefined), 15_000);
+    await sleep(1_000);
+    expect(alive(proxy.pid), 'the primary').toBe(true);
+    const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(text).toMatch(/keyedge_proxy_worker_restarts_total 1/);
+    expect(await answered(proxy, '/after-shapes/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+  }, 120_000);
 });
