@@ -101,7 +101,7 @@ async function answered(proxy: ClusterProxy, path: string): Promise<string> {
 }
 
 describe('signals while the primary drains', () => {
-  it('a second SIGTERM, a SIGINT and a SIGHUP do not cut the drain: the request in flight is answered whole, the primary stops cleanly', async () => {
+  it('a second SIGTERM, a SIGINT and a SIGHUP, to the primary and to every worker, do not cut the drain: the request in flight is answered whole, the primary stops cleanly', async () => {
     const proxy = await startProxy('drain', join(dir, 'drain'));
     const client = new RawClient(proxy.port, ca, HOST);
     await client.secure;
@@ -109,9 +109,11 @@ describe('signals while the primary drains', () => {
     await waitFor('the request at the origin', () => (origin.open().includes('inflight') ? true : undefined));
     process.kill(proxy.pid, 'SIGTERM');
     await sleep(300);
+    // Then to every process, as a supervisor that signals the whole group (systemd's control-group kill) does, twice.
+    const workers = workerPids(proxy).listening;
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGTERM'] as const) {
-      // A primary that one of them ended is gone for the next (ESRCH): what the assertions below show.
-      if (alive(proxy.pid)) process.kill(proxy.pid, signal);
+      // A process that one of them ended is gone for the next (ESRCH): what the assertions below show.
+      for (const pid of [proxy.pid, ...workers]) if (alive(pid)) process.kill(pid, signal);
       await sleep(100);
     }
     await client.receivedAtLeast(4096, 15_000);
@@ -120,6 +122,26 @@ describe('signals while the primary drains', () => {
     await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
     expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
     for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
+  }, 120_000);
+});
+
+describe('a SIGHUP storm', () => {
+  it('100 SIGHUPs within a second: reloads one at a time (those meanwhile folded), each ok; the proxy serves throughout', async () => {
+    const proxy = await startProxy('storm', join(dir, 'storm'));
+    const before = proxy.lines.length;
+    for (let i = 0; i < 100; i++) {
+      process.kill(proxy.pid, 'SIGHUP');
+      await sleep(10);
+    }
+    expect(await answered(proxy, '/during-storm/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+    await sleep(3_000);
+    const reloads = proxy.lines.slice(before).filter((l) => l.msg === 'reload done' && l.trigger === 'signal');
+    // A reload takes a few ms here, so most get one of their own; those that come while one runs fold into the next.
+    expect(reloads.length).toBeGreaterThanOrEqual(1);
+    expect(reloads.length).toBeLessThanOrEqual(100);
+    expect(reloads.filter((r) => r.result !== 'ok')).toEqual([]);
+    expect(alive(proxy.pid)).toBe(true);
+    expect(workerPids(proxy).died).toEqual([]);
   }, 120_000);
 });
 
