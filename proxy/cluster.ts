@@ -580,7 +580,9 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   } finally {
     process.off('SIGTERM', onStopSignal);
     process.off('SIGINT', onStopSignal);
+    // Every admin connection too: one still sending its head (or an upload) kept the stopped primary running until it ended.
     admin?.close();
+    admin?.closeAllConnections();
     await shared?.close();
   }
   log.info('proxy stopped');

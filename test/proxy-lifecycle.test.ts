@@ -1,10 +1,11 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseOrigin, alive, metricSum, RawClient, startAbuseOrigin, workerPids } from './helpers/abuse.js';
 import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The primary's life under signals and dying workers, with real processes: a
@@ -122,6 +123,24 @@ describe('signals while the primary drains', () => {
     await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
     expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
     for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
+  }, 120_000);
+});
+
+describe('an admin client that never finishes its request', () => {
+  it('does not keep the stopped primary running', async () => {
+    const proxy = await startProxy('admin-open', join(dir, 'admin-open'));
+    const socket = net.connect(proxy.adminPort, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    // An upload with the token, its body still to come: read until the 60 s request deadline.
+    socket.write(`PUT /certs/slow HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 100000\r\n\r\nabc`);
+    await sleep(200);
+    const signalled = Date.now();
+    process.kill(proxy.pid, 'SIGTERM');
+    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 30_000);
+    socket.destroy();
+    // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
+    expect(Date.now() - signalled).toBeLessThan(8_000);
   }, 120_000);
 });
 
