@@ -85,6 +85,7 @@ export class ClusterMetrics {
   /** Metric name → series key → the summed value of every dead worker's last snapshot. */
   readonly #retired = new Map<string, { meta: Omit<Metrics[number], 'values'>; values: Map<string, MetricValue<string>> }>();
   readonly #poll: NodeJS.Timeout;
+  #scrape: Promise<string> | undefined;
 
   constructor(private readonly primary: Registry) {
     this.#poll = setInterval(() => {
@@ -127,8 +128,16 @@ export class ClusterMetrics {
     worker.once('disconnect', retire);
   }
 
-  /** Prometheus text: live workers (asked now) + retired counts, then the primary's own registry. */
-  async metrics(): Promise<string> {
+  /**
+   * Prometheus text: live workers (asked now) + retired counts, then the primary's own registry. Scrapes that come
+   * while one asks the workers share its answer: 100 at once asked every worker for its whole registry 100 times.
+   */
+  metrics(): Promise<string> {
+    this.#scrape ??= this.#collect().finally(() => (this.#scrape = undefined));
+    return this.#scrape;
+  }
+
+  async #collect(): Promise<string> {
     const live = [...this.#workers];
     await Promise.all(
       live.map(

@@ -43,6 +43,11 @@ if (dir !== undefined && cluster.isPrimary) {
       process.send({ type: 'keyedge:metrics', full: true, metrics });
     }
   });
+  // Counts the primary's requests for a whole registry (a scrape's), in a file per worker.
+  let full = 0;
+  process.on('message', (message) => {
+    if (message?.type === 'keyedge:metrics-request' && message.full === true) writeFileSync(join(dir, 'full-' + process.pid), String(++full));
+  });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
   if (existsSync(join(dir, 'slow-worker'))) block(3000);
 }
@@ -230,6 +235,21 @@ describe('a worker that dies at every start', () => {
     rmSync(join(control, 'crash'));
     await waitFor('two workers again', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
     expect(Date.now() - from).toBeLessThan(60_000);
+  }, 120_000);
+});
+
+describe('many scrapes at once', () => {
+  it("100 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 100", async () => {
+    const control = join(dir, 'scrapes');
+    const proxy = await startProxy('scrapes', control);
+    const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+    const asked = (): number[] =>
+      workers.map((pid) => (existsSync(join(control, `full-${pid}`)) ? Number(readFileSync(join(control, `full-${pid}`), 'utf8')) : 0));
+    const before = asked();
+    const bodies = await Promise.all(Array.from({ length: 100 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
+    for (const body of bodies) expect(body).toMatch(/keyedge_proxy_worker_restarts_total 0/);
+    const after = asked();
+    for (let i = 0; i < workers.length; i++) expect(after[i]! - before[i]!, `worker ${workers[i]}`).toBeLessThan(20);
   }, 120_000);
 });
 
