@@ -62,6 +62,10 @@ const DISCARD_BYTES = 4 * 1024 * 1024;
 const DISCARD_MS = 5_000;
 /** How often a body Node drops unread is measured against DISCARD_BYTES. */
 const DRAIN_POLL_MS = 20;
+/** A request's head arrives at once from any scraper or client; a whole upload (MAX_UPLOAD_BYTES) within a minute. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 60_000;
+const TIMEOUT_CHECK_MS = 1_000;
 
 export interface AdminControl {
   readonly tokenFile: string;
@@ -226,7 +230,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return text(404, 'not found\n');
     }
   };
-  const server = http.createServer(handle);
+  // A head has HEADERS_TIMEOUT_MS, a whole request (an upload) REQUEST_TIMEOUT_MS; a slow client (slowloris) held a
+  // connection of the primary for Node's 60 s and 300 s, checked every 30 s.
+  const server = http.createServer(
+    { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS },
+    handle,
+  );
   // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
   // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
   // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the
@@ -246,6 +255,11 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     handle(req, res);
   });
   return listen(server, { host, port });
+}
+
+/** Whether `host` is a loopback address or name: an admin API elsewhere answers its reads to anyone who reaches it. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/i.test(host);
 }
 
 /** The entry name of a `/certs/:name` path, percent-decoded; undefined when it does not decode. */

@@ -42,9 +42,28 @@ interface SnapshotMessage {
   readonly metrics: Metrics;
 }
 
+/**
+ * A snapshot whose every metric has a name, a type and values with a number each: one that did not (a null in the
+ * array, `values` not an array) threw in the primary's message handler, or at the worker's exit, and ended the proxy.
+ */
 function isSnapshot(message: unknown): message is SnapshotMessage {
   const type = typeof message === 'object' && message !== null ? (message as { type?: unknown }).type : undefined;
-  return (type === SNAPSHOT || type === FINAL) && Array.isArray((message as { metrics?: unknown }).metrics);
+  const metrics = (message as { metrics?: unknown } | undefined)?.metrics;
+  return (type === SNAPSHOT || type === FINAL) && Array.isArray(metrics) && metrics.every(isMetric);
+}
+
+function isMetric(metric: unknown): boolean {
+  if (typeof metric !== 'object' || metric === null) return false;
+  const { name, type, values } = metric as { name?: unknown; type?: unknown; values?: unknown };
+  return (
+    typeof name === 'string' &&
+    typeof type === 'string' &&
+    Array.isArray(values) &&
+    values.every((v: unknown) => {
+      const { value, labels } = (typeof v === 'object' && v !== null ? v : {}) as { value?: unknown; labels?: unknown };
+      return typeof value === 'number' && typeof labels === 'object' && labels !== null;
+    })
+  );
 }
 
 function isCounting(metric: { type: unknown }): boolean {
@@ -56,7 +75,7 @@ interface WorkerMetrics {
   counting: Metrics;
   /** The latest full snapshot, gauges included. */
   full: Metrics | undefined;
-  readonly waiting: (() => void)[];
+  readonly waiting: Set<() => void>;
 }
 
 /** In the primary: tracks each worker's snapshots and sums them with the retired workers' counts. */
@@ -66,6 +85,7 @@ export class ClusterMetrics {
   /** Metric name → series key → the summed value of every dead worker's last snapshot. */
   readonly #retired = new Map<string, { meta: Omit<Metrics[number], 'values'>; values: Map<string, MetricValue<string>> }>();
   readonly #poll: NodeJS.Timeout;
+  #scrape: Promise<string> | undefined;
 
   constructor(private readonly primary: Registry) {
     this.#poll = setInterval(() => {
@@ -81,10 +101,11 @@ export class ClusterMetrics {
    * end never does.
    */
   track(worker: Worker): void {
-    const entry: WorkerMetrics = { counting: [], full: undefined, waiting: [] };
+    const entry: WorkerMetrics = { counting: [], full: undefined, waiting: new Set() };
     this.#workers.set(worker, entry);
     const wakeAll = (): void => {
-      for (const wake of entry.waiting.splice(0)) wake();
+      for (const wake of entry.waiting) wake();
+      entry.waiting.clear();
     };
     worker.on('message', (message: unknown) => {
       if (!isSnapshot(message)) return;
@@ -107,18 +128,31 @@ export class ClusterMetrics {
     worker.once('disconnect', retire);
   }
 
-  /** Prometheus text: live workers (asked now) + retired counts, then the primary's own registry. */
-  async metrics(): Promise<string> {
+  /**
+   * Prometheus text: live workers (asked now) + retired counts, then the primary's own registry. Scrapes that come
+   * while one asks the workers share its answer: 100 at once asked every worker for its whole registry 100 times.
+   */
+  metrics(): Promise<string> {
+    this.#scrape ??= this.#collect().finally(() => (this.#scrape = undefined));
+    return this.#scrape;
+  }
+
+  async #collect(): Promise<string> {
     const live = [...this.#workers];
     await Promise.all(
       live.map(
         ([worker, entry]) =>
           new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, SCRAPE_WAIT_MS);
-            entry.waiting.push(() => {
+            const wake = (): void => {
               clearTimeout(timer);
               resolve();
-            });
+            };
+            // A worker that never answers (its event loop blocked) kept every scrape's waiter for as long as it lived.
+            const timer = setTimeout(() => {
+              entry.waiting.delete(wake);
+              resolve();
+            }, SCRAPE_WAIT_MS);
+            entry.waiting.add(wake);
             ask(worker, true);
           }),
       ),

@@ -24,11 +24,11 @@ import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
-import { startProxyAdmin } from './admin.js';
+import { isLoopbackHost, startProxyAdmin } from './admin.js';
 import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
 import { registerFleetStoreMetrics, uncaughtErrorsCounter } from './metrics.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
@@ -70,6 +70,14 @@ function isMessage(message: unknown, type: string): boolean {
 }
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
+/** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
+const MAX_RESTART_PAUSE_MS = 30_000;
+/**
+ * A serving worker that sent nothing for this long, not even its answers to the metrics polls (every 5 s,
+ * cluster-metrics.ts), has a blocked event loop: it is killed and replaced (APPLY_TIMEOUT_MS more during a reload).
+ */
+const SILENT_MS = 30_000;
+const WATCH_MS = 5_000;
 
 export function isShutdownMessage(message: unknown): boolean {
   return isMessage(message, SHUTDOWN.type);
@@ -87,6 +95,24 @@ const EXPIRY_CHECK_MS = 3_600_000;
 
 /** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
 export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void> {
+  // SIGHUP's default action ends the process: one that came while the primary starts (a deploy tool's reload) or
+  // drains killed it, and its workers with their requests in flight. Caught from the start, it reloads once serving.
+  let hangup = (): void => void (hangupWhileStarting = true);
+  let hangupWhileStarting = false;
+  const onHangup = (): void => hangup();
+  process.on('SIGHUP', onHangup);
+  try {
+    await primary(config, log, (reload) => {
+      hangup = reload;
+      if (hangupWhileStarting) reload();
+    });
+  } finally {
+    process.off('SIGHUP', onHangup);
+  }
+}
+
+/** `onHangup(reload)`: from now on SIGHUP calls `reload` (at once if one came already); a no-op while stopping. */
+async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () => void) => void): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   const tickets = new TicketKeyRing();
   let ticketGeneration = 0;
@@ -107,6 +133,8 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const ticketWaiters = new Set<() => void>();
   let stopping = false;
   const started = new Map<Worker, number>();
+  /** When each worker last sent anything (the metrics polls make a live one answer every few seconds). */
+  const heardAt = new Map<Worker, number>();
 
   // Certificates are validated here, once, before any worker starts: workers
   // receive the result and never parse or judge a certificate themselves.
@@ -137,6 +165,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const primaryRegistry = new Registry();
   const reloads = registerServingMetrics(primaryRegistry, { records: () => source.records, refusals: () => source.refusals });
   if (shared !== undefined) registerFleetStoreMetrics(primaryRegistry, () => shared.health);
+  const restarts = new Counter({
+    name: 'keyedge_proxy_worker_restarts_total',
+    help: 'Workers that died and were replaced; a crash loop shows as a steady rise (the pause between quick deaths doubles up to 30 s).',
+    registers: [primaryRegistry],
+  });
   reloads.inc({ trigger: 'start', result: first.refused.length > 0 ? 'refused' : 'ok' });
   const warned = new Map<string, number>();
   // After a reload, only the certificates it changed: a look at each of 100,000 records is for the hourly check.
@@ -178,7 +211,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         [...synced].map(
           (worker) =>
             new Promise<string | undefined>((resolve) => {
-              const timer = setTimeout(() => resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`), APPLY_TIMEOUT_MS);
+              const timer = setTimeout(() => {
+                acks.delete(worker);
+                resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`);
+              }, APPLY_TIMEOUT_MS);
               acks.set(worker, (message) => {
                 if (message.generation !== delta.generation) return;
                 clearTimeout(timer);
@@ -314,6 +350,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   const clusterMetrics = new ClusterMetrics(primaryRegistry);
   const ready = new Set<Worker>();
   let admin: http.Server | undefined;
+  let keyserverPing: Promise<string | undefined> | undefined;
   if (config.admin !== null) {
     try {
       admin = await startProxyAdmin(config.admin.host, config.admin.port, {
@@ -328,7 +365,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
           const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
           if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
-          return keyserverUnreachableReason(config);
+          // One ping at a time, shared by every probe meanwhile: a burst of probes opened a key-server connection each,
+          // which took the key server's allowance for this host from the workers' bridges, and read as not ready.
+          keyserverPing ??= keyserverUnreachableReason(config).finally(() => (keyserverPing = undefined));
+          return keyserverPing;
         },
         control: {
           tokenFile: config.admin.tokenFile,
@@ -361,6 +401,12 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
               }),
         },
       });
+      if (!isLoopbackHost(config.admin.host)) {
+        log.warn(
+          { admin: admin.address() },
+          'the admin API listens beyond loopback: /metrics, /readyz, /config and /certs answer anyone who reaches it (changes still need the token)',
+        );
+      }
     } catch (err) {
       clusterMetrics.stop();
       await shared?.close();
@@ -379,7 +425,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     started.set(worker, Date.now());
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
+      heardAt.set(worker, Date.now());
       if (isMessage(message, WANT_TICKET_KEY.type)) {
+        // Stopping already: the shutdown sent to it may have come before it listened for messages, and been lost. It
+        // serves nothing yet and has no SIGTERM handler: it ends at once, instead of starting and waiting for the SIGKILL.
+        if (stopping) return void worker.process.kill('SIGTERM');
         sendToWorker(worker, ticketRingMessage(tickets, ticketGeneration));
         // The committed state, then the delta being applied (if any): IPC
         // keeps order, so the worker ends up where every other worker is.
@@ -410,9 +460,11 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
       }
     });
   };
+  let quickDeaths = 0;
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
     started.delete(worker);
+    heardAt.delete(worker);
     ready.delete(worker);
     synced.delete(worker);
     packs.gone(worker);
@@ -422,8 +474,13 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     for (const wake of boardWaiters) wake();
     acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
-    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived }, 'proxy worker died; starting a replacement');
-    if (lived < CRASH_LOOP_MS) setTimeout(() => !stopping && fork(), 1000).unref();
+    restarts.inc();
+    quickDeaths = lived < CRASH_LOOP_MS ? quickDeaths + 1 : 0;
+    // A fixed 1 s pause had a worker that dies at start (a bad host, a bug in its start) re-forked, and its whole state
+    // loaded again, every second for ever, on the cores the serving workers need.
+    const pauseMs = quickDeaths === 0 ? 0 : Math.min(1000 * 2 ** (quickDeaths - 1), MAX_RESTART_PAUSE_MS);
+    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: pauseMs }, 'proxy worker died; starting a replacement');
+    if (pauseMs > 0) setTimeout(() => !stopping && fork(), pauseMs).unref();
     else fork();
   });
 
@@ -444,6 +501,24 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           Math.min(Math.max(rotationMs / 12, 5_000), 300_000),
         );
   rotation.unref();
+  // A worker whose event loop is blocked (a hot loop, a hang in native code) answers nothing and holds its connections
+  // for ever; the kernel gives new ones to the others, so nothing else would notice. It is killed and replaced.
+  let watchedAt = Date.now();
+  const watchdog = setInterval(() => {
+    const now = Date.now();
+    // A primary held up itself (a long synchronous validation) has not read its workers' messages yet: judged next time.
+    const held = now - watchedAt > 2 * WATCH_MS;
+    watchedAt = now;
+    if (held) return;
+    for (const worker of ready) {
+      const silentMs = now - (heardAt.get(worker) ?? now);
+      // Building a large reload's contexts holds a worker's loop: while one is applied to it, it has that long more.
+      if (silentMs < SILENT_MS + (acks.has(worker) ? APPLY_TIMEOUT_MS : 0) || worker.isDead()) continue;
+      log.error({ worker: worker.id, pid: worker.process.pid, silentMs }, 'proxy worker unresponsive (its event loop is blocked); killing it');
+      worker.process.kill('SIGKILL');
+    }
+  }, WATCH_MS);
+  watchdog.unref();
   const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
   expiryTimer.unref();
   const stopWatching = watchForChanges({
@@ -454,21 +529,27 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     followed: () => source.followed,
     log,
   });
-  const onHangup = (): void => void coordinator.reload('signal');
-  process.on('SIGHUP', onHangup);
+  onHangup(() => void coordinator.reload('signal'));
   log.info({ workers: config.workers, listen: config.listen, admin: admin?.address(), certificates: source.records.size }, 'proxy primary started');
 
   const stopTimers = (): void => {
     stopping = true;
     clearInterval(rotation);
+    clearInterval(watchdog);
     clearInterval(expiryTimer);
     clusterMetrics.stop();
     acme?.stop();
     stopWatching();
-    process.off('SIGHUP', onHangup);
+    onHangup(() => undefined);
     source.close();
     packs.close();
   };
+  // Every SIGTERM/SIGINT is caught until the end: a second one's default action ended the primary at once, mid-drain,
+  // and its workers with it (they exit when the IPC channel closes). The drain is bounded by the grace period.
+  let stop: (signal: NodeJS.Signals) => void = () => undefined;
+  const onStopSignal = (signal: NodeJS.Signals): void => stop(signal);
+  process.on('SIGTERM', onStopSignal);
+  process.on('SIGINT', onStopSignal);
   try {
     await new Promise<void>((resolve, reject) => {
       failStart = (err) => {
@@ -479,7 +560,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
         for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
         reject(err);
       };
-      const stop = (signal: NodeJS.Signals): void => {
+      stop = (signal) => {
         if (stopping) return;
         stopTimers();
         log.info({ signal }, 'stopping proxy workers');
@@ -495,11 +576,13 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
           for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
         }, config.shutdownGraceMs + 5_000).unref();
       };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
     });
   } finally {
+    process.off('SIGTERM', onStopSignal);
+    process.off('SIGINT', onStopSignal);
+    // Every admin connection too: one still sending its head (or an upload) kept the stopped primary running until it ended.
     admin?.close();
+    admin?.closeAllConnections();
     await shared?.close();
   }
   log.info('proxy stopped');
@@ -556,6 +639,10 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
  * `options.keySource`: as WorkerOptions (embedding, benchmarks); `keyedge proxy` passes none.
  */
 export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
+  // From the start, not once serving: a signal to the whole process group (a terminal's ^C or hangup) ends a worker
+  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGHUP', () => undefined);
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.
@@ -625,10 +712,8 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
     stop = (): void => void running.close().then(resolve);
     if (stopEarly) stop();
     // The primary relays SIGTERM as a message; a worker signalled directly stops the same way.
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', () => undefined);
-    // SIGHUP goes to the primary, which reloads for every worker.
-    process.on('SIGHUP', () => undefined);
+    // Every one: a second SIGTERM's default action cut this worker's requests in flight (close() is idempotent).
+    process.on('SIGTERM', stop);
   });
   // What this worker counted since the primary's last poll stays in the cluster's sums.
   await sendFinalMetrics();

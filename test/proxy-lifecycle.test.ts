@@ -1,0 +1,312 @@
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type AbuseOrigin, alive, metricSum, RawClient, startAbuseOrigin, workerPids } from './helpers/abuse.js';
+import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// The primary's life under signals and dying workers, with real processes: a
+// second SIGTERM, a SIGINT or a SIGHUP while it drains; a SIGHUP while it
+// starts; a SIGTERM while its workers start; a worker that dies at every
+// start. Faults are injected by a module preloaded into every process
+// (NODE_OPTIONS=--import), driven by files in a control directory: in the
+// primary it can hold the first fork (a slow start it reports); in a worker
+// it can stall the start (before it listens for the primary's messages) or
+// exit at once (a crash loop).
+const HOST = 'life.lab.test';
+const INJECT = `
+import cluster from 'node:cluster';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+const dir = process.env.LIFECYCLE_CONTROL;
+const block = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+if (dir !== undefined && cluster.isPrimary) {
+  const fork = cluster.fork.bind(cluster);
+  let forks = 0;
+  cluster.fork = (...args) => {
+    if (++forks === 1 && existsSync(join(dir, 'slow-first-fork'))) {
+      writeFileSync(join(dir, 'forking'), String(process.pid));
+      block(2000);
+    }
+    const worker = fork(...args);
+    if (forks === 1) setTimeout(() => writeFileSync(join(dir, 'forked'), String(process.pid)), 300);
+    return worker;
+  };
+} else if (dir !== undefined) {
+  // Metrics snapshots of every wrong shape, as a worker in a corrupted state might send them.
+  process.on('SIGUSR2', () => {
+    for (const metrics of [[null], [{ name: 'x', type: 'counter', values: 5 }], [{ type: 'counter', values: [] }], [{ name: 'y', type: 'counter', values: [{ value: 1 }] }], [{ name: 'z', type: 'counter', values: [null] }]]) {
+      process.send({ type: 'keyedge:metrics', full: false, metrics });
+      process.send({ type: 'keyedge:metrics', full: true, metrics });
+    }
+  });
+  // Counts the primary's requests for a whole registry (a scrape's), in a file per worker.
+  let full = 0;
+  process.on('message', (message) => {
+    if (message?.type === 'keyedge:metrics-request' && message.full === true) writeFileSync(join(dir, 'full-' + process.pid), String(++full));
+  });
+  if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
+  if (existsSync(join(dir, 'slow-worker'))) block(3000);
+}
+`;
+
+let dir: string;
+let lab: KeylessLab;
+let origin: AbuseOrigin;
+let ca: string;
+let certFile: string;
+const running: ClusterProxy[] = [];
+
+beforeAll(async () => {
+  dir = tempDir('keyedge-lifecycle-');
+  writeFileSync(join(dir, 'inject.mjs'), INJECT);
+  lab = await startKeylessLab();
+  origin = await startAbuseOrigin();
+  ca = readFileSync(lab.caFile, 'utf8');
+  certFile = (await lab.certificate('life', lab.keys.ec, [HOST])).file;
+}, 60_000);
+
+afterAll(async () => {
+  for (const proxy of running) await proxy.stop();
+  await origin?.close();
+  await lab?.close();
+  if (dir !== undefined) removeDir(dir);
+});
+
+/** `keyedge proxy` with two workers serving HOST, its control directory `control` (created empty). */
+async function startProxy(name: string, control: string, extra: Record<string, unknown> = {}): Promise<ClusterProxy> {
+  // Made before the first await: the caller may put files in it as soon as this returns its promise.
+  rmSync(control, { recursive: true, force: true });
+  mkdirSync(control, { recursive: true });
+  const proxy = await startClusterProxy(
+    lab,
+    name,
+    (p) => {
+      writeFileSync(join(p.storeDir, 'life.pem'), readFileSync(certFile));
+      return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }], ...extra });
+    },
+    { NODE_OPTIONS: `--import=${pathToFileURL(join(dir, 'inject.mjs')).href}`, LIFECYCLE_CONTROL: control },
+    75_000,
+  );
+  running.push(proxy);
+  return proxy;
+}
+
+const get = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
+
+async function answered(proxy: ClusterProxy, path: string): Promise<string> {
+  const client = new RawClient(proxy.port, ca, HOST);
+  await client.secure;
+  client.write(get(path));
+  await client.receivedAtLeast(1);
+  client.tls.destroy();
+  return client.head;
+}
+
+describe('signals while the primary drains', () => {
+  it('a second SIGTERM, a SIGINT and a SIGHUP, to the primary and to every worker, do not cut the drain: the request in flight is answered whole, the primary stops cleanly', async () => {
+    const proxy = await startProxy('drain', join(dir, 'drain'));
+    const client = new RawClient(proxy.port, ca, HOST);
+    await client.secure;
+    client.write(get('/inflight/answer?size=4096&delayMs=3000'));
+    await waitFor('the request at the origin', () => (origin.open().includes('inflight') ? true : undefined));
+    process.kill(proxy.pid, 'SIGTERM');
+    await sleep(300);
+    // Then to every process, as a supervisor that signals the whole group (systemd's control-group kill) does, twice.
+    const workers = workerPids(proxy).listening;
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGTERM'] as const) {
+      // A process that one of them ended is gone for the next (ESRCH): what the assertions below show.
+      for (const pid of [proxy.pid, ...workers]) if (alive(pid)) process.kill(pid, signal);
+      await sleep(100);
+    }
+    await client.receivedAtLeast(4096, 15_000);
+    expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
+    client.tls.destroy();
+    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
+    expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
+    for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
+  }, 120_000);
+});
+
+describe('an admin client that never finishes its request', () => {
+  it('does not keep the stopped primary running', async () => {
+    const proxy = await startProxy('admin-open', join(dir, 'admin-open'));
+    const socket = net.connect(proxy.adminPort, '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    // An upload with the token, its body still to come: read until the 60 s request deadline.
+    socket.write(`PUT /certs/slow HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 100000\r\n\r\nabc`);
+    await sleep(200);
+    const signalled = Date.now();
+    process.kill(proxy.pid, 'SIGTERM');
+    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 30_000);
+    socket.destroy();
+    // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
+    expect(Date.now() - signalled).toBeLessThan(8_000);
+  }, 120_000);
+});
+
+describe('a SIGHUP storm', () => {
+  it('100 SIGHUPs within a second: reloads one at a time (those meanwhile folded), each ok; the proxy serves throughout', async () => {
+    const proxy = await startProxy('storm', join(dir, 'storm'));
+    const before = proxy.lines.length;
+    for (let i = 0; i < 100; i++) {
+      process.kill(proxy.pid, 'SIGHUP');
+      await sleep(10);
+    }
+    expect(await answered(proxy, '/during-storm/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+    await sleep(3_000);
+    const reloads = proxy.lines.slice(before).filter((l) => l.msg === 'reload done' && l.trigger === 'signal');
+    // A reload takes a few ms here, so most get one of their own; those that come while one runs fold into the next.
+    expect(reloads.length).toBeGreaterThanOrEqual(1);
+    expect(reloads.length).toBeLessThanOrEqual(100);
+    expect(reloads.filter((r) => r.result !== 'ok')).toEqual([]);
+    expect(alive(proxy.pid)).toBe(true);
+    expect(workerPids(proxy).died).toEqual([]);
+  }, 120_000);
+});
+
+describe('signals while the proxy starts', () => {
+  it('a SIGHUP before the workers are forked does not end the primary: it starts, and reloads once', async () => {
+    const control = join(dir, 'hangup');
+    const starting = startProxy('hangup', control);
+    writeFileSync(join(control, 'slow-first-fork'), '');
+    const pid = Number(
+      await waitFor('the primary to fork', () => (existsSync(join(control, 'forking')) ? readFileSync(join(control, 'forking'), 'utf8') : undefined), 60_000),
+    );
+    for (let i = 0; i < 20; i++) process.kill(pid, 'SIGHUP');
+    await sleep(2_500);
+    expect(alive(pid), 'the primary after the SIGHUPs').toBe(true);
+    const proxy = await starting;
+    expect(alive(proxy.pid)).toBe(true);
+    await waitFor('the reload SIGHUP asked for', () => proxy.lines.find((l) => l.msg === 'reload done' && l.trigger === 'signal'), 15_000);
+    expect(await answered(proxy, '/after-hangup/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+  }, 120_000);
+
+  it('a SIGTERM while the workers start, before they listen for messages, stops the proxy at once, not after the grace period', async () => {
+    const control = join(dir, 'term');
+    const starting = startProxy('term', control).then(
+      () => 'ready',
+      (err: Error) => err.message,
+    );
+    writeFileSync(join(control, 'slow-worker'), '');
+    const pid = Number(
+      await waitFor('the primary to fork', () => (existsSync(join(control, 'forked')) ? readFileSync(join(control, 'forked'), 'utf8') : undefined), 60_000),
+    );
+    const signalled = Date.now();
+    process.kill(pid, 'SIGTERM');
+    // The workers stall 3 s before they listen; the grace period (10 s) and its 5 s slack would take 15 s.
+    await waitFor('the primary to exit', () => (alive(pid) ? undefined : true), 30_000);
+    expect(Date.now() - signalled).toBeLessThan(9_000);
+    expect(await starting).toMatch(/the proxy exited \(0\)/);
+  }, 120_000);
+});
+
+describe('a worker that dies at every start', () => {
+  it('is restarted with a growing pause while the other worker serves, and shows in the log, /metrics and /readyz', async () => {
+    const control = join(dir, 'crash');
+    const proxy = await startProxy('crash', control);
+    const [survivor, victim] = await waitFor('two workers listening', () =>
+      workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+    );
+    writeFileSync(join(control, 'crash'), '');
+    process.kill(victim!, 'SIGKILL');
+    const from = Date.now();
+    await sleep(16_000);
+    const deaths = proxy.lines.filter((l) => l.msg === 'proxy worker died; starting a replacement');
+    // A fixed 1 s pause restarts it about a dozen times in 16 s; doubling pauses (1, 2, 4, 8 s) five times at most.
+    expect(deaths.length, JSON.stringify(deaths.map((d) => d.restartInMs))).toBeGreaterThanOrEqual(3);
+    expect(deaths.length, JSON.stringify(deaths.map((d) => d.restartInMs))).toBeLessThanOrEqual(6);
+    // The first death (the SIGKILL) may come within 5 s of the start or not; each quick one after it doubles the pause.
+    const pauses = deaths.map((d) => d.restartInMs as number);
+    expect(pauses[1]).toBeGreaterThanOrEqual(1000);
+    for (let i = 2; i < pauses.length; i++) expect(pauses[i], JSON.stringify(pauses)).toBe(Math.min(2 * pauses[i - 1]!, 30_000));
+    expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(deaths.length);
+    const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(await ready.text()).toMatch(/1 of 2 workers/);
+    // The other worker serves throughout.
+    expect(alive(survivor!)).toBe(true);
+    for (let i = 0; i < 4; i++) expect(await answered(proxy, `/during-loop-${i}/answer?size=16`)).toMatch(/^HTTP\/1\.1 200 /);
+    // Once the fault is gone, the next restart serves.
+    rmSync(join(control, 'crash'));
+    await waitFor('two workers again', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+    expect(Date.now() - from).toBeLessThan(60_000);
+  }, 120_000);
+});
+
+describe('many scrapes at once', () => {
+  it("100 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 100", async () => {
+    const control = join(dir, 'scrapes');
+    const proxy = await startProxy('scrapes', control);
+    const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+    const asked = (): number[] =>
+      workers.map((pid) => (existsSync(join(control, `full-${pid}`)) ? Number(readFileSync(join(control, `full-${pid}`), 'utf8')) : 0));
+    const before = asked();
+    const bodies = await Promise.all(Array.from({ length: 100 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
+    for (const body of bodies) expect(body).toMatch(/keyedge_proxy_worker_restarts_total 0/);
+    const after = asked();
+    for (let i = 0; i < workers.length; i++) expect(after[i]! - before[i]!, `worker ${workers[i]}`).toBeLessThan(20);
+  }, 120_000);
+});
+
+describe('a worker whose event loop is blocked (SIGSTOP)', () => {
+  it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves', async () => {
+    const proxy = await startProxy('hung', join(dir, 'hung'));
+    const [survivor, victim] = await waitFor('two workers listening', () =>
+      workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+    );
+    process.kill(victim!, 'SIGSTOP');
+    const stoppedAt = Date.now();
+    try {
+      const scrapes = await Promise.all(
+        Array.from({ length: 50 }, async () => {
+          const started = Date.now();
+          const response = await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`);
+          await response.text();
+          return { status: response.status, ms: Date.now() - started };
+        }),
+      );
+      for (const scrape of scrapes) expect(scrape.status).toBe(200);
+      expect(Math.max(...scrapes.map((s) => s.ms))).toBeLessThan(8_000);
+      expect(await answered(proxy, '/while-hung/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      // Silent for 30 s (60 s while a store rescan, every 30 s, waits for it to apply), judged every 5 s; a generous margin.
+      const killed = await waitFor(
+        'the primary to kill it',
+        () => proxy.lines.find((l) => l.msg === 'proxy worker unresponsive (its event loop is blocked); killing it'),
+        100_000,
+      );
+      expect(killed.pid).toBe(victim);
+      expect(Number(killed.silentMs)).toBeGreaterThanOrEqual(30_000);
+      expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(30_000);
+      await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
+      await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
+      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+      expect(alive(survivor!)).toBe(true);
+    } finally {
+      if (alive(victim!)) process.kill(victim!, 'SIGCONT');
+    }
+  }, 200_000);
+});
+
+describe('IPC messages of unexpected shapes', () => {
+  it("metrics snapshots a worker sends malformed are ignored: the primary goes on, /metrics answers, the worker's death is summed", async () => {
+    const proxy = await startProxy('shapes', join(dir, 'shapes'));
+    const [, victim] = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+    process.kill(victim!, 'SIGUSR2');
+    await sleep(1_000);
+    expect(alive(proxy.pid), 'the primary').toBe(true);
+    expect((await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).status).toBe(200);
+    // Its exit folds its last snapshot into the retired sums: a malformed one would throw there.
+    process.kill(victim!, 'SIGKILL');
+    await waitFor('a replacement', () => (workerPids(proxy).died.includes(victim!) ? true : undefined), 15_000);
+    await sleep(1_000);
+    expect(alive(proxy.pid), 'the primary').toBe(true);
+    const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    expect(text).toMatch(/keyedge_proxy_worker_restarts_total 1/);
+    expect(await answered(proxy, '/after-shapes/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+  }, 120_000);
+});
