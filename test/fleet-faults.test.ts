@@ -1,0 +1,87 @@
+import { join } from 'node:path';
+import type { Etcd3, Lock } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { CACHE_FILE } from '../proxy/store/cache.js';
+import { etcdClient } from '../proxy/store/etcd-client.js';
+import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
+import { acquireLock, fencedPut } from '../proxy/store/lock.js';
+import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+// The fleet store under faults, against a real etcd (one member): a lock
+// holder paused past its lease, a watch whose revision was compacted away.
+let dir: string;
+let etcd: EtcdCluster;
+const clients: Etcd3[] = [];
+const stores: EtcdStore[] = [];
+const log = createLogger('fleet-faults-test', 'silent', process.stderr);
+
+function client(): Etcd3 {
+  const made = etcdClient({ endpoints: etcd.endpoints, prefix: '/f/', tls: null, auth: null, timeoutMs: 2_000 }, 'test');
+  clients.push(made);
+  return made;
+}
+
+async function store(prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> {
+  const made = new EtcdStore(client(), { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: (c) => changes.push(...c) });
+  stores.push(made);
+  await made.start();
+  return made;
+}
+
+/** `real`, whose locks run `pause` right after their acquisition transaction succeeded (before the holder reads its fence). */
+function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>): Etcd3 {
+  return new Proxy(real, {
+    get(target, property) {
+      if (property === 'lock') {
+        return (key: string) => {
+          const lock = target.lock(key);
+          const acquire = lock.acquire.bind(lock);
+          lock.acquire = async () => {
+            const got = await acquire();
+            await pause(lock);
+            return got;
+          };
+          return lock;
+        };
+      }
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+beforeAll(async () => {
+  dir = tempDir('keyedge-fleet-faults-');
+  etcd = await startEtcdCluster(dir, 1);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  for (const c of clients) c.close();
+  await etcd?.close();
+  removeDir(dir);
+});
+
+describe('a lock holder paused past its lease', () => {
+  it('does not take the fence of the node that took the lock meanwhile', async () => {
+    const etcdA = client();
+    const etcdB = client();
+    const key = '/f/locks/issue/paused.example';
+    let other: Awaited<ReturnType<typeof acquireLock>>;
+    // A's lease ends right after its transaction (as a pause longer than the TTL would), and B takes the lock.
+    const pausedA = pausingAfterAcquire(etcdA, async (lock) => {
+      await lock.release();
+      other = await acquireLock(etcdB, key, { ttlSeconds: 10, waitMs: 0 });
+    });
+    const mine = await acquireLock(pausedA, key, { ttlSeconds: 10, waitMs: 0 });
+    expect(other!).toBeDefined();
+    // A does not hold it: B does, and only B's writes pass the fence.
+    expect(mine).toBeUndefined();
+    expect(await fencedPut(etcdB, other!, '/f/owner', 'b')).toBeGreaterThan(0);
+    expect(await etcdA.get('/f/owner').string()).toBe('b');
+    await other!.release();
+  });
+});
