@@ -85,3 +85,31 @@ describe('a lock holder paused past its lease', () => {
     await other!.release();
   });
 });
+
+describe('a watch whose revision was compacted away', () => {
+  it('is replaced from a fresh snapshot: the node keeps following etcd', async () => {
+    const changes: StoreChange[] = [];
+    const node = await store('/c/', 'compacted', changes);
+    const writer = client();
+    await writer.put('/c/acme/before').value('1').exec();
+    await waitFor('the first write', () => node.item('acme/before'), 10_000);
+    // Writes elsewhere in etcd, then a compaction, pass the revision this
+    // node's watch would resume from (a watch on the prefix sees nothing of
+    // them). Then the watch stream drops (a network blip): etcd3 re-creates
+    // the watch from that revision, and etcd answers "created" and
+    // "canceled" at once (compacted).
+    await writer.put('/elsewhere/x').value('1').exec();
+    const put = await writer.put('/elsewhere/x').value('2').exec();
+    await writer.kv.compact({ revision: put.header.revision, physical: true });
+    // Meanwhile this node waits for a lock another node holds (lock.ts watches its key on the same client).
+    const waiting = await node.client.watch().key('/c/locks/issue/held.example').create();
+    const manager = (node.client as unknown as { watchManager: { handleError(err: Error): void } }).watchManager;
+    manager.handleError(new Error('test: the watch stream dropped'));
+    // Well after the re-created watch was cancelled and a probe resynced.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    await writer.put('/c/acme/after').value('3').exec();
+    await waitFor('a write after the compaction', () => node.item('acme/after'), 10_000);
+    expect(node.health.up).toBe(true);
+    void waiting.cancel().catch(() => undefined);
+  }, 30_000);
+});
