@@ -113,3 +113,16 @@ describe('a watch whose revision was compacted away', () => {
     void waiting.cancel().catch(() => undefined);
   }, 30_000);
 });
+
+describe('a large fleet state', () => {
+  it('is read whole at start past gRPC’s 4 MiB default answer size', async () => {
+    const writer = client();
+    // 48 entries of 100 KB (under etcd's 1.5 MiB request limit each): 4.8 MB in one range read.
+    const big = 'x'.repeat(100_000);
+    for (let i = 0; i < 48; i++) await writer.put(`/big/acme/entry-${i}`).value(big).exec();
+    const node = await store('/big/', 'big');
+    expect(node.health.reason).toBeUndefined();
+    expect(node.health.up).toBe(true);
+    expect(node.keys('acme/')).toHaveLength(48);
+  }, 60_000);
+});
