@@ -2,10 +2,12 @@ import { join } from 'node:path';
 import type { Etcd3, Lock } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import { etcdClient } from '../proxy/store/etcd-client.js';
 import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
+import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
 import { removeDir, tempDir } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
@@ -125,4 +127,47 @@ describe('a large fleet state', () => {
     expect(node.health.up).toBe(true);
     expect(node.keys('acme/')).toHaveLength(48);
   }, 60_000);
+});
+
+describe('an issuance lock taken on a mirror that does not catch up', () => {
+  it('refuses the work instead of running it on an older state', async () => {
+    const writer = client();
+    // Node A's watch brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
+    const deaf = new Proxy(client(), {
+      get(target, property) {
+        if (property === 'watch') {
+          return () => {
+            const builder = target.watch();
+            return new Proxy(builder, {
+              get(b, p) {
+                if (p === 'prefix') return () => b.prefix('/nowhere/');
+                const value = Reflect.get(b, p, b) as unknown;
+                return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(b) : value;
+              },
+            });
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const nodeA = new EtcdStore(deaf, { prefix: '/l/', timeoutMs: 2_000, cacheFile: join(dir, 'deaf', CACHE_FILE), log, onChange: () => undefined });
+    stores.push(nodeA);
+    await nodeA.start();
+    // Node B registers the account under the lock, and releases it.
+    const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
+    await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
+    await lockB!.release();
+    let ran = false;
+    const held = fleetLocks(nodeA, () => undefined).hold('acme/account', 0, async () => {
+      ran = true;
+      return nodeA.item('acme/account');
+    });
+    await expect(held).rejects.toBeInstanceOf(StoreUnavailableError);
+    expect(ran).toBe(false);
+    // The lock was released: node B takes it again at once.
+    const again = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
+    expect(again).toBeDefined();
+    await again!.release();
+  }, 30_000);
 });
