@@ -14,13 +14,16 @@
  * lock's revision before the work starts: whatever the previous holder wrote
  * (its certificate, the managed entry's `lastIssuedAt`, the account) was
  * written before it released, so before this lock was taken, and the work
- * sees it (the manager then does not order again what was just issued).
+ * sees it (the manager then does not order again what was just issued);
+ * when the mirror cannot get there in time, the work is refused, not run on
+ * an older state.
  *
  * Costs (fleet): a lease, a transaction and a range per hold; a watch while
  * another node holds it.
  */
 import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
+import { StoreUnavailableError } from '../store/storage.js';
 
 /** The lease under an issuance lock; etcd3 keeps it alive while the holder lives. */
 const LOCK_TTL_SECONDS = 10;
@@ -48,7 +51,13 @@ export function fleetLocks(store: EtcdStore, caughtUp: () => void): IssuanceLock
       const lock = await store.lock(name, { ttlSeconds: LOCK_TTL_SECONDS, waitMs });
       if (lock === undefined) return undefined;
       try {
-        await store.reached(Number(lock.fence), CATCH_UP_MS);
+        if (!(await store.reached(Number(lock.fence), CATCH_UP_MS))) {
+          // Working on a mirror that misses the previous holder's writes would
+          // order again what it just issued, or register a second account.
+          throw new StoreUnavailableError(
+            `the fleet's store mirror did not reach the lock's revision ${lock.fence} within ${CATCH_UP_MS} ms; ${name} not worked on from an older state`,
+          );
+        }
         caughtUp();
         return { value: await work(lock) };
       } finally {

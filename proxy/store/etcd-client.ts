@@ -3,7 +3,8 @@
  * TLS to etcd (its CA, and the node's client certificate when etcd requires
  * one), etcd's user/password auth with the password read from a file, and a
  * deadline on every unary call so that a partitioned member costs at most
- * `timeoutMs`, never a hang on the reload path.
+ * `timeoutMs`, never a hang on the reload path. No cap on an answer's size:
+ * the whole prefix is read in one.
  *
  * Read once at start: rotating the client certificate or the password takes
  * a restart (the whole `etcd` key is restart-only).
@@ -26,6 +27,11 @@ export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 
   return new Etcd3({
     hosts: [...settings.endpoints],
     dialTimeout: settings.timeoutMs,
+    // The start (and every resync) reads the whole prefix in one answer, and a
+    // watch answer carries a whole transaction: gRPC's 4 MiB default refused
+    // them past ~1,000 certificates, and the node stayed degraded for ever.
+    // The mirror holds all of it in memory anyway.
+    grpcOptions: { 'grpc.max_receive_message_length': -1 },
     ...(tls === null
       ? {}
       : {

@@ -89,6 +89,7 @@ export class EtcdStore implements EntryStorage {
   #probing = false;
   #closed = false;
   #watcher: Watcher | undefined;
+  readonly #endedByEtcd = new WeakSet<Watcher>();
   #probeTimer: NodeJS.Timeout | undefined;
   #cacheTimer: NodeJS.Timeout | undefined;
 
@@ -273,7 +274,7 @@ export class EtcdStore implements EntryStorage {
       clearTimeout(this.#cacheTimer);
       this.#persist();
     }
-    await this.#watcher?.cancel().catch(() => undefined);
+    this.#dropWatcher();
     this.client.close();
   }
 
@@ -313,9 +314,7 @@ export class EtcdStore implements EntryStorage {
       this.#setUp(undefined);
     } catch (err) {
       this.#stale = true;
-      const watcher = this.#watcher;
-      this.#watcher = undefined;
-      void watcher?.cancel().catch(() => undefined);
+      this.#dropWatcher();
       this.#setUp((err as Error).message);
     } finally {
       this.#probing = false;
@@ -323,6 +322,8 @@ export class EtcdStore implements EntryStorage {
   }
 
   async #resync(): Promise<void> {
+    // Dropped before the read: what it would still deliver is in the snapshot.
+    this.#dropWatcher();
     const range = await this.#call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
     const revision = Number(range.header.revision);
     if (revision < this.#floor) {
@@ -344,7 +345,6 @@ export class EtcdStore implements EntryStorage {
     }
     this.#items = next;
     this.#revision = revision;
-    await this.#watcher?.cancel().catch(() => undefined);
     const watcher = this.client
       .watch()
       .prefix(this.prefix)
@@ -353,10 +353,33 @@ export class EtcdStore implements EntryStorage {
     watcher.on('data', (response: IWatchResponse) => this.#onEvents(response));
     // The next probe reads the prefix whole and starts a new watch: nothing between is lost, revisions order it.
     watcher.on('disconnected', () => void (this.#stale = true));
-    watcher.on('error', () => void (this.#stale = true));
+    watcher.on('error', () => {
+      // etcd ended this watch itself (its revision compacted away): a cancel of it would go unanswered.
+      this.#endedByEtcd.add(watcher);
+      this.#stale = true;
+    });
     this.#watcher = watcher;
     this.#stale = false;
     this.#changed(changes);
+  }
+
+  /**
+   * Stops listening to the current watch and cancels it without waiting on
+   * the cancel. A watch etcd itself ended (its revision compacted away while
+   * the stream was down) is not cancelled at all: etcd answers such a cancel
+   * for a watch etcd3 has already forgotten, which wedges etcd3's shared watch
+   * stream (no later watch of this client ever starts), and awaiting the
+   * cancel held the probe for ever. Either way the node stopped following
+   * etcd while it said it was up.
+   */
+  #dropWatcher(): void {
+    const watcher = this.#watcher;
+    this.#watcher = undefined;
+    if (watcher === undefined) return;
+    watcher.removeAllListeners();
+    // An 'error' with no listener would throw out of etcd3's stream handler.
+    watcher.on('error', () => undefined);
+    if (!this.#endedByEtcd.has(watcher)) void watcher.cancel().catch(() => undefined);
   }
 
   #onEvents(response: IWatchResponse): void {

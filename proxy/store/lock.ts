@@ -61,8 +61,12 @@ export async function fencedPut(client: Etcd3, lock: HeldLock, target: string, v
 }
 
 async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
-  const range = await client.get(key).exec();
-  const fence = range.kvs[0]?.create_revision;
+  const [range, leaseId] = await Promise.all([client.get(key).exec(), lock.leaseId()]);
+  const kv = range.kvs[0];
+  // The key must still be ours: when our lease expired between the transaction
+  // and this read (a pause) and another node took the lock meanwhile, the key
+  // is its key, and its create revision would give two holders one fence.
+  const fence = kv !== undefined && leaseId !== null && kv.lease === String(leaseId) ? kv.create_revision : undefined;
   if (fence === undefined) {
     // The lease expired between the transaction and this read: not held.
     await lock.release().catch(() => undefined);

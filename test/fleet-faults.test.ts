@@ -1,0 +1,173 @@
+import { join } from 'node:path';
+import type { Etcd3, Lock } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { fleetLocks } from '../proxy/acme/issuance-locks.js';
+import { CACHE_FILE } from '../proxy/store/cache.js';
+import { etcdClient } from '../proxy/store/etcd-client.js';
+import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
+import { acquireLock, fencedPut } from '../proxy/store/lock.js';
+import { StoreUnavailableError } from '../proxy/store/storage.js';
+import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+// The fleet store under faults, against a real etcd (one member): a lock
+// holder paused past its lease, a watch whose revision was compacted away.
+let dir: string;
+let etcd: EtcdCluster;
+const clients: Etcd3[] = [];
+const stores: EtcdStore[] = [];
+const log = createLogger('fleet-faults-test', 'silent', process.stderr);
+
+function client(): Etcd3 {
+  const made = etcdClient({ endpoints: etcd.endpoints, prefix: '/f/', tls: null, auth: null, timeoutMs: 2_000 }, 'test');
+  clients.push(made);
+  return made;
+}
+
+async function store(prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> {
+  const made = new EtcdStore(client(), { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: (c) => changes.push(...c) });
+  stores.push(made);
+  await made.start();
+  return made;
+}
+
+/** `real`, whose locks run `pause` right after their acquisition transaction succeeded (before the holder reads its fence). */
+function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>): Etcd3 {
+  return new Proxy(real, {
+    get(target, property) {
+      if (property === 'lock') {
+        return (key: string) => {
+          const lock = target.lock(key);
+          const acquire = lock.acquire.bind(lock);
+          lock.acquire = async () => {
+            const got = await acquire();
+            await pause(lock);
+            return got;
+          };
+          return lock;
+        };
+      }
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+beforeAll(async () => {
+  dir = tempDir('keyedge-fleet-faults-');
+  etcd = await startEtcdCluster(dir, 1);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(stores.map((s) => s.close()));
+  for (const c of clients) c.close();
+  await etcd?.close();
+  removeDir(dir);
+});
+
+describe('a lock holder paused past its lease', () => {
+  it('does not take the fence of the node that took the lock meanwhile', async () => {
+    const etcdA = client();
+    const etcdB = client();
+    const key = '/f/locks/issue/paused.example';
+    let other: Awaited<ReturnType<typeof acquireLock>>;
+    // A's lease ends right after its transaction (as a pause longer than the TTL would), and B takes the lock.
+    const pausedA = pausingAfterAcquire(etcdA, async (lock) => {
+      await lock.release();
+      other = await acquireLock(etcdB, key, { ttlSeconds: 10, waitMs: 0 });
+    });
+    const mine = await acquireLock(pausedA, key, { ttlSeconds: 10, waitMs: 0 });
+    expect(other!).toBeDefined();
+    // A does not hold it: B does, and only B's writes pass the fence.
+    expect(mine).toBeUndefined();
+    expect(await fencedPut(etcdB, other!, '/f/owner', 'b')).toBeGreaterThan(0);
+    expect(await etcdA.get('/f/owner').string()).toBe('b');
+    await other!.release();
+  });
+});
+
+describe('a watch whose revision was compacted away', () => {
+  it('is replaced from a fresh snapshot: the node keeps following etcd', async () => {
+    const changes: StoreChange[] = [];
+    const node = await store('/c/', 'compacted', changes);
+    const writer = client();
+    await writer.put('/c/acme/before').value('1').exec();
+    await waitFor('the first write', () => node.item('acme/before'), 10_000);
+    // Writes elsewhere in etcd, then a compaction, pass the revision this
+    // node's watch would resume from (a watch on the prefix sees nothing of
+    // them). Then the watch stream drops (a network blip): etcd3 re-creates
+    // the watch from that revision, and etcd answers "created" and
+    // "canceled" at once (compacted).
+    await writer.put('/elsewhere/x').value('1').exec();
+    const put = await writer.put('/elsewhere/x').value('2').exec();
+    await writer.kv.compact({ revision: put.header.revision, physical: true });
+    // Meanwhile this node waits for a lock another node holds (lock.ts watches its key on the same client).
+    const waiting = await node.client.watch().key('/c/locks/issue/held.example').create();
+    const manager = (node.client as unknown as { watchManager: { handleError(err: Error): void } }).watchManager;
+    manager.handleError(new Error('test: the watch stream dropped'));
+    // Well after the re-created watch was cancelled and a probe resynced.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    await writer.put('/c/acme/after').value('3').exec();
+    await waitFor('a write after the compaction', () => node.item('acme/after'), 10_000);
+    expect(node.health.up).toBe(true);
+    void waiting.cancel().catch(() => undefined);
+  }, 30_000);
+});
+
+describe('a large fleet state', () => {
+  it('is read whole at start past gRPC’s 4 MiB default answer size', async () => {
+    const writer = client();
+    // 48 entries of 100 KB (under etcd's 1.5 MiB request limit each): 4.8 MB in one range read.
+    const big = 'x'.repeat(100_000);
+    for (let i = 0; i < 48; i++) await writer.put(`/big/acme/entry-${i}`).value(big).exec();
+    const node = await store('/big/', 'big');
+    expect(node.health.reason).toBeUndefined();
+    expect(node.health.up).toBe(true);
+    expect(node.keys('acme/')).toHaveLength(48);
+  }, 60_000);
+});
+
+describe('an issuance lock taken on a mirror that does not catch up', () => {
+  it('refuses the work instead of running it on an older state', async () => {
+    const writer = client();
+    // Node A's watch brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
+    const deaf = new Proxy(client(), {
+      get(target, property) {
+        if (property === 'watch') {
+          return () => {
+            const builder = target.watch();
+            return new Proxy(builder, {
+              get(b, p) {
+                if (p === 'prefix') return () => b.prefix('/nowhere/');
+                const value = Reflect.get(b, p, b) as unknown;
+                return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(b) : value;
+              },
+            });
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const nodeA = new EtcdStore(deaf, { prefix: '/l/', timeoutMs: 2_000, cacheFile: join(dir, 'deaf', CACHE_FILE), log, onChange: () => undefined });
+    stores.push(nodeA);
+    await nodeA.start();
+    // Node B registers the account under the lock, and releases it.
+    const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
+    await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
+    await lockB!.release();
+    let ran = false;
+    const held = fleetLocks(nodeA, () => undefined).hold('acme/account', 0, async () => {
+      ran = true;
+      return nodeA.item('acme/account');
+    });
+    await expect(held).rejects.toBeInstanceOf(StoreUnavailableError);
+    expect(ran).toBe(false);
+    // The lock was released: node B takes it again at once.
+    const again = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
+    expect(again).toBeDefined();
+    await again!.release();
+  }, 30_000);
+});
