@@ -37,9 +37,8 @@ export const proxyCommand: Command = {
     const log = createLogger(cluster.isPrimary ? 'proxy' : `proxy-worker-${cluster.worker?.id ?? 0}`, config.log.level);
     // Loaded here, not at the top: the native keyless bridge comes with it, and
     // other keyedge commands (key management on a key-server host) never need it.
-    const { runPrimary, runWorker } = await import('./cluster.js');
-    if (cluster.isPrimary) await runPrimary(config, log);
-    else await runWorker(config, log);
+    if (cluster.isPrimary) await (await import('./cluster.js')).runPrimary(config, log);
+    else await (await import('./cluster-worker.js')).runWorker(config, log);
     return 0;
   },
 };

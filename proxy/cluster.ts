@@ -4,7 +4,8 @@
  *
  * Scheduling is SCHED_NONE: every worker accepts on the shared socket itself.
  * With the default round-robin policy the primary accepts each connection and
- * passes it to a worker, which cost about +520 µs per handshake here.
+ * passes it to a worker, which cost about +520 µs per handshake here. Each
+ * worker runs cluster-worker.ts; what the two say is cluster-messages.ts.
  *
  * The primary never loads the keyless bridge or any key. It owns the reload
  * path (serving/): it validates certificates and the routing table, sends
@@ -19,25 +20,37 @@
  * the ring is the fleet's, from the shared store (store/tickets.ts): one node
  * rotates it for all, and every primary takes it from its watch.
  */
-import assert from 'node:assert/strict';
 import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
 import { Counter, Registry } from 'prom-client';
 import type { ProxyConfig } from '../config/proxy-schema.js';
-import { KeyedgeError, type KeyedgeErrorCode } from '../keyserver/shared/errors.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { isLoopbackHost, startProxyAdmin } from './admin.js';
-import { ClusterMetrics, sendFinalMetrics, sendToWorker, serveWorkerMetrics } from './cluster-metrics.js';
-import { registerFleetStoreMetrics, uncaughtErrorsCounter } from './metrics.js';
-import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
-import { decodeTicketKeys, isTicketKeyMessage, TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
+import {
+  APPLIED,
+  type AppliedMessage,
+  applyMessage,
+  isAppliedMessage,
+  isMessage,
+  isStartFailedMessage,
+  PACK_OPENED,
+  READY,
+  SHUTDOWN,
+  serveMessage,
+  TICKET_KEYS_APPLIED,
+  WANT_TICKET_KEY,
+} from './cluster-messages.js';
+import { ClusterMetrics, sendToWorker } from './cluster-metrics.js';
+import { registerFleetStoreMetrics } from './metrics.js';
+import { TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
 import { Distribution } from './serving/distribute.js';
-import { isPackedDelta, type PackedDelta, PackShelf, readPack, type WireDelta } from './serving/pack.js';
+import { PackShelf } from './serving/pack.js';
 import type { ServingDelta } from './serving/spec.js';
 import { refuseStartOnConfigCertificates } from './serving/start.js';
 import { watchForChanges } from './serving/watch.js';
@@ -46,28 +59,15 @@ import { etcdClient } from './store/etcd-client.js';
 import { EtcdStore, type StoreChange } from './store/etcd-store.js';
 import { deleteRoute, putRoute } from './store/routes.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from './store/tickets.js';
-import { type RunningWorker, startProxyWorker, type WorkerOptions } from './worker.js';
-import { boardAppliedGeneration, boardAppliedMessage, type BoardMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
+import { boardAppliedGeneration, type BoardMessage } from './acme/challenges.js';
 import { ChainStoredNotLoadedError } from './acme/errors.js';
 import { type RunningAcme, startAcme } from './acme/service.js';
 import { wantedName } from './acme/on-demand.js';
 
-const SHUTDOWN = { type: 'keyedge:shutdown' } as const;
-const READY = { type: 'keyedge:ready' } as const;
-/** A worker that could not start (a port in use, the bridge not built) says why before it exits. */
-const START_FAILED = 'keyedge:start-failed';
-/** A worker asks for the ticket key once it listens for messages: one sent on 'online' could arrive before that and be lost. */
-const WANT_TICKET_KEY = { type: 'keyedge:want-ticket-key' } as const;
-/** A worker acknowledges each ring it applied, by generation: a rotation asked for by the admin answers once every worker uses it. */
-const TICKET_KEYS_APPLIED = 'keyedge:ticket-keys-applied';
 /** How long an admin rotation waits for the workers' acknowledgements. */
 const TICKET_ROTATION_WAIT_MS = 10_000;
 /** How long a new ACME challenge waits for every worker to serve it before the CA is told to look. */
 const CHALLENGE_PUBLISH_WAIT_MS = 10_000;
-
-function isMessage(message: unknown, type: string): boolean {
-  return typeof message === 'object' && message !== null && (message as { type?: unknown }).type === type;
-}
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
 /** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
@@ -78,15 +78,6 @@ const MAX_RESTART_PAUSE_MS = 30_000;
  */
 const SILENT_MS = 30_000;
 const WATCH_MS = 5_000;
-
-export function isShutdownMessage(message: unknown): boolean {
-  return isMessage(message, SHUTDOWN.type);
-}
-
-/** A worker's word that it serves (an embedder of runPrimary can count them on cluster 'message'). */
-export function isReadyMessage(message: unknown): boolean {
-  return isMessage(message, READY.type);
-}
 
 /** How long the primary waits for every worker to apply a reload before calling it partial. */
 const APPLY_TIMEOUT_MS = 30_000;
@@ -630,146 +621,4 @@ async function keyserverUnreachableReason(config: ProxyConfig): Promise<string |
   } catch (err) {
     return `key server: ${(err as Error).message}`;
   }
-}
-
-/**
- * Runs one worker: waits for the primary's ticket key and serving state,
- * serves, applies each reload the primary sends, stops on the primary's word
- * or SIGTERM, or drains after an uncaught error (and exits non-zero).
- * `options.keySource`: as WorkerOptions (embedding, benchmarks); `keyedge proxy` passes none.
- */
-export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
-  // From the start, not once serving: a signal to the whole process group (a terminal's ^C or hangup) ends a worker
-  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker.
-  process.on('SIGINT', () => undefined);
-  process.on('SIGHUP', () => undefined);
-  // Answers the primary's metrics requests with this process's global registry.
-  serveWorkerMetrics();
-  // Deltas that arrive while the worker starts are applied, in order, once it listens.
-  const early: ServingDelta[] = [];
-  let worker: RunningWorker | undefined;
-  let stop: (() => void) | undefined;
-  let stopEarly = false;
-  let ticketKeys: Buffer[] | undefined;
-  let status = 0;
-  const challenges = new ChallengeAnswers();
-  // An error nothing handled is counted, logged, and drains this worker (uncaught.ts); before it serves, nothing is in flight.
-  installUncaughtHandlers({
-    log,
-    counter: uncaughtErrorsCounter(),
-    drain: () => {
-      status = UNCAUGHT_EXIT_CODE;
-      if (stop === undefined) process.exit(status);
-      else stop();
-    },
-    deadlineMs: config.shutdownGraceMs + 5_000,
-  });
-  const applyNow = (delta: ServingDelta): void => {
-    assert(worker !== undefined);
-    try {
-      worker.apply(delta);
-      process.send?.({ type: APPLIED, generation: delta.generation } satisfies AppliedMessage);
-    } catch (err) {
-      log.error({ generation: delta.generation, err }, 'reload could not be applied in this worker; the previous state keeps serving until it is replaced');
-      process.send?.({ type: APPLIED, generation: delta.generation, error: (err as Error).message } satisfies AppliedMessage);
-    }
-  };
-  const initial = new Promise<ServingDelta>((resolve) => {
-    process.on('message', (message: unknown) => {
-      if (isTicketKeyMessage(message)) {
-        ticketKeys = decodeTicketKeys(message);
-        worker?.setTicketKeys(ticketKeys);
-        process.send?.({ type: TICKET_KEYS_APPLIED, generation: message.generation });
-      } else if (isBoardMessage(message)) {
-        challenges.apply(message);
-        process.send?.(boardAppliedMessage(message.generation));
-      } else if (isMessage(message, SERVE)) resolve(received(message as WireDelta));
-      else if (isMessage(message, APPLY)) {
-        const delta = received(message as WireDelta);
-        if (worker === undefined) early.push(delta);
-        else applyNow(delta);
-      } else if (isShutdownMessage(message)) {
-        // Told to stop while still starting: stop as soon as it listens.
-        if (stop === undefined) stopEarly = true;
-        else stop();
-      }
-    });
-    process.send?.(WANT_TICKET_KEY);
-  });
-  const delta = await initial;
-  assert(ticketKeys !== undefined, 'the primary sends the ticket keys before the serving state');
-  try {
-    worker = await startProxyWorker(config, { log, ticketKeys, initial: delta, challenges, ...options });
-  } catch (err) {
-    const code = err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_SETUP';
-    process.send?.({ type: START_FAILED, code, message: (err as Error).message } satisfies StartFailedMessage);
-    throw err;
-  }
-  for (const pending of early.splice(0)) applyNow(pending);
-  process.send?.(READY);
-  const running = worker;
-  await new Promise<void>((resolve) => {
-    stop = (): void => void running.close().then(resolve);
-    if (stopEarly) stop();
-    // The primary relays SIGTERM as a message; a worker signalled directly stops the same way.
-    // Every one: a second SIGTERM's default action cut this worker's requests in flight (close() is idempotent).
-    process.on('SIGTERM', stop);
-  });
-  // What this worker counted since the primary's last poll stays in the cluster's sums.
-  await sendFinalMetrics();
-  // node:cluster exits a worker with 0 when it disconnects: a drained one exits with its own status.
-  if (status !== 0) process.exit(status);
-  // The IPC channel to the primary is the last thing keeping this process alive.
-  process.disconnect?.();
-}
-
-const SERVE = 'keyedge:serve';
-const APPLY = 'keyedge:apply';
-const APPLIED = 'keyedge:applied';
-
-interface AppliedMessage {
-  readonly type: typeof APPLIED;
-  readonly generation: number;
-  readonly error?: string;
-}
-
-/** A worker says it opened a pack (serving/pack.ts): the primary may unlink it. */
-const PACK_OPENED = 'keyedge:pack-opened';
-
-function serveMessage(wire: WireDelta): { type: typeof SERVE } & WireDelta {
-  return { type: SERVE, ...wire };
-}
-
-function applyMessage(wire: WireDelta): { type: typeof APPLY } & WireDelta {
-  return { type: APPLY, ...wire };
-}
-
-/** The delta of a SERVE or APPLY message, read from its pack at once when it came as one (and the primary told). */
-function received(message: WireDelta): ServingDelta {
-  if (!('packed' in message)) return message.delta;
-  const packed: PackedDelta = message.packed;
-  assert(isPackedDelta(packed), 'a packed delta names its file');
-  try {
-    return readPack(packed);
-  } finally {
-    process.send?.({ type: PACK_OPENED, file: packed.file });
-  }
-}
-
-function isAppliedMessage(message: unknown): message is AppliedMessage {
-  return isMessage(message, APPLIED);
-}
-
-interface StartFailedMessage {
-  readonly type: typeof START_FAILED;
-  readonly code: KeyedgeErrorCode;
-  readonly message: string;
-}
-
-function isStartFailedMessage(message: unknown): message is StartFailedMessage {
-  return (
-    isMessage(message, START_FAILED) &&
-    typeof (message as { message?: unknown }).message === 'string' &&
-    String((message as { code?: unknown }).code).startsWith('KEYEDGE_ERR_')
-  );
 }

@@ -13,7 +13,9 @@ import { loadProxyConfig } from '../../config/load.js';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
 import { createLogger } from '../../keyserver/shared/log.js';
-import { isReadyMessage, runPrimary, runWorker } from '../../proxy/cluster.js';
+import { runPrimary } from '../../proxy/cluster.js';
+import { isReadyMessage } from '../../proxy/cluster-messages.js';
+import { runWorker } from '../../proxy/cluster-worker.js';
 import type { KeySource } from '../../proxy/tls/key-source.js';
 
 export interface InMemoryConfig {
