@@ -1,37 +1,17 @@
-import { join } from 'node:path';
 import type { Etcd3, Lock } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../keyserver/shared/log.js';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
-import { CACHE_FILE } from '../proxy/store/cache.js';
-import { etcdClient } from '../proxy/store/etcd-client.js';
-import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
+import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
-import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { EtcdStores } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store under faults, against a real etcd (one member): a lock
 // holder paused past its lease, a watch whose revision was compacted away.
-let dir: string;
-let etcd: EtcdCluster;
-const clients: Etcd3[] = [];
-const stores: EtcdStore[] = [];
-const log = createLogger('fleet-faults-test', 'silent', process.stderr);
-
-function client(): Etcd3 {
-  const made = etcdClient({ endpoints: etcd.endpoints, prefix: '/f/', tls: null, auth: null, timeoutMs: 2_000 }, 'test');
-  clients.push(made);
-  return made;
-}
-
-async function store(prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> {
-  const made = new EtcdStore(client(), { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: (c) => changes.push(...c) });
-  stores.push(made);
-  await made.start();
-  return made;
-}
+let lab: EtcdStores;
+const client = (): Etcd3 => lab.client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
 
 /** `real`, whose locks run `pause` right after their acquisition transaction succeeded (before the holder reads its fence). */
 function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>): Etcd3 {
@@ -56,15 +36,11 @@ function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>):
 }
 
 beforeAll(async () => {
-  dir = tempDir('keyedge-fleet-faults-');
-  etcd = await startEtcdCluster(dir, 1);
+  lab = await EtcdStores.start('/f/', 2_000);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  for (const c of clients) c.close();
-  await etcd?.close();
-  removeDir(dir);
+  await lab?.close();
 });
 
 describe('a lock holder paused past its lease', () => {
@@ -151,9 +127,7 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
-    const nodeA = new EtcdStore(deaf, { prefix: '/l/', timeoutMs: 2_000, cacheFile: join(dir, 'deaf', CACHE_FILE), log, onChange: () => undefined });
-    stores.push(nodeA);
-    await nodeA.start();
+    const nodeA = await lab.store('/l/', 'deaf', [], deaf);
     // Node B registers the account under the lock, and releases it.
     const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();

@@ -3,48 +3,26 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
-import { createLogger } from '../keyserver/shared/log.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
-import { etcdClient } from '../proxy/store/etcd-client.js';
-import { EtcdStore, type StoreChange } from '../proxy/store/etcd-store.js';
+import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { EtcdStores } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store's parts against a real etcd (one member: these are not
 // about quorum): the fenced lock, the mirror and its cache, the revision floor.
-let dir: string;
-let etcd: EtcdCluster;
-const clients: Etcd3[] = [];
-const stores: EtcdStore[] = [];
-const log = createLogger('fleet-store-test', 'silent', process.stderr);
-
-function client(): Etcd3 {
-  const made = etcdClient({ endpoints: etcd.endpoints, prefix: '/t/', tls: null, auth: null, timeoutMs: 1_000 }, 'test');
-  clients.push(made);
-  return made;
-}
-
-async function store(prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> {
-  const made = new EtcdStore(client(), { prefix, timeoutMs: 1_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: (c) => changes.push(...c) });
-  stores.push(made);
-  await made.start();
-  return made;
-}
+let lab: EtcdStores;
+const client = (): Etcd3 => lab.client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
 
 beforeAll(async () => {
-  dir = tempDir('keyedge-fleet-store-');
-  etcd = await startEtcdCluster(dir, 1);
+  lab = await EtcdStores.start('/t/', 1_000);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  for (const c of clients) c.close();
-  await etcd?.close();
-  removeDir(dir);
+  await lab?.close();
 });
 
 describe('the fenced etcd lock', () => {
@@ -90,7 +68,7 @@ describe('the fleet store mirror', () => {
     expect(await rotateSharedTicketKeys(a, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
     const cache = await waitFor('the cache file', () => {
       try {
-        return readFileSync(join(dir, 'a', CACHE_FILE), 'utf8');
+        return readFileSync(join(lab.dir, 'a', CACHE_FILE), 'utf8');
       } catch {
         return undefined;
       }
@@ -119,10 +97,10 @@ describe('the fleet store mirror', () => {
   });
 
   it('refuses an etcd state older than one it served, keeps serving its own and refuses writes', async () => {
-    const cacheFile = join(dir, 'ahead', CACHE_FILE);
+    const cacheFile = join(lab.dir, 'ahead', CACHE_FILE);
     const entry = JSON.stringify({ chain: 'cached chain', meta: {} });
     // A cache from a revision etcd has not reached (etcd restored from an older backup, say).
-    mkdirSync(join(dir, 'ahead'), { recursive: true });
+    mkdirSync(join(lab.dir, 'ahead'), { recursive: true });
     writeFileSync(
       cacheFile,
       JSON.stringify({ prefix: '/fleet-c/', revision: 1_000_000_000, entries: { 'certs/kept': { value: entry, modRevision: 999_999_999 } } }),

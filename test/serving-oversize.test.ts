@@ -25,6 +25,17 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/** A first pass over `storeDir` with `config`, every key the token's (the leaf's own). */
+function prepareFrom(config: ReturnType<typeof loadProxyConfig>, storeDir: string): ReturnType<typeof prepareServing> {
+  return prepareServing({
+    config,
+    store: new CertificateStore(storeDir),
+    previous: new Map(),
+    seen: new Map(),
+    validation: { now: new Date(), keyserverSpki: async (_keyId, leafSpki) => leafSpki },
+  });
+}
+
 describe('chain files over the size bound', () => {
   it('are refused by name, path and size, from the config and from the store, and the others serve', async () => {
     const storeDir = join(dir, 'store');
@@ -35,13 +46,7 @@ describe('chain files over the size bound', () => {
     const configChain = join(dir, 'config-big.pem');
     writeFileSync(configChain, padding + chain);
     const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir }, certificates: [{ name: 'main', chain: configChain }] });
-    const prepared = await prepareServing({
-      config,
-      store: new CertificateStore(storeDir),
-      previous: new Map(),
-      seen: new Map(),
-      validation: { now: new Date(), keyserverSpki: async (_keyId, leafSpki) => leafSpki },
-    });
+    const prepared = await prepareFrom(config, storeDir);
     expect([...prepared.records.keys()]).toEqual(['fine']);
     const size = /the chain file is \d+ bytes; a chain file holds at most 1048576/;
     expect(prepared.refused.map((r) => [r.name, r.source, r.reason])).toEqual([
@@ -61,13 +66,7 @@ describe('chain files over the size bound', () => {
     const fifo = join(dir, 'chain.fifo');
     execFileSync('mkfifo', [fifo]);
     const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir }, certificates: [{ name: 'main', chain: fifo }] });
-    const prepared = await prepareServing({
-      config,
-      store: new CertificateStore(storeDir),
-      previous: new Map(),
-      seen: new Map(),
-      validation: { now: new Date(), keyserverSpki: async (_keyId, leafSpki) => leafSpki },
-    });
+    const prepared = await prepareFrom(config, storeDir);
     expect([...prepared.records.keys()]).toEqual(['fine']);
     expect(prepared.refused.map((r) => [r.name, r.reason])).toEqual([['main', 'unreadable']]);
     expect(prepared.refused[0]!.message).toMatch(/chain\.fifo\): the chain is not a file but a special file/);

@@ -290,7 +290,7 @@ function connect(target: OriginTarget, timeoutMs: number): net.Socket {
 }
 
 /** Whether an Upgrade field lists WebSocket (RFC 9110 §7.8: a list of protocol[/version], names case-insensitive). */
-export function namesWebSocket(upgrade: string | undefined): boolean {
+function namesWebSocket(upgrade: string | undefined): boolean {
   if (upgrade === undefined) return false;
   for (const protocol of upgrade.split(',')) if (protocol.trim().toLowerCase() === 'websocket') return true;
   return false;

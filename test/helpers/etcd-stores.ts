@@ -1,0 +1,61 @@
+/**
+ * The fleet store's parts on one real etcd member (helpers/etcd.ts), for a
+ * test file: etcd clients and store mirrors made on it, their cache files
+ * under its temp dir, all closed by `close()`.
+ */
+import { join } from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import { createLogger } from '../../keyserver/shared/log.js';
+import { CACHE_FILE } from '../../proxy/store/cache.js';
+import { etcdClient } from '../../proxy/store/etcd-client.js';
+import { EtcdStore, type StoreChange } from '../../proxy/store/etcd-store.js';
+import { type EtcdCluster, startEtcdCluster } from './etcd.js';
+import { removeDir, tempDir } from './keyserver.js';
+
+export class EtcdStores {
+  readonly log;
+  readonly #clients: Etcd3[] = [];
+  readonly #stores: EtcdStore[] = [];
+
+  private constructor(
+    readonly dir: string,
+    readonly etcd: EtcdCluster,
+    /** The clients' namespace (etcdClient's `prefix`). */
+    readonly clientPrefix: string,
+    readonly timeoutMs: number,
+  ) {
+    this.log = createLogger('etcd-stores-test', 'silent', process.stderr);
+  }
+
+  static async start(clientPrefix: string, timeoutMs: number): Promise<EtcdStores> {
+    const dir = tempDir('keyedge-etcd-stores-');
+    return new EtcdStores(dir, await startEtcdCluster(dir, 1), clientPrefix, timeoutMs);
+  }
+
+  client(): Etcd3 {
+    const made = etcdClient({ endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs: this.timeoutMs }, 'test');
+    this.#clients.push(made);
+    return made;
+  }
+
+  /** A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what it reports. */
+  async store(prefix: string, name: string, changes: StoreChange[] = [], client: Etcd3 = this.client()): Promise<EtcdStore> {
+    const made = new EtcdStore(client, {
+      prefix,
+      timeoutMs: this.timeoutMs,
+      cacheFile: join(this.dir, name, CACHE_FILE),
+      log: this.log,
+      onChange: (c) => changes.push(...c),
+    });
+    this.#stores.push(made);
+    await made.start();
+    return made;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#stores.map((s) => s.close()));
+    for (const c of this.#clients) c.close();
+    await this.etcd.close();
+    removeDir(this.dir);
+  }
+}
