@@ -13,13 +13,13 @@
  * the chain certificates' ends, whether it staples, the warnings that do not
  * depend on time, and the validated chain when it differs from the input.
  * Nothing secret. What changes for the same bytes is checked again at every
- * use: the validity window against the clock (validate.ts
+ * use: the validity window against the clock (validity.ts
  * checkValidityWindow) and the key server's key (once per key id per pass,
  * not per entry). Only accepted chains are remembered; a refused one is
  * judged again each time it is read.
  *
  * Invalidation: the file names a context, the hash of VERDICT_SCHEMA (raised
- * whenever a rule in validate.ts changes), the Node and OpenSSL versions
+ * whenever a validation rule changes), the Node and OpenSSL versions
  * (they decode and verify) and the issuer pool's fingerprint (the
  * configured intermediates, the bundled roots). A file for another context
  * is dropped whole. Integrity: the header carries the SHA-256 of the body; a
@@ -42,17 +42,12 @@ import { z } from 'zod';
 import { ocspResponderUrl } from '../tls/ocsp.js';
 import type { ServedCertificate } from './certificate.js';
 import { decodeVerdicts, encodeVerdicts } from './verdict-file.js';
-import {
-  type CertificateCandidate,
-  type ChainValidity,
-  checkKeyserverKey,
-  checkValidityWindow,
-  inspectStructure,
-  type ValidationContext,
-  validityOf,
-} from './validate.js';
+import type { CertificateCandidate, ValidationContext } from './candidate.js';
+import { checkKeyserverKey } from './key-match.js';
+import { inspectStructure } from './validate.js';
+import { type ChainValidity, checkValidityWindow, validityOf } from './validity.js';
 
-/** Raised whenever a rule in validate.ts changes what it accepts or what it derives: every verdict is then reached again. */
+/** Raised whenever a rule of validate.ts (or a module of its rules) changes what it accepts or what it derives: every verdict is then reached again. */
 export const VERDICT_SCHEMA = 2;
 export const VERDICT_FILE = 'cert-verdicts.json';
 const FORMAT = 'keyedge-cert-verdicts';
