@@ -6,7 +6,7 @@
  *
  * Signatures: SHA-256 or stronger (SHA-1 and MD5 are refused: Apple ATS and
  * the CA/B Baseline Requirements §7.1.3). Keys: a leaf's must be one the key
- * server signs with (RSA ≥ 2048, EC P-256/P-384: keyserver/token/keys.ts);
+ * server signs with (RSA ≥ 2048, EC P-256/P-384: keyserver/token/key-generate.ts);
  * an intermediate's may also be on P-521.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
