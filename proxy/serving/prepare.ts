@@ -41,7 +41,8 @@ import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
-import { judgeCertificate, rejudge, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { VerdictCache } from '../certs/verdict-cache.js';
+import { judgeCertificate, rejudge, verdictContext } from '../certs/verdicts.js';
 import type { KeptRow, KeptState } from './kept.js';
 import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 import { forEachLimited, mapLimited } from './limited.js';
