@@ -8,7 +8,8 @@ import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { defaultIssuerPool, type ValidationContext } from '../proxy/certs/validate.js';
-import { judgeCertificate, VERDICT_FILE, VerdictCache, verdictContext } from '../proxy/certs/verdicts.js';
+import { VERDICT_FILE, VerdictCache } from '../proxy/certs/verdict-cache.js';
+import { judgeCertificate, verdictContext } from '../proxy/certs/verdicts.js';
 import { prepareServing } from '../proxy/serving/prepare.js';
 import { createCa, type Issued, issue, issueCa, type TestCa } from './helpers/pki.js';
 

@@ -10,7 +10,7 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { RemoteError } from '../keyserver/shared/errors.js';
 import { Algorithm, ALGORITHMS, type AlgorithmByte, type AlgorithmName, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
-import { KEY_TYPES, type KeyType } from '../keyserver/token/keys.js';
+import { KEY_TYPES, type KeyType } from '../keyserver/token/key-generate.js';
 import {
   captureLog,
   connectUnix,

@@ -1,7 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VERDICT_FILE } from '../proxy/certs/verdicts.js';
+import { VERDICT_FILE } from '../proxy/certs/verdict-cache.js';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
 import { nodeGet } from './helpers/clients.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';

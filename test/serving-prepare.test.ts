@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { CertificateStore } from '../proxy/certs/store.js';
-import { VerdictCache } from '../proxy/certs/verdicts.js';
+import { VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
 import { writePack } from '../proxy/serving/pack.js';
 import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';

@@ -1,6 +1,7 @@
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findKey, generateKey, listKeys, type TokenKey } from '../keyserver/token/keys.js';
+import { generateKey } from '../keyserver/token/key-generate.js';
+import { findKey, listKeys, type TokenKey } from '../keyserver/token/keys.js';
 import type { Token } from '../keyserver/token/token.js';
 import { temporaryToken } from './helpers/token.js';
 

@@ -1,7 +1,9 @@
 import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KEY_TYPES, generateKey, importKey, listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
+import { KEY_TYPES, generateKey } from '../keyserver/token/key-generate.js';
+import { importKey } from '../keyserver/token/key-import.js';
+import { listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
 import { signDigest } from '../keyserver/token/sign.js';
 import type { HashName, SignatureScheme as SignScheme } from '../keyserver/protocol/constants.js';
 import { KeyError } from '../keyserver/shared/errors.js';

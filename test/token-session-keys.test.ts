@@ -7,7 +7,8 @@
 import { createHash, createPublicKey, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateKey, listKeys, type TokenKey } from '../keyserver/token/keys.js';
+import { generateKey } from '../keyserver/token/key-generate.js';
+import { listKeys, type TokenKey } from '../keyserver/token/keys.js';
 import { SessionKeys } from '../keyserver/token/session-keys.js';
 import { temporaryToken } from './helpers/token.js';
 

@@ -10,7 +10,9 @@ import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../server/daemon.js';
 import { createCsr } from '../token/csr.js';
-import { KEY_TYPES, type KeyType, deleteKey, describeKeyType, findKey, generateKey, importKey, listKeys, type TokenKey } from '../token/keys.js';
+import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
+import { importKey } from '../token/key-import.js';
+import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
 

@@ -22,7 +22,7 @@ export interface ServedCertificate {
   /**
    * The names this certificate is served for: DNS names from the leaf's
    * subjectAltName (RFC 6125 §6.4.4: the CN is not consulted when SANs exist),
-   * or the subset its store entry names (proxy/certs/validate.ts).
+   * or the subset its store entry names (proxy/certs/served-names.ts).
    */
   readonly names: readonly string[];
   readonly keyId: string;

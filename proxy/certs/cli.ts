@@ -8,21 +8,22 @@
  * `replace` is what a renewal tool calls (a certbot deploy hook, acme.sh's
  * --reloadcmd); it keeps the entry's names and pinned key id, so a renewal
  * that changes the key is refused unless --key says so or nothing is pinned.
+ *
+ * list and show are cli-listing.ts's; issue and renew, the ACME service's
+ * (proxy/acme/cli.ts).
  */
 import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
-import type { ProxyConfig } from '../../config/proxy-schema.js';
-import { type Command, formatTable, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
-import { KeyedgeError, UsageError } from '../../keyserver/shared/errors.js';
-import { CertificateError, CertificateStoreError } from './errors.js';
-import { acmeCertCommand } from '../acme/cli.js';
+import { type Command, parseCommandArgs, requireOption } from '../../keyserver/shared/command.js';
+import { UsageError } from '../../keyserver/shared/errors.js';
 import type * as x509 from '../../keyserver/shared/x509.js';
-import { keyIdOf } from '../../keyserver/shared/key-id.js';
-import { type IssuerPool, loadIssuerPool } from './issuers.js';
-import { connectAnyKeyserver, keyserverSpkiLookup } from './keyserver-lookup.js';
+import { acmeCertCommand } from '../acme/cli.js';
+import { issuersOf, withKeyserver } from './cli-keyserver.js';
+import { listEntries, showEntry } from './cli-listing.js';
+import { CertificateError, CertificateStoreError } from './errors.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
-import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
+import { parseChain } from './validate.js';
 
 const USAGE = `Usage: keyedge cert <action> [NAME] [options]
 
@@ -80,8 +81,6 @@ const OPTIONS = {
   'replace-domains': { type: 'boolean' },
 } as const;
 
-/** An operator's command may wait longer than a handshake (the proxy's keyserver.timeoutMs); GET_PUBLIC_KEY never takes this long on a live key server. */
-const KEYSERVER_TIMEOUT_MS = 5_000;
 const KEY_ID = /^[0-9a-f]{64}$/;
 
 type Values = ReturnType<typeof parseCommandArgs<typeof OPTIONS>>['values'];
@@ -110,9 +109,9 @@ export const certCommand: Command = {
         case 'replace':
           return await addOrReplace(action, name!, values);
         case 'list':
-          return await list(values);
+          return await listEntries(values);
         case 'show':
-          return await show(name!, values);
+          return await showEntry(name!, values);
         case 'remove':
           return remove(name!, values);
         case 'issue':
@@ -192,90 +191,6 @@ async function previousLine(previous: StoreEntry): Promise<string[]> {
   }
 }
 
-async function list(values: Values): Promise<number> {
-  const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
-  const now = new Date();
-  const issuers = issuersOf(config);
-  const rows = [];
-  for (const ref of store.list()) {
-    try {
-      rows.push(await describeEntry(store, ref.name, now, issuers));
-    } catch (err) {
-      // Removed between the listing and the read: no longer an entry.
-      if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
-      throw err;
-    }
-  }
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    return 0;
-  }
-  if (rows.length === 0) {
-    process.stdout.write(`no certificates in ${store.dir}\n`);
-    return 0;
-  }
-  const header = ['NAME', 'STATUS', 'NOT AFTER', 'SERIAL', 'KEY ID', 'NAMES', 'ISSUER'];
-  const lines = rows.map((r) => [r.name, r.status, r.notAfter ?? '-', r.serial ?? '-', r.keyId ?? '-', r.names?.join(',') ?? '-', r.issuer ?? r.error ?? '-']);
-  process.stdout.write(formatTable(header, lines));
-  return 0;
-}
-
-async function show(name: string, values: Values): Promise<number> {
-  const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
-  const now = new Date();
-  const issuers = issuersOf(config);
-  const row = await describeEntry(store, name, now, issuers);
-  // The key server's verdict only matters for an entry that passes every other rule.
-  let keyserver: string;
-  if (row.status !== 'ok') {
-    keyserver = 'not asked (the entry is refused already)';
-  } else {
-    try {
-      const entry = store.read(name);
-      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup, issuers }));
-      keyserver = 'holds the key';
-    } catch (err) {
-      if (err instanceof CertificateError) {
-        keyserver = `refused (${err.reason})`;
-        row.status = err.reason;
-        row.error = err.message;
-      } else if (err instanceof KeyedgeError) {
-        keyserver = `not checked: ${err.message}`;
-      } else {
-        throw err;
-      }
-    }
-  }
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify({ ...row, keyserver }, null, 2)}\n`);
-    return row.status === 'ok' ? 0 : 1;
-  }
-  const lines = [
-    `certificate '${name}' (${store.dir}/${name}.pem)`,
-    `  status:    ${row.status === 'ok' ? 'ok' : `refused (${row.status}): ${row.error ?? ''}`}`,
-    `  keyserver: ${keyserver}`,
-  ];
-  if (row.serial !== undefined) {
-    lines.push(
-      `  names:     ${row.names?.join(', ')}`,
-      `  key id:    ${row.keyId}${row.pinned ? ' (pinned)' : ''}`,
-      `  serial:    ${row.serial}`,
-      `  issuer:    ${row.issuer}`,
-      `  notBefore: ${row.notBefore}`,
-      `  notAfter:  ${row.notAfter}`,
-      ...(row.addedAt === undefined ? [] : [`  added:     ${row.addedAt}`]),
-      ...(row.replacedAt === undefined ? [] : [`  replaced:  ${row.replacedAt}`]),
-      '  chain:',
-      ...(row.chain ?? []).map((c, i) => `    ${i}  ${c.subject}  (issuer ${c.issuer}, notAfter ${c.notAfter})`),
-    );
-  }
-  for (const warning of row.warnings) lines.push(`warning: ${warning}`);
-  process.stdout.write(`${lines.join('\n')}\n`);
-  return row.status === 'ok' ? 0 : 1;
-}
-
 function remove(name: string, values: Values): number {
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
@@ -284,62 +199,6 @@ function remove(name: string, values: Values): number {
     `removed certificate '${name}': deleted ${store.dir}/${name}.pem and ${name}.json\nThe running proxy stops serving it once it sees the change.\n`,
   );
   return 0;
-}
-
-interface EntryRow {
-  name: string;
-  /** 'ok' or the refusal reason (without the key server, for list). */
-  status: string;
-  error?: string;
-  serial?: string;
-  issuer?: string;
-  notBefore?: string;
-  notAfter?: string;
-  keyId?: string;
-  pinned?: boolean;
-  names?: readonly string[];
-  addedAt?: string;
-  replacedAt?: string;
-  chain?: { subject: string; issuer: string; notAfter: string }[];
-  warnings: readonly string[];
-}
-
-/** What list and show print about one entry: its facts even when it is refused (an expired entry must still be listed). */
-async function describeEntry(store: CertificateStore, name: string, now: Date, issuers: IssuerPool): Promise<EntryRow> {
-  let entry: StoreEntry;
-  try {
-    entry = store.read(name);
-  } catch (err) {
-    if (err instanceof CertificateError) return { name, status: err.reason, error: err.message, warnings: [] };
-    throw err;
-  }
-  const candidate = entryCandidate(entry);
-  const row: EntryRow = { name, status: 'ok', warnings: [], addedAt: entry.meta.addedAt, replacedAt: entry.meta.replacedAt };
-  try {
-    const { chain } = await parseChain(candidate);
-    const leaf = chain[0]!;
-    Object.assign(row, {
-      serial: leaf.serialNumber,
-      issuer: leaf.issuer,
-      notBefore: leaf.notBefore.toISOString(),
-      notAfter: leaf.notAfter.toISOString(),
-      keyId: keyIdOf(Buffer.from(leaf.publicKey.rawData)),
-      pinned: entry.meta.keyId !== undefined,
-      names: entry.meta.names,
-      chain: chain.map((c) => ({ subject: c.subject, issuer: c.issuer, notAfter: c.notAfter.toISOString() })),
-    });
-  } catch (err) {
-    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
-    throw err;
-  }
-  let inspected: ValidatedCertificate;
-  try {
-    inspected = await inspectCertificate(candidate, now, issuers);
-  } catch (err) {
-    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
-    throw err;
-  }
-  return { ...row, names: inspected.certificate.names, warnings: inspected.warnings };
 }
 
 function describeRows(names: readonly string[], keyId: string, pinned: boolean, leaf: x509.X509Certificate): string[] {
@@ -359,18 +218,4 @@ function parseNames(value: string): string[] {
     .filter((n) => n !== '');
   if (names.length === 0) throw new UsageError('--names needs at least one name, comma-separated');
   return names;
-}
-
-/** The CA certificates the proxy completes chains from, as its config names them. */
-function issuersOf(config: ProxyConfig): IssuerPool {
-  return loadIssuerPool(config.certStore.intermediates, config.source);
-}
-
-async function withKeyserver<T>(config: ProxyConfig, work: (lookup: ReturnType<typeof keyserverSpkiLookup>) => Promise<T>): Promise<T> {
-  const client = await connectAnyKeyserver(config.keyserver, KEYSERVER_TIMEOUT_MS);
-  try {
-    return await work(keyserverSpkiLookup(client));
-  } finally {
-    client.close();
-  }
 }

@@ -2,7 +2,7 @@
  * The CA certificates validation knows besides the chain itself: the
  * operator's intermediates and private roots (`certStore.intermediates`, a
  * PEM file or a directory of .pem/.crt files) and Node's bundled root store
- * (`tls.rootCertificates`, Mozilla's list). validate.ts asks it for the
+ * (`tls.rootCertificates`, Mozilla's list). chain-completion.ts asks it for the
  * issuer of a chain's last certificate, to complete a chain given as its
  * leaf alone or to tell that the leaf's issuer is a root every client holds.
  *

@@ -1,5 +1,5 @@
 /**
- * The body of the verdict file (verdicts.ts) as compact JSON: the strings
+ * The body of the verdict file (verdict-cache.ts) as compact JSON: the strings
  * thousands of verdicts share (issuer names, chain subjects, warnings, key
  * ids and SPKIs) are written once in tables and referred to by index, times
  * are epoch milliseconds, and each verdict is a tuple. At 100,000 entries
@@ -12,7 +12,28 @@
  * Pure: text in, verdicts out (or a reason), and back.
  */
 import { z } from 'zod';
-import type { Verdict } from './verdicts.js';
+
+/** What a chain's verdict holds (verdicts.ts): what the input and the issuer pool decide, nothing secret. */
+export interface Verdict {
+  /** The names served, lower-case. */
+  readonly names: readonly string[];
+  readonly keyId: string;
+  /** The leaf's SubjectPublicKeyInfo, base64. */
+  readonly spki: string;
+  readonly serial: string;
+  readonly issuer: string;
+  /** ISO 8601. */
+  readonly notBefore: string;
+  readonly notAfter: string;
+  /** Every chain certificate after the leaf: its subject and end (ISO 8601). */
+  readonly chainExpiries: readonly { readonly subject: string; readonly notAfter: string }[];
+  /** The leaf names an OCSP responder and the chain holds its issuer. */
+  readonly stapled: boolean;
+  /** Warnings found when judged that do not depend on the time. */
+  readonly warnings: readonly string[];
+  /** The validated chain (leaf first), when it is not the input text itself. */
+  readonly chainPem?: string;
+}
 
 /** [names, key index, serial, issuer index, notBefore ms, notAfter ms, [subject index, notAfter ms][], stapled, warning indexes, chainPem?] */
 type VerdictTuple =

@@ -48,7 +48,8 @@ import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
-import { cutByUs, cutStalledEnd, handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
+import { handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
+import { cutByUs, cutStalledEnd } from './stream-end.js';
 
 /** Why a connection was closed by us (the `reason` label of keyedge_proxy_http2_connections_closed_total). */
 type Http2CloseReason = (typeof HTTP2_CLOSE_REASONS)[number];

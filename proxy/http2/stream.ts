@@ -14,9 +14,11 @@
  * and counts go through HTTP/1.1's accounts (http/access.ts: metric children
  * made once, no redaction pass), one 'close' listener serves both the line
  * and the connection's bookkeeping, the HSTS header is one object per domain.
+ *
+ * The answers given before routing are own-answers.ts's; how an answer ends
+ * when we end it (our refusal, a reset, a stalled end's cut), stream-end.ts's.
  */
-import type { IncomingHttpHeaders as Http2Headers, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { constants } from 'node:http2';
+import type { IncomingHttpHeaders as Http2Headers, ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { Logger } from '../../keyserver/shared/log.js';
@@ -26,11 +28,12 @@ import type { NameIndex } from '../tls/names.js';
 import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureRefusal, type Refusal, routeRequest } from '../http/handler.js';
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
-import { hostRefusal } from '../http/target.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { answeredWhole, bodyPending, forwardStream, type StreamForwardOptions } from './exchange.js';
-import { type Http1Request, http1Request, http2Answer } from './headers.js';
+import { answeredWhole, forwardStream, type StreamForwardOptions } from './exchange.js';
+import { type Http1Request, http1Request } from './headers.js';
 import { streamEnded } from './origin-handler.js';
+import { HEADERS_TOO_LARGE, headersOverLimit, ownAnswer } from './own-answers.js';
+import { answer, cut, stalledEnd } from './stream-end.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
 export interface Http2Connection {
@@ -87,47 +90,6 @@ function routeOf(options: StreamHandlerOptions, context: StreamContext, host: st
   const route = routeRequest({ domains: () => domains }, host, certificateNames);
   context.lastRoute = { host, domains, route };
   return route;
-}
-
-const SERVER_OPTIONS: Refusal = {
-  status: 200,
-  code: 'KEYEDGE_HTTP_SERVER_OPTIONS',
-  body: '',
-  headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' },
-};
-const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', body: 'request header fields too large\n' };
-const BAD_TARGET: Refusal = {
-  status: 400,
-  code: 'KEYEDGE_HTTP_BAD_TARGET',
-  body: 'bad request target: expected an origin-form :path\n',
-};
-
-/**
- * Whether the header list is over `maxBytes`, counted as RFC 9113 §6.5.2
- * does (name + value + 32 per field, pseudo-headers included). Node checks
- * SETTINGS_MAX_HEADER_LIST_SIZE against the settings the client has
- * acknowledged (nghttp2's local settings): a client that never sends the
- * SETTINGS ACK meets Node's default bound instead, and had 100 KB header
- * lists forwarded to the origin past a 16 KiB `limits.maxHeaderBytes` (Node
- * 20.20, nghttp2 1.61; test/abuse-http2-framing.test.ts).
- */
-function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): boolean {
-  let size = 0;
-  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * 32;
-  return size > maxBytes;
-}
-
-/**
- * `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there), a `:path` that is not
- * origin-form (CONNECT has none: extended CONNECT is not offered), or an
- * authority that is not `host[:port]` (http/target.ts: nghttp2 lets `@` and
- * `,` through, RFC 9113 §8.3.1 forbids userinfo there).
- */
-function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
-  const badAuthority = hostRefusal(authority);
-  if (badAuthority !== undefined) return badAuthority;
-  if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
-  return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
 }
 
 export function handleStream(
@@ -250,7 +212,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     this.aborted = this.reset || !answeredWhole(stream);
-    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnds.has(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     this.context.accounts.countStream(this);
   }
@@ -290,67 +252,3 @@ function onStreamClose(this: Recorded): void {
 }
 
 function ignore(): void {}
-
-const cuts = new WeakSet<ServerHttp2Stream>();
-/** Destroys a stream with RST_STREAM INTERNAL_ERROR (Node's code for a stream destroyed with an error); never thrown. */
-const CUT = new Error('the answer was cut before its end');
-
-/**
- * Once an answer has started, only a reset tells the client it is
- * incomplete (RFC 9113 §8.1). Not close(): it ends the stream's writable
- * side before it resets, and with none of the answer waiting for the
- * client's window, Node has nghttp2 send that END_STREAM first: the client
- * took the cut answer for a whole one (a chunked answer has no length to
- * betray it). destroy() with an error resets without ending.
- */
-function cut(stream: ServerHttp2Stream): void {
-  cuts.add(stream);
-  if (!stream.destroyed) stream.destroy(CUT);
-}
-
-const stalledEnds = new WeakSet<ServerHttp2Stream>();
-
-/**
- * Cuts a stream whose answer was all written but whose end the client has
- * not taken (its flow-control window stays shut) for `limits.sendTimeoutMs`
- * (sessions.ts finds them): logged as KEYEDGE_HTTP_SEND_TIMEOUT, as the
- * send-stall clock's cuts are, and not counted as the client's reset.
- */
-export function cutStalledEnd(stream: ServerHttp2Stream): void {
-  stalledEnds.add(stream);
-  cuts.add(stream);
-  // Not destroy(): that resets with NO_ERROR, which says the answer was whole (RFC 9113 §8.1).
-  if (!stream.destroyed) stream.close(constants.NGHTTP2_CANCEL);
-}
-
-/** Whether the stream was reset for a reason of ours (an origin failed mid-answer), not counted against its client. */
-export function cutByUs(stream: ServerHttp2Stream): boolean {
-  return cuts.has(stream);
-}
-
-/** Our answer: a short plain body and a stable code; no connection fields (RFC 9113 §8.2.2), whatever the refusal lists. */
-function answer(stream: ServerHttp2Stream, { status, code, body, headers: own }: Refusal, extra: Readonly<Record<string, string>>): void {
-  if (stream.destroyed || stream.headersSent) return;
-  const head: OutgoingHttpHeaders = http2Answer(
-    status,
-    { ...extra, ...own },
-    {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': String(Buffer.byteLength(body)),
-      'x-keyedge-error': code,
-    },
-  );
-  stream.respond(head);
-  // A HEAD's answer ends with its head: Node ends (and finishes) the stream in respond, and a body now is an error.
-  if (!stream.writableEnded) stream.end(body);
-  // A body the client still sends is not read: it may stop (RFC 9113 §8.1). Waiting for a 'finish' that HEAD's
-  // answer had already had left such a stream open for ever, holding its connection past every timeout. Closed in
-  // the next turn, once Node has handed the head to nghttp2's output: an RST_STREAM submitted first makes nghttp2
-  // drop the HEADERS still queued for the stream (seen on Node 22: the client got the reset and no answer).
-  if (stream.writableFinished) setImmediate(closeUnreadBody, stream);
-  else stream.once('finish', () => closeUnreadBody(stream));
-}
-
-function closeUnreadBody(stream: ServerHttp2Stream): void {
-  if (!stream.destroyed && bodyPending(stream)) stream.close(constants.NGHTTP2_NO_ERROR);
-}

@@ -29,34 +29,27 @@
  * costs a few stats and one read, not a listing nor a copy of 100,000
  * records.
  *
- * A file changed in the last QUIET_MS may still be being written (a tool
- * that writes the leaf, then appends the intermediates): it is read again
- * SETTLE_MS later, and used only once two reads agree. One that keeps
- * changing for SETTLE_LIMIT_MS is left as it serves and named in
- * `unsettled`, to be looked at again.
+ * A file changed in the last QUIET_MS may still be being written: it is read
+ * until two reads agree (settling-read.ts), and one that keeps changing is
+ * left as it serves and named in `unsettled`, to be looked at again.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
-import { CertificateStore, checkChainFile, READ_CHAIN, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
+import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
-import { judgeCertificate, rejudge, VerdictCache, verdictContext } from '../certs/verdicts.js';
+import { VerdictCache } from '../certs/verdict-cache.js';
+import { judgeCertificate, rejudge, verdictContext } from '../certs/verdicts.js';
 import type { KeptRow, KeptState } from './kept.js';
 import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
+import { forEachLimited, mapLimited } from './limited.js';
+import { asError, type ChainFile, QUIET_MS, readChainFile, SETTLE_LIMIT_MS, SettlingRead, settle } from './settling-read.js';
 
 /** Validations in flight at once: each asks the key server for a public key. */
 const VALIDATION_CONCURRENCY = 16;
-/** A file changed more recently than this may still be being written. */
-const QUIET_MS = 1_000;
-/** Between the two reads that must agree: as long as the watch's debounce, so a writer pausing less is seen as one write. */
-const SETTLE_MS = 150;
-/** A file still changing after this is left for a later pass rather than read half-way. */
-const SETTLE_LIMIT_MS = 2_000;
 /** Refusals that can lift with no change to the files: their entries are read again by the next pass. */
 const RETRIED: ReadonlySet<Refusal['reason']> = new Set(['not_yet_valid', 'key_unknown']);
 /** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
@@ -308,94 +301,6 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept };
 }
 
-interface ChainFile {
-  readonly text: string;
-  readonly changedAtMs: number;
-}
-
-/** The text and its last change, from one descriptor so that both describe the same file. */
-function readChainFile(file: string, name: string): ChainFile {
-  const fd = openSync(file, READ_CHAIN);
-  try {
-    const stat = fstatSync(fd);
-    checkChainFile(stat, file, name);
-    return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
-  } finally {
-    closeSync(fd);
-  }
-}
-
-interface Settling {
-  readonly recent: boolean;
-  again(): boolean;
-}
-
-/** One file's content as last read (or why it could not be read), read again on demand. */
-class SettlingRead<T> implements Settling {
-  #value: T | Error;
-  #print: string;
-  readonly #read: () => T;
-  readonly #fingerprint: (value: T) => string;
-  /** Whether the file changed recently enough to need a second read. */
-  readonly recent: boolean;
-
-  /** `first`: the first read's result when it was made already (asynchronously); else read now. */
-  constructor(read: () => T, fingerprint: (value: T) => string, changedAtMs: (value: T) => number, first?: T | Error) {
-    this.#read = read;
-    this.#fingerprint = fingerprint;
-    [this.#value, this.#print] = first === undefined ? this.#attempt() : this.#printed(first);
-    // A time ahead of the clock (a network file system's) counts as recent.
-    this.recent = !(this.#value instanceof Error) && Date.now() - changedAtMs(this.#value) < QUIET_MS;
-  }
-
-  get value(): T | Error {
-    return this.#value;
-  }
-
-  /** The fingerprint of the value last read. */
-  get print(): string {
-    return this.#print;
-  }
-
-  /** Reads again: true when the content equals the previous read's. */
-  again(): boolean {
-    const before = this.#print;
-    [this.#value, this.#print] = this.#attempt();
-    return this.#print === before;
-  }
-
-  #attempt(): [T | Error, string] {
-    try {
-      const value = this.#read();
-      return [value, this.#fingerprint(value)];
-    } catch (err) {
-      const error = asError(err);
-      return [error, `error:${error.message}`];
-    }
-  }
-
-  #printed(value: T | Error): [T | Error, string] {
-    if (value instanceof Error) return [value, `error:${value.message}`];
-    try {
-      return [value, this.#fingerprint(value)];
-    } catch (err) {
-      const error = asError(err);
-      return [error, `error:${error.message}`];
-    }
-  }
-}
-
-/** Reads the recent files again every SETTLE_MS until two reads agree; those still changing at SETTLE_LIMIT_MS are returned. */
-async function settle(reads: readonly Settling[]): Promise<ReadonlySet<Settling>> {
-  let changing = reads.filter((r) => r.recent);
-  const deadline = Date.now() + SETTLE_LIMIT_MS;
-  while (changing.length > 0 && Date.now() < deadline) {
-    await sleep(SETTLE_MS);
-    changing = changing.filter((r) => !r.again());
-  }
-  return new Set(changing);
-}
-
 /** What identifies a store entry's input: its chain text and the names and key id it pins (a verdict's key, certs/verdicts.ts). */
 function storeInputId(candidate: CertificateCandidate): string {
   return `store:${sha256(`${candidate.chainText}\0${JSON.stringify(candidate.names ?? null)}\0${candidate.keyId ?? ''}`)}`;
@@ -403,28 +308,4 @@ function storeInputId(candidate: CertificateCandidate): string {
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
-}
-
-function asError(err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err));
-}
-
-async function mapLimited<T, R>(items: readonly T[], limit: number, run: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  await forEachLimited(
-    items.map((item, i) => [item, i] as const),
-    limit,
-    async ([item, i]) => {
-      out[i] = await run(item);
-    },
-  );
-  return out;
-}
-
-async function forEachLimited<T>(items: readonly T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) await run(items[next++]!);
-  });
-  await Promise.all(lanes);
 }

@@ -20,7 +20,7 @@ import { KeyedgeError, RemoteError } from '../../keyserver/shared/errors.js';
 import { connectAnyKeyserver, keyserverSpkiLookup } from '../certs/keyserver-lookup.js';
 import { loadIssuerPool } from '../certs/issuers.js';
 import { putCertificate } from '../certs/manage.js';
-import { VerdictCache } from '../certs/verdicts.js';
+import { VerdictCache } from '../certs/verdict-cache.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
 import type { EtcdStore } from '../store/etcd-store.js';
@@ -99,7 +99,7 @@ export class ServingSource {
    * `onUnverified`: told when the start had to go ahead without the key server.
    * `shared`: the fleet's store (etcd), which then holds the certificate
    * entries and adds its routes to the file's domains; else the store directory.
-   * `warn`: told when the verdict file (certs/verdicts.ts, in the state
+   * `warn`: told when the verdict file (certs/verdict-cache.ts, in the state
    * directory) is ignored or cannot be written.
    */
   constructor(

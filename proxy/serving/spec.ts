@@ -11,7 +11,7 @@
  */
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import type { ServedCertificate } from '../certs/certificate.js';
-import type { Verdict } from '../certs/verdicts.js';
+import type { Verdict } from '../certs/verdict-file.js';
 import type { CertificateRefusal } from '../certs/validate.js';
 import { ocspResponderUrl } from '../tls/ocsp.js';
 import type { PackedTable } from './table.js';

@@ -23,7 +23,8 @@ import { decodeResponse, encodeRequest, type Request, type Response } from '../.
 import { algorithmInfo, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
 import { type RunningKeyserver, startKeyserver, tokenOptions } from '../../keyserver/server/daemon.js';
-import { generateKey, importKey, type KeyType } from '../../keyserver/token/keys.js';
+import { generateKey, type KeyType } from '../../keyserver/token/key-generate.js';
+import { importKey } from '../../keyserver/token/key-import.js';
 import { Token } from '../../keyserver/token/token.js';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));

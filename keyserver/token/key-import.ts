@@ -1,0 +1,112 @@
+/**
+ * Keys made elsewhere, stored in the token (C_CreateObject) as
+ * non-extractable keys with their public halves beside them: PEM private
+ * keys as CAs and consoles hand them out. Refused: encrypted PEM, curves
+ * other than P-256/P-384, RSA under 2048 bits, a key the token holds already.
+ */
+import { createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { KeyError } from '../shared/errors.js';
+import { keyIdOf } from '../shared/key-id.js';
+import { CURVES, modulusBits, publicJwk } from './key-encoding.js';
+import { assertLabelFree, privateKeyPolicy } from './key-policy.js';
+import { findKeyById, readKey, type TokenKey } from './keys.js';
+import { type Token, tokenCall } from './token.js';
+
+const RSA_MIN_BITS = 2048;
+
+/**
+ * Stores a PEM private key (PKCS#8, PKCS#1 or SEC1, as CAs and consoles hand
+ * them out) in the token as a non-extractable key, with its public half beside
+ * it. The PEM is parsed by node:crypto; its components live only as long as
+ * this call and are overwritten before returning.
+ */
+export function importKey(token: Token, pem: string | Buffer, label: string, source: string): TokenKey {
+  assertLabelFree(token, label);
+  let jwk: JsonWebKey;
+  try {
+    const key = createPrivateKey({ key: pem, format: 'pem' });
+    jwk = key.export({ format: 'jwk' });
+  } catch (err) {
+    const reason = (err as { code?: string }).code ?? 'unreadable';
+    throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `${source} is not an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1): ${reason}`, { cause: err });
+  }
+  const components: Buffer[] = [];
+  const b64 = (value: string | undefined, name: string): Buffer => {
+    if (value === undefined) throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `${source}: the key has no ${name}`);
+    const buf = Buffer.from(value, 'base64url');
+    components.push(buf);
+    return buf;
+  };
+  try {
+    const spki = createPublicKey({ key: publicJwk(jwk), format: 'jwk' }).export({ type: 'spki', format: 'der' });
+    const keyId = Buffer.from(keyIdOf(spki), 'hex');
+    if (findKeyById(token, keyId.toString('hex')) !== undefined) {
+      throw new KeyError('KEYEDGE_ERR_KEY_EXISTS', `${source}: this key is already in the token (key id ${keyId.toString('hex')})`);
+    }
+    const common = [
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_LABEL, value: label },
+      { type: pkcs11js.CKA_ID, value: keyId },
+    ];
+    let publicTemplate: pkcs11js.Template;
+    let privateTemplate: pkcs11js.Template;
+    if (jwk.kty === 'EC') {
+      const curve = jwk.crv as string;
+      if (curve !== 'P-256' && curve !== 'P-384') {
+        throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: curve ${curve} is not supported (P-256 or P-384)`);
+      }
+      const params = { type: pkcs11js.CKA_EC_PARAMS, value: CURVES[curve].oid };
+      const point = Buffer.concat([Buffer.from([0x04]), b64(jwk.x, 'x'), b64(jwk.y, 'y')]);
+      publicTemplate = [
+        ...common,
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC },
+        { type: pkcs11js.CKA_VERIFY, value: true },
+        params,
+        // CKA_EC_POINT is the DER encoding of an OCTET STRING (PKCS#11 v2.40 §2.3.3).
+        { type: pkcs11js.CKA_EC_POINT, value: Buffer.concat([Buffer.from([0x04, point.length]), point]) },
+      ];
+      privateTemplate = [
+        ...common,
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_EC },
+        ...privateKeyPolicy(),
+        params,
+        { type: pkcs11js.CKA_VALUE, value: b64(jwk.d, 'd') },
+      ];
+    } else if (jwk.kty === 'RSA') {
+      const modulus = b64(jwk.n, 'n');
+      const bits = modulusBits(modulus);
+      if (bits < RSA_MIN_BITS) {
+        throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: RSA-${bits} is too weak (at least ${RSA_MIN_BITS} bits)`);
+      }
+      const rsaPublic = [
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+        { type: pkcs11js.CKA_MODULUS, value: modulus },
+        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: b64(jwk.e, 'e') },
+      ];
+      publicTemplate = [...common, { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...rsaPublic, { type: pkcs11js.CKA_VERIFY, value: true }];
+      privateTemplate = [
+        ...common,
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        ...rsaPublic,
+        ...privateKeyPolicy(),
+        { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: b64(jwk.d, 'd') },
+        { type: pkcs11js.CKA_PRIME_1, value: b64(jwk.p, 'p') },
+        { type: pkcs11js.CKA_PRIME_2, value: b64(jwk.q, 'q') },
+        { type: pkcs11js.CKA_EXPONENT_1, value: b64(jwk.dp, 'dp') },
+        { type: pkcs11js.CKA_EXPONENT_2, value: b64(jwk.dq, 'dq') },
+        { type: pkcs11js.CKA_COEFFICIENT, value: b64(jwk.qi, 'qi') },
+      ];
+    } else {
+      throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: ${jwk.kty ?? 'unknown'} keys are not supported (EC or RSA)`);
+    }
+    const session = token.management;
+    tokenCall('C_CreateObject', () => token.pkcs11.C_CreateObject(session, publicTemplate));
+    const handle = tokenCall('C_CreateObject', () => token.pkcs11.C_CreateObject(session, privateTemplate));
+    return readKey(token, handle);
+  } finally {
+    for (const buf of components) buf.fill(0);
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * `keyedge cert list` and `keyedge cert show` (cli.ts dispatches): what the
+ * certificate store holds, described even when an entry is refused (an
+ * expired entry must still be listed), as a table, text or JSON. Reads only:
+ * nothing here writes to the store.
+ */
+import { loadProxyConfig } from '../../config/load.js';
+import { formatTable } from '../../keyserver/shared/command.js';
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
+import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { issuersOf, withKeyserver } from './cli-keyserver.js';
+import { CertificateError, CertificateStoreError } from './errors.js';
+import type { IssuerPool } from './issuers.js';
+import { entryCandidate } from './manage.js';
+import { CertificateStore, type StoreEntry } from './store.js';
+import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
+
+/** The options list and show take: the proxy's config file, and JSON output. */
+export interface ListingOptions {
+  readonly config?: string | undefined;
+  readonly json?: boolean | undefined;
+}
+
+/** `keyedge cert list`: every entry, refused ones too, without asking the key server. */
+export async function listEntries(values: ListingOptions): Promise<number> {
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  const now = new Date();
+  const issuers = issuersOf(config);
+  const rows = [];
+  for (const ref of store.list()) {
+    try {
+      rows.push(await describeEntry(store, ref.name, now, issuers));
+    } catch (err) {
+      // Removed between the listing and the read: no longer an entry.
+      if (err instanceof CertificateStoreError && err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND') continue;
+      throw err;
+    }
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return 0;
+  }
+  if (rows.length === 0) {
+    process.stdout.write(`no certificates in ${store.dir}\n`);
+    return 0;
+  }
+  const header = ['NAME', 'STATUS', 'NOT AFTER', 'SERIAL', 'KEY ID', 'NAMES', 'ISSUER'];
+  const lines = rows.map((r) => [r.name, r.status, r.notAfter ?? '-', r.serial ?? '-', r.keyId ?? '-', r.names?.join(',') ?? '-', r.issuer ?? r.error ?? '-']);
+  process.stdout.write(formatTable(header, lines));
+  return 0;
+}
+
+/** `keyedge cert show`: one entry, with the key server's verdict when every other rule passes; 1 when it would be refused. */
+export async function showEntry(name: string, values: ListingOptions): Promise<number> {
+  const config = loadProxyConfig(values.config);
+  const store = new CertificateStore(config.certStore.dir);
+  const now = new Date();
+  const issuers = issuersOf(config);
+  const row = await describeEntry(store, name, now, issuers);
+  // The key server's verdict only matters for an entry that passes every other rule.
+  let keyserver: string;
+  if (row.status !== 'ok') {
+    keyserver = 'not asked (the entry is refused already)';
+  } else {
+    try {
+      const entry = store.read(name);
+      await withKeyserver(config, (lookup) => validateCertificate(entryCandidate(entry), { now, keyserverSpki: lookup, issuers }));
+      keyserver = 'holds the key';
+    } catch (err) {
+      if (err instanceof CertificateError) {
+        keyserver = `refused (${err.reason})`;
+        row.status = err.reason;
+        row.error = err.message;
+      } else if (err instanceof KeyedgeError) {
+        keyserver = `not checked: ${err.message}`;
+      } else {
+        throw err;
+      }
+    }
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ ...row, keyserver }, null, 2)}\n`);
+    return row.status === 'ok' ? 0 : 1;
+  }
+  const lines = [
+    `certificate '${name}' (${store.dir}/${name}.pem)`,
+    `  status:    ${row.status === 'ok' ? 'ok' : `refused (${row.status}): ${row.error ?? ''}`}`,
+    `  keyserver: ${keyserver}`,
+  ];
+  if (row.serial !== undefined) {
+    lines.push(
+      `  names:     ${row.names?.join(', ')}`,
+      `  key id:    ${row.keyId}${row.pinned ? ' (pinned)' : ''}`,
+      `  serial:    ${row.serial}`,
+      `  issuer:    ${row.issuer}`,
+      `  notBefore: ${row.notBefore}`,
+      `  notAfter:  ${row.notAfter}`,
+      ...(row.addedAt === undefined ? [] : [`  added:     ${row.addedAt}`]),
+      ...(row.replacedAt === undefined ? [] : [`  replaced:  ${row.replacedAt}`]),
+      '  chain:',
+      ...(row.chain ?? []).map((c, i) => `    ${i}  ${c.subject}  (issuer ${c.issuer}, notAfter ${c.notAfter})`),
+    );
+  }
+  for (const warning of row.warnings) lines.push(`warning: ${warning}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return row.status === 'ok' ? 0 : 1;
+}
+
+interface EntryRow {
+  name: string;
+  /** 'ok' or the refusal reason (without the key server, for list). */
+  status: string;
+  error?: string;
+  serial?: string;
+  issuer?: string;
+  notBefore?: string;
+  notAfter?: string;
+  keyId?: string;
+  pinned?: boolean;
+  names?: readonly string[];
+  addedAt?: string;
+  replacedAt?: string;
+  chain?: { subject: string; issuer: string; notAfter: string }[];
+  warnings: readonly string[];
+}
+
+/** What list and show print about one entry: its facts even when it is refused (an expired entry must still be listed). */
+async function describeEntry(store: CertificateStore, name: string, now: Date, issuers: IssuerPool): Promise<EntryRow> {
+  let entry: StoreEntry;
+  try {
+    entry = store.read(name);
+  } catch (err) {
+    if (err instanceof CertificateError) return { name, status: err.reason, error: err.message, warnings: [] };
+    throw err;
+  }
+  const candidate = entryCandidate(entry);
+  const row: EntryRow = { name, status: 'ok', warnings: [], addedAt: entry.meta.addedAt, replacedAt: entry.meta.replacedAt };
+  try {
+    const { chain } = await parseChain(candidate);
+    const leaf = chain[0]!;
+    Object.assign(row, {
+      serial: leaf.serialNumber,
+      issuer: leaf.issuer,
+      notBefore: leaf.notBefore.toISOString(),
+      notAfter: leaf.notAfter.toISOString(),
+      keyId: keyIdOf(Buffer.from(leaf.publicKey.rawData)),
+      pinned: entry.meta.keyId !== undefined,
+      names: entry.meta.names,
+      chain: chain.map((c) => ({ subject: c.subject, issuer: c.issuer, notAfter: c.notAfter.toISOString() })),
+    });
+  } catch (err) {
+    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
+    throw err;
+  }
+  let inspected: ValidatedCertificate;
+  try {
+    inspected = await inspectCertificate(candidate, now, issuers);
+  } catch (err) {
+    if (err instanceof CertificateError) return { ...row, status: err.reason, error: err.message };
+    throw err;
+  }
+  return { ...row, names: inspected.certificate.names, warnings: inspected.warnings };
+}

@@ -1,0 +1,49 @@
+/**
+ * The answers an HTTP/2 stream gets from us before any routing or
+ * forwarding (stream.ts): 431 for a header list over its bound, `OPTIONS *`,
+ * and 400 for a request target or authority HTTP/2 does not allow. Pure:
+ * the request's pseudo-headers in, a refusal or undefined out.
+ */
+import type { Refusal } from '../http/handler.js';
+import { hostRefusal } from '../http/target.js';
+
+const SERVER_OPTIONS: Refusal = {
+  status: 200,
+  code: 'KEYEDGE_HTTP_SERVER_OPTIONS',
+  body: '',
+  headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS' },
+};
+export const HEADERS_TOO_LARGE: Refusal = { status: 431, code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', body: 'request header fields too large\n' };
+const BAD_TARGET: Refusal = {
+  status: 400,
+  code: 'KEYEDGE_HTTP_BAD_TARGET',
+  body: 'bad request target: expected an origin-form :path\n',
+};
+
+/**
+ * Whether the header list is over `maxBytes`, counted as RFC 9113 §6.5.2
+ * does (name + value + 32 per field, pseudo-headers included). Node checks
+ * SETTINGS_MAX_HEADER_LIST_SIZE against the settings the client has
+ * acknowledged (nghttp2's local settings): a client that never sends the
+ * SETTINGS ACK meets Node's default bound instead, and had 100 KB header
+ * lists forwarded to the origin past a 16 KiB `limits.maxHeaderBytes` (Node
+ * 20.20, nghttp2 1.61; test/abuse-http2-framing.test.ts).
+ */
+export function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): boolean {
+  let size = 0;
+  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * 32;
+  return size > maxBytes;
+}
+
+/**
+ * `OPTIONS *` (RFC 9113 §8.3.1 allows `*` there), a `:path` that is not
+ * origin-form (CONNECT has none: extended CONNECT is not offered), or an
+ * authority that is not `host[:port]` (http/target.ts: nghttp2 lets `@` and
+ * `,` through, RFC 9113 §8.3.1 forbids userinfo there).
+ */
+export function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
+  const badAuthority = hostRefusal(authority);
+  if (badAuthority !== undefined) return badAuthority;
+  if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
+  return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
+}
