@@ -90,11 +90,11 @@ async function closedWithin(conn: RawConnection, limitMs: number, since = perfor
   return performance.now() - since;
 }
 
-/** A fresh KeyserverClient gets `count` valid signatures (half of them concurrently); resolves with the time it took. */
-async function signsWith(count: number): Promise<number> {
+/** A fresh KeyserverClient (unix socket unless `connect` says otherwise) gets `count` valid signatures (half of them concurrently); resolves with the time it took. */
+async function signsWith(count: number, connect = (): Promise<KeyserverClient> => connectUnix(server, 5_000)): Promise<number> {
   const start = performance.now();
   const key = keys.ec!;
-  const client = await connectUnix(server, 5_000);
+  const client = await connect();
   try {
     const one = async (): Promise<void> => {
       const message = randomBytes(40);
@@ -347,6 +347,11 @@ describe('mutual TLS', () => {
   });
   afterAll(() => server.close());
 
+  function connectTls(name: string): Promise<KeyserverClient> {
+    const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients[name]!, servername: 'localhost' };
+    return KeyserverClient.connect({ tcp, timeoutMs: 5_000 });
+  }
+
   function tlsOptions(name: string): tls.ConnectionOptions {
     const files = pki.clients[name]!;
     const [ca, cert, key] = [pki.caFile, files.cert, files.key].map((file) => readFileSync(file));
@@ -369,18 +374,7 @@ describe('mutual TLS', () => {
     );
     try {
       await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);
-      const key = keys.ec!;
-      const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' };
-      const b = await KeyserverClient.connect({ tcp });
-      try {
-        for (let i = 0; i < 5; i++) {
-          const message = randomBytes(40);
-          const signature = await b.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
-          expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
-        }
-      } finally {
-        b.close();
-      }
+      await signsWith(6, () => connectTls('edge-b'));
       expect(await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })).toBe(12);
       expect(await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })).toBe(8);
     } finally {
@@ -401,18 +395,28 @@ describe('mutual TLS', () => {
     expect(performance.now() - start).toBeGreaterThan(HANDSHAKE_DEADLINE - 50);
   });
 
-  it('past twice maxConnections sockets (handshakes included) the TLS listener drops newcomers, counted', async () => {
+  it('TCP connections that never send a ClientHello cannot shut clients out: past maxConnections the oldest handshake is closed', async () => {
     await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+    const evictedBefore = await metricValue(server, DROPPED, { reason: 'evicted_handshake' });
+    const rejectedBefore = await metricValue(server, 'keyedge_keyserver_tls_client_rejections_total');
     const open = (): Promise<net.Socket> =>
       new Promise((resolve, reject) => {
         const socket = net.connect(server.tcpPort!, '127.0.0.1', () => resolve(socket));
         socket.on('error', reject);
       });
-    // All at once: the handshake deadline (1 s) closes them soon.
+    // Twice the cap and more, all at once: the listener used to drop every newcomer past 2 × 64 sockets, the client
+    // below included, until the handshake deadline (1 s) closed these.
     const sockets = await Promise.all(Array.from({ length: 2 * 64 + 3 }, open));
+    const closed = sockets.map((socket) => new Promise<void>((resolve) => socket.on('close', () => resolve())));
     try {
-      await waitFor('3 drops', async () => (await metricValue(server, DROPPED, { reason: 'tls_listener_full' })) === 3);
-      expect(logs.find(/^connection refused: the TLS listener is full/).length).toBeGreaterThan(0);
+      await signsWith(2, () => connectTls('edge-b'));
+      // The oldest were closed first, to make room.
+      await closed[0];
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_handshake' })).toBeGreaterThanOrEqual(evictedBefore + 2 * 64 + 3 - 64);
+      expect(await metricValue(server, DROPPED, { reason: 'tls_listener_full' })).toBe(0);
+      // An eviction is not also a client's handshake failure: only the deadline's closes (if it came first) count there.
+      expect(await metricValue(server, 'keyedge_keyserver_tls_client_rejections_total')).toBeLessThanOrEqual(rejectedBefore + 64);
+      expect(logs.find(/^TLS handshake closed to admit a new connection/).length).toBeLessThanOrEqual(20);
     } finally {
       for (const socket of sockets) socket.destroy();
     }
