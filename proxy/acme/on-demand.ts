@@ -12,7 +12,8 @@
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
- *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;
+ *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
+ *      are sent as Basic authorization);
  *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
  *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain (the
  *      last two labels: no public-suffix list) and `maxOrdersPerHour` in all.
@@ -77,14 +78,31 @@ export interface OnDemandDeps {
   readonly ledger?: OnDemandLedger;
 }
 
+/**
+ * The ask URL without its user and password, and those as an Authorization
+ * header (Basic, RFC 7617), as curl sends them. fetch refuses a URL that
+ * carries credentials, with an error quoting the URL, password and all: every
+ * name was refused and each refusal's log line held the password.
+ */
+function askRequest(ask: string): { url: URL; headers: Record<string, string> } {
+  const url = new URL(ask);
+  if (url.username === '' && url.password === '') return { url, headers: {} };
+  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  url.username = '';
+  url.password = '';
+  return { url, headers: { authorization: `Basic ${Buffer.from(credentials).toString('base64')}` } };
+}
+
 export class OnDemandGate {
   readonly #deps: OnDemandDeps;
   readonly #ledger: OnDemandLedger;
   readonly #checking = new Set<string>();
   readonly #resolver: Resolver;
+  readonly #ask: { url: URL; headers: Record<string, string> } | undefined;
 
   constructor(deps: OnDemandDeps) {
     this.#deps = deps;
+    this.#ask = deps.config.ask === null ? undefined : askRequest(deps.config.ask);
     this.#ledger = deps.ledger ?? new LocalLedger(deps.config);
     this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
     if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
@@ -127,12 +145,12 @@ export class OnDemandGate {
   }
 
   async #askRefusal(name: string): Promise<string | undefined> {
-    const ask = this.#deps.config.ask;
-    if (ask === null) return undefined;
-    const url = new URL(ask);
+    if (this.#ask === undefined) return undefined;
+    const url = new URL(this.#ask.url);
+    // Percent-encoded by URLSearchParams; the name is letters, digits, '-' and '.' here anyway.
     url.searchParams.set('domain', name);
     try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
+      const response = await fetch(url, { headers: this.#ask.headers, signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
       await response.body?.cancel();
       return response.status >= 200 && response.status < 300 ? undefined : `the ask endpoint answered ${response.status}`;
     } catch (err) {
