@@ -20,8 +20,9 @@ beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://ask');
     asked.push(url.searchParams.get('domain') ?? '');
-    // /private allows only the user and password of the test below.
-    const allowed = url.pathname !== '/private' || req.headers.authorization === `Basic ${Buffer.from('edge:s3cr:t/@').toString('base64')}`;
+    // /private allows only the user and password of the test below; /deny allows nothing.
+    const allowed =
+      url.pathname !== '/deny' && (url.pathname !== '/private' || req.headers.authorization === `Basic ${Buffer.from('edge:s3cr:t/@').toString('base64')}`);
     res.writeHead(allowed ? 200 : 401).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
@@ -66,6 +67,30 @@ describe('on-demand names', () => {
     expect(ordered).toEqual(['private.x.test']);
     expect(asked.at(-1)).toBe('private.x.test');
     expect(logs.text()).not.toContain('s3cr');
+  });
+
+  it('random names a client sends, refused or rate-limited: every one counted, a few lines logged', async () => {
+    // One line per name, before: a client cycling names under a wildcard CNAME wrote the log at its own pace.
+    const logs = captureLog('info');
+    const port = (ask.address() as AddressInfo).port;
+    const gateFor = (path: string, onOutcome: (outcome: string) => void): OnDemandGate => {
+      const config = loadProxyConfig(undefined, {
+        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, maxOrdersPerDomainPerHour: 1 } },
+      }).acme!.onDemand!;
+      return new OnDemandGate({ config, log: logs.logger, isManaged: () => false, order: () => undefined, onOutcome });
+    };
+    const outcomes = new Map<string, number>();
+    const count = (outcome: string): void => void outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    const denied = gateFor('/deny', count);
+    const allowed = gateFor('/ask', count);
+    for (let i = 0; i < 200; i++) {
+      await denied.wanted(`d${i}.flood.test`);
+      await allowed.wanted(`a${i}.flood.test`);
+    }
+    expect(Object.fromEntries(outcomes)).toEqual({ refused: 200, ordered: 1, rate_limited: 199 });
+    expect(logs.find(/^on-demand certificate refused$/).length).toBeLessThanOrEqual(10);
+    expect(logs.find(/^on-demand certificate rate-limited$/).length).toBeLessThanOrEqual(10);
+    expect(logs.find(/^on-demand certificate ordered$/).length).toBe(1);
   });
 
   it('a worker reports only names that may be DNS names, and keeps no other', () => {

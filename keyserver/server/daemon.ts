@@ -34,7 +34,7 @@ import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
 import { KeyserverConnection } from './connection.js';
 import { KeyStore } from './keystore.js';
 import { listenTls, listenUnix } from './listeners.js';
-import { LogLimiter } from './log-limiter.js';
+import { LogLimiter } from '../shared/log-limiter.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 

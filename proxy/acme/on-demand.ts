@@ -26,12 +26,17 @@ import { Resolver } from 'node:dns/promises';
 import { LRUCache } from 'lru-cache';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 
 const WANTED = 'keyedge:acme-wanted';
 // The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
 // went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
 const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
+const LOG_INTERVAL_MS = 10_000;
+const LOG_BURST = 10;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
@@ -99,6 +104,13 @@ export class OnDemandGate {
   readonly #checking = new Set<string>();
   readonly #resolver: Resolver;
   readonly #ask: { url: URL; headers: Record<string, string> } | undefined;
+  /**
+   * A client picks the names, so it picks how many are refused or
+   * rate-limited: their lines are capped per outcome (random names under a
+   * wildcard CNAME made one line each), while `onOutcome`'s metric counts
+   * every one. Orders are bounded by the hourly limits and logged each.
+   */
+  readonly #limiter = new LogLimiter({ intervalMs: LOG_INTERVAL_MS, burst: LOG_BURST });
 
   constructor(deps: OnDemandDeps) {
     this.#deps = deps;
@@ -125,7 +137,7 @@ export class OnDemandGate {
       const refusal = (await this.#askRefusal(name)) ?? (await this.#cnameRefusal(name));
       if (refusal !== undefined) {
         this.#ledger.rememberRefusal(name, refusal);
-        log.info({ name, reason: refusal }, 'on-demand certificate refused');
+        this.#limiter.write(log, 'info', 'refused', { name, reason: refusal }, 'on-demand certificate refused');
         return 'refused';
       }
       const domain = name.split('.').slice(-2).join('.');
@@ -133,7 +145,7 @@ export class OnDemandGate {
       // The fleet's store away: nothing is counted, so nothing is ordered (the name comes back with its next handshake).
       if (slot === 'unavailable') return 'busy';
       if (slot === 'rate_limited') {
-        log.warn({ name, domain }, 'on-demand certificate rate-limited');
+        this.#limiter.warn(log, 'rate_limited', { name, domain }, 'on-demand certificate rate-limited');
         return 'rate_limited';
       }
       log.info({ name }, 'on-demand certificate ordered');
