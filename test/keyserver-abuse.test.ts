@@ -5,8 +5,10 @@
  * connections there are (they are evicted, not the newcomer refused), every
  * drop is counted by reason, and what a client can make us log is capped.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +17,7 @@ import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
+  CLI,
   captureLog,
   connectUnix,
   digestOf,
@@ -30,6 +33,7 @@ import {
   tempDir,
   testConfig,
   verifies,
+  writeConfigFile,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -323,6 +327,34 @@ describe('bad-frame flood', () => {
       expect(await metricValue(server, 'keyedge_keyserver_requests_total', { op: 'sign', result: 'UNKNOWN_KEY' })).toBeGreaterThanOrEqual(2_000);
     } finally {
       conn.close();
+    }
+  });
+});
+
+describe('file limit', () => {
+  it('below the file limit (RLIMIT_NOFILE) the caps are lowered to fit: 400 silent local connections cannot shut a client out', async () => {
+    // With maxConnections (1024) above what the limit allowed, the kernel ran out of descriptors first: libuv accepted
+    // and closed every newcomer before admission saw it, so no stalled connection was evicted and no client got in.
+    const socketPath = join(stateDir, 'fd-limit.sock');
+    const configFile = writeConfigFile(stateDir, { listen: { unix: { path: socketPath } }, admin: null, log: { level: 'warn' } });
+    const child = spawn('prlimit', ['--nofile=256:256', process.execPath, CLI, 'keyserver', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    for (const stream of [child.stdout, child.stderr]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+    const silent: net.Socket[] = [];
+    try {
+      await waitFor('the key server to listen', () => existsSync(socketPath));
+      for (let i = 0; i < 400; i++) {
+        const socket = net.connect(socketPath);
+        socket.on('error', () => undefined);
+        silent.push(socket);
+      }
+      await sleep(500);
+      await signsWith(2, () => KeyserverClient.connect({ unixPath: socketPath, timeoutMs: 5_000 }));
+      await waitFor('the warning', () => /limits\.maxConnections lowered to \d+/.test(output));
+    } finally {
+      for (const socket of silent) socket.destroy();
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
     }
   });
 });
