@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { missReporter, OnDemandGate } from '../proxy/acme/on-demand.js';
+import { captureLog } from './helpers/keyserver.js';
 
 // The on-demand gate's first check, the name itself, against a real ask
 // endpoint: a name that is not a DNS host name an ACME CA could validate (an
@@ -17,8 +18,12 @@ const asked: string[] = [];
 
 beforeAll(async () => {
   ask = http.createServer((req, res) => {
-    asked.push(new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '');
-    res.writeHead(200).end();
+    const url = new URL(req.url ?? '/', 'http://ask');
+    asked.push(url.searchParams.get('domain') ?? '');
+    // /private allows only the user and password of the test below; /deny allows nothing.
+    const allowed =
+      url.pathname !== '/deny' && (url.pathname !== '/private' || req.headers.authorization === `Basic ${Buffer.from('edge:s3cr:t/@').toString('base64')}`);
+    res.writeHead(allowed ? 200 : 401).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
 });
@@ -46,6 +51,46 @@ describe('on-demand names', () => {
     expect(await gate.wanted('1.x.test')).toBe('ordered');
     expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test']);
     expect(asked).toEqual(ordered);
+  });
+
+  it('an ask URL with a user and password: sent as Basic authorization, never in a log line', async () => {
+    // fetch refused the URL outright ("cannot be constructed from a URL that includes credentials: http://edge:…"):
+    // every name was refused, and each refusal's log line carried the password.
+    const logs = captureLog('info');
+    const port = (ask.address() as AddressInfo).port;
+    const config = loadProxyConfig(undefined, {
+      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://edge:s3cr%3At%2F%40@127.0.0.1:${port}/private?tenant=a` } },
+    }).acme!.onDemand!;
+    const ordered: string[] = [];
+    const gate = new OnDemandGate({ config, log: logs.logger, isManaged: () => false, order: (name) => void ordered.push(name) });
+    expect(await gate.wanted('private.x.test')).toBe('ordered');
+    expect(ordered).toEqual(['private.x.test']);
+    expect(asked.at(-1)).toBe('private.x.test');
+    expect(logs.text()).not.toContain('s3cr');
+  });
+
+  it('random names a client sends, refused or rate-limited: every one counted, a few lines logged', async () => {
+    // One line per name, before: a client cycling names under a wildcard CNAME wrote the log at its own pace.
+    const logs = captureLog('info');
+    const port = (ask.address() as AddressInfo).port;
+    const gateFor = (path: string, onOutcome: (outcome: string) => void): OnDemandGate => {
+      const config = loadProxyConfig(undefined, {
+        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, maxOrdersPerDomainPerHour: 1 } },
+      }).acme!.onDemand!;
+      return new OnDemandGate({ config, log: logs.logger, isManaged: () => false, order: () => undefined, onOutcome });
+    };
+    const outcomes = new Map<string, number>();
+    const count = (outcome: string): void => void outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    const denied = gateFor('/deny', count);
+    const allowed = gateFor('/ask', count);
+    for (let i = 0; i < 200; i++) {
+      await denied.wanted(`d${i}.flood.test`);
+      await allowed.wanted(`a${i}.flood.test`);
+    }
+    expect(Object.fromEntries(outcomes)).toEqual({ refused: 200, ordered: 1, rate_limited: 199 });
+    expect(logs.find(/^on-demand certificate refused$/).length).toBeLessThanOrEqual(10);
+    expect(logs.find(/^on-demand certificate rate-limited$/).length).toBeLessThanOrEqual(10);
+    expect(logs.find(/^on-demand certificate ordered$/).length).toBe(1);
   });
 
   it('a worker reports only names that may be DNS names, and keeps no other', () => {

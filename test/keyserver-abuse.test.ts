@@ -5,8 +5,10 @@
  * connections there are (they are evicted, not the newcomer refused), every
  * drop is counted by reason, and what a client can make us log is capped.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +17,7 @@ import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
+  CLI,
   captureLog,
   connectUnix,
   digestOf,
@@ -30,6 +33,7 @@ import {
   tempDir,
   testConfig,
   verifies,
+  writeConfigFile,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -90,11 +94,11 @@ async function closedWithin(conn: RawConnection, limitMs: number, since = perfor
   return performance.now() - since;
 }
 
-/** A fresh KeyserverClient gets `count` valid signatures (half of them concurrently); resolves with the time it took. */
-async function signsWith(count: number): Promise<number> {
+/** A fresh KeyserverClient (unix socket unless `connect` says otherwise) gets `count` valid signatures (half of them concurrently); resolves with the time it took. */
+async function signsWith(count: number, connect = (): Promise<KeyserverClient> => connectUnix(server, 5_000)): Promise<number> {
   const start = performance.now();
   const key = keys.ec!;
-  const client = await connectUnix(server, 5_000);
+  const client = await connect();
   try {
     const one = async (): Promise<void> => {
       const message = randomBytes(40);
@@ -327,6 +331,34 @@ describe('bad-frame flood', () => {
   });
 });
 
+describe('file limit', () => {
+  it('below the file limit (RLIMIT_NOFILE) the caps are lowered to fit: 400 silent local connections cannot shut a client out', async () => {
+    // With maxConnections (1024) above what the limit allowed, the kernel ran out of descriptors first: libuv accepted
+    // and closed every newcomer before admission saw it, so no stalled connection was evicted and no client got in.
+    const socketPath = join(stateDir, 'fd-limit.sock');
+    const configFile = writeConfigFile(stateDir, { listen: { unix: { path: socketPath } }, admin: null, log: { level: 'warn' } });
+    const child = spawn('prlimit', ['--nofile=256:256', process.execPath, CLI, 'keyserver', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    for (const stream of [child.stdout, child.stderr]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+    const silent: net.Socket[] = [];
+    try {
+      await waitFor('the key server to listen', () => existsSync(socketPath));
+      for (let i = 0; i < 400; i++) {
+        const socket = net.connect(socketPath);
+        socket.on('error', () => undefined);
+        silent.push(socket);
+      }
+      await sleep(500);
+      await signsWith(2, () => KeyserverClient.connect({ unixPath: socketPath, timeoutMs: 5_000 }));
+      await waitFor('the warning', () => /limits\.maxConnections lowered to \d+/.test(output));
+    } finally {
+      for (const socket of silent) socket.destroy();
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    }
+  });
+});
+
 describe('mutual TLS', () => {
   const HANDSHAKE_DEADLINE = 1_000;
   let pki: TestPkiFiles;
@@ -346,6 +378,11 @@ describe('mutual TLS', () => {
     );
   });
   afterAll(() => server.close());
+
+  function connectTls(name: string): Promise<KeyserverClient> {
+    const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients[name]!, servername: 'localhost' };
+    return KeyserverClient.connect({ tcp, timeoutMs: 5_000 });
+  }
 
   function tlsOptions(name: string): tls.ConnectionOptions {
     const files = pki.clients[name]!;
@@ -369,18 +406,7 @@ describe('mutual TLS', () => {
     );
     try {
       await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === 12);
-      const key = keys.ec!;
-      const tcp = { host: '127.0.0.1', port: server.tcpPort!, ca: pki.caFile, ...pki.clients['edge-b']!, servername: 'localhost' };
-      const b = await KeyserverClient.connect({ tcp });
-      try {
-        for (let i = 0; i < 5; i++) {
-          const message = randomBytes(40);
-          const signature = await b.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
-          expect(verifies(Algorithm.ECDSA_SHA256, message, key.publicKey, signature)).toBe(true);
-        }
-      } finally {
-        b.close();
-      }
+      await signsWith(6, () => connectTls('edge-b'));
       expect(await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })).toBe(12);
       expect(await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })).toBe(8);
     } finally {
@@ -401,18 +427,28 @@ describe('mutual TLS', () => {
     expect(performance.now() - start).toBeGreaterThan(HANDSHAKE_DEADLINE - 50);
   });
 
-  it('past twice maxConnections sockets (handshakes included) the TLS listener drops newcomers, counted', async () => {
+  it('TCP connections that never send a ClientHello cannot shut clients out: past maxConnections the oldest handshake is closed', async () => {
     await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+    const evictedBefore = await metricValue(server, DROPPED, { reason: 'evicted_handshake' });
+    const rejectedBefore = await metricValue(server, 'keyedge_keyserver_tls_client_rejections_total');
     const open = (): Promise<net.Socket> =>
       new Promise((resolve, reject) => {
         const socket = net.connect(server.tcpPort!, '127.0.0.1', () => resolve(socket));
         socket.on('error', reject);
       });
-    // All at once: the handshake deadline (1 s) closes them soon.
+    // Twice the cap and more, all at once: the listener used to drop every newcomer past 2 × 64 sockets, the client
+    // below included, until the handshake deadline (1 s) closed these.
     const sockets = await Promise.all(Array.from({ length: 2 * 64 + 3 }, open));
+    const closed = sockets.map((socket) => new Promise<void>((resolve) => socket.on('close', () => resolve())));
     try {
-      await waitFor('3 drops', async () => (await metricValue(server, DROPPED, { reason: 'tls_listener_full' })) === 3);
-      expect(logs.find(/^connection refused: the TLS listener is full/).length).toBeGreaterThan(0);
+      await signsWith(2, () => connectTls('edge-b'));
+      // The oldest were closed first, to make room.
+      await closed[0];
+      expect(await metricValue(server, DROPPED, { reason: 'evicted_handshake' })).toBeGreaterThanOrEqual(evictedBefore + 2 * 64 + 3 - 64);
+      expect(await metricValue(server, DROPPED, { reason: 'tls_listener_full' })).toBe(0);
+      // An eviction is not also a client's handshake failure: only the deadline's closes (if it came first) count there.
+      expect(await metricValue(server, 'keyedge_keyserver_tls_client_rejections_total')).toBeLessThanOrEqual(rejectedBefore + 64);
+      expect(logs.find(/^TLS handshake closed to admit a new connection/).length).toBeLessThanOrEqual(20);
     } finally {
       for (const socket of sockets) socket.destroy();
     }

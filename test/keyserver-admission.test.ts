@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { Admission } from '../keyserver/server/admission.js';
-import { LogLimiter } from '../keyserver/server/log-limiter.js';
+import { LogLimiter } from '../keyserver/shared/log-limiter.js';
 import { unixIdentity } from '../keyserver/server/authz.js';
 import type { KeyStore } from '../keyserver/server/keystore.js';
 import { KeyserverMetrics } from '../keyserver/server/metrics.js';

@@ -4,6 +4,8 @@
  * checked with node:crypto against the public key the server hands out.
  */
 import { constants, createHash, createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KeyserverConfig } from '../config/schema.js';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -219,6 +221,36 @@ describe('keys from outside', () => {
     const signature = await unix.sign(keyId!, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message));
     expect(verifies(Algorithm.ECDSA_SHA256, message, createPublicKey({ key: spki, format: 'der', type: 'spki' }), signature)).toBe(true);
     expect(logs.find(/token keys loaded/).some((line) => JSON.stringify(line).includes(keyId!))).toBe(true);
+  });
+
+  it('a key deleted while the server runs becomes UNKNOWN_KEY and the scan logs it gone; imported again, it signs again', async () => {
+    // A deleted key stayed listed: every sign was SIGN_FAILED (CKR_OBJECT_HANDLE_INVALID, blamed on the token) and,
+    // imported again under a new handle, it was never signed with until a restart, as only unknown ids made a scan.
+    const key = keys.imported!;
+    const signOnce = async (): Promise<unknown> => {
+      const message = randomBytes(30);
+      const signature = await unix.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, message)).catch((e: unknown) => e);
+      return Buffer.isBuffer(signature) ? verifies(Algorithm.RSA_PSS_SHA256, message, key.publicKey, signature) : signature;
+    };
+    expect(await signOnce()).toBe(true);
+    const deleted = await runCli(['key', 'delete', '--config', configFile, '--key', 'imported']);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    // The token's handle fails once its session copy is looked at again (once a second); from then on the key is unknown.
+    let answer: unknown;
+    for (let i = 0; i < 40 && !(answer instanceof RemoteError && answer.wireCode === ErrorCode.UNKNOWN_KEY); i++) {
+      answer = await signOnce();
+      if (answer === true) await sleep(100);
+    }
+    expect((answer as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
+    expect(logs.find(/^token keys no longer found$/).some((line) => JSON.stringify(line).includes(key.keyId))).toBe(true);
+
+    const pemFile = join(stateDir, 'imported-again.pem');
+    writeFileSync(pemFile, importedPem, { mode: 0o600 });
+    const imported = await runCli(['key', 'import', '--config', configFile, '--in', pemFile, '--label', 'imported']);
+    expect(imported.code, imported.stderr).toBe(0);
+    // An unknown id is looked for again at most once a second.
+    await sleep(1_100);
+    expect(await signOnce()).toBe(true);
   });
 
   it('a key id the token does not hold stays UNKNOWN_KEY, even after a rescan', async () => {

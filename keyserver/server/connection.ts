@@ -38,7 +38,7 @@ import { errorCodeName, ErrorCode } from '../protocol/constants.js';
 import { FrameReader } from '../protocol/framer.js';
 import type { ConnectionState } from './admission.js';
 import type { ClientIdentity } from './authz.js';
-import type { LogLimiter } from './log-limiter.js';
+import type { LogLimiter } from '../shared/log-limiter.js';
 import type { KeyserverMetrics } from './metrics.js';
 import type { SigningService } from './service.js';
 

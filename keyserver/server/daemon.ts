@@ -12,7 +12,9 @@
  *
  * Connections are admitted by admission.ts (caps overall and per client
  * identity; a newcomer at a cap evicts a stalled or idle connection rather
- * than being refused); what is refused, evicted or timed out is counted in
+ * than being refused); mutual-TLS handshakes, which have no identity yet, are
+ * capped apart (handshakes.ts: past maxConnections pending, the oldest is
+ * closed); what is refused, evicted or timed out is counted in
  * `connections_dropped_total` and logged within the LogLimiter's rate.
  */
 import { mkdirSync } from 'node:fs';
@@ -27,11 +29,13 @@ import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../shared/errors.js';
 import { startAdmin } from './admin.js';
 import { Admission } from './admission.js';
+import { isEvictedHandshake, PendingHandshakes } from './handshakes.js';
 import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
 import { KeyserverConnection } from './connection.js';
+import { fitLimits } from './fd-budget.js';
 import { KeyStore } from './keystore.js';
 import { listenTls, listenUnix } from './listeners.js';
-import { LogLimiter } from './log-limiter.js';
+import { LogLimiter } from '../shared/log-limiter.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 
@@ -65,7 +69,9 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
     const service = new SigningService({ signers, keys, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();
-    const admission = new Admission<KeyserverConnection>(config.limits);
+    // The caps admission enforces must be below the file limit, or the kernel refuses newcomers before admission sees them.
+    const limits = fitLimits(config.limits, config.listen.tcp !== null, log);
+    const admission = new Admission<KeyserverConnection>(limits);
     const dropped = (reason: DropReason, fields: Record<string, unknown>, msg: string): void => {
       metrics.connectionDropped(reason);
       limiter.warn(log, reason, { reason, ...fields }, msg);
@@ -76,7 +82,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         metrics,
         log,
         limiter,
-        limits: config.limits,
+        limits,
         onState: (state) => admission.update(connection, state),
       });
       socket.on('error', (err) => log.debug({ err, client: client.name }, 'client connection error'));
@@ -84,7 +90,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       // SPKI); one for the whole unix socket, since Node cannot read the peer's uid (SO_PEERCRED).
       const admitted = admission.admit(connection, `${client.transport}:${client.name}`);
       if (!admitted.admitted) {
-        const which = admitted.cap === 'client_cap' ? `this client's ${config.limits.maxConnectionsPerClient}` : `all ${config.limits.maxConnections}`;
+        const which = admitted.cap === 'client_cap' ? `this client's ${limits.maxConnectionsPerClient}` : `all ${limits.maxConnections}`;
         dropped(`refused_${admitted.cap}`, { client: client.name, transport: client.transport }, `connection refused: ${which} connections are busy`);
         socket.destroy();
         return;
@@ -119,9 +125,13 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       unixPath = unix.path;
     }
     if (tcp !== null) {
+      const handshakes = new PendingHandshakes(limits.maxConnections, () =>
+        dropped('evicted_handshake', { transport: 'tls' }, 'TLS handshake closed to admit a new connection: limits.maxConnections handshakes pending'),
+      );
       const server: tls.Server = await listenTls(
         { ...tcp, handshakeTimeoutMs: config.limits.tlsHandshakeTimeoutMs, source: config.source },
         (socket) => {
+          handshakes.finished(socket);
           const cert = socket.getPeerX509Certificate();
           // Verified here rather than by rejectUnauthorized, so the log says why.
           if (!socket.authorized || cert === undefined) {
@@ -134,15 +144,19 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
           accept(socket, tlsIdentity(cert, config.clients));
         },
         (err, socket) => {
-          metrics.tlsHandshakeFailures.inc();
-          limiter.warn(log, 'tls_client_error', { code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
           // Node reports a handshake timeout here but leaves the socket open.
           socket.destroy();
+          // Counted and logged as an eviction already.
+          if (isEvictedHandshake(err)) return;
+          metrics.tlsHandshakeFailures.inc();
+          limiter.warn(log, 'tls_client_error', { code: (err as NodeJS.ErrnoException).code }, `mutual TLS client refused: ${err.message}`);
         },
       );
-      // A ceiling on sockets Node accepts, handshakes included, which admission cannot see: twice the cap,
-      // so that established connections at the cap leave room for newcomers to handshake and evict.
-      server.maxConnections = 2 * config.limits.maxConnections;
+      server.on('connection', (raw: net.Socket) => handshakes.started(raw));
+      // A ceiling on sockets Node accepts, a backstop: established ones are at most maxConnections (admission),
+      // handshakes as many (handshakes.ts); the third share is for sockets closed but not yet counted out, as
+      // when a burst of newcomers evicts handshakes within one turn of the event loop.
+      server.maxConnections = 3 * limits.maxConnections;
       server.on('drop', (data?: { remoteAddress?: string }) =>
         dropped('tls_listener_full', { transport: 'tls', remoteAddress: data?.remoteAddress }, 'connection refused: the TLS listener is full'),
       );

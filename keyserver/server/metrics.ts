@@ -29,6 +29,7 @@ export const DROP_REASONS = [
   'evicted_connection_cap',
   'refused_client_cap',
   'refused_connection_cap',
+  'evicted_handshake',
   'tls_listener_full',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -95,7 +96,8 @@ export class KeyserverMetrics {
     name: `${PREFIX}connections_dropped_total`,
     help:
       'Connections the key server closed on its own, by reason: a frame incomplete past limits.frameTimeoutMs, ' +
-      'evicted or refused at the per-client or overall connection cap, or dropped by a full TLS listener.',
+      'evicted or refused at the per-client or overall connection cap, a TLS handshake closed for a newer one past ' +
+      'limits.maxConnections pending, or dropped by a full TLS listener.',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });

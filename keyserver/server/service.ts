@@ -23,7 +23,7 @@ import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import type { KeyStore } from './keystore.js';
 import type { KeyserverMetrics } from './metrics.js';
-import type { LogLimiter } from './log-limiter.js';
+import type { LogLimiter } from '../shared/log-limiter.js';
 
 type SignRequestOf = Extract<Request, { op: 'sign' }>;
 

@@ -28,6 +28,14 @@ const REFUSED = `${ACME}on-demand/refused/`;
 const ORDERS = `${ACME}on-demand/orders/`;
 const ORDERS_ALL = `${ACME}on-demand/orders-all`;
 const MAX_SHARED_REFUSALS = 10_000;
+/**
+ * How often the shared refusals are counted again. Counting walks the whole
+ * mirror (every certificate's keys too, 100,000 names in a large fleet), and
+ * was done for each refusal: a client sending random names the ask endpoint
+ * refuses made the primary walk it hundreds of times a second. Between counts
+ * the refusals this node shares are added to the last count.
+ */
+const RECOUNT_MS = 1_000;
 /** Transactions tried when other nodes keep moving the counters. */
 const SLOT_TRIES = 5;
 
@@ -80,6 +88,8 @@ export class FleetLedger implements OnDemandLedger {
   readonly #local: LocalLedger;
   /** The lease refusals are put under, shared for a tenth of its life (so a refusal lasts 90–100 % of refusedSeconds). */
   #lease: { readonly id: Promise<string>; readonly until: number } | undefined;
+  /** Refusals in the store at the last count (performance.now() `at`), plus those shared since. */
+  #shared = { count: 0, at: Number.NEGATIVE_INFINITY };
 
   constructor(store: EtcdStore, config: OnDemandConfig, log: Logger) {
     this.#store = store;
@@ -94,7 +104,7 @@ export class FleetLedger implements OnDemandLedger {
 
   rememberRefusal(name: string, reason: string): void {
     this.#local.rememberRefusal(name);
-    if (!this.#store.health.up || this.#store.keys(REFUSED).length >= MAX_SHARED_REFUSALS) return;
+    if (!this.#store.health.up || !this.#mayShare()) return;
     const now = Date.now();
     if (this.#lease === undefined || this.#lease.until < now) {
       const ttl = this.#config.refusedSeconds;
@@ -113,6 +123,15 @@ export class FleetLedger implements OnDemandLedger {
         if (this.#lease === lease) this.#lease = undefined;
         this.#log.warn({ reason: err.message }, 'on-demand refusal not shared with the fleet; this node remembers it');
       });
+  }
+
+  /** Whether one more refusal may go to the store (under MAX_SHARED_REFUSALS); counts it if so. */
+  #mayShare(): boolean {
+    const now = performance.now();
+    if (now - this.#shared.at >= RECOUNT_MS) this.#shared = { count: this.#store.keys(REFUSED).length, at: now };
+    if (this.#shared.count >= MAX_SHARED_REFUSALS) return false;
+    this.#shared.count++;
+    return true;
   }
 
   async takeOrderSlot(domain: string): Promise<SlotAnswer> {

@@ -12,7 +12,8 @@
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
- *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs`;
+ *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
+ *      are sent as Basic authorization);
  *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
  *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain (the
  *      last two labels: no public-suffix list) and `maxOrdersPerHour` in all.
@@ -25,12 +26,17 @@ import { Resolver } from 'node:dns/promises';
 import { LRUCache } from 'lru-cache';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 
 const WANTED = 'keyedge:acme-wanted';
 // The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
 // went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
 const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
+const LOG_INTERVAL_MS = 10_000;
+const LOG_BURST = 10;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
@@ -77,14 +83,38 @@ export interface OnDemandDeps {
   readonly ledger?: OnDemandLedger;
 }
 
+/**
+ * The ask URL without its user and password, and those as an Authorization
+ * header (Basic, RFC 7617), as curl sends them. fetch refuses a URL that
+ * carries credentials, with an error quoting the URL, password and all: every
+ * name was refused and each refusal's log line held the password.
+ */
+function askRequest(ask: string): { url: URL; headers: Record<string, string> } {
+  const url = new URL(ask);
+  if (url.username === '' && url.password === '') return { url, headers: {} };
+  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  url.username = '';
+  url.password = '';
+  return { url, headers: { authorization: `Basic ${Buffer.from(credentials).toString('base64')}` } };
+}
+
 export class OnDemandGate {
   readonly #deps: OnDemandDeps;
   readonly #ledger: OnDemandLedger;
   readonly #checking = new Set<string>();
   readonly #resolver: Resolver;
+  readonly #ask: { url: URL; headers: Record<string, string> } | undefined;
+  /**
+   * A client picks the names, so it picks how many are refused or
+   * rate-limited: their lines are capped per outcome (random names under a
+   * wildcard CNAME made one line each), while `onOutcome`'s metric counts
+   * every one. Orders are bounded by the hourly limits and logged each.
+   */
+  readonly #limiter = new LogLimiter({ intervalMs: LOG_INTERVAL_MS, burst: LOG_BURST });
 
   constructor(deps: OnDemandDeps) {
     this.#deps = deps;
+    this.#ask = deps.config.ask === null ? undefined : askRequest(deps.config.ask);
     this.#ledger = deps.ledger ?? new LocalLedger(deps.config);
     this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
     if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
@@ -107,7 +137,7 @@ export class OnDemandGate {
       const refusal = (await this.#askRefusal(name)) ?? (await this.#cnameRefusal(name));
       if (refusal !== undefined) {
         this.#ledger.rememberRefusal(name, refusal);
-        log.info({ name, reason: refusal }, 'on-demand certificate refused');
+        this.#limiter.write(log, 'info', 'refused', { name, reason: refusal }, 'on-demand certificate refused');
         return 'refused';
       }
       const domain = name.split('.').slice(-2).join('.');
@@ -115,7 +145,7 @@ export class OnDemandGate {
       // The fleet's store away: nothing is counted, so nothing is ordered (the name comes back with its next handshake).
       if (slot === 'unavailable') return 'busy';
       if (slot === 'rate_limited') {
-        log.warn({ name, domain }, 'on-demand certificate rate-limited');
+        this.#limiter.warn(log, 'rate_limited', { name, domain }, 'on-demand certificate rate-limited');
         return 'rate_limited';
       }
       log.info({ name }, 'on-demand certificate ordered');
@@ -127,12 +157,12 @@ export class OnDemandGate {
   }
 
   async #askRefusal(name: string): Promise<string | undefined> {
-    const ask = this.#deps.config.ask;
-    if (ask === null) return undefined;
-    const url = new URL(ask);
+    if (this.#ask === undefined) return undefined;
+    const url = new URL(this.#ask.url);
+    // Percent-encoded by URLSearchParams; the name is letters, digits, '-' and '.' here anyway.
     url.searchParams.set('domain', name);
     try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
+      const response = await fetch(url, { headers: this.#ask.headers, signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
       await response.body?.cancel();
       return response.status >= 200 && response.status < 300 ? undefined : `the ask endpoint answered ${response.status}`;
     } catch (err) {

@@ -4,15 +4,16 @@
  * how many were dropped before it (`suppressed`), as the kernel's printk
  * ratelimit ("N callbacks suppressed") does.
  *
- * Used for what a client can make us log at will (bad frames, connections
- * refused, evicted or timed out): 20,000 fuzzed frames once made 4.3 MB of
- * log. The metrics still count every event; the log only has to show what is
+ * Used for what a client can make us log at will: by the key server (bad
+ * frames, connections refused, evicted or timed out: 20,000 fuzzed frames
+ * once made 4.3 MB of log) and by the proxy's on-demand gate (a name refused
+ * or rate-limited, for every name a client puts in its SNI). The metrics still count every event; the log only has to show what is
  * happening and to whom. Keys are the caller's bounded reason names (error
  * code names, drop reasons), never client-chosen text, so the table stays
  * small. A burst that ends mid-window leaves its count for the next line of
  * the same key; the metrics have the exact totals meanwhile.
  */
-import type { Logger } from '../shared/log.js';
+import type { Logger } from './log.js';
 
 export interface LogLimiterOptions {
   readonly intervalMs: number;
@@ -70,7 +71,7 @@ export class LogLimiter {
   }
 
   /** log[level](fields, msg) unless `key` is over its rate; adds `suppressed` when lines were dropped before it. */
-  write(log: Logger, level: 'warn' | 'error', key: string, fields: Record<string, unknown>, msg: string): void {
+  write(log: Logger, level: 'info' | 'warn' | 'error', key: string, fields: Record<string, unknown>, msg: string): void {
     const suppressed = this.take(key);
     if (suppressed === undefined) return;
     log[level](suppressed > 0 ? { ...fields, suppressed } : fields, msg);
