@@ -1,13 +1,7 @@
 /**
  * The fleet's shared store in etcd: every node naming the same prefix serves
  * the same certificates and routes and shares its session-ticket keys.
- *
- *   <prefix>certs/<name>    {"chain": PEM, "meta": StoreMeta}   (store.ts's entry)
- *   <prefix>routes/<name>   a domain, as in the config file's `domains`
- *   <prefix>tickets         {"keys": [base64, newest first], "rotatedAt": ISO}
- *   <prefix>acme/...        the ACME issuer's shared state (acme/shared-state.ts,
- *                           acme/fleet-challenges.ts, acme/on-demand-ledger.ts)
- *   <prefix>locks/<name>    lock keys (lock.ts), not state
+ * What lives where below the prefix: layout.ts.
  *
  * The node keeps a mirror of the prefix in memory: one range read at start
  * (or after any doubt), then a watch from the next revision applies every
@@ -27,26 +21,22 @@
  * Secrets: the ticket keys sit in etcd and in this process's memory only,
  * never in the on-disk cache; etcd's TLS and auth protect them (README).
  */
-import type { Etcd3, IKeyValue, IWatchResponse, Watcher } from 'etcd3';
+import type { Etcd3, IWatchResponse, Watcher } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store.js';
 import { readCache, writeCache } from './cache.js';
+import { assertFits, etcdCall } from './etcd-calls.js';
+import { CERTS, kindOf, keyOf, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
 import { acquireLock, fencedPut, type HeldLock, type LockOptions } from './lock.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
+
+export { ACME, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
 
 /** How often etcd is probed; also the bound on how long a lost watch goes unnoticed. */
 const PROBE_MS = 1_000;
 /** The on-disk cache follows the mirror this long after a change: a burst of writes costs one file write. */
 const CACHE_DEBOUNCE_MS = 500;
-
-export const CERTS = 'certs/';
-export const ROUTES = 'routes/';
-export const TICKETS = 'tickets';
-export const LOCKS = 'locks/';
-export const ACME = 'acme/';
-
-export type StoreChange = 'certificates' | 'routes' | 'tickets' | 'acme';
 
 interface Item {
   readonly value: string;
@@ -187,8 +177,9 @@ export class EtcdStore implements EntryStorage {
 
   /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Resolves with the write's revision; rejects with StoreUnavailableError. */
   async put(key: string, value: string): Promise<number> {
+    assertFits(key, value);
     this.assertWritable();
-    const result = await this.#call(`write ${key}`, () =>
+    const result = await this.call(`write ${key}`, () =>
       this.client
         .put(this.prefix + key)
         .value(value)
@@ -212,9 +203,10 @@ export class EtcdStore implements EntryStorage {
       has: (name) => this.has(name),
       read: (name) => this.read(name),
       write: async (name, chainText, meta) => {
-        this.assertWritable();
         const value = JSON.stringify({ chain: chainText, meta });
-        const revision = await this.#call(`write ${CERTS}${name}`, () => fencedPut(this.client, lock, this.prefix + CERTS + name, value));
+        assertFits(CERTS + name, value);
+        this.assertWritable();
+        const revision = await this.call(`write ${CERTS}${name}`, () => fencedPut(this.client, lock, this.prefix + CERTS + name, value));
         if (revision === undefined) {
           throw new StoreUnavailableError(`the lock ${lock.key} was lost before ${name} was written (another node holds it now); nothing was written`);
         }
@@ -235,7 +227,7 @@ export class EtcdStore implements EntryStorage {
 
   async delete(key: string): Promise<void> {
     this.assertWritable();
-    const result = await this.#call(`delete ${key}`, () =>
+    const result = await this.call(`delete ${key}`, () =>
       this.client
         .delete()
         .key(this.prefix + key)
@@ -287,21 +279,9 @@ export class EtcdStore implements EntryStorage {
     }
   }
 
-  /** One etcd call with this store's deadline, its failures as StoreUnavailableError. */
-  async #call<T>(what: string, call: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        call(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.#options.timeoutMs} ms`)), this.#options.timeoutMs);
-        }),
-      ]);
-    } catch (err) {
-      throw new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${(err as Error).message}`, { cause: err });
-    } finally {
-      clearTimeout(timer);
-    }
+  /** One etcd call with this store's deadline, its failures as the store's errors (etcd-calls.ts), never etcd3's. */
+  call<T>(what: string, call: () => Promise<T>): Promise<T> {
+    return etcdCall(what, this.#options.timeoutMs, call);
   }
 
   /** A quorum read; after any doubt (start, a lost watch, etcd back) the whole prefix is read again. */
@@ -310,7 +290,7 @@ export class EtcdStore implements EntryStorage {
     this.#probing = true;
     try {
       if (this.#stale) await this.#resync();
-      else await this.#call('answer a probe', () => this.client.get(this.prefix + TICKETS).exec());
+      else await this.call('answer a probe', () => this.client.get(this.prefix + TICKETS).exec());
       this.#setUp(undefined);
     } catch (err) {
       this.#stale = true;
@@ -324,7 +304,7 @@ export class EtcdStore implements EntryStorage {
   async #resync(): Promise<void> {
     // Dropped before the read: what it would still deliver is in the snapshot.
     this.#dropWatcher();
-    const range = await this.#call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
+    const range = await this.call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
     const revision = Number(range.header.revision);
     if (revision < this.#floor) {
       throw new Error(
@@ -448,17 +428,4 @@ export class EtcdStore implements EntryStorage {
     else
       this.#options.log.warn({ reason, revision: this.#revision }, "the fleet's store (etcd) is unreachable: serving the last good state, changes are refused");
   }
-}
-
-function keyOf(kv: IKeyValue, prefix: string): string | undefined {
-  const key = kv.key.toString('utf8');
-  return key.startsWith(prefix) ? key.slice(prefix.length) : undefined;
-}
-
-function kindOf(key: string): StoreChange | undefined {
-  if (key.startsWith(CERTS)) return 'certificates';
-  if (key.startsWith(ROUTES)) return 'routes';
-  if (key === TICKETS) return 'tickets';
-  if (key.startsWith(ACME)) return 'acme';
-  return undefined;
 }
