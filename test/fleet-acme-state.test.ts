@@ -142,6 +142,53 @@ describe('ACME state shared on etcd', () => {
     expect(stateB.state.account).toEqual({ directory: 'https://ca.test/dir', keyId: 'acct', url: 'https://ca.test/acct/1' });
   });
 
+  it('writes nothing of a node whose issuance lock ended over the state its successor wrote, and says so', async () => {
+    const a = await node('/acme-save-fence/', 'save-fence-a');
+    const b = await node('/acme-save-fence/', 'save-fence-b');
+    const logs = captureLog('warn');
+    const [stateA, stateB] = [new SharedIssuerState(a, logs.logger), new SharedIssuerState(b, log)];
+    const KEY = 'acme/certificates/late.test';
+    stateA.state.certificates['late.test'] = { domains: ['late.test'], keyId: '', failures: 0 };
+    await stateA.save();
+    // Node A orders under the name's lock, and pauses before it saves; its lock ends (released here; a lease that ran
+    // out during the pause does the same).
+    const lockA = (await a.lock('acme/issue/late.test', { ttlSeconds: 10, waitMs: 0 }))!;
+    Object.assign(stateA.state.certificates['late.test']!, { keyId: 'a'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await lockA.release();
+    // Node B takes the lock and orders the name: its result is the entry's.
+    const lockB = (await b.lock('acme/issue/late.test', { ttlSeconds: 10, waitMs: 5_000 }))!;
+    expect(await b.reached(Number(lockB.fence), 5_000)).toBe(true);
+    stateB.refresh();
+    Object.assign(stateB.state.certificates['late.test']!, { keyId: 'b'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await stateB.save(lockB);
+    const written = b.item(KEY)!;
+    const byB = (value = a.item(KEY)?.value): string | undefined => (value === undefined ? undefined : JSON.parse(value).keyId);
+    await waitFor('node A to mirror node B’s write', () => (a.item(KEY)?.modRevision === written.modRevision ? true : undefined));
+
+    // A resumes and saves its result from before B's: refused, B's stays, and A takes it.
+    await stateA.save(lockA);
+    // A saves what it changed on B's entry after taking it (a failure counted): refused by the fence alone.
+    stateA.refresh();
+    expect(stateA.state.certificates['late.test']?.keyId).toBe('b'.repeat(64));
+    Object.assign(stateA.state.certificates['late.test']!, { failures: 1, lastError: { code: 'KEYEDGE_ERR_STORE_UNAVAILABLE', message: 'lock lost', at: '' } });
+    await stateA.save(lockA);
+    // Nor may it forget the entry under its ended lock.
+    expect(await stateA.forget(['late.test'], lockA)).toEqual([]);
+
+    const now = await a.call('read', () => a.client.get(`/acme-save-fence/${KEY}`).exec());
+    expect(Number(now.kvs[0]?.mod_revision)).toBe(written.modRevision);
+    expect(byB(now.kvs[0]?.value.toString())).toBe('b'.repeat(64));
+    expect(stateA.state.certificates['late.test']).toMatchObject({ keyId: 'b'.repeat(64), failures: 0 });
+    const refused = logs.find(/ACME state not (written|deleted): this node no longer holds its lock/);
+    expect(refused.map((l) => [l.storeKey, l.lock])).toEqual(Array(3).fill([KEY, lockA.key]));
+    // B, which still holds the lock, writes on.
+    stateB.state.certificates['late.test']!.failures = 0;
+    stateB.state.certificates['late.test']!.notBefore = new Date().toISOString();
+    await stateB.save(lockB);
+    expect(b.item(KEY)!.modRevision).toBeGreaterThan(written.modRevision);
+    await lockB.release();
+  });
+
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
     const onDemand = loadProxyConfig(undefined, {
       acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },
@@ -222,9 +269,9 @@ describe('ACME state shared on etcd', () => {
     // The name's handshake comes through the gate while the pass deletes the entry's key (an etcd round trip).
     let order: Promise<unknown> | undefined;
     const forget = stateA.forget.bind(stateA);
-    stateA.forget = (names) => {
+    stateA.forget = (names, lock) => {
       order = manager.issue(['again.test'], undefined, true).catch((err: unknown) => err);
-      return forget(names);
+      return forget(names, lock);
     };
     await manager.tick();
     expect(order).toBeDefined();

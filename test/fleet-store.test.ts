@@ -123,10 +123,12 @@ describe('a value past etcd’s request limit', () => {
     const refusals = [
       await a.put('acme/huge', huge).catch((err: unknown) => err),
       await a.write('site', huge, { names: ['site.test'] }).catch((err: unknown) => err),
+      await a.writeIf('acme/huge', huge, 0).catch((err: unknown) => err),
     ];
     for (const [err, key] of [
       [refusals[0], 'acme/huge'],
       [refusals[1], 'certs/site'],
+      [refusals[2], 'acme/huge'],
     ] as const) {
       expect(err).toBeInstanceOf(StoreValueTooLargeError);
       expect((err as StoreValueTooLargeError).code).toBe('KEYEDGE_ERR_STORE_TOO_LARGE');

@@ -15,6 +15,17 @@
  * Callers change `state` in place and `save()`, as with the file; `save`
  * writes only the keys whose JSON differs from the store's, and resolves
  * once etcd has them (failures are logged: the next save writes them again).
+ *
+ * Every write is conditional, in one etcd transaction (store's `writeIf`):
+ * on the key's revision being the one this node last took or wrote, and,
+ * for a save made under an issuance lock (`save(lock)`), on the lock still
+ * being held (its fence, store/lock.ts). A node whose lock ended (a long
+ * pause, a partition) while its successor ordered the name, or that changed
+ * an entry taken before another node wrote it, writes nothing over that
+ * node's data: the write is refused, logged with its key, and the node
+ * takes what the store holds in place of its own change. Never thrown: a
+ * save runs on handshakes' paths (on-demand orders). Saves of one node run
+ * one after another, so they never refuse each other.
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity. `forget()` deletes entries' keys (under
@@ -25,7 +36,8 @@
  * edit) is logged with its key and ignored: what was held stays.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import { ACME, type EtcdStore, type WriteRefusal } from '../store/etcd-store.js';
+import type { HeldLock } from '../store/lock.js';
 import type { AccountState, IssuerState, IssuerStateStore, ManagedState } from './state.js';
 
 const ACCOUNT = `${ACME}account`;
@@ -38,6 +50,8 @@ export class SharedIssuerState implements IssuerStateStore {
   readonly #log: Logger;
   /** The store revision of each key as last taken or written here. */
   readonly #seen = new Map<string, number>();
+  /** The save running now: the next one starts after it, on the revisions it wrote. */
+  #saving: Promise<void> = Promise.resolve();
 
   constructor(store: EtcdStore, log: Logger) {
     this.#store = store;
@@ -78,13 +92,18 @@ export class SharedIssuerState implements IssuerStateStore {
     }
   }
 
-  async forget(names: readonly string[]): Promise<string[]> {
+  async forget(names: readonly string[], lock?: HeldLock): Promise<string[]> {
     const forgotten: string[] = [];
     for (const name of names) {
+      const key = CERTIFICATES + name;
       try {
-        await this.#store.delete(CERTIFICATES + name);
+        const done = await this.#store.writeIf(key, undefined, this.#seen.get(key) ?? 0, lock);
+        if ('refused' in done) {
+          this.#refused(key, done.refused, lock, 'deleted');
+          continue;
+        }
       } catch (err) {
-        this.#log.warn({ storeKey: CERTIFICATES + name, reason: (err as Error).message }, "ACME state not deleted from the fleet's store; tried again later");
+        this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not deleted from the fleet's store; tried again later");
         continue;
       }
       delete this.state.certificates[name];
@@ -94,7 +113,13 @@ export class SharedIssuerState implements IssuerStateStore {
     return forgotten;
   }
 
-  async save(): Promise<void> {
+  save(lock?: HeldLock): Promise<void> {
+    const run = this.#saving.then(() => this.#save(lock));
+    this.#saving = run.catch(() => undefined);
+    return run;
+  }
+
+  async #save(lock: HeldLock | undefined): Promise<void> {
     const writes: [string, string][] = [];
     const want = (key: string, value: unknown): void => {
       if (value === undefined) return;
@@ -106,11 +131,30 @@ export class SharedIssuerState implements IssuerStateStore {
     for (const [name, managed] of Object.entries(this.state.certificates)) want(CERTIFICATES + name, managed);
     for (const [key, text] of writes) {
       try {
-        this.#seen.set(key, await this.#store.put(key, text));
+        const done = await this.#store.writeIf(key, text, this.#seen.get(key) ?? 0, lock);
+        if ('refused' in done) this.#refused(key, done.refused, lock, 'written');
+        else this.#seen.set(key, done.revision);
       } catch (err) {
         this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
       }
     }
+  }
+
+  /**
+   * A conditional write refused: what the store holds is another node's
+   * newer data, kept there and taken here over this node's change (from the
+   * mirror; when the mirror has not got it yet, its watch brings it).
+   */
+  #refused(key: string, why: WriteRefusal, lock: HeldLock | undefined, what: 'written' | 'deleted'): void {
+    this.#log.warn(
+      { storeKey: key, lock: lock?.key, refused: why },
+      why === 'lock-lost'
+        ? `ACME state not ${what}: this node no longer holds its lock (another node took it, its lease ran out); the state that node wrote is kept`
+        : `ACME state not ${what}: another node changed it since this node read it; the state that node wrote is kept`,
+    );
+    // Taken again below even at a revision already seen: the held object was changed here since.
+    if (this.#store.item(key) !== undefined) this.#seen.delete(key);
+    this.refresh();
   }
 
   /** `storeKey`, not `key`: the logger redacts every `key` field, which hid the name of the key at fault. */

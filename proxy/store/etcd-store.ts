@@ -43,6 +43,9 @@ interface Item {
   readonly modRevision: number;
 }
 
+/** Why `writeIf` wrote nothing: the lock is another holder's now, or the key changed since the revision the writer read. */
+export type WriteRefusal = 'lock-lost' | 'changed';
+
 export interface StoreHealth {
   readonly up: boolean;
   /** Why it is degraded; undefined while up. */
@@ -213,6 +216,43 @@ export class EtcdStore implements EntryStorage {
         this.applyLocal(CERTS + name, value, revision);
       },
     };
+  }
+
+  /**
+   * Writes `value` at `key` (undefined: deletes it) only while the key's
+   * revision is still `expected` (0: absent) and, with `lock`, while the lock
+   * is held (its fence, lock.ts), in one transaction: a node writing from an
+   * older state, or one that lost its lock (a long pause, a partition),
+   * writes nothing over what another node wrote since. Resolves with the
+   * write's revision (the mirror holds it at once), or why it was refused;
+   * rejects as `put` does.
+   */
+  async writeIf(
+    key: string,
+    value: string | undefined,
+    expected: number,
+    lock?: HeldLock,
+  ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
+    if (value !== undefined) assertFits(key, value);
+    this.assertWritable();
+    const target = this.prefix + key;
+    const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
+      let txn = this.client.if(target, 'Mod', '==', expected);
+      if (lock !== undefined) txn = txn.and(lock.key, 'Create', '==', lock.fence);
+      const write = value === undefined ? this.client.delete().key(target) : this.client.put(target).value(value);
+      // Refused: the lock key as etcd holds it now says which compare failed.
+      return txn
+        .then(write)
+        .else(this.client.get(lock?.key ?? target))
+        .commit();
+    });
+    if (!result.succeeded) {
+      const holder = result.responses[0]?.response_range?.kvs[0];
+      return { refused: lock !== undefined && holder?.create_revision !== lock.fence ? 'lock-lost' : 'changed' };
+    }
+    const revision = Number(result.header.revision);
+    this.applyLocal(key, value, revision);
+    return { revision };
   }
 
   /** Resolves true once the mirror holds every change up to `revision` (the watch caught up), false after `timeoutMs`. */
