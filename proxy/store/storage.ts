@@ -17,7 +17,7 @@
  * and may be refused with StoreUnavailableError.
  */
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
-import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store.js';
+import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store-meta.js';
 
 export interface EntryStorage {
   /** Where the entries live, for messages: a directory, or `etcd:<prefix>`. */
