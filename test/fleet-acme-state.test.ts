@@ -189,6 +189,39 @@ describe('ACME state shared on etcd', () => {
     await lockB.release();
   });
 
+  it('merges the retired keys two nodes change at once: no key to delete is lost, none deleted comes back', async () => {
+    const { a, stateA, stateB } = await twoNodes('/acme-retired/', 'retired');
+    const [t0, t1, t2] = ['2030-01-01T00:00:00.000Z', '2030-02-01T00:00:00.000Z', '2030-03-01T00:00:00.000Z'];
+    stateA.state.retiredKeys.push({ keyId: 'k0', deleteAfter: t0 }, { keyId: 'k1', deleteAfter: t0 });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 2 ? true : undefined;
+    });
+    // At once: node A's order retires k2; node B's housekeeping deleted k0, and its order retires k3 and k1 again.
+    stateA.state.retiredKeys.push({ keyId: 'k2', deleteAfter: t1 });
+    stateB.state.retiredKeys = [
+      { keyId: 'k1', deleteAfter: t2 },
+      { keyId: 'k3', deleteAfter: t1 },
+    ];
+    await stateA.save();
+    await stateB.save();
+    const want = [
+      { keyId: 'k1', deleteAfter: t2 },
+      { keyId: 'k2', deleteAfter: t1 },
+      { keyId: 'k3', deleteAfter: t1 },
+    ];
+    const byId = (list: { keyId: string }[]) => [...list].sort((x, y) => x.keyId.localeCompare(y.keyId));
+    const stored = await a.call('read', () => a.client.get('/acme-retired/acme/retired-keys').string());
+    expect(byId(JSON.parse(stored!))).toEqual(want);
+    expect(byId(stateB.state.retiredKeys)).toEqual(want);
+    await waitFor('node A to take the merged list', () => {
+      stateA.refresh();
+      return stateA.state.retiredKeys.length === 3 ? true : undefined;
+    });
+    expect(byId(stateA.state.retiredKeys)).toEqual(want);
+  });
+
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
     const onDemand = loadProxyConfig(undefined, {
       acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },

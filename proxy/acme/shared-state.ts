@@ -26,6 +26,14 @@
  * takes what the store holds in place of its own change. Never thrown: a
  * save runs on handshakes' paths (on-demand orders). Saves of one node run
  * one after another, so they never refuse each other.
+ *
+ * The retired keys are one list every node's orders add to (each under its
+ * own name's lock) and one node's housekeeping deletes from: two nodes
+ * retiring keys at once is normal, and either one's write over the other's
+ * lost a key to delete (left in the token for ever). A write of the list
+ * refused because another node changed it is merged instead: this node's
+ * additions, removals and new grace periods since it last read the list,
+ * applied to the list etcd holds now, written on that revision.
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity. `forget()` deletes entries' keys (under
@@ -52,6 +60,8 @@ export class SharedIssuerState implements IssuerStateStore {
   readonly #seen = new Map<string, number>();
   /** The save running now: the next one starts after it, on the revisions it wrote. */
   #saving: Promise<void> = Promise.resolve();
+  /** The retired keys (key id → deleteAfter) as last taken or written here: what this node changed since is its own. */
+  #retiredBase = new Map<string, string>();
 
   constructor(store: EtcdStore, log: Logger) {
     this.#store = store;
@@ -67,6 +77,7 @@ export class SharedIssuerState implements IssuerStateStore {
     this.#take(RETIRED, (value) => {
       if (!Array.isArray(value) || !value.every(isRetiredKey)) return this.#garbage(RETIRED, 'not a list of retired keys');
       this.state.retiredKeys = value;
+      this.#retiredBase = new Map(value.map((r) => [r.keyId, r.deleteAfter]));
     });
     // Another node forgot it (deleted its key): dropped here too. One never in the store (made here, its first write not
     // done yet) is not in #seen and stays.
@@ -132,12 +143,39 @@ export class SharedIssuerState implements IssuerStateStore {
     for (const [key, text] of writes) {
       try {
         const done = await this.#store.writeIf(key, text, this.#seen.get(key) ?? 0, lock);
-        if ('refused' in done) this.#refused(key, done.refused, lock, 'written');
-        else this.#seen.set(key, done.revision);
+        if ('revision' in done) this.#wrote(key, text, done.revision);
+        else if (!(key === RETIRED && done.refused === 'changed' && (await this.#mergeRetired(lock)))) this.#refused(key, done.refused, lock, 'written');
       } catch (err) {
         this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
       }
     }
+  }
+
+  #wrote(key: string, text: string, revision: number): void {
+    this.#seen.set(key, revision);
+    if (key === RETIRED) this.#retiredBase = new Map((JSON.parse(text) as IssuerState['retiredKeys']).map((r) => [r.keyId, r.deleteAfter]));
+  }
+
+  /** This node's changes to the retired keys, onto the list etcd holds now; false when that is not a list, or changed again meanwhile. */
+  async #mergeRetired(lock: HeldLock | undefined): Promise<boolean> {
+    const store = this.#store;
+    const range = await store.call(`read ${RETIRED}`, () => store.client.get(store.prefix + RETIRED).exec());
+    const kv = range.kvs[0];
+    let theirs: unknown = [];
+    try {
+      if (kv !== undefined) theirs = JSON.parse(kv.value.toString('utf8'));
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(theirs) || !theirs.every(isRetiredKey)) return false;
+    const merged = mergeRetired(this.#retiredBase, this.state.retiredKeys, theirs);
+    const text = JSON.stringify(merged);
+    const done = await store.writeIf(RETIRED, text, kv === undefined ? 0 : Number(kv.mod_revision), lock);
+    if ('refused' in done) return false;
+    this.#wrote(RETIRED, text, done.revision);
+    this.state.retiredKeys = merged;
+    this.#log.info({ storeKey: RETIRED, count: merged.length }, 'retired keys merged with those another node wrote meanwhile');
+    return true;
   }
 
   /**
@@ -172,6 +210,16 @@ export class SharedIssuerState implements IssuerStateStore {
       this.#log.warn({ storeKey: key }, "ACME state in the fleet's store is not valid JSON; ignored");
     }
   }
+}
+
+/** `theirs` (the list etcd holds) with what `mine` changed since `base`: keys added, removed, or given a new grace period. */
+function mergeRetired(base: ReadonlyMap<string, string>, mine: IssuerState['retiredKeys'], theirs: IssuerState['retiredKeys']): IssuerState['retiredKeys'] {
+  const own = new Map(mine.map((r) => [r.keyId, r.deleteAfter]));
+  const removed = new Set([...base.keys()].filter((id) => !own.has(id)));
+  const changed = new Map([...own].filter(([id, after]) => base.get(id) !== after));
+  const merged = theirs.filter((r) => !removed.has(r.keyId)).map((r) => ({ keyId: r.keyId, deleteAfter: changed.get(r.keyId) ?? r.deleteAfter }));
+  for (const [keyId, deleteAfter] of changed) if (!merged.some((r) => r.keyId === keyId)) merged.push({ keyId, deleteAfter });
+  return merged;
 }
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
