@@ -189,6 +189,31 @@ describe('ACME state shared on etcd', () => {
     await lockB.release();
   });
 
+  it('does not write a value made before another node’s change that arrived while the save ran', async () => {
+    const { a, b, stateA, stateB } = await twoNodes('/acme-save-race/', 'save-race');
+    const KEY = 'acme/certificates/race.test';
+    stateA.state.certificates['race.test'] = { domains: ['race.test'], keyId: '', failures: 0 };
+    await stateA.save();
+    await waitFor('node B to see the entry', () => {
+      stateB.refresh();
+      return stateB.state.certificates['race.test'];
+    });
+    // Node B issues the name; its write reaches node A's mirror, not yet its state.
+    Object.assign(stateB.state.certificates['race.test']!, { keyId: 'b'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await stateB.save();
+    const written = b.item(KEY)!.modRevision;
+    await waitFor('node A to mirror it', () => (a.item(KEY)?.modRevision === written ? true : undefined));
+    // Node A saves a change of its older entry (and the retired keys, written first); B's change is taken while it runs.
+    stateA.state.certificates['race.test']!.failures = 1;
+    stateA.state.retiredKeys.push({ keyId: 'k9', deleteAfter: '2030-01-01T00:00:00.000Z' });
+    const saving = stateA.save();
+    for (let i = 0; i < 3; i++) await Promise.resolve();
+    stateA.refresh();
+    await saving;
+    const now = await a.call('read', () => a.client.get(`/acme-save-race/${KEY}`).string());
+    expect(JSON.parse(now!)).toMatchObject({ keyId: 'b'.repeat(64), failures: 0 });
+  });
+
   it('merges the retired keys two nodes change at once: no key to delete is lost, none deleted comes back', async () => {
     const { a, stateA, stateB } = await twoNodes('/acme-retired/', 'retired');
     const [t0, t1, t2] = ['2030-01-01T00:00:00.000Z', '2030-02-01T00:00:00.000Z', '2030-03-01T00:00:00.000Z'];

@@ -131,18 +131,20 @@ export class SharedIssuerState implements IssuerStateStore {
   }
 
   async #save(lock: HeldLock | undefined): Promise<void> {
-    const writes: [string, string][] = [];
+    // Each value with the revision it was made from, taken now: a refresh while an earlier key is written (another node's
+    // change, arrived meanwhile) moves #seen past it, and comparing that would let this older value overwrite the newer.
+    const writes: [string, string, number][] = [];
     const want = (key: string, value: unknown): void => {
       if (value === undefined) return;
       const text = JSON.stringify(value);
-      if (this.#store.item(key)?.value !== text) writes.push([key, text]);
+      if (this.#store.item(key)?.value !== text) writes.push([key, text, this.#seen.get(key) ?? 0]);
     };
     want(ACCOUNT, this.state.account);
     want(RETIRED, this.state.retiredKeys);
     for (const [name, managed] of Object.entries(this.state.certificates)) want(CERTIFICATES + name, managed);
-    for (const [key, text] of writes) {
+    for (const [key, text, from] of writes) {
       try {
-        const done = await this.#store.writeIf(key, text, this.#seen.get(key) ?? 0, lock);
+        const done = await this.#store.writeIf(key, text, from, lock);
         if ('revision' in done) this.#wrote(key, text, done.revision);
         else if (!(key === RETIRED && done.refused === 'changed' && (await this.#mergeRetired(lock)))) this.#refused(key, done.refused, lock, 'written');
       } catch (err) {
