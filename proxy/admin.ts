@@ -32,6 +32,7 @@
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
  *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over MAX_UPLOAD_BYTES
+ *   413 KEYEDGE_ERR_STORE_TOO_LARGE  the value is past etcd's request limit: no retry helps
  *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)
  *   422 KEYEDGE_ERR_CONFIG           the route is refused (what was expected)
  *   503 KEYEDGE_ERR_STORE_UNAVAILABLE  the fleet's etcd is unreachable: retry later
@@ -51,7 +52,7 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError, UsageError } from '../keyserver/shared/errors.js';
 import { CertificateError, CertificateStoreError } from './certs/errors.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
-import { StoreUnavailableError } from './store/storage.js';
+import { StoreUnavailableError, StoreValueTooLargeError } from './store/storage.js';
 import type { ReloadReport } from './serving/coordinator.js';
 import { listen } from '../keyserver/shared/listen.js';
 
@@ -273,6 +274,7 @@ function entryName(segment: string): string | undefined {
 
 function putFailureStatus(err: Error): number {
   if (err instanceof StoreUnavailableError) return 503;
+  if (err instanceof StoreValueTooLargeError) return 413;
   if (err instanceof CertificateError || (err instanceof KeyedgeError && err.code === 'KEYEDGE_ERR_CONFIG')) return 422;
   if (err instanceof CertificateStoreError) return err.code === 'KEYEDGE_ERR_CERT_EXISTS' ? 409 : err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND' ? 404 : 500;
   // The key server could not be asked for the chain's key.

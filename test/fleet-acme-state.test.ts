@@ -142,6 +142,111 @@ describe('ACME state shared on etcd', () => {
     expect(stateB.state.account).toEqual({ directory: 'https://ca.test/dir', keyId: 'acct', url: 'https://ca.test/acct/1' });
   });
 
+  it('writes nothing of a node whose issuance lock ended over the state its successor wrote, and says so', async () => {
+    const a = await node('/acme-save-fence/', 'save-fence-a');
+    const b = await node('/acme-save-fence/', 'save-fence-b');
+    const logs = captureLog('warn');
+    const [stateA, stateB] = [new SharedIssuerState(a, logs.logger), new SharedIssuerState(b, log)];
+    const KEY = 'acme/certificates/late.test';
+    stateA.state.certificates['late.test'] = { domains: ['late.test'], keyId: '', failures: 0 };
+    await stateA.save();
+    // Node A orders under the name's lock, and pauses before it saves; its lock ends (released here; a lease that ran
+    // out during the pause does the same).
+    const lockA = (await a.lock('acme/issue/late.test', { ttlSeconds: 10, waitMs: 0 }))!;
+    Object.assign(stateA.state.certificates['late.test']!, { keyId: 'a'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await lockA.release();
+    // Node B takes the lock and orders the name: its result is the entry's.
+    const lockB = (await b.lock('acme/issue/late.test', { ttlSeconds: 10, waitMs: 5_000 }))!;
+    expect(await b.reached(Number(lockB.fence), 5_000)).toBe(true);
+    stateB.refresh();
+    Object.assign(stateB.state.certificates['late.test']!, { keyId: 'b'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await stateB.save(lockB);
+    const written = b.item(KEY)!;
+    const byB = (value = a.item(KEY)?.value): string | undefined => (value === undefined ? undefined : JSON.parse(value).keyId);
+    await waitFor('node A to mirror node B’s write', () => (a.item(KEY)?.modRevision === written.modRevision ? true : undefined));
+
+    // A resumes and saves its result from before B's: refused, B's stays, and A takes it.
+    await stateA.save(lockA);
+    // A saves what it changed on B's entry after taking it (a failure counted): refused by the fence alone.
+    stateA.refresh();
+    expect(stateA.state.certificates['late.test']?.keyId).toBe('b'.repeat(64));
+    Object.assign(stateA.state.certificates['late.test']!, { failures: 1, lastError: { code: 'KEYEDGE_ERR_STORE_UNAVAILABLE', message: 'lock lost', at: '' } });
+    await stateA.save(lockA);
+    // Nor may it forget the entry under its ended lock.
+    expect(await stateA.forget(['late.test'], lockA)).toEqual([]);
+
+    const now = await a.call('read', () => a.client.get(`/acme-save-fence/${KEY}`).exec());
+    expect(Number(now.kvs[0]?.mod_revision)).toBe(written.modRevision);
+    expect(byB(now.kvs[0]?.value.toString())).toBe('b'.repeat(64));
+    expect(stateA.state.certificates['late.test']).toMatchObject({ keyId: 'b'.repeat(64), failures: 0 });
+    const refused = logs.find(/ACME state not (written|deleted): this node no longer holds its lock/);
+    expect(refused.map((l) => [l.storeKey, l.lock])).toEqual(Array(3).fill([KEY, lockA.key]));
+    // B, which still holds the lock, writes on.
+    stateB.state.certificates['late.test']!.failures = 0;
+    stateB.state.certificates['late.test']!.notBefore = new Date().toISOString();
+    await stateB.save(lockB);
+    expect(b.item(KEY)!.modRevision).toBeGreaterThan(written.modRevision);
+    await lockB.release();
+  });
+
+  it('does not write a value made before another node’s change that arrived while the save ran', async () => {
+    const { a, b, stateA, stateB } = await twoNodes('/acme-save-race/', 'save-race');
+    const KEY = 'acme/certificates/race.test';
+    stateA.state.certificates['race.test'] = { domains: ['race.test'], keyId: '', failures: 0 };
+    await stateA.save();
+    await waitFor('node B to see the entry', () => {
+      stateB.refresh();
+      return stateB.state.certificates['race.test'];
+    });
+    // Node B issues the name; its write reaches node A's mirror, not yet its state.
+    Object.assign(stateB.state.certificates['race.test']!, { keyId: 'b'.repeat(64), lastIssuedAt: new Date().toISOString() });
+    await stateB.save();
+    const written = b.item(KEY)!.modRevision;
+    await waitFor('node A to mirror it', () => (a.item(KEY)?.modRevision === written ? true : undefined));
+    // Node A saves a change of its older entry (and the retired keys, written first); B's change is taken while it runs.
+    stateA.state.certificates['race.test']!.failures = 1;
+    stateA.state.retiredKeys.push({ keyId: 'k9', deleteAfter: '2030-01-01T00:00:00.000Z' });
+    const saving = stateA.save();
+    for (let i = 0; i < 3; i++) await Promise.resolve();
+    stateA.refresh();
+    await saving;
+    const now = await a.call('read', () => a.client.get(`/acme-save-race/${KEY}`).string());
+    expect(JSON.parse(now!)).toMatchObject({ keyId: 'b'.repeat(64), failures: 0 });
+  });
+
+  it('merges the retired keys two nodes change at once: no key to delete is lost, none deleted comes back', async () => {
+    const { a, stateA, stateB } = await twoNodes('/acme-retired/', 'retired');
+    const [t0, t1, t2] = ['2030-01-01T00:00:00.000Z', '2030-02-01T00:00:00.000Z', '2030-03-01T00:00:00.000Z'];
+    stateA.state.retiredKeys.push({ keyId: 'k0', deleteAfter: t0 }, { keyId: 'k1', deleteAfter: t0 });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 2 ? true : undefined;
+    });
+    // At once: node A's order retires k2; node B's housekeeping deleted k0, and its order retires k3 and k1 again.
+    stateA.state.retiredKeys.push({ keyId: 'k2', deleteAfter: t1 });
+    stateB.state.retiredKeys = [
+      { keyId: 'k1', deleteAfter: t2 },
+      { keyId: 'k3', deleteAfter: t1 },
+    ];
+    await stateA.save();
+    await stateB.save();
+    const want = [
+      { keyId: 'k1', deleteAfter: t2 },
+      { keyId: 'k2', deleteAfter: t1 },
+      { keyId: 'k3', deleteAfter: t1 },
+    ];
+    const byId = (list: { keyId: string }[]) => [...list].sort((x, y) => x.keyId.localeCompare(y.keyId));
+    const stored = await a.call('read', () => a.client.get('/acme-retired/acme/retired-keys').string());
+    expect(byId(JSON.parse(stored!))).toEqual(want);
+    expect(byId(stateB.state.retiredKeys)).toEqual(want);
+    await waitFor('node A to take the merged list', () => {
+      stateA.refresh();
+      return stateA.state.retiredKeys.length === 3 ? true : undefined;
+    });
+    expect(byId(stateA.state.retiredKeys)).toEqual(want);
+  });
+
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
     const onDemand = loadProxyConfig(undefined, {
       acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },
@@ -222,9 +327,9 @@ describe('ACME state shared on etcd', () => {
     // The name's handshake comes through the gate while the pass deletes the entry's key (an etcd round trip).
     let order: Promise<unknown> | undefined;
     const forget = stateA.forget.bind(stateA);
-    stateA.forget = (names) => {
+    stateA.forget = (names, lock) => {
       order = manager.issue(['again.test'], undefined, true).catch((err: unknown) => err);
-      return forget(names);
+      return forget(names, lock);
     };
     await manager.tick();
     expect(order).toBeDefined();

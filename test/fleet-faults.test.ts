@@ -4,6 +4,7 @@ import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
+import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
 import { EtcdStores } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
@@ -144,4 +145,29 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
     expect(again).toBeDefined();
     await again!.release();
   }, 30_000);
+});
+
+describe('a ticket-key rotation when etcd goes away under it', () => {
+  it('fails with the store’s own error, naming what it did and no key', async () => {
+    let killEtcd = false;
+    // etcd dies right after the rotation lock is taken, before the store's probe can notice.
+    const dying = pausingAfterAcquire(client(), async () => {
+      if (killEtcd) await lab.etcd.members[0]!.kill();
+    });
+    const node = await lab.store('/tickets-gone/', 'tickets-gone', [], dying);
+    expect(await rotateSharedTicketKeys(node, { force: true, periodMs: 0, waitMs: 0 })).toBe('rotated');
+    const ring = sharedTicketKeys(node)!.keys.map((k) => k.toString('base64'));
+    killEtcd = true;
+    try {
+      const err = await rotateSharedTicketKeys(node, { force: true, periodMs: 0, waitMs: 0 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StoreUnavailableError);
+      expect((err as Error).message).toMatch(
+        /^the fleet's store \(etcd\) could not (lock ticket-rotation|read the session-ticket key ring|write the session-ticket key ring): /,
+      );
+      for (const key of ring) expect(JSON.stringify({ message: (err as Error).message, cause: String((err as Error).cause) })).not.toContain(key);
+    } finally {
+      lab.etcd.members[0]!.start();
+      await lab.etcd.healthy(30_000);
+    }
+  }, 60_000);
 });

@@ -6,7 +6,7 @@ import { loadProxyConfig } from '../config/load.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
-import { StoreUnavailableError } from '../proxy/store/storage.js';
+import { StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
 import { EtcdStores } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
@@ -113,6 +113,38 @@ describe('the fleet store mirror', () => {
     const refused = await ahead.write('other', 'x', {}).catch((err: unknown) => err);
     expect(refused).toBeInstanceOf(StoreUnavailableError);
     expect((refused as StoreUnavailableError).code).toBe('KEYEDGE_ERR_STORE_UNAVAILABLE');
+  });
+});
+
+describe('a value past etcd’s request limit', () => {
+  it('is refused before it is sent, naming its key and size, and the store stays up', async () => {
+    const a = await store('/fleet-big-value/', 'big-value');
+    const huge = 'x'.repeat(2 * 1024 * 1024);
+    const refusals = [
+      await a.put('acme/huge', huge).catch((err: unknown) => err),
+      await a.write('site', huge, { names: ['site.test'] }).catch((err: unknown) => err),
+      await a.writeIf('acme/huge', huge, 0).catch((err: unknown) => err),
+    ];
+    for (const [err, key] of [
+      [refusals[0], 'acme/huge'],
+      [refusals[1], 'certs/site'],
+      [refusals[2], 'acme/huge'],
+    ] as const) {
+      expect(err).toBeInstanceOf(StoreValueTooLargeError);
+      expect((err as StoreValueTooLargeError).code).toBe('KEYEDGE_ERR_STORE_TOO_LARGE');
+      expect((err as Error).message).toContain(`the value for ${key} is `);
+      expect((err as Error).message).toMatch(/is 2097\d{3} bytes \(2\.00 MiB\), more than one etcd request may carry \(1\.50 MiB/);
+    }
+    // A request etcd itself refuses as too large (a transaction of several values, say) is told as such, not as etcd away.
+    const byEtcd = await a
+      .call('write acme/raw', () => a.client.put('/fleet-big-value/acme/raw').value(huge.slice(0, 1_600_000)).exec())
+      .catch((e: unknown) => e);
+    expect(byEtcd).toBeInstanceOf(StoreValueTooLargeError);
+    expect((byEtcd as Error).message).toMatch(/refused to write acme\/raw: the request is larger than etcd accepts/);
+    expect(a.health.up).toBe(true);
+    expect(a.item('acme/huge')).toBeUndefined();
+    expect(a.has('site')).toBe(false);
+    expect(await a.put('acme/small', 'fits')).toBeGreaterThan(0);
   });
 });
 

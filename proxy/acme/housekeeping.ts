@@ -17,6 +17,7 @@
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { AcmeMetrics } from '../metrics.js';
+import type { HeldLock } from '../store/lock.js';
 import type { CertificateRecord } from '../serving/spec.js';
 import { type IssuanceLocks, localLocks } from './issuance-locks.js';
 import type { OrderRunner } from './orders.js';
@@ -62,10 +63,10 @@ export async function forgetStaleFailures(deps: HousekeepingDeps, orders: OrderR
       for (const name of names) {
         // The lock's holder sees what the previous one wrote: the entry is judged again under it (a handshake may have ordered it).
         await locks
-          .hold(`acme/issue/${name}`, 0, async () => {
+          .hold(`acme/issue/${name}`, 0, async (lock) => {
             const managed = state.state.certificates[name];
             if (managed === undefined || !stale(deps, orders, name, managed, Date.now())) return;
-            const dropped = await state.forget([name]);
+            const dropped = await state.forget([name], lock);
             // A handshake ordered it while its key was deleted: issue() found the entry, and its order waits for this lock.
             // The entry stays for it (the order's save writes it again); forgotten, the order failed as not managed.
             if (orders.running(name)) state.state.certificates[name] = managed;
@@ -87,10 +88,10 @@ export async function forgetStaleFailures(deps: HousekeepingDeps, orders: OrderR
 export async function deleteRetiredKeys(deps: HousekeepingDeps, now: number): Promise<void> {
   if (deps.state.state.retiredKeys.length === 0) return;
   // etcd away: the keys wait for the next pass, as after a failed delete.
-  await (deps.locks ?? localLocks).hold('acme/retired-keys', 0, () => deleteRetiredKeysHeld(deps, now)).catch(() => undefined);
+  await (deps.locks ?? localLocks).hold('acme/retired-keys', 0, (lock) => deleteRetiredKeysHeld(deps, now, lock)).catch(() => undefined);
 }
 
-async function deleteRetiredKeysHeld(deps: HousekeepingDeps, now: number): Promise<void> {
+async function deleteRetiredKeysHeld(deps: HousekeepingDeps, now: number, lock: HeldLock | undefined): Promise<void> {
   const { state, keys, metrics, log } = deps;
   const inUse = new Set([...deps.records().values()].map((r) => r.keyId));
   const keep: typeof state.state.retiredKeys = [];
@@ -110,6 +111,6 @@ async function deleteRetiredKeysHeld(deps: HousekeepingDeps, now: number): Promi
   }
   if (keep.length !== state.state.retiredKeys.length) {
     state.state.retiredKeys = keep;
-    await state.save();
+    await state.save(lock);
   }
 }

@@ -106,6 +106,8 @@ export class AcmeIssuer {
         // instead, deleted after the grace period only if nothing serves it then (housekeeping.ts).
         const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
         this.#deps.state.state.retiredKeys.push({ keyId: made, deleteAfter });
+        // Not under the name's lock: the record is of a key this node made, kept even when the lock was lost (the store then
+        // refused the chain, and nothing else would ever delete the key); the list's revision is still compared (shared-state.ts).
         await Promise.resolve()
           .then(() => this.#deps.state.save())
           .catch((e: unknown) => log.warn({ keyId: made, err: e }, 'could not record a certificate key to delete later'));
@@ -124,14 +126,14 @@ export class AcmeIssuer {
     const { config, state, keys, log } = this.#deps;
     const existing = this.#account();
     if (existing !== undefined) return (await this.#client(keyserver, existing.keyId)).client;
-    const held = await (this.#deps.locks ?? localLocks).hold('acme/account', config.timeoutMs * 6, async () => {
+    const held = await (this.#deps.locks ?? localLocks).hold('acme/account', config.timeoutMs * 6, async (lock) => {
       // Another node may have registered it while this one waited for the lock.
       const registered = this.#account();
       if (registered !== undefined) return (await this.#client(keyserver, registered.keyId)).client;
       const keyId = (await keys.generate('ec-p256', `acme-account-${stamp()}`)).keyId;
       const { client, url } = await this.#client(keyserver, keyId);
       state.state.account = { directory: config.directory, keyId, url };
-      await state.save();
+      await state.save(lock);
       log.info({ keyId, account: url }, 'ACME account registered; its key is in the token');
       return client;
     });

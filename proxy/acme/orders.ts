@@ -158,7 +158,7 @@ export class OrderRunner {
       this.#recordServing(managed, domains, issued.keyId, previousKey);
       Object.assign(managed, { failures: 0, notBefore: undefined, lastError: undefined });
       // Before the lock goes: the next holder reads it and orders nothing.
-      await state.save();
+      await state.save(lock);
       metrics.renewals.inc({ result: 'ok', problem: 'none' });
       log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
       return issued;
@@ -188,7 +188,7 @@ export class OrderRunner {
             : 'ACME order for a new list of names failed; the entry keeps its names and its renewal schedule',
         );
       }
-      await state.save();
+      await state.save(lock);
       metrics.renewals.inc({ result: 'failed', problem });
       throw err;
     }

@@ -15,6 +15,25 @@
  * Callers change `state` in place and `save()`, as with the file; `save`
  * writes only the keys whose JSON differs from the store's, and resolves
  * once etcd has them (failures are logged: the next save writes them again).
+ *
+ * Every write is conditional, in one etcd transaction (store's `writeIf`):
+ * on the key's revision being the one this node last took or wrote, and,
+ * for a save made under an issuance lock (`save(lock)`), on the lock still
+ * being held (its fence, store/lock.ts). A node whose lock ended (a long
+ * pause, a partition) while its successor ordered the name, or that changed
+ * an entry taken before another node wrote it, writes nothing over that
+ * node's data: the write is refused, logged with its key, and the node
+ * takes what the store holds in place of its own change. Never thrown: a
+ * save runs on handshakes' paths (on-demand orders). Saves of one node run
+ * one after another, so they never refuse each other.
+ *
+ * The retired keys are one list every node's orders add to (each under its
+ * own name's lock) and one node's housekeeping deletes from: two nodes
+ * retiring keys at once is normal, and either one's write over the other's
+ * lost a key to delete (left in the token for ever). A write of the list
+ * refused because another node changed it is merged instead: this node's
+ * additions, removals and new grace periods since it last read the list,
+ * applied to the list etcd holds now, written on that revision.
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity. `forget()` deletes entries' keys (under
@@ -25,7 +44,8 @@
  * edit) is logged with its key and ignored: what was held stays.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import { ACME, type EtcdStore, type WriteRefusal } from '../store/etcd-store.js';
+import type { HeldLock } from '../store/lock.js';
 import type { AccountState, IssuerState, IssuerStateStore, ManagedState } from './state.js';
 
 const ACCOUNT = `${ACME}account`;
@@ -38,6 +58,10 @@ export class SharedIssuerState implements IssuerStateStore {
   readonly #log: Logger;
   /** The store revision of each key as last taken or written here. */
   readonly #seen = new Map<string, number>();
+  /** The save running now: the next one starts after it, on the revisions it wrote. */
+  #saving: Promise<void> = Promise.resolve();
+  /** The retired keys (key id → deleteAfter) as last taken or written here: what this node changed since is its own. */
+  #retiredBase = new Map<string, string>();
 
   constructor(store: EtcdStore, log: Logger) {
     this.#store = store;
@@ -53,6 +77,7 @@ export class SharedIssuerState implements IssuerStateStore {
     this.#take(RETIRED, (value) => {
       if (!Array.isArray(value) || !value.every(isRetiredKey)) return this.#garbage(RETIRED, 'not a list of retired keys');
       this.state.retiredKeys = value;
+      this.#retiredBase = new Map(value.map((r) => [r.keyId, r.deleteAfter]));
     });
     // Another node forgot it (deleted its key): dropped here too. One never in the store (made here, its first write not
     // done yet) is not in #seen and stays.
@@ -78,13 +103,18 @@ export class SharedIssuerState implements IssuerStateStore {
     }
   }
 
-  async forget(names: readonly string[]): Promise<string[]> {
+  async forget(names: readonly string[], lock?: HeldLock): Promise<string[]> {
     const forgotten: string[] = [];
     for (const name of names) {
+      const key = CERTIFICATES + name;
       try {
-        await this.#store.delete(CERTIFICATES + name);
+        const done = await this.#store.writeIf(key, undefined, this.#seen.get(key) ?? 0, lock);
+        if ('refused' in done) {
+          this.#refused(key, done.refused, lock, 'deleted');
+          continue;
+        }
       } catch (err) {
-        this.#log.warn({ storeKey: CERTIFICATES + name, reason: (err as Error).message }, "ACME state not deleted from the fleet's store; tried again later");
+        this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not deleted from the fleet's store; tried again later");
         continue;
       }
       delete this.state.certificates[name];
@@ -94,23 +124,77 @@ export class SharedIssuerState implements IssuerStateStore {
     return forgotten;
   }
 
-  async save(): Promise<void> {
-    const writes: [string, string][] = [];
+  save(lock?: HeldLock): Promise<void> {
+    const run = this.#saving.then(() => this.#save(lock));
+    this.#saving = run.catch(() => undefined);
+    return run;
+  }
+
+  async #save(lock: HeldLock | undefined): Promise<void> {
+    // Each value with the revision it was made from, taken now: a refresh while an earlier key is written (another node's
+    // change, arrived meanwhile) moves #seen past it, and comparing that would let this older value overwrite the newer.
+    const writes: [string, string, number][] = [];
     const want = (key: string, value: unknown): void => {
       if (value === undefined) return;
       const text = JSON.stringify(value);
-      if (this.#store.item(key)?.value !== text) writes.push([key, text]);
+      if (this.#store.item(key)?.value !== text) writes.push([key, text, this.#seen.get(key) ?? 0]);
     };
     want(ACCOUNT, this.state.account);
     want(RETIRED, this.state.retiredKeys);
     for (const [name, managed] of Object.entries(this.state.certificates)) want(CERTIFICATES + name, managed);
-    for (const [key, text] of writes) {
+    for (const [key, text, from] of writes) {
       try {
-        this.#seen.set(key, await this.#store.put(key, text));
+        const done = await this.#store.writeIf(key, text, from, lock);
+        if ('revision' in done) this.#wrote(key, text, done.revision);
+        else if (!(key === RETIRED && done.refused === 'changed' && (await this.#mergeRetired(lock)))) this.#refused(key, done.refused, lock, 'written');
       } catch (err) {
         this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
       }
     }
+  }
+
+  #wrote(key: string, text: string, revision: number): void {
+    this.#seen.set(key, revision);
+    if (key === RETIRED) this.#retiredBase = new Map((JSON.parse(text) as IssuerState['retiredKeys']).map((r) => [r.keyId, r.deleteAfter]));
+  }
+
+  /** This node's changes to the retired keys, onto the list etcd holds now; false when that is not a list, or changed again meanwhile. */
+  async #mergeRetired(lock: HeldLock | undefined): Promise<boolean> {
+    const store = this.#store;
+    const range = await store.call(`read ${RETIRED}`, () => store.client.get(store.prefix + RETIRED).exec());
+    const kv = range.kvs[0];
+    let theirs: unknown = [];
+    try {
+      if (kv !== undefined) theirs = JSON.parse(kv.value.toString('utf8'));
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(theirs) || !theirs.every(isRetiredKey)) return false;
+    const merged = mergeRetired(this.#retiredBase, this.state.retiredKeys, theirs);
+    const text = JSON.stringify(merged);
+    const done = await store.writeIf(RETIRED, text, kv === undefined ? 0 : Number(kv.mod_revision), lock);
+    if ('refused' in done) return false;
+    this.#wrote(RETIRED, text, done.revision);
+    this.state.retiredKeys = merged;
+    this.#log.info({ storeKey: RETIRED, count: merged.length }, 'retired keys merged with those another node wrote meanwhile');
+    return true;
+  }
+
+  /**
+   * A conditional write refused: what the store holds is another node's
+   * newer data, kept there and taken here over this node's change (from the
+   * mirror; when the mirror has not got it yet, its watch brings it).
+   */
+  #refused(key: string, why: WriteRefusal, lock: HeldLock | undefined, what: 'written' | 'deleted'): void {
+    this.#log.warn(
+      { storeKey: key, lock: lock?.key, refused: why },
+      why === 'lock-lost'
+        ? `ACME state not ${what}: this node no longer holds its lock (another node took it, its lease ran out); the state that node wrote is kept`
+        : `ACME state not ${what}: another node changed it since this node read it; the state that node wrote is kept`,
+    );
+    // Taken again below even at a revision already seen: the held object was changed here since.
+    if (this.#store.item(key) !== undefined) this.#seen.delete(key);
+    this.refresh();
   }
 
   /** `storeKey`, not `key`: the logger redacts every `key` field, which hid the name of the key at fault. */
@@ -128,6 +212,16 @@ export class SharedIssuerState implements IssuerStateStore {
       this.#log.warn({ storeKey: key }, "ACME state in the fleet's store is not valid JSON; ignored");
     }
   }
+}
+
+/** `theirs` (the list etcd holds) with what `mine` changed since `base`: keys added, removed, or given a new grace period. */
+function mergeRetired(base: ReadonlyMap<string, string>, mine: IssuerState['retiredKeys'], theirs: IssuerState['retiredKeys']): IssuerState['retiredKeys'] {
+  const own = new Map(mine.map((r) => [r.keyId, r.deleteAfter]));
+  const removed = new Set([...base.keys()].filter((id) => !own.has(id)));
+  const changed = new Map([...own].filter(([id, after]) => base.get(id) !== after));
+  const merged = theirs.filter((r) => !removed.has(r.keyId)).map((r) => ({ keyId: r.keyId, deleteAfter: changed.get(r.keyId) ?? r.deleteAfter }));
+  for (const [keyId, deleteAfter] of changed) if (!merged.some((r) => r.keyId === keyId)) merged.push({ keyId, deleteAfter });
+  return merged;
 }
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);

@@ -10,6 +10,7 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { HeldLock } from '../store/lock.js';
 
 export interface AccountState {
   readonly directory: string;
@@ -46,17 +47,20 @@ export interface IssuerState {
 /**
  * The issuer's state and how it is kept. Callers change `state` in place and
  * then `save()`; the fleet's store writes asynchronously (a caller that must
- * know it landed awaits it), the file synchronously.
+ * know it landed awaits it), the file synchronously. A caller working under
+ * an issuance lock passes it: the fleet's store then writes only while the
+ * lock is held (shared-state.ts); one node alone has none.
  */
 export interface IssuerStateStore {
   readonly state: IssuerState;
-  save(): void | Promise<void>;
+  save(lock?: HeldLock): void | Promise<void>;
   /**
    * Drops the managed entries `names` and writes that (the fleet's store:
-   * deletes their keys, and an entry whose delete failed stays, to be tried
-   * again). Resolves with the names dropped.
+   * deletes their keys, only while `lock` is held, and an entry whose delete
+   * failed or was refused stays, to be tried again). Resolves with the names
+   * dropped.
    */
-  forget(names: readonly string[]): string[] | Promise<string[]>;
+  forget(names: readonly string[], lock?: HeldLock): string[] | Promise<string[]>;
   /** Brings `state` up to what the other nodes wrote (the fleet); nothing for a file. */
   refresh?(): void;
 }

@@ -24,107 +24,38 @@
  * certificate keeps serving until the chain's rename arrives a moment later.
  * A watcher should act on the last event of a burst and treat a refusal as
  * "keep what is served".
+ *
+ * This module is the directory's entries; an entry's shape and metadata are
+ * store-meta.ts's (shared with the fleet's etcd store), the one-file
+ * operations (bounded chain opening, atomic writes, stat identities)
+ * store-files.ts's.
  */
-import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
-  constants as fsConstants,
-  closeSync,
   type Dirent,
-  fchmodSync,
   fstatSync,
-  fsyncSync,
   lstatSync,
   mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
-  renameSync,
   type Stats,
   statSync,
   unlinkSync,
-  writeFileSync,
+  closeSync,
 } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
-import { formatIssues } from '../../config/load.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
+import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, READ_CHAIN, writeAtomic } from './store-files.js';
+import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
-/** What `<name>.json` holds; every field optional. */
-export interface StoreMeta {
-  /** The names the entry serves; default: the leaf's DNS SANs. */
-  readonly names?: readonly string[];
-  /** Pinned key id (hex SHA-256 of the SPKI): a chain for another key is refused. */
-  readonly keyId?: string;
-  /** ISO 8601 times, for operators. */
-  readonly addedAt?: string;
-  readonly replacedAt?: string;
-}
+// The entry's shape and the file helpers, for the modules that read entries as this store does.
+export { checkChainFile, MAX_CHAIN_BYTES, READ_CHAIN } from './store-files.js';
+export { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
-export interface StoreEntryRef {
-  readonly name: string;
-  readonly chainPath: string;
-  readonly metaPath: string;
-  /** Of the chain file (the link's target when it is a symlink). */
-  readonly mtimeMs: number;
-  readonly size: number;
-  /** Of the metadata file; undefined when there is none. */
-  readonly metaMtimeMs: number | undefined;
-  /**
-   * Identity of both files as stat describes them: device, inode, size,
-   * mtime and ctime of the chain (stat: the target) and of the link itself
-   * when the chain is a symlink (lstat), and of the metadata. A re-pointed
-   * link or a file replaced by `cp -p` (same size, same mtime) still changes
-   * it: the inode or the ctime moves, and ctime cannot be set back.
-   */
-  readonly statId: string;
-  /** The chain file's last change (ctime or mtime, the later), to tell whether it may still be being written. */
-  readonly changedAtMs: number;
-  /** The chain file is a symlink (to a renewal tool's live file, say). */
-  readonly link: boolean;
-}
-
-export interface StoreEntry extends Omit<StoreEntryRef, 'statId' | 'changedAtMs' | 'link'> {
-  readonly chainText: string;
-  readonly meta: StoreMeta;
-}
-
-/**
- * Entry names: those of config certificates, minus a leading dot, which is
- * kept for temp files (and editors' swap files) so none can be taken for an
- * entry. No slash can appear, so a name never leaves the directory.
- */
-export const STORE_ENTRY_NAME = /^[\w-][\w.-]{0,63}$/;
 const CHAIN_FILE = /^([\w-][\w.-]{0,63})\.pem$/;
-const DNS_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-/**
- * The largest chain file read. A real chain is a few KB; the largest
- * certificate the X.509 parser takes (asn1js caps a structure at 10,000
- * nodes: about 9,000 names) is some 250 KB. A larger file is refused by its
- * size, unread: a 150 MB one held the cluster primary's event loop for
- * seconds and grew it by 0.9 GB (a link to the wrong file could be larger).
- */
-export const MAX_CHAIN_BYTES = 1024 * 1024;
-const FILE_MODE = 0o644;
 const DIR_MODE = 0o755;
-
-const isoTime = z.iso.datetime({ offset: true, error: 'expected an ISO 8601 time' });
-const metaSchema = z.strictObject(
-  {
-    names: z
-      .array(z.string().regex(DNS_NAME, { error: 'expected a lower-case DNS name or *.wildcard' }), { error: 'expected an array of DNS names' })
-      .min(1, { error: 'expected at least one name' })
-      .optional(),
-    keyId: z
-      .string({ error: 'expected a key id' })
-      .regex(/^[0-9a-f]{64}$/, { error: 'expected a key id: 64 lower-case hex digits' })
-      .optional(),
-    addedAt: isoTime.optional(),
-    replacedAt: isoTime.optional(),
-  },
-  { error: 'expected a JSON object { "names", "keyId", "addedAt", "replacedAt" }' },
-);
 
 export class CertificateStore {
   readonly dir: string;
@@ -302,21 +233,14 @@ export class CertificateStore {
    */
   write(name: string, chainText: string, meta: StoreMeta): void {
     this.#check(name);
-    const parsed = metaSchema.safeParse(meta);
-    if (!parsed.success) {
-      const problem = formatIssues(parsed.error.issues, meta)[0];
-      throw new CertificateStoreError(
-        'KEYEDGE_ERR_CERT_STORE',
-        name,
-        `invalid metadata for '${name}': ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`,
-      );
-    }
+    const checked = checkStoreMeta(meta);
+    if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
     const paths = this.#paths(name);
     try {
       // Returns the first directory it made; the umask may have narrowed its mode.
       const created = mkdirSync(this.dir, { recursive: true, mode: DIR_MODE });
       if (created !== undefined) chmodSync(this.dir, DIR_MODE);
-      writeAtomic(this.dir, paths.metaPath, `${JSON.stringify(definedOnly(parsed.data), null, 2)}\n`);
+      writeAtomic(this.dir, paths.metaPath, `${JSON.stringify(checked.meta, null, 2)}\n`);
       writeAtomic(this.dir, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
       fsyncDir(this.dir);
     } catch (err) {
@@ -360,130 +284,4 @@ export class CertificateStore {
   #paths(name: string): { chainPath: string; metaPath: string } {
     return { chainPath: join(this.dir, `${name}.pem`), metaPath: join(this.dir, `${name}.json`) };
   }
-}
-
-/**
- * How a chain file is opened: without blocking, so a link to a FIFO (which
- * open(2) would hold until a writer came) fails its checks instead of
- * stalling every reload; O_NONBLOCK changes nothing for a regular file.
- */
-export const READ_CHAIN = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK;
-
-/** Refuses, before it is read, a chain that is not a regular file or is over MAX_CHAIN_BYTES, naming it. */
-export function checkChainFile(stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>, chainPath: string, entry: string): void {
-  if (!stat.isFile()) {
-    throw new CertificateError(chainPath, `the chain is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; link the chain file itself`, {
-      reason: 'parse',
-      entry,
-    });
-  }
-  if (stat.size > MAX_CHAIN_BYTES) {
-    throw new CertificateError(chainPath, `the chain file is ${stat.size} bytes; a chain file holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
-      reason: 'parse',
-      entry,
-    });
-  }
-}
-
-function readMeta(name: string, metaPath: string): { meta: StoreMeta; mtimeMs: number | undefined } {
-  let text: string;
-  let mtimeMs: number;
-  try {
-    const fd = openSync(metaPath, 'r');
-    try {
-      mtimeMs = fstatSync(fd).mtimeMs;
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
-  } catch (err) {
-    if (errno(err) === 'ENOENT') return { meta: {}, mtimeMs: undefined };
-    throw new CertificateError(metaPath, `cannot read the metadata: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text) as unknown;
-  } catch {
-    // The SyntaxError is not kept: V8 quotes the text around the error.
-    throw new CertificateError(metaPath, 'the metadata is not valid JSON', { reason: 'parse', entry: name });
-  }
-  const parsed = metaSchema.safeParse(raw);
-  if (!parsed.success) {
-    const problem = formatIssues(parsed.error.issues, raw)[0];
-    throw new CertificateError(metaPath, `invalid metadata: ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`, {
-      reason: 'parse',
-      entry: name,
-    });
-  }
-  return { meta: definedOnly(parsed.data), mtimeMs };
-}
-
-/** `raw` as entry metadata, or the first problem with it (for stores that keep metadata elsewhere than a file). */
-export function parseStoreMeta(raw: unknown): StoreMeta | string {
-  const parsed = metaSchema.safeParse(raw);
-  if (parsed.success) return definedOnly(parsed.data);
-  const problem = formatIssues(parsed.error.issues, raw)[0];
-  return `invalid metadata: ${problem?.path ? `${problem.path}: ` : ''}${problem?.message ?? 'invalid'}`;
-}
-
-function metaStat(metaPath: string): Stats | undefined {
-  try {
-    return statSync(metaPath);
-  } catch {
-    return undefined;
-  }
-}
-
-function lstatIdentity(file: string): string {
-  try {
-    return identity(lstatSync(file));
-  } catch {
-    return 'gone';
-  }
-}
-
-function identity(stat: Stats): string {
-  return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
-}
-
-/** Temp file, fsync, rename: the target holds the old or the new content, whole. */
-function writeAtomic(dir: string, target: string, content: string): void {
-  const temp = join(dir, `.${target.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  const fd = openSync(temp, 'wx', FILE_MODE);
-  try {
-    try {
-      // The umask may have narrowed the mode given to open().
-      fchmodSync(fd, FILE_MODE);
-      writeFileSync(fd, content);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(temp, target);
-  } catch (err) {
-    try {
-      unlinkSync(temp);
-    } catch {
-      // Already renamed or never created: nothing to clean.
-    }
-    throw err;
-  }
-}
-
-/** Makes the renames durable: without it a crash may forget them (rename(2) is atomic, not durable). */
-function fsyncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function definedOnly(meta: StoreMeta): StoreMeta {
-  return Object.fromEntries(Object.entries(meta).filter(([, v]) => v !== undefined)) as StoreMeta;
-}
-
-function errno(err: unknown): string {
-  return (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : 'error');
 }

@@ -3,17 +3,18 @@
  * node restarted while etcd is away still serves what it served: the
  * certificate chains, their metadata and the routes, with the etcd revision
  * they were read at. Nothing secret is ever in it: session-ticket keys are
- * kept out by the caller (`persistable`), and private keys never reach the
+ * kept out by the caller (mirror.ts), and private keys never reach the
  * proxy at all. One JSON file in the state directory, written atomically
- * (temp file, fsync, rename), 0644 like the certificate store.
+ * as the certificate store writes its files (temp file, fsync, rename:
+ * certs/store-files.ts), 0644 like them.
  *
  * The revision is also this node's floor: a snapshot of etcd older than one
  * the node has already served is refused (etcd restored from an old backup,
  * a lagging member), so no node ever goes back in time.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { writeAtomic } from '../certs/store-files.js';
 
 export interface CachedState {
   readonly prefix: string;
@@ -37,22 +38,5 @@ export function readCache(file: string, prefix: string): CachedState | undefined
 
 export function writeCache(file: string, state: CachedState): void {
   mkdirSync(path.dirname(file), { recursive: true });
-  const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  try {
-    const fd = openSync(temp, 'wx', 0o644);
-    try {
-      writeFileSync(fd, JSON.stringify(state));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(temp, file);
-  } catch (err) {
-    try {
-      unlinkSync(temp);
-    } catch {
-      // Never created, or renamed already.
-    }
-    throw err;
-  }
+  writeAtomic(path.dirname(file), file, JSON.stringify(state));
 }

@@ -1,13 +1,7 @@
 /**
  * The fleet's shared store in etcd: every node naming the same prefix serves
  * the same certificates and routes and shares its session-ticket keys.
- *
- *   <prefix>certs/<name>    {"chain": PEM, "meta": StoreMeta}   (store.ts's entry)
- *   <prefix>routes/<name>   a domain, as in the config file's `domains`
- *   <prefix>tickets         {"keys": [base64, newest first], "rotatedAt": ISO}
- *   <prefix>acme/...        the ACME issuer's shared state (acme/shared-state.ts,
- *                           acme/fleet-challenges.ts, acme/on-demand-ledger.ts)
- *   <prefix>locks/<name>    lock keys (lock.ts), not state
+ * What lives where below the prefix: layout.ts.
  *
  * The node keeps a mirror of the prefix in memory: one range read at start
  * (or after any doubt), then a watch from the next revision applies every
@@ -22,36 +16,35 @@
  * Revisions order everything. A watch event older than what the mirror holds
  * for its key is dropped, and a whole snapshot older than the revision this
  * node has served (kept in cache.ts's file across restarts) is refused, so no
- * node ever goes back to an older state.
+ * node ever goes back to an older state (the mirror itself: mirror.ts).
+ *
+ * Here: the mirror's link to etcd (the probe and the snapshot; the watch
+ * between snapshots is prefix-watch.ts's), the store's health, and its
+ * writes and locks. The certificate entries as the
+ * reload path reads them are etcd-entries.ts's; each etcd call's deadline and
+ * errors are etcd-calls.ts's.
  *
  * Secrets: the ticket keys sit in etcd and in this process's memory only,
  * never in the on-disk cache; etcd's TLS and auth protect them (README).
  */
-import type { Etcd3, IKeyValue, IWatchResponse, Watcher } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { CertificateError, CertificateStoreError } from '../certs/errors.js';
-import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store.js';
-import { readCache, writeCache } from './cache.js';
-import { acquireLock, fencedPut, type HeldLock, type LockOptions } from './lock.js';
+import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store-meta.js';
+import { assertFits, etcdCall } from './etcd-calls.js';
+import { entryValue, fencedEntries, listEntries, notFound, readEntry } from './etcd-entries.js';
+import { CERTS, LOCKS, type StoreChange, TICKETS } from './layout.js';
+import { acquireLock, type HeldLock, type LockOptions } from './lock.js';
+import { Mirror, type MirrorItem } from './mirror.js';
+import { PrefixWatch } from './prefix-watch.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
+
+export { ACME, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
 
 /** How often etcd is probed; also the bound on how long a lost watch goes unnoticed. */
 const PROBE_MS = 1_000;
-/** The on-disk cache follows the mirror this long after a change: a burst of writes costs one file write. */
-const CACHE_DEBOUNCE_MS = 500;
 
-export const CERTS = 'certs/';
-export const ROUTES = 'routes/';
-export const TICKETS = 'tickets';
-export const LOCKS = 'locks/';
-export const ACME = 'acme/';
-
-export type StoreChange = 'certificates' | 'routes' | 'tickets' | 'acme';
-
-interface Item {
-  readonly value: string;
-  readonly modRevision: number;
-}
+/** Why `writeIf` wrote nothing: the lock is another holder's now, or the key changed since the revision the writer read. */
+export type WriteRefusal = 'lock-lost' | 'changed';
 
 export interface StoreHealth {
   readonly up: boolean;
@@ -78,39 +71,33 @@ export class EtcdStore implements EntryStorage {
   readonly client: Etcd3;
   readonly prefix: string;
   readonly #options: EtcdStoreOptions;
-  #items = new Map<string, Item>();
-  #revision = 0;
-  /** The highest revision this node has served: a snapshot below it is refused. */
-  #floor = 0;
+  readonly #mirror: Mirror;
   #up = false;
   #reason: string | undefined = 'not connected yet';
   #since = Date.now();
   #stale = true;
   #probing = false;
   #closed = false;
-  #watcher: Watcher | undefined;
-  readonly #endedByEtcd = new WeakSet<Watcher>();
+  readonly #watch: PrefixWatch;
   #probeTimer: NodeJS.Timeout | undefined;
-  #cacheTimer: NodeJS.Timeout | undefined;
 
   constructor(client: Etcd3, options: EtcdStoreOptions) {
     this.client = client;
     this.prefix = options.prefix;
     this.dir = `etcd:${options.prefix}`;
     this.#options = options;
+    this.#mirror = new Mirror(options);
+    // The next probe reads the prefix whole and starts a new watch: nothing between is lost, revisions order it.
+    this.#watch = new PrefixWatch(client, options.prefix, this.#mirror, () => void (this.#stale = true));
   }
 
   /** Loads the cached state, then tries etcd once; resolves either way (degraded when etcd did not answer). */
   async start(): Promise<void> {
-    const cached = readCache(this.#options.cacheFile, this.prefix);
-    if (cached !== undefined) {
-      this.#items = new Map(Object.entries(cached.entries));
-      this.#revision = this.#floor = cached.revision;
-    }
+    const cached = this.#mirror.loadCache();
     await this.#probe();
     if (!this.#up) {
       this.#options.log.warn(
-        { reason: this.#reason, cachedRevision: cached?.revision ?? null },
+        { reason: this.#reason, cachedRevision: cached ?? null },
         cached === undefined
           ? 'etcd unreachable at start and no cached state: serving the config file only until it answers'
           : 'etcd unreachable at start: serving the cached state',
@@ -121,74 +108,45 @@ export class EtcdStore implements EntryStorage {
   }
 
   get health(): StoreHealth {
-    return { up: this.#up, reason: this.#reason, since: this.#since, revision: this.#revision };
+    return { up: this.#up, reason: this.#reason, since: this.#since, revision: this.#mirror.revision };
   }
 
   /** The value at `key` (below the prefix) as the mirror holds it. */
-  item(key: string): { readonly value: string; readonly modRevision: number } | undefined {
-    return this.#items.get(key);
+  item(key: string): MirrorItem | undefined {
+    return this.#mirror.item(key);
   }
 
   /** Mirror keys below `under`, without it. */
   keys(under: string): string[] {
-    return [...this.#items.keys()].filter((k) => k.startsWith(under)).map((k) => k.slice(under.length));
+    return this.#mirror.keys(under);
   }
 
   list(): StoreEntryRef[] {
-    const refs: StoreEntryRef[] = [];
-    for (const name of this.keys(CERTS)) {
-      const item = this.#items.get(CERTS + name)!;
-      if (!STORE_ENTRY_NAME.test(name)) continue;
-      const where = `${this.dir}${CERTS}${name}`;
-      refs.push({
-        name,
-        chainPath: where,
-        metaPath: where,
-        mtimeMs: 0,
-        size: item.value.length,
-        metaMtimeMs: undefined,
-        statId: `rev:${item.modRevision}`,
-        // Written whole by one transaction: never half-written, so never "recent".
-        changedAtMs: 0,
-        link: false,
-      });
-    }
-    return refs.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return listEntries(this);
   }
 
   has(name: string): boolean {
-    return this.#items.has(CERTS + name);
+    return this.#mirror.item(CERTS + name) !== undefined;
   }
 
   read(name: string): StoreEntry {
-    const item = this.#items.get(CERTS + name);
-    const where = `${this.dir}${CERTS}${name}`;
-    if (item === undefined) throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`);
-    let raw: { chain?: unknown; meta?: unknown };
-    try {
-      raw = JSON.parse(item.value) as typeof raw;
-    } catch {
-      throw new CertificateError(where, 'the stored entry is not valid JSON', { reason: 'parse', entry: name });
-    }
-    if (typeof raw?.chain !== 'string') throw new CertificateError(where, 'the stored entry has no "chain" text', { reason: 'parse', entry: name });
-    const meta = parseStoreMeta(raw.meta ?? {});
-    if (typeof meta === 'string') throw new CertificateError(where, meta, { reason: 'parse', entry: name });
-    return { name, chainPath: where, metaPath: where, mtimeMs: 0, size: item.value.length, metaMtimeMs: undefined, chainText: raw.chain, meta };
+    return readEntry(this, name);
   }
 
   async write(name: string, chainText: string, meta: StoreMeta): Promise<void> {
-    await this.put(CERTS + name, JSON.stringify({ chain: chainText, meta }));
+    await this.put(CERTS + name, entryValue(chainText, meta));
   }
 
   async remove(name: string): Promise<void> {
-    if (!this.has(name)) throw new CertificateStoreError('KEYEDGE_ERR_CERT_NOT_FOUND', name, `no certificate '${name}' in the store ${this.dir}`);
+    if (!this.has(name)) throw notFound(this, name);
     await this.delete(CERTS + name);
   }
 
   /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Resolves with the write's revision; rejects with StoreUnavailableError. */
   async put(key: string, value: string): Promise<number> {
+    assertFits(key, value);
     this.assertWritable();
-    const result = await this.#call(`write ${key}`, () =>
+    const result = await this.call(`write ${key}`, () =>
       this.client
         .put(this.prefix + key)
         .value(value)
@@ -206,27 +164,50 @@ export class EtcdStore implements EntryStorage {
    * one its successor wrote. Reads are the store's own.
    */
   fenced(lock: HeldLock): EntryStorage {
-    return {
-      dir: this.dir,
-      list: () => this.list(),
-      has: (name) => this.has(name),
-      read: (name) => this.read(name),
-      write: async (name, chainText, meta) => {
-        this.assertWritable();
-        const value = JSON.stringify({ chain: chainText, meta });
-        const revision = await this.#call(`write ${CERTS}${name}`, () => fencedPut(this.client, lock, this.prefix + CERTS + name, value));
-        if (revision === undefined) {
-          throw new StoreUnavailableError(`the lock ${lock.key} was lost before ${name} was written (another node holds it now); nothing was written`);
-        }
-        this.applyLocal(CERTS + name, value, revision);
-      },
-    };
+    return fencedEntries(this, lock);
+  }
+
+  /**
+   * Writes `value` at `key` (undefined: deletes it) only while the key's
+   * revision is still `expected` (0: absent) and, with `lock`, while the lock
+   * is held (its fence, lock.ts), in one transaction: a node writing from an
+   * older state, or one that lost its lock (a long pause, a partition),
+   * writes nothing over what another node wrote since. Resolves with the
+   * write's revision (the mirror holds it at once), or why it was refused;
+   * rejects as `put` does.
+   */
+  async writeIf(
+    key: string,
+    value: string | undefined,
+    expected: number,
+    lock?: HeldLock,
+  ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
+    if (value !== undefined) assertFits(key, value);
+    this.assertWritable();
+    const target = this.prefix + key;
+    const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
+      let txn = this.client.if(target, 'Mod', '==', expected);
+      if (lock !== undefined) txn = txn.and(lock.key, 'Create', '==', lock.fence);
+      const write = value === undefined ? this.client.delete().key(target) : this.client.put(target).value(value);
+      // Refused: the lock key as etcd holds it now says which compare failed.
+      return txn
+        .then(write)
+        .else(this.client.get(lock?.key ?? target))
+        .commit();
+    });
+    if (!result.succeeded) {
+      const holder = result.responses[0]?.response_range?.kvs[0];
+      return { refused: lock !== undefined && holder?.create_revision !== lock.fence ? 'lock-lost' : 'changed' };
+    }
+    const revision = Number(result.header.revision);
+    this.applyLocal(key, value, revision);
+    return { revision };
   }
 
   /** Resolves true once the mirror holds every change up to `revision` (the watch caught up), false after `timeoutMs`. */
   async reached(revision: number, timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (this.#revision < revision) {
+    while (this.#mirror.revision < revision) {
       if (Date.now() > deadline) return false;
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
@@ -235,7 +216,7 @@ export class EtcdStore implements EntryStorage {
 
   async delete(key: string): Promise<void> {
     this.assertWritable();
-    const result = await this.#call(`delete ${key}`, () =>
+    const result = await this.call(`delete ${key}`, () =>
       this.client
         .delete()
         .key(this.prefix + key)
@@ -246,10 +227,7 @@ export class EtcdStore implements EntryStorage {
 
   /** A write this node made (at `revision`), into the mirror before its watch event arrives; `value` undefined: a delete. */
   applyLocal(key: string, value: string | undefined, revision: number): void {
-    const changes = new Set<StoreChange>();
-    this.#apply(key, value, revision, changes);
-    this.#revision = Math.max(this.#revision, revision);
-    this.#changed(changes);
+    this.#mirror.apply([{ key, value, revision }], revision);
   }
 
   /**
@@ -270,11 +248,8 @@ export class EtcdStore implements EntryStorage {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#probeTimer);
-    if (this.#cacheTimer !== undefined) {
-      clearTimeout(this.#cacheTimer);
-      this.#persist();
-    }
-    this.#dropWatcher();
+    this.#mirror.flush();
+    this.#watch.drop();
     this.client.close();
   }
 
@@ -287,21 +262,9 @@ export class EtcdStore implements EntryStorage {
     }
   }
 
-  /** One etcd call with this store's deadline, its failures as StoreUnavailableError. */
-  async #call<T>(what: string, call: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        call(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.#options.timeoutMs} ms`)), this.#options.timeoutMs);
-        }),
-      ]);
-    } catch (err) {
-      throw new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${(err as Error).message}`, { cause: err });
-    } finally {
-      clearTimeout(timer);
-    }
+  /** One etcd call with this store's deadline, its failures as the store's errors (etcd-calls.ts), never etcd3's. */
+  call<T>(what: string, call: () => Promise<T>): Promise<T> {
+    return etcdCall(what, this.#options.timeoutMs, call);
   }
 
   /** A quorum read; after any doubt (start, a lost watch, etcd back) the whole prefix is read again. */
@@ -310,11 +273,11 @@ export class EtcdStore implements EntryStorage {
     this.#probing = true;
     try {
       if (this.#stale) await this.#resync();
-      else await this.#call('answer a probe', () => this.client.get(this.prefix + TICKETS).exec());
+      else await this.call('answer a probe', () => this.client.get(this.prefix + TICKETS).exec());
       this.#setUp(undefined);
     } catch (err) {
       this.#stale = true;
-      this.#dropWatcher();
+      this.#watch.drop();
       this.#setUp((err as Error).message);
     } finally {
       this.#probing = false;
@@ -323,116 +286,24 @@ export class EtcdStore implements EntryStorage {
 
   async #resync(): Promise<void> {
     // Dropped before the read: what it would still deliver is in the snapshot.
-    this.#dropWatcher();
-    const range = await this.#call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
+    this.#watch.drop();
+    const range = await this.call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
     const revision = Number(range.header.revision);
-    if (revision < this.#floor) {
+    const floor = this.#mirror.floor;
+    if (revision < floor) {
       throw new Error(
-        `etcd is at revision ${revision}, older than revision ${this.#floor} this node already served; it keeps serving that (remove ${this.#options.cacheFile} to accept an etcd restored from an older backup)`,
+        `etcd is at revision ${revision}, older than revision ${floor} this node already served; it keeps serving that (remove ${this.#options.cacheFile} to accept an etcd restored from an older backup)`,
       );
     }
-    const next = new Map<string, Item>();
-    for (const kv of range.kvs) {
-      const key = kv.key.toString('utf8').slice(this.prefix.length);
-      if (!key.startsWith(LOCKS)) next.set(key, { value: kv.value.toString('utf8'), modRevision: Number(kv.mod_revision) });
-    }
-    const changes = new Set<StoreChange>();
-    for (const key of new Set([...next.keys(), ...this.#items.keys()])) {
-      if (next.get(key)?.modRevision !== this.#items.get(key)?.modRevision || next.get(key)?.value !== this.#items.get(key)?.value) {
-        const kind = kindOf(key);
-        if (kind !== undefined) changes.add(kind);
-      }
-    }
-    this.#items = next;
-    this.#revision = revision;
-    const watcher = this.client
-      .watch()
-      .prefix(this.prefix)
-      .startRevision(String(revision + 1))
-      .watcher();
-    watcher.on('data', (response: IWatchResponse) => this.#onEvents(response));
-    // The next probe reads the prefix whole and starts a new watch: nothing between is lost, revisions order it.
-    watcher.on('disconnected', () => void (this.#stale = true));
-    watcher.on('error', () => {
-      // etcd ended this watch itself (its revision compacted away): a cancel of it would go unanswered.
-      this.#endedByEtcd.add(watcher);
-      this.#stale = true;
-    });
-    this.#watcher = watcher;
+    this.#watch.follow(revision);
     this.#stale = false;
-    this.#changed(changes);
-  }
-
-  /**
-   * Stops listening to the current watch and cancels it without waiting on
-   * the cancel. A watch etcd itself ended (its revision compacted away while
-   * the stream was down) is not cancelled at all: etcd answers such a cancel
-   * for a watch etcd3 has already forgotten, which wedges etcd3's shared watch
-   * stream (no later watch of this client ever starts), and awaiting the
-   * cancel held the probe for ever. Either way the node stopped following
-   * etcd while it said it was up.
-   */
-  #dropWatcher(): void {
-    const watcher = this.#watcher;
-    this.#watcher = undefined;
-    if (watcher === undefined) return;
-    watcher.removeAllListeners();
-    // An 'error' with no listener would throw out of etcd3's stream handler.
-    watcher.on('error', () => undefined);
-    if (!this.#endedByEtcd.has(watcher)) void watcher.cancel().catch(() => undefined);
-  }
-
-  #onEvents(response: IWatchResponse): void {
-    const changes = new Set<StoreChange>();
-    for (const event of response.events) {
-      // The watcher strips the namespace, not our prefix: keys arrive whole.
-      const key = keyOf(event.kv, this.prefix);
-      if (key === undefined) continue;
-      this.#apply(key, event.type === 'Delete' ? undefined : event.kv.value.toString('utf8'), Number(event.kv.mod_revision), changes);
-    }
-    this.#revision = Math.max(this.#revision, Number(response.header.revision));
-    this.#changed(changes);
-  }
-
-  #apply(key: string, value: string | undefined, revision: number, changes: Set<StoreChange>): void {
-    if (key.startsWith(LOCKS)) return;
-    const held = this.#items.get(key);
-    // Older than what the mirror holds (a watch event behind a local write): already superseded.
-    if (held !== undefined && held.modRevision >= revision) return;
-    if (value === undefined) {
-      if (held === undefined) return;
-      this.#items.delete(key);
-    } else this.#items.set(key, { value, modRevision: revision });
-    const kind = kindOf(key);
-    if (kind !== undefined) changes.add(kind);
-  }
-
-  #changed(changes: ReadonlySet<StoreChange>): void {
-    if (changes.size === 0) return;
-    if (changes.has('certificates') || changes.has('routes')) {
-      clearTimeout(this.#cacheTimer);
-      this.#cacheTimer = setTimeout(() => {
-        this.#cacheTimer = undefined;
-        this.#persist();
-      }, CACHE_DEBOUNCE_MS);
-      this.#cacheTimer.unref();
-    }
-    this.#options.onChange(changes);
-  }
-
-  /** The non-secret part of the mirror to the cache file: certificates and routes, never the ticket keys. */
-  #persist(): void {
-    const entries: Record<string, Item> = {};
-    for (const [key, item] of this.#items) if (key.startsWith(CERTS) || key.startsWith(ROUTES)) entries[key] = item;
-    try {
-      writeCache(this.#options.cacheFile, { prefix: this.prefix, revision: this.#revision, entries });
-      this.#floor = Math.max(this.#floor, this.#revision);
-    } catch (err) {
-      this.#options.log.warn(
-        { file: this.#options.cacheFile, reason: (err as NodeJS.ErrnoException).code ?? (err as Error).message },
-        'cannot write the fleet cache',
-      );
-    }
+    // Events come no sooner than the next turn: the snapshot is in place first.
+    this.#mirror.replace(
+      range.kvs.map(
+        (kv) => [kv.key.toString('utf8').slice(this.prefix.length), { value: kv.value.toString('utf8'), modRevision: Number(kv.mod_revision) }] as const,
+      ),
+      revision,
+    );
   }
 
   #setUp(reason: string | undefined): void {
@@ -444,21 +315,11 @@ export class EtcdStore implements EntryStorage {
     this.#up = up;
     this.#reason = reason;
     this.#since = Date.now();
-    if (up) this.#options.log.info({ revision: this.#revision }, "the fleet's store (etcd) answers: changes are accepted again");
+    if (up) this.#options.log.info({ revision: this.#mirror.revision }, "the fleet's store (etcd) answers: changes are accepted again");
     else
-      this.#options.log.warn({ reason, revision: this.#revision }, "the fleet's store (etcd) is unreachable: serving the last good state, changes are refused");
+      this.#options.log.warn(
+        { reason, revision: this.#mirror.revision },
+        "the fleet's store (etcd) is unreachable: serving the last good state, changes are refused",
+      );
   }
-}
-
-function keyOf(kv: IKeyValue, prefix: string): string | undefined {
-  const key = kv.key.toString('utf8');
-  return key.startsWith(prefix) ? key.slice(prefix.length) : undefined;
-}
-
-function kindOf(key: string): StoreChange | undefined {
-  if (key.startsWith(CERTS)) return 'certificates';
-  if (key.startsWith(ROUTES)) return 'routes';
-  if (key === TICKETS) return 'tickets';
-  if (key.startsWith(ACME)) return 'acme';
-  return undefined;
 }

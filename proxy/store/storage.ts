@@ -17,7 +17,7 @@
  * and may be refused with StoreUnavailableError.
  */
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
-import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store.js';
+import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store-meta.js';
 
 export interface EntryStorage {
   /** Where the entries live, for messages: a directory, or `etcd:<prefix>`. */
@@ -40,5 +40,17 @@ export interface EntryStorage {
 export class StoreUnavailableError extends KeyedgeError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('KEYEDGE_ERR_STORE_UNAVAILABLE', message, options);
+  }
+}
+
+/**
+ * A value the fleet's store cannot hold: larger than one etcd request may be
+ * (etcd's --max-request-bytes, 1.5 MiB by default). Refused before it is
+ * sent, naming the key and the size; etcd itself is fine, and retrying the
+ * same value fails the same way. The admin API answers it with 413.
+ */
+export class StoreValueTooLargeError extends KeyedgeError {
+  constructor(message: string) {
+    super('KEYEDGE_ERR_STORE_TOO_LARGE', message);
   }
 }

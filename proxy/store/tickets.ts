@@ -11,16 +11,22 @@
  * watch. Tickets under the previous keys still decrypt: the ring keeps
  * TICKET_KEYS_KEPT keys.
  *
+ * Failures are the store's own errors (etcd-calls.ts): StoreUnavailableError
+ * while etcd cannot be reached, with what was being done; never etcd3's or
+ * gRPC's raw errors, which reached the admin API as a 500 under a
+ * certificate's code.
+ *
  * Secrets: the keys are in etcd (protected by etcd's TLS and auth, README,
  * "Fleet deployment") and in memory; never in the node's cache file, a log
- * line or a metric.
+ * line, an error or a metric.
  */
 import { newTicketKey, TICKET_KEY_BYTES, TICKET_KEYS_KEPT } from '../tls/tickets.js';
 import type { EtcdStore } from './etcd-store.js';
-import { LOCKS, TICKETS } from './etcd-store.js';
-import { acquireLock, fencedPut } from './lock.js';
+import { TICKETS } from './layout.js';
+import { fencedPut } from './lock.js';
 
-const ROTATION_LOCK = `${LOCKS}ticket-rotation`;
+/** Below the store's `locks/`. */
+const ROTATION_LOCK = 'ticket-rotation';
 /** The lock's lease: a node that dies holding it frees it after this. */
 const LOCK_TTL_SECONDS = 10;
 
@@ -43,19 +49,20 @@ export type RotationResult = 'rotated' | 'not-due' | 'busy' | 'lost-lock';
 /**
  * Rotates the fleet's ring when it is older than `periodMs` (or absent), or
  * always with `force` (the admin's POST /tickets/rotate, which waits up to
- * `waitMs` for another node's rotation to finish). Rejects when etcd cannot
- * be reached: the caller keeps the ring it has.
+ * `waitMs` for another node's rotation to finish). Rejects with
+ * StoreUnavailableError when etcd cannot be reached: the caller keeps the
+ * ring it has.
  */
 export async function rotateSharedTicketKeys(
   store: EtcdStore,
   options: { readonly force: boolean; readonly periodMs: number; readonly waitMs: number },
 ): Promise<RotationResult> {
   const client = store.client;
-  const lock = await acquireLock(client, store.prefix + ROTATION_LOCK, { ttlSeconds: LOCK_TTL_SECONDS, waitMs: options.waitMs });
+  const lock = await store.lock(ROTATION_LOCK, { ttlSeconds: LOCK_TTL_SECONDS, waitMs: options.waitMs });
   if (lock === undefined) return 'busy';
   try {
     // Read under the lock, from etcd itself: another node may have rotated a moment ago.
-    const range = await client.get(store.prefix + TICKETS).exec();
+    const range = await store.call('read the session-ticket key ring', () => client.get(store.prefix + TICKETS).exec());
     const kv = range.kvs[0];
     const current = kv === undefined ? undefined : parseRing(kv.value.toString('utf8'), Number(kv.mod_revision));
     if (!options.force && current !== undefined && kv !== undefined && Date.now() - current.rotatedAt < options.periodMs) {
@@ -65,7 +72,8 @@ export async function rotateSharedTicketKeys(
     }
     const keys = [newTicketKey(), ...(current?.keys ?? [])].slice(0, TICKET_KEYS_KEPT);
     const value = JSON.stringify({ keys: keys.map((k) => k.toString('base64')), rotatedAt: new Date().toISOString() });
-    const revision = await fencedPut(client, lock, store.prefix + TICKETS, value);
+    // The operation is named, never the value: it is the ring.
+    const revision = await store.call('write the session-ticket key ring', () => fencedPut(client, lock, store.prefix + TICKETS, value));
     if (revision === undefined) return 'lost-lock';
     store.applyLocal(TICKETS, value, revision);
     return 'rotated';

@@ -1,0 +1,115 @@
+/**
+ * One file of the certificate store directory at a time (store.ts): chains
+ * opened without blocking and refused by size or type before they are read,
+ * writes that leave the old or the new file whole (temp file, fsync,
+ * rename, then the directory fsync'd), and the stat identity that tells a
+ * changed file from an unchanged one. No entry logic: names and metadata
+ * are store.ts's and store-meta.ts's.
+ */
+import { randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  constants as fsConstants,
+  fchmodSync,
+  fsyncSync,
+  lstatSync,
+  openSync,
+  renameSync,
+  type Stats,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { CertificateError } from './errors.js';
+
+/**
+ * The largest chain file read. A real chain is a few KB; the largest
+ * certificate the X.509 parser takes (asn1js caps a structure at 10,000
+ * nodes: about 9,000 names) is some 250 KB. A larger file is refused by its
+ * size, unread: a 150 MB one held the cluster primary's event loop for
+ * seconds and grew it by 0.9 GB (a link to the wrong file could be larger).
+ */
+export const MAX_CHAIN_BYTES = 1024 * 1024;
+const FILE_MODE = 0o644;
+
+/**
+ * How a chain file is opened: without blocking, so a link to a FIFO (which
+ * open(2) would hold until a writer came) fails its checks instead of
+ * stalling every reload; O_NONBLOCK changes nothing for a regular file.
+ */
+export const READ_CHAIN = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK;
+
+/** Refuses, before it is read, a chain that is not a regular file or is over MAX_CHAIN_BYTES, naming it. */
+export function checkChainFile(stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>, chainPath: string, entry: string): void {
+  if (!stat.isFile()) {
+    throw new CertificateError(chainPath, `the chain is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; link the chain file itself`, {
+      reason: 'parse',
+      entry,
+    });
+  }
+  if (stat.size > MAX_CHAIN_BYTES) {
+    throw new CertificateError(chainPath, `the chain file is ${stat.size} bytes; a chain file holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+      reason: 'parse',
+      entry,
+    });
+  }
+}
+
+export function metaStat(metaPath: string): Stats | undefined {
+  try {
+    return statSync(metaPath);
+  } catch {
+    return undefined;
+  }
+}
+
+export function lstatIdentity(file: string): string {
+  try {
+    return identity(lstatSync(file));
+  } catch {
+    return 'gone';
+  }
+}
+
+export function identity(stat: Stats): string {
+  return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
+}
+
+export /** Temp file, fsync, rename: the target holds the old or the new content, whole. */
+function writeAtomic(dir: string, target: string, content: string): void {
+  const temp = join(dir, `.${target.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const fd = openSync(temp, 'wx', FILE_MODE);
+  try {
+    try {
+      // The umask may have narrowed the mode given to open().
+      fchmodSync(fd, FILE_MODE);
+      writeFileSync(fd, content);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, target);
+  } catch (err) {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // Already renamed or never created: nothing to clean.
+    }
+    throw err;
+  }
+}
+
+/** Makes the renames durable: without it a crash may forget them (rename(2) is atomic, not durable). */
+export function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function errno(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : 'error');
+}

@@ -1,0 +1,64 @@
+/**
+ * One call to etcd as the fleet's store makes it: with the store's deadline,
+ * and its failure said in the store's own errors, never etcd3's or gRPC's
+ * raw ones, so that a caller (the admin API, the reload path) can tell
+ * "etcd is away, retry" (StoreUnavailableError) from "this value can never
+ * be written" (StoreValueTooLargeError).
+ *
+ * Size: etcd refuses a request larger than its --max-request-bytes (1.5 MiB
+ * by default) with INVALID_ARGUMENT, and gRPC one past its own 2 MiB receive
+ * cap with RESOURCE_EXHAUSTED; both once came out as "etcd unreachable"
+ * (admin 503: retry later) though no retry could ever succeed. A value is
+ * measured before it is sent (`assertFits`), and an answer of either kind
+ * is still recognised for what it is.
+ *
+ * Messages name the operation and the key, never a value: a value may be
+ * the ticket-key ring.
+ */
+import { StoreUnavailableError, StoreValueTooLargeError } from './storage.js';
+
+/** etcd's default --max-request-bytes: the largest request a member accepts. */
+export const ETCD_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
+/** What a put request carries besides its key and value (measured on etcd 3.4: ~40 bytes), with room to spare. */
+const REQUEST_OVERHEAD_BYTES = 512;
+
+/** Throws StoreValueTooLargeError, naming `key` and the size, when a put of `value` at `key` is past etcd's request limit. */
+export function assertFits(key: string, value: string): void {
+  const bytes = Buffer.byteLength(key) + Buffer.byteLength(value);
+  if (bytes + REQUEST_OVERHEAD_BYTES > ETCD_MAX_REQUEST_BYTES) throw tooLarge(key, bytes);
+}
+
+/** Runs `call` within `timeoutMs`; any failure becomes the store's own error about `what` (`write certs/a`, say). */
+export async function etcdCall<T>(what: string, timeoutMs: number, call: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      call(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
+  } catch (err) {
+    throw storeError(what, err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `err` from etcd while trying to `what`, as the store's error (already one: unchanged). */
+export function storeError(what: string, err: unknown): Error {
+  if (err instanceof StoreUnavailableError || err instanceof StoreValueTooLargeError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (/request is too large|received message larger than max/.test(message)) {
+    return new StoreValueTooLargeError(`the fleet's store (etcd) refused to ${what}: the request is larger than etcd accepts (${message})`);
+  }
+  // Only the message: the error object of a failed write may carry the request, and a value may be secret.
+  return new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${message}`);
+}
+
+function tooLarge(key: string, bytes: number): StoreValueTooLargeError {
+  const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(2)} MiB`;
+  return new StoreValueTooLargeError(
+    `the value for ${key} is ${bytes} bytes (${mib(bytes)}), more than one etcd request may carry (${mib(ETCD_MAX_REQUEST_BYTES)}, etcd's default --max-request-bytes); nothing was written`,
+  );
+}
