@@ -102,6 +102,15 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     }, 300);
     socket.once('close', () => clearInterval(tick));
   },
+  // Transfer codings besides one final chunked (RFC 9112 §6.1, §7): the body's bytes are still coded once the chunked
+  // framing is off, and the field that says so is hop-by-hop.
+  '/gzip-chunked': 'HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n7\r\nGZIPPED\r\n0\r\n\r\n',
+  // No final chunked: the body runs to the connection's close (§6.3).
+  '/gzip-to-close': (socket) => socket.end('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nGZIPPED'),
+  // Chunked applied twice (§6.1 forbids it): once unframed, the body is still chunk framing.
+  '/chunked-twice': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\nc\r\n7\r\nGZIPPED\r\n\r\n0\r\n\r\n',
+  // The one coding relayed, in any case (§7: coding names are case-insensitive).
+  '/chunked-capitals': 'HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n',
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
@@ -366,6 +375,41 @@ describe('an answer undici cannot parse', () => {
   });
 });
 
+describe('an answer with transfer codings besides one final chunked (RFC 9112 §6.1, §7)', () => {
+  it.each([['/gzip-chunked'], ['/gzip-to-close'], ['/chunked-twice']])(
+    '%s: 502 to HTTP/1.1 and HTTP/2 clients alike, never the coded bytes as if they were the content',
+    async (path) => {
+      const { received, gaveUp } = await h1Get(path);
+      expect(gaveUp).toBe(false);
+      expect(received).toMatch(/^HTTP\/1\.1 502 /);
+      expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
+      expect(received).not.toContain('GZIPPED');
+      expect(await accessLine(path, 'http/1.1')).toMatchObject({ status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' });
+      const session = h2Connect(proxy.ports[0]!, ca, HOST);
+      try {
+        const answer = await h2Get(session, path);
+        expect(answer).toMatchObject({ status: 502, code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' });
+        expect(answer.body).not.toContain('GZIPPED');
+        expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      } finally {
+        await closeSession(session);
+      }
+    },
+  );
+
+  it('a lone chunked, in capitals and with spaces around it, is relayed as usual', async () => {
+    const { received } = await h1Get('/chunked-capitals');
+    expect(received).toMatch(/^HTTP\/1\.1 200 /);
+    expect(received.endsWith('\r\n2\r\nok\r\n0\r\n\r\n')).toBe(true);
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      expect(await h2Get(session, '/chunked-capitals')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
+
 describe('answers with bad framing, each followed by a request on the same client connection', () => {
   it.each([
     ['/two-lengths', '502'],
@@ -374,6 +418,9 @@ describe('answers with bad framing, each followed by a request on the same clien
     ['/body-after-204', '204'],
     ['/body-after-304', '304'],
     ['/switching', '502'],
+    ['/gzip-chunked', '502'],
+    ['/gzip-to-close', '502'],
+    ['/chunked-twice', '502'],
   ])('%s: %s, and the next answer is its own (the origin connection is dropped, the client connection stays in step)', async (path, status) => {
     const pair = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`;
     const received = await new Promise<string>((resolve) => {

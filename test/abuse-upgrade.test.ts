@@ -32,7 +32,7 @@ const SMUGGLED = 'GET /smuggled HTTP/1.1\r\nHost: other.localhost\r\nX-Forwarded
 /**
  * The raw origin. The request path says how to answer: `/answer/<status>/<delayMs>/<id>`, with
  * status 101 (switch), another code (a 2-byte body, connection kept open as keep-alive), `none`
- * (never), `close` (close without answering), `reset` (switch, then reset), `stubborn` (switch,
+ * (never), `close` (close without answering), `gzip` (a 200 with Transfer-Encoding: gzip, chunked), `reset` (switch, then reset), `stubborn` (switch,
  * and never end its side, even after the proxy ended its own), `h2c` (switch to h2c when asked
  * for it, else 200), `to-h2c` (switch to h2c whatever was asked) or `garbage` (an answer the parser
  * refuses, then content that must never reach a log).
@@ -60,6 +60,8 @@ function startRawOrigin(): Promise<number> {
         if (status === 'garbage') socket.write(`HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nBad Header\r\n\r\n${'origin-secret-'.repeat(200)}`);
         else if (h2c) socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nh2-frames');
         else if (status === 'close') socket.destroy();
+        // RFC 9112 §6.1: a coding besides chunked, which the client would get as if the bytes were the content.
+        else if (status === 'gzip') socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n7\r\nGZIPPED\r\n0\r\n\r\n');
         else if (status === '101' || status === 'reset' || status === 'stubborn') {
           socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello');
           if (status === 'reset') setTimeout(() => socket.resetAndDestroy(), 50);
@@ -239,6 +241,14 @@ describe('an origin that does not switch', () => {
     // Node's client error carries the bytes it read as `rawPacket` (a Buffer: logged as its byte values).
     expect(logged).not.toContain('rawPacket');
     expect(logged).not.toContain('origin-secret-');
+  });
+
+  it('answering with a transfer coding besides chunked gets 502, never its coded bytes as if they were the content', async () => {
+    const client = await rawClient();
+    client.socket.write(upgradeRequest('/answer/gzip/0/gzip'));
+    await within(10_000, 'the 502', client.closed);
+    expect(client.received()).toMatch(/^HTTP\/1\.1 502 [\s\S]*x-keyedge-error: KEYEDGE_HTTP_ORIGIN_UNREACHABLE/i);
+    expect(client.received()).not.toContain('GZIPPED');
   });
 
   it('closing without an answer gets 502', async () => {

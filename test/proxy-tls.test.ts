@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -5,6 +6,7 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { Registry } from 'prom-client';
 import { ProxyMetrics } from '../proxy/metrics.js';
+import { RECORD_BUDGET_BYTES } from '../proxy/tls/record-flood.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { curl, nodeGet, sClient } from './helpers/clients.js';
 import { ecAndRsaServing, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -144,22 +146,26 @@ describe('SNI', () => {
   });
 });
 
+/** Runs `use` against a second worker in this process, with the lab's defaults (HTTP/2 offered) and `overrides`. */
+async function withSecondWorker(overrides: Record<string, unknown>, use: (worker: RunningWorker) => Promise<void>): Promise<void> {
+  // Its metrics go to a registry of their own.
+  const metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
+  const worker = await startProxyWorker(lab.proxyConfig(overrides), { log, metrics });
+  try {
+    await use(worker);
+  } finally {
+    await worker.close();
+    metrics.stop();
+  }
+}
+
 describe('SNI with onUnknown "default"', () => {
   it('serves the default certificate to a name nothing covers', async () => {
     const ec = await lab.certificate('ec-default', lab.keys.ec, ['ec.lab.test']);
-    const metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
-    const lenient = await startProxyWorker(
-      lab.proxyConfig({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'ec', onUnknown: 'default' } }),
-      // A second worker in this process: its metrics go to a registry of their own.
-      { log, metrics },
-    );
-    try {
+    await withSecondWorker({ certificates: [{ name: 'ec', chain: ec.file }], sni: { default: 'ec', onUnknown: 'default' } }, async (lenient) => {
       const result = await nodeGet(lenient.ports[0]!, 'unknown.example', ca, { checkServerIdentity: () => undefined });
       expect(result).toMatchObject({ ok: true, subjectAltName: 'DNS:ec.lab.test' });
-    } finally {
-      await lenient.close();
-      metrics.stop();
-    }
+    });
   });
 });
 
@@ -222,4 +228,53 @@ describe('session resumption and the certificate', () => {
     const other = await nodeGet(port, 'rsa.lab.test', ca, { maxVersion: version, session: first.session! });
     expect(other).toMatchObject({ ok: true, resumed: false, subjectAltName: 'DNS:rsa.lab.test' });
   });
+});
+
+/**
+ * openssl s_client sending KeyUpdate (update_requested, its `K` command) as fast as it takes them, and nothing else, for
+ * at most `forMs`: how many it sent and whether the proxy closed the connection meanwhile. Each `K` line must reach
+ * s_client in a read of its own (it looks at a read's first byte), hence one write per turn of the event loop.
+ */
+function keyUpdateFlood(port: number, host: string, caFile: string, forMs: number): Promise<{ updates: number; closedByProxy: boolean; ms: number }> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const args = ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', host, '-CAfile', caFile, '-tls1_3', '-quiet', '-no_ign_eof'];
+    const client = spawn('openssl', args, {
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    let updates = 0;
+    let stopping = false;
+    client.stderr.on('data', (chunk: Buffer) => (updates += chunk.toString().split('KEYUPDATE').length - 1));
+    client.stdin.on('error', () => undefined);
+    const next = (): void => {
+      if (stopping || client.exitCode !== null) return;
+      if (Date.now() - started > forMs) {
+        stopping = true;
+        return void client.kill();
+      }
+      client.stdin.write('K\n', () => setImmediate(next));
+    };
+    // The handshake first: a K before it is read as data.
+    setTimeout(next, 1000);
+    client.once('exit', () => resolve({ updates, closedByProxy: !stopping, ms: Date.now() - started }));
+  });
+}
+
+describe('a TLS 1.3 client that sends KeyUpdate in a loop (RFC 8446 §4.6.3)', () => {
+  it('has its connection closed once its credit of records without data is spent, while other clients are served', async () => {
+    const ec = await lab.certificate('ec-flood', lab.keys.ec, ['ec.lab.test']);
+    // A connection that sends no request is closed after limits.headerTimeoutMs: here long past the flood's 20 s, so only the budget can cut it.
+    await withSecondWorker({ certificates: [{ name: 'ec', chain: ec.file }], limits: { headerTimeoutMs: 60_000 } }, async (worker) => {
+      const flood = keyUpdateFlood(worker.ports[0]!, 'ec.lab.test', lab.caFile, 20_000);
+      // A normal client in the midst of it.
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const other = await nodeGet(worker.ports[0]!, 'ec.lab.test', ca);
+      expect(other.ok).toBe(true);
+      expect(other.body).toMatch(/^HTTP\/1\.1 200 /);
+      const { updates, closedByProxy, ms } = await flood;
+      expect(closedByProxy, `${updates} KeyUpdates in ${ms} ms, the connection still open`).toBe(true);
+      // Cut once its credit was spent (about 27 bytes a KeyUpdate), not by anything before.
+      expect(updates).toBeGreaterThan(RECORD_BUDGET_BYTES / 27 / 2);
+    });
+  }, 40_000);
 });

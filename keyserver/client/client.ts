@@ -8,7 +8,12 @@
  * reserved until its late answer arrives (which is then dropped), so an id is
  * never reused while the server may still answer it (SPEC.md, "Request ids").
  * An answer matching no id at all is a server fault and closes the connection. At most `maxInFlight` requests are outstanding; one more is refused
- * at once with KEYEDGE_ERR_OVERLOADED rather than queued without bound. When
+ * at once with KEYEDGE_ERR_OVERLOADED rather than queued without bound. The
+ * abandoned set is bounded too: once more than `maxInFlight` ids wait there,
+ * the server is not answering, and the connection is closed (every pending
+ * request fails with KEYEDGE_ERR_CLOSED), which frees them all at once;
+ * otherwise a server that reads and never answers would grow the set, a
+ * request at a time, for as long as the connection stays open. When
  * the connection drops, every pending request fails with KEYEDGE_ERR_CLOSED;
  * there is no reconnect or retry here, a caller decides that.
  *
@@ -149,6 +154,10 @@ export class KeyserverClient {
         this.#pending.delete(id);
         this.#abandoned.add(id);
         reject(new KeyedgeError('KEYEDGE_ERR_TIMEOUT', `no answer from the key server within ${this.#timeoutMs} ms`));
+        if (this.#abandoned.size > this.#maxInFlight) {
+          const unanswered = `the key server left ${this.#abandoned.size} requests unanswered past their ${this.#timeoutMs} ms deadline`;
+          this.#fail(new KeyedgeError('KEYEDGE_ERR_CLOSED', `${unanswered}: connection closed`));
+        }
       }, this.#timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
       this.#socket.write(frame);

@@ -31,3 +31,18 @@ export class ClientGone extends Error {
     this.name = new.target.name;
   }
 }
+
+/**
+ * An origin answer the proxy does not relay, because what it is could not be
+ * told to the client as sent (transfer codings besides chunked,
+ * forward-headers.ts). Thrown from undici's onHeaders: undici aborts the
+ * request, closes that origin connection and calls onError, and the client
+ * gets a 502 (KEYEDGE_HTTP_ORIGIN_UNREACHABLE), as for an answer undici could
+ * not parse. The origin did answer: it is not cooled down (balancer.ts).
+ */
+export class OriginAnswerRefused extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}

@@ -14,8 +14,12 @@
  * head goes to the client in its own order, case and repetitions (two
  * Set-Cookie stay two), with no per-header object property or spread on a
  * request's path.
+ *
+ * An answer's transfer codings (`refuseTransferCodings`): one chunked, or the
+ * answer is not relayed.
  */
 import type { IncomingHttpHeaders } from 'node:http';
+import { OriginAnswerRefused } from './errors.js';
 import type { OriginTarget } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -202,3 +206,27 @@ export function answerHeaderList(raw: readonly (Buffer | string)[], extra: Extra
 }
 
 const text = (value: Buffer | string): string => (typeof value === 'string' ? value : value.toString('latin1'));
+
+/**
+ * Refuses (throws OriginAnswerRefused) an origin answer whose Transfer-Encoding
+ * is anything but one `chunked`, in one or more fields (RFC 9112 §6.1). undici
+ * takes the chunked framing off (or, with no final chunked, reads to the
+ * close, §6.3) and the field goes as hop-by-hop, so a body still gzip- (or
+ * otherwise) coded would reach the client as if it were the content, and
+ * chunked applied twice would leave its framing in the content. HTTP/2 has no
+ * Transfer-Encoding at all (RFC 9113 §8.2.2) to say it. An origin may send a
+ * coding besides chunked only to a client that asked for it in TE (RFC 9110
+ * §10.1.4), which is hop-by-hop and never forwarded. Later nginx versions
+ * refuse these answers as well ("upstream sent unknown Transfer-Encoding");
+ * 1.22 relays them as keyedge did, the coding dropped.
+ */
+export function refuseTransferCodings(raw: readonly (Buffer | string)[]): void {
+  let codings: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length !== 17 || text(name).toLowerCase() !== 'transfer-encoding') continue;
+    codings = codings === undefined ? text(raw[i + 1]!) : `${codings}, ${text(raw[i + 1]!)}`;
+  }
+  if (codings === undefined || codings.trim().toLowerCase() === 'chunked') return;
+  throw new OriginAnswerRefused(`the origin answer's transfer codings are not one chunked (Transfer-Encoding: ${JSON.stringify(codings.slice(0, 100))})`);
+}

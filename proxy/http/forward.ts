@@ -28,7 +28,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { continueOnRead } from './expect.js';
-import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList } from './forward-headers.js';
+import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import type { OriginPools, OriginTarget } from './origins.js';
@@ -125,6 +125,7 @@ class Exchange extends OriginExchange<ForwardOptions> {
     // It is dropped, as for HTTP/2 clients (http2/origin-handler.ts) and by nginx: writing it would use up the answer's
     // one head, and the final one would then throw and cut the connection with nothing sent.
     if (statusCode < 200) return true;
+    refuseTransferCodings(rawHeaders ?? []);
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;

@@ -40,7 +40,8 @@ export function originFailure(err: unknown): OriginFailure {
   // The head not in time (504), or the body stalled past limits.originReadTimeoutMs (the answer is cut).
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
   if (LATER_FAILURES.has(code)) return 'broken';
-  // Our body limit, a client that went away: the origin is not at fault.
+  // Our body limit, a client that went away: the origin is not at fault. An answer not relayed (undici's parser
+  // refused it, OriginAnswerRefused): the origin answered, so it is not cooled down either.
   return 'not-origin';
 }
 

@@ -15,7 +15,8 @@
  * - on 101 Switching Protocols the held bytes go to the origin, in order, and
  *   the two sockets are piped both ways, bytes untouched, until either side
  *   ends or fails, which closes the other;
- * - any other answer is relayed as an ordinary response with
+ * - any other answer (but one with transfer codings besides chunked: 502, as
+ *   for requests) is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
  *   pool), the client's once the answer is sent, or when the client takes
@@ -48,6 +49,7 @@ import tls from 'node:tls';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
+import { refuseTransferCodings } from './forward-headers.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
@@ -231,6 +233,13 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       request.on('response', (res: IncomingMessage) => {
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
         if ((res.statusCode ?? 0) < 200) return fail('broken', new Error('origin answered 101 without switching protocols'));
+        // Codings besides chunked would reach the client as if they were the content (forward-headers.ts); the origin
+        // answered, so it is not cooled down, as for requests.
+        try {
+          refuseTransferCodings(res.rawHeaders);
+        } catch (err) {
+          return fail('not-origin', err as Error);
+        }
         answered = true;
         upstream.setTimeout(0);
         pools.succeeded(target);

@@ -16,6 +16,7 @@
  * on the stream.
  */
 import { constants, type ServerHttp2Stream } from 'node:http2';
+import { refuseTransferCodings } from '../http/forward-headers.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
 import type { OriginPools, OriginTarget } from '../http/origins.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
@@ -69,6 +70,8 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
     // Refused before Node's respond: it would accept the head, fail to send it, and close the client's whole session.
     // A failure undici hands to onError (a 502), as it does a head over its own bound on either protocol.
     if (!sendableFieldSection(rawHeaders ?? [])) throw new Error('the origin answer head is larger than an HTTP/2 header block may be');
+    // Codings besides chunked, which HTTP/2 cannot say: a 502 as on HTTP/1.1 (forward-headers.ts).
+    refuseTransferCodings(rawHeaders ?? []);
     // The origin answered, whatever the status: a 5xx is the application's, not the connection's.
     this.pools.succeeded(this.target!);
     this.resumeOrigin = resume;

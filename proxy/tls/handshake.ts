@@ -15,7 +15,8 @@
  *
  * After 'secure': the deadline is cleared, TLS errors go to the socket's own
  * 'error' listeners (node-internals.ts), the connection's record is kept on
- * the socket (connection.ts), and its handler takes it, synchronously.
+ * the socket (connection.ts), records without application data are watched
+ * (record-flood.ts), and its handler takes it, synchronously.
  */
 import tls from 'node:tls';
 import type net from 'node:net';
@@ -26,6 +27,7 @@ import { type ConnectionInfo, keepConnection, type SecureConnectionHandler } fro
 import { normaliseName } from './names.js';
 import { onNamelessHello, releaseControl, stapleOnSocket } from './node-internals.js';
 import { HTTP1, type ProtocolTable } from './protocols.js';
+import type { RecordFloodGuard } from './record-flood.js';
 
 /** The listener's choice of context for one connection. */
 export type ContextChoice =
@@ -66,6 +68,8 @@ export interface HandshakeSetting {
   readonly http1: SecureConnectionHandler;
   readonly metrics: ProxyMetrics;
   readonly log: Logger;
+  /** Watches the secured connection for records without application data (record-flood.ts). */
+  readonly records?: RecordFloodGuard;
 }
 
 /** Starts the handshake on `raw` (its ClientHello put back unread) and returns the TLS socket. */
@@ -141,6 +145,7 @@ export function secureConnection(raw: net.Socket, choice: ContextChoice, setting
       offeredProtocols: choice.kind === 'by-callback' ? undefined : choice.offered,
     };
     keepConnection(socket, connection);
+    setting.records?.watch(raw, socket);
     const protocol = socket.alpnProtocol;
     const handler = protocol === false || protocol === null || protocol === HTTP1 ? setting.http1 : setting.protocols.handlerOf(protocol);
     if (handler === undefined) socket.destroy();

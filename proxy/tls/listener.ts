@@ -30,8 +30,12 @@
  * without SNI gets the default certificate there too; no session resumes
  * there (contexts.ts, withoutCertificate).
  *
+ * Once secured, a connection that sends records without application data
+ * (TLS 1.3 KeyUpdate) past a budget is cut (record-flood.ts).
+ *
  * Cost per connection: one read callback, one context lookup, one TLS
- * socket, one small record (ConnectionInfo), one timer.
+ * socket, one small record (ConnectionInfo), one timer, one entry in the
+ * record watch (checked on one timer per listener).
  */
 import net from 'node:net';
 import type tls from 'node:tls';
@@ -51,6 +55,7 @@ import { checkTlsInternals } from './node-internals.js';
 import type { OcspStapler } from './ocsp.js';
 import { PLAIN_HTTP_ANSWER } from './plain-http.js';
 import { ProtocolTable, type ProtocolOptions } from './protocols.js';
+import { RecordFloodGuard } from './record-flood.js';
 
 export interface TlsListenerOptions {
   /** Names the listener in ConnectionInfo and logs: its configured address (a port 0 becomes the bound port once listening). */
@@ -95,6 +100,7 @@ export class TlsListener {
   readonly #protocols = new ProtocolTable();
   /** Accepted TCP sockets still open, for shutdown. */
   readonly #sockets = new Set<net.Socket>();
+  readonly #records: RecordFloodGuard;
 
   constructor(options: TlsListenerOptions) {
     if (!internalsChecked) {
@@ -104,6 +110,7 @@ export class TlsListener {
     this.#id = options.id;
     this.#options = options;
     this.#server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
+    this.#records = new RecordFloodGuard(options.log, () => this.#id);
   }
 
   /**
@@ -199,6 +206,7 @@ export class TlsListener {
         http1: this.#options.http1,
         metrics,
         log: this.#options.log,
+        records: this.#records,
       });
     };
     socket.on('data', onData);

@@ -1,0 +1,99 @@
+/**
+ * The key-server client (keyserver/client/client.ts) against fake key servers
+ * on a real unix socket: one that reads every request and never answers, one
+ * that answers each request late, past the client's deadline. What is checked
+ * is the client's bookkeeping of the ids it abandoned on its own timeout
+ * (SPEC.md, "Request ids"): bounded while the connection stays open, and never
+ * a reason to drop a connection whose server does answer.
+ */
+import net from 'node:net';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { decodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
+import { FrameReader } from '../keyserver/protocol/framer.js';
+import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+
+const TIMEOUT_MS = 50;
+const MAX_IN_FLIGHT = 4;
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0)) cleanup();
+});
+
+/** A fake key server on a unix socket; `answer` decides, per request id, after how long its pong goes (undefined: never). */
+async function fakeKeyserver(answerAfterMs: (id: number) => number | undefined): Promise<{ path: string; requests: () => number; closed: () => number }> {
+  const dir = tempDir('keyedge-ks-client-');
+  const path = join(dir, 'fake.sock');
+  let requests = 0;
+  let closed = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.once('close', () => {
+      sockets.delete(socket);
+      closed++;
+    });
+    const reader = new FrameReader({
+      onFrame: (frame) => {
+        requests++;
+        const { id } = decodeRequest(frame);
+        const after = answerAfterMs(id);
+        if (after !== undefined) setTimeout(() => socket.destroyed || socket.write(encodeResponse({ op: 'pong', id, payload: Buffer.alloc(0) })), after);
+      },
+      onError: () => socket.destroy(),
+    });
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
+  });
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  cleanups.push(() => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+    removeDir(dir);
+  });
+  return { path, requests: () => requests, closed: () => closed };
+}
+
+const errorCode = (p: Promise<unknown>): Promise<string> =>
+  p.then(
+    () => 'answered',
+    (err: { code?: string }) => err.code ?? String(err),
+  );
+
+describe('a key server that reads every request and never answers', () => {
+  it('past maxInFlight abandoned ids the client closes the connection: pending requests fail KEYEDGE_ERR_CLOSED, later ones at once', async () => {
+    const fake = await fakeKeyserver(() => undefined);
+    const client = await KeyserverClient.connect({ unixPath: fake.path, timeoutMs: TIMEOUT_MS, maxInFlight: MAX_IN_FLIGHT });
+    cleanups.push(() => client.close());
+    // maxInFlight requests time out one after another: their ids stay reserved, the connection open.
+    for (let i = 0; i < MAX_IN_FLIGHT; i++) expect(await errorCode(client.ping())).toBe('KEYEDGE_ERR_TIMEOUT');
+    expect(fake.closed()).toBe(0);
+    // maxInFlight more at once: the first to time out is one abandoned id too many; the others are failed with the connection.
+    const codes = await Promise.all(Array.from({ length: MAX_IN_FLIGHT }, () => errorCode(client.ping())));
+    expect(codes).toEqual(['KEYEDGE_ERR_TIMEOUT', ...Array(MAX_IN_FLIGHT - 1).fill('KEYEDGE_ERR_CLOSED')]);
+    const refused = await client.ping().catch((err: Error) => err);
+    expect(refused).toMatchObject({ code: 'KEYEDGE_ERR_CLOSED', message: expect.stringContaining('unanswered past their 50 ms deadline') });
+    expect(fake.requests()).toBe(2 * MAX_IN_FLIGHT);
+    for (let i = 0; i < 100 && fake.closed() === 0; i++) await sleep(20);
+    expect(fake.closed()).toBe(1);
+  });
+});
+
+describe('a key server that answers, but past the deadline', () => {
+  it('its late answers free their ids: many more timeouts than maxInFlight and the connection stays open and usable', async () => {
+    let slow = true;
+    const fake = await fakeKeyserver(() => (slow ? 3 * TIMEOUT_MS : 0));
+    const client = await KeyserverClient.connect({ unixPath: fake.path, timeoutMs: TIMEOUT_MS, maxInFlight: MAX_IN_FLIGHT });
+    cleanups.push(() => client.close());
+    for (let i = 0; i < 2 * MAX_IN_FLIGHT + 1; i++) {
+      expect(await errorCode(client.ping())).toBe('KEYEDGE_ERR_TIMEOUT');
+      // The late answer arrives (and is dropped) before the next request: at most one id is abandoned at a time.
+      await sleep(4 * TIMEOUT_MS);
+    }
+    slow = false;
+    expect(await errorCode(client.ping())).toBe('answered');
+    expect(fake.closed()).toBe(0);
+  });
+});
