@@ -219,6 +219,7 @@ export type FakeAnswer =
   // With `upstream` (a real key server's socket), the request is relayed there and its answer is:
   | 'relay' // passed on as it is
   | 'twice' // passed on twice
+  | 'then-close' // passed on, then the connection closed (as a key server at its connection cap closes an idle one)
   | 'late' // passed on 1.5 s later
   | 'trickle' // passed on a byte at a time, 2 ms apart
   | 'cut' // cut after 20 bytes, then the connection closed
@@ -260,6 +261,7 @@ const frames = (onFrame) => {
 const relayed = {
   'relay': (socket, a) => socket.write(a),
   'twice': (socket, a) => { socket.write(a); socket.write(a); },
+  'then-close': (socket, a) => socket.write(a, () => socket.destroy()),
   'late': (socket, a) => setTimeout(() => socket.write(a), 1500),
   'trickle': (socket, a) => { let i = 0; const t = setInterval(() => { if (i < a.length && !socket.destroyed) socket.write(a.subarray(i, ++i)); else clearInterval(t); }, 2); },
   'cut': (socket, a) => { socket.write(a.subarray(0, 20)); setTimeout(() => socket.destroy(), 20); },

@@ -135,6 +135,7 @@ static int tls_open(keyless_transport *base, int64_t deadline, char *err, size_t
     tls_transport *t = (tls_transport *)base;
     int rc, one = 1;
 
+    base->answered_at = 0;
     rc = keyless_connect_fd((struct sockaddr *)&t->addr, t->addrlen, deadline, &t->fd, err, errlen);
     if (rc != IO_OK)
         return rc;
@@ -186,22 +187,20 @@ static int tls_send_all(keyless_transport *base, const unsigned char *buf, size_
     return IO_OK;
 }
 
-static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t len, int64_t deadline, char *err,
-                          size_t errlen)
+static int tls_recv_some(keyless_transport *base, unsigned char *buf, size_t len, size_t *got, int64_t deadline,
+                         char *err, size_t errlen)
 {
     tls_transport *t = (tls_transport *)base;
-    size_t n;
     int rc;
 
-    while (len > 0) {
+    *got = 0;
+    for (;;) {
         unsigned long before = ERR_peek_last_error();
 
         errno = 0;
-        if (SSL_read_ex(t->ssl, buf, len, &n)) {
+        if (SSL_read_ex(t->ssl, buf, len, got)) {
             t->hangups = 0;
-            buf += n;
-            len -= n;
-            continue;
+            return IO_OK;
         }
         if ((rc = wait_for_ssl(t, before, deadline, "receive", err, errlen)) != IO_OK) {
             if (rc == IO_TIMEOUT)
@@ -209,7 +208,6 @@ static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t le
             return rc;
         }
     }
-    return IO_OK;
 }
 
 static int tls_usable(keyless_transport *base)
@@ -249,7 +247,7 @@ static void tls_destroy(keyless_transport *base)
 }
 
 static const keyless_transport_ops tls_ops = {
-    tls_open, tls_send_all, tls_recv_exact, tls_usable, tls_close, tls_destroy,
+    tls_open, tls_send_all, tls_recv_some, tls_usable, tls_close, tls_destroy,
 };
 
 /* --- configuration -------------------------------------------------------- */
