@@ -42,7 +42,7 @@ export interface KeylessServer {
   readonly name?: string;
   /** The key server's unix socket. Exactly one of socketPath and tls. */
   readonly socketPath?: string;
-  /** TCP + mutual TLS 1.3. The host name is resolved once, here. */
+  /** TCP + mutual TLS 1.3. The host name is resolved once, here; a connect tries each of its addresses in turn. */
   readonly tls?: KeylessTlsEndpoint;
 }
 

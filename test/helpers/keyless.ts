@@ -6,9 +6,10 @@
  * The key server must be another process: the bridge signs synchronously on
  * the main thread, so a key server on the same event loop could never answer.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { webcrypto } from 'node:crypto';
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -219,6 +220,7 @@ export type FakeAnswer =
   // With `upstream` (a real key server's socket), the request is relayed there and its answer is:
   | 'relay' // passed on as it is
   | 'twice' // passed on twice
+  | 'then-close' // passed on, then the connection closed (as a key server at its connection cap closes an idle one)
   | 'late' // passed on 1.5 s later
   | 'trickle' // passed on a byte at a time, 2 ms apart
   | 'cut' // cut after 20 bytes, then the connection closed
@@ -260,6 +262,7 @@ const frames = (onFrame) => {
 const relayed = {
   'relay': (socket, a) => socket.write(a),
   'twice': (socket, a) => { socket.write(a); socket.write(a); },
+  'then-close': (socket, a) => socket.write(a, () => socket.destroy()),
   'late': (socket, a) => setTimeout(() => socket.write(a), 1500),
   'trickle': (socket, a) => { let i = 0; const t = setInterval(() => { if (i < a.length && !socket.destroyed) socket.write(a.subarray(i, ++i)); else clearInterval(t); }, 2); },
   'cut': (socket, a) => { socket.write(a.subarray(0, 20)); setTimeout(() => socket.destroy(), 20); },
@@ -349,4 +352,47 @@ export function startNotTlsServer(): Promise<{ port: number; stop(): Promise<voi
     );
     child.once('exit', (code) => reject(new Error(`the TCP server exited (${code})`)));
   });
+}
+
+// getaddrinfo() answering ::1 then 127.0.0.1 for the name in DUAL_STACK_NAME, as a dual-stack /etc/hosts
+// ("::1 localhost" listed with "127.0.0.1 localhost") does, for a child process run with it in LD_PRELOAD:
+// /etc/hosts is not ours to edit. Both lists come from the real getaddrinfo (glibc's freeaddrinfo frees node by
+// node, so the chained list is freed whole).
+const DUAL_STACK_RESOLVER = `
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res)
+{
+    int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **) = dlsym(RTLD_NEXT, "getaddrinfo");
+    const char *name = getenv("DUAL_STACK_NAME");
+    struct addrinfo *v6 = NULL, *v4 = NULL, *p;
+    int rc;
+
+    if (node == NULL || name == NULL || strcmp(node, name) != 0)
+        return real(node, service, hints, res);
+    if ((rc = real("::1", service, hints, &v6)) != 0)
+        return rc;
+    if ((rc = real("127.0.0.1", service, hints, &v4)) != 0) {
+        freeaddrinfo(v6);
+        return rc;
+    }
+    for (p = v6; p->ai_next != NULL; p = p->ai_next)
+        ;
+    p->ai_next = v4;
+    *res = v6;
+    return 0;
+}
+`;
+
+/** Builds the dual-stack resolver shim in `dir` with the system C compiler: its path, or undefined without one. */
+export function buildDualStackResolver(dir: string): string | undefined {
+  const source = join(dir, 'dual-stack-resolver.c');
+  const out = join(dir, 'dual-stack-resolver.so');
+  writeFileSync(source, DUAL_STACK_RESOLVER);
+  const cc = spawnSync('cc', ['-shared', '-fPIC', '-o', out, source, '-ldl'], { encoding: 'utf8', timeout: 30_000 });
+  return cc.status === 0 ? out : undefined;
 }

@@ -26,7 +26,7 @@ const d = Buffer.alloc(32, 7);
 const ecSig = sign('sha256', d, ec.privateKey);
 const rsaSig = sign('sha256', d, rsa.privateKey);
 let n = 0;
-// fuzz_answer input: flags (bit 0: patch the request id, bits 1-3: algorithm, bit 4: dry stream times out) | sigmax selector | stream
+// fuzz_answer input: flags (bit 0: patch the request id, bits 1-3: algorithm, bit 4: dry stream times out, bits 5-7: most bytes per recv) | sigmax selector | stream
 const answer = (flags, sel, ...frames) => writeFileSync(join(dir, 'answer', `seed${n++}`), Buffer.concat([Buffer.from([flags, sel]), ...frames]));
 answer(1, 0, frame(0x83, 1, item(5, ecSig)));
 answer(1 | (1 << 1), 1, frame(0x83, 1, item(5, sign('sha384', d, ec384.privateKey))));
@@ -38,6 +38,8 @@ answer(1, 0, frame(0xff, 1, item(7, Buffer.from([0, 13]))));
 answer(1, 0, frame(0x83, 1, Buffer.concat([item(0x81, Buffer.alloc(3)), item(5, ecSig)])));
 answer(0, 0, frame(0x83, 1, item(5, ecSig)));
 answer(1 | 16, 0, frame(0x83, 1, item(5, ecSig)).subarray(0, 30));
+answer(1 | (1 << 5), 0, frame(0x83, 1, item(5, ecSig)), frame(0x83, 2, item(5, ecSig)));
+answer(1 | (4 << 5), 3, frame(0x83, 1, item(5, rsaSig)), frame(0x83, 2, item(5, rsaSig)));
 answer(1, 0, frame(0xff, 1, Buffer.concat([item(7, Buffer.from([0, 200])), item(0x80, Buffer.alloc(512, 0x41))])));
 
 // fuzz_pem input: chunk size byte | PEM text, or 0xff | version | key id (replaced by the SPKI's hash) | SPKI DER

@@ -34,6 +34,7 @@
 
 #define EWMA_ALPHA 0.3   /* weight of the newest sign: a few signs reflect a change */
 #define IDLE_TAU_MS 1000 /* an idle server's score halves after a second unused */
+#define RECENT_MS 100    /* answered this recently: no idle check (attempt); a worker signing 10/s or more saves it */
 
 typedef struct {
     keyless_transport *transport;
@@ -228,17 +229,30 @@ static int attempt(server *s, const unsigned char *key_id, unsigned char alg, co
 {
     keyless_transport *t = s->transport;
     int64_t started = now_us(), took;
-    int st = RPC_OK, rc, open_failed = 0;
+    int st = RPC_OK, rc, open_failed = 0, reused, tries;
 
     *code = 0;
-    if (t->connected && !t->ops->usable(t))
+    /* A key server closes an idle connection at any time (at its connection cap, SPEC.md "Connection
+     * caps"), and a request may be on its way when it does. So a reused connection that fails before any
+     * byte of the answer (RPC_E_STALE) was stale, not the request: it goes once more on a new connection,
+     * no failed sign. The idle check finds a stale connection before a request is written (no failed
+     * write, no retry), which is where a close is likely: after a while idle. It costs a poll() per sign,
+     * so after an answer less than RECENT_MS ago it is skipped and the retry alone covers it. */
+    if (t->connected && started / 1000 - t->answered_at >= RECENT_MS && !t->ops->usable(t))
         t->ops->close(t);
-    if (!t->connected && (rc = t->ops->open(t, deadline, msg, msglen)) != IO_OK) {
-        st = rc == IO_TIMEOUT ? RPC_E_TIMEOUT : RPC_E_CONNECT;
-        open_failed = 1;
+    reused = t->connected;
+    for (tries = 0; tries < 2; tries++) {
+        if (!t->connected && (rc = t->ops->open(t, deadline, msg, msglen)) != IO_OK) {
+            st = rc == IO_TIMEOUT ? RPC_E_TIMEOUT : RPC_E_CONNECT;
+            open_failed = 1;
+            break;
+        }
+        st = keyless_rpc_exchange(t, key_id, alg, digest, dlen, reused, sig, siglen, sigmax, deadline, code, msg,
+                                  msglen);
+        if (st != RPC_E_STALE)
+            break;
+        reused = 0; /* a new connection: whatever fails on it is a failure */
     }
-    if (st == RPC_OK)
-        st = keyless_rpc_exchange(t, key_id, alg, digest, dlen, sig, siglen, sigmax, deadline, code, msg, msglen);
     switch (st) {
     case RPC_OK:
         took = now_us() - started;

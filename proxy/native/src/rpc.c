@@ -21,7 +21,7 @@
 #include "transport.h"
 
 #define HEADER_LEN 12
-#define MAX_BODY 16384 /* what we buffer of an answer, as the protocol's default limit */
+#define MAX_BODY 16384 /* what we buffer of an answer's body, as the protocol's default limit */
 #define VERSION 1
 #define OP_SIGN 0x03
 #define OP_SIGNATURE 0x83
@@ -34,7 +34,7 @@
 #define TAG_ERROR_DETAIL 0x80
 
 static uint32_t next_id = 1;
-static unsigned char body[MAX_BODY]; /* answer buffer, used under the pool's lock */
+static unsigned char answer[HEADER_LEN + MAX_BODY]; /* answer buffer, used under the pool's lock */
 
 static const char *error_name(unsigned code)
 {
@@ -181,13 +181,53 @@ static int io_status(int rc)
     return rc == IO_TIMEOUT ? RPC_E_TIMEOUT : RPC_E_CONNECT;
 }
 
-int keyless_rpc_exchange(keyless_transport *transport, const unsigned char *key_id, unsigned char alg,
-                         const unsigned char *digest, size_t dlen, unsigned char *sig, size_t *siglen, size_t sigmax,
-                         int64_t deadline, unsigned *codep, char *err, size_t errlen)
+/*
+ * Reads one answer frame into `answer`: as many bytes as have arrived, up to
+ * the buffer's size, so that an answer written in one go costs one recv().
+ * Checks the header as soon as it is in. *have gets what was read: more
+ * than the frame means bytes after it, which nobody asked for (one request
+ * in flight), so the caller closes the connection after this answer; they
+ * are never taken for the next request's answer. RPC_E_STALE: `reused` and
+ * the connection ended before any byte, or the first header carries another
+ * request's id (bytes that were there before the request).
+ */
+static int read_answer(keyless_transport *t, uint32_t id, int reused, int64_t deadline, size_t *have,
+                       size_t *frame, char *err, size_t errlen)
 {
-    unsigned char req[HEADER_LEN + 3 + 32 + 3 + 1 + 3 + 64], hdr[HEADER_LEN], *p;
-    uint32_t id = next_id++, blen;
-    unsigned op, code = 0;
+    size_t n;
+    int rc;
+
+    *have = 0;
+    *frame = HEADER_LEN;
+    while (*have < *frame) {
+        if ((rc = t->ops->recv_some(t, answer + *have, sizeof(answer) - *have, &n, deadline, err, errlen)) != IO_OK)
+            return reused && rc == IO_ERR && *have == 0 ? RPC_E_STALE : io_status(rc);
+        *have += n;
+        if (*frame == HEADER_LEN && *have >= HEADER_LEN) {
+            unsigned op = answer[1];
+            uint32_t blen = get32(answer + 8);
+
+            if (answer[0] != VERSION || answer[2] != 0 || answer[3] != 0 || (op != OP_SIGNATURE && op != OP_ERROR)
+                || get32(answer + 4) != id || blen > MAX_BODY) {
+                fmt(err, errlen,
+                    "malformed answer header (version %u, opcode 0x%02x, request id %u for %u, body %u bytes)",
+                    answer[0], op, get32(answer + 4), id, blen);
+                return reused && get32(answer + 4) != id ? RPC_E_STALE : RPC_E_PROTOCOL;
+            }
+            *frame = HEADER_LEN + blen;
+        }
+    }
+    return RPC_OK;
+}
+
+int keyless_rpc_exchange(keyless_transport *transport, const unsigned char *key_id, unsigned char alg,
+                         const unsigned char *digest, size_t dlen, int reused, unsigned char *sig, size_t *siglen,
+                         size_t sigmax, int64_t deadline, unsigned *codep, char *err, size_t errlen)
+{
+    unsigned char req[HEADER_LEN + 3 + 32 + 3 + 1 + 3 + 64], *p;
+    uint32_t id = next_id++;
+    size_t have, frame;
+    unsigned code = 0;
     int rc, st;
 
     *codep = 0;
@@ -203,28 +243,23 @@ int keyless_rpc_exchange(keyless_transport *transport, const unsigned char *key_
     put32(req + 4, id);
     put32(req + 8, (uint32_t)(p - req - HEADER_LEN));
 
-    if ((rc = transport->ops->send_all(transport, req, (size_t)(p - req), deadline, err, errlen)) != IO_OK
-        || (rc = transport->ops->recv_exact(transport, hdr, HEADER_LEN, deadline, err, errlen)) != IO_OK) {
+    if ((rc = transport->ops->send_all(transport, req, (size_t)(p - req), deadline, err, errlen)) != IO_OK) {
         transport->ops->close(transport);
-        return io_status(rc);
+        /* Nothing of the answer yet: a connection found closed on send is as stale as one found closed on recv. */
+        return reused && rc == IO_ERR ? RPC_E_STALE : io_status(rc);
     }
-    op = hdr[1];
-    blen = get32(hdr + 8);
-    if (hdr[0] != VERSION || hdr[2] != 0 || hdr[3] != 0 || (op != OP_SIGNATURE && op != OP_ERROR)
-        || get32(hdr + 4) != id || blen > MAX_BODY) {
-        fmt(err, errlen, "malformed answer header (version %u, opcode 0x%02x, request id %u for %u, body %u bytes)",
-            hdr[0], op, get32(hdr + 4), id, blen);
+    if ((st = read_answer(transport, id, reused, deadline, &have, &frame, err, errlen)) != RPC_OK) {
         transport->ops->close(transport);
-        return RPC_E_PROTOCOL;
+        return st;
     }
-    if ((rc = transport->ops->recv_exact(transport, body, blen, deadline, err, errlen)) != IO_OK) {
-        transport->ops->close(transport);
-        return io_status(rc);
-    }
-    st = parse_answer(op, alg, body, blen, sig, siglen, sigmax, &code, err, errlen);
+    st = parse_answer(answer[1], alg, answer + HEADER_LEN, frame - HEADER_LEN, sig, siglen, sigmax, &code, err,
+                      errlen);
     *codep = code;
-    /* A well-formed ERROR leaves the connection usable, except these two. */
-    if (st == RPC_E_PROTOCOL || (st == RPC_E_REMOTE && (code == ERR_SHUTTING_DOWN || code == ERR_FRAME_TOO_LARGE)))
+    /* A well-formed ERROR leaves the connection usable, except these two; bytes after the answer never do. */
+    if (st == RPC_E_PROTOCOL || (st == RPC_E_REMOTE && (code == ERR_SHUTTING_DOWN || code == ERR_FRAME_TOO_LARGE))
+        || have > frame)
         transport->ops->close(transport);
+    else
+        transport->answered_at = keyless_now_ms();
     return st;
 }

@@ -79,6 +79,7 @@ enum {
     RPC_E_PROTOCOL, /* malformed answer */
     RPC_E_BREAKER,  /* failed fast: every circuit open */
     RPC_E_NOTCONF,  /* init() was never called */
+    RPC_E_STALE,    /* rpc.c to pool.c only: see keyless_rpc_exchange */
 };
 
 /* Alg bytes (SPEC.md, "Algorithms"). */
@@ -125,11 +126,16 @@ int keyless_rpc_set_health(uint32_t generation, int index, int up);
 void keyless_rpc_get_stats(keyless_rpc_stats *out, keyless_server_stats *servers, int max, int *n);
 
 /* rpc.c: one SIGN exchange on an open connection, answer validated; closes
- * the connection on any failure that leaves the stream untrusted. On
- * RPC_E_REMOTE, *code is the key server's error code. Not thread-safe: the
- * caller holds the pool's lock. */
+ * the connection on any failure that leaves the stream untrusted, and after
+ * an answer followed by bytes nobody asked for. On RPC_E_REMOTE, *code is
+ * the key server's error code. `reused`: the connection served an earlier
+ * request; then one that fails before any byte of the answer (the key
+ * server closed it while idle), or whose first answer carries another
+ * request's id (stray bytes from before), is RPC_E_STALE, closed, for the
+ * caller to retry on a new connection. Not thread-safe: the caller holds the
+ * pool's lock. */
 int keyless_rpc_exchange(keyless_transport *t, const unsigned char *key_id, unsigned char alg,
-                         const unsigned char *digest, size_t dlen, unsigned char *sig, size_t *siglen, size_t sigmax,
-                         int64_t deadline, unsigned *code, char *err, size_t errlen);
+                         const unsigned char *digest, size_t dlen, int reused, unsigned char *sig, size_t *siglen,
+                         size_t sigmax, int64_t deadline, unsigned *code, char *err, size_t errlen);
 
 #endif

@@ -25,11 +25,16 @@ typedef struct {
     int (*open)(keyless_transport *t, int64_t deadline, char *err, size_t errlen);
     int (*send_all)(keyless_transport *t, const unsigned char *buf, size_t len, int64_t deadline, char *err,
                     size_t errlen);
-    int (*recv_exact)(keyless_transport *t, unsigned char *buf, size_t len, int64_t deadline, char *err,
-                      size_t errlen);
+    /* Reads what has arrived, at least 1 and at most `len` bytes, waiting
+     * until the deadline for the first: IO_OK with *got > 0, IO_ERR (EOF
+     * included) or IO_TIMEOUT. One call is usually one recv(): the key server
+     * writes each answer in one write, so a whole answer arrives at once. */
+    int (*recv_some)(keyless_transport *t, unsigned char *buf, size_t len, size_t *got, int64_t deadline, char *err,
+                     size_t errlen);
     /* Whether the idle open connection can still be used: no EOF, no stray
      * bytes. Checked before a request is sent, so that a connection the key
-     * server closed while we were idle is replaced without failing a sign. */
+     * server closed while we were idle is replaced without failing a sign
+     * (pool.c skips it right after an answer, see RECENT_MS there). */
     int (*usable)(keyless_transport *t);
     void (*close)(keyless_transport *t);   /* closes the connection; keeps the configuration */
     void (*destroy)(keyless_transport *t); /* closes and frees everything */
@@ -38,6 +43,7 @@ typedef struct {
 struct keyless_transport {
     const keyless_transport_ops *ops;
     int connected;
+    int64_t answered_at; /* keyless_now_ms() of the last whole answer on this connection, 0 for none */
     char where[200]; /* for messages: "unix:/path" or "tls:host:port" */
 };
 

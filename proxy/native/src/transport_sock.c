@@ -99,6 +99,7 @@ static int unix_open(keyless_transport *t, int64_t deadline, char *err, size_t e
     int rc = keyless_connect_fd((struct sockaddr *)&u->addr, sizeof(u->addr), deadline, &u->fd, err, errlen);
 
     t->connected = rc == IO_OK;
+    t->answered_at = 0;
     return rc;
 }
 
@@ -133,19 +134,19 @@ static int unix_send_all(keyless_transport *t, const unsigned char *buf, size_t 
     return IO_OK;
 }
 
-static int unix_recv_exact(keyless_transport *t, unsigned char *buf, size_t len, int64_t deadline, char *err,
-                           size_t errlen)
+static int unix_recv_some(keyless_transport *t, unsigned char *buf, size_t len, size_t *got, int64_t deadline,
+                          char *err, size_t errlen)
 {
     unix_transport *u = (unix_transport *)t;
     ssize_t n;
     int w;
 
-    while (len > 0) {
+    *got = 0;
+    for (;;) {
         n = recv(u->fd, buf, len, MSG_DONTWAIT);
         if (n > 0) {
-            buf += n;
-            len -= (size_t)n;
-            continue;
+            *got = (size_t)n;
+            return IO_OK;
         }
         if (n == 0) {
             snprintf(err, errlen, "the key server closed the connection");
@@ -164,7 +165,6 @@ static int unix_recv_exact(keyless_transport *t, unsigned char *buf, size_t len,
         snprintf(err, errlen, "recv: %s", strerror(errno));
         return IO_ERR;
     }
-    return IO_OK;
 }
 
 static int unix_usable(keyless_transport *t)
@@ -194,7 +194,7 @@ static void unix_destroy(keyless_transport *t)
 }
 
 static const keyless_transport_ops unix_ops = {
-    unix_open, unix_send_all, unix_recv_exact, unix_usable, unix_close, unix_destroy,
+    unix_open, unix_send_all, unix_recv_some, unix_usable, unix_close, unix_destroy,
 };
 
 keyless_transport *keyless_unix_transport_new(const char *path, char *err, size_t errlen)

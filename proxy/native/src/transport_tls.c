@@ -4,7 +4,8 @@
  * The client certificate, key and the CA are given as PEM text and loaded
  * into one SSL_CTX at configuration time, so mistakes show up in init(), not
  * in the first handshake. The host name is resolved at configuration time too
- * (getaddrinfo blocks, which must not happen inside a client's handshake).
+ * (getaddrinfo blocks, which must not happen inside a client's handshake);
+ * a connect tries each of its addresses in turn (connect_any).
  *
  * The server certificate is verified against the CA and against `servername`
  * (when given) or `host` (a DNS name, or an IP address matched against the
@@ -33,10 +34,14 @@
 
 #include "transport.h"
 
+#define MAX_ADDRS 8 /* of those the host name resolves to: more is a misconfiguration, not redundancy */
+
 typedef struct {
     keyless_transport base;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t addrlens[MAX_ADDRS];
+    int naddrs;
+    int current; /* the address connected to last: tried first */
     char *verify_name; /* DNS name to check, or NULL */
     char *verify_ip;   /* IP address to check, or NULL */
     char *sni;         /* server name indication, or NULL */
@@ -130,13 +135,46 @@ static void tls_close(keyless_transport *base)
     base->connected = 0;
 }
 
+/*
+ * Connects to the first address that takes the connection, as curl and nginx
+ * do with a name that resolves to several (IPv6 and IPv4 of a dual-stack
+ * host: a key server listening on one family only is still reached). Starts
+ * with the address connected to last, so a dead one is not paid for on each
+ * reconnect. Each address gets an equal share of the time left among those
+ * still untried, so one that drops SYNs cannot eat the whole deadline.
+ */
+static int connect_any(tls_transport *t, int64_t deadline, char *err, size_t errlen)
+{
+    int k, i, rc = IO_ERR;
+
+    for (k = 0; k < t->naddrs; k++) {
+        int64_t now = keyless_now_ms();
+
+        if (now >= deadline && k > 0)
+            break; /* rc: the last attempt's */
+        i = (t->current + k) % t->naddrs;
+        rc = keyless_connect_fd((struct sockaddr *)&t->addrs[i], t->addrlens[i],
+                                now + (deadline - now) / (t->naddrs - k), &t->fd, err, errlen);
+        if (rc == IO_OK) {
+            t->current = i;
+            return IO_OK;
+        }
+    }
+    if (t->naddrs > 1) {
+        size_t len = strlen(err);
+
+        snprintf(err + len, errlen - len, " (each of the %d addresses of the host)", t->naddrs);
+    }
+    return rc;
+}
+
 static int tls_open(keyless_transport *base, int64_t deadline, char *err, size_t errlen)
 {
     tls_transport *t = (tls_transport *)base;
     int rc, one = 1;
 
-    rc = keyless_connect_fd((struct sockaddr *)&t->addr, t->addrlen, deadline, &t->fd, err, errlen);
-    if (rc != IO_OK)
+    base->answered_at = 0;
+    if ((rc = connect_any(t, deadline, err, errlen)) != IO_OK)
         return rc;
     (void)setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     t->hangups = 0;
@@ -186,22 +224,20 @@ static int tls_send_all(keyless_transport *base, const unsigned char *buf, size_
     return IO_OK;
 }
 
-static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t len, int64_t deadline, char *err,
-                          size_t errlen)
+static int tls_recv_some(keyless_transport *base, unsigned char *buf, size_t len, size_t *got, int64_t deadline,
+                         char *err, size_t errlen)
 {
     tls_transport *t = (tls_transport *)base;
-    size_t n;
     int rc;
 
-    while (len > 0) {
+    *got = 0;
+    for (;;) {
         unsigned long before = ERR_peek_last_error();
 
         errno = 0;
-        if (SSL_read_ex(t->ssl, buf, len, &n)) {
+        if (SSL_read_ex(t->ssl, buf, len, got)) {
             t->hangups = 0;
-            buf += n;
-            len -= n;
-            continue;
+            return IO_OK;
         }
         if ((rc = wait_for_ssl(t, before, deadline, "receive", err, errlen)) != IO_OK) {
             if (rc == IO_TIMEOUT)
@@ -209,7 +245,6 @@ static int tls_recv_exact(keyless_transport *base, unsigned char *buf, size_t le
             return rc;
         }
     }
-    return IO_OK;
 }
 
 static int tls_usable(keyless_transport *base)
@@ -249,7 +284,7 @@ static void tls_destroy(keyless_transport *base)
 }
 
 static const keyless_transport_ops tls_ops = {
-    tls_open, tls_send_all, tls_recv_exact, tls_usable, tls_close, tls_destroy,
+    tls_open, tls_send_all, tls_recv_some, tls_usable, tls_close, tls_destroy,
 };
 
 /* --- configuration -------------------------------------------------------- */
@@ -331,7 +366,7 @@ keyless_transport *keyless_tls_transport_new(const char *host, int port, const c
                                              const char *cert_pem, const char *key_pem, char *err, size_t errlen)
 {
     tls_transport *t;
-    struct addrinfo hints, *res = NULL;
+    struct addrinfo hints, *res = NULL, *ai;
     char portstr[16];
     int gai;
 
@@ -355,9 +390,18 @@ keyless_transport *keyless_tls_transport_new(const char *host, int port, const c
         snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(gai));
         goto fail;
     }
-    memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
-    t->addrlen = res->ai_addrlen;
+    /* All of them, in getaddrinfo's order (RFC 6724 destination address selection). */
+    for (ai = res; ai != NULL && t->naddrs < MAX_ADDRS; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(t->addrs[0]))
+            continue;
+        memcpy(&t->addrs[t->naddrs], ai->ai_addr, ai->ai_addrlen);
+        t->addrlens[t->naddrs++] = ai->ai_addrlen;
+    }
     freeaddrinfo(res);
+    if (t->naddrs == 0) {
+        snprintf(err, errlen, "cannot resolve %s: no usable address", host);
+        goto fail;
+    }
 
     if (servername != NULL && *servername != '\0') {
         t->sni = OPENSSL_strdup(servername);
