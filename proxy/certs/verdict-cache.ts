@@ -16,10 +16,11 @@
  * Concurrency: one owner per file (the cluster primary, or a worker started
  * on its own); synchronous apart from the save timer.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
+import { writeAtomic } from './store-files.js';
 import { decodeVerdicts, encodeVerdicts, type Verdict } from './verdict-file.js';
 
 export const VERDICT_FILE = 'cert-verdicts.json';
@@ -191,23 +192,6 @@ export class VerdictCache {
   #write(file: string, context: string): void {
     const body = encodeVerdicts(this.#verdicts);
     const header = JSON.stringify({ format: VERDICT_FORMAT, context, count: this.#verdicts.size, sha256: createHash('sha256').update(body).digest('hex') });
-    const temp = join(dirname(file), `.${VERDICT_FILE}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-    const fd = openSync(temp, 'wx', 0o644);
-    try {
-      try {
-        writeFileSync(fd, `${header}\n${body}`);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-      renameSync(temp, file);
-    } catch (err) {
-      try {
-        unlinkSync(temp);
-      } catch {
-        // Already renamed or never created.
-      }
-      throw err;
-    }
+    writeAtomic(dirname(file), file, `${header}\n${body}`);
   }
 }
