@@ -29,6 +29,7 @@ export class ProxyMetrics {
   readonly rejectedConnections: Counter<'reason'>;
   readonly http2StreamsPerSession: Histogram;
   readonly http2SessionsClosed: Counter<'reason'>;
+  readonly recordFloods: Counter;
   readonly #eventLoop: IntervalHistogram;
   /** Request counts kept as plain numbers on the request path and added to `requests` at each scrape (`requestTally`). */
   readonly #tallies: RequestTally[] = [];
@@ -103,6 +104,11 @@ export class ProxyMetrics {
       registers,
     });
     for (const reason of HTTP2_CLOSE_REASONS) this.http2SessionsClosed.inc({ reason }, 0);
+    this.recordFloods = new Counter({
+      name: `${PREFIX}tls_record_floods_total`,
+      help: 'TLS connections closed for sending records without application data past their credit (a KeyUpdate flood, RFC 8446 §4.6.3).',
+      registers,
+    });
 
     this.#eventLoop = monitorEventLoopDelay({ resolution: 10 });
     this.#eventLoop.enable();

@@ -147,12 +147,12 @@ describe('SNI', () => {
 });
 
 /** Runs `use` against a second worker in this process, with the lab's defaults (HTTP/2 offered) and `overrides`. */
-async function withSecondWorker(overrides: Record<string, unknown>, use: (worker: RunningWorker) => Promise<void>): Promise<void> {
+async function withSecondWorker(overrides: Record<string, unknown>, use: (worker: RunningWorker, metrics: ProxyMetrics) => Promise<void>): Promise<void> {
   // Its metrics go to a registry of their own.
   const metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
   const worker = await startProxyWorker(lab.proxyConfig(overrides), { log, metrics });
   try {
-    await use(worker);
+    await use(worker, metrics);
   } finally {
     await worker.close();
     metrics.stop();
@@ -264,7 +264,7 @@ describe('a TLS 1.3 client that sends KeyUpdate in a loop (RFC 8446 §4.6.3)', (
   it('has its connection closed once its credit of records without data is spent, while other clients are served', async () => {
     const ec = await lab.certificate('ec-flood', lab.keys.ec, ['ec.lab.test']);
     // A connection that sends no request is closed after limits.headerTimeoutMs: here long past the flood's 20 s, so only the budget can cut it.
-    await withSecondWorker({ certificates: [{ name: 'ec', chain: ec.file }], limits: { headerTimeoutMs: 60_000 } }, async (worker) => {
+    await withSecondWorker({ certificates: [{ name: 'ec', chain: ec.file }], limits: { headerTimeoutMs: 60_000 } }, async (worker, metrics) => {
       const flood = keyUpdateFlood(worker.ports[0]!, 'ec.lab.test', lab.caFile, 20_000);
       // A normal client in the midst of it.
       await new Promise((resolve) => setTimeout(resolve, 1500));
@@ -275,6 +275,7 @@ describe('a TLS 1.3 client that sends KeyUpdate in a loop (RFC 8446 §4.6.3)', (
       expect(closedByProxy, `${updates} KeyUpdates in ${ms} ms, the connection still open`).toBe(true);
       // Cut once its credit was spent (about 27 bytes a KeyUpdate), not by anything before.
       expect(updates).toBeGreaterThan(RECORD_BUDGET_BYTES / 27 / 2);
+      expect((await metrics.recordFloods.get()).values[0]?.value).toBe(1);
     });
   }, 40_000);
 });

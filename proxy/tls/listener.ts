@@ -110,7 +110,11 @@ export class TlsListener {
     this.#id = options.id;
     this.#options = options;
     this.#server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
-    this.#records = new RecordFloodGuard(options.log, () => this.#id);
+    this.#records = new RecordFloodGuard(
+      options.log,
+      () => this.#id,
+      () => options.metrics.recordFloods.inc(),
+    );
   }
 
   /**

@@ -50,12 +50,15 @@ interface Watched {
 export class RecordFloodGuard {
   readonly #log: Logger;
   readonly #listenerId: () => string;
+  readonly #onCut: () => void;
   readonly #watched = new Map<tls.TLSSocket, Watched>();
   #timer: NodeJS.Timeout | undefined = undefined;
 
-  constructor(log: Logger, listenerId: () => string) {
+  /** `onCut` runs once per connection closed (the metric). */
+  constructor(log: Logger, listenerId: () => string, onCut: () => void = () => {}) {
     this.#log = log;
     this.#listenerId = listenerId;
+    this.#onCut = onCut;
   }
 
   /** Watches `socket` (secured over `raw`) from the end of its handshake until it closes. */
@@ -86,6 +89,7 @@ export class RecordFloodGuard {
         'TLS connection closed: records without application data past its credit (a KeyUpdate flood)',
       );
       this.#forget(socket);
+      this.#onCut();
       socket.destroy();
     }
   }
