@@ -46,6 +46,7 @@ import {
 import { ClusterMetrics, sendToWorker } from './cluster-metrics.js';
 import { registerFleetStoreMetrics } from './metrics.js';
 import { TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
+import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
 import { connectKeyserver, ServingSource } from './serving/source.js';
@@ -78,13 +79,21 @@ const MAX_RESTART_PAUSE_MS = 30_000;
  */
 const SILENT_MS = 30_000;
 const WATCH_MS = 5_000;
+/**
+ * Starts in a row that ended before the worker served (it died, or hung past `workerStartTimeoutMs`) while no worker
+ * has served yet: the proxy then stops with an error instead of starting them again for ever.
+ */
+const FAILED_STARTS = 3;
 
 /** How long the primary waits for every worker to apply a reload before calling it partial. */
 const APPLY_TIMEOUT_MS = 30_000;
 /** Expiry warnings are checked this often (and after every reload). */
 const EXPIRY_CHECK_MS = 3_600_000;
 
-/** Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. */
+/**
+ * Runs the primary until SIGTERM/SIGINT, then stops the workers gracefully. After an error nothing handled
+ * (uncaught.ts) it stops the same way, then exits with UNCAUGHT_EXIT_CODE.
+ */
 export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void> {
   // SIGHUP's default action ends the process: one that came while the primary starts (a deploy tool's reload) or
   // drains killed it, and its workers with their requests in flight. Caught from the start, it reloads once serving.
@@ -92,18 +101,43 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   let hangupWhileStarting = false;
   const onHangup = (): void => hangup();
   process.on('SIGHUP', onHangup);
+  // Node's default for an uncaught error ended the primary at once, and its workers with it (they exit when the IPC
+  // channel closes), cutting every request in flight. Before the workers run there is nothing to drain.
+  let faulted = false;
+  let stopOnFault = (): void => process.exit(UNCAUGHT_EXIT_CODE);
+  const uninstall = installUncaughtHandlers({
+    log,
+    consequence: `the proxy stops (its workers drain) and the primary exits with status ${UNCAUGHT_EXIT_CODE}`,
+    drain: () => {
+      faulted = true;
+      stopOnFault();
+    },
+    // The drain's own bound (every worker killed after the grace period and 5 s), and slack.
+    deadlineMs: config.shutdownGraceMs + 10_000,
+  });
   try {
-    await primary(config, log, (reload) => {
-      hangup = reload;
-      if (hangupWhileStarting) reload();
+    await primary(config, log, {
+      onHangup: (reload) => {
+        hangup = reload;
+        if (hangupWhileStarting) reload();
+      },
+      onFault: (stop) => (stopOnFault = stop),
     });
   } finally {
     process.off('SIGHUP', onHangup);
+    uninstall();
   }
+  if (faulted) process.exit(UNCAUGHT_EXIT_CODE);
 }
 
-/** `onHangup(reload)`: from now on SIGHUP calls `reload` (at once if one came already); a no-op while stopping. */
-async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () => void) => void): Promise<void> {
+interface PrimaryHooks {
+  /** From now on SIGHUP calls `reload` (at once if one came already); a no-op while stopping. */
+  readonly onHangup: (reload: () => void) => void;
+  /** From now on an uncaught error calls `stop`. */
+  readonly onFault: (stop: () => void) => void;
+}
+
+async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: PrimaryHooks): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   const tickets = new TicketKeyRing();
   let ticketGeneration = 0;
@@ -411,9 +445,33 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   // cannot start is logged and retried after the crash-loop pause.
   let allStarted = false;
   let failStart: ((err: KeyedgeError) => void) | undefined;
+  // A worker that hangs in its start (before it listens for messages, or while it loads its state) sends nothing and
+  // is not ready, which the silence watchdog below does not judge: it is killed after workerStartTimeoutMs.
+  const startTimedOut = new Set<Worker>();
+  const watchStart = (worker: Worker): void => {
+    let due = Date.now() + config.workerStartTimeoutMs;
+    const check = (): void => {
+      if (stopping || worker.isDead() || ready.has(worker)) return;
+      // A primary held up itself may not have read the worker's word yet: judged again a moment later.
+      if (Date.now() - due > WATCH_MS) {
+        due = Date.now() + 1_000;
+        timer = setTimeout(check, 1_000).unref();
+        return;
+      }
+      log.error(
+        { worker: worker.id, pid: worker.process.pid, timeoutMs: config.workerStartTimeoutMs },
+        `proxy worker did not become ready within ${config.workerStartTimeoutMs} ms; killing it`,
+      );
+      startTimedOut.add(worker);
+      worker.process.kill('SIGKILL');
+    };
+    let timer = setTimeout(check, config.workerStartTimeoutMs).unref();
+    worker.once('exit', () => clearTimeout(timer));
+  };
   const fork = (): void => {
     const worker = cluster.fork();
     started.set(worker, Date.now());
+    watchStart(worker);
     clusterMetrics.track(worker);
     worker.on('message', (message: unknown) => {
       heardAt.set(worker, Date.now());
@@ -440,6 +498,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
         for (const wake of boardWaiters) wake();
       } else if (isMessage(message, READY.type)) {
         ready.add(worker);
+        everReady = true;
         if (ready.size >= config.workers) allStarted = true;
       } else if (isAppliedMessage(message)) {
         acks.get(worker)?.(message);
@@ -452,8 +511,12 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
     });
   };
   let quickDeaths = 0;
+  let everReady = false;
+  let failedStarts = 0;
   cluster.on('exit', (worker, code, signal) => {
     const lived = Date.now() - (started.get(worker) ?? 0);
+    const wasReady = ready.has(worker);
+    const timedOut = startTimedOut.delete(worker);
     started.delete(worker);
     heardAt.delete(worker);
     ready.delete(worker);
@@ -466,7 +529,12 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
     acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
     if (stopping) return;
     restarts.inc();
-    quickDeaths = lived < CRASH_LOOP_MS ? quickDeaths + 1 : 0;
+    // One that died before it served failed its start, however long that took.
+    quickDeaths = lived < CRASH_LOOP_MS || !wasReady ? quickDeaths + 1 : 0;
+    if (!wasReady && !everReady && ++failedStarts >= FAILED_STARTS) {
+      const last = timedOut ? `not ready within ${config.workerStartTimeoutMs} ms` : `exited (${signal ?? code}) before it served`;
+      return failStart?.(new KeyedgeError('KEYEDGE_ERR_SETUP', `no proxy worker became ready: ${failedStarts} starts in a row failed, the last one ${last}`));
+    }
     // A fixed 1 s pause had a worker that dies at start (a bad host, a bug in its start) re-forked, and its whole state
     // loaded again, every second for ever, on the cores the serving workers need.
     const pauseMs = quickDeaths === 0 ? 0 : Math.min(1000 * 2 ** (quickDeaths - 1), MAX_RESTART_PAUSE_MS);
@@ -537,7 +605,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
   };
   // Every SIGTERM/SIGINT is caught until the end: a second one's default action ended the primary at once, mid-drain,
   // and its workers with it (they exit when the IPC channel closes). The drain is bounded by the grace period.
-  let stop: (signal: NodeJS.Signals) => void = () => undefined;
+  let stop: (reason: string) => void = () => undefined;
   const onStopSignal = (signal: NodeJS.Signals): void => stop(signal);
   process.on('SIGTERM', onStopSignal);
   process.on('SIGINT', onStopSignal);
@@ -551,10 +619,10 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
         for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
         reject(err);
       };
-      stop = (signal) => {
+      stop = (reason) => {
         if (stopping) return;
         stopTimers();
-        log.info({ signal }, 'stopping proxy workers');
+        log.info({ reason }, 'stopping proxy workers');
         const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
         if (workers.length === 0) return resolve();
         let left = workers.length;
@@ -567,6 +635,7 @@ async function primary(config: ProxyConfig, log: Logger, onHangup: (reload: () =
           for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
         }, config.shutdownGraceMs + 5_000).unref();
       };
+      onFault(() => stop('uncaught error'));
     });
   } finally {
     process.off('SIGTERM', onStopSignal);
