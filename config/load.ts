@@ -382,6 +382,7 @@ function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyCon
           },
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
+    workerStartTimeoutMs: c.workerStartTimeoutMs ?? D.workerStartTimeoutMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
     etcd:
       c.etcd === undefined || c.etcd === null

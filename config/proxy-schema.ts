@@ -100,6 +100,8 @@ export interface ProxyConfig {
     readonly http2MaxResetStreams: number;
   };
   readonly shutdownGraceMs: number;
+  /** A worker not serving this long after it was started is killed and replaced (it hangs in its start). */
+  readonly workerStartTimeoutMs: number;
   /** Managed certificates over ACME (proxy/acme/); null: off. */
   readonly acme: AcmeConfig | null;
   /**
@@ -266,6 +268,8 @@ export const PROXY_DEFAULTS = Object.freeze({
   log: Object.freeze({ level: 'info' as const }),
   // In-flight requests finish on restart, well within systemd's 90 s stop timeout.
   shutdownGraceMs: 10_000,
+  // A worker serves within seconds of its start even with 100,000 certificates (README, Performance); ten times that.
+  workerStartTimeoutMs: 60_000,
   // One node on its own needs no shared store: the certificate store directory is the embedded default.
   etcd: null,
   etcdSettings: Object.freeze({
@@ -635,6 +639,7 @@ export const proxyFileSchema = strict(
       .optional(),
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
+    workerStartTimeoutMs: intIn(1_000, 3_600_000).optional(),
     etcd: strict(
       {
         endpoints: z

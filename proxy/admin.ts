@@ -28,6 +28,8 @@
  *                                      409 KEYEDGE_ERR_ACME_DOMAINS when it would drop
  *                                      names of the entry, acme/domain-lists.ts)
  *   POST /acme/renew/:name             renew a managed certificate now
+ * At most MAX_ADMIN_CONNECTIONS connections are open at once; more are closed
+ * at accept, and the ones already open keep working.
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
@@ -67,6 +69,13 @@ const DRAIN_POLL_MS = 20;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 60_000;
 const TIMEOUT_CHECK_MS = 1_000;
+/**
+ * Connections the admin listener holds at once; more are closed as soon as they are accepted. Each is a file
+ * descriptor of the primary, which every worker depends on: without a cap, one client opening thousands could take
+ * the descriptors the primary needs for its workers, the store and the key server. Scrapers, probes and an operator
+ * keep a few open; this is far above that and far below the descriptor limit.
+ */
+export const MAX_ADMIN_CONNECTIONS = 64;
 
 export interface AdminControl {
   readonly tokenFile: string;
@@ -237,6 +246,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS },
     handle,
   );
+  server.maxConnections = MAX_ADMIN_CONNECTIONS;
   // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
   // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
   // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the

@@ -57,6 +57,7 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
   installUncaughtHandlers({
     log,
     counter: uncaughtErrorsCounter(),
+    consequence: 'this worker drains and exits; the primary starts a replacement',
     drain: () => {
       status = UNCAUGHT_EXIT_CODE;
       if (stop === undefined) process.exit(status);

@@ -1,13 +1,16 @@
+import http from 'node:http';
 import net from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
+import { MAX_ADMIN_CONNECTIONS } from '../proxy/admin.js';
+import { sleep } from './helpers/keyserver.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The admin port against clients that do not behave: a burst of /readyz
-// probes, a head sent a byte at a time (slowloris), and an admin API bound
-// beyond loopback by mistake. Against a real `keyedge proxy` with two workers.
+// probes, a head sent a byte at a time (slowloris), a client holding more
+// connections than the cap, and an admin API bound beyond loopback by mistake. Against a real `keyedge proxy` with two workers.
 let lab: KeylessLab;
 let proxy: ClusterProxy;
 
@@ -38,7 +41,10 @@ async function keyserverPings(): Promise<number> {
 describe('admin port under hostile clients', () => {
   it('a burst of 300 /readyz probes costs the key server a few pings, not one connection each, and every probe reads ready', async () => {
     const before = await keyserverPings();
-    const statuses = await Promise.all(Array.from({ length: 300 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status));
+    // Over fewer connections than the admin's cap (fetch would open one per probe), all in flight at once.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: MAX_ADMIN_CONNECTIONS / 2 });
+    const statuses = await Promise.all(Array.from({ length: 300 }, () => status(proxy.adminPort, '/readyz', agent)));
+    agent.destroy();
     expect(statuses.filter((s) => s !== 200)).toEqual([]);
     const pings = (await keyserverPings()) - before;
     // The workers' bridges ping on their own too; 300 probes one ping each would be 300.
@@ -62,8 +68,45 @@ describe('admin port under hostile clients', () => {
     expect(received).toMatch(/^HTTP\/1\.1 408 |^$/);
   }, 60_000);
 
+  it('past the connection cap, further connections are closed at accept while an open one still answers; once they go, /metrics and /readyz answer', async () => {
+    const sockets: { socket: net.Socket; cut: boolean }[] = [];
+    for (let i = 0; i < MAX_ADMIN_CONNECTIONS + 16; i++) {
+      const held = { socket: net.connect(proxy.adminPort, '127.0.0.1'), cut: false };
+      held.socket.on('error', () => undefined);
+      held.socket.on('close', () => (held.cut = true));
+      await new Promise((resolve) => held.socket.once('connect', resolve));
+      sockets.push(held);
+    }
+    await sleep(500);
+    // Idle keep-alive connections of the tests before may hold a few places too.
+    expect(sockets.filter((s) => s.cut).length).toBeGreaterThanOrEqual(16);
+    const open = sockets.find((s) => !s.cut);
+    expect(open).toBeDefined();
+    let answer = '';
+    open!.socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+    open!.socket.write('GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n');
+    await waitFor('the answer', () => (answer.includes('\r\n\r\n') ? true : undefined));
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    for (const { socket } of sockets) socket.destroy();
+    await sleep(200);
+    expect(await status(proxy.adminPort, '/metrics')).toBe(200);
+    expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+  }, 60_000);
+
   it('an admin API bound beyond loopback is named in a warning at start', () => {
     const warning = proxy.lines.find((l) => String(l.msg).startsWith('the admin API listens beyond loopback'));
     expect(warning).toMatchObject({ level: 40 });
   });
 });
+
+/** The status of a GET on the admin port (its body read and dropped), over `agent`'s connections. */
+function status(port: number, path: string, agent: http.Agent | false = false): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      })
+      .on('error', reject);
+  });
+}

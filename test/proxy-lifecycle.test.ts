@@ -13,9 +13,10 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 // starts; a SIGTERM while its workers start; a worker that dies at every
 // start. Faults are injected by a module preloaded into every process
 // (NODE_OPTIONS=--import), driven by files in a control directory: in the
-// primary it can hold the first fork (a slow start it reports); in a worker
-// it can stall the start (before it listens for the primary's messages) or
-// exit at once (a crash loop).
+// primary it can hold the first fork (a slow start it reports), and on
+// SIGUSR2 it throws and rejects a promise nothing handles; in a worker
+// it can stall the start (before it listens for the primary's messages), hang
+// in it for a minute, or exit at once (a crash loop).
 const HOST = 'life.lab.test';
 const INJECT = `
 import cluster from 'node:cluster';
@@ -31,10 +32,17 @@ if (dir !== undefined && cluster.isPrimary) {
       writeFileSync(join(dir, 'forking'), String(process.pid));
       block(2000);
     }
-    const worker = fork(...args);
+    // Workers without this module, when a test needs none of their faults.
+    const worker = existsSync(join(dir, 'plain-workers')) ? fork({ NODE_OPTIONS: '' }) : fork(...args);
     if (forks === 1) setTimeout(() => writeFileSync(join(dir, 'forked'), String(process.pid)), 300);
     return worker;
   };
+  process.on('SIGUSR2', () => {
+    void Promise.reject(Object.assign(new Error('injected rejection'), { code: 'TEST_INJECTED' }));
+    setImmediate(() => {
+      throw Object.assign(new Error('injected exception'), { code: 'TEST_INJECTED' });
+    });
+  });
 } else if (dir !== undefined) {
   // Metrics snapshots of every wrong shape, as a worker in a corrupted state might send them.
   process.on('SIGUSR2', () => {
@@ -50,6 +58,7 @@ if (dir !== undefined && cluster.isPrimary) {
   });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
   if (existsSync(join(dir, 'slow-worker'))) block(3000);
+  if (existsSync(join(dir, 'hang-worker'))) block(60_000);
 }
 `;
 
@@ -130,6 +139,34 @@ describe('signals while the primary drains', () => {
     await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
     expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
     for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
+  }, 120_000);
+});
+
+describe('an uncaught error in the primary', () => {
+  it('is logged, and the proxy stops as on SIGTERM: the request in flight is answered whole, the workers exit, the primary exits', async () => {
+    const control = join(dir, 'primary-fault');
+    const starting = startProxy('primary-fault', control);
+    writeFileSync(join(control, 'plain-workers'), '');
+    const proxy = await starting;
+    const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+    const client = new RawClient(proxy.port, ca, HOST);
+    await client.secure;
+    client.write(get('/primary-fault/answer?size=4096&delayMs=3000'));
+    await sleep(300);
+    process.kill(proxy.pid, 'SIGUSR2');
+    const logged = await waitFor('the uncaught-error log lines', () => {
+      const lines = proxy.lines.filter((l) => l.pid === proxy.pid && typeof l.kind === 'string');
+      return lines.length >= 2 ? lines : undefined;
+    });
+    expect(logged.map((l) => l.kind).sort()).toEqual(['uncaughtException', 'unhandledRejection']);
+    expect(logged[0]).toMatchObject({ level: 50, code: 'TEST_INJECTED', msg: expect.stringMatching(/the proxy stops \(its workers drain\)/) });
+    // Node's default ended the primary at once, and its workers with it: the request was cut.
+    await client.receivedAtLeast(4096, 15_000);
+    expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
+    client.tls.destroy();
+    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
+    expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
+    for (const pid of workers) expect(alive(pid)).toBe(false);
   }, 120_000);
 });
 
@@ -240,15 +277,27 @@ describe('a worker that dies at every start', () => {
   }, 120_000);
 });
 
+describe('workers that hang in their start', () => {
+  it('when every worker hangs in its start, the start fails with the reason instead of waiting for ever', async () => {
+    const control = join(dir, 'hang-all');
+    const starting = startProxy('hang-all', control, { workerStartTimeoutMs: 1_500 });
+    writeFileSync(join(control, 'hang-worker'), '');
+    // Two starts time out at 1.5 s, the next after a 1 s pause: about 5 s.
+    await expect(starting).rejects.toThrow(
+      /the proxy exited \(1\).*no proxy worker became ready: 3 starts in a row failed, the last one not ready within 1500 ms/,
+    );
+  }, 60_000);
+});
+
 describe('many scrapes at once', () => {
-  it("100 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 100", async () => {
+  it("50 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 50", async () => {
     const control = join(dir, 'scrapes');
     const proxy = await startProxy('scrapes', control);
     const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
     const asked = (): number[] =>
       workers.map((pid) => (existsSync(join(control, `full-${pid}`)) ? Number(readFileSync(join(control, `full-${pid}`), 'utf8')) : 0));
     const before = asked();
-    const bodies = await Promise.all(Array.from({ length: 100 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
+    const bodies = await Promise.all(Array.from({ length: 50 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
     for (const body of bodies) expect(body).toMatch(/keyedge_proxy_worker_restarts_total 0/);
     const after = asked();
     for (let i = 0; i < workers.length; i++) expect(after[i]! - before[i]!, `worker ${workers[i]}`).toBeLessThan(20);
@@ -256,14 +305,17 @@ describe('many scrapes at once', () => {
 });
 
 describe('a worker whose event loop is blocked (SIGSTOP)', () => {
-  it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves', async () => {
+  it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves; a replacement that hangs in its start is killed after workerStartTimeoutMs and replaced after the crash-loop pause', async () => {
     // No store rescan within the test (one would give the stopped worker 30 s more while it waits for its apply).
-    const proxy = await startProxy('hung', join(dir, 'hung'), {}, 3600);
+    const control = join(dir, 'hung');
+    const proxy = await startProxy('hung', control, { workerStartTimeoutMs: 15_000 }, 3600);
     const [survivor, victim] = await waitFor('two workers listening', () =>
       workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
     );
     process.kill(victim!, 'SIGSTOP');
     const stoppedAt = Date.now();
+    // Its replacement hangs in its start (before it listens for the primary's messages).
+    writeFileSync(join(control, 'hang-worker'), '');
     try {
       const scrapes = await Promise.all(
         Array.from({ length: 50 }, async () => {
@@ -286,6 +338,15 @@ describe('a worker whose event loop is blocked (SIGSTOP)', () => {
       expect(Number(killed.silentMs)).toBeGreaterThanOrEqual(30_000);
       expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(30_000);
       await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
+      const hung = await waitFor(
+        'the hung replacement killed',
+        () => proxy.lines.find((l) => l.msg === 'proxy worker did not become ready within 15000 ms; killing it'),
+        40_000,
+      );
+      rmSync(join(control, 'hang-worker'));
+      const death = await waitFor('its death', () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === hung.pid));
+      expect(death.restartInMs).toBeGreaterThanOrEqual(1_000);
+      expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBe(2);
       await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
       await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
       expect(alive(survivor!)).toBe(true);

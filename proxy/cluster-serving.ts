@@ -1,0 +1,111 @@
+/**
+ * The primary's distribution of the serving state (certificates and routes)
+ * to its workers: each reload's delta goes to every synced worker, as a file
+ * when large (serving/pack.ts), and the reload coordinator
+ * (serving/coordinator.ts) commits it once they answered or
+ * APPLY_TIMEOUT_MS passed. A worker that starts gets the committed state,
+ * then the delta being applied, if any.
+ */
+import type { Worker } from 'node:cluster';
+import type { Logger } from '../keyserver/shared/log.js';
+import { APPLIED, type AppliedMessage, applyMessage } from './cluster-messages.js';
+import { sendToWorker } from './cluster-metrics.js';
+import { ReloadCoordinator } from './serving/coordinator.js';
+import { Distribution } from './serving/distribute.js';
+import { PackShelf } from './serving/pack.js';
+import type { ServingSource } from './serving/source.js';
+import type { ServingDelta } from './serving/spec.js';
+
+/** How long the primary waits for every worker to apply a reload before calling it partial. */
+export const APPLY_TIMEOUT_MS = 30_000;
+
+export interface Serving {
+  readonly packs: PackShelf<Worker>;
+  /** Workers that hold the current serving state and get every delta after it. */
+  readonly synced: Set<Worker>;
+  /** Per worker, what to do with its answer to the delta being applied. */
+  readonly acks: Map<Worker, (message: AppliedMessage) => void>;
+  /** The delta being applied, if any: a worker that starts meanwhile gets it after the committed state. */
+  inFlight(): ServingDelta | undefined;
+  /** The committed state, which a worker that starts gets first. */
+  snapshot(): ServingDelta;
+  readonly coordinator: ReloadCoordinator;
+  gone(worker: Worker): void;
+}
+
+/**
+ * Certificate distribution: each reload's delta goes to every synced worker (as a file when large, serving/pack.ts)
+ * and is committed once they answered or APPLY_TIMEOUT_MS passed.
+ */
+export function distributeServing(
+  source: ServingSource,
+  log: Logger,
+  metrics: { reloads: { inc(labels: { trigger: string; result: string }): void }; warnExpiry: (changed?: readonly string[]) => void },
+): Serving {
+  // Large deltas (a worker's whole state) go to workers as files, not through the IPC pipe (serving/pack.ts).
+  // The newest whole state stays in the state directory: the next start sends it again rather than reading the store (serving/kept.ts).
+  const keepIn = source.keptDir();
+  const packs = new PackShelf<Worker>(
+    keepIn === undefined
+      ? {}
+      : {
+          keepIn,
+          keep: (packed, delta, chains) => source.keepWritten(packed, delta, chains),
+          existing: (delta) => source.keptPackFor(delta),
+          ...(source.keptPack === undefined ? {} : { kept: source.keptPack }),
+        },
+  );
+  const distribution = new Distribution();
+  const synced = new Set<Worker>();
+  let inFlight: ServingDelta | undefined;
+  const acks = new Map<Worker, (message: AppliedMessage) => void>();
+  const applyEverywhere = async (next: ServingDelta): Promise<string[]> => {
+    // The delta, or the whole state after it when the workers' layers would grow too far (serving/distribute.ts).
+    const delta = distribution.shape(next, () => source.wholeWith(next));
+    inFlight = delta;
+    try {
+      const results = await Promise.all(
+        [...synced].map(
+          (worker) =>
+            new Promise<string | undefined>((resolve) => {
+              const timer = setTimeout(() => {
+                acks.delete(worker);
+                resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`);
+              }, APPLY_TIMEOUT_MS);
+              acks.set(worker, (message) => {
+                if (message.generation !== delta.generation) return;
+                clearTimeout(timer);
+                acks.delete(worker);
+                resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
+              });
+              sendToWorker(worker, applyMessage(packs.wire('delta', delta, worker)));
+            }),
+        ),
+      );
+      return results.filter((r): r is string => r !== undefined);
+    } finally {
+      inFlight = undefined;
+    }
+  };
+  const coordinator = new ReloadCoordinator(source, {
+    log,
+    apply: applyEverywhere,
+    onReport: (report) => {
+      metrics.reloads.inc({ trigger: report.trigger, result: report.result });
+      metrics.warnExpiry(report.changed);
+    },
+  });
+  return {
+    packs,
+    synced,
+    acks,
+    inFlight: () => inFlight,
+    snapshot: () => source.snapshot(),
+    coordinator,
+    gone: (worker) => {
+      synced.delete(worker);
+      packs.gone(worker);
+      acks.get(worker)?.({ type: APPLIED, generation: inFlight?.generation ?? -1, error: 'exited' });
+    },
+  };
+}

@@ -1,0 +1,184 @@
+/**
+ * The primary's supervision of its workers (cluster.ts): it forks them, knows
+ * which are ready, and replaces the ones that die, hang in their start, or
+ * stop answering once serving. What a worker says beyond its readiness and a
+ * failed start goes to the primary's other parts through `onMessage`; each
+ * death through `onGone`, before its replacement is forked.
+ *
+ * Replacements are paced: after a death within CRASH_LOOP_MS of its start, or
+ * before the worker served at all, the pause doubles with each such death in a
+ * row, so a crash loop leaves the serving workers their CPU. Until every first
+ * worker has been ready once, a worker that cannot start (a port in use, the
+ * bridge not built) ends the proxy with its error through `failStart`:
+ * replacing it would fail the same way, for ever; so do FAILED_STARTS failed
+ * starts in a row while no worker has served yet.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import type { Counter } from 'prom-client';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
+import type { Logger } from '../keyserver/shared/log.js';
+import { isMessage, isStartFailedMessage, READY } from './cluster-messages.js';
+import type { ClusterMetrics } from './cluster-metrics.js';
+
+/** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
+const CRASH_LOOP_MS = 5_000;
+/** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
+const MAX_RESTART_PAUSE_MS = 30_000;
+/**
+ * A serving worker that sent nothing for this long, not even its answers to the metrics polls (every 5 s,
+ * cluster-metrics.ts), has a blocked event loop: it is killed and replaced (`applyAllowanceMs` more during a reload).
+ */
+const SILENT_MS = 30_000;
+const WATCH_MS = 5_000;
+/**
+ * Starts in a row that ended before the worker served (it died, or hung past `workerStartTimeoutMs`) while no worker
+ * has served yet: the proxy then stops with an error instead of starting them again for ever.
+ */
+const FAILED_STARTS = 3;
+
+export interface SupervisorParts {
+  readonly config: ProxyConfig;
+  readonly log: Logger;
+  readonly metrics: ClusterMetrics;
+  readonly restarts: Counter;
+  /** Every message of a worker other than its readiness and a failed start. */
+  readonly onMessage: (worker: Worker, message: unknown) => void;
+  /** A worker died (or was killed): forget it. Called before a replacement is forked, and while stopping too. */
+  readonly onGone: (worker: Worker) => void;
+  /** Whether a reload is being applied to the worker: building its contexts may hold its loop this much longer. */
+  readonly applying: (worker: Worker) => boolean;
+  readonly applyAllowanceMs: number;
+}
+
+export class WorkerSupervisor {
+  /** Workers that said they serve. */
+  readonly ready = new Set<Worker>();
+  /** Once set, the start is over for good: a start failure ends it. */
+  failStart: ((err: KeyedgeError) => void) | undefined;
+  #stopping = false;
+  #allStarted = false;
+  #everReady = false;
+  #quickDeaths = 0;
+  #failedStarts = 0;
+  readonly #started = new Map<Worker, number>();
+  /** When each worker last sent anything (the metrics polls make a live one answer every few seconds). */
+  readonly #heardAt = new Map<Worker, number>();
+  readonly #startTimedOut = new Set<Worker>();
+  readonly #watchdog: NodeJS.Timeout;
+  private readonly parts: SupervisorParts;
+
+  constructor(parts: SupervisorParts) {
+    this.parts = parts;
+    cluster.on('exit', (worker, code, signal) => this.#exited(worker, code, signal));
+    let watchedAt = Date.now();
+    this.#watchdog = setInterval(() => {
+      const now = Date.now();
+      // A primary held up itself (a long synchronous validation) has not read its workers' messages yet: judged next time.
+      const held = now - watchedAt > 2 * WATCH_MS;
+      watchedAt = now;
+      if (!held) this.#killSilent(now);
+    }, WATCH_MS);
+    this.#watchdog.unref();
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  /** Every worker not yet gone. */
+  workers(): Worker[] {
+    return Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+  }
+
+  fork(): void {
+    const worker = cluster.fork();
+    this.#started.set(worker, Date.now());
+    this.#watchStart(worker);
+    this.parts.metrics.track(worker);
+    worker.on('message', (message: unknown) => {
+      this.#heardAt.set(worker, Date.now());
+      if (isMessage(message, READY.type)) {
+        this.ready.add(worker);
+        this.#everReady = true;
+        if (this.ready.size >= this.parts.config.workers) this.#allStarted = true;
+      } else if (isStartFailedMessage(message)) {
+        if (!this.#allStarted) this.failStart?.(new KeyedgeError(message.code, `proxy worker could not start: ${message.message}`));
+        else this.parts.log.error({ worker: worker.id, code: message.code, reason: message.message }, 'a replacement proxy worker could not start');
+      } else this.parts.onMessage(worker, message);
+    });
+  }
+
+  /** No more replacements or kills: the proxy stops. */
+  stop(): void {
+    this.#stopping = true;
+    clearInterval(this.#watchdog);
+  }
+
+  /**
+   * A worker whose event loop is blocked (a hot loop, a hang in native code) answers nothing and holds its connections
+   * for ever; the kernel gives new ones to the others, so nothing else would notice. It is killed and replaced.
+   */
+  #killSilent(now: number): void {
+    for (const worker of this.ready) {
+      const silentMs = now - (this.#heardAt.get(worker) ?? now);
+      // Building a large reload's contexts holds a worker's loop: while one is applied to it, it has that long more.
+      if (silentMs < SILENT_MS + (this.parts.applying(worker) ? this.parts.applyAllowanceMs : 0) || worker.isDead()) continue;
+      this.parts.log.error({ worker: worker.id, pid: worker.process.pid, silentMs }, 'proxy worker unresponsive (its event loop is blocked); killing it');
+      worker.process.kill('SIGKILL');
+    }
+  }
+
+  /**
+   * A worker that hangs in its start (before it listens for messages, or while it loads its state) sends nothing and
+   * is not ready, which the silence watchdog does not judge: it is killed after workerStartTimeoutMs.
+   */
+  #watchStart(worker: Worker): void {
+    const { config, log } = this.parts;
+    let due = Date.now() + config.workerStartTimeoutMs;
+    const check = (): void => {
+      if (this.#stopping || worker.isDead() || this.ready.has(worker)) return;
+      // A primary held up itself may not have read the worker's word yet: judged again a moment later.
+      if (Date.now() - due > WATCH_MS) {
+        due = Date.now() + 1_000;
+        timer = setTimeout(check, 1_000).unref();
+        return;
+      }
+      log.error(
+        { worker: worker.id, pid: worker.process.pid, timeoutMs: config.workerStartTimeoutMs },
+        `proxy worker did not become ready within ${config.workerStartTimeoutMs} ms; killing it`,
+      );
+      this.#startTimedOut.add(worker);
+      worker.process.kill('SIGKILL');
+    };
+    let timer = setTimeout(check, config.workerStartTimeoutMs).unref();
+    worker.once('exit', () => clearTimeout(timer));
+  }
+
+  #exited(worker: Worker, code: number, signal: string): void {
+    const { config, log } = this.parts;
+    const lived = Date.now() - (this.#started.get(worker) ?? 0);
+    const wasReady = this.ready.has(worker);
+    const timedOut = this.#startTimedOut.delete(worker);
+    this.#started.delete(worker);
+    this.#heardAt.delete(worker);
+    this.ready.delete(worker);
+    this.parts.onGone(worker);
+    if (this.#stopping) return;
+    this.parts.restarts.inc();
+    // One that died before it served failed its start, however long that took.
+    this.#quickDeaths = lived < CRASH_LOOP_MS || !wasReady ? this.#quickDeaths + 1 : 0;
+    if (!wasReady && !this.#everReady && ++this.#failedStarts >= FAILED_STARTS) {
+      const last = timedOut ? `not ready within ${config.workerStartTimeoutMs} ms` : `exited (${signal ?? code}) before it served`;
+      return this.failStart?.(
+        new KeyedgeError('KEYEDGE_ERR_SETUP', `no proxy worker became ready: ${this.#failedStarts} starts in a row failed, the last one ${last}`),
+      );
+    }
+    // A fixed 1 s pause had a worker that dies at start (a bad host, a bug in its start) re-forked, and its whole state
+    // loaded again, every second for ever, on the cores the serving workers need.
+    const pauseMs = this.#quickDeaths === 0 ? 0 : Math.min(1000 * 2 ** (this.#quickDeaths - 1), MAX_RESTART_PAUSE_MS);
+    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: pauseMs }, 'proxy worker died; starting a replacement');
+    if (pauseMs > 0) setTimeout(() => !this.#stopping && this.fork(), pauseMs).unref();
+    else this.fork();
+  }
+}
