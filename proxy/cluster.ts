@@ -23,7 +23,8 @@
  * This file runs the primary's steps in order (start-up, metrics, ticket
  * keys, signals and shutdown); beside it, cluster-supervisor.ts forks and
  * replaces the workers, cluster-serving.ts sends them the serving state,
- * cluster-acme.ts runs ACME and cluster-admin.ts wires the admin API.
+ * cluster-tickets.ts keeps and sends the ticket key ring, cluster-acme.ts
+ * runs ACME and cluster-admin.ts wires the admin API.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { existsSync } from 'node:fs';
@@ -38,8 +39,8 @@ import { ClusterMetrics, sendToWorker } from './cluster-metrics.js';
 import { ChallengeBoard, startAcmeService } from './cluster-acme.js';
 import { APPLY_TIMEOUT_MS, distributeServing, type Serving } from './cluster-serving.js';
 import { WorkerSupervisor } from './cluster-supervisor.js';
+import { startTickets, type Tickets } from './cluster-tickets.js';
 import { registerFleetStoreMetrics } from './metrics.js';
-import { TicketKeyRing, ticketRingMessage } from './tls/tickets.js';
 import { installUncaughtHandlers, UNCAUGHT_EXIT_CODE } from './uncaught.js';
 import type { ReloadCoordinator } from './serving/coordinator.js';
 import { dueExpiryWarnings, registerServingMetrics } from './serving/expiry.js';
@@ -49,13 +50,11 @@ import { watchForChanges } from './serving/watch.js';
 import { CACHE_FILE } from './store/cache.js';
 import { etcdClient } from './store/etcd-client.js';
 import { EtcdStore, type StoreChange } from './store/etcd-store.js';
-import { rotateSharedTicketKeys, sharedTicketKeys } from './store/tickets.js';
+import { rotateSharedTicketKeys } from './store/tickets.js';
 import { boardAppliedGeneration } from './acme/challenges.js';
 import type { RunningAcme } from './acme/service.js';
 import { wantedName } from './acme/on-demand.js';
 
-/** How long an admin rotation waits for the workers' acknowledgements. */
-const TICKET_ROTATION_WAIT_MS = 10_000;
 /** Expiry warnings are checked this often (and after every reload). */
 const EXPIRY_CHECK_MS = 3_600_000;
 
@@ -284,101 +283,6 @@ function primaryMetrics(log: Logger, shared: EtcdStore | undefined, source: Serv
   };
   warnExpiry();
   return { registry, reloads, restarts, warnExpiry };
-}
-
-interface TicketParts {
-  readonly config: ProxyConfig;
-  readonly log: Logger;
-  readonly shared: EtcdStore | undefined;
-  readonly synced: ReadonlySet<Worker>;
-  readonly coordinator: ReloadCoordinator;
-}
-
-type Tickets = Awaited<ReturnType<typeof startTickets>>;
-
-/** Session-ticket keys: the ring, its distribution to every worker, and in a fleet the shared ring from the store. */
-async function startTickets({ config, log, shared, synced, coordinator }: TicketParts) {
-  const tickets = new TicketKeyRing();
-  let ticketGeneration = 0;
-  const ticketsApplied = new Map<Worker, number>();
-  const ticketWaiters = new Set<() => void>();
-  let onStoreChange: (changes: ReadonlySet<StoreChange>) => void = () => {};
-  // The ring goes to every worker; resolves once each worker that held the old one applied it (or after the wait).
-  const distributeTickets = async (): Promise<{ keys: number; workers: number; applied: number }> => {
-    const generation = ++ticketGeneration;
-    const holders = [...synced];
-    for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) sendToWorker(worker, ticketRingMessage(tickets, generation));
-    // Never the keys themselves: only how many the ring holds.
-    log.info({ keys: tickets.size }, 'session ticket key rotated');
-    const applied = (): number => holders.filter((w) => (ticketsApplied.get(w) ?? -1) >= generation).length;
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        ticketWaiters.delete(check);
-        resolve();
-      };
-      const check = (): void => void (holders.every((w) => w.isDead() || (ticketsApplied.get(w) ?? -1) >= generation) && done());
-      const timer = setTimeout(done, TICKET_ROTATION_WAIT_MS);
-      ticketWaiters.add(check);
-      check();
-    });
-    return { keys: tickets.size, workers: holders.length, applied: applied() };
-  };
-  // The fleet's ring, once per etcd revision, in order.
-  let sharedTicketRevision = 0;
-  const takeSharedTickets = async (): Promise<{ keys: number; workers: number; applied: number } | undefined> => {
-    const ring = shared === undefined ? undefined : sharedTicketKeys(shared);
-    if (ring === undefined || ring.revision <= sharedTicketRevision) return undefined;
-    sharedTicketRevision = ring.revision;
-    tickets.replace(ring.keys);
-    return distributeTickets();
-  };
-  const rotateTickets = async (): Promise<unknown> => {
-    if (shared === undefined) {
-      tickets.rotate();
-      return distributeTickets();
-    }
-    // Fleet-wide: refused while etcd is away (the current ring keeps serving), else answered once this node's workers use the new ring.
-    shared.assertWritable();
-    const result = await rotateSharedTicketKeys(shared, { force: true, periodMs: 0, waitMs: TICKET_ROTATION_WAIT_MS });
-    const applied = (await takeSharedTickets()) ?? { keys: tickets.size, workers: synced.size, applied: synced.size };
-    return { ...applied, result, fleet: true };
-  };
-  if (shared !== undefined) {
-    // The fleet's ring, made by the first node if there is none yet; a node that starts while etcd is away uses a ring of its own until it is back.
-    if (sharedTicketKeys(shared) === undefined && shared.health.up) {
-      await rotateSharedTicketKeys(shared, { force: false, periodMs: config.tls.ticketKeyRotationSeconds * 1000, waitMs: 5_000 }).catch((err: Error) =>
-        log.warn({ reason: err.message }, 'cannot make the fleet ticket key ring yet; using one of this node until etcd answers'),
-      );
-    }
-    const ring = sharedTicketKeys(shared);
-    if (ring !== undefined) {
-      tickets.replace(ring.keys);
-      sharedTicketRevision = ring.revision;
-    }
-    onStoreChange = (changes) => {
-      if (changes.has('certificates') || changes.has('routes')) void coordinator.reload('store');
-      if (changes.has('tickets')) void takeSharedTickets();
-    };
-    // Whatever changed between the first pass and now.
-    void coordinator.reload('store');
-    void takeSharedTickets();
-  }
-  return {
-    rotateTickets,
-    takeSharedTickets,
-    onStoreChange: (changes: ReadonlySet<StoreChange>) => onStoreChange(changes),
-    /** The ring as a worker that starts gets it. */
-    message: () => ticketRingMessage(tickets, ticketGeneration),
-    applied: (worker: Worker, generation: number): void => {
-      ticketsApplied.set(worker, generation);
-      for (const wake of ticketWaiters) wake();
-    },
-    gone: (worker: Worker): void => {
-      ticketsApplied.delete(worker);
-      for (const wake of ticketWaiters) wake();
-    },
-  };
 }
 
 /** What a worker says beyond its readiness (cluster-supervisor.ts): it wants its start state, or acknowledges something. */
