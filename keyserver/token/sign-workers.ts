@@ -26,21 +26,32 @@
  * Keys are signed through their session copies (session-keys.ts), which
  * spares the token re-reading its stored object on every C_SignInit.
  *
+ * A thread that fails (an error or an exit of its own, such as EMFILE while
+ * it loads pkcs11js) is logged, its unanswered jobs go to another thread or
+ * inline (or are skipped, deadline past), and it is started again after
+ * RESTART_MIN_MS, doubling on each failure in a row up to RESTART_MAX_MS.
+ * While no thread is up, every sign is made inline, whatever the budget: a
+ * slower event loop beats refusing signs the token can make. `ready()`
+ * resolves once every thread has loaded or failed its first start, so the
+ * server says it is ready when the threads are.
+ *
  * Contract: `sign()` returns the raw signature (signed inline) or a promise of
  * it (signed on a thread); either way a failure is a TokenError with the
  * token's CKR_ reason (thrown, or a rejection). A request whose deadline
  * passed before a worker got to it is skipped (rejects with 'deadline') and
  * costs the token nothing. One
  * request runs at a time per worker. `close()` waits for what was sent, then
- * stops the workers; the Token is closed after that by its owner.
+ * stops the workers; the Token is closed after that by its owner. Signs are
+ * refused only after `close()`.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
-import { type SignPlan, signPlan, type SignRequest } from './sign.js';
+import { signPlan, type SignRequest } from './sign.js';
 import { SessionKeys } from './session-keys.js';
 import type { Token } from './token.js';
 
@@ -48,6 +59,14 @@ import type { Token } from './token.js';
 const INLINE_SHARE = 0.75;
 /** ...in bursts of at most this much signing (about three RSA-2048 signs). */
 const INLINE_BURST_MS = 2;
+/** A failed thread is started again after this long, doubling on each failure in a row... */
+const RESTART_MIN_MS = 100;
+/** ...up to this; a thread that served this long before failing starts over from RESTART_MIN_MS. */
+const RESTART_MAX_MS = 10_000;
+/** `ready()` waits at most this long for the threads' first start: inline signing serves meanwhile. */
+const READY_WAIT_MS = 10_000;
+/** What a thread posts once pkcs11js is loaded and it takes jobs. */
+const THREAD_UP = 'up';
 
 interface Job {
   readonly id: number;
@@ -79,6 +98,7 @@ try {
 } catch (err) {
   if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test(err.message)) throw err;
 }
+parentPort.postMessage('${THREAD_UP}');
 const session = Buffer.from(workerData.session);
 parentPort.on('message', (jobs) => {
   const results = [];
@@ -100,15 +120,29 @@ parentPort.on('message', (jobs) => {
 `;
 
 interface Lane {
-  readonly worker: Worker;
-  readonly session: pkcs11js.Handle;
+  readonly index: number;
+  /** Undefined while a failed thread waits for its restart. */
+  worker: Worker | undefined;
+  /** Replaced on a restart: the dead thread may have left a sign operation active in it. */
+  session: pkcs11js.Handle;
+  /** Loaded and taking jobs. */
+  up: boolean;
+  upSince: number;
+  /** Failures in a row, for the restart's backoff. */
+  failures: number;
+  /** What the thread threw, reported when it exits. */
+  error: Error | undefined;
+  restartTimer: NodeJS.Timeout | undefined;
+  /** Called once the first start is over, up or failed. */
+  started: (() => void) | undefined;
   /** Jobs sent and not yet answered, plus those batched for the next send. */
   load: number;
   batch: Job[];
 }
 
 interface Pending {
-  readonly lane: Lane;
+  lane: Lane;
+  readonly job: Job;
   resolve(signature: Buffer): void;
   reject(err: Error): void;
 }
@@ -116,7 +150,10 @@ interface Pending {
 export class SigningWorkers {
   readonly size: number;
   readonly #token: Token;
+  readonly #log: Logger;
+  readonly #workerData: { readonly pkcs11js: string; readonly modulePath: string };
   readonly #lanes: Lane[] = [];
+  readonly #firstStarts: Promise<void>[] = [];
   readonly #pending = new Map<number, Pending>();
   #nextId = 0;
   #flushScheduled = false;
@@ -129,23 +166,47 @@ export class SigningWorkers {
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
 
-  constructor(token: Token, modulePath: string, count: number) {
+  constructor(token: Token, modulePath: string, count: number, log: Logger) {
     assert.ok(count >= 1);
     this.#token = token;
+    this.#log = log;
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
     this.#inlineSession = token.openSession();
     this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
-    const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
-    for (let i = 0; i < this.size; i++) {
-      const session = token.openSession();
-      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { pkcs11js: pkcs11jsPath, modulePath, session } });
-      const lane: Lane = { worker, session, load: 0, batch: [] };
-      worker.on('message', (results: JobResult[]) => this.#settle(lane, results));
-      worker.on('error', (err) => this.#failLane(lane, err));
-      worker.unref();
+    this.#workerData = { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath };
+    for (let index = 0; index < this.size; index++) {
+      const lane: Lane = {
+        index,
+        worker: undefined,
+        session: token.openSession(),
+        up: false,
+        upSince: 0,
+        failures: 0,
+        error: undefined,
+        restartTimer: undefined,
+        started: undefined,
+        load: 0,
+        batch: [],
+      };
+      this.#firstStarts.push(new Promise((resolve) => (lane.started = resolve)));
       this.#lanes.push(lane);
+      this.#start(lane);
     }
+  }
+
+  /** Resolves once every thread has loaded or failed its first start (then it is restarting), at most READY_WAIT_MS. */
+  async ready(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    // Not unref'd: the threads are, and until the listeners open nothing else keeps the process alive.
+    const wait = new Promise<void>((resolve) => (timer = setTimeout(resolve, READY_WAIT_MS)));
+    await Promise.race([Promise.all(this.#firstStarts), wait]);
+    clearTimeout(timer);
+  }
+
+  /** Threads loaded and taking jobs. */
+  get threadsUp(): number {
+    return this.#lanes.filter((lane) => lane.up).length;
   }
 
   /** Jobs sent to the token and not answered yet. */
@@ -158,17 +219,24 @@ export class SigningWorkers {
     const plan = signPlan(key, request);
     const now = performance.now();
     const handle = this.#sessionKeys.handleFor(key, now);
-    if (this.#inlineBudgetLeft(now)) return this.#signInline(handle, plan, now);
-    const id = ++this.#nextId;
-    const lane = this.#leastLoaded();
+    const inline = this.#inlineBudgetLeft(now);
+    const lane = inline ? undefined : this.#leastLoaded();
+    // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
+    if (lane === undefined) return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
+    return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, resolve, reject }));
+  }
+
+  #enqueue(lane: Lane, pending: Pending): void {
+    pending.lane = lane;
+    this.#pending.set(pending.job.id, pending);
     lane.load++;
-    lane.batch.push({ id, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline });
+    lane.batch.push(pending.job);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       // Everything asked for in this tick goes out as one message per worker.
       process.nextTick(() => this.#flush());
     }
-    return new Promise((resolve, reject) => this.#pending.set(id, { lane, resolve, reject }));
   }
 
   #inlineBudgetLeft(now: number): boolean {
@@ -177,11 +245,11 @@ export class SigningWorkers {
     return this.#inlineBudgetMs > 0;
   }
 
-  #signInline(handle: pkcs11js.Handle, plan: SignPlan, started: number): Buffer {
+  #signInline(handle: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputBytes: number, started: number): Buffer {
     const pkcs11 = this.#token.pkcs11;
     try {
-      pkcs11.C_SignInit(this.#inlineSession, plan.mechanism, handle);
-      return pkcs11.C_Sign(this.#inlineSession, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+      pkcs11.C_SignInit(this.#inlineSession, mechanism, handle);
+      return pkcs11.C_Sign(this.#inlineSession, input, Buffer.allocUnsafe(outputBytes));
     } catch (err) {
       throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
     } finally {
@@ -197,16 +265,96 @@ export class SigningWorkers {
 
   async close(): Promise<void> {
     this.#closed = true;
+    for (const lane of this.#lanes) clearTimeout(lane.restartTimer);
     await this.drained();
-    await Promise.all(this.#lanes.map((lane) => lane.worker.terminate()));
+    // Detached first, so their exits read as stopped, not failed.
+    const workers = this.#lanes.map((lane) => lane.worker);
+    for (const lane of this.#lanes) lane.worker = undefined;
+    await Promise.all(workers.map((worker) => worker?.terminate()));
     for (const lane of this.#lanes) this.#token.closeSession(lane.session);
     this.#sessionKeys.clear();
     this.#token.closeSession(this.#inlineSession);
   }
 
-  #leastLoaded(): Lane {
-    let best = this.#lanes[0]!;
-    for (const lane of this.#lanes) if (lane.load < best.load) best = lane;
+  #start(lane: Lane): void {
+    let worker: Worker;
+    try {
+      worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...this.#workerData, session: lane.session } });
+    } catch (err) {
+      this.#failed(lane, err as Error);
+      return;
+    }
+    lane.worker = worker;
+    worker.on('message', (message: JobResult[] | typeof THREAD_UP) => (message === THREAD_UP ? this.#up(lane) : this.#settle(lane, message)));
+    worker.on('error', (err) => (lane.error = err));
+    worker.on('exit', (code) => {
+      if (lane.worker !== worker) return;
+      lane.worker = undefined;
+      this.#failed(lane, lane.error ?? new Error(`the thread exited with code ${code}`));
+    });
+    worker.unref();
+  }
+
+  #up(lane: Lane): void {
+    lane.up = true;
+    lane.upSince = performance.now();
+    if (lane.failures > 0) this.#log.info({ thread: lane.index, failures: lane.failures }, 'signing thread restarted');
+    lane.started?.();
+  }
+
+  /** A thread that died: its jobs go elsewhere, it starts again after the backoff. */
+  #failed(lane: Lane, err: Error): void {
+    const served = lane.up ? performance.now() - lane.upSince : 0;
+    lane.up = false;
+    lane.error = undefined;
+    lane.failures = served >= RESTART_MAX_MS ? 1 : lane.failures + 1;
+    const delay = Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** (lane.failures - 1));
+    const lost = [...this.#pending.values()].filter((pending) => pending.lane === lane);
+    // Only the message and code: the thread's data (session handle, module path) is no business of the log.
+    this.#log.error(
+      { thread: lane.index, error: err.message, code: (err as NodeJS.ErrnoException).code, jobs: lost.length, restartInMs: delay, threadsUp: this.threadsUp },
+      'signing thread failed; restarting it, meanwhile signs go to the other threads or the event loop',
+    );
+    lane.load = 0;
+    lane.batch = [];
+    for (const pending of lost) this.#retry(pending);
+    lane.started?.();
+    if (!this.#closed) lane.restartTimer = setTimeout(() => this.#restart(lane), delay).unref();
+    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  }
+
+  /** A job whose thread died, unanswered: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
+  #retry(pending: Pending): void {
+    const { job } = pending;
+    this.#pending.delete(job.id);
+    if (Date.now() > job.deadline) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
+    const lane = this.#leastLoaded();
+    if (lane !== undefined) return this.#enqueue(lane, pending);
+    try {
+      pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
+    } catch (err) {
+      pending.reject(err as Error);
+    }
+  }
+
+  #restart(lane: Lane): void {
+    lane.restartTimer = undefined;
+    if (this.#closed) return;
+    try {
+      // A fresh session: the dead thread may have died between C_SignInit and C_Sign.
+      this.#token.closeSession(lane.session);
+      lane.session = this.#token.openSession();
+    } catch (err) {
+      this.#failed(lane, err as Error);
+      return;
+    }
+    this.#start(lane);
+  }
+
+  /** The thread up with the fewest jobs; undefined while none is up. */
+  #leastLoaded(): Lane | undefined {
+    let best: Lane | undefined;
+    for (const lane of this.#lanes) if (lane.up && (best === undefined || lane.load < best.load)) best = lane;
     return best;
   }
 
@@ -214,7 +362,7 @@ export class SigningWorkers {
     this.#flushScheduled = false;
     for (const lane of this.#lanes) {
       if (lane.batch.length === 0) continue;
-      lane.worker.postMessage(lane.batch);
+      lane.worker?.postMessage(lane.batch);
       lane.batch = [];
     }
   }
@@ -228,18 +376,6 @@ export class SigningWorkers {
       if ('signature' in result) pending.resolve(Buffer.from(result.signature.buffer, result.signature.byteOffset, result.signature.byteLength));
       else pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', result.error));
     }
-    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
-  }
-
-  /** A worker that died takes its jobs with it: they fail, the other workers carry on. */
-  #failLane(lane: Lane, err: Error): void {
-    this.#lanes.splice(this.#lanes.indexOf(lane), 1);
-    for (const [id, pending] of this.#pending) {
-      if (pending.lane !== lane) continue;
-      pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', `signing worker failed: ${err.message}`));
-      this.#pending.delete(id);
-    }
-    if (this.#lanes.length === 0) this.#closed = true;
     if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 }
