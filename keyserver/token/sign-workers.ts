@@ -8,10 +8,8 @@
  * and C_Sign run back to back. Requests reaching a worker in the same tick
  * travel as one message, so under load the hand-off is amortised.
  *
- * PKCS#11 handles belong to the process (v2.40 §5.2): sessions and key
- * handles opened by the main thread's Token are used as they are. A worker
- * loads the same module, whose C_Initialize answers
- * CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and never calls C_Finalize.
+ * Each thread (sign-thread.ts) has a token session of its own and uses the
+ * key handles opened here (PKCS#11 handles belong to the process).
  *
  * While the event loop has time to spare, a signature is made right on it
  * instead, ECDSA and RSA alike: at handshake rates (one request at a time)
@@ -26,10 +24,9 @@
  * Keys are signed through their session copies (session-keys.ts), which
  * spares the token re-reading its stored object on every C_SignInit.
  *
- * A thread that fails (an error or an exit of its own, such as EMFILE while
- * it loads pkcs11js) is logged, its unanswered jobs go to another thread or
- * inline (or are skipped, deadline past), and it is started again after
- * RESTART_MIN_MS, doubling on each failure in a row up to RESTART_MAX_MS.
+ * A thread that fails is logged and restarted with a backoff (sign-thread.ts);
+ * its unanswered jobs go to another thread or inline (or are skipped, their
+ * deadline past: a signature has no side effect, so signing again is safe).
  * While no thread is up, every sign is made inline, whatever the budget: a
  * slower event loop beats refusing signs the token can make. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
@@ -46,102 +43,29 @@
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
 import { signPlan, type SignRequest } from './sign.js';
 import { SessionKeys } from './session-keys.js';
+import { DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
 import type { Token } from './token.js';
 
 /** Inline signs may take at most this share of the event loop's time... */
 const INLINE_SHARE = 0.75;
 /** ...in bursts of at most this much signing (about three RSA-2048 signs). */
 const INLINE_BURST_MS = 2;
-/** A failed thread is started again after this long, doubling on each failure in a row... */
-const RESTART_MIN_MS = 100;
-/** ...up to this; a thread that served this long before failing starts over from RESTART_MIN_MS. */
-const RESTART_MAX_MS = 10_000;
 /** `ready()` waits at most this long for the threads' first start: inline signing serves meanwhile. */
 const READY_WAIT_MS = 10_000;
-/** What a thread posts once pkcs11js is loaded and it takes jobs. */
-const THREAD_UP = 'up';
-
-interface Job {
-  readonly id: number;
-  readonly key: Buffer;
-  readonly mechanism: pkcs11js.Mechanism;
-  readonly input: Buffer;
-  readonly outputBytes: number;
-  readonly deadline: number;
-}
-
-/** A job's error when the worker skipped it, its deadline already past. */
-const DEADLINE_SKIPPED = 'deadline';
 
 /** Whether a sign's rejection says a worker skipped it, its deadline past before the worker got to it (nothing reached the token). */
 export function skippedPastDeadline(err: unknown): boolean {
   return err instanceof TokenError && err.message === DEADLINE_SKIPPED;
 }
 
-type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
-
-/** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const pkcs11js = require(workerData.pkcs11js);
-const pkcs11 = new pkcs11js.PKCS11();
-pkcs11.load(workerData.modulePath);
-try {
-  pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-} catch (err) {
-  if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test(err.message)) throw err;
-}
-parentPort.postMessage('${THREAD_UP}');
-const session = Buffer.from(workerData.session);
-parentPort.on('message', (jobs) => {
-  const results = [];
-  for (const job of jobs) {
-    if (Date.now() > job.deadline) {
-      results.push({ id: job.id, error: '${DEADLINE_SKIPPED}' });
-      continue;
-    }
-    try {
-      pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
-      const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
-      results.push({ id: job.id, signature });
-    } catch (err) {
-      results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
-    }
-  }
-  parentPort.postMessage(results);
-});
-`;
-
-interface Lane {
-  readonly index: number;
-  /** Undefined while a failed thread waits for its restart. */
-  worker: Worker | undefined;
-  /** Replaced on a restart: the dead thread may have left a sign operation active in it. */
-  session: pkcs11js.Handle;
-  /** Loaded and taking jobs. */
-  up: boolean;
-  upSince: number;
-  /** Failures in a row, for the restart's backoff. */
-  failures: number;
-  /** What the thread threw, reported when it exits. */
-  error: Error | undefined;
-  restartTimer: NodeJS.Timeout | undefined;
-  /** Called once the first start is over, up or failed. */
-  started: (() => void) | undefined;
-  /** Jobs sent and not yet answered, plus those batched for the next send. */
-  load: number;
-  batch: Job[];
-}
-
 interface Pending {
-  lane: Lane;
+  lane: SignThread;
   readonly job: Job;
   resolve(signature: Buffer): void;
   reject(err: Error): void;
@@ -150,10 +74,7 @@ interface Pending {
 export class SigningWorkers {
   readonly size: number;
   readonly #token: Token;
-  readonly #log: Logger;
-  readonly #workerData: { readonly pkcs11js: string; readonly modulePath: string };
-  readonly #lanes: Lane[] = [];
-  readonly #firstStarts: Promise<void>[] = [];
+  readonly #lanes: SignThread[] = [];
   readonly #pending = new Map<number, Pending>();
   #nextId = 0;
   #flushScheduled = false;
@@ -169,30 +90,18 @@ export class SigningWorkers {
   constructor(token: Token, modulePath: string, count: number, log: Logger) {
     assert.ok(count >= 1);
     this.#token = token;
-    this.#log = log;
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
     this.#inlineSession = token.openSession();
     this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
-    this.#workerData = { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath };
-    for (let index = 0; index < this.size; index++) {
-      const lane: Lane = {
-        index,
-        worker: undefined,
-        session: token.openSession(),
-        up: false,
-        upSince: 0,
-        failures: 0,
-        error: undefined,
-        restartTimer: undefined,
-        started: undefined,
-        load: 0,
-        batch: [],
-      };
-      this.#firstStarts.push(new Promise((resolve) => (lane.started = resolve)));
-      this.#lanes.push(lane);
-      this.#start(lane);
-    }
+    const owner: ThreadOwner = {
+      token,
+      log,
+      workerData: { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath },
+      results: (lane, results) => this.#settle(lane, results),
+      failed: (lane) => this.#failed(lane),
+    };
+    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
   }
 
   /** Resolves once every thread has loaded or failed its first start (then it is restarting), at most READY_WAIT_MS. */
@@ -200,7 +109,7 @@ export class SigningWorkers {
     let timer: NodeJS.Timeout | undefined;
     // Not unref'd: the threads are, and until the listeners open nothing else keeps the process alive.
     const wait = new Promise<void>((resolve) => (timer = setTimeout(resolve, READY_WAIT_MS)));
-    await Promise.race([Promise.all(this.#firstStarts), wait]);
+    await Promise.race([Promise.all(this.#lanes.map((lane) => lane.started)), wait]);
     clearTimeout(timer);
   }
 
@@ -227,7 +136,7 @@ export class SigningWorkers {
     return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, resolve, reject }));
   }
 
-  #enqueue(lane: Lane, pending: Pending): void {
+  #enqueue(lane: SignThread, pending: Pending): void {
     pending.lane = lane;
     this.#pending.set(pending.job.id, pending);
     lane.load++;
@@ -265,62 +174,16 @@ export class SigningWorkers {
 
   async close(): Promise<void> {
     this.#closed = true;
-    for (const lane of this.#lanes) clearTimeout(lane.restartTimer);
     await this.drained();
-    // Detached first, so their exits read as stopped, not failed.
-    const workers = this.#lanes.map((lane) => lane.worker);
-    for (const lane of this.#lanes) lane.worker = undefined;
-    await Promise.all(workers.map((worker) => worker?.terminate()));
-    for (const lane of this.#lanes) this.#token.closeSession(lane.session);
+    await Promise.all(this.#lanes.map((lane) => lane.stop()));
     this.#sessionKeys.clear();
     this.#token.closeSession(this.#inlineSession);
   }
 
-  #start(lane: Lane): void {
-    let worker: Worker;
-    try {
-      worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...this.#workerData, session: lane.session } });
-    } catch (err) {
-      this.#failed(lane, err as Error);
-      return;
-    }
-    lane.worker = worker;
-    worker.on('message', (message: JobResult[] | typeof THREAD_UP) => (message === THREAD_UP ? this.#up(lane) : this.#settle(lane, message)));
-    worker.on('error', (err) => (lane.error = err));
-    worker.on('exit', (code) => {
-      if (lane.worker !== worker) return;
-      lane.worker = undefined;
-      this.#failed(lane, lane.error ?? new Error(`the thread exited with code ${code}`));
-    });
-    worker.unref();
-  }
-
-  #up(lane: Lane): void {
-    lane.up = true;
-    lane.upSince = performance.now();
-    if (lane.failures > 0) this.#log.info({ thread: lane.index, failures: lane.failures }, 'signing thread restarted');
-    lane.started?.();
-  }
-
-  /** A thread that died: its jobs go elsewhere, it starts again after the backoff. */
-  #failed(lane: Lane, err: Error): void {
-    const served = lane.up ? performance.now() - lane.upSince : 0;
-    lane.up = false;
-    lane.error = undefined;
-    lane.failures = served >= RESTART_MAX_MS ? 1 : lane.failures + 1;
-    const delay = Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** (lane.failures - 1));
-    const lost = [...this.#pending.values()].filter((pending) => pending.lane === lane);
-    // Only the message and code: the thread's data (session handle, module path) is no business of the log.
-    this.#log.error(
-      { thread: lane.index, error: err.message, code: (err as NodeJS.ErrnoException).code, jobs: lost.length, restartInMs: delay, threadsUp: this.threadsUp },
-      'signing thread failed; restarting it, meanwhile signs go to the other threads or the event loop',
-    );
-    lane.load = 0;
-    lane.batch = [];
-    for (const pending of lost) this.#retry(pending);
-    lane.started?.();
-    if (!this.#closed) lane.restartTimer = setTimeout(() => this.#restart(lane), delay).unref();
-    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  /** A thread that died: the jobs it held are made again elsewhere. */
+  #failed(lane: SignThread): void {
+    for (const pending of [...this.#pending.values()]) if (pending.lane === lane) this.#retry(pending);
+    this.#drainedCheck();
   }
 
   /** A job whose thread died, unanswered: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
@@ -337,37 +200,23 @@ export class SigningWorkers {
     }
   }
 
-  #restart(lane: Lane): void {
-    lane.restartTimer = undefined;
-    if (this.#closed) return;
-    try {
-      // A fresh session: the dead thread may have died between C_SignInit and C_Sign.
-      this.#token.closeSession(lane.session);
-      lane.session = this.#token.openSession();
-    } catch (err) {
-      this.#failed(lane, err as Error);
-      return;
-    }
-    this.#start(lane);
+  #drainedCheck(): void {
+    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
   /** The thread up with the fewest jobs; undefined while none is up. */
-  #leastLoaded(): Lane | undefined {
-    let best: Lane | undefined;
+  #leastLoaded(): SignThread | undefined {
+    let best: SignThread | undefined;
     for (const lane of this.#lanes) if (lane.up && (best === undefined || lane.load < best.load)) best = lane;
     return best;
   }
 
   #flush(): void {
     this.#flushScheduled = false;
-    for (const lane of this.#lanes) {
-      if (lane.batch.length === 0) continue;
-      lane.worker?.postMessage(lane.batch);
-      lane.batch = [];
-    }
+    for (const lane of this.#lanes) lane.send();
   }
 
-  #settle(lane: Lane, results: JobResult[]): void {
+  #settle(lane: SignThread, results: JobResult[]): void {
     lane.load -= results.length;
     for (const result of results) {
       const pending = this.#pending.get(result.id);
@@ -376,6 +225,6 @@ export class SigningWorkers {
       if ('signature' in result) pending.resolve(Buffer.from(result.signature.buffer, result.signature.byteOffset, result.signature.byteLength));
       else pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', result.error));
     }
-    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+    this.#drainedCheck();
   }
 }
