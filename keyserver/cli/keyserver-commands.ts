@@ -37,7 +37,12 @@ export const keyserverCommand: Command = {
     const server = await startKeyserver(config);
     process.on('SIGHUP', () => {
       server.log.info('SIGHUP: rescanning the token');
-      server.rescanKeys();
+      try {
+        server.rescanKeys();
+      } catch (err) {
+        // A throw here would end the process: the keys already loaded keep signing, a later SIGHUP tries again.
+        server.log.error({ err }, 'SIGHUP: the token scan failed; the keys already loaded stay in use');
+      }
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {

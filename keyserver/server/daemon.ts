@@ -63,8 +63,10 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const metrics = new KeyserverMetrics();
   const closers: (() => Promise<void> | void)[] = [() => token.close()];
   try {
-    const signers = new SigningWorkers(token, openOptions.modulePath, config.pkcs11.sessions);
+    const signers = new SigningWorkers(token, openOptions.modulePath, config.pkcs11.sessions, log);
     closers.unshift(() => signers.close());
+    // Ready means ready to sign at full speed: the threads load pkcs11js first (a thread that failed is restarting).
+    await signers.ready();
     const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
     const service = new SigningService({ signers, keys, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
@@ -174,7 +176,10 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     }
     const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
 
-    log.info({ unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size }, 'key server ready');
+    log.info(
+      { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size, threadsUp: signers.threadsUp },
+      'key server ready',
+    );
 
     let closing: Promise<void> | undefined;
     const close = (): Promise<void> => {

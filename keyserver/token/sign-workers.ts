@@ -8,10 +8,8 @@
  * and C_Sign run back to back. Requests reaching a worker in the same tick
  * travel as one message, so under load the hand-off is amortised.
  *
- * PKCS#11 handles belong to the process (v2.40 §5.2): sessions and key
- * handles opened by the main thread's Token are used as they are. A worker
- * loads the same module, whose C_Initialize answers
- * CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and never calls C_Finalize.
+ * Each thread (sign-thread.ts) has a token session of its own and uses the
+ * key handles opened here (PKCS#11 handles belong to the process).
  *
  * While the event loop has time to spare, a signature is made right on it
  * instead, ECDSA and RSA alike: at handshake rates (one request at a time)
@@ -26,89 +24,49 @@
  * Keys are signed through their session copies (session-keys.ts), which
  * spares the token re-reading its stored object on every C_SignInit.
  *
+ * A thread that fails is logged and restarted with a backoff (sign-thread.ts);
+ * its unanswered jobs go to another thread or inline (or are skipped, their
+ * deadline past: a signature has no side effect, so signing again is safe).
+ * While no thread is up, every sign is made inline, whatever the budget: a
+ * slower event loop beats refusing signs the token can make. `ready()`
+ * resolves once every thread has loaded or failed its first start, so the
+ * server says it is ready when the threads are.
+ *
  * Contract: `sign()` returns the raw signature (signed inline) or a promise of
  * it (signed on a thread); either way a failure is a TokenError with the
  * token's CKR_ reason (thrown, or a rejection). A request whose deadline
  * passed before a worker got to it is skipped (rejects with 'deadline') and
  * costs the token nothing. One
  * request runs at a time per worker. `close()` waits for what was sent, then
- * stops the workers; the Token is closed after that by its owner.
+ * stops the workers; the Token is closed after that by its owner. Signs are
+ * refused only after `close()`.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
-import { type SignPlan, signPlan, type SignRequest } from './sign.js';
+import { signPlan, type SignRequest } from './sign.js';
 import { SessionKeys } from './session-keys.js';
+import { DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
 import type { Token } from './token.js';
 
 /** Inline signs may take at most this share of the event loop's time... */
 const INLINE_SHARE = 0.75;
 /** ...in bursts of at most this much signing (about three RSA-2048 signs). */
 const INLINE_BURST_MS = 2;
-
-interface Job {
-  readonly id: number;
-  readonly key: Buffer;
-  readonly mechanism: pkcs11js.Mechanism;
-  readonly input: Buffer;
-  readonly outputBytes: number;
-  readonly deadline: number;
-}
-
-/** A job's error when the worker skipped it, its deadline already past. */
-const DEADLINE_SKIPPED = 'deadline';
+/** `ready()` waits at most this long for the threads' first start: inline signing serves meanwhile. */
+const READY_WAIT_MS = 10_000;
 
 /** Whether a sign's rejection says a worker skipped it, its deadline past before the worker got to it (nothing reached the token). */
 export function skippedPastDeadline(err: unknown): boolean {
   return err instanceof TokenError && err.message === DEADLINE_SKIPPED;
 }
 
-type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
-
-/** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const pkcs11js = require(workerData.pkcs11js);
-const pkcs11 = new pkcs11js.PKCS11();
-pkcs11.load(workerData.modulePath);
-try {
-  pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-} catch (err) {
-  if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test(err.message)) throw err;
-}
-const session = Buffer.from(workerData.session);
-parentPort.on('message', (jobs) => {
-  const results = [];
-  for (const job of jobs) {
-    if (Date.now() > job.deadline) {
-      results.push({ id: job.id, error: '${DEADLINE_SKIPPED}' });
-      continue;
-    }
-    try {
-      pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
-      const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
-      results.push({ id: job.id, signature });
-    } catch (err) {
-      results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
-    }
-  }
-  parentPort.postMessage(results);
-});
-`;
-
-interface Lane {
-  readonly worker: Worker;
-  readonly session: pkcs11js.Handle;
-  /** Jobs sent and not yet answered, plus those batched for the next send. */
-  load: number;
-  batch: Job[];
-}
-
 interface Pending {
-  readonly lane: Lane;
+  lane: SignThread;
+  readonly job: Job;
   resolve(signature: Buffer): void;
   reject(err: Error): void;
 }
@@ -116,7 +74,7 @@ interface Pending {
 export class SigningWorkers {
   readonly size: number;
   readonly #token: Token;
-  readonly #lanes: Lane[] = [];
+  readonly #lanes: SignThread[] = [];
   readonly #pending = new Map<number, Pending>();
   #nextId = 0;
   #flushScheduled = false;
@@ -129,23 +87,35 @@ export class SigningWorkers {
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
 
-  constructor(token: Token, modulePath: string, count: number) {
+  constructor(token: Token, modulePath: string, count: number, log: Logger) {
     assert.ok(count >= 1);
     this.#token = token;
     // One session each for: management (the Token's), the inline path, every thread.
     this.size = Math.max(1, Math.min(count, token.maxSessions - 2));
     this.#inlineSession = token.openSession();
     this.#sessionKeys = new SessionKeys(token.pkcs11, this.#inlineSession);
-    const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
-    for (let i = 0; i < this.size; i++) {
-      const session = token.openSession();
-      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { pkcs11js: pkcs11jsPath, modulePath, session } });
-      const lane: Lane = { worker, session, load: 0, batch: [] };
-      worker.on('message', (results: JobResult[]) => this.#settle(lane, results));
-      worker.on('error', (err) => this.#failLane(lane, err));
-      worker.unref();
-      this.#lanes.push(lane);
-    }
+    const owner: ThreadOwner = {
+      token,
+      log,
+      workerData: { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath },
+      results: (lane, results) => this.#settle(lane, results),
+      failed: (lane) => this.#failed(lane),
+    };
+    for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
+  }
+
+  /** Resolves once every thread has loaded or failed its first start (then it is restarting), at most READY_WAIT_MS. */
+  async ready(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    // Not unref'd: the threads are, and until the listeners open nothing else keeps the process alive.
+    const wait = new Promise<void>((resolve) => (timer = setTimeout(resolve, READY_WAIT_MS)));
+    await Promise.race([Promise.all(this.#lanes.map((lane) => lane.started)), wait]);
+    clearTimeout(timer);
+  }
+
+  /** Threads loaded and taking jobs. */
+  get threadsUp(): number {
+    return this.#lanes.filter((lane) => lane.up).length;
   }
 
   /** Jobs sent to the token and not answered yet. */
@@ -158,17 +128,24 @@ export class SigningWorkers {
     const plan = signPlan(key, request);
     const now = performance.now();
     const handle = this.#sessionKeys.handleFor(key, now);
-    if (this.#inlineBudgetLeft(now)) return this.#signInline(handle, plan, now);
-    const id = ++this.#nextId;
-    const lane = this.#leastLoaded();
+    const inline = this.#inlineBudgetLeft(now);
+    const lane = inline ? undefined : this.#leastLoaded();
+    // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
+    if (lane === undefined) return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
+    return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, resolve, reject }));
+  }
+
+  #enqueue(lane: SignThread, pending: Pending): void {
+    pending.lane = lane;
+    this.#pending.set(pending.job.id, pending);
     lane.load++;
-    lane.batch.push({ id, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline });
+    lane.batch.push(pending.job);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       // Everything asked for in this tick goes out as one message per worker.
       process.nextTick(() => this.#flush());
     }
-    return new Promise((resolve, reject) => this.#pending.set(id, { lane, resolve, reject }));
   }
 
   #inlineBudgetLeft(now: number): boolean {
@@ -177,11 +154,11 @@ export class SigningWorkers {
     return this.#inlineBudgetMs > 0;
   }
 
-  #signInline(handle: pkcs11js.Handle, plan: SignPlan, started: number): Buffer {
+  #signInline(handle: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputBytes: number, started: number): Buffer {
     const pkcs11 = this.#token.pkcs11;
     try {
-      pkcs11.C_SignInit(this.#inlineSession, plan.mechanism, handle);
-      return pkcs11.C_Sign(this.#inlineSession, plan.input, Buffer.allocUnsafe(plan.outputBytes));
+      pkcs11.C_SignInit(this.#inlineSession, mechanism, handle);
+      return pkcs11.C_Sign(this.#inlineSession, input, Buffer.allocUnsafe(outputBytes));
     } catch (err) {
       throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
     } finally {
@@ -198,28 +175,48 @@ export class SigningWorkers {
   async close(): Promise<void> {
     this.#closed = true;
     await this.drained();
-    await Promise.all(this.#lanes.map((lane) => lane.worker.terminate()));
-    for (const lane of this.#lanes) this.#token.closeSession(lane.session);
+    await Promise.all(this.#lanes.map((lane) => lane.stop()));
     this.#sessionKeys.clear();
     this.#token.closeSession(this.#inlineSession);
   }
 
-  #leastLoaded(): Lane {
-    let best = this.#lanes[0]!;
-    for (const lane of this.#lanes) if (lane.load < best.load) best = lane;
+  /** A thread that died: the jobs it held are made again elsewhere. */
+  #failed(lane: SignThread): void {
+    for (const pending of [...this.#pending.values()]) if (pending.lane === lane) this.#retry(pending);
+    this.#drainedCheck();
+  }
+
+  /** A job whose thread died, unanswered: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
+  #retry(pending: Pending): void {
+    const { job } = pending;
+    this.#pending.delete(job.id);
+    if (Date.now() > job.deadline) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
+    const lane = this.#leastLoaded();
+    if (lane !== undefined) return this.#enqueue(lane, pending);
+    try {
+      pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
+    } catch (err) {
+      pending.reject(err as Error);
+    }
+  }
+
+  #drainedCheck(): void {
+    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  }
+
+  /** The thread up with the fewest jobs; undefined while none is up. */
+  #leastLoaded(): SignThread | undefined {
+    let best: SignThread | undefined;
+    for (const lane of this.#lanes) if (lane.up && (best === undefined || lane.load < best.load)) best = lane;
     return best;
   }
 
   #flush(): void {
     this.#flushScheduled = false;
-    for (const lane of this.#lanes) {
-      if (lane.batch.length === 0) continue;
-      lane.worker.postMessage(lane.batch);
-      lane.batch = [];
-    }
+    for (const lane of this.#lanes) lane.send();
   }
 
-  #settle(lane: Lane, results: JobResult[]): void {
+  #settle(lane: SignThread, results: JobResult[]): void {
     lane.load -= results.length;
     for (const result of results) {
       const pending = this.#pending.get(result.id);
@@ -228,18 +225,6 @@ export class SigningWorkers {
       if ('signature' in result) pending.resolve(Buffer.from(result.signature.buffer, result.signature.byteOffset, result.signature.byteLength));
       else pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', result.error));
     }
-    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
-  }
-
-  /** A worker that died takes its jobs with it: they fail, the other workers carry on. */
-  #failLane(lane: Lane, err: Error): void {
-    this.#lanes.splice(this.#lanes.indexOf(lane), 1);
-    for (const [id, pending] of this.#pending) {
-      if (pending.lane !== lane) continue;
-      pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', `signing worker failed: ${err.message}`));
-      this.#pending.delete(id);
-    }
-    if (this.#lanes.length === 0) this.#closed = true;
-    if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
+    this.#drainedCheck();
   }
 }

@@ -1,0 +1,194 @@
+/**
+ * One signing thread of sign-workers.ts, kept alive: it loads pkcs11js, says
+ * so (THREAD_UP), then signs the batches of jobs it is sent on its own token
+ * session, one job at a time, skipping those whose deadline passed.
+ *
+ * PKCS#11 handles belong to the process (v2.40 §5.2): the session, opened by
+ * the main thread's Token, is used as it is. The thread loads the same module,
+ * whose C_Initialize answers CKR_CRYPTOKI_ALREADY_INITIALIZED (expected), and
+ * never calls C_Finalize.
+ *
+ * A thread that fails (an error or an exit of its own, such as EMFILE while
+ * it loads pkcs11js) is logged with its error's message and code (nothing of
+ * its data: session handle, module path), reported to the owner (whose jobs
+ * on it are unanswered), and started again on a fresh session (it may have
+ * died between C_SignInit and C_Sign) after RESTART_MIN_MS, doubling on each
+ * failure in a row up to RESTART_MAX_MS.
+ *
+ * Contract: `started` resolves once the first start is over, up or failed;
+ * `up` says whether jobs may be sent; `load` and `batch` are the owner's
+ * bookkeeping of jobs on this thread; `stop()` ends it for good.
+ */
+import { Worker } from 'node:worker_threads';
+import type pkcs11js from 'pkcs11js';
+import type { Logger } from '../shared/log.js';
+import type { Token } from './token.js';
+
+/** A failed thread is started again after this long, doubling on each failure in a row... */
+const RESTART_MIN_MS = 100;
+/** ...up to this; a thread that served this long before failing starts over from RESTART_MIN_MS. */
+const RESTART_MAX_MS = 10_000;
+/** What a thread posts once pkcs11js is loaded and it takes jobs. */
+const THREAD_UP = 'up';
+
+export interface Job {
+  readonly id: number;
+  readonly key: Buffer;
+  readonly mechanism: pkcs11js.Mechanism;
+  readonly input: Buffer;
+  readonly outputBytes: number;
+  readonly deadline: number;
+}
+
+/** A job's error when the worker skipped it, its deadline already past. */
+export const DEADLINE_SKIPPED = 'deadline';
+
+export type JobResult = { readonly id: number; readonly signature: Uint8Array } | { readonly id: number; readonly error: string };
+
+/** The worker's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const pkcs11js = require(workerData.pkcs11js);
+const pkcs11 = new pkcs11js.PKCS11();
+pkcs11.load(workerData.modulePath);
+try {
+  pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+} catch (err) {
+  if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test(err.message)) throw err;
+}
+parentPort.postMessage('${THREAD_UP}');
+const session = Buffer.from(workerData.session);
+parentPort.on('message', (jobs) => {
+  const results = [];
+  for (const job of jobs) {
+    if (Date.now() > job.deadline) {
+      results.push({ id: job.id, error: '${DEADLINE_SKIPPED}' });
+      continue;
+    }
+    try {
+      pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
+      const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
+      results.push({ id: job.id, signature });
+    } catch (err) {
+      results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
+    }
+  }
+  parentPort.postMessage(results);
+});
+`;
+
+export interface ThreadOwner {
+  readonly token: Token;
+  readonly log: Logger;
+  /** pkcs11js's entry and the PKCS#11 module's path, for the thread to load. */
+  readonly workerData: { readonly pkcs11js: string; readonly modulePath: string };
+  results(thread: SignThread, results: JobResult[]): void;
+  /** The thread died: the jobs it held are unanswered. */
+  failed(thread: SignThread): void;
+}
+
+export class SignThread {
+  readonly index: number;
+  /** Resolves once the first start is over, up or failed. */
+  readonly started: Promise<void>;
+  /** Loaded and taking jobs. */
+  up = false;
+  /** Jobs sent and not yet answered, plus those batched for the next send. */
+  load = 0;
+  batch: Job[] = [];
+  readonly #owner: ThreadOwner;
+  /** Undefined while a failed thread waits for its restart, and once stopped. */
+  #worker: Worker | undefined;
+  #session: pkcs11js.Handle;
+  #upSince = 0;
+  /** Failures in a row, for the restart's backoff. */
+  #failures = 0;
+  /** What the thread threw, reported when it exits. */
+  #error: Error | undefined;
+  #restartTimer: NodeJS.Timeout | undefined;
+  #startedResolve: (() => void) | undefined;
+  #stopped = false;
+
+  constructor(index: number, owner: ThreadOwner) {
+    this.index = index;
+    this.#owner = owner;
+    this.#session = owner.token.openSession();
+    this.started = new Promise((resolve) => (this.#startedResolve = resolve));
+    this.#start();
+  }
+
+  /** Posts the batch: everything asked of this thread in one tick, as one message. */
+  send(): void {
+    if (this.batch.length === 0) return;
+    this.#worker?.postMessage(this.batch);
+    this.batch = [];
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.up = false;
+    clearTimeout(this.#restartTimer);
+    // Detached first, so its exit reads as stopped, not failed.
+    const worker = this.#worker;
+    this.#worker = undefined;
+    await worker?.terminate();
+    this.#owner.token.closeSession(this.#session);
+  }
+
+  #start(): void {
+    let worker: Worker;
+    try {
+      worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...this.#owner.workerData, session: this.#session } });
+    } catch (err) {
+      this.#failed(err as Error);
+      return;
+    }
+    this.#worker = worker;
+    worker.on('message', (message: JobResult[] | typeof THREAD_UP) => (message === THREAD_UP ? this.#up() : this.#owner.results(this, message)));
+    worker.on('error', (err) => (this.#error = err));
+    worker.on('exit', (code) => {
+      if (this.#worker !== worker) return;
+      this.#worker = undefined;
+      this.#failed(this.#error ?? new Error(`the thread exited with code ${code}`));
+    });
+    worker.unref();
+  }
+
+  #up(): void {
+    this.up = true;
+    this.#upSince = performance.now();
+    if (this.#failures > 0) this.#owner.log.info({ thread: this.index, failures: this.#failures }, 'signing thread restarted');
+    this.#startedResolve?.();
+  }
+
+  #failed(err: Error): void {
+    const served = this.up ? performance.now() - this.#upSince : 0;
+    this.up = false;
+    this.#error = undefined;
+    this.#failures = served >= RESTART_MAX_MS ? 1 : this.#failures + 1;
+    const delay = Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** (this.#failures - 1));
+    this.#owner.log.error(
+      { thread: this.index, error: err.message, code: (err as NodeJS.ErrnoException).code, jobs: this.load, restartInMs: delay },
+      'signing thread failed; restarting it, meanwhile signs go to the other threads or the event loop',
+    );
+    this.#startedResolve?.();
+    if (!this.#stopped) this.#restartTimer = setTimeout(() => this.#restart(), delay).unref();
+    this.#owner.failed(this);
+    this.load = 0;
+    this.batch = [];
+  }
+
+  #restart(): void {
+    this.#restartTimer = undefined;
+    if (this.#stopped) return;
+    try {
+      // A fresh session: the dead thread may have died between C_SignInit and C_Sign.
+      this.#owner.token.closeSession(this.#session);
+      this.#session = this.#owner.token.openSession();
+    } catch (err) {
+      this.#failed(err as Error);
+      return;
+    }
+    this.#start();
+  }
+}

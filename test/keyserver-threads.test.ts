@@ -1,0 +1,170 @@
+/**
+ * The key server process keeps signing through its signing threads' failures
+ * and a failing token scan on SIGHUP: `keyedge keyserver` run as it is
+ * deployed, with faults injected by a module preloaded into every thread
+ * (NODE_OPTIONS=--require), driven by files in a control directory:
+ * `thread-start` makes a signing thread's load of pkcs11js fail with EMFILE
+ * (as under a file limit), `thread-crash` ends a thread in the middle of its
+ * batch, `scan` makes the main thread's token scan (C_FindObjectsInit) fail.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { Algorithm } from '../keyserver/protocol/constants.js';
+import {
+  CLI,
+  digestOf,
+  type ProvisionedKey,
+  provisionKeys,
+  readUserPin,
+  removeDir,
+  tempDir,
+  testConfig,
+  verifies,
+  writeConfigFile,
+} from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+const INJECT = `
+const { existsSync } = require('node:fs');
+const { join } = require('node:path');
+const Module = require('node:module');
+const { isMainThread } = require('node:worker_threads');
+const dir = process.env.KS_FAULTS;
+const PKCS11JS = /pkcs11js[\\\\/]index\\.js$/;
+const load = Module._load;
+Module._load = function (request, ...rest) {
+  if (!PKCS11JS.test(request)) return load.call(this, request, ...rest);
+  if (!isMainThread && existsSync(join(dir, 'thread-start'))) {
+    throw Object.assign(new Error("EMFILE: too many open files, open '" + request + "'"), { code: 'EMFILE' });
+  }
+  const pkcs11js = load.call(this, request, ...rest);
+  const proto = pkcs11js.PKCS11.prototype;
+  if (isMainThread && !proto.injected) {
+    const find = proto.C_FindObjectsInit;
+    proto.C_FindObjectsInit = function (...args) {
+      if (existsSync(join(dir, 'scan'))) throw new Error('CKR_DEVICE_ERROR (injected)');
+      return find.apply(this, args);
+    };
+  } else if (!proto.injected) {
+    const sign = proto.C_Sign;
+    proto.C_Sign = function (...args) {
+      if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
+      return sign.apply(this, args);
+    };
+  }
+  proto.injected = true;
+  return pkcs11js;
+};
+`;
+
+let dir: string;
+let control: string;
+let key: ProvisionedKey;
+let child: ChildProcess;
+let output = '';
+let client: KeyserverClient;
+
+/** The child's log lines with this message; throws once the key server has exited. */
+function logLines(msg: RegExp): Record<string, unknown>[] {
+  if (child.exitCode !== null || child.signalCode !== null)
+    throw new Error(`the key server exited (${child.exitCode ?? child.signalCode}):\n${output.slice(-1500)}`);
+  return output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .filter((line) => typeof line.msg === 'string' && msg.test(line.msg));
+}
+
+const fault = (name: string, on: boolean): void => {
+  if (on) writeFileSync(join(control, name), '');
+  else rmSync(join(control, name), { force: true });
+};
+
+/** 200 RSA signs pipelined on one connection, past the event loop's inline budget: each must verify. */
+async function burst(): Promise<void> {
+  const messages = Array.from({ length: 200 }, () => randomBytes(40));
+  const signatures = await Promise.all(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
+  signatures.forEach((signature, i) => void expect(verifies(Algorithm.RSA_PSS_SHA256, messages[i]!, key.publicKey, signature), `sign #${i}`).toBe(true));
+}
+
+beforeAll(async () => {
+  dir = tempDir();
+  control = join(dir, 'faults');
+  writeFileSync(join(dir, 'inject.cjs'), INJECT);
+  const config = testConfig(dir);
+  key = provisionKeys(config, [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
+  const configFile = writeConfigFile(dir, { admin: null, log: { level: 'info' } });
+  mkdirSync(control);
+  // Every signing thread fails its start from the first.
+  fault('thread-start', true);
+  child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
+  });
+  for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+  await waitFor('the key server to be ready', () => logLines(/^key server ready$/).length > 0 || undefined);
+  client = await KeyserverClient.connect({ unixPath: config.listen.unix!.path, timeoutMs: 10_000 });
+}, 60_000);
+
+afterAll(async () => {
+  client?.close();
+  if (child !== undefined && child.exitCode === null) {
+    child.kill('SIGTERM');
+    await new Promise((resolve) => child.once('exit', resolve));
+  }
+  if (dir !== undefined) removeDir(dir);
+});
+
+it('signing threads that fail to start are logged and restarted with a backoff; signs go on inline meanwhile', async () => {
+  // Before: the threads died silently after "ready", and once all had, every sign was refused until a restart.
+  await burst();
+  expect(logLines(/^key server ready$/)[0]).toMatchObject({ sessions: 2, threadsUp: 0 });
+  await waitFor('a failed restart', () => logLines(/^signing thread failed/).length >= 4 || undefined);
+  const failed = logLines(/^signing thread failed/);
+  expect(failed[0]).toMatchObject({ code: 'EMFILE', error: expect.stringContaining('EMFILE') });
+  expect(new Set(failed.map((line) => line.thread))).toEqual(new Set([0, 1]));
+  // The backoff doubles for each failure in a row.
+  const delays = failed.filter((line) => line.thread === 0).map((line) => line.restartInMs);
+  expect(delays.slice(0, 2)).toEqual([100, 200]);
+  await burst();
+
+  fault('thread-start', false);
+  await waitFor('both threads back', () => new Set(logLines(/^signing thread restarted$/).map((line) => line.thread)).size === 2 || undefined);
+  await burst();
+  expect(output).not.toContain(readUserPin(dir));
+});
+
+it('a thread dying in the middle of its batch: its signs are made again elsewhere, none lost, and it comes back', async () => {
+  const before = logLines(/^signing thread failed/).length;
+  const restarted = logLines(/^signing thread restarted$/).length;
+  fault('thread-crash', true);
+  await burst();
+  // Log lines reach stdout in batches.
+  const crashed = await waitFor('the crash logged', () => {
+    const lines = logLines(/^signing thread failed/).slice(before);
+    return lines.length > 0 ? lines : undefined;
+  });
+  expect(crashed[0]!.error).toMatch(/exited with code 7/);
+  expect(crashed.some((line) => (line.jobs as number) > 0)).toBe(true);
+  fault('thread-crash', false);
+  await waitFor('a thread back', () => logLines(/^signing thread restarted$/).length > restarted || undefined);
+  await burst();
+});
+
+it('SIGHUP with a token scan that fails: logged, and the key server keeps running and signing', async () => {
+  // Before: the scan's throw in the signal handler ended the process.
+  fault('scan', true);
+  child.kill('SIGHUP');
+  await waitFor('the scan failure', () => logLines(/^SIGHUP: the token scan failed/).length > 0 || undefined);
+  expect(logLines(/^SIGHUP: the token scan failed/)[0]!.err).toMatchObject({ message: expect.stringContaining('CKR_DEVICE_ERROR') });
+  fault('scan', false);
+  await burst();
+  expect(child.exitCode).toBeNull();
+  child.kill('SIGHUP');
+  await waitFor('a second SIGHUP', () => logLines(/^SIGHUP: rescanning the token$/).length === 2 || undefined);
+  await burst();
+});
