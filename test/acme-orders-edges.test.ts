@@ -24,9 +24,10 @@ import { loadProxyConfig } from '../config/load.js';
 import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { StateFile } from '../proxy/acme/state.js';
+import { cliTokenKeys } from '../proxy/acme/token-keys.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
 import { heldAnswer, recordingManager } from './helpers/acme-manager.js';
-import { captureLog } from './helpers/keyserver.js';
+import { CLI, captureLog, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
 const DAY = 86_400_000;
@@ -243,4 +244,18 @@ describe('a new list waiting behind a running renewal of its entry', () => {
       const holding = Object.entries(state.state.certificates).filter(([, m]) => m.domains.includes('c.example'));
       expect(holding.map(([name]) => name)).toEqual(['a.example']);
     }));
+});
+
+describe('token-keys.ts: deleting a retired key', () => {
+  it('a key already gone from the token counts as deleted (another node, or a lock lost before its record went)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyedge-acme-keys-'));
+    try {
+      const keys = cliTokenKeys(writeConfigFile(dir), CLI);
+      const made = await keys.generate('ec-p256', 'acme-gone-test');
+      await keys.remove(made.keyId);
+      await expect(keys.remove(made.keyId)).resolves.toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -5,7 +5,9 @@ import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
+import { deleteRetiredKeys } from '../proxy/acme/housekeeping.js';
 import { CertificateManager } from '../proxy/acme/maintain.js';
+import { OrderRunner } from '../proxy/acme/orders.js';
 import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
 import { SharedIssuerState } from '../proxy/acme/shared-state.js';
 import type { ManagedState } from '../proxy/acme/state.js';
@@ -15,6 +17,7 @@ import { registerAcmeMetrics } from '../proxy/metrics.js';
 import { Registry } from 'prom-client';
 import { captureLog } from './helpers/keyserver.js';
 import { EtcdStore } from '../proxy/store/etcd-store.js';
+import type { HeldLock } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
 import { removeDir, tempDir } from './helpers/keyserver.js';
@@ -245,6 +248,57 @@ describe('ACME state shared on etcd', () => {
       return stateA.state.retiredKeys.length === 3 ? true : undefined;
     });
     expect(byId(stateA.state.retiredKeys)).toEqual(want);
+  });
+
+  it('retires the key of an order whose chain was stored but whose lock ended before its state was saved', async () => {
+    const { a, stateA } = await twoNodes('/acme-orphan/', 'orphan');
+    const [OLD, NEW] = ['o'.repeat(64), 'n'.repeat(64)];
+    stateA.state.certificates['orphan.test'] = { domains: ['orphan.test'], keyId: OLD, failures: 0 };
+    await stateA.save();
+    const issuer = {
+      // The chain stored with a new key, then the lock ends (released here; a lease that ran out during a pause does the same).
+      issue: async (request: IssueRequest) => {
+        await request.lock!.release();
+        return { keyId: NEW, chainPem: CHAIN, newKey: true };
+      },
+    } as unknown as AcmeIssuer;
+    const config = loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir' } }).acme!;
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    const locks = fleetLocks(a, () => stateA.refresh());
+    await new OrderRunner({ config, state: stateA, issuer, records: () => new Map(), metrics, log, locks }).run('orphan.test');
+    // The entry's state was refused (the store's stays); the new key is recorded to delete once nothing uses it.
+    const read = async (key: string) => JSON.parse((await a.call('read', () => a.client.get(`/acme-orphan/${key}`).string()))!);
+    expect((await read('acme/certificates/orphan.test')).keyId).toBe(OLD);
+    expect((await read('acme/retired-keys')).map((r: { keyId: string }) => r.keyId)).toContain(NEW);
+  });
+
+  it('removes the record of a retired key deleted under a lock that ended meanwhile', async () => {
+    const { a, stateA, locksA } = await twoNodes('/acme-retired-lost/', 'retired-lost');
+    stateA.state.retiredKeys.push({ keyId: 'gone', deleteAfter: '2020-01-01T00:00:00.000Z' });
+    await stateA.save();
+    let held: HeldLock | undefined;
+    const locks: typeof locksA = {
+      hold: (name, waitMs, work) =>
+        locksA.hold(name, waitMs, (lock) => {
+          held = lock;
+          return work(lock);
+        }),
+    };
+    const removed: string[] = [];
+    const keys = {
+      generate: () => Promise.reject(new Error('unused')),
+      // Deleted from the token, then the lock ends before the list is written.
+      remove: async (keyId: string) => {
+        removed.push(keyId);
+        await held!.release();
+      },
+    };
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    await deleteRetiredKeys({ state: stateA, keys, records: () => new Map(), metrics, log, locks }, Date.now());
+    expect(removed).toEqual(['gone']);
+    const stored = await a.call('read', () => a.client.get('/acme-retired-lost/acme/retired-keys').string());
+    expect(JSON.parse(stored!)).toEqual([]);
+    expect(stateA.state.retiredKeys).toEqual([]);
   });
 
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {

@@ -13,7 +13,10 @@
  * goes through the gate as a new name.
  *
  * A retired key is deleted from the token by one node of the fleet at a time,
- * and never while a certificate in the store uses it.
+ * and never while a certificate in the store uses it. A key already gone
+ * counts as deleted (token-keys.ts), and the list is written even when the
+ * lock ended meanwhile (shared-state.ts): a deletion made under a lost lock
+ * is not retried for ever.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { AcmeMetrics } from '../metrics.js';

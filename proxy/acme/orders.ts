@@ -159,6 +159,7 @@ export class OrderRunner {
       Object.assign(managed, { failures: 0, notBefore: undefined, lastError: undefined });
       // Before the lock goes: the next holder reads it and orders nothing.
       await state.save(lock);
+      await this.#retireIfOrphaned(name, issued.keyId);
       metrics.renewals.inc({ result: 'ok', problem: 'none' });
       log.info({ certificate: name, keyId: issued.keyId }, 'ACME certificate issued and serving');
       return issued;
@@ -189,6 +190,7 @@ export class OrderRunner {
         );
       }
       await state.save(lock);
+      if (storedHere) await this.#retireIfOrphaned(name, err.keyId);
       metrics.renewals.inc({ result: 'failed', problem });
       throw err;
     }
@@ -196,16 +198,38 @@ export class OrderRunner {
 
   /** Records that the certificate for `domains` on `keyId` serves `managed`'s entry; `previousKey`, when another, is retired (its grace starts now). */
   #recordServing(managed: ManagedState, domains: readonly string[], keyId: string, previousKey: string | undefined): void {
-    const { state, config } = this.#deps;
+    const { state } = this.#deps;
     // The names its certificate covers now: renewals keep them, and in a fleet every node reads them (shared-state.ts).
     Object.assign(managed, { domains: [...domains], keyId, ari: undefined, lastIssuedAt: new Date().toISOString() });
     // Retired by the issuer when its order was reported failed after the chain was stored: it serves, it is not to be deleted.
     state.state.retiredKeys = state.state.retiredKeys.filter((r) => r.keyId !== keyId);
-    if (previousKey !== undefined && previousKey !== keyId) {
-      const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
-      const retired = state.state.retiredKeys.find((r) => r.keyId === previousKey);
-      if (retired !== undefined) retired.deleteAfter = deleteAfter;
-      else state.state.retiredKeys.push({ keyId: previousKey, deleteAfter });
-    }
+    if (previousKey !== undefined && previousKey !== keyId) this.#retire(previousKey);
+  }
+
+  /** `keyId` waits out the grace period (from now), then housekeeping deletes it unless a stored certificate uses it. */
+  #retire(keyId: string): void {
+    const { state, config } = this.#deps;
+    const deleteAfter = new Date(Date.now() + config.renewal.keyGraceSeconds * 1000).toISOString();
+    const retired = state.state.retiredKeys.find((r) => r.keyId === keyId);
+    if (retired !== undefined) retired.deleteAfter = deleteAfter;
+    else state.state.retiredKeys.push({ keyId, deleteAfter });
+  }
+
+  /**
+   * After the save of an order whose chain was stored with `keyId`: when the entry the store kept does not use it (this
+   * node's lock ended before its save, and the state its successor wrote, or had, won), nothing else records the key and
+   * it stayed in the token for ever. It is retired, not deleted: the chain stored with it may still serve, and
+   * housekeeping deletes a key only once no stored certificate uses it. The retired keys are written without the lock
+   * (shared-state.ts).
+   */
+  async #retireIfOrphaned(name: string, keyId: string): Promise<void> {
+    const { state, log } = this.#deps;
+    if (keyId === '' || state.state.certificates[name]?.keyId === keyId) return;
+    this.#retire(keyId);
+    log.warn(
+      { certificate: name, keyId },
+      "ACME state of this order not kept in the fleet's store (this node's lock ended); its key is retired, deleted once nothing uses it",
+    );
+    await state.save();
   }
 }

@@ -34,6 +34,12 @@
  * refused because another node changed it is merged instead: this node's
  * additions, removals and new grace periods since it last read the list,
  * applied to the list etcd holds now, written on that revision.
+ * That list is written without the writer's lock: each change to it is safe
+ * from any node at any time (a key is added to wait out its grace, and is
+ * deleted only once no stored certificate uses it, housekeeping.ts; a key
+ * is removed only once it is gone from the token), whereas a node whose lock
+ * ended left the key its order made, or the one its housekeeping deleted,
+ * recorded nowhere or listed for ever.
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
  * caller holds keeps its identity. `forget()` deletes entries' keys (under
@@ -144,9 +150,11 @@ export class SharedIssuerState implements IssuerStateStore {
     for (const [name, managed] of Object.entries(this.state.certificates)) want(CERTIFICATES + name, managed);
     for (const [key, text, from] of writes) {
       try {
-        const done = await this.#store.writeIf(key, text, from, lock);
+        // The retired keys are not fenced by the lock (see the header): only by their revision, and merged when that moved.
+        const fence = key === RETIRED ? undefined : lock;
+        const done = await this.#store.writeIf(key, text, from, fence);
         if ('revision' in done) this.#wrote(key, text, done.revision);
-        else if (!(key === RETIRED && done.refused === 'changed' && (await this.#mergeRetired(lock)))) this.#refused(key, done.refused, lock, 'written');
+        else if (!(key === RETIRED && done.refused === 'changed' && (await this.#mergeRetired()))) this.#refused(key, done.refused, fence, 'written');
       } catch (err) {
         this.#log.warn({ storeKey: key, reason: (err as Error).message }, "ACME state not written to the fleet's store; written at the next change");
       }
@@ -159,7 +167,7 @@ export class SharedIssuerState implements IssuerStateStore {
   }
 
   /** This node's changes to the retired keys, onto the list etcd holds now; false when that is not a list, or changed again meanwhile. */
-  async #mergeRetired(lock: HeldLock | undefined): Promise<boolean> {
+  async #mergeRetired(): Promise<boolean> {
     const store = this.#store;
     const range = await store.call(`read ${RETIRED}`, () => store.client.get(store.prefix + RETIRED).exec());
     const kv = range.kvs[0];
@@ -172,7 +180,7 @@ export class SharedIssuerState implements IssuerStateStore {
     if (!Array.isArray(theirs) || !theirs.every(isRetiredKey)) return false;
     const merged = mergeRetired(this.#retiredBase, this.state.retiredKeys, theirs);
     const text = JSON.stringify(merged);
-    const done = await store.writeIf(RETIRED, text, kv === undefined ? 0 : Number(kv.mod_revision), lock);
+    const done = await store.writeIf(RETIRED, text, kv === undefined ? 0 : Number(kv.mod_revision));
     if ('refused' in done) return false;
     this.#wrote(RETIRED, text, done.revision);
     this.state.retiredKeys = merged;
