@@ -61,6 +61,7 @@ export class SigningService {
 
   constructor(options: ServiceOptions) {
     this.#options = options;
+    options.metrics.watchSignThreads(() => options.signers.threadsUp);
   }
 
   /** From now on every request is answered SHUTTING_DOWN; requests already running finish. */
