@@ -121,6 +121,12 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
+  readonly signsDropped = new Counter({
+    name: `${PREFIX}signs_dropped_total`,
+    help: 'Signs dropped unsigned because their connection closed before they were sent to a signing thread.',
+    registers: [this.registry],
+  });
+
   /** Signing threads up, read at each scrape; `watchSignThreads()` sets where from. */
   #signThreadsUp: () => number = () => 0;
 
