@@ -272,6 +272,38 @@ describe('every connection busy', () => {
   });
 });
 
+describe('a client that queues signs and leaves', () => {
+  // One signing thread, so 256 RSA-4096 signs queue for over a second.
+  serverWith({ pkcs11: { sessions: 1 } });
+
+  it('its signs not yet sent to the thread are dropped unsigned when it closes; the next client is served at once', async () => {
+    const ok = { op: 'sign', algorithm: 'RSA_PSS_SHA256', result: 'ok' };
+    const signedBefore = await metricValue(server, 'keyedge_keyserver_requests_total', ok);
+    const leaver = await RawConnection.connect(server.unixPath!);
+    leaver.write(Buffer.concat(Array.from({ length: 256 }, () => signFrame(keys.rsa!))));
+    await waitFor('the signs queued', async () => (await metricValue(server, 'keyedge_keyserver_in_flight_requests')) > 200);
+    leaver.socket.destroy();
+    // Before: the 256 stayed queued (up to their 2 s deadline) and were all signed for nobody.
+    const client = await connectUnix(server);
+    try {
+      const started = performance.now();
+      const message = randomBytes(32);
+      const signature = await client.sign(keys.rsa!.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, message));
+      expect(verifies(Algorithm.RSA_PSS_SHA256, message, keys.rsa!.publicKey, signature)).toBe(true);
+      expect(performance.now() - started).toBeLessThan(1_500);
+    } finally {
+      client.close();
+    }
+    await waitFor('nothing in flight', async () => (await metricValue(server, 'keyedge_keyserver_in_flight_requests')) === 0);
+    const dropped = await metricValue(server, 'keyedge_keyserver_signs_dropped_total');
+    const signed = (await metricValue(server, 'keyedge_keyserver_requests_total', ok)) - signedBefore - 1;
+    // At most two batches of 32 had gone to the thread, plus what the event loop signed inline.
+    expect(dropped).toBeGreaterThan(100);
+    expect(signed).toBeLessThan(156);
+    expect(signed + dropped).toBeLessThanOrEqual(256);
+  });
+});
+
 describe('bad-frame flood', () => {
   // The default log rate limit.
   serverWith({});

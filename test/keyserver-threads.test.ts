@@ -17,6 +17,7 @@ import { Algorithm } from '../keyserver/protocol/constants.js';
 import {
   CLI,
   digestOf,
+  metricValue,
   type ProvisionedKey,
   provisionKeys,
   readUserPin,
@@ -67,6 +68,10 @@ let key: ProvisionedKey;
 let child: ChildProcess;
 let output = '';
 let client: KeyserverClient;
+let adminPort: number;
+
+/** `keyedge_keyserver_sign_threads_up` from the admin listener. */
+const threadsUp = (): Promise<number> => metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up');
 
 /** The child's log lines with this message; throws once the key server has exited. */
 function logLines(msg: RegExp): Record<string, unknown>[] {
@@ -97,7 +102,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'inject.cjs'), INJECT);
   const config = testConfig(dir);
   key = provisionKeys(config, [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
-  const configFile = writeConfigFile(dir, { admin: null, log: { level: 'info' } });
+  const configFile = writeConfigFile(dir, { log: { level: 'info' } });
   mkdirSync(control);
   // Every signing thread fails its start from the first.
   fault('thread-start', true);
@@ -106,7 +111,8 @@ beforeAll(async () => {
     env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
   });
   for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
-  await waitFor('the key server to be ready', () => logLines(/^key server ready$/).length > 0 || undefined);
+  const ready = await waitFor('the key server to be ready', () => logLines(/^key server ready$/)[0]);
+  adminPort = (ready.admin as { port: number }).port;
   client = await KeyserverClient.connect({ unixPath: config.listen.unix!.path, timeoutMs: 10_000 });
 }, 60_000);
 
@@ -127,6 +133,8 @@ it('signing threads that fail to start are logged and restarted with a backoff; 
   const failed = logLines(/^signing thread failed/);
   expect(failed[0]).toMatchObject({ code: 'EMFILE', error: expect.stringContaining('EMFILE') });
   expect(new Set(failed.map((line) => line.thread))).toEqual(new Set([0, 1]));
+  // An operator sees it without the logs: no thread up.
+  expect(await threadsUp()).toBe(0);
   // The backoff doubles for each failure in a row.
   const delays = failed.filter((line) => line.thread === 0).map((line) => line.restartInMs);
   expect(delays.slice(0, 2)).toEqual([100, 200]);
@@ -134,6 +142,7 @@ it('signing threads that fail to start are logged and restarted with a backoff; 
 
   fault('thread-start', false);
   await waitFor('both threads back', () => new Set(logLines(/^signing thread restarted$/).map((line) => line.thread)).size === 2 || undefined);
+  expect(await threadsUp()).toBe(2);
   await burst();
   expect(output).not.toContain(readUserPin(dir));
 });

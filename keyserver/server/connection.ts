@@ -29,6 +29,9 @@
  * `state` (busy: requests in flight; stalled: a partial frame pending, or no
  * frame yet; idle: neither) is reported to `onState` on each change, for the
  * daemon's admission (admission.ts).
+ *
+ * When the socket closes, its signs still waiting for a signing thread are
+ * dropped (sign-workers.ts): a client cannot queue work, leave, and repeat.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
@@ -75,6 +78,8 @@ export class KeyserverConnection {
   /** True while a chunk is being read: answers made meanwhile ride on its cork. */
   #reading = false;
   #idleWaiters: (() => void)[] = [];
+  /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. */
+  readonly #closed = new AbortController();
 
   constructor(socket: Socket, client: ClientIdentity, context: ConnectionContext) {
     this.socket = socket;
@@ -98,6 +103,7 @@ export class KeyserverConnection {
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
+      this.#closed.abort();
       this.#settleIdle();
     });
   }
@@ -173,7 +179,7 @@ export class KeyserverConnection {
       this.#send({ op: 'error', id: request.id, code: ErrorCode.OVERLOADED, detail: `more than ${this.#limits.maxInFlightPerConnection} requests in flight` });
       return;
     }
-    const answer = this.#service.handle(request, this.client);
+    const answer = this.#service.handle(request, this.client, this.#closed.signal);
     if (!(answer instanceof Promise)) {
       this.#send(answer);
       return;

@@ -121,10 +121,34 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
+  readonly signsDropped = new Counter({
+    name: `${PREFIX}signs_dropped_total`,
+    help: 'Signs dropped unsigned because their connection closed before they were sent to a signing thread.',
+    registers: [this.registry],
+  });
+
+  /** Signing threads up, read at each scrape; `watchSignThreads()` sets where from. */
+  #signThreadsUp: () => number = () => 0;
+
+  readonly signThreadsUp: Gauge = new Gauge({
+    name: `${PREFIX}sign_threads_up`,
+    help:
+      'Signing threads loaded and taking jobs; below pkcs11.sessions (or the token session limit less two), threads are failing and ' +
+      'restarting (each failure is logged), and signs fall back to the other threads or the event loop.',
+    registers: [this.registry],
+    // Read at the scrape, not pushed on each change: a thread's state is one field, and a failing thread changes it every backoff.
+    collect: (): void => this.signThreadsUp.set(this.#signThreadsUp()),
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Every reason exported from the start at 0, so a rate() over it has a baseline.
     for (const reason of DROP_REASONS) this.connectionsDropped.inc({ reason }, 0);
+  }
+
+  /** Where `sign_threads_up` reads the signing threads up at each scrape. */
+  watchSignThreads(threadsUp: () => number): void {
+    this.#signThreadsUp = threadsUp;
   }
 
   connectionDropped(reason: DropReason): void {

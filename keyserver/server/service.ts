@@ -10,14 +10,16 @@
  * answered synchronously, with no promise or timer. Deadline: a sign sent to
  * a signing thread that has not finished within `requestTimeoutMs` (queueing
  * included) is answered DEADLINE_EXCEEDED at once; the thread skips it if it
- * has not started it yet, else its result is dropped.
+ * has not started it yet, else its result is dropped. A sign whose `signal`
+ * aborted (its connection closed) before it was sent to a thread is dropped
+ * unsigned and counted in `signs_dropped_total`; its answer goes nowhere.
  */
 import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
-import { type SigningWorkers, skippedPastDeadline } from '../token/sign-workers.js';
+import { droppedUnsent, type SigningWorkers, skippedPastDeadline } from '../token/sign-workers.js';
 import { schemeFitsKey } from '../token/sign.js';
 import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
@@ -61,6 +63,7 @@ export class SigningService {
 
   constructor(options: ServiceOptions) {
     this.#options = options;
+    options.metrics.watchSignThreads(() => options.signers.threadsUp);
   }
 
   /** From now on every request is answered SHUTTING_DOWN; requests already running finish. */
@@ -75,7 +78,8 @@ export class SigningService {
     return usage;
   }
 
-  handle(request: Request, client: ClientIdentity): Response | Promise<Response> {
+  /** `signal`: aborted once the answer has nowhere to go (the connection closed). */
+  handle(request: Request, client: ClientIdentity, signal?: AbortSignal): Response | Promise<Response> {
     if (this.#draining) return this.#refuse(request, client, 'SHUTTING_DOWN', 'the key server is shutting down');
     switch (request.op) {
       case 'ping':
@@ -88,11 +92,11 @@ export class SigningService {
         return { op: 'publicKey', id: request.id, spki: key.spki };
       }
       case 'sign':
-        return this.#sign(request, client);
+        return this.#sign(request, client, signal);
     }
   }
 
-  #sign(request: SignRequestOf, client: ClientIdentity): Response | Promise<Response> {
+  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined): Response | Promise<Response> {
     const key = this.#authorisedKey(request.keyId, request, client);
     if ('op' in key) return key;
     const algorithm = algorithmInfo(request.algorithm);
@@ -108,6 +112,7 @@ export class SigningService {
         key,
         { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest },
         Date.now() + this.#options.requestTimeoutMs,
+        signal,
       );
     } catch (err) {
       return this.#signFailed(request, client, key, err, started);
@@ -135,6 +140,12 @@ export class SigningService {
         (err: unknown) => {
           if (answered) return;
           clearTimeout(timer);
+          if (droppedUnsent(err)) {
+            // Nobody is left to answer: counted, not logged (a client can close at will).
+            this.#options.metrics.signsDropped.inc();
+            resolve({ op: 'error', id: request.id, code: ErrorCode.SHUTTING_DOWN, detail: 'the connection closed' });
+            return;
+          }
           // Skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
           if (skippedPastDeadline(err)) late();
           else resolve(this.#signFailed(request, client, key, err, started));

@@ -15,9 +15,16 @@
  * died between C_SignInit and C_Sign) after RESTART_MIN_MS, doubling on each
  * failure in a row up to RESTART_MAX_MS.
  *
+ * Jobs wait in `queue` on the main thread and go out in batches of at most
+ * BATCH_MAX, at most WINDOW batches unanswered: enough that the thread never
+ * waits for the loop to send more, while the rest stay where they can still be
+ * dropped (the owner's `skip()`: a job whose connection closed costs the token
+ * nothing). A batch posted cannot be taken back.
+ *
  * Contract: `started` resolves once the first start is over, up or failed;
- * `up` says whether jobs may be sent; `load` and `batch` are the owner's
- * bookkeeping of jobs on this thread; `stop()` ends it for good.
+ * `up` says whether jobs may be sent; `load` (jobs queued or sent, not yet
+ * answered) and `queue` are the owner's bookkeeping of jobs on this thread;
+ * `stop()` ends it for good.
  */
 import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
@@ -28,6 +35,10 @@ import type { Token } from './token.js';
 const RESTART_MIN_MS = 100;
 /** ...up to this; a thread that served this long before failing starts over from RESTART_MIN_MS. */
 const RESTART_MAX_MS = 10_000;
+/** Jobs per message to a thread: 32 RSA-2048 signs are about 20 ms of its time... */
+const BATCH_MAX = 32;
+/** ...and it holds at most this many unanswered, so one is always waiting when it finishes another. */
+const WINDOW = 2;
 /** What a thread posts once pkcs11js is loaded and it takes jobs. */
 const THREAD_UP = 'up';
 
@@ -85,6 +96,8 @@ export interface ThreadOwner {
   results(thread: SignThread, results: JobResult[]): void;
   /** The thread died: the jobs it held are unanswered. */
   failed(thread: SignThread): void;
+  /** Whether a queued job is dropped instead of sent (its connection closed); the owner answers it. */
+  skip(job: Job): boolean;
 }
 
 export class SignThread {
@@ -93,9 +106,13 @@ export class SignThread {
   readonly started: Promise<void>;
   /** Loaded and taking jobs. */
   up = false;
-  /** Jobs sent and not yet answered, plus those batched for the next send. */
+  /** Jobs sent and not yet answered, plus those queued. */
   load = 0;
-  batch: Job[] = [];
+  /** Jobs not yet sent, oldest first, from `#head` on (taken from the front without copying the rest). */
+  queue: Job[] = [];
+  #head = 0;
+  /** Batches sent and not yet answered. */
+  #sent = 0;
   readonly #owner: ThreadOwner;
   /** Undefined while a failed thread waits for its restart, and once stopped. */
   #worker: Worker | undefined;
@@ -117,11 +134,21 @@ export class SignThread {
     this.#start();
   }
 
-  /** Posts the batch: everything asked of this thread in one tick, as one message. */
+  /** Posts queued jobs, BATCH_MAX a message, while fewer than WINDOW batches are unanswered. */
   send(): void {
-    if (this.batch.length === 0) return;
-    this.#worker?.postMessage(this.batch);
-    this.batch = [];
+    const worker = this.#worker;
+    if (worker === undefined || !this.up) return;
+    while (this.#sent < WINDOW && this.#head < this.queue.length) {
+      const batch: Job[] = [];
+      while (this.#head < this.queue.length && batch.length < BATCH_MAX) {
+        const job = this.queue[this.#head++]!;
+        if (!this.#owner.skip(job)) batch.push(job);
+      }
+      if (this.#head === this.queue.length) this.#emptyQueue();
+      if (batch.length === 0) continue;
+      worker.postMessage(batch);
+      this.#sent++;
+    }
   }
 
   async stop(): Promise<void> {
@@ -144,7 +171,12 @@ export class SignThread {
       return;
     }
     this.#worker = worker;
-    worker.on('message', (message: JobResult[] | typeof THREAD_UP) => (message === THREAD_UP ? this.#up() : this.#owner.results(this, message)));
+    worker.on('message', (message: JobResult[] | typeof THREAD_UP) => {
+      if (message === THREAD_UP) return this.#up();
+      this.#sent--;
+      this.#owner.results(this, message);
+      this.send();
+    });
     worker.on('error', (err) => (this.#error = err));
     worker.on('exit', (code) => {
       if (this.#worker !== worker) return;
@@ -173,9 +205,15 @@ export class SignThread {
     );
     this.#startedResolve?.();
     if (!this.#stopped) this.#restartTimer = setTimeout(() => this.#restart(), delay).unref();
+    this.#sent = 0;
     this.#owner.failed(this);
     this.load = 0;
-    this.batch = [];
+    this.#emptyQueue();
+  }
+
+  #emptyQueue(): void {
+    this.queue = [];
+    this.#head = 0;
   }
 
   #restart(): void {

@@ -5,8 +5,8 @@
  * and with a token object SoftHSM2 makes it the dearer half (it re-reads the
  * key object from the token's files), so on the event loop alone it capped the
  * whole key server at one core's worth of C_SignInit. On a thread C_SignInit
- * and C_Sign run back to back. Requests reaching a worker in the same tick
- * travel as one message, so under load the hand-off is amortised.
+ * and C_Sign run back to back. Requests travel to a thread in batches
+ * (sign-thread.ts), so under load the hand-off is amortised.
  *
  * Each thread (sign-thread.ts) has a token session of its own and uses the
  * key handles opened here (PKCS#11 handles belong to the process).
@@ -18,7 +18,7 @@
  * ECDSA sign itself. So that the loop never stalls on the token under load,
  * inline signing may use at most INLINE_SHARE of the loop's time, in bursts of
  * at most INLINE_BURST_MS (a token bucket; one RSA-2048 sign is about 0.6 ms);
- * past that, requests go to the threads, batched per tick. A request never
+ * past that, requests are queued for the threads. A request never
  * waits behind the threads' queue while the loop could sign it.
  *
  * Keys are signed through their session copies (session-keys.ts), which
@@ -27,6 +27,9 @@
  * A thread that fails is logged and restarted with a backoff (sign-thread.ts);
  * its unanswered jobs go to another thread or inline (or are skipped, their
  * deadline past: a signature has no side effect, so signing again is safe).
+ * A request whose `signal` aborted (its connection closed) while it waited to
+ * be sent to a thread is dropped, and rejects with 'dropped' (see
+ * `droppedUnsent`): a client cannot leave work queued ahead of others'.
  * While no thread is up, every sign is made inline, whatever the budget: a
  * slower event loop beats refusing signs the token can make. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
@@ -64,9 +67,18 @@ export function skippedPastDeadline(err: unknown): boolean {
   return err instanceof TokenError && err.message === DEADLINE_SKIPPED;
 }
 
+/** A sign's rejection when it was dropped unsent, its signal aborted. */
+const DROPPED = 'dropped';
+
+/** Whether a sign's rejection says it was dropped before reaching a thread, its signal aborted (nothing reached the token). */
+export function droppedUnsent(err: unknown): boolean {
+  return err instanceof TokenError && err.message === DROPPED;
+}
+
 interface Pending {
   lane: SignThread;
   readonly job: Job;
+  readonly signal: AbortSignal | undefined;
   resolve(signature: Buffer): void;
   reject(err: Error): void;
 }
@@ -100,6 +112,7 @@ export class SigningWorkers {
       workerData: { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath },
       results: (lane, results) => this.#settle(lane, results),
       failed: (lane) => this.#failed(lane),
+      skip: (job) => this.#skip(job),
     };
     for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
   }
@@ -123,7 +136,8 @@ export class SigningWorkers {
     return this.#pending.size;
   }
 
-  sign(key: TokenKey, request: SignRequest, deadline: number): Buffer | Promise<Buffer> {
+  /** `signal`: aborted once nobody waits for the answer (the connection closed); a request not yet sent to a thread is then dropped. */
+  sign(key: TokenKey, request: SignRequest, deadline: number, signal?: AbortSignal): Buffer | Promise<Buffer> {
     if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
     const plan = signPlan(key, request);
     const now = performance.now();
@@ -133,17 +147,17 @@ export class SigningWorkers {
     // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
     if (lane === undefined) return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
     const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
-    return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, resolve, reject }));
+    return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, signal, resolve, reject }));
   }
 
   #enqueue(lane: SignThread, pending: Pending): void {
     pending.lane = lane;
     this.#pending.set(pending.job.id, pending);
     lane.load++;
-    lane.batch.push(pending.job);
+    lane.queue.push(pending.job);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
-      // Everything asked for in this tick goes out as one message per worker.
+      // Everything asked for in this tick is queued before a batch goes out.
       process.nextTick(() => this.#flush());
     }
   }
@@ -198,6 +212,17 @@ export class SigningWorkers {
     } catch (err) {
       pending.reject(err as Error);
     }
+  }
+
+  /** A queued job whose signal aborted: answered 'dropped' instead of sent. */
+  #skip(job: Job): boolean {
+    const pending = this.#pending.get(job.id);
+    if (pending?.signal?.aborted !== true) return false;
+    this.#pending.delete(job.id);
+    pending.lane.load--;
+    pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DROPPED));
+    this.#drainedCheck();
+    return true;
   }
 
   #drainedCheck(): void {

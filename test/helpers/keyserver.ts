@@ -287,7 +287,7 @@ export function runCli(args: readonly string[]): Promise<{ code: number; stdout:
 }
 
 /** The value of one Prometheus sample from the admin port, 0 when the series does not exist yet. */
-export async function metricValue(server: RunningKeyserver, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function metricValue(server: Pick<RunningKeyserver, 'adminPort'>, name: string, labels: Record<string, string> = {}): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${server.adminPort}/metrics`);
   if (res.status !== 200) throw new Error(`/metrics answered ${res.status}`);
   const text = await res.text();
