@@ -126,7 +126,10 @@ describe('HTTP/2 reset attacks', () => {
       Buffer.concat([getHeaders(id, HOST, `/made/answer?delayMs=1000&size=1024`, false, [['content-length', '1']]), data(id, Buffer.from('xx'), true)]),
     );
     if (NGHTTP2_BOUNDS_OWN_RESETS) {
-      expect(made.client.goaways).toContain(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      // nghttp2 ends it with GOAWAY INTERNAL_ERROR and Node closes at once: as with WINDOW_UPDATE 0 below, the reset
+      // can reach the client, still writing, before it reads the GOAWAY (seen once on Node 22 in 3 runs).
+      if (made.client.goaways.length > 0) expect(made.client.goaways).toContain(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      else expect(made.client.error).toBeDefined();
     } else {
       expect(made.client.goaways).toContain(ENHANCE_YOUR_CALM);
       expect(made.client.resets).toBeGreaterThan(0);
