@@ -1,8 +1,8 @@
 /**
  * Building blocks shared by the daemons' config schemas (zod): strict objects
  * that name the keys they know, bounded integers, non-empty strings, key ids.
- * Each produces an error message saying what was expected, which config/load.ts
- * prefixes with the file and key path.
+ * Each produces an error message saying what was expected, which
+ * config/problems.ts prefixes with the file and key path.
  */
 import { z } from 'zod';
 

@@ -1,8 +1,9 @@
 /**
  * The key server's configuration: the shape of its JSON file (validated once,
  * at start) and the one table of defaults. The file schema holds no defaults:
- * every omitted value is filled from KEYSERVER_DEFAULTS by config/load.ts, so a
- * default can be read, changed and justified in a single place.
+ * every omitted value is filled from KEYSERVER_DEFAULTS by
+ * config/resolve-keyserver.ts, so a default can be read, changed and
+ * justified in a single place.
  *
  * Messages say what was expected and never echo a value that could be secret:
  * the PIN must never reach a log through a config error.

@@ -112,3 +112,31 @@ export async function startTickets({ config, log, shared, synced, coordinator }:
     },
   };
 }
+
+/**
+ * The ticket ring's periodic rotation, every `tls.ticketKeyRotationSeconds`. A fleet's nodes each look a dozen times
+ * a period whether the shared ring is due; the one holding the lock rotates it, and every node takes it from the store.
+ */
+export function scheduleTicketRotation(
+  config: ProxyConfig,
+  log: Logger,
+  shared: EtcdStore | undefined,
+  { rotateTickets, takeSharedTickets }: Pick<Tickets, 'rotateTickets' | 'takeSharedTickets'>,
+): NodeJS.Timeout {
+  const rotationMs = config.tls.ticketKeyRotationSeconds * 1000;
+  const rotation =
+    shared === undefined
+      ? setInterval(() => void rotateTickets(), rotationMs)
+      : setInterval(
+          () => {
+            if (!shared.health.up) return;
+            rotateSharedTicketKeys(shared, { force: false, periodMs: rotationMs, waitMs: 0 }).then(
+              () => void takeSharedTickets(),
+              (err: Error) => log.warn({ reason: err.message }, 'fleet ticket key rotation check failed; the current ring keeps serving'),
+            );
+          },
+          Math.min(Math.max(rotationMs / 12, 5_000), 300_000),
+        );
+  rotation.unref();
+  return rotation;
+}

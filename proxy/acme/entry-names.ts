@@ -11,9 +11,9 @@
  * entry: the second one's order renewed the first one's certificate, and its
  * on-demand handshake was taken as managed. It is now a readable prefix, `_`
  * and 16 hex digits of the SHA-256 of the whole name:
- *  - `_` is in no lower-case DNS name (admin.ts and on-demand.ts let no other
- *    name through) except as the leading spelling of `*`, so such a name is
- *    never the entry name of a short domain;
+ *  - `_` is in no lower-case DNS name (admin-acme.ts and on-demand.ts let no
+ *    other name through) except as the leading spelling of `*`, so such a
+ *    name is never the entry name of a short domain;
  *  - 64 bits of digest: finding a name whose entry is an existing long name's
  *    (a second preimage, 2^64 tries) is out of reach of a client cycling
  *    on-demand names; 32 or 48 bits were within a GPU's day.

@@ -1,0 +1,65 @@
+/**
+ * The admin API's ACME changes: POST /acme/issue (a body of domains, an entry
+ * name, whether to replace the entry's domains) and POST /acme/renew/:name,
+ * each answering once the certificate serves. Refusals by their code (400,
+ * 404, 409); anything else is the CA's or the order's failure, 502.
+ */
+import type http from 'node:http';
+import { KeyedgeError, UsageError } from '../keyserver/shared/errors.js';
+import { readBody } from './admin-body.js';
+import { entryName, json } from './admin-http.js';
+import type { AdminControl } from './admin-sources.js';
+import { STORE_ENTRY_NAME } from './certs/store.js';
+
+/** Answers an ACME request (the token already checked). */
+export function answerAcme(req: http.IncomingMessage, res: http.ServerResponse, path: string, control: AdminControl): void {
+  acmeRequest(req, path, control).then(
+    (answer) => json(res, 200, answer),
+    (err: Error) =>
+      json(res, err instanceof KeyedgeError ? (ACME_STATUS[err.code] ?? 502) : 502, {
+        error: {
+          code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_ACME',
+          problem: (err as { problem?: string }).problem,
+          message: err.message,
+        },
+      }),
+  );
+}
+
+/** The status of an ACME request's refusal by its code; anything else is the CA's or the order's failure, 502. */
+const ACME_STATUS: Partial<Record<KeyedgeError['code'], number>> = {
+  KEYEDGE_ERR_USAGE: 400,
+  KEYEDGE_ERR_CERT_NOT_FOUND: 404,
+  // The entry records other names than those asked for (acme/domain-lists.ts): a conflict with its state, nothing ordered.
+  KEYEDGE_ERR_ACME_DOMAINS: 409,
+};
+
+/** POST /acme/issue and /acme/renew/NAME: the body's domains, or the entry name from the path. */
+async function acmeRequest(req: http.IncomingMessage, path: string, control: AdminControl): Promise<unknown> {
+  const { acmeIssue, acmeRenew } = control;
+  if (acmeIssue === undefined || acmeRenew === undefined) throw new UsageError('ACME is not configured (the proxy config has no "acme")');
+  if (path.startsWith('/acme/renew/')) {
+    const name = entryName(path.slice('/acme/renew/'.length));
+    if (name === undefined || !STORE_ENTRY_NAME.test(name)) throw new UsageError('not a certificate name');
+    return acmeRenew(name);
+  }
+  const body = await readBody(req, 64 * 1024);
+  if (typeof body !== 'string') throw new UsageError('the request body is too large');
+  let parsed: { domains?: unknown; name?: unknown; replaceDomains?: unknown };
+  try {
+    parsed = JSON.parse(body) as typeof parsed;
+  } catch {
+    throw new UsageError('expected a JSON body {"domains": ["a.example", ...], "name"?: "entry", "replaceDomains"?: true}');
+  }
+  const domains = parsed.domains;
+  if (!Array.isArray(domains) || domains.length === 0 || domains.length > 100 || !domains.every((d) => typeof d === 'string' && DNS_NAME.test(d))) {
+    throw new UsageError('"domains" must be 1-100 lower-case DNS names');
+  }
+  if (parsed.name !== undefined && (typeof parsed.name !== 'string' || !STORE_ENTRY_NAME.test(parsed.name)))
+    throw new UsageError('"name" is not a certificate name');
+  if (parsed.replaceDomains !== undefined && typeof parsed.replaceDomains !== 'boolean') throw new UsageError('"replaceDomains" must be true or false');
+  return acmeIssue(domains as string[], parsed.name as string | undefined, parsed.replaceDomains === true);
+}
+
+/** A lower-case DNS name, optionally with one leading wildcard label (RFC 6125 §6.4.3). */
+const DNS_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;

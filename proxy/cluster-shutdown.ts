@@ -1,0 +1,62 @@
+/**
+ * The primary's stop: on SIGTERM/SIGINT (or an uncaught error) every worker
+ * is told to drain and is killed if it outlives the grace period; a second
+ * signal is caught too, so it cannot cut the drain short. A first worker that
+ * cannot start fails the start instead. The workers' own drain is shutdown.ts.
+ */
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import type { Logger } from '../keyserver/shared/log.js';
+import { SHUTDOWN } from './cluster-messages.js';
+import { sendToWorker } from './cluster-metrics.js';
+import type { WorkerSupervisor } from './cluster-supervisor.js';
+
+/**
+ * Shutdown: resolves once SIGTERM/SIGINT (or an uncaught error, through `onFault`) stopped every worker gracefully;
+ * rejects when a first worker cannot start. `stopTimers` ends the primary's own work first.
+ */
+export async function untilStopped(
+  config: ProxyConfig,
+  log: Logger,
+  supervisor: WorkerSupervisor,
+  onFault: (stop: () => void) => void,
+  stopTimers: () => void,
+): Promise<void> {
+  // Every SIGTERM/SIGINT is caught until the end: a second one's default action ended the primary at once, mid-drain,
+  // and its workers with it (they exit when the IPC channel closes). The drain is bounded by the grace period.
+  let stop: (reason: string) => void = () => undefined;
+  const onStopSignal = (signal: NodeJS.Signals): void => stop(signal);
+  process.on('SIGTERM', onStopSignal);
+  process.on('SIGINT', onStopSignal);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      supervisor.failStart = (err) => {
+        if (supervisor.stopping) return;
+        stopTimers();
+        log.error({ code: err.code, reason: err.message }, 'a proxy worker could not start; stopping');
+        // Workers still starting have no SIGTERM handler yet and end at once; started ones stop gracefully.
+        for (const worker of supervisor.workers()) worker.process.kill('SIGTERM');
+        reject(err);
+      };
+      stop = (reason) => {
+        if (supervisor.stopping) return;
+        stopTimers();
+        log.info({ reason }, 'stopping proxy workers');
+        const workers = supervisor.workers();
+        if (workers.length === 0) return resolve();
+        let left = workers.length;
+        for (const worker of workers) {
+          worker.once('exit', () => --left === 0 && resolve());
+          sendToWorker(worker, SHUTDOWN);
+        }
+        // Workers that do not finish within the grace period (plus slack) are killed.
+        setTimeout(() => {
+          for (const worker of workers) if (!worker.isDead()) worker.kill('SIGKILL');
+        }, config.shutdownGraceMs + 5_000).unref();
+      };
+      onFault(() => stop('uncaught error'));
+    });
+  } finally {
+    process.off('SIGTERM', onStopSignal);
+    process.off('SIGINT', onStopSignal);
+  }
+}
