@@ -250,6 +250,78 @@ describe('ACME state shared on etcd', () => {
     expect(byId(stateA.state.retiredKeys)).toEqual(want);
   });
 
+  it('keeps a key this node retired when another node’s change to the list is taken before its save, or while it runs', async () => {
+    const { a, b, stateA, stateB } = await twoNodes('/acme-retired-refresh/', 'retired-refresh');
+    const RETIRED = 'acme/retired-keys';
+    const later = '2030-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'k0', deleteAfter: later });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 1 ? true : undefined;
+    });
+    /** Node B's order retires `keyId`; its write reaches node A's mirror, not yet A's state (the watch's refresh comes next). */
+    const retiredOnB = async (keyId: string) => {
+      stateB.state.retiredKeys.push({ keyId, deleteAfter: later });
+      await stateB.save();
+      const written = b.item(RETIRED)!.modRevision;
+      await waitFor('node A to mirror node B’s list', () => (a.item(RETIRED)?.modRevision === written ? true : undefined));
+    };
+    // Node A's order retires kA1, and node B's change is taken before A's save runs.
+    stateA.state.retiredKeys.push({ keyId: 'kA1', deleteAfter: later });
+    await retiredOnB('kB1');
+    stateA.refresh();
+    await stateA.save();
+    // Node A's order retires kA2 and saves from the list before B's next change, taken while that write is on its way (refused).
+    await retiredOnB('kB2');
+    stateA.state.retiredKeys.push({ keyId: 'kA2', deleteAfter: later });
+    const saving = stateA.save();
+    for (let i = 0; i < 3; i++) await Promise.resolve();
+    stateA.refresh();
+    await saving;
+    const stored = await a.call('read', () => a.client.get(`/acme-retired-refresh/${RETIRED}`).string());
+    const ids = (list: { keyId: string }[]) => list.map((r) => r.keyId).sort();
+    expect(ids(JSON.parse(stored!))).toEqual(['k0', 'kA1', 'kA2', 'kB1', 'kB2']);
+    expect(ids(stateA.state.retiredKeys)).toEqual(['k0', 'kA1', 'kA2', 'kB1', 'kB2']);
+  });
+
+  it('removes only the keys a housekeeping pass deleted: keys retired while it ran stay listed', async () => {
+    const { a, b, stateA, stateB, locksA } = await twoNodes('/acme-retired-pass/', 'retired-pass');
+    const RETIRED = 'acme/retired-keys';
+    const later = '2030-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'old', deleteAfter: '2020-01-01T00:00:00.000Z' });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 1 ? true : undefined;
+    });
+    const removed: string[] = [];
+    const keys = {
+      generate: () => Promise.reject(new Error('unused')),
+      // While the pass deletes `old` (a child process, a second or so): an order on node A retires kA, and node B's
+      // order retires kB, which node A takes.
+      remove: async (keyId: string) => {
+        removed.push(keyId);
+        stateA.state.retiredKeys.push({ keyId: 'kA', deleteAfter: later });
+        await stateA.save();
+        stateB.state.retiredKeys.push({ keyId: 'kB', deleteAfter: later });
+        await stateB.save();
+        const written = b.item(RETIRED)!.modRevision;
+        await waitFor('node A to mirror node B’s list', () => (a.item(RETIRED)?.modRevision === written ? true : undefined));
+        stateA.refresh();
+      },
+    };
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    await deleteRetiredKeys({ state: stateA, keys, records: () => new Map(), metrics, log, locks: locksA }, Date.now());
+    expect(removed).toEqual(['old']);
+    const stored = await a.call('read', () => a.client.get(`/acme-retired-pass/${RETIRED}`).string());
+    expect(
+      JSON.parse(stored!)
+        .map((r: { keyId: string }) => r.keyId)
+        .sort(),
+    ).toEqual(['kA', 'kB']);
+  });
+
   it('retires the key of an order whose chain was stored but whose lock ended before its state was saved', async () => {
     const { a, stateA } = await twoNodes('/acme-orphan/', 'orphan');
     const [OLD, NEW] = ['o'.repeat(64), 'n'.repeat(64)];
