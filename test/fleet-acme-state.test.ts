@@ -1,6 +1,4 @@
-import { join } from 'node:path';
-import type { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
@@ -11,16 +9,13 @@ import { OrderRunner } from '../proxy/acme/orders.js';
 import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
 import { SharedIssuerState } from '../proxy/acme/shared-state.js';
 import type { ManagedState } from '../proxy/acme/state.js';
-import { CACHE_FILE } from '../proxy/store/cache.js';
-import { etcdClient } from '../proxy/store/etcd-client.js';
 import { registerAcmeMetrics } from '../proxy/metrics.js';
 import { Registry } from 'prom-client';
 import { captureLog } from './helpers/keyserver.js';
-import { EtcdStore } from '../proxy/store/etcd-store.js';
+import type { EtcdStore } from '../proxy/store/etcd-store.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import type { HeldLock } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
-import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 15: the ACME issuer's fleet parts against a real etcd (one member:
@@ -30,21 +25,10 @@ import { waitFor } from './helpers/proxy-cluster.js';
 // order sees that order's state. The on-demand hourly limits hold for the
 // fleet under concurrent takers, and a refusal on one node is remembered on
 // the other. The pebble end to end is test/fleet-acme.test.ts.
-let dir: string;
-let etcd: EtcdCluster;
-const clients: Etcd3[] = [];
-const stores: EtcdStore[] = [];
+const lab = etcdStoresForFile('/', 2_000);
 const log = createLogger('fleet-acme-state-test', 'silent', process.stderr);
 const CHAIN = '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n';
-
-async function node(prefix: string, name: string): Promise<EtcdStore> {
-  const client = etcdClient({ endpoints: etcd.endpoints, prefix, tls: null, auth: null, timeoutMs: 2_000 }, 'test');
-  clients.push(client);
-  const made = new EtcdStore(client, { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: () => {} });
-  stores.push(made);
-  await made.start();
-  return made;
-}
+const node = (prefix: string, name: string): Promise<EtcdStore> => lab().store(prefix, name);
 
 /** Two nodes on one prefix, each with its issuer state and its issuance locks (which refresh that state). */
 async function twoNodes(prefix: string, name: string) {
@@ -85,17 +69,6 @@ function managerOn(
     renewalWindow: async () => undefined,
   });
 }
-
-beforeAll(async () => {
-  dir = tempDir('keyedge-fleet-acme-state-');
-  etcd = await startEtcdCluster(dir, 1);
-}, 60_000);
-
-afterAll(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  await etcd?.close();
-  removeDir(dir);
-});
 
 describe('ACME state shared on etcd', () => {
   it('writes an order’s certificate only while its issuance lock is held', async () => {

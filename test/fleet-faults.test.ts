@@ -1,18 +1,18 @@
 import type { Etcd3, Lock } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { EtcdStores } from './helpers/etcd-stores.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store under faults, against a real etcd (one member): a lock
 // holder paused past its lease, a watch whose revision was compacted away.
-let lab: EtcdStores;
-const client = (): Etcd3 => lab.client();
-const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
+const lab = etcdStoresForFile('/f/', 2_000);
+const client = (): Etcd3 => lab().client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab().store(prefix, name, changes);
 
 /** `real`, whose locks run `pause` right after their acquisition transaction succeeded (before the holder reads its fence). */
 function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>): Etcd3 {
@@ -35,14 +35,6 @@ function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>):
     },
   });
 }
-
-beforeAll(async () => {
-  lab = await EtcdStores.start('/f/', 2_000);
-}, 60_000);
-
-afterAll(async () => {
-  await lab?.close();
-});
 
 describe('a lock holder paused past its lease', () => {
   it('does not take the fence of the node that took the lock meanwhile', async () => {
@@ -128,7 +120,7 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
-    const nodeA = await lab.store('/l/', 'deaf', [], deaf);
+    const nodeA = await lab().store('/l/', 'deaf', [], deaf);
     // Node B registers the account under the lock, and releases it.
     const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
@@ -152,9 +144,9 @@ describe('a ticket-key rotation when etcd goes away under it', () => {
     let killEtcd = false;
     // etcd dies right after the rotation lock is taken, before the store's probe can notice.
     const dying = pausingAfterAcquire(client(), async () => {
-      if (killEtcd) await lab.etcd.members[0]!.kill();
+      if (killEtcd) await lab().etcd.members[0]!.kill();
     });
-    const node = await lab.store('/tickets-gone/', 'tickets-gone', [], dying);
+    const node = await lab().store('/tickets-gone/', 'tickets-gone', [], dying);
     expect(await rotateSharedTicketKeys(node, { force: true, periodMs: 0, waitMs: 0 })).toBe('rotated');
     const ring = sharedTicketKeys(node)!.keys.map((k) => k.toString('base64'));
     killEtcd = true;
@@ -166,8 +158,8 @@ describe('a ticket-key rotation when etcd goes away under it', () => {
       );
       for (const key of ring) expect(JSON.stringify({ message: (err as Error).message, cause: String((err as Error).cause) })).not.toContain(key);
     } finally {
-      lab.etcd.members[0]!.start();
-      await lab.etcd.healthy(30_000);
+      lab().etcd.members[0]!.start();
+      await lab().etcd.healthy(30_000);
     }
   }, 60_000);
 });

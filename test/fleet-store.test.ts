@@ -1,29 +1,21 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { EtcdStores } from './helpers/etcd-stores.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store's parts against a real etcd (one member: these are not
 // about quorum): the fenced lock, the mirror and its cache, the revision floor.
-let lab: EtcdStores;
-const client = (): Etcd3 => lab.client();
-const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
-
-beforeAll(async () => {
-  lab = await EtcdStores.start('/t/', 1_000);
-}, 60_000);
-
-afterAll(async () => {
-  await lab?.close();
-});
+const lab = etcdStoresForFile('/t/', 1_000);
+const client = (): Etcd3 => lab().client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab().store(prefix, name, changes);
 
 describe('the fenced etcd lock', () => {
   it('blocks a second taker until the first releases, with a larger fencing token, and refuses a stale holder', async () => {
@@ -68,7 +60,7 @@ describe('the fleet store mirror', () => {
     expect(await rotateSharedTicketKeys(a, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
     const cache = await waitFor('the cache file', () => {
       try {
-        return readFileSync(join(lab.dir, 'a', CACHE_FILE), 'utf8');
+        return readFileSync(join(lab().dir, 'a', CACHE_FILE), 'utf8');
       } catch {
         return undefined;
       }
@@ -97,10 +89,10 @@ describe('the fleet store mirror', () => {
   });
 
   it('refuses an etcd state older than one it served, keeps serving its own and refuses writes', async () => {
-    const cacheFile = join(lab.dir, 'ahead', CACHE_FILE);
+    const cacheFile = join(lab().dir, 'ahead', CACHE_FILE);
     const entry = JSON.stringify({ chain: 'cached chain', meta: {} });
     // A cache from a revision etcd has not reached (etcd restored from an older backup, say).
-    mkdirSync(join(lab.dir, 'ahead'), { recursive: true });
+    mkdirSync(join(lab().dir, 'ahead'), { recursive: true });
     writeFileSync(
       cacheFile,
       JSON.stringify({ prefix: '/fleet-c/', revision: 1_000_000_000, entries: { 'certs/kept': { value: entry, modRevision: 999_999_999 } } }),

@@ -1,10 +1,13 @@
 /**
  * The fleet store's parts on one real etcd member (helpers/etcd.ts), for a
  * test file: etcd clients and store mirrors made on it, their cache files
- * under its temp dir, all closed by `close()`.
+ * under its temp dir, all closed by `close()`. `etcdStoresForFile` is the
+ * whole fixture: the member started before the file's tests, everything on
+ * it closed after them.
  */
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../keyserver/shared/log.js';
 import { CACHE_FILE } from '../../proxy/store/cache.js';
 import { etcdClient } from '../../proxy/store/etcd-client.js';
@@ -58,4 +61,19 @@ export class EtcdStores {
     await this.etcd.close();
     removeDir(this.dir);
   }
+}
+
+/** Registers the calling test file's etcd member (started before its tests, closed after them); the getter is valid inside tests. */
+export function etcdStoresForFile(clientPrefix: string, timeoutMs: number): () => EtcdStores {
+  let lab: EtcdStores | undefined;
+  beforeAll(async () => {
+    lab = await EtcdStores.start(clientPrefix, timeoutMs);
+  }, 60_000);
+  afterAll(async () => {
+    await lab?.close();
+  });
+  return () => {
+    if (lab === undefined) throw new Error('the etcd member is not started (used outside a test?)');
+    return lab;
+  };
 }
