@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
+import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
@@ -138,13 +139,35 @@ describe('a value past etcd’s request limit', () => {
     expect(a.has('site')).toBe(false);
     expect(await a.put('acme/small', 'fits')).toBeGreaterThan(0);
   });
+
+  it('is the config’s etcd.maxRequestBytes: a cluster run with a lower one has a value refused before it is sent, named', async () => {
+    const settings = loadProxyConfig(undefined, { etcd: { endpoints: lab().etcd.endpoints, maxRequestBytes: 65_536 } }).etcd!;
+    const small = await lab().store('/fleet-small-limit/', 'small-limit', [], lab().client(), settings.maxRequestBytes);
+    const value = 'x'.repeat(100_000);
+    const refused = await small.put('acme/value', value).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(StoreValueTooLargeError);
+    expect((refused as Error).message).toMatch(/the value for acme\/value is 100\d{3} bytes .*\(0\.06 MiB, etcd\.maxRequestBytes/);
+    expect(small.item('acme/value')).toBeUndefined();
+    // The same value fits the default (etcd's own default, 1.5 MiB).
+    expect(await (await store('/fleet-small-limit/', 'default-limit')).put('acme/value', value)).toBeGreaterThan(0);
+  });
 });
 
 describe('the etcd config', () => {
   it('is off by default and resolved with its defaults when set', () => {
     expect(loadProxyConfig(undefined, {}).etcd).toBeNull();
     const config = loadProxyConfig(undefined, { etcd: { endpoints: ['http://127.0.0.1:2379/'] } });
-    expect(config.etcd).toEqual({ endpoints: ['http://127.0.0.1:2379'], prefix: '/keyedge/default/', tls: null, auth: null, timeoutMs: 2_000 });
+    expect(config.etcd).toEqual({
+      endpoints: ['http://127.0.0.1:2379'],
+      prefix: '/keyedge/default/',
+      tls: null,
+      auth: null,
+      timeoutMs: 2_000,
+      maxRequestBytes: PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
+    });
+    expect(PROXY_DEFAULTS.etcdSettings.maxRequestBytes).toBe(1.5 * 1024 * 1024);
+    const raised = loadProxyConfig(undefined, { etcd: { endpoints: ['http://127.0.0.1:2379/'], maxRequestBytes: 10 * 1024 * 1024 } });
+    expect(raised.etcd?.maxRequestBytes).toBe(10 * 1024 * 1024);
   });
 
   it('refuses a bad prefix, an https endpoint without a CA, and a client certificate without its key', () => {
@@ -152,5 +175,10 @@ describe('the etcd config', () => {
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['https://e:2379'] } })).toThrow(/etcd\.tls.*need "tls"/s);
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], tls: { ca: 'ca.pem', cert: 'c.pem' } } })).toThrow(/both "cert" and "key"/);
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['ftp://e'] } })).toThrow(/etcd endpoint URL/);
+    for (const bad of [0, 1024, 1.5, '1572864', 128 * 1024 * 1024]) {
+      expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], maxRequestBytes: bad } })).toThrow(
+        /etcd\.maxRequestBytes.*expected an integer from 65536 to 67108864/s,
+      );
+    }
   });
 });

@@ -40,6 +40,8 @@ export type WriteRefusal = 'lock-lost' | 'changed';
 export interface EtcdStoreOptions {
   readonly prefix: string;
   readonly timeoutMs: number;
+  /** The largest request etcd accepts (config `etcd.maxRequestBytes`): a larger write is refused before it is sent. */
+  readonly maxRequestBytes: number;
   /** The non-secret cache of the last good state (cache.ts). */
   readonly cacheFile: string;
   readonly log: Logger;
@@ -115,7 +117,7 @@ export class EtcdStore implements EntryStorage {
 
   /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Resolves with the write's revision; rejects with StoreUnavailableError. */
   async put(key: string, value: string): Promise<number> {
-    assertFits(key, value);
+    this.assertFits(key, value);
     this.assertWritable();
     const result = await this.call(`write ${key}`, () =>
       this.client
@@ -153,7 +155,7 @@ export class EtcdStore implements EntryStorage {
     expected: number,
     lock?: HeldLock,
   ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
-    if (value !== undefined) assertFits(key, value);
+    if (value !== undefined) this.assertFits(key, value);
     this.assertWritable();
     const target = this.prefix + key;
     const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
@@ -220,6 +222,11 @@ export class EtcdStore implements EntryStorage {
     this.#link.close();
     this.#mirror.flush();
     this.client.close();
+  }
+
+  /** Throws StoreValueTooLargeError, naming `key`, when a write of `value` at it is past etcd's request limit. */
+  assertFits(key: string, value: string): void {
+    assertFits(key, value, this.#options.maxRequestBytes);
   }
 
   /** Throws StoreUnavailableError while etcd is unreachable: a change is refused before any work is done for it. */

@@ -8,6 +8,7 @@
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll } from 'vitest';
+import { PROXY_DEFAULTS } from '../../config/proxy-schema.js';
 import { createLogger } from '../../keyserver/shared/log.js';
 import { CACHE_FILE } from '../../proxy/store/cache.js';
 import { etcdClient } from '../../proxy/store/etcd-client.js';
@@ -36,16 +37,30 @@ export class EtcdStores {
   }
 
   client(): Etcd3 {
-    const made = etcdClient({ endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs: this.timeoutMs }, 'test');
+    const { maxRequestBytes } = PROXY_DEFAULTS.etcdSettings;
+    const made = etcdClient(
+      { endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs: this.timeoutMs, maxRequestBytes },
+      'test',
+    );
     this.#clients.push(made);
     return made;
   }
 
-  /** A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what it reports. */
-  async store(prefix: string, name: string, changes: StoreChange[] = [], client: Etcd3 = this.client()): Promise<EtcdStore> {
+  /**
+   * A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what
+   * it reports. `maxRequestBytes`: the config's `etcd.maxRequestBytes` (default: the defaults table's).
+   */
+  async store(
+    prefix: string,
+    name: string,
+    changes: StoreChange[] = [],
+    client: Etcd3 = this.client(),
+    maxRequestBytes: number = PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
+  ): Promise<EtcdStore> {
     const made = new EtcdStore(client, {
       prefix,
       timeoutMs: this.timeoutMs,
+      maxRequestBytes,
       cacheFile: join(this.dir, name, CACHE_FILE),
       log: this.log,
       onChange: (c) => changes.push(...c),
