@@ -15,6 +15,13 @@
  * revision, so a stale holder's write is refused rather than applied over
  * its successor's (Kleppmann, "How to do distributed locking", 2016).
  *
+ * An acquisition that fails for any other reason than the lock being held
+ * (etcd away, an answer past its deadline) revokes its lease: etcd3 keeps a
+ * granted lease alive until it is revoked, and the transaction may have taken
+ * the key under it before its answer was lost, so the lock stayed taken, for
+ * as long as this process lived, by a holder that never knew (every other
+ * node's order of that name, or the fleet's ticket rotation, waited for ever).
+ *
  * Costs: a lease grant, a transaction and a range per acquisition; one watch
  * while waiting.
  */
@@ -46,7 +53,12 @@ export async function acquireLock(client: Etcd3, key: string, options: LockOptio
       await lock.acquire();
       return await held(client, key, lock);
     } catch (err) {
-      if (!(err instanceof EtcdLockFailedError)) throw err;
+      if (!(err instanceof EtcdLockFailedError)) {
+        // Its keepalive ends at once (etcd3 closes the lease before it asks etcd to revoke it): even while etcd is away,
+        // the key goes at the latest when the lease runs out.
+        void lock.release().catch(() => undefined);
+        throw err;
+      }
     }
     const left = deadline - Date.now();
     if (left <= 0) return undefined;

@@ -36,12 +36,10 @@ export class EtcdStores {
     return new EtcdStores(dir, await startEtcdCluster(dir, 1), clientPrefix, timeoutMs);
   }
 
-  client(): Etcd3 {
+  /** An etcd client as the fleet makes it (etcd-client.ts); `timeoutMs`: its calls' deadline (default: the file's). */
+  client(timeoutMs = this.timeoutMs): Etcd3 {
     const { maxRequestBytes } = PROXY_DEFAULTS.etcdSettings;
-    const made = etcdClient(
-      { endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs: this.timeoutMs, maxRequestBytes },
-      'test',
-    );
+    const made = etcdClient({ endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs, maxRequestBytes }, 'test');
     this.#clients.push(made);
     return made;
   }
