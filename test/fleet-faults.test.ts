@@ -108,6 +108,47 @@ describe('a lock whose acquisition’s answer is lost', () => {
   }, 30_000);
 });
 
+describe('a wait for a lock while etcd stalls', () => {
+  it('ends within its bound: the waiter is not held by etcd’s silence', async () => {
+    const member = lab().etcd.members[0]!;
+    const key = '/f/locks/issue/waited.example';
+    const holder = await acquireLock(client(), key, { ttlSeconds: 10, waitMs: 0 });
+    expect(holder).toBeDefined();
+    // The waiter's watch on the lock key is set up, then etcd stalls (a GC pause, a stalled disk) while it waits.
+    let watching!: () => void;
+    const watches = new Promise<void>((resolve) => (watching = resolve));
+    const waiter = new Proxy(lab().client(300), {
+      get(target, property) {
+        if (property === 'watch') {
+          watching();
+          return () => target.watch();
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const started = Date.now();
+    const waited = acquireLock(waiter, key, { ttlSeconds: 10, waitMs: 1_000 }).then(
+      (lock) => ({ lock }),
+      (err: unknown) => ({ err }),
+    );
+    await watches;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    member.stall();
+    try {
+      const outcome = await Promise.race([waited, new Promise((resolve) => setTimeout(() => resolve('still waiting'), 8_000))]);
+      // Not held (etcd answers nothing): refused, within the wait and a few call deadlines.
+      expect(outcome).not.toBe('still waiting');
+      expect(outcome).not.toHaveProperty('lock.fence');
+      expect(Date.now() - started).toBeLessThan(8_000);
+    } finally {
+      member.resume();
+    }
+    await lab().etcd.healthy(30_000);
+    await holder!.release();
+  }, 30_000);
+});
+
 describe('a large fleet state', () => {
   it('is read whole at start past gRPC’s 4 MiB default answer size', async () => {
     const writer = client();

@@ -91,7 +91,7 @@ async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
   };
 }
 
-/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away. */
+/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away or stalls. */
 async function released(client: Etcd3, key: string, waitMs: number): Promise<void> {
   // Not create(): it waits for the stream to connect, which never happens while etcd is away.
   const watcher = client.watch().key(key).watcher();
@@ -107,6 +107,11 @@ async function released(client: Etcd3, key: string, waitMs: number): Promise<voi
       watcher.on('error', done);
     });
   } finally {
-    await watcher.cancel().catch(() => undefined);
+    // Not awaited: a cancel waits for etcd's answer (or for etcd3 to see the stream end), and an etcd that stalls gives
+    // neither; the wait then outlived `waitMs` for ever, and the order waiting for the lock with it.
+    watcher.removeAllListeners();
+    // An 'error' with no listener would throw out of etcd3's stream handler.
+    watcher.on('error', () => undefined);
+    void watcher.cancel().catch(() => undefined);
   }
 }
