@@ -96,13 +96,26 @@ describe('the fleet store mirror', () => {
     mkdirSync(join(lab().dir, 'ahead'), { recursive: true });
     writeFileSync(
       cacheFile,
-      JSON.stringify({ prefix: '/fleet-c/', revision: 1_000_000_000, entries: { 'certs/kept': { value: entry, modRevision: 999_999_999 } } }),
+      JSON.stringify({
+        prefix: '/fleet-c/',
+        revision: 1_000_000_000,
+        entries: {
+          'certs/kept': { value: entry, modRevision: 999_999_999 },
+          // Hand-edited entries that are not a value with its revision: left out, not served, no reload throws on them.
+          'certs/number': 5,
+          'certs/null': null,
+          'certs/no-value': { modRevision: 3 },
+          'routes/number-value': { value: 3, modRevision: 4 },
+        },
+      }),
       { flag: 'w' },
     );
     const ahead = await store('/fleet-c/', 'ahead');
     expect(ahead.health.up).toBe(false);
     expect(ahead.health.reason).toMatch(/older than revision 1000000000 this node already served/);
     expect(ahead.read('kept').chainText).toBe('cached chain');
+    expect(ahead.list().map((r) => r.name)).toEqual(['kept']);
+    expect(ahead.keys('routes/')).toEqual([]);
     const refused = await ahead.write('other', 'x', {}).catch((err: unknown) => err);
     expect(refused).toBeInstanceOf(StoreUnavailableError);
     expect((refused as StoreUnavailableError).code).toBe('KEYEDGE_ERR_STORE_UNAVAILABLE');
