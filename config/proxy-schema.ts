@@ -124,6 +124,8 @@ export interface EtcdSettings {
   readonly auth: { readonly username: string; readonly passwordFile: string } | null;
   /** Deadline of one etcd request (a read, a write, the health probe). */
   readonly timeoutMs: number;
+  /** The largest request etcd accepts (its --max-request-bytes): a write past it is refused before it is sent. */
+  readonly maxRequestBytes: number;
 }
 
 /** RFC 8555 §8.3 (answered on `httpRedirect`) and RFC 8737 (answered on the HTTPS listeners). */
@@ -278,6 +280,9 @@ export const PROXY_DEFAULTS = Object.freeze({
     // etcd answers a quorum read in milliseconds; 2 s means the member or its quorum is gone,
     // and a node then serves its last good state (degraded) rather than wait.
     timeoutMs: 2_000,
+    // etcd's own default --max-request-bytes (1.5 MiB): a value past it is refused before it is sent, named,
+    // rather than by etcd as a failure that looked like etcd away. Set it to what the cluster runs with.
+    maxRequestBytes: 1_572_864,
   }),
   forwarding: Object.freeze({
     // No peer is trusted unless listed: otherwise any client could forge the
@@ -669,8 +674,10 @@ export const proxyFileSchema = strict(
           .nullable()
           .optional(),
         timeoutMs: intIn(100, 60_000).optional(),
+        // At least a few chains' worth; past 64 MiB etcd itself warns that its raft log stalls on such requests.
+        maxRequestBytes: intIn(65_536, 67_108_864).optional(),
       },
-      'an object { "endpoints", "prefix", "tls", "auth", "timeoutMs" }, or null',
+      'an object { "endpoints", "prefix", "tls", "auth", "timeoutMs", "maxRequestBytes" }, or null',
     )
       .nullable()
       .optional(),

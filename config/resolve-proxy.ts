@@ -103,6 +103,7 @@ export function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): P
                 ? null
                 : { username: c.etcd.auth.username, passwordFile: fromConfigDir(c.etcd.auth.passwordFile) },
             timeoutMs: c.etcd.timeoutMs ?? D.etcdSettings.timeoutMs,
+            maxRequestBytes: c.etcd.maxRequestBytes ?? D.etcdSettings.maxRequestBytes,
           },
     acme: c.acme === undefined || c.acme === null ? D.acme : resolveAcme(c.acme, fromConfigDir),
   };

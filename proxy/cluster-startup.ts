@@ -27,6 +27,7 @@ export async function startServing(
       : new EtcdStore(etcdClient(config.etcd, config.source), {
           prefix: config.etcd.prefix,
           timeoutMs: config.etcd.timeoutMs,
+          maxRequestBytes: config.etcd.maxRequestBytes,
           cacheFile: path.join(config.stateDir, CACHE_FILE),
           log,
           onChange,

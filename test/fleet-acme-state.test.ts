@@ -1,6 +1,4 @@
-import { join } from 'node:path';
-import type { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
@@ -11,16 +9,13 @@ import { OrderRunner } from '../proxy/acme/orders.js';
 import { FleetLedger } from '../proxy/acme/on-demand-ledger.js';
 import { SharedIssuerState } from '../proxy/acme/shared-state.js';
 import type { ManagedState } from '../proxy/acme/state.js';
-import { CACHE_FILE } from '../proxy/store/cache.js';
-import { etcdClient } from '../proxy/store/etcd-client.js';
 import { registerAcmeMetrics } from '../proxy/metrics.js';
 import { Registry } from 'prom-client';
 import { captureLog } from './helpers/keyserver.js';
-import { EtcdStore } from '../proxy/store/etcd-store.js';
+import type { EtcdStore } from '../proxy/store/etcd-store.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import type { HeldLock } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
-import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 15: the ACME issuer's fleet parts against a real etcd (one member:
@@ -30,21 +25,10 @@ import { waitFor } from './helpers/proxy-cluster.js';
 // order sees that order's state. The on-demand hourly limits hold for the
 // fleet under concurrent takers, and a refusal on one node is remembered on
 // the other. The pebble end to end is test/fleet-acme.test.ts.
-let dir: string;
-let etcd: EtcdCluster;
-const clients: Etcd3[] = [];
-const stores: EtcdStore[] = [];
+const lab = etcdStoresForFile('/', 2_000);
 const log = createLogger('fleet-acme-state-test', 'silent', process.stderr);
 const CHAIN = '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n';
-
-async function node(prefix: string, name: string): Promise<EtcdStore> {
-  const client = etcdClient({ endpoints: etcd.endpoints, prefix, tls: null, auth: null, timeoutMs: 2_000 }, 'test');
-  clients.push(client);
-  const made = new EtcdStore(client, { prefix, timeoutMs: 2_000, cacheFile: join(dir, name, CACHE_FILE), log, onChange: () => {} });
-  stores.push(made);
-  await made.start();
-  return made;
-}
+const node = (prefix: string, name: string): Promise<EtcdStore> => lab().store(prefix, name);
 
 /** Two nodes on one prefix, each with its issuer state and its issuance locks (which refresh that state). */
 async function twoNodes(prefix: string, name: string) {
@@ -85,17 +69,6 @@ function managerOn(
     renewalWindow: async () => undefined,
   });
 }
-
-beforeAll(async () => {
-  dir = tempDir('keyedge-fleet-acme-state-');
-  etcd = await startEtcdCluster(dir, 1);
-}, 60_000);
-
-afterAll(async () => {
-  await Promise.all(stores.map((s) => s.close()));
-  await etcd?.close();
-  removeDir(dir);
-});
 
 describe('ACME state shared on etcd', () => {
   it('writes an order’s certificate only while its issuance lock is held', async () => {
@@ -248,6 +221,78 @@ describe('ACME state shared on etcd', () => {
       return stateA.state.retiredKeys.length === 3 ? true : undefined;
     });
     expect(byId(stateA.state.retiredKeys)).toEqual(want);
+  });
+
+  it('keeps a key this node retired when another node’s change to the list is taken before its save, or while it runs', async () => {
+    const { a, b, stateA, stateB } = await twoNodes('/acme-retired-refresh/', 'retired-refresh');
+    const RETIRED = 'acme/retired-keys';
+    const later = '2030-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'k0', deleteAfter: later });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 1 ? true : undefined;
+    });
+    /** Node B's order retires `keyId`; its write reaches node A's mirror, not yet A's state (the watch's refresh comes next). */
+    const retiredOnB = async (keyId: string) => {
+      stateB.state.retiredKeys.push({ keyId, deleteAfter: later });
+      await stateB.save();
+      const written = b.item(RETIRED)!.modRevision;
+      await waitFor('node A to mirror node B’s list', () => (a.item(RETIRED)?.modRevision === written ? true : undefined));
+    };
+    // Node A's order retires kA1, and node B's change is taken before A's save runs.
+    stateA.state.retiredKeys.push({ keyId: 'kA1', deleteAfter: later });
+    await retiredOnB('kB1');
+    stateA.refresh();
+    await stateA.save();
+    // Node A's order retires kA2 and saves from the list before B's next change, taken while that write is on its way (refused).
+    await retiredOnB('kB2');
+    stateA.state.retiredKeys.push({ keyId: 'kA2', deleteAfter: later });
+    const saving = stateA.save();
+    for (let i = 0; i < 3; i++) await Promise.resolve();
+    stateA.refresh();
+    await saving;
+    const stored = await a.call('read', () => a.client.get(`/acme-retired-refresh/${RETIRED}`).string());
+    const ids = (list: { keyId: string }[]) => list.map((r) => r.keyId).sort();
+    expect(ids(JSON.parse(stored!))).toEqual(['k0', 'kA1', 'kA2', 'kB1', 'kB2']);
+    expect(ids(stateA.state.retiredKeys)).toEqual(['k0', 'kA1', 'kA2', 'kB1', 'kB2']);
+  });
+
+  it('removes only the keys a housekeeping pass deleted: keys retired while it ran stay listed', async () => {
+    const { a, b, stateA, stateB, locksA } = await twoNodes('/acme-retired-pass/', 'retired-pass');
+    const RETIRED = 'acme/retired-keys';
+    const later = '2030-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'old', deleteAfter: '2020-01-01T00:00:00.000Z' });
+    await stateA.save();
+    await waitFor('node B to see the retired keys', () => {
+      stateB.refresh();
+      return stateB.state.retiredKeys.length === 1 ? true : undefined;
+    });
+    const removed: string[] = [];
+    const keys = {
+      generate: () => Promise.reject(new Error('unused')),
+      // While the pass deletes `old` (a child process, a second or so): an order on node A retires kA, and node B's
+      // order retires kB, which node A takes.
+      remove: async (keyId: string) => {
+        removed.push(keyId);
+        stateA.state.retiredKeys.push({ keyId: 'kA', deleteAfter: later });
+        await stateA.save();
+        stateB.state.retiredKeys.push({ keyId: 'kB', deleteAfter: later });
+        await stateB.save();
+        const written = b.item(RETIRED)!.modRevision;
+        await waitFor('node A to mirror node B’s list', () => (a.item(RETIRED)?.modRevision === written ? true : undefined));
+        stateA.refresh();
+      },
+    };
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    await deleteRetiredKeys({ state: stateA, keys, records: () => new Map(), metrics, log, locks: locksA }, Date.now());
+    expect(removed).toEqual(['old']);
+    const stored = await a.call('read', () => a.client.get(`/acme-retired-pass/${RETIRED}`).string());
+    expect(
+      JSON.parse(stored!)
+        .map((r: { keyId: string }) => r.keyId)
+        .sort(),
+    ).toEqual(['kA', 'kB']);
   });
 
   it('retires the key of an order whose chain was stored but whose lock ended before its state was saved', async () => {

@@ -1,18 +1,18 @@
 import type { Etcd3, Lock } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { EtcdStores } from './helpers/etcd-stores.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store under faults, against a real etcd (one member): a lock
 // holder paused past its lease, a watch whose revision was compacted away.
-let lab: EtcdStores;
-const client = (): Etcd3 => lab.client();
-const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
+const lab = etcdStoresForFile('/f/', 2_000);
+const client = (): Etcd3 => lab().client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab().store(prefix, name, changes);
 
 /** `real`, whose locks run `pause` right after their acquisition transaction succeeded (before the holder reads its fence). */
 function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>): Etcd3 {
@@ -35,14 +35,6 @@ function pausingAfterAcquire(real: Etcd3, pause: (lock: Lock) => Promise<void>):
     },
   });
 }
-
-beforeAll(async () => {
-  lab = await EtcdStores.start('/f/', 2_000);
-}, 60_000);
-
-afterAll(async () => {
-  await lab?.close();
-});
 
 describe('a lock holder paused past its lease', () => {
   it('does not take the fence of the node that took the lock meanwhile', async () => {
@@ -93,6 +85,70 @@ describe('a watch whose revision was compacted away', () => {
   }, 30_000);
 });
 
+describe('a lock whose acquisition’s answer is lost', () => {
+  it('is not left taken: its lease ends, and another node takes the lock', async () => {
+    const member = lab().etcd.members[0]!;
+    const key = '/f/locks/issue/stalled.example';
+    // etcd stalls right after the acquisition's transaction took the key (a GC pause, a stalled disk), for less than the
+    // lease's TTL: the holder's read of its fence gets no answer within the deadline (short here: etcd3 tries a call
+    // several times), and the acquisition fails.
+    const stalling = pausingAfterAcquire(lab().client(300), async () => member.stall());
+    let failed: unknown;
+    try {
+      failed = await acquireLock(stalling, key, { ttlSeconds: 3, waitMs: 0 }).catch((err: unknown) => err);
+    } finally {
+      member.resume();
+    }
+    expect(failed).toBeInstanceOf(Error);
+    // Within the lease's TTL (its revocation may not have reached the stalled etcd) and a margin: nobody holds a lock
+    // that failed to be taken. Its keepalive, left running, renewed it for as long as the process lived.
+    const other = await acquireLock(client(), key, { ttlSeconds: 10, waitMs: 12_000 });
+    expect(other).toBeDefined();
+    await other!.release();
+  }, 30_000);
+});
+
+describe('a wait for a lock while etcd stalls', () => {
+  it('ends within its bound: the waiter is not held by etcd’s silence', async () => {
+    const member = lab().etcd.members[0]!;
+    const key = '/f/locks/issue/waited.example';
+    const holder = await acquireLock(client(), key, { ttlSeconds: 10, waitMs: 0 });
+    expect(holder).toBeDefined();
+    // The waiter's watch on the lock key is set up, then etcd stalls (a GC pause, a stalled disk) while it waits.
+    let watching!: () => void;
+    const watches = new Promise<void>((resolve) => (watching = resolve));
+    const waiter = new Proxy(lab().client(300), {
+      get(target, property) {
+        if (property === 'watch') {
+          watching();
+          return () => target.watch();
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const started = Date.now();
+    const waited = acquireLock(waiter, key, { ttlSeconds: 10, waitMs: 1_000 }).then(
+      (lock) => ({ lock }),
+      (err: unknown) => ({ err }),
+    );
+    await watches;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    member.stall();
+    try {
+      const outcome = await Promise.race([waited, new Promise((resolve) => setTimeout(() => resolve('still waiting'), 8_000))]);
+      // Not held (etcd answers nothing): refused, within the wait and a few call deadlines.
+      expect(outcome).not.toBe('still waiting');
+      expect(outcome).not.toHaveProperty('lock.fence');
+      expect(Date.now() - started).toBeLessThan(8_000);
+    } finally {
+      member.resume();
+    }
+    await lab().etcd.healthy(30_000);
+    await holder!.release();
+  }, 30_000);
+});
+
 describe('a large fleet state', () => {
   it('is read whole at start past gRPC’s 4 MiB default answer size', async () => {
     const writer = client();
@@ -128,7 +184,7 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
-    const nodeA = await lab.store('/l/', 'deaf', [], deaf);
+    const nodeA = await lab().store('/l/', 'deaf', [], deaf);
     // Node B registers the account under the lock, and releases it.
     const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
@@ -152,9 +208,9 @@ describe('a ticket-key rotation when etcd goes away under it', () => {
     let killEtcd = false;
     // etcd dies right after the rotation lock is taken, before the store's probe can notice.
     const dying = pausingAfterAcquire(client(), async () => {
-      if (killEtcd) await lab.etcd.members[0]!.kill();
+      if (killEtcd) await lab().etcd.members[0]!.kill();
     });
-    const node = await lab.store('/tickets-gone/', 'tickets-gone', [], dying);
+    const node = await lab().store('/tickets-gone/', 'tickets-gone', [], dying);
     expect(await rotateSharedTicketKeys(node, { force: true, periodMs: 0, waitMs: 0 })).toBe('rotated');
     const ring = sharedTicketKeys(node)!.keys.map((k) => k.toString('base64'));
     killEtcd = true;
@@ -166,8 +222,8 @@ describe('a ticket-key rotation when etcd goes away under it', () => {
       );
       for (const key of ring) expect(JSON.stringify({ message: (err as Error).message, cause: String((err as Error).cause) })).not.toContain(key);
     } finally {
-      lab.etcd.members[0]!.start();
-      await lab.etcd.healthy(30_000);
+      lab().etcd.members[0]!.start();
+      await lab().etcd.healthy(30_000);
     }
   }, 60_000);
 });

@@ -1,29 +1,22 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
+import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { EtcdStores } from './helpers/etcd-stores.js';
+import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store's parts against a real etcd (one member: these are not
 // about quorum): the fenced lock, the mirror and its cache, the revision floor.
-let lab: EtcdStores;
-const client = (): Etcd3 => lab.client();
-const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab.store(prefix, name, changes);
-
-beforeAll(async () => {
-  lab = await EtcdStores.start('/t/', 1_000);
-}, 60_000);
-
-afterAll(async () => {
-  await lab?.close();
-});
+const lab = etcdStoresForFile('/t/', 1_000);
+const client = (): Etcd3 => lab().client();
+const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab().store(prefix, name, changes);
 
 describe('the fenced etcd lock', () => {
   it('blocks a second taker until the first releases, with a larger fencing token, and refuses a stale holder', async () => {
@@ -68,7 +61,7 @@ describe('the fleet store mirror', () => {
     expect(await rotateSharedTicketKeys(a, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
     const cache = await waitFor('the cache file', () => {
       try {
-        return readFileSync(join(lab.dir, 'a', CACHE_FILE), 'utf8');
+        return readFileSync(join(lab().dir, 'a', CACHE_FILE), 'utf8');
       } catch {
         return undefined;
       }
@@ -97,19 +90,32 @@ describe('the fleet store mirror', () => {
   });
 
   it('refuses an etcd state older than one it served, keeps serving its own and refuses writes', async () => {
-    const cacheFile = join(lab.dir, 'ahead', CACHE_FILE);
+    const cacheFile = join(lab().dir, 'ahead', CACHE_FILE);
     const entry = JSON.stringify({ chain: 'cached chain', meta: {} });
     // A cache from a revision etcd has not reached (etcd restored from an older backup, say).
-    mkdirSync(join(lab.dir, 'ahead'), { recursive: true });
+    mkdirSync(join(lab().dir, 'ahead'), { recursive: true });
     writeFileSync(
       cacheFile,
-      JSON.stringify({ prefix: '/fleet-c/', revision: 1_000_000_000, entries: { 'certs/kept': { value: entry, modRevision: 999_999_999 } } }),
+      JSON.stringify({
+        prefix: '/fleet-c/',
+        revision: 1_000_000_000,
+        entries: {
+          'certs/kept': { value: entry, modRevision: 999_999_999 },
+          // Hand-edited entries that are not a value with its revision: left out, not served, no reload throws on them.
+          'certs/number': 5,
+          'certs/null': null,
+          'certs/no-value': { modRevision: 3 },
+          'routes/number-value': { value: 3, modRevision: 4 },
+        },
+      }),
       { flag: 'w' },
     );
     const ahead = await store('/fleet-c/', 'ahead');
     expect(ahead.health.up).toBe(false);
     expect(ahead.health.reason).toMatch(/older than revision 1000000000 this node already served/);
     expect(ahead.read('kept').chainText).toBe('cached chain');
+    expect(ahead.list().map((r) => r.name)).toEqual(['kept']);
+    expect(ahead.keys('routes/')).toEqual([]);
     const refused = await ahead.write('other', 'x', {}).catch((err: unknown) => err);
     expect(refused).toBeInstanceOf(StoreUnavailableError);
     expect((refused as StoreUnavailableError).code).toBe('KEYEDGE_ERR_STORE_UNAVAILABLE');
@@ -146,13 +152,35 @@ describe('a value past etcd’s request limit', () => {
     expect(a.has('site')).toBe(false);
     expect(await a.put('acme/small', 'fits')).toBeGreaterThan(0);
   });
+
+  it('is the config’s etcd.maxRequestBytes: a cluster run with a lower one has a value refused before it is sent, named', async () => {
+    const settings = loadProxyConfig(undefined, { etcd: { endpoints: lab().etcd.endpoints, maxRequestBytes: 65_536 } }).etcd!;
+    const small = await lab().store('/fleet-small-limit/', 'small-limit', [], lab().client(), settings.maxRequestBytes);
+    const value = 'x'.repeat(100_000);
+    const refused = await small.put('acme/value', value).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(StoreValueTooLargeError);
+    expect((refused as Error).message).toMatch(/the value for acme\/value is 100\d{3} bytes .*\(0\.06 MiB, etcd\.maxRequestBytes/);
+    expect(small.item('acme/value')).toBeUndefined();
+    // The same value fits the default (etcd's own default, 1.5 MiB).
+    expect(await (await store('/fleet-small-limit/', 'default-limit')).put('acme/value', value)).toBeGreaterThan(0);
+  });
 });
 
 describe('the etcd config', () => {
   it('is off by default and resolved with its defaults when set', () => {
     expect(loadProxyConfig(undefined, {}).etcd).toBeNull();
     const config = loadProxyConfig(undefined, { etcd: { endpoints: ['http://127.0.0.1:2379/'] } });
-    expect(config.etcd).toEqual({ endpoints: ['http://127.0.0.1:2379'], prefix: '/keyedge/default/', tls: null, auth: null, timeoutMs: 2_000 });
+    expect(config.etcd).toEqual({
+      endpoints: ['http://127.0.0.1:2379'],
+      prefix: '/keyedge/default/',
+      tls: null,
+      auth: null,
+      timeoutMs: 2_000,
+      maxRequestBytes: PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
+    });
+    expect(PROXY_DEFAULTS.etcdSettings.maxRequestBytes).toBe(1.5 * 1024 * 1024);
+    const raised = loadProxyConfig(undefined, { etcd: { endpoints: ['http://127.0.0.1:2379/'], maxRequestBytes: 10 * 1024 * 1024 } });
+    expect(raised.etcd?.maxRequestBytes).toBe(10 * 1024 * 1024);
   });
 
   it('refuses a bad prefix, an https endpoint without a CA, and a client certificate without its key', () => {
@@ -160,5 +188,10 @@ describe('the etcd config', () => {
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['https://e:2379'] } })).toThrow(/etcd\.tls.*need "tls"/s);
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], tls: { ca: 'ca.pem', cert: 'c.pem' } } })).toThrow(/both "cert" and "key"/);
     expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['ftp://e'] } })).toThrow(/etcd endpoint URL/);
+    for (const bad of [0, 1024, 1.5, '1572864', 128 * 1024 * 1024]) {
+      expect(() => loadProxyConfig(undefined, { etcd: { endpoints: ['http://e:2379'], maxRequestBytes: bad } })).toThrow(
+        /etcd\.maxRequestBytes.*expected an integer from 65536 to 67108864/s,
+      );
+    }
   });
 });

@@ -97,23 +97,23 @@ export async function deleteRetiredKeys(deps: HousekeepingDeps, now: number): Pr
 async function deleteRetiredKeysHeld(deps: HousekeepingDeps, now: number, lock: HeldLock | undefined): Promise<void> {
   const { state, keys, metrics, log } = deps;
   const inUse = new Set([...deps.records().values()].map((r) => r.keyId));
-  const keep: typeof state.state.retiredKeys = [];
-  for (const retired of state.state.retiredKeys) {
-    if (Date.parse(retired.deleteAfter) > now || inUse.has(retired.keyId)) {
-      keep.push(retired);
-      continue;
-    }
+  const deleted = new Set<string>();
+  for (const retired of [...state.state.retiredKeys]) {
+    if (Date.parse(retired.deleteAfter) > now || inUse.has(retired.keyId)) continue;
     try {
       await keys.remove(retired.keyId);
       metrics.keysDeleted.inc();
+      deleted.add(retired.keyId);
       log.info({ keyId: retired.keyId }, 'previous certificate key deleted from the token after its grace period');
     } catch (err) {
       log.warn({ keyId: retired.keyId, err: (err as Error).message }, 'could not delete a retired certificate key; trying again next pass');
-      keep.push(retired);
     }
   }
-  if (keep.length !== state.state.retiredKeys.length) {
-    state.state.retiredKeys = keep;
+  if (deleted.size > 0) {
+    // Only the keys deleted here go, from the list as it is now: a key retired while the pass deleted others (an order on
+    // this node, another node's taken by a refresh) was left out of a list made from the one the pass began with, and the
+    // save then removed it for the fleet: left in the token for ever.
+    state.state.retiredKeys = state.state.retiredKeys.filter((r) => !deleted.has(r.keyId));
     await state.save(lock);
   }
 }

@@ -42,7 +42,9 @@
  * recorded nowhere or listed for ever.
  * `refresh()`, on every change of the store's ACME keys and once an
  * issuance lock is held, takes what other nodes wrote, in place: an object a
- * caller holds keeps its identity. `forget()` deletes entries' keys (under
+ * caller holds keeps its identity. The retired keys taken keep this node's
+ * changes not yet written (the same merge), so a refresh between a change
+ * and its save, or while the save runs, loses none of them. `forget()` deletes entries' keys (under
  * the name's issuance lock, housekeeping.ts); an entry this node took from the
  * store or wrote there whose key is gone is dropped at the next `refresh()`,
  * so no node writes a forgotten entry back.
@@ -82,7 +84,10 @@ export class SharedIssuerState implements IssuerStateStore {
     });
     this.#take(RETIRED, (value) => {
       if (!Array.isArray(value) || !value.every(isRetiredKey)) return this.#garbage(RETIRED, 'not a list of retired keys');
-      this.state.retiredKeys = value;
+      // What this node changed since its base and has not written yet (or is writing now, its write to be refused) is
+      // carried onto the list taken: replacing it lost a key an order had just retired (left in the token for ever), and
+      // the merge of a refused write then found nothing of this node's to merge.
+      this.state.retiredKeys = mergeRetired(this.#retiredBase, this.state.retiredKeys, value);
       this.#retiredBase = new Map(value.map((r) => [r.keyId, r.deleteAfter]));
     });
     // Another node forgot it (deleted its key): dropped here too. One never in the store (made here, its first write not

@@ -25,12 +25,23 @@ export interface CachedState {
 
 export const CACHE_FILE = 'fleet-cache.json';
 
-/** The cached state for `prefix`, or undefined when there is none, it is unreadable, or it belongs to another prefix. */
+/**
+ * The cached state for `prefix`, or undefined when there is none, it is unreadable, or it belongs to another prefix.
+ * An entry that is not a value with its revision (a hand edit, a broken disk) is left out: the mirror's readers take
+ * every item for a string value, and one such entry made every reload throw until etcd answered.
+ */
 export function readCache(file: string, prefix: string): CachedState | undefined {
   try {
-    const parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<CachedState>;
-    if (parsed.prefix !== prefix || typeof parsed.revision !== 'number' || typeof parsed.entries !== 'object' || parsed.entries === null) return undefined;
-    return parsed as CachedState;
+    const parsed = JSON.parse(readFileSync(file, 'utf8')) as Partial<CachedState> | null;
+    if (parsed?.prefix !== prefix || !Number.isSafeInteger(parsed.revision) || typeof parsed.entries !== 'object' || parsed.entries === null) return undefined;
+    const entries = Object.entries(parsed.entries as Record<string, unknown>).filter(
+      ([, e]) =>
+        typeof e === 'object' &&
+        e !== null &&
+        typeof (e as { value?: unknown }).value === 'string' &&
+        Number.isSafeInteger((e as { modRevision?: unknown }).modRevision),
+    );
+    return { prefix, revision: parsed.revision as number, entries: Object.fromEntries(entries) as CachedState['entries'] };
   } catch {
     return undefined;
   }

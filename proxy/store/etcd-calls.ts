@@ -6,26 +6,25 @@
  * be written" (StoreValueTooLargeError).
  *
  * Size: etcd refuses a request larger than its --max-request-bytes (1.5 MiB
- * by default) with INVALID_ARGUMENT, and gRPC one past its own 2 MiB receive
- * cap with RESOURCE_EXHAUSTED; both once came out as "etcd unreachable"
- * (admin 503: retry later) though no retry could ever succeed. A value is
- * measured before it is sent (`assertFits`), and an answer of either kind
- * is still recognised for what it is.
+ * by default) with INVALID_ARGUMENT, and gRPC one past its own receive cap
+ * (that, plus 512 KiB) with RESOURCE_EXHAUSTED; both once came out as "etcd
+ * unreachable" (admin 503: retry later) though no retry could ever succeed.
+ * A value is measured before it is sent (`assertFits`, against the config's
+ * `etcd.maxRequestBytes`, which says what the cluster runs with), and an
+ * answer of either kind is still recognised for what it is.
  *
  * Messages name the operation and the key, never a value: a value may be
  * the ticket-key ring.
  */
 import { StoreUnavailableError, StoreValueTooLargeError } from './storage.js';
 
-/** etcd's default --max-request-bytes: the largest request a member accepts. */
-export const ETCD_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
 /** What a put request carries besides its key and value (measured on etcd 3.4: ~40 bytes), with room to spare. */
 const REQUEST_OVERHEAD_BYTES = 512;
 
-/** Throws StoreValueTooLargeError, naming `key` and the size, when a put of `value` at `key` is past etcd's request limit. */
-export function assertFits(key: string, value: string): void {
+/** Throws StoreValueTooLargeError, naming `key` and the size, when a put of `value` at `key` is past `maxRequestBytes` (etcd's request limit). */
+export function assertFits(key: string, value: string, maxRequestBytes: number): void {
   const bytes = Buffer.byteLength(key) + Buffer.byteLength(value);
-  if (bytes + REQUEST_OVERHEAD_BYTES > ETCD_MAX_REQUEST_BYTES) throw tooLarge(key, bytes);
+  if (bytes + REQUEST_OVERHEAD_BYTES > maxRequestBytes) throw tooLarge(key, bytes, maxRequestBytes);
 }
 
 /** Runs `call` within `timeoutMs`; any failure becomes the store's own error about `what` (`write certs/a`, say). */
@@ -56,9 +55,9 @@ export function storeError(what: string, err: unknown): Error {
   return new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${message}`);
 }
 
-function tooLarge(key: string, bytes: number): StoreValueTooLargeError {
+function tooLarge(key: string, bytes: number, maxRequestBytes: number): StoreValueTooLargeError {
   const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(2)} MiB`;
   return new StoreValueTooLargeError(
-    `the value for ${key} is ${bytes} bytes (${mib(bytes)}), more than one etcd request may carry (${mib(ETCD_MAX_REQUEST_BYTES)}, etcd's default --max-request-bytes); nothing was written`,
+    `the value for ${key} is ${bytes} bytes (${mib(bytes)}), more than one etcd request may carry (${mib(maxRequestBytes)}, etcd.maxRequestBytes: etcd's --max-request-bytes); nothing was written`,
   );
 }

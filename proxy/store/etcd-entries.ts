@@ -13,7 +13,6 @@
  */
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store-meta.js';
-import { assertFits } from './etcd-calls.js';
 import type { EtcdStore } from './etcd-store.js';
 import { CERTS } from './layout.js';
 import { fencedPut, type HeldLock } from './lock.js';
@@ -76,7 +75,7 @@ export function fencedEntries(store: EtcdStore, lock: HeldLock): EntryStorage {
     read: (name) => store.read(name),
     write: async (name, chainText, meta) => {
       const value = entryValue(chainText, meta);
-      assertFits(CERTS + name, value);
+      store.assertFits(CERTS + name, value);
       store.assertWritable();
       const revision = await store.call(`write ${CERTS}${name}`, () => fencedPut(store.client, lock, store.prefix + CERTS + name, value));
       if (revision === undefined) {

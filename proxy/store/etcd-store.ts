@@ -3,26 +3,19 @@
  * the same certificates and routes and shares its session-ticket keys.
  * What lives where below the prefix: layout.ts.
  *
- * The node keeps a mirror of the prefix in memory: one range read at start
- * (or after any doubt), then a watch from the next revision applies every
- * change in order, and tells the primary, whose reload path validates and
- * serves it exactly as it does a file change. Reads never wait on etcd, so
- * when etcd is away the node keeps serving its last good state; a probe
- * every second (a quorum read) notices, marks the store degraded (/readyz
- * says so), refuses writes with StoreUnavailableError, and once etcd answers
- * again reads the prefix whole and resumes the watch: the node converges
- * within a probe period or two.
+ * The node keeps a mirror of the prefix in memory (mirror.ts), which its
+ * link to etcd (etcd-link.ts: a probe every second, a snapshot after any
+ * doubt, a watch between) keeps current, telling the primary of every change,
+ * whose reload path validates and serves it exactly as it does a file
+ * change. Reads never wait on etcd, so when etcd is away the node keeps
+ * serving its last good state; writes are refused then, with
+ * StoreUnavailableError. Revisions order everything: no node ever goes back
+ * to an older state.
  *
- * Revisions order everything. A watch event older than what the mirror holds
- * for its key is dropped, and a whole snapshot older than the revision this
- * node has served (kept in cache.ts's file across restarts) is refused, so no
- * node ever goes back to an older state (the mirror itself: mirror.ts).
- *
- * Here: the mirror's link to etcd (the probe and the snapshot; the watch
- * between snapshots is prefix-watch.ts's), the store's health, and its
- * writes and locks. The certificate entries as the
- * reload path reads them are etcd-entries.ts's; each etcd call's deadline and
- * errors are etcd-calls.ts's.
+ * Here: the reads from the mirror, the writes (plain, conditional, fenced by
+ * an issuance lock) and the locks. The certificate entries as the reload path
+ * reads them are etcd-entries.ts's; each etcd call's deadline and errors are
+ * etcd-calls.ts's.
  *
  * Secrets: the ticket keys sit in etcd and in this process's memory only,
  * never in the on-disk cache; etcd's TLS and auth protect them (README).
@@ -32,33 +25,23 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store-meta.js';
 import { assertFits, etcdCall } from './etcd-calls.js';
 import { entryValue, fencedEntries, listEntries, notFound, readEntry } from './etcd-entries.js';
-import { CERTS, LOCKS, type StoreChange, TICKETS } from './layout.js';
+import { EtcdLink, type StoreHealth } from './etcd-link.js';
+import { CERTS, LOCKS, type StoreChange } from './layout.js';
 import { acquireLock, type HeldLock, type LockOptions } from './lock.js';
 import { Mirror, type MirrorItem } from './mirror.js';
-import { PrefixWatch } from './prefix-watch.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
 
+export type { StoreHealth } from './etcd-link.js';
 export { ACME, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
-
-/** How often etcd is probed; also the bound on how long a lost watch goes unnoticed. */
-const PROBE_MS = 1_000;
 
 /** Why `writeIf` wrote nothing: the lock is another holder's now, or the key changed since the revision the writer read. */
 export type WriteRefusal = 'lock-lost' | 'changed';
 
-export interface StoreHealth {
-  readonly up: boolean;
-  /** Why it is degraded; undefined while up. */
-  readonly reason: string | undefined;
-  /** Since when it is in its current state (ms since the epoch). */
-  readonly since: number;
-  /** The etcd revision the mirror holds. */
-  readonly revision: number;
-}
-
 export interface EtcdStoreOptions {
   readonly prefix: string;
   readonly timeoutMs: number;
+  /** The largest request etcd accepts (config `etcd.maxRequestBytes`): a larger write is refused before it is sent. */
+  readonly maxRequestBytes: number;
   /** The non-secret cache of the last good state (cache.ts). */
   readonly cacheFile: string;
   readonly log: Logger;
@@ -72,14 +55,7 @@ export class EtcdStore implements EntryStorage {
   readonly prefix: string;
   readonly #options: EtcdStoreOptions;
   readonly #mirror: Mirror;
-  #up = false;
-  #reason: string | undefined = 'not connected yet';
-  #since = Date.now();
-  #stale = true;
-  #probing = false;
-  #closed = false;
-  readonly #watch: PrefixWatch;
-  #probeTimer: NodeJS.Timeout | undefined;
+  readonly #link: EtcdLink;
 
   constructor(client: Etcd3, options: EtcdStoreOptions) {
     this.client = client;
@@ -87,28 +63,25 @@ export class EtcdStore implements EntryStorage {
     this.dir = `etcd:${options.prefix}`;
     this.#options = options;
     this.#mirror = new Mirror(options);
-    // The next probe reads the prefix whole and starts a new watch: nothing between is lost, revisions order it.
-    this.#watch = new PrefixWatch(client, options.prefix, this.#mirror, () => void (this.#stale = true));
+    this.#link = new EtcdLink(client, options, this.#mirror);
   }
 
   /** Loads the cached state, then tries etcd once; resolves either way (degraded when etcd did not answer). */
   async start(): Promise<void> {
     const cached = this.#mirror.loadCache();
-    await this.#probe();
-    if (!this.#up) {
+    await this.#link.start();
+    if (!this.#link.up) {
       this.#options.log.warn(
-        { reason: this.#reason, cachedRevision: cached ?? null },
+        { reason: this.#link.health.reason, cachedRevision: cached ?? null },
         cached === undefined
           ? 'etcd unreachable at start and no cached state: serving the config file only until it answers'
           : 'etcd unreachable at start: serving the cached state',
       );
     }
-    this.#probeTimer = setInterval(() => void this.#probe(), PROBE_MS);
-    this.#probeTimer.unref();
   }
 
   get health(): StoreHealth {
-    return { up: this.#up, reason: this.#reason, since: this.#since, revision: this.#mirror.revision };
+    return this.#link.health;
   }
 
   /** The value at `key` (below the prefix) as the mirror holds it. */
@@ -144,7 +117,7 @@ export class EtcdStore implements EntryStorage {
 
   /** Writes `value` at `key` (below the prefix); the mirror holds it at once. Resolves with the write's revision; rejects with StoreUnavailableError. */
   async put(key: string, value: string): Promise<number> {
-    assertFits(key, value);
+    this.assertFits(key, value);
     this.assertWritable();
     const result = await this.call(`write ${key}`, () =>
       this.client
@@ -182,7 +155,7 @@ export class EtcdStore implements EntryStorage {
     expected: number,
     lock?: HeldLock,
   ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
-    if (value !== undefined) assertFits(key, value);
+    if (value !== undefined) this.assertFits(key, value);
     this.assertWritable();
     const target = this.prefix + key;
     const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
@@ -246,18 +219,21 @@ export class EtcdStore implements EntryStorage {
   }
 
   async close(): Promise<void> {
-    this.#closed = true;
-    clearInterval(this.#probeTimer);
+    this.#link.close();
     this.#mirror.flush();
-    this.#watch.drop();
     this.client.close();
+  }
+
+  /** Throws StoreValueTooLargeError, naming `key`, when a write of `value` at it is past etcd's request limit. */
+  assertFits(key: string, value: string): void {
+    assertFits(key, value, this.#options.maxRequestBytes);
   }
 
   /** Throws StoreUnavailableError while etcd is unreachable: a change is refused before any work is done for it. */
   assertWritable(): void {
-    if (!this.#up) {
+    if (!this.#link.up) {
       throw new StoreUnavailableError(
-        `the fleet's store (etcd) is unreachable (${this.#reason}); changes are refused until it is back, and this node serves its last good state`,
+        `the fleet's store (etcd) is unreachable (${this.#link.health.reason}); changes are refused until it is back, and this node serves its last good state`,
       );
     }
   }
@@ -265,61 +241,5 @@ export class EtcdStore implements EntryStorage {
   /** One etcd call with this store's deadline, its failures as the store's errors (etcd-calls.ts), never etcd3's. */
   call<T>(what: string, call: () => Promise<T>): Promise<T> {
     return etcdCall(what, this.#options.timeoutMs, call);
-  }
-
-  /** A quorum read; after any doubt (start, a lost watch, etcd back) the whole prefix is read again. */
-  async #probe(): Promise<void> {
-    if (this.#probing || this.#closed) return;
-    this.#probing = true;
-    try {
-      if (this.#stale) await this.#resync();
-      else await this.call('answer a probe', () => this.client.get(this.prefix + TICKETS).exec());
-      this.#setUp(undefined);
-    } catch (err) {
-      this.#stale = true;
-      this.#watch.drop();
-      this.#setUp((err as Error).message);
-    } finally {
-      this.#probing = false;
-    }
-  }
-
-  async #resync(): Promise<void> {
-    // Dropped before the read: what it would still deliver is in the snapshot.
-    this.#watch.drop();
-    const range = await this.call('read the fleet state', () => this.client.getAll().prefix(this.prefix).exec());
-    const revision = Number(range.header.revision);
-    const floor = this.#mirror.floor;
-    if (revision < floor) {
-      throw new Error(
-        `etcd is at revision ${revision}, older than revision ${floor} this node already served; it keeps serving that (remove ${this.#options.cacheFile} to accept an etcd restored from an older backup)`,
-      );
-    }
-    this.#watch.follow(revision);
-    this.#stale = false;
-    // Events come no sooner than the next turn: the snapshot is in place first.
-    this.#mirror.replace(
-      range.kvs.map(
-        (kv) => [kv.key.toString('utf8').slice(this.prefix.length), { value: kv.value.toString('utf8'), modRevision: Number(kv.mod_revision) }] as const,
-      ),
-      revision,
-    );
-  }
-
-  #setUp(reason: string | undefined): void {
-    const up = reason === undefined;
-    if (up === this.#up) {
-      this.#reason = reason;
-      return;
-    }
-    this.#up = up;
-    this.#reason = reason;
-    this.#since = Date.now();
-    if (up) this.#options.log.info({ revision: this.#mirror.revision }, "the fleet's store (etcd) answers: changes are accepted again");
-    else
-      this.#options.log.warn(
-        { reason, revision: this.#mirror.revision },
-        "the fleet's store (etcd) is unreachable: serving the last good state, changes are refused",
-      );
   }
 }

@@ -15,6 +15,13 @@
  * revision, so a stale holder's write is refused rather than applied over
  * its successor's (Kleppmann, "How to do distributed locking", 2016).
  *
+ * An acquisition that fails for any other reason than the lock being held
+ * (etcd away, an answer past its deadline) revokes its lease: etcd3 keeps a
+ * granted lease alive until it is revoked, and the transaction may have taken
+ * the key under it before its answer was lost, so the lock stayed taken, for
+ * as long as this process lived, by a holder that never knew (every other
+ * node's order of that name, or the fleet's ticket rotation, waited for ever).
+ *
  * Costs: a lease grant, a transaction and a range per acquisition; one watch
  * while waiting.
  */
@@ -46,7 +53,12 @@ export async function acquireLock(client: Etcd3, key: string, options: LockOptio
       await lock.acquire();
       return await held(client, key, lock);
     } catch (err) {
-      if (!(err instanceof EtcdLockFailedError)) throw err;
+      if (!(err instanceof EtcdLockFailedError)) {
+        // Its keepalive ends at once (etcd3 closes the lease before it asks etcd to revoke it): even while etcd is away,
+        // the key goes at the latest when the lease runs out.
+        void lock.release().catch(() => undefined);
+        throw err;
+      }
     }
     const left = deadline - Date.now();
     if (left <= 0) return undefined;
@@ -79,7 +91,7 @@ async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
   };
 }
 
-/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away. */
+/** Resolves when `key` is deleted, or after `waitMs`, whichever is first; never waits longer, even when etcd is away or stalls. */
 async function released(client: Etcd3, key: string, waitMs: number): Promise<void> {
   // Not create(): it waits for the stream to connect, which never happens while etcd is away.
   const watcher = client.watch().key(key).watcher();
@@ -95,6 +107,11 @@ async function released(client: Etcd3, key: string, waitMs: number): Promise<voi
       watcher.on('error', done);
     });
   } finally {
-    await watcher.cancel().catch(() => undefined);
+    // Not awaited: a cancel waits for etcd's answer (or for etcd3 to see the stream end), and an etcd that stalls gives
+    // neither; the wait then outlived `waitMs` for ever, and the order waiting for the lock with it.
+    watcher.removeAllListeners();
+    // An 'error' with no listener would throw out of etcd3's stream handler.
+    watcher.on('error', () => undefined);
+    void watcher.cancel().catch(() => undefined);
   }
 }

@@ -1,5 +1,5 @@
 /**
- * The node's in-memory copy of the fleet's etcd prefix (etcd-store.ts keeps
+ * The node's in-memory copy of the fleet's etcd prefix (etcd-link.ts keeps
  * it current): every key below the prefix but the lock keys, with the
  * revision it was written at, and the etcd revision the whole copy holds.
  *

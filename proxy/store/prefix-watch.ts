@@ -1,6 +1,6 @@
 /**
  * The watch that keeps the node's mirror (mirror.ts) current between two
- * snapshots of the fleet's prefix (etcd-store.ts reads them): it starts at
+ * snapshots of the fleet's prefix (etcd-link.ts reads them): it starts at
  * the revision after the snapshot, so nothing between is lost, and applies
  * every change in order. When the watch is lost (the stream disconnected,
  * or etcd ended it because its revision was compacted away) it says so once

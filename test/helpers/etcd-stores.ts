@@ -1,10 +1,14 @@
 /**
  * The fleet store's parts on one real etcd member (helpers/etcd.ts), for a
  * test file: etcd clients and store mirrors made on it, their cache files
- * under its temp dir, all closed by `close()`.
+ * under its temp dir, all closed by `close()`. `etcdStoresForFile` is the
+ * whole fixture: the member started before the file's tests, everything on
+ * it closed after them.
  */
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll } from 'vitest';
+import { PROXY_DEFAULTS } from '../../config/proxy-schema.js';
 import { createLogger } from '../../keyserver/shared/log.js';
 import { CACHE_FILE } from '../../proxy/store/cache.js';
 import { etcdClient } from '../../proxy/store/etcd-client.js';
@@ -32,17 +36,29 @@ export class EtcdStores {
     return new EtcdStores(dir, await startEtcdCluster(dir, 1), clientPrefix, timeoutMs);
   }
 
-  client(): Etcd3 {
-    const made = etcdClient({ endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs: this.timeoutMs }, 'test');
+  /** An etcd client as the fleet makes it (etcd-client.ts); `timeoutMs`: its calls' deadline (default: the file's). */
+  client(timeoutMs = this.timeoutMs): Etcd3 {
+    const { maxRequestBytes } = PROXY_DEFAULTS.etcdSettings;
+    const made = etcdClient({ endpoints: this.etcd.endpoints, prefix: this.clientPrefix, tls: null, auth: null, timeoutMs, maxRequestBytes }, 'test');
     this.#clients.push(made);
     return made;
   }
 
-  /** A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what it reports. */
-  async store(prefix: string, name: string, changes: StoreChange[] = [], client: Etcd3 = this.client()): Promise<EtcdStore> {
+  /**
+   * A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what
+   * it reports. `maxRequestBytes`: the config's `etcd.maxRequestBytes` (default: the defaults table's).
+   */
+  async store(
+    prefix: string,
+    name: string,
+    changes: StoreChange[] = [],
+    client: Etcd3 = this.client(),
+    maxRequestBytes: number = PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
+  ): Promise<EtcdStore> {
     const made = new EtcdStore(client, {
       prefix,
       timeoutMs: this.timeoutMs,
+      maxRequestBytes,
       cacheFile: join(this.dir, name, CACHE_FILE),
       log: this.log,
       onChange: (c) => changes.push(...c),
@@ -58,4 +74,19 @@ export class EtcdStores {
     await this.etcd.close();
     removeDir(this.dir);
   }
+}
+
+/** Registers the calling test file's etcd member (started before its tests, closed after them); the getter is valid inside tests. */
+export function etcdStoresForFile(clientPrefix: string, timeoutMs: number): () => EtcdStores {
+  let lab: EtcdStores | undefined;
+  beforeAll(async () => {
+    lab = await EtcdStores.start(clientPrefix, timeoutMs);
+  }, 60_000);
+  afterAll(async () => {
+    await lab?.close();
+  });
+  return () => {
+    if (lab === undefined) throw new Error('the etcd member is not started (used outside a test?)');
+    return lab;
+  };
 }

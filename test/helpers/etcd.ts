@@ -20,6 +20,9 @@ export interface EtcdMember {
   running(): boolean;
   /** SIGKILL: a crash, no goodbye to the peers. */
   kill(): Promise<void>;
+  /** SIGSTOP, then SIGCONT: a member that stalls (a long GC pause, a stalled disk) and then answers what was sent meanwhile. */
+  stall(): void;
+  resume(): void;
   start(): void;
 }
 
@@ -85,6 +88,8 @@ export async function startEtcdCluster(dir: string, count = 3): Promise<EtcdClus
         if (member.running()) child?.kill('SIGKILL');
         await exited;
       },
+      stall: () => void child?.kill('SIGSTOP'),
+      resume: () => void child?.kill('SIGCONT'),
     };
     return member;
   });
