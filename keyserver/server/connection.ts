@@ -9,7 +9,11 @@
  *
  * A bad frame body is answered with an error and the connection carries on; a
  * frame whose length cannot be trusted (FRAME_TOO_LARGE) is answered, then the
- * connection is closed, since the byte stream has lost its framing.
+ * connection is closed, since the byte stream has lost its framing. Closed
+ * means ended, then destroyed CLOSE_GRACE_MS later whether or not the client
+ * has closed its end: waiting for a client that never does would let it hold a
+ * connection slot and a descriptor for as long as it liked. What it sends
+ * meanwhile is read and dropped, so the answer is not lost to a reset.
  *
  * Answers are batched into one write (one syscall, and over TLS one record):
  * those made while a chunk is read (signed inline, refusals) go out when the
@@ -45,6 +49,9 @@ import type { LogLimiter } from '../shared/log-limiter.js';
 import type { KeyserverMetrics } from './metrics.js';
 import type { SigningService } from './service.js';
 
+/** How long a connection closed for a fatal frame fault waits for the client's end before it is destroyed. */
+const CLOSE_GRACE_MS = 1_000;
+
 export interface ConnectionLimits {
   readonly maxBodyBytes: number;
   readonly maxInFlightPerConnection: number;
@@ -74,6 +81,8 @@ export class KeyserverConnection {
   #frames = 0;
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
+  /** Set once the connection is ended for a fatal fault: destroys it if the client has not closed by then. */
+  #closeTimer: NodeJS.Timeout | undefined;
   #corked = false;
   /** True while a chunk is being read: answers made meanwhile ride on its cork. */
   #reading = false;
@@ -103,6 +112,7 @@ export class KeyserverConnection {
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
+      clearTimeout(this.#closeTimer);
       this.#closed.abort();
       this.#settleIdle();
     });
@@ -199,6 +209,9 @@ export class KeyserverConnection {
     this.#badFrame(err, 'closing connection');
     this.#send({ op: 'error', id: err.requestId ?? 0, code: err.wireCode, detail: err.message });
     this.socket.end();
+    this.#closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS);
+    // Paused for backpressure or not, the client's bytes are read and dropped (the reader has failed) until then.
+    this.socket.resume();
   }
 
   /** Counts every bad frame; logs it within the rate limit of its error code. */
