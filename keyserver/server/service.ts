@@ -10,9 +10,11 @@
  * answered synchronously, with no promise or timer. Deadline: a sign sent to
  * a signing thread that has not finished within `requestTimeoutMs` (queueing
  * included) is answered DEADLINE_EXCEEDED at once; the thread skips it if it
- * has not started it yet, else its result is dropped. A sign whose `signal`
- * aborted (its connection closed) before it was sent to a thread is dropped
- * unsigned and counted in `signs_dropped_total`; its answer goes nowhere.
+ * has not started it yet, else its result is dropped. A sign dropped unsigned
+ * before it was sent to a thread is counted in `signs_dropped_total` by
+ * reason: `closed` (its `signal` aborted: the connection closed; its answer
+ * goes nowhere) or `deadline` (it waited past its deadline; answered
+ * DEADLINE_EXCEEDED, usually by the timer already).
  */
 import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
@@ -138,16 +140,18 @@ export class SigningService {
           resolve(this.#signed(request, key, algorithm, raw, started));
         },
         (err: unknown) => {
+          const dropped = droppedUnsent(err);
+          // Counted whether or not the timer answered first: the sign was dropped unsigned either way.
+          if (dropped !== undefined) this.#options.metrics.signsDropped.inc({ reason: dropped });
           if (answered) return;
           clearTimeout(timer);
-          if (droppedUnsent(err)) {
+          if (dropped === 'closed') {
             // Nobody is left to answer: counted, not logged (a client can close at will).
-            this.#options.metrics.signsDropped.inc();
             resolve({ op: 'error', id: request.id, code: ErrorCode.SHUTTING_DOWN, detail: 'the connection closed' });
             return;
           }
-          // Skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
-          if (skippedPastDeadline(err)) late();
+          // Dropped or skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
+          if (dropped === 'deadline' || skippedPastDeadline(err)) late();
           else resolve(this.#signFailed(request, client, key, err, started));
         },
       );
