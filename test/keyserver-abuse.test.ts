@@ -13,7 +13,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { encodeRequest } from '../keyserver/protocol/codec.js';
+import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
@@ -387,6 +387,44 @@ describe('bad-frame flood', () => {
       expect(await signsWith(4)).toBeLessThan(3_000);
     } finally {
       for (const conn of conns) conn.close();
+    }
+  });
+
+  it('clients that write requests and never read the answers: what the server holds for them stays small, and nothing is lost', async () => {
+    // 64 KiB of GET_PUBLIC_KEY requests (one read) for an RSA-4096 key ask for 0.8 MB of answers. The server stopped
+    // reading once the answers backed up, but still answered the whole read first: 0.8 MB held per connection.
+    const key = keys.rsa!;
+    const COUNT = 1_390;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, id) => encodeRequest({ op: 'getPublicKey', id, keyId: Buffer.from(key.keyId, 'hex') })));
+    const before = process.memoryUsage().arrayBuffers;
+    const sockets = Array.from({ length: 40 }, () => {
+      const socket = net.connect(server.unixPath!);
+      socket.on('error', () => undefined);
+      socket.pause();
+      socket.write(frames);
+      return socket;
+    });
+    try {
+      await sleep(1_500);
+      // 40 × 0.8 MB before; now about 40 × 100 KB (the read held, the answers sent before the socket backed up).
+      expect((process.memoryUsage().arrayBuffers - before) / 1e6).toBeLessThan(16);
+      // The held requests are answered, in order, once the client reads.
+      const reader = await RawConnection.connect(server.unixPath!);
+      try {
+        reader.write(frames);
+        await waitFor(`${COUNT} answers`, () => reader.responses.length === COUNT, 20_000);
+        expect(reader.responses.every((r, i) => r.op === 'publicKey' && r.id === i && r.spki.equals(key.spki))).toBe(true);
+      } finally {
+        reader.close();
+      }
+      const late = sockets[0]!;
+      let received = 0;
+      late.on('data', (chunk: Buffer) => void (received += chunk.length));
+      late.resume();
+      const answerBytes = encodeResponse({ op: 'publicKey', id: 0, spki: key.spki }).length;
+      await waitFor('every answer to the late reader', () => received === COUNT * answerBytes, 20_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
     }
   });
 

@@ -5,7 +5,11 @@
  * request id (SPEC.md), up to `maxInFlight` per connection; beyond that a
  * request is answered OVERLOADED at once instead of queueing without bound.
  * When the socket cannot take more output the connection stops reading until
- * it drains, so a client that never reads cannot grow our memory.
+ * it drains, so a client that never reads cannot grow our memory: frames
+ * already read then wait, unanswered (`#held`, at most one read's worth), and
+ * are answered on drain. Stopping the reads alone was not enough: the rest of
+ * the chunk being read was still answered, and a 64 KiB read of GET_PUBLIC_KEY
+ * requests for an RSA-4096 key made 0.8 MB of answers, per connection.
  *
  * A bad frame body is answered with an error and the connection carries on; a
  * frame whose length cannot be trusted (FRAME_TOO_LARGE) is answered, then the
@@ -87,6 +91,8 @@ export class KeyserverConnection {
   /** True while a chunk is being read: answers made meanwhile ride on its cork. */
   #reading = false;
   #idleWaiters: (() => void)[] = [];
+  /** Complete frames read while the client's answers were backed up, oldest first: answered once the socket drains. */
+  #held: Buffer[] = [];
   /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. */
   readonly #closed = new AbortController();
 
@@ -106,13 +112,15 @@ export class KeyserverConnection {
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => {
-      socket.resume();
+      this.#answerHeld();
       // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
       this.#deadline?.refresh();
+      if (this.#held.length === 0) socket.resume();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
       clearTimeout(this.#closeTimer);
+      this.#held = [];
       this.#closed.abort();
       this.#settleIdle();
     });
@@ -174,6 +182,10 @@ export class KeyserverConnection {
   }
 
   #onFrame(frame: Buffer): void {
+    if (this.#held.length > 0 || this.socket.writableNeedDrain) {
+      this.#held.push(frame);
+      return;
+    }
     this.#frames++;
     let request: Request;
     try {
@@ -235,6 +247,24 @@ export class KeyserverConnection {
       });
     }
     if (!socket.write(encodeResponse(response))) socket.pause();
+  }
+
+  /** Answers held frames, in order, until the socket backs up again or none is left. */
+  #answerHeld(): void {
+    const held = this.#held;
+    this.#held = [];
+    let next = 0;
+    this.#reading = true;
+    this.socket.cork();
+    try {
+      while (next < held.length && !this.socket.writableNeedDrain) this.#onFrame(held[next++]!);
+    } finally {
+      this.#reading = false;
+      this.socket.uncork();
+      // Frames not reached wait again, ahead of any held meanwhile (none can be: reading is paused).
+      this.#held = held.slice(next).concat(this.#held);
+    }
+    this.#updateState();
   }
 
   #settleIdle(): void {
