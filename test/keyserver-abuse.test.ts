@@ -13,7 +13,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { encodeRequest } from '../keyserver/protocol/codec.js';
+import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
@@ -295,12 +295,59 @@ describe('a client that queues signs and leaves', () => {
       client.close();
     }
     await waitFor('nothing in flight', async () => (await metricValue(server, 'keyedge_keyserver_in_flight_requests')) === 0);
-    const dropped = await metricValue(server, 'keyedge_keyserver_signs_dropped_total');
+    const dropped = await metricValue(server, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
     const signed = (await metricValue(server, 'keyedge_keyserver_requests_total', ok)) - signedBefore - 1;
     // At most two batches of 32 had gone to the thread, plus what the event loop signed inline.
     expect(dropped).toBeGreaterThan(100);
     expect(signed).toBeLessThan(156);
     expect(signed + dropped).toBeLessThanOrEqual(256);
+  });
+});
+
+describe('a burst of signs past their deadline', () => {
+  // One signing thread and a short deadline: a burst of RSA-4096 signs outlives it while it waits for the thread.
+  serverWith({ pkcs11: { sessions: 1 }, limits: { requestTimeoutMs: 300 } });
+
+  it('signs still queued at their deadline are answered DEADLINE_EXCEEDED once and dropped unsigned, never sent to the thread', async () => {
+    const key = keys.rsa!;
+    const conn = await RawConnection.connect(server.unixPath!);
+    try {
+      const plan = Array.from({ length: 256 }, () => ({ id: nextId++, message: randomBytes(16) }));
+      const frame = (p: { id: number; message: Buffer }): Buffer =>
+        encodeRequest({
+          op: 'sign',
+          id: p.id,
+          keyId: Buffer.from(key.keyId, 'hex'),
+          algorithm: Algorithm.RSA_PSS_SHA256,
+          digest: digestOf(Algorithm.RSA_PSS_SHA256, p.message),
+        });
+      conn.write(Buffer.concat(plan.map(frame)));
+      const answers = await Promise.all(plan.map((p) => conn.answer(p.id)));
+      const late = answers.filter((a) => a.op === 'error');
+      for (const a of late) expect(a.op === 'error' && a.code).toBe(ErrorCode.DEADLINE_EXCEEDED);
+      answers.forEach((a, i) => {
+        if (a.op === 'signature') expect(verifies(Algorithm.RSA_PSS_SHA256, plan[i]!.message, key.publicKey, a.signature)).toBe(true);
+      });
+      await waitFor('nothing in flight', async () => (await metricValue(server, 'keyedge_keyserver_in_flight_requests')) === 0);
+      // Each sign was made (inline, or by the thread), skipped by the thread (late in a batch it held), or dropped
+      // from the queue, late, when the thread next had room. Before, none was dropped: all went to the thread in
+      // batches, in the place of fresh signs, only to be skipped there. How many are dropped depends on how fast the
+      // thread signs and how many the event loop signs inline (here 100 to 190).
+      const droppedLate = (): Promise<number> => metricValue(server, 'keyedge_keyserver_signs_dropped_total', { reason: 'deadline' });
+      await waitFor('the late signs dropped', async () => (await droppedLate()) > 0);
+      // Drops happen as the thread's batches come back: let the last of them come.
+      await sleep(500);
+      const dropped = await droppedLate();
+      expect(dropped).toBeLessThanOrEqual(late.length);
+      // Each answered once: the drop does not answer again what the timer answered.
+      const timedOut = { op: 'sign', algorithm: 'RSA_PSS_SHA256', result: 'DEADLINE_EXCEEDED' };
+      expect(await metricValue(server, 'keyedge_keyserver_requests_total', timedOut)).toBe(late.length);
+      await sleep(200);
+      expect(conn.responses).toHaveLength(256);
+      expect(await signsWith(4)).toBeLessThan(3_000);
+    } finally {
+      conn.close();
+    }
   });
 });
 
@@ -340,6 +387,44 @@ describe('bad-frame flood', () => {
       expect(await signsWith(4)).toBeLessThan(3_000);
     } finally {
       for (const conn of conns) conn.close();
+    }
+  });
+
+  it('clients that write requests and never read the answers: what the server holds for them stays small, and nothing is lost', async () => {
+    // 64 KiB of GET_PUBLIC_KEY requests (one read) for an RSA-4096 key ask for 0.8 MB of answers. The server stopped
+    // reading once the answers backed up, but still answered the whole read first: 0.8 MB held per connection.
+    const key = keys.rsa!;
+    const COUNT = 1_390;
+    const frames = Buffer.concat(Array.from({ length: COUNT }, (_, id) => encodeRequest({ op: 'getPublicKey', id, keyId: Buffer.from(key.keyId, 'hex') })));
+    const before = process.memoryUsage().arrayBuffers;
+    const sockets = Array.from({ length: 40 }, () => {
+      const socket = net.connect(server.unixPath!);
+      socket.on('error', () => undefined);
+      socket.pause();
+      socket.write(frames);
+      return socket;
+    });
+    try {
+      await sleep(1_500);
+      // 40 × 0.8 MB before; now about 40 × 100 KB (the read held, the answers sent before the socket backed up).
+      expect((process.memoryUsage().arrayBuffers - before) / 1e6).toBeLessThan(16);
+      // The held requests are answered, in order, once the client reads.
+      const reader = await RawConnection.connect(server.unixPath!);
+      try {
+        reader.write(frames);
+        await waitFor(`${COUNT} answers`, () => reader.responses.length === COUNT, 20_000);
+        expect(reader.responses.every((r, i) => r.op === 'publicKey' && r.id === i && r.spki.equals(key.spki))).toBe(true);
+      } finally {
+        reader.close();
+      }
+      const late = sockets[0]!;
+      let received = 0;
+      late.on('data', (chunk: Buffer) => void (received += chunk.length));
+      late.resume();
+      const answerBytes = encodeResponse({ op: 'publicKey', id: 0, spki: key.spki }).length;
+      await waitFor('every answer to the late reader', () => received === COUNT * answerBytes, 20_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
     }
   });
 

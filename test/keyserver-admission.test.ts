@@ -98,8 +98,13 @@ describe('SigningService deadline', () => {
     } as unknown as TokenKey;
     const service = new SigningService({
       // A busy loop runs the deadline timer late: the thread's skip arrives first.
-      signers: { sign: () => Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'deadline')) } as unknown as SigningWorkers,
-      keys: { get: () => key } as unknown as KeyStore,
+      token: {
+        parts: {
+          signers: { sign: () => Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'deadline')) } as unknown as SigningWorkers,
+          keys: { get: () => key } as unknown as KeyStore,
+        },
+        suspect: () => {},
+      },
       metrics: new KeyserverMetrics(),
       log: createLogger('service-test', 'silent'),
       limiter: new LogLimiter({ intervalMs: 60_000, burst: 10 }),

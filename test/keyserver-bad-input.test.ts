@@ -5,10 +5,11 @@
  * fresh one always.
  */
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import pkcs11js from 'pkcs11js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { KeyserverConfig } from '../config/schema.js';
-import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
+import { decodeResponse, encodeRequest, type Response } from '../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte, ErrorCode, Opcode, Tag } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { listKeys } from '../keyserver/token/keys.js';
@@ -195,6 +196,29 @@ describe('frame and item faults', () => {
     expect(conn.responses).toHaveLength(1);
     expect(logs.find(/^closing connection: body length 16385/)).toHaveLength(1);
     await expectServes();
+  });
+
+  it('after FRAME_TOO_LARGE, a client that never closes its end is closed within seconds, not left holding the connection', async () => {
+    const open = (): Promise<number> => metricValue(server, 'keyedge_keyserver_connections', { transport: 'unix' });
+    const before = await open();
+    // Half-open allowed: this client neither closes when the server ends nor ever ends itself.
+    const socket = net.connect({ path: server.unixPath!, allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    try {
+      let answered = Buffer.alloc(0);
+      socket.on('data', (chunk: Buffer) => void (answered = Buffer.concat([answered, chunk])));
+      const ended = new Promise<void>((resolve) => socket.on('end', () => resolve()));
+      socket.write(rawFrame({ opcode: Opcode.SIGN, id: 0xbeef, bodyLength: 1 << 30 }));
+      await ended;
+      expect(decodeResponse(answered)).toMatchObject({ op: 'error', id: 0xbeef, code: ErrorCode.FRAME_TOO_LARGE });
+      expect(await open()).toBe(before + 1);
+      // Before: the server waited for this client's end for ever, holding a connection slot and a descriptor.
+      const end = Date.now() + 5_000;
+      while ((await open()) !== before && Date.now() < end) await sleep(50);
+      expect(await open()).toBe(before);
+    } finally {
+      socket.destroy();
+    }
   });
 
   it('an unsupported version: UNSUPPORTED_VERSION, answered in version 1', async () => {

@@ -4,9 +4,10 @@
  * checked with node:crypto against the public key the server hands out.
  */
 import { constants, createHash, createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { KeyserverConfig } from '../config/schema.js';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { RemoteError } from '../keyserver/shared/errors.js';
@@ -18,6 +19,7 @@ import {
   connectUnix,
   digestOf,
   type LogCapture,
+  metricValue,
   type ProvisionedKey,
   provisionKeys,
   removeDir,
@@ -259,5 +261,57 @@ describe('keys from outside', () => {
     const err = await unix.sign(missing, Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RemoteError);
     expect((err as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
+  });
+});
+
+describe('a token re-created while the server runs', () => {
+  it('deleted and initialised again under the same label: the server opens it again and signs with its keys, connections kept', async () => {
+    // Before: SoftHSM2 kept the old sessions valid but empty and showed the new token only to a module initialised
+    // again, so every sign was UNKNOWN_KEY, a rescan (SIGHUP) included, until the key server was restarted.
+    const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
+    const tokenDir = join(stateDir, 'token');
+    const [pin, soPin] = ['user.pin', 'so.pin'].map((file) => readFileSync(join(tokenDir, file), 'utf8').trim());
+    const softhsm = (args: string[]): void => void execFileSync('softhsm2-util', args, { env, stdio: 'ignore' });
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
+    const generated = await runCli(['key', 'generate', '--config', configFile, '--type', 'ec-p256', '--label', 'after-recreate']);
+    expect(generated.code, generated.stderr).toBe(0);
+    const keyId = /key id: ([0-9a-f]{64})/.exec(generated.stdout)![1]!;
+    let answer: unknown;
+    const message = randomBytes(64);
+    // A request for the new key finds it unknown and the old keys gone, which makes the server look at the token.
+    for (let i = 0; i < 50 && !Buffer.isBuffer(answer); i++) {
+      answer = await unix.sign(keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, message)).catch((e: unknown) => e);
+      if (!Buffer.isBuffer(answer)) await sleep(200);
+    }
+    expect(Buffer.isBuffer(answer), String(answer)).toBe(true);
+    const spki = await unix.getPublicKey(keyId);
+    expect(verifies(Algorithm.ECDSA_SHA256, message, createPublicKey({ key: spki, format: 'der', type: 'spki' }), answer as Buffer)).toBe(true);
+    // The new token's signing threads sign too (a burst goes past what the event loop signs itself).
+    await vi.waitFor(async () => expect(await metricValue(server, 'keyedge_keyserver_sign_threads_up')).toBe(2), { timeout: 10_000, interval: 100 });
+    const burst = await Promise.all(
+      Array.from({ length: 100 }, async () => {
+        const m = randomBytes(32);
+        const signature = await unix.sign(keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, m));
+        return verifies(Algorithm.ECDSA_SHA256, m, createPublicKey({ key: spki, format: 'der', type: 'spki' }), signature);
+      }),
+    );
+    expect(burst.every(Boolean)).toBe(true);
+    // The keys of the old token are gone with it.
+    const old = await unix.sign(keys['ec-p256']!.keyId, Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
+    expect((old as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
+    expect(logs.find(/^the token is no longer the one opened/)).toHaveLength(1);
+    expect(logs.find(/^token opened again$/)).toHaveLength(1);
+
+    // Again, and this time only a rescan (what SIGHUP does) looks: it finds the token replaced too.
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
+    // One look at the token a second at most.
+    await sleep(1_100);
+    server.rescanKeys();
+    for (let i = 0; i < 50 && logs.find(/^token opened again$/).length < 2; i++) await sleep(100);
+    expect(logs.find(/^token opened again$/)).toHaveLength(2);
+    const gone = await unix.sign(keyId, Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
+    expect((gone as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
   });
 });

@@ -5,11 +5,19 @@
  * request id (SPEC.md), up to `maxInFlight` per connection; beyond that a
  * request is answered OVERLOADED at once instead of queueing without bound.
  * When the socket cannot take more output the connection stops reading until
- * it drains, so a client that never reads cannot grow our memory.
+ * it drains, so a client that never reads cannot grow our memory: frames
+ * already read then wait, unanswered (`#held`, at most one read's worth), and
+ * are answered on drain. Stopping the reads alone was not enough: the rest of
+ * the chunk being read was still answered, and a 64 KiB read of GET_PUBLIC_KEY
+ * requests for an RSA-4096 key made 0.8 MB of answers, per connection.
  *
  * A bad frame body is answered with an error and the connection carries on; a
  * frame whose length cannot be trusted (FRAME_TOO_LARGE) is answered, then the
- * connection is closed, since the byte stream has lost its framing.
+ * connection is closed, since the byte stream has lost its framing. Closed
+ * means ended, then destroyed CLOSE_GRACE_MS later whether or not the client
+ * has closed its end: waiting for a client that never does would let it hold a
+ * connection slot and a descriptor for as long as it liked. What it sends
+ * meanwhile is read and dropped, so the answer is not lost to a reset.
  *
  * Answers are batched into one write (one syscall, and over TLS one record):
  * those made while a chunk is read (signed inline, refusals) go out when the
@@ -45,6 +53,9 @@ import type { LogLimiter } from '../shared/log-limiter.js';
 import type { KeyserverMetrics } from './metrics.js';
 import type { SigningService } from './service.js';
 
+/** How long a connection closed for a fatal frame fault waits for the client's end before it is destroyed. */
+const CLOSE_GRACE_MS = 1_000;
+
 export interface ConnectionLimits {
   readonly maxBodyBytes: number;
   readonly maxInFlightPerConnection: number;
@@ -74,10 +85,14 @@ export class KeyserverConnection {
   #frames = 0;
   #state: ConnectionState = 'stalled';
   #deadline: NodeJS.Timeout | undefined;
+  /** Set once the connection is ended for a fatal fault: destroys it if the client has not closed by then. */
+  #closeTimer: NodeJS.Timeout | undefined;
   #corked = false;
   /** True while a chunk is being read: answers made meanwhile ride on its cork. */
   #reading = false;
   #idleWaiters: (() => void)[] = [];
+  /** Complete frames read while the client's answers were backed up, oldest first: answered once the socket drains. */
+  #held: Buffer[] = [];
   /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. */
   readonly #closed = new AbortController();
 
@@ -97,12 +112,15 @@ export class KeyserverConnection {
     });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => {
-      socket.resume();
+      this.#answerHeld();
       // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
       this.#deadline?.refresh();
+      if (this.#held.length === 0) socket.resume();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
+      clearTimeout(this.#closeTimer);
+      this.#held = [];
       this.#closed.abort();
       this.#settleIdle();
     });
@@ -164,6 +182,10 @@ export class KeyserverConnection {
   }
 
   #onFrame(frame: Buffer): void {
+    if (this.#held.length > 0 || this.socket.writableNeedDrain) {
+      this.#held.push(frame);
+      return;
+    }
     this.#frames++;
     let request: Request;
     try {
@@ -199,6 +221,9 @@ export class KeyserverConnection {
     this.#badFrame(err, 'closing connection');
     this.#send({ op: 'error', id: err.requestId ?? 0, code: err.wireCode, detail: err.message });
     this.socket.end();
+    this.#closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS);
+    // Paused for backpressure or not, the client's bytes are read and dropped (the reader has failed) until then.
+    this.socket.resume();
   }
 
   /** Counts every bad frame; logs it within the rate limit of its error code. */
@@ -222,6 +247,24 @@ export class KeyserverConnection {
       });
     }
     if (!socket.write(encodeResponse(response))) socket.pause();
+  }
+
+  /** Answers held frames, in order, until the socket backs up again or none is left. */
+  #answerHeld(): void {
+    const held = this.#held;
+    this.#held = [];
+    let next = 0;
+    this.#reading = true;
+    this.socket.cork();
+    try {
+      while (next < held.length && !this.socket.writableNeedDrain) this.#onFrame(held[next++]!);
+    } finally {
+      this.#reading = false;
+      this.socket.uncork();
+      // Frames not reached wait again, ahead of any held meanwhile (none can be: reading is paused).
+      this.#held = held.slice(next).concat(this.#held);
+    }
+    this.#updateState();
   }
 
   #settleIdle(): void {

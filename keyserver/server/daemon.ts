@@ -16,6 +16,9 @@
  * capped apart (handshakes.ts: past maxConnections pending, the oldest is
  * closed); what is refused, evicted or timed out is counted in
  * `connections_dropped_total` and logged within the LogLimiter's rate.
+ *
+ * The token is opened again, without a restart and without closing client
+ * connections, when it is no longer the one opened (live-token.ts).
  */
 import { mkdirSync } from 'node:fs';
 import type http from 'node:http';
@@ -34,6 +37,7 @@ import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
 import { KeyserverConnection } from './connection.js';
 import { fitLimits } from './fd-budget.js';
 import { KeyStore } from './keystore.js';
+import { LiveToken, type TokenParts } from './live-token.js';
 import { listenTls, listenUnix } from './listeners.js';
 import { LogLimiter } from '../shared/log-limiter.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
@@ -45,7 +49,7 @@ export interface RunningKeyserver {
   readonly adminPort: number | undefined;
   readonly metrics: KeyserverMetrics;
   readonly log: Logger;
-  /** Looks for keys added to or removed from the token since the last scan. */
+  /** Looks for keys added to or removed from the token since the last scan, and opens the token again if it was replaced. */
   rescanKeys(): void;
   /** Graceful shutdown; safe to call more than once. */
   close(): Promise<void>;
@@ -63,13 +67,29 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const metrics = new KeyserverMetrics();
   const closers: (() => Promise<void> | void)[] = [() => token.close()];
   try {
-    const signers = new SigningWorkers(token, openOptions.modulePath, config.pkcs11.sessions, log);
+    let live: LiveToken | undefined;
+    const build = (opened: Token): TokenParts => {
+      const keys = new KeyStore(
+        opened,
+        log,
+        (count) => metrics.keys.set(count),
+        undefined,
+        (cause) => live?.suspect(cause),
+      );
+      return { token: opened, keys, signers: new SigningWorkers(opened, openOptions.modulePath, config.pkcs11.sessions, log) };
+    };
+    const parts = build(token);
+    const { keys, signers } = parts;
     closers.unshift(() => signers.close());
     // Ready means ready to sign at full speed: the threads load pkcs11js first (a thread that failed is restarting).
+    // Not when the token is opened again: the event loop signs meanwhile.
     await signers.ready();
-    const keys = new KeyStore(token, log, (count) => metrics.keys.set(count));
+    live = new LiveToken(parts, () => reopen(config, build), log);
+    const liveToken = live;
+    // From here the live token owns the token and its signers, first or reopened.
+    closers.splice(0, closers.length, () => liveToken.close());
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
-    const service = new SigningService({ signers, keys, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
+    const service = new SigningService({ token: liveToken, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();
     // The caps admission enforces must be below the file limit, or the kernel refuses newcomers before admission sees them.
     const limits = fitLimits(config.limits, config.listen.tcp !== null, log);
@@ -170,7 +190,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
 
     let admin: http.Server | undefined;
     if (config.admin !== null) {
-      admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => !token.closed);
+      admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => liveToken.parts !== undefined);
       const server = admin;
       closers.unshift(() => new Promise<void>((resolve) => server.close(() => resolve())));
     }
@@ -194,7 +214,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         await new Promise((resolve) => setImmediate(resolve));
         for (const connection of connections) connection.socket.end();
         // Signs answered DEADLINE_EXCEEDED may still be running in the token.
-        await Promise.race([signers.drained(), grace]);
+        await Promise.race([liveToken.drained(), grace]);
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
         await runClosers(closers);
@@ -209,11 +229,25 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       adminPort: typeof adminAddress === 'object' && adminAddress !== null ? adminAddress.port : undefined,
       metrics,
       log,
-      rescanKeys: () => keys.rescan(),
+      rescanKeys: () => {
+        liveToken.suspect('SIGHUP');
+        liveToken.parts?.keys.rescan();
+      },
       close,
     };
   } catch (err) {
     await runClosers(closers);
+    throw err;
+  }
+}
+
+/** The token opened again (one attempt: the next request tries again), PIN read again, and its parts built; closed again if they fail. */
+function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts): TokenParts {
+  const token = Token.open(tokenOptions(config), 1);
+  try {
+    return build(token);
+  } catch (err) {
+    token.close();
     throw err;
   }
 }

@@ -13,7 +13,8 @@
  * Only unknown ids did before, so a deleted key stayed listed for ever (every
  * sign SIGN_FAILED, blamed on the token, the keys gauge unchanged), and a key
  * imported again was never signed with until a restart or SIGHUP. A scan that
- * finds keys gone logs which.
+ * finds keys gone logs which, and tells `onSuspect`, as does a scan that
+ * fails: the whole token may have been replaced (live-token.ts).
  */
 import type { Logger } from '../shared/log.js';
 import { listKeys, type TokenKey } from '../token/keys.js';
@@ -28,11 +29,13 @@ export class KeyStore {
   readonly #log: Logger;
   readonly #rescanIntervalMs: number;
   readonly #onScan: (count: number) => void;
+  readonly #onSuspect: (cause: string) => void;
 
-  constructor(token: Token, log: Logger, onScan: (count: number) => void, rescanIntervalMs = 1000) {
+  constructor(token: Token, log: Logger, onScan: (count: number) => void, rescanIntervalMs = 1000, onSuspect: (cause: string) => void = () => {}) {
     this.#token = token;
     this.#log = log;
     this.#onScan = onScan;
+    this.#onSuspect = onSuspect;
     this.#rescanIntervalMs = rescanIntervalMs;
     this.rescan();
   }
@@ -52,6 +55,7 @@ export class KeyStore {
       // The token failed the scan: the keys known so far keep signing, this id is as it was, and the key
       // server carries on (a throw here would reach the connection's frame loop). Once per interval at most.
       this.#log.error({ err, keyId }, 'token scan failed; the keys already loaded stay in use');
+      this.#onSuspect('token scan failed');
       return key;
     }
     return this.#keys.get(keyId);
@@ -79,6 +83,7 @@ export class KeyStore {
     if (removed.length > 0) {
       // Signs with them are UNKNOWN_KEY from now on.
       this.#log.warn({ keys: keys.size, removed: removed.map((key) => ({ keyId: key.keyId, label: key.label })) }, 'token keys no longer found');
+      this.#onSuspect('token keys no longer found');
     }
   }
 }

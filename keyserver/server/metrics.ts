@@ -3,7 +3,7 @@
  *
  * Labels are bounded by construction: op and algorithm come from the protocol's
  * fixed tables, result from its error-code names, transport is unix|tls,
- * reason from DROP_REASONS. Key
+ * reason from DROP_REASONS (connections) or closed|deadline (signs). Key
  * ids, client names and peer addresses are never labels (per-key usage goes to
  * the periodic log line instead).
  *
@@ -121,9 +121,12 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
-  readonly signsDropped = new Counter({
+  readonly signsDropped = new Counter<'reason'>({
     name: `${PREFIX}signs_dropped_total`,
-    help: 'Signs dropped unsigned because their connection closed before they were sent to a signing thread.',
+    help:
+      'Signs dropped unsigned while they waited to be sent to a signing thread, by reason: their connection closed ' +
+      '(closed), or their deadline passed (deadline; answered DEADLINE_EXCEEDED).',
+    labelNames: ['reason'] as const,
     registers: [this.registry],
   });
 

@@ -5,25 +5,30 @@
  * Every request ends in exactly one Response, never a thrown error: a refusal
  * is an error Response with a wire code (SPEC.md), and its reason goes to the
  * log, so the connection (and the daemon) carry on whatever a client sends.
+ * While the token is being opened again (live-token.ts), requests for keys
+ * are refused SIGN_FAILED; a sign refused for a lost session or token starts
+ * that.
  *
  * A sign made inline (sign-workers.ts: the usual case at handshake rates) is
  * answered synchronously, with no promise or timer. Deadline: a sign sent to
  * a signing thread that has not finished within `requestTimeoutMs` (queueing
  * included) is answered DEADLINE_EXCEEDED at once; the thread skips it if it
- * has not started it yet, else its result is dropped. A sign whose `signal`
- * aborted (its connection closed) before it was sent to a thread is dropped
- * unsigned and counted in `signs_dropped_total`; its answer goes nowhere.
+ * has not started it yet, else its result is dropped. A sign dropped unsigned
+ * before it was sent to a thread is counted in `signs_dropped_total` by
+ * reason: `closed` (its `signal` aborted: the connection closed; its answer
+ * goes nowhere) or `deadline` (it waited past its deadline; answered
+ * DEADLINE_EXCEEDED, usually by the timer already).
  */
 import type { Logger } from '../shared/log.js';
 import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
-import { droppedUnsent, type SigningWorkers, skippedPastDeadline } from '../token/sign-workers.js';
+import { droppedUnsent, skippedPastDeadline } from '../token/sign-workers.js';
 import { schemeFitsKey } from '../token/sign.js';
 import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
-import type { KeyStore } from './keystore.js';
+import { type TokenParts, tokenLost } from './live-token.js';
 import type { KeyserverMetrics } from './metrics.js';
 import type { LogLimiter } from '../shared/log-limiter.js';
 
@@ -34,9 +39,14 @@ function algorithmName(request: SignRequestOf): string {
   return algorithmInfo(request.algorithm)?.name ?? 'unknown';
 }
 
+/** The open token (live-token.ts): its signers and keys, undefined while it is opened again. */
+export interface TokenAccess {
+  readonly parts: Pick<TokenParts, 'signers' | 'keys'> | undefined;
+  suspect(cause: string, lost?: boolean): void;
+}
+
 export interface ServiceOptions {
-  readonly signers: SigningWorkers;
-  readonly keys: KeyStore;
+  readonly token: TokenAccess;
   readonly metrics: KeyserverMetrics;
   readonly log: Logger;
   /**
@@ -63,7 +73,7 @@ export class SigningService {
 
   constructor(options: ServiceOptions) {
     this.#options = options;
-    options.metrics.watchSignThreads(() => options.signers.threadsUp);
+    options.metrics.watchSignThreads(() => options.token.parts?.signers.threadsUp ?? 0);
   }
 
   /** From now on every request is answered SHUTTING_DOWN; requests already running finish. */
@@ -86,10 +96,10 @@ export class SigningService {
         this.#count(request, 'ok');
         return { op: 'pong', id: request.id, payload: request.payload };
       case 'getPublicKey': {
-        const key = this.#authorisedKey(request.keyId, request, client);
-        if ('op' in key) return key;
+        const found = this.#authorisedKey(request.keyId, request, client);
+        if ('op' in found) return found;
         this.#count(request, 'ok');
-        return { op: 'publicKey', id: request.id, spki: key.spki };
+        return { op: 'publicKey', id: request.id, spki: found.key.spki };
       }
       case 'sign':
         return this.#sign(request, client, signal);
@@ -97,8 +107,9 @@ export class SigningService {
   }
 
   #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined): Response | Promise<Response> {
-    const key = this.#authorisedKey(request.keyId, request, client);
-    if ('op' in key) return key;
+    const found = this.#authorisedKey(request.keyId, request, client);
+    if ('op' in found) return found;
+    const { key, parts } = found;
     const algorithm = algorithmInfo(request.algorithm);
     // The codec already refused unknown algorithms and wrong digest lengths.
     if (algorithm === undefined) return this.#refuse(request, client, 'UNKNOWN_ALGORITHM', `algorithm 0x${request.algorithm.toString(16)}`);
@@ -108,14 +119,14 @@ export class SigningService {
     const started = performance.now();
     let signed: Buffer | Promise<Buffer>;
     try {
-      signed = this.#options.signers.sign(
+      signed = parts.signers.sign(
         key,
         { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest },
         Date.now() + this.#options.requestTimeoutMs,
         signal,
       );
     } catch (err) {
-      return this.#signFailed(request, client, key, err, started);
+      return this.#signFailed(request, client, parts, key, err, started);
     }
     // Signed inline (the usual case at handshake rates): answered at once, no deadline timer or promise needed.
     if (!(signed instanceof Promise)) return this.#signed(request, key, algorithm, signed, started);
@@ -138,17 +149,19 @@ export class SigningService {
           resolve(this.#signed(request, key, algorithm, raw, started));
         },
         (err: unknown) => {
+          const dropped = droppedUnsent(err);
+          // Counted whether or not the timer answered first: the sign was dropped unsigned either way.
+          if (dropped !== undefined) this.#options.metrics.signsDropped.inc({ reason: dropped });
           if (answered) return;
           clearTimeout(timer);
-          if (droppedUnsent(err)) {
+          if (dropped === 'closed') {
             // Nobody is left to answer: counted, not logged (a client can close at will).
-            this.#options.metrics.signsDropped.inc();
             resolve({ op: 'error', id: request.id, code: ErrorCode.SHUTTING_DOWN, detail: 'the connection closed' });
             return;
           }
-          // Skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
-          if (skippedPastDeadline(err)) late();
-          else resolve(this.#signFailed(request, client, key, err, started));
+          // Dropped or skipped by a signing thread with the deadline past, before this timer fired (a busy loop runs timers late): late, not failed.
+          if (dropped === 'deadline' || skippedPastDeadline(err)) late();
+          else resolve(this.#signFailed(request, client, parts, key, err, started));
         },
       );
     });
@@ -162,10 +175,12 @@ export class SigningService {
     return { op: 'signature', id: request.id, signature };
   }
 
-  #signFailed(request: SignRequestOf, client: ClientIdentity, key: TokenKey, err: unknown, started: number): Response {
+  #signFailed(request: SignRequestOf, client: ClientIdentity, parts: Pick<TokenParts, 'keys'>, key: TokenKey, err: unknown, started: number): Response {
     const reason = ckrName(err);
     // A key deleted from the token since the last scan: look again next time.
-    if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(reason)) this.#options.keys.invalidate();
+    if (/^CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/.test(reason)) parts.keys.invalidate();
+    // The session or the whole token is gone (removed, re-created): open it again.
+    else if (tokenLost(reason)) this.#options.token.suspect(reason, true);
     this.#durationChild(algorithmName(request)).observe((performance.now() - started) / 1000);
     return this.#refuse(request, client, 'SIGN_FAILED', `token refused to sign with ${key.keyId}: ${reason}`, err);
   }
@@ -174,8 +189,8 @@ export class SigningService {
     this.#usage.set(key.keyId, (this.#usage.get(key.keyId) ?? 0) + 1);
   }
 
-  /** The key if it exists and the client may use it, else the refusal to send. */
-  #authorisedKey(keyIdBytes: Buffer, request: Request, client: ClientIdentity): TokenKey | Response {
+  /** The key, and the token parts it belongs to, if it exists and the client may use it; else the refusal to send. */
+  #authorisedKey(keyIdBytes: Buffer, request: Request, client: ClientIdentity): { key: TokenKey; parts: Pick<TokenParts, 'signers' | 'keys'> } | Response {
     const keyId = this.#keyIdHex(keyIdBytes);
     // Authorisation comes first, so an unauthorised client can neither probe
     // which keys exist nor make the key store rescan the token.
@@ -185,9 +200,16 @@ export class SigningService {
       this.#options.limiter.warn(this.#options.log, `refused:NOT_AUTHORISED:${client.rule}`, fields, 'client may not use this key');
       return this.#refuse(request, client, 'NOT_AUTHORISED', `this client may not use key ${keyId}`, undefined, true);
     }
-    const key = this.#options.keys.get(keyId);
+    const parts = this.#options.token.parts;
+    if (parts === undefined) {
+      // Being opened again, or could not be: this request may start the next attempt.
+      this.#options.token.suspect('a request while the token is not open');
+      return this.#refuse(request, client, 'SIGN_FAILED', 'the token is not open (it is being opened again); retry');
+    }
+    // A key and the signers of the same token: a key's handles mean nothing to a token opened again.
+    const key = parts.keys.get(keyId);
     if (key === undefined) return this.#refuse(request, client, 'UNKNOWN_KEY', `no key ${keyId} in the token`);
-    return key;
+    return { key, parts };
   }
 
   /**

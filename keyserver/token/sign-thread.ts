@@ -18,8 +18,9 @@
  * Jobs wait in `queue` on the main thread and go out in batches of at most
  * BATCH_MAX, at most WINDOW batches unanswered: enough that the thread never
  * waits for the loop to send more, while the rest stay where they can still be
- * dropped (the owner's `skip()`: a job whose connection closed costs the token
- * nothing). A batch posted cannot be taken back.
+ * dropped (the owner's `skip()`: a job whose connection closed or whose
+ * deadline passed costs the token nothing, and takes no place in a batch). A
+ * batch posted cannot be taken back.
  *
  * Contract: `started` resolves once the first start is over, up or failed;
  * `up` says whether jobs may be sent; `load` (jobs queued or sent, not yet
@@ -96,7 +97,7 @@ export interface ThreadOwner {
   results(thread: SignThread, results: JobResult[]): void;
   /** The thread died: the jobs it held are unanswered. */
   failed(thread: SignThread): void;
-  /** Whether a queued job is dropped instead of sent (its connection closed); the owner answers it. */
+  /** Whether a queued job is dropped instead of sent (its connection closed, its deadline passed); the owner answers it. */
   skip(job: Job): boolean;
 }
 

@@ -28,8 +28,11 @@
  * its unanswered jobs go to another thread or inline (or are skipped, their
  * deadline past: a signature has no side effect, so signing again is safe).
  * A request whose `signal` aborted (its connection closed) while it waited to
- * be sent to a thread is dropped, and rejects with 'dropped' (see
- * `droppedUnsent`): a client cannot leave work queued ahead of others'.
+ * be sent to a thread is dropped, and rejects with 'dropped'; one whose
+ * deadline passed while it waited is dropped too, with 'expired' (see
+ * `droppedUnsent`): a client cannot leave work queued ahead of others', and a
+ * backlog of signs nobody waits for any more (their deadline answered) costs
+ * no batch slot on a thread ahead of fresh ones.
  * While no thread is up, every sign is made inline, whatever the budget: a
  * slower event loop beats refusing signs the token can make. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
@@ -67,12 +70,15 @@ export function skippedPastDeadline(err: unknown): boolean {
   return err instanceof TokenError && err.message === DEADLINE_SKIPPED;
 }
 
-/** A sign's rejection when it was dropped unsent, its signal aborted. */
-const DROPPED = 'dropped';
+/** A sign's rejection when it was dropped unsent: its signal aborted, or its deadline passed. */
+const DROPPED = { closed: 'dropped', deadline: 'expired' } as const;
 
-/** Whether a sign's rejection says it was dropped before reaching a thread, its signal aborted (nothing reached the token). */
-export function droppedUnsent(err: unknown): boolean {
-  return err instanceof TokenError && err.message === DROPPED;
+/** Why a sign was dropped before reaching a thread (nothing reached the token): its signal aborted, or its deadline passed; undefined for any other rejection. */
+export function droppedUnsent(err: unknown): keyof typeof DROPPED | undefined {
+  if (!(err instanceof TokenError)) return undefined;
+  if (err.message === DROPPED.closed) return 'closed';
+  if (err.message === DROPPED.deadline) return 'deadline';
+  return undefined;
 }
 
 interface Pending {
@@ -214,13 +220,15 @@ export class SigningWorkers {
     }
   }
 
-  /** A queued job whose signal aborted: answered 'dropped' instead of sent. */
+  /** A queued job whose signal aborted or whose deadline passed: answered as dropped instead of sent. */
   #skip(job: Job): boolean {
     const pending = this.#pending.get(job.id);
-    if (pending?.signal?.aborted !== true) return false;
+    if (pending === undefined) return false;
+    const reason = pending.signal?.aborted === true ? DROPPED.closed : Date.now() > job.deadline ? DROPPED.deadline : undefined;
+    if (reason === undefined) return false;
     this.#pending.delete(job.id);
     pending.lane.load--;
-    pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DROPPED));
+    pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', reason));
     this.#drainedCheck();
     return true;
   }

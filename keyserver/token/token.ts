@@ -12,12 +12,15 @@
  * thread through `management`, a session reserved for them; signing uses the
  * signing workers (sign-workers.ts), so a long key listing never holds up a handshake.
  *
- * After open, nothing here calls C_GetTokenInfo again, and nothing should:
- * SoftHSM2 reads its token file for it, and a read while another process
- * rewrites the file (every C_Login does) can leave the module failing that
- * call and serving a frozen object list to C_FindObjects until C_Finalize,
- * so keys added later would never be found (seen in a stress run: logins
- * and key creation by other processes next to a C_GetTokenInfo loop).
+ * After open, C_GetTokenInfo is called again only by `isSame()`, when
+ * something already looks wrong, and nothing else should call it: SoftHSM2
+ * reads its token file for it, and a read while another process rewrites the
+ * file (every C_Login does) can leave the module failing that call and
+ * serving a frozen object list to C_FindObjects until C_Finalize, so keys
+ * added later would never be found (seen in a stress run: logins and key
+ * creation by other processes next to a C_GetTokenInfo loop). `isSame()`
+ * reads such a failure as a lost token, and its caller reopens the module,
+ * which is also the cure for that state.
  *
  * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
@@ -65,8 +68,8 @@ export class Token {
    * rewrites it (every C_Login there rewrites it), and keeps failing until
    * it is initialised again; the other process's write takes milliseconds.
    */
-  static open(options: TokenOpenOptions): Token {
-    return openRetrying(() => Token.#openOnce(options));
+  static open(options: TokenOpenOptions, attempts = OPEN_ATTEMPTS): Token {
+    return openRetrying(() => Token.#openOnce(options), attempts);
   }
 
   static #openOnce(options: TokenOpenOptions): Token {
@@ -94,6 +97,22 @@ export class Token {
       this.pkcs11.C_CloseSession(session);
     } catch {
       // A session the token already dropped needs no closing.
+    }
+  }
+
+  /**
+   * Whether the slot still holds the token opened here (same label and
+   * serial). False when the module cannot say: a token deleted and created
+   * again, even under the same label, is another token in another slot, and
+   * SoftHSM2 fails the old slot's C_GetTokenInfo (CKR_GENERAL_ERROR).
+   */
+  isSame(): boolean {
+    if (this.#closed) return false;
+    try {
+      const info = this.pkcs11.C_GetTokenInfo(this.slot);
+      return fixedString(info.label) === this.label && fixedString(info.serialNumber) === this.serial;
+    } catch {
+      return false;
     }
   }
 

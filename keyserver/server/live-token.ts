@@ -1,0 +1,130 @@
+/**
+ * The open token and what is built on it (signing workers, key store), opened
+ * again when the token behind it is no longer the one opened.
+ *
+ * Why: a token deleted and initialised again under the same label while the
+ * key server ran (softhsm2-util --delete-token, then --init-token) left it
+ * serving nothing until a restart. SoftHSM2 (2.6) keeps the old sessions valid
+ * with an empty object list, fails C_GetTokenInfo of the old slot with
+ * CKR_GENERAL_ERROR, and shows the new token (in another slot) and its keys
+ * only once the module is initialised again: every sign was UNKNOWN_KEY, a
+ * SIGHUP rescan included. Other modules report such a loss on the session
+ * (CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, CKR_DEVICE_REMOVED...).
+ *
+ * Triggers: `suspect(cause)` (a key scan that finds keys gone or fails,
+ * SIGHUP) checks that the token in the slot is still the one opened (same
+ * label and serial, Token.isSame) and reopens it if not; `suspect(cause, true)`
+ * (a sign refused for a lost session or token, `tokenLost`) reopens at once.
+ * At most one check or attempt per RETRY_MS, so no client can make the key
+ * server churn its token.
+ *
+ * Reopening: the old signing workers finish what they were sent (a dead
+ * token answers with errors at once) and stop, the module is finalised, then
+ * the token is found again by its label or serial (its slot id may have
+ * changed), logged in with the PIN read again, and new sessions, threads and a
+ * key scan follow, all in `open`, with a single attempt. Meanwhile, and while
+ * the token cannot be opened, `parts` is undefined: requests that need the
+ * token are refused SIGN_FAILED (retry, SPEC.md) on connections that stay
+ * open, and each such request may start the next attempt, within RETRY_MS.
+ * Every reopen is logged; failures to open are logged once a FAILURE_LOG_MS.
+ */
+import type { Logger } from '../shared/log.js';
+import type { SigningWorkers } from '../token/sign-workers.js';
+import type { Token } from '../token/token.js';
+import type { KeyStore } from './keystore.js';
+
+export interface TokenParts {
+  readonly token: Token;
+  readonly signers: SigningWorkers;
+  readonly keys: KeyStore;
+}
+
+/** At most one check of the token, or attempt to open it, per this long. */
+const RETRY_MS = 1_000;
+/** A token that stays unopenable is logged once per this long, not on every attempt. */
+const FAILURE_LOG_MS = 60_000;
+
+/** PKCS#11 refusals that concern the session or the token as a whole, not one key (v2.40 §5.1). */
+const LOST =
+  /^CKR_(SESSION_HANDLE_INVALID|SESSION_CLOSED|TOKEN_NOT_PRESENT|TOKEN_NOT_RECOGNIZED|DEVICE_REMOVED|CRYPTOKI_NOT_INITIALIZED|USER_NOT_LOGGED_IN|SLOT_ID_INVALID)\b/;
+
+/** Whether a sign's refusal (its CKR_ name) says the token or its session is gone. */
+export function tokenLost(reason: string): boolean {
+  return LOST.test(reason);
+}
+
+export class LiveToken {
+  #parts: TokenParts | undefined;
+  readonly #open: () => TokenParts;
+  readonly #log: Logger;
+  #checkedAt = 0;
+  #failureLoggedAt = -Infinity;
+  #reopening: Promise<void> | undefined;
+  #closed = false;
+
+  /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
+  constructor(parts: TokenParts, open: () => TokenParts, log: Logger) {
+    this.#parts = parts;
+    this.#open = open;
+    this.#log = log;
+  }
+
+  /** The open token's parts; undefined while it is being opened again, or could not be. */
+  get parts(): TokenParts | undefined {
+    return this.#reopening === undefined ? this.#parts : undefined;
+  }
+
+  /** Something looks wrong with the token (`cause`, for the log); `lost`: the token said it is gone. */
+  suspect(cause: string, lost = false): void {
+    if (this.#closed || this.#reopening !== undefined) return;
+    const now = Date.now();
+    if (now - this.#checkedAt < RETRY_MS) return;
+    this.#checkedAt = now;
+    const parts = this.#parts;
+    if (parts !== undefined && !lost && parts.token.isSame()) return;
+    this.#reopening = this.#reopen(cause, parts).finally(() => {
+      this.#reopening = undefined;
+      this.#checkedAt = Date.now();
+    });
+  }
+
+  /** Resolves once the signs sent to the token's threads are answered. */
+  drained(): Promise<void> {
+    return this.#parts?.signers.drained() ?? Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#reopening;
+    const parts = this.#parts;
+    this.#parts = undefined;
+    if (parts !== undefined) await closeParts(parts);
+  }
+
+  async #reopen(cause: string, old: TokenParts | undefined): Promise<void> {
+    this.#parts = undefined;
+    if (old !== undefined) {
+      this.#log.warn({ cause, token: old.token.label }, 'the token is no longer the one opened (re-created, removed, or its sessions lost): opening it again');
+      await closeParts(old);
+    }
+    if (this.#closed) return;
+    try {
+      const parts = this.#open();
+      this.#parts = parts;
+      this.#failureLoggedAt = -Infinity;
+      this.#log.info({ token: parts.token.label, keys: parts.keys.size, sessions: parts.signers.size }, 'token opened again');
+    } catch (err) {
+      if (Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
+      this.#failureLoggedAt = Date.now();
+      this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again on the next one, at most once a second');
+    }
+  }
+}
+
+async function closeParts(parts: TokenParts): Promise<void> {
+  try {
+    await parts.signers.close();
+  } finally {
+    parts.token.close();
+  }
+}
