@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { data, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
@@ -308,6 +309,21 @@ describe('HTTP/2 to HTTP/1.1 downgrade, hostile requests', () => {
     }
     next.tls.destroy();
   }, 30_000);
+
+  it('over HTTP/1.1 too, a request target with a fragment is refused 400 and reaches nothing', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: HOST, ca, ALPNProtocols: ['http/1.1'] }, () =>
+        socket.write(`GET /h1-fragment#/../smuggled HTTP/1.1\r\nhost: ${HOST}\r\nconnection: close\r\n\r\n`),
+      );
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(received));
+    });
+    expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 400 Bad Request');
+    expect(answer).toContain('x-keyedge-error: KEYEDGE_HTTP_BAD_TARGET');
+    expect(requests.filter((r) => r.head.includes('h1-fragment'))).toEqual([]);
+  });
 
   it('a streamed body (chunked, or with a content-length) cut by RST_STREAM mid-way never ends at the origin as a whole request: its connection closes', async () => {
     for (const [i, fields] of [[], [['content-length', '400000']] as Field[]].entries()) {
