@@ -184,6 +184,13 @@ const CASES: readonly (readonly [string, (id: number, tag: string) => Buffer, Ex
   ['a name with a colon (dropped)', req('GET', [['x-a:b', 'c']]), (t) => originHead('GET', t)],
   ['an empty name (dropped)', req('GET', [['', 'c']]), (t) => originHead('GET', t)],
   ['a name with NUL (dropped)', req('GET', [['x\0a', 'c']]), (t) => originHead('GET', t)],
+  // Bytes past ASCII travel as the same bytes (latin1 both ways), never as a character whose low byte is LF.
+  [
+    'a value with the UTF-8 bytes of U+010A',
+    req('GET', [['x-a', 'b\xc4\x8ac']]),
+    (t) => originHead('GET', t).replace('x-forwarded-for', 'x-a: b\xc4\x8ac\r\nx-forwarded-for'),
+  ],
+  [':path with the UTF-8 bytes of U+010A', raw(pseudo('GET', '/TAG\xc4\x8a')), (t) => originHead('GET', `${t}\xc4\x8a`)],
   // Pseudo-headers (§8.3).
   [
     'a pseudo-header after a regular one',
