@@ -17,9 +17,21 @@ describe('HTTP/2 request and answer fields', () => {
       cookie: ['a=1', 'b=2'] as unknown as string,
       'x-y': 'z',
     });
-    expect(request).toEqual({ method: 'POST', path: '/a?b=1', authority: 'x.test:8443', headers: { host: 'x.test:8443', cookie: 'a=1; b=2', 'x-y': 'z' } });
+    expect(request).toEqual({
+      method: 'POST',
+      path: '/a?b=1',
+      authority: 'x.test:8443',
+      hostDiffers: false,
+      headers: { host: 'x.test:8443', cookie: 'a=1; b=2', 'x-y': 'z' },
+    });
     // Without :authority, Host stands in.
     expect(http1Request({ ':method': 'GET', ':path': '/', host: 'h.test' }).authority).toBe('h.test');
+    // A Host naming what :authority names (in any case) is the same request; another name is noted (§8.3.1).
+    expect(http1Request({ ':method': 'GET', ':path': '/', ':authority': 'h.test', host: 'H.Test' }).hostDiffers).toBe(false);
+    expect(http1Request({ ':method': 'GET', ':path': '/', ':authority': 'h.test', host: 'evil.test' })).toMatchObject({
+      hostDiffers: true,
+      headers: { host: 'h.test' },
+    });
   });
 
   it('an origin answer loses what HTTP/2 forbids (RFC 9113 §8.2.2), including what Connection names', () => {

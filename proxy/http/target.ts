@@ -2,7 +2,10 @@
  * The request-target (RFC 9112 §3.2) as Node's parser hands it over in
  * `req.url`, brought to the form keyedge routes and forwards:
  *
- * - origin-form (`/path?query`) is kept as received;
+ * - origin-form (`/path?query`) is kept as received; it has no fragment
+ *   (§3.2.1): Node's parser lets `#` through, and `/a#/../admin` reached the
+ *   origin's request line as it came, to be read as a path by one
+ *   application and cut at the `#` by another: 400;
  * - absolute-form (`https://host/path`, §3.2.2) is parsed by WHATWG URL: its
  *   authority replaces Host ("the server MUST ignore the received Host header
  *   field and replace it with the host information of the request-target"),
@@ -40,6 +43,7 @@ const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';
  */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
 const BAD_HOST = badTarget('the Host is not host[:port]');
+const FRAGMENT = badTarget('a fragment (#) is not sent in a request');
 
 /** Our 400 for a Host (or HTTP/2 :authority) that is not `host[:port]`; undefined when it is, or absent. */
 export function hostRefusal(host: string | undefined): Refusal | undefined {
@@ -70,7 +74,7 @@ export function requestTarget(method: string | undefined, target: string | undef
  */
 export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
   // Origin-form, nearly every request: nothing to change, nothing to allocate.
-  if (req.url?.startsWith('/') === true) return hostRefusal(req.headers.host);
+  if (req.url?.startsWith('/') === true) return req.url.includes('#') ? FRAGMENT : hostRefusal(req.headers.host);
   const target = requestTarget(req.method, req.url, req.headers.host);
   if ('asterisk' in target) return hostRefusal(req.headers.host) ?? SERVER_OPTIONS;
   // A refused target is logged by its path only: the raw one may hold a password.

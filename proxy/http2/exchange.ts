@@ -116,11 +116,17 @@ export function bodyPending(stream: ServerHttp2Stream): boolean {
 }
 
 /**
- * Whether a closed stream's answer went out whole: its writable side finished
- * and the stream closed without a reset. A session destroyed under it (the
- * TCP connection reset) gives its streams a reset code, though Node may have
- * ended their writable side itself.
+ * Whether a closed stream's answer went out whole: its writable side ended
+ * with nothing of it left unwritten, and the stream closed without a reset.
+ * Not 'finish' alone: when the client's side had ended, nghttp2 closes the
+ * stream as our END_STREAM goes out, and Node may destroy it before its
+ * shutdown callback runs, so 'close' comes without 'finish' (Node 20): every
+ * request with a body was logged as its client's abort
+ * (KEYEDGE_HTTP_CLIENT_CLOSED) though its answer went out whole. A session
+ * destroyed under it (the TCP connection reset) gives its streams a reset
+ * code, though Node may have ended their writable side itself.
  */
 export function answeredWhole(stream: ServerHttp2Stream): boolean {
-  return stream.writableFinished && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) === constants.NGHTTP2_NO_ERROR;
+  const written = stream.writableFinished || (stream.writableEnded && stream.writableLength === 0);
+  return written && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) === constants.NGHTTP2_NO_ERROR;
 }

@@ -5,7 +5,8 @@
  *
  * Requests (RFC 9113 §8.3.1): the pseudo-headers go (`:method` and `:path`
  * travel separately, `:scheme` is ours), `:authority` becomes Host (§8.3.1:
- * it takes precedence over a Host field), and split `cookie` fields are joined
+ * it takes precedence over a Host field; one that differs is noted, for
+ * own-answers.ts to refuse), and split `cookie` fields are joined
  * with "; " (§8.2.3) since HTTP/1.1 allows one. Connection-specific fields
  * (§8.2.2) cannot arrive (nghttp2 refuses the stream), but the forward path
  * drops hop-by-hop fields anyway (forward.ts endToEndHeaders).
@@ -28,6 +29,8 @@ export interface Http1Request {
   readonly path: string;
   /** From `:authority`, else Host (RFC 9113 §8.3.1); undefined when neither came. */
   readonly authority: string | undefined;
+  /** A Host field came with an `:authority` that names something else (RFC 9113 §8.3.1: malformed). */
+  readonly hostDiffers: boolean;
   readonly headers: IncomingHttpHeaders;
 }
 
@@ -42,9 +45,12 @@ export function http1Request(h2: Http2Headers, rawHeaders?: readonly string[]): 
   const headers: IncomingHttpHeaders = {};
   if (rawHeaders !== undefined) for (let i = 0; i < rawHeaders.length; i += 2) copyField(h2, rawHeaders[i]!, headers);
   else for (const name in h2) copyField(h2, name, headers);
-  const authority = single(h2[':authority']) ?? single(h2.host);
+  const host = single(h2.host);
+  const authority = single(h2[':authority']) ?? host;
   if (authority !== undefined) headers.host = authority;
-  return { method: single(h2[':method']) ?? 'GET', path: single(h2[':path']) ?? '/', authority, headers };
+  // Host names are case-insensitive (RFC 9110 §4.2.3); anything else that differs names another entity.
+  const hostDiffers = host !== undefined && host !== authority && host.toLowerCase() !== authority?.toLowerCase();
+  return { method: single(h2[':method']) ?? 'GET', path: single(h2[':path']) ?? '/', authority, hostDiffers, headers };
 }
 
 /** One field of `h2` into `headers` (a repeated name is copied again, to the same value). */

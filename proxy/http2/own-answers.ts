@@ -2,10 +2,11 @@
  * The answers an HTTP/2 stream gets from us before any routing or
  * forwarding (stream.ts): 431 for a header list over its bound, `OPTIONS *`,
  * and 400 for a request target or authority HTTP/2 does not allow. Pure:
- * the request's pseudo-headers in, a refusal or undefined out.
+ * the request as headers.ts reads it in, a refusal or undefined out.
  */
 import type { Refusal } from '../http/handler.js';
 import { hostRefusal } from '../http/target.js';
+import type { Http1Request } from './headers.js';
 
 const SERVER_OPTIONS: Refusal = {
   status: 200,
@@ -18,6 +19,11 @@ const BAD_TARGET: Refusal = {
   status: 400,
   code: 'KEYEDGE_HTTP_BAD_TARGET',
   body: 'bad request target: expected an origin-form :path\n',
+};
+const HOST_DIFFERS: Refusal = {
+  status: 400,
+  code: 'KEYEDGE_HTTP_BAD_TARGET',
+  body: 'bad request target: the Host field differs from :authority\n',
 };
 
 /**
@@ -40,10 +46,21 @@ export function headersOverLimit(rawHeaders: readonly string[], maxBytes: number
  * origin-form (CONNECT has none: extended CONNECT is not offered), or an
  * authority that is not `host[:port]` (http/target.ts: nghttp2 lets `@` and
  * `,` through, RFC 9113 §8.3.1 forbids userinfo there).
+ *
+ * Origin-form has no fragment (RFC 9112 §3.2.1, RFC 9113 §8.3.1: path and
+ * query): nghttp2 lets `#` through, and `/a#/../admin` reached the origin's
+ * request line as it came, to be read as a path by one application and cut
+ * at the `#` by another. A Host field that names another entity than
+ * `:authority` makes the request malformed (RFC 9113 §8.3.1, a SHOULD):
+ * routing and the origin's Host follow `:authority`, and an application
+ * reading the Host it expected from the client would have been told of a
+ * name nobody routed on.
  */
-export function ownAnswer(method: string, path: string, authority: string | undefined): Refusal | undefined {
+export function ownAnswer(request: Http1Request): Refusal | undefined {
+  const { method, path, authority } = request;
   const badAuthority = hostRefusal(authority);
   if (badAuthority !== undefined) return badAuthority;
+  if (request.hostDiffers) return HOST_DIFFERS;
   if (method === 'OPTIONS' && path === '*') return SERVER_OPTIONS;
-  return method === 'CONNECT' || !path.startsWith('/') ? BAD_TARGET : undefined;
+  return method === 'CONNECT' || !path.startsWith('/') || path.includes('#') ? BAD_TARGET : undefined;
 }

@@ -115,7 +115,7 @@ export function handleStream(
   stream.on('close', onStreamClose);
   const maxHeaderBytes = options.limits?.maxHeaderBytes;
   if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
-  const own = ownAnswer(request.method, request.path, request.authority);
+  const own = ownAnswer(request);
   if (own !== undefined) return record.respond(own);
   if ('refusal' in route) return record.respond(route.refusal);
   const target = route.domain;

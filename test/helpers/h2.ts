@@ -72,6 +72,8 @@ export class RawH2 {
   goawayAt: number | undefined;
   /** RST_STREAM frames received. */
   resets = 0;
+  /** The error code of each stream reset, by stream id. */
+  readonly streamResets = new Map<number, number>();
   /** HEADERS frames received (answers started). */
   answers = 0;
   /** The connection's error, if it ended with one (ECONNRESET: the server closed it on bytes it had not read). */
@@ -118,7 +120,10 @@ export class RawH2 {
         this.goaways.push(payload.readUInt32BE(4));
         this.goawayAt ??= Date.now();
       }
-      if (type === 0x3) this.resets++;
+      if (type === 0x3) {
+        this.resets++;
+        this.streamResets.set(this.#buffer.readUInt32BE(5) & 0x7fffffff, payload.readUInt32BE(0));
+      }
       if (type === 0x1) this.answers++;
       // SETTINGS from the server: acknowledge (§6.5.3), as any client must.
       if (type === 0x4 && (flags & 0x1) === 0 && this.#ackSettings) this.write(frame(0x4, 0x1, 0, Buffer.alloc(0)));
