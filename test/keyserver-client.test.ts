@@ -23,11 +23,14 @@ afterEach(() => {
 });
 
 /** A fake key server on a unix socket; `answer` decides, per request id, after how long its pong goes (undefined: never). */
-async function fakeKeyserver(answerAfterMs: (id: number) => number | undefined): Promise<{ path: string; requests: () => number; closed: () => number }> {
+async function fakeKeyserver(
+  answerAfterMs: (id: number) => number | undefined,
+): Promise<{ path: string; requests: () => number; answered: () => number; closed: () => number }> {
   const dir = tempDir('keyedge-ks-client-');
   const path = join(dir, 'fake.sock');
   let requests = 0;
   let closed = 0;
+  let answered = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
@@ -41,7 +44,11 @@ async function fakeKeyserver(answerAfterMs: (id: number) => number | undefined):
         requests++;
         const { id } = decodeRequest(frame);
         const after = answerAfterMs(id);
-        if (after !== undefined) setTimeout(() => socket.destroyed || socket.write(encodeResponse({ op: 'pong', id, payload: Buffer.alloc(0) })), after);
+        if (after === undefined) return;
+        setTimeout(() => {
+          answered++;
+          if (!socket.destroyed) socket.write(encodeResponse({ op: 'pong', id, payload: Buffer.alloc(0) }));
+        }, after);
       },
       onError: () => socket.destroy(),
     });
@@ -53,7 +60,7 @@ async function fakeKeyserver(answerAfterMs: (id: number) => number | undefined):
     server.close();
     removeDir(dir);
   });
-  return { path, requests: () => requests, closed: () => closed };
+  return { path, requests: () => requests, answered: () => answered, closed: () => closed };
 }
 
 const errorCode = (p: Promise<unknown>): Promise<string> =>
@@ -90,7 +97,9 @@ describe('a key server that answers, but past the deadline', () => {
     for (let i = 0; i < 2 * MAX_IN_FLIGHT + 1; i++) {
       expect(await errorCode(client.ping())).toBe('KEYEDGE_ERR_TIMEOUT');
       // The late answer arrives (and is dropped) before the next request: at most one id is abandoned at a time.
-      await sleep(4 * TIMEOUT_MS);
+      // Waited for, not timed: on a loaded machine the fake's timer can fire well past 3 × TIMEOUT_MS.
+      for (let waited = 0; fake.answered() <= i && waited < 5000; waited += 10) await sleep(10);
+      await sleep(20);
     }
     slow = false;
     expect(await errorCode(client.ping())).toBe('answered');

@@ -14,7 +14,9 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // up and is never blocked longer than the RPC deadline, and recovers by itself.
 const TIMEOUT_MS = 250;
 const BREAKER_MS = 200;
-const SLACK_MS = 150; // a noisy 2-core machine
+// A noisy 2-core machine: one event-loop stall of a few hundred ms from elsewhere (seen: 424 ms against 400) is
+// not what is tested; a block that outlived the deadline would run for the key server's whole outage (seconds).
+const SLACK_MS = 600;
 const ALERT = /alert internal error|alert number 80/i;
 
 let lab: KeylessLab;
