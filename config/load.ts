@@ -12,7 +12,8 @@
 import { deepFreeze } from './deep-freeze.js';
 import { loadJsonConfig } from './load-json.js';
 import { validateConfig } from './problems.js';
-import { type ProxyConfig, proxyFileSchema } from './proxy-schema.js';
+import type { ProxyConfig } from './proxy-config.js';
+import { proxyFileSchema } from './proxy-schema.js';
 import { resolveKeyserver } from './resolve-keyserver.js';
 import { resolveProxy } from './resolve-proxy.js';
 import { type KeyserverConfig, keyserverFileSchema } from './schema.js';

@@ -8,16 +8,9 @@
 import path from 'node:path';
 import type { z } from 'zod';
 import type { ConfigOrigin } from './load-json.js';
-import {
-  type AcmeConfig,
-  type domainSchema,
-  type KeyserverEndpoint,
-  PROXY_DEFAULTS,
-  type ProxyConfig,
-  type ProxyDomain,
-  type ProxyFile,
-  type TlsProfileName,
-} from './proxy-schema.js';
+import type { AcmeConfig, KeyserverEndpoint, ProxyConfig, ProxyDomain, TlsProfileName } from './proxy-config.js';
+import { PROXY_DEFAULTS } from './proxy-defaults.js';
+import type { domainSchema, ProxyFile } from './proxy-schema.js';
 import { definedOnly } from './schema-kit.js';
 
 export function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): ProxyConfig {

@@ -28,7 +28,7 @@ export interface InMemoryConfig {
   readonly domains: readonly { readonly name: string; readonly origin: string }[];
   readonly admin: { readonly host: string; readonly port: number };
   readonly logLevel: string;
-  /** The product's defaults when absent (config/proxy-schema.ts). */
+  /** The product's defaults when absent (config/proxy-defaults.ts). */
   readonly hstsMaxAgeSeconds?: number;
   readonly ocspStapling?: boolean;
   readonly shutdownGraceMs?: number;

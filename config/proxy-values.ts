@@ -1,0 +1,75 @@
+/**
+ * Validators of single values in the proxy's config file: domain names,
+ * origin URLs, etcd endpoints and key prefixes, addresses and CIDR blocks.
+ * Each states what it expects in its error message. parseAddressBlock is
+ * also used at run time (proxy/http/trusted-peers.ts), so the file and the
+ * proxy read an address block the same way.
+ */
+import net from 'node:net';
+import { z } from 'zod';
+
+/** An exact DNS name or a single leading wildcard label (RFC 6125 §6.4.3), lower-case. */
+const DOMAIN_NAME = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+export const domainName = z
+  .string({ error: 'expected a lower-case DNS name or *.wildcard' })
+  .regex(DOMAIN_NAME, { error: 'expected a lower-case DNS name, optionally with one leading "*." label' });
+
+const ORIGIN_URL_EXPECTED = 'expected an http:// or https:// origin URL: scheme, host and optional port, no credentials, path or query';
+export const originUrl = z.string({ error: ORIGIN_URL_EXPECTED }).refine(
+  (u) => {
+    try {
+      const url = new URL(u);
+      // A Pool is per origin (RFC 6454 §4): a path here would be silently ignored.
+      return (
+        (url.protocol === 'http:' || url.protocol === 'https:') &&
+        url.username === '' &&
+        url.password === '' &&
+        url.pathname === '/' &&
+        url.search === '' &&
+        url.hash === ''
+      );
+    } catch {
+      return false;
+    }
+  },
+  { error: ORIGIN_URL_EXPECTED },
+);
+
+/** Two spellings of one origin (`http://a` and `http://a:80`) are one origin. */
+export function originKey(u: string): string {
+  try {
+    return new URL(u).origin;
+  } catch {
+    return u;
+  }
+}
+
+const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port';
+export const etcdEndpoint = z.string({ error: ETCD_ENDPOINT_EXPECTED }).refine(
+  (u) => {
+    try {
+      const url = new URL(u);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.pathname === '/' && url.username === '' && url.search === '';
+    } catch {
+      return false;
+    }
+  },
+  { error: ETCD_ENDPOINT_EXPECTED },
+);
+export const ETCD_PREFIX_EXPECTED = 'expected a key prefix such as "/keyedge/fleet-a/": starts and ends with "/", letters, digits, _ . - between';
+
+export const HOST_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+const ADDRESS_BLOCK_EXPECTED = 'expected an IPv4 or IPv6 address, or a CIDR block such as "10.0.0.0/8" or "fd00::/8"';
+/** An address or `address/prefix`, IPv4 or IPv6 (RFC 4632, RFC 4291 §2.3). */
+export function parseAddressBlock(text: string): { readonly address: string; readonly prefix: number; readonly family: 'ipv4' | 'ipv6' } | undefined {
+  const slash = text.indexOf('/');
+  const address = slash < 0 ? text : text.slice(0, slash);
+  const version = net.isIP(address);
+  if (version === 0) return undefined;
+  const bits = version === 4 ? 32 : 128;
+  const prefixText = slash < 0 ? String(bits) : text.slice(slash + 1);
+  if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > bits) return undefined;
+  return { address, prefix: Number(prefixText), family: version === 4 ? 'ipv4' : 'ipv6' };
+}
+export const addressBlock = z.string({ error: ADDRESS_BLOCK_EXPECTED }).refine((t) => parseAddressBlock(t) !== undefined, { error: ADDRESS_BLOCK_EXPECTED });
