@@ -4,7 +4,7 @@ import { curl } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import type { ClusterProxy } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
 // retries) or rateLimited with Retry-After, and a failed validation. Each
@@ -43,6 +43,11 @@ async function stillServes(serial: string): Promise<void> {
   expect((await managed(NAME))?.serial).toBe(serial);
 }
 
+/** The failures of entry `name`'s orders the proxy logged, oldest first. */
+function acmeFailures(name: string): Record<string, unknown>[] {
+  return proxy.lines.filter((l) => l.certificate === name && l.msg === 'ACME issuance failed; the current certificate keeps serving');
+}
+
 async function keyLabels(): Promise<string[]> {
   const listed = await acmeLab.cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
   if (listed.code !== 0) throw new Error(`keyedge key list exited ${listed.code}: ${listed.stderr}`);
@@ -58,7 +63,9 @@ beforeAll(async () => {
   proxy = await acmeLab.startProxy(['*.fault.test'], {
     directory: front.directory,
     timeoutMs: 2_000,
-    orderTimeoutSeconds: 8,
+    // Polls of a stuck order wait 0.25, 0.5, 1, 2, then 4 s: a 7 s deadline is past at the poll after them (at 8 s
+    // it was not, and a 5 s wait more followed); a real order here takes a second or two.
+    orderTimeoutSeconds: 7,
     renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
   });
   root = await pebble.rootFile();
@@ -134,9 +141,25 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(error.code).toBe('KEYEDGE_ERR_ACME');
     expect(error.message).toMatch(/validation of bad\.fault\.test failed/);
     expect((await keyLabels()).filter((l) => l.startsWith('acme-bad.fault.test-'))).toEqual([]);
-    // The maintenance pass (every second) retries after 1-1.5 s, then 2-3 s, then 4-6 s: in 9 s at most 4 attempts in all.
+    // The maintenance pass (every second) retries after 1-1.5 s, and after its failure announces 2-3 s: the retry came
+    // no sooner than the first wait, and the next wait doubled.
     const startedAt = Date.now();
-    await sleep(9_000);
+    const failed = await waitFor(
+      'the retry to fail',
+      () => {
+        const lines = acmeFailures('bad.fault.test');
+        return lines.length >= 2 ? lines : undefined;
+      },
+      30_000,
+    );
+    const waits = failed.map((l) => l.retryInMs as number);
+    const times = failed.map((l) => Date.parse(l.time as string));
+    const shown = JSON.stringify({ waits, times });
+    expect(waits[0], shown).toBeGreaterThanOrEqual(1_000);
+    expect(waits[0], shown).toBeLessThanOrEqual(1_500);
+    expect(times[1]! - times[0]!, shown).toBeGreaterThanOrEqual(waits[0]!);
+    expect(waits[1], shown).toBeGreaterThanOrEqual(2_000);
+    expect(waits[1], shown).toBeLessThanOrEqual(3_000);
     const state = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string }[] };
     expect(state.certificates.some((c) => c.name === 'bad.fault.test')).toBe(false);
     const attempts = Number(
@@ -173,7 +196,7 @@ describe('ACME faults: the current certificate keeps serving', () => {
     front.mode = 'pass';
     expect(answer.body.error?.code).toBe('KEYEDGE_ERR_ACME');
     expect(answer.body.error?.message, answer.body.error?.message).toMatch(/deadline/);
-    // Waits of 0.25, 0.5, 1, 2, 4 s fill the 8 s deadline: a handful of polls, not one per round trip.
+    // Waits of 0.25, 0.5, 1, 2, 4 s fill the 7 s deadline: a handful of polls, not one per round trip.
     expect(front.faults.stuckPending).toBeGreaterThanOrEqual(1);
     expect(front.faults.stuckPending).toBeLessThan(15);
     await stillServes(before.serial);
