@@ -1,6 +1,7 @@
 /**
- * The primary's stop: on SIGTERM/SIGINT (or an uncaught error) every worker
- * is told to drain and is killed if it outlives the grace period; a second
+ * The primary's stop: on SIGTERM/SIGINT (or an uncaught error) every ready
+ * worker is told to drain and is killed if it outlives the grace period, and
+ * one still starting is ended at once (SIGTERM); a second
  * signal is caught too, so it cannot cut the drain short. A first worker that
  * cannot start fails the start instead. The workers' own drain is shutdown.ts.
  */
@@ -46,7 +47,11 @@ export async function untilStopped(
         let left = workers.length;
         for (const worker of workers) {
           worker.once('exit', () => --left === 0 && resolve());
-          sendToWorker(worker, SHUTDOWN);
+          // A worker not yet ready serves nothing: it ends at once on SIGTERM (its handler comes with serving, installed
+          // as it says ready). Told to drain instead, it finished its whole start first, and a word sent before it
+          // listened for messages was lost, leaving it to the grace period's kill.
+          if (supervisor.ready.has(worker)) sendToWorker(worker, SHUTDOWN);
+          else worker.process.kill('SIGTERM');
         }
         // Workers that do not finish within the grace period (plus slack) are killed.
         setTimeout(() => {
