@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -160,5 +161,22 @@ describe('ACME across a fleet on etcd', () => {
     // Node A, restarted, still uses the fleet's one account.
     const listed = await acmeLab.cli(['key', 'list', '--json', '--config', acmeLab.keyserverConfig], 30_000);
     expect((JSON.parse(listed.stdout) as { label: string }[]).filter((k) => k.label.startsWith('acme-account-'))).toHaveLength(1);
+  }, 120_000);
+
+  it('TLS-ALPN-01: a challenge for the name left in etcd by an earlier order (its node died) does not hide the new one', async () => {
+    // Node A orders with TLS-ALPN-01 since the case above. The stale entry's token sorts after any the CA makes.
+    const name = 'stale.fleet-acme.test';
+    const token = 'z'.repeat(43);
+    const stale = { kind: 'tls-alpn-01', token, name, certificatePem: await readFile(root, 'utf8'), keyId: '00', spki: '' };
+    const client = new Etcd3({ hosts: [...etcd.endpoints] });
+    try {
+      await client.put(`${PREFIX}acme/challenges/${token}`).value(JSON.stringify(stale));
+      const ordered = await issue(nodeA, name);
+      expect(ordered.status, ordered.text).toBe(200);
+      await waitFor(`node B to serve ${name}`, async () => ((await serves(nodeB, name)) ? true : undefined));
+    } finally {
+      await client.delete().key(`${PREFIX}acme/challenges/${token}`);
+      client.close();
+    }
   }, 120_000);
 });

@@ -67,7 +67,8 @@ export class FleetChallenges implements ChallengePublisher {
 
   async remove(token: string): Promise<void> {
     if (this.#store.item(CHALLENGES + token) === undefined) return;
-    // Left in etcd when it is away: a stale challenge answers nothing the CA still asks for (the token was used).
+    // Left in etcd when it is away: a stale HTTP-01 token answers nothing the CA still asks for (the token was used), and a
+    // stale TLS-ALPN-01 certificate yields to a newer one for its name (#entries).
     await this.#store.delete(CHALLENGES + token).catch((err: Error) => this.#log.warn({ reason: err.message }, 'ACME challenge not withdrawn from etcd'));
   }
 
@@ -91,14 +92,20 @@ export class FleetChallenges implements ChallengePublisher {
     this.#lease = undefined;
   }
 
+  /**
+   * Oldest first (by the store's revision), so that of two TLS-ALPN-01 challenges for one name the newest is the one a
+   * worker presents (ChallengeAnswers keeps the last per name): one a node left behind (it died mid-order, or etcd was
+   * away when it withdrew it) would otherwise hide a later order's for the same name, and fail its validation.
+   */
   #entries(): ChallengeEntry[] {
-    const entries: ChallengeEntry[] = [];
+    const entries: { entry: ChallengeEntry; at: number }[] = [];
     for (const token of this.#store.keys(CHALLENGES).sort()) {
-      const entry = parseEntry(this.#store.item(CHALLENGES + token)?.value, token);
+      const item = this.#store.item(CHALLENGES + token);
+      const entry = parseEntry(item?.value, token);
       if (entry === undefined) this.#log.warn({ token }, "an ACME challenge in the fleet's store is malformed; not answered");
-      else entries.push(entry);
+      else entries.push({ entry, at: item?.modRevision ?? 0 });
     }
-    return entries;
+    return entries.sort((a, b) => a.at - b.at).map(({ entry }) => entry);
   }
 
   /** Tells the fleet this node's workers serve every challenge up to `revision`. */
