@@ -179,4 +179,22 @@ describe('ACME across a fleet on etcd', () => {
       client.close();
     }
   }, 120_000);
+
+  it('a node that dies mid-order leaves no challenge in etcd: it goes with the node’s lease', async () => {
+    // A node that never says it serves the challenges holds node A's order in its wait, the challenge in etcd.
+    const client = new Etcd3({ hosts: [...etcd.endpoints] });
+    const challenges = async () => (await client.getAll().prefix(`${PREFIX}acme/challenges/`).keys()).length;
+    try {
+      await client.put(`${PREFIX}acme/answering/silent`).value('0');
+      const ordered = issue(nodeA, 'dies.fleet-acme.test').catch(() => undefined);
+      await waitFor('node A to publish its challenge', async () => ((await challenges()) > 0 ? true : undefined));
+      process.kill(nodeA.pid, 'SIGKILL');
+      await ordered;
+      // The lease lives 10 s past the node's last keep-alive.
+      await waitFor('the dead node’s challenge to leave etcd', async () => ((await challenges()) === 0 ? true : undefined), 25_000);
+    } finally {
+      await client.delete().key(`${PREFIX}acme/answering/silent`);
+      client.close();
+    }
+  }, 60_000);
 });

@@ -13,7 +13,9 @@
  *                                    authorization, or a TLS-ALPN-01
  *                                    certificate and the id of its key in the
  *                                    token; public by design (RFC 8555 §8.1),
- *                                    never key material
+ *                                    never key material; under the ordering
+ *                                    node's lease, so the challenges of a node
+ *                                    that dies mid-order go with it
  *   <prefix>acme/answering/<node>    the store revision up to which this
  *                                    node's workers serve the challenges,
  *                                    under a lease: a node that dies drops
@@ -61,7 +63,22 @@ export class FleetChallenges implements ChallengePublisher {
   }
 
   async add(entry: ChallengeEntry): Promise<void> {
-    const revision = await this.#store.put(CHALLENGES + entry.token, JSON.stringify(entry));
+    const key = CHALLENGES + entry.token;
+    const value = JSON.stringify(entry);
+    this.#store.assertFits(key, value);
+    this.#store.assertWritable();
+    // Under this node's lease: written without one, a challenge stayed in etcd (and on every node's board) for ever
+    // once its node died before withdrawing it. A node whose lease lapses (cut off from etcd for LEASE_TTL_SECONDS)
+    // loses its challenges with it, as it loses its issuance locks: its orders fail and are tried again.
+    const lease = this.#currentLease();
+    const result = await this.#store.call(`write ${key}`, () =>
+      lease
+        .put(this.#store.prefix + key)
+        .value(value)
+        .exec(),
+    );
+    const revision = Number(result.header.revision);
+    this.#store.applyLocal(key, value, revision);
     await this.#everyNodeServes(revision);
   }
 
@@ -111,14 +128,7 @@ export class FleetChallenges implements ChallengePublisher {
   /** Tells the fleet this node's workers serve every challenge up to `revision`. */
   async #report(revision: number): Promise<void> {
     try {
-      if (this.#lease === undefined) {
-        const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
-        lease.on('lost', () => {
-          if (this.#lease === lease) this.#lease = undefined;
-        });
-        this.#lease = lease;
-      }
-      await this.#lease
+      await this.#currentLease()
         .put(this.#store.prefix + ANSWERING + this.#node)
         .value(String(revision))
         .exec();
@@ -126,6 +136,18 @@ export class FleetChallenges implements ChallengePublisher {
       this.#lease = undefined;
       this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
     }
+  }
+
+  /** This node's lease (kept alive while it runs), taken anew once lost. */
+  #currentLease(): Lease {
+    if (this.#lease === undefined) {
+      const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
+      lease.on('lost', () => {
+        if (this.#lease === lease) this.#lease = undefined;
+      });
+      this.#lease = lease;
+    }
+    return this.#lease;
   }
 
   /** Resolves once every answering node (this one included) serves the challenges up to `revision`, or after the wait. */
