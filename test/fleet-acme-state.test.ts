@@ -366,6 +366,30 @@ describe('ACME state shared on etcd', () => {
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
   });
 
+  it('counts no order time past the next hour (a node whose clock is far ahead), and lets etcd forget a counter an hour on', async () => {
+    const onDemand = loadProxyConfig(undefined, {
+      acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 1, maxOrdersPerHour: 2 } },
+    }).acme!.onDemand!;
+    const store = await node('/acme-ondemand-clock/', 'od-clock');
+    const ledger = new FleetLedger(store, onDemand, log);
+    const key = (rest: string) => `/acme-ondemand-clock/acme/on-demand/${rest}`;
+    // A year ahead, for the domain and for the fleet.
+    const ahead = JSON.stringify([Date.now() + 365 * 86_400_000, Date.now() + 365 * 86_400_000]);
+    await store.client.put(key('orders/example.test')).value(ahead);
+    await store.client.put(key('orders-all')).value(ahead);
+    expect(await ledger.takeOrderSlot('example.test')).toBe('taken');
+    expect(await ledger.takeOrderSlot('example.test')).toBe('rate_limited');
+    // The counters are under a lease of an hour: a domain not ordered since leaves nothing in etcd or any mirror.
+    for (const rest of ['orders/example.test', 'orders-all']) {
+      const [kv] = (await store.client.get(key(rest)).exec()).kvs;
+      expect(JSON.parse(kv!.value.toString())).toHaveLength(1);
+      expect(kv!.lease).not.toBe('0');
+      const ttl = await store.client.leaseClient.leaseTimeToLive({ ID: kv!.lease });
+      expect(Number(ttl.TTL)).toBeGreaterThan(3_000);
+      expect(Number(ttl.TTL)).toBeLessThanOrEqual(3_600);
+    }
+  });
+
   it('forgets a failed on-demand entry for the fleet, but not while another node holds its issuance lock', async () => {
     const { a, b, stateA, stateB, locksA, locksB } = await twoNodes('/acme-forget/', 'forget');
     const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000).toISOString();

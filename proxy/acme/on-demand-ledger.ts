@@ -9,8 +9,9 @@
  *
  *   <prefix>acme/on-demand/refused/<name>   {"reason"}, under a lease of
  *                                           `refusedSeconds` (etcd forgets it)
- *   <prefix>acme/on-demand/orders/<domain>  [ms since the epoch, …] of the last hour
- *   <prefix>acme/on-demand/orders-all       [ms since the epoch, …] of the last hour
+ *   <prefix>acme/on-demand/orders/<domain>  [ms since the epoch, …] of the last hour,
+ *   <prefix>acme/on-demand/orders-all       each written under a lease of an hour
+ *                                           (etcd forgets a domain not ordered since)
  *
  * An order slot is taken in one transaction that compares both counters'
  * revisions with what was read, and tries again when another node moved
@@ -138,18 +139,31 @@ export class FleetLedger implements OnDemandLedger {
     const client = this.#store.client;
     const domainKey = this.#store.prefix + ORDERS + domain;
     const allKey = this.#store.prefix + ORDERS_ALL;
+    let lease: string | undefined;
     try {
       for (let i = 0; i < SLOT_TRIES; i++) {
         const now = Date.now();
         const [forDomain, all] = await Promise.all([client.get(domainKey).exec(), client.get(allKey).exec()]);
-        const recentForDomain = times(forDomain.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
-        const recent = times(all.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
+        const recentForDomain = withinHour(times(forDomain.kvs[0]?.value), now);
+        const recent = withinHour(times(all.kvs[0]?.value), now);
         if (recentForDomain.length >= this.#config.maxOrdersPerDomainPerHour || recent.length >= this.#config.maxOrdersPerHour) return 'rate_limited';
+        // Each counter's newest time is now: an hour on, it counts nothing, and its lease takes it away. Without one a
+        // key stayed for every registered domain ever ordered, in etcd and in every node's mirror.
+        lease ??= await client.lease(HOUR_MS / 1000, { autoKeepAlive: false }).grant();
         // A key that does not exist compares with mod revision 0.
         const result = await client
           .if(domainKey, 'Mod', '==', forDomain.kvs[0]?.mod_revision ?? '0')
           .and(allKey, 'Mod', '==', all.kvs[0]?.mod_revision ?? '0')
-          .then(client.put(domainKey).value(JSON.stringify([...recentForDomain, now])), client.put(allKey).value(JSON.stringify([...recent, now])))
+          .then(
+            client
+              .put(domainKey)
+              .value(JSON.stringify([...recentForDomain, now]))
+              .lease(lease),
+            client
+              .put(allKey)
+              .value(JSON.stringify([...recent, now]))
+              .lease(lease),
+          )
           .commit();
         if (result.succeeded) return 'taken';
       }
@@ -159,6 +173,15 @@ export class FleetLedger implements OnDemandLedger {
       return 'unavailable';
     }
   }
+}
+
+/**
+ * The times of the last hour. One past the next hour is not counted: written by a node whose clock is far ahead, or
+ * garbage, it counted for as long as it lay in the future (1e15: for ever), and every write kept it, so on-demand
+ * issuance stayed refused for the domain or the fleet. A clock some minutes ahead still counts.
+ */
+function withinHour(list: readonly number[], now: number): number[] {
+  return list.filter((t) => Math.abs(now - t) < HOUR_MS);
 }
 
 function times(value: Buffer | undefined): number[] {
