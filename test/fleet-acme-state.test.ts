@@ -37,6 +37,15 @@ async function twoNodes(prefix: string, name: string) {
   return { a, b, stateA, stateB, locksA: fleetLocks(a, () => stateA.refresh()), locksB: fleetLocks(b, () => stateB.refresh()) };
 }
 
+/** A node's on-demand ledger on `prefix`, one order per registered domain and two in all per hour. */
+async function smallLedger(prefix: string): Promise<{ store: EtcdStore; ledger: FleetLedger }> {
+  const onDemand = loadProxyConfig(undefined, {
+    acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 1, maxOrdersPerHour: 2 } },
+  }).acme!.onDemand!;
+  const store = await node(prefix, `ledger${prefix.replaceAll('/', '-')}`);
+  return { store, ledger: new FleetLedger(store, onDemand, log) };
+}
+
 /** Holds `name` on `locks` until `release()`: `holds` resolves once the lock is held; `then` runs under it after release. */
 function holdUntilReleased(locks: ReturnType<typeof fleetLocks>, name: string, then: () => Promise<void> = async () => {}) {
   let release!: () => void;
@@ -366,12 +375,28 @@ describe('ACME state shared on etcd', () => {
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
   });
 
+  it('answers a limit read full without asking etcd again until an order it counts leaves the hour', async () => {
+    const { store, ledger } = await smallLedger('/acme-ondemand-full/');
+    const client = store.client as { get: (key: string) => unknown };
+    const get = client.get.bind(store.client);
+    let reads = 0;
+    client.get = (key) => {
+      reads++;
+      return get(key);
+    };
+    expect(await ledger.takeOrderSlot('example.test')).toBe('taken');
+    // Names the ask endpoint allows under one registered domain, then under others once the fleet's limit is reached.
+    const before = reads;
+    for (let i = 0; i < 20; i++) expect(await ledger.takeOrderSlot('example.test')).toBe('rate_limited');
+    expect(reads - before).toBeLessThanOrEqual(2);
+    expect(await ledger.takeOrderSlot('other.test')).toBe('taken');
+    const full = reads;
+    for (let i = 0; i < 20; i++) expect(await ledger.takeOrderSlot(`d${i}.test`)).toBe('rate_limited');
+    expect(reads - full).toBeLessThanOrEqual(2);
+  });
+
   it('counts no order time past the next hour (a node whose clock is far ahead), and lets etcd forget a counter an hour on', async () => {
-    const onDemand = loadProxyConfig(undefined, {
-      acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 1, maxOrdersPerHour: 2 } },
-    }).acme!.onDemand!;
-    const store = await node('/acme-ondemand-clock/', 'od-clock');
-    const ledger = new FleetLedger(store, onDemand, log);
+    const { store, ledger } = await smallLedger('/acme-ondemand-clock/');
     const key = (rest: string) => `/acme-ondemand-clock/acme/on-demand/${rest}`;
     // A year ahead, for the domain and for the fleet.
     const ahead = JSON.stringify([Date.now() + 365 * 86_400_000, Date.now() + 365 * 86_400_000]);
