@@ -37,6 +37,15 @@ async function twoNodes(prefix: string, name: string) {
   return { a, b, stateA, stateB, locksA: fleetLocks(a, () => stateA.refresh()), locksB: fleetLocks(b, () => stateB.refresh()) };
 }
 
+/** A node's on-demand ledger on `prefix`, one order per registered domain and two in all per hour. */
+async function smallLedger(prefix: string): Promise<{ store: EtcdStore; ledger: FleetLedger }> {
+  const onDemand = loadProxyConfig(undefined, {
+    acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 1, maxOrdersPerHour: 2 } },
+  }).acme!.onDemand!;
+  const store = await node(prefix, `ledger${prefix.replaceAll('/', '-')}`);
+  return { store, ledger: new FleetLedger(store, onDemand, log) };
+}
+
 /** Holds `name` on `locks` until `release()`: `holds` resolves once the lock is held; `then` runs under it after release. */
 function holdUntilReleased(locks: ReturnType<typeof fleetLocks>, name: string, then: () => Promise<void> = async () => {}) {
   let release!: () => void;
@@ -364,6 +373,46 @@ describe('ACME state shared on etcd', () => {
     ledgers[0]!.rememberRefusal('bad.example.test', 'the ask endpoint answered 403');
     await waitFor('node B to know the refusal', () => (ledgers[1]!.refused('bad.example.test') ? true : undefined));
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
+  });
+
+  it('answers a limit read full without asking etcd again until an order it counts leaves the hour', async () => {
+    const { store, ledger } = await smallLedger('/acme-ondemand-full/');
+    const client = store.client as { get: (key: string) => unknown };
+    const get = client.get.bind(store.client);
+    let reads = 0;
+    client.get = (key) => {
+      reads++;
+      return get(key);
+    };
+    expect(await ledger.takeOrderSlot('example.test')).toBe('taken');
+    // Names the ask endpoint allows under one registered domain, then under others once the fleet's limit is reached.
+    const before = reads;
+    for (let i = 0; i < 20; i++) expect(await ledger.takeOrderSlot('example.test')).toBe('rate_limited');
+    expect(reads - before).toBeLessThanOrEqual(2);
+    expect(await ledger.takeOrderSlot('other.test')).toBe('taken');
+    const full = reads;
+    for (let i = 0; i < 20; i++) expect(await ledger.takeOrderSlot(`d${i}.test`)).toBe('rate_limited');
+    expect(reads - full).toBeLessThanOrEqual(2);
+  });
+
+  it('counts no order time past the next hour (a node whose clock is far ahead), and lets etcd forget a counter an hour on', async () => {
+    const { store, ledger } = await smallLedger('/acme-ondemand-clock/');
+    const key = (rest: string) => `/acme-ondemand-clock/acme/on-demand/${rest}`;
+    // A year ahead, for the domain and for the fleet.
+    const ahead = JSON.stringify([Date.now() + 365 * 86_400_000, Date.now() + 365 * 86_400_000]);
+    await store.client.put(key('orders/example.test')).value(ahead);
+    await store.client.put(key('orders-all')).value(ahead);
+    expect(await ledger.takeOrderSlot('example.test')).toBe('taken');
+    expect(await ledger.takeOrderSlot('example.test')).toBe('rate_limited');
+    // The counters are under a lease of an hour: a domain not ordered since leaves nothing in etcd or any mirror.
+    for (const rest of ['orders/example.test', 'orders-all']) {
+      const [kv] = (await store.client.get(key(rest)).exec()).kvs;
+      expect(JSON.parse(kv!.value.toString())).toHaveLength(1);
+      expect(kv!.lease).not.toBe('0');
+      const ttl = await store.client.leaseClient.leaseTimeToLive({ ID: kv!.lease });
+      expect(Number(ttl.TTL)).toBeGreaterThan(3_000);
+      expect(Number(ttl.TTL)).toBeLessThanOrEqual(3_600);
+    }
   });
 
   it('forgets a failed on-demand entry for the fleet, but not while another node holds its issuance lock', async () => {

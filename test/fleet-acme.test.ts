@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -161,4 +162,39 @@ describe('ACME across a fleet on etcd', () => {
     const listed = await acmeLab.cli(['key', 'list', '--json', '--config', acmeLab.keyserverConfig], 30_000);
     expect((JSON.parse(listed.stdout) as { label: string }[]).filter((k) => k.label.startsWith('acme-account-'))).toHaveLength(1);
   }, 120_000);
+
+  it('TLS-ALPN-01: a challenge for the name left in etcd by an earlier order (its node died) does not hide the new one', async () => {
+    // Node A orders with TLS-ALPN-01 since the case above. The stale entry's token sorts after any the CA makes.
+    const name = 'stale.fleet-acme.test';
+    const token = 'z'.repeat(43);
+    const stale = { kind: 'tls-alpn-01', token, name, certificatePem: await readFile(root, 'utf8'), keyId: '00', spki: '' };
+    const client = new Etcd3({ hosts: [...etcd.endpoints] });
+    try {
+      await client.put(`${PREFIX}acme/challenges/${token}`).value(JSON.stringify(stale));
+      const ordered = await issue(nodeA, name);
+      expect(ordered.status, ordered.text).toBe(200);
+      await waitFor(`node B to serve ${name}`, async () => ((await serves(nodeB, name)) ? true : undefined));
+    } finally {
+      await client.delete().key(`${PREFIX}acme/challenges/${token}`);
+      client.close();
+    }
+  }, 120_000);
+
+  it('a node that dies mid-order leaves no challenge in etcd: it goes with the node’s lease', async () => {
+    // A node that never says it serves the challenges holds node A's order in its wait, the challenge in etcd.
+    const client = new Etcd3({ hosts: [...etcd.endpoints] });
+    const challenges = async () => (await client.getAll().prefix(`${PREFIX}acme/challenges/`).keys()).length;
+    try {
+      await client.put(`${PREFIX}acme/answering/silent`).value('0');
+      const ordered = issue(nodeA, 'dies.fleet-acme.test').catch(() => undefined);
+      await waitFor('node A to publish its challenge', async () => ((await challenges()) > 0 ? true : undefined));
+      process.kill(nodeA.pid, 'SIGKILL');
+      await ordered;
+      // The lease lives 10 s past the node's last keep-alive.
+      await waitFor('the dead node’s challenge to leave etcd', async () => ((await challenges()) === 0 ? true : undefined), 25_000);
+    } finally {
+      await client.delete().key(`${PREFIX}acme/answering/silent`);
+      client.close();
+    }
+  }, 60_000);
 });

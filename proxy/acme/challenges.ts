@@ -124,6 +124,7 @@ export class ChallengeAnswers {
     if (message.generation < this.#generation) return;
     this.#generation = message.generation;
     this.#byToken = new Map(message.entries.map((e) => [e.token, e]));
+    // Of two TLS-ALPN-01 challenges for one name the last wins: the board lists them oldest first (fleet-challenges.ts).
     this.#alpnByName = new Map(message.entries.flatMap((e) => (e.kind === 'tls-alpn-01' ? [[e.name, e] as const] : [])));
   }
 

@@ -13,7 +13,9 @@
  *                                    authorization, or a TLS-ALPN-01
  *                                    certificate and the id of its key in the
  *                                    token; public by design (RFC 8555 §8.1),
- *                                    never key material
+ *                                    never key material; under the ordering
+ *                                    node's lease, so the challenges of a node
+ *                                    that dies mid-order go with it
  *   <prefix>acme/answering/<node>    the store revision up to which this
  *                                    node's workers serve the challenges,
  *                                    under a lease: a node that dies drops
@@ -61,13 +63,29 @@ export class FleetChallenges implements ChallengePublisher {
   }
 
   async add(entry: ChallengeEntry): Promise<void> {
-    const revision = await this.#store.put(CHALLENGES + entry.token, JSON.stringify(entry));
+    const key = CHALLENGES + entry.token;
+    const value = JSON.stringify(entry);
+    this.#store.assertFits(key, value);
+    this.#store.assertWritable();
+    // Under this node's lease: written without one, a challenge stayed in etcd (and on every node's board) for ever
+    // once its node died before withdrawing it. A node whose lease lapses (cut off from etcd for LEASE_TTL_SECONDS)
+    // loses its challenges with it, as it loses its issuance locks: its orders fail and are tried again.
+    const lease = this.#currentLease();
+    const result = await this.#store.call(`write ${key}`, () =>
+      lease
+        .put(this.#store.prefix + key)
+        .value(value)
+        .exec(),
+    );
+    const revision = Number(result.header.revision);
+    this.#store.applyLocal(key, value, revision);
     await this.#everyNodeServes(revision);
   }
 
   async remove(token: string): Promise<void> {
     if (this.#store.item(CHALLENGES + token) === undefined) return;
-    // Left in etcd when it is away: a stale challenge answers nothing the CA still asks for (the token was used).
+    // Left in etcd when it is away: a stale HTTP-01 token answers nothing the CA still asks for (the token was used), and a
+    // stale TLS-ALPN-01 certificate yields to a newer one for its name (#entries).
     await this.#store.delete(CHALLENGES + token).catch((err: Error) => this.#log.warn({ reason: err.message }, 'ACME challenge not withdrawn from etcd'));
   }
 
@@ -91,27 +109,26 @@ export class FleetChallenges implements ChallengePublisher {
     this.#lease = undefined;
   }
 
+  /**
+   * Oldest first (by the store's revision), so that of two TLS-ALPN-01 challenges for one name the newest is the one a
+   * worker presents (ChallengeAnswers keeps the last per name): one a node left behind (it died mid-order, or etcd was
+   * away when it withdrew it) would otherwise hide a later order's for the same name, and fail its validation.
+   */
   #entries(): ChallengeEntry[] {
-    const entries: ChallengeEntry[] = [];
+    const entries: { entry: ChallengeEntry; at: number }[] = [];
     for (const token of this.#store.keys(CHALLENGES).sort()) {
-      const entry = parseEntry(this.#store.item(CHALLENGES + token)?.value, token);
+      const item = this.#store.item(CHALLENGES + token);
+      const entry = parseEntry(item?.value, token);
       if (entry === undefined) this.#log.warn({ token }, "an ACME challenge in the fleet's store is malformed; not answered");
-      else entries.push(entry);
+      else entries.push({ entry, at: item?.modRevision ?? 0 });
     }
-    return entries;
+    return entries.sort((a, b) => a.at - b.at).map(({ entry }) => entry);
   }
 
   /** Tells the fleet this node's workers serve every challenge up to `revision`. */
   async #report(revision: number): Promise<void> {
     try {
-      if (this.#lease === undefined) {
-        const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
-        lease.on('lost', () => {
-          if (this.#lease === lease) this.#lease = undefined;
-        });
-        this.#lease = lease;
-      }
-      await this.#lease
+      await this.#currentLease()
         .put(this.#store.prefix + ANSWERING + this.#node)
         .value(String(revision))
         .exec();
@@ -119,6 +136,18 @@ export class FleetChallenges implements ChallengePublisher {
       this.#lease = undefined;
       this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
     }
+  }
+
+  /** This node's lease (kept alive while it runs), taken anew once lost. */
+  #currentLease(): Lease {
+    if (this.#lease === undefined) {
+      const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
+      lease.on('lost', () => {
+        if (this.#lease === lease) this.#lease = undefined;
+      });
+      this.#lease = lease;
+    }
+    return this.#lease;
   }
 
   /** Resolves once every answering node (this one included) serves the challenges up to `revision`, or after the wait. */

@@ -9,12 +9,17 @@
  *
  *   <prefix>acme/on-demand/refused/<name>   {"reason"}, under a lease of
  *                                           `refusedSeconds` (etcd forgets it)
- *   <prefix>acme/on-demand/orders/<domain>  [ms since the epoch, …] of the last hour
- *   <prefix>acme/on-demand/orders-all       [ms since the epoch, …] of the last hour
+ *   <prefix>acme/on-demand/orders/<domain>  [ms since the epoch, …] of the last hour,
+ *   <prefix>acme/on-demand/orders-all       each written under a lease of an hour
+ *                                           (etcd forgets a domain not ordered since)
  *
  * An order slot is taken in one transaction that compares both counters'
  * revisions with what was read, and tries again when another node moved
- * them between: two nodes never both take the last slot. Refusals shared
+ * them between: two nodes never both take the last slot. A limit read full
+ * stays full until its oldest counted time leaves the hour (no node can
+ * take a time back), so until then the node answers rate_limited without
+ * asking etcd: names the ask endpoint allows (a customer's wildcard CNAME)
+ * cost two reads each only while there is room. Refusals shared
  * are capped (MAX_SHARED_REFUSALS), so a flood of refused names cannot grow
  * every node's mirror without bound; past the cap they stay local.
  */
@@ -90,6 +95,9 @@ export class FleetLedger implements OnDemandLedger {
   #lease: { readonly id: Promise<string>; readonly until: number } | undefined;
   /** Refusals in the store at the last count (performance.now() `at`), plus those shared since. */
   #shared = { count: 0, at: Number.NEGATIVE_INFINITY };
+  /** Until when (ms since the epoch) the fleet's limit, and each registered domain's, was read full. */
+  #allFullUntil = 0;
+  readonly #domainFullUntil = new LRUCache<string, number>({ max: 10_000 });
 
   constructor(store: EtcdStore, config: OnDemandConfig, log: Logger) {
     this.#store = store;
@@ -138,18 +146,36 @@ export class FleetLedger implements OnDemandLedger {
     const client = this.#store.client;
     const domainKey = this.#store.prefix + ORDERS + domain;
     const allKey = this.#store.prefix + ORDERS_ALL;
+    let lease: string | undefined;
+    const start = Date.now();
+    if (this.#allFullUntil > start || (this.#domainFullUntil.get(domain) ?? 0) > start) return 'rate_limited';
     try {
       for (let i = 0; i < SLOT_TRIES; i++) {
         const now = Date.now();
         const [forDomain, all] = await Promise.all([client.get(domainKey).exec(), client.get(allKey).exec()]);
-        const recentForDomain = times(forDomain.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
-        const recent = times(all.kvs[0]?.value).filter((t) => now - t < HOUR_MS);
-        if (recentForDomain.length >= this.#config.maxOrdersPerDomainPerHour || recent.length >= this.#config.maxOrdersPerHour) return 'rate_limited';
+        const recentForDomain = withinHour(times(forDomain.kvs[0]?.value), now);
+        const recent = withinHour(times(all.kvs[0]?.value), now);
+        const { maxOrdersPerDomainPerHour, maxOrdersPerHour } = this.#config;
+        if (recentForDomain.length >= maxOrdersPerDomainPerHour) this.#domainFullUntil.set(domain, fullUntil(recentForDomain, maxOrdersPerDomainPerHour));
+        if (recent.length >= maxOrdersPerHour) this.#allFullUntil = fullUntil(recent, maxOrdersPerHour);
+        if (recentForDomain.length >= maxOrdersPerDomainPerHour || recent.length >= maxOrdersPerHour) return 'rate_limited';
+        // Each counter's newest time is now: an hour on, it counts nothing, and its lease takes it away. Without one a
+        // key stayed for every registered domain ever ordered, in etcd and in every node's mirror.
+        lease ??= await client.lease(HOUR_MS / 1000, { autoKeepAlive: false }).grant();
         // A key that does not exist compares with mod revision 0.
         const result = await client
           .if(domainKey, 'Mod', '==', forDomain.kvs[0]?.mod_revision ?? '0')
           .and(allKey, 'Mod', '==', all.kvs[0]?.mod_revision ?? '0')
-          .then(client.put(domainKey).value(JSON.stringify([...recentForDomain, now])), client.put(allKey).value(JSON.stringify([...recent, now])))
+          .then(
+            client
+              .put(domainKey)
+              .value(JSON.stringify([...recentForDomain, now]))
+              .lease(lease),
+            client
+              .put(allKey)
+              .value(JSON.stringify([...recent, now]))
+              .lease(lease),
+          )
           .commit();
         if (result.succeeded) return 'taken';
       }
@@ -159,6 +185,20 @@ export class FleetLedger implements OnDemandLedger {
       return 'unavailable';
     }
   }
+}
+
+/**
+ * The times of the last hour. One past the next hour is not counted: written by a node whose clock is far ahead, or
+ * garbage, it counted for as long as it lay in the future (1e15: for ever), and every write kept it, so on-demand
+ * issuance stayed refused for the domain or the fleet. A clock some minutes ahead still counts.
+ */
+function withinHour(list: readonly number[], now: number): number[] {
+  return list.filter((t) => Math.abs(now - t) < HOUR_MS);
+}
+
+/** When `recent` (at least `max` times) next has room: once its max-th newest time leaves the hour. */
+function fullUntil(recent: readonly number[], max: number): number {
+  return [...recent].sort((a, b) => a - b)[recent.length - max]! + HOUR_MS;
 }
 
 function times(value: Buffer | undefined): number[] {
