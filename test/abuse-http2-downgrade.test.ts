@@ -127,8 +127,14 @@ const originHead = (method: string, tag: string, more = '', connection = 'keep-a
   `${method} /${tag} HTTP/1.1\r\nhost: ${HOST}\r\nconnection: ${connection}\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: https\r\n` +
   `x-forwarded-host: ${HOST}\r\nforwarded: for=127.0.0.1;proto=https;host="${HOST}"\r\n${more}\r\n`;
 
-/** 'reset': RST_STREAM PROTOCOL_ERROR (nghttp2, RFC 9113 §8.1.1); a number: our answer with that status; a string: forwarded as exactly those bytes. */
-type Expected = 'reset' | number | ((tag: string) => string);
+/**
+ * 'reset': RST_STREAM PROTOCOL_ERROR (nghttp2, RFC 9113 §8.1.1); a number: our answer with that status; a function:
+ * forwarded as exactly those bytes; `resetOr`: either, as the Node version's nghttp2 decides (both keep it from the origin).
+ */
+type Forwarded = (tag: string) => string;
+type Expected = 'reset' | number | Forwarded | { readonly resetOr: Forwarded };
+const forwardedAs = (expected: Expected): Forwarded | undefined =>
+  typeof expected === 'function' ? expected : typeof expected === 'object' ? expected.resetOr : undefined;
 const CASES: readonly (readonly [string, (id: number, tag: string) => Buffer, Expected])[] = [
   // H2.CL: a Content-Length the DATA disagrees with (RFC 9113 §8.1.1).
   ['content-length shorter than DATA', req('POST', [['content-length', '3']], `abc${SMUGGLED}`), 'reset'],
@@ -172,7 +178,8 @@ const CASES: readonly (readonly [string, (id: number, tag: string) => Buffer, Ex
   ['te other than trailers', req('GET', [['te', 'gzip']]), 'reset'],
   ['te: trailers (allowed, hop-by-hop: not forwarded)', req('GET', [['te', 'trailers']]), (t) => originHead('GET', t)],
   // Field names and values (§8.2.1): nghttp2 resets on what it must, and drops (never forwards) the rest.
-  ['a name with CR LF', req('GET', [[`x-a: b\r\n${SMUGGLED}x-c`, 'd']]), 'reset'],
+  // Reset by nghttp2 1.61 (Node 20), dropped by 1.67+ (Node 22, 24).
+  ['a name with CR LF', req('GET', [[`x-a: b\r\n${SMUGGLED}x-c`, 'd']]), { resetOr: (t) => originHead('GET', t) }],
   ['an upper-case name', req('GET', [['X-A', 'b']]), 'reset'],
   ['a value with CR LF (dropped)', req('GET', [['x-a', `b\r\n${SMUGGLED}`]]), (t) => originHead('GET', t)],
   ['a value with LF (dropped)', req('GET', [['x-a', 'b\nx-b: c']]), (t) => originHead('GET', t)],
@@ -280,18 +287,24 @@ describe('HTTP/2 to HTTP/1.1 downgrade, hostile requests', () => {
       const outcome = await waitFor(`${name}: an answer or a reset`, () => {
         const reset = raw.streamResets.get(stream);
         if (reset !== undefined) return reset === PROTOCOL_ERROR ? 'reset' : `reset ${reset}`;
+        // Refused for the whole connection instead: nghttp2 1.67+ (Node 22, 24) ends it with GOAWAY for a
+        // content-length the DATA overruns. The origin check below still holds: nothing of it may arrive there.
+        if (raw.goaways.length > 0) return 'reset';
         // A stream nghttp2 resets after Node handed it over (bad trailers) is logged 499 too, maybe before its reset arrives.
         const line = accessLine(tag, connect);
         if (line === undefined || line.status === 499) return undefined;
         // A forwarded answer went out whole, and its line says so.
-        if (typeof expected === 'function') return line.aborted === undefined && line.code === undefined ? 'forwarded' : `forwarded, logged ${line.code}`;
+        if (forwardedAs(expected) !== undefined) return line.aborted === undefined && line.code === undefined ? 'forwarded' : `forwarded, logged ${line.code}`;
         return String(line.status);
       });
-      if (typeof expected === 'function' && outcome.startsWith('forwarded')) wanted.push(expected(tag));
-      outcomes.push(`${name}: ${outcome}`);
+      const forwarded = forwardedAs(expected);
+      if (forwarded !== undefined && outcome.startsWith('forwarded')) wanted.push(forwarded(tag));
+      outcomes.push(`${name}: ${typeof expected === 'object' && (outcome === 'reset' || outcome === 'forwarded') ? 'reset or forwarded' : outcome}`);
     }
     client?.tls.destroy();
-    expect(outcomes).toEqual(CASES.map(([name, , expected]) => `${name}: ${typeof expected === 'function' ? 'forwarded' : expected}`));
+    const shown = (expected: Expected): string =>
+      typeof expected === 'object' ? 'reset or forwarded' : typeof expected === 'function' ? 'forwarded' : String(expected);
+    expect(outcomes).toEqual(CASES.map(([name, , expected]) => `${name}: ${shown(expected)}`));
     // Every request that reached the origin is one listed, byte for byte, and nothing else came: no smuggled request,
     // no split field, nothing left over on any connection.
     const seen = (): string[] => requests.map((r) => r.head + r.body);
