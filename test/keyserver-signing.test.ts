@@ -314,4 +314,41 @@ describe('a token re-created while the server runs', () => {
     const gone = await unix.sign(keyId, Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
     expect((gone as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
   });
+
+  it('deleted, then back with another PIN, then with its own: tried every second with no request, never logging a PIN, and serving again once it can', async () => {
+    // Before: a failed attempt was tried again only on the next request, and a key server answering /healthz 503 may get
+    // none (taken out of service), so it stayed unready for ever after the token came back.
+    const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
+    const tokenDir = join(stateDir, 'token');
+    const [pin, soPin] = ['user.pin', 'so.pin'].map((file) => readFileSync(join(tokenDir, file), 'utf8').trim());
+    const otherPin = randomBytes(8).toString('hex');
+    const softhsm = (args: string[]): void => void execFileSync('softhsm2-util', args, { env, stdio: 'ignore' });
+    const healthz = async (): Promise<number> => (await fetch(`http://127.0.0.1:${server.adminPort}/healthz`)).status;
+    const reopens = (result: string): Promise<number> => metricValue(server, 'keyedge_keyserver_token_reopens_total', { result });
+    const [failedBefore, openedBefore] = [await reopens('failed'), await reopens('opened')];
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    // One look at the token a second at most.
+    await sleep(1_100);
+    server.rescanKeys();
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 5_000, interval: 100 });
+    expect(await healthz()).toBe(503);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', otherPin, '--so-pin', soPin!]);
+    // No request from here on: the attempts go on by themselves; this PIN is refused.
+    const failedThen = await reopens('failed');
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedThen + 1), { timeout: 5_000, interval: 100 });
+    expect(await healthz()).toBe(503);
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
+    await vi.waitFor(async () => expect(await healthz()).toBe(200), { timeout: 5_000, interval: 100 });
+    expect(await reopens('opened')).toBe(openedBefore + 1);
+    // The connection kept through it all still answers.
+    expect((await unix.ping(Buffer.from('still here'))).toString()).toBe('still here');
+    // Each reason logged once (a minute at most), with where the PIN comes from; PINs never.
+    const failures = logs.find(/^the token cannot be opened/).map((line) => String((line.err as { message?: string }).message));
+    expect(failures).toHaveLength(2);
+    expect(failures[0]).toMatch(/^no token with label 'keyedge'/);
+    expect(failures[1]).toMatch(/^login to token 'keyedge' refused: CKR_PIN_INCORRECT \(the PIN comes from /);
+    expect(logs.text()).not.toContain(pin!);
+    expect(logs.text()).not.toContain(otherPin);
+  });
 });

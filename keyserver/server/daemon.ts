@@ -84,7 +84,12 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     // Ready means ready to sign at full speed: the threads load pkcs11js first (a thread that failed is restarting).
     // Not when the token is opened again: the event loop signs meanwhile.
     await signers.ready();
-    live = new LiveToken(parts, () => reopen(config, build), log);
+    live = new LiveToken(
+      parts,
+      () => reopen(config, build),
+      log,
+      (result) => metrics.tokenReopens.inc({ result }),
+    );
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
     closers.splice(0, closers.length, () => liveToken.close());

@@ -26,7 +26,12 @@
  * the token cannot be opened, `parts` is undefined: requests that need the
  * token are refused SIGN_FAILED (retry, SPEC.md) on connections that stay
  * open, and each such request may start the next attempt, within RETRY_MS.
- * Every reopen is logged; failures to open are logged once a FAILURE_LOG_MS.
+ * A failed attempt also schedules the next one itself, RETRY_MS later: a key
+ * server whose /healthz answers 503 may get no requests at all (a load
+ * balancer or readiness probe takes it out of service), and it must still
+ * come back once the token does. Every reopen is logged and counted
+ * (`onAttempt`: opened or failed); a failure to open is logged when its
+ * reason changes, else once a FAILURE_LOG_MS.
  */
 import type { Logger } from '../shared/log.js';
 import type { SigningWorkers } from '../token/sign-workers.js';
@@ -53,20 +58,27 @@ export function tokenLost(reason: string): boolean {
   return LOST.test(reason);
 }
 
+/** How an attempt to open the token again ended (a metric label: bounded). */
+export type ReopenResult = 'opened' | 'failed';
+
 export class LiveToken {
   #parts: TokenParts | undefined;
   readonly #open: () => TokenParts;
   readonly #log: Logger;
+  readonly #onAttempt: (result: ReopenResult) => void;
+  #retryTimer: NodeJS.Timeout | undefined;
   #checkedAt = 0;
   #failureLoggedAt = -Infinity;
+  #failureLogged = '';
   #reopening: Promise<void> | undefined;
   #closed = false;
 
   /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
-  constructor(parts: TokenParts, open: () => TokenParts, log: Logger) {
+  constructor(parts: TokenParts, open: () => TokenParts, log: Logger, onAttempt: (result: ReopenResult) => void = () => {}) {
     this.#parts = parts;
     this.#open = open;
     this.#log = log;
+    this.#onAttempt = onAttempt;
   }
 
   /** The open token's parts; undefined while it is being opened again, or could not be. */
@@ -95,6 +107,7 @@ export class LiveToken {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#retryTimer);
     await this.#reopening;
     const parts = this.#parts;
     this.#parts = undefined;
@@ -112,11 +125,20 @@ export class LiveToken {
       const parts = this.#open();
       this.#parts = parts;
       this.#failureLoggedAt = -Infinity;
+      this.#failureLogged = '';
+      this.#onAttempt('opened');
       this.#log.info({ token: parts.token.label, keys: parts.keys.size, sessions: parts.signers.size }, 'token opened again');
     } catch (err) {
-      if (Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
+      this.#onAttempt('failed');
+      // Not left to the next request: there may be none while /healthz answers 503. Past RETRY_MS of the `finally` in `suspect`.
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), RETRY_MS + 10).unref();
+      // A new reason is news (the token came back with another PIN, say); the same one, once a FAILURE_LOG_MS.
+      const reason = err instanceof Error ? err.message : String(err);
+      if (reason === this.#failureLogged && Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
       this.#failureLoggedAt = Date.now();
-      this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again on the next one, at most once a second');
+      this.#failureLogged = reason;
+      this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again every second');
     }
   }
 }
