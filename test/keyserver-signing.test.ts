@@ -317,7 +317,8 @@ describe('a token re-created while the server runs', () => {
 
   it('deleted, then back with another PIN, then with its own: tried every second with no request, never logging a PIN, and serving again once it can', async () => {
     // Before: a failed attempt was tried again only on the next request, and a key server answering /healthz 503 may get
-    // none (taken out of service), so it stayed unready for ever after the token came back.
+    // none (taken out of service), so it stayed unready for ever after the token came back; and a PIN the token refused
+    // was tried on it every second, which locks the PIN of an HSM within seconds.
     const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
     const tokenDir = join(stateDir, 'token');
     const [pin, soPin] = ['user.pin', 'so.pin'].map((file) => readFileSync(join(tokenDir, file), 'utf8').trim());
@@ -333,21 +334,31 @@ describe('a token re-created while the server runs', () => {
     await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 5_000, interval: 100 });
     expect(await healthz()).toBe(503);
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', otherPin, '--so-pin', soPin!]);
-    // No request from here on: the attempts go on by themselves; this PIN is refused.
+    // No request from here on: the attempts go on by themselves; this PIN is refused, once.
     const failedThen = await reopens('failed');
     await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedThen + 1), { timeout: 5_000, interval: 100 });
     expect(await healthz()).toBe(503);
+    const failures = (): string[] => logs.find(/^the token cannot be opened/).map((line) => String((line.err as { message?: string }).message));
+    const loginRefused = (): string[] => failures().filter((reason) => reason.startsWith("login to token 'keyedge' refused: CKR_PIN_INCORRECT"));
+    // Once refused, that PIN is not tried on that token again (an HSM locks a PIN after a few wrong logins)...
+    await vi.waitFor(() => expect(failures().at(-1)).toMatch(/^not logging in to token 'keyedge' again with the PIN it refused \(CKR_PIN_INCORRECT\)/), {
+      timeout: 5_000,
+      interval: 100,
+    });
+    expect(loginRefused()).toHaveLength(1);
+    // ...unless the operator asks (SIGHUP): one login again.
+    server.rescanKeys();
+    await vi.waitFor(() => expect(loginRefused()).toHaveLength(2), { timeout: 5_000, interval: 100 });
+    // Initialised again with the PIN configured: another token (serial), so the PIN is tried on it.
     softhsm(['--delete-token', '--token', 'keyedge']);
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
     await vi.waitFor(async () => expect(await healthz()).toBe(200), { timeout: 5_000, interval: 100 });
     expect(await reopens('opened')).toBe(openedBefore + 1);
     // The connection kept through it all still answers.
     expect((await unix.ping(Buffer.from('still here'))).toString()).toBe('still here');
-    // Each reason logged once (a minute at most), with where the PIN comes from; PINs never.
-    const failures = logs.find(/^the token cannot be opened/).map((line) => String((line.err as { message?: string }).message));
-    expect(failures).toHaveLength(2);
-    expect(failures[0]).toMatch(/^no token with label 'keyedge'/);
-    expect(failures[1]).toMatch(/^login to token 'keyedge' refused: CKR_PIN_INCORRECT \(the PIN comes from /);
+    // Each reason logged once (a minute at most) as it comes, with where the PIN comes from; PINs never.
+    expect(failures()[0]).toMatch(/^no token with label 'keyedge'/);
+    expect(loginRefused()[0]).toMatch(/\(the PIN comes from /);
     expect(logs.text()).not.toContain(pin!);
     expect(logs.text()).not.toContain(otherPin);
   });

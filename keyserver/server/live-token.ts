@@ -21,8 +21,9 @@
  * Reopening: the old signing workers finish what they were sent (a dead
  * token answers with errors at once) and stop, the module is finalised, then
  * the token is found again by its label or serial (its slot id may have
- * changed), logged in with the PIN read again, and new sessions, threads and a
- * key scan follow, all in `open`, with a single attempt. Meanwhile, and while
+ * changed), logged in with the PIN read again (never one the token refused:
+ * refused-pin.ts), and new sessions, threads and a key scan follow, all in
+ * `open`, with a single attempt. Meanwhile, and while
  * the token cannot be opened, `parts` is undefined: requests that need the
  * token are refused SIGN_FAILED (retry, SPEC.md) on connections that stay
  * open, and each such request may start the next attempt, within RETRY_MS.

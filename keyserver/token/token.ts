@@ -40,6 +40,8 @@ export interface TokenOpenOptions {
   readonly pin: string;
   /** Where the PIN came from, for error messages (e.g. "env KEYEDGE_TOKEN_PIN"). */
   readonly pinSource: string;
+  /** Called with the token found, before the login; a throw aborts the open (a PIN it refused is not tried again). */
+  readonly beforeLogin?: (token: { label: string; serial: string }) => void;
 }
 
 export class Token {
@@ -76,6 +78,7 @@ export class Token {
     const pkcs11 = loadModule(options.modulePath);
     try {
       const { slot, info } = findToken(pkcs11, options.token, options.modulePath);
+      options.beforeLogin?.({ label: fixedString(info.label), serial: fixedString(info.serialNumber) });
       const management = tokenCall('C_OpenSession', () => pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
       login(pkcs11, management, fixedString(info.label), options.pinSource, options.pin);
       return new Token(pkcs11, slot, info, management);
