@@ -127,6 +127,8 @@ export class LiveToken {
       this.#parts = parts;
       this.#failureLoggedAt = -Infinity;
       this.#failureLogged = '';
+      // Opened on a request's attempt: the next one scheduled after a failure would only look at the token (C_GetTokenInfo) for nothing.
+      clearTimeout(this.#retryTimer);
       this.#onAttempt('opened');
       this.#log.info({ token: parts.token.label, keys: parts.keys.size, sessions: parts.signers.size }, 'token opened again');
     } catch (err) {
