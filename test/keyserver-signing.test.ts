@@ -4,7 +4,8 @@
  * checked with node:crypto against the public key the server hands out.
  */
 import { constants, createHash, createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -13,6 +14,7 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { RemoteError } from '../keyserver/shared/errors.js';
 import { Algorithm, ALGORITHMS, type AlgorithmByte, type AlgorithmName, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import { KEY_TYPES, type KeyType } from '../keyserver/token/key-generate.js';
 import {
   captureLog,
@@ -265,6 +267,26 @@ describe('keys from outside', () => {
 });
 
 describe('a token re-created while the server runs', () => {
+  it('other processes logging in to the token while it is checked: not opened again for nothing', async () => {
+    // Before: a check of the token (C_GetTokenInfo) that raced another process's login failed (SoftHSM2 reads its token
+    // file as the login rewrites it), and the token was opened again for nothing: every sign refused meanwhile.
+    const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
+    const pin = readFileSync(join(stateDir, 'token', 'user.pin'), 'utf8').trim();
+    const logins = `const p11 = require(${JSON.stringify(createRequire(import.meta.url).resolve('pkcs11js'))});
+      const p = new p11.PKCS11(); p.load(${JSON.stringify(findSoftHsmModule())}); p.C_Initialize();
+      const slot = p.C_GetSlotList(true)[0]; const end = Date.now() + 5000;
+      while (Date.now() < end) { const s = p.C_OpenSession(slot, p11.CKF_SERIAL_SESSION); try { p.C_Login(s, p11.CKU_USER, process.env.PIN); p.C_Logout(s); } catch {} p.C_CloseSession(s); }`;
+    const storms = [1, 2].map(() => spawn(process.execPath, ['-e', logins], { env: { ...env, PIN: pin }, stdio: 'ignore' }));
+    const reopened = logs.find(/^the token is no longer the one opened/).length;
+    await sleep(300);
+    for (let i = 0; i < 4; i++) {
+      server.rescanKeys();
+      await sleep(1_100);
+    }
+    await Promise.all(storms.map((child) => new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.on('exit', resolve)))));
+    expect(logs.find(/^the token is no longer the one opened/)).toHaveLength(reopened);
+  });
+
   it('deleted and initialised again under the same label: the server opens it again and signs with its keys, connections kept', async () => {
     // Before: SoftHSM2 kept the old sessions valid but empty and showed the new token only to a module initialised
     // again, so every sign was UNKNOWN_KEY, a rescan (SIGHUP) included, until the key server was restarted.

@@ -13,7 +13,9 @@
  *
  * Triggers: `suspect(cause)` (a key scan that finds keys gone or fails,
  * SIGHUP) checks that the token in the slot is still the one opened (same
- * label and serial, Token.isSame) and reopens it if not; `suspect(cause, true)`
+ * label and serial, Token.isSame) and reopens it if not, once CONFIRM_CHECKS
+ * more checks over a second agree (the token is served meanwhile: one failed
+ * check may be another process's login); `suspect(cause, true)`
  * (a sign refused for a lost session or token, `tokenLost`) reopens at once.
  * At most one check or attempt per RETRY_MS, so no client can make the key
  * server churn its token.
@@ -47,6 +49,15 @@ export interface TokenParts {
 
 /** At most one check of the token, or attempt to open it, per this long. */
 const RETRY_MS = 1_000;
+/**
+ * A failed check is confirmed by this many more, this far apart, before the token is opened again: a
+ * check fails at times while another process logs in to the token (SoftHSM2 reads its token file as
+ * that login rewrites it: measured, a third to a half of back-to-back checks during a stream of
+ * logins, none once they stop), and a reopen costs every sign for its duration and the threads'
+ * restart. A token really re-created fails every check: it is opened again a second later.
+ */
+const CONFIRM_CHECKS = 10;
+const CONFIRM_PAUSE_MS = 100;
 /** A token that stays unopenable is logged once per this long, not on every attempt. */
 const FAILURE_LOG_MS = 60_000;
 
@@ -72,6 +83,8 @@ export class LiveToken {
   #failureLoggedAt = -Infinity;
   #failureLogged = '';
   #reopening: Promise<void> | undefined;
+  /** A failed check being confirmed (#confirm) before the token is opened again. */
+  #confirming = false;
   #closed = false;
 
   /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
@@ -89,16 +102,36 @@ export class LiveToken {
 
   /** Something looks wrong with the token (`cause`, for the log); `lost`: the token said it is gone. */
   suspect(cause: string, lost = false): void {
-    if (this.#closed || this.#reopening !== undefined) return;
+    if (this.#closed || this.#reopening !== undefined || (this.#confirming && !lost)) return;
     const now = Date.now();
-    if (now - this.#checkedAt < RETRY_MS) return;
+    if (now - this.#checkedAt < RETRY_MS && !(this.#confirming && lost)) return;
     this.#checkedAt = now;
     const parts = this.#parts;
-    if (parts !== undefined && !lost && parts.token.isSame()) return;
+    if (parts === undefined || lost) return this.#startReopen(cause, parts);
+    if (parts.token.isSame()) return;
+    // Served as it is while the check is confirmed: one failure may be another process's login (Token.isSame).
+    this.#confirming = true;
+    void this.#confirm(parts.token).then((same) => {
+      this.#confirming = false;
+      this.#checkedAt = Date.now();
+      if (!same && !this.#closed && this.#reopening === undefined && this.#parts === parts) this.#startReopen(cause, parts);
+    });
+  }
+
+  #startReopen(cause: string, parts: TokenParts | undefined): void {
     this.#reopening = this.#reopen(cause, parts).finally(() => {
       this.#reopening = undefined;
       this.#checkedAt = Date.now();
     });
+  }
+
+  /** Whether any of CONFIRM_CHECKS more checks, CONFIRM_PAUSE_MS apart, finds the token the same; stops early once closed. */
+  async #confirm(token: Token): Promise<boolean> {
+    for (let check = 0; check < CONFIRM_CHECKS; check++) {
+      await new Promise((resolve) => setTimeout(resolve, CONFIRM_PAUSE_MS).unref());
+      if (this.#closed || token.closed || token.isSame()) return true;
+    }
+    return false;
   }
 
   /** Resolves once the signs sent to the token's threads are answered. */

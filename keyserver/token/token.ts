@@ -19,8 +19,10 @@
  * serving a frozen object list to C_FindObjects until C_Finalize, so keys
  * added later would never be found (seen in a stress run: logins and key
  * creation by other processes next to a C_GetTokenInfo loop). `isSame()`
- * reads such a failure as a lost token, and its caller reopens the module,
- * which is also the cure for that state.
+ * reads such a failure as a lost token; since a check also fails now and
+ * then while another process logs in (and passes once it is done), its
+ * caller confirms a failure over a second before it reopens the module,
+ * which is also the cure for a failure that stays.
  *
  * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
