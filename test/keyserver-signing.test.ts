@@ -4,7 +4,8 @@
  * checked with node:crypto against the public key the server hands out.
  */
 import { constants, createHash, createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -13,6 +14,7 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { RemoteError } from '../keyserver/shared/errors.js';
 import { Algorithm, ALGORITHMS, type AlgorithmByte, type AlgorithmName, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import { KEY_TYPES, type KeyType } from '../keyserver/token/key-generate.js';
 import {
   captureLog,
@@ -265,6 +267,26 @@ describe('keys from outside', () => {
 });
 
 describe('a token re-created while the server runs', () => {
+  it('other processes logging in to the token while it is checked: not opened again for nothing', async () => {
+    // Before: a check of the token (C_GetTokenInfo) that raced another process's login failed (SoftHSM2 reads its token
+    // file as the login rewrites it), and the token was opened again for nothing: every sign refused meanwhile.
+    const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
+    const pin = readFileSync(join(stateDir, 'token', 'user.pin'), 'utf8').trim();
+    const logins = `const p11 = require(${JSON.stringify(createRequire(import.meta.url).resolve('pkcs11js'))});
+      const p = new p11.PKCS11(); p.load(${JSON.stringify(findSoftHsmModule())}); p.C_Initialize();
+      const slot = p.C_GetSlotList(true)[0]; const end = Date.now() + 5000;
+      while (Date.now() < end) { const s = p.C_OpenSession(slot, p11.CKF_SERIAL_SESSION); try { p.C_Login(s, p11.CKU_USER, process.env.PIN); p.C_Logout(s); } catch {} p.C_CloseSession(s); }`;
+    const storms = [1, 2].map(() => spawn(process.execPath, ['-e', logins], { env: { ...env, PIN: pin }, stdio: 'ignore' }));
+    const reopened = logs.find(/^the token is no longer the one opened/).length;
+    await sleep(300);
+    for (let i = 0; i < 4; i++) {
+      server.rescanKeys();
+      await sleep(1_100);
+    }
+    await Promise.all(storms.map((child) => new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.on('exit', resolve)))));
+    expect(logs.find(/^the token is no longer the one opened/)).toHaveLength(reopened);
+  });
+
   it('deleted and initialised again under the same label: the server opens it again and signs with its keys, connections kept', async () => {
     // Before: SoftHSM2 kept the old sessions valid but empty and showed the new token only to a module initialised
     // again, so every sign was UNKNOWN_KEY, a rescan (SIGHUP) included, until the key server was restarted.
@@ -313,5 +335,53 @@ describe('a token re-created while the server runs', () => {
     expect(logs.find(/^token opened again$/)).toHaveLength(2);
     const gone = await unix.sign(keyId, Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
     expect((gone as RemoteError).wireCode).toBe(ErrorCode.UNKNOWN_KEY);
+  });
+
+  it('deleted, then back with another PIN, then with its own: tried every second with no request, never logging a PIN, and serving again once it can', async () => {
+    // Before: a failed attempt was tried again only on the next request, and a key server answering /healthz 503 may get
+    // none (taken out of service), so it stayed unready for ever after the token came back; and a PIN the token refused
+    // was tried on it every second, which locks the PIN of an HSM within seconds.
+    const env = { ...process.env, SOFTHSM2_CONF: join(stateDir, 'token', 'softhsm2.conf') };
+    const tokenDir = join(stateDir, 'token');
+    const [pin, soPin] = ['user.pin', 'so.pin'].map((file) => readFileSync(join(tokenDir, file), 'utf8').trim());
+    const otherPin = randomBytes(8).toString('hex');
+    const softhsm = (args: string[]): void => void execFileSync('softhsm2-util', args, { env, stdio: 'ignore' });
+    const healthz = async (): Promise<number> => (await fetch(`http://127.0.0.1:${server.adminPort}/healthz`)).status;
+    const reopens = (result: string): Promise<number> => metricValue(server, 'keyedge_keyserver_token_reopens_total', { result });
+    const [failedBefore, openedBefore] = [await reopens('failed'), await reopens('opened')];
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    // One look at the token a second at most.
+    await sleep(1_100);
+    server.rescanKeys();
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 5_000, interval: 100 });
+    expect(await healthz()).toBe(503);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', otherPin, '--so-pin', soPin!]);
+    // No request from here on: the attempts go on by themselves; this PIN is refused, once.
+    const failedThen = await reopens('failed');
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedThen + 1), { timeout: 5_000, interval: 100 });
+    expect(await healthz()).toBe(503);
+    const failures = (): string[] => logs.find(/^the token cannot be opened/).map((line) => String((line.err as { message?: string }).message));
+    const loginRefused = (): string[] => failures().filter((reason) => reason.startsWith("login to token 'keyedge' refused: CKR_PIN_INCORRECT"));
+    // Once refused, that PIN is not tried on that token again (an HSM locks a PIN after a few wrong logins)...
+    await vi.waitFor(() => expect(failures().at(-1)).toMatch(/^not logging in to token 'keyedge' again with the PIN it refused \(CKR_PIN_INCORRECT\)/), {
+      timeout: 5_000,
+      interval: 100,
+    });
+    expect(loginRefused()).toHaveLength(1);
+    // ...unless the operator asks (SIGHUP): one login again.
+    server.rescanKeys();
+    await vi.waitFor(() => expect(loginRefused()).toHaveLength(2), { timeout: 5_000, interval: 100 });
+    // Initialised again with the PIN configured: another token (serial), so the PIN is tried on it.
+    softhsm(['--delete-token', '--token', 'keyedge']);
+    softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
+    await vi.waitFor(async () => expect(await healthz()).toBe(200), { timeout: 5_000, interval: 100 });
+    expect(await reopens('opened')).toBe(openedBefore + 1);
+    // The connection kept through it all still answers.
+    expect((await unix.ping(Buffer.from('still here'))).toString()).toBe('still here');
+    // Each reason logged once (a minute at most) as it comes, with where the PIN comes from; PINs never.
+    expect(failures()[0]).toMatch(/^no token with label 'keyedge'/);
+    expect(loginRefused()[0]).toMatch(/\(the PIN comes from /);
+    expect(logs.text()).not.toContain(pin!);
+    expect(logs.text()).not.toContain(otherPin);
   });
 });

@@ -38,6 +38,7 @@ import { KeyserverConnection } from './connection.js';
 import { fitLimits } from './fd-budget.js';
 import { KeyStore } from './keystore.js';
 import { LiveToken, type TokenParts } from './live-token.js';
+import { RefusedPin } from './refused-pin.js';
 import { listenTls, listenUnix } from './listeners.js';
 import { LogLimiter } from '../shared/log-limiter.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
@@ -84,7 +85,13 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     // Ready means ready to sign at full speed: the threads load pkcs11js first (a thread that failed is restarting).
     // Not when the token is opened again: the event loop signs meanwhile.
     await signers.ready();
-    live = new LiveToken(parts, () => reopen(config, build), log);
+    const refusedPin = new RefusedPin();
+    live = new LiveToken(
+      parts,
+      () => reopen(config, build, refusedPin),
+      log,
+      (result) => metrics.tokenReopens.inc({ result }),
+    );
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
     closers.splice(0, closers.length, () => liveToken.close());
@@ -230,6 +237,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       metrics,
       log,
       rescanKeys: () => {
+        // The operator may have set the token's PIN to the one configured: worth one login again.
+        refusedPin.forget();
         liveToken.suspect('SIGHUP');
         liveToken.parts?.keys.rescan();
       },
@@ -241,9 +250,20 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   }
 }
 
-/** The token opened again (one attempt: the next request tries again), PIN read again, and its parts built; closed again if they fail. */
-function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts): TokenParts {
-  const token = Token.open(tokenOptions(config), 1);
+/**
+ * The token opened again (one attempt: the next request tries again), PIN read again, and its parts built; closed
+ * again if they fail. Never with a PIN the token refused (refused-pin.ts).
+ */
+function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts, refusedPin: RefusedPin): TokenParts {
+  const attempt = refusedPin.attempt(tokenOptions(config));
+  let token: Token;
+  try {
+    token = Token.open(attempt.options, 1);
+  } catch (err) {
+    attempt.failed(err);
+    throw err;
+  }
+  refusedPin.forget();
   try {
     return build(token);
   } catch (err) {

@@ -13,7 +13,9 @@
  *
  * Triggers: `suspect(cause)` (a key scan that finds keys gone or fails,
  * SIGHUP) checks that the token in the slot is still the one opened (same
- * label and serial, Token.isSame) and reopens it if not; `suspect(cause, true)`
+ * label and serial, Token.isSame) and reopens it if not, once CONFIRM_CHECKS
+ * more checks over a second agree (the token is served meanwhile: one failed
+ * check may be another process's login); `suspect(cause, true)`
  * (a sign refused for a lost session or token, `tokenLost`) reopens at once.
  * At most one check or attempt per RETRY_MS, so no client can make the key
  * server churn its token.
@@ -21,12 +23,18 @@
  * Reopening: the old signing workers finish what they were sent (a dead
  * token answers with errors at once) and stop, the module is finalised, then
  * the token is found again by its label or serial (its slot id may have
- * changed), logged in with the PIN read again, and new sessions, threads and a
- * key scan follow, all in `open`, with a single attempt. Meanwhile, and while
+ * changed), logged in with the PIN read again (never one the token refused:
+ * refused-pin.ts), and new sessions, threads and a key scan follow, all in
+ * `open`, with a single attempt. Meanwhile, and while
  * the token cannot be opened, `parts` is undefined: requests that need the
  * token are refused SIGN_FAILED (retry, SPEC.md) on connections that stay
  * open, and each such request may start the next attempt, within RETRY_MS.
- * Every reopen is logged; failures to open are logged once a FAILURE_LOG_MS.
+ * A failed attempt also schedules the next one itself, RETRY_MS later: a key
+ * server whose /healthz answers 503 may get no requests at all (a load
+ * balancer or readiness probe takes it out of service), and it must still
+ * come back once the token does. Every reopen is logged and counted
+ * (`onAttempt`: opened or failed); a failure to open is logged when its
+ * reason changes, else once a FAILURE_LOG_MS.
  */
 import type { Logger } from '../shared/log.js';
 import type { SigningWorkers } from '../token/sign-workers.js';
@@ -41,6 +49,15 @@ export interface TokenParts {
 
 /** At most one check of the token, or attempt to open it, per this long. */
 const RETRY_MS = 1_000;
+/**
+ * A failed check is confirmed by this many more, this far apart, before the token is opened again: a
+ * check fails at times while another process logs in to the token (SoftHSM2 reads its token file as
+ * that login rewrites it: measured, a third to a half of back-to-back checks during a stream of
+ * logins, none once they stop), and a reopen costs every sign for its duration and the threads'
+ * restart. A token really re-created fails every check: it is opened again a second later.
+ */
+const CONFIRM_CHECKS = 10;
+const CONFIRM_PAUSE_MS = 100;
 /** A token that stays unopenable is logged once per this long, not on every attempt. */
 const FAILURE_LOG_MS = 60_000;
 
@@ -53,20 +70,29 @@ export function tokenLost(reason: string): boolean {
   return LOST.test(reason);
 }
 
+/** How an attempt to open the token again ended (a metric label: bounded). */
+export type ReopenResult = 'opened' | 'failed';
+
 export class LiveToken {
   #parts: TokenParts | undefined;
   readonly #open: () => TokenParts;
   readonly #log: Logger;
+  readonly #onAttempt: (result: ReopenResult) => void;
+  #retryTimer: NodeJS.Timeout | undefined;
   #checkedAt = 0;
   #failureLoggedAt = -Infinity;
+  #failureLogged = '';
   #reopening: Promise<void> | undefined;
+  /** A failed check being confirmed (#confirm) before the token is opened again. */
+  #confirming = false;
   #closed = false;
 
   /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
-  constructor(parts: TokenParts, open: () => TokenParts, log: Logger) {
+  constructor(parts: TokenParts, open: () => TokenParts, log: Logger, onAttempt: (result: ReopenResult) => void = () => {}) {
     this.#parts = parts;
     this.#open = open;
     this.#log = log;
+    this.#onAttempt = onAttempt;
   }
 
   /** The open token's parts; undefined while it is being opened again, or could not be. */
@@ -76,16 +102,36 @@ export class LiveToken {
 
   /** Something looks wrong with the token (`cause`, for the log); `lost`: the token said it is gone. */
   suspect(cause: string, lost = false): void {
-    if (this.#closed || this.#reopening !== undefined) return;
+    if (this.#closed || this.#reopening !== undefined || (this.#confirming && !lost)) return;
     const now = Date.now();
-    if (now - this.#checkedAt < RETRY_MS) return;
+    if (now - this.#checkedAt < RETRY_MS && !(this.#confirming && lost)) return;
     this.#checkedAt = now;
     const parts = this.#parts;
-    if (parts !== undefined && !lost && parts.token.isSame()) return;
+    if (parts === undefined || lost) return this.#startReopen(cause, parts);
+    if (parts.token.isSame()) return;
+    // Served as it is while the check is confirmed: one failure may be another process's login (Token.isSame).
+    this.#confirming = true;
+    void this.#confirm(parts.token).then((same) => {
+      this.#confirming = false;
+      this.#checkedAt = Date.now();
+      if (!same && !this.#closed && this.#reopening === undefined && this.#parts === parts) this.#startReopen(cause, parts);
+    });
+  }
+
+  #startReopen(cause: string, parts: TokenParts | undefined): void {
     this.#reopening = this.#reopen(cause, parts).finally(() => {
       this.#reopening = undefined;
       this.#checkedAt = Date.now();
     });
+  }
+
+  /** Whether any of CONFIRM_CHECKS more checks, CONFIRM_PAUSE_MS apart, finds the token the same; stops early once closed. */
+  async #confirm(token: Token): Promise<boolean> {
+    for (let check = 0; check < CONFIRM_CHECKS; check++) {
+      await new Promise((resolve) => setTimeout(resolve, CONFIRM_PAUSE_MS).unref());
+      if (this.#closed || token.closed || token.isSame()) return true;
+    }
+    return false;
   }
 
   /** Resolves once the signs sent to the token's threads are answered. */
@@ -95,6 +141,7 @@ export class LiveToken {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearTimeout(this.#retryTimer);
     await this.#reopening;
     const parts = this.#parts;
     this.#parts = undefined;
@@ -112,11 +159,22 @@ export class LiveToken {
       const parts = this.#open();
       this.#parts = parts;
       this.#failureLoggedAt = -Infinity;
+      this.#failureLogged = '';
+      // Opened on a request's attempt: the next one scheduled after a failure would only look at the token (C_GetTokenInfo) for nothing.
+      clearTimeout(this.#retryTimer);
+      this.#onAttempt('opened');
       this.#log.info({ token: parts.token.label, keys: parts.keys.size, sessions: parts.signers.size }, 'token opened again');
     } catch (err) {
-      if (Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
+      this.#onAttempt('failed');
+      // Not left to the next request: there may be none while /healthz answers 503. Past RETRY_MS of the `finally` in `suspect`.
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), RETRY_MS + 10).unref();
+      // A new reason is news (the token came back with another PIN, say); the same one, once a FAILURE_LOG_MS.
+      const reason = err instanceof Error ? err.message : String(err);
+      if (reason === this.#failureLogged && Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
       this.#failureLoggedAt = Date.now();
-      this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again on the next one, at most once a second');
+      this.#failureLogged = reason;
+      this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again every second');
     }
   }
 }

@@ -3,7 +3,8 @@
  *
  * Labels are bounded by construction: op and algorithm come from the protocol's
  * fixed tables, result from its error-code names, transport is unix|tls,
- * reason from DROP_REASONS (connections) or closed|deadline (signs). Key
+ * reason from DROP_REASONS (connections) or closed|deadline (signs), result
+ * opened|failed (token reopens). Key
  * ids, client names and peer addresses are never labels (per-key usage goes to
  * the periodic log line instead).
  *
@@ -130,6 +131,15 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
+  readonly tokenReopens = new Counter<'result'>({
+    name: `${PREFIX}token_reopens_total`,
+    help:
+      'Attempts to open the token again while the key server runs (it was re-created, removed or its sessions lost), by result: ' +
+      'opened, or failed (the token is not there or refuses the login; tried again every second, signs are refused SIGN_FAILED meanwhile).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   /** Signing threads up, read at each scrape; `watchSignThreads()` sets where from. */
   #signThreadsUp: () => number = () => 0;
 
@@ -147,6 +157,7 @@ export class KeyserverMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Every reason exported from the start at 0, so a rate() over it has a baseline.
     for (const reason of DROP_REASONS) this.connectionsDropped.inc({ reason }, 0);
+    for (const result of ['opened', 'failed'] as const) this.tokenReopens.inc({ result }, 0);
   }
 
   /** Where `sign_threads_up` reads the signing threads up at each scrape. */

@@ -19,8 +19,10 @@
  * serving a frozen object list to C_FindObjects until C_Finalize, so keys
  * added later would never be found (seen in a stress run: logins and key
  * creation by other processes next to a C_GetTokenInfo loop). `isSame()`
- * reads such a failure as a lost token, and its caller reopens the module,
- * which is also the cure for that state.
+ * reads such a failure as a lost token; since a check also fails now and
+ * then while another process logs in (and passes once it is done), its
+ * caller confirms a failure over a second before it reopens the module,
+ * which is also the cure for a failure that stays.
  *
  * pkcs11js binds one module instance per process: SoftHSM2 in particular reads
  * SOFTHSM2_CONF once, at C_Initialize. One Token per process.
@@ -40,6 +42,8 @@ export interface TokenOpenOptions {
   readonly pin: string;
   /** Where the PIN came from, for error messages (e.g. "env KEYEDGE_TOKEN_PIN"). */
   readonly pinSource: string;
+  /** Called with the token found, before the login; a throw aborts the open (a PIN it refused is not tried again). */
+  readonly beforeLogin?: (token: { label: string; serial: string }) => void;
 }
 
 export class Token {
@@ -76,6 +80,7 @@ export class Token {
     const pkcs11 = loadModule(options.modulePath);
     try {
       const { slot, info } = findToken(pkcs11, options.token, options.modulePath);
+      options.beforeLogin?.({ label: fixedString(info.label), serial: fixedString(info.serialNumber) });
       const management = tokenCall('C_OpenSession', () => pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
       login(pkcs11, management, fixedString(info.label), options.pinSource, options.pin);
       return new Token(pkcs11, slot, info, management);
