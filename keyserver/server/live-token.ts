@@ -119,7 +119,13 @@ export class LiveToken {
   }
 
   #startReopen(cause: string, parts: TokenParts | undefined): void {
-    this.#reopening = this.#reopen(cause, parts).finally(() => {
+    // Never a rejection left unhandled (it would end the key server): a step that throws is logged, and tried again later.
+    const reopen = this.#reopen(cause, parts).catch((err: unknown) => {
+      this.#log.error({ cause, reason: err instanceof Error ? err.message : String(err) }, 'opening the token again failed; trying again');
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), RETRY_MS + 10).unref();
+    });
+    this.#reopening = reopen.finally(() => {
       this.#reopening = undefined;
       this.#checkedAt = Date.now();
     });
