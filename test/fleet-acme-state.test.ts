@@ -12,7 +12,7 @@ import type { ManagedState } from '../proxy/acme/state.js';
 import { registerAcmeMetrics } from '../proxy/metrics.js';
 import { Registry } from 'prom-client';
 import { captureLog } from './helpers/keyserver.js';
-import type { EtcdStore } from '../proxy/store/etcd-store.js';
+import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import type { HeldLock } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
@@ -373,6 +373,27 @@ describe('ACME state shared on etcd', () => {
     ledgers[0]!.rememberRefusal('bad.example.test', 'the ask endpoint answered 403');
     await waitFor('node B to know the refusal', () => (ledgers[1]!.refused('bad.example.test') ? true : undefined));
     expect(ledgers[1]!.refused('good.example.test')).toBe(false);
+  });
+
+  it('makes no node take the issuer state or rebuild its challenge board for on-demand refusals, their expiry, or the order counters', async () => {
+    // The primary takes the issuer state and rebuilds the board on each 'acme' change (cluster.ts): a client sending
+    // random names that get refused made every node's primary do both, a walk of the whole mirror each, per refusal
+    // written and again per refusal etcd deleted when its lease ended.
+    const onDemand = loadProxyConfig(undefined, { acme: { directory: 'https://ca.test/dir', onDemand: { refusedSeconds: 1 } } }).acme!.onDemand!;
+    const prefix = '/acme-ondemand-storm/';
+    const writer = new FleetLedger(await node(prefix, 'storm-a'), onDemand, log);
+    const changes: StoreChange[] = [];
+    const watcher = await lab().store(prefix, 'storm-b', changes);
+    const refusals = 100;
+    for (let i = 0; i < refusals; i++) writer.rememberRefusal(`r${i}.storm.test`, 'the ask endpoint answered 403');
+    expect(await writer.takeOrderSlot('storm.test')).toBe('taken');
+    const refused = () => watcher.keys('acme/on-demand/refused/').length;
+    await waitFor('the refusals on the other node', () => (refused() === refusals ? true : undefined));
+    await waitFor('etcd to forget the refusals', () => (refused() === 0 ? true : undefined));
+    // A change of the issuer's state still tells the node, once; the watch gives it after every event above.
+    await watcher.client.put(`${prefix}acme/certificates/storm.test`).value('{}');
+    await waitFor('the issuer state change', () => (changes.includes('acme') ? true : undefined));
+    expect(changes.filter((c) => c === 'acme')).toHaveLength(1);
   });
 
   it('answers a limit read full without asking etcd again until an order it counts leaves the hour', async () => {

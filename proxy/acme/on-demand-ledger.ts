@@ -26,12 +26,12 @@
 import { LRUCache } from 'lru-cache';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import { ACME_ON_DEMAND, type EtcdStore } from '../store/etcd-store.js';
 
 const HOUR_MS = 3_600_000;
-const REFUSED = `${ACME}on-demand/refused/`;
-const ORDERS = `${ACME}on-demand/orders/`;
-const ORDERS_ALL = `${ACME}on-demand/orders-all`;
+const REFUSED = `${ACME_ON_DEMAND}refused/`;
+const ORDERS = `${ACME_ON_DEMAND}orders/`;
+const ORDERS_ALL = `${ACME_ON_DEMAND}orders-all`;
 const MAX_SHARED_REFUSALS = 10_000;
 /**
  * How often the shared refusals are counted again. Counting walks the whole

@@ -32,7 +32,7 @@ import { Mirror, type MirrorItem } from './mirror.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
 
 export type { StoreHealth } from './etcd-link.js';
-export { ACME, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
+export { ACME, ACME_ON_DEMAND, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
 
 /** Why `writeIf` wrote nothing: the lock is another holder's now, or the key changed since the revision the writer read. */
 export type WriteRefusal = 'lock-lost' | 'changed';

@@ -6,7 +6,14 @@
  *   <prefix>routes/<name>   a domain, as in the config file's `domains`
  *   <prefix>tickets         {"keys": [base64, newest first], "rotatedAt": ISO}
  *   <prefix>acme/...        the ACME issuer's shared state (acme/shared-state.ts,
- *                           acme/fleet-challenges.ts, acme/on-demand-ledger.ts)
+ *                           acme/fleet-challenges.ts)
+ *   <prefix>acme/on-demand/ the on-demand refusals and order counters
+ *                           (acme/on-demand-ledger.ts): no kind. The ledger
+ *                           reads them when it decides; an 'acme' change makes
+ *                           every primary take the issuer state and rebuild its
+ *                           challenge board (a walk of the mirror each), and a
+ *                           client sending random names writes a refusal per
+ *                           name, deleted again when its lease ends.
  *   <prefix>locks/<name>    lock keys (lock.ts), not state: never mirrored
  */
 import type { IKeyValue } from 'etcd3';
@@ -16,6 +23,7 @@ export const ROUTES = 'routes/';
 export const TICKETS = 'tickets';
 export const LOCKS = 'locks/';
 export const ACME = 'acme/';
+export const ACME_ON_DEMAND = `${ACME}on-demand/`;
 
 export type StoreChange = 'certificates' | 'routes' | 'tickets' | 'acme';
 
@@ -24,6 +32,7 @@ export function kindOf(key: string): StoreChange | undefined {
   if (key.startsWith(CERTS)) return 'certificates';
   if (key.startsWith(ROUTES)) return 'routes';
   if (key === TICKETS) return 'tickets';
+  if (key.startsWith(ACME_ON_DEMAND)) return undefined;
   if (key.startsWith(ACME)) return 'acme';
   return undefined;
 }
