@@ -7,9 +7,20 @@
  * timeouts so a lost leader is replaced within about a second.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitFor } from './proxy-cluster.js';
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
+
+/** The process's state letter from /proc/<pid>/stat ('T': stopped), or undefined once it is gone. */
+function processState(pid: number): string | undefined {
+  try {
+    return /\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
 import { freePort } from './proxy-lab.js';
 
 export const ETCD = '/usr/bin/etcd';
@@ -88,7 +99,12 @@ export async function startEtcdCluster(dir: string, count = 3): Promise<EtcdClus
         if (member.running()) child?.kill('SIGKILL');
         await exited;
       },
-      stall: () => void child?.kill('SIGSTOP'),
+      stall: () => {
+        if (child?.pid === undefined || !child.kill('SIGSTOP')) return;
+        // Returns once the kernel shows it stopped: the signal takes effect asynchronously (a loaded machine, a sandbox's
+        // kernel), and a request sent meanwhile was answered as if etcd had not stalled.
+        for (let i = 0; i < 200 && processState(child.pid) !== 'T'; i++) Atomics.wait(PAUSE, 0, 0, 5);
+      },
       resume: () => void child?.kill('SIGCONT'),
     };
     return member;
