@@ -96,6 +96,8 @@ export interface ProxyConfig {
   readonly shutdownGraceMs: number;
   /** A worker not serving this long after it was started is killed and replaced (it hangs in its start). */
   readonly workerStartTimeoutMs: number;
+  /** How long the primary waits for every worker to apply a reload (or an issued certificate) before calling it partial. */
+  readonly reloadApplyTimeoutMs: number;
   /** Managed certificates over ACME (proxy/acme/); null: off. */
   readonly acme: AcmeConfig | null;
   /**

@@ -73,6 +73,9 @@ export const PROXY_DEFAULTS = Object.freeze({
   shutdownGraceMs: 10_000,
   // A worker serves within seconds of its start even with 100,000 certificates (README, Performance); ten times that.
   workerStartTimeoutMs: 60_000,
+  // A reload is a message and a table swap in each worker (milliseconds; a whole state as a file, seconds at 100,000
+  // certificates): a worker silent this long is stopped or stuck, and the watchdog replaces it.
+  reloadApplyTimeoutMs: 30_000,
   // One node on its own needs no shared store: the certificate store directory is the embedded default.
   etcd: null,
   etcdSettings: Object.freeze({

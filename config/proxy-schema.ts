@@ -190,6 +190,7 @@ export const proxyFileSchema = strict(
     log: strict({ level: z.enum(LOG_LEVELS, { error: `expected one of: ${LOG_LEVELS.join(', ')}` }).optional() }, 'an object').optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
     workerStartTimeoutMs: intIn(1_000, 3_600_000).optional(),
+    reloadApplyTimeoutMs: intIn(1_000, 600_000).optional(),
     etcd: etcdSectionSchema.nullable().optional(),
     forwarding: strict(
       { trustedProxies: z.array(addressBlock, { error: 'expected an array of addresses or CIDR blocks' }).optional() },

@@ -76,6 +76,7 @@ export function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): P
     log: { level: c.log?.level ?? D.log.level },
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     workerStartTimeoutMs: c.workerStartTimeoutMs ?? D.workerStartTimeoutMs,
+    reloadApplyTimeoutMs: c.reloadApplyTimeoutMs ?? D.reloadApplyTimeoutMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
     etcd:
       c.etcd === undefined || c.etcd === null

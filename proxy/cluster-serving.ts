@@ -3,7 +3,7 @@
  * to its workers: each reload's delta goes to every synced worker, as a file
  * when large (serving/pack.ts), and the reload coordinator
  * (serving/coordinator.ts) commits it once they answered or
- * APPLY_TIMEOUT_MS passed. A worker that starts gets the committed state,
+ * `reloadApplyTimeoutMs` passed. A worker that starts gets the committed state,
  * then the delta being applied, if any.
  */
 import type { Worker } from 'node:cluster';
@@ -15,9 +15,6 @@ import { Distribution } from './serving/distribute.js';
 import { PackShelf } from './serving/pack.js';
 import type { ServingSource } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
-
-/** How long the primary waits for every worker to apply a reload before calling it partial. */
-export const APPLY_TIMEOUT_MS = 30_000;
 
 export interface Serving {
   readonly packs: PackShelf<Worker>;
@@ -35,12 +32,13 @@ export interface Serving {
 
 /**
  * Certificate distribution: each reload's delta goes to every synced worker (as a file when large, serving/pack.ts)
- * and is committed once they answered or APPLY_TIMEOUT_MS passed.
+ * and is committed once they answered or `applyTimeoutMs` (the config's `reloadApplyTimeoutMs`) passed.
  */
 export function distributeServing(
   source: ServingSource,
   log: Logger,
   metrics: { reloads: { inc(labels: { trigger: string; result: string }): void }; warnExpiry: (changed?: readonly string[]) => void },
+  applyTimeoutMs: number,
 ): Serving {
   // Large deltas (a worker's whole state) go to workers as files, not through the IPC pipe (serving/pack.ts).
   // The newest whole state stays in the state directory: the next start sends it again rather than reading the store (serving/kept.ts).
@@ -70,8 +68,8 @@ export function distributeServing(
             new Promise<string | undefined>((resolve) => {
               const timer = setTimeout(() => {
                 acks.delete(worker);
-                resolve(`worker ${worker.id}: no answer within ${APPLY_TIMEOUT_MS} ms`);
-              }, APPLY_TIMEOUT_MS);
+                resolve(`worker ${worker.id}: no answer within ${applyTimeoutMs} ms`);
+              }, applyTimeoutMs);
               acks.set(worker, (message) => {
                 if (message.generation !== delta.generation) return;
                 clearTimeout(timer);

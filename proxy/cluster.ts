@@ -40,7 +40,7 @@ import { watchBackground } from './cluster-background.js';
 import { ClusterMetrics } from './cluster-metrics.js';
 import { onWorkerMessage } from './cluster-on-worker-message.js';
 import { primaryMetrics } from './cluster-primary-metrics.js';
-import { APPLY_TIMEOUT_MS, distributeServing } from './cluster-serving.js';
+import { distributeServing } from './cluster-serving.js';
 import { untilStopped } from './cluster-shutdown.js';
 import { startServing } from './cluster-startup.js';
 import { WorkerSupervisor } from './cluster-supervisor.js';
@@ -108,7 +108,7 @@ async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: 
   let onStoreChange: (changes: ReadonlySet<StoreChange>) => void = () => {};
   const { shared, source, configFile, refusedAtStart } = await startServing(config, log, (changes) => onStoreChange(changes));
   const metrics = primaryMetrics(log, shared, source, refusedAtStart);
-  const serving = distributeServing(source, log, metrics);
+  const serving = distributeServing(source, log, metrics, config.reloadApplyTimeoutMs);
   const ticketRing = await startTickets({ config, log, shared, synced: serving.synced, coordinator: serving.coordinator });
   const board = new ChallengeBoard(serving.synced);
   const acme = startAcmeService(config, log, { shared, source, coordinator: serving.coordinator, registry: metrics.registry, board });
@@ -132,7 +132,7 @@ async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: 
       board.gone(worker);
     },
     applying: (worker) => serving.acks.has(worker),
-    applyAllowanceMs: APPLY_TIMEOUT_MS,
+    applyAllowanceMs: config.reloadApplyTimeoutMs,
   });
   let admin: http.Server | undefined;
   try {

@@ -60,14 +60,19 @@ beforeAll(async () => {
   acmeLab = await startAcmeLab({ env: { PEBBLE_AUTHZREUSE: '100' } });
   ({ pebble, keyserverConfig } = acmeLab);
   front = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile);
-  proxy = await acmeLab.startProxy(['*.fault.test'], {
-    directory: front.directory,
-    timeoutMs: 2_000,
-    // Polls of a stuck order wait 0.25, 0.5, 1, 2, then 4 s: a 7 s deadline is past at the poll after them (at 8 s
-    // it was not, and a 5 s wait more followed); a real order here takes a second or two.
-    orderTimeoutSeconds: 7,
-    renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
-  });
+  proxy = await acmeLab.startProxy(
+    ['*.fault.test'],
+    {
+      directory: front.directory,
+      timeoutMs: 2_000,
+      // Polls of a stuck order wait 0.25, 0.5, 1, 2, then 4 s: a 7 s deadline is past at the poll after them (at 8 s
+      // it was not, and a 5 s wait more followed); a real order here takes a second or two.
+      orderTimeoutSeconds: 7,
+      renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
+    },
+    // The stopped-worker cases wait this out (30 s by default); an apply here takes milliseconds.
+    { reloadApplyTimeoutMs: 10_000 },
+  );
   root = await pebble.rootFile();
   const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME] }));
   expect(issued.status, issued.text).toBe(200);

@@ -37,6 +37,9 @@ describe('proxy config', () => {
     expect(config.keyserver.healthIntervalMs).toBe(PROXY_DEFAULTS.keyserver.healthIntervalMs);
     expect(config.httpRedirect).toBeNull();
     expect(config.listen).toEqual([{ host: '127.0.0.1', port: 8443, profile: 'intermediate', http2: true }]);
+    expect(config.reloadApplyTimeoutMs).toBe(30_000);
+    expect(loadProxyConfig(write('apply.json', { reloadApplyTimeoutMs: 5_000 })).reloadApplyTimeoutMs).toBe(5_000);
+    expect(() => loadProxyConfig(write('apply-bad.json', { reloadApplyTimeoutMs: 10 }))).toThrow(/reloadApplyTimeoutMs/);
   });
 
   it('puts the certificate store under the state directory unless told otherwise', () => {

@@ -36,7 +36,8 @@ export interface AcmeLab {
    * A 2-worker proxy (`acme`) serving `patterns` to the lab's origin, its plain-HTTP port the one pebble validates on,
    * with `acme(overrides)` as its acme section.
    */
-  startProxy(patterns: readonly string[], overrides?: Record<string, unknown>): Promise<ClusterProxy>;
+  /** `overrides`: of the acme section; `top`: of the proxy config's other fields. */
+  startProxy(patterns: readonly string[], overrides?: Record<string, unknown>, top?: Record<string, unknown>): Promise<ClusterProxy>;
   /** Runs the built `keyedge` CLI. */
   cli(args: readonly string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Stops pebble and the lab (the test stops its proxies first). */
@@ -67,7 +68,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
       keyserverConfig,
       httpPort,
       acme,
-      startProxy: (patterns, overrides = {}) =>
+      startProxy: (patterns, overrides = {}, top = {}) =>
         startClusterProxy(
           lab,
           'acme',
@@ -76,6 +77,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
               httpRedirect: { host: '127.0.0.1', port: httpPort },
               domains: patterns.map((name) => ({ name, origin: `http://127.0.0.1:${lab.origin.port}` })),
               acme: acme(overrides),
+              ...top,
             }),
           {},
           90_000,
