@@ -9,6 +9,15 @@
  * `floor`, the highest revision this node has served (kept in cache.ts's
  * file across restarts), so the node never goes back to an older state.
  *
+ * `keys(under)` costs what it returns, not the whole mirror: the first call
+ * for an `under` builds an index of the keys below it (one walk), kept up to
+ * date by every set, delete and snapshot from then on. Callers ask for a few
+ * fixed prefixes (certs/, routes/, the ACME state's parts), several of them on
+ * every ACME change or once a second, and a fleet with 100,000 certificate
+ * names holds as many keys: a walk each time cost milliseconds per call.
+ * An index keeps the mirror's own (insertion) order, so the answer is the
+ * same as a walk's.
+ *
  * Every change is told once, by kind (layout.ts), to `onChange`; the
  * certificates and routes follow to the on-disk cache a moment later (a
  * burst of writes costs one file write). Secrets: the ticket keys are held
@@ -20,6 +29,12 @@ import { CERTS, kindOf, LOCKS, ROUTES, type StoreChange } from './layout.js';
 
 /** The on-disk cache follows the mirror this long after a change: a burst of writes costs one file write. */
 const CACHE_DEBOUNCE_MS = 500;
+
+/**
+ * At most this many `under` values get an index (each costs a prefix test per set or delete); callers use a handful of
+ * fixed prefixes, so one past this is a caller bug, and it is answered by a walk rather than grow the set.
+ */
+const MAX_INDEXES = 32;
 
 export interface MirrorItem {
   readonly value: string;
@@ -38,6 +53,8 @@ export interface MirrorOptions {
 export class Mirror {
   readonly #options: MirrorOptions;
   #items = new Map<string, MirrorItem>();
+  /** `under` to the keys below it (whole keys, in the order `#items` holds them); built on first ask. */
+  #indexes = new Map<string, Set<string>>();
   #revision = 0;
   #floor = 0;
   #cacheTimer: NodeJS.Timeout | undefined;
@@ -60,7 +77,7 @@ export class Mirror {
   loadCache(): number | undefined {
     const cached = readCache(this.#options.cacheFile, this.#options.prefix);
     if (cached === undefined) return undefined;
-    this.#items = new Map(Object.entries(cached.entries));
+    this.#take(new Map(Object.entries(cached.entries)));
     this.#revision = this.#floor = cached.revision;
     return cached.revision;
   }
@@ -71,7 +88,10 @@ export class Mirror {
 
   /** Keys below `under`, without it. */
   keys(under: string): string[] {
-    return [...this.#items.keys()].filter((k) => k.startsWith(under)).map((k) => k.slice(under.length));
+    const index = this.#indexes.get(under) ?? this.#index(under);
+    const keys: string[] = [];
+    for (const key of index ?? this.#walk(under)) keys.push(key.slice(under.length));
+    return keys;
   }
 
   /** Changes of keys below the prefix (`value` undefined: a delete), then the mirror is at `revision` at least. */
@@ -93,7 +113,7 @@ export class Mirror {
         if (kind !== undefined) changes.add(kind);
       }
     }
-    this.#items = next;
+    this.#take(next);
     this.#revision = revision;
     this.#changed(changes);
   }
@@ -114,9 +134,33 @@ export class Mirror {
     if (value === undefined) {
       if (held === undefined) return;
       this.#items.delete(key);
-    } else this.#items.set(key, { value, modRevision: revision });
+      for (const [under, index] of this.#indexes) if (key.startsWith(under)) index.delete(key);
+    } else {
+      this.#items.set(key, { value, modRevision: revision });
+      // A new key goes last in `#items` and so last in each index (Set.add keeps an existing key where it is, as Map.set does).
+      if (held === undefined) for (const [under, index] of this.#indexes) if (key.startsWith(under)) index.add(key);
+    }
     const kind = kindOf(key);
     if (kind !== undefined) changes.add(kind);
+  }
+
+  /** `items` in place of what the mirror held; every index is rebuilt from it (one walk per index, as the swap itself walks). */
+  #take(items: Map<string, MirrorItem>): void {
+    this.#items = items;
+    for (const under of this.#indexes.keys()) this.#indexes.set(under, new Set(this.#walk(under)));
+  }
+
+  /** A new index for `under`, kept from now on; undefined past MAX_INDEXES. */
+  #index(under: string): Set<string> | undefined {
+    if (this.#indexes.size >= MAX_INDEXES) return undefined;
+    const index = new Set(this.#walk(under));
+    this.#indexes.set(under, index);
+    return index;
+  }
+
+  /** The keys below `under` by a walk of the whole mirror, in its order. */
+  *#walk(under: string): Generator<string> {
+    for (const key of this.#items.keys()) if (key.startsWith(under)) yield key;
   }
 
   #changed(changes: ReadonlySet<StoreChange>): void {
