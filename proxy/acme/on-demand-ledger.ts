@@ -34,11 +34,11 @@ const ORDERS = `${ACME_ON_DEMAND}orders/`;
 const ORDERS_ALL = `${ACME_ON_DEMAND}orders-all`;
 const MAX_SHARED_REFUSALS = 10_000;
 /**
- * How often the shared refusals are counted again. Counting walks the whole
- * mirror (every certificate's keys too, 100,000 names in a large fleet), and
- * was done for each refusal: a client sending random names the ask endpoint
- * refuses made the primary walk it hundreds of times a second. Between counts
- * the refusals this node shares are added to the last count.
+ * How often the shared refusals are counted again. Counting lists up to
+ * 10,000 refusals (the mirror's per-prefix index, mirror.ts; it was a walk of
+ * the whole mirror), and was done for each refusal: a client sending random
+ * names the ask endpoint refuses made the primary do it hundreds of times a
+ * second. Between counts the refusals this node shares are added to the last count.
  */
 const RECOUNT_MS = 1_000;
 /** Transactions tried when other nodes keep moving the counters. */

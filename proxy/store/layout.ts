@@ -11,7 +11,7 @@
  *                           (acme/on-demand-ledger.ts): no kind. The ledger
  *                           reads them when it decides; an 'acme' change makes
  *                           every primary take the issuer state and rebuild its
- *                           challenge board (a walk of the mirror each), and a
+ *                           challenge board (work for each), and a
  *                           client sending random names writes a refusal per
  *                           name, deleted again when its lease ends.
  *   <prefix>locks/<name>    lock keys (lock.ts), not state: never mirrored
