@@ -5,9 +5,12 @@
  * (NODE_OPTIONS=--require), driven by files in a control directory:
  * `thread-start` makes a signing thread's load of pkcs11js fail with EMFILE
  * (as under a file limit), `thread-crash` ends a thread in the middle of its
- * batch, `scan` makes the main thread's token scan (C_FindObjectsInit) fail.
+ * batch, `scan` makes the main thread's token scan (C_FindObjectsInit) fail,
+ * `thread-hang` makes a thread's C_Sign block for good (an open(2) of a FIFO
+ * no one writes to: a call stuck in native code, as in an HSM that stopped
+ * answering, which no worker.terminate() interrupts).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -54,6 +57,7 @@ Module._load = function (request, ...rest) {
     const sign = proto.C_Sign;
     proto.C_Sign = function (...args) {
       if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
+      if (existsSync(join(dir, 'thread-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       return sign.apply(this, args);
     };
   }
@@ -73,10 +77,18 @@ let adminPort: number;
 /** `keyedge_keyserver_sign_threads_up` from the admin listener. */
 const threadsUp = (): Promise<number> => metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up');
 
+/** Kept short for the case that stops the key server with a sign hung in the token. */
+const SHUTDOWN_GRACE_MS = 1_000;
+
 /** The child's log lines with this message; throws once the key server has exited. */
 function logLines(msg: RegExp): Record<string, unknown>[] {
   if (child.exitCode !== null || child.signalCode !== null)
     throw new Error(`the key server exited (${child.exitCode ?? child.signalCode}):\n${output.slice(-1500)}`);
+  return loggedLines(msg);
+}
+
+/** The child's log lines with this message, exited or not. */
+function loggedLines(msg: RegExp): Record<string, unknown>[] {
   return output
     .split('\n')
     .filter((line) => line.startsWith('{'))
@@ -102,7 +114,7 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'inject.cjs'), INJECT);
   const config = testConfig(dir);
   key = provisionKeys(config, [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
-  const configFile = writeConfigFile(dir, { log: { level: 'info' } });
+  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits: { shutdownGraceMs: SHUTDOWN_GRACE_MS } });
   mkdirSync(control);
   // Every signing thread fails its start from the first.
   fault('thread-start', true);
@@ -118,9 +130,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   client?.close();
-  if (child !== undefined && child.exitCode === null) {
+  if (child !== undefined && child.exitCode === null && child.signalCode === null) {
     child.kill('SIGTERM');
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
     await new Promise((resolve) => child.once('exit', resolve));
+    clearTimeout(killer);
   }
   if (dir !== undefined) removeDir(dir);
 });
@@ -177,3 +191,34 @@ it('SIGHUP with a token scan that fails: logged, and the key server keeps runnin
   await waitFor('a second SIGHUP', () => logLines(/^SIGHUP: rescanning the token$/).length === 2 || undefined);
   await burst();
 });
+
+it('a sign that hangs inside the token: its thread is logged and counted as stuck, the client answered meanwhile', async () => {
+  // Before: nothing said the token had stopped answering; only the clients' DEADLINE_EXCEEDED showed anything.
+  execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+  fault('thread-hang', true);
+  const messages = Array.from({ length: 200 }, () => randomBytes(40));
+  const results = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
+  const refused = results.filter((result) => result.status === 'rejected');
+  // Past the inline budget, signs went to the threads and hung there: answered DEADLINE_EXCEEDED, not left waiting.
+  expect(refused.length).toBeGreaterThan(0);
+  expect(String(refused[0]!.reason)).toMatch(/DEADLINE_EXCEEDED/);
+  // Twice limits.requestTimeoutMs (2 s by default), checked every second.
+  const stuck = await waitFor('the stuck signs logged', () => logLines(/^signs inside the token are not coming back/)[0], 10_000);
+  expect(stuck).toMatchObject({ threads: expect.any(Number), signs: expect.any(Number), stuckAfterMs: 4_000 });
+  expect(stuck.threads as number).toBeGreaterThanOrEqual(1);
+  expect(stuck.longestMs as number).toBeGreaterThan(4_000);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
+}, 20_000);
+
+it('SIGTERM with a sign hung inside the token: the key server stops after its grace, saying so, rather than never', async () => {
+  // Before: the stop waited for the hung sign for ever (and a normal exit joins the stuck thread).
+  const stopping = Date.now();
+  child.kill('SIGTERM');
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const bound = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS + 8_000).unref());
+  await Promise.race([exited, bound]);
+  expect(child.signalCode, `still running ${Date.now() - stopping} ms after SIGTERM:\n${output.slice(-1500)}`).toBe('SIGTERM');
+  const line = loggedLines(/^key server stopping with signs still inside the token/)[0];
+  expect(line).toMatchObject({ signsInToken: expect.any(Number), shutdownGraceMs: SHUTDOWN_GRACE_MS });
+  expect(output).not.toContain(readUserPin(dir));
+}, 20_000);

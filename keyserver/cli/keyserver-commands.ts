@@ -8,6 +8,7 @@ import { KeyserverClient } from '../client/client.js';
 import { UsageError } from '../shared/errors.js';
 import { startKeyserver } from '../server/daemon.js';
 import { type Command, parseCommandArgs } from '../shared/command.js';
+import type { Logger } from '../shared/log.js';
 
 const KEYSERVER_USAGE = `Usage: keyedge keyserver [--config FILE]
 
@@ -16,13 +17,36 @@ never leave the PKCS#11 token. Without --config it uses the embedded default:
 a SoftHSM2 token under ./var (created on first run), a unix socket at
 ./var/keyserver.sock and metrics on http://127.0.0.1:9464/metrics.
 
-Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish),
-SIGHUP rescans the token for keys.
+Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to
+limits.shutdownGraceMs; signs the token has not answered by then are left
+in it and the process ends by the signal), SIGHUP rescans the token for keys.
 
 Options:
   --config FILE   JSON config (see config/keyserver.json)
   --help          this text
 `;
+
+/** How long past limits.shutdownGraceMs a stop may take before the process ends anyway. */
+const STOP_MARGIN_MS = 5_000;
+/** How long the exit waits for the log to be written out. */
+const LOG_FLUSH_WAIT_MS = 1_000;
+
+/**
+ * Ends the process by the signal that asked it to stop, with its default action (the handler was a `once`):
+ * a thread stuck inside the PKCS#11 module cannot be joined, and Node joins its threads on a normal exit
+ * (process.exit() included), so only a signal ends it. Death by SIGTERM is what a supervisor expects of a stop.
+ * The log is written out first.
+ */
+function exitBySignal(log: Logger, signal: NodeJS.Signals): void {
+  const exit = (): void => {
+    process.removeAllListeners(signal);
+    process.kill(process.pid, signal);
+  };
+  // A pipe to a collector that takes nothing more must not hold the exit.
+  // Not unref'd: an event loop left empty would end the process normally, and that waits for the stuck thread.
+  setTimeout(exit, LOG_FLUSH_WAIT_MS);
+  log.flush(exit);
+}
 
 export const keyserverCommand: Command = {
   name: 'keyserver',
@@ -44,14 +68,25 @@ export const keyserverCommand: Command = {
         server.log.error({ err }, 'SIGHUP: the token scan failed; the keys already loaded stay in use');
       }
     });
-    await new Promise<void>((resolve) => {
-      const stop = (signal: string): void => {
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      const stop = (signal: NodeJS.Signals): void => {
         server.log.info({ signal }, 'stopping');
-        void server.close().then(resolve);
+        // A backstop: the stop is bounded by the grace; past it and a margin, nothing is left to wait for. Kept
+        // referenced: an empty event loop would end the process normally, which waits for any stuck thread.
+        const backstop = setTimeout(() => {
+          server.log.error({ signal, shutdownGraceMs: config.limits.shutdownGraceMs }, 'the key server did not stop within its grace: exiting anyway');
+          exitBySignal(server.log, signal);
+        }, config.limits.shutdownGraceMs + STOP_MARGIN_MS);
+        void server.close().then((result) => {
+          if (result.signsLeftInToken > 0) return exitBySignal(server.log, signal);
+          clearTimeout(backstop);
+          resolve(signal);
+        });
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
     });
+    server.log.debug({ signal }, 'stopped');
     return 0;
   },
 };

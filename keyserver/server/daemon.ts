@@ -8,7 +8,9 @@
  * `close()` is the graceful shutdown (SIGTERM): listeners stop accepting, new
  * requests on open connections are answered SHUTTING_DOWN, requests already
  * running finish (up to `limits.shutdownGraceMs`), then connections, sessions
- * and the token are closed.
+ * and the token are closed. Signs still inside the token at the end of the
+ * grace (a token that stopped answering) are left there: the token is not
+ * finalized under them, the stop is logged, and `close()` says how many.
  *
  * Connections are admitted by admission.ts (caps overall and per client
  * identity; a newcomer at a cap evicts a stalled or idle connection rather
@@ -27,7 +29,7 @@ import type tls from 'node:tls';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { prepareEmbeddedToken, readPinFile } from '../token/embedded.js';
-import { SigningWorkers } from '../token/sign-workers.js';
+import { SigningWorkers, stuckAfterMs } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../shared/errors.js';
 import { startAdmin } from './admin.js';
@@ -53,7 +55,15 @@ export interface RunningKeyserver {
   /** Looks for keys added to or removed from the token since the last scan, and opens the token again if it was replaced. */
   rescanKeys(): void;
   /** Graceful shutdown; safe to call more than once. */
-  close(): Promise<void>;
+  close(): Promise<ShutdownResult>;
+}
+
+export interface ShutdownResult {
+  /**
+   * Signs the token had not answered by the end of the grace: their threads are still inside the module, so the
+   * token was left open, and the process cannot end normally (Node joins its threads on exit): its owner ends it.
+   */
+  readonly signsLeftInToken: number;
 }
 
 export interface StartOptions {
@@ -69,6 +79,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const closers: (() => Promise<void> | void)[] = [() => token.close()];
   try {
     let live: LiveToken | undefined;
+    const stuck = { stuckAfterMs: stuckAfterMs(config.limits.requestTimeoutMs), onStuck: (delta: number) => metrics.signThreadsStuck.inc(delta) };
     const build = (opened: Token): TokenParts => {
       const keys = new KeyStore(
         opened,
@@ -77,7 +88,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         undefined,
         (cause) => live?.suspect(cause),
       );
-      return { token: opened, keys, signers: new SigningWorkers(opened, openOptions.modulePath, config.pkcs11.sessions, log) };
+      return { token: opened, keys, signers: new SigningWorkers(opened, openOptions.modulePath, config.pkcs11.sessions, log, stuck) };
     };
     const parts = build(token);
     const { keys, signers } = parts;
@@ -94,7 +105,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     );
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
-    closers.splice(0, closers.length, () => liveToken.close());
+    const closeToken = (): Promise<void> => liveToken.close();
+    closers.splice(0, closers.length, closeToken);
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
     const service = new SigningService({ token: liveToken, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();
@@ -208,8 +220,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       'key server ready',
     );
 
-    let closing: Promise<void> | undefined;
-    const close = (): Promise<void> => {
+    let closing: Promise<ShutdownResult> | undefined;
+    const close = (): Promise<ShutdownResult> => {
       closing ??= (async () => {
         log.info({ inFlight: [...connections].reduce((n, c) => n + c.inFlight, 0) }, 'key server shutting down');
         service.drain();
@@ -224,8 +236,20 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         await Promise.race([liveToken.drained(), grace]);
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
+        // Past the grace, a sign still in the token is one it is not answering: closing the token would wait for it
+        // for ever (no C_Finalize under a running call, PKCS#11 v2.40 §5.4), and no client is served by waiting.
+        const held = liveToken.inToken();
+        if (held.signs > 0) {
+          log.error(
+            { signsInToken: held.signs, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
+            'key server stopping with signs still inside the token past limits.shutdownGraceMs (the token is not answering): the token is left open, not finalized',
+          );
+          await runClosers(closers.filter((closer) => closer !== closeToken));
+          return { signsLeftInToken: held.signs };
+        }
         await runClosers(closers);
         log.info('key server stopped');
+        return { signsLeftInToken: 0 };
       })();
       return closing;
     };

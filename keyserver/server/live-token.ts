@@ -21,8 +21,9 @@
  * server churn its token.
  *
  * Reopening: the old signing workers finish what they were sent (a dead
- * token answers with errors at once) and stop, the module is finalised, then
- * the token is found again by its label or serial (its slot id may have
+ * token answers with errors at once; a hung one holds the reopen, logged by
+ * the workers' watch, stuck-signs.ts, with /healthz 503) and stop, the module
+ * is finalised, then the token is found again by its label or serial (its slot id may have
  * changed), logged in with the PIN read again (never one the token refused:
  * refused-pin.ts), and new sessions, threads and a key scan follow, all in
  * `open`, with a single attempt. Meanwhile, and while
@@ -86,6 +87,8 @@ export class LiveToken {
   /** A failed check being confirmed (#confirm) before the token is opened again. */
   #confirming = false;
   #closed = false;
+  /** The parts being closed for a reopen: their signs in the token are waited for before C_Finalize. */
+  #closing: TokenParts | undefined;
 
   /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
   constructor(parts: TokenParts, open: () => TokenParts, log: Logger, onAttempt: (result: ReopenResult) => void = () => {}) {
@@ -140,9 +143,15 @@ export class LiveToken {
     return false;
   }
 
-  /** Resolves once the signs sent to the token's threads are answered. */
-  drained(): Promise<void> {
-    return this.#parts?.signers.drained() ?? Promise.resolve();
+  /** Resolves once the signs sent to the token's threads are answered (those of parts being closed for a reopen too). */
+  async drained(): Promise<void> {
+    await Promise.all([this.#parts?.signers.drained(), this.#closing?.signers.drained()]);
+  }
+
+  /** Signs sent to the threads and not answered, the parts being closed included, and the longest a thread has been on one batch. */
+  inToken(): { readonly signs: number; readonly longestMs: number } {
+    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, longestMs: 0 });
+    return { signs: all.reduce((n, held) => n + held.signs, 0), longestMs: Math.max(...all.map((held) => held.longestMs)) };
   }
 
   async close(): Promise<void> {
@@ -157,8 +166,18 @@ export class LiveToken {
   async #reopen(cause: string, old: TokenParts | undefined): Promise<void> {
     this.#parts = undefined;
     if (old !== undefined) {
-      this.#log.warn({ cause, token: old.token.label }, 'the token is no longer the one opened (re-created, removed, or its sessions lost): opening it again');
-      await closeParts(old);
+      // The signs already in the token are waited for (never C_Finalize under a running call): a hung one is logged by its watch.
+      const { signs } = old.signers.inToken();
+      this.#log.warn(
+        { cause, token: old.token.label, signsInToken: signs },
+        'the token is no longer the one opened (re-created, removed, or its sessions lost): opening it again once the signs in it are answered',
+      );
+      this.#closing = old;
+      try {
+        await closeParts(old);
+      } finally {
+        this.#closing = undefined;
+      }
     }
     if (this.#closed) return;
     try {

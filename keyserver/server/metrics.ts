@@ -153,6 +153,14 @@ export class KeyserverMetrics {
     collect: (): void => this.signThreadsUp.set(this.#signThreadsUp()),
   });
 
+  readonly signThreadsStuck = new Gauge({
+    name: `${PREFIX}sign_threads_stuck`,
+    help:
+      'Signing threads whose call into the token has not come back for longer than twice limits.requestTimeoutMs (at least 1 s): ' +
+      'the token is not answering (logged); a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: PREFIX, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
     // Every reason exported from the start at 0, so a rate() over it has a baseline.

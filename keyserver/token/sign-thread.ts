@@ -23,8 +23,9 @@
  * batch posted cannot be taken back.
  *
  * Contract: `started` resolves once the first start is over, up or failed;
- * `up` says whether jobs may be sent; `load` (jobs queued or sent, not yet
- * answered) and `queue` are the owner's bookkeeping of jobs on this thread;
+ * `up` says whether jobs may be sent; `inToken()` how many signs were sent
+ * and not answered, and how long the thread has been on its current batch;
+ * `load` (jobs queued or sent, not yet answered) and `queue` are the owner's bookkeeping of jobs on this thread;
  * `stop()` ends it for good.
  */
 import { Worker } from 'node:worker_threads';
@@ -112,8 +113,10 @@ export class SignThread {
   /** Jobs not yet sent, oldest first, from `#head` on (taken from the front without copying the rest). */
   queue: Job[] = [];
   #head = 0;
-  /** Batches sent and not yet answered. */
-  #sent = 0;
+  /** Jobs in each batch sent and not yet answered, oldest first (at most WINDOW). */
+  #sent: number[] = [];
+  /** When the thread took up the oldest unanswered batch: it was sent, or the one before it answered. */
+  #busySince = 0;
   readonly #owner: ThreadOwner;
   /** Undefined while a failed thread waits for its restart, and once stopped. */
   #worker: Worker | undefined;
@@ -139,7 +142,7 @@ export class SignThread {
   send(): void {
     const worker = this.#worker;
     if (worker === undefined || !this.up) return;
-    while (this.#sent < WINDOW && this.#head < this.queue.length) {
+    while (this.#sent.length < WINDOW && this.#head < this.queue.length) {
       const batch: Job[] = [];
       while (this.#head < this.queue.length && batch.length < BATCH_MAX) {
         const job = this.queue[this.#head++]!;
@@ -148,8 +151,19 @@ export class SignThread {
       if (this.#head === this.queue.length) this.#emptyQueue();
       if (batch.length === 0) continue;
       worker.postMessage(batch);
-      this.#sent++;
+      if (this.#sent.length === 0) this.#busySince = performance.now();
+      this.#sent.push(batch.length);
     }
+  }
+
+  /**
+   * Signs sent to the thread and not answered, and how long it has been on its current batch (0 when idle).
+   * Jobs past their deadline are skipped (never started), so a healthy batch ends within the request
+   * deadline plus one sign: far longer means a call is not coming back from the token.
+   */
+  inToken(now: number): { readonly signs: number; readonly busyMs: number } {
+    if (this.#sent.length === 0) return { signs: 0, busyMs: 0 };
+    return { signs: this.#sent.reduce((sum, jobs) => sum + jobs, 0), busyMs: now - this.#busySince };
   }
 
   async stop(): Promise<void> {
@@ -174,7 +188,8 @@ export class SignThread {
     this.#worker = worker;
     worker.on('message', (message: JobResult[] | typeof THREAD_UP) => {
       if (message === THREAD_UP) return this.#up();
-      this.#sent--;
+      this.#sent.shift();
+      this.#busySince = performance.now();
       this.#owner.results(this, message);
       this.send();
     });
@@ -206,7 +221,7 @@ export class SignThread {
     );
     this.#startedResolve?.();
     if (!this.#stopped) this.#restartTimer = setTimeout(() => this.#restart(), delay).unref();
-    this.#sent = 0;
+    this.#sent = [];
     this.#owner.failed(this);
     this.load = 0;
     this.#emptyQueue();

@@ -44,7 +44,8 @@
  * passed before a worker got to it is skipped (rejects with 'deadline') and
  * costs the token nothing. One
  * request runs at a time per worker. `close()` waits for what was sent, then
- * stops the workers; the Token is closed after that by its owner. Signs are
+ * stops the workers (a sign that never comes back from the token holds it: it
+ * is logged and counted, stuck-signs.ts; `stuck()` says how many); the Token is closed after that by its owner. Signs are
  * refused only after `close()`.
  */
 import assert from 'node:assert/strict';
@@ -56,6 +57,7 @@ import type { TokenKey } from './keys.js';
 import { signPlan, type SignRequest } from './sign.js';
 import { SessionKeys } from './session-keys.js';
 import { DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
+import { type StuckSigns, StuckWatch } from './stuck-signs.js';
 import type { Token } from './token.js';
 
 /** Inline signs may take at most this share of the event loop's time... */
@@ -81,6 +83,19 @@ export function droppedUnsent(err: unknown): keyof typeof DROPPED | undefined {
   return undefined;
 }
 
+/** What watches for signs that do not come back from the token (stuck-signs.ts). */
+export interface StuckOptions {
+  /** A thread on one batch longer than this is stuck. */
+  readonly stuckAfterMs: number;
+  /** The change in stuck threads, for a gauge. */
+  readonly onStuck?: (delta: number) => void;
+}
+
+/** A thread is stuck past twice the request deadline (its jobs' deadlines are long past), and never under a second. */
+export function stuckAfterMs(requestTimeoutMs: number): number {
+  return Math.max(1_000, 2 * requestTimeoutMs);
+}
+
 interface Pending {
   lane: SignThread;
   readonly job: Job;
@@ -104,8 +119,9 @@ export class SigningWorkers {
   /** Token bucket of inline signing time (ms): refills at INLINE_SHARE of the time passing, up to INLINE_BURST_MS. */
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
+  readonly #watch: StuckWatch;
 
-  constructor(token: Token, modulePath: string, count: number, log: Logger) {
+  constructor(token: Token, modulePath: string, count: number, log: Logger, stuck: StuckOptions) {
     assert.ok(count >= 1);
     this.#token = token;
     // One session each for: management (the Token's), the inline path, every thread.
@@ -121,6 +137,25 @@ export class SigningWorkers {
       skip: (job) => this.#skip(job),
     };
     for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
+    this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
+  }
+
+  /** Signs sent to the threads and not answered, and the longest any thread has been on its current batch. */
+  inToken(): { readonly signs: number; readonly longestMs: number } {
+    const now = performance.now();
+    let signs = 0;
+    let longestMs = 0;
+    for (const lane of this.#lanes) {
+      const held = lane.inToken(now);
+      signs += held.signs;
+      longestMs = Math.max(longestMs, held.busyMs);
+    }
+    return { signs, longestMs: Math.round(longestMs) };
+  }
+
+  /** Threads whose call into the token has not come back for longer than the bound, and their signs. */
+  stuck(): StuckSigns {
+    return this.#watch.stuck();
   }
 
   /** Resolves once every thread has loaded or failed its first start (then it is restarting), at most READY_WAIT_MS. */
@@ -194,7 +229,10 @@ export class SigningWorkers {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#watch.closing = true;
+    // Never C_Finalize while a thread is inside the module (v2.40 §5.4): a sign that hangs in the token holds this (the watch logs it).
     await this.drained();
+    this.#watch.stop();
     await Promise.all(this.#lanes.map((lane) => lane.stop()));
     this.#sessionKeys.clear();
     this.#token.closeSession(this.#inlineSession);

@@ -1,0 +1,100 @@
+/**
+ * Signs that do not come back from the token: a watch over the signing
+ * threads that makes a token that stopped answering (an HSM hung, a network
+ * HSM's link silent) visible.
+ *
+ * Why: a C_Sign that never returns holds its thread for ever. Its client is
+ * answered DEADLINE_EXCEEDED, but a token reopen and the shutdown wait for the
+ * signs already in the token before C_Finalize (calling it while another
+ * thread is inside the module is undefined, PKCS#11 v2.40 §5.4), so without
+ * this the key server sat unready, or unstopped, with nothing in its log.
+ *
+ * A thread is stuck once it has been on one batch longer than `stuckAfterMs`
+ * (jobs past their deadline are skipped, so a healthy batch ends within the
+ * request deadline plus one sign). The first check that finds one logs a
+ * warning naming how many threads and signs and for how long (never what is
+ * signed, nor with which key); while it lasts, once a STUCK_LOG_MS more; once
+ * it ends, an info line. `onStuck` gets the change in stuck threads, for a
+ * gauge.
+ */
+import type { Logger } from '../shared/log.js';
+
+/** How often the threads are looked at: at most this late past `stuckAfterMs`... */
+const CHECK_MS = 1_000;
+/** ...and a token that stays stuck is logged again once per this long. */
+const STUCK_LOG_MS = 30_000;
+
+export interface InToken {
+  inToken(now: number): { readonly signs: number; readonly busyMs: number };
+}
+
+export interface StuckSigns {
+  /** Threads on one batch longer than the bound. */
+  readonly threads: number;
+  /** Signs sent to those threads and not answered. */
+  readonly signs: number;
+  /** The longest a stuck thread has been on its batch. */
+  readonly longestMs: number;
+}
+
+export class StuckWatch {
+  readonly #lanes: readonly InToken[];
+  readonly #stuckAfterMs: number;
+  readonly #log: Logger;
+  readonly #onStuck: (delta: number) => void;
+  readonly #timer: NodeJS.Timeout;
+  #stuckThreads = 0;
+  #loggedAt = -Infinity;
+  /** Set once the owner waits for the signs in the token before closing it (a reopen or the shutdown). */
+  closing = false;
+
+  constructor(lanes: readonly InToken[], stuckAfterMs: number, log: Logger, onStuck: (delta: number) => void) {
+    this.#lanes = lanes;
+    this.#stuckAfterMs = stuckAfterMs;
+    this.#log = log;
+    this.#onStuck = onStuck;
+    this.#timer = setInterval(() => this.#check(), Math.min(CHECK_MS, stuckAfterMs)).unref();
+  }
+
+  /** The threads stuck now, their signs and the longest wait. */
+  stuck(now = performance.now()): StuckSigns {
+    let threads = 0;
+    let signs = 0;
+    let longestMs = 0;
+    for (const lane of this.#lanes) {
+      const held = lane.inToken(now);
+      if (held.signs === 0 || held.busyMs <= this.#stuckAfterMs) continue;
+      threads++;
+      signs += held.signs;
+      longestMs = Math.max(longestMs, held.busyMs);
+    }
+    return { threads, signs, longestMs: Math.round(longestMs) };
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#onStuck(-this.#stuckThreads);
+    this.#stuckThreads = 0;
+  }
+
+  #check(): void {
+    const now = performance.now();
+    const stuck = this.stuck(now);
+    const was = this.#stuckThreads;
+    this.#onStuck(stuck.threads - was);
+    this.#stuckThreads = stuck.threads;
+    if (stuck.threads === 0) {
+      if (was > 0) this.#log.info('signs came back from the token: no signing thread is stuck any more');
+      return;
+    }
+    if (was > 0 && now - this.#loggedAt < STUCK_LOG_MS) return;
+    this.#loggedAt = now;
+    const fields = { ...stuck, stuckAfterMs: this.#stuckAfterMs };
+    if (this.closing)
+      this.#log.warn(
+        fields,
+        'signs inside the token are not coming back: the token is not answering; closing it waits for them (C_Finalize while a call runs is undefined, PKCS#11 v2.40 §5.4), and until then signs are refused',
+      );
+    else this.#log.warn(fields, 'signs inside the token are not coming back: the token is not answering; their threads are held until it does');
+  }
+}
