@@ -353,28 +353,28 @@ describe('a token re-created while the server runs', () => {
     // One look at the token a second at most.
     await sleep(1_100);
     server.rescanKeys();
-    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 5_000, interval: 100 });
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 15_000, interval: 100 });
     expect(await healthz()).toBe(503);
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', otherPin, '--so-pin', soPin!]);
     // No request from here on: the attempts go on by themselves; this PIN is refused, once.
     const failedThen = await reopens('failed');
-    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedThen + 1), { timeout: 5_000, interval: 100 });
+    await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedThen + 1), { timeout: 15_000, interval: 100 });
     expect(await healthz()).toBe(503);
     const failures = (): string[] => logs.find(/^the token cannot be opened/).map((line) => String((line.err as { message?: string }).message));
     const loginRefused = (): string[] => failures().filter((reason) => reason.startsWith("login to token 'keyedge' refused: CKR_PIN_INCORRECT"));
     // Once refused, that PIN is not tried on that token again (an HSM locks a PIN after a few wrong logins)...
     await vi.waitFor(() => expect(failures().at(-1)).toMatch(/^not logging in to token 'keyedge' again with the PIN it refused \(CKR_PIN_INCORRECT\)/), {
-      timeout: 5_000,
+      timeout: 15_000,
       interval: 100,
     });
     expect(loginRefused()).toHaveLength(1);
     // ...unless the operator asks (SIGHUP): one login again.
     server.rescanKeys();
-    await vi.waitFor(() => expect(loginRefused()).toHaveLength(2), { timeout: 5_000, interval: 100 });
+    await vi.waitFor(() => expect(loginRefused()).toHaveLength(2), { timeout: 15_000, interval: 100 });
     // Initialised again with the PIN configured: another token (serial), so the PIN is tried on it.
     softhsm(['--delete-token', '--token', 'keyedge']);
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
-    await vi.waitFor(async () => expect(await healthz()).toBe(200), { timeout: 5_000, interval: 100 });
+    await vi.waitFor(async () => expect(await healthz()).toBe(200), { timeout: 15_000, interval: 100 });
     expect(await reopens('opened')).toBe(openedBefore + 1);
     // The connection kept through it all still answers.
     expect((await unix.ping(Buffer.from('still here'))).toString()).toBe('still here');
@@ -383,5 +383,5 @@ describe('a token re-created while the server runs', () => {
     expect(loginRefused()[0]).toMatch(/\(the PIN comes from /);
     expect(logs.text()).not.toContain(pin!);
     expect(logs.text()).not.toContain(otherPin);
-  });
+  }, 90_000);
 });
