@@ -107,7 +107,11 @@ export class LiveToken {
   suspect(cause: string, lost = false): void {
     if (this.#closed || this.#reopening !== undefined || (this.#confirming && !lost)) return;
     const now = Date.now();
-    if (now - this.#checkedAt < RETRY_MS && !(this.#confirming && lost)) return;
+    if (now - this.#checkedAt < RETRY_MS && !(this.#confirming && lost)) {
+      // Too soon; a token not open is still tried once the time is up, whoever asked (a timer may fire a little early).
+      if (this.#parts === undefined) this.#retryIn(RETRY_MS - (now - this.#checkedAt));
+      return;
+    }
     this.#checkedAt = now;
     const parts = this.#parts;
     if (parts === undefined || lost) return this.#startReopen(cause, parts);
@@ -125,13 +129,21 @@ export class LiveToken {
     // Never a rejection left unhandled (it would end the key server): a step that throws is logged, and tried again later.
     const reopen = this.#reopen(cause, parts).catch((err: unknown) => {
       this.#log.error({ cause, reason: err instanceof Error ? err.message : String(err) }, 'opening the token again failed; trying again');
-      clearTimeout(this.#retryTimer);
-      this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), RETRY_MS + 10).unref();
     });
     this.#reopening = reopen.finally(() => {
       this.#reopening = undefined;
       this.#checkedAt = Date.now();
+      // Not left to the next request: there may be none while /healthz answers 503. Counted from here, where the
+      // rate limit in `suspect` counts from (a timer set at the failure fired within it on a loaded machine, and was dropped).
+      if (this.#parts === undefined) this.#retryIn(RETRY_MS);
     });
+  }
+
+  /** The next attempt at opening a token not open, `ms` from now (replacing one already scheduled). */
+  #retryIn(ms: number): void {
+    if (this.#closed) return;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), ms + 10).unref();
   }
 
   /** Whether any of CONFIRM_CHECKS more checks, CONFIRM_PAUSE_MS apart, finds the token the same; stops early once closed. */
@@ -191,9 +203,6 @@ export class LiveToken {
       this.#log.info({ token: parts.token.label, keys: parts.keys.size, sessions: parts.signers.size }, 'token opened again');
     } catch (err) {
       this.#onAttempt('failed');
-      // Not left to the next request: there may be none while /healthz answers 503. Past RETRY_MS of the `finally` in `suspect`.
-      clearTimeout(this.#retryTimer);
-      this.#retryTimer = setTimeout(() => this.suspect('the last attempt to open the token failed'), RETRY_MS + 10).unref();
       // A new reason is news (the token came back with another PIN, say); the same one, once a FAILURE_LOG_MS.
       const reason = err instanceof Error ? err.message : String(err);
       if (reason === this.#failureLogged && Date.now() - this.#failureLoggedAt < FAILURE_LOG_MS) return;
