@@ -60,6 +60,15 @@ function putItem(buf: Buffer, pos: number, tag: number, value: Uint8Array): numb
   return pos + ITEM_HEADER_BYTES + value.length;
 }
 
+/** A response whose body is one required item of 1..max bytes (PUBLIC_KEY, SIGNATURE). */
+function encodeOneItemFrame(opcode: number, opName: string, rawId: unknown, tag: number, value: unknown, max: number): Buffer {
+  const id = checkId(rawId, opName);
+  const bytes = checkBytes(value, tag, 1, max, opName, id);
+  const buf = newFrame(opcode, id, ITEM_HEADER_BYTES + bytes.length);
+  putItem(buf, HEADER_BYTES, tag, bytes);
+  return buf;
+}
+
 /** An empty payload is sent as no item at all; the decoder reads absence as empty. */
 function encodePayloadFrame(opcode: number, opName: string, id: number, payload: unknown): Buffer {
   const p = checkBytes(payload, Tag.PAYLOAD, 0, MAX_PAYLOAD_BYTES, opName, id);
@@ -105,20 +114,10 @@ export function encodeResponse(res: Response): Buffer {
   switch (res.op) {
     case 'pong':
       return encodePayloadFrame(Opcode.PONG, 'PONG', checkId(res.id, 'PONG'), res.payload);
-    case 'publicKey': {
-      const id = checkId(res.id, 'PUBLIC_KEY');
-      const spki = checkBytes(res.spki, Tag.PUBLIC_KEY, 1, MAX_PUBLIC_KEY_BYTES, 'PUBLIC_KEY', id);
-      const buf = newFrame(Opcode.PUBLIC_KEY, id, ITEM_HEADER_BYTES + spki.length);
-      putItem(buf, HEADER_BYTES, Tag.PUBLIC_KEY, spki);
-      return buf;
-    }
-    case 'signature': {
-      const id = checkId(res.id, 'SIGNATURE');
-      const sig = checkBytes(res.signature, Tag.SIGNATURE, 1, MAX_SIGNATURE_BYTES, 'SIGNATURE', id);
-      const buf = newFrame(Opcode.SIGNATURE, id, ITEM_HEADER_BYTES + sig.length);
-      putItem(buf, HEADER_BYTES, Tag.SIGNATURE, sig);
-      return buf;
-    }
+    case 'publicKey':
+      return encodeOneItemFrame(Opcode.PUBLIC_KEY, 'PUBLIC_KEY', res.id, Tag.PUBLIC_KEY, res.spki, MAX_PUBLIC_KEY_BYTES);
+    case 'signature':
+      return encodeOneItemFrame(Opcode.SIGNATURE, 'SIGNATURE', res.id, Tag.SIGNATURE, res.signature, MAX_SIGNATURE_BYTES);
     case 'error': {
       const id = checkId(res.id, 'ERROR');
       const code = res.code;
