@@ -65,14 +65,23 @@ describe('on-demand names', () => {
       isManaged: () => false,
       order: (name) => void ordered.push(name),
     });
-    for (const name of ['192.0.2.1', '10.0.0.1', '127.0.0.1', 'host.123', '*.x.test', 'a_b.x.test', 'x.test.', '-a.x.test']) {
+    // A reserved label, and A-labels that are not Punycode of a U-label (decoding to nothing; to "bu" and a combining
+    // diaeresis, not NFC): no CA issues for them.
+    const badIdn = ['ab--cd.x.test', 'xn--zz.x.test', 'xn--bucher-xyd.x.test', 'xn--mnchen-3ya.xn--ab.test'];
+    // 253 characters at most (RFC 1035 §2.3.4: 255 octets with the length bytes).
+    const longest = `${'a'.repeat(63)}.`.repeat(3).concat('a'.repeat(54), '.x.test');
+    expect(longest).toHaveLength(253);
+    for (const name of ['192.0.2.1', '10.0.0.1', '127.0.0.1', 'host.123', '*.x.test', 'a_b.x.test', 'x.test.', '-a.x.test', `a${longest}`, ...badIdn]) {
       expect(await gate.wanted(name), name).toBe('ignored');
     }
     expect(asked).toEqual([]);
     expect(await gate.wanted('www.x.test')).toBe('ordered');
     expect(await gate.wanted('xn--bcher-kva.x.test')).toBe('ordered');
     expect(await gate.wanted('1.x.test')).toBe('ordered');
-    expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test']);
+    // ß: kept by IDNA2008 (UTS 46 non-transitional), not mapped to "ss".
+    expect(await gate.wanted('xn--zca.x.test')).toBe('ordered');
+    expect(await gate.wanted(longest)).toBe('ordered');
+    expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test', 'xn--zca.x.test', longest]);
     expect(asked).toEqual(ordered);
   });
 
@@ -173,6 +182,7 @@ describe('on-demand names', () => {
     report('x'.repeat(16_000));
     report(`${'a'.repeat(63)}.`.repeat(4).concat('test'));
     report('192.0.2.1');
+    report('xn--zz.x.test');
     report('www.x.test');
     report('www.x.test');
     expect(sent).toEqual(['www.x.test']);

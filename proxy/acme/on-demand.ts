@@ -7,7 +7,8 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits) with a registrable domain
+ *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits; its `xn--` labels valid
+ *      Punycode, no other label with `--` in its third and fourth characters) with a registrable domain
  *      (below, gate 6: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
@@ -34,6 +35,7 @@
  * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
+import { domainToASCII, domainToUnicode } from 'node:url';
 import { LRUCache } from 'lru-cache';
 import { getDomain } from 'tldts';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
@@ -52,9 +54,27 @@ const LOG_BURST = 10;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
-/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits. */
+/**
+ * A label with `--` in its third and fourth characters is reserved (R-LDH, RFC 5890 §2.3.1) unless it is an A-label
+ * (`xn--`). A CA refuses it: Let's Encrypt answers rejectedIdentifier.
+ */
+const RESERVED_LDH = /(^|\.)(?!xn)[a-z0-9]{2}--/;
+
+/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits, its A-labels valid. */
 function isDnsName(name: string): boolean {
-  return name.length <= 253 && DNS_NAME.test(name);
+  return name.length <= 253 && DNS_NAME.test(name) && validALabels(name);
+}
+
+/**
+ * No reserved label but A-labels, and each A-label the Punycode (RFC 3492) of a U-label that IDNA lookup (UTS 46, as
+ * browsers do it) encodes back to it (RFC 5891 §5.3-5.4): `xn--zz` decodes to nothing, `xn--bucher-xyd` to a `u` and a
+ * combining diaeresis (not NFC). Such names went on to the ask endpoint, took a slot of the hourly limits and reached
+ * the CA, which refuses them (Let's Encrypt: "malformed punycode"): a client sending them through a wildcard CNAME
+ * spent its registrant's hour on orders no CA makes.
+ */
+function validALabels(name: string): boolean {
+  if (!name.includes('--')) return true;
+  return !RESERVED_LDH.test(name) && domainToASCII(domainToUnicode(name)) === name;
 }
 
 /**
