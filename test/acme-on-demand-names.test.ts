@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { missReporter, OnDemandGate } from '../proxy/acme/on-demand.js';
+import { LocalLedger } from '../proxy/acme/on-demand-ledger.js';
 import { captureLog } from './helpers/keyserver.js';
 
 // The on-demand gate's first check, the name itself, against a real ask
@@ -12,7 +13,10 @@ import { captureLog } from './helpers/keyserver.js';
 // underscore) is ignored before the ask endpoint, the rate limits or the CA;
 // a plain or punycode name goes on. A worker neither reports nor remembers
 // such a name: an SNI of 16 KB (a ClientHello holds one) was kept in each
-// worker's 10,000-name memory and sent to the primary.
+// worker's 10,000-name memory and sent to the primary. The per-domain hourly
+// limit counts by the Public Suffix List (a customer under co.uk or a
+// platform's suffix is a registrant of its own); a public suffix itself is
+// ignored like a name no CA validates.
 let ask: http.Server;
 const asked: string[] = [];
 
@@ -30,6 +34,25 @@ beforeAll(async () => {
 
 afterAll(() => new Promise((resolve) => ask.close(resolve)));
 
+/** A gate asking the allow-all endpoint, one order per domain an hour, and the domains it counts orders under. */
+function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
+  const config = loadProxyConfig(undefined, {
+    acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask`, maxOrdersPerDomainPerHour: 1 } },
+  }).acme!.onDemand!;
+  const counted: string[] = [];
+  const local = new LocalLedger(config);
+  const ledger = {
+    refused: (name: string) => local.refused(name),
+    rememberRefusal: (name: string) => local.rememberRefusal(name),
+    takeOrderSlot: (domain: string) => {
+      counted.push(domain);
+      return local.takeOrderSlot(domain);
+    },
+  };
+  const log = createLogger('on-demand-names-test', 'silent', process.stderr);
+  return { gate: new OnDemandGate({ config, ledger, log, isManaged: () => false, order: () => {} }), counted };
+}
+
 describe('on-demand names', () => {
   it('ignores IP literals and names no CA can validate; orders plain and punycode names', async () => {
     const config = loadProxyConfig(undefined, {
@@ -42,14 +65,23 @@ describe('on-demand names', () => {
       isManaged: () => false,
       order: (name) => void ordered.push(name),
     });
-    for (const name of ['192.0.2.1', '10.0.0.1', '127.0.0.1', 'host.123', '*.x.test', 'a_b.x.test', 'x.test.', '-a.x.test']) {
+    // A reserved label, and A-labels that are not Punycode of a U-label (decoding to nothing; to "bu" and a combining
+    // diaeresis, not NFC): no CA issues for them.
+    const badIdn = ['ab--cd.x.test', 'xn--zz.x.test', 'xn--bucher-xyd.x.test', 'xn--mnchen-3ya.xn--ab.test'];
+    // 253 characters at most (RFC 1035 §2.3.4: 255 octets with the length bytes).
+    const longest = `${'a'.repeat(63)}.`.repeat(3).concat('a'.repeat(54), '.x.test');
+    expect(longest).toHaveLength(253);
+    for (const name of ['192.0.2.1', '10.0.0.1', '127.0.0.1', 'host.123', '*.x.test', 'a_b.x.test', 'x.test.', '-a.x.test', `a${longest}`, ...badIdn]) {
       expect(await gate.wanted(name), name).toBe('ignored');
     }
     expect(asked).toEqual([]);
     expect(await gate.wanted('www.x.test')).toBe('ordered');
     expect(await gate.wanted('xn--bcher-kva.x.test')).toBe('ordered');
     expect(await gate.wanted('1.x.test')).toBe('ordered');
-    expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test']);
+    // ß: kept by IDNA2008 (UTS 46 non-transitional), not mapped to "ss".
+    expect(await gate.wanted('xn--zca.x.test')).toBe('ordered');
+    expect(await gate.wanted(longest)).toBe('ordered');
+    expect(ordered).toEqual(['www.x.test', 'xn--bcher-kva.x.test', '1.x.test', 'xn--zca.x.test', longest]);
     expect(asked).toEqual(ordered);
   });
 
@@ -93,12 +125,64 @@ describe('on-demand names', () => {
     expect(logs.find(/^on-demand certificate ordered$/).length).toBe(1);
   });
 
+  it('counts the per-domain limit per registrable domain by the Public Suffix List, private suffixes included', async () => {
+    // The last two labels were the domain: every customer under co.uk (or github.io) shared one hourly counter, so
+    // one tenant's names used up on-demand issuance for all the others under that suffix.
+    const { gate, counted } = oneOrderPerDomain();
+    const outcomes: Record<string, string> = {};
+    for (const name of [
+      'alice.co.uk',
+      'bob.co.uk',
+      'www.alice.co.uk',
+      'shop.co.uk',
+      'a.b.shop.co.uk',
+      'alice.github.io',
+      'bob.github.io',
+      'www.bob.github.io',
+      'www.psl.test',
+    ]) {
+      outcomes[name] = await gate.wanted(name);
+    }
+    expect(outcomes).toEqual({
+      'alice.co.uk': 'ordered',
+      'bob.co.uk': 'ordered',
+      'www.alice.co.uk': 'rate_limited',
+      'shop.co.uk': 'ordered',
+      'a.b.shop.co.uk': 'rate_limited',
+      'alice.github.io': 'ordered',
+      'bob.github.io': 'ordered',
+      'www.bob.github.io': 'rate_limited',
+      'www.psl.test': 'ordered',
+    });
+    // The ledger's keys (acme/on-demand/orders/<domain> in a fleet) are the registrants, not their suffix.
+    expect(counted).toEqual([
+      'alice.co.uk',
+      'bob.co.uk',
+      'alice.co.uk',
+      'shop.co.uk',
+      'shop.co.uk',
+      'alice.github.io',
+      'bob.github.io',
+      'bob.github.io',
+      'psl.test',
+    ]);
+  });
+
+  it('ignores a public suffix itself (ICANN, private, by a wildcard rule) before the ask endpoint: no registrant to count it with', async () => {
+    const { gate, counted } = oneOrderPerDomain();
+    const asksBefore = asked.length;
+    for (const name of ['co.uk', 'github.io', 'x.kawasaki.jp', 'b.ck']) expect(await gate.wanted(name), name).toBe('ignored');
+    expect(asked.length).toBe(asksBefore);
+    expect(counted).toEqual([]);
+  });
+
   it('a worker reports only names that may be DNS names, and keeps no other', () => {
     const sent: string[] = [];
     const report = missReporter((name) => sent.push(name));
     report('x'.repeat(16_000));
     report(`${'a'.repeat(63)}.`.repeat(4).concat('test'));
     report('192.0.2.1');
+    report('xn--zz.x.test');
     report('www.x.test');
     report('www.x.test');
     expect(sent).toEqual(['www.x.test']);

@@ -13,6 +13,14 @@
  *   <prefix>acme/on-demand/orders-all       each written under a lease of an hour
  *                                           (etcd forgets a domain not ordered since)
  *
+ * <domain> is the name's registrable domain by the Public Suffix List
+ * (on-demand.ts, gate 6); it was the last two labels, a key of the same form
+ * and the same one for a name under a one-label suffix (example.com). A node
+ * still counting under a suffix (co.uk) writes a key no new node reads:
+ * while both run, a registrant under it gets its own limit from each kind of
+ * node (the fleet's limit, orders-all, is shared by both), and the old key's
+ * lease takes it away an hour after its last order.
+ *
  * An order slot is taken in one transaction that compares both counters'
  * revisions with what was read, and tries again when another node moved
  * them between: two nodes never both take the last slot. A limit read full

@@ -7,7 +7,9 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits), not managed or in flight already
+ *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits; its `xn--` labels valid
+ *      Punycode, no other label with `--` in its third and fourth characters) with a registrable domain
+ *      (below, gate 6: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
@@ -15,15 +17,27 @@
  *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
  *      are sent as Basic authorization);
  *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
- *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain (the
- *      last two labels: no public-suffix list) and `maxOrdersPerHour` in all.
+ *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain and
+ *      `maxOrdersPerHour` in all. The registered domain is the name's registrable
+ *      domain by the Public Suffix List, its private section included (tldts,
+ *      which bundles the list), as Let's Encrypt counts its per-domain limit:
+ *      shop.co.uk for a.b.shop.co.uk, alice.github.io for www.alice.github.io, x.test
+ *      for www.x.test (the list's default rule `*`: an unlisted top-level label is a
+ *      suffix). The last two labels, before, made every customer under co.uk or a
+ *      platform's suffix share one counter: one tenant's names used up the hour for
+ *      all the others. A name that is a public suffix itself (co.uk, github.io) has no
+ *      registrable domain and is ignored at gate 1: it would count with no registrant
+ *      (or with all of them), and no CA issues for an ICANN suffix; a platform that
+ *      serves its own suffix issues it as the operator (`POST /acme/issue`).
  * A refusal at 2, 4 or 5 is remembered; a rate-limited name is not (it may
  * come back when the hour has room). What is remembered and counted lives in
  * the ledger (on-demand-ledger.ts): this node's memory, or the fleet's store,
  * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
+import { domainToASCII, domainToUnicode } from 'node:url';
 import { LRUCache } from 'lru-cache';
+import { getDomain } from 'tldts';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
@@ -40,9 +54,36 @@ const LOG_BURST = 10;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
-/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits. */
+/**
+ * A label with `--` in its third and fourth characters is reserved (R-LDH, RFC 5890 §2.3.1) unless it is an A-label
+ * (`xn--`). A CA refuses it: Let's Encrypt answers rejectedIdentifier.
+ */
+const RESERVED_LDH = /(^|\.)(?!xn)[a-z0-9]{2}--/;
+
+/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits, its A-labels valid. */
 function isDnsName(name: string): boolean {
-  return name.length <= 253 && DNS_NAME.test(name);
+  return name.length <= 253 && DNS_NAME.test(name) && validALabels(name);
+}
+
+/**
+ * No reserved label but A-labels, and each A-label the Punycode (RFC 3492) of a U-label that IDNA lookup (UTS 46, as
+ * browsers do it) encodes back to it (RFC 5891 §5.3-5.4): `xn--zz` decodes to nothing, `xn--bucher-xyd` to a `u` and a
+ * combining diaeresis (not NFC). Such names went on to the ask endpoint, took a slot of the hourly limits and reached
+ * the CA, which refuses them (Let's Encrypt: "malformed punycode"): a client sending them through a wildcard CNAME
+ * spent its registrant's hour on orders no CA makes.
+ */
+function validALabels(name: string): boolean {
+  if (!name.includes('--')) return true;
+  return !RESERVED_LDH.test(name) && domainToASCII(domainToUnicode(name)) === name;
+}
+
+/**
+ * The name's registrable domain (public suffix and one label more), private
+ * suffixes honoured; undefined for a public suffix itself. `name` is a DNS name
+ * (isDnsName: lower case, no trailing dot).
+ */
+function registeredDomain(name: string): string | undefined {
+  return getDomain(name, { allowPrivateDomains: true }) ?? undefined;
 }
 
 export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
@@ -129,7 +170,8 @@ export class OnDemandGate {
 
   async #decide(name: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
-    if (!isDnsName(name) || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
+    const domain = isDnsName(name) ? registeredDomain(name) : undefined;
+    if (domain === undefined || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
     if (this.#ledger.refused(name)) return 'remembered';
     if (this.#checking.size >= config.maxPendingChecks) return 'busy';
     this.#checking.add(name);
@@ -140,7 +182,6 @@ export class OnDemandGate {
         this.#limiter.write(log, 'info', 'refused', { name, reason: refusal }, 'on-demand certificate refused');
         return 'refused';
       }
-      const domain = name.split('.').slice(-2).join('.');
       const slot = await this.#ledger.takeOrderSlot(domain);
       // The fleet's store away: nothing is counted, so nothing is ordered (the name comes back with its next handshake).
       if (slot === 'unavailable') return 'busy';
