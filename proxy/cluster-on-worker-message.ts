@@ -8,7 +8,7 @@
  */
 import type { Worker } from 'node:cluster';
 import { boardAppliedGeneration } from './acme/challenges.js';
-import { wantedName } from './acme/on-demand.js';
+import { wantedName } from './acme/on-demand-names.js';
 import type { RunningAcme } from './acme/service.js';
 import type { ChallengeBoard } from './cluster-acme.js';
 import { applyMessage, isAppliedMessage, isMessage, PACK_OPENED, SHUTDOWN, serveMessage, TICKET_KEYS_APPLIED, WANT_TICKET_KEY } from './cluster-messages.js';

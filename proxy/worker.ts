@@ -21,7 +21,7 @@
  */
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { ConfigError } from '../keyserver/shared/errors.js';
-import { missReporter, wantedMessage } from './acme/on-demand.js';
+import { missReporter, wantedMessage } from './acme/on-demand-names.js';
 import { AlpnChallengeContexts } from './acme/tls-alpn.js';
 import { OriginPools, originPoolOptions } from './http/origins.js';
 import { HttpFront } from './http-front.js';

@@ -3,7 +3,8 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
-import { missReporter, OnDemandGate } from '../proxy/acme/on-demand.js';
+import { OnDemandGate } from '../proxy/acme/on-demand.js';
+import { missReporter } from '../proxy/acme/on-demand-names.js';
 import { LocalLedger } from '../proxy/acme/on-demand-ledger.js';
 import { captureLog } from './helpers/keyserver.js';
 

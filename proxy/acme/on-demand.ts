@@ -35,18 +35,12 @@
  * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
-import { domainToASCII, domainToUnicode } from 'node:url';
-import { LRUCache } from 'lru-cache';
 import { getDomain } from 'tldts';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
-
-const WANTED = 'keyedge:acme-wanted';
-// The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
-// went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
-const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+import { isDnsName } from './on-demand-names.js';
 
 /** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
 const LOG_INTERVAL_MS = 10_000;
@@ -55,62 +49,12 @@ const LOG_BURST = 10;
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 
 /**
- * A label with `--` in its third and fourth characters is reserved (R-LDH, RFC 5890 §2.3.1) unless it is an A-label
- * (`xn--`). A CA refuses it: Let's Encrypt answers rejectedIdentifier.
- */
-const RESERVED_LDH = /(^|\.)(?!xn)[a-z0-9]{2}--/;
-
-/** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits, its A-labels valid. */
-function isDnsName(name: string): boolean {
-  return name.length <= 253 && DNS_NAME.test(name) && validALabels(name);
-}
-
-/**
- * No reserved label but A-labels, and each A-label the Punycode (RFC 3492) of a U-label that IDNA lookup (UTS 46, as
- * browsers do it) encodes back to it (RFC 5891 §5.3-5.4): `xn--zz` decodes to nothing, `xn--bucher-xyd` to a `u` and a
- * combining diaeresis (not NFC). Such names went on to the ask endpoint, took a slot of the hourly limits and reached
- * the CA, which refuses them (Let's Encrypt: "malformed punycode"): a client sending them through a wildcard CNAME
- * spent its registrant's hour on orders no CA makes.
- */
-function validALabels(name: string): boolean {
-  if (!name.includes('--')) return true;
-  return !RESERVED_LDH.test(name) && domainToASCII(domainToUnicode(name)) === name;
-}
-
-/**
  * The name's registrable domain (public suffix and one label more), private
  * suffixes honoured; undefined for a public suffix itself. `name` is a DNS name
  * (isDnsName: lower case, no trailing dot).
  */
 function registeredDomain(name: string): string | undefined {
   return getDomain(name, { allowPrivateDomains: true }) ?? undefined;
-}
-
-export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
-  return { type: WANTED, name };
-}
-
-export function wantedName(message: unknown): string | undefined {
-  if (typeof message !== 'object' || message === null || (message as { type?: unknown }).type !== WANTED) return undefined;
-  const name = (message as { name?: unknown }).name;
-  return typeof name === 'string' && name.length <= 253 ? name.toLowerCase() : undefined;
-}
-
-/**
- * The worker's side: report each unknown name at most once per `intervalMs`
- * (bounded memory), so a flood of handshakes costs the primary one message
- * per name, not one per handshake; a name that is not a DNS name is not
- * reported (nor remembered).
- */
-export function missReporter(send: (name: string) => void, intervalMs = 10_000): (name: string) => void {
-  const recent = new LRUCache<string, true>({ max: 10_000, ttl: intervalMs });
-  return (name) => {
-    // The gate would ignore it: not kept, not sent. An SNI may be 16 KB, and 10,000 of them were kept here and sent over IPC.
-    if (!isDnsName(name)) return;
-    if (recent.has(name)) return;
-    recent.set(name, true);
-    send(name);
-  };
 }
 
 export interface OnDemandDeps {
