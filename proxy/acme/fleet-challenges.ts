@@ -29,6 +29,7 @@ import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import { revokeLease } from '../store/lease-revocation.js';
 import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
 
 const CHALLENGES = `${ACME}challenges/`;
@@ -105,8 +106,11 @@ export class FleetChallenges implements ChallengePublisher {
   }
 
   stop(): void {
-    void this.#lease?.revoke().catch(() => undefined);
+    const lease = this.#lease;
     this.#lease = undefined;
+    // Tried again until etcd has it (lease-revocation.ts): a stop right after a failed call was refused by etcd3 itself,
+    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL.
+    if (lease !== undefined) void revokeLease(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges', this.#log);
   }
 
   /**
@@ -133,7 +137,9 @@ export class FleetChallenges implements ChallengePublisher {
         .value(String(revision))
         .exec();
     } catch (err) {
-      this.#lease = undefined;
+      // The lease stays this node's: etcd3 keeps it alive, and says when it is gone ('lost', #currentLease). Dropped here
+      // (once a put's answer was late), it stayed alive unused, never revoked, with what was written under it, for as
+      // long as the node lived, and a new lease (another keepalive) came with every failed report.
       this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
     }
   }
