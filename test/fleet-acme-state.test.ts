@@ -613,4 +613,22 @@ describe('ACME state shared on etcd', () => {
       fleet.stop();
     }
   });
+
+  it('reports nothing once stopped: a report under way at the stop takes no new lease, and the node leaves the wait', async () => {
+    const prefix = '/answer-stopped/';
+    const a = await node(prefix, 'answer-stopped');
+    // The workers take their time to apply the board (the primary waits for each): the report waits with them.
+    let applied!: () => void;
+    const workers = new Promise<void>((resolve) => (applied = resolve));
+    const fleet = new FleetChallenges(a, new ChallengeBoard(() => workers), log, 5_000);
+    fleet.start();
+    fleet.stop();
+    applied();
+    // Well after the report would have been written.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const answering = await lab().client().getAll().prefix(`${prefix}acme/answering/`).keys();
+    // A report made after the stop took a new lease, kept alive while the process lived: every other node's order
+    // waited for this node, gone, to serve its challenge.
+    expect(answering).toEqual([]);
+  });
 });
