@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import type { Etcd3, Lease } from 'etcd3';
+import { ChallengeBoard } from '../proxy/acme/challenges.js';
+import { FleetChallenges } from '../proxy/acme/fleet-challenges.js';
 import type { AcmeIssuer, IssueRequest } from '../proxy/acme/issuer.js';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
 import { deleteRetiredKeys } from '../proxy/acme/housekeeping.js';
@@ -548,5 +551,84 @@ describe('ACME state shared on etcd', () => {
     const warned = logs.find(/not a managed certificate/).map((l) => l.storeKey);
     expect(warned).toEqual(expect.arrayContaining(['acme/certificates/aaa-null', 'acme/certificates/aaa-empty', 'acme/certificates/aaa-domains']));
     expect(logs.find(/not valid JSON/).map((l) => l.storeKey)).toEqual(['acme/certificates/aaa-text']);
+  });
+
+  it('keeps using its lease after a report that it answers the challenges failed, never leaving one alive unused', async () => {
+    const prefix = '/answer-lost/';
+    const writer = lab().client();
+    // The next report this node makes under its lease is sent, but its answer is lost (a deadline passed).
+    let loseNext = false;
+    const losing = new Proxy(lab().client(), {
+      get(target, property) {
+        if (property === 'lease') {
+          return (...args: Parameters<Etcd3['lease']>): Lease => {
+            const lease = target.lease(...args);
+            const put = lease.put.bind(lease);
+            lease.put = (key) => {
+              const builder = put(key);
+              const exec = builder.exec.bind(builder);
+              builder.exec = async () => {
+                const result = await exec();
+                if (loseNext && key.toString().includes('/answering/')) {
+                  loseNext = false;
+                  throw new Error('test: no answer within the deadline');
+                }
+                return result;
+              };
+              return builder;
+            };
+            return lease;
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const a = await lab().store(prefix, 'answer-lost', [], losing);
+    const fleet = new FleetChallenges(a, new ChallengeBoard(async () => undefined), log, 5_000);
+    const challenge = async (token: string): Promise<number> => {
+      const entry = { kind: 'http-01', token, name: 'lost.test', keyAuthorization: `${token}.auth` };
+      const revision = Number((await writer.put(`${prefix}acme/challenges/${token}`).value(JSON.stringify(entry)).exec()).header.revision);
+      await waitFor(`challenge ${token} mirrored`, () => a.item(`acme/challenges/${token}`));
+      fleet.changed();
+      return revision;
+    };
+    /** The lease of this node's report, once it says it serves up to `revision`. */
+    const reportLease = async (revision: number): Promise<string> => {
+      const node = await waitFor('the report', () => a.keys('acme/answering/').find((n) => Number(a.item(`acme/answering/${n}`)?.value) >= revision));
+      return (await writer.get(`${prefix}acme/answering/${node}`).exec()).kvs[0]!.lease;
+    };
+    try {
+      fleet.start();
+      const first = await reportLease(a.health.revision);
+      loseNext = true;
+      await challenge('one');
+      await waitFor('the lost report', () => (loseNext ? undefined : true));
+      const second = await reportLease(await challenge('two'));
+      // Its lease is the one the node keeps alive; a lease it dropped (its keepalive running, never revoked) stayed in
+      // etcd as long as the node lived, with every key written under it.
+      const alive = await writer.leaseClient.leaseTimeToLive({ ID: first });
+      expect({ second, firstTtl: second === first ? 'in use' : alive.TTL }).toEqual({ second: first, firstTtl: 'in use' });
+    } finally {
+      fleet.stop();
+    }
+  });
+
+  it('reports nothing once stopped: a report under way at the stop takes no new lease, and the node leaves the wait', async () => {
+    const prefix = '/answer-stopped/';
+    const a = await node(prefix, 'answer-stopped');
+    // The workers take their time to apply the board (the primary waits for each): the report waits with them.
+    let applied!: () => void;
+    const workers = new Promise<void>((resolve) => (applied = resolve));
+    const fleet = new FleetChallenges(a, new ChallengeBoard(() => workers), log, 5_000);
+    fleet.start();
+    fleet.stop();
+    applied();
+    // Well after the report would have been written.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const answering = await lab().client().getAll().prefix(`${prefix}acme/answering/`).keys();
+    // A report made after the stop took a new lease, kept alive while the process lived: every other node's order
+    // waited for this node, gone, to serve its challenge.
+    expect(answering).toEqual([]);
   });
 });

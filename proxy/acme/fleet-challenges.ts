@@ -29,6 +29,8 @@ import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import { revokeLease } from '../store/lease-revocation.js';
+import { StoreUnavailableError } from '../store/storage.js';
 import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
 
 const CHALLENGES = `${ACME}challenges/`;
@@ -43,6 +45,7 @@ export class FleetChallenges implements ChallengePublisher {
   readonly #node = randomBytes(8).toString('hex');
   readonly #waiters = new Set<() => void>();
   #lease: Lease | undefined;
+  #stopped = false;
   /** The challenges last put on the board, as JSON. */
   #onBoard = '[]';
   /** Board updates and their reports, one after another. */
@@ -91,6 +94,8 @@ export class FleetChallenges implements ChallengePublisher {
 
   /** The store's ACME keys moved (the watch, or this node's own write). */
   changed(): void {
+    // The store's watch runs on until the store closes, after this stop.
+    if (this.#stopped) return;
     const revision = this.#store.health.revision;
     const entries = this.#entries();
     const text = JSON.stringify(entries);
@@ -105,8 +110,12 @@ export class FleetChallenges implements ChallengePublisher {
   }
 
   stop(): void {
-    void this.#lease?.revoke().catch(() => undefined);
+    this.#stopped = true;
+    const lease = this.#lease;
     this.#lease = undefined;
+    // Tried again until etcd has it (lease-revocation.ts): a stop right after a failed call was refused by etcd3 itself,
+    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL.
+    if (lease !== undefined) void revokeLease(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges', this.#log);
   }
 
   /**
@@ -127,19 +136,25 @@ export class FleetChallenges implements ChallengePublisher {
 
   /** Tells the fleet this node's workers serve every challenge up to `revision`. */
   async #report(revision: number): Promise<void> {
+    // One under way at the stop (its board update waits for the workers) took a new lease, never revoked and kept alive
+    // until the store closed: the node, gone, stayed in every other node's wait (#everyNodeServes).
+    if (this.#stopped) return;
     try {
       await this.#currentLease()
         .put(this.#store.prefix + ANSWERING + this.#node)
         .value(String(revision))
         .exec();
     } catch (err) {
-      this.#lease = undefined;
+      // The lease stays this node's: etcd3 keeps it alive, and says when it is gone ('lost', #currentLease). Dropped here
+      // (once a put's answer was late), it stayed alive unused, never revoked, with what was written under it, for as
+      // long as the node lived, and a new lease (another keepalive) came with every failed report.
       this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
     }
   }
 
-  /** This node's lease (kept alive while it runs), taken anew once lost. */
+  /** This node's lease (kept alive while it runs), taken anew once lost; none once stopped. */
   #currentLease(): Lease {
+    if (this.#stopped) throw new StoreUnavailableError("the fleet's ACME challenges are stopped (the node stops): nothing is written");
     if (this.#lease === undefined) {
       const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
       lease.on('lost', () => {

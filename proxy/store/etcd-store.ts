@@ -212,7 +212,7 @@ export class EtcdStore implements EntryStorage {
   async lock(name: string, options: LockOptions): Promise<HeldLock | undefined> {
     this.assertWritable();
     try {
-      return await acquireLock(this.client, this.prefix + LOCKS + name, options);
+      return await acquireLock(this.client, this.prefix + LOCKS + name, options, this.#options.log);
     } catch (err) {
       throw new StoreUnavailableError(`the fleet's store (etcd) could not lock ${name}: ${(err as Error).message}`, { cause: err });
     }

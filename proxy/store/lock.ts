@@ -21,11 +21,16 @@
  * the key under it before its answer was lost, so the lock stayed taken, for
  * as long as this process lived, by a holder that never knew (every other
  * node's order of that name, or the fleet's ticket rotation, waited for ever).
+ * That revocation, and a holder's release, are tried again until they reach
+ * etcd (lease-revocation.ts): sent right after a call failed, a single try was
+ * refused by etcd3 itself, and the lock stayed taken for the lease's TTL.
  *
  * Costs: a lease grant, a transaction and a range per acquisition; one watch
  * while waiting.
  */
 import { EtcdLockFailedError, type Etcd3, type Lock } from 'etcd3';
+import type { Logger } from '../../keyserver/shared/log.js';
+import { revokeLease } from './lease-revocation.js';
 
 /** Between tries while the watch says nothing: a missed delete costs at most this. */
 const POLL_MS = 1_000;
@@ -34,6 +39,7 @@ export interface HeldLock {
   readonly key: string;
   /** The lock key's create revision: compare it in every write made under the lock. */
   readonly fence: string;
+  /** Revokes the lock's lease; resolves after the first try (a failed one is tried again in the background), never rejects. */
   release(): Promise<void>;
 }
 
@@ -44,19 +50,23 @@ export interface LockOptions {
   readonly waitMs: number;
 }
 
-/** Resolves with the held lock, or undefined when another holder kept it for `waitMs`. Rejects when etcd cannot be reached. */
-export async function acquireLock(client: Etcd3, key: string, options: LockOptions): Promise<HeldLock | undefined> {
+/**
+ * Resolves with the held lock, or undefined when another holder kept it for `waitMs`. Rejects when etcd cannot be reached.
+ * `log`: where a revocation that needed tries again says how it ended.
+ */
+export async function acquireLock(client: Etcd3, key: string, options: LockOptions, log?: Logger): Promise<HeldLock | undefined> {
   const deadline = Date.now() + options.waitMs;
+  const revoker = (lock: Lock): Promise<void> => revokeLease(() => lock.release(), options.ttlSeconds, `the lock ${key}`, log);
   for (;;) {
     const lock = client.lock(key).ttl(options.ttlSeconds);
     try {
       await lock.acquire();
-      return await held(client, key, lock);
+      return await held(client, key, lock, revoker);
     } catch (err) {
       if (!(err instanceof EtcdLockFailedError)) {
         // Its keepalive ends at once (etcd3 closes the lease before it asks etcd to revoke it): even while etcd is away,
         // the key goes at the latest when the lease runs out.
-        void lock.release().catch(() => undefined);
+        void revoker(lock);
         throw err;
       }
     }
@@ -72,7 +82,7 @@ export async function fencedPut(client: Etcd3, lock: HeldLock, target: string, v
   return result.succeeded ? Number(result.header.revision) : undefined;
 }
 
-async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
+async function held(client: Etcd3, key: string, lock: Lock, revoke: (lock: Lock) => Promise<void>): Promise<HeldLock> {
   const [range, leaseId] = await Promise.all([client.get(key).exec(), lock.leaseId()]);
   const kv = range.kvs[0];
   // The key must still be ours: when our lease expired between the transaction
@@ -81,13 +91,13 @@ async function held(client: Etcd3, key: string, lock: Lock): Promise<HeldLock> {
   const fence = kv !== undefined && leaseId !== null && kv.lease === String(leaseId) ? kv.create_revision : undefined;
   if (fence === undefined) {
     // The lease expired between the transaction and this read: not held.
-    await lock.release().catch(() => undefined);
+    await revoke(lock);
     throw new EtcdLockFailedError(`lost the lock on ${key} as it was taken`);
   }
   return {
     key,
     fence,
-    release: () => lock.release(),
+    release: () => revoke(lock),
   };
 }
 

@@ -1,0 +1,63 @@
+/**
+ * Revoking a lease whose keys must go now: a lock its holder released or
+ * failed to take (lock.ts), the ACME challenges of a node that stops
+ * (acme/fleet-challenges.ts). Until the revocation reaches etcd those keys
+ * stay, and hold every other node off (a lock) for as long as the lease
+ * lives.
+ *
+ * One try is not enough. A revocation is typically sent right after a call
+ * failed past its deadline (etcd stalled, a member lost), and etcd3 then
+ * refuses every call to that member for 5 s (its per-host circuit breaker,
+ * node_modules/etcd3/lib/connection-pool.js: three failures in a row open it,
+ * then one call is let through every 5 s): a lone revocation failed at once,
+ * and the keys stayed for the lease's whole TTL. So a failed revocation is
+ * tried again in the background, every RETRY_MS, until it gets through or
+ * the lease has surely run out by itself (twice its TTL: etcd3 stopped its
+ * keepalive at the first try, but one sent just before, answered late by a
+ * member that stalled, renews it for a TTL from then). A revocation of a
+ * lease etcd no longer has counts as done (etcd3 says so). Nothing of it is
+ * ever unhandled, and it is logged once, when it ends.
+ */
+import { ClientClosedError } from 'etcd3';
+import type { Logger } from '../../keyserver/shared/log.js';
+
+/** Between tries: etcd3 lets a call through to a member it gave up on every 5 s; one in between is refused locally, at no cost. */
+const RETRY_MS = 1_000;
+
+/**
+ * Runs `revoke` (etcd3's Lease.revoke or Lock.release, which end the keepalive first, so calling it again is safe) and,
+ * when it fails, again in the background until it succeeds or twice `ttlSeconds` have passed. Resolves once the first try
+ * ended, either way; never rejects. `what` names the lease's keys in the log line (never a value).
+ */
+export async function revokeLease(revoke: () => Promise<void>, ttlSeconds: number, what: string, log?: Logger): Promise<void> {
+  const started = Date.now();
+  const deadline = started + 2 * ttlSeconds * 1_000;
+  let tries = 1;
+  let reason: string;
+  try {
+    await revoke();
+    return;
+  } catch (err) {
+    reason = (err as Error).message;
+    if (err instanceof ClientClosedError) return;
+  }
+  const again = (): void => {
+    const timer = setTimeout(async () => {
+      tries++;
+      try {
+        await revoke();
+        log?.info({ what, tries, ms: Date.now() - started }, 'lease revoked in etcd after a failed revocation');
+        return;
+      } catch (err) {
+        reason = (err as Error).message;
+        // The client is closed (the node stops): nothing can reach etcd any more; the lease runs out by itself.
+        if (err instanceof ClientClosedError) return;
+      }
+      if (Date.now() + RETRY_MS < deadline) again();
+      else log?.warn({ what, tries, reason }, 'lease not revoked in etcd (it did not answer); its keys went when the lease ran out');
+    }, RETRY_MS);
+    // Never what keeps a stopping process alive: its lease runs out by itself.
+    timer.unref();
+  };
+  again();
+}
