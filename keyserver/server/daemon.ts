@@ -81,13 +81,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     let live: LiveToken | undefined;
     const stuck = { stuckAfterMs: stuckAfterMs(config.limits.requestTimeoutMs), onStuck: (delta: number) => metrics.signThreadsStuck.inc(delta) };
     const build = (opened: Token): TokenParts => {
-      const keys = new KeyStore(
-        opened,
-        log,
-        (count) => metrics.keys.set(count),
-        undefined,
-        (cause) => live?.suspect(cause),
-      );
+      // The keys gauge reads the open token's store at each scrape (service.ts): none while the token is not open.
+      const keys = new KeyStore(opened, log, undefined, undefined, (cause) => live?.suspect(cause));
       return { token: opened, keys, signers: new SigningWorkers(opened, openOptions.modulePath, config.pkcs11.sessions, log, stuck) };
     };
     const parts = build(token);
