@@ -8,11 +8,13 @@
  * batch, `scan` makes the main thread's token scan (C_FindObjectsInit) fail,
  * `thread-hang` makes a thread's C_Sign block for good (an open(2) of a FIFO
  * no one writes to: a call stuck in native code, as in an HSM that stopped
- * answering, which no worker.terminate() interrupts).
+ * answering, which no worker.terminate() interrupts), `inline-hang` the same
+ * for the main thread's C_Sign (a sign made on the event loop). The last case
+ * starts a second key server, since a hang on the event loop ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -52,6 +54,11 @@ Module._load = function (request, ...rest) {
     proto.C_FindObjectsInit = function (...args) {
       if (existsSync(join(dir, 'scan'))) throw new Error('CKR_DEVICE_ERROR (injected)');
       return find.apply(this, args);
+    };
+    const sign = proto.C_Sign;
+    proto.C_Sign = function (...args) {
+      if (existsSync(join(dir, 'inline-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return sign.apply(this, args);
     };
   } else if (!proto.injected) {
     const sign = proto.C_Sign;
@@ -108,16 +115,10 @@ async function burst(): Promise<void> {
   signatures.forEach((signature, i) => void expect(verifies(Algorithm.RSA_PSS_SHA256, messages[i]!, key.publicKey, signature), `sign #${i}`).toBe(true));
 }
 
-beforeAll(async () => {
-  dir = tempDir();
-  control = join(dir, 'faults');
-  writeFileSync(join(dir, 'inject.cjs'), INJECT);
-  const config = testConfig(dir);
-  key = provisionKeys(config, [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
-  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits: { shutdownGraceMs: SHUTDOWN_GRACE_MS } });
-  mkdirSync(control);
-  // Every signing thread fails its start from the first.
-  fault('thread-start', true);
+/** Starts `keyedge keyserver` with this config limits, the faults preloaded, and connects `client` to it. */
+async function startKeyserverProcess(limits: Record<string, number>): Promise<void> {
+  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
+  output = '';
   child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
@@ -125,7 +126,23 @@ beforeAll(async () => {
   for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
   const ready = await waitFor('the key server to be ready', () => logLines(/^key server ready$/)[0]);
   adminPort = (ready.admin as { port: number }).port;
-  client = await KeyserverClient.connect({ unixPath: config.listen.unix!.path, timeoutMs: 10_000 });
+  client = await KeyserverClient.connect({ unixPath: testConfig(dir).listen.unix!.path, timeoutMs: 10_000 });
+}
+
+/** The FIFO a hung C_Sign waits on (opened for reading; nobody writes). */
+function hangFifo(): void {
+  if (!existsSync(join(control, 'hang-fifo'))) execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+}
+
+beforeAll(async () => {
+  dir = tempDir();
+  control = join(dir, 'faults');
+  writeFileSync(join(dir, 'inject.cjs'), INJECT);
+  key = provisionKeys(testConfig(dir), [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
+  mkdirSync(control);
+  // Every signing thread fails its start from the first.
+  fault('thread-start', true);
+  await startKeyserverProcess({ shutdownGraceMs: SHUTDOWN_GRACE_MS });
 }, 60_000);
 
 afterAll(async () => {
@@ -194,7 +211,7 @@ it('SIGHUP with a token scan that fails: logged, and the key server keeps runnin
 
 it('a sign that hangs inside the token: its thread is logged and counted as stuck, the client answered meanwhile', async () => {
   // Before: nothing said the token had stopped answering; only the clients' DEADLINE_EXCEEDED showed anything.
-  execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+  hangFifo();
   fault('thread-hang', true);
   const messages = Array.from({ length: 200 }, () => randomBytes(40));
   const results = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
@@ -207,6 +224,14 @@ it('a sign that hangs inside the token: its thread is logged and counted as stuc
   expect(stuck).toMatchObject({ threads: expect.any(Number), signs: expect.any(Number), stuckAfterMs: 4_000 });
   expect(stuck.threads as number).toBeGreaterThanOrEqual(1);
   expect(stuck.longestMs as number).toBeGreaterThan(4_000);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
+
+  // While a thread is stuck, nothing is signed on the event loop (the token would hold it too): refused at once, and
+  // the key server keeps answering. Before: the loop signed it, and was held with the thread.
+  fault('inline-hang', true);
+  const refusedNow = await client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
+  fault('inline-hang', false);
+  expect(String(refusedNow)).toMatch(/SIGN_FAILED.*the token is not answering/);
   expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
 }, 20_000);
 
@@ -221,4 +246,37 @@ it('SIGTERM with a sign hung inside the token: the key server stops after its gr
   const line = loggedLines(/^key server stopping with signs still inside the token/)[0];
   expect(line).toMatchObject({ signsInToken: expect.any(Number), shutdownGraceMs: SHUTDOWN_GRACE_MS });
   expect(output).not.toContain(readUserPin(dir));
+}, 20_000);
+
+it('a sign that hangs inside the token on the event loop: warned within about twice the request deadline, and the process ended past its grace', async () => {
+  // Before: the event loop itself was held, for ever: no line, no /healthz or /metrics, and SIGTERM never handled.
+  client.close();
+  // The first key server ended with the case before; run alone, this case ends it here.
+  if (child.exitCode === null && child.signalCode === null) {
+    const first = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await first;
+  }
+  fault('thread-start', false);
+  fault('thread-hang', false);
+  hangFifo();
+  // A request deadline of 500 ms: a sign held 1 s is stuck, and the process ends 1 s (the grace) later.
+  await startKeyserverProcess({ shutdownGraceMs: SHUTDOWN_GRACE_MS, requestTimeoutMs: 500 });
+  fault('inline-hang', true);
+  // One sign on an idle key server is made on the event loop; it is never answered.
+  const answer = client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const held = await waitFor('the held sign logged', () => loggedLines(/^a sign on the event loop is not coming back from the token/)[0], 10_000);
+  expect(held).toMatchObject({ level: 40, signs: 1, stuckAfterMs: 1_000, endAfterMs: 1_000 + SHUTDOWN_GRACE_MS });
+  expect(held.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  // Nothing on the loop answers meanwhile, a supervisor's SIGTERM included: the process is ended all the same.
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  const ended = loggedLines(/^a sign on the event loop has not come back from the token past its bound/);
+  expect(ended).toHaveLength(1);
+  expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(1_000 + SHUTDOWN_GRACE_MS);
+  expect(String(await answer)).toMatch(/closed/i);
+  expect(output).not.toContain(readUserPin(dir));
+  fault('inline-hang', false);
 }, 20_000);

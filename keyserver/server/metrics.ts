@@ -169,7 +169,8 @@ export class KeyserverMetrics {
     name: `${PREFIX}sign_threads_stuck`,
     help:
       'Signing threads whose call into the token has not come back for longer than twice limits.requestTimeoutMs (at least 1 s): ' +
-      'the token is not answering (logged); a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
+      'the token is not answering (logged); nothing is signed on the event loop meanwhile, and while every thread is stuck signs are refused ' +
+      'SIGN_FAILED at once; a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
     registers: [this.registry],
   });
 

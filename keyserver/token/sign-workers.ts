@@ -34,7 +34,15 @@
  * backlog of signs nobody waits for any more (their deadline answered) costs
  * no batch slot on a thread ahead of fresh ones.
  * While no thread is up, every sign is made inline, whatever the budget: a
- * slower event loop beats refusing signs the token can make. `ready()`
+ * slower event loop beats refusing signs the token can make. But while a
+ * thread is stuck in the token (stuck-signs.ts), nothing is signed inline: a
+ * token that holds one call is likely to hold the next, and a call held on the
+ * event loop holds everything (no answers, /healthz, /metrics or signal
+ * handling); signs go to the threads not stuck, and while every thread is,
+ * they are refused at once (the client sees SIGN_FAILED), not queued behind calls that do
+ * not come back. Every inline call into the token is marked for the watch
+ * over the event loop (inline-watch.ts), which logs one held and, past a
+ * bound, ends the process. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
@@ -46,7 +54,7 @@
  * request runs at a time per worker. `close()` waits for what was sent, then
  * stops the workers (a sign that never comes back from the token holds it: it
  * is logged and counted, stuck-signs.ts; `stuck()` says how many); the Token is closed after that by its owner. Signs are
- * refused only after `close()`.
+ * refused after `close()`, and while every thread up is stuck in the token.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -89,7 +97,12 @@ export interface StuckOptions {
   readonly stuckAfterMs: number;
   /** The change in stuck threads, for a gauge. */
   readonly onStuck?: (delta: number) => void;
+  /** Told of every call into the token made on the event loop (inline-watch.ts). */
+  readonly inline?: { enter(): void; leave(): void };
 }
+
+/** A sign's refusal while every signing thread is stuck in the token. */
+const NOT_ANSWERING = 'the token is not answering: every signing thread is held by a call that has not come back; not signed';
 
 /** A thread is stuck past twice the request deadline (its jobs' deadlines are long past), and never under a second. */
 export function stuckAfterMs(requestTimeoutMs: number): number {
@@ -120,6 +133,7 @@ export class SigningWorkers {
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
   readonly #watch: StuckWatch;
+  readonly #inlineWatch: { enter(): void; leave(): void } | undefined;
 
   constructor(token: Token, modulePath: string, count: number, log: Logger, stuck: StuckOptions) {
     assert.ok(count >= 1);
@@ -138,6 +152,7 @@ export class SigningWorkers {
     };
     for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
+    this.#inlineWatch = stuck.inline;
   }
 
   /** Signs sent to the threads and not answered, and the longest any thread has been on its current batch. */
@@ -183,10 +198,15 @@ export class SigningWorkers {
     const plan = signPlan(key, request);
     const now = performance.now();
     const handle = this.#sessionKeys.handleFor(key, now);
-    const inline = this.#inlineBudgetLeft(now);
+    const stuck = this.#watch.anyStuck;
+    const inline = !stuck && this.#inlineBudgetLeft(now);
     const lane = inline ? undefined : this.#leastLoaded();
-    // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
-    if (lane === undefined) return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    if (lane === undefined) {
+      // Every thread up is stuck in the token: the loop must not be next.
+      if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
+      // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
+      return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    }
     const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
     return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, signal, resolve, reject }));
   }
@@ -211,12 +231,14 @@ export class SigningWorkers {
 
   #signInline(handle: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputBytes: number, started: number): Buffer {
     const pkcs11 = this.#token.pkcs11;
+    this.#inlineWatch?.enter();
     try {
       pkcs11.C_SignInit(this.#inlineSession, mechanism, handle);
       return pkcs11.C_Sign(this.#inlineSession, input, Buffer.allocUnsafe(outputBytes));
     } catch (err) {
       throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
     } finally {
+      this.#inlineWatch?.leave();
       this.#inlineBudgetMs -= performance.now() - started;
     }
   }
@@ -251,6 +273,7 @@ export class SigningWorkers {
     if (Date.now() > job.deadline) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
     const lane = this.#leastLoaded();
     if (lane !== undefined) return this.#enqueue(lane, pending);
+    if (this.#watch.anyStuck) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
     try {
       pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
     } catch (err) {
@@ -275,10 +298,12 @@ export class SigningWorkers {
     if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
-  /** The thread up with the fewest jobs; undefined while none is up. */
+  /** The thread up and not stuck in the token with the fewest jobs; undefined while there is none. */
   #leastLoaded(): SignThread | undefined {
     let best: SignThread | undefined;
-    for (const lane of this.#lanes) if (lane.up && (best === undefined || lane.load < best.load)) best = lane;
+    for (const lane of this.#lanes) {
+      if (lane.up && (best === undefined || lane.load < best.load) && !this.#watch.isStuck(lane)) best = lane;
+    }
     return best;
   }
 
