@@ -9,12 +9,13 @@
  * `thread-hang` makes a thread's C_Sign block for good (an open(2) of a FIFO
  * no one writes to: a call stuck in native code, as in an HSM that stopped
  * answering, which no worker.terminate() interrupts), `inline-hang` the same
- * for the main thread's C_Sign (a sign made on the event loop). The last case
- * starts a second key server, since a hang on the event loop ends the process.
+ * for the main thread's C_Sign (a sign made on the event loop), `scan-hang`
+ * for its C_FindObjectsInit (a key scan). The last case starts a second key
+ * server, since a hang on the event loop ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -53,6 +54,7 @@ Module._load = function (request, ...rest) {
     const find = proto.C_FindObjectsInit;
     proto.C_FindObjectsInit = function (...args) {
       if (existsSync(join(dir, 'scan'))) throw new Error('CKR_DEVICE_ERROR (injected)');
+      if (existsSync(join(dir, 'scan-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       return find.apply(this, args);
     };
     const sign = proto.C_Sign;
@@ -248,7 +250,12 @@ it('SIGTERM with a sign hung inside the token: the key server stops after its gr
   expect(output).not.toContain(readUserPin(dir));
 }, 20_000);
 
-it('a sign that hangs inside the token on the event loop: warned within about twice the request deadline, and the process ended past its grace', async () => {
+/** Lets the calls blocked on the FIFO go on: a writer opens it (non-blocking: it fails if no call waits there). */
+function releaseHang(): void {
+  closeSync(openSync(join(control, 'hang-fifo'), constants.O_WRONLY | constants.O_NONBLOCK));
+}
+
+it('calls into the token held on the event loop: warned within about twice the request deadline, and the process ended past its grace', async () => {
   // Before: the event loop itself was held, for ever: no line, no /healthz or /metrics, and SIGTERM never handled.
   client.close();
   // The first key server ended with the case before; run alone, this case ends it here.
@@ -260,23 +267,38 @@ it('a sign that hangs inside the token on the event loop: warned within about tw
   fault('thread-start', false);
   fault('thread-hang', false);
   hangFifo();
-  // A request deadline of 500 ms: a sign held 1 s is stuck, and the process ends 1 s (the grace) later.
-  await startKeyserverProcess({ shutdownGraceMs: SHUTDOWN_GRACE_MS, requestTimeoutMs: 500 });
+  // A request deadline of 500 ms: a call held 1 s is stuck, and the process ends 2 s (the grace) later.
+  const graceMs = 2_000;
+  await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
+  const held = (call: string): Record<string, unknown> | undefined =>
+    loggedLines(/^a call into the token on the event loop is not coming back/).find((line) => line.call === call);
+
+  // A key scan (SIGHUP) the token holds: warned, and once it comes back, so is that.
+  fault('scan-hang', true);
+  child.kill('SIGHUP');
+  const scan = await waitFor('the held scan logged', () => held('C_FindObjectsInit'), 10_000);
+  expect(scan).toMatchObject({ level: 40, stuckAfterMs: 1_000, endAfterMs: 1_000 + graceMs });
+  expect(scan.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  fault('scan-hang', false);
+  releaseHang();
+  await waitFor('the scan back', () => loggedLines(/^the call into the token on the event loop came back$/)[0], 10_000);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_keys')).toBe(1);
+
+  // A sign on the event loop (one on an idle key server is made there) the token holds, never answered.
   fault('inline-hang', true);
-  // One sign on an idle key server is made on the event loop; it is never answered.
   const answer = client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  const held = await waitFor('the held sign logged', () => loggedLines(/^a sign on the event loop is not coming back from the token/)[0], 10_000);
-  expect(held).toMatchObject({ level: 40, signs: 1, stuckAfterMs: 1_000, endAfterMs: 1_000 + SHUTDOWN_GRACE_MS });
-  expect(held.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  const sign = await waitFor('the held sign logged', () => held('C_Sign'), 10_000);
+  expect(sign.heldMs as number).toBeGreaterThanOrEqual(1_000);
   // Nothing on the loop answers meanwhile, a supervisor's SIGTERM included: the process is ended all the same.
   child.kill('SIGTERM');
   await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
   expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
-  const ended = loggedLines(/^a sign on the event loop has not come back from the token past its bound/);
+  const ended = loggedLines(/^a call into the token on the event loop has not come back past its bound/);
   expect(ended).toHaveLength(1);
-  expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(1_000 + SHUTDOWN_GRACE_MS);
+  expect(ended[0]).toMatchObject({ level: 50, call: 'C_Sign' });
+  expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(1_000 + graceMs);
   expect(String(await answer)).toMatch(/closed/i);
   expect(output).not.toContain(readUserPin(dir));
   fault('inline-hang', false);
-}, 20_000);
+}, 30_000);

@@ -40,9 +40,9 @@
  * event loop holds everything (no answers, /healthz, /metrics or signal
  * handling); signs go to the threads not stuck, and while every thread is,
  * they are refused at once (the client sees SIGN_FAILED), not queued behind calls that do
- * not come back. Every inline call into the token is marked for the watch
- * over the event loop (inline-watch.ts), which logs one held and, past a
- * bound, ends the process. `ready()`
+ * not come back. An inline call the token holds anyway is seen by the watch
+ * over the event loop (loop-watch.ts), which logs it and, past a bound, ends
+ * the process. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
@@ -97,8 +97,6 @@ export interface StuckOptions {
   readonly stuckAfterMs: number;
   /** The change in stuck threads, for a gauge. */
   readonly onStuck?: (delta: number) => void;
-  /** Told of every call into the token made on the event loop (inline-watch.ts). */
-  readonly inline?: { enter(): void; leave(): void };
 }
 
 /** A sign's refusal while every signing thread is stuck in the token. */
@@ -133,7 +131,6 @@ export class SigningWorkers {
   #inlineBudgetMs = INLINE_BURST_MS;
   #inlineCheckedAt = 0;
   readonly #watch: StuckWatch;
-  readonly #inlineWatch: { enter(): void; leave(): void } | undefined;
 
   constructor(token: Token, modulePath: string, count: number, log: Logger, stuck: StuckOptions) {
     assert.ok(count >= 1);
@@ -152,7 +149,6 @@ export class SigningWorkers {
     };
     for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
-    this.#inlineWatch = stuck.inline;
   }
 
   /** Signs sent to the threads and not answered, and the longest any thread has been on its current batch. */
@@ -231,14 +227,12 @@ export class SigningWorkers {
 
   #signInline(handle: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, input: Buffer, outputBytes: number, started: number): Buffer {
     const pkcs11 = this.#token.pkcs11;
-    this.#inlineWatch?.enter();
     try {
       pkcs11.C_SignInit(this.#inlineSession, mechanism, handle);
       return pkcs11.C_Sign(this.#inlineSession, input, Buffer.allocUnsafe(outputBytes));
     } catch (err) {
       throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', (err as Error).message.split('\n')[0] ?? 'C_Sign failed');
     } finally {
-      this.#inlineWatch?.leave();
       this.#inlineBudgetMs -= performance.now() - started;
     }
   }
