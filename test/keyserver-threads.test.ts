@@ -10,8 +10,9 @@
  * no one writes to: a call stuck in native code, as in an HSM that stopped
  * answering, which no worker.terminate() interrupts), `inline-hang` the same
  * for the main thread's C_Sign (a sign made on the event loop), `scan-hang`
- * for its C_FindObjectsInit (a key scan). The last case starts a second key
- * server, since a hang on the event loop ends the process.
+ * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login. The
+ * last cases start key servers of their own, since a hang on the event loop
+ * ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -56,6 +57,11 @@ Module._load = function (request, ...rest) {
       if (existsSync(join(dir, 'scan'))) throw new Error('CKR_DEVICE_ERROR (injected)');
       if (existsSync(join(dir, 'scan-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       return find.apply(this, args);
+    };
+    const login = proto.C_Login;
+    proto.C_Login = function (...args) {
+      if (existsSync(join(dir, 'login-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return login.apply(this, args);
     };
     const sign = proto.C_Sign;
     proto.C_Sign = function (...args) {
@@ -117,8 +123,8 @@ async function burst(): Promise<void> {
   signatures.forEach((signature, i) => void expect(verifies(Algorithm.RSA_PSS_SHA256, messages[i]!, key.publicKey, signature), `sign #${i}`).toBe(true));
 }
 
-/** Starts `keyedge keyserver` with this config limits, the faults preloaded, and connects `client` to it. */
-async function startKeyserverProcess(limits: Record<string, number>): Promise<void> {
+/** Runs `keyedge keyserver` with these config limits and the faults preloaded, as `child`. */
+function spawnKeyserver(limits: Record<string, number>): void {
   const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
   output = '';
   child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
@@ -126,6 +132,11 @@ async function startKeyserverProcess(limits: Record<string, number>): Promise<vo
     env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
   });
   for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+}
+
+/** Starts `keyedge keyserver` with these config limits, the faults preloaded, and connects `client` to it. */
+async function startKeyserverProcess(limits: Record<string, number>): Promise<void> {
+  spawnKeyserver(limits);
   const ready = await waitFor('the key server to be ready', () => logLines(/^key server ready$/)[0]);
   adminPort = (ready.admin as { port: number }).port;
   client = await KeyserverClient.connect({ unixPath: testConfig(dir).listen.unix!.path, timeoutMs: 10_000 });
@@ -250,6 +261,14 @@ it('SIGTERM with a sign hung inside the token: the key server stops after its gr
   expect(output).not.toContain(readUserPin(dir));
 }, 20_000);
 
+/** Ends the key server left from the cases before (they end it themselves; a case run alone finds it up). */
+async function endChild(): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
 /** Lets the calls blocked on the FIFO go on: a writer opens it (non-blocking: it fails if no call waits there). */
 function releaseHang(): void {
   closeSync(openSync(join(control, 'hang-fifo'), constants.O_WRONLY | constants.O_NONBLOCK));
@@ -258,12 +277,7 @@ function releaseHang(): void {
 it('calls into the token held on the event loop: warned within about twice the request deadline, and the process ended past its grace', async () => {
   // Before: the event loop itself was held, for ever: no line, no /healthz or /metrics, and SIGTERM never handled.
   client.close();
-  // The first key server ended with the case before; run alone, this case ends it here.
-  if (child.exitCode === null && child.signalCode === null) {
-    const first = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGKILL');
-    await first;
-  }
+  await endChild();
   fault('thread-start', false);
   fault('thread-hang', false);
   hangFifo();
@@ -302,3 +316,18 @@ it('calls into the token held on the event loop: warned within about twice the r
   expect(output).not.toContain(readUserPin(dir));
   fault('inline-hang', false);
 }, 30_000);
+
+it('a token that does not answer the login at start: warned, and the process ended past its grace, not a start hung for ever', async () => {
+  // Before: the watch began after the token was opened; a C_Login that never came back held the start silently, for ever.
+  await endChild();
+  hangFifo();
+  fault('login-hang', true);
+  spawnKeyserver({ shutdownGraceMs: 500, requestTimeoutMs: 500 });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+  fault('login-hang', false);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  expect(loggedLines(/^a call into the token on the event loop is not coming back/)[0]).toMatchObject({ level: 40, call: 'C_Login' });
+  expect(loggedLines(/^a call into the token on the event loop has not come back past its bound/)[0]).toMatchObject({ level: 50, call: 'C_Login' });
+  expect(output).not.toContain(readUserPin(dir));
+}, 20_000);

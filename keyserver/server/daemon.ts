@@ -79,14 +79,20 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const log = options.log ?? createLogger('keyserver', config.log.level);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const openOptions = tokenOptions(config);
-  const token = Token.open(openOptions);
-  const metrics = new KeyserverMetrics();
-  const closers: (() => Promise<void> | void)[] = [() => token.close()];
-  // One for the process: it outlives a token opened again. Past the grace after a hang is seen, the process is ended.
+  // One for the process, watching from before the token is opened (a token that does not answer holds a start as well),
+  // and outliving a token opened again. Past the grace after a hang is seen, the process is ended.
   const stuckAfter = stuckAfterMs(config.limits.requestTimeoutMs);
   const loopWatch = new LoopWatch(log, stuckAfter, stuckAfter + config.limits.shutdownGraceMs);
   const stopLoopWatch = (): Promise<void> => loopWatch.stop();
-  closers.push(stopLoopWatch);
+  let token: Token;
+  try {
+    token = Token.open(openOptions);
+  } catch (err) {
+    await stopLoopWatch();
+    throw err;
+  }
+  const metrics = new KeyserverMetrics();
+  const closers: (() => Promise<void> | void)[] = [() => token.close(), stopLoopWatch];
   try {
     let live: LiveToken | undefined;
     const onStuck = (delta: number): void => void metrics.signThreadsStuck.inc(delta);

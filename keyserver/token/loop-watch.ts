@@ -2,7 +2,8 @@
  * A watchdog over the calls into the token made on the event loop: signs made
  * inline (sign-workers.ts signs there while the loop has time to spare, the
  * usual case at handshake rates), key scans (on a request for an unknown key,
- * on SIGHUP), the token checks and reopens, the sessions closed by a stop. A
+ * on SIGHUP), the token's opening at start, its checks and reopens, the
+ * sessions closed by a stop. A
  * token that stops answering inside one of them is made visible, and the
  * process it holds is ended after a bound so that its supervisor starts it
  * again.
