@@ -39,10 +39,10 @@
  * token that holds one call is likely to hold the next, and a call held on the
  * event loop holds everything (no answers, /healthz, /metrics or signal
  * handling); signs go to the threads not stuck, and while every thread is,
- * they are refused at once (the client sees SIGN_FAILED), not queued behind calls that do
- * not come back. An inline call the token holds anyway is seen by the watch
- * over the event loop (loop-watch.ts), which logs it and, past a bound, ends
- * the process. `ready()`
+ * they are refused at once (the client sees SIGN_FAILED), not queued behind
+ * calls that do not come back. An inline call the token holds anyway is seen
+ * by the watch over the event loop (loop-watch.ts), which logs it and, past a
+ * bound, ends the process. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
