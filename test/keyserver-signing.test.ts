@@ -8,6 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { KeyserverConfig } from '../config/schema.js';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -69,6 +70,9 @@ afterAll(async () => {
   await server?.close();
   if (stateDir !== undefined) removeDir(stateDir);
 });
+
+/** The key id `keyedge key generate` printed. */
+const keyIdOf = (stdout: string): string => /key id: ([0-9a-f]{64})/.exec(stdout)![1]!;
 
 function tlsClient(): Promise<KeyserverClient> {
   const client = pki.clients['edge-1']!;
@@ -298,7 +302,7 @@ describe('a token re-created while the server runs', () => {
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', pin!, '--so-pin', soPin!]);
     const generated = await runCli(['key', 'generate', '--config', configFile, '--type', 'ec-p256', '--label', 'after-recreate']);
     expect(generated.code, generated.stderr).toBe(0);
-    const keyId = /key id: ([0-9a-f]{64})/.exec(generated.stdout)![1]!;
+    const keyId = keyIdOf(generated.stdout);
     let answer: unknown;
     const message = randomBytes(64);
     // A request for the new key finds it unknown and the old keys gone, which makes the server look at the token.
@@ -349,12 +353,32 @@ describe('a token re-created while the server runs', () => {
     const healthz = async (): Promise<number> => (await fetch(`http://127.0.0.1:${server.adminPort}/healthz`)).status;
     const reopens = (result: string): Promise<number> => metricValue(server, 'keyedge_keyserver_token_reopens_total', { result });
     const [failedBefore, openedBefore] = [await reopens('failed'), await reopens('opened')];
+    // A key in the token to lose (an earlier case may have left it empty), found by a rescan.
+    const generated = await runCli(['key', 'generate', '--config', configFile, '--type', 'ec-p256', '--label', 'before-delete']);
+    expect(generated.code, generated.stderr).toBe(0);
+    server.rescanKeys();
+    expect(await metricValue(server, 'keyedge_keyserver_keys')).toBeGreaterThan(0);
+    // The token's sessions lost (as a network HSM's are when its link drops: here closed through the module, which the key
+    // server shares in this process), and the token gone: the next sign is refused for the lost session and starts a
+    // reopen at once, with no key scan before it.
+    const module = new pkcs11js.PKCS11();
+    module.load(findSoftHsmModule());
+    try {
+      module.C_Initialize();
+    } catch (err) {
+      if (!/CKR_CRYPTOKI_ALREADY_INITIALIZED/.test((err as Error).message)) throw err;
+    }
+    const slot = module.C_GetSlotList(true).find((s) => module.C_GetTokenInfo(s).label.trim() === 'keyedge')!;
+    module.C_CloseAllSessions(slot);
     softhsm(['--delete-token', '--token', 'keyedge']);
     // One look at the token a second at most.
     await sleep(1_100);
-    server.rescanKeys();
+    const lost = await unix.sign(keyIdOf(generated.stdout), Algorithm.ECDSA_SHA256, randomBytes(32)).catch((e: unknown) => e);
+    expect(String(lost)).toMatch(/SIGN_FAILED.*CKR_SESSION_HANDLE_INVALID/);
     await vi.waitFor(async () => expect(await reopens('failed')).toBeGreaterThan(failedBefore), { timeout: 15_000, interval: 100 });
     expect(await healthz()).toBe(503);
+    // No key can sign while the token is not open: the gauge says so. Before: it kept the last scan's count.
+    expect(await metricValue(server, 'keyedge_keyserver_keys')).toBe(0);
     softhsm(['--init-token', '--free', '--label', 'keyedge', '--pin', otherPin, '--so-pin', soPin!]);
     // No request from here on: the attempts go on by themselves; this PIN is refused, once.
     const failedThen = await reopens('failed');

@@ -8,11 +8,15 @@
  * batch, `scan` makes the main thread's token scan (C_FindObjectsInit) fail,
  * `thread-hang` makes a thread's C_Sign block for good (an open(2) of a FIFO
  * no one writes to: a call stuck in native code, as in an HSM that stopped
- * answering, which no worker.terminate() interrupts).
+ * answering, which no worker.terminate() interrupts), `inline-hang` the same
+ * for the main thread's C_Sign (a sign made on the event loop), `scan-hang`
+ * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login. The
+ * last cases start key servers of their own, since a hang on the event loop
+ * ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -51,7 +55,18 @@ Module._load = function (request, ...rest) {
     const find = proto.C_FindObjectsInit;
     proto.C_FindObjectsInit = function (...args) {
       if (existsSync(join(dir, 'scan'))) throw new Error('CKR_DEVICE_ERROR (injected)');
+      if (existsSync(join(dir, 'scan-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       return find.apply(this, args);
+    };
+    const login = proto.C_Login;
+    proto.C_Login = function (...args) {
+      if (existsSync(join(dir, 'login-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return login.apply(this, args);
+    };
+    const sign = proto.C_Sign;
+    proto.C_Sign = function (...args) {
+      if (existsSync(join(dir, 'inline-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return sign.apply(this, args);
     };
   } else if (!proto.injected) {
     const sign = proto.C_Sign;
@@ -108,24 +123,39 @@ async function burst(): Promise<void> {
   signatures.forEach((signature, i) => void expect(verifies(Algorithm.RSA_PSS_SHA256, messages[i]!, key.publicKey, signature), `sign #${i}`).toBe(true));
 }
 
-beforeAll(async () => {
-  dir = tempDir();
-  control = join(dir, 'faults');
-  writeFileSync(join(dir, 'inject.cjs'), INJECT);
-  const config = testConfig(dir);
-  key = provisionKeys(config, [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
-  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits: { shutdownGraceMs: SHUTDOWN_GRACE_MS } });
-  mkdirSync(control);
-  // Every signing thread fails its start from the first.
-  fault('thread-start', true);
+/** Runs `keyedge keyserver` with these config limits and the faults preloaded, as `child`. */
+function spawnKeyserver(limits: Record<string, number>): void {
+  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
+  output = '';
   child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
   });
   for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+}
+
+/** Starts `keyedge keyserver` with these config limits, the faults preloaded, and connects `client` to it. */
+async function startKeyserverProcess(limits: Record<string, number>): Promise<void> {
+  spawnKeyserver(limits);
   const ready = await waitFor('the key server to be ready', () => logLines(/^key server ready$/)[0]);
   adminPort = (ready.admin as { port: number }).port;
-  client = await KeyserverClient.connect({ unixPath: config.listen.unix!.path, timeoutMs: 10_000 });
+  client = await KeyserverClient.connect({ unixPath: testConfig(dir).listen.unix!.path, timeoutMs: 10_000 });
+}
+
+/** The FIFO a hung C_Sign waits on (opened for reading; nobody writes). */
+function hangFifo(): void {
+  if (!existsSync(join(control, 'hang-fifo'))) execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+}
+
+beforeAll(async () => {
+  dir = tempDir();
+  control = join(dir, 'faults');
+  writeFileSync(join(dir, 'inject.cjs'), INJECT);
+  key = provisionKeys(testConfig(dir), [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
+  mkdirSync(control);
+  // Every signing thread fails its start from the first.
+  fault('thread-start', true);
+  await startKeyserverProcess({ shutdownGraceMs: SHUTDOWN_GRACE_MS });
 }, 60_000);
 
 afterAll(async () => {
@@ -194,7 +224,7 @@ it('SIGHUP with a token scan that fails: logged, and the key server keeps runnin
 
 it('a sign that hangs inside the token: its thread is logged and counted as stuck, the client answered meanwhile', async () => {
   // Before: nothing said the token had stopped answering; only the clients' DEADLINE_EXCEEDED showed anything.
-  execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+  hangFifo();
   fault('thread-hang', true);
   const messages = Array.from({ length: 200 }, () => randomBytes(40));
   const results = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
@@ -208,6 +238,14 @@ it('a sign that hangs inside the token: its thread is logged and counted as stuc
   expect(stuck.threads as number).toBeGreaterThanOrEqual(1);
   expect(stuck.longestMs as number).toBeGreaterThan(4_000);
   expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
+
+  // While a thread is stuck, nothing is signed on the event loop (the token would hold it too): refused at once, and
+  // the key server keeps answering. Before: the loop signed it, and was held with the thread.
+  fault('inline-hang', true);
+  const refusedNow = await client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
+  fault('inline-hang', false);
+  expect(String(refusedNow)).toMatch(/SIGN_FAILED.*the token is not answering/);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
 }, 20_000);
 
 it('SIGTERM with a sign hung inside the token: the key server stops after its grace, saying so, rather than never', async () => {
@@ -220,5 +258,76 @@ it('SIGTERM with a sign hung inside the token: the key server stops after its gr
   expect(child.signalCode, `still running ${Date.now() - stopping} ms after SIGTERM:\n${output.slice(-1500)}`).toBe('SIGTERM');
   const line = loggedLines(/^key server stopping with signs still inside the token/)[0];
   expect(line).toMatchObject({ signsInToken: expect.any(Number), shutdownGraceMs: SHUTDOWN_GRACE_MS });
+  expect(output).not.toContain(readUserPin(dir));
+}, 20_000);
+
+/** Ends the key server left from the cases before (they end it themselves; a case run alone finds it up). */
+async function endChild(): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+/** Lets the calls blocked on the FIFO go on: a writer opens it (non-blocking: it fails if no call waits there). */
+function releaseHang(): void {
+  closeSync(openSync(join(control, 'hang-fifo'), constants.O_WRONLY | constants.O_NONBLOCK));
+}
+
+it('calls into the token held on the event loop: warned within about twice the request deadline, and the process ended past its grace', async () => {
+  // Before: the event loop itself was held, for ever: no line, no /healthz or /metrics, and SIGTERM never handled.
+  client.close();
+  await endChild();
+  fault('thread-start', false);
+  fault('thread-hang', false);
+  hangFifo();
+  // A request deadline of 500 ms: a call held 1 s is stuck, and the process ends 2 s (the grace) later.
+  const graceMs = 2_000;
+  await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
+  const held = (call: string): Record<string, unknown> | undefined =>
+    loggedLines(/^a call into the token on the event loop is not coming back/).find((line) => line.call === call);
+
+  // A key scan (SIGHUP) the token holds: warned, and once it comes back, so is that.
+  fault('scan-hang', true);
+  child.kill('SIGHUP');
+  const scan = await waitFor('the held scan logged', () => held('C_FindObjectsInit'), 10_000);
+  expect(scan).toMatchObject({ level: 40, stuckAfterMs: 1_000, endAfterMs: 1_000 + graceMs });
+  expect(scan.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  fault('scan-hang', false);
+  releaseHang();
+  await waitFor('the scan back', () => loggedLines(/^the call into the token on the event loop came back$/)[0], 10_000);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_keys')).toBe(1);
+
+  // A sign on the event loop (one on an idle key server is made there) the token holds, never answered.
+  fault('inline-hang', true);
+  const answer = client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const sign = await waitFor('the held sign logged', () => held('C_Sign'), 10_000);
+  expect(sign.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  // Nothing on the loop answers meanwhile, a supervisor's SIGTERM included: the process is ended all the same.
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  const ended = loggedLines(/^a call into the token on the event loop has not come back past its bound/);
+  expect(ended).toHaveLength(1);
+  expect(ended[0]).toMatchObject({ level: 50, call: 'C_Sign' });
+  expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(1_000 + graceMs);
+  expect(String(await answer)).toMatch(/closed/i);
+  expect(output).not.toContain(readUserPin(dir));
+  fault('inline-hang', false);
+}, 30_000);
+
+it('a token that does not answer the login at start: warned, and the process ended past its grace, not a start hung for ever', async () => {
+  // Before: the watch began after the token was opened; a C_Login that never came back held the start silently, for ever.
+  await endChild();
+  hangFifo();
+  fault('login-hang', true);
+  spawnKeyserver({ shutdownGraceMs: 500, requestTimeoutMs: 500 });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+  fault('login-hang', false);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  expect(loggedLines(/^a call into the token on the event loop is not coming back/)[0]).toMatchObject({ level: 40, call: 'C_Login' });
+  expect(loggedLines(/^a call into the token on the event loop has not come back past its bound/)[0]).toMatchObject({ level: 50, call: 'C_Login' });
   expect(output).not.toContain(readUserPin(dir));
 }, 20_000);

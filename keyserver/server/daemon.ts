@@ -11,6 +11,10 @@
  * and the token are closed. Signs still inside the token at the end of the
  * grace (a token that stopped answering) are left there: the token is not
  * finalized under them, the stop is logged, and `close()` says how many.
+ * A call into the token hung on the event loop itself (an inline sign, a key
+ * scan, a session closed by this stop) stops everything, this stop included:
+ * a watch on a thread of its own logs it and, past the same grace, ends the
+ * process (loop-watch.ts).
  *
  * Connections are admitted by admission.ts (caps overall and per client
  * identity; a newcomer at a cap evicts a stalled or idle connection rather
@@ -29,6 +33,7 @@ import type tls from 'node:tls';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { prepareEmbeddedToken, readPinFile } from '../token/embedded.js';
+import { LoopWatch } from '../token/loop-watch.js';
 import { SigningWorkers, stuckAfterMs } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../shared/errors.js';
@@ -74,20 +79,27 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const log = options.log ?? createLogger('keyserver', config.log.level);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const openOptions = tokenOptions(config);
-  const token = Token.open(openOptions);
+  // One for the process, watching from before the token is opened (a token that does not answer holds a start as well),
+  // and outliving a token opened again. Past the grace after a hang is seen, the process is ended.
+  const stuckAfter = stuckAfterMs(config.limits.requestTimeoutMs);
+  const loopWatch = new LoopWatch(log, stuckAfter, stuckAfter + config.limits.shutdownGraceMs);
+  const stopLoopWatch = (): Promise<void> => loopWatch.stop();
+  let token: Token;
+  try {
+    token = Token.open(openOptions);
+  } catch (err) {
+    await stopLoopWatch();
+    throw err;
+  }
   const metrics = new KeyserverMetrics();
-  const closers: (() => Promise<void> | void)[] = [() => token.close()];
+  const closers: (() => Promise<void> | void)[] = [() => token.close(), stopLoopWatch];
   try {
     let live: LiveToken | undefined;
-    const stuck = { stuckAfterMs: stuckAfterMs(config.limits.requestTimeoutMs), onStuck: (delta: number) => metrics.signThreadsStuck.inc(delta) };
+    const onStuck = (delta: number): void => void metrics.signThreadsStuck.inc(delta);
+    const stuck = { stuckAfterMs: stuckAfter, onStuck };
     const build = (opened: Token): TokenParts => {
-      const keys = new KeyStore(
-        opened,
-        log,
-        (count) => metrics.keys.set(count),
-        undefined,
-        (cause) => live?.suspect(cause),
-      );
+      // The keys gauge reads the open token's store at each scrape (service.ts): none while the token is not open.
+      const keys = new KeyStore(opened, log, undefined, undefined, (cause) => live?.suspect(cause));
       return { token: opened, keys, signers: new SigningWorkers(opened, openOptions.modulePath, config.pkcs11.sessions, log, stuck) };
     };
     const parts = build(token);
@@ -106,7 +118,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
     const closeToken = (): Promise<void> => liveToken.close();
-    closers.splice(0, closers.length, closeToken);
+    closers.splice(0, closers.length, closeToken, stopLoopWatch);
     const limiter = new LogLimiter({ intervalMs: config.log.rateLimitIntervalSeconds * 1000, burst: config.log.rateLimitBurst });
     const service = new SigningService({ token: liveToken, metrics, log, limiter, requestTimeoutMs: config.limits.requestTimeoutMs });
     const connections = new Set<KeyserverConnection>();

@@ -31,7 +31,8 @@ export class KeyStore {
   readonly #onScan: (count: number) => void;
   readonly #onSuspect: (cause: string) => void;
 
-  constructor(token: Token, log: Logger, onScan: (count: number) => void, rescanIntervalMs = 1000, onSuspect: (cause: string) => void = () => {}) {
+  /** `onScan`: the count of keys each scan found. */
+  constructor(token: Token, log: Logger, onScan: (count: number) => void = () => {}, rescanIntervalMs = 1000, onSuspect: (cause: string) => void = () => {}) {
     this.#token = token;
     this.#log = log;
     this.#onScan = onScan;

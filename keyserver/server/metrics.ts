@@ -45,6 +45,14 @@ export type DropReason = (typeof DROP_REASONS)[number];
  */
 const EVENT_LOOP_SAMPLE_MS = 100;
 
+/** The open token's state, read at each scrape (live-token.ts: none while it is not open). */
+export interface TokenGauges {
+  /** Keys that can sign now. */
+  keys(): number;
+  /** Signing threads loaded and taking jobs. */
+  threadsUp(): number;
+}
+
 /** Signs of one algorithm held by `signed()` before they are handed over: 4 KiB of durations each, at most 9 algorithms. */
 const SIGN_BATCH = 512;
 
@@ -116,10 +124,17 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
-  readonly keys = new Gauge({
+  /** What the keys and signing-threads gauges read at each scrape; `watchToken()` sets where from. */
+  #token: TokenGauges = { keys: () => 0, threadsUp: () => 0 };
+
+  readonly keys: Gauge = new Gauge({
     name: `${PREFIX}keys`,
-    help: 'Signing keys found in the token at the last scan.',
+    help:
+      'Signing keys the key server can sign with now: those found in the token at its last scan, ' +
+      'and 0 while the token is not open (being opened again, or it cannot be: signs are refused SIGN_FAILED).',
     registers: [this.registry],
+    // Read at the scrape from the token open now: a count kept from a token closed since would say keys sign when none can.
+    collect: (): void => this.keys.set(this.#token.keys()),
   });
 
   readonly signsDropped = new Counter<'reason'>({
@@ -140,9 +155,6 @@ export class KeyserverMetrics {
     registers: [this.registry],
   });
 
-  /** Signing threads up, read at each scrape; `watchSignThreads()` sets where from. */
-  #signThreadsUp: () => number = () => 0;
-
   readonly signThreadsUp: Gauge = new Gauge({
     name: `${PREFIX}sign_threads_up`,
     help:
@@ -150,14 +162,15 @@ export class KeyserverMetrics {
       'restarting (each failure is logged), and signs fall back to the other threads or the event loop.',
     registers: [this.registry],
     // Read at the scrape, not pushed on each change: a thread's state is one field, and a failing thread changes it every backoff.
-    collect: (): void => this.signThreadsUp.set(this.#signThreadsUp()),
+    collect: (): void => this.signThreadsUp.set(this.#token.threadsUp()),
   });
 
   readonly signThreadsStuck = new Gauge({
     name: `${PREFIX}sign_threads_stuck`,
     help:
       'Signing threads whose call into the token has not come back for longer than twice limits.requestTimeoutMs (at least 1 s): ' +
-      'the token is not answering (logged); a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
+      'the token is not answering (logged); nothing is signed on the event loop meanwhile, and while every thread is stuck signs are refused ' +
+      'SIGN_FAILED at once; a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
     registers: [this.registry],
   });
 
@@ -168,9 +181,9 @@ export class KeyserverMetrics {
     for (const result of ['opened', 'failed'] as const) this.tokenReopens.inc({ result }, 0);
   }
 
-  /** Where `sign_threads_up` reads the signing threads up at each scrape. */
-  watchSignThreads(threadsUp: () => number): void {
-    this.#signThreadsUp = threadsUp;
+  /** Where `keys` and `sign_threads_up` read the token's keys and signing threads up at each scrape. */
+  watchToken(token: TokenGauges): void {
+    this.#token = token;
   }
 
   connectionDropped(reason: DropReason): void {

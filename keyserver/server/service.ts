@@ -73,7 +73,10 @@ export class SigningService {
 
   constructor(options: ServiceOptions) {
     this.#options = options;
-    options.metrics.watchSignThreads(() => options.token.parts?.signers.threadsUp ?? 0);
+    options.metrics.watchToken({
+      keys: () => options.token.parts?.keys.size ?? 0,
+      threadsUp: () => options.token.parts?.signers.threadsUp ?? 0,
+    });
   }
 
   /** From now on every request is answered SHUTTING_DOWN; requests already running finish. */

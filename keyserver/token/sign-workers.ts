@@ -34,7 +34,15 @@
  * backlog of signs nobody waits for any more (their deadline answered) costs
  * no batch slot on a thread ahead of fresh ones.
  * While no thread is up, every sign is made inline, whatever the budget: a
- * slower event loop beats refusing signs the token can make. `ready()`
+ * slower event loop beats refusing signs the token can make. But while a
+ * thread is stuck in the token (stuck-signs.ts), nothing is signed inline: a
+ * token that holds one call is likely to hold the next, and a call held on the
+ * event loop holds everything (no answers, /healthz, /metrics or signal
+ * handling); signs go to the threads not stuck, and while every thread is,
+ * they are refused at once (the client sees SIGN_FAILED), not queued behind
+ * calls that do not come back. An inline call the token holds anyway is seen
+ * by the watch over the event loop (loop-watch.ts), which logs it and, past a
+ * bound, ends the process. `ready()`
  * resolves once every thread has loaded or failed its first start, so the
  * server says it is ready when the threads are.
  *
@@ -46,7 +54,7 @@
  * request runs at a time per worker. `close()` waits for what was sent, then
  * stops the workers (a sign that never comes back from the token holds it: it
  * is logged and counted, stuck-signs.ts; `stuck()` says how many); the Token is closed after that by its owner. Signs are
- * refused only after `close()`.
+ * refused after `close()`, and while every thread up is stuck in the token.
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -90,6 +98,9 @@ export interface StuckOptions {
   /** The change in stuck threads, for a gauge. */
   readonly onStuck?: (delta: number) => void;
 }
+
+/** A sign's refusal while every signing thread is stuck in the token. */
+const NOT_ANSWERING = 'the token is not answering: every signing thread is held by a call that has not come back; not signed';
 
 /** A thread is stuck past twice the request deadline (its jobs' deadlines are long past), and never under a second. */
 export function stuckAfterMs(requestTimeoutMs: number): number {
@@ -183,10 +194,15 @@ export class SigningWorkers {
     const plan = signPlan(key, request);
     const now = performance.now();
     const handle = this.#sessionKeys.handleFor(key, now);
-    const inline = this.#inlineBudgetLeft(now);
+    const stuck = this.#watch.anyStuck;
+    const inline = !stuck && this.#inlineBudgetLeft(now);
     const lane = inline ? undefined : this.#leastLoaded();
-    // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
-    if (lane === undefined) return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    if (lane === undefined) {
+      // Every thread up is stuck in the token: the loop must not be next.
+      if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
+      // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
+      return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
+    }
     const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
     return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, signal, resolve, reject }));
   }
@@ -251,6 +267,7 @@ export class SigningWorkers {
     if (Date.now() > job.deadline) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
     const lane = this.#leastLoaded();
     if (lane !== undefined) return this.#enqueue(lane, pending);
+    if (this.#watch.anyStuck) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
     try {
       pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
     } catch (err) {
@@ -275,10 +292,12 @@ export class SigningWorkers {
     if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
-  /** The thread up with the fewest jobs; undefined while none is up. */
+  /** The thread up and not stuck in the token with the fewest jobs; undefined while there is none. */
   #leastLoaded(): SignThread | undefined {
     let best: SignThread | undefined;
-    for (const lane of this.#lanes) if (lane.up && (best === undefined || lane.load < best.load)) best = lane;
+    for (const lane of this.#lanes) {
+      if (lane.up && (best === undefined || lane.load < best.load) && !this.#watch.isStuck(lane)) best = lane;
+    }
     return best;
   }
 

@@ -15,7 +15,10 @@
  * warning naming how many threads and signs and for how long (never what is
  * signed, nor with which key); while it lasts, once a STUCK_LOG_MS more; once
  * it ends, an info line. `onStuck` gets the change in stuck threads, for a
- * gauge.
+ * gauge. `isStuck(thread)` says whether the last check found that thread
+ * stuck (the owner stops signing on the event loop meanwhile: a token that
+ * holds one call is likely to hold the next, and the loop must stay free to
+ * answer; sign-workers.ts).
  */
 import type { Logger } from '../shared/log.js';
 
@@ -44,6 +47,8 @@ export class StuckWatch {
   readonly #onStuck: (delta: number) => void;
   readonly #timer: NodeJS.Timeout;
   #stuckThreads = 0;
+  /** The threads the last check found stuck. */
+  #stuckLanes = new Set<InToken>();
   #loggedAt = -Infinity;
   /** Set once the owner waits for the signs in the token before closing it (a reopen or the shutdown). */
   closing = false;
@@ -62,8 +67,8 @@ export class StuckWatch {
     let signs = 0;
     let longestMs = 0;
     for (const lane of this.#lanes) {
+      if (!this.#isStuckNow(lane, now)) continue;
       const held = lane.inToken(now);
-      if (held.signs === 0 || held.busyMs <= this.#stuckAfterMs) continue;
       threads++;
       signs += held.signs;
       longestMs = Math.max(longestMs, held.busyMs);
@@ -71,15 +76,32 @@ export class StuckWatch {
     return { threads, signs, longestMs: Math.round(longestMs) };
   }
 
+  /** Whether the last check found this thread stuck. */
+  isStuck(lane: InToken): boolean {
+    return this.#stuckLanes.has(lane);
+  }
+
+  /** Whether the last check found any thread stuck. */
+  get anyStuck(): boolean {
+    return this.#stuckLanes.size > 0;
+  }
+
   stop(): void {
     clearInterval(this.#timer);
     this.#onStuck(-this.#stuckThreads);
     this.#stuckThreads = 0;
+    this.#stuckLanes = new Set();
+  }
+
+  #isStuckNow(lane: InToken, now: number): boolean {
+    const held = lane.inToken(now);
+    return held.signs > 0 && held.busyMs > this.#stuckAfterMs;
   }
 
   #check(): void {
     const now = performance.now();
     const stuck = this.stuck(now);
+    this.#stuckLanes = new Set(this.#lanes.filter((lane) => this.#isStuckNow(lane, now)));
     const was = this.#stuckThreads;
     this.#onStuck(stuck.threads - was);
     this.#stuckThreads = stuck.threads;

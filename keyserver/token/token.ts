@@ -11,6 +11,8 @@
  * Concurrency: management calls (find, create, attributes) run on the caller's
  * thread through `management`, a session reserved for them; signing uses the
  * signing workers (sign-workers.ts), so a long key listing never holds up a handshake.
+ * Every call made through the Token's module instance is marked for the watch
+ * over the event loop (loop-watch.ts): one the token never answers holds it.
  *
  * After open, C_GetTokenInfo is called again only by `isSame()`, when
  * something already looks wrong, and nothing else should call it: SoftHSM2
@@ -29,6 +31,7 @@
  */
 import pkcs11js from 'pkcs11js';
 import { TokenError } from '../shared/errors.js';
+import { markCalls } from './loop-watch.js';
 
 export interface TokenSelector {
   readonly label?: string;
@@ -160,7 +163,8 @@ export function ckrName(err: unknown): string {
 }
 
 function loadModule(modulePath: string): pkcs11js.PKCS11 {
-  const pkcs11 = new pkcs11js.PKCS11();
+  // Every call this thread makes into the module is seen by the watch over the event loop (a token may stop answering in any).
+  const pkcs11 = markCalls(new pkcs11js.PKCS11());
   try {
     pkcs11.load(modulePath);
   } catch (err) {

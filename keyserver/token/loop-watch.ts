@@ -1,0 +1,174 @@
+/**
+ * A watchdog over the calls into the token made on the event loop: signs made
+ * inline (sign-workers.ts signs there while the loop has time to spare, the
+ * usual case at handshake rates), key scans (on a request for an unknown key,
+ * on SIGHUP), the token's opening at start, its checks and reopens, the
+ * sessions closed by a stop. A
+ * token that stops answering inside one of them is made visible, and the
+ * process it holds is ended after a bound so that its supervisor starts it
+ * again.
+ *
+ * Why a thread: a PKCS#11 call that never returns on the event loop holds the
+ * loop itself. Nothing on it runs again: no log line, no /healthz or /metrics,
+ * no answer to any client, and no SIGTERM handler (Node runs signal handlers
+ * on the loop; a worker thread receives none). The signing threads' watch
+ * (stuck-signs.ts) runs on that loop too. So every call of the main thread's
+ * module (`markCalls`, on each Token's PKCS11) marks itself, entering and
+ * leaving, in a SharedArrayBuffer (two atomic adds: a sequence number, odd
+ * while inside the token, and which function; no clock, no message), and a
+ * thread of its own looks at the mark every CHECK_MS at most, asleep in
+ * Atomics.wait in between. The same odd number seen for longer than
+ * `stuckAfterMs` (the signing threads' bound: twice the request deadline, at
+ * least a second) is a token not answering: the thread writes a warning
+ * itself, straight to stdout as a JSON line in the logger's format (the loop
+ * that writes the others is the one held), with the function's name and times
+ * only, never its arguments (what is signed, with which key, a PIN); again
+ * every STUCK_LOG_MS while it lasts, and an info line if the call comes back.
+ *
+ * What then: the process is ended, by SIGKILL, once the call has been held
+ * `endAfterMs` (`stuckAfterMs` + limits.shutdownGraceMs), after an error line
+ * saying why. Waiting serves no one: while the loop is held the process
+ * answers nothing, a supervisor's SIGTERM included, so it is already as good
+ * as stopped, and unlike a hung thread it cannot even report its state; a
+ * restart opens the token again (new sessions, for a network HSM a new link:
+ * the usual cure), and if the token is still gone the new process says so
+ * (/healthz 503, `the token cannot be opened`). The grace is the one a stop
+ * gives signs hung in threads, counted from the moment the hang is seen.
+ * SIGKILL because nothing else ends a process whose main thread is inside
+ * native code: process.exit() from a worker ends only the worker, and on the
+ * main thread it would join the threads; SIGTERM is caught (and held) by the
+ * loop's handler; SIGABRT or SIGQUIT would dump core, and the core of a process
+ * running an in-process token (SoftHSM2) holds its keys and the PIN. A
+ * supervisor restarts a process killed by a signal (systemd Restart=on-failure,
+ * Kubernetes). Lines the logger held but had not written (at most its
+ * LOG_FLUSH_MS) are lost with it.
+ *
+ * Contract: `markCalls(pkcs11)` makes every C_ function of that module
+ * instance mark its calls (main thread only; the mark is the process's); a
+ * `LoopWatch` watches the mark until `stop()`. One per process (daemon.ts): it
+ * outlives a token opened again.
+ */
+import { Worker } from 'node:worker_threads';
+import pkcs11js from 'pkcs11js';
+import type { Logger } from '../shared/log.js';
+
+/** The thread looks at the mark this far apart at most, and at an eighth of the bound (it sees a hang soon past it). */
+const CHECK_MS = 1_000;
+/** A call that stays held is logged again once per this long. */
+const STUCK_LOG_MS = 30_000;
+/** Slots of the mark: the sequence number (odd while the loop is inside the token), and the function's index in CALLS. */
+const SEQ = 0;
+const CALL = 1;
+
+/** The module's functions, by index: every C_ function pkcs11js offers. */
+const CALLS: readonly string[] = (() => {
+  const names = new Set<string>();
+  for (let proto = pkcs11js.PKCS11.prototype; proto !== null && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+    for (const name of Object.getOwnPropertyNames(proto)) if (name.startsWith('C_')) names.add(name);
+  }
+  return [...names].sort();
+})();
+
+/** The process's mark, written by the main thread only. */
+const mark = new Int32Array(new SharedArrayBuffer(8));
+/** Calls in progress: a function of pkcs11js that calls another marks once. */
+let depth = 0;
+
+/** Makes every C_ function of this module instance mark its calls for the watch; returns it. */
+export function markCalls(pkcs11: pkcs11js.PKCS11): pkcs11js.PKCS11 {
+  const instance = pkcs11 as unknown as Record<string, (...args: unknown[]) => unknown>;
+  CALLS.forEach((name, index) => {
+    const call = instance[name];
+    if (typeof call !== 'function') return;
+    instance[name] = (...args: unknown[]): unknown => {
+      if (depth++ === 0) {
+        Atomics.store(mark, CALL, index);
+        Atomics.add(mark, SEQ, 1);
+      }
+      try {
+        return call.apply(pkcs11, args);
+      } finally {
+        if (--depth === 0) Atomics.add(mark, SEQ, 1);
+      }
+    };
+  });
+  return pkcs11;
+}
+
+/** The thread's whole program: CommonJS, so it runs the same from sources (tests) and from dist/. */
+const WATCH_SOURCE = `
+const { workerData } = require('node:worker_threads');
+const { writeSync } = require('node:fs');
+const { mark, stop, calls, checkMs, stuckAfterMs, endAfterMs, stuckLogMs, name, minLevel } = workerData;
+const nap = new Int32Array(new SharedArrayBuffer(4));
+function line(level, fields, msg) {
+  if (level < minLevel) return;
+  const text = JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, name, ...fields, msg }) + '\\n';
+  // stdout may be a non-blocking pipe: a few tries, never a hang of its own.
+  for (let tries = 0; tries < 50; tries++) {
+    try {
+      writeSync(1, text);
+      return;
+    } catch (err) {
+      if (err.code !== 'EAGAIN') return;
+      Atomics.wait(nap, 0, 0, 20);
+    }
+  }
+}
+let seen = 0;
+let since = 0;
+let loggedAt = -Infinity;
+while (Atomics.load(stop, 0) === 0) {
+  Atomics.wait(stop, 0, 0, checkMs);
+  const seq = Atomics.load(mark, ${SEQ});
+  const now = performance.now();
+  if (seq % 2 === 0 || seq !== seen) {
+    if (loggedAt > -Infinity) line(30, { heldMs: Math.round(now - since) }, 'the call into the token on the event loop came back');
+    loggedAt = -Infinity;
+    seen = seq;
+    since = now;
+    continue;
+  }
+  // Inside the same call since at least \`since\` (the first look that saw it).
+  const heldMs = Math.round(now - since);
+  const fields = { call: calls[Atomics.load(mark, ${CALL})] ?? 'unknown', heldMs, stuckAfterMs, endAfterMs };
+  if (heldMs >= endAfterMs) {
+    line(50, fields, 'a call into the token on the event loop has not come back past its bound: the key server answers nothing meanwhile (its SIGTERM handler included); ending the process (SIGKILL) for its supervisor to start it again');
+    process.kill(process.pid, 'SIGKILL');
+  } else if (heldMs >= stuckAfterMs && now - loggedAt >= stuckLogMs) {
+    loggedAt = now;
+    line(40, fields, 'a call into the token on the event loop is not coming back: the token is not answering, and the key server answers nothing (no /healthz, /metrics or signal handling) until it does; the process ends at endAfterMs');
+  }
+}
+`;
+
+export class LoopWatch {
+  readonly #stop = new Int32Array(new SharedArrayBuffer(4));
+  readonly #worker: Worker;
+
+  /** `stuckAfterMs`: a call held this long is logged; `endAfterMs`: this long, the process is ended. */
+  constructor(log: Logger, stuckAfterMs: number, endAfterMs: number) {
+    const workerData = {
+      mark,
+      stop: this.#stop,
+      calls: CALLS,
+      checkMs: Math.min(CHECK_MS, Math.ceil(stuckAfterMs / 8)),
+      stuckAfterMs,
+      endAfterMs,
+      stuckLogMs: STUCK_LOG_MS,
+      name: (log.bindings() as { name?: string }).name ?? 'keyserver',
+      // The lowest level written (pino's number; Infinity when silent).
+      minLevel: log.levelVal,
+    };
+    this.#worker = new Worker(WATCH_SOURCE, { eval: true, workerData });
+    // It must never keep the process alive, nor end it on an error of its own.
+    this.#worker.on('error', (err) => log.error({ err }, 'the watch over calls into the token on the event loop failed; such a call that hangs goes unseen'));
+    this.#worker.unref();
+  }
+
+  async stop(): Promise<void> {
+    Atomics.store(this.#stop, 0, 1);
+    Atomics.notify(this.#stop, 0);
+    await this.#worker.terminate();
+  }
+}
