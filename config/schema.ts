@@ -53,6 +53,7 @@ export interface KeyserverConfig {
     readonly tlsHandshakeTimeoutMs: number;
     readonly requestTimeoutMs: number;
     readonly shutdownGraceMs: number;
+    readonly tokenStallExitMs: number;
   };
   readonly admin: { readonly host: string; readonly port: number } | null;
   readonly log: {
@@ -138,6 +139,12 @@ export const KEYSERVER_DEFAULTS = Object.freeze({
     // Lets in-flight signatures finish on restart; 10 s is well within
     // systemd's default stop timeout (90 s).
     shutdownGraceMs: 10_000,
+    // A call into the token that holds the event loop this long, once the key
+    // server serves, ends the process for its supervisor to restart it
+    // (token/loop-watch.ts). A minute: far past any sign or scan a working
+    // token makes (a SoftHSM2 scan of 3,000 keys took 0.7 s on a loaded
+    // 2-core machine), and proxies fail over to another key server meanwhile.
+    tokenStallExitMs: 60_000,
   }),
   // Loopback: metrics and health are for the local scraper, not the world.
   // 9464 is the conventional Prometheus exporter port.
@@ -324,6 +331,9 @@ const limitsSchema = strict(
     tlsHandshakeTimeoutMs: intIn(100, 600_000).optional(),
     requestTimeoutMs: intIn(10, 60_000).optional(),
     shutdownGraceMs: intIn(0, 600_000).optional(),
+    tokenStallExitMs: intIn(0, 3_600_000)
+      .refine((ms) => ms === 0 || ms >= 1_000, { error: 'expected 0 (never) or from 1000 to 3600000' })
+      .optional(),
   },
   'an object',
 );

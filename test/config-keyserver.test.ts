@@ -52,6 +52,7 @@ describe('defaults', () => {
       tlsHandshakeTimeoutMs: 10000,
       requestTimeoutMs: 2000,
       shutdownGraceMs: 10000,
+      tokenStallExitMs: 60000,
     });
     expect(c.admin).toEqual({ host: '127.0.0.1', port: 9464 });
     expect(c.log).toEqual({ level: 'info', keyUsageIntervalSeconds: 60, rateLimitIntervalSeconds: 10, rateLimitBurst: 10 });

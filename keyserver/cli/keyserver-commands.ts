@@ -21,9 +21,9 @@ Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to
 limits.shutdownGraceMs; signs the token has not answered by then are left
 in it and the process ends by the signal), SIGHUP rescans the token for keys.
 A call the token holds on the event loop itself (a sign, a key scan; no
-signal is handled then) is logged past twice limits.requestTimeoutMs, and
-limits.shutdownGraceMs later the process ends itself (SIGKILL) for its
-supervisor to restart it.
+signal is handled then) is logged past twice limits.requestTimeoutMs; once
+serving, a call held limits.tokenStallExitMs (a minute) ends the process
+(SIGKILL) for its supervisor to restart it.
 
 Options:
   --config FILE   JSON config (see config/keyserver.json)

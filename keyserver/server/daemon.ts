@@ -79,10 +79,10 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
   const log = options.log ?? createLogger('keyserver', config.log.level);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const openOptions = tokenOptions(config);
-  // One for the process, watching from before the token is opened (a token that does not answer holds a start as well),
-  // and outliving a token opened again. Past the grace after a hang is seen, the process is ended.
+  // One for the process, watching from before the token is opened (a token that does not answer holds a start as well:
+  // warned about), and outliving a token opened again. Once serving, a call held limits.tokenStallExitMs ends the process.
   const stuckAfter = stuckAfterMs(config.limits.requestTimeoutMs);
-  const loopWatch = new LoopWatch(log, stuckAfter, stuckAfter + config.limits.shutdownGraceMs);
+  const loopWatch = new LoopWatch(log, stuckAfter, config.limits.tokenStallExitMs);
   const stopLoopWatch = (): Promise<void> => loopWatch.stop();
   let token: Token;
   try {
@@ -231,6 +231,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       { unix: unixPath, tcp: tcpPort, admin: admin?.address(), token: token.label, keys: keys.size, sessions: signers.size, threadsUp: signers.threadsUp },
       'key server ready',
     );
+    // Serving: from now on a call the token holds on the event loop past limits.tokenStallExitMs ends the process.
+    loopWatch.arm();
 
     let closing: Promise<ShutdownResult> | undefined;
     const close = (): Promise<ShutdownResult> => {

@@ -25,9 +25,16 @@
  * only, never its arguments (what is signed, with which key, a PIN); again
  * every STUCK_LOG_MS while it lasts, and an info line if the call comes back.
  *
- * What then: the process is ended, by SIGKILL, once the call has been held
- * `endAfterMs` (`stuckAfterMs` + limits.shutdownGraceMs), after an error line
- * saying why. Waiting serves no one: while the loop is held the process
+ * What then: once the key server serves (`arm()`), the process is ended, by
+ * SIGKILL, when the call has been held `endAfterMs` (limits.tokenStallExitMs,
+ * a minute by default; 0: never), after an error line saying why. Not before it
+ * serves: a start the token holds only warns (a supervisor's start timeout
+ * bounds it, as systemd's TimeoutStartSec does), because a large token's
+ * C_Initialize legitimately takes seconds (SoftHSM2: 2.4 s for 3,000 keys on a
+ * loaded 2-core machine, growing with the keys) and a kill there would only
+ * start the same slow open again, for ever. The bound is far past what a
+ * working token's call takes for the same reason: a scan of many keys holds
+ * the loop for seconds. Waiting serves no one: while the loop is held the process
  * answers nothing, a supervisor's SIGTERM included, so it is already as good
  * as stopped, and unlike a hung thread it cannot even report its state; a
  * restart opens the token again (new sessions, for a network HSM a new link:
@@ -45,7 +52,8 @@
  *
  * Contract: `markCalls(pkcs11)` makes every C_ function of that module
  * instance mark its calls (main thread only; the mark is the process's); a
- * `LoopWatch` watches the mark until `stop()`. One per process (daemon.ts): it
+ * `LoopWatch` watches the mark until `stop()`, and may end the process only
+ * after `arm()`. One per process (daemon.ts): it
  * outlives a token opened again.
  */
 import { Worker } from 'node:worker_threads';
@@ -99,7 +107,7 @@ export function markCalls(pkcs11: pkcs11js.PKCS11): pkcs11js.PKCS11 {
 const WATCH_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const { writeSync } = require('node:fs');
-const { mark, stop, calls, checkMs, stuckAfterMs, endAfterMs, stuckLogMs, name, minLevel } = workerData;
+const { mark, stop, armed, calls, checkMs, stuckAfterMs, endAfterMs, stuckLogMs, name, minLevel } = workerData;
 const nap = new Int32Array(new SharedArrayBuffer(4));
 function line(level, fields, msg) {
   if (level < minLevel) return;
@@ -132,7 +140,7 @@ while (Atomics.load(stop, 0) === 0) {
   // Inside the same call since at least \`since\` (the first look that saw it).
   const heldMs = Math.round(now - since);
   const fields = { call: calls[Atomics.load(mark, ${CALL})] ?? 'unknown', heldMs, stuckAfterMs, endAfterMs };
-  if (heldMs >= endAfterMs) {
+  if (endAfterMs > 0 && heldMs >= endAfterMs && Atomics.load(armed, 0) === 1) {
     line(50, fields, 'a call into the token on the event loop has not come back past its bound: the key server answers nothing meanwhile (its SIGTERM handler included); ending the process (SIGKILL) for its supervisor to start it again');
     process.kill(process.pid, 'SIGKILL');
   } else if (heldMs >= stuckAfterMs && now - loggedAt >= stuckLogMs) {
@@ -144,13 +152,15 @@ while (Atomics.load(stop, 0) === 0) {
 
 export class LoopWatch {
   readonly #stop = new Int32Array(new SharedArrayBuffer(4));
+  readonly #armed = new Int32Array(new SharedArrayBuffer(4));
   readonly #worker: Worker;
 
-  /** `stuckAfterMs`: a call held this long is logged; `endAfterMs`: this long, the process is ended. */
+  /** `stuckAfterMs`: a call held this long is logged; `endAfterMs` (0: never): this long, once armed, the process is ended. */
   constructor(log: Logger, stuckAfterMs: number, endAfterMs: number) {
     const workerData = {
       mark,
       stop: this.#stop,
+      armed: this.#armed,
       calls: CALLS,
       checkMs: Math.min(CHECK_MS, Math.ceil(stuckAfterMs / 8)),
       stuckAfterMs,
@@ -164,6 +174,11 @@ export class LoopWatch {
     // It must never keep the process alive, nor end it on an error of its own.
     this.#worker.on('error', (err) => log.error({ err }, 'the watch over calls into the token on the event loop failed; such a call that hangs goes unseen'));
     this.#worker.unref();
+  }
+
+  /** From now on (the key server serves) a call held `endAfterMs` ends the process. */
+  arm(): void {
+    Atomics.store(this.#armed, 0, 1);
   }
 
   async stop(): Promise<void> {
