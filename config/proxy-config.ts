@@ -98,6 +98,8 @@ export interface ProxyConfig {
   readonly workerStartTimeoutMs: number;
   /** How long the primary waits for every worker to apply a reload (or an issued certificate) before calling it partial. */
   readonly reloadApplyTimeoutMs: number;
+  /** A serving worker that sends the primary nothing this long (its event loop is blocked) is killed and replaced. */
+  readonly workerSilentTimeoutMs: number;
   /** Managed certificates over ACME (proxy/acme/); null: off. */
   readonly acme: AcmeConfig | null;
   /**

@@ -76,6 +76,8 @@ export const PROXY_DEFAULTS = Object.freeze({
   // A reload is a message and a table swap in each worker (milliseconds; a whole state as a file, seconds at 100,000
   // certificates): a worker silent this long is stopped or stuck, and the watchdog replaces it.
   reloadApplyTimeoutMs: 30_000,
+  // Six of the 5 s metrics polls unanswered: a blocked event loop, not a busy moment.
+  workerSilentTimeoutMs: 30_000,
   // One node on its own needs no shared store: the certificate store directory is the embedded default.
   etcd: null,
   etcdSettings: Object.freeze({

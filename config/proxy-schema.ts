@@ -191,6 +191,8 @@ export const proxyFileSchema = strict(
     shutdownGraceMs: intIn(0, 600_000).optional(),
     workerStartTimeoutMs: intIn(1_000, 3_600_000).optional(),
     reloadApplyTimeoutMs: intIn(1_000, 600_000).optional(),
+    // Twice the 5 s metrics poll at least: a live worker answers each of them.
+    workerSilentTimeoutMs: intIn(10_000, 3_600_000).optional(),
     etcd: etcdSectionSchema.nullable().optional(),
     forwarding: strict(
       { trustedProxies: z.array(addressBlock, { error: 'expected an array of addresses or CIDR blocks' }).optional() },

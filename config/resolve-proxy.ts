@@ -77,6 +77,7 @@ export function resolveProxy(c: ProxyFile, { source, baseDir }: ConfigOrigin): P
     shutdownGraceMs: c.shutdownGraceMs ?? D.shutdownGraceMs,
     workerStartTimeoutMs: c.workerStartTimeoutMs ?? D.workerStartTimeoutMs,
     reloadApplyTimeoutMs: c.reloadApplyTimeoutMs ?? D.reloadApplyTimeoutMs,
+    workerSilentTimeoutMs: c.workerSilentTimeoutMs ?? D.workerSilentTimeoutMs,
     limits: { ...D.limits, ...definedOnly(c.limits ?? {}) },
     etcd:
       c.etcd === undefined || c.etcd === null

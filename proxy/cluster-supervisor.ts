@@ -26,10 +26,10 @@ const CRASH_LOOP_MS = 5_000;
 /** The pause doubles with each such death in a row, from 1 s up to this: a crash loop costs the serving workers little CPU. */
 const MAX_RESTART_PAUSE_MS = 30_000;
 /**
- * A serving worker that sent nothing for this long, not even its answers to the metrics polls (every 5 s,
- * cluster-metrics.ts), has a blocked event loop: it is killed and replaced (`applyAllowanceMs` more during a reload).
+ * How often the serving workers' silence is judged: a serving worker that sent nothing for `workerSilentTimeoutMs`,
+ * not even its answers to the metrics polls (every 5 s, cluster-metrics.ts), has a blocked event loop: it is killed
+ * and replaced (`applyAllowanceMs` more during a reload).
  */
-const SILENT_MS = 30_000;
 const WATCH_MS = 5_000;
 /**
  * Starts in a row that ended before the worker served (it died, or hung past `workerStartTimeoutMs`) while no worker
@@ -123,7 +123,7 @@ export class WorkerSupervisor {
     for (const worker of this.ready) {
       const silentMs = now - (this.#heardAt.get(worker) ?? now);
       // Building a large reload's contexts holds a worker's loop: while one is applied to it, it has that long more.
-      if (silentMs < SILENT_MS + (this.parts.applying(worker) ? this.parts.applyAllowanceMs : 0) || worker.isDead()) continue;
+      if (silentMs < this.parts.config.workerSilentTimeoutMs + (this.parts.applying(worker) ? this.parts.applyAllowanceMs : 0) || worker.isDead()) continue;
       this.parts.log.error({ worker: worker.id, pid: worker.process.pid, silentMs }, 'proxy worker unresponsive (its event loop is blocked); killing it');
       worker.process.kill('SIGKILL');
     }

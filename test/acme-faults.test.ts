@@ -70,8 +70,9 @@ beforeAll(async () => {
       orderTimeoutSeconds: 7,
       renewal: { checkSeconds: 1, retryMinSeconds: 1, retryMaxSeconds: 8, jitter: 0.5 },
     },
-    // The stopped-worker cases wait this out (30 s by default); an apply here takes milliseconds.
-    { reloadApplyTimeoutMs: 10_000 },
+    // The stopped-worker cases wait this out (30 s by default); an apply here takes milliseconds, and one that came
+    // later would still be served: the cases judge what serves after the stopped worker resumed.
+    { reloadApplyTimeoutMs: 5_000 },
   );
   root = await pebble.rootFile();
   const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [NAME] }));

@@ -40,6 +40,9 @@ describe('proxy config', () => {
     expect(config.reloadApplyTimeoutMs).toBe(30_000);
     expect(loadProxyConfig(write('apply.json', { reloadApplyTimeoutMs: 5_000 })).reloadApplyTimeoutMs).toBe(5_000);
     expect(() => loadProxyConfig(write('apply-bad.json', { reloadApplyTimeoutMs: 10 }))).toThrow(/reloadApplyTimeoutMs/);
+    expect(config.workerSilentTimeoutMs).toBe(30_000);
+    expect(loadProxyConfig(write('silent.json', { workerSilentTimeoutMs: 15_000 })).workerSilentTimeoutMs).toBe(15_000);
+    expect(() => loadProxyConfig(write('silent-bad.json', { workerSilentTimeoutMs: 5_000 }))).toThrow(/workerSilentTimeoutMs/);
   });
 
   it('puts the certificate store under the state directory unless told otherwise', () => {

@@ -9,7 +9,6 @@
  * in the key server's own processes.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type net from 'node:net';
 import { join } from 'node:path';
@@ -18,7 +17,8 @@ import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { freePort as benchFreePort } from '../../bench/harness/spawn.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { CLI, removeDir, runCli, sleep, tempDir } from './keyserver.js';
+import { CLI, removeDir, sleep, tempDir } from './keyserver.js';
+import { labToken, writeLabConfig } from './lab-token.js';
 import { createCa, issueForPublicKey, type Issued, type TestCa, writePem } from './pki.js';
 
 export interface LabKey {
@@ -58,18 +58,9 @@ export const refusedPort = freePort;
 export async function startKeylessLab(): Promise<KeylessLab> {
   const dir = tempDir('keyedge-lab-');
   const adminPort = await freePort();
-  const configFile = join(dir, 'keyserver.json');
-  writeFileSync(configFile, JSON.stringify({ stateDir: './state', admin: { host: '127.0.0.1', port: adminPort }, log: { level: 'warn' } }));
+  const configFile = writeLabConfig(dir, adminPort);
   const socket = join(dir, 'state', 'keyserver.sock');
-
-  const generate = async (type: string, label: string): Promise<string> => {
-    const result = await runCli(['key', 'generate', '--config', configFile, '--type', type, '--label', label]);
-    const match = /key id: ([0-9a-f]{64})/.exec(result.stdout);
-    if (result.code !== 0 || match === null) throw new Error(`key generate failed: ${result.stderr}`);
-    return match[1]!;
-  };
-  const ecId = await generate('ec-p256', 'lab-ec');
-  const rsaId = await generate('rsa-2048', 'lab-rsa');
+  const { ec: ecId, rsa: rsaId } = await labToken(dir, configFile);
 
   let child: ChildProcess | undefined;
   const startKeyserver = async (): Promise<void> => {
