@@ -115,6 +115,22 @@ describe('a GET or HEAD whose body the parser refuses', () => {
   });
 });
 
+describe('a GET awaiting 100 (Continue) whose body comes anyway, and is not one', () => {
+  // A GET's body is never asked for (expect.ts): the GET goes to its origin at once, the connection closes after its
+  // answer, and what follows is read and dropped (linger.ts). Before, a bad chunk there was answered 400, and the
+  // client was told its request failed while the origin had served it.
+  it('gets its answer from the origin, then the connection closes', async () => {
+    const raw = 'GET /expect-bad-chunk HTTP/1.1\r\nHost: f.lab.test\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n';
+    // In the same write: the bad chunk is parsed before the origin has answered.
+    const read = await exchange(`${raw}zz\r\nabc\r\n0\r\n\r\n`, false);
+    const answers = splitAll(read, (rest) => nextAnswer(rest, () => false, true));
+    expect(answers.messages.map((m) => `${m.start.slice(9, 12)} ${m.body}`)).toEqual(['200 ok']);
+    expect(answers.messages[0]?.headers.get('connection')).toEqual(['close']);
+    expect(answers.rest).toBe('');
+    expect(originSaw).toContain('GET /expect-bad-chunk');
+  });
+});
+
 describe('Expect: 100-continue on a request pipelined behind an answer still going out', () => {
   // RFC 9112 §9.3.2: answers go in request order, interim ones included. Before, the 100 went into the queued answer's
   // buffer, and Node put the final answer's head in front of it: the client read the 100 as content. Sent later, or
