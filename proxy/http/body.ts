@@ -134,9 +134,26 @@ export class RequestBodies {
       req.once('close', onClose);
       // The client's reset comes as an error too; its meaning is the close's.
       req.once('error', onClose);
+      quietErrors(req);
     });
   }
 }
+
+/**
+ * A listener for `req`'s 'error' for the rest of its life, beside the ones
+ * a read takes off when it stops. Node checks that a request has one when it
+ * is destroyed (abortIncoming: the client's connection closed before the
+ * body's end) and emits the error a tick later: a read that stopped in
+ * between (undici let go of the body when the client's answer closed, the
+ * same close) left none, and the error ended the worker. One bad chunk after
+ * `Expect: 100-continue` was enough. Its meaning is the close's, which the
+ * read hears.
+ */
+function quietErrors(req: IncomingMessage): void {
+  if (!req.listeners('error').includes(ignoreError)) req.on('error', ignoreError);
+}
+
+function ignoreError(): void {}
 
 /**
  * `head` (what was read of `req`'s body) and the rest of it as one stream,
@@ -176,6 +193,7 @@ function streamBody(req: IncomingMessage, head: readonly Buffer[], maxBytes: num
   };
   req.once('close', onClose);
   req.once('error', onClose);
+  quietErrors(req);
   req.once('end', stop);
   counted.once('close', () => {
     stop();

@@ -12,7 +12,7 @@
  * The HTTP/2 connection preface gets a 400 of ours that says what it met.
  */
 import type { Duplex } from 'node:stream';
-import { LINGER_MS } from './linger.js';
+import { closesAfterAnswer, LINGER_MS } from './linger.js';
 import { answerInProgress, whenAnswersSent } from './queued.js';
 
 /**
@@ -51,6 +51,10 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
   answered.add(socket);
   // Node removed its own error listener before telling us; a reset from here on is expected.
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+  // Bytes after a request whose body is not read (a GET's awaiting 100, never asked for; one answered early): they
+  // are read and dropped, not processed (linger.ts), so a parse error there is no error of the request. Answered
+  // 400, the client was told its request failed while its origin had served it; its answer goes out instead.
+  if (err.code?.startsWith('HPE_') === true && closesAfterAnswer(socket)) return;
   respond(err, socket, false);
 }
 

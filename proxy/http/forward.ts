@@ -25,11 +25,12 @@
  * request body stream (body.ts) keeps its own error listener for its life.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { finished } from 'node:stream/promises';
 import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList, refuseTransferCodings } from './forward-headers.js';
-import { closeAfterAnswer } from './linger.js';
+import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
@@ -119,6 +120,27 @@ class Exchange extends OriginExchange<ForwardOptions> {
     this.attempt();
   }
 
+  /**
+   * A GET's or HEAD's body, which is not forwarded, read and dropped before
+   * the first attempt, under the same limits and timeouts as a forwarded
+   * one (as nginx reads it first). Node hands the request over at its head:
+   * sent then, it reached the origin even when the body turned out not to be
+   * one (a bad chunk, a Transfer-Encoding whose last coding is not chunked,
+   * RFC 9112 §6.3 and §7.1) and the client got our 400 for a request the
+   * origin had acted on.
+   */
+  async dropBodyThenAttempt(): Promise<void> {
+    const { pools, req, owner } = this;
+    try {
+      const body = await pools.bodies.read(req, owner.maxBodyBytes);
+      if (Buffer.isBuffer(body)) pools.bodies.release(body);
+      else await finished(body.resume());
+    } catch (err) {
+      return this.finish(err as Error);
+    }
+    this.attempt();
+  }
+
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
     const { req, res } = this;
     // 1xx (102, 103 Early Hints): an interim answer, the final one still to come from the same parser (RFC 9110 §15.2).
@@ -136,6 +158,10 @@ class Exchange extends OriginExchange<ForwardOptions> {
     if (early) head.push('connection', 'close');
     // A head node refuses to send (a header value with bytes RFC 9110 §5.5 forbids) throws here: undici then aborts and calls onError.
     res.writeHead(statusCode, head);
+    // A pipelined answer waiting its turn (no socket yet) holds what was written to it, a 100 (Continue) perhaps
+    // (expect.ts). Its head is queued behind that now, as text: left to go with the first body chunk, a Buffer, Node
+    // would put it in front of the 100, and the client would read `HTTP/1.1 100 Continue` as the answer's content.
+    if (res.socket === null) res.flushHeaders();
     // An origin that answered before the body was all read (a 401 or 417): undici stops sending it, so its rest cannot
     // be told from a next request. The connection lingers, reading and dropping it, then closes (linger.ts).
     if (early) closeAfterAnswer(req, res);
@@ -204,5 +230,7 @@ export function forward(pools: OriginPools, domain: ProxyDomain, req: IncomingMe
 
 function send(exchange: Exchange, hasBody: boolean): void {
   if (hasBody) void exchange.readBodyThenAttempt();
+  // A GET or HEAD body awaiting 100 (Continue) is never asked for (above).
+  else if (exchange.owner.awaitsContinue !== true && bodyUnread(exchange.req)) void exchange.dropBodyThenAttempt();
   else exchange.attempt();
 }

@@ -13,7 +13,7 @@ import { coveredBy, type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
-import { closeIfBodyUnread } from './linger.js';
+import { closeAfterAnswer, closeIfBodyUnread } from './linger.js';
 import { whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
@@ -288,7 +288,9 @@ export function answer(res: ServerResponse, { status, code, body, headers: own }
   const length = Buffer.byteLength(body);
   // Before closeIfBodyUnread: a refusal that closes the connection itself (413, 408) is not one that keeps it.
   if (own?.connection !== undefined) res.setHeader('connection', own.connection);
-  closeIfBodyUnread(res.req, res);
+  // An answer that closes the connection: nothing pipelined after its request is processed (RFC 9112 §9.6), its
+  // body read or not (linger.ts); Node's parser reads on, and such a request would reach its origin unanswered.
+  if (!closeIfBodyUnread(res.req, res) && own?.connection === 'close') closeAfterAnswer(res.req, res);
   res.writeHead(status, {
     ...headers,
     ...own,

@@ -131,6 +131,11 @@ export function lingerAfterEnd(socket: Duplex): void {
   socket.once('end', () => socket.destroy());
 }
 
+/** Whether an answer of ours closes `socket` after a request whose body is not read (closeAfterAnswer). */
+export function closesAfterAnswer(socket: Duplex): boolean {
+  return closing.has(socket);
+}
+
 /**
  * `handle` (a server's 'request', 'upgrade' or 'connect' listener), except
  * for a request that arrives on a connection an answer of ours closes

@@ -45,7 +45,9 @@ export function createHttp1Server(
 ): Http1Server {
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const own = notAfterClose(handler);
-  const server = http.createServer(serverOptions(limits), own);
+  // An HTTP/1.1 request without Host is refused by the handler (target.ts), not by Node: Node's own 400 says close
+  // but its parser reads on, and a request pipelined behind it reached the origin, its answer never sent.
+  const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, own);
   server.on('upgrade', notAfterClose(upgrade));
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(upgrade));

@@ -44,6 +44,12 @@ const FORWARDED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH';
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
 const BAD_HOST = badTarget('the Host is not host[:port]');
 const FRAGMENT = badTarget('a fragment (#) is not sent in a request');
+/**
+ * RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400, whatever
+ * its target's form; and the connection closes after it, as Node's own
+ * check did (handler.ts's answer() then processes nothing after it).
+ */
+const NO_HOST: Refusal = { ...badTarget('an HTTP/1.1 request without a Host'), headers: { connection: 'close' } };
 
 /** Our 400 for a Host (or HTTP/2 :authority) that is not `host[:port]`; undefined when it is, or absent. */
 export function hostRefusal(host: string | undefined): Refusal | undefined {
@@ -73,6 +79,7 @@ export function requestTarget(method: string | undefined, target: string | undef
  * one to forward (400, or `OPTIONS *`). Shared by requests and upgrades.
  */
 export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
+  if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return NO_HOST;
   // Origin-form, nearly every request: nothing to change, nothing to allocate.
   if (req.url?.startsWith('/') === true) return req.url.includes('#') ? FRAGMENT : hostRefusal(req.headers.host);
   const target = requestTarget(req.method, req.url, req.headers.host);
