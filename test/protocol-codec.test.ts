@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { ProtocolError } from '../keyserver/shared/errors.js';
 import { Algorithm, ALGORITHMS, algorithmInfo, ErrorCode, errorCodeName, Opcode, Tag, type AlgorithmByte } from '../keyserver/protocol/constants.js';
 import { decodeRequest, decodeResponse, encodeRequest, encodeResponse, readHeader, type Request, type Response } from '../keyserver/protocol/codec.js';
+import { prng } from './helpers/prng.js';
 
 // ---------------------------------------------------------------------------
 // Hand-built frames, so the tests do not trust the encoder they are testing.
@@ -437,18 +438,6 @@ describe('decoders reject bad frames with the exact code', () => {
 // ---------------------------------------------------------------------------
 // Random inputs: whatever the bytes, decoding returns a value the encoder
 // accepts or throws a ProtocolError carrying the id of any readable header.
-
-/** mulberry32: tiny, seedable, good enough to spread test inputs. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const VALID_CODES = new Set<number>(Object.values(ErrorCode));
 

@@ -3,6 +3,7 @@ import { ProtocolError } from '../keyserver/shared/errors.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
+import { prng } from './helpers/prng.js';
 
 function collect(maxBodyBytes?: number) {
   const frames: Buffer[] = [];
@@ -18,18 +19,6 @@ function header(opcode: number, id: number, bodyLength: number): Buffer {
   h.writeUInt32BE(id, 4);
   h.writeUInt32BE(bodyLength, 8);
   return h;
-}
-
-/** mulberry32, so a failing chunking can be reproduced from the seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const KEY = Buffer.alloc(32, 0x11);
