@@ -98,6 +98,8 @@ function badHead(head: string): string | undefined {
 function badForward(r: RecordedRequest, plan: StreamPlan | undefined, c: FuzzCase | undefined): string | undefined {
   if (plan === undefined || c === undefined) return 'no stream sent it';
   if (plan.malformed !== undefined) return `forwarded though malformed: ${plan.malformed}`;
+  if (plan.contentLengths.length > 1 || plan.contentLengths.some((v) => v !== String(plan.body.length)))
+    return `forwarded though its content-length ${plan.contentLengths} disagrees with its ${plan.body.length} bytes of DATA`;
   const cutAt = c.abort?.at ?? Number.POSITIVE_INFINITY;
   if (plan.headersEnd === undefined || plan.headersEnd > cutAt) return 'forwarded though its header block was not whole';
   if (plan.endedAt === undefined || plan.endedAt > cutAt) return 'forwarded though the client never ended it';

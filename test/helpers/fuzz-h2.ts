@@ -27,6 +27,8 @@ export interface StreamPlan {
   readonly tag: string;
   /** What makes it malformed (RFC 9113 §8.1.1), if anything: such a stream is never forwarded. */
   readonly malformed: string | undefined;
+  /** The content-length fields it sent: more than one, or one its DATA disagrees with, is malformed too (§8.1.1). */
+  readonly contentLengths: readonly string[];
   /** Byte offset in the case's bytes where its header block ends (END_HEADERS). */
   headersEnd: number | undefined;
   /** Byte offset where the client's END_STREAM for it ends, and the body sent before it. */
@@ -129,7 +131,13 @@ const MALFORMING: readonly Field[] = [
 const BAD_PATHS = ['', 'x', '*', '/a b', '/a\tb', '/a\x7f', 'https://h/x', '/a#frag', '/a\r\nx: y'];
 
 /** One request's header block and its plan: well-formed, then mutated at random. */
-function requestBlock(r: Rng, hpack: Hpack, host: string, tag: string, body: number): { block: Buffer; malformed: string | undefined } {
+function requestBlock(
+  r: Rng,
+  hpack: Hpack,
+  host: string,
+  tag: string,
+  body: number,
+): { block: Buffer; malformed: string | undefined; contentLengths: string[] } {
   const method = r.pick(['GET', 'GET', 'POST', 'PUT', 'HEAD', 'DELETE', 'OPTIONS', 'PATCH', 'FOO', 'get']);
   const pseudo: Field[] = [
     [':method', method],
@@ -173,7 +181,7 @@ function requestBlock(r: Rng, hpack: Hpack, host: string, tag: string, body: num
         pseudo[p] = [':path', r.pick(BAD_PATHS)];
       }
     } else if (kind === 9) {
-      mark('a content-length the body disagrees with');
+      // Whether it disagrees with the DATA (§8.1.1) is known once the DATA is sent: the test compares.
       regular.push(['content-length', String(body + 1 + r.int(3))]);
     } else if (kind === 10) {
       // A dynamic table size update: at the block's start within SETTINGS_HEADER_TABLE_SIZE (4096) is valid; over it is not (RFC 7541 §6.3).
@@ -194,7 +202,8 @@ function requestBlock(r: Rng, hpack: Hpack, host: string, tag: string, body: num
     }
   }
   const fields = [...pseudo, ...regular];
-  return { block: Buffer.concat([prefix, ...fields.map((f) => hpack.field(f, r))]), malformed };
+  const contentLengths = regular.filter(([n]) => n === 'content-length').map(([, v]) => v);
+  return { block: Buffer.concat([prefix, ...fields.map((f) => hpack.field(f, r))]), malformed, contentLengths };
 }
 
 /** How many bytes the last frame of `bytes` (after the 24-byte preface) still lacks. */
@@ -257,10 +266,19 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
     const id = r.chance(0.85) ? fresh : anyId();
     const tag = `${seed}-${++tagCount}`;
     const bodyBytes = r.pick([0, 0, 3, 1000]);
-    const { block, malformed } = requestBlock(r, hpack, host, tag, bodyBytes);
+    const { block, malformed, contentLengths } = requestBlock(r, hpack, host, tag, bodyBytes);
     const wrongId = id === 0 || id % 2 === 0 || id <= lastId || streams.has(id) ? `stream id ${id} after ${lastId}` : undefined;
     if (id > lastId) lastId = id;
-    const plan: StreamPlan = { id, tag, malformed: malformed ?? wrongId, headersEnd: undefined, endedAt: undefined, body: '', resetByClient: false };
+    const plan: StreamPlan = {
+      id,
+      tag,
+      malformed: malformed ?? wrongId,
+      contentLengths,
+      headersEnd: undefined,
+      endedAt: undefined,
+      body: '',
+      resetByClient: false,
+    };
     if (!streams.has(id)) streams.set(id, plan);
     plans.set(tag, plan);
     const endOnHeaders = bodyBytes === 0 && r.chance(0.8);
