@@ -155,17 +155,12 @@ function requestBlock(
   let prefix = Buffer.alloc(0);
   for (let m = r.chance(0.5) ? 1 + r.int(3) : 0; m > 0; m--) {
     const kind = r.int(12);
-    if (kind === 0) {
-      mark('a pseudo-header after a regular field');
-      regular.push(r.pick(pseudo));
-    } else if (kind === 1) {
-      mark('a pseudo-header twice');
-      pseudo.push(r.pick(pseudo));
-    } else if (kind === 2) {
+    if (kind === 0) regular.push(r.pick(pseudo));
+    else if (kind === 1) pseudo.push(r.pick(pseudo));
+    else if (kind === 2) {
       const dropped = pseudo.splice(r.int(pseudo.length), 1)[0]!;
       // Without :authority, a host field stands for it (§8.3.1).
       if (dropped[0] === ':authority' && r.chance(0.5)) regular.push(['host', host]);
-      else mark(`no ${dropped[0]}`);
     } else if (kind === 3) {
       const f = r.pick(MALFORMING);
       mark(f[0]);
@@ -202,6 +197,14 @@ function requestBlock(
     }
   }
   const fields = [...pseudo, ...regular];
+  // Pseudo-headers repeated or missing (§8.3), judged on the final block: a later mutation may undo an earlier one.
+  const all = [...pseudo, ...regular];
+  const firstRegular = all.findIndex(([n]) => !n.startsWith(':'));
+  if (firstRegular !== -1 && all.slice(firstRegular).some(([n]) => n.startsWith(':'))) mark('a pseudo-header after a regular field');
+  const names = all.filter(([n]) => n.startsWith(':')).map(([n]) => n);
+  if (new Set(names).size < names.length) mark('a pseudo-header twice');
+  for (const name of [':method', ':scheme', ':path']) if (!names.includes(name)) mark(`no ${name}`);
+  if (!names.includes(':authority') && !regular.some(([n]) => n === 'host')) mark('no :authority');
   const contentLengths = regular.filter(([n]) => n === 'content-length').map(([, v]) => v);
   return { block: Buffer.concat([prefix, ...fields.map((f) => hpack.field(f, r))]), malformed, contentLengths };
 }
