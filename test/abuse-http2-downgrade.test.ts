@@ -1,11 +1,10 @@
-import { readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
-import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { data, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import type { ClusterProxy } from './helpers/proxy-cluster.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import type { RecordingOrigin } from './helpers/recording-origin.js';
+import { type RecordingProxy, startRecordingProxy } from './helpers/recording-proxy.js';
 
 // The HTTP/2 → HTTP/1.1 downgrade under hostile requests (request smuggling's
 // H2.CL, H2.TE and header-injection shapes; RFC 9113 §8.1.1, §8.2, §8.3),
@@ -20,79 +19,20 @@ const HOST = 'downgrade.lab.test';
 const SMUGGLED = 'GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n';
 const PROTOCOL_ERROR = 1;
 
-let lab: KeylessLab;
+let setup: RecordingProxy;
 let proxy: ClusterProxy;
 let ca: string;
-let origin: net.Server;
-
-/** What the origin read: each request as its framing delimits it, and each connection's bytes, left-over bytes and end. */
-interface OriginConnection {
-  bytes: string;
-  pending: string;
-  closed: boolean;
-}
-const requests: { readonly conn: number; readonly head: string; readonly body: string }[] = [];
-const connections: OriginConnection[] = [];
-
-/** The first request in `buf` and its length, by RFC 9112 §6.3 (Content-Length or chunked; a body of neither is none); undefined while incomplete. */
-function requestLength(buf: string): { length: number; head: string; body: string } | undefined {
-  const end = buf.indexOf('\r\n\r\n');
-  if (end === -1) return undefined;
-  const head = buf.slice(0, end + 4);
-  const field = (name: string): string | undefined =>
-    head
-      .split('\r\n')
-      .find((l) => l.toLowerCase().startsWith(`${name}:`))
-      ?.slice(name.length + 1)
-      .trim();
-  let at = end + 4;
-  if (field('transfer-encoding') === undefined) {
-    const length = Number(field('content-length') ?? 0);
-    return buf.length < at + length ? undefined : { length: at + length, head, body: buf.slice(at, at + length) };
-  }
-  let body = '';
-  for (;;) {
-    const eol = buf.indexOf('\r\n', at);
-    if (eol === -1) return undefined;
-    const size = Number.parseInt(buf.slice(at, eol), 16);
-    if (size === 0) return buf.startsWith('\r\n', eol + 2) ? { length: eol + 4, head, body } : undefined;
-    if (buf.length < eol + 2 + size + 2) return undefined;
-    body += buf.slice(eol + 2, eol + 2 + size);
-    at = eol + 2 + size + 2;
-  }
-}
+let requests: RecordingOrigin['requests'];
+let connections: RecordingOrigin['connections'];
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  origin = net.createServer((socket) => {
-    const conn = connections.push({ bytes: '', pending: '', closed: false }) - 1;
-    const c = connections[conn]!;
-    socket.on('data', (chunk: Buffer) => {
-      c.bytes += chunk.toString('latin1');
-      c.pending += chunk.toString('latin1');
-      for (let r = requestLength(c.pending); r !== undefined; r = requestLength(c.pending)) {
-        requests.push({ conn, head: r.head, body: r.body });
-        c.pending = c.pending.slice(r.length);
-        socket.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n');
-      }
-    });
-    socket.on('error', () => undefined);
-    socket.on('close', () => (c.closed = true));
-  });
-  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
-  const originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
-  const cert = await lab.certificate('downgrade', lab.keys.ec, [HOST]);
-  proxy = await startClusterProxy(lab, 'downgrade', (p) => {
-    writeFileSync(join(p.storeDir, 'downgrade.pem'), readFileSync(cert.file));
-    return storeProxyConfig(lab, p, { workers: 1, domains: [{ name: HOST, origin: originUrl }] });
-  });
-  ca = readFileSync(lab.caFile, 'utf8');
+  setup = await startRecordingProxy('downgrade', HOST);
+  ({ proxy, ca } = setup);
+  ({ requests, connections } = setup.origin);
 }, 60_000);
 
 afterAll(async () => {
-  await proxy?.stop();
-  await new Promise((resolve) => origin?.close(resolve));
-  await lab?.close();
+  await setup?.close();
 });
 
 type Field = readonly [string, string];

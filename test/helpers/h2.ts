@@ -63,6 +63,8 @@ export function closeSession(session: http2.ClientHttp2Session): Promise<void> {
 
 /** A TLS connection speaking raw HTTP/2 frames (RFC 9113 §4.1), for clients no library would be. */
 export class RawH2 {
+  /** The TCP connection under it, for a cut with RST (`tcp.resetAndDestroy()`). */
+  readonly tcp: net.Socket;
   readonly tls: tls.TLSSocket;
   readonly secure: Promise<void>;
   readonly closed: Promise<void>;
@@ -76,6 +78,10 @@ export class RawH2 {
   readonly streamResets = new Map<number, number>();
   /** HEADERS frames received (answers started). */
   answers = 0;
+  /** The stream ids answers started on. */
+  readonly answered = new Set<number>();
+  /** PING acknowledgements received, by their first payload byte. */
+  readonly pingAcks = new Set<number>();
   /** The connection's error, if it ended with one (ECONNRESET: the server closed it on bytes it had not read). */
   error: string | undefined;
   #buffer = Buffer.alloc(0);
@@ -86,6 +92,7 @@ export class RawH2 {
   constructor(port: number, ca: string, servername: string, { ackSettings = true }: { ackSettings?: boolean } = {}) {
     this.#ackSettings = ackSettings;
     const tcp = net.connect({ host: '127.0.0.1', port });
+    this.tcp = tcp;
     const failed = (err: NodeJS.ErrnoException): void => void (this.error ??= err.code ?? err.message);
     tcp.on('error', failed);
     this.tls = tls.connect({ socket: tcp, ca, servername, ALPNProtocols: ['h2'] });
@@ -124,7 +131,11 @@ export class RawH2 {
         this.resets++;
         this.streamResets.set(this.#buffer.readUInt32BE(5) & 0x7fffffff, payload.readUInt32BE(0));
       }
-      if (type === 0x1) this.answers++;
+      if (type === 0x1) {
+        this.answers++;
+        this.answered.add(this.#buffer.readUInt32BE(5) & 0x7fffffff);
+      }
+      if (type === 0x6 && (flags & 0x1) !== 0 && length === 8) this.pingAcks.add(payload[0]!);
       // SETTINGS from the server: acknowledge (§6.5.3), as any client must.
       if (type === 0x4 && (flags & 0x1) === 0 && this.#ackSettings) this.write(frame(0x4, 0x1, 0, Buffer.alloc(0)));
       this.#buffer = this.#buffer.subarray(9 + length);
@@ -133,7 +144,7 @@ export class RawH2 {
 }
 
 /** An HPACK integer (RFC 7541 §5.1): `prefixBits` bits of the first byte, whose other bits are `first`. */
-function hpackInt(prefixBits: number, first: number, n: number): Buffer {
+export function hpackInt(prefixBits: number, first: number, n: number): Buffer {
   const max = (1 << prefixBits) - 1;
   if (n < max) return Buffer.from([first | n]);
   const out = [first | max];
