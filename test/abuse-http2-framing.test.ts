@@ -312,6 +312,26 @@ describe('HTTP/2 framing abuse', () => {
     console.log(results.join('; '));
   }, 60_000);
 
+  it('a connection nghttp2 ends on a connection error (a frame over the maximum size) is closed within seconds, not held in CLOSE-WAIT until its idle deadline', async () => {
+    // Before, on Node 20: nghttp2 sent GOAWAY FRAME_SIZE_ERROR and Node stopped reading, told no one, and never saw the
+    // client's close: the connection (a descriptor and a place in maxConnectionsPerClient) stayed for 75 s and more.
+    const client = await rawClient();
+    client.write(headerFrames(1, getBlock('/before-the-bad-frame'), true));
+    await waitFor('the answer on stream 1', () => (client.answered.has(1) ? true : undefined));
+    const closedByErrors = async (): Promise<number> =>
+      (await metricSum(proxy, 'keyedge_proxy_http2_connections_closed_total', { reason: 'protocol_error' })) ?? 0;
+    const before = await closedByErrors();
+    // A DATA frame of 20,000 bytes, over SETTINGS_MAX_FRAME_SIZE (16,384): a connection error (RFC 9113 §4.2).
+    const header = Buffer.alloc(9);
+    header.writeUIntBE(20_000, 0, 3);
+    header.writeUInt32BE(99, 5);
+    client.write(Buffer.concat([header, Buffer.alloc(20_000)]));
+    client.tls.end();
+    const closed = await Promise.race([client.closed.then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 8_000))]);
+    expect(closed, 'the connection was still open 8 s after the client closed its side').toBe(true);
+    await waitFor('the close counted', async () => ((await closedByErrors()) > before ? true : undefined));
+  }, 30_000);
+
   it('an answer cut for a stalled client is reset with an error code, never RST_STREAM NO_ERROR, which says it was whole (RFC 9113 §8.1)', async () => {
     const session = h2Connect(proxy.port, ca, HOST);
     try {

@@ -1,11 +1,16 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { http1Request, http2Answer, http2Fields } from '../proxy/http2/headers.js';
 import { ResetGuard } from '../proxy/http2/reset-guard.js';
+import { endedByNghttp2 } from '../proxy/http2/session-ended.js';
 import { http2ServerOptions } from '../proxy/http2/settings.js';
+import { createCa, issue } from './helpers/pki.js';
 
 describe('HTTP/2 request and answer fields', () => {
   it(':authority becomes Host, pseudo-headers go, split cookies are joined with "; " (RFC 9113 §8.3.1, §8.2.3)', () => {
@@ -122,5 +127,39 @@ describe('HTTP/2 settings and config', () => {
       }),
     );
     expect(config.listen.map((l) => l.http2)).toEqual([true, true, false]);
+  });
+});
+
+describe('nghttp2 done with a session (session-ended.ts), on the Node in use', () => {
+  it('reads a live session as not ended, and one nghttp2 ended on a connection error as ended (or Node ended it itself, as 22 and 24 do)', async () => {
+    const ca = await createCa('session-ended');
+    const leaf = await issue(ca, { commonName: 'h2.test', dnsNames: ['h2.test'], keyAlgorithm: 'ec-p256' });
+    const server = http2.createSecureServer({ key: leaf.keyPem, cert: leaf.certPem });
+    const sessions: http2.ServerHttp2Session[] = [];
+    server.on('session', (session) => sessions.push(session.on('error', () => undefined)));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    const connect = async (bytes: Buffer): Promise<tls.TLSSocket> => {
+      const socket = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('secureConnect', resolve));
+      socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.from('000000040000000000', 'hex'), bytes]));
+      return socket;
+    };
+    try {
+      const healthy = await connect(Buffer.alloc(0));
+      // A DATA frame of 20,000 bytes, over the 16,384 every session starts with: a connection error (RFC 9113 §4.2).
+      const oversized = Buffer.concat([Buffer.from('004e20000000000063', 'hex'), Buffer.alloc(20_000)]);
+      const broken = await connect(oversized);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(sessions).toHaveLength(2);
+      expect(endedByNghttp2(sessions[0]!)).toBe(false);
+      expect(sessions[1]!.destroyed || endedByNghttp2(sessions[1]!)).toBe(true);
+      healthy.destroy();
+      broken.destroy();
+    } finally {
+      for (const session of sessions) session.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

@@ -18,7 +18,9 @@
  *   the browser reconnects and sees the new certificate;
  * - its open streams: when the connection ends, however it ends (socket
  *   closed, failed or at EOF, session closed or failed, or its TCP
- *   connection found gone while Node was not reading it: `#checkPeers`),
+ *   connection found gone while Node was not reading it: `#checkPeers`; or
+ *   nghttp2 done with it after its GOAWAY for a connection error, which Node
+ *   20 neither reports nor closes: session-ended.ts, `#checkPeers` too),
  *   each stream's origin request is aborted at once (origin-handler.ts);
  *   and an answer whose end has waited on a shut flow-control window for
  *   `limits.sendTimeoutMs` is cut (`#checkEnds`: the send-stall clock only
@@ -31,7 +33,8 @@
  * Cost: one session object and a few closures per connection; per stream,
  * no listener of its own (the stream's one 'close' listener, stream.ts,
  * calls `#closed`); one getpeername(2) and a look at each open stream a
- * second per connection with streams open, a look at its state otherwise. Access lines and counts share HTTP/1.1's accounting (http/access.ts).
+ * second per connection with streams open, a look at its state otherwise, and one native call a second per connection
+ * (session-ended.ts). Access lines and counts share HTTP/1.1's accounting (http/access.ts).
  * Single-threaded: one instance per worker.
  */
 import http2, { constants, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
@@ -46,6 +49,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
+import { endedByNghttp2 } from './session-ended.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
 import { handleStream, type Http2Connection, type StreamContext, type StreamHandlerOptions } from './stream.js';
@@ -190,6 +194,10 @@ export class Http2Sessions {
   #checkPeers(): void {
     const now = Date.now();
     for (const [session, live] of this.#live) {
+      if (!session.destroyed && endedByNghttp2(session)) {
+        this.#dropEnded(session, live);
+        continue;
+      }
       if (live.open.size === 0) {
         if (session.closed || session.destroyed) this.#checkLastWrite(live, now);
         continue;
@@ -200,6 +208,14 @@ export class Http2Sessions {
       this.#ended(session, true);
       live.socket.destroy();
     }
+  }
+
+  /** nghttp2 ended the session on a connection error (session-ended.ts): the connection is closed, as RFC 9113 §5.4.1 says. */
+  #dropEnded(session: ServerHttp2Session, live: Live): void {
+    if (!live.closing) this.#options.metrics.http2SessionsClosed.inc({ reason: 'protocol_error' });
+    live.closing = true;
+    this.#ended(session, true);
+    live.socket.destroy();
   }
 
   /**
