@@ -21,16 +21,14 @@
  *   /TAG/ws (Upgrade: websocket)                          101, then echoes; ?cut=CUT cuts after the 101
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { expect } from 'vitest';
+import { type OriginProxy, startOriginProxy } from './origin-proxy.js';
 import { sleep } from './keyserver.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './proxy-cluster.js';
-import { type KeylessLab, startKeylessLab } from './proxy-lab.js';
+import { type ClusterProxy, waitFor } from './proxy-cluster.js';
 
 export type Cut = 'end' | 'destroy' | 'reset';
 export const CUTS: readonly Cut[] = ['end', 'destroy', 'reset'];
@@ -345,49 +343,13 @@ export async function metricSum(proxy: ClusterProxy, name: string, labels: Recor
   return sum;
 }
 
-export interface AbuseSetup {
-  readonly lab: KeylessLab;
-  readonly origin: AbuseOrigin;
-  readonly proxy: ClusterProxy;
-  /** The lab CA, PEM. */
-  readonly ca: string;
-  close(): Promise<void>;
-}
+export type AbuseSetup = OriginProxy<AbuseOrigin>;
 
 /** A keyless lab, an abuse origin, and `keyedge proxy` (two workers, `env` added to theirs) serving `host` from its store and routing it to the origin. */
 export async function startAbuseSetup(name: string, host: string, env: Record<string, string> = {}): Promise<AbuseSetup> {
-  const lab = await startKeylessLab();
-  const origin = await startAbuseOrigin();
-  const cert = await lab.certificate(name, lab.keys.ec, [host]);
-  // A proxy that does not start leaves no key server or origin behind (the test gets no handle to close them).
-  const failed = async (err: unknown): Promise<never> => {
-    await origin.close();
-    await lab.close();
-    throw err;
-  };
-  const proxy = await startClusterProxy(
-    lab,
-    name,
-    (p) => {
-      writeFileSync(join(p.storeDir, `${name}.pem`), readFileSync(cert.file));
-      return storeProxyConfig(lab, p, { domains: [{ name: host, origin: origin.url }] });
-    },
-    env,
-    // A loaded CI machine starts two workers and their TLS contexts slowly.
-    75_000,
-  ).catch(failed);
-  await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? true : undefined));
-  return {
-    lab,
-    origin,
-    proxy,
-    ca: readFileSync(lab.caFile, 'utf8'),
-    async close() {
-      await proxy.stop();
-      await origin.close();
-      await lab.close();
-    },
-  };
+  const setup = await startOriginProxy(name, host, startAbuseOrigin, { env });
+  await waitFor('two workers listening', () => (workerPids(setup.proxy).listening.length === 2 ? true : undefined));
+  return setup;
 }
 
 /** What every abuse run must leave: the same two workers, alive, with nothing uncaught, and a normal client that never missed an answer. */
