@@ -30,6 +30,8 @@ const CASES: readonly (readonly [string, string, number])[] = [
   // reached the origin.
   ['no Host', `GET / HTTP/1.1\r\nX-A: 1\r\n\r\n${SMUGGLED}`, 400],
   ['no Host, with a body', `POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc${SMUGGLED}`, 400],
+  // RFC 9112 §3.2: Node kept the first Host and dropped the other, and the request was served.
+  ['two Hosts', `GET / HTTP/1.1\r\nHost: f.lab.test\r\nhost: g.lab.test\r\n\r\n${SMUGGLED}`, 400],
   ['a head over the limit', `GET / HTTP/1.1\r\nHost: f.lab.test\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
 ];
 

@@ -50,6 +50,25 @@ const FRAGMENT = badTarget('a fragment (#) is not sent in a request');
  * check did (handler.ts's answer() then processes nothing after it).
  */
 const NO_HOST: Refusal = { ...badTarget('an HTTP/1.1 request without a Host'), headers: { connection: 'close' } };
+/**
+ * RFC 9112 §3.2 again: more than one Host field line is answered 400, as nginx
+ * does. Node keeps the first and drops the others without a word; the route
+ * and the origin's Host both come from that first one, so nothing went astray,
+ * but which one a client meant is not ours to guess.
+ */
+const TWO_HOSTS: Refusal = { ...badTarget('more than one Host'), headers: { connection: 'close' } };
+
+/** Whether `raw` (a request's [name, value, …] as received) holds more than one Host line: a look at each name's length. */
+function repeatsHost(raw: readonly string[]): boolean {
+  let seen = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length !== 4 || name.toLowerCase() !== 'host') continue;
+    if (seen) return true;
+    seen = true;
+  }
+  return false;
+}
 
 /** Our 400 for a Host (or HTTP/2 :authority) that is not `host[:port]`; undefined when it is, or absent. */
 export function hostRefusal(host: string | undefined): Refusal | undefined {
@@ -79,7 +98,9 @@ export function requestTarget(method: string | undefined, target: string | undef
  * one to forward (400, or `OPTIONS *`). Shared by requests and upgrades.
  */
 export function normaliseTarget(req: IncomingMessage): Refusal | undefined {
-  if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return NO_HOST;
+  if (req.headers.host === undefined) {
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return NO_HOST;
+  } else if (repeatsHost(req.rawHeaders)) return TWO_HOSTS;
   // Origin-form, nearly every request: nothing to change, nothing to allocate.
   if (req.url?.startsWith('/') === true) return req.url.includes('#') ? FRAGMENT : hostRefusal(req.headers.host);
   const target = requestTarget(req.method, req.url, req.headers.host);
