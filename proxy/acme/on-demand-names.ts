@@ -20,6 +20,9 @@ const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a
  */
 const RESERVED_LDH = /(^|\.)(?!xn)[a-z0-9]{2}--/;
 
+/** A label that is still an A-label after decoding: one that did not decode. */
+const A_LABEL = /(^|\.)xn--/;
+
 /** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits, its A-labels valid. */
 export function isDnsName(name: string): boolean {
   return name.length <= 253 && DNS_NAME.test(name) && validALabels(name);
@@ -34,7 +37,10 @@ export function isDnsName(name: string): boolean {
  */
 function validALabels(name: string): boolean {
   if (!name.includes('--')) return true;
-  return !RESERVED_LDH.test(name) && domainToASCII(domainToUnicode(name)) === name;
+  if (RESERVED_LDH.test(name)) return false;
+  // An A-label that does not decode comes back as '' (Node 20, 22) or unchanged, still `xn--` (Node 24's ada).
+  const unicode = domainToUnicode(name);
+  return unicode !== '' && !A_LABEL.test(unicode) && domainToASCII(unicode) === name;
 }
 
 export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
