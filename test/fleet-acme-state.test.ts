@@ -614,6 +614,21 @@ describe('ACME state shared on etcd', () => {
     }
   });
 
+  it('leaves the wait at once when it stops: the store closes its client only once the report’s lease is revoked', async () => {
+    const prefix = '/answer-closed/';
+    const a = await node(prefix, 'answer-closed');
+    const reader = lab().client();
+    const fleet = new FleetChallenges(a, new ChallengeBoard(async () => undefined), log, 5_000);
+    const reports = () => reader.getAll().prefix(`${prefix}acme/answering/`).keys();
+    fleet.start();
+    await waitFor('the report', async () => ((await reports()).length === 1 ? true : undefined));
+    // The node stops as the primary does (cluster.ts): its ACME part, then its store at once.
+    fleet.stop();
+    await a.close();
+    // Left in etcd, it kept every other node's order waiting for this node, gone, until the lease's 10 s ran out.
+    expect(await reports()).toEqual([]);
+  });
+
   it('reports nothing once stopped: a report under way at the stop takes no new lease, and the node leaves the wait', async () => {
     const prefix = '/answer-stopped/';
     const a = await node(prefix, 'answer-stopped');

@@ -22,14 +22,17 @@
  *                                    out of the wait within LEASE_TTL_SECONDS
  *
  * Node ids are random per start: a restarted node is a new one, and its old
- * key goes with its lease. Costs: two writes per challenge (the entry, then
- * one report per node), one delete when it is done.
+ * key goes with its lease. At the stop the lease is revoked, and the store
+ * waits for that before it closes its client (etcd-store.ts): this node
+ * leaves every other node's wait at once, not a TTL later.
+ *
+ * Costs: two writes per challenge (the entry, then one report per node), one
+ * delete when it is done.
  */
 import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME, type EtcdStore } from '../store/etcd-store.js';
-import { revokeLease } from '../store/lease-revocation.js';
 import { StoreUnavailableError } from '../store/storage.js';
 import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
 
@@ -114,8 +117,9 @@ export class FleetChallenges implements ChallengePublisher {
     const lease = this.#lease;
     this.#lease = undefined;
     // Tried again until etcd has it (lease-revocation.ts): a stop right after a failed call was refused by etcd3 itself,
-    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL.
-    if (lease !== undefined) void revokeLease(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges', this.#log);
+    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL. The store's close
+    // waits for it: closed right after, the client never sent it.
+    if (lease !== undefined) void this.#store.revocations.revoke(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges');
   }
 
   /**

@@ -30,7 +30,7 @@
  */
 import { EtcdLockFailedError, type Etcd3, type Lock } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { revokeLease } from './lease-revocation.js';
+import { Revocations } from './lease-revocation.js';
 
 /** Between tries while the watch says nothing: a missed delete costs at most this. */
 const POLL_MS = 1_000;
@@ -52,11 +52,18 @@ export interface LockOptions {
 
 /**
  * Resolves with the held lock, or undefined when another holder kept it for `waitMs`. Rejects when etcd cannot be reached.
- * `log`: where a revocation that needed tries again says how it ended.
+ * `log`: where a revocation that needed tries again says how it ended; `revocations`: the client's (its store waits for
+ * them before it closes the client).
  */
-export async function acquireLock(client: Etcd3, key: string, options: LockOptions, log?: Logger): Promise<HeldLock | undefined> {
+export async function acquireLock(
+  client: Etcd3,
+  key: string,
+  options: LockOptions,
+  log?: Logger,
+  revocations: Revocations = new Revocations(log),
+): Promise<HeldLock | undefined> {
   const deadline = Date.now() + options.waitMs;
-  const revoker = (lock: Lock): Promise<void> => revokeLease(() => lock.release(), options.ttlSeconds, `the lock ${key}`, log);
+  const revoker = (lock: Lock): Promise<void> => revocations.revoke(() => lock.release(), options.ttlSeconds, `the lock ${key}`);
   for (;;) {
     const lock = client.lock(key).ttl(options.ttlSeconds);
     try {
