@@ -553,11 +553,13 @@ describe('ACME state shared on etcd', () => {
     expect(logs.find(/not valid JSON/).map((l) => l.storeKey)).toEqual(['acme/certificates/aaa-text']);
   });
 
-  it('keeps using its lease after a report that it answers the challenges failed, never leaving one alive unused', async () => {
+  it('keeps using its lease after a report that it answers the challenges failed, never leaving one alive unused, and tries it again', async () => {
     const prefix = '/answer-lost/';
     const writer = lab().client();
-    // The next report this node makes under its lease is sent, but its answer is lost (a deadline passed).
+    // The next report this node makes under its lease is sent, but its answer is lost (a deadline passed); or refused
+    // before it is sent (etcd away).
     let loseNext = false;
+    let refuseNext = false;
     const losing = new Proxy(lab().client(), {
       get(target, property) {
         if (property === 'lease') {
@@ -568,6 +570,10 @@ describe('ACME state shared on etcd', () => {
               const builder = put(key);
               const exec = builder.exec.bind(builder);
               builder.exec = async () => {
+                if (refuseNext && key.toString().includes('/answering/')) {
+                  refuseNext = false;
+                  throw new Error('test: etcd is unreachable');
+                }
                 const result = await exec();
                 if (loseNext && key.toString().includes('/answering/')) {
                   loseNext = false;
@@ -609,6 +615,34 @@ describe('ACME state shared on etcd', () => {
       // etcd as long as the node lived, with every key written under it.
       const alive = await writer.leaseClient.leaseTimeToLive({ ID: first });
       expect({ second, firstTtl: second === first ? 'in use' : alive.TTL }).toEqual({ second: first, firstTtl: 'in use' });
+      // A report that did not reach etcd is tried again by itself: it waited for the next change of the board, and other
+      // nodes' orders meanwhile waited for this node, which served their challenges but had not said so.
+      refuseNext = true;
+      const third = await challenge('three');
+      await waitFor('the refused report', () => (refuseNext ? undefined : true));
+      expect(await reportLease(third)).toBe(first);
+    } finally {
+      fleet.stop();
+    }
+  });
+
+  it('reports again at once when its report’s lease is lost: the other nodes wait for it again', async () => {
+    const prefix = '/answer-lease-lost/';
+    const reader = lab().client();
+    const a = await node(prefix, 'answer-lease-lost');
+    const fleet = new FleetChallenges(a, new ChallengeBoard(async () => undefined), log, 5_000);
+    const report = async () => (await reader.getAll().prefix(`${prefix}acme/answering/`).exec()).kvs[0];
+    try {
+      fleet.start();
+      const first = await waitFor('the report', report);
+      // Its lease ends in etcd (as it does when etcd stalls past its TTL; revoked here, not to wait 10 s): its key goes,
+      // and the node learns it from its next keepalive (within a third of the TTL).
+      await reader.leaseClient.leaseRevoke({ ID: first.lease });
+      // Written again, under a new lease, with no change of the board: it stayed away until the next challenge, and
+      // meanwhile no other node waited for this one to serve theirs.
+      const again = await waitFor('the report again', report, 10_000);
+      expect(again.lease).not.toBe(first.lease);
+      expect(again.value.toString()).toBe(first.value.toString());
     } finally {
       fleet.stop();
     }
