@@ -358,6 +358,47 @@ describe('ACME state shared on etcd', () => {
     expect(stateA.state.retiredKeys).toEqual([]);
   });
 
+  it('deletes no more retired keys once its lock is lost: another node’s pass may run by then, and it is said once', async () => {
+    const logs = captureLog('warn');
+    const a = await lab().store('/acme-retired-lock-lost/', 'retired-lock-lost', [], lab().client(), { log: logs.logger });
+    const stateA = new SharedIssuerState(a, log);
+    const due = '2020-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'first', deleteAfter: due }, { keyId: 'second', deleteAfter: due });
+    await stateA.save();
+    let held: HeldLock | undefined;
+    const locks = fleetLocks(a, () => stateA.refresh());
+    const removed: string[] = [];
+    const keys = {
+      generate: () => Promise.reject(new Error('unused')),
+      // While the first key is deleted, the pass's lock lease ends in etcd (as it does when etcd stalls past its TTL;
+      // revoked here, not to wait for it), and the holder learns it from its next keepalive (every third of the TTL).
+      remove: async (keyId: string) => {
+        removed.push(keyId);
+        if (removed.length > 1) return;
+        const [kv] = (await a.client.get(held!.key).exec()).kvs;
+        await a.client.leaseClient.leaseRevoke({ ID: kv!.lease });
+        await waitFor('the holder to learn its lock is lost', () => (held!.lost?.aborted ? true : undefined), 8_000).catch(() => undefined);
+      },
+    };
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    await deleteRetiredKeys(
+      {
+        state: stateA,
+        keys,
+        records: () => new Map(),
+        metrics,
+        log,
+        locks: { hold: (name, waitMs, work) => locks.hold(name, waitMs, (lock) => work((held = lock))) },
+      },
+      Date.now(),
+    );
+    // The second key is left for the next pass: deleted under the lost lock, it was deleted by two nodes at once.
+    expect(removed).toEqual(['first']);
+    expect(stateA.state.retiredKeys.map((r) => r.keyId)).toEqual(['second']);
+    const said = logs.find(/a fleet lock was lost/);
+    expect(said.map((l) => l.lock)).toEqual([held!.key]);
+  });
+
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
     const onDemand = loadProxyConfig(undefined, {
       acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },

@@ -167,6 +167,8 @@ export class EtcdStore implements EntryStorage {
   ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
     if (value !== undefined) this.assertFits(key, value);
     this.assertWritable();
+    // Its lease is known to be gone: refused without asking etcd, whose fence would refuse it (or soon would).
+    if (lock?.lost.aborted) return { refused: 'lock-lost' };
     const target = this.prefix + key;
     const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
       let txn = this.client.if(target, 'Mod', '==', expected);
