@@ -358,6 +358,47 @@ describe('ACME state shared on etcd', () => {
     expect(stateA.state.retiredKeys).toEqual([]);
   });
 
+  it('deletes no more retired keys once its lock is lost: another node’s pass may run by then, and it is said once', async () => {
+    const logs = captureLog('warn');
+    const a = await lab().store('/acme-retired-lock-lost/', 'retired-lock-lost', [], lab().client(), { log: logs.logger });
+    const stateA = new SharedIssuerState(a, log);
+    const due = '2020-01-01T00:00:00.000Z';
+    stateA.state.retiredKeys.push({ keyId: 'first', deleteAfter: due }, { keyId: 'second', deleteAfter: due });
+    await stateA.save();
+    let held: HeldLock | undefined;
+    const locks = fleetLocks(a, () => stateA.refresh());
+    const removed: string[] = [];
+    const keys = {
+      generate: () => Promise.reject(new Error('unused')),
+      // While the first key is deleted, the pass's lock lease ends in etcd (as it does when etcd stalls past its TTL;
+      // revoked here, not to wait for it), and the holder learns it from its next keepalive (every third of the TTL).
+      remove: async (keyId: string) => {
+        removed.push(keyId);
+        if (removed.length > 1) return;
+        const [kv] = (await a.client.get(held!.key).exec()).kvs;
+        await a.client.leaseClient.leaseRevoke({ ID: kv!.lease });
+        await waitFor('the holder to learn its lock is lost', () => (held!.lost?.aborted ? true : undefined), 8_000).catch(() => undefined);
+      },
+    };
+    const metrics = registerAcmeMetrics(new Registry(), () => 0);
+    await deleteRetiredKeys(
+      {
+        state: stateA,
+        keys,
+        records: () => new Map(),
+        metrics,
+        log,
+        locks: { hold: (name, waitMs, work) => locks.hold(name, waitMs, (lock) => work((held = lock))) },
+      },
+      Date.now(),
+    );
+    // The second key is left for the next pass: deleted under the lost lock, it was deleted by two nodes at once.
+    expect(removed).toEqual(['first']);
+    expect(stateA.state.retiredKeys.map((r) => r.keyId)).toEqual(['second']);
+    const said = logs.find(/a fleet lock was lost/);
+    expect(said.map((l) => l.lock)).toEqual([held!.key]);
+  });
+
   it('holds the on-demand hourly limits for the fleet, and a refusal on one node for the other', async () => {
     const onDemand = loadProxyConfig(undefined, {
       acme: { directory: 'https://ca.test/dir', onDemand: { maxOrdersPerDomainPerHour: 2, maxOrdersPerHour: 3, refusedSeconds: 60 } },
@@ -553,11 +594,13 @@ describe('ACME state shared on etcd', () => {
     expect(logs.find(/not valid JSON/).map((l) => l.storeKey)).toEqual(['acme/certificates/aaa-text']);
   });
 
-  it('keeps using its lease after a report that it answers the challenges failed, never leaving one alive unused', async () => {
+  it('keeps using its lease after a report that it answers the challenges failed, never leaving one alive unused, and tries it again', async () => {
     const prefix = '/answer-lost/';
     const writer = lab().client();
-    // The next report this node makes under its lease is sent, but its answer is lost (a deadline passed).
+    // The next report this node makes under its lease is sent, but its answer is lost (a deadline passed); or refused
+    // before it is sent (etcd away).
     let loseNext = false;
+    let refuseNext = false;
     const losing = new Proxy(lab().client(), {
       get(target, property) {
         if (property === 'lease') {
@@ -568,6 +611,10 @@ describe('ACME state shared on etcd', () => {
               const builder = put(key);
               const exec = builder.exec.bind(builder);
               builder.exec = async () => {
+                if (refuseNext && key.toString().includes('/answering/')) {
+                  refuseNext = false;
+                  throw new Error('test: etcd is unreachable');
+                }
                 const result = await exec();
                 if (loseNext && key.toString().includes('/answering/')) {
                   loseNext = false;
@@ -609,9 +656,52 @@ describe('ACME state shared on etcd', () => {
       // etcd as long as the node lived, with every key written under it.
       const alive = await writer.leaseClient.leaseTimeToLive({ ID: first });
       expect({ second, firstTtl: second === first ? 'in use' : alive.TTL }).toEqual({ second: first, firstTtl: 'in use' });
+      // A report that did not reach etcd is tried again by itself: it waited for the next change of the board, and other
+      // nodes' orders meanwhile waited for this node, which served their challenges but had not said so.
+      refuseNext = true;
+      const third = await challenge('three');
+      await waitFor('the refused report', () => (refuseNext ? undefined : true));
+      expect(await reportLease(third)).toBe(first);
     } finally {
       fleet.stop();
     }
+  });
+
+  it('reports again at once when its report’s lease is lost: the other nodes wait for it again', async () => {
+    const prefix = '/answer-lease-lost/';
+    const reader = lab().client();
+    const a = await node(prefix, 'answer-lease-lost');
+    const fleet = new FleetChallenges(a, new ChallengeBoard(async () => undefined), log, 5_000);
+    const report = async () => (await reader.getAll().prefix(`${prefix}acme/answering/`).exec()).kvs[0];
+    try {
+      fleet.start();
+      const first = await waitFor('the report', report);
+      // Its lease ends in etcd (as it does when etcd stalls past its TTL; revoked here, not to wait 10 s): its key goes,
+      // and the node learns it from its next keepalive (within a third of the TTL).
+      await reader.leaseClient.leaseRevoke({ ID: first.lease });
+      // Written again, under a new lease, with no change of the board: it stayed away until the next challenge, and
+      // meanwhile no other node waited for this one to serve theirs.
+      const again = await waitFor('the report again', report, 10_000);
+      expect(again.lease).not.toBe(first.lease);
+      expect(again.value.toString()).toBe(first.value.toString());
+    } finally {
+      fleet.stop();
+    }
+  });
+
+  it('leaves the wait at once when it stops: the store closes its client only once the report’s lease is revoked', async () => {
+    const prefix = '/answer-closed/';
+    const a = await node(prefix, 'answer-closed');
+    const reader = lab().client();
+    const fleet = new FleetChallenges(a, new ChallengeBoard(async () => undefined), log, 5_000);
+    const reports = () => reader.getAll().prefix(`${prefix}acme/answering/`).keys();
+    fleet.start();
+    await waitFor('the report', async () => ((await reports()).length === 1 ? true : undefined));
+    // The node stops as the primary does (cluster.ts): its ACME part, then its store at once.
+    fleet.stop();
+    await a.close();
+    // Left in etcd, it kept every other node's order waiting for this node, gone, until the lease's 10 s ran out.
+    expect(await reports()).toEqual([]);
   });
 
   it('reports nothing once stopped: a report under way at the stop takes no new lease, and the node leaves the wait', async () => {

@@ -6,6 +6,7 @@ import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
+import { captureLog } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store under faults, against a real etcd (one member): a lock
@@ -116,6 +117,33 @@ describe('a lock whose acquisition’s answer is lost, and one released while et
     expect(Date.now() - started).toBeLessThan(20_000);
     for (const other of others) await other!.release();
   }, 40_000);
+});
+
+describe('a lock whose lease ends while etcd stalls past its TTL', () => {
+  it('says so to its holder, once, whose fenced write is then refused without asking etcd; another node takes the lock', async () => {
+    const member = lab().etcd.members[0]!;
+    const key = '/f/locks/issue/lost.example';
+    const logs = captureLog('warn');
+    const mine = await acquireLock(lab().client(300), key, { ttlSeconds: 2, waitMs: 0 }, logs.logger);
+    expect(mine).toBeDefined();
+    // etcd stalls past the lease's TTL (a GC pause, a stalled disk): the keepalives get no answer, and once etcd runs
+    // again its lease has run out; the holder's next keepalive is answered that it is gone.
+    member.stall();
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+    } finally {
+      member.resume();
+    }
+    await waitFor('the holder to learn it lost the lock', () => (mine!.lost?.aborted ? true : undefined), 10_000);
+    expect(mine!.lost.reason).toBeInstanceOf(StoreUnavailableError);
+    expect((mine!.lost.reason as Error).message).toContain(key);
+    expect(logs.find(/a fleet lock was lost/).map((l) => l.lock)).toEqual([key]);
+    // Nothing listened: the holder carried on, its work outside etcd done while another node held the lock.
+    const other = await acquireLock(client(), key, { ttlSeconds: 10, waitMs: 5_000 });
+    expect(other).toBeDefined();
+    expect(await fencedPut(client(), mine!, '/f/lost-owner', 'a')).toBeUndefined();
+    await other!.release();
+  }, 30_000);
 });
 
 describe('a wait for a lock while etcd stalls', () => {

@@ -155,7 +155,7 @@ describe('a value past etcd’s request limit', () => {
 
   it('is the config’s etcd.maxRequestBytes: a cluster run with a lower one has a value refused before it is sent, named', async () => {
     const settings = loadProxyConfig(undefined, { etcd: { endpoints: lab().etcd.endpoints, maxRequestBytes: 65_536 } }).etcd!;
-    const small = await lab().store('/fleet-small-limit/', 'small-limit', [], lab().client(), settings.maxRequestBytes);
+    const small = await lab().store('/fleet-small-limit/', 'small-limit', [], lab().client(), { maxRequestBytes: settings.maxRequestBytes });
     const value = 'x'.repeat(100_000);
     const refused = await small.put('acme/value', value).catch((err: unknown) => err);
     expect(refused).toBeInstanceOf(StoreValueTooLargeError);

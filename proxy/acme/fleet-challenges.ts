@@ -22,20 +22,35 @@
  *                                    out of the wait within LEASE_TTL_SECONDS
  *
  * Node ids are random per start: a restarted node is a new one, and its old
- * key goes with its lease. Costs: two writes per challenge (the entry, then
- * one report per node), one delete when it is done.
+ * key goes with its lease.
+ *
+ * The report is kept in etcd while the node runs. When its lease is lost
+ * (etcd3's 'lost': etcd stalled or was away past the TTL), its key went
+ * with it, and the other nodes no longer waited for this one: the CA could
+ * be told to look before this node answered. It was written again only at
+ * the next change of the board; now at once, under a new lease, and a report
+ * that fails (etcd still away) is tried again with a growing wait, until it
+ * gets through or the node stops. At the stop the lease is revoked, and the
+ * store waits for that before it closes its client (etcd-store.ts): this
+ * node leaves every other node's wait at once, not a TTL later.
+ *
+ * Costs: two writes per challenge (the entry, then one report per node), one
+ * delete when it is done; a lease grant and a write per lost lease.
  */
 import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { ACME, type EtcdStore } from '../store/etcd-store.js';
-import { revokeLease } from '../store/lease-revocation.js';
 import { StoreUnavailableError } from '../store/storage.js';
 import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
 
 const CHALLENGES = `${ACME}challenges/`;
 const ANSWERING = `${ACME}answering/`;
 const LEASE_TTL_SECONDS = 10;
+/** The first wait before a failed report is tried again, doubled each time up to RETRY_MAX_MS. */
+const RETRY_FIRST_MS = 250;
+/** etcd3 lets one call through every 5 s to a member it gave up on (its circuit breaker): no use trying more often. */
+const RETRY_MAX_MS = 5_000;
 
 export class FleetChallenges implements ChallengePublisher {
   readonly #store: EtcdStore;
@@ -50,6 +65,13 @@ export class FleetChallenges implements ChallengePublisher {
   #onBoard = '[]';
   /** Board updates and their reports, one after another. */
   #reporting: Promise<void> = Promise.resolve();
+  /** The store revision up to which the workers serve the challenges (the last board they applied). */
+  #served = 0;
+  /** A report to try again (the last one failed, or its lease was lost). */
+  #retry: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_FIRST_MS;
+  /** Since the last report that got through, reports fail: said once, and once when one gets through again. */
+  #failing = false;
 
   /** `waitMs`: how long a new challenge waits for every node to serve it before the CA is told to look. */
   constructor(store: EtcdStore, board: ChallengeBoard, log: Logger, waitMs: number) {
@@ -103,7 +125,8 @@ export class FleetChallenges implements ChallengePublisher {
       this.#onBoard = text;
       this.#reporting = this.#reporting.then(async () => {
         await this.#board.replace(entries);
-        await this.#report(revision);
+        this.#served = revision;
+        await this.#report();
       });
     }
     for (const wake of this.#waiters) wake();
@@ -111,11 +134,13 @@ export class FleetChallenges implements ChallengePublisher {
 
   stop(): void {
     this.#stopped = true;
+    clearTimeout(this.#retry);
     const lease = this.#lease;
     this.#lease = undefined;
     // Tried again until etcd has it (lease-revocation.ts): a stop right after a failed call was refused by etcd3 itself,
-    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL.
-    if (lease !== undefined) void revokeLease(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges', this.#log);
+    // and this node's challenges, and its place in every other node's wait, stayed for the lease's TTL. The store's close
+    // waits for it: closed right after, the client never sent it.
+    if (lease !== undefined) void this.#store.revocations.revoke(() => lease.revoke(), LEASE_TTL_SECONDS, 'the ACME challenges');
   }
 
   /**
@@ -134,22 +159,41 @@ export class FleetChallenges implements ChallengePublisher {
     return entries.sort((a, b) => a.at - b.at).map(({ entry }) => entry);
   }
 
-  /** Tells the fleet this node's workers serve every challenge up to `revision`. */
-  async #report(revision: number): Promise<void> {
+  /** Tells the fleet this node's workers serve every challenge up to the board they applied; tried again until it gets through. */
+  async #report(): Promise<void> {
+    clearTimeout(this.#retry);
+    this.#retry = undefined;
     // One under way at the stop (its board update waits for the workers) took a new lease, never revoked and kept alive
     // until the store closed: the node, gone, stayed in every other node's wait (#everyNodeServes).
     if (this.#stopped) return;
     try {
       await this.#currentLease()
         .put(this.#store.prefix + ANSWERING + this.#node)
-        .value(String(revision))
+        .value(String(this.#served))
         .exec();
+      if (this.#failing) this.#log.info({ revision: this.#served }, 'this node tells the fleet again which ACME challenges it answers');
+      this.#failing = false;
+      this.#retryMs = RETRY_FIRST_MS;
     } catch (err) {
       // The lease stays this node's: etcd3 keeps it alive, and says when it is gone ('lost', #currentLease). Dropped here
       // (once a put's answer was late), it stayed alive unused, never revoked, with what was written under it, for as
       // long as the node lived, and a new lease (another keepalive) came with every failed report.
-      this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers');
+      if (this.#stopped) return;
+      if (!this.#failing) this.#log.warn({ reason: (err as Error).message }, 'cannot tell the fleet which ACME challenges this node answers; trying again');
+      this.#failing = true;
+      this.#retryLater();
     }
+  }
+
+  /** The report again after the current wait (doubled for the next); one pending at a time, none once stopped. */
+  #retryLater(): void {
+    if (this.#stopped || this.#retry !== undefined) return;
+    const wait = this.#retryMs;
+    this.#retryMs = Math.min(wait * 2, RETRY_MAX_MS);
+    this.#retry = setTimeout(() => {
+      this.#reporting = this.#reporting.then(() => this.#report());
+    }, wait);
+    this.#retry.unref();
   }
 
   /** This node's lease (kept alive while it runs), taken anew once lost; none once stopped. */
@@ -157,8 +201,16 @@ export class FleetChallenges implements ChallengePublisher {
     if (this.#stopped) throw new StoreUnavailableError("the fleet's ACME challenges are stopped (the node stops): nothing is written");
     if (this.#lease === undefined) {
       const lease = this.#store.client.lease(LEASE_TTL_SECONDS);
-      lease.on('lost', () => {
-        if (this.#lease === lease) this.#lease = undefined;
+      lease.on('lost', (err: Error) => {
+        if (this.#lease !== lease) return;
+        this.#lease = undefined;
+        if (this.#stopped) return;
+        // Its key went with it: the other nodes no longer wait for this one. Said again at once, under a new lease (a
+        // lease whose grant failed, etcd still away, comes here too: the retry's wait grows).
+        if (!this.#failing)
+          this.#log.warn({ reason: err.message }, 'the lease of the ACME challenge report was lost (etcd away or stalled past its TTL); reporting again');
+        this.#failing = true;
+        this.#retryLater();
       });
       this.#lease = lease;
     }

@@ -16,7 +16,8 @@
  * and never while a certificate in the store uses it. A key already gone
  * counts as deleted (token-keys.ts), and the list is written even when the
  * lock ended meanwhile (shared-state.ts): a deletion made under a lost lock
- * is not retried for ever.
+ * is not retried for ever. A pass whose lock is lost (its lease ended,
+ * store/lock.ts) deletes no more keys: another node's pass may run by then.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { AcmeMetrics } from '../metrics.js';
@@ -100,6 +101,8 @@ async function deleteRetiredKeysHeld(deps: HousekeepingDeps, now: number, lock: 
   const deleted = new Set<string>();
   for (const retired of [...state.state.retiredKeys]) {
     if (Date.parse(retired.deleteAfter) > now || inUse.has(retired.keyId)) continue;
+    // The lock was lost (its lease ended): another node's pass may run now; the keys left wait for the next pass.
+    if (lock?.lost.aborted) break;
     try {
       await keys.remove(retired.keyId);
       metrics.keysDeleted.inc();

@@ -13,7 +13,9 @@
  * Runs in the proxy's cluster primary, which owns the store and the reload
  * path. In a fleet the account is the fleet's (shared-state.ts), registered
  * once under its lock; an order's chain is written under the name's
- * issuance lock, its fence checked in the write (issuance-locks.ts).
+ * issuance lock, its fence checked in the write (issuance-locks.ts); an
+ * order whose lock was lost meanwhile is abandoned before it is finalized,
+ * and before its chain is stored (store/lock.ts, `lost`).
  *
  * Costs per certificate: one key generation (a child process), about ten
  * signed requests (one key-server sign each) and the CA's validation.
@@ -94,6 +96,8 @@ export class AcmeIssuer {
         spki = await waitForKey(keyserver, keyId);
       }
       const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
+      // The name's lock lost meanwhile (its lease ended): another node may be ordering it; its result is the one to keep.
+      request.lock?.lost.throwIfAborted();
       storing = true;
       await this.#deps.store(request.name, chainPem, keyId, request.domains, request.lock);
       this.#deps.onOrder?.('ok');
@@ -215,6 +219,8 @@ export class AcmeIssuer {
     const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
     if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
     const csr = await createCsrWith(csrKeyOfSpki(spki), request.domains, signer);
+    // Finalizing is what makes the CA issue: under a lost lock, a second certificate for the name (and its rate limits).
+    request.lock?.lost.throwIfAborted();
     const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
     const valid = finalized.status === 'valid' ? finalized : await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'processing');
     if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});

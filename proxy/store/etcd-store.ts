@@ -27,12 +27,19 @@ import { assertFits, etcdCall } from './etcd-calls.js';
 import { entryValue, fencedEntries, listEntries, notFound, readEntry } from './etcd-entries.js';
 import { EtcdLink, type StoreHealth } from './etcd-link.js';
 import { CERTS, LOCKS, type StoreChange } from './layout.js';
+import { Revocations } from './lease-revocation.js';
 import { acquireLock, type HeldLock, type LockOptions } from './lock.js';
 import { Mirror, type MirrorItem } from './mirror.js';
 import { type EntryStorage, StoreUnavailableError } from './storage.js';
 
 export type { StoreHealth } from './etcd-link.js';
 export { ACME, ACME_ON_DEMAND, CERTS, LOCKS, ROUTES, type StoreChange, TICKETS } from './layout.js';
+
+/**
+ * How long a close waits for the lease revocations under way (lease-revocation.ts): a stopping node's challenge report
+ * and locks go from etcd at once, not a TTL later. Bounded: an etcd that is away costs the stop no more than this.
+ */
+const CLOSE_REVOCATIONS_MS = 2_000;
 
 /** Why `writeIf` wrote nothing: the lock is another holder's now, or the key changed since the revision the writer read. */
 export type WriteRefusal = 'lock-lost' | 'changed';
@@ -53,6 +60,8 @@ export class EtcdStore implements EntryStorage {
   readonly dir: string;
   readonly client: Etcd3;
   readonly prefix: string;
+  /** The client's lease revocations: revoke through it, and the close waits for them. */
+  readonly revocations: Revocations;
   readonly #options: EtcdStoreOptions;
   readonly #mirror: Mirror;
   readonly #link: EtcdLink;
@@ -62,6 +71,7 @@ export class EtcdStore implements EntryStorage {
     this.prefix = options.prefix;
     this.dir = `etcd:${options.prefix}`;
     this.#options = options;
+    this.revocations = new Revocations(options.log);
     this.#mirror = new Mirror(options);
     this.#link = new EtcdLink(client, options, this.#mirror);
   }
@@ -157,6 +167,8 @@ export class EtcdStore implements EntryStorage {
   ): Promise<{ readonly revision: number } | { readonly refused: WriteRefusal }> {
     if (value !== undefined) this.assertFits(key, value);
     this.assertWritable();
+    // Its lease is known to be gone: refused without asking etcd, whose fence would refuse it (or soon would).
+    if (lock?.lost.aborted) return { refused: 'lock-lost' };
     const target = this.prefix + key;
     const result = await this.call(`${value === undefined ? 'delete' : 'write'} ${key}`, () => {
       let txn = this.client.if(target, 'Mod', '==', expected);
@@ -212,14 +224,16 @@ export class EtcdStore implements EntryStorage {
   async lock(name: string, options: LockOptions): Promise<HeldLock | undefined> {
     this.assertWritable();
     try {
-      return await acquireLock(this.client, this.prefix + LOCKS + name, options, this.#options.log);
+      return await acquireLock(this.client, this.prefix + LOCKS + name, options, this.#options.log, this.revocations);
     } catch (err) {
       throw new StoreUnavailableError(`the fleet's store (etcd) could not lock ${name}: ${(err as Error).message}`, { cause: err });
     }
   }
 
+  /** Stops following etcd; closes the client once the lease revocations under way ended (within CLOSE_REVOCATIONS_MS). */
   async close(): Promise<void> {
     this.#link.close();
+    await this.revocations.settled(CLOSE_REVOCATIONS_MS);
     this.#mirror.flush();
     this.client.close();
   }

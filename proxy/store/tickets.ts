@@ -7,7 +7,8 @@
  * Rotation: every node checks now and then whether the ring is older than
  * the period; the one that gets the rotation lock (lock.ts) reads the ring
  * again under it, and only if it is still due writes a new ring in a fenced
- * transaction. Every node, the writer included, takes the new ring from the
+ * transaction (refused without asking etcd once the lock is known lost, its
+ * lease ended: another node may be rotating). Every node, the writer included, takes the new ring from the
  * watch. Tickets under the previous keys still decrypt: the ring keeps
  * TICKET_KEYS_KEPT keys.
  *

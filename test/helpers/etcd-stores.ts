@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll } from 'vitest';
 import { PROXY_DEFAULTS } from '../../config/proxy-schema.js';
-import { createLogger } from '../../keyserver/shared/log.js';
+import { createLogger, type Logger } from '../../keyserver/shared/log.js';
 import { CACHE_FILE } from '../../proxy/store/cache.js';
 import { etcdClient } from '../../proxy/store/etcd-client.js';
 import { EtcdStore, type StoreChange } from '../../proxy/store/etcd-store.js';
@@ -46,21 +46,22 @@ export class EtcdStores {
 
   /**
    * A started mirror of `prefix` on a client of its own, its cache in `name`/ under the temp dir; `changes` collects what
-   * it reports. `maxRequestBytes`: the config's `etcd.maxRequestBytes` (default: the defaults table's).
+   * it reports. `maxRequestBytes`: the config's `etcd.maxRequestBytes` (default: the defaults table's); `log`: the
+   * store's (default: silent).
    */
   async store(
     prefix: string,
     name: string,
     changes: StoreChange[] = [],
     client: Etcd3 = this.client(),
-    maxRequestBytes: number = PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
+    options: { readonly maxRequestBytes?: number; readonly log?: Logger } = {},
   ): Promise<EtcdStore> {
     const made = new EtcdStore(client, {
       prefix,
       timeoutMs: this.timeoutMs,
-      maxRequestBytes,
+      maxRequestBytes: options.maxRequestBytes ?? PROXY_DEFAULTS.etcdSettings.maxRequestBytes,
       cacheFile: join(this.dir, name, CACHE_FILE),
-      log: this.log,
+      log: options.log ?? this.log,
       onChange: (c) => changes.push(...c),
     });
     this.#stores.push(made);
