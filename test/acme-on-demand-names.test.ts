@@ -17,7 +17,9 @@ import { captureLog } from './helpers/keyserver.js';
 // worker's 10,000-name memory and sent to the primary. The per-domain hourly
 // limit counts by the Public Suffix List (a customer under co.uk or a
 // platform's suffix is a registrant of its own); a public suffix itself is
-// ignored like a name no CA validates.
+// ignored like a name no CA validates. The names here are under .test, a
+// special-use TLD only a private CA issues for: the gates are a private CA's
+// (publicNamesOnly off) but where a public CA's rules are the point.
 let ask: http.Server;
 const asked: string[] = [];
 
@@ -38,7 +40,10 @@ afterAll(() => new Promise((resolve) => ask.close(resolve)));
 /** A gate asking the allow-all endpoint, one order per domain an hour, and the domains it counts orders under. */
 function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
   const config = loadProxyConfig(undefined, {
-    acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask`, maxOrdersPerDomainPerHour: 1 } },
+    acme: {
+      directory: 'https://ca.test/dir',
+      onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask`, maxOrdersPerDomainPerHour: 1, publicNamesOnly: false },
+    },
   }).acme!.onDemand!;
   const counted: string[] = [];
   const local = new LocalLedger(config);
@@ -57,7 +62,7 @@ function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
 describe('on-demand names', () => {
   it('ignores IP literals and names no CA can validate; orders plain and punycode names', async () => {
     const config = loadProxyConfig(undefined, {
-      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask` } },
+      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask`, publicNamesOnly: false } },
     }).acme!.onDemand!;
     const ordered: string[] = [];
     const gate = new OnDemandGate({
@@ -92,7 +97,7 @@ describe('on-demand names', () => {
     const logs = captureLog('info');
     const port = (ask.address() as AddressInfo).port;
     const config = loadProxyConfig(undefined, {
-      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://edge:s3cr%3At%2F%40@127.0.0.1:${port}/private?tenant=a` } },
+      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://edge:s3cr%3At%2F%40@127.0.0.1:${port}/private?tenant=a`, publicNamesOnly: false } },
     }).acme!.onDemand!;
     const ordered: string[] = [];
     const gate = new OnDemandGate({ config, log: logs.logger, isManaged: () => false, order: (name) => void ordered.push(name) });
@@ -108,7 +113,7 @@ describe('on-demand names', () => {
     const port = (ask.address() as AddressInfo).port;
     const gateFor = (path: string, onOutcome: (outcome: string) => void): OnDemandGate => {
       const config = loadProxyConfig(undefined, {
-        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, maxOrdersPerDomainPerHour: 1 } },
+        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, maxOrdersPerDomainPerHour: 1, publicNamesOnly: false } },
       }).acme!.onDemand!;
       return new OnDemandGate({ config, log: logs.logger, isManaged: () => false, order: () => undefined, onOutcome });
     };
@@ -175,6 +180,47 @@ describe('on-demand names', () => {
     for (const name of ['co.uk', 'github.io', 'x.kawasaki.jp', 'b.ck']) expect(await gate.wanted(name), name).toBe('ignored');
     expect(asked.length).toBe(asksBefore);
     expect(counted).toEqual([]);
+  });
+
+  it('names a public CA refuses by policy: ignored before the ask endpoint, each counted with its reason', async () => {
+    // The default gate (publicNamesOnly): these went on to the ask endpoint, an order slot and the CA, which refused them.
+    const config = loadProxyConfig(undefined, {
+      acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/ask` } },
+    }).acme!.onDemand!;
+    expect(config.publicNamesOnly).toBe(true);
+    const counted: string[] = [];
+    const gate = new OnDemandGate({
+      config,
+      log: createLogger('on-demand-names-test', 'silent', process.stderr),
+      isManaged: (name) => name === 'managed.example-shop.com',
+      order: () => undefined,
+      onOutcome: (outcome, reason) => void counted.push(reason === undefined ? outcome : `${outcome}:${reason}`),
+    });
+    const asksBefore = asked.length;
+    for (const name of [
+      'a.b.c.d.e.f.g.h.i.example-shop.com',
+      'www.x.test',
+      'printer.local',
+      'nas.lan',
+      'www.example.com',
+      'co.uk',
+      'managed.example-shop.com',
+    ]) {
+      expect(await gate.wanted(name), name).toBe('ignored');
+    }
+    expect(asked.length).toBe(asksBefore);
+    expect(await gate.wanted('b.c.d.e.f.g.h.i.example-shop.com')).toBe('ordered');
+    expect(asked.slice(asksBefore)).toEqual(['b.c.d.e.f.g.h.i.example-shop.com']);
+    expect(counted).toEqual([
+      'ignored:too_many_labels',
+      'ignored:special_use',
+      'ignored:special_use',
+      'ignored:not_icann_tld',
+      'ignored:special_use',
+      'ignored:public_suffix',
+      'ignored:managed',
+      'ordered',
+    ]);
   });
 
   it('a worker reports only names that may be DNS names, and keeps no other', () => {

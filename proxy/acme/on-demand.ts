@@ -7,11 +7,13 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits; its `xn--` labels valid
- *      Punycode, no other label with `--` in its third and fourth characters) with a registrable domain
+ *   1. the name is one a CA issues for (on-demand-ca-names.ts: a plain DNS name, not an IP literal, its `xn--`
+ *      labels valid Punycode, no other label with `--` in its third and fourth characters; with `publicNamesOnly`,
+ *      under an ICANN TLD, no special-use name, at most 10 labels) with a registrable domain
  *      (below, gate 6: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
+ *      an ignored name is counted with its reason (a bounded set: NameRefusal, `managed`, `checking`);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
  *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
@@ -35,27 +37,19 @@
  * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
-import { getDomain } from 'tldts';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
-import { isDnsName } from './on-demand-names.js';
+import { judgeName, type NameRefusal } from './on-demand-ca-names.js';
 
 /** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
 const LOG_INTERVAL_MS = 10_000;
 const LOG_BURST = 10;
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
-
-/**
- * The name's registrable domain (public suffix and one label more), private
- * suffixes honoured; undefined for a public suffix itself. `name` is a DNS name
- * (isDnsName: lower case, no trailing dot).
- */
-function registeredDomain(name: string): string | undefined {
-  return getDomain(name, { allowPrivateDomains: true }) ?? undefined;
-}
+/** Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, or it is being checked. */
+export type IgnoredReason = NameRefusal | 'managed' | 'checking';
 
 export interface OnDemandDeps {
   readonly config: OnDemandConfig;
@@ -63,7 +57,8 @@ export interface OnDemandDeps {
   readonly isManaged: (name: string) => boolean;
   /** Starts issuance in the background. */
   readonly order: (name: string) => void;
-  readonly onOutcome?: (outcome: OnDemandOutcome) => void;
+  /** Each decision; `reason` with `ignored` only. */
+  readonly onOutcome?: (outcome: OnDemandOutcome, reason?: IgnoredReason) => void;
   /** Refusals and order counts; default: this node's memory. */
   readonly ledger?: OnDemandLedger;
 }
@@ -107,15 +102,15 @@ export class OnDemandGate {
 
   /** A worker saw a handshake for `name`, which no certificate covers. Resolves with what was decided (tests, logs). */
   async wanted(name: string): Promise<OnDemandOutcome> {
-    const outcome = await this.#decide(name);
-    this.#deps.onOutcome?.(outcome);
+    const judged = judgeName(name, this.#deps.config.publicNamesOnly);
+    const ignored = 'refusal' in judged ? judged.refusal : this.#deps.isManaged(name) ? 'managed' : this.#checking.has(name) ? 'checking' : undefined;
+    const outcome = ignored === undefined && 'domain' in judged ? await this.#decide(name, judged.domain) : 'ignored';
+    this.#deps.onOutcome?.(outcome, ignored);
     return outcome;
   }
 
-  async #decide(name: string): Promise<OnDemandOutcome> {
+  async #decide(name: string, domain: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
-    const domain = isDnsName(name) ? registeredDomain(name) : undefined;
-    if (domain === undefined || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
     if (this.#ledger.refused(name)) return 'remembered';
     if (this.#checking.size >= config.maxPendingChecks) return 'busy';
     this.#checking.add(name);
