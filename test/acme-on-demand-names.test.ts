@@ -37,7 +37,7 @@ beforeAll(async () => {
 
 afterAll(() => new Promise((resolve) => ask.close(resolve)));
 
-/** A gate asking the allow-all endpoint, one order per domain an hour, and the domains it counts orders under. */
+/** A gate asking the allow-all endpoint, one order per domain an hour, and the domains it judged the hourly limits under. */
 function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
   const config = loadProxyConfig(undefined, {
     acme: {
@@ -50,10 +50,11 @@ function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
   const ledger = {
     refused: (name: string) => local.refused(name),
     rememberRefusal: (name: string) => local.rememberRefusal(name),
-    takeOrderSlot: (domain: string) => {
+    full: (domain: string) => {
       counted.push(domain);
-      return local.takeOrderSlot(domain);
+      return local.full(domain);
     },
+    takeOrderSlot: (domain: string) => local.takeOrderSlot(domain),
   };
   const log = createLogger('on-demand-names-test', 'silent', process.stderr);
   return { gate: new OnDemandGate({ config, ledger, log, isManaged: () => false, order: () => {} }), counted };
@@ -160,7 +161,8 @@ describe('on-demand names', () => {
       'www.bob.github.io': 'rate_limited',
       'www.psl.test': 'ordered',
     });
-    // The ledger's keys (acme/on-demand/orders/<domain> in a fleet) are the registrants, not their suffix.
+    // The ledger's keys (acme/on-demand/orders/<domain> in a fleet) are the registrants, not their suffix. A full limit
+    // answers before the ask endpoint (the next test).
     expect(counted).toEqual([
       'alice.co.uk',
       'bob.co.uk',
@@ -180,6 +182,21 @@ describe('on-demand names', () => {
     for (const name of ['co.uk', 'github.io', 'x.kawasaki.jp', 'b.ck']) expect(await gate.wanted(name), name).toBe('ignored');
     expect(asked.length).toBe(asksBefore);
     expect(counted).toEqual([]);
+  });
+
+  it('a flood of names under a registered domain whose hourly limit is full: not asked about, rate-limited', async () => {
+    // Each name was asked about, then rate-limited: a client cycling names under one wildcard CNAME sent the ask
+    // endpoint one request per name, though the limit had stopped orders for the domain at its first name.
+    const { gate } = oneOrderPerDomain();
+    const asksBefore = asked.length;
+    const outcomes: string[] = [];
+    for (let i = 0; i < 20; i++) outcomes.push(await gate.wanted(`n${i}.full-limit.test`));
+    expect(outcomes[0]).toBe('ordered');
+    expect(outcomes.slice(1)).toEqual(Array(19).fill('rate_limited'));
+    expect(asked.slice(asksBefore)).toEqual(['n0.full-limit.test']);
+    // Another registrant's limit has room: asked, ordered.
+    expect(await gate.wanted('www.other-limit.test')).toBe('ordered');
+    expect(asked.slice(asksBefore)).toEqual(['n0.full-limit.test', 'www.other-limit.test']);
   });
 
   it('names a public CA refuses by policy: ignored before the ask endpoint, each counted with its reason', async () => {

@@ -13,7 +13,8 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // handshake gets the new certificate. Names the ask endpoint refuses, or whose
 // CNAME is elsewhere, never reach the CA (orders counted at pebble), and are
 // asked about once. 1,000 handshakes for random names under one registered
-// domain cause at most maxOrdersPerDomainPerHour (2) orders. The gate is a public
+// domain cause at most maxOrdersPerDomainPerHour (2) orders, and once the limit
+// is full the ask endpoint is asked about none of the rest. The gate is a public
 // CA's (publicNamesOnly, the default): names under a TLD of the root zone
 // (.dev; pebble's DNS answers for them, nothing leaves the machine), and a name
 // a public CA refuses by policy (more than 10 labels, a special-use or internal
@@ -139,6 +140,10 @@ describe('on-demand issuance', () => {
     expect(orders).toBeLessThanOrEqual(2);
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="rate_limited"\} \d+/);
+    // Each name was asked about before, the limit full or not; now only those decided before it filled.
+    const askedFlood = [...asked.keys()].filter((name) => name.endsWith('.flood.dev')).length;
+    expect(askedFlood).toBeGreaterThan(0);
+    expect(askedFlood).toBeLessThan(100);
   }, 120_000);
 
   it('names a public CA refuses by policy never reach the ask endpoint, each counted as ignored with its reason', async () => {

@@ -10,16 +10,20 @@
  *   1. the name is one a CA issues for (on-demand-ca-names.ts: a plain DNS name, not an IP literal, its `xn--`
  *      labels valid Punycode, no other label with `--` in its third and fourth characters; with `publicNamesOnly`,
  *      under an ICANN TLD, no special-use name, at most 10 labels) with a registrable domain
- *      (below, gate 6: not a public suffix itself), not managed or in flight already
+ *      (below, gate 7: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
  *      an ignored name is counted with its reason (a bounded set: NameRefusal, `managed`, `checking`);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
- *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
- *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
+ *   3. its hourly limits are not known to be full (the ledger's last answer, no I/O): a name it could not order
+ *      anyway is not asked about. Each of 1,000 random names under one registered domain was asked about, though
+ *      `maxOrdersPerDomainPerHour` of them at most could be ordered: the ask endpoint took a flood the limit had
+ *      already stopped;
+ *   4. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
+ *   5. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
  *      are sent as Basic authorization);
- *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
- *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain and
+ *   6. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
+ *   7. rate limits: `maxOrdersPerDomainPerHour` per registered domain and
  *      `maxOrdersPerHour` in all. The registered domain is the name's registrable
  *      domain by the Public Suffix List, its private section included (tldts,
  *      which bundles the list), as Let's Encrypt counts its per-domain limit:
@@ -31,7 +35,7 @@
  *      registrable domain and is ignored at gate 1: it would count with no registrant
  *      (or with all of them), and no CA issues for an ICANN suffix; a platform that
  *      serves its own suffix issues it as the operator (`POST /acme/issue`).
- * A refusal at 2, 4 or 5 is remembered; a rate-limited name is not (it may
+ * A refusal at 2, 5 or 6 is remembered; a rate-limited name is not (it may
  * come back when the hour has room). What is remembered and counted lives in
  * the ledger (on-demand-ledger.ts): this node's memory, or the fleet's store,
  * so the hourly limits hold for the fleet.
@@ -112,6 +116,7 @@ export class OnDemandGate {
   async #decide(name: string, domain: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
     if (this.#ledger.refused(name)) return 'remembered';
+    if (this.#ledger.full(domain)) return 'rate_limited';
     if (this.#checking.size >= config.maxPendingChecks) return 'busy';
     this.#checking.add(name);
     try {
