@@ -6,7 +6,7 @@ import { createLogger } from '../keyserver/shared/log.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { missReporter } from '../proxy/acme/on-demand-names.js';
 import { LocalLedger } from '../proxy/acme/on-demand-ledger.js';
-import { captureLog } from './helpers/keyserver.js';
+import { captureLog, sleep } from './helpers/keyserver.js';
 
 // The on-demand gate's first check, the name itself, against a real ask
 // endpoint: a name that is not a DNS host name an ACME CA could validate (an
@@ -26,7 +26,11 @@ const asked: string[] = [];
 beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://ask');
-    asked.push(url.searchParams.get('domain') ?? '');
+    const domain = url.searchParams.get('domain') ?? '';
+    asked.push(domain);
+    // /flaky fails (503) a name's first ask and allows the next; /slow answers after a second, past the gate's deadline.
+    if (url.pathname === '/flaky') return void res.writeHead(asked.filter((d) => d === domain).length === 1 ? 503 : 200).end();
+    if (url.pathname === '/slow') return void setTimeout(() => res.writeHead(200).end(), 1_000);
     // /private allows only the user and password of the test below; /deny allows nothing.
     const allowed =
       url.pathname !== '/deny' && (url.pathname !== '/private' || req.headers.authorization === `Basic ${Buffer.from('edge:s3cr:t/@').toString('base64')}`);
@@ -238,6 +242,32 @@ describe('on-demand names', () => {
       'ignored:managed',
       'ordered',
     ]);
+  });
+
+  it('an ask endpoint failing (a 5xx, too slow): the name not remembered as refused; checks pause a moment, then ask again', async () => {
+    // A failure was remembered as a refusal for refusedSeconds (an hour), in a fleet on every node: a new customer's
+    // name seen while the ask endpoint restarted or was slow stayed refused for an hour after it was back.
+    const port = (ask.address() as AddressInfo).port;
+    const gateAt = (path: string): OnDemandGate => {
+      const config = loadProxyConfig(undefined, {
+        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, askTimeoutMs: 200, publicNamesOnly: false } },
+      }).acme!.onDemand!;
+      return new OnDemandGate({ config, log: createLogger('on-demand-names-test', 'silent', process.stderr), isManaged: () => false, order: () => undefined });
+    };
+    const flaky = gateAt('/flaky');
+    expect(await flaky.wanted('a.flaky.test')).toBe('refused');
+    // Paused: nothing asked, nothing remembered.
+    expect(await flaky.wanted('a.flaky.test')).toBe('busy');
+    expect(await flaky.wanted('b.flaky.test')).toBe('busy');
+    expect(asked.filter((d) => d.endsWith('.flaky.test'))).toEqual(['a.flaky.test']);
+    await sleep(1_500);
+    expect(await flaky.wanted('a.flaky.test')).toBe('ordered');
+    // Too slow: refused this time; a burst of names meanwhile costs the endpoint nothing.
+    const slow = gateAt('/slow');
+    expect(await slow.wanted('a.slow.test')).toBe('refused');
+    const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => slow.wanted(`n${i}.slow.test`)));
+    expect(new Set(burst)).toEqual(new Set(['busy']));
+    expect(asked.filter((d) => d.endsWith('.slow.test'))).toEqual(['a.slow.test']);
   });
 
   it('a worker reports only names that may be DNS names, and keeps no other', () => {
