@@ -31,6 +31,13 @@ beforeAll(async () => {
     // /flaky fails (503) a name's first ask and allows the next; /slow answers after a second, past the gate's deadline.
     if (url.pathname === '/flaky') return void res.writeHead(asked.filter((d) => d === domain).length === 1 ? 503 : 200).end();
     if (url.pathname === '/slow') return void setTimeout(() => res.writeHead(200).end(), 1_000);
+    // /redirect sends the gate to the allow-all path; /endless allows with a body that never ends.
+    if (url.pathname === '/redirect') return void res.writeHead(302, { location: `/ask?domain=${domain}` }).end();
+    if (url.pathname === '/endless') {
+      res.writeHead(200).on('error', () => undefined);
+      const more = (): void => void (res.destroyed || res.write(Buffer.alloc(64 * 1024)) ? setImmediate(more) : res.once('drain', more));
+      return more();
+    }
     // /private allows only the user and password of the test below; /deny allows nothing.
     const allowed =
       url.pathname !== '/deny' && (url.pathname !== '/private' || req.headers.authorization === `Basic ${Buffer.from('edge:s3cr:t/@').toString('base64')}`);
@@ -62,6 +69,17 @@ function oneOrderPerDomain(): { gate: OnDemandGate; counted: string[] } {
   };
   const log = createLogger('on-demand-names-test', 'silent', process.stderr);
   return { gate: new OnDemandGate({ config, ledger, log, isManaged: () => false, order: () => {} }), counted };
+}
+
+/** A private CA's gate asking the endpoint at `path` of the test's ask server, within `askTimeoutMs`. */
+function gateAt(path: string, askTimeoutMs: number): OnDemandGate {
+  const config = loadProxyConfig(undefined, {
+    acme: {
+      directory: 'https://ca.test/dir',
+      onDemand: { ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}${path}`, askTimeoutMs, publicNamesOnly: false },
+    },
+  }).acme!.onDemand!;
+  return new OnDemandGate({ config, log: createLogger('on-demand-names-test', 'silent', process.stderr), isManaged: () => false, order: () => undefined });
 }
 
 describe('on-demand names', () => {
@@ -247,14 +265,7 @@ describe('on-demand names', () => {
   it('an ask endpoint failing (a 5xx, too slow): the name not remembered as refused; checks pause a moment, then ask again', async () => {
     // A failure was remembered as a refusal for refusedSeconds (an hour), in a fleet on every node: a new customer's
     // name seen while the ask endpoint restarted or was slow stayed refused for an hour after it was back.
-    const port = (ask.address() as AddressInfo).port;
-    const gateAt = (path: string): OnDemandGate => {
-      const config = loadProxyConfig(undefined, {
-        acme: { directory: 'https://ca.test/dir', onDemand: { ask: `http://127.0.0.1:${port}${path}`, askTimeoutMs: 200, publicNamesOnly: false } },
-      }).acme!.onDemand!;
-      return new OnDemandGate({ config, log: createLogger('on-demand-names-test', 'silent', process.stderr), isManaged: () => false, order: () => undefined });
-    };
-    const flaky = gateAt('/flaky');
+    const flaky = gateAt('/flaky', 200);
     expect(await flaky.wanted('a.flaky.test')).toBe('refused');
     // Paused: nothing asked, nothing remembered.
     expect(await flaky.wanted('a.flaky.test')).toBe('busy');
@@ -263,11 +274,18 @@ describe('on-demand names', () => {
     await sleep(1_500);
     expect(await flaky.wanted('a.flaky.test')).toBe('ordered');
     // Too slow: refused this time; a burst of names meanwhile costs the endpoint nothing.
-    const slow = gateAt('/slow');
+    const slow = gateAt('/slow', 200);
     expect(await slow.wanted('a.slow.test')).toBe('refused');
     const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => slow.wanted(`n${i}.slow.test`)));
     expect(new Set(burst)).toEqual(new Set(['busy']));
     expect(asked.filter((d) => d.endsWith('.slow.test'))).toEqual(['a.slow.test']);
+  });
+
+  it('an ask endpoint redirecting is not followed (a refusal); one answering 2xx with an endless body allows at once', async () => {
+    expect(await gateAt('/redirect', 2_000).wanted('a.redirect.test')).toBe('refused');
+    expect(asked.filter((d) => d === 'a.redirect.test')).toHaveLength(1);
+    // Read to its end, it would have run past askTimeoutMs: refused.
+    expect(await gateAt('/endless', 2_000).wanted('a.endless.test')).toBe('ordered');
   });
 
   it('a worker reports only names that may be DNS names, and keeps no other', () => {
