@@ -185,6 +185,11 @@ export interface OnDemandConfig {
   readonly maxOrdersPerDomainPerHour: number;
   /** Names being checked (ask, DNS) at once; more are dropped, so a flood costs bounded work. */
   readonly maxPendingChecks: number;
+  /**
+   * Names a publicly-trusted CA refuses by policy (a TLD not in the root zone, a special-use name, more than 10 labels)
+   * are ignored before the ask endpoint (proxy/acme/on-demand-ca-names.ts); false for a private CA issuing internal names.
+   */
+  readonly publicNamesOnly: boolean;
 }
 
 export interface ProxyDomain {

@@ -144,6 +144,8 @@ export const PROXY_DEFAULTS = Object.freeze({
     maxOrdersPerHour: 100,
     maxOrdersPerDomainPerHour: 10,
     maxPendingChecks: 16,
+    // On-demand issuance is mostly from a public CA (Let's Encrypt), which refuses internal and special-use names.
+    publicNamesOnly: true,
   }),
   limits: Object.freeze({
     // nginx's large_client_header_buffers default (4 × 8 KiB) is the practical

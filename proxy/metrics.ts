@@ -305,7 +305,7 @@ export interface AcmeMetrics {
   readonly orders: Counter<'result'>;
   readonly renewals: Counter<'result' | 'problem'>;
   readonly keysDeleted: Counter;
-  readonly onDemand: Counter<'outcome'>;
+  readonly onDemand: Counter<'outcome' | 'reason'>;
 }
 
 /** The primary's ACME metrics (proxy/acme/): orders, renewal attempts by outcome, retired keys deleted, certificates failing now. */
@@ -339,8 +339,10 @@ export function registerAcmeMetrics(registry: Registry, failing: () => number): 
     }),
     onDemand: new Counter({
       name: `${PREFIX}acme_on_demand_total`,
-      help: 'Names first seen in a handshake, by what on-demand issuance decided (ordered, refused, remembered: refused before, rate_limited, busy: too many checks at once, ignored).',
-      labelNames: ['outcome'] as const,
+      help:
+        'Names first seen in a handshake, by what on-demand issuance decided (ordered, refused, remembered: refused before, rate_limited, busy: too many checks at once or checks paused after a failed one, ignored); ' +
+        'an ignored name by its reason (a name a CA refuses by policy: too_long, ip_address, numeric_tld, syntax, reserved_label, bad_idn, public_suffix, special_use, not_icann_tld, too_many_labels; managed; checking).',
+      labelNames: ['outcome', 'reason'] as const,
       registers,
     }),
   };

@@ -13,7 +13,12 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // handshake gets the new certificate. Names the ask endpoint refuses, or whose
 // CNAME is elsewhere, never reach the CA (orders counted at pebble), and are
 // asked about once. 1,000 handshakes for random names under one registered
-// domain cause at most maxOrdersPerDomainPerHour (2) orders.
+// domain cause at most maxOrdersPerDomainPerHour (2) orders, and once the limit
+// is full the ask endpoint is asked about none of the rest. The gate is a public
+// CA's (publicNamesOnly, the default): names under a TLD of the root zone
+// (.dev; pebble's DNS answers for them, nothing leaves the machine), and a name
+// a public CA refuses by policy (more than 10 labels, a special-use or internal
+// TLD) never reaches the ask endpoint.
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let ask: http.Server;
@@ -27,7 +32,7 @@ beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
-    res.writeHead(domain.endsWith('.evil.test') ? 403 : 200).end();
+    res.writeHead(domain.endsWith('.evil.dev') ? 403 : 200).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
   proxy = await acmeLab.startProxy(['*.test'], {
@@ -67,8 +72,8 @@ async function ordersAfterQuiet(): Promise<number> {
 
 describe('on-demand issuance', () => {
   it('an allowed name CNAMEd to the edge: the first handshake fails fast, a later one gets the new certificate', async () => {
-    await pebble.setCname('new.ok.test', EDGE);
-    const first = await handshake('new.ok.test');
+    await pebble.setCname('new.ok.dev', EDGE);
+    const first = await handshake('new.ok.dev');
     expect(first.ok).toBe(false);
     expect(first.error).toMatch(/unrecognized name|unrecognized_name|alert number 112/i);
     const root = await pebble.rootFile();
@@ -76,7 +81,7 @@ describe('on-demand issuance', () => {
     await waitFor(
       'the on-demand certificate to serve',
       async () => {
-        const got = await curl(proxy.port, 'new.ok.test', root);
+        const got = await curl(proxy.port, 'new.ok.dev', root);
         return got.code === 0 ? got : undefined;
       },
       60_000,
@@ -87,8 +92,8 @@ describe('on-demand issuance', () => {
 
   it('two names alike in their first 64 characters: each handshake orders its own certificate', async () => {
     // Entry names were cut to 64 characters: the second name was "managed" already, its handshakes ignored, never ordered.
-    const long = `${'a'.repeat(60)}.twin.test`;
-    const twin = `${'a'.repeat(60)}.twim.test`;
+    const long = `${'a'.repeat(60)}.twin.dev`;
+    const twin = `${'a'.repeat(60)}.twim.dev`;
     expect(twin.slice(0, 64)).toBe(long.slice(0, 64));
     const before = pebble.orders();
     const root = await pebble.rootFile();
@@ -109,20 +114,20 @@ describe('on-demand issuance', () => {
 
   it('names the ask endpoint refuses, or whose CNAME is elsewhere, never reach the CA; refusals are remembered', async () => {
     const before = pebble.orders();
-    await pebble.setCname('x.evil.test', EDGE);
+    await pebble.setCname('x.evil.dev', EDGE);
     for (let i = 0; i < 3; i++) {
-      expect((await handshake('x.evil.test')).ok).toBe(false);
-      expect((await handshake('nocname.ok.test')).ok).toBe(false);
+      expect((await handshake('x.evil.dev')).ok).toBe(false);
+      expect((await handshake('nocname.ok.dev')).ok).toBe(false);
       await sleep(200);
     }
     expect(await ordersAfterQuiet()).toBe(before);
-    expect(asked.get('x.evil.test')).toBe(1);
-    expect(asked.get('nocname.ok.test')).toBe(1);
+    expect(asked.get('x.evil.dev')).toBe(1);
+    expect(asked.get('nocname.ok.dev')).toBe(1);
   }, 60_000);
 
   it('1,000 handshakes for random names under one domain cause at most maxOrdersPerDomainPerHour orders', async () => {
     const before = pebble.orders();
-    const names = Array.from({ length: 1000 }, (_, i) => `r${i}-${Math.random().toString(36).slice(2, 8)}.flood.test`);
+    const names = Array.from({ length: 1000 }, (_, i) => `r${i}-${Math.random().toString(36).slice(2, 8)}.flood.dev`);
     for (let i = 0; i < names.length; i += 50) await Promise.all(names.slice(i, i + 50).map((n) => pebble.setCname(n, EDGE)));
     let failedFast = 0;
     for (let i = 0; i < names.length; i += 25) {
@@ -135,22 +140,44 @@ describe('on-demand issuance', () => {
     expect(orders).toBeLessThanOrEqual(2);
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="rate_limited"\} \d+/);
+    // Each name was asked about before, the limit full or not; now only those decided before it filled.
+    const askedFlood = [...asked.keys()].filter((name) => name.endsWith('.flood.dev')).length;
+    expect(askedFlood).toBeGreaterThan(0);
+    expect(askedFlood).toBeLessThan(100);
   }, 120_000);
+
+  it('names a public CA refuses by policy never reach the ask endpoint, each counted as ignored with its reason', async () => {
+    // They were asked about, took an order slot of their registered domain's hour and reached the CA, which refused them.
+    const refused = { too_many_labels: 'a.b.c.d.e.f.g.h.i.policy.dev', special_use: 'printer.local', not_icann_tld: 'nas.lan' };
+    for (const name of Object.values(refused)) {
+      await pebble.setCname(name, EDGE);
+      expect((await handshake(name)).ok).toBe(false);
+    }
+    // The ask endpoint is on this machine: a name let through is asked about within milliseconds of its handshake.
+    await sleep(2_000);
+    for (const name of Object.values(refused)) expect(asked.get(name), name).toBeUndefined();
+    for (const reason of Object.keys(refused)) {
+      await waitFor(`an ignored name counted as ${reason}`, async () => {
+        const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+        return new RegExp(`keyedge_proxy_acme_on_demand_total\\{outcome="ignored",reason="${reason}"\\} [1-9]`).test(metrics) ? true : undefined;
+      });
+    }
+  }, 60_000);
 
   // Last: the loop keeps retrying the failing entry in the background, which would count in the tests' orders above.
   it("a name another managed entry's list covers is not ordered on demand, though no certificate serves it yet", async () => {
     // The gate looked a name up by its own entry only: `two`, in entry `one`'s list, was asked about and ordered as an entry of its own.
-    await pebble.addA('one.covered.test', '127.0.0.2');
-    await pebble.setCname('two.covered.test', EDGE);
-    const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: ['one.covered.test', 'two.covered.test'] }));
+    await pebble.addA('one.covered.dev', '127.0.0.2');
+    await pebble.setCname('two.covered.dev', EDGE);
+    const issued = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: ['one.covered.dev', 'two.covered.dev'] }));
     expect(issued.status, issued.text).toBe(502);
     for (let i = 0; i < 3; i++) {
-      expect((await handshake('two.covered.test')).ok).toBe(false);
+      expect((await handshake('two.covered.dev')).ok).toBe(false);
       await sleep(200);
     }
     await sleep(3_000);
-    expect(asked.get('two.covered.test')).toBeUndefined();
+    expect(asked.get('two.covered.dev')).toBeUndefined();
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
-    expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="ignored"\} [1-9]/);
+    expect(metrics).toMatch(/keyedge_proxy_acme_on_demand_total\{outcome="ignored",reason="managed"\} [1-9]/);
   }, 90_000);
 });

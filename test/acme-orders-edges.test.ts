@@ -190,7 +190,8 @@ describe('on-demand gate: the managed check and the order', () => {
           },
         });
         const ask = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
-        const onDemand = { ask, askTimeoutMs: 10_000 };
+        // `.example` is a special-use name no public CA issues for: a private CA's gate (publicNamesOnly off) lets it through.
+        const onDemand = { ask, askTimeoutMs: 10_000, publicNamesOnly: false };
         const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
           .onDemand!;
         // Wired as service.ts wires it.

@@ -27,7 +27,9 @@
  * stays full until its oldest counted time leaves the hour (no node can
  * take a time back), so until then the node answers rate_limited without
  * asking etcd: names the ask endpoint allows (a customer's wildcard CNAME)
- * cost two reads each only while there is room. Refusals shared
+ * cost two reads each only while there is room. `full` says so before the
+ * gate asks its ask endpoint (one node alone: from its memory), so a flood
+ * under a full limit costs that endpoint nothing either. Refusals shared
  * are capped (MAX_SHARED_REFUSALS), so a flood of refused names cannot grow
  * every node's mirror without bound; past the cap they stay local.
  */
@@ -58,6 +60,11 @@ export interface OnDemandLedger {
   /** Whether `name` was refused within `refusedSeconds` (by any node of the fleet). */
   refused(name: string): boolean;
   rememberRefusal(name: string, reason: string): void;
+  /**
+   * Whether an order under `domain` is known to be rate-limited now, from what this node last read (no I/O): the gate
+   * then asks nothing about the name. False when unknown: takeOrderSlot decides.
+   */
+  full(domain: string): boolean;
   /** Takes an order slot for a name under `domain` when both hourly limits have room. */
   takeOrderSlot(domain: string): Promise<SlotAnswer>;
 }
@@ -82,11 +89,19 @@ export class LocalLedger implements OnDemandLedger {
     this.#refused.set(name, true);
   }
 
+  full(domain: string): boolean {
+    const now = Date.now();
+    return (
+      (this.#perDomain.get(domain) ?? []).filter((t) => now - t < HOUR_MS).length >= this.#config.maxOrdersPerDomainPerHour ||
+      this.#global.filter((t) => now - t < HOUR_MS).length >= this.#config.maxOrdersPerHour
+    );
+  }
+
   async takeOrderSlot(domain: string): Promise<SlotAnswer> {
+    if (this.full(domain)) return 'rate_limited';
     const now = Date.now();
     const recentForDomain = (this.#perDomain.get(domain) ?? []).filter((t) => now - t < HOUR_MS);
     this.#global = this.#global.filter((t) => now - t < HOUR_MS);
-    if (recentForDomain.length >= this.#config.maxOrdersPerDomainPerHour || this.#global.length >= this.#config.maxOrdersPerHour) return 'rate_limited';
     this.#perDomain.set(domain, [...recentForDomain, now]);
     this.#global.push(now);
     return 'taken';
@@ -150,13 +165,17 @@ export class FleetLedger implements OnDemandLedger {
     return true;
   }
 
+  full(domain: string): boolean {
+    const now = Date.now();
+    return this.#allFullUntil > now || (this.#domainFullUntil.get(domain) ?? 0) > now;
+  }
+
   async takeOrderSlot(domain: string): Promise<SlotAnswer> {
     const client = this.#store.client;
     const domainKey = this.#store.prefix + ORDERS + domain;
     const allKey = this.#store.prefix + ORDERS_ALL;
     let lease: string | undefined;
-    const start = Date.now();
-    if (this.#allFullUntil > start || (this.#domainFullUntil.get(domain) ?? 0) > start) return 'rate_limited';
+    if (this.full(domain)) return 'rate_limited';
     try {
       for (let i = 0; i < SLOT_TRIES; i++) {
         const now = Date.now();

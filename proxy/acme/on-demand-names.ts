@@ -6,13 +6,18 @@
  * Apart from on-demand.ts (the primary's gates) so that a worker loads neither
  * the gate nor the Public Suffix List it uses (about 10 MB of RSS per worker).
  */
+import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
 import { LRUCache } from 'lru-cache';
 
 const WANTED = 'keyedge:acme-wanted';
-// The last label is not all digits (RFC 3696 §2): without that, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name and
-// went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
-const DNS_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** LDH labels of 1-63 characters (RFC 1035 §2.3.1), at least two (a CA issues for no single-label name). */
+const LDH_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/**
+ * The last label all digits (RFC 3696 §2): without this, an IPv4 literal in the SNI (`192.0.2.1`) passed as a DNS name
+ * and went on to the ask endpoint, the hourly limits and the CA (a token key made, an order refused).
+ */
+const NUMERIC_TLD = /(^|\.)[0-9]+$/;
 
 /**
  * A label with `--` in its third and fourth characters is reserved (R-LDH, RFC 5890 §2.3.1) unless it is an A-label
@@ -23,21 +28,38 @@ const RESERVED_LDH = /(^|\.)(?!xn)[a-z0-9]{2}--/;
 /** A label that is still an A-label after decoding: one that did not decode. */
 const A_LABEL = /(^|\.)xn--/;
 
+/**
+ * Why a name is not a DNS name a CA could issue for, as a metric label (a bounded set): `too_long` (over 253
+ * characters, RFC 1035 §2.3.4), `ip_address` (an IP literal), `numeric_tld` (a last label of digits only),
+ * `syntax` (anything but lower-case LDH labels of 1-63 characters, at least two: an underscore, a `*`, an empty
+ * label, a trailing dot, a label starting or ending with `-`), `reserved_label` (R-LDH), `bad_idn` (an A-label
+ * that is not the Punycode of a valid U-label).
+ */
+export type NameFault = 'too_long' | 'ip_address' | 'numeric_tld' | 'syntax' | 'reserved_label' | 'bad_idn';
+
+/** Why `name` is not a DNS name a CA could issue for; undefined when it is one. Pure: no Public Suffix List here (workers). */
+export function dnsNameFault(name: string): NameFault | undefined {
+  if (name.length > 253) return 'too_long';
+  if (isIP(name) !== 0) return 'ip_address';
+  if (!LDH_NAME.test(name)) return 'syntax';
+  if (NUMERIC_TLD.test(name)) return 'numeric_tld';
+  if (!name.includes('--')) return undefined;
+  return RESERVED_LDH.test(name) ? 'reserved_label' : validALabels(name) ? undefined : 'bad_idn';
+}
+
 /** At most 253 characters (RFC 1035 §2.3.4), LDH labels, the last one not all digits, its A-labels valid. */
 export function isDnsName(name: string): boolean {
-  return name.length <= 253 && DNS_NAME.test(name) && validALabels(name);
+  return dnsNameFault(name) === undefined;
 }
 
 /**
- * No reserved label but A-labels, and each A-label the Punycode (RFC 3492) of a U-label that IDNA lookup (UTS 46, as
- * browsers do it) encodes back to it (RFC 5891 §5.3-5.4): `xn--zz` decodes to nothing, `xn--bucher-xyd` to a `u` and a
- * combining diaeresis (not NFC). Such names went on to the ask endpoint, took a slot of the hourly limits and reached
- * the CA, which refuses them (Let's Encrypt: "malformed punycode"): a client sending them through a wildcard CNAME
- * spent its registrant's hour on orders no CA makes.
+ * Each A-label the Punycode (RFC 3492) of a U-label that IDNA lookup (UTS 46, as browsers do it) encodes back to it
+ * (RFC 5891 §5.3-5.4): `xn--zz` decodes to nothing, `xn--bucher-xyd` to a `u` and a combining diaeresis (not NFC).
+ * Such names went on to the ask endpoint, took a slot of the hourly limits and reached the CA, which refuses them
+ * (Let's Encrypt: "malformed punycode"): a client sending them through a wildcard CNAME spent its registrant's hour
+ * on orders no CA makes.
  */
 function validALabels(name: string): boolean {
-  if (!name.includes('--')) return true;
-  if (RESERVED_LDH.test(name)) return false;
   // An A-label that does not decode comes back as '' (Node 20, 22) or unchanged, still `xn--` (Node 24's ada).
   const unicode = domainToUnicode(name);
   return unicode !== '' && !A_LABEL.test(unicode) && domainToASCII(unicode) === name;

@@ -7,17 +7,24 @@
  *
  * Every gate runs before the CA is contacted, cheapest first, so a wildcard
  * CNAME flood (a.evil.example, b.evil.example, …) never reaches it:
- *   1. the name is a plain DNS name (not an IP literal: its last label is not all digits; its `xn--` labels valid
- *      Punycode, no other label with `--` in its third and fourth characters) with a registrable domain
- *      (below, gate 6: not a public suffix itself), not managed or in flight already
+ *   1. the name is one a CA issues for (on-demand-ca-names.ts: a plain DNS name, not an IP literal, its `xn--`
+ *      labels valid Punycode, no other label with `--` in its third and fourth characters; with `publicNamesOnly`,
+ *      under an ICANN TLD, no special-use name, at most 10 labels) with a registrable domain
+ *      (below, gate 7: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
+ *      an ignored name is counted with its reason (a bounded set: NameRefusal, `managed`, `checking`);
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
- *   3. at most `maxPendingChecks` names are being checked at once (others are dropped, not queued);
- *   4. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
- *      are sent as Basic authorization);
- *   5. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
- *   6. rate limits: `maxOrdersPerDomainPerHour` per registered domain and
+ *   3. its hourly limits are not known to be full (the ledger's last answer, no I/O): a name it could not order
+ *      anyway is not asked about. Each of 1,000 random names under one registered domain was asked about, though
+ *      `maxOrdersPerDomainPerHour` of them at most could be ordered: the ask endpoint took a flood the limit had
+ *      already stopped;
+ *   4. at most `maxPendingChecks` names are being checked at once, and checks are not paused after one that
+ *      failed (on-demand-ask.ts); others are dropped, not queued (`busy`);
+ *   5. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
+ *      are sent as Basic authorization; on-demand-ask.ts);
+ *   6. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
+ *   7. rate limits: `maxOrdersPerDomainPerHour` per registered domain and
  *      `maxOrdersPerHour` in all. The registered domain is the name's registrable
  *      domain by the Public Suffix List, its private section included (tldts,
  *      which bundles the list), as Let's Encrypt counts its per-domain limit:
@@ -29,33 +36,29 @@
  *      registrable domain and is ignored at gate 1: it would count with no registrant
  *      (or with all of them), and no CA issues for an ICANN suffix; a platform that
  *      serves its own suffix issues it as the operator (`POST /acme/issue`).
- * A refusal at 2, 4 or 5 is remembered; a rate-limited name is not (it may
- * come back when the hour has room). What is remembered and counted lives in
+ * A refusal at 2, 5 or 6 is remembered; a check that failed (no answer: a
+ * timeout, a 5xx, a DNS server failure) is not, checks pause instead; a
+ * rate-limited name is not (it may come back when the hour has room). What is remembered and counted lives in
  * the ledger (on-demand-ledger.ts): this node's memory, or the fleet's store,
  * so the hourly limits hold for the fleet.
  */
 import { Resolver } from 'node:dns/promises';
-import { getDomain } from 'tldts';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
+import { ALLOWED, askEndpoint, CheckPause, type CheckVerdict } from './on-demand-ask.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
-import { isDnsName } from './on-demand-names.js';
+import { judgeName, type NameRefusal } from './on-demand-ca-names.js';
 
 /** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
 const LOG_INTERVAL_MS = 10_000;
 const LOG_BURST = 10;
+/** Resolver errors that are the DNS's answer about the name (RFC 2308: NXDOMAIN, NODATA), not a failure to get one. */
+const DNS_ANSWERS = new Set(['ENOTFOUND', 'ENODATA']);
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
-
-/**
- * The name's registrable domain (public suffix and one label more), private
- * suffixes honoured; undefined for a public suffix itself. `name` is a DNS name
- * (isDnsName: lower case, no trailing dot).
- */
-function registeredDomain(name: string): string | undefined {
-  return getDomain(name, { allowPrivateDomains: true }) ?? undefined;
-}
+/** Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, or it is being checked. */
+export type IgnoredReason = NameRefusal | 'managed' | 'checking';
 
 export interface OnDemandDeps {
   readonly config: OnDemandConfig;
@@ -63,24 +66,10 @@ export interface OnDemandDeps {
   readonly isManaged: (name: string) => boolean;
   /** Starts issuance in the background. */
   readonly order: (name: string) => void;
-  readonly onOutcome?: (outcome: OnDemandOutcome) => void;
+  /** Each decision; `reason` with `ignored` only. */
+  readonly onOutcome?: (outcome: OnDemandOutcome, reason?: IgnoredReason) => void;
   /** Refusals and order counts; default: this node's memory. */
   readonly ledger?: OnDemandLedger;
-}
-
-/**
- * The ask URL without its user and password, and those as an Authorization
- * header (Basic, RFC 7617), as curl sends them. fetch refuses a URL that
- * carries credentials, with an error quoting the URL, password and all: every
- * name was refused and each refusal's log line held the password.
- */
-function askRequest(ask: string): { url: URL; headers: Record<string, string> } {
-  const url = new URL(ask);
-  if (url.username === '' && url.password === '') return { url, headers: {} };
-  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
-  url.username = '';
-  url.password = '';
-  return { url, headers: { authorization: `Basic ${Buffer.from(credentials).toString('base64')}` } };
 }
 
 export class OnDemandGate {
@@ -88,7 +77,8 @@ export class OnDemandGate {
   readonly #ledger: OnDemandLedger;
   readonly #checking = new Set<string>();
   readonly #resolver: Resolver;
-  readonly #ask: { url: URL; headers: Record<string, string> } | undefined;
+  readonly #ask: ((name: string) => Promise<CheckVerdict>) | undefined;
+  readonly #pause = new CheckPause();
   /**
    * A client picks the names, so it picks how many are refused or
    * rate-limited: their lines are capped per outcome (random names under a
@@ -99,7 +89,7 @@ export class OnDemandGate {
 
   constructor(deps: OnDemandDeps) {
     this.#deps = deps;
-    this.#ask = deps.config.ask === null ? undefined : askRequest(deps.config.ask);
+    this.#ask = deps.config.ask === null ? undefined : askEndpoint(deps.config.ask, deps.config.askTimeoutMs);
     this.#ledger = deps.ledger ?? new LocalLedger(deps.config);
     this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
     if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
@@ -107,23 +97,31 @@ export class OnDemandGate {
 
   /** A worker saw a handshake for `name`, which no certificate covers. Resolves with what was decided (tests, logs). */
   async wanted(name: string): Promise<OnDemandOutcome> {
-    const outcome = await this.#decide(name);
-    this.#deps.onOutcome?.(outcome);
+    const judged = judgeName(name, this.#deps.config.publicNamesOnly);
+    const ignored = 'refusal' in judged ? judged.refusal : this.#deps.isManaged(name) ? 'managed' : this.#checking.has(name) ? 'checking' : undefined;
+    const outcome = ignored === undefined && 'domain' in judged ? await this.#decide(name, judged.domain) : 'ignored';
+    this.#deps.onOutcome?.(outcome, ignored);
     return outcome;
   }
 
-  async #decide(name: string): Promise<OnDemandOutcome> {
+  async #decide(name: string, domain: string): Promise<OnDemandOutcome> {
     const { config, log } = this.#deps;
-    const domain = isDnsName(name) ? registeredDomain(name) : undefined;
-    if (domain === undefined || this.#deps.isManaged(name) || this.#checking.has(name)) return 'ignored';
     if (this.#ledger.refused(name)) return 'remembered';
-    if (this.#checking.size >= config.maxPendingChecks) return 'busy';
+    if (this.#ledger.full(domain)) return 'rate_limited';
+    if (this.#checking.size >= config.maxPendingChecks || this.#pause.paused()) return 'busy';
     this.#checking.add(name);
     try {
-      const refusal = (await this.#askRefusal(name)) ?? (await this.#cnameRefusal(name));
-      if (refusal !== undefined) {
-        this.#ledger.rememberRefusal(name, refusal);
-        this.#limiter.write(log, 'info', 'refused', { name, reason: refusal }, 'on-demand certificate refused');
+      const verdict = await this.#check(name);
+      if ('failed' in verdict) {
+        // Not the endpoint's answer about the name: not remembered (on-demand-ask.ts), checks pause.
+        this.#pause.failed();
+        this.#limiter.write(log, 'warn', 'failed', { name, reason: verdict.failed }, 'on-demand certificate not checked: refused this time');
+        return 'refused';
+      }
+      this.#pause.answered();
+      if ('refused' in verdict) {
+        this.#ledger.rememberRefusal(name, verdict.refused);
+        this.#limiter.write(log, 'info', 'refused', { name, reason: verdict.refused }, 'on-demand certificate refused');
         return 'refused';
       }
       const slot = await this.#ledger.takeOrderSlot(domain);
@@ -141,29 +139,22 @@ export class OnDemandGate {
     }
   }
 
-  async #askRefusal(name: string): Promise<string | undefined> {
-    if (this.#ask === undefined) return undefined;
-    const url = new URL(this.#ask.url);
-    // Percent-encoded by URLSearchParams; the name is letters, digits, '-' and '.' here anyway.
-    url.searchParams.set('domain', name);
-    try {
-      const response = await fetch(url, { headers: this.#ask.headers, signal: AbortSignal.timeout(this.#deps.config.askTimeoutMs), redirect: 'manual' });
-      await response.body?.cancel();
-      return response.status >= 200 && response.status < 300 ? undefined : `the ask endpoint answered ${response.status}`;
-    } catch (err) {
-      // Unreachable or slow: refused (fail closed), remembered like any refusal.
-      return `the ask endpoint failed: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`;
-    }
+  /** The ask endpoint's verdict, then (allowed) the CNAME's. */
+  async #check(name: string): Promise<CheckVerdict> {
+    const asked = this.#ask === undefined ? ALLOWED : await this.#ask(name);
+    return 'allowed' in asked ? this.#cname(name) : asked;
   }
 
-  async #cnameRefusal(name: string): Promise<string | undefined> {
+  async #cname(name: string): Promise<CheckVerdict> {
     const target = this.#deps.config.cnameTarget;
-    if (target === null) return undefined;
+    if (target === null) return ALLOWED;
     try {
       const cnames = await this.#resolver.resolveCname(name);
-      return cnames.some((c) => c.toLowerCase().replace(/\.$/, '') === target) ? undefined : `its CNAME is not ${target}`;
+      return cnames.some((c) => c.toLowerCase().replace(/\.$/, '') === target) ? ALLOWED : { refused: `its CNAME is not ${target}` };
     } catch (err) {
-      return `no CNAME to ${target} (${(err as NodeJS.ErrnoException).code ?? 'error'})`;
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      // No such name, or no CNAME: the DNS's answer. Anything else (a timeout, SERVFAIL, REFUSED) is no answer.
+      return DNS_ANSWERS.has(code) ? { refused: `no CNAME to ${target} (${code})` } : { failed: `no DNS answer for its CNAME (${code})` };
     }
   }
 }
