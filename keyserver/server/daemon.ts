@@ -24,7 +24,9 @@
  * `connections_dropped_total` and logged within the LogLimiter's rate.
  *
  * The token is opened again, without a restart and without closing client
- * connections, when it is no longer the one opened (live-token.ts).
+ * connections, when it is no longer the one opened (live-token.ts); a sign
+ * hung in the token that holds such a reopen past limits.tokenStallExitMs
+ * ends the process (SIGKILL) for its supervisor to start it again.
  */
 import { mkdirSync } from 'node:fs';
 import type http from 'node:http';
@@ -38,6 +40,7 @@ import { SigningWorkers, stuckAfterMs } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../shared/errors.js';
 import { startAdmin } from './admin.js';
+import { exitBySignal } from './exit-by-signal.js';
 import { Admission } from './admission.js';
 import { isEvictedHandshake, PendingHandshakes } from './handshakes.js';
 import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
@@ -114,6 +117,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       () => reopen(config, build, refusedPin),
       log,
       (result) => metrics.tokenReopens.inc({ result }),
+      // A reopen held past this by a sign the token does not answer ends the process, as a call held on the event loop does.
+      { afterMs: config.limits.tokenStallExitMs, end: () => exitBySignal(log, 'SIGKILL') },
     );
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
