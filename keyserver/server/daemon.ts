@@ -7,8 +7,9 @@
  *
  * `close()` is the graceful shutdown (SIGTERM): listeners stop accepting, new
  * requests on open connections are answered SHUTTING_DOWN, requests already
- * running finish (up to `limits.shutdownGraceMs`), then connections, sessions
- * and the token are closed. Signs still inside the token at the end of the
+ * running finish (up to `limits.shutdownGraceMs`), then connections (the
+ * admin listener's too, a request half-sent included), sessions and the token
+ * are closed. Signs still inside the token at the end of the
  * grace (a token that stopped answering) are left there: the token is not
  * finalized under them, the stop is logged, and `close()` says how many.
  * A call into the token hung on the event loop itself (an inline sign, a key
@@ -228,7 +229,14 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     if (config.admin !== null) {
       admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => liveToken.parts !== undefined);
       const server = admin;
-      closers.unshift(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      closers.unshift(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            // Reached past the grace: a request still unfinished (a stalled scraper) would hold the stop for Node's headersTimeout.
+            server.closeAllConnections();
+          }),
+      );
     }
     const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
 
