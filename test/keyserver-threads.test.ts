@@ -12,7 +12,8 @@
  * for the main thread's C_Sign (a sign made on the event loop), `scan-hang`
  * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login,
  * `info-fail` makes its C_GetTokenInfo fail (the token check of a token
- * re-created). The last cases start key servers of their own, since a hang
+ * re-created), `thread-init-hang` holds a signing thread's C_Initialize (its
+ * start). The last cases start key servers of their own, since a hang
  * on the event loop, or one that holds a reopen, ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -75,6 +76,11 @@ Module._load = function (request, ...rest) {
       return sign.apply(this, args);
     };
   } else if (!proto.injected) {
+    const initialize = proto.C_Initialize;
+    proto.C_Initialize = function (...args) {
+      if (existsSync(join(dir, 'thread-init-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return initialize.apply(this, args);
+    };
     const sign = proto.C_Sign;
     proto.C_Sign = function (...args) {
       if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
@@ -345,7 +351,7 @@ it('a token to open again while a sign hangs inside it: the process ends past li
   await endChild();
   for (const name of ['thread-start', 'inline-hang', 'scan-hang']) fault(name, false);
   hangFifo();
-  const endMs = 3_000;
+  const endMs = 2_000;
   await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
   fault('thread-hang', true);
   // Past the event loop's inline budget, signs go to the threads and hang there (their clients answered DEADLINE_EXCEEDED).
@@ -368,6 +374,36 @@ it('a token to open again while a sign hangs inside it: the process ends past li
   expect(output).not.toContain(readUserPin(dir));
   fault('info-fail', false);
   fault('thread-hang', false);
+}, 30_000);
+
+it('a token to open again while a signing thread is held in its start (C_Initialize): the process ends past limits.tokenStallExitMs, rather than waiting for the thread for ever', async () => {
+  // Before: the reopen stopped the threads with worker.terminate(), which waits for a thread inside native code to come
+  // back to JS: for ever, the key server serving no key meanwhile.
+  client.close();
+  await endChild();
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail']) fault(name, false);
+  hangFifo();
+  const endMs = 2_000;
+  await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
+  // The threads die in their batch and start again, into a C_Initialize the token holds; signs go on inline.
+  fault('thread-init-hang', true);
+  fault('thread-crash', true);
+  await burst();
+  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  fault('thread-crash', false);
+  await burst();
+  fault('info-fail', true);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGHUP');
+  await waitFor('the reopen', () => logLines(/^the token is no longer the one opened/)[0], 10_000);
+  fault('info-fail', false);
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, endMs + 10_000).unref())]);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  const ended = loggedLines(/^signs inside the token have not come back past limits.tokenStallExitMs/);
+  expect(ended).toHaveLength(1);
+  expect(ended[0]).toMatchObject({ level: 50, calls: ['C_Initialize'], tokenStallExitMs: endMs });
+  expect(output).not.toContain(readUserPin(dir));
+  fault('thread-init-hang', false);
 }, 30_000);
 
 it('a token that does not answer the login at start: warned, not a start hung silently, and not ended (a slow open would only start again)', async () => {

@@ -64,7 +64,7 @@ export const keyserverCommand: Command = {
           exitBySignal(server.log, signal);
         }, config.limits.shutdownGraceMs + STOP_MARGIN_MS);
         void server.close().then((result) => {
-          if (result.signsLeftInToken > 0) return exitBySignal(server.log, signal);
+          if (result.threadsLeftInToken > 0) return exitBySignal(server.log, signal);
           clearTimeout(backstop);
           resolve(signal);
         });

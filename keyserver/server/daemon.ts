@@ -73,6 +73,8 @@ export interface ShutdownResult {
    * token was left open, and the process cannot end normally (Node joins its threads on exit): its owner ends it.
    */
   readonly signsLeftInToken: number;
+  /** Signing threads still inside the module at the end of the grace (those signs', and any held in its start). */
+  readonly threadsLeftInToken: number;
 }
 
 export interface StartOptions {
@@ -264,19 +266,20 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
         // Past the grace, a sign still in the token is one it is not answering: closing the token would wait for it
-        // for ever (no C_Finalize under a running call, PKCS#11 v2.40 §5.4), and no client is served by waiting.
+        // for ever (no C_Finalize under a running call, PKCS#11 v2.40 §5.4), and no client is served by waiting. The
+        // same for a thread held in its start (C_Initialize): stopping it would wait for it to come back from the token.
         const held = liveToken.inToken();
-        if (held.signs > 0) {
+        if (held.threads > 0) {
           log.error(
-            { signsInToken: held.signs, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
+            { signsInToken: held.signs, threadsInToken: held.threads, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
             'key server stopping with signs still inside the token past limits.shutdownGraceMs (the token is not answering): the token is left open, not finalized',
           );
           await runClosers(closers.filter((closer) => closer !== closeToken));
-          return { signsLeftInToken: held.signs };
+          return { signsLeftInToken: held.signs, threadsLeftInToken: held.threads };
         }
         await runClosers(closers);
         log.info('key server stopped');
-        return { signsLeftInToken: 0 };
+        return { signsLeftInToken: 0, threadsLeftInToken: 0 };
       })();
       return closing;
     };

@@ -39,8 +39,9 @@
  *
  * A sign hung in the token (a hung HSM, a network HSM's silent link) would
  * hold the reopen for ever, the key server refusing every sign meanwhile.
- * So the wait is bounded: once a thread of the old workers has been on one
- * batch for `stall.afterMs` (limits.tokenStallExitMs, the bound a call held
+ * So the wait is bounded (it covers a thread held in its start, C_Initialize,
+ * too: stopping it would wait as long): once a thread of the old workers has
+ * been inside the module for `stall.afterMs` (limits.tokenStallExitMs, the bound a call held
  * on the event loop gets, loop-watch.ts; 0: no bound), an error line names
  * the PKCS#11 function the threads are in and how long (never an argument),
  * and `stall.end()` ends the process (SIGKILL, daemon.ts) for its supervisor
@@ -196,10 +197,14 @@ export class LiveToken {
     await Promise.all([this.#parts?.signers.drained(), this.#closing?.signers.drained()]);
   }
 
-  /** Signs sent to the threads and not answered, the parts being closed included, and the longest a thread has been on one batch. */
-  inToken(): { readonly signs: number; readonly longestMs: number } {
-    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, longestMs: 0 });
-    return { signs: all.reduce((n, held) => n + held.signs, 0), longestMs: Math.max(...all.map((held) => held.longestMs)) };
+  /** Signs sent to the threads and not answered, and the threads inside the module, the parts being closed included, and the longest one has been there. */
+  inToken(): { readonly signs: number; readonly threads: number; readonly longestMs: number } {
+    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, threads: 0, longestMs: 0 });
+    return {
+      signs: all.reduce((n, held) => n + held.signs, 0),
+      threads: all.reduce((n, held) => n + held.threads, 0),
+      longestMs: Math.max(...all.map((held) => held.longestMs)),
+    };
   }
 
   async close(): Promise<void> {
@@ -264,17 +269,19 @@ export class LiveToken {
    * been on one batch for the stall bound (never, with no bound).
    */
   async #signsBack(old: TokenParts): Promise<InToken | undefined> {
-    const drained = old.signers.drained().then(() => true);
+    let answered = false;
+    const drained = old.signers.drained().then(() => void (answered = true));
     const { afterMs } = this.#stall;
-    if (afterMs === 0) return void (await drained);
     for (;;) {
       const held = old.signers.inToken();
-      if (held.longestMs >= afterMs) return held;
+      // Every sign answered, and no thread left inside the module (one may be held in its start).
+      if (answered && held.threads === 0) return undefined;
+      if (afterMs > 0 && held.longestMs >= afterMs) return held;
       let timer: NodeJS.Timeout | undefined;
-      const later = new Promise<boolean>((resolve) => (timer = setTimeout(resolve, Math.min(STALL_CHECK_MS, afterMs - held.longestMs), false).unref()));
-      const back = await Promise.race([drained, later]);
+      const waitMs = afterMs > 0 ? Math.min(STALL_CHECK_MS, afterMs - held.longestMs) : STALL_CHECK_MS;
+      const later = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs).unref()));
+      await (answered ? later : Promise.race([drained, later]));
       clearTimeout(timer);
-      if (back) return undefined;
     }
   }
 }

@@ -26,7 +26,10 @@
  * `up` says whether jobs may be sent; `inToken()` how many signs were sent
  * and not answered, how long the thread has been on its current batch, and
  * which PKCS#11 function it is in (a shared slot it writes around each call:
- * a call that does not come back is named in the log, never its arguments);
+ * a call that does not come back is named in the log, never its arguments),
+ * a thread still starting counting as in C_Initialize: its start, too, may
+ * be held by a token that does not answer, and `stop()` cannot end a thread
+ * inside native code (worker.terminate() waits for it to come back to JS);
  * `load` (jobs queued or sent, not yet answered) and `queue` are the owner's bookkeeping of jobs on this thread;
  * `stop()` ends it for good.
  */
@@ -59,6 +62,8 @@ export interface Job {
 const SIGN_INIT = 1;
 const SIGN = 2;
 const CALL_NAMES = ['', 'C_SignInit', 'C_Sign'] as const;
+/** What a thread not up yet is in: loading the module and C_Initialize, which a token that does not answer may hold. */
+const STARTING = 'C_Initialize';
 
 /** A job's error when the worker skipped it, its deadline already past. */
 export const DEADLINE_SKIPPED = 'deadline';
@@ -148,6 +153,8 @@ export class SignThread {
   #restartTimer: NodeJS.Timeout | undefined;
   #startedResolve: (() => void) | undefined;
   #stopped = false;
+  /** Since when the thread has been starting (loading the module, C_Initialize); undefined once up, failed or stopped. */
+  #startingSince: number | undefined;
   /** Which PKCS#11 function the thread is in (SIGN_INIT, SIGN; 0: none), written by the thread. */
   readonly #calling = new Int32Array(new SharedArrayBuffer(4));
 
@@ -183,6 +190,8 @@ export class SignThread {
    * deadline plus one sign: far longer means a call is not coming back from the token.
    */
   inToken(now: number): InTokenNow {
+    // Inside the module as much as a sign is (it must not be finalized under it), and no worker.terminate() ends it there.
+    if (this.#startingSince !== undefined) return { signs: 0, busyMs: now - this.#startingSince, call: STARTING };
     if (this.#sent.length === 0) return { signs: 0, busyMs: 0 };
     const call = CALL_NAMES[Atomics.load(this.#calling, 0)] || undefined;
     return { signs: this.#sent.reduce((sum, jobs) => sum + jobs, 0), busyMs: now - this.#busySince, call };
@@ -209,6 +218,7 @@ export class SignThread {
       return;
     }
     this.#worker = worker;
+    this.#startingSince = performance.now();
     worker.on('message', (message: JobResult[] | typeof THREAD_UP) => {
       if (message === THREAD_UP) return this.#up();
       this.#sent.shift();
@@ -226,6 +236,7 @@ export class SignThread {
   }
 
   #up(): void {
+    this.#startingSince = undefined;
     this.up = true;
     this.#upSince = performance.now();
     if (this.#failures > 0) this.#owner.log.info({ thread: this.index, failures: this.#failures }, 'signing thread restarted');
@@ -233,6 +244,7 @@ export class SignThread {
   }
 
   #failed(err: Error): void {
+    this.#startingSince = undefined;
     const served = this.up ? performance.now() - this.#upSince : 0;
     this.up = false;
     this.#error = undefined;

@@ -107,7 +107,10 @@ export function stuckAfterMs(requestTimeoutMs: number): number {
   return Math.max(1_000, 2 * requestTimeoutMs);
 }
 
-/** Signs sent to the threads and not answered: how many, on how many threads, the longest a thread has been on one batch, and the PKCS#11 functions they are in. */
+/**
+ * Signs sent to the threads and not answered: how many; the threads inside the module (those signs', and any still
+ * starting), the longest one has been there, and the PKCS#11 functions they are in.
+ */
 export interface InToken {
   readonly signs: number;
   readonly threads: number;
@@ -168,7 +171,8 @@ export class SigningWorkers {
     const calls = new Set<string>();
     for (const lane of this.#lanes) {
       const held = lane.inToken(now);
-      if (held.signs === 0) continue;
+      // A thread with no sign out may still be inside the module: in its start (C_Initialize).
+      if (held.signs === 0 && held.call === undefined) continue;
       threads++;
       signs += held.signs;
       longestMs = Math.max(longestMs, held.busyMs);
