@@ -366,7 +366,7 @@ it('a token to open again while a sign hangs inside it: the process ends past li
   await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, endMs + 10_000).unref())]);
   expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
   expect(loggedLines(/^the token is no longer the one opened/)).toHaveLength(1);
-  const ended = loggedLines(/^signs inside the token have not come back past limits.tokenStallExitMs/);
+  const ended = loggedLines(/^calls into the token on the signing threads .* have not come back past limits.tokenStallExitMs/);
   expect(ended).toHaveLength(1);
   expect(ended[0]).toMatchObject({ level: 50, calls: ['C_Sign'], tokenStallExitMs: endMs });
   expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(endMs);
@@ -399,7 +399,7 @@ it('a token to open again while a signing thread is held in its start (C_Initial
   fault('info-fail', false);
   await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, endMs + 10_000).unref())]);
   expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
-  const ended = loggedLines(/^signs inside the token have not come back past limits.tokenStallExitMs/);
+  const ended = loggedLines(/^calls into the token on the signing threads .* have not come back past limits.tokenStallExitMs/);
   expect(ended).toHaveLength(1);
   expect(ended[0]).toMatchObject({ level: 50, calls: ['C_Initialize'], tokenStallExitMs: endMs });
   expect(output).not.toContain(readUserPin(dir));

@@ -230,7 +230,7 @@ export class LiveToken {
       if (stuck !== undefined) {
         this.#log.error(
           { cause, calls: stuck.calls, threads: stuck.threads, signsInToken: stuck.signs, heldMs: stuck.longestMs, tokenStallExitMs: this.#stall.afterMs },
-          'signs inside the token have not come back past limits.tokenStallExitMs and the token must be opened again: it cannot be while they are in it (C_Finalize under a running call is undefined, PKCS#11 v2.40 §5.4); ending the process (SIGKILL) for its supervisor to start it again',
+          "calls into the token on the signing threads (signs, or a thread's start) have not come back past limits.tokenStallExitMs and the token must be opened again: it cannot be while they are in it (C_Finalize under a running call is undefined, PKCS#11 v2.40 §5.4); ending the process (SIGKILL) for its supervisor to start it again",
         );
         // Left as it is (no C_Finalize under the hung call), and nothing more is tried while the process ends (its log is
         // flushed first): a new module instance opened meanwhile would be initialised under the hung call too.

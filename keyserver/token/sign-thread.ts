@@ -153,7 +153,7 @@ export class SignThread {
   #restartTimer: NodeJS.Timeout | undefined;
   #startedResolve: (() => void) | undefined;
   #stopped = false;
-  /** Since when the thread has been starting (loading the module, C_Initialize); undefined once up, failed or stopped. */
+  /** Since when the thread has been starting (loading the module, C_Initialize); undefined once up or failed. */
   #startingSince: number | undefined;
   /** Which PKCS#11 function the thread is in (SIGN_INIT, SIGN; 0: none), written by the thread. */
   readonly #calling = new Int32Array(new SharedArrayBuffer(4));
