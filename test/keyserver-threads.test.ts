@@ -406,6 +406,28 @@ it('a token to open again while a signing thread is held in its start (C_Initial
   fault('thread-init-hang', false);
 }, 30_000);
 
+it('SIGTERM with a signing thread held in its start: the key server stops after its grace, leaving the token unfinalized, rather than waiting for the thread', async () => {
+  // Before: the stop waited in worker.terminate() for the thread to come back from the token, until the backstop ended
+  // it (limits.shutdownGraceMs and 5 s later, 'did not stop within its grace').
+  await endChild();
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail']) fault(name, false);
+  hangFifo();
+  const graceMs = 500;
+  await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
+  fault('thread-init-hang', true);
+  fault('thread-crash', true);
+  await burst();
+  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  fault('thread-crash', false);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, graceMs + 4_000).unref())]);
+  expect(child.signalCode, `not ended by the signal:\n${output.slice(-1500)}`).toBe('SIGTERM');
+  expect(loggedLines(/^key server stopping with signs still inside the token/)[0]).toMatchObject({ threadsInToken: 2 });
+  expect(loggedLines(/did not stop within its grace/)).toHaveLength(0);
+  fault('thread-init-hang', false);
+}, 20_000);
+
 it('a token that does not answer the login at start: warned, not a start hung silently, and not ended (a slow open would only start again)', async () => {
   // Before: the watch began after the token was opened; a C_Login that never came back held the start silently, for ever.
   await endChild();
