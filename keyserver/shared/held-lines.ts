@@ -11,7 +11,10 @@
  * takes and writes it, in order before its own lines, once it sees the call
  * held. The copy costs nothing when nothing is held (the usual case: lines
  * wait at most LOG_FLUSH_MS), and a line is copied once however many calls
- * follow.
+ * follow. Lines already handed to the destination are its own: to a file,
+ * written at once; to a pipe, written on libuv's thread pool, which the held
+ * loop does not stop, except a batch handed over while an earlier write was
+ * still in flight (a collector that is behind), which waits for the loop.
  *
  * Who writes what, without a lock: `state` says whose the copy is.
  * IDLE: the main thread's. OFFERED: the main thread is inside a call, the

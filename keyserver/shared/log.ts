@@ -27,7 +27,8 @@
  * While the event loop is inside a call into the token, the held lines are
  * also offered to the watch over the loop (`heldLinesOf`, held-lines.ts),
  * which writes them itself if the call holds the loop: a process ended there
- * by SIGKILL (loop-watch.ts) loses none of the lines that led up to it.
+ * by SIGKILL (loop-watch.ts) keeps the lines that led up to it (but for a
+ * batch queued behind a pipe write still in flight, held-lines.ts).
  *
  * The time of a line is made once per millisecond: at request rates, most
  * lines share their millisecond with the line before.
