@@ -261,6 +261,22 @@ describe('running and stopping', () => {
     await expect(client.ping()).rejects.toMatchObject({ code: 'KEYEDGE_ERR_CLOSED' });
   });
 
+  it('an admin connection left in the middle of its request (a stalled scraper) does not hold close()', async () => {
+    // Before: close() waited for the admin listener's connections, a request never finished for Node's headersTimeout (a minute).
+    const server = await startTestKeyserver(testConfig(dir, { limits: { shutdownGraceMs: 200 } }), captureLog());
+    const stalled = net.connect(server.adminPort!, '127.0.0.1');
+    stalled.on('error', () => {});
+    await new Promise((resolve) => stalled.once('connect', resolve));
+    stalled.write('GET /metrics HTTP/1.1\r\nHost: keyserver\r\n');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    try {
+      const closed = await Promise.race([server.close().then(() => true), new Promise((resolve) => setTimeout(resolve, 8_000, false))]);
+      expect(closed, 'close() still waiting 8 s later').toBe(true);
+    } finally {
+      stalled.destroy();
+    }
+  });
+
   // KNOWN BUG (keyserver/server/daemon.ts close() + connection.ts #send): the last answers are written
   // to a corked socket, and close() destroys it before the nextTick uncork. Remove `.fails` once fixed.
   it('every sign in flight when close() begins is answered', async () => {

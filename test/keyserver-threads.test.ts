@@ -10,9 +10,11 @@
  * no one writes to: a call stuck in native code, as in an HSM that stopped
  * answering, which no worker.terminate() interrupts), `inline-hang` the same
  * for the main thread's C_Sign (a sign made on the event loop), `scan-hang`
- * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login. The
- * last cases start key servers of their own, since a hang on the event loop
- * ends the process.
+ * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login,
+ * `info-fail` makes its C_GetTokenInfo fail (the token check of a token
+ * re-created), `thread-init-hang` holds a signing thread's C_Initialize (its
+ * start). The last cases start key servers of their own, since a hang
+ * on the event loop, or one that holds a reopen, ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -58,6 +60,11 @@ Module._load = function (request, ...rest) {
       if (existsSync(join(dir, 'scan-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
       return find.apply(this, args);
     };
+    const info = proto.C_GetTokenInfo;
+    proto.C_GetTokenInfo = function (...args) {
+      if (existsSync(join(dir, 'info-fail'))) throw new Error('CKR_GENERAL_ERROR (injected)');
+      return info.apply(this, args);
+    };
     const login = proto.C_Login;
     proto.C_Login = function (...args) {
       if (existsSync(join(dir, 'login-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
@@ -69,6 +76,11 @@ Module._load = function (request, ...rest) {
       return sign.apply(this, args);
     };
   } else if (!proto.injected) {
+    const initialize = proto.C_Initialize;
+    proto.C_Initialize = function (...args) {
+      if (existsSync(join(dir, 'thread-init-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      return initialize.apply(this, args);
+    };
     const sign = proto.C_Sign;
     proto.C_Sign = function (...args) {
       if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
@@ -293,13 +305,20 @@ it('calls into the token held on the event loop: warned within about twice the r
   const scan = await waitFor('the held scan logged', () => held('C_FindObjectsInit'), 10_000);
   expect(scan).toMatchObject({ level: 40, stuckAfterMs: 1_000, endAfterMs: endMs });
   expect(scan.heldMs as number).toBeGreaterThanOrEqual(1_000);
+  // The line logged as the scan began comes before the watch's (written by the watch; before, after the scan came back).
+  const order = (msg: string): number => output.split('\n').findIndex((line) => line.includes(msg));
+  expect(order('"msg":"SIGHUP: rescanning the token"')).toBeGreaterThanOrEqual(0);
+  expect(order('"msg":"SIGHUP: rescanning the token"')).toBeLessThan(order('"call":"C_FindObjectsInit"'));
   fault('scan-hang', false);
   releaseHang();
   await waitFor('the scan back', () => loggedLines(/^the call into the token on the event loop came back$/)[0], 10_000);
   expect(await metricValue({ adminPort }, 'keyedge_keyserver_keys')).toBe(1);
 
-  // A sign on the event loop (one on an idle key server is made there) the token holds, never answered.
+  // A sign on the event loop (one on an idle key server is made there) the token holds, never answered; just before
+  // it, a request refused and logged (an ECDSA sign with the RSA key): its line is held in the logger's batch, whose
+  // timer runs on the loop the token then holds.
   fault('inline-hang', true);
+  const refusal = client.sign(key.keyId, Algorithm.ECDSA_SHA256, digestOf(Algorithm.ECDSA_SHA256, randomBytes(32))).catch((e: unknown) => e);
   const answer = client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
   const exited = new Promise((resolve) => child.once('exit', resolve));
   const sign = await waitFor('the held sign logged', () => held('C_Sign'), 10_000);
@@ -312,10 +331,102 @@ it('calls into the token held on the event loop: warned within about twice the r
   expect(ended).toHaveLength(1);
   expect(ended[0]).toMatchObject({ level: 50, call: 'C_Sign' });
   expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(endMs);
+  // Refused, but its answer may not have left before the loop was held.
+  expect(String(await refusal)).toMatch(/ALGORITHM_MISMATCH|closed/i);
   expect(String(await answer)).toMatch(/closed/i);
+  // The line logged just before the hang reached the log, before the watch's. Before: held in the batch, lost at the kill.
+  const lines = output.split('\n');
+  const refused = lines.findIndex((line) => line.includes('"code":"ALGORITHM_MISMATCH"'));
+  expect(refused, `the refusal's line:\n${output.slice(-1500)}`).toBeGreaterThanOrEqual(0);
+  expect(refused).toBeLessThan(lines.findIndex((line) => line.includes('"call":"C_Sign"')));
+  // A line the watch wrote for a call that came back is not written again by the logger.
+  expect(loggedLines(/^SIGHUP: rescanning the token$/)).toHaveLength(1);
   expect(output).not.toContain(readUserPin(dir));
   fault('inline-hang', false);
 }, 30_000);
+
+it('a token to open again while a sign hangs inside it: the process ends past limits.tokenStallExitMs, naming the call, rather than serving no key for ever', async () => {
+  // Before: the reopen waited for the hung sign before C_Finalize, for ever, every sign refused SIGN_FAILED meanwhile.
+  client.close();
+  await endChild();
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang']) fault(name, false);
+  hangFifo();
+  const endMs = 2_000;
+  await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
+  fault('thread-hang', true);
+  // Past the event loop's inline budget, signs go to the threads and hang there (their clients answered DEADLINE_EXCEEDED).
+  const signs = Array.from({ length: 200 }, () =>
+    client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e),
+  );
+  await waitFor('a thread stuck', () => logLines(/^signs inside the token are not coming back/)[0], 10_000);
+  // The token's check fails from now on, as for a token re-created: confirmed over a second, then it is opened again.
+  fault('info-fail', true);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGHUP');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, endMs + 10_000).unref())]);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  expect(loggedLines(/^the token is no longer the one opened/)).toHaveLength(1);
+  const ended = loggedLines(/^calls into the token on the signing threads .* have not come back past limits.tokenStallExitMs/);
+  expect(ended).toHaveLength(1);
+  expect(ended[0]).toMatchObject({ level: 50, calls: ['C_Sign'], tokenStallExitMs: endMs });
+  expect(ended[0]!.heldMs as number).toBeGreaterThanOrEqual(endMs);
+  await Promise.all(signs);
+  expect(output).not.toContain(readUserPin(dir));
+  fault('info-fail', false);
+  fault('thread-hang', false);
+}, 30_000);
+
+it('a token to open again while a signing thread is held in its start (C_Initialize): the process ends past limits.tokenStallExitMs, rather than waiting for the thread for ever', async () => {
+  // Before: the reopen stopped the threads with worker.terminate(), which waits for a thread inside native code to come
+  // back to JS: for ever, the key server serving no key meanwhile.
+  client.close();
+  await endChild();
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail']) fault(name, false);
+  hangFifo();
+  const endMs = 2_000;
+  await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
+  // The threads die in their batch and start again, into a C_Initialize the token holds; signs go on inline.
+  fault('thread-init-hang', true);
+  fault('thread-crash', true);
+  await burst();
+  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  fault('thread-crash', false);
+  await burst();
+  fault('info-fail', true);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGHUP');
+  await waitFor('the reopen', () => logLines(/^the token is no longer the one opened/)[0], 10_000);
+  fault('info-fail', false);
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, endMs + 10_000).unref())]);
+  expect(child.signalCode, `still running:\n${output.slice(-1500)}`).toBe('SIGKILL');
+  const ended = loggedLines(/^calls into the token on the signing threads .* have not come back past limits.tokenStallExitMs/);
+  expect(ended).toHaveLength(1);
+  expect(ended[0]).toMatchObject({ level: 50, calls: ['C_Initialize'], tokenStallExitMs: endMs });
+  expect(output).not.toContain(readUserPin(dir));
+  fault('thread-init-hang', false);
+}, 30_000);
+
+it('SIGTERM with a signing thread held in its start: the key server stops after its grace, leaving the token unfinalized, rather than waiting for the thread', async () => {
+  // Before: the stop waited in worker.terminate() for the thread to come back from the token, until the backstop ended
+  // it (limits.shutdownGraceMs and 5 s later, 'did not stop within its grace').
+  await endChild();
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail']) fault(name, false);
+  hangFifo();
+  const graceMs = 500;
+  await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
+  fault('thread-init-hang', true);
+  fault('thread-crash', true);
+  await burst();
+  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  fault('thread-crash', false);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, graceMs + 4_000).unref())]);
+  expect(child.signalCode, `not ended by the signal:\n${output.slice(-1500)}`).toBe('SIGTERM');
+  expect(loggedLines(/^key server stopping with signs still inside the token/)[0]).toMatchObject({ threadsInToken: 2 });
+  expect(loggedLines(/did not stop within its grace/)).toHaveLength(0);
+  fault('thread-init-hang', false);
+}, 20_000);
 
 it('a token that does not answer the login at start: warned, not a start hung silently, and not ended (a slow open would only start again)', async () => {
   // Before: the watch began after the token was opened; a C_Login that never came back held the start silently, for ever.

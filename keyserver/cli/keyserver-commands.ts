@@ -7,8 +7,8 @@ import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyserverClient } from '../client/client.js';
 import { UsageError } from '../shared/errors.js';
 import { startKeyserver } from '../server/daemon.js';
+import { exitBySignal } from '../server/exit-by-signal.js';
 import { type Command, parseCommandArgs } from '../shared/command.js';
-import type { Logger } from '../shared/log.js';
 
 const KEYSERVER_USAGE = `Usage: keyedge keyserver [--config FILE]
 
@@ -23,7 +23,8 @@ in it and the process ends by the signal), SIGHUP rescans the token for keys.
 A call the token holds on the event loop itself (a sign, a key scan; no
 signal is handled then) is logged past twice limits.requestTimeoutMs; once
 serving, a call held limits.tokenStallExitMs (a minute) ends the process
-(SIGKILL) for its supervisor to restart it.
+(SIGKILL) for its supervisor to restart it, as does a token that must be
+opened again while a sign has been held in it that long.
 
 Options:
   --config FILE   JSON config (see config/keyserver.json)
@@ -32,25 +33,6 @@ Options:
 
 /** How long past limits.shutdownGraceMs a stop may take before the process ends anyway. */
 const STOP_MARGIN_MS = 5_000;
-/** How long the exit waits for the log to be written out. */
-const LOG_FLUSH_WAIT_MS = 1_000;
-
-/**
- * Ends the process by the signal that asked it to stop, with its default action (the handler was a `once`):
- * a thread stuck inside the PKCS#11 module cannot be joined, and Node joins its threads on a normal exit
- * (process.exit() included), so only a signal ends it. Death by SIGTERM is what a supervisor expects of a stop.
- * The log is written out first.
- */
-function exitBySignal(log: Logger, signal: NodeJS.Signals): void {
-  const exit = (): void => {
-    process.removeAllListeners(signal);
-    process.kill(process.pid, signal);
-  };
-  // A pipe to a collector that takes nothing more must not hold the exit.
-  // Not unref'd: an event loop left empty would end the process normally, and that waits for the stuck thread.
-  setTimeout(exit, LOG_FLUSH_WAIT_MS);
-  log.flush(exit);
-}
 
 export const keyserverCommand: Command = {
   name: 'keyserver',
@@ -82,7 +64,7 @@ export const keyserverCommand: Command = {
           exitBySignal(server.log, signal);
         }, config.limits.shutdownGraceMs + STOP_MARGIN_MS);
         void server.close().then((result) => {
-          if (result.signsLeftInToken > 0) return exitBySignal(server.log, signal);
+          if (result.threadsLeftInToken > 0) return exitBySignal(server.log, signal);
           clearTimeout(backstop);
           resolve(signal);
         });

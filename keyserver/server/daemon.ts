@@ -7,8 +7,9 @@
  *
  * `close()` is the graceful shutdown (SIGTERM): listeners stop accepting, new
  * requests on open connections are answered SHUTTING_DOWN, requests already
- * running finish (up to `limits.shutdownGraceMs`), then connections, sessions
- * and the token are closed. Signs still inside the token at the end of the
+ * running finish (up to `limits.shutdownGraceMs`), then connections (the
+ * admin listener's too, a request half-sent included), sessions and the token
+ * are closed. Signs still inside the token at the end of the
  * grace (a token that stopped answering) are left there: the token is not
  * finalized under them, the stop is logged, and `close()` says how many.
  * A call into the token hung on the event loop itself (an inline sign, a key
@@ -24,7 +25,9 @@
  * `connections_dropped_total` and logged within the LogLimiter's rate.
  *
  * The token is opened again, without a restart and without closing client
- * connections, when it is no longer the one opened (live-token.ts).
+ * connections, when it is no longer the one opened (live-token.ts); a sign
+ * hung in the token that holds such a reopen past limits.tokenStallExitMs
+ * ends the process (SIGKILL) for its supervisor to start it again.
  */
 import { mkdirSync } from 'node:fs';
 import type http from 'node:http';
@@ -38,6 +41,7 @@ import { SigningWorkers, stuckAfterMs } from '../token/sign-workers.js';
 import { Token, type TokenOpenOptions } from '../token/token.js';
 import { TokenError } from '../shared/errors.js';
 import { startAdmin } from './admin.js';
+import { exitBySignal } from './exit-by-signal.js';
 import { Admission } from './admission.js';
 import { isEvictedHandshake, PendingHandshakes } from './handshakes.js';
 import { type ClientIdentity, tlsIdentity, unixIdentity } from './authz.js';
@@ -69,6 +73,8 @@ export interface ShutdownResult {
    * token was left open, and the process cannot end normally (Node joins its threads on exit): its owner ends it.
    */
   readonly signsLeftInToken: number;
+  /** Signing threads still inside the module at the end of the grace (those signs', and any held in its start). */
+  readonly threadsLeftInToken: number;
 }
 
 export interface StartOptions {
@@ -114,6 +120,8 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       () => reopen(config, build, refusedPin),
       log,
       (result) => metrics.tokenReopens.inc({ result }),
+      // A reopen held past this by a sign the token does not answer ends the process, as a call held on the event loop does.
+      { afterMs: config.limits.tokenStallExitMs, end: () => exitBySignal(log, 'SIGKILL') },
     );
     const liveToken = live;
     // From here the live token owns the token and its signers, first or reopened.
@@ -223,7 +231,14 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     if (config.admin !== null) {
       admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => liveToken.parts !== undefined);
       const server = admin;
-      closers.unshift(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      closers.unshift(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            // Reached past the grace: a request still unfinished (a stalled scraper) would hold the stop for Node's headersTimeout.
+            server.closeAllConnections();
+          }),
+      );
     }
     const usageTimer = setInterval(() => logUsage(service, log), config.log.keyUsageIntervalSeconds * 1000).unref();
 
@@ -251,19 +266,20 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         for (const connection of connections) connection.socket.destroy();
         logUsage(service, log);
         // Past the grace, a sign still in the token is one it is not answering: closing the token would wait for it
-        // for ever (no C_Finalize under a running call, PKCS#11 v2.40 §5.4), and no client is served by waiting.
+        // for ever (no C_Finalize under a running call, PKCS#11 v2.40 §5.4), and no client is served by waiting. The
+        // same for a thread held in its start (C_Initialize): stopping it would wait for it to come back from the token.
         const held = liveToken.inToken();
-        if (held.signs > 0) {
+        if (held.threads > 0) {
           log.error(
-            { signsInToken: held.signs, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
+            { signsInToken: held.signs, threadsInToken: held.threads, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
             'key server stopping with signs still inside the token past limits.shutdownGraceMs (the token is not answering): the token is left open, not finalized',
           );
           await runClosers(closers.filter((closer) => closer !== closeToken));
-          return { signsLeftInToken: held.signs };
+          return { signsLeftInToken: held.signs, threadsLeftInToken: held.threads };
         }
         await runClosers(closers);
         log.info('key server stopped');
-        return { signsLeftInToken: 0 };
+        return { signsLeftInToken: 0, threadsLeftInToken: 0 };
       })();
       return closing;
     };

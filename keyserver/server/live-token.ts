@@ -36,9 +36,27 @@
  * come back once the token does. Every reopen is logged and counted
  * (`onAttempt`: opened or failed); a failure to open is logged when its
  * reason changes, else once a FAILURE_LOG_MS.
+ *
+ * A sign hung in the token (a hung HSM, a network HSM's silent link) would
+ * hold the reopen for ever, the key server refusing every sign meanwhile.
+ * So the wait is bounded (it covers a thread held in its start, C_Initialize,
+ * too: stopping it would wait as long): once a thread of the old workers has
+ * been inside the module for `stall.afterMs` (limits.tokenStallExitMs, the bound a call held
+ * on the event loop gets, loop-watch.ts; 0: no bound), an error line names
+ * the PKCS#11 function the threads are in and how long (never an argument),
+ * and `stall.end()` ends the process (SIGKILL, daemon.ts) for its supervisor
+ * to start it again. Not the threads abandoned and the token reopened
+ * under them: the module cannot be finalised while a thread is inside it
+ * (C_Finalize with another call running is undefined, PKCS#11 v2.40 §5.4:
+ * a module may free what the call uses, or wait on a lock it holds), and
+ * without a C_Finalize SoftHSM2 never sees a token re-created; a thread
+ * inside native code cannot be ended either (worker.terminate() waits for it
+ * to come back to JS, and Node joins every thread on a normal exit). A new
+ * process opens the module afresh: the usual cure, as for a call held on the
+ * event loop.
  */
 import type { Logger } from '../shared/log.js';
-import type { SigningWorkers } from '../token/sign-workers.js';
+import type { InToken, SigningWorkers } from '../token/sign-workers.js';
 import type { Token } from '../token/token.js';
 import type { KeyStore } from './keystore.js';
 
@@ -71,6 +89,17 @@ export function tokenLost(reason: string): boolean {
   return LOST.test(reason);
 }
 
+/** How long the old threads' signs are waited for before a reopen, and what ends the process past that. */
+export interface StallExit {
+  /** limits.tokenStallExitMs: a thread on one batch this long is not coming back; 0: waited for without a bound. */
+  readonly afterMs: number;
+  /** Ends the process (the error line is written already). */
+  end(): void;
+}
+
+/** The wait for signs in the token is looked at this often at most. */
+const STALL_CHECK_MS = 1_000;
+
 /** How an attempt to open the token again ended (a metric label: bounded). */
 export type ReopenResult = 'opened' | 'failed';
 
@@ -79,6 +108,7 @@ export class LiveToken {
   readonly #open: () => TokenParts;
   readonly #log: Logger;
   readonly #onAttempt: (result: ReopenResult) => void;
+  readonly #stall: StallExit;
   #retryTimer: NodeJS.Timeout | undefined;
   #checkedAt = 0;
   #failureLoggedAt = -Infinity;
@@ -91,11 +121,18 @@ export class LiveToken {
   #closing: TokenParts | undefined;
 
   /** `open`: opens the token again and builds its parts (throws if it cannot; it owns what it opened until it returns). */
-  constructor(parts: TokenParts, open: () => TokenParts, log: Logger, onAttempt: (result: ReopenResult) => void = () => {}) {
+  constructor(
+    parts: TokenParts,
+    open: () => TokenParts,
+    log: Logger,
+    onAttempt: (result: ReopenResult) => void = () => {},
+    stall: StallExit = { afterMs: 0, end: () => {} },
+  ) {
     this.#parts = parts;
     this.#open = open;
     this.#log = log;
     this.#onAttempt = onAttempt;
+    this.#stall = stall;
   }
 
   /** The open token's parts; undefined while it is being opened again, or could not be. */
@@ -160,10 +197,14 @@ export class LiveToken {
     await Promise.all([this.#parts?.signers.drained(), this.#closing?.signers.drained()]);
   }
 
-  /** Signs sent to the threads and not answered, the parts being closed included, and the longest a thread has been on one batch. */
-  inToken(): { readonly signs: number; readonly longestMs: number } {
-    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, longestMs: 0 });
-    return { signs: all.reduce((n, held) => n + held.signs, 0), longestMs: Math.max(...all.map((held) => held.longestMs)) };
+  /** Signs sent to the threads and not answered, and the threads inside the module, the parts being closed included, and the longest one has been there. */
+  inToken(): { readonly signs: number; readonly threads: number; readonly longestMs: number } {
+    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, threads: 0, longestMs: 0 });
+    return {
+      signs: all.reduce((n, held) => n + held.signs, 0),
+      threads: all.reduce((n, held) => n + held.threads, 0),
+      longestMs: Math.max(...all.map((held) => held.longestMs)),
+    };
   }
 
   async close(): Promise<void> {
@@ -185,6 +226,17 @@ export class LiveToken {
         'the token is no longer the one opened (re-created, removed, or its sessions lost): opening it again once the signs in it are answered',
       );
       this.#closing = old;
+      const stuck = await this.#signsBack(old);
+      if (stuck !== undefined) {
+        this.#log.error(
+          { cause, calls: stuck.calls, threads: stuck.threads, signsInToken: stuck.signs, heldMs: stuck.longestMs, tokenStallExitMs: this.#stall.afterMs },
+          "calls into the token on the signing threads (signs, or a thread's start) have not come back past limits.tokenStallExitMs and the token must be opened again: it cannot be while they are in it (C_Finalize under a running call is undefined, PKCS#11 v2.40 §5.4); ending the process (SIGKILL) for its supervisor to start it again",
+        );
+        // Left as it is (no C_Finalize under the hung call), and nothing more is tried while the process ends (its log is
+        // flushed first): a new module instance opened meanwhile would be initialised under the hung call too.
+        this.#closed = true;
+        return this.#stall.end();
+      }
       try {
         await closeParts(old);
       } finally {
@@ -209,6 +261,27 @@ export class LiveToken {
       this.#failureLoggedAt = Date.now();
       this.#failureLogged = reason;
       this.#log.error({ err }, 'the token cannot be opened: requests for keys are refused SIGN_FAILED; trying again every second');
+    }
+  }
+
+  /**
+   * Waits for the signs sent to the old threads; undefined once answered, or what holds them once a thread has
+   * been on one batch for the stall bound (never, with no bound).
+   */
+  async #signsBack(old: TokenParts): Promise<InToken | undefined> {
+    let answered = false;
+    const drained = old.signers.drained().then(() => void (answered = true));
+    const { afterMs } = this.#stall;
+    for (;;) {
+      const held = old.signers.inToken();
+      // Every sign answered, and no thread left inside the module (one may be held in its start).
+      if (answered && held.threads === 0) return undefined;
+      if (afterMs > 0 && held.longestMs >= afterMs) return held;
+      let timer: NodeJS.Timeout | undefined;
+      const waitMs = afterMs > 0 ? Math.min(STALL_CHECK_MS, afterMs - held.longestMs) : STALL_CHECK_MS;
+      const later = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs).unref()));
+      await (answered ? later : Promise.race([drained, later]));
+      clearTimeout(timer);
     }
   }
 }

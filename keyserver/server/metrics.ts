@@ -170,7 +170,8 @@ export class KeyserverMetrics {
     help:
       'Signing threads whose call into the token has not come back for longer than twice limits.requestTimeoutMs (at least 1 s): ' +
       'the token is not answering (logged); nothing is signed on the event loop meanwhile, and while every thread is stuck signs are refused ' +
-      'SIGN_FAILED at once; a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs.',
+      'SIGN_FAILED at once; a token reopen and the shutdown wait for these calls, the shutdown at most limits.shutdownGraceMs, a reopen until one has been held ' +
+      'limits.tokenStallExitMs (then the process ends, SIGKILL, for its supervisor to start it again).',
     registers: [this.registry],
   });
 

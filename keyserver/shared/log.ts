@@ -24,11 +24,18 @@
  * batch goes first. A process killed by SIGKILL loses at most the last
  * LOG_FLUSH_MS of lines.
  *
+ * While the event loop is inside a call into the token, the held lines are
+ * also offered to the watch over the loop (`heldLinesOf`, held-lines.ts),
+ * which writes them itself if the call holds the loop: a process ended there
+ * by SIGKILL (loop-watch.ts) keeps the lines that led up to it (but for a
+ * batch queued behind a pipe write still in flight, held-lines.ts).
+ *
  * The time of a line is made once per millisecond: at request rates, most
  * lines share their millisecond with the line before.
  */
 import { fstatSync, writeSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
+import { HeldLines } from './held-lines.js';
 
 export type { Logger };
 
@@ -38,6 +45,24 @@ const REDACT = ['pin', '*.pin', 'soPin', '*.soPin', 'key', '*.key', 'privateKey'
 export const LOG_BATCH_BYTES = 4096;
 /** …or at the latest this often (an unref'd timer, armed only while lines are held or unwritten). */
 export const LOG_FLUSH_MS = 100;
+
+/** What a watch over the event loop uses to have the held lines written when the loop cannot (held-lines.ts). */
+export interface HeldLinesHooks {
+  /** The copy the watch's thread reads. */
+  readonly shared: HeldLines;
+  /** Before a call that may hold the loop: the held lines are offered. */
+  offer(): void;
+  /** Back from it: what the watch took and wrote is dropped from the batch. */
+  reclaim(): void;
+}
+
+const HELD_LINES = Symbol('keyedge.heldLines');
+
+/** The hooks of this logger's destination, when it is batchedStdout (other destinations hold nothing). */
+export function heldLinesOf(log: Logger): HeldLinesHooks | undefined {
+  const stream = (log as unknown as Record<symbol, { [HELD_LINES]?: () => HeldLinesHooks } | undefined>)[pino.symbols.streamSym];
+  return stream?.[HELD_LINES]?.();
+}
 
 /**
  * stdout, batched (see above). The timer only hands over what is held: an
@@ -55,10 +80,13 @@ export function batchedStdout(): pino.DestinationStream {
   // Lines not yet handed over, and bytes handed over and not yet written (sonic-boom reports each write(2) as a 'write' event).
   let held = '';
   let unwritten = 0;
+  // Made once a watch asks for it (the key server's); the proxy never does.
+  let shared: HeldLines | undefined;
   const handOver = (): void => {
     if (held === '') return;
     const batch = held;
     held = '';
+    shared?.reset();
     // Written by the time write returns, to a file: nothing to count.
     if (!toFile) unwritten += Buffer.byteLength(batch);
     write(batch);
@@ -98,6 +126,19 @@ export function batchedStdout(): pino.DestinationStream {
     if (held === '') return;
     writeSync((stream as unknown as { fd: number }).fd, held);
     held = '';
+    shared?.reset();
+  };
+  (stream as unknown as Record<symbol, () => HeldLinesHooks>)[HELD_LINES] = (): HeldLinesHooks => {
+    shared ??= new HeldLines();
+    const lines = shared;
+    return {
+      shared: lines,
+      offer: () => lines.offer(held),
+      reclaim: () => {
+        const taken = lines.reclaim();
+        if (taken > 0) held = held.slice(taken);
+      },
+    };
   };
   return stream;
 }

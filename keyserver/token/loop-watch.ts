@@ -47,8 +47,11 @@
  * loop's handler; SIGABRT or SIGQUIT would dump core, and the core of a process
  * running an in-process token (SoftHSM2) holds its keys and the PIN. A
  * supervisor restarts a process killed by a signal (systemd Restart=on-failure,
- * Kubernetes). Lines the logger held but had not written (at most its
- * LOG_FLUSH_MS) are lost with it.
+ * Kubernetes). The lines the logger held when the call began (its batch,
+ * written by a timer on the held loop) are written first, by the thread, once
+ * the call is seen held (held-lines.ts: copied to shared memory as each call
+ * begins), so the kill loses none of the lines that led up to it; the
+ * thread's own lines are written synchronously, whole.
  *
  * Contract: `markCalls(pkcs11)` makes every C_ function of that module
  * instance mark its calls (main thread only; the mark is the process's); a
@@ -58,7 +61,8 @@
  */
 import { Worker } from 'node:worker_threads';
 import pkcs11js from 'pkcs11js';
-import type { Logger } from '../shared/log.js';
+import { BYTES, OFFERED, STATE, TAKEN, WRITTEN } from '../shared/held-lines.js';
+import { type HeldLinesHooks, heldLinesOf, type Logger } from '../shared/log.js';
 
 /** The thread looks at the mark this far apart at most, and at an eighth of the bound (it sees a hang soon past it). */
 const CHECK_MS = 1_000;
@@ -81,6 +85,8 @@ const CALLS: readonly string[] = (() => {
 const mark = new Int32Array(new SharedArrayBuffer(8));
 /** Calls in progress: a function of pkcs11js that calls another marks once. */
 let depth = 0;
+/** The logger's held lines, offered to the watch for each call (held-lines.ts); set while a watch runs. */
+let heldLines: HeldLinesHooks | undefined;
 
 /** Makes every C_ function of this module instance mark its calls for the watch; returns it. */
 export function markCalls(pkcs11: pkcs11js.PKCS11): pkcs11js.PKCS11 {
@@ -90,13 +96,17 @@ export function markCalls(pkcs11: pkcs11js.PKCS11): pkcs11js.PKCS11 {
     if (typeof call !== 'function') return;
     instance[name] = (...args: unknown[]): unknown => {
       if (depth++ === 0) {
+        heldLines?.offer();
         Atomics.store(mark, CALL, index);
         Atomics.add(mark, SEQ, 1);
       }
       try {
         return call.apply(pkcs11, args);
       } finally {
-        if (--depth === 0) Atomics.add(mark, SEQ, 1);
+        if (--depth === 0) {
+          Atomics.add(mark, SEQ, 1);
+          heldLines?.reclaim();
+        }
       }
     };
   });
@@ -107,21 +117,30 @@ export function markCalls(pkcs11: pkcs11js.PKCS11): pkcs11js.PKCS11 {
 const WATCH_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const { writeSync } = require('node:fs');
-const { mark, stop, armed, calls, checkMs, stuckAfterMs, endAfterMs, stuckLogMs, name, minLevel } = workerData;
+const { mark, stop, armed, calls, checkMs, stuckAfterMs, endAfterMs, stuckLogMs, name, minLevel, heldHeader, heldData } = workerData;
 const nap = new Int32Array(new SharedArrayBuffer(4));
-function line(level, fields, msg) {
-  if (level < minLevel) return;
-  const text = JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, name, ...fields, msg }) + '\\n';
-  // stdout may be a non-blocking pipe: a few tries, never a hang of its own.
-  for (let tries = 0; tries < 50; tries++) {
+function writeAll(bytes) {
+  // stdout may be a non-blocking pipe: a few tries, never a hang of its own; a short write goes on where it stopped.
+  let done = 0;
+  for (let tries = 0; done < bytes.length && tries < 50; ) {
     try {
-      writeSync(1, text);
-      return;
+      done += writeSync(1, bytes, done, bytes.length - done);
     } catch (err) {
       if (err.code !== 'EAGAIN') return;
+      tries++;
       Atomics.wait(nap, 0, 0, 20);
     }
   }
+}
+// The lines the logger held when the call began (held-lines.ts), written once, before any line of ours.
+function takeHeld() {
+  if (heldHeader === undefined || Atomics.compareExchange(heldHeader, ${STATE}, ${OFFERED}, ${TAKEN}) !== ${OFFERED}) return;
+  writeAll(heldData.subarray(0, Atomics.load(heldHeader, ${BYTES})));
+  Atomics.store(heldHeader, ${STATE}, ${WRITTEN});
+}
+function line(level, fields, msg) {
+  if (level < minLevel) return;
+  writeAll(Buffer.from(JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, name, ...fields, msg }) + '\\n'));
 }
 let seen = 0;
 let since = 0;
@@ -141,10 +160,12 @@ while (Atomics.load(stop, 0) === 0) {
   const heldMs = Math.round(now - since);
   const fields = { call: calls[Atomics.load(mark, ${CALL})] ?? 'unknown', heldMs, stuckAfterMs, endAfterMs };
   if (endAfterMs > 0 && heldMs >= endAfterMs && Atomics.load(armed, 0) === 1) {
+    takeHeld();
     line(50, fields, 'a call into the token on the event loop has not come back past its bound: the key server answers nothing meanwhile (its SIGTERM handler included); ending the process (SIGKILL) for its supervisor to start it again');
     process.kill(process.pid, 'SIGKILL');
   } else if (heldMs >= stuckAfterMs && now - loggedAt >= stuckLogMs) {
     loggedAt = now;
+    takeHeld();
     line(40, fields, 'a call into the token on the event loop is not coming back: the token is not answering, and the key server answers nothing (no /healthz, /metrics or signal handling) until it does; the process ends at endAfterMs');
   }
 }
@@ -154,10 +175,16 @@ export class LoopWatch {
   readonly #stop = new Int32Array(new SharedArrayBuffer(4));
   readonly #armed = new Int32Array(new SharedArrayBuffer(4));
   readonly #worker: Worker;
+  readonly #heldLines: HeldLinesHooks | undefined;
 
   /** `stuckAfterMs`: a call held this long is logged; `endAfterMs` (0: never): this long, once armed, the process is ended. */
   constructor(log: Logger, stuckAfterMs: number, endAfterMs: number) {
+    const held = heldLinesOf(log);
+    this.#heldLines = held;
+    heldLines = held;
     const workerData = {
+      heldHeader: held?.shared.header,
+      heldData: held?.shared.data,
       mark,
       stop: this.#stop,
       armed: this.#armed,
@@ -182,6 +209,7 @@ export class LoopWatch {
   }
 
   async stop(): Promise<void> {
+    if (heldLines === this.#heldLines) heldLines = undefined;
     Atomics.store(this.#stop, 0, 1);
     Atomics.notify(this.#stop, 0);
     await this.#worker.terminate();

@@ -24,7 +24,12 @@
  *
  * Contract: `started` resolves once the first start is over, up or failed;
  * `up` says whether jobs may be sent; `inToken()` how many signs were sent
- * and not answered, and how long the thread has been on its current batch;
+ * and not answered, how long the thread has been on its current batch, and
+ * which PKCS#11 function it is in (a shared slot it writes around each call:
+ * a call that does not come back is named in the log, never its arguments),
+ * a thread still starting counting as in C_Initialize: its start, too, may
+ * be held by a token that does not answer, and `stop()` cannot end a thread
+ * inside native code (worker.terminate() waits for it to come back to JS);
  * `load` (jobs queued or sent, not yet answered) and `queue` are the owner's bookkeeping of jobs on this thread;
  * `stop()` ends it for good.
  */
@@ -53,6 +58,13 @@ export interface Job {
   readonly deadline: number;
 }
 
+/** The call a thread is making, in its `calling` slot (0: none), named for the log when it does not come back. */
+const SIGN_INIT = 1;
+const SIGN = 2;
+const CALL_NAMES = ['', 'C_SignInit', 'C_Sign'] as const;
+/** What a thread not up yet is in: loading the module and C_Initialize, which a token that does not answer may hold. */
+const STARTING = 'C_Initialize';
+
 /** A job's error when the worker skipped it, its deadline already past. */
 export const DEADLINE_SKIPPED = 'deadline';
 
@@ -71,6 +83,7 @@ try {
 }
 parentPort.postMessage('${THREAD_UP}');
 const session = Buffer.from(workerData.session);
+const calling = new Int32Array(workerData.calling);
 parentPort.on('message', (jobs) => {
   const results = [];
   for (const job of jobs) {
@@ -79,16 +92,27 @@ parentPort.on('message', (jobs) => {
       continue;
     }
     try {
+      Atomics.store(calling, 0, ${SIGN_INIT});
       pkcs11.C_SignInit(session, job.mechanism, Buffer.from(job.key));
+      Atomics.store(calling, 0, ${SIGN});
       const signature = pkcs11.C_Sign(session, Buffer.from(job.input), Buffer.allocUnsafe(job.outputBytes));
       results.push({ id: job.id, signature });
     } catch (err) {
       results.push({ id: job.id, error: String(err.message).split('\\n')[0] });
+    } finally {
+      Atomics.store(calling, 0, 0);
     }
   }
   parentPort.postMessage(results);
 });
 `;
+
+/** A thread's signs sent and not answered, how long it has been on its current batch, and the call it is in (the function's name only). */
+export interface InTokenNow {
+  readonly signs: number;
+  readonly busyMs: number;
+  readonly call?: string;
+}
 
 export interface ThreadOwner {
   readonly token: Token;
@@ -129,6 +153,10 @@ export class SignThread {
   #restartTimer: NodeJS.Timeout | undefined;
   #startedResolve: (() => void) | undefined;
   #stopped = false;
+  /** Since when the thread has been starting (loading the module, C_Initialize); undefined once up or failed. */
+  #startingSince: number | undefined;
+  /** Which PKCS#11 function the thread is in (SIGN_INIT, SIGN; 0: none), written by the thread. */
+  readonly #calling = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(index: number, owner: ThreadOwner) {
     this.index = index;
@@ -161,9 +189,12 @@ export class SignThread {
    * Jobs past their deadline are skipped (never started), so a healthy batch ends within the request
    * deadline plus one sign: far longer means a call is not coming back from the token.
    */
-  inToken(now: number): { readonly signs: number; readonly busyMs: number } {
+  inToken(now: number): InTokenNow {
+    // Inside the module as much as a sign is (it must not be finalized under it), and no worker.terminate() ends it there.
+    if (this.#startingSince !== undefined) return { signs: 0, busyMs: now - this.#startingSince, call: STARTING };
     if (this.#sent.length === 0) return { signs: 0, busyMs: 0 };
-    return { signs: this.#sent.reduce((sum, jobs) => sum + jobs, 0), busyMs: now - this.#busySince };
+    const call = CALL_NAMES[Atomics.load(this.#calling, 0)] || undefined;
+    return { signs: this.#sent.reduce((sum, jobs) => sum + jobs, 0), busyMs: now - this.#busySince, call };
   }
 
   async stop(): Promise<void> {
@@ -180,12 +211,14 @@ export class SignThread {
   #start(): void {
     let worker: Worker;
     try {
-      worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...this.#owner.workerData, session: this.#session } });
+      Atomics.store(this.#calling, 0, 0);
+      worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { ...this.#owner.workerData, session: this.#session, calling: this.#calling.buffer } });
     } catch (err) {
       this.#failed(err as Error);
       return;
     }
     this.#worker = worker;
+    this.#startingSince = performance.now();
     worker.on('message', (message: JobResult[] | typeof THREAD_UP) => {
       if (message === THREAD_UP) return this.#up();
       this.#sent.shift();
@@ -203,6 +236,7 @@ export class SignThread {
   }
 
   #up(): void {
+    this.#startingSince = undefined;
     this.up = true;
     this.#upSince = performance.now();
     if (this.#failures > 0) this.#owner.log.info({ thread: this.index, failures: this.#failures }, 'signing thread restarted');
@@ -210,6 +244,7 @@ export class SignThread {
   }
 
   #failed(err: Error): void {
+    this.#startingSince = undefined;
     const served = this.up ? performance.now() - this.#upSince : 0;
     this.up = false;
     this.#error = undefined;

@@ -107,6 +107,17 @@ export function stuckAfterMs(requestTimeoutMs: number): number {
   return Math.max(1_000, 2 * requestTimeoutMs);
 }
 
+/**
+ * Signs sent to the threads and not answered: how many; the threads inside the module (those signs', and any still
+ * starting), the longest one has been there, and the PKCS#11 functions they are in.
+ */
+export interface InToken {
+  readonly signs: number;
+  readonly threads: number;
+  readonly longestMs: number;
+  readonly calls: readonly string[];
+}
+
 interface Pending {
   lane: SignThread;
   readonly job: Job;
@@ -151,17 +162,23 @@ export class SigningWorkers {
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
   }
 
-  /** Signs sent to the threads and not answered, and the longest any thread has been on its current batch. */
-  inToken(): { readonly signs: number; readonly longestMs: number } {
+  /** Signs sent to the threads and not answered, the threads holding them, the longest any has been on its current batch, and the calls they are in. */
+  inToken(): InToken {
     const now = performance.now();
     let signs = 0;
+    let threads = 0;
     let longestMs = 0;
+    const calls = new Set<string>();
     for (const lane of this.#lanes) {
       const held = lane.inToken(now);
+      // A thread with no sign out may still be inside the module: in its start (C_Initialize).
+      if (held.signs === 0 && held.call === undefined) continue;
+      threads++;
       signs += held.signs;
       longestMs = Math.max(longestMs, held.busyMs);
+      if (held.call !== undefined) calls.add(held.call);
     }
-    return { signs, longestMs: Math.round(longestMs) };
+    return { signs, threads, longestMs: Math.round(longestMs), calls: [...calls] };
   }
 
   /** Threads whose call into the token has not come back for longer than the bound, and their signs. */

@@ -7,13 +7,16 @@
  * answered DEADLINE_EXCEEDED, but a token reopen and the shutdown wait for the
  * signs already in the token before C_Finalize (calling it while another
  * thread is inside the module is undefined, PKCS#11 v2.40 §5.4), so without
- * this the key server sat unready, or unstopped, with nothing in its log.
+ * this the key server sat unready, or unstopped, with nothing in its log
+ * (the stop waits at most its grace, a reopen at most limits.tokenStallExitMs
+ * before it ends the process: daemon.ts, live-token.ts).
  *
  * A thread is stuck once it has been on one batch longer than `stuckAfterMs`
  * (jobs past their deadline are skipped, so a healthy batch ends within the
  * request deadline plus one sign). The first check that finds one logs a
  * warning naming how many threads and signs and for how long (never what is
- * signed, nor with which key); while it lasts, once a STUCK_LOG_MS more; once
+ * signed, nor with which key; the PKCS#11 functions they are in, by name);
+ * while it lasts, once a STUCK_LOG_MS more; once
  * it ends, an info line. `onStuck` gets the change in stuck threads, for a
  * gauge. `isStuck(thread)` says whether the last check found that thread
  * stuck (the owner stops signing on the event loop meanwhile: a token that
@@ -28,7 +31,7 @@ const CHECK_MS = 1_000;
 const STUCK_LOG_MS = 30_000;
 
 export interface InToken {
-  inToken(now: number): { readonly signs: number; readonly busyMs: number };
+  inToken(now: number): { readonly signs: number; readonly busyMs: number; readonly call?: string };
 }
 
 export interface StuckSigns {
@@ -38,6 +41,8 @@ export interface StuckSigns {
   readonly signs: number;
   /** The longest a stuck thread has been on its batch. */
   readonly longestMs: number;
+  /** The PKCS#11 functions the stuck threads are in (C_SignInit, C_Sign), by name only. */
+  readonly calls: readonly string[];
 }
 
 export class StuckWatch {
@@ -66,14 +71,16 @@ export class StuckWatch {
     let threads = 0;
     let signs = 0;
     let longestMs = 0;
+    const calls = new Set<string>();
     for (const lane of this.#lanes) {
       if (!this.#isStuckNow(lane, now)) continue;
       const held = lane.inToken(now);
       threads++;
       signs += held.signs;
       longestMs = Math.max(longestMs, held.busyMs);
+      if (held.call !== undefined) calls.add(held.call);
     }
-    return { threads, signs, longestMs: Math.round(longestMs) };
+    return { threads, signs, longestMs: Math.round(longestMs), calls: [...calls] };
   }
 
   /** Whether the last check found this thread stuck. */
@@ -115,7 +122,7 @@ export class StuckWatch {
     if (this.closing)
       this.#log.warn(
         fields,
-        'signs inside the token are not coming back: the token is not answering; closing it waits for them (C_Finalize while a call runs is undefined, PKCS#11 v2.40 §5.4), and until then signs are refused',
+        'signs inside the token are not coming back: the token is not answering; closing it waits for them (C_Finalize while a call runs is undefined, PKCS#11 v2.40 §5.4; a reopen ends the process once one is held limits.tokenStallExitMs), and until then signs are refused',
       );
     else this.#log.warn(fields, 'signs inside the token are not coming back: the token is not answering; their threads are held until it does');
   }
