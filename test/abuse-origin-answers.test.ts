@@ -88,6 +88,9 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/longer-than-length': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/body-after-204': 'HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/body-after-304': 'HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  // Connection: close in the trailer section (RFC 9110 §6.5.1 has no place for it), the connection left open: undici's
+  // parser takes it as the close, undici kept the connection for the next request, whose answer the parser then refused.
+  '/trailer-close': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nconnection: close\r\n\r\n',
   '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nINJECTED',
   // A head and 7 of the 100 bytes it announces, then nothing more (the connection left open).
   '/stalled-body': 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial',
@@ -473,6 +476,7 @@ describe('answers with bad framing, each followed by a request on the same clien
     ['/body-after-204', '204'],
     ['/body-after-304', '304'],
     ['/switching', '502'],
+    ['/trailer-close', '200'],
     ['/gzip-chunked', '502'],
     ['/gzip-to-close', '502'],
     ['/chunked-twice', '502'],

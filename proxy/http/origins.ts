@@ -31,6 +31,7 @@ import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';
 import { finishWhenPaused } from './origin-eof.js';
 import { acceptInterimAnswers } from './origin-interim.js';
+import { closeOnTrailerClose } from './origin-trailers.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -270,7 +271,8 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
  * and reconnect whenever that changes. Each connection reads an unasked-for
  * 100 (Continue) as interim, and no interim answer restarts its head timeout
  * (origin-interim.ts); its parser finishes when the origin ends the connection
- * while the answer waits for the client (origin-eof.ts).
+ * while the answer waits for the client (origin-eof.ts), and an answer whose
+ * trailers say `Connection: close` closes it (origin-trailers.ts).
  */
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
@@ -286,6 +288,7 @@ function connector(target: OriginTarget, timeoutMs: number): buildConnector.conn
       if (args[0] === null) {
         acceptInterimAnswers(args[1]);
         finishWhenPaused(args[1]);
+        closeOnTrailerClose(args[1]);
       }
     });
 }
