@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, workerPids } from './helpers/abuse.js';
 import { fuzzConnection, type FuzzConnection } from './helpers/fuzz-h1.js';
 import { type Message, nextAnswer, nextRequest, splitAll } from './helpers/fuzz-h1-parse.js';
+import { runFuzzCases } from './helpers/fuzz-run.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
@@ -289,12 +290,7 @@ async function runCase(c: number): Promise<string[]> {
 
 describe('random HTTP/1.1 requests through the proxy', () => {
   it(`seed ${SEED}, cases ${FIRST}..${FIRST + COUNT - 1}: no desynchronisation, smuggled request or worker death`, async () => {
-    const breaks: string[] = [];
-    for (let c = FIRST; c < FIRST + COUNT; c++) {
-      const found = await runCase(c);
-      for (const b of found) console.error(b);
-      breaks.push(...found);
-    }
+    const breaks = await runFuzzCases(FIRST, COUNT, runCase);
     if (process.env.KEYEDGE_FUZZ_STATS === '1') console.error(stats);
     if (process.env.KEYEDGE_FUZZ_DEBUG === '1') await sleep(1500).then(() => console.error(proxy.lines.filter((l) => l.access !== true)));
     expect(breaks).toEqual([]);

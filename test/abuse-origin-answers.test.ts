@@ -23,6 +23,8 @@ const RESPONSE_TIMEOUT_MS = 2000;
 /** limits.originReadTimeoutMs: between two reads of an answer's body. */
 const READ_TIMEOUT_MS = 1500;
 const BIG_BYTES = 16 * 1024 * 1024;
+/** More than the socket buffers between the origin and a client that is not reading hold, with all of it sent at once. */
+const CLOSE_BYTES = 4 * 1024 * 1024;
 /** How long a client waits before it says the proxy never ended its exchange: far past every bound above, for a loaded machine. */
 const CLIENT_PATIENCE_MS = 20_000;
 /** Short fields an origin can send within undici's 16 KiB head bound, yet over the 64 KiB nghttp2 sends in one header block (as it counts). */
@@ -86,6 +88,9 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/longer-than-length': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/body-after-204': 'HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
   '/body-after-304': 'HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED',
+  // Connection: close in the trailer section (RFC 9110 §6.5.1 has no place for it), the connection left open: undici's
+  // parser takes it as the close, undici kept the connection for the next request, whose answer the parser then refused.
+  '/trailer-close': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nconnection: close\r\n\r\n',
   '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nINJECTED',
   // A head and 7 of the 100 bytes it announces, then nothing more (the connection left open).
   '/stalled-body': 'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial',
@@ -111,6 +116,12 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/chunked-twice': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\nc\r\n7\r\nGZIPPED\r\n\r\n0\r\n\r\n',
   // The one coding relayed, in any case (§7: coding names are case-insensitive).
   '/chunked-capitals': 'HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  // An answer whose origin closes its connection after it (Connection: close, or a body read to the close, RFC 9112
+  // §6.3, §9.6), too large for the client's socket at once: the origin's FIN comes while the answer waits for the client.
+  '/close-after-big': (socket) => socket.end(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${CLOSE_BYTES}\r\n\r\n${'c'.repeat(CLOSE_BYTES)}`),
+  '/big-to-close': (socket) => socket.end(`HTTP/1.1 200 OK\r\n\r\n${'c'.repeat(CLOSE_BYTES)}`),
+  // The same cut short of its length: broken off, whatever the pause.
+  '/close-short': (socket) => socket.end(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${CLOSE_BYTES}\r\n\r\n${'c'.repeat(CLOSE_BYTES / 2)}`),
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
 };
@@ -276,6 +287,53 @@ describe('an origin that stops sending an answer mid-body (nginx: proxy_read_tim
     expect((await accessLine('/big', 'http/1.1')).code).toBeUndefined();
   }, 30_000);
 
+  it.each([
+    ['/close-after-big', true],
+    ['/big-to-close', true],
+    ['/close-short', false],
+  ])(
+    '%s: an origin that closes its connection while the answer waits for a client not reading: relayed whole (%s) or broken off, the worker lives',
+    async (path, whole) => {
+      // The answer's last chunk is more than the client's socket takes at once: undici's parser is paused when the origin's
+      // FIN comes, and undici 7 asserted it was not (nodejs/undici#5360): an uncaught exception, the worker died.
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('secureConnect', resolve));
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
+      socket.pause();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      socket.resume();
+      await new Promise((resolve) => socket.once('close', resolve));
+      expect(received).toMatch(/^HTTP\/1\.1 200 /);
+      // Chunked to the client when the origin framed it by the close: at least the content's bytes.
+      const relayed = received.length - received.indexOf('\r\n\r\n') - 4;
+      if (whole) expect(relayed).toBeGreaterThanOrEqual(CLOSE_BYTES);
+      else expect(relayed).toBeLessThan(CLOSE_BYTES);
+      expect((await accessLine(path, 'http/1.1')).code).toBe(whole ? undefined : 'KEYEDGE_HTTP_ORIGIN_ABORTED');
+      const session = h2Connect(proxy.ports[0]!, ca, HOST);
+      try {
+        // HTTP/2: the stream's window, 64 KiB, fills the same way.
+        const stream = session.request({ ':path': path });
+        stream.on('error', () => undefined);
+        const closed = new Promise((resolve) => stream.once('close', resolve));
+        stream.pause();
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        let bytes = 0;
+        stream.on('data', (chunk: Buffer) => (bytes += chunk.length));
+        stream.resume();
+        await closed;
+        if (whole) expect({ bytes, rstCode: stream.rstCode }).toEqual({ bytes: CLOSE_BYTES, rstCode: constants.NGHTTP2_NO_ERROR });
+        else expect({ short: bytes < CLOSE_BYTES, rstCode: stream.rstCode }).toEqual({ short: true, rstCode: constants.NGHTTP2_INTERNAL_ERROR });
+        expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+      } finally {
+        await closeSession(session);
+      }
+    },
+    30_000,
+  );
+
   it('a slow answer that never pauses that long is relayed whole, however long it takes in all', async () => {
     const { received, ms, gaveUp } = await h1Get('/dripping-body');
     expect(gaveUp).toBe(false);
@@ -418,6 +476,7 @@ describe('answers with bad framing, each followed by a request on the same clien
     ['/body-after-204', '204'],
     ['/body-after-304', '304'],
     ['/switching', '502'],
+    ['/trailer-close', '200'],
     ['/gzip-chunked', '502'],
     ['/gzip-to-close', '502'],
     ['/chunked-twice', '502'],

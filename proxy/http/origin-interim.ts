@@ -48,15 +48,12 @@
  * connection; per interim answer, two property writes.
  */
 import type { Socket } from 'node:net';
+import { type UndiciParser, undiciParser } from './undici-parser.js';
 
 /** The interim status undici is told instead of 100: one it hands on as interim (Early Hints, RFC 8297), which our exchanges drop. */
 const INTERIM = 103;
 
-type Parser = {
-  onHeadersComplete: (statusCode: number, upgrade: boolean, shouldKeepAlive: boolean) => number;
-  /** undici's timer of the head wait, which it refreshes on an interim answer when it finds it here. */
-  timeout: unknown;
-};
+type Parser = Pick<UndiciParser, 'onHeadersComplete' | 'timeout'>;
 
 /**
  * Makes the parser undici attached to `socket` (once undici has it, i.e.
@@ -64,10 +61,9 @@ type Parser = {
  * answer without restarting the head timeout.
  */
 export function acceptInterimAnswers(socket: Socket): void {
-  const key = Object.getOwnPropertySymbols(socket).find((symbol) => symbol.description === 'parser');
-  const parser = key === undefined ? undefined : ((socket as unknown as Record<symbol, unknown>)[key] as Partial<Parser> | null | undefined);
+  const parser = undiciParser(socket);
   const onHeadersComplete = parser?.onHeadersComplete;
-  if (parser == null || typeof onHeadersComplete !== 'function') return;
+  if (parser === undefined || typeof onHeadersComplete !== 'function') return;
   parser.onHeadersComplete = function (this: Parser, statusCode, upgrade, shouldKeepAlive) {
     if (statusCode >= 200) return onHeadersComplete.call(this, statusCode, upgrade, shouldKeepAlive);
     // Hidden for the call, so undici finds no timer to refresh; put back unless undici set one of its own meanwhile.

@@ -29,7 +29,9 @@ import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';
+import { finishWhenPaused } from './origin-eof.js';
 import { acceptInterimAnswers } from './origin-interim.js';
+import { closeOnTrailerClose } from './origin-trailers.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -268,7 +270,9 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
  * target: undici would otherwise derive it from each request's Host header,
  * and reconnect whenever that changes. Each connection reads an unasked-for
  * 100 (Continue) as interim, and no interim answer restarts its head timeout
- * (origin-interim.ts).
+ * (origin-interim.ts); its parser finishes when the origin ends the connection
+ * while the answer waits for the client (origin-eof.ts), and an answer whose
+ * trailers say `Connection: close` closes it (origin-trailers.ts).
  */
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
@@ -281,7 +285,11 @@ function connector(target: OriginTarget, timeoutMs: number): buildConnector.conn
     base({ ...options, servername: target.tls?.servername ?? undefined }, (...args) => {
       callback(...args);
       // undici attached its parser in the callback; the first answer is read on a later turn.
-      if (args[0] === null) acceptInterimAnswers(args[1]);
+      if (args[0] === null) {
+        acceptInterimAnswers(args[1]);
+        finishWhenPaused(args[1]);
+        closeOnTrailerClose(args[1]);
+      }
     });
 }
 

@@ -23,6 +23,8 @@ export interface OriginProxyOptions {
   readonly workers?: number;
   /** Added to the workers' environment. */
   readonly env?: Record<string, string>;
+  /** The config's `limits` (default: the product's). */
+  readonly limits?: Record<string, number>;
 }
 
 /** Starts the lab and the origin, then the proxy serving `host`; a proxy that does not start leaves no key server or origin behind. */
@@ -30,7 +32,7 @@ export async function startOriginProxy<O extends { readonly url: string; close()
   name: string,
   host: string,
   startOrigin: () => Promise<O>,
-  { workers, env = {} }: OriginProxyOptions = {},
+  { workers, env = {}, limits }: OriginProxyOptions = {},
 ): Promise<OriginProxy<O>> {
   const lab = await startKeylessLab();
   const origin = await startOrigin();
@@ -45,7 +47,11 @@ export async function startOriginProxy<O extends { readonly url: string; close()
     name,
     (p) => {
       writeFileSync(join(p.storeDir, `${name}.pem`), readFileSync(cert.file));
-      return storeProxyConfig(lab, p, { ...(workers === undefined ? {} : { workers }), domains: [{ name: host, origin: origin.url }] });
+      return storeProxyConfig(lab, p, {
+        ...(workers === undefined ? {} : { workers }),
+        ...(limits === undefined ? {} : { limits }),
+        domains: [{ name: host, origin: origin.url }],
+      });
     },
     env,
     // A loaded CI machine starts workers and their TLS contexts slowly.
