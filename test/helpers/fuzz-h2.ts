@@ -27,6 +27,12 @@ export interface StreamPlan {
   readonly tag: string;
   /** What makes it malformed (RFC 9113 §8.1.1), if anything: such a stream is never forwarded. */
   readonly malformed: string | undefined;
+  /**
+   * Its HEADERS named no new stream (§5.1.1: zero, even, or not above the last one), once the reserved bit is
+   * ignored (§4.1). RFC 9113 asks for a connection error; nghttp2 (every version) ignores such a header block
+   * unless it names a stream it knows closed: neither an answer nor a reset need come for it.
+   */
+  readonly badId: boolean;
   /** The content-length fields it sent: more than one, or one its DATA disagrees with, is malformed too (§8.1.1). */
   readonly contentLengths: readonly string[];
   /** Byte offset in the case's bytes where its header block ends (END_HEADERS). */
@@ -209,6 +215,9 @@ function requestBlock(
   return { block: Buffer.concat([prefix, ...fields.map((f) => hpack.field(f, r))]), malformed, contentLengths };
 }
 
+/** A frame header's stream id as a receiver reads it: its reserved bit ignored (RFC 9113 §4.1). */
+const streamId = (id: number): number => id & 0x7fffffff;
+
 /** How many bytes the last frame of `bytes` (after the 24-byte preface) still lacks. */
 function unfinished(bytes: Buffer): number {
   let at = 24;
@@ -266,16 +275,19 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
   const request = (): void => {
     // Mostly the next odd id (§5.1.1); sometimes even, reused, lower, zero.
     const fresh = lastId % 2 === 0 ? lastId + 1 : lastId + 2;
-    const id = r.chance(0.85) ? fresh : anyId();
+    const raw = r.chance(0.85) ? fresh : anyId();
+    // The id as the server reads it: the reserved bit of an id written past 2^31-1 is ignored (§4.1).
+    const id = streamId(raw);
     const tag = `${seed}-${++tagCount}`;
     const bodyBytes = r.pick([0, 0, 3, 1000]);
     const { block, malformed, contentLengths } = requestBlock(r, hpack, host, tag, bodyBytes);
-    const wrongId = id === 0 || id % 2 === 0 || id <= lastId || streams.has(id) ? `stream id ${id} after ${lastId}` : undefined;
+    const wrongId = id === 0 || id % 2 === 0 || id <= lastId || streams.has(id) ? `stream id ${raw} after ${lastId}` : undefined;
     if (id > lastId) lastId = id;
     const plan: StreamPlan = {
       id,
       tag,
       malformed: malformed ?? wrongId,
+      badId: wrongId !== undefined,
       contentLengths,
       headersEnd: undefined,
       endedAt: undefined,
@@ -298,22 +310,22 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       Buffer.alloc(Math.max(0, padded)),
     ]);
     const flags0 = (endOnHeaders ? 0x1 : 0) | (pieces.length === 1 ? 0x4 : 0) | (padded >= 0 ? 0x8 : 0) | (priority ? 0x20 : 0);
-    const f = send(0x1, flags0, id, headPayload, `HEADERS ${tag}${plan.malformed ? ` (${plan.malformed})` : ''}`);
+    const f = send(0x1, flags0, raw, headPayload, `HEADERS ${tag}${plan.malformed ? ` (${plan.malformed})` : ''}`);
     // The block ends at the first END_HEADERS (random flags may set it early, or never: §6.10).
     if ((f & 0x4) !== 0) plan.headersEnd = offset;
     for (const [i, piece] of pieces.slice(1).entries()) {
       if (r.chance(0.03)) send(0x6, 0, 0, Buffer.alloc(8), 'PING inside a header block');
-      const cf = send(0x9, i === pieces.length - 2 ? 0x4 : 0, r.chance(0.03) ? id + 2 : id, piece, 'CONTINUATION');
+      const cf = send(0x9, i === pieces.length - 2 ? 0x4 : 0, r.chance(0.03) ? raw + 2 : raw, piece, 'CONTINUATION');
       if (plan.headersEnd === undefined && (cf & 0x4) !== 0) plan.headersEnd = offset;
     }
     if ((f & 0x1) !== 0) plan.endedAt = plan.headersEnd;
     if (plan.endedAt === undefined && r.chance(0.85)) {
       const frames = bodyBytes === 0 ? r.int(2) : 1 + r.int(2);
-      for (let i = 0; i < frames; i++) dataFrames(id, plan, i === frames - 1 && r.chance(0.9));
+      for (let i = 0; i < frames; i++) dataFrames(raw, plan, i === frames - 1 && r.chance(0.9));
       if (plan.endedAt === undefined && r.chance(0.3)) {
         // Trailers (§8.1) end it.
         const t = Buffer.concat([hpack.field(['x-trailer', 't'], r)]);
-        const tf = send(0x1, 0x5, id, t, 'HEADERS trailers');
+        const tf = send(0x1, 0x5, raw, t, 'HEADERS trailers');
         if ((tf & 0x5) === 0x5 && plan.headersEnd !== undefined) plan.endedAt = offset;
       }
     }
@@ -338,11 +350,11 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       );
     } else if (op === 9) {
       const id = anyId();
-      dataFrames(id, streams.get(id), r.chance(0.5));
+      dataFrames(id, streams.get(streamId(id)), r.chance(0.5));
     } else if (op === 10) send(0x8, 0, r.chance(0.5) ? 0 : anyId(), u32(r.pick([0, 1, 65_535, 0x7fffffff, 0x80000000, 0xffffffff])), 'WINDOW_UPDATE');
     else if (op === 11) {
       const id = anyId();
-      const plan = streams.get(id);
+      const plan = streams.get(streamId(id));
       if (plan !== undefined && plan.endedAt === undefined) plan.resetByClient = true;
       send(0x3, 0, id, u32(r.pick([0, 1, 2, 5, 8, 0xffffffff])).subarray(0, r.chance(0.95) ? 4 : 3), 'RST_STREAM');
     } else if (op === 12) send(0x6, r.chance(0.1) ? 0x1 : 0, r.chance(0.95) ? 0 : 1, r.bytes(r.chance(0.95) ? 8 : r.int(12)), 'PING');
