@@ -15,8 +15,9 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 // HTTP/1.1 path (request smuggling, desynchronisation, worker crashes).
 // Each case is one TLS connection to `keyedge proxy` (one worker) carrying
 // one to four pipelined requests from test/helpers/fuzz-h1.ts (conflicting
-// Content-Length and Transfer-Encoding, odd chunk sizes, obs-fold, bare CR
-// and LF, control bytes, odd targets and versions, Upgrade and Expect),
+// Content-Length and Transfer-Encoding, odd chunk sizes and long chunk
+// extensions, obs-fold, bare CR and LF, control bytes, odd targets (absolute,
+// authority and asterisk forms) and versions, Upgrade (h2c too) and Expect),
 // written in random pieces (TLS records), the client sometimes aborting at
 // a random byte. The origin is a raw TCP server that records every byte and
 // answers each request Node's own (strict) parser reads from them with a
