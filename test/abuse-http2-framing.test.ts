@@ -332,6 +332,26 @@ describe('HTTP/2 framing abuse', () => {
     await waitFor('the close counted', async () => ((await closedByErrors()) > before ? true : undefined));
   }, 30_000);
 
+  it("a client's GOAWAY with an error code, then HEADERS and DATA on a new stream in the same record, ends only its own connection (Node 22 aborted the worker)", async () => {
+    // Node destroys the session on that GOAWAY from inside its reading of the frames, and nghttp2 reads on: the DATA
+    // reached a stream Node never set up (Assertion failed: onread->IsFunction(), Node 22.23). Fuzz: seed 26 case 763.
+    const before = workerPids(proxy).listening;
+    for (let round = 0; round < 4; round++) {
+      const client = await rawClient();
+      const goaway = frame(0x7, 0, 0, Buffer.from([0, 0, 0, 0, 0, 0, 0, 2]));
+      const post = Buffer.concat([Buffer.from([0x83, 0x87]), hpackLiteral(':path', `/after-goaway-${round}`), hpackLiteral(':authority', HOST)]);
+      client.write(Buffer.concat([goaway, frame(0x1, 0x4, 1, post), frame(0x0, 0, 1, Buffer.from('abc')), frame(0x0, 0x1, 1, Buffer.from('def'))]));
+      await Promise.race([client.closed, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+      expect(client.tls.destroyed, 'the connection ends').toBe(true);
+    }
+    // A worker's death reaches the primary's log a moment after its abort.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(workerPids(proxy).died).toEqual([]);
+    expect(workerPids(proxy).listening).toEqual(before);
+    expect(seen.filter((r) => r.path.startsWith('/after-goaway-'))).toEqual([]);
+    expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+  }, 30_000);
+
   it('an answer cut for a stalled client is reset with an error code, never RST_STREAM NO_ERROR, which says it was whole (RFC 9113 §8.1)', async () => {
     const session = h2Connect(proxy.port, ca, HOST);
     try {

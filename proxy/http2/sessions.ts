@@ -49,6 +49,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
+import { deferDestroyOnGoaway, goneAway } from './goaway-destroy.js';
 import { endedByNghttp2 } from './session-ended.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
@@ -271,6 +272,8 @@ export class Http2Sessions {
       lastWriteSince: undefined,
     };
     this.#live.set(session, live);
+    // The client's GOAWAY with an error code: Node's destroy of the session, put off until its frames are read (Node 22).
+    deferDestroyOnGoaway(session);
     this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
     this.#started = session;
     // An 'error' nobody hears kills the worker; nghttp2's own GOAWAY (a flood, a bad frame) comes this way.
@@ -310,7 +313,12 @@ export class Http2Sessions {
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
     const session = stream.session as ServerHttp2Session | undefined;
     const live = session === undefined ? undefined : this.#live.get(session);
-    if (session === undefined || live === undefined) return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    // After the client's GOAWAY with an error code, the session is being destroyed (goaway-destroy.ts): nothing new starts.
+    if (session === undefined || live === undefined || goneAway(session)) {
+      // A stream closed with an error code emits 'error' (Node's ERR_HTTP2_STREAM_ERROR): unheard, it would end the worker.
+      stream.on('error', () => undefined);
+      return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    }
     if (live.streams++ === 0) session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
     live.open.add(stream);
     // handleStream calls #closed from its one 'close' listener (or at once, for a stream already closed).
