@@ -49,7 +49,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
-import { deferDestroyOnGoaway, goneAway } from './goaway-destroy.js';
+import { deferDestroysFromRead, destroyPending } from './deferred-destroy.js';
 import { endedByNghttp2 } from './session-ended.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
@@ -272,8 +272,8 @@ export class Http2Sessions {
       lastWriteSince: undefined,
     };
     this.#live.set(session, live);
-    // The client's GOAWAY with an error code: Node's destroy of the session, put off until its frames are read (Node 22).
-    deferDestroyOnGoaway(session);
+    // Node's destroys from inside its reading of frames, put off until the read is done (they aborted Node 22).
+    deferDestroysFromRead(session);
     this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
     this.#started = session;
     // An 'error' nobody hears kills the worker; nghttp2's own GOAWAY (a flood, a bad frame) comes this way.
@@ -313,8 +313,8 @@ export class Http2Sessions {
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
     const session = stream.session as ServerHttp2Session | undefined;
     const live = session === undefined ? undefined : this.#live.get(session);
-    // After the client's GOAWAY with an error code, the session is being destroyed (goaway-destroy.ts): nothing new starts.
-    if (session === undefined || live === undefined || goneAway(session)) {
+    // A session Node is destroying (deferred-destroy.ts): nothing new starts.
+    if (session === undefined || live === undefined || destroyPending(session)) {
       // A stream closed with an error code emits 'error' (Node's ERR_HTTP2_STREAM_ERROR): unheard, it would end the worker.
       stream.on('error', () => undefined);
       return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
