@@ -48,7 +48,7 @@ export interface StreamPlan {
   /** Byte offset where the client's END_STREAM for it ends, and the body sent before it. */
   endedAt: number | undefined;
   body: string;
-  /** Reset by the client (RST_STREAM) before it was ended. */
+  /** Reset by the client (RST_STREAM), ended or not. */
   resetByClient: boolean;
 }
 
@@ -400,7 +400,8 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
     else if (op === 11) {
       const id = anyId();
       const plan = streams.get(streamId(id));
-      if (plan !== undefined && plan.endedAt === undefined) plan.resetByClient = true;
+      // Ended or not, a stream its client reset is closed (§6.4): no answer need come.
+      if (plan !== undefined) plan.resetByClient = true;
       send(0x3, 0, id, u32(r.pick([0, 1, 2, 5, 8, 0xffffffff])).subarray(0, r.chance(0.95) ? 4 : 3), 'RST_STREAM');
     } else if (op === 12) send(0x6, r.chance(0.1) ? 0x1 : 0, r.chance(0.95) ? 0 : 1, r.bytes(r.chance(0.95) ? 8 : r.int(12)), 'PING');
     else if (op === 13) send(0x7, 0, r.chance(0.95) ? 0 : 1, Buffer.concat([u32(r.int(2 ** 31)), u32(r.int(14)), r.bytes(r.int(20))]), 'GOAWAY');
