@@ -13,6 +13,10 @@
  *   `limits.http2IdleTimeoutMs` with no stream open; then a graceful GOAWAY;
  *   with streams open and frames queued that never left, the connection is
  *   closed instead (nghttp2 ended it on a connection error);
+ * - Node's own destroys of the session from inside its reading of frames (the
+ *   client's GOAWAY with an error code, a protocol error), put off until the
+ *   read is done, new streams meanwhile refused (deferred-destroy.ts: they
+ *   aborted Node 22);
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
  *   the browser reconnects and sees the new certificate;
