@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { metricSum, workerPids } from './helpers/abuse.js';
@@ -46,11 +46,19 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   const originPort = (origin.address() as net.AddressInfo).port;
+  // A port nothing listens on: dead.lab.test's origin is unreachable (502).
+  const closed = net.createServer();
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const deadPort = (closed.address() as net.AddressInfo).port;
+  await new Promise((resolve) => closed.close(resolve));
   const wildcard = await lab.certificate('wild', lab.keys.ec, ['*.lab.test']);
   proxy = await startClusterProxy(lab, 'framing', (p) =>
     storeProxyConfig(lab, p, {
       certificates: [{ name: 'wild', chain: wildcard.file }],
-      domains: [{ name: 'f.lab.test', origin: `http://127.0.0.1:${originPort}` }],
+      domains: [
+        { name: 'f.lab.test', origin: `http://127.0.0.1:${originPort}` },
+        { name: 'dead.lab.test', origin: `http://127.0.0.1:${deadPort}` },
+      ],
     }),
   );
 }, 90_000);
@@ -160,5 +168,31 @@ describe('a bad chunk in a body the client was to send after 100 (Continue)', ()
     await new Promise((resolve) => setTimeout(resolve, 1000));
     expect(workerPids(proxy).died).toEqual([]);
     expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+  });
+});
+
+describe('Expect: 100-continue whose whole body came with the head, a request pipelined behind it', () => {
+  // RFC 9110 §10.1.1: a server may omit the 100 once it has the content. Node's server closes the connection after an
+  // answer sent without a 100 to a request that asked for one, while its parser has already handed over the request
+  // behind it: that one reached its origin and its answer was never sent. An empty chunked body (the origin connection
+  // reads its end without asking for data) and an unreachable origin (nothing reads the body) both did it.
+  it.each([
+    [
+      'an empty chunked body',
+      'POST /expect-empty HTTP/1.1\r\nHost: f.lab.test\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+      '200 ok',
+    ],
+    [
+      'an unreachable origin',
+      'POST /expect-dead HTTP/1.1\r\nHost: dead.lab.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi',
+      '502 origin unreachable\n',
+    ],
+  ])('%s: both are answered, in order', async (_name, first, answer) => {
+    const behind = `GET /behind-${first.split(' ')[1]!.slice(1)} HTTP/1.1\r\nHost: f.lab.test\r\nConnection: close\r\n\r\n`;
+    const read = await exchange(`${first}${behind}`, false);
+    const answers = splitAll(read, (rest) => nextAnswer(rest, () => false, true));
+    expect(answers.error).toBeUndefined();
+    expect(answers.messages.filter((m) => !m.start.startsWith('HTTP/1.1 100 ')).map((m) => `${m.start.slice(9, 12)} ${m.body}`)).toEqual([answer, '200 ok']);
+    expect(originSaw).toContain(behind.split(' HTTP')[0]);
   });
 });

@@ -102,6 +102,10 @@ async function rawClient(options: { ackSettings?: boolean } = {}): Promise<RawH2
 const accessLine = (path: string): Promise<Record<string, unknown>> =>
   waitFor(`the access line of ${path}`, () => proxy.lines.find((l) => l.msg === 'request' && l.path === path));
 
+/** A POST's header block (static-table :method POST, :scheme https), then `fields` as literals. */
+const postBlock = (path: string, fields: readonly (readonly [string, string])[] = []): Buffer =>
+  Buffer.concat([Buffer.from([0x83, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', HOST), ...fields.map(([n, v]) => hpackLiteral(n, v))]);
+
 /** A GET's header block: the static-table :method GET and :scheme https (RFC 7541 Appendix A), then `fields` as literals. */
 const getBlock = (path: string, fields: readonly (readonly [string, string])[] = []): Buffer =>
   Buffer.concat([Buffer.from([0x82, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', HOST), ...fields.map(([n, v]) => hpackLiteral(n, v))]);
@@ -331,6 +335,46 @@ describe('HTTP/2 framing abuse', () => {
     expect(closed, 'the connection was still open 8 s after the client closed its side').toBe(true);
     await waitFor('the close counted', async () => ((await closedByErrors()) > before ? true : undefined));
   }, 30_000);
+
+  it.each([
+    // Node destroys the session on the client's GOAWAY with an error code. Fuzz: Node 22, seed 26 case 763.
+    ['GOAWAY with an error code', (_round: number) => frame(0x7, 0, 0, Buffer.from([0, 0, 0, 0, 0, 0, 0, 2])), '/after-goaway'],
+    // Node 22 and 24 destroy the session on DATA past a stream's content-length (a stream error, RFC 9113 §8.1.1); Node 20
+    // resets the stream. Fuzz: Node 22, seed 33 case 594.
+    [
+      'DATA past its content-length',
+      (round: number) =>
+        Buffer.concat([frame(0x1, 0x4, 1, postBlock(`/past-length-${round}`, [['content-length', '3']])), frame(0x0, 0x1, 1, Buffer.from('abcd'))]),
+      '/after-past-length',
+    ],
+  ] as const)(
+    '%s, then HEADERS and DATA on a new stream in the same record: the worker lives (Node 22 aborted)',
+    async (_name, first, after) => {
+      // Node destroys the session from inside its reading of the frames, and nghttp2 reads on: the DATA reached a stream
+      // Node never set up (Assertion failed: onread->IsFunction(), Node 22.23).
+      const before = workerPids(proxy).listening;
+      for (let round = 0; round < 4; round++) {
+        const client = await rawClient();
+        const id = 3;
+        const next = Buffer.concat([
+          frame(0x1, 0x4, id, postBlock(`${after}-${round}`)),
+          frame(0x0, 0, id, Buffer.from('abc')),
+          frame(0x0, 0x1, id, Buffer.from('def')),
+        ]);
+        client.write(Buffer.concat([first(round), next]));
+        // The connection ends (Node's destroy), or, on Node 20 after the content-length, the next stream is answered.
+        await waitFor('the connection ended or the next stream answered', () => (client.tls.destroyed || client.answered.has(id) ? true : undefined), 5_000);
+        client.tls.destroy();
+      }
+      // A worker's death reaches the primary's log a moment after its abort.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(workerPids(proxy).died).toEqual([]);
+      expect(workerPids(proxy).listening).toEqual(before);
+      expect(seen.filter((r) => r.path.startsWith('/after-goaway') || r.path.startsWith('/past-length'))).toEqual([]);
+      expect(await metricSum(proxy, 'keyedge_proxy_uncaught_errors_total')).toBe(0);
+    },
+    30_000,
+  );
 
   it('an answer cut for a stalled client is reset with an error code, never RST_STREAM NO_ERROR, which says it was whole (RFC 9113 §8.1)', async () => {
     const session = h2Connect(proxy.port, ca, HOST);

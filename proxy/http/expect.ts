@@ -11,6 +11,15 @@
  * itself is not sent on (undici refuses it anyway). Any other expectation
  * is answered 417 (Node's 'checkExpectation').
  *
+ * A client may send its body without waiting (RFC 9110 §10.1.1), and a
+ * server may then omit the 100; Node's server does not know it was
+ * received, and closes the connection after an answer that went without
+ * one, while the request pipelined behind has been handed over already: it
+ * reached its origin and its answer was never sent. So once the whole body
+ * is read, the 100 goes too, if it has not (the origin connection may read
+ * an empty body's end without asking for data, and none reads it when the
+ * origin cannot be reached).
+ *
  * A request whose framing says it has no content (no Transfer-Encoding,
  * Content-Length absent or 0) has no body to wait for: its 100 goes at once,
  * as Node's own server sends it, and the request is handled as any other.
@@ -31,7 +40,11 @@ export type ExpectingHandler = (req: IncomingMessage, res: ServerResponse, expec
 /** Sends `server`'s requests that carry an expectation to `handler`, saying which. */
 export function handleExpectations(server: http.Server, handler: ExpectingHandler): void {
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
-    if (bodyUnread(req)) return handler(req, res, 'continue');
+    if (bodyUnread(req)) {
+      // The whole body read: nothing is awaited any more (above).
+      req.once('end', () => sendContinue(res));
+      return handler(req, res, 'continue');
+    }
     // Nothing to wait for (above): met now, so the connection is kept like any other's.
     res.writeContinue();
     handler(req, res);
@@ -46,8 +59,16 @@ export function handleExpectations(server: http.Server, handler: ExpectingHandle
  * attaches its 'data' listener once the request is written).
  */
 export function continueOnRead(body: Readable, res: ServerResponse): Readable {
-  body.once('resume', () => {
-    if (!res.headersSent && !res.destroyed) res.writeContinue();
-  });
+  body.once('resume', () => sendContinue(res));
   return body;
+}
+
+/** Answers given their 100 (Continue) by sendContinue: Node writes another for each call. */
+const continued = new WeakSet<ServerResponse>();
+
+/** The 100 (Continue) of `res`, once, while its final answer has not started. */
+function sendContinue(res: ServerResponse): void {
+  if (res.headersSent || res.destroyed || continued.has(res)) return;
+  continued.add(res);
+  res.writeContinue();
 }

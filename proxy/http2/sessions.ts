@@ -13,6 +13,10 @@
  *   `limits.http2IdleTimeoutMs` with no stream open; then a graceful GOAWAY;
  *   with streams open and frames queued that never left, the connection is
  *   closed instead (nghttp2 ended it on a connection error);
+ * - Node's own destroys of the session from inside its reading of frames (the
+ *   client's GOAWAY with an error code, a protocol error), put off until the
+ *   read is done, new streams meanwhile refused (deferred-destroy.ts: they
+ *   aborted Node 22);
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
  *   the browser reconnects and sees the new certificate;
@@ -49,6 +53,7 @@ import { stalledSend } from '../http/send-stall.js';
 import { tcpConnectionGone } from '../tls/node-internals.js';
 import { abandonStream } from './origin-handler.js';
 import { ResetGuard } from './reset-guard.js';
+import { deferDestroysFromRead, destroyPending } from './deferred-destroy.js';
 import { endedByNghttp2 } from './session-ended.js';
 import { disarmClosedSession } from './session-timer.js';
 import { http2ServerOptions } from './settings.js';
@@ -271,6 +276,8 @@ export class Http2Sessions {
       lastWriteSince: undefined,
     };
     this.#live.set(session, live);
+    // Node's destroys from inside its reading of frames, put off until the read is done (they aborted Node 22).
+    deferDestroysFromRead(session);
     this.#peerCheck ??= setInterval(() => this.#checkPeers(), PEER_CHECK_MS).unref();
     this.#started = session;
     // An 'error' nobody hears kills the worker; nghttp2's own GOAWAY (a flood, a bad frame) comes this way.
@@ -310,7 +317,12 @@ export class Http2Sessions {
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
     const session = stream.session as ServerHttp2Session | undefined;
     const live = session === undefined ? undefined : this.#live.get(session);
-    if (session === undefined || live === undefined) return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    // A session Node is destroying (deferred-destroy.ts): nothing new starts.
+    if (session === undefined || live === undefined || destroyPending(session)) {
+      // A stream closed with an error code emits 'error' (Node's ERR_HTTP2_STREAM_ERROR): unheard, it would end the worker.
+      stream.on('error', () => undefined);
+      return void stream.close(constants.NGHTTP2_REFUSED_STREAM);
+    }
     if (live.streams++ === 0) session.setTimeout(this.#options.limits.http2IdleTimeoutMs);
     live.open.add(stream);
     // handleStream calls #closed from its one 'close' listener (or at once, for a stream already closed).

@@ -4,7 +4,9 @@
  * form, version, headers, framing, body) and mutations of the shapes request
  * smuggling and desynchronisation are made of (RFC 9112 §6.1, §6.3, §7.1,
  * §5.2 obs-fold, §2.2 bare CR/LF; conflicting Content-Length and
- * Transfer-Encoding; chunk sizes and extensions; control bytes), several
+ * Transfer-Encoding; chunk sizes and extensions, some past Node's 16 KiB
+ * bound on them; control bytes; absolute-, authority- and asterisk-form
+ * targets; Upgrade: h2c with HTTP2-Settings; HTTP/1.0 keep-alive), several
  * pipelined on one connection, with the points at which the bytes are split
  * into writes (TLS records) and, sometimes, at which the client aborts.
  *
@@ -107,7 +109,8 @@ function chunked(r: Rng, data: string): string {
         `${(n + 1).toString(16)}`,
         `${size}\t`,
       ]);
-    if (odd(r, 0.08)) size += pick(r, [';a=b', ';a="x y"', ';', ' ;a', ';a=b;c', `;${'e'.repeat(300)}`, ';a=\x01']);
+    if (odd(r, 0.08))
+      size += pick(r, [';a=b', ';a="x y"', ';', ' ;a', ';a=b;c', `;${'e'.repeat(300)}`, ';a=\x01', `;${'e'.repeat(17_000)}`, ';a=b'.repeat(4100), ';a="\r\n"']);
     const eol = odd(r, 0.04) ? pick(r, ['\n', '\r', '']) : '\r\n';
     parts.push(`${size}\r\n${data.slice(at, at + n)}${eol}`);
     at += n;
@@ -125,10 +128,24 @@ function bodyText(r: Rng, host: string, smuggled: string): string {
   return 'b'.repeat(int(r, 0, 60));
 }
 
+/** Absolute-form targets (RFC 9112 §3.2.2) other than the plain one: case, ports, userinfo, another host, no path. */
+const ABSOLUTE = (host: string, path: string): string[] => [
+  `HTTP://${host.toUpperCase()}${path}`,
+  `https://${host}:443${path}`,
+  `http://${host}:99999${path}`,
+  `http://user@${host}${path}`,
+  `http://${host}`,
+  `http://${host}?${path}`,
+  `http://other.lab.test${path}`,
+  `http://[::1]${path}`,
+  `ftp://${host}${path}`,
+  `//${host}${path}`,
+];
+
 function target(r: Rng, host: string, tag: string, method: string): string {
   const path = `/${tag}`;
   if (!odd(r, 0.4)) return path;
-  switch (int(r, 0, 10)) {
+  switch (int(r, 0, 11)) {
     case 0:
       return `http://${host}${path}`;
     case 1:
@@ -149,6 +166,8 @@ function target(r: Rng, host: string, tag: string, method: string): string {
       return `${path}/${'a'.repeat(int(r, 100, 3000))}`;
     case 9:
       return `${path}?a b`;
+    case 10:
+      return pick(r, ABSOLUTE(host, path));
     default:
       return path;
   }
@@ -197,6 +216,10 @@ function request(r: Rng, c: number, i: number, host: string, last: boolean): { t
   headers.push(['X-Fuzz', tag]);
   if (chance(r, 0.2)) headers.push(['Connection', pick(r, CONNECTIONS)]);
   if (chance(r, 0.08)) headers.push(['Upgrade', pick(r, ['websocket', 'h2c', 'websocket, h2c', 'HTTP/2.0'])]);
+  // RFC 7540 §3.2's upgrade to cleartext HTTP/2 (obsoleted by RFC 9113, and never over TLS).
+  if (chance(r, 0.03)) headers.push(['Upgrade', 'h2c'], ['HTTP2-Settings', 'AAMAAABkAAQCAAAAAAIAAAAA'], ['Connection', 'Upgrade, HTTP2-Settings']);
+  // HTTP/1.0 keeps its connection only when asked (RFC 9112 §9.3).
+  if (version === 'HTTP/1.0' && chance(r, 0.5)) headers.push(['Connection', 'keep-alive']);
   if (chance(r, 0.06)) headers.push(['Expect', pick(r, ['100-continue', '100-Continue', 'foo'])]);
   if (chance(r, 0.04)) headers.push(['TE', pick(r, ['trailers', 'gzip', 'chunked'])]);
   if (chance(r, 0.05)) headers.push(['Keep-Alive', 'timeout=5']);

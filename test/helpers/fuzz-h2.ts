@@ -10,7 +10,12 @@
  * the body. Header blocks come from a small HPACK encoder (RFC 7541: static
  * and dynamic indexes, literals with and without indexing, table size
  * updates) and are mutated: pseudo-headers reordered, repeated or missing,
- * connection-specific fields, bad names and values, huge values, many fields.
+ * connection-specific fields, bad names and values, huge values, many fields,
+ * CONNECT and extended CONNECT (RFC 8441, not offered), trailers with
+ * pseudo-headers or without END_STREAM; a header block sometimes comes a byte
+ * per CONTINUATION among empty ones, its end sometimes never (the
+ * CONTINUATION floods of CVE-2024-27316); PRIORITY_UPDATE (RFC 9218) and
+ * windows pushed past 2^31-1 by SETTINGS_INITIAL_WINDOW_SIZE (§6.9.2).
  * A mutation that RFC 9113 makes malformed marks its stream `malformed`
  * (never forwarded); one whose field is dropped or refused puts DROPPED in
  * it, which must never reach the origin. Same seed, same bytes.
@@ -25,8 +30,17 @@ export interface StreamPlan {
   readonly id: number;
   /** In its :path (`/fz/<tag>`): how the origin's request names its stream. */
   readonly tag: string;
-  /** What makes it malformed (RFC 9113 §8.1.1), if anything: such a stream is never forwarded. */
-  readonly malformed: string | undefined;
+  /**
+   * What makes it malformed (RFC 9113 §8.1.1), its trailers included, or a CONNECT (keyedge tunnels nothing), if
+   * anything: such a stream is never forwarded.
+   */
+  malformed: string | undefined;
+  /**
+   * Its HEADERS named no new stream (§5.1.1: zero, even, or not above the last one), once the reserved bit is
+   * ignored (§4.1). RFC 9113 asks for a connection error; nghttp2 (every version) ignores such a header block
+   * unless it names a stream it knows closed: neither an answer nor a reset need come for it.
+   */
+  readonly badId: boolean;
   /** The content-length fields it sent: more than one, or one its DATA disagrees with, is malformed too (§8.1.1). */
   readonly contentLengths: readonly string[];
   /** Byte offset in the case's bytes where its header block ends (END_HEADERS). */
@@ -34,7 +48,7 @@ export interface StreamPlan {
   /** Byte offset where the client's END_STREAM for it ends, and the body sent before it. */
   endedAt: number | undefined;
   body: string;
-  /** Reset by the client (RST_STREAM) before it was ended. */
+  /** Reset by the client (RST_STREAM), ended or not. */
   resetByClient: boolean;
 }
 
@@ -129,6 +143,14 @@ const MALFORMING: readonly Field[] = [
   ['X-Upper', 'a'],
 ];
 const BAD_PATHS = ['', 'x', '*', '/a b', '/a\tb', '/a\x7f', 'https://h/x', '/a#frag', '/a\r\nx: y'];
+/** Trailer fields that make a request malformed (§8.1: no pseudo-headers in trailers; §8.2.2). */
+const BAD_TRAILERS: readonly Field[] = [
+  [':path', '/x'],
+  [':status', '200'],
+  [':method', 'GET'],
+  ['connection', 'close'],
+  ['transfer-encoding', 'chunked'],
+];
 
 /** One request's header block and its plan: well-formed, then mutated at random. */
 function requestBlock(
@@ -154,7 +176,7 @@ function requestBlock(
   const mark = (why: string): void => void (malformed ??= why);
   let prefix = Buffer.alloc(0);
   for (let m = r.chance(0.5) ? 1 + r.int(3) : 0; m > 0; m--) {
-    const kind = r.int(12);
+    const kind = r.int(13);
     if (kind === 0) regular.push(r.pick(pseudo));
     else if (kind === 1) pseudo.push(r.pick(pseudo));
     else if (kind === 2) {
@@ -183,6 +205,18 @@ function requestBlock(
       const size = r.pick([0, 100, 4096, 4097, 65_536]);
       if (size > 4096) mark('a table size over the limit');
       prefix = Buffer.concat([prefix, size > 4096 ? hpackInt(5, 0x20, size) : hpack.resize(size)]);
+    } else if (kind === 12) {
+      // CONNECT (§8.5): :method and :authority only; extended CONNECT (RFC 8441) adds :protocol, :scheme and :path, which
+      // a server takes only once it has sent SETTINGS_ENABLE_CONNECT_PROTOCOL (keyedge does not).
+      mark('CONNECT');
+      const p = pseudo.findIndex(([n]) => n === ':method');
+      if (p !== -1) pseudo[p] = [':method', 'CONNECT'];
+      if (r.chance(0.5)) pseudo.push([':protocol', 'websocket']);
+      else
+        for (const name of [':scheme', ':path']) {
+          const at = pseudo.findIndex(([n]) => n === name);
+          if (at !== -1) pseudo.splice(at, 1);
+        }
     } else {
       mark('a broken HPACK representation');
       prefix = Buffer.concat([
@@ -209,9 +243,12 @@ function requestBlock(
   return { block: Buffer.concat([prefix, ...fields.map((f) => hpack.field(f, r))]), malformed, contentLengths };
 }
 
-/** How many bytes the last frame of `bytes` (after the 24-byte preface) still lacks. */
-function unfinished(bytes: Buffer): number {
-  let at = 24;
+/** A frame header's stream id as a receiver reads it: its reserved bit ignored (RFC 9113 §4.1). */
+const streamId = (id: number): number => id & 0x7fffffff;
+
+/** How many bytes the last frame of `bytes` (frames from `start`: after the 24-byte preface, if one was sent) still lacks. */
+function unfinished(bytes: Buffer, start: number): number {
+  let at = start;
   while (at + 9 <= bytes.length) at += 9 + bytes.readUIntBE(at, 3);
   return at < bytes.length ? at + 9 - bytes.length + (at + 3 <= bytes.length ? bytes.readUIntBE(at, 3) : 0) : at - bytes.length;
 }
@@ -241,7 +278,8 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
   const anyId = (): number =>
     r.pick([0, 1, 2, lastId, lastId + 2, lastId + 1, Math.max(1, lastId - 2), 0x7fffffff, 1 + 2 * r.int(50), r.int(2 ** 31)].filter((n) => n >= 0));
   const settings = (): void => {
-    const entries = Array.from({ length: r.int(5) }, () => Buffer.concat([Buffer.from([0, r.chance(0.8) ? 1 + r.int(8) : r.int(256)]), u32(r.pick(EDGE))]));
+    // Ids 1-9: RFC 9113 §6.5.2, RFC 8441 (8), RFC 9218 (9); others are unknown, and ignored.
+    const entries = Array.from({ length: r.int(5) }, () => Buffer.concat([Buffer.from([0, r.chance(0.8) ? 1 + r.int(9) : r.int(256)]), u32(r.pick(EDGE))]));
     let payload = Buffer.concat(entries);
     if (r.chance(0.05)) payload = payload.subarray(0, Math.max(0, payload.length - 1 - r.int(3)));
     send(0x4, r.chance(0.05) ? 0x1 : 0, r.chance(0.05) ? 1 : 0, payload, 'SETTINGS');
@@ -263,19 +301,23 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       if ((flags & 0x1) !== 0) plan.endedAt = offset;
     }
   };
-  const request = (): void => {
+  /** A request; `flood`: its header block a byte per CONTINUATION, empty ones among them, its end sometimes never sent. */
+  const request = (flood = false): void => {
     // Mostly the next odd id (§5.1.1); sometimes even, reused, lower, zero.
     const fresh = lastId % 2 === 0 ? lastId + 1 : lastId + 2;
-    const id = r.chance(0.85) ? fresh : anyId();
+    const raw = r.chance(0.85) ? fresh : anyId();
+    // The id as the server reads it: the reserved bit of an id written past 2^31-1 is ignored (§4.1).
+    const id = streamId(raw);
     const tag = `${seed}-${++tagCount}`;
     const bodyBytes = r.pick([0, 0, 3, 1000]);
     const { block, malformed, contentLengths } = requestBlock(r, hpack, host, tag, bodyBytes);
-    const wrongId = id === 0 || id % 2 === 0 || id <= lastId || streams.has(id) ? `stream id ${id} after ${lastId}` : undefined;
+    const wrongId = id === 0 || id % 2 === 0 || id <= lastId || streams.has(id) ? `stream id ${raw} after ${lastId}` : undefined;
     if (id > lastId) lastId = id;
     const plan: StreamPlan = {
       id,
       tag,
       malformed: malformed ?? wrongId,
+      badId: wrongId !== undefined,
       contentLengths,
       headersEnd: undefined,
       endedAt: undefined,
@@ -288,6 +330,14 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
     // HEADERS then CONTINUATION, split at random points (§6.10); PADDED and PRIORITY at random (§6.2).
     const splits = [...new Set(Array.from({ length: r.int(4) }, () => r.int(block.length + 1)))].sort((a, b) => a - b);
     const pieces = [0, ...splits, block.length].flatMap((at, i, all) => (i === 0 ? [] : [block.subarray(all[i - 1]!, at)]));
+    const endless = flood && r.chance(0.4);
+    if (flood) {
+      // A byte per frame, or as many as keep a large block to 500 frames.
+      const step = Math.max(1, Math.ceil(block.length / 500));
+      pieces.splice(0, pieces.length, block.subarray(0, step));
+      for (let at = step; at < block.length; at += step) pieces.push(...(r.chance(0.3) ? [Buffer.alloc(0)] : []), block.subarray(at, at + step));
+      for (let i = r.pick([0, 100, 1000]); i > 0; i--) pieces.push(Buffer.alloc(0));
+    }
     const first = pieces[0]!;
     const padded = r.chance(0.1) ? r.int(50) : -1;
     const priority = r.chance(0.1) ? Buffer.concat([u32(r.chance(0.2) ? id : r.int(2 ** 32)), Buffer.from([r.int(256)])]) : undefined;
@@ -298,33 +348,40 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       Buffer.alloc(Math.max(0, padded)),
     ]);
     const flags0 = (endOnHeaders ? 0x1 : 0) | (pieces.length === 1 ? 0x4 : 0) | (padded >= 0 ? 0x8 : 0) | (priority ? 0x20 : 0);
-    const f = send(0x1, flags0, id, headPayload, `HEADERS ${tag}${plan.malformed ? ` (${plan.malformed})` : ''}`);
+    const f = send(0x1, flags0, raw, headPayload, `HEADERS ${tag}${plan.malformed ? ` (${plan.malformed})` : ''}`);
     // The block ends at the first END_HEADERS (random flags may set it early, or never: §6.10).
     if ((f & 0x4) !== 0) plan.headersEnd = offset;
     for (const [i, piece] of pieces.slice(1).entries()) {
-      if (r.chance(0.03)) send(0x6, 0, 0, Buffer.alloc(8), 'PING inside a header block');
-      const cf = send(0x9, i === pieces.length - 2 ? 0x4 : 0, r.chance(0.03) ? id + 2 : id, piece, 'CONTINUATION');
+      if (!flood && r.chance(0.03)) send(0x6, 0, 0, Buffer.alloc(8), 'PING inside a header block');
+      const last = i === pieces.length - 2 && !endless;
+      const cf = send(0x9, last ? 0x4 : 0, !flood && r.chance(0.03) ? raw + 2 : raw, piece, 'CONTINUATION');
       if (plan.headersEnd === undefined && (cf & 0x4) !== 0) plan.headersEnd = offset;
     }
     if ((f & 0x1) !== 0) plan.endedAt = plan.headersEnd;
     if (plan.endedAt === undefined && r.chance(0.85)) {
       const frames = bodyBytes === 0 ? r.int(2) : 1 + r.int(2);
-      for (let i = 0; i < frames; i++) dataFrames(id, plan, i === frames - 1 && r.chance(0.9));
+      for (let i = 0; i < frames; i++) dataFrames(raw, plan, i === frames - 1 && r.chance(0.9));
       if (plan.endedAt === undefined && r.chance(0.3)) {
-        // Trailers (§8.1) end it.
-        const t = Buffer.concat([hpack.field(['x-trailer', 't'], r)]);
-        const tf = send(0x1, 0x5, id, t, 'HEADERS trailers');
-        if ((tf & 0x5) === 0x5 && plan.headersEnd !== undefined) plan.endedAt = offset;
+        // Trailers (§8.1) end it; a pseudo-header or a connection-specific field in them, or no END_STREAM, makes it malformed.
+        const bad = r.chance(0.2) ? r.pick(BAD_TRAILERS) : undefined;
+        const unended = r.chance(0.05);
+        const why = bad !== undefined ? `trailers with ${bad[0]}` : unended ? 'trailers without END_STREAM' : undefined;
+        const tf = send(0x1, unended ? 0x4 : 0x5, raw, hpack.field(bad ?? ['x-trailer', 't'], r), `HEADERS trailers${why ? ` (${why})` : ''}`);
+        if (plan.headersEnd !== undefined && !plan.resetByClient) {
+          if (why !== undefined) plan.malformed ??= why;
+          if ((tf & 0x5) === 0x5) plan.endedAt = offset;
+        }
       }
     }
   };
 
-  if (r.chance(0.97)) emit(Buffer.from(r.chance(0.98) ? 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' : 'PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n', 'latin1'), 'preface');
+  const preface = r.chance(0.97);
+  if (preface) emit(Buffer.from(r.chance(0.98) ? 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' : 'PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n', 'latin1'), 'preface');
   if (r.chance(0.95)) settings();
   // The acknowledgement of the server's SETTINGS (§6.5.3), which it sends first: usually, sometimes late, sometimes never.
   if (r.chance(0.8)) send(0x4, 0x1, 0, Buffer.alloc(0), 'SETTINGS ACK');
   for (let n = 1 + r.int(12); n > 0; n--) {
-    const op = r.int(20);
+    const op = r.int(23);
     if (op < 7) request();
     else if (op === 7) settings();
     else if (op === 8) {
@@ -338,12 +395,13 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       );
     } else if (op === 9) {
       const id = anyId();
-      dataFrames(id, streams.get(id), r.chance(0.5));
+      dataFrames(id, streams.get(streamId(id)), r.chance(0.5));
     } else if (op === 10) send(0x8, 0, r.chance(0.5) ? 0 : anyId(), u32(r.pick([0, 1, 65_535, 0x7fffffff, 0x80000000, 0xffffffff])), 'WINDOW_UPDATE');
     else if (op === 11) {
       const id = anyId();
-      const plan = streams.get(id);
-      if (plan !== undefined && plan.endedAt === undefined) plan.resetByClient = true;
+      const plan = streams.get(streamId(id));
+      // Ended or not, a stream its client reset is closed (§6.4): no answer need come.
+      if (plan !== undefined) plan.resetByClient = true;
       send(0x3, 0, id, u32(r.pick([0, 1, 2, 5, 8, 0xffffffff])).subarray(0, r.chance(0.95) ? 4 : 3), 'RST_STREAM');
     } else if (op === 12) send(0x6, r.chance(0.1) ? 0x1 : 0, r.chance(0.95) ? 0 : 1, r.bytes(r.chance(0.95) ? 8 : r.int(12)), 'PING');
     else if (op === 13) send(0x7, 0, r.chance(0.95) ? 0 : 1, Buffer.concat([u32(r.int(2 ** 31)), u32(r.int(14)), r.bytes(r.int(20))]), 'GOAWAY');
@@ -359,10 +417,23 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       // What follows would be its payload, not frames: the case ends here (its end completes the frame).
       break;
     } else if (op === 19) for (let i = r.pick([5, 20, 50]); i > 0; i--) request();
+    else if (op === 20) request(true);
+    else if (op === 21) {
+      // PRIORITY_UPDATE (RFC 9218 §7.1): on stream 0 only, naming a request stream, a Priority field value (§5).
+      const about = r.pick([lastId, lastId + 2, 0, 2, r.int(2 ** 31)]);
+      const value = r.pick(['u=0', 'u=7, i', 'u=9', 'i=?0', '', '\x00\r\n', 'u=1,'.repeat(5000)]);
+      send(0x10, 0, r.chance(0.9) ? 0 : anyId(), Buffer.concat([u32(about), Buffer.from(value, 'latin1')]), 'PRIORITY_UPDATE');
+    } else if (op === 22) {
+      // A stream's send window past 2^31-1: by WINDOW_UPDATE, then by a larger SETTINGS_INITIAL_WINDOW_SIZE (§6.9.2:
+      // a connection error of type FLOW_CONTROL_ERROR).
+      send(0x8, 0, lastId, u32(0x7fff0000), 'WINDOW_UPDATE');
+      send(0x4, 0, 0, Buffer.concat([Buffer.from([0, 4]), u32(0x7fffffff)]), 'SETTINGS INITIAL_WINDOW_SIZE');
+    }
   }
   // A frame header whose payload never comes leaves the server waiting for it (until its idle deadline): the case's end
   // completes that frame with zeros, so that what the server does with the rest is seen within the case.
-  const missing = unfinished(Buffer.concat(parts));
+  // Without the preface, frames start at the first byte (a 16 MB frame's zeros were written, read as a length).
+  const missing = unfinished(Buffer.concat(parts), preface ? 24 : 0);
   if (missing > 0) emit(Buffer.alloc(missing), `${missing} zero bytes completing the last frame`);
   const bytes = Buffer.concat(parts);
   const cuts = [...new Set(Array.from({ length: r.int(6) }, () => r.int(bytes.length)))].sort((a, b) => a - b);
