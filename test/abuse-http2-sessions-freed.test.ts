@@ -24,7 +24,8 @@ import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 // and those still reachable after a full GC are counted.
 // And connections the worker must close itself (a second worker with short
 // limits): one nghttp2 ended, one idle after a slow stream, one whose client
-// never reads what the worker still has to send.
+// never reads what the worker still has to send; and (the first worker, its
+// default limits) one whose client sent frames without the preface and left.
 const PER_WAY = 60;
 /** How long /slow keeps its stream waiting: three times the short worker's idle timeout, nothing sent meanwhile. */
 const SLOW_ORIGIN_MS = 3_000;
@@ -204,3 +205,19 @@ it('a client that floods PINGs and never reads their acknowledgements has its co
     }
   });
 }, 60_000);
+
+it('a connection whose client sent frames without the preface and left is closed within seconds, not after limits.sendTimeoutMs', async () => {
+  // nghttp2 ends the session (a connection error, RFC 9113 §3.4) and Node destroys it, stops reading the socket and
+  // waits for its last write, which the TLS layer held until a read that never came: the client's close went unseen
+  // and each such connection stayed open for the send timeout (60 s here), on Node 20 and 22.
+  await Promise.all(
+    Array.from({ length: 3 }, async () => {
+      const raw = new RawH2(proxy.ports[0]!, ca, 'a.lab.test', { ackSettings: false });
+      await raw.secure;
+      raw.write(Buffer.concat([frame(0x4, 0, 0, Buffer.alloc(0)), frame(0x4, 0x1, 0, Buffer.alloc(0)), getHeaders(1, 'a.lab.test', '/')]));
+      raw.tls.destroy();
+      await raw.closed;
+    }),
+  );
+  await waitFor('the abandoned connections closed', () => proxy.listeners[0]!.connections === 0 || undefined, 10_000);
+}, 30_000);

@@ -30,7 +30,7 @@
  *   `limits.sendTimeoutMs` is cut (`#checkEnds`: the send-stall clock only
  *   runs while a write is refused); a connection closing with no stream
  *   open whose last frames the client never takes is closed after
- *   `limits.sendTimeoutMs` (`#checkLastWrite`).
+ *   `limits.sendTimeoutMs`, one Node destroyed after a second (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
  * NO_ERROR to every connection, letting streams in flight finish (§6.8).
  *
@@ -78,8 +78,8 @@ export interface Http2Options extends StreamHandlerOptions {
   readonly limits: ProxyConfig['limits'];
 }
 
-/** After a GOAWAY for abuse, how long the frame has to leave before the socket is destroyed. */
-const ABUSE_LINGER_MS = 1000;
+/** How long a last GOAWAY has to leave before the socket is destroyed: after one for abuse, or from a session Node destroyed. */
+const GOAWAY_LINGER_MS = 1000;
 
 /**
  * How often connections with streams open are checked for a TCP connection
@@ -204,7 +204,7 @@ export class Http2Sessions {
         continue;
       }
       if (live.open.size === 0) {
-        if (session.closed || session.destroyed) this.#checkLastWrite(live, now);
+        if (session.closed || session.destroyed) this.#checkLastWrite(session, live, now);
         continue;
       }
       if (session.destroyed) continue;
@@ -232,10 +232,19 @@ export class Http2Sessions {
    * never reads (a PING flood whose acknowledgements it leaves unread) held
    * the connection for ever, with no stream or timer left to end it. It is
    * given `limits.sendTimeoutMs`, as an answer the client takes nothing of is.
+   * A session Node has destroyed (a connection error, the client's GOAWAY
+   * with an error code, its socket's end) is over: Node destroys the socket
+   * once that write completes, the write being only its best effort at a
+   * last GOAWAY (RFC 9113 §5.4.1). So it gets GOAWAY_LINGER_MS: its write can
+   * wait for ever where Node stopped reading the socket (Http2Session::Close)
+   * and the TLS layer holds the frames until it reads again; a client that
+   * sent frames without the preface and closed held its connection, unseen,
+   * for the whole send timeout (Node 20 and 22 alike).
    */
-  #checkLastWrite(live: Live, now: number): void {
+  #checkLastWrite(session: ServerHttp2Session, live: Live, now: number): void {
     live.lastWriteSince ??= now;
-    if (now - live.lastWriteSince >= this.#options.limits.sendTimeoutMs) live.socket.destroy();
+    const bound = session.destroyed ? GOAWAY_LINGER_MS : this.#options.limits.sendTimeoutMs;
+    if (now - live.lastWriteSince >= bound) live.socket.destroy();
   }
 
   /**
@@ -347,7 +356,7 @@ export class Http2Sessions {
     this.#options.metrics.http2SessionsClosed.inc({ reason: 'reset_flood' });
     this.#options.log.warn({ client: live.connection.peer, resets: live.resets.total }, 'HTTP/2 connection reset too many streams: GOAWAY ENHANCE_YOUR_CALM');
     if (!session.destroyed) session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    setTimeout(() => session.destroy(), ABUSE_LINGER_MS).unref();
+    setTimeout(() => session.destroy(), GOAWAY_LINGER_MS).unref();
   }
 
   #goAway(session: ServerHttp2Session, live: Live, reason: Http2CloseReason): void {
