@@ -1,6 +1,10 @@
+import { createServer, type Socket } from 'node:net';
 import type { Etcd3, Lock } from 'etcd3';
 import { describe, expect, it } from 'vitest';
+import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { fleetLocks } from '../proxy/acme/issuance-locks.js';
+import { etcdCall } from '../proxy/store/etcd-calls.js';
+import { etcdClient } from '../proxy/store/etcd-client.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
@@ -155,6 +159,43 @@ describe('etcd back after a stall that failed calls past their deadline', () => 
     // after a 2 s stall ended); no other member could take them.
     expect(ms).toBeLessThan(2_500);
     expect(await node.get('/f/breaker').string()).toBe('after');
+  }, 20_000);
+});
+
+describe('a member that takes connections and never answers, beside one that answers', () => {
+  it('is skipped after its calls failed: the calls go to the member that answers', async () => {
+    // A member partitioned away, or stalled: its calls end at their deadline, and the store's caller with them.
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const endpoints = [`http://127.0.0.1:${(silent.address() as { port: number }).port}`, ...lab().etcd.endpoints];
+    const { maxRequestBytes } = PROXY_DEFAULTS.etcdSettings;
+    // A deadline no write to the member that answers comes near, loaded machine or not.
+    const timeoutMs = 1_000;
+    const node = etcdClient({ endpoints, prefix: '/f/', tls: null, auth: null, timeoutMs, maxRequestBytes }, 'test');
+    const write = (i: number): Promise<boolean> =>
+      etcdCall('write', timeoutMs, () => node.put('/f/two-members').value(String(i)).exec()).then(
+        () => true,
+        () => false,
+      );
+    try {
+      // etcd3 picks a member at random for each call: those sent to the silent one fail at their deadline, until it has
+      // failed three times in a row.
+      let failed = 0;
+      let i = 0;
+      while (failed < 3 && i < 60) if (!(await write(i++))) failed++;
+      expect(failed).toBe(3);
+      // Its third failure is counted when etcd3's deadline ends the call, a moment after the store's own.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const outcomes: boolean[] = [];
+      for (let n = 0; n < 10; n++) outcomes.push(await write(i++));
+      // Skipped (5 s): every write goes to the member that answers. With no breaker, about half of them failed.
+      expect(outcomes).toEqual(Array(10).fill(true));
+    } finally {
+      node.close();
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
   }, 20_000);
 });
 
