@@ -46,7 +46,7 @@ export interface StuckSigns {
   readonly threads: number;
   /** Signs sent to those threads and not answered. */
   readonly signs: number;
-  /** The longest a stuck thread has been on its batch. */
+  /** The longest a stuck thread has been on its batch, or in its start. */
   readonly longestMs: number;
   /** The PKCS#11 functions the stuck threads are in (C_Initialize, C_SignInit, C_Sign), by name only. */
   readonly calls: readonly string[];
