@@ -1,7 +1,19 @@
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadProxyConfig } from '../config/load.js';
+import { KeyserverClient } from '../keyserver/client/client.js';
+import { createLogger } from '../keyserver/shared/log.js';
+import { type AcmeOrder, AcmeClient } from '../proxy/acme/client.js';
+import { AcmeIssuer } from '../proxy/acme/issuer.js';
+import { keyserverSigner } from '../proxy/acme/jws.js';
+import { type IssuerState, StateFile } from '../proxy/acme/state.js';
+import { waitForKey } from '../proxy/acme/token-keys.js';
+import type { HeldLock } from '../proxy/store/lock.js';
+import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { curl } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
@@ -12,7 +24,9 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // (failures, lastError with the problem type, retryNotBefore) and in the
 // metrics, and retries back off as configured (min 1 s doubling, max 8 s,
 // never before Retry-After). A certificate key made for an order that failed
-// is deleted from the token at once.
+// is deleted from the token at once. Last, an issuer in the test process, on
+// the proxy's account and the same pebble, whose issuance lock is lost once
+// its order is created: the order is never finalized at the CA.
 let pebble: Pebble;
 let front: FaultFront;
 let proxy: ClusterProxy;
@@ -271,4 +285,75 @@ describe('ACME faults: the current certificate keeps serving', () => {
       expect(got.code, got.stderr).toBe(0);
     }
   }, 120_000);
+});
+
+describe('an order whose issuance lock is lost after the order was created', () => {
+  it('is not finalized: no finalize reaches the CA, nothing is stored, and the lost lock is the failure', async () => {
+    front.mode = 'pass';
+    // The proxy's account and the key serving NAME: pebble reuses NAME's valid authorization, so the order needs no
+    // challenge answered, and no key is made.
+    const proxyState = JSON.parse(readFileSync(join(acmeLab.lab.dir, 'state', 'acme', 'state.json'), 'utf8')) as IssuerState;
+    const account = proxyState.account!;
+    const keyId = proxyState.certificates[NAME]!.keyId;
+    const dir = tempDir('keyedge-acme-lock-lost-');
+    const state = new StateFile(dir);
+    state.state.account = account;
+    const config = loadProxyConfig(undefined, {
+      keyserver: { socket: acmeLab.lab.socket },
+      acme: acmeLab.acme({ directory: front.directory, timeoutMs: 2_000, orderTimeoutSeconds: 7 }),
+    }).acme!;
+    const keyserver = (): Promise<KeyserverClient> => KeyserverClient.connect({ unixPath: acmeLab.lab.socket });
+    const lost = new AbortController();
+    const lock: HeldLock = { key: '/fleet/locks/acme/issue/www.fault.test', fence: '1', lost: lost.signal, release: async () => undefined };
+    let orderUrl: string | undefined;
+    // The one seam: the issuer's log line for the order it just created at the CA. The lock's lease is lost right then
+    // (as lock.ts says it: its 'lost' signal), before the order is finalized.
+    const log = createLogger('acme-lock-lost', 'info', {
+      write: (line: string) => {
+        const parsed = JSON.parse(line) as { msg?: string; order?: string };
+        if (parsed.msg !== 'ACME order created') return;
+        orderUrl = parsed.order;
+        lost.abort(new StoreUnavailableError(`the lock ${lock.key} was lost (its lease ended); another node may hold it now`));
+      },
+    });
+    const stored: string[] = [];
+    const outcomes: string[] = [];
+    const issuer = new AcmeIssuer({
+      config,
+      state,
+      keys: { generate: () => Promise.reject(new Error('no key is made for an order with a key')), remove: async () => undefined },
+      keyserver,
+      challenges: { add: () => Promise.reject(new Error('no challenge expected: pebble reuses the valid authorization')), remove: async () => undefined },
+      store: async (name) => void stored.push(name),
+      log,
+      onOrder: (result) => void outcomes.push(result),
+    });
+    try {
+      const err = await issuer.issue({ name: NAME, domains: [NAME], keyId, lock }).catch((e: unknown) => e);
+      // The failure is the lost lock's own error, naming the lock.
+      expect(err).toBe(lost.signal.reason);
+      expect((err as Error).message).toContain(lock.key);
+      expect(orderUrl).toMatch(/^https:/);
+      expect(stored).toEqual([]);
+      expect(outcomes).toEqual(['failed']);
+      // The CA's own view of the order: still ready, not processing or valid, so no finalize reached it. Before: the
+      // order was finalized (a certificate issued that nobody stored) and abandoned only before its chain was stored.
+      const client = await keyserver();
+      const ca = new AcmeClient({
+        directoryUrl: front.directory,
+        signer: keyserverSigner(async () => client, account.keyId, await waitForKey(client, account.keyId)),
+        timeoutMs: 5_000,
+        ca: readFileSync(config.caBundle!, 'utf8'),
+      });
+      try {
+        await ca.account({ contact: config.contact });
+        expect((await ca.get<AcmeOrder>(orderUrl!)).body.status).toBe('ready');
+      } finally {
+        ca.close();
+        client.close();
+      }
+    } finally {
+      removeDir(dir);
+    }
+  }, 60_000);
 });

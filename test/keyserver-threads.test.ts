@@ -245,7 +245,7 @@ it('a sign that hangs inside the token: its thread is logged and counted as stuc
   expect(refused.length).toBeGreaterThan(0);
   expect(String(refused[0]!.reason)).toMatch(/DEADLINE_EXCEEDED/);
   // Twice limits.requestTimeoutMs (2 s by default), checked every second.
-  const stuck = await waitFor('the stuck signs logged', () => logLines(/^signs inside the token are not coming back/)[0], 10_000);
+  const stuck = await waitFor('the stuck signs logged', () => logLines(/^calls into the token on the signing threads .* are not coming back/)[0], 10_000);
   expect(stuck).toMatchObject({ threads: expect.any(Number), signs: expect.any(Number), stuckAfterMs: 4_000 });
   expect(stuck.threads as number).toBeGreaterThanOrEqual(1);
   expect(stuck.longestMs as number).toBeGreaterThan(4_000);
@@ -279,6 +279,19 @@ async function endChild(): Promise<void> {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGKILL');
   await exited;
+}
+
+/**
+ * Makes both signing threads die in a batch and start again into a C_Initialize the token holds. Their signs are made
+ * again inline, or refused once the threads count as stuck: settled, not checked.
+ */
+async function threadsHeldInStart(): Promise<void> {
+  fault('thread-init-hang', true);
+  fault('thread-crash', true);
+  const messages = Array.from({ length: 200 }, () => randomBytes(40));
+  await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
+  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  fault('thread-crash', false);
 }
 
 /** Lets the calls blocked on the FIFO go on: a writer opens it (non-blocking: it fails if no call waits there). */
@@ -358,7 +371,7 @@ it('a token to open again while a sign hangs inside it: the process ends past li
   const signs = Array.from({ length: 200 }, () =>
     client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e),
   );
-  await waitFor('a thread stuck', () => logLines(/^signs inside the token are not coming back/)[0], 10_000);
+  await waitFor('a thread stuck', () => logLines(/^calls into the token on the signing threads .* are not coming back/)[0], 10_000);
   // The token's check fails from now on, as for a token re-created: confirmed over a second, then it is opened again.
   fault('info-fail', true);
   const exited = new Promise((resolve) => child.once('exit', resolve));
@@ -385,13 +398,24 @@ it('a token to open again while a signing thread is held in its start (C_Initial
   hangFifo();
   const endMs = 2_000;
   await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
-  // The threads die in their batch and start again, into a C_Initialize the token holds; signs go on inline.
-  fault('thread-init-hang', true);
-  fault('thread-crash', true);
-  await burst();
-  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
-  fault('thread-crash', false);
-  await burst();
+  await threadsHeldInStart();
+  // Stuck as a thread on a sign is, with no reopen or stop to show it: warned, counted, and nothing signed on the event
+  // loop (the token holds one call; the next made there would hold everything). Before: nothing until a reopen or a stop.
+  const stuck = await waitFor(
+    'the threads held in their start logged',
+    () => logLines(/^calls into the token on the signing threads .* are not coming back/)[0],
+    10_000,
+  );
+  expect(stuck).toMatchObject({ level: 40, signs: 0, calls: ['C_Initialize'], stuckAfterMs: 1_000 });
+  expect(stuck.longestMs as number).toBeGreaterThan(1_000);
+  await waitFor(
+    'both threads counted stuck',
+    async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')) === 2 || undefined,
+    10_000,
+  );
+  const refused = await client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, randomBytes(32))).catch((e: unknown) => e);
+  expect(String(refused)).toMatch(/SIGN_FAILED.*the token is not answering/);
+  expect(loggedLines(/^the token is no longer the one opened/)).toHaveLength(0);
   fault('info-fail', true);
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGHUP');
@@ -414,16 +438,12 @@ it('SIGTERM with a signing thread held in its start: the key server stops after 
   hangFifo();
   const graceMs = 500;
   await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
-  fault('thread-init-hang', true);
-  fault('thread-crash', true);
-  await burst();
-  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
-  fault('thread-crash', false);
+  await threadsHeldInStart();
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, graceMs + 4_000).unref())]);
   expect(child.signalCode, `not ended by the signal:\n${output.slice(-1500)}`).toBe('SIGTERM');
-  expect(loggedLines(/^key server stopping with signs still inside the token/)[0]).toMatchObject({ threadsInToken: 2 });
+  expect(loggedLines(/^key server stopping with signs still inside the token/)[0]).toMatchObject({ threadsInToken: 2, calls: ['C_Initialize'] });
   expect(loggedLines(/did not stop within its grace/)).toHaveLength(0);
   fault('thread-init-hang', false);
 }, 20_000);

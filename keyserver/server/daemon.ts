@@ -271,7 +271,13 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
         const held = liveToken.inToken();
         if (held.threads > 0) {
           log.error(
-            { signsInToken: held.signs, threadsInToken: held.threads, longestMs: held.longestMs, shutdownGraceMs: config.limits.shutdownGraceMs },
+            {
+              signsInToken: held.signs,
+              threadsInToken: held.threads,
+              calls: held.calls,
+              longestMs: held.longestMs,
+              shutdownGraceMs: config.limits.shutdownGraceMs,
+            },
             'key server stopping with signs still inside the token past limits.shutdownGraceMs (the token is not answering): the token is left open, not finalized',
           );
           await runClosers(closers.filter((closer) => closer !== closeToken));

@@ -197,13 +197,14 @@ export class LiveToken {
     await Promise.all([this.#parts?.signers.drained(), this.#closing?.signers.drained()]);
   }
 
-  /** Signs sent to the threads and not answered, and the threads inside the module, the parts being closed included, and the longest one has been there. */
-  inToken(): { readonly signs: number; readonly threads: number; readonly longestMs: number } {
-    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, threads: 0, longestMs: 0 });
+  /** What the signing threads hold inside the module (SigningWorkers.inToken), the parts being closed for a reopen included. */
+  inToken(): InToken {
+    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, threads: 0, longestMs: 0, calls: [] });
     return {
       signs: all.reduce((n, held) => n + held.signs, 0),
       threads: all.reduce((n, held) => n + held.threads, 0),
       longestMs: Math.max(...all.map((held) => held.longestMs)),
+      calls: [...new Set(all.flatMap((held) => held.calls))],
     };
   }
 

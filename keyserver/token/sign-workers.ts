@@ -35,7 +35,8 @@
  * no batch slot on a thread ahead of fresh ones.
  * While no thread is up, every sign is made inline, whatever the budget: a
  * slower event loop beats refusing signs the token can make. But while a
- * thread is stuck in the token (stuck-signs.ts), nothing is signed inline: a
+ * thread is stuck in the token (stuck-signs.ts: on a batch of signs, or in its
+ * start, C_Initialize), nothing is signed inline: a
  * token that holds one call is likely to hold the next, and a call held on the
  * event loop holds everything (no answers, /healthz, /metrics or signal
  * handling); signs go to the threads not stuck, and while every thread is,

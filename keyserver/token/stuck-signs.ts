@@ -13,7 +13,11 @@
  *
  * A thread is stuck once it has been on one batch longer than `stuckAfterMs`
  * (jobs past their deadline are skipped, so a healthy batch ends within the
- * request deadline plus one sign). The first check that finds one logs a
+ * request deadline plus one sign), or in its start that long (loading the
+ * module and C_Initialize, which a token that does not answer holds as well:
+ * a thread held there has no sign out, yet it is inside the module all the
+ * same, and before it counted only once a reopen or a stop waited for it).
+ * The first check that finds one logs a
  * warning naming how many threads and signs and for how long (never what is
  * signed, nor with which key; the PKCS#11 functions they are in, by name);
  * while it lasts, once a STUCK_LOG_MS more; once
@@ -29,19 +33,22 @@ import type { Logger } from '../shared/log.js';
 const CHECK_MS = 1_000;
 /** ...and a token that stays stuck is logged again once per this long. */
 const STUCK_LOG_MS = 30_000;
+/** The warning's opening words, for an operator's alert to match. */
+const STUCK = "calls into the token on the signing threads (signs, or a thread's start) are not coming back: the token is not answering;";
 
+/** A signing thread as the watch sees it: `busyMs` is how long it has been inside the module (its batch, or its start), 0 while idle. */
 export interface InToken {
   inToken(now: number): { readonly signs: number; readonly busyMs: number; readonly call?: string };
 }
 
 export interface StuckSigns {
-  /** Threads on one batch longer than the bound. */
+  /** Threads on one batch, or in their start, longer than the bound. */
   readonly threads: number;
   /** Signs sent to those threads and not answered. */
   readonly signs: number;
-  /** The longest a stuck thread has been on its batch. */
+  /** The longest a stuck thread has been on its batch, or in its start. */
   readonly longestMs: number;
-  /** The PKCS#11 functions the stuck threads are in (C_SignInit, C_Sign), by name only. */
+  /** The PKCS#11 functions the stuck threads are in (C_Initialize, C_SignInit, C_Sign), by name only. */
   readonly calls: readonly string[];
 }
 
@@ -101,8 +108,8 @@ export class StuckWatch {
   }
 
   #isStuckNow(lane: InToken, now: number): boolean {
-    const held = lane.inToken(now);
-    return held.signs > 0 && held.busyMs > this.#stuckAfterMs;
+    // Not `signs > 0`: a thread held in its start has none, and is inside the module as much as a sign is.
+    return lane.inToken(now).busyMs > this.#stuckAfterMs;
   }
 
   #check(): void {
@@ -113,7 +120,7 @@ export class StuckWatch {
     this.#onStuck(stuck.threads - was);
     this.#stuckThreads = stuck.threads;
     if (stuck.threads === 0) {
-      if (was > 0) this.#log.info('signs came back from the token: no signing thread is stuck any more');
+      if (was > 0) this.#log.info('the calls into the token came back: no signing thread is stuck any more');
       return;
     }
     if (was > 0 && now - this.#loggedAt < STUCK_LOG_MS) return;
@@ -122,8 +129,8 @@ export class StuckWatch {
     if (this.closing)
       this.#log.warn(
         fields,
-        'signs inside the token are not coming back: the token is not answering; closing it waits for them (C_Finalize while a call runs is undefined, PKCS#11 v2.40 §5.4; a reopen ends the process once one is held limits.tokenStallExitMs), and until then signs are refused',
+        `${STUCK} closing it waits for them (C_Finalize while a call runs is undefined, PKCS#11 v2.40 §5.4; a reopen ends the process once one is held limits.tokenStallExitMs), and until then signs are refused`,
       );
-    else this.#log.warn(fields, 'signs inside the token are not coming back: the token is not answering; their threads are held until it does');
+    else this.#log.warn(fields, `${STUCK} their threads are held until it does`);
   }
 }

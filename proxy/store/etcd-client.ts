@@ -4,7 +4,8 @@
  * one), etcd's user/password auth with the password read from a file, and a
  * deadline on every unary call so that a partitioned member costs at most
  * `timeoutMs`, never a hang on the reload path. No cap on an answer's size:
- * the whole prefix is read in one.
+ * the whole prefix is read in one. A member whose calls keep failing is
+ * skipped while another can answer, never when none can (member-breaker.ts).
  *
  * Read once at start: rotating the client certificate or the password takes
  * a restart (the whole `etcd` key is restart-only).
@@ -13,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { Etcd3 } from 'etcd3';
 import type { EtcdSettings } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
+import { memberBreakers } from './member-breaker.js';
 
 export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 {
   const read = (file: string, key: string): Buffer => {
@@ -43,5 +45,7 @@ export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 
     ...(settings.auth === null || password === undefined ? {} : { auth: { username: settings.auth.username, password } }),
     // Streams (watches) live as long as the store; every other call has a deadline.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.timeoutMs }),
+    // Not etcd3's breaker, which refused every call for up to 5 s after etcd came back.
+    faultHandling: { host: memberBreakers() },
   });
 }

@@ -6,11 +6,10 @@
  * lives.
  *
  * One try is not enough. A revocation is typically sent right after a call
- * failed past its deadline (etcd stalled, a member lost), and etcd3 then
- * refuses every call to that member for 5 s (its per-host circuit breaker,
- * node_modules/etcd3/lib/connection-pool.js: three failures in a row open it,
- * then one call is let through every 5 s): a lone revocation failed at once,
- * and the keys stayed for the lease's whole TTL. So a failed revocation is
+ * failed past its deadline (etcd stalled, a member lost), while etcd still
+ * does not answer (and a member whose calls failed three times in a row is
+ * skipped 5 s while another member answers: member-breaker.ts): a lone
+ * revocation failed, and the keys stayed for the lease's whole TTL. So a failed revocation is
  * tried again in the background, every RETRY_MS, until it gets through or
  * the lease has surely run out by itself (twice its TTL: etcd3 stopped its
  * keepalive at the first try, but one sent just before, answered late by a
@@ -27,7 +26,7 @@
 import { ClientClosedError } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 
-/** Between tries: etcd3 lets a call through to a member it gave up on every 5 s; one in between is refused locally, at no cost. */
+/** Between tries: etcd answers again within a second of its return (member-breaker.ts), and a try costs at most a deadline. */
 const RETRY_MS = 1_000;
 
 /** The revocations of one etcd client: each tried until it reaches etcd; waited for, within a bound, before the client closes. */
