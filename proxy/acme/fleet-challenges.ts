@@ -49,8 +49,11 @@ const ANSWERING = `${ACME}answering/`;
 const LEASE_TTL_SECONDS = 10;
 /** The first wait before a failed report is tried again, doubled each time up to RETRY_MAX_MS. */
 const RETRY_FIRST_MS = 250;
-/** etcd3 lets one call through every 5 s to a member it gave up on (its circuit breaker): no use trying more often. */
-const RETRY_MAX_MS = 5_000;
+/**
+ * ...at most this long apart: well inside the lease's TTL, so a report lost to an etcd blip is back soon after etcd
+ * answers again (store/member-breaker.ts lets a call through as soon as no member is better placed).
+ */
+const RETRY_MAX_MS = 2_000;
 
 export class FleetChallenges implements ChallengePublisher {
   readonly #store: EtcdStore;
