@@ -33,11 +33,14 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 //   `x-marker` is that request's marker alone, and no other request's
 //   marker nor the smuggled answer is in it (no desynchronisation);
 // - an origin answer that was valid and whole reaches the client as it was
-//   (status and body), on either protocol; one the origin broke off never
-//   reaches it as whole (RFC 9112 §8), unless its body ran to the close;
+//   (status and body), on either protocol (an HTTP/1.2 status line, and
+//   framing or connection fields in trailers, included); one the origin
+//   broke off never reaches it as whole (RFC 9112 §8), unless its body ran to
+//   the close; one whose status is outside 100–599 gets the proxy's 502 on
+//   either (RFC 9110 §15);
 // - no request reaches an origin connection after an answer whose framing
-//   was bad or which closed it (the rest of that answer would be read as the
-//   next one's);
+//   was bad or which closed it, in its head or its trailers (the rest of that
+//   answer would be read as the next one's);
 // - a normal request on a fresh connection afterwards gets its own 200; the
 //   worker never dies; nothing is uncaught.
 //
@@ -105,6 +108,8 @@ function wrongAnswer(p: Planned, status: number, markers: readonly string[], own
   for (const m of body.match(MARKER) ?? []) if (m !== p.marker) return `another request's marker ${m} in the body`;
   if (body.includes('SMUGGLED') || markers.includes('SMUGGLED')) return 'the smuggled answer reached the client';
   const e = p.answer.cut === undefined && p.abortMs === undefined ? p.answer.expect : undefined;
+  // RFC 9110 §15: a status outside 100–599 is invalid; both protocols get the proxy's 502, never the origin's status.
+  if (p.answer.refused && p.abortMs === undefined && !(own && status === 502)) return `${own ? 'our' : 'the origin’s'} ${status} for a status outside 100–599`;
   if (own) return e !== undefined ? `the proxy's own ${status} for a valid answer` : undefined;
   if (markers.length !== 1 || markers[0] !== p.marker) return `x-marker ${JSON.stringify(markers)}`;
   // RFC 9112 §8: an answer the origin broke off is incomplete; the client must be able to tell (a reset, a close

@@ -124,6 +124,26 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/close-short': (socket) => socket.end(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${CLOSE_BYTES}\r\n\r\n${'c'.repeat(CLOSE_BYTES / 2)}`),
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
+  // Status codes outside 100–599 (RFC 9110 §15: invalid, to be processed as 5xx); 599 and an unknown 1xx are valid.
+  '/status-600': 'HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok',
+  '/status-999': 'HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok',
+  '/status-099': 'HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok',
+  '/status-599': 'HTTP/1.1 599 Odd\r\ncontent-length: 2\r\n\r\nok',
+  '/interim-150': 'HTTP/1.1 150 Odd\r\nx-interim: 1\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // A higher minor version (RFC 9112 §2.3: read as HTTP/1.1), and another major version.
+  '/version-1-2': 'HTTP/1.2 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  '/version-3-0': 'HTTP/3.0 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // Trailers with fields RFC 9110 §6.5.1 leaves no place for there (framing, connection-specific), beside one that may be.
+  '/trailer-length':
+    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: content-length, x-t\r\n\r\n2\r\nok\r\n0\r\ncontent-length: 7\r\nx-t: kept\r\n\r\n',
+  '/trailer-te':
+    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: transfer-encoding, x-t\r\n\r\n2\r\nok\r\n0\r\ntransfer-encoding: chunked\r\nx-t: kept\r\n\r\n',
+  // After a Content-Length, and not chunked: the parser then expects the connection's close, and that connection is closed.
+  '/trailer-te-gzip':
+    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: transfer-encoding, x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: kept\r\ncontent-length: 2\r\ntransfer-encoding: gzip\r\n\r\n',
+  '/trailer-connection':
+    'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t, connection, keep-alive, te, upgrade, proxy-connection, content-type\r\n\r\n2\r\nok\r\n0\r\n' +
+    'x-t: kept\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\nte: trailers\r\nupgrade: h2c\r\nproxy-connection: keep-alive\r\ncontent-type: text/html\r\n\r\n',
 };
 
 function rawOrigin(): net.Server {
@@ -146,7 +166,7 @@ function rawOrigin(): net.Server {
 }
 
 /** One GET on a new HTTP/1.1 connection: what came back, and when the proxy ended it (or the client gave up). */
-function h1Get(path: string): Promise<{ received: string; ms: number; gaveUp: boolean }> {
+function h1Get(path: string, fields = 'Connection: close\r\n'): Promise<{ received: string; ms: number; gaveUp: boolean }> {
   return new Promise((resolve) => {
     const started = Date.now();
     let received = '';
@@ -157,7 +177,7 @@ function h1Get(path: string): Promise<{ received: string; ms: number; gaveUp: bo
       resolve({ received, ms: Date.now() - started, gaveUp });
     };
     const timer = setTimeout(() => end(true), CLIENT_PATIENCE_MS);
-    socket.once('secureConnect', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`));
+    socket.once('secureConnect', () => socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n${fields}\r\n`));
     socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
     socket.on('error', () => undefined);
     socket.once('close', () => end(false));
@@ -165,7 +185,10 @@ function h1Get(path: string): Promise<{ received: string; ms: number; gaveUp: bo
 }
 
 /** One request on `session`, with the client's patience: its answer, or why it had none. */
-function h2Get(session: http2.ClientHttp2Session, path: string): Promise<{ status?: number; body?: string; code?: string; error?: string; ms: number }> {
+function h2Get(
+  session: http2.ClientHttp2Session,
+  path: string,
+): Promise<{ status?: number; body?: string; code?: string; trailers?: http2.IncomingHttpHeaders; error?: string; ms: number }> {
   const started = Date.now();
   return Promise.race([
     h2Request(session, { ':path': path }).then(
@@ -173,6 +196,7 @@ function h2Get(session: http2.ClientHttp2Session, path: string): Promise<{ statu
         status: answer.status,
         body: answer.body.toString(),
         code: answer.headers['x-keyedge-error'] as string | undefined,
+        trailers: answer.trailers,
         ms: Date.now() - started,
       }),
       (err: Error) => ({ error: err.message, ms: Date.now() - started }),
@@ -480,6 +504,12 @@ describe('answers with bad framing, each followed by a request on the same clien
     ['/gzip-chunked', '502'],
     ['/gzip-to-close', '502'],
     ['/chunked-twice', '502'],
+    ['/status-600', '502'],
+    ['/status-099', '502'],
+    ['/version-1-2', '200'],
+    ['/version-3-0', '502'],
+    ['/trailer-length', '200'],
+    ['/trailer-te-gzip', '200'],
   ])('%s: %s, and the next answer is its own (the origin connection is dropped, the client connection stays in step)', async (path, status) => {
     const pair = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`;
     const received = await new Promise<string>((resolve) => {
@@ -504,5 +534,56 @@ describe('answers with bad framing, each followed by a request on the same clien
     } finally {
       await closeSession(session);
     }
+  });
+});
+
+describe('origin answers HTTP/1.1 and HTTP/2 clients got differently (RFC 9110 §15, §6.5.1; RFC 9112 §2.3)', () => {
+  const UNRELAYED = 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
+  /** Trailers an HTTP/2 client gets of the trailer answers: what §6.5.1 allows, never framing or connection fields. */
+  const KEPT = { 'x-t': 'kept' };
+  it.each([
+    ['/status-600', 502, UNRELAYED],
+    ['/status-999', 502, UNRELAYED],
+    ['/status-099', 502, UNRELAYED],
+    ['/status-599', 599, undefined],
+    ['/interim-150', 200, undefined],
+    ['/version-1-2', 200, undefined],
+    ['/version-3-0', 502, UNRELAYED],
+    ['/trailer-length', 200, undefined, KEPT],
+    ['/trailer-te', 200, undefined, KEPT],
+    ['/trailer-te-gzip', 200, undefined, KEPT],
+    ['/trailer-connection', 200, undefined, KEPT],
+  ])('%s: %s to either client, whole (code %s)', async (path, status, code, trailers?: Record<string, string>) => {
+    const { received, gaveUp } = await h1Get(path);
+    expect(gaveUp).toBe(false);
+    expect(received.slice(0, 13)).toBe(`HTTP/1.1 ${status} `);
+    if (code !== undefined) expect(received).toContain(`x-keyedge-error: ${code}`);
+    // The whole answer: its length's worth, or chunked to its last chunk.
+    else expect(received).toMatch(/\r\n\r\n(ok|2\r\nok\r\n0\r\n\r\n)$/);
+    const logged = async (protocol: string) => {
+      const line = await accessLine(path, protocol);
+      return { status: line.status, code: line.code };
+    };
+    expect(await logged('http/1.1')).toEqual({ status, code });
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const answer = await h2Get(session, path);
+      expect(answer.error).toBeUndefined();
+      expect(answer).toMatchObject({ status, code });
+      if (code === undefined) expect(answer.body).toBe('ok');
+      if (trailers !== undefined) expect(Object.fromEntries(Object.entries(answer.trailers ?? {}))).toEqual(trailers);
+      expect(await logged('h2')).toEqual({ status, code });
+      expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+
+  it('an Upgrade request answered with a status outside 100–599: the same 502', async () => {
+    const websocket = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n';
+    const { received, gaveUp } = await h1Get('/status-999', websocket);
+    expect(gaveUp).toBe(false);
+    expect(received.slice(0, 13)).toBe('HTTP/1.1 502 ');
+    expect(received).toContain('x-keyedge-error: KEYEDGE_HTTP_ORIGIN_UNREACHABLE');
   });
 });

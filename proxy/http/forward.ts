@@ -32,6 +32,7 @@ import { continueOnRead } from './expect.js';
 import { answerHeaderList, type ExtraHeaders, extraHeaders, originRequestHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { bodyUnread, closeAfterAnswer } from './linger.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd, originTargets } from './origin-exchange.js';
+import { refuseInvalidStatus } from './origin-status.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { whenQueuedClientGone } from './queued.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -143,6 +144,8 @@ class Exchange extends OriginExchange<ForwardOptions> {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
     const { req, res } = this;
+    // A status outside 100–599 (an interim one too): our 502 on either protocol (origin-status.ts).
+    refuseInvalidStatus(statusCode);
     // 1xx (102, 103 Early Hints): an interim answer, the final one still to come from the same parser (RFC 9110 §15.2).
     // It is dropped, as for HTTP/2 clients (http2/origin-handler.ts) and by nginx: writing it would use up the answer's
     // one head, and the final one would then throw and cut the connection with nothing sent.

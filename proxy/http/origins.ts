@@ -31,7 +31,8 @@ import { RequestBodies, type RequestBodyLimits } from './body.js';
 import { OriginGate } from './origin-gate.js';
 import { finishWhenPaused } from './origin-eof.js';
 import { acceptInterimAnswers } from './origin-interim.js';
-import { closeOnTrailerClose } from './origin-trailers.js';
+import { readTrailerSections } from './origin-trailers.js';
+import { acceptHigherMinorVersions } from './origin-version.js';
 
 export interface OriginTimeouts {
   /** TCP (and TLS) connect to an origin: past it, 502. */
@@ -271,8 +272,11 @@ function prepareTargets(domain: ProxyDomain): readonly OriginTarget[] {
  * and reconnect whenever that changes. Each connection reads an unasked-for
  * 100 (Continue) as interim, and no interim answer restarts its head timeout
  * (origin-interim.ts); its parser finishes when the origin ends the connection
- * while the answer waits for the client (origin-eof.ts), and an answer whose
- * trailers say `Connection: close` closes it (origin-trailers.ts).
+ * while the answer waits for the client (origin-eof.ts), an answer whose
+ * trailers say `Connection: close` closes it and one whose trailers hold
+ * framing fields is not refused for them (origin-trailers.ts), and a status
+ * line of a higher HTTP/1 minor version is read as HTTP/1.1
+ * (origin-version.ts).
  */
 function connector(target: OriginTarget, timeoutMs: number): buildConnector.connector {
   const base = buildConnector({
@@ -288,7 +292,9 @@ function connector(target: OriginTarget, timeoutMs: number): buildConnector.conn
       if (args[0] === null) {
         acceptInterimAnswers(args[1]);
         finishWhenPaused(args[1]);
-        closeOnTrailerClose(args[1]);
+        readTrailerSections(args[1]);
+        // Last: its check of the version runs before the others see the head.
+        acceptHigherMinorVersions(args[1]);
       }
     });
 }

@@ -50,6 +50,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { refuseTransferCodings } from './forward-headers.js';
+import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginPools, OriginTarget } from './origins.js';
@@ -233,9 +234,10 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
       request.on('response', (res: IncomingMessage) => {
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
         if ((res.statusCode ?? 0) < 200) return fail('broken', new Error('origin answered 101 without switching protocols'));
-        // Codings besides chunked would reach the client as if they were the content (forward-headers.ts); the origin
-        // answered, so it is not cooled down, as for requests.
+        // Codings besides chunked would reach the client as if they were the content (forward-headers.ts), and a status
+        // over 599 is invalid (origin-status.ts); the origin answered, so it is not cooled down, as for requests.
         try {
+          refuseInvalidStatus(res.statusCode ?? 0);
           refuseTransferCodings(res.rawHeaders);
         } catch (err) {
           return fail('not-origin', err as Error);

@@ -18,7 +18,9 @@
 import { constants, type ServerHttp2Stream } from 'node:http2';
 import { refuseTransferCodings } from '../http/forward-headers.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
+import { refuseInvalidStatus } from '../http/origin-status.js';
 import type { OriginPools, OriginTarget } from '../http/origins.js';
+import { allowedTrailers } from '../http/trailer-fields.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
 import { http2Fields, sendableFieldSection } from './headers.js';
 
@@ -59,6 +61,8 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[] | string[] | null, resume: () => void): boolean {
+    // A status outside 100–599 (an interim one too): our 502, as on HTTP/1.1 (origin-status.ts); Node's respond refuses over 599.
+    refuseInvalidStatus(statusCode);
     // 1xx: an interim answer the client was not asked about (100 went out already when it was).
     if (statusCode < 200) return true;
     const stream = this.stream;
@@ -140,13 +144,14 @@ const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
 const NO_FIELDS: Readonly<Record<string, string>> = Object.freeze({});
 
 /**
- * The origin's trailers with what HTTP/2 forbids dropped; a trailer section
- * Node refuses, or one too large to send (headers.ts), ends the stream with
- * a reset instead.
+ * The origin's trailers without the fields no trailer section may carry
+ * (RFC 9110 §6.5.1, trailer-fields.ts: framing, connection-specific, …) and
+ * what HTTP/2 forbids; a trailer section Node refuses, or one too large to
+ * send (headers.ts), ends the stream with a reset instead.
  */
 function sendTrailers(stream: ServerHttp2Stream, trailers: readonly (Buffer | string)[]): void {
   if (!sendableFieldSection(trailers)) return void stream.close(constants.NGHTTP2_INTERNAL_ERROR);
-  const fields = http2Fields(trailers, NO_FIELDS);
+  const fields = http2Fields(allowedTrailers(trailers), NO_FIELDS);
   try {
     stream.sendTrailers(fields);
   } catch {

@@ -13,9 +13,11 @@
  * pieces with small delays.
  *
  * With each answer come what the test checks it against: the answer a client
- * must get when the origin's was valid and whole (`expect`), and why the
- * origin connection may carry no further request (`poison`: framing that
- * left bytes unaccounted for, or a close the answer announced).
+ * must get when the origin's was valid and whole (`expect`), whether it must
+ * get the proxy's own 502 instead (`refused`: a status outside 100–599, RFC
+ * 9110 §15), and why the origin connection may carry no further request
+ * (`poison`: framing that left bytes unaccounted for, or a close the answer
+ * announced, in its head or its trailers).
  */
 import { prng } from './prng.js';
 
@@ -34,6 +36,8 @@ export interface OriginAnswer {
   readonly toClose: boolean;
   /** Why no request may follow this answer on its origin connection; undefined when one may. */
   readonly poison: string | undefined;
+  /** The status line's code is three digits outside 100–599: the client must get the proxy's 502, never that status. */
+  readonly refused: boolean;
   /** What the client must get (status; body, '' for HEAD) when the answer is valid and whole; undefined when it is not. */
   readonly expect: { readonly status: number; readonly body: string } | undefined;
   /** The mutations applied, for the reports. */
@@ -69,6 +73,7 @@ export function originAnswer(seed: number, c: number, request: number, h2: boole
   /** The status line, given the final status. */
   let statusLine: ((code: number) => string) | undefined;
   let oddStatus = false;
+  let oddCode = '';
   let framing = pick(['length', 'length', 'chunked', 'close'] as const);
   let body = `body-${marker}-${'x'.repeat(int(40))}${r() < 0.1 ? 'y'.repeat(20_000 + int(50_000)) : ''}`;
   const fields: string[] = ['Content-Type: text/plain', `X-Marker: ${marker}`];
@@ -104,15 +109,20 @@ export function originAnswer(seed: number, c: number, request: number, h2: boole
     () => {
       const reasonless = r() < 0.5;
       statusLine = (code) => `HTTP/1.1 ${code}${reasonless ? ' ' : ''}`;
+      oddStatus = false;
       (reasonless ? benign : bad)(`status line ${JSON.stringify(statusLine(status))}`);
     },
     () => {
       const v = pick(['HTTP/1.0', 'HTTP/1.2', 'HTTP/2.0', 'HTTP/0.9', 'http/1.1', 'HTTP/1.1 ', 'HTTP/11', 'ICY']);
       statusLine = (code) => `${v} ${code} ${REASONS[code] ?? 'X'}`;
+      oddStatus = false;
       if (v === 'HTTP/1.0') {
         closes = true;
         benign('HTTP/1.0');
-      } else bad(`version ${v}`);
+      }
+      // A higher minor version is read as the highest one implemented (RFC 9112 §2.3): HTTP/1.1.
+      else if (v === 'HTTP/1.2') benign('HTTP/1.2');
+      else bad(`version ${v}`);
     },
     () => {
       // Not on a 204 or 304 (below): what follows its head would be read as content again.
@@ -120,6 +130,7 @@ export function originAnswer(seed: number, c: number, request: number, h2: boole
       const code = pick(['999', '600', '099', '1000', '20', '2x0', '-200']);
       statusLine = () => `HTTP/1.1 ${code} Odd`;
       oddStatus = true;
+      oddCode = code;
       bad(`status ${code}`);
     },
     () => {
@@ -277,9 +288,12 @@ export function originAnswer(seed: number, c: number, request: number, h2: boole
       fields.push(`Trailer: ${fieldsOf.map((f) => f.slice(0, f.indexOf(':'))).join(', ')}`);
       chunksPoison = undefined;
       chunks = `${body.length.toString(16)}\r\n${body}\r\n0\r\n${fieldsOf.map((f) => `${f}\r\n`).join('')}\r\n`;
-      // Framing and connection fields have no place in trailers (RFC 9110 §6.5.1): a parser may refuse them.
-      const odd = fieldsOf.some((f) => f.includes('\x01') || /X-Big|^(Connection|Transfer-Encoding|Content-Length|TE|Keep-Alive):/.test(f));
+      // Framing and connection fields have no place in trailers (RFC 9110 §6.5.1): they are not passed on, and the
+      // answer is whole; a Connection: close there closes that origin connection after it. A CTL, or a trailer section
+      // past the parser's head bound, is refused.
+      const odd = fieldsOf.some((f) => f.includes('\x01') || f.startsWith('X-Big'));
       (odd ? bad : benign)(`trailers ${JSON.stringify(fieldsOf.slice(0, 3))}`);
+      if (fieldsOf[0] === 'Connection: close') chunksPoison = 'Connection: close in the trailers';
     },
     () => {
       if (framing === 'close') return;
@@ -333,6 +347,7 @@ export function originAnswer(seed: number, c: number, request: number, h2: boole
     closes,
     toClose: !bodyless && framingLines.length === 0 && status !== 204 && status !== 304,
     poison,
+    refused: oddStatus && /^\d{3}$/.test(oddCode) && (Number(oddCode) < 100 || Number(oddCode) > 599),
     expect: valid ? { status, body: bodyless ? '' : body } : undefined,
     notes,
   };
