@@ -55,6 +55,7 @@ export const acmeSectionSchema = strict(
         maxOrdersPerHour: intIn(1, 100_000).optional(),
         maxOrdersPerDomainPerHour: intIn(1, 100_000).optional(),
         maxPendingChecks: intIn(1, 1_000).optional(),
+        maxChecksPerClientPerMinute: intIn(1, 100_000).nullable().optional(),
         publicNamesOnly: z.boolean({ error: 'expected true or false' }).optional(),
       },
       'an object, or null',

@@ -186,6 +186,11 @@ export interface OnDemandConfig {
   /** Names being checked (ask, DNS) at once; more are dropped, so a flood costs bounded work. */
   readonly maxPendingChecks: number;
   /**
+   * Checks (ask, DNS, order) one client (an IPv4 address, an IPv6 /64; trusted proxies not counted) may start: this many
+   * at once, refilled at this many a minute, per node; its other new names are ignored. null: no per-client bound.
+   */
+  readonly maxChecksPerClientPerMinute: number | null;
+  /**
    * Names a publicly-trusted CA refuses by policy (a TLD not in the root zone, a special-use name, more than 10 labels)
    * are ignored before the ask endpoint (proxy/acme/on-demand-ca-names.ts); false for a private CA issuing internal names.
    */

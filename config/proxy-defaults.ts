@@ -144,6 +144,9 @@ export const PROXY_DEFAULTS = Object.freeze({
     maxOrdersPerHour: 100,
     maxOrdersPerDomainPerHour: 10,
     maxPendingChecks: 16,
+    // A browser brings one new name, or a few (www, api, assets); a client flooding new names gets ten asks, then one
+    // every 6 s (proxy/acme/on-demand-clients.ts).
+    maxChecksPerClientPerMinute: 10,
     // On-demand issuance is mostly from a public CA (Let's Encrypt), which refuses internal and special-use names.
     publicNamesOnly: true,
   }),

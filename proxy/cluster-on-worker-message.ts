@@ -8,7 +8,7 @@
  */
 import type { Worker } from 'node:cluster';
 import { boardAppliedGeneration } from './acme/challenges.js';
-import { wantedName } from './acme/on-demand-names.js';
+import { wantedClient, wantedName } from './acme/on-demand-names.js';
 import type { RunningAcme } from './acme/service.js';
 import type { ChallengeBoard } from './cluster-acme.js';
 import { applyMessage, isAppliedMessage, isMessage, PACK_OPENED, SHUTDOWN, serveMessage, TICKET_KEYS_APPLIED, WANT_TICKET_KEY } from './cluster-messages.js';
@@ -46,7 +46,7 @@ export function onWorkerMessage(
   } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
     ticketRing.applied(worker, Number((message as { generation?: unknown }).generation));
   } else if (wantedName(message) !== undefined) {
-    void acme?.onDemand?.wanted(wantedName(message) ?? '');
+    void acme?.onDemand?.wanted(wantedName(message) ?? '', wantedClient(message));
   } else if (boardAppliedGeneration(message) !== undefined) {
     board.applied(worker, boardAppliedGeneration(message) ?? -1);
   } else if (isAppliedMessage(message)) {

@@ -59,7 +59,13 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   };
 
   // A name no certificate covers may be one a customer just pointed here: on-demand issuance is told (never waited for).
-  const reportMiss = config.acme?.onDemand == null || process.send === undefined ? undefined : missReporter((name) => process.send?.(wantedMessage(name)));
+  const reportMiss =
+    config.acme?.onDemand == null || process.send === undefined
+      ? undefined
+      : missReporter(
+          (name, client) => process.send?.(wantedMessage(name, client)),
+          (address) => front.trustedPeers.trusts(address),
+        );
   const alpnChallenges = challenges === undefined ? undefined : new AlpnChallengeContexts(challenges, keySource);
   // One set of caps for every port of the worker, the plain-HTTP one included.
   const caps = workerConnectionLimits(limits, (address) => front.trustedPeers.trusts(address));

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
@@ -18,7 +18,10 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // CA's (publicNamesOnly, the default): names under a TLD of the root zone
 // (.dev; pebble's DNS answers for them, nothing leaves the machine), and a name
 // a public CA refuses by policy (more than 10 labels, a special-use or internal
-// TLD) never reaches the ask endpoint.
+// TLD) never reaches the ask endpoint. One client flooding new names under many
+// registered domains starts at most maxChecksPerClientPerMinute (the default,
+// 10) checks, counted per source address across the workers; another client's
+// name is still checked.
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let ask: http.Server;
@@ -32,7 +35,7 @@ beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
-    res.writeHead(domain.endsWith('.evil.dev') ? 403 : 200).end();
+    res.writeHead(domain.includes('evil') ? 403 : 200).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
   proxy = await acmeLab.startProxy(['*.test'], {
@@ -51,10 +54,11 @@ afterAll(async () => {
   await acmeLab?.close();
 });
 
-/** A handshake for `name`; resolves with the served certificate's subject CN, or the error. */
-function handshake(name: string, ca?: string): Promise<{ ok: boolean; error?: string }> {
+/** A handshake for `name` (from the loopback address `from`); resolves with whether it succeeded, or the error. */
+function handshake(name: string, from = '127.0.0.1'): Promise<{ ok: boolean; error?: string }> {
   return new Promise((resolve) => {
-    const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: name, ...(ca === undefined ? { rejectUnauthorized: false } : { ca }) });
+    const tcp = net.connect({ host: '127.0.0.1', port: proxy.port, localAddress: from });
+    const socket = tls.connect({ socket: tcp, servername: name, rejectUnauthorized: false });
     socket.setTimeout(15_000, () => socket.destroy(new Error('timeout')));
     socket.once('secureConnect', () => {
       socket.destroy();
@@ -131,7 +135,8 @@ describe('on-demand issuance', () => {
     for (let i = 0; i < names.length; i += 50) await Promise.all(names.slice(i, i + 50).map((n) => pebble.setCname(n, EDGE)));
     let failedFast = 0;
     for (let i = 0; i < names.length; i += 25) {
-      const results = await Promise.all(names.slice(i, i + 25).map((n) => handshake(n)));
+      // Ten names from each of 100 addresses: within each client's checks (maxChecksPerClientPerMinute), so only the domain's limit stops them.
+      const results = await Promise.all(names.slice(i, i + 25).map((n, j) => handshake(n, `127.0.1.${1 + Math.floor((i + j) / 10)}`)));
       failedFast += results.filter((r) => !r.ok).length;
     }
     expect(failedFast).toBe(1000);
@@ -162,6 +167,41 @@ describe('on-demand issuance', () => {
         return new RegExp(`keyedge_proxy_acme_on_demand_total\\{outcome="ignored",reason="${reason}"\\} [1-9]`).test(metrics) ? true : undefined;
       });
     }
+  }, 60_000);
+
+  it('one client flooding new names under many registered domains: at most maxChecksPerClientPerMinute asks; another client is still asked', async () => {
+    // Each name was asked about, at the client's handshake rate: the ask endpoint had no bound per client.
+    const counted = async (): Promise<{ all: number; limited: number }> => {
+      const lines = (await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()).split('\n');
+      const values = lines.filter((l) => l.startsWith('keyedge_proxy_acme_on_demand_total{'));
+      const sum = (ls: string[]): number => ls.reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
+      return { all: sum(values), limited: sum(values.filter((l) => l.includes('reason="client_limit"'))) };
+    };
+    const before = await counted();
+    const names = Array.from({ length: 60 }, (_, i) => `www.evil-${i}.dev`);
+    for (let i = 0; i < names.length; i += 4) {
+      // The same TLS answer as any unknown name's, bound or not.
+      for (const result of await Promise.all(names.slice(i, i + 4).map((n) => handshake(n, '127.0.0.3')))) {
+        expect(result.error).toMatch(/unrecognized name|unrecognized_name|alert number 112/i);
+      }
+    }
+    // Every name reaches the gate (two workers, one primary) and is decided once: asked, or ignored for its client.
+    const after = await waitFor('every flood name decided', async () => {
+      const now = await counted();
+      return now.all - before.all >= names.length ? now : undefined;
+    });
+    const askedFlood = names.filter((n) => asked.has(n)).length;
+    // The default bucket: 10 at once, then one every 6 s (a second or two more while the handshakes ran).
+    expect(askedFlood).toBeGreaterThan(0);
+    expect(askedFlood).toBeLessThanOrEqual(12);
+    expect(after.limited - before.limited).toBeGreaterThanOrEqual(names.length - 12);
+    // Logged a few lines, not one per name.
+    const lines = proxy.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('maxChecksPerClientPerMinute'));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.length).toBeLessThanOrEqual(20);
+    // Another address: its own bucket, its name asked about.
+    expect((await handshake('www.evil-second.dev', '127.0.0.4')).ok).toBe(false);
+    await waitFor("the second client's name asked about", () => (asked.get('www.evil-second.dev') === 1 ? true : undefined));
   }, 60_000);
 
   // Last: the loop keeps retrying the failing entry in the background, which would count in the tests' orders above.

@@ -1,16 +1,20 @@
 /**
  * On-demand issuance, the worker's half and what both halves share: which
  * names are plain DNS names a CA could issue for (gate 1's syntax check), the
- * IPC message a worker sends for a name no certificate covers, and the
- * worker's reporter that sends each such name at most once per interval.
+ * IPC message a worker sends for a name no certificate covers (with the
+ * client that sent it, for the per-client bound of gate 4), and the worker's
+ * reporter that sends each such name at most once per interval.
  * Apart from on-demand.ts (the primary's gates) so that a worker loads neither
  * the gate nor the Public Suffix List it uses (about 10 MB of RSS per worker).
  */
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
 import { LRUCache } from 'lru-cache';
+import { clientKey } from '../tls/connection-limits.js';
 
 const WANTED = 'keyedge:acme-wanted';
+/** Longer than any clientKey ('ffff:ffff:ffff:ffff::/64', an IPv4 address). */
+const MAX_CLIENT_KEY = 64;
 /** LDH labels of 1-63 characters (RFC 1035 §2.3.1), at least two (a CA issues for no single-label name). */
 const LDH_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /**
@@ -65,8 +69,9 @@ function validALabels(name: string): boolean {
   return unicode !== '' && !A_LABEL.test(unicode) && domainToASCII(unicode) === name;
 }
 
-export function wantedMessage(name: string): { type: typeof WANTED; name: string } {
-  return { type: WANTED, name };
+/** `client`: who sent the name, as the gate's per-client bound counts it (clientOf); none for a trusted proxy. */
+export function wantedMessage(name: string, client: string | undefined): { type: typeof WANTED; name: string; client?: string } {
+  return client === undefined ? { type: WANTED, name } : { type: WANTED, name, client };
 }
 
 export function wantedName(message: unknown): string | undefined {
@@ -75,19 +80,39 @@ export function wantedName(message: unknown): string | undefined {
   return typeof name === 'string' && name.length <= 253 ? name.toLowerCase() : undefined;
 }
 
+/** The client of a wanted message (wantedName's); undefined when it has none (a trusted proxy's), or not a short string. */
+export function wantedClient(message: unknown): string | undefined {
+  const client = typeof message === 'object' && message !== null ? (message as { client?: unknown }).client : undefined;
+  return typeof client === 'string' && client.length <= MAX_CLIENT_KEY ? client : undefined;
+}
+
+/**
+ * Who a handshake's peer counts as for the gate's per-client bound (on-demand-clients.ts): as for the connection caps,
+ * its IPv4 address or its IPv6 address's /64 (clientKey); none for a trusted proxy, whose connections carry many
+ * clients, or a peer already gone (no address).
+ */
+export function clientOf(address: string | undefined, trusted: (address: string) => boolean): string | undefined {
+  return address === undefined || trusted(address) ? undefined : clientKey(address);
+}
+
 /**
  * The worker's side: report each unknown name at most once per `intervalMs`
  * (bounded memory), so a flood of handshakes costs the primary one message
  * per name, not one per handshake; a name that is not a DNS name is not
- * reported (nor remembered).
+ * reported (nor remembered). Each name goes with the client of the handshake
+ * that reported it (clientOf; `trusted`: the peers not counted as one client).
  */
-export function missReporter(send: (name: string) => void, intervalMs = 10_000): (name: string) => void {
+export function missReporter(
+  send: (name: string, client: string | undefined) => void,
+  trusted: (address: string) => boolean = () => false,
+  intervalMs = 10_000,
+): (name: string, address?: string) => void {
   const recent = new LRUCache<string, true>({ max: 10_000, ttl: intervalMs });
-  return (name) => {
+  return (name, address) => {
     // The gate would ignore it: not kept, not sent. An SNI may be 16 KB, and 10,000 of them were kept here and sent over IPC.
     if (!isDnsName(name)) return;
     if (recent.has(name)) return;
     recent.set(name, true);
-    send(name);
+    send(name, clientOf(address, trusted));
   };
 }

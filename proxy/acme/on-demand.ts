@@ -19,8 +19,10 @@
  *      anyway is not asked about. Each of 1,000 random names under one registered domain was asked about, though
  *      `maxOrdersPerDomainPerHour` of them at most could be ordered: the ask endpoint took a flood the limit had
  *      already stopped;
- *   4. at most `maxPendingChecks` names are being checked at once, and checks are not paused after one that
- *      failed (on-demand-ask.ts); others are dropped, not queued (`busy`);
+ *   4. the client that sent it has a check left (`maxChecksPerClientPerMinute`, a token bucket per client
+ *      address, IPv6 per /64: on-demand-clients.ts; over it the name is ignored, reason `client_limit`, as one not
+ *      allowed yet), at most `maxPendingChecks` names are being checked at once, and checks are not paused after
+ *      one that failed (on-demand-ask.ts); others are dropped, not queued (`busy`);
  *   5. the `ask` URL answers 2xx for `?domain=NAME` within `askTimeoutMs` (a user and password in the URL
  *      are sent as Basic authorization; on-demand-ask.ts);
  *   6. with `cnameTarget`, the name's CNAME is that target (the DNS check the seed product did);
@@ -47,6 +49,7 @@ import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { LogLimiter } from '../../keyserver/shared/log-limiter.js';
 import { ALLOWED, askEndpoint, CheckPause, type CheckVerdict } from './on-demand-ask.js';
+import { ClientChecks } from './on-demand-clients.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 import { judgeName, type NameRefusal } from './on-demand-ca-names.js';
 
@@ -55,10 +58,15 @@ const LOG_INTERVAL_MS = 10_000;
 const LOG_BURST = 10;
 /** Resolver errors that are the DNS's answer about the name (RFC 2308: NXDOMAIN, NODATA), not a failure to get one. */
 const DNS_ANSWERS = new Set(['ENOTFOUND', 'ENODATA']);
+/** The `reason` of a name ignored because its client is over `maxChecksPerClientPerMinute`. */
+const CLIENT_LIMIT = 'client_limit';
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
-/** Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, or it is being checked. */
-export type IgnoredReason = NameRefusal | 'managed' | 'checking';
+/**
+ * Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, it is being checked, or
+ * the client that sent it is over its checks (gate 4).
+ */
+export type IgnoredReason = NameRefusal | 'managed' | 'checking' | typeof CLIENT_LIMIT;
 
 export interface OnDemandDeps {
   readonly config: OnDemandConfig;
@@ -79,6 +87,8 @@ export class OnDemandGate {
   readonly #resolver: Resolver;
   readonly #ask: ((name: string) => Promise<CheckVerdict>) | undefined;
   readonly #pause = new CheckPause();
+  /** Checks per client (gate 4); none when `maxChecksPerClientPerMinute` is null. */
+  readonly #clients: ClientChecks | undefined;
   /**
    * A client picks the names, so it picks how many are refused or
    * rate-limited: their lines are capped per outcome (random names under a
@@ -91,24 +101,42 @@ export class OnDemandGate {
     this.#deps = deps;
     this.#ask = deps.config.ask === null ? undefined : askEndpoint(deps.config.ask, deps.config.askTimeoutMs);
     this.#ledger = deps.ledger ?? new LocalLedger(deps.config);
+    const perClient = deps.config.maxChecksPerClientPerMinute;
+    this.#clients = perClient === null ? undefined : new ClientChecks(perClient);
     this.#resolver = new Resolver({ timeout: deps.config.askTimeoutMs, tries: 1 });
     if (deps.config.resolver !== null) this.#resolver.setServers([deps.config.resolver]);
   }
 
-  /** A worker saw a handshake for `name`, which no certificate covers. Resolves with what was decided (tests, logs). */
-  async wanted(name: string): Promise<OnDemandOutcome> {
+  /**
+   * A worker saw a handshake for `name`, which no certificate covers, from `client` (its clientKey; none: a trusted
+   * proxy's, not bounded). Resolves with what was decided (tests, logs).
+   */
+  async wanted(name: string, client?: string): Promise<OnDemandOutcome> {
     const judged = judgeName(name, this.#deps.config.publicNamesOnly);
     const ignored = 'refusal' in judged ? judged.refusal : this.#deps.isManaged(name) ? 'managed' : this.#checking.has(name) ? 'checking' : undefined;
-    const outcome = ignored === undefined && 'domain' in judged ? await this.#decide(name, judged.domain) : 'ignored';
-    this.#deps.onOutcome?.(outcome, ignored);
+    const decided = ignored === undefined && 'domain' in judged ? await this.#decide(name, judged.domain, client) : 'ignored';
+    const outcome = decided === CLIENT_LIMIT ? 'ignored' : decided;
+    this.#deps.onOutcome?.(outcome, decided === CLIENT_LIMIT ? CLIENT_LIMIT : ignored);
     return outcome;
   }
 
-  async #decide(name: string, domain: string): Promise<OnDemandOutcome> {
+  async #decide(name: string, domain: string, client: string | undefined): Promise<OnDemandOutcome | typeof CLIENT_LIMIT> {
     const { config, log } = this.#deps;
     if (this.#ledger.refused(name)) return 'remembered';
     if (this.#ledger.full(domain)) return 'rate_limited';
+    // Before `busy`: a flooding client is told apart from a busy gate, and takes a token only for a check it starts.
+    if (this.#clients?.allows(client) === false) {
+      this.#limiter.write(
+        log,
+        'warn',
+        CLIENT_LIMIT,
+        { client, name },
+        'on-demand certificate not checked: the client is over acme.onDemand.maxChecksPerClientPerMinute',
+      );
+      return CLIENT_LIMIT;
+    }
     if (this.#checking.size >= config.maxPendingChecks || this.#pause.paused()) return 'busy';
+    this.#clients?.take(client);
     this.#checking.add(name);
     try {
       const verdict = await this.#check(name);

@@ -73,10 +73,10 @@ export interface TlsListenerOptions {
   readonly handshakeTimeoutMs: number;
   /**
    * Told of each SNI host name (normalised; not any other bytes) no
-   * certificate covers by itself (before any fallback): on-demand issuance may want it (acme/on-demand.ts). Must not
-   * block; the handshake goes on with what serves now.
+   * certificate covers by itself (before any fallback), with the peer's address (its per-client bound):
+   * on-demand issuance may want it (acme/on-demand.ts). Must not block; the handshake goes on with what serves now.
    */
-  readonly onUncoveredName?: (serverName: string) => void;
+  readonly onUncoveredName?: (serverName: string, address: string | undefined) => void;
   /** The worker's caps, shared by its listeners; none when absent. */
   readonly limit?: ConnectionLimit;
   readonly clientLimit?: ClientConnectionLimit;
@@ -190,7 +190,7 @@ export class TlsListener {
       }
       let choice: ContextChoice | undefined;
       try {
-        choice = this.#choose(peek);
+        choice = this.#choose(peek, socket.remoteAddress);
       } catch {
         // Logged where it failed; the client sees the connection closed.
         metrics.handshakes.inc({ result: 'failed', tls_version: 'none', resumed: 'false' });
@@ -224,16 +224,16 @@ export class TlsListener {
   }
 
   /** The connection's context from its ClientHello; undefined for a name to refuse with unrecognized_name. */
-  #choose(peek: HelloPeek): ContextChoice | undefined {
+  #choose(peek: HelloPeek, address: string | undefined): ContextChoice | undefined {
     const { contexts, profile } = this.#options;
-    if (peek.kind !== 'hello') return { kind: 'by-callback', context: contexts.withoutCertificate(profile), pick: (name) => this.#pick(name) };
+    if (peek.kind !== 'hello') return { kind: 'by-callback', context: contexts.withoutCertificate(profile), pick: (name) => this.#pick(name, address) };
     const serverName = normaliseName(peek.serverName);
     const own = this.#protocols.ownContext(serverName, peek.alpn);
     if (own !== undefined) return { kind: 'own', ...own, serverName, offered: peek.alpn };
     const state = this.#options.serving();
     // One lookup per connection: a name no certificate covers by itself is told, then served the fallback, if any.
     const covering = peek.serverName === undefined ? undefined : selectByName(state.sni, peek.serverName, undefined)?.value;
-    if (covering === undefined && serverName !== undefined && HOST_NAME.test(serverName)) this.#options.onUncoveredName?.(serverName);
+    if (covering === undefined && serverName !== undefined && HOST_NAME.test(serverName)) this.#options.onUncoveredName?.(serverName, address);
     const selected = peek.serverName === undefined ? state.noSni : (covering ?? state.fallback);
     // No default certificate for a client without SNI: a context without one, whose handshake fails as Node's did.
     if (selected === undefined)
@@ -249,13 +249,16 @@ export class TlsListener {
   }
 
   /** For a ClientHello only OpenSSL could read: its certificate callback's choice, as #choose's (no name: the default certificate). */
-  #pick(serverName: string | undefined): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
+  #pick(
+    serverName: string | undefined,
+    address: string | undefined,
+  ): { certificate: ServedCertificate; context: tls.SecureContext; staple: Buffer | undefined } | undefined {
     const state = this.#options.serving();
     if (serverName === undefined) return this.#picked(state.noSni);
     // As #choose: a name no certificate covers by itself is told, then served the fallback, if any.
     const covering = selectByName(state.sni, serverName, undefined)?.value;
     const name = normaliseName(serverName);
-    if (covering === undefined && name !== undefined && HOST_NAME.test(name)) this.#options.onUncoveredName?.(name);
+    if (covering === undefined && name !== undefined && HOST_NAME.test(name)) this.#options.onUncoveredName?.(name, address);
     return this.#picked(covering ?? state.fallback);
   }
 
