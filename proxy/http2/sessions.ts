@@ -32,7 +32,8 @@
  *   open whose last frames the client never takes is closed after
  *   `limits.sendTimeoutMs`, one Node destroyed after a second (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
- * NO_ERROR to every connection, letting streams in flight finish (§6.8).
+ * NO_ERROR to every connection, letting streams in flight finish (§6.8),
+ * and to each one whose handshake completes after it, as it starts.
  *
  * Cost: one session object and a few closures per connection; per stream,
  * no listener of its own (the stream's one 'close' listener, stream.ts,
@@ -112,6 +113,8 @@ export class Http2Sessions {
   #peerCheck: NodeJS.Timeout | undefined;
   /** The session made for the socket being handed over (set by #start). */
   #started: ServerHttp2Session | undefined;
+  /** Set by close(): the worker is shutting down, and every connection, even one still arriving, gets GOAWAY. */
+  #shuttingDown = false;
   /** Answers whose end waits on the client's window: since when, with how many bytes pending (#checkEnds). */
   readonly #ends = new WeakMap<ServerHttp2Stream, { readonly at: number; readonly pending: number }>();
 
@@ -165,8 +168,15 @@ export class Http2Sessions {
     return retired;
   }
 
-  /** GOAWAY NO_ERROR to every connection: streams in flight finish, no new ones start. */
+  /**
+   * GOAWAY NO_ERROR to every connection: streams in flight finish, no new ones
+   * start. A connection whose handshake completes after this (the listener
+   * stops accepting, but lets handshakes under way finish) gets its GOAWAY as
+   * its session starts (#start): served as usual, its streams would reach the
+   * origins until the grace period cut them, mid-answer.
+   */
   close(): void {
+    this.#shuttingDown = true;
     for (const [session, live] of this.#live) if (!live.closing) this.#goAway(session, live, 'shutdown');
   }
 
@@ -321,6 +331,8 @@ export class Http2Sessions {
       }
       metrics.http2StreamsPerSession.observe(live.streams);
     });
+    // GOAWAY with last stream 0 (RFC 9113 §6.8): the client retries its requests on a connection elsewhere.
+    if (this.#shuttingDown) this.#goAway(session, live, 'shutdown');
   }
 
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
