@@ -99,8 +99,24 @@ interface Live {
   /** Streams not yet closed, whose origin requests the connection's end aborts. */
   readonly open: Set<ServerHttp2Stream>;
   closing: boolean;
+  /** Cut for resetting too many streams (#abuse): its destroy's last GOAWAY says so too (destroySession). */
+  calmed: boolean;
   /** When #checkPeers first found the session closing, no stream open, its socket still open. */
   lastWriteSince: number | undefined;
+}
+
+/**
+ * Destroys a session (one not yet destroyed). Node's destroy sends a last
+ * GOAWAY with the code it is given (Http2Session::Close), NO_ERROR by
+ * default: after our GOAWAY ENHANCE_YOUR_CALM, that told the client the
+ * connection had ended gracefully (RFC 9113 §5.4.1), so a connection cut for
+ * abuse is destroyed with its code, however its end comes (our linger, the
+ * client's close, nghttp2 done with it: #checkPeers). The 'error' that
+ * destroy emits is heard (#start).
+ */
+function destroySession(session: ServerHttp2Session, live: Live | undefined): void {
+  if (live?.calmed === true) session.destroy(new Error('HTTP/2 connection reset too many streams'), constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  else session.destroy();
 }
 
 export class Http2Sessions {
@@ -190,7 +206,7 @@ export class Http2Sessions {
     if (session === undefined) return;
     const live = this.#live.get(session);
     if (live !== undefined) for (const stream of live.open) abandonStream(stream);
-    if (destroy && !session.destroyed) session.destroy();
+    if (destroy && !session.destroyed) destroySession(session, live);
   }
 
   /**
@@ -292,6 +308,7 @@ export class Http2Sessions {
       streams: 0,
       open: new Set(),
       closing: false,
+      calmed: false,
       lastWriteSince: undefined,
     };
     this.#live.set(session, live);
@@ -365,10 +382,11 @@ export class Http2Sessions {
   /** Rapid Reset or MadeYouReset (reset-guard.ts): GOAWAY ENHANCE_YOUR_CALM, and the connection goes. */
   #abuse(session: ServerHttp2Session, live: Live): void {
     live.closing = true;
+    live.calmed = true;
     this.#options.metrics.http2SessionsClosed.inc({ reason: 'reset_flood' });
     this.#options.log.warn({ client: live.connection.peer, resets: live.resets.total }, 'HTTP/2 connection reset too many streams: GOAWAY ENHANCE_YOUR_CALM');
     if (!session.destroyed) session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    setTimeout(() => session.destroy(), GOAWAY_LINGER_MS).unref();
+    setTimeout(() => destroySession(session, live), GOAWAY_LINGER_MS).unref();
   }
 
   #goAway(session: ServerHttp2Session, live: Live, reason: Http2CloseReason): void {
