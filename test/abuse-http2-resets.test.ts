@@ -118,6 +118,8 @@ describe('HTTP/2 reset attacks', () => {
       Buffer.concat([getHeaders(id, HOST, `/rapid/answer?delayMs=1000&size=1024`), rstStream(id, http2.constants.NGHTTP2_CANCEL)]),
     );
     expect(rapid.client.goaways).toContain(ENHANCE_YOUR_CALM);
+    // The connection's last GOAWAY, as it closes, says why too: a NO_ERROR one would tell the client it ended gracefully.
+    expect(rapid.client.goaways).not.toContain(http2.constants.NGHTTP2_NO_ERROR);
     expect(rapid.goawaySeconds).toBeLessThan(10);
     expect(rapid.closed).toBe(true);
 

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
-import type net from 'node:net';
+import net from 'node:net';
+import tls from 'node:tls';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Registry } from 'prom-client';
@@ -47,6 +48,8 @@ let proxy: RunningWorker;
 let originUrl: string;
 let origin: http.Server;
 let ca: string;
+/** Every path the origin was asked for. */
+const originSaw: string[] = [];
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -54,6 +57,7 @@ beforeAll(async () => {
   const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
   // 1 MiB answers: the client is still being sent one when it goes. /slow: a short answer after SLOW_ORIGIN_MS.
   origin = http.createServer((req, res) => {
+    originSaw.push(req.url ?? '');
     if (req.url === '/slow') return void setTimeout(() => res.writeHead(200, { 'content-length': 3 }).end('ok\n'), SLOW_ORIGIN_MS);
     res.writeHead(200, { 'content-length': 1 << 20 }).end(Buffer.alloc(1 << 20));
   });
@@ -220,4 +224,30 @@ it('a connection whose client sent frames without the preface and left is closed
     }),
   );
   await waitFor('the abandoned connections closed', () => proxy.listeners[0]!.connections === 0 || undefined, 10_000);
+}, 30_000);
+
+it('a connection whose handshake completes after shutdown began gets GOAWAY at once: its streams are refused, never sent to the origin', async () => {
+  // The listener stops accepting but lets handshakes under way finish; such a connection was served as usual, its
+  // requests forwarded, until the grace period cut it.
+  await withShortWorker('ec-late', {}, async (short) => {
+    const tcp = net.connect({ host: '127.0.0.1', port: short.ports[0]! });
+    await new Promise((resolve) => tcp.once('connect', resolve));
+    await waitFor('the connection accepted', () => short.listeners[0]!.connections > 0 || undefined);
+    const closing = short.close();
+    const socket = tls.connect({ socket: tcp, ca, servername: 'a.lab.test', ALPNProtocols: ['h2'] });
+    const session = http2.connect('https://a.lab.test', { createConnection: () => socket });
+    session.on('error', () => undefined);
+    const goaway = new Promise<number>((resolve) => session.once('goaway', resolve));
+    const stream = session.request({ ':path': '/late-handshake', ':authority': 'a.lab.test' });
+    stream.on('error', () => undefined);
+    const status = await new Promise<number | undefined>((resolve) => {
+      stream.once('response', (headers) => resolve(Number(headers[':status'])));
+      stream.once('close', () => resolve(undefined));
+    });
+    session.destroy();
+    expect(status, 'the request was answered').toBeUndefined();
+    expect(await Promise.race([goaway, sleep(1000).then(() => 'none')])).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    expect(originSaw).not.toContain('/late-handshake');
+    await closing;
+  });
 }, 30_000);

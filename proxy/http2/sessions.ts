@@ -32,7 +32,8 @@
  *   open whose last frames the client never takes is closed after
  *   `limits.sendTimeoutMs`, one Node destroyed after a second (`#checkLastWrite`).
  * Floods of frames are nghttp2's (settings.ts). `close()` sends GOAWAY
- * NO_ERROR to every connection, letting streams in flight finish (§6.8).
+ * NO_ERROR to every connection, letting streams in flight finish (§6.8),
+ * and to each one whose handshake completes after it, as it starts.
  *
  * Cost: one session object and a few closures per connection; per stream,
  * no listener of its own (the stream's one 'close' listener, stream.ts,
@@ -98,8 +99,24 @@ interface Live {
   /** Streams not yet closed, whose origin requests the connection's end aborts. */
   readonly open: Set<ServerHttp2Stream>;
   closing: boolean;
+  /** Cut for resetting too many streams (#abuse): its destroy's last GOAWAY says so too (destroySession). */
+  calmed: boolean;
   /** When #checkPeers first found the session closing, no stream open, its socket still open. */
   lastWriteSince: number | undefined;
+}
+
+/**
+ * Destroys a session (one not yet destroyed). Node's destroy sends a last
+ * GOAWAY with the code it is given (Http2Session::Close), NO_ERROR by
+ * default: after our GOAWAY ENHANCE_YOUR_CALM, that told the client the
+ * connection had ended gracefully (RFC 9113 §5.4.1), so a connection cut for
+ * abuse is destroyed with its code, however its end comes (our linger, the
+ * client's close, nghttp2 done with it: #checkPeers). The 'error' that
+ * destroy emits is heard (#start).
+ */
+function destroySession(session: ServerHttp2Session, live: Live | undefined): void {
+  if (live?.calmed === true) session.destroy(new Error('HTTP/2 connection reset too many streams'), constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  else session.destroy();
 }
 
 export class Http2Sessions {
@@ -112,6 +129,8 @@ export class Http2Sessions {
   #peerCheck: NodeJS.Timeout | undefined;
   /** The session made for the socket being handed over (set by #start). */
   #started: ServerHttp2Session | undefined;
+  /** Set by close(): the worker is shutting down, and every connection, even one still arriving, gets GOAWAY. */
+  #shuttingDown = false;
   /** Answers whose end waits on the client's window: since when, with how many bytes pending (#checkEnds). */
   readonly #ends = new WeakMap<ServerHttp2Stream, { readonly at: number; readonly pending: number }>();
 
@@ -165,8 +184,15 @@ export class Http2Sessions {
     return retired;
   }
 
-  /** GOAWAY NO_ERROR to every connection: streams in flight finish, no new ones start. */
+  /**
+   * GOAWAY NO_ERROR to every connection: streams in flight finish, no new ones
+   * start. A connection whose handshake completes after this (the listener
+   * stops accepting, but lets handshakes under way finish) gets its GOAWAY as
+   * its session starts (#start): served as usual, its streams would reach the
+   * origins until the grace period cut them, mid-answer.
+   */
   close(): void {
+    this.#shuttingDown = true;
     for (const [session, live] of this.#live) if (!live.closing) this.#goAway(session, live, 'shutdown');
   }
 
@@ -180,7 +206,7 @@ export class Http2Sessions {
     if (session === undefined) return;
     const live = this.#live.get(session);
     if (live !== undefined) for (const stream of live.open) abandonStream(stream);
-    if (destroy && !session.destroyed) session.destroy();
+    if (destroy && !session.destroyed) destroySession(session, live);
   }
 
   /**
@@ -282,6 +308,7 @@ export class Http2Sessions {
       streams: 0,
       open: new Set(),
       closing: false,
+      calmed: false,
       lastWriteSince: undefined,
     };
     this.#live.set(session, live);
@@ -321,6 +348,8 @@ export class Http2Sessions {
       }
       metrics.http2StreamsPerSession.observe(live.streams);
     });
+    // GOAWAY with last stream 0 (RFC 9113 §6.8): the client retries its requests on a connection elsewhere.
+    if (this.#shuttingDown) this.#goAway(session, live, 'shutdown');
   }
 
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {
@@ -353,10 +382,11 @@ export class Http2Sessions {
   /** Rapid Reset or MadeYouReset (reset-guard.ts): GOAWAY ENHANCE_YOUR_CALM, and the connection goes. */
   #abuse(session: ServerHttp2Session, live: Live): void {
     live.closing = true;
+    live.calmed = true;
     this.#options.metrics.http2SessionsClosed.inc({ reason: 'reset_flood' });
     this.#options.log.warn({ client: live.connection.peer, resets: live.resets.total }, 'HTTP/2 connection reset too many streams: GOAWAY ENHANCE_YOUR_CALM');
     if (!session.destroyed) session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    setTimeout(() => session.destroy(), GOAWAY_LINGER_MS).unref();
+    setTimeout(() => destroySession(session, live), GOAWAY_LINGER_MS).unref();
   }
 
   #goAway(session: ServerHttp2Session, live: Live, reason: Http2CloseReason): void {
