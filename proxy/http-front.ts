@@ -26,7 +26,7 @@ import type { OriginPools } from './http/origins.js';
 import { createHttp1Server, startRedirectServer } from './http/server.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { createUpgradeHandler } from './http/upgrade.js';
-import { http2Connection, Http2Sessions } from './http2/sessions.js';
+import { http2Connection, type Http2Options, Http2Sessions } from './http2/sessions.js';
 import type { ProxyMetrics } from './metrics.js';
 import type { WorkerConnectionCaps } from './tls/connection-limits.js';
 import type { SecureConnectionHandler } from './tls/connection.js';
@@ -38,6 +38,8 @@ export interface HttpFrontOptions {
   readonly pools: OriginPools;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** Whether what serves now still covers every name an HTTP/2 connection's certificate had (http2/sessions.ts retires it otherwise). */
+  readonly stillCovered: Http2Options['stillCovered'];
 }
 
 export class HttpFront {

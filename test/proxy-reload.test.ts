@@ -2,17 +2,23 @@ import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import http2 from 'node:http2';
 import https from 'node:https';
-import type net from 'node:net';
+import net from 'node:net';
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
+import { closeSession, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { runCli, sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { createCa, issue, issueForPublicKey } from './helpers/pki.js';
 
 const DAY_MS = 86_400_000;
+/** Names served by store entries the HTTP/2 cases change, routed to origin B. */
+const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -24,6 +30,10 @@ let originBPort: number;
 let baseConfig: (ports: { port: number; adminPort: number; storeDir: string; tokenFile: string }) => Record<string, unknown>;
 let ports: { port: number; adminPort: number; storeDir: string; tokenFile: string };
 let configChain: string;
+/** Every path origin B was asked for; its /held answers, waiting for the test. */
+const originBSaw: string[] = [];
+const held: (() => void)[] = [];
+const SLOW_BODY = 'h'.repeat(200_000);
 
 async function servedSerial(name: string): Promise<string | undefined> {
   const result = await nodeGet(proxy.port, name, ca);
@@ -59,7 +69,12 @@ async function get(name: string, agent?: https.Agent): Promise<{ status: number;
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
-  originB = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('origin-b'));
+  originB = http.createServer((req, res) => {
+    originBSaw.push(req.url ?? '');
+    // /held: answered (SLOW_BODY) only when the test releases it: a stream still in flight across a reload.
+    if (req.url === '/held') held.push(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(SLOW_BODY));
+    else res.writeHead(200, { 'content-type': 'text/plain' }).end('origin-b');
+  });
   await new Promise<void>((resolve) => originB.listen(0, '127.0.0.1', resolve));
   originBPort = (originB.address() as net.AddressInfo).port;
   configChain = (await lab.certificate('config-ec', lab.keys.ec, ['cfg.lab.test'])).file;
@@ -79,6 +94,7 @@ beforeAll(async () => {
         { name: 'app.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
         { name: 'cfg.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
         { name: 'store.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
+        ...H2_NAMES.map((name) => ({ name, origin: `http://127.0.0.1:${originBPort}` })),
       ],
       admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
       // Only the watch, SIGHUP and the admin API trigger reloads here: the rescan is out of the way.
@@ -291,6 +307,126 @@ describe('certificate reload', () => {
     expect(text).toMatch(/keyedge_proxy_reloads_total\{trigger="admin",result="ok"\} [1-9]/);
     expect(text).toMatch(/keyedge_proxy_certificate_expiry_seconds\{certificate="store"\} \d+/);
     expect(text).toMatch(/keyedge_proxy_certificates\{state="serving"\} 4/);
+  });
+});
+
+describe('HTTP/2 connections after a certificate change', () => {
+  /** keyedge_proxy_http2_connections_closed_total{reason="certificate"}, summed over the workers. */
+  const retiredCount = async (): Promise<number> => {
+    const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+    const lines = text.split('\n').filter((l) => l.startsWith('keyedge_proxy_http2_connections_closed_total{') && l.includes('reason="certificate"'));
+    return lines.reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  };
+  /** Writes store entry `entry` with a certificate for `names` and waits until every worker serves it. */
+  const serveEntry = async (entry: string, names: string[]): Promise<void> => {
+    const cert = await lab.certificate(`${entry}-${names.length}-${Date.now()}`, lab.keys.ec, names);
+    storeWrite(entry, chainOf(cert.leaf.certPem));
+    // The primary lists it once every worker has applied it.
+    await waitFor(`${entry} serving`, async () => {
+      const { certificates } = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string }[] };
+      return certificates.find((c) => c.name === entry)?.serial === cert.leaf.cert.serialNumber ? true : undefined;
+    });
+  };
+  const goaways = (session: http2.ClientHttp2Session): number[] => {
+    const codes: number[] = [];
+    session.on('goaway', (code: number) => codes.push(code));
+    return codes;
+  };
+
+  it('a renewal without a name sends its connections GOAWAY NO_ERROR: streams in flight finish, new ones are refused', async () => {
+    await serveEntry('h2drop', ['a.h2.lab.test']);
+    await serveEntry('h2kept', ['kept.h2.lab.test']);
+    const before = await retiredCount();
+    // In flight: a stream whose answer the origin holds.
+    const busy = h2Connect(proxy.port, ca, 'a.h2.lab.test');
+    const busyGoaways = goaways(busy);
+    const slow = h2Request(busy, { ':path': '/held', ':authority': 'a.h2.lab.test' });
+    // Idle, raw frames: after its GOAWAY it opens another stream, as no library would.
+    const idle = new RawH2(proxy.port, ca, 'a.h2.lab.test');
+    await idle.secure;
+    idle.preface();
+    idle.write(getHeaders(1, 'a.h2.lab.test', '/first'));
+    const kept = h2Connect(proxy.port, ca, 'kept.h2.lab.test');
+    const keptGoaways = goaways(kept);
+    expect((await h2Request(kept, { ':path': '/kept-1', ':authority': 'kept.h2.lab.test' })).status).toBe(200);
+    await waitFor('the held stream and the idle one answered', () => (held.length === 1 && idle.answered.has(1) ? true : undefined));
+
+    await serveEntry('h2drop', ['b.h2.lab.test']);
+    await waitFor('GOAWAY on both', () => (busyGoaways.length > 0 && idle.goaways.length > 0 ? true : undefined), 5000);
+    expect(busyGoaways).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    expect(idle.goaways[0]).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    // A stream past the GOAWAY's last stream id is never routed (RFC 9113 §6.8).
+    idle.write(getHeaders(3, 'a.h2.lab.test', '/after-goaway'));
+    // The stream in flight finishes, whole.
+    held.shift()?.();
+    const answer = await slow;
+    expect(answer.status).toBe(200);
+    expect(answer.body.toString()).toBe(SLOW_BODY);
+    await sleep(300);
+    expect(idle.answered.has(3)).toBe(false);
+    expect(originBSaw).not.toContain('/after-goaway');
+    // A connection whose certificate still covers its names is left alone.
+    expect((await h2Request(kept, { ':path': '/kept-2', ':authority': 'kept.h2.lab.test' })).status).toBe(200);
+    expect(keptGoaways).toEqual([]);
+    await waitFor('the count', async () => ((await retiredCount()) === before + 2 ? true : undefined), 5000);
+    idle.tls.destroy();
+    await Promise.all([closeSession(busy), closeSession(kept)]);
+  });
+
+  it('a coalesced connection gets GOAWAY when the other name it served is dropped', async () => {
+    await serveEntry('h2pair', ['one.h2.lab.test', 'two.h2.lab.test']);
+    const before = await retiredCount();
+    const session = h2Connect(proxy.port, ca, 'one.h2.lab.test');
+    const codes = goaways(session);
+    // Coalesced (RFC 9113 §9.1.1): the certificate covers two.h2.lab.test too.
+    expect((await h2Request(session, { ':path': '/coalesced', ':authority': 'two.h2.lab.test' })).status).toBe(200);
+    await serveEntry('h2pair', ['one.h2.lab.test']);
+    await waitFor('GOAWAY', () => (codes.length > 0 ? true : undefined), 5000);
+    expect(codes).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    await waitFor('the count', async () => ((await retiredCount()) === before + 1 ? true : undefined), 5000);
+    await closeSession(session);
+  });
+
+  it('a connection whose handshake completes after the change gets GOAWAY as it starts', async () => {
+    await serveEntry('h2late', ['late.h2.lab.test']);
+    const before = await retiredCount();
+    // The client's writes after its ClientHello (its Finished, then the preface) are held: the proxy has picked the
+    // certificate, and its handshake completes only when they are let through, after the reload.
+    const tcp = net.connect({ host: '127.0.0.1', port: proxy.port });
+    let release: (() => void) | undefined | null;
+    let sent = 0;
+    let serverFlight = false;
+    tcp.once('data', () => (serverFlight = true));
+    const gate = new Duplex({
+      // One write at a time (Writable): the first held one holds those after it; once let through, all pass.
+      write(chunk: Buffer, _encoding, done) {
+        if (sent++ === 0 || release === null) return void tcp.write(chunk, done);
+        release = () => tcp.write(chunk, done);
+      },
+      read() {},
+      final(done) {
+        tcp.end();
+        done();
+      },
+    });
+    tcp.on('data', (chunk: Buffer) => gate.push(chunk));
+    tcp.on('end', () => gate.push(null));
+    tcp.on('error', (err) => gate.destroy(err));
+    const session = http2.connect('https://late.h2.lab.test', {
+      createConnection: () => tls.connect({ socket: gate, ca, servername: 'late.h2.lab.test', ALPNProtocols: ['h2'] }),
+    });
+    session.on('error', () => undefined);
+    const codes = goaways(session);
+    await waitFor("the proxy's certificate", () => (serverFlight && typeof release === 'function' ? true : undefined), 5000);
+    await serveEntry('h2late', ['later.h2.lab.test']);
+    const letThrough = release;
+    release = null;
+    letThrough?.();
+    await waitFor('GOAWAY', () => (codes.length > 0 ? true : undefined), 5000);
+    expect(codes).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    await waitFor('the count', async () => ((await retiredCount()) === before + 1 ? true : undefined), 5000);
+    session.destroy();
+    tcp.destroy();
   });
 });
 

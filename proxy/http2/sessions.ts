@@ -19,7 +19,9 @@
  *   aborted Node 22);
  * - the names of the certificate it was served, for coalesced streams and for
  *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
- *   the browser reconnects and sees the new certificate;
+ *   the browser reconnects and sees the new certificate; a connection whose
+ *   handshake completes after such a change (its ClientHello picked the old
+ *   certificate) is checked as it starts, and gets its GOAWAY then;
  * - its open streams: when the connection ends, however it ends (socket
  *   closed, failed or at EOF, session closed or failed, or its TCP
  *   connection found gone while Node was not reading it: `#checkPeers`; or
@@ -77,6 +79,8 @@ export function http2Connection(socket: TLSSocket, info: ConnectionInfo): Http2C
 
 export interface Http2Options extends StreamHandlerOptions {
   readonly limits: ProxyConfig['limits'];
+  /** Whether what serves now still covers every name of the certificate `connection` was served (tls/connection.ts `stillCovers`). */
+  readonly stillCovered: (connection: Http2Connection) => boolean;
 }
 
 /** How long a last GOAWAY has to leave before the socket is destroyed: after one for abuse, or from a session Node destroyed. */
@@ -173,11 +177,16 @@ export class Http2Sessions {
     }
   }
 
-  /** Graceful GOAWAY to every connection `keep` refuses (its certificate no longer covers one of its names); returns how many. */
-  retire(keep: (connection: Http2Connection) => boolean): number {
+  /**
+   * After a serving-state change: graceful GOAWAY to every connection whose
+   * certificate no longer covers one of its names; returns how many. One
+   * whose handshake was under way (its ClientHello had picked the old
+   * certificate) is not here yet: #start checks it as its session starts.
+   */
+  retire(): number {
     let retired = 0;
     for (const [session, live] of this.#live) {
-      if (live.closing || keep(live.connection)) continue;
+      if (live.closing || this.#options.stillCovered(live.connection)) continue;
       this.#goAway(session, live, 'certificate');
       retired++;
     }
@@ -350,6 +359,9 @@ export class Http2Sessions {
     });
     // GOAWAY with last stream 0 (RFC 9113 §6.8): the client retries its requests on a connection elsewhere.
     if (this.#shuttingDown) this.#goAway(session, live, 'shutdown');
+    // Its ClientHello picked a certificate a reload has since dropped a name from (the reload's retire() ran before this
+    // session existed): GOAWAY now, so the client reconnects and sees what serves now. Once per connection.
+    else if (!this.#options.stillCovered(connection)) this.#goAway(session, live, 'certificate');
   }
 
   #stream(stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): void {

@@ -61,5 +61,7 @@ export function keepConnection(socket: tls.TLSSocket, connection: ConnectionInfo
  */
 export function stillCovers(state: ServingState, serverName: string | undefined, served: readonly string[]): boolean {
   const now = (serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value)?.names ?? [];
+  // The same certificate still serves the name (no reload since, or one that left it alone): checked once per new HTTP/2 connection.
+  if (now === served) return true;
   return served.every((name) => now.includes(name));
 }
