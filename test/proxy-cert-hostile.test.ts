@@ -19,6 +19,7 @@ let padded: Issued;
 let wide: Issued;
 let linked: Issued;
 let early: Issued;
+let tagged: Issued;
 let outside: string;
 
 interface Answer {
@@ -69,6 +70,7 @@ beforeAll(async () => {
   wide = await leaf(['wide.lab.test', '*.test']);
   linked = await leaf(['linked.lab.test']);
   early = await leaf(['early.lab.test']);
+  tagged = await leaf(['tagged.lab.test']);
   // A renewal tool's directory outside the store, linked from it.
   outside = join(lab.dir, 'live', 'linked');
   mkdirSync(outside, { recursive: true });
@@ -79,6 +81,8 @@ beforeAll(async () => {
     writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
     symlinkSync(join(outside, 'fullchain.pem'), join(p.storeDir, 'linked.pem'));
     writeFileSync(join(p.storeDir, 'early.pem'), chainOf(early));
+    writeFileSync(join(p.storeDir, 'tagged.pem'), chainOf(tagged));
+    writeFileSync(join(p.storeDir, 'tagged.json'), JSON.stringify({ names: ['tagged.lab.test'] }));
     return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
   });
 }, 90_000);
@@ -101,26 +105,35 @@ describe('store files no chain should come from', () => {
   });
 });
 
-describe('a store link re-pointed at something that is not a chain file', () => {
+describe('a store file (chain or metadata) linked to something that is not a file', () => {
   it.each([
-    ['the directory of the chain file', () => outside, /not a file but a directory/],
-    ['a FIFO (which would block whoever opened it)', () => join(outside, 'fifo.pem'), /not a file but a special file/],
-  ])('is refused, naming it, and the chain it served keeps serving: %s', async (_case, target, message) => {
-    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
+    ['chain', 'the directory of the chain file', () => outside, /linked\.pem\): the chain is not a file but a directory/],
+    ['chain', 'a FIFO (which would block whoever opened it)', () => join(outside, 'fifo.pem'), /linked\.pem\): the chain is not a file but a special file/],
+    [
+      'metadata',
+      'a FIFO (whose open would hold every reload until a writer came)',
+      () => join(outside, 'fifo.pem'),
+      /tagged\.json\): the metadata is not a file but a special/,
+    ],
+    ['metadata', '/dev/zero (whose read would never end)', () => '/dev/zero', /tagged\.json\): the metadata is not a file but a special file/],
+  ])('is refused, naming it, and the chain it served keeps serving: the %s linked to %s', async (file, _case, target, message) => {
+    const [name, leaf, path] = file === 'chain' ? ['linked', linked, 'linked.pem'] : ['tagged', tagged, 'tagged.json'];
+    expect((await handshake(`${name}.lab.test`)).serial).toBe(leaf.cert.serialNumber.toLowerCase());
     // Atomically, as `ln -sfn` does: a new link renamed over the old one.
-    const temp = join(proxy.storeDir, '.linked.tmp');
+    const temp = join(proxy.storeDir, `.${name}.tmp`);
     symlinkSync(target(), temp);
-    renameSync(temp, join(proxy.storeDir, 'linked.pem'));
+    renameSync(temp, join(proxy.storeDir, path));
+    // The admin API answers from the primary that reloads: a reload held by an open or a read would time this out.
     const refused = await waitFor(
       'the link to be refused',
       async () => {
-        const entry = await listed('linked');
-        return entry === undefined || message.test(entry.refused?.message ?? '') ? (entry ?? { refused: null }) : undefined;
+        const { refused } = (await listed(name)) ?? {};
+        return message.test(refused?.message ?? '') ? refused : undefined;
       },
       15_000,
     );
-    expect(refused.refused?.message).toMatch(/certificate 'linked' \(.*linked\.pem\)/);
-    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
+    expect(refused?.message).toMatch(new RegExp(`^certificate '${name}'`));
+    expect((await handshake(`${name}.lab.test`)).serial).toBe(leaf.cert.serialNumber.toLowerCase());
   });
 });
 

@@ -9,7 +9,7 @@ import { readFileSync, closeSync, fstatSync, openSync } from 'node:fs';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
 import { CertificateError } from './errors.js';
-import { errno } from './store-files.js';
+import { checkMetaFile, errno, READ_CHAIN } from './store-files.js';
 
 /** What `<name>.json` holds; every field optional. */
 export interface StoreMeta {
@@ -88,14 +88,18 @@ export function readMeta(name: string, metaPath: string): { meta: StoreMeta; mti
   let text: string;
   let mtimeMs: number;
   try {
-    const fd = openSync(metaPath, 'r');
+    // Opened and checked as a chain is (store-files.ts): a FIFO or /dev/zero in its place would hold the reload.
+    const fd = openSync(metaPath, READ_CHAIN);
     try {
-      mtimeMs = fstatSync(fd).mtimeMs;
+      const stat = fstatSync(fd);
+      checkMetaFile(stat, metaPath, name);
+      mtimeMs = stat.mtimeMs;
       text = readFileSync(fd, 'utf8');
     } finally {
       closeSync(fd);
     }
   } catch (err) {
+    if (err instanceof CertificateError) throw err;
     if (errno(err) === 'ENOENT') return { meta: {}, mtimeMs: undefined };
     throw new CertificateError(metaPath, `cannot read the metadata: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
   }
