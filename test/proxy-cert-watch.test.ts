@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -213,5 +214,27 @@ describe('a renewal is never missed', () => {
     const ms = await renew(storeLineage);
     pickup.storeLinkedCertbot = Math.round(ms);
     expect(ms).toBeLessThan(WITHIN_MS);
+  });
+});
+
+describe('a store directory swapped for another, as a deploy does (mv certs certs.old; mv certs.new certs)', () => {
+  it('keeps every entry serving while the directory is away, then serves the new one from the watch', async () => {
+    const served = await servedSerial('two.lab.test');
+    expect(served).toBeDefined();
+    const next = `${proxy.storeDir}.new`;
+    execFileSync('cp', ['-a', proxy.storeDir, next]);
+    const added = await leaf('swapped.lab.test');
+    writeFileSync(join(next, 'swapped.pem'), `${added.certPem}\n${inter.certPem}`);
+    renameSync(proxy.storeDir, `${proxy.storeDir}.old`);
+    // A reload meanwhile (a rescan, a SIGHUP, this) is refused naming the directory: not an empty store.
+    const answer = await proxy.admin('POST', '/reload');
+    expect(answer.status).toBe(409);
+    expect(answer.text).toContain(`the certificate store ${proxy.storeDir} is gone (ENOENT)`);
+    expect(await servedSerial('two.lab.test')).toBe(served);
+    const started = performance.now();
+    renameSync(next, proxy.storeDir);
+    // The rescan is an hour away: only a watch on the new directory sees it.
+    pickup.swappedStore = Math.round(await servedAfter('swapped.lab.test', added, started, WITHIN_MS * 3));
+    expect(await servedSerial('two.lab.test')).toBe(served);
   });
 });

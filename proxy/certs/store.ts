@@ -147,6 +147,28 @@ export class CertificateStore {
     };
   }
 
+  /**
+   * Throws KEYEDGE_ERR_CERT_STORE when the directory is not there. For a
+   * reload after entries were served: a directory renamed away (a deploy
+   * swapping in a new one, a volume not mounted yet) is not an empty store,
+   * and taking it for one would stop serving every entry at once.
+   */
+  assertPresent(): void {
+    let dir: Stats;
+    try {
+      dir = statSync(this.dir);
+    } catch (err) {
+      throw new CertificateStoreError(
+        'KEYEDGE_ERR_CERT_STORE',
+        '',
+        `the certificate store ${this.dir} is gone (${errno(err)}): renamed or removed; its entries keep serving until it is back (remove entries one by one: keyedge cert remove)`,
+        { cause: err },
+      );
+    }
+    if (!dir.isDirectory())
+      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `the certificate store ${this.dir} is not a directory; its entries keep serving`);
+  }
+
   has(name: string): boolean {
     this.#check(name);
     try {
