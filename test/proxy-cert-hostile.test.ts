@@ -20,6 +20,7 @@ let wide: Issued;
 let linked: Issued;
 let early: Issued;
 let tagged: Issued;
+let purpose: Issued;
 let outside: string;
 
 interface Answer {
@@ -71,6 +72,7 @@ beforeAll(async () => {
   linked = await leaf(['linked.lab.test']);
   early = await leaf(['early.lab.test']);
   tagged = await leaf(['tagged.lab.test']);
+  purpose = await leaf(['purpose.lab.test']);
   // A renewal tool's directory outside the store, linked from it.
   outside = join(lab.dir, 'live', 'linked');
   mkdirSync(outside, { recursive: true });
@@ -83,6 +85,7 @@ beforeAll(async () => {
     writeFileSync(join(p.storeDir, 'early.pem'), chainOf(early));
     writeFileSync(join(p.storeDir, 'tagged.pem'), chainOf(tagged));
     writeFileSync(join(p.storeDir, 'tagged.json'), JSON.stringify({ names: ['tagged.lab.test'] }));
+    writeFileSync(join(p.storeDir, 'purpose.pem'), chainOf(purpose));
     return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
   });
 }, 90_000);
@@ -134,6 +137,31 @@ describe('a store file (chain or metadata) linked to something that is not a fil
     );
     expect(refused?.message).toMatch(new RegExp(`^certificate '${name}'`));
     expect((await handshake(`${name}.lab.test`)).serial).toBe(leaf.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('a renewal whose leaf clients refuse as a server certificate', () => {
+  it.each([
+    [
+      'a client certificate (extended key usage clientAuth only)',
+      { extendedKeyUsages: ['1.3.6.1.5.5.7.3.2'] },
+      /extended key usage \(1\.3\.6\.1\.5\.5\.7\.3\.2\) does not include TLS server authentication/,
+    ],
+    ['a CA certificate issued by the CA', { leafIsCa: true }, /the leaf "CN=purpose\.lab\.test" is a CA certificate/],
+  ])('is refused (usage), naming it, and the previous leaf keeps serving: %s', async (_case, extra, message) => {
+    expect((await handshake('purpose.lab.test')).serial).toBe(purpose.cert.serialNumber.toLowerCase());
+    const next = await issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: 'purpose.lab.test', dnsNames: ['purpose.lab.test'], ...extra });
+    replace('purpose', chainOf(next));
+    const refused = await waitFor(
+      'the renewal to be refused',
+      async () => {
+        const { refused } = (await listed('purpose')) ?? {};
+        return message.test(refused?.message ?? '') ? refused : undefined;
+      },
+      15_000,
+    );
+    expect(refused?.message).toMatch(/^certificate 'purpose' \(.*purpose\.pem\)/);
+    expect((await handshake('purpose.lab.test')).serial).toBe(purpose.cert.serialNumber.toLowerCase());
   });
 });
 
