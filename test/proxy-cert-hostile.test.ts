@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { runCli } from './helpers/keyserver.js';
 import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
-import { type Issued, issueForPublicKey } from './helpers/pki.js';
+import { type Issued, issueCa, issueForPublicKey } from './helpers/pki.js';
 
 // Hostile and broken store files under `keyedge proxy` (2 workers), seen by
 // real TLS clients: what serves must stay what served, and a name no
@@ -22,6 +22,7 @@ let early: Issued;
 let tagged: Issued;
 let purpose: Issued;
 let outside: string;
+let intermediates: string;
 
 interface Answer {
   readonly serial?: string;
@@ -78,6 +79,10 @@ beforeAll(async () => {
   mkdirSync(outside, { recursive: true });
   writeFileSync(join(outside, 'fullchain.pem'), chainOf(linked));
   execFileSync('mkfifo', [join(outside, 'fifo.pem')]);
+  // certStore.intermediates, re-read at every reload: an intermediate no chain here needs.
+  intermediates = join(lab.dir, 'intermediates');
+  mkdirSync(intermediates, { recursive: true });
+  writeFileSync(join(intermediates, 'spare.pem'), (await issueCa(lab.ca, 'Spare Intermediate')).certPem);
   proxy = await startClusterProxy(lab, 'cert-hostile', (p) => {
     writeFileSync(join(p.storeDir, 'padded.pem'), chainOf(padded));
     writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
@@ -86,7 +91,7 @@ beforeAll(async () => {
     writeFileSync(join(p.storeDir, 'tagged.pem'), chainOf(tagged));
     writeFileSync(join(p.storeDir, 'tagged.json'), JSON.stringify({ names: ['tagged.lab.test'] }));
     writeFileSync(join(p.storeDir, 'purpose.pem'), chainOf(purpose));
-    return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
+    return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600, intermediates } });
   });
 }, 90_000);
 
@@ -162,6 +167,25 @@ describe('a renewal whose leaf clients refuse as a server certificate', () => {
     );
     expect(refused?.message).toMatch(/^certificate 'purpose' \(.*purpose\.pem\)/);
     expect((await handshake('purpose.lab.test')).serial).toBe(purpose.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('an intermediates file linked to something that is not a file', () => {
+  it.each([
+    ['a FIFO (whose open would hold this reload and every one after it)', () => join(outside, 'fifo.pem')],
+    ['/dev/zero (whose read would never end)', () => '/dev/zero'],
+  ])('refuses the reload naming it, and everything keeps serving: %s', async (_case, target) => {
+    const link = join(intermediates, 'linked.pem');
+    symlinkSync(target(), link);
+    try {
+      const answer = await proxy.admin('POST', '/reload');
+      expect(answer.status).toBe(409);
+      expect(answer.text).toContain(`certStore.intermediates: ${link} is not a file but a special file`);
+      expect((await handshake('wide.lab.test')).serial).toBe(wide.cert.serialNumber.toLowerCase());
+    } finally {
+      unlinkSync(link);
+    }
+    expect((await proxy.admin('POST', '/reload')).status).toBe(200);
   });
 });
 

@@ -11,9 +11,11 @@ import {
   closeSync,
   constants as fsConstants,
   fchmodSync,
+  fstatSync,
   fsyncSync,
   lstatSync,
   openSync,
+  readFileSync,
   renameSync,
   type Stats,
   statSync,
@@ -75,6 +77,22 @@ function checkEntryFile(
       reason: 'parse',
       entry,
     });
+  }
+}
+
+/**
+ * A file's text, opened without blocking (READ_CHAIN) and read only once
+ * `check` accepted what fstat says of it: the stat and the text describe the
+ * same file, and a FIFO or a device is refused (check throws) unread.
+ */
+export function readCheckedFile(file: string, check: (stat: Stats) => void): { readonly text: string; readonly stat: Stats } {
+  const fd = openSync(file, READ_CHAIN);
+  try {
+    const stat = fstatSync(fd);
+    check(stat);
+    return { text: readFileSync(fd, 'utf8'), stat };
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -5,11 +5,10 @@
  * `meta` of an etcd entry) with the one schema both check it against, so an
  * entry means the same in either home.
  */
-import { readFileSync, closeSync, fstatSync, openSync } from 'node:fs';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
 import { CertificateError } from './errors.js';
-import { checkMetaFile, errno, READ_CHAIN } from './store-files.js';
+import { checkMetaFile, errno, readCheckedFile } from './store-files.js';
 
 /** What `<name>.json` holds; every field optional. */
 export interface StoreMeta {
@@ -89,15 +88,9 @@ export function readMeta(name: string, metaPath: string): { meta: StoreMeta; mti
   let mtimeMs: number;
   try {
     // Opened and checked as a chain is (store-files.ts): a FIFO or /dev/zero in its place would hold the reload.
-    const fd = openSync(metaPath, READ_CHAIN);
-    try {
-      const stat = fstatSync(fd);
-      checkMetaFile(stat, metaPath, name);
-      mtimeMs = stat.mtimeMs;
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
+    const read = readCheckedFile(metaPath, (stat) => checkMetaFile(stat, metaPath, name));
+    mtimeMs = read.stat.mtimeMs;
+    text = read.text;
   } catch (err) {
     if (err instanceof CertificateError) throw err;
     if (errno(err) === 'ENOENT') return { meta: {}, mtimeMs: undefined };

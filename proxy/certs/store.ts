@@ -51,7 +51,7 @@ import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, REA
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 // The entry's shape and the file helpers, for the modules that read entries as this store does.
-export { checkChainFile, MAX_CHAIN_BYTES, READ_CHAIN } from './store-files.js';
+export { checkChainFile, MAX_CHAIN_BYTES, READ_CHAIN, readCheckedFile } from './store-files.js';
 export { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 const CHAIN_FILE = /^([\w-][\w.-]{0,63})\.pem$/;
