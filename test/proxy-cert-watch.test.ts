@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
@@ -230,6 +230,10 @@ describe('a store directory swapped for another, as a deploy does (mv certs cert
     const answer = await proxy.admin('POST', '/reload');
     expect(answer.status).toBe(409);
     expect(answer.text).toContain(`the certificate store ${proxy.storeDir} is gone (ENOENT)`);
+    // An upload meanwhile is refused too, rather than made the one entry of a new, empty directory.
+    const put = await proxy.admin('PUT', '/certs/swapped', `${added.certPem}\n${inter.certPem}`);
+    expect(put.text).toContain(`the certificate store ${proxy.storeDir} is gone`);
+    expect(existsSync(proxy.storeDir)).toBe(false);
     expect(await servedSerial('two.lab.test')).toBe(served);
     const started = performance.now();
     renameSync(next, proxy.storeDir);
