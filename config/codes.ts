@@ -77,6 +77,7 @@ export const CERTIFICATE_REFUSALS = {
   weak_key: 'a key weaker than RSA 2048 / EC P-256 (leaf: RSA >= 2048 or EC P-256/P-384)',
   weak_signature: 'a certificate signed with a hash weaker than SHA-256',
   key_mismatch: "the pinned key id is not the leaf's, or the key server holds another key under it",
+  usage: "a leaf clients refuse as a server's certificate: an extended key usage without serverAuth, or a CA certificate issued by another CA",
   incomplete_chain: 'the leaf alone, and its issuer is neither a configured intermediate nor a bundled root',
   key_unknown: "the key server holds no key with the leaf's key id",
 } as const;

@@ -1,12 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { runCli } from './helpers/keyserver.js';
 import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
-import { type Issued, issueForPublicKey } from './helpers/pki.js';
+import { type Issued, issueCa, issueForPublicKey } from './helpers/pki.js';
 
 // Hostile and broken store files under `keyedge proxy` (2 workers), seen by
 // real TLS clients: what serves must stay what served, and a name no
@@ -19,7 +19,10 @@ let padded: Issued;
 let wide: Issued;
 let linked: Issued;
 let early: Issued;
+let tagged: Issued;
+let purpose: Issued;
 let outside: string;
+let intermediates: string;
 
 interface Answer {
   readonly serial?: string;
@@ -69,17 +72,26 @@ beforeAll(async () => {
   wide = await leaf(['wide.lab.test', '*.test']);
   linked = await leaf(['linked.lab.test']);
   early = await leaf(['early.lab.test']);
+  tagged = await leaf(['tagged.lab.test']);
+  purpose = await leaf(['purpose.lab.test']);
   // A renewal tool's directory outside the store, linked from it.
   outside = join(lab.dir, 'live', 'linked');
   mkdirSync(outside, { recursive: true });
   writeFileSync(join(outside, 'fullchain.pem'), chainOf(linked));
   execFileSync('mkfifo', [join(outside, 'fifo.pem')]);
+  // certStore.intermediates, re-read at every reload: an intermediate no chain here needs.
+  intermediates = join(lab.dir, 'intermediates');
+  mkdirSync(intermediates, { recursive: true });
+  writeFileSync(join(intermediates, 'spare.pem'), (await issueCa(lab.ca, 'Spare Intermediate')).certPem);
   proxy = await startClusterProxy(lab, 'cert-hostile', (p) => {
     writeFileSync(join(p.storeDir, 'padded.pem'), chainOf(padded));
     writeFileSync(join(p.storeDir, 'wide.pem'), chainOf(wide));
     symlinkSync(join(outside, 'fullchain.pem'), join(p.storeDir, 'linked.pem'));
     writeFileSync(join(p.storeDir, 'early.pem'), chainOf(early));
-    return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
+    writeFileSync(join(p.storeDir, 'tagged.pem'), chainOf(tagged));
+    writeFileSync(join(p.storeDir, 'tagged.json'), JSON.stringify({ names: ['tagged.lab.test'] }));
+    writeFileSync(join(p.storeDir, 'purpose.pem'), chainOf(purpose));
+    return storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600, intermediates } });
   });
 }, 90_000);
 
@@ -101,26 +113,79 @@ describe('store files no chain should come from', () => {
   });
 });
 
-describe('a store link re-pointed at something that is not a chain file', () => {
+describe('a store file (chain or metadata) linked to something that is not a file', () => {
   it.each([
-    ['the directory of the chain file', () => outside, /not a file but a directory/],
-    ['a FIFO (which would block whoever opened it)', () => join(outside, 'fifo.pem'), /not a file but a special file/],
-  ])('is refused, naming it, and the chain it served keeps serving: %s', async (_case, target, message) => {
-    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
+    ['chain', 'the directory of the chain file', () => outside, /linked\.pem\): the chain is not a file but a directory/],
+    ['chain', 'a FIFO (which would block whoever opened it)', () => join(outside, 'fifo.pem'), /linked\.pem\): the chain is not a file but a special file/],
+    [
+      'metadata',
+      'a FIFO (whose open would hold every reload until a writer came)',
+      () => join(outside, 'fifo.pem'),
+      /tagged\.json\): the metadata is not a file but a special/,
+    ],
+    ['metadata', '/dev/zero (whose read would never end)', () => '/dev/zero', /tagged\.json\): the metadata is not a file but a special file/],
+  ])('is refused, naming it, and the chain it served keeps serving: the %s linked to %s', async (file, _case, target, message) => {
+    const [name, leaf, path] = file === 'chain' ? ['linked', linked, 'linked.pem'] : ['tagged', tagged, 'tagged.json'];
+    expect((await handshake(`${name}.lab.test`)).serial).toBe(leaf.cert.serialNumber.toLowerCase());
     // Atomically, as `ln -sfn` does: a new link renamed over the old one.
-    const temp = join(proxy.storeDir, '.linked.tmp');
+    const temp = join(proxy.storeDir, `.${name}.tmp`);
     symlinkSync(target(), temp);
-    renameSync(temp, join(proxy.storeDir, 'linked.pem'));
+    renameSync(temp, join(proxy.storeDir, path));
+    // The admin API answers from the primary that reloads: a reload held by an open or a read would time this out.
     const refused = await waitFor(
       'the link to be refused',
       async () => {
-        const entry = await listed('linked');
-        return entry === undefined || message.test(entry.refused?.message ?? '') ? (entry ?? { refused: null }) : undefined;
+        const { refused } = (await listed(name)) ?? {};
+        return message.test(refused?.message ?? '') ? refused : undefined;
       },
       15_000,
     );
-    expect(refused.refused?.message).toMatch(/certificate 'linked' \(.*linked\.pem\)/);
-    expect((await handshake('linked.lab.test')).serial).toBe(linked.cert.serialNumber.toLowerCase());
+    expect(refused?.message).toMatch(new RegExp(`^certificate '${name}'`));
+    expect((await handshake(`${name}.lab.test`)).serial).toBe(leaf.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('a renewal whose leaf clients refuse as a server certificate', () => {
+  it.each([
+    [
+      'a client certificate (extended key usage clientAuth only)',
+      { extendedKeyUsages: ['1.3.6.1.5.5.7.3.2'] },
+      /extended key usage \(1\.3\.6\.1\.5\.5\.7\.3\.2\) does not include TLS server authentication/,
+    ],
+    ['a CA certificate issued by the CA', { leafIsCa: true }, /the leaf "CN=purpose\.lab\.test" is a CA certificate/],
+  ])('is refused (usage), naming it, and the previous leaf keeps serving: %s', async (_case, extra, message) => {
+    expect((await handshake('purpose.lab.test')).serial).toBe(purpose.cert.serialNumber.toLowerCase());
+    const next = await issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: 'purpose.lab.test', dnsNames: ['purpose.lab.test'], ...extra });
+    replace('purpose', chainOf(next));
+    const refused = await waitFor(
+      'the renewal to be refused',
+      async () => {
+        const { refused } = (await listed('purpose')) ?? {};
+        return message.test(refused?.message ?? '') ? refused : undefined;
+      },
+      15_000,
+    );
+    expect(refused?.message).toMatch(/^certificate 'purpose' \(.*purpose\.pem\)/);
+    expect((await handshake('purpose.lab.test')).serial).toBe(purpose.cert.serialNumber.toLowerCase());
+  });
+});
+
+describe('an intermediates file linked to something that is not a file', () => {
+  it.each([
+    ['a FIFO (whose open would hold this reload and every one after it)', () => join(outside, 'fifo.pem')],
+    ['/dev/zero (whose read would never end)', () => '/dev/zero'],
+  ])('refuses the reload naming it, and everything keeps serving: %s', async (_case, target) => {
+    const link = join(intermediates, 'linked.pem');
+    symlinkSync(target(), link);
+    try {
+      const answer = await proxy.admin('POST', '/reload');
+      expect(answer.status).toBe(409);
+      expect(answer.text).toContain(`certStore.intermediates: ${link} is not a file but a special file`);
+      expect((await handshake('wide.lab.test')).serial).toBe(wide.cert.serialNumber.toLowerCase());
+    } finally {
+      unlinkSync(link);
+    }
+    expect((await proxy.admin('POST', '/reload')).status).toBe(200);
   });
 });
 

@@ -1,4 +1,5 @@
-import { appendFileSync, mkdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
@@ -92,6 +93,20 @@ const linked: Issued[] = [];
 let linksDir: string;
 let configLineage: Lineage;
 let storeLineage: Lineage;
+let secretDir: string;
+const secretLeaves: Issued[] = [];
+
+/** A Kubernetes secret volume's update (kubelet's AtomicWriter): a new timestamped directory, `..data` re-pointed at it by rename, the old one removed. */
+function writeSecret(generation: number, pem: string): void {
+  const next = `..2026_01_01_00_00_0${generation}.000`;
+  mkdirSync(join(secretDir, next));
+  writeFileSync(join(secretDir, next, 'tls.crt'), pem);
+  const old = generation > 0 ? `..2026_01_01_00_00_0${generation - 1}.000` : undefined;
+  symlinkSync(next, join(secretDir, '..data_tmp'));
+  renameSync(join(secretDir, '..data_tmp'), join(secretDir, '..data'));
+  if (old !== undefined) rmSync(join(secretDir, old), { recursive: true });
+  else symlinkSync('..data/tls.crt', join(secretDir, 'tls.crt'));
+}
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -104,6 +119,11 @@ beforeAll(async () => {
   configLineage = await certbotLineage('certbot.lab.test');
   storeLineage = await certbotLineage('lineage.lab.test');
 
+  secretDir = join(lab.dir, 'secret');
+  mkdirSync(secretDir, { recursive: true });
+  for (let i = 0; i < 3; i++) secretLeaves.push(await leaf('secret.lab.test'));
+  writeSecret(0, `${secretLeaves[0]!.certPem}\n${inter.certPem}`);
+
   linksDir = join(lab.dir, 'links');
   mkdirSync(linksDir, { recursive: true });
   writeLookalikes(linked.map((l, i) => [join(linksDir, `chain-${i}.pem`), `${l.certPem}\n${inter.certPem}`]));
@@ -113,7 +133,10 @@ beforeAll(async () => {
     symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
     symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
     return storeProxyConfig(lab, p, {
-      certificates: [{ name: 'certbot', chain: configLineage.live }],
+      certificates: [
+        { name: 'certbot', chain: configLineage.live },
+        { name: 'secret', chain: join(secretDir, 'tls.crt') },
+      ],
       certStore: { dir: p.storeDir, rescanSeconds: 3600 },
     });
   });
@@ -213,5 +236,44 @@ describe('a renewal is never missed', () => {
     const ms = await renew(storeLineage);
     pickup.storeLinkedCertbot = Math.round(ms);
     expect(ms).toBeLessThan(WITHIN_MS);
+  });
+});
+
+describe('a Kubernetes secret volume', () => {
+  it('serves each update (..data re-pointed, the old directory removed) named in the config within a second, twice in a row', async () => {
+    expect(await servedSerial('secret.lab.test')).toBe(secretLeaves[0]!.cert.serialNumber.toLowerCase());
+    for (const generation of [1, 2]) {
+      await sleep(500);
+      const started = performance.now();
+      writeSecret(generation, `${secretLeaves[generation]!.certPem}\n${inter.certPem}`);
+      const ms = await servedAfter('secret.lab.test', secretLeaves[generation]!, started, WITHIN_MS);
+      pickup[`secret${generation}`] = Math.round(ms);
+    }
+  });
+});
+
+describe('a store directory swapped for another, as a deploy does (mv certs certs.old; mv certs.new certs)', () => {
+  it('keeps every entry serving while the directory is away, then serves the new one from the watch', async () => {
+    const served = await servedSerial('two.lab.test');
+    expect(served).toBeDefined();
+    const next = `${proxy.storeDir}.new`;
+    execFileSync('cp', ['-a', proxy.storeDir, next]);
+    const added = await leaf('swapped.lab.test');
+    writeFileSync(join(next, 'swapped.pem'), `${added.certPem}\n${inter.certPem}`);
+    renameSync(proxy.storeDir, `${proxy.storeDir}.old`);
+    // A reload meanwhile (a rescan, a SIGHUP, this) is refused naming the directory: not an empty store.
+    const answer = await proxy.admin('POST', '/reload');
+    expect(answer.status).toBe(409);
+    expect(answer.text).toContain(`the certificate store ${proxy.storeDir} is gone (ENOENT)`);
+    // An upload meanwhile is refused too, rather than made the one entry of a new, empty directory.
+    const put = await proxy.admin('PUT', '/certs/swapped', `${added.certPem}\n${inter.certPem}`);
+    expect(put.text).toContain(`the certificate store ${proxy.storeDir} is gone`);
+    expect(existsSync(proxy.storeDir)).toBe(false);
+    expect(await servedSerial('two.lab.test')).toBe(served);
+    const started = performance.now();
+    renameSync(next, proxy.storeDir);
+    // The rescan is an hour away: only a watch on the new directory sees it.
+    pickup.swappedStore = Math.round(await servedAfter('swapped.lab.test', added, started, WITHIN_MS * 3));
+    expect(await servedSerial('two.lab.test')).toBe(served);
   });
 });

@@ -66,8 +66,8 @@ Options:
 
 Refusals exit 1 with "keyedge: KEYEDGE_ERR_CERTIFICATE: <reason>: <message>",
 reason one of parse, private_key, chain, expired, not_yet_valid, names,
-weak_key, weak_signature, key_mismatch, incomplete_chain, key_unknown; nothing
-is written.
+weak_key, weak_signature, key_mismatch, usage, incomplete_chain, key_unknown;
+nothing is written.
 show exits 1 when the entry as stored would be refused.
 `;
 

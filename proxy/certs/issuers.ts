@@ -13,10 +13,11 @@
  * the bundled roots are parsed once per process.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rootCertificates } from 'node:tls';
 import { ConfigError } from '../../keyserver/shared/errors.js';
+import { readCheckedFile } from './store-files.js';
 
 export interface KnownIssuer {
   /** The certificate as PEM, to append to a chain. */
@@ -34,6 +35,12 @@ interface Entry {
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 const CERTIFICATE_FILE = /\.(pem|crt|cer)$/i;
+/**
+ * The largest intermediates file read, at every reload: a whole system CA
+ * bundle is some 220 KB. A file (or a link) to a log or /dev/zero is refused
+ * by its size or type, unread.
+ */
+const MAX_ISSUERS_BYTES = 16 * 1024 * 1024;
 
 export class IssuerPool {
   /** By subject name as node:crypto prints it, which is how it prints an issuer name too. */
@@ -116,8 +123,9 @@ export function loadIssuerPool(configured: string | null, configFile: string): I
   for (const file of files) {
     let text: string;
     try {
-      text = readFileSync(file, 'utf8');
+      text = readIssuerFile(file, fail);
     } catch (err) {
+      if (err instanceof ConfigError) throw err;
       throw fail(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, err);
     }
     try {
@@ -128,6 +136,18 @@ export function loadIssuerPool(configured: string | null, configFile: string): I
   }
   if (entries.length === 0) throw fail(`no PEM certificate in ${configured}`);
   return new IssuerPool([...entries, ...bundledRoots()]);
+}
+
+/**
+ * Opened without blocking (a FIFO, which open(2) would hold until a writer
+ * came, would stall this reload and every one after it) and checked before
+ * it is read.
+ */
+function readIssuerFile(file: string, fail: (message: string) => ConfigError): string {
+  return readCheckedFile(file, (stat) => {
+    if (!stat.isFile()) throw fail(`${file} is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; expected PEM certificates`);
+    if (stat.size > MAX_ISSUERS_BYTES) throw fail(`${file} is ${stat.size} bytes; an intermediates file holds at most ${MAX_ISSUERS_BYTES}`);
+  }).text;
 }
 
 function entriesOf(text: string, from: string): Entry[] {

@@ -11,9 +11,11 @@ import {
   closeSync,
   constants as fsConstants,
   fchmodSync,
+  fstatSync,
   fsyncSync,
   lstatSync,
   openSync,
+  readFileSync,
   renameSync,
   type Stats,
   statSync,
@@ -34,25 +36,63 @@ export const MAX_CHAIN_BYTES = 1024 * 1024;
 const FILE_MODE = 0o644;
 
 /**
- * How a chain file is opened: without blocking, so a link to a FIFO (which
- * open(2) would hold until a writer came) fails its checks instead of
- * stalling every reload; O_NONBLOCK changes nothing for a regular file.
+ * How a store entry's files (chain, metadata) are opened: without blocking,
+ * so a link to a FIFO (which open(2) would hold until a writer came) fails
+ * its checks instead of stalling every reload; O_NONBLOCK changes nothing
+ * for a regular file.
  */
 export const READ_CHAIN = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK;
 
+/**
+ * The largest metadata file read: a few names, a key id and two times take
+ * a few hundred bytes; 10,000 names some 700 KB. A link to /dev/zero or a
+ * log file would otherwise be read whole by the cluster primary.
+ */
+export const MAX_META_BYTES = 1024 * 1024;
+
 /** Refuses, before it is read, a chain that is not a regular file or is over MAX_CHAIN_BYTES, naming it. */
 export function checkChainFile(stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>, chainPath: string, entry: string): void {
+  checkEntryFile(stat, chainPath, entry, { what: 'chain', fix: 'link the chain file itself', max: MAX_CHAIN_BYTES, usual: 'a chain is a few KB' });
+}
+
+/** Refuses, before it is read, a metadata file that is not a regular file or is over MAX_META_BYTES, naming it. */
+export function checkMetaFile(stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>, metaPath: string, entry: string): void {
+  checkEntryFile(stat, metaPath, entry, { what: 'metadata', fix: 'write the JSON file itself', max: MAX_META_BYTES, usual: 'metadata is a few hundred bytes' });
+}
+
+function checkEntryFile(
+  stat: Pick<Stats, 'size' | 'isFile' | 'isDirectory'>,
+  file: string,
+  entry: string,
+  rule: { readonly what: string; readonly fix: string; readonly max: number; readonly usual: string },
+): void {
   if (!stat.isFile()) {
-    throw new CertificateError(chainPath, `the chain is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; link the chain file itself`, {
+    throw new CertificateError(file, `the ${rule.what} is not a file but ${stat.isDirectory() ? 'a directory' : 'a special file'}; ${rule.fix}`, {
       reason: 'parse',
       entry,
     });
   }
-  if (stat.size > MAX_CHAIN_BYTES) {
-    throw new CertificateError(chainPath, `the chain file is ${stat.size} bytes; a chain file holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+  if (stat.size > rule.max) {
+    throw new CertificateError(file, `the ${rule.what} file is ${stat.size} bytes; a ${rule.what} file holds at most ${rule.max} (${rule.usual})`, {
       reason: 'parse',
       entry,
     });
+  }
+}
+
+/**
+ * A file's text, opened without blocking (READ_CHAIN) and read only once
+ * `check` accepted what fstat says of it: the stat and the text describe the
+ * same file, and a FIFO or a device is refused (check throws) unread.
+ */
+export function readCheckedFile(file: string, check: (stat: Stats) => void): { readonly text: string; readonly stat: Stats } {
+  const fd = openSync(file, READ_CHAIN);
+  try {
+    const stat = fstatSync(fd);
+    check(stat);
+    return { text: readFileSync(fd, 'utf8'), stat };
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -5,11 +5,10 @@
  * `meta` of an etcd entry) with the one schema both check it against, so an
  * entry means the same in either home.
  */
-import { readFileSync, closeSync, fstatSync, openSync } from 'node:fs';
 import { z } from 'zod';
 import { formatIssues } from '../../config/load.js';
 import { CertificateError } from './errors.js';
-import { errno } from './store-files.js';
+import { checkMetaFile, errno, readCheckedFile } from './store-files.js';
 
 /** What `<name>.json` holds; every field optional. */
 export interface StoreMeta {
@@ -88,14 +87,12 @@ export function readMeta(name: string, metaPath: string): { meta: StoreMeta; mti
   let text: string;
   let mtimeMs: number;
   try {
-    const fd = openSync(metaPath, 'r');
-    try {
-      mtimeMs = fstatSync(fd).mtimeMs;
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
+    // Opened and checked as a chain is (store-files.ts): a FIFO or /dev/zero in its place would hold the reload.
+    const read = readCheckedFile(metaPath, (stat) => checkMetaFile(stat, metaPath, name));
+    mtimeMs = read.stat.mtimeMs;
+    text = read.text;
   } catch (err) {
+    if (err instanceof CertificateError) throw err;
     if (errno(err) === 'ENOENT') return { meta: {}, mtimeMs: undefined };
     throw new CertificateError(metaPath, `cannot read the metadata: ${errno(err)}`, { reason: 'parse', entry: name, cause: err });
   }

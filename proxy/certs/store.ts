@@ -51,7 +51,7 @@ import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, REA
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 // The entry's shape and the file helpers, for the modules that read entries as this store does.
-export { checkChainFile, MAX_CHAIN_BYTES, READ_CHAIN } from './store-files.js';
+export { checkChainFile, MAX_CHAIN_BYTES, READ_CHAIN, readCheckedFile } from './store-files.js';
 export { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 const CHAIN_FILE = /^([\w-][\w.-]{0,63})\.pem$/;
@@ -145,6 +145,28 @@ export class CertificateStore {
       changedAtMs: Math.max(chain.ctimeMs, chain.mtimeMs),
       link: isLink,
     };
+  }
+
+  /**
+   * Throws KEYEDGE_ERR_CERT_STORE when the directory is not there. For a
+   * reload after entries were served: a directory renamed away (a deploy
+   * swapping in a new one, a volume not mounted yet) is not an empty store,
+   * and taking it for one would stop serving every entry at once.
+   */
+  assertPresent(): void {
+    let dir: Stats;
+    try {
+      dir = statSync(this.dir);
+    } catch (err) {
+      throw new CertificateStoreError(
+        'KEYEDGE_ERR_CERT_STORE',
+        '',
+        `the certificate store ${this.dir} is gone (${errno(err)}): renamed or removed; its entries keep serving until it is back (remove entries one by one: keyedge cert remove)`,
+        { cause: err },
+      );
+    }
+    if (!dir.isDirectory())
+      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `the certificate store ${this.dir} is not a directory; its entries keep serving`);
   }
 
   has(name: string): boolean {

@@ -23,6 +23,9 @@
  *                  not served)
  *   key_mismatch   a pinned key id that is not the leaf's, or a key server
  *                  key whose SPKI is not the leaf's
+ *   usage          a leaf clients refuse as a server's certificate: an
+ *                  extended key usage without serverAuth, or a CA
+ *                  certificate issued by another CA (leaf-usage.ts)
  *   incomplete_chain  the leaf alone, not self-signed, and its issuer is not
  *                  a known CA certificate (IssuerPool: the configured
  *                  intermediates, the system roots) to complete it from
@@ -31,7 +34,7 @@
  * The rules live in one module per concern, each pure but for what it names:
  * chain.ts (parse, private_key, weak_signature, chain: the PEM text in issuer
  * order), key-strength.ts (weak_signature, weak_key), validity.ts (the time
- * rules), served-names.ts (names), key-match.ts (key_mismatch, key_unknown),
+ * rules), served-names.ts (names), key-match.ts (key_mismatch, key_unknown), leaf-usage.ts (usage),
  * chain-completion.ts (incomplete_chain: a chain cut short, completed from
  * the known CA certificates). candidate.ts holds what they take and give.
  */
@@ -43,6 +46,7 @@ import { completeChain, defaultIssuerPool } from './chain-completion.js';
 import type { IssuerPool } from './issuers.js';
 import { checkKeyserverKey, checkPinnedKey } from './key-match.js';
 import { CA_CURVES, checkKey, LEAF_CURVES, signatureWeakness } from './key-strength.js';
+import { checkLeafUsage } from './leaf-usage.js';
 import { servedNames } from './served-names.js';
 import { checkValidityWindow, validityOf } from './validity.js';
 
@@ -96,6 +100,7 @@ export async function inspectStructure(
 
   const names = servedNames(candidate, leaf, refuse, warnings);
   checkPinnedKey(candidate.keyId, leaf, refuse);
+  checkLeafUsage(leaf, refuse);
   const completed = completeChain(chain, issuers ?? defaultIssuerPool(), refuse);
   for (const { cert, from } of completed.added) {
     warnings.push(`intermediate "${cert.subject}" added from ${from}: the file ends before it`);

@@ -36,7 +36,7 @@ import type { Verdict } from './verdict-file.js';
 import { type ChainValidity, checkValidityWindow, validityOf } from './validity.js';
 
 /** Raised whenever a rule of validate.ts (or a module of its rules) changes what it accepts or what it derives: every verdict is then reached again. */
-export const VERDICT_SCHEMA = 2;
+export const VERDICT_SCHEMA = 3;
 
 /** What a verdict depends on besides its input: a verdict reached under another context is not reused. */
 export function verdictContext(issuerFingerprint: string): string {

@@ -147,6 +147,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
   const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
   verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
+  if (store instanceof CertificateStore && servesFromStore(previous)) store.assertPresent();
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
   const toRead: StoreEntryRef[] = [];
   for (const ref of refs) {
@@ -299,6 +301,11 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     if (record !== undefined) ordered.set(name, record);
   }
   return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept };
+}
+
+function servesFromStore(previous: ReadonlyMap<string, CertificateRecord>): boolean {
+  for (const record of previous.values()) if (record.from === 'store') return true;
+  return false;
 }
 
 /** What identifies a store entry's input: its chain text and the names and key id it pins (a verdict's key, certs/verdicts.ts). */

@@ -7,9 +7,8 @@
  * as it serves and looked at again. A read that fails is kept as its Error,
  * so a file that cannot be read yet settles like one that can.
  */
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { checkChainFile, READ_CHAIN } from '../certs/store.js';
+import { checkChainFile, readCheckedFile } from '../certs/store.js';
 
 /** A file changed more recently than this may still be being written. */
 export const QUIET_MS = 1_000;
@@ -26,14 +25,8 @@ export interface ChainFile {
 
 /** The text and its last change, from one descriptor so that both describe the same file. */
 export function readChainFile(file: string, name: string): ChainFile {
-  const fd = openSync(file, READ_CHAIN);
-  try {
-    const stat = fstatSync(fd);
-    checkChainFile(stat, file, name);
-    return { text: readFileSync(fd, 'utf8'), changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
-  } finally {
-    closeSync(fd);
-  }
+  const { text, stat } = readCheckedFile(file, (s) => checkChainFile(s, file, name));
+  return { text, changedAtMs: Math.max(stat.ctimeMs, stat.mtimeMs) };
 }
 
 export interface Settling {

@@ -249,6 +249,8 @@ export class ServingSource {
     const store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
     // Refused before any validation when the shared store cannot take it.
     this.#shared?.assertWritable();
+    // A store directory renamed away is not recreated empty by an upload: the reload would then serve that entry alone.
+    if (store instanceof CertificateStore) store.assertPresent();
     const client = await connectKeyserver(this.#config);
     try {
       await putCertificate(

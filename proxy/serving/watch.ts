@@ -18,10 +18,14 @@
  * alone, prepare.ts `only`); any other event, or one without a file name,
  * asks for a whole pass.
  *
+ * The store directory's parent is watched for the store's name: a directory
+ * swapped for another is watched in its place, and one gone asks for a pass
+ * (which refuses it, prepare.ts, rather than serving nothing).
+ *
  * Lifecycle: `watchForChanges()` returns a stop function; the callback is
  * never called after it.
  */
-import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, watch } from 'node:fs';
+import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, watch } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../keyserver/shared/log.js';
 
@@ -90,11 +94,27 @@ export function watchForChanges(options: WatchOptions): () => void {
   };
   mkdirSync(options.storeDir, { recursive: true });
   // Temp files of an atomic write are not changes yet: their rename is.
-  add(
-    options.storeDir,
-    (file) => file === null || /\.(pem|json)$/.test(file),
-    (file) => file.replace(/\.(pem|json)$/, ''),
-  );
+  const watchStore = (): FSWatcher | undefined =>
+    open(
+      options.storeDir,
+      (file) => file === null || /\.(pem|json)$/.test(file),
+      (file) => file.replace(/\.(pem|json)$/, ''),
+    );
+  let storeWatcher = watchStore();
+  // A watch follows the directory it was opened on, not its path: after a deploy's `mv certs certs.old; mv
+  // certs.new certs` it would watch certs.old. The parent is watched for the store's name; a directory gone or
+  // another one in its place asks for a whole pass, and the store's watch is opened again on the one there now.
+  let storeId = directoryId(options.storeDir);
+  const storeName = path.basename(options.storeDir);
+  add(path.dirname(options.storeDir), (file) => {
+    if (file !== null && file !== storeName) return false;
+    const now = directoryId(options.storeDir);
+    if (now === storeId) return false;
+    storeId = now;
+    storeWatcher?.close();
+    storeWatcher = now === undefined ? undefined : watchStore();
+    return true;
+  });
   if (options.configFile !== undefined) {
     const base = path.basename(options.configFile);
     add(path.dirname(options.configFile), (file) => file === null || file === base);
@@ -144,10 +164,21 @@ export function watchForChanges(options: WatchOptions): () => void {
     stopped = true;
     clearTimeout(timer);
     clearInterval(rescan);
+    storeWatcher?.close();
     for (const watcher of watchers) watcher.close();
     for (const { watcher } of followedDirs.values()) watcher?.close();
     followedDirs.clear();
   };
+}
+
+/** The directory's device and inode: which directory the path names now (undefined: none). */
+function directoryId(dir: string): string | undefined {
+  try {
+    const stat = statSync(dir);
+    return stat.isDirectory() ? `${stat.dev}:${stat.ino}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -50,6 +50,10 @@ export interface IssueOptions {
   readonly ocspUrl?: string;
   /** Default SHA-256. */
   readonly signatureHash?: TestSignatureHash;
+  /** A leaf's extended key usages (OIDs); default serverAuth and clientAuth. */
+  readonly extendedKeyUsages?: readonly string[];
+  /** A leaf that also says it is a CA (basicConstraints cA), as a misissued one may. */
+  readonly leafIsCa?: boolean;
 }
 
 const DAY_MS = 86_400_000;
@@ -111,14 +115,16 @@ async function build(options: IssueOptions, issuer: TestCa | undefined, givenPub
   const subject = `CN=${options.commonName}`;
   const extensions: x509.Extension[] = [
     await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    options.isCa ? new x509.BasicConstraintsExtension(true, undefined, true) : new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.BasicConstraintsExtension(options.isCa === true || options.leafIsCa === true, undefined, true),
     new x509.KeyUsagesExtension(
       options.isCa ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature : x509.KeyUsageFlags.digitalSignature,
       true,
     ),
   ];
   if (!options.isCa) {
-    extensions.push(new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]));
+    extensions.push(
+      new x509.ExtendedKeyUsageExtension([...(options.extendedKeyUsages ?? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth])]),
+    );
   }
   if (options.ocspUrl !== undefined) extensions.push(new x509.AuthorityInfoAccessExtension({ ocsp: [new x509.GeneralName('url', options.ocspUrl)] }));
   const sans = names(options);
