@@ -3,9 +3,42 @@
  * or syntax error that names the file and, when V8 gives a position, the line
  * and column, so the operator can go straight to it. The error never quotes
  * the file's text: it could hold a secret.
+ *
+ * The file is opened without blocking and read only if it is a regular file
+ * of at most MAX_CONFIG_BYTES: a config path replaced by a FIFO would block
+ * open(2), and one linked to /dev/zero would be read for ever, in the process
+ * that serves (a reload, SIGHUP, runs this in the cluster's primary).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ConfigError } from './errors.js';
+
+/** Far past any real config (a few KiB; a large on-demand or domain list, some MiB). */
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
+
+/** The file's text, or a ConfigError naming it: not a regular file, too large, or unreadable. */
+function readConfigText(file: string): string {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new ConfigError(file, '', `cannot read the config file (${code})`, { cause: err });
+  }
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new ConfigError(file, '', 'cannot read the config file (not a regular file)');
+    if (stat.size > MAX_CONFIG_BYTES) {
+      throw new ConfigError(file, '', `cannot read the config file (${stat.size} bytes, more than ${MAX_CONFIG_BYTES})`);
+    }
+    return readFileSync(fd, 'utf8');
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new ConfigError(file, '', `cannot read the config file (${code})`, { cause: err });
+  } finally {
+    closeSync(fd);
+  }
+}
 
 function lineColumn(text: string, offset: number): { line: number; column: number } {
   const before = text.slice(0, Math.min(offset, text.length));
@@ -15,13 +48,7 @@ function lineColumn(text: string, offset: number): { line: number; column: numbe
 
 /** Reads and parses a JSON file; a syntax error names the file and, when V8 gives a position, the line and column. */
 export function readJsonConfig(file: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
-    throw new ConfigError(file, '', `cannot read the config file (${code})`, { cause: err });
-  }
+  let text = readConfigText(file);
   // Editors on some platforms save UTF-8 with a BOM, which JSON.parse rejects.
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   try {

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
@@ -174,6 +174,18 @@ describe('routing changes at runtime', () => {
       return reload.status === 409 && reload.text.includes('originTls.ca') ? true : undefined;
     });
     expect((await get('app.lab.test')).status).toBe(200);
+    // The config path replaced by a FIFO (open(2) would block the primary for good) or linked to /dev/zero (read for
+    // ever): refused unread, naming the file.
+    for (const replace of [() => execFileSync('mkfifo', [proxy.configFile]), () => symlinkSync('/dev/zero', proxy.configFile)]) {
+      rmSync(proxy.configFile);
+      replace();
+      const reload = await proxy.admin('POST', '/reload');
+      expect(reload.status).toBe(409);
+      expect(reload.text).toContain('not a regular file');
+      expect(reload.text).toContain(proxy.configFile);
+      expect((await get('app.lab.test')).status).toBe(200);
+    }
+    rmSync(proxy.configFile);
     proxy.writeConfig(baseConfig(ports));
     await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
   });
