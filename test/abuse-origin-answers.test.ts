@@ -124,6 +124,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/close-short': (socket) => socket.end(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${CLOSE_BYTES}\r\n\r\n${'c'.repeat(CLOSE_BYTES / 2)}`),
   // RFC 9110 §15.3.6: a 205 has no content; this origin sends some anyway, framed by its Content-Length.
   '/reset-content': 'HTTP/1.1 205 Reset Content\r\ncontent-length: 5\r\n\r\nhello',
+  // Spaces and a tab after values (RFC 9110 §5.5: optional whitespace, no part of them), which undici keeps.
+  '/padded-values': 'HTTP/1.1 200 OK\r\ncontent-length: 2 \r\nx-padded: a b \t\r\n\r\nok',
 };
 
 function rawOrigin(): net.Server {
@@ -501,6 +503,24 @@ describe('answers with bad framing, each followed by a request on the same clien
     try {
       expect(await h2Get(session, path)).toMatchObject({ status: Number(status) });
       expect(await h2Get(session, '/ok')).toMatchObject({ status: 200, body: 'ok' });
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
+
+describe('an answer whose field values end in spaces or a tab (optional whitespace, RFC 9110 §5.5)', () => {
+  it('HTTP/2: relayed without them (RFC 9113 §8.2.1), neither reset by the client nor its fields dropped', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      // nghttp2 1.70's client (Node 24) reset the stream for `content-length: 2 ` (PROTOCOL_ERROR); 1.61's (Node 20) dropped both fields.
+      const answer = await h2Request(session, { ':path': '/padded-values' });
+      expect({ status: answer.status, body: answer.body.toString(), length: answer.headers['content-length'], padded: answer.headers['x-padded'] }).toEqual({
+        status: 200,
+        body: 'ok',
+        length: '2',
+        padded: 'a b',
+      });
     } finally {
       await closeSession(session);
     }
