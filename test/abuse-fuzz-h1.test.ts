@@ -47,6 +47,8 @@ const HOST = 'fz.lab.test';
 const SEED = Number(process.env.KEYEDGE_FUZZ_SEED ?? 1);
 const COUNT = Number(process.env.KEYEDGE_FUZZ_COUNT ?? 40);
 const FIRST = Number(process.env.KEYEDGE_FUZZ_FIRST ?? 0);
+/** How long a connection's handshake is tried again while it fails (secured()). */
+const HANDSHAKE_RETRY_MS = 10_000;
 /** How long a client waits with nothing arriving before it gives up on the rest of its answers. */
 const IDLE_MS = 2500;
 
@@ -172,22 +174,40 @@ const bodiless = (closed: boolean) => (m: Message, after: string) =>
 
 const answersIn = (received: string, closed: boolean) => splitAll(received, (rest) => nextAnswer(rest, bodiless(closed), closed));
 
+/**
+ * A TLS connection to the proxy, its handshake done, or the last that failed
+ * when they have failed for HANDSHAKE_RETRY_MS. A handshake fails while the
+ * key server is slower than keyserver.timeoutMs (a loaded machine): nothing
+ * of the case was sent yet, so it is tried again a second later (counted in
+ * the stats), rather than taken for a break of the case (or of the normal
+ * request after it).
+ */
+async function secured(): Promise<tls.TLSSocket> {
+  const started = Date.now();
+  for (;;) {
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+    socket.on('error', () => undefined);
+    const ok = await new Promise<boolean>((resolve) => {
+      socket.once('secureConnect', () => resolve(true));
+      socket.once('close', () => resolve(false));
+    });
+    if (ok || Date.now() - started > HANDSHAKE_RETRY_MS) return socket;
+    count('handshake failed, tried again');
+    await sleep(1000);
+  }
+}
+
 /** Writes `conn` in its pieces; resolves with what came back once the connection closed, its answers came, or it went quiet. */
 async function drive(conn: FuzzConnection): Promise<{ received: string; closed: boolean; cut: boolean }> {
-  const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+  const socket = await secured();
   let received = '';
-  let closed = false;
+  let closed = socket.destroyed;
   let last = Date.now();
   socket.on('data', (chunk: Buffer) => {
     received += chunk.toString('latin1');
     last = Date.now();
   });
-  socket.on('error', () => undefined);
   socket.once('close', () => (closed = true));
-  await new Promise<void>((resolve) => {
-    socket.once('secureConnect', resolve);
-    socket.once('close', resolve);
-  });
   socket.setNoDelay(true);
   const limit = conn.abortAt ?? conn.bytes.length;
   let at = 0;

@@ -53,6 +53,8 @@ const PACE_MS = Number(process.env.KEYEDGE_FUZZ_PACE_MS ?? 0);
 const CASE_MS = 5_000;
 const PROBE_MS = 5_000;
 const RSS_LIMIT_MB = 400;
+/** How long a case's handshake is tried again while it fails (runCase). */
+const HANDSHAKE_RETRY_MS = 10_000;
 
 let setup: RecordingProxy;
 let proxy: ClusterProxy;
@@ -124,18 +126,30 @@ async function within(ms: number, done: () => boolean): Promise<boolean> {
   return true;
 }
 
+/** Handshakes that failed and were tried again (runCase). */
+let handshakeRetries = 0;
+
 /** Writes a case on a new connection, in its records, cut where it says; resolves with what broke the bound, if anything. */
 async function runCase(c: FuzzCase): Promise<string | undefined> {
   // The case acknowledges the server's SETTINGS itself, where it says: an acknowledgement written by RawH2 on arrival
   // would land between two of the case's writes, inside a frame.
-  const client = new RawH2(proxy.port, ca, HOST, { ackSettings: false });
+  let client: RawH2;
+  // A handshake fails while the key server is slower than keyserver.timeoutMs (a loaded machine): nothing of the case
+  // was sent yet, so it is tried again a second later (counted), for HANDSHAKE_RETRY_MS, rather than taken for a break.
+  const started = Date.now();
+  for (;;) {
+    client = new RawH2(proxy.port, ca, HOST, { ackSettings: false });
+    try {
+      await client.secure;
+      break;
+    } catch (err) {
+      if (Date.now() - started > HANDSHAKE_RETRY_MS) return `no TLS handshake for ${HANDSHAKE_RETRY_MS} ms (${client.error ?? (err as Error).message})`;
+      handshakeRetries++;
+      await sleep(1000);
+    }
+  }
   let closed = false;
   void client.closed.then(() => (closed = true));
-  try {
-    await client.secure;
-  } catch (err) {
-    return `no TLS handshake (${client.error ?? (err as Error).message})`;
-  }
   const end = c.abort?.at ?? c.bytes.length;
   let from = 0;
   for (const at of [...c.cuts.filter((n) => n < end), end]) {
@@ -248,7 +262,7 @@ describe('HTTP/2 fuzz: random frames and header blocks on one connection', () =>
       if (process.env.KEYEDGE_FUZZ_COUNT !== undefined) {
         const fds = (): number => readdirSync(`/proc/${worker}/fd`).length;
         console.log(
-          `seed ${SEED}: ${COUNT} cases in ${Math.round((Date.now() - started) / 1000)} s; steady ${steady.requests} requests, ${steady.failures.length} failed ${JSON.stringify(steady.failures.slice(0, 3))}; ${origin.requests.length} requests at the origin; ` +
+          `seed ${SEED}: ${COUNT} cases in ${Math.round((Date.now() - started) / 1000)} s; steady ${steady.requests} requests, ${steady.failures.length} failed ${JSON.stringify(steady.failures.slice(0, 3))}; ${handshakeRetries} handshakes tried again; ${origin.requests.length} requests at the origin; ` +
             `worker RSS (MB) every 25 cases ${rss.join(' ')}; idle CPU ${idle} ticks/s; ${fds()} fds`,
         );
         // Long runs: once the idle deadlines have closed every connection, what the worker holds.
