@@ -3,6 +3,7 @@ import type http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive, metricSum, workerPids } from './helpers/abuse.js';
 import { DROPPED, type FuzzCase, fuzzCase, type StreamPlan } from './helpers/fuzz-h2.js';
+import { proxySaid } from './helpers/fuzz-run.js';
 import { closeSession, h2Connect, h2Request, RawH2, SteadyH2 } from './helpers/h2.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
@@ -41,7 +42,8 @@ import { type RecordingProxy, startRecordingProxy } from './helpers/recording-pr
 // case (to replay one: its seed, FIRST=case, COUNT=1); KEYEDGE_FUZZ_PACE_MS
 // pauses between cases (a shared machine); KEYEDGE_FUZZ_SETTLE_MS waits at
 // the end and prints the worker's RSS and open fds again. Every break is
-// printed with its case's frames before the test fails.
+// printed with its case's frames, and the proxy's warnings and errors logged
+// during the case, before the test fails.
 const HOST = 'h2fz.lab.test';
 const SEED = Number(process.env.KEYEDGE_FUZZ_SEED ?? 1);
 const COUNT = Number(process.env.KEYEDGE_FUZZ_COUNT ?? 40);
@@ -51,6 +53,8 @@ const PACE_MS = Number(process.env.KEYEDGE_FUZZ_PACE_MS ?? 0);
 const CASE_MS = 5_000;
 const PROBE_MS = 5_000;
 const RSS_LIMIT_MB = 400;
+/** How long a case's handshake is tried again while it fails (runCase). */
+const HANDSHAKE_RETRY_MS = 10_000;
 
 let setup: RecordingProxy;
 let proxy: ClusterProxy;
@@ -122,18 +126,30 @@ async function within(ms: number, done: () => boolean): Promise<boolean> {
   return true;
 }
 
+/** Handshakes that failed and were tried again (runCase). */
+let handshakeRetries = 0;
+
 /** Writes a case on a new connection, in its records, cut where it says; resolves with what broke the bound, if anything. */
 async function runCase(c: FuzzCase): Promise<string | undefined> {
   // The case acknowledges the server's SETTINGS itself, where it says: an acknowledgement written by RawH2 on arrival
   // would land between two of the case's writes, inside a frame.
-  const client = new RawH2(proxy.port, ca, HOST, { ackSettings: false });
+  let client: RawH2;
+  // A handshake fails while the key server is slower than keyserver.timeoutMs (a loaded machine): nothing of the case
+  // was sent yet, so it is tried again a second later (counted), for HANDSHAKE_RETRY_MS, rather than taken for a break.
+  const started = Date.now();
+  for (;;) {
+    client = new RawH2(proxy.port, ca, HOST, { ackSettings: false });
+    try {
+      await client.secure;
+      break;
+    } catch (err) {
+      if (Date.now() - started > HANDSHAKE_RETRY_MS) return `no TLS handshake for ${HANDSHAKE_RETRY_MS} ms (${client.error ?? (err as Error).message})`;
+      handshakeRetries++;
+      await sleep(1000);
+    }
+  }
   let closed = false;
   void client.closed.then(() => (closed = true));
-  try {
-    await client.secure;
-  } catch {
-    return 'no TLS handshake';
-  }
   const end = c.abort?.at ?? c.bytes.length;
   let from = 0;
   for (const at of [...c.cuts.filter((n) => n < end), end]) {
@@ -211,6 +227,7 @@ describe('HTTP/2 fuzz: random frames and header blocks on one connection', () =>
         const c = fuzzCase(seed, HOST);
         cases.set(String(seed), c);
         const before = breaks.length;
+        const logged = proxy.lines.length;
         const bound = await runCase(c);
         if (bound !== undefined) breaks.push(`case ${i}: ${bound}`);
         if (!(await within(PROBE_MS, () => alive(worker))) || workerPids(proxy).died.length > 0) breaks.push(`case ${i}: the worker died`);
@@ -223,7 +240,9 @@ describe('HTTP/2 fuzz: random frames and header blocks on one connection', () =>
           breaks.push(`case ${i}: the next client got ${typeof answer === 'string' ? answer : answer.status}`);
         checkOrigin(i);
         if (breaks.length > before)
-          console.log(`seed ${SEED} case ${i} broke:\n  ${breaks.slice(before).join('\n  ')}\n  frames:\n    ${c.log.join('\n    ')}`);
+          console.log(
+            `seed ${SEED} case ${i} broke:\n  ${breaks.slice(before).join('\n  ')}\n${await proxySaid(proxy, logged)}\n  frames:\n    ${c.log.join('\n    ')}`,
+          );
         if (i % 25 === 0 && alive(worker)) rss.push(Math.round(rssMb(worker)));
         if (PACE_MS > 0) await sleep(PACE_MS);
         if (breaks.length > 20) break;
@@ -243,7 +262,7 @@ describe('HTTP/2 fuzz: random frames and header blocks on one connection', () =>
       if (process.env.KEYEDGE_FUZZ_COUNT !== undefined) {
         const fds = (): number => readdirSync(`/proc/${worker}/fd`).length;
         console.log(
-          `seed ${SEED}: ${COUNT} cases in ${Math.round((Date.now() - started) / 1000)} s; steady ${steady.requests} requests, ${steady.failures.length} failed; ${origin.requests.length} requests at the origin; ` +
+          `seed ${SEED}: ${COUNT} cases in ${Math.round((Date.now() - started) / 1000)} s; steady ${steady.requests} requests, ${steady.failures.length} failed ${JSON.stringify(steady.failures.slice(0, 3))}; ${handshakeRetries} handshakes tried again; ${origin.requests.length} requests at the origin; ` +
             `worker RSS (MB) every 25 cases ${rss.join(' ')}; idle CPU ${idle} ticks/s; ${fds()} fds`,
         );
         // Long runs: once the idle deadlines have closed every connection, what the worker holds.

@@ -14,7 +14,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { closeAfterAnswer, closeIfBodyUnread } from './linger.js';
-import { whenQueuedClientGone } from './queued.js';
+import { cutAnswer, whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
 import { normaliseTarget } from './target.js';
@@ -234,7 +234,7 @@ function forwardFailed(log: Logger): ForwardFailed {
     record.code = code;
     log.warn({ code, domain, origin: record.origin, err }, 'origin request failed');
     if (!res.headersSent) record.bodyBytes = answer(res, originRefusal(originFailure(err)), record.extraHeaders);
-    else res.destroy();
+    else cutAnswer(res);
   };
 }
 
@@ -258,7 +258,7 @@ export function refuseFailure(
 ): HttpErrorCode | undefined {
   const refusal = ownFailureRefusal((err as { code?: string }).code, maxBodyBytes);
   if (refusal === undefined) return undefined;
-  if (res.headersSent || res.destroyed || refusal.status === 0) res.destroy();
+  if (res.headersSent || res.destroyed || refusal.status === 0) cutAnswer(res);
   else {
     if (!req.complete) res.setHeader('connection', 'close');
     answer(res, refusal, headers);

@@ -6,7 +6,8 @@
  * the pipeline (one listener per request would grow with it). Answers that
  * hold their socket need none of this: their 'close' comes from node. And
  * what must wait for a connection's answers to be sent (an upgrade, a CONNECT,
- * our answer to a request node could not parse) waits here.
+ * our answer to a request node could not parse) waits here, and an answer
+ * cut while queued closes its connection when its turn comes (`cutAnswer`).
  */
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
@@ -37,6 +38,26 @@ export function whenQueuedClientGone(socket: Socket, res: ServerResponse, gone: 
 }
 
 function noop(): void {}
+
+/**
+ * Cuts an answer that cannot be sent whole (its origin broke off after its
+ * head, a stall, a failure of ours after it started): its connection closes,
+ * the only way left to tell an HTTP/1.1 client (RFC 9112 §8). An answer
+ * still queued behind another closes it once the answers before it are sent,
+ * when node hands it the socket. Node 20's and 22's destroy() waits for that
+ * socket itself; Node 24's (no socket yet) only emits the answer's 'close',
+ * and when the socket comes to it writes what it held (its head, part of its
+ * body) and never ends: the connection was held open with a part answer the
+ * client waited on, and the requests pipelined behind it got nothing.
+ */
+export function cutAnswer(res: ServerResponse): void {
+  if (res.socket === null && !res.destroyed) res.once('socket', destroySocket);
+  res.destroy();
+}
+
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}
 
 /**
  * The answer that holds `socket` while it is being sent, if any: node's

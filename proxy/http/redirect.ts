@@ -21,7 +21,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
-import { inAnswerOrder } from './queued.js';
+import { cutAnswer, inAnswerOrder } from './queued.js';
 import { CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
@@ -117,7 +117,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
             res
               .writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE' })
               .end('origin unreachable\n');
-          else res.destroy();
+          else cutAnswer(res);
         },
       });
       return;

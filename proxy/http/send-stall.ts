@@ -16,6 +16,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import { constants } from 'node:http2';
+import { cutAnswer as cutConnection } from './queued.js';
 
 /** Answers closed by the stall timeout, so the caller can tell it from a client that left. */
 const stalled = new WeakSet<ServerResponse>();
@@ -94,7 +95,7 @@ export class SendStallClock {
 function cutAnswer(res: ServerResponse): void {
   const stream = res as unknown as { readonly session?: unknown; close?: (code: number) => void };
   if ('session' in res && typeof stream.close === 'function') stream.close(constants.NGHTTP2_CANCEL);
-  else res.destroy();
+  else cutConnection(res);
 }
 
 /** Whether `res` was closed because its client stopped reading. */

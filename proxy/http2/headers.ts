@@ -14,8 +14,9 @@
  * Answers: an HTTP/2 answer must not carry connection-specific fields
  * (§8.2.2; Node refuses to send them), nor `:`-names; what the origin sent in
  * them (Connection and what it names, Keep-Alive, Transfer-Encoding, Upgrade,
- * Proxy-Connection) is dropped; of a field Node sends only once
- * (Content-Type, Date, ETag, …) repeated by the origin, the first is kept.
+ * Proxy-Connection) is dropped; values lose the spaces and tabs around them
+ * (§8.2.1); of a field Node sends only once (Content-Type, Date, ETag, …)
+ * repeated by the origin, the first is kept.
  * A head or trailer section larger than nghttp2 sends in one block is not
  * relayed (`sendableFieldSection`).
  */
@@ -122,11 +123,12 @@ const SINGLE_VALUE = new Set([
 /**
  * An origin's raw head or trailers (undici's [name, value, …], bytes as
  * latin1, RFC 9110 §5.5) as an HTTP/2 field section, in one pass and one
- * object: `:status` first when given, names lower-cased (RFC 9113 §8.2.1), a
- * repeated field as a list (two Set-Cookie stay two; of one Node sends once,
- * SINGLE_VALUE, the first), what HTTP/2 forbids
- * dropped (connection-specific fields, what Connection names, `:`-names),
- * then `extra`, which replaces what the origin sent of the same name.
+ * object: `:status` first when given, names lower-cased and values without
+ * the whitespace around them (RFC 9113 §8.2.1), a repeated field as a list
+ * (two Set-Cookie stay two; of one Node sends once, SINGLE_VALUE, the
+ * first), what HTTP/2 forbids dropped (connection-specific fields, what
+ * Connection names, `:`-names), then `extra`, which replaces what the origin
+ * sent of the same name.
  */
 export function http2Fields(raw: readonly (Buffer | string)[], extra: Readonly<Record<string, string>>, status?: number): OutgoingHttpHeaders {
   // Most answers name nothing in Connection (keep-alive, close): no set is made for them.
@@ -145,7 +147,7 @@ export function http2Fields(raw: readonly (Buffer | string)[], extra: Readonly<R
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = latin1(raw[i]!).toLowerCase();
     if (CONNECTION_SPECIFIC.has(name) || named?.has(name) || name.charCodeAt(0) === 58) continue;
-    const value = latin1(raw[i + 1]!);
+    const value = withoutOws(latin1(raw[i + 1]!));
     const seen = out[name];
     if (seen === undefined) out[name] = value;
     else if (SINGLE_VALUE.has(name)) continue;
@@ -175,6 +177,28 @@ export function sendableFieldSection(raw: readonly (Buffer | string)[]): boolean
   let size = 12 + ADDED_FIELDS;
   for (let i = 0; i < raw.length; i++) size += raw[i]!.length + (i & 1) * 12;
   return size <= MAX_SEND_HEADER_BLOCK;
+}
+
+/**
+ * A field value without the whitespace around it. RFC 9110 §5.5 makes the
+ * spaces and tabs around a value no part of it, and undici leaves the ones at
+ * its end (`Content-Length: 37 `); RFC 9113 §8.2.1 makes a value that starts
+ * or ends with them malformed, and nghttp2 clients take it so: nghttp2 1.70
+ * (Node 24's client) resets the stream of an answer whose Content-Length has
+ * a trailing space (PROTOCOL_ERROR) though the answer was whole, and 1.61 and
+ * 1.69 (Node 20's, 22's) drop the field. Only SP and HTAB: String's trim()
+ * would take a latin1 0xA0 too, which is obs-text, part of a value.
+ */
+function withoutOws(value: string): string {
+  let end = value.length;
+  while (end > 0 && isOws(value.charCodeAt(end - 1))) end--;
+  let start = 0;
+  while (start < end && isOws(value.charCodeAt(start))) start++;
+  return start === 0 && end === value.length ? value : value.slice(start, end);
+}
+
+function isOws(code: number): boolean {
+  return code === 0x20 || code === 0x09;
 }
 
 function latin1(bytes: Buffer | string): string {
