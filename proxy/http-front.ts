@@ -25,6 +25,7 @@ import { createRequestHandler, type Domain } from './http/handler.js';
 import type { OriginPools } from './http/origins.js';
 import { createHttp1Server, startRedirectServer } from './http/server.js';
 import { TrustedPeers } from './http/trusted-peers.js';
+import { Http1Connections } from './http/retire.js';
 import { createUpgradeHandler } from './http/upgrade.js';
 import { http2Connection, type Http2Options, Http2Sessions } from './http2/sessions.js';
 import type { ProxyMetrics } from './metrics.js';
@@ -38,8 +39,12 @@ export interface HttpFrontOptions {
   readonly pools: OriginPools;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
-  /** Whether what serves now still covers every name an HTTP/2 connection's certificate had (http2/sessions.ts retires it otherwise). */
-  readonly stillCovered: Http2Options['stillCovered'];
+  /**
+   * Whether what serves now still covers every name of the certificate a connection was served for `serverName`
+   * (tls/connection.ts `stillCovers`): HTTP/2 connections it no longer covers get GOAWAY (http2/sessions.ts), HTTP/1.1
+   * ones are closed (http/retire.ts).
+   */
+  readonly stillCovers: (serverName: string | undefined, certificateNames: readonly string[]) => boolean;
 }
 
 export class HttpFront {
@@ -47,6 +52,8 @@ export class HttpFront {
   readonly trustedPeers: TrustedPeers;
   /** Every listener's HTTP/2 connections: `retire` after a reload, `close` (GOAWAY) at stop. */
   readonly http2: Http2Sessions;
+  /** Every listener's HTTP/1.1 connections: `retire` after a reload. */
+  readonly http1Connections: Http1Connections;
   /** The listener's handler of connections that chose `h2` (RFC 9113 §3.2). */
   readonly h2: SecureConnectionHandler;
   readonly #config: ProxyConfig;
@@ -63,14 +70,26 @@ export class HttpFront {
     const routing = { ...options, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers: this.trustedPeers };
     this.#handler = createRequestHandler({ ...routing, maxBodyBytes: limits.maxBodyBytes });
     this.#upgrade = createUpgradeHandler(routing);
-    const http2 = new Http2Sessions({ ...routing, maxBodyBytes: limits.maxBodyBytes, limits });
+    const { stillCovers } = options;
+    this.http1Connections = new Http1Connections((c) => stillCovers(c.serverName, c.certificateNames), options.metrics);
+    const stillCovered: Http2Options['stillCovered'] = (c) => stillCovers(c.servername, c.certificateNames);
+    const http2 = new Http2Sessions({ ...routing, maxBodyBytes: limits.maxBodyBytes, limits, stillCovered });
     this.http2 = http2;
     this.h2 = (socket, connection) => http2.handle(socket, http2Connection(socket, connection));
   }
 
+  /**
+   * After a serving-state change: every connection whose certificate no longer covers a name it was served is ended,
+   * HTTP/2 ones with GOAWAY, HTTP/1.1 ones closed (at once when idle, after the answer in progress otherwise).
+   */
+  retire(): void {
+    this.http2.retire();
+    this.http1Connections.retire();
+  }
+
   /** A new listener's HTTP/1.1 server: its handler of connections that chose http/1.1 or no ALPN protocol. */
   http1(): SecureConnectionHandler {
-    const http1 = createHttp1Server(this.#config.limits, this.#handler, this.#upgrade);
+    const http1 = createHttp1Server(this.#config.limits, this.#handler, this.#upgrade, this.http1Connections);
     this.#servers.push(http1.server);
     return http1.take;
   }

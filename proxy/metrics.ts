@@ -15,6 +15,9 @@ import type { KeylessStats, KeyserverPoolStats } from './keyless/bridge.js';
 /** Why the proxy closed an HTTP/2 connection (proxy/http2/sessions.ts). */
 export const HTTP2_CLOSE_REASONS = ['reset_flood', 'protocol_error', 'idle', 'certificate', 'shutdown'] as const;
 
+/** Why the proxy closed an HTTP/1.1 connection of its own accord (proxy/http/retire.ts). */
+export const HTTP1_CLOSE_REASONS = ['certificate'] as const;
+
 const PREFIX = 'keyedge_proxy_';
 
 export class ProxyMetrics {
@@ -29,6 +32,7 @@ export class ProxyMetrics {
   readonly rejectedConnections: Counter<'reason'>;
   readonly http2StreamsPerSession: Histogram;
   readonly http2SessionsClosed: Counter<'reason'>;
+  readonly http1ConnectionsClosed: Counter<'reason'>;
   readonly recordFloods: Counter;
   readonly #eventLoop: IntervalHistogram;
   /** Request counts kept as plain numbers on the request path and added to `requests` at each scrape (`requestTally`). */
@@ -104,6 +108,13 @@ export class ProxyMetrics {
       registers,
     });
     for (const reason of HTTP2_CLOSE_REASONS) this.http2SessionsClosed.inc({ reason }, 0);
+    this.http1ConnectionsClosed = new Counter({
+      name: `${PREFIX}http1_connections_closed_total`,
+      help: 'HTTP/1.1 connections the proxy closed of its own accord, by reason: certificate (its certificate no longer covers a name it served: closed at once when idle, after the answer in progress otherwise).',
+      labelNames: ['reason'] as const,
+      registers,
+    });
+    for (const reason of HTTP1_CLOSE_REASONS) this.http1ConnectionsClosed.inc({ reason }, 0);
     this.recordFloods = new Counter({
       name: `${PREFIX}tls_record_floods_total`,
       help: 'TLS connections closed for sending records without application data past their credit (a KeyUpdate flood, RFC 8446 §4.6.3).',

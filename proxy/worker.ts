@@ -25,7 +25,6 @@ import { missReporter, wantedMessage } from './acme/on-demand-names.js';
 import { AlpnChallengeContexts } from './acme/tls-alpn.js';
 import { OriginPools, originPoolOptions } from './http/origins.js';
 import { HttpFront } from './http-front.js';
-import type { Http2Connection } from './http2/stream.js';
 import { openListeners } from './listeners.js';
 import { startKeylessBridge } from './keyless/bridge.js';
 import { ProxyMetrics } from './metrics.js';
@@ -52,13 +51,13 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const pools = new OriginPools(originPoolOptions(limits));
   const serving = new LiveServing({ contexts, profiles: [...new Set(config.listen.map((l) => l.profile))], pools, stapler, log });
   serveFirst(serving, options.initial ?? own!.initial, config);
-  // An HTTP/2 connection served a name its certificate no longer covers gets GOAWAY (after a reload, or as it starts when
-  // its handshake outlived one), so the client reconnects and sees what serves now.
-  const stillCovered = (c: Http2Connection): boolean => stillCovers(serving.state, c.servername, c.certificateNames);
-  const front = new HttpFront(config, { domains: () => serving.state.domains, pools, log, metrics, stillCovered });
+  // A connection served a name its certificate no longer covers is ended (after a reload, or as it starts when its
+  // handshake outlived one): HTTP/2 with GOAWAY, HTTP/1.1 closed; the client reconnects and sees what serves now.
+  const covers = (serverName: string | undefined, names: readonly string[]): boolean => stillCovers(serving.state, serverName, names);
+  const front = new HttpFront(config, { domains: () => serving.state.domains, pools, log, metrics, stillCovers: covers });
   const apply = (delta: ServingDelta): void => {
     serving.apply(delta);
-    front.http2.retire();
+    front.retire();
   };
 
   // A name no certificate covers may be one a customer just pointed here: on-demand issuance is told (never waited for).

@@ -15,10 +15,15 @@ import { runCli, sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { createCa, issue, issueForPublicKey } from './helpers/pki.js';
+import { type Message, nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
+import { rawTls } from './helpers/raw-tls.js';
+import { acceptFor, encodeFrame, openWebSocket, TEXT } from './helpers/websocket.js';
 
 const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
+/** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -33,6 +38,8 @@ let configChain: string;
 /** Every path origin B was asked for; its /held answers, waiting for the test. */
 const originBSaw: string[] = [];
 const held: (() => void)[] = [];
+/** Origin B's ends of the WebSocket tunnels opened through the proxy. */
+const originTunnels: net.Socket[] = [];
 const SLOW_BODY = 'h'.repeat(200_000);
 
 async function servedSerial(name: string): Promise<string | undefined> {
@@ -75,6 +82,13 @@ beforeAll(async () => {
     if (req.url === '/held') held.push(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(SLOW_BODY));
     else res.writeHead(200, { 'content-type': 'text/plain' }).end('origin-b');
   });
+  // A WebSocket: the 101, then what the test sends through `originTunnels`.
+  originB.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
+    const accept = acceptFor(String(req.headers['sec-websocket-key']));
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`);
+    socket.on('error', () => undefined);
+    originTunnels.push(socket);
+  });
   await new Promise<void>((resolve) => originB.listen(0, '127.0.0.1', resolve));
   originBPort = (originB.address() as net.AddressInfo).port;
   configChain = (await lab.certificate('config-ec', lab.keys.ec, ['cfg.lab.test'])).file;
@@ -94,7 +108,7 @@ beforeAll(async () => {
         { name: 'app.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
         { name: 'cfg.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
         { name: 'store.lab.test', origin: `http://127.0.0.1:${lab.origin.port}` },
-        ...H2_NAMES.map((name) => ({ name, origin: `http://127.0.0.1:${originBPort}` })),
+        ...[...H2_NAMES, ...H1_NAMES].map((name) => ({ name, origin: `http://127.0.0.1:${originBPort}` })),
       ],
       admin: { host: '127.0.0.1', port: p.adminPort, tokenFile: p.tokenFile },
       // Only the watch, SIGHUP and the admin API trigger reloads here: the rescan is out of the way.
@@ -322,23 +336,64 @@ describe('certificate reload', () => {
   });
 });
 
+/** keyedge_proxy_<family>_connections_closed_total{reason="certificate"}, summed over the workers. */
+const retiredCount = async (family = 'http2'): Promise<number> => {
+  const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+  const lines = text.split('\n').filter((l) => l.startsWith(`keyedge_proxy_${family}_connections_closed_total{`) && l.includes('reason="certificate"'));
+  return lines.reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+};
+/** Writes store entry `entry` with a certificate for `names` and waits until every worker serves it. */
+const serveEntry = async (entry: string, names: string[]): Promise<void> => {
+  const cert = await lab.certificate(`${entry}-${names.length}-${Date.now()}`, lab.keys.ec, names);
+  storeWrite(entry, chainOf(cert.leaf.certPem));
+  // The primary lists it once every worker has applied it.
+  await waitFor(`${entry} serving`, async () => {
+    const { certificates } = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string }[] };
+    return certificates.find((c) => c.name === entry)?.serial === cert.leaf.cert.serialNumber ? true : undefined;
+  });
+};
+
+/**
+ * A TLS client to `servername` whose writes after its ClientHello (its Finished, then what it sends next) are held:
+ * the proxy has picked the certificate, and the handshake completes only when `release()` lets them through.
+ */
+function heldHandshake(
+  servername: string,
+  alpn: string,
+): { readonly tls: tls.TLSSocket; readonly tcp: net.Socket; readonly picked: () => boolean; release(): void } {
+  const tcp = net.connect({ host: '127.0.0.1', port: proxy.port });
+  let release: (() => void) | undefined | null;
+  let sent = 0;
+  let serverFlight = false;
+  tcp.once('data', () => (serverFlight = true));
+  const gate = new Duplex({
+    // One write at a time (Writable): the first held one holds those after it; once let through, all pass.
+    write(chunk: Buffer, _encoding, done) {
+      if (sent++ === 0 || release === null) return void tcp.write(chunk, done);
+      release = () => tcp.write(chunk, done);
+    },
+    read() {},
+    final(done) {
+      tcp.end();
+      done();
+    },
+  });
+  tcp.on('data', (chunk: Buffer) => gate.push(chunk));
+  tcp.on('end', () => gate.push(null));
+  tcp.on('error', (err) => gate.destroy(err));
+  return {
+    tls: tls.connect({ socket: gate, ca, servername, ALPNProtocols: [alpn] }),
+    tcp,
+    picked: () => serverFlight && typeof release === 'function',
+    release() {
+      const letThrough = release;
+      release = null;
+      letThrough?.();
+    },
+  };
+}
+
 describe('HTTP/2 connections after a certificate change', () => {
-  /** keyedge_proxy_http2_connections_closed_total{reason="certificate"}, summed over the workers. */
-  const retiredCount = async (): Promise<number> => {
-    const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
-    const lines = text.split('\n').filter((l) => l.startsWith('keyedge_proxy_http2_connections_closed_total{') && l.includes('reason="certificate"'));
-    return lines.reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
-  };
-  /** Writes store entry `entry` with a certificate for `names` and waits until every worker serves it. */
-  const serveEntry = async (entry: string, names: string[]): Promise<void> => {
-    const cert = await lab.certificate(`${entry}-${names.length}-${Date.now()}`, lab.keys.ec, names);
-    storeWrite(entry, chainOf(cert.leaf.certPem));
-    // The primary lists it once every worker has applied it.
-    await waitFor(`${entry} serving`, async () => {
-      const { certificates } = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as { certificates: { name: string; serial: string }[] };
-      return certificates.find((c) => c.name === entry)?.serial === cert.leaf.cert.serialNumber ? true : undefined;
-    });
-  };
   const goaways = (session: http2.ClientHttp2Session): number[] => {
     const codes: number[] = [];
     session.on('goaway', (code: number) => codes.push(code));
@@ -402,43 +457,94 @@ describe('HTTP/2 connections after a certificate change', () => {
   it('a connection whose handshake completes after the change gets GOAWAY as it starts', async () => {
     await serveEntry('h2late', ['late.h2.lab.test']);
     const before = await retiredCount();
-    // The client's writes after its ClientHello (its Finished, then the preface) are held: the proxy has picked the
-    // certificate, and its handshake completes only when they are let through, after the reload.
-    const tcp = net.connect({ host: '127.0.0.1', port: proxy.port });
-    let release: (() => void) | undefined | null;
-    let sent = 0;
-    let serverFlight = false;
-    tcp.once('data', () => (serverFlight = true));
-    const gate = new Duplex({
-      // One write at a time (Writable): the first held one holds those after it; once let through, all pass.
-      write(chunk: Buffer, _encoding, done) {
-        if (sent++ === 0 || release === null) return void tcp.write(chunk, done);
-        release = () => tcp.write(chunk, done);
-      },
-      read() {},
-      final(done) {
-        tcp.end();
-        done();
-      },
-    });
-    tcp.on('data', (chunk: Buffer) => gate.push(chunk));
-    tcp.on('end', () => gate.push(null));
-    tcp.on('error', (err) => gate.destroy(err));
-    const session = http2.connect('https://late.h2.lab.test', {
-      createConnection: () => tls.connect({ socket: gate, ca, servername: 'late.h2.lab.test', ALPNProtocols: ['h2'] }),
-    });
+    // Its handshake completes after the reload (heldHandshake), the certificate picked before it.
+    const late = heldHandshake('late.h2.lab.test', 'h2');
+    const session = http2.connect('https://late.h2.lab.test', { createConnection: () => late.tls });
     session.on('error', () => undefined);
     const codes = goaways(session);
-    await waitFor("the proxy's certificate", () => (serverFlight && typeof release === 'function' ? true : undefined), 5000);
+    await waitFor("the proxy's certificate", () => (late.picked() ? true : undefined), 5000);
     await serveEntry('h2late', ['later.h2.lab.test']);
-    const letThrough = release;
-    release = null;
-    letThrough?.();
+    late.release();
     await waitFor('GOAWAY', () => (codes.length > 0 ? true : undefined), 5000);
     expect(codes).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
     await waitFor('the count', async () => ((await retiredCount()) === before + 1 ? true : undefined), 5000);
     session.destroy();
-    tcp.destroy();
+    late.tcp.destroy();
+  });
+});
+
+describe('HTTP/1.1 connections after a certificate change', () => {
+  /** The whole answers received so far on `text`. */
+  const answers = (text: string): Message[] => splitAll(text, (rest) => nextAnswer(rest, () => false, false)).messages;
+  const request = (name: string, path: string): string => `GET ${path} HTTP/1.1\r\nhost: ${name}\r\n\r\n`;
+
+  it('a renewal without a name closes its idle keep-alive connections, and the busy ones after the answer in flight', async () => {
+    await serveEntry('h1drop', ['a.h1.lab.test']);
+    await serveEntry('h1kept', ['kept.h1.lab.test']);
+    const before = await retiredCount('http1');
+    const idle = await rawTls(proxy.port, 'a.h1.lab.test', ca);
+    idle.socket.write(request('a.h1.lab.test', '/h1-idle'));
+    const busy = await rawTls(proxy.port, 'a.h1.lab.test', ca);
+    busy.socket.write(request('a.h1.lab.test', '/held'));
+    const kept = await rawTls(proxy.port, 'kept.h1.lab.test', ca);
+    kept.socket.write(request('kept.h1.lab.test', '/h1-kept-1'));
+    // A WebSocket tunnel for the dropped name: left open.
+    const ws = await openWebSocket(proxy.port, ca, 'a.h1.lab.test', '/ws');
+    if (!('socket' in ws)) throw new Error(`no WebSocket: ${ws.status}`);
+    await waitFor('the idle and kept answers, the held request', () =>
+      answers(idle.text()).length === 1 && answers(kept.text()).length === 1 && held.length === 1 ? true : undefined,
+    );
+    expect(answers(idle.text())[0]?.headers.get('connection')).toEqual(['keep-alive']);
+
+    await serveEntry('h1drop', ['b.h1.lab.test']);
+    // The idle one is closed at once, with no answer to anything.
+    await Promise.race([idle.closed, sleep(5000).then(() => Promise.reject(new Error('the idle connection stayed open')))]);
+    expect(answers(idle.text())).toHaveLength(1);
+    // A request sent after the change on the busy connection is not processed (RFC 9112 §9.6).
+    busy.socket.write(request('a.h1.lab.test', '/h1-after-change'));
+    await sleep(200);
+    held.shift()?.();
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the busy connection stayed open')))]);
+    const [answer, ...more] = answers(busy.text());
+    expect(answer?.start).toBe('HTTP/1.1 200 OK');
+    expect(answer?.headers.get('connection')).toEqual(['close']);
+    expect(answer?.body).toBe(SLOW_BODY);
+    expect(more).toEqual([]);
+    expect(originBSaw).not.toContain('/h1-after-change');
+    // A connection whose certificate still covers its names is left alone.
+    kept.socket.write(request('kept.h1.lab.test', '/h1-kept-2'));
+    await waitFor('the second kept answer', () => (answers(kept.text()).length === 2 ? true : undefined));
+    expect(answers(kept.text()).map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['keep-alive']]);
+    expect(kept.socket.destroyed).toBe(false);
+    originTunnels.at(-1)?.write(encodeFrame(TEXT, 'after the change', false));
+    expect(await Promise.race([ws.next(), sleep(5000).then(() => 'the tunnel was closed')])).toBe('after the change');
+    await waitFor('the count', async () => ((await retiredCount('http1')) === before + 2 ? true : undefined), 5000);
+    kept.socket.destroy();
+    ws.socket.destroy();
+    for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
+  });
+
+  it('a connection whose handshake completes after the change gets `Connection: close` on its first answer', async () => {
+    await serveEntry('h1late', ['late.h1.lab.test']);
+    const before = await retiredCount('http1');
+    const late = heldHandshake('late.h1.lab.test', 'http/1.1');
+    let text = '';
+    late.tls.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+    late.tls.on('error', () => undefined);
+    // The proxy's close, seen on the TCP connection (the TLS socket over the gate does not report it).
+    const closed = new Promise((resolve) => late.tcp.once('end', resolve));
+    // Queued behind the held Finished: sent once the handshake completes.
+    late.tls.write(request('late.h1.lab.test', '/h1-late-1') + request('late.h1.lab.test', '/h1-late-2'));
+    await waitFor("the proxy's certificate", () => (late.picked() ? true : undefined), 5000);
+    await serveEntry('h1late', ['later.h1.lab.test']);
+    late.release();
+    await Promise.race([closed, sleep(5000).then(() => Promise.reject(new Error(`the late connection stayed open: ${text}`)))]);
+    const got = answers(text);
+    expect(got).toHaveLength(1);
+    expect(got[0]?.headers.get('connection')).toEqual(['close']);
+    expect(originBSaw).not.toContain('/h1-late-2');
+    await waitFor('the count', async () => ((await retiredCount('http1')) === before + 1 ? true : undefined), 5000);
+    late.tcp.destroy();
   });
 });
 

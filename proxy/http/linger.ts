@@ -131,6 +131,11 @@ export function lingerAfterEnd(socket: Duplex): void {
   socket.once('end', () => socket.destroy());
 }
 
+/** Nothing Node parses on `socket` from now on is processed (notAfterClose): a connection we are closing with no answer in progress. */
+export function processNoMore(socket: Duplex): void {
+  closing.add(socket);
+}
+
 /** Whether an answer of ours closes `socket` after a request whose body is not read (closeAfterAnswer). */
 export function closesAfterAnswer(socket: Duplex): boolean {
   return closing.has(socket);

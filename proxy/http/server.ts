@@ -3,7 +3,9 @@
  * server that never listens; its listener (tls/listener.ts) hands it each
  * connection that negotiated http/1.1 or no ALPN protocol, secured. And the
  * plain-HTTP port's (`startRedirectServer`): redirects to HTTPS and ACME
- * HTTP-01 (redirect.ts).
+ * HTTP-01 (redirect.ts). The TLS listeners' connections are kept in the
+ * worker's Http1Connections (retire.ts), which ends those a certificate
+ * change no longer covers.
  *
  * Both run under the same limits. The plain-HTTP port also applies the
  * worker's connection caps at accept, as its TLS listeners do
@@ -30,6 +32,7 @@ import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
 import { notAfterClose } from './linger.js';
+import type { Http1Connections } from './retire.js';
 import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
 
 export interface Http1Server {
@@ -42,9 +45,11 @@ export function createHttp1Server(
   limits: ProxyConfig['limits'],
   handler: ExpectingHandler,
   upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+  connections: Http1Connections,
 ): Http1Server {
-  // Nothing after a request we answered with `close` is processed (linger.ts).
-  const own = notAfterClose(handler);
+  // Nothing after a request we answered with `close` is processed (linger.ts); the first request on a connection a
+  // certificate change left uncovered is answered with `close` (retire.ts).
+  const own = notAfterClose(connections.closingFirst(handler));
   // An HTTP/1.1 request without Host is refused by the handler (target.ts), not by Node: Node's own 400 says close
   // but its parser reads on, and a request pipelined behind it reached the origin, its answer never sent.
   const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, own);
@@ -55,7 +60,14 @@ export function createHttp1Server(
   server.on('clientError', answerClientError);
   // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.
   server.emit('listening');
-  return { server, take: (socket) => void server.emit('connection', socket) };
+  return {
+    server,
+    take: (socket, connection) => {
+      // Kept first: a connection a change has left uncovered is marked before its first request can be parsed.
+      connections.add(socket, connection);
+      server.emit('connection', socket);
+    },
+  };
 }
 
 /** Node's limits and deadlines from ours; Node checks them every second (its 30 s default would let a slow client linger). */

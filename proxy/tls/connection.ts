@@ -9,7 +9,8 @@
  * The listener resolves the name once, where the ClientHello is read, and
  * stores the answer here; a reload never changes what a connection was
  * served, and `stillCovers` tells whether what serves now still covers it
- * (an HTTP/2 connection that it no longer covers is retired).
+ * (a connection that it no longer covers is retired: HTTP/2 with GOAWAY,
+ * HTTP/1.1 closed, http/retire.ts).
  *
  * Cost: one small object and one property per connection (a symbol key, so
  * every TLS socket keeps one shape).

@@ -1,0 +1,128 @@
+/**
+ * A worker's HTTP/1.1 connections of its TLS listeners, kept so that a
+ * certificate change can end the ones it no longer covers: a reload that
+ * drops a name from the certificate a connection was served (a renewal
+ * without it, an entry removed) would otherwise leave a keep-alive client
+ * sending requests for that name on its old connection for as long as the
+ * connection lives. HTTP/2's counterpart is http2/sessions.ts `retire()`
+ * (GOAWAY); the check is the same (tls/connection.ts `stillCovers`).
+ *
+ * On the change, as nginx treats the connections of an old configuration:
+ * - an idle connection (no answer in progress) is closed at once, gracefully
+ *   (our FIN, then what arrives is read and dropped until the client closes
+ *   or the linger ends: linger.ts), and a request arriving meanwhile is not
+ *   processed: a keep-alive client retries it on a new connection (RFC 9112
+ *   §9.3.1, §9.5);
+ * - a connection with an answer in progress gets that answer whole with
+ *   `Connection: close` (or, its head already sent, is closed right after it)
+ *   and nothing parsed after the change is processed (RFC 9112 §9.6). A
+ *   pipelined request already handed to an origin behind it gets no answer
+ *   (its origin request is aborted as the connection closes, queued.ts): the
+ *   client retries it, as RFC 9112 §9.3.2 has it do for an unanswered one;
+ * - a connection whose handshake completes after the change (its ClientHello
+ *   picked the old certificate) is checked as it arrives: its first answer
+ *   says `Connection: close`, so its client reconnects and sees what serves now.
+ * WebSocket tunnels and CONNECT tunnels already established are left alone.
+ *
+ * Cost: per connection, a map entry and one 'close' listener; per request,
+ * one WeakSet lookup (`closeFirst`); the walk over the connections happens
+ * at the change only.
+ */
+import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import type { ProxyMetrics } from '../metrics.js';
+import type { ConnectionInfo } from '../tls/connection.js';
+import type { ExpectingHandler } from './expect.js';
+import { closeAfterAnswer, lingerAfterEnd, processNoMore } from './linger.js';
+import { answerInProgress } from './queued.js';
+
+/** Node's server sets `_last` from `shouldKeepAlive` when it writes the head, and closes after an answer with it set. */
+type NodeAnswer = ServerResponse & { _last?: boolean };
+
+export class Http1Connections {
+  readonly #live = new Map<TLSSocket, ConnectionInfo>();
+  /** Connections whose handshake completed after a change they are not covered by: their first answer closes them. */
+  readonly #closeFirst = new WeakSet<Duplex>();
+  readonly #stillCovered: (connection: ConnectionInfo) => boolean;
+  readonly #metrics: ProxyMetrics;
+
+  constructor(stillCovered: (connection: ConnectionInfo) => boolean, metrics: ProxyMetrics) {
+    this.#stillCovered = stillCovered;
+    this.#metrics = metrics;
+  }
+
+  /** Connections being served. */
+  get size(): number {
+    return this.#live.size;
+  }
+
+  /** Keeps `socket`, just handed to an HTTP/1.1 server, until it closes; one that a change already left uncovered closes after its first answer. */
+  add(socket: TLSSocket, connection: ConnectionInfo): void {
+    this.#live.set(socket, connection);
+    socket.once('close', () => this.#live.delete(socket));
+    if (this.#stillCovered(connection)) return;
+    this.#closeFirst.add(socket);
+    this.#count();
+  }
+
+  /** After a serving-state change: ends every connection whose certificate no longer covers one of its names; returns how many. */
+  retire(): number {
+    let retired = 0;
+    for (const [socket, connection] of this.#live) {
+      // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more.
+      if (tunnelled(socket)) {
+        this.#live.delete(socket);
+        continue;
+      }
+      if (this.#stillCovered(connection)) continue;
+      // Ended once: a later change finds it gone (closed) or already closing.
+      this.#live.delete(socket);
+      const answer = answerInProgress(socket);
+      if (answer === undefined) closeIdle(socket);
+      else closeAfter(answer);
+      retired++;
+      this.#count();
+    }
+    return retired;
+  }
+
+  /** `handle` (a server's request listener), except that the first request on a connection `add` found uncovered is the last. */
+  closingFirst(handle: ExpectingHandler): ExpectingHandler {
+    return (req, res, expectation) => {
+      if (this.#closeFirst.has(req.socket)) {
+        this.#closeFirst.delete(req.socket);
+        closeAfter(res);
+      }
+      handle(req, res, expectation);
+    };
+  }
+
+  #count(): void {
+    this.#metrics.http1ConnectionsClosed.inc({ reason: 'certificate' });
+  }
+}
+
+/** Whether Node's server handed `socket` over for a tunnel: it frees the connection's parser then (`socket.parser`, Node 20 to 24). */
+function tunnelled(socket: TLSSocket): boolean {
+  return (socket as TLSSocket & { parser?: unknown }).parser == null;
+}
+
+/** No answer in progress: our FIN now; what arrives until the client closes is read and dropped, not processed. */
+function closeIdle(socket: TLSSocket): void {
+  processNoMore(socket);
+  socket.end();
+  lingerAfterEnd(socket);
+}
+
+/**
+ * `answer` is the connection's last: its head says `Connection: close` (Node
+ * writes it, and closes after the answer, when `shouldKeepAlive` is false);
+ * a head already written cannot say it, and the connection closes after the
+ * answer all the same. Nothing parsed after it is processed (linger.ts).
+ */
+function closeAfter(answer: NodeAnswer): void {
+  if (answer.headersSent) answer._last = true;
+  else answer.shouldKeepAlive = false;
+  closeAfterAnswer(answer.req, answer);
+}
