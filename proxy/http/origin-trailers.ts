@@ -44,8 +44,9 @@
  * and `llhttp.llhttp_set_lenient_chunked_length`; if any is missing nothing is
  * changed.
  *
- * Cost: three closures per origin connection; per answer, one flag write and
- * one call into the parser; per answer with trailers, two more.
+ * Cost: three closures per origin connection; per field of a head, one call
+ * through the `onHeaderField` wrapper (two comparisons); per answer, one flag
+ * write and one call into the parser; per answer with trailers, two more.
  */
 import type { Socket } from 'node:net';
 import { type UndiciParser, undiciParser } from './undici-parser.js';
