@@ -203,7 +203,7 @@ describe('slow and non-reading clients', () => {
     await origin?.close();
   });
 
-  it('200 slow uploads and 4 non-readers for 50 s: every normal GET succeeds, p99 under 2.5 s, memory bounded', async () => {
+  it('200 slow uploads and 4 non-readers for 30 s: every normal GET succeeds, p99 under 2.5 s, memory bounded', async () => {
     const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
     await normalClient(proxy.port, agent, 1000);
     const rssBefore = await workersRss(proxy);
@@ -212,10 +212,10 @@ describe('slow and non-reading clients', () => {
     let latencies: number[];
     let rssDuring: number;
     try {
-      // Measured once the attack has built up (5 s), for 45 s: 120 GETs or more at the slowest seen (a load average of 12),
-      // 400 on an idle machine; every slow upload is cut and back at least three times (408s at 10-15 s, 20-30 s, 30-45 s),
-      // each non-reader's answer cut at 15-20 s, 30-40 s.
-      latencies = await normalClient(proxy.port, agent, 50_000, 5000);
+      // Measured once the attack has built up (5 s), for 25 s: 65 GETs or more at the slowest seen (120 in 45 s at a load
+      // average of 12), 220 on an idle machine; every slow upload is cut and back at least once (408s at 10-15 s, 20-30 s),
+      // each non-reader's answer cut at 15-20 s.
+      latencies = await normalClient(proxy.port, agent, 30_000, 5000);
       rssDuring = await workersRss(proxy);
       expect(posters.connected()).toBeGreaterThan(150);
     } finally {
@@ -229,7 +229,7 @@ describe('slow and non-reading clients', () => {
     );
     const failed = latencies.filter((ms) => ms === Infinity).length;
     expect(failed).toBe(0);
-    expect(latencies.length).toBeGreaterThan(100);
+    expect(latencies.length).toBeGreaterThan(50);
     expect(p99(latencies)).toBeLessThan(P99_BOUND_MS);
     // Slow uploads past bodyTimeoutMs got 408 and came back; the non-readers' answers were cut.
     expect(posters.timeouts()).toBeGreaterThan(100);
