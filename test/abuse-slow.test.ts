@@ -263,7 +263,7 @@ describe('slow uploads with the default limits', () => {
     const posters = slowPosters(proxy.port, 160);
     let latencies: number[];
     try {
-      latencies = await normalClient(proxy.port, agent, 16_000, 4000);
+      latencies = await normalClient(proxy.port, agent, 12_000, 4000);
       expect(posters.connected()).toBeGreaterThan(140);
     } finally {
       agent.destroy();
