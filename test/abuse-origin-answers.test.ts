@@ -142,6 +142,16 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   // After a Content-Length, and not chunked: the parser then expects the connection's close, and that connection is closed.
   '/trailer-te-gzip':
     'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: transfer-encoding, x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: kept\r\ncontent-length: 2\r\ntransfer-encoding: gzip\r\n\r\n',
+  // Framing fields in trailers that llhttp refuses whatever its flags (two Content-Lengths, one not a number or empty):
+  // the answer is whole at its last chunk; the section after it cannot be read to its end.
+  '/trailer-two-lengths': (socket) => {
+    socket.once('close', () => originEvents.emit('trailer-two-lengths closed'));
+    socket.write(
+      'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t, content-length\r\n\r\n2\r\nok\r\n0\r\nx-t: dropped\r\ncontent-length: 2\r\ncontent-length: 3\r\nx-u: dropped\r\n\r\n',
+    );
+  },
+  '/trailer-length-word': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: content-length\r\n\r\n2\r\nok\r\n0\r\ncontent-length: two\r\n\r\n',
+  '/trailer-length-empty': 'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\ncontent-length: \r\n\r\n',
   '/trailer-connection':
     'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t, connection, keep-alive, te, upgrade, proxy-connection, content-type\r\n\r\n2\r\nok\r\n0\r\n' +
     'x-t: kept\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\nte: trailers\r\nupgrade: h2c\r\nproxy-connection: keep-alive\r\ncontent-type: text/html\r\n\r\n',
@@ -528,6 +538,9 @@ describe('answers with bad framing, each followed by a request on the same clien
     ['/version-3-0', '502'],
     ['/trailer-length', '200'],
     ['/trailer-te-gzip', '200'],
+    ['/trailer-two-lengths', '200'],
+    ['/trailer-length-word', '200'],
+    ['/trailer-length-empty', '200'],
   ])('%s: %s, and the next answer is its own (the origin connection is dropped, the client connection stays in step)', async (path, status) => {
     const { received } = await h1Send(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\n`);
     expect([...received.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1])).toEqual([status, '200']);
@@ -543,10 +556,21 @@ describe('answers with bad framing, each followed by a request on the same clien
   });
 });
 
+describe('a trailer section the parser stops in (two Content-Lengths)', () => {
+  it('closes its origin connection once the answer is complete: the unread rest of the section is never read as the next answer', async () => {
+    const closed = new Promise((resolve) => originEvents.once('trailer-two-lengths closed', resolve));
+    const { received, gaveUp } = await h1Get('/trailer-two-lengths');
+    expect(gaveUp).toBe(false);
+    expect(received.endsWith('\r\n\r\n2\r\nok\r\n0\r\n\r\n')).toBe(true);
+    await closed;
+  });
+});
+
 describe('origin answers HTTP/1.1 and HTTP/2 clients got differently (RFC 9110 §15, §6.5.1; RFC 9112 §2.3)', () => {
   const UNRELAYED = 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE';
   /** Trailers an HTTP/2 client gets of the trailer answers: what §6.5.1 allows, never framing or connection fields. */
   const KEPT = { 'x-t': 'kept' };
+  const NONE = {};
   it.each([
     ['/status-600', 502, UNRELAYED],
     ['/status-999', 502, UNRELAYED],
@@ -559,6 +583,10 @@ describe('origin answers HTTP/1.1 and HTTP/2 clients got differently (RFC 9110 �
     ['/trailer-te', 200, undefined, KEPT],
     ['/trailer-te-gzip', 200, undefined, KEPT],
     ['/trailer-connection', 200, undefined, KEPT],
+    // A trailer section not read to its end is not passed on at all (what came before the refused field included).
+    ['/trailer-two-lengths', 200, undefined, NONE],
+    ['/trailer-length-word', 200, undefined, NONE],
+    ['/trailer-length-empty', 200, undefined, NONE],
   ])('%s: %s to either client, whole (code %s)', async (path, status, code, trailers?: Record<string, string>) => {
     const { received, gaveUp } = await h1Get(path);
     expect(gaveUp).toBe(false);

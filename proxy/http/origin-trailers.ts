@@ -17,9 +17,28 @@
  * 9 lifts only those two checks (src/llhttp/http.ts, `checkInvalidContentLength`
  * and `checkInvalidTransferEncoding`; its other use concerns requests), and
  * undici's length check uses the head's Content-Length (none, for a chunked
- * answer), not the trailer's. Left as llhttp has them, since no flag lifts
- * them: two Content-Lengths in one trailer section, or one whose value is not
- * a number, still fail the answer.
+ * answer), not the trailer's.
+ *
+ * Two Content-Lengths in one trailer section, or one whose value is not a
+ * number (or empty), llhttp refuses whatever its flags: `Duplicate
+ * Content-Length` (HPE_UNEXPECTED_CONTENT_LENGTH) and `Invalid character in
+ * Content-Length` / `Empty Content-Length` (HPE_INVALID_CONTENT_LENGTH) are
+ * checked by the field's name alone, with no lenient flag on their path
+ * (llhttp 9, `header_value_content_length_once`, `invalidContentLength`,
+ * `checkEmptyHeaderValue`), and an llhttp error is not resumable. The parser
+ * stops there, short of the section's end, and undici failed the whole answer
+ * at its last bytes, as above. But the answer's body is whole by then (a
+ * trailer section begins after the last chunk, RFC 9112 §7.1), and no
+ * framing can follow from a trailer (§6.5.1). So, when the parser fails with
+ * one of those two codes in a trailer section, the answer is completed there
+ * without trailers, and its origin connection is closed: none of the section
+ * is passed on, since it was not read to its end (nginx passes an origin's
+ * trailers on in no case), and the bytes after the refused field, unread,
+ * leave the connection unusable for another answer; undici then takes
+ * another one for the next request, as after a `Connection: close`. Every
+ * other error in a trailer section (a byte no field may hold, one cut short)
+ * still fails the answer: the framing checks of heads and bodies are as
+ * llhttp has them.
  *
  * `Connection: close` in trailers (§7.6.1's Connection belongs to the head)
  * is honoured: once the answer is complete the parser holds the connection
@@ -39,17 +58,22 @@
  * parser expect the connection's close the same way, and closes it too.
  *
  * What this relies on: undici 7's parser (undici-parser.ts) with
- * `onHeadersComplete`, `onHeaderField`, `onMessageComplete`, `statusCode`,
- * `contentLength`, `shouldKeepAlive`, `ptr`, `llhttp.llhttp_should_keep_alive`
- * and `llhttp.llhttp_set_lenient_chunked_length`; if any is missing nothing is
+ * `onHeadersComplete`, `onHeaderField`, `onMessageComplete`, `createError`,
+ * `headers`, `statusCode`, `contentLength`, `shouldKeepAlive`, `ptr`,
+ * `llhttp.llhttp_should_keep_alive` and
+ * `llhttp.llhttp_set_lenient_chunked_length`; if any is missing nothing is
  * changed.
  *
- * Cost: three closures per origin connection; per field of a head, one call
+ * Cost: four closures per origin connection; per field of a head, one call
  * through the `onHeaderField` wrapper (two comparisons); per answer, one flag
  * write and one call into the parser; per answer with trailers, two more.
  */
 import type { Socket } from 'node:net';
 import { type UndiciParser, undiciParser } from './undici-parser.js';
+
+/** llhttp's codes for a Content-Length field refused by its name alone (llhttp 9, `ERROR`): in trailers, no framing. */
+const HPE_UNEXPECTED_CONTENT_LENGTH = 4;
+const HPE_INVALID_CONTENT_LENGTH = 11;
 
 /** Makes the parser under `socket` read trailer sections as above. */
 export function readTrailerSections(socket: Socket): void {
@@ -57,11 +81,14 @@ export function readTrailerSections(socket: Socket): void {
   const onHeadersComplete = parser?.onHeadersComplete;
   const onHeaderField = parser?.onHeaderField;
   const onMessageComplete = parser?.onMessageComplete;
+  const createError = parser?.createError;
   if (
     parser === undefined ||
     typeof onHeadersComplete !== 'function' ||
     typeof onHeaderField !== 'function' ||
     typeof onMessageComplete !== 'function' ||
+    typeof createError !== 'function' ||
+    !Array.isArray(parser.headers) ||
     typeof parser.contentLength !== 'string' ||
     typeof parser.llhttp?.llhttp_should_keep_alive !== 'function' ||
     typeof parser.llhttp.llhttp_set_lenient_chunked_length !== 'function'
@@ -95,5 +122,15 @@ export function readTrailerSections(socket: Socket): void {
     if (this.statusCode >= 200 && headKeptAlive && this.shouldKeepAlive && this.ptr !== null && this.llhttp.llhttp_should_keep_alive(this.ptr) === 0)
       this.shouldKeepAlive = false;
     return onMessageComplete.call(this);
+  };
+  parser.createError = function (this: UndiciParser, ret, data) {
+    if (trailing && (ret === HPE_UNEXPECTED_CONTENT_LENGTH || ret === HPE_INVALID_CONTENT_LENGTH)) {
+      // The answer ends whole at its last chunk, without trailers; not kept alive, undici closes the connection (its
+      // parser stopped inside the section) and the error this returns finds it destroyed, and no request on it.
+      this.headers = [];
+      this.shouldKeepAlive = false;
+      this.onMessageComplete();
+    }
+    return createError.call(this, ret, data);
   };
 }

@@ -27,6 +27,10 @@ export interface UndiciParser {
   timeout: unknown;
   /** Reads what is left once the origin closed its end (undici's `finish`); an error, or null. */
   finish: () => Error | null;
+  /** The error undici throws for llhttp's error code `ret` (undici's `createError`), from `execute` or `finish`. */
+  createError: (ret: number, data: Buffer) => Error;
+  /** The fields read so far of a head or a trailer section ([name, value, …]), handed to `onMessageComplete`'s request as its trailers. */
+  headers: Buffer[];
   /** Parses `chunk` (undici's `execute`); sets `paused` when a handler asked for a pause. */
   execute: (chunk: Buffer) => void;
   paused: boolean;
