@@ -47,6 +47,7 @@ import {
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CertificateError, CertificateStoreError } from './errors.js';
+import { assertStorePresent } from './store-dir.js';
 import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, READ_CHAIN, writeAtomic } from './store-files.js';
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
@@ -148,25 +149,14 @@ export class CertificateStore {
   }
 
   /**
-   * Throws KEYEDGE_ERR_CERT_STORE when the directory is not there. For a
+   * Throws KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there. For a
    * reload after entries were served: a directory renamed away (a deploy
    * swapping in a new one, a volume not mounted yet) is not an empty store,
-   * and taking it for one would stop serving every entry at once.
+   * and taking it for one would stop serving every entry at once
+   * (store-dir.ts, which also refuses an empty directory put in its place).
    */
   assertPresent(): void {
-    let dir: Stats;
-    try {
-      dir = statSync(this.dir);
-    } catch (err) {
-      throw new CertificateStoreError(
-        'KEYEDGE_ERR_CERT_STORE',
-        '',
-        `the certificate store ${this.dir} is gone (${errno(err)}): renamed or removed; its entries keep serving until it is back (remove entries one by one: keyedge cert remove)`,
-        { cause: err },
-      );
-    }
-    if (!dir.isDirectory())
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `the certificate store ${this.dir} is not a directory; its entries keep serving`);
+    assertStorePresent(this.dir);
   }
 
   has(name: string): boolean {
