@@ -30,6 +30,7 @@ import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
 import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
 import type { PackedDelta } from './pack.js';
+import { InTurn } from './in-turn.js';
 import { LayeredMap } from './layered.js';
 import { prepareServing, type SeenStat, servesFromStore } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
@@ -75,6 +76,9 @@ export interface NextServing {
   readonly answered: readonly string[];
 }
 
+/** What an upload pins instead of the entry's current names and key id, where it came from, and the issuance lock it holds. */
+type UploadPin = { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock };
+
 export class ServingSource {
   #config: ProxyConfig;
   /** Layered (layered.ts): a commit of k changes costs O(k + changes since the base), not a copy of every record. */
@@ -85,6 +89,7 @@ export class ServingSource {
   /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
   #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
+  readonly #uploads = new InTurn<string>();
   /** The store directory the last committed pass listed (certs/store-dir.ts): another one in its place is not taken empty. */
   #storeDirId: string | undefined;
   /** The serving state the last run kept (kept.ts), until the first pass has used it; then only what can be sent again. */
@@ -249,11 +254,12 @@ export class ServingSource {
    * ones (the ACME issuer's renewal with a new key). Rejects, leaving the
    * store unchanged, when the chain is refused.
    */
-  async putCertificate(
-    name: string,
-    chainText: string,
-    pin: { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock } = {},
-  ): Promise<void> {
+  putCertificate(name: string, chainText: string, pin: UploadPin = {}): Promise<void> {
+    // One upload of an entry at a time (in-turn.ts): each validates against what the one before it wrote.
+    return this.#uploads.run(name, () => this.#put(name, chainText, pin));
+  }
+
+  async #put(name: string, chainText: string, pin: UploadPin): Promise<void> {
     // An ACME order's result in a fleet: written only while its issuance lock is held (store/lock.ts).
     const store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
     // Refused before any validation when the shared store cannot take it.
