@@ -48,7 +48,19 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CertificateError, CertificateStoreError } from './errors.js';
 import { assertStorePresent } from './store-dir.js';
-import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, READ_CHAIN, writeAtomic } from './store-files.js';
+import {
+  checkChainFile,
+  errno,
+  fsyncDir,
+  identity,
+  keepAside,
+  lstatIdentity,
+  metaStat,
+  putBack,
+  READ_CHAIN,
+  unlinkQuietly,
+  writeAtomic,
+} from './store-files.js';
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 // The entry's shape and the file helpers, for the modules that read entries as this store does.
@@ -241,25 +253,35 @@ export class CertificateStore {
   /**
    * Creates or replaces the entry: metadata first, then the chain, each
    * atomically (see the module comment). The caller validates first; this
-   * only checks the name and the metadata's shape.
+   * only checks the name and the metadata's shape. When the chain cannot be
+   * written, the metadata is put back as it was (or removed, for a new
+   * entry) before the error is thrown.
    */
   write(name: string, chainText: string, meta: StoreMeta): void {
     this.#check(name);
     const checked = checkStoreMeta(meta);
     if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
     const paths = this.#paths(name);
+    let aside: string | null | undefined;
     try {
       // Returns the first directory it made; the umask may have narrowed its mode.
       const created = mkdirSync(this.dir, { recursive: true, mode: DIR_MODE });
       if (created !== undefined) chmodSync(this.dir, DIR_MODE);
+      aside = keepAside(this.dir, paths.metaPath);
       writeAtomic(this.dir, paths.metaPath, `${JSON.stringify(checked.meta, null, 2)}\n`);
       writeAtomic(this.dir, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
       fsyncDir(this.dir);
     } catch (err) {
+      // The chain not written (a full disk, say): the metadata as it was, so the old chain (or none) is never left
+      // beside metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet.
+      putBack(aside, paths.metaPath);
+      aside = undefined;
       if (err instanceof CertificateStoreError) throw err;
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${this.dir}: ${errno(err)}`, {
         cause: err,
       });
+    } finally {
+      if (typeof aside === 'string') unlinkQuietly(aside);
     }
   }
 
