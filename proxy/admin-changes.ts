@@ -94,11 +94,21 @@ export function answerChange(req: http.IncomingMessage, res: http.ServerResponse
   return text(res, 404, 'not found\n');
 }
 
+/**
+ * A store directory that is away (gone, or an empty one in its place: certs/store-dir.ts) is 503, as the fleet's etcd
+ * away is: nothing was written, and the same request succeeds once the directory is back (RFC 9110 §15.6.4).
+ */
+const STORE_ERROR_STATUS: Readonly<Record<string, number>> = {
+  KEYEDGE_ERR_CERT_EXISTS: 409,
+  KEYEDGE_ERR_CERT_NOT_FOUND: 404,
+  KEYEDGE_ERR_CERT_STORE_GONE: 503,
+};
+
 function putFailureStatus(err: Error): number {
   if (err instanceof StoreUnavailableError) return 503;
   if (err instanceof StoreValueTooLargeError) return 413;
   if (err instanceof CertificateError || (err instanceof KeyedgeError && err.code === 'KEYEDGE_ERR_CONFIG')) return 422;
-  if (err instanceof CertificateStoreError) return err.code === 'KEYEDGE_ERR_CERT_EXISTS' ? 409 : err.code === 'KEYEDGE_ERR_CERT_NOT_FOUND' ? 404 : 500;
+  if (err instanceof CertificateStoreError) return STORE_ERROR_STATUS[err.code] ?? 500;
   // The key server could not be asked for the chain's key.
   if (err instanceof KeyedgeError && (err.code === 'KEYEDGE_ERR_CLOSED' || err.code === 'KEYEDGE_ERR_TIMEOUT')) return 503;
   return 500;

@@ -192,6 +192,21 @@ describe('certificate store', () => {
     expect(store.list()).toEqual([]);
   });
 
+  it('puts the metadata back when the chain cannot be written: an entry never keeps metadata pinned for another chain', () => {
+    const store = freshStore();
+    store.write('kept', CHAIN, { names: ['a.example'], keyId: KEY_ID });
+    const before = readFileSync(join(store.dir, 'kept.json'), 'utf8');
+    // A directory where the chain goes: its rename fails (EISDIR), after the metadata's.
+    rmSync(join(store.dir, 'kept.pem'));
+    mkdirSync(join(store.dir, 'kept.pem'));
+    mkdirSync(join(store.dir, 'new.pem'));
+    for (const name of ['kept', 'new'])
+      expect(storeError(() => store.write(name, CHAIN, { names: ['b.example'] })).message).toContain(`cannot write '${name}'`);
+    // As they were: the old metadata, and none for an entry that had none; nothing else left behind.
+    expect(readFileSync(join(store.dir, 'kept.json'), 'utf8')).toBe(before);
+    expect(readdirSync(store.dir).sort()).toEqual(['kept.json', 'kept.pem', 'new.pem']);
+  });
+
   it('never shows a concurrent reader a partial file', async () => {
     const store = freshStore();
     // Large enough that a non-atomic write would be seen half done.

@@ -99,6 +99,26 @@ describe('admin API: names, body limit, auth scheme', () => {
     expect(answer.status, answer.body).toBe(200);
   });
 
+  it('takes concurrent uploads of one new entry in turn: the first adds it, pinning its names; the others are judged against them', async () => {
+    const uploads = await Promise.all(Array.from({ length: 8 }, (_, i) => lab.certificate(`race-${i}`, lab.keys.ec, ['race.lab.test', `r${i}.lab.test`])));
+    const answers = await Promise.all(uploads.map((u) => adminRequest('PUT', '/certs/race', { body: readFileSync(u.file) })));
+    // As if sent one after the other: one stored, each other refused for a pinned name its leaf does not cover.
+    const stored = answers.flatMap((a, i) => (a.status === 200 ? [i] : []));
+    expect(stored, answers.map((a) => a.status).join(',')).toHaveLength(1);
+    const winner = stored[0]!;
+    for (const answer of answers.filter((_, i) => i !== winner)) {
+      expect(answer.status, answer.body).toBe(422);
+      expect(JSON.parse(answer.body).error).toMatchObject({ reason: 'names' });
+      expect(answer.body).toContain(`the leaf does not cover \\"r${winner}.lab.test\\"`);
+    }
+    const listed = (JSON.parse((await adminRequest('GET', '/certs')).body) as { certificates: { name: string; serial: string; names: string[] }[] })
+      .certificates;
+    expect(listed.find((c) => c.name === 'race')).toMatchObject({
+      serial: uploads[winner]!.leaf.cert.serialNumber,
+      names: ['race.lab.test', `r${winner}.lab.test`],
+    });
+  });
+
   it('answers 413 KEYEDGE_HTTP_BODY_TOO_LARGE to a declared length over the limit, without waiting for the body', async () => {
     const answer = await rawExchange(`PUT /certs/big HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 300000\r\n\r\n`);
     expect(answer).toMatch(/^HTTP\/1\.1 413 /);

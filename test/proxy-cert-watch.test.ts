@@ -1,5 +1,17 @@
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
@@ -268,6 +280,9 @@ describe('a store directory swapped for another, as a deploy does (mv certs cert
     // An upload meanwhile is refused too, rather than made the one entry of a new, empty directory.
     const put = await proxy.admin('PUT', '/certs/swapped', `${added.certPem}\n${inter.certPem}`);
     expect(put.text).toContain(`the certificate store ${proxy.storeDir} is gone`);
+    // The store is away for now: 503 (try again), not a server fault.
+    expect(put.status).toBe(503);
+    expect(JSON.parse(put.text).error.code).toBe('KEYEDGE_ERR_CERT_STORE_GONE');
     expect(existsSync(proxy.storeDir)).toBe(false);
     expect(await servedSerial('two.lab.test')).toBe(served);
     const started = performance.now();
@@ -275,5 +290,57 @@ describe('a store directory swapped for another, as a deploy does (mv certs cert
     // The rescan is an hour away: only a watch on the new directory sees it.
     pickup.swappedStore = Math.round(await servedAfter('swapped.lab.test', added, started, WITHIN_MS * 3));
     expect(await servedSerial('two.lab.test')).toBe(served);
+  });
+});
+
+/** The primary's count of refused reloads by `trigger`, from /metrics. */
+async function refusedReloads(trigger: string): Promise<number> {
+  const text = (await proxy.admin('GET', '/metrics')).text;
+  const line = text.split('\n').find((l) => l.startsWith(`keyedge_proxy_reloads_total{trigger="${trigger}",result="refused"}`));
+  return line === undefined ? 0 : Number(line.split(' ').pop());
+}
+
+describe('a store directory replaced by an empty one (rm -rf certs && mkdir certs, or a deploy swapping in an empty directory)', () => {
+  it('refuses the empty directory, counted and naming it, every entry keeps serving, and an upload is answered 503', async () => {
+    const served = await servedSerial('two.lab.test');
+    expect(served).toBeDefined();
+    const watchRefusals = await refusedReloads('watch');
+    const adminRefusals = await refusedReloads('admin');
+    const before = proxy.lines.length;
+    renameSync(proxy.storeDir, `${proxy.storeDir}.prev`);
+    mkdirSync(proxy.storeDir);
+    // The watch's pass on the new directory: refused, naming it, rather than taken as an empty store.
+    const pass = await waitFor('the watch pass', () =>
+      proxy.lines.slice(before).find((l) => l.trigger === 'watch' && (l.msg === 'reload done' || String(l.msg).startsWith('reload refused'))),
+    );
+    expect(pass).toMatchObject({ code: 'KEYEDGE_ERR_CERT_STORE_GONE' });
+    expect(JSON.stringify(pass)).toContain(`the certificate store ${proxy.storeDir} was replaced by another directory holding no certificate`);
+    expect(await servedSerial('two.lab.test')).toBe(served);
+    expect(await servedSerial('swapped.lab.test')).toBeDefined();
+    const answer = await proxy.admin('POST', '/reload');
+    expect(answer.status).toBe(409);
+    expect(answer.text).toContain(`the certificate store ${proxy.storeDir} was replaced by another directory holding no certificate`);
+    // An upload is refused too, rather than made the one entry the next pass would take the directory for.
+    const late = await leaf('late.lab.test');
+    const put = await proxy.admin('PUT', '/certs/late', `${late.certPem}\n${inter.certPem}`);
+    expect(put.status).toBe(503);
+    expect(JSON.parse(put.text).error).toMatchObject({ code: 'KEYEDGE_ERR_CERT_STORE_GONE' });
+    expect(readdirSync(proxy.storeDir)).toEqual([]);
+    expect(await refusedReloads('watch')).toBeGreaterThan(watchRefusals);
+    expect(await refusedReloads('admin')).toBeGreaterThan(adminRefusals);
+    expect(await servedSerial('two.lab.test')).toBe(served);
+  });
+
+  it('takes the new directory once it holds a certificate, and a store emptied in place (its last entry removed) as empty', async () => {
+    const late = await leaf('late.lab.test');
+    writeFileSync(join(proxy.storeDir, '.late.tmp'), `${late.certPem}\n${inter.certPem}`);
+    renameSync(join(proxy.storeDir, '.late.tmp'), join(proxy.storeDir, 'late.pem'));
+    await servedAfter('late.lab.test', late, performance.now());
+    // The new directory is the store now: what the old one held and this one does not is no longer served.
+    await waitFor('two.lab.test to stop serving', async () => ((await servedSerial('two.lab.test')) === undefined ? true : undefined));
+    unlinkSync(join(proxy.storeDir, 'late.pem'));
+    await waitFor('late.lab.test to stop serving', async () => ((await servedSerial('late.lab.test')) === undefined ? true : undefined));
+    // The config's certificates are not the store's: they serve on.
+    expect(await servedSerial('secret.lab.test')).toBeDefined();
   });
 });

@@ -39,6 +39,7 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): {
         fileDomains: [],
         targeted: options.only !== undefined,
         answered: [],
+        storeDirId: undefined,
       };
     },
     commit(next: NextServing): void {

@@ -1,9 +1,10 @@
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
+import { CertificateStoreError } from '../proxy/certs/errors.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { keepPacked, keptDir, loadKept } from '../proxy/serving/kept.js';
@@ -98,7 +99,8 @@ describe('prepareServing, a targeted pass', () => {
     writeFileSync(join(storeDir, 'c.pem'), 'not a chain');
     store.reads = [];
     const only = { names: new Set(['b']), followed: full.followed };
-    const targeted = await prepareServing({ config, store, previous: full.records, seen, validation, only });
+    const targeted = await prepareServing({ config, store, previous: full.records, seen, validation, only, storeDirId: full.storeDirId });
+    expect(targeted.targeted).toBe(true);
     // Nothing for 'b' (gone), nothing about 'a' or 'c' (they carry over as they are: not read, not copied).
     expect([...targeted.records.keys()]).toEqual([]);
     expect([...targeted.present]).toEqual([]);
@@ -113,10 +115,57 @@ describe('prepareServing, a targeted pass', () => {
       seen,
       validation,
       only: { names: new Set(['c']), followed: targeted.followed },
+      storeDirId: full.storeDirId,
     });
     expect(named.refused.map((r) => r.name)).toEqual(['c']);
     expect(named.records.get('c')).toBe(full.records.get('c'));
     expect([...named.present]).toEqual(['c']);
+  });
+});
+
+describe('prepareServing, a store directory another one took the place of', () => {
+  it('refuses an empty one while entries serve, takes one holding certificates whole, and the same directory emptied', async () => {
+    const storeDir = join(dir, 'replaced');
+    mkdirSync(storeDir, { recursive: true });
+    for (const name of ['a', 'b']) writeFileSync(join(storeDir, `${name}.pem`), chain);
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const store = new CertificateStore(storeDir);
+    const pass = (previous: Awaited<ReturnType<typeof prepareServing>>, names?: string[]) =>
+      prepareServing({
+        config,
+        store,
+        previous: previous.records,
+        seen: new Map(),
+        validation,
+        storeDirId: previous.storeDirId,
+        ...(names === undefined ? {} : { only: { names: new Set(names), followed: [] } }),
+      });
+    const first = await prepareServing({ config, store, previous: new Map(), seen: new Map(), validation });
+    expect([...first.records.keys()]).toEqual(['a', 'b']);
+
+    // `mv certs certs.old && mkdir certs`: refused whole, naming the directory, by a pass over it or one naming an entry.
+    renameSync(storeDir, `${storeDir}.old`);
+    mkdirSync(storeDir);
+    for (const names of [undefined, ['a']]) {
+      const refused = await pass(first, names).catch((err: unknown) => err);
+      expect(refused).toBeInstanceOf(CertificateStoreError);
+      expect(refused).toMatchObject({ code: 'KEYEDGE_ERR_CERT_STORE_GONE' });
+      expect((refused as Error).message).toContain(`the certificate store ${storeDir} was replaced by another directory holding no certificate`);
+    }
+
+    // A certificate in it: the new directory is the store, looked at whole even by a pass that named one entry.
+    writeFileSync(join(storeDir, 'c.pem'), chain);
+    const taken = await pass(first, ['c']);
+    expect(taken.targeted).toBe(false);
+    expect([...taken.records.keys()]).toEqual(['c']);
+    expect([...taken.present]).toEqual(['c']);
+    expect(taken.storeDirId).not.toBe(first.storeDirId);
+
+    // Its last entry removed in place: an empty store, taken.
+    rmSync(join(storeDir, 'c.pem'));
+    const emptied = await pass(taken);
+    expect([...emptied.records.keys()]).toEqual([]);
   });
 });
 

@@ -13,6 +13,7 @@ import {
   fchmodSync,
   fstatSync,
   fsyncSync,
+  linkSync,
   lstatSync,
   openSync,
   readFileSync,
@@ -137,6 +138,40 @@ function writeAtomic(dir: string, target: string, content: string): void {
       // Already renamed or never created: nothing to clean.
     }
     throw err;
+  }
+}
+
+/**
+ * A hard link to `file` under a dot name beside it (which listings and the
+ * watch ignore), for putBack() should what replaces it fail. null: there is
+ * no such file; undefined: it could not be kept (a file system without hard
+ * links), and putBack() then leaves the file alone.
+ */
+export function keepAside(dir: string, file: string): string | null | undefined {
+  const aside = join(dir, `.${file.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.aside`);
+  try {
+    linkSync(file, aside);
+    return aside;
+  } catch (err) {
+    return errno(err) === 'ENOENT' ? null : undefined;
+  }
+}
+
+/** `file` as keepAside() found it: the kept link renamed back over it, or no file when there was none. Best effort. */
+export function putBack(aside: string | null | undefined, file: string): void {
+  try {
+    if (aside === null) unlinkSync(file);
+    else if (aside !== undefined) renameSync(aside, file);
+  } catch {
+    // Nothing to put back (the write failed before it), or the directory is gone: the error thrown says what failed.
+  }
+}
+
+export function unlinkQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // Already gone.
   }
 }
 

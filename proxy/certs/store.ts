@@ -47,7 +47,20 @@ import {
 import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CertificateError, CertificateStoreError } from './errors.js';
-import { checkChainFile, errno, fsyncDir, identity, lstatIdentity, metaStat, READ_CHAIN, writeAtomic } from './store-files.js';
+import { assertStorePresent } from './store-dir.js';
+import {
+  checkChainFile,
+  errno,
+  fsyncDir,
+  identity,
+  keepAside,
+  lstatIdentity,
+  metaStat,
+  putBack,
+  READ_CHAIN,
+  unlinkQuietly,
+  writeAtomic,
+} from './store-files.js';
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 // The entry's shape and the file helpers, for the modules that read entries as this store does.
@@ -148,25 +161,14 @@ export class CertificateStore {
   }
 
   /**
-   * Throws KEYEDGE_ERR_CERT_STORE when the directory is not there. For a
+   * Throws KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there. For a
    * reload after entries were served: a directory renamed away (a deploy
    * swapping in a new one, a volume not mounted yet) is not an empty store,
-   * and taking it for one would stop serving every entry at once.
+   * and taking it for one would stop serving every entry at once
+   * (store-dir.ts, which also refuses an empty directory put in its place).
    */
   assertPresent(): void {
-    let dir: Stats;
-    try {
-      dir = statSync(this.dir);
-    } catch (err) {
-      throw new CertificateStoreError(
-        'KEYEDGE_ERR_CERT_STORE',
-        '',
-        `the certificate store ${this.dir} is gone (${errno(err)}): renamed or removed; its entries keep serving until it is back (remove entries one by one: keyedge cert remove)`,
-        { cause: err },
-      );
-    }
-    if (!dir.isDirectory())
-      throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `the certificate store ${this.dir} is not a directory; its entries keep serving`);
+    assertStorePresent(this.dir);
   }
 
   has(name: string): boolean {
@@ -251,25 +253,35 @@ export class CertificateStore {
   /**
    * Creates or replaces the entry: metadata first, then the chain, each
    * atomically (see the module comment). The caller validates first; this
-   * only checks the name and the metadata's shape.
+   * only checks the name and the metadata's shape. When the chain cannot be
+   * written, the metadata is put back as it was (or removed, for a new
+   * entry) before the error is thrown.
    */
   write(name: string, chainText: string, meta: StoreMeta): void {
     this.#check(name);
     const checked = checkStoreMeta(meta);
     if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
     const paths = this.#paths(name);
+    let aside: string | null | undefined;
     try {
       // Returns the first directory it made; the umask may have narrowed its mode.
       const created = mkdirSync(this.dir, { recursive: true, mode: DIR_MODE });
       if (created !== undefined) chmodSync(this.dir, DIR_MODE);
+      aside = keepAside(this.dir, paths.metaPath);
       writeAtomic(this.dir, paths.metaPath, `${JSON.stringify(checked.meta, null, 2)}\n`);
       writeAtomic(this.dir, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
       fsyncDir(this.dir);
     } catch (err) {
+      // The chain not written (a full disk, say): the metadata as it was, so the old chain (or none) is never left
+      // beside metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet.
+      putBack(aside, paths.metaPath);
+      aside = undefined;
       if (err instanceof CertificateStoreError) throw err;
       throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${this.dir}: ${errno(err)}`, {
         cause: err,
       });
+    } finally {
+      if (typeof aside === 'string') unlinkQuietly(aside);
     }
   }
 

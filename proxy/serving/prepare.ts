@@ -27,7 +27,10 @@
  * and answers for them alone (and the config's certificates): every other
  * record carries over untouched, so a one-name change in a store of 100,000
  * costs a few stats and one read, not a listing nor a copy of 100,000
- * records.
+ * records. A store directory other than the one the last pass listed
+ * (another device and inode at its path) is looked at whole, whatever the
+ * trigger named, and refused when it holds no certificate while entries
+ * served from the store (certs/store-dir.ts).
  *
  * A file changed in the last QUIET_MS may still be being written: it is read
  * until two reads agree (settling-read.ts), and one that keeps changing is
@@ -38,6 +41,7 @@ import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from '../certs/errors.js';
 import { CertificateStore, type StoreEntry, type StoreEntryRef } from '../certs/store.js';
+import { assertStoreNotReplaced, directoryId } from '../certs/store-dir.js';
 import type { EntryStorage } from '../store/storage.js';
 import { entryCandidate } from '../certs/manage.js';
 import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } from '../certs/validate.js';
@@ -70,6 +74,10 @@ export interface PreparedServing {
   readonly followed: readonly string[];
   /** Entries whose record was made from the kept state's row (`kept`), unread. */
   readonly fromKept: ReadonlySet<string>;
+  /** Only the entries of `only` were looked at (false: every entry was, `records` and `present` speak for all). */
+  readonly targeted: boolean;
+  /** Which directory the store's path named as this pass listed it (certs/store-dir.ts); undefined: none, or not a directory store. */
+  readonly storeDirId: string | undefined;
 }
 
 /** What a pass last saw of a store entry's files. */
@@ -108,6 +116,12 @@ export interface PrepareOptions {
     readonly names: ReadonlySet<string>;
     readonly followed: readonly string[];
   };
+  /**
+   * The store directory's identity when the last pass listed it (PreparedServing.storeDirId). Another directory in
+   * its place is looked at whole (`only` ignored), and refused when it holds no certificate while entries were
+   * served from the store (certs/store-dir.ts).
+   */
+  readonly storeDirId?: string | undefined;
 }
 
 interface Pending {
@@ -143,13 +157,18 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
 
   const listed = new Set<string>();
   const storeReads = new Map<string, { statId: string; chainPath: string; file: SettlingRead<StoreEntry>; settled: boolean }>();
-  const only = options.only !== undefined && store instanceof CertificateStore ? options.only : undefined;
+  // Which directory is listed: another one than the last pass's is looked at whole, whatever the trigger named.
+  const storeDirId = store instanceof CertificateStore ? directoryId(store.dir) : undefined;
+  const only = options.only !== undefined && store instanceof CertificateStore && storeDirId === options.storeDirId ? options.only : undefined;
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
   const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
   verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  const fromStore = store instanceof CertificateStore && servesFromStore(previous);
   // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
-  if (store instanceof CertificateStore && servesFromStore(previous)) store.assertPresent();
+  if (fromStore) store.assertPresent();
   const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  // So is an empty directory put in its place (rm -rf certs && mkdir certs): the same directory emptied is taken.
+  if (fromStore && only === undefined && refs.length === 0) assertStoreNotReplaced(store.dir, options.storeDirId, storeDirId);
   const toRead: StoreEntryRef[] = [];
   for (const ref of refs) {
     listed.add(ref.name);
@@ -300,10 +319,11 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const record = records.get(name);
     if (record !== undefined) ordered.set(name, record);
   }
-  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept };
+  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept, targeted: only !== undefined, storeDirId };
 }
 
-function servesFromStore(previous: ReadonlyMap<string, CertificateRecord>): boolean {
+/** Whether any of `previous` was read from the store (not the config file). */
+export function servesFromStore(previous: ReadonlyMap<string, CertificateRecord>): boolean {
   for (const record of previous.values()) if (record.from === 'store') return true;
   return false;
 }

@@ -23,14 +23,16 @@ import { putCertificate } from '../certs/manage.js';
 import { VerdictCache } from '../certs/verdict-cache.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
+import { assertStoreNotReplaced, directoryId } from '../certs/store-dir.js';
 import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
 import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
 import type { PackedDelta } from './pack.js';
+import { InTurn } from './in-turn.js';
 import { LayeredMap } from './layered.js';
-import { prepareServing, type SeenStat } from './prepare.js';
+import { prepareServing, type SeenStat, servesFromStore } from './prepare.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
@@ -68,9 +70,14 @@ export interface NextServing {
   readonly fileDomains: ProxyConfig['domains'];
   /** Only the entries named by `next({ only })` were looked at. */
   readonly targeted: boolean;
+  /** Which directory the store's path named as this pass listed it (certs/store-dir.ts). */
+  readonly storeDirId: string | undefined;
   /** The names a targeted pass answered for (its own and the config's certificates); `present` and the delta speak of these alone. */
   readonly answered: readonly string[];
 }
+
+/** What an upload pins instead of the entry's current names and key id, where it came from, and the issuance lock it holds. */
+type UploadPin = { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock };
 
 export class ServingSource {
   #config: ProxyConfig;
@@ -82,6 +89,9 @@ export class ServingSource {
   /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
   #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
+  readonly #uploads = new InTurn<string>();
+  /** The store directory the last committed pass listed (certs/store-dir.ts): another one in its place is not taken empty. */
+  #storeDirId: string | undefined;
   /** The serving state the last run kept (kept.ts), until the first pass has used it; then only what can be sent again. */
   #kept: KeptState | undefined;
   /** Records made from the kept state's rows at start: a state of exactly these is the kept pack. */
@@ -175,7 +185,7 @@ export class ServingSource {
       this.#onUnverified?.((err as Error).message);
     }
     let lookup = client;
-    const targeted = options.only !== undefined && this.#generation > 0;
+    const asked = options.only !== undefined && this.#generation > 0;
     const kept = this.#generation === 0 && this.#keepState && this.#shared === undefined ? loadKept(config.stateDir, this.#warn) : undefined;
     try {
       const prepared = await prepareServing({
@@ -186,7 +196,8 @@ export class ServingSource {
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),
-        ...(targeted ? { only: { names: options.only!, followed: this.#followed } } : {}),
+        ...(asked ? { only: { names: options.only!, followed: this.#followed } } : {}),
+        storeDirId: this.#storeDirId,
         validation: {
           now: new Date(),
           issuers,
@@ -211,7 +222,9 @@ export class ServingSource {
           if (record !== undefined) this.#fromKept.add(record);
         }
       }
-      // A targeted pass answered for its names and the config's certificates (before and now) alone.
+      // A targeted pass answered for its names and the config's certificates (before and now) alone. Asked for, a pass
+      // may still look at everything: the fleet's store, a store directory another one took the place of (prepare.ts).
+      const targeted = asked && prepared.targeted;
       const answered = targeted ? [...options.only!, ...this.#config.certificates.map((c) => c.name), ...config.certificates.map((c) => c.name)] : undefined;
       const remove = (answered ?? [...this.#records.keys()]).filter((name) => this.#records.has(name) && !prepared.records.has(name));
       const upsert = [...prepared.records.values()].filter((r) => this.#records.get(r.name) !== r);
@@ -228,6 +241,7 @@ export class ServingSource {
         fileDomains,
         targeted,
         answered: answered ?? [],
+        storeDirId: prepared.storeDirId,
       };
     } finally {
       client?.close();
@@ -240,17 +254,23 @@ export class ServingSource {
    * ones (the ACME issuer's renewal with a new key). Rejects, leaving the
    * store unchanged, when the chain is refused.
    */
-  async putCertificate(
-    name: string,
-    chainText: string,
-    pin: { readonly keyId?: string; readonly names?: readonly string[]; readonly source?: string; readonly lock?: HeldLock } = {},
-  ): Promise<void> {
+  putCertificate(name: string, chainText: string, pin: UploadPin = {}): Promise<void> {
+    // One upload of an entry at a time (in-turn.ts): each validates against what the one before it wrote.
+    return this.#uploads.run(name, () => this.#put(name, chainText, pin));
+  }
+
+  async #put(name: string, chainText: string, pin: UploadPin): Promise<void> {
     // An ACME order's result in a fleet: written only while its issuance lock is held (store/lock.ts).
     const store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
     // Refused before any validation when the shared store cannot take it.
     this.#shared?.assertWritable();
-    // A store directory renamed away is not recreated empty by an upload: the reload would then serve that entry alone.
-    if (store instanceof CertificateStore) store.assertPresent();
+    // A store directory renamed away is not recreated empty by an upload, nor is one an empty directory took the place
+    // of filled with it: the next pass would take it for the whole store, and serve that entry alone (certs/store-dir.ts).
+    if (store instanceof CertificateStore) {
+      store.assertPresent();
+      const now = directoryId(store.dir);
+      if (servesFromStore(this.#records) && now !== this.#storeDirId && store.list().length === 0) assertStoreNotReplaced(store.dir, this.#storeDirId, now);
+    }
     const client = await connectKeyserver(this.#config);
     try {
       await putCertificate(
@@ -314,6 +334,7 @@ export class ServingSource {
         this.#verdicts.retain(new Set([...records.values()].map((r) => r.inputId)));
     } else this.#verdicts.forget(superseded);
     this.#followed = next.followed;
+    this.#storeDirId = next.storeDirId;
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });

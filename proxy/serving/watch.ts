@@ -19,15 +19,17 @@
  * asks for a whole pass.
  *
  * The store directory's parent is watched for the store's name: a directory
- * swapped for another is watched in its place, and one gone asks for a pass
- * (which refuses it, prepare.ts, rather than serving nothing).
+ * swapped for another is watched in its place, and one gone, or replaced by
+ * an empty one, asks for a whole pass (which refuses it, certs/store-dir.ts,
+ * rather than serving nothing).
  *
  * Lifecycle: `watchForChanges()` returns a stop function; the callback is
  * never called after it.
  */
-import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, statSync, watch } from 'node:fs';
+import { type FSWatcher, lstatSync, mkdirSync, readlinkSync, realpathSync, watch } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { directoryId } from '../certs/store-dir.js';
 
 /** Long enough to cover a temp-file + rename + metadata write, short enough to stay well inside a second. */
 const DEBOUNCE_MS = 150;
@@ -169,16 +171,6 @@ export function watchForChanges(options: WatchOptions): () => void {
     for (const { watcher } of followedDirs.values()) watcher?.close();
     followedDirs.clear();
   };
-}
-
-/** The directory's device and inode: which directory the path names now (undefined: none). */
-function directoryId(dir: string): string | undefined {
-  try {
-    const stat = statSync(dir);
-    return stat.isDirectory() ? `${stat.dev}:${stat.ino}` : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**
