@@ -27,6 +27,7 @@ import { createCa, createTestPki, type TestCa, type TestPkiFiles } from './helpe
 
 const ENABLED = process.env.KEYEDGE_MEMCHECK === '1';
 const SERVE = join(REPO, 'proxy', 'native', 'memcheck', 'serve.cjs');
+const SUPPRESSIONS = join(REPO, 'proxy', 'native', 'memcheck', 'node-runtime.supp');
 /** Generous: the served process runs 20-50 times slower under valgrind. */
 const SIGN_TIMEOUT_MS = 3_000;
 /** A handshake that neither completes nor fails within this is a hang. */
@@ -136,6 +137,8 @@ beforeAll(async () => {
       '--show-leak-kinds=all',
       '--errors-for-leak-kinds=definite',
       '--num-callers=30',
+      // Errors of the Node runtime itself (Node 24's OpenSSL, Node 22's V8), named one by one: not the bridge's.
+      `--suppressions=${SUPPRESSIONS}`,
       `--log-file=${logFile}`,
       ...(process.env.KEYEDGE_MEMCHECK_VALGRIND_ARGS ?? '').split(' ').filter((a) => a !== ''),
       process.execPath,

@@ -4,7 +4,7 @@
  * serving: on the same connection when the SPEC says it stays open, and on a
  * fresh one always.
  */
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import pkcs11js from 'pkcs11js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import type { KeyserverConfig } from '../config/schema.js';
 import { decodeResponse, encodeRequest, type Response } from '../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte, ErrorCode, Opcode, Tag } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import { keyIdOf } from '../keyserver/shared/key-id.js';
 import { listKeys } from '../keyserver/token/keys.js';
 import {
   captureLog,
@@ -32,12 +33,15 @@ import {
   testConfig,
   verifies,
 } from './helpers/keyserver.js';
+import { type OversizeRsa, oversizeRsa } from './helpers/oversize-rsa.js';
 
 const P256_OID = Buffer.from('06082a8648ce3d030107', 'hex');
 let stateDir: string;
 let pin: string;
 let keys: Record<string, ProvisionedKey>;
 let noSignKeyId: string;
+let oversize: OversizeRsa;
+let oversizeKeyId: string;
 
 beforeAll(() => {
   stateDir = tempDir();
@@ -62,6 +66,20 @@ beforeAll(() => {
         [...common, { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_SENSITIVE, value: true }, { type: pkcs11js.CKA_SIGN, value: false }],
       );
       noSignKeyId = listKeys(token).find((key) => key.label === 'no-sign')!.keyId;
+      // As another tool might leave it too: an RSA key whose signatures are longer than the protocol carries.
+      oversize = oversizeRsa();
+      const id = Buffer.from('oversize');
+      token.pkcs11.C_CreateObject(token.management, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: 'oversize' },
+        { type: pkcs11js.CKA_ID, value: id },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_SIGN, value: true },
+        ...oversize.privateTemplate,
+      ]);
+      oversizeKeyId = keyIdOf(createPublicKey({ key: oversize.jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' }));
     },
   );
   pin = readUserPin(stateDir);
@@ -296,6 +314,19 @@ describe('request faults', () => {
       again.close();
     }
     await expectServes();
+  });
+
+  it('an RSA key in the token whose signatures the protocol cannot carry (over 8192 bits): not served, UNKNOWN_KEY, daemon stays up', async () => {
+    // Before: listed and signed with, and the 1105-byte signature's answer could not be encoded: the throw left the
+    // socket's data handler and ended the key server, every client's connection with it, on one client's request.
+    expect(oversize.bits).toBeGreaterThan(8192);
+    const id = nextId++;
+    await expectAnsweredAndOpen(
+      signFrame(Buffer.from(oversizeKeyId, 'hex'), Algorithm.RSA_PSS_SHA256, randomBytes(8), id),
+      id,
+      ErrorCode.UNKNOWN_KEY,
+      new RegExp(`no key ${oversizeKeyId}`),
+    );
   });
 
   it('no log line ever carries the token PIN', async () => {

@@ -13,7 +13,7 @@
  * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login,
  * `info-fail` makes its C_GetTokenInfo fail (the token check of a token
  * re-created), `thread-init-hang` holds a signing thread's C_Initialize (its
- * start). The last cases start key servers of their own, since a hang
+ * start), `thread-init-slow` makes it SLOW_START_MS long. The last cases start key servers of their own, since a hang
  * on the event loop, or one that holds a reopen, ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -37,6 +37,9 @@ import {
   writeConfigFile,
 } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
+
+/** How long `thread-init-slow` holds a signing thread's C_Initialize: past the signs' bound (1 s at a 500 ms deadline), short of a start's. */
+const SLOW_START_MS = 3_000;
 
 const INJECT = `
 const { existsSync } = require('node:fs');
@@ -79,6 +82,7 @@ Module._load = function (request, ...rest) {
     const initialize = proto.C_Initialize;
     proto.C_Initialize = function (...args) {
       if (existsSync(join(dir, 'thread-init-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
+      if (existsSync(join(dir, 'thread-init-slow'))) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ${SLOW_START_MS});
       return initialize.apply(this, args);
     };
     const sign = proto.C_Sign;
@@ -97,6 +101,8 @@ let dir: string;
 let control: string;
 let key: ProvisionedKey;
 let child: ChildProcess;
+/** The limits `child` was started with. */
+let childLimits = '';
 let output = '';
 let client: KeyserverClient;
 let adminPort: number;
@@ -138,6 +144,7 @@ async function burst(): Promise<void> {
 /** Runs `keyedge keyserver` with these config limits and the faults preloaded, as `child`. */
 function spawnKeyserver(limits: Record<string, number>): void {
   const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
+  childLimits = JSON.stringify(limits);
   output = '';
   child = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -281,16 +288,37 @@ async function endChild(): Promise<void> {
   await exited;
 }
 
+/** The limits of the key server the cases on a signing thread's start share: a call held 1 s is stuck (a sign's bound). */
+const START_CASES_LIMITS = { shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: 2_000 };
+
+/** The key server of START_CASES_LIMITS: the one running if it has them, else a new one, with no fault set. */
+async function startCasesKeyserver(): Promise<void> {
+  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail', 'thread-init-hang', 'thread-init-slow']) fault(name, false);
+  hangFifo();
+  if (child.exitCode === null && child.signalCode === null && childLimits === JSON.stringify(START_CASES_LIMITS)) return;
+  client.close();
+  await endChild();
+  await startKeyserverProcess(START_CASES_LIMITS);
+}
+
 /**
- * Makes both signing threads die in a batch and start again into a C_Initialize the token holds. Their signs are made
- * again inline, or refused once the threads count as stuck: settled, not checked.
+ * Makes both signing threads die in a batch and start again into a C_Initialize the token holds (`thread-init-hang`)
+ * or makes slow (`thread-init-slow`). Their signs are made again inline, or refused while the threads count as stuck:
+ * settled, not checked.
  */
-async function threadsHeldInStart(): Promise<void> {
-  fault('thread-init-hang', true);
+async function threadsStartAgainInto(startFault: 'thread-init-hang' | 'thread-init-slow'): Promise<void> {
+  const before = loggedLines(/^signing thread failed/).length;
+  fault(startFault, true);
   fault('thread-crash', true);
   const messages = Array.from({ length: 200 }, () => randomBytes(40));
   await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
-  await waitFor('both threads failed', () => new Set(logLines(/^signing thread failed/).map((line) => line.thread)).size === 2 || undefined);
+  const failed = (): Set<unknown> =>
+    new Set(
+      logLines(/^signing thread failed/)
+        .slice(before)
+        .map((line) => line.thread),
+    );
+  await waitFor('both threads failed', () => failed().size === 2 || undefined);
   fault('thread-crash', false);
 }
 
@@ -389,16 +417,33 @@ it('a token to open again while a sign hangs inside it: the process ends past li
   fault('thread-hang', false);
 }, 30_000);
 
+it('signing threads slow to start again (a loaded machine, a slow C_Initialize): not taken for a token that does not answer, and signs go on meanwhile', async () => {
+  // Before: a start was held to a sign's bound (twice limits.requestTimeoutMs, at least 1 s): one slower than that was
+  // warned about as a token not answering and counted stuck, and while both threads were, every sign was refused.
+  await startCasesKeyserver();
+  const restarted = loggedLines(/^signing thread restarted$/).length;
+  await threadsStartAgainInto('thread-init-slow');
+  const startedAgain = Date.now();
+  // Both threads in their start for SLOW_START_MS, past a sign's bound (1 s, checked every second): signed inline.
+  while (Date.now() - startedAgain < SLOW_START_MS - 500) {
+    const message = randomBytes(32);
+    const signature = await client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, message));
+    expect(verifies(Algorithm.RSA_PSS_SHA256, message, key.publicKey, signature)).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  fault('thread-init-slow', false);
+  await waitFor('both threads back', () => logLines(/^signing thread restarted$/).length >= restarted + 2 || undefined, 10_000);
+  expect(loggedLines(/^calls into the token on the signing threads .* are not coming back/)).toHaveLength(0);
+  expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBe(0);
+  await burst();
+}, 20_000);
+
 it('a token to open again while a signing thread is held in its start (C_Initialize): the process ends past limits.tokenStallExitMs, rather than waiting for the thread for ever', async () => {
   // Before: the reopen stopped the threads with worker.terminate(), which waits for a thread inside native code to come
   // back to JS: for ever, the key server serving no key meanwhile.
-  client.close();
-  await endChild();
-  for (const name of ['thread-start', 'inline-hang', 'scan-hang', 'thread-hang', 'info-fail']) fault(name, false);
-  hangFifo();
-  const endMs = 2_000;
-  await startKeyserverProcess({ shutdownGraceMs: 1_000, requestTimeoutMs: 500, tokenStallExitMs: endMs });
-  await threadsHeldInStart();
+  await startCasesKeyserver();
+  const endMs = START_CASES_LIMITS.tokenStallExitMs;
+  await threadsStartAgainInto('thread-init-hang');
   // Stuck as a thread on a sign is, with no reopen or stop to show it: warned, counted, and nothing signed on the event
   // loop (the token holds one call; the next made there would hold everything). Before: nothing until a reopen or a stop.
   const stuck = await waitFor(
@@ -406,8 +451,9 @@ it('a token to open again while a signing thread is held in its start (C_Initial
     () => logLines(/^calls into the token on the signing threads .* are not coming back/)[0],
     10_000,
   );
-  expect(stuck).toMatchObject({ level: 40, signs: 0, calls: ['C_Initialize'], stuckAfterMs: 1_000 });
-  expect(stuck.longestMs as number).toBeGreaterThan(1_000);
+  // A start's bound (5 s), not a sign's (1 s): a slow start is not a token not answering (the case before).
+  expect(stuck).toMatchObject({ level: 40, signs: 0, calls: ['C_Initialize'], stuckAfterMs: 1_000, startStuckAfterMs: 5_000 });
+  expect(stuck.longestMs as number).toBeGreaterThan(5_000);
   await waitFor(
     'both threads counted stuck',
     async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')) === 2 || undefined,
@@ -438,7 +484,7 @@ it('SIGTERM with a signing thread held in its start: the key server stops after 
   hangFifo();
   const graceMs = 500;
   await startKeyserverProcess({ shutdownGraceMs: graceMs, requestTimeoutMs: 500 });
-  await threadsHeldInStart();
+  await threadsStartAgainInto('thread-init-hang');
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, graceMs + 4_000).unref())]);

@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KEY_TYPES, generateKey } from '../keyserver/token/key-generate.js';
@@ -7,6 +7,7 @@ import { listKeys, findKey, type TokenKey } from '../keyserver/token/keys.js';
 import { signDigest } from '../keyserver/token/sign.js';
 import type { HashName, SignatureScheme as SignScheme } from '../keyserver/protocol/constants.js';
 import { KeyError } from '../keyserver/shared/errors.js';
+import { oversizeRsa } from './helpers/oversize-rsa.js';
 import { temporaryToken } from './helpers/token.js';
 
 let env: ReturnType<typeof temporaryToken>;
@@ -61,6 +62,16 @@ describe('imported keys', () => {
   it('refuses RSA-1024, encrypted PEM, garbage and a duplicate', () => {
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     expect(() => importKey(env.token, weak, 'weak', 'weak.pem')).toThrow(/RSA-1024 is too weak/);
+    // Before: stored, and listed; its first sign's answer (a 1105-byte signature) could not be encoded.
+    const oversize = oversizeRsa();
+    const large = createPrivateKey({ key: oversize.jwk, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' });
+    expect(() => importKey(env.token, large, 'large', 'large.pem')).toThrow(new RegExp(`large.pem: RSA-${oversize.bits} is too large \\(at most 8192 bits`));
+    // Refused before anything was stored.
+    const { pkcs11, management } = env.token;
+    pkcs11.C_FindObjectsInit(management, [{ type: pkcs11js.CKA_LABEL, value: 'large' }]);
+    const stored = pkcs11.C_FindObjects(management, 16);
+    pkcs11.C_FindObjectsFinal(management);
+    expect(stored).toHaveLength(0);
     const encrypted = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
       type: 'pkcs8',
       format: 'pem',

@@ -2,7 +2,9 @@
  * Keys made elsewhere, stored in the token (C_CreateObject) as
  * non-extractable keys with their public halves beside them: PEM private
  * keys as CAs and consoles hand them out. Refused: encrypted PEM, curves
- * other than P-256/P-384, RSA under 2048 bits, a key the token holds already.
+ * other than P-256/P-384, RSA under 2048 bits or over RSA_MAX_BITS (keys.ts:
+ * its signatures do not fit the protocol, so it would never be served), a key
+ * the token holds already.
  */
 import { createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
@@ -10,7 +12,7 @@ import { KeyError } from '../shared/errors.js';
 import { keyIdOf } from '../shared/key-id.js';
 import { CURVES, modulusBits, publicJwk } from './key-encoding.js';
 import { assertLabelFree, privateKeyPolicy } from './key-policy.js';
-import { findKeyById, readKey, type TokenKey } from './keys.js';
+import { findKeyById, RSA_MAX_BITS, readKey, type TokenKey } from './keys.js';
 import { type Token, tokenCall } from './token.js';
 
 const RSA_MIN_BITS = 2048;
@@ -80,6 +82,12 @@ export function importKey(token: Token, pem: string | Buffer, label: string, sou
       const bits = modulusBits(modulus);
       if (bits < RSA_MIN_BITS) {
         throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: RSA-${bits} is too weak (at least ${RSA_MIN_BITS} bits)`);
+      }
+      if (bits > RSA_MAX_BITS) {
+        throw new KeyError(
+          'KEYEDGE_ERR_KEY_UNSUPPORTED',
+          `${source}: RSA-${bits} is too large (at most ${RSA_MAX_BITS} bits: its signatures must fit the key-server protocol)`,
+        );
       }
       const rsaPublic = [
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },

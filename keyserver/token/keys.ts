@@ -10,6 +10,10 @@
  * agree on it. Keys made by other tools are listed too; their key id is
  * computed from the public half whatever their CKA_ID says.
  *
+ * An RSA key over RSA_MAX_BITS is not listed, as a key of a type we do not
+ * sign with is not: its signatures are longer than the protocol's SIGNATURE
+ * item carries (SPEC.md), and answering a sign with it failed to encode.
+ *
  * Concurrency: these run on the token's management session, one call at a time.
  * Other processes (the key server, another `keyedge key`) may create and destroy
  * objects in the same token meanwhile: a listing skips a key destroyed while it
@@ -17,12 +21,16 @@
  */
 import { createPublicKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
+import { MAX_SIGNATURE_BYTES } from '../protocol/constants.js';
 import { KeyError, TokenError } from '../shared/errors.js';
 import { keyIdOf } from '../shared/key-id.js';
 import { type Curve, CURVES, readUlong, spkiFromJwk, unwrapOctetString } from './key-encoding.js';
 import { type Token, tokenCall } from './token.js';
 
 export type KeyKind = 'ec' | 'rsa';
+
+/** The largest RSA key served: its signature, as long as its modulus, must fit the protocol's SIGNATURE item. */
+export const RSA_MAX_BITS = MAX_SIGNATURE_BYTES * 8;
 
 export interface TokenKey {
   /** SHA-256 of the SPKI DER, lowercase hex. */
@@ -145,6 +153,9 @@ export function readKey(token: Token, privateHandle: pkcs11js.Handle): TokenKey 
   const spki = publicKeyFor(token, privateHandle, type, id);
   const details = createPublicKey({ key: spki, format: 'der', type: 'spki' }).asymmetricKeyDetails;
   const curve = type === pkcs11js.CKK_EC ? (details?.namedCurve === 'prime256v1' ? 'P-256' : 'P-384') : undefined;
+  if (type === pkcs11js.CKK_RSA && (details?.modulusLength ?? 0) > RSA_MAX_BITS) {
+    throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `RSA-${details?.modulusLength} is over ${RSA_MAX_BITS} bits: its signatures do not fit the protocol`);
+  }
   return {
     keyId: keyIdOf(spki),
     label: label?.toString('utf8') ?? '',

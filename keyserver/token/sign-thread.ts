@@ -112,6 +112,8 @@ export interface InTokenNow {
   readonly signs: number;
   readonly busyMs: number;
   readonly call?: string;
+  /** In its start, not on a batch: `busyMs` is how long it has been starting (held to a start's bound, stuck-signs.ts). */
+  readonly starting?: true;
 }
 
 export interface ThreadOwner {
@@ -191,7 +193,7 @@ export class SignThread {
    */
   inToken(now: number): InTokenNow {
     // Inside the module as much as a sign is (it must not be finalized under it), and no worker.terminate() ends it there.
-    if (this.#startingSince !== undefined) return { signs: 0, busyMs: now - this.#startingSince, call: STARTING };
+    if (this.#startingSince !== undefined) return { signs: 0, busyMs: now - this.#startingSince, call: STARTING, starting: true };
     if (this.#sent.length === 0) return { signs: 0, busyMs: 0 };
     const call = CALL_NAMES[Atomics.load(this.#calling, 0)] || undefined;
     return { signs: this.#sent.reduce((sum, jobs) => sum + jobs, 0), busyMs: now - this.#busySince, call };

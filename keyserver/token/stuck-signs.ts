@@ -13,10 +13,19 @@
  *
  * A thread is stuck once it has been on one batch longer than `stuckAfterMs`
  * (jobs past their deadline are skipped, so a healthy batch ends within the
- * request deadline plus one sign), or in its start that long (loading the
- * module and C_Initialize, which a token that does not answer holds as well:
- * a thread held there has no sign out, yet it is inside the module all the
- * same, and before it counted only once a reopen or a stop waited for it).
+ * request deadline plus one sign), or in its start longer than START_STUCK_MS
+ * (or `stuckAfterMs`, if longer). A start is loading the module and
+ * C_Initialize, which a token that does not answer holds as well: a thread
+ * held there has no sign out, yet it is inside the module all the same, and
+ * before it counted only once a reopen or a stop waited for it. It has a bound
+ * of its own because its length has nothing to do with the request deadline:
+ * it is timed from the thread's creation, so it includes the thread's own
+ * start-up and pkcs11js's load, which a loaded machine slows (measured: 80 ms
+ * idle, up to 0.8 s with both cores busy), and a module may take its time in
+ * C_Initialize. Held to a sign's bound (1 s at a deadline of 500 ms or less),
+ * a slow restart was taken for a token not answering: warned about, and
+ * while every thread was restarting, every sign refused, where the event
+ * loop could sign them.
  * The first check that finds one logs a
  * warning naming how many threads and signs and for how long (never what is
  * signed, nor with which key; the PKCS#11 functions they are in, by name);
@@ -29,6 +38,8 @@
  */
 import type { Logger } from '../shared/log.js';
 
+/** A thread in its start longer than this (or than `stuckAfterMs`, if longer) is stuck: several times a slow start. */
+const START_STUCK_MS = 5_000;
 /** How often the threads are looked at: at most this late past `stuckAfterMs`... */
 const CHECK_MS = 1_000;
 /** ...and a token that stays stuck is logged again once per this long. */
@@ -36,9 +47,9 @@ const STUCK_LOG_MS = 30_000;
 /** The warning's opening words, for an operator's alert to match. */
 const STUCK = "calls into the token on the signing threads (signs, or a thread's start) are not coming back: the token is not answering;";
 
-/** A signing thread as the watch sees it: `busyMs` is how long it has been inside the module (its batch, or its start), 0 while idle. */
+/** A signing thread as the watch sees it: `busyMs` is how long it has been inside the module (its batch, or its start: `starting`), 0 while idle. */
 export interface InToken {
-  inToken(now: number): { readonly signs: number; readonly busyMs: number; readonly call?: string };
+  inToken(now: number): { readonly signs: number; readonly busyMs: number; readonly call?: string; readonly starting?: true };
 }
 
 export interface StuckSigns {
@@ -55,6 +66,7 @@ export interface StuckSigns {
 export class StuckWatch {
   readonly #lanes: readonly InToken[];
   readonly #stuckAfterMs: number;
+  readonly #startStuckAfterMs: number;
   readonly #log: Logger;
   readonly #onStuck: (delta: number) => void;
   readonly #timer: NodeJS.Timeout;
@@ -68,6 +80,7 @@ export class StuckWatch {
   constructor(lanes: readonly InToken[], stuckAfterMs: number, log: Logger, onStuck: (delta: number) => void) {
     this.#lanes = lanes;
     this.#stuckAfterMs = stuckAfterMs;
+    this.#startStuckAfterMs = Math.max(START_STUCK_MS, stuckAfterMs);
     this.#log = log;
     this.#onStuck = onStuck;
     this.#timer = setInterval(() => this.#check(), Math.min(CHECK_MS, stuckAfterMs)).unref();
@@ -109,7 +122,8 @@ export class StuckWatch {
 
   #isStuckNow(lane: InToken, now: number): boolean {
     // Not `signs > 0`: a thread held in its start has none, and is inside the module as much as a sign is.
-    return lane.inToken(now).busyMs > this.#stuckAfterMs;
+    const held = lane.inToken(now);
+    return held.busyMs > (held.starting ? this.#startStuckAfterMs : this.#stuckAfterMs);
   }
 
   #check(): void {
@@ -125,7 +139,7 @@ export class StuckWatch {
     }
     if (was > 0 && now - this.#loggedAt < STUCK_LOG_MS) return;
     this.#loggedAt = now;
-    const fields = { ...stuck, stuckAfterMs: this.#stuckAfterMs };
+    const fields = { ...stuck, stuckAfterMs: this.#stuckAfterMs, startStuckAfterMs: this.#startStuckAfterMs };
     if (this.closing)
       this.#log.warn(
         fields,
