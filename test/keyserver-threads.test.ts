@@ -13,7 +13,8 @@
  * for its C_FindObjectsInit (a key scan), `login-hang` for its C_Login,
  * `info-fail` makes its C_GetTokenInfo fail (the token check of a token
  * re-created), `thread-init-hang` holds a signing thread's C_Initialize (its
- * start), `thread-init-slow` makes it SLOW_START_MS long. The last cases start key servers of their own, since a hang
+ * start), `thread-init-slow` makes it SLOW_START_MS long, `sign-empty` makes every C_Sign give back an empty
+ * signature (a broken token). The last cases start key servers of their own, since a hang
  * on the event loop, or one that holds a reopen, ends the process.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -76,7 +77,9 @@ Module._load = function (request, ...rest) {
     const sign = proto.C_Sign;
     proto.C_Sign = function (...args) {
       if (existsSync(join(dir, 'inline-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
-      return sign.apply(this, args);
+      // The native C_Sign gives the signature's length; pkcs11js's wrapper cuts its output buffer to it.
+      const length = sign.apply(this, args);
+      return existsSync(join(dir, 'sign-empty')) ? 0 : length;
     };
   } else if (!proto.injected) {
     const initialize = proto.C_Initialize;
@@ -89,7 +92,9 @@ Module._load = function (request, ...rest) {
     proto.C_Sign = function (...args) {
       if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
       if (existsSync(join(dir, 'thread-hang'))) require('node:fs').openSync(join(dir, 'hang-fifo'), 'r');
-      return sign.apply(this, args);
+      // The native C_Sign gives the signature's length; pkcs11js's wrapper cuts its output buffer to it.
+      const length = sign.apply(this, args);
+      return existsSync(join(dir, 'sign-empty')) ? 0 : length;
     };
   }
   proto.injected = true;
@@ -225,6 +230,23 @@ it('a thread dying in the middle of its batch: its signs are made again elsewher
   fault('thread-crash', false);
   await waitFor('a thread back', () => logLines(/^signing thread restarted$/).length > restarted || undefined);
   await burst();
+});
+
+it('a token that gives back an empty signature, inline or on a thread: each sign refused SIGN_FAILED, and the key server goes on', async () => {
+  // Before: the answer's encoder threw, from the socket's data handler (inline) or a thread's callback, and the process ended.
+  fault('sign-empty', true);
+  try {
+    const messages = Array.from({ length: 200 }, () => randomBytes(40));
+    const answers = await Promise.allSettled(messages.map((m) => client.sign(key.keyId, Algorithm.RSA_PSS_SHA256, digestOf(Algorithm.RSA_PSS_SHA256, m))));
+    for (const answer of answers) {
+      expect(answer.status).toBe('rejected');
+      expect(String((answer as PromiseRejectedResult).reason)).toMatch(/SIGN_FAILED.*0-byte signature/);
+    }
+  } finally {
+    fault('sign-empty', false);
+  }
+  await burst();
+  expect(child.exitCode).toBeNull();
 });
 
 it('SIGHUP with a token scan that fails: logged, and the key server keeps running and signing', async () => {

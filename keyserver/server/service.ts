@@ -20,7 +20,7 @@
  * DEADLINE_EXCEEDED, usually by the timer already).
  */
 import type { Logger } from '../shared/log.js';
-import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, algorithmInfo } from '../protocol/constants.js';
+import { type AlgorithmInfo, ErrorCode, type ErrorCodeName, MAX_SIGNATURE_BYTES, algorithmInfo } from '../protocol/constants.js';
 import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
@@ -132,7 +132,7 @@ export class SigningService {
       return this.#signFailed(request, client, parts, key, err, started);
     }
     // Signed inline (the usual case at handshake rates): answered at once, no deadline timer or promise needed.
-    if (!(signed instanceof Promise)) return this.#signed(request, key, algorithm, signed, started);
+    if (!(signed instanceof Promise)) return this.#signed(request, client, parts, key, algorithm, signed, started);
     return new Promise<Response>((resolve) => {
       let answered = false;
       const late = (): void => {
@@ -149,7 +149,7 @@ export class SigningService {
             return;
           }
           clearTimeout(timer);
-          resolve(this.#signed(request, key, algorithm, raw, started));
+          resolve(this.#signed(request, client, parts, key, algorithm, raw, started));
         },
         (err: unknown) => {
           const dropped = droppedUnsent(err);
@@ -170,10 +170,28 @@ export class SigningService {
     });
   }
 
-  #signed(request: SignRequestOf, key: TokenKey, algorithm: AlgorithmInfo, raw: Buffer, started: number): Response {
+  #signed(
+    request: SignRequestOf,
+    client: ClientIdentity,
+    parts: Pick<TokenParts, 'keys'>,
+    key: TokenKey,
+    algorithm: AlgorithmInfo,
+    raw: Buffer,
+    started: number,
+  ): Response {
     this.#countUse(key);
-    // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
-    const signature = algorithm.scheme === 'ecdsa' ? ecdsaRawToDer(raw) : raw;
+    let signature: Buffer;
+    try {
+      // TLS carries ECDSA signatures as DER (RFC 8446 §4.2.3); PKCS#11 gives r || s.
+      signature = algorithm.scheme === 'ecdsa' ? ecdsaRawToDer(raw) : raw;
+      // What a token gives back is not trusted to fit the answer: one it cannot encode (empty, or past the protocol's
+      // bound) thrown from the encoder ended the key server, from a socket's data handler or a thread's callback.
+      if (signature.length === 0 || signature.length > MAX_SIGNATURE_BYTES) {
+        throw new RangeError(`the token gave a ${signature.length}-byte signature (1 to ${MAX_SIGNATURE_BYTES} fit an answer)`);
+      }
+    } catch (err) {
+      return this.#signFailed(request, client, parts, key, err, started);
+    }
     this.#options.metrics.signed(algorithm, (performance.now() - started) / 1000);
     return { op: 'signature', id: request.id, signature };
   }
