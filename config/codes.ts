@@ -34,6 +34,8 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_CERT_NOT_FOUND: 'no certificate store entry of that name',
   KEYEDGE_ERR_CERT_EXISTS: "the store entry already exists, or the name is a config certificate's",
   KEYEDGE_ERR_CERT_STORE: 'the store directory cannot be read or written, or an entry name or its metadata is invalid',
+  KEYEDGE_ERR_CERT_LINKED:
+    "the store entry's chain or metadata file is a symbolic link (another tool's file, such as certbot's live/): keyedge does not write it; nothing was written",
   KEYEDGE_ERR_CERT_STORE_GONE:
     'the store directory is gone, or another directory holding no certificate took its place: the reload or upload is refused and every entry keeps serving',
   KEYEDGE_ERR_STORE_UNAVAILABLE: "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state",

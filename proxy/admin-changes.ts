@@ -100,6 +100,8 @@ export function answerChange(req: http.IncomingMessage, res: http.ServerResponse
  */
 const STORE_ERROR_STATUS: Readonly<Record<string, number>> = {
   KEYEDGE_ERR_CERT_EXISTS: 409,
+  // The entry is a link to another tool's file: a conflict with that tool's state (RFC 9110 §15.5.10), not a server fault.
+  KEYEDGE_ERR_CERT_LINKED: 409,
   KEYEDGE_ERR_CERT_NOT_FOUND: 404,
   KEYEDGE_ERR_CERT_STORE_GONE: 503,
 };

@@ -100,6 +100,35 @@ describe('certificate store', () => {
     expect(store.read('linked').meta).toEqual({});
   });
 
+  it("writes over no link nor through one (another tool's files), a dangling link too; remove() unlinks the link only", () => {
+    const store = freshStore();
+    mkdirSync(store.dir, { recursive: true });
+    const live = join(root, `owned-${counter}.pem`);
+    const managed = join(root, `owned-${counter}.json`);
+    writeFileSync(live, CHAIN);
+    writeFileSync(managed, '{}\n');
+    symlinkSync(live, join(store.dir, 'chain.pem'));
+    symlinkSync(join(root, 'missing.pem'), join(store.dir, 'dangling.pem'));
+    writeFileSync(join(store.dir, 'meta.pem'), CHAIN);
+    symlinkSync(managed, join(store.dir, 'meta.json'));
+    for (const [name, file, target] of [
+      ['chain', 'chain.pem', live],
+      ['dangling', 'dangling.pem', join(root, 'missing.pem')],
+      ['meta', 'meta.json', managed],
+    ] as const) {
+      const err = storeError(() => store.write(name, CHAIN.replace('AAAA', 'BBBB'), { names: ['x.example'] }));
+      expect([err.code, err.entry]).toEqual(['KEYEDGE_ERR_CERT_LINKED', name]);
+      expect(err.message).toContain(`${join(store.dir, file)} is a symbolic link to ${target}`);
+    }
+    // Nothing written: the links as they were, their targets unchanged, no metadata or temp file beside them.
+    expect(readdirSync(store.dir).sort()).toEqual(['chain.pem', 'dangling.pem', 'meta.json', 'meta.pem']);
+    expect([readFileSync(live, 'utf8'), readFileSync(managed, 'utf8'), readFileSync(join(store.dir, 'meta.pem'), 'utf8')]).toEqual([CHAIN, '{}\n', CHAIN]);
+    expect(store.read('chain').chainText).toBe(CHAIN);
+    store.remove('chain');
+    store.remove('meta');
+    expect([readFileSync(live, 'utf8'), readFileSync(managed, 'utf8')]).toEqual([CHAIN, '{}\n']);
+  });
+
   it('tells a symlink re-pointed to a chain of the same size and mtime by its identity (inode, ctime)', () => {
     const store = freshStore();
     const other = CHAIN.replace('AAAA', 'BBBB');

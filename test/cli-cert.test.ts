@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, readdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateStore } from '../proxy/certs/store.js';
@@ -228,6 +228,31 @@ describe('keyedge cert', () => {
       expect(missing.code).toBe(1);
       expect(missing.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERT_NOT_FOUND: no certificate 'shop' in the store/);
     }
+  });
+
+  it("refuses to add or replace an entry linked to another tool's file (certbot's live/), dangling or not, and writes nothing", async () => {
+    const live = join(lab.dir, 'live-fullchain.pem');
+    copyFileSync(ecChain, live);
+    symlinkSync(live, join(storeDir, 'certbot.pem'));
+    symlinkSync(join(lab.dir, 'gone-fullchain.pem'), join(storeDir, 'dangling.pem'));
+    for (const [action, name, target] of [
+      ['replace', 'certbot', live],
+      ['add', 'dangling', join(lab.dir, 'gone-fullchain.pem')],
+    ] as const) {
+      const result = await cert(action, name, '--chain', rsaChain);
+      expect(result.code, result.stderr).toBe(1);
+      expect(result.stderr).toContain(
+        `keyedge: KEYEDGE_ERR_CERT_LINKED: certificate '${name}' is kept by another tool: its chain ${join(storeDir, `${name}.pem`)} is a symbolic link to ${target}`,
+      );
+      expect(result.stdout).toBe('');
+      expect(lstatSync(join(storeDir, `${name}.pem`)).isSymbolicLink()).toBe(true);
+      expect(existsSync(join(storeDir, `${name}.json`))).toBe(false);
+    }
+    expect(readFileSync(live)).toEqual(readFileSync(ecChain));
+    // remove deletes the link, not what it points at.
+    expect((await cert('remove', 'certbot')).code).toBe(0);
+    expect(readFileSync(live)).toEqual(readFileSync(ecChain));
+    unlinkSync(join(storeDir, 'dangling.pem'));
   });
 
   it('refuses bad usage', async () => {

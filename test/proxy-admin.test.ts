@@ -1,8 +1,10 @@
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeGet } from './helpers/clients.js';
 import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { continueExchange } from './helpers/continue.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -284,6 +286,68 @@ describe('admin API: names, body limit, auth scheme', () => {
     }
     expect((await adminRequest('POST', '/reload', { headers: { authorization: `bearer ${ADMIN_TOKEN}x` } })).status).toBe(401);
     expect((await adminRequest('POST', '/reload', { headers: { authorization: `Basic ${ADMIN_TOKEN}` } })).status).toBe(401);
+  });
+});
+
+/** The serial `name` is served with now (lower case), undefined when the handshake fails. */
+async function servedSerial(name: string): Promise<string | undefined> {
+  const result = await nodeGet(proxy.port, name, ca);
+  return result.ok ? result.serial?.toLowerCase() : undefined;
+}
+
+describe("admin API: an entry linked to another tool's files", () => {
+  it("refuses an upload over a link into certbot's live/ with 409 KEYEDGE_ERR_CERT_LINKED, writes nothing, and certbot's renewal still serves", async () => {
+    const [first, renewed, upload] = await Promise.all(['1', '2', 'up'].map((n) => lab.certificate(`linked-${n}`, lab.keys.ec, ['linked.lab.test'])));
+    // certbot's layout: live/NAME/fullchain.pem a relative link into archive/NAME/, the store entry a link to it.
+    const live = join(lab.dir, 'letsencrypt', 'live', 'linked');
+    const archive = join(lab.dir, 'letsencrypt', 'archive', 'linked');
+    mkdirSync(live, { recursive: true });
+    mkdirSync(archive, { recursive: true });
+    copyFileSync(first!.file, join(archive, 'fullchain1.pem'));
+    copyFileSync(renewed!.file, join(archive, 'fullchain2.pem'));
+    symlinkSync('../../archive/linked/fullchain1.pem', join(live, 'fullchain.pem'));
+    const link = join(proxy.storeDir, 'linked.pem');
+    symlinkSync(join(live, 'fullchain.pem'), link);
+    expect((await adminRequest('POST', '/reload')).status).toBe(200);
+    expect(await servedSerial('linked.lab.test')).toBe(first!.leaf.cert.serialNumber.toLowerCase());
+
+    const answer = await adminRequest('PUT', '/certs/linked', { body: readFileSync(upload!.file) });
+    expect(answer.status, answer.body).toBe(409);
+    expect(errorCode(answer)).toBe('KEYEDGE_ERR_CERT_LINKED');
+    const message = (JSON.parse(answer.body) as { error: { message: string } }).error.message;
+    expect(message).toContain(`certificate 'linked'`);
+    expect(message).toContain(`${link} is a symbolic link to ${join(live, 'fullchain.pem')}`);
+    // Nothing written: the link is still certbot's, no metadata beside it, certbot's files untouched.
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readlinkSync(link)).toBe(join(live, 'fullchain.pem'));
+    expect(existsSync(join(proxy.storeDir, 'linked.json'))).toBe(false);
+    expect(readFileSync(join(archive, 'fullchain1.pem'))).toEqual(readFileSync(first!.file));
+    expect(await servedSerial('linked.lab.test')).toBe(first!.leaf.cert.serialNumber.toLowerCase());
+
+    // certbot renews: live/ re-pointed at fullchain2.pem by rename. The proxy serves it.
+    symlinkSync('../../archive/linked/fullchain2.pem', join(live, '.fullchain.pem.tmp'));
+    renameSync(join(live, '.fullchain.pem.tmp'), join(live, 'fullchain.pem'));
+    expect((await adminRequest('POST', '/reload')).status).toBe(200);
+    expect(await servedSerial('linked.lab.test')).toBe(renewed!.leaf.cert.serialNumber.toLowerCase());
+  });
+
+  it('refuses an upload whose metadata file is a link (kept by configuration management), naming it, and writes nothing', async () => {
+    const [first, next] = await Promise.all(['1', '2'].map((n) => lab.certificate(`metalinked-${n}`, lab.keys.ec, ['metalinked.lab.test'])));
+    expect((await adminRequest('PUT', '/certs/metalinked', { body: readFileSync(first!.file) })).status).toBe(200);
+    const managed = join(lab.dir, 'managed-metalinked.json');
+    const metaPath = join(proxy.storeDir, 'metalinked.json');
+    copyFileSync(metaPath, managed);
+    symlinkSync(managed, `${metaPath}.tmp`);
+    renameSync(`${metaPath}.tmp`, metaPath);
+    const [chainBefore, metaBefore] = [readFileSync(join(proxy.storeDir, 'metalinked.pem')), readFileSync(managed)];
+
+    const answer = await adminRequest('PUT', '/certs/metalinked', { body: readFileSync(next!.file) });
+    expect(answer.status, answer.body).toBe(409);
+    expect(errorCode(answer)).toBe('KEYEDGE_ERR_CERT_LINKED');
+    expect(answer.body).toContain(`its metadata ${metaPath} is a symbolic link to ${managed}`);
+    expect(lstatSync(metaPath).isSymbolicLink()).toBe(true);
+    expect(readFileSync(managed)).toEqual(metaBefore);
+    expect(readFileSync(join(proxy.storeDir, 'metalinked.pem'))).toEqual(chainBefore);
   });
 });
 

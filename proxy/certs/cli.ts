@@ -67,7 +67,9 @@ Options:
 Refusals exit 1 with "keyedge: KEYEDGE_ERR_CERTIFICATE: <reason>: <message>",
 reason one of parse, private_key, chain, expired, not_yet_valid, names,
 weak_key, weak_signature, key_mismatch, usage, incomplete_chain, key_unknown;
-nothing is written.
+nothing is written. An entry whose chain or metadata file is a symbolic link
+(to certbot's live/NAME/fullchain.pem, say) is another tool's: add and
+replace refuse it (KEYEDGE_ERR_CERT_LINKED) and write nothing.
 show exits 1 when the entry as stored would be refused.
 `;
 
@@ -138,7 +140,9 @@ async function addOrReplace(mode: 'add' | 'replace', name: string, values: Value
   const names = values.names === undefined ? undefined : parseNames(values.names);
   const config = loadProxyConfig(values.config);
   const store = new CertificateStore(config.certStore.dir);
-  // Checked before the key server is asked: a typo'd name fails fast.
+  // Checked before the key server is asked: a typo'd name fails fast, and a link to another tool's file (a dangling
+  // one too, which has() does not see) is refused as that rather than as a missing or existing entry.
+  store.assertOwned(name);
   if (mode === 'add' ? store.has(name) : !store.has(name)) {
     if (mode === 'add')
       throw new CertificateStoreError(

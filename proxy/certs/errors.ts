@@ -37,13 +37,14 @@ export class CertificateError extends KeyedgeError {
 /**
  * A certificate store entry is missing (KEYEDGE_ERR_CERT_NOT_FOUND), already
  * there (KEYEDGE_ERR_CERT_EXISTS), badly named, or the store directory cannot
- * be written (KEYEDGE_ERR_CERT_STORE); the store directory is away: gone, or
- * replaced by one holding no certificate (KEYEDGE_ERR_CERT_STORE_GONE,
- * store-dir.ts).
+ * be written (KEYEDGE_ERR_CERT_STORE); the entry's files are another tool's
+ * (symbolic links, KEYEDGE_ERR_CERT_LINKED: store.ts writes no entry through
+ * or over one); the store directory is away: gone, or replaced by one holding
+ * no certificate (KEYEDGE_ERR_CERT_STORE_GONE, store-dir.ts).
  */
 export class CertificateStoreError extends KeyedgeError {
   constructor(
-    code: 'KEYEDGE_ERR_CERT_NOT_FOUND' | 'KEYEDGE_ERR_CERT_EXISTS' | 'KEYEDGE_ERR_CERT_STORE' | 'KEYEDGE_ERR_CERT_STORE_GONE',
+    code: 'KEYEDGE_ERR_CERT_NOT_FOUND' | 'KEYEDGE_ERR_CERT_EXISTS' | 'KEYEDGE_ERR_CERT_STORE' | 'KEYEDGE_ERR_CERT_LINKED' | 'KEYEDGE_ERR_CERT_STORE_GONE',
     readonly entry: string,
     message: string,
     options?: { cause?: unknown },

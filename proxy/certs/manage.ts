@@ -42,12 +42,14 @@ export interface PutOptions extends ValidationContext {
 
 /**
  * Validates and writes one entry. Rejects with CertificateError (the chain is
- * refused), CertificateStoreError (exists, missing, bad name, store not
- * writable) or whatever the key-server lookup throws; on any rejection the
- * store is unchanged. One writer per entry at a time (store.ts).
+ * refused), CertificateStoreError (exists, missing, bad name, another tool's
+ * link, store not writable) or whatever the key-server lookup throws; on any
+ * rejection the store is unchanged. One writer per entry at a time (store.ts).
  */
 export async function putCertificate(store: EntryStorage, request: PutRequest, options: PutOptions): Promise<PutResult> {
   const { name, mode } = request;
+  // Another tool's entry (a link to certbot's live file) is refused before the key server is asked.
+  store.assertOwned?.(name);
   let previous: StoreEntry | undefined;
   if (mode === 'add') {
     if (store.has(name))

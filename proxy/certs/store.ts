@@ -25,6 +25,10 @@
  * A watcher should act on the last event of a burst and treat a refusal as
  * "keep what is served".
  *
+ * An entry whose chain or metadata file is a symbolic link is another tool's
+ * (certbot's live/NAME/fullchain.pem): read through the link, never written
+ * (store-links.ts says why); remove() unlinks the link only.
+ *
  * This module is the directory's entries; an entry's shape and metadata are
  * store-meta.ts's (shared with the fleet's etcd store), the one-file
  * operations (bounded chain opening, atomic writes, stat identities)
@@ -61,6 +65,7 @@ import {
   unlinkQuietly,
   writeAtomic,
 } from './store-files.js';
+import { refuseLinkedEntry } from './store-links.js';
 import { checkStoreMeta, readMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from './store-meta.js';
 
 // The entry's shape and the file helpers, for the modules that read entries as this store does.
@@ -253,12 +258,12 @@ export class CertificateStore {
   /**
    * Creates or replaces the entry: metadata first, then the chain, each
    * atomically (see the module comment). The caller validates first; this
-   * only checks the name and the metadata's shape. When the chain cannot be
-   * written, the metadata is put back as it was (or removed, for a new
-   * entry) before the error is thrown.
+   * only checks the name, that neither file is a link (assertOwned) and the
+   * metadata's shape. When the chain cannot be written, the metadata is put
+   * back as it was (or removed, for a new entry) before the error is thrown.
    */
   write(name: string, chainText: string, meta: StoreMeta): void {
-    this.#check(name);
+    this.assertOwned(name);
     const checked = checkStoreMeta(meta);
     if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
     const paths = this.#paths(name);
@@ -283,6 +288,18 @@ export class CertificateStore {
     } finally {
       if (typeof aside === 'string') unlinkQuietly(aside);
     }
+  }
+
+  /**
+   * Throws CertificateStoreError KEYEDGE_ERR_CERT_LINKED when the entry's
+   * chain or metadata file is a symbolic link, a dangling one too
+   * (store-links.ts); nothing is written. Called by write(), and by callers
+   * that would otherwise validate a chain (and ask the key server) only to
+   * be refused.
+   */
+  assertOwned(name: string): void {
+    this.#check(name);
+    refuseLinkedEntry(name, this.#paths(name));
   }
 
   /** Removes the entry: the chain first, then the metadata. Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file. */

@@ -27,6 +27,12 @@ export interface EntryStorage {
   has(name: string): boolean;
   /** Throws CertificateStoreError KEYEDGE_ERR_CERT_NOT_FOUND when there is no such entry. */
   read(name: string): StoreEntry;
+  /**
+   * Throws, before anything is validated or written, when the entry is not
+   * this store's to write (the directory: a file of it is a symbolic link to
+   * another tool's, KEYEDGE_ERR_CERT_LINKED). write() checks it again.
+   */
+  assertOwned?(name: string): void;
   /** Creates or replaces the entry, whole; the caller validated it. */
   write(name: string, chainText: string, meta: StoreMeta): void | Promise<void>;
 }
