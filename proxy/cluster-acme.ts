@@ -80,6 +80,7 @@ export function startAcmeService(
       const report = await coordinator.reload('admin', [name]);
       if (report.error !== undefined) throw new ChainStoredNotLoadedError(keyId, report.error.message);
     },
+    assertStorable: (name) => source.store.assertOwned?.(name),
     broadcast: (message) => board.broadcast(message),
     shared,
     publishWaitMs: CHALLENGE_PUBLISH_WAIT_MS,

@@ -1,3 +1,5 @@
+import { copyFileSync, rmSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
@@ -244,4 +246,20 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; acme: { domains: string[] } | null }[] };
     expect(certs.certificates.find((c) => c.name === 'twice.acme.test')?.acme?.domains).toEqual(['twice.acme.test']);
   }, 180_000);
+
+  it("a renewal of an entry whose chain is another tool's link is refused before any order: nothing reaches the CA", async () => {
+    // The order was placed and validated, and the store refused its chain only then: each retry spent one of the CA's orders.
+    const chain = join(proxy.storeDir, 'twice.acme.test.pem');
+    const kept = join(acmeLab.lab.dir, 'other-tool-twice.pem');
+    copyFileSync(chain, kept);
+    rmSync(chain);
+    symlinkSync(kept, chain);
+    const before = pebble.orders();
+    const renewed = await cli(['cert', 'renew', 'twice.acme.test', '--config', proxy.configFile]);
+    expect(renewed.code).toBe(1);
+    expect(renewed.stderr).toMatch(/KEYEDGE_ERR_CERT_LINKED/);
+    expect(pebble.orders()).toBe(before);
+    const root = await pebble.rootFile();
+    expect((await curl(proxy.port, 'twice.acme.test', root)).code).toBe(0);
+  }, 60_000);
 });

@@ -46,6 +46,11 @@ export interface IssuerDeps {
   readonly challenges: ChallengePublisher;
   /** Validates and swaps in the chain for store entry `name`, pinned to `keyId`, fenced by `lock` in a fleet; rejects (store unchanged) when refused. */
   readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  /**
+   * Throws when `store` would refuse entry `name` whatever its chain (another tool's link, KEYEDGE_ERR_CERT_LINKED):
+   * asked before a key is made or an order placed, so a renewal the store cannot take spends none of the CA's limits.
+   */
+  readonly assertStorable?: (name: string) => void;
   /** The fleet's locks (the account's registration); default: one node alone. */
   readonly locks?: IssuanceLocks;
   readonly log: Logger;
@@ -79,6 +84,8 @@ export class AcmeIssuer {
 
   async issue(request: IssueRequest): Promise<Issued> {
     const { config, keys, log } = this.#deps;
+    // Before the key server is asked or an order counted: nothing is sent to the CA.
+    this.#deps.assertStorable?.(request.name);
     const keyserver = await this.#deps.keyserver();
     let made: string | undefined;
     let storing = false;

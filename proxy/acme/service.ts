@@ -46,6 +46,8 @@ export interface AcmeDeps {
   readonly records: () => ReadonlyMap<string, CertificateRecord>;
   /** Validates and stores the chain (fenced by `lock` in a fleet), then reloads every worker; rejects when refused or not applied. */
   readonly store: (name: string, chainPem: string, keyId: string, domains: readonly string[], lock?: HeldLock) => Promise<void>;
+  /** See IssuerDeps. */
+  readonly assertStorable?: (name: string) => void;
   /** Sends the board to every worker; resolves once each acknowledged it. */
   readonly broadcast: (message: BoardMessage) => Promise<void>;
   /** The fleet's store, when `etcd` is configured. */
@@ -84,6 +86,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     keyserver: deps.keyserver,
     challenges: fleet ?? board,
     store: deps.store,
+    ...(deps.assertStorable === undefined ? {} : { assertStorable: deps.assertStorable }),
     ...locks,
     log,
     onOrder: (result) => metrics.orders.inc({ result }),
