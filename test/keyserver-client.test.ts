@@ -4,12 +4,14 @@
  * that answers each request late, past the client's deadline. What is checked
  * is the client's bookkeeping of the ids it abandoned on its own timeout
  * (SPEC.md, "Request ids"): bounded while the connection stays open, and never
- * a reason to drop a connection whose server does answer.
+ * a reason to drop a connection whose server does answer; and an answer of
+ * another kind than its request's, which is (SPEC.md, "Request ids").
  */
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
+import { Algorithm } from '../keyserver/protocol/constants.js';
 import { decodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
 import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
@@ -104,5 +106,21 @@ describe('a key server that answers, but past the deadline', () => {
     slow = false;
     expect(await errorCode(client.ping())).toBe('answered');
     expect(fake.closed()).toBe(0);
+  });
+});
+
+describe('a key server that answers a request with another kind of answer', () => {
+  it('is a fault of the connection: closed, the request and every other in flight failed KEYEDGE_ERR_PROTOCOL', async () => {
+    // It was that request's error alone, on a connection whose answers no longer pair with their requests (SPEC.md).
+    const server = await fakeKeyserver((id) => (id === 2 ? 20 : undefined));
+    const client = await KeyserverClient.connect({ unixPath: server.path, timeoutMs: 5_000 });
+    cleanups.push(() => client.close());
+    const sign = errorCode(client.sign('ab'.repeat(32), Algorithm.ECDSA_SHA256, Buffer.alloc(32)));
+    const other = errorCode(client.ping());
+    expect(await sign).toBe('KEYEDGE_ERR_PROTOCOL');
+    expect(await other).toBe('KEYEDGE_ERR_PROTOCOL');
+    expect(await errorCode(client.ping())).toBe('KEYEDGE_ERR_PROTOCOL');
+    for (let i = 0; i < 100 && server.closed() === 0; i++) await sleep(20);
+    expect(server.closed()).toBe(1);
   });
 });

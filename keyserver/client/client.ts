@@ -48,7 +48,11 @@ export interface KeyserverClientOptions {
 
 type RequestBody = Request extends infer R ? (R extends Request ? Omit<R, 'id'> : never) : never;
 
+/** The answer each request is due (SPEC.md, connection rules); an ERROR answers any. */
+const ANSWER_TO: Readonly<Record<Request['op'], Response['op']>> = { ping: 'pong', getPublicKey: 'publicKey', sign: 'signature' };
+
 interface Pending {
+  readonly answer: Response['op'];
   resolve(response: Response): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
@@ -159,7 +163,7 @@ export class KeyserverClient {
           this.#fail(new KeyedgeError('KEYEDGE_ERR_CLOSED', `${unanswered}: connection closed`));
         }
       }, this.#timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
+      this.#pending.set(id, { answer: ANSWER_TO[body.op], resolve, reject, timer });
       this.#socket.write(frame);
     });
   }
@@ -194,6 +198,11 @@ export class KeyserverClient {
     if (pending === undefined) {
       if (this.#abandoned.delete(response.id)) return;
       this.#fail(new KeyedgeError('KEYEDGE_ERR_PROTOCOL', `the key server answered request id ${response.id}, which was never sent`));
+      return;
+    }
+    if (response.op !== 'error' && response.op !== pending.answer) {
+      // As the native bridge does: answers no longer pair with their requests, so none on this connection is trusted.
+      this.#fail(new KeyedgeError('KEYEDGE_ERR_PROTOCOL', `the key server answered request id ${response.id} with a ${response.op}, not a ${pending.answer}`));
       return;
     }
     this.#pending.delete(response.id);
