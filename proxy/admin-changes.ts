@@ -14,7 +14,7 @@ import { entryName, json, text } from './admin-http.js';
 import type { AdminControl } from './admin-sources.js';
 import { CertificateError, CertificateStoreError } from './certs/errors.js';
 import { STORE_ENTRY_NAME } from './certs/store.js';
-import { StoreUnavailableError, StoreValueTooLargeError } from './store/storage.js';
+import { StoreConflictError, StoreUnavailableError, StoreValueTooLargeError } from './store/storage.js';
 
 /** Answers the change at `path`; 404 for one `control` does not take. */
 export function answerChange(req: http.IncomingMessage, res: http.ServerResponse, path: string | undefined, control: AdminControl): void {
@@ -109,6 +109,9 @@ const STORE_ERROR_STATUS: Readonly<Record<string, number>> = {
 function putFailureStatus(err: Error): number {
   if (err instanceof StoreUnavailableError) return 503;
   if (err instanceof StoreValueTooLargeError) return 413;
+  // Another node wrote the entry while this upload was validated: a conflict with the entry's current state, which a
+  // retry validates against (RFC 9110 §15.5.10).
+  if (err instanceof StoreConflictError) return 409;
   if (err instanceof CertificateError || (err instanceof KeyedgeError && err.code === 'KEYEDGE_ERR_CONFIG')) return 422;
   if (err instanceof CertificateStoreError) return STORE_ERROR_STATUS[err.code] ?? 500;
   // The key server could not be asked for the chain's key.

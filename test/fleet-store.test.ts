@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
@@ -7,13 +8,19 @@ import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { CACHE_FILE } from '../proxy/store/cache.js';
 import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
-import { StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
+import { StoreConflictError, StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
+import { CertificateError } from '../proxy/certs/errors.js';
+import { loadIssuerPool } from '../proxy/certs/issuers.js';
+import { putCertificate } from '../proxy/certs/manage.js';
+import type { ValidationContext } from '../proxy/certs/validate.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
+import { createCa, issue } from './helpers/pki.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // The fleet store's parts against a real etcd (one member: these are not
-// about quorum): the fenced lock, the mirror and its cache, the revision floor.
+// about quorum): the fenced lock, the mirror and its cache, the revision floor,
+// two nodes' uploads of one entry at once.
 const lab = etcdStoresForFile('/t/', 1_000);
 const client = (): Etcd3 => lab().client();
 const store = (prefix: string, name: string, changes: StoreChange[] = []): Promise<EtcdStore> => lab().store(prefix, name, changes);
@@ -119,6 +126,70 @@ describe('the fleet store mirror', () => {
     const refused = await ahead.write('other', 'x', {}).catch((err: unknown) => err);
     expect(refused).toBeInstanceOf(StoreUnavailableError);
     expect((refused as StoreUnavailableError).code).toBe('KEYEDGE_ERR_STORE_UNAVAILABLE');
+  });
+});
+
+describe('two nodes uploading one entry at once', () => {
+  it('stores the write that lands first; the other, validated against the entry before it, is refused and writes nothing', async () => {
+    const a = await store('/fleet-race/', 'race-a');
+    const b = await store('/fleet-race/', 'race-b');
+    const ca = await createCa('Race CA');
+    const caFile = join(lab().dir, 'race-ca.pem');
+    writeFileSync(caFile, ca.certPem);
+    const both = await issue(ca, { commonName: 'race.test', dnsNames: ['race.test', 'www.race.test'], keyAlgorithm: 'ec-p256' });
+    const narrow = await issue(ca, { commonName: 'race.test', dnsNames: ['race.test'], keyAlgorithm: 'ec-p256' });
+    // A key server holding every key; `gate`, when given, holds the validation until it resolves.
+    const context = (gate?: { entered: () => void; release: Promise<void> }): ValidationContext => ({
+      now: new Date(),
+      issuers: loadIssuerPool(caFile, 'proxy.json'),
+      keyserverSpki: async (_keyId, leafSpki) => {
+        gate?.entered();
+        await gate?.release;
+        return leafSpki;
+      },
+    });
+    const upload = (on: EtcdStore, chainText: string, ctx: ValidationContext, mode: 'add' | 'replace' = 'add') =>
+      putCertificate(on, { mode, name: 'race', chainText, source: 'admin API' }, ctx);
+
+    // Node B's upload (a new entry for race.test alone) is validated against the entry's absence...
+    let entered!: () => void;
+    const validating = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    let release!: () => void;
+    const fromB = upload(b, narrow.certPem, context({ entered, release: new Promise<void>((resolve) => (release = resolve)) })).catch((err: unknown) => err);
+    await validating;
+    // ...then node A's (both names) is stored, and node B's mirror sees it, before node B writes.
+    await upload(a, both.certPem, context());
+    await waitFor('node B to mirror node A’s write', () => (b.has('race') ? true : undefined));
+    release();
+    const refused = await fromB;
+    expect(refused).toBeInstanceOf(StoreConflictError);
+    expect((refused as StoreConflictError).code).toBe('KEYEDGE_ERR_STORE_CONFLICT');
+    expect((refused as Error).message).toMatch(/'race' changed .*another node wrote it/);
+    // The entry holds node A's chain and the names it pinned, on both nodes and in etcd.
+    const stored = JSON.parse((await lab().client().get('/fleet-race/certs/race').string())!) as { chain: string; meta: { names: string[] } };
+    expect(new X509Certificate(stored.chain).fingerprint256).toBe(new X509Certificate(both.certPem).fingerprint256);
+    expect(stored.meta.names).toEqual(['race.test', 'www.race.test']);
+    expect(b.read('race').chainText).toBe(stored.chain);
+    expect(b.read('race').meta.names).toEqual(['race.test', 'www.race.test']);
+    // Retried, node B's upload is judged against what node A pinned: it drops a name, so it is refused for that.
+    const retried = await upload(b, narrow.certPem, context(), 'replace').catch((err: unknown) => err);
+    expect(retried).toBeInstanceOf(CertificateError);
+    expect((retried as CertificateError).reason).toBe('names');
+
+    // An issuance-locked (ACME) write is conditional too: another node's upload in between refuses it, not as a lost lock.
+    const lock = await b.lock('acme/issue/race.test', { ttlSeconds: 10, waitMs: 0 });
+    const read = b.version('race');
+    await upload(a, both.certPem, context(), 'replace');
+    const renewal = await Promise.resolve(b.fenced(lock!).write('race', narrow.certPem, { names: ['race.test'] }, read)).catch((err: unknown) => err);
+    expect(renewal).toBeInstanceOf(StoreConflictError);
+    await lock!.release();
+    // A lost lock still refuses it as one, whatever the revision.
+    const late = await Promise.resolve(b.fenced(lock!).write('race', narrow.certPem, { names: ['race.test'] }, a.version('race'))).catch((err: unknown) => err);
+    expect(late).toBeInstanceOf(StoreUnavailableError);
+    expect((late as Error).message).toMatch(/lock .* was lost/);
+    expect(JSON.parse((await lab().client().get('/fleet-race/certs/race').string())!).meta.names).toEqual(['race.test', 'www.race.test']);
   });
 });
 

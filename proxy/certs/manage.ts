@@ -44,10 +44,13 @@ export interface PutOptions extends ValidationContext {
  * Validates and writes one entry. Rejects with CertificateError (the chain is
  * refused), CertificateStoreError (exists, missing, bad name, another tool's
  * link, store not writable) or whatever the key-server lookup throws; on any
- * rejection the store is unchanged. One writer per entry at a time (store.ts).
+ * rejection the store is unchanged. One writer per entry at a time (store.ts); in a fleet, the write is refused
+ * (StoreConflictError) when another node wrote the entry after it was read here.
  */
 export async function putCertificate(store: EntryStorage, request: PutRequest, options: PutOptions): Promise<PutResult> {
   const { name, mode } = request;
+  // The entry's version as read with its pins (the fleet's store): written only if it is still that one (storage.ts).
+  const expected = store.version?.(name);
   // Another tool's entry (a link to certbot's live file) is refused before the key server is asked.
   store.assertOwned?.(name);
   let previous: StoreEntry | undefined;
@@ -78,7 +81,7 @@ export async function putCertificate(store: EntryStorage, request: PutRequest, o
     addedAt: previous?.meta.addedAt ?? now,
     ...(previous === undefined ? {} : { replacedAt: now }),
   };
-  await store.write(name, validated.certificate.chainPem, meta);
+  await store.write(name, validated.certificate.chainPem, meta, expected);
   return { validated, meta, previous };
 }
 

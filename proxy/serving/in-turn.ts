@@ -7,7 +7,9 @@
  * new entry, both took it as new, the second overwriting the names the
  * first had pinned, unchecked). In turn, each sees what the one before wrote,
  * as if they had come one after the other. Different names never wait for
- * each other.
+ * each other. This orders one node's uploads; across a fleet's nodes, the
+ * entry's write is conditional on the revision the validation read instead
+ * (store/etcd-entries.ts), and the later one is refused.
  */
 export class InTurn<K> {
   /** The last work queued per key, settled either way; gone once nothing waits behind it. */

@@ -10,13 +10,20 @@
  * `fencedEntries` is the same view whose writes are fenced by an issuance
  * lock (lock.ts): a node that lost the lock mid-order (a long pause, a
  * partition) cannot put its result over the one its successor wrote.
+ *
+ * A write given the version its validation read (`version`: the key's mod
+ * revision, 0 when absent) is conditional on it, in the same transaction:
+ * two nodes taking an upload of one entry at once (or an upload and another
+ * node's renewal) each validated against the entry before the other wrote;
+ * the second write is refused (StoreConflictError) instead of putting over
+ * the first one's chain and pins a chain never checked against them.
  */
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store-meta.js';
 import type { EtcdStore } from './etcd-store.js';
 import { CERTS } from './layout.js';
 import { fencedPut, type HeldLock } from './lock.js';
-import { type EntryStorage, StoreUnavailableError } from './storage.js';
+import { type EntryStorage, StoreConflictError, StoreUnavailableError } from './storage.js';
 
 /** The value of an entry's key. */
 export function entryValue(chainText: string, meta: StoreMeta): string {
@@ -73,15 +80,34 @@ export function fencedEntries(store: EtcdStore, lock: HeldLock): EntryStorage {
     list: () => store.list(),
     has: (name) => store.has(name),
     read: (name) => store.read(name),
-    write: async (name, chainText, meta) => {
+    version: (name) => store.version(name),
+    write: async (name, chainText, meta, expected) => {
       const value = entryValue(chainText, meta);
+      if (expected !== undefined) return writeEntryIf(store, name, value, expected, lock);
       store.assertFits(CERTS + name, value);
       store.assertWritable();
       const revision = await store.call(`write ${CERTS}${name}`, () => fencedPut(store.client, lock, store.prefix + CERTS + name, value));
-      if (revision === undefined) {
-        throw new StoreUnavailableError(`the lock ${lock.key} was lost before ${name} was written (another node holds it now); nothing was written`);
-      }
+      if (revision === undefined) throw lockLost(lock, name);
       store.applyLocal(CERTS + name, value, revision);
     },
   };
+}
+
+/**
+ * Writes entry `name` only while its key is still at revision `expected` (0: absent) and, with `lock`, while the lock
+ * is held, in one transaction (the store's `writeIf`). Refused: StoreConflictError when another node wrote the entry
+ * since (its pins were not the ones validated against), StoreUnavailableError when the lock was lost.
+ */
+export async function writeEntryIf(store: EtcdStore, name: string, value: string, expected: number, lock?: HeldLock): Promise<void> {
+  const written = await store.writeIf(CERTS + name, value, expected, lock);
+  if (!('refused' in written)) return;
+  if (written.refused === 'lock-lost' && lock !== undefined) throw lockLost(lock, name);
+  const now = store.version(name);
+  throw new StoreConflictError(
+    `certificate '${name}' changed in the store ${store.dir} while this write was validated (another node wrote it${now === 0 ? ' or removed it' : ''}); nothing was written: retry to validate against what it holds now`,
+  );
+}
+
+function lockLost(lock: HeldLock, name: string): StoreUnavailableError {
+  return new StoreUnavailableError(`the lock ${lock.key} was lost before ${name} was written (another node holds it now); nothing was written`);
 }

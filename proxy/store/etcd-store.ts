@@ -24,7 +24,7 @@ import type { Etcd3 } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { StoreEntry, StoreEntryRef, StoreMeta } from '../certs/store-meta.js';
 import { assertFits, etcdCall } from './etcd-calls.js';
-import { entryValue, fencedEntries, listEntries, notFound, readEntry } from './etcd-entries.js';
+import { entryValue, fencedEntries, listEntries, notFound, readEntry, writeEntryIf } from './etcd-entries.js';
 import { EtcdLink, type StoreHealth } from './etcd-link.js';
 import { CERTS, LOCKS, type StoreChange } from './layout.js';
 import { Revocations } from './lease-revocation.js';
@@ -116,8 +116,16 @@ export class EtcdStore implements EntryStorage {
     return readEntry(this, name);
   }
 
-  async write(name: string, chainText: string, meta: StoreMeta): Promise<void> {
-    await this.put(CERTS + name, entryValue(chainText, meta));
+  /** The entry's key's mod revision as the mirror holds it, 0 when absent: what a conditional `write` compares. */
+  version(name: string): number {
+    return this.#mirror.item(CERTS + name)?.modRevision ?? 0;
+  }
+
+  /** With `expected` (a `version` read before validating): refused with StoreConflictError if the entry changed since. */
+  async write(name: string, chainText: string, meta: StoreMeta, expected?: number): Promise<void> {
+    const value = entryValue(chainText, meta);
+    if (expected !== undefined) return writeEntryIf(this, name, value, expected);
+    await this.put(CERTS + name, value);
   }
 
   async remove(name: string): Promise<void> {

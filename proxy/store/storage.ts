@@ -33,8 +33,16 @@ export interface EntryStorage {
    * another tool's, KEYEDGE_ERR_CERT_LINKED). write() checks it again.
    */
   assertOwned?(name: string): void;
-  /** Creates or replaces the entry, whole; the caller validated it. */
-  write(name: string, chainText: string, meta: StoreMeta): void | Promise<void>;
+  /**
+   * The entry's version as read now (0: absent), for a write conditional on it: the fleet's store has one, the key's
+   * etcd mod revision. The store directory has none: one node, whose uploads of an entry go in turn (serving/in-turn.ts).
+   */
+  version?(name: string): number;
+  /**
+   * Creates or replaces the entry, whole; the caller validated it. With `expected` (a `version` read before the
+   * validation), written only while the entry is still at it, else StoreConflictError and nothing is written.
+   */
+  write(name: string, chainText: string, meta: StoreMeta, expected?: number): void | Promise<void>;
 }
 
 /**
@@ -46,6 +54,20 @@ export interface EntryStorage {
 export class StoreUnavailableError extends KeyedgeError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('KEYEDGE_ERR_STORE_UNAVAILABLE', message, options);
+  }
+}
+
+/**
+ * A write refused because the entry changed since it was read, on another
+ * node (an upload or an ACME renewal of the same entry at once): what was
+ * validated against (its pinned names and key id) is no longer what is
+ * there, so nothing was written and the other write stands. The same request
+ * is validated anew against it when retried. The admin API answers it with
+ * 409.
+ */
+export class StoreConflictError extends KeyedgeError {
+  constructor(message: string) {
+    super('KEYEDGE_ERR_STORE_CONFLICT', message);
   }
 }
 
