@@ -269,7 +269,8 @@ export class ServingSource {
     if (store instanceof CertificateStore) {
       store.assertPresent();
       const now = directoryId(store.dir);
-      if (servesFromStore(this.#records) && now !== this.#storeDirId && store.list().length === 0) assertStoreNotReplaced(store.dir, this.#storeDirId, now);
+      // Cheapest first: the identity (a stat) rules out nearly every upload before the records are walked or the store listed.
+      if (now !== this.#storeDirId && servesFromStore(this.#records) && store.list().length === 0) assertStoreNotReplaced(store.dir, this.#storeDirId, now);
     }
     const client = await connectKeyserver(this.#config);
     try {
