@@ -4,7 +4,9 @@
  * file (README, SPEC, bench notes) would otherwise ship unnoticed. And no
  * symbolic link is tracked: a checkout's node_modules or native build linked
  * from elsewhere, once committed, replaces the real directory of every
- * checkout that merges it.
+ * checkout that merges it. And the top level holds only what README's layout
+ * names: a profile or a scratch file written where a command ran, once
+ * committed, ships in every clone.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -32,5 +34,30 @@ describe('tree hygiene', () => {
       .split('\n')
       .filter((line) => line.startsWith('120000 '));
     expect(links).toEqual([]);
+  });
+
+  it('the top level holds only what the layout names', () => {
+    // README's layout: the project's folders, its manifests and configs, the CLI's entry files; dotfiles (.ci/, .gitignore).
+    const allowed = new Set([
+      'bench',
+      'config',
+      'keyserver',
+      'proxy',
+      'test',
+      'README.md',
+      'package.json',
+      'package-lock.json',
+      'tsconfig.json',
+      'biome.jsonc',
+      'keyedge.ts',
+      'keyedge.cts',
+    ]);
+    const top = new Set(
+      execFileSync('git', ['ls-files'], { cwd: REPO, encoding: 'utf8' })
+        .split('\n')
+        .filter((file) => file !== '')
+        .map((file) => file.split('/')[0]!),
+    );
+    expect([...top].filter((entry) => !entry.startsWith('.') && !allowed.has(entry))).toEqual([]);
   });
 });
