@@ -461,6 +461,36 @@ it('signing threads slow to start again (a loaded machine, a slow C_Initialize):
   await burst(20);
 }, 20_000);
 
+it("a token to open again while signing threads are slow in their start (past limits.tokenStallExitMs, short of a start's bound): the reopen waits for them, and the process goes on", async () => {
+  // Before: the reopen held a thread in its start to limits.tokenStallExitMs (2 s here) as it holds a sign: a start
+  // slowed past it (a loaded machine, a slow C_Initialize) ended the process, whose supervisor would only start it
+  // again into the same slow start. A start has a bound of its own (5 s), as the stuck-thread watch has.
+  await startCasesKeyserver();
+  const restarted = loggedLines(/^signing thread restarted$/).length;
+  await threadsStartAgainInto('thread-init-slow');
+  fault('info-fail', true);
+  child.kill('SIGHUP');
+  await waitFor('the reopen', () => logLines(/^the token is no longer the one opened/)[0], 10_000);
+  // The old threads are in their slow start by now (they began it 100 ms after failing, the reopen a second later):
+  // the new ones start as usual.
+  fault('info-fail', false);
+  fault('thread-init-slow', false);
+  await waitFor('the token opened again', () => logLines(/^token opened again$/)[0], 15_000);
+  // The reopen came while both threads were still in their start: it waited for them, not for nothing.
+  const order = (msg: RegExp): number[] =>
+    output
+      .split('\n')
+      .map((line, index) => (msg.test(line) ? index : -1))
+      .filter((index) => index >= 0);
+  const reopenAt = order(/"msg":"the token is no longer the one opened/).at(-1) as number;
+  expect(order(/"msg":"signing thread restarted"/).slice(restarted)[0]).toBeGreaterThan(reopenAt);
+  expect(loggedLines(/have not come back past limits.tokenStallExitMs/)).toHaveLength(0);
+  expect(child.exitCode ?? child.signalCode).toBeNull();
+  await burst(20);
+  // The next cases want threads up from the start: a key server of their own.
+  await endChild();
+}, 30_000);
+
 it('a token to open again while a signing thread is held in its start (C_Initialize): the process ends past limits.tokenStallExitMs, rather than waiting for the thread for ever', async () => {
   // Before: the reopen stopped the threads with worker.terminate(), which waits for a thread inside native code to come
   // back to JS: for ever, the key server serving no key meanwhile.

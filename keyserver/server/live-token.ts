@@ -42,7 +42,8 @@
  * So the wait is bounded (it covers a thread held in its start, C_Initialize,
  * too: stopping it would wait as long): once a thread of the old workers has
  * been inside the module for `stall.afterMs` (limits.tokenStallExitMs, the bound a call held
- * on the event loop gets, loop-watch.ts; 0: no bound), an error line names
+ * on the event loop gets, loop-watch.ts; 0: no bound; a thread in its start is
+ * held to the start's own bound, 5 s, where that is longer: stallLeftMs), an error line names
  * the PKCS#11 function the threads are in and how long (never an argument),
  * and `stall.end()` ends the process (SIGKILL, daemon.ts) for its supervisor
  * to start it again. Not the threads abandoned and the token reopened
@@ -57,6 +58,7 @@
  */
 import type { Logger } from '../shared/log.js';
 import type { InToken, SigningWorkers } from '../token/sign-workers.js';
+import { START_STUCK_MS } from '../token/stuck-signs.js';
 import type { Token } from '../token/token.js';
 import type { KeyStore } from './keystore.js';
 
@@ -199,11 +201,14 @@ export class LiveToken {
 
   /** What the signing threads hold inside the module (SigningWorkers.inToken), the parts being closed for a reopen included. */
   inToken(): InToken {
-    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? { signs: 0, threads: 0, longestMs: 0, calls: [] });
+    const none = { signs: 0, threads: 0, longestMs: 0, longestSignMs: 0, longestStartMs: 0, calls: [] };
+    const all = [this.#parts, this.#closing].map((parts) => parts?.signers.inToken() ?? none);
     return {
       signs: all.reduce((n, held) => n + held.signs, 0),
       threads: all.reduce((n, held) => n + held.threads, 0),
       longestMs: Math.max(...all.map((held) => held.longestMs)),
+      longestSignMs: Math.max(...all.map((held) => held.longestSignMs)),
+      longestStartMs: Math.max(...all.map((held) => held.longestStartMs)),
       calls: [...new Set(all.flatMap((held) => held.calls))],
     };
   }
@@ -277,14 +282,24 @@ export class LiveToken {
       const held = old.signers.inToken();
       // Every sign answered, and no thread left inside the module (one may be held in its start).
       if (answered && held.threads === 0) return undefined;
-      if (afterMs > 0 && held.longestMs >= afterMs) return held;
+      const leftMs = afterMs > 0 ? stallLeftMs(held, afterMs) : STALL_CHECK_MS;
+      if (leftMs <= 0) return held;
       let timer: NodeJS.Timeout | undefined;
-      const waitMs = afterMs > 0 ? Math.min(STALL_CHECK_MS, afterMs - held.longestMs) : STALL_CHECK_MS;
+      const waitMs = Math.min(STALL_CHECK_MS, leftMs);
       const later = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs).unref()));
       await (answered ? later : Promise.race([drained, later]));
       clearTimeout(timer);
     }
   }
+}
+
+/**
+ * How long until a thread of `held` is past its bound: `afterMs` for one on a batch of signs; for one in its start,
+ * the start's own bound if longer (stuck-signs.ts: a start slowed by a loaded machine or a slow C_Initialize is not a
+ * token that stopped answering, and ending the process for it would only start the same slow start again).
+ */
+function stallLeftMs(held: InToken, afterMs: number): number {
+  return Math.min(afterMs - held.longestSignMs, Math.max(afterMs, START_STUCK_MS) - held.longestStartMs);
 }
 
 async function closeParts(parts: TokenParts): Promise<void> {

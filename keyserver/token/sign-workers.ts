@@ -116,6 +116,10 @@ export interface InToken {
   readonly signs: number;
   readonly threads: number;
   readonly longestMs: number;
+  /** The longest a thread has been on its current batch of signs, 0 if none. */
+  readonly longestSignMs: number;
+  /** The longest a thread still in its start (C_Initialize) has been there, 0 if none: a start has a bound of its own (stuck-signs.ts). */
+  readonly longestStartMs: number;
   readonly calls: readonly string[];
 }
 
@@ -169,6 +173,8 @@ export class SigningWorkers {
     let signs = 0;
     let threads = 0;
     let longestMs = 0;
+    let longestSignMs = 0;
+    let longestStartMs = 0;
     const calls = new Set<string>();
     for (const lane of this.#lanes) {
       const held = lane.inToken(now);
@@ -177,9 +183,18 @@ export class SigningWorkers {
       threads++;
       signs += held.signs;
       longestMs = Math.max(longestMs, held.busyMs);
+      if (held.starting) longestStartMs = Math.max(longestStartMs, held.busyMs);
+      else longestSignMs = Math.max(longestSignMs, held.busyMs);
       if (held.call !== undefined) calls.add(held.call);
     }
-    return { signs, threads, longestMs: Math.round(longestMs), calls: [...calls] };
+    return {
+      signs,
+      threads,
+      longestMs: Math.round(longestMs),
+      longestSignMs: Math.round(longestSignMs),
+      longestStartMs: Math.round(longestStartMs),
+      calls: [...calls],
+    };
   }
 
   /** Threads whose call into the token has not come back for longer than the bound, and their signs. */

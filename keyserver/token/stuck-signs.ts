@@ -39,7 +39,7 @@
 import type { Logger } from '../shared/log.js';
 
 /** A thread in its start longer than this (or than `stuckAfterMs`, if longer) is stuck: several times a slow start. */
-const START_STUCK_MS = 5_000;
+export const START_STUCK_MS = 5_000;
 /** How often the threads are looked at: at most this late past `stuckAfterMs`... */
 const CHECK_MS = 1_000;
 /** ...and a token that stays stuck is logged again once per this long. */
