@@ -37,7 +37,7 @@ export const ERROR_CODES = {
   KEYEDGE_ERR_CERT_LINKED:
     "the store entry's chain or metadata file is a symbolic link (another tool's file, such as certbot's live/): keyedge does not write it; nothing was written",
   KEYEDGE_ERR_CERT_STORE_GONE:
-    'the store directory is gone, or another directory holding no certificate took its place: the reload or upload is refused and every entry keeps serving',
+    'the store directory is gone, or another directory holding no certificate took its place (or any other one, during an upload): the reload, upload or `keyedge cert` change is refused and every entry keeps serving',
   KEYEDGE_ERR_STORE_UNAVAILABLE: "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state",
   KEYEDGE_ERR_STORE_CONFLICT:
     "the fleet's store entry changed on another node between this write's read and its write: nothing was written; retry to validate against it",

@@ -40,7 +40,7 @@
  *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)
  *   422 KEYEDGE_ERR_CONFIG           the route is refused (what was expected)
  *   503 KEYEDGE_ERR_STORE_UNAVAILABLE  the fleet's etcd is unreachable: retry later
- *   503 KEYEDGE_ERR_CERT_STORE_GONE    the store directory is gone, or replaced by an empty one: retry once it is back
+ *   503 KEYEDGE_ERR_CERT_STORE_GONE    the store directory is gone, or replaced by an empty one (by any, during the upload): retry once it is back
  * A body over the limit is read and dropped up to a bound (readBody), so the
  * client sees the 413 rather than a reset of a connection it still writes to,
  * as nginx's lingering close does; past the bound, the 413 goes out with

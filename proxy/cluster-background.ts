@@ -2,10 +2,12 @@
  * The primary's background work once it serves: the hourly certificate expiry
  * check and the watch of the certificate store and the config file, whose
  * changes go to the reload coordinator. Runs until the function it returns
- * stops it.
+ * stops it. Before the watch opens, the store's leftovers of writes killed
+ * midway are removed (certs/store-leftovers.ts).
  */
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import type { Logger } from '../keyserver/shared/log.js';
+import { CertificateStore } from './certs/store.js';
 import type { ReloadCoordinator } from './serving/coordinator.js';
 import type { ServingSource } from './serving/source.js';
 import { watchForChanges } from './serving/watch.js';
@@ -26,6 +28,8 @@ export function watchBackground(
 ): () => void {
   const expiryTimer = setInterval(warnExpiry, EXPIRY_CHECK_MS);
   expiryTimer.unref();
+  const leftovers = new CertificateStore(config.certStore.dir).removeLeftovers();
+  if (leftovers.length > 0) log.info({ dir: config.certStore.dir, files: leftovers }, 'removed files left by certificate store writes killed midway');
   const stopWatching = watchForChanges({
     storeDir: config.certStore.dir,
     configFile,

@@ -55,6 +55,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('putCertificate', () => {
   it('adds, then renews keeping names and pin, and refuses a new key unless pinned anew', async () => {
     const store = new CertificateStore(join(dir, 'pinned'));
+    store.create();
     const added = await putCertificate(
       store,
       { mode: 'add', name: 'a', chainText: `${ca.certPem}\n${first.certPem}`, source: 'admin API', names: ['a.example'], keyId: keyIdOf(first) },
@@ -94,6 +95,7 @@ describe('putCertificate', () => {
 
   it('follows the leaf key when nothing is pinned, and pins every SAN served at the add', async () => {
     const store = new CertificateStore(join(dir, 'unpinned'));
+    store.create();
     const added = await putCertificate(store, { mode: 'add', name: 'a', chainText: first.certPem, source: 'f.pem' }, context(first, otherKey));
     expect(added.meta).toEqual({ names: ['a.example', 'b.example'], addedAt: expect.any(String) });
     expect(added.validated.certificate.names).toEqual(['a.example', 'b.example']);
@@ -103,6 +105,7 @@ describe('putCertificate', () => {
 
   it('refuses to add over an entry or a reserved name, and to replace a missing one', async () => {
     const store = new CertificateStore(join(dir, 'names'));
+    store.create();
     await putCertificate(store, { mode: 'add', name: 'a', chainText: first.certPem, source: 'f.pem' }, context(first));
     const cases = [
       [{ mode: 'add', name: 'a' }, 'KEYEDGE_ERR_CERT_EXISTS'],

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateError, CertificateStoreError } from '../proxy/certs/errors.js';
 import { CertificateStore } from '../proxy/certs/store.js';
+import { directoryId } from '../proxy/certs/store-dir.js';
 import { REPO } from './helpers/keyserver.js';
 
 // The store's file contract: atomic replacement, a listing that ignores
@@ -18,8 +19,11 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
+/** A store whose directory is made (create()): write() makes none. */
 function freshStore(): CertificateStore {
-  return new CertificateStore(join(root, `store-${++counter}`, 'certs'));
+  const store = new CertificateStore(join(root, `store-${++counter}`, 'certs'));
+  store.create();
+  return store;
 }
 
 const CHAIN = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
@@ -36,7 +40,7 @@ function storeError(fn: () => unknown): CertificateStoreError {
 }
 
 describe('certificate store', () => {
-  it('creates the directory 0755, writes 0644 files and leaves no temp file', () => {
+  it('makes the directory 0755 (create()), writes 0644 files and leaves no temp file', () => {
     const store = freshStore();
     expect(store.list()).toEqual([]);
     store.write('shop', CHAIN, { names: ['shop.example'], keyId: KEY_ID, addedAt: '2026-11-22T10:00:00.000Z' });
@@ -127,6 +131,22 @@ describe('certificate store', () => {
     store.remove('chain');
     store.remove('meta');
     expect([readFileSync(live, 'utf8'), readFileSync(managed, 'utf8')]).toEqual([CHAIN, '{}\n']);
+  });
+
+  it('writes into no directory that is not there, nor into another than the one it was bound to', () => {
+    const store = freshStore();
+    const away = `${store.dir}.away`;
+    renameSync(store.dir, away);
+    const gone = storeError(() => store.write('a', CHAIN, {}));
+    expect([gone.code, existsSync(store.dir)]).toEqual(['KEYEDGE_ERR_CERT_STORE_GONE', false]);
+    renameSync(away, store.dir);
+    const bound = new CertificateStore(store.dir, { dirId: directoryId(store.dir)! });
+    renameSync(store.dir, away);
+    mkdirSync(store.dir);
+    const replaced = storeError(() => bound.write('a', CHAIN, {}));
+    expect(replaced.code).toBe('KEYEDGE_ERR_CERT_STORE_GONE');
+    expect(replaced.message).toContain(`the certificate store ${store.dir} was replaced by another directory`);
+    expect([readdirSync(store.dir), readdirSync(away)]).toEqual([[], []]);
   });
 
   it('tells a symlink re-pointed to a chain of the same size and mtime by its identity (inode, ctime)', () => {

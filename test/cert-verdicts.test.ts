@@ -164,6 +164,7 @@ describe('verdict cache', () => {
   it('serves a store from remembered verdicts: a changed entry is judged again, a removed one forgotten', async () => {
     const storeDir = join(dir, 'store');
     const store = new CertificateStore(storeDir);
+    store.create();
     store.write('a', chain, {});
     store.write('b', `${inter.certPem}\n${issued.certPem}`, {});
     const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });

@@ -1,4 +1,17 @@
-import { copyFileSync, existsSync, lstatSync, readdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateStore } from '../proxy/certs/store.js';
@@ -70,9 +83,22 @@ afterAll(async () => {
 });
 
 describe('keyedge cert', () => {
+  it('makes no store directory unless --create-store says so (add only)', async () => {
+    const refused = await cert('add', 'shop', '--chain', ecChain, '--names', 'shop.lab.test');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`keyedge: KEYEDGE_ERR_CERT_STORE_GONE: the certificate store ${storeDir} is not there`);
+    expect(refused.stderr).toContain('start the proxy once (it makes it) or add --create-store');
+    expect(existsSync(storeDir)).toBe(false);
+    const misused = await cert('replace', 'shop', '--chain', ecChain, '--create-store');
+    expect(misused.code).toBe(2);
+    expect(misused.stderr).toContain('--create-store is for `keyedge cert add` only');
+    expect(existsSync(storeDir)).toBe(false);
+  });
+
   it('adds a chain after checking it against the key server', async () => {
-    const result = await cert('add', 'shop', '--chain', ecChain, '--names', 'shop.lab.test');
+    const result = await cert('add', 'shop', '--chain', ecChain, '--names', 'shop.lab.test', '--create-store');
     expect(result.code, result.stderr).toBe(0);
+    expect(statSync(storeDir).mode & 0o777).toBe(0o755);
     expect(result.stdout).toContain(`added certificate 'shop': wrote ${storeDir}/shop.pem and shop.json`);
     expect(result.stdout).toContain(`notAfter:  ${ecLeaf.cert.notAfter.toISOString()}`);
     expect(result.stdout).toContain(`key id:    ${lab.keys.ec.keyId}\n`);
@@ -190,6 +216,46 @@ describe('keyedge cert', () => {
     const wrongPin = await cert('add', 'wrong-pin', '--chain', ecChain, '--key', lab.keys.rsa.keyId);
     expect(wrongPin.code).toBe(1);
     expect(wrongPin.stderr).toContain('key_mismatch');
+  });
+
+  it('refuses to add to, replace in or remove from a store directory renamed away, and does not make it again', async () => {
+    const away = `${storeDir}.away`;
+    renameSync(storeDir, away);
+    try {
+      for (const args of [
+        ['add', 'fresh', '--chain', ecChain],
+        ['replace', 'pinned', '--chain', rsaChain],
+        ['remove', 'pinned'],
+      ]) {
+        const result = await cert(...args);
+        expect(result.code, args.join(' ')).toBe(1);
+        expect(result.stderr).toContain(`keyedge: KEYEDGE_ERR_CERT_STORE_GONE: the certificate store ${storeDir} is not there`);
+        expect(result.stdout).toBe('');
+        // Not made again holding one entry, which the running proxy would take for the whole store.
+        expect(existsSync(storeDir)).toBe(false);
+      }
+    } finally {
+      renameSync(away, storeDir);
+    }
+    expect(existsSync(join(storeDir, 'pinned.pem'))).toBe(true);
+  });
+
+  it("removes what a write killed midway left of the entry it writes next, not a running writer's", async () => {
+    const deadPid = spawnSync(process.execPath, ['-e', '']).pid!;
+    const dead = [`.pinned.json.${deadPid}.0123456789ab.aside`, `.pinned.pem.${deadPid}.0123456789ab.tmp`];
+    linkSync(join(storeDir, 'pinned.json'), join(storeDir, dead[0]!));
+    writeFileSync(join(storeDir, dead[1]!), 'half a chain');
+    // This process is running: its side files may be a write in progress. Another entry's are left for its own write.
+    const kept = [`.pinned.pem.${process.pid}.0123456789ab.tmp`, `.other.json.${deadPid}.0123456789ab.aside`];
+    for (const file of kept) writeFileSync(join(storeDir, file), '{}\n');
+    const result = await cert('replace', 'pinned', '--chain', rsaChain);
+    expect(result.code, result.stderr).toBe(0);
+    expect(
+      readdirSync(storeDir)
+        .filter((f) => f.startsWith('.'))
+        .sort(),
+    ).toEqual([...kept].sort());
+    for (const file of kept) unlinkSync(join(storeDir, file));
   });
 
   it('lists an entry that expired while stored, with its facts', async () => {

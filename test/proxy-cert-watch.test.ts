@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   appendFileSync,
   existsSync,
@@ -13,6 +13,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
@@ -99,7 +100,38 @@ async function renew(lineage: Lineage): Promise<number> {
   return servedAfter(lineage.host, lineage.leaves[1]!, started, WITHIN_MS);
 }
 
+/**
+ * Loaded into the proxy (NODE_OPTIONS --import): in the primary, the store directory is swapped for an empty one
+ * (`mv certs certs.held && mkdir certs`, as an operator or a deploy tool does) at an exact point of an upload, which no
+ * timing could hit: for entry held-early as the upload first looks at the entry's files (after its check of the
+ * directory, before the validation), for held-late as the write begins (its metadata kept aside); once each. Node's
+ * builtin ES module bindings follow the patched functions (syncBuiltinESMExports).
+ */
+const HOLD_PRELOAD = `
+import fs from 'node:fs';
+import cluster from 'node:cluster';
+import { syncBuiltinESMExports } from 'node:module';
+const dir = process.env.KEYEDGE_TEST_SWAP_STORE;
+if (cluster.isPrimary && dir) {
+  const swap = () => { fs.renameSync(dir, dir + '.held'); fs.mkdirSync(dir); };
+  const { lstatSync, linkSync } = fs;
+  const once = new Set();
+  const swapOnce = (what) => { if (!once.has(what)) { once.add(what); swap(); } };
+  fs.lstatSync = function (file, ...rest) {
+    if (file === dir + '/held-early.pem') swapOnce('early');
+    return lstatSync.call(this, file, ...rest);
+  };
+  fs.linkSync = function (from, to, ...rest) {
+    if (String(to).startsWith(dir + '/.held-late.json.')) swapOnce('late');
+    return linkSync.call(this, from, to, ...rest);
+  };
+  syncBuiltinESMExports();
+}
+`;
+
 let twoStep: Issued;
+/** A process that has exited: the writer of a leftover. */
+let deadPid: number;
 let leafOnly: Issued;
 const linked: Issued[] = [];
 let linksDir: string;
@@ -140,18 +172,33 @@ beforeAll(async () => {
   mkdirSync(linksDir, { recursive: true });
   writeLookalikes(linked.map((l, i) => [join(linksDir, `chain-${i}.pem`), `${l.certPem}\n${inter.certPem}`]));
 
-  proxy = await startClusterProxy(lab, 'cert-watch', (p) => {
-    writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
-    symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
-    symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
-    return storeProxyConfig(lab, p, {
-      certificates: [
-        { name: 'certbot', chain: configLineage.live },
-        { name: 'secret', chain: join(secretDir, 'tls.crt') },
-      ],
-      certStore: { dir: p.storeDir, rescanSeconds: 3600 },
-    });
-  });
+  deadPid = spawnSync(process.execPath, ['-e', '']).pid!;
+  const preload = join(lab.dir, 'swap-store.mjs');
+  writeFileSync(preload, HOLD_PRELOAD);
+  const swapEnv = {
+    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${pathToFileURL(preload).href}`,
+    KEYEDGE_TEST_SWAP_STORE: join(lab.dir, 'cert-watch', 'certs'),
+  };
+  proxy = await startClusterProxy(
+    lab,
+    'cert-watch',
+    (p) => {
+      writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
+      // What writers left: one killed mid-write (its pid gone), one still writing (this process, alive).
+      writeFileSync(join(p.storeDir, `.two.json.${deadPid}.0123456789ab.aside`), '{}\n');
+      writeFileSync(join(p.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`), twoStep.certPem);
+      symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
+      symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
+      return storeProxyConfig(lab, p, {
+        certificates: [
+          { name: 'certbot', chain: configLineage.live },
+          { name: 'secret', chain: join(secretDir, 'tls.crt') },
+        ],
+        certStore: { dir: p.storeDir, rescanSeconds: 3600 },
+      });
+    },
+    swapEnv,
+  );
 }, 90_000);
 
 afterAll(async () => {
@@ -262,6 +309,48 @@ describe('a Kubernetes secret volume', () => {
       pickup[`secret${generation}`] = Math.round(ms);
     }
   });
+});
+
+describe("the store's leftovers and an upload meeting a directory swapped in", () => {
+  it('removed at start: the side file of a writer killed mid-write, not that of a writer still running', () => {
+    expect(readdirSync(proxy.storeDir).filter((f) => f.startsWith('.two.'))).toEqual([`.two.pem.${process.pid}.0123456789ab.tmp`]);
+    expect(proxy.lines.find((l) => l.msg === 'removed files left by certificate store writes killed midway')).toMatchObject({
+      files: [`.two.json.${deadPid}.0123456789ab.aside`],
+    });
+    unlinkSync(join(proxy.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`));
+  });
+
+  for (const [name, when] of [
+    ['held-early', 'while the upload is validated'],
+    ['held-late', 'as the write begins'],
+  ] as const) {
+    it(`refuses an upload when an empty directory takes the store's place ${when}, leaving nothing in it; every entry keeps serving`, async () => {
+      const served = await servedSerial('two.lab.test');
+      expect(served).toBeDefined();
+      const issued = await leaf(`${name}.lab.test`);
+      const put = await proxy.admin('PUT', `/certs/${name}`, `${issued.certPem}\n${inter.certPem}`);
+      const held = `${proxy.storeDir}.held`;
+      try {
+        expect(existsSync(held)).toBe(true);
+        expect(put.status, put.text).toBe(503);
+        const { error } = JSON.parse(put.text) as { error: { code: string; message: string } };
+        expect(error.code).toBe('KEYEDGE_ERR_CERT_STORE_GONE');
+        expect(error.message).toContain(`the certificate store ${proxy.storeDir} was replaced by another directory`);
+        // The stand-in holds nothing of it (the next pass would otherwise take it for the whole store), nor does the store.
+        expect(readdirSync(proxy.storeDir)).toEqual([]);
+        expect(readdirSync(held).filter((f) => f.includes(name))).toEqual([]);
+        expect(await servedSerial('two.lab.test')).toBe(served);
+      } finally {
+        rmSync(proxy.storeDir, { recursive: true, force: true });
+        renameSync(held, proxy.storeDir);
+      }
+      // The store back: the same upload is taken.
+      const again = await proxy.admin('PUT', `/certs/${name}`, `${issued.certPem}\n${inter.certPem}`);
+      expect(again.status, again.text).toBe(200);
+      await servedAfter(`${name}.lab.test`, issued, performance.now());
+      expect(await servedSerial('two.lab.test')).toBe(served);
+    });
+  }
 });
 
 describe('a store directory swapped for another, as a deploy does (mv certs certs.old; mv certs.new certs)', () => {

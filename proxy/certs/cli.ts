@@ -3,7 +3,9 @@
  * (proxy/certs/store.ts) of the proxy named by --config. add and replace
  * validate the chain first, against the key server the proxy uses, and write
  * nothing when it is refused. The running proxy picks changes up by itself
- * (it watches the store directory).
+ * (it watches the store directory). None of them makes the store directory
+ * (but `add --create-store`): a store renamed away is refused, not made again
+ * holding the one entry (storeToWrite says why).
  *
  * `replace` is what a renewal tool calls (a certbot deploy hook, acme.sh's
  * --reloadcmd); it keeps the entry's names and pinned key id, so a renewal
@@ -23,12 +25,13 @@ import { listEntries, showEntry } from './cli-listing.js';
 import { CertificateError, CertificateStoreError } from './errors.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
+import { directoryId } from './store-dir.js';
 import { parseChain } from './validate.js';
 
 const USAGE = `Usage: keyedge cert <action> [NAME] [options]
 
 Actions:
-  add NAME --chain FILE [--names A,B] [--key KEYID]
+  add NAME --chain FILE [--names A,B] [--key KEYID] [--create-store]
                       validate a chain (PEM, any order) against the key server
                       and store it as a new entry
   replace NAME --chain FILE [--names A,B] [--key KEYID]
@@ -55,6 +58,9 @@ Options:
   --chain FILE    the full chain, PEM (certbot: fullchain.pem)
   --names A,B     names the entry serves (default: every DNS name of the certificate)
   --key KEYID     pin the key server key id (64 hex digits, from \`keyedge key list\`)
+  --create-store  add: make the store directory first if it is not there
+                  (the proxy makes it when it starts; without this flag a
+                  missing store is refused, KEYEDGE_ERR_CERT_STORE_GONE)
   --json          machine-readable output
   --domain D      a name for the certificate (issue; repeat for more)
   --replace-domains
@@ -81,6 +87,7 @@ const OPTIONS = {
   json: { type: 'boolean' },
   domain: { type: 'string', multiple: true },
   'replace-domains': { type: 'boolean' },
+  'create-store': { type: 'boolean' },
 } as const;
 
 const KEY_ID = /^[0-9a-f]{64}$/;
@@ -138,8 +145,10 @@ async function addOrReplace(mode: 'add' | 'replace', name: string, values: Value
   const pin = values.key?.toLowerCase();
   if (pin !== undefined && !KEY_ID.test(pin)) throw new UsageError('--key must be a key id: 64 hex digits, as `keyedge key list` prints');
   const names = values.names === undefined ? undefined : parseNames(values.names);
+  if (values['create-store'] === true && mode !== 'add') throw new UsageError('--create-store is for `keyedge cert add` only');
   const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
+  if (values['create-store'] === true) new CertificateStore(config.certStore.dir).create();
+  const store = storeToWrite(config.certStore.dir);
   // Checked before the key server is asked: a typo'd name fails fast, and a link to another tool's file (a dangling
   // one too, which has() does not see) is refused as that rather than as a missing or existing entry.
   store.assertOwned(name);
@@ -197,12 +206,34 @@ async function previousLine(previous: StoreEntry): Promise<string[]> {
 
 function remove(name: string, values: Values): number {
   const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
+  const store = storeToWrite(config.certStore.dir);
   store.remove(name);
   process.stdout.write(
     `removed certificate '${name}': deleted ${store.dir}/${name}.pem and ${name}.json\nThe running proxy stops serving it once it sees the change.\n`,
   );
   return 0;
+}
+
+/**
+ * The store at `dir`, bound to the directory there now (written into that one
+ * or none: certs/store-write.ts). Throws KEYEDGE_ERR_CERT_STORE_GONE when
+ * there is none: this command never makes it, as a store renamed away (by an
+ * operator, a deploy tool) and made again holding one entry would be taken by
+ * the running proxy for the whole store, every other certificate no longer
+ * served.
+ */
+function storeToWrite(dir: string): CertificateStore {
+  const id = directoryId(dir);
+  if (id === undefined) {
+    throw new CertificateStoreError(
+      'KEYEDGE_ERR_CERT_STORE_GONE',
+      '',
+      `the certificate store ${dir} is not there (or is not a directory); keyedge cert does not make it, so that a store renamed ` +
+        'away is not made again holding one entry, which the running proxy would serve alone. Put the directory back; ' +
+        'for a new store, start the proxy once (it makes it) or add --create-store to `keyedge cert add`',
+    );
+  }
+  return new CertificateStore(dir, { dirId: id });
 }
 
 function describeRows(names: readonly string[], keyId: string, pinned: boolean, leaf: x509.X509Certificate): string[] {

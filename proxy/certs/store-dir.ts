@@ -35,6 +35,11 @@ export function directoryId(dir: string): string | undefined {
 
 /** Throws KEYEDGE_ERR_CERT_STORE_GONE when `dir` is not there, or is not a directory. */
 export function assertStorePresent(dir: string): void {
+  presentDirectoryId(dir);
+}
+
+/** directoryId() of a directory that is there: KEYEDGE_ERR_CERT_STORE_GONE when it is not, or is not a directory. */
+export function presentDirectoryId(dir: string): string {
   let stat: Stats;
   try {
     stat = statSync(dir);
@@ -48,6 +53,7 @@ export function assertStorePresent(dir: string): void {
   }
   if (!stat.isDirectory())
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE_GONE', '', `the certificate store ${dir} is not a directory; its entries keep serving`);
+  return `${stat.dev}:${stat.ino}`;
 }
 
 /**

@@ -4,7 +4,13 @@
  * writes that leave the old or the new file whole (temp file, fsync,
  * rename, then the directory fsync'd), and the stat identity that tells a
  * changed file from an unchanged one. No entry logic: names and metadata
- * are store.ts's and store-meta.ts's.
+ * are store-paths.ts's and store-meta.ts's.
+ *
+ * A write's side files, a temp file and the `.aside` link keepAside() makes,
+ * are named `.<file>.<pid>.<random>.tmp|aside` (SIDE_FILE): a dot name, which
+ * listings and the watch ignore, and the writer's pid, by which a leftover of
+ * a writer killed mid-write is told from a write in progress
+ * (store-leftovers.ts).
  */
 import { randomBytes } from 'node:crypto';
 import {
@@ -117,16 +123,30 @@ export function identity(stat: Stats): string {
   return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
-export /** Temp file, fsync, rename: the target holds the old or the new content, whole. */
-function writeAtomic(dir: string, target: string, content: string): void {
-  const temp = join(dir, `.${target.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+/** `.<file>.<pid>.<12 hex>.tmp|aside`; groups: the file's name, the writer's pid, the kind. */
+export const SIDE_FILE = /^\.(.+)\.(\d+)\.[0-9a-f]{12}\.(tmp|aside)$/;
+
+function sideFile(dir: string, file: string, kind: 'tmp' | 'aside'): string {
+  return join(dir, `.${file.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.${kind}`);
+}
+
+/**
+ * Temp file, fsync, rename: the target holds the old or the new content,
+ * whole. Returns the written file's device and inode, by which a caller can
+ * tell it from whatever else comes to be at `target`.
+ */
+export function writeAtomic(dir: string, target: string, content: string): string {
+  const temp = sideFile(dir, target, 'tmp');
   const fd = openSync(temp, 'wx', FILE_MODE);
+  let written: string;
   try {
     try {
       // The umask may have narrowed the mode given to open().
       fchmodSync(fd, FILE_MODE);
       writeFileSync(fd, content);
       fsyncSync(fd);
+      const stat = fstatSync(fd);
+      written = `${stat.dev}:${stat.ino}`;
     } finally {
       closeSync(fd);
     }
@@ -139,6 +159,17 @@ function writeAtomic(dir: string, target: string, content: string): void {
     }
     throw err;
   }
+  return written;
+}
+
+/** The device and inode of what `file` names now (not following a link); undefined when nothing. */
+export function fileId(file: string): string | undefined {
+  try {
+    const stat = lstatSync(file);
+    return `${stat.dev}:${stat.ino}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -148,7 +179,7 @@ function writeAtomic(dir: string, target: string, content: string): void {
  * links), and putBack() then leaves the file alone.
  */
 export function keepAside(dir: string, file: string): string | null | undefined {
-  const aside = join(dir, `.${file.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.aside`);
+  const aside = sideFile(dir, file, 'aside');
   try {
     linkSync(file, aside);
     return aside;

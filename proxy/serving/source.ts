@@ -23,7 +23,7 @@ import { putCertificate } from '../certs/manage.js';
 import { VerdictCache } from '../certs/verdict-cache.js';
 import { checkOriginTargets } from '../http/origins.js';
 import { CertificateStore } from '../certs/store.js';
-import { assertStoreNotReplaced, directoryId } from '../certs/store-dir.js';
+import { assertStoreNotReplaced, presentDirectoryId } from '../certs/store-dir.js';
 import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
@@ -261,16 +261,18 @@ export class ServingSource {
 
   async #put(name: string, chainText: string, pin: UploadPin): Promise<void> {
     // An ACME order's result in a fleet: written only while its issuance lock is held (store/lock.ts).
-    const store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
+    let store = pin.lock !== undefined && this.#shared !== undefined ? this.#shared.fenced(pin.lock) : this.store;
     // Refused before any validation when the shared store cannot take it.
     this.#shared?.assertWritable();
     // A store directory renamed away is not recreated empty by an upload, nor is one an empty directory took the place
     // of filled with it: the next pass would take it for the whole store, and serve that entry alone (certs/store-dir.ts).
     if (store instanceof CertificateStore) {
-      store.assertPresent();
-      const now = directoryId(store.dir);
+      const now = presentDirectoryId(store.dir);
       // Cheapest first: the identity (a stat) rules out nearly every upload before the records are walked or the store listed.
       if (now !== this.#storeDirId && servesFromStore(this.#records) && store.list().length === 0) assertStoreNotReplaced(store.dir, this.#storeDirId, now);
+      // Written into the directory checked here or into none: one swapped in during the validation or the write is
+      // refused too (certs/store-write.ts).
+      store = new CertificateStore(store.dir, { dirId: now });
     }
     const client = await connectKeyserver(this.#config);
     try {

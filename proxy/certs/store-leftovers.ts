@@ -1,0 +1,56 @@
+/**
+ * Side files a writer killed mid-write left in the store directory: the temp
+ * file of an atomic write and the `.aside` hard link to the metadata it was
+ * replacing (store-files.ts). Listings and the watch ignore them (dot
+ * names), so they are harmless, but nothing else would ever remove them: a
+ * renewal hook killed by its timeout every night leaves one a night.
+ *
+ * A side file is removed only when no write can still be using it: its
+ * writer's pid (in its name) is this process's own (whose store writes are
+ * synchronous, so none is in progress while this runs) or names no running
+ * process. A live pid keeps it, whoever it is now: a write in progress is
+ * never broken, at worst a leftover waits for the next sweep. Swept when the
+ * proxy starts (the whole directory) and when an entry is written (its own
+ * side files). Writers are assumed to share this host's pid namespace, as
+ * the store's writers (the proxy, `keyedge cert`, a renewal hook) do.
+ */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { SIDE_FILE, unlinkQuietly } from './store-files.js';
+
+/**
+ * Removes the leftover side files of entry `entry` (every entry's when
+ * undefined); returns the names removed. Best effort: a directory that cannot
+ * be listed, or a file already gone, is not an error.
+ */
+export function sweepLeftovers(dir: string, entry?: string): string[] {
+  let files: string[];
+  try {
+    files = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const file of files) {
+    const side = SIDE_FILE.exec(file);
+    if (side === null) continue;
+    const [, target, pid] = side;
+    if (entry !== undefined && target !== `${entry}.pem` && target !== `${entry}.json`) continue;
+    if (!/\.(pem|json)$/.test(target!) || !writerGone(Number(pid))) continue;
+    unlinkQuietly(join(dir, file));
+    removed.push(file);
+  }
+  return removed;
+}
+
+function writerGone(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    // Signal 0: no signal sent, only whether the process exists.
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    // EPERM: it exists, as another user's process.
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
