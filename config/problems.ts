@@ -42,15 +42,19 @@ function valueAt(root: unknown, segments: readonly Segment[]): unknown {
 
 /**
  * What was found instead, without ever quoting a string: a string in a config
- * may be a PIN typed where it does not belong, and this text goes to logs.
+ * may be a PIN typed where it does not belong, and this text goes to logs. A
+ * number is quoted only where a number was expected (a port out of range); in
+ * place of a path or a name it may be a numeric PIN (`"pin": { "file": 123456 }`
+ * was answered "got 123456").
  */
-function describe(v: unknown): string {
+function describe(v: unknown, numberExpected: boolean): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   switch (typeof v) {
     case 'string':
       return 'a string';
     case 'number':
+      return numberExpected ? String(v) : 'a number';
     case 'boolean':
       return String(v);
     case 'object':
@@ -103,7 +107,9 @@ export function formatIssues(issues: readonly Issue[], raw: unknown, prefix: rea
         issue.code === 'invalid_union' ||
         ((issue.code === 'too_big' || issue.code === 'too_small') && typeof found === 'number'))
     ) {
-      message = `${message}, got ${describe(found)}`;
+      const numberExpected =
+        issue.code === 'too_big' || issue.code === 'too_small' || (issue.code === 'invalid_type' && ['number', 'int'].includes(issue.expected));
+      message = `${message}, got ${describe(found, numberExpected)}`;
     }
     out.push({ path: formatPath(at), message });
   }

@@ -6,12 +6,12 @@
  * (config/proxy-config.ts).
  */
 import { z } from 'zod';
-import { HOST_NAME } from './proxy-values.js';
+import { acmeDirectory, HOST_NAME } from './proxy-values.js';
 import { intIn, strict, text } from './schema-kit.js';
 
 export const acmeSectionSchema = strict(
   {
-    directory: z.url({ protocol: /^https?$/, error: 'expected the ACME directory URL (https://…)' }),
+    directory: acmeDirectory,
     caBundle: text('a PEM file of CAs trusted for the directory').nullable().optional(),
     contact: z.array(z.string().regex(/^mailto:[^@\s]+@[^@\s]+$/, { error: 'expected "mailto:someone@example.com"' })).optional(),
     eab: strict({ kid: text('the key id the CA gave'), hmacKeyFile: text('a file holding the base64url HMAC key') }, 'an object { "kid", "hmacKeyFile" }')

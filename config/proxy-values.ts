@@ -44,18 +44,28 @@ export function originKey(u: string): string {
   }
 }
 
-const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port';
+const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port, no credentials (etcd.auth)';
 export const etcdEndpoint = z.string({ error: ETCD_ENDPOINT_EXPECTED }).refine(
   (u) => {
     try {
       const url = new URL(u);
-      return (url.protocol === 'http:' || url.protocol === 'https:') && url.pathname === '/' && url.username === '' && url.search === '';
+      // No user or password: etcd's auth is `auth` with a password file, and a password here would be dropped unused.
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.pathname === '/' && url.username === '' && url.password === '' && url.search === '';
     } catch {
       return false;
     }
   },
   { error: ETCD_ENDPOINT_EXPECTED },
 );
+const ACME_DIRECTORY_EXPECTED = 'expected the ACME directory URL (https://…), no credentials';
+/**
+ * The CA's directory URL: http(s), without a user or password. ACME authenticates with the account key (RFC 8555
+ * §6.2) and EAB (`acme.eab`), never with the URL's userinfo: fetch refused such a URL with an error quoting it, and
+ * the URL went into the start-up log line, every order's error and the ACME state (on disk and in a fleet's etcd).
+ */
+export const acmeDirectory = z
+  .url({ protocol: /^https?$/, error: ACME_DIRECTORY_EXPECTED })
+  .refine((u) => URL.canParse(u) && new URL(u).username === '' && new URL(u).password === '', { error: ACME_DIRECTORY_EXPECTED });
 export const ETCD_PREFIX_EXPECTED = 'expected a key prefix such as "/keyedge/fleet-a/": starts and ends with "/", letters, digits, _ . - between';
 
 export const HOST_NAME = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;

@@ -1,7 +1,10 @@
 /**
  * The admin API's reads (GET, HEAD): /metrics, /healthz, /readyz (with the
  * degraded mode of a fleet node whose store is away), /config and /certs.
- * None needs the token; none answers with a secret.
+ * None needs the token; none answers with a secret. The config holds one:
+ * the on-demand `ask` URL may carry a user and password (sent as Basic
+ * authorization, on-demand-ask.ts), and /config answered it to anyone who
+ * reached the port; the user and password of every URL in it are masked.
  */
 import type http from 'node:http';
 import { json, text } from './admin-http.js';
@@ -31,10 +34,33 @@ export function answerRead(res: http.ServerResponse, path: string | undefined, s
       );
       return;
     case '/config':
-      return json(res, 200, sources.config());
+      return json(res, 200, withoutCredentials(sources.config()));
     case '/certs':
       return control === undefined ? text(res, 404, 'not found\n') : json(res, 200, control.certificates());
     default:
       return text(res, 404, 'not found\n');
   }
+}
+
+/** What a URL's user and password read as in /config. */
+const MASKED = '*****';
+
+/**
+ * `value` with the user and password of every URL in it masked, wherever the URL is: a user alone may be the
+ * credential (a token sent as the Basic user name).
+ */
+function withoutCredentials(value: unknown): unknown {
+  if (typeof value === 'string') return maskCredentials(value);
+  if (Array.isArray(value)) return value.map(withoutCredentials);
+  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withoutCredentials(v)]));
+  return value;
+}
+
+function maskCredentials(text: string): string {
+  if (!text.includes('@') || !URL.canParse(text)) return text;
+  const url = new URL(text);
+  if (url.username === '' && url.password === '') return text;
+  if (url.username !== '') url.username = MASKED;
+  if (url.password !== '') url.password = MASKED;
+  return url.href;
 }

@@ -1,4 +1,5 @@
-import { copyFileSync, rmSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
@@ -11,6 +12,10 @@ import type { ClusterProxy } from './helpers/proxy-cluster.js';
 // SoftHSM2 token and every JWS and the CSR signed by the key server; the chain
 // goes through the store's validation and swap; curl trusting pebble's root
 // gets the origin's page. The keys are read back through PKCS#11 attributes.
+// The token's PIN comes from a variable given to the proxy: the key children
+// get it, the workers do not.
+const PIN_VARIABLE = 'KEYEDGE_TEST_ACME_PIN';
+let pin: string;
 let acmeLab: AcmeLab;
 let pebble: Pebble;
 let proxy: ClusterProxy;
@@ -20,7 +25,15 @@ let cli: AcmeLab['cli'];
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
   ({ pebble, keyserverConfig, cli } = acmeLab);
-  proxy = await acmeLab.startProxy(['*.acme.test', '*.acme.tesu'], { contact: ['mailto:ops@acme.test'], timeoutMs: 10_000 });
+  pin = readFileSync(join(acmeLab.lab.dir, 'state', 'token', 'user.pin'), 'utf8').trim();
+  const envPinConfig = join(acmeLab.lab.dir, 'keyserver-env-pin.json');
+  writeFileSync(envPinConfig, JSON.stringify({ stateDir: './state', pkcs11: { pin: { env: PIN_VARIABLE } }, admin: null, log: { level: 'warn' } }));
+  proxy = await acmeLab.startProxy(
+    ['*.acme.test', '*.acme.tesu'],
+    { contact: ['mailto:ops@acme.test'], timeoutMs: 10_000, keyserverConfig: envPinConfig },
+    {},
+    { [PIN_VARIABLE]: pin },
+  );
 }, 150_000);
 
 afterAll(async () => {
@@ -64,6 +77,20 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     expect(metrics).toMatch(/keyedge_proxy_acme_orders_total\{result="ok"\} 1/);
   }, 120_000);
+
+  it("the token's PIN variable: the key children had it (the keys above were made in the token), no worker holds it", async () => {
+    // Every worker, forked with the primary's environment, held the PIN for its whole life: it never needs it.
+    const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proxy.pid)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.trim() !== '');
+    expect(children.length).toBeGreaterThanOrEqual(2);
+    for (const pid of children) {
+      const environ = readFileSync(`/proc/${pid.trim()}/environ`, 'latin1');
+      expect(environ).not.toContain(PIN_VARIABLE);
+      expect(environ).not.toContain(pin);
+    }
+    expect(JSON.stringify(proxy.lines)).not.toContain(pin);
+  });
 
   it('a first name over 64 characters (no CN in its CSR: RFC 5280 ub-common-name) is issued and serves', async () => {
     const long = `${'a'.repeat(60)}.acme.test`;

@@ -21,12 +21,14 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // TLD) never reaches the ask endpoint. One client flooding new names under many
 // registered domains starts at most maxChecksPerClientPerMinute (the default,
 // 10) checks, counted per source address across the workers; another client's
-// name is still checked.
+// name is still checked. The ask URL carries a user and password (sent as
+// Basic authorization), which GET /config and the log never show.
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let ask: http.Server;
 const asked = new Map<string, number>();
 const EDGE = 'edge.keyedge.test';
+const ASK_PASSWORD = 'ask-pw-7Hq2x';
 let acmeLab: AcmeLab;
 
 beforeAll(async () => {
@@ -35,12 +37,13 @@ beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
-    res.writeHead(domain.includes('evil') ? 403 : 200).end();
+    const authorised = req.headers.authorization === `Basic ${Buffer.from(`edge:${ASK_PASSWORD}`).toString('base64')}`;
+    res.writeHead(domain.includes('evil') || !authorised ? 403 : 200).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
   proxy = await acmeLab.startProxy(['*.test'], {
     onDemand: {
-      ask: `http://127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
+      ask: `http://edge:${ASK_PASSWORD}@127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
       cnameTarget: EDGE,
       resolver: pebble.dnsServer,
       maxOrdersPerDomainPerHour: 2,
@@ -203,6 +206,15 @@ describe('on-demand issuance', () => {
     expect((await handshake('www.evil-second.dev', '127.0.0.4')).ok).toBe(false);
     await waitFor("the second client's name asked about", () => (asked.get('www.evil-second.dev') === 1 ? true : undefined));
   }, 60_000);
+
+  it('GET /config (no token needed) shows the ask URL with its user and password masked; no log line holds the password', async () => {
+    const answer = await proxy.admin('GET', '/config', undefined, null);
+    expect(answer.status).toBe(200);
+    const shown = (JSON.parse(answer.text) as { acme: { onDemand: { ask: string } } }).acme.onDemand.ask;
+    expect(shown).toMatch(/^http:\/\/\*{5}:\*{5}@127\.0\.0\.1:\d+\/allowed$/);
+    expect(answer.text).not.toContain(ASK_PASSWORD);
+    expect(JSON.stringify(proxy.lines)).not.toContain(ASK_PASSWORD);
+  });
 
   // Last: the loop keeps retrying the failing entry in the background, which would count in the tests' orders above.
   it("a name another managed entry's list covers is not ordered on demand, though no certificate serves it yet", async () => {

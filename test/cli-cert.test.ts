@@ -321,6 +321,18 @@ describe('keyedge cert', () => {
     unlinkSync(join(storeDir, 'dangling.pem'));
   });
 
+  it('cert issue with an admin token file of two lines: names the file, never prints the token', async () => {
+    // fetch refused the header ("Bearer …" is an invalid header value) with an error quoting it, and the command printed it.
+    const tokenFile = join(lab.dir, 'two-line.token');
+    writeFileSync(tokenFile, 'old-token-Q1w2e3\nnew-token-R4t5y6\n', { mode: 0o600 });
+    const withAdmin = join(lab.dir, 'proxy-admin.json');
+    writeFileSync(withAdmin, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, admin: { host: '127.0.0.1', port: 9, tokenFile } }));
+    const result = await runCli(['cert', 'issue', '--domain', 'shop.lab.test', '--config', withAdmin]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`KEYEDGE_ERR_SETUP: the admin token file ${tokenFile} does not hold one bearer token`);
+    expect(`${result.stdout}${result.stderr}`).not.toMatch(/Q1w2e3|R4t5y6/);
+  });
+
   it('refuses bad usage', async () => {
     const noName = await cert('add', '--chain', ecChain);
     expect(noName.code).toBe(2);

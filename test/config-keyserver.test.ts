@@ -6,6 +6,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { ConfigError } from '../keyserver/shared/errors.js';
 import { loadKeyserverConfig, parseKeyserverConfig } from '../config/load.js';
 import { KEYSERVER_DEFAULTS } from '../config/schema.js';
+import { runCli } from './helpers/keyserver.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'keyedge-config-'));
@@ -161,6 +162,23 @@ describe('invalid configs', () => {
       const err = configErrorOf(() => parseKeyserverConfig({ pkcs11: { pin } }, SOURCE, '/'));
       expect(err.message).not.toContain('s3cr3t');
     }
+  });
+
+  test("a numeric PIN where a path or a name goes never appears in the error, nor on the key server's stderr", async () => {
+    // "expected a file path (a non-empty string), got 86427531": a number was quoted wherever it was found.
+    for (const pin of [86427531, { value: 86427531 }, { file: 86427531 }, { env: 86427531 }]) {
+      const err = configErrorOf(() => parseKeyserverConfig({ pkcs11: { pin } }, SOURCE, '/'));
+      expect(err.message).not.toContain('86427531');
+    }
+    expect(configErrorOf(() => parseKeyserverConfig({ pkcs11: { pin: { file: 86427531 } } }, SOURCE, '/')).message).toMatch(
+      /pkcs11\.pin\.file: expected a file path \(a non-empty string\), got a number/,
+    );
+    const file = path.join(tmp, 'numeric-pin.json');
+    writeFileSync(file, JSON.stringify({ stateDir: tmp, pkcs11: { module: '/usr/lib/hsm.so', pin: { file: 86427531 } } }));
+    const started = await runCli(['keyserver', '--config', file]);
+    expect(started.code).toBe(1);
+    expect(started.stderr).toContain('KEYEDGE_ERR_CONFIG');
+    expect(`${started.stdout}${started.stderr}`).not.toContain('86427531');
   });
 
   test('every problem is reported, one per line, the first one as path', () => {

@@ -18,6 +18,16 @@ function write(name: string, content: unknown): string {
   return file;
 }
 
+/** What loading `file` threw (undefined when it loaded). */
+function loadError(file: string): unknown {
+  try {
+    loadProxyConfig(file);
+  } catch (err) {
+    return err;
+  }
+  return undefined;
+}
+
 describe('proxy config', () => {
   it('loads the example and resolves paths against its directory', () => {
     const config = loadProxyConfig(join(import.meta.dirname, '..', 'config', 'proxy.json'));
@@ -221,16 +231,25 @@ describe('proxy config', () => {
     [{ certStore: 'certs' }, 'certStore', 'an object { "dir", "rescanSeconds", "intermediates" }'],
   ])('refuses %j at %s', (content, path, expected) => {
     const file = write('bad.json', content);
-    let error: unknown;
-    try {
-      loadProxyConfig(file);
-    } catch (err) {
-      error = err;
-    }
+    const error = loadError(file);
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as ConfigError).code).toBe('KEYEDGE_ERR_CONFIG');
     expect((error as Error).message).toContain(file);
     expect((error as Error).message).toContain(path);
     expect((error as Error).message).toContain(expected);
+  });
+
+  it.each([
+    // fetch refused the directory with an error quoting it, and it was logged at start, in every order's error and the ACME state.
+    [{ acme: { directory: 'https://acct:HUNTER2-secret@ca.example/dir' } }, 'acme.directory'],
+    [{ acme: { directory: 'https://HUNTER2-secret@ca.example/dir' } }, 'acme.directory'],
+    // Dropped without a word: the operator believed etcd's auth was in force.
+    [{ etcd: { endpoints: ['http://:HUNTER2-secret@etcd.example:2379'] } }, 'etcd.endpoints[0]'],
+  ])('refuses credentials in a URL (%j) at %s, never quoting them', (content, path) => {
+    const error = loadError(write('credentials.json', content));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain(`${path}: expected`);
+    expect((error as Error).message).toContain('no credentials');
+    expect(`${(error as Error).message} ${(error as Error).stack}`).not.toContain('HUNTER2');
   });
 });

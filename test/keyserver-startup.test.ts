@@ -4,7 +4,7 @@
  * graceful: signs in flight finish, new requests are refused.
  */
 import { randomBytes } from 'node:crypto';
-import { lstatSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,10 +21,12 @@ import {
   provisionKeys,
   readUserPin,
   removeDir,
+  runCli,
   startTestKeyserver,
   tempDir,
   testConfig,
   verifies,
+  writeConfigFile,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 
@@ -220,6 +222,28 @@ describe('running and stopping', () => {
     } finally {
       await server.close();
     }
+  });
+
+  it('a PIN file open to others is warned about (server and `keyedge key`), naming the file and mode, never the PIN', async () => {
+    // Read silently before: a PIN every local user could read went unremarked.
+    const loose = pinFile('loose.pin', pin);
+    chmodSync(loose, 0o644);
+    const logs = captureLog();
+    const server = await startTestKeyserver(testConfig(dir, { pkcs11: { pin: { file: loose } } }), logs);
+    try {
+      await expectServing(server);
+    } finally {
+      await server.close();
+    }
+    expect(logs.find(/^the PIN file .*loose\.pin is open to its group or others \(mode 0644\): chmod 600 it/)).toHaveLength(1);
+    const cli = await runCli(['key', 'list', '--config', writeConfigFile(dir, { pkcs11: { pin: { file: loose } } })]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.stderr).toMatch(/^keyedge warning: the PIN file .*loose\.pin is open to its group or others \(mode 0644\)/);
+    expect(`${logs.text()}${cli.stdout}${cli.stderr}`).not.toContain(pin);
+    // Owner only: nothing to say.
+    const tight = captureLog();
+    await (await startTestKeyserver(testConfig(dir, { pkcs11: { pin: { file: pinFile('tight.pin', pin) } } }), tight)).close();
+    expect(tight.find(/PIN file/)).toEqual([]);
   });
 
   /** Starts a server, puts `count` RSA signs in flight on one connection and begins close(). */

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
@@ -23,7 +23,11 @@ beforeAll(async () => {
   ca = readFileSync(lab.caFile, 'utf8');
   const cfg = await lab.certificate('cfg', lab.keys.ec, ['*.lab.test']);
   chainPem = readFileSync(cfg.file, 'utf8');
-  proxy = await startClusterProxy(lab, 'admin', (p) => storeProxyConfig(lab, p, { certificates: [{ name: 'cfg', chain: cfg.file }], shutdownGraceMs: 2000 }));
+  proxy = await startClusterProxy(lab, 'admin', (p) => {
+    // Group-readable, as a careless install leaves it: warned about at start (checked below).
+    chmodSync(p.tokenFile, 0o640);
+    return storeProxyConfig(lab, p, { certificates: [{ name: 'cfg', chain: cfg.file }], shutdownGraceMs: 2000 });
+  });
 }, 90_000);
 afterAll(async () => {
   await proxy?.stop();
@@ -286,6 +290,13 @@ describe('admin API: names, body limit, auth scheme', () => {
     }
     expect((await adminRequest('POST', '/reload', { headers: { authorization: `bearer ${ADMIN_TOKEN}x` } })).status).toBe(401);
     expect((await adminRequest('POST', '/reload', { headers: { authorization: `Basic ${ADMIN_TOKEN}` } })).status).toBe(401);
+  });
+
+  it('names a token file open to its group or others at start, with its mode, and no line ever holds the token', () => {
+    const warned = proxy.lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('the admin token file '));
+    expect(warned).toHaveLength(1);
+    expect(warned[0]?.msg).toMatch(/admin\.token is open to its group or others \(mode 0640\): chmod 600 it/);
+    expect(JSON.stringify(proxy.lines)).not.toContain(ADMIN_TOKEN);
   });
 });
 

@@ -156,7 +156,8 @@ async function subjectKeyIdentifier(key: TokenKey): Promise<string> {
 
 async function withToken<T>(configFile: string | undefined, work: (token: Token) => T | Promise<T>): Promise<T> {
   const config = loadKeyserverConfig(configFile);
-  const token = Token.open(tokenOptions(config));
+  // Not "keyedge:": the proxy's key children report the first such line of their stderr as their failure (acme/token-keys.ts).
+  const token = Token.open(tokenOptions(config, (message) => process.stderr.write(`keyedge warning: ${message}\n`)));
   try {
     return await work(token);
   } finally {

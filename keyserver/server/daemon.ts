@@ -84,7 +84,7 @@ export interface StartOptions {
 export async function startKeyserver(config: KeyserverConfig, options: StartOptions = {}): Promise<RunningKeyserver> {
   const log = options.log ?? createLogger('keyserver', config.log.level);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const openOptions = tokenOptions(config);
+  const openOptions = tokenOptions(config, (message) => log.warn(message));
   // One for the process, watching from before the token is opened (a token that does not answer holds a start as well:
   // warned about), and outliving a token opened again. Once serving, a call held limits.tokenStallExitMs ends the process.
   const stuckAfter = stuckAfterMs(config.limits.requestTimeoutMs);
@@ -332,8 +332,11 @@ function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts, re
   }
 }
 
-/** What to open: the embedded SoftHSM2 token (created on first run) or the configured module. */
-export function tokenOptions(config: KeyserverConfig): TokenOpenOptions {
+/**
+ * What to open: the embedded SoftHSM2 token (created on first run) or the configured module. `warn` hears of a PIN
+ * file open to others (embedded.ts, readPinFile): told at start, not at each attempt to open the token again.
+ */
+export function tokenOptions(config: KeyserverConfig, warn?: (message: string) => void): TokenOpenOptions {
   const { pkcs11 } = config;
   let modulePath = pkcs11.module;
   if (modulePath === 'embedded') {
@@ -347,7 +350,7 @@ export function tokenOptions(config: KeyserverConfig): TokenOpenOptions {
     }
     return { modulePath, token: pkcs11.token, pin, pinSource: `env ${pkcs11.pin.env}` };
   }
-  return { modulePath, token: pkcs11.token, pin: readPinFile(pkcs11.pin.file), pinSource: `file ${pkcs11.pin.file}` };
+  return { modulePath, token: pkcs11.token, pin: readPinFile(pkcs11.pin.file, warn), pinSource: `file ${pkcs11.pin.file}` };
 }
 
 function logUsage(service: SigningService, log: Logger): void {

@@ -13,10 +13,11 @@
  * SOFTHSM2_CONF only then.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { SetupError, TokenError } from '../shared/errors.js';
+import { openToOthers } from '../shared/secret-file.js';
 import { ckrName, fixedString } from './token.js';
 
 /** Where Debian (softhsm2), other distributions and source builds put the module. */
@@ -116,10 +117,18 @@ function initialiseToken(modulePath: string, label: string, pinFile: string, soP
   writeFileSync(pinFile, `${userPin}\n`, { mode: 0o600 });
 }
 
-export function readPinFile(path: string): string {
+/** The PIN in the file at `path`; a file open to its group or others is still read, and `warn` is told (secret-file.ts). */
+export function readPinFile(path: string, warn?: (message: string) => void): string {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    const fd = openSync(path, 'r');
+    try {
+      const loose = openToOthers('the PIN file', path, fstatSync(fd).mode);
+      if (loose !== undefined) warn?.(loose);
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
   } catch (err) {
     throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `cannot read the PIN file ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, {
       cause: err,

@@ -39,6 +39,14 @@ export async function acmeCertCommand(
       `cannot read the admin token file ${config.admin.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
     );
   }
+  // What the proxy accepts (admin-auth.ts; RFC 6750 §2.1, b64token is visible ASCII): anything else could never match, and
+  // fetch refused such a header with an error quoting it, token and all, which this command printed.
+  if (token !== '' && !/^[!-~]+$/.test(token)) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_SETUP',
+      `the admin token file ${config.admin.tokenFile} does not hold one bearer token (visible ASCII characters, no spaces or line breaks)`,
+    );
+  }
   const host = config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
   const path = action === 'issue' ? '/acme/issue' : `/acme/renew/${encodeURIComponent(name ?? '')}`;
   let response: Response;

@@ -9,9 +9,12 @@
  * (CKA_SENSITIVE, not CKA_EXTRACTABLE) and prints the key id and public key:
  * no key material crosses. A running key server finds the new key on its
  * first use (it rescans the token for an unknown key id). Cost: one node
- * start (~0.3 s) per key, once per certificate and renewal.
+ * start (~0.3 s) per key, once per certificate and renewal. A PIN the child
+ * reads from a variable is in its environment only, not in the workers'
+ * (keyChildEnv).
  */
 import { execFile } from 'node:child_process';
+import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
@@ -28,12 +31,38 @@ export interface TokenKeys {
   remove(keyId: string): Promise<void>;
 }
 
+/**
+ * The environment of the `keyedge key` children, as a function of the moment. When the key server config takes its PIN
+ * from a variable (pkcs11.pin.env), the children need it to open the token, and nothing else in the proxy does: it is
+ * taken out of this process's environment at once, before the workers are forked with a copy of it (they face the
+ * clients, and held the PIN in their environment for their whole life), and given to each child alone.
+ */
+function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
+  const name = pinVariable(keyserverConfig);
+  const value = name === undefined ? undefined : process.env[name];
+  if (name === undefined || value === undefined) return () => process.env;
+  delete process.env[name];
+  return () => ({ ...process.env, [name]: value });
+}
+
+/** The variable the key server config takes its PIN from, if it does. */
+function pinVariable(keyserverConfig: string | null): string | undefined {
+  try {
+    const pin = loadKeyserverConfig(keyserverConfig ?? undefined).pkcs11.pin;
+    return 'env' in pin ? pin.env : undefined;
+  } catch {
+    // A config the children cannot load either: each says why when it runs.
+    return undefined;
+  }
+}
+
 /** `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded default. */
 export function cliTokenKeys(keyserverConfig: string | null, entry: string = process.argv[1] ?? 'keyedge'): TokenKeys {
+  const env = keyChildEnv(keyserverConfig);
   const run = (args: string[]): Promise<string> =>
     new Promise((resolve, reject) => {
       const full = [entry, 'key', ...args, ...(keyserverConfig === null ? [] : ['--config', keyserverConfig])];
-      execFile(process.execPath, full, { timeout: 60_000, maxBuffer: 1024 * 1024 }, (err, stdout, stderr) => {
+      execFile(process.execPath, full, { timeout: 60_000, maxBuffer: 1024 * 1024, env: env() }, (err, stdout, stderr) => {
         if (err !== null) {
           // The CLI's message names the code and never a PIN or key material.
           const line = stderr.split('\n').find((l) => l.startsWith('keyedge:')) ?? err.message;

@@ -36,8 +36,13 @@ export interface AcmeLab {
    * A 2-worker proxy (`acme`) serving `patterns` to the lab's origin, its plain-HTTP port the one pebble validates on,
    * with `acme(overrides)` as its acme section.
    */
-  /** `overrides`: of the acme section; `top`: of the proxy config's other fields. */
-  startProxy(patterns: readonly string[], overrides?: Record<string, unknown>, top?: Record<string, unknown>): Promise<ClusterProxy>;
+  /** `overrides`: of the acme section; `top`: of the proxy config's other fields; `env`: added to the proxy's environment. */
+  startProxy(
+    patterns: readonly string[],
+    overrides?: Record<string, unknown>,
+    top?: Record<string, unknown>,
+    env?: Record<string, string>,
+  ): Promise<ClusterProxy>;
   /** Runs the built `keyedge` CLI. */
   cli(args: readonly string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
   /** Stops pebble and the lab (the test stops its proxies first). */
@@ -68,7 +73,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
       keyserverConfig,
       httpPort,
       acme,
-      startProxy: (patterns, overrides = {}, top = {}) =>
+      startProxy: (patterns, overrides = {}, top = {}, env = {}) =>
         startClusterProxy(
           lab,
           'acme',
@@ -79,7 +84,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
               acme: acme(overrides),
               ...top,
             }),
-          {},
+          env,
           90_000,
         ),
       cli: (args, timeoutMs = 120_000) =>
