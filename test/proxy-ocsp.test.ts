@@ -1,15 +1,18 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { BasicOCSPResponse, OCSPResponse, OCSPResponseStatus } from '@peculiar/asn1-ocsp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProxyConfig } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import { readPack, writePack } from '../proxy/serving/pack.js';
 import { buildOcspRequest, checkOcspResponse, ocspResponderUrl } from '../proxy/tls/ocsp.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { run, sClient } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
+import { openAfterGc, openFiles } from './helpers/open-files.js';
 import { indexSerial, type OcspResponder, respondOffline, startOcspResponder, writeResponderFiles } from './helpers/ocsp-responder.js';
 import type { Issued } from './helpers/pki.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -21,6 +24,7 @@ let responder: OcspResponder;
 let proxy: RunningWorker;
 let port: number;
 let ca: string;
+let config: ProxyConfig;
 const certs: Record<'good' | 'revoked' | 'dead', { file: string; leaf: Issued; pem: string }> = {} as never;
 const logLines: string[] = [];
 const log = createLogger('proxy-ocsp-test', 'info', { write: (line: string) => void logLines.push(line) });
@@ -47,7 +51,7 @@ beforeAll(async () => {
     ],
     responderPort,
   );
-  const config = lab.proxyConfig({
+  config = lab.proxyConfig({
     certificates: (['good', 'revoked', 'dead'] as const).map((name) => ({ name, chain: certs[name].file })),
   });
   expect(config.tls.ocspStapling).toBe(true); // the default
@@ -158,6 +162,48 @@ describe('stapling from a real responder', () => {
     const output = (await sClient(port, 'good.lab.test', lab.caFile, ['-status'])).stdout;
     expect(output).toContain('Cert Status: good');
     expect(output).toContain('HTTP/1.1 200 OK');
+  });
+});
+
+describe('stapling across whole states read from packs', () => {
+  // A whole state read from a pack (a worker's start or a rebase of a large store, serving/pack.ts) keeps the pack's
+  // descriptor while anything read from it lives, and the primary unlinks the file once the workers opened it. The
+  // staple loop of a certificate kept its first certificate object, so a leaf served unchanged from one whole state to
+  // the next held the older pack open, its disk space with it, for the worker's life.
+  it('a stapled leaf kept from one whole state to the next holds no earlier pack open', async () => {
+    const dir = mkdtempSync(join(lab.dir, 'packs-'));
+    const renewed = await lab.certificate('dead-renewed', lab.keys.ec, ['dead.lab.test'], { ocspUrl: ocspResponderUrl(certs.dead.leaf.cert)! });
+    let generation = 1_000;
+    const applyWhole = (renew: boolean): string => {
+      const upsert = [...proxy.state.records.values()].map((record) =>
+        renew && record.name === 'dead'
+          ? { ...record, chainPem: readFileSync(renewed.file, 'utf8'), serial: renewed.leaf.cert.serialNumber, inputId: 'renewed' }
+          : { ...record },
+      );
+      generation++;
+      const packed = writePack(dir, `whole-${generation}.pack`, {
+        generation,
+        routing: { domains: config.domains, sni: config.sni },
+        upsert,
+        remove: [],
+        whole: true,
+      });
+      proxy.apply(readPack(packed));
+      // As the primary does once its workers opened it.
+      unlinkSync(packed.file);
+      return packed.file;
+    };
+    // 'dead' renewed: its staple loop starts on the certificate read from this pack.
+    const first = applyWhole(true);
+    expect(proxy.state.records.get('dead')?.serial).toBe(renewed.leaf.cert.serialNumber);
+    expect(proxy.state.records.get('dead')?.stapled).toBe(true);
+    // The same leaf in the next whole state: the loop goes on, and nothing serves from the first pack any more.
+    const second = applyWhole(false);
+    expect(openFiles()).toContain(`${second} (deleted)`);
+    expect(await openAfterGc([first]), 'the first pack is still open').toEqual([]);
+    expect(openFiles()).toContain(`${second} (deleted)`);
+    const served = await handshake('dead.lab.test');
+    expect(served.ok, served.error).toBe(true);
   });
 });
 

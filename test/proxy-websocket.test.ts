@@ -130,6 +130,21 @@ async function requestsCounted(statusClass: string, code: string): Promise<numbe
   return values.find((v) => v.labels.status_class === statusClass && v.labels.code === code)?.value ?? 0;
 }
 
+/** /proc/net/tcp's `tr` for an idle established connection whose keepalive timer is armed (net/ipv4/tcp_ipv4.c, get_tcp4_sock). */
+const KEEPALIVE_TIMER = 2;
+
+/** The `tr` (which timer is pending) of the loopback TCP connection from `localPort` to `remotePort`, as /proc/net/tcp shows it. */
+function tcpTimer(localPort: number, remotePort: number): number | undefined {
+  const hexPort = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
+  const local = `0100007F:${hexPort(localPort)}`;
+  const remote = `0100007F:${hexPort(remotePort)}`;
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1] === local && fields[2] === remote) return Number.parseInt(fields[5]!.split(':')[0]!, 16);
+  }
+  return undefined;
+}
+
 describe('WebSocket through the proxy', () => {
   it("carries messages both ways, the forwarding headers and the client's Host reaching the origin", async () => {
     const ws = await open();
@@ -211,6 +226,27 @@ describe('WebSocket through the proxy', () => {
     await within(CLOSE_WITHIN_MS, 'the origin side to close', originSides[before]!.closed);
     expect(await originSides[before]!.closeCode).toBeUndefined();
     await noOriginConnections();
+  });
+
+  // A tunnel has no timeout (a quiet WebSocket is a live one): a peer that vanished without a FIN or a reset (its network
+  // gone, a NAT that forgot it) held both connections for the worker's life, as nothing is sent on a quiet tunnel for TCP
+  // to find it gone. Both of the proxy's connections are probed with TCP keepalive: the kernel's keepalive timer is armed
+  // on each (the `tr` column of /proc/net/tcp: 2), where it was not (0).
+  it("probes both of the proxy's connections of a tunnel with TCP keepalive, so a peer that vanished is found", async () => {
+    const before = originSides.length;
+    const ws = await open();
+    await ws.next();
+    const origin = originSides[before]!.socket as net.Socket;
+    const timers = (): (number | undefined)[] => [
+      tcpTimer(proxy.ports[0]!, (ws.socket as net.Socket).localPort!),
+      tcpTimer(origin.remotePort!, origin.localPort!),
+    ];
+    // A segment not yet acknowledged shows its retransmission timer instead (1) for a moment.
+    for (let i = 0; i < 20 && !timers().every((timer) => timer === KEEPALIVE_TIMER); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    const [clientSide, originSide] = timers();
+    ws.socket.destroy();
+    expect(clientSide, "the proxy's connection to the client").toBe(KEEPALIVE_TIMER);
+    expect(originSide, "the proxy's connection to the origin").toBe(KEEPALIVE_TIMER);
   });
 
   it('counts an upgrade in the requests metric', async () => {

@@ -4,6 +4,8 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_THRESHOLD, PackShelf, readPack, writePack } from '../proxy/serving/pack.js';
 import type { CertificateRecord, ServingDelta } from '../proxy/serving/spec.js';
+import { applyDelta, EMPTY_STATE, type ServingState } from '../proxy/serving/state.js';
+import { openAfterGc, openFiles } from './helpers/open-files.js';
 
 // A large delta goes to a worker as a file: the JSON part without chains,
 // the chains read one at a time when a context is built.
@@ -84,5 +86,24 @@ describe('serving packs', () => {
     if (!('packed' in left)) throw new Error('expected a pack');
     shelf.close();
     expect(existsSync(dirname(left.packed.file))).toBe(false);
+  });
+
+  // A worker keeps a pack open while its state reads from it, and the primary unlinks the file once the workers opened
+  // it. Each state made from a pack held the state before it (the closure of its views kept applyDelta's scope), so
+  // every whole state a worker was ever sent stayed in memory, its pack's descriptor open and the file's disk space held.
+  it('a state made from a pack holds no earlier state, nor its pack open', async () => {
+    const files: string[] = [];
+    let state: ServingState = EMPTY_STATE;
+    for (let generation = 1; generation <= 3; generation++) {
+      const packed = writePack(dir, `whole-${generation}.pack`, { ...delta(generation, 10), remove: [], whole: true });
+      state = applyDelta(state, readPack(packed)).state;
+      unlinkSync(packed.file);
+      files.push(packed.file);
+      expect(state.certificates.get('n3')?.chainPem).toContain('chain 3');
+    }
+    expect(await openAfterGc(files.slice(0, 2)), 'earlier packs still open').toEqual([]);
+    // The current state's pack stays open: it is read on demand.
+    expect(openFiles()).toContain(`${files[2]} (deleted)`);
+    expect(state.generation).toBe(3);
   });
 });

@@ -66,6 +66,19 @@ import type { TrustedPeers } from './trusted-peers.js';
 const LINGER_MS = 5_000;
 /** nginx's "client closed request": the client left before the origin answered. */
 const CLIENT_GONE = 499;
+/**
+ * Idle time after which an open tunnel's connections are probed with TCP
+ * keepalive (RFC 9293 §3.8.4), both sides. A tunnel has no timeout of its
+ * own (a quiet WebSocket is a live one), so a peer that vanished without a
+ * FIN or a reset (a client whose network went away, a NAT that forgot the
+ * mapping) left both connections, the origin's and the client's place under
+ * the connection caps held for the worker's life: nothing is ever sent on an
+ * idle tunnel for TCP to find the peer gone. With probes, such a connection
+ * fails once they go unanswered (Linux defaults, on Node 20's libuv: 9 probes
+ * 75 s apart; libuv 1.49 and later, Node 22 on: 10 probes 1 s apart), and
+ * its close closes the other side.
+ */
+const TUNNEL_KEEPALIVE_MS = 60_000;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
@@ -226,6 +239,9 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
+        // A peer that vanishes from a quiet tunnel is found by the kernel's probes (above), and its close closes the other side.
+        client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
+        upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
         // Neither socket allows half-open connections: either side's end closes it, and its close the other (as nginx).
         upstream.pipe(client);
         client.pipe(upstream);

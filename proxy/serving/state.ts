@@ -25,7 +25,7 @@ import { buildNameIndex, type NameIndex, normaliseName } from '../tls/names.js';
 import { LayeredMap } from './layered.js';
 import { servedFromRecord } from './served.js';
 import type { CertificateRecord, Routing, ServingDelta } from './spec.js';
-import { RowView } from './table.js';
+import { type PackedTable, RowView } from './table.js';
 
 export { servedFromRecord } from './served.js';
 
@@ -74,21 +74,7 @@ export const EMPTY_STATE: ServingState = plainState(0, EMPTY_ROUTING, [], () => 
 
 /** Conflicting names are reported, first listed wins (config order, then store order). */
 export function applyDelta(current: ServingState, delta: ServingDelta, onConflict: Conflict = () => {}): AppliedDelta {
-  const table = delta.table;
-  if (delta.whole === true && table !== undefined) {
-    for (const c of table.conflicts) onConflict(c.name, c.kept, c.dropped);
-    const certificate = (row: number): ServedCertificate => table.certificate(row);
-    const layers: ServingLayers = {
-      records: new LayeredMap(table.recordsView()),
-      certificates: new LayeredMap(table.certificatesView()),
-      exact: new LayeredMap(new RowView(table.sni.exact, certificate)),
-      wildcard: new LayeredMap(new RowView(table.sni.wildcard, certificate)),
-      conflicts: new Set(table.conflicts.map((c) => c.name)),
-      stapled: new Map(table.stapled.map((row) => [table.names[row]!, table.certificate(row)])),
-      packed: true,
-    };
-    return { state: stateOf(delta.generation, delta.routing, layers), changed: [], removed: [], rebased: true };
-  }
+  if (delta.whole === true && delta.table !== undefined) return packedState(delta, delta.table, onConflict);
   if (delta.whole === true) {
     // A certificate whose record did not change keeps its object (and so its staple).
     const changed: ServedCertificate[] = [];
@@ -104,6 +90,28 @@ export function applyDelta(current: ServingState, delta: ServingDelta, onConflic
     return { state: plainState(delta.generation, delta.routing, pairs, onConflict), changed, removed, rebased: false };
   }
   return applyChange(current, delta, onConflict);
+}
+
+/**
+ * A pack's whole state, its maps views over the table. Apart from
+ * applyDelta, whose scope holds the current state: the views' closure would
+ * keep that scope, so each state read from a pack held the one before it,
+ * and every earlier state (their tables, their packs' descriptors and
+ * unlinked files) lived as long as the worker.
+ */
+function packedState(delta: ServingDelta, table: PackedTable, onConflict: Conflict): AppliedDelta {
+  for (const c of table.conflicts) onConflict(c.name, c.kept, c.dropped);
+  const certificate = (row: number): ServedCertificate => table.certificate(row);
+  const layers: ServingLayers = {
+    records: new LayeredMap(table.recordsView()),
+    certificates: new LayeredMap(table.certificatesView()),
+    exact: new LayeredMap(new RowView(table.sni.exact, certificate)),
+    wildcard: new LayeredMap(new RowView(table.sni.wildcard, certificate)),
+    conflicts: new Set(table.conflicts.map((c) => c.name)),
+    stapled: new Map(table.stapled.map((row) => [table.names[row]!, table.certificate(row)])),
+    packed: true,
+  };
+  return { state: stateOf(delta.generation, delta.routing, layers), changed: [], removed: [], rebased: true };
 }
 
 /** A delta of k certificates on top of the current layers, the index updated name by name; a rebuild when that cannot keep "first listed wins". */

@@ -39,6 +39,12 @@ const FETCH_TIMEOUT_MS = 5_000;
 /** The largest response stapled; a larger one is not read past this. */
 const MAX_RESPONSE_BYTES = 64 * 1024;
 
+/** A leaf's refresh loop: its next run, and the entry name its log lines give (the latest certificate tracked on it). */
+interface Loop {
+  timer: NodeJS.Timeout | undefined;
+  name: string;
+}
+
 interface Staple {
   readonly der: Buffer;
   readonly nextUpdate: Date | undefined;
@@ -91,7 +97,7 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
 export class OcspStapler {
   readonly #staples = new Map<string, Staple>();
   /** One refresh loop per tracked leaf; the loop stops when its entry is gone or replaced. */
-  readonly #loops = new Map<string, { timer: NodeJS.Timeout | undefined }>();
+  readonly #loops = new Map<string, Loop>();
   /** Each tracked certificate's cache key, so a handshake that knows its certificate hashes nothing. */
   readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
@@ -119,11 +125,26 @@ export class OcspStapler {
     if (url === undefined || issuer === undefined) return;
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
     this.#keys.set(certificate, key);
-    if (this.#loops.has(key)) return;
-    const loop: { timer: NodeJS.Timeout | undefined } = { timer: undefined };
+    const running = this.#loops.get(key);
+    if (running !== undefined) {
+      running.name = certificate.name;
+      return;
+    }
+    const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
+    this.#loop(key, { timer: undefined, name: certificate.name }, url, request, certId);
+  }
+
+  /**
+   * The refresh loop of one leaf, from what it needs only: never the
+   * certificate object. A loop outlives the object it was started for (a
+   * reload that keeps the leaf tracks the new object on the running loop),
+   * and a certificate read from a pack holds the pack's descriptor
+   * (serving/pack.ts): a loop that kept its first certificate kept that
+   * pack open, its file unlinked but its disk space held, for the worker's life.
+   */
+  #loop(key: string, loop: Loop, url: string, request: Buffer, certId: CertID): void {
     this.#loops.set(key, loop);
     const current = (): boolean => this.#loops.get(key) === loop;
-    const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
     let failures = 0;
     const refresh = async (): Promise<void> => {
       let delay: number;
@@ -136,12 +157,12 @@ export class OcspStapler {
         failures = 0;
         const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - Date.now() - REFRESH_MARGIN_MS;
         delay = Math.max(MIN_REFRESH_MS, until);
-        this.#log.info({ certificate: certificate.name, nextUpdate }, 'OCSP staple updated');
+        this.#log.info({ certificate: loop.name, nextUpdate }, 'OCSP staple updated');
       } catch (err) {
         delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]!;
         failures++;
         this.#log.warn(
-          { certificate: certificate.name, responder: url, retryInMs: delay, reason: (err as Error).message },
+          { certificate: loop.name, responder: url, retryInMs: delay, reason: (err as Error).message },
           'OCSP fetch failed; serving without a fresh staple',
         );
       }
