@@ -20,6 +20,12 @@ type Issue = z.core.$ZodIssue;
 type Segment = PropertyKey;
 
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/;
+/**
+ * An unknown key quoted in an error: a misspelt setting (`stateDr`, `timeoutMS`) is letters, `_` and `-`. A key
+ * with a digit or anything else may be a secret typed as a key (`"pin": { "86427531": … }`, a token pasted where a
+ * name goes), and the error goes to stderr and logs: its place and length are said instead.
+ */
+const NAME_LIKE = /^[A-Za-z_-]{1,64}$/;
 
 export function formatPath(segments: readonly Segment[]): string {
   let out = '';
@@ -85,7 +91,13 @@ export function formatIssues(issues: readonly Issue[], raw: unknown, prefix: rea
   for (const issue of issues) {
     const at = [...prefix, ...issue.path];
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) out.push({ path: formatPath([...at, key]), message: issue.message });
+      for (const key of issue.keys) {
+        out.push(
+          NAME_LIKE.test(key)
+            ? { path: formatPath([...at, key]), message: issue.message }
+            : { path: formatPath(at), message: `${issue.message} (a key of ${key.length} characters, not quoted: it could be a secret)` },
+        );
+      }
       continue;
     }
     if (issue.code === 'invalid_union') {

@@ -2,15 +2,12 @@
  * The primary's admin API (admin.ts) wired to the rest of it: /metrics sums
  * every worker's (cluster-metrics.ts), /readyz counts the workers that serve
  * and pings the key server, the changes go through the reload coordinator,
- * the ticket rotation and ACME. Nothing here answers with key material. An
- * admin token file others may read is warned about at start.
+ * the ticket rotation and ACME. Nothing here answers with key material.
  */
 import type { Worker } from 'node:cluster';
-import { statSync } from 'node:fs';
 import type http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import type { Logger } from '../keyserver/shared/log.js';
-import { openToOthers } from '../keyserver/shared/secret-file.js';
 import { isLoopbackHost, startProxyAdmin } from './admin.js';
 import type { RunningAcme } from './acme/service.js';
 import type { ClusterMetrics } from './cluster-metrics.js';
@@ -85,7 +82,6 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
           }),
     },
   });
-  warnLooseToken(config.admin.tokenFile, log);
   if (!isLoopbackHost(config.admin.host)) {
     log.warn(
       { admin: admin.address() },
@@ -93,19 +89,6 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
     );
   }
   return admin;
-}
-
-/** At start: an admin token file open to others is named (secret-file.ts); it is read again at each change, as it may be rotated. */
-function warnLooseToken(tokenFile: string, log: Logger): void {
-  let mode: number;
-  try {
-    mode = statSync(tokenFile).mode;
-  } catch {
-    // No token file: changes are refused, each refusal says so.
-    return;
-  }
-  const loose = openToOthers('the admin token file', tokenFile, mode);
-  if (loose !== undefined) log.warn({ tokenFile }, loose);
 }
 
 /** What an ACME issuance answers the admin: never key material, the key id only; an issue adds its entry and the names it covers. */

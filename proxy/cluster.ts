@@ -39,6 +39,7 @@ import { startClusterAdmin } from './cluster-admin.js';
 import { watchBackground } from './cluster-background.js';
 import { ClusterMetrics } from './cluster-metrics.js';
 import { onWorkerMessage } from './cluster-on-worker-message.js';
+import { warnLooseSecretFiles } from './cluster-secret-files.js';
 import { primaryMetrics } from './cluster-primary-metrics.js';
 import { distributeServing } from './cluster-serving.js';
 import { untilStopped } from './cluster-shutdown.js';
@@ -104,6 +105,7 @@ interface PrimaryHooks {
  */
 async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: PrimaryHooks): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
+  warnLooseSecretFiles(config, log);
   // Set once the coordinator and the ticket distribution exist; the store's changes before that are read by the first pass.
   let onStoreChange: (changes: ReadonlySet<StoreChange>) => void = () => {};
   const { shared, source, configFile, refusedAtStart } = await startServing(config, log, (changes) => onStoreChange(changes));

@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import tls from 'node:tls';
@@ -214,6 +215,24 @@ describe('on-demand issuance', () => {
     expect(shown).toMatch(/^http:\/\/\*{5}:\*{5}@127\.0\.0\.1:\d+\/allowed$/);
     expect(answer.text).not.toContain(ASK_PASSWORD);
     expect(JSON.stringify(proxy.lines)).not.toContain(ASK_PASSWORD);
+  });
+
+  it('a reload that changes the acme section (a new ask password) says a restart is needed, and quotes no value', async () => {
+    // The issuer and the gate keep the section they started with: a reload changing it said nothing.
+    const original = readFileSync(proxy.configFile, 'utf8');
+    const changed = JSON.parse(original) as { acme: { onDemand: { ask: string } } };
+    changed.acme.onDemand.ask = changed.acme.onDemand.ask.replace(ASK_PASSWORD, 'ask-pw-rotated-9Kd');
+    proxy.writeConfig(changed);
+    try {
+      const answer = await proxy.admin('POST', '/reload');
+      expect(answer.status).toBeLessThan(300);
+      await waitFor('the restart warning', () =>
+        proxy.lines.some((l) => Array.isArray(l.settings) && (l.settings as string[]).includes('acme')) ? true : undefined,
+      );
+      expect(JSON.stringify(proxy.lines) + answer.text).not.toContain('ask-pw-rotated-9Kd');
+    } finally {
+      writeFileSync(proxy.configFile, original);
+    }
   });
 
   // Last: the loop keeps retrying the failing entry in the background, which would count in the tests' orders above.

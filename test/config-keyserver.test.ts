@@ -181,6 +181,22 @@ describe('invalid configs', () => {
     expect(`${started.stdout}${started.stderr}`).not.toContain('86427531');
   });
 
+  test("a PIN typed as a key's name is not quoted, nor on the key server's stderr; a misspelt setting still is", async () => {
+    // 'pkcs11.pin["8642s7531"]: unknown key': the path quoted every unknown key's name.
+    for (const raw of [{ pkcs11: { pin: { '8642s7531': true } } }, { '8642s7531': 1 }, { pkcs11: { pin: { file: 'p', 'pin=8642s7531': null } } }]) {
+      const err = configErrorOf(() => parseKeyserverConfig(raw, SOURCE, '/'));
+      expect(err.message).not.toContain('8642s7531');
+      expect(err.message).toMatch(/unknown key; expected one of: .*\(a key of \d+ characters, not quoted: it could be a secret\)/);
+    }
+    expect(configErrorOf(() => parseKeyserverConfig({ pkcs11: { pin: { fiel: 'p' } } }, SOURCE, '/')).message).toMatch(/pkcs11\.pin\.fiel: unknown key/);
+    const file = path.join(tmp, 'pin-as-key.json');
+    writeFileSync(file, JSON.stringify({ stateDir: tmp, pkcs11: { module: '/usr/lib/hsm.so', pin: { '8642s7531': '' } } }));
+    const started = await runCli(['keyserver', '--config', file]);
+    expect(started.code).toBe(1);
+    expect(started.stderr).toMatch(/KEYEDGE_ERR_CONFIG.*pkcs11\.pin/);
+    expect(`${started.stdout}${started.stderr}`).not.toContain('8642s7531');
+  });
+
   test('every problem is reported, one per line, the first one as path', () => {
     const raw = { stateDr: 'x', limits: { maxInflight: 1, maxBodyBytes: 1 }, listen: { unix: null } };
     const err = configErrorOf(() => parseKeyserverConfig(raw, SOURCE, '/'));

@@ -4,7 +4,8 @@
  * "Authorisation"), with an audit line and a metric for every refusal.
  */
 import { createHash, createPublicKey, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
@@ -52,8 +53,16 @@ beforeAll(async () => {
     { label: 'listed', type: 'ec-p256' },
     { label: 'unlisted', type: 'rsa-2048' },
   ]);
+  // The server key as a Kubernetes secret mount lays it out (tls.key -> ..data/tls.key, ..data -> ..2026_12_05), its
+  // file group-readable: judged by the file the links lead to, and warned about once at start (checked below).
+  const mount = join(dir, 'secret');
+  mkdirSync(join(mount, '..2026_12_05'), { recursive: true });
+  copyFileSync(pki.server.key, join(mount, '..2026_12_05', 'tls.key'));
+  chmodSync(join(mount, '..2026_12_05', 'tls.key'), 0o640);
+  symlinkSync('..2026_12_05', join(mount, '..data'));
+  symlinkSync(join('..data', 'tls.key'), join(mount, 'tls.key'));
   const config = testConfig(dir, {
-    listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: pki.server.key, clientCa: pki.caFile } },
+    listen: { unix: null, tcp: { host: '127.0.0.1', port: 0, cert: pki.server.cert, key: join(mount, 'tls.key'), clientCa: pki.caFile } },
     clients: [
       { name: 'edge-a', match: { commonName: 'edge-a' }, keys: [keys.listed!.keyId] },
       { name: 'by-spki', match: { spkiSha256: createHash('sha256').update(spkiOfB).digest('hex') }, keys: '*' },
@@ -144,6 +153,11 @@ describe('who may connect', () => {
   it('an authorised client gets its ping answered (control for the refusals below)', async () => {
     const result = await attempt(certOf(pki.clients['edge-a']!));
     expect(result).toEqual({ handshake: true, answered: true, error: undefined, timedOut: false });
+  });
+
+  it('a TLS key file others may read, behind links, is named at start with its mode, never its content', () => {
+    expect(logs.find(/^the TLS key file .*secret\/tls\.key is open to its group or others \(mode 0640\): chmod 600 it/)).toHaveLength(1);
+    expect(logs.text()).not.toContain('PRIVATE KEY');
   });
 
   it('a client without a certificate is refused before any answer', async () => {

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -135,6 +135,8 @@ beforeAll(async () => {
   );
   await startServerB();
   const ec = await lab.certificate('ec', lab.keys.ec, ['ec.lab.test']);
+  // The proxy's client key group-readable, as a careless install leaves it: named at start (checked below).
+  chmodSync(pki.clients.edge!.key, 0o640);
   proxy = await startClusterProxy(
     lab,
     'pool',
@@ -173,6 +175,13 @@ afterAll(async () => {
 });
 
 describe('a pool of two key servers behind a two-worker proxy', () => {
+  it('names its mutual-TLS client key file at start when others may read it, with its mode, never the key', () => {
+    const warned = proxy.lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith("key server b's client key file "));
+    expect(warned).toHaveLength(1);
+    expect(warned[0]?.msg).toMatch(/is open to its group or others \(mode 0640\): chmod 600 it/);
+    expect(JSON.stringify(proxy.lines)).not.toContain('PRIVATE KEY');
+  });
+
   it('one key server SIGKILLed under load: no failed handshake, the other carries the signs, the dead one rejoins when back', async () => {
     const load = handshakeLoad(proxy.port, 4);
     try {

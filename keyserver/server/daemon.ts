@@ -52,6 +52,7 @@ import { LiveToken, type TokenParts } from './live-token.js';
 import { RefusedPin } from './refused-pin.js';
 import { listenTls, listenUnix } from './listeners.js';
 import { LogLimiter } from '../shared/log-limiter.js';
+import { looseSecretFile } from '../shared/secret-file.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 
@@ -186,6 +187,9 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       unixPath = unix.path;
     }
     if (tcp !== null) {
+      // The listener's private key, like the PIN file: one others may read is named at start (secret-file.ts).
+      const loose = looseSecretFile('the TLS key file', tcp.key);
+      if (loose !== undefined) log.warn({ setting: 'listen.tcp.key' }, loose);
       const handshakes = new PendingHandshakes(limits.maxConnections, () =>
         dropped('evicted_handshake', { transport: 'tls' }, 'TLS handshake closed to admit a new connection: limits.maxConnections handshakes pending'),
       );

@@ -50,6 +50,9 @@ const RESTART_ONLY = [
   'log',
   'shutdownGraceMs',
   'etcd',
+  // Started once by the primary (acme/service.ts): the issuer, its key server config and the on-demand gate keep the
+  // section they were started with. A reload that changed it said nothing, leaving the operator believing it applied.
+  'acme',
 ] as const;
 
 export interface NextServing {
