@@ -15,6 +15,7 @@ import {
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
@@ -185,8 +186,8 @@ beforeAll(async () => {
     (p) => {
       writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
       // What writers left: one killed mid-write (its pid gone), one still writing (this process, alive).
-      writeFileSync(join(p.storeDir, `.two.json.${deadPid}.0123456789ab.aside`), '{}\n');
-      writeFileSync(join(p.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`), twoStep.certPem);
+      writeFileSync(join(p.storeDir, `.two.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`), '{}\n');
+      writeFileSync(join(p.storeDir, `.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`), twoStep.certPem);
       symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
       symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
       return storeProxyConfig(lab, p, {
@@ -313,11 +314,11 @@ describe('a Kubernetes secret volume', () => {
 
 describe("the store's leftovers and an upload meeting a directory swapped in", () => {
   it('removed at start: the side file of a writer killed mid-write, not that of a writer still running', () => {
-    expect(readdirSync(proxy.storeDir).filter((f) => f.startsWith('.two.'))).toEqual([`.two.pem.${process.pid}.0123456789ab.tmp`]);
+    expect(readdirSync(proxy.storeDir).filter((f) => f.startsWith('.two.'))).toEqual([`.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`]);
     expect(proxy.lines.find((l) => l.msg === 'removed files left by certificate store writes killed midway')).toMatchObject({
-      files: [`.two.json.${deadPid}.0123456789ab.aside`],
+      files: [`.two.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`],
     });
-    unlinkSync(join(proxy.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`));
+    unlinkSync(join(proxy.storeDir, `.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`));
   });
 
   for (const [name, when] of [
