@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -15,6 +15,7 @@ import {
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateStore } from '../proxy/certs/store.js';
+import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runCli } from './helpers/keyserver.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
@@ -242,11 +243,11 @@ describe('keyedge cert', () => {
 
   it("removes what a write killed midway left of the entry it writes next, not a running writer's", async () => {
     const deadPid = spawnSync(process.execPath, ['-e', '']).pid!;
-    const dead = [`.pinned.json.${deadPid}.0123456789ab.aside`, `.pinned.pem.${deadPid}.0123456789ab.tmp`];
+    const dead = [`.pinned.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`, `.pinned.pem.${deadPid}.${PID_SPACE}.0123456789ab.tmp`];
     linkSync(join(storeDir, 'pinned.json'), join(storeDir, dead[0]!));
     writeFileSync(join(storeDir, dead[1]!), 'half a chain');
     // This process is running: its side files may be a write in progress. Another entry's are left for its own write.
-    const kept = [`.pinned.pem.${process.pid}.0123456789ab.tmp`, `.other.json.${deadPid}.0123456789ab.aside`];
+    const kept = [`.pinned.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`, `.other.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`];
     for (const file of kept) writeFileSync(join(storeDir, file), '{}\n');
     const result = await cert('replace', 'pinned', '--chain', rsaChain);
     expect(result.code, result.stderr).toBe(0);
@@ -257,6 +258,28 @@ describe('keyedge cert', () => {
     ).toEqual([...kept].sort());
     for (const file of kept) unlinkSync(join(storeDir, file));
   });
+
+  it.skipIf(process.getuid?.() !== 0 || spawnSync('unshare', ['--version']).status !== 0)(
+    "leaves a running writer's side file alone when that writer's pids are of another pid namespace (a container sharing the store)",
+    async () => {
+      expect((await cert('add', 'nsw', '--chain', ecChain, '--create-store')).code).toBe(0);
+      // The writer: the product's own keepAside(), the first step of a write, in a pid namespace of its own, at a pid no
+      // process here has; it stays running, its write in progress. Looked up here, its pid names nothing.
+      const writer = `echo 77776 > /proc/sys/kernel/ns_last_pid; node -e "import('${join(process.cwd(), 'dist/proxy/certs/store-files.js')}').then((m) => { console.log(m.keepAside('${storeDir}', '${join(storeDir, 'nsw.json')}')); setTimeout(() => {}, 20000); })" & wait`;
+      const child = spawn('unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', 'bash', '-c', writer], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const aside = await new Promise<string>((resolve) => child.stdout.once('data', (d: Buffer) => resolve(d.toString().trim())));
+        expect(aside).toContain('.nsw.json.77777.');
+        const result = await cert('replace', 'nsw', '--chain', ecChain);
+        expect(result.code, result.stderr).toBe(0);
+        expect(existsSync(aside)).toBe(true);
+        unlinkSync(aside);
+        expect((await cert('remove', 'nsw')).code).toBe(0);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    },
+  );
 
   it('lists an entry that expired while stored, with its facts', async () => {
     const expired = await issueForPublicKey(lab.ca, lab.keys.ec.spki, {

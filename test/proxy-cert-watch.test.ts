@@ -15,6 +15,7 @@ import {
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
@@ -104,7 +105,8 @@ async function renew(lineage: Lineage): Promise<number> {
  * Loaded into the proxy (NODE_OPTIONS --import): in the primary, the store directory is swapped for an empty one
  * (`mv certs certs.held && mkdir certs`, as an operator or a deploy tool does) at an exact point of an upload, which no
  * timing could hit: for entry held-early as the upload first looks at the entry's files (after its check of the
- * directory, before the validation), for held-late as the write begins (its metadata kept aside); once each. Node's
+ * directory, before the validation), for held-late as the write begins (its metadata kept aside), for held-mid as its
+ * replacing chain is renamed into place (its metadata already replaced); once each. Node's
  * builtin ES module bindings follow the patched functions (syncBuiltinESMExports).
  */
 const HOLD_PRELOAD = `
@@ -114,7 +116,7 @@ import { syncBuiltinESMExports } from 'node:module';
 const dir = process.env.KEYEDGE_TEST_SWAP_STORE;
 if (cluster.isPrimary && dir) {
   const swap = () => { fs.renameSync(dir, dir + '.held'); fs.mkdirSync(dir); };
-  const { lstatSync, linkSync } = fs;
+  const { lstatSync, linkSync, renameSync, existsSync } = fs;
   const once = new Set();
   const swapOnce = (what) => { if (!once.has(what)) { once.add(what); swap(); } };
   fs.lstatSync = function (file, ...rest) {
@@ -122,8 +124,12 @@ if (cluster.isPrimary && dir) {
     return lstatSync.call(this, file, ...rest);
   };
   fs.linkSync = function (from, to, ...rest) {
-    if (String(to).startsWith(dir + '/.held-late.json.')) swapOnce('late');
+    if (String(to).includes('/.held-late.json.')) swapOnce('late');
     return linkSync.call(this, from, to, ...rest);
+  };
+  fs.renameSync = function (from, to, ...rest) {
+    if (String(to).endsWith('/held-mid.pem') && existsSync(to)) swapOnce('mid');
+    return renameSync.call(this, from, to, ...rest);
   };
   syncBuiltinESMExports();
 }
@@ -185,8 +191,8 @@ beforeAll(async () => {
     (p) => {
       writeFileSync(join(p.storeDir, 'two.pem'), `${twoStep.certPem}\n${inter.certPem}`);
       // What writers left: one killed mid-write (its pid gone), one still writing (this process, alive).
-      writeFileSync(join(p.storeDir, `.two.json.${deadPid}.0123456789ab.aside`), '{}\n');
-      writeFileSync(join(p.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`), twoStep.certPem);
+      writeFileSync(join(p.storeDir, `.two.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`), '{}\n');
+      writeFileSync(join(p.storeDir, `.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`), twoStep.certPem);
       symlinkSync(join(linksDir, 'chain-0.pem'), join(p.storeDir, 'link.pem'));
       symlinkSync(storeLineage.live, join(p.storeDir, 'lineage.pem'));
       return storeProxyConfig(lab, p, {
@@ -313,11 +319,11 @@ describe('a Kubernetes secret volume', () => {
 
 describe("the store's leftovers and an upload meeting a directory swapped in", () => {
   it('removed at start: the side file of a writer killed mid-write, not that of a writer still running', () => {
-    expect(readdirSync(proxy.storeDir).filter((f) => f.startsWith('.two.'))).toEqual([`.two.pem.${process.pid}.0123456789ab.tmp`]);
+    expect(readdirSync(proxy.storeDir).filter((f) => f.startsWith('.two.'))).toEqual([`.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`]);
     expect(proxy.lines.find((l) => l.msg === 'removed files left by certificate store writes killed midway')).toMatchObject({
-      files: [`.two.json.${deadPid}.0123456789ab.aside`],
+      files: [`.two.json.${deadPid}.${PID_SPACE}.0123456789ab.aside`],
     });
-    unlinkSync(join(proxy.storeDir, `.two.pem.${process.pid}.0123456789ab.tmp`));
+    unlinkSync(join(proxy.storeDir, `.two.pem.${process.pid}.${PID_SPACE}.0123456789ab.tmp`));
   });
 
   for (const [name, when] of [
@@ -351,6 +357,29 @@ describe("the store's leftovers and an upload meeting a directory swapped in", (
       expect(await servedSerial('two.lab.test')).toBe(served);
     });
   }
+
+  it("refuses a replacing upload when an empty directory takes the store's place between its two files, the entry left as it was", async () => {
+    const first = await leaf('held-mid.lab.test');
+    expect((await proxy.admin('PUT', '/certs/held-mid', `${first.certPem}\n${inter.certPem}`)).status).toBe(200);
+    const files = (dir: string): Record<string, string> =>
+      Object.fromEntries(
+        readdirSync(dir)
+          .filter((f) => f.includes('held-mid'))
+          .map((f) => [f, readFileSync(join(dir, f), 'utf8')]),
+      );
+    const before = files(proxy.storeDir);
+    const put = await proxy.admin('PUT', '/certs/held-mid', `${(await leaf('held-mid.lab.test')).certPem}\n${inter.certPem}`);
+    const held = `${proxy.storeDir}.held`;
+    try {
+      expect(put.status, put.text).toBe(503);
+      expect(readdirSync(proxy.storeDir)).toEqual([]);
+      // Its metadata already renamed into the store: put back, not left pinning the new chain beside the old one.
+      expect(files(held)).toEqual(before);
+    } finally {
+      rmSync(proxy.storeDir, { recursive: true, force: true });
+      renameSync(held, proxy.storeDir);
+    }
+  });
 });
 
 describe('a store directory swapped for another, as a deploy does (mv certs certs.old; mv certs.new certs)', () => {

@@ -19,7 +19,7 @@
  * directory that holds certificates, which is taken whole (a deploy's
  * `mv certs.new certs`, a Kubernetes secret volume's `..data` re-pointed).
  */
-import { type Stats, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, type Stats, statSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { errno } from './store-files.js';
 
@@ -75,4 +75,28 @@ export function assertStoreNotReplaced(dir: string, servedFrom: string | undefin
       'its entries keep serving until certificates are put in it or the directory they were read from is back ' +
       '(to serve none of them: put it back and remove them one by one, keyedge cert remove, or restart the proxy)',
   );
+}
+
+/**
+ * The directory `dir` names now, held open for a write: `at`, a path that
+ * names that directory whatever is renamed over `dir` meanwhile
+ * (/proc/self/fd/N: Node has no openat(2)), and `id`, its directoryId(). `at`
+ * is `dir` itself where /proc is not (the write then resolves `dir` anew at
+ * each step). KEYEDGE_ERR_CERT_STORE_GONE when it is not there; close() once
+ * done.
+ */
+export function holdDirectory(dir: string): { readonly at: string; readonly id: string; readonly close: () => void } {
+  const id = presentDirectoryId(dir);
+  let fd: number;
+  try {
+    fd = openSync(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  } catch {
+    // Not a directory one can open (or gone since the stat): resolved by path at each step, as where /proc is not.
+    return { at: dir, id, close: () => {} };
+  }
+  const close = (): void => closeSync(fd);
+  const at = `/proc/self/fd/${fd}`;
+  const held = directoryId(at);
+  // Another directory renamed over `dir` between the stat and the open: what is held is the one there now.
+  return held === undefined ? { at: dir, id, close } : { at, id: held, close };
 }

@@ -7,12 +7,15 @@
  * are store-paths.ts's and store-meta.ts's.
  *
  * A write's side files, a temp file and the `.aside` link keepAside() makes,
- * are named `.<file>.<pid>.<random>.tmp|aside` (SIDE_FILE): a dot name, which
- * listings and the watch ignore, and the writer's pid, by which a leftover of
- * a writer killed mid-write is told from a write in progress
- * (store-leftovers.ts).
+ * are named `.<file>.<pid>.<pid space>.<random>.tmp|aside` (SIDE_FILE): a dot
+ * name, which listings and the watch ignore, and the writer's pid, by which a
+ * leftover of a writer killed mid-write is told from a write in progress
+ * (store-leftovers.ts). A pid means something only in its pid namespace, and
+ * the store may be shared with writers in others (a container, another host
+ * on a network file system, where the same pid is another process or none):
+ * PID_SPACE names the writer's, so only pids of the sweeper's own are looked up.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
   constants as fsConstants,
@@ -23,12 +26,14 @@ import {
   lstatSync,
   openSync,
   readFileSync,
+  readlinkSync,
   renameSync,
   type Stats,
   statSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { CertificateError } from './errors.js';
 
@@ -123,11 +128,32 @@ export function identity(stat: Stats): string {
   return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}:${stat.ctimeMs}`;
 }
 
-/** `.<file>.<pid>.<12 hex>.tmp|aside`; groups: the file's name, the writer's pid, the kind. */
-export const SIDE_FILE = /^\.(.+)\.(\d+)\.[0-9a-f]{12}\.(tmp|aside)$/;
+/** `.<file>.<pid>.<8 hex>.<12 hex>.tmp|aside`; groups: the file's name, the writer's pid, its PID_SPACE, the kind. */
+export const SIDE_FILE = /^\.(.+)\.(\d+)\.([0-9a-f]{8})\.[0-9a-f]{12}\.(tmp|aside)$/;
+
+/**
+ * This process's pid namespace, as 8 hex: of the host (its boot id and name)
+ * and of the namespace there (/proc/self/ns/pid, Linux). Two processes whose
+ * pids can be compared have the same one; another container's or another
+ * host's differs (where /proc is not, the host name alone tells hosts apart).
+ */
+export const PID_SPACE = pidSpace();
+
+function pidSpace(): string {
+  const read = (what: () => string): string => {
+    try {
+      return what();
+    } catch {
+      return '';
+    }
+  };
+  const boot = read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+  const namespace = read(() => readlinkSync('/proc/self/ns/pid'));
+  return createHash('sha256').update(`${hostname()}\n${boot}\n${namespace}`).digest('hex').slice(0, 8);
+}
 
 function sideFile(dir: string, file: string, kind: 'tmp' | 'aside'): string {
-  return join(dir, `.${file.slice(dir.length + 1)}.${process.pid}.${randomBytes(6).toString('hex')}.${kind}`);
+  return join(dir, `.${file.slice(dir.length + 1)}.${process.pid}.${PID_SPACE}.${randomBytes(6).toString('hex')}.${kind}`);
 }
 
 /**

@@ -11,12 +11,15 @@
  * process. A live pid keeps it, whoever it is now: a write in progress is
  * never broken, at worst a leftover waits for the next sweep. Swept when the
  * proxy starts (the whole directory) and when an entry is written (its own
- * side files). Writers are assumed to share this host's pid namespace, as
- * the store's writers (the proxy, `keyedge cert`, a renewal hook) do.
+ * side files). A pid is looked up only when the writer's pid namespace (in
+ * the name too, store-files.ts) is this process's: a writer in a container
+ * sharing the volume, or on another host of a network file system, has pids
+ * that name no process here, or another one (pid 1 is every container's), so
+ * its files, in progress or not, are left to a sweep in its own namespace.
  */
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { SIDE_FILE, unlinkQuietly } from './store-files.js';
+import { PID_SPACE, SIDE_FILE, unlinkQuietly } from './store-files.js';
 
 /**
  * Removes the leftover side files of entry `entry` (every entry's when
@@ -34,9 +37,9 @@ export function sweepLeftovers(dir: string, entry?: string): string[] {
   for (const file of files) {
     const side = SIDE_FILE.exec(file);
     if (side === null) continue;
-    const [, target, pid] = side;
+    const [, target, pid, space] = side;
     if (entry !== undefined && target !== `${entry}.pem` && target !== `${entry}.json`) continue;
-    if (!/\.(pem|json)$/.test(target!) || !writerGone(Number(pid))) continue;
+    if (!/\.(pem|json)$/.test(target!) || space !== PID_SPACE || !writerGone(Number(pid))) continue;
     unlinkQuietly(join(dir, file));
     removed.push(file);
   }

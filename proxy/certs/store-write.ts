@@ -9,17 +9,19 @@
  * makes the directory, so a store renamed away is not recreated holding one
  * entry, which the proxy would take for the whole store) and, when the
  * caller checked the directory before validating (`dirId`, store-dir.ts),
- * still that one. Node has no openat(2): each rename resolves the path
- * anew, so another directory swapped in during the write could receive the
- * files. The directory's identity is therefore checked again once the files
- * are in place; when it moved, what reached the directory now there is taken
- * back (only files this write made: their device and inode are compared)
- * and the write is refused. All of it is synchronous: the proxy's own
- * reloads never see the files in a directory swapped in meanwhile.
+ * still that one. Node has no openat(2): the directory is held open and its
+ * files are named through /proc/self/fd (holdDirectory, store-dir.ts), so
+ * every step lands in that directory even when another is swapped in
+ * meanwhile. The path's identity is checked again once the files are in
+ * place; when the directory moved away, the write is taken back in it (the
+ * chain and the metadata put back from their `.aside` links: only files this
+ * write made, by their device and inode), so the directory, when it is put
+ * back, holds the entry as it was, and the write is refused. All of it is
+ * synchronous: the proxy's own reloads never see the files in between.
  */
 import { unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
-import { directoryId, presentDirectoryId } from './store-dir.js';
+import { directoryId, holdDirectory } from './store-dir.js';
 import { errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
 import { sweepLeftovers } from './store-leftovers.js';
 import { refuseLinkedEntry } from './store-links.js';
@@ -34,31 +36,43 @@ import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
  * `dirId` (when given), before or after the write.
  */
 export function writeEntry(dir: string, name: string, chainText: string, meta: StoreMeta, dirId: string | undefined): void {
-  const paths = ownedPaths(dir, name);
+  ownedPaths(dir, name);
   const checked = checkStoreMeta(meta);
   if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
-  const before = presentDirectoryId(dir);
-  if (dirId !== undefined && before !== dirId) throw replaced(dir, name, dirId, before, 'while it was validated', 'nothing was written');
+  const held = holdDirectory(dir);
+  try {
+    if (dirId !== undefined && held.id !== dirId) throw replaced(dir, name, dirId, held.id, 'while it was validated', 'nothing was written');
+    writeHeld(dir, held.at, held.id, name, chainText, `${JSON.stringify(checked.meta, null, 2)}\n`);
+  } finally {
+    held.close();
+  }
+}
+
+/** writeEntry() into the directory held as `at` (store-dir.ts), whose identity is `before`. */
+function writeHeld(dir: string, at: string, before: string, name: string, chainText: string, metaText: string): void {
+  const paths = entryPaths(at, name);
   // Leftovers of this entry's earlier writes killed midway (store-leftovers.ts): none of them is in progress now.
-  sweepLeftovers(dir, name);
-  let aside: string | null | undefined;
+  sweepLeftovers(at, name);
+  const asides: { meta?: string | null | undefined; chain?: string | null | undefined } = {};
   const written: { meta?: string; chain?: string } = {};
   try {
-    aside = keepAside(dir, paths.metaPath);
-    written.meta = writeAtomic(dir, paths.metaPath, `${JSON.stringify(checked.meta, null, 2)}\n`);
-    written.chain = writeAtomic(dir, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
-    fsyncDir(dir);
+    asides.meta = keepAside(at, paths.metaPath);
+    asides.chain = keepAside(at, paths.chainPath);
+    written.meta = writeAtomic(at, paths.metaPath, metaText);
+    written.chain = writeAtomic(at, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
+    fsyncDir(at);
   } catch (err) {
-    // A temp file renamed into a directory no longer there fails with a bare ENOENT: say what happened instead, and
-    // take back what reached the directory there now (only this write's files: putBack would unlink another's).
+    // A temp file renamed into a directory no longer there fails with a bare ENOENT: say what happened instead.
     const now = directoryId(dir);
     if (now !== before) {
-      takeBack(dir, paths, written, aside);
-      throw replaced(dir, name, before, now, 'while it was written', 'what reached the directory there now was taken back');
+      takeBack(at, paths, written, asides);
+      dropAsides(asides);
+      throw replaced(dir, name, before, now, 'while it was written', 'taken back');
     }
     // The chain not written (a full disk, say): the metadata as it was, so the old chain (or none) is never left
     // beside metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet.
-    putBack(aside, paths.metaPath);
+    putBack(asides.meta, paths.metaPath);
+    dropAsides(asides);
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${dir}: ${errno(err)}`, {
       cause: err,
     });
@@ -66,12 +80,17 @@ export function writeEntry(dir: string, name: string, chainText: string, meta: S
   try {
     const after = directoryId(dir);
     if (after !== before) {
-      takeBack(dir, paths, written, aside);
-      throw replaced(dir, name, before, after, 'while it was written', 'what reached the directory there now was taken back');
+      takeBack(at, paths, written, asides);
+      throw replaced(dir, name, before, after, 'while it was written', 'taken back');
     }
   } finally {
-    if (typeof aside === 'string') unlinkQuietly(aside);
+    dropAsides(asides);
   }
+}
+
+/** The `.aside` links a write made, once nothing is to be put back from them (a link put back is gone already). */
+function dropAsides(asides: { meta?: string | null | undefined; chain?: string | null | undefined }): void {
+  for (const aside of [asides.meta, asides.chain]) if (typeof aside === 'string') unlinkQuietly(aside);
 }
 
 /** Removes entry `name`: the chain first, then the metadata. Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file. */
@@ -103,19 +122,28 @@ export function ownedPaths(dir: string, name: string): EntryPaths {
 }
 
 /**
- * The files this write put at `paths` in the directory now there, undone:
- * the chain unlinked first (as a removal does), then the metadata put back
- * from its aside (when that was made in this directory) or unlinked. What
- * another writer put there since is left alone. Best effort.
+ * The files this write put at `paths` undone, in the directory written (held
+ * open): the chain first (as a removal goes), then the metadata, each put
+ * back from its aside (or unlinked when there was none). What another writer
+ * put there since is left alone. Best effort.
  */
-function takeBack(dir: string, paths: EntryPaths, written: { meta?: string; chain?: string }, aside: string | null | undefined): void {
-  if (written.chain !== undefined && fileId(paths.chainPath) === written.chain) unlinkQuietly(paths.chainPath);
-  if (written.meta !== undefined && fileId(paths.metaPath) === written.meta) {
-    putBack(aside, paths.metaPath);
-    if (fileId(paths.metaPath) === written.meta) unlinkQuietly(paths.metaPath);
+function takeBack(
+  at: string,
+  paths: EntryPaths,
+  written: { meta?: string; chain?: string },
+  asides: { meta?: string | null | undefined; chain?: string | null | undefined },
+): void {
+  for (const [file, kind] of [
+    [paths.chainPath, 'chain'],
+    [paths.metaPath, 'meta'],
+  ] as const) {
+    if (written[kind] === undefined || fileId(file) !== written[kind]) continue;
+    putBack(asides[kind], file);
+    // No aside could be made (no hard links): what this write put there goes.
+    if (fileId(file) === written[kind]) unlinkQuietly(file);
   }
   try {
-    fsyncDir(dir);
+    fsyncDir(at);
   } catch {
     // Gone as well: nothing there to make durable.
   }
