@@ -217,18 +217,22 @@ describe('on-demand issuance', () => {
     expect(JSON.stringify(proxy.lines)).not.toContain(ASK_PASSWORD);
   });
 
-  it('a reload that changes the acme section (a new ask password) says a restart is needed, and quotes no value', async () => {
-    // The issuer and the gate keep the section they started with: a reload changing it said nothing.
+  it("a reload that changes the acme section (a new ask password) or the workers' timeouts says a restart is needed, and quotes no value", async () => {
+    // The issuer and the gate keep the section they started with, the supervisor and the serving distribution their
+    // timeouts: a reload changing them said nothing.
     const original = readFileSync(proxy.configFile, 'utf8');
-    const changed = JSON.parse(original) as { acme: { onDemand: { ask: string } } };
+    const changed = JSON.parse(original) as { acme: { onDemand: { ask: string } } } & Record<string, unknown>;
     changed.acme.onDemand.ask = changed.acme.onDemand.ask.replace(ASK_PASSWORD, 'ask-pw-rotated-9Kd');
+    const timeouts = { workerStartTimeoutMs: 61_000, workerSilentTimeoutMs: 31_000, reloadApplyTimeoutMs: 31_000 };
+    Object.assign(changed, timeouts);
     proxy.writeConfig(changed);
     try {
       const answer = await proxy.admin('POST', '/reload');
       expect(answer.status).toBeLessThan(300);
-      await waitFor('the restart warning', () =>
-        proxy.lines.some((l) => Array.isArray(l.settings) && (l.settings as string[]).includes('acme')) ? true : undefined,
+      const warned = await waitFor('the restart warning', () =>
+        proxy.lines.find((l) => Array.isArray(l.settings) && (l.settings as string[]).includes('acme')),
       );
+      expect(warned.settings).toEqual(expect.arrayContaining(Object.keys(timeouts)));
       expect(JSON.stringify(proxy.lines) + answer.text).not.toContain('ask-pw-rotated-9Kd');
     } finally {
       writeFileSync(proxy.configFile, original);

@@ -53,6 +53,10 @@ const RESTART_ONLY = [
   // Started once by the primary (acme/service.ts): the issuer, its key server config and the on-demand gate keep the
   // section they were started with. A reload that changed it said nothing, leaving the operator believing it applied.
   'acme',
+  // Read once by the primary's supervisor and serving distribution (cluster-supervisor.ts, cluster.ts): likewise.
+  'workerStartTimeoutMs',
+  'workerSilentTimeoutMs',
+  'reloadApplyTimeoutMs',
 ] as const;
 
 export interface NextServing {
