@@ -46,6 +46,8 @@ export const acmeSectionSchema = strict(
       {
         ask: z
           .url({ protocol: /^https?$/, error: 'expected an http(s) URL' })
+          // Its user and password go out as Basic auth, percent-decoded (on-demand-ask.ts): a bad escape would fail there.
+          .refine(decodableCredentials, { error: 'expected an http(s) URL whose user and password are percent-encoded (RFC 3986 §2.1)' })
           .nullable()
           .optional(),
         askTimeoutMs: intIn(100, 60_000).optional(),
@@ -65,3 +67,15 @@ export const acmeSectionSchema = strict(
   },
   'an object { "directory", … }, or null',
 );
+
+/** Whether the URL's user and password percent-decode (never quoted in an error: they are credentials). */
+function decodableCredentials(url: string): boolean {
+  try {
+    const { username, password } = new URL(url);
+    decodeURIComponent(username);
+    decodeURIComponent(password);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -252,4 +252,15 @@ describe('proxy config', () => {
     expect((error as Error).message).toContain('no credentials');
     expect(`${(error as Error).message} ${(error as Error).stack}`).not.toContain('HUNTER2');
   });
+
+  it('refuses an on-demand ask URL whose user or password is not percent-encoded, never quoting them', () => {
+    // Passed, then the proxy's start failed with a bare "URI malformed" as the Basic auth header was made.
+    const acme = { directory: 'https://ca.example/dir', onDemand: { ask: 'http://edge%zz:HUNTER2-secret@ask.example/check' } };
+    const error = loadError(write('ask-escape.json', { acme }));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('acme.onDemand.ask: expected an http(s) URL whose user and password are percent-encoded');
+    expect(`${(error as Error).message} ${(error as Error).stack}`).not.toContain('HUNTER2');
+    const fine = { ...acme, onDemand: { ask: 'http://edge%40x:HUNTER2%2Fsecret@ask.example/check' } };
+    expect(loadProxyConfig(write('ask-escaped.json', { acme: fine })).acme?.onDemand?.ask).toContain('ask.example');
+  });
 });
