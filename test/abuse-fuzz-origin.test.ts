@@ -215,7 +215,15 @@ async function h1Client(plans: readonly Planned[], pipelined: boolean, stats: (s
 }
 
 /** One stream: its final head, body and reset code, or nothing after PATIENCE_MS. */
-function h2Stream(session: http2.ClientHttp2Session, p: Planned): Promise<{ head?: http2.IncomingHttpHeaders; body: string; rst?: number; timedOut: boolean }> {
+/**
+ * `error` and `sessionEnded` tell a reset the proxy sent from the client's own end of the stream: a connection that
+ * failed (its TLS handshake too: a key operation past keyserver.timeoutMs on a loaded machine) ends its streams
+ * with the same code, INTERNAL_ERROR, and no head, and the next request opens a new connection.
+ */
+function h2Stream(
+  session: http2.ClientHttp2Session,
+  p: Planned,
+): Promise<{ head?: http2.IncomingHttpHeaders; body: string; rst?: number; timedOut: boolean; error?: string; sessionEnded?: boolean }> {
   return new Promise((resolve) => {
     let head: http2.IncomingHttpHeaders | undefined;
     let body = '';
@@ -235,10 +243,11 @@ function h2Stream(session: http2.ClientHttp2Session, p: Planned): Promise<{ head
       if (Number(h[':status']) >= 200) head = h;
     });
     stream.on('data', (chunk: Buffer) => (body += chunk.toString('latin1')));
-    stream.on('error', () => undefined);
+    let error: string | undefined;
+    stream.on('error', (err: Error & { code?: string }) => (error = err.code ?? err.message));
     stream.on('close', () => {
       clearTimeout(timer);
-      resolve({ head, body, rst: stream.rstCode, timedOut: false });
+      resolve({ head, body, rst: stream.rstCode, timedOut: false, error, sessionEnded: session.destroyed });
     });
     if (p.method === 'POST') stream.end('hello');
   });
