@@ -121,14 +121,25 @@ function wrongAnswer(p: Planned, status: number, markers: readonly string[], own
 }
 
 /** A TLS connection to the proxy whose received bytes accumulate. */
-async function h1Connect(): Promise<{ socket: tls.TLSSocket; state: { received: string; closed: boolean } }> {
-  const state = { received: '', closed: false };
+/** `secured`, `error`: how the connection went, for a break line (a handshake failed on a loaded machine is not an answer lost). */
+interface H1State {
+  received: string;
+  closed: boolean;
+  secured: boolean;
+  error?: string;
+}
+
+async function h1Connect(): Promise<{ socket: tls.TLSSocket; state: H1State }> {
+  const state: H1State = { received: '', closed: false, secured: false };
   const socket = tls.connect({ host: '127.0.0.1', port: proxy.port, servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
   socket.on('data', (chunk: Buffer) => (state.received += chunk.toString('latin1')));
-  socket.on('error', () => undefined);
+  socket.on('error', (err: Error) => (state.error ??= err.message));
   socket.once('close', () => (state.closed = true));
   await new Promise<void>((resolve) => {
-    socket.once('secureConnect', () => resolve());
+    socket.once('secureConnect', () => {
+      state.secured = true;
+      resolve();
+    });
     socket.once('close', () => resolve());
   });
   return { socket, state };
@@ -297,7 +308,9 @@ async function runCase(c: number): Promise<string[]> {
   await waitFor('the control answer', () => (state.closed ? true : undefined), PATIENCE_MS).catch(() => socket.destroy());
   const control = nextAnswer(state.received, () => false, true);
   if (control === undefined || 'error' in control || !control.message.start.startsWith('HTTP/1.1 200 ') || control.message.body !== `plain /control/c${c}`)
-    breaks.push(`a normal request afterwards got ${JSON.stringify(state.received.slice(0, 300))}`);
+    breaks.push(
+      `a normal request afterwards got ${JSON.stringify(state.received.slice(0, 300))} (handshake ${state.secured ? 'done' : 'not done'}${state.error === undefined ? '' : `; ${state.error}`})`,
+    );
   const died = workerPids(proxy).died.length;
   if (died > deaths) {
     deaths = died;
