@@ -8,10 +8,12 @@
 import { expect, it } from 'vitest';
 import { LiveToken, type TokenParts } from '../keyserver/server/live-token.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import type { InToken } from '../keyserver/token/sign-workers.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 it('a reopen that ends the process for a hung sign tries nothing more while the process ends (no module initialised under the hung call)', async () => {
-  const hung = { signs: 1, threads: 1, longestMs: 5_000, calls: ['C_Sign'] };
+  // Typed: a field added to what the signers report must be given here too, or the stand-in reads as no stall at all.
+  const hung: InToken = { signs: 1, threads: 1, longestMs: 5_000, longestSignMs: 5_000, longestStartMs: 0, calls: ['C_Sign'] };
   const parts = {
     token: { label: 'keyedge', isSame: () => false, close: () => {} },
     signers: { inToken: () => hung, drained: () => new Promise(() => {}), close: () => new Promise(() => {}) },
