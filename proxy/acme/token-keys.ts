@@ -39,11 +39,16 @@ export interface TokenKeys {
  */
 function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
   const name = pinVariable(keyserverConfig);
-  const value = name === undefined ? undefined : process.env[name];
+  // A second maker of children (the primary has one, startAcme) finds the variable taken by the first: it gets it too.
+  const value = name === undefined ? undefined : (process.env[name] ?? takenPins.get(name));
   if (name === undefined || value === undefined) return () => process.env;
+  takenPins.set(name, value);
   delete process.env[name];
   return () => ({ ...process.env, [name]: value });
 }
+
+/** PIN variables keyChildEnv took out of this process's environment, by name (in memory only, as the environment held them). */
+const takenPins = new Map<string, string>();
 
 /** The variable the key server config takes its PIN from, if it does. */
 function pinVariable(keyserverConfig: string | null): string | undefined {
