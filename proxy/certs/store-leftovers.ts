@@ -10,8 +10,11 @@
  * synchronous, so none is in progress while this runs) or names no running
  * process. A live pid keeps it, whoever it is now: a write in progress is
  * never broken, at worst a leftover waits for the next sweep. Swept when the
- * proxy starts (the whole directory) and when an entry is written (its own
- * side files). A pid is looked up only when the writer's pid namespace (in
+ * proxy starts (the whole directory) and when `keyedge cert add`/`replace`
+ * writes an entry (its own side files): the proxy's own writes are
+ * synchronous and leave none while it lives, and listing the directory at
+ * each of them would cost an upload a quarter second in a store of 100,000
+ * entries (measured: readdir of 200,000 names, 255 ms). A pid is looked up only when the writer's pid namespace (in
  * the name too, store-files.ts) is this process's: a writer in a container
  * sharing the volume, or on another host of a network file system, has pids
  * that name no process here, or another one (pid 1 is every container's), so

@@ -23,7 +23,6 @@ import { unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { directoryId, holdDirectory } from './store-dir.js';
 import { errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
-import { sweepLeftovers } from './store-leftovers.js';
 import { refuseLinkedEntry } from './store-links.js';
 import { checkStoreMeta, type StoreMeta } from './store-meta.js';
 import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
@@ -51,8 +50,6 @@ export function writeEntry(dir: string, name: string, chainText: string, meta: S
 /** writeEntry() into the directory held as `at` (store-dir.ts), whose identity is `before`. */
 function writeHeld(dir: string, at: string, before: string, name: string, chainText: string, metaText: string): void {
   const paths = entryPaths(at, name);
-  // Leftovers of this entry's earlier writes killed midway (store-leftovers.ts): none of them is in progress now.
-  sweepLeftovers(at, name);
   const asides: { meta?: string | null | undefined; chain?: string | null | undefined } = {};
   const written: { meta?: string; chain?: string } = {};
   try {

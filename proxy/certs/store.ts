@@ -170,8 +170,8 @@ export class CertificateStore {
     removeEntry(this.dir, name);
   }
 
-  /** Removes what writers killed mid-write left behind (store-leftovers.ts); returns the file names removed. */
-  removeLeftovers(): string[] {
-    return sweepLeftovers(this.dir);
+  /** Removes what writers killed mid-write left behind (store-leftovers.ts), of entry `name` alone when given; returns the file names removed. */
+  removeLeftovers(name?: string): string[] {
+    return sweepLeftovers(this.dir, name);
   }
 }
