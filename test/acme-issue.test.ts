@@ -78,7 +78,7 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     expect(metrics).toMatch(/keyedge_proxy_acme_orders_total\{result="ok"\} 1/);
   }, 120_000);
 
-  it("the token's PIN variable: the key children had it (the keys above were made in the token), no worker holds it", async () => {
+  it("the token's PIN variable: the key children had it (the keys above were made in the token), no worker holds it, nor the primary's /proc environ", async () => {
     // Every worker, forked with the primary's environment, held the PIN for its whole life: it never needs it.
     const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proxy.pid)], { encoding: 'utf8' })
       .split('\n')
@@ -89,6 +89,13 @@ describe('ACME issuance against pebble, HTTP-01', () => {
       expect(environ).not.toContain(PIN_VARIABLE);
       expect(environ).not.toContain(pin);
     }
+    // The primary took the variable out of its environment, but /proc/<pid>/environ shows the block it was started with:
+    // a worker (the same user) reads its parent's as it would any file.
+    const primary = execFileSync('cat', [`/proc/${proxy.pid}/environ`], { encoding: 'latin1' });
+    expect(primary).toContain('PATH=');
+    // Booleans: a failure prints no PIN.
+    expect(primary.includes(`${PIN_VARIABLE}=`), `${PIN_VARIABLE} in /proc/<primary>/environ`).toBe(false);
+    expect(primary.includes(pin), 'the PIN in /proc/<primary>/environ').toBe(false);
     expect(JSON.stringify(proxy.lines)).not.toContain(pin);
   });
 

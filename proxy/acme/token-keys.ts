@@ -11,13 +11,15 @@
  * first use (it rescans the token for an unknown key id). Cost: one node
  * start (~0.3 s) per key, once per certificate and renewal. A PIN the child
  * reads from a variable is in its environment only, not in the workers'
- * (keyChildEnv).
+ * (keyChildEnv), and its bytes are wiped from the block /proc/<pid>/environ
+ * shows (environ-wipe.ts).
  */
 import { execFile } from 'node:child_process';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
+import { wipeFromEnviron } from './environ-wipe.js';
 import { AcmeError } from './errors.js';
 
 export interface GeneratedKey {
@@ -35,7 +37,9 @@ export interface TokenKeys {
  * The environment of the `keyedge key` children, as a function of the moment. When the key server config takes its PIN
  * from a variable (pkcs11.pin.env), the children need it to open the token, and nothing else in the proxy does: it is
  * taken out of this process's environment at once, before the workers are forked with a copy of it (they face the
- * clients, and held the PIN in their environment for their whole life), and given to each child alone.
+ * clients, and held the PIN in their environment for their whole life), and given to each child alone. Its bytes are
+ * wiped from the environment block the process was started with too: a worker (same user) could read them in
+ * /proc/<primary pid>/environ.
  */
 function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
   const name = pinVariable(keyserverConfig);
@@ -44,6 +48,7 @@ function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
   if (name === undefined || value === undefined) return () => process.env;
   takenPins.set(name, value);
   delete process.env[name];
+  wipeFromEnviron(name);
   return () => ({ ...process.env, [name]: value });
 }
 
