@@ -23,13 +23,15 @@ import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 // registered domains starts at most maxChecksPerClientPerMinute (the default,
 // 10) checks, counted per source address across the workers; another client's
 // name is still checked. The ask URL carries a user and password (sent as
-// Basic authorization), which GET /config and the log never show.
+// Basic authorization) and a token in its query, which GET /config and the
+// log never show.
 let pebble: Pebble;
 let proxy: ClusterProxy;
 let ask: http.Server;
 const asked = new Map<string, number>();
 const EDGE = 'edge.keyedge.test';
 const ASK_PASSWORD = 'ask-pw-7Hq2x';
+const ASK_TOKEN = 'ask-tok-Vw93p';
 let acmeLab: AcmeLab;
 
 beforeAll(async () => {
@@ -38,13 +40,14 @@ beforeAll(async () => {
   ask = http.createServer((req, res) => {
     const domain = new URL(req.url ?? '/', 'http://ask').searchParams.get('domain') ?? '';
     asked.set(domain, (asked.get(domain) ?? 0) + 1);
-    const authorised = req.headers.authorization === `Basic ${Buffer.from(`edge:${ASK_PASSWORD}`).toString('base64')}`;
+    const basic = req.headers.authorization === `Basic ${Buffer.from(`edge:${ASK_PASSWORD}`).toString('base64')}`;
+    const authorised = basic && new URL(req.url ?? '/', 'http://ask').searchParams.get('token') === ASK_TOKEN;
     res.writeHead(domain.includes('evil') || !authorised ? 403 : 200).end();
   });
   await new Promise<void>((resolve) => ask.listen(0, '127.0.0.1', resolve));
   proxy = await acmeLab.startProxy(['*.test'], {
     onDemand: {
-      ask: `http://edge:${ASK_PASSWORD}@127.0.0.1:${(ask.address() as AddressInfo).port}/allowed`,
+      ask: `http://edge:${ASK_PASSWORD}@127.0.0.1:${(ask.address() as AddressInfo).port}/allowed?token=${ASK_TOKEN}#ask-fragment`,
       cnameTarget: EDGE,
       resolver: pebble.dnsServer,
       maxOrdersPerDomainPerHour: 2,
@@ -208,13 +211,16 @@ describe('on-demand issuance', () => {
     await waitFor("the second client's name asked about", () => (asked.get('www.evil-second.dev') === 1 ? true : undefined));
   }, 60_000);
 
-  it('GET /config (no token needed) shows the ask URL with its user and password masked; no log line holds the password', async () => {
+  it('GET /config (no token needed) shows the ask URL with its user, password, query values and fragment masked; no log line holds them', async () => {
+    // A token in the query (the ask endpoint checks it) was shown to anyone reaching the admin port.
     const answer = await proxy.admin('GET', '/config', undefined, null);
     expect(answer.status).toBe(200);
     const shown = (JSON.parse(answer.text) as { acme: { onDemand: { ask: string } } }).acme.onDemand.ask;
-    expect(shown).toMatch(/^http:\/\/\*{5}:\*{5}@127\.0\.0\.1:\d+\/allowed$/);
-    expect(answer.text).not.toContain(ASK_PASSWORD);
-    expect(JSON.stringify(proxy.lines)).not.toContain(ASK_PASSWORD);
+    expect(shown).toMatch(/^http:\/\/\*{5}:\*{5}@127\.0\.0\.1:\d+\/allowed\?token=\*{5}#\*{5}$/);
+    for (const secret of [ASK_PASSWORD, ASK_TOKEN, 'ask-fragment']) {
+      expect(answer.text).not.toContain(secret);
+      expect(JSON.stringify(proxy.lines)).not.toContain(secret);
+    }
   });
 
   it("a reload that changes the acme section (a new ask password) or the workers' timeouts says a restart is needed, and quotes no value", async () => {
