@@ -14,6 +14,8 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UsageError } from '../keyserver/shared/errors.js';
+import { certCommand } from '../proxy/certs/cli.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runCli } from './helpers/keyserver.js';
@@ -93,6 +95,13 @@ describe('keyedge cert', () => {
     const misused = await cert('replace', 'shop', '--chain', ecChain, '--create-store');
     expect(misused.code).toBe(2);
     expect(misused.stderr).toContain('--create-store is for `keyedge cert add` only');
+    // The other actions ignored it (list, show, remove: "the store is not there"; issue, renew: it went unread). The
+    // command itself, in this process (the same check as above, without a node start each).
+    for (const args of [['list'], ['show', 'shop'], ['remove', 'shop'], ['issue', '--domain', 'shop.lab.test'], ['renew', 'shop']]) {
+      const refusedHere = await certCommand.run([...args, '--create-store', '--config', config]).catch((err: unknown) => err);
+      expect(refusedHere, args[0]).toBeInstanceOf(UsageError);
+      expect((refusedHere as UsageError).message).toBe('--create-store is for `keyedge cert add` only');
+    }
     expect(existsSync(storeDir)).toBe(false);
   });
 

@@ -92,6 +92,9 @@ const OPTIONS = {
 
 const KEY_ID = /^[0-9a-f]{64}$/;
 
+/** The actions `run` knows; another is refused as unknown, whatever its options. */
+const ACTIONS = ['add', 'replace', 'list', 'show', 'remove', 'issue', 'renew'];
+
 type Values = ReturnType<typeof parseCommandArgs<typeof OPTIONS>>['values'];
 
 export const certCommand: Command = {
@@ -112,6 +115,8 @@ export const certCommand: Command = {
     }
     if (takesName && name === undefined && ['add', 'replace', 'show', 'remove'].includes(action))
       throw new UsageError(`missing NAME: keyedge cert ${action} NAME\n\n${USAGE}`);
+    // Refused rather than ignored: `list --create-store` on a store renamed away would say it is gone, not make it.
+    if (values['create-store'] === true && action !== 'add' && ACTIONS.includes(action)) throw new UsageError('--create-store is for `keyedge cert add` only');
     try {
       switch (action) {
         case 'add':
@@ -145,7 +150,6 @@ async function addOrReplace(mode: 'add' | 'replace', name: string, values: Value
   const pin = values.key?.toLowerCase();
   if (pin !== undefined && !KEY_ID.test(pin)) throw new UsageError('--key must be a key id: 64 hex digits, as `keyedge key list` prints');
   const names = values.names === undefined ? undefined : parseNames(values.names);
-  if (values['create-store'] === true && mode !== 'add') throw new UsageError('--create-store is for `keyedge cert add` only');
   const config = loadProxyConfig(values.config);
   if (values['create-store'] === true) new CertificateStore(config.certStore.dir).create();
   const store = storeToWrite(config.certStore.dir);
