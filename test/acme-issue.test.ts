@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,32 @@ import type { ClusterProxy } from './helpers/proxy-cluster.js';
 // The token's PIN comes from a variable given to the proxy: the key children
 // get it, the workers do not.
 const PIN_VARIABLE = 'KEYEDGE_TEST_ACME_PIN';
+/**
+ * The proxy runs as what a worker taken over is: a process of its user. As root here, the proxy and the reader alike
+ * lack CAP_SYS_PTRACE (as any other user's processes, or a container's root, do); undefined: root without setpriv.
+ */
+const SAME_USER: readonly string[] | undefined =
+  process.getuid?.() !== 0 ? [] : spawnSync('setpriv', ['--version']).status === 0 ? ['setpriv', '--bounding-set=-sys_ptrace'] : undefined;
+/** Run as `node -e SCAN PID NEEDLE`: whether the needle is in the process's writable memory, or why it cannot be read. */
+const SCAN = `
+const fs = require('node:fs');
+const [pid, needle] = process.argv.slice(1);
+let fd;
+try { fd = fs.openSync('/proc/' + pid + '/mem', 'r'); } catch (err) { console.log(JSON.stringify({ error: err.code })); process.exit(0); }
+const want = Buffer.from(needle);
+let found = false;
+for (const line of fs.readFileSync('/proc/' + pid + '/maps', 'utf8').split('\\n')) {
+  const m = /^([0-9a-f]+)-([0-9a-f]+) rw/.exec(line);
+  if (m === null || found) continue;
+  const start = parseInt(m[1], 16), end = parseInt(m[2], 16);
+  for (let at = start; at < end && !found; at += 1 << 20) {
+    const buf = Buffer.alloc(Math.min((1 << 20) + want.length, end - at));
+    try { fs.readSync(fd, buf, 0, buf.length, at); } catch { break; }
+    found = buf.includes(want);
+  }
+}
+console.log(JSON.stringify({ found }));
+`;
 let pin: string;
 let acmeLab: AcmeLab;
 let pebble: Pebble;
@@ -33,6 +59,7 @@ beforeAll(async () => {
     { contact: ['mailto:ops@acme.test'], timeoutMs: 10_000, keyserverConfig: envPinConfig },
     {},
     { [PIN_VARIABLE]: pin },
+    SAME_USER ?? [],
   );
 }, 150_000);
 
@@ -98,6 +125,17 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     expect(primary.includes(pin), 'the PIN in /proc/<primary>/environ').toBe(false);
     expect(JSON.stringify(proxy.lines)).not.toContain(pin);
   });
+
+  it.skipIf(SAME_USER === undefined)(
+    'the primary, which keeps the PIN for the key children, is non-dumpable: a process of its user cannot read its memory',
+    () => {
+      // A worker taken over (the same user) read the primary's memory through /proc/<pid>/mem, the PIN in it, wherever
+      // ptrace is not restricted (no Yama here).
+      const command = [...(SAME_USER ?? []), process.execPath, '-e', SCAN, String(proxy.pid), pin];
+      const read = JSON.parse(execFileSync(command[0]!, command.slice(1), { encoding: 'utf8', timeout: 60_000 })) as { error?: string; found?: boolean };
+      expect(read).toEqual({ error: 'EACCES' });
+    },
+  );
 
   it('a first name over 64 characters (no CN in its CSR: RFC 5280 ub-common-name) is issued and serves', async () => {
     const long = `${'a'.repeat(60)}.acme.test`;

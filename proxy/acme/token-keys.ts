@@ -12,13 +12,14 @@
  * start (~0.3 s) per key, once per certificate and renewal. A PIN the child
  * reads from a variable is in its environment only, not in the workers'
  * (keyChildEnv), and its bytes are wiped from the block /proc/<pid>/environ
- * shows (environ-wipe.ts).
+ * shows (environ-wipe.ts); the process holding it is made non-dumpable.
  */
 import { execFile } from 'node:child_process';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
+import { setNotDumpable } from '../native/no-dump.js';
 import { wipeFromEnviron } from './environ-wipe.js';
 import { AcmeError } from './errors.js';
 
@@ -39,7 +40,8 @@ export interface TokenKeys {
  * taken out of this process's environment at once, before the workers are forked with a copy of it (they face the
  * clients, and held the PIN in their environment for their whole life), and given to each child alone. Its bytes are
  * wiped from the environment block the process was started with too: a worker (same user) could read them in
- * /proc/<primary pid>/environ.
+ * /proc/<primary pid>/environ. And the process becomes non-dumpable (no-dump.ts), as it holds the PIN from now on: a
+ * worker could read its memory.
  */
 function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
   const name = pinVariable(keyserverConfig);
@@ -48,7 +50,9 @@ function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
   if (name === undefined || value === undefined) return () => process.env;
   takenPins.set(name, value);
   delete process.env[name];
+  // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
   wipeFromEnviron(name);
+  setNotDumpable();
   return () => ({ ...process.env, [name]: value });
 }
 

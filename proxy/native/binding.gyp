@@ -23,6 +23,12 @@
           }
         }]
       ]
+    },
+    {
+      "target_name": "no_dump",
+      "sources": ["src/no_dump.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"]
     }
   ]
 }

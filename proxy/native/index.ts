@@ -17,11 +17,10 @@
  * calls `assertNotKeyless` first.
  */
 import { createPrivateKey, type KeyObject, type PrivateKeyInput } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
+import { builtAddon } from './addon-path.js';
 
 export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
 const PEM_VERSION = 0x01;
@@ -120,22 +119,9 @@ interface NativeBinding {
 
 let binding: NativeBinding | undefined;
 
-/** Where the addon is, from proxy/native/ (sources, tests) or dist/proxy/native/ (compiled). */
-function bindingCandidates(): string[] {
-  const rel = 'build/Release/keyless_bridge.node';
-  return [fileURLToPath(new URL(`./${rel}`, import.meta.url)), fileURLToPath(new URL(`../../../proxy/native/${rel}`, import.meta.url))];
-}
-
 /** The built addon's path; KEYEDGE_ERR_SETUP when it was never built. */
 export function addonPath(): string {
-  const path = bindingCandidates().find((candidate) => existsSync(candidate));
-  if (path === undefined) {
-    throw new KeyedgeError(
-      'KEYEDGE_ERR_SETUP',
-      'the keyless bridge is not built (proxy/native/build/Release/keyless_bridge.node): run `npm ci`, or `npx node-gyp rebuild` in proxy/native',
-    );
-  }
-  return path;
+  return builtAddon('keyless_bridge.node', 'the keyless bridge');
 }
 
 function loadBinding(): NativeBinding {

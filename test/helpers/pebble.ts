@@ -42,6 +42,8 @@ export interface AcmeLab {
     overrides?: Record<string, unknown>,
     top?: Record<string, unknown>,
     env?: Record<string, string>,
+    /** A command that execs the proxy (startClusterProxy). */
+    wrapper?: readonly string[],
   ): Promise<ClusterProxy>;
   /** Runs the built `keyedge` CLI. */
   cli(args: readonly string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
@@ -73,7 +75,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
       keyserverConfig,
       httpPort,
       acme,
-      startProxy: (patterns, overrides = {}, top = {}, env = {}) =>
+      startProxy: (patterns, overrides = {}, top = {}, env = {}, wrapper = []) =>
         startClusterProxy(
           lab,
           'acme',
@@ -86,6 +88,7 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
             }),
           env,
           90_000,
+          wrapper,
         ),
       cli: (args, timeoutMs = 120_000) =>
         new Promise((resolve) => {

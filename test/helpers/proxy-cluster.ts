@@ -57,7 +57,8 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
 
 /**
  * `config(port, adminPort, storeDir)` gives the file's content; the token file and store dir live in a fresh dir under the lab.
- * `env` is added to the proxy's environment (its workers inherit it).
+ * `env` is added to the proxy's environment (its workers inherit it). `wrapper`: a command that execs the proxy (its pid
+ * stays the primary's), e.g. setpriv to start it with fewer capabilities.
  */
 export async function startClusterProxy(
   lab: KeylessLab,
@@ -65,6 +66,7 @@ export async function startClusterProxy(
   config: (ports: ClusterPorts) => Record<string, unknown>,
   env: Record<string, string> = {},
   readyTimeoutMs = 30_000,
+  wrapper: readonly string[] = [],
 ): Promise<ClusterProxy> {
   const port = await freePort();
   const adminPort = await freePort();
@@ -76,7 +78,8 @@ export async function startClusterProxy(
   writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
   const writeConfig = (content: Record<string, unknown>): void => writeFileSync(configFile, JSON.stringify(content, null, 2));
   writeConfig(config({ port, adminPort, storeDir, tokenFile }));
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'proxy', '--config', configFile], {
+  const command = [...wrapper, process.execPath, CLI, 'proxy', '--config', configFile];
+  const child: ChildProcess = spawn(command[0]!, command.slice(1), {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, ...env },
   });
