@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -522,6 +522,30 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     kept.socket.destroy();
     ws.socket.destroy();
     for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
+  });
+
+  it('a busy connection answers every pipelined request it already forwarded, the last with `Connection: close`', async () => {
+    await serveEntry('h1pipe', ['pipe.h1.lab.test']);
+    const busy = await rawTls(proxy.port, 'pipe.h1.lab.test', ca);
+    // Pipelined behind the held one: forwarded at once (the origin has it), its answer queued behind the held one's.
+    const post = 'POST /h1-pipelined-post HTTP/1.1\r\nhost: pipe.h1.lab.test\r\ncontent-length: 4\r\n\r\nbody';
+    busy.socket.write(request('pipe.h1.lab.test', '/held') + post);
+    await waitFor('both requests at the origin', () => (held.length === 1 && originBSaw.includes('/h1-pipelined-post') ? true : undefined));
+
+    await serveEntry('h1pipe', ['pipe2.h1.lab.test']);
+    // Sent after the change: not processed (RFC 9112 §9.6).
+    busy.socket.write(request('pipe.h1.lab.test', '/h1-after-pipelined'));
+    await sleep(200);
+    held.shift()?.();
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the busy connection stayed open')))]);
+    // The POST reached the origin: its answer is written, in order, before the connection closes (RFC 9112 §9.3.2).
+    const got = answers(busy.text());
+    expect(got.map((a) => [a.start, a.body])).toEqual([
+      ['HTTP/1.1 200 OK', SLOW_BODY],
+      ['HTTP/1.1 200 OK', 'origin-b'],
+    ]);
+    expect(got.map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['close']]);
+    expect(originBSaw).not.toContain('/h1-after-pipelined');
   });
 
   it('a connection whose handshake completes after the change gets `Connection: close` on its first answer', async () => {
