@@ -162,6 +162,44 @@ describe('routing changes at runtime', () => {
     await waitFor('the original routing', async () => ((await get('new.lab.test')).status === 404 ? true : undefined));
   });
 
+  /** Writes the config file and waits for the reload its watch makes (done in every worker): the only one, since a later reload would close what it checks. */
+  const reloadedWith = async (config: Record<string, unknown>): Promise<void> => {
+    const before = proxy.lines.length;
+    proxy.writeConfig(config);
+    await waitFor('the reload', () => (proxy.lines.slice(before).some((l) => l.msg === 'reload done' && l.trigger === 'watch') ? true : undefined));
+    // Its watch's events come within its debounce (150 ms): none is left to start a second reload.
+    await sleep(400);
+  };
+
+  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered', async () => {
+    // An origin that keeps idle connections open: what closes them is the proxy.
+    const open = new Set<net.Socket>();
+    const dropped = http.createServer((req, res) => req.resume().on('end', () => res.end(`dropped-origin ${req.url}`)));
+    dropped.keepAliveTimeout = 60_000;
+    dropped.on('connection', (socket: net.Socket) => {
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+    });
+    await new Promise<void>((resolve) => dropped.listen(0, '127.0.0.1', resolve));
+    const config = baseConfig(ports);
+    await reloadedWith({
+      ...config,
+      domains: [...(config.domains as object[]), { name: 'dropped.lab.test', origin: `http://127.0.0.1:${(dropped.address() as net.AddressInfo).port}` }],
+    });
+    // Its body not yet whole: routed, not yet sent to the origin (bodies are read before a request takes its place).
+    const client = await rawTls(proxy.port, 'dropped.lab.test', ca);
+    client.socket.write('POST /on-its-way HTTP/1.1\r\nhost: dropped.lab.test\r\ncontent-length: 4\r\n\r\nbo');
+    await sleep(300);
+    await reloadedWith(baseConfig(ports));
+    client.socket.write('dy');
+    await waitFor('the answer', () => (client.text().includes('dropped-origin /on-its-way') ? true : undefined));
+    expect(client.text()).toMatch(/^HTTP\/1\.1 200 /);
+    client.socket.destroy();
+    // Without a reload to come, a pool made for it would hold its connection (undici's keep-alive, 30 s).
+    await waitFor('no connection left to the dropped origin', () => (open.size === 0 ? true : undefined), 5000);
+    await new Promise((resolve) => dropped.close(resolve));
+  });
+
   it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
     const before = proxy.lines.length;
     proxy.writeConfig({ ...baseConfig(ports), domains: [{ name: 'Bad Name!', origin: 'ftp://x' }] });
