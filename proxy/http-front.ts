@@ -52,7 +52,7 @@ export class HttpFront {
   readonly trustedPeers: TrustedPeers;
   /** Every listener's HTTP/2 connections: `retire` after a reload, `close` (GOAWAY) at stop. */
   readonly http2: Http2Sessions;
-  /** Every listener's HTTP/1.1 connections: `retire` after a reload. */
+  /** Every listener's HTTP/1.1 connections: `retire` after a reload, `closeAll` at stop. */
   readonly http1Connections: Http1Connections;
   /** The listener's handler of connections that chose `h2` (RFC 9113 §3.2). */
   readonly h2: SecureConnectionHandler;
@@ -85,6 +85,15 @@ export class HttpFront {
   retire(): void {
     this.http2.retire();
     this.http1Connections.retire();
+  }
+
+  /**
+   * The worker's graceful stop begins: HTTP/2 connections get GOAWAY NO_ERROR, HTTP/1.1 ones are closed (at once when
+   * idle, after the answers to the requests they already forwarded otherwise, the last with `Connection: close`).
+   */
+  stop(): void {
+    this.http2.close();
+    this.http1Connections.closeAll();
   }
 
   /** A new listener's HTTP/1.1 server: its handler of connections that chose http/1.1 or no ALPN protocol. */

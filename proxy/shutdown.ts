@@ -27,7 +27,8 @@ export interface ShutdownParts {
 
 export async function shutDown({ listeners, servers, graceMs, release }: ShutdownParts): Promise<void> {
   for (const listener of listeners) listener.stopAccepting();
-  // Idle keep-alive connections close now; busy ones once their response is sent.
+  // Idle keep-alive connections close now. Busy ones: the TLS listeners' after the answers to what they forwarded
+  // (http-front.ts `stop`, before this); the plain-HTTP port's go on until the grace ends.
   for (const server of servers) server.close(() => undefined);
   const open = (): number => listeners.reduce((sum, l) => sum + l.connections, 0);
   const allClosed = new Promise<void>((resolve) => {

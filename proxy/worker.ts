@@ -103,8 +103,9 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       return own.reload(apply);
     },
     close() {
-      // GOAWAY NO_ERROR first: HTTP/2 clients start no new stream here; those in flight finish within the grace.
-      if (closing === undefined) front.http2.close();
+      // GOAWAY NO_ERROR and `Connection: close` first: clients send no new request here; those already forwarded are
+      // answered within the grace.
+      if (closing === undefined) front.stop();
       closing ??= shutDown({
         listeners,
         servers: front.servers,

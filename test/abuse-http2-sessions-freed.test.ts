@@ -45,6 +45,8 @@ const createServer = http2.createServer;
 
 let lab: KeylessLab;
 let proxy: RunningWorker;
+/** The worker's configuration, for a routing change made by hand (`proxy.apply`). */
+let config: ReturnType<KeylessLab['proxyConfig']>;
 let originUrl: string;
 let origin: http.Server;
 let ca: string;
@@ -63,14 +65,12 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   originUrl = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
-  proxy = await startProxyWorker(
-    lab.proxyConfig({
-      certificates: [{ name: 'ec', chain: ec.file }],
-      domains: [{ name: '*.lab.test', origin: originUrl }],
-      limits: { maxConnectionsPerClient: null },
-    }),
-    { log: createLogger('h2-sessions-freed', 'silent') },
-  );
+  config = lab.proxyConfig({
+    certificates: [{ name: 'ec', chain: ec.file }],
+    domains: [{ name: '*.lab.test', origin: originUrl }],
+    limits: { maxConnectionsPerClient: null },
+  });
+  proxy = await startProxyWorker(config, { log: createLogger('h2-sessions-freed', 'silent') });
 }, 60_000);
 
 afterAll(async () => {
@@ -251,3 +251,21 @@ it('a connection whose handshake completes after shutdown began gets GOAWAY at o
     await closing;
   });
 }, 30_000);
+
+it("an idle connection does not keep a replaced configuration's domain index reachable until its next stream", async () => {
+  const session = h2Connect(proxy.ports[0]!, ca, 'a.lab.test');
+  expect((await h2Request(session, { ':path': '/', ':method': 'HEAD', ':authority': 'a.lab.test' })).status).toBe(200);
+  // The index the connection's route memo was made under, then a reload's new one (the same routes, new objects).
+  const replaced = new WeakRef(proxy.state.domains);
+  const { generation } = proxy.state;
+  proxy.apply({ generation: generation + 1, routing: { domains: config.domains.map((d) => ({ ...d })), sni: config.sni }, upsert: [], remove: [] });
+  expect(proxy.state.domains).not.toBe(replaced.deref());
+  for (let i = 0; i < 5; i++) {
+    gc();
+    await sleep(50);
+  }
+  expect(replaced.deref(), 'the old index still reachable').toBeUndefined();
+  // The memo misses under the new index: the next stream is routed by it.
+  expect((await h2Request(session, { ':path': '/', ':method': 'HEAD', ':authority': 'a.lab.test' })).status).toBe(200);
+  await new Promise<void>((resolve) => session.close(resolve));
+});

@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -160,6 +160,44 @@ describe('routing changes at runtime', () => {
     expect(seen.some((r) => r.body !== 'origin-b')).toBe(true);
     proxy.writeConfig(baseConfig(ports));
     await waitFor('the original routing', async () => ((await get('new.lab.test')).status === 404 ? true : undefined));
+  });
+
+  /** Writes the config file and waits for the reload its watch makes (done in every worker): the only one, since a later reload would close what it checks. */
+  const reloadedWith = async (config: Record<string, unknown>): Promise<void> => {
+    const before = proxy.lines.length;
+    proxy.writeConfig(config);
+    await waitFor('the reload', () => (proxy.lines.slice(before).some((l) => l.msg === 'reload done' && l.trigger === 'watch') ? true : undefined));
+    // Its watch's events come within its debounce (150 ms): none is left to start a second reload.
+    await sleep(400);
+  };
+
+  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered', async () => {
+    // An origin that keeps idle connections open: what closes them is the proxy.
+    const open = new Set<net.Socket>();
+    const dropped = http.createServer((req, res) => req.resume().on('end', () => res.end(`dropped-origin ${req.url}`)));
+    dropped.keepAliveTimeout = 60_000;
+    dropped.on('connection', (socket: net.Socket) => {
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+    });
+    await new Promise<void>((resolve) => dropped.listen(0, '127.0.0.1', resolve));
+    const config = baseConfig(ports);
+    await reloadedWith({
+      ...config,
+      domains: [...(config.domains as object[]), { name: 'dropped.lab.test', origin: `http://127.0.0.1:${(dropped.address() as net.AddressInfo).port}` }],
+    });
+    // Its body not yet whole: routed, not yet sent to the origin (bodies are read before a request takes its place).
+    const client = await rawTls(proxy.port, 'dropped.lab.test', ca);
+    client.socket.write('POST /on-its-way HTTP/1.1\r\nhost: dropped.lab.test\r\ncontent-length: 4\r\n\r\nbo');
+    await sleep(300);
+    await reloadedWith(baseConfig(ports));
+    client.socket.write('dy');
+    await waitFor('the answer', () => (client.text().includes('dropped-origin /on-its-way') ? true : undefined));
+    expect(client.text()).toMatch(/^HTTP\/1\.1 200 /);
+    client.socket.destroy();
+    // Without a reload to come, a pool made for it would hold its connection (undici's keep-alive, 30 s).
+    await waitFor('no connection left to the dropped origin', () => (open.size === 0 ? true : undefined), 5000);
+    await new Promise((resolve) => dropped.close(resolve));
   });
 
   it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
@@ -522,6 +560,30 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     kept.socket.destroy();
     ws.socket.destroy();
     for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
+  });
+
+  it('a busy connection answers every pipelined request it already forwarded, the last with `Connection: close`', async () => {
+    await serveEntry('h1pipe', ['pipe.h1.lab.test']);
+    const busy = await rawTls(proxy.port, 'pipe.h1.lab.test', ca);
+    // Pipelined behind the held one: forwarded at once (the origin has it), its answer queued behind the held one's.
+    const post = 'POST /h1-pipelined-post HTTP/1.1\r\nhost: pipe.h1.lab.test\r\ncontent-length: 4\r\n\r\nbody';
+    busy.socket.write(request('pipe.h1.lab.test', '/held') + post);
+    await waitFor('both requests at the origin', () => (held.length === 1 && originBSaw.includes('/h1-pipelined-post') ? true : undefined));
+
+    await serveEntry('h1pipe', ['pipe2.h1.lab.test']);
+    // Sent after the change: not processed (RFC 9112 §9.6).
+    busy.socket.write(request('pipe.h1.lab.test', '/h1-after-pipelined'));
+    await sleep(200);
+    held.shift()?.();
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the busy connection stayed open')))]);
+    // The POST reached the origin: its answer is written, in order, before the connection closes (RFC 9112 §9.3.2).
+    const got = answers(busy.text());
+    expect(got.map((a) => [a.start, a.body])).toEqual([
+      ['HTTP/1.1 200 OK', SLOW_BODY],
+      ['HTTP/1.1 200 OK', 'origin-b'],
+    ]);
+    expect(got.map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['close']]);
+    expect(originBSaw).not.toContain('/h1-after-pipelined');
   });
 
   it('a connection whose handshake completes after the change gets `Connection: close` on its first answer', async () => {

@@ -14,7 +14,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
 import { closeAfterAnswer, closeIfBodyUnread } from './linger.js';
-import { cutAnswer, whenQueuedClientGone } from './queued.js';
+import { cutAnswer, queueAnswer, whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
 import { normaliseTarget } from './target.js';
@@ -189,8 +189,9 @@ export function createRequestHandler(options: HandlerOptions): ExpectingHandler 
     (res as ServerResponse & { [RECORD]?: RequestRecord })[RECORD] = record;
     res.on('finish', onRecordedAnswerEnd);
     res.on('close', onRecordedAnswerEnd);
-    // A pipelined answer still queued behind another gets no 'close' of its own (queued.ts).
-    if (res.socket === null) record.cancelQueued = whenQueuedClientGone(req.socket, res, () => record.end());
+    // A pipelined answer still queued behind another gets no 'close' of its own; until it ends it is the connection's
+    // last answer, the one a retired connection closes after (queued.ts, retire.ts).
+    if (res.socket === null) record.cancelQueued = queueAnswer(req.socket, res, () => record.end());
     if (own !== undefined) {
       record.code = own.code;
       record.bodyBytes = answer(res, own, hsts);

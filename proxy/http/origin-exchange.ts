@@ -144,7 +144,7 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
       if (target.tls !== undefined) request.servername = requestServername(target);
       this.dispatched = true;
       // A failure of undici's (arguments it refuses, a handler that threw) comes to onError, hence settle.
-      this.pools.pool(target).dispatch(request, this);
+      this.pools.dispatch(target, request, this);
     } catch (err) {
       // Called from a promise's callback too: nothing may escape as an unheard rejection.
       this.dispatched = false;

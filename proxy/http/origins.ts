@@ -17,13 +17,15 @@
  * Lifecycle: `retain(domains)` at start and after each reload reads the CA
  * files first (a bad one throws before anything changes), then keeps the
  * pools and health of origins still configured and closes the others once
- * their in-flight requests finish. Single-threaded: one instance per worker.
+ * their in-flight requests finish. A request still on its way to a dropped
+ * origin gets a pool and a gate of its own, gone when it ends (`dispatch`).
+ * Single-threaded: one instance per worker.
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
-import { buildConnector, Pool } from 'undici';
+import { buildConnector, type Dispatcher, Pool } from 'undici';
 import type { ProxyConfig, ProxyDomain } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
@@ -107,6 +109,8 @@ export class OriginPools {
   readonly #balancer: Balancer;
   /** The targets of each domain object of the current configuration, in config order. */
   #targets = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
+  /** The origins (keys) of the configuration `retain` last made current; undefined before the first. */
+  #configured: ReadonlySet<string> | undefined = undefined;
 
   constructor(options: OriginPoolOptions = DEFAULT_TIMEOUTS) {
     this.timeouts = { connectMs: options.connectMs, responseMs: options.responseMs };
@@ -138,33 +142,60 @@ export class OriginPools {
       .map((key) => byKey.get(key)!);
   }
 
+  /** The pool of `target`'s origin, made on first use and kept until a reload drops the origin (`retain`). */
   pool(target: OriginTarget): Pool {
     let pool = this.#pools.get(target.key);
     if (pool === undefined) {
-      pool = new Pool(target.url.origin, {
-        connections: this.admission.maxConnections,
-        keepAliveTimeout: 30_000,
-        pipelining: 1,
-        headersTimeout: this.timeouts.responseMs,
-        // Between two reads of the body (nginx's proxy_read_timeout); undici does not count it while the body is
-        // paused for a client that is not reading (its parser's timeout skips a paused parser, and resuming restarts it).
-        bodyTimeout: this.#readMs,
-        connect: connector(target, this.timeouts.connectMs),
-      });
+      pool = this.#newPool(target);
       this.#pools.set(target.key, pool);
     }
     return pool;
   }
 
-  /** The admission gate of `target`'s origin; kept with its pool. */
+  /**
+   * Sends `request` to `target`'s origin through its pool. A request on its
+   * way when a reload dropped that origin (its body still being read, a
+   * place at the gate awaited, a retry) gets a pool of its own, closed once
+   * the request ends: put in the table, it would hold its connections until
+   * the next reload. The check runs only when the table has no pool.
+   */
+  dispatch(target: OriginTarget, request: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): void {
+    const pool = this.#pools.get(target.key);
+    if (pool !== undefined) return void pool.dispatch(request, handler);
+    if (!this.#dropped(target)) return void this.pool(target).dispatch(request, handler);
+    const own = this.#newPool(target);
+    own.dispatch(request, handler);
+    // undici's close() lets the request finish, then closes the connection.
+    void own.close().catch(() => undefined);
+  }
+
+  /** The admission gate of `target`'s origin; kept with its pool. A dropped origin's (`dispatch`) is its request's own. */
   gate(target: OriginTarget): OriginGate {
     let gate = this.#gates.get(target.key);
     if (gate === undefined) {
       const { maxConnections, maxQueue, queueTimeoutMs } = this.admission;
       gate = new OriginGate(maxConnections, maxQueue, queueTimeoutMs);
-      this.#gates.set(target.key, gate);
+      if (!this.#dropped(target)) this.#gates.set(target.key, gate);
     }
     return gate;
+  }
+
+  /** Whether a reload has dropped `target`'s origin since the request for it took it (before the first `retain`: none). */
+  #dropped(target: OriginTarget): boolean {
+    return this.#configured !== undefined && !this.#configured.has(target.key);
+  }
+
+  #newPool(target: OriginTarget): Pool {
+    return new Pool(target.url.origin, {
+      connections: this.admission.maxConnections,
+      keepAliveTimeout: 30_000,
+      pipelining: 1,
+      headersTimeout: this.timeouts.responseMs,
+      // Between two reads of the body (nginx's proxy_read_timeout); undici does not count it while the body is
+      // paused for a client that is not reading (its parser's timeout skips a paused parser, and resuming restarts it).
+      bodyTimeout: this.#readMs,
+      connect: connector(target, this.timeouts.connectMs),
+    });
   }
 
   failed(target: OriginTarget): void {
@@ -196,6 +227,7 @@ export class OriginPools {
       for (const t of targets) keys.add(t.key);
     }
     this.#targets = prepared;
+    this.#configured = keys;
     this.#balancer.retain(keys, groups);
     // A dropped origin's gate goes with it: requests still running leave a gate nobody enters.
     for (const key of this.#gates.keys()) if (!keys.has(key)) this.#gates.delete(key);

@@ -8,12 +8,22 @@
  * what must wait for a connection's answers to be sent (an upgrade, a CONNECT,
  * our answer to a request node could not parse) waits here, and an answer
  * cut while queued closes its connection when its turn comes (`cutAnswer`).
+ * The answer to the last request taken on a connection is kept while it is
+ * pending (`lastAnswer`): a connection closed gracefully closes after it, so
+ * that every request already forwarded gets its answer (retire.ts).
  */
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 
-const waiting = new WeakMap<Socket, Set<() => void>>();
+/** A connection's queued answers: what to tell when it closes, and the latest request's answer while it is pending. */
+interface Waiting {
+  readonly callbacks: Set<() => void>;
+  /** The answer to the last request the handler took on the connection (`queueAnswer`), until that answer ends. */
+  last: ServerResponse | undefined;
+}
+
+const waiting = new WeakMap<Socket, Waiting>();
 
 /**
  * Calls `gone` when `socket` closes, if `res` is still queued on it (has no
@@ -22,19 +32,43 @@ const waiting = new WeakMap<Socket, Set<() => void>>();
  */
 export function whenQueuedClientGone(socket: Socket, res: ServerResponse, gone: () => void): () => void {
   if (res.socket !== null) return noop;
-  let callbacks = waiting.get(socket);
-  if (callbacks === undefined) {
-    const set = new Set<() => void>();
-    callbacks = set;
-    waiting.set(socket, set);
+  const entry = waitingOn(socket);
+  entry.callbacks.add(gone);
+  return () => entry.callbacks.delete(gone);
+}
+
+/**
+ * `whenQueuedClientGone` for the handler's own registration of each
+ * request's answer (one per request): a queued one is also kept as the
+ * connection's last answer until the returned cancel runs (when the answer
+ * ends), for `lastAnswer`. One field write per pipelined request; none for
+ * one that holds its socket.
+ */
+export function queueAnswer(socket: Socket, res: ServerResponse, gone: () => void): () => void {
+  if (res.socket !== null) return noop;
+  const entry = waitingOn(socket);
+  entry.callbacks.add(gone);
+  entry.last = res;
+  return () => {
+    entry.callbacks.delete(gone);
+    // Not held past its end: a connection kept busy would otherwise keep one answer (and its request) reachable.
+    if (entry.last === res) entry.last = undefined;
+  };
+}
+
+function waitingOn(socket: Socket): Waiting {
+  let entry = waiting.get(socket);
+  if (entry === undefined) {
+    const created: Waiting = { callbacks: new Set(), last: undefined };
+    entry = created;
+    waiting.set(socket, created);
     socket.once('close', () => {
-      for (const callback of set) callback();
-      set.clear();
+      for (const callback of created.callbacks) callback();
+      created.callbacks.clear();
+      created.last = undefined;
     });
   }
-  const set = callbacks;
-  set.add(gone);
-  return () => set.delete(gone);
+  return entry;
 }
 
 function noop(): void {}
@@ -69,6 +103,17 @@ export function answerInProgress(socket: Duplex): ServerResponse | undefined {
   // Not writableFinished: an answer written at once on a plain socket is finished before its 'finish' (next tick),
   // which is what hands the socket to the answer queued behind it; taken as done, that one was overtaken (port 80).
   return answer == null || answer.destroyed ? undefined : answer;
+}
+
+/**
+ * The answer to the last request taken on `socket`, if it is not sent yet:
+ * the one queued last behind the others (`queueAnswer`), or else the one in
+ * progress (`answerInProgress`). Every request before it has its answer
+ * ahead of it in node's queue (RFC 9112 §9.3.2: answers go in request order).
+ */
+export function lastAnswer(socket: Duplex): ServerResponse | undefined {
+  const last = waiting.get(socket as Socket)?.last;
+  return last === undefined || last.destroyed ? answerInProgress(socket) : last;
 }
 
 /**

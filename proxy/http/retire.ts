@@ -13,20 +13,27 @@
  *   or the linger ends: linger.ts), and a request arriving meanwhile is not
  *   processed: a keep-alive client retries it on a new connection (RFC 9112
  *   §9.3.1, §9.5);
- * - a connection with an answer in progress gets that answer whole with
- *   `Connection: close` (or, its head already sent, is closed right after it)
- *   and nothing parsed after the change is processed (RFC 9112 §9.6). A
- *   pipelined request already handed to an origin behind it gets no answer
- *   (its origin request is aborted as the connection closes, queued.ts): the
- *   client retries it, as RFC 9112 §9.3.2 has it do for an unanswered one;
+ * - a connection with answers in progress (one being sent, pipelined ones
+ *   queued behind it, each already forwarded to its origin) gets every one
+ *   of them, the last with `Connection: close` (or, its head already
+ *   sent, closed right after it), and nothing parsed after the change is
+ *   processed (RFC 9112 §9.6): a request that reached an origin (a POST,
+ *   say) always gets its answer, since the client could not tell whether it
+ *   was processed (§9.3.2 lets it retry only unanswered ones it knows safe);
  * - a connection whose handshake completes after the change (its ClientHello
  *   picked the old certificate) is checked as it arrives: its first answer
  *   says `Connection: close`, so its client reconnects and sees what serves now.
  * WebSocket tunnels and CONNECT tunnels already established are left alone.
  *
+ * The worker's graceful stop (`closeAll`) ends every connection the same
+ * way, as nginx's graceful shutdown does: Node's `server.close()` closes only
+ * idle ones, and a busy one was kept alive, its client's next requests
+ * processed until the grace period cut them.
+ *
  * Cost: per connection, a map entry and one 'close' listener; per request,
- * one WeakSet lookup (`closeFirst`); the walk over the connections happens
- * at the change only.
+ * one WeakSet lookup (`closeFirst`), and per pipelined request one field
+ * write (queued.ts `queueAnswer`); the walk over the connections happens at
+ * the change only.
  */
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -35,7 +42,8 @@ import type { ProxyMetrics } from '../metrics.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { ExpectingHandler } from './expect.js';
 import { closeAfterAnswer, lingerAfterEnd, processNoMore } from './linger.js';
-import { answerInProgress } from './queued.js';
+import { lastAnswer } from './queued.js';
+import { sayCloseInUnsentHead } from './unsent-head.js';
 
 /** Node's server sets `_last` from `shouldKeepAlive` when it writes the head, and closes after an answer with it set. */
 type NodeAnswer = ServerResponse & { _last?: boolean };
@@ -46,6 +54,8 @@ export class Http1Connections {
   readonly #closeFirst = new WeakSet<Duplex>();
   readonly #stillCovered: (connection: ConnectionInfo) => boolean;
   readonly #metrics: ProxyMetrics;
+  /** The worker is stopping (`closeAll`): a connection that comes now closes after its first answer. */
+  #stopping = false;
 
   constructor(stillCovered: (connection: ConnectionInfo) => boolean, metrics: ProxyMetrics) {
     this.#stillCovered = stillCovered;
@@ -57,10 +67,11 @@ export class Http1Connections {
     return this.#live.size;
   }
 
-  /** Keeps `socket`, just handed to an HTTP/1.1 server, until it closes; one that a change already left uncovered closes after its first answer. */
+  /** Keeps `socket`, just handed to an HTTP/1.1 server, until it closes; one that a change already left uncovered, or that comes during the stop, closes after its first answer. */
   add(socket: TLSSocket, connection: ConnectionInfo): void {
     this.#live.set(socket, connection);
     socket.once('close', () => this.#live.delete(socket));
+    if (this.#stopping) return void this.#closeFirst.add(socket);
     if (this.#stillCovered(connection)) return;
     this.#closeFirst.add(socket);
     this.#count();
@@ -70,21 +81,30 @@ export class Http1Connections {
   retire(): number {
     let retired = 0;
     for (const [socket, connection] of this.#live) {
-      // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more.
-      if (tunnelled(socket)) {
-        this.#live.delete(socket);
-        continue;
+      if (this.#stillCovered(connection) && !tunnelled(socket)) continue;
+      if (this.#end(socket)) {
+        retired++;
+        this.#count();
       }
-      if (this.#stillCovered(connection)) continue;
-      // Ended once: a later change finds it gone (closed) or already closing.
-      this.#live.delete(socket);
-      const answer = answerInProgress(socket);
-      if (answer === undefined) closeIdle(socket);
-      else closeAfter(answer);
-      retired++;
-      this.#count();
     }
     return retired;
+  }
+
+  /** The worker's graceful stop: ends every connection (`retire`'s way), and the ones whose handshake completes later after their first answer. */
+  closeAll(): void {
+    this.#stopping = true;
+    for (const socket of this.#live.keys()) this.#end(socket);
+  }
+
+  /** Ends `socket` after the answers to what it already forwarded; false for a tunnel (left alone). Ended once: a later change finds it gone. */
+  #end(socket: TLSSocket): boolean {
+    this.#live.delete(socket);
+    // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more.
+    if (tunnelled(socket)) return false;
+    const answer = lastAnswer(socket);
+    if (answer === undefined) closeIdle(socket);
+    else closeAfter(answer);
+    return true;
   }
 
   /** `handle` (a server's request listener), except that the first request on a connection `add` found uncovered is the last. */
@@ -116,13 +136,18 @@ function closeIdle(socket: TLSSocket): void {
 }
 
 /**
- * `answer` is the connection's last: its head says `Connection: close` (Node
- * writes it, and closes after the answer, when `shouldKeepAlive` is false);
- * a head already written cannot say it, and the connection closes after the
- * answer all the same. Nothing parsed after it is processed (linger.ts).
+ * `answer` is the connection's last (the one to the last request it took;
+ * those before it go out first, in order): its head says `Connection: close`
+ * (Node writes it, and closes after the answer, when `shouldKeepAlive` is
+ * false). A head already written says it too while it waits for the
+ * connection (a queued answer's: unsent-head.ts); one already on the wire
+ * cannot, and the connection closes after the answer all the same. Nothing
+ * parsed after it is processed (linger.ts).
  */
 function closeAfter(answer: NodeAnswer): void {
-  if (answer.headersSent) answer._last = true;
-  else answer.shouldKeepAlive = false;
+  if (answer.headersSent) {
+    answer._last = true;
+    sayCloseInUnsentHead(answer);
+  } else answer.shouldKeepAlive = false;
   closeAfterAnswer(answer.req, answer);
 }

@@ -73,7 +73,8 @@ export interface StreamContext {
 type Route = ReturnType<typeof routeRequest>;
 interface RouteMemo {
   readonly host: string | undefined;
-  readonly domains: NameIndex<Domain>;
+  /** Weakly: an idle connection must not keep a replaced configuration's whole domain index until its next stream. */
+  readonly domains: WeakRef<NameIndex<Domain>>;
   readonly route: Route;
 }
 
@@ -81,14 +82,16 @@ interface RouteMemo {
  * The route of `host` on this connection: a browser's streams on one
  * connection nearly all name the same host, so the last answer is kept (the
  * certificate's names are the connection's own; a reload makes a new domain
- * index, which misses). Routes are read, never changed.
+ * index, which misses). Routes are read, never changed. Cost: a WeakRef per
+ * miss, its deref() per stream; what the memo holds past a reload is the one
+ * route (its domain object), not the old index.
  */
 function routeOf(options: StreamHandlerOptions, context: StreamContext, host: string | undefined, certificateNames: readonly string[]): Route {
   const domains = options.domains();
   const memo = context.lastRoute;
-  if (memo !== undefined && memo.host === host && memo.domains === domains) return memo.route;
+  if (memo !== undefined && memo.host === host && memo.domains.deref() === domains) return memo.route;
   const route = routeRequest({ domains: () => domains }, host, certificateNames);
-  context.lastRoute = { host, domains, route };
+  context.lastRoute = { host, domains: new WeakRef(domains), route };
   return route;
 }
 
