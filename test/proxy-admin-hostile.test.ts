@@ -68,7 +68,7 @@ describe('admin port under hostile clients', () => {
     expect(received).toMatch(/^HTTP\/1\.1 408 |^$/);
   }, 60_000);
 
-  it('past the connection cap, further connections are closed at accept while an open one still answers; once they go, /metrics and /readyz answer', async () => {
+  it('past the connection cap, the longest-waiting silent connections are closed to make room while an open one still answers; once they go, /metrics and /readyz answer', async () => {
     const sockets: { socket: net.Socket; cut: boolean }[] = [];
     for (let i = 0; i < MAX_ADMIN_CONNECTIONS + 16; i++) {
       const held = { socket: net.connect(proxy.adminPort, '127.0.0.1'), cut: false };
@@ -92,6 +92,27 @@ describe('admin port under hostile clients', () => {
     expect(await status(proxy.adminPort, '/metrics')).toBe(200);
     expect(await status(proxy.adminPort, '/readyz')).toBe(200);
   }, 60_000);
+
+  it('a client holding every connection with heads sent a byte at a time does not shut out a readiness probe or a scrape', async () => {
+    // At the cap a newcomer was closed at accept: 64 slow heads, each reopened at the head deadline, failed every probe.
+    const slow: net.Socket[] = [];
+    for (let i = 0; i < MAX_ADMIN_CONNECTIONS; i++) {
+      const socket = net.connect(proxy.adminPort, '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write('GET /metrics HTTP/1.1\r\nHost: admin\r\nX-Slow: a');
+      slow.push(socket);
+    }
+    try {
+      await sleep(200);
+      expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+      expect(await status(proxy.adminPort, '/metrics')).toBe(200);
+      // The longest-waiting heads made room; the rest still wait for their deadline.
+      expect(slow.filter((s) => s.destroyed || s.readableEnded).length).toBeLessThanOrEqual(4);
+    } finally {
+      for (const socket of slow) socket.destroy();
+    }
+  });
 
   it('an admin API bound beyond loopback is named in a warning at start', () => {
     const warning = proxy.lines.find((l) => String(l.msg).startsWith('the admin API listens beyond loopback'));
