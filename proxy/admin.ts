@@ -95,11 +95,14 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
         // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
         // to its end, however long (an endless chunked one for ever), to keep the connection.
+        // Not marked answering: its connection stays one a newcomer at the cap may close (admin-connections.ts).
         void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }
+      connections.answering(req, res);
       return answerChange(req, res, path, control);
     }
+    connections.answering(req, res);
     if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'method not allowed\n');
     return answerRead(res, path, sources);
   };
@@ -117,7 +120,6 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
   // connection ends after it if a body was declared (the client may send it anyway once it tires of waiting; it is not
   // read).
   server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
-    connections.answering(req, res);
     const control = sources.control;
     const denied = control !== undefined && CHANGES.has(req.method ?? '') ? authorisationFailure(req, control.tokenFile) : undefined;
     if (denied !== undefined) return refuse(res, denied, true);

@@ -93,24 +93,36 @@ describe('admin port under hostile clients', () => {
     expect(await status(proxy.adminPort, '/readyz')).toBe(200);
   }, 60_000);
 
-  it('a client holding every connection with heads sent a byte at a time does not shut out a readiness probe or a scrape', async () => {
+  it('a client holding every connection with slow heads, or slow bodies without the token, does not shut out a readiness probe or a scrape', async () => {
     // At the cap a newcomer was closed at accept: 64 slow heads, each reopened at the head deadline, failed every probe.
-    const slow: net.Socket[] = [];
-    for (let i = 0; i < MAX_ADMIN_CONNECTIONS; i++) {
-      const socket = net.connect(proxy.adminPort, '127.0.0.1');
-      socket.on('error', () => undefined);
-      await new Promise((resolve) => socket.once('connect', resolve));
-      socket.write('GET /metrics HTTP/1.1\r\nHost: admin\r\nX-Slow: a');
-      slow.push(socket);
-    }
-    try {
-      await sleep(200);
-      expect(await status(proxy.adminPort, '/readyz')).toBe(200);
-      expect(await status(proxy.adminPort, '/metrics')).toBe(200);
-      // The longest-waiting heads made room; the rest still wait for their deadline.
-      expect(slow.filter((s) => s.destroyed || s.readableEnded).length).toBeLessThanOrEqual(4);
-    } finally {
-      for (const socket of slow) socket.destroy();
+    // So did 64 changes without the token whose bodies came a byte at a time: each is read for up to 5 s before its 401.
+    const heads = 'GET /metrics HTTP/1.1\r\nHost: admin\r\nX-Slow: a';
+    const bodies = 'PUT /certs/x HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n';
+    for (const [first, more] of [
+      [heads, 'a'],
+      [bodies, '1\r\na\r\n'],
+    ] as const) {
+      const slow: net.Socket[] = [];
+      for (let i = 0; i < MAX_ADMIN_CONNECTIONS; i++) {
+        const socket = net.connect(proxy.adminPort, '127.0.0.1');
+        socket.on('error', () => undefined);
+        await new Promise((resolve) => socket.once('connect', resolve));
+        socket.write(first);
+        slow.push(socket);
+      }
+      const drip = setInterval(() => {
+        for (const socket of slow) if (socket.writable) socket.write(more);
+      }, 200);
+      try {
+        await sleep(300);
+        expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+        expect(await status(proxy.adminPort, '/metrics')).toBe(200);
+        // The longest-waiting made room; the rest still wait for their deadline.
+        expect(slow.filter((s) => s.destroyed || s.readableEnded).length).toBeLessThanOrEqual(4);
+      } finally {
+        clearInterval(drip);
+        for (const socket of slow) socket.destroy();
+      }
     }
   });
 

@@ -21,14 +21,17 @@
  * so only a flood of `cap` newcomers within that time can push it out.
  *
  * Call after the server's own 'connection' listeners are in place (Node's,
- * from http.createServer); a request emitted other than as 'request'
- * ('checkContinue' has a listener of its own) is marked with `answering`.
+ * from http.createServer). The handler marks each request it serves with
+ * `answering`; one it refuses needs no mark, so its connection stays
+ * evictable: a change without the admin token has its body read and dropped
+ * for up to 5 s before its 401 (admin-body.ts), and 64 such bodies sent a
+ * byte at a time held every place as surely as 64 slow heads.
  */
 import type http from 'node:http';
 import type net from 'node:net';
 
 export interface AdminConnections {
-  /** Marks the request's connection as answering until its response closes (done for every 'request' already). */
+  /** Marks the request's connection as answering until its response closes: it is not closed for a newcomer meanwhile. */
   readonly answering: (req: http.IncomingMessage, res: http.ServerResponse) => void;
   /** Connections open now. */
   readonly size: () => number;
@@ -54,7 +57,6 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
       if (open.has(socket)) waiting.add(socket);
     });
   };
-  server.prependListener('request', answering);
 
   // Node's listeners set up the HTTP parser: they run for admitted connections only.
   const serve = server.listeners('connection') as ((socket: net.Socket) => void)[];
