@@ -84,6 +84,8 @@ export const MAX_ADMIN_CONNECTIONS = 64;
 
 export function startProxyAdmin(host: string, port: number, sources: AdminSources): Promise<http.Server> {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    // Requests Node read with one that closed their connection (admin-connections.ts): nobody reads their answers.
+    if (req.socket.destroyed) return;
     boundDrain(req, res);
     const path = (req.url ?? '/').split('?')[0];
     const control = sources.control;
@@ -99,10 +101,10 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }
-      connections.answering(req, res);
+      if (!connections.answering(req, res)) return;
       return answerChange(req, res, path, control);
     }
-    connections.answering(req, res);
+    if (!connections.answering(req, res)) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'method not allowed\n');
     return answerRead(res, path, sources);
   };

@@ -36,6 +36,7 @@ import {
   writeConfigFile,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
 
 const DROPPED = 'keyedge_keyserver_connections_dropped_total';
 let stateDir: string;
@@ -447,6 +448,24 @@ describe('bad-frame flood', () => {
       expect(await metricValue(server, 'keyedge_keyserver_requests_total', { op: 'sign', result: 'UNKNOWN_KEY' })).toBeGreaterThanOrEqual(2_000);
     } finally {
       conn.close();
+    }
+  });
+});
+
+describe('admin port', () => {
+  serverWith({});
+
+  it('clients pipelining a thousand scrapes each and reading none are closed, not answered into memory', async () => {
+    // Node answers every request of a read at once, and each scrape is rendered anew: 16 such clients made the key
+    // server hold up to 16,000 renderings of its metrics waiting to be sent, and kept their connections.
+    const hoarders = pipelineUnread(server.adminPort!, 'GET /metrics HTTP/1.1\r\nHost: k\r\n\r\n', 1_000, 16);
+    try {
+      await sleep(1_000);
+      expect(await stillOpen(hoarders)).toBe(0);
+      expect((await fetch(`http://127.0.0.1:${server.adminPort}/healthz`)).status).toBe(200);
+      expect(await signsWith(2)).toBeLessThan(3_000);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
     }
   });
 });

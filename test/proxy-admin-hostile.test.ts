@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_ADMIN_CONNECTIONS } from '../proxy/admin.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The admin port against clients that do not behave: a burst of /readyz
@@ -123,6 +124,24 @@ describe('admin port under hostile clients', () => {
         clearInterval(drip);
         for (const socket of slow) socket.destroy();
       }
+    }
+  });
+
+  it('clients pipelining thousands of scrapes and reading none are closed, not answered into the memory of the primary', async () => {
+    // Node answers every request of a read at once: 30 connections of 1,800 `GET /metrics` each, never read, grew the
+    // primary by 160 MB of answers waiting to be sent, and kept the connections (with the cap: about 30 MB, transient).
+    const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${proxy.pid}/status`, 'utf8'))?.[1]) * 1024;
+    const before = rss();
+    const hoarders = pipelineUnread(proxy.adminPort, 'GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n', 1_800, 30);
+    try {
+      await sleep(2_000);
+      const grown = (rss() - before) / 1e6;
+      // Read now: each was closed with few answers or none.
+      expect(await stillOpen(hoarders)).toBe(0);
+      expect(grown).toBeLessThan(100);
+      expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
     }
   });
 

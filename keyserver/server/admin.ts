@@ -28,7 +28,7 @@ const TIMEOUT_CHECK_MS = 1_000;
 export function startAdmin(host: string, port: number, registry: Registry, healthy: () => boolean): Promise<http.Server> {
   const options = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS };
   const server = http.createServer(options, (req, res) => {
-    connections.answering(req, res);
+    if (!connections.answering(req, res)) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
       return;

@@ -20,6 +20,13 @@
  * makes room: a real client sends its head within milliseconds of connecting,
  * so only a flood of `cap` newcomers within that time can push it out.
  *
+ * A connection with more than MAX_ANSWERS answers in progress is closed. Node
+ * answers pipelined requests concurrently, every request of a read at once:
+ * 60 connections each writing 1,800 `GET /metrics` in one go and reading
+ * nothing grew the proxy's primary by 320 MB of answers waiting to be sent
+ * (the key server's admin, which renders each scrape anew, worse). Scrapers,
+ * probes and curl send one request at a time, as nginx serves them.
+ *
  * Call after the server's own 'connection' listeners are in place (Node's,
  * from http.createServer). The handler marks each request it serves with
  * `answering`; one it refuses needs no mark, so its connection stays
@@ -31,11 +38,18 @@ import type http from 'node:http';
 import type net from 'node:net';
 
 export interface AdminConnections {
-  /** Marks the request's connection as answering until its response closes: it is not closed for a newcomer meanwhile. */
-  readonly answering: (req: http.IncomingMessage, res: http.ServerResponse) => void;
+  /**
+   * Marks the request's connection as answering until its response closes: it is not closed for a newcomer meanwhile.
+   * False when the connection is closed (by this request, past MAX_ANSWERS): the request is not to be answered. Node
+   * still hands over the rest of the requests it read with it.
+   */
+  readonly answering: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
   /** Connections open now. */
   readonly size: () => number;
 }
+
+/** Answers one connection may have in progress (pipelined requests); past it the connection is closed. */
+export const MAX_ANSWERS = 16;
 
 export function capAdminConnections(server: http.Server, cap: number): AdminConnections {
   const open = new Set<net.Socket>();
@@ -44,10 +58,16 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
   /** Answers in progress per connection (pipelined requests each have one). */
   const answers = new Map<net.Socket, number>();
 
-  const answering = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+  const answering = (req: http.IncomingMessage, res: http.ServerResponse): boolean => {
     const socket = req.socket;
-    if (!open.has(socket)) return;
-    answers.set(socket, (answers.get(socket) ?? 0) + 1);
+    if (!open.has(socket) || socket.destroyed) return false;
+    const count = (answers.get(socket) ?? 0) + 1;
+    if (count > MAX_ANSWERS) {
+      forget(socket);
+      socket.destroy();
+      return false;
+    }
+    answers.set(socket, count);
     waiting.delete(socket);
     res.once('close', () => {
       const left = (answers.get(socket) ?? 1) - 1;
@@ -56,6 +76,7 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
       // To the back of the order: it waits from now.
       if (open.has(socket)) waiting.add(socket);
     });
+    return true;
   };
 
   // Node's listeners set up the HTTP parser: they run for admitted connections only.
