@@ -28,8 +28,10 @@
  *                                      409 KEYEDGE_ERR_ACME_DOMAINS when it would drop
  *                                      names of the entry, acme/domain-lists.ts)
  *   POST /acme/renew/:name             renew a managed certificate now
- * At most MAX_ADMIN_CONNECTIONS connections are open at once; more are closed
- * at accept, and the ones already open keep working.
+ * At most MAX_ADMIN_CONNECTIONS connections are open at once; a newcomer at
+ * the cap closes the one waiting longest with no answer in progress (a head
+ * still arriving, idle between requests), and is closed itself only when
+ * every one has an answer in progress (keyserver/shared/admin-connections.ts).
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
@@ -56,6 +58,7 @@
  * admin-sources.ts, supplied by the primary (cluster-admin.ts).
  */
 import http from 'node:http';
+import { capAdminConnections } from '../keyserver/shared/admin-connections.js';
 import { listen } from '../keyserver/shared/listen.js';
 import { authorisationFailure, CHANGES, refuse } from './admin-auth.js';
 import { boundDrain, declaredLength, hasBody, MAX_UPLOAD_BYTES, readBody, tooLarge } from './admin-body.js';
@@ -71,15 +74,18 @@ const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 60_000;
 const TIMEOUT_CHECK_MS = 1_000;
 /**
- * Connections the admin listener holds at once; more are closed as soon as they are accepted. Each is a file
- * descriptor of the primary, which every worker depends on: without a cap, one client opening thousands could take
- * the descriptors the primary needs for its workers, the store and the key server. Scrapers, probes and an operator
- * keep a few open; this is far above that and far below the descriptor limit.
+ * Connections the admin listener holds at once. Each is a file descriptor of the primary, which every worker depends
+ * on: without a cap, one client opening thousands could take the descriptors the primary needs for its workers, the
+ * store and the key server. Scrapers, probes and an operator keep a few open; this is far above that and far below the
+ * descriptor limit. At the cap a newcomer closes the connection waiting longest with nothing in progress: refusing the
+ * newcomer let a client holding 64 heads sent a byte at a time shut out every readiness probe and scraper.
  */
 export const MAX_ADMIN_CONNECTIONS = 64;
 
 export function startProxyAdmin(host: string, port: number, sources: AdminSources): Promise<http.Server> {
   const handle = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    // Requests Node read with one that closed their connection (admin-connections.ts): nobody reads their answers.
+    if (req.socket.destroyed) return;
     boundDrain(req, res);
     const path = (req.url ?? '/').split('?')[0];
     const control = sources.control;
@@ -91,11 +97,14 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
         // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
         // to its end, however long (an endless chunked one for ever), to keep the connection.
+        // Not marked answering: its connection stays one a newcomer at the cap may close (admin-connections.ts).
         void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }
+      if (!connections.answering(req, res)) return;
       return answerChange(req, res, path, control);
     }
+    if (!connections.answering(req, res)) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'method not allowed\n');
     return answerRead(res, path, sources);
   };
@@ -105,7 +114,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS },
     handle,
   );
-  server.maxConnections = MAX_ADMIN_CONNECTIONS;
+  const connections = capAdminConnections(server, MAX_ADMIN_CONNECTIONS);
   // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
   // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
   // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the

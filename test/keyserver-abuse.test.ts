@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -36,6 +36,7 @@ import {
   writeConfigFile,
 } from './helpers/keyserver.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
 
 const DROPPED = 'keyedge_keyserver_connections_dropped_total';
 let stateDir: string;
@@ -79,9 +80,12 @@ async function noConnections(): Promise<void> {
   await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'unix' })) === 0);
 }
 
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
+/** Resolves with the first truthy result of `check`. */
+async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 10_000): Promise<T> {
   const end = Date.now() + timeoutMs;
-  while (!(await check())) {
+  for (;;) {
+    const result = await check();
+    if (result) return result;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
   }
@@ -448,18 +452,43 @@ describe('bad-frame flood', () => {
   });
 });
 
+describe('admin port', () => {
+  serverWith({});
+
+  it('clients pipelining a thousand scrapes each and reading none are closed, not answered into memory', async () => {
+    // Node answers every request of a read at once, and each scrape is rendered anew: 16 such clients made the key
+    // server hold up to 16,000 renderings of its metrics waiting to be sent, and kept their connections.
+    const hoarders = pipelineUnread(server.adminPort!, 'GET /metrics HTTP/1.1\r\nHost: k\r\n\r\n', 1_000, 16);
+    try {
+      await sleep(1_000);
+      expect(await stillOpen(hoarders)).toBe(0);
+      expect((await fetch(`http://127.0.0.1:${server.adminPort}/healthz`)).status).toBe(200);
+      expect(await signsWith(2)).toBeLessThan(3_000);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
+    }
+  });
+});
+
 describe('file limit', () => {
-  it('below the file limit (RLIMIT_NOFILE) the caps are lowered to fit: 400 silent local connections cannot shut a client out', async () => {
+  it('below the file limit (RLIMIT_NOFILE) the caps are lowered to fit: 400 silent local connections, and 300 to the admin port, cannot shut a client out', async () => {
     // With maxConnections (1024) above what the limit allowed, the kernel ran out of descriptors first: libuv accepted
     // and closed every newcomer before admission saw it, so no stalled connection was evicted and no client got in.
+    // The admin port (loopback: any local user, not only the socket's owner) had no cap at all: 300 connections there
+    // took the descriptors, and the client's connection to the unix socket was reset at accept.
     const socketPath = join(stateDir, 'fd-limit.sock');
-    const configFile = writeConfigFile(stateDir, { listen: { unix: { path: socketPath } }, admin: null, log: { level: 'warn' } });
+    const configFile = writeConfigFile(stateDir, { listen: { unix: { path: socketPath } }, admin: { host: '127.0.0.1', port: 0 }, log: { level: 'info' } });
     const child = spawn('prlimit', ['--nofile=256:256', process.execPath, CLI, 'keyserver', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     for (const stream of [child.stdout, child.stderr]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
     const silent: net.Socket[] = [];
     try {
-      await waitFor('the key server to listen', () => existsSync(socketPath));
+      const adminPort = Number(await waitFor('the key server to be ready', () => /"admin":\{[^}]*"port":(\d+)/.exec(output)?.[1]));
+      for (let i = 0; i < 300; i++) {
+        const socket = net.connect(adminPort, '127.0.0.1');
+        socket.on('error', () => undefined);
+        silent.push(socket);
+      }
       for (let i = 0; i < 400; i++) {
         const socket = net.connect(socketPath);
         socket.on('error', () => undefined);
@@ -467,6 +496,8 @@ describe('file limit', () => {
       }
       await sleep(500);
       await signsWith(2, () => KeyserverClient.connect({ unixPath: socketPath, timeoutMs: 5_000 }));
+      // The admin port answers too: the oldest silent connection makes room for the probe.
+      expect((await fetch(`http://127.0.0.1:${adminPort}/healthz`, { signal: AbortSignal.timeout(5_000) })).status).toBe(200);
       await waitFor('the warning', () => /limits\.maxConnections lowered to \d+/.test(output));
     } finally {
       for (const socket of silent) socket.destroy();

@@ -4,10 +4,10 @@
  * graceful: signs in flight finish, new requests are refused.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, lstatSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
 import { Algorithm, ErrorCode } from '../keyserver/protocol/constants.js';
@@ -211,6 +211,29 @@ describe('start-up errors', () => {
 });
 
 describe('running and stopping', () => {
+  it('the unix socket has mode 0600 from the moment it is bound, whatever the umask', async () => {
+    // Bound with the umask's mode, then chmodded: under umask 0 it was 0777 meanwhile, and a connection made then (any
+    // user, where the directory lets them through) stayed open after the chmod. Seen as listen() returns (bind is
+    // synchronous for a path).
+    const original = net.Server.prototype.listen;
+    const modes: number[] = [];
+    const spy = vi.spyOn(net.Server.prototype, 'listen').mockImplementation(function (this: net.Server, ...args: unknown[]) {
+      const result = original.apply(this, args as Parameters<typeof original>);
+      const path = args[0];
+      if (typeof path === 'string' && existsSync(path)) modes.push(lstatSync(path).mode & 0o777);
+      return result;
+    });
+    const umask = process.umask(0);
+    try {
+      const server = await startTestKeyserver(testConfig(dir), captureLog());
+      await server.close();
+    } finally {
+      process.umask(umask);
+      spy.mockRestore();
+    }
+    expect(modes).toEqual([0o600]);
+  });
+
   it('the unix socket is created with mode 0600', async () => {
     const server = await startTestKeyserver(testConfig(dir), captureLog());
     try {

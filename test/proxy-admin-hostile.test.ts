@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_ADMIN_CONNECTIONS } from '../proxy/admin.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The admin port against clients that do not behave: a burst of /readyz
@@ -68,7 +69,7 @@ describe('admin port under hostile clients', () => {
     expect(received).toMatch(/^HTTP\/1\.1 408 |^$/);
   }, 60_000);
 
-  it('past the connection cap, further connections are closed at accept while an open one still answers; once they go, /metrics and /readyz answer', async () => {
+  it('past the connection cap, the longest-waiting silent connections are closed to make room while an open one still answers; once they go, /metrics and /readyz answer', async () => {
     const sockets: { socket: net.Socket; cut: boolean }[] = [];
     for (let i = 0; i < MAX_ADMIN_CONNECTIONS + 16; i++) {
       const held = { socket: net.connect(proxy.adminPort, '127.0.0.1'), cut: false };
@@ -92,6 +93,57 @@ describe('admin port under hostile clients', () => {
     expect(await status(proxy.adminPort, '/metrics')).toBe(200);
     expect(await status(proxy.adminPort, '/readyz')).toBe(200);
   }, 60_000);
+
+  it('a client holding every connection with slow heads, or slow bodies without the token, does not shut out a readiness probe or a scrape', async () => {
+    // At the cap a newcomer was closed at accept: 64 slow heads, each reopened at the head deadline, failed every probe.
+    // So did 64 changes without the token whose bodies came a byte at a time: each is read for up to 5 s before its 401.
+    const heads = 'GET /metrics HTTP/1.1\r\nHost: admin\r\nX-Slow: a';
+    const bodies = 'PUT /certs/x HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n';
+    for (const [first, more] of [
+      [heads, 'a'],
+      [bodies, '1\r\na\r\n'],
+    ] as const) {
+      const slow: net.Socket[] = [];
+      for (let i = 0; i < MAX_ADMIN_CONNECTIONS; i++) {
+        const socket = net.connect(proxy.adminPort, '127.0.0.1');
+        socket.on('error', () => undefined);
+        await new Promise((resolve) => socket.once('connect', resolve));
+        socket.write(first);
+        slow.push(socket);
+      }
+      const drip = setInterval(() => {
+        for (const socket of slow) if (socket.writable) socket.write(more);
+      }, 200);
+      try {
+        await sleep(300);
+        expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+        expect(await status(proxy.adminPort, '/metrics')).toBe(200);
+        // The longest-waiting made room; the rest still wait for their deadline.
+        expect(slow.filter((s) => s.destroyed || s.readableEnded).length).toBeLessThanOrEqual(4);
+      } finally {
+        clearInterval(drip);
+        for (const socket of slow) socket.destroy();
+      }
+    }
+  });
+
+  it('clients pipelining thousands of scrapes and reading none are closed, not answered into the memory of the primary', async () => {
+    // Node answers every request of a read at once: 30 connections of 1,800 `GET /metrics` each, never read, grew the
+    // primary by 160 MB of answers waiting to be sent, and kept the connections (with the cap: about 30 MB, transient).
+    const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${proxy.pid}/status`, 'utf8'))?.[1]) * 1024;
+    const before = rss();
+    const hoarders = pipelineUnread(proxy.adminPort, 'GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n', 1_800, 30);
+    try {
+      await sleep(2_000);
+      const grown = (rss() - before) / 1e6;
+      // Read now: each was closed with few answers or none.
+      expect(await stillOpen(hoarders)).toBe(0);
+      expect(grown).toBeLessThan(100);
+      expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
+    }
+  });
 
   it('an admin API bound beyond loopback is named in a warning at start', () => {
     const warning = proxy.lines.find((l) => String(l.msg).startsWith('the admin API listens beyond loopback'));

@@ -4,13 +4,31 @@
  *   GET /healthz  200 while the token is open and the listeners accept
  * Nothing here changes state, so it needs no credentials; keep it off public
  * interfaces all the same (it reveals request rates).
+ *
+ * Loopback is still open to every user of the host, unlike the 0600 unix
+ * socket, so what a client can hold here is bounded: at most
+ * MAX_ADMIN_CONNECTIONS connections (a newcomer closes the one waiting longest
+ * with no answer in progress, admin-connections.ts), within the descriptors
+ * fd-budget.ts reserves, and a head must arrive within HEADERS_TIMEOUT_MS.
+ * With Node's defaults (no cap, a head within 60 s checked every 30 s), a few
+ * hundred idle connections here took the descriptors the key server needs to
+ * accept the proxy's connections and to let the token open its files.
  */
 import http from 'node:http';
 import type { Registry } from 'prom-client';
+import { capAdminConnections } from '../shared/admin-connections.js';
 import { listen } from '../shared/listen.js';
 
+/** A scraper or health check keeps one or two open; well inside fd-budget.ts's reserve of 64. */
+export const MAX_ADMIN_CONNECTIONS = 16;
+/** Requests here are a GET with no body: its head, and the whole of it, arrive at once from any real client. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const TIMEOUT_CHECK_MS = 1_000;
+
 export function startAdmin(host: string, port: number, registry: Registry, healthy: () => boolean): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+  const options = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: TIMEOUT_CHECK_MS };
+  const server = http.createServer(options, (req, res) => {
+    if (!connections.answering(req, res)) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
       return;
@@ -28,5 +46,6 @@ export function startAdmin(host: string, port: number, registry: Registry, healt
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   });
+  const connections = capAdminConnections(server, MAX_ADMIN_CONNECTIONS);
   return listen(server, { host, port });
 }

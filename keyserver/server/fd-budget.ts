@@ -10,7 +10,8 @@
  * (the proxy's bridge too), while `limits.maxConnections` (1024) was never
  * reached. The caps are lowered to what the limit leaves, keeping a reserve
  * for the token (SoftHSM2 opens its object files while it signs), the admin
- * listener and logs, and the key server says so at start.
+ * listener (at most 16 connections, admin.ts) and logs, and the key server
+ * says so at start.
  *
  * Sockets held at most: `maxConnections` established, and as many mutual-TLS
  * handshakes (handshakes.ts) when the TCP listener is on.

@@ -2,7 +2,8 @@
  * The two transports, both carrying the same frames (SPEC.md, "Transports").
  *
  * Unix socket: created with the configured mode (0600 by default) so only the
- * key server's own user, the proxy's deployment user, can connect. A stale
+ * key server's own user, the proxy's deployment user, can connect; bound with
+ * that mode, not chmodded after, so it is never open to others meanwhile. A stale
  * socket file left by a crash is removed; one with a live key server behind it
  * is an error, never silently stolen.
  *
@@ -20,7 +21,17 @@ import { ConfigError, KeyedgeError } from '../shared/errors.js';
 export async function listenUnix(path: string, mode: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
   await removeStaleSocket(path);
   const server = net.createServer({ noDelay: true }, onConnection);
-  await listen(server, () => server.listen(path), `unix socket ${path}`);
+  // Bound with its mode already (bind is synchronous for a path, and the umask is restored right after): bound with the
+  // process's umask and chmodded once listening, it was 0777 meanwhile under umask 0, and a connection made then, by any
+  // user the directory lets through, stayed open after the chmod. The chmod stays for a mode the umask cannot express.
+  const umask = process.umask(0o777 & ~mode);
+  let listening: Promise<void>;
+  try {
+    listening = listen(server, () => server.listen(path), `unix socket ${path}`);
+  } finally {
+    process.umask(umask);
+  }
+  await listening;
   chmodSync(path, mode);
   return server;
 }

@@ -1,0 +1,104 @@
+/**
+ * The connections an admin HTTP listener (the key server's, the proxy's)
+ * holds at once: at most `cap`. A newcomer at the cap closes the connection
+ * that has waited longest with no answer in progress (nothing sent yet, a head
+ * still arriving, or idle between keep-alive requests); only when every one
+ * has an answer in progress is the newcomer closed instead.
+ *
+ * Why a cap: each connection is a file descriptor of a process every client
+ * depends on. Without one, any local user opening a few hundred connections
+ * to the key server's admin port (loopback, open to every user of the host,
+ * unlike the 0600 unix socket) took the descriptors it needs to accept the
+ * proxy's connections and to let the token open its files: the proxy's
+ * connections were reset at accept (libuv closes what it cannot accept).
+ *
+ * Why evict rather than refuse: refusing the newcomer at the cap let a client
+ * that holds `cap` connections with heads sent a byte at a time (slowloris),
+ * each reopened at the head deadline, shut every scraper and readiness probe
+ * out for as long as it liked. As nginx reuses its idle and not-yet-active
+ * connections when worker_connections run out, the oldest one doing nothing
+ * makes room: a real client sends its head within milliseconds of connecting,
+ * so only a flood of `cap` newcomers within that time can push it out.
+ *
+ * A connection with more than MAX_ANSWERS answers in progress is closed. Node
+ * answers pipelined requests concurrently, every request of a read at once:
+ * 60 connections each writing 1,800 `GET /metrics` in one go and reading
+ * nothing grew the proxy's primary by 320 MB of answers waiting to be sent
+ * (the key server's admin, which renders each scrape anew, worse). Scrapers,
+ * probes and curl send one request at a time, as nginx serves them.
+ *
+ * Call after the server's own 'connection' listeners are in place (Node's,
+ * from http.createServer). The handler marks each request it serves with
+ * `answering`; one it refuses needs no mark, so its connection stays
+ * evictable: a change without the admin token has its body read and dropped
+ * for up to 5 s before its 401 (admin-body.ts), and 64 such bodies sent a
+ * byte at a time held every place as surely as 64 slow heads.
+ */
+import type http from 'node:http';
+import type net from 'node:net';
+
+export interface AdminConnections {
+  /**
+   * Marks the request's connection as answering until its response closes: it is not closed for a newcomer meanwhile.
+   * False when the connection is closed (by this request, past MAX_ANSWERS): the request is not to be answered. Node
+   * still hands over the rest of the requests it read with it.
+   */
+  readonly answering: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
+  /** Connections open now. */
+  readonly size: () => number;
+}
+
+/** Answers one connection may have in progress (pipelined requests); past it the connection is closed. */
+export const MAX_ANSWERS = 16;
+
+export function capAdminConnections(server: http.Server, cap: number): AdminConnections {
+  const open = new Set<net.Socket>();
+  /** Open connections with no answer in progress; insertion order is the order they began waiting, oldest first. */
+  const waiting = new Set<net.Socket>();
+  /** Answers in progress per connection (pipelined requests each have one). */
+  const answers = new Map<net.Socket, number>();
+
+  const answering = (req: http.IncomingMessage, res: http.ServerResponse): boolean => {
+    const socket = req.socket;
+    if (!open.has(socket) || socket.destroyed) return false;
+    const count = (answers.get(socket) ?? 0) + 1;
+    if (count > MAX_ANSWERS) {
+      forget(socket);
+      socket.destroy();
+      return false;
+    }
+    answers.set(socket, count);
+    waiting.delete(socket);
+    res.once('close', () => {
+      const left = (answers.get(socket) ?? 1) - 1;
+      if (left > 0) return void answers.set(socket, left);
+      answers.delete(socket);
+      // To the back of the order: it waits from now.
+      if (open.has(socket)) waiting.add(socket);
+    });
+    return true;
+  };
+
+  // Node's listeners set up the HTTP parser: they run for admitted connections only.
+  const serve = server.listeners('connection') as ((socket: net.Socket) => void)[];
+  server.removeAllListeners('connection');
+  server.on('connection', (socket: net.Socket) => {
+    if (open.size >= cap) {
+      const oldest = waiting.values().next().value;
+      if (oldest === undefined) return void socket.destroy();
+      forget(oldest);
+      oldest.destroy();
+    }
+    open.add(socket);
+    waiting.add(socket);
+    socket.once('close', () => forget(socket));
+    for (const listener of serve) listener.call(server, socket);
+  });
+
+  function forget(socket: net.Socket): void {
+    open.delete(socket);
+    waiting.delete(socket);
+    answers.delete(socket);
+  }
+  return { answering, size: () => open.size };
+}

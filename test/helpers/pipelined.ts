@@ -1,0 +1,26 @@
+/**
+ * Clients that pipeline many requests in one write and read no answer, for
+ * tests of what a server holds for them: `pipelineUnread` opens them,
+ * `stillOpen` reads them and says how many the server left open.
+ */
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** `connections` connections to `port` on loopback, each writing `request` `count` times in one go, paused. */
+export function pipelineUnread(port: number, request: string, count: number, connections: number): net.Socket[] {
+  return Array.from({ length: connections }, () => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.pause();
+    socket.write(request.repeat(count));
+    return socket;
+  });
+}
+
+/** Reads every socket (a paused one sees no end) and resolves with how many are still open after `waitMs`. */
+export async function stillOpen(sockets: readonly net.Socket[], waitMs = 3_000): Promise<number> {
+  const closed = sockets.map((socket) => new Promise<void>((resolve) => socket.once('close', () => resolve())));
+  for (const socket of sockets) socket.resume();
+  const open = await Promise.all(closed.map((c) => Promise.race([c.then(() => false), sleep(waitMs).then(() => true)])));
+  return open.filter(Boolean).length;
+}
