@@ -71,6 +71,30 @@ describe('plain HTTP', () => {
     expect(lab.origin.requests()).toBe(before + 1);
   });
 
+  it('forwards only a challenge token path: dot segments, encoded bytes, slashes or a query under the prefix are redirected, never sent to the origin in clear', async () => {
+    const before = lab.origin.requests();
+    for (const path of [
+      '/.well-known/acme-challenge/../../admin',
+      '/.well-known/acme-challenge/%2e%2e/admin',
+      '/.well-known/acme-challenge/a/b',
+      '/.well-known/acme-challenge/token?x=1',
+      '/.well-known/acme-challenge/',
+    ]) {
+      const res = await get('shop.lab.test', path);
+      expect([path, res.status]).toEqual([path, 308]);
+      expect(res.headers.location).toBe(`https://shop.lab.test:${proxy.ports[0]}${path}`);
+    }
+    expect(lab.origin.requests()).toBe(before);
+  });
+
+  it('redirects a wildcard name only when it is a DNS name: a label of 64 characters is an unknown host, not echoed', async () => {
+    const fits = `${'a'.repeat(63)}.lab.test`;
+    expect((await get(fits, '/')).headers.location).toBe(`https://${fits}:${proxy.ports[0]}/`);
+    const long = await get(`${'a'.repeat(64)}.lab.test`, '/');
+    expect(long.status).toBe(404);
+    expect(long.headers.location).toBeUndefined();
+  });
+
   it('holds an ACME challenge request body to limits.maxBodyBytes, as on HTTPS: 413, and the origin gets nothing', async () => {
     const before = lab.origin.requests();
     const res = await get('shop.lab.test', '/.well-known/acme-challenge/big', 'POST', 'x'.repeat(2 * BODY_LIMIT));

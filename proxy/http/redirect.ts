@@ -5,7 +5,11 @@
  * (RFC 8555 §8.3, `/.well-known/acme-challenge/`): a token of our own ACME
  * issuer (proxy/acme/challenges.ts) is answered here, for any Host it was made
  * for, known domain or not yet; every other one goes to the domain's origin,
- * so a customer's own ACME client keeps working. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
+ * so a customer's own ACME client keeps working, but only when its path is a
+ * challenge's and nothing else (a base64url token, RFC 8555 §8.1 and §8.3):
+ * `/.well-known/acme-challenge/../admin` or `%2e%2e/` would otherwise reach the
+ * origin in clear text, past the redirect, on an origin that resolves dot
+ * segments. Such a path is redirected as any other. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
  * Request targets and expectations are dealt with as on HTTPS (handler.ts);
  * CONNECT gets 400 as on HTTPS (createConnectRefusal).
  * Our own answers read no request body: to a request whose body is still
@@ -26,9 +30,14 @@ import { CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 
-const ACME_CHALLENGE = '/.well-known/acme-challenge/';
-/** Only a plain DNS name goes into a Location: a wildcard's label could otherwise smuggle in '/' or '@'. */
-const DNS_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i;
+/** RFC 8555 §8.3: the path is the prefix and the token, whose characters are base64url's (§8.1); no query. */
+const ACME_CHALLENGE_PATH = /^\/\.well-known\/acme-challenge\/[A-Za-z0-9_-]{1,255}$/;
+/**
+ * Only a plain DNS name goes into a Location: a wildcard's label could otherwise smuggle in '/' or '@'. Labels of at
+ * most 63 characters, names of at most 253 (RFC 1035 §2.3.4): a wildcard matches any label, and an over-long one would
+ * be echoed into the Location.
+ */
+const DNS_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
 
 export interface RedirectOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -92,7 +101,7 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
       res.end(body);
       return;
     }
-    if (path.startsWith(ACME_CHALLENGE)) {
+    if (ACME_CHALLENGE_PATH.test(path)) {
       // The body limit is HTTPS's: a challenge path on port 80 is no way around it.
       const maxBodyBytes = domain.maxBodyBytes ?? options.maxBodyBytes;
       forward(options.pools, domain, req, res, {
