@@ -43,7 +43,7 @@ export interface TokenKeys {
  * (no-dump.ts), as it holds the PIN from now on: a worker could read its memory. The children get it on a pipe
  * (`--pin-stdin`), not in their environment: /proc/<child pid>/environ shows that to the same user while they run.
  */
-function keyChildPin(keyserverConfig: string | null): string | undefined {
+function keyChildPin(keyserverConfig: string | null, warn: (message: string) => void): string | undefined {
   const name = pinVariable(keyserverConfig);
   // A second maker of children (the primary has one, startAcme) finds the variable taken by the first: it gets it too.
   const value = name === undefined ? undefined : (process.env[name] ?? takenPins.get(name));
@@ -51,8 +51,14 @@ function keyChildPin(keyserverConfig: string | null): string | undefined {
   takenPins.set(name, value);
   delete process.env[name];
   // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
-  wipeFromEnviron(name);
-  setNotDumpable();
+  // Either failing leaves the PIN readable by the proxy's user: the operator hears of it (never the PIN itself).
+  if (!wipeFromEnviron(name)) {
+    warn(
+      `the key server PIN variable ${name} could not be wiped from the environment block the proxy was started with ` +
+        `(/proc/self/stat or /proc/self/mem not usable): processes of its user, its workers among them, may read the PIN in /proc/${process.pid}/environ`,
+    );
+  }
+  if (!setNotDumpable()) warn(`the proxy's primary could not be made non-dumpable: processes of its user may read the key server PIN in its memory`);
   return value;
 }
 
@@ -70,9 +76,16 @@ function pinVariable(keyserverConfig: string | null): string | undefined {
   }
 }
 
-/** `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded default. */
-export function cliTokenKeys(keyserverConfig: string | null, entry: string = process.argv[1] ?? 'keyedge'): TokenKeys {
-  const pin = keyChildPin(keyserverConfig);
+/**
+ * `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded
+ * default. `warn`: told when a PIN variable stays readable by the proxy's user (keyChildPin).
+ */
+export function cliTokenKeys(
+  keyserverConfig: string | null,
+  entry: string = process.argv[1] ?? 'keyedge',
+  warn: (message: string) => void = () => {},
+): TokenKeys {
+  const pin = keyChildPin(keyserverConfig, warn);
   const run = (args: string[]): Promise<string> =>
     new Promise((resolve, reject) => {
       const full = [entry, 'key', ...args, ...(keyserverConfig === null ? [] : ['--config', keyserverConfig]), ...(pin === undefined ? [] : ['--pin-stdin'])];
