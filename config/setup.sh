@@ -78,16 +78,23 @@ stop_packaged_prometheus() {
   say "prometheus installed for the tests; its system service is not running (the tests start their own)"
 }
 
+# The addons of proxy/native/binding.gyp's targets, which `npm ci` builds: a node_modules installed before one was added
+# (the lock file unchanged) lacks it, and is installed again rather than taken as complete.
+NATIVE_ADDONS=(proxy/native/build/Release/keyless_bridge.node proxy/native/build/Release/no_dump.node)
+
 ensure_node_modules() {
-  local stamp="node_modules/.keyedge-lock.sha256" want
+  local stamp="node_modules/.keyedge-lock.sha256" want addon built=1
   want=$(sha256sum package-lock.json | cut -d' ' -f1)
-  if [[ -f $stamp && $(cat "$stamp") == "$want" && -f node_modules/pkcs11js/build/Release/pkcs11.node && -f proxy/native/build/Release/keyless_bridge.node ]]; then
+  for addon in node_modules/pkcs11js/build/Release/pkcs11.node "${NATIVE_ADDONS[@]}"; do [[ -f $addon ]] || built=0; done
+  if [[ -f $stamp && $(cat "$stamp") == "$want" && $built == 1 ]]; then
     return 0
   fi
   say "installing npm dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed (the native build of pkcs11js needs python3, make and g++)"
   [[ -f node_modules/pkcs11js/build/Release/pkcs11.node ]] || die "pkcs11js was installed without its native build: check npm's allowScripts approval in package.json"
-  [[ -f proxy/native/build/Release/keyless_bridge.node ]] || die "the keyless bridge (proxy/native) was not built: check allowScripts in package.json and that python3, make and g++ are installed"
+  for addon in "${NATIVE_ADDONS[@]}"; do
+    [[ -f $addon ]] || die "$addon was not built: check allowScripts in package.json and that python3, make and g++ are installed"
+  done
   printf '%s\n' "$want" >"$stamp"
 }
 

@@ -14,11 +14,13 @@
  *  3. The on-demand gate: an expansion started while it awaits its ask endpoint
  *     covers the name, and the gate's order is not placed.
  */
+import { execFileSync, spawnSync } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
@@ -27,7 +29,7 @@ import { StateFile } from '../proxy/acme/state.js';
 import { cliTokenKeys } from '../proxy/acme/token-keys.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
 import { heldAnswer, recordingManager } from './helpers/acme-manager.js';
-import { CLI, captureLog, writeConfigFile } from './helpers/keyserver.js';
+import { CLI, captureLog, REPO, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
 const DAY = 86_400_000;
@@ -259,4 +261,29 @@ describe('token-keys.ts: deleting a retired key', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  // A primary where /proc is not mounted (a private mount namespace here) cannot wipe the variable: that was silent.
+  const canHideProc = spawnSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs none /proc']).status === 0;
+  it.skipIf(!canHideProc)(
+    'a PIN variable the primary cannot wipe from its /proc environ block is told (the name, never the PIN)',
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), 'keyedge-acme-keys-'));
+      try {
+        const config = writeConfigFile(dir, { pkcs11: { pin: { env: 'KEYEDGE_TEST_WIPE_PIN' } } });
+        const module = pathToFileURL(join(REPO, 'dist', 'proxy', 'acme', 'token-keys.js')).href;
+        const script = `import { cliTokenKeys } from ${JSON.stringify(module)}; cliTokenKeys(process.argv[1], 'keyedge', (m) => console.log(m));`;
+        const hidden = 'mount -t tmpfs none /proc && exec "$0" --input-type=module -e "$1" "$2"';
+        const out = execFileSync('unshare', ['-m', 'sh', '-c', hidden, process.execPath, script, config], {
+          env: { ...process.env, KEYEDGE_TEST_WIPE_PIN: 'wipe-test-pin-7351' },
+          encoding: 'utf8',
+          timeout: 30_000,
+        });
+        expect(out).toContain('KEYEDGE_TEST_WIPE_PIN could not be wiped');
+        expect(out.includes('wipe-test-pin-7351'), 'the PIN in the warning').toBe(false);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    30_000,
+  );
 });

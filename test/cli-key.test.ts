@@ -42,6 +42,23 @@ describe('keyedge key', () => {
     expect(keyedge('key', 'list', '--config', config).stdout).toMatch(/KEY ID \(SPKI SHA-256\)\s+LABEL\s+TYPE/);
   });
 
+  it("--pin-stdin: the PIN variable's value comes from stdin (the proxy's ACME key children), not the environment", () => {
+    const envConfig = join(dir, 'keyserver-env-pin.json');
+    writeFileSync(envConfig, JSON.stringify({ stateDir: './state', admin: null, pkcs11: { pin: { env: 'KEYEDGE_TEST_STDIN_PIN' } } }));
+    const pin = readFileSync(join(dir, 'state', 'token', 'user.pin'), 'utf8').trim();
+    const env = { ...process.env };
+    delete env.KEYEDGE_TEST_STDIN_PIN;
+    const list = (...flags: string[]) =>
+      spawnSync(process.execPath, [KEYEDGE, 'key', 'list', '--json', '--config', envConfig, ...flags], { encoding: 'utf8', cwd: dir, env, input: pin });
+    const piped = list('--pin-stdin');
+    expect(piped.status, piped.stderr).toBe(0);
+    expect((JSON.parse(piped.stdout) as { label: string }[]).map((k) => k.label)).toContain('edge-ec');
+    const unset = list();
+    expect(unset.status).toBe(1);
+    expect(unset.stderr).toContain('KEYEDGE_ERR_TOKEN_PIN: the PIN variable KEYEDGE_TEST_STDIN_PIN is not set');
+    expect(`${piped.stdout}${piped.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+  });
+
   it('imports a PEM key non-extractable and reminds that the file remains', () => {
     const pem = join(dir, 'import.pem');
     writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));

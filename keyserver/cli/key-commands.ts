@@ -32,6 +32,9 @@ Actions:
 
 Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
+  --pin-stdin     the value of the config's PIN variable (pkcs11.pin.env) is read from stdin
+                  instead (the proxy's ACME key children: /proc/<pid>/environ shows a
+                  variable to every process of the same user)
   --help          this text
 `;
 
@@ -44,6 +47,7 @@ const OPTIONS = {
   domain: { type: 'string', multiple: true },
   out: { type: 'string' },
   json: { type: 'boolean' },
+  'pin-stdin': { type: 'boolean' },
 } as const;
 
 /** RFC 1035 §2.3.1 labels, with one leading wildcard label allowed (RFC 6125 §6.4.3). */
@@ -65,7 +69,7 @@ export const keyCommand: Command = {
     }
     switch (action) {
       case 'generate':
-        return withToken(values.config, (token) => {
+        return withToken(values, (token) => {
           const type = requireOption(values.type, '--type', USAGE);
           if (!(KEY_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${KEY_TYPES.join(', ')}, got '${type}'`);
           const key = generateKey(token, type as KeyType, requireOption(values.label, '--label', USAGE));
@@ -86,7 +90,7 @@ export const keyCommand: Command = {
           throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
         }
         try {
-          return await withToken(values.config, (token) => {
+          return await withToken(values, (token) => {
             const key = importKey(token, pem, label, file);
             process.stdout.write(
               `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
@@ -101,7 +105,7 @@ export const keyCommand: Command = {
         }
       }
       case 'csr':
-        return withToken(values.config, async (token) => {
+        return withToken(values, async (token) => {
           const key = findKey(token, requireOption(values.key, '--key', USAGE));
           const domains = values.domain ?? [];
           if (domains.length === 0) throw new UsageError(`give at least one --domain\n\n${USAGE}`);
@@ -118,7 +122,7 @@ export const keyCommand: Command = {
           return 0;
         });
       case 'list':
-        return withToken(values.config, async (token) => {
+        return withToken(values, async (token) => {
           const keys = listKeys(token);
           const rows = await Promise.all(keys.map(async (key) => ({ ...describe(key), ski: await subjectKeyIdentifier(key) })));
           if (values.json) {
@@ -133,7 +137,7 @@ export const keyCommand: Command = {
           return 0;
         });
       case 'delete':
-        return withToken(values.config, (token) => {
+        return withToken(values, (token) => {
           const key = deleteKey(token, requireOption(values.key, '--key', USAGE));
           process.stdout.write(`deleted ${describeKeyType(key)} key '${key.label}' from token '${token.label}'\nkey id: ${key.keyId}\n`);
           return 0;
@@ -154,8 +158,13 @@ async function subjectKeyIdentifier(key: TokenKey): Promise<string> {
   return Buffer.from(id).toString('hex');
 }
 
-async function withToken<T>(configFile: string | undefined, work: (token: Token) => T | Promise<T>): Promise<T> {
-  const config = loadKeyserverConfig(configFile);
+async function withToken<T>(
+  options: { readonly config?: string | undefined; readonly 'pin-stdin'?: boolean | undefined },
+  work: (token: Token) => T | Promise<T>,
+): Promise<T> {
+  const config = loadKeyserverConfig(options.config);
+  // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
+  if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8');
   // Not "keyedge:": the proxy's key children report the first such line of their stderr as their failure (acme/token-keys.ts).
   const token = Token.open(tokenOptions(config, (message) => process.stderr.write(`keyedge warning: ${message}\n`)));
   try {

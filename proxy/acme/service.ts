@@ -72,7 +72,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
   const { acme, log } = deps;
   const { shared } = deps;
   const state: IssuerStateStore = shared === undefined ? new StateFile(deps.config.stateDir) : new SharedIssuerState(shared, log);
-  const keys = deps.keys ?? cliTokenKeys(acme.keyserverConfig);
+  const keys = deps.keys ?? cliTokenKeys(acme.keyserverConfig, undefined, (message) => log.warn(message));
   const board = new ChallengeBoard(deps.broadcast);
   const fleet = shared === undefined ? undefined : new FleetChallenges(shared, board, log, deps.publishWaitMs ?? 10_000);
   // One node alone needs no lock: its manager's in-flight map keeps one order per name.

@@ -10,8 +10,8 @@
  * no key material crosses. A running key server finds the new key on its
  * first use (it rescans the token for an unknown key id). Cost: one node
  * start (~0.3 s) per key, once per certificate and renewal. A PIN the child
- * reads from a variable is in its environment only, not in the workers'
- * (keyChildEnv), and its bytes are wiped from the block /proc/<pid>/environ
+ * reads from a variable reaches it on its stdin, not in the workers' or its
+ * own environment (keyChildPin), and its bytes are wiped from the block /proc/<pid>/environ
  * shows (environ-wipe.ts); the process holding it is made non-dumpable.
  */
 import { execFile } from 'node:child_process';
@@ -35,28 +35,34 @@ export interface TokenKeys {
 }
 
 /**
- * The environment of the `keyedge key` children, as a function of the moment. When the key server config takes its PIN
- * from a variable (pkcs11.pin.env), the children need it to open the token, and nothing else in the proxy does: it is
- * taken out of this process's environment at once, before the workers are forked with a copy of it (they face the
- * clients, and held the PIN in their environment for their whole life), and given to each child alone. Its bytes are
- * wiped from the environment block the process was started with too: a worker (same user) could read them in
- * /proc/<primary pid>/environ. And the process becomes non-dumpable (no-dump.ts), as it holds the PIN from now on: a
- * worker could read its memory.
+ * The PIN the `keyedge key` children get on their stdin, if any. When the key server config takes its PIN from a variable
+ * (pkcs11.pin.env), the children need it to open the token, and nothing else in the proxy does: it is taken out of this
+ * process's environment at once, before the workers are forked with a copy of it (they face the clients, and held the PIN
+ * in their environment for their whole life). Its bytes are wiped from the environment block the process was started
+ * with too: a worker (same user) could read them in /proc/<primary pid>/environ. And the process becomes non-dumpable
+ * (no-dump.ts), as it holds the PIN from now on: a worker could read its memory. The children get it on a pipe
+ * (`--pin-stdin`), not in their environment: /proc/<child pid>/environ shows that to the same user while they run.
  */
-function keyChildEnv(keyserverConfig: string | null): () => NodeJS.ProcessEnv {
+function keyChildPin(keyserverConfig: string | null, warn: (message: string) => void): string | undefined {
   const name = pinVariable(keyserverConfig);
   // A second maker of children (the primary has one, startAcme) finds the variable taken by the first: it gets it too.
   const value = name === undefined ? undefined : (process.env[name] ?? takenPins.get(name));
-  if (name === undefined || value === undefined) return () => process.env;
+  if (name === undefined || value === undefined) return undefined;
   takenPins.set(name, value);
   delete process.env[name];
   // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
-  wipeFromEnviron(name);
-  setNotDumpable();
-  return () => ({ ...process.env, [name]: value });
+  // Either failing leaves the PIN readable by the proxy's user: the operator hears of it (never the PIN itself).
+  if (!wipeFromEnviron(name)) {
+    warn(
+      `the key server PIN variable ${name} could not be wiped from the environment block the proxy was started with ` +
+        `(/proc/self/stat or /proc/self/mem not usable): processes of its user, its workers among them, may read the PIN in /proc/${process.pid}/environ`,
+    );
+  }
+  if (!setNotDumpable()) warn(`the proxy's primary could not be made non-dumpable: processes of its user may read the key server PIN in its memory`);
+  return value;
 }
 
-/** PIN variables keyChildEnv took out of this process's environment, by name (in memory only, as the environment held them). */
+/** PIN variables keyChildPin took out of this process's environment, by name (in memory only, as the environment held them). */
 const takenPins = new Map<string, string>();
 
 /** The variable the key server config takes its PIN from, if it does. */
@@ -70,19 +76,29 @@ function pinVariable(keyserverConfig: string | null): string | undefined {
   }
 }
 
-/** `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded default. */
-export function cliTokenKeys(keyserverConfig: string | null, entry: string = process.argv[1] ?? 'keyedge'): TokenKeys {
-  const env = keyChildEnv(keyserverConfig);
+/**
+ * `entry`: the keyedge CLI script (default: the one running now). `keyserverConfig`: its --config; null: the embedded
+ * default. `warn`: told when a PIN variable stays readable by the proxy's user (keyChildPin).
+ */
+export function cliTokenKeys(
+  keyserverConfig: string | null,
+  entry: string = process.argv[1] ?? 'keyedge',
+  warn: (message: string) => void = () => {},
+): TokenKeys {
+  const pin = keyChildPin(keyserverConfig, warn);
   const run = (args: string[]): Promise<string> =>
     new Promise((resolve, reject) => {
-      const full = [entry, 'key', ...args, ...(keyserverConfig === null ? [] : ['--config', keyserverConfig])];
-      execFile(process.execPath, full, { timeout: 60_000, maxBuffer: 1024 * 1024, env: env() }, (err, stdout, stderr) => {
+      const full = [entry, 'key', ...args, ...(keyserverConfig === null ? [] : ['--config', keyserverConfig]), ...(pin === undefined ? [] : ['--pin-stdin'])];
+      const child = execFile(process.execPath, full, { timeout: 60_000, maxBuffer: 1024 * 1024 }, (err, stdout, stderr) => {
         if (err !== null) {
           // The CLI's message names the code and never a PIN or key material.
           const line = stderr.split('\n').find((l) => l.startsWith('keyedge:')) ?? err.message;
           reject(new AcmeError(`keyedge key ${args[0]}: ${line}`, { cause: err }));
         } else resolve(stdout);
       });
+      // A child that ends before reading it (a bad argument) closes the pipe: its exit says why, not EPIPE.
+      child.stdin?.on('error', () => {});
+      child.stdin?.end(pin ?? '');
     });
   return {
     async generate(type, label) {
