@@ -171,10 +171,21 @@ describe('routing changes at runtime', () => {
     await sleep(400);
   };
 
-  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered', async () => {
-    // An origin that keeps idle connections open: what closes them is the proxy.
+  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered; those requests keep to its connection cap', async () => {
+    // An origin that keeps idle connections open: what closes them is the proxy. Each answer is held a while, so that
+    // requests let through together are seen together (`most`).
     const open = new Set<net.Socket>();
-    const dropped = http.createServer((req, res) => req.resume().on('end', () => res.end(`dropped-origin ${req.url}`)));
+    let running = 0;
+    let most = 0;
+    const dropped = http.createServer((req, res) =>
+      req.resume().on('end', () => {
+        most = Math.max(most, ++running);
+        setTimeout(() => {
+          running--;
+          res.end(`dropped-origin ${req.url}`);
+        }, 300);
+      }),
+    );
     dropped.keepAliveTimeout = 60_000;
     dropped.on('connection', (socket: net.Socket) => {
       open.add(socket);
@@ -189,11 +200,32 @@ describe('routing changes at runtime', () => {
     // Its body not yet whole: routed, not yet sent to the origin (bodies are read before a request takes its place).
     const client = await rawTls(proxy.port, 'dropped.lab.test', ca);
     client.socket.write('POST /on-its-way HTTP/1.1\r\nhost: dropped.lab.test\r\ncontent-length: 4\r\n\r\nbo');
+    // More than the origin's connection cap (limits.originMaxConnections, 64 by default) on their way with it, on one
+    // connection (one worker): let through as they come, each with a connection of its own, they would all be there.
+    const session = h2Connect(proxy.port, ca, 'dropped.lab.test');
+    const onTheirWay = Array.from({ length: 70 }, (_, i) => {
+      const stream = session.request({ ':method': 'POST', ':path': `/h2-on-its-way-${i}`, 'content-length': '4' });
+      stream.write('bo');
+      return stream;
+    });
     await sleep(300);
     await reloadedWith(baseConfig(ports));
     client.socket.write('dy');
+    const answered = onTheirWay.map(
+      (stream) =>
+        new Promise<string>((resolve) => {
+          let body = '';
+          stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          stream.on('error', () => resolve('error'));
+          stream.on('end', () => resolve(body));
+          stream.end('dy');
+        }),
+    );
     await waitFor('the answer', () => (client.text().includes('dropped-origin /on-its-way') ? true : undefined));
     expect(client.text()).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await Promise.all(answered)).toEqual(onTheirWay.map((_, i) => `dropped-origin /h2-on-its-way-${i}`));
+    expect(most).toBeLessThanOrEqual(64);
+    await closeSession(session);
     client.socket.destroy();
     // Without a reload to come, a pool made for it would hold its connection (undici's keep-alive, 30 s).
     await waitFor('no connection left to the dropped origin', () => (open.size === 0 ? true : undefined), 5000);
