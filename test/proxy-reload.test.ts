@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -616,6 +616,23 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     ]);
     expect(got.map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['close']]);
     expect(originBSaw).not.toContain('/h1-after-pipelined');
+  });
+
+  it('a WebSocket upgrade pipelined behind an answer in progress is not opened after the change: the connection closes after that answer', async () => {
+    await serveEntry('h1ws', ['ws.h1.lab.test']);
+    const busy = await rawTls(proxy.port, 'ws.h1.lab.test', ca);
+    const upgrade = `GET /ws-behind HTTP/1.1\r\nhost: ws.h1.lab.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n`;
+    // Node's server hands the upgrade over as it parses it; it waits for the held answer (RFC 9112 §9.3.2).
+    busy.socket.write(request('ws.h1.lab.test', '/held') + upgrade);
+    await waitFor('the held request at the origin', () => (held.length === 1 ? true : undefined));
+    await sleep(200);
+    await serveEntry('h1ws', ['ws2.h1.lab.test']);
+    held.shift()?.();
+    // Opened, the tunnel would have been left alone, for as long as its client kept it, on a name no longer served.
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the connection stayed open')))]);
+    expect(answers(busy.text()).map((a) => [a.start, a.headers.get('connection')])).toEqual([['HTTP/1.1 200 OK', ['close']]]);
+    expect(originBSaw).not.toContain('/ws-behind');
+    for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
   });
 
   it('a connection whose handshake completes after the change gets `Connection: close` on its first answer', async () => {
