@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test', 'cont.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -616,6 +616,24 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     ]);
     expect(got.map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['close']]);
     expect(originBSaw).not.toContain('/h1-after-pipelined');
+  });
+
+  it('a pipelined answer its 100 (Continue) went ahead of, queued whole, says `Connection: close` too', async () => {
+    await serveEntry('h1cont', ['cont.h1.lab.test']);
+    const busy = await rawTls(proxy.port, 'cont.h1.lab.test', ca);
+    // Its 100 is written as the origin takes its body, then its answer's head: both wait behind the held answer.
+    const post = 'POST /h1-continued-post HTTP/1.1\r\nhost: cont.h1.lab.test\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\nbody';
+    busy.socket.write(request('cont.h1.lab.test', '/held') + post);
+    await waitFor('both requests at the origin', () => (held.length === 1 && originBSaw.includes('/h1-continued-post') ? true : undefined));
+    await sleep(200);
+    await serveEntry('h1cont', ['cont2.h1.lab.test']);
+    held.shift()?.();
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the busy connection stayed open')))]);
+    expect(answers(busy.text()).map((a) => [a.start, a.headers.get('connection')])).toEqual([
+      ['HTTP/1.1 200 OK', ['keep-alive']],
+      ['HTTP/1.1 100 Continue', undefined],
+      ['HTTP/1.1 200 OK', ['close']],
+    ]);
   });
 
   it('a WebSocket upgrade pipelined behind an answer in progress is not opened after the change: the connection closes after that answer', async () => {
