@@ -1,6 +1,6 @@
 /**
  * A worker's graceful stop: stop accepting everywhere, close idle keep-alive
- * connections at once and busy ones once their answer is sent, wait for the
+ * connections at once and busy ones once their answers are sent, wait for the
  * TLS listeners' connections to end within the grace period, then cut what
  * is left on every port and release the rest (staple loops, metrics, origin pools, keys).
  *
@@ -27,9 +27,12 @@ export interface ShutdownParts {
 
 export async function shutDown({ listeners, servers, graceMs, release }: ShutdownParts): Promise<void> {
   for (const listener of listeners) listener.stopAccepting();
-  // Idle keep-alive connections close now. Busy ones: the TLS listeners' after the answers to what they forwarded
-  // (http-front.ts `stop`, before this); the plain-HTTP port's go on until the grace ends.
-  for (const server of servers) server.close(() => undefined);
+  // The plain-HTTP port's idle keep-alive connections close now; its busy ones go on until the grace ends. Not the TLS
+  // listeners' HTTP/1.1 servers (never listening): their connections are ended by http-front.ts `stop`, before this,
+  // after the answers to what they forwarded. Node's close() would destroy each whose answer in progress is ended but
+  // not yet flushed to a client reading slowly (it takes a finished answer for a sent one), cutting that answer and
+  // every one queued behind it; their header and request deadlines keep running meanwhile.
+  for (const server of servers) if (server.listening) server.close(() => undefined);
   const open = (): number => listeners.reduce((sum, l) => sum + l.connections, 0);
   const allClosed = new Promise<void>((resolve) => {
     const check = (): void => (open() === 0 ? resolve() : void setTimeout(check, 20));
@@ -41,5 +44,7 @@ export async function shutDown({ listeners, servers, graceMs, release }: Shutdow
   // The plain-HTTP port's connections have no TLS listener to cut them: left to Node's deadlines, a request still
   // arriving held the worker past its grace period.
   for (const server of servers) server.closeAllConnections();
+  // The TLS listeners' servers: their deadline checks stop now (Node's close() on a server that never listened).
+  for (const server of servers) if (!server.listening) server.close(() => undefined);
   await release();
 }

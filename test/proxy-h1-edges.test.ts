@@ -1,12 +1,17 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
+import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { rawTls } from './helpers/raw-tls.js';
+import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
+import { sleep } from './helpers/keyserver.js';
 
 // HTTP/1.1 edge cases between a raw client and a raw origin, against an
 // in-process worker: origins that send interim (1xx) answers before the final
@@ -45,6 +50,8 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v1"\r\ncontent-length: 1234\r\n\r\n',
   '/no-content': 'HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n',
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  // Whole in a queued answer's own buffer (under Node's 16 KiB mark): ended before the connection is handed to it.
+  '/16k': `HTTP/1.1 200 OK\r\ncontent-length: 16000\r\n\r\n${'k'.repeat(16_000)}`,
   // Chunked: relayed to an HTTP/1.0 client without a length, so its connection ends with the answer.
   '/slow-chunked': (socket) => setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'), 500),
   // An origin that ignores the Upgrade and serves a page: relayed as an ordinary answer.
@@ -364,4 +371,41 @@ describe('a Host that is not host[:port]', () => {
     expect(await accessLine('/host-probe')).toMatchObject({ status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET' });
     lines.length = 0;
   });
+});
+
+describe("the worker's graceful stop, with a client reading its pipelined answers slowly", () => {
+  // Node's server.close() destroyed each connection whose answer in progress was ended but not yet flushed (it takes a
+  // finished answer for a sent one): the answers still queued behind it, to requests their origin had already
+  // processed, were lost, though the client would have read them all within the grace period.
+  it('gets every answer to what it forwarded, the last with `Connection: close`, then the connection closes', async () => {
+    const stopping = await startProxyWorker(
+      lab.proxyConfig({
+        certificates: [{ name: 'e', chain: (await lab.certificate('e-stop', lab.keys.ec, [HOST])).file }],
+        limits: { originMaxQueue: 1000 },
+        shutdownGraceMs: 10_000,
+        domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+      }),
+      {
+        log: createLogger('h1-edges-stop-test', 'warn', jsonLineSink([])),
+        metrics: new ProxyMetrics(() => stopping.keySource.stats(), new Registry()),
+      },
+    );
+    const before = originSaw.length;
+    // 600 answers of 16 kB: more than the kernel's buffers take from a client that reads nothing.
+    const client = await rawTls(stopping.ports[0]!, HOST, ca, { read: false });
+    client.socket.write(`GET /16k HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`.repeat(600));
+    await sleep(1500);
+    const stopped = stopping.close();
+    await sleep(300);
+    client.resume();
+    await Promise.race([client.closed, sleep(8000)]);
+    const forwarded = originSaw.length - before;
+    const { messages, rest } = splitAll(client.text(), (text) => nextAnswer(text, () => false, false));
+    await stopped;
+    expect(forwarded).toBeGreaterThan(0);
+    expect([messages.length, rest]).toEqual([forwarded, '']);
+    expect(messages.every((m) => m.start === 'HTTP/1.1 200 OK' && m.body.length === 16_000)).toBe(true);
+    expect(messages.at(-1)?.headers.get('connection')).toEqual(['close']);
+    expect(client.socket.destroyed).toBe(true);
+  }, 30_000);
 });

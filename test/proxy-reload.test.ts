@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test', 'cont.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -171,10 +171,23 @@ describe('routing changes at runtime', () => {
     await sleep(400);
   };
 
-  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered', async () => {
-    // An origin that keeps idle connections open: what closes them is the proxy.
+  it('closes the origin connection of a request that was on its way when a reload dropped the origin, once it is answered; those requests keep to its connection cap', async () => {
+    // An origin that keeps idle connections open: what closes them is the proxy. Each answer is held a while, so that
+    // requests let through together are seen together (`most`).
     const open = new Set<net.Socket>();
-    const dropped = http.createServer((req, res) => req.resume().on('end', () => res.end(`dropped-origin ${req.url}`)));
+    let running = 0;
+    let most = 0;
+    const dropped = http.createServer((req, res) =>
+      req.resume().on('end', () => {
+        // The HTTP/2 ones only: they share one connection, so one worker, whose cap they are held to.
+        const counted = req.url?.startsWith('/h2-') === true;
+        if (counted) most = Math.max(most, ++running);
+        setTimeout(() => {
+          if (counted) running--;
+          res.end(`dropped-origin ${req.url}`);
+        }, 300);
+      }),
+    );
     dropped.keepAliveTimeout = 60_000;
     dropped.on('connection', (socket: net.Socket) => {
       open.add(socket);
@@ -189,11 +202,33 @@ describe('routing changes at runtime', () => {
     // Its body not yet whole: routed, not yet sent to the origin (bodies are read before a request takes its place).
     const client = await rawTls(proxy.port, 'dropped.lab.test', ca);
     client.socket.write('POST /on-its-way HTTP/1.1\r\nhost: dropped.lab.test\r\ncontent-length: 4\r\n\r\nbo');
+    // More than the origin's connection cap (limits.originMaxConnections, 64 by default) on their way with it, on one
+    // connection (one worker): let through as they come, each with a connection of its own, they would all be there.
+    const session = h2Connect(proxy.port, ca, 'dropped.lab.test');
+    const onTheirWay = Array.from({ length: 70 }, (_, i) => {
+      const stream = session.request({ ':method': 'POST', ':path': `/h2-on-its-way-${i}`, 'content-length': '4' });
+      stream.write('bo');
+      return stream;
+    });
     await sleep(300);
     await reloadedWith(baseConfig(ports));
     client.socket.write('dy');
+    const answered = onTheirWay.map(
+      (stream) =>
+        new Promise<string>((resolve) => {
+          let body = '';
+          stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          stream.on('error', () => resolve('error'));
+          stream.on('end', () => resolve(body));
+          stream.end('dy');
+        }),
+    );
     await waitFor('the answer', () => (client.text().includes('dropped-origin /on-its-way') ? true : undefined));
     expect(client.text()).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await Promise.all(answered)).toEqual(onTheirWay.map((_, i) => `dropped-origin /h2-on-its-way-${i}`));
+    expect(most).toBeLessThanOrEqual(64);
+    expect(most).toBeGreaterThan(0);
+    await closeSession(session);
     client.socket.destroy();
     // Without a reload to come, a pool made for it would hold its connection (undici's keep-alive, 30 s).
     await waitFor('no connection left to the dropped origin', () => (open.size === 0 ? true : undefined), 5000);
@@ -562,28 +597,50 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
   });
 
-  it('a busy connection answers every pipelined request it already forwarded, the last with `Connection: close`', async () => {
-    await serveEntry('h1pipe', ['pipe.h1.lab.test']);
-    const busy = await rawTls(proxy.port, 'pipe.h1.lab.test', ca);
+  it.each([
+    ['pipe', ''],
+    // Its 100 (Continue) is written as the origin takes its body, then its answer's head: both wait behind the held one.
+    ['cont', 'expect: 100-continue\r\n'],
+  ])('a busy connection answers every pipelined request it already forwarded, the last with `Connection: close` (%s)', async (entry, expectation) => {
+    const name = `${entry}.h1.lab.test`;
+    await serveEntry(`h1${entry}`, [name]);
+    const busy = await rawTls(proxy.port, name, ca);
     // Pipelined behind the held one: forwarded at once (the origin has it), its answer queued behind the held one's.
-    const post = 'POST /h1-pipelined-post HTTP/1.1\r\nhost: pipe.h1.lab.test\r\ncontent-length: 4\r\n\r\nbody';
-    busy.socket.write(request('pipe.h1.lab.test', '/held') + post);
-    await waitFor('both requests at the origin', () => (held.length === 1 && originBSaw.includes('/h1-pipelined-post') ? true : undefined));
+    const post = `POST /h1-pipelined-${entry} HTTP/1.1\r\nhost: ${name}\r\n${expectation}content-length: 4\r\n\r\nbody`;
+    busy.socket.write(request(name, '/held') + post);
+    await waitFor('both requests at the origin', () => (held.length === 1 && originBSaw.includes(`/h1-pipelined-${entry}`) ? true : undefined));
 
-    await serveEntry('h1pipe', ['pipe2.h1.lab.test']);
+    await serveEntry(`h1${entry}`, [`${entry}2.h1.lab.test`]);
     // Sent after the change: not processed (RFC 9112 §9.6).
-    busy.socket.write(request('pipe.h1.lab.test', '/h1-after-pipelined'));
+    busy.socket.write(request(name, `/h1-after-pipelined-${entry}`));
     await sleep(200);
     held.shift()?.();
     await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the busy connection stayed open')))]);
     // The POST reached the origin: its answer is written, in order, before the connection closes (RFC 9112 §9.3.2).
     const got = answers(busy.text());
-    expect(got.map((a) => [a.start, a.body])).toEqual([
-      ['HTTP/1.1 200 OK', SLOW_BODY],
-      ['HTTP/1.1 200 OK', 'origin-b'],
+    expect(got.map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([
+      ['HTTP/1.1 200 OK', SLOW_BODY, ['keep-alive']],
+      ...(expectation === '' ? [] : [['HTTP/1.1 100 Continue', '', undefined]]),
+      ['HTTP/1.1 200 OK', 'origin-b', ['close']],
     ]);
-    expect(got.map((a) => a.headers.get('connection'))).toEqual([['keep-alive'], ['close']]);
-    expect(originBSaw).not.toContain('/h1-after-pipelined');
+    expect(originBSaw).not.toContain(`/h1-after-pipelined-${entry}`);
+  });
+
+  it('a WebSocket upgrade pipelined behind an answer in progress is not opened after the change: the connection closes after that answer', async () => {
+    await serveEntry('h1ws', ['ws.h1.lab.test']);
+    const busy = await rawTls(proxy.port, 'ws.h1.lab.test', ca);
+    const upgrade = `GET /ws-behind HTTP/1.1\r\nhost: ws.h1.lab.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n`;
+    // Node's server hands the upgrade over as it parses it; it waits for the held answer (RFC 9112 §9.3.2).
+    busy.socket.write(request('ws.h1.lab.test', '/held') + upgrade);
+    await waitFor('the held request at the origin', () => (held.length === 1 ? true : undefined));
+    await sleep(200);
+    await serveEntry('h1ws', ['ws2.h1.lab.test']);
+    held.shift()?.();
+    // Opened, the tunnel would have been left alone, for as long as its client kept it, on a name no longer served.
+    await Promise.race([busy.closed, sleep(5000).then(() => Promise.reject(new Error('the connection stayed open')))]);
+    expect(answers(busy.text()).map((a) => [a.start, a.headers.get('connection')])).toEqual([['HTTP/1.1 200 OK', ['close']]]);
+    expect(originBSaw).not.toContain('/ws-behind');
+    for (const tunnel of originTunnels.splice(0)) tunnel.destroy();
   });
 
   it('a connection whose handshake completes after the change gets `Connection: close` on its first answer', async () => {

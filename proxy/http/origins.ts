@@ -18,7 +18,8 @@
  * files first (a bad one throws before anything changes), then keeps the
  * pools and health of origins still configured and closes the others once
  * their in-flight requests finish. A request still on its way to a dropped
- * origin gets a pool and a gate of its own, gone when it ends (`dispatch`).
+ * origin gets a pool of its own, gone when it ends (`dispatch`), behind the
+ * origin's gate, kept while it is in use (`gate`).
  * Single-threaded: one instance per worker.
  */
 import { createHash, X509Certificate } from 'node:crypto';
@@ -169,13 +170,19 @@ export class OriginPools {
     void own.close().catch(() => undefined);
   }
 
-  /** The admission gate of `target`'s origin; kept with its pool. A dropped origin's (`dispatch`) is its request's own. */
+  /**
+   * The admission gate of `target`'s origin; kept with its pool. A dropped
+   * origin's is kept too while requests on their way to it pass it
+   * (`dispatch`), so that they share its cap: a gate of each request's own
+   * would let every request routed before the reload (bodies still being
+   * read, any number of them) open its own connection at once.
+   */
   gate(target: OriginTarget): OriginGate {
     let gate = this.#gates.get(target.key);
     if (gate === undefined) {
       const { maxConnections, maxQueue, queueTimeoutMs } = this.admission;
       gate = new OriginGate(maxConnections, maxQueue, queueTimeoutMs);
-      if (!this.#dropped(target)) this.#gates.set(target.key, gate);
+      this.#gates.set(target.key, gate);
     }
     return gate;
   }
@@ -229,8 +236,9 @@ export class OriginPools {
     this.#targets = prepared;
     this.#configured = keys;
     this.#balancer.retain(keys, groups);
-    // A dropped origin's gate goes with it: requests still running leave a gate nobody enters.
-    for (const key of this.#gates.keys()) if (!keys.has(key)) this.#gates.delete(key);
+    // A dropped origin's gate goes with it once idle; one its requests still pass stays, for those on their way to it
+    // (`gate`), until a later reload finds it idle: one small object per dropped origin at most.
+    for (const [key, gate] of this.#gates) if (!keys.has(key) && idle(gate)) this.#gates.delete(key);
     for (const [key, pool] of this.#pools) {
       if (keys.has(key)) continue;
       this.#pools.delete(key);
@@ -248,6 +256,12 @@ export class OriginPools {
     await Promise.all([...this.#pools.values()].map((pool) => pool.close()));
     this.#pools.clear();
   }
+}
+
+/** No request running through `gate` or waiting at it. */
+function idle(gate: OriginGate): boolean {
+  const { active, waiting } = gate.load;
+  return active === 0 && waiting === 0;
 }
 
 function readCa(domain: ProxyDomain, file: string): string {

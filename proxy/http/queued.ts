@@ -15,6 +15,7 @@
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { closesAfterAnswer } from './linger.js';
 
 /** A connection's queued answers: what to tell when it closes, and the latest request's answer while it is pending. */
 interface Waiting {
@@ -153,6 +154,9 @@ export function inAnswerOrder(socket: Duplex, then: () => void): void {
   socket.on('drain', drain);
   whenAnswersSent(socket, () => {
     socket.off('drain', drain);
+    // The connection closes after an answer before it (its request's body unread, linger.ts; a reload or the stop,
+    // retire.ts): nothing after that answer is processed (RFC 9112 §9.6), what the client still sends is dropped.
+    if (closesAfterAnswer(socket)) return void socket.resume();
     then();
   });
 }

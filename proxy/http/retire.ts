@@ -23,7 +23,9 @@
  * - a connection whose handshake completes after the change (its ClientHello
  *   picked the old certificate) is checked as it arrives: its first answer
  *   says `Connection: close`, so its client reconnects and sees what serves now.
- * WebSocket tunnels and CONNECT tunnels already established are left alone.
+ * WebSocket tunnels and CONNECT tunnels already under way are left alone; one
+ * pipelined behind answers still being sent is not opened (the connection
+ * closes after those answers).
  *
  * The worker's graceful stop (`closeAll`) ends every connection the same
  * way, as nginx's graceful shutdown does: Node's `server.close()` closes only
@@ -42,7 +44,7 @@ import type { ProxyMetrics } from '../metrics.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { ExpectingHandler } from './expect.js';
 import { closeAfterAnswer, lingerAfterEnd, processNoMore } from './linger.js';
-import { lastAnswer } from './queued.js';
+import { answerInProgress, lastAnswer } from './queued.js';
 import { sayCloseInUnsentHead } from './unsent-head.js';
 
 /** Node's server sets `_last` from `shouldKeepAlive` when it writes the head, and closes after an answer with it set. */
@@ -81,7 +83,11 @@ export class Http1Connections {
   retire(): number {
     let retired = 0;
     for (const [socket, connection] of this.#live) {
-      if (this.#stillCovered(connection) && !tunnelled(socket)) continue;
+      if (this.#stillCovered(connection)) {
+        // A tunnel under way is HTTP no more; one still waiting for the answers before it is kept, for a later change.
+        if (tunnelled(socket) && answerInProgress(socket) === undefined) this.#live.delete(socket);
+        continue;
+      }
       if (this.#end(socket)) {
         retired++;
         this.#count();
@@ -96,12 +102,14 @@ export class Http1Connections {
     for (const socket of this.#live.keys()) this.#end(socket);
   }
 
-  /** Ends `socket` after the answers to what it already forwarded; false for a tunnel (left alone). Ended once: a later change finds it gone. */
+  /** Ends `socket` after the answers to what it already forwarded; false for a tunnel under way (left alone). Ended once: a later change finds it gone. */
   #end(socket: TLSSocket): boolean {
     this.#live.delete(socket);
-    // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more.
-    if (tunnelled(socket)) return false;
     const answer = lastAnswer(socket);
+    // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more,
+    // once under way; one still waiting for the answers before it (queued.ts `inAnswerOrder`) is not opened: the
+    // connection closes after them, as after any request taken before the change.
+    if (tunnelled(socket) && answer === undefined) return false;
     if (answer === undefined) closeIdle(socket);
     else closeAfter(answer);
     return true;

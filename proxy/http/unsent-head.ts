@@ -42,8 +42,9 @@ export function sayCloseInUnsentHead(res: ServerResponse): boolean {
   }
   // Moved to the connection already, or being: too late.
   if (res.socket !== null) return false;
-  const first = answer.outputData?.[0];
-  if (first === undefined || typeof first.data !== 'string' || !first.data.startsWith(head)) return false;
+  // Not always the first thing waiting: an interim answer written while it waited (a 100 Continue) goes before it.
+  const first = answer.outputData?.find((output) => typeof output.data === 'string' && output.data.startsWith(head));
+  if (first === undefined || typeof first.data !== 'string') return false;
   first.data = closing + first.data.slice(head.length);
   answer._header = closing;
   const delta = closing.length - head.length;
