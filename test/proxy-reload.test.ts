@@ -44,7 +44,9 @@ const SLOW_BODY = 'h'.repeat(200_000);
 
 async function servedSerial(name: string): Promise<string | undefined> {
   const result = await nodeGet(proxy.port, name, ca);
-  return result.ok ? result.serial?.toLowerCase() : undefined;
+  // No answer is a failure of its own, said as such (the handshake's error or the bytes received), not a serial of undefined.
+  expect(result.ok, `${name}: ${result.ok ? '' : (result.error ?? JSON.stringify(result.body ?? ''))}`).toBe(true);
+  return result.serial?.toLowerCase();
 }
 
 function storeWrite(name: string, pem: string): void {
