@@ -30,8 +30,9 @@
  *   POST /acme/renew/:name             renew a managed certificate now
  * At most MAX_ADMIN_CONNECTIONS connections are open at once; a newcomer at
  * the cap closes the one waiting longest with no answer in progress (a head
- * still arriving, idle between requests), and is closed itself only when
- * every one has an answer in progress (keyserver/shared/admin-connections.ts).
+ * still arriving, idle between requests), or else the one whose client has
+ * left its answer unsent longest, past STALLED_MS; only when there is none is
+ * the newcomer closed (keyserver/shared/admin-connections.ts).
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file

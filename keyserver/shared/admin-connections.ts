@@ -27,6 +27,16 @@
  * (the key server's admin, which renders each scrape anew, worse). Scrapers,
  * probes and curl send one request at a time, as nginx serves them.
  *
+ * An answer the client does not take is no answer in progress: at the cap,
+ * with none waiting, the connection whose answer has been left for longest
+ * with some of it still unsent (the kernel's buffers for it full) is closed
+ * for the newcomer, once STALLED_MS have passed since that answer began.
+ * Otherwise 16 clients sending `GET /metrics` one at a time and reading
+ * nothing (some 4 MB each, what loopback's buffers hold) had an answer in
+ * progress for ever (no timeout runs once a request is whole), and every
+ * scraper and probe after them was closed at accept. An answer still being
+ * made (an upload, an ACME order) has nothing unsent: it is never closed.
+ *
  * Call after the server's own 'connection' listeners are in place (Node's,
  * from http.createServer). The handler marks each request it serves with
  * `answering`; one it refuses needs no mark, so its connection stays
@@ -50,6 +60,11 @@ export interface AdminConnections {
 
 /** Answers one connection may have in progress (pipelined requests); past it the connection is closed. */
 export const MAX_ANSWERS = 16;
+/**
+ * How long an answer the client leaves unsent may hold its connection from a newcomer at the cap. A scraper reads what
+ * it asked for as it comes: the kernel holds megabytes for it, so an answer still unsent after this is one nobody reads.
+ */
+export const STALLED_MS = 3_000;
 
 export function capAdminConnections(server: http.Server, cap: number): AdminConnections {
   const open = new Set<net.Socket>();
@@ -57,6 +72,8 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
   const waiting = new Set<net.Socket>();
   /** Answers in progress per connection (pipelined requests each have one). */
   const answers = new Map<net.Socket, number>();
+  /** When each connection's answers began to be in progress (monotonic, ms): since it last had none. */
+  const since = new Map<net.Socket, number>();
 
   const answering = (req: http.IncomingMessage, res: http.ServerResponse): boolean => {
     const socket = req.socket;
@@ -68,11 +85,13 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
       return false;
     }
     answers.set(socket, count);
+    if (count === 1) since.set(socket, performance.now());
     waiting.delete(socket);
     res.once('close', () => {
       const left = (answers.get(socket) ?? 1) - 1;
       if (left > 0) return void answers.set(socket, left);
       answers.delete(socket);
+      since.delete(socket);
       // To the back of the order: it waits from now.
       if (open.has(socket)) waiting.add(socket);
     });
@@ -84,7 +103,7 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
   server.removeAllListeners('connection');
   server.on('connection', (socket: net.Socket) => {
     if (open.size >= cap) {
-      const oldest = waiting.values().next().value;
+      const oldest = waiting.values().next().value ?? stalled();
       if (oldest === undefined) return void socket.destroy();
       forget(oldest);
       oldest.destroy();
@@ -95,10 +114,23 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     for (const listener of serve) listener.call(server, socket);
   });
 
+  /** The connection whose answer its client has left unsent for longest, past STALLED_MS; undefined when none. */
+  function stalled(): net.Socket | undefined {
+    const before = performance.now() - STALLED_MS;
+    // Insertion order is the order the answers began, oldest first.
+    for (const [socket, began] of since) {
+      if (began > before) return undefined;
+      // Bytes the kernel would not take yet: the client has stopped reading (or reads slower than anyone scrapes).
+      if (socket.writableLength > 0) return socket;
+    }
+    return undefined;
+  }
+
   function forget(socket: net.Socket): void {
     open.delete(socket);
     waiting.delete(socket);
     answers.delete(socket);
+    since.delete(socket);
   }
   return { answering, size: () => open.size };
 }
