@@ -94,11 +94,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (control === undefined) return text(res, 404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
+        // Counted toward MAX_ANSWERS, but not held: its connection stays one a newcomer at the cap may close.
+        if (!connections.answering(req, res, false)) return;
         if (!hasBody(req)) return refuse(res, denied, false);
         // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
         // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
         // to its end, however long (an endless chunked one for ever), to keep the connection.
-        // Not marked answering: its connection stays one a newcomer at the cap may close (admin-connections.ts).
         void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }
