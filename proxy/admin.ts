@@ -30,8 +30,9 @@
  *   POST /acme/renew/:name             renew a managed certificate now
  * At most MAX_ADMIN_CONNECTIONS connections are open at once; a newcomer at
  * the cap closes the one waiting longest with no answer in progress (a head
- * still arriving, idle between requests), and is closed itself only when
- * every one has an answer in progress (keyserver/shared/admin-connections.ts).
+ * still arriving, idle between requests), or else the one whose client has
+ * left its answer unsent longest, past STALLED_MS; only when there is none is
+ * the newcomer closed (keyserver/shared/admin-connections.ts).
  * Refusals answer 4xx with the reason as JSON; the running state is kept:
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
@@ -93,11 +94,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
       if (control === undefined) return text(res, 404, 'not found\n');
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
+        // Counted toward MAX_ANSWERS, but not held: its connection stays one a newcomer at the cap may close.
+        if (!connections.answering(req, res, false)) return;
         if (!hasBody(req)) return refuse(res, denied, false);
         // A body nobody may send is dropped as one over the limit is (readBody): up to DISCARD_BYTES / DISCARD_MS, so the
         // answer reaches a client that finished writing, then the connection ends. Node would otherwise read and drop it
         // to its end, however long (an endless chunked one for ever), to keep the connection.
-        // Not marked answering: its connection stays one a newcomer at the cap may close (admin-connections.ts).
         void readBody(req, 0).then((body) => refuse(res, denied, typeof body !== 'string' && body.close));
         return;
       }

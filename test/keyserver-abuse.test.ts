@@ -468,6 +468,40 @@ describe('admin port', () => {
       for (const socket of hoarders) socket.destroy();
     }
   });
+
+  it('clients that ask for scrapes one at a time and read none hold no place from a probe once their answers stall', async () => {
+    // No timeout runs once a request is whole: an answer the kernel will not take (its buffers, some 4 MB on loopback,
+    // full) stayed in progress for ever, and 16 such connections closed every scraper and probe after them at accept.
+    const request = 'GET /metrics HTTP/1.1\r\nHost: k\r\n\r\n';
+    const open = (): net.Socket => {
+      const socket = net.connect(server.adminPort!, '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.pause();
+      return socket;
+    };
+    // Two requests at a time on each, at a pace the key server keeps up with; 360 answers of some 13 kB are more than
+    // loopback's buffers hold. One closed for a burst past MAX_ANSWERS (the key server fell behind) is opened again.
+    const readers = Array.from({ length: 16 }, open);
+    const sent = readers.map(() => 0);
+    try {
+      while (sent.some((n) => n < 360)) {
+        readers.forEach((socket, i) => {
+          if (socket.destroyed) [readers[i], sent[i]] = [open(), 0];
+          if (sent[i]! < 360) readers[i]!.write(request.repeat(2));
+          sent[i]! += 2;
+        });
+        await sleep(10);
+      }
+      expect(readers.filter((socket) => !socket.destroyed).length).toBe(16);
+      // Past STALLED_MS (3 s) from each one's first answer, a newcomer closes the one left longest.
+      const probe = await waitFor('a probe answered', () =>
+        fetch(`http://127.0.0.1:${server.adminPort}/healthz`, { signal: AbortSignal.timeout(2_000) }).catch(() => undefined),
+      );
+      expect(probe?.status).toBe(200);
+    } finally {
+      for (const socket of readers) socket.destroy();
+    }
+  }, 30_000);
 });
 
 describe('file limit', () => {

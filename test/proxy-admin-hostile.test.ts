@@ -145,6 +145,20 @@ describe('admin port under hostile clients', () => {
     }
   });
 
+  it('changes without the token pipelined by the thousand and never read are closed as scrapes are', async () => {
+    // A change refused for its token is not marked answering (so its connection stays one a newcomer may close): it was
+    // not counted either, so 1,800 of them in one write were all answered at once, whatever MAX_ANSWERS says.
+    const hoarders = pipelineUnread(proxy.adminPort, 'POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n', 1_800, 30);
+    try {
+      await sleep(1_000);
+      // Read now: each was closed past MAX_ANSWERS, not answered 1,800 times.
+      expect(await stillOpen(hoarders)).toBe(0);
+      expect(await status(proxy.adminPort, '/readyz')).toBe(200);
+    } finally {
+      for (const socket of hoarders) socket.destroy();
+    }
+  });
+
   it('an admin API bound beyond loopback is named in a warning at start', () => {
     const warning = proxy.lines.find((l) => String(l.msg).startsWith('the admin API listens beyond loopback'));
     expect(warning).toMatchObject({ level: 40 });

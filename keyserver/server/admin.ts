@@ -8,7 +8,8 @@
  * Loopback is still open to every user of the host, unlike the 0600 unix
  * socket, so what a client can hold here is bounded: at most
  * MAX_ADMIN_CONNECTIONS connections (a newcomer closes the one waiting longest
- * with no answer in progress, admin-connections.ts), within the descriptors
+ * with no answer in progress, or whose answer its client has left unsent
+ * longest, admin-connections.ts), within the descriptors
  * fd-budget.ts reserves, and a head must arrive within HEADERS_TIMEOUT_MS.
  * With Node's defaults (no cap, a head within 60 s checked every 30 s), a few
  * hundred idle connections here took the descriptors the key server needs to

@@ -27,12 +27,23 @@
  * (the key server's admin, which renders each scrape anew, worse). Scrapers,
  * probes and curl send one request at a time, as nginx serves them.
  *
+ * An answer the client does not take is no answer in progress: at the cap,
+ * with none waiting, the connection whose answer has been left for longest
+ * with some of it still unsent (the kernel's buffers for it full) is closed
+ * for the newcomer, once STALLED_MS have passed since that answer began.
+ * Otherwise 16 clients sending `GET /metrics` one at a time and reading
+ * nothing (some 4 MB each, what loopback's buffers hold) had an answer in
+ * progress for ever (no timeout runs once a request is whole), and every
+ * scraper and probe after them was closed at accept. An answer still being
+ * made (an upload, an ACME order) has nothing unsent: it is never closed.
+ *
  * Call after the server's own 'connection' listeners are in place (Node's,
- * from http.createServer). The handler marks each request it serves with
- * `answering`; one it refuses needs no mark, so its connection stays
- * evictable: a change without the admin token has its body read and dropped
- * for up to 5 s before its 401 (admin-body.ts), and 64 such bodies sent a
- * byte at a time held every place as surely as 64 slow heads.
+ * from http.createServer). The handler marks each request with `answering`;
+ * one it refuses with `hold` false, so its connection stays evictable: a
+ * change without the admin token has its body read and dropped for up to 5 s
+ * before its 401 (admin-body.ts), and 64 such bodies sent a byte at a time
+ * held every place as surely as 64 slow heads. It still counts toward
+ * MAX_ANSWERS: 1,800 such changes in one write were otherwise all answered.
  */
 import type http from 'node:http';
 import type net from 'node:net';
@@ -41,26 +52,37 @@ export interface AdminConnections {
   /**
    * Marks the request's connection as answering until its response closes: it is not closed for a newcomer meanwhile.
    * False when the connection is closed (by this request, past MAX_ANSWERS): the request is not to be answered. Node
-   * still hands over the rest of the requests it read with it.
+   * still hands over the rest of the requests it read with it. With `hold` false (a request refused), the answer counts
+   * toward MAX_ANSWERS only: its connection stays one a newcomer may close.
    */
-  readonly answering: (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
+  readonly answering: (req: http.IncomingMessage, res: http.ServerResponse, hold?: boolean) => boolean;
   /** Connections open now. */
   readonly size: () => number;
 }
 
 /** Answers one connection may have in progress (pipelined requests); past it the connection is closed. */
 export const MAX_ANSWERS = 16;
+/**
+ * How long an answer the client leaves unsent may hold its connection from a newcomer at the cap. A scraper reads what
+ * it asked for as it comes: the kernel holds megabytes for it, so an answer still unsent after this is one nobody reads.
+ */
+export const STALLED_MS = 3_000;
 
 export function capAdminConnections(server: http.Server, cap: number): AdminConnections {
   const open = new Set<net.Socket>();
   /** Open connections with no answer in progress; insertion order is the order they began waiting, oldest first. */
   const waiting = new Set<net.Socket>();
-  /** Answers in progress per connection (pipelined requests each have one). */
+  /** Answers in progress per connection (pipelined requests each have one), refused ones included. */
   const answers = new Map<net.Socket, number>();
+  /** Of those, the answers that hold their connection from a newcomer (requests served). */
+  const held = new Map<net.Socket, number>();
+  /** When each connection's answers began to be in progress (monotonic, ms): since it last had none. */
+  const since = new Map<net.Socket, number>();
 
-  const answering = (req: http.IncomingMessage, res: http.ServerResponse): boolean => {
+  const answering = (req: http.IncomingMessage, res: http.ServerResponse, hold = true): boolean => {
     const socket = req.socket;
     if (!open.has(socket) || socket.destroyed) return false;
+    // Refused requests count too: 1,800 changes without the token in one write were all answered at once.
     const count = (answers.get(socket) ?? 0) + 1;
     if (count > MAX_ANSWERS) {
       forget(socket);
@@ -68,11 +90,21 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
       return false;
     }
     answers.set(socket, count);
-    waiting.delete(socket);
     res.once('close', () => {
       const left = (answers.get(socket) ?? 1) - 1;
-      if (left > 0) return void answers.set(socket, left);
-      answers.delete(socket);
+      if (left > 0) answers.set(socket, left);
+      else answers.delete(socket);
+    });
+    if (!hold) return true;
+    const holding = (held.get(socket) ?? 0) + 1;
+    held.set(socket, holding);
+    if (holding === 1) since.set(socket, performance.now());
+    waiting.delete(socket);
+    res.once('close', () => {
+      const holding = (held.get(socket) ?? 1) - 1;
+      if (holding > 0) return void held.set(socket, holding);
+      held.delete(socket);
+      since.delete(socket);
       // To the back of the order: it waits from now.
       if (open.has(socket)) waiting.add(socket);
     });
@@ -84,7 +116,7 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
   server.removeAllListeners('connection');
   server.on('connection', (socket: net.Socket) => {
     if (open.size >= cap) {
-      const oldest = waiting.values().next().value;
+      const oldest = waiting.values().next().value ?? stalled();
       if (oldest === undefined) return void socket.destroy();
       forget(oldest);
       oldest.destroy();
@@ -95,10 +127,24 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     for (const listener of serve) listener.call(server, socket);
   });
 
+  /** The connection whose answer its client has left unsent for longest, past STALLED_MS; undefined when none. */
+  function stalled(): net.Socket | undefined {
+    const before = performance.now() - STALLED_MS;
+    // Insertion order is the order the answers began, oldest first.
+    for (const [socket, began] of since) {
+      if (began > before) return undefined;
+      // Bytes the kernel would not take yet: the client has stopped reading (or reads slower than anyone scrapes).
+      if (socket.writableLength > 0) return socket;
+    }
+    return undefined;
+  }
+
   function forget(socket: net.Socket): void {
     open.delete(socket);
     waiting.delete(socket);
     answers.delete(socket);
+    held.delete(socket);
+    since.delete(socket);
   }
   return { answering, size: () => open.size };
 }
