@@ -138,7 +138,9 @@ describe('admin port under hostile clients', () => {
       const grown = (rss() - before) / 1e6;
       // Read now: each was closed with few answers or none.
       expect(await stillOpen(hoarders)).toBe(0);
-      expect(grown).toBeLessThan(100);
+      // A gross bound only: RSS also holds garbage not yet collected (29 to 105 MB seen with the cap on a loaded
+      // machine); the closed connections above are what tells the cap from none.
+      expect(grown).toBeLessThan(250);
       expect(await status(proxy.adminPort, '/readyz')).toBe(200);
     } finally {
       for (const socket of hoarders) socket.destroy();
