@@ -48,15 +48,18 @@ describe('keyedge key', () => {
     const pin = readFileSync(join(dir, 'state', 'token', 'user.pin'), 'utf8').trim();
     const env = { ...process.env };
     delete env.KEYEDGE_TEST_STDIN_PIN;
-    const list = (...flags: string[]) =>
-      spawnSync(process.execPath, [KEYEDGE, 'key', 'list', '--json', '--config', envConfig, ...flags], { encoding: 'utf8', cwd: dir, env, input: pin });
-    const piped = list('--pin-stdin');
+    const list = (input: string, ...flags: string[]) =>
+      spawnSync(process.execPath, [KEYEDGE, 'key', 'list', '--json', '--config', envConfig, ...flags], { encoding: 'utf8', cwd: dir, env, input });
+    const piped = list(pin, '--pin-stdin');
     expect(piped.status, piped.stderr).toBe(0);
     expect((JSON.parse(piped.stdout) as { label: string }[]).map((k) => k.label)).toContain('edge-ec');
-    const unset = list();
+    // As `echo "$PIN" | keyedge key list --pin-stdin` sends it: the line ending is not part of the PIN.
+    const echoed = list(`${pin}\n`, '--pin-stdin');
+    expect(echoed.status, echoed.stderr).toBe(0);
+    const unset = list(pin);
     expect(unset.status).toBe(1);
     expect(unset.stderr).toContain('KEYEDGE_ERR_TOKEN_PIN: the PIN variable KEYEDGE_TEST_STDIN_PIN is not set');
-    expect(`${piped.stdout}${piped.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+    expect(`${piped.stdout}${piped.stderr}${echoed.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
   });
 
   it('imports a PEM key non-extractable and reminds that the file remains', () => {

@@ -164,7 +164,8 @@ async function withToken<T>(
 ): Promise<T> {
   const config = loadKeyserverConfig(options.config);
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
-  if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8');
+  // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
+  if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
   // Not "keyedge:": the proxy's key children report the first such line of their stderr as their failure (acme/token-keys.ts).
   const token = Token.open(tokenOptions(config, (message) => process.stderr.write(`keyedge warning: ${message}\n`)));
   try {
