@@ -12,8 +12,9 @@ import { REPO } from './helpers/keyserver.js';
 // Every C_Login on a SoftHSM2 token rewrites its token file (token.object):
 // truncated, then written. A process that opens the token at that moment (a
 // `keyedge key list` next to a renewal's `keyedge key generate|delete`) reads
-// an empty file: SoftHSM2 then shows no token, or answers CKR_GENERAL_ERROR to
-// C_GetTokenInfo or C_Login until it is initialised again. Here another
+// an empty or half-written file: SoftHSM2 then shows no token, answers
+// CKR_GENERAL_ERROR to C_GetTokenInfo or C_Login, or CKR_USER_PIN_NOT_INITIALIZED
+// to C_Login (1 open in 1,116 in one CI run), until it is initialised again. Here another
 // process logs in every 50 ms while this one opens the token again and again.
 let dir: string;
 let embedded: EmbeddedToken;
@@ -123,6 +124,23 @@ describe('openRetrying', () => {
       ),
     ).toThrow(/C_GetTokenInfo failed: CKR_GENERAL_ERROR/);
     expect(calls).toBe(3);
+  });
+
+  it('opens again after a login that finds no user PIN (the token file read half-written)', () => {
+    let calls = 0;
+    const halfWritten = new TokenError('KEYEDGE_ERR_TOKEN_LOGIN', "login to token 'x' refused: CKR_USER_PIN_NOT_INITIALIZED", {
+      cause: { code: pkcs11js.CKR_USER_PIN_NOT_INITIALIZED },
+    });
+    const opened = openRetrying(
+      () => {
+        calls++;
+        if (calls < 2) throw halfWritten;
+        return 'token';
+      },
+      3,
+      1,
+    );
+    expect([opened, calls]).toEqual(['token', 2]);
   });
 
   it('does not try a refused PIN again (a token counts failed logins)', () => {

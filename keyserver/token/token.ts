@@ -70,7 +70,7 @@ export class Token {
 
   /**
    * Opens the token, starting over (C_Finalize, C_Initialize) when the module
-   * answers CKR_GENERAL_ERROR or shows no token (transientOpenFailure).
+   * answers as it does to a token file read half-written (transientOpenFailure).
    * SoftHSM2 does that when it reads its token file while another process
    * rewrites it (every C_Login there rewrites it), and keeps failing until
    * it is initialised again; the other process's write takes milliseconds.
@@ -200,15 +200,18 @@ export function openRetrying<T>(open: () => T, attempts = OPEN_ATTEMPTS, pauseMs
 }
 
 /**
- * CKR_GENERAL_ERROR from finding the token or logging in, or no token at all
- * when the module was initialised on an empty token file: what SoftHSM2 shows
- * a process that reads the file as another rewrites it. A token that really is
- * not there costs the attempts' pauses, then fails the same way.
+ * CKR_GENERAL_ERROR from finding the token or logging in, no token at all when
+ * the module was initialised on an empty token file, or CKR_USER_PIN_NOT_INITIALIZED
+ * from a login on a file read half-written (the user PIN's blob not there
+ * yet): what SoftHSM2 shows a process that reads the file as another rewrites
+ * it. A token that really is not there, or really has no user PIN, costs the
+ * attempts' pauses, then fails the same way.
  */
 function transientOpenFailure(err: unknown): boolean {
   if (!(err instanceof TokenError)) return false;
   if (err.code === 'KEYEDGE_ERR_TOKEN_NOT_FOUND') return true;
-  return (err.cause as { code?: unknown } | undefined)?.code === pkcs11js.CKR_GENERAL_ERROR;
+  const code = (err.cause as { code?: unknown } | undefined)?.code;
+  return code === pkcs11js.CKR_GENERAL_ERROR || (err.code === 'KEYEDGE_ERR_TOKEN_LOGIN' && code === pkcs11js.CKR_USER_PIN_NOT_INITIALIZED);
 }
 
 function findToken(pkcs11: pkcs11js.PKCS11, selector: TokenSelector, modulePath: string): { slot: pkcs11js.Handle; info: pkcs11js.TokenInfo } {
