@@ -7,10 +7,15 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 
-/** `protocol`: the only ALPN protocol offered (none when undefined); `resume`: offer each loop's newest ticket. */
+/**
+ * `protocol`: the only ALPN protocol offered (none when undefined); `resume`: offer each loop's newest ticket; `rate`:
+ * at most this many connections a second over all loops (each loop starts its next at most every loops ÷ rate s), so
+ * that servers are compared at the same rate rather than each at what this client can drive.
+ */
 type AlpnLoadOptions = { readonly port: number; readonly serverName: string; readonly ca: string; readonly loops: number } & {
   readonly protocol?: 'h2' | 'http/1.1';
   readonly resume?: boolean;
+  readonly rate?: number;
 };
 
 /** The protocol the server picks when offered only `protocol` (false: none). */
@@ -48,7 +53,11 @@ export class AlpnLoad extends ClosedLoop {
     // A failure starts over without a ticket.
     const done: Done = (failed, newest) => {
       this.done(started, failed);
-      setImmediate(() => this.#next(failed === undefined ? newest : undefined));
+      const next = () => this.#next(failed === undefined ? newest : undefined);
+      const { rate, loops } = this.options;
+      const waitMs = rate === undefined ? 0 : (loops / rate) * 1000 - Number(nowNs() - started) / 1e6;
+      if (waitMs > 0) setTimeout(next, waitMs);
+      else setImmediate(next);
     };
     if (this.options.protocol === 'h2') this.#h2(done);
     else this.#h1(session, done);

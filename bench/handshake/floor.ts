@@ -4,8 +4,10 @@
  * handshakes and requests in the proxy's metric names. `h2`: a bare node:http2 server instead (ALPN `h2` only, the
  * stream API). `forward`: a bare forwarder to the origin with nothing of keyedge's, through undici's `dispatch()` or the
  * lean llhttp forwarder below: the origin hop's own cost (with `h2`: issue 13's floor, `:authority` as Host, RFC 9113
- * §8.3.1). Usage: node dist/bench/handshake/floor.js --config FILE (FloorConfig JSON)
+ * §8.3.1). `renewTickets`: a fresh ticket on every resumed connection, as the proxy sends (the resumed floor).
+ * Usage: node dist/bench/handshake/floor.js --config FILE (FloorConfig JSON)
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import http2, { type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
@@ -24,6 +26,12 @@ export interface FloorConfig {
   readonly h2?: boolean;
   /** Forward to `origin` (http://host:port) with `client` instead of answering. */
   readonly forward?: { readonly origin: string; readonly client: 'undici' | 'llhttp' };
+  /**
+   * Send a fresh ticket on every resumed connection, as the proxy does (proxy/tls/tickets.ts): plain node:tls sends
+   * none, so a client that uses each ticket once resumes only every second connection, and half of the floor's
+   * "resumed" handshakes were full ones. The same internal hook as the proxy's, one key.
+   */
+  readonly renewTickets?: boolean;
 }
 
 type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
@@ -169,6 +177,16 @@ function h2Answer(forward: FloorConfig['forward']): (stream: ServerHttp2Stream, 
   };
 }
 
+/** The ticket-key callback of proxy/tls/tickets.ts reduced to one key: [1, hmac, aes, name, iv] encrypts, [2, …] renews. */
+function renewTickets(context: tls.SecureContext): void {
+  const [name, hmac, aes] = [randomBytes(16), randomBytes(16), randomBytes(16)];
+  const unused = Buffer.alloc(16);
+  const native = (context as unknown as { context: { enableTicketKeyCallback(): void; onticketkeycallback: unknown } }).context;
+  native.enableTicketKeyCallback();
+  native.onticketkeycallback = (presented: Buffer, _iv: Buffer, encrypt: boolean) =>
+    encrypt ? [1, hmac, aes, name, randomBytes(16)] : presented.equals(name) ? [2, hmac, aes] : [0, unused, unused];
+}
+
 const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
 if (values.config === undefined) throw new Error('usage: floor.js --config FILE');
 const c = JSON.parse(readFileSync(values.config, 'utf8')) as FloorConfig;
@@ -193,6 +211,9 @@ if (c.h2) {
     answer(req, res);
   });
 }
+// OpenSSL encrypts and decrypts tickets with the context the connection began on (its session_ctx), the server's own,
+// not the one SNICallback picks.
+if (c.renewTickets) renewTickets((server as unknown as { _sharedCreds: tls.SecureContext })._sharedCreds);
 server.listen(c.port, '127.0.0.1');
 server.on('secureConnection', (socket: tls.TLSSocket) => (socket.isSessionReused() ? counts.resumed++ : counts.full++));
 server.on('tlsClientError', () => counts.failed++);

@@ -33,13 +33,14 @@ const SETUPS = {
   'keyless-tcp': { title: 'keyless (mTLS)', runs: (w) => `proxy ${w} + key server (mTLS)`, key: 'keyserver' },
   inmemory: { title: 'in memory', runs: (w, node) => `${w}${node}`, node: true },
   'node-floor': { title: 'bare node:https (floor)', runs: (_, node) => `node:https 1 process${node}`, node: true },
+  'node-forward': { title: 'bare node:https + undici forwarder (floor)', runs: (_, node) => `node:https 1 process${node}`, node: true },
   'nginx-file': { title: 'nginx key file', runs: () => 'nginx 1 process', nginx: 'file' },
   'nginx-engine': { title: 'nginx + pkcs11 engine', runs: () => 'nginx 1 process (SoftHSM2 in it)', nginx: 'engine' },
   'nginx-p11kit': { title: 'nginx + p11-kit', runs: () => 'nginx 1 process + p11-kit server', key: 'p11kit', nginx: 'p11kit' },
 } satisfies Record<string, SetupSpec>;
 
 type BaseSetup = keyof typeof SETUPS;
-type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor';
+type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor' | 'node-forward';
 export type SetupId = BaseSetup | `${NodeSetup}-node${number}`;
 
 export const SETUP_IDS = Object.keys(SETUPS) as BaseSetup[];
@@ -135,10 +136,12 @@ export class HandshakeLab extends LabBase<SetupId> {
     const endpoint = this.ports.endpoints[setup]!;
     const [origin, base, major] = [`http://127.0.0.1:${this.ports.origin}`, baseSetup(setup), nodeMajorOf(setup)];
     const node = major === undefined ? process.execPath : this.nodeBinaries.get(major)!;
-    if (base === 'inmemory' || base === 'node-floor') {
+    if (base === 'inmemory' || base === 'node-floor' || base === 'node-forward') {
       const certs = options.keys.map((k) => ({ name: k.id, serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) }));
       const o = { ...options, ...endpoint, origin, domain: '*.bench.localhost', dir: this.dir, command: [node], cpus: options.serverCpus, timeoutMs: 60_000 };
-      const server = startFileKeyed(setup, base, certs, o);
+      // The floors renew tickets as the proxy does, so that their resumed connections all resume (floor.ts).
+      const floor = base === 'node-forward' ? { renewTickets: true, forward: { origin, client: 'undici' as const } } : { renewTickets: true };
+      const server = base === 'inmemory' ? startFileKeyed(setup, base, certs, o) : startFileKeyed(setup, 'node-floor', certs, o, floor);
       this.servers.set(setup, server.proc);
       this.configs.set(setup, server.config);
       return void (await server.serving);
@@ -241,7 +244,7 @@ export function startFileKeyed(
   kind: 'inmemory' | 'node-floor',
   certs: readonly { name: string; serverName: string; chain: string; key: string }[],
   o: ServerOptions & { dir: string; command: readonly string[]; cpus: string | undefined; timeoutMs: number },
-  floor?: Pick<FloorConfig, 'h2' | 'forward'>,
+  floor?: Pick<FloorConfig, 'h2' | 'forward' | 'renewTickets'>,
 ) {
   const { port, workers, profile, logLevel } = o;
   const [domains, admin] = [[{ name: o.domain, origin: o.origin }], { host: '127.0.0.1', port: o.admin }];

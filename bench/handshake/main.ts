@@ -38,6 +38,12 @@ const TABLE = {
   'client-cpus': std.clientCpus,
   'log-level': std.logLevel,
   profile: { kind: 'string', arg: 'NAME', def: 'intermediate', choices: ['intermediate', 'modern'], help: 'TLS profile of the proxies' },
+  paced: {
+    kind: 'number',
+    arg: 'N',
+    min: 1,
+    help: 'the in-process clients (resumed, ALPN) start at most N connections a second, the same for every server (default: as fast as they can)',
+  },
   'quiet-wait': std.quietWait,
   'keep-temp': std.keepTemp,
 } as const;
@@ -59,7 +65,20 @@ function parseOptions(argv: string[]) {
   const workers = v.workers ?? pins.serverCpuCount;
   const limits = (v.limits ?? (!quick && v.scenarios === undefined ? 'yes' : 'no')) === 'yes';
   const [logLevel, profile, keepTemp] = [v['log-level'], v.profile as 'intermediate' | 'modern', v['keep-temp']];
-  const run = { concurrency: 64, resumeLoops: 16, workers, keys, majors, scenarios, install: v.install === 'yes', limits, logLevel, profile, keepTemp };
+  const run = {
+    concurrency: 64,
+    resumeLoops: 16,
+    paced: v.paced,
+    workers,
+    keys,
+    majors,
+    scenarios,
+    install: v.install === 'yes',
+    limits,
+    logLevel,
+    profile,
+    keepTemp,
+  };
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
 
@@ -150,7 +169,15 @@ function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, 
   const port = lab.ports.endpoints[spec.setup]!.port;
   if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
     const protocol = spec.kind === 'alpn-h2' ? 'h2' : spec.kind === 'alpn-h1' ? 'http/1.1' : undefined;
-    const load = new AlpnLoad({ port, serverName: spec.key.serverName, ca: lab.ca, loops: options.resumeLoops, protocol, resume: !protocol });
+    const load = new AlpnLoad({
+      port,
+      serverName: spec.key.serverName,
+      ca: lab.ca,
+      loops: options.resumeLoops,
+      protocol,
+      resume: !protocol,
+      rate: options.paced,
+    });
     load.start();
     return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop()) };
   }

@@ -8,12 +8,14 @@ import { HANDSHAKE_KEYS, type HandshakeKey, NODE_SETUPS, onNode, SETUP_IDS, type
 /** Resumption (and the floor's), TLS 1.2 and ALPN compare keyless with nginx's key file, ECDSA only. */
 const PAIR: readonly SetupId[] = ['keyless-unix', 'nginx-file'];
 const EC: readonly HandshakeKey['id'][] = ['ec'];
-const RESUMED: readonly SetupId[] = ['keyless-unix', 'node-floor', 'nginx-file'];
+const RESUMED: readonly SetupId[] = ['keyless-unix', 'node-floor', 'node-forward', 'nginx-file'];
+/** The forwarding floor runs where its question is (what the origin hop adds to a resumed connection); layers.ts has it for full ones. */
+const FULL: readonly SetupId[] = SETUP_IDS.filter((s) => s !== 'node-forward');
 
 /** Per kind: its label (summary rows; report section "<Label> handshakes (<client>)"), set-ups, keys, and whether its Node set-ups also run under --node's majors. */
 type KindSpec = { label: string; client: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true };
 const KIND_TABLE = {
-  'full-tls13': { label: 'full TLS 1.3', client: 'ab -f TLS1.3, new connection per request', setups: SETUP_IDS, keys: ['ec', 'rsa'], majors: true },
+  'full-tls13': { label: 'full TLS 1.3', client: 'ab -f TLS1.3, new connection per request', setups: FULL, keys: ['ec', 'rsa'], majors: true },
   'resumed-tls13': { label: 'resumed TLS 1.3', client: 'tickets, node:tls client, new connection per request', setups: RESUMED, keys: EC, majors: true },
   'full-tls12': { label: 'full TLS 1.2', client: 'spot check, ab -f TLS1.2', setups: PAIR, keys: EC },
   'alpn-h2': { label: 'full TLS 1.3 + h2', client: 'node:http2 client offering only h2, one GET per connection', setups: PAIR, keys: EC },

@@ -87,6 +87,7 @@ const TARGET_ROWS: readonly TargetSpec[] = [
   ['full handshake: bare node:https (floor) ÷ nginx key file', [full('node-floor')], [FILE], undefined],
   ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], 1.3],
   ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
+  ['resumed handshake: floor + undici forwarder ÷ nginx', [['resumed-tls13', 'node-forward']], [['resumed-tls13', 'nginx-file']], undefined],
   ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], 1.1, true],
   ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
 ];
@@ -223,7 +224,7 @@ export async function handshakeReport(...[lab, options, scenarios, { results, fa
     '',
     ...machineLines(machine, `${ab ?? 'ab (version unknown)'}${tools === undefined ? '' : `, nginx ${tools.version}`}`),
     ...(nodeVersions.size > 1 ? [`Node majors (--node): ${majors}; the key server, nginx and the origin stay on this node.`] : []),
-    `Client: \`${abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${tls}); resumed and ALPN: ${options.resumeLoops} connections in flight in this bench's process (resumed: each offering the newest ticket it got).`,
+    `Client: \`${abCommand}\` (${options.concurrency} connections in flight, a new TCP connection and full handshake per request; negotiated ${tls}); resumed and ALPN: ${options.resumeLoops} connections in flight in this bench's process (resumed: each offering the newest ticket it got)${options.paced === undefined ? '' : `, paced: at most ${options.paced} connections a second for every server`}.`,
     `Servers: proxies and in-memory server ${options.workers} workers each (node:cluster), TLS profile ${options.profile}, log level ${options.logLevel}; nginx one process (master_process off), access log ${quietLog(options.logLevel) ? 'off' : 'on'}.`,
     `Pinning: ${options.serverCpus === undefined ? 'no pinning (scheduler decides)' : pin}.`,
     `Other load: ${contended} of ${others.length} windows had more than ${CONTENDED_CORES} cores of other processes (median ${fmt(median(others), 2)}, max ${fmt(Math.max(...others), 2)} cores)${shared}`,
