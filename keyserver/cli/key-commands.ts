@@ -15,6 +15,7 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { guardKeyCommand } from './pin-guard.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
 
@@ -36,6 +37,9 @@ Options:
                   instead (the proxy's ACME key children: /proc/<pid>/environ shows a
                   variable to every process of the same user)
   --help          this text
+
+Every action makes the process non-dumpable before it reads a PIN or a key (Linux):
+its memory is out of reach of the user's other processes; no core dump.
 `;
 
 const OPTIONS = {
@@ -67,6 +71,9 @@ export const keyCommand: Command = {
       process.stdout.write(USAGE);
       return 0;
     }
+    // Before any PIN (variable, file, stdin) or key to import is read: from here this process's memory holds them, and a
+    // process of its user could read it (/proc/<pid>/mem) as the proxy's ACME key children run (pin-guard.ts).
+    guardKeyCommand(warn);
     switch (action) {
       case 'generate':
         return withToken(values, (token) => {
@@ -158,6 +165,11 @@ async function subjectKeyIdentifier(key: TokenKey): Promise<string> {
   return Buffer.from(id).toString('hex');
 }
 
+/** Not "keyedge:": the proxy's key children report the first such line of their stderr as their failure (acme/token-keys.ts). */
+function warn(message: string): void {
+  process.stderr.write(`keyedge warning: ${message}\n`);
+}
+
 async function withToken<T>(
   options: { readonly config?: string | undefined; readonly 'pin-stdin'?: boolean | undefined },
   work: (token: Token) => T | Promise<T>,
@@ -166,8 +178,7 @@ async function withToken<T>(
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
   // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
   if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
-  // Not "keyedge:": the proxy's key children report the first such line of their stderr as their failure (acme/token-keys.ts).
-  const token = Token.open(tokenOptions(config, (message) => process.stderr.write(`keyedge warning: ${message}\n`)));
+  const token = Token.open(tokenOptions(config, warn));
   try {
     return await work(token);
   } finally {

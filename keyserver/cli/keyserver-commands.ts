@@ -9,6 +9,8 @@ import { UsageError } from '../shared/errors.js';
 import { startKeyserver } from '../server/daemon.js';
 import { exitBySignal } from '../server/exit-by-signal.js';
 import { type Command, parseCommandArgs } from '../shared/command.js';
+import { createLogger } from '../shared/log.js';
+import { guardKeyserver } from './pin-guard.js';
 
 const KEYSERVER_USAGE = `Usage: keyedge keyserver [--config FILE]
 
@@ -25,6 +27,11 @@ signal is handled then) is logged past twice limits.requestTimeoutMs; once
 serving, a call held limits.tokenStallExitMs (a minute) ends the process
 (SIGKILL) for its supervisor to restart it, as does a token that must be
 opened again while a sign has been held in it that long.
+
+The PIN stays out of reach of the user's other processes: a PIN variable
+(pkcs11.pin.env) is taken out of the environment and wiped from
+/proc/<pid>/environ, and the process is non-dumpable (no core dump; gdb -p,
+strace -p, lsof on it need root). Linux; elsewhere a warning says so.
 
 Options:
   --config FILE   JSON config (see config/keyserver.json)
@@ -44,7 +51,10 @@ export const keyserverCommand: Command = {
       return 0;
     }
     const config = loadKeyserverConfig(values.config);
-    const server = await startKeyserver(config);
+    const log = createLogger('keyserver', config.log.level);
+    // Before the token is opened: the PIN out of /proc/<pid>/environ, the process's memory out of its user's reach.
+    guardKeyserver(config, (message) => log.warn(message));
+    const server = await startKeyserver(config, { log });
     process.on('SIGHUP', () => {
       server.log.info('SIGHUP: rescanning the token');
       try {

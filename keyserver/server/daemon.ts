@@ -53,6 +53,7 @@ import { RefusedPin } from './refused-pin.js';
 import { listenTls, listenUnix } from './listeners.js';
 import { LogLimiter } from '../shared/log-limiter.js';
 import { looseSecretFile } from '../shared/secret-file.js';
+import { pinVariable } from '../shared/pin-variable.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 
@@ -348,7 +349,8 @@ export function tokenOptions(config: KeyserverConfig, warn?: (message: string) =
     modulePath = prepareEmbeddedToken(config.stateDir, label).modulePath;
   }
   if ('env' in pkcs11.pin) {
-    const pin = process.env[pkcs11.pin.env];
+    // The variable the process started with: `keyedge keyserver` takes it out of its environment (cli/pin-guard.ts).
+    const pin = pinVariable(pkcs11.pin.env);
     if (pin === undefined || pin === '') {
       throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `the PIN variable ${pkcs11.pin.env} is not set (config ${config.source}: pkcs11.pin.env)`);
     }

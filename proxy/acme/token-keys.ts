@@ -12,15 +12,15 @@
  * start (~0.3 s) per key, once per certificate and renewal. A PIN the child
  * reads from a variable reaches it on its stdin, not in the workers' or its
  * own environment (keyChildPin), and its bytes are wiped from the block /proc/<pid>/environ
- * shows (environ-wipe.ts); the process holding it is made non-dumpable.
+ * shows (keyserver/shared/environ-wipe.ts); the process holding it is made non-dumpable.
  */
 import { execFile } from 'node:child_process';
 import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
-import { setNotDumpable } from '../native/no-dump.js';
-import { wipeFromEnviron } from './environ-wipe.js';
+import { setNotDumpable } from '../../keyserver/shared/no-dump.js';
+import { wipeFromEnviron } from '../../keyserver/shared/environ-wipe.js';
 import { AcmeError } from './errors.js';
 
 export interface GeneratedKey {
@@ -40,7 +40,7 @@ export interface TokenKeys {
  * process's environment at once, before the workers are forked with a copy of it (they face the clients, and held the PIN
  * in their environment for their whole life). Its bytes are wiped from the environment block the process was started
  * with too: a worker (same user) could read them in /proc/<primary pid>/environ. And the process becomes non-dumpable
- * (no-dump.ts), as it holds the PIN from now on: a worker could read its memory. The children get it on a pipe
+ * (keyserver/shared/no-dump.ts), as it holds the PIN from now on: a worker could read its memory. The children get it on a pipe
  * (`--pin-stdin`), not in their environment: /proc/<child pid>/environ shows that to the same user while they run.
  */
 function keyChildPin(keyserverConfig: string | null, warn: (message: string) => void): string | undefined {

@@ -20,7 +20,7 @@ import { createPrivateKey, type KeyObject, type PrivateKeyInput } from 'node:cry
 import { createRequire } from 'node:module';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import { keyIdOf } from '../../keyserver/shared/key-id.js';
-import { builtAddon } from './addon-path.js';
+import { builtAddon } from '../../keyserver/shared/addon-path.js';
 
 export const KEYLESS_PEM_LABEL = 'KEYEDGE KEYLESS KEY';
 const PEM_VERSION = 0x01;

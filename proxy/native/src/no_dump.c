@@ -1,6 +1,8 @@
 /*
- * no_dump.node: one call, for the proxy's primary while it holds the key
- * server PIN (proxy/acme/token-keys.ts, through proxy/native/no-dump.ts):
+ * no_dump.node: one call, for a process while it holds the key server PIN:
+ * the proxy's primary (proxy/acme/token-keys.ts), the key server and every
+ * `keyedge key` (keyserver/cli/pin-guard.ts), through
+ * keyserver/shared/no-dump.ts:
  *
  *   setNotDumpable() -> boolean
  *       prctl(PR_SET_DUMPABLE, 0), as ssh-agent and gpg-agent do (prctl(2)):
@@ -9,11 +11,12 @@
  *       /proc/<pid>/mem need CAP_SYS_PTRACE (ptrace(2), "Ptrace access mode
  *       checking"): a process of the same user, a worker among them, reads
  *       neither its memory nor its environment. execve(2) makes a process
- *       dumpable again: the workers and the `keyedge key` children are.
+ *       dumpable again: the proxy's workers are; the `keyedge key` children
+ *       call this again before they read the PIN.
  *       False, and nothing done, where there is no prctl (not Linux).
  *
- * An addon of its own, not a call in the keyless bridge: the primary never
- * loads the bridge (an OpenSSL provider it has no use for).
+ * An addon of its own, not a call in the keyless bridge: the primary and the
+ * key server never load the bridge (an OpenSSL provider they have no use for).
  */
 #include <stdbool.h>
 

@@ -7,7 +7,9 @@
  * stack, and /proc/<pid>/environ shows that block (mm->env_start to env_end,
  * proc(5)) for the process's whole life to any process of the same user: a
  * worker of the proxy, which faces the clients, could read its primary's
- * /proc/<ppid>/environ and find the key server PIN there. The block's bounds
+ * /proc/<ppid>/environ, or the key server's /proc/<pid>/environ, and find the
+ * key server PIN there (proxy/acme/token-keys.ts, keyserver/shared/pin-variable.ts
+ * take it out). The block's bounds
  * are fields 50 and 51 of /proc/self/stat (proc(5), since Linux 3.5) and a
  * process may write its own memory through /proc/self/mem; the entry is
  * overwritten with NULs in place (nothing points to it once unset: moving the

@@ -1,0 +1,50 @@
+/**
+ * The key server and `keyedge key` processes, which hold the key server PIN
+ * (or a session logged in with it), kept from other processes of their user:
+ * a PIN variable taken out of the environment and wiped from the block
+ * /proc/<pid>/environ shows (pin-variable.ts), and the process made
+ * non-dumpable (no-dump.ts), so /proc/<pid>/mem and ptrace need
+ * CAP_SYS_PTRACE, as the proxy's primary does (proxy/acme/token-keys.ts).
+ *
+ * In the commands, not in startKeyserver(): both change the whole process,
+ * which is the command's to change (tests run key servers inside theirs).
+ * Either failing is warned about, naming the variable, never the PIN: the
+ * key server still serves (an operator without /proc, or without the addon
+ * built, keeps what they had).
+ */
+import type { KeyserverConfig } from '../../config/schema.js';
+import { setNotDumpable } from '../shared/no-dump.js';
+import { takePinVariable } from '../shared/pin-variable.js';
+
+/**
+ * For `keyedge keyserver`, before the token is opened: the PIN variable, if the config names one, taken and wiped; then
+ * the process made non-dumpable, whatever the PIN's source (its memory holds the PIN and a logged-in session).
+ */
+export function guardKeyserver(config: KeyserverConfig, warn: (message: string) => void): void {
+  // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
+  if ('env' in config.pkcs11.pin && !takePinVariable(config.pkcs11.pin.env)) {
+    warn(
+      `the key server PIN variable ${config.pkcs11.pin.env} could not be wiped from the environment block the key server was started with ` +
+        `(/proc/self/stat or /proc/self/mem not usable): processes of its user may read the PIN in /proc/${process.pid}/environ`,
+    );
+  }
+  notDumpable('the key server', warn);
+}
+
+/** For `keyedge key`, before it reads a PIN (its variable, its file, or stdin) or a key to import. */
+export function guardKeyCommand(warn: (message: string) => void): void {
+  notDumpable('keyedge key', warn);
+}
+
+function notDumpable(who: string, warn: (message: string) => void): void {
+  let done: boolean;
+  let why = 'no prctl here';
+  try {
+    done = setNotDumpable();
+  } catch (err) {
+    // The addon not built (KEYEDGE_ERR_SETUP): the message says how to build it.
+    done = false;
+    why = (err as Error).message;
+  }
+  if (!done) warn(`${who} could not be made non-dumpable (${why}): processes of its user may read the PIN, or its session with the token, in its memory`);
+}
