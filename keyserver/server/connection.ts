@@ -38,8 +38,11 @@
  * frame yet; idle: neither) is reported to `onState` on each change, for the
  * daemon's admission (admission.ts).
  *
- * When the socket closes, its signs still waiting for a signing thread are
- * dropped (sign-workers.ts): a client cannot queue work, leave, and repeat.
+ * Its signs waiting for a signing thread take turns with other connections'
+ * (sign-queue.ts; the close signal below names the connection there), so its
+ * backlog, at most `maxInFlight`, holds up no other connection's signs. When
+ * the socket closes, its signs still waiting are dropped (sign-workers.ts): a
+ * client cannot queue work, leave, and repeat.
  */
 import type { Socket } from 'node:net';
 import { ProtocolError } from '../shared/errors.js';
@@ -93,7 +96,7 @@ export class KeyserverConnection {
   #idleWaiters: (() => void)[] = [];
   /** Complete frames read while the client's answers were backed up, oldest first: answered once the socket drains. */
   #held: Buffer[] = [];
-  /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. */
+  /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. It also names the connection in the signs' turns (sign-queue.ts). */
   readonly #closed = new AbortController();
 
   constructor(socket: Socket, client: ClientIdentity, context: ConnectionContext) {

@@ -15,12 +15,14 @@
  * died between C_SignInit and C_Sign) after RESTART_MIN_MS, doubling on each
  * failure in a row up to RESTART_MAX_MS.
  *
- * Jobs wait in `queue` on the main thread and go out in batches of at most
- * BATCH_MAX, at most WINDOW batches unanswered: enough that the thread never
- * waits for the loop to send more, while the rest stay where they can still be
- * dropped (the owner's `skip()`: a job whose connection closed or whose
- * deadline passed costs the token nothing, and takes no place in a batch). A
- * batch posted cannot be taken back.
+ * Jobs wait on the main thread, in the owner's queue (sign-queue.ts), and
+ * come in batches of at most BATCH_MAX, at most WINDOW batches unanswered:
+ * enough that the thread never waits for the loop to send more, while the rest
+ * stay where they can still be dropped (a job whose connection closed or whose
+ * deadline passed costs the token nothing, and takes no place in a batch) and
+ * where the owner decides whose turn it is. A batch posted cannot be taken
+ * back, nor overtaken: a sign queued now waits behind up to WINDOW batches on
+ * the thread that takes it, so they are kept small.
  *
  * Contract: `started` resolves once the first start is over, up or failed;
  * `up` says whether jobs may be sent; `inToken()` how many signs were sent
@@ -30,8 +32,9 @@
  * a thread still starting counting as in C_Initialize: its start, too, may
  * be held by a token that does not answer, and `stop()` cannot end a thread
  * inside native code (worker.terminate() waits for it to come back to JS);
- * `load` (jobs queued or sent, not yet answered) and `queue` are the owner's bookkeeping of jobs on this thread;
- * `stop()` ends it for good.
+ * `load` (jobs sent, not yet answered) is the owner's bookkeeping of jobs on this thread; `takesBatch` says
+ * whether it is up with room in its window, `post()` sends it a batch, and the owner's `ready()` hears when it
+ * may take more (it came up, or answered a batch); `stop()` ends it for good.
  */
 import { Worker } from 'node:worker_threads';
 import type pkcs11js from 'pkcs11js';
@@ -42,8 +45,12 @@ import type { Token } from './token.js';
 const RESTART_MIN_MS = 100;
 /** ...up to this; a thread that served this long before failing starts over from RESTART_MIN_MS. */
 const RESTART_MAX_MS = 10_000;
-/** Jobs per message to a thread: 32 RSA-2048 signs are about 20 ms of its time... */
-const BATCH_MAX = 32;
+/**
+ * Jobs per message to a thread: 8 RSA-2048 signs are about 5 ms of its time, two messages (there and back) per 8
+ * signs. Not more: a sign queued behind another connection's backlog still waits for the batches already posted
+ * (up to WINDOW of them on its thread), whoever they came from; 32 a batch made that 40 ms.
+ */
+export const BATCH_MAX = 8;
 /** ...and it holds at most this many unanswered, so one is always waiting when it finishes another. */
 const WINDOW = 2;
 /** What a thread posts once pkcs11js is loaded and it takes jobs. */
@@ -124,8 +131,8 @@ export interface ThreadOwner {
   results(thread: SignThread, results: JobResult[]): void;
   /** The thread died: the jobs it held are unanswered. */
   failed(thread: SignThread): void;
-  /** Whether a queued job is dropped instead of sent (its connection closed, its deadline passed); the owner answers it. */
-  skip(job: Job): boolean;
+  /** The thread may take a batch: it came up, or answered one. */
+  ready(thread: SignThread): void;
 }
 
 export class SignThread {
@@ -134,11 +141,8 @@ export class SignThread {
   readonly started: Promise<void>;
   /** Loaded and taking jobs. */
   up = false;
-  /** Jobs sent and not yet answered, plus those queued. */
+  /** Jobs sent and not yet answered. */
   load = 0;
-  /** Jobs not yet sent, oldest first, from `#head` on (taken from the front without copying the rest). */
-  queue: Job[] = [];
-  #head = 0;
   /** Jobs in each batch sent and not yet answered, oldest first (at most WINDOW). */
   #sent: number[] = [];
   /** When the thread took up the oldest unanswered batch: it was sent, or the one before it answered. */
@@ -168,22 +172,21 @@ export class SignThread {
     this.#start();
   }
 
-  /** Posts queued jobs, BATCH_MAX a message, while fewer than WINDOW batches are unanswered. */
-  send(): void {
-    const worker = this.#worker;
-    if (worker === undefined || !this.up) return;
-    while (this.#sent.length < WINDOW && this.#head < this.queue.length) {
-      const batch: Job[] = [];
-      while (this.#head < this.queue.length && batch.length < BATCH_MAX) {
-        const job = this.queue[this.#head++]!;
-        if (!this.#owner.skip(job)) batch.push(job);
-      }
-      if (this.#head === this.queue.length) this.#emptyQueue();
-      if (batch.length === 0) continue;
-      worker.postMessage(batch);
-      if (this.#sent.length === 0) this.#busySince = performance.now();
-      this.#sent.push(batch.length);
-    }
+  /** Up, with fewer than WINDOW batches unanswered: `post()` may send one. */
+  get takesBatch(): boolean {
+    return this.#worker !== undefined && this.up && this.#sent.length < WINDOW;
+  }
+
+  /** Batches sent and not yet answered. */
+  get batchesOut(): number {
+    return this.#sent.length;
+  }
+
+  /** Sends a batch of at most BATCH_MAX jobs; only while `takesBatch`. */
+  post(batch: Job[]): void {
+    this.#worker!.postMessage(batch);
+    if (this.#sent.length === 0) this.#busySince = performance.now();
+    this.#sent.push(batch.length);
   }
 
   /**
@@ -226,7 +229,7 @@ export class SignThread {
       this.#sent.shift();
       this.#busySince = performance.now();
       this.#owner.results(this, message);
-      this.send();
+      this.#owner.ready(this);
     });
     worker.on('error', (err) => (this.#error = err));
     worker.on('exit', (code) => {
@@ -243,6 +246,7 @@ export class SignThread {
     this.#upSince = performance.now();
     if (this.#failures > 0) this.#owner.log.info({ thread: this.index, failures: this.#failures }, 'signing thread restarted');
     this.#startedResolve?.();
+    this.#owner.ready(this);
   }
 
   #failed(err: Error): void {
@@ -261,12 +265,6 @@ export class SignThread {
     this.#sent = [];
     this.#owner.failed(this);
     this.load = 0;
-    this.#emptyQueue();
-  }
-
-  #emptyQueue(): void {
-    this.queue = [];
-    this.#head = 0;
   }
 
   #restart(): void {

@@ -8,6 +8,20 @@
  * and C_Sign run back to back. Requests travel to a thread in batches
  * (sign-thread.ts), so under load the hand-off is amortised.
  *
+ * Fairness: signs waiting for a thread are queued per connection (the flow is
+ * the request's `signal`, one per connection) and taken in turn across
+ * connections (sign-queue.ts), each batch drawn that way, not first come first
+ * served: a connection that pipelines a backlog of signs (one RSA-2048 sign is
+ * 0.6-0.8 ms of a thread on SoftHSM2) delays another connection's sign by about
+ * one of its signs per turn, plus the batches already posted to the threads
+ * (sign-thread.ts: small, and never more than WINDOW a thread). Per connection,
+ * not per client identity: on the unix socket every local client has the same
+ * identity (admission.ts), so turns by identity would make the proxy and a
+ * local flooder one flow; a client that opens many connections gets a turn for
+ * each (its connections are capped per identity, admission.ts). Each take is
+ * O(1); the threads take batches as they have room (`#flush`), and a batch is
+ * spread over the threads with room (`#batchSize`).
+ *
  * Each thread (sign-thread.ts) has a token session of its own and uses the
  * key handles opened here (PKCS#11 handles belong to the process).
  *
@@ -65,7 +79,8 @@ import type { Logger } from '../shared/log.js';
 import type { TokenKey } from './keys.js';
 import { signPlan, type SignRequest } from './sign.js';
 import { SessionKeys } from './session-keys.js';
-import { DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
+import { BATCH_MAX, DEADLINE_SKIPPED, type Job, type JobResult, SignThread, type ThreadOwner } from './sign-thread.js';
+import { FairQueue } from './sign-queue.js';
 import { type StuckSigns, StuckWatch } from './stuck-signs.js';
 import type { Token } from './token.js';
 
@@ -123,8 +138,12 @@ export interface InToken {
   readonly calls: readonly string[];
 }
 
+/** The flow of signs made with no `signal`: they take their turns as one connection. */
+const NO_CONNECTION = {};
+
 interface Pending {
-  lane: SignThread;
+  /** The thread it was sent to; undefined while it waits in the queue. */
+  lane: SignThread | undefined;
   readonly job: Job;
   readonly signal: AbortSignal | undefined;
   resolve(signature: Buffer): void;
@@ -135,7 +154,10 @@ export class SigningWorkers {
   readonly size: number;
   readonly #token: Token;
   readonly #lanes: SignThread[] = [];
+  /** Every sign not answered yet: queued, or sent to a thread. */
   readonly #pending = new Map<number, Pending>();
+  /** Signs waiting for a thread, in turns by connection. */
+  readonly #queue = new FairQueue<Pending>();
   #nextId = 0;
   #flushScheduled = false;
   #drainWaiters: (() => void)[] = [];
@@ -161,7 +183,7 @@ export class SigningWorkers {
       workerData: { pkcs11js: createRequire(import.meta.url).resolve('pkcs11js'), modulePath },
       results: (lane, results) => this.#settle(lane, results),
       failed: (lane) => this.#failed(lane),
-      skip: (job) => this.#skip(job),
+      ready: () => this.#flush(),
     };
     for (let index = 0; index < this.size; index++) this.#lanes.push(new SignThread(index, owner));
     this.#watch = new StuckWatch(this.#lanes, stuck.stuckAfterMs, log, stuck.onStuck ?? (() => {}));
@@ -221,7 +243,10 @@ export class SigningWorkers {
     return this.#pending.size;
   }
 
-  /** `signal`: aborted once nobody waits for the answer (the connection closed); a request not yet sent to a thread is then dropped. */
+  /**
+   * `signal`: the connection's, aborted once nobody waits for the answer (it closed); a request not yet sent to a thread
+   * is then dropped. It also names the connection the request takes its turns with in the queue for the threads.
+   */
   sign(key: TokenKey, request: SignRequest, deadline: number, signal?: AbortSignal): Buffer | Promise<Buffer> {
     if (this.#closed) return Promise.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', 'the signing workers are closed'));
     const plan = signPlan(key, request);
@@ -229,22 +254,22 @@ export class SigningWorkers {
     const handle = this.#sessionKeys.handleFor(key, now);
     const stuck = this.#watch.anyStuck;
     const inline = !stuck && this.#inlineBudgetLeft(now);
-    const lane = inline ? undefined : this.#leastLoaded();
-    if (lane === undefined) {
+    if (inline || !this.#anyTakesJobs()) {
       // Every thread up is stuck in the token: the loop must not be next.
       if (stuck) throw new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING);
       // No thread up: the loop signs, over budget or not, rather than refuse what the token can do.
       return this.#signInline(handle, plan.mechanism, plan.input, plan.outputBytes, now);
     }
     const job = { id: ++this.#nextId, key: handle, mechanism: plan.mechanism, input: plan.input, outputBytes: plan.outputBytes, deadline };
-    return new Promise((resolve, reject) => this.#enqueue(lane, { job, lane, signal, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      const pending: Pending = { job, lane: undefined, signal, resolve, reject };
+      this.#pending.set(job.id, pending);
+      this.#queue.push(signal ?? NO_CONNECTION, pending);
+      this.#scheduleFlush();
+    });
   }
 
-  #enqueue(lane: SignThread, pending: Pending): void {
-    pending.lane = lane;
-    this.#pending.set(pending.job.id, pending);
-    lane.load++;
-    lane.queue.push(pending.job);
+  #scheduleFlush(): void {
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       // Everything asked for in this tick is queued before a batch goes out.
@@ -287,19 +312,30 @@ export class SigningWorkers {
     this.#token.closeSession(this.#inlineSession);
   }
 
-  /** A thread that died: the jobs it held are made again elsewhere. */
+  /**
+   * A thread that died: the jobs it held are made again elsewhere, back at the head of their connection's turn. With
+   * no thread left to take them, the queued ones too (inline, or refused while the threads are stuck): none waits for
+   * a restart that may be seconds away.
+   */
   #failed(lane: SignThread): void {
     for (const pending of [...this.#pending.values()]) if (pending.lane === lane) this.#retry(pending);
+    if (!this.#anyTakesJobs()) for (const pending of this.#queue.takeAll()) this.#retry(pending);
     this.#drainedCheck();
   }
 
-  /** A job whose thread died, unanswered: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
+  /** A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
   #retry(pending: Pending): void {
     const { job } = pending;
+    if (Date.now() > job.deadline) {
+      this.#pending.delete(job.id);
+      return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
+    }
+    if (this.#anyTakesJobs()) {
+      pending.lane = undefined;
+      this.#queue.unshift(pending.signal ?? NO_CONNECTION, pending);
+      return this.#scheduleFlush();
+    }
     this.#pending.delete(job.id);
-    if (Date.now() > job.deadline) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
-    const lane = this.#leastLoaded();
-    if (lane !== undefined) return this.#enqueue(lane, pending);
     if (this.#watch.anyStuck) return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', NOT_ANSWERING));
     try {
       pending.resolve(this.#signInline(job.key, job.mechanism, job.input, job.outputBytes, performance.now()));
@@ -309,13 +345,10 @@ export class SigningWorkers {
   }
 
   /** A queued job whose signal aborted or whose deadline passed: answered as dropped instead of sent. */
-  #skip(job: Job): boolean {
-    const pending = this.#pending.get(job.id);
-    if (pending === undefined) return false;
-    const reason = pending.signal?.aborted === true ? DROPPED.closed : Date.now() > job.deadline ? DROPPED.deadline : undefined;
+  #dropped(pending: Pending): boolean {
+    const reason = pending.signal?.aborted === true ? DROPPED.closed : Date.now() > pending.job.deadline ? DROPPED.deadline : undefined;
     if (reason === undefined) return false;
-    this.#pending.delete(job.id);
-    pending.lane.load--;
+    this.#pending.delete(pending.job.id);
     pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', reason));
     this.#drainedCheck();
     return true;
@@ -325,18 +358,45 @@ export class SigningWorkers {
     if (this.#pending.size === 0) for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
-  /** The thread up and not stuck in the token with the fewest jobs; undefined while there is none. */
-  #leastLoaded(): SignThread | undefined {
-    let best: SignThread | undefined;
-    for (const lane of this.#lanes) {
-      if (lane.up && (best === undefined || lane.load < best.load) && !this.#watch.isStuck(lane)) best = lane;
-    }
-    return best;
+  /** Whether a thread is up and not stuck in the token: a sign may wait for it. */
+  #anyTakesJobs(): boolean {
+    return this.#lanes.some((lane) => lane.up && !this.#watch.isStuck(lane));
   }
 
+  /** Sends queued jobs, a batch at a time, to the thread with room and the fewest batches out, until none has room or nothing is queued. */
   #flush(): void {
     this.#flushScheduled = false;
-    for (const lane of this.#lanes) lane.send();
+    while (this.#queue.size > 0) {
+      let best: SignThread | undefined;
+      let room = 0;
+      for (const lane of this.#lanes) {
+        if (!lane.takesBatch || this.#watch.isStuck(lane)) continue;
+        room++;
+        if (best === undefined || lane.batchesOut < best.batchesOut) best = lane;
+      }
+      if (best === undefined) return;
+      this.#sendBatch(best, this.#batchSize(room));
+    }
+  }
+
+  /** Jobs in the next batch: the queue spread over the threads with room, at most BATCH_MAX (a few signs go to two threads, not one). */
+  #batchSize(threadsWithRoom: number): number {
+    return Math.min(BATCH_MAX, Math.ceil(this.#queue.size / threadsWithRoom));
+  }
+
+  /** Takes up to `size` jobs from the queue, in turns, into one batch for `lane`; those dropped (closed, expired) take no place in it. */
+  #sendBatch(lane: SignThread, size: number): void {
+    const batch: Job[] = [];
+    while (batch.length < size) {
+      const pending = this.#queue.shift();
+      if (pending === undefined) break;
+      if (this.#dropped(pending)) continue;
+      pending.lane = lane;
+      batch.push(pending.job);
+    }
+    if (batch.length === 0) return;
+    lane.load += batch.length;
+    lane.post(batch);
   }
 
   #settle(lane: SignThread, results: JobResult[]): void {

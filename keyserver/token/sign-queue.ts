@@ -1,0 +1,103 @@
+/**
+ * The signs waiting for a signing thread, taken in turn across flows (one flow
+ * per client connection) rather than first come first served: a connection
+ * that pipelines hundreds of signs cannot make another connection's sign wait
+ * behind its whole backlog, only behind one of its signs per turn.
+ *
+ * This is round robin over the flows that have something waiting, as Deficit
+ * Round Robin (Shreedhar & Varghese, 1995; Linux's sch_drr, tc-drr(8)) keeps
+ * an "active" list of its non-empty classes and serves the one at its head:
+ * each take is O(1), whatever the number of flows or of items queued. The
+ * quantum here is one sign: the signs that reach a thread cost about the same
+ * (one C_SignInit and one C_Sign on a key of the token), so counting them is
+ * the deficit's whole work.
+ *
+ * Flows are keyed by an object (the connection's AbortSignal, sign-workers.ts)
+ * and held only while they have something queued, so a connection that goes
+ * leaves nothing behind once its last item is taken. What bounds a flow's
+ * length is its owner's: a connection has at most its cap of requests in
+ * flight (connection.ts, OVERLOADED beyond it).
+ *
+ * Contract: `push(flow, item)` appends to the flow's tail; `shift()` takes the
+ * oldest item of the flow whose turn it is and sends that flow to the back of
+ * the turns (or forgets it, now empty); `unshift(flow, item)` puts an item
+ * back at its flow's head (a job whose thread died, made again in its turn);
+ * `size` counts every item queued; `takeAll()` empties the queue, in turns.
+ */
+
+/** One flow's items, oldest first from `head` (taken from the front without copying the rest). */
+class Flow<T> {
+  items: T[] = [];
+  head = 0;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  take(): T {
+    const item = this.items[this.head]!;
+    this.items[this.head++] = undefined as T;
+    // Compacted once the taken part is half the array: amortised O(1) a take.
+    if (this.head * 2 >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
+}
+
+export class FairQueue<T> {
+  /** The flows with items queued, in turn order: a Map iterates in insertion order, so the first is next. */
+  readonly #turns = new Map<object, Flow<T>>();
+  #size = 0;
+
+  /** Items queued over every flow. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Flows with items queued. */
+  get flows(): number {
+    return this.#turns.size;
+  }
+
+  push(flow: object, item: T): void {
+    let queue = this.#turns.get(flow);
+    if (queue === undefined) {
+      queue = new Flow<T>();
+      // A flow that had nothing queued joins at the back of the turns.
+      this.#turns.set(flow, queue);
+    }
+    queue.items.push(item);
+    this.#size++;
+  }
+
+  /** Back at the head of its flow (a job whose thread died); a flow with nothing queued joins the turns at the back, as any newcomer. */
+  unshift(flow: object, item: T): void {
+    const queue = this.#turns.get(flow);
+    if (queue === undefined) return this.push(flow, item);
+    if (queue.head > 0) queue.items[--queue.head] = item;
+    else queue.items.unshift(item);
+    this.#size++;
+  }
+
+  /** The oldest item of the flow whose turn it is; that flow goes to the back of the turns. */
+  shift(): T | undefined {
+    for (const [flow, queue] of this.#turns) {
+      const item = queue.take();
+      this.#size--;
+      // Deleted and set again: to the back of the Map's order, O(1).
+      this.#turns.delete(flow);
+      if (queue.length > 0) this.#turns.set(flow, queue);
+      return item;
+    }
+    return undefined;
+  }
+
+  /** Every item queued, in the order `shift()` would give them; the queue is left empty. */
+  takeAll(): T[] {
+    const all: T[] = [];
+    for (let item = this.shift(); item !== undefined; item = this.shift()) all.push(item);
+    return all;
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * The queue of signs waiting for a signing thread (sign-queue.ts), on its own:
+ * the order it gives items in. What it does for a key server's clients is in
+ * keyserver-fair.test.ts.
+ */
+import { expect, it } from 'vitest';
+import { FairQueue } from '../keyserver/token/sign-queue.js';
+
+const A = { name: 'a' };
+const B = { name: 'b' };
+const C = { name: 'c' };
+
+it('takes one item per flow in turn, each flow in its own order, and forgets a flow once it is empty', () => {
+  const queue = new FairQueue<string>();
+  for (let i = 1; i <= 5; i++) queue.push(A, `a${i}`);
+  queue.push(B, 'b1');
+  queue.push(B, 'b2');
+  expect(queue.size).toBe(7);
+  expect([queue.shift(), queue.shift(), queue.shift()]).toEqual(['a1', 'b1', 'a2']);
+  // A newcomer joins at the back of the turns: behind B, whose turn is next, not behind A's backlog.
+  queue.push(C, 'c1');
+  expect(queue.takeAll()).toEqual(['b2', 'a3', 'c1', 'a4', 'a5']);
+  expect(queue.size).toBe(0);
+  expect(queue.flows).toBe(0);
+  expect(queue.shift()).toBeUndefined();
+});
+
+it('an item put back goes to the head of its flow, and a flow with nothing queued joins the turns at the back', () => {
+  const queue = new FairQueue<string>();
+  queue.push(A, 'a1');
+  queue.push(A, 'a2');
+  queue.push(B, 'b1');
+  expect(queue.shift()).toBe('a1');
+  queue.unshift(A, 'a1 again');
+  queue.unshift(C, 'c1 again');
+  expect(queue.takeAll()).toEqual(['b1', 'a1 again', 'c1 again', 'a2']);
+});
+
+it('a long flow taken from the front keeps its order through the compactions of its array', () => {
+  const queue = new FairQueue<number>();
+  const taken: number[] = [];
+  let next = 0;
+  for (let round = 0; round < 50; round++) {
+    for (let i = 0; i < 7; i++) queue.push(A, next++);
+    for (let i = 0; i < 5; i++) taken.push(queue.shift()!);
+  }
+  taken.push(...queue.takeAll());
+  expect(taken).toEqual(Array.from({ length: next }, (_, i) => i));
+});
