@@ -136,25 +136,33 @@ describe('keyedge proxy stopping on SIGTERM, its plain-HTTP port', () => {
   }, 60_000);
 });
 
-describe('keyedge proxy stopping on SIGTERM, connections whose handshake completes during the stop', () => {
-  it('closes promptly one that sends nothing (HTTP/1.1: closed; h2: GOAWAY, then closed), answers one that sends a request', async () => {
+describe('keyedge proxy stopping on SIGTERM, connections still in their handshake when it begins', () => {
+  it('closes promptly one whose handshake completes and sends nothing (HTTP/1.1: closed; h2: GOAWAY, then closed), and one that never begins it; answers one that sends a request', async () => {
     const { proxy } = await startProxy('stop-late-handshakes');
+    // An idle keep-alive connection: its close says the worker's stop has begun.
+    const marker = await rawTls(proxy.port, HOST, ca);
+    marker.socket.write(`GET /first HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+    await waitFor('the first answer', () => (marker.text().endsWith('ok') ? true : undefined));
     // Accepted before the stop, their handshakes not begun: still in their handshake when the listener stops accepting.
-    const tcp = await Promise.all([0, 1, 2].map(() => plainClient(proxy.port)));
+    const tcp = await Promise.all([0, 1, 2, 3].map(() => plainClient(proxy.port)));
     for (const { socket } of tcp) socket.removeAllListeners('data');
     await sleep(300);
     const started = Date.now();
     const stopped = proxy.stop();
-    await sleep(500);
+    expect(await within(marker.closed, 5000)).toBe(true);
     const secure = (socket: net.Socket, alpn: string): Promise<tls.TLSSocket> =>
       new Promise((resolve, reject) => {
         const secured = tls.connect({ socket, servername: HOST, ca, ALPNProtocols: [alpn] }, () => resolve(secured));
         secured.once('error', reject);
       });
+    const closedWithin = (socket: net.Socket | http2.ClientHttp2Session): Promise<boolean> =>
+      within(new Promise((resolve) => socket.once('close', resolve)), 8000);
+    // Never begins its handshake.
+    const neverClosed = within(tcp[3]!.closed, 8000);
     // HTTP/1.1, silent.
     const silent = await secure(tcp[0]!.socket, 'http/1.1');
     silent.on('error', () => undefined);
-    const silentClosed = within(new Promise((resolve) => silent.once('close', resolve)), 8000);
+    const silentClosed = closedWithin(silent);
     silent.resume();
     // HTTP/1.1, with a request at once: answered, with `Connection: close`.
     const asking = await secure(tcp[1]!.socket, 'http/1.1');
@@ -162,15 +170,16 @@ describe('keyedge proxy stopping on SIGTERM, connections whose handshake complet
     asking.on('data', (chunk: Buffer) => void (answer += chunk.toString('latin1')));
     asking.on('error', () => undefined);
     asking.write(`GET /late HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
-    const askingClosed = within(new Promise((resolve) => asking.once('close', resolve)), 8000);
+    const askingClosed = closedWithin(asking);
     // h2, silent: GOAWAY, then closed.
     const h2socket = await secure(tcp[2]!.socket, 'h2');
     const session = http2.connect(`https://${HOST}`, { createConnection: () => h2socket });
     session.on('error', () => undefined);
     let goaway = false;
     session.once('goaway', () => void (goaway = true));
-    const h2Closed = within(new Promise((resolve) => session.once('close', resolve)), 8000);
-    expect([await silentClosed, await askingClosed, await h2Closed]).toEqual([true, true, true]);
+    const h2Closed = closedWithin(session);
+    const closed = { never: await neverClosed, silent: await silentClosed, asking: await askingClosed, h2: await h2Closed };
+    expect(closed).toEqual({ never: true, silent: true, asking: true, h2: true });
     expect(goaway).toBe(true);
     expect(answersIn(answer).map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([['HTTP/1.1 200 OK', 'ok', ['close']]]);
     await stopped;
