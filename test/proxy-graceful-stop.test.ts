@@ -159,26 +159,28 @@ describe('keyedge proxy stopping on SIGTERM, connections still in their handshak
       within(new Promise((resolve) => socket.once('close', resolve)), 8000);
     // Never begins its handshake.
     const neverClosed = within(tcp[3]!.closed, 8000);
-    // HTTP/1.1, silent.
-    const silent = await secure(tcp[0]!.socket, 'http/1.1');
-    silent.on('error', () => undefined);
-    const silentClosed = closedWithin(silent);
-    silent.resume();
-    // HTTP/1.1, with a request at once: answered, with `Connection: close`.
-    const asking = await secure(tcp[1]!.socket, 'http/1.1');
+    // All three handshakes at once, each watched from the moment it is secured: HTTP/1.1 silent; HTTP/1.1 with a request
+    // at once (answered, with `Connection: close`); h2 silent (GOAWAY, then closed).
     let answer = '';
-    asking.on('data', (chunk: Buffer) => void (answer += chunk.toString('latin1')));
-    asking.on('error', () => undefined);
-    asking.write(`GET /late HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
-    const askingClosed = closedWithin(asking);
-    // h2, silent: GOAWAY, then closed.
-    const h2socket = await secure(tcp[2]!.socket, 'h2');
-    const session = http2.connect(`https://${HOST}`, { createConnection: () => h2socket });
-    session.on('error', () => undefined);
     let goaway = false;
-    session.once('goaway', () => void (goaway = true));
-    const h2Closed = closedWithin(session);
-    const closed = { never: await neverClosed, silent: await silentClosed, asking: await askingClosed, h2: await h2Closed };
+    const [silentClosed, askingClosed, h2Closed] = await Promise.all([
+      secure(tcp[0]!.socket, 'http/1.1').then((socket) => {
+        socket.on('error', () => undefined).resume();
+        return closedWithin(socket);
+      }),
+      secure(tcp[1]!.socket, 'http/1.1').then((socket) => {
+        socket.on('error', () => undefined).on('data', (chunk: Buffer) => void (answer += chunk.toString('latin1')));
+        socket.write(`GET /late HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+        return closedWithin(socket);
+      }),
+      secure(tcp[2]!.socket, 'h2').then((socket) => {
+        const session = http2.connect(`https://${HOST}`, { createConnection: () => socket });
+        session.on('error', () => undefined);
+        session.once('goaway', () => void (goaway = true));
+        return closedWithin(session);
+      }),
+    ]);
+    const closed = { never: await neverClosed, silent: silentClosed, asking: askingClosed, h2: h2Closed };
     expect(closed).toEqual({ never: true, silent: true, asking: true, h2: true });
     expect(goaway).toBe(true);
     expect(answersIn(answer).map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([['HTTP/1.1 200 OK', 'ok', ['close']]]);
