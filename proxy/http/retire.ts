@@ -1,5 +1,6 @@
 /**
- * A worker's HTTP/1.1 connections of its TLS listeners, kept so that a
+ * A worker's HTTP/1.1 connections (of its TLS listeners, and of its
+ * plain-HTTP port for the stop), kept so that a
  * certificate change can end the ones it no longer covers: a reload that
  * drops a name from the certificate a connection was served (a renewal
  * without it, an entry removed) would otherwise leave a keep-alive client
@@ -62,7 +63,7 @@ type NodeAnswer = ServerResponse & { _last?: boolean };
  * request as its handshake ends (or as its TCP connection opens, on the
  * plain-HTTP port), so this covers the round trip, not a client that waits.
  */
-export const FIRST_REQUEST_AT_STOP_MS = 1_000;
+const FIRST_REQUEST_AT_STOP_MS = 1_000;
 
 export class Http1Connections {
   /** Every connection being served; a plain-HTTP one has no ConnectionInfo (no certificate to retire it for). */
