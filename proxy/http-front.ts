@@ -23,7 +23,7 @@ import type { ChallengeAnswers } from './acme/challenges.js';
 import type { ExpectingHandler } from './http/expect.js';
 import { createRequestHandler, type Domain } from './http/handler.js';
 import type { OriginPools } from './http/origins.js';
-import { createHttp1Server, startRedirectServer } from './http/server.js';
+import { createHttp1Server, type RedirectPort, startRedirectServer } from './http/server.js';
 import { TrustedPeers } from './http/trusted-peers.js';
 import { Http1Connections } from './http/retire.js';
 import { createUpgradeHandler } from './http/upgrade.js';
@@ -61,6 +61,7 @@ export class HttpFront {
   readonly #handler: ExpectingHandler;
   readonly #upgrade: ReturnType<typeof createUpgradeHandler>;
   readonly #servers: http.Server[] = [];
+  readonly #redirectPorts: RedirectPort[] = [];
 
   constructor(config: ProxyConfig, options: HttpFrontOptions) {
     const { limits } = config;
@@ -88,8 +89,9 @@ export class HttpFront {
   }
 
   /**
-   * The worker's graceful stop begins: HTTP/2 connections get GOAWAY NO_ERROR, HTTP/1.1 ones are closed (at once when
-   * idle, after the answers to the requests they already forwarded otherwise, the last with `Connection: close`).
+   * The worker's graceful stop begins: HTTP/2 connections get GOAWAY NO_ERROR, HTTP/1.1 ones, the plain-HTTP port's
+   * included, are closed (at once when idle, after the answers to the requests they already took otherwise, the last
+   * with `Connection: close`); those that come later as their first answer ends, or at once without a request.
    */
   stop(): void {
     this.http2.close();
@@ -124,9 +126,16 @@ export class HttpFront {
       },
       this.#config.limits,
       caps,
+      this.http1Connections,
     );
     this.#servers.push(redirect.server);
+    this.#redirectPorts.push(redirect);
     return redirect.port;
+  }
+
+  /** The plain-HTTP port, if started: the stop waits for its connections as for the TLS listeners' (shutdown.ts). */
+  get redirectPorts(): readonly RedirectPort[] {
+    return this.#redirectPorts;
   }
 
   /** Every HTTP server made here, for the worker's stop. */

@@ -107,7 +107,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
       // answered within the grace.
       if (closing === undefined) front.stop();
       closing ??= shutDown({
-        listeners,
+        listeners: [...listeners, ...front.redirectPorts],
         servers: front.servers,
         graceMs: config.shutdownGraceMs,
         release: async () => {

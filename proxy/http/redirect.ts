@@ -25,7 +25,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
-import { cutAnswer, inAnswerOrder } from './queued.js';
+import { cutAnswer, inAnswerOrder, queueAnswer } from './queued.js';
 import { CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
@@ -76,6 +76,14 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
         );
       },
     );
+    // A pipelined answer still queued behind another: until it ends, the connection's last answer, the one the stop
+    // closes the connection after (queued.ts, retire.ts); else the stop closed it after the one in progress, and the
+    // answers queued behind were lost, an ACME request's among them, already at its origin.
+    if (res.socket === null) {
+      const cancel = queueAnswer(req.socket, res, () => cancel());
+      res.once('finish', cancel);
+      res.once('close', cancel);
+    }
     if (own !== undefined) {
       code = own.code;
       answer(res, own, {});

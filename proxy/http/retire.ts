@@ -1,5 +1,6 @@
 /**
- * A worker's HTTP/1.1 connections of its TLS listeners, kept so that a
+ * A worker's HTTP/1.1 connections (of its TLS listeners, and of its
+ * plain-HTTP port for the stop), kept so that a
  * certificate change can end the ones it no longer covers: a reload that
  * drops a name from the certificate a connection was served (a renewal
  * without it, an entry removed) would otherwise leave a keep-alive client
@@ -30,7 +31,13 @@
  * The worker's graceful stop (`closeAll`) ends every connection the same
  * way, as nginx's graceful shutdown does: Node's `server.close()` closes only
  * idle ones, and a busy one was kept alive, its client's next requests
- * processed until the grace period cut them.
+ * processed until the grace period cut them. The plain-HTTP port's
+ * connections (`addPlain`: redirects, ACME HTTP-01) are ended with them; no
+ * certificate change concerns those. A connection that comes during the stop
+ * (its handshake under way when the listener stopped accepting) closes after
+ * its first answer, and is closed as an idle one if no request of it has
+ * come within FIRST_REQUEST_AT_STOP_MS: one that said nothing held the
+ * worker's exit until its header deadline.
  *
  * Cost: per connection, a map entry and one 'close' listener; per request,
  * one WeakSet lookup (`closeFirst`), and per pipelined request one field
@@ -38,8 +45,8 @@
  * the change only.
  */
 import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
 import type { ProxyMetrics } from '../metrics.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { ExpectingHandler } from './expect.js';
@@ -50,8 +57,17 @@ import { sayCloseInUnsentHead } from './unsent-head.js';
 /** Node's server sets `_last` from `shouldKeepAlive` when it writes the head, and closes after an answer with it set. */
 type NodeAnswer = ServerResponse & { _last?: boolean };
 
+/**
+ * How long a connection that comes during the stop has for its first request
+ * to arrive whole before it is closed as an idle one: a client sends its
+ * request as its handshake ends (or as its TCP connection opens, on the
+ * plain-HTTP port), so this covers the round trip, not a client that waits.
+ */
+const FIRST_REQUEST_AT_STOP_MS = 1_000;
+
 export class Http1Connections {
-  readonly #live = new Map<TLSSocket, ConnectionInfo>();
+  /** Every connection being served; a plain-HTTP one has no ConnectionInfo (no certificate to retire it for). */
+  readonly #live = new Map<Socket, ConnectionInfo | undefined>();
   /** Connections whose handshake completed after a change they are not covered by: their first answer closes them. */
   readonly #closeFirst = new WeakSet<Duplex>();
   readonly #stillCovered: (connection: ConnectionInfo) => boolean;
@@ -70,20 +86,35 @@ export class Http1Connections {
   }
 
   /** Keeps `socket`, just handed to an HTTP/1.1 server, until it closes; one that a change already left uncovered, or that comes during the stop, closes after its first answer. */
-  add(socket: TLSSocket, connection: ConnectionInfo): void {
-    this.#live.set(socket, connection);
-    socket.once('close', () => this.#live.delete(socket));
-    if (this.#stopping) return void this.#closeFirst.add(socket);
-    if (this.#stillCovered(connection)) return;
+  add(socket: Socket, connection: ConnectionInfo): void {
+    this.#keep(socket, connection);
+    if (this.#stopping || this.#stillCovered(connection)) return;
     this.#closeFirst.add(socket);
     this.#count();
+  }
+
+  /** Keeps `socket`, a connection of the plain-HTTP port just handed to its server, until it closes: the stop ends it too. */
+  addPlain(socket: Socket): void {
+    this.#keep(socket, undefined);
+  }
+
+  #keep(socket: Socket, connection: ConnectionInfo | undefined): void {
+    this.#live.set(socket, connection);
+    socket.once('close', () => this.#live.delete(socket));
+    if (!this.#stopping) return;
+    this.#closeFirst.add(socket);
+    // Its first request's answer closes it; none come in time, it is closed as an idle one, as the stop closed those.
+    const timer = setTimeout(() => {
+      if (this.#closeFirst.has(socket) && this.#live.has(socket)) this.#end(socket);
+    }, FIRST_REQUEST_AT_STOP_MS).unref();
+    socket.once('close', () => clearTimeout(timer));
   }
 
   /** After a serving-state change: ends every connection whose certificate no longer covers one of its names; returns how many. */
   retire(): number {
     let retired = 0;
     for (const [socket, connection] of this.#live) {
-      if (this.#stillCovered(connection)) {
+      if (connection === undefined || this.#stillCovered(connection)) {
         // A tunnel under way is HTTP no more; one still waiting for the answers before it is kept, for a later change.
         if (tunnelled(socket) && answerInProgress(socket) === undefined) this.#live.delete(socket);
         continue;
@@ -103,7 +134,7 @@ export class Http1Connections {
   }
 
   /** Ends `socket` after the answers to what it already forwarded; false for a tunnel under way (left alone). Ended once: a later change finds it gone. */
-  #end(socket: TLSSocket): boolean {
+  #end(socket: Socket): boolean {
     this.#live.delete(socket);
     const answer = lastAnswer(socket);
     // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more,
@@ -132,12 +163,12 @@ export class Http1Connections {
 }
 
 /** Whether Node's server handed `socket` over for a tunnel: it frees the connection's parser then (`socket.parser`, Node 20 to 24). */
-function tunnelled(socket: TLSSocket): boolean {
-  return (socket as TLSSocket & { parser?: unknown }).parser == null;
+function tunnelled(socket: Socket): boolean {
+  return (socket as Socket & { parser?: unknown }).parser == null;
 }
 
 /** No answer in progress: our FIN now; what arrives until the client closes is read and dropped, not processed. */
-function closeIdle(socket: TLSSocket): void {
+function closeIdle(socket: Socket): void {
   processNoMore(socket);
   socket.end();
   lingerAfterEnd(socket);

@@ -5,7 +5,8 @@
  * plain-HTTP port's (`startRedirectServer`): redirects to HTTPS and ACME
  * HTTP-01 (redirect.ts). The TLS listeners' connections are kept in the
  * worker's Http1Connections (retire.ts), which ends those a certificate
- * change no longer covers.
+ * change no longer covers; the plain-HTTP port's are kept there too, for the
+ * graceful stop, which ends them all alike.
  *
  * Both run under the same limits. The plain-HTTP port also applies the
  * worker's connection caps at accept, as its TLS listeners do
@@ -21,7 +22,7 @@
  * default would let a slow client linger).
  */
 import http from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
@@ -81,23 +82,56 @@ function serverOptions(limits: ProxyConfig['limits']): http.ServerOptions {
   };
 }
 
-/** The plain-HTTP port, listening, under `limits` and the worker's `caps`; resolves with its server and bound port. */
+/** The plain-HTTP port as the worker's stop sees it (shutdown.ts `Drainable`). */
+export interface RedirectPort {
+  readonly server: http.Server;
+  readonly port: number;
+  /** Stops accepting; open connections go on, under Node's deadlines still (its `close()` would stop their checks). */
+  stopAccepting(): void;
+  /** Open client connections. */
+  readonly connections: number;
+  destroyConnections(): void;
+}
+
+/**
+ * The plain-HTTP port, listening, under `limits` and the worker's `caps`; each connection admitted is kept in
+ * `connections` (the stop ends it as the TLS listeners' are, the first answer to one that comes during the stop
+ * closes it); resolves with its server and bound port.
+ */
 export async function startRedirectServer(
   address: { readonly host: string; readonly port: number },
   options: RedirectOptions,
   limits: ProxyConfig['limits'],
   caps: WorkerConnectionCaps,
-): Promise<{ readonly server: http.Server; readonly port: number }> {
+  connections: Http1Connections,
+): Promise<RedirectPort> {
   // Nothing after a request we answered with `close` is processed (linger.ts).
-  const handler = notAfterClose(createRedirectHandler(options));
+  const handler = notAfterClose(connections.closingFirst(createRedirectHandler(options)));
   const server = http.createServer(serverOptions(limits), handler);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
-  capConnections(server, caps, options.metrics);
+  const open = new Set<net.Socket>();
+  capConnections(server, caps, options.metrics, (socket) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+    connections.addPlain(socket);
+  });
   await listen(server, { host: address.host, port: address.port, exclusive: false });
-  return { server, port: (server.address() as net.AddressInfo).port };
+  return {
+    server,
+    port: (server.address() as net.AddressInfo).port,
+    // net.Server's own close: http.Server's also destroys idle connections at once (the stop ends them gracefully,
+    // retire.ts) and ends the header and request deadline checks of the rest.
+    stopAccepting: () => void net.Server.prototype.close.call(server),
+    get connections() {
+      return open.size;
+    },
+    destroyConnections: () => {
+      for (const socket of open) socket.destroy();
+    },
+  };
 }
 
 /**
@@ -105,7 +139,7 @@ export async function startRedirectServer(
  * listeners count theirs, before the server's own 'connection' listeners
  * (Node's, which set up an HTTP parser) run: they run for admitted ones only.
  */
-function capConnections(server: http.Server, caps: WorkerConnectionCaps, metrics: ProxyMetrics): void {
+function capConnections(server: http.Server, caps: WorkerConnectionCaps, metrics: ProxyMetrics, admitted: (socket: net.Socket) => void): void {
   const serve = server.listeners('connection') as ((socket: net.Socket) => void)[];
   server.removeAllListeners('connection');
   server.on('connection', (socket: net.Socket) => {
@@ -114,6 +148,8 @@ function capConnections(server: http.Server, caps: WorkerConnectionCaps, metrics
       // Counted with the TLS listeners' (listener.ts): the gauge is every client connection the worker holds.
       metrics.openConnections.inc();
       socket.once('close', () => metrics.openConnections.dec());
+      // Kept before Node's parser is set up: one that comes during the stop is marked before its first request is parsed.
+      admitted(socket);
       for (const listener of serve) listener.call(server, socket);
     } else {
       metrics.rejectedConnections.inc({ reason: refusal });

@@ -86,6 +86,9 @@ export interface TlsListenerOptions {
 
 let internalsChecked = false;
 
+/** How long a connection that has sent no byte when the stop begins has to begin its handshake (`stopAccepting`). */
+const SILENT_AT_STOP_MS = 1_000;
+
 /**
  * What may be told as an uncovered name: letters, digits, hyphens, dots, up to 253 characters (RFC 1035 §2.3.4;
  * RFC 6066 §3 names a host by its DNS name). The SNI is the client's bytes, up to 16 KB: anything else is no name
@@ -149,9 +152,18 @@ export class TlsListener {
     return this.#sockets.size;
   }
 
-  /** Stops accepting; open connections go on. */
+  /**
+   * Stops accepting; open connections go on (a handshake under way may end, and the HTTP side closes what it brings
+   * when no request comes: http/retire.ts), except one that has sent nothing yet: it gets SILENT_AT_STOP_MS to begin,
+   * time for a ClientHello already on its way, and is closed then. It held the worker's exit until the handshake deadline.
+   */
   stopAccepting(): void {
     this.#server.close();
+    const silent = [...this.#sockets].filter((socket) => socket.bytesRead === 0);
+    if (silent.length === 0) return;
+    setTimeout(() => {
+      for (const socket of silent) if (socket.bytesRead === 0) socket.destroy();
+    }, SILENT_AT_STOP_MS).unref();
   }
 
   /** Closes every connection still open. */
