@@ -108,6 +108,8 @@ export async function startClusterProxy(
   } catch (err) {
     // The test gets no handle to stop it with: a proxy left running would outlive the test run.
     if (child.exitCode === null) child.kill('SIGTERM');
+    // What the proxy last said is what tells a slow start from a stuck one.
+    if (err instanceof Error) err.message += `; its last lines: ${JSON.stringify(lines.slice(-5))}`;
     throw err;
   }
   return {
