@@ -140,6 +140,38 @@ describe('keyedge proxy stopping on SIGTERM, its plain-HTTP port', () => {
   }, 60_000);
 });
 
+describe('keyedge proxy stopping on SIGTERM, a request head still arriving when it begins', () => {
+  it('answers it, with `Connection: close`, on the plain-HTTP port and on TLS, as nginx does; an idle one beside them is closed at once', async () => {
+    const { proxy, httpPort } = await startProxy('stop-mid-head');
+    const plain = await plainClient(httpPort);
+    const secure = await rawTls(proxy.port, HOST, ca);
+    secure.socket.write(`GET /first HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+    await waitFor('the first answer', () => (secure.text().endsWith('ok') ? true : undefined));
+    // Part of each head: the request line and a header, not the blank line that ends it.
+    plain.socket.write(`GET /page HTTP/1.1\r\nhost: ${HOST}\r\n`);
+    secure.socket.write(`GET /second HTTP/1.1\r\nhost: ${HOST}\r\n`);
+    const idle = await plainClient(httpPort);
+    await sleep(300);
+    const started = Date.now();
+    const stopped = proxy.stop();
+    const idleClosed = await within(idle.closed, 3000);
+    plain.socket.write('\r\n');
+    secure.socket.write('\r\n');
+    const closed = { idle: idleClosed, plain: await within(plain.closed, 5000), secure: await within(secure.closed, 5000) };
+    await stopped;
+    plain.socket.destroy();
+    secure.socket.destroy();
+    expect(closed).toEqual({ idle: true, plain: true, secure: true });
+    // Before, each was closed as an idle connection: the request the client was sending was dropped, no answer to it.
+    expect(answersIn(plain.text()).map((a) => [a.start, a.headers.get('connection')])).toEqual([['HTTP/1.1 308 Permanent Redirect', ['close']]]);
+    expect(answersIn(secure.text()).map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([
+      ['HTTP/1.1 200 OK', 'ok', ['keep-alive']],
+      ['HTTP/1.1 200 OK', 'ok', ['close']],
+    ]);
+    expect(Date.now() - started).toBeLessThan(EXIT_BOUND_MS);
+  }, 60_000);
+});
+
 describe('keyedge proxy stopping on SIGTERM, connections still in their handshake when it begins', () => {
   it('closes promptly one whose handshake completes and sends nothing (HTTP/1.1: closed; h2: GOAWAY, then closed), and one that never begins it; answers one that sends a request', async () => {
     const { proxy } = await startProxy('stop-late-handshakes');
