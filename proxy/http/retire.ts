@@ -38,8 +38,8 @@
  * certificate change concerns those. A connection that comes during the stop
  * (its handshake under way when the listener stopped accepting) closes after
  * its first answer, and is closed as an idle one if no request of it has
- * come within FIRST_REQUEST_AT_STOP_MS: one that said nothing held the
- * worker's exit until its header deadline.
+ * begun to arrive within FIRST_REQUEST_AT_STOP_MS: one that said nothing held
+ * the worker's exit until its header deadline.
  *
  * Cost: per connection, a map entry and one 'close' listener; per request,
  * one WeakSet lookup (`closeFirst`), and per pipelined request one field
@@ -61,7 +61,8 @@ type NodeAnswer = ServerResponse & { _last?: boolean };
 
 /**
  * How long a connection that comes during the stop has for its first request
- * to arrive whole before it is closed as an idle one: a client sends its
+ * to begin to arrive before it is closed as an idle one (one begun is
+ * answered, within the header deadline): a client sends its
  * request as its handshake ends (or as its TCP connection opens, on the
  * plain-HTTP port), so this covers the round trip, not a client that waits.
  */
