@@ -140,6 +140,67 @@ describe('keyedge proxy stopping on SIGTERM, its plain-HTTP port', () => {
   }, 60_000);
 });
 
+describe('keyedge proxy stopping on SIGTERM, a request head still arriving when it begins', () => {
+  it('answers it, with `Connection: close`, on the plain-HTTP port and on TLS, as nginx does; an idle one beside them is closed at once', async () => {
+    const { proxy, httpPort } = await startProxy('stop-mid-head');
+    const plain = await plainClient(httpPort);
+    const secure = await rawTls(proxy.port, HOST, ca);
+    secure.socket.write(`GET /first HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+    await waitFor('the first answer', () => (secure.text().endsWith('ok') ? true : undefined));
+    // Part of each head: the request line and a header, not the blank line that ends it.
+    plain.socket.write(`GET /page HTTP/1.1\r\nhost: ${HOST}\r\n`);
+    secure.socket.write(`GET /second HTTP/1.1\r\nhost: ${HOST}\r\n`);
+    const idle = await plainClient(httpPort);
+    await sleep(300);
+    const started = Date.now();
+    const stopped = proxy.stop();
+    const idleClosed = await within(idle.closed, 3000);
+    plain.socket.write('\r\n');
+    secure.socket.write('\r\n');
+    const closed = { idle: idleClosed, plain: await within(plain.closed, 5000), secure: await within(secure.closed, 5000) };
+    await stopped;
+    plain.socket.destroy();
+    secure.socket.destroy();
+    expect(closed).toEqual({ idle: true, plain: true, secure: true });
+    // Before, each was closed as an idle connection: the request the client was sending was dropped, no answer to it.
+    expect(answersIn(plain.text()).map((a) => [a.start, a.headers.get('connection')])).toEqual([['HTTP/1.1 308 Permanent Redirect', ['close']]]);
+    expect(answersIn(secure.text()).map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([
+      ['HTTP/1.1 200 OK', 'ok', ['keep-alive']],
+      ['HTTP/1.1 200 OK', 'ok', ['close']],
+    ]);
+    expect(Date.now() - started).toBeLessThan(EXIT_BOUND_MS);
+  }, 60_000);
+
+  it('answers it on a connection whose handshake completes during the stop, its head still arriving after 1 s', async () => {
+    const { proxy } = await startProxy('stop-late-slow-head');
+    const marker = await rawTls(proxy.port, HOST, ca);
+    marker.socket.write(`GET /first HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+    await waitFor('the first answer', () => (marker.text().endsWith('ok') ? true : undefined));
+    const tcp = await plainClient(proxy.port);
+    tcp.socket.removeAllListeners('data');
+    await sleep(300);
+    const stopped = proxy.stop();
+    expect(await within(marker.closed, 5000)).toBe(true);
+    const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const secured = tls.connect({ socket: tcp.socket, servername: HOST, ca, ALPNProtocols: ['http/1.1'] }, () => resolve(secured));
+      secured.once('error', reject);
+    });
+    let answer = '';
+    socket.on('error', () => undefined).on('data', (chunk: Buffer) => void (answer += chunk.toString('latin1')));
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(`GET /late-slow HTTP/1.1\r\nhost: ${HOST}\r\n`);
+    // Past the second a connection that comes during the stop has for its first request.
+    await sleep(1500);
+    socket.write('\r\n');
+    const closedInTime = await within(closed, 5000);
+    await stopped;
+    socket.destroy();
+    expect(closedInTime).toBe(true);
+    // Before, it was closed as an idle one at 1 s, the request it was sending dropped.
+    expect(answersIn(answer).map((a) => [a.start, a.body, a.headers.get('connection')])).toEqual([['HTTP/1.1 200 OK', 'ok', ['close']]]);
+  }, 60_000);
+});
+
 describe('keyedge proxy stopping on SIGTERM, connections still in their handshake when it begins', () => {
   it('closes promptly one whose handshake completes and sends nothing (HTTP/1.1: closed; h2: GOAWAY, then closed), and one that never begins it; answers one that sends a request', async () => {
     const { proxy } = await startProxy('stop-late-handshakes');

@@ -9,11 +9,13 @@
  * (GOAWAY); the check is the same (tls/connection.ts `stillCovers`).
  *
  * On the change, as nginx treats the connections of an old configuration:
- * - an idle connection (no answer in progress) is closed at once, gracefully
+ * - an idle connection (no answer in progress, no request head begun) is closed at once, gracefully
  *   (our FIN, then what arrives is read and dropped until the client closes
  *   or the linger ends: linger.ts), and a request arriving meanwhile is not
  *   processed: a keep-alive client retries it on a new connection (RFC 9112
- *   §9.3.1, §9.5);
+ *   §9.3.1, §9.5); one whose request head has begun to arrive is not idle
+ *   (nor to nginx, nor to Node's closeIdleConnections): that request's answer
+ *   closes it, as a late connection's first (below), within the header deadline;
  * - a connection with answers in progress (one being sent, pipelined ones
  *   queued behind it, each already forwarded to its origin) gets every one
  *   of them, the last with `Connection: close` (or, its head already
@@ -36,8 +38,8 @@
  * certificate change concerns those. A connection that comes during the stop
  * (its handshake under way when the listener stopped accepting) closes after
  * its first answer, and is closed as an idle one if no request of it has
- * come within FIRST_REQUEST_AT_STOP_MS: one that said nothing held the
- * worker's exit until its header deadline.
+ * begun to arrive within FIRST_REQUEST_AT_STOP_MS: one that said nothing held
+ * the worker's exit until its header deadline.
  *
  * Cost: per connection, a map entry and one 'close' listener; per request,
  * one WeakSet lookup (`closeFirst`), and per pipelined request one field
@@ -59,7 +61,8 @@ type NodeAnswer = ServerResponse & { _last?: boolean };
 
 /**
  * How long a connection that comes during the stop has for its first request
- * to arrive whole before it is closed as an idle one: a client sends its
+ * to begin to arrive before it is closed as an idle one (one begun is
+ * answered, within the header deadline): a client sends its
  * request as its handshake ends (or as its TCP connection opens, on the
  * plain-HTTP port), so this covers the round trip, not a client that waits.
  */
@@ -141,8 +144,11 @@ export class Http1Connections {
     // once under way; one still waiting for the answers before it (queued.ts `inAnswerOrder`) is not opened: the
     // connection closes after them, as after any request taken before the change.
     if (tunnelled(socket) && answer === undefined) return false;
-    if (answer === undefined) closeIdle(socket);
-    else closeAfter(answer);
+    if (answer !== undefined) closeAfter(answer);
+    // A request head still arriving: not idle (nor to nginx, nor to Node's closeIdleConnections); closed, its request
+    // was dropped unanswered, one the client could not tell unprocessed. Its answer closes it, as a late one's first.
+    else if (headArriving(socket)) this.#closeFirst.add(socket);
+    else closeIdle(socket);
     return true;
   }
 
@@ -165,6 +171,16 @@ export class Http1Connections {
 /** Whether Node's server handed `socket` over for a tunnel: it frees the connection's parser then (`socket.parser`, Node 20 to 24). */
 function tunnelled(socket: Socket): boolean {
   return (socket as Socket & { parser?: unknown }).parser == null;
+}
+
+/**
+ * Whether a request has begun to arrive on `socket` and is not parsed whole: Node's parser keeps when its message
+ * began, for its header and request deadlines (which go on), as `duration()` (ms since then, 0 between messages:
+ * Node 18 to 24); a connection that has sent nothing counts from its start, its `bytesRead` (of HTTP, not TLS) 0.
+ */
+function headArriving(socket: Socket): boolean {
+  const parser = (socket as Socket & { parser?: { duration?: () => number } | null }).parser;
+  return socket.bytesRead > 0 && (parser?.duration?.() ?? 0) > 0;
 }
 
 /** No answer in progress: our FIN now; what arrives until the client closes is read and dropped, not processed. */
