@@ -52,6 +52,7 @@ import type { Duplex } from 'node:stream';
 import type { ProxyMetrics } from '../metrics.js';
 import type { ConnectionInfo } from '../tls/connection.js';
 import type { ExpectingHandler } from './expect.js';
+import { headsArriving } from './arriving-heads.js';
 import { closeAfterAnswer, lingerAfterEnd, processNoMore } from './linger.js';
 import { answerInProgress, lastAnswer } from './queued.js';
 import { sayCloseInUnsentHead } from './unsent-head.js';
@@ -108,7 +109,7 @@ export class Http1Connections {
     this.#closeFirst.add(socket);
     // Its first request's answer closes it; none come in time, it is closed as an idle one, as the stop closed those.
     const timer = setTimeout(() => {
-      if (this.#closeFirst.has(socket) && this.#live.has(socket)) this.#end(socket);
+      if (this.#closeFirst.has(socket) && this.#live.has(socket)) this.#end(socket, headsArriving());
     }, FIRST_REQUEST_AT_STOP_MS).unref();
     socket.once('close', () => clearTimeout(timer));
   }
@@ -116,13 +117,14 @@ export class Http1Connections {
   /** After a serving-state change: ends every connection whose certificate no longer covers one of its names; returns how many. */
   retire(): number {
     let retired = 0;
+    const arriving = headsArriving();
     for (const [socket, connection] of this.#live) {
       if (connection === undefined || this.#stillCovered(connection)) {
         // A tunnel under way is HTTP no more; one still waiting for the answers before it is kept, for a later change.
         if (tunnelled(socket) && answerInProgress(socket) === undefined) this.#live.delete(socket);
         continue;
       }
-      if (this.#end(socket)) {
+      if (this.#end(socket, arriving)) {
         retired++;
         this.#count();
       }
@@ -133,11 +135,12 @@ export class Http1Connections {
   /** The worker's graceful stop: ends every connection (`retire`'s way), and the ones whose handshake completes later after their first answer. */
   closeAll(): void {
     this.#stopping = true;
-    for (const socket of this.#live.keys()) this.#end(socket);
+    const arriving = headsArriving();
+    for (const socket of this.#live.keys()) this.#end(socket, arriving);
   }
 
   /** Ends `socket` after the answers to what it already forwarded; false for a tunnel under way (left alone). Ended once: a later change finds it gone. */
-  #end(socket: Socket): boolean {
+  #end(socket: Socket, arriving: (socket: Socket) => boolean): boolean {
     this.#live.delete(socket);
     const answer = lastAnswer(socket);
     // A tunnel (an upgrade, a CONNECT): Node's server has handed the socket over, its parser freed. Not HTTP any more,
@@ -147,7 +150,7 @@ export class Http1Connections {
     if (answer !== undefined) closeAfter(answer);
     // A request head still arriving: not idle (nor to nginx, nor to Node's closeIdleConnections); closed, its request
     // was dropped unanswered, one the client could not tell unprocessed. Its answer closes it, as a late one's first.
-    else if (headArriving(socket)) this.#closeFirst.add(socket);
+    else if (arriving(socket)) this.#closeFirst.add(socket);
     else closeIdle(socket);
     return true;
   }
@@ -171,16 +174,6 @@ export class Http1Connections {
 /** Whether Node's server handed `socket` over for a tunnel: it frees the connection's parser then (`socket.parser`, Node 20 to 24). */
 function tunnelled(socket: Socket): boolean {
   return (socket as Socket & { parser?: unknown }).parser == null;
-}
-
-/**
- * Whether a request has begun to arrive on `socket` and is not parsed whole: Node's parser keeps when its message
- * began, for its header and request deadlines (which go on), as `duration()` (ms since then, 0 between messages:
- * Node 18 to 24); a connection that has sent nothing counts from its start, its `bytesRead` (of HTTP, not TLS) 0.
- */
-function headArriving(socket: Socket): boolean {
-  const parser = (socket as Socket & { parser?: { duration?: () => number } | null }).parser;
-  return socket.bytesRead > 0 && (parser?.duration?.() ?? 0) > 0;
 }
 
 /** No answer in progress: our FIN now; what arrives until the client closes is read and dropped, not processed. */
