@@ -165,6 +165,41 @@ describe('keyedge key --pin-stdin', () => {
   );
 });
 
+describe('an inspector a SIGUSR1 opened as the process started', () => {
+  it('is refused by `keyedge key` and the key server before they read a PIN: code sent to it stays in the process', async () => {
+    // The signal as a process of the user sends it before the guard can ignore it, made certain by a module run first
+    // (--import) that sends it and waits for the inspector. Before the fix the PIN was read with the inspector open.
+    const early = join(dir, 'sigusr1-early.mjs');
+    writeFileSync(
+      early,
+      "import inspector from 'node:inspector';\nprocess.kill(process.pid, 'SIGUSR1');\n" +
+        'for (let i = 0; i < 400 && inspector.url() === undefined; i++) await new Promise((resolve) => setTimeout(resolve, 25));\n',
+    );
+    const env = { ...process.env };
+    delete env[PIN_VARIABLE];
+    const flags = ['--inspect-port=0', '--import', early];
+    const key = spawnSync(process.execPath, [...flags, CLI, 'key', 'list', '--json', '--config', envConfig, '--pin-stdin'], {
+      env,
+      input: pin,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(key.stderr).toMatch(/Debugger listening/);
+    expect(key.status).not.toBe(0);
+    expect(key.stderr).toContain('KEYEDGE_ERR_SETUP: an inspector was opened in keyedge key');
+    expect(key.stdout).toBe('');
+    // The key server: it stops before it takes its PIN variable or opens the token.
+    const ks = spawnSync(process.execPath, [...flags, CLI, 'keyserver', '--config', envConfig], {
+      env: { ...process.env, [PIN_VARIABLE]: pin },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(ks.status).not.toBe(0);
+    expect(ks.stderr).toContain('KEYEDGE_ERR_SETUP: an inspector was opened in the key server');
+    expect(`${key.stdout}${key.stderr}${ks.stdout}${ks.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+  }, 60_000);
+});
+
 describe('keyedge keyserver with its PIN in a variable, its token re-created', () => {
   it('opens the token again with the PIN it took out of its environment', async () => {
     // It reads the PIN again to log in to a token opened again: the variable, no longer in its environment, is in its memory.

@@ -11,10 +11,12 @@
  * which is the command's to change (tests run key servers inside theirs).
  * Either failing is warned about, naming the variable, never the PIN: the
  * key server still serves (an operator without /proc, or without the addon
- * built, keeps what they had).
+ * built, keeps what they had). An inspector a SIGUSR1 opened as the process
+ * started is refused instead, before any PIN is read: code sent to it stays.
  */
 import type { KeyserverConfig } from '../../config/schema.js';
-import { keepInspectorClosed } from '../shared/inspector-signal.js';
+import { SetupError } from '../shared/errors.js';
+import { keepInspectorClosed, strayInspector } from '../shared/inspector-signal.js';
 import { setNotDumpable } from '../shared/no-dump.js';
 import { takePinVariable } from '../shared/pin-variable.js';
 
@@ -40,8 +42,14 @@ export function guardKeyCommand(warn: (message: string) => void): void {
   notDumpable('keyedge key', warn);
 }
 
+/** SIGUSR1 ignored from now on; refused (SetupError) when one already opened an inspector, before any PIN is read. */
 function noInspector(who: string, warn: (message: string) => void): void {
   keepInspectorClosed(() => warn(`SIGUSR1 ignored: ${who} opens no inspector (it would run the code of any local process, which could read the PIN)`));
+  if (strayInspector()) {
+    throw new SetupError(
+      `an inspector was opened in ${who} (SIGUSR1) as it started, which runs the code of any local process: it reads no PIN; start it again`,
+    );
+  }
 }
 
 function notDumpable(who: string, warn: (message: string) => void): void {

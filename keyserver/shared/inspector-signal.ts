@@ -12,7 +12,12 @@
  * (libuv installs its handler over Node's), as `--disable-sigusr1` would
  * (Node 22.14 and later only). Side effect: `node inspect -p` cannot attach;
  * start the process with `node --inspect` to debug it.
+ *
+ * A SIGUSR1 that came before the listener (as the process started) left an
+ * inspector open, and code sent to it stays in the process: the caller is
+ * told, to read no PIN (strayInspector).
  */
+import { createRequire } from 'node:module';
 
 let kept = false;
 
@@ -21,4 +26,21 @@ export function keepInspectorClosed(ignored: () => void = () => {}): void {
   if (kept) return;
   kept = true;
   process.on('SIGUSR1', ignored);
+}
+
+/**
+ * True when an inspector is open that the operator did not ask for (`node --inspect…`, or in NODE_OPTIONS): one a
+ * SIGUSR1 opened before keepInspectorClosed.
+ */
+export function strayInspector(): boolean {
+  let open: boolean;
+  try {
+    open = (createRequire(import.meta.url)('node:inspector') as { url(): string | undefined }).url() !== undefined;
+  } catch {
+    // A Node built without the inspector: SIGUSR1 opens none.
+    return false;
+  }
+  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
+  // --inspect-port alone sets the port a later SIGUSR1 would use: it opens nothing.
+  return open && !flags.some((flag) => /^--inspect(-brk|-wait)?(=|$)/.test(flag));
 }
