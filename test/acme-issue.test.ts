@@ -196,6 +196,18 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     },
   );
 
+  it('the primary opens no inspector on SIGUSR1 from a process of its user: the inspector runs any code sent to it', async () => {
+    // Non-dumpable or not, Node opened its inspector (127.0.0.1, any local user may connect) on a SIGUSR1 of its user,
+    // and code sent to it read the PIN the primary keeps. Its listener logs the signal, ignored.
+    const command = [...(SAME_USER ?? []), 'kill', '-USR1', String(proxy.pid)];
+    execFileSync(command[0]!, command.slice(1));
+    const ignored = (): boolean => proxy.lines.some((l) => String(l.msg).includes('SIGUSR1 ignored'));
+    for (let i = 0; i < 100 && !ignored(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(ignored(), 'the signal was received and ignored').toBe(true);
+    const got = await curl(proxy.port, 'www.acme.test', await pebble.rootFile());
+    expect(got.code, got.stderr).toBe(0);
+  }, 30_000);
+
   it('a first name over 64 characters (no CN in its CSR: RFC 5280 ub-common-name) is issued and serves', async () => {
     const long = `${'a'.repeat(60)}.acme.test`;
     expect(long.length).toBeGreaterThan(64);

@@ -15,6 +15,17 @@ let envConfig: string;
 let server: ChildProcess;
 let output = '';
 
+/** Polls `text()` until it matches `pattern` or `ms` pass. */
+async function waitFor(text: () => string, pattern: RegExp, ms: number): Promise<void> {
+  for (const deadline = Date.now() + ms; !pattern.test(text()) && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 50));
+}
+
+/** SIGUSR1 sent as a process of the test's user would send it (`node inspect -p <pid>` does). */
+function sigusr1AsSameUser(pid: number): void {
+  const command = [...(SAME_USER ?? []), 'kill', '-USR1', String(pid)];
+  execFileSync(command[0]!, command.slice(1));
+}
+
 /** `node -e script args…` as a process of the test's user without CAP_SYS_PTRACE: its JSON answer. */
 function readAsSameUser(script: string, ...args: string[]): Promise<Record<string, unknown>> {
   const command = [...(SAME_USER ?? []), process.execPath, '-e', script, ...args];
@@ -36,7 +47,8 @@ beforeAll(async () => {
   pin = readUserPin(stateDir);
   envConfig = join(dir, 'keyserver-env-pin.json');
   writeFileSync(envConfig, JSON.stringify({ stateDir, admin: null, log: { level: 'info' }, pkcs11: { pin: { env: PIN_VARIABLE } } }));
-  const command = [...(SAME_USER ?? []), process.execPath, CLI, 'keyserver', '--config', envConfig];
+  // --inspect-port=0: were SIGUSR1 to open the inspector, on a port of its own, not 9229 (another test's process may hold it).
+  const command = [...(SAME_USER ?? []), process.execPath, '--inspect-port=0', CLI, 'keyserver', '--config', envConfig];
   server = spawn(command[0]!, command.slice(1), {
     env: { ...process.env, [PIN_VARIABLE]: pin },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -88,6 +100,17 @@ describe('keyedge keyserver with its PIN in a variable', () => {
     // its user wherever ptrace is not restricted (kernel.yama.ptrace_scope 0).
     expect(await readAsSameUser(SCAN_MEMORY, String(server.pid), pin)).toEqual({ error: 'EACCES' });
   });
+
+  it('opens no inspector on SIGUSR1 from a process of its user: the inspector runs any code sent to it, which reads the PIN', async () => {
+    // Non-dumpable or not, Node opened its inspector (127.0.0.1, any local user may connect) on a SIGUSR1 of its user.
+    sigusr1AsSameUser(server.pid!);
+    await waitFor(() => output, /SIGUSR1 ignored|Debugger listening|Starting inspector/, 10_000);
+    expect(/Debugger listening|Starting inspector/.test(output), 'an inspector opened').toBe(false);
+    expect(output.includes('SIGUSR1 ignored'), 'the signal was received and ignored').toBe(true);
+    const ping = spawnSync(process.execPath, [CLI, 'ping', '--config', envConfig, '--count', '1'], { encoding: 'utf8' });
+    expect(ping.status, ping.stderr).toBe(0);
+    expect(output.includes(pin), 'the PIN in the log').toBe(false);
+  }, 30_000);
 });
 
 describe('keyedge key --pin-stdin', () => {
@@ -115,6 +138,66 @@ describe('keyedge key --pin-stdin', () => {
     },
     60_000,
   );
+
+  it.skipIf(SAME_USER === undefined)(
+    'opens no inspector on SIGUSR1 from a process of its user, which would run code in it once it read the PIN',
+    async () => {
+      const env = { ...process.env };
+      delete env[PIN_VARIABLE];
+      const args = ['--inspect-port=0', CLI, 'key', 'list', '--json', '--config', envConfig, '--pin-stdin'];
+      const command = [...(SAME_USER ?? []), process.execPath, ...args];
+      const child = spawn(command[0]!, command.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => void (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      // Once its guard ran (its memory closed), as it waits for the PIN on its stdin.
+      expect(await readAsSameUser(AWAIT_MEMORY_CLOSED, String(child.pid), '20000', process.execPath)).toEqual({ error: 'EACCES' });
+      sigusr1AsSameUser(child.pid!);
+      // Node opens the inspector on a thread of its own; our listener runs once the child's blocking read of its stdin ends.
+      await waitFor(() => stderr, /Debugger listening|Starting inspector/, 3_000);
+      child.stdin.end(pin);
+      expect(await exited, stderr).toBe(0);
+      expect(/Debugger listening|Starting inspector/.test(stderr), 'an inspector opened').toBe(false);
+      expect(stderr.includes('SIGUSR1 ignored'), 'the signal was received and ignored').toBe(true);
+      expect(stderr.includes(pin), 'the PIN in the output').toBe(false);
+    },
+    60_000,
+  );
+});
+
+describe('an inspector a SIGUSR1 opened as the process started', () => {
+  it('is refused by `keyedge key` and the key server before they read a PIN: code sent to it stays in the process', async () => {
+    // The signal as a process of the user sends it before the guard can ignore it, made certain by a module run first
+    // (--import) that sends it and waits for the inspector. Before the fix the PIN was read with the inspector open.
+    const early = join(dir, 'sigusr1-early.mjs');
+    writeFileSync(
+      early,
+      "import inspector from 'node:inspector';\nprocess.kill(process.pid, 'SIGUSR1');\n" +
+        'for (let i = 0; i < 400 && inspector.url() === undefined; i++) await new Promise((resolve) => setTimeout(resolve, 25));\n',
+    );
+    const env = { ...process.env };
+    delete env[PIN_VARIABLE];
+    const flags = ['--inspect-port=0', '--import', early];
+    const key = spawnSync(process.execPath, [...flags, CLI, 'key', 'list', '--json', '--config', envConfig, '--pin-stdin'], {
+      env,
+      input: pin,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(key.stderr).toMatch(/Debugger listening/);
+    expect(key.status).not.toBe(0);
+    expect(key.stderr).toContain('KEYEDGE_ERR_SETUP: an inspector was opened in keyedge key');
+    expect(key.stdout).toBe('');
+    // The key server: it stops before it takes its PIN variable or opens the token.
+    const ks = spawnSync(process.execPath, [...flags, CLI, 'keyserver', '--config', envConfig], {
+      env: { ...process.env, [PIN_VARIABLE]: pin },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(ks.status).not.toBe(0);
+    expect(ks.stderr).toContain('KEYEDGE_ERR_SETUP: an inspector was opened in the key server');
+    expect(`${key.stdout}${key.stderr}${ks.stdout}${ks.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
+  }, 60_000);
 });
 
 describe('keyedge keyserver with its PIN in a variable, its token re-created', () => {

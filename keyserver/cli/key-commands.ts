@@ -39,7 +39,8 @@ Options:
   --help          this text
 
 Every action makes the process non-dumpable before it reads a PIN or a key (Linux):
-its memory is out of reach of the user's other processes; no core dump.
+its memory is out of reach of the user's other processes; no core dump. SIGUSR1
+opens no inspector (a warning says it was ignored).
 `;
 
 const OPTIONS = {

@@ -32,6 +32,7 @@ The PIN stays out of reach of the user's other processes: a PIN variable
 (pkcs11.pin.env) is taken out of the environment and wiped from
 /proc/<pid>/environ, and the process is non-dumpable (no core dump; gdb -p,
 strace -p, lsof on it need root). Linux; elsewhere a warning says so.
+SIGUSR1 opens no inspector (it is logged and ignored).
 
 Options:
   --config FILE   JSON config (see config/keyserver.json)

@@ -19,6 +19,7 @@ import { loadKeyserverConfig } from '../../config/load.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
+import { keepInspectorClosed } from '../../keyserver/shared/inspector-signal.js';
 import { setNotDumpable } from '../../keyserver/shared/no-dump.js';
 import { wipeFromEnviron } from '../../keyserver/shared/environ-wipe.js';
 import { AcmeError } from './errors.js';
@@ -40,7 +41,8 @@ export interface TokenKeys {
  * process's environment at once, before the workers are forked with a copy of it (they face the clients, and held the PIN
  * in their environment for their whole life). Its bytes are wiped from the environment block the process was started
  * with too: a worker (same user) could read them in /proc/<primary pid>/environ. And the process becomes non-dumpable
- * (keyserver/shared/no-dump.ts), as it holds the PIN from now on: a worker could read its memory. The children get it on a pipe
+ * (keyserver/shared/no-dump.ts), as it holds the PIN from now on: a worker could read its memory; and SIGUSR1 no longer opens its
+ * inspector (keyserver/shared/inspector-signal.ts), which would run a worker's code in it. The children get it on a pipe
  * (`--pin-stdin`), not in their environment: /proc/<child pid>/environ shows that to the same user while they run.
  */
 function keyChildPin(keyserverConfig: string | null, warn: (message: string) => void): string | undefined {
@@ -48,6 +50,10 @@ function keyChildPin(keyserverConfig: string | null, warn: (message: string) => 
   // A second maker of children (the primary has one, startAcme) finds the variable taken by the first: it gets it too.
   const value = name === undefined ? undefined : (process.env[name] ?? takenPins.get(name));
   if (name === undefined || value === undefined) return undefined;
+  // The inspector SIGUSR1 would open runs any code sent to it: the PIN too (keyserver/shared/inspector-signal.ts).
+  keepInspectorClosed(() =>
+    warn("SIGUSR1 ignored: the proxy's primary opens no inspector (it would run the code of any local process, which could read the key server PIN)"),
+  );
   takenPins.set(name, value);
   delete process.env[name];
   // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
