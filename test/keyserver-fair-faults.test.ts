@@ -164,3 +164,38 @@ it('signs queued while the threads were held in the token are taken once the thr
   expect(logLines(/did not stop within its grace/).length).toBe(0);
   expect(logLines(/^key server stopped$/).length).toBe(1);
 }, 60_000);
+
+it("the last signing thread dying: a closed connection's queued signs are dropped, not signed on the event loop ahead of the answers of those still open", async () => {
+  // A deadline no loaded machine reaches (the threads are stuck only past twice it): every sign is still wanted, or dropped for its connection.
+  await startKeyserver({ requestTimeoutMs: 20_000, shutdownGraceMs: 1_000 });
+  fault('thread-hang', true);
+  const gone = await connect();
+  const open = await connect();
+  writeSigns(gone, 250);
+  const opens = writeSigns(open, 20);
+  // Read and waiting, all but those signed on the event loop meanwhile: the threads hold their first batches, the rest are queued.
+  let last = -1;
+  await waitFor('the signs read', async () => {
+    const inFlight = await metricValue({ adminPort }, 'keyedge_keyserver_in_flight_requests');
+    const settled = inFlight === last && inFlight >= 200;
+    last = inFlight;
+    return settled || undefined;
+  });
+  gone.close();
+  await waitFor(
+    'the closed connection seen',
+    async () => (await metricValue({ adminPort }, 'keyedge_keyserver_connections', { transport: 'unix' })) === 1 || undefined,
+  );
+  // Both threads end at their next C_Sign: the signs they held and those queued are made on the event loop.
+  fault('thread-crash', true);
+  fault('thread-hang', false);
+  releaseHang();
+  const answers = await Promise.all(opens.map(({ id }) => open.answer(id, 30_000)));
+  expect(
+    answers.every((answer, i) => answer.op === 'signature' && verifies(Algorithm.RSA_PSS_SHA256, opens[i]!.message, key.publicKey, answer.signature)),
+  ).toBe(true);
+  // Before: all of the closed connection's signs were signed on the event loop (those queued, and those its threads
+  // held), for nobody, and the open connection's answers went out only once they were done.
+  const dropped = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
+  expect(dropped).toBeGreaterThan(150);
+}, 60_000);

@@ -323,9 +323,17 @@ export class SigningWorkers {
     this.#drainedCheck();
   }
 
-  /** A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
+  /**
+   * A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side
+   * effect), or skipped past its deadline, or dropped once its connection closed: with no thread left it would be
+   * signed on the event loop, for nobody, ahead of the answers of connections still open.
+   */
   #retry(pending: Pending): void {
     const { job } = pending;
+    if (pending.signal?.aborted === true) {
+      this.#pending.delete(job.id);
+      return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DROPPED.closed));
+    }
     if (Date.now() > job.deadline) {
       this.#pending.delete(job.id);
       return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
