@@ -25,8 +25,8 @@
  * `size` counts every item queued; `takeAll()` empties the queue, in turns.
  */
 
-/** One flow's items, oldest first from `head` (taken from the front without copying the rest). */
-class Flow<T> {
+/** Items oldest first from `head` (taken from the front without copying the rest). */
+class Fifo<T> {
   items: T[] = [];
   head = 0;
 
@@ -44,11 +44,30 @@ class Flow<T> {
     }
     return item;
   }
+
+  /** Back at the head: in the slot taken last if there is one, else at the cost of a copy (rare: a retry). */
+  putBack(item: T): void {
+    if (this.head > 0) this.items[--this.head] = item;
+    else this.items.unshift(item);
+  }
+}
+
+/** One flow's items, and the key it is known by. */
+class Flow<T> extends Fifo<T> {
+  constructor(readonly key: object) {
+    super();
+  }
 }
 
 export class FairQueue<T> {
-  /** The flows with items queued, in turn order: a Map iterates in insertion order, so the first is next. */
-  readonly #turns = new Map<object, Flow<T>>();
+  /** The flows with items queued, by key. */
+  readonly #flows = new Map<object, Flow<T>>();
+  /**
+   * The same flows in turn order, the next first. Not the Map's own order (deleting a flow and setting it again to
+   * send it to the back): V8 keeps a deleted entry's slot until the table is rebuilt and iterates from the first
+   * slot, so the next flow was found past as many dead slots as takes since, about as many as there are flows.
+   */
+  readonly #turns = new Fifo<Flow<T>>();
   #size = 0;
 
   /** Items queued over every flow. */
@@ -58,40 +77,29 @@ export class FairQueue<T> {
 
   /** Flows with items queued. */
   get flows(): number {
-    return this.#turns.size;
+    return this.#flows.size;
   }
 
   push(flow: object, item: T): void {
-    let queue = this.#turns.get(flow);
-    if (queue === undefined) {
-      queue = new Flow<T>();
-      // A flow that had nothing queued joins at the back of the turns.
-      this.#turns.set(flow, queue);
-    }
-    queue.items.push(item);
+    this.#flowFor(flow).items.push(item);
     this.#size++;
   }
 
   /** Back at the head of its flow (a job whose thread died); a flow with nothing queued joins the turns at the back, as any newcomer. */
   unshift(flow: object, item: T): void {
-    const queue = this.#turns.get(flow);
-    if (queue === undefined) return this.push(flow, item);
-    if (queue.head > 0) queue.items[--queue.head] = item;
-    else queue.items.unshift(item);
+    this.#flowFor(flow).putBack(item);
     this.#size++;
   }
 
   /** The oldest item of the flow whose turn it is; that flow goes to the back of the turns. */
   shift(): T | undefined {
-    for (const [flow, queue] of this.#turns) {
-      const item = queue.take();
-      this.#size--;
-      // Deleted and set again: to the back of the Map's order, O(1).
-      this.#turns.delete(flow);
-      if (queue.length > 0) this.#turns.set(flow, queue);
-      return item;
-    }
-    return undefined;
+    if (this.#turns.length === 0) return undefined;
+    const queue = this.#turns.take();
+    const item = queue.take();
+    this.#size--;
+    if (queue.length > 0) this.#turns.items.push(queue);
+    else this.#flows.delete(queue.key);
+    return item;
   }
 
   /** Every item queued, in the order `shift()` would give them; the queue is left empty. */
@@ -99,5 +107,16 @@ export class FairQueue<T> {
     const all: T[] = [];
     for (let item = this.shift(); item !== undefined; item = this.shift()) all.push(item);
     return all;
+  }
+
+  /** The flow's queue; one that had nothing queued joins at the back of the turns. */
+  #flowFor(flow: object): Flow<T> {
+    let queue = this.#flows.get(flow);
+    if (queue === undefined) {
+      queue = new Flow<T>(flow);
+      this.#flows.set(flow, queue);
+      this.#turns.items.push(queue);
+    }
+    return queue;
   }
 }
