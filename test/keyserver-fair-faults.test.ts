@@ -199,3 +199,47 @@ it("the last signing thread dying: a closed connection's queued signs are droppe
   const dropped = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
   expect(dropped).toBeGreaterThan(150);
 }, 60_000);
+
+it('a connection answered DEADLINE_EXCEEDED again and again cannot pile up signs in the queue past its cap on requests in flight', async () => {
+  // A short deadline: the flooder's signs, one a turn behind 20 other connections' signs, expire queued. Each
+  // DEADLINE_EXCEEDED gives the flooder a place back under its cap, and it fills it at once.
+  await startKeyserver({ requestTimeoutMs: 200, shutdownGraceMs: 1_000 });
+  const cap = 256;
+  let running = true;
+  /** A connection that writes a sign for each answer it gets: `depth` of them always in flight. */
+  const keepBusy = async (depth: number): Promise<RawConnection> => {
+    const connection = await connect();
+    let written = depth;
+    connection.socket.on('data', () => {
+      const missing = depth - (written - connection.responses.length);
+      if (!running || missing <= 0) return;
+      written += missing;
+      writeSigns(connection, missing);
+    });
+    writeSigns(connection, depth);
+    return connection;
+  };
+  const flooder = await keepBusy(cap);
+  const others = await Promise.all(Array.from({ length: 20 }, () => keepBusy(8)));
+  await new Promise((resolve) => setTimeout(resolve, 8_000));
+  flooder.close();
+  // The other connections' signs keep the queue turning while the flooder's signs, all of them dropped as its
+  // connection closed, are counted.
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  running = false;
+  for (const other of others) other.close();
+  let last = -1;
+  const dropped = await waitFor('the drops counted', async () => {
+    const count = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
+    const settled = count === last ? count : undefined;
+    last = count;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    return settled;
+  });
+  // Its signs still queued when it closed (its cap at most, and those expired since its last turn) plus the others'
+  // (160 at most), each dropped and counted. Before: a turn dropped one expired sign of a flow, as it took one wanted
+  // sign, so the flooder's expired signs left the queue one per round of the other connections' turns and piled up as
+  // it filled its freed places, growing for as long as it kept at it: 1,350 to 3,442 after these 8 s, from a
+  // connection capped at 256 in flight.
+  expect(dropped).toBeLessThan(2 * cap);
+}, 60_000);

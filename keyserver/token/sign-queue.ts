@@ -16,13 +16,21 @@
  * and held only while they have something queued, so a connection that goes
  * leaves nothing behind once its last item is taken. What bounds a flow's
  * length is its owner's: a connection has at most its cap of requests in
- * flight (connection.ts, OVERLOADED beyond it).
+ * flight (connection.ts, OVERLOADED beyond it), but a request answered
+ * DEADLINE_EXCEEDED leaves that count while its sign is still queued. So a
+ * flow's turn also drops the items at its head that are no longer wanted
+ * (`shift(drop)`: expired, or their connection closed), all of them, not one
+ * a turn: one a turn, a connection given its place back at each deadline
+ * piled up signs for ever while other connections' turns came between its own.
  *
- * Contract: `push(flow, item)` appends to the flow's tail; `shift()` takes the
- * oldest item of the flow whose turn it is and sends that flow to the back of
- * the turns (or forgets it, now empty); `unshift(flow, item)` puts an item
- * back at its flow's head (a job whose thread died, made again in its turn);
- * `size` counts every item queued; `takeAll()` empties the queue, in turns.
+ * Contract: `push(flow, item)` appends to the flow's tail; `shift(drop?)`
+ * takes the oldest item of the flow whose turn it is, first removing those of
+ * its oldest that `drop` takes (it is called on each, and answers for them),
+ * and sends that flow to the back of the turns (or forgets it, now empty; a
+ * flow left with nothing wanted gives its turn to the next); `unshift(flow,
+ * item)` puts an item back at its flow's head (a job whose thread died, made
+ * again in its turn); `size` counts every item queued; `takeAll()` empties
+ * the queue, in turns.
  */
 
 /** Items oldest first from `head` (taken from the front without copying the rest). */
@@ -91,15 +99,24 @@ export class FairQueue<T> {
     this.#size++;
   }
 
-  /** The oldest item of the flow whose turn it is; that flow goes to the back of the turns. */
-  shift(): T | undefined {
-    if (this.#turns.length === 0) return undefined;
-    const queue = this.#turns.take();
-    const item = queue.take();
-    this.#size--;
-    if (queue.length > 0) this.#turns.items.push(queue);
-    else this.#flows.delete(queue.key);
-    return item;
+  /**
+   * The oldest item of the flow whose turn it is, past those at its head that `drop` takes (removed); that flow goes
+   * to the back of the turns. Each item is dropped once, so this is O(1) amortised.
+   */
+  shift(drop?: (item: T) => boolean): T | undefined {
+    while (this.#turns.length > 0) {
+      const queue = this.#turns.take();
+      while (queue.length > 0) {
+        const item = queue.take();
+        this.#size--;
+        if (drop?.(item) === true) continue;
+        if (queue.length > 0) this.#turns.items.push(queue);
+        else this.#flows.delete(queue.key);
+        return item;
+      }
+      this.#flows.delete(queue.key);
+    }
+    return undefined;
   }
 
   /** Every item queued, in the order `shift()` would give them; the queue is left empty. */

@@ -392,13 +392,15 @@ export class SigningWorkers {
     return Math.min(BATCH_MAX, Math.ceil(this.#queue.size / threadsWithRoom));
   }
 
-  /** Takes up to `size` jobs from the queue, in turns, into one batch for `lane`; those dropped (closed, expired) take no place in it. */
+  /**
+   * Takes up to `size` jobs from the queue, in turns, into one batch for `lane`; those dropped (closed, expired) take
+   * no place in it, nor a turn: a flow's turn drops all those at its head (sign-queue.ts).
+   */
   #sendBatch(lane: SignThread, size: number): void {
     const batch: Job[] = [];
     while (batch.length < size) {
-      const pending = this.#queue.shift();
+      const pending = this.#queue.shift((queued) => this.#dropped(queued));
       if (pending === undefined) break;
-      if (this.#dropped(pending)) continue;
       pending.lane = lane;
       batch.push(pending.job);
     }
