@@ -323,9 +323,17 @@ export class SigningWorkers {
     this.#drainedCheck();
   }
 
-  /** A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side effect), or skipped past its deadline. */
+  /**
+   * A job unanswered whose thread died, or queued with no thread left: signed again elsewhere (a signature has no side
+   * effect), or skipped past its deadline, or dropped once its connection closed: with no thread left it would be
+   * signed on the event loop, for nobody, ahead of the answers of connections still open.
+   */
   #retry(pending: Pending): void {
     const { job } = pending;
+    if (pending.signal?.aborted === true) {
+      this.#pending.delete(job.id);
+      return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DROPPED.closed));
+    }
     if (Date.now() > job.deadline) {
       this.#pending.delete(job.id);
       return pending.reject(new TokenError('KEYEDGE_ERR_TOKEN_OPERATION', DEADLINE_SKIPPED));
@@ -384,13 +392,15 @@ export class SigningWorkers {
     return Math.min(BATCH_MAX, Math.ceil(this.#queue.size / threadsWithRoom));
   }
 
-  /** Takes up to `size` jobs from the queue, in turns, into one batch for `lane`; those dropped (closed, expired) take no place in it. */
+  /**
+   * Takes up to `size` jobs from the queue, in turns, into one batch for `lane`; those dropped (closed, expired) take
+   * no place in it, nor a turn: a flow's turn drops all those at its head (sign-queue.ts).
+   */
   #sendBatch(lane: SignThread, size: number): void {
     const batch: Job[] = [];
     while (batch.length < size) {
-      const pending = this.#queue.shift();
+      const pending = this.#queue.shift((queued) => this.#dropped(queued));
       if (pending === undefined) break;
-      if (this.#dropped(pending)) continue;
       pending.lane = lane;
       batch.push(pending.job);
     }

@@ -32,9 +32,11 @@
  * while it lasts, once a STUCK_LOG_MS more; once
  * it ends, an info line. `onStuck` gets the change in stuck threads, for a
  * gauge. `isStuck(thread)` says whether the last check found that thread
- * stuck (the owner stops signing on the event loop meanwhile: a token that
- * holds one call is likely to hold the next, and the loop must stay free to
- * answer; sign-workers.ts).
+ * stuck and it still is: one that answered since is not, and takes signs
+ * again at once (its owner hears of its answer, not of the next check).
+ * `anyStuck` says whether the last check found any (the owner stops signing
+ * on the event loop meanwhile: a token that holds one call is likely to hold
+ * the next, and the loop must stay free to answer; sign-workers.ts).
  */
 import type { Logger } from '../shared/log.js';
 
@@ -103,9 +105,9 @@ export class StuckWatch {
     return { threads, signs, longestMs: Math.round(longestMs), calls: [...calls] };
   }
 
-  /** Whether the last check found this thread stuck. */
+  /** Whether the last check found this thread stuck and it still is (it has not answered since). */
   isStuck(lane: InToken): boolean {
-    return this.#stuckLanes.has(lane);
+    return this.#stuckLanes.has(lane) && this.#isStuckNow(lane, performance.now());
   }
 
   /** Whether the last check found any thread stuck. */

@@ -1,0 +1,245 @@
+/**
+ * The queue of signs waiting for a signing thread (sign-queue.ts) through the
+ * threads' faults: a thread held in the token that comes back, a thread that
+ * dies with signs queued. `keyedge keyserver` run as it is deployed, with
+ * faults injected into its signing threads by a preloaded module
+ * (NODE_OPTIONS=--require), driven by files in a control directory:
+ * `thread-hang` holds a thread's C_Sign on a FIFO no one writes to (as an HSM
+ * that stopped answering) until the test opens it for writing,
+ * `thread-crash` ends a thread at its next C_Sign.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeAll, expect, it } from 'vitest';
+import { encodeRequest } from '../keyserver/protocol/codec.js';
+import { Algorithm } from '../keyserver/protocol/constants.js';
+import {
+  CLI,
+  digestOf,
+  metricValue,
+  type ProvisionedKey,
+  provisionKeys,
+  RawConnection,
+  removeDir,
+  tempDir,
+  testConfig,
+  verifies,
+  writeConfigFile,
+} from './helpers/keyserver.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+
+const INJECT = `
+const { existsSync, openSync } = require('node:fs');
+const { join } = require('node:path');
+const Module = require('node:module');
+const { isMainThread } = require('node:worker_threads');
+const dir = process.env.KS_FAULTS;
+const load = Module._load;
+Module._load = function (request, ...rest) {
+  const loaded = load.call(this, request, ...rest);
+  if (isMainThread || !/pkcs11js[\\\\/]index\\.js$/.test(request) || loaded.PKCS11.prototype.injected) return loaded;
+  const proto = loaded.PKCS11.prototype;
+  const sign = proto.C_Sign;
+  proto.C_Sign = function (...args) {
+    if (existsSync(join(dir, 'thread-crash'))) process.exit(7);
+    if (existsSync(join(dir, 'thread-hang'))) openSync(join(dir, 'hang-fifo'), 'r');
+    return sign.apply(this, args);
+  };
+  proto.injected = true;
+  return loaded;
+};
+`;
+
+let dir: string;
+let control: string;
+let key: ProvisionedKey;
+let child: ChildProcess | undefined;
+let output = '';
+let adminPort = 0;
+const connections: RawConnection[] = [];
+
+beforeAll(() => {
+  dir = tempDir();
+  control = join(dir, 'faults');
+  mkdirSync(control);
+  writeFileSync(join(dir, 'inject.cjs'), INJECT);
+  execFileSync('mkfifo', [join(control, 'hang-fifo')]);
+  key = provisionKeys(testConfig(dir), [{ label: 'rsa', type: 'rsa-2048' }]).rsa!;
+  return () => removeDir(dir);
+}, 60_000);
+
+afterEach(async () => {
+  for (const connection of connections.splice(0)) connection.close();
+  for (const name of ['thread-hang', 'thread-crash']) fault(name, false);
+  const running = child;
+  child = undefined;
+  if (running === undefined || running.exitCode !== null || running.signalCode !== null) return;
+  const exited = new Promise((resolve) => running.once('exit', resolve));
+  running.kill('SIGKILL');
+  await exited;
+});
+
+function fault(name: string, on: boolean): void {
+  if (on) writeFileSync(join(control, name), '');
+  else rmSync(join(control, name), { force: true });
+}
+
+/** Lets the C_Sign calls held on the FIFO go on: a writer opens it (non-blocking: it fails if no call waits there). */
+function releaseHang(): void {
+  closeSync(openSync(join(control, 'hang-fifo'), constants.O_WRONLY | constants.O_NONBLOCK));
+}
+
+/** The key server's log lines with this message. */
+function logLines(msg: RegExp): Record<string, unknown>[] {
+  return output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .filter((line) => typeof line.msg === 'string' && msg.test(line.msg));
+}
+
+async function startKeyserver(limits: Record<string, number>): Promise<ChildProcess> {
+  const configFile = writeConfigFile(dir, { log: { level: 'info' }, limits });
+  output = '';
+  const started = spawn(process.execPath, [CLI, 'keyserver', '--config', configFile], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: `--require=${join(dir, 'inject.cjs')}`, KS_FAULTS: control },
+  });
+  child = started;
+  for (const stream of [started.stdout!, started.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+  const ready = await waitFor('the key server to be ready', () => {
+    if (started.exitCode !== null) throw new Error(`the key server exited:\n${output.slice(-1500)}`);
+    return logLines(/^key server ready$/)[0];
+  });
+  adminPort = (ready.admin as { port: number }).port;
+  await waitFor('both signing threads up', async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up')) === 2 || undefined);
+  return started;
+}
+
+async function connect(): Promise<RawConnection> {
+  const connection = await RawConnection.connect(testConfig(dir).listen.unix!.path);
+  connections.push(connection);
+  return connection;
+}
+
+let nextId = 1;
+
+/** `count` RSA signs written on `connection` in one write; their ids and messages. */
+function writeSigns(connection: RawConnection, count: number): { id: number; message: Buffer }[] {
+  const signs = Array.from({ length: count }, () => ({ id: nextId++, message: randomBytes(40) }));
+  const frames = signs.map(({ id, message }) =>
+    encodeRequest({
+      op: 'sign',
+      id,
+      keyId: Buffer.from(key.keyId, 'hex'),
+      algorithm: Algorithm.RSA_PSS_SHA256,
+      digest: digestOf(Algorithm.RSA_PSS_SHA256, message),
+    }),
+  );
+  connection.write(Buffer.concat(frames));
+  return signs;
+}
+
+it('signs queued while the threads were held in the token are taken once the threads come back: SIGTERM then stops the key server', async () => {
+  // A request deadline of 500 ms: a thread on one batch for 1 s is stuck.
+  const server = await startKeyserver({ requestTimeoutMs: 500, shutdownGraceMs: 1_000 });
+  fault('thread-hang', true);
+  const connection = await connect();
+  const signs = writeSigns(connection, 200);
+  // Each answered: those held DEADLINE_EXCEEDED (the signs the threads hold, and those queued behind them).
+  const answers = await Promise.all(signs.map(({ id }) => connection.answer(id, 10_000)));
+  expect(answers.every((answer, i) => answer.id === signs[i]!.id)).toBe(true);
+  await waitFor('the threads stuck', () => logLines(/^calls into the token on the signing threads .* are not coming back/)[0], 10_000);
+  fault('thread-hang', false);
+  releaseHang();
+  await waitFor('the threads back', () => logLines(/^the calls into the token came back/)[0], 10_000);
+  // Before: the threads' answers after the hang found them still marked stuck (until the watch's next look) and took
+  // no more signs; nothing asked again, so the signs queued behind them stayed queued (their clients answered
+  // DEADLINE_EXCEEDED), and the stop waited for them past its grace, until its backstop ended the process.
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  server.kill('SIGTERM');
+  await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 15_000))]);
+  expect(logLines(/did not stop within its grace/).length).toBe(0);
+  expect(logLines(/^key server stopped$/).length).toBe(1);
+}, 60_000);
+
+it("the last signing thread dying: a closed connection's queued signs are dropped, not signed on the event loop ahead of the answers of those still open", async () => {
+  // A deadline no loaded machine reaches (the threads are stuck only past twice it): every sign is still wanted, or dropped for its connection.
+  await startKeyserver({ requestTimeoutMs: 20_000, shutdownGraceMs: 1_000 });
+  fault('thread-hang', true);
+  const gone = await connect();
+  const open = await connect();
+  writeSigns(gone, 250);
+  const opens = writeSigns(open, 20);
+  // Read and waiting, all but those signed on the event loop meanwhile: the threads hold their first batches, the rest are queued.
+  let last = -1;
+  await waitFor('the signs read', async () => {
+    const inFlight = await metricValue({ adminPort }, 'keyedge_keyserver_in_flight_requests');
+    const settled = inFlight === last && inFlight >= 200;
+    last = inFlight;
+    return settled || undefined;
+  });
+  gone.close();
+  await waitFor(
+    'the closed connection seen',
+    async () => (await metricValue({ adminPort }, 'keyedge_keyserver_connections', { transport: 'unix' })) === 1 || undefined,
+  );
+  // Both threads end at their next C_Sign: the signs they held and those queued are made on the event loop.
+  fault('thread-crash', true);
+  fault('thread-hang', false);
+  releaseHang();
+  const answers = await Promise.all(opens.map(({ id }) => open.answer(id, 30_000)));
+  expect(
+    answers.every((answer, i) => answer.op === 'signature' && verifies(Algorithm.RSA_PSS_SHA256, opens[i]!.message, key.publicKey, answer.signature)),
+  ).toBe(true);
+  // Before: all of the closed connection's signs were signed on the event loop (those queued, and those its threads
+  // held), for nobody, and the open connection's answers went out only once they were done.
+  const dropped = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
+  expect(dropped).toBeGreaterThan(150);
+}, 60_000);
+
+it('a connection answered DEADLINE_EXCEEDED again and again cannot pile up signs in the queue past its cap on requests in flight', async () => {
+  // A short deadline: the flooder's signs, one a turn behind 20 other connections' signs, expire queued. Each
+  // DEADLINE_EXCEEDED gives the flooder a place back under its cap, and it fills it at once.
+  await startKeyserver({ requestTimeoutMs: 200, shutdownGraceMs: 1_000 });
+  const cap = 256;
+  let running = true;
+  /** A connection that writes a sign for each answer it gets: `depth` of them always in flight. */
+  const keepBusy = async (depth: number): Promise<RawConnection> => {
+    const connection = await connect();
+    let written = depth;
+    connection.socket.on('data', () => {
+      const missing = depth - (written - connection.responses.length);
+      if (!running || missing <= 0) return;
+      written += missing;
+      writeSigns(connection, missing);
+    });
+    writeSigns(connection, depth);
+    return connection;
+  };
+  const flooder = await keepBusy(cap);
+  const others = await Promise.all(Array.from({ length: 20 }, () => keepBusy(8)));
+  await new Promise((resolve) => setTimeout(resolve, 8_000));
+  flooder.close();
+  // The other connections' signs keep the queue turning while the flooder's signs, all of them dropped as its
+  // connection closed, are counted.
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  running = false;
+  for (const other of others) other.close();
+  let last = -1;
+  const dropped = await waitFor('the drops counted', async () => {
+    const count = await metricValue({ adminPort }, 'keyedge_keyserver_signs_dropped_total', { reason: 'closed' });
+    const settled = count === last ? count : undefined;
+    last = count;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    return settled;
+  });
+  // Its signs still queued when it closed (its cap at most, and those expired since its last turn) plus the others'
+  // (160 at most), each dropped and counted. Before: a turn dropped one expired sign of a flow, as it took one wanted
+  // sign, so the flooder's expired signs left the queue one per round of the other connections' turns and piled up as
+  // it filled its freed places, growing for as long as it kept at it: 1,350 to 3,442 after these 8 s, from a
+  // connection capped at 256 in flight.
+  expect(dropped).toBeLessThan(2 * cap);
+}, 60_000);
