@@ -102,8 +102,9 @@ function badHead(head: string): string | undefined {
 /** What is wrong with a request at the origin for the plan it names, if anything. */
 function badForward(r: RecordedRequest, plan: StreamPlan | undefined, c: FuzzCase | undefined): string | undefined {
   if (plan === undefined || c === undefined) return 'no stream sent it';
-  if (plan.malformed !== undefined) return `forwarded though malformed: ${plan.malformed}`;
-  if (plan.contentLengths.length > 1 || plan.contentLengths.some((v) => v !== String(plan.body.length)))
+  // A truncated block's fields are a prefix the server decoded (StreamPlan.truncated): only its id is known bad.
+  if (plan.malformed !== undefined && (!plan.truncated || plan.badId)) return `forwarded though malformed: ${plan.malformed}`;
+  if (!plan.truncated && (plan.contentLengths.length > 1 || plan.contentLengths.some((v) => v !== String(plan.body.length))))
     return `forwarded though its content-length ${plan.contentLengths} disagrees with its ${plan.body.length} bytes of DATA`;
   const cutAt = c.abort?.at ?? Number.POSITIVE_INFINITY;
   if (plan.headersEnd === undefined || plan.headersEnd > cutAt) return 'forwarded though its header block was not whole';

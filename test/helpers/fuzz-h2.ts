@@ -43,6 +43,12 @@ export interface StreamPlan {
   readonly badId: boolean;
   /** The content-length fields it sent: more than one, or one its DATA disagrees with, is malformed too (§8.1.1). */
   readonly contentLengths: readonly string[];
+  /**
+   * Random flags set END_HEADERS on a frame before the block's last piece: the server decodes a prefix of the block,
+   * perhaps ending in a cut field (which nghttp2 drops when its name is not a valid one), so which fields it read, and
+   * whether `malformed` and `contentLengths` still apply, is not known here; the rest goes in frames it refuses.
+   */
+  truncated: boolean;
   /** Byte offset in the case's bytes where its header block ends (END_HEADERS). */
   headersEnd: number | undefined;
   /** Byte offset where the client's END_STREAM for it ends, and the body sent before it. */
@@ -319,6 +325,7 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
       malformed: malformed ?? wrongId,
       badId: wrongId !== undefined,
       contentLengths,
+      truncated: false,
       headersEnd: undefined,
       endedAt: undefined,
       body: '',
@@ -350,12 +357,18 @@ export function fuzzCase(seed: number, host: string): FuzzCase {
     const flags0 = (endOnHeaders ? 0x1 : 0) | (pieces.length === 1 ? 0x4 : 0) | (padded >= 0 ? 0x8 : 0) | (priority ? 0x20 : 0);
     const f = send(0x1, flags0, raw, headPayload, `HEADERS ${tag}${plan.malformed ? ` (${plan.malformed})` : ''}`);
     // The block ends at the first END_HEADERS (random flags may set it early, or never: §6.10).
-    if ((f & 0x4) !== 0) plan.headersEnd = offset;
+    if ((f & 0x4) !== 0) {
+      plan.headersEnd = offset;
+      plan.truncated = pieces.length > 1;
+    }
     for (const [i, piece] of pieces.slice(1).entries()) {
       if (!flood && r.chance(0.03)) send(0x6, 0, 0, Buffer.alloc(8), 'PING inside a header block');
       const last = i === pieces.length - 2 && !endless;
       const cf = send(0x9, last ? 0x4 : 0, !flood && r.chance(0.03) ? raw + 2 : raw, piece, 'CONTINUATION');
-      if (plan.headersEnd === undefined && (cf & 0x4) !== 0) plan.headersEnd = offset;
+      if (plan.headersEnd === undefined && (cf & 0x4) !== 0) {
+        plan.headersEnd = offset;
+        plan.truncated = i < pieces.length - 2;
+      }
     }
     if ((f & 0x1) !== 0) plan.endedAt = plan.headersEnd;
     if (plan.endedAt === undefined && r.chance(0.85)) {
