@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
+import { SAME_USER, SCAN_MEMORY } from './helpers/proc-reader.js';
 import type { ClusterProxy } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 1 (HTTP-01): a real `keyedge proxy` (two workers) gets a
@@ -15,32 +16,6 @@ import type { ClusterProxy } from './helpers/proxy-cluster.js';
 // The token's PIN comes from a variable given to the proxy: the key children
 // get it, the workers do not.
 const PIN_VARIABLE = 'KEYEDGE_TEST_ACME_PIN';
-/**
- * The proxy runs as what a worker taken over is: a process of its user. As root here, the proxy and the reader alike
- * lack CAP_SYS_PTRACE (as any other user's processes, or a container's root, do); undefined: root without setpriv.
- */
-const SAME_USER: readonly string[] | undefined =
-  process.getuid?.() !== 0 ? [] : spawnSync('setpriv', ['--version']).status === 0 ? ['setpriv', '--bounding-set=-sys_ptrace'] : undefined;
-/** Run as `node -e SCAN PID NEEDLE`: whether the needle is in the process's writable memory, or why it cannot be read. */
-const SCAN = `
-const fs = require('node:fs');
-const [pid, needle] = process.argv.slice(1);
-let fd;
-try { fd = fs.openSync('/proc/' + pid + '/mem', 'r'); } catch (err) { console.log(JSON.stringify({ error: err.code })); process.exit(0); }
-const want = Buffer.from(needle);
-let found = false;
-for (const line of fs.readFileSync('/proc/' + pid + '/maps', 'utf8').split('\\n')) {
-  const m = /^([0-9a-f]+)-([0-9a-f]+) rw/.exec(line);
-  if (m === null || found) continue;
-  const start = parseInt(m[1], 16), end = parseInt(m[2], 16);
-  for (let at = start; at < end && !found; at += 1 << 20) {
-    const buf = Buffer.alloc(Math.min((1 << 20) + want.length, end - at));
-    try { fs.readSync(fd, buf, 0, buf.length, at); } catch { break; }
-    found = buf.includes(want);
-  }
-}
-console.log(JSON.stringify({ found }));
-`;
 /**
  * Run as `node -e WATCH PRIMARY NEEDLE` until SIGTERM: the primary's `keyedge key` children it saw (polling /proc, as a
  * worker of the same user can), and whether the needle was in one's /proc/<pid>/environ while it ran.
@@ -190,7 +165,7 @@ describe('ACME issuance against pebble, HTTP-01', () => {
     () => {
       // A worker taken over (the same user) read the primary's memory through /proc/<pid>/mem, the PIN in it, wherever
       // ptrace is not restricted (no Yama here).
-      const command = [...(SAME_USER ?? []), process.execPath, '-e', SCAN, String(proxy.pid), pin];
+      const command = [...(SAME_USER ?? []), process.execPath, '-e', SCAN_MEMORY, String(proxy.pid), pin];
       const read = JSON.parse(execFileSync(command[0]!, command.slice(1), { encoding: 'utf8', timeout: 60_000 })) as { error?: string; found?: boolean };
       expect(read).toEqual({ error: 'EACCES' });
     },
