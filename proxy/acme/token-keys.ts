@@ -21,7 +21,7 @@ import { RemoteError } from '../../keyserver/shared/errors.js';
 import { ErrorCode } from '../../keyserver/protocol/constants.js';
 import { keepInspectorClosed } from '../../keyserver/shared/inspector-signal.js';
 import { setNotDumpable } from '../../keyserver/shared/no-dump.js';
-import { wipeFromEnviron } from '../../keyserver/shared/environ-wipe.js';
+import { pinVariable as takenOrSet, takePinVariable } from '../../keyserver/shared/pin-variable.js';
 import { AcmeError } from './errors.js';
 
 export interface GeneratedKey {
@@ -48,17 +48,15 @@ export interface TokenKeys {
 function keyChildPin(keyserverConfig: string | null, warn: (message: string) => void): string | undefined {
   const name = pinVariable(keyserverConfig);
   // A second maker of children (the primary has one, startAcme) finds the variable taken by the first: it gets it too.
-  const value = name === undefined ? undefined : (process.env[name] ?? takenPins.get(name));
+  const value = name === undefined ? undefined : takenOrSet(name);
   if (name === undefined || value === undefined) return undefined;
   // The inspector SIGUSR1 would open runs any code sent to it: the PIN too (keyserver/shared/inspector-signal.ts).
   keepInspectorClosed(() =>
     warn("SIGUSR1 ignored: the proxy's primary opens no inspector (it would run the code of any local process, which could read the key server PIN)"),
   );
-  takenPins.set(name, value);
-  delete process.env[name];
   // In this order: a non-dumpable process's /proc/self/mem belongs to root, which the wipe writes through.
   // Either failing leaves the PIN readable by the proxy's user: the operator hears of it (never the PIN itself).
-  if (!wipeFromEnviron(name)) {
+  if (!takePinVariable(name)) {
     warn(
       `the key server PIN variable ${name} could not be wiped from the environment block the proxy was started with ` +
         `(/proc/self/stat or /proc/self/mem not usable): processes of its user, its workers among them, may read the PIN in /proc/${process.pid}/environ`,
@@ -67,9 +65,6 @@ function keyChildPin(keyserverConfig: string | null, warn: (message: string) => 
   if (!setNotDumpable()) warn(`the proxy's primary could not be made non-dumpable: processes of its user may read the key server PIN in its memory`);
   return value;
 }
-
-/** PIN variables keyChildPin took out of this process's environment, by name (in memory only, as the environment held them). */
-const takenPins = new Map<string, string>();
 
 /** The variable the key server config takes its PIN from, if it does. */
 function pinVariable(keyserverConfig: string | null): string | undefined {
