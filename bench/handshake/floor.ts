@@ -5,6 +5,8 @@
  * stream API). `forward`: a bare forwarder to the origin with nothing of keyedge's, through undici's `dispatch()` or the
  * lean llhttp forwarder below: the origin hop's own cost (with `h2`: issue 13's floor, `:authority` as Host, RFC 9113
  * §8.3.1). `renewTickets`: a fresh ticket on every resumed connection, as the proxy sends (the resumed floor).
+ * `keylessSocket`: its key files are the proxy's KEYEDGE KEYLESS KEY blocks and every sign goes through keyedge's bridge
+ * (proxy/native) to the key server there: the keyless hop of a server with nothing else of keyedge's.
  * Usage: node dist/bench/handshake/floor.js --config FILE (FloorConfig JSON)
  */
 import { randomBytes } from 'node:crypto';
@@ -17,6 +19,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { init as initKeylessBridge, stats as keylessStats } from '../../proxy/native/index.js';
 
 export interface FloorConfig {
   readonly port: number;
@@ -32,6 +35,8 @@ export interface FloorConfig {
    * "resumed" handshakes were full ones. The same internal hook as the proxy's, one key.
    */
   readonly renewTickets?: boolean;
+  /** The key server's unix socket: the bridge is registered against it before any key is read (the keyless floor). */
+  readonly keylessSocket?: string;
 }
 
 type Answer = (req: http.IncomingMessage, res: http.ServerResponse) => void;
@@ -190,6 +195,7 @@ function renewTickets(context: tls.SecureContext): void {
 const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
 if (values.config === undefined) throw new Error('usage: floor.js --config FILE');
 const c = JSON.parse(readFileSync(values.config, 'utf8')) as FloorConfig;
+if (c.keylessSocket !== undefined) initKeylessBridge({ socketPath: c.keylessSocket });
 const contexts = new Map(
   c.certificates.map((x) => [x.serverName, tls.createSecureContext({ cert: readFileSync(x.chain), key: readFileSync(x.key), minVersion: 'TLSv1.2' })]),
 );
@@ -221,7 +227,11 @@ const m = 'keyedge_proxy_tls_handshakes_total';
 http
   .createServer((_req, res) => {
     const handshakes = `${m}{result="ok",resumed="false"} ${counts.full}\n${m}{result="ok",resumed="true"} ${counts.resumed}\n`;
-    res.end(`${handshakes}${m}{result="failed",resumed="false"} ${counts.failed}\nkeyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\n`);
+    // The bridge's own count of signatures, which the bench's sign check compares with the key server's.
+    const signs = c.keylessSocket === undefined ? '' : `keyedge_proxy_keyless_signs_total ${keylessStats().signs}\n`;
+    res.end(
+      `${handshakes}${m}{result="failed",resumed="false"} ${counts.failed}\nkeyedge_proxy_http_requests_total{status_class="2xx"} ${counts.requests}\n${signs}`,
+    );
   })
   .listen(c.admin, '127.0.0.1', () => process.stdout.write('"floor ready"\n'));
 process.on('SIGTERM', () => process.exit(0));

@@ -3,10 +3,12 @@
  * key in its token, certificates from a throwaway CA for them and for key files with the same names, the demo origin,
  * the keyless and in-memory proxies, the node:https floor and the nginx variants (lab/nginx.ts).
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TlsProfileName } from '../../config/proxy-schema.js';
+import { keylessKeyPem } from '../../proxy/native/index.js';
 import { embeddedTokenPaths, findSoftHsmModule } from '../../keyserver/token/embedded.js';
 import { nodeBinary, nodeVersionOf, OWN_MAJOR } from '../harness/install.js';
 import { setAffinity } from '../harness/proc-cpu.js';
@@ -34,13 +36,20 @@ const SETUPS = {
   inmemory: { title: 'in memory', runs: (w, node) => `${w}${node}`, node: true },
   'node-floor': { title: 'bare node:https (floor)', runs: (_, node) => `node:https 1 process${node}`, node: true },
   'node-forward': { title: 'bare node:https + undici forwarder (floor)', runs: (_, node) => `node:https 1 process${node}`, node: true },
+  // The keyless hop's floor (bench/results/2026-12-06-keyless-hop-floor.md): the floor, each sign through the bridge.
+  'node-floor-keyless': {
+    title: 'bare node:https, keyless key (floor)',
+    runs: (_, node) => `node:https 1 process + key server (unix)${node}`,
+    key: 'keyserver',
+    node: true,
+  },
   'nginx-file': { title: 'nginx key file', runs: () => 'nginx 1 process', nginx: 'file' },
   'nginx-engine': { title: 'nginx + pkcs11 engine', runs: () => 'nginx 1 process (SoftHSM2 in it)', nginx: 'engine' },
   'nginx-p11kit': { title: 'nginx + p11-kit', runs: () => 'nginx 1 process + p11-kit server', key: 'p11kit', nginx: 'p11kit' },
 } satisfies Record<string, SetupSpec>;
 
 type BaseSetup = keyof typeof SETUPS;
-type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor' | 'node-forward';
+type NodeSetup = 'keyless-unix' | 'inmemory' | 'node-floor' | 'node-forward' | 'node-floor-keyless';
 export type SetupId = BaseSetup | `${NodeSetup}-node${number}`;
 
 export const SETUP_IDS = Object.keys(SETUPS) as BaseSetup[];
@@ -136,11 +145,17 @@ export class HandshakeLab extends LabBase<SetupId> {
     const endpoint = this.ports.endpoints[setup]!;
     const [origin, base, major] = [`http://127.0.0.1:${this.ports.origin}`, baseSetup(setup), nodeMajorOf(setup)];
     const node = major === undefined ? process.execPath : this.nodeBinaries.get(major)!;
-    if (base === 'inmemory' || base === 'node-floor' || base === 'node-forward') {
+    if (base === 'inmemory' || base === 'node-floor' || base === 'node-forward' || base === 'node-floor-keyless') {
       const certs = options.keys.map((k) => ({ name: k.id, serverName: k.serverName, chain: f(`inmemory-${k.id}-chain.pem`), key: f(`inmemory-${k.id}.key`) }));
       const o = { ...options, ...endpoint, origin, domain: '*.bench.localhost', dir: this.dir, command: [node], cpus: options.serverCpus, timeoutMs: 60_000 };
       // The floors renew tickets as the proxy does, so that their resumed connections all resume (floor.ts).
-      const floor = base === 'node-forward' ? { renewTickets: true, forward: { origin, client: 'undici' as const } } : { renewTickets: true };
+      const floor =
+        base === 'node-forward'
+          ? { renewTickets: true, forward: { origin, client: 'undici' as const } }
+          : base === 'node-floor-keyless'
+            ? { renewTickets: true, keylessSocket: join(this.keyserverLab.stateDir, 'keyserver.sock') }
+            : { renewTickets: true };
+      if (base === 'node-floor-keyless') certs.splice(0, certs.length, ...this.#keylessKeyFiles());
       const server = base === 'inmemory' ? startFileKeyed(setup, base, certs, o) : startFileKeyed(setup, 'node-floor', certs, o, floor);
       this.servers.set(setup, server.proc);
       this.configs.set(setup, server.config);
@@ -166,6 +181,17 @@ export class HandshakeLab extends LabBase<SetupId> {
     this.servers.set(setup, proc);
     const ready = async () => (await httpGet(`http://127.0.0.1:${endpoint.admin}/readyz`).catch(() => ({ status: 0 }))).status === 200;
     await waitFor(`${setup} (${node === process.execPath ? process.version : node})`, ready, 60_000, proc);
+  }
+
+  /** The token's keys as the proxy hands them to node:tls (KEYEDGE KEYLESS KEY files), with their certificates. */
+  #keylessKeyFiles() {
+    return this.options.keys.map((k) => {
+      const chain = this.#file(`keyless-${k.id}-chain.pem`);
+      const spki = new X509Certificate(readFileSync(chain)).publicKey.export({ type: 'spki', format: 'der' });
+      const key = this.#file(`floor-keyless-${k.id}.key`);
+      writeFileSync(key, keylessKeyPem(this.keyIds.get(k.id)!, spki));
+      return { name: k.id, serverName: k.serverName, chain, key };
+    });
   }
 
   /** Starts the origin, the key server and the set-ups that run; checks one request through each server and key. */
@@ -244,7 +270,7 @@ export function startFileKeyed(
   kind: 'inmemory' | 'node-floor',
   certs: readonly { name: string; serverName: string; chain: string; key: string }[],
   o: ServerOptions & { dir: string; command: readonly string[]; cpus: string | undefined; timeoutMs: number },
-  floor?: Pick<FloorConfig, 'h2' | 'forward' | 'renewTickets'>,
+  floor?: Pick<FloorConfig, 'h2' | 'forward' | 'renewTickets' | 'keylessSocket'>,
 ) {
   const { port, workers, profile, logLevel } = o;
   const [domains, admin] = [[{ name: o.domain, origin: o.origin }], { host: '127.0.0.1', port: o.admin }];

@@ -79,12 +79,15 @@ const find = (summaries: readonly ScenarioSummary[], kind: Kind, setup: SetupId,
 type Figure = readonly [Kind, SetupId];
 const full = (setup: SetupId): Figure => ['full-tls13', setup];
 const [KEYLESS, IN_MEMORY, FILE, P11KIT] = [full('keyless-unix'), full('inmemory'), full('nginx-file'), full('nginx-p11kit')];
+const [FLOOR, FLOOR_KEYLESS] = [full('node-floor'), full('node-floor-keyless')];
 type TargetSpec = readonly [name: string, a: readonly Figure[], b: readonly Figure[], limit: number | undefined, ownOnly?: true];
 const TARGET_ROWS: readonly TargetSpec[] = [
   ['full handshake: keyless (unix) ÷ nginx + p11-kit', [KEYLESS], [P11KIT], 1.25],
   ['full handshake: in memory ÷ nginx key file', [IN_MEMORY], [FILE], 1.3],
   ['keyless hop ÷ p11-kit hop: (keyless − in memory) ÷ (nginx + p11-kit − nginx key file)', [KEYLESS, IN_MEMORY], [P11KIT, FILE], 1.0],
   ['full handshake: bare node:https (floor) ÷ nginx key file', [full('node-floor')], [FILE], undefined],
+  ["the floor's keyless hop ÷ p11-kit hop: (floor keyless − floor) ÷ (nginx + p11-kit − nginx key file)", [FLOOR_KEYLESS, FLOOR], [P11KIT, FILE], undefined],
+  ["keyless hop ÷ the floor's: (keyless − in memory) ÷ (floor keyless − floor)", [KEYLESS, IN_MEMORY], [FLOOR_KEYLESS, FLOOR], undefined],
   ['resumed handshake: keyless ÷ nginx', [['resumed-tls13', 'keyless-unix']], [['resumed-tls13', 'nginx-file']], 1.3],
   ['resumed handshake: floor ÷ nginx', [['resumed-tls13', 'node-floor']], [['resumed-tls13', 'nginx-file']], undefined],
   ['resumed handshake: floor + undici forwarder ÷ nginx', [['resumed-tls13', 'node-forward']], [['resumed-tls13', 'nginx-file']], undefined],
@@ -111,12 +114,16 @@ export function targets(summaries: readonly ScenarioSummary[], majors: readonly 
   );
 }
 
-/** Keyless − in memory (full TLS 1.3), per transport, and per round (neighbours in time). */
+/** Keyless − in memory (full TLS 1.3), per transport, and the floor's (floor keyless − floor); per round (neighbours in time). */
 function hops(summaries: readonly ScenarioSummary[]) {
+  const PAIRS = [
+    ['keyless-unix', 'inmemory'],
+    ['keyless-tcp', 'inmemory'],
+    ['node-floor-keyless', 'node-floor'],
+  ] as const;
   return HANDSHAKE_KEYS.flatMap((key) => {
-    const m = find(summaries, 'full-tls13', 'inmemory', key.id);
-    return (['keyless-unix', 'keyless-tcp'] as const).flatMap((setup) => {
-      const k = find(summaries, 'full-tls13', setup, key.id);
+    return PAIRS.flatMap(([setup, keyed]) => {
+      const [k, m] = [find(summaries, 'full-tls13', setup, key.id), find(summaries, 'full-tls13', keyed, key.id)];
       if (k === undefined || m === undefined) return [];
       const rounds = Math.min(k.perRound.length, m.perRound.length);
       const perRoundUs = Array.from({ length: rounds }, (_, i) => k.perRound[i]!.window.serverUs - m.perRound[i]!.window.serverUs);
@@ -235,7 +242,7 @@ export async function handshakeReport(...[lab, options, scenarios, { results, fa
     '\n## Targets (issue 12; h2 ÷ http/1.1: issue 13), per Node major of the Node side\n',
     `${specTable(targetRows, TARGET_COLUMNS, '(needs the scenarios the targets compare)')}\n`,
     ...KINDS.filter((k) => ofKind(k).length > 0).flatMap((k) => [`## ${kindTitle(k)}\n`, `${columnTable(ofKind(k), SCENARIO_COLUMNS)}\n`]),
-    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory)\n',
+    '## Keyless hop (full TLS 1.3, server CPU per handshake, keyless − in memory; the floor: floor keyless − floor)\n',
     `${specTable(hopRows, HOP_COLUMNS, '(needs keyless and in memory)')}\n`,
     'Columns (bench/README.md, "handshake"): handshakes/s = handshakes in the window ÷ its length, median over rounds (full: counted by the server, nginx: stub_status requests; resumed and ALPN: connections the client completed); "≥": the client used ≥ 0.9 of its core, the rate is a lower bound. **server µs/hs** = utime+stime of every process of the set-up (front + key holder) over the window ÷ handshakes in it: the figure to compare; origin and client apart. p50/p99 = per-connection time (connect + handshake + GET), mostly queueing. errors = ab failed + non-2xx + handshakes the server saw fail + client failures. check: full keyless = key server signs ÷ (full + failed handshakes), idle to idle (1 = one sign per handshake); resumed = tickets resumed, and key server signs (must be 0).',
     `${CLEAN_ROUNDS_NOTE} rounds when at least 3 are (else all, marked †). Per-round figures for every window are in the JSON.`,
