@@ -9,10 +9,12 @@
  * RFC 9112 §9.6). Nothing after the bad request is forwarded: Node's parser
  * stays in its error state, and what the client still sends is dropped. The
  * answers to requests pipelined before the bad one go out first (queued.ts).
+ * Bytes after a request that said `close` are no bad request: its answer goes
+ * out, then the connection lingers (linger.ts `lingerAfterLastAnswer`).
  * The HTTP/2 connection preface gets a 400 of ours that says what it met.
  */
 import type { Duplex } from 'node:stream';
-import { closesAfterAnswer, LINGER_MS } from './linger.js';
+import { closesAfterAnswer, LINGER_MS, lingerAfterLastAnswer } from './linger.js';
 import { answerInProgress, whenAnswersSent } from './queued.js';
 
 /**
@@ -51,6 +53,13 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
   answered.add(socket);
   // Node removed its own error listener before telling us; a reset from here on is expected.
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+  // Bytes after a request that said `close` (or an HTTP/1.0 one without keep-alive): llhttp parses nothing after it
+  // (HPE_CLOSED_CONNECTION), so nothing more is forwarded or answered (RFC 9112 §9.6), and that request's answer, the
+  // connection's last, closes it; no 400, which would follow it as the answer to nothing. The client is pipelining and
+  // may still be sending: the connection lingers after the answers (linger.ts), as nginx's does when bytes are left
+  // to read. Destroyed at once, as Node does after a closing answer, the client's next bytes met a closed socket, and
+  // its reset took the answer away: cut short, or never read by a client whose next write failed first.
+  if (err.code === 'HPE_CLOSED_CONNECTION') return whenAnswersSent(socket, () => lingerAfterLastAnswer(socket));
   // Bytes after a request whose body is not read (a GET's awaiting 100, never asked for; one answered early): they
   // are read and dropped, not processed (linger.ts), so a parse error there is no error of the request. Answered
   // 400, the client was told its request failed while its origin had served it; its answer goes out instead.

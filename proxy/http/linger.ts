@@ -124,6 +124,23 @@ export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): voi
   });
 }
 
+/**
+ * `socket`, whose last answer (one that closes it) has just been sent while the
+ * client may still be sending: what it pipelined behind a request that said
+ * `close` (client-error.ts). Node's server ended it in that answer's 'finish'
+ * (destroySoon), to destroy it once the end is flushed; the client's next
+ * bytes would then meet a closed socket, and its reset can destroy the answer
+ * before the client has read it (RFC 9112 §9.6). It lingers instead.
+ */
+export function lingerAfterLastAnswer(socket: Duplex): void {
+  if (socket.destroyed) return;
+  // Registered by Node's destroySoon() in its own 'finish' listener of the answer, which runs before the caller's.
+  socket.removeListener('finish', socket.destroy);
+  // Ended here if Node did not (no answer closed it): the connection closes all the same, as retire.ts ends an idle one.
+  if (socket.writable) socket.end();
+  lingerAfterEnd(socket);
+}
+
 /** `socket`, ended by us (or about to be): destroyed when the client ends it too, or after LINGER_MS, what it sends till then read and dropped. */
 export function lingerAfterEnd(socket: Duplex): void {
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
