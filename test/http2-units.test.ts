@@ -86,6 +86,42 @@ describe("an origin's raw head as an HTTP/2 answer (one pass)", () => {
     // Trailers: no :status; a Connection of keep-alive names nothing.
     expect(http2Fields(['Connection', 'keep-alive', 'X-Sum', '1', 'x-sum', '2'], {})).toEqual({ 'x-sum': ['1', '2'] });
   });
+
+  it('names as undici hands them (bytes, any case) come out as their latin1 text lower-cased, well-known or not', () => {
+    const names = [
+      'CONTENT-TYPE',
+      'Content-Length',
+      'dAtE',
+      'Content',
+      'Content-Types',
+      'X-Custom-Thing',
+      'X-\xc0\xde\xe9',
+      'Constructor',
+      '__PROTO__',
+      'cOnNeCtIoN',
+      'KEEP-ALIVE',
+      'Vary',
+      'X-Named',
+    ];
+    const values = ['text/html', '5', 'Thu, 01 Jan 1970 00:00:00 GMT', 'c', 'ts', 'x', 'l', 'k', 'p', 'keep-alive, X-NAMED', 'timeout=5', 'accept', 'dropped'];
+    const raw = names.flatMap((name, i) => [Buffer.from(name, 'latin1'), Buffer.from(values[i]!, 'latin1')]);
+    const head = http2Fields(raw, {}, 200);
+    expect(Object.keys(head)).toEqual([
+      ':status',
+      'content-type',
+      'content-length',
+      'date',
+      'content',
+      'content-types',
+      'x-custom-thing',
+      'x-\xe0\xfe\xe9',
+      'constructor',
+      '__proto__',
+      'vary',
+    ]);
+    expect(head['x-\xe0\xfe\xe9']).toBe('l');
+    expect(head.date).toBe('Thu, 01 Jan 1970 00:00:00 GMT');
+  });
 });
 
 describe('the reset bound', () => {
