@@ -1,6 +1,7 @@
 /**
  * Closing an HTTP/1.1 connection after our last answer while the client may
- * still be sending (a request body we did not read): the lingering close of
+ * still be sending (a request body we did not read, requests pipelined
+ * behind the last one): the lingering close of
  * RFC 9112 §9.6, as nginx does it. Closing a socket with unread bytes makes
  * the kernel reset the connection, and the reset can destroy the answer
  * before the client has read it; keeping the connection open instead lets
@@ -106,17 +107,24 @@ function discardWithin(req: IncomingMessage, res: ServerResponse): void {
 }
 
 /**
- * Once `res` (an answer with `Connection: close`) is sent, with `req`'s body
- * still coming: Node would end the socket and destroy it as soon as the end
- * is flushed. Instead the connection stays half-closed, reading and
- * dropping what arrives, until the client closes or LINGER_MS pass.
+ * Once `res` (an answer with `Connection: close`) is sent: Node would end the
+ * socket and destroy it as soon as the end is flushed. Instead the connection
+ * stays half-closed, reading and dropping what arrives, until the client
+ * closes or LINGER_MS pass: with `req`'s body still coming, and with it read
+ * whole too, since the client did not ask for the close (our refusal, a
+ * reload's or the stop's: retire.ts) and may have pipelined requests behind
+ * it, whose bytes, meeting a closed socket, drew a reset that took away the
+ * part of the answer the client had not read yet.
  */
 export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
   const socket = req.socket;
   // From now on: what Node parses on this connection comes after this request (its body is not all parsed yet).
   closing.add(socket);
   res.once('finish', () => {
-    if (req.complete || socket.destroyed) return;
+    if (socket.destroyed) return;
+    // Node ended the socket (destroySoon) in its 'finish' listener, which runs before this one, if the answer closes
+    // it; one that does not (a head already sent without `close`, Node keeping the connection) is left to Node.
+    if (req.complete) return socket.writable ? undefined : lingerAfterLastAnswer(socket);
     // Registered by Node's destroySoon() in its own 'finish' listener, which runs before this one.
     socket.removeListener('finish', socket.destroy);
     lingerAfterEnd(socket);
@@ -127,7 +135,8 @@ export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): voi
 /**
  * `socket`, whose last answer (one that closes it) has just been sent while the
  * client may still be sending: what it pipelined behind a request that said
- * `close` (client-error.ts). Node's server ended it in that answer's 'finish'
+ * `close` (client-error.ts), or behind one an answer of ours closed the
+ * connection after (closeAfterAnswer). Node's server ended it in that answer's 'finish'
  * (destroySoon), to destroy it once the end is flushed; the client's next
  * bytes would then meet a closed socket, and its reset can destroy the answer
  * before the client has read it (RFC 9112 §9.6). It lingers instead.
