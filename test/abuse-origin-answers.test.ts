@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import { constants } from 'node:http2';
-import net from 'node:net';
+import type net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
@@ -10,6 +10,7 @@ import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // Hostile or broken origins, as raw bytes from a net server, through an
 // in-process worker to HTTP/1.1 and HTTP/2 clients: answers that must not
@@ -169,24 +170,7 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
 /** What one origin connection tells another's answer (the order of two answers, made certain). */
 const originEvents = new EventEmitter();
 
-function rawOrigin(): net.Server {
-  return net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
-        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
-        buffered = buffered.slice(end + 4);
-        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
-        if (typeof answer === 'string') socket.write(answer);
-        else answer(socket);
-      }
-    });
-  });
-}
+const rawOrigin = (): net.Server => scriptedOrigin(ANSWERS, { sockets });
 
 /** One GET on a new HTTP/1.1 connection: what came back, and when the proxy ended it (or the client gave up). */
 function h1Get(path: string, fields = 'Connection: close\r\n'): Promise<{ received: string; ms: number; gaveUp: boolean }> {
@@ -256,8 +240,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.close();
-  for (const socket of sockets) socket.destroy();
-  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await closeScriptedOrigin(origin, sockets);
   await lab?.close();
 });
 

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import tls from 'node:tls';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-
 import { rawTls } from './helpers/raw-tls.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
 import { sleep } from './helpers/keyserver.js';
+import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // HTTP/1.1 edge cases between a raw client and a raw origin, against an
 // in-process worker: origins that send interim (1xx) answers before the final
@@ -66,26 +67,7 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
 };
 
-function rawOrigin(): net.Server {
-  return net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
-        originSaw.push(buffered.slice(0, buffered.indexOf('\r\n')));
-        originHeads.push(buffered.slice(0, end));
-        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
-        buffered = buffered.slice(end + 4);
-        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
-        if (typeof answer === 'string') socket.write(answer);
-        else answer(socket);
-      }
-    });
-  });
-}
+const rawOrigin = (): net.Server => scriptedOrigin(ANSWERS, { sockets, saw: originSaw, heads: originHeads });
 
 /** Writes `text` on a new TLS connection; resolves with what came back once `done` says so, or when the connection closes. */
 /** What `done` is shown of an exchange: its last bytes only, so an 8 MiB answer is not scanned again for each of its chunks. */
@@ -139,8 +121,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.close();
-  for (const socket of sockets) socket.destroy();
-  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await closeScriptedOrigin(origin, sockets);
   await lab?.close();
 });
 

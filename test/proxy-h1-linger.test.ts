@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import tls from 'node:tls';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 import { rawTls, type RawTls } from './helpers/raw-tls.js';
 import { sleep } from './helpers/keyserver.js';
+import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // The lingering close of an HTTP/1.1 connection whose last answer closes it while the client is still sending
 // (RFC 9112 §9.6, linger.ts): after a request that said `close` with bytes pipelined behind it, and after an answer
@@ -43,25 +44,7 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
 };
 
-function rawOrigin(): net.Server {
-  return net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      for (let end = buffered.indexOf('\r\n\r\n'); end >= 0; end = buffered.indexOf('\r\n\r\n')) {
-        originSaw.push(buffered.slice(0, buffered.indexOf('\r\n')));
-        const path = buffered.slice(0, end).split(' ')[1] ?? '/';
-        buffered = buffered.slice(end + 4);
-        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n';
-        if (typeof answer === 'string') socket.write(answer);
-        else answer(socket);
-      }
-    });
-  });
-}
+const rawOrigin = (): net.Server => scriptedOrigin(ANSWERS, { sockets, saw: originSaw });
 
 /** Resolves once `path` has an access line more than it has now (call before the request). */
 function nextAccessLine(path: string): () => Promise<unknown> {
@@ -103,8 +86,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await proxy?.close();
-  for (const socket of sockets) socket.destroy();
-  await new Promise((resolve) => (origin === undefined ? resolve(undefined) : origin.close(resolve)));
+  await closeScriptedOrigin(origin, sockets);
   await lab?.close();
 });
 
