@@ -129,6 +129,27 @@ describe('bytes pipelined behind a request that says Connection: close', () => {
     expect(originSaw.slice(before)).toEqual(['GET /close-1m HTTP/1.1']);
   }, 30_000);
 
+  it('a client that ends its side (TLS close_notify) once it has the answer: the connection closes then, without waiting LINGER_MS', async () => {
+    const options = { host: '127.0.0.1', port: proxy.ports[0], servername: HOST, ca, allowHalfOpen: true };
+    const socket = tls.connect(options);
+    let reset: string | undefined;
+    socket.on('error', (err: NodeJS.ErrnoException) => (reset = err.code));
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    let received = '';
+    socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
+    const ended = new Promise((resolve) => socket.once('end', resolve));
+    const closed = new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now())));
+    socket.write(`GET /close-1m HTTP/1.1\r\nHost: ${HOST}\r\nConnection: close\r\n\r\nGET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    await ended;
+    await sleep(300);
+    const endedAt = Date.now();
+    socket.end();
+    const closedAt = await Promise.race([closed, sleep(LINGER_MS + 5000).then(() => Number.POSITIVE_INFINITY)]);
+    expect(closedAt - endedAt).toBeLessThan(2000);
+    expect(bodyOf(received).length).toBe(ONE_MIB);
+    expect(reset).toBeUndefined();
+  }, 20_000);
+
   it('an answer its origin cuts after the head: the connection closes at once, it does not linger', async () => {
     const client = await rawTls(proxy.ports[0]!, HOST, ca);
     resetOf(client);
@@ -207,4 +228,41 @@ describe('an answer of ours that closes the connection, with requests pipelined 
     expect(reset()).toBeUndefined();
     expect(originSaw.slice(before)).toEqual(['GET /slow-1m HTTP/1.1']);
   }, 30_000);
+});
+
+describe('requests pipelined while the connection lingers', () => {
+  // Dropped unanswered (RFC 9112 §9.6), they were still parsed: each kept its request and answer objects till the
+  // connection ended, and a flood of small ones grew the worker's heap by hundreds of MiB within LINGER_MS, its event
+  // loop too busy parsing them to end the connection or the stop.
+  it("after the stop's last answer: read and dropped unparsed, the heap does not grow, the connection ends within LINGER_MS", async () => {
+    const worker = await ownWorker('l-flood');
+    const before = originSaw.length;
+    const answered = nextAccessLine('/slow-1m');
+    const options = { host: '127.0.0.1', port: worker.ports[0], servername: HOST, ca, allowHalfOpen: true };
+    const socket = tls.connect(options);
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => socket.once('secureConnect', resolve));
+    socket.on('data', () => undefined);
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    socket.write(`GET /slow-1m HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    await waitFor('the request at its origin', () => (originSaw.length > before ? true : undefined));
+    const stopped = worker.close();
+    await answered();
+    const lingering = Date.now();
+    const heapBefore = process.memoryUsage().heapUsed;
+    const chunk = Buffer.from(`GET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`.repeat(2000));
+    const send = (): void => {
+      while (!socket.destroyed) if (!socket.write(chunk)) return;
+    };
+    socket.on('drain', send);
+    send();
+    await sleep(3000);
+    const grown = process.memoryUsage().heapUsed - heapBefore;
+    await Promise.race([closed, sleep(LINGER_MS + 8000)]);
+    expect(socket.destroyed).toBe(true);
+    expect(Date.now() - lingering).toBeLessThan(LINGER_MS + 8000);
+    expect(grown).toBeLessThan(100 * ONE_MIB);
+    await stopped;
+    expect(originSaw.slice(before)).toEqual(['GET /slow-1m HTTP/1.1']);
+  }, 60_000);
 });

@@ -179,10 +179,35 @@ export function notAfterClose<A, B>(handle: (req: IncomingMessage, a: A, b: B) =
     const socket = req.socket;
     if (!closing.has(socket)) return handle(req, a, b as B);
     req.resume();
+    parseNoMore(socket);
     // An upgrade or a CONNECT: Node handed the socket itself over, its parser and error listener gone.
     if ((a as unknown) === socket) {
       if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
       socket.resume();
     }
   };
+}
+
+/** Node's parser on a socket (lib/_http_server.js): `consume` reads the socket's handle itself, without 'data' events. */
+type Parsed = Duplex & { parser?: { _consumed?: boolean; unconsume?: () => void } | null; _handle?: { _consumed?: boolean } | null };
+
+/**
+ * Stops Node's parser on `socket`, a connection whose requests are no longer
+ * processed (notAfterClose): what still arrives is read and dropped unparsed.
+ * Parsed, each pipelined request held its request and answer objects until
+ * the connection ended (none is answered), and a client flooding a lingering
+ * connection with small requests grew the worker's heap by hundreds of MiB
+ * within LINGER_MS, its event loop busy parsing them.
+ */
+function parseNoMore(socket: Parsed): void {
+  const parser = socket.parser;
+  if (parser == null) return;
+  if (parser._consumed === true) {
+    parser.unconsume?.();
+    parser._consumed = false;
+    if (socket._handle) socket._handle._consumed = false;
+  }
+  // Node's 'data' listener feeds the parser (socketOnData); from now on what arrives is dropped.
+  socket.removeAllListeners('data');
+  socket.on('data', () => undefined);
 }
