@@ -1,0 +1,100 @@
+import { readFileSync } from 'node:fs';
+import type http2 from 'node:http2';
+import type net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect } from './helpers/h2.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
+import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
+
+// HTTP/2 streams whose end is the proxy's own doing, for reasons the origin
+// gave (an answer it cannot relay whole): through an in-process worker with a
+// low limits.http2MaxResetStreams, from a raw origin. Such resets are not the
+// client's: they must not count as its Rapid Reset, end its connection and
+// every other stream on it, or be logged as its abort.
+const HOST = 'review.lab.test';
+/** limits.http2MaxResetStreams: its floor, so that a few dozen streams would cross it. */
+const MAX_RESETS = 10;
+
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+let origin: net.Server;
+const lines: Record<string, unknown>[] = [];
+const sockets = new Set<net.Socket>();
+
+/** A trailer section Node cannot send in one block (more than nghttp2's 64 KiB as it counts): the answer is cut. */
+const MANY_TRAILERS = `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${'a: 1\r\n'.repeat(6000)}\r\n`;
+
+const ANSWERS: Record<string, string> = {
+  '/many-trailers': MANY_TRAILERS,
+  '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+};
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('review', lab.keys.ec, [HOST]);
+  origin = scriptedOrigin(ANSWERS, { sockets });
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'review', chain: cert.file }],
+      limits: { http2MaxResetStreams: MAX_RESETS },
+      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+    }),
+    { log: createLogger('http2-review-test', 'info', jsonLineSink(lines)) },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  await closeScriptedOrigin(origin, sockets);
+  await lab?.close();
+});
+
+/** One GET on `session`: its status (if a head came) and the stream's close code; never rejects. */
+function get(session: http2.ClientHttp2Session, path: string): Promise<{ status: number | undefined; code: number | string | undefined }> {
+  return new Promise((resolve) => {
+    let status: number | undefined;
+    // The connection was ended under the client: no stream can be opened on it.
+    if (session.destroyed || session.closed) return resolve({ status, code: 'connection ended' });
+    const stream = session.request({ ':path': path });
+    stream.on('response', (head) => (status = Number(head[':status'])));
+    stream.on('data', () => undefined);
+    stream.on('error', () => undefined);
+    stream.on('close', () => resolve({ status, code: stream.rstCode }));
+  });
+}
+
+describe('resets of our own making on HTTP/2', () => {
+  it("an origin's trailers too large to send cut their stream, and no number of them ends the client's connection or is logged as its abort", async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    const goaways: number[] = [];
+    session.on('goaway', (code) => goaways.push(code));
+    try {
+      const rounds = 3 * MAX_RESETS;
+      const outcomes: string[] = [];
+      // One after another: a burst of three times the bound, far faster than it refills.
+      for (let i = 0; i < rounds; i++) {
+        const { status, code } = await get(session, '/many-trailers');
+        outcomes.push(`${status} ${code}`);
+      }
+      // Each: the head and body went out, then INTERNAL_ERROR (RFC 9113 §8.1: only a reset says an answer is not whole).
+      expect(outcomes).toEqual(outcomes.map(() => '200 2'));
+      expect(goaways).toEqual([]);
+      expect(await get(session, '/ok')).toEqual({ status: 200, code: 0 });
+      const logged = await waitFor('every access line', () => {
+        const found = lines.filter((l) => l.access === true && l.path === '/many-trailers');
+        return found.length === rounds ? found : undefined;
+      });
+      // The origin's failure, not the client's leaving.
+      expect(new Set(logged.map((l) => `${l.status} ${l.code}`))).toEqual(new Set(['200 KEYEDGE_HTTP_ORIGIN_ABORTED']));
+      expect(lines.filter((l) => l.msg === 'HTTP/2 connection reset too many streams: GOAWAY ENHANCE_YOUR_CALM')).toEqual([]);
+    } finally {
+      await closeSession(session);
+    }
+  });
+});
