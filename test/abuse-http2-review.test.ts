@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type http2 from 'node:http2';
 import type net from 'node:net';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
@@ -24,6 +25,8 @@ let ca: string;
 let origin: net.Server;
 const lines: Record<string, unknown>[] = [];
 const sockets = new Set<net.Socket>();
+/** Each request head the origin read. */
+const heads: string[] = [];
 
 /** A trailer section Node cannot send in one block (more than nghttp2's 64 KiB as it counts): the answer is cut. */
 const MANY_TRAILERS = `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${'a: 1\r\n'.repeat(6000)}\r\n`;
@@ -31,13 +34,15 @@ const MANY_TRAILERS = `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer:
 const ANSWERS: Record<string, string> = {
   '/many-trailers': MANY_TRAILERS,
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  '/spoofed-h2': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+  '/spoofed-h1': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
 };
 
 beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
   const cert = await lab.certificate('review', lab.keys.ec, [HOST]);
-  origin = scriptedOrigin(ANSWERS, { sockets });
+  origin = scriptedOrigin(ANSWERS, { sockets, heads });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   proxy = await startProxyWorker(
     lab.proxyConfig({
@@ -96,5 +101,52 @@ describe('resets of our own making on HTTP/2', () => {
     } finally {
       await closeSession(session);
     }
+  });
+});
+
+describe('the forwarding fields a client sends under another spelling', () => {
+  // Servers that hand fields to applications as CGI variables (PHP-FPM, WSGI, Rack: HTTP_X_FORWARDED_FOR) spell `-`
+  // as `_`, so `x_forwarded_for` becomes the same variable as the X-Forwarded-For the edge sets: the one the application
+  // reads is the client's, or both joined with the client's first (Puma's CVE-2024-45614; nginx drops such names by
+  // default). HTTP/2 and HTTP/1.1 alike.
+  const SPOOFED: readonly (readonly [string, string])[] = [
+    ['x_forwarded_for', '6.6.6.6'],
+    ['x_forwarded_proto', 'http'],
+    ['x_forwarded_host', 'evil.test'],
+    ['x-forwarded_for', '6.6.6.7'],
+    ['x_forwarded-host', 'evil2.test'],
+  ];
+  const at = (path: string): string =>
+    heads
+      .find((h) => h.startsWith(`GET ${path} `))!
+      .split('\r\n')
+      .slice(1)
+      .filter((line) => /^x.forwarded|^forwarded/i.test(line))
+      .join('\n');
+
+  it('never reach the origin, from an HTTP/2 or an HTTP/1.1 client; a field merely containing an underscore does', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    try {
+      const stream = session.request({ ':path': '/spoofed-h2', ...Object.fromEntries(SPOOFED), x_app_field: 'kept' });
+      stream.resume();
+      await new Promise((resolve) => stream.once('close', resolve));
+    } finally {
+      await closeSession(session);
+    }
+    await new Promise<void>((resolve, reject) => {
+      const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0]!, servername: HOST, ca, ALPNProtocols: ['http/1.1'] }, () =>
+        socket.write(
+          `GET /spoofed-h1 HTTP/1.1\r\nhost: ${HOST}\r\n${SPOOFED.map(([n, v]) => `${n.toUpperCase()}: ${v}\r\n`).join('')}x_app_field: kept\r\nconnection: close\r\n\r\n`,
+        ),
+      );
+      socket.on('data', () => undefined);
+      socket.on('error', reject);
+      socket.on('close', () => resolve());
+    });
+    // node:http2 names the port in :authority; the HTTP/1.1 request above does not in Host.
+    const ours = (host: string): string =>
+      `x-forwarded-for: 127.0.0.1\nx-forwarded-proto: https\nx-forwarded-host: ${host}\nforwarded: for=127.0.0.1;proto=https;host="${host}"`;
+    expect({ h2: at('/spoofed-h2'), h1: at('/spoofed-h1') }).toEqual({ h2: ours(`${HOST}:${proxy.ports[0]}`), h1: ours(HOST) });
+    for (const path of ['/spoofed-h2', '/spoofed-h1']) expect(heads.find((h) => h.startsWith(`GET ${path} `))).toMatch(/\r\nx_app_field: kept(\r\n|$)/);
   });
 });
