@@ -1,11 +1,13 @@
 import { readFileSync } from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type http2 from 'node:http2';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { closeSession, h2Connect } from './helpers/h2.js';
+import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
@@ -149,4 +151,63 @@ describe('the forwarding fields a client sends under another spelling', () => {
     expect({ h2: at('/spoofed-h2'), h1: at('/spoofed-h1') }).toEqual({ h2: ours(`${HOST}:${proxy.ports[0]}`), h1: ours(HOST) });
     for (const path of ['/spoofed-h2', '/spoofed-h1']) expect(heads.find((h) => h.startsWith(`GET ${path} `))).toMatch(/\r\nx_app_field: kept(\r\n|$)/);
   });
+});
+
+/** A full garbage collection, then the heap in use (MB): the worker runs in this process. */
+function heapAfterGc(): number {
+  v8.setFlagsFromString('--expose-gc');
+  (vm.runInNewContext('gc') as () => void)();
+  return process.memoryUsage().heapUsed / 1024 / 1024;
+}
+
+describe('request bodies sent as many tiny DATA frames', () => {
+  // Node keeps each DATA frame's payload as a Buffer object of its own (about a hundred bytes of heap): 64 KiB, the
+  // stream window, sent one byte a frame, is 65,000 objects, some 6 MB, where the bounds count 64 KiB. Unread (our
+  // answer waiting on a client that grants no window) or read whole before forwarding (body.ts), a few dozen such
+  // streams on one connection held hundreds of MB for as long as the client liked (limits.sendTimeoutMs,
+  // limits.bodyIdleTimeoutMs): a handful of connections, and the worker's heap was gone.
+  const FRAMES = 65_000;
+
+  /** `streams` streams of `path`, each sent FRAMES DATA frames of one byte: how far the heap grew (MB) while the proxy read them all. */
+  async function tinyFrames(path: string, streams: number, grantWindow: boolean): Promise<{ grownMb: number; read: boolean }> {
+    const before = heapAfterGc();
+    const client = new RawH2(proxy.ports[0]!, ca, HOST);
+    await client.secure;
+    client.preface();
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: our answers' bodies never go out, so their streams stay open.
+    if (!grantWindow) client.write(frame(0x4, 0, 0, Buffer.from([0, 4, 0, 0, 0, 0])));
+    const block = Buffer.concat([Buffer.from([0x83, 0x87]), hpackLiteral(':path', path), hpackLiteral(':authority', HOST)]);
+    for (let i = 0; i < streams; i++) {
+      const id = 1 + 2 * i;
+      client.write(headerFrames(id, block, false));
+      const one = data(id, Buffer.from('a'), false);
+      client.write(Buffer.concat(Array.from({ length: FRAMES }, () => one)));
+    }
+    let grownMb = 0;
+    // Until the proxy has read every frame (the client's buffers empty: the windows let all of it through) and a
+    // second more, or the connection is gone. One byte a frame is slow to read: a loaded machine is given long.
+    const deadline = Date.now() + 120_000;
+    let drainedAt: number | undefined;
+    while (Date.now() < deadline && !client.tls.destroyed) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      grownMb = Math.max(grownMb, heapAfterGc() - before);
+      const drained = client.tls.writableLength === 0 && client.tcp.writableLength === 0;
+      drainedAt = drained ? (drainedAt ?? Date.now()) : undefined;
+      if (drainedAt !== undefined && Date.now() - drainedAt > 1000) break;
+    }
+    const read = client.tls.destroyed || drainedAt !== undefined;
+    client.tls.destroy();
+    // What the connection held is let go once it closes: the next case starts from there.
+    await waitFor('the connection let go', () => (heapAfterGc() - before < 16 ? true : undefined), 30_000);
+    return { grownMb: Math.round(grownMb), read };
+  }
+
+  it('never hold the heap for their frames: unread behind our answer, or read whole before forwarding', async () => {
+    // 1.5 MB and 0.8 MB of payload: 32 MB is far past what those bytes may cost, far below what their objects did.
+    const unread = await tinyFrames('/unread#fragment', 24, false);
+    const readWhole = await tinyFrames('/held', 12, true);
+    const shown = JSON.stringify({ unread, readWhole });
+    expect({ unread: unread.read, readWhole: readWhole.read }, shown).toEqual({ unread: true, readWhole: true });
+    expect({ unread: unread.grownMb < 32, readWhole: readWhole.grownMb < 32 }, shown).toEqual({ unread: true, readWhole: true });
+  }, 300_000);
 });
