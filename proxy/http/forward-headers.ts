@@ -5,8 +5,10 @@
  * plus whatever Connection names); Host is the client's for http:// origins
  * and the origin's own for https:// ones unless `originHost` says otherwise;
  * the client's address and scheme go in X-Forwarded-For/-Proto/-Host and
- * Forwarded (RFC 7239). What a client sent in those is dropped, unless it is
- * a trusted peer (trusted-peers.ts): then it is kept and appended to.
+ * Forwarded (RFC 7239). What a client sent in those is dropped, and in those
+ * names spelt with `_` for `-` (`x_forwarded_for`, which CGI-style servers
+ * read as X-Forwarded-For), unless it is a trusted peer (trusted-peers.ts):
+ * then it is kept and appended to.
  *
  * Two shapes: objects for node:http's client (upgrades), and flat
  * [name, value, …] lists for the forward path, which undici takes as they are
@@ -37,6 +39,20 @@ const HOP_BY_HOP = new Set([
 const CLIENT_SET = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 const NOTHING: ReadonlySet<string> = new Set();
 
+/**
+ * Whether `name` is one of CLIENT_SET spelt with `_` for `-` (`x_forwarded_for`).
+ * Servers that hand fields to applications as CGI variables (PHP-FPM, WSGI,
+ * Rack: HTTP_X_FORWARDED_FOR) spell both the same, so the client's reached
+ * the application as, or joined ahead of, the one set here (Puma's
+ * CVE-2024-45614); nginx drops every name with `_` by default. Only these
+ * go: other names with `_` are the applications' own. A look at each name's
+ * length first: the hot path pays nothing for ordinary fields.
+ */
+function spellsClientSet(name: string): boolean {
+  if (name.length < 15 || name.length > 17 || !name.includes('_')) return false;
+  return CLIENT_SET.has(name.replaceAll('_', '-'));
+}
+
 /** The header names a Connection value lists (RFC 9110 §7.6.1); none when there is no Connection header. */
 function connectionNamed(value: string | string[] | undefined): ReadonlySet<string> {
   // Nearly every Connection header is one of these two, which name no header to drop.
@@ -55,6 +71,7 @@ export function endToEndHeaders(headers: IncomingHttpHeaders, dropAlso: Readonly
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named.has(name) || dropAlso.has(name)) continue;
+    if (dropAlso === CLIENT_SET && spellsClientSet(name)) continue;
     out[name] = value;
   }
   return out;
@@ -143,6 +160,7 @@ export function originRequestHeaderList(
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name === 'host' || name === 'expect' || HOP_BY_HOP.has(name) || named.has(name) || CLIENT_SET.has(name)) continue;
+    if (!keep && spellsClientSet(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const one of value) out.push(name, one);
   }

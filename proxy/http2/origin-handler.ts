@@ -15,7 +15,7 @@
  * Cost per stream: one object; listeners are module functions that find it
  * on the stream.
  */
-import { constants, type ServerHttp2Stream } from 'node:http2';
+import type { ServerHttp2Stream } from 'node:http2';
 import { refuseTransferCodings } from '../http/forward-headers.js';
 import { type Carrier, EXCHANGE, type ExchangeOwner, OriginExchange, onAnswerEnd } from '../http/origin-exchange.js';
 import { refuseInvalidStatus } from '../http/origin-status.js';
@@ -88,7 +88,7 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
     // A head Node refuses to send (a value with bytes RFC 9110 §5.5 forbids, a stream already closed) throws here: undici aborts and calls onError.
     stream.respond(head, declaresTrailers ? WAIT_FOR_TRAILERS : undefined);
     this.owner.onStatus(statusCode);
-    if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? []));
+    if (declaresTrailers) stream.once('wantTrailers', () => sendTrailers(stream, this.trailers ?? [], this.owner));
     return true;
   }
 
@@ -143,18 +143,28 @@ export function streamEnded(stream: ServerHttp2Stream): void {
 const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
 const NO_FIELDS: Readonly<Record<string, string>> = Object.freeze({});
 
+/** Why an answer is cut at its trailers: told to the stream's owner as the origin's failure mid-answer. */
+const TRAILERS_UNSENDABLE = new Error('the origin trailer section cannot be sent over HTTP/2 (too large for one header block, or refused by Node)');
+
 /**
  * The origin's trailers without the fields no trailer section may carry
  * (RFC 9110 §6.5.1, trailer-fields.ts: framing, connection-specific, …) and
  * what HTTP/2 forbids; a trailer section Node refuses, or one too large to
- * send (headers.ts), ends the stream with a reset instead.
+ * send (headers.ts), ends the stream with a reset instead: through `owner`,
+ * as the origin's failure mid-answer (stream.ts cuts it, logged
+ * KEYEDGE_HTTP_ORIGIN_ABORTED). A close of our own here was taken for the
+ * client's reset: counted against its connection's reset bound (reset-guard.ts),
+ * an origin whose trailers were always too large got the client's whole
+ * connection, its other streams with it, ended with GOAWAY ENHANCE_YOUR_CALM
+ * after `limits.http2MaxResetStreams` answers, and each was logged as the
+ * client's abort.
  */
-function sendTrailers(stream: ServerHttp2Stream, trailers: readonly (Buffer | string)[]): void {
-  if (!sendableFieldSection(trailers)) return void stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+function sendTrailers(stream: ServerHttp2Stream, trailers: readonly (Buffer | string)[], owner: StreamForwardOptions): void {
+  if (!sendableFieldSection(trailers)) return owner.onFailure(TRAILERS_UNSENDABLE);
   const fields = http2Fields(allowedTrailers(trailers), NO_FIELDS);
   try {
     stream.sendTrailers(fields);
   } catch {
-    stream.close(constants.NGHTTP2_INTERNAL_ERROR);
+    owner.onFailure(TRAILERS_UNSENDABLE);
   }
 }

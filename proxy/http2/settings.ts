@@ -12,7 +12,8 @@
  *   client has acknowledged our SETTINGS, so stream.ts checks it again (431).
  * - SETTINGS_INITIAL_WINDOW_SIZE: 64 KiB, the protocol's default (§6.9.2):
  *   what a client may send on a stream before the proxy reads it, so unread
- *   request bodies hold at most streams × 64 KiB per connection.
+ *   request bodies hold at most streams × 64 KiB per connection (in bytes;
+ *   the objects Node makes of tiny DATA frames are unread-chunks.ts's).
  * - `maxSessionMemory` (MB): nghttp2's buffers per connection, past which new
  *   streams are refused; bounds header and frame floods.
  * - `maxSessionInvalidFrames`: invalid frames (and the empty DATA frames of

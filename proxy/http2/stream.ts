@@ -34,6 +34,7 @@ import { type Http1Request, http1Request } from './headers.js';
 import { streamEnded } from './origin-handler.js';
 import { HEADERS_TOO_LARGE, headersOverLimit, ownAnswer } from './own-answers.js';
 import { answer, cut, stalledEnd } from './stream-end.js';
+import { boundUnreadChunks } from './unread-chunks.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
 export interface Http2Connection {
@@ -116,6 +117,8 @@ export function handleStream(
     return record.closed();
   }
   stream.on('close', onStreamClose);
+  // Before anything of its body is read or left unread: a body sent a few bytes a frame is not held as an object a frame.
+  boundUnreadChunks(stream);
   const maxHeaderBytes = options.limits?.maxHeaderBytes;
   if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
   const own = ownAnswer(request);
