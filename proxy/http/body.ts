@@ -93,6 +93,8 @@ export class RequestBodies {
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
+      // The leading entries of `chunks` that are joins of COALESCE_AT chunks each.
+      let joined = 0;
       const started = Date.now();
       const fail = (err: Error): void => {
         stop();
@@ -116,8 +118,11 @@ export class RequestBodies {
         this.#held += chunk.length;
         // A body sent a few bytes a chunk (HTTP/2 DATA frames, HTTP/1.1 chunks): each is a Buffer object, about a hundred
         // bytes of heap besides its bytes, which `bufferTotalBytes` does not count; a 64 KiB body a byte a frame was some
-        // 6 MB. Joined now and then, what is held is what is counted (a copy of `size` every COALESCE_AT chunks).
-        if (chunks.length === COALESCE_AT) chunks.splice(0, COALESCE_AT, Buffer.concat(chunks, size));
+        // 6 MB. Each COALESCE_AT chunks not yet joined become one: a 64th of the objects, each byte copied once.
+        if (chunks.length - joined === COALESCE_AT) {
+          chunks.push(Buffer.concat(chunks.splice(joined)));
+          joined++;
+        }
         idle.refresh();
       };
       const onEnd = (): void => {

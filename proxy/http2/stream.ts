@@ -118,7 +118,8 @@ export function handleStream(
   }
   stream.on('close', onStreamClose);
   // Before anything of its body is read or left unread: a body sent a few bytes a frame is not held as an object a frame.
-  boundUnreadChunks(stream);
+  // A request without one (END_STREAM on its HEADERS: most, GETs) has nothing to bound, and its stream keeps Node's shape.
+  if (!stream.endAfterHeaders) boundUnreadChunks(stream);
   const maxHeaderBytes = options.limits?.maxHeaderBytes;
   if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
   const own = ownAnswer(request);
