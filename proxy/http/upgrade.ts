@@ -20,7 +20,9 @@
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
  *   pool), the client's once the answer is sent, or when the client takes
- *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests).
+ *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests);
+ *   an origin that sends nothing of its body for `originReadTimeoutMs`
+ *   (while the client reads) has the answer cut, as for requests.
  * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
@@ -283,7 +285,9 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           return fail('not-origin', err as Error);
         }
         answered = true;
-        upstream.setTimeout(0);
+        // Between two reads of its body, the origin has originReadTimeoutMs, as an answer to a request has (its body
+        // may end with the connection only): a stalled one held the client and the origin connection for ever.
+        upstream.setTimeout(pools.readMs);
         pools.succeeded(target);
         const status = res.statusCode ?? 502;
         settle(status, undefined);
@@ -301,9 +305,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         const flowing = (): void => {
           clearTimeout(stall);
           stall = undefined;
+          if (!done) upstream.setTimeout(pools.readMs);
         };
         res.on('pause', () => {
           stall ??= setTimeout(() => client.destroy(), pools.sendTimeoutMs);
+          // Not the origin's stall while the client is the one not reading (sendTimeoutMs is), as for requests.
+          upstream.setTimeout(0);
         });
         client.on('drain', flowing);
         client.once('close', flowing);
