@@ -32,7 +32,12 @@ beforeAll(async () => {
   lab = await startKeylessLab();
   ca = readFileSync(lab.caFile, 'utf8');
   chain = (await lab.certificate('ws-stop', lab.keys.ec, [HOST])).file;
-  origin = http.createServer((_req, res) => res.writeHead(426, { 'content-length': 0 }).end());
+  // Ordinary requests: /held-get is answered when the test releases it, the rest at once.
+  origin = http.createServer((req, res) => {
+    const answer = (): void => void res.writeHead(200, { 'content-length': 2 }).end('ok');
+    if (req.url === '/held-get') held.set('/held-get', answer);
+    else answer();
+  });
   origin.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = req.url ?? '';
     upgradesSeen.push(path);
@@ -157,6 +162,35 @@ describe('keyedge proxy stopping on SIGTERM, a WebSocket asked for once the stop
       closed: true,
       status: 'HTTP/1.1 503 Service Unavailable',
       connection: 'close',
+      opened: false,
+    });
+    expect(Date.now() - started).toBeLessThan(EXIT_BOUND_MS);
+  }, 60_000);
+});
+
+describe('keyedge proxy stopping on SIGTERM, a WebSocket pipelined behind an answer in progress', () => {
+  it('is not opened: the answer goes out with `Connection: close`, then the connection closes', async () => {
+    const proxy = await startProxy('ws-stop-pipelined', LONG_GRACE_MS);
+    const client = await rawTls(proxy.port, HOST, ca);
+    client.socket.write(`GET /held-get HTTP/1.1\r\nhost: ${HOST}\r\n\r\n${upgradeHead('/behind')}\r\n`);
+    await waitFor('the held request at the origin', () => (held.has('/held-get') ? true : undefined));
+    await sleep(300);
+    const started = Date.now();
+    const stopped = proxy.stop();
+    await sleep(1000);
+    held.get('/held-get')?.();
+    const closed = await within(client.closed, 5000);
+    await stopped;
+    client.socket.destroy();
+    expect({
+      closed,
+      answer: firstAnswer(client.text()),
+      answers: client.text().split('HTTP/1.1 ').length - 1,
+      opened: upgradesSeen.includes('/behind'),
+    }).toEqual({
+      closed: true,
+      answer: { status: 'HTTP/1.1 200 OK', connection: 'close' },
+      answers: 1,
       opened: false,
     });
     expect(Date.now() - started).toBeLessThan(EXIT_BOUND_MS);
