@@ -16,6 +16,8 @@ let proxy: RunningWorker;
 let ca: string;
 let origin: net.Server;
 const sockets = new Set<net.Socket>();
+/** Each request head the origin received. */
+const heads: string[] = [];
 /** Bytes each flooding origin connection got written into its socket (its 'drain' respected), by path. */
 const pushed = new Map<string, () => number>();
 /** What each origin connection of a tunnel received after the 101, by path. */
@@ -62,10 +64,15 @@ beforeAll(async () => {
       '/stall': 'HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npart',
       // Larger than every buffer between the origin and a client that does not read.
       '/big': `HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n${'b'.repeat(BIG)}`,
+      // Switches whenever asked, as a lenient origin (node's server) does, also for an HTTP/1.0 client's request.
+      '/v10': (socket) =>
+        void socket.write(
+          heads.at(-1)?.match(/\r\nupgrade: websocket/i) ? `${SWITCH}switched` : 'HTTP/1.1 426 Upgrade Required\r\ncontent-length: 2\r\n\r\nno',
+        ),
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
     },
-    { sockets },
+    { sockets, heads },
   );
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
@@ -115,6 +122,18 @@ describe('an origin that does not switch, misbehaving after its answer', () => {
     expect(await within(client.closed, 20_000)).toBe(true);
     const text = client.text();
     expect([text.slice(0, 15), text.length - text.indexOf('\r\n\r\n') - 4]).toEqual(['HTTP/1.1 200 OK', BIG]);
+  });
+});
+
+describe('an Upgrade in an HTTP/1.0 request', () => {
+  it('is ignored (RFC 9110 §7.8): the request goes to the origin asking for no switch, and its answer closes the connection', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade('/v10').replace('HTTP/1.1', 'HTTP/1.0'));
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    const asked = /\r\nupgrade:/i.test(heads.find((h) => h.startsWith('GET /v10 ')) ?? '');
+    // Before, the proxy asked the origin for WebSocket and relayed its 101: a tunnel for a client that cannot ask for one.
+    expect({ status: client.text().split('\r\n')[0], asked, closed }).toEqual({ status: 'HTTP/1.1 426 Upgrade Required', asked: false, closed: true });
   });
 });
 

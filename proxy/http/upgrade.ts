@@ -46,7 +46,8 @@
  * later request on the connection straight from the client, past routing and
  * the forwarding headers) is ignored, as RFC 9110 §7.8 lets a server do: the
  * request goes to the origin as an ordinary one and its answer is relayed as
- * below. A 101 that names anything but WebSocket is the origin's failure (502),
+ * below; so is an Upgrade in an HTTP/1.0 request, which RFC 9110 §7.8 has a
+ * server ignore. A 101 that names anything but WebSocket is the origin's failure (502),
  * never a tunnel. A failed connect is retried once on the next
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
@@ -185,7 +186,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
 
-    const websocket = namesWebSocket(req.headers.upgrade);
+    // RFC 9110 §7.8: a server MUST ignore Upgrade in an HTTP/1.0 request (node's parser does not): no switch is asked for.
+    const websocket = req.httpVersion !== '1.0' && namesWebSocket(req.headers.upgrade);
     let targets: readonly OriginTarget[];
     try {
       targets = pools.targets(route.domain);
