@@ -69,6 +69,8 @@ beforeAll(async () => {
         void socket.write(
           heads.at(-1)?.match(/\r\nupgrade: websocket/i) ? `${SWITCH}switched` : 'HTTP/1.1 426 Upgrade Required\r\ncontent-length: 2\r\n\r\nno',
         ),
+      // Never answers: the proxy holds what the client sends after its request, unread, until the response timeout.
+      '/silent': () => undefined,
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
     },
@@ -137,7 +139,21 @@ describe('an Upgrade in an HTTP/1.0 request', () => {
   });
 });
 
-describe('a tunnel one side of which never reads', () => {
+/** Writes 64 KiB chunks from `client` as fast as the proxy takes them; returns the count of bytes written so far. */
+function floodFrom(client: RawTls): () => number {
+  let written = 0;
+  const chunk = Buffer.alloc(64 * 1024, 0x62);
+  const more = (): void => {
+    while (!client.socket.destroyed && written < 512 * 1024 * 1024) {
+      written += chunk.length;
+      if (!client.socket.write(chunk)) return void client.socket.once('drain', more);
+    }
+  };
+  more();
+  return () => written;
+}
+
+describe('an upgrade one side of which never reads', () => {
   /** Waits till `count` has stopped growing for a while (backpressure reached every buffer), then returns it. */
   async function settled(count: () => number): Promise<number> {
     let last = -1;
@@ -149,6 +165,14 @@ describe('a tunnel one side of which never reads', () => {
     }
     return count();
   }
+
+  it('a client flooding before the origin has answered is held back: what the proxy buffers stays bounded', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade('/silent'));
+    const total = await settled(floodFrom(client));
+    expect(total).toBeLessThan(64 * 1024 * 1024);
+    client.socket.destroy();
+  });
 
   it('a client that reads nothing holds back a flooding origin: what the proxy buffers stays bounded', async () => {
     const client: RawTls = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca, { read: false });
@@ -164,16 +188,7 @@ describe('a tunnel one side of which never reads', () => {
     const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
     client.socket.write(upgrade('/deaf'));
     await waitFor('the 101', () => (client.text().includes('\r\n\r\n') ? true : undefined));
-    let written = 0;
-    const chunk = Buffer.alloc(64 * 1024, 0x62);
-    const more = (): void => {
-      while (!client.socket.destroyed && written < 512 * 1024 * 1024) {
-        written += chunk.length;
-        if (!client.socket.write(chunk)) return void client.socket.once('drain', more);
-      }
-    };
-    more();
-    const total = await settled(() => written);
+    const total = await settled(floodFrom(client));
     expect(total).toBeLessThan(64 * 1024 * 1024);
     client.socket.destroy();
   });
