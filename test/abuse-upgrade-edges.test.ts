@@ -69,6 +69,8 @@ beforeAll(async () => {
         void socket.write(
           heads.at(-1)?.match(/\r\nupgrade: websocket/i) ? `${SWITCH}switched` : 'HTTP/1.1 426 Upgrade Required\r\ncontent-length: 2\r\n\r\nno',
         ),
+      // Switches to WebSocket whatever was asked (or not asked) for, with bytes of the new protocol behind its 101.
+      '/always-101': `${SWITCH}tunnel-bytes`,
       // Never answers: the proxy holds what the client sends after its request, unread, until the response timeout.
       '/silent': () => undefined,
       '/flood': flood('/flood'),
@@ -124,6 +126,22 @@ describe('an origin that does not switch, misbehaving after its answer', () => {
     expect(await within(client.closed, 20_000)).toBe(true);
     const text = client.text();
     expect([text.slice(0, 15), text.length - text.indexOf('\r\n\r\n') - 4]).toEqual(['HTTP/1.1 200 OK', BIG]);
+  });
+});
+
+describe('an Upgrade to h2c, answered with a switch to WebSocket', () => {
+  it('gets 502: the proxy asked for no switch, so none is relayed, and nothing of the new protocol reaches the client', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(
+      'GET /always-101 HTTP/1.1\r\nhost: ws.lab.test\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n',
+    );
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    expect({ status: client.text().split('\r\n')[0], leaked: client.text().includes('tunnel-bytes'), closed }).toEqual({
+      status: 'HTTP/1.1 502 Bad Gateway',
+      leaked: false,
+      closed: true,
+    });
   });
 });
 
