@@ -96,11 +96,19 @@ function firstAnswer(text: string): { status: string; connection: string | undef
 /** Resolves with true once `closed` resolves, with false after `ms`. */
 const within = (closed: Promise<unknown>, ms: number): Promise<boolean> => Promise.race([closed.then(() => true), sleep(ms).then(() => false)]);
 
-/** An idle keep-alive connection whose close says the worker's stop has begun. */
+/** An idle keep-alive connection: its close says the worker's stop has begun. */
 async function marker(proxy: ClusterProxy): Promise<Awaited<ReturnType<typeof rawTls>>> {
   const socket = await rawTls(proxy.port, HOST, ca);
-  socket.socket.write(`${upgradeHead('/marker')}\r\n`);
-  await waitFor('the marker tunnel', () => (socket.text().includes('\r\n\r\n') ? true : undefined));
+  socket.socket.write(`GET /marker HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+  await waitFor('the marker answer', () => (socket.text().endsWith('ok') ? true : undefined));
+  return socket;
+}
+
+/** An open WebSocket tunnel through the proxy. */
+async function tunnel(proxy: ClusterProxy): Promise<Awaited<ReturnType<typeof rawTls>>> {
+  const socket = await rawTls(proxy.port, HOST, ca);
+  socket.socket.write(`${upgradeHead('/open')}\r\n`);
+  await waitFor('the 101', () => (socket.text().includes('\r\n\r\n') ? true : undefined));
   return socket;
 }
 
@@ -112,12 +120,13 @@ describe('keyedge proxy stopping on SIGTERM, a WebSocket asked for once the stop
     client.socket.write(`GET /first HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
     await waitFor('the first answer', () => (client.text().includes('\r\n\r\n') ? true : undefined));
     const before = client.text().length;
+    const mark = await marker(proxy);
     client.socket.write(upgradeHead('/late-mid-head'));
     await sleep(300);
     const started = Date.now();
     const stopped = proxy.stop();
-    // Past the worker's receipt of the stop (its IPC round trip), with wide margin.
-    await sleep(1000);
+    // The worker's stop has begun once the idle connection is closed.
+    expect(await within(mark.closed, 5000)).toBe(true);
     client.socket.write('\r\n');
     const closed = await within(client.closed, 5000);
     await stopped;
@@ -171,13 +180,14 @@ describe('keyedge proxy stopping on SIGTERM, a WebSocket asked for once the stop
 describe('keyedge proxy stopping on SIGTERM, a WebSocket pipelined behind an answer in progress', () => {
   it('is not opened: the answer goes out with `Connection: close`, then the connection closes', async () => {
     const proxy = await startProxy('ws-stop-pipelined', LONG_GRACE_MS);
+    const mark = await marker(proxy);
     const client = await rawTls(proxy.port, HOST, ca);
     client.socket.write(`GET /held-get HTTP/1.1\r\nhost: ${HOST}\r\n\r\n${upgradeHead('/behind')}\r\n`);
     await waitFor('the held request at the origin', () => (held.has('/held-get') ? true : undefined));
     await sleep(300);
     const started = Date.now();
     const stopped = proxy.stop();
-    await sleep(1000);
+    expect(await within(mark.closed, 5000)).toBe(true);
     held.get('/held-get')?.();
     const closed = await within(client.closed, 5000);
     await stopped;
@@ -200,14 +210,16 @@ describe('keyedge proxy stopping on SIGTERM, a WebSocket pipelined behind an ans
 describe('keyedge proxy stopping on SIGTERM, WebSockets under way', () => {
   it("keeps an open tunnel and one whose origin's 101 was on its way until the grace period ends, then closes both", async () => {
     const proxy = await startProxy('ws-stop-under-way', SHORT_GRACE_MS);
-    const open = await marker(proxy);
+    const open = await tunnel(proxy);
+    const mark = await marker(proxy);
     const inFlight = await rawTls(proxy.port, HOST, ca);
     inFlight.socket.write(`${upgradeHead('/held-101')}\r\n`);
     await waitFor('the upgrade at the origin', () => (held.has('/held-101') ? true : undefined));
     const stopped = proxy.stop();
     let stopDone = false;
     void stopped.then(() => void (stopDone = true));
-    await sleep(500);
+    // The origin's 101 comes once the worker's stop has begun.
+    expect(await within(mark.closed, 5000)).toBe(true);
     held.get('/held-101')?.();
     await waitFor('the 101', () => (inFlight.text().includes('\r\n\r\n') ? true : undefined));
     // Both carry messages during the stop.
