@@ -53,6 +53,7 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_MISDIRECTED: '421: the Host is not covered by the certificate of the connection',
   KEYEDGE_HTTP_UNKNOWN_HOST: '404: no configured domain matches the Host',
   KEYEDGE_HTTP_UPGRADE_BODY: '400: an Upgrade request declares a body',
+  KEYEDGE_HTTP_UPGRADE_CLOSING: '503: an Upgrade on a connection the graceful stop or a certificate change is closing',
   KEYEDGE_HTTP_BODY_TOO_LARGE: '413: the request body is over limits.maxBodyBytes',
   KEYEDGE_HTTP_HEADERS_TOO_LARGE: '431: HTTP/2 request headers over limits.maxHeaderBytes from a client that has not acknowledged our SETTINGS',
   KEYEDGE_HTTP_BAD_TARGET:

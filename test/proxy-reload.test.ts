@@ -23,7 +23,7 @@ const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
 const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
-const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test', 'cont.h1.lab.test'];
+const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test', 'cont.h1.lab.test', 'wslate.h1.lab.test'];
 
 // One reload path, four triggers (store file, SIGHUP, admin API, config
 // file), against `keyedge proxy` with two workers.
@@ -666,6 +666,33 @@ describe('HTTP/1.1 connections after a certificate change', () => {
     expect(originBSaw).not.toContain('/h1-late-2');
     await waitFor('the count', async () => ((await retiredCount('http1')) === before + 1 ? true : undefined), 5000);
     late.tcp.destroy();
+  });
+
+  it('a WebSocket asked for on a connection whose handshake completes after the change is refused (503), never opened: the connection closes', async () => {
+    await serveEntry('h1wslate', ['wslate.h1.lab.test']);
+    const tunnels = originTunnels.length;
+    const late = heldHandshake('wslate.h1.lab.test', 'http/1.1');
+    let text = '';
+    late.tls.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+    late.tls.on('error', () => undefined);
+    const closed = new Promise((resolve) => late.tcp.once('end', resolve));
+    late.tls.write(
+      'GET /ws-late HTTP/1.1\r\nhost: wslate.h1.lab.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n',
+    );
+    await waitFor("the proxy's certificate", () => (late.picked() ? true : undefined), 5000);
+    await serveEntry('h1wslate', ['wslater.h1.lab.test']);
+    late.release();
+    try {
+      // Opened, the tunnel lived on, for as long as its client kept it, on a connection the change had ended.
+      await Promise.race([closed, sleep(5000).then(() => Promise.reject(new Error(`the late connection stayed open: ${text.split('\r\n')[0]}`)))]);
+      expect(answers(text).map((a) => [a.start, a.headers.get('connection'), a.headers.get('x-keyedge-error')])).toEqual([
+        ['HTTP/1.1 503 Service Unavailable', ['close'], ['KEYEDGE_HTTP_UPGRADE_CLOSING']],
+      ]);
+      expect(originTunnels.length).toBe(tunnels);
+    } finally {
+      late.tcp.destroy();
+      for (const tunnel of originTunnels.splice(tunnels)) tunnel.destroy();
+    }
   });
 });
 

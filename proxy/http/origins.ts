@@ -103,8 +103,8 @@ export class OriginPools {
   readonly admission: OriginAdmission;
   readonly bodies: RequestBodies;
   readonly sendTimeoutMs: number;
-  /** undici's bodyTimeout: 0 is none. */
-  readonly #readMs: number;
+  /** undici's bodyTimeout (and an upgrade's relayed answer's, upgrade.ts): 0 is none. */
+  readonly readMs: number;
   readonly #pools = new Map<string, Pool>();
   readonly #gates = new Map<string, OriginGate>();
   readonly #balancer: Balancer;
@@ -118,7 +118,7 @@ export class OriginPools {
     this.admission = options.admission ?? DEFAULT_ADMISSION;
     this.bodies = new RequestBodies(options.bodies);
     this.sendTimeoutMs = options.sendTimeoutMs ?? 60_000;
-    this.#readMs = options.readMs ?? 0;
+    this.readMs = options.readMs ?? 0;
     this.#balancer = new Balancer(options.failureCooldownMs ?? 10_000, options.now);
   }
 
@@ -200,7 +200,7 @@ export class OriginPools {
       headersTimeout: this.timeouts.responseMs,
       // Between two reads of the body (nginx's proxy_read_timeout); undici does not count it while the body is
       // paused for a client that is not reading (its parser's timeout skips a paused parser, and resuming restarts it).
-      bodyTimeout: this.#readMs,
+      bodyTimeout: this.readMs,
       connect: connector(target, this.timeouts.connectMs),
     });
   }

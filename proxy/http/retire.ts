@@ -26,9 +26,12 @@
  * - a connection whose handshake completes after the change (its ClientHello
  *   picked the old certificate) is checked as it arrives: its first answer
  *   says `Connection: close`, so its client reconnects and sees what serves now.
- * WebSocket tunnels and CONNECT tunnels already under way are left alone; one
- * pipelined behind answers still being sent is not opened (the connection
- * closes after those answers).
+ * WebSocket tunnels and CONNECT tunnels already under way are left alone (one
+ * whose origin's 101 is on its way too); one pipelined behind answers still
+ * being sent is not opened (the connection closes after those answers), nor
+ * one asked for by the first request of a connection whose first answer closes
+ * it (below): a 101 cannot say `Connection: close`, so it is refused (503,
+ * upgrade.ts) and its client opens it on a new connection.
  *
  * The worker's graceful stop (`closeAll`) ends every connection the same
  * way, as nginx's graceful shutdown does: Node's `server.close()` closes only
@@ -46,7 +49,7 @@
  * write (queued.ts `queueAnswer`); the walk over the connections happens at
  * the change only.
  */
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ProxyMetrics } from '../metrics.js';
@@ -164,6 +167,16 @@ export class Http1Connections {
       }
       handle(req, res, expectation);
     };
+  }
+
+  /**
+   * `upgrade` (a server's 'upgrade' and 'connect' listener), told whether the connection is one whose first answer
+   * closes it (`closingFirst`: handshake after a change it is not covered by, or during the stop; a request head
+   * arriving when it was ended). A 101 cannot say `Connection: close`: the tunnel would outlive the close the change
+   * or the stop asked for (during the stop, held the worker to the end of its grace), so upgrade.ts refuses it.
+   */
+  closingFirstUpgrade<A, B>(upgrade: (req: IncomingMessage, a: A, b: B, closing: boolean) => void): (req: IncomingMessage, a: A, b: B) => void {
+    return (req, a, b) => upgrade(req, a, b, this.#closeFirst.delete(req.socket));
   }
 
   #count(): void {

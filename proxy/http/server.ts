@@ -23,8 +23,6 @@
  */
 import http from 'node:http';
 import net from 'node:net';
-import type { Duplex } from 'node:stream';
-import type { IncomingMessage } from 'node:http';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { listen } from '../../keyserver/shared/listen.js';
 import type { ProxyMetrics } from '../metrics.js';
@@ -32,6 +30,7 @@ import { refusalOf, type WorkerConnectionCaps } from '../tls/connection-limits.j
 import type { SecureConnectionHandler } from '../tls/connection.js';
 import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
+import type { UpgradeHandler } from './upgrade.js';
 import { notAfterClose } from './linger.js';
 import type { Http1Connections } from './retire.js';
 import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
@@ -45,7 +44,7 @@ export interface Http1Server {
 export function createHttp1Server(
   limits: ProxyConfig['limits'],
   handler: ExpectingHandler,
-  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+  upgrade: UpgradeHandler,
   connections: Http1Connections,
 ): Http1Server {
   // Nothing after a request we answered with `close` is processed (linger.ts); the first request on a connection a
@@ -54,9 +53,11 @@ export function createHttp1Server(
   // An HTTP/1.1 request without Host is refused by the handler (target.ts), not by Node: Node's own 400 says close
   // but its parser reads on, and a request pipelined behind it reached the origin, its answer never sent.
   const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, own);
-  server.on('upgrade', notAfterClose(upgrade));
+  // A connection whose first answer closes it (retire.ts) opens no tunnel: its Upgrade is refused (upgrade.ts).
+  const tunnel = notAfterClose(connections.closingFirstUpgrade(upgrade));
+  server.on('upgrade', tunnel);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
-  server.on('connect', notAfterClose(upgrade));
+  server.on('connect', tunnel);
   handleExpectations(server, own);
   server.on('clientError', answerClientError);
   // Node starts a server's connection tracking (header and request timeouts, closeIdleConnections) on 'listening'.

@@ -20,10 +20,21 @@
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
  *   pool), the client's once the answer is sent, or when the client takes
- *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests).
+ *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests);
+ *   an origin that sends nothing of its body for `originReadTimeoutMs`
+ *   (while the client reads) has the answer cut, as for requests.
  * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
+ * An Upgrade on a connection whose first answer closes it (one that came
+ * during the graceful stop or after a certificate change that does not cover
+ * it, or whose request head was arriving when either began: retire.ts) gets
+ * 503 `KEYEDGE_HTTP_UPGRADE_CLOSING` and no tunnel: a 101 cannot say
+ * `Connection: close`, and the tunnel would outlive the close (held the
+ * stopping worker to the end of its grace). A tunnel open, or whose 101 is on
+ * its way, when the stop begins is kept until the grace ends, then cut with
+ * every connection left (shutdown.ts), as nginx keeps upgraded connections
+ * until `worker_shutdown_timeout`.
  * An Upgrade request with a body (Content-Length over 0, any
  * Transfer-Encoding) is refused with 400: Node's server does not read it (it
  * arrives among the held bytes), and WebSocket handshakes (GET) have none.
@@ -35,7 +46,8 @@
  * later request on the connection straight from the client, past routing and
  * the forwarding headers) is ignored, as RFC 9110 §7.8 lets a server do: the
  * request goes to the origin as an ordinary one and its answer is relayed as
- * below. A 101 that names anything but WebSocket is the origin's failure (502),
+ * below; so is an Upgrade in an HTTP/1.0 request, which RFC 9110 §7.8 has a
+ * server ignore. A 101 that names anything but WebSocket is the origin's failure (502),
  * never a tunnel. A failed connect is retried once on the next
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
@@ -82,6 +94,15 @@ const TUNNEL_KEEPALIVE_MS = 60_000;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
+/**
+ * An Upgrade on a connection the stop or a certificate change closes after its first answer (retire.ts): 503, the
+ * connection closed after it; a new connection (another worker, or the certificate that serves now) can open it.
+ */
+const CLOSING_REFUSED: Refusal = {
+  status: 503,
+  code: 'KEYEDGE_HTTP_UPGRADE_CLOSING',
+  body: 'this connection is closing (the proxy is stopping or its certificate changed): open the WebSocket on a new connection\n',
+};
 /** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts) and port 80 (redirect.ts), 400. */
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 
@@ -94,9 +115,12 @@ export interface UpgradeOptions {
   readonly metrics: ProxyMetrics;
 }
 
-export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+/** The server's 'upgrade' (and 'connect') listener; `closing`: the connection's first answer closes it (retire.ts). */
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer, closing: boolean) => void;
+
+export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
   const { pools, log, metrics } = options;
-  const handle = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+  const handle = (req: IncomingMessage, socket: Duplex, head: Buffer, closing: boolean): void => {
     const client = socket as tls.TLSSocket;
     // Held until the origin has switched protocols (above). The error
     // listener stays until the socket is gone: no phase may throw.
@@ -155,11 +179,15 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
     if (client.destroyed) return settle(CLIENT_GONE, undefined);
     // Node hands a CONNECT over as it does an upgrade ('connect', server.ts); its target is never forwarded.
     if (req.method === 'CONNECT') return refuse(CONNECT_REFUSED);
+    // The stop, or a certificate change, closes this connection after its first answer (retire.ts): a tunnel would
+    // outlive that close (during the stop, hold the worker to the end of its grace). Nothing reaches an origin.
+    if (closing) return refuse(CLOSING_REFUSED);
     if (own !== undefined) return refuse(own);
     if ('refusal' in route) return refuse(route.refusal);
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return refuse(BODY_REFUSED);
 
-    const websocket = namesWebSocket(req.headers.upgrade);
+    // RFC 9110 §7.8: a server MUST ignore Upgrade in an HTTP/1.0 request (node's parser does not): no switch is asked for.
+    const websocket = req.httpVersion !== '1.0' && namesWebSocket(req.headers.upgrade);
     let targets: readonly OriginTarget[];
     try {
       targets = pools.targets(route.domain);
@@ -259,7 +287,9 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
           return fail('not-origin', err as Error);
         }
         answered = true;
-        upstream.setTimeout(0);
+        // Between two reads of its body, the origin has originReadTimeoutMs, as an answer to a request has (its body
+        // may end with the connection only): a stalled one held the client and the origin connection for ever.
+        upstream.setTimeout(pools.readMs);
         pools.succeeded(target);
         const status = res.statusCode ?? 502;
         settle(status, undefined);
@@ -277,9 +307,12 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
         const flowing = (): void => {
           clearTimeout(stall);
           stall = undefined;
+          if (!done) upstream.setTimeout(pools.readMs);
         };
         res.on('pause', () => {
           stall ??= setTimeout(() => client.destroy(), pools.sendTimeoutMs);
+          // Not the origin's stall while the client is the one not reading (sendTimeoutMs is), as for requests.
+          upstream.setTimeout(0);
         });
         client.on('drain', flowing);
         client.once('close', flowing);
@@ -300,7 +333,7 @@ export function createUpgradeHandler(options: UpgradeOptions): (req: IncomingMes
   // An Upgrade pipelined behind requests whose answers are not all sent yet waits for them (queued.ts). Node hands the
   // upgrade over at once; handled now, its 101 (or refusal) would overtake those answers, which would then be written
   // into the switched connection (or be cut by a refusal).
-  return (req, socket, head) => inAnswerOrder(socket, () => handle(req, socket, head));
+  return (req, socket, head, closing) => inAnswerOrder(socket, () => handle(req, socket, head, closing));
 }
 
 function connect(target: OriginTarget, timeoutMs: number): net.Socket {
