@@ -4,9 +4,11 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
 import { type AcmeLab, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { freePort } from './helpers/proxy-lab.js';
+import { settleAll } from './helpers/settle.js';
 
 // Issue 15, must-show 1 (ACME in a fleet): two `keyedge proxy` nodes on one
 // fleet in a real 3-member etcd cluster, one real pebble. Pebble's
@@ -26,6 +28,7 @@ let etcd: EtcdCluster;
 let nodeA: ClusterProxy;
 let nodeB: ClusterProxy;
 let root: string;
+let etcdDir: string | undefined;
 const PREFIX = '/keyedge/test-acme-fleet/';
 
 /** A node of the fleet; `httpsPort`: its TLS listener's port (node B's is pebble's TLS-ALPN-01 port), else a free one. */
@@ -73,8 +76,12 @@ function challengeAnswers(node: ClusterProxy): number {
 beforeAll(async () => {
   // Node B listens where pebble validates (HTTP-01 on its port 80 listener, TLS-ALPN-01 on its TLS port); node A's ports are ones the CA never uses.
   const httpsB = await freePort();
-  acmeLab = await startAcmeLab({ pebble: { tlsPort: httpsB } });
-  etcd = await startEtcdCluster(acmeLab.lab.dir, 3);
+  // The ACME lab and etcd start side by side (etcd in a directory of its own): each is seconds, mostly waiting.
+  etcdDir = tempDir('keyedge-fleet-acme-etcd-');
+  await settleAll([
+    startAcmeLab({ pebble: { tlsPort: httpsB } }).then((started) => (acmeLab = started)),
+    startEtcdCluster(etcdDir, 3).then((started) => (etcd = started)),
+  ]);
   [nodeA, nodeB] = await Promise.all([fleetNode('node-a', await freePort()), fleetNode('node-b', acmeLab.httpPort, { httpsPort: httpsB })]);
   root = await acmeLab.pebble.rootFile();
 }, 150_000);
@@ -83,6 +90,7 @@ afterAll(async () => {
   await Promise.all([nodeA?.stop(), nodeB?.stop()]);
   await etcd?.close();
   await acmeLab?.close();
+  if (etcdDir !== undefined) removeDir(etcdDir);
 });
 
 describe('ACME across a fleet on etcd', () => {

@@ -5,6 +5,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+import { settleAll } from './helpers/settle.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -20,6 +22,7 @@ let nodeB: ClusterProxy;
 let ca: string;
 let originB: http.Server;
 let originBPort: number;
+let etcdDir: string | undefined;
 const PREFIX = '/keyedge/test-fleet/';
 
 function fleetNode(name: string): Promise<ClusterProxy> {
@@ -45,9 +48,10 @@ async function within(what: string, check: () => Promise<boolean>, timeoutMs = 1
 const serves = async (node: ClusterProxy, name: string): Promise<boolean> => (await nodeGet(node.port, name, ca)).ok;
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
+  // The lab and etcd start side by side (etcd in a directory of its own): each is seconds, mostly waiting.
+  etcdDir = tempDir('keyedge-fleet-etcd-');
+  await settleAll([startKeylessLab().then((started) => (lab = started)), startEtcdCluster(etcdDir, 3).then((started) => (etcd = started))]);
   ca = readFileSync(lab.caFile, 'utf8');
-  etcd = await startEtcdCluster(lab.dir, 3);
   originB = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('origin-b'));
   await new Promise<void>((resolve) => originB.listen(0, '127.0.0.1', resolve));
   originBPort = (originB.address() as net.AddressInfo).port;
@@ -59,6 +63,7 @@ afterAll(async () => {
   await etcd?.close();
   await new Promise((resolve) => (originB === undefined ? resolve(undefined) : originB.close(resolve)));
   await lab?.close();
+  if (etcdDir !== undefined) removeDir(etcdDir);
 });
 
 describe('a fleet of two nodes on etcd', () => {

@@ -16,10 +16,10 @@
  * section for that pebble, and the `keyedge` CLI.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
-import { CLI, REPO, sleep } from './keyserver.js';
+import { CLI, REPO, removeDir, sleep, tempDir } from './keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './proxy-cluster.js';
 import { freePort, type KeylessLab, startKeylessLab } from './proxy-lab.js';
 
@@ -53,14 +53,21 @@ export interface AcmeLab {
 
 /** `pebble`: extra pebble settings (`tlsPort` for TLS-ALPN-01 at the proxy's HTTPS port), `env`: pebble's environment. */
 export async function startAcmeLab(options: { readonly pebble?: Record<string, unknown>; readonly env?: Record<string, string> } = {}): Promise<AcmeLab> {
-  const lab = await startKeylessLab();
-  let pebble: Pebble | undefined;
+  // The lab and pebble start side by side (each is seconds, mostly waiting for processes to come up); pebble's files
+  // live in a directory of their own, the lab's not made yet.
+  const httpPort = await freePort();
+  const pebbleDir = tempDir('keyedge-pebble-');
+  const [labStart, pebbleStart] = await Promise.allSettled([startKeylessLab(), startPebble(pebbleDir, httpPort, options.env ?? {}, options.pebble ?? {})]);
+  if (labStart.status === 'rejected' || pebbleStart.status === 'rejected') {
+    if (pebbleStart.status === 'fulfilled') await pebbleStart.value.stop();
+    if (labStart.status === 'fulfilled') await labStart.value.close();
+    removeDir(pebbleDir);
+    throw labStart.status === 'rejected' ? labStart.reason : (pebbleStart as PromiseRejectedResult).reason;
+  }
+  const lab = labStart.value;
+  const pebble = pebbleStart.value;
   try {
     const keyserverConfig = join(lab.dir, 'keyserver.json');
-    const httpPort = await freePort();
-    const pebbleDir = join(lab.dir, 'pebble');
-    mkdirSync(pebbleDir);
-    pebble = await startPebble(pebbleDir, httpPort, options.env ?? {}, options.pebble ?? {});
     const started = pebble;
     const acme = (overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
       directory: started.directory,
@@ -99,11 +106,13 @@ export async function startAcmeLab(options: { readonly pebble?: Record<string, u
       async close() {
         await started.stop();
         await lab.close();
+        removeDir(pebbleDir);
       },
     };
   } catch (err) {
-    await pebble?.stop();
+    await pebble.stop();
     await lab.close();
+    removeDir(pebbleDir);
     throw err;
   }
 }
