@@ -5,7 +5,6 @@
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ClosedLoop, nowNs } from '../harness/stats.js';
 
 /**
@@ -115,25 +114,6 @@ export class AlpnLoad extends ClosedLoop {
       req.end();
     });
   }
-}
-
-/**
- * Runs `load` until it has completed `connections` more connections, the signal aborts, or `timeoutMs` passes (then
- * throws); throws too when more than 1% of them failed. For a warm-up by count rather than by time.
- */
-export async function runConnections(load: ClosedLoop, connections: number, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  const [first, deadline] = [load.completed + load.errors, Date.now() + timeoutMs];
-  load.start();
-  try {
-    while (load.completed + load.errors - first < connections) {
-      signal?.throwIfAborted();
-      if (Date.now() > deadline) throw new Error(`${load.completed + load.errors - first} of ${connections} warm-up connections within ${timeoutMs / 1000} s`);
-      await sleep(100);
-    }
-  } finally {
-    await load.stop();
-  }
-  if (load.errors > connections / 100) throw new Error(`${load.errors} of ${connections} warm-up connections failed: ${load.firstError}`);
 }
 
 /** The resuming client: http/1.1 without ALPN, each loop offering its newest ticket. */

@@ -14,7 +14,7 @@ import { type MeasuringBench, runMeasuring } from '../harness/runner.js';
 import { diffCounters, type HandshakeCounters, readHandshakeCounters, readKeyserverSigns, sumValues } from '../lab/counters.js';
 import { readNginxStatus } from '../lab/nginx.js';
 import { type AbResult, startAb } from './ab.js';
-import { AlpnLoad, negotiates, runConnections } from './alpn.js';
+import { AlpnLoad, negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, keyHolder, SETUP_IDS, type SetupId } from './lab.js';
 import { measureLimits } from './limits.js';
 import { handshakeReport } from './summary.js';
@@ -30,14 +30,6 @@ const TABLE = {
   rounds: std.rounds(3, 2),
   measure: std.measure(4, 0.5),
   warmup: std.warmup(4, 0.75, 'per Node scenario (nginx: 1 s, quick 0.3)'),
-  'alpn-warmup': {
-    kind: 'number',
-    arg: 'N',
-    def: 5000,
-    min: 0,
-    integer: true,
-    help: 'connections each ALPN scenario on a Node server runs before the warm-up: its h2 path runs in no other scenario, and V8 is still optimising it after thousands',
-  },
   workers: { kind: 'number', arg: 'N', min: 1, integer: true, help: 'workers of the proxies and the in-memory server (default: one per server CPU)' },
   install: std.install('nginx, libengine-pkcs11-openssl, p11-kit, p11-kit-modules'),
   limits: { kind: 'string', arg: 'yes|no', choices: ['yes', 'no'], help: 'openssl speed on the server CPUs (default yes; quick and --scenarios no)' },
@@ -86,7 +78,6 @@ function parseOptions(argv: string[]) {
     logLevel,
     profile,
     keepTemp,
-    alpnWarmup: v['alpn-warmup'],
   };
   return { ...timing(v, [1000, 250], [300, 100]), ...pins, ...run, nginxWarmupMs: quick ? 300 : 1000 };
 }
@@ -118,15 +109,6 @@ const HANDSHAKE: HandshakeBench = {
       .filter((s) => lab.setups.includes(s.setup) && !lab.skipped.has(s.id))
       .map((spec) => ({ name: spec.id, spec, run: run(spec) }));
     if (scenarios.length === 0) throw new Error(`every scenario asked for was skipped: ${[...lab.skipped.values()].join('; ')}`);
-    // By count, not time: a Node server's h2 path (the session, its streams, nghttp2's callbacks) runs in no other
-    // scenario, and V8 was still compiling it after the 4 s warm-up (1,000 connections at the keyless rate): h2 read
-    // 1.20 × http/1.1 in instructions then, 0.97 after 4,000 connections and 1.005 after 8,000
-    // (bench/results/2026-12-06-h2-warmup.md). A long-running proxy serves the optimised code. Both ALPN kinds get the
-    // same, so the pair stays alike.
-    for (const { spec } of scenarios.filter((s) => s.spec.kind.startsWith('alpn-') && !isNginx(s.spec.setup) && options.alpnWarmup > 0)) {
-      log(`${spec.id}: ${options.alpnWarmup} warm-up connections`);
-      await runConnections(alpnLoad(lab, spec), options.alpnWarmup, 600_000, signal);
-    }
     lab.limits = options.limits ? await measureLimits(options.serverCpus, signal) : undefined;
     if (lab.limits) log(lab.limits.line);
     return scenarios;
@@ -181,20 +163,21 @@ export type BenchScenario = Scenario<RunResult> & { readonly spec: ScenarioSpec 
 type Signs = Record<string, number> | undefined;
 const signsBetween = (a: Signs, b: Signs): Signs => (a && b ? Object.fromEntries(Object.entries(b).map(([k, n]) => [k, n - (a[k] ?? 0)])) : undefined);
 
-/** The in-process client of a resumed or ALPN kind. */
-function alpnLoad(lab: HandshakeLab, spec: ScenarioSpec): AlpnLoad {
-  const protocol = spec.kind === 'alpn-h2' ? 'h2' : spec.kind === 'alpn-h1' ? 'http/1.1' : undefined;
-  const { port } = lab.ports.endpoints[spec.setup]!;
-  const { resumeLoops: loops, paced: rate } = lab.options;
-  return new AlpnLoad({ port, serverName: spec.key.serverName, ca: lab.ca, loops, protocol, resume: !protocol, rate });
-}
-
 /** The kind's client: ab (its own process, stopped with SIGINT), or the resuming or ALPN client in this process (`load`). */
 function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
   const port = lab.ports.endpoints[spec.setup]!.port;
   if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
-    const load = alpnLoad(lab, spec);
+    const protocol = spec.kind === 'alpn-h2' ? 'h2' : spec.kind === 'alpn-h1' ? 'http/1.1' : undefined;
+    const load = new AlpnLoad({
+      port,
+      serverName: spec.key.serverName,
+      ca: lab.ca,
+      loops: options.resumeLoops,
+      protocol,
+      resume: !protocol,
+      rate: options.paced,
+    });
     load.start();
     return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop()) };
   }
