@@ -6,15 +6,34 @@
  * `timeoutMs`, never a hang on the reload path. No cap on an answer's size:
  * the whole prefix is read in one. A member whose calls keep failing is
  * skipped while another can answer, never when none can (member-breaker.ts).
+ * A lost watch stream is opened again within a second, and at once after
+ * the close (watch-backoff.ts): etcd3 waits that long even after its close,
+ * holding a stopping process.
  *
  * Read once at start: rotating the client certificate or the password takes
  * a restart (the whole `etcd` key is restart-only).
  */
 import { readFileSync } from 'node:fs';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, type IOptions } from 'etcd3';
 import type { EtcdSettings } from '../../config/proxy-schema.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { memberBreakers } from './member-breaker.js';
+import { WatchBackoffs } from './watch-backoff.js';
+
+/** etcd3's client, whose close also shortens the watch's reconnect waits etcd3 keeps running after it (watch-backoff.ts). */
+class FleetEtcd3 extends Etcd3 {
+  readonly #watchBackoffs: WatchBackoffs;
+
+  constructor(options: IOptions, watchBackoffs: WatchBackoffs) {
+    super(options);
+    this.#watchBackoffs = watchBackoffs;
+  }
+
+  override close(): void {
+    this.#watchBackoffs.close();
+    super.close();
+  }
+}
 
 export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 {
   const read = (file: string, key: string): Buffer => {
@@ -26,26 +45,31 @@ export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 
   };
   const tls = settings.tls;
   const password = settings.auth === null ? undefined : read(settings.auth.passwordFile, 'etcd.auth.passwordFile').toString('utf8').trim();
-  return new Etcd3({
-    hosts: [...settings.endpoints],
-    dialTimeout: settings.timeoutMs,
-    // The start (and every resync) reads the whole prefix in one answer, and a
-    // watch answer carries a whole transaction: gRPC's 4 MiB default refused
-    // them past ~1,000 certificates, and the node stayed degraded for ever.
-    // The mirror holds all of it in memory anyway.
-    grpcOptions: { 'grpc.max_receive_message_length': -1 },
-    ...(tls === null
-      ? {}
-      : {
-          credentials: {
-            rootCertificate: read(tls.ca, 'etcd.tls.ca'),
-            ...(tls.cert === null || tls.key === null ? {} : { certChain: read(tls.cert, 'etcd.tls.cert'), privateKey: read(tls.key, 'etcd.tls.key') }),
-          },
-        }),
-    ...(settings.auth === null || password === undefined ? {} : { auth: { username: settings.auth.username, password } }),
-    // Streams (watches) live as long as the store; every other call has a deadline.
-    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.timeoutMs }),
-    // Not etcd3's breaker, which refused every call for up to 5 s after etcd came back.
-    faultHandling: { host: memberBreakers() },
-  });
+  const watchBackoffs = new WatchBackoffs();
+  return new FleetEtcd3(
+    {
+      hosts: [...settings.endpoints],
+      dialTimeout: settings.timeoutMs,
+      // The start (and every resync) reads the whole prefix in one answer, and a
+      // watch answer carries a whole transaction: gRPC's 4 MiB default refused
+      // them past ~1,000 certificates, and the node stayed degraded for ever.
+      // The mirror holds all of it in memory anyway.
+      grpcOptions: { 'grpc.max_receive_message_length': -1 },
+      ...(tls === null
+        ? {}
+        : {
+            credentials: {
+              rootCertificate: read(tls.ca, 'etcd.tls.ca'),
+              ...(tls.cert === null || tls.key === null ? {} : { certChain: read(tls.cert, 'etcd.tls.cert'), privateKey: read(tls.key, 'etcd.tls.key') }),
+            },
+          }),
+      ...(settings.auth === null || password === undefined ? {} : { auth: { username: settings.auth.username, password } }),
+      // Streams (watches) live as long as the store; every other call has a deadline.
+      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.timeoutMs }),
+      // Not etcd3's breaker, which refused every call for up to 5 s after etcd came back.
+      // Not etcd3's watch backoff either, whose 30 s timer kept a node stopped while etcd was away alive (watch-backoff.ts).
+      faultHandling: { host: memberBreakers(), watchBackoff: watchBackoffs.first() },
+    },
+    watchBackoffs,
+  );
 }
