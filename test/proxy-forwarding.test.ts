@@ -28,6 +28,8 @@ interface Seen {
   xfh?: string;
   forwarded?: string;
   sni?: string | false | null;
+  /** The forwarding fields spelt with `_` for `-`, which CGI-style servers read as the same variables. */
+  underscored?: string[];
 }
 const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   const seen: Seen = {
@@ -38,6 +40,8 @@ const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     forwarded: req.headers.forwarded,
     sni: (req.socket as tls.TLSSocket).servername,
   };
+  const underscored = Object.keys(req.headers).filter((name) => name.includes('_') && name.includes('forwarded'));
+  if (underscored.length > 0) seen.underscored = underscored;
   res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(seen));
 };
 
@@ -125,6 +129,14 @@ describe('trusted peers', () => {
       xfh: 'plain.lab.test',
       forwarded: 'for=127.0.0.1;proto=https;host="plain.lab.test"',
     });
+  });
+
+  it("never passes on a trusted peer's client's forwarding fields spelt with _ for -: no proxy writes them, and the application reads them as the ones set here", async () => {
+    // A load balancer in front appends to X-Forwarded-For and passes x_forwarded_for from its client untouched (only
+    // nginx drops names with `_` by default): PHP-FPM, WSGI and Rack read both as HTTP_X_FORWARDED_FOR.
+    const headers = { x_forwarded_for: '6.6.6.6', x_forwarded_proto: 'http', x_forwarded_host: 'evil.test', 'x-forwarded-for': '203.0.113.9' };
+    expect(await seen('plain.lab.test', { headers })).toMatchObject({ xff: '203.0.113.9, 127.0.0.1' });
+    expect((await seen('plain.lab.test', { headers })).underscored).toBeUndefined();
   });
 
   it('drops what an untrusted peer claimed and replaces it', async () => {

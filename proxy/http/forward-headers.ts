@@ -5,10 +5,11 @@
  * plus whatever Connection names); Host is the client's for http:// origins
  * and the origin's own for https:// ones unless `originHost` says otherwise;
  * the client's address and scheme go in X-Forwarded-For/-Proto/-Host and
- * Forwarded (RFC 7239). What a client sent in those is dropped, and in those
+ * Forwarded (RFC 7239). What a client sent in those is dropped, unless it is
+ * a trusted peer (trusted-peers.ts): then it is kept and appended to. Those
  * names spelt with `_` for `-` (`x_forwarded_for`, which CGI-style servers
- * read as X-Forwarded-For), unless it is a trusted peer (trusted-peers.ts):
- * then it is kept and appended to.
+ * read as X-Forwarded-For) are dropped from everyone: no proxy writes them, so
+ * a trusted peer's are its client's, passed on untouched.
  *
  * Two shapes: objects for node:http's client (upgrades), and flat
  * [name, value, …] lists for the forward path, which undici takes as they are
@@ -38,6 +39,8 @@ const HOP_BY_HOP = new Set([
 ]);
 const CLIENT_SET = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
 const NOTHING: ReadonlySet<string> = new Set();
+/** A trusted peer's request: its forwarding fields are kept, their `_` spellings are not (`spellsClientSet`). */
+const KEPT: ReadonlySet<string> = new Set();
 
 /**
  * Whether `name` is one of CLIENT_SET spelt with `_` for `-` (`x_forwarded_for`).
@@ -71,7 +74,7 @@ export function endToEndHeaders(headers: IncomingHttpHeaders, dropAlso: Readonly
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named.has(name) || dropAlso.has(name)) continue;
-    if (dropAlso === CLIENT_SET && spellsClientSet(name)) continue;
+    if ((dropAlso === CLIENT_SET || dropAlso === KEPT) && spellsClientSet(name)) continue;
     out[name] = value;
   }
   return out;
@@ -128,7 +131,7 @@ export function originRequestHeaders(
   trusted: TrustedPeers | undefined,
 ): Record<string, string | string[]> {
   const keep = trusted?.trusts(peer) ?? false;
-  const out = endToEndHeaders(headers, keep ? NOTHING : CLIENT_SET);
+  const out = endToEndHeaders(headers, keep ? KEPT : CLIENT_SET);
   const f = forwarding(headers, keep, peer, proto, target);
   out['x-forwarded-for'] = f.xff;
   if (f.proto !== undefined) out['x-forwarded-proto'] = f.proto;
@@ -160,7 +163,7 @@ export function originRequestHeaderList(
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name === 'host' || name === 'expect' || HOP_BY_HOP.has(name) || named.has(name) || CLIENT_SET.has(name)) continue;
-    if (!keep && spellsClientSet(name)) continue;
+    if (spellsClientSet(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const one of value) out.push(name, one);
   }
