@@ -13,7 +13,7 @@
  * itself ends the stream, one more failure, one more wait. A node stopped
  * then said "proxy stopped" and its primary stayed alive until the last of
  * those timers fired: 3.3 to 30 s after the signal in five stops here, 0.6 to
- * 29 s elsewhere (test/fleet-stop.test.ts). A timer etcd3 scheduled is out of
+ * 29 s elsewhere. A timer etcd3 scheduled is out of
  * reach; what it waits is not. So every wait is short, and once the client
  * is closed (FleetEtcd3 in etcd-client.ts says so) the shortest: a stopping
  * node outlives its close by WATCH_RETRY_MAX_MS at most, by the waits
