@@ -2,7 +2,7 @@
  * The handshake bench's comparison server: the real `keyedge proxy` cluster with a KeySource (proxy/tls/key-source.ts)
  * handing out PEM key files instead of the keyless bridge, so keyless − in memory is exactly the keyless hop
  * (bench/README.md, "Set-ups"). Usage: node dist/bench/handshake/inmemory.js --config FILE (`InMemoryConfig` JSON);
- * logs `in-memory ready` once every worker serves; SIGTERM/SIGINT stop it as `keyedge proxy`.
+ * writes an `in-memory ready` JSON line once every worker serves, whatever the log level; SIGTERM/SIGINT stop it as `keyedge proxy`.
  */
 import cluster from 'node:cluster';
 import { createPublicKey } from 'node:crypto';
@@ -74,7 +74,8 @@ if (cluster.isPrimary) {
   let ready = 0;
   cluster.on('message', (_worker, message: unknown) => {
     const pids = Object.values(cluster.workers ?? {}).map((w) => w?.process.pid);
-    if (isReadyMessage(message) && ++ready === c.workers) log.info({ port: c.port, workers: pids }, 'in-memory ready');
+    // Written whatever the log level (the bench waits for it; at `warn` a logged line never came and the bench hung).
+    if (isReadyMessage(message) && ++ready === c.workers) process.stdout.write(`${JSON.stringify({ port: c.port, workers: pids, msg: 'in-memory ready' })}\n`);
   });
   await runPrimary(config, log);
 } else await runWorker(config, log, { keySource: pemKeySource(c.certificates.map((k) => k.key)) });
