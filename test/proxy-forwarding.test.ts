@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import type net from 'node:net';
-import type tls from 'node:tls';
+import net from 'node:net';
+import tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { TrustedPeers } from '../proxy/http/trusted-peers.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
 import { createCa, issue, writeIssued, writePem } from './helpers/pki.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { answered, request } from './helpers/requests.js';
@@ -30,7 +31,29 @@ interface Seen {
   sni?: string | false | null;
   /** The forwarding fields spelt with `_` for `-`, which CGI-style servers read as the same variables. */
   underscored?: string[];
+  /** The fields of FAMILY (in either spelling) that reached the origin, by the name it got. */
+  family?: Record<string, string>;
 }
+
+/**
+ * Fields of the X-Forwarded family keyedge does not set, which frameworks read to build absolute URLs, decide
+ * "is this HTTPS" or name the client (forward-headers.ts says which reads which), each with a value a spoofing
+ * client would send.
+ */
+const FAMILY: Readonly<Record<string, string>> = {
+  'x-forwarded-port': '8443',
+  'x-forwarded-ssl': 'on',
+  'x-forwarded-scheme': 'https',
+  'x-forwarded-protocol': 'ssl',
+  'x-forwarded-prefix': '/evil',
+  'x-forwarded-server': 'evil.test',
+  'x-url-scheme': 'https',
+  'x-scheme': 'https',
+  'front-end-https': 'on',
+  'x-proxied-https': 'on',
+  'x-real-ip': '6.6.6.6',
+  'true-client-ip': '6.6.6.6',
+};
 const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   const seen: Seen = {
     host: req.headers.host,
@@ -42,6 +65,8 @@ const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   };
   const underscored = Object.keys(req.headers).filter((name) => name.includes('_') && name.includes('forwarded'));
   if (underscored.length > 0) seen.underscored = underscored;
+  const family = Object.entries(req.headers).filter(([name]) => name.replaceAll('_', '-') in FAMILY);
+  if (family.length > 0) seen.family = Object.fromEntries(family) as Record<string, string>;
   res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(seen));
 };
 
@@ -147,6 +172,49 @@ describe('trusted peers', () => {
       xfh: 'plain.lab.test',
       forwarded: 'for=127.0.0.2;proto=https;host="plain.lab.test"',
     });
+  });
+});
+
+type Transport = 'HTTP/1.1' | 'HTTP/2' | 'an Upgrade';
+const TRANSPORTS: readonly Transport[] = ['HTTP/1.1', 'HTTP/2', 'an Upgrade'];
+
+/** What the origin of plain.lab.test saw of one request with `headers`, sent from `localAddress` over `transport`. */
+async function through(transport: Transport, headers: Record<string, string>, localAddress: string): Promise<Seen> {
+  const host = 'plain.lab.test';
+  if (transport === 'HTTP/2') {
+    const port = proxy.ports[0]!;
+    const session = h2Connect(port, ca, host, {
+      createConnection: () => tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress }), ca, servername: host, ALPNProtocols: ['h2'] }),
+    });
+    try {
+      const answer = await h2Request(session, { ':path': '/', ...headers });
+      expect(answer.status).toBe(200);
+      return JSON.parse(answer.body.toString()) as Seen;
+    } finally {
+      await closeSession(session);
+    }
+  }
+  // An Upgrade to anything but WebSocket goes as an ordinary request, with node:http's client and the headers as an
+  // object (upgrade.ts), where HTTP/1.1 and HTTP/2 requests go with undici and a flat list.
+  const upgrade: Record<string, string> = transport === 'an Upgrade' ? { connection: 'upgrade', upgrade: 'example/1' } : {};
+  return seen(host, { headers: { ...upgrade, ...headers }, localAddress });
+}
+
+describe('the rest of the X-Forwarded family', () => {
+  // An origin builds redirects and links with the port and prefix these name, and takes "on"/"https"/"ssl" in any of
+  // them for HTTPS; X-Real-IP and True-Client-IP win over X-Forwarded-For where they are read (Tornado, chi).
+  const spoofed = { ...FAMILY, x_forwarded_port: '1', x_forwarded_ssl: 'on', x_real_ip: '6.6.6.7', front_end_https: 'on' };
+
+  it.each(TRANSPORTS)('never reach the origin from an untrusted peer over %s, in either spelling', async (transport) => {
+    const result = await through(transport, spoofed, '127.0.0.2');
+    expect(result.family).toBeUndefined();
+    expect(result).toMatchObject({ xff: '127.0.0.2', xfp: 'https' });
+  });
+
+  it.each(TRANSPORTS)("pass from a trusted peer over %s, as its X-Forwarded-Proto does; their `_` spellings do not (its client's)", async (transport) => {
+    const result = await through(transport, spoofed, '127.0.0.1');
+    expect(result.family).toEqual(FAMILY);
+    expect(result).toMatchObject({ xff: '127.0.0.1', xfp: 'https' });
   });
 });
 
