@@ -1,6 +1,7 @@
 /**
  * The peers whose forwarding headers (X-Forwarded-For/-Proto/-Host,
- * Forwarded) are believed: load balancers or proxies in front of keyedge,
+ * Forwarded, and the rest of that family: forward-headers.ts) are believed:
+ * load balancers or proxies in front of keyedge,
  * listed by address or CIDR block in `forwarding.trustedProxies`. Anyone
  * else could write any address there, so their claims are dropped.
  *
