@@ -14,7 +14,8 @@
  * `head` is held:
  * - on 101 Switching Protocols the held bytes go to the origin, in order, and
  *   the two sockets are piped both ways, bytes untouched, until either side
- *   ends or fails, which closes the other;
+ *   ends or fails, which closes the other, or until neither carried a byte for
+ *   `limits.tunnelIdleTimeoutMs` (tunnel.ts);
  * - any other answer (but one with transfer codings besides chunked: 502, as
  *   for requests) is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
@@ -68,6 +69,7 @@ import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeReq
 import type { OriginPools, OriginTarget } from './origins.js';
 import { inAnswerOrder } from './queued.js';
 import { normaliseTarget } from './target.js';
+import { openTunnel } from './tunnel.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /**
@@ -78,19 +80,6 @@ import type { TrustedPeers } from './trusted-peers.js';
 const LINGER_MS = 5_000;
 /** nginx's "client closed request": the client left before the origin answered. */
 const CLIENT_GONE = 499;
-/**
- * Idle time after which an open tunnel's connections are probed with TCP
- * keepalive (RFC 9293 §3.8.4), both sides. A tunnel has no timeout of its
- * own (a quiet WebSocket is a live one), so a peer that vanished without a
- * FIN or a reset (a client whose network went away, a NAT that forgot the
- * mapping) left both connections, the origin's and the client's place under
- * the connection caps held for the worker's life: nothing is ever sent on an
- * idle tunnel for TCP to find the peer gone. With probes, such a connection
- * fails once they go unanswered (Linux defaults, on Node 20's libuv: 9 probes
- * 75 s apart; libuv 1.49 and later, Node 22 on: 10 probes 1 s apart), and
- * its close closes the other side.
- */
-const TUNNEL_KEEPALIVE_MS = 60_000;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
@@ -113,6 +102,8 @@ export interface UpgradeOptions {
   readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** `limits.tunnelIdleTimeoutMs` (tunnel.ts): null or absent, no idle bound. */
+  readonly tunnelIdleTimeoutMs?: number | null;
 }
 
 /** The server's 'upgrade' (and 'connect') listener; `closing`: the connection's first answer closes it (retire.ts). */
@@ -230,7 +221,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       };
       // node:http's client drops its error listener at the switch: this one stays.
       upstream.on('error', onError);
-      upstream.once('timeout', () => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out')));
+      const onTimeout = (): void => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out'));
+      upstream.once('timeout', onTimeout);
       upstream.once(target.tls === undefined ? 'connect' : 'secureConnect', () => {
         connected = true;
         // From here on the wait is for the answer: the response timeout applies.
@@ -257,6 +249,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           return fail('broken', new Error('origin switched to a protocol the proxy did not ask for'));
         }
         answered = true;
+        // The handshake's timeouts end here; the tunnel's idle bound is its own (tunnel.ts).
+        upstream.off('timeout', onTimeout);
         upstream.setTimeout(0);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
@@ -267,13 +261,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
-        // A peer that vanishes from a quiet tunnel is found by the kernel's probes (above), and its close closes the other side.
-        client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
-        upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
-        // Neither socket allows half-open connections: either side's end closes it, and its close the other (as nginx).
-        upstream.pipe(client);
-        client.pipe(upstream);
-        upstream.once('close', () => client.destroy());
+        // Either side's end or close closes the other; the client's closes the origin's by its close listener (above).
+        openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs ?? null, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
