@@ -174,8 +174,8 @@ export const PROXY_DEFAULTS = Object.freeze({
     // nginx closes a proxied WebSocket after proxy_read_timeout (60 s) with
     // nothing read from the origin; HAProxy's `timeout tunnel` is the model:
     // a tunnel that carried no byte either way for a minute is closed, since
-    // it holds a client connection and an origin connection for as long as it
-    // lasts. WebSocket apps ping (Socket.IO every
+    // it holds a client connection, an origin connection and its place at the
+    // origin for as long as it lasts. WebSocket apps ping (Socket.IO every
     // 25 s); apps that stay silent longer: raise it, or null.
     tunnelIdleTimeoutMs: 60_000,
     // nginx's fail_timeout default: a dead origin costs one failed attempt per

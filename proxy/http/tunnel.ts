@@ -2,8 +2,8 @@
  * An open tunnel (upgrade.ts, after the origin's 101): the client's socket and
  * the origin's piped both ways, bytes untouched, until either side ends or
  * fails, which closes the other (neither allows half-open connections, as
- * nginx). Two bounds keep a tunnel from holding its client connection and its
- * origin connection for ever:
+ * nginx). Two bounds keep a tunnel from holding its client connection, its
+ * origin connection and its place at the origin (origin-gate.ts) for ever:
  * - idle: a tunnel that carried no byte either way for
  *   `limits.tunnelIdleTimeoutMs` is closed, both sockets destroyed (a
  *   WebSocket Close frame is the application's business). HAProxy's `timeout

@@ -24,6 +24,16 @@
  *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests);
  *   an origin that sends nothing of its body for `originReadTimeoutMs`
  *   (while the client reads) has the answer cut, as for requests.
+ * Each origin connection an upgrade opens takes a place at the origin's gate
+ * (origin-gate.ts) first, as a request does, and holds it until that
+ * connection closes, the tunnel's whole life included: tunnels count against
+ * `limits.originMaxConnections` with the requests (nginx's `max_conns` counts
+ * an upgraded connection as active). With none free, the upgrade waits in the
+ * origin's queue like a request (`originMaxQueue`, `originQueueTimeoutMs`),
+ * holding nothing of the origin; past either bound it gets the requests' 503
+ * `KEYEDGE_HTTP_ORIGIN_BUSY` with Retry-After, or goes to the domain's next
+ * origin if it has one. A client that leaves while it waits gives its place
+ * in the queue up at once (499).
  * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
@@ -55,6 +65,7 @@
  * carry HSTS like every HTTPS answer. A client gone before the answer is
  * logged and counted as 499 (nginx's "client closed request").
  */
+import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -65,7 +76,8 @@ import type { NameIndex } from '../tls/names.js';
 import { refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
+import { type Domain, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
+import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { inAnswerOrder } from './queued.js';
 import { normaliseTarget } from './target.js';
@@ -94,6 +106,8 @@ const CLOSING_REFUSED: Refusal = {
 };
 /** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts) and port 80 (redirect.ts), 400. */
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
+/** The origin's places and queue are full, or the wait was too long: a request's answer (handler.ts), Retry-After included. */
+const BUSY_REFUSED: Refusal = ownFailureRefusal('KEYEDGE_HTTP_ORIGIN_BUSY', 0)!;
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -187,11 +201,46 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, err }, 'origin upgrade failed');
       return refuse(originRefusal('broken'));
     }
+    /** A place at the origin's gate (above), then the attempt on its origin; a busy first origin's upgrade goes on to the next. */
     const attempt = (index: number): void => {
       const target = targets[index];
       if (target === undefined) return refuse(originRefusal('connect'));
       origin = target.url.origin;
-      const upstream = connect(target, pools.timeouts.connectMs);
+      const gate = pools.gate(target);
+      const abandon = new EventEmitter();
+      const entered = gate.enter(false, abandon);
+      if (entered === true) return send(index, gate);
+      // The client's close (above) gives up the place in the queue.
+      dropOrigin = () => abandon.emit('abort');
+      entered.then(
+        () => {
+          // Gone as its place came: the place goes back at once.
+          if (client.destroyed) return gate.leave(false);
+          send(index, gate);
+        },
+        (err: Error) => {
+          // A client that left is settled as 499 by its close.
+          if ((err as { code?: string }).code !== BUSY_REFUSED.code) return;
+          // Nothing was sent: the next origin may take it, as a request (origin-exchange.ts).
+          if (index === 0 && targets.length > 1) return attempt(1);
+          refuse(BUSY_REFUSED);
+        },
+      );
+    };
+    /** The attempt on `targets[index]`, holding a place at its `gate` until its origin connection closes. */
+    const send = (index: number, gate: OriginGate): void => {
+      const target = targets[index]!;
+      let upstream: net.Socket;
+      try {
+        upstream = connect(target, pools.timeouts.connectMs);
+      } catch (err) {
+        // Options node refuses before any connection exists (none expected: CA files are checked when read).
+        gate.leave(false);
+        log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, origin, err }, 'origin upgrade failed');
+        return refuse(originRefusal('broken'));
+      }
+      // Exactly once, on every path: a socket closes once, whether it failed, was cut, ended or its tunnel closed.
+      upstream.once('close', () => gate.leave(false));
       let connected = false;
       let answered = false;
       let done = false;
@@ -369,9 +418,11 @@ function responseHead(status: number, reason: string | undefined, headers: reado
 }
 
 /** Our refusal as written on a raw socket, closing it; with HSTS over TLS (none on the plain-HTTP port: RFC 6797 §7.2). */
-export function refusalText({ status, code, body }: Refusal, hsts: string | undefined): string {
+export function refusalText({ status, code, body, headers: own }: Refusal, hsts: string | undefined): string {
   const headers: [string, string][] = [
     ...(hsts === undefined ? [] : [['strict-transport-security', hsts] as [string, string]]),
+    // Retry-After of a busy origin's 503; the connection closes whatever the refusal says.
+    ...Object.entries(own ?? {}).filter(([name]) => name !== 'connection'),
     ['content-type', 'text/plain; charset=utf-8'],
     ['content-length', String(Buffer.byteLength(body))],
     ['x-keyedge-error', code],
