@@ -28,7 +28,11 @@
  * (origin-gate.ts) first, as a request does, and holds it until that
  * connection closes, the tunnel's whole life included: tunnels count against
  * `limits.originMaxConnections` with the requests (nginx's `max_conns` counts
- * an upgraded connection as active). With none free, the upgrade waits in the
+ * an upgraded connection as active). A tunnel is held as long as its client
+ * likes, so its place is one of the long-held ones, which streamed uploads
+ * share: at most half the origin's places, the other half always serving
+ * requests (a client opening WebSockets by the dozen would otherwise leave an
+ * origin's requests queued, then refused). With none free, the upgrade waits in the
  * origin's queue like a request (`originMaxQueue`, `originQueueTimeoutMs`),
  * holding nothing of the origin; past either bound it gets the requests' 503
  * `KEYEDGE_HTTP_ORIGIN_BUSY` with Retry-After, or goes to the domain's next
@@ -108,6 +112,8 @@ const CLOSING_REFUSED: Refusal = {
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 /** The origin's places and queue are full, or the wait was too long: a request's answer (handler.ts), Retry-After included. */
 const BUSY_REFUSED: Refusal = ownFailureRefusal('KEYEDGE_HTTP_ORIGIN_BUSY', 0)!;
+/** A tunnel's place at the gate is a long-held one (origin-gate.ts: at most half the places, with streamed uploads). */
+const LONG_HELD = true;
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -208,14 +214,14 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       origin = target.url.origin;
       const gate = pools.gate(target);
       const abandon = new EventEmitter();
-      const entered = gate.enter(false, abandon);
+      const entered = gate.enter(LONG_HELD, abandon);
       if (entered === true) return send(index, gate);
       // The client's close (above) gives up the place in the queue.
       dropOrigin = () => abandon.emit('abort');
       entered.then(
         () => {
           // Gone as its place came: the place goes back at once.
-          if (client.destroyed) return gate.leave(false);
+          if (client.destroyed) return gate.leave(LONG_HELD);
           send(index, gate);
         },
         (err: Error) => {
@@ -235,12 +241,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream = connect(target, pools.timeouts.connectMs);
       } catch (err) {
         // Options node refuses before any connection exists (none expected: CA files are checked when read).
-        gate.leave(false);
+        gate.leave(LONG_HELD);
         log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, origin, err }, 'origin upgrade failed');
         return refuse(originRefusal('broken'));
       }
       // Exactly once, on every path: a socket closes once, whether it failed, was cut, ended or its tunnel closed.
-      upstream.once('close', () => gate.leave(false));
+      upstream.once('close', () => gate.leave(LONG_HELD));
       let connected = false;
       let answered = false;
       let done = false;
