@@ -74,6 +74,8 @@ export interface ProxyConfig {
     readonly originResponseTimeoutMs: number;
     /** Between two reads of an answer's body from the origin; null: no bound. */
     readonly originReadTimeoutMs: number | null;
+    /** An open WebSocket tunnel that carried no byte either way for this long is closed (proxy/http/tunnel.ts); null: never. */
+    readonly tunnelIdleTimeoutMs: number | null;
     readonly originFailureCooldownMs: number;
     readonly maxConnectionsPerWorker: number;
     /** From accept to the end of the TLS handshake. */

@@ -171,6 +171,13 @@ export const PROXY_DEFAULTS = Object.freeze({
     // counted while the client is the one not reading (sendTimeoutMs is).
     // Event streams with rarer heartbeats: raise it, or null.
     originReadTimeoutMs: 60_000,
+    // nginx closes a proxied WebSocket after proxy_read_timeout (60 s) with
+    // nothing read from the origin; HAProxy's `timeout tunnel` is the model:
+    // a tunnel that carried no byte either way for a minute is closed, since
+    // it holds a client connection, an origin connection and its place at the
+    // origin for as long as it lasts. WebSocket apps ping (Socket.IO every
+    // 25 s); apps that stay silent longer: raise it, or null.
+    tunnelIdleTimeoutMs: 60_000,
     // nginx's fail_timeout default: a dead origin costs one failed attempt per
     // 10 s instead of one per request, and a restarted one is back within 10 s.
     originFailureCooldownMs: 10_000,

@@ -208,6 +208,7 @@ export const proxyFileSchema = strict(
         originConnectTimeoutMs: intIn(100, 600_000).optional(),
         originResponseTimeoutMs: intIn(100, 3_600_000).optional(),
         originReadTimeoutMs: intIn(100, 86_400_000).nullable().optional(),
+        tunnelIdleTimeoutMs: intIn(100, 86_400_000).nullable().optional(),
         originFailureCooldownMs: intIn(0, 3_600_000).optional(),
         maxConnectionsPerWorker: intIn(1, 1_000_000).optional(),
         handshakeTimeoutMs: intIn(100, 600_000).optional(),

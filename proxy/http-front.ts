@@ -70,7 +70,7 @@ export class HttpFront {
     this.trustedPeers = new TrustedPeers(config.forwarding.trustedProxies);
     const routing = { ...options, hstsMaxAgeSeconds: config.tls.hstsMaxAgeSeconds, trustedPeers: this.trustedPeers };
     this.#handler = createRequestHandler({ ...routing, maxBodyBytes: limits.maxBodyBytes });
-    this.#upgrade = createUpgradeHandler(routing);
+    this.#upgrade = createUpgradeHandler({ ...routing, tunnelIdleTimeoutMs: limits.tunnelIdleTimeoutMs });
     const { stillCovers } = options;
     this.http1Connections = new Http1Connections((c) => stillCovers(c.serverName, c.certificateNames), options.metrics);
     const stillCovered: Http2Options['stillCovered'] = (c) => stillCovers(c.servername, c.certificateNames);

@@ -228,9 +228,9 @@ describe('WebSocket through the proxy', () => {
     await noOriginConnections();
   });
 
-  // A tunnel has no timeout (a quiet WebSocket is a live one): a peer that vanished without a FIN or a reset (its network
-  // gone, a NAT that forgot it) held both connections for the worker's life, as nothing is sent on a quiet tunnel for TCP
-  // to find it gone. Both of the proxy's connections are probed with TCP keepalive: the kernel's keepalive timer is armed
+  // A tunnel quiet for less than limits.tunnelIdleTimeoutMs is a live one: a peer that vanished without a FIN or a reset
+  // (its network gone, a NAT that forgot it) held both connections until that bound (for the worker's life with it set to
+  // null), as nothing is sent on a quiet tunnel for TCP to find it gone. Both of the proxy's connections are probed with TCP keepalive: the kernel's keepalive timer is armed
   // on each (the `tr` column of /proc/net/tcp: 2), where it was not (0).
   it("probes both of the proxy's connections of a tunnel with TCP keepalive, so a peer that vanished is found", async () => {
     const before = originSides.length;

@@ -6,9 +6,11 @@
  * KEYEDGE_HTTP_ORIGIN_BUSY (503 with Retry-After, RFC 9110 §15.6.4): a
  * quick refusal the client may retry beats a wait that ends in a timeout.
  *
- * Requests whose body streams (larger than the buffer, body.ts) may hold at
- * most half the connections: a client can keep such a request going for as
- * long as the body timeouts allow, and the other half stays for everyone else.
+ * Places held as long as a client likes, requests whose body streams
+ * (larger than the buffer, body.ts) and WebSocket tunnels (upgrade.ts), may
+ * be at most half the connections (`upload` here): a client can keep an
+ * upload going for as long as the body timeouts allow, a tunnel for as long
+ * as it carries a byte now and then, and the other half stays for everyone else.
  *
  * Invariant: no waiter could be admitted (each `leave` admits whoever fits),
  * so a request that fits now goes ahead of waiters without unfairness: those

@@ -14,7 +14,8 @@
  * `head` is held:
  * - on 101 Switching Protocols the held bytes go to the origin, in order, and
  *   the two sockets are piped both ways, bytes untouched, until either side
- *   ends or fails, which closes the other;
+ *   ends or fails, which closes the other, or until neither carried a byte for
+ *   `limits.tunnelIdleTimeoutMs` (tunnel.ts);
  * - any other answer (but one with transfer codings besides chunked: 502, as
  *   for requests) is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
@@ -23,6 +24,20 @@
  *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests);
  *   an origin that sends nothing of its body for `originReadTimeoutMs`
  *   (while the client reads) has the answer cut, as for requests.
+ * Each origin connection an upgrade opens takes a place at the origin's gate
+ * (origin-gate.ts) first, as a request does, and holds it until that
+ * connection closes, the tunnel's whole life included: tunnels count against
+ * `limits.originMaxConnections` with the requests (nginx's `max_conns` counts
+ * an upgraded connection as active). A tunnel is held as long as its client
+ * likes, so its place is one of the long-held ones, which streamed uploads
+ * share: at most half the origin's places, the other half always serving
+ * requests (a client opening WebSockets by the dozen would otherwise leave an
+ * origin's requests queued, then refused). With none free, the upgrade waits in the
+ * origin's queue like a request (`originMaxQueue`, `originQueueTimeoutMs`),
+ * holding nothing of the origin; past either bound it gets the requests' 503
+ * `KEYEDGE_HTTP_ORIGIN_BUSY` with Retry-After, or goes to the domain's next
+ * origin if it has one. A client that leaves while it waits gives its place
+ * in the queue up at once (499).
  * A CONNECT comes here too (Node hands it over the same way) and gets 400.
  * An Upgrade pipelined behind requests whose answers are still being sent
  * is handled once they are sent (RFC 9112 §9.3.2), so nothing of it overtakes them.
@@ -54,6 +69,7 @@
  * carry HSTS like every HTTPS answer. A client gone before the answer is
  * logged and counted as 499 (nginx's "client closed request").
  */
+import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -64,10 +80,12 @@ import type { NameIndex } from '../tls/names.js';
 import { refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, hostName, hstsValue, originRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
+import { type Domain, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
+import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { inAnswerOrder } from './queued.js';
 import { normaliseTarget } from './target.js';
+import { openTunnel } from './tunnel.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
 /**
@@ -78,19 +96,6 @@ import type { TrustedPeers } from './trusted-peers.js';
 const LINGER_MS = 5_000;
 /** nginx's "client closed request": the client left before the origin answered. */
 const CLIENT_GONE = 499;
-/**
- * Idle time after which an open tunnel's connections are probed with TCP
- * keepalive (RFC 9293 §3.8.4), both sides. A tunnel has no timeout of its
- * own (a quiet WebSocket is a live one), so a peer that vanished without a
- * FIN or a reset (a client whose network went away, a NAT that forgot the
- * mapping) left both connections, the origin's and the client's place under
- * the connection caps held for the worker's life: nothing is ever sent on an
- * idle tunnel for TCP to find the peer gone. With probes, such a connection
- * fails once they go unanswered (Linux defaults, on Node 20's libuv: 9 probes
- * 75 s apart; libuv 1.49 and later, Node 22 on: 10 probes 1 s apart), and
- * its close closes the other side.
- */
-const TUNNEL_KEEPALIVE_MS = 60_000;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
@@ -105,6 +110,10 @@ const CLOSING_REFUSED: Refusal = {
 };
 /** CONNECT (RFC 9110 §9.3.6) asks for a tunnel, which keyedge does not offer; as on HTTP/2 (http2/stream.ts) and port 80 (redirect.ts), 400. */
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
+/** The origin's places and queue are full, or the wait was too long: a request's answer (handler.ts), Retry-After included. */
+const BUSY_REFUSED: Refusal = ownFailureRefusal('KEYEDGE_HTTP_ORIGIN_BUSY', 0)!;
+/** A tunnel's place at the gate is a long-held one (origin-gate.ts: at most half the places, with streamed uploads). */
+const LONG_HELD = true;
 
 export interface UpgradeOptions {
   readonly domains: () => NameIndex<Domain>;
@@ -113,6 +122,8 @@ export interface UpgradeOptions {
   readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
+  /** `limits.tunnelIdleTimeoutMs` (tunnel.ts): null or absent, no idle bound. */
+  readonly tunnelIdleTimeoutMs?: number | null;
 }
 
 /** The server's 'upgrade' (and 'connect') listener; `closing`: the connection's first answer closes it (retire.ts). */
@@ -196,11 +207,46 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, err }, 'origin upgrade failed');
       return refuse(originRefusal('broken'));
     }
+    /** A place at the origin's gate (above), then the attempt on its origin; a busy first origin's upgrade goes on to the next. */
     const attempt = (index: number): void => {
       const target = targets[index];
       if (target === undefined) return refuse(originRefusal('connect'));
       origin = target.url.origin;
-      const upstream = connect(target, pools.timeouts.connectMs);
+      const gate = pools.gate(target);
+      const abandon = new EventEmitter();
+      const entered = gate.enter(LONG_HELD, abandon);
+      if (entered === true) return send(index, gate);
+      // The client's close (above) gives up the place in the queue.
+      dropOrigin = () => abandon.emit('abort');
+      entered.then(
+        () => {
+          // Gone as its place came: the place goes back at once.
+          if (client.destroyed) return gate.leave(LONG_HELD);
+          send(index, gate);
+        },
+        (err: Error) => {
+          // A client that left is settled as 499 by its close.
+          if ((err as { code?: string }).code !== BUSY_REFUSED.code) return;
+          // Nothing was sent: the next origin may take it, as a request (origin-exchange.ts).
+          if (index === 0 && targets.length > 1) return attempt(1);
+          refuse(BUSY_REFUSED);
+        },
+      );
+    };
+    /** The attempt on `targets[index]`, holding a place at its `gate` until its origin connection closes. */
+    const send = (index: number, gate: OriginGate): void => {
+      const target = targets[index]!;
+      let upstream: net.Socket;
+      try {
+        upstream = connect(target, pools.timeouts.connectMs);
+      } catch (err) {
+        // Options node refuses before any connection exists (none expected: CA files are checked when read).
+        gate.leave(LONG_HELD);
+        log.warn({ code: 'KEYEDGE_HTTP_ORIGIN_UNREACHABLE', domain: route.domain.name, origin, err }, 'origin upgrade failed');
+        return refuse(originRefusal('broken'));
+      }
+      // Exactly once, on every path: a socket closes once, whether it failed, was cut, ended or its tunnel closed.
+      upstream.once('close', () => gate.leave(LONG_HELD));
       let connected = false;
       let answered = false;
       let done = false;
@@ -230,7 +276,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       };
       // node:http's client drops its error listener at the switch: this one stays.
       upstream.on('error', onError);
-      upstream.once('timeout', () => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out')));
+      const onTimeout = (): void => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out'));
+      upstream.once('timeout', onTimeout);
       upstream.once(target.tls === undefined ? 'connect' : 'secureConnect', () => {
         connected = true;
         // From here on the wait is for the answer: the response timeout applies.
@@ -257,6 +304,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           return fail('broken', new Error('origin switched to a protocol the proxy did not ask for'));
         }
         answered = true;
+        // The handshake's timeouts end here; the tunnel's idle bound is its own (tunnel.ts).
+        upstream.off('timeout', onTimeout);
         upstream.setTimeout(0);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
@@ -267,13 +316,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
-        // A peer that vanishes from a quiet tunnel is found by the kernel's probes (above), and its close closes the other side.
-        client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
-        upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
-        // Neither socket allows half-open connections: either side's end closes it, and its close the other (as nginx).
-        upstream.pipe(client);
-        client.pipe(upstream);
-        upstream.once('close', () => client.destroy());
+        // Either side's end or close closes the other; the client's closes the origin's by its close listener (above).
+        openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs ?? null, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
@@ -380,9 +424,11 @@ function responseHead(status: number, reason: string | undefined, headers: reado
 }
 
 /** Our refusal as written on a raw socket, closing it; with HSTS over TLS (none on the plain-HTTP port: RFC 6797 §7.2). */
-export function refusalText({ status, code, body }: Refusal, hsts: string | undefined): string {
+export function refusalText({ status, code, body, headers: own }: Refusal, hsts: string | undefined): string {
   const headers: [string, string][] = [
     ...(hsts === undefined ? [] : [['strict-transport-security', hsts] as [string, string]]),
+    // Retry-After of a busy origin's 503; the connection closes whatever the refusal says.
+    ...Object.entries(own ?? {}).filter(([name]) => name !== 'connection'),
     ['content-type', 'text/plain; charset=utf-8'],
     ['content-length', String(Buffer.byteLength(body))],
     ['x-keyedge-error', code],
