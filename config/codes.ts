@@ -69,6 +69,8 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_ORIGIN_CERTIFICATE: "502: an https origin's certificate failed verification",
   KEYEDGE_HTTP_ORIGIN_TIMEOUT: '504: the origin did not answer in time',
   KEYEDGE_HTTP_ORIGIN_ABORTED: 'connection cut: the origin failed after its answer had started (broke it off, or stalled past limits.originReadTimeoutMs)',
+  KEYEDGE_HTTP_TINY_FRAMES:
+    'stream reset ENHANCE_YOUR_CALM: an HTTP/2 request body sent a few bytes a DATA frame, more than 1,024 frames averaging under 64 bytes arriving while earlier ones were still unread',
   KEYEDGE_HTTP_CLIENT_CLOSED: 'never sent: the client left before the answer was whole (logged as 499 when no head went out)',
 } as const;
 export type HttpErrorCode = keyof typeof HTTP_CODES;

@@ -34,7 +34,7 @@ import { type Http1Request, http1Request } from './headers.js';
 import { streamEnded } from './origin-handler.js';
 import { HEADERS_TOO_LARGE, headersOverLimit, ownAnswer } from './own-answers.js';
 import { answer, cut, stalledEnd } from './stream-end.js';
-import { boundUnreadChunks } from './unread-chunks.js';
+import { boundUnreadChunks, tinyFramesReset } from './unread-chunks.js';
 
 /** What a stream needs to know of its connection: read once, after the handshake. */
 export interface Http2Connection {
@@ -219,7 +219,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     this.aborted = this.reset || !answeredWhole(stream);
-    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);
+    const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : ourReset(stream));
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
     this.context.accounts.countStream(this);
   }
@@ -256,6 +256,11 @@ function onStreamAborted(this: Recorded): void {
 function onStreamClose(this: Recorded): void {
   this[RECORD]?.closed();
   streamEnded(this);
+}
+
+/** A reset of ours that is not an answer's cut: its own code, so the access line does not call it the client's leaving. */
+function ourReset(stream: ServerHttp2Stream): HttpErrorCode | undefined {
+  return tinyFramesReset(stream) ? 'KEYEDGE_HTTP_TINY_FRAMES' : undefined;
 }
 
 function ignore(): void {}
