@@ -9,7 +9,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseOpensslSpeed } from '../bench/handshake/limits.js';
 import { parseStubStatus, variantSkipReason } from '../bench/lab/nginx.js';
 import { ResumeLoad } from '../bench/handshake/alpn.js';
-import { h2loadBatchArgs, servedOf } from '../bench/handshake/h2load-load.js';
 import { allScenarios, selectScenarios } from '../bench/handshake/scenarios.js';
 import { createCa, issue } from './helpers/pki.js';
 
@@ -103,13 +102,6 @@ describe('parsers', () => {
     expect(parseStubStatus(text)).toEqual({ accepts: 1203, handled: 1203, requests: 1250 });
     expect(() => parseStubStatus('<html>404</html>')).toThrow(/not a stub_status answer/);
   });
-
-  it('reads the GETs of an h2load batch that got a 2xx, and builds one connection per GET', () => {
-    expect(servedOf('requests: 8 total, 8 started, 8 done, 7 succeeded, 1 failed\nstatus codes: 7 2xx, 0 3xx, 0 4xx, 1 5xx\n')).toBe(7);
-    expect(servedOf('no summary')).toBeNaN();
-    const args = h2loadBatchArgs({ port: 8443, serverName: 'a.test', protocol: 'http/1.1', size: 8 });
-    expect(args).toEqual(['-n', '8', '-c', '8', '--npn-list=http/1.1', '--connect-to=127.0.0.1:8443', 'https://a.test:8443/']);
-  });
 });
 
 describe('nginx variants', () => {
@@ -135,7 +127,7 @@ describe('scenario selection', () => {
     expect(ids).toContain('full-tls13/nginx-p11kit/rsa');
     expect(ids).toContain('resumed-tls13/nginx-file/ecdsa');
     expect(ids).toContain('full-tls12/keyless-unix/ecdsa');
-    for (const id of ids) expect(id).toMatch(/^(full-tls13|resumed-tls13|full-tls12|alpn-h2|alpn-h1|h2load-h2|h2load-h1)\/[a-z0-9-]+\/(ecdsa|rsa)$/);
+    for (const id of ids) expect(id).toMatch(/^(full-tls13|resumed-tls13|full-tls12|alpn-h2|alpn-h1)\/[a-z0-9-]+\/(ecdsa|rsa)$/);
   });
 
   it('selects by exact id and by * within one part', () => {

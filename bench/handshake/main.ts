@@ -18,8 +18,7 @@ import { AlpnLoad, negotiates } from './alpn.js';
 import { HANDSHAKE_KEYS, HandshakeLab, isKeyless, isNginx, keyHolder, SETUP_IDS, type SetupId } from './lab.js';
 import { measureLimits } from './limits.js';
 import { handshakeReport } from './summary.js';
-import { H2loadLoad } from './h2load-load.js';
-import { allScenarios, KINDS, kindDriver, type ScenarioSpec, selectScenarios } from './scenarios.js';
+import { allScenarios, KINDS, type ScenarioSpec, selectScenarios } from './scenarios.js';
 
 const SCENARIO_IDS = `e.g. 'full-tls13/*/ecdsa' (kinds ${KINDS.join(', ')}; setups ${SETUP_IDS.join(', ')}, Node ones also <setup>-node<major>; keys ecdsa, rsa)`;
 const TABLE = {
@@ -89,11 +88,8 @@ const HANDSHAKE: HandshakeBench = {
   name: 'handshake',
   parse: parseOptions,
   async setup(options, { log, signal }, hold) {
-    const drivers = new Set(options.scenarios.map((s) => kindDriver(s.kind).driver));
-    const ab = drivers.has(undefined) ? findOrInstall('ab', 'apache2-utils', true, log) : undefined;
+    const ab = options.scenarios.some((s) => s.kind !== 'resumed-tls13') ? findOrInstall('ab', 'apache2-utils', true, log) : undefined;
     if (ab?.ok === false) throw new Error(`ab (ApacheBench): ${ab.reason}`);
-    const h2load = drivers.has('h2load') ? findOrInstall('h2load', 'nghttp2-client', true, log) : undefined;
-    if (h2load?.ok === false) throw new Error(`h2load: ${h2load.reason}`);
     if (options.clientCpus !== undefined) setAffinity(process.pid, options.clientCpus);
     const lab = await HandshakeLab.create(options, log);
     hold(lab);
@@ -103,7 +99,7 @@ const HANDSHAKE: HandshakeBench = {
     return lab;
   },
   async scenarios(lab, options, { log, signal }) {
-    for (const spec of options.scenarios.filter((s) => kindDriver(s.kind).alpn === 'h2' && lab.setups.includes(s.setup))) {
+    for (const spec of options.scenarios.filter((s) => s.kind === 'alpn-h2' && lab.setups.includes(s.setup))) {
       const picked = await negotiates({ port: lab.ports.endpoints[spec.setup]!.port, serverName: spec.key.serverName, ca: lab.ca, protocol: 'h2' });
       if (picked !== 'h2') lab.skip(spec.id, `the server does not negotiate h2 (ALPN answer: ${picked || 'none'})`, log);
     }
@@ -167,24 +163,19 @@ export type BenchScenario = Scenario<RunResult> & { readonly spec: ScenarioSpec 
 type Signs = Record<string, number> | undefined;
 const signsBetween = (a: Signs, b: Signs): Signs => (a && b ? Object.fromEntries(Object.entries(b).map(([k, n]) => [k, n - (a[k] ?? 0)])) : undefined);
 
-/** The kind's client: ab (its own process, stopped with SIGINT), the resuming or ALPN client in this process, or h2load batches (`load`). */
+/** The kind's client: ab (its own process, stopped with SIGINT), or the resuming or ALPN client in this process (`load`). */
 function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
   const port = lab.ports.endpoints[spec.setup]!.port;
-  const { driver, alpn } = kindDriver(spec.kind);
-  if (driver === 'h2load') {
-    const load = new H2loadLoad({ port, serverName: spec.key.serverName, protocol: alpn!, loops: 2, size: options.concurrency });
-    load.start();
-    return { pid: undefined, load, check: async () => undefined, stop: async (): Promise<AbResult | undefined> => void (await load.stop(60_000)) };
-  }
-  if (driver === 'node') {
+  if (spec.kind === 'resumed-tls13' || spec.kind.startsWith('alpn-')) {
+    const protocol = spec.kind === 'alpn-h2' ? 'h2' : spec.kind === 'alpn-h1' ? 'http/1.1' : undefined;
     const load = new AlpnLoad({
       port,
       serverName: spec.key.serverName,
       ca: lab.ca,
       loops: options.resumeLoops,
-      protocol: alpn,
-      resume: !alpn,
+      protocol,
+      resume: !protocol,
       rate: options.paced,
     });
     load.start();
@@ -204,11 +195,11 @@ function startClient(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, 
 /**
  * One run: start the client, ramp up, read the server's counters and every process's CPU around the window, stop the
  * client, wait until the counters stop moving. Handshakes: full ones the server counted for ab, connections completed
- * for the in-process clients and h2load's batches. ALPN kinds do not read the key server's signs.
+ * for the in-process clients. ALPN kinds do not read the key server's signs.
  */
 async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: number, context: RunContext) {
   const { options } = lab;
-  const withSigns = kindDriver(spec.kind).alpn === undefined;
+  const withSigns = !spec.kind.startsWith('alpn-');
   const signsNow = async () => (withSigns && isKeyless(spec.setup) ? readKeyserverSigns(lab.ports.keyserverAdmin) : undefined);
   const counters = () => readCounters(lab, spec.setup);
   const [signs0, run0] = [await signsNow(), await counters()];
@@ -230,14 +221,13 @@ async function runScenario(lab: HandshakeLab, spec: ScenarioSpec, durationMs: nu
     const server = diffCounters(cA, cB0 ?? (await counters()));
     const signs = signsBetween(sA, await signsNow());
     await client.check();
-    type Counted = Partial<Record<'completed' | 'offered' | 'resumed' | 'offeredNotResumed', number>>;
-    const d = (k: keyof Counted) => ((l1 as Counted)[k] ?? 0) - ((l0 as Counted)[k] ?? 0);
+    const d = (k: 'completed' | 'offered' | 'resumed' | 'offeredNotResumed') => (l1[k] ?? 0) - (l0[k] ?? 0);
     const handshakes = load === undefined ? server.full : d('completed');
     // Server CPU = the set-up's processes (front + key holder); the origin and the client apart (an in-process client
     // is this bench's own CPU), and the cores other processes used (contention).
     const [front, key] = [spec.setup, keyHolder(spec.setup)];
     const { per, cores, otherCores } = perUnit(usage, handshakes);
-    const clientCores = load === undefined ? cores('client') : 'external' in load ? Number.NaN : usage.selfCores;
+    const clientCores = load === undefined ? cores('client') : usage.selfCores;
     const cpuUs = { serverUs: per(front, key), frontUs: per(front), keyUs: key === undefined ? undefined : per(key), originUs: per('origin') };
     const coresUsed = { clientCores, serverSideCores: cores(front, key, 'origin'), machineBusyCores: usage.machineBusyCores, otherCores };
     const resume = { offered: d('offered'), resumed: d('resumed'), offeredNotResumed: d('offeredNotResumed') };

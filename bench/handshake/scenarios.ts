@@ -12,65 +12,19 @@ const RESUMED: readonly SetupId[] = ['keyless-unix', 'node-floor', 'node-forward
 /** The forwarding floor runs where its question is (what the origin hop adds to a resumed connection); layers.ts has it for full ones. */
 const FULL: readonly SetupId[] = SETUP_IDS.filter((s) => s !== 'node-forward');
 
-/**
- * Per kind: its label (summary rows; report section "<Label> handshakes (<client>)"), set-ups, keys, whether its Node
- * set-ups also run under --node's majors, and its driver: ab (the default), `node` (alpn.ts, in this process) or
- * `h2load` (h2load-load.ts), with the only ALPN protocol it offers (`alpn`).
- */
-type KindSpec = { label: string; client: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true } & {
-  driver?: 'node' | 'h2load';
-  alpn?: 'h2' | 'http/1.1';
-};
+/** Per kind: its label (summary rows; report section "<Label> handshakes (<client>)"), set-ups, keys, and whether its Node set-ups also run under --node's majors. */
+type KindSpec = { label: string; client: string; setups: readonly SetupId[]; keys: readonly HandshakeKey['id'][]; majors?: true };
 const KIND_TABLE = {
   'full-tls13': { label: 'full TLS 1.3', client: 'ab -f TLS1.3, new connection per request', setups: FULL, keys: ['ec', 'rsa'], majors: true },
-  'resumed-tls13': {
-    label: 'resumed TLS 1.3',
-    client: 'tickets, node:tls client, new connection per request',
-    setups: RESUMED,
-    keys: EC,
-    majors: true,
-    driver: 'node',
-  },
+  'resumed-tls13': { label: 'resumed TLS 1.3', client: 'tickets, node:tls client, new connection per request', setups: RESUMED, keys: EC, majors: true },
   'full-tls12': { label: 'full TLS 1.2', client: 'spot check, ab -f TLS1.2', setups: PAIR, keys: EC },
-  'alpn-h2': {
-    label: 'full TLS 1.3 + h2',
-    client: 'node:http2 client offering only h2, one GET per connection',
-    setups: PAIR,
-    keys: EC,
-    driver: 'node',
-    alpn: 'h2',
-  },
-  'alpn-h1': {
-    label: 'full TLS 1.3 + http/1.1 (ALPN)',
-    client: 'the same client offering only http/1.1',
-    setups: PAIR,
-    keys: EC,
-    driver: 'node',
-    alpn: 'http/1.1',
-  },
-  'h2load-h2': {
-    label: 'full TLS 1.3 + h2, h2load',
-    client: 'h2load offering only h2, one GET per connection',
-    setups: PAIR,
-    keys: EC,
-    driver: 'h2load',
-    alpn: 'h2',
-  },
-  'h2load-h1': {
-    label: 'full TLS 1.3 + http/1.1, h2load',
-    client: 'h2load offering only http/1.1, one GET per connection',
-    setups: PAIR,
-    keys: EC,
-    driver: 'h2load',
-    alpn: 'http/1.1',
-  },
+  'alpn-h2': { label: 'full TLS 1.3 + h2', client: 'node:http2 client offering only h2, one GET per connection', setups: PAIR, keys: EC },
+  'alpn-h1': { label: 'full TLS 1.3 + http/1.1 (ALPN)', client: 'the same client offering only http/1.1', setups: PAIR, keys: EC },
 } satisfies Record<string, KindSpec>;
 
 export type Kind = keyof typeof KIND_TABLE;
 export const KINDS = Object.keys(KIND_TABLE) as Kind[];
 export const kindLabel = (kind: Kind): string => KIND_TABLE[kind].label;
-/** Who drives the kind's connections (ab when none), and the only protocol it offers in ALPN. */
-export const kindDriver = (kind: Kind): Pick<KindSpec, 'driver' | 'alpn'> => KIND_TABLE[kind] as KindSpec;
 export const kindTitle = (kind: Kind): string => `${KIND_TABLE[kind].label.replace(/^./, (c) => c.toUpperCase())} handshakes (${KIND_TABLE[kind].client})`;
 
 export const KEY_NAME: Readonly<Record<HandshakeKey['id'], string>> = { ec: 'ecdsa', rsa: 'rsa' };

@@ -93,8 +93,6 @@ const TARGET_ROWS: readonly TargetSpec[] = [
   ['resumed handshake: floor + undici forwarder ÷ nginx', [['resumed-tls13', 'node-forward']], [['resumed-tls13', 'nginx-file']], undefined],
   ['full handshake with h2 ÷ with http/1.1: keyless', [['alpn-h2', 'keyless-unix']], [['alpn-h1', 'keyless-unix']], 1.1, true],
   ['full handshake with h2 ÷ with http/1.1: nginx', [['alpn-h2', 'nginx-file']], [['alpn-h1', 'nginx-file']], undefined, true],
-  ['full handshake with h2 ÷ with http/1.1, h2load: keyless', [['h2load-h2', 'keyless-unix']], [['h2load-h1', 'keyless-unix']], 1.1, true],
-  ['full handshake with h2 ÷ with http/1.1, h2load: nginx', [['h2load-h2', 'nginx-file']], [['h2load-h1', 'nginx-file']], undefined, true],
 ];
 
 /** The targets from this run's medians, per Node major of the Node side (nginx is the same in every block); rows whose scenarios did not run left out. */
