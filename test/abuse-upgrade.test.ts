@@ -295,9 +295,10 @@ describe('aborts at every phase of an upgrade', () => {
     const first = originConnections.length;
     const rounds = 12;
     for (let i = 0; i < rounds; i++) {
-      // The client leaves before the answer, after the 101, and while the answer is on its way.
+      // The client leaves before the answer, after the 101, and while the answer is on its way. The origin holds the
+      // first answer 2 s, so a worker stalled a few hundred ms on a loaded machine still hears the client leave first.
       const early = await rawClient();
-      early.socket.write(upgradeRequest(`/answer/101/400/early-${i}`) + SMUGGLED);
+      early.socket.write(upgradeRequest(`/answer/101/2000/early-${i}`) + SMUGGLED);
       const late = await rawClient();
       late.socket.write(upgradeRequest(`/answer/101/0/late-${i}`) + SMUGGLED);
       const racing = await rawClient();
@@ -315,7 +316,7 @@ describe('aborts at every phase of an upgrade', () => {
     await waitFor('every origin connection to close', () => (originConnections.slice(first).every((c) => c.closed) ? true : undefined), 10_000);
     expect(proxy.lines.filter((l) => l.msg === 'proxy worker died; starting a replacement')).toEqual([]);
     // A client gone before the answer is logged as 499 (nginx's "client closed request").
-    const earlyLines = (): Record<string, unknown>[] => proxy.lines.filter((l) => l.access === true && String(l.path).startsWith('/answer/101/400/early-'));
+    const earlyLines = (): Record<string, unknown>[] => proxy.lines.filter((l) => l.access === true && String(l.path).startsWith('/answer/101/2000/early-'));
     await waitFor('the access lines', () => (earlyLines().length === rounds ? true : undefined));
     expect(new Set(earlyLines().map((l) => l.status))).toEqual(new Set([499]));
     // And a normal upgrade still works on both workers.
