@@ -87,7 +87,7 @@ function boundedPush(this: Counted, chunk: unknown, encoding?: BufferEncoding): 
       this[CHUNKS] = 0;
       this[BYTES] = 0;
     }
-    // A view of the whole socket read it came in (below): a few bytes would keep all of it.
+    // A view of the whole socket read it came in (the header): a few bytes would keep all of it.
     if (length * 2 < (chunk as Buffer).buffer.byteLength) return push.call(this, own(chunk as Buffer), encoding);
   }
   return push.call(this, chunk, encoding);
