@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { boundUnreadChunks, tinyFramesReset } from '../proxy/http2/unread-chunks.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { closeSession, data, h2Connect, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -247,4 +247,55 @@ describe("the bound's reset, through the proxy", () => {
       await closeSession(holder);
     }
   }, 90_000);
+});
+
+describe('the memory an unread stream holds', () => {
+  // Node's HTTP/2 session hands each DATA frame over as a view of the whole socket read it came in: a frame of one
+  // byte, held unread, keeps that read (tens of KiB) alive. A client that sends each tiny frame with a large frame Node
+  // reads and drops (an unknown type, RFC 9113 §4.1: ignored) behind it made 1,024 one-byte frames, which the bound
+  // lets in, hold 16 MB, not the kilobyte they carry; 128 such streams a connection, gigabytes.
+  let server: http2.Http2Server;
+  const streams: http2.ServerHttp2Stream[] = [];
+
+  beforeAll(async () => {
+    server = http2.createServer();
+    server.on('stream', (stream) => {
+      boundUnreadChunks(stream);
+      stream.on('error', () => undefined);
+      streams.push(stream);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  });
+
+  afterAll(async () => {
+    for (const stream of streams) stream.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  it('is what its tiny frames carry, not the reads they came in', async () => {
+    const FRAMES = 1000;
+    const tcp = (await import('node:net')).connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    tcp.on('error', () => undefined);
+    tcp.on('data', () => undefined);
+    try {
+      const block = Buffer.concat([Buffer.from([0x83, 0x86]), hpackLiteral(':path', '/'), hpackLiteral(':authority', HOST)]);
+      tcp.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), frame(0x4, 0, 0, Buffer.alloc(0)), headerFrames(1, block, false)]));
+      const junk = frame(0xb0, 0, 0, Buffer.alloc(16_000));
+      const one = data(1, Buffer.from('a'), false);
+      for (let i = 0; i < FRAMES; i++) if (!tcp.write(Buffer.concat([junk, one]))) await new Promise((resolve) => tcp.once('drain', resolve));
+      const stream = await waitFor('the stream', () => streams[0]);
+      await waitFor('every frame in its buffer', () => (stream.readableLength === FRAMES ? true : undefined), 30_000);
+      // Read now: the chunks its buffer held, as they were.
+      const chunks: Buffer[] = [];
+      stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+      await waitFor('its chunks', () => (chunks.length === FRAMES ? true : undefined));
+      const reads = new Set(chunks.map((chunk) => chunk.buffer));
+      let held = 0;
+      for (const read of reads) held += read.byteLength;
+      // A kilobyte of frames: what holds them may cost more than their bytes, but not a read's worth each.
+      expect({ reset: tinyFramesReset(stream), heldUnder64KiB: held < 64 * 1024 }).toEqual({ reset: false, heldUnder64KiB: true });
+    } finally {
+      tcp.destroy();
+    }
+  }, 60_000);
 });

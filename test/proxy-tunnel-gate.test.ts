@@ -194,4 +194,17 @@ describe('tunnels under limits.originMaxConnections', () => {
     const again = await within(MARGIN_MS, 'two tunnels at once', Promise.all([tunnel(), tunnel()]));
     await closeAll(...again);
   });
+
+  it('never opens a tunnel for a client that left while it waited for a place', async () => {
+    const tunnels = [await tunnel(), await tunnel()];
+    const waiter = abandoned('/ghost');
+    await sleep(500);
+    waiter.leave();
+    await sleep(500);
+    // A place comes free after the client left: its upgrade must not reach the origin.
+    tunnels[0]!.socket.destroy();
+    await sleep(1000);
+    expect(upgrades.get('/ghost') ?? 0, 'the origin received the upgrade of a client that had left').toBe(0);
+    await closeAll(tunnels[1]!);
+  });
 });

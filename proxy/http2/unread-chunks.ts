@@ -32,12 +32,24 @@
  *   large frames to a slow origin follow them with a window of one-byte
  *   frames).
  *
+ * What a chunk holds: Node's session hands each DATA frame over as a view of
+ * the whole socket read it came in (a decrypted TLS record, up to 16 KiB; tens
+ * of KiB without TLS), so a frame of one byte, held unread, kept that read
+ * alive. A client that sent each tiny frame with a large one Node reads and
+ * drops behind it (a frame of unknown type, RFC 9113 §4.1: ignored) made the
+ * 1,024 one-byte frames the bound lets in hold 16 MB, not the kilobyte they
+ * carry; 128 such streams a connection, gigabytes. So a chunk smaller than
+ * half its read is copied into memory of its own as it is pushed: what an
+ * unread stream holds is then at most twice the bytes it holds (its window
+ * and Node's 16 KiB) and the objects of its chunks. Large frames, most of
+ * their read, are not copied.
+ *
  * How: the stream's `push`, which Node calls with each chunk it reads
  * (lib/internal/stream_base_commons.js onStreamRead, Node 20 to 24), is
  * shadowed for the stream's life by one that counts first. Cost per stream:
  * two numbers; per chunk, a look at `readableLength` (public, as all this
  * reads: no Node internals), two sums and a comparison, and one more at a
- * run's end.
+ * run's end; a chunk under half its read, a copy of its bytes.
  */
 import { constants, type ServerHttp2Stream } from 'node:http2';
 import { Readable } from 'node:stream';
@@ -75,8 +87,17 @@ function boundedPush(this: Counted, chunk: unknown, encoding?: BufferEncoding): 
       this[CHUNKS] = 0;
       this[BYTES] = 0;
     }
+    // A view of the whole socket read it came in (the header): a few bytes would keep all of it.
+    if (length * 2 < (chunk as Buffer).buffer.byteLength) return push.call(this, own(chunk as Buffer), encoding);
   }
   return push.call(this, chunk, encoding);
+}
+
+/** `chunk`'s bytes in memory of their own: a copy the size of the chunk. */
+function own(chunk: Buffer): Buffer {
+  const copy = Buffer.allocUnsafeSlow(chunk.length);
+  chunk.copy(copy);
+  return copy;
 }
 
 /** Called once, as the stream is handed over. */
