@@ -72,6 +72,8 @@ export class RawH2 {
   readonly goaways: number[] = [];
   /** When the first GOAWAY arrived (ms since the epoch). */
   goawayAt: number | undefined;
+  /** The lowest last stream id of the GOAWAYs received: streams above it were not processed (RFC 9113 §6.8). */
+  goawayLastStream: number | undefined;
   /** RST_STREAM frames received. */
   resets = 0;
   /** The error code of each stream reset, by stream id. */
@@ -126,6 +128,8 @@ export class RawH2 {
       if (type === 0x7) {
         this.goaways.push(payload.readUInt32BE(4));
         this.goawayAt ??= Date.now();
+        const last = payload.readUInt32BE(0) & 0x7fffffff;
+        this.goawayLastStream = Math.min(this.goawayLastStream ?? last, last);
       }
       if (type === 0x3) {
         this.resets++;
