@@ -167,6 +167,9 @@ function quietErrors(req: IncomingMessage): void {
 
 function ignoreError(): void {}
 
+/** Each side of a streamed body's buffer (streamBody). */
+const STREAM_BUFFER_BYTES = 1024;
+
 /**
  * `head` (what was read of `req`'s body) and the rest of it as one stream,
  * with the same limits (`timeoutMs` is what is left of the whole body's): the idle timer only runs while the
@@ -176,6 +179,13 @@ function ignoreError(): void {}
 function streamBody(req: IncomingMessage, head: readonly Buffer[], maxBytes: number, limits: RequestBodyLimits, timeoutMs: number): Readable {
   let seen = 0;
   const counted = new Transform({
+    // Its buffers are bounds on objects as much as on bytes: an HTTP/2 client sending its body a byte a DATA frame
+    // makes a chunk object of each, and at Node's default (16 KiB each side on Node 20, 64 KiB on 22 and later) the
+    // whole 64 KiB window of them, some 65,000 objects, waited here for an origin place, out of the tiny-frame
+    // bound's sight (http2/unread-chunks.ts counts the stream's own buffer). At 1 KiB a side, a chunk or two of a
+    // real upload, at most some 2,000 tiny ones: the rest stays in the stream, where the bound sees it.
+    writableHighWaterMark: STREAM_BUFFER_BYTES,
+    readableHighWaterMark: STREAM_BUFFER_BYTES,
     transform(chunk: Buffer, _encoding, done) {
       seen += chunk.length;
       idle.refresh();
