@@ -109,10 +109,15 @@ async function startKeyserver(limits: Record<string, number>): Promise<ChildProc
   });
   child = started;
   for (const stream of [started.stdout!, started.stderr!]) stream.on('data', (chunk: Buffer) => void (output += chunk.toString()));
-  const ready = await waitFor('the key server to be ready', () => {
-    if (started.exitCode !== null) throw new Error(`the key server exited:\n${output.slice(-1500)}`);
-    return logLines(/^key server ready$/)[0];
-  });
+  const ready = await waitFor(
+    'the key server to be ready',
+    () => {
+      if (started.exitCode !== null) throw new Error(`the key server exited:\n${output.slice(-1500)}`);
+      return logLines(/^key server ready$/)[0];
+      // A start on a loaded machine (every core busy) was seen past the default 15 s.
+    },
+    30_000,
+  );
   adminPort = (ready.admin as { port: number }).port;
   await waitFor('both signing threads up', async () => (await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_up')) === 2 || undefined);
   return started;
