@@ -30,9 +30,12 @@
  * the hand-off wakes a thread and then the loop for every request, which
  * measured 150-250 µs of main-thread CPU per sign on a busy core, more than an
  * ECDSA sign itself. So that the loop never stalls on the token under load,
- * inline signing may use at most INLINE_SHARE of the loop's time, in bursts of
- * at most INLINE_BURST_MS (a token bucket; one RSA-2048 sign is about 0.6 ms);
- * past that, requests are queued for the threads. A request never
+ * inline signing may use at most INLINE_SHARE of the loop's time (a token
+ * bucket of INLINE_BURST_MS, refilled at that share of the time passing, the
+ * signing's own included: back to back, inline signs run about
+ * INLINE_BURST_MS ÷ (1 − INLINE_SHARE), some 8 ms or a dozen RSA-2048 signs of
+ * about 0.6 ms, before the bucket is empty, longer on a loop slowed between
+ * them); past that, requests are queued for the threads. A request never
  * waits behind the threads' queue while the loop could sign it.
  *
  * Keys are signed through their session copies (session-keys.ts), which
