@@ -89,7 +89,7 @@ import type { Token } from './token.js';
 
 /** Inline signs may take at most this share of the event loop's time... */
 const INLINE_SHARE = 0.75;
-/** ...in bursts of at most this much signing (about three RSA-2048 signs). */
+/** ...from a bucket of this much signing time (bursts run longer: it refills as they sign, above). */
 const INLINE_BURST_MS = 2;
 /** `ready()` waits at most this long for the threads' first start: inline signing serves meanwhile. */
 const READY_WAIT_MS = 10_000;
