@@ -122,8 +122,8 @@ export interface UpgradeOptions {
   readonly trustedPeers?: TrustedPeers;
   readonly log: Logger;
   readonly metrics: ProxyMetrics;
-  /** `limits.tunnelIdleTimeoutMs` (tunnel.ts): null or absent, no idle bound. */
-  readonly tunnelIdleTimeoutMs?: number | null;
+  /** `limits.tunnelIdleTimeoutMs` (tunnel.ts): null, no idle bound. Required: a caller that forgot it got none. */
+  readonly tunnelIdleTimeoutMs: number | null;
 }
 
 /** The server's 'upgrade' (and 'connect') listener; `closing`: the connection's first answer closes it (retire.ts). */
@@ -317,7 +317,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
         // Either side's end or close closes the other; the client's closes the origin's by its close listener (above).
-        openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs ?? null, log, domain: domain?.name, origin });
+        openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
