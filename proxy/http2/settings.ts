@@ -8,8 +8,9 @@
  *   connection with GOAWAY ENHANCE_YOUR_CALM.
  * - SETTINGS_MAX_HEADER_LIST_SIZE: `limits.maxHeaderBytes`, as HTTP/1.1's 431
  *   bound (RFC 9113 §6.5.2; HPACK-decoded size, §6.5.2's octet count), and
- *   `maxHeaderListPairs` fields at most. Node enforces the size only once the
- *   client has acknowledged our SETTINGS, so stream.ts checks it again (431).
+ *   as many fields as a list that size can hold (`maxHeaderFields`). Node
+ *   enforces the size only once the client has acknowledged our SETTINGS, so
+ *   stream.ts checks it again (431).
  * - SETTINGS_INITIAL_WINDOW_SIZE: 64 KiB, the protocol's default (§6.9.2):
  *   what a client may send on a stream before the proxy reads it, so unread
  *   request bodies hold at most streams × 64 KiB per connection (in bytes;
@@ -28,6 +29,19 @@
 import type { ServerOptions } from 'node:http2';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 
+/** RFC 9113 §6.5.2: each field of a header list counts its name, its value and 32 octets. */
+const FIELD_OVERHEAD = 32;
+
+/**
+ * The field count under which `maxHeaderBytes` is the bound that holds: the most fields a list of that size can
+ * have. Node's own count (128 fields) is not a count browsers stay under: Chromium and Firefox send each cookie as a
+ * field of its own over HTTP/2 (RFC 9113 §8.2.3 lets them), so a site that set some 110 cookies, 1 or 2 KB in all, had
+ * every request reset ENHANCE_YOUR_CALM, unanswered and unlogged, which HTTP/1.1 served. nginx bounds the size only.
+ */
+function maxHeaderFields(maxHeaderBytes: number): number {
+  return Math.max(128, Math.floor(maxHeaderBytes / FIELD_OVERHEAD));
+}
+
 /** RFC 9113 §6.9.2: the initial flow-control window (64 KiB - 1), kept. */
 const INITIAL_WINDOW = 65_535;
 
@@ -40,8 +54,7 @@ export function http2ServerOptions(limits: ProxyConfig['limits']): ServerOptions
       enablePush: false,
       enableConnectProtocol: false,
     },
-    // Node's default (128) is a header count no browser approaches.
-    maxHeaderListPairs: 128,
+    maxHeaderListPairs: maxHeaderFields(limits.maxHeaderBytes),
     // Node's default, stated: 10 MB of nghttp2 state per connection.
     maxSessionMemory: 10,
     // Node allows 1000; a correct client sends none.
