@@ -53,6 +53,7 @@ export function createHttp1Server(
   // An HTTP/1.1 request without Host is refused by the handler (target.ts), not by Node: Node's own 400 says close
   // but its parser reads on, and a request pipelined behind it reached the origin, its answer never sent.
   const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, own);
+  keepEveryFieldLine(server);
   // A connection whose first answer closes it (retire.ts) opens no tunnel: its Upgrade is refused (upgrade.ts).
   const tunnel = notAfterClose(connections.closingFirstUpgrade(upgrade));
   server.on('upgrade', tunnel);
@@ -83,6 +84,17 @@ function serverOptions(limits: ProxyConfig['limits']): http.ServerOptions {
   };
 }
 
+/**
+ * No bound on a request's field lines but `maxHeaderBytes`, as nginx: Node's own (`maxHeadersCount`, 2,000 lines)
+ * drops the lines past it without a word, while its parser still frames the body by a Content-Length or
+ * Transfer-Encoding among them. 2,001 lines of `a:` (8 KB, half the default bound) then a Content-Length: the POST
+ * reached the origin with `content-length: 0`, its body dumped, and the access line said nothing went wrong. The
+ * byte bound still caps the lines (the shortest line, `a:`, is 4 bytes: 4,096 of them at the default 16 KiB).
+ */
+function keepEveryFieldLine(server: http.Server): void {
+  server.maxHeadersCount = 0;
+}
+
 /** The plain-HTTP port as the worker's stop sees it (shutdown.ts `Drainable`). */
 export interface RedirectPort {
   readonly server: http.Server;
@@ -109,6 +121,7 @@ export async function startRedirectServer(
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const handler = notAfterClose(connections.closingFirst(createRedirectHandler(options)));
   const server = http.createServer(serverOptions(limits), handler);
+  keepEveryFieldLine(server);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
   handleExpectations(server, handler);
