@@ -64,6 +64,12 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
     socket.write(Buffer.alloc(BIG, 'p'));
   },
+  '/bytes-chunked': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${(100_000).toString(16)}\r\n${'c'.repeat(100_000)}\r\n0\r\n\r\n`,
+  '/bytes-cut': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc');
+    setTimeout(() => socket.end(), 100);
+  },
+  '/bytes-head': 'HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n',
   '/ws': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nFROM-ORIGIN',
 };
 
@@ -195,6 +201,38 @@ describe('answers without content that carry a Content-Length, to an HTTP/2 clie
     } finally {
       await closeSession(session);
     }
+  });
+});
+
+describe('the access line of an HTTP/2 answer', () => {
+  // `bytes` is what was handed to the client, as HTTP/1.1's: it was the Content-Length the origin declared, so a
+  // chunked answer had none, a cut one its whole declared length, and a HEAD the length of a body never sent.
+  it('counts the body bytes handed over: a chunked answer, an answer cut by its origin, a HEAD, our own refusal', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    const got: Record<string, number | string> = {};
+    try {
+      for (const [method, path] of [
+        ['GET', '/bytes-chunked'],
+        ['GET', '/bytes-cut'],
+        ['HEAD', '/bytes-head'],
+        ['GET', '/bytes-refused#'],
+      ] as const) {
+        got[path] = await h2Request(session, { ':method': method, ':path': path }).then(
+          (a) => a.body.length,
+          (err: Error) => err.message,
+        );
+      }
+    } finally {
+      await closeSession(session);
+    }
+    expect(got).toMatchObject({ '/bytes-chunked': 100_000, '/bytes-cut': 'Stream closed with error code NGHTTP2_INTERNAL_ERROR', '/bytes-head': 0 });
+    // Our 400 (a fragment in :path, own-answers.ts): its short body.
+    expect(got['/bytes-refused#']).toBeGreaterThan(0);
+    const logged = await waitFor('the four access lines', () => {
+      const found = ['/bytes-chunked', '/bytes-cut', '/bytes-head', '/bytes-refused#'].map((p) => lines.find((l) => l.access === true && l.protocol === 'h2' && l.path === p));
+      return found.every((l) => l !== undefined) ? Object.fromEntries(found.map((l) => [l!.path, l!.bytes ?? null])) : undefined;
+    });
+    expect(logged).toEqual({ '/bytes-chunked': 100_000, '/bytes-cut': 3, '/bytes-head': 0, '/bytes-refused#': got['/bytes-refused#'] });
   });
 });
 

@@ -203,7 +203,9 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
   onStatus(status: number): void {
     this.status = status;
     this.answered = true;
-    this.bytes = Number(this.stream.sentHeaders['content-length'] ?? 0) || undefined;
+    // Counted as the body is handed over (origin-handler.ts), as HTTP/1.1's: the origin's Content-Length is no count
+    // of what went out (none on a chunked answer, the whole of a cut one, the body a HEAD never sent).
+    this.bytes = 0;
   }
 
   respond(refusal: Refusal): void {
@@ -211,6 +213,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.status = refusal.status;
     this.answered = true;
     answer(this.stream, refusal, this.extraHeaders);
+    if (this.stream.headersSent) this.bytes = this.method === 'HEAD' ? 0 : Buffer.byteLength(refusal.body);
   }
 
   /** Once, however the stream ended: its connection's bookkeeping, then its access line and counts. */
