@@ -36,9 +36,9 @@ interface Seen {
 }
 
 /**
- * Fields of the X-Forwarded family keyedge does not set, which frameworks read to build absolute URLs, decide
- * "is this HTTPS" or name the client (forward-headers.ts says which reads which), each with a value a spoofing
- * client would send.
+ * Forwarding fields keyedge does not set, which frameworks and proxies read to build absolute URLs, decide
+ * "is this HTTPS", name the client, or say what the client asked for (forwarding-fields.ts says which reads
+ * which), each with a value a spoofing client would send.
  */
 const FAMILY: Readonly<Record<string, string>> = {
   'x-forwarded-port': '8443',
@@ -53,6 +53,20 @@ const FAMILY: Readonly<Record<string, string>> = {
   'x-proxied-https': 'on',
   'x-real-ip': '6.6.6.6',
   'true-client-ip': '6.6.6.6',
+  // The client's address, to an ACL or a rate limit.
+  'x-client-ip': '6.6.6.6',
+  'client-ip': '6.6.6.6',
+  'cf-connecting-ip': '6.6.6.6',
+  'fastly-client-ip': '6.6.6.6',
+  'x-cluster-client-ip': '6.6.6.6',
+  'x-forwarded': '6.6.6.6',
+  'forwarded-for': '6.6.6.6',
+  // What was asked for: a request for / that an application or an auth service takes as one for /admin.
+  'x-original-url': '/admin',
+  'x-rewrite-url': '/admin',
+  'x-original-method': 'DELETE',
+  'x-forwarded-uri': '/admin',
+  'x-forwarded-method': 'DELETE',
 };
 const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   const seen: Seen = {
@@ -200,10 +214,23 @@ async function through(transport: Transport, headers: Record<string, string>, lo
   return seen(host, { headers: { ...upgrade, ...headers }, localAddress });
 }
 
-describe('the rest of the X-Forwarded family', () => {
+describe('the forwarding fields keyedge does not set', () => {
   // An origin builds redirects and links with the port and prefix these name, and takes "on"/"https"/"ssl" in any of
-  // them for HTTPS; X-Real-IP and True-Client-IP win over X-Forwarded-For where they are read (Tornado, chi).
-  const spoofed = { ...FAMILY, x_forwarded_port: '1', x_forwarded_ssl: 'on', x_real_ip: '6.6.6.7', front_end_https: 'on' };
+  // them for HTTPS; X-Real-IP, True-Client-IP and X-Client-IP win over X-Forwarded-For where they are read (Tornado,
+  // chi, request-ip); X-Original-URL and X-Forwarded-Uri stand for the path asked for (Yii, Authelia, oauth2-proxy).
+  const spoofed = {
+    ...FAMILY,
+    x_forwarded_port: '1',
+    x_forwarded_ssl: 'on',
+    x_real_ip: '6.6.6.7',
+    front_end_https: 'on',
+    x_client_ip: '6.6.6.7',
+    client_ip: '6.6.6.7',
+    cf_connecting_ip: '6.6.6.7',
+    x_original_url: '/admin',
+    x_rewrite_url: '/admin',
+    x_forwarded_uri: '/admin',
+  };
 
   it.each(TRANSPORTS)('never reach the origin from an untrusted peer over %s, in either spelling', async (transport) => {
     const result = await through(transport, spoofed, '127.0.0.2');
