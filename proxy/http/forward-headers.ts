@@ -9,10 +9,10 @@
  * a trusted peer (trusted-peers.ts): then it is kept and appended to.
  *
  * The other forwarding fields, in names keyedge does not set (the client's
- * address, scheme, port or path prefix, or what it asked for:
- * forwarding-fields.ts lists them and who reads them), are dropped from a
- * peer not trusted and passed from a trusted one; all of them spelt with `_`
- * for `-` are dropped from everyone, a trusted peer included.
+ * address, scheme, host, port or path prefix, what it asked for, or its
+ * certificate: forwarding-fields.ts lists them and who reads them), are
+ * dropped from a peer not trusted and passed from a trusted one; all of them
+ * spelt with `_` for `-` are dropped from everyone, a trusted peer included.
  *
  * Two shapes: objects for node:http's client (upgrades), and flat
  * [name, value, …] lists for the forward path, which undici takes as they are
@@ -26,7 +26,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { OriginAnswerRefused } from './errors.js';
-import { CLIENT_SET, spellsForwarding, UNTRUSTED } from './forwarding-fields.js';
+import { CLIENT_SET, namesClientCertificate, spellsForwarding, UNTRUSTED } from './forwarding-fields.js';
 import type { OriginTarget } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -63,6 +63,7 @@ export function endToEndHeaders(headers: IncomingHttpHeaders, dropAlso: Readonly
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named.has(name) || dropAlso.has(name)) continue;
+    if (dropAlso === UNTRUSTED && namesClientCertificate(name)) continue;
     if ((dropAlso === UNTRUSTED || dropAlso === KEPT) && spellsForwarding(name)) continue;
     out[name] = value;
   }
@@ -154,7 +155,7 @@ export function originRequestHeaderList(
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name === 'host' || name === 'expect' || HOP_BY_HOP.has(name) || named.has(name) || dropped.has(name)) continue;
-    if (spellsForwarding(name)) continue;
+    if ((!keep && namesClientCertificate(name)) || spellsForwarding(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const one of value) out.push(name, one);
   }
