@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { namesClientCertificate, spellsForwarding } from '../proxy/http/forwarding-fields.js';
 import { TrustedPeers } from '../proxy/http/trusted-peers.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
@@ -36,9 +37,9 @@ interface Seen {
 }
 
 /**
- * Fields of the X-Forwarded family keyedge does not set, which frameworks read to build absolute URLs, decide
- * "is this HTTPS" or name the client (forward-headers.ts says which reads which), each with a value a spoofing
- * client would send.
+ * Forwarding fields keyedge does not set, which frameworks and proxies read to build absolute URLs, decide
+ * "is this HTTPS", name the client, or say what the client asked for (forwarding-fields.ts says which reads
+ * which), each with a value a spoofing client would send.
  */
 const FAMILY: Readonly<Record<string, string>> = {
   'x-forwarded-port': '8443',
@@ -53,6 +54,38 @@ const FAMILY: Readonly<Record<string, string>> = {
   'x-proxied-https': 'on',
   'x-real-ip': '6.6.6.6',
   'true-client-ip': '6.6.6.6',
+  // The client's address, to an ACL or a rate limit.
+  'x-client-ip': '6.6.6.6',
+  'client-ip': '6.6.6.6',
+  'cf-connecting-ip': '6.6.6.6',
+  'fastly-client-ip': '6.6.6.6',
+  'x-cluster-client-ip': '6.6.6.6',
+  'x-forwarded': '6.6.6.6',
+  'forwarded-for': '6.6.6.6',
+  // What was asked for: a request for / that an application or an auth service takes as one for /admin.
+  'x-original-url': '/admin',
+  'x-rewrite-url': '/admin',
+  'x-original-method': 'DELETE',
+  'x-forwarded-uri': '/admin',
+  'x-forwarded-method': 'DELETE',
+  // The Host the client used, to an application building URLs (Application Gateway's, ngrok's).
+  'x-original-host': 'evil.test',
+  // A client certificate and its verification, which keyedge never asks for: an identity of the client's choosing.
+  'x-forwarded-client-cert': 'By=spiffe://lab/edge;Hash=00;Subject="CN=admin";URI=spiffe://lab/admin',
+  'x-forwarded-tls-client-cert': 'MIIBforged',
+  'x-forwarded-tls-client-cert-info': 'Subject%3D%22CN%3Dadmin%22',
+  'x-client-cert': 'MIIBforged',
+  'x-ssl-cert': 'MIIBforged',
+  'x-arr-clientcert': 'MIIBforged',
+  'client-cert': ':MIIBforged:',
+  'client-cert-chain': ':MIIBforged:',
+  // The X-SSL-Client-* and Ssl-Client-* families go by prefix: these two are in no list.
+  'x-ssl-client-verify': 'SUCCESS',
+  'x-ssl-client-s-dn': 'CN=admin',
+  'x-ssl-client-escaped-cert': 'MIIBforged',
+  'ssl-client-cert': 'MIIBforged',
+  'ssl-client-verify': 'SUCCESS',
+  'ssl-client-subject-dn': 'CN=admin',
 };
 const echo = (req: http.IncomingMessage, res: http.ServerResponse): void => {
   const seen: Seen = {
@@ -136,6 +169,16 @@ describe('trusted peers', () => {
     expect(new TrustedPeers().trusts('127.0.0.1')).toBe(false);
   });
 
+  it('knows the X-SSL-Client-* and Ssl-Client-* families by prefix, in either spelling, and nothing else by it', () => {
+    for (const name of ['x-ssl-client-verify', 'x-ssl-client-i-dn', 'ssl-client-cert', 'ssl-client-issuer-dn']) expect(namesClientCertificate(name)).toBe(true);
+    for (const name of ['x-ssl-client', 'ssl-client', 'x-ssl-clientele', 'x-request-id', 'sec-fetch-site', 'x-ssl-cert'])
+      expect(namesClientCertificate(name)).toBe(false);
+    // Longer than any listed name, yet of a family; an application's own name with `_` is not.
+    expect(spellsForwarding('x_ssl_client_certificate_serial_number_hex')).toBe(true);
+    expect(spellsForwarding('ssl_client_fingerprint')).toBe(true);
+    expect(spellsForwarding('x_my_application_session_identifier_field')).toBe(false);
+  });
+
   it("keeps a trusted peer's forwarding headers and appends to them", async () => {
     expect(await seen('plain.lab.test', { headers: claims })).toEqual({
       host: 'plain.lab.test',
@@ -200,10 +243,34 @@ async function through(transport: Transport, headers: Record<string, string>, lo
   return seen(host, { headers: { ...upgrade, ...headers }, localAddress });
 }
 
-describe('the rest of the X-Forwarded family', () => {
+describe('the forwarding fields keyedge does not set', () => {
   // An origin builds redirects and links with the port and prefix these name, and takes "on"/"https"/"ssl" in any of
-  // them for HTTPS; X-Real-IP and True-Client-IP win over X-Forwarded-For where they are read (Tornado, chi).
-  const spoofed = { ...FAMILY, x_forwarded_port: '1', x_forwarded_ssl: 'on', x_real_ip: '6.6.6.7', front_end_https: 'on' };
+  // them for HTTPS; X-Real-IP, True-Client-IP and X-Client-IP win over X-Forwarded-For where they are read (Tornado,
+  // chi, request-ip); X-Original-URL and X-Forwarded-Uri stand for the path asked for (Yii, Authelia, oauth2-proxy);
+  // X-Forwarded-Client-Cert, X-Client-Cert, Client-Cert, X-SSL-Client-Verify… for a verified client certificate
+  // (Envoy's XFCC, ASP.NET Core's certificate forwarding, RFC 9440, nginx and HAProxy configs), which keyedge never asks for.
+  const spoofed = {
+    ...FAMILY,
+    x_forwarded_port: '1',
+    x_forwarded_ssl: 'on',
+    x_real_ip: '6.6.6.7',
+    front_end_https: 'on',
+    x_client_ip: '6.6.6.7',
+    client_ip: '6.6.6.7',
+    cf_connecting_ip: '6.6.6.7',
+    x_original_url: '/admin',
+    x_rewrite_url: '/admin',
+    x_forwarded_uri: '/admin',
+    x_original_host: 'evil.test',
+    x_forwarded_client_cert: 'Subject="CN=admin"',
+    x_client_cert: 'MIIBforged',
+    x_arr_clientcert: 'MIIBforged',
+    client_cert: ':MIIBforged:',
+    x_ssl_client_verify: 'SUCCESS',
+    x_ssl_client_escaped_cert: 'MIIBforged',
+    ssl_client_cert: 'MIIBforged',
+    ssl_client_verify: 'SUCCESS',
+  };
 
   it.each(TRANSPORTS)('never reach the origin from an untrusted peer over %s, in either spelling', async (transport) => {
     const result = await through(transport, spoofed, '127.0.0.2');

@@ -8,31 +8,11 @@
  * Forwarded (RFC 7239). What a client sent in those is dropped, unless it is
  * a trusted peer (trusted-peers.ts): then it is kept and appended to.
  *
- * The rest of that family (CLAIMS) is not set here, but an origin behind a
- * proxy reads it as the proxy's word on how the client came, to build
- * absolute URLs and redirects and to decide "is this HTTPS": X-Forwarded-Port
- * (Rack, Django's USE_X_FORWARDED_PORT, Spring's ForwardedHeaderFilter,
- * Symfony's and so Laravel's trusted headers, Werkzeug's ProxyFix, Jetty),
- * -Prefix (Spring, Symfony, ProxyFix), -Ssl (Rack, Spring, gunicorn's
- * secure_scheme_headers), -Protocol (gunicorn), -Scheme (Rack), -Server
- * (Jetty's authority, Paste's PrefixMiddleware as the Host), X-Scheme and
- * X-Real-IP (Tornado's xheaders, which prefer them to -Proto and -For; X-Real-IP
- * is the header nginx's realip module reads by default, and gin's and chi's),
- * True-Client-IP (chi, ahead of X-Real-IP), X-Url-Scheme and Front-End-Https
- * (-Proto's other spellings, MDN; CodeIgniter's is_https), X-Proxied-Https
- * (Jetty). From a peer not trusted they are dropped, as Traefik drops its
- * list (-Port, -Server, -Prefix, X-Real-Ip…) from untrusted clients; a client
- * had them make links and redirects to a port or path of its choosing, or
- * flip HTTPS detection. A trusted peer's pass untouched: a load balancer's
- * say what its client used. Express's `trust proxy` reads only -For, -Proto
- * and -Host. X-Forwarded-Port is not set (nor by nginx or HAProxy): -Host
- * carries the client's Host, port and all, and -Proto the scheme whose
- * default port applies; one set here would name the listener's port, which
- * a port mapping in front makes wrong.
- *
- * All of these spelt with `_` for `-` (`x_forwarded_for`, which CGI-style
- * servers read as X-Forwarded-For) are dropped from everyone: no proxy writes
- * them, so a trusted peer's are its client's, passed on untouched.
+ * The other forwarding fields, in names keyedge does not set (the client's
+ * address, scheme, host, port or path prefix, what it asked for, or its
+ * certificate: forwarding-fields.ts lists them and who reads them), are
+ * dropped from a peer not trusted and passed from a trusted one; all of them
+ * spelt with `_` for `-` are dropped from everyone, a trusted peer included.
  *
  * Two shapes: objects for node:http's client (upgrades), and flat
  * [name, value, …] lists for the forward path, which undici takes as they are
@@ -46,6 +26,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { OriginAnswerRefused } from './errors.js';
+import { CLIENT_SET, namesClientCertificate, spellsForwarding, UNTRUSTED } from './forwarding-fields.js';
 import type { OriginTarget } from './origins.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -60,45 +41,9 @@ const HOP_BY_HOP = new Set([
   'proxy-authorization',
   'proxy-authenticate',
 ]);
-/** The forwarding fields set here: a trusted peer's are kept and appended to, anyone else's replaced. */
-const CLIENT_SET = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']);
-/** The rest of the family (the header says who reads which): a trusted peer's pass, anyone else's are dropped. */
-const CLAIMS = [
-  'x-forwarded-port',
-  'x-forwarded-prefix',
-  'x-forwarded-ssl',
-  'x-forwarded-protocol',
-  'x-forwarded-scheme',
-  'x-forwarded-server',
-  'x-scheme',
-  'x-url-scheme',
-  'front-end-https',
-  'x-proxied-https',
-  'x-real-ip',
-  'true-client-ip',
-];
-/** What a peer not trusted sent that is dropped: every forwarding field. */
-const UNTRUSTED: ReadonlySet<string> = new Set([...CLIENT_SET, ...CLAIMS]);
-const NOTHING: ReadonlySet<string> = new Set();
 /** A trusted peer's request: its forwarding fields are kept, their `_` spellings are not (`spellsForwarding`). */
 const KEPT: ReadonlySet<string> = new Set();
-const SHORTEST = Math.min(...[...UNTRUSTED].map((n) => n.length));
-const LONGEST = Math.max(...[...UNTRUSTED].map((n) => n.length));
-
-/**
- * Whether `name` is a forwarding field (UNTRUSTED) spelt with `_` for `-`
- * (`x_forwarded_for`). Servers that hand fields to applications as CGI
- * variables (PHP-FPM, WSGI, Rack: HTTP_X_FORWARDED_FOR) spell both the same,
- * so the client's reached the application as, or joined ahead of, the one set
- * here or passed from a trusted peer (Puma's CVE-2024-45614); nginx drops
- * every name with `_` by default. Only these go: other names with `_` are the
- * applications' own. Length and a `_` first: ordinary fields pay no string
- * built.
- */
-function spellsForwarding(name: string): boolean {
-  if (name.length < SHORTEST || name.length > LONGEST || !name.includes('_')) return false;
-  return UNTRUSTED.has(name.replaceAll('_', '-'));
-}
+const NOTHING: ReadonlySet<string> = new Set();
 
 /** The header names a Connection value lists (RFC 9110 §7.6.1); none when there is no Connection header. */
 function connectionNamed(value: string | string[] | undefined): ReadonlySet<string> {
@@ -118,6 +63,7 @@ export function endToEndHeaders(headers: IncomingHttpHeaders, dropAlso: Readonly
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || named.has(name) || dropAlso.has(name)) continue;
+    if (dropAlso === UNTRUSTED && namesClientCertificate(name)) continue;
     if ((dropAlso === UNTRUSTED || dropAlso === KEPT) && spellsForwarding(name)) continue;
     out[name] = value;
   }
@@ -209,7 +155,7 @@ export function originRequestHeaderList(
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name === 'host' || name === 'expect' || HOP_BY_HOP.has(name) || named.has(name) || dropped.has(name)) continue;
-    if (spellsForwarding(name)) continue;
+    if ((!keep && namesClientCertificate(name)) || spellsForwarding(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const one of value) out.push(name, one);
   }

@@ -1,6 +1,6 @@
 /**
  * The peers whose forwarding headers (X-Forwarded-For/-Proto/-Host,
- * Forwarded, and the rest of that family: forward-headers.ts) are believed:
+ * Forwarded, and the rest of that family: forwarding-fields.ts) are believed:
  * load balancers or proxies in front of keyedge,
  * listed by address or CIDR block in `forwarding.trustedProxies`. Anyone
  * else could write any address there, so their claims are dropped.
