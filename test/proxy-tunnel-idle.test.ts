@@ -1,13 +1,17 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import type net from 'node:net';
-import type { Duplex } from 'node:stream';
+import https from 'node:https';
+import net from 'node:net';
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import { openTunnel } from '../proxy/http/tunnel.js';
 import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
+import { issue } from './helpers/pki.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';
 
@@ -24,6 +28,8 @@ const originSides: { socket: Duplex; closed: Promise<void>; received: () => numb
 const IDLE_MS = 1000;
 /** Loopback closes in milliseconds; the rest is margin for a loaded machine. */
 const MARGIN_MS = 5000;
+/** What the paced client takes every 200 ms. */
+const PACED_BYTES = 1024 * 1024;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -47,6 +53,8 @@ beforeAll(async () => {
       socket.once('close', () => resolve());
     });
     originSides.push({ socket, closed, received: () => received });
+    // '/flood': the origin sends floodByte's stream as fast as the proxy takes it, for ever.
+    if (req.url === '/flood') return flood(socket);
     // '/push': the origin sends every 300 ms (a server pushing to a silent client); otherwise it never sends.
     if (req.url === '/push') {
       let n = 0;
@@ -76,6 +84,79 @@ async function open(path: string): Promise<{ ws: ClientSocket; side: (typeof ori
   const ws = await openWebSocket(proxy.ports[0]!, ca, 'ws.lab.test', path);
   if (!('socket' in ws)) throw new Error(`no upgrade: ${ws.status} ${ws.body}`);
   return { ws, side: originSides[before]! };
+}
+
+/** The byte at `offset` of what '/flood' sends: 32-bit little-endian counters, so a byte lost, doubled or moved shows. */
+const floodByte = (offset: number): number => ((offset >>> 2) >>> ((offset & 3) * 8)) & 0xff;
+
+/** Writes floodByte's stream to `socket` as it drains, 64 KiB per write, until it closes. */
+function flood(socket: Duplex): void {
+  let offset = 0;
+  const more = (): void => {
+    while (!socket.destroyed) {
+      const chunk = Buffer.allocUnsafe(65_536);
+      for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((offset + i) >>> 2, i);
+      offset += chunk.length;
+      if (!socket.write(chunk)) return void socket.once('drain', more);
+    }
+  };
+  more();
+}
+
+/** Opens a tunnel to `path` through the proxy without reading from it: the caller reads (the head first). */
+function openRaw(path: string): Promise<{ socket: Duplex; head: Buffer; side: (typeof originSides)[number] }> {
+  const before = originSides.length;
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: '127.0.0.1',
+      port: proxy.ports[0],
+      servername: 'ws.lab.test',
+      ca,
+      path,
+      agent: false,
+      headers: {
+        host: 'ws.lab.test',
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        'sec-websocket-version': '13',
+      },
+    });
+    req.on('error', reject);
+    req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
+    req.on('upgrade', (_res, socket: Duplex, head: Buffer) => {
+      socket.pause();
+      socket.on('error', () => undefined);
+      resolve({ socket, head, side: originSides[before]! });
+    });
+    req.end();
+  });
+}
+
+/** Reads '/flood' from a paused `socket` only as `take` allows, checking each byte against floodByte. */
+function reader(socket: Duplex, head: Buffer) {
+  let received = 0;
+  let inOrder = true;
+  let allowed = 0;
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  const check = (chunk: Buffer): void => {
+    for (let i = 0; i < chunk.length; i++) if (chunk[i] !== floodByte(received + i)) inOrder = false;
+    received += chunk.length;
+    allowed -= chunk.length;
+    if (allowed <= 0) socket.pause();
+  };
+  check(head);
+  socket.on('data', check);
+  return {
+    /** Reads about `bytes` more (whole chunks), then pauses. */
+    take: (bytes: number): void => {
+      allowed = bytes;
+      socket.resume();
+    },
+    received: () => received,
+    inOrder: () => inOrder,
+    closed,
+  };
 }
 
 /** Whether `promise` settled by now. */
@@ -140,5 +221,162 @@ describe('limits.tunnelIdleTimeoutMs', () => {
     expect(ws.messages.length).toBeGreaterThanOrEqual(5);
     ws.socket.destroy();
     expect(await settlesWithin(MARGIN_MS, side.closed)).toBeDefined();
+  });
+
+  // A client taking a long message at its own pace: the origin sends far more than the buffers between hold, so it
+  // waits on the client (nothing is read from it between the kernel's wake-ups of the proxy), while the client takes
+  // 1 MiB every 200 ms. Bytes reach it all along: the tunnel is live. The pace is set by what a proxy can see on
+  // loopback: it learns of the client's reading only when the kernel wakes it to write, once a third of the
+  // connection's send buffer is free, and on loopback that buffer autotunes to MiBs (tunnel.ts).
+  it('keeps a tunnel open past the bound while the origin waits on a client taking its bytes, every byte in order', async () => {
+    const { socket, head, side } = await openRaw('/flood');
+    const client = reader(socket, head);
+    const reading = setInterval(() => client.take(PACED_BYTES), 200);
+    try {
+      const counts: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        await sleep(IDLE_MS / 2);
+        counts.push(client.received());
+      }
+      // Four times the bound has passed: the origin side is open (the proxy would have closed it), and bytes still
+      // arrive in the last half of that time.
+      expect(await settled(side.closed)).toBe(false);
+      expect(counts[7]!).toBeGreaterThan(counts[5]!);
+      // Far more than the buffers between hold went through: the origin waited on the client.
+      expect(counts[7]!).toBeGreaterThan(8 * 1024 * 1024);
+    } finally {
+      clearInterval(reading);
+    }
+    // Then it stops reading: the bytes stop, and the bound closes the tunnel; what the proxy had sent still arrives.
+    expect(await settlesWithin(IDLE_MS + MARGIN_MS, side.closed), 'the origin side closed').toBeDefined();
+    client.take(Number.POSITIVE_INFINITY);
+    expect(await settlesWithin(MARGIN_MS, client.closed), 'the client side closed').toBeDefined();
+    expect(client.inOrder()).toBe(true);
+  });
+
+  it('closes a tunnel whose client never reads what the origin sends, after the bound', async () => {
+    const { socket, head, side } = await openRaw('/flood');
+    // The buffers between fill within the margin; from then on nothing moves.
+    expect(await settlesWithin(IDLE_MS + 2 * MARGIN_MS, side.closed), 'the origin side closed').toBeDefined();
+    // The client's side sees the close once it reads what was sent before it.
+    const client = reader(socket, head);
+    client.take(Number.POSITIVE_INFINITY);
+    expect(await settlesWithin(MARGIN_MS, client.closed), 'the client side closed').toBeDefined();
+    expect(client.received()).toBeGreaterThan(0);
+    expect(client.inOrder()).toBe(true);
+  });
+});
+
+/** What a paced link passes toward the client per second (below). */
+const LINK_BYTES_PER_S = 40 * 1024;
+
+/**
+ * A connection whose way to the client passes LINK_BYTES_PER_S, as a poor link does, without the kernel's buffers:
+ * a write to `proxySide` completes as its last byte is passed to `clientSide`. On loopback the kernel takes MiBs at
+ * once and tells a writer of the client's reading only once a third of that is free, so a client reading KiBs a
+ * second is not seen reading by any proxy (tunnel.ts); this link shows what the proxy does with what it is told.
+ */
+function pacedLink(): { proxySide: Duplex; clientSide: Duplex; stall: () => void } {
+  const queue: { chunk: Buffer; done: () => void }[] = [];
+  let clientSide: Duplex | undefined;
+  const proxySide = new Duplex({
+    read: () => undefined,
+    write: (chunk: Buffer, _encoding, done) => void queue.push({ chunk, done }),
+    final: (done) => {
+      clientSide?.push(null);
+      done();
+    },
+  });
+  clientSide = new Duplex({
+    read: () => undefined,
+    write: (chunk: Buffer, _encoding, done) => {
+      proxySide.push(chunk);
+      done();
+    },
+    final: (done) => {
+      proxySide.push(null);
+      done();
+    },
+  });
+  // By the clock, not by ticks: a late tick (a loaded machine) passes what the time allowed.
+  let last = performance.now();
+  let allowed = 0;
+  const pass = setInterval(() => {
+    const now = performance.now();
+    allowed += ((now - last) / 1000) * LINK_BYTES_PER_S;
+    last = now;
+    while (queue.length > 0 && allowed >= 1) {
+      const first = queue[0]!;
+      const n = Math.min(first.chunk.length, Math.floor(allowed));
+      clientSide.push(first.chunk.subarray(0, n));
+      allowed -= n;
+      first.chunk = first.chunk.subarray(n);
+      if (first.chunk.length === 0) {
+        queue.shift();
+        first.done();
+      }
+    }
+    // A link with nothing to pass banks no time.
+    if (queue.length === 0) allowed = 0;
+  }, 20);
+  return { proxySide, clientSide, stall: () => clearInterval(pass) };
+}
+
+describe('an open tunnel over a link that passes KiBs a second to the client', () => {
+  let originServer: net.Server;
+  let context: tls.SecureContext;
+  let leafCa: string;
+  const originSockets: { closed: Promise<void> }[] = [];
+
+  beforeAll(async () => {
+    const leaf = await issue(lab.ca, { commonName: 'link.test', dnsNames: ['link.test'], keyAlgorithm: 'ec-p256' });
+    context = tls.createSecureContext({ key: leaf.keyPem, cert: leaf.certPem });
+    leafCa = lab.ca.certPem;
+    originServer = net.createServer((socket) => {
+      socket.on('error', () => undefined);
+      originSockets.push({ closed: new Promise<void>((resolve) => socket.once('close', () => resolve())) });
+      flood(socket);
+    });
+    await new Promise<void>((resolve) => originServer.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(() => originServer?.close());
+
+  // The origin sends far more than the link passes, 64 KiB per read reaching the proxy; the client takes all the link
+  // passes, 40 KiB a second. Before, the tunnel saw only what it read from the origin, once the client had taken a
+  // whole read's worth (1.6 s): with a 1 s bound it was closed after 1 s, bytes reaching the client all along. Each
+  // 16 KiB the link passes (0.4 s) counts now.
+  it('stays open past the bound while the client takes the bytes, every byte in order; closed once they stop', async () => {
+    const link = pacedLink();
+    const upstream = net.connect((originServer.address() as net.AddressInfo).port, '127.0.0.1');
+    upstream.on('error', () => undefined);
+    await new Promise((resolve) => upstream.once('connect', resolve));
+    const origin = originSockets.at(-1)!;
+    const client = new tls.TLSSocket(link.proxySide as net.Socket, { isServer: true, secureContext: context });
+    client.on('error', () => undefined);
+    const peer = tls.connect({ socket: link.clientSide, ca: leafCa, servername: 'link.test' });
+    peer.on('error', () => undefined);
+    await Promise.all([new Promise((resolve) => client.once('secure', resolve)), new Promise((resolve) => peer.once('secureConnect', resolve))]);
+    openTunnel({ client, upstream, idleMs: IDLE_MS, log: createLogger('tunnel-idle-test', 'silent'), domain: 'link.test', origin: 'paced' });
+    const reading = reader(peer, Buffer.alloc(0));
+    reading.take(Number.POSITIVE_INFINITY);
+    try {
+      const counts: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        await sleep(IDLE_MS / 2);
+        counts.push(reading.received());
+      }
+      // Four times the bound: the origin side is open, and the client took bytes in the last half of that time.
+      expect(await settled(origin.closed)).toBe(false);
+      expect(counts[7]!).toBeGreaterThan(counts[5]!);
+      expect(reading.inOrder()).toBe(true);
+      // Then the link passes nothing more: no byte either way, and the bound closes the tunnel.
+      link.stall();
+      expect(await settlesWithin(IDLE_MS + MARGIN_MS, origin.closed), 'the origin side closed').toBeDefined();
+      expect(client.destroyed).toBe(true);
+    } finally {
+      link.stall();
+      peer.destroy();
+      upstream.destroy();
+    }
   });
 });

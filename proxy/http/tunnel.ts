@@ -1,20 +1,37 @@
 /**
  * An open tunnel (upgrade.ts, after the origin's 101): the client's socket and
- * the origin's piped both ways, bytes untouched, until either side ends or
+ * the origin's relayed both ways, bytes untouched, until either side ends or
  * fails, which closes the other (neither allows half-open connections, as
  * nginx). Two bounds keep a tunnel from holding its client connection, its
  * origin connection and its place at the origin (origin-gate.ts) for ever:
  * - idle: a tunnel that carried no byte either way for
  *   `limits.tunnelIdleTimeoutMs` is closed, both sockets destroyed (a
- *   WebSocket Close frame is the application's business). HAProxy's `timeout
- *   tunnel`; nginx closes one after `proxy_read_timeout` with nothing read
- *   from the origin (or `proxy_send_timeout` with nothing written to it).
- *   Either direction keeps it open: an origin pushing to a silent client, or
- *   a client sending to a silent origin, is a live tunnel. One timer does it:
- *   the origin socket's own (socket.setTimeout), which Node refreshes on each
- *   read from it (origin to client) and each write to it (client to origin),
- *   so every byte either way passes through it. A side that stops reading
- *   stops the bytes (the pipe waits for 'drain'): that is idle too.
+ *   WebSocket Close frame is the application's business). A byte carried is
+ *   one read from either side, or one delivered to either side: a write the
+ *   kernel took, which it does as that peer reads (its ACKs free the send
+ *   buffer). So an origin pushing to a silent client, a client sending to a
+ *   silent origin, and a client slowly reading a long message while the
+ *   origin waits (nothing is read from it meanwhile: the relay holds it) are
+ *   all live; a side that stops reading stops the bytes, as nothing more is
+ *   delivered to it nor read from the other side: that is idle. HAProxy's
+ *   `timeout tunnel` counts activity on either side so; nginx arms
+ *   `proxy_read_timeout` only while it waits to read the origin, and while a
+ *   write to the client is pending `send_timeout`, reset on each write's
+ *   progress. The origin socket's own timer alone would not do: it sees no
+ *   delivery to the client, and a client on a poor link reading a large
+ *   message would be cut although bytes reached it every second.
+ *   Delivery is seen when a write completes, and a TLS socket's write
+ *   completes when the kernel took all of it: so each direction writes at
+ *   most PIECE_BYTES at a time, the next once the last completed (not
+ *   pipe(), which writes each chunk read whole, up to 64 KiB, and batches
+ *   what waits into one write), and progress shows every 16 KiB whatever
+ *   the chunks the other side sent. Finer than the kernel tells, nothing
+ *   sees: Linux wakes a writer once a third of its send buffer is free, and
+ *   that buffer autotunes with the congestion window (from some 90 KiB on a
+ *   1500-byte MTU; MiBs on loopback), so a peer reading less than a third of
+ *   it within the bound looks idle, to nginx and HAProxy too. One
+ *   timer per tunnel reads the time of the last byte carried, which each
+ *   chunk read and each write completed sets.
  * - keepalive: once idle for TUNNEL_KEEPALIVE_MS, both connections are probed
  *   with TCP keepalive (RFC 9293 §3.8.4), so a peer that vanished without a
  *   FIN or a reset (a client whose network went away, a NAT that forgot the
@@ -32,6 +49,8 @@ import type { Logger } from '../../keyserver/shared/log.js';
 
 /** Idle time after which an open tunnel's connections are probed with TCP keepalive (above). */
 const TUNNEL_KEEPALIVE_MS = 60_000;
+/** The most handed to a socket per write (above): one TLS record's plaintext (RFC 8446 §5.1). */
+const PIECE_BYTES = 16_384;
 
 export interface TunnelEnds {
   readonly client: tls.TLSSocket;
@@ -44,19 +63,77 @@ export interface TunnelEnds {
   readonly origin: string | undefined;
 }
 
-/** Pipes `client` and `upstream` both ways until either closes (above); the origin's timeouts of the handshake must be off. */
+/** Relays `client` and `upstream` both ways until either closes (above); the origin's timeouts of the handshake must be off. */
 export function openTunnel({ client, upstream, idleMs, log, domain, origin }: TunnelEnds): void {
   client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
   upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
-  if (idleMs !== null) {
-    upstream.setTimeout(idleMs);
-    upstream.once('timeout', () => {
-      log.debug({ domain, origin, idleMs }, 'tunnel idle, closed');
-      upstream.destroy();
-      client.destroy();
-    });
-  }
-  upstream.pipe(client);
-  client.pipe(upstream);
+  let carried = performance.now();
+  const touch = (): void => {
+    carried = performance.now();
+  };
+  relay(upstream, client, touch);
+  relay(client, upstream, touch);
   upstream.once('close', () => client.destroy());
+  if (idleMs === null) return;
+  const check = (): void => {
+    const idle = performance.now() - carried;
+    if (idle < idleMs) {
+      timer = setTimeout(check, idleMs - idle).unref();
+      return;
+    }
+    log.debug({ domain, origin, idleMs }, 'tunnel idle, closed');
+    upstream.destroy();
+    client.destroy();
+  };
+  let timer = setTimeout(check, idleMs).unref();
+  const stop = (): void => clearTimeout(timer);
+  client.once('close', stop);
+  upstream.once('close', stop);
+}
+
+/**
+ * Writes what `from` sends to `to`, at most PIECE_BYTES per write and one
+ * write at a time, `from` paused meanwhile (its backpressure); ends `to` after
+ * the last. `touch` on each chunk read and each write completed.
+ */
+function relay(from: net.Socket, to: net.Socket, touch: () => void): void {
+  /** What `from` sent that is not handed to `to` yet. */
+  let rest: Buffer | undefined;
+  let writing = false;
+  let ended = false;
+  const next = (): void => {
+    // Ended or gone (its close closes the tunnel): nothing more is written, as pipe() stops at the destination's end.
+    if (!to.writable) return;
+    if (rest === undefined) {
+      if (ended) to.end();
+      else from.resume();
+      return;
+    }
+    let piece = rest;
+    if (rest.length > PIECE_BYTES) {
+      piece = rest.subarray(0, PIECE_BYTES);
+      rest = rest.subarray(PIECE_BYTES);
+    } else rest = undefined;
+    writing = true;
+    to.write(piece, written);
+  };
+  const written = (err?: Error | null): void => {
+    writing = false;
+    if (err) return;
+    touch();
+    next();
+  };
+  from.on('data', (chunk: Buffer) => {
+    touch();
+    // One chunk at a time: `from` is paused until the last is written, so nothing else waits here.
+    from.pause();
+    rest = chunk;
+    next();
+  });
+  from.once('end', () => {
+    ended = true;
+    if (!writing) next();
+  });
+  // The client was paused until the switch (upgrade.ts): a 'data' listener alone does not resume it.
+  from.resume();
 }
