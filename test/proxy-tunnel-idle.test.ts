@@ -30,6 +30,8 @@ const IDLE_MS = 1000;
 const MARGIN_MS = 5000;
 /** What the paced client takes every 200 ms. */
 const PACED_BYTES = 1024 * 1024;
+/** What '/last' sends before it closes: more than the buffers between hold, so the client is still taking it then. */
+const LAST_BYTES = 8 * 1024 * 1024;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -55,6 +57,8 @@ beforeAll(async () => {
     originSides.push({ socket, closed, received: () => received });
     // '/flood': the origin sends floodByte's stream as fast as the proxy takes it, for ever.
     if (req.url === '/flood') return flood(socket);
+    // '/last': the origin sends LAST_BYTES of floodByte's stream at once, then closes.
+    if (req.url === '/last') return void socket.end(floodBytes(LAST_BYTES));
     // '/push': the origin sends every 300 ms (a server pushing to a silent client); otherwise it never sends.
     if (req.url === '/push') {
       let n = 0;
@@ -88,6 +92,13 @@ async function open(path: string): Promise<{ ws: ClientSocket; side: (typeof ori
 
 /** The byte at `offset` of what '/flood' sends: 32-bit little-endian counters, so a byte lost, doubled or moved shows. */
 const floodByte = (offset: number): number => ((offset >>> 2) >>> ((offset & 3) * 8)) & 0xff;
+
+/** The first `length` bytes of floodByte's stream. */
+function floodBytes(length: number): Buffer {
+  const bytes = Buffer.allocUnsafe(length);
+  for (let i = 0; i < length; i += 4) bytes.writeUInt32LE(i >>> 2, i);
+  return bytes;
+}
 
 /** Writes floodByte's stream to `socket` as it drains, 64 KiB per write, until it closes. */
 function flood(socket: Duplex): void {
@@ -251,6 +262,22 @@ describe('limits.tunnelIdleTimeoutMs', () => {
     expect(await settlesWithin(IDLE_MS + MARGIN_MS, side.closed), 'the origin side closed').toBeDefined();
     client.take(Number.POSITIVE_INFINITY);
     expect(await settlesWithin(MARGIN_MS, client.closed), 'the client side closed').toBeDefined();
+    expect(client.inOrder()).toBe(true);
+  });
+
+  // The relay (tunnel.ts) ends the client only once what it read from the origin is handed over: an origin's last
+  // message and its close reach a client still taking what came before them, every byte, as with nginx.
+  it('hands a client still taking its bytes all the origin sent before it closed, then closes', async () => {
+    const { socket, head, side } = await openRaw('/last');
+    const client = reader(socket, head);
+    const reading = setInterval(() => client.take(PACED_BYTES), 200);
+    try {
+      expect(await settlesWithin(30_000, client.closed), 'the client side closed').toBeDefined();
+    } finally {
+      clearInterval(reading);
+    }
+    expect(await settled(side.closed)).toBe(true);
+    expect(client.received()).toBe(LAST_BYTES);
     expect(client.inOrder()).toBe(true);
   });
 

@@ -125,10 +125,10 @@ function relay(from: net.Socket, to: net.Socket, touch: () => void): void {
   };
   from.on('data', (chunk: Buffer) => {
     touch();
-    // One chunk at a time: `from` is paused until the last is written, so nothing else waits here.
+    // One chunk at a time: `from` is paused until the last is written (a chunk Node had already read joins it).
     from.pause();
-    rest = chunk;
-    next();
+    rest = rest === undefined ? chunk : Buffer.concat([rest, chunk]);
+    if (!writing) next();
   });
   from.once('end', () => {
     ended = true;
