@@ -17,6 +17,7 @@ import { closeAfterAnswer, closeIfBodyUnread } from './linger.js';
 import { cutAnswer, queueAnswer, whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
+import { framingRefusal } from './request-framing.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -136,9 +137,13 @@ export function originRefusal(failure: OriginFailure): Refusal {
 /** RFC 9110 §10.1.1: a server MAY answer 417 to an expectation it cannot meet; 100-continue is the only one defined. */
 const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
 
-/** Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), an unmet expectation. */
+/**
+ * Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), framing by a transfer
+ * coding keyedge does not forward (request-framing.ts), an unmet expectation. The target first: it is brought to the
+ * path the access line logs (an absolute-form one may hold a password).
+ */
 export function ownAnswer(req: IncomingMessage, expectation: Expectation | undefined): Refusal | undefined {
-  return normaliseTarget(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
+  return normaliseTarget(req) ?? framingRefusal(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
 }
 
 /** RFC 6797 §6.1. */
