@@ -20,12 +20,19 @@
  * exchange on the answer (or stream) under one symbol, and the stall clock
  * exists only once an answer meets backpressure.
  *
- * Retries: a request is sent once. Only a request that cannot have reached
- * the origin and can be repeated safely (an idempotent method, RFC 9110
- * §9.2.2, without a body: nothing streamed is lost) is tried once more, on
- * the next origin, when the first could not be connected to; a request
- * refused by a busy origin's gate was not sent, and goes to the next origin
- * whatever its method.
+ * Retries: a request is sent once, with one exception each way, and never
+ * more than one retry. A request that can be repeated safely (an idempotent
+ * method, RFC 9110 §9.2.2, without a body: nothing streamed is lost) is tried
+ * once more: on the next origin when the first could not be connected to (it
+ * cannot have reached it); on a new connection to the same origin when its
+ * connection closed or was reset under it before any byte of the answer (the
+ * keep-alive race, origin-failure.ts `mayResend`; RFC 9112 §9.3.1). That close
+ * does not count against the origin: the resend's outcome does (an answer
+ * clears it, a failure cools it down), so a healthy origin is not skipped, and
+ * one that drops every request still is. The resend takes a connection of its
+ * own (origins.ts `dispatch`): another idle one of the pool may be closing
+ * too. A request refused by a busy origin's gate was not sent, and goes to the
+ * next origin whatever its method. An answer begun is never retried.
  */
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
@@ -34,7 +41,7 @@ import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
 import { ClientGone, HttpFailure } from './errors.js';
-import { mayRetry, originFailure } from './origin-failure.js';
+import { mayResend, mayRetry, originFailure } from './origin-failure.js';
 import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { SendStallClock } from './send-stall.js';
@@ -74,6 +81,10 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   attempts = 0;
   /** An attempt is at the origin: its settling decides what comes next. */
   dispatched = false;
+  /** A byte of the attempt's answer came (undici's onResponseStarted: its parser began a message, an interim one too). */
+  answerBegun = false;
+  /** The attempt goes on a new connection of its own: the resend after the connection closed under the first. */
+  resend = false;
   finished = false;
   /** The attempt in flight: its origin, its gate (admitted until left), undici's abort and resume. */
   target: OriginTarget | undefined = undefined;
@@ -105,10 +116,9 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   abstract onData(chunk: Buffer): boolean;
   abstract onComplete(trailers: Buffer[] | string[] | null): void;
 
-  /** The next attempt: a place at the target's gate (waited for only when there is none free), then the request to its pool. */
-  attempt(): void {
+  /** The next attempt, on `target`: a place at its gate (waited for only when there is none free), then the request to its pool. */
+  attempt(target: OriginTarget | undefined = this.targets[this.attempts]): void {
     try {
-      const target = this.targets[this.attempts];
       if (target === undefined) throw new Error('no origin configured');
       this.owner.onOrigin(target.url.origin);
       const gate = this.pools.gate(target);
@@ -143,8 +153,9 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
       // undici takes `servername` per request at run time, though its types omit it.
       if (target.tls !== undefined) request.servername = requestServername(target);
       this.dispatched = true;
+      this.answerBegun = false;
       // A failure of undici's (arguments it refuses, a handler that threw) comes to onError, hence settle.
-      this.pools.dispatch(target, request, this);
+      this.pools.dispatch(target, request, this, this.resend);
     } catch (err) {
       // Called from a promise's callback too: nothing may escape as an unheard rejection.
       this.dispatched = false;
@@ -163,6 +174,11 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
 
   /** The client left; each subclass says when that is too late to matter. */
   abstract clientLeft(): void;
+
+  /** undici's parser began the answer: from here on the attempt is not sent again. */
+  onResponseStarted(): void {
+    this.answerBegun = true;
+  }
 
   onConnect(abort: (err?: Error) => void): void {
     if (this.gone) abort(CLIENT_LEFT);
@@ -206,13 +222,21 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
     gate?.leave(this.upload);
   }
 
-  /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once on the next target. */
+  /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once (on the next target, or resent to this one). */
   settle(err: Error | undefined): void {
     if (!this.dispatched) return;
     this.dispatched = false;
     if (err === undefined || this.headersSent) return this.finish(err);
     // A client that left is not the origin's failure.
     const failure = this.clientGone ? 'not-origin' : originFailure(err);
+    if (this.attempts === 0 && failure === 'broken' && !this.answerBegun && mayResend(this.method, this.body !== null, err)) {
+      // The keep-alive race: not counted against the origin; the resend on a new connection says how it is.
+      const target = this.target!;
+      this.attempts++;
+      this.resend = true;
+      queueMicrotask(() => this.attempt(target));
+      return;
+    }
     if (failure !== 'not-origin') this.pools.failed(this.target!);
     if (this.attempts === 0 && this.targets.length > 1 && mayRetry(this.method, this.body !== null, failure)) {
       this.attempts++;

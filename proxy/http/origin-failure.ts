@@ -1,7 +1,8 @@
 /**
  * How a request to an origin failed, from undici's or node's error code: for
  * our answer (502/504, handler.ts), the balancer's health (balancer.ts) and
- * whether the request may go to another origin. Pure.
+ * whether the request may go to another origin, or be sent again after its
+ * connection closed under it. Pure.
  */
 
 /** Failures of the connection to the origin before anything was sent: safe to try elsewhere. */
@@ -51,4 +52,27 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** Whether a request that failed with `failure` on one origin may be sent to another. */
 export function mayRetry(method: string | undefined, hasBody: boolean, failure: OriginFailure): boolean {
   return !hasBody && IDEMPOTENT.has(method ?? 'GET') && (failure === 'connect' || failure === 'certificate');
+}
+
+/**
+ * The origin connection ended under the request: closed (undici's "other
+ * side closed", UND_ERR_SOCKET), reset (ECONNRESET), or gone as the request
+ * was written (EPIPE). Before any byte of the answer, this is the keep-alive
+ * race: an origin that closes idle connections without saying so (gunicorn's
+ * 2 s, uvicorn's 5 s, a NAT or load balancer with a shorter idle timeout)
+ * closes one just as a request is written on it. undici's errors do not say
+ * whether the connection was a kept-alive one: the rule needs no such word.
+ */
+const CLOSED_UNDER_REQUEST = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+
+/**
+ * Whether a request whose origin connection closed or was reset under it
+ * before any byte of its answer (the caller checks that) may be sent again,
+ * once, on a new connection: an idempotent one without a body, which RFC 9112
+ * §9.3.1 lets a client send again after such a close (as nginx does: a failed
+ * kept-alive connection takes no try, and `proxy_next_upstream error` covers
+ * idempotent requests). A request with a body is not, as for `mayRetry`.
+ */
+export function mayResend(method: string | undefined, hasBody: boolean, err: unknown): boolean {
+  return !hasBody && IDEMPOTENT.has(method ?? 'GET') && CLOSED_UNDER_REQUEST.has(errorCode(err));
 }

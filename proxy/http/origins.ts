@@ -158,12 +158,16 @@ export class OriginPools {
    * way when a reload dropped that origin (its body still being read, a
    * place at the gate awaited, a retry) gets a pool of its own, closed once
    * the request ends: put in the table, it would hold its connections until
-   * the next reload. The check runs only when the table has no pool.
+   * the next reload. The check runs only when the table has no pool. A
+   * request sent again because a connection closed under it (`fresh`,
+   * origin-exchange.ts) gets one too: the pool may hand it to another idle
+   * connection, which an origin that closed one may be closing as well. Its
+   * place at the gate still bounds the origin's connections in use.
    */
-  dispatch(target: OriginTarget, request: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): void {
-    const pool = this.#pools.get(target.key);
+  dispatch(target: OriginTarget, request: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler, fresh = false): void {
+    const pool = fresh ? undefined : this.#pools.get(target.key);
     if (pool !== undefined) return void pool.dispatch(request, handler);
-    if (!this.#dropped(target)) return void this.pool(target).dispatch(request, handler);
+    if (!fresh && !this.#dropped(target)) return void this.pool(target).dispatch(request, handler);
     const own = this.#newPool(target);
     own.dispatch(request, handler);
     // undici's close() lets the request finish, then closes the connection.

@@ -1,0 +1,198 @@
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
+import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+
+// The keep-alive race: an origin that closes an idle connection without saying so (gunicorn's 2 s, uvicorn's 5 s
+// keep-alive, a NAT or load balancer with a shorter idle timeout) closes one now and then just as a request is written
+// on it. Nothing of that request was answered, nor, for an idempotent one, can have done harm: it is sent again once,
+// on a new connection (nginx: a cached connection's failure takes no try; RFC 9112 §9.3.1), and the origin is not
+// counted failed. A POST in the same place is not sent again (RFC 9110 §9.2.2): our 502.
+//
+// Raw TCP origins that answer each request head by its path: a connection that has answered one request closes (FIN,
+// or RST with resetAndDestroy) when a `/race-…` request comes on it, or sends the start of a head and closes for
+// `/begun-…`; a new connection answers it. `/drop…` is closed on any connection.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let ca: string;
+const servers: net.Server[] = [];
+const sockets = new Set<net.Socket>();
+
+interface RawOrigin {
+  /** Each request head's method and path, with the number of the connection it came on. */
+  readonly seen: { readonly request: string; readonly connection: number }[];
+  readonly url: string;
+}
+
+async function rawOrigin(name: string): Promise<RawOrigin> {
+  const seen: RawOrigin['seen'] = [];
+  let connections = 0;
+  const server = net.createServer((socket) => {
+    const connection = ++connections;
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+    let answered = 0;
+    let buf = '';
+    socket.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('latin1');
+      // Heads only: a POST's body here is the last thing on its connection, which closes on it.
+      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+        const [method, path = '/'] = buf.slice(0, end).split(' ');
+        buf = buf.slice(end + 4);
+        seen.push({ request: `${method} ${path}`, connection });
+        if (answered > 0 && path.startsWith('/race-fin')) return void socket.end();
+        if (answered > 0 && path.startsWith('/race-rst')) return void socket.resetAndDestroy();
+        if (answered > 0 && path.startsWith('/begun')) return void socket.end('HTTP/1.1 200 OK\r\ncontent-');
+        if (path.startsWith('/drop')) return void socket.end();
+        answered++;
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${name.length}\r\n\r\n${method === 'HEAD' ? '' : name}`);
+      }
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { seen, url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}` };
+}
+
+let solo: RawOrigin;
+let first: RawOrigin;
+let second: RawOrigin;
+let third: RawOrigin;
+let fourth: RawOrigin;
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const cert = await lab.certificate('race', lab.keys.ec, ['race.lab.test', 'pair.lab.test', 'drop.lab.test']);
+  solo = await rawOrigin('solo');
+  first = await rawOrigin('first');
+  second = await rawOrigin('second');
+  third = await rawOrigin('third');
+  fourth = await rawOrigin('fourth');
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'race', chain: cert.file }],
+      domains: [
+        { name: 'race.lab.test', origin: solo.url },
+        { name: 'pair.lab.test', origins: [first.url, second.url] },
+        { name: 'drop.lab.test', origins: [third.url, fourth.url] },
+      ],
+      limits: { originFailureCooldownMs: 60_000 },
+    }),
+    { log: createLogger('keepalive-race-test', 'silent') },
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await proxy?.close();
+  for (const socket of sockets) socket.destroy();
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  await lab?.close();
+});
+
+/** One HTTP/1.1 request on its own client connection: the status and the body. */
+function h1(host: string, method: string, path: string, body = ''): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0]!, servername: host, ca, ALPNProtocols: ['http/1.1'] }, () =>
+      socket.write(`${method} ${path} HTTP/1.1\r\nhost: ${host}\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`),
+    );
+    let got = '';
+    socket.on('data', (chunk: Buffer) => (got += chunk.toString('latin1')));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const status = /^HTTP\/1\.1 (\d{3})/.exec(got);
+      if (status === null) return reject(new Error(`no answer: ${JSON.stringify(got.slice(0, 200))}`));
+      resolve({ status: Number(status[1]), body: got.slice(got.indexOf('\r\n\r\n') + 4) });
+    });
+  });
+}
+
+/** The connections a request came on at `origin`, in order. */
+const connectionsOf = (origin: RawOrigin, request: string): number[] => origin.seen.filter((s) => s.request === request).map((s) => s.connection);
+
+/** A request that leaves the origin's pool with a connection that has answered once, idle. */
+async function prime(host: string, path: string): Promise<void> {
+  expect((await h1(host, 'GET', path)).status).toBe(200);
+}
+
+describe('a request on a kept-alive origin connection the origin closes as it arrives', () => {
+  for (const close of ['fin', 'rst'] as const) {
+    it(`${close}: an HTTP/1.1 GET is sent again on a new connection and answered`, async () => {
+      await prime('race.lab.test', `/prime-h1-${close}`);
+      const path = `/race-${close}-h1`;
+      expect(await h1('race.lab.test', 'GET', path)).toEqual({ status: 200, body: 'solo' });
+      const on = connectionsOf(solo, `GET ${path}`);
+      // Twice: on the connection that had answered the primer (closed under it), then on a new one.
+      expect(on).toHaveLength(2);
+      expect(on[0]).toBe(connectionsOf(solo, `GET /prime-h1-${close}`)[0]);
+      expect(on[1]).toBeGreaterThan(on[0]!);
+    });
+
+    it(`${close}: an HTTP/2 GET is sent again on a new connection and answered`, async () => {
+      await prime('race.lab.test', `/prime-h2-${close}`);
+      const path = `/race-${close}-h2`;
+      const session = h2Connect(proxy.ports[0]!, ca, 'race.lab.test');
+      try {
+        const answer = await h2Request(session, { ':method': 'GET', ':path': path });
+        expect({ status: answer.status, body: answer.body.toString() }).toEqual({ status: 200, body: 'solo' });
+      } finally {
+        await closeSession(session);
+      }
+      const on = connectionsOf(solo, `GET ${path}`);
+      expect(on).toHaveLength(2);
+      expect(on[1]).toBeGreaterThan(on[0]!);
+    });
+
+    it(`${close}: a POST with a body is not sent again: 502, and the origin saw it once`, async () => {
+      await prime('race.lab.test', `/prime-post-${close}`);
+      const path = `/race-${close}-post`;
+      const answer = await h1('race.lab.test', 'POST', path, 'order=1');
+      expect(answer.status).toBe(502);
+      expect(connectionsOf(solo, `POST ${path}`)).toHaveLength(1);
+    });
+  }
+
+  it('an HTTP/1.1 HEAD and an HTTP/2 DELETE without a body are sent again too (idempotent, RFC 9110 §9.2.2)', async () => {
+    await prime('race.lab.test', '/prime-head');
+    expect((await h1('race.lab.test', 'HEAD', '/race-fin-head')).status).toBe(200);
+    expect(connectionsOf(solo, 'HEAD /race-fin-head')).toHaveLength(2);
+    await prime('race.lab.test', '/prime-delete');
+    const session = h2Connect(proxy.ports[0]!, ca, 'race.lab.test');
+    try {
+      expect((await h2Request(session, { ':method': 'DELETE', ':path': '/race-rst-delete' })).status).toBe(200);
+    } finally {
+      await closeSession(session);
+    }
+    expect(connectionsOf(solo, 'DELETE /race-rst-delete')).toHaveLength(2);
+  });
+
+  it('does not cool the origin down: of two, the one that met the race keeps its turn', async () => {
+    // Round robin: first, second, first, … A cooled-down first would be skipped for the 60 s cool-down.
+    const answers: string[] = [];
+    for (const path of ['/pair-1', '/pair-2', '/race-fin-pair', '/pair-4', '/pair-5']) answers.push((await h1('pair.lab.test', 'GET', path)).body);
+    expect(answers).toEqual(['first', 'second', 'first', 'second', 'first']);
+    // The raced request was sent twice to the same origin: on its kept-alive connection, then on a new one.
+    expect(connectionsOf(first, 'GET /race-fin-pair')).toEqual([1, 2]);
+    expect(connectionsOf(second, 'GET /race-fin-pair')).toEqual([]);
+  });
+
+  it('an answer begun is not sent again: 502, and the origin saw the request once', async () => {
+    await prime('race.lab.test', '/prime-begun');
+    expect((await h1('race.lab.test', 'GET', '/begun-h1')).status).toBe(502);
+    expect(connectionsOf(solo, 'GET /begun-h1')).toHaveLength(1);
+  });
+
+  it('an origin that drops the request on a new connection too is cooled down', async () => {
+    // Round robin over third and fourth: third drops the first request twice (its resend), then is skipped.
+    const answers: number[] = [];
+    for (const path of ['/drop-1', '/after-2', '/after-3']) answers.push((await h1('drop.lab.test', 'GET', path)).status);
+    expect(answers).toEqual([502, 200, 200]);
+    expect(connectionsOf(third, 'GET /drop-1')).toEqual([1, 2]);
+    expect(fourth.seen.map((s) => s.request)).toEqual(['GET /after-2', 'GET /after-3']);
+  });
+});
