@@ -129,7 +129,7 @@ export class ReloadCoordinator {
     for (const refusal of next.refused) {
       log.error(
         { certificate: refusal.name, source: refusal.source, reason: refusal.reason, trigger, code: 'KEYEDGE_ERR_CERTIFICATE' },
-        `certificate refused: ${refusal.message}; the previous version keeps serving`,
+        `certificate refused: ${refusal.message}; ${this.#source.records.has(refusal.name) ? 'the previous version keeps serving' : 'it is not served'}`,
       );
     }
     for (const warning of next.warnings) log.warn({ certificate: warning.name }, warning.message);

@@ -59,6 +59,13 @@ const RESTART_ONLY = [
   'reloadApplyTimeoutMs',
 ] as const;
 
+type RestartOnly = (typeof RESTART_ONLY)[number];
+
+/** The restart-only settings of `config`. */
+function runningSettings(config: ProxyConfig): Pick<ProxyConfig, RestartOnly> {
+  return Object.fromEntries(RESTART_ONLY.map((key) => [key, config[key]])) as Pick<ProxyConfig, RestartOnly>;
+}
+
 export interface NextServing {
   readonly delta: ServingDelta;
   readonly config: ProxyConfig;
@@ -171,8 +178,14 @@ export class ServingSource {
     const fileDomains = reloaded?.domains ?? this.#fileDomains;
     const routes =
       this.#shared === undefined ? undefined : storedRoutes(this.#shared, path.dirname(this.#config.source), new Set(fileDomains.map((d) => d.name)));
+    const fromFile = reloaded ?? this.#config;
+    // A restart-only setting the file changed keeps its running value until the restart, for this pass too: the
+    // certificates were checked against the key server and read from the store directory the file named, while the
+    // workers went on signing through the running one and serving its store (every handshake for a renewal whose key
+    // only the new key server had failed; a new store directory dropped every running entry and lost uploads).
     const config: ProxyConfig = Object.freeze({
-      ...(reloaded ?? this.#config),
+      ...fromFile,
+      ...runningSettings(this.#config),
       domains: routes === undefined ? fileDomains : [...fileDomains, ...routes.domains],
     });
     checkOriginTargets(config.domains);
@@ -241,7 +254,7 @@ export class ServingSource {
         config,
         refused: prepared.refused,
         warnings: [...prepared.warnings, ...(routes?.refused ?? [])],
-        restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(config[key]) !== JSON.stringify(this.#config[key])),
+        restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(fromFile[key]) !== JSON.stringify(this.#config[key])),
         present: prepared.present,
         unsettled: prepared.unsettled,
         followed: prepared.followed,
