@@ -26,7 +26,9 @@
  * once more: on the next origin when the first could not be connected to (it
  * cannot have reached it); on a new connection to the same origin when its
  * connection closed or was reset under it before any byte of the answer (the
- * keep-alive race, origin-failure.ts `mayResend`; RFC 9112 §9.3.1). That close
+ * keep-alive race, origin-failure.ts `mayResend`; RFC 9112 §9.3.1), on a
+ * connection that had carried an answer before (a reset, which does not say,
+ * while the origin is not cooling down: `#raced`). That close
  * does not count against the origin: the resend's outcome does (an answer
  * clears it, a failure cools it down), so a healthy origin is not skipped, and
  * one that drops every request still is. The resend takes a connection of its
@@ -41,7 +43,7 @@ import type { Dispatcher } from 'undici';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { RequestBody } from './body.js';
 import { ClientGone, HttpFailure } from './errors.js';
-import { mayResend, mayRetry, originFailure } from './origin-failure.js';
+import { keptAlive, mayResend, mayRetry, originFailure } from './origin-failure.js';
 import type { OriginGate } from './origin-gate.js';
 import { type OriginPools, type OriginTarget, requestServername } from './origins.js';
 import { SendStallClock } from './send-stall.js';
@@ -222,6 +224,16 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
     gate?.leave(this.upload);
   }
 
+  /**
+   * Whether a close under the request is taken for the keep-alive race (origin-failure.ts): on a connection that had
+   * carried an answer; for a reset, which does not say, while the origin is not cooling down. An origin that drops
+   * every request on new connections was sent each one twice, for ever: it is not; one that resets every request has
+   * its first resend fail, and is cooled down, and not resent to, until the cool-down ends.
+   */
+  #raced(err: Error): boolean {
+    return keptAlive(err) ?? this.pools.healthy(this.target!);
+  }
+
   /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once (on the next target, or resent to this one). */
   settle(err: Error | undefined): void {
     if (!this.dispatched) return;
@@ -229,7 +241,7 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
     if (err === undefined || this.headersSent) return this.finish(err);
     // A client that left is not the origin's failure.
     const failure = this.clientGone ? 'not-origin' : originFailure(err);
-    if (this.attempts === 0 && failure === 'broken' && !this.answerBegun && mayResend(this.method, this.body !== null, err)) {
+    if (this.attempts === 0 && failure === 'broken' && !this.answerBegun && mayResend(this.method, this.body !== null, err) && this.#raced(err)) {
       // The keep-alive race: not counted against the origin; the resend on a new connection says how it is.
       const target = this.target!;
       this.attempts++;

@@ -57,11 +57,12 @@ export function mayRetry(method: string | undefined, hasBody: boolean, failure: 
 /**
  * The origin connection ended under the request: closed (undici's "other
  * side closed", UND_ERR_SOCKET), reset (ECONNRESET), or gone as the request
- * was written (EPIPE). Before any byte of the answer, this is the keep-alive
- * race: an origin that closes idle connections without saying so (gunicorn's
- * 2 s, uvicorn's 5 s, a NAT or load balancer with a shorter idle timeout)
- * closes one just as a request is written on it. undici's errors do not say
- * whether the connection was a kept-alive one: the rule needs no such word.
+ * was written (EPIPE). Before any byte of the answer, on a connection kept
+ * alive from an earlier answer, this is the keep-alive race: an origin that
+ * closes idle connections without saying so (gunicorn's 2 s, uvicorn's 5 s, a
+ * NAT or load balancer with a shorter idle timeout) closes one just as a
+ * request is written on it. On a new connection it is the origin dropping
+ * the request: not the race, and not resent (`keptAlive`).
  */
 const CLOSED_UNDER_REQUEST = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
 
@@ -75,4 +76,17 @@ const CLOSED_UNDER_REQUEST = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
  */
 export function mayResend(method: string | undefined, hasBody: boolean, err: unknown): boolean {
   return !hasBody && IDEMPOTENT.has(method ?? 'GET') && CLOSED_UNDER_REQUEST.has(errorCode(err));
+}
+
+/**
+ * Whether the connection that closed under a request had carried an answer
+ * before (nginx resends only then: a cached connection's failure takes no
+ * try). undici's close error says so: the bytes its socket had read
+ * (`SocketError.socket`, documented), none on a new connection, which the
+ * request's own answer never began on. A reset (ECONNRESET, EPIPE) comes as
+ * Node's plain error: undefined, unknown.
+ */
+export function keptAlive(err: unknown): boolean | undefined {
+  const bytesRead = (err as { socket?: { bytesRead?: unknown } } | undefined)?.socket?.bytesRead;
+  return errorCode(err) === 'UND_ERR_SOCKET' && typeof bytesRead === 'number' ? bytesRead > 0 : undefined;
 }
