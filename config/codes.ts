@@ -55,7 +55,8 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_UPGRADE_BODY: '400: an Upgrade request declares a body',
   KEYEDGE_HTTP_UPGRADE_CLOSING: '503: an Upgrade on a connection the graceful stop or a certificate change is closing',
   KEYEDGE_HTTP_BODY_TOO_LARGE: '413: the request body is over limits.maxBodyBytes',
-  KEYEDGE_HTTP_HEADERS_TOO_LARGE: '431: HTTP/2 request headers over limits.maxHeaderBytes from a client that has not acknowledged our SETTINGS',
+  KEYEDGE_HTTP_HEADERS_TOO_LARGE:
+    '431: HTTP/2 request headers over limits.maxHeaderBytes from a client that has not acknowledged our SETTINGS; an HTTP/1.1 request head of 4,096 field lines or more',
   KEYEDGE_HTTP_BAD_TARGET:
     '400: an absolute-form target that is not http(s), has userinfo or does not parse, or `*` outside OPTIONS; a Host or HTTP/2 :authority that is not host[:port]',
   KEYEDGE_HTTP_TRANSFER_CODING: "501: an HTTP/1.1 request's Transfer-Encoding names a coding besides its final chunked",

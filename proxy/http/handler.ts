@@ -17,7 +17,7 @@ import { closeAfterAnswer, closeIfBodyUnread } from './linger.js';
 import { cutAnswer, queueAnswer, whenQueuedClientGone } from './queued.js';
 import { AccessAccounts, type AnswerEnd, CLIENT_CLOSED_STATUS, type ForwardFailed, onRecordedAnswerEnd, RECORD, RequestRecord } from './access.js';
 import { stalledSend } from './send-stall.js';
-import { framingRefusal } from './request-framing.js';
+import { fieldLinesRefusal, framingRefusal } from './request-framing.js';
 import { normaliseTarget } from './target.js';
 import type { TrustedPeers } from './trusted-peers.js';
 
@@ -143,7 +143,7 @@ const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATI
  * path the access line logs (an absolute-form one may hold a password).
  */
 export function ownAnswer(req: IncomingMessage, expectation: Expectation | undefined): Refusal | undefined {
-  return normaliseTarget(req) ?? framingRefusal(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
+  return normaliseTarget(req) ?? fieldLinesRefusal(req) ?? framingRefusal(req) ?? (expectation === 'unsupported' ? EXPECTATION_FAILED : undefined);
 }
 
 /** RFC 6797 §6.1. */

@@ -30,6 +30,9 @@
  *
  * Runs on every request: one without Transfer-Encoding pays one property
  * look-up on the headers the handler reads anyway.
+ *
+ * And a head of MAX_FIELD_LINES or more (below): Node dropped the lines past
+ * its count, which may have framed the body.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Refusal } from './handler.js';
@@ -51,9 +54,35 @@ export function framingRefusal(req: IncomingMessage): Refusal | undefined {
   if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return HTTP_1_0;
   // Node has trimmed the value; field lines are joined with `, `.
   if (codings === 'chunked' || (codings.length === 7 && codings.toLowerCase() === 'chunked')) return undefined;
-  const last = codings
-    .slice(codings.lastIndexOf(',') + 1)
-    .trim()
-    .toLowerCase();
-  return last === 'chunked' ? UNKNOWN_CODING : NOT_LAST;
+  // Empty list elements are no codings (RFC 9110 §5.6.1.2: a recipient ignores them), as Node's parser reads them.
+  const named = codings
+    .split(',')
+    .map((coding) => coding.trim().toLowerCase())
+    .filter((coding) => coding !== '');
+  if (named.at(-1) !== 'chunked') return NOT_LAST;
+  return named.length === 1 ? undefined : UNKNOWN_CODING;
+}
+
+/**
+ * The most field lines a request's head may have. Node keeps this many and
+ * drops the rest without a word, while its parser still frames the body by a
+ * Content-Length or Transfer-Encoding among them: a request that reached it
+ * is refused, never forwarded without them. `limits.maxHeaderBytes` is the
+ * bound a request meets first up to its default 16 KiB (4,096 lines of
+ * `a:`); past it, this one keeps a head's cost bounded: 1 MiB of one-letter
+ * fields is 150,000 of them, half a second to two of the worker's time to
+ * make into objects and forward, every other client waiting (Node's own cap,
+ * 2,000, dropped silently).
+ */
+export const MAX_FIELD_LINES = 4096;
+const TOO_MANY_LINES: Refusal = {
+  status: 431,
+  code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE',
+  body: `request header fields too large: more than ${MAX_FIELD_LINES} field lines\n`,
+  headers: CLOSE,
+};
+
+/** Our refusal of a request whose head reached MAX_FIELD_LINES (Node dropped any beyond). */
+export function fieldLinesRefusal(req: IncomingMessage): Refusal | undefined {
+  return req.rawHeaders.length >= 2 * MAX_FIELD_LINES ? TOO_MANY_LINES : undefined;
 }

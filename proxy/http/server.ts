@@ -32,6 +32,7 @@ import { answerClientError } from './client-error.js';
 import { type ExpectingHandler, handleExpectations } from './expect.js';
 import type { UpgradeHandler } from './upgrade.js';
 import { notAfterClose } from './linger.js';
+import { MAX_FIELD_LINES } from './request-framing.js';
 import type { Http1Connections } from './retire.js';
 import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
 
@@ -85,14 +86,15 @@ function serverOptions(limits: ProxyConfig['limits']): http.ServerOptions {
 }
 
 /**
- * No bound on a request's field lines but `maxHeaderBytes`, as nginx: Node's own (`maxHeadersCount`, 2,000 lines)
- * drops the lines past it without a word, while its parser still frames the body by a Content-Length or
- * Transfer-Encoding among them. 2,001 lines of `a:` (8 KB, half the default bound) then a Content-Length: the POST
- * reached the origin with `content-length: 0`, its body dumped, and the access line said nothing went wrong. The
- * byte bound still caps the lines (the shortest line, `a:`, is 4 bytes: 4,096 of them at the default 16 KiB).
+ * Node's own bound on a request's field lines (`maxHeadersCount`, 2,000) drops the lines past it without a word,
+ * while its parser still frames the body by a Content-Length or Transfer-Encoding among them: 2,001 lines of `a:`
+ * (8 KB, half the default `maxHeaderBytes`) then a Content-Length, and the POST reached the origin with
+ * `content-length: 0`, its body dumped, and the access line said nothing went wrong. Now Node keeps up to
+ * MAX_FIELD_LINES, and a request that reaches them is refused 431 (request-framing.ts): under the default byte bound,
+ * every line a request can have is kept and forwarded, as nginx does.
  */
 function keepEveryFieldLine(server: http.Server): void {
-  server.maxHeadersCount = 0;
+  server.maxHeadersCount = MAX_FIELD_LINES;
 }
 
 /** The plain-HTTP port as the worker's stop sees it (shutdown.ts `Drainable`). */

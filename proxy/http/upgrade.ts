@@ -84,6 +84,7 @@ import { type Domain, hostName, hstsValue, originRefusal, ownFailureRefusal, typ
 import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { inAnswerOrder } from './queued.js';
+import { fieldLinesRefusal } from './request-framing.js';
 import { normaliseTarget } from './target.js';
 import { openTunnel } from './tunnel.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -139,7 +140,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     client.on('error', () => client.destroy());
     const started = process.hrtime.bigint();
     // Before routing, as for requests: an absolute-form target's authority is the Host routed on.
-    const own = normaliseTarget(req);
+    const own = normaliseTarget(req) ?? fieldLinesRefusal(req);
     const host = hostName(req.headers.host);
     const route = routeRequest(options, host, servedNames(client));
     const domain = route.domain;
