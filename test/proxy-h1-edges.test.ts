@@ -229,7 +229,9 @@ describe('the access line of an HTTP/2 answer', () => {
     // Our 400 (a fragment in :path, own-answers.ts): its short body.
     expect(got['/bytes-refused#']).toBeGreaterThan(0);
     const logged = await waitFor('the four access lines', () => {
-      const found = ['/bytes-chunked', '/bytes-cut', '/bytes-head', '/bytes-refused#'].map((p) => lines.find((l) => l.access === true && l.protocol === 'h2' && l.path === p));
+      const found = ['/bytes-chunked', '/bytes-cut', '/bytes-head', '/bytes-refused#'].map((p) =>
+        lines.find((l) => l.access === true && l.protocol === 'h2' && l.path === p),
+      );
       return found.every((l) => l !== undefined) ? Object.fromEntries(found.map((l) => [l!.path, l!.bytes ?? null])) : undefined;
     });
     expect(logged).toEqual({ '/bytes-chunked': 100_000, '/bytes-cut': 3, '/bytes-head': 0, '/bytes-refused#': got['/bytes-refused#'] });
