@@ -27,8 +27,8 @@
  * cannot have reached it); on a new connection to the same origin when its
  * connection closed or was reset under it before any byte of the answer (the
  * keep-alive race, origin-failure.ts `mayResend`; RFC 9112 §9.3.1), on a
- * connection that had carried an answer before (a reset, which does not say,
- * while the origin is not cooling down: `#raced`). That close
+ * connection that had read bytes before, while the origin is not cooling
+ * down (`#raced`). That close
  * does not count against the origin: the resend's outcome does (an answer
  * clears it, a failure cools it down), so a healthy origin is not skipped, and
  * one that drops every request still is. The resend takes a connection of its
@@ -225,13 +225,14 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   }
 
   /**
-   * Whether a close under the request is taken for the keep-alive race (origin-failure.ts): on a connection that had
-   * carried an answer; for a reset, which does not say, while the origin is not cooling down. An origin that drops
-   * every request on new connections was sent each one twice, for ever: it is not; one that resets every request has
-   * its first resend fail, and is cooled down, and not resent to, until the cool-down ends.
+   * Whether a close under the request is taken for the keep-alive race (origin-failure.ts): not on a connection that
+   * never read a byte, and only while the origin is not cooling down. An origin that drops every request on new
+   * connections was sent each one twice, for ever: it is not. One that resets every request, or writes a byte (an
+   * empty line, which undici skips before a status line) and closes, has its first resend fail, is cooled down, and
+   * is not resent to until the cool-down ends.
    */
   #raced(err: Error): boolean {
-    return keptAlive(err) ?? this.pools.healthy(this.target!);
+    return keptAlive(err) !== false && this.pools.healthy(this.target!);
   }
 
   /** The attempt at the origin settled (onComplete, onError): done, or failed, or retried once (on the next target, or resent to this one). */
