@@ -6,6 +6,7 @@ import cluster from 'node:cluster';
 import { loadProxyConfig } from '../config/load.js';
 import { type Command, parseCommandArgs } from '../keyserver/shared/command.js';
 import { createLogger } from '../keyserver/shared/log.js';
+import { runningConfigOfWorker } from './cluster-worker-config.js';
 
 const USAGE = `Usage: keyedge proxy [--config FILE]
 
@@ -33,7 +34,8 @@ export const proxyCommand: Command = {
       process.stdout.write(USAGE);
       return 0;
     }
-    const config = loadProxyConfig(values.config);
+    // A worker runs on its primary's running configuration (cluster-worker-config.ts), not the file as it is now.
+    const config = (cluster.isPrimary ? undefined : runningConfigOfWorker()) ?? loadProxyConfig(values.config);
     const log = createLogger(cluster.isPrimary ? 'proxy' : `proxy-worker-${cluster.worker?.id ?? 0}`, config.log.level);
     // Loaded here, not at the top: the native keyless bridge comes with it, and
     // other keyedge commands (key management on a key-server host) never need it.

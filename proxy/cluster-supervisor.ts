@@ -20,6 +20,7 @@ import { KeyedgeError } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { isMessage, isStartFailedMessage, READY } from './cluster-messages.js';
 import type { ClusterMetrics } from './cluster-metrics.js';
+import { workerConfigEnv } from './cluster-worker-config.js';
 
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
@@ -39,6 +40,8 @@ const FAILED_STARTS = 3;
 
 export interface SupervisorParts {
   readonly config: ProxyConfig;
+  /** What a worker forked now runs on: the running configuration (serving/source.ts), not the file as saved since. */
+  readonly runningConfig: () => ProxyConfig;
   readonly log: Logger;
   readonly metrics: ClusterMetrics;
   readonly restarts: Counter;
@@ -92,7 +95,7 @@ export class WorkerSupervisor {
   }
 
   fork(): void {
-    const worker = cluster.fork();
+    const worker = cluster.fork(workerConfigEnv(this.parts.runningConfig(), (message) => this.parts.log.warn(message)));
     this.#started.set(worker, Date.now());
     this.#watchStart(worker);
     this.parts.metrics.track(worker);

@@ -124,6 +124,7 @@ async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: 
   const clusterMetrics = new ClusterMetrics(metrics.registry);
   const supervisor = new WorkerSupervisor({
     config,
+    runningConfig: () => source.config,
     log,
     metrics: clusterMetrics,
     restarts: metrics.restarts,

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -107,4 +108,19 @@ describe('a reload', () => {
     });
     await waitFor('the upload served', async () => ((await served('uploaded.lab.test')) === serial(L.uploaded!) ? true : undefined), 20_000);
   }, 60_000);
+
+  // A worker forked now (a replacement after a crash) read the config file itself, and so signed through the key
+  // server the file names, which holds none of the served keys: its handshakes failed (internal_error) while the
+  // other worker's went on (cluster-worker-config.ts).
+  it('leaves a worker replaced before the restart on the running settings too', async () => {
+    const workers = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proxy.pid)], { encoding: 'utf8' })
+      .split('\n')
+      .map(Number)
+      .filter((pid) => pid > 0);
+    expect(workers).toHaveLength(2);
+    const from = proxy.lines.length;
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitFor('the replacement listening', () => proxy.lines.slice(from).find((l) => l.msg === 'proxy worker listening' && l.pid !== workers[0]), 60_000);
+    for (let i = 0; i < 8; i++) expect(await served('main.lab.test')).toBe(serial(L.main!));
+  }, 90_000);
 });

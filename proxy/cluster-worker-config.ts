@@ -1,0 +1,45 @@
+/**
+ * The configuration a worker runs on: the primary's running one, handed over
+ * in a file of the state directory, not the config file read again. A worker
+ * forked after the file was saved (a replacement, after a crash or a hung
+ * start) read the file itself, and so took every restart-only setting the
+ * file changed while the primary and the other workers kept the running ones
+ * (serving/source.ts RESTART_ONLY): a key server the file named for after a
+ * planned restart, which held none of the served keys, failed that worker's
+ * handshakes. The running configuration is resolved and frozen (paths
+ * absolute), so it is written as it is; the file is the primary's, mode 0600
+ * (the config file's own secrets, an on-demand `ask` URL's credentials, stay
+ * in the state directory), and each fork writes it afresh, whole, before the
+ * worker starts.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { deepFreeze } from '../config/deep-freeze.js';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+
+/** The variable naming the file to a forked worker. */
+const WORKER_CONFIG = 'KEYEDGE_WORKER_CONFIG';
+
+/**
+ * Writes `config` for the worker about to be forked; returns the environment that names it. A state directory that
+ * cannot take it (full, read-only) leaves the worker reading the config file, as before: said once, not a failed fork.
+ */
+export function workerConfigEnv(config: ProxyConfig, warn: (message: string) => void): Record<string, string> {
+  const file = join(config.stateDir, 'worker-config.json');
+  try {
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(`${file}.tmp`, JSON.stringify(config), { mode: 0o600 });
+    renameSync(`${file}.tmp`, file);
+    return { [WORKER_CONFIG]: file };
+  } catch (err) {
+    warn(`cannot write the running configuration for a new worker to ${file} (${(err as Error).message}): it reads the config file`);
+    return {};
+  }
+}
+
+/** In a forked worker: the configuration its primary runs on; undefined elsewhere (then the config file is read). */
+export function runningConfigOfWorker(): ProxyConfig | undefined {
+  const file = process.env[WORKER_CONFIG];
+  if (file === undefined) return undefined;
+  return deepFreeze(JSON.parse(readFileSync(file, 'utf8')) as ProxyConfig);
+}
