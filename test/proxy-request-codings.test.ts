@@ -107,6 +107,21 @@ describe('a transfer coding besides one final chunked (RFC 9112 §6.1)', () => {
     expect(lines.some((l) => l.path === `${path}-after`)).toBe(false);
   });
 
+  // Empty list elements beside chunked: Node 20's parser reads the body as chunked, Node 22's and 24's otherwise (the
+  // request behind it was read as body), so they are refused, as nginx refuses anything but `chunked` alone.
+  it.each([
+    ['`chunked, `', '/empty-after', 'transfer-encoding: chunked, \r\n'],
+    ['an empty field line after chunked', '/empty-line-after', 'transfer-encoding: chunked\r\ntransfer-encoding: \r\n'],
+    ['an empty field line before chunked', '/empty-line-before', 'transfer-encoding: \r\ntransfer-encoding: chunked\r\n'],
+  ])('an empty list element beside chunked (%s): refused, nothing reaches the origin, the connection closes', async (_name, path, field) => {
+    received = '';
+    const answer = await exchange(`POST ${path} HTTP/1.1\r\nhost: ${HOST}\r\n${field}\r\n${CHUNKED_HELLO}GET ${path}-after HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`);
+    expect(statusLines(answer.text)).toHaveLength(1);
+    expect(statusLines(answer.text)[0]).toMatch(/^HTTP\/1\.1 (400|501)$/);
+    expect(answer.closed).toBe(true);
+    expect(received).toBe('');
+  });
+
   it.each([
     ['its body with the head', '/gzip-alone', ''],
     ['awaiting 100 (Continue)', '/gzip-alone-continue', 'expect: 100-continue\r\n'],
@@ -199,13 +214,9 @@ describe('the plain-HTTP port: an ACME challenge is forwarded to the origin', ()
 });
 
 describe('one chunked, as ever', () => {
-  // Empty list elements are none (RFC 9110 §5.6.1.2), as Node's parser reads them: they were refused 501 or 400.
   it.each([
     ['chunked', '/chunked'],
     ['Chunked', '/chunked-capital'],
-    [', chunked', '/chunked-empty-first'],
-    ['chunked\r\ntransfer-encoding: ', '/chunked-empty-line-after'],
-    ['\r\ntransfer-encoding: chunked', '/chunked-empty-line-before'],
   ])('Transfer-Encoding: %j over HTTP/1.1 is forwarded with its body whole, and the connection kept', async (coding, path) => {
     received = '';
     const client = await rawTls(proxy.ports[0]!, HOST, ca);
@@ -239,7 +250,9 @@ describe('a request head of 4,096 field lines or more', () => {
     const { text, closed } = await exchange(`POST /many-lines HTTP/1.1\r\nhost: ${HOST}\r\n${'a:\r\n'.repeat(5000)}content-length: 5\r\n\r\nhello`);
     expect(statusLines(text)).toEqual(['HTTP/1.1 431']);
     expect(text).toMatch(/\r\nconnection: close\r\n/i);
-    expect(text).toContain('\r\nx-keyedge-error: KEYEDGE_HTTP_HEADERS_TOO_LARGE\r\n');
+    // Node 22 and 24 refuse such a head themselves (431, no code of ours); Node 20 hands it over with the lines past its
+    // count dropped, and the proxy refuses it.
+    if (process.versions.node.startsWith('20.')) expect(text).toContain('\r\nx-keyedge-error: KEYEDGE_HTTP_HEADERS_TOO_LARGE\r\n');
     expect(closed).toBe(true);
     expect(received).toBe('');
   });

@@ -54,13 +54,14 @@ export function framingRefusal(req: IncomingMessage): Refusal | undefined {
   if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return HTTP_1_0;
   // Node has trimmed the value; field lines are joined with `, `.
   if (codings === 'chunked' || (codings.length === 7 && codings.toLowerCase() === 'chunked')) return undefined;
-  // Empty list elements are no codings (RFC 9110 §5.6.1.2: a recipient ignores them), as Node's parser reads them.
-  const named = codings
-    .split(',')
-    .map((coding) => coding.trim().toLowerCase())
-    .filter((coding) => coding !== '');
-  if (named.at(-1) !== 'chunked') return NOT_LAST;
-  return named.length === 1 ? undefined : UNKNOWN_CODING;
+  // Anything else is refused, empty list elements too (`chunked, `, an empty field line beside chunked), which RFC 9110
+  // §5.6.1.2 would have ignored: Node 20's parser reads them as chunked, Node 22's and 24's frame the body otherwise
+  // (the request behind it was read as its body). nginx forwards only `chunked` alone as well.
+  const last = codings
+    .slice(codings.lastIndexOf(',') + 1)
+    .trim()
+    .toLowerCase();
+  return last === 'chunked' ? UNKNOWN_CODING : NOT_LAST;
 }
 
 /**
