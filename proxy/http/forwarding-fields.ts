@@ -1,9 +1,8 @@
 /**
  * The forwarding fields: request header fields an origin takes as a proxy's
- * word on how the client came, or with which certificate, which no client
- * may set for itself
- * (forward-headers.ts drops or replaces them unless the peer is trusted,
- * trusted-peers.ts).
+ * word on how the client came, or with which certificate, which no client may
+ * set for itself (forward-headers.ts drops or replaces them unless the peer is
+ * trusted, trusted-peers.ts).
  *
  * X-Forwarded-For, -Proto, -Host and Forwarded (RFC 7239) are set by keyedge
  * (CLIENT_SET). The rest (CLAIMS) are not set here, but an origin behind a

@@ -28,10 +28,9 @@
  * connection closed or was reset under it before any byte of the answer (the
  * keep-alive race, origin-failure.ts `mayResend`; RFC 9112 §9.3.1), on a
  * connection that had read bytes before, while the origin is not cooling
- * down (`#raced`). That close
- * does not count against the origin: the resend's outcome does (an answer
- * clears it, a failure cools it down), so a healthy origin is not skipped, and
- * one that drops every request still is. The resend takes a connection of its
+ * down (`#raced`). That close does not count against the origin: the
+ * resend's outcome does (an answer clears it, a failure cools it down), so a
+ * healthy origin is not skipped, and one that drops every request still is. The resend takes a connection of its
  * own (origins.ts `dispatch`): another idle one of the pool may be closing
  * too. A request refused by a busy origin's gate was not sent, and goes to the
  * next origin whatever its method. An answer begun is never retried.
