@@ -138,8 +138,8 @@ export function originRefusal(failure: OriginFailure): Refusal {
 const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
 
 /**
- * Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), framing by a transfer
- * coding keyedge does not forward (request-framing.ts), an unmet expectation. The target first: it is brought to the
+ * Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), a head of too many field
+ * lines or framing by a transfer coding keyedge does not forward (request-framing.ts), an unmet expectation. The target first: it is brought to the
  * path the access line logs (an absolute-form one may hold a password).
  */
 export function ownAnswer(req: IncomingMessage, expectation: Expectation | undefined): Refusal | undefined {

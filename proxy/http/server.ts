@@ -54,7 +54,7 @@ export function createHttp1Server(
   // An HTTP/1.1 request without Host is refused by the handler (target.ts), not by Node: Node's own 400 says close
   // but its parser reads on, and a request pipelined behind it reached the origin, its answer never sent.
   const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, own);
-  keepEveryFieldLine(server);
+  capFieldLines(server);
   // A connection whose first answer closes it (retire.ts) opens no tunnel: its Upgrade is refused (upgrade.ts).
   const tunnel = notAfterClose(connections.closingFirstUpgrade(upgrade));
   server.on('upgrade', tunnel);
@@ -93,7 +93,7 @@ function serverOptions(limits: ProxyConfig['limits']): http.ServerOptions {
  * MAX_FIELD_LINES, and a request that reaches them is refused 431 (request-framing.ts): under the default byte bound,
  * every line a request can have is kept and forwarded, as nginx does.
  */
-function keepEveryFieldLine(server: http.Server): void {
+function capFieldLines(server: http.Server): void {
   server.maxHeadersCount = MAX_FIELD_LINES;
 }
 
@@ -123,7 +123,7 @@ export async function startRedirectServer(
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const handler = notAfterClose(connections.closingFirst(createRedirectHandler(options)));
   const server = http.createServer(serverOptions(limits), handler);
-  keepEveryFieldLine(server);
+  capFieldLines(server);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
   handleExpectations(server, handler);

@@ -7,6 +7,7 @@
 import type { Refusal } from '../http/handler.js';
 import { hostRefusal } from '../http/target.js';
 import type { Http1Request } from './headers.js';
+import { FIELD_OVERHEAD } from './settings.js';
 
 const SERVER_OPTIONS: Refusal = {
   status: 200,
@@ -37,7 +38,7 @@ const HOST_DIFFERS: Refusal = {
  */
 export function headersOverLimit(rawHeaders: readonly string[], maxBytes: number): boolean {
   let size = 0;
-  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * 32;
+  for (let i = 0; i < rawHeaders.length; i++) size += rawHeaders[i]!.length + (i & 1) * FIELD_OVERHEAD;
   return size > maxBytes;
 }
 

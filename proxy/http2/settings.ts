@@ -30,7 +30,7 @@ import type { ServerOptions } from 'node:http2';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 
 /** RFC 9113 §6.5.2: each field of a header list counts its name, its value and 32 octets. */
-const FIELD_OVERHEAD = 32;
+export const FIELD_OVERHEAD = 32;
 
 /**
  * The field count under which `maxHeaderBytes` is the bound that holds: the most fields a list of that size can
