@@ -34,6 +34,8 @@ export class ProxyMetrics {
   readonly http2SessionsClosed: Counter<'reason'>;
   readonly http1ConnectionsClosed: Counter<'reason'>;
   readonly recordFloods: Counter;
+  /** What keyedge_proxy_origin_resends_total reads at each scrape (`countOriginResends`): the worker's origin pools' count. */
+  #originResends: () => number = () => 0;
   readonly #eventLoop: IntervalHistogram;
   /** Request counts kept as plain numbers on the request path and added to `requests` at each scrape (`requestTally`). */
   readonly #tallies: RequestTally[] = [];
@@ -120,6 +122,16 @@ export class ProxyMetrics {
       help: 'TLS connections closed for sending records without application data past their credit (a KeyUpdate flood, RFC 8446 §4.6.3).',
       registers,
     });
+    const originResends = (): number => this.#originResends();
+    new Counter({
+      name: `${PREFIX}origin_resends_total`,
+      help: 'Requests without a body and with an idempotent method sent once more, on a new connection or the next free one, because their kept-alive origin connection closed under them before any byte of the answer (the keep-alive race); what the resend met is counted as any request.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(originResends());
+      },
+    });
 
     this.#eventLoop = monitorEventLoopDelay({ resolution: 10 });
     this.#eventLoop.enable();
@@ -160,6 +172,11 @@ export class ProxyMetrics {
 
   stop(): void {
     this.#eventLoop.disable();
+  }
+
+  /** `keyedge_proxy_origin_resends_total` reads `count` (a plain number the origin pools keep: nothing on the request path). */
+  countOriginResends(count: () => number): void {
+    this.#originResends = count;
   }
 
   /**

@@ -49,6 +49,7 @@ export async function startProxyWorker(config: ProxyConfig, options: WorkerOptio
   const tls = new WorkerTls(config.tls, keySource, { ticketKeys: options.ticketKeys, metrics, log });
   const { contexts, stapler } = tls;
   const pools = new OriginPools(originPoolOptions(limits));
+  metrics.countOriginResends(() => pools.resends);
   const serving = new LiveServing({ contexts, profiles: [...new Set(config.listen.map((l) => l.profile))], pools, stapler, log });
   serveFirst(serving, options.initial ?? own!.initial, config);
   // A connection served a name its certificate no longer covers is ended (after a reload, or as it starts when its

@@ -238,7 +238,7 @@ describe("the bound's reset, through the proxy", () => {
       await waitFor('the reset', () => client.streamResets.get(1), 60_000);
       expect(client.streamResets.get(1)).toBe(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       const line = await waitFor('its access line', () => lines.find((l) => l.access === true && l.path === '/tiny'));
-      expect({ status: line.status, code: line.code, aborted: line.aborted }).toEqual({ status: 499, code: 'KEYEDGE_HTTP_TINY_FRAMES', aborted: true });
+      expect({ status: line.status, code: line.code, aborted: line.aborted }).toEqual({ status: 444, code: 'KEYEDGE_HTTP_TINY_FRAMES', aborted: true });
     } finally {
       client.tls.destroy();
       held.shift()?.end('ok');

@@ -62,6 +62,8 @@ const FAMILY: Readonly<Record<string, string>> = {
   'x-cluster-client-ip': '6.6.6.6',
   'x-forwarded': '6.6.6.6',
   'forwarded-for': '6.6.6.6',
+  // X-Forwarded-For as ingress-nginx received it, which applications behind it read as the client's.
+  'x-original-forwarded-for': '6.6.6.6',
   // What was asked for: a request for / that an application or an auth service takes as one for /admin.
   'x-original-url': '/admin',
   'x-rewrite-url': '/admin',
@@ -79,7 +81,15 @@ const FAMILY: Readonly<Record<string, string>> = {
   'x-arr-clientcert': 'MIIBforged',
   'client-cert': ':MIIBforged:',
   'client-cert-chain': ':MIIBforged:',
-  // The X-SSL-Client-* and Ssl-Client-* families go by prefix: these two are in no list.
+  // ASP.NET Core's IIS integration, and Puppet's defaults (X-Client-DN, X-Client-Verify).
+  'ms-aspnetcore-clientcert': 'MIIBforged',
+  'x-client-verify': 'SUCCESS',
+  'x-client-dn': 'CN=admin',
+  // The X-SSL-* and Ssl-Client-* families go by prefix: these are in no list.
+  'x-ssl-issuer': 'CN=Lab CA',
+  'x-ssl-subject': 'CN=admin',
+  'x-ssl-verify': 'SUCCESS',
+  'x-ssl-issuer-hash-1': '0ae1f2',
   'x-ssl-client-verify': 'SUCCESS',
   'x-ssl-client-s-dn': 'CN=admin',
   'x-ssl-client-escaped-cert': 'MIIBforged',
@@ -169,10 +179,12 @@ describe('trusted peers', () => {
     expect(new TrustedPeers().trusts('127.0.0.1')).toBe(false);
   });
 
-  it('knows the X-SSL-Client-* and Ssl-Client-* families by prefix, in either spelling, and nothing else by it', () => {
-    for (const name of ['x-ssl-client-verify', 'x-ssl-client-i-dn', 'ssl-client-cert', 'ssl-client-issuer-dn']) expect(namesClientCertificate(name)).toBe(true);
-    for (const name of ['x-ssl-client', 'ssl-client', 'x-ssl-clientele', 'x-request-id', 'sec-fetch-site', 'x-ssl-cert'])
+  it('knows the X-SSL-* and Ssl-Client-* families by prefix, in either spelling, and nothing else by it', () => {
+    for (const name of ['x-ssl-client-verify', 'x-ssl-client-i-dn', 'x-ssl-cert', 'x-ssl-issuer', 'x-ssl-subject', 'ssl-client-cert', 'ssl-client-issuer-dn'])
+      expect(namesClientCertificate(name)).toBe(true);
+    for (const name of ['x-ssl', 'x-ssl-', 'ssl-client', 'x-sslv3', 'x-request-id', 'sec-fetch-site', 'ssl-clientele'])
       expect(namesClientCertificate(name)).toBe(false);
+    expect(spellsForwarding('x_ssl_issuer')).toBe(true);
     // Longer than any listed name, yet of a family; an application's own name with `_` is not.
     expect(spellsForwarding('x_ssl_client_certificate_serial_number_hex')).toBe(true);
     expect(spellsForwarding('ssl_client_fingerprint')).toBe(true);
@@ -268,6 +280,11 @@ describe('the forwarding fields keyedge does not set', () => {
     client_cert: ':MIIBforged:',
     x_ssl_client_verify: 'SUCCESS',
     x_ssl_client_escaped_cert: 'MIIBforged',
+    x_ssl_issuer: 'CN=Lab CA',
+    x_original_forwarded_for: '6.6.6.7',
+    ms_aspnetcore_clientcert: 'MIIBforged',
+    x_client_verify: 'SUCCESS',
+    x_client_dn: 'CN=admin',
     ssl_client_cert: 'MIIBforged',
     ssl_client_verify: 'SUCCESS',
   };

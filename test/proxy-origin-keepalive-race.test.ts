@@ -1,10 +1,13 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
+import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
 import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
 import { closeSession, h2Connect, h2Request } from './helpers/h2.js';
+import { waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The keep-alive race: an origin that closes an idle connection without saying so (gunicorn's 2 s, uvicorn's 5 s
@@ -18,6 +21,7 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 // `/begun-…`; a new connection answers it. `/drop…` is closed on any connection.
 let lab: KeylessLab;
 let proxy: RunningWorker;
+let metrics: ProxyMetrics;
 let ca: string;
 const servers: net.Server[] = [];
 const sockets = new Set<net.Socket>();
@@ -81,6 +85,7 @@ beforeAll(async () => {
   fourth = await rawOrigin('fourth');
   lone = await rawOrigin('lone');
   blank = await rawOrigin('blank');
+  metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'race', chain: cert.file }],
@@ -93,21 +98,22 @@ beforeAll(async () => {
       ],
       limits: { originFailureCooldownMs: 60_000 },
     }),
-    { log: createLogger('keepalive-race-test', 'silent') },
+    { log: createLogger('keepalive-race-test', 'silent'), metrics },
   );
 }, 60_000);
 
 afterAll(async () => {
   await proxy?.close();
+  metrics?.stop();
   for (const socket of sockets) socket.destroy();
   await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
   await lab?.close();
 });
 
-/** One HTTP/1.1 request on its own client connection: the status and the body. */
-function h1(host: string, method: string, path: string, body = ''): Promise<{ status: number; body: string }> {
+/** One HTTP/1.1 request on its own client connection (to `port`, the race proxy's by default): the status and the body. */
+function h1(host: string, method: string, path: string, body = '', port = proxy.ports[0]!): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({ host: '127.0.0.1', port: proxy.ports[0]!, servername: host, ca, ALPNProtocols: ['http/1.1'] }, () =>
+    const socket = tls.connect({ host: '127.0.0.1', port, servername: host, ca, ALPNProtocols: ['http/1.1'] }, () =>
       socket.write(`${method} ${path} HTTP/1.1\r\nhost: ${host}\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`),
     );
     let got = '';
@@ -123,6 +129,11 @@ function h1(host: string, method: string, path: string, body = ''): Promise<{ st
 
 /** The connections a request came on at `origin`, in order. */
 const connectionsOf = (origin: RawOrigin, request: string): number[] => origin.seen.filter((s) => s.request === request).map((s) => s.connection);
+
+/** `keyedge_proxy_origin_resends_total` of `of` (undefined while it is not exported). */
+async function resends(of: ProxyMetrics = metrics): Promise<number | undefined> {
+  return (await of.registry.getSingleMetric('keyedge_proxy_origin_resends_total')?.get())?.values[0]?.value;
+}
 
 /** A request that leaves the origin's pool with a connection that has answered once, idle. */
 async function prime(host: string, path: string): Promise<void> {
@@ -165,6 +176,16 @@ describe('a request on a kept-alive origin connection the origin closes as it ar
       expect(connectionsOf(solo, `POST ${path}`)).toHaveLength(1);
     });
   }
+
+  it('counts each resend in keyedge_proxy_origin_resends_total, and nothing for a request not sent again', async () => {
+    const before = (await resends()) ?? Number.NaN;
+    await prime('race.lab.test', '/prime-count');
+    expect((await h1('race.lab.test', 'GET', '/race-fin-count')).status).toBe(200);
+    expect(await resends()).toBe(before + 1);
+    await prime('race.lab.test', '/prime-count-post');
+    expect((await h1('race.lab.test', 'POST', '/race-fin-count-post', 'order=1')).status).toBe(502);
+    expect(await resends()).toBe(before + 1);
+  });
 
   it('an HTTP/1.1 HEAD and an HTTP/2 DELETE without a body are sent again too (idempotent, RFC 9110 §9.2.2)', async () => {
     await prime('race.lab.test', '/prime-head');
@@ -222,4 +243,139 @@ describe('a request on a kept-alive origin connection the origin closes as it ar
     for (let i = 0; i < 4; i++) expect((await h1('blank.lab.test', 'GET', `/blank-${i}`)).status).toBe(502);
     expect(blank.seen.map((s) => s.request)).toEqual(['GET /blank-0', 'GET /blank-0', 'GET /blank-1', 'GET /blank-2', 'GET /blank-3']);
   });
+});
+
+interface CountingOrigin {
+  readonly url: Promise<string>;
+  /** Connections open now, and the most ever open at once. */
+  open(): number;
+  maxOpen(): number;
+  /** The connections of requests held unanswered, by path. */
+  readonly held: Map<string, net.Socket[]>;
+  /** Each request's path, as it came. */
+  readonly seen: string[];
+  /** Answers the requests held for `path`. */
+  release(path: string): void;
+  /** Closes the connection of the raced `/drop-once`. */
+  drop(): void;
+}
+
+/**
+ * A raw TCP origin that counts the connections open to it at once. Requests are held until `release` (by path), but
+ * for `/drop-once`: the first that comes on a connection that has answered before is closed under (the race), which
+ * the test lets happen with `drop`; every later one, or one on a new connection, is held as the others.
+ */
+function countingOrigin(): CountingOrigin {
+  let open = 0;
+  let maxOpen = 0;
+  const held = new Map<string, net.Socket[]>();
+  const seen: string[] = [];
+  let dropping: net.Socket | undefined;
+  let dropped = false;
+  const answers = new WeakMap<net.Socket, number>();
+  /** Open connections counted: one the origin closes stops counting as it does (its 'close' waits for the proxy's side). */
+  const counted = new WeakSet<net.Socket>();
+  const server = net.createServer((socket) => {
+    maxOpen = Math.max(maxOpen, ++open);
+    counted.add(socket);
+    sockets.add(socket);
+    answers.set(socket, 0);
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (counted.delete(socket)) open--;
+      sockets.delete(socket);
+    });
+    let buf = '';
+    socket.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('latin1');
+      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+        const path = buf.slice(0, end).split(' ')[1] ?? '/';
+        buf = buf.slice(end + 4);
+        seen.push(path);
+        if (path === '/drop-once' && !dropped && answers.get(socket)! > 0) {
+          dropped = true;
+          dropping = socket;
+          continue;
+        }
+        held.set(path, [...(held.get(path) ?? []), socket]);
+      }
+    });
+  });
+  servers.push(server);
+  const url = new Promise<string>((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`)));
+  return {
+    url,
+    open: () => open,
+    maxOpen: () => maxOpen,
+    held,
+    seen,
+    release(path) {
+      for (const socket of held.get(path) ?? []) {
+        answers.set(socket, answers.get(socket)! + 1);
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${path.length}\r\n\r\n${path}`);
+      }
+      held.delete(path);
+    },
+    drop() {
+      if (dropping !== undefined && counted.delete(dropping)) open--;
+      dropping?.end();
+    },
+  };
+}
+
+describe("the resend's connection", () => {
+  // The resend goes on a connection of its own, since another idle one of the pool may be closing too. The origin's
+  // bound (limits.originMaxConnections) holds only if that connection counts with the pool's: a request waiting at
+  // the gate, admitted as the raced one left it, reopens the pool's closed connection, and once the resend is admitted
+  // in its turn, a connection of its own would be one more than the bound, the pool's others kept alive.
+  it('keeps the origin within limits.originMaxConnections: with the pool at its bound, the resend takes a place in it', async () => {
+    const origin = countingOrigin();
+    const cert = await lab.certificate('bound', lab.keys.ec, ['bound.lab.test']);
+    const boundMetrics = new ProxyMetrics(() => bound.keySource.stats(), new Registry());
+    const bound: RunningWorker = await startProxyWorker(
+      lab.proxyConfig({
+        certificates: [{ name: 'bound', chain: cert.file }],
+        domains: [{ name: 'bound.lab.test', origin: await origin.url }],
+        limits: { originMaxConnections: 2, originFailureCooldownMs: 60_000 },
+      }),
+      { log: createLogger('keepalive-race-bound-test', 'silent'), metrics: boundMetrics },
+    );
+    const get = (path: string) => h1('bound.lab.test', 'GET', path, '', bound.ports[0]!);
+    const heldAt = (path: string, count = 1) => waitFor(`${path} held at the origin`, () => ((origin.held.get(path)?.length ?? 0) >= count ? true : undefined));
+    try {
+      // Two connections that have answered once, idle in the pool.
+      const warm = [get('/warm-1'), get('/warm-2')];
+      await heldAt('/warm-1');
+      await heldAt('/warm-2');
+      origin.release('/warm-1');
+      origin.release('/warm-2');
+      expect((await Promise.all(warm)).map((a) => a.status)).toEqual([200, 200]);
+      // One held on one of them; the raced request on the other: the pool's two places are taken.
+      const holding = get('/hold');
+      await heldAt('/hold');
+      const raced = get('/drop-once');
+      await waitFor('the raced request at the origin', () => (origin.seen.includes('/drop-once') ? true : undefined));
+      // A third waits at the gate for a place. Its wait cannot be seen from here: a wide margin for it to get there.
+      const waiting = get('/waiting');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      expect(origin.seen).not.toContain('/waiting');
+      // The raced connection closes: the waiting request takes its place (and a connection), the resend waits for one.
+      origin.drop();
+      await heldAt('/waiting');
+      // The held request is answered: its place goes to the resend.
+      origin.release('/hold');
+      expect((await holding).status).toBe(200);
+      await waitFor('the resend at the origin', () => (origin.seen.filter((p) => p === '/drop-once').length === 2 ? true : undefined));
+      await heldAt('/drop-once');
+      expect({ open: origin.open(), maxOpen: origin.maxOpen() }).toEqual({ open: 2, maxOpen: 2 });
+      origin.release('/drop-once');
+      origin.release('/waiting');
+      expect((await raced).status).toBe(200);
+      expect((await waiting).status).toBe(200);
+      expect(await resends(boundMetrics)).toBe(1);
+    } finally {
+      await bound.close();
+      boundMetrics.stop();
+    }
+  }, 60_000);
 });

@@ -26,9 +26,11 @@
  *   npm request-ip, ahead of -For), Client-IP (Rails' remote_ip,
  *   python-ipware and so django-ipware), CF-Connecting-IP (request-ip,
  *   python-ipware), Fastly-Client-IP (request-ip), X-Cluster-Client-IP,
- *   X-Forwarded and Forwarded-For (request-ip, python-ipware). A CDN in
- *   front sets its own name over the client's; straight from a client, each
- *   is an address of its choosing.
+ *   X-Forwarded and Forwarded-For (request-ip, python-ipware),
+ *   X-Original-Forwarded-For (ingress-nginx passes the X-Forwarded-For it
+ *   received in it, and applications behind it, and gRPC interceptors, read
+ *   it as the client's). A CDN in front sets its own name over the
+ *   client's; straight from a client, each is an address of its choosing.
  * - as what the client asked for, over the request line: X-Original-URL and
  *   X-Rewrite-URL (IIS URL Rewrite's and ISAPI_Rewrite's; Yii 2 takes
  *   X-Rewrite-Url as the path from its trusted hosts, Symfony before
@@ -52,10 +54,20 @@
  *   Pulp's certguard), X-ARR-ClientCert (Azure App Service's, for its apps),
  *   Client-Cert and Client-Cert-Chain (RFC 9440, which Cloudflare can set and
  *   Keycloak's RFC 9440 lookup reads; §4: the proxy MUST remove or overwrite
- *   any the client sent), X-SSL-Cert (nginx configs' $ssl_client_cert), and
- *   by prefix (`namesClientCertificate`) X-SSL-Client-* (HAProxy's
- *   documented -Verify, -DN, -CN, -NotBefore, -NotAfter; nginx configs'
- *   -Verify, -S-DN, -Escaped-Cert; Cloud Foundry's HAProxy) and
+ *   any the client sent), MS-ASPNETCORE-CLIENTCERT (ASP.NET Core's IIS
+ *   integration, whose ForwardClientCertificate, on by default, takes it
+ *   for the connection's certificate), X-Client-Verify and X-Client-DN
+ *   (Puppet's ssl_client_verify_header and ssl_client_header defaults,
+ *   HTTP_X_CLIENT_VERIFY and HTTP_X_CLIENT_DN: its server behind nginx
+ *   takes SUCCESS and the DN for an authenticated agent), and by prefix
+ *   (`namesClientCertificate`) X-SSL-* (nginx configs' -Cert
+ *   ($ssl_client_cert), -Issuer, -Subject, -Verify (Snipe-IT's guide);
+ *   Pound's -Subject, -Issuer, -notBefore, -notAfter, -serial, -cipher,
+ *   -certificate; Eclipse hawkBit's -Issuer-Hash-1…; HAProxy's documented
+ *   -Client-Verify, -Client-DN, -Client-CN, -Client-NotBefore, -NotAfter;
+ *   nginx configs' -Client-Verify, -Client-S-DN, -Client-Escaped-Cert;
+ *   Cloud Foundry's HAProxy: TLS facts of a client connection that only a
+ *   proxy in front can state) and
  *   Ssl-Client-* (ingress-nginx's auth-tls-pass-certificate-to-upstream:
  *   -Cert, -Verify, -Subject-Dn, -Issuer-Dn; Keycloak's trusted-nginx lookup
  *   takes ssl-client-verify: SUCCESS). An origin that takes them for the
@@ -104,6 +116,7 @@ const CLAIMS = [
   'x-cluster-client-ip',
   'x-forwarded',
   'forwarded-for',
+  'x-original-forwarded-for',
   // What the client asked for.
   'x-original-url',
   'x-rewrite-url',
@@ -112,7 +125,7 @@ const CLAIMS = [
   'x-forwarded-method',
   // The Host the client used.
   'x-original-host',
-  // The client's certificate, verified (the X-SSL-Client-* and Ssl-Client-* families: namesClientCertificate).
+  // The client's certificate, verified (the X-SSL-* and Ssl-Client-* families: namesClientCertificate).
   'x-forwarded-client-cert',
   'x-forwarded-tls-client-cert',
   'x-forwarded-tls-client-cert-info',
@@ -120,7 +133,9 @@ const CLAIMS = [
   'x-arr-clientcert',
   'client-cert',
   'client-cert-chain',
-  'x-ssl-cert',
+  'ms-aspnetcore-clientcert',
+  'x-client-verify',
+  'x-client-dn',
 ];
 
 /** What a peer not trusted sent that is dropped: every forwarding field. */
@@ -132,16 +147,18 @@ const X = 0x78;
 const S = 0x73;
 
 /**
- * Whether `name` (lower case) is in the X-SSL-Client-* or Ssl-Client-*
- * family: what nginx, HAProxy and ingress-nginx configs name the client
- * certificate's fields, one header each (-Verify, -S-DN, -Serial,
- * -Fingerprint, -Cert…), more than a list keeps up with. Dropped from a peer
- * not trusted, as UNTRUSTED is. The first character first: most names pay
- * one comparison, those starting `x` or `s` a startsWith; no string is built.
+ * Whether `name` (lower case) is in the X-SSL-* or Ssl-Client-* family: what
+ * nginx, HAProxy, Pound and ingress-nginx configs name the client
+ * certificate's fields and the connection's TLS facts, one header each
+ * (-Client-Verify, -Issuer, -Subject, -Verify, -Cert, -Client-S-DN…), more
+ * than a list keeps up with; no client has a use for one of its own. Dropped
+ * from a peer not trusted, as UNTRUSTED is. The first character first: most
+ * names pay one comparison, those starting `x` or `s` a startsWith; no string
+ * is built.
  */
 export function namesClientCertificate(name: string): boolean {
   const first = name.charCodeAt(0);
-  if (first === X) return name.length > 13 && name.startsWith('x-ssl-client-');
+  if (first === X) return name.length > 6 && name.startsWith('x-ssl-');
   return first === S && name.length > 11 && name.startsWith('ssl-client-');
 }
 

@@ -32,7 +32,10 @@
  * resend's outcome does (an answer clears it, a failure cools it down), so a
  * healthy origin is not skipped, and one that drops every request still is. The resend takes a connection of its
  * own (origins.ts `dispatch`): another idle one of the pool may be closing
- * too. A request refused by a busy origin's gate was not sent, and goes to the
+ * too; but not past the origin's bound: with the pool's connections and the
+ * other resends' at `limits.originMaxConnections`, it goes through the pool
+ * as any request. Its place is taken at the gate again, as any attempt's.
+ * Each resend is counted (keyedge_proxy_origin_resends_total). A request refused by a busy origin's gate was not sent, and goes to the
  * next origin whatever its method. An answer begun is never retried.
  */
 import { EventEmitter } from 'node:events';
@@ -84,7 +87,7 @@ export abstract class OriginExchange<Owner extends ExchangeOwner = ExchangeOwner
   dispatched = false;
   /** A byte of the attempt's answer came (undici's onResponseStarted: its parser began a message, an interim one too). */
   answerBegun = false;
-  /** The attempt goes on a new connection of its own: the resend after the connection closed under the first. */
+  /** The attempt is the resend after the connection closed under the first: on a new connection where the origin's bound leaves room (origins.ts `dispatch`). */
   resend = false;
   finished = false;
   /** The attempt in flight: its origin, its gate (admitted until left), undici's abort and resume. */

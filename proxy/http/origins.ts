@@ -112,6 +112,10 @@ export class OriginPools {
   #targets = new WeakMap<ProxyDomain, readonly OriginTarget[]>();
   /** The origins (keys) of the configuration `retain` last made current; undefined before the first. */
   #configured: ReadonlySet<string> | undefined = undefined;
+  /** Connections of requests sent again (`dispatch`'s `fresh`) open now, per origin: they count with its pool's. */
+  readonly #fresh = new Map<string, number>();
+  /** Requests sent again after the keep-alive race (`dispatch`'s `fresh`), for keyedge_proxy_origin_resends_total. */
+  resends = 0;
 
   constructor(options: OriginPoolOptions = DEFAULT_TIMEOUTS) {
     this.timeouts = { connectMs: options.connectMs, responseMs: options.responseMs };
@@ -161,17 +165,40 @@ export class OriginPools {
    * the next reload. The check runs only when the table has no pool. A
    * request sent again because a connection closed under it (`fresh`,
    * origin-exchange.ts) gets one too: the pool may hand it to another idle
-   * connection, which an origin that closed one may be closing as well. Its
-   * place at the gate still bounds the origin's connections in use.
+   * connection, which an origin that closed one may be closing as well. That
+   * connection counts with the pool's against `maxConnections`: the gate
+   * bounds requests, not connections, and the pool keeps its idle ones, so a
+   * request admitted as the raced one left its place reopens the pool's
+   * closed connection, and the resend, admitted in turn, would have been one
+   * connection past the bound (one more for each resend at once). With the
+   * pool's connections and the other resends' at the bound, the resend goes
+   * through the pool as any request: on an idle connection, which may be
+   * closing too (then it fails as any request), or on the next one free.
    */
   dispatch(target: OriginTarget, request: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler, fresh = false): void {
-    const pool = fresh ? undefined : this.#pools.get(target.key);
-    if (pool !== undefined) return void pool.dispatch(request, handler);
-    if (!fresh && !this.#dropped(target)) return void this.pool(target).dispatch(request, handler);
+    if (fresh) this.resends++;
+    const pool = this.#pools.get(target.key);
+    if (pool !== undefined && !(fresh && this.#roomForFresh(target.key, pool))) return void pool.dispatch(request, handler);
+    if (pool === undefined && !fresh && !this.#dropped(target)) return void this.pool(target).dispatch(request, handler);
     const own = this.#newPool(target);
     own.dispatch(request, handler);
+    if (fresh) this.#fresh.set(target.key, (this.#fresh.get(target.key) ?? 0) + 1);
     // undici's close() lets the request finish, then closes the connection.
-    void own.close().catch(() => undefined);
+    void own
+      .close()
+      .catch(() => undefined)
+      .then(() => fresh && this.#freshClosed(target.key));
+  }
+
+  /** Whether the pool's connections and the resends' open ones leave room for one more connection to the origin. */
+  #roomForFresh(key: string, pool: Pool): boolean {
+    return pool.stats.connected + (this.#fresh.get(key) ?? 0) < this.admission.maxConnections;
+  }
+
+  #freshClosed(key: string): void {
+    const open = (this.#fresh.get(key) ?? 1) - 1;
+    if (open > 0) this.#fresh.set(key, open);
+    else this.#fresh.delete(key);
   }
 
   /**

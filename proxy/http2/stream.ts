@@ -224,6 +224,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.aborted = this.reset || !answeredWhole(stream);
     const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : ourReset(stream));
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
+    if (!this.answered && resetByUs(this.code)) this.status = RESET_BY_US_STATUS;
     this.context.accounts.countStream(this);
   }
 
@@ -259,6 +260,19 @@ function onStreamAborted(this: Recorded): void {
 function onStreamClose(this: Recorded): void {
   this[RECORD]?.closed();
   streamEnded(this);
+}
+
+/**
+ * The status logged for a stream we reset before any answer head went out:
+ * nginx's 444 (NGX_HTTP_CLOSE: it closed the request without a response, its
+ * own doing), not 499 (the client closed the request), which dashboards count
+ * as clients leaving. 4xx still: what made us reset it was the client's.
+ */
+export const RESET_BY_US_STATUS = 444;
+
+/** Codes of our own resets and cuts that carry no answer (a refusal of ours with a status answers instead). */
+function resetByUs(code: HttpErrorCode | undefined): boolean {
+  return code === 'KEYEDGE_HTTP_TINY_FRAMES' || code === 'KEYEDGE_HTTP_SEND_TIMEOUT';
 }
 
 /** A reset of ours that is not an answer's cut: its own code, so the access line does not call it the client's leaving. */

@@ -13,8 +13,9 @@
  * So a stream whose buffer took more than MAX_UNREAD_CHUNKS chunks averaging
  * under MIN_CHUNK_BYTES without once being empty is reset with
  * ENHANCE_YOUR_CALM, a reset that counts against its connection's bound
- * (reset-guard.ts) and is logged as KEYEDGE_HTTP_TINY_FRAMES, not as the
- * client's leaving (stream.ts). Counted in runs of MAX_UNREAD_CHUNKS + 1
+ * (reset-guard.ts) and is logged as KEYEDGE_HTTP_TINY_FRAMES with status
+ * 444 when no answer head went out, not as the client's leaving (499,
+ * stream.ts). Counted in runs of MAX_UNREAD_CHUNKS + 1
  * chunks, each run started when the buffer was empty or the last run passed:
  * - a stream read as its body arrives (body.ts, whose own chunks are bounded
  *   there) holds none, whatever the frames' size;
