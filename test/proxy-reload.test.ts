@@ -238,6 +238,10 @@ describe('routing changes at runtime', () => {
   });
 
   it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
+    const good = await proxy.admin('POST', '/reload');
+    expect(good.status).toBe(200);
+    const serving = (JSON.parse(good.text) as { generation: number }).generation;
+    expect(serving).toBeGreaterThan(0);
     const before = proxy.lines.length;
     proxy.writeConfig({ ...baseConfig(ports), domains: [{ name: 'Bad Name!', origin: 'ftp://x' }] });
     const refused = await waitFor('the refusal', () =>
@@ -249,6 +253,10 @@ describe('routing changes at runtime', () => {
     const answer = await proxy.admin('POST', '/reload');
     expect(answer.status).toBe(409);
     expect(answer.text).toContain('domains[0].name');
+    // The generation that keeps serving (a refused reload makes none; a watch event of the test before may have made one more).
+    const kept = (JSON.parse(answer.text) as { generation: number }).generation;
+    expect(kept).toBeGreaterThanOrEqual(serving);
+    expect(refused.generation).toBe(kept);
     // Valid JSON and schema, but an origin CA file that cannot be read: refused in the primary, before any worker.
     const config = baseConfig(ports);
     proxy.writeConfig({
@@ -276,7 +284,11 @@ describe('routing changes at runtime', () => {
     }
     rmSync(proxy.configFile);
     proxy.writeConfig(baseConfig(ports));
-    await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
+    const back = await waitFor('the good config back', async () => {
+      const reload = await proxy.admin('POST', '/reload');
+      return reload.status === 200 ? (JSON.parse(reload.text) as { generation: number }) : undefined;
+    });
+    expect(back.generation).toBeGreaterThan(kept);
   });
 });
 
