@@ -21,7 +21,7 @@ import { acceptFor, encodeFrame, openWebSocket, TEXT } from './helpers/websocket
 
 const DAY_MS = 86_400_000;
 /** Names served by store entries the HTTP/2 cases change, routed to origin B. */
-const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test'];
+const H2_NAMES = ['a.h2.lab.test', 'kept.h2.lab.test', 'one.h2.lab.test', 'two.h2.lab.test', 'late.h2.lab.test', 'a.cov.h2.lab.test', 'b.cov.h2.lab.test'];
 /** Names served by store entries the HTTP/1.1 cases change, routed to origin B. */
 const H1_NAMES = ['a.h1.lab.test', 'kept.h1.lab.test', 'late.h1.lab.test', 'pipe.h1.lab.test', 'ws.h1.lab.test', 'cont.h1.lab.test', 'wslate.h1.lab.test'];
 
@@ -238,6 +238,10 @@ describe('routing changes at runtime', () => {
   });
 
   it('refuses a bad routing config with the reason and keeps serving the old one', async () => {
+    const good = await proxy.admin('POST', '/reload');
+    expect(good.status).toBe(200);
+    const serving = (JSON.parse(good.text) as { generation: number }).generation;
+    expect(serving).toBeGreaterThan(0);
     const before = proxy.lines.length;
     proxy.writeConfig({ ...baseConfig(ports), domains: [{ name: 'Bad Name!', origin: 'ftp://x' }] });
     const refused = await waitFor('the refusal', () =>
@@ -249,6 +253,10 @@ describe('routing changes at runtime', () => {
     const answer = await proxy.admin('POST', '/reload');
     expect(answer.status).toBe(409);
     expect(answer.text).toContain('domains[0].name');
+    // The generation that keeps serving (a refused reload makes none; a watch event of the test before may have made one more).
+    const kept = (JSON.parse(answer.text) as { generation: number }).generation;
+    expect(kept).toBeGreaterThanOrEqual(serving);
+    expect(refused.generation).toBe(kept);
     // Valid JSON and schema, but an origin CA file that cannot be read: refused in the primary, before any worker.
     const config = baseConfig(ports);
     proxy.writeConfig({
@@ -276,7 +284,11 @@ describe('routing changes at runtime', () => {
     }
     rmSync(proxy.configFile);
     proxy.writeConfig(baseConfig(ports));
-    await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
+    const back = await waitFor('the good config back', async () => {
+      const reload = await proxy.admin('POST', '/reload');
+      return reload.status === 200 ? (JSON.parse(reload.text) as { generation: number }) : undefined;
+    });
+    expect(back.generation).toBeGreaterThan(kept);
   });
 });
 
@@ -527,6 +539,36 @@ describe('HTTP/2 connections after a certificate change', () => {
     expect(codes).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
     await waitFor('the count', async () => ((await retiredCount()) === before + 1 ? true : undefined), 5000);
     await closeSession(session);
+  });
+
+  it('a renewal from exact names to a wildcard covering them sends no GOAWAY; one from the wildcard back to exact names does', async () => {
+    await serveEntry('h2cov', ['a.cov.h2.lab.test', 'b.cov.h2.lab.test']);
+    const before = await retiredCount();
+    const exact = h2Connect(proxy.port, ca, 'a.cov.h2.lab.test');
+    const exactGoaways = goaways(exact);
+    expect((await h2Request(exact, { ':path': '/cov-1', ':authority': 'a.cov.h2.lab.test' })).status).toBe(200);
+    // Coalesced (RFC 9113 §9.1.1): the certificate covers b.cov.h2.lab.test too.
+    expect((await h2Request(exact, { ':path': '/cov-2', ':authority': 'b.cov.h2.lab.test' })).status).toBe(200);
+    // The renewal covers both names (RFC 6125 §6.4.3): no name the connection reached is gone.
+    await serveEntry('h2cov', ['*.cov.h2.lab.test']);
+    // Every worker applied it (serveEntry) before these streams: a GOAWAY would have come first and refused them.
+    expect((await h2Request(exact, { ':path': '/cov-3', ':authority': 'a.cov.h2.lab.test' })).status).toBe(200);
+    expect((await h2Request(exact, { ':path': '/cov-4', ':authority': 'b.cov.h2.lab.test' })).status).toBe(200);
+    expect(exactGoaways).toEqual([]);
+    expect(await retiredCount()).toBe(before);
+
+    // A connection served the wildcard may have reached any name under it: back to exact names, it gets GOAWAY; the
+    // first one, whose names the exact certificate covers, still none.
+    const wild = h2Connect(proxy.port, ca, 'a.cov.h2.lab.test');
+    const wildGoaways = goaways(wild);
+    expect((await h2Request(wild, { ':path': '/cov-5', ':authority': 'b.cov.h2.lab.test' })).status).toBe(200);
+    await serveEntry('h2cov', ['a.cov.h2.lab.test', 'b.cov.h2.lab.test']);
+    await waitFor('GOAWAY', () => (wildGoaways.length > 0 ? true : undefined), 5000);
+    expect(wildGoaways).toEqual([http2.constants.NGHTTP2_NO_ERROR]);
+    expect((await h2Request(exact, { ':path': '/cov-6', ':authority': 'b.cov.h2.lab.test' })).status).toBe(200);
+    expect(exactGoaways).toEqual([]);
+    await waitFor('the count', async () => ((await retiredCount()) === before + 1 ? true : undefined), 5000);
+    await Promise.all([closeSession(exact), closeSession(wild)]);
   });
 
   it('a connection whose handshake completes after the change gets GOAWAY as it starts', async () => {

@@ -46,6 +46,9 @@ function fakeSource(behaviour: (pass: number) => Promise<void>): {
       generation = next.delta.generation;
       commits++;
     },
+    get generation(): number {
+      return generation;
+    },
   };
   return { source: source as unknown as ServingSource, passes: () => passes, commits: () => commits, asked: () => asked };
 }
@@ -88,6 +91,18 @@ describe('ReloadCoordinator', () => {
     expect(refused.error?.message).toContain('domains[0].name');
     expect(commits()).toBe(0);
     expect(await coordinator.reload('admin')).toMatchObject({ result: 'ok', generation: 1 });
+  });
+
+  it('reports the generation that keeps serving for a reload refused whole, not 0', async () => {
+    const { source, commits } = fakeSource(async (pass) => {
+      if (pass === 3) throw new ConfigError('/etc/keyedge/proxy.json', 'domains[0].name', 'expected a lower-case DNS name');
+    });
+    const coordinator = new ReloadCoordinator(source, { log, apply: async () => [] });
+    expect(await coordinator.reload('start')).toMatchObject({ result: 'ok', generation: 1 });
+    expect(await coordinator.reload('signal')).toMatchObject({ result: 'ok', generation: 2 });
+    expect(await coordinator.reload('signal')).toMatchObject({ result: 'refused', generation: 2, error: { code: 'KEYEDGE_ERR_CONFIG' } });
+    expect(commits()).toBe(2);
+    expect(await coordinator.reload('admin')).toMatchObject({ result: 'ok', generation: 3 });
   });
 
   it('reports an apply that threw as partial, and keeps going with the queued reload', async () => {

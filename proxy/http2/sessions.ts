@@ -18,8 +18,9 @@
  *   read is done, new streams meanwhile refused (deferred-destroy.ts: they
  *   aborted Node 22);
  * - the names of the certificate it was served, for coalesced streams and for
- *   `retire()`: a certificate change that drops one of them sends GOAWAY, so
- *   the browser reconnects and sees the new certificate; a connection whose
+ *   `retire()`: a certificate change that leaves one of them uncovered sends
+ *   GOAWAY (a renewal from exact names to a wildcard covering them does not),
+ *   so the browser reconnects and sees the new certificate; a connection whose
  *   handshake completes after such a change (its ClientHello picked the old
  *   certificate) is checked as it starts, and gets its GOAWAY then;
  * - its open streams: when the connection ends, however it ends (socket

@@ -20,6 +20,10 @@
  * timed out) is probed at doubling intervals, up to 8 × healthIntervalMs, and
  * rejoins on the first PONG. Cost: one extra connection per key server per
  * worker and one small frame each interval.
+ *
+ * Its log (signing-log.ts): a rate-limited warning while handshakes fail for
+ * want of a signature, naming the key servers, and a line when signing works
+ * again; read from the native counters once a second, off the handshake path.
  */
 import { readFileSync } from 'node:fs';
 import type { KeyserverEndpoint, ProxyConfig } from '../../config/proxy-schema.js';
@@ -29,6 +33,7 @@ import type { ServedCertificate } from '../certs/certificate.js';
 import { keyserverClientOptions } from '../certs/keyserver-lookup.js';
 import * as native from '../native/index.js';
 import type { KeySource } from '../tls/key-source.js';
+import { keyserverAddress, SigningLog } from './signing-log.js';
 
 export type KeylessStats = native.BridgeStats;
 export type KeyserverPoolStats = native.KeyserverPoolStats;
@@ -69,12 +74,15 @@ export function startKeylessBridge(keyserver: ProxyConfig['keyserver'], log?: Lo
     healthChecked,
   });
   const checks = healthChecked ? keyserver.servers.map((endpoint, index) => new HealthCheck(keyserver, endpoint, index, generation, log)) : [];
+  // Failed handshakes for want of a signature are said in the log (signing-log.ts), not only counted.
+  const signing = log === undefined ? undefined : new SigningLog(native.stats, keyserver.servers.map(keyserverAddress), log);
   return {
     keyFor: (certificate) => native.keylessKeyPem(Buffer.from(certificate.keyId, 'hex'), certificate.spki),
     stats: () => native.stats(),
     // The signing connections belong to the process (kept for its life); the health checks are this bridge's.
     close: () => {
       for (const check of checks) check.stop();
+      signing?.stop();
     },
   };
 }

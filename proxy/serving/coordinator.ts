@@ -24,6 +24,10 @@ const UNSETTLED_RETRY_MS = 500;
 export interface ReloadReport {
   readonly trigger: ReloadTrigger;
   readonly result: 'ok' | 'refused' | 'partial';
+  /**
+   * The generation serving after this reload: the new one when its delta was committed (`ok`, `partial`, a
+   * `refused` certificate among others), else (the whole reload refused, `error` set) the one that keeps serving.
+   */
   readonly generation: number;
   /** Certificates now served in a new version, and those no longer served. */
   readonly changed: readonly string[];
@@ -88,7 +92,8 @@ export class ReloadCoordinator {
       const report: ReloadReport = {
         trigger,
         result: 'refused',
-        generation: 0,
+        // Nothing was committed: the generation serving before keeps serving, and is what the report names.
+        generation: this.#source.generation,
         changed: [],
         removed: [],
         refused: [],
@@ -97,7 +102,10 @@ export class ReloadCoordinator {
         error: { code: err instanceof KeyedgeError ? err.code : 'KEYEDGE_ERR_CONFIG', message: (err as Error).message },
         durationMs: performance.now() - started,
       };
-      log.error({ trigger, code: report.error?.code, err }, 'reload refused; the running configuration and certificates keep serving');
+      log.error(
+        { trigger, generation: report.generation, code: report.error?.code, err },
+        'reload refused; the running configuration and certificates keep serving',
+      );
       this.#options.onReport?.(report, undefined);
       return report;
     }

@@ -153,6 +153,10 @@ export class ServingSource {
   get records(): ReadonlyMap<string, CertificateRecord> {
     return this.#records;
   }
+  /** The generation of the last committed pass: what serves now (0 before the first). */
+  get generation(): number {
+    return this.#generation;
+  }
   /** Entries whose latest version was refused, until they change or are removed. */
   get refusals(): ReadonlyMap<string, Refusal> {
     return this.#refusals;

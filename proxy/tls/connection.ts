@@ -18,7 +18,7 @@
 import type tls from 'node:tls';
 import type { ServedCertificate } from '../certs/certificate.js';
 import type { ServingState } from '../serving/state.js';
-import { selectByName } from './names.js';
+import { coveredBy, selectByName } from './names.js';
 
 export interface ConnectionInfo {
   /** The listener that accepted the connection (its configured address, e.g. "127.0.0.1:443"). */
@@ -64,5 +64,21 @@ export function stillCovers(state: ServingState, serverName: string | undefined,
   const now = (serverName === undefined ? state.noSni : selectByName(state.sni, serverName, state.fallback)?.value)?.names ?? [];
   // The same certificate still serves the name (no reload since, or one that left it alone): checked once per new HTTP/2 connection.
   if (now === served) return true;
-  return served.every((name) => now.includes(name));
+  // Covered, not listed: a renewal from `a.example.com, b.example.com` to `*.example.com` drops no name a client can
+  // reach (RFC 6125 §6.4.3); one from the wildcard to exact names drops every other name under it (`*.example.com`
+  // itself is covered by a wildcard of the same parent only).
+  const covers = coverageOf(now);
+  return served.every(covers);
+}
+
+/** One index per names list that serves (a certificate's), built at the first check after a change: a reload checks every connection. */
+const coverage = new WeakMap<readonly string[], (name: string) => boolean>();
+
+function coverageOf(names: readonly string[]): (name: string) => boolean {
+  let covers = coverage.get(names);
+  if (covers === undefined) {
+    covers = coveredBy(names);
+    coverage.set(names, covers);
+  }
+  return covers;
 }
