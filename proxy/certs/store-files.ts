@@ -188,6 +188,31 @@ export function writeAtomic(dir: string, target: string, content: string): strin
   return written;
 }
 
+/**
+ * An entry's version, for a write conditional on it (store/storage.ts
+ * `version`): a number made of the identity of its chain and metadata files
+ * as they are now (device, inode, change time), which every write and
+ * removal of the entry changes (a write renames new files into place); 0
+ * when there is no chain file.
+ */
+export function entryVersion(chainPath: string, metaPath: string): number {
+  let chain: Stats;
+  try {
+    chain = lstatSync(chainPath);
+  } catch {
+    return 0;
+  }
+  let meta = 'none';
+  try {
+    const stat = lstatSync(metaPath);
+    meta = `${stat.dev}:${stat.ino}:${stat.ctimeMs}`;
+  } catch {
+    // No metadata: a version of its own.
+  }
+  // 48 bits of a hash: a safe integer, and a collision between two versions of one entry is out of reach.
+  return Number.parseInt(createHash('sha256').update(`${chain.dev}:${chain.ino}:${chain.ctimeMs}\0${meta}`).digest('hex').slice(0, 12), 16) || 1;
+}
+
 /** The device and inode of what `file` names now (not following a link); undefined when nothing. */
 export function fileId(file: string): string | undefined {
   try {

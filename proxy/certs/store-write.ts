@@ -18,12 +18,20 @@
  * write made, by their device and inode), so the directory, when it is put
  * back, holds the entry as it was, and the write is refused. All of it is
  * synchronous: the proxy's own reloads never see the files in between.
+ *
+ * A write or a removal holds the entry's lock (store-lock.ts) from before
+ * its first step to after its last: another writer of the same entry, in
+ * this process or another (`keyedge cert`, a renewal hook), waits a moment
+ * or is refused, so two writes never leave one's chain beside the other's
+ * metadata.
  */
 import { unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { directoryId, holdDirectory } from './store-dir.js';
-import { errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
+import { StoreConflictError } from '../store/storage.js';
+import { entryVersion, errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
 import { refuseLinkedEntry } from './store-links.js';
+import { lockEntry } from './store-lock.js';
 import { checkStoreMeta, type StoreMeta } from './store-meta.js';
 import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
 
@@ -32,16 +40,31 @@ import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
  * KEYEDGE_ERR_CERT_LINKED when a file of it is a link, KEYEDGE_ERR_CERT_STORE
  * for bad metadata or a failed write (the metadata then put back as it was),
  * KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there or is not
- * `dirId` (when given), before or after the write.
+ * `dirId` (when given), before or after the write, StoreConflictError
+ * (KEYEDGE_ERR_STORE_CONFLICT) when another writer of the entry holds its
+ * lock or, with `expected` (store-files.ts entryVersion, read before the
+ * caller validated), when another write or removal of the entry landed since:
+ * nothing is written then.
  */
-export function writeEntry(dir: string, name: string, chainText: string, meta: StoreMeta, dirId: string | undefined): void {
+export function writeEntry(dir: string, name: string, chainText: string, meta: StoreMeta, dirId: string | undefined, expected?: number): void {
   ownedPaths(dir, name);
   const checked = checkStoreMeta(meta);
   if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
   const held = holdDirectory(dir);
   try {
     if (dirId !== undefined && held.id !== dirId) throw replaced(dir, name, dirId, held.id, 'while it was validated', 'nothing was written');
-    writeHeld(dir, held.at, held.id, name, chainText, `${JSON.stringify(checked.meta, null, 2)}\n`);
+    // One writer of the entry at a time, in any process: two writes' renames never interleave (store-lock.ts).
+    const release = lockEntry(held.at, dir, name);
+    try {
+      // Under the lock: no other write can land between this comparison and this write's renames.
+      if (expected !== undefined) {
+        const paths = entryPaths(held.at, name);
+        if (entryVersion(paths.chainPath, paths.metaPath) !== expected) throw changedSince(dir, name);
+      }
+      writeHeld(dir, held.at, held.id, name, chainText, `${JSON.stringify(checked.meta, null, 2)}\n`);
+    } finally {
+      release();
+    }
   } finally {
     held.close();
   }
@@ -90,10 +113,23 @@ function dropAsides(asides: { meta?: string | null | undefined; chain?: string |
   for (const aside of [asides.meta, asides.chain]) if (typeof aside === 'string') unlinkQuietly(aside);
 }
 
-/** Removes entry `name`: the chain first, then the metadata. Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file. */
+/**
+ * Removes entry `name`: the chain first, then the metadata, under its lock (StoreConflictError while another writer
+ * holds it). Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file.
+ */
 export function removeEntry(dir: string, name: string): void {
   checkEntryName(name);
   const paths = entryPaths(dir, name);
+  // Not between a write's two renames: its metadata would be unlinked after its chain was put in place (store-lock.ts).
+  const release = lockEntry(dir, dir, name);
+  try {
+    removeLocked(dir, name, paths);
+  } finally {
+    release();
+  }
+}
+
+function removeLocked(dir: string, name: string, paths: EntryPaths): void {
   try {
     unlinkSync(paths.chainPath);
   } catch (err) {
@@ -144,6 +180,13 @@ function takeBack(
   } catch {
     // Gone as well: nothing there to make durable.
   }
+}
+
+function changedSince(dir: string, name: string): StoreConflictError {
+  return new StoreConflictError(
+    `certificate '${name}' in the certificate store ${dir} was written or removed by another writer while this one was validated ` +
+      "against it: nothing was written, and that writer's change stands; write it again to validate against it",
+  );
 }
 
 function replaced(dir: string, name: string, was: string, now: string | undefined, when: string, outcome: string): CertificateStoreError {
