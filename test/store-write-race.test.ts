@@ -31,7 +31,13 @@ if (spec) {
     const second = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
     fs.writeFileSync(out, JSON.stringify({ code: second.status, stderr: second.stderr }));
   };
-  const { renameSync, openSync } = fs;
+  const { renameSync, openSync, fsyncSync, fstatSync } = fs;
+  // 'slow-disk': no second writer; every fsync of a file takes 400 ms, as on a busy disk.
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  fs.fsyncSync = function (fd, ...rest) {
+    if (point === 'slow-disk' && fstatSync(fd).isFile()) Atomics.wait(pause, 0, 0, 400);
+    return fsyncSync.call(this, fd, ...rest);
+  };
   // 'metadata-renamed': right after this writer's metadata is renamed into place, before its chain is.
   fs.renameSync = function (from, to, ...rest) {
     const result = renameSync.call(this, from, to, ...rest);
@@ -66,7 +72,7 @@ function cli(args: readonly string[], env: Record<string, string> = {}): Promise
 /** `keyedge cert replace` of `entry` by the first writer (`firstArgs`), with the second one (`secondArgs`) run inside it at `point`. */
 async function twoWriters(
   entry: string,
-  point: 'metadata-renamed' | 'write-begins',
+  point: 'metadata-renamed' | 'write-begins' | 'slow-disk',
   firstArgs: readonly string[],
   secondArgs: readonly string[],
 ): Promise<{ first: { code: number; stderr: string }; second: { code: number; stderr: string } }> {
@@ -76,6 +82,7 @@ async function twoWriters(
     NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${pathToFileURL(preload).href}`,
     KEYEDGE_TEST_SECOND_WRITER: JSON.stringify({ args: [CLI, ...args(secondArgs)], entry, out, point, dir: proxy.storeDir }),
   });
+  if (point === 'slow-disk') return { first, second: { code: -1, stderr: '' } };
   // The second writer did run, inside the first one.
   expect(existsSync(out)).toBe(true);
   return { first, second: JSON.parse(readFileSync(out, 'utf8')) as { code: number; stderr: string } };
@@ -111,6 +118,7 @@ beforeAll(async () => {
   for (const [entry, firstKey, secondKey] of [
     ['site', rsa, ec],
     ['late', ec, rsa],
+    ['slow', rsa, ec],
   ] as const) {
     const names = [`${entry}.lab.test`];
     chains[entry] = {
@@ -185,11 +193,27 @@ describe('two writers of one store entry at once', () => {
     await waitFor('the proxy to serve the second write', async () => ((await servedSerial('late')) === serialOf(late.second.leaf) ? true : undefined), 10_000);
   }, 90_000);
 
+  it('a renewal with a new key written on a slow disk is never refused half-written (old chain, new pinned key)', async () => {
+    const slow = chains.slow!;
+    expect(await servedSerial('slow')).toBe(serialOf(slow.initial.leaf));
+    // Past the debounce of the changes before.
+    await sleep(1_000);
+    const before = proxy.lines.length;
+    const { first } = await twoWriters('slow', 'slow-disk', ['--chain', slow.first.file, '--key', lab.keys.rsa.keyId], []);
+    expect(first.code, first.stderr).toBe(0);
+    await waitFor('the proxy to serve the renewal', async () => ((await servedSerial('slow')) === serialOf(slow.first.leaf) ? true : undefined), 10_000);
+    // The watch's debounce (150 ms) is shorter than a slow fsync: a pass between the metadata's rename and the chain's
+    // read the old chain with the new pinned key, and refused it (logged as an error, counted as a refused reload).
+    const refusals = proxy.lines.slice(before).filter((l) => l.certificate === 'slow' && l.reason !== undefined);
+    expect(refusals.map((l) => l.reason)).toEqual([]);
+  }, 60_000);
+
   it('a restart serves every entry', async () => {
     await proxy.stop();
     // The same store directory and state directory; not ready within 20 s means an entry was refused at the start.
     proxy = await startClusterProxy(lab, 'write-race', (p) => storeProxyConfig(lab, p, { certStore: { dir: p.storeDir, rescanSeconds: 3600 } }), {}, 30_000);
     expect(await servedSerial('site')).toBeDefined();
     expect(await servedSerial('late')).toBeDefined();
+    expect(await servedSerial('slow')).toBeDefined();
   }, 60_000);
 });

@@ -1,7 +1,8 @@
 /**
  * Writing and removing one store entry, into the store directory and no
- * other. Each file is replaced atomically (store-files.ts); the metadata is
- * renamed first and the chain second, and a removal unlinks the chain first,
+ * other. Each file is replaced atomically (store-files.ts); both are written
+ * and fsync'd before either is renamed, then the metadata is renamed first
+ * and the chain second, back to back, and a removal unlinks the chain first,
  * so an entry whose chain is visible always has its metadata (store.ts).
  *
  * Which directory: the one the store's path names when the write begins,
@@ -25,11 +26,11 @@
  * or is refused, so two writes never leave one's chain beside the other's
  * metadata.
  */
-import { unlinkSync } from 'node:fs';
+import { renameSync, unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { directoryId, holdDirectory } from './store-dir.js';
 import { StoreConflictError } from '../store/storage.js';
-import { entryVersion, errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
+import { entryVersion, errno, fileId, fsyncDir, keepAside, prepareAtomic, putBack, unlinkQuietly } from './store-files.js';
 import { refuseLinkedEntry } from './store-links.js';
 import { lockEntry } from './store-lock.js';
 import { checkStoreMeta, type StoreMeta } from './store-meta.js';
@@ -75,13 +76,26 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
   const paths = entryPaths(at, name);
   const asides: { meta?: string | null | undefined; chain?: string | null | undefined } = {};
   const written: { meta?: string; chain?: string } = {};
+  const temps: string[] = [];
   try {
     asides.meta = keepAside(at, paths.metaPath);
     asides.chain = keepAside(at, paths.chainPath);
-    written.meta = writeAtomic(at, paths.metaPath, metaText);
-    written.chain = writeAtomic(at, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
+    // Both written and fsync'd first, then renamed back to back: between the two renames a reader (the proxy's
+    // watch, a pass reading the entry) meets the old chain beside the new metadata, a pinned key that is not
+    // its chain's, and refuses it. With the chain's fsync between them, that took as long as a slow disk's
+    // fsync, longer than the watch's debounce, and a renewal with a new key was refused (logged) on its way in.
+    const meta = prepareAtomic(at, paths.metaPath, metaText);
+    temps.push(meta.temp);
+    const chain = prepareAtomic(at, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
+    temps.push(chain.temp);
+    renameSync(meta.temp, paths.metaPath);
+    written.meta = meta.id;
+    renameSync(chain.temp, paths.chainPath);
+    written.chain = chain.id;
     fsyncDir(at);
   } catch (err) {
+    // The temp files not renamed (those renamed are gone from their names already).
+    for (const temp of temps) unlinkQuietly(temp);
     // A temp file renamed into a directory no longer there fails with a bare ENOENT: say what happened instead.
     const now = directoryId(dir);
     if (now !== before) {
@@ -89,9 +103,10 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
       dropAsides(asides);
       throw replaced(dir, name, before, now, 'while it was written', 'taken back');
     }
-    // The chain not written (a full disk, say): the metadata as it was, so the old chain (or none) is never left
-    // beside metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet.
-    putBack(asides.meta, paths.metaPath);
+    // The chain not renamed into place: the metadata as it was, so the old chain (or none) is never left beside
+    // metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet. (A full
+    // disk fails a temp file's write, before anything is renamed.)
+    if (written.meta !== undefined) putBack(asides.meta, paths.metaPath);
     dropAsides(asides);
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${dir}: ${errno(err)}`, {
       cause: err,

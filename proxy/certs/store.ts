@@ -26,7 +26,9 @@
  * served for more names than it asked for. Between the two renames of a
  * replace, a reader can see the old chain with the new metadata (a new pinned
  * key id, say); validation then refuses that pair and the previous
- * certificate keeps serving until the chain's rename arrives a moment later.
+ * certificate keeps serving until the chain's rename arrives a moment later
+ * (microseconds: both files are written and fsync'd before either is renamed,
+ * store-write.ts).
  * A watcher should act on the last event of a burst and treat a refusal as
  * "keep what is served".
  *
