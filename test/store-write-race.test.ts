@@ -9,13 +9,17 @@ import type { Issued } from './helpers/pki.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
-// Two writers of one store entry at once, while `keyedge proxy` (2 workers) serves it: an operator's
-// `keyedge cert replace` moving the entry to another key, and a second writer (another `keyedge cert replace`,
-// as a renewal hook or the proxy's own ACME write would be) landing between the first one's two renames. A write
-// renames the metadata first and the chain second (certs/store-write.ts), with the chain's fsync between them: on
-// a busy disk that is a real window, which no timing in a test hits reliably, so the first writer is loaded with a
-// preload that runs the second writer, a real CLI process, exactly there (after its metadata's rename, before its
-// chain's). Node's builtin ES module bindings follow the patched function (syncBuiltinESMExports).
+// Writers of one store entry while `keyedge proxy` (2 workers) serves it, each a real `keyedge cert replace`
+// process (the proxy's own uploads and ACME renewals write through the same code, certs/store-write.ts):
+//   - a second writer landing between the first one's two renames (metadata, then chain): it must not leave one's
+//     chain beside the other's metadata (a pinned key that is not the chain's, refused by every reload and start);
+//   - a second writer landing after the first validated against the entry and before it wrote: the first must not
+//     put over it a chain checked against the pinned key the second replaced;
+//   - one writer on a slow disk (fsyncs of 400 ms): the proxy's watch must not meet the new metadata beside the old
+//     chain and refuse the renewal on its way in.
+// The points are ones no timing in a test hits reliably (a busy disk makes them wide in production), so the first
+// writer is loaded with a preload that runs the second writer exactly there, or slows its fsyncs. Node's builtin
+// ES module bindings follow the patched functions (syncBuiltinESMExports).
 
 const SECOND_WRITER_PRELOAD = `
 import fs from 'node:fs';
