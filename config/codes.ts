@@ -40,7 +40,7 @@ export const ERROR_CODES = {
     'the store directory is gone, or another directory holding no certificate took its place (or any other one, during an upload): the reload, upload or `keyedge cert` change is refused and every entry keeps serving',
   KEYEDGE_ERR_STORE_UNAVAILABLE: "the fleet's shared store (etcd) is unreachable: the change is refused, the node serves its last good state",
   KEYEDGE_ERR_STORE_CONFLICT:
-    "the fleet's store entry changed on another node between this write's read and its write: nothing was written; retry to validate against it",
+    "the fleet's store entry changed on another node between this write's read and its write, or another writer held a store directory entry's lock: nothing was written; retry to validate against it",
   KEYEDGE_ERR_STORE_TOO_LARGE: "a value larger than one request to the fleet's store (etcd) may be: refused before it is sent, naming the key and its size",
   KEYEDGE_ERR_ACME: 'an ACME exchange failed: the CA unreachable or slow, a problem document (its type), a failed validation',
   KEYEDGE_ERR_ACME_DOMAINS:

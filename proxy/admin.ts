@@ -37,7 +37,8 @@
  *   400 KEYEDGE_ERR_CERT_STORE       not an entry name (`..`, `.hidden`, a `/`)
  *   409 KEYEDGE_ERR_CERT_EXISTS      the name is a certificate of the config file
  *   409 KEYEDGE_ERR_CERT_LINKED      the entry's chain or metadata is a symlink: another tool's (certs/store.ts)
- *   409 KEYEDGE_ERR_STORE_CONFLICT   in a fleet, another node wrote the entry while this upload was validated: retry
+ *   409 KEYEDGE_ERR_STORE_CONFLICT   in a fleet, another node wrote the entry while this upload was validated; with
+ *                                    the store directory, another writer held the entry's lock (store-lock.ts): retry
  *   413 KEYEDGE_HTTP_BODY_TOO_LARGE  the body is over MAX_UPLOAD_BYTES
  *   413 KEYEDGE_ERR_STORE_TOO_LARGE  the value is past etcd's request limit: no retry helps
  *   422 KEYEDGE_ERR_CERTIFICATE      the chain is refused (with `reason`)

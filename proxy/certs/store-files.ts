@@ -162,9 +162,25 @@ function sideFile(dir: string, file: string, kind: 'tmp' | 'aside'): string {
  * tell it from whatever else comes to be at `target`.
  */
 export function writeAtomic(dir: string, target: string, content: string): string {
+  const prepared = prepareAtomic(dir, target, content);
+  try {
+    renameSync(prepared.temp, target);
+  } catch (err) {
+    unlinkQuietly(prepared.temp);
+    throw err;
+  }
+  return prepared.id;
+}
+
+/**
+ * writeAtomic() without its rename: the temp file beside `target`, written
+ * and fsync'd, and its device and inode. The caller renames it over `target`
+ * (or unlinks it): two files prepared first are then renamed back to back.
+ */
+export function prepareAtomic(dir: string, target: string, content: string): { readonly temp: string; readonly id: string } {
   const temp = sideFile(dir, target, 'tmp');
   const fd = openSync(temp, 'wx', FILE_MODE);
-  let written: string;
+  let id: string;
   try {
     try {
       // The umask may have narrowed the mode given to open().
@@ -172,20 +188,40 @@ export function writeAtomic(dir: string, target: string, content: string): strin
       writeFileSync(fd, content);
       fsyncSync(fd);
       const stat = fstatSync(fd);
-      written = `${stat.dev}:${stat.ino}`;
+      id = `${stat.dev}:${stat.ino}`;
     } finally {
       closeSync(fd);
     }
-    renameSync(temp, target);
   } catch (err) {
-    try {
-      unlinkSync(temp);
-    } catch {
-      // Already renamed or never created: nothing to clean.
-    }
+    unlinkQuietly(temp);
     throw err;
   }
-  return written;
+  return { temp, id };
+}
+
+/**
+ * An entry's version, for a write conditional on it (store/storage.ts
+ * `version`): a number made of the identity of its chain and metadata files
+ * as they are now (device, inode, change time), which every write and
+ * removal of the entry changes (a write renames new files into place); 0
+ * when there is no chain file.
+ */
+export function entryVersion(chainPath: string, metaPath: string): number {
+  let chain: Stats;
+  try {
+    chain = lstatSync(chainPath);
+  } catch {
+    return 0;
+  }
+  let meta = 'none';
+  try {
+    const stat = lstatSync(metaPath);
+    meta = `${stat.dev}:${stat.ino}:${stat.ctimeMs}`;
+  } catch {
+    // No metadata: a version of its own.
+  }
+  // 48 bits of a hash: a safe integer, and a collision between two versions of one entry is out of reach.
+  return Number.parseInt(createHash('sha256').update(`${chain.dev}:${chain.ino}:${chain.ctimeMs}\0${meta}`).digest('hex').slice(0, 12), 16) || 1;
 }
 
 /** The device and inode of what `file` names now (not following a link); undefined when nothing. */

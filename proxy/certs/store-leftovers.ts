@@ -49,7 +49,8 @@ export function sweepLeftovers(dir: string, entry?: string): string[] {
   return removed;
 }
 
-function writerGone(pid: number): boolean {
+/** Whether no write by the writer of pid `pid` (of this pid space) can be in progress: it is this process (whose store writes are synchronous) or none. */
+export function writerGone(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     // Signal 0: no signal sent, only whether the process exists.

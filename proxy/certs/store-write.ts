@@ -1,7 +1,8 @@
 /**
  * Writing and removing one store entry, into the store directory and no
- * other. Each file is replaced atomically (store-files.ts); the metadata is
- * renamed first and the chain second, and a removal unlinks the chain first,
+ * other. Each file is replaced atomically (store-files.ts); both are written
+ * and fsync'd before either is renamed, then the metadata is renamed first
+ * and the chain second, back to back, and a removal unlinks the chain first,
  * so an entry whose chain is visible always has its metadata (store.ts).
  *
  * Which directory: the one the store's path names when the write begins,
@@ -18,12 +19,20 @@
  * write made, by their device and inode), so the directory, when it is put
  * back, holds the entry as it was, and the write is refused. All of it is
  * synchronous: the proxy's own reloads never see the files in between.
+ *
+ * A write or a removal holds the entry's lock (store-lock.ts) from before
+ * its first step to after its last: another writer of the same entry, in
+ * this process or another (`keyedge cert`, a renewal hook), waits a moment
+ * or is refused, so two writes never leave one's chain beside the other's
+ * metadata.
  */
-import { unlinkSync } from 'node:fs';
+import { renameSync, unlinkSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { directoryId, holdDirectory } from './store-dir.js';
-import { errno, fileId, fsyncDir, keepAside, putBack, unlinkQuietly, writeAtomic } from './store-files.js';
+import { StoreConflictError } from '../store/storage.js';
+import { entryVersion, errno, fileId, fsyncDir, keepAside, prepareAtomic, putBack, unlinkQuietly } from './store-files.js';
 import { refuseLinkedEntry } from './store-links.js';
+import { lockEntry } from './store-lock.js';
 import { checkStoreMeta, type StoreMeta } from './store-meta.js';
 import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
 
@@ -32,16 +41,31 @@ import { checkEntryName, type EntryPaths, entryPaths } from './store-paths.js';
  * KEYEDGE_ERR_CERT_LINKED when a file of it is a link, KEYEDGE_ERR_CERT_STORE
  * for bad metadata or a failed write (the metadata then put back as it was),
  * KEYEDGE_ERR_CERT_STORE_GONE when the directory is not there or is not
- * `dirId` (when given), before or after the write.
+ * `dirId` (when given), before or after the write, StoreConflictError
+ * (KEYEDGE_ERR_STORE_CONFLICT) when another writer of the entry holds its
+ * lock or, with `expected` (store-files.ts entryVersion, read before the
+ * caller validated), when another write or removal of the entry landed since:
+ * nothing is written then.
  */
-export function writeEntry(dir: string, name: string, chainText: string, meta: StoreMeta, dirId: string | undefined): void {
+export function writeEntry(dir: string, name: string, chainText: string, meta: StoreMeta, dirId: string | undefined, expected?: number): void {
   ownedPaths(dir, name);
   const checked = checkStoreMeta(meta);
   if ('problem' in checked) throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `invalid metadata for '${name}': ${checked.problem}`);
   const held = holdDirectory(dir);
   try {
     if (dirId !== undefined && held.id !== dirId) throw replaced(dir, name, dirId, held.id, 'while it was validated', 'nothing was written');
-    writeHeld(dir, held.at, held.id, name, chainText, `${JSON.stringify(checked.meta, null, 2)}\n`);
+    // One writer of the entry at a time, in any process: two writes' renames never interleave (store-lock.ts).
+    const release = lockEntry(held.at, dir, name);
+    try {
+      // Under the lock: no other write can land between this comparison and this write's renames.
+      if (expected !== undefined) {
+        const paths = entryPaths(held.at, name);
+        if (entryVersion(paths.chainPath, paths.metaPath) !== expected) throw changedSince(dir, name);
+      }
+      writeHeld(dir, held.at, held.id, name, chainText, `${JSON.stringify(checked.meta, null, 2)}\n`);
+    } finally {
+      release();
+    }
   } finally {
     held.close();
   }
@@ -52,13 +76,26 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
   const paths = entryPaths(at, name);
   const asides: { meta?: string | null | undefined; chain?: string | null | undefined } = {};
   const written: { meta?: string; chain?: string } = {};
+  const temps: string[] = [];
   try {
     asides.meta = keepAside(at, paths.metaPath);
     asides.chain = keepAside(at, paths.chainPath);
-    written.meta = writeAtomic(at, paths.metaPath, metaText);
-    written.chain = writeAtomic(at, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
+    // Both written and fsync'd first, then renamed back to back: between the two renames a reader (the proxy's
+    // watch, a pass reading the entry) meets the old chain beside the new metadata, a pinned key that is not
+    // its chain's, and refuses it. With the chain's fsync between them, that took as long as a slow disk's
+    // fsync, longer than the watch's debounce, and a renewal with a new key was refused (logged) on its way in.
+    const meta = prepareAtomic(at, paths.metaPath, metaText);
+    temps.push(meta.temp);
+    const chain = prepareAtomic(at, paths.chainPath, chainText.endsWith('\n') ? chainText : `${chainText}\n`);
+    temps.push(chain.temp);
+    renameSync(meta.temp, paths.metaPath);
+    written.meta = meta.id;
+    renameSync(chain.temp, paths.chainPath);
+    written.chain = chain.id;
     fsyncDir(at);
   } catch (err) {
+    // The temp files not renamed (those renamed are gone from their names already).
+    for (const temp of temps) unlinkQuietly(temp);
     // A temp file renamed into a directory no longer there fails with a bare ENOENT: say what happened instead.
     const now = directoryId(dir);
     if (now !== before) {
@@ -66,9 +103,10 @@ function writeHeld(dir: string, at: string, before: string, name: string, chainT
       dropAsides(asides);
       throw replaced(dir, name, before, now, 'while it was written', 'taken back');
     }
-    // The chain not written (a full disk, say): the metadata as it was, so the old chain (or none) is never left
-    // beside metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet.
-    putBack(asides.meta, paths.metaPath);
+    // The chain not renamed into place: the metadata as it was, so the old chain (or none) is never left beside
+    // metadata pinned for the new one, which a restart would refuse, or a renewal tool's next chain meet. (A full
+    // disk fails a temp file's write, before anything is renamed.)
+    if (written.meta !== undefined) putBack(asides.meta, paths.metaPath);
     dropAsides(asides);
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot write '${name}' to the certificate store ${dir}: ${errno(err)}`, {
       cause: err,
@@ -90,10 +128,23 @@ function dropAsides(asides: { meta?: string | null | undefined; chain?: string |
   for (const aside of [asides.meta, asides.chain]) if (typeof aside === 'string') unlinkQuietly(aside);
 }
 
-/** Removes entry `name`: the chain first, then the metadata. Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file. */
+/**
+ * Removes entry `name`: the chain first, then the metadata, under its lock (StoreConflictError while another writer
+ * holds it). Throws KEYEDGE_ERR_CERT_NOT_FOUND when there is no chain file.
+ */
 export function removeEntry(dir: string, name: string): void {
   checkEntryName(name);
   const paths = entryPaths(dir, name);
+  // Not between a write's two renames: its metadata would be unlinked after its chain was put in place (store-lock.ts).
+  const release = lockEntry(dir, dir, name);
+  try {
+    removeLocked(dir, name, paths);
+  } finally {
+    release();
+  }
+}
+
+function removeLocked(dir: string, name: string, paths: EntryPaths): void {
   try {
     unlinkSync(paths.chainPath);
   } catch (err) {
@@ -144,6 +195,13 @@ function takeBack(
   } catch {
     // Gone as well: nothing there to make durable.
   }
+}
+
+function changedSince(dir: string, name: string): StoreConflictError {
+  return new StoreConflictError(
+    `certificate '${name}' in the certificate store ${dir} was written or removed by another writer while this one was validated ` +
+      "against it: nothing was written, and that writer's change stands; write it again to validate against it",
+  );
 }
 
 function replaced(dir: string, name: string, was: string, now: string | undefined, when: string, outcome: string): CertificateStoreError {

@@ -10,9 +10,11 @@
  * proxy's start: a write into a directory that is not there is refused
  * (store-write.ts says why).
  *
- * Concurrency: one writer per entry at a time is assumed (the `keyedge cert`
- * command, a renewal hook); two writers of one entry race and the last rename
- * wins whole. Readers never see half a file: every write goes to a temp file
+ * Concurrency: one writer per entry at a time, whatever process it is in
+ * (the proxy, the `keyedge cert` command, a renewal hook): each write and
+ * removal holds the entry's lock (store-lock.ts), and another writer waits a
+ * moment or is refused; unlocked, two writes' renames interleaved and left
+ * one's chain beside the other's metadata. Readers never see half a file: every write goes to a temp file
  * in the same directory (a dot name, ignored by list()), is fsync'd, renamed
  * over the target (atomic on POSIX) and the directory fsync'd, so a crash
  * leaves the old or the new file, never a mix (and a dot file, which
@@ -24,7 +26,9 @@
  * served for more names than it asked for. Between the two renames of a
  * replace, a reader can see the old chain with the new metadata (a new pinned
  * key id, say); validation then refuses that pair and the previous
- * certificate keeps serving until the chain's rename arrives a moment later.
+ * certificate keeps serving until the chain's rename arrives a moment later
+ * (microseconds: both files are written and fsync'd before either is renamed,
+ * store-write.ts).
  * A watcher should act on the last event of a burst and treat a refusal as
  * "keep what is served".
  *
@@ -42,7 +46,7 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { CertificateStoreError } from './errors.js';
 import { assertStorePresent } from './store-dir.js';
-import { errno } from './store-files.js';
+import { entryVersion, errno } from './store-files.js';
 import { sweepLeftovers } from './store-leftovers.js';
 import { listEntries, namedEntries } from './store-listing.js';
 import type { StoreEntry, StoreEntryRef, StoreMeta } from './store-meta.js';
@@ -148,10 +152,23 @@ export class CertificateStore {
    * constructor if any, before and after the write (store-write.ts,
    * KEYEDGE_ERR_CERT_STORE_GONE). When the chain cannot be written, the
    * metadata is put back as it was (or removed, for a new entry) before the
-   * error is thrown.
+   * error is thrown. With `expected` (a `version` read before validating):
+   * written only if the entry is still at it, else StoreConflictError.
    */
-  write(name: string, chainText: string, meta: StoreMeta): void {
-    writeEntry(this.dir, name, chainText, meta, this.#dirId);
+  write(name: string, chainText: string, meta: StoreMeta, expected?: number): void {
+    writeEntry(this.dir, name, chainText, meta, this.#dirId, expected);
+  }
+
+  /**
+   * The entry's version now (0: no chain file), for a write conditional on
+   * it (`write`'s `expected`): another writer's write or removal of the
+   * entry since it was read (`keyedge cert`, a renewal hook, the proxy's ACME
+   * renewal) refuses the write, KEYEDGE_ERR_STORE_CONFLICT, nothing written.
+   */
+  version(name: string): number {
+    checkEntryName(name);
+    const paths = entryPaths(this.dir, name);
+    return entryVersion(paths.chainPath, paths.metaPath);
   }
 
   /**

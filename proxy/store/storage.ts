@@ -34,8 +34,10 @@ export interface EntryStorage {
    */
   assertOwned?(name: string): void;
   /**
-   * The entry's version as read now (0: absent), for a write conditional on it: the fleet's store has one, the key's
-   * etcd mod revision. The store directory has none: one node, whose uploads of an entry go in turn (serving/in-turn.ts).
+   * The entry's version as read now (0: absent), for a write conditional on it: in the fleet's store, the key's etcd
+   * mod revision; in the store directory, the identity of its files (certs/store-files.ts entryVersion), compared under
+   * the entry's lock: the proxy's uploads of an entry go in turn (serving/in-turn.ts), but `keyedge cert` and renewal
+   * hooks write the same directory from other processes.
    */
   version?(name: string): number;
   /**

@@ -1,0 +1,85 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CertificateStore } from '../proxy/certs/store.js';
+import { PID_SPACE } from '../proxy/certs/store-files.js';
+import { STALE_LOCK_MS } from '../proxy/certs/store-lock.js';
+import { StoreConflictError } from '../proxy/store/storage.js';
+import { removeDir, tempDir } from './helpers/keyserver.js';
+
+// The store entry's write lock (certs/store-lock.ts) as another writer leaves it: held by a writer still running (a
+// write waits, then is refused, nothing written), or left by one killed midway (taken over at once when its pid is
+// gone in this pid space, or once it is STALE_LOCK_MS old when its pid cannot be looked up here). No key server:
+// the store writes what its caller validated.
+
+let dir: string;
+let store: CertificateStore;
+let running: ChildProcess;
+const CHAIN = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+const lock = (): string => join(dir, '.site.lock');
+
+beforeAll(() => {
+  dir = tempDir('keyedge-store-lock-');
+  store = new CertificateStore(dir);
+  // A writer still running: a process that lives for the whole file.
+  running = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 120000)'], { stdio: 'ignore' });
+});
+
+afterAll(() => {
+  running.kill();
+  removeDir(dir);
+});
+
+describe("a store entry's write lock", () => {
+  it("a running writer's lock: the write waits, then is refused (KEYEDGE_ERR_STORE_CONFLICT), and nothing is written", () => {
+    writeFileSync(lock(), `${running.pid} ${PID_SPACE}\n`);
+    const started = Date.now();
+    let refused: unknown;
+    try {
+      store.write('site', CHAIN, { names: ['site.test'] });
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toBeInstanceOf(StoreConflictError);
+    expect((refused as StoreConflictError).code).toBe('KEYEDGE_ERR_STORE_CONFLICT');
+    expect((refused as Error).message).toContain(`(pid ${running.pid})`);
+    // It waited for the other write a moment (two fsyncs) before giving up.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    expect(existsSync(join(dir, 'site.pem'))).toBe(false);
+    expect(existsSync(join(dir, 'site.json'))).toBe(false);
+    // The other writer's lock is left alone.
+    expect(readFileSync(lock(), 'utf8')).toBe(`${running.pid} ${PID_SPACE}\n`);
+  });
+
+  it("a killed writer's lock (its pid gone, in this pid space): taken over, the write done, no lock left", () => {
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    writeFileSync(lock(), `${dead} ${PID_SPACE}\n`);
+    store.write('site', CHAIN, { names: ['site.test'] });
+    expect(readFileSync(join(dir, 'site.pem'), 'utf8')).toBe(CHAIN);
+    expect(readdirSync(dir).filter((f) => f.startsWith('.'))).toEqual([]);
+  });
+
+  it("another pid space's lock: waited for while young, taken over once STALE_LOCK_MS old", () => {
+    writeFileSync(lock(), `${running.pid} 00000000\n`);
+    expect(() => store.remove('site')).toThrow(StoreConflictError);
+    expect(existsSync(join(dir, 'site.pem'))).toBe(true);
+    const old = new Date(Date.now() - STALE_LOCK_MS - 1_000);
+    utimesSync(lock(), old, old);
+    store.remove('site');
+    expect(existsSync(join(dir, 'site.pem'))).toBe(false);
+    expect(readdirSync(dir).filter((f) => f.startsWith('.'))).toEqual([]);
+  });
+
+  it('a write whose entry changed since its version was read is refused, nothing written', () => {
+    store.write('site', CHAIN, { names: ['site.test'] });
+    const read = store.version('site');
+    expect(read).not.toBe(0);
+    store.write('site', CHAIN, { names: ['site.test', 'www.site.test'] });
+    expect(() => store.write('site', CHAIN, { names: ['site.test'] }, read)).toThrow(StoreConflictError);
+    expect(JSON.parse(readFileSync(join(dir, 'site.json'), 'utf8')).names).toEqual(['site.test', 'www.site.test']);
+    // Absent is version 0: an add conditional on absence is refused once another writer added it.
+    expect(() => store.write('site', CHAIN, { names: ['site.test'] }, 0)).toThrow(StoreConflictError);
+    store.write('site', CHAIN, { names: ['site.test'] }, store.version('site'));
+  });
+});
