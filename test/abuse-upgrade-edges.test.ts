@@ -85,6 +85,9 @@ beforeAll(async () => {
       certificates: [{ name: 'ec', chain: ec.file }],
       domains: [{ name: 'ws.lab.test', origin: url }],
       limits: { originReadTimeoutMs: READ_TIMEOUT_MS },
+      // Read by the teardown's close() alone (nothing here watches a stop): the tunnels the cases leave open held it for
+      // the whole default grace, 10 s.
+      shutdownGraceMs: 0,
     }),
     { log: createLogger('upgrade-edges-test', 'silent') },
   );

@@ -98,7 +98,9 @@ async function startProxy(name: string, control: string, extra: Record<string, u
     (p) => {
       writeFileSync(join(p.storeDir, 'life.pem'), readFileSync(certFile));
       const store = rescanSeconds === undefined ? {} : { certStore: { dir: p.storeDir, rescanSeconds } };
-      return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }], ...store, ...extra });
+      // A state directory of its own (the lab's is shared by default): proxies run side by side here, and a primary
+      // hands its workers their configuration through a file in it (worker-config.json).
+      return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }], stateDir: join(control, 'state'), ...store, ...extra });
     },
     { NODE_OPTIONS: `--import=${pathToFileURL(join(dir, 'inject.mjs')).href}`, LIFECYCLE_CONTROL: control },
     75_000,
@@ -118,277 +120,285 @@ async function answered(proxy: ClusterProxy, path: string): Promise<string> {
   return client.head;
 }
 
-describe('signals while the primary drains', () => {
-  it('a second SIGTERM, a SIGINT and a SIGHUP, to the primary and to every worker, do not cut the drain: the request in flight is answered whole, the primary stops cleanly', async () => {
-    const proxy = await startProxy('drain', join(dir, 'drain'));
-    const client = new RawClient(proxy.port, ca, HOST);
-    await client.secure;
-    client.write(get('/inflight/answer?size=4096&delayMs=3000'));
-    await waitFor('the request at the origin', () => (origin.open().includes('inflight') ? true : undefined));
-    process.kill(proxy.pid, 'SIGTERM');
-    await sleep(300);
-    // Then to every process, as a supervisor that signals the whole group (systemd's control-group kill) does, twice.
-    const workers = workerPids(proxy).listening;
-    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGTERM'] as const) {
-      // A process that one of them ended is gone for the next (ESRCH): what the assertions below show.
-      for (const pid of [proxy.pid, ...workers]) if (alive(pid)) process.kill(pid, signal);
-      await sleep(100);
-    }
-    await client.receivedAtLeast(4096, 15_000);
-    expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
-    client.tls.destroy();
-    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
-    expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
-    for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
-  }, 120_000);
-});
-
-describe('an uncaught error in the primary', () => {
-  it('is logged, and the proxy stops as on SIGTERM: the request in flight is answered whole, the workers exit, the primary exits', async () => {
-    const control = join(dir, 'primary-fault');
-    const starting = startProxy('primary-fault', control);
-    writeFileSync(join(control, 'plain-workers'), '');
-    const proxy = await starting;
-    const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
-    const client = new RawClient(proxy.port, ca, HOST);
-    await client.secure;
-    client.write(get('/primary-fault/answer?size=4096&delayMs=3000'));
-    await sleep(300);
-    process.kill(proxy.pid, 'SIGUSR2');
-    const logged = await waitFor('the uncaught-error log lines', () => {
-      const lines = proxy.lines.filter((l) => l.pid === proxy.pid && typeof l.kind === 'string');
-      return lines.length >= 2 ? lines : undefined;
-    });
-    expect(logged.map((l) => l.kind).sort()).toEqual(['uncaughtException', 'unhandledRejection']);
-    expect(logged[0]).toMatchObject({ level: 50, code: 'TEST_INJECTED', msg: expect.stringMatching(/the proxy stops \(its workers drain\)/) });
-    // Node's default ended the primary at once, and its workers with it: the request was cut.
-    await client.receivedAtLeast(4096, 15_000);
-    expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
-    client.tls.destroy();
-    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
-    expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
-    for (const pid of workers) expect(alive(pid)).toBe(false);
-  }, 120_000);
-});
-
-describe('an admin client that never finishes its request', () => {
-  it('does not keep the stopped primary running', async () => {
-    const proxy = await startProxy('admin-open', join(dir, 'admin-open'));
-    const socket = net.connect(proxy.adminPort, '127.0.0.1');
-    socket.on('error', () => undefined);
-    await new Promise((resolve) => socket.once('connect', resolve));
-    // An upload with the token, its body still to come: read until the 60 s request deadline.
-    socket.write(`PUT /certs/slow HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 100000\r\n\r\nabc`);
-    await sleep(200);
-    const signalled = Date.now();
-    process.kill(proxy.pid, 'SIGTERM');
-    await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 30_000);
-    socket.destroy();
-    // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
-    expect(Date.now() - signalled).toBeLessThan(8_000);
-  }, 120_000);
-});
-
-describe('signals while the proxy starts', () => {
-  it('a SIGHUP before the workers are forked does not end the primary: it starts, and reloads once', async () => {
-    const control = join(dir, 'hangup');
-    const starting = startProxy('hangup', control);
-    writeFileSync(join(control, 'slow-first-fork'), '');
-    const pid = Number(
-      await waitFor('the primary to fork', () => (existsSync(join(control, 'forking')) ? readFileSync(join(control, 'forking'), 'utf8') : undefined), 60_000),
-    );
-    for (let i = 0; i < 20; i++) process.kill(pid, 'SIGHUP');
-    await sleep(2_500);
-    expect(alive(pid), 'the primary after the SIGHUPs').toBe(true);
-    const proxy = await starting;
-    expect(alive(proxy.pid)).toBe(true);
-    await waitFor('the reload SIGHUP asked for', () => proxy.lines.find((l) => l.msg === 'reload done' && l.trigger === 'signal'), 15_000);
-    expect(await answered(proxy, '/after-hangup/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
-  }, 120_000);
-
-  it('a SIGTERM while the workers start, before they listen for messages, stops the proxy at once, not after the grace period', async () => {
-    const control = join(dir, 'term');
-    const starting = startProxy('term', control).then(
-      () => 'ready',
-      (err: Error) => err.message,
-    );
-    writeFileSync(join(control, 'slow-worker'), '');
-    const pid = Number(
-      await waitFor('the primary to fork', () => (existsSync(join(control, 'forked')) ? readFileSync(join(control, 'forked'), 'utf8') : undefined), 60_000),
-    );
-    const signalled = Date.now();
-    process.kill(pid, 'SIGTERM');
-    // The workers stall 3 s before they listen; the grace period (10 s) and its 5 s slack would take 15 s.
-    await waitFor('the primary to exit', () => (alive(pid) ? undefined : true), 30_000);
-    expect(Date.now() - signalled).toBeLessThan(9_000);
-    expect(await starting).toMatch(/the proxy exited \(0\)/);
-  }, 120_000);
-});
-
-describe('a worker that dies at every start', () => {
-  it('is restarted with a growing pause while the other worker serves, and shows in the log, /metrics and /readyz', async () => {
-    const control = join(dir, 'crash');
-    const proxy = await startProxy('crash', control);
-    const [survivor, victim] = await waitFor('two workers listening', () =>
-      workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
-    );
-    writeFileSync(join(control, 'crash'), '');
-    process.kill(victim!, 'SIGKILL');
-    const from = Date.now();
-    // The SIGKILL's death and two at start, within about 5 s: a doubling to judge (a fixed 1 s pause has none).
-    const deaths = await waitFor(
-      'three deaths',
-      () => {
-        const logged = proxy.lines.filter((l) => l.msg === 'proxy worker died; starting a replacement');
-        return logged.length >= 3 ? logged : undefined;
-      },
-      45_000,
-    );
-    // The first death (the SIGKILL) may come within 5 s of the start or not; each quick one after it doubles the pause.
-    const pauses = deaths.map((d) => d.restartInMs as number);
-    expect(pauses[1]).toBeGreaterThanOrEqual(1000);
-    for (let i = 2; i < pauses.length; i++) expect(pauses[i], JSON.stringify(pauses)).toBe(Math.min(2 * pauses[i - 1]!, 30_000));
-    // Each pause is waited before the replacement is forked, not only logged: a death comes no sooner than the pause before it.
-    const times = deaths.map((d) => Date.parse(d.time as string));
-    for (let i = 1; i < deaths.length; i++) expect(times[i]! - times[i - 1]!, JSON.stringify({ pauses, times })).toBeGreaterThanOrEqual(pauses[i - 1]!);
-    expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(deaths.length);
-    const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
-    expect(ready.status).toBe(503);
-    expect(await ready.text()).toMatch(/1 of 2 workers/);
-    // The other worker serves throughout.
-    expect(alive(survivor!)).toBe(true);
-    for (let i = 0; i < 4; i++) expect(await answered(proxy, `/during-loop-${i}/answer?size=16`)).toMatch(/^HTTP\/1\.1 200 /);
-    // Once the fault is gone, the next restart serves.
-    rmSync(join(control, 'crash'));
-    await waitFor('two workers again', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
-    expect(Date.now() - from).toBeLessThan(60_000);
-  }, 120_000);
-});
-
-describe('workers that hang in their start', () => {
-  it('when every worker hangs in its start, the start fails with the reason instead of waiting for ever', async () => {
-    const control = join(dir, 'hang-all');
-    const starting = startProxy('hang-all', control, { workerStartTimeoutMs: 1_500 });
-    writeFileSync(join(control, 'hang-worker'), '');
-    // Two starts time out at 1.5 s, the next after a 1 s pause: about 5 s.
-    await expect(starting).rejects.toThrow(
-      /the proxy exited \(1\).*no proxy worker became ready: 3 starts in a row failed, the last one not ready within 1500 ms/,
-    );
-  }, 60_000);
-});
-
-describe('a worker whose event loop is blocked (SIGSTOP)', () => {
-  const SILENT_MS = 10_000;
-  it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves; a replacement that hangs in its start is killed after workerStartTimeoutMs and replaced after the crash-loop pause', async () => {
-    // No store rescan within the test (one would give the stopped worker 30 s more while it waits for its apply).
-    // Silence is judged at 10 s (30 s by default, 10 s the least allowed): two of the 5 s metrics polls, which the serving
-    // worker answers. A start is given 10 s (60 s by default): a healthy one takes a second or two on a loaded machine.
-    const control = join(dir, 'hung');
-    const proxy = await startProxy('hung', control, { workerStartTimeoutMs: 10_000, workerSilentTimeoutMs: SILENT_MS }, 3600);
-    const [survivor, victim] = await waitFor('two workers listening', () =>
-      workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
-    );
-    process.kill(victim!, 'SIGSTOP');
-    const stoppedAt = Date.now();
-    // Its replacement hangs in its start (before it listens for the primary's messages).
-    writeFileSync(join(control, 'hang-worker'), '');
-    try {
-      const scrapes = await Promise.all(
-        Array.from({ length: 50 }, async () => {
-          const started = Date.now();
-          const response = await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`);
-          await response.text();
-          return { status: response.status, ms: Date.now() - started };
-        }),
+// Two chains side by side (describe.concurrent), one proxy at a time in each, of about the same length: most of
+// these cases wait seconds on the supervisor's own bounds and pauses (a silent worker's, a start's, the crash loop's)
+// or on an answer the origin holds. Every case has its own proxy, state and control directories; what they share (the
+// lab's key server, the origin, each case asking it for paths of its own) none of them stops or counts.
+describe.concurrent('a blocked worker, and signals while the primary drains', () => {
+  describe.sequential('a worker whose event loop is blocked (SIGSTOP)', () => {
+    const SILENT_MS = 10_000;
+    it('does not hold /metrics scrapes (each answers within its 2 s wait), and is killed and replaced while the other serves; a replacement that hangs in its start is killed after workerStartTimeoutMs and replaced after the crash-loop pause', async () => {
+      // No store rescan within the test (one would give the stopped worker 30 s more while it waits for its apply).
+      // Silence is judged at 10 s (30 s by default, 10 s the least allowed): two of the 5 s metrics polls, which the serving
+      // worker answers. A start is given 10 s (60 s by default): a healthy one takes a second or two on a loaded machine.
+      const control = join(dir, 'hung');
+      const proxy = await startProxy('hung', control, { workerStartTimeoutMs: 10_000, workerSilentTimeoutMs: SILENT_MS }, 3600);
+      const [survivor, victim] = await waitFor('two workers listening', () =>
+        workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
       );
-      for (const scrape of scrapes) expect(scrape.status).toBe(200);
-      expect(Math.max(...scrapes.map((s) => s.ms))).toBeLessThan(8_000);
-      expect(await answered(proxy, '/while-hung/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
-      // Silent for SILENT_MS, judged every 5 s; a generous margin.
-      const killed = await waitFor(
-        'the primary to kill it',
-        () => proxy.lines.find((l) => l.msg === 'proxy worker unresponsive (its event loop is blocked); killing it'),
-        100_000,
-      );
-      expect(killed.pid).toBe(victim);
-      expect(Number(killed.silentMs)).toBeGreaterThanOrEqual(SILENT_MS);
-      expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(SILENT_MS);
-      await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
-      const hung = await waitFor(
-        'the hung replacement killed',
-        () => proxy.lines.find((l) => l.msg === 'proxy worker did not become ready within 10000 ms; killing it'),
-        40_000,
-      );
-      rmSync(join(control, 'hang-worker'));
-      const death = await waitFor('its death', () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === hung.pid));
-      expect(death.restartInMs).toBeGreaterThanOrEqual(1_000);
-      expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBe(2);
-      await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
-      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
-      expect(alive(survivor!)).toBe(true);
-    } finally {
-      if (alive(victim!)) process.kill(victim!, 'SIGCONT');
-    }
-  }, 200_000);
-});
-
-// One proxy for these three cases, in this order: none of them stops it, the storm must see no worker die yet and the
-// scrapes no restart, and only the last one kills a worker.
-describe('one proxy, three cases in turn', () => {
-  let control: string;
-  let proxy: ClusterProxy;
-  beforeAll(async () => {
-    control = join(dir, 'shared');
-    proxy = await startProxy('shared', control);
-  }, 90_000);
-
-  describe('many scrapes at once', () => {
-    it("50 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 50", async () => {
-      const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
-      const asked = (): number[] =>
-        workers.map((pid) => (existsSync(join(control, `full-${pid}`)) ? Number(readFileSync(join(control, `full-${pid}`), 'utf8')) : 0));
-      const before = asked();
-      const bodies = await Promise.all(Array.from({ length: 50 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
-      for (const body of bodies) expect(body).toMatch(/keyedge_proxy_worker_restarts_total 0/);
-      const after = asked();
-      for (let i = 0; i < workers.length; i++) expect(after[i]! - before[i]!, `worker ${workers[i]}`).toBeLessThan(20);
-    }, 120_000);
-  });
-
-  describe('a SIGHUP storm', () => {
-    it('100 SIGHUPs within a second: reloads one at a time (those meanwhile folded), each ok; the proxy serves throughout', async () => {
-      const before = proxy.lines.length;
-      for (let i = 0; i < 100; i++) {
-        process.kill(proxy.pid, 'SIGHUP');
-        await sleep(10);
+      process.kill(victim!, 'SIGSTOP');
+      const stoppedAt = Date.now();
+      // Its replacement hangs in its start (before it listens for the primary's messages).
+      writeFileSync(join(control, 'hang-worker'), '');
+      try {
+        const scrapes = await Promise.all(
+          Array.from({ length: 50 }, async () => {
+            const started = Date.now();
+            const response = await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`);
+            await response.text();
+            return { status: response.status, ms: Date.now() - started };
+          }),
+        );
+        for (const scrape of scrapes) expect(scrape.status).toBe(200);
+        expect(Math.max(...scrapes.map((s) => s.ms))).toBeLessThan(8_000);
+        expect(await answered(proxy, '/while-hung/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+        // Silent for SILENT_MS, judged every 5 s; a generous margin.
+        const killed = await waitFor(
+          'the primary to kill it',
+          () => proxy.lines.find((l) => l.msg === 'proxy worker unresponsive (its event loop is blocked); killing it'),
+          100_000,
+        );
+        expect(killed.pid).toBe(victim);
+        expect(Number(killed.silentMs)).toBeGreaterThanOrEqual(SILENT_MS);
+        expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(SILENT_MS);
+        await waitFor('it to be gone', () => (alive(victim!) ? undefined : true), 10_000);
+        const hung = await waitFor(
+          'the hung replacement killed',
+          () => proxy.lines.find((l) => l.msg === 'proxy worker did not become ready within 10000 ms; killing it'),
+          40_000,
+        );
+        rmSync(join(control, 'hang-worker'));
+        const death = await waitFor('its death', () => proxy.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === hung.pid));
+        expect(death.restartInMs).toBeGreaterThanOrEqual(1_000);
+        expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBe(2);
+        await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 30_000);
+        await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+        expect(alive(survivor!)).toBe(true);
+      } finally {
+        if (alive(victim!)) process.kill(victim!, 'SIGCONT');
       }
-      expect(await answered(proxy, '/during-storm/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
-      await sleep(3_000);
-      const reloads = proxy.lines.slice(before).filter((l) => l.msg === 'reload done' && l.trigger === 'signal');
-      // A reload takes a few ms here, so most get one of their own; those that come while one runs fold into the next.
-      expect(reloads.length).toBeGreaterThanOrEqual(1);
-      expect(reloads.length).toBeLessThanOrEqual(100);
-      expect(reloads.filter((r) => r.result !== 'ok')).toEqual([]);
-      expect(alive(proxy.pid)).toBe(true);
-      expect(workerPids(proxy).died).toEqual([]);
+    }, 200_000);
+  });
+
+  describe.sequential('signals while the primary drains', () => {
+    it('a second SIGTERM, a SIGINT and a SIGHUP, to the primary and to every worker, do not cut the drain: the request in flight is answered whole, the primary stops cleanly', async () => {
+      const proxy = await startProxy('drain', join(dir, 'drain'));
+      const client = new RawClient(proxy.port, ca, HOST);
+      await client.secure;
+      client.write(get('/inflight/answer?size=4096&delayMs=3000'));
+      await waitFor('the request at the origin', () => (origin.open().includes('inflight') ? true : undefined));
+      process.kill(proxy.pid, 'SIGTERM');
+      await sleep(300);
+      // Then to every process, as a supervisor that signals the whole group (systemd's control-group kill) does, twice.
+      const workers = workerPids(proxy).listening;
+      for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGTERM'] as const) {
+        // A process that one of them ended is gone for the next (ESRCH): what the assertions below show.
+        for (const pid of [proxy.pid, ...workers]) if (alive(pid)) process.kill(pid, signal);
+        await sleep(100);
+      }
+      await client.receivedAtLeast(4096, 15_000);
+      expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
+      client.tls.destroy();
+      await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
+      expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
+      for (const pid of workerPids(proxy).listening) expect(alive(pid)).toBe(false);
     }, 120_000);
   });
 
-  describe('IPC messages of unexpected shapes', () => {
-    it("metrics snapshots a worker sends malformed are ignored: the primary goes on, /metrics answers, the worker's death is summed", async () => {
-      const [, victim] = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
-      process.kill(victim!, 'SIGUSR2');
-      await sleep(1_000);
-      expect(alive(proxy.pid), 'the primary').toBe(true);
-      expect((await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).status).toBe(200);
-      // Its exit folds its last snapshot into the retired sums: a malformed one would throw there.
-      process.kill(victim!, 'SIGKILL');
-      await waitFor('a replacement', () => (workerPids(proxy).died.includes(victim!) ? true : undefined), 15_000);
-      await sleep(1_000);
-      expect(alive(proxy.pid), 'the primary').toBe(true);
-      const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
-      expect(text).toMatch(/keyedge_proxy_worker_restarts_total 1/);
-      expect(await answered(proxy, '/after-shapes/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+  describe.sequential('an admin client that never finishes its request', () => {
+    it('does not keep the stopped primary running', async () => {
+      const proxy = await startProxy('admin-open', join(dir, 'admin-open'));
+      const socket = net.connect(proxy.adminPort, '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('connect', resolve));
+      // An upload with the token, its body still to come: read until the 60 s request deadline.
+      socket.write(`PUT /certs/slow HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\nContent-Length: 100000\r\n\r\nabc`);
+      await sleep(200);
+      const signalled = Date.now();
+      process.kill(proxy.pid, 'SIGTERM');
+      await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 30_000);
+      socket.destroy();
+      // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
+      expect(Date.now() - signalled).toBeLessThan(8_000);
     }, 120_000);
+  });
+});
+
+describe.concurrent('workers that die or hang at every start, and the other cases', () => {
+  describe.sequential('a worker that dies at every start', () => {
+    it('is restarted with a growing pause while the other worker serves, and shows in the log, /metrics and /readyz', async () => {
+      const control = join(dir, 'crash');
+      const proxy = await startProxy('crash', control);
+      const [survivor, victim] = await waitFor('two workers listening', () =>
+        workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+      );
+      writeFileSync(join(control, 'crash'), '');
+      process.kill(victim!, 'SIGKILL');
+      const from = Date.now();
+      // The SIGKILL's death and two at start, within about 5 s: a doubling to judge (a fixed 1 s pause has none).
+      const deaths = await waitFor(
+        'three deaths',
+        () => {
+          const logged = proxy.lines.filter((l) => l.msg === 'proxy worker died; starting a replacement');
+          return logged.length >= 3 ? logged : undefined;
+        },
+        45_000,
+      );
+      // The first death (the SIGKILL) may come within 5 s of the start or not; each quick one after it doubles the pause.
+      const pauses = deaths.map((d) => d.restartInMs as number);
+      expect(pauses[1]).toBeGreaterThanOrEqual(1000);
+      for (let i = 2; i < pauses.length; i++) expect(pauses[i], JSON.stringify(pauses)).toBe(Math.min(2 * pauses[i - 1]!, 30_000));
+      // Each pause is waited before the replacement is forked, not only logged: a death comes no sooner than the pause before it.
+      const times = deaths.map((d) => Date.parse(d.time as string));
+      for (let i = 1; i < deaths.length; i++) expect(times[i]! - times[i - 1]!, JSON.stringify({ pauses, times })).toBeGreaterThanOrEqual(pauses[i - 1]!);
+      expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(deaths.length);
+      const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.text()).toMatch(/1 of 2 workers/);
+      // The other worker serves throughout.
+      expect(alive(survivor!)).toBe(true);
+      for (let i = 0; i < 4; i++) expect(await answered(proxy, `/during-loop-${i}/answer?size=16`)).toMatch(/^HTTP\/1\.1 200 /);
+      // Once the fault is gone, the next restart serves.
+      rmSync(join(control, 'crash'));
+      await waitFor('two workers again', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+      expect(Date.now() - from).toBeLessThan(60_000);
+    }, 120_000);
+  });
+
+  describe.sequential('workers that hang in their start', () => {
+    it('when every worker hangs in its start, the start fails with the reason instead of waiting for ever', async () => {
+      const control = join(dir, 'hang-all');
+      const starting = startProxy('hang-all', control, { workerStartTimeoutMs: 1_500 });
+      writeFileSync(join(control, 'hang-worker'), '');
+      // Two starts time out at 1.5 s, the next after a 1 s pause: about 5 s.
+      await expect(starting).rejects.toThrow(
+        /the proxy exited \(1\).*no proxy worker became ready: 3 starts in a row failed, the last one not ready within 1500 ms/,
+      );
+    }, 60_000);
+  });
+
+  describe.sequential('an uncaught error in the primary', () => {
+    it('is logged, and the proxy stops as on SIGTERM: the request in flight is answered whole, the workers exit, the primary exits', async () => {
+      const control = join(dir, 'primary-fault');
+      const starting = startProxy('primary-fault', control);
+      writeFileSync(join(control, 'plain-workers'), '');
+      const proxy = await starting;
+      const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+      const client = new RawClient(proxy.port, ca, HOST);
+      await client.secure;
+      client.write(get('/primary-fault/answer?size=4096&delayMs=3000'));
+      await sleep(300);
+      process.kill(proxy.pid, 'SIGUSR2');
+      const logged = await waitFor('the uncaught-error log lines', () => {
+        const lines = proxy.lines.filter((l) => l.pid === proxy.pid && typeof l.kind === 'string');
+        return lines.length >= 2 ? lines : undefined;
+      });
+      expect(logged.map((l) => l.kind).sort()).toEqual(['uncaughtException', 'unhandledRejection']);
+      expect(logged[0]).toMatchObject({ level: 50, code: 'TEST_INJECTED', msg: expect.stringMatching(/the proxy stops \(its workers drain\)/) });
+      // Node's default ended the primary at once, and its workers with it: the request was cut.
+      await client.receivedAtLeast(4096, 15_000);
+      expect(client.head).toMatch(/^HTTP\/1\.1 200 /);
+      client.tls.destroy();
+      await waitFor('the primary to exit', () => (alive(proxy.pid) ? undefined : true), 20_000);
+      expect(proxy.lines.some((l) => l.msg === 'proxy stopped')).toBe(true);
+      for (const pid of workers) expect(alive(pid)).toBe(false);
+    }, 120_000);
+  });
+
+  describe.sequential('signals while the proxy starts', () => {
+    it('a SIGHUP before the workers are forked does not end the primary: it starts, and reloads once', async () => {
+      const control = join(dir, 'hangup');
+      const starting = startProxy('hangup', control);
+      writeFileSync(join(control, 'slow-first-fork'), '');
+      const pid = Number(
+        await waitFor('the primary to fork', () => (existsSync(join(control, 'forking')) ? readFileSync(join(control, 'forking'), 'utf8') : undefined), 60_000),
+      );
+      for (let i = 0; i < 20; i++) process.kill(pid, 'SIGHUP');
+      await sleep(2_500);
+      expect(alive(pid), 'the primary after the SIGHUPs').toBe(true);
+      const proxy = await starting;
+      expect(alive(proxy.pid)).toBe(true);
+      await waitFor('the reload SIGHUP asked for', () => proxy.lines.find((l) => l.msg === 'reload done' && l.trigger === 'signal'), 15_000);
+      expect(await answered(proxy, '/after-hangup/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+    }, 120_000);
+
+    it('a SIGTERM while the workers start, before they listen for messages, stops the proxy at once, not after the grace period', async () => {
+      const control = join(dir, 'term');
+      const starting = startProxy('term', control).then(
+        () => 'ready',
+        (err: Error) => err.message,
+      );
+      writeFileSync(join(control, 'slow-worker'), '');
+      const pid = Number(
+        await waitFor('the primary to fork', () => (existsSync(join(control, 'forked')) ? readFileSync(join(control, 'forked'), 'utf8') : undefined), 60_000),
+      );
+      const signalled = Date.now();
+      process.kill(pid, 'SIGTERM');
+      // The workers stall 3 s before they listen; the grace period (10 s) and its 5 s slack would take 15 s.
+      await waitFor('the primary to exit', () => (alive(pid) ? undefined : true), 30_000);
+      expect(Date.now() - signalled).toBeLessThan(9_000);
+      expect(await starting).toMatch(/the proxy exited \(0\)/);
+    }, 120_000);
+  });
+
+  // One proxy for these three cases, in this order: none of them stops it, the storm must see no worker die yet and the
+  // scrapes no restart, and only the last one kills a worker.
+  describe.sequential('one proxy, three cases in turn', () => {
+    let control: string;
+    let proxy: ClusterProxy;
+    beforeAll(async () => {
+      control = join(dir, 'shared');
+      proxy = await startProxy('shared', control);
+    }, 90_000);
+
+    describe('many scrapes at once', () => {
+      it("50 concurrent /metrics scrapes share the workers' answers: each worker is asked for its registry a few times, not 50", async () => {
+        const workers = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+        const asked = (): number[] =>
+          workers.map((pid) => (existsSync(join(control, `full-${pid}`)) ? Number(readFileSync(join(control, `full-${pid}`), 'utf8')) : 0));
+        const before = asked();
+        const bodies = await Promise.all(Array.from({ length: 50 }, async () => (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text()));
+        for (const body of bodies) expect(body).toMatch(/keyedge_proxy_worker_restarts_total 0/);
+        const after = asked();
+        for (let i = 0; i < workers.length; i++) expect(after[i]! - before[i]!, `worker ${workers[i]}`).toBeLessThan(20);
+      }, 120_000);
+    });
+
+    describe('a SIGHUP storm', () => {
+      it('100 SIGHUPs within a second: reloads one at a time (those meanwhile folded), each ok; the proxy serves throughout', async () => {
+        const before = proxy.lines.length;
+        for (let i = 0; i < 100; i++) {
+          process.kill(proxy.pid, 'SIGHUP');
+          await sleep(10);
+        }
+        expect(await answered(proxy, '/during-storm/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+        await sleep(3_000);
+        const reloads = proxy.lines.slice(before).filter((l) => l.msg === 'reload done' && l.trigger === 'signal');
+        // A reload takes a few ms here, so most get one of their own; those that come while one runs fold into the next.
+        expect(reloads.length).toBeGreaterThanOrEqual(1);
+        expect(reloads.length).toBeLessThanOrEqual(100);
+        expect(reloads.filter((r) => r.result !== 'ok')).toEqual([]);
+        expect(alive(proxy.pid)).toBe(true);
+        expect(workerPids(proxy).died).toEqual([]);
+      }, 120_000);
+    });
+
+    describe('IPC messages of unexpected shapes', () => {
+      it("metrics snapshots a worker sends malformed are ignored: the primary goes on, /metrics answers, the worker's death is summed", async () => {
+        const [, victim] = await waitFor('two workers listening', () => (workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined));
+        process.kill(victim!, 'SIGUSR2');
+        await sleep(1_000);
+        expect(alive(proxy.pid), 'the primary').toBe(true);
+        expect((await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).status).toBe(200);
+        // Its exit folds its last snapshot into the retired sums: a malformed one would throw there.
+        process.kill(victim!, 'SIGKILL');
+        await waitFor('a replacement', () => (workerPids(proxy).died.includes(victim!) ? true : undefined), 15_000);
+        await sleep(1_000);
+        expect(alive(proxy.pid), 'the primary').toBe(true);
+        const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+        expect(text).toMatch(/keyedge_proxy_worker_restarts_total 1/);
+        expect(await answered(proxy, '/after-shapes/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      }, 120_000);
+    });
   });
 });

@@ -38,8 +38,11 @@ async function served(name: string): Promise<string> {
 const loggedSince = (from: number, msg: string) => waitFor(msg, () => proxy.lines.slice(from).find((l) => l.msg === msg), 20_000);
 
 beforeAll(async () => {
-  lab = await startKeylessLab();
-  next = await startKeylessLab();
+  // Side by side: each its own directory, token copy and key server (afterAll closes whichever started).
+  const [first, second] = await Promise.allSettled([startKeylessLab(), startKeylessLab()]);
+  if (first.status === 'fulfilled') lab = first.value;
+  if (second.status === 'fulfilled') next = second.value;
+  for (const started of [first, second]) if (started.status === 'rejected') throw started.reason;
   await next.stopKeyserver();
   const generated = await runCli(['key', 'generate', '--config', join(next.dir, 'keyserver.json'), '--type', 'ec-p256', '--label', 'next-only']);
   const keyId = /key id: ([0-9a-f]{64})/.exec(generated.stdout)![1]!;
