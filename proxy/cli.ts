@@ -27,7 +27,6 @@ Options:
 
 export const proxyCommand: Command = {
   name: 'proxy',
-  summary: 'run the TLS edge (keyless TLS termination and routing to origins)',
   async run(argv) {
     const { values } = parseCommandArgs(argv, { config: { type: 'string' } }, USAGE);
     if (values.help) {

@@ -42,7 +42,6 @@ export function startDemoOrigin(host: string, port: number, size: number): Promi
 
 export const demoOriginCommand: Command = {
   name: 'demo-origin',
-  summary: 'run a demo HTTP origin (for trying keyedge and for benchmarks)',
   async run(argv) {
     const { values } = parseCommandArgs(argv, { host: { type: 'string' }, port: { type: 'string' }, size: { type: 'string' } }, USAGE);
     if (values.help) {

@@ -60,7 +60,6 @@ const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-
 
 export const keyCommand: Command = {
   name: 'key',
-  summary: 'generate, import, list, delete keys in the token; make CSRs signed inside it',
   async run(argv) {
     const [action, ...rest] = argv;
     if (action === undefined || action === '--help' || action === '-h') {

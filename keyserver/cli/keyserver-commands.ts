@@ -44,7 +44,6 @@ const STOP_MARGIN_MS = 5_000;
 
 export const keyserverCommand: Command = {
   name: 'keyserver',
-  summary: 'run the key server (PKCS#11 keyless signing daemon)',
   async run(argv) {
     const { values } = parseCommandArgs(argv, { config: { type: 'string' } }, KEYSERVER_USAGE);
     if (values.help) {
@@ -102,7 +101,6 @@ Options:
 
 export const pingCommand: Command = {
   name: 'ping',
-  summary: 'check that a running key server answers',
   async run(argv) {
     const { values } = parseCommandArgs(argv, { config: { type: 'string' }, socket: { type: 'string' }, count: { type: 'string' } }, PING_USAGE);
     if (values.help) {

@@ -7,7 +7,6 @@ import { UsageError } from './errors.js';
 
 export interface Command {
   readonly name: string;
-  readonly summary: string;
   /** Resolves with the process exit status. */
   run(argv: readonly string[]): Promise<number>;
 }

@@ -99,7 +99,6 @@ type Values = ReturnType<typeof parseCommandArgs<typeof OPTIONS>>['values'];
 
 export const certCommand: Command = {
   name: 'cert',
-  summary: 'add, replace, list, show, remove certificates in the proxy certificate store; issue and renew them over ACME',
   async run(argv) {
     const [action, ...rest] = argv;
     if (action === undefined || action === '--help' || action === '-h') {
