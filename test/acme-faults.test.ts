@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,7 +15,7 @@ import { curl } from './helpers/clients.js';
 import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
-import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, clusterWorkerPids, waitFor } from './helpers/proxy-cluster.js';
 
 // Issue 14, must-show 4: the CA down, slow, answering badNonce (past the
 // retries) or rateLimited with Retry-After, and a failed validation. Each
@@ -233,10 +232,7 @@ describe('ACME faults: the current certificate keeps serving', () => {
 
   it('a worker that does not apply the renewed certificate in time: its key stays in the token, and it serves everywhere', async () => {
     // The last renewal validated the name: the CA reuses that authorization, so this order needs no worker to answer a challenge.
-    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)], { encoding: 'utf8' })
-      .trim()
-      .split('\n')
-      .map(Number);
+    const workers = clusterWorkerPids(proxy.pid);
     expect(workers.length).toBeGreaterThanOrEqual(2);
     process.kill(workers[0]!, 'SIGSTOP');
     let answer: Awaited<ReturnType<typeof renew>>;
@@ -261,10 +257,7 @@ describe('ACME faults: the current certificate keeps serving', () => {
     const extra = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: [EXTRA] }));
     expect(extra.status, extra.text).toBe(200);
     const before = (await managed(NAME))!;
-    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)], { encoding: 'utf8' })
-      .trim()
-      .split('\n')
-      .map(Number);
+    const workers = clusterWorkerPids(proxy.pid);
     process.kill(workers[0]!, 'SIGSTOP');
     let answer: Awaited<ReturnType<typeof proxy.admin>>;
     try {

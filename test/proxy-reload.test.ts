@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { closeSession, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { runCli, sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, clusterWorkerPids, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { createCa, issue, issueForPublicKey } from './helpers/pki.js';
 import { type Message, nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
@@ -741,11 +741,7 @@ describe('HTTP/1.1 connections after a certificate change', () => {
 describe('a worker that dies', () => {
   it('is replaced by one serving the current certificates', async () => {
     const serving = await servedSerial('store.lab.test');
-    const workers = execFileSync('pgrep', ['-P', String(proxy.pid)])
-      .toString()
-      .trim()
-      .split('\n')
-      .map(Number);
+    const workers = clusterWorkerPids(proxy.pid);
     process.kill(workers[0]!, 'SIGKILL');
     await waitFor('a replacement worker', () => (proxy.lines.some((l) => l.msg === 'proxy worker died; starting a replacement') ? true : undefined));
     await sleep(1500);

@@ -3,8 +3,8 @@
  * token file) from a config file the test can rewrite, with its JSON log
  * lines collected for assertions.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, sleep } from './keyserver.js';
 import { freePort, type KeylessLab } from './proxy-lab.js';
@@ -14,6 +14,31 @@ export interface ClusterPorts {
   readonly adminPort: number;
   readonly storeDir: string;
   readonly tokenFile: string;
+}
+
+/**
+ * The primary's cluster workers, oldest first: its children that node:cluster forked (NODE_UNIQUE_ID in their
+ * environment), not the `keyedge key` runs its ACME issuer starts (token-keys.ts), which are children too.
+ */
+export function clusterWorkerPids(primaryPid: number): number[] {
+  let children: number[];
+  try {
+    children = execFileSync('pgrep', ['-P', String(primaryPid)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number);
+  } catch {
+    return [];
+  }
+  return children.filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/environ`, 'latin1')
+        .split('\0')
+        .some((entry) => entry.startsWith('NODE_UNIQUE_ID='));
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** A cluster config served from the certificate store: every *.lab.test name to the lab's origin, admin API with the token. */
