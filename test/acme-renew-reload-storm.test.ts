@@ -1,11 +1,10 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
-import https from 'node:https';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { getOnce, steadyLoad, tokenKeyIds } from './helpers/renewal-load.js';
 
 // An ACME renewal with a new key while every other reload trigger fires at once and without pause: SIGHUP, POST
 // /reload, the config file rewritten (its watch), the store directory's watch (a file of another entry renamed
@@ -21,12 +20,6 @@ let keyserverConfig: string;
 const NAME = 'www.storm.test';
 let acmeLab: AcmeLab;
 let cli: AcmeLab['cli'];
-
-async function tokenKeyIds(): Promise<string[]> {
-  const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
-  if (listed.code !== 0) throw new Error(`keyedge key list failed (exit ${listed.code}): ${listed.stderr.trim() || 'no stderr'}`);
-  return (JSON.parse(listed.stdout) as { keyId: string }[]).map((k) => k.keyId);
-}
 
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
@@ -44,20 +37,6 @@ afterAll(async () => {
   await acmeLab?.close();
 });
 
-/** One request on a new connection; resolves with the served certificate's serial, or throws. */
-function getOnce(ca: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = https.get({ host: '127.0.0.1', port: proxy.port, servername: NAME, headers: { host: NAME }, ca, agent: false, timeout: 15_000 }, (res) => {
-      const serial = (res.socket as TLSSocket).getPeerCertificate().serialNumber;
-      res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve(serial) : reject(new Error(`status ${res.statusCode}`))));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-  });
-}
-
 describe('ACME renewal with a new key under a storm of reloads', () => {
   it('no failed handshake, the renewal serves, the previous key goes only once nothing serves it', async () => {
     const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', NAME]);
@@ -65,21 +44,11 @@ describe('ACME renewal with a new key under a storm of reloads', () => {
     const firstKey = /key id ([0-9a-f]{64})/.exec(issued.stdout)?.[1];
     expect(firstKey).toBeDefined();
     const ca = readFileSync(await pebble.rootFile(), 'utf8');
-    const firstSerial = await getOnce(ca);
+    const firstSerial = await getOnce(proxy.port, NAME, ca);
 
+    const load = steadyLoad(proxy.port, NAME, ca);
+    const { serials, failures } = load;
     let running = true;
-    const failures: string[] = [];
-    const serials = new Map<string, number>();
-    const load = async (): Promise<void> => {
-      while (running) {
-        try {
-          const serial = await getOnce(ca);
-          serials.set(serial, (serials.get(serial) ?? 0) + 1);
-        } catch (err) {
-          failures.push((err as Error).message);
-        }
-      }
-    };
     const config = readFileSync(proxy.configFile, 'utf8');
     let triggers = 0;
     const storm = async (): Promise<void> => {
@@ -97,7 +66,7 @@ describe('ACME renewal with a new key under a storm of reloads', () => {
         await sleep(40);
       }
     };
-    const clients = [...Array.from({ length: 4 }, () => load()), storm()];
+    const storming = storm();
     await sleep(1_000);
     const renewed = await cli(['cert', 'renew', NAME, '--config', proxy.configFile]);
     expect(renewed.code, renewed.stderr).toBe(0);
@@ -106,10 +75,10 @@ describe('ACME renewal with a new key under a storm of reloads', () => {
     expect(secondKey).not.toBe(firstKey);
     await waitFor('a request served with the new certificate', () => ([...serials.keys()].some((s) => s !== firstSerial) ? true : undefined), 20_000);
     // Several maintenance passes (each second) while the storm goes on: the previous key is deleted meanwhile.
-    await waitFor('the previous key to be deleted', async () => ((await tokenKeyIds()).includes(firstKey!) ? undefined : true), 30_000);
+    await waitFor('the previous key to be deleted', async () => ((await tokenKeyIds(cli, keyserverConfig)).includes(firstKey!) ? undefined : true), 30_000);
     await sleep(1_000);
     running = false;
-    await Promise.all(clients);
+    await Promise.all([load.stop(), storming]);
     // Why a handshake failed, if one did: a key the key server does not hold (deleted, or not found yet) is `remote`.
     const metrics = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
     const keyless = metrics.split('\n').filter((l) => l.startsWith('keyedge_proxy_keyless_failures_total{'));
@@ -117,10 +86,10 @@ describe('ACME renewal with a new key under a storm of reloads', () => {
     expect({ failures, keyless: keyless.filter((l) => !l.endsWith(' 0')) }).toEqual({ failures: [], keyless: [] });
     expect(triggers).toBeGreaterThan(20);
     expect(serials.size).toBe(2);
-    expect(await tokenKeyIds()).toContain(secondKey);
+    expect(await tokenKeyIds(cli, keyserverConfig)).toContain(secondKey);
     const certs = JSON.parse((await proxy.admin('GET', '/certs')).text) as { certificates: { name: string; keyId: string; refused: unknown }[] };
     const entry = certs.certificates.find((c) => c.keyId === secondKey);
     expect(entry?.refused ?? null).toBeNull();
-    expect(await getOnce(ca)).not.toBe(firstSerial);
+    expect(await getOnce(proxy.port, NAME, ca)).not.toBe(firstSerial);
   }, 240_000);
 });

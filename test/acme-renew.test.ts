@@ -1,10 +1,9 @@
 import { readFileSync } from 'node:fs';
-import https from 'node:https';
-import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from './helpers/keyserver.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { getOnce, steadyLoad, tokenKeyIds } from './helpers/renewal-load.js';
 
 // Issue 14, must-show 2: `keyedge cert renew` under steady load (a new TLS
 // connection per request, so every request is a full handshake) swaps in a
@@ -18,12 +17,6 @@ const NAME = 'www.renew.test';
 let acmeLab: AcmeLab;
 let cli: AcmeLab['cli'];
 
-async function tokenKeyIds(): Promise<string[]> {
-  const listed = await cli(['key', 'list', '--json', '--config', keyserverConfig], 30_000);
-  if (listed.code !== 0) throw new Error(`keyedge key list failed (exit ${listed.code}): ${listed.stderr.trim() || 'no stderr (killed by the 30 s timeout?)'}`);
-  return (JSON.parse(listed.stdout) as { keyId: string }[]).map((k) => k.keyId);
-}
-
 beforeAll(async () => {
   acmeLab = await startAcmeLab();
   ({ pebble, keyserverConfig, cli } = acmeLab);
@@ -35,20 +28,6 @@ afterAll(async () => {
   await acmeLab?.close();
 });
 
-/** One request on a new connection; resolves with the served certificate's serial, or throws. */
-function getOnce(ca: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = https.get({ host: '127.0.0.1', port: proxy.port, servername: NAME, headers: { host: NAME }, ca, agent: false, timeout: 15_000 }, (res) => {
-      const serial = (res.socket as TLSSocket).getPeerCertificate().serialNumber;
-      res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve(serial) : reject(new Error(`status ${res.statusCode}`))));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-  });
-}
-
 describe('ACME renewal under load', () => {
   it('keyedge cert renew: zero failed requests, the new certificate serves, the old key goes after the grace period', async () => {
     const issued = await cli(['cert', 'issue', '--config', proxy.configFile, '--domain', NAME]);
@@ -56,22 +35,10 @@ describe('ACME renewal under load', () => {
     const firstKey = /key id ([0-9a-f]{64})/.exec(issued.stdout)?.[1];
     expect(firstKey).toBeDefined();
     const ca = readFileSync(await pebble.rootFile(), 'utf8');
-    const firstSerial = await getOnce(ca);
+    const firstSerial = await getOnce(proxy.port, NAME, ca);
 
-    let running = true;
-    const failures: string[] = [];
-    const serials = new Map<string, number>();
-    const loop = async (): Promise<void> => {
-      while (running) {
-        try {
-          const serial = await getOnce(ca);
-          serials.set(serial, (serials.get(serial) ?? 0) + 1);
-        } catch (err) {
-          failures.push((err as Error).message);
-        }
-      }
-    };
-    const clients = Array.from({ length: 4 }, () => loop());
+    const load = steadyLoad(proxy.port, NAME, ca);
+    const { serials, failures } = load;
     await sleep(1_000);
     const renewed = await cli(['cert', 'renew', NAME, '--config', proxy.configFile]);
     expect(renewed.code, renewed.stderr).toBe(0);
@@ -81,8 +48,7 @@ describe('ACME renewal under load', () => {
     // Load goes on after the swap: new connections get the new certificate.
     await waitFor('a request served with the new certificate', () => ([...serials.keys()].some((s) => s !== firstSerial) ? true : undefined), 20_000);
     await sleep(1_000);
-    running = false;
-    await Promise.all(clients);
+    await load.stop();
 
     const total = [...serials.values()].reduce((a, b) => a + b, 0);
     expect(failures).toEqual([]);
@@ -91,8 +57,8 @@ describe('ACME renewal under load', () => {
     expect(serials.size).toBe(2);
 
     // The previous key is deleted after the 2 s grace period (checked every second), the new one stays.
-    await waitFor('the previous key to be deleted', async () => ((await tokenKeyIds()).includes(firstKey!) ? undefined : true), 30_000);
-    expect(await tokenKeyIds()).toContain(secondKey);
+    await waitFor('the previous key to be deleted', async () => ((await tokenKeyIds(cli, keyserverConfig)).includes(firstKey!) ? undefined : true), 30_000);
+    expect(await tokenKeyIds(cli, keyserverConfig)).toContain(secondKey);
     // The deletion is counted once the `keyedge key delete` child has exited.
     const metrics = await waitFor('the deletion to be counted', async () => {
       const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
@@ -100,6 +66,6 @@ describe('ACME renewal under load', () => {
     });
     expect(metrics).toMatch(/keyedge_proxy_acme_attempts_total\{result="ok",problem="none"\} 2/);
     // Still serving, with the new key.
-    expect(await getOnce(ca)).not.toBe(firstSerial);
+    expect(await getOnce(proxy.port, NAME, ca)).not.toBe(firstSerial);
   }, 150_000);
 });
