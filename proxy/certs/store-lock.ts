@@ -114,7 +114,8 @@ function takeOver(file: string, stale: string): boolean {
   } catch {
     // Another taker's, held for microseconds; one killed holding it left it: stale as a lock is, removed (then tried again).
     const taker = lockHolder(guard);
-    if (taker?.stale !== true) return false;
+    if (taker === undefined) return true;
+    if (!taker.stale) return false;
     if (identityOf(guard) === taker.identity) unlinkQuietly(guard);
     return true;
   }
