@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
-import { STALE_LOCK_MS } from '../proxy/certs/store-lock.js';
+import { lockEntry, STALE_LOCK_MS } from '../proxy/certs/store-lock.js';
 import { StoreConflictError } from '../proxy/store/storage.js';
 import { removeDir, tempDir } from './helpers/keyserver.js';
 
@@ -81,5 +81,54 @@ describe("a store entry's write lock", () => {
     // Absent is version 0: an add conditional on absence is refused once another writer added it.
     expect(() => store.write('site', CHAIN, { names: ['site.test'] }, 0)).toThrow(StoreConflictError);
     store.write('site', CHAIN, { names: ['site.test'] }, store.version('site'));
+  });
+});
+
+describe("a store entry's write lock taken over from a writer stalled past STALE_LOCK_MS", () => {
+  it("the stalled writer's release leaves the new holder's lock alone, though the file system gave it the same inode", async () => {
+    const at = tempDir('keyedge-store-lock-abA-');
+    const file = join(at, '.site.lock');
+    // A writer in its own process that takes the lock, then releases it when told (as a write stalled on a slow disk).
+    const lockModule = new URL('../dist/proxy/certs/store-lock.js', import.meta.url).href;
+    const stalled = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const { lockEntry } = await import(${JSON.stringify(lockModule)});
+         const release = lockEntry(${JSON.stringify(at)}, ${JSON.stringify(at)}, 'site');
+         process.stdout.write('locked\\n');
+         process.stdin.once('data', () => { release(); process.stdout.write('released\\n'); process.exit(0); });`,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    try {
+      const said = (word: string): Promise<void> =>
+        new Promise((resolve) => {
+          const onData = (chunk: Buffer): void => {
+            if (chunk.toString().includes(word)) {
+              stalled.stdout!.off('data', onData);
+              resolve();
+            }
+          };
+          stalled.stdout!.on('data', onData);
+        });
+      await said('locked');
+      // Its lock is older than STALE_LOCK_MS: another writer takes it over (store-lock.ts).
+      const old = new Date(Date.now() - STALE_LOCK_MS - 1_000);
+      utimesSync(file, old, old);
+      const release = lockEntry(at, at, 'site');
+      const mine = readFileSync(file, 'utf8');
+      const releasedBy = said('released');
+      stalled.stdin!.write('go\n');
+      await releasedBy;
+      // The new holder's lock is still there: another writer would otherwise write beside it.
+      expect(existsSync(file) && readFileSync(file, 'utf8') === mine).toBe(true);
+      release();
+      expect(existsSync(file)).toBe(false);
+    } finally {
+      stalled.kill();
+      removeDir(at);
+    }
   });
 });

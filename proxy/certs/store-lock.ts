@@ -22,14 +22,24 @@
  * write takes milliseconds; a writer in another pid space killed midway) is
  * taken over. A dot name: listings and the watch ignore it.
  *
+ * A lock is told from another by its content, the holder's pid, pid space and
+ * a random token, not by its device and inode: a file system such as ext4
+ * gives a file made just after one was unlinked that one's inode, so the
+ * stalled writer's release, and a taker that judged the lock before it was
+ * taken over, unlinked the new holder's lock, and a third writer wrote beside
+ * it. Taking over a stale lock is done under `.<name>.lock.break` (O_EXCL
+ * too, microseconds): two writers that both found it stale unlinked it, and
+ * the lock one of them made in between.
+ *
  * Synchronous, as the write is: the wait blocks the caller's thread for at
  * most LOCK_WAIT_MS, and only while another writer writes the same entry.
  */
-import { closeSync, fstatSync, lstatSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, lstatSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { StoreConflictError } from '../store/storage.js';
 import { CertificateStoreError } from './errors.js';
-import { errno, fileId, PID_SPACE, unlinkQuietly } from './store-files.js';
+import { errno, PID_SPACE, unlinkQuietly } from './store-files.js';
 import { writerGone } from './store-leftovers.js';
 
 /** How long a write waits for another writer of the same entry: its two fsyncs, on a slow disk. */
@@ -51,6 +61,7 @@ const pause = new Int32Array(new SharedArrayBuffer(4));
 export function lockEntry(at: string, dir: string, name: string): () => void {
   const file = join(at, `.${name}.lock`);
   const deadline = Date.now() + LOCK_WAIT_MS;
+  const mine = `${process.pid} ${PID_SPACE} ${randomBytes(8).toString('hex')}\n`;
   let retries = 0;
   for (;;) {
     let fd: number;
@@ -61,10 +72,9 @@ export function lockEntry(at: string, dir: string, name: string): () => void {
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot lock '${name}' in the certificate store ${dir}: ${errno(err)}`, { cause: err });
       }
       const holder = lockHolder(file);
-      // Stale: taken over, unless another writer took it over first (its identity is another file's then).
-      if (holder?.stale === true && fileId(file) === holder.id) unlinkQuietly(file);
-      // Free now: tried again at once (a bounded number of times: a lock that cannot be removed is not free).
-      const free = holder === undefined || holder.stale;
+      // Free now (released, or stale and taken over here or by another writer): tried again at once, a bounded
+      // number of times (a lock that cannot be removed is not free). Stale but another writer taking it over: waited for.
+      const free = holder === undefined || (holder.stale && takeOver(file, holder.identity));
       if (free && ++retries <= MAX_RETRIES) continue;
       if (free || Date.now() >= deadline) {
         throw new StoreConflictError(
@@ -75,11 +85,8 @@ export function lockEntry(at: string, dir: string, name: string): () => void {
       Atomics.wait(pause, 0, 0, POLL_MS);
       continue;
     }
-    let id: string;
     try {
-      writeSync(fd, `${process.pid} ${PID_SPACE}\n`);
-      const stat = fstatSync(fd);
-      id = `${stat.dev}:${stat.ino}`;
+      writeSync(fd, mine);
     } catch (err) {
       // Not left behind empty (a full disk): every other writer would wait for it until it is stale.
       unlinkQuietly(file);
@@ -87,23 +94,77 @@ export function lockEntry(at: string, dir: string, name: string): () => void {
     } finally {
       closeSync(fd);
     }
-    // Only its own lock: one taken over (this writer stalled past STALE_LOCK_MS) is the new holder's.
+    // Only its own lock: one taken over (this writer stalled past STALE_LOCK_MS) is the new holder's, whatever its inode.
     return () => {
-      if (fileId(file) === id) unlinkQuietly(file);
+      if (contentOf(file) === mine) unlinkQuietly(file);
     };
   }
 }
 
-/** Who holds the lock at `file`: its pid when written yet, and whether it is stale; undefined when there is none now. */
-function lockHolder(file: string): { readonly id: string; readonly pid: number | undefined; readonly stale: boolean } | undefined {
-  let id: string;
-  let mtimeMs: number;
-  let text: string;
+/**
+ * Removes the stale lock at `file` whose identity was `stale`, under the takeover guard: no other taker unlinks it
+ * meanwhile, so what is there is that lock still (removed) or a new holder's (left). True when the lock is no longer
+ * the stale one (try again at once), false while another writer takes it over (wait).
+ */
+function takeOver(file: string, stale: string): boolean {
+  const guard = `${file}.break`;
+  let fd: number;
+  try {
+    fd = openSync(guard, 'wx', 0o644);
+  } catch {
+    // Another taker's, held for microseconds; one killed holding it left it: stale as a lock is, removed (then tried again).
+    const taker = lockHolder(guard);
+    if (taker === undefined) return true;
+    if (!taker.stale) return false;
+    if (identityOf(guard) === taker.identity) unlinkQuietly(guard);
+    return true;
+  }
+  try {
+    try {
+      writeSync(fd, `${process.pid} ${PID_SPACE}\n`);
+    } finally {
+      closeSync(fd);
+    }
+    if (identityOf(file) === stale) unlinkQuietly(file);
+  } catch {
+    // The guard not written (a full disk): removed below, as the lock is left.
+  } finally {
+    unlinkQuietly(guard);
+  }
+  return true;
+}
+
+/**
+ * A lock's identity: its content (a random token in a lock of this version), with its device and inode (an empty
+ * one, whose writer died before writing it, is told from a new holder's not yet written by its inode, unless reused).
+ */
+function identityOf(file: string): string | undefined {
   try {
     const stat = lstatSync(file);
-    id = `${stat.dev}:${stat.ino}`;
+    return `${stat.dev}:${stat.ino} ${readFileSync(file, 'utf8')}`;
+  } catch {
+    return undefined;
+  }
+}
+
+function contentOf(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Who holds the lock at `file`: its identity, its pid when written yet, and whether it is stale; undefined when there is none now. */
+function lockHolder(file: string): { readonly identity: string; readonly pid: number | undefined; readonly stale: boolean } | undefined {
+  let mtimeMs: number;
+  let text: string;
+  let identity: string;
+  try {
+    const stat = lstatSync(file);
     mtimeMs = stat.mtimeMs;
     text = readFileSync(file, 'utf8');
+    identity = `${stat.dev}:${stat.ino} ${text}`;
   } catch {
     return undefined;
   }
@@ -111,5 +172,5 @@ function lockHolder(file: string): { readonly id: string; readonly pid: number |
   const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : undefined;
   // A pid is looked up in its own pid space only: another container's or host's names no process here, or another one.
   const gone = pid !== undefined && space === PID_SPACE && writerGone(pid);
-  return { id, pid, stale: gone || Date.now() - mtimeMs > STALE_LOCK_MS };
+  return { identity, pid, stale: gone || Date.now() - mtimeMs > STALE_LOCK_MS };
 }
