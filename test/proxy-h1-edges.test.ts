@@ -64,6 +64,11 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n`);
     socket.write(Buffer.alloc(BIG, 'p'));
   },
+  '/ws-page': 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
+  '/ws-page-cut': (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc');
+    setTimeout(() => socket.end(), 100);
+  },
   '/bytes-chunked': `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${(100_000).toString(16)}\r\n${'c'.repeat(100_000)}\r\n0\r\n\r\n`,
   '/bytes-cut': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc');
@@ -293,7 +298,22 @@ describe('an Upgrade the origin answers with an ordinary answer', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
     socket.resume();
     await closed(socket);
+    // Its access line comes at the cut, saying so: not a whole 200 written when its head went out.
+    const line = await accessLine('/ws-ignored');
+    expect(line).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_SEND_TIMEOUT', aborted: true });
+    expect(line.durationMs).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
   }, 30_000);
+
+  it('whole: logged at its end with its bytes; cut by the origin: logged as the origin cut', async () => {
+    const page = await exchange(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-page '), () => false);
+    expect(page.received.endsWith('\r\n\r\nhello')).toBe(true);
+    const whole = await accessLine('/ws-page');
+    expect(whole).toMatchObject({ status: 200, bytes: 5 });
+    expect([whole.code, whole.aborted]).toEqual([undefined, undefined]);
+    const cut = await exchange(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-page-cut '), () => false);
+    expect(cut.closed).toBe(true);
+    expect(await accessLine('/ws-page-cut')).toMatchObject({ status: 200, bytes: 3, code: 'KEYEDGE_HTTP_ORIGIN_ABORTED', aborted: true });
+  });
 });
 
 describe('CONNECT', () => {

@@ -148,7 +148,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     const tlsVersion = client.getProtocol?.() ?? undefined;
     let origin: string | undefined;
     let settled = false;
-    const settle = (status: number, code: Refusal['code'] | undefined): void => {
+    /** The request's one access line and count; `end` says how a relayed answer ended (its bytes, whether it was cut). */
+    const settle = (status: number, code: Refusal['code'] | undefined, end?: { bytes: number; aborted: boolean }): void => {
       if (settled) return;
       settled = true;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
@@ -160,11 +161,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           method: req.method,
           path: (req.url ?? '/').split('?')[0],
           status,
+          bytes: end?.bytes,
           durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10,
           origin,
           code,
           tls: tlsVersion,
-          ...(status === CLIENT_GONE ? { aborted: true } : {}),
+          ...(status === CLIENT_GONE || end?.aborted === true ? { aborted: true } : {}),
         },
         'request',
       );
@@ -183,9 +185,11 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     };
     /** Ends the origin side of the attempt under way, if any. */
     let dropOrigin: (() => void) | undefined;
+    /** What the client's close settles: its leaving before any answer, unless an answer being relayed says otherwise. */
+    let gone = (): void => settle(CLIENT_GONE, undefined);
     client.once('close', () => {
       dropOrigin?.();
-      settle(CLIENT_GONE, undefined);
+      gone();
     });
     // Gone while earlier answers on its connection were sent (above).
     if (client.destroyed) return settle(CLIENT_GONE, undefined);
@@ -251,12 +255,17 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       let connected = false;
       let answered = false;
       let done = false;
+      /** Why an ordinary answer being relayed was cut, for its access line. */
+      let cut: 'KEYEDGE_HTTP_SEND_TIMEOUT' | 'KEYEDGE_HTTP_ORIGIN_ABORTED' | undefined;
       const fail = (failure: OriginFailure, err: Error): void => {
         if (done) return;
         done = true;
         upstream.destroy();
         // Mid-answer, the client can only be told by a cut connection.
-        if (answered) return void client.destroy();
+        if (answered) {
+          cut ??= 'KEYEDGE_HTTP_ORIGIN_ABORTED';
+          return void client.destroy();
+        }
         if (failure !== 'not-origin') pools.failed(target);
         // Nothing reached the origin before its connection was up, so any upgrade may go to the next one.
         if (index === 0 && targets.length > 1 && (failure === 'connect' || failure === 'certificate')) return attempt(1);
@@ -337,7 +346,14 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream.setTimeout(pools.readMs);
         pools.succeeded(target);
         const status = res.statusCode ?? 502;
-        settle(status, undefined);
+        // Logged at the relay's end, as an answer to a request is (access.ts): with its bytes, and, when it was cut, why
+        // (the client stopped reading, the origin cut it, or the client left), not as a whole answer at its head.
+        let bytes = 0;
+        res.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+        });
+        client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
+        gone = () => settle(status, cut ?? 'KEYEDGE_HTTP_CLIENT_CLOSED', { bytes, aborted: true });
         const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] =>
           Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
         );
@@ -355,7 +371,10 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           if (!done) upstream.setTimeout(pools.readMs);
         };
         res.on('pause', () => {
-          stall ??= setTimeout(() => client.destroy(), pools.sendTimeoutMs);
+          stall ??= setTimeout(() => {
+            cut = 'KEYEDGE_HTTP_SEND_TIMEOUT';
+            client.destroy();
+          }, pools.sendTimeoutMs);
           // Not the origin's stall while the client is the one not reading (sendTimeoutMs is), as for requests.
           upstream.setTimeout(0);
         });
@@ -367,8 +386,9 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           done = true;
           upstream.destroy();
           // An answer cut short is passed on cut, never completed as if whole.
-          if (res.complete) finish();
-          else client.destroy();
+          if (res.complete) return finish();
+          cut ??= 'KEYEDGE_HTTP_ORIGIN_ABORTED';
+          client.destroy();
         });
       });
       request.end();
