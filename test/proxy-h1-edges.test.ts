@@ -308,7 +308,7 @@ describe('an Upgrade the origin answers with an ordinary answer', () => {
     const page = await exchange(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-page '), () => false);
     expect(page.received.endsWith('\r\n\r\nhello')).toBe(true);
     const whole = await accessLine('/ws-page');
-    expect(whole).toMatchObject({ status: 200, bytes: 5 });
+    expect(whole).toMatchObject({ protocol: 'http/1.1', status: 200, bytes: 5, resumed: false });
     expect([whole.code, whole.aborted]).toEqual([undefined, undefined]);
     const cut = await exchange(upgradeHead(HOST).replace('GET /ws ', 'GET /ws-page-cut '), () => false);
     expect(cut.closed).toBe(true);

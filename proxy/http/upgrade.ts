@@ -145,7 +145,9 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     const route = routeRequest(options, host, servedNames(client));
     const domain = route.domain;
     const hsts = hstsValue(options.hstsMaxAgeSeconds, domain);
+    // Read now, as a request's line reads them (access.ts): after the connection closes, node's TLS accessors may touch freed state.
     const tlsVersion = client.getProtocol?.() ?? undefined;
+    const resumed = client.isSessionReused?.() ?? undefined;
     let origin: string | undefined;
     let settled = false;
     /** The request's one access line and count; `end` says how a relayed answer ended (its bytes, whether it was cut). */
@@ -156,6 +158,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       log.info(
         {
           access: true,
+          // The fields of a request's line (access.ts), protocol among them: dashboards split by it.
+          protocol: 'http/1.1',
           upgrade: String(req.headers.upgrade ?? '').slice(0, 32),
           domain: domain?.name,
           method: req.method,
@@ -166,6 +170,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           origin,
           code,
           tls: tlsVersion,
+          resumed,
           ...(status === CLIENT_GONE || end?.aborted === true ? { aborted: true } : {}),
         },
         'request',
