@@ -56,8 +56,10 @@ export async function startServing(
   for (const refusal of first.refused) {
     log.error(
       { certificate: refusal.name, source: refusal.source, reason: refusal.reason, code: 'KEYEDGE_ERR_CERTIFICATE' },
-      `certificate refused: ${refusal.message}`,
+      `certificate refused: ${refusal.message}; ${source.records.has(refusal.name) ? 'the version the last run served serves' : 'it is not served'}`,
     );
   }
+  // What a refused entry serves instead: the version the last run served (serving/prepare.ts), and why.
+  for (const warning of first.warnings) if (first.refused.some((r) => r.name === warning.name)) log.warn({ certificate: warning.name }, warning.message);
   return { shared, source, configFile, refusedAtStart: first.refused.length > 0 };
 }

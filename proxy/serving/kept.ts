@@ -127,7 +127,7 @@ export function loadKept(stateDir: string, warn: (message: string) => void): Kep
  * Records `packed` (a whole state just written, its chains at `chains`) as
  * the kept state: `statOf` gives each store record's settled stat identity,
  * or undefined. Written whole (temp file, fsync, rename); a failure is told
- * to `warn` and costs only the next start's reads.
+ * to `warn` and costs only the next start's reads. Whether it was written.
  */
 export function keepPacked(
   stateDir: string,
@@ -136,7 +136,7 @@ export function keepPacked(
   chains: Float64Array,
   statOf: (record: CertificateRecord) => string | undefined,
   warn: (message: string) => void,
-): void {
+): boolean {
   const dir = keptDir(stateDir);
   const rows: SidecarRow[] = [];
   for (const [i, record] of records.entries()) {
@@ -160,9 +160,11 @@ export function keepPacked(
       closeSync(fd);
     }
     renameSync(temp, join(dir, SIDECAR));
+    return true;
   } catch (err) {
     unlinkQuiet(temp);
     warn(`cannot write ${join(dir, SIDECAR)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; the next start reads every store entry`);
+    return false;
   }
 }
 

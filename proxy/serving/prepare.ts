@@ -32,6 +32,12 @@
  * trigger named, and refused when it holds no certificate while entries
  * served from the store (certs/store-dir.ts).
  *
+ * At start (nothing served yet), a store entry whose files are refused serves
+ * the version the last run served (`lastServed`, last-served.ts) once the
+ * rules that time and the key server decide pass again: what a running proxy
+ * does for a refused replacement, kept across a restart. The refusal is still
+ * reported, with a warning that the last served version serves.
+ *
  * A file changed in the last QUIET_MS may still be being written: it is read
  * until two reads agree (settling-read.ts), and one that keeps changing is
  * left as it serves and named in `unsettled`, to be looked at again.
@@ -48,6 +54,7 @@ import { type CertificateCandidate, defaultIssuerPool, type ValidationContext } 
 import { VerdictCache } from '../certs/verdict-cache.js';
 import { judgeCertificate, rejudge, verdictContext } from '../certs/verdicts.js';
 import type { KeptRow, KeptState } from './kept.js';
+import type { ServedVersion } from './last-served.js';
 import { type CertificateRecord, recordOfVerdict, type Refusal } from './spec.js';
 import { forEachLimited, mapLimited } from './limited.js';
 import { asError, type ChainFile, QUIET_MS, readChainFile, SETTLE_LIMIT_MS, SettlingRead, settle } from './settling-read.js';
@@ -122,6 +129,8 @@ export interface PrepareOptions {
    * served from the store (certs/store-dir.ts).
    */
   readonly storeDirId?: string | undefined;
+  /** At start: the version of a store entry the last run served (last-served.ts), for an entry whose files are refused. */
+  readonly lastServed?: (name: string) => ServedVersion | undefined;
 }
 
 interface Pending {
@@ -296,6 +305,8 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
   });
 
+  await serveLastOnRefusal(options, refused, records, validation, verdicts, { changed, warnings });
+
   const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
   const sniDefault = config.sni.default;
   const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
@@ -320,6 +331,53 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     if (record !== undefined) ordered.set(name, record);
   }
   return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept, targeted: only !== undefined, storeDirId };
+}
+
+/**
+ * At start, a store entry whose files were refused serves the version the
+ * last run served, judged again: the validity window and the key server's
+ * key (from its verdict when one is remembered, else in full), so a version
+ * expired since or whose key was deleted is not served. Not for a name the
+ * config's certificates hold (refused for it, or now in the config), nor for
+ * an entry gone from the store (it is not listed, so not refused).
+ */
+async function serveLastOnRefusal(
+  options: PrepareOptions,
+  refused: readonly Refusal[],
+  records: Map<string, CertificateRecord>,
+  validation: ValidationContext,
+  verdicts: VerdictCache,
+  into: { changed: string[]; warnings: { name: string; message: string }[] },
+): Promise<void> {
+  const { lastServed } = options;
+  if (lastServed === undefined) return;
+  const fallbacks: { refusal: Refusal; last: ServedVersion }[] = [];
+  for (const refusal of refused) {
+    if (refusal.reason === 'names' || records.has(refusal.name) || options.previous.has(refusal.name)) continue;
+    if (options.config.certificates.some((c) => c.name === refusal.name)) continue;
+    const last = lastServed(refusal.name);
+    if (last !== undefined) fallbacks.push({ refusal, last });
+  }
+  await forEachLimited(fallbacks, VALIDATION_CONCURRENCY, async ({ refusal, last }) => {
+    const { name } = refusal;
+    // The version as it served: its validated chain, pinned to the names it served and its key id.
+    const candidate: CertificateCandidate = { name, chainText: last.chainPem, source: refusal.source, names: last.names, keyId: last.keyId };
+    const inputId = verdicts.get(last.inputId) !== undefined ? last.inputId : storeInputId(candidate);
+    try {
+      const { verdict, warnings } = await judgeCertificate(candidate, inputId, validation, verdicts);
+      const record = recordOfVerdict(verdict, candidate, 'store', inputId, validation.now);
+      records.set(name, record);
+      into.changed.push(name);
+      for (const message of warnings) into.warnings.push({ name, message });
+      into.warnings.push({
+        name,
+        message: `its files were refused (${refusal.reason}): the version the last run served (serial ${record.serial}) serves until they change`,
+      });
+    } catch (err) {
+      // The last served version fails now too (expired, its key gone): the refusal stands alone.
+      if (!(err instanceof CertificateError)) throw err;
+    }
+  });
 }
 
 /** Whether any of `previous` was read from the store (not the config file). */

@@ -28,8 +28,9 @@ import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { storedRoutes } from '../store/routes.js';
 import type { EntryStorage } from '../store/storage.js';
-import { type KeptState, keepPacked, loadKept, prepareKeptDir } from './kept.js';
-import type { PackedDelta } from './pack.js';
+import { type KeptState, keepPacked, keptDir, loadKept, prepareKeptDir } from './kept.js';
+import { LastServed } from './last-served.js';
+import { PACK_THRESHOLD, type PackedDelta } from './pack.js';
 import { InTurn } from './in-turn.js';
 import { LayeredMap } from './layered.js';
 import { prepareServing, type SeenStat, servesFromStore } from './prepare.js';
@@ -111,6 +112,10 @@ export class ServingSource {
   /** Records made from the kept state's rows at start: a state of exactly these is the kept pack. */
   #fromKept = new WeakSet<CertificateRecord>();
   readonly #keepState: boolean;
+  /** The version of each store entry last served, for a start that refuses its files (last-served.ts); with the kept state. */
+  readonly #lastServed: LastServed | undefined;
+  /** The generation the log of last served versions speaks for; 0: the last run's, not yet written by this one. */
+  #servedGeneration = 0;
   readonly #warn: (message: string) => void;
   #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
@@ -145,6 +150,7 @@ export class ServingSource {
     this.#onUnverified = options.onUnverified;
     this.#shared = options.shared;
     this.#verdicts = new VerdictCache({ file: VerdictCache.fileIn(config.stateDir), warn: options.warn ?? (() => {}) });
+    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), this.#warn) : undefined;
   }
 
   get config(): ProxyConfig {
@@ -220,6 +226,8 @@ export class ServingSource {
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),
+        // At start, an entry whose files are refused serves the version the last run served (prepare.ts).
+        ...(this.#generation === 0 && this.#lastServed !== undefined ? { lastServed: this.#lastServed.reader(kept) } : {}),
         ...(asked ? { only: { names: options.only!, followed: this.#followed } } : {}),
         storeDirId: this.#storeDirId,
         validation: {
@@ -365,6 +373,26 @@ export class ServingSource {
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
+    this.#keepServed(next.delta);
+  }
+
+  /**
+   * Brings the log of last served versions (last-served.ts) to the generation just committed: the delta appended
+   * when the log speaks for the one before; else, for a state that goes to the workers inline, the log written
+   * whole; else (a large state, or a large change) it waits for the whole state the workers are sent as a pack,
+   * which starts it anew (keepWritten): until then it holds what they served last.
+   */
+  #keepServed(delta: ServingDelta): void {
+    const log = this.#lastServed;
+    if (log === undefined || this.#servedGeneration >= delta.generation) return;
+    const size = this.#records.size;
+    const lines = log.lines;
+    const follows = lines !== undefined && this.#servedGeneration === delta.generation - 1 && delta.upsert.length + delta.remove.length <= PACK_THRESHOLD;
+    // A small state's log is written whole again once it holds twice its rows; a large one's starts anew with each pack.
+    if (follows && (size > PACK_THRESHOLD || lines <= 2 * size + 64)) log.append(delta.upsert, delta.remove);
+    else if (size <= PACK_THRESHOLD) log.rewrite(null, this.#records.values());
+    else return;
+    this.#servedGeneration = delta.generation;
   }
 
   /** Writes the remembered verdicts now, if any changed, and stops the save timer (at shutdown). */
@@ -399,6 +427,9 @@ export class ServingSource {
     const kept = this.#kept;
     if (kept === undefined || whole.upsert.length !== kept.count) return undefined;
     for (const record of whole.upsert) if (!this.#fromKept.has(record)) return undefined;
+    // What serves is the kept pack's state: the log of last served versions starts anew on it.
+    this.#lastServed?.rewrite(kept.packed.file, []);
+    this.#servedGeneration = whole.generation;
     return kept.packed;
   }
 
@@ -409,7 +440,10 @@ export class ServingSource {
       const seen = this.#seen.get(record.name);
       return seen?.settled && seen.inputId === record.inputId ? seen.statId : undefined;
     };
-    keepPacked(this.#config.stateDir, packed, whole.upsert, chains, statOf, this.#warn);
+    // The log of last served versions starts anew on it; or, when it could not be kept, goes (it would be stale).
+    if (keepPacked(this.#config.stateDir, packed, whole.upsert, chains, statOf, this.#warn)) this.#lastServed?.rewrite(packed.file, []);
+    else this.#lastServed?.discard();
+    this.#servedGeneration = whole.generation;
   }
 
   /** What serves once `delta` (the next, not yet committed) is applied, as one whole delta: a rebase of the workers (serving/distribute.ts). */

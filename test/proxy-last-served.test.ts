@@ -1,0 +1,186 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
+import { nodeGet } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
+import { type Issued, issueForPublicKey } from './helpers/pki.js';
+
+// The previous version keeps serving across a restart: an entry whose files
+// were replaced by a bad version while `keyedge proxy` was down (here a
+// chain for a key the key server does not hold) serves, at the next start,
+// the version the last run served (serving/last-served.ts), for a store
+// below a pack's threshold and one above it; the refusal is still reported.
+
+let lab: KeylessLab;
+let ca: string;
+const running: ClusterProxy[] = [];
+
+const hex = (serial: string | undefined): string => (serial ?? '').toUpperCase().replace(/^0+/, '');
+
+async function leaf(host: string): Promise<Issued> {
+  return issueForPublicKey(lab.ca, lab.keys.ec.spki, { commonName: host, dnsNames: [host] });
+}
+
+/** A chain for a key the key server does not hold: refused at every pass ('key_unknown'). */
+async function keyless(host: string): Promise<Issued> {
+  const spki = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+  return issueForPublicKey(lab.ca, spki, { commonName: host, dnsNames: [host] });
+}
+
+/** The store directory of the proxy named `name` (startClusterProxy's), made now to be filled before its first start. */
+function storeOf(name: string): string {
+  const dir = join(lab.dir, name, 'certs');
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+function write(storeDir: string, entry: string, issued: Issued): void {
+  writeFileSync(join(storeDir, `${entry}.pem`), `${issued.certPem}\n${lab.ca.certPem}`);
+}
+
+/** `keyedge proxy` on its own store and state directory, which outlive it (the next start with the same name finds them). */
+async function start(name: string): Promise<ClusterProxy> {
+  const proxy = await startClusterProxy(lab, name, (p) =>
+    storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+  );
+  running.push(proxy);
+  return proxy;
+}
+
+/** The serial `host` serves, on several connections (both workers), each the same. */
+async function served(proxy: ClusterProxy, host: string): Promise<string> {
+  const serials = new Set<string>();
+  for (let k = 0; k < 3; k++) {
+    const got = await nodeGet(proxy.port, host, ca);
+    expect(got.ok, `${host}: ${got.error ?? ''}`).toBe(true);
+    serials.add(hex(got.serial));
+  }
+  expect(serials.size).toBe(1);
+  return [...serials][0]!;
+}
+
+async function servesAfterWatch(proxy: ClusterProxy, host: string, issued: Issued): Promise<void> {
+  const want = hex(issued.cert.serialNumber);
+  await waitFor(`${host} to serve ${want}`, async () => (hex((await nodeGet(proxy.port, host, ca)).serial) === want ? true : undefined));
+  expect(await served(proxy, host)).toBe(want);
+}
+
+/** The lines of the log of last served versions the proxy named `name` left. */
+function servedLog(name: string): string[] {
+  return readFileSync(join(lab.dir, name, 'state', 'serving', 'served.log'), 'utf8')
+    .trim()
+    .split('\n');
+}
+
+interface CertsView {
+  certificates: { name: string; serial: string; refused: { reason: string } | null }[];
+  refused: { name: string }[];
+}
+
+async function certs(proxy: ClusterProxy): Promise<CertsView> {
+  const answer = await proxy.admin('GET', '/certs');
+  expect(answer.status).toBe(200);
+  return JSON.parse(answer.text) as CertsView;
+}
+
+/** The start's report of `entry`: its refusal naming the reason, and the warning that the last served version serves. */
+function expectReported(proxy: ClusterProxy, entry: string): void {
+  const refusal = proxy.lines.find((l) => l.certificate === entry && String(l.msg).startsWith('certificate refused'));
+  expect(refusal?.reason).toBe('key_unknown');
+  expect(String(refusal?.msg)).toContain('the version the last run served serves');
+  expect(proxy.lines.some((l) => l.certificate === entry && l.level === 40 && String(l.msg).includes('the version the last run served'))).toBe(true);
+}
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+}, 120_000);
+afterAll(async () => {
+  for (const proxy of running) await proxy.stop();
+  await lab?.close();
+});
+
+describe('an entry refused at start serves the version the last run served', () => {
+  it('in a small store: the old version serves after a restart with a bad one, the refusal is reported, a good one written later serves', async () => {
+    const storeDir = storeOf('small');
+    const a1 = await leaf('a.lab.test');
+    write(storeDir, 'a', a1);
+    write(storeDir, 'b', await leaf('b.lab.test'));
+    const first = await start('small');
+    expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
+    await first.stop();
+
+    // Replaced while the proxy is down by a chain whose key the key server lacks.
+    write(storeDir, 'a', await keyless('a.lab.test'));
+    const second = await start('small');
+    expect(await served(second, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
+    const view = await certs(second);
+    expect(view.certificates.find((c) => c.name === 'a')?.refused?.reason).toBe('key_unknown');
+    expect(
+      view.certificates
+        .find((c) => c.name === 'a')
+        ?.serial.toUpperCase()
+        .replace(/^0+/, ''),
+    ).toBe(hex(a1.cert.serialNumber));
+    expectReported(second, 'a');
+
+    // A good version written while it runs serves as usual.
+    const a2 = await leaf('a.lab.test');
+    await sleep(1_100);
+    write(storeDir, 'a', a2);
+    await servesAfterWatch(second, 'a.lab.test', a2);
+    expect((await certs(second)).certificates.find((c) => c.name === 'a')?.refused).toBeNull();
+    await second.stop();
+  }, 120_000);
+
+  it('after a renewal applied while running: the renewed version serves, not the one before it', async () => {
+    const storeDir = storeOf('renewed');
+    const a1 = await leaf('a.lab.test');
+    write(storeDir, 'a', a1);
+    const first = await start('renewed');
+    expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
+    // The renewal, a one-entry delta.
+    const a2 = await leaf('a.lab.test');
+    await sleep(1_100);
+    write(storeDir, 'a', a2);
+    await servesAfterWatch(first, 'a.lab.test', a2);
+    await first.stop();
+    expect(servedLog('renewed')[0]).toContain('"base":null');
+
+    write(storeDir, 'a', await keyless('a.lab.test'));
+    const second = await start('renewed');
+    expect(await served(second, 'a.lab.test')).toBe(hex(a2.cert.serialNumber));
+    expectReported(second, 'a');
+    await second.stop();
+  }, 120_000);
+
+  it(`in a store larger than a pack (${PACK_THRESHOLD + 8} entries): a renewal since the kept whole state is what serves`, async () => {
+    const entries = PACK_THRESHOLD + 8;
+    const dir = storeOf('large');
+    for (let i = 0; i < entries; i++) write(dir, `s${i}`, await leaf(`s${i}.lab.test`));
+    const s1 = await leaf('s0.lab.test');
+    write(dir, 's0', s1);
+    const first = await start('large');
+    expect(await served(first, 's0.lab.test')).toBe(hex(s1.cert.serialNumber));
+    // A renewal after the whole state the workers got as a pack (and the kept state was written from).
+    const s2 = await leaf('s0.lab.test');
+    await sleep(1_100);
+    write(dir, 's0', s2);
+    await servesAfterWatch(first, 's0.lab.test', s2);
+    await first.stop();
+    // Kept as the whole state's pack plus the one change since (serving/last-served.ts).
+    const log = servedLog('large');
+    expect(log[0]).toMatch(/"base":"[^"]+\.pack"/);
+    expect(log).toHaveLength(2);
+
+    write(dir, 's0', await keyless('s0.lab.test'));
+    const second = await start('large');
+    expect(await served(second, 's0.lab.test')).toBe(hex(s2.cert.serialNumber));
+    expectReported(second, 's0');
+    await second.stop();
+  }, 180_000);
+});
