@@ -29,7 +29,7 @@ export function answerRead(res: http.ServerResponse, path: string | undefined, s
           if (reason !== undefined) return text(res, 503, `not ready: ${reason}\n`);
           const degraded = sources.degradedReason?.();
           if (degraded === undefined) return text(res, 200, 'ready\n');
-          res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-degraded': 'store' }).end(`degraded: ${degraded}\n`);
+          res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'x-keyedge-degraded': degraded.part }).end(`degraded: ${degraded.reason}\n`);
         },
         (err: Error) => text(res, 503, `not ready: ${err.message}\n`),
       );

@@ -29,8 +29,11 @@ export interface AdminSources {
   readonly metrics: () => Promise<{ readonly contentType: string; readonly body: string }>;
   /** Resolves with undefined when ready, or the reason it is not. */
   readonly notReadyReason: () => Promise<string | undefined>;
-  /** Why the node serves in degraded mode (its shared store is away), or undefined. */
-  readonly degradedReason?: () => string | undefined;
+  /**
+   * Why the node serves in degraded mode, or undefined: its shared store is away (`store`), or a certificate entry
+   * is refused with no version of it serving (`certificates`). Sent as `x-keyedge-degraded: <part>`.
+   */
+  readonly degradedReason?: () => { readonly part: 'store' | 'certificates'; readonly reason: string } | undefined;
   readonly config: () => ProxyConfig;
   readonly control?: AdminControl;
 }

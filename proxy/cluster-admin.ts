@@ -39,13 +39,19 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
     metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
     degradedReason: () => {
       const health = shared?.health;
-      if (health === undefined || health.up) return undefined;
-      return `etcd unreachable since ${new Date(health.since).toISOString()} (${health.reason}); serving the last good state (revision ${health.revision}), changes refused`;
+      if (health !== undefined && !health.up) {
+        const reason = `etcd unreachable since ${new Date(health.since).toISOString()} (${health.reason}); serving the last good state (revision ${health.revision}), changes refused`;
+        return { part: 'store', reason };
+      }
+      // One entry's bad files are that entry's problem, told here, in /certs and the log: not a reason to take the
+      // node, and with a shared store every node, out of a load balancer's rotation, which a 503 would.
+      const missing = [...source.refusals.values()].filter((r) => !source.records.has(r.name));
+      if (missing.length === 0) return undefined;
+      const more = missing.length > 1 ? ` (and ${missing.length - 1} more entries, see GET /certs)` : '';
+      return { part: 'certificates', reason: `certificate '${missing[0]!.name}' is not loaded: ${missing[0]!.message}${more}` };
     },
     notReadyReason: async () => {
       if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
-      const missing = [...source.refusals.values()].find((r) => !source.records.has(r.name));
-      if (missing !== undefined) return `certificate '${missing.name}' is not loaded: ${missing.message}`;
       // One ping at a time, shared by every probe meanwhile: a burst of probes opened a key-server connection each,
       // which took the key server's allowance for this host from the workers' bridges, and read as not ready.
       keyserverPing ??= keyserverUnreachableReason(config).finally(() => (keyserverPing = undefined));

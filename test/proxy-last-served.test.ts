@@ -158,6 +158,29 @@ describe('an entry refused at start serves the version the last run served', () 
     await second.stop();
   }, 120_000);
 
+  it('with nothing to fall back on (an entry never served): the node is ready, degraded, and serves the other entries', async () => {
+    const storeDir = storeOf('fresh');
+    const b = await leaf('b.lab.test');
+    write(storeDir, 'b', b);
+    write(storeDir, 'a', await keyless('a.lab.test'));
+    // startClusterProxy waits for /readyz 200: one entry's bad files do not keep the node out of rotation.
+    const proxy = await start('fresh');
+    expect(await served(proxy, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
+    const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(ready.headers.get('x-keyedge-degraded')).toBe('certificates');
+    expect(await ready.text()).toMatch(/^degraded: certificate 'a' is not loaded: /);
+    expect((await certs(proxy)).refused.map((r) => r.name)).toEqual(['a']);
+    // Fixed: no longer degraded.
+    const a = await leaf('a.lab.test');
+    await sleep(1_100);
+    write(storeDir, 'a', a);
+    await servesAfterWatch(proxy, 'a.lab.test', a);
+    const after = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect([after.status, after.headers.get('x-keyedge-degraded'), await after.text()]).toEqual([200, null, 'ready\n']);
+    await proxy.stop();
+  }, 120_000);
+
   it(`in a store larger than a pack (${PACK_THRESHOLD + 8} entries): a renewal since the kept whole state is what serves`, async () => {
     const entries = PACK_THRESHOLD + 8;
     const dir = storeOf('large');
