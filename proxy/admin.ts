@@ -6,8 +6,10 @@
  *   GET /readyz   200 once every worker has loaded its certificates and the
  *                 key server answers a ping; 503 with the reason otherwise.
  *                 A fleet node whose etcd is away answers 200 "degraded: ..."
- *                 (with x-keyedge-degraded): it serves its last good state and
- *                 should keep its traffic, but refuses changes
+ *                 (with x-keyedge-degraded: store): it serves its last good state and
+ *                 should keep its traffic, but refuses changes; so does a node
+ *                 with a store entry refused and no version of it serving
+ *                 (x-keyedge-degraded: certificates)
  *   GET /config   the running configuration as JSON (it holds no secrets:
  *                 PINs and keys are never in a proxy config; paths are shown)
  *   GET /certs    every certificate entry: names, serial, issuer, notAfter,
