@@ -18,12 +18,16 @@ import { UsageError } from '../keyserver/shared/errors.js';
 import { certCommand } from '../proxy/certs/cli.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
+import { runInProcess } from './helpers/cli-in-process.js';
 import { runCli } from './helpers/keyserver.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // `keyedge cert` (the built CLI) against a real key server holding an EC and
 // an RSA key: every change is validated there before the store is touched.
+// A set-up step, and a check repeated for another action once the built CLI
+// made it, run the same command in this process (`here`), without a node
+// start each (cli-in-process.ts).
 
 const DAY = 86_400_000;
 let lab: KeylessLab;
@@ -49,8 +53,13 @@ function cert(...args: string[]): Promise<{ code: number; stdout: string; stderr
   return runCli(['cert', ...args, '--config', config]);
 }
 
-async function listJson(): Promise<ListRow[]> {
-  const result = await cert('list', '--json');
+/** `cert`, in this process: the same command and its output, without a node start. */
+function here(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runInProcess(['cert', ...args, '--config', config]);
+}
+
+async function listJson(run: typeof cert = cert): Promise<ListRow[]> {
+  const result = await run('list', '--json');
   expect(result.code, result.stderr).toBe(0);
   return JSON.parse(result.stdout) as ListRow[];
 }
@@ -125,7 +134,7 @@ describe('keyedge cert', () => {
   });
 
   it('replaces it with a chain for the other key type, keeping its names, and lists it', async () => {
-    const before = (await listJson()).find((r) => r.name === 'shop');
+    const before = (await listJson(here)).find((r) => r.name === 'shop');
     expect(before).toMatchObject({ status: 'ok', keyId: lab.keys.ec.keyId, names: ['shop.lab.test'] });
     const result = await cert('replace', 'shop', '--chain', rsaChain);
     expect(result.code, result.stderr).toBe(0);
@@ -223,7 +232,8 @@ describe('keyedge cert', () => {
     const meta = JSON.parse(readFileSync(join(storeDir, 'pinned.json'), 'utf8')) as { keyId: string; addedAt: string; replacedAt: string };
     expect(meta.keyId).toBe(lab.keys.rsa.keyId);
     expect(meta.replacedAt >= meta.addedAt).toBe(true);
-    const wrongPin = await cert('add', 'wrong-pin', '--chain', ecChain, '--key', lab.keys.rsa.keyId);
+    // The same refusal as above, for an add.
+    const wrongPin = await here('add', 'wrong-pin', '--chain', ecChain, '--key', lab.keys.rsa.keyId);
     expect(wrongPin.code).toBe(1);
     expect(wrongPin.stderr).toContain('key_mismatch');
   });
@@ -232,12 +242,13 @@ describe('keyedge cert', () => {
     const away = `${storeDir}.away`;
     renameSync(storeDir, away);
     try {
-      for (const args of [
-        ['add', 'fresh', '--chain', ecChain],
-        ['replace', 'pinned', '--chain', rsaChain],
-        ['remove', 'pinned'],
-      ]) {
-        const result = await cert(...args);
+      // The built CLI for one action (the first case saw its add refused so); the same refusal for the other two here.
+      for (const [run, args] of [
+        [here, ['add', 'fresh', '--chain', ecChain]],
+        [here, ['replace', 'pinned', '--chain', rsaChain]],
+        [cert, ['remove', 'pinned']],
+      ] as const) {
+        const result = await run(...args);
         expect(result.code, args.join(' ')).toBe(1);
         expect(result.stderr).toContain(`keyedge: KEYEDGE_ERR_CERT_STORE_GONE: the certificate store ${storeDir} is not there`);
         expect(result.stdout).toBe('');
@@ -271,7 +282,7 @@ describe('keyedge cert', () => {
   it.skipIf(process.getuid?.() !== 0 || spawnSync('unshare', ['--version']).status !== 0)(
     "leaves a running writer's side file alone when that writer's pids are of another pid namespace (a container sharing the store)",
     async () => {
-      expect((await cert('add', 'nsw', '--chain', ecChain, '--create-store')).code).toBe(0);
+      expect((await here('add', 'nsw', '--chain', ecChain, '--create-store')).code).toBe(0);
       // The writer: the product's own keepAside(), the first step of a write, in a pid namespace of its own, at a pid no
       // process here has; it stays running, its write in progress. Looked up here, its pid names nothing.
       const writer = `echo 77776 > /proc/sys/kernel/ns_last_pid; node -e "import('${join(process.cwd(), 'dist/proxy/certs/store-files.js')}').then((m) => { console.log(m.keepAside('${storeDir}', '${join(storeDir, 'nsw.json')}')); setTimeout(() => {}, 20000); })" & wait`;
@@ -283,7 +294,7 @@ describe('keyedge cert', () => {
         expect(result.code, result.stderr).toBe(0);
         expect(existsSync(aside)).toBe(true);
         unlinkSync(aside);
-        expect((await cert('remove', 'nsw')).code).toBe(0);
+        expect((await here('remove', 'nsw')).code).toBe(0);
       } finally {
         child.kill('SIGKILL');
       }
@@ -316,13 +327,14 @@ describe('keyedge cert', () => {
     expect(result.stdout).toContain(`removed certificate 'shop'`);
     expect(existsSync(join(storeDir, 'shop.pem'))).toBe(false);
     expect(existsSync(join(storeDir, 'shop.json'))).toBe(false);
-    expect((await listJson()).map((r) => r.name)).not.toContain('shop');
-    for (const args of [
-      ['remove', 'shop'],
-      ['replace', 'shop', '--chain', ecChain],
-      ['show', 'shop'],
-    ]) {
-      const missing = await cert(...args);
+    expect((await listJson(here)).map((r) => r.name)).not.toContain('shop');
+    // The built CLI for one action, the same refusal for the other two here.
+    for (const [run, args] of [
+      [cert, ['remove', 'shop']],
+      [here, ['replace', 'shop', '--chain', ecChain]],
+      [here, ['show', 'shop']],
+    ] as const) {
+      const missing = await run(...args);
       expect(missing.code).toBe(1);
       expect(missing.stderr).toMatch(/^keyedge: KEYEDGE_ERR_CERT_NOT_FOUND: no certificate 'shop' in the store/);
     }
@@ -333,11 +345,12 @@ describe('keyedge cert', () => {
     copyFileSync(ecChain, live);
     symlinkSync(live, join(storeDir, 'certbot.pem'));
     symlinkSync(join(lab.dir, 'gone-fullchain.pem'), join(storeDir, 'dangling.pem'));
-    for (const [action, name, target] of [
-      ['replace', 'certbot', live],
-      ['add', 'dangling', join(lab.dir, 'gone-fullchain.pem')],
+    // The built CLI for the first, the same refusal of an add here.
+    for (const [run, action, name, target] of [
+      [cert, 'replace', 'certbot', live],
+      [here, 'add', 'dangling', join(lab.dir, 'gone-fullchain.pem')],
     ] as const) {
-      const result = await cert(action, name, '--chain', rsaChain);
+      const result = await run(action, name, '--chain', rsaChain);
       expect(result.code, result.stderr).toBe(1);
       expect(result.stderr).toContain(
         `keyedge: KEYEDGE_ERR_CERT_LINKED: certificate '${name}' is kept by another tool: its chain ${join(storeDir, `${name}.pem`)} is a symbolic link to ${target}`,
@@ -348,7 +361,7 @@ describe('keyedge cert', () => {
     }
     expect(readFileSync(live)).toEqual(readFileSync(ecChain));
     // remove deletes the link, not what it points at.
-    expect((await cert('remove', 'certbot')).code).toBe(0);
+    expect((await here('remove', 'certbot')).code).toBe(0);
     expect(readFileSync(live)).toEqual(readFileSync(ecChain));
     unlinkSync(join(storeDir, 'dangling.pem'));
   });
@@ -366,13 +379,14 @@ describe('keyedge cert', () => {
   });
 
   it('refuses bad usage', async () => {
-    const noName = await cert('add', '--chain', ecChain);
+    // Usage errors (exit 2, as the first case saw the built CLI give) and a bad entry name, here.
+    const noName = await here('add', '--chain', ecChain);
     expect(noName.code).toBe(2);
     expect(noName.stderr).toContain('missing NAME');
-    const badKey = await cert('add', 'x', '--chain', ecChain, '--key', 'lab-ec');
+    const badKey = await here('add', 'x', '--chain', ecChain, '--key', 'lab-ec');
     expect(badKey.code).toBe(2);
     expect(badKey.stderr).toContain('--key must be a key id');
-    const badName = await cert('add', '../x', '--chain', ecChain);
+    const badName = await here('add', '../x', '--chain', ecChain);
     expect(badName.code).toBe(1);
     expect(badName.stderr).toMatch(/KEYEDGE_ERR_CERT_STORE: '..\/x' is not a certificate name/);
     const configured = await cert('add', 'configured', '--chain', ecChain);

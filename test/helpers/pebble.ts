@@ -126,6 +126,8 @@ export interface Pebble {
   readonly managementPort: number;
   /** The DNS server's answer for `host` becomes `address` (pebble-challtestsrv's /add-a). */
   addA(host: string, address: string): Promise<void>;
+  /** `host`'s A records added by `addA` are dropped: it gets the default answer, 127.0.0.1, again (/clear-a). */
+  clearA(host: string): Promise<void>;
   /** `host` gets a CNAME to `target` (pebble-challtestsrv's /set-cname). */
   setCname(host: string, target: string): Promise<void>;
   /** The DNS server (`127.0.0.1:PORT`), for the proxy's CNAME check. */
@@ -247,6 +249,10 @@ export async function startPebble(dir: string, httpPort: number, env: Record<str
     async addA(host, address) {
       const res = await fetch(`http://127.0.0.1:${dnsManagement}/add-a`, { method: 'POST', body: JSON.stringify({ host, addresses: [address] }) });
       if (res.status !== 200) throw new Error(`challtestsrv add-a answered ${res.status}`);
+    },
+    async clearA(host) {
+      const res = await fetch(`http://127.0.0.1:${dnsManagement}/clear-a`, { method: 'POST', body: JSON.stringify({ host }) });
+      if (res.status !== 200) throw new Error(`challtestsrv clear-a answered ${res.status}`);
     },
     async rootFile() {
       const root = await get(`https://127.0.0.1:${management}/roots/0`);
