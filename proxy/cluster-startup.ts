@@ -12,8 +12,7 @@ import type { Logger } from '../keyserver/shared/log.js';
 import { ServingSource } from './serving/source.js';
 import { refuseStartOnConfigCertificates } from './serving/start.js';
 import { CACHE_FILE } from './store/cache.js';
-import { etcdClient } from './store/etcd-client.js';
-import { EtcdStore, type StoreChange } from './store/etcd-store.js';
+import type { EtcdStore, StoreChange } from './store/etcd-store.js';
 
 /** Start-up: the fleet's store (if any), then the first pass over the certificates, validated here before any worker starts. */
 export async function startServing(
@@ -21,17 +20,7 @@ export async function startServing(
   log: Logger,
   onChange: (changes: ReadonlySet<StoreChange>) => void,
 ): Promise<{ shared: EtcdStore | undefined; source: ServingSource; configFile: string | undefined; refusedAtStart: boolean }> {
-  const shared =
-    config.etcd === null
-      ? undefined
-      : new EtcdStore(etcdClient(config.etcd, config.source), {
-          prefix: config.etcd.prefix,
-          timeoutMs: config.etcd.timeoutMs,
-          maxRequestBytes: config.etcd.maxRequestBytes,
-          cacheFile: path.join(config.stateDir, CACHE_FILE),
-          log,
-          onChange,
-        });
+  const shared = config.etcd === null ? undefined : await fleetStore(config, config.etcd, log, onChange);
   await shared?.start();
   // Certificates are validated here, once, before any worker starts: workers
   // receive the result and never parse or judge a certificate themselves.
@@ -62,4 +51,25 @@ export async function startServing(
   // What a refused entry serves instead: the version the last run served (serving/prepare.ts), and why.
   for (const warning of first.warnings) if (first.refused.some((r) => r.name === warning.name)) log.warn({ certificate: warning.name }, warning.message);
   return { shared, source, configFile, refusedAtStart: first.refused.length > 0 };
+}
+
+/**
+ * The fleet's store, its modules loaded only here: the etcd client (etcd3, gRPC, protobufjs) costs some 0.3 s of CPU
+ * to load, which a proxy without `etcd`, its primary and every worker it starts or replaces, no longer pays.
+ */
+async function fleetStore(
+  config: ProxyConfig,
+  etcd: NonNullable<ProxyConfig['etcd']>,
+  log: Logger,
+  onChange: (changes: ReadonlySet<StoreChange>) => void,
+): Promise<EtcdStore> {
+  const [{ etcdClient }, { EtcdStore }] = await Promise.all([import('./store/etcd-client.js'), import('./store/etcd-store.js')]);
+  return new EtcdStore(etcdClient(etcd, config.source), {
+    prefix: etcd.prefix,
+    timeoutMs: etcd.timeoutMs,
+    maxRequestBytes: etcd.maxRequestBytes,
+    cacheFile: path.join(config.stateDir, CACHE_FILE),
+    log,
+    onChange,
+  });
 }

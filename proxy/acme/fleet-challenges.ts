@@ -40,7 +40,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Lease } from 'etcd3';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME, type EtcdStore } from '../store/etcd-store.js';
+import type { EtcdStore } from '../store/etcd-store.js';
+import { ACME } from '../store/layout.js';
 import { StoreUnavailableError } from '../store/storage.js';
 import type { ChallengeBoard, ChallengeEntry, ChallengePublisher } from './challenges.js';
 

@@ -36,7 +36,8 @@
 import { LRUCache } from 'lru-cache';
 import type { OnDemandConfig } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME_ON_DEMAND, type EtcdStore } from '../store/etcd-store.js';
+import type { EtcdStore } from '../store/etcd-store.js';
+import { ACME_ON_DEMAND } from '../store/layout.js';
 
 const HOUR_MS = 3_600_000;
 const REFUSED = `${ACME_ON_DEMAND}refused/`;

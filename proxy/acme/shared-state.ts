@@ -52,7 +52,8 @@
  * edit) is logged with its key and ignored: what was held stays.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
-import { ACME, type EtcdStore, type WriteRefusal } from '../store/etcd-store.js';
+import type { EtcdStore, WriteRefusal } from '../store/etcd-store.js';
+import { ACME } from '../store/layout.js';
 import type { HeldLock } from '../store/lock.js';
 import type { AccountState, IssuerState, IssuerStateStore, ManagedState } from './state.js';
 

@@ -13,7 +13,8 @@ import { resolveDomain } from '../../config/load.js';
 import { domainSchema, type ProxyDomain } from '../../config/proxy-schema.js';
 import { formatIssues } from '../../config/load.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
-import { type EtcdStore, ROUTES } from './etcd-store.js';
+import type { EtcdStore } from './etcd-store.js';
+import { ROUTES } from './layout.js';
 
 export interface StoredRoutes {
   readonly domains: readonly ProxyDomain[];

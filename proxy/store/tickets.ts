@@ -24,7 +24,6 @@
 import { newTicketKey, TICKET_KEY_BYTES, TICKET_KEYS_KEPT } from '../tls/tickets.js';
 import type { EtcdStore } from './etcd-store.js';
 import { TICKETS } from './layout.js';
-import { fencedPut } from './lock.js';
 
 /** Below the store's `locks/`. */
 const ROTATION_LOCK = 'ticket-rotation';
@@ -74,6 +73,8 @@ export async function rotateSharedTicketKeys(
     const keys = [newTicketKey(), ...(current?.keys ?? [])].slice(0, TICKET_KEYS_KEPT);
     const value = JSON.stringify({ keys: keys.map((k) => k.toString('base64')), rotatedAt: new Date().toISOString() });
     // The operation is named, never the value: it is the ring.
+    // Loaded here, on a fleet only: lock.ts loads the etcd client's module, which a proxy without etcd never needs.
+    const { fencedPut } = await import('./lock.js');
     const revision = await store.call('write the session-ticket key ring', () => fencedPut(client, lock, store.prefix + TICKETS, value));
     if (revision === undefined) return 'lost-lock';
     store.applyLocal(TICKETS, value, revision);
