@@ -20,7 +20,7 @@ it('neither the primary nor a worker loads the etcd client without a fleet', () 
   const hooks = join(dir, 'hooks.mjs');
   writeFileSync(
     hooks,
-    'export async function resolve(s, c, next) { if (!/^(\\.|node:|file:|\\/)/.test(s)) process.stderr.write(`PACKAGE ${s}\\n`); return next(s, c); }\n',
+    'export async function resolve(s, c, next) { if (!/^(\\.|node:|file:|\\/)/.test(s)) process.stderr.write("PACKAGE " + s + "\\n"); return next(s, c); }\n',
   );
   const register = join(dir, 'register.mjs');
   writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
