@@ -161,7 +161,7 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(after.serial).not.toBe(before.serial);
   }, 60_000);
 
-  it('a failed validation: refused at the CA, the unused key deleted, retried on its own with growing waits', async () => {
+  it('a failed validation: refused at the CA, no key made in the token, retried on its own with growing waits', async () => {
     await pebble.addA('bad.fault.test', '127.0.0.2');
     const answer = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: ['bad.fault.test'] }));
     expect(answer.status).toBe(502);
@@ -198,6 +198,10 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect(attempts).toBeGreaterThanOrEqual(2);
     expect(attempts).toBeLessThanOrEqual(4);
     expect(Date.now() - startedAt).toBeLessThan(60_000);
+    // The certificate key is made when the order first needs it (the CSR, after every authorization is valid): orders
+    // failing validation made and deleted none (issuer.ts).
+    const generated = (): number => proxy.lines.filter((l) => l.certificate === 'bad.fault.test' && l.msg === 'certificate key generated in the token').length;
+    expect(generated()).toBe(0);
     // The name validates from now on: its next retry is issued and the retries end. Left failing, it was retried every
     // 8-12 s for the rest of the file, each a key made and deleted by a `keyedge key` run and an order at the CA (about
     // a quarter of the file's CPU), alongside the cases below. Waited for here, so that no retry of it runs during them.
@@ -207,6 +211,7 @@ describe('ACME faults: the current certificate keeps serving', () => {
       () => (proxy.lines.some((l) => l.certificate === 'bad.fault.test' && l.msg === 'ACME certificate issued and serving') ? true : undefined),
       30_000,
     );
+    expect(generated()).toBe(1);
   }, 60_000);
 
   it('a huge certificate answer: cut at the answer limit, not buffered whole; the current certificate keeps serving', async () => {

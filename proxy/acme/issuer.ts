@@ -18,7 +18,12 @@
  * and before its chain is stored (store/lock.ts, `lost`).
  *
  * Costs per certificate: one key generation (a child process), about ten
- * signed requests (one key-server sign each) and the CA's validation.
+ * signed requests (one key-server sign each) and the CA's validation. The
+ * new key is generated when the order first needs it (the CSR, once every
+ * authorization is valid, or a TLS-ALPN-01 challenge certificate), not
+ * before the order is placed: an order refused or failing HTTP-01
+ * validation (a name not yet pointed here, the CA's rate limits) makes and
+ * deletes no key in the token.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -91,18 +96,24 @@ export class AcmeIssuer {
     let storing = false;
     try {
       const acme = await this.#session(keyserver);
-      let keyId = request.keyId;
-      let spki: Buffer;
-      if (keyId === undefined) {
-        const label = `acme-${request.name.slice(0, 30)}-${stamp()}`;
-        const key = await keys.generate(config.keyType, label);
-        made = keyId = key.keyId;
-        spki = await waitForKey(keyserver, keyId);
-        log.info({ certificate: request.name, keyId, label }, 'certificate key generated in the token');
+      let certificateKey: () => Promise<CertificateKey>;
+      if (request.keyId === undefined) {
+        // Made when the order first needs it (above); `made` from then on, so a failure after deletes it.
+        certificateKey = once(async () => {
+          const label = `acme-${request.name.slice(0, 30)}-${stamp()}`;
+          const keyId = (await keys.generate(config.keyType, label)).keyId;
+          made = keyId;
+          const spki = await waitForKey(keyserver, keyId);
+          log.info({ certificate: request.name, keyId, label }, 'certificate key generated in the token');
+          return { keyId, spki };
+        });
       } else {
-        spki = await waitForKey(keyserver, keyId);
+        // A key asked for is checked before the order is placed: one the key server lacks spends none of the CA's limits.
+        const given = { keyId: request.keyId, spki: await waitForKey(keyserver, request.keyId) };
+        certificateKey = async () => given;
       }
-      const chainPem = await this.#order(acme, keyserver, request, keyId, spki);
+      const chainPem = await this.#order(acme, keyserver, request, certificateKey);
+      const { keyId } = await certificateKey();
       // The name's lock lost meanwhile (its lease ended): another node may be ordering it; its result is the one to keep.
       request.lock?.lost.throwIfAborted();
       storing = true;
@@ -173,7 +184,7 @@ export class AcmeIssuer {
     return { client, url };
   }
 
-  async #order(acme: AcmeClient, keyserver: KeyserverClient, request: IssueRequest, keyId: string, spki: Buffer): Promise<string> {
+  async #order(acme: AcmeClient, keyserver: KeyserverClient, request: IssueRequest, certificateKey: () => Promise<CertificateKey>): Promise<string> {
     const { config, challenges, log } = this.#deps;
     const deadline = Date.now() + config.orderTimeoutSeconds * 1000;
     const { url, order } = await acme.newOrder(request.domains, {
@@ -184,6 +195,7 @@ export class AcmeIssuer {
     const published: string[] = [];
     // The certificate key signs the CSR and, for TLS-ALPN-01, the challenge certificates: no other key is made.
     const signer: CsrSigner = async (hash, digest) => {
+      const { keyId, spki } = await certificateKey();
       const algorithm = csrKeyOfSpki(spki).kind === 'rsa' ? Algorithm.RSA_PKCS1_SHA256 : hash === 'sha384' ? Algorithm.ECDSA_SHA384 : Algorithm.ECDSA_SHA256;
       const signature = await keyserver.sign(keyId, algorithm, digest);
       return algorithm === Algorithm.RSA_PKCS1_SHA256 ? signature : ecdsaDerToRaw(signature, hash === 'sha384' ? 48 : 32);
@@ -203,6 +215,7 @@ export class AcmeIssuer {
         if (type === 'http-01') {
           entry = { kind: 'http-01', token: challenge.token, name, keyAuthorization };
         } else {
+          const { keyId, spki } = await certificateKey();
           const certificate = await createAlpnChallengeCertWith(csrKeyOfSpki(spki), name, keyAuthorization, signer);
           entry = { kind: 'tls-alpn-01', token: challenge.token, name, certificatePem: certificate.toString('pem'), keyId, spki: spki.toString('base64') };
         }
@@ -225,7 +238,7 @@ export class AcmeIssuer {
     }
     const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
     if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
-    const csr = await createCsrWith(csrKeyOfSpki(spki), request.domains, signer);
+    const csr = await createCsrWith(csrKeyOfSpki((await certificateKey()).spki), request.domains, signer);
     // Finalizing is what makes the CA issue: under a lost lock, a second certificate for the name (and its rate limits).
     request.lock?.lost.throwIfAborted();
     const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
@@ -249,4 +262,16 @@ async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (b
 /** A label suffix that sorts by time and never repeats (token labels are unique). */
 function stamp(): string {
   return `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '')}-${randomBytes(3).toString('hex')}`;
+}
+
+/** The order's certificate key: its id in the token and its public key (SPKI DER). */
+interface CertificateKey {
+  readonly keyId: string;
+  readonly spki: Buffer;
+}
+
+/** `make` run at the first call only; every call gets its promise. */
+function once<T>(make: () => Promise<T>): () => Promise<T> {
+  let made: Promise<T> | undefined;
+  return () => (made ??= make());
 }
