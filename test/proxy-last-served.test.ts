@@ -1,11 +1,11 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, clusterWorkerPids, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueForPublicKey } from './helpers/pki.js';
 
@@ -206,4 +206,89 @@ describe('an entry refused at start serves the version the last run served', () 
     expectReported(second, 's0');
     await second.stop();
   }, 180_000);
+});
+
+describe('the log of last served versions and a worker started during a large reload', () => {
+  it('a replacement worker started while a mass change is applied does not take the log back to the state before it', async () => {
+    const name = 'large-race';
+    const base = join(lab.dir, name);
+    const v1 = join(base, 'v1');
+    const v2 = join(base, 'v2');
+    mkdirSync(v1, { recursive: true });
+    mkdirSync(v2, { recursive: true });
+    const entries = PACK_THRESHOLD + 8;
+    const issued: Issued[] = [];
+    for (let i = 0; i < entries; i++) issued.push(await leaf(`s${i}.lab.test`));
+    for (const [i, one] of issued.entries()) write(v1, `s${i}`, one);
+    // The store is a link to v1; v2 is the same store after a mass change (s0 renewed, PACK_THRESHOLD + 1 entries
+    // added), switched to in one step so that one reload carries it whole: a delta too large to go inline.
+    const s2 = await leaf('s0.lab.test');
+    for (const [i, one] of issued.entries()) write(v2, `s${i}`, i === 0 ? s2 : one);
+    for (let i = 0; i <= PACK_THRESHOLD; i++) write(v2, `t${i}`, await leaf(`t${i}.lab.test`));
+    const storeLink = join(base, 'store');
+    symlinkSync(v1, storeLink);
+    const startIt = async (): Promise<ClusterProxy> => {
+      const proxy = await startClusterProxy(lab, name, (p) =>
+        storeProxyConfig(lab, p, {
+          stateDir: join(base, 'state'),
+          certStore: { dir: storeLink, rescanSeconds: 3600 },
+          reloadApplyTimeoutMs: 20_000,
+          workerSilentTimeoutMs: 60_000,
+        }),
+      );
+      running.push(proxy);
+      return proxy;
+    };
+    const first = await startIt();
+    expect(await served(first, 's0.lab.test')).toBe(hex(issued[0]!.cert.serialNumber));
+    const [held, other] = clusterWorkerPids(first.pid);
+    // One worker holds the reload open (it answers nothing while stopped)...
+    process.kill(held!, 'SIGSTOP');
+    try {
+      symlinkSync(v2, `${storeLink}.next`);
+      renameSync(`${storeLink}.next`, storeLink);
+      let reloaded = false;
+      const reload = first.admin('POST', '/reload').finally(() => {
+        reloaded = true;
+      });
+      const keptDirPath = join(base, 'state', 'serving');
+      await waitFor('the mass change written as a whole state', () =>
+        readdirSync(keptDirPath).some((f) => f.startsWith('delta-') && f.endsWith('.pack')) ? true : undefined,
+      );
+      // ...while the other dies and its replacement is sent the committed state (the one before the change).
+      process.kill(other!, 'SIGKILL');
+      await waitFor(
+        'a replacement worker to serve',
+        async () => {
+          const pids = clusterWorkerPids(first.pid);
+          if (pids.includes(other!) || pids.length < 2) return undefined;
+          return (await fetch(`http://127.0.0.1:${first.adminPort}/readyz`)).status === 200 ? true : undefined;
+        },
+        30_000,
+      );
+      // The race this case is about: the replacement started before the reload was committed.
+      expect(reloaded).toBe(false);
+      // Committed, the stopped worker named as not having answered; the mass change in one delta.
+      const report = JSON.parse((await reload).text) as { result: string; changed: string[] };
+      expect(report.result).toBe('partial');
+      expect(report.changed.length).toBeGreaterThan(PACK_THRESHOLD);
+    } finally {
+      process.kill(held!, 'SIGCONT');
+    }
+    await servesAfterWatch(first, 's0.lab.test', s2);
+    await first.stop();
+
+    write(v2, 's0', await keyless('s0.lab.test'));
+    const second = await startIt();
+    // The version last served (s2), or none: never the one before the mass change.
+    const which = (serial: string | undefined): string =>
+      hex(serial) === hex(s2.cert.serialNumber)
+        ? 'last served'
+        : hex(serial) === hex(issued[0]!.cert.serialNumber)
+          ? 'before the mass change'
+          : `other: ${serial}`;
+    expect(which((await certs(second)).certificates.find((c) => c.name === 's0')?.serial)).toBe('last served');
+    expect(which(await served(second, 's0.lab.test'))).toBe('last served');
+    await second.stop();
+  }, 300_000);
 });
