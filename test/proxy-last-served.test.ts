@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
@@ -291,4 +291,30 @@ describe('the log of last served versions and a worker started during a large re
     expect(which(await served(second, 's0.lab.test'))).toBe('last served');
     await second.stop();
   }, 300_000);
+});
+
+describe('readiness when no certificate serves', () => {
+  it('a node whose every entry is refused, nothing serving, is not ready (503), not degraded', async () => {
+    const storeDir = storeOf('nothing');
+    const b = await leaf('b.lab.test');
+    write(storeDir, 'b', b);
+    const proxy = await start('nothing');
+    expect(await served(proxy, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
+    // The one entry that served goes; the only one left is refused: every handshake fails.
+    rmSync(join(storeDir, 'b.pem'));
+    write(storeDir, 'a', await keyless('a.lab.test'));
+    await waitFor('b gone and a refused', async () => {
+      const view = await certs(proxy);
+      return view.certificates.length === 0 && view.refused.some((r) => r.name === 'a') ? true : undefined;
+    });
+    expect((await nodeGet(proxy.port, 'a.lab.test', ca)).ok).toBe(false);
+    const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect([ready.status, await ready.text()]).toEqual([503, expect.stringMatching(/^not ready: no certificate serves: certificate 'a' is not loaded: /)]);
+    // One that serves again: ready, degraded by the refused one.
+    write(storeDir, 'b', b);
+    await servesAfterWatch(proxy, 'b.lab.test', b);
+    const again = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect([again.status, again.headers.get('x-keyedge-degraded')]).toEqual([200, 'certificates']);
+    await proxy.stop();
+  }, 120_000);
 });
