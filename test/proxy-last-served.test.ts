@@ -318,3 +318,32 @@ describe('readiness when no certificate serves', () => {
     await proxy.stop();
   }, 120_000);
 });
+
+describe('the log of last served versions and another store directory', () => {
+  it('an entry of the same name in the store directory the config names now does not serve the old store’s version', async () => {
+    const name = 'moved';
+    const old = storeOf(name);
+    const a1 = await leaf('a.lab.test');
+    write(old, 'a', a1);
+    const first = await start(name);
+    expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
+    await first.stop();
+
+    // Restarted on another store directory, whose entry 'a' is refused.
+    const other = join(lab.dir, name, 'other-certs');
+    mkdirSync(other, { recursive: true });
+    write(other, 'a', await keyless('a.lab.test'));
+    const b = await leaf('b.lab.test');
+    write(other, 'b', b);
+    const second = await startClusterProxy(lab, name, (p) =>
+      storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: other, rescanSeconds: 3600 } }),
+    );
+    running.push(second);
+    expect(await served(second, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
+    const view = await certs(second);
+    expect(view.certificates.some((c) => c.name === 'a')).toBe(false);
+    expect(view.refused.map((r) => r.name)).toEqual(['a']);
+    expect((await nodeGet(second.port, 'a.lab.test', ca)).ok).toBe(false);
+    await second.stop();
+  }, 120_000);
+});

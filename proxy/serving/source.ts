@@ -150,7 +150,7 @@ export class ServingSource {
     this.#onUnverified = options.onUnverified;
     this.#shared = options.shared;
     this.#verdicts = new VerdictCache({ file: VerdictCache.fileIn(config.stateDir), warn: options.warn ?? (() => {}) });
-    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), this.#warn) : undefined;
+    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn) : undefined;
   }
 
   get config(): ProxyConfig {
