@@ -1,5 +1,7 @@
+import { execFileSync, spawnSync } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
@@ -345,5 +347,44 @@ describe('the log of last served versions and another store directory', () => {
     expect(view.refused.map((r) => r.name)).toEqual(['a']);
     expect((await nodeGet(second.port, 'a.lab.test', ca)).ok).toBe(false);
     await second.stop();
+  }, 120_000);
+});
+
+// A state directory that turns read-only while the proxy runs (a file system remounted read-only on errors): the log
+// can be neither written nor removed, and stays as it was. Needs a tmpfs mount (root, a mount namespace of its own).
+const canMount = ((probe: string): boolean => {
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', 'none', probe]).status === 0;
+  if (mounted) spawnSync('umount', [probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return mounted;
+})(mkdtempSync(join(tmpdir(), 'keyedge-mount-probe-')));
+
+describe.skipIf(!canMount)('the log of last served versions in a state directory turned read-only', () => {
+  it('is not said to be gone when it could not be removed: the operator is told it may name an older version', async () => {
+    const state = join(lab.dir, 'readonly-state');
+    mkdirSync(state, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0700', 'none', state]);
+    try {
+      const storeDir = storeOf('readonly');
+      write(storeDir, 'a', await leaf('a.lab.test'));
+      const proxy = await startClusterProxy(lab, 'readonly', (p) =>
+        storeProxyConfig(lab, p, { stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+      );
+      running.push(proxy);
+      execFileSync('mount', ['-o', 'remount,ro', state]);
+      const a2 = await leaf('a.lab.test');
+      await sleep(1_100);
+      write(storeDir, 'a', a2);
+      await servesAfterWatch(proxy, 'a.lab.test', a2);
+      const about = await waitFor('the warning about served.log', () => {
+        const lines = proxy.lines.filter((l) => l.level === 40 && String(l.msg).includes('served.log'));
+        return lines.length > 0 ? lines.map((l) => String(l.msg)) : undefined;
+      });
+      expect(about.some((m) => m.includes('is not served until its files are fixed'))).toBe(false);
+      expect(about.some((m) => m.startsWith('cannot remove') && m.includes('older version than the last served'))).toBe(true);
+      await proxy.stop();
+    } finally {
+      spawnSync('umount', ['-l', state]);
+    }
   }, 120_000);
 });

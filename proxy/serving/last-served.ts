@@ -96,10 +96,21 @@ export class LastServed {
     };
   }
 
-  /** Removes the log (its base could not be kept): none is better than a stale one. */
-  discard(): void {
+  /** Removes the log (its base could not be kept): none is better than a stale one. Whether none is left. */
+  discard(): boolean {
     this.#lines = undefined;
-    unlinkQuiet(this.#file);
+    try {
+      unlinkSync(this.#file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return true;
+      // A read-only state directory: the log stays as it was, older than what serves now, and nothing here can mark it.
+      this.#warn(
+        `cannot remove ${this.#file} (${code ?? 'error'}): an entry refused at the next start could serve an older version than the last served; remove it before the next start`,
+      );
+      return false;
+    }
+    return true;
   }
 
   /** Starts the log anew on `base` (a kept pack, or null: `rows` are every store entry that serves). */
@@ -148,9 +159,9 @@ export class LastServed {
 
   /** A log that could not be written is removed: a stale one would fall back on an older version than the last served. */
   #fail(err: unknown): void {
-    this.discard();
+    const removed = this.discard();
     this.#warn(
-      `cannot write ${this.#file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; an entry refused at the next start is not served until its files are fixed`,
+      `cannot write ${this.#file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}${removed ? '; an entry refused at the next start is not served until its files are fixed' : ''}`,
     );
   }
 
