@@ -9,7 +9,8 @@
  *                 (with x-keyedge-degraded: store): it serves its last good state and
  *                 should keep its traffic, but refuses changes; so does a node
  *                 with a store entry refused and no version of it serving
- *                 (x-keyedge-degraded: certificates)
+ *                 (x-keyedge-degraded: certificates), unless no certificate
+ *                 serves at all: every handshake would fail, so 503
  *   GET /config   the running configuration as JSON (it holds no secrets:
  *                 PINs and keys are never in a proxy config; paths are shown)
  *   GET /certs    every certificate entry: names, serial, issuer, notAfter,

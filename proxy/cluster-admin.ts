@@ -52,6 +52,10 @@ export async function startClusterAdmin(parts: ClusterAdminParts): Promise<http.
     },
     notReadyReason: async () => {
       if (ready.size < config.workers) return `${ready.size} of ${config.workers} workers have loaded their certificates`;
+      // Degraded is for a node that serves: one whose every entry is refused fails every handshake, and a load
+      // balancer must take it out of rotation (a new node whose key server holds none of the store's keys).
+      const refused = source.records.size === 0 ? [...source.refusals.values()][0] : undefined;
+      if (refused !== undefined) return `no certificate serves: certificate '${refused.name}' is not loaded: ${refused.message}`;
       // One ping at a time, shared by every probe meanwhile: a burst of probes opened a key-server connection each,
       // which took the key server's allowance for this host from the workers' bridges, and read as not ready.
       keyserverPing ??= keyserverUnreachableReason(config).finally(() => (keyserverPing = undefined));

@@ -1,11 +1,13 @@
+import { execFileSync, spawnSync } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_THRESHOLD } from '../proxy/serving/pack.js';
 import { nodeGet } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
+import { type ClusterProxy, clusterWorkerPids, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueForPublicKey } from './helpers/pki.js';
 
@@ -206,4 +208,183 @@ describe('an entry refused at start serves the version the last run served', () 
     expectReported(second, 's0');
     await second.stop();
   }, 180_000);
+});
+
+describe('the log of last served versions and a worker started during a large reload', () => {
+  it('a replacement worker started while a mass change is applied does not take the log back to the state before it', async () => {
+    const name = 'large-race';
+    const base = join(lab.dir, name);
+    const v1 = join(base, 'v1');
+    const v2 = join(base, 'v2');
+    mkdirSync(v1, { recursive: true });
+    mkdirSync(v2, { recursive: true });
+    const entries = PACK_THRESHOLD + 8;
+    const issued: Issued[] = [];
+    for (let i = 0; i < entries; i++) issued.push(await leaf(`s${i}.lab.test`));
+    for (const [i, one] of issued.entries()) write(v1, `s${i}`, one);
+    // The store is a link to v1; v2 is the same store after a mass change (s0 renewed, PACK_THRESHOLD + 1 entries
+    // added), switched to in one step so that one reload carries it whole: a delta too large to go inline.
+    const s2 = await leaf('s0.lab.test');
+    for (const [i, one] of issued.entries()) write(v2, `s${i}`, i === 0 ? s2 : one);
+    for (let i = 0; i <= PACK_THRESHOLD; i++) write(v2, `t${i}`, await leaf(`t${i}.lab.test`));
+    const storeLink = join(base, 'store');
+    symlinkSync(v1, storeLink);
+    const startIt = async (): Promise<ClusterProxy> => {
+      const proxy = await startClusterProxy(lab, name, (p) =>
+        storeProxyConfig(lab, p, {
+          stateDir: join(base, 'state'),
+          certStore: { dir: storeLink, rescanSeconds: 3600 },
+          reloadApplyTimeoutMs: 20_000,
+          workerSilentTimeoutMs: 60_000,
+        }),
+      );
+      running.push(proxy);
+      return proxy;
+    };
+    const first = await startIt();
+    expect(await served(first, 's0.lab.test')).toBe(hex(issued[0]!.cert.serialNumber));
+    const [held, other] = clusterWorkerPids(first.pid);
+    // One worker holds the reload open (it answers nothing while stopped)...
+    process.kill(held!, 'SIGSTOP');
+    try {
+      symlinkSync(v2, `${storeLink}.next`);
+      renameSync(`${storeLink}.next`, storeLink);
+      let reloaded = false;
+      const reload = first.admin('POST', '/reload').finally(() => {
+        reloaded = true;
+      });
+      const keptDirPath = join(base, 'state', 'serving');
+      await waitFor('the mass change written as a whole state', () =>
+        readdirSync(keptDirPath).some((f) => f.startsWith('delta-') && f.endsWith('.pack')) ? true : undefined,
+      );
+      // ...while the other dies and its replacement is sent the committed state (the one before the change).
+      process.kill(other!, 'SIGKILL');
+      await waitFor(
+        'a replacement worker to serve',
+        async () => {
+          const pids = clusterWorkerPids(first.pid);
+          if (pids.includes(other!) || pids.length < 2) return undefined;
+          return (await fetch(`http://127.0.0.1:${first.adminPort}/readyz`)).status === 200 ? true : undefined;
+        },
+        30_000,
+      );
+      // The race this case is about: the replacement started before the reload was committed.
+      expect(reloaded).toBe(false);
+      // Committed, the stopped worker named as not having answered; the mass change in one delta.
+      const report = JSON.parse((await reload).text) as { result: string; changed: string[] };
+      expect(report.result).toBe('partial');
+      expect(report.changed.length).toBeGreaterThan(PACK_THRESHOLD);
+    } finally {
+      process.kill(held!, 'SIGCONT');
+    }
+    await servesAfterWatch(first, 's0.lab.test', s2);
+    await first.stop();
+
+    write(v2, 's0', await keyless('s0.lab.test'));
+    const second = await startIt();
+    // The version last served (s2), or none: never the one before the mass change.
+    const which = (serial: string | undefined): string =>
+      hex(serial) === hex(s2.cert.serialNumber)
+        ? 'last served'
+        : hex(serial) === hex(issued[0]!.cert.serialNumber)
+          ? 'before the mass change'
+          : `other: ${serial}`;
+    expect(which((await certs(second)).certificates.find((c) => c.name === 's0')?.serial)).toBe('last served');
+    expect(which(await served(second, 's0.lab.test'))).toBe('last served');
+    await second.stop();
+  }, 300_000);
+});
+
+describe('readiness when no certificate serves', () => {
+  it('a node whose every entry is refused, nothing serving, is not ready (503), not degraded', async () => {
+    const storeDir = storeOf('nothing');
+    const b = await leaf('b.lab.test');
+    write(storeDir, 'b', b);
+    const proxy = await start('nothing');
+    expect(await served(proxy, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
+    // The one entry that served goes; the only one left is refused: every handshake fails.
+    rmSync(join(storeDir, 'b.pem'));
+    write(storeDir, 'a', await keyless('a.lab.test'));
+    await waitFor('b gone and a refused', async () => {
+      const view = await certs(proxy);
+      return view.certificates.length === 0 && view.refused.some((r) => r.name === 'a') ? true : undefined;
+    });
+    expect((await nodeGet(proxy.port, 'a.lab.test', ca)).ok).toBe(false);
+    const ready = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect([ready.status, await ready.text()]).toEqual([503, expect.stringMatching(/^not ready: no certificate serves: certificate 'a' is not loaded: /)]);
+    // One that serves again: ready, degraded by the refused one.
+    write(storeDir, 'b', b);
+    await servesAfterWatch(proxy, 'b.lab.test', b);
+    const again = await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`);
+    expect([again.status, again.headers.get('x-keyedge-degraded')]).toEqual([200, 'certificates']);
+    await proxy.stop();
+  }, 120_000);
+});
+
+describe('the log of last served versions and another store directory', () => {
+  it('an entry of the same name in the store directory the config names now does not serve the old store’s version', async () => {
+    const name = 'moved';
+    const old = storeOf(name);
+    const a1 = await leaf('a.lab.test');
+    write(old, 'a', a1);
+    const first = await start(name);
+    expect(await served(first, 'a.lab.test')).toBe(hex(a1.cert.serialNumber));
+    await first.stop();
+
+    // Restarted on another store directory, whose entry 'a' is refused.
+    const other = join(lab.dir, name, 'other-certs');
+    mkdirSync(other, { recursive: true });
+    write(other, 'a', await keyless('a.lab.test'));
+    const b = await leaf('b.lab.test');
+    write(other, 'b', b);
+    const second = await startClusterProxy(lab, name, (p) =>
+      storeProxyConfig(lab, p, { stateDir: join(lab.dir, name, 'state'), certStore: { dir: other, rescanSeconds: 3600 } }),
+    );
+    running.push(second);
+    expect(await served(second, 'b.lab.test')).toBe(hex(b.cert.serialNumber));
+    const view = await certs(second);
+    expect(view.certificates.some((c) => c.name === 'a')).toBe(false);
+    expect(view.refused.map((r) => r.name)).toEqual(['a']);
+    expect((await nodeGet(second.port, 'a.lab.test', ca)).ok).toBe(false);
+    await second.stop();
+  }, 120_000);
+});
+
+// A state directory that turns read-only while the proxy runs (a file system remounted read-only on errors): the log
+// can be neither written nor removed, and stays as it was. Needs a tmpfs mount (root, a mount namespace of its own).
+const canMount = ((probe: string): boolean => {
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', 'none', probe]).status === 0;
+  if (mounted) spawnSync('umount', [probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return mounted;
+})(mkdtempSync(join(tmpdir(), 'keyedge-mount-probe-')));
+
+describe.skipIf(!canMount)('the log of last served versions in a state directory turned read-only', () => {
+  it('is not said to be gone when it could not be removed: the operator is told it may name an older version', async () => {
+    const state = join(lab.dir, 'readonly-state');
+    mkdirSync(state, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0700', 'none', state]);
+    try {
+      const storeDir = storeOf('readonly');
+      write(storeDir, 'a', await leaf('a.lab.test'));
+      const proxy = await startClusterProxy(lab, 'readonly', (p) =>
+        storeProxyConfig(lab, p, { stateDir: state, certStore: { dir: p.storeDir, rescanSeconds: 3600 } }),
+      );
+      running.push(proxy);
+      execFileSync('mount', ['-o', 'remount,ro', state]);
+      const a2 = await leaf('a.lab.test');
+      await sleep(1_100);
+      write(storeDir, 'a', a2);
+      await servesAfterWatch(proxy, 'a.lab.test', a2);
+      const about = await waitFor('the warning about served.log', () => {
+        const lines = proxy.lines.filter((l) => l.level === 40 && String(l.msg).includes('served.log'));
+        return lines.length > 0 ? lines.map((l) => String(l.msg)) : undefined;
+      });
+      expect(about.some((m) => m.includes('is not served until its files are fixed'))).toBe(false);
+      expect(about.some((m) => m.startsWith('cannot remove') && m.includes('older version than the last served'))).toBe(true);
+      await proxy.stop();
+    } finally {
+      spawnSync('umount', ['-l', state]);
+    }
+  }, 120_000);
 });

@@ -77,12 +77,12 @@ const chainOf = (found: { chainPem: string } | undefined): string | undefined =>
 describe('the log of last served versions', () => {
   it('small state: written whole, then changes appended; removals and config certificates leave no version', () => {
     const dir = stateDir('small');
-    const log = new LastServed(keptDir(dir), () => {});
+    const log = new LastServed(keptDir(dir), '/store', () => {});
     log.rewrite(null, [record(1), record(2), record(3), record(4, 1, 'config')]);
     log.append([record(1, 2), record(3, 1, 'config')], ['n2']);
     expect(log.lines).toBe(6);
     const warnings: string[] = [];
-    const read = new LastServed(keptDir(dir), (m) => warnings.push(m)).reader(loadKept(dir, () => {}));
+    const read = new LastServed(keptDir(dir), '/store', (m) => warnings.push(m)).reader(loadKept(dir, () => {}));
     expect(chainOf(read('n1'))).toBe(record(1, 2).chainPem);
     expect(read('n1')?.inputId).toBe('store:1:2');
     expect(read('n2')).toBeUndefined();
@@ -94,10 +94,10 @@ describe('the log of last served versions', () => {
   it(`large state (${PACK_THRESHOLD + 20}): the kept pack's rows, overridden by the changes since it`, () => {
     const dir = stateDir('large');
     const pack = keepWhole(dir, PACK_THRESHOLD + 20);
-    const log = new LastServed(keptDir(dir), () => {});
+    const log = new LastServed(keptDir(dir), '/store', () => {});
     log.rewrite(pack, []);
     log.append([record(5, 2)], ['n6']);
-    const read = new LastServed(keptDir(dir), () => {}).reader(loadKept(dir, () => {}));
+    const read = new LastServed(keptDir(dir), '/store', () => {}).reader(loadKept(dir, () => {}));
     expect(chainOf(read('n5'))).toBe(record(5, 2).chainPem);
     expect(read('n6')).toBeUndefined();
     expect(chainOf(read('n7'))).toBe(record(7).chainPem);
@@ -111,10 +111,10 @@ describe('the log of last served versions', () => {
     const file = join(keptDir(dir), LAST_SERVED_FILE);
     const lookup = (): { found: boolean; warned: boolean } => {
       const warnings: string[] = [];
-      const found = new LastServed(keptDir(dir), (m) => warnings.push(m)).reader(loadKept(dir, () => {}))('n3');
+      const found = new LastServed(keptDir(dir), '/store', (m) => warnings.push(m)).reader(loadKept(dir, () => {}))('n3');
       return { found: found !== undefined, warned: warnings.length > 0 };
     };
-    const log = new LastServed(keptDir(dir), () => {});
+    const log = new LastServed(keptDir(dir), '/store', () => {});
     log.rewrite(pack, []);
     log.append([record(3, 2)], []);
     expect(lookup()).toEqual({ found: true, warned: false });
@@ -134,7 +134,7 @@ describe('the log of last served versions', () => {
 
   it('holds chains, names, key ids and input ids only, in a file only its owner reads', () => {
     const dir = stateDir('private');
-    new LastServed(keptDir(dir), () => {}).rewrite(null, [record(1)]);
+    new LastServed(keptDir(dir), '/store', () => {}).rewrite(null, [record(1)]);
     const file = join(keptDir(dir), LAST_SERVED_FILE);
     expect(statSync(file).mode & 0o077).toBe(0);
     expect(readFileSync(file, 'utf8')).not.toContain('AAAA');

@@ -23,7 +23,9 @@
  * nor writes it: it is read only when an entry is refused at start.
  *
  * Integrity: every line carries the SHA-256 of its text. A log whose header
- * names another base than the kept state's, or holds a line that does not
+ * names another base than the kept state's, or another store directory than
+ * the config's (certStore.dir changed between runs: an entry of the same name
+ * there is another entry), or holds a line that does not
  * match (a write torn by a crash), is not used at all: better no fallback
  * than one on a version older than the last served.
  *
@@ -32,7 +34,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import type { KeptState } from './kept.js';
 import { readPack } from './pack.js';
 import type { CertificateRecord } from './spec.js';
@@ -49,13 +51,16 @@ type Line = [string, string, string, readonly string[], string] | [string];
 export class LastServed {
   readonly #dir: string;
   readonly #file: string;
+  /** The store directory the log speaks for (the config's certStore.dir). */
+  readonly #store: string;
   readonly #warn: (message: string) => void;
   /** Rows written since the header by this run; undefined: this run has not written the log yet. */
   #lines: number | undefined;
 
-  constructor(dir: string, warn: (message: string) => void) {
+  constructor(dir: string, store: string, warn: (message: string) => void) {
     this.#dir = dir;
     this.#file = join(dir, LAST_SERVED_FILE);
+    this.#store = resolve(store);
     this.#warn = warn;
   }
 
@@ -91,15 +96,26 @@ export class LastServed {
     };
   }
 
-  /** Removes the log (its base could not be kept): none is better than a stale one. */
-  discard(): void {
+  /** Removes the log (its base could not be kept): none is better than a stale one. Whether none is left. */
+  discard(): boolean {
     this.#lines = undefined;
-    unlinkQuiet(this.#file);
+    try {
+      unlinkSync(this.#file);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return true;
+      // A read-only state directory: the log stays as it was, older than what serves now, and nothing here can mark it.
+      this.#warn(
+        `cannot remove ${this.#file} (${code ?? 'error'}): an entry refused at the next start could serve an older version than the last served; remove it before the next start`,
+      );
+      return false;
+    }
+    return true;
   }
 
   /** Starts the log anew on `base` (a kept pack, or null: `rows` are every store entry that serves). */
   rewrite(base: string | null, rows: Iterable<CertificateRecord>): void {
-    const lines: string[] = [`${JSON.stringify({ format: FORMAT, base: base === null ? null : basename(base) })}\n`];
+    const lines: string[] = [`${JSON.stringify({ format: FORMAT, base: base === null ? null : basename(base), store: this.#store })}\n`];
     for (const record of rows) if (record.from === 'store') lines.push(lineOf([record.name, record.inputId, record.chainPem, record.names, record.keyId]));
     const temp = join(this.#dir, `.${LAST_SERVED_FILE}.${randomBytes(6).toString('hex')}.tmp`);
     try {
@@ -143,9 +159,9 @@ export class LastServed {
 
   /** A log that could not be written is removed: a stale one would fall back on an older version than the last served. */
   #fail(err: unknown): void {
-    this.discard();
+    const removed = this.discard();
     this.#warn(
-      `cannot write ${this.#file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; an entry refused at the next start is not served until its files are fixed`,
+      `cannot write ${this.#file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}${removed ? '; an entry refused at the next start is not served until its files are fixed' : ''}`,
     );
   }
 
@@ -164,13 +180,14 @@ export class LastServed {
     const lines = text.split('\n');
     // A whole log ends with a newline: anything after the last one is a torn write.
     if (lines.pop() !== '') return ignore('ends in a torn line');
-    let head: { format?: unknown; base?: unknown };
+    let head: { format?: unknown; base?: unknown; store?: unknown };
     try {
       head = JSON.parse(lines[0] ?? '') as typeof head;
     } catch {
       return ignore('is not a log of served versions');
     }
     if (head.format !== FORMAT || !(head.base === null || typeof head.base === 'string')) return ignore('is of another format');
+    if (head.store !== this.#store) return ignore(`was written for another store directory than ${this.#store}`);
     const rows = new Map<string, ServedVersion | null>();
     for (const line of lines.slice(1)) {
       const space = line.indexOf(' ');

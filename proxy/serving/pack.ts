@@ -182,6 +182,8 @@ export class PackShelf<W> {
   readonly #packs = new Map<string, { readonly packed: PackedDelta; readonly waiting: Set<W> }>();
   /** The whole state kept on disk for the next start: never unlinked here but when a newer one replaces it. */
   #kept: string | undefined;
+  /** The generation of the whole state kept by this run, once one is. */
+  #keptGeneration = -1;
   #written = 0;
 
   constructor(options: PackShelfOptions = {}) {
@@ -202,8 +204,12 @@ export class PackShelf<W> {
   }
 
   #write(key: string, delta: ServingDelta): PackedDelta {
-    const whole = delta.whole === true && this.#options.keepIn !== undefined;
+    // Not an older whole state than the one kept (a worker started while a reload's whole state goes out is sent the
+    // committed one first): kept, it would take the next start, and the log of last served versions based on it
+    // (last-served.ts), back to the state before that reload.
+    const whole = delta.whole === true && this.#options.keepIn !== undefined && delta.generation >= this.#keptGeneration;
     if (whole) {
+      this.#keptGeneration = delta.generation;
       const existing = this.#options.existing?.(delta);
       if (existing !== undefined) {
         const { upsert: _upsert, table: _table, ...head } = delta;

@@ -150,7 +150,10 @@ export class ServingSource {
     this.#onUnverified = options.onUnverified;
     this.#shared = options.shared;
     this.#verdicts = new VerdictCache({ file: VerdictCache.fileIn(config.stateDir), warn: options.warn ?? (() => {}) });
-    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), this.#warn) : undefined;
+    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn) : undefined;
+    // A fleet's node serves from etcd and keeps no such log: one left by an earlier run on the store directory would,
+    // after this run, name versions older than what served since.
+    if (this.#keepState && this.#shared !== undefined) new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn).discard();
   }
 
   get config(): ProxyConfig {
