@@ -84,7 +84,7 @@ type HttpParser = (new () => NativeParser) & Record<ParserKey, number>;
 class OriginConnection {
   readonly socket: net.Socket;
   readonly parser: NativeParser;
-  res: http.ServerResponse | null = null;
+  res: Sink | null = null;
   reusable = false;
 
   constructor(P: HttpParser, host: string, port: number, release: (c: OriginConnection) => void) {
@@ -126,24 +126,32 @@ class OriginConnection {
  * (bench/results/2026-12-04-floor.md).
  */
 function llhttpForwarder(origin: string): Answer {
+  const send = llhttpSender(origin);
+  return (req, res) => {
+    const raw = req.rawHeaders;
+    const fields: string[] = [];
+    for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() !== 'host') fields.push(raw[i]!, raw[i + 1]!);
+    const conn = send(req.method ?? 'GET', req.url ?? '/', fields, res);
+    // The client left before the answer ended: the origin socket's framing is mid-answer, so it cannot be reused.
+    res.on('close', () => conn.res === res && conn.fail());
+  };
+}
+
+/** The lean forwarder's origin side: the request head as one string on an idle (or new) origin connection, the answer to `to`. */
+function llhttpSender(origin: string): (method: string, path: string, fields: readonly string[], to: Sink) => OriginConnection {
   const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: HttpParser };
   const url = new URL(origin);
   const idle: OriginConnection[] = [];
   const release = (conn: OriginConnection) => void idle.push(conn);
-  return (req, res) => {
+  return (method, path, fields, to) => {
     let conn = idle.pop();
     while (conn?.socket.destroyed) conn = idle.pop();
     conn ??= new OriginConnection(HTTPParser, url.hostname, Number(url.port), release);
-    conn.res = res;
-    let head = `${req.method} ${req.url} HTTP/1.1\r\nhost: ${url.host}\r\n`;
-    const raw = req.rawHeaders;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!.toLowerCase();
-      if (name !== 'host' && !HOP_BY_HOP.has(name)) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
-    }
+    conn.res = to;
+    let head = `${method} ${path} HTTP/1.1\r\nhost: ${url.host}\r\n`;
+    for (let i = 0; i < fields.length; i += 2) if (!HOP_BY_HOP.has(fields[i]!.toLowerCase())) head += `${fields[i]}: ${fields[i + 1]}\r\n`;
     conn.socket.write(`${head}\r\n`, 'latin1');
-    // The client left before the answer ended: the origin socket's framing is mid-answer, so it cannot be reused.
-    res.on('close', () => conn.res === res && conn.fail());
+    return conn;
   };
 }
 
@@ -162,7 +170,8 @@ function h2Answer(forward: FloorConfig['forward']): (stream: ServerHttp2Stream, 
       stream.end(PAGE);
     };
   }
-  const dispatch = dispatcher(forward.origin);
+  const dispatch = forward.client === 'llhttp' ? undefined : dispatcher(forward.origin);
+  const send = forward.client === 'llhttp' ? llhttpSender(forward.origin) : undefined;
   return (stream, headers) => {
     const head = ['host', String(headers[':authority'])];
     for (const [name, value] of Object.entries(headers)) {
@@ -178,7 +187,10 @@ function h2Answer(forward: FloorConfig['forward']): (stream: ServerHttp2Stream, 
       end: () => stream.destroyed || stream.end(),
       destroy: () => stream.destroy(),
     };
-    dispatch({ path: String(headers[':path']), method: String(headers[':method']), headers: head }, to);
+    const [path, method] = [String(headers[':path']), String(headers[':method'])];
+    if (send === undefined) return dispatch!({ path, method, headers: head }, to);
+    const conn = send(method, path, head.slice(2), to);
+    stream.on('close', () => conn.res === to && conn.fail());
   };
 }
 

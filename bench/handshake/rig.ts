@@ -3,7 +3,7 @@
  * the servers by name, optionally under callgrind and with Node flags; the loads, run to a fixed number of operations.
  * Servers: `inmemory` (alias `keyedge`: inmemory.ts, one worker), `floor` / `floor-h2` (floor.ts: bare node:https /
  * node:http2, no origin), floor.ts's bare forwarders to the same origin: `bare-undici` (alias `fwd-h1`), `bare-llhttp`,
- * `fwd-h2` (node:http2 + undici); `nginx`: the keep-alive bench's configuration as one process (`master_process off`).
+ * `fwd-h2` (node:http2 + undici), `llhttp-h2` (node:http2 + native llhttp); `nginx`: the keep-alive bench's configuration as one process (`master_process off`).
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -61,6 +61,7 @@ const FORWARDERS: Record<string, { client: NonNullable<FloorConfig['forward']>['
   'fwd-h1': { client: 'undici' },
   'bare-llhttp': { client: 'llhttp' },
   'fwd-h2': { client: 'undici', h2: true },
+  'llhttp-h2': { client: 'llhttp', h2: true },
 };
 export const SERVERS = ['inmemory', 'keyedge', 'floor', 'floor-h2', ...Object.keys(FORWARDERS), 'nginx'];
 
