@@ -278,6 +278,15 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** fsyncDir for files a start can do without (proxy/serving's kept state and log): a failure is ignored. */
+export function syncDirQuietly(dir: string): void {
+  try {
+    fsyncDir(dir);
+  } catch {
+    // The rename stands; only its durability across a crash is lost.
+  }
+}
+
 export function errno(err: unknown): string {
   return (err as NodeJS.ErrnoException).code ?? (err instanceof Error ? err.message : 'error');
 }

@@ -28,6 +28,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { syncDirQuietly } from '../certs/store-files.js';
 import { type PackedDelta, PackFile } from './pack.js';
 import type { CertificateRecord } from './spec.js';
 
@@ -160,6 +161,9 @@ export function keepPacked(
       closeSync(fd);
     }
     renameSync(temp, join(dir, SIDECAR));
+    // rename(2) is atomic, not durable: a crash could otherwise bring back the sidecar this one replaced. Best effort: the
+    // rename is done, and a file system that cannot sync a directory (EINVAL) must not undo it.
+    syncDirQuietly(dir);
     return true;
   } catch (err) {
     unlinkQuiet(temp);

@@ -35,6 +35,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
+import { syncDirQuietly } from '../certs/store-files.js';
 import type { KeptState } from './kept.js';
 import { readPack } from './pack.js';
 import type { CertificateRecord } from './spec.js';
@@ -128,6 +129,9 @@ export class LastServed {
         closeSync(fd);
       }
       renameSync(temp, this.#file);
+      // rename(2) is atomic, not durable: a crash could otherwise bring back the log this one replaced. Best effort: the
+      // rename is done, and a file system that cannot sync a directory (EINVAL) must not undo it.
+      syncDirQuietly(this.#dir);
       this.#lines = lines.length - 1;
     } catch (err) {
       unlinkQuiet(temp);
