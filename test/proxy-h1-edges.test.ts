@@ -13,6 +13,7 @@ import { rawTls } from './helpers/raw-tls.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
 import { sleep } from './helpers/keyserver.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
+import { fillThenEnd } from './helpers/full-send-queue.js';
 
 // HTTP/1.1 edge cases between a raw client and a raw origin, against an
 // in-process worker: origins that send interim (1xx) answers before the final
@@ -31,6 +32,8 @@ const lines: Record<string, unknown>[] = [];
 const sockets = new Set<net.Socket>();
 /** The origin connection of the last '/ws-ignored' request. */
 let refusing: net.Socket | undefined;
+/** The origin connection of the last '/h2c-tail*' request: the test sends its answer's body (full-send-queue.ts). */
+let tail: net.Socket | undefined;
 /** The request line of each request the origin received. */
 const originSaw: string[] = [];
 /** The whole head of each request the origin received. */
@@ -65,6 +68,15 @@ const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
     socket.write(Buffer.alloc(BIG, 'p'));
   },
   '/ws-page': 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello',
+  // The body is the test's to send, piece by piece (full-send-queue.ts).
+  '/h2c-tail': (socket) => {
+    tail = socket;
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
+  },
+  '/h2c-tail-stalled': (socket) => {
+    tail = socket;
+    socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
+  },
   '/ws-page-cut': (socket) => {
     socket.write('HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc');
     setTimeout(() => socket.end(), 100);
@@ -110,6 +122,27 @@ function exchange(text: string, done: (received: string) => boolean): Promise<{ 
 
 const accessLine = (path: string): Promise<Record<string, unknown>> =>
   waitFor(`the access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path));
+
+/** An h2c Upgrade (RFC 7540 §3.2), which the proxy does not ask of the origin: its answer is relayed as an ordinary one. */
+const h2cHead = (path: string): string =>
+  `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n`;
+
+/** How long nginx's lingering_timeout, and the proxy's lingering close (upgrade.ts), lasts. */
+const LINGER_MS = 5000;
+
+/** When `socket` closed (now, if it has). */
+const closedAt = (socket: net.Socket): Promise<number> =>
+  new Promise((resolve) => (socket.destroyed ? resolve(Date.now()) : socket.once('close', () => resolve(Date.now()))));
+
+/** A raw client of `port` that sent `head` and reads nothing yet. */
+async function pausedClient(port: number, head: string): Promise<tls.TLSSocket> {
+  const socket = tls.connect({ host: '127.0.0.1', port, servername: HOST, ca, ALPNProtocols: ['http/1.1'] });
+  socket.on('error', () => undefined);
+  await new Promise((resolve) => socket.once('secureConnect', resolve));
+  socket.pause();
+  socket.write(head);
+  return socket;
+}
 
 const upgradeHead = (host: string): string =>
   `GET /ws HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
@@ -314,6 +347,80 @@ describe('an Upgrade the origin answers with an ordinary answer', () => {
     expect(cut.closed).toBe(true);
     expect(await accessLine('/ws-page-cut')).toMatchObject({ status: 200, bytes: 3, code: 'KEYEDGE_HTTP_ORIGIN_ABORTED', aborted: true });
   });
+});
+
+describe('an Upgrade the origin answers with an ordinary answer, the end of which the kernel does not take at once', () => {
+  // The lingering close (what the client still sends read and dropped for 5 s, then the connection destroyed) began
+  // when the origin's answer was read: what the proxy still held of it, the kernel's buffers to the client being full,
+  // was destroyed with the connection under a client still reading, which got the answer cut (and, without a length,
+  // could not tell). It begins once the whole answer is with the kernel, as nginx's begins once its answer is sent.
+  it('reaches a client reading it slowly whole, its last bytes more than 5 s after the origin ended it', async () => {
+    const slowLines: Record<string, unknown>[] = [];
+    const slow = await startProxyWorker(
+      lab.proxyConfig({
+        certificates: [{ name: 'e', chain: (await lab.certificate('e-slow', lab.keys.ec, [HOST])).file }],
+        // Over the slow reading below, during which the kernel takes nothing more from the proxy.
+        limits: { sendTimeoutMs: 20_000 },
+        domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+      }),
+      {
+        log: createLogger('h1-edges-slow-test', 'info', jsonLineSink(slowLines)),
+        metrics: new ProxyMetrics(() => slow.keySource.stats(), new Registry()),
+      },
+    );
+    try {
+      tail = undefined;
+      const client = await pausedClient(slow.ports[0]!, h2cHead('/h2c-tail'));
+      const filled = await fillThenEnd(await waitFor('the origin connection', () => tail), slow.ports[0]!, client.localPort!);
+      // The state under test was reached: a piece of the answer left in the proxy, the kernel's buffers full.
+      expect(filled.stuck).toBe(true);
+      // The proxy read the origin's end: it closes the origin connection then.
+      const ended = await closedAt(tail!);
+      const chunks: Buffer[] = [];
+      let lastByte = 0;
+      const take = (chunk: Buffer): void => {
+        chunks.push(chunk);
+        lastByte = Date.now();
+      };
+      // Slowly and steadily, a fortieth of what the kernel holds for it each second: in 6.5 s, less than the third of
+      // the proxy's send buffer that the kernel must free before it takes more from the proxy. Then all the rest.
+      const perTick = Math.ceil(filled.queued / 400);
+      const slowly = setInterval(() => {
+        const chunk: Buffer | null = client.readableLength > 0 ? client.read(Math.min(perTick, client.readableLength)) : null;
+        if (chunk !== null) take(chunk);
+      }, 100);
+      const closed = closedAt(client);
+      await Promise.race([closed, sleep(ended + 6500 - Date.now())]);
+      clearInterval(slowly);
+      client.on('data', take);
+      client.resume();
+      await Promise.race([closed, sleep(15_000)]);
+      const received = Buffer.concat(chunks).toString('latin1');
+      const body = received.slice(received.indexOf('\r\n\r\n') + 4);
+      expect(received.startsWith('HTTP/1.1 200 OK\r\n')).toBe(true);
+      expect(body.length).toBe(filled.body);
+      expect(lastByte - ended).toBeGreaterThan(LINGER_MS);
+      const line = await waitFor('the access line', () => slowLines.find((l) => l.access === true && l.path === '/h2c-tail'));
+      expect(line).toMatchObject({ status: 200, bytes: filled.body });
+      expect([line.code, line.aborted]).toEqual([undefined, undefined]);
+    } finally {
+      await slow.close();
+    }
+  }, 40_000);
+
+  it('is cut, logged as a send timeout, once the client took nothing more of it for limits.sendTimeoutMs', async () => {
+    tail = undefined;
+    const client = await pausedClient(proxy.ports[0]!, h2cHead('/h2c-tail-stalled'));
+    const filled = await fillThenEnd(await waitFor('the origin connection', () => tail), proxy.ports[0]!, client.localPort!);
+    expect(filled.stuck).toBe(true);
+    const ended = await closedAt(tail!);
+    const line = await accessLine('/h2c-tail-stalled');
+    const cutAfter = Date.now() - ended;
+    client.destroy();
+    // Not a client that left (its close after the lingering, which began before it took the answer's end).
+    expect(line).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_SEND_TIMEOUT', aborted: true });
+    expect(cutAfter).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
+  }, 30_000);
 });
 
 describe('CONNECT', () => {

@@ -20,8 +20,10 @@
  *   for requests) is relayed as an ordinary response with
  *   `connection: close`, the held bytes are dropped and both connections
  *   close: the origin's at once after its answer (it never returns to a
- *   pool), the client's once the answer is sent, or when the client takes
- *   nothing of it for `sendTimeoutMs` (as send-stall.ts does for requests);
+ *   pool), the client's once the answer is sent (after a lingering close that
+ *   begins once all of it is with the kernel, not when the origin's end was
+ *   read), or when the client takes nothing of it for `sendTimeoutMs` (as
+ *   send-stall.ts does for requests, and until the kernel has it all);
  *   an origin that sends nothing of its body for `originReadTimeoutMs`
  *   (while the client reads) has the answer cut, as for requests.
  * Each origin connection an upgrade opens takes a place at the origin's gate
@@ -176,13 +178,43 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         'request',
       );
     };
-    /** Ends the client connection after `last`, reading and dropping what it still sends for a while. */
-    const finish = (last = ''): void => {
+    /**
+     * Ends the client connection after `last`, then reads and drops what the client still sends for LINGER_MS, from
+     * the moment all the answer is handed to the kernel ('finish'), as nginx lingers once its answer is sent: begun
+     * at `end()`, it destroyed what the kernel had no room for yet (its buffers to a slow client full) under a client
+     * still reading, which got the answer cut, and without a length could not tell. Until then, a client that took
+     * nothing of it (`writableLength` did not go down) for a whole `sendTimeoutMs` is cut, `stalled` told first, as
+     * the relay's stall clock does: one that stopped reading holds the connection no longer than during the relay.
+     */
+    const finish = (last = '', stalled?: () => void): void => {
       if (!client.writable) return void client.destroy();
       client.end(last, 'latin1');
       client.resume();
-      const linger = setTimeout(() => client.destroy(), LINGER_MS);
-      client.once('close', () => clearTimeout(linger));
+      let timer: NodeJS.Timeout | undefined;
+      const linger = (): void => {
+        clearTimeout(timer);
+        timer = setTimeout(() => client.destroy(), LINGER_MS);
+      };
+      let left = client.writableLength;
+      const check = (): void => {
+        // All of the answer is in the kernel, only TLS's close_notify (and the FIN) may wait for room: it is sent.
+        if (client.writableLength === 0) {
+          client.off('finish', linger);
+          return linger();
+        }
+        if (client.writableLength >= left) {
+          stalled?.();
+          return void client.destroy();
+        }
+        left = client.writableLength;
+        timer = setTimeout(check, pools.sendTimeoutMs);
+      };
+      timer = setTimeout(check, pools.sendTimeoutMs);
+      client.once('finish', linger);
+      client.once('close', () => {
+        clearTimeout(timer);
+        client.off('finish', linger);
+      });
     };
     const refuse = (refusal: Refusal): void => {
       settle(refusal.status, refusal.code);
@@ -391,7 +423,15 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           done = true;
           upstream.destroy();
           // An answer cut short is passed on cut, never completed as if whole.
-          if (res.complete) return finish();
+          if (res.complete) {
+            // From here on `finish` watches the client's progress. The relay's clock, armed by the 'pause' that comes
+            // with the answer's end, would never be stopped (no 'drain' comes once the socket is ended): it cut a
+            // client still taking the answer's last bytes sendTimeoutMs after the end.
+            clearTimeout(stall);
+            return finish('', () => {
+              cut = 'KEYEDGE_HTTP_SEND_TIMEOUT';
+            });
+          }
           cut ??= 'KEYEDGE_HTTP_ORIGIN_ABORTED';
           client.destroy();
         });
