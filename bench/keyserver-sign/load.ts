@@ -14,7 +14,7 @@ import type { KeyserverConfig } from '../../config/schema.js';
 import { decodeResponse, encodeRequest } from '../../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte } from '../../keyserver/protocol/constants.js';
 import { FrameReader } from '../../keyserver/protocol/framer.js';
-import { tokenOptions } from '../../keyserver/server/daemon.js';
+import { tokenOptions } from '../../keyserver/token/open-options.js';
 import { listKeys } from '../../keyserver/token/keys.js';
 import { Token } from '../../keyserver/token/token.js';
 import { delta, perUnit, snapshot, threadCpu, totalUs, usageBetween } from '../harness/proc-cpu.js';

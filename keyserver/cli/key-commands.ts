@@ -5,11 +5,9 @@
  * the key server is up, which picks new keys up on first use.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import * as x509 from '../shared/x509.js';
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, UsageError } from '../shared/errors.js';
-import { tokenOptions } from '../server/daemon.js';
-import { createCsr } from '../token/csr.js';
+import { tokenOptions } from '../token/open-options.js';
 import { generateKey, KEY_TYPES, type KeyType } from '../token/key-generate.js';
 import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
@@ -118,6 +116,7 @@ export const keyCommand: Command = {
           if (domains.length === 0) throw new UsageError(`give at least one --domain\n\n${USAGE}`);
           const bad = domains.find((d) => !DOMAIN.test(d) || d.length > 253);
           if (bad !== undefined) throw new UsageError(`--domain '${bad}' is not a DNS name`);
+          const { createCsr } = await import('../token/csr.js');
           const csr = await createCsr(token, key, domains);
           const pem = `${csr.toString('pem')}\n`;
           if (values.out !== undefined) {
@@ -161,6 +160,7 @@ function describe(key: TokenKey): { keyId: string; label: string; type: string; 
 
 /** RFC 5280 §4.2.1.2 method (1), as most CAs put it in the certificate. */
 async function subjectKeyIdentifier(key: TokenKey): Promise<string> {
+  const x509 = await import('../shared/x509.js');
   const id = await new x509.PublicKey(new Uint8Array(key.spki)).getKeyIdentifier();
   return Buffer.from(id).toString('hex');
 }

@@ -35,11 +35,10 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { createLogger, type Logger } from '../shared/log.js';
-import { prepareEmbeddedToken, readPinFile } from '../token/embedded.js';
 import { LoopWatch } from '../token/loop-watch.js';
 import { SigningWorkers, stuckAfterMs } from '../token/sign-workers.js';
-import { Token, type TokenOpenOptions } from '../token/token.js';
-import { TokenError } from '../shared/errors.js';
+import { Token } from '../token/token.js';
+import { tokenOptions } from '../token/open-options.js';
 import { startAdmin } from './admin.js';
 import { exitBySignal } from './exit-by-signal.js';
 import { Admission } from './admission.js';
@@ -53,7 +52,6 @@ import { RefusedPin } from './refused-pin.js';
 import { listenTls, listenUnix } from './listeners.js';
 import { LogLimiter } from '../shared/log-limiter.js';
 import { looseSecretFile } from '../shared/secret-file.js';
-import { pinVariable } from '../shared/pin-variable.js';
 import { type DropReason, KeyserverMetrics } from './metrics.js';
 import { SigningService } from './service.js';
 
@@ -335,28 +333,6 @@ function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts, re
     token.close();
     throw err;
   }
-}
-
-/**
- * What to open: the embedded SoftHSM2 token (created on first run) or the configured module. `warn` hears of a PIN
- * file open to others (embedded.ts, readPinFile): told at start, not at each attempt to open the token again.
- */
-export function tokenOptions(config: KeyserverConfig, warn?: (message: string) => void): TokenOpenOptions {
-  const { pkcs11 } = config;
-  let modulePath = pkcs11.module;
-  if (modulePath === 'embedded') {
-    const label = 'label' in pkcs11.token ? pkcs11.token.label : 'keyedge';
-    modulePath = prepareEmbeddedToken(config.stateDir, label).modulePath;
-  }
-  if ('env' in pkcs11.pin) {
-    // The variable the process started with: `keyedge keyserver` takes it out of its environment (cli/pin-guard.ts).
-    const pin = pinVariable(pkcs11.pin.env);
-    if (pin === undefined || pin === '') {
-      throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `the PIN variable ${pkcs11.pin.env} is not set (config ${config.source}: pkcs11.pin.env)`);
-    }
-    return { modulePath, token: pkcs11.token, pin, pinSource: `env ${pkcs11.pin.env}` };
-  }
-  return { modulePath, token: pkcs11.token, pin: readPinFile(pkcs11.pin.file, warn), pinSource: `file ${pkcs11.pin.file}` };
 }
 
 function logUsage(service: SigningService, log: Logger): void {
