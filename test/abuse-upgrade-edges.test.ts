@@ -73,6 +73,11 @@ beforeAll(async () => {
       '/always-101': `${SWITCH}tunnel-bytes`,
       // Never answers: the proxy holds what the client sends after its request, unread, until the response timeout.
       '/silent': () => undefined,
+      // Part of its body, then its connection cut: the relayed answer is cut short.
+      '/cut-mid': (socket) => {
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npart');
+        setTimeout(() => socket.destroy(), 100);
+      },
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
     },
@@ -129,6 +134,24 @@ describe('an origin that does not switch, misbehaving after its answer', () => {
     expect(await within(client.closed, 20_000)).toBe(true);
     const text = client.text();
     expect([text.slice(0, 15), text.length - text.indexOf('\r\n\r\n') - 4]).toEqual(['HTTP/1.1 200 OK', BIG]);
+  });
+});
+
+describe('an ordinary answer to an Upgrade, cut short by its origin', () => {
+  // The relay's stall clock is armed on the answer's 'pause': the close of the client connection unpipes the answer,
+  // which pauses it, after the close's own clearing of that clock. Each cut answer left a timer (and with it the
+  // answer, both connections and the request) for limits.sendTimeoutMs, 60 s by default: a flood of them held that much.
+  it('leaves no timer behind once its client connection is closed', async () => {
+    const timers = (): number => process.getActiveResourcesInfo().filter((resource) => resource === 'Timeout').length;
+    const before = timers();
+    const clients = await Promise.all(Array.from({ length: 20 }, () => rawTls(proxy.ports[0]!, 'ws.lab.test', ca)));
+    for (const client of clients) client.socket.write(upgrade('/cut-mid'));
+    // Each answer cut, its client connection with it (no timer of the test's own meanwhile).
+    await Promise.all(clients.map((client) => client.closed));
+    expect(clients.every((client) => client.text().startsWith('HTTP/1.1 200 OK\r\n'))).toBe(true);
+    await sleep(300);
+    // None per cut answer (20 of them); a few of the worker's own may come and go meanwhile.
+    expect(timers() - before).toBeLessThan(10);
   });
 });
 

@@ -408,6 +408,9 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           if (!done) upstream.setTimeout(pools.readMs);
         };
         res.on('pause', () => {
+          // The client's close unpipes the answer, which pauses it, after the close's own clearing (`flowing`): armed
+          // then, the clock held the answer and both connections for sendTimeoutMs after the connection was gone.
+          if (client.destroyed) return;
           stall ??= setTimeout(() => {
             cut = 'KEYEDGE_HTTP_SEND_TIMEOUT';
             client.destroy();
