@@ -127,7 +127,7 @@ export function loadKept(stateDir: string, warn: (message: string) => void): Kep
 /**
  * Records `packed` (a whole state just written, its chains at `chains`) as
  * the kept state: `statOf` gives each store record's settled stat identity,
- * or undefined. Written whole (temp file, fsync, rename); a failure is told
+ * or undefined. Written whole (temp file, fsync, rename, the directory synced); a failure is told
  * to `warn` and costs only the next start's reads. Whether it was written.
  */
 export function keepPacked(
