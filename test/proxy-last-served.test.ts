@@ -244,7 +244,7 @@ describe('the log of last served versions and a worker started during a large re
     const first = await startIt();
     expect(await served(first, 's0.lab.test')).toBe(hex(issued[0]!.cert.serialNumber));
     const [held, other] = clusterWorkerPids(first.pid);
-    // One worker holds the reload open (it answers nothing while stopped)...
+    // One worker holds the reload open (it answers nothing while stopped, until the replacement serves)...
     process.kill(held!, 'SIGSTOP');
     try {
       symlinkSync(v2, `${storeLink}.next`);
@@ -270,7 +270,9 @@ describe('the log of last served versions and a worker started during a large re
       );
       // The race this case is about: the replacement started before the reload was committed.
       expect(reloaded).toBe(false);
-      // Committed, the stopped worker named as not having answered; the mass change in one delta.
+      // Let go, the held worker answers and the reload commits (rather than after reloadApplyTimeoutMs).
+      process.kill(held!, 'SIGCONT');
+      // Committed, partial (the killed worker named as exited); the mass change in one delta.
       const report = JSON.parse((await reload).text) as { result: string; changed: string[] };
       expect(report.result).toBe('partial');
       expect(report.changed.length).toBeGreaterThan(PACK_THRESHOLD);
