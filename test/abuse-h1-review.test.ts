@@ -31,6 +31,7 @@ beforeAll(async () => {
       '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
       [`${ACME}/first`]: 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst',
       [`${ACME}/smuggled`]: 'HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nSMUGGLED',
+      [`${ACME}/warm`]: 'HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nwarm',
       // Answers once the client that asked has left.
       [`${ACME}/slow`]: (socket) => void setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow'), 1000),
     },
@@ -144,6 +145,32 @@ describe('an Upgrade on the plain-HTTP port', () => {
       code: true,
       closed: true,
       origin: [],
+    });
+  });
+});
+
+describe('an HTTP/1.1 request without Host on the plain-HTTP port', () => {
+  // Node's own 400 (requireHostHeader) said close, but its parser read on: the request behind it was handed over,
+  // and on an origin connection already open it reached the origin, its answer never sent; the request without Host
+  // had no access line. HTTPS refuses it in the handler since the same was found there.
+  it('gets our 400 and its access line; a request pipelined behind it reaches no origin', async () => {
+    // An origin connection kept open, so that a request handed over is written to it at once.
+    const warm = await plainClient();
+    warm.socket.write(`GET ${ACME}/warm HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    await waitFor('the warm answer', () => (warm.text().endsWith('\r\n\r\nwarm') ? true : undefined));
+    warm.socket.destroy();
+    const before = saw.length;
+    const client = await plainClient();
+    client.socket.write(`POST /no-host HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET ${ACME}/smuggled HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    await sleep(300);
+    const line = lines.find((l) => l.access === true && l.path === '/no-host');
+    expect({ statuses: statuses(client.text()), closed, origin: saw.slice(before), line: [line?.status, line?.code] }).toEqual({
+      statuses: ['400'],
+      closed: true,
+      origin: [],
+      line: [400, 'KEYEDGE_HTTP_BAD_TARGET'],
     });
   });
 });

@@ -123,7 +123,9 @@ export async function startRedirectServer(
   // Nothing after a request we answered with `close` is processed (linger.ts).
   const redirect = connections.closingFirst(createRedirectHandler(options));
   const handler = notAfterClose(redirect);
-  const server = http.createServer(serverOptions(limits), handler);
+  // An HTTP/1.1 request without Host is refused by the handler, as on HTTPS (above): Node's own 400 went unlogged and its
+  // parser read on, and an ACME challenge request pipelined behind it reached the origin, its answer never sent.
+  const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, handler);
   capFieldLines(server);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
