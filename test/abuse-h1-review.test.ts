@@ -129,6 +129,21 @@ describe('an Upgrade on the plain-HTTP port', () => {
     expect([line.status, line.code]).toEqual([499, 'KEYEDGE_HTTP_CLIENT_CLOSED']);
   });
 
+  it('pipelined behind a request, its client gone before its turn: logged 499, once', async () => {
+    const before = saw.length;
+    const client = await plainClient();
+    client.socket.write(`GET ${ACME}/slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${upgradeHead('/gone-behind')}`);
+    await waitFor('the request at the origin', () => (saw.slice(before).includes(`GET ${ACME}/slow HTTP/1.1`) ? true : undefined));
+    client.socket.resetAndDestroy();
+    const line = await waitFor('its access line', () => lines.find((l) => l.access === true && l.path === '/gone-behind'));
+    await sleep(300);
+    expect({ status: line.status, code: line.code, lines: lines.filter((l) => l.access === true && l.path === '/gone-behind').length }).toEqual({
+      status: 499,
+      code: 'KEYEDGE_HTTP_CLIENT_CLOSED',
+      lines: 1,
+    });
+  });
+
   it('with a body: 400, as on HTTPS, and nothing reaches an origin', async () => {
     const before = saw.length;
     const client = await plainClient();

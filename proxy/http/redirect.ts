@@ -25,7 +25,7 @@ import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
-import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
+import { answer, CLIENT_CLOSED_STATUS, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
 import { cutAnswer, inAnswerOrder, queueAnswer } from './queued.js';
 import { BODY_REFUSED, CONNECT_REFUSED, refusalText } from './upgrade.js';
@@ -195,7 +195,14 @@ export function answerUpgradeAsRequest(
       return refuseOnSocket(options, req, socket, BODY_REFUSED);
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
     inAnswerOrder(socket, () => {
-      if (!socket.writable) return void socket.destroy();
+      // Gone while the answers before it went out: its line says so, as a request's does (499).
+      if (!socket.writable) {
+        const code = 'KEYEDGE_HTTP_CLIENT_CLOSED';
+        options.metrics.requests.inc({ status_class: statusClass(CLIENT_CLOSED_STATUS), code, protocol: 'http/1.1' });
+        const path = (req.url ?? '').split('?')[0];
+        options.log.info({ access: true, scheme: 'http', method: req.method, path, status: CLIENT_CLOSED_STATUS, code, aborted: true }, 'request');
+        return void socket.destroy();
+      }
       // What follows the head is dropped, and read on meanwhile: a client that leaves (its FIN, which Node's server
       // takes as the end of a request's client) is seen, and its answer and origin request end with it, logged 499.
       socket.resume();
