@@ -13,6 +13,7 @@
  * out, then the connection lingers (linger.ts `lingerAfterLastAnswer`).
  * The HTTP/2 connection preface gets a 400 of ours that says what it met.
  */
+import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { closesAfterAnswer, LINGER_MS, lingerAfterLastAnswer } from './linger.js';
 import { answerInProgress, whenAnswersSent } from './queued.js';
@@ -73,9 +74,12 @@ function respond(err: NodeJS.ErrnoException, socket: Duplex, afterAnswers: boole
   // Pipelined requests read whole before the bad one are answered first, in order (RFC 9112 §9.3.2): written now,
   // our status would reach the client as the answer to the first of them, and theirs would be lost.
   if (pending?.req.complete === true) return whenAnswersSent(socket, () => respond(err, socket, true));
-  const written = (socket as Duplex & { bytesWritten?: number }).bytesWritten ?? 0;
-  // A client gone, or an answer under way (the one to the request whose body went bad): nothing can be said on this connection.
-  if (!socket.writable || err.code === 'ECONNRESET' || pending?.headersSent === true || (!afterAnswers && written > 0)) {
+  // A client gone, or an answer under way (the one to the request whose body went bad, or its 100 Continue): nothing
+  // can be said on this connection. Bytes written before it are the answers to earlier requests, whole (a keep-alive
+  // connection's): the bad request still gets its status, as the first on a connection does. Counting them, the
+  // connection was destroyed without a word, and the client's request failed with no answer.
+  const continued = (pending as (ServerResponse & { _sent100?: boolean }) | undefined)?._sent100 === true;
+  if (!socket.writable || err.code === 'ECONNRESET' || pending?.headersSent === true || (!afterAnswers && continued)) {
     socket.destroy();
     return;
   }

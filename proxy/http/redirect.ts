@@ -11,22 +11,24 @@
  * origin in clear text, past the redirect, on an origin that resolves dot
  * segments. Such a path is redirected as any other. No HSTS here: it is only honoured over HTTPS (RFC 6797 §7.2).
  * Request targets and expectations are dealt with as on HTTPS (handler.ts);
- * CONNECT gets 400 as on HTTPS (createConnectRefusal).
+ * CONNECT gets 400 as on HTTPS (createConnectRefusal); an Upgrade is answered
+ * as the request it is, and closes the connection (answerUpgradeAsRequest).
  * Our own answers read no request body: to a request whose body is still
  * coming they close the connection, after a bounded lingering, unless it is
  * small and declared: then it is read and dropped (linger.ts).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
-import { answer, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
+import { answer, CLIENT_CLOSED_STATUS, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
 import { cutAnswer, inAnswerOrder, queueAnswer } from './queued.js';
-import { CONNECT_REFUSED, refusalText } from './upgrade.js';
+import { BODY_REFUSED, CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
 
@@ -155,18 +157,66 @@ export function createRedirectHandler(options: RedirectOptions): ExpectingHandle
  * destroys the connection, with no answer and the earlier answers cut.
  */
 export function createConnectRefusal(options: Pick<RedirectOptions, 'log' | 'metrics'>): (req: IncomingMessage, socket: Duplex) => void {
+  return (req, socket) => refuseOnSocket(options, req, socket, CONNECT_REFUSED);
+}
+
+/** `refusal` written on the raw `socket` Node handed over, after the answers before it, and logged; the connection closes. */
+function refuseOnSocket(options: Pick<RedirectOptions, 'log' | 'metrics'>, req: IncomingMessage, socket: Duplex, refusal: typeof CONNECT_REFUSED): void {
   const { log, metrics } = options;
+  // Node removed its own error listener when it handed the socket over; a reset from here on is expected.
+  if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+  inAnswerOrder(socket, () => {
+    const { status, code } = refusal;
+    metrics.requests.inc({ status_class: statusClass(status), code, protocol: 'http/1.1' });
+    log.info({ access: true, scheme: 'http', method: req.method, path: (req.url ?? '').split('?')[0], status, code }, 'request');
+    if (!socket.writable) return void socket.destroy();
+    socket.end(refusalText(refusal, undefined), 'latin1');
+    socket.resume();
+    lingerAfterEnd(socket);
+  });
+}
+
+/**
+ * The plain-HTTP port's 'upgrade' listener: keyedge switches to nothing there (RFC 9110 §7.8 lets a server ignore
+ * Upgrade), so an Upgrade is answered by `handler` as the request it is (a redirect, an ACME challenge), with
+ * `Connection: close`, and what the client sent after its head is dropped, as on HTTPS when the origin does not
+ * switch (upgrade.ts). Without this listener Node's server took it for a request as well, but dropped the rest of the
+ * read it came in (its parser had stopped there for the switch) and parsed on from the next read, keeping the
+ * connection: a request pipelined behind it was lost, unanswered; bytes sent next as that request's body were read
+ * as a request of their own (request smuggling past a proxy in front). One with a body (which Node leaves unread
+ * among those bytes) gets the 400 it gets on HTTPS.
+ */
+export function answerUpgradeAsRequest(
+  options: Pick<RedirectOptions, 'log' | 'metrics'>,
+  handler: ExpectingHandler,
+): (req: IncomingMessage, socket: Duplex) => void {
   return (req, socket) => {
-    // Node removed its own error listener when it handed the socket over; a reset from here on is expected.
+    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0)
+      return refuseOnSocket(options, req, socket, BODY_REFUSED);
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
     inAnswerOrder(socket, () => {
-      const { status, code } = CONNECT_REFUSED;
-      metrics.requests.inc({ status_class: statusClass(status), code, protocol: 'http/1.1' });
-      log.info({ access: true, scheme: 'http', method: req.method, path: (req.url ?? '').split('?')[0], status, code }, 'request');
-      if (!socket.writable) return void socket.destroy();
-      socket.end(refusalText(CONNECT_REFUSED, undefined), 'latin1');
+      // Gone while the answers before it went out: its line says so, as a request's does (499).
+      if (!socket.writable) {
+        const code = 'KEYEDGE_HTTP_CLIENT_CLOSED';
+        options.metrics.requests.inc({ status_class: statusClass(CLIENT_CLOSED_STATUS), code, protocol: 'http/1.1' });
+        const path = (req.url ?? '').split('?')[0];
+        options.log.info({ access: true, scheme: 'http', method: req.method, path, status: CLIENT_CLOSED_STATUS, code, aborted: true }, 'request');
+        return void socket.destroy();
+      }
+      // What follows the head is dropped, and read on meanwhile: a client that leaves (its FIN, which Node's server
+      // takes as the end of a request's client) is seen, and its answer and origin request end with it, logged 499.
       socket.resume();
-      lingerAfterEnd(socket);
+      socket.once('end', () => socket.destroy());
+      const res = new ServerResponse(req);
+      res.shouldKeepAlive = false;
+      res.assignSocket(socket as Socket);
+      res.once('finish', () => {
+        res.detachSocket(socket as Socket);
+        socket.end();
+        socket.resume();
+        lingerAfterEnd(socket);
+      });
+      handler(req, res);
     });
   };
 }

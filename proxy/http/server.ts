@@ -34,7 +34,7 @@ import type { UpgradeHandler } from './upgrade.js';
 import { notAfterClose } from './linger.js';
 import { MAX_FIELD_LINES } from './request-framing.js';
 import type { Http1Connections } from './retire.js';
-import { createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
+import { answerUpgradeAsRequest, createConnectRefusal, createRedirectHandler, type RedirectOptions } from './redirect.js';
 
 export interface Http1Server {
   readonly server: http.Server;
@@ -121,11 +121,16 @@ export async function startRedirectServer(
   connections: Http1Connections,
 ): Promise<RedirectPort> {
   // Nothing after a request we answered with `close` is processed (linger.ts).
-  const handler = notAfterClose(connections.closingFirst(createRedirectHandler(options)));
-  const server = http.createServer(serverOptions(limits), handler);
+  const redirect = connections.closingFirst(createRedirectHandler(options));
+  const handler = notAfterClose(redirect);
+  // An HTTP/1.1 request without Host is refused by the handler, as on HTTPS (above): Node's own 400 went unlogged and its
+  // parser read on, and an ACME challenge request pipelined behind it reached the origin, its answer never sent.
+  const server = http.createServer({ ...serverOptions(limits), requireHostHeader: false }, handler);
   capFieldLines(server);
   // Without a 'connect' listener Node destroys a CONNECT's connection, with no answer, and the answers before it.
   server.on('connect', notAfterClose(createConnectRefusal(options)));
+  // Without an 'upgrade' listener Node drops what came behind an Upgrade's head in its read, and parses on (redirect.ts).
+  server.on('upgrade', notAfterClose(answerUpgradeAsRequest(options, redirect)));
   handleExpectations(server, handler);
   server.on('clientError', answerClientError);
   const open = new Set<net.Socket>();

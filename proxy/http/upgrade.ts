@@ -101,7 +101,7 @@ const LINGER_MS = 5_000;
 const CLIENT_GONE = 499;
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
-const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
+export const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
 /**
  * An Upgrade on a connection the stop or a certificate change closes after its first answer (retire.ts): 503, the
  * connection closed after it; a new connection (another worker, or the certificate that serves now) can open it.
