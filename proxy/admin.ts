@@ -64,6 +64,7 @@
  */
 import http from 'node:http';
 import { capAdminConnections } from '../keyserver/shared/admin-connections.js';
+import { answerUpgradesAsRequests } from '../keyserver/shared/admin-upgrade.js';
 import { listen } from '../keyserver/shared/listen.js';
 import { authorisationFailure, CHANGES, refuse } from './admin-auth.js';
 import { boundDrain, declaredLength, hasBody, MAX_UPLOAD_BYTES, readBody, tooLarge } from './admin-body.js';
@@ -121,6 +122,7 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     handle,
   );
   const connections = capAdminConnections(server, MAX_ADMIN_CONNECTIONS);
+  answerUpgradesAsRequests(server, connections.busy);
   // Expect: 100-continue (RFC 9110 §10.1.1): the 100 invites the body, so it goes only to a change that reads one
   // (readsBody) and is not refused before it. Every change's token is checked first: its 401 or 403 at once, so that no
   // client without the token is invited to send up to the body limit, nor left waiting for a body it holds back for the

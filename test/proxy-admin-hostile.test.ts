@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_ADMIN_CONNECTIONS } from '../proxy/admin.js';
 import { sleep } from './helpers/keyserver.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { pipelineUnread, stillOpen } from './helpers/pipelined.js';
+import { pipelineUnread, stillOpen, twoWrites } from './helpers/pipelined.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // The admin port against clients that do not behave: a burst of /readyz
@@ -161,6 +161,31 @@ describe('admin port under hostile clients', () => {
     }
   });
 
+  it('an Upgrade on either admin port is answered as the request it is, closing its connection: bytes behind it are never read as a request', async () => {
+    // Node's server alone answered it, dropped the rest of its read (the head of the POST behind it) and parsed on from
+    // the next: the POST's body was answered as a request of its own, on a connection kept open.
+    const smuggled = 'GET /metrics HTTP/1.1\r\nHost: k\r\n\r\n';
+    const upgrade = 'GET /healthz HTTP/1.1\r\nHost: k\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n';
+    const post = `POST /x HTTP/1.1\r\nHost: k\r\nContent-Length: ${smuggled.length}\r\n\r\n`;
+    for (const port of [proxy.adminPort, lab.adminPort!]) {
+      const got = await twoWrites(port, upgrade + post, smuggled);
+      const heads = got.text.split('\r\n\r\n')[0]!.toLowerCase();
+      expect({ port, statuses: statusesOf(got.text), closed: got.closed, close: heads.includes('connection: close') }).toEqual({
+        port,
+        statuses: ['200'],
+        closed: true,
+        close: true,
+      });
+      // One with a body: 400, and its body (unread among the dropped bytes) is not read as a request either.
+      const withBody = await twoWrites(
+        port,
+        `POST /reload HTTP/1.1\r\nHost: k\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: ${smuggled.length}\r\n\r\n`,
+        smuggled,
+      );
+      expect({ port, statuses: statusesOf(withBody.text), closed: withBody.closed }).toEqual({ port, statuses: ['400'], closed: true });
+    }
+  });
+
   it('an admin API bound beyond loopback is named in a warning at start', () => {
     const warning = proxy.lines.find((l) => String(l.msg).startsWith('the admin API listens beyond loopback'));
     expect(warning).toMatchObject({ level: 40 });
@@ -178,3 +203,5 @@ function status(port: number, path: string, agent: http.Agent | false = false): 
       .on('error', reject);
   });
 }
+
+const statusesOf = (text: string): string[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);

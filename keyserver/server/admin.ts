@@ -18,6 +18,7 @@
 import http from 'node:http';
 import type { Registry } from 'prom-client';
 import { capAdminConnections } from '../shared/admin-connections.js';
+import { answerUpgradesAsRequests } from '../shared/admin-upgrade.js';
 import { listen } from '../shared/listen.js';
 
 /** A scraper or health check keeps one or two open; well inside fd-budget.ts's reserve of 64. */
@@ -48,5 +49,6 @@ export function startAdmin(host: string, port: number, registry: Registry, healt
     }
   });
   const connections = capAdminConnections(server, MAX_ADMIN_CONNECTIONS);
+  answerUpgradesAsRequests(server, connections.busy);
   return listen(server, { host, port });
 }

@@ -58,6 +58,8 @@ export interface AdminConnections {
   readonly answering: (req: http.IncomingMessage, res: http.ServerResponse, hold?: boolean) => boolean;
   /** Connections open now. */
   readonly size: () => number;
+  /** Whether an answer is in progress on `socket` (admin-upgrade.ts: one more would be written into its middle). */
+  readonly busy: (socket: net.Socket) => boolean;
 }
 
 /** Answers one connection may have in progress (pipelined requests); past it the connection is closed. */
@@ -146,5 +148,5 @@ export function capAdminConnections(server: http.Server, cap: number): AdminConn
     held.delete(socket);
     since.delete(socket);
   }
-  return { answering, size: () => open.size };
+  return { answering, size: () => open.size, busy: (socket) => (answers.get(socket) ?? 0) > 0 };
 }

@@ -24,3 +24,23 @@ export async function stillOpen(sockets: readonly net.Socket[], waitMs = 3_000):
   const open = await Promise.all(closed.map((c) => Promise.race([c.then(() => false), sleep(waitMs).then(() => true)])));
   return open.filter(Boolean).length;
 }
+
+/**
+ * Writes `first` to `port` on loopback, then `second` in a write of its own 200 ms later, and reads until the server
+ * closes or `waitMs` pass: what came back, and whether the server closed the connection.
+ */
+export async function twoWrites(port: number, first: string, second: string, waitMs = 8_000): Promise<{ text: string; closed: boolean }> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  let text = '';
+  socket.on('data', (chunk: Buffer) => {
+    text += chunk.toString('latin1');
+  });
+  const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(true)));
+  socket.write(first);
+  await sleep(200);
+  if (!socket.destroyed) socket.write(second);
+  const result = await Promise.race([closed, sleep(waitMs).then(() => false)]);
+  socket.destroy();
+  return { text, closed: result };
+}
