@@ -5,11 +5,13 @@
  * the on-demand `ask` URL may carry a user and password (sent as Basic
  * authorization, on-demand-ask.ts) or a token in its query
  * (`?token=…`), and /config answered it to anyone who reached the port; the
- * user, password, query values and fragment of every URL in it are masked.
+ * user, password, query values and fragment of every URL in it are masked
+ * (masked-url.ts).
  */
 import type http from 'node:http';
 import { json, text } from './admin-http.js';
 import type { AdminSources } from './admin-sources.js';
+import { withoutCredentials } from './masked-url.js';
 
 /** Answers the read at `path`; 404 for anything else. */
 export function answerRead(res: http.ServerResponse, path: string | undefined, sources: AdminSources): void {
@@ -41,44 +43,4 @@ export function answerRead(res: http.ServerResponse, path: string | undefined, s
     default:
       return text(res, 404, 'not found\n');
   }
-}
-
-/** What a URL's user, password, query values and fragment read as in /config. */
-const MASKED = '*****';
-
-/**
- * `value` with the user, password, query values and fragment of every URL in it masked, wherever the URL is: a user
- * alone may be the credential (a token sent as the Basic user name), and so may any query parameter or the fragment.
- */
-function withoutCredentials(value: unknown): unknown {
-  if (typeof value === 'string') return maskCredentials(value);
-  if (Array.isArray(value)) return value.map(withoutCredentials);
-  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withoutCredentials(v)]));
-  return value;
-}
-
-function maskCredentials(text: string): string {
-  if (!/[@?#]/.test(text) || !URL.canParse(text)) return text;
-  const url = new URL(text);
-  if (url.username === '' && url.password === '' && url.search === '' && url.hash === '') return text;
-  if (url.username !== '') url.username = MASKED;
-  if (url.password !== '') url.password = MASKED;
-  if (url.search !== '') url.search = maskQuery(url.search.slice(1));
-  if (url.hash !== '') url.hash = MASKED;
-  return url.href;
-}
-
-/**
- * The query (RFC 3986 §3.4) with each parameter's value masked and its name kept, as written (not re-encoded): the
- * names say what the URL sends. A part without `=` may be a bare token: it is masked whole. Empty values stay empty.
- */
-function maskQuery(query: string): string {
-  return query
-    .split('&')
-    .map((part) => {
-      const eq = part.indexOf('=');
-      if (eq < 0) return part === '' ? part : MASKED;
-      return eq === part.length - 1 ? part : `${part.slice(0, eq)}=${MASKED}`;
-    })
-    .join('&');
 }

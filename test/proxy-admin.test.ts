@@ -1,7 +1,22 @@
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
-import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, symlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
@@ -302,6 +317,41 @@ describe('admin API: names, body limit, auth scheme', () => {
     expect(warned).toHaveLength(1);
     expect(warned[0]?.msg).toMatch(/admin\.token is open to its group or others \(mode 0640\): chmod 600 it/);
     expect(JSON.stringify(proxy.lines)).not.toContain(ADMIN_TOKEN);
+  });
+
+  it('a token file replaced by a FIFO refuses changes (403, naming it) instead of blocking the primary, and the file put back is taken', async () => {
+    // It is read on every change: a FIFO held open(2) until a writer came, with the primary's event loop, so one
+    // POST from any local client stopped every admin answer, reload and worker replacement.
+    const tokenFile = join(lab.dir, 'admin', 'admin.token');
+    renameSync(tokenFile, `${tokenFile}.kept`);
+    try {
+      execFileSync('mkfifo', ['-m', '600', tokenFile]);
+      const ask = async (method: string, path: string): Promise<{ status: number; text: string } | string> => {
+        try {
+          const response = await fetch(`http://127.0.0.1:${proxy.adminPort}${path}`, {
+            method,
+            headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+            signal: AbortSignal.timeout(5_000),
+          });
+          return { status: response.status, text: await response.text() };
+        } catch (err) {
+          return (err as Error).name;
+        }
+      };
+      const change = await ask('POST', '/reload');
+      expect(await ask('GET', '/healthz')).toEqual({ status: 200, text: 'ok\n' });
+      expect(change).toEqual({ status: 403, text: `admin changes are disabled: ${tokenFile} (admin.tokenFile) is not a regular file, not read\n` });
+    } finally {
+      // A primary blocked in its open(2) of the FIFO is let go (a writer came and went), so the proxy can stop.
+      try {
+        closeSync(openSync(join(lab.dir, 'admin', 'admin.token'), constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // No reader: nothing is blocked on it.
+      }
+      rmSync(tokenFile, { force: true });
+      renameSync(`${tokenFile}.kept`, tokenFile);
+    }
+    expect((await adminRequest('POST', '/reload')).status).toBe(200);
   });
 });
 

@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KEY_TYPES, generateKey } from '../keyserver/token/key-generate.js';
@@ -83,6 +83,42 @@ describe('imported keys', () => {
     const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     importKey(env.token, pem, 'once', 'a.pem');
     expect(() => importKey(env.token, pem, 'twice', 'a.pem')).toThrow(/already in the token/);
+  });
+
+  it('refuses keys of another type or curve by name, KEYEDGE_ERR_KEY_UNSUPPORTED, storing nothing', () => {
+    // Ed25519, Ed448 and X25519 failed with an internal TypeError and its stack ("unexpected failure"), RSA-PSS and a
+    // curve with no JWK name (brainpool) as "not an unencrypted PEM private key", which they are.
+    const pkcs8 = (key: KeyObject): string => key.export({ type: 'pkcs8', format: 'pem' }) as string;
+    const refused: [string, string, RegExp][] = [
+      ['ed25519.pem', pkcs8(generateKeyPairSync('ed25519').privateKey), /^ed25519\.pem: ed25519 keys are not supported \(EC or RSA\)$/],
+      ['ed448.pem', pkcs8(generateKeyPairSync('ed448').privateKey), /^ed448\.pem: ed448 keys are not supported/],
+      ['x25519.pem', pkcs8(generateKeyPairSync('x25519').privateKey), /^x25519\.pem: x25519 keys are not supported/],
+      ['pss.pem', pkcs8(generateKeyPairSync('rsa-pss', { modulusLength: 2048 }).privateKey), /^pss\.pem: rsa-pss keys are not supported/],
+      [
+        'bp.pem',
+        pkcs8(generateKeyPairSync('ec', { namedCurve: 'brainpoolP256r1' }).privateKey),
+        /^bp\.pem: curve brainpoolP256r1 is not supported \(P-256 or P-384\)$/,
+      ],
+      ['k1.pem', pkcs8(generateKeyPairSync('ec', { namedCurve: 'secp256k1' }).privateKey), /^k1\.pem: curve secp256k1 is not supported/],
+    ];
+    for (const [source, pem, message] of refused) {
+      let thrown: unknown;
+      try {
+        importKey(env.token, pem, `other-${source}`, source);
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown, source).toBeInstanceOf(KeyError);
+      expect((thrown as KeyError).code, source).toBe('KEYEDGE_ERR_KEY_UNSUPPORTED');
+      expect((thrown as KeyError).message).toMatch(message);
+    }
+    const { pkcs11, management } = env.token;
+    for (const [source] of refused) {
+      pkcs11.C_FindObjectsInit(management, [{ type: pkcs11js.CKA_LABEL, value: `other-${source}` }]);
+      const stored = pkcs11.C_FindObjects(management, 16);
+      pkcs11.C_FindObjectsFinal(management);
+      expect(stored, source).toHaveLength(0);
+    }
   });
 });
 

@@ -1,12 +1,13 @@
 /**
  * Keys made elsewhere, stored in the token (C_CreateObject) as
  * non-extractable keys with their public halves beside them: PEM private
- * keys as CAs and consoles hand them out. Refused: encrypted PEM, curves
- * other than P-256/P-384, RSA under 2048 bits or over RSA_MAX_BITS (keys.ts:
+ * keys as CAs and consoles hand them out. Refused: encrypted PEM, key types
+ * other than EC and RSA (Ed25519, X25519, RSA-PSS, DSA…), curves other than
+ * P-256/P-384, RSA under 2048 bits or over RSA_MAX_BITS (keys.ts:
  * its signatures do not fit the protocol, so it would never be served), a key
  * the token holds already.
  */
-import { createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeyError } from '../shared/errors.js';
 import { keyIdOf } from '../shared/key-id.js';
@@ -25,14 +26,22 @@ const RSA_MIN_BITS = 2048;
  */
 export function importKey(token: Token, pem: string | Buffer, label: string, source: string): TokenKey {
   assertLabelFree(token, label);
-  let jwk: JsonWebKey;
+  let key: KeyObject;
   try {
-    const key = createPrivateKey({ key: pem, format: 'pem' });
-    jwk = key.export({ format: 'jwk' });
+    key = createPrivateKey({ key: pem, format: 'pem' });
   } catch (err) {
     const reason = (err as { code?: string }).code ?? 'unreadable';
     throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `${source} is not an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1): ${reason}`, { cause: err });
   }
+  // By its type before its JWK: an Ed25519, Ed448 or X25519 key's public half failed below with a TypeError (no
+  // `crv`), and RSA-PSS, DSA or a curve with no JWK name (brainpool) in the export, said as an unreadable PEM.
+  const type = key.asymmetricKeyType;
+  if (type !== 'ec' && type !== 'rsa') throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: ${type ?? 'unknown'} keys are not supported (EC or RSA)`);
+  const namedCurve = key.asymmetricKeyDetails?.namedCurve;
+  if (type === 'ec' && namedCurve !== 'prime256v1' && namedCurve !== 'secp384r1') {
+    throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: curve ${namedCurve ?? 'unknown'} is not supported (P-256 or P-384)`);
+  }
+  const jwk: JsonWebKey = key.export({ format: 'jwk' });
   const components: Buffer[] = [];
   const b64 = (value: string | undefined, name: string): Buffer => {
     if (value === undefined) throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `${source}: the key has no ${name}`);

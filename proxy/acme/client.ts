@@ -12,9 +12,13 @@
  *
  * Every failure is an AcmeError carrying the problem type (§6.7) and the
  * server's Retry-After, which the maintenance loop turns into its backoff.
+ * Its message names the request by its URL masked (masked-url.ts): the
+ * configured directory URL may carry a token in its query, and the message
+ * goes to the log, GET /certs and the admin API's answers.
  * Concurrency: any number of requests at once; each takes its own nonce.
  */
 import { Agent, fetch } from 'undici';
+import { maskedUrl } from '../masked-url.js';
 import { AcmeError } from './errors.js';
 import { type EcJwk, externalAccountBinding, type JwsSigner, signJws } from './jws.js';
 
@@ -179,6 +183,7 @@ export class AcmeClient {
   }
 
   async #http<T>(method: string, url: string, body?: string, accept = 'application/json'): Promise<Answer<T>> {
+    const request = `${method} ${maskedUrl(url)}`;
     let response: Awaited<ReturnType<typeof fetch>>;
     try {
       response = await fetch(url, {
@@ -189,12 +194,12 @@ export class AcmeClient {
         ...(body === undefined ? {} : { body }),
       });
     } catch (err) {
-      throw new AcmeError(`${method} ${url}: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`, { cause: err });
+      throw new AcmeError(`${request}: ${(err as Error).name === 'TimeoutError' ? 'no answer in time' : (err as Error).message}`, { cause: err });
     }
     const nonce = response.headers.get('replay-nonce');
     if (nonce !== null && /^[\w-]+$/.test(nonce)) this.#nonces.push(nonce);
     const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
-    const text = method === 'HEAD' ? '' : await readCapped(response, `${method} ${url}`);
+    const text = method === 'HEAD' ? '' : await readCapped(response, request);
     if (response.status >= 400) {
       let problem: { type?: string; detail?: string } = {};
       try {
@@ -203,7 +208,7 @@ export class AcmeClient {
         // Not a problem document (§6.7): the status says enough.
       }
       const type = problem.type?.replace('urn:ietf:params:acme:error:', '');
-      throw new AcmeError(`${method} ${url}: ${response.status} ${type ?? ''} ${problem.detail ?? ''}`.trim(), {
+      throw new AcmeError(`${request}: ${response.status} ${type ?? ''} ${problem.detail ?? ''}`.trim(), {
         status: response.status,
         ...(type === undefined ? {} : { problem: type }),
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
@@ -214,7 +219,7 @@ export class AcmeClient {
       try {
         parsed = JSON.parse(text);
       } catch (err) {
-        throw new AcmeError(`${method} ${url}: the answer is not JSON`, { cause: err });
+        throw new AcmeError(`${request}: the answer is not JSON`, { cause: err });
       }
     }
     return { body: parsed as T, text, location: response.headers.get('location') ?? undefined, retryAfterMs };

@@ -20,6 +20,7 @@ import type { Registry } from 'prom-client';
 import type { AcmeConfig, ProxyConfig } from '../../config/proxy-schema.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { maskedUrl } from '../masked-url.js';
 import { registerAcmeMetrics } from '../metrics.js';
 import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
@@ -126,7 +127,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           onOutcome: (outcome, reason) => metrics.onDemand.inc(reason === undefined ? { outcome } : { outcome, reason }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
         });
-  log.info({ directory: acme.directory, managed: Object.keys(state.state.certificates).length }, 'ACME issuer started');
+  log.info({ directory: maskedUrl(acme.directory), managed: Object.keys(state.state.certificates).length }, 'ACME issuer started');
   return {
     manager,
     board,

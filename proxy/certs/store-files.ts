@@ -159,10 +159,11 @@ function sideFile(dir: string, file: string, kind: 'tmp' | 'aside'): string {
 /**
  * Temp file, fsync, rename: the target holds the old or the new content,
  * whole. Returns the written file's device and inode, by which a caller can
- * tell it from whatever else comes to be at `target`.
+ * tell it from whatever else comes to be at `target`. `mode`: the store's
+ * (chains and metadata are public); a state file is written 0600.
  */
-export function writeAtomic(dir: string, target: string, content: string): string {
-  const prepared = prepareAtomic(dir, target, content);
+export function writeAtomic(dir: string, target: string, content: string, mode = FILE_MODE): string {
+  const prepared = prepareAtomic(dir, target, content, mode);
   try {
     renameSync(prepared.temp, target);
   } catch (err) {
@@ -177,14 +178,14 @@ export function writeAtomic(dir: string, target: string, content: string): strin
  * and fsync'd, and its device and inode. The caller renames it over `target`
  * (or unlinks it): two files prepared first are then renamed back to back.
  */
-export function prepareAtomic(dir: string, target: string, content: string): { readonly temp: string; readonly id: string } {
+export function prepareAtomic(dir: string, target: string, content: string, mode = FILE_MODE): { readonly temp: string; readonly id: string } {
   const temp = sideFile(dir, target, 'tmp');
-  const fd = openSync(temp, 'wx', FILE_MODE);
+  const fd = openSync(temp, 'wx', mode);
   let id: string;
   try {
     try {
       // The umask may have narrowed the mode given to open().
-      fchmodSync(fd, FILE_MODE);
+      fchmodSync(fd, mode);
       writeFileSync(fd, content);
       fsyncSync(fd);
       const stat = fstatSync(fd);

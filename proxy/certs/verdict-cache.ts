@@ -192,6 +192,7 @@ export class VerdictCache {
   #write(file: string, context: string): void {
     const body = encodeVerdicts(this.#verdicts);
     const header = JSON.stringify({ format: VERDICT_FORMAT, context, count: this.#verdicts.size, sha256: createHash('sha256').update(body).digest('hex') });
-    writeAtomic(dirname(file), file, `${header}\n${body}`);
+    // A state file, its owner's alone, like the rest of the state directory.
+    writeAtomic(dirname(file), file, `${header}\n${body}`, 0o600);
   }
 }

@@ -25,9 +25,11 @@
  * want of a signature, naming the key servers, and a line when signing works
  * again; read from the native counters once a second, off the handshake path.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { KeyserverEndpoint, ProxyConfig } from '../../config/proxy-schema.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
+import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import { keyserverClientOptions } from '../certs/keyserver-lookup.js';
@@ -48,21 +50,34 @@ const MAX_BACKOFF_INTERVALS = 8;
 
 function nativeServer(endpoint: KeyserverEndpoint): native.KeylessServer {
   const tcp = endpoint.tcp;
+  if (tcp === null) return { name: endpoint.name, socketPath: endpoint.socket ?? undefined };
+  const certPem = readFileSync(tcp.cert, 'utf8');
+  const keyPem = readFileSync(tcp.key, 'utf8');
+  assertKeyMatches(endpoint.name, tcp, certPem, keyPem);
   return {
     name: endpoint.name,
-    ...(tcp === null
-      ? { socketPath: endpoint.socket ?? undefined }
-      : {
-          tls: {
-            host: tcp.host,
-            port: tcp.port,
-            caPem: readFileSync(tcp.ca, 'utf8'),
-            certPem: readFileSync(tcp.cert, 'utf8'),
-            keyPem: readFileSync(tcp.key, 'utf8'),
-            servername: tcp.servername ?? undefined,
-          },
-        }),
+    tls: { host: tcp.host, port: tcp.port, caPem: readFileSync(tcp.ca, 'utf8'), certPem, keyPem, servername: tcp.servername ?? undefined },
   };
+}
+
+/**
+ * The client identity is judged here, where the key server and the files can be named: the native bridge refused a
+ * key that is no key, or another certificate's, as "tls.keyPem is not an unencrypted PEM private key matching
+ * tls.certPem", naming neither (nor, in a pool, which server). Neither file's content is ever quoted.
+ */
+function assertKeyMatches(name: string, tcp: NonNullable<KeyserverEndpoint['tcp']>, certPem: string, keyPem: string): void {
+  let matches = false;
+  try {
+    matches = new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
+  } catch {
+    // Not a certificate, or not a key: it matches nothing.
+  }
+  if (!matches) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_CONFIG',
+      `key server ${name}: its client key ${tcp.key} (tcp.key) is not an unencrypted PEM private key matching its certificate ${tcp.cert} (tcp.cert)`,
+    );
+  }
 }
 
 export function startKeylessBridge(keyserver: ProxyConfig['keyserver'], log?: Logger): KeylessBridge {

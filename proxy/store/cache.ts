@@ -48,6 +48,7 @@ export function readCache(file: string, prefix: string): CachedState | undefined
 }
 
 export function writeCache(file: string, state: CachedState): void {
-  mkdirSync(path.dirname(file), { recursive: true });
-  writeAtomic(path.dirname(file), file, JSON.stringify(state));
+  // The state directory's, its owner's alone (README: stateDir).
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  writeAtomic(path.dirname(file), file, JSON.stringify(state), 0o600);
 }

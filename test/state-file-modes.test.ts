@@ -1,0 +1,38 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createCa, issue } from './helpers/pki.js';
+import { defaultIssuerPool } from '../proxy/certs/validate.js';
+import { VERDICT_FILE, VerdictCache } from '../proxy/certs/verdict-cache.js';
+import { judgeCertificate, verdictContext } from '../proxy/certs/verdicts.js';
+import { writeCache } from '../proxy/store/cache.js';
+
+// What the proxy writes in its state directory is its owner's alone (files 0600, directories 0700), as the ACME
+// state, the worker config, served.log and the serving packs are: the verdict cache and the fleet cache were written
+// 0644 (the certificate store's mode), and with a state directory the operator made 0755 any local user read the
+// names served, their key ids, and a fleet's routes and origins.
+const dir = mkdtempSync(join(tmpdir(), 'keyedge-state-modes-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const mode = (path: string): string => (statSync(path).mode & 0o777).toString(8);
+
+describe('state files', () => {
+  it('the fleet cache is 0600, in a state directory it makes 0700', () => {
+    const file = join(dir, 'fleet', 'fleet-cache.json');
+    writeCache(file, { prefix: '/k/', revision: 7, entries: { '/k/routes/a.test': { value: '{}', modRevision: 7 } } });
+    expect(mode(file)).toBe('600');
+    expect(mode(join(dir, 'fleet'))).toBe('700');
+  });
+
+  it('the verdict cache is 0600', async () => {
+    const root = await createCa('Modes Root');
+    const leaf = await issue(root, { commonName: 'm.example', dnsNames: ['m.example'], keyAlgorithm: 'ec-p256' });
+    const cache = new VerdictCache({ file: join(dir, VERDICT_FILE), warn: () => undefined });
+    cache.useContext(verdictContext(defaultIssuerPool().fingerprint));
+    const chainText = `${leaf.certPem}\n${root.certPem}`;
+    await judgeCertificate({ name: 'm', chainText, source: 'm.pem' }, 'store:m', { now: new Date(), keyserverSpki: async (_id, spki) => spki }, cache);
+    cache.flush();
+    expect(mode(join(dir, VERDICT_FILE))).toBe('600');
+  });
+});
