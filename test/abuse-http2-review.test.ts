@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2 } from './helpers/h2.js';
+import { closeSession, data, frame, h2Connect, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
@@ -33,7 +33,25 @@ const heads: string[] = [];
 /** A trailer section Node cannot send in one block (more than nghttp2's 64 KiB as it counts): the answer is cut. */
 const MANY_TRAILERS = `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: a\r\n\r\n2\r\nok\r\n0\r\n${'a: 1\r\n'.repeat(6000)}\r\n`;
 
-const ANSWERS: Record<string, string> = {
+/** 4 MiB written as the proxy takes it: keeps the client connection's socket writing while other answers end. */
+function download(socket: net.Socket): void {
+  socket.write(`HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: ${4 * 1024 * 1024}\r\n\r\n`);
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  let sent = 0;
+  const more = (): void => {
+    while (sent < 64) {
+      sent++;
+      if (!socket.write(chunk)) return void socket.once('drain', more);
+    }
+    socket.end();
+  };
+  more();
+}
+
+const ANSWERS: Record<string, string | ((socket: net.Socket) => void)> = {
+  '/download': download,
+  '/upload': 'HTTP/1.1 202 Accepted\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok',
+  '/upload-left': 'HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok',
   '/many-trailers': MANY_TRAILERS,
   '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
   '/spoofed-h2': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
@@ -104,6 +122,62 @@ describe('resets of our own making on HTTP/2', () => {
       await closeSession(session);
     }
   });
+});
+
+describe('an answer to a request with a body, whole while other streams keep its connection busy', () => {
+  // Node destroys such a stream (its body read) as our END_STREAM goes out, before the writes that carried its last
+  // bytes are called back (they wait on the connection's socket write, which a download on the same connection keeps
+  // busy): about half of these answers, whole at the client, were logged as its abort (KEYEDGE_HTTP_CLIENT_CLOSED).
+  it('is logged whole; one whose end the client resets (RST_STREAM NO_ERROR) before it went out is still logged cut', async () => {
+    const session = h2Connect(proxy.ports[0]!, ca, HOST);
+    const rounds = 12;
+    try {
+      const seen: string[] = [];
+      for (let i = 0; i < rounds; i++) {
+        const downloaded = session.request({ ':path': '/download' });
+        downloaded.on('error', () => undefined);
+        downloaded.resume();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const upload = session.request({ ':method': 'POST', ':path': '/upload', 'content-length': '1000' }, { endStream: false });
+        let status: unknown;
+        upload.on('response', (head) => (status = head[':status']));
+        upload.on('error', () => undefined);
+        upload.resume();
+        upload.end(Buffer.alloc(1000, 0x62));
+        await Promise.all([new Promise((resolve) => upload.once('close', resolve)), new Promise((resolve) => downloaded.once('close', resolve))]);
+        seen.push(`${status} ${upload.rstCode}`);
+      }
+      // Each went out whole: the client got its status and a clean end.
+      expect(seen).toEqual(seen.map(() => '202 0'));
+    } finally {
+      await closeSession(session);
+    }
+    const logged = await waitFor('every upload logged', () => {
+      const found = lines.filter((l) => l.access === true && l.path === '/upload');
+      return found.length === rounds ? found : undefined;
+    });
+    expect(logged.map((l) => `${l.status} ${l.code} ${l.aborted}`)).toEqual(logged.map(() => '202 undefined undefined'));
+
+    // The other way: the answer's last bytes wait on a window the client never opens, and it resets the stream with
+    // NO_ERROR: they never went out, and the line says so.
+    const client = new RawH2(proxy.ports[0]!, ca, HOST);
+    await client.secure;
+    const zeroWindow = frame(0x4, 0, 0, Buffer.from([0, 4, 0, 0, 0, 0]));
+    client.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), zeroWindow]));
+    const block = Buffer.concat([
+      Buffer.from([0x83, 0x87]),
+      hpackLiteral(':path', '/upload-left'),
+      hpackLiteral(':authority', HOST),
+      hpackLiteral('content-length', '3'),
+    ]);
+    client.write(Buffer.concat([headerFrames(1, block, false), data(1, Buffer.from('abc'), true)]));
+    await waitFor('the answer head', () => (client.answered.has(1) ? true : undefined));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    client.write(rstStream(1, 0));
+    const cut = await waitFor('the access line', () => lines.find((l) => l.access === true && l.path === '/upload-left'));
+    client.tls.destroy();
+    expect(`${cut.status} ${cut.code} ${cut.aborted}`).toBe('200 KEYEDGE_HTTP_CLIENT_CLOSED true');
+  }, 30_000);
 });
 
 describe('the forwarding fields a client sends under another spelling', () => {

@@ -127,6 +127,36 @@ export function bodyPending(stream: ServerHttp2Stream): boolean {
  * code, though Node may have ended their writable side itself.
  */
 export function answeredWhole(stream: ServerHttp2Stream): boolean {
-  const written = stream.writableFinished || (stream.writableEnded && stream.writableLength === 0);
+  const written = stream.writableFinished || (stream.writableEnded && (stream.writableLength === 0 || endSent.has(stream)));
   return written && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) === constants.NGHTTP2_NO_ERROR;
+}
+
+/** Streams whose END_STREAM had gone out when Node destroyed them (noteEndSent). */
+const endSent = new WeakSet<ServerHttp2Stream>();
+let nodeDestroy: ServerHttp2Stream['destroy'] | undefined;
+
+/**
+ * Has `stream` remember, as Node destroys it, whether its END_STREAM went
+ * out: for a request with a body (called once, as the stream is handed over).
+ * Node destroys such a stream, its body read, as soon as nghttp2 closes it,
+ * which it does as our END_STREAM goes out; the writes that carried the
+ * answer's last bytes are called back only once the connection's socket
+ * write holding them completes (later still while other streams keep that
+ * socket busy), so 'close' came with those bytes still counted as unwritten,
+ * and a whole answer was logged as the client's abort
+ * (KEYEDGE_HTTP_CLIENT_CLOSED; test/abuse-http2-review.test.ts). A client's
+ * RST_STREAM NO_ERROR while the answer's end waits on its window looks the
+ * same from here, its bytes never sent: nghttp2 tells them apart (the
+ * stream's local close, read while Node destroys it, its nghttp2 stream
+ * still there). A request without a body is destroyed only once its
+ * readable side ends, by which time its writes have been called back.
+ */
+export function noteEndSent(stream: ServerHttp2Stream): void {
+  nodeDestroy ??= stream.destroy;
+  stream.destroy = destroyNotingEnd;
+}
+
+function destroyNotingEnd(this: ServerHttp2Stream, error?: Error): ServerHttp2Stream {
+  if (!this.destroyed && this.state.localClose === 1) endSent.add(this);
+  return nodeDestroy!.call(this, error);
 }

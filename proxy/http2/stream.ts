@@ -29,7 +29,7 @@ import { CLIENT_CLOSED_STATUS, type Domain, hostName, originRefusal, ownFailureR
 import { originFailure, type OriginPools } from '../http/forward.js';
 import { stalledSend } from '../http/send-stall.js';
 import type { TrustedPeers } from '../http/trusted-peers.js';
-import { answeredWhole, forwardStream, type StreamForwardOptions } from './exchange.js';
+import { answeredWhole, forwardStream, noteEndSent, type StreamForwardOptions } from './exchange.js';
 import { type Http1Request, http1Request } from './headers.js';
 import { streamEnded } from './origin-handler.js';
 import { HEADERS_TOO_LARGE, headersOverLimit, ownAnswer } from './own-answers.js';
@@ -119,7 +119,10 @@ export function handleStream(
   stream.on('close', onStreamClose);
   // Before anything of its body is read or left unread: a body sent a few bytes a frame is not held as an object a frame.
   // A request without one (END_STREAM on its HEADERS: most, GETs) has nothing to bound, and its stream keeps Node's shape.
-  if (!stream.endAfterHeaders) boundUnreadChunks(stream);
+  if (!stream.endAfterHeaders) {
+    boundUnreadChunks(stream);
+    noteEndSent(stream);
+  }
   const maxHeaderBytes = options.limits?.maxHeaderBytes;
   if (maxHeaderBytes !== undefined && rawHeaders !== undefined && headersOverLimit(rawHeaders, maxHeaderBytes)) return record.respond(HEADERS_TOO_LARGE);
   const own = ownAnswer(request);
