@@ -45,14 +45,14 @@ afterAll(async () => {
   await new Promise((resolve) => (ca ? ca.close(resolve) : resolve(undefined)));
 });
 
-/** An admin request's answer, or the error's name when none came within 10 s (a primary held by a FIFO). */
+/** An admin request's answer, or the error's name when none came within 20 s (a primary held by a FIFO). */
 async function admin(method: string, path: string, body?: string): Promise<{ status: number; text: string }> {
   try {
     const response = await fetch(`http://127.0.0.1:${proxy.adminPort}${path}`, {
       method,
       headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body }),
-      signal: AbortSignal.timeout(10_000),
+      signal: AbortSignal.timeout(20_000),
     });
     return { status: response.status, text: await response.text() };
   } catch (err) {
@@ -95,6 +95,6 @@ describe('the files an ACME order reads', () => {
       expect(again.status).toBe(502);
       expect(again.text).toContain('503 serverInternal down');
       expect(JSON.stringify(proxy.lines).includes(EAB_KEY), 'the EAB key in a log line').toBe(false);
-    }, 40_000);
+    }, 90_000);
   }
 });

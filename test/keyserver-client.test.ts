@@ -141,7 +141,7 @@ describe('a tcp key server whose TLS file is a FIFO', () => {
       const failure = await KeyserverClient.connect({ tcp: { host: '127.0.0.1', port: 1, ca: process.argv[1], cert: process.argv[1], key: process.argv[1] }, timeoutMs: 1000 })
         .then(() => 'connected', (err) => err.message);
       process.stdout.write(JSON.stringify({ failure, ms: Date.now() - started }));`;
-    const run = spawnSync(process.execPath, ['--input-type=module', '-e', script, fifo], { encoding: 'utf8', timeout: 10_000, killSignal: 'SIGKILL' });
+    const run = spawnSync(process.execPath, ['--input-type=module', '-e', script, fifo], { encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL' });
     expect(run.signal, `the client held in open(2) of ${fifo}`).toBe(null);
     const { failure } = JSON.parse(run.stdout) as { failure: string };
     expect(failure).toBe(`cannot read the key server's ${fifo} (keyserver.tcp.ca): not a regular file`);

@@ -305,7 +305,7 @@ describe('routing changes at runtime', () => {
       const reload = await fetch(`http://127.0.0.1:${proxy.adminPort}/reload`, {
         method: 'POST',
         headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-        signal: AbortSignal.timeout(10_000),
+        signal: AbortSignal.timeout(20_000),
       }).then(
         async (r) => ({ status: r.status, text: await r.text() }),
         (err: Error) => ({ status: 0, text: err.name }),
