@@ -4,39 +4,23 @@
  * and column, so the operator can go straight to it. The error never quotes
  * the file's text: it could hold a secret.
  *
- * The file is opened without blocking and read only if it is a regular file
- * of at most MAX_CONFIG_BYTES: a config path replaced by a FIFO would block
+ * The file is read through setting-file.ts, only if it is a regular file of
+ * at most MAX_CONFIG_BYTES: a config path replaced by a FIFO would block
  * open(2), and one linked to /dev/zero would be read for ever, in the process
  * that serves (a reload, SIGHUP, runs this in the cluster's primary).
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { ConfigError } from './errors.js';
+import { readSettingFile } from './setting-file.js';
 
 /** Far past any real config (a few KiB; a large on-demand or domain list, some MiB). */
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 /** The file's text, or a ConfigError naming it: not a regular file, too large, or unreadable. */
 function readConfigText(file: string): string {
-  let fd: number;
   try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+    return readSettingFile(file, MAX_CONFIG_BYTES).toString('utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
-    throw new ConfigError(file, '', `cannot read the config file (${code})`, { cause: err });
-  }
-  try {
-    const stat = fstatSync(fd);
-    if (!stat.isFile()) throw new ConfigError(file, '', 'cannot read the config file (not a regular file)');
-    if (stat.size > MAX_CONFIG_BYTES) {
-      throw new ConfigError(file, '', `cannot read the config file (${stat.size} bytes, more than ${MAX_CONFIG_BYTES})`);
-    }
-    return readFileSync(fd, 'utf8');
-  } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
-    throw new ConfigError(file, '', `cannot read the config file (${code})`, { cause: err });
-  } finally {
-    closeSync(fd);
+    throw new ConfigError(file, '', `cannot read the config file (${(err as Error).message})`, { cause: err });
   }
 }
 

@@ -7,8 +7,8 @@
  * same time whatever the token, and no answer or log line ever holds it.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import type http from 'node:http';
+import { readSettingFile, SettingFileError } from '../config/setting-file.js';
 
 /** The methods that change something: each needs the admin token. */
 export const CHANGES: ReadonlySet<string> = new Set(['POST', 'PUT', 'DELETE']);
@@ -44,23 +44,14 @@ const MAX_TOKEN_BYTES = 64 * 1024;
 /**
  * The token in `tokenFile` ('' when there is none, or no such file), or why the file is not read: it is read in the
  * primary on each change, so a FIFO there (blocking open(2) until a writer comes) or a link to /dev/zero (read for
- * ever) held the primary's event loop, and every admin answer, reload and worker replacement with it.
+ * ever) held the primary's event loop, and every admin answer, reload and worker replacement with it
+ * (config/setting-file.ts).
  */
 function readToken(tokenFile: string): string | { unread: string } {
-  let fd: number;
   try {
-    fd = openSync(tokenFile, constants.O_RDONLY | constants.O_NONBLOCK);
-  } catch {
-    return '';
-  }
-  try {
-    const stat = fstatSync(fd);
-    if (!stat.isFile()) return { unread: 'not a regular file' };
-    if (stat.size > MAX_TOKEN_BYTES) return { unread: `${stat.size} bytes, more than ${MAX_TOKEN_BYTES}` };
-    return readFileSync(fd, 'utf8').trim();
-  } catch {
-    return '';
-  } finally {
-    closeSync(fd);
+    return readSettingFile(tokenFile, MAX_TOKEN_BYTES).toString('utf8').trim();
+  } catch (err) {
+    // Refused by its type or size: said. Missing or unreadable: no token, as before it is written.
+    return err instanceof SettingFileError && err.code === undefined ? { unread: err.message } : '';
   }
 }

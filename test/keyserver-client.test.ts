@@ -7,6 +7,7 @@
  * a reason to drop a connection whose server does answer; and an answer of
  * another kind than its request's, which is (SPEC.md, "Request ids").
  */
+import { execFileSync, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,7 +15,7 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { Algorithm } from '../keyserver/protocol/constants.js';
 import { decodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
-import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { REPO, removeDir, sleep, tempDir } from './helpers/keyserver.js';
 
 const TIMEOUT_MS = 50;
 const MAX_IN_FLIGHT = 4;
@@ -122,5 +123,27 @@ describe('a key server that answers a request with another kind of answer', () =
     expect(await errorCode(client.ping())).toBe('KEYEDGE_ERR_PROTOCOL');
     for (let i = 0; i < 100 && server.closed() === 0; i++) await sleep(20);
     expect(server.closed()).toBe(1);
+  });
+});
+
+describe('a tcp key server whose TLS file is a FIFO', () => {
+  it('connect() fails at once naming the file and the setting, unread, instead of holding the event loop in open(2)', () => {
+    // The proxy's workers connect again to a key server they lost, and its primary for each ACME order and store
+    // check: a keyserver.tcp.ca (or .cert, .key) replaced by a FIFO held that process's event loop until a writer came.
+    // Run in a child, the built client: a blocked open(2) there cannot hold this runner, only fail the run by its timeout.
+    const dir = tempDir('keyedge-ks-client-fifo-');
+    cleanups.push(() => removeDir(dir));
+    const fifo = join(dir, 'ca.pem');
+    execFileSync('mkfifo', [fifo]);
+    const script = `
+      const { KeyserverClient } = await import(${JSON.stringify(join(REPO, 'dist', 'keyserver', 'client', 'client.js'))});
+      const started = Date.now();
+      const failure = await KeyserverClient.connect({ tcp: { host: '127.0.0.1', port: 1, ca: process.argv[1], cert: process.argv[1], key: process.argv[1] }, timeoutMs: 1000 })
+        .then(() => 'connected', (err) => err.message);
+      process.stdout.write(JSON.stringify({ failure, ms: Date.now() - started }));`;
+    const run = spawnSync(process.execPath, ['--input-type=module', '-e', script, fifo], { encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL' });
+    expect(run.signal, `the client held in open(2) of ${fifo}`).toBe(null);
+    const { failure } = JSON.parse(run.stdout) as { failure: string };
+    expect(failure).toBe(`cannot read the key server's ${fifo} (keyserver.tcp.ca): not a regular file`);
   });
 });

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { closeSession, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { runCli, sleep } from './helpers/keyserver.js';
-import { type ClusterProxy, clusterWorkerPids, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
+import { ADMIN_TOKEN, type ClusterProxy, clusterWorkerPids, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { createCa, issue, issueForPublicKey } from './helpers/pki.js';
 import { type Message, nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
@@ -289,6 +289,41 @@ describe('routing changes at runtime', () => {
       return reload.status === 200 ? (JSON.parse(reload.text) as { generation: number }) : undefined;
     });
     expect(back.generation).toBeGreaterThan(kept);
+  });
+  it('refuses a reload whose origin CA file is a FIFO, unread, naming it and its setting, and keeps serving the old config', async () => {
+    // Read in the primary on each reload (and in each worker): open(2) of a FIFO waited for a writer, with the
+    // primary's event loop: the admin port, every later reload and worker replacement.
+    const fifo = join(lab.dir, 'origin-ca.fifo');
+    rmSync(fifo, { force: true });
+    execFileSync('mkfifo', [fifo]);
+    const config = baseConfig(ports);
+    try {
+      proxy.writeConfig({
+        ...config,
+        domains: [{ name: 'app.lab.test', origin: 'https://127.0.0.1:1', originTls: { ca: fifo } }, ...(config.domains as object[]).slice(1)],
+      });
+      const reload = await fetch(`http://127.0.0.1:${proxy.adminPort}/reload`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+        signal: AbortSignal.timeout(20_000),
+      }).then(
+        async (r) => ({ status: r.status, text: await r.text() }),
+        (err: Error) => ({ status: 0, text: err.name }),
+      );
+      expect(reload.status, reload.text).toBe(409);
+      expect(reload.text).toContain(`${fifo}: domains[app.lab.test].originTls.ca: cannot read the CA file (not a regular file)`);
+      expect((await get('app.lab.test')).status).toBe(200);
+    } finally {
+      // A primary blocked in its open(2) of the FIFO is let go (a writer came and went), so the proxy can stop.
+      try {
+        closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // No reader: nothing is blocked on it.
+      }
+      rmSync(fifo, { force: true });
+      proxy.writeConfig(config);
+    }
+    await waitFor('the good config back', async () => ((await proxy.admin('POST', '/reload')).status === 200 ? true : undefined));
   });
 });
 

@@ -20,9 +20,9 @@
  * Used by the CLI, tests and benchmarks; the proxy's native bridge speaks the
  * same protocol from C.
  */
-import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
+import { readSettingFile } from '../../config/setting-file.js';
 import { KeyedgeError, type ProtocolError, RemoteError } from '../shared/errors.js';
 import { decodeResponse, encodeRequest, type Request, type Response } from '../protocol/codec.js';
 import { type AlgorithmByte, errorCodeName } from '../protocol/constants.js';
@@ -50,6 +50,23 @@ type RequestBody = Request extends infer R ? (R extends Request ? Omit<R, 'id'> 
 
 /** The answer each request is due (SPEC.md, connection rules); an ERROR answers any. */
 const ANSWER_TO: Readonly<Record<Request['op'], Response['op']>> = { ping: 'pong', getPublicKey: 'publicKey', sign: 'signature' };
+
+/** Far past a certificate, a key or a CA bundle. */
+const MAX_TLS_FILE_BYTES = 1024 * 1024;
+
+/**
+ * A TLS file of a tcp key server, read at each connection (the proxy's workers probe a key server they lost, the
+ * primary connects for each ACME order and store check), on the caller's event loop: so through
+ * config/setting-file.ts, a FIFO or a device refused unread, naming the file and the setting (keyserver.tcp.ca,
+ * .cert or .key, or a servers[] entry's), never its content.
+ */
+function readTlsFile(file: string, which: 'ca' | 'cert' | 'key'): Buffer {
+  try {
+    return readSettingFile(file, MAX_TLS_FILE_BYTES);
+  } catch (err) {
+    throw new KeyedgeError('KEYEDGE_ERR_SETUP', `cannot read the key server's ${file} (keyserver.tcp.${which}): ${(err as Error).message}`, { cause: err });
+  }
+}
 
 interface Pending {
   readonly answer: Response['op'];
@@ -91,13 +108,18 @@ export class KeyserverClient {
         ready = 'connect';
       } else if (options.tcp !== undefined) {
         const t = options.tcp;
+        let files: { ca: Buffer; cert: Buffer; key: Buffer };
+        try {
+          files = { ca: readTlsFile(t.ca, 'ca'), cert: readTlsFile(t.cert, 'cert'), key: readTlsFile(t.key, 'key') };
+        } catch (err) {
+          reject(err);
+          return;
+        }
         socket = tls.connect({
           host: t.host,
           port: t.port,
           servername: t.servername ?? (net.isIP(t.host) ? undefined : t.host),
-          ca: readFileSync(t.ca),
-          cert: readFileSync(t.cert),
-          key: readFileSync(t.key),
+          ...files,
           minVersion: 'TLSv1.3',
           ...(t.servername === undefined && net.isIP(t.host) ? { checkServerIdentity: () => undefined } : {}),
         });

@@ -13,9 +13,10 @@
  * handshake not finished within `handshakeTimeoutMs` is dropped (Node's
  * default of 120 s would let stalled handshakes hold sockets for minutes).
  */
-import { chmodSync, existsSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
+import { readSettingFile } from '../../config/setting-file.js';
 import { ConfigError, KeyedgeError } from '../shared/errors.js';
 
 export async function listenUnix(path: string, mode: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
@@ -75,11 +76,15 @@ export async function listenTls(
   return server;
 }
 
+/** Far past a certificate, a key or a CA bundle. */
+const MAX_PEM_BYTES = 1024 * 1024;
+
 function readPem(path: string, key: string, source: string): Buffer {
   try {
-    return readFileSync(path);
+    // At start: still not a FIFO's open(2) waiting for a writer (config/setting-file.ts).
+    return readSettingFile(path, MAX_PEM_BYTES);
   } catch (err) {
-    throw new ConfigError(source, key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+    throw new ConfigError(source, key, `cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -13,9 +13,10 @@
  * SOFTHSM2_CONF only then.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
+import { readSettingFile } from '../../config/setting-file.js';
 import { SetupError, TokenError } from '../shared/errors.js';
 import { openToOthers } from '../shared/secret-file.js';
 import { ckrName, fixedString } from './token.js';
@@ -117,22 +118,24 @@ function initialiseToken(modulePath: string, label: string, pinFile: string, soP
   writeFileSync(pinFile, `${userPin}\n`, { mode: 0o600 });
 }
 
-/** The PIN in the file at `path`; a file open to its group or others is still read, and `warn` is told (secret-file.ts). */
+/** Far past any PIN: a larger file is not one. */
+const MAX_PIN_BYTES = 64 * 1024;
+
+/**
+ * The PIN in the file at `path`; a file open to its group or others is still read, and `warn` is told (secret-file.ts).
+ * Read again whenever the key server opens its token again (live-token.ts), on its event loop: so through
+ * config/setting-file.ts, a FIFO or a device there refused unread (open(2) of a FIFO waited for a writer, with every
+ * sign, /healthz and the admin port).
+ */
 export function readPinFile(path: string, warn?: (message: string) => void): string {
   let text: string;
   try {
-    const fd = openSync(path, 'r');
-    try {
-      const loose = openToOthers('the PIN file', path, fstatSync(fd).mode);
+    text = readSettingFile(path, MAX_PIN_BYTES, (stat) => {
+      const loose = openToOthers('the PIN file', path, stat.mode);
       if (loose !== undefined) warn?.(loose);
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
+    }).toString('utf8');
   } catch (err) {
-    throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `cannot read the PIN file ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, {
-      cause: err,
-    });
+    throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `cannot read the PIN file ${path} (pkcs11.pin.file): ${(err as Error).message}`, { cause: err });
   }
   const pin = text.trim();
   if (pin.length === 0) throw new TokenError('KEYEDGE_ERR_TOKEN_PIN', `the PIN file ${path} is empty`);

@@ -26,8 +26,8 @@
  * deletes no key in the token.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { AcmeConfig } from '../../config/proxy-schema.js';
+import { readSettingFile } from '../../config/setting-file.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
 import { createAlpnChallengeCertWith } from '../../keyserver/shared/alpn-cert.js';
 import { type CsrSigner, csrKeyOfSpki, createCsrWith } from '../../keyserver/shared/csr.js';
@@ -41,6 +41,30 @@ import { ecdsaDerToRaw, keyserverSigner, thumbprint } from './jws.js';
 import type { AccountState, IssuerStateStore } from './state.js';
 import type { HeldLock } from '../store/lock.js';
 import { type TokenKeys, waitForKey } from './token-keys.js';
+
+/** Far past a CA bundle: the system's whole trust store is some 200 KB. */
+const MAX_CA_BUNDLE_BYTES = 4 * 1024 * 1024;
+/** Far past an EAB key (a base64url HMAC key of some 64 bytes). */
+const MAX_EAB_BYTES = 64 * 1024;
+
+/**
+ * The text of a file an ACME setting names, read on every order in the primary: without blocking, and only a regular
+ * file within `maxBytes` (config/setting-file.ts), else an AcmeError that fails the order naming the file and the
+ * setting. A FIFO there (open(2) waiting for a writer) or a link to /dev/zero held the primary's event loop, with
+ * every worker's reload, admin answer and renewal. Never quotes the content: the EAB key is a secret.
+ */
+function readAcmeFile(file: string, setting: string, maxBytes: number): string {
+  try {
+    return readSettingFile(file, maxBytes).toString('utf8');
+  } catch (err) {
+    throw new AcmeError(`cannot read ${file} (${setting}): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** acme.caBundle's PEM, or undefined for the system's trust store. */
+export function readCaBundle(config: Pick<AcmeConfig, 'caBundle'>): string | undefined {
+  return config.caBundle === null ? undefined : readAcmeFile(config.caBundle, 'acme.caBundle', MAX_CA_BUNDLE_BYTES);
+}
 
 export interface IssuerDeps {
   readonly config: AcmeConfig;
@@ -170,7 +194,7 @@ export class AcmeIssuer {
 
   async #client(keyserver: KeyserverClient, keyId: string): Promise<{ client: AcmeClient; url: string }> {
     const { config } = this.#deps;
-    const ca = config.caBundle === null ? undefined : readFileSync(config.caBundle, 'utf8');
+    const ca = readCaBundle(config);
     const spki = await waitForKey(keyserver, keyId);
     const client = new AcmeClient({
       directoryUrl: config.directory,
@@ -178,7 +202,8 @@ export class AcmeIssuer {
       timeoutMs: config.timeoutMs,
       ...(ca === undefined ? {} : { ca }),
     });
-    const eab = config.eab === null ? undefined : { kid: config.eab.kid, hmacKey: readFileSync(config.eab.hmacKeyFile, 'utf8').trim() };
+    const eab =
+      config.eab === null ? undefined : { kid: config.eab.kid, hmacKey: readAcmeFile(config.eab.hmacKeyFile, 'acme.eab.hmacKeyFile', MAX_EAB_BYTES).trim() };
     // newAccount with an existing key answers 200 and the same URL (RFC 8555 §7.3.1): cheap, and it checks the account still exists.
     const url = await client.account({ contact: config.contact, eab });
     return { client, url };

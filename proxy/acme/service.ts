@@ -24,7 +24,7 @@ import { maskedUrl } from '../masked-url.js';
 import { registerAcmeMetrics } from '../metrics.js';
 import { type BoardMessage, ChallengeBoard } from './challenges.js';
 import { AcmeClient } from './client.js';
-import { AcmeIssuer } from './issuer.js';
+import { AcmeIssuer, readCaBundle } from './issuer.js';
 import { CertificateManager } from './maintain.js';
 import { OnDemandGate } from './on-demand.js';
 import { FleetChallenges } from './fleet-challenges.js';
@@ -35,7 +35,6 @@ import { type IssuerStateStore, StateFile } from './state.js';
 import type { EtcdStore } from '../store/etcd-store.js';
 import type { HeldLock } from '../store/lock.js';
 import { cliTokenKeys, type TokenKeys } from './token-keys.js';
-import { readFileSync } from 'node:fs';
 import type { CertificateRecord } from '../serving/spec.js';
 
 export interface AcmeDeps {
@@ -92,7 +91,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     log,
     onOrder: (result) => metrics.orders.inc({ result }),
   });
-  const ca = acme.caBundle === null ? undefined : readFileSync(acme.caBundle, 'utf8');
+  const ca = readCaBundle(acme);
   manager = new CertificateManager({
     config: acme,
     state,

@@ -18,7 +18,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
-  constants as fsConstants,
   fchmodSync,
   fstatSync,
   fsyncSync,
@@ -35,6 +34,7 @@ import {
 } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { OPEN_UNBLOCKED, readChecked } from '../../config/setting-file.js';
 import { CertificateError } from './errors.js';
 
 /**
@@ -53,7 +53,7 @@ const FILE_MODE = 0o644;
  * its checks instead of stalling every reload; O_NONBLOCK changes nothing
  * for a regular file.
  */
-export const READ_CHAIN = fsConstants.O_RDONLY | fsConstants.O_NONBLOCK;
+export const READ_CHAIN = OPEN_UNBLOCKED;
 
 /**
  * The largest metadata file read: a few names, a key id and two times take
@@ -95,17 +95,12 @@ function checkEntryFile(
 /**
  * A file's text, opened without blocking (READ_CHAIN) and read only once
  * `check` accepted what fstat says of it: the stat and the text describe the
- * same file, and a FIFO or a device is refused (check throws) unread.
+ * same file, and a FIFO or a device is refused (check throws) unread
+ * (config/setting-file.ts, the door every file a setting names goes through).
  */
 export function readCheckedFile(file: string, check: (stat: Stats) => void): { readonly text: string; readonly stat: Stats } {
-  const fd = openSync(file, READ_CHAIN);
-  try {
-    const stat = fstatSync(fd);
-    check(stat);
-    return { text: readFileSync(fd, 'utf8'), stat };
-  } finally {
-    closeSync(fd);
-  }
+  const { bytes, stat } = readChecked(file, check);
+  return { text: bytes.toString('utf8'), stat };
 }
 
 export function metaStat(metaPath: string): Stats | undefined {

@@ -23,11 +23,11 @@
  * Single-threaded: one instance per worker.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { buildConnector, type Dispatcher, Pool } from 'undici';
 import type { ProxyConfig, ProxyDomain } from '../../config/proxy-schema.js';
+import { readSettingFile } from '../../config/setting-file.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { Balancer } from './balancer.js';
 import { RequestBodies, type RequestBodyLimits } from './body.js';
@@ -295,14 +295,16 @@ function idle(gate: OriginGate): boolean {
   return active === 0 && waiting === 0;
 }
 
+/** Far past a CA bundle: the system's whole trust store is some 200 KB. */
+const MAX_CA_BYTES = 4 * 1024 * 1024;
+
 function readCa(domain: ProxyDomain, file: string): string {
   let pem: string;
   try {
-    pem = readFileSync(file, 'utf8');
+    // Read in the primary on each reload and in each worker: a FIFO or /dev/zero there held its event loop.
+    pem = readSettingFile(file, MAX_CA_BYTES).toString('utf8');
   } catch (err) {
-    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'unknown error'})`, {
-      cause: err,
-    });
+    throw new ConfigError(file, `domains[${domain.name}].originTls.ca`, `cannot read the CA file (${(err as Error).message})`, { cause: err });
   }
   try {
     new X509Certificate(pem);

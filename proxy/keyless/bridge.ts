@@ -26,8 +26,8 @@
  * again; read from the native counters once a second, off the handshake path.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { KeyserverEndpoint, ProxyConfig } from '../../config/proxy-schema.js';
+import { readSettingFile } from '../../config/setting-file.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { Logger } from '../../keyserver/shared/log.js';
@@ -51,13 +51,28 @@ const MAX_BACKOFF_INTERVALS = 8;
 function nativeServer(endpoint: KeyserverEndpoint): native.KeylessServer {
   const tcp = endpoint.tcp;
   if (tcp === null) return { name: endpoint.name, socketPath: endpoint.socket ?? undefined };
-  const certPem = readFileSync(tcp.cert, 'utf8');
-  const keyPem = readFileSync(tcp.key, 'utf8');
+  const certPem = readTcpFile(endpoint.name, tcp.cert, 'cert');
+  const keyPem = readTcpFile(endpoint.name, tcp.key, 'key');
   assertKeyMatches(endpoint.name, tcp, certPem, keyPem);
   return {
     name: endpoint.name,
-    tls: { host: tcp.host, port: tcp.port, caPem: readFileSync(tcp.ca, 'utf8'), certPem, keyPem, servername: tcp.servername ?? undefined },
+    tls: { host: tcp.host, port: tcp.port, caPem: readTcpFile(endpoint.name, tcp.ca, 'ca'), certPem, keyPem, servername: tcp.servername ?? undefined },
   };
+}
+
+/** Far past a certificate, a key or a CA bundle. */
+const MAX_TLS_FILE_BYTES = 1024 * 1024;
+
+/**
+ * A TLS file of key server `name`, read as each worker starts (a worker replaced too, while the others serve):
+ * through config/setting-file.ts, so a FIFO there fails the start naming it instead of holding it in open(2).
+ */
+function readTcpFile(name: string, file: string, which: 'ca' | 'cert' | 'key'): string {
+  try {
+    return readSettingFile(file, MAX_TLS_FILE_BYTES).toString('utf8');
+  } catch (err) {
+    throw new KeyedgeError('KEYEDGE_ERR_CONFIG', `key server ${name}: cannot read ${file} (tcp.${which}): ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /**

@@ -13,9 +13,9 @@
  * Read once at start: rotating the client certificate or the password takes
  * a restart (the whole `etcd` key is restart-only).
  */
-import { readFileSync } from 'node:fs';
 import { Etcd3, type IOptions } from 'etcd3';
 import type { EtcdSettings } from '../../config/proxy-schema.js';
+import { readSettingFile } from '../../config/setting-file.js';
 import { ConfigError } from '../../keyserver/shared/errors.js';
 import { memberBreakers } from './member-breaker.js';
 import { WatchBackoffs } from './watch-backoff.js';
@@ -35,12 +35,16 @@ class FleetEtcd3 extends Etcd3 {
   }
 }
 
+/** Far past a password, a certificate, a key or a CA bundle. */
+const MAX_ETCD_FILE_BYTES = 1024 * 1024;
+
 export function etcdClient(settings: EtcdSettings, configSource: string): Etcd3 {
   const read = (file: string, key: string): Buffer => {
     try {
-      return readFileSync(file);
+      // At start, before the primary serves: still not a FIFO's open(2) waiting for a writer (config/setting-file.ts).
+      return readSettingFile(file, MAX_ETCD_FILE_BYTES);
     } catch (err) {
-      throw new ConfigError(configSource, key, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+      throw new ConfigError(configSource, key, `cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
   };
   const tls = settings.tls;
