@@ -1,0 +1,97 @@
+import { readFileSync } from 'node:fs';
+import type net from 'node:net';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import { ProxyMetrics } from '../proxy/metrics.js';
+import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { waitFor } from './helpers/proxy-cluster.js';
+import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
+import { rawTls } from './helpers/raw-tls.js';
+import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
+
+// Access lines (and their counts) that must say what the client got: a request whose body went bad after part of it
+// was forwarded, an HTTP/2 refusal its client reset before it went out, a pipelined request whose client left behind
+// a CONNECT on the plain-HTTP port. The proxy in this process, a scripted raw origin.
+let lab: KeylessLab;
+let proxy: RunningWorker;
+let metrics: ProxyMetrics;
+let ca: string;
+let origin: net.Server;
+const sockets = new Set<net.Socket>();
+/** The request line of each request the origin received. */
+const saw: string[] = [];
+const lines: Record<string, unknown>[] = [];
+const HOST = 'lines.lab.test';
+const ACME = '/.well-known/acme-challenge';
+
+beforeAll(async () => {
+  lab = await startKeylessLab();
+  ca = readFileSync(lab.caFile, 'utf8');
+  const ec = await lab.certificate('ec', lab.keys.ec, ['lab.test', '*.lab.test']);
+  origin = scriptedOrigin(
+    {
+      '/ok': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+      // Never answers: the request body is what ends the exchange.
+      '/held': () => undefined,
+      '/held-second': () => undefined,
+      // Answers once the client that asked has left.
+      [`${ACME}/slow`]: (socket) => void setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow'), 1500),
+    },
+    { sockets, saw },
+  );
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  metrics = new ProxyMetrics(() => proxy.keySource.stats(), new Registry());
+  proxy = await startProxyWorker(
+    lab.proxyConfig({
+      certificates: [{ name: 'ec', chain: ec.file }],
+      domains: [{ name: HOST, origin: `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}` }],
+      httpRedirect: { host: '127.0.0.1', port: 0 },
+      shutdownGraceMs: 0,
+    }),
+    { log: createLogger('access-lines-test', 'info', jsonLineSink(lines)), metrics },
+  );
+}, 60_000);
+afterAll(async () => {
+  await proxy?.close();
+  await closeScriptedOrigin(origin, sockets);
+  await lab?.close();
+});
+
+const statuses = (text: string): string[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);
+const accessLine = (path: string): Promise<Record<string, unknown>> =>
+  waitFor(`the access line of ${path}`, () => lines.find((l) => l.access === true && l.path === path));
+const requestsCount = async (status: string, code: string): Promise<number> => {
+  const text = await metrics.registry.metrics();
+  const re = new RegExp(`keyedge_proxy_http_requests_total\\{[^}]*status_class="${status}"[^}]*code="${code}"[^}]*protocol="http/1.1"[^}]*\\} (\\d+)`);
+  return Number(re.exec(text)?.[1] ?? 0);
+};
+
+describe('an HTTP/1.1 request body that turns bad after part of it was forwarded', () => {
+  // Node's parser refuses the rest (clientError) and the client gets our 400 (client-error.ts); the request's own
+  // answer never started, and its line said 499 KEYEDGE_HTTP_CLIENT_CLOSED, as if the client had left.
+  it.each([
+    ['the first request of its connection', '/held', false],
+    ['a keep-alive connection’s second request', '/held-second', true],
+  ])('%s: the client gets 400, and its line and count say 400 KEYEDGE_HTTP_BAD_FRAMING', async (_name, path, second) => {
+    const before = await requestsCount('4xx', 'KEYEDGE_HTTP_BAD_FRAMING');
+    const client = await rawTls(proxy.ports[0]!, HOST, ca);
+    client.socket.on('error', () => undefined);
+    if (second) {
+      client.socket.write(`GET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
+      await waitFor('the first answer', () => (client.text().endsWith('\r\n\r\nok') ? true : undefined));
+    }
+    // A first chunk past what is read whole before forwarding (64 KiB): the request and that chunk reach the origin.
+    const first = 'a'.repeat(70_000);
+    client.socket.write(`POST ${path} HTTP/1.1\r\nHost: ${HOST}\r\nTransfer-Encoding: chunked\r\n\r\n${first.length.toString(16)}\r\n${first}\r\n`);
+    await waitFor('the request at the origin', () => (saw.includes(`POST ${path} HTTP/1.1`) ? true : undefined));
+    client.socket.write('zz\r\n');
+    await client.closed;
+    const line = await accessLine(path);
+    expect({ statuses: statuses(client.text()), line: [line.status, line.code, line.aborted] }).toEqual({
+      statuses: second ? ['200', '400'] : ['400'],
+      line: [400, 'KEYEDGE_HTTP_BAD_FRAMING', undefined],
+    });
+    expect(await requestsCount('4xx', 'KEYEDGE_HTTP_BAD_FRAMING')).toBe(before + 1);
+  });
+});
