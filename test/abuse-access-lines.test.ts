@@ -5,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
+import { sleep } from './helpers/keyserver.js';
+import { frame, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
@@ -24,6 +26,13 @@ const saw: string[] = [];
 const lines: Record<string, unknown>[] = [];
 const HOST = 'lines.lab.test';
 const ACME = '/.well-known/acme-challenge';
+/** The origin connection each slow request came on, by its token. */
+const slowAt = new Map<string, net.Socket>();
+/** Answers once the client that asked has left (if its origin request was not abandoned meanwhile). */
+function slow(token: string, socket: net.Socket): void {
+  slowAt.set(token, socket);
+  setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow'), 1500);
+}
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -35,8 +44,8 @@ beforeAll(async () => {
       // Never answers: the request body is what ends the exchange.
       '/held': () => undefined,
       '/held-second': () => undefined,
-      // Answers once the client that asked has left.
-      [`${ACME}/slow`]: (socket) => void setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow'), 1500),
+      [`${ACME}/slow-connect`]: (socket) => slow('slow-connect', socket),
+      [`${ACME}/slow-upgrade`]: (socket) => slow('slow-upgrade', socket),
     },
     { sockets, saw },
   );
@@ -93,5 +102,36 @@ describe('an HTTP/1.1 request body that turns bad after part of it was forwarded
       line: [400, 'KEYEDGE_HTTP_BAD_FRAMING', undefined],
     });
     expect(await requestsCount('4xx', 'KEYEDGE_HTTP_BAD_FRAMING')).toBe(before + 1);
+  });
+});
+
+describe('an HTTP/2 request refused by us whose client reset it in the same packet', () => {
+  // Our 413 was handed to nghttp2, which dropped it with the stream: no HEADERS went out, yet the line said 413 with
+  // its body's bytes, aborted.
+  it('is logged as the client leaving: 499 KEYEDGE_HTTP_CLIENT_CLOSED, aborted, no bytes', async () => {
+    const client = new RawH2(proxy.ports[0]!, ca, HOST);
+    await client.secure;
+    client.preface();
+    const ids = [1, 3, 5];
+    for (const id of ids) {
+      const block = Buffer.concat([
+        Buffer.from([0x83, 0x87]),
+        hpackLiteral(':path', `/too-large-${id}`),
+        hpackLiteral(':authority', HOST),
+        hpackLiteral('content-length', '999999999999'),
+      ]);
+      // CANCEL (0x8): one write, one TLS record.
+      client.write(Buffer.concat([headerFrames(id, block, false), rstStream(id, 0x8)]));
+      await sleep(50);
+    }
+    const logged = await Promise.all(ids.map((id) => accessLine(`/too-large-${id}`)));
+    client.write(frame(0x7, 0, 0, Buffer.alloc(8)));
+    client.tls.destroy();
+    // Whatever the order, a line may say 413 only for a stream whose HEADERS the client got.
+    const said = logged.map((l, i) => ({ status: l.status, code: l.code, aborted: l.aborted, bytes: l.bytes ?? 0, answered: client.answered.has(ids[i]!) }));
+    for (const line of said) {
+      if (line.answered) expect(line).toMatchObject({ status: 413, code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' });
+      else expect(line).toEqual({ status: 499, code: 'KEYEDGE_HTTP_CLIENT_CLOSED', aborted: true, bytes: 0, answered: false });
+    }
   });
 });
