@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type net from 'node:net';
+import net from 'node:net';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
@@ -133,5 +133,40 @@ describe('an HTTP/2 request refused by us whose client reset it in the same pack
       if (line.answered) expect(line).toMatchObject({ status: 413, code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' });
       else expect(line).toEqual({ status: 499, code: 'KEYEDGE_HTTP_CLIENT_CLOSED', aborted: true, bytes: 0, answered: false });
     }
+  });
+});
+
+/** A raw client of the plain-HTTP port: what it got, and when the proxy closed it. */
+async function plainClient(): Promise<{ socket: net.Socket; text: () => string; closed: Promise<void> }> {
+  const socket = net.connect(proxy.httpPort!, '127.0.0.1');
+  let received = '';
+  socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await new Promise((resolve) => socket.once('connect', resolve));
+  return { socket, text: () => received, closed };
+}
+
+describe('a client that leaves behind a pipelined CONNECT or Upgrade on the plain-HTTP port', () => {
+  // The socket Node hands over with the CONNECT (or Upgrade) waits, paused, for the answers before it: a plain socket
+  // paused reads nothing, so the client's FIN went unseen, the earlier request (an ACME challenge at its origin) was
+  // logged 200 when its answer came, written to a client that had left, and its origin request was not abandoned.
+  it.each([
+    ['CONNECT', 'slow-connect', `${HOST}:443`, `CONNECT ${HOST}:443 HTTP/1.1\r\nHost: ${HOST}:443\r\n\r\n`],
+    ['Upgrade', 'slow-upgrade', '/behind', `GET /behind HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`],
+  ])('%s: the request before it and itself are logged 499, the origin request abandoned', async (_name, token, behindPath, behind) => {
+    const path = `${ACME}/${token}`;
+    const client = await plainClient();
+    client.socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${behind}`);
+    await waitFor('the request at the origin', () => (saw.includes(`GET ${path} HTTP/1.1`) ? true : undefined));
+    client.socket.end();
+    const line = await accessLine(path);
+    client.socket.destroy();
+    expect([line.status, line.code, line.aborted]).toEqual([499, 'KEYEDGE_HTTP_CLIENT_CLOSED', true]);
+    // Nor is the CONNECT's refusal, never sent, logged as its 400.
+    const own = await accessLine(behindPath);
+    expect([own.status, own.code, own.aborted]).toEqual([499, 'KEYEDGE_HTTP_CLIENT_CLOSED', true]);
+    // Abandoned: the origin connection that carried it is closed, not kept for its answer.
+    await waitFor('the origin connection closed', () => (slowAt.get(token)?.destroyed === true ? true : undefined));
   });
 });
