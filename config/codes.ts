@@ -60,7 +60,8 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_BAD_TARGET:
     '400: an absolute-form target that is not http(s), has userinfo or does not parse, or `*` outside OPTIONS; a Host or HTTP/2 :authority that is not host[:port]',
   KEYEDGE_HTTP_TRANSFER_CODING: "501: an HTTP/1.1 request's Transfer-Encoding names a coding besides its final chunked",
-  KEYEDGE_HTTP_BAD_FRAMING: "400: an HTTP/1.0 request with Transfer-Encoding, or an HTTP/1.1 request's Transfer-Encoding without a final chunked",
+  KEYEDGE_HTTP_BAD_FRAMING:
+    "400: an HTTP/1.0 request with Transfer-Encoding, or an HTTP/1.1 request's Transfer-Encoding without a final chunked; logged for a body the parser refused mid-way",
   KEYEDGE_HTTP_SERVER_OPTIONS: '200: `OPTIONS *`, answered by the proxy itself',
   KEYEDGE_HTTP_EXPECTATION_FAILED: '417: an Expect other than 100-continue',
   KEYEDGE_HTTP_PLAIN_HTTP: '400: plain HTTP sent to a TLS port',

@@ -20,6 +20,7 @@ import type { HttpErrorCode } from '../../config/codes.js';
 import type { ProxyDomain } from '../../config/proxy-schema.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, type RequestTally, statusClass } from '../metrics.js';
+import { parserRefusal } from './client-error.js';
 import type { ForwardOptions } from './forward.js';
 import { stalledSend } from './send-stall.js';
 import type { TrustedPeers } from './trusted-peers.js';
@@ -208,6 +209,12 @@ export class RequestRecord implements ForwardOptions {
     this.ended = true;
     this.cancelQueued?.();
     const { res } = this;
+    // Its body turned bad and the parser's refusal went out instead (client-error.ts): that is what the client got.
+    const refused = parserRefusal(res);
+    if (refused !== undefined) {
+      this.code = refused.code;
+      return this.accounts.count(this, { aborted: false, code: refused.code, status: refused.status });
+    }
     const aborted = !res.writableFinished;
     // A client that stopped reading is cut by the send-stall timer before forward() can say so.
     const ours = this.code ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);

@@ -12,9 +12,14 @@
  * Bytes after a request that said `close` are no bad request: its answer goes
  * out, then the connection lingers (linger.ts `lingerAfterLastAnswer`).
  * The HTTP/2 connection preface gets a 400 of ours that says what it met.
+ * A request whose body turned bad after its head was handed over (a bad
+ * chunk size mid-body) has its answer's access line and count say our
+ * status and code (`parserRefusal`), not the client's leaving: its own
+ * answer never starts, the connection closes after ours.
  */
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { HttpErrorCode } from '../../config/codes.js';
 import { closesAfterAnswer, LINGER_MS, lingerAfterLastAnswer } from './linger.js';
 import { answerInProgress, whenAnswersSent } from './queued.js';
 
@@ -37,13 +42,38 @@ const H2_PREFACE = {
   body: H2_PREFACE_BODY,
 };
 
+interface ParserAnswer {
+  readonly status: number;
+  readonly reason: string;
+  /** What the access line of a request refused mid-body says (README's codes); the answer carries none. */
+  readonly code: HttpErrorCode;
+  readonly headers?: string;
+  readonly body?: string;
+}
+
 /** Node's own choice of status for a parser error (lib/_http_server.js, socketOnError); ours for the HTTP/2 preface. */
-function statusFor(code: string | undefined): { readonly status: number; readonly reason: string; readonly headers?: string; readonly body?: string } {
-  if (code === 'HPE_PAUSED_H2_UPGRADE') return H2_PREFACE;
-  if (code === 'HPE_HEADER_OVERFLOW') return { status: 431, reason: 'Request Header Fields Too Large' };
-  if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return { status: 413, reason: 'Payload Too Large' };
-  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, reason: 'Request Timeout' };
-  return { status: 400, reason: 'Bad Request' };
+function statusFor(code: string | undefined): ParserAnswer {
+  if (code === 'HPE_PAUSED_H2_UPGRADE') return { ...H2_PREFACE, code: 'KEYEDGE_HTTP_H2_PREFACE' };
+  // In a chunked body's trailer section: the head was within bounds, or it would not have been handed over.
+  if (code === 'HPE_HEADER_OVERFLOW') return { status: 431, reason: 'Request Header Fields Too Large', code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE' };
+  if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return { status: 413, reason: 'Payload Too Large', code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' };
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, reason: 'Request Timeout', code: 'KEYEDGE_HTTP_BODY_TIMEOUT' };
+  // A body whose framing does not parse (a bad chunk size, a chunk without its CRLF).
+  return { status: 400, reason: 'Bad Request', code: 'KEYEDGE_HTTP_BAD_FRAMING' };
+}
+
+/** Answers to requests refused by the parser mid-body, with what we sent instead of them (`parserRefusal`). */
+const refusedMidBody = new WeakMap<ServerResponse, { readonly status: number; readonly code: HttpErrorCode }>();
+
+/**
+ * What was sent instead of `res` when its request's body turned bad after
+ * its head was handed over: our status and its code, for its access line and
+ * count (access.ts, handler.ts `onAnswerEnd`). Without it, the answer closed
+ * unstarted with the connection and was logged 499 KEYEDGE_HTTP_CLIENT_CLOSED,
+ * the client's leaving, though the client had our 400.
+ */
+export function parserRefusal(res: ServerResponse): { readonly status: number; readonly code: HttpErrorCode } | undefined {
+  return refusedMidBody.get(res);
 }
 
 /** Connections answered and lingering: further bytes put Node's parser in error again, which changes nothing. */
@@ -83,7 +113,9 @@ function respond(err: NodeJS.ErrnoException, socket: Duplex, afterAnswers: boole
     socket.destroy();
     return;
   }
-  const { status, reason, headers = 'content-length: 0\r\n', body = '' } = statusFor(err.code);
+  const { status, reason, code, headers = 'content-length: 0\r\n', body = '' } = statusFor(err.code);
+  // The answer in progress is the bad request's own, its body unread to the end: ours goes out in its place.
+  if (pending !== undefined && !pending.req.complete) refusedMidBody.set(pending, { status, code });
   socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\n${headers}\r\n${body}`);
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
   socket.once('close', () => clearTimeout(timer));

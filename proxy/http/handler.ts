@@ -10,6 +10,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import type { ProxyMetrics } from '../metrics.js';
 import { connectionOf } from '../tls/connection.js';
 import { coveredBy, type NameIndex, selectByName } from '../tls/names.js';
+import { parserRefusal } from './client-error.js';
 import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginFailure, originFailure, type OriginPools } from './forward.js';
 import { BUSY_RETRY_AFTER_SECONDS } from './origin-gate.js';
@@ -111,6 +112,9 @@ export function onAnswerEnd(req: IncomingMessage, res: ServerResponse, code: () 
     if (ended) return;
     ended = true;
     cancel();
+    // Its body turned bad and the parser's refusal went out instead (client-error.ts): that is what the client got.
+    const refused = parserRefusal(res);
+    if (refused !== undefined) return account({ aborted: false, ...refused });
     const aborted = !res.writableFinished;
     // A client that stopped reading is cut by the send-stall timer before forward() can say so.
     const ours = code() ?? (stalledSend(res) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : undefined);

@@ -147,13 +147,36 @@ export function whenAnswersSent(socket: Duplex, then: () => void): void {
  * for a 'drain' that never comes, until its send timeout cut it.
  */
 export function inAnswerOrder(socket: Duplex, then: () => void): void {
+  waitForAnswers(socket, then, false);
+}
+
+/**
+ * `inAnswerOrder` for a caller that drops what the client sent after the
+ * request (the plain-HTTP port's CONNECT and Upgrade, answered as requests):
+ * it is read and dropped meanwhile instead of paused, so that the client's
+ * FIN is seen. A plain socket paused reads nothing, FIN included (a TLS one
+ * still sees it): the client's leaving went unseen, the answer before was
+ * written to no one and logged whole, and its origin request was not
+ * abandoned. Its FIN ends the connection, as Node's server takes a request's
+ * client's FIN (the answers cut, logged 499).
+ */
+export function dropAfterAnswers(socket: Duplex, then: () => void): void {
+  waitForAnswers(socket, then, true);
+}
+
+function waitForAnswers(socket: Duplex, then: () => void, dropsRest: boolean): void {
   if (answerInProgress(socket) === undefined) return then();
-  socket.pause();
+  const left = (): void => void socket.destroy();
+  if (dropsRest) {
+    socket.on('end', left);
+    socket.resume();
+  } else socket.pause();
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
   const drain = (): void => void answerInProgress(socket)?.emit('drain');
   socket.on('drain', drain);
   whenAnswersSent(socket, () => {
     socket.off('drain', drain);
+    socket.off('end', left);
     // The connection closes after an answer before it (its request's body unread, linger.ts; a reload or the stop,
     // retire.ts): nothing after that answer is processed (RFC 9112 §9.6), what the client still sends is dropped.
     if (closesAfterAnswer(socket)) return void socket.resume();

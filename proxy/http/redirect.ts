@@ -27,7 +27,7 @@ import type { Expectation, ExpectingHandler } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, CLIENT_CLOSED_STATUS, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
-import { cutAnswer, inAnswerOrder, queueAnswer } from './queued.js';
+import { cutAnswer, dropAfterAnswers, queueAnswer } from './queued.js';
 import { BODY_REFUSED, CONNECT_REFUSED, refusalText } from './upgrade.js';
 import type { TrustedPeers } from './trusted-peers.js';
 import type { ChallengeAnswers } from '../acme/challenges.js';
@@ -165,11 +165,14 @@ function refuseOnSocket(options: Pick<RedirectOptions, 'log' | 'metrics'>, req: 
   const { log, metrics } = options;
   // Node removed its own error listener when it handed the socket over; a reset from here on is expected.
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
-  inAnswerOrder(socket, () => {
-    const { status, code } = refusal;
+  dropAfterAnswers(socket, () => {
+    // Gone while the answers before it went out: its line says so, as a request's does (499), not the refusal never sent.
+    const gone = !socket.writable;
+    const { status, code } = gone ? { status: CLIENT_CLOSED_STATUS, code: 'KEYEDGE_HTTP_CLIENT_CLOSED' as const } : refusal;
     metrics.requests.inc({ status_class: statusClass(status), code, protocol: 'http/1.1' });
-    log.info({ access: true, scheme: 'http', method: req.method, path: (req.url ?? '').split('?')[0], status, code }, 'request');
-    if (!socket.writable) return void socket.destroy();
+    const path = (req.url ?? '').split('?')[0];
+    log.info({ access: true, scheme: 'http', method: req.method, path, status, code, ...(gone ? { aborted: true } : {}) }, 'request');
+    if (gone) return void socket.destroy();
     socket.end(refusalText(refusal, undefined), 'latin1');
     socket.resume();
     lingerAfterEnd(socket);
@@ -194,7 +197,7 @@ export function answerUpgradeAsRequest(
     if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0)
       return refuseOnSocket(options, req, socket, BODY_REFUSED);
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
-    inAnswerOrder(socket, () => {
+    dropAfterAnswers(socket, () => {
       // Gone while the answers before it went out: its line says so, as a request's does (499).
       if (!socket.writable) {
         const code = 'KEYEDGE_HTTP_CLIENT_CLOSED';

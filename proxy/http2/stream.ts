@@ -18,7 +18,7 @@
  * The answers given before routing are own-answers.ts's; how an answer ends
  * when we end it (our refusal, a reset, a stalled end's cut), stream-end.ts's.
  */
-import type { IncomingHttpHeaders as Http2Headers, ServerHttp2Stream } from 'node:http2';
+import { constants, type IncomingHttpHeaders as Http2Headers, type ServerHttp2Stream } from 'node:http2';
 import type { ServerResponse } from 'node:http';
 import type { HttpErrorCode } from '../../config/codes.js';
 import type { Logger } from '../../keyserver/shared/log.js';
@@ -164,6 +164,8 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
   reset = false;
   /** Our answer or the origin's head went out. */
   answered = false;
+  /** Our answer was handed to nghttp2, and Node has not written since (`flushed`). */
+  unsent = false;
   // StreamForwardOptions
   readonly extraHeaders: Readonly<Record<string, string>>;
   maxBodyBytes: number;
@@ -216,7 +218,27 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.status = refusal.status;
     this.answered = true;
     answer(this.stream, refusal, this.extraHeaders);
-    if (this.stream.headersSent) this.bytes = this.method === 'HEAD' ? 0 : Buffer.byteLength(refusal.body);
+    if (this.stream.headersSent) {
+      this.bytes = this.method === 'HEAD' ? 0 : Buffer.byteLength(refusal.body);
+      this.unsent = true;
+      setImmediate(flushed, this);
+    }
+  }
+
+  /**
+   * Our answer was handed to nghttp2 while it read the frames its request came
+   * in (most of ours are: Node emits the stream as it reads its HEADERS), and a
+   * reset in the same read closed the stream: nghttp2 dropped our HEADERS
+   * unsent. The line says what the client got, its leaving before any answer
+   * head, as for any stream it resets unanswered (499, aborted, no bytes), not
+   * our status with bytes that never went out.
+   */
+  unanswered(): void {
+    this.unsent = false;
+    this.answered = false;
+    this.status = CLIENT_CLOSED_STATUS;
+    this.code = undefined;
+    this.bytes = undefined;
   }
 
   /** Once, however the stream ended: its connection's bookkeeping, then its access line and counts. */
@@ -224,6 +246,9 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     const { stream } = this;
     this.context.onClosed(stream);
     this.seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
+    // Reset (by the client, or by us in the same read: tiny frames) before Node wrote our answer: nghttp2 dropped its
+    // HEADERS unsent (RFC 9113 §5.1). A stream closed cleanly as it went out (its END_STREAM) has no reset code.
+    if (this.unsent && (stream.rstCode ?? constants.NGHTTP2_NO_ERROR) !== constants.NGHTTP2_NO_ERROR) this.unanswered();
     this.aborted = this.reset || !answeredWhole(stream);
     const ours = this.code ?? (stalledSend(stream as unknown as ServerResponse) || stalledEnd(stream) ? 'KEYEDGE_HTTP_SEND_TIMEOUT' : ourReset(stream));
     this.code = this.aborted && ours === undefined ? 'KEYEDGE_HTTP_CLIENT_CLOSED' : ours;
@@ -251,6 +276,15 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     if (!this.answered) this.respond(originRefusal(originFailure(err)));
     else cut(stream);
   }
+}
+
+/**
+ * Node writes what nghttp2 holds in its check phase (a native immediate, run
+ * before this one): by now our answer head has gone out, unless its stream was
+ * reset first.
+ */
+function flushed(record: StreamRecord): void {
+  record.unsent = false;
 }
 
 /** 'aborted' (a reset while the answer was open) and 'close' (every end): each comes once, and `on` spares once()'s wrapper. */
