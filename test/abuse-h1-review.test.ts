@@ -21,6 +21,8 @@ const saw: string[] = [];
 const lines: Record<string, unknown>[] = [];
 const HOST = 'review.lab.test';
 const ACME = '/.well-known/acme-challenge';
+/** An origin's answer larger than a socket's write buffer: its writes meet backpressure. */
+const BIG = 1 << 20;
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -32,6 +34,7 @@ beforeAll(async () => {
       [`${ACME}/first`]: 'HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst',
       [`${ACME}/smuggled`]: 'HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nSMUGGLED',
       [`${ACME}/warm`]: 'HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nwarm',
+      [`${ACME}/big`]: `HTTP/1.1 200 OK\r\ncontent-length: ${BIG}\r\n\r\n${'z'.repeat(BIG)}`,
       // Answers once the client that asked has left.
       [`${ACME}/slow`]: (socket) => void setTimeout(() => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow'), 1000),
     },
@@ -142,6 +145,19 @@ describe('an Upgrade on the plain-HTTP port', () => {
       code: 'KEYEDGE_HTTP_CLIENT_CLOSED',
       lines: 1,
     });
+  });
+
+  it("an origin's answer larger than the socket's buffer goes out whole, and the connection closes after it", async () => {
+    // The answer is written on the socket Node handed over, which no longer passes its 'drain' to an answer: one that
+    // met backpressure waited for it for ever, the connection held open.
+    const client = await plainClient();
+    client.socket.write(upgradeHead(`${ACME}/big`));
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    const text = client.text();
+    expect({ statuses: statuses(text), body: text.length - text.indexOf('\r\n\r\n') - 4, closed }).toEqual({ statuses: ['200'], body: BIG, closed: true });
+    const line = await waitFor('its access line', () => lines.find((l) => l.access === true && l.path === `${ACME}/big`));
+    expect([line.status, line.aborted]).toEqual([200, undefined]);
   });
 
   it('with a body: 400, as on HTTPS, and nothing reaches an origin', async () => {

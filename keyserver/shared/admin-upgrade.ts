@@ -47,6 +47,10 @@ export function answerUpgradesAsRequests(server: http.Server, busy: (socket: net
     res.assignSocket(socket);
     res.once('finish', () => {
       res.detachSocket(socket);
+      // Its 'close', as Node's server gives an answer after its 'finish': the connection's bookkeeping waits for it to
+      // count the answer done (admin-connections.ts), or the connection was held from a newcomer at the cap until its
+      // client closed or CLOSE_GRACE_MS passed.
+      process.nextTick(() => res.emit('close'));
       socket.end();
       closeAfterGrace(socket);
     });

@@ -213,7 +213,12 @@ export function answerUpgradeAsRequest(
       const res = new ServerResponse(req);
       res.shouldKeepAlive = false;
       res.assignSocket(socket as Socket);
+      // Node's server dropped its 'drain' listener, which passes the socket's 'drain' to its answer, when it handed the
+      // socket over: an answer that met backpressure (an origin's, over the socket's buffer) waited for it for ever.
+      const drain = (): void => void res.emit('drain');
+      socket.on('drain', drain);
       res.once('finish', () => {
+        socket.off('drain', drain);
         res.detachSocket(socket as Socket);
         socket.end();
         socket.resume();
