@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
+import { plainClient } from './helpers/pipelined.js';
 import { frame, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
@@ -136,17 +137,6 @@ describe('an HTTP/2 request refused by us whose client reset it in the same pack
   });
 });
 
-/** A raw client of the plain-HTTP port: what it got, and when the proxy closed it. */
-async function plainClient(): Promise<{ socket: net.Socket; text: () => string; closed: Promise<void> }> {
-  const socket = net.connect(proxy.httpPort!, '127.0.0.1');
-  let received = '';
-  socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
-  socket.on('error', () => undefined);
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  await new Promise((resolve) => socket.once('connect', resolve));
-  return { socket, text: () => received, closed };
-}
-
 describe('a client that leaves behind a pipelined CONNECT or Upgrade on the plain-HTTP port', () => {
   // The socket Node hands over with the CONNECT (or Upgrade) waits, paused, for the answers before it: a plain socket
   // paused reads nothing, so the client's FIN went unseen, the earlier request (an ACME challenge at its origin) was
@@ -156,7 +146,7 @@ describe('a client that leaves behind a pipelined CONNECT or Upgrade on the plai
     ['Upgrade', 'slow-upgrade', '/behind', `GET /behind HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`],
   ])('%s: the request before it and itself are logged 499, the origin request abandoned', async (_name, token, behindPath, behind) => {
     const path = `${ACME}/${token}`;
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${behind}`);
     await waitFor('the request at the origin', () => (saw.includes(`GET ${path} HTTP/1.1`) ? true : undefined));
     client.socket.end();

@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
+import { plainClient, within } from './helpers/pipelined.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
@@ -57,8 +58,6 @@ afterAll(async () => {
   await lab?.close();
 });
 
-/** Resolves with true once `closed` resolves, with false after `ms`. */
-const within = (closed: Promise<unknown>, ms: number): Promise<boolean> => Promise.race([closed.then(() => true), sleep(ms).then(() => false)]);
 const statuses = (text: string): string[] => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);
 
 describe("a keep-alive connection's next request, refused by the parser", () => {
@@ -81,17 +80,6 @@ describe("a keep-alive connection's next request, refused by the parser", () => 
   });
 });
 
-/** A raw client of the plain-HTTP port: what it got, and when the proxy closed it. */
-async function plainClient(): Promise<{ socket: net.Socket; text: () => string; closed: Promise<void> }> {
-  const socket = net.connect(proxy.httpPort!, '127.0.0.1');
-  let received = '';
-  socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
-  socket.on('error', () => undefined);
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  await new Promise((resolve) => socket.once('connect', resolve));
-  return { socket, text: () => received, closed };
-}
-
 const upgradeHead = (path: string): string => `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`;
 
 describe('an Upgrade on the plain-HTTP port', () => {
@@ -100,7 +88,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
   // unanswered on a connection kept open; and bytes that came after as the body of that request were read as a
   // request of their own: a front proxy's view of the connection and ours part (request smuggling).
   it('is answered with Connection: close, and a request pipelined behind it is never processed', async () => {
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(`${upgradeHead('/x')}GET /y HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     const closed = await within(client.closed, 8000);
     client.socket.destroy();
@@ -110,7 +98,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
 
   it('bytes sent after it as a body never reach an origin as a request', async () => {
     const before = saw.length;
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     const smuggled = `GET ${ACME}/smuggled HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`;
     // In one read: the Upgrade, then a request whose declared body is the next read.
     client.socket.write(`${upgradeHead(`${ACME}/first`)}POST /y HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: ${smuggled.length}\r\n\r\n`);
@@ -124,7 +112,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
   });
 
   it('a client that leaves before its answer is logged 499, as for a request', async () => {
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(upgradeHead(`${ACME}/slow`));
     await waitFor('the request at the origin', () => (saw.includes(`GET ${ACME}/slow HTTP/1.1`) ? true : undefined));
     client.socket.end();
@@ -134,7 +122,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
 
   it('pipelined behind a request, its client gone before its turn: logged 499, once', async () => {
     const before = saw.length;
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(`GET ${ACME}/slow HTTP/1.1\r\nHost: ${HOST}\r\n\r\n${upgradeHead('/gone-behind')}`);
     await waitFor('the request at the origin', () => (saw.slice(before).includes(`GET ${ACME}/slow HTTP/1.1`) ? true : undefined));
     client.socket.resetAndDestroy();
@@ -150,7 +138,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
   it("an origin's answer larger than the socket's buffer goes out whole, and the connection closes after it", async () => {
     // The answer is written on the socket Node handed over, which no longer passes its 'drain' to an answer: one that
     // met backpressure waited for it for ever, the connection held open.
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(upgradeHead(`${ACME}/big`));
     const closed = await within(client.closed, 8000);
     client.socket.destroy();
@@ -162,7 +150,7 @@ describe('an Upgrade on the plain-HTTP port', () => {
 
   it('with a body: 400, as on HTTPS, and nothing reaches an origin', async () => {
     const before = saw.length;
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(`POST ${ACME}/first HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello`);
     const closed = await within(client.closed, 8000);
     client.socket.destroy();
@@ -186,12 +174,12 @@ describe('an HTTP/1.1 request without Host on the plain-HTTP port', () => {
   // had no access line. HTTPS refuses it in the handler since the same was found there.
   it('gets our 400 and its access line; a request pipelined behind it reaches no origin', async () => {
     // An origin connection kept open, so that a request handed over is written to it at once.
-    const warm = await plainClient();
+    const warm = await plainClient(proxy.httpPort!);
     warm.socket.write(`GET ${ACME}/warm HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     await waitFor('the warm answer', () => (warm.text().endsWith('\r\n\r\nwarm') ? true : undefined));
     warm.socket.destroy();
     const before = saw.length;
-    const client = await plainClient();
+    const client = await plainClient(proxy.httpPort!);
     client.socket.write(`POST /no-host HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET ${ACME}/smuggled HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
     const closed = await within(client.closed, 8000);
     client.socket.destroy();

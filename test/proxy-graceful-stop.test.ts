@@ -1,12 +1,13 @@
 import http from 'node:http';
 import http2 from 'node:http2';
-import net from 'node:net';
+import type net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
 import { sleep } from './helpers/keyserver.js';
+import { plainClient, within } from './helpers/pipelined.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
@@ -69,20 +70,6 @@ async function startProxy(name: string): Promise<Stopping> {
   }));
   return { proxy, httpPort };
 }
-
-/** A plain TCP client: what came back, and whether the proxy closed the connection (its FIN or a reset). */
-async function plainClient(port: number): Promise<{ socket: net.Socket; text: () => string; closed: Promise<void> }> {
-  const socket = net.connect(port, '127.0.0.1');
-  let received = '';
-  socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
-  socket.on('error', () => undefined);
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  await new Promise((resolve) => socket.once('connect', resolve));
-  return { socket, text: () => received, closed };
-}
-
-/** Resolves with true once `closed` resolves, with false after `ms`. */
-const within = (closed: Promise<unknown>, ms: number): Promise<boolean> => Promise.race([closed.then(() => true), sleep(ms).then(() => false)]);
 
 const answersIn = (text: string) => splitAll(text, (rest) => nextAnswer(rest, () => false, false)).messages;
 const acme = (path: string): string => `GET /.well-known/acme-challenge/${path} HTTP/1.1\r\nhost: ${HOST}\r\n\r\n`;

@@ -44,3 +44,17 @@ export async function twoWrites(port: number, first: string, second: string, wai
   socket.destroy();
   return { text, closed: result };
 }
+
+/** A raw TCP client of `port` on loopback, connected: what came back so far, and when the server closed it (FIN or reset). */
+export async function plainClient(port: number): Promise<{ socket: net.Socket; text: () => string; closed: Promise<void> }> {
+  const socket = net.connect(port, '127.0.0.1');
+  let received = '';
+  socket.on('data', (chunk: Buffer) => void (received += chunk.toString('latin1')));
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await new Promise((resolve) => socket.once('connect', resolve));
+  return { socket, text: () => received, closed };
+}
+
+/** Resolves with true once `closed` resolves, with false after `ms`. */
+export const within = (closed: Promise<unknown>, ms: number): Promise<boolean> => Promise.race([closed.then(() => true), sleep(ms).then(() => false)]);
