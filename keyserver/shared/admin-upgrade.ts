@@ -19,8 +19,9 @@
  * pipeline). Every answer here closes the connection: an end, then a destroy
  * after CLOSE_GRACE_MS for a client that does not close its side.
  */
-import http from 'node:http';
+import type http from 'node:http';
 import type net from 'node:net';
+import { closingAnswer, declaresBody } from './closing-answer.js';
 
 /** How long a connection answered here may stay open for its client to read the answer and close. */
 export const CLOSE_GRACE_MS = 5_000;
@@ -38,23 +39,16 @@ export function answerUpgradesAsRequests(server: http.Server, busy: (socket: net
     // What follows the head is read and dropped.
     socket.resume();
     if (busy(socket)) return void socket.destroy();
-    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) {
+    if (declaresBody(req)) {
       socket.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${BODY_REFUSED.length}\r\n\r\n${BODY_REFUSED}`);
       return closeAfterGrace(socket);
     }
-    const res = new http.ServerResponse(req);
-    res.shouldKeepAlive = false;
-    res.assignSocket(socket);
-    res.once('finish', () => {
-      res.detachSocket(socket);
-      // Its 'close', as Node's server gives an answer after its 'finish': the connection's bookkeeping waits for it to
-      // count the answer done (admin-connections.ts), or the connection was held from a newcomer at the cap until its
-      // client closed or CLOSE_GRACE_MS passed.
-      process.nextTick(() => res.emit('close'));
-      socket.end();
-      closeAfterGrace(socket);
-    });
-    server.emit('request', req, res);
+    closingAnswer(
+      req,
+      socket,
+      (res) => server.emit('request', req, res),
+      () => closeAfterGrace(socket),
+    );
   });
 }
 

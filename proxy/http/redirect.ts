@@ -17,9 +17,10 @@
  * coming they close the connection, after a bounded lingering, unless it is
  * small and declared: then it is read and dropped (linger.ts).
  */
-import { type IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { closingAnswer, declaresBody } from '../../keyserver/shared/closing-answer.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
@@ -194,8 +195,7 @@ export function answerUpgradeAsRequest(
   handler: ExpectingHandler,
 ): (req: IncomingMessage, socket: Duplex) => void {
   return (req, socket) => {
-    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0)
-      return refuseOnSocket(options, req, socket, BODY_REFUSED);
+    if (declaresBody(req)) return refuseOnSocket(options, req, socket, BODY_REFUSED);
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
     dropAfterAnswers(socket, () => {
       // Gone while the answers before it went out: its line says so, as a request's does (499).
@@ -210,21 +210,15 @@ export function answerUpgradeAsRequest(
       // takes as the end of a request's client) is seen, and its answer and origin request end with it, logged 499.
       socket.resume();
       socket.once('end', () => socket.destroy());
-      const res = new ServerResponse(req);
-      res.shouldKeepAlive = false;
-      res.assignSocket(socket as Socket);
-      // Node's server dropped its 'drain' listener, which passes the socket's 'drain' to its answer, when it handed the
-      // socket over: an answer that met backpressure (an origin's, over the socket's buffer) waited for it for ever.
-      const drain = (): void => void res.emit('drain');
-      socket.on('drain', drain);
-      res.once('finish', () => {
-        socket.off('drain', drain);
-        res.detachSocket(socket as Socket);
-        socket.end();
-        socket.resume();
-        lingerAfterEnd(socket);
-      });
-      handler(req, res);
+      closingAnswer(
+        req,
+        socket as Socket,
+        (res) => handler(req, res),
+        () => {
+          socket.resume();
+          lingerAfterEnd(socket);
+        },
+      );
     });
   };
 }
