@@ -45,6 +45,7 @@ beforeAll(async () => {
       // Never answers: the request body is what ends the exchange.
       '/held': () => undefined,
       '/held-second': () => undefined,
+      '/held-continue': () => undefined,
       [`${ACME}/slow-connect`]: (socket) => slow('slow-connect', socket),
       [`${ACME}/slow-upgrade`]: (socket) => slow('slow-upgrade', socket),
     },
@@ -83,7 +84,10 @@ describe('an HTTP/1.1 request body that turns bad after part of it was forwarded
   it.each([
     ['the first request of its connection', '/held', false],
     ['a keep-alive connection’s second request', '/held-second', true],
+    // A final status may follow 100 (Continue) (RFC 9110 §15.2.1): the 100 is no answer begun.
+    ['a request that was sent 100 Continue', '/held-continue', false],
   ])('%s: the client gets 400, and its line and count say 400 KEYEDGE_HTTP_BAD_FRAMING', async (_name, path, second) => {
+    const continued = path === '/held-continue';
     const before = await requestsCount('4xx', 'KEYEDGE_HTTP_BAD_FRAMING');
     const client = await rawTls(proxy.ports[0]!, HOST, ca);
     client.socket.on('error', () => undefined);
@@ -93,13 +97,16 @@ describe('an HTTP/1.1 request body that turns bad after part of it was forwarded
     }
     // A first chunk past what is read whole before forwarding (64 KiB): the request and that chunk reach the origin.
     const first = 'a'.repeat(70_000);
-    client.socket.write(`POST ${path} HTTP/1.1\r\nHost: ${HOST}\r\nTransfer-Encoding: chunked\r\n\r\n${first.length.toString(16)}\r\n${first}\r\n`);
+    const head = `POST ${path} HTTP/1.1\r\nHost: ${HOST}\r\nTransfer-Encoding: chunked\r\n${continued ? 'Expect: 100-continue\r\n' : ''}\r\n`;
+    client.socket.write(head);
+    if (continued) await waitFor('the 100', () => (client.text().includes('HTTP/1.1 100 Continue') ? true : undefined));
+    client.socket.write(`${first.length.toString(16)}\r\n${first}\r\n`);
     await waitFor('the request at the origin', () => (saw.includes(`POST ${path} HTTP/1.1`) ? true : undefined));
     client.socket.write('zz\r\n');
     await client.closed;
     const line = await accessLine(path);
     expect({ statuses: statuses(client.text()), line: [line.status, line.code, line.aborted] }).toEqual({
-      statuses: second ? ['200', '400'] : ['400'],
+      statuses: second ? ['200', '400'] : continued ? ['100', '400'] : ['400'],
       line: [400, 'KEYEDGE_HTTP_BAD_FRAMING', undefined],
     });
     expect(await requestsCount('4xx', 'KEYEDGE_HTTP_BAD_FRAMING')).toBe(before + 1);

@@ -95,21 +95,21 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
   // are read and dropped, not processed (linger.ts), so a parse error there is no error of the request. Answered
   // 400, the client was told its request failed while its origin had served it; its answer goes out instead.
   if (err.code?.startsWith('HPE_') === true && closesAfterAnswer(socket)) return;
-  respond(err, socket, false);
+  respond(err, socket);
 }
 
-/** Our answer, once the answers to the whole requests before the bad one are sent (`afterAnswers`: some were). */
-function respond(err: NodeJS.ErrnoException, socket: Duplex, afterAnswers: boolean): void {
+/** Our answer, once the answers to the whole requests before the bad one are sent. */
+function respond(err: NodeJS.ErrnoException, socket: Duplex): void {
   const pending = answerInProgress(socket);
   // Pipelined requests read whole before the bad one are answered first, in order (RFC 9112 §9.3.2): written now,
   // our status would reach the client as the answer to the first of them, and theirs would be lost.
-  if (pending?.req.complete === true) return whenAnswersSent(socket, () => respond(err, socket, true));
-  // A client gone, or an answer under way (the one to the request whose body went bad, or its 100 Continue): nothing
-  // can be said on this connection. Bytes written before it are the answers to earlier requests, whole (a keep-alive
-  // connection's): the bad request still gets its status, as the first on a connection does. Counting them, the
-  // connection was destroyed without a word, and the client's request failed with no answer.
-  const continued = (pending as (ServerResponse & { _sent100?: boolean }) | undefined)?._sent100 === true;
-  if (!socket.writable || err.code === 'ECONNRESET' || pending?.headersSent === true || (!afterAnswers && continued)) {
+  if (pending?.req.complete === true) return whenAnswersSent(socket, () => respond(err, socket));
+  // A client gone, or the answer to the request whose body went bad under way: nothing can be said on this
+  // connection. Bytes written before it are the answers to earlier requests, whole (a keep-alive connection's), or
+  // the bad request's 100 (Continue), after which a final status is still due (RFC 9110 §15.2.1): the bad request
+  // still gets its status, as the first on a connection does. Counting them, the connection was destroyed without a
+  // word, and the client's request failed with no answer.
+  if (!socket.writable || err.code === 'ECONNRESET' || pending?.headersSent === true) {
     socket.destroy();
     return;
   }
