@@ -44,13 +44,16 @@ export function originKey(u: string): string {
   }
 }
 
-const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port, no credentials (etcd.auth)';
+const ETCD_ENDPOINT_EXPECTED = 'expected an etcd endpoint URL: http://host:port or https://host:port, no path, query or fragment, no credentials (etcd.auth)';
 export const etcdEndpoint = z.string({ error: ETCD_ENDPOINT_EXPECTED }).refine(
   (u) => {
     try {
       const url = new URL(u);
       // No user or password: etcd's auth is `auth` with a password file, and a password here would be dropped unused.
-      return (url.protocol === 'http:' || url.protocol === 'https:') && url.pathname === '/' && url.username === '' && url.password === '' && url.search === '';
+      // No path, query or fragment: etcd's client takes a host and port only, and dropped them unsaid. Not `search` and
+      // `hash` alone: the URL parser gives an empty '?' or '#' as '', so the text itself must have neither.
+      const bare = url.pathname === '/' && !u.includes('?') && !u.includes('#');
+      return (url.protocol === 'http:' || url.protocol === 'https:') && bare && url.username === '' && url.password === '';
     } catch {
       return false;
     }

@@ -1,8 +1,9 @@
 /**
  * Reading a config file: its text as JSON (a UTF-8 BOM dropped), with a read
  * or syntax error that names the file and, when V8 gives a position, the line
- * and column, so the operator can go straight to it. The error never quotes
- * the file's text: it could hold a secret.
+ * and column and the line's shape around it, so the operator can go straight
+ * to it. The error never quotes the file's values: they could hold a secret
+ * (json-excerpt.ts masks them).
  *
  * The file is read through setting-file.ts, only if it is a regular file of
  * at most MAX_CONFIG_BYTES: a config path replaced by a FIFO would block
@@ -10,6 +11,7 @@
  * that serves (a reload, SIGHUP, runs this in the cluster's primary).
  */
 import { ConfigError } from './errors.js';
+import { maskedExcerpt } from './json-excerpt.js';
 import { readSettingFile } from './setting-file.js';
 
 /** Far past any real config (a few KiB; a large on-demand or domain list, some MiB). */
@@ -24,13 +26,33 @@ function readConfigText(file: string): string {
   }
 }
 
+/** V8's context on either side of an unexpected token (JsonParser::ReportUnexpectedToken's kMaxContextCharacters). */
+const CONTEXT = 10;
+/** V8's "Unexpected token" message: the token, then the text around it, `...` where V8 cut it, or the whole text if short. */
+const UNEXPECTED_TOKEN = /^Unexpected token '[\s\S]', (\.\.\.)?"([\s\S]*)"(\.\.\.)? is not valid JSON$/;
+
+/**
+ * The offset of V8's unexpected token, which it gives no position for, from the text it quotes around it: the 10
+ * characters either side, cut at the text's start or end; none for a text under 21 characters, quoted whole.
+ */
+function unexpectedTokenOffset(reason: string, text: string): number | undefined {
+  const m = UNEXPECTED_TOKEN.exec(reason);
+  if (m === null) return undefined;
+  const [, cutBefore, context, cutAfter] = m as unknown as [string, string | undefined, string, string | undefined];
+  if (cutBefore === undefined && cutAfter === undefined) return undefined;
+  if (cutBefore === undefined) return context.length - CONTEXT;
+  if (cutAfter === undefined) return text.length - context.length + CONTEXT;
+  const start = text.indexOf(context);
+  return start < 0 ? undefined : start + CONTEXT;
+}
+
 function lineColumn(text: string, offset: number): { line: number; column: number } {
   const before = text.slice(0, Math.min(offset, text.length));
   const lastBreak = before.lastIndexOf('\n');
   return { line: before.split('\n').length, column: offset - lastBreak };
 }
 
-/** Reads and parses a JSON file; a syntax error names the file and, when V8 gives a position, the line and column. */
+/** Reads and parses a JSON file; a syntax error names the file and, when V8 gives a position, the line, column and masked line. */
 export function readJsonConfig(file: string): unknown {
   let text = readConfigText(file);
   // Editors on some platforms save UTF-8 with a BOM, which JSON.parse rejects.
@@ -40,18 +62,20 @@ export function readJsonConfig(file: string): unknown {
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     const position = /at position (\d+)/.exec(reason)?.[1];
-    const offset = position !== undefined ? Number(position) : /end of JSON input/.test(reason) ? text.length : undefined;
-    // V8 sometimes quotes the surrounding text ('Unexpected token ..., "<text>"
-    // is not valid JSON'); that text could hold a secret, so it is cut off,
+    const offset = position !== undefined ? Number(position) : /end of JSON input/.test(reason) ? text.length : unexpectedTokenOffset(reason, text);
+    // V8 quotes the surrounding text of an unexpected token ('Unexpected token ..., "<text>" is not valid JSON', with
+    // `...` before or after the quote where it cut a longer text); that text could hold a secret, so it is cut off,
     // and the SyntaxError is not kept as `cause`, which logs would print.
     const cleaned = reason
-      .replace(/,\s*".*" is not valid JSON$/s, '')
+      .replace(/,\s*(?:\.\.\.)?".*"(?:\.\.\.)? is not valid JSON$/s, '')
+      // A letter or digit as the token is the first of a bare word, perhaps a PIN: the excerpt shows where, masked.
+      .replace(/^Unexpected token '[^\s"{}[\]:,/*]'/, 'Unexpected word')
       .replace(/ (?:in JSON )?at position \d+.*$/s, '')
       // biome-ignore lint/suspicious/noControlCharactersInRegex: escaping control characters is what this line is for
       .replace(/[\u0000-\u001f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
       .replace(/^./, (c) => c.toLowerCase());
     const at = offset === undefined ? undefined : lineColumn(text, offset);
-    const where = at ? ` at line ${at.line}, column ${at.column}` : '';
+    const where = at ? ` at line ${at.line}, column ${at.column} near '${maskedExcerpt(text, offset!)}'` : '';
     throw new ConfigError(file, '', `invalid JSON${where}: ${cleaned}; expected plain JSON (no comments, no trailing commas)`);
   }
 }

@@ -12,7 +12,7 @@
  * in the state directory), and each fork writes it afresh, whole, before the
  * worker starts.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deepFreeze } from '../config/deep-freeze.js';
 import type { ProxyConfig } from '../config/proxy-schema.js';
@@ -28,7 +28,11 @@ export function workerConfigEnv(config: ProxyConfig, warn: (message: string) => 
   const file = join(config.stateDir, 'worker-config.json');
   try {
     mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-    writeFileSync(`${file}.tmp`, JSON.stringify(config), { mode: 0o600 });
+    // Made afresh: a mode applies only to a file the write creates, so a tmp file left over (a primary stopped
+    // between the write and the rename) kept its own, 0644, and a link there was written through. 'wx' (O_EXCL):
+    // one put there again since the unlink fails the write rather than being written.
+    rmSync(`${file}.tmp`, { force: true });
+    writeFileSync(`${file}.tmp`, JSON.stringify(config), { mode: 0o600, flag: 'wx' });
     renameSync(`${file}.tmp`, file);
     return { [WORKER_CONFIG]: file };
   } catch (err) {

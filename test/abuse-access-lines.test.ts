@@ -7,7 +7,7 @@ import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { sleep } from './helpers/keyserver.js';
 import { plainClient } from './helpers/pipelined.js';
-import { frame, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
+import { frame, getHeaders, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
@@ -46,6 +46,7 @@ beforeAll(async () => {
       '/held': () => undefined,
       '/held-second': () => undefined,
       '/held-continue': () => undefined,
+      '/held-h2': () => undefined,
       [`${ACME}/slow-connect`]: (socket) => slow('slow-connect', socket),
       [`${ACME}/slow-upgrade`]: (socket) => slow('slow-upgrade', socket),
     },
@@ -136,11 +137,32 @@ describe('an HTTP/2 request refused by us whose client reset it in the same pack
     client.write(frame(0x7, 0, 0, Buffer.alloc(8)));
     client.tls.destroy();
     // Whatever the order, a line may say 413 only for a stream whose HEADERS the client got.
-    const said = logged.map((l, i) => ({ status: l.status, code: l.code, aborted: l.aborted, bytes: l.bytes ?? 0, answered: client.answered.has(ids[i]!) }));
+    const said = logged.map((l, i) => ({ status: l.status, code: l.code, aborted: l.aborted, bytes: l.bytes, answered: client.answered.has(ids[i]!) }));
     for (const line of said) {
       if (line.answered) expect(line).toMatchObject({ status: 413, code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' });
       else expect(line).toEqual({ status: 499, code: 'KEYEDGE_HTTP_CLIENT_CLOSED', aborted: true, bytes: 0, answered: false });
     }
+  });
+});
+
+describe('an HTTP/2 stream its client resets while the origin has not answered', () => {
+  // HTTP/1.1's line for a client gone before any answer says `bytes: 0` (what went out); HTTP/2's left `bytes` out.
+  it('is logged 499 KEYEDGE_HTTP_CLIENT_CLOSED, aborted, with the bytes sent: 0', async () => {
+    const client = new RawH2(proxy.ports[0]!, ca, HOST);
+    await client.secure;
+    client.preface();
+    client.write(getHeaders(1, HOST, '/held-h2'));
+    await waitFor('the request at the origin', () => (saw.includes('GET /held-h2 HTTP/1.1') ? true : undefined));
+    client.write(rstStream(1, 0x8));
+    const line = await accessLine('/held-h2');
+    client.tls.destroy();
+    expect({ protocol: line.protocol, status: line.status, code: line.code, aborted: line.aborted, bytes: line.bytes }).toEqual({
+      protocol: 'h2',
+      status: 499,
+      code: 'KEYEDGE_HTTP_CLIENT_CLOSED',
+      aborted: true,
+      bytes: 0,
+    });
   });
 });
 

@@ -230,6 +230,40 @@ describe('invalid configs', () => {
     expect(err.message).not.toContain('s3cr3t');
   });
 
+  test('invalid JSON shows its line around the column, values masked, at most about 60 characters', () => {
+    // V8's own message quotes one character ('unexpected token'): the line, with where in it, is what finds the fault.
+    const file = path.join(tmp, 'excerpt.json');
+    writeFileSync(file, '{\n  "stateDir": "x" "workers": 2\n}\n');
+    const err = configErrorOf(() => loadKeyserverConfig(file));
+    expect(err.message).toContain(file);
+    expect(err.message).toMatch(/invalid JSON at line 2, column 19 near/);
+    expect(err.message).toContain('near \'  "…": "…" >>>"…": …\'');
+    const long = path.join(tmp, 'long.json');
+    writeFileSync(long, `{"stateDir": "${'x'.repeat(5_000)}", "a": 1,, "b": "${'y'.repeat(5_000)}"}`);
+    const excerpt = /near '(.*)'/.exec(configErrorOf(() => loadKeyserverConfig(long)).message)?.[1] ?? '';
+    expect(excerpt).toContain('>>>,');
+    expect(excerpt.length).toBeLessThanOrEqual(64);
+  });
+
+  test.each([
+    ['a string', '{"pkcs11": {"pin": "s3cr3t"}}}', 's3cr3t'],
+    ['a number', '{"pkcs11": {"pin": 246813579}},', '246813579'],
+    ['a bare word', '{"pkcs11": {"pin": s3cr3t}}', "'s'"],
+    ['a bare word in a short file', '{"pin": s3cr3t}', 's3cr3t'],
+    ['a bare word at its start', '{"pin": s3cr3t, "workers": 2, "stateDir": "x"}', 's3cr3t'],
+    ['a bare word mid-file', '{"stateDir": "x", "pin": s3cr3t, "workers": 2, "stateDir": "x"}', 's3cr3t'],
+    ['a key', '{"pkcs11": {"s3cr3t": 1,}}', 's3cr3t'],
+    ['a URL with credentials', '{"acme": {"onDemand": {"ask": "http://edge:HUNTER2@ask.example/"}},}', 'HUNTER2'],
+    ['a comment', '{"workers": 2 // the PIN is s3cr3t\n}', 's3cr3t'],
+  ])('invalid JSON near %s never quotes it', (_name, text, secret) => {
+    const file = path.join(tmp, 'masked.json');
+    writeFileSync(file, text);
+    const err = configErrorOf(() => loadKeyserverConfig(file));
+    expect(err.message.includes(secret)).toBe(false);
+    // A file under 21 characters V8 quotes whole, with no position: it has no line to show.
+    expect(err.message).toMatch(text.length < 21 ? /invalid JSON: unexpected word;/ : /invalid JSON at line \d+, column \d+ near '/);
+  });
+
   test('a missing file names the file', () => {
     const file = path.join(tmp, 'absent.json');
     const err = configErrorOf(() => loadKeyserverConfig(file));

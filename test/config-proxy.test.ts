@@ -224,6 +224,12 @@ describe('proxy config', () => {
     [{ keyserver: { servers: Array.from({ length: 17 }, (_, i) => ({ socket: `${i}.sock` })) } }, 'keyserver.servers', 'at most 16'],
     [{ keyserver: { healthIntervalMs: 10 } }, 'keyserver.healthIntervalMs', '0 (off) or from 50 to 60000'],
     [{ workers: 0 }, 'workers', 'from 1 to 256'],
+    // A fragment, a query or a path has no meaning to etcd's client, which dropped them unsaid: each is refused.
+    [{ etcd: { endpoints: ['http://etcd.example:2379#frag'] } }, 'etcd.endpoints[0]', 'no path, query or fragment'],
+    [{ etcd: { endpoints: ['http://etcd.example:2379', 'http://etcd.example:2380/#'] } }, 'etcd.endpoints[1]', 'no path, query or fragment'],
+    [{ etcd: { endpoints: ['http://etcd.example:2379?'] } }, 'etcd.endpoints[0]', 'no path, query or fragment'],
+    [{ etcd: { endpoints: ['http://etcd.example:2379?a=1'] } }, 'etcd.endpoints[0]', 'no path, query or fragment'],
+    [{ etcd: { endpoints: ['http://etcd.example:2379/v3'] } }, 'etcd.endpoints[0]', 'no path, query or fragment'],
     [{ certStore: { rescanSeconds: 0 } }, 'certStore.rescanSeconds', 'from 1 to 86400'],
     [{ certStore: { dir: '' } }, 'certStore.dir', 'directory path'],
     [{ certStore: { path: 'x' } }, 'certStore.path', 'unknown key'],

@@ -30,6 +30,13 @@ async function start(name: string, keyserver: Record<string, unknown>): Promise<
   return { code, output };
 }
 
+/** The reasons of the primary's warnings that the key server could not be used at start. */
+const startWarnings = (output: string): unknown[] =>
+  output
+    .split('\n')
+    .filter((line) => line.startsWith('{') && line.includes('key server unreachable at start'))
+    .map((line) => (JSON.parse(line) as { reason?: unknown }).reason);
+
 describe("the proxy's client key toward a key server", () => {
   it('that is no key, or does not match its certificate, stops the start naming the key server, the setting and both files', async () => {
     const ca = await createCa('Client Key CA');
@@ -62,5 +69,12 @@ describe("the proxy's client key toward a key server", () => {
     expect(pool.output).toContain(
       `key server ks-b: its client key ${mismatched} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`,
     );
+    // The primary's warning as it goes ahead unverified said OpenSSL's words ("DECODER routines::unsupported", "x509
+    // certificate routines::key values mismatch"), naming neither the setting nor a file.
+    expect({ single: startWarnings(single.output), pool: startWarnings(pool.output) }).toEqual({
+      single: [`key server 0: its client key ${garbage} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`],
+      pool: [`key server ks-b: its client key ${mismatched} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`],
+    });
+    expect(/routines::/.test(single.output + pool.output)).toBe(false);
   }, 40_000);
 });

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -7,6 +7,8 @@ import { defaultIssuerPool } from '../proxy/certs/validate.js';
 import { VERDICT_FILE, VerdictCache } from '../proxy/certs/verdict-cache.js';
 import { judgeCertificate, verdictContext } from '../proxy/certs/verdicts.js';
 import { writeCache } from '../proxy/store/cache.js';
+import { loadProxyConfig } from '../config/load.js';
+import { workerConfigEnv } from '../proxy/cluster-worker-config.js';
 
 // What the proxy writes in its state directory is its owner's alone (files 0600, directories 0700), as the ACME
 // state, the worker config, served.log and the serving packs are: the verdict cache and the fleet cache were written
@@ -34,5 +36,26 @@ describe('state files', () => {
     await judgeCertificate({ name: 'm', chainText, source: 'm.pem' }, 'store:m', { now: new Date(), keyserverSpki: async (_id, spki) => spki }, cache);
     cache.flush();
     expect(mode(join(dir, VERDICT_FILE))).toBe('600');
+  });
+
+  // The primary writes the running configuration for a worker to a tmp file, then renames it: a tmp file left by a
+  // run cut between the two (or put there) kept its mode, 0644, as writeFileSync's mode applies only to a file it
+  // creates, and the configuration (an on-demand `ask` URL's credentials among it) went out readable by others.
+  it('the worker config is written 0600 over a leftover tmp file of another mode, never through a link there', () => {
+    const stateDir = join(dir, 'worker-config');
+    mkdirSync(stateDir, { mode: 0o700 });
+    const tmp = join(stateDir, 'worker-config.json.tmp');
+    writeFileSync(tmp, 'left over', { mode: 0o644 });
+    const config = loadProxyConfig(undefined, { stateDir });
+    const warnings: string[] = [];
+    const env = workerConfigEnv(config, (message) => warnings.push(message));
+    const file = join(stateDir, 'worker-config.json');
+    expect({ env, warnings, mode: mode(file) }).toEqual({ env: { KEYEDGE_WORKER_CONFIG: file }, warnings: [], mode: '600' });
+    // A link in the tmp file's place: the write replaces it, and the file it pointed to is left as it was.
+    const elsewhere = join(dir, 'not-the-state-dir.txt');
+    writeFileSync(elsewhere, 'untouched', { mode: 0o644 });
+    symlinkSync(elsewhere, tmp);
+    workerConfigEnv(config, (message) => warnings.push(message));
+    expect({ warnings, mode: mode(file), elsewhere: readFileSync(elsewhere, 'utf8') }).toEqual({ warnings: [], mode: '600', elsewhere: 'untouched' });
   });
 });

@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -131,4 +131,52 @@ describe("a store entry's write lock taken over from a writer stalled past STALE
       removeDir(at);
     }
   });
+});
+
+describe("a FIFO in a store entry's lock file's place", () => {
+  // The lock found taken, its holder was read with readFileSync: a FIFO there held open(2) until a writer came, with
+  // the thread of the writer (the primary's event loop for an upload or an ACME renewal). It is refused unread now
+  // (config/setting-file.ts), the write refused naming the file, nothing written.
+  it.each([
+    ['.site.lock', 'the lock'],
+    ['.site.lock.break', 'the takeover guard beside a stale lock'],
+  ])(
+    'at %s (%s): the write is refused at once, naming it, and nothing is written',
+    (fifoName) => {
+      const at = tempDir('keyedge-store-lock-fifo-');
+      try {
+        execFileSync('mkfifo', [join(at, fifoName)]);
+        if (fifoName.endsWith('.break')) {
+          // A lock left by another pid space's writer long ago: stale, so its takeover looks at the guard.
+          writeFileSync(join(at, '.site.lock'), `1 00000000\n`);
+          const old = new Date(Date.now() - STALE_LOCK_MS - 1_000);
+          utimesSync(join(at, '.site.lock'), old, old);
+        }
+        const storeModule = new URL('../dist/proxy/certs/store.js', import.meta.url).href;
+        // In a process of its own: a read that blocks would hold this one's thread for ever; it is ended after 10 s.
+        const writer = spawnSync(
+          process.execPath,
+          [
+            '--input-type=module',
+            '-e',
+            `const { CertificateStore } = await import(${JSON.stringify(storeModule)});
+           try {
+             new CertificateStore(${JSON.stringify(at)}).write('site', ${JSON.stringify(CHAIN)}, { names: ['site.test'] });
+             console.log(JSON.stringify({ written: true }));
+           } catch (err) {
+             console.log(JSON.stringify({ code: err.code, message: err.message }));
+           }`,
+          ],
+          { encoding: 'utf8', timeout: 10_000 },
+        );
+        const said = writer.stdout.trim() === '' ? undefined : (JSON.parse(writer.stdout) as { code?: string; message?: string });
+        expect({ signal: writer.signal, code: said?.code, stderr: writer.stderr }).toEqual({ signal: null, code: 'KEYEDGE_ERR_CERT_STORE', stderr: '' });
+        expect(said?.message).toContain(`cannot lock 'site' in the certificate store ${at}: its lock file ${join(at, fifoName)} is not a regular file`);
+        expect(existsSync(join(at, 'site.pem'))).toBe(false);
+      } finally {
+        removeDir(at);
+      }
+    },
+    20_000,
+  );
 });

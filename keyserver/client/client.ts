@@ -23,6 +23,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { readSettingFile } from '../../config/setting-file.js';
+import { assertClientKeyMatches } from './client-key.js';
 import { KeyedgeError, type ProtocolError, RemoteError } from '../shared/errors.js';
 import { decodeResponse, encodeRequest, type Request, type Response } from '../protocol/codec.js';
 import { type AlgorithmByte, errorCodeName } from '../protocol/constants.js';
@@ -40,6 +41,8 @@ export interface KeyserverClientOptions {
     /** Name checked in the server certificate; defaults to host. */
     readonly servername?: string;
   };
+  /** What errors call the key server (the proxy's servers[].name); its address when absent. */
+  readonly name?: string;
   readonly timeoutMs?: number;
   readonly maxInFlight?: number;
   /** Give up connecting (TLS handshake included) after this long; default: when the OS does. */
@@ -111,6 +114,9 @@ export class KeyserverClient {
         let files: { ca: Buffer; cert: Buffer; key: Buffer };
         try {
           files = { ca: readTlsFile(t.ca, 'ca'), cert: readTlsFile(t.cert, 'cert'), key: readTlsFile(t.key, 'key') };
+          // Before tls.connect, whose context refuses such a key in OpenSSL's words ("DECODER routines::unsupported").
+          const name = options.name ?? `${t.host}:${t.port}`;
+          assertClientKeyMatches({ name, certFile: t.cert, keyFile: t.key, certPem: files.cert, keyPem: files.key });
         } catch (err) {
           reject(err);
           return;

@@ -20,6 +20,7 @@ export function keyserverClientOptions(endpoint: KeyserverEndpoint, timeoutMs: n
   if (tcp !== null) {
     return {
       tcp: { host: tcp.host, port: tcp.port, ca: tcp.ca, cert: tcp.cert, key: tcp.key, ...(tcp.servername === null ? {} : { servername: tcp.servername }) },
+      name: endpoint.name,
       timeoutMs,
       connectTimeoutMs: timeoutMs,
     };

@@ -33,10 +33,17 @@
  *
  * Synchronous, as the write is: the wait blocks the caller's thread for at
  * most LOCK_WAIT_MS, and only while another writer writes the same entry.
+ * A lock (or takeover guard) is read through config/setting-file.ts, opened
+ * without blocking and only if a regular file of at most MAX_LOCK_BYTES: a
+ * FIFO put in its place held open(2), and the writer's thread (the primary's
+ * event loop, for an upload or a renewal) with it, until a writer came. Such
+ * a file refuses the write (KEYEDGE_ERR_CERT_STORE) naming it; it is never
+ * taken for a lock, nor removed.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, lstatSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, openSync, type Stats, writeSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { readChecked, refusal } from '../../config/setting-file.js';
 import { StoreConflictError } from '../store/storage.js';
 import { CertificateStoreError } from './errors.js';
 import { errno, PID_SPACE, unlinkQuietly } from './store-files.js';
@@ -49,6 +56,8 @@ const POLL_MS = 10;
 const MAX_RETRIES = 20;
 /** A lock older than this is a writer's killed midway, whatever pid space it was in: a write takes milliseconds. */
 export const STALE_LOCK_MS = 60_000;
+/** Far past a lock's pid, pid space and token. */
+const MAX_LOCK_BYTES = 4096;
 
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
@@ -71,10 +80,21 @@ export function lockEntry(at: string, dir: string, name: string): () => void {
       if (errno(err) !== 'EEXIST') {
         throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', name, `cannot lock '${name}' in the certificate store ${dir}: ${errno(err)}`, { cause: err });
       }
-      const holder = lockHolder(file);
-      // Free now (released, or stale and taken over here or by another writer): tried again at once, a bounded
-      // number of times (a lock that cannot be removed is not free). Stale but another writer taking it over: waited for.
-      const free = holder === undefined || (holder.stale && takeOver(file, holder.identity));
+      let holder: ReturnType<typeof lockHolder>;
+      let free: boolean;
+      try {
+        holder = lockHolder(file);
+        // Free now (released, or stale and taken over here or by another writer): tried again at once, a bounded
+        // number of times (a lock that cannot be removed is not free). Stale but another writer taking it over: waited for.
+        free = holder === undefined || (holder.stale && takeOver(file, holder.identity));
+      } catch (err) {
+        if (!(err instanceof NotALock)) throw err;
+        throw new CertificateStoreError(
+          'KEYEDGE_ERR_CERT_STORE',
+          name,
+          `cannot lock '${name}' in the certificate store ${dir}: its lock file ${join(dir, basename(err.file))} is ${err.reason}; nothing was written (remove that file)`,
+        );
+      }
       if (free && ++retries <= MAX_RETRIES) continue;
       if (free || Date.now() >= deadline) {
         throw new StoreConflictError(
@@ -134,14 +154,42 @@ function takeOver(file: string, stale: string): boolean {
   return true;
 }
 
+/** A file in a lock's (or takeover guard's) place that is not one: a FIFO, a device, a directory, one past MAX_LOCK_BYTES. */
+class NotALock extends Error {
+  readonly file: string;
+  readonly reason: string;
+  constructor(file: string, reason: string) {
+    super(`${file}: ${reason}`);
+    this.file = file;
+    this.reason = reason;
+  }
+}
+
+/**
+ * The lock at `file`, read without blocking (setting-file.ts) with the stat of the descriptor read; undefined when
+ * there is none now (or it cannot be read); NotALock thrown for a file that is not a lock's.
+ */
+function readLock(file: string): { readonly stat: Stats; readonly text: string } | undefined {
+  try {
+    const { bytes, stat } = readChecked(file, (stat) => {
+      const refused = refusal(stat, MAX_LOCK_BYTES);
+      if (refused !== undefined) throw new NotALock(file, refused);
+    });
+    return { stat, text: bytes.toString('utf8') };
+  } catch (err) {
+    if (err instanceof NotALock) throw err;
+    return undefined;
+  }
+}
+
 /**
  * A lock's identity: its content (a random token in a lock of this version), with its device and inode (an empty
  * one, whose writer died before writing it, is told from a new holder's not yet written by its inode, unless reused).
  */
 function identityOf(file: string): string | undefined {
   try {
-    const stat = lstatSync(file);
-    return `${stat.dev}:${stat.ino} ${readFileSync(file, 'utf8')}`;
+    const lock = readLock(file);
+    return lock === undefined ? undefined : `${lock.stat.dev}:${lock.stat.ino} ${lock.text}`;
   } catch {
     return undefined;
   }
@@ -149,28 +197,24 @@ function identityOf(file: string): string | undefined {
 
 function contentOf(file: string): string | undefined {
   try {
-    return readFileSync(file, 'utf8');
+    return readLock(file)?.text;
   } catch {
     return undefined;
   }
 }
 
-/** Who holds the lock at `file`: its identity, its pid when written yet, and whether it is stale; undefined when there is none now. */
+/**
+ * Who holds the lock at `file`: its identity, its pid when written yet, and whether it is stale; undefined when there
+ * is none now. NotALock when what is there is no lock.
+ */
 function lockHolder(file: string): { readonly identity: string; readonly pid: number | undefined; readonly stale: boolean } | undefined {
-  let mtimeMs: number;
-  let text: string;
-  let identity: string;
-  try {
-    const stat = lstatSync(file);
-    mtimeMs = stat.mtimeMs;
-    text = readFileSync(file, 'utf8');
-    identity = `${stat.dev}:${stat.ino} ${text}`;
-  } catch {
-    return undefined;
-  }
+  const lock = readLock(file);
+  if (lock === undefined) return undefined;
+  const { stat, text } = lock;
+  const identity = `${stat.dev}:${stat.ino} ${text}`;
   const [pidText, space] = text.trim().split(' ');
   const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : undefined;
   // A pid is looked up in its own pid space only: another container's or host's names no process here, or another one.
   const gone = pid !== undefined && space === PID_SPACE && writerGone(pid);
-  return { identity, pid, stale: gone || Date.now() - mtimeMs > STALE_LOCK_MS };
+  return { identity, pid, stale: gone || Date.now() - stat.mtimeMs > STALE_LOCK_MS };
 }

@@ -46,7 +46,8 @@ export interface StreamAccess {
   /** Without its query string. */
   readonly path: string;
   readonly status: number;
-  readonly bytes: number | undefined;
+  /** The answer's body bytes that went out (0 when none did). */
+  readonly bytes: number;
   readonly origin: string | undefined;
   readonly code: HttpErrorCode | undefined;
   readonly tls: string | undefined;

@@ -26,6 +26,10 @@
  * Left unmet, Node closes the connection after the answer (the client might
  * still send a body), and a request pipelined behind it has reached its
  * origin by then, its answer never sent.
+ *
+ * A request with Upgrade is handed over before Node's server looks at its
+ * Expect (no 'checkExpectation' for it): `upgradeExpectation` says what Node
+ * would have found, for a listener that answers it as a request.
  */
 import type http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -50,6 +54,21 @@ export function handleExpectations(server: http.Server, handler: ExpectingHandle
     handler(req, res);
   });
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'unsupported'));
+}
+
+/** Node's test for 100-continue among an Expect's expectations (lib/_http_server.js `continueExpression`). */
+const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
+
+/**
+ * The expectation Node's server would have told of for a request it handed
+ * over with Upgrade: `unsupported` for an Expect of HTTP/1.1 without
+ * 100-continue (answered 417, as 'checkExpectation' is); none otherwise (an
+ * Upgrade declares no body here, so there is no 100 to wait for).
+ */
+export function upgradeExpectation(req: IncomingMessage): Expectation | undefined {
+  const expect = req.headers.expect;
+  if (expect === undefined || req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1) return undefined;
+  return CONTINUE.test(expect) ? undefined : 'unsupported';
 }
 
 /**

@@ -24,7 +24,7 @@ import { closingAnswer, declaresBody } from '../../keyserver/shared/closing-answ
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import { type NameIndex, selectByName } from '../tls/names.js';
-import type { Expectation, ExpectingHandler } from './expect.js';
+import { type Expectation, type ExpectingHandler, upgradeExpectation } from './expect.js';
 import { forward, type OriginPools } from './forward.js';
 import { answer, CLIENT_CLOSED_STATUS, type Domain, type HttpErrorCode, hostName, onAnswerEnd, ownAnswer, refuseFailure } from './handler.js';
 import { closeIfBodyUnread, lingerAfterEnd } from './linger.js';
@@ -188,7 +188,8 @@ function refuseOnSocket(options: Pick<RedirectOptions, 'log' | 'metrics'>, req: 
  * read it came in (its parser had stopped there for the switch) and parsed on from the next read, keeping the
  * connection: a request pipelined behind it was lost, unanswered; bytes sent next as that request's body were read
  * as a request of their own (request smuggling past a proxy in front). One with a body (which Node leaves unread
- * among those bytes) gets the 400 it gets on HTTPS.
+ * among those bytes) gets the 400 it gets on HTTPS; one with an Expect other than 100-continue, the 417 any request gets
+ * (expect.ts: Node hands an Upgrade over before it looks at Expect).
  */
 export function answerUpgradeAsRequest(
   options: Pick<RedirectOptions, 'log' | 'metrics'>,
@@ -213,7 +214,8 @@ export function answerUpgradeAsRequest(
       closingAnswer(
         req,
         socket as Socket,
-        (res) => handler(req, res),
+        // An Expect other than 100-continue gets its 417, as an ordinary request's does.
+        (res) => handler(req, res, upgradeExpectation(req)),
         () => {
           socket.resume();
           lingerAfterEnd(socket);

@@ -33,8 +33,8 @@ export interface StreamForwardOptions extends ExchangeOwner {
   readonly peer: string | undefined;
   /** Told the status once the answer's head is sent. */
   onStatus(status: number): void;
-  /** The answer's body bytes handed to the stream, for the access line: 0 from the head on (`onStatus`), HTTP/1.1's count. */
-  bytes: number | undefined;
+  /** The answer's body bytes handed to the stream, for the access line: 0 until they flow (a client gone before them: 0), HTTP/1.1's count. */
+  bytes: number;
 }
 
 type Tracked = ServerHttp2Stream & Carrier;
@@ -103,7 +103,7 @@ export abstract class StreamExchange extends OriginExchange<StreamForwardOptions
       return false;
     }
     const owner = this.owner;
-    if (owner.bytes !== undefined) owner.bytes += chunk.length;
+    owner.bytes += chunk.length;
     if (stream.write(chunk)) return true;
     // The client's window or the socket is full.
     return this.waitForDrain(stream);

@@ -156,7 +156,8 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
   readonly tls: string | undefined;
   readonly resumed: boolean | undefined;
   status = CLIENT_CLOSED_STATUS;
-  bytes: number | undefined = undefined;
+  /** The answer's body bytes that went out: 0 until an answer starts, as HTTP/1.1's line says for a client gone before one. */
+  bytes = 0;
   origin: string | undefined = undefined;
   code: HttpErrorCode | undefined = undefined;
   aborted = false;
@@ -230,7 +231,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
    * in (most of ours are: Node emits the stream as it reads its HEADERS), and a
    * reset in the same read closed the stream: nghttp2 dropped our HEADERS
    * unsent. The line says what the client got, its leaving before any answer
-   * head, as for any stream it resets unanswered (499, aborted, no bytes), not
+   * head, as for any stream it resets unanswered (499, aborted, 0 bytes), not
    * our status with bytes that never went out.
    */
   unanswered(): void {
@@ -238,7 +239,7 @@ class StreamRecord implements StreamForwardOptions, StreamAccess {
     this.answered = false;
     this.status = CLIENT_CLOSED_STATUS;
     this.code = undefined;
-    this.bytes = undefined;
+    this.bytes = 0;
   }
 
   /** Once, however the stream ended: its connection's bookkeeping, then its access line and counts. */

@@ -25,10 +25,10 @@
  * want of a signature, naming the key servers, and a line when signing works
  * again; read from the native counters once a second, off the handshake path.
  */
-import { createPrivateKey, X509Certificate } from 'node:crypto';
 import type { KeyserverEndpoint, ProxyConfig } from '../../config/proxy-schema.js';
 import { readSettingFile } from '../../config/setting-file.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
+import { assertClientKeyMatches } from '../../keyserver/client/client-key.js';
 import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { ServedCertificate } from '../certs/certificate.js';
@@ -53,7 +53,8 @@ function nativeServer(endpoint: KeyserverEndpoint): native.KeylessServer {
   if (tcp === null) return { name: endpoint.name, socketPath: endpoint.socket ?? undefined };
   const certPem = readTcpFile(endpoint.name, tcp.cert, 'cert');
   const keyPem = readTcpFile(endpoint.name, tcp.key, 'key');
-  assertKeyMatches(endpoint.name, tcp, certPem, keyPem);
+  // Judged here, where the key server and the files can be named: the native bridge refused such a key naming neither.
+  assertClientKeyMatches({ name: endpoint.name, certFile: tcp.cert, keyFile: tcp.key, certPem, keyPem });
   return {
     name: endpoint.name,
     tls: { host: tcp.host, port: tcp.port, caPem: readTcpFile(endpoint.name, tcp.ca, 'ca'), certPem, keyPem, servername: tcp.servername ?? undefined },
@@ -72,26 +73,6 @@ function readTcpFile(name: string, file: string, which: 'ca' | 'cert' | 'key'): 
     return readSettingFile(file, MAX_TLS_FILE_BYTES).toString('utf8');
   } catch (err) {
     throw new KeyedgeError('KEYEDGE_ERR_CONFIG', `key server ${name}: cannot read ${file} (tcp.${which}): ${(err as Error).message}`, { cause: err });
-  }
-}
-
-/**
- * The client identity is judged here, where the key server and the files can be named: the native bridge refused a
- * key that is no key, or another certificate's, as "tls.keyPem is not an unencrypted PEM private key matching
- * tls.certPem", naming neither (nor, in a pool, which server). Neither file's content is ever quoted.
- */
-function assertKeyMatches(name: string, tcp: NonNullable<KeyserverEndpoint['tcp']>, certPem: string, keyPem: string): void {
-  let matches = false;
-  try {
-    matches = new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
-  } catch {
-    // Not a certificate, or not a key: it matches nothing.
-  }
-  if (!matches) {
-    throw new KeyedgeError(
-      'KEYEDGE_ERR_CONFIG',
-      `key server ${name}: its client key ${tcp.key} (tcp.key) is not an unencrypted PEM private key matching its certificate ${tcp.cert} (tcp.cert)`,
-    );
   }
 }
 
