@@ -25,6 +25,8 @@ export interface OriginProxyOptions {
   readonly env?: Record<string, string>;
   /** The config's `limits` (default: the product's). */
   readonly limits?: Record<string, number>;
+  /** The config's `keyserver.timeoutMs` (default: the product's 250 ms). */
+  readonly keyserverTimeoutMs?: number;
 }
 
 /** Starts the lab and the origin, then the proxy serving `host`; a proxy that does not start leaves no key server or origin behind. */
@@ -32,7 +34,7 @@ export async function startOriginProxy<O extends { readonly url: string; close()
   name: string,
   host: string,
   startOrigin: () => Promise<O>,
-  { workers, env = {}, limits }: OriginProxyOptions = {},
+  { workers, env = {}, limits, keyserverTimeoutMs }: OriginProxyOptions = {},
 ): Promise<OriginProxy<O>> {
   const lab = await startKeylessLab();
   const origin = await startOrigin();
@@ -50,6 +52,7 @@ export async function startOriginProxy<O extends { readonly url: string; close()
       return storeProxyConfig(lab, p, {
         ...(workers === undefined ? {} : { workers }),
         ...(limits === undefined ? {} : { limits }),
+        ...(keyserverTimeoutMs === undefined ? {} : { keyserver: { socket: lab.socket, timeoutMs: keyserverTimeoutMs } }),
         domains: [{ name: host, origin: origin.url }],
       });
     },
