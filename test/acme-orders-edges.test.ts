@@ -12,7 +12,8 @@
  *     whose advice works; two such issues at once cannot put one new name on
  *     two entries (running orders' names count).
  *  3. The on-demand gate: an expansion started while it awaits its ask endpoint
- *     covers the name, and the gate's order is not placed.
+ *     covers the name, and the gate's order is not placed; a name whose order
+ *     failed waits out its backoff before the gate orders it again.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import http from 'node:http';
@@ -38,6 +39,11 @@ async function record(name: string, dnsNames: string[], keyId: string, serial: s
   const ca = await createCa(`edges CA ${serial}`);
   const leaf = await issue(ca, { commonName: dnsNames[0]!, dnsNames, keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 90 * DAY) });
   return { name, chainPem: leaf.certPem, keyId, serial, names: dnsNames } as unknown as CertificateRecord;
+}
+
+async function waitUntil(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  expect(done()).toBe(true);
 }
 
 function withDir<T>(run: (state: StateFile) => Promise<T>): Promise<T> {
@@ -221,6 +227,49 @@ describe('on-demand gate: the managed check and the order', () => {
       server.close();
     }
   });
+});
+
+describe('on-demand gate: a name whose order failed', () => {
+  it("waits out its backoff before it is ordered again: it does not spend its registered domain's hourly orders", () =>
+    withDir(async (state) => {
+      const failing = 'gone.shop.example';
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          // The CA cannot validate it (its CNAME points elsewhere now, or a CAA record names another CA).
+          if (request.name === failing) throw new AcmeError(`validation of ${failing} failed: unauthorized`, { problem: 'unauthorized' });
+          return { keyId: `k${orders.length}`, chainPem: '', newKey: true };
+        },
+      });
+      const onDemand = { maxOrdersPerDomainPerHour: 3, publicNamesOnly: false };
+      const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
+        .onDemand!;
+      const outcomes: string[] = [];
+      // Wired as service.ts wires it.
+      const gate = new OnDemandGate({
+        config,
+        log: captureLog('warn').logger,
+        isManaged: (name) => manager.isManaged(name),
+        backingOff: (name) => manager.backingOff(name),
+        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+        onOutcome: (outcome, reason) => outcomes.push(reason === undefined ? outcome : `${outcome}:${reason}`),
+      });
+      expect(await gate.wanted(failing)).toBe('ordered');
+      await waitUntil(() => state.state.certificates[failing]?.failures === 1 && !(manager.view(failing) as { renewing: boolean }).renewing);
+      // Its handshakes come back (each worker reports it every 10 s): within its backoff (a minute, doubling), none orders.
+      for (let i = 0; i < 3; i++) await gate.wanted(failing);
+      expect(orders.map((o) => o.name)).toEqual([failing]);
+      expect(outcomes.slice(1)).toEqual(['ignored:backoff', 'ignored:backoff', 'ignored:backoff']);
+      // Another name under the same registered domain still has the hour's orders it had.
+      expect(await gate.wanted('www.shop.example')).toBe('ordered');
+      // Its backoff over, its next handshake orders it again, through the gate's limits.
+      state.state.certificates[failing]!.notBefore = new Date(Date.now() - 1000).toISOString();
+      expect(await gate.wanted(failing)).toBe('ordered');
+      await waitUntil(() => state.state.certificates[failing]?.failures === 2 && !(manager.view(failing) as { renewing: boolean }).renewing);
+      expect(orders.map((o) => o.name)).toEqual([failing, 'www.shop.example', failing]);
+      // Ordered while its backoff runs (the gate asked before it began): refused, not sent to the CA.
+      await expect(manager.issue([failing], undefined, true)).rejects.toThrow(/backoff/);
+      expect(orders).toHaveLength(3);
+    }));
 });
 
 describe('a new list waiting behind a running renewal of its entry', () => {

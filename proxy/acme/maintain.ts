@@ -11,8 +11,9 @@
  * GET /certs. An operator's order for a new list of names (domain-lists.ts)
  * that fails is the answer's alone: the entry keeps its names and schedule.
  * An on-demand entry whose first order failed, no certificate serving it, is
- * the exception: the loop leaves it, and only its next handshake, through the
- * on-demand gate and its hourly limits, orders it again (on-demand.ts),
+ * the exception: the loop leaves it, and only its next handshake once its
+ * backoff is over, through the on-demand gate and its hourly limits, orders
+ * it again (on-demand.ts),
  * unless the operator issues or renews it (admin API), which makes it an
  * ordinary entry. Each pass then forgets such entries a day old and deletes
  * retired keys (housekeeping.ts).
@@ -31,7 +32,7 @@ import { deleteRetiredKeys, forgetStaleFailures } from './housekeeping.js';
 import type { Issued } from './issuer.js';
 import { type OrderDeps, OrderRunner } from './orders.js';
 import { ariTime, leafTimes, renewalTime } from './policy.js';
-import { type ManagedState, waitsForTheGate } from './state.js';
+import { backingOff, type ManagedState, waitsForTheGate } from './state.js';
 import type { TokenKeys } from './token-keys.js';
 
 export interface ManagerDeps extends OrderDeps {
@@ -92,6 +93,19 @@ export class CertificateManager {
   }
 
   /**
+   * Whether `name`'s own entry is a failed on-demand entry still in its backoff (state.ts backingOff), no order running for
+   * it: the gate orders nothing for it until then. The gate ordered such a name again at its next handshake (each worker
+   * reports it every 10 s), however its order failed, the CA's Retry-After included: a name the CA would not validate took
+   * every order of its registered domain's hour (`maxOrdersPerDomainPerHour`), each slot as the hour freed it, and the
+   * domain's other new names were rate-limited for as long as its clients came.
+   */
+  backingOff(name: string): boolean {
+    const entry = this.entryOf([name]);
+    const own = this.#deps.state.state.certificates[entry];
+    return own !== undefined && !this.#orders.running(entry) && backingOff(own, Date.now());
+  }
+
+  /**
    * Each live entry's names (entryForList): those it records, with those of its running order (an expansion not yet
    * recorded). A failed on-demand entry nothing serves holds none: it is the gate's, and forgotten in a day.
    */
@@ -129,6 +143,10 @@ export class CertificateManager {
       // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since.
       if (onDemand && domains.some((d) => this.isManaged(d) || this.#deps.records().has(this.entryOf([d])))) {
         throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
+      }
+      // Its order failed while the checks ran (or the gate was asked before its failure was known): its backoff holds.
+      if (onDemand && domains.some((d) => this.backingOff(d))) {
+        throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' failed its last order and its backoff is not over; not ordered on demand`);
       }
       if (managed !== undefined && !onDemand) wanted = domainsToOrder(name, managed.domains, domains, replaceDomains);
     } catch (err) {

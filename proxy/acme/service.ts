@@ -122,6 +122,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           log,
           // A certificate already named so (uploaded, or the config file's) is not ACME's to take: the order's chain replaced it.
           isManaged: (name) => running.isManaged(name) || deps.records().has(running.entryOf([name])),
+          backingOff: (name) => running.backingOff(name),
           order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome, reason) => metrics.onDemand.inc(reason === undefined ? { outcome } : { outcome, reason }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
