@@ -13,7 +13,8 @@
  *     two entries (running orders' names count).
  *  3. The on-demand gate: an expansion started while it awaits its ask endpoint
  *     covers the name, and the gate's order is not placed; a name whose order
- *     failed waits out its backoff before the gate orders it again.
+ *     failed waits out its backoff before the gate orders it again; its check
+ *     of the managed names costs no walk of every entry per name.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import http from 'node:http';
@@ -269,6 +270,54 @@ describe('on-demand gate: a name whose order failed', () => {
       // Ordered while its backoff runs (the gate asked before it began): refused, not sent to the CA.
       await expect(manager.issue([failing], undefined, true)).rejects.toThrow(/backoff/);
       expect(orders).toHaveLength(3);
+    }));
+});
+
+describe("on-demand gate: the managed check's cost", () => {
+  it('does not walk every managed entry for each name a handshake brings; an entry recorded since is still found', () =>
+    withDir(async (state) => {
+      // A platform's worth of managed certificates, each serving.
+      for (let i = 0; i < 20_000; i++) {
+        const name = `www.customer${i}.example`;
+        state.state.certificates[name] = { domains: [name, `*.customer${i}.example`], keyId: `k${i}`, failures: 0, lastIssuedAt: 'then' };
+      }
+      // Every walk of the entries (Object.entries, Object.keys) is counted.
+      let walks = 0;
+      state.state.certificates = new Proxy(state.state.certificates, {
+        ownKeys(target) {
+          walks++;
+          return Reflect.ownKeys(target);
+        },
+      });
+      const { manager, orders } = recordingManager(state, { answer: async () => ({ keyId: 'k-new', chainPem: '', newKey: true }) });
+      const config = loadProxyConfig(undefined, {
+        keyserver: { socket: '/nonexistent' },
+        acme: { directory: 'https://ca.example/dir', onDemand: { maxOrdersPerDomainPerHour: 1, publicNamesOnly: false } },
+      }).acme!.onDemand!;
+      // Wired as service.ts wires it.
+      const gate = new OnDemandGate({
+        config,
+        log: captureLog('error').logger,
+        isManaged: (name) => manager.isManaged(name),
+        backingOff: (name) => manager.backingOff(name),
+        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+      });
+      // A client sending random names under one registered domain (a ClientHello each, no crypto on either side): the first is
+      // ordered, the domain's hour is full then, and every other one rate-limited.
+      const started = performance.now();
+      for (let i = 0; i < 300; i++) await gate.wanted(`r${i}.flood.example`, '192.0.2.7');
+      const elapsed = performance.now() - started;
+      // Each name walked the 20,000 entries (some 35 ms a name, the primary's event loop held): 300 walks or more. Now the
+      // index is built once, again for the one order (and its state saved), and at most once a second.
+      expect(orders.map((o) => o.name)).toEqual(['r0.flood.example']);
+      expect(walks, `${walks} walks of the entries for 300 names in ${Math.round(elapsed)} ms`).toBeLessThan(15);
+      for (const name of ['www.customer7.example', 'api.customer7.example', 'www.customer19999.example']) expect(manager.isManaged(name), name).toBe(true);
+      for (const name of ['customer7.example', 'a.b.customer7.example']) expect(manager.isManaged(name), name).toBe(false);
+      // An expansion recorded since the index was built is found at once, by the gate and by the issue's own check.
+      await manager.issue(['www.customer7.example', '*.customer7.example', 'shop.example']);
+      expect(manager.isManaged('shop.example')).toBe(true);
+      expect(await gate.wanted('shop.example', '192.0.2.8')).toBe('ignored');
+      expect(orders.map((o) => o.name)).toEqual(['r0.flood.example', 'www.customer7.example']);
     }));
 });
 

@@ -30,8 +30,9 @@ import { covers, domainsToOrder, entryForList } from './domain-lists.js';
 import { entryOf } from './entry-names.js';
 import { deleteRetiredKeys, forgetStaleFailures } from './housekeeping.js';
 import type { Issued } from './issuer.js';
-import { type OrderDeps, OrderRunner } from './orders.js';
+import { type NewList, type OrderDeps, OrderRunner } from './orders.js';
 import { ariTime, leafTimes, renewalTime } from './policy.js';
+import { RecordedNames } from './recorded-names.js';
 import { backingOff, type ManagedState, waitsForTheGate } from './state.js';
 import type { TokenKeys } from './token-keys.js';
 
@@ -57,12 +58,20 @@ export interface IssueOutcome extends Issued {
 export class CertificateManager {
   readonly #deps: ManagerDeps;
   readonly #orders: OrderRunner;
+  /** Which entries record a name, for isManaged (recorded-names.ts). */
+  readonly #recorded: RecordedNames;
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
   constructor(deps: ManagerDeps) {
     this.#deps = deps;
     this.#orders = new OrderRunner(deps);
+    this.#recorded = new RecordedNames(() => deps.state.state.certificates);
+  }
+
+  /** The state's recorded names may have changed elsewhere (the fleet's state taken): isManaged looks again. */
+  namesChanged(): void {
+    this.#recorded.changed();
   }
 
   start(): void {
@@ -80,6 +89,7 @@ export class CertificateManager {
    * Whether `name` is managed already (on-demand asks before ordering): its own entry, or another entry's list, or the names
    * of an order running (an expansion not yet recorded) cover it; a failed on-demand entry is the gate's again. Asked of its
    * own entry only, a handshake for `b` while entry `a` was ordered or renewed for `a, b` made a second certificate for `b`.
+   * Constant time in the number of entries (recorded-names.ts): asked for every uncovered name a handshake brings.
    */
   isManaged(name: string): boolean {
     const { certificates } = this.#deps.state.state;
@@ -88,7 +98,10 @@ export class CertificateManager {
     const own = certificates[entry];
     if (own !== undefined && live(entry, own)) return true;
     if (this.#orders.ordering(name)) return true;
-    for (const [other, managed] of Object.entries(certificates)) if (covers(managed.domains, name) && live(other, managed)) return true;
+    for (const other of this.#recorded.candidates(name)) {
+      const managed = certificates[other];
+      if (managed !== undefined && covers(managed.domains, name) && live(other, managed)) return true;
+    }
     return false;
   }
 
@@ -140,7 +153,9 @@ export class CertificateManager {
     try {
       name = entry ?? (onDemand ? this.entryOf(domains) : entryForList(this.entryOf(domains), domains, this.#holders()));
       const managed = this.#deps.state.state.certificates[name];
-      // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since.
+      // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since (here, or another
+      // node's, taken with the fleet's state since: the index is rebuilt for this question, asked only of a name to order).
+      if (onDemand) this.#recorded.changed();
       if (onDemand && domains.some((d) => this.isManaged(d) || this.#deps.records().has(this.entryOf([d])))) {
         throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
       }
@@ -158,6 +173,7 @@ export class CertificateManager {
       // A name listed twice is one name (as domainsToOrder makes it for a managed entry): recorded, ordered and shown once.
       const unique = [...new Set(domains)];
       this.#deps.state.state.certificates[name] = { domains: unique, keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
+      this.#recorded.changed();
       // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
       // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
       Promise.resolve()
@@ -168,7 +184,7 @@ export class CertificateManager {
       // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
       delete managed.onDemand;
     }
-    return this.#orders.run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
+    return this.#run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
       ...issued,
       entry: name,
       domains: wanted ?? this.#deps.state.state.certificates[name]?.domains ?? [...domains],
@@ -184,7 +200,14 @@ export class CertificateManager {
     }
     // The operator asks for it, as in issue(): a failure is retried by the loop from now on.
     delete managed.onDemand;
-    return this.#orders.run(name);
+    return this.#run(name);
+  }
+
+  /** An order (orders.ts); once it ends, its names may be the entry's (recorded-names.ts looks again). */
+  #run(name: string, list?: NewList): Promise<Issued> {
+    const order = this.#orders.run(name, list);
+    order.finally(() => this.#recorded.changed()).catch(() => undefined);
+    return order;
   }
 
   /** What GET /certs shows for a managed entry. */
@@ -222,7 +245,7 @@ export class CertificateManager {
         if (record !== undefined) await this.#checkAri(name, managed, record);
         // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
         const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
-        if (due <= now) this.#orders.run(name).catch(() => undefined);
+        if (due <= now) this.#run(name).catch(() => undefined);
       }
       await forgetStaleFailures(this.#deps, this.#orders, now);
       await deleteRetiredKeys(this.#deps, now);
