@@ -5,7 +5,8 @@
  * Runs in the cluster primary on a timer (`renewal.checkSeconds`) and on the
  * operator's word (admin API: POST /acme/issue, POST /acme/renew/NAME). At
  * most `renewal.maxConcurrent` orders run at once; an entry already in flight
- * is never ordered twice (orders.ts). A failure leaves the store entry as it
+ * is never ordered twice (orders.ts); an on-demand order waits its turn
+ * (#inTurn), an operator's goes at once. A failure leaves the store entry as it
  * is (the current certificate keeps serving until it expires), is logged,
  * counted, remembered with its backoff in the state file, and shown in
  * GET /certs. An operator's order for a new list of names (domain-lists.ts)
@@ -60,12 +61,14 @@ export class CertificateManager {
   readonly #orders: OrderRunner;
   /** Which entries record a name, for isManaged (recorded-names.ts). */
   readonly #recorded: RecordedNames;
+  /** On-demand orders waiting for a place among `renewal.maxConcurrent` (#inTurn), woken one per order that ends. */
+  readonly #waiting: (() => void)[] = [];
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
   constructor(deps: ManagerDeps) {
     this.#deps = deps;
-    this.#orders = new OrderRunner(deps);
+    this.#orders = new OrderRunner(deps, () => this.#waiting.shift()?.());
     this.#recorded = new RecordedNames(() => deps.state.state.certificates);
   }
 
@@ -184,7 +187,9 @@ export class CertificateManager {
       // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
       delete managed.onDemand;
     }
-    return this.#run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
+    const list = wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains };
+    const order = onDemand ? this.#inTurn(name, () => this.#run(name, list)) : this.#run(name, list);
+    return order.then((issued) => ({
       ...issued,
       entry: name,
       domains: wanted ?? this.#deps.state.state.certificates[name]?.domains ?? [...domains],
@@ -201,6 +206,30 @@ export class CertificateManager {
     // The operator asks for it, as in issue(): a failure is retried by the loop from now on.
     delete managed.onDemand;
     return this.#run(name);
+  }
+
+  /**
+   * Resolves once an on-demand order for entry `name` may start: fewer than `renewal.maxConcurrent` orders run (the
+   * renewal loop's bound). Each such order went at once: a burst of names the ask policy allows (customers onboarding,
+   * or a client cycling them) ran as many orders as the hourly limits let through, each with its `keyedge key generate`
+   * child (a node process) and key-server connection, and on a small host their starts took the CPU from the workers'
+   * handshakes. Waiting, the entry is recorded, so its name is managed: its handshakes order nothing more. Rejects
+   * when the entry was issued or forgotten meanwhile (the operator's issue, another node): nothing to order then.
+   */
+  async #inTurn(name: string, start: () => Promise<Issued>): Promise<Issued> {
+    const issuedAt = this.#deps.state.state.certificates[name]?.lastIssuedAt;
+    while (this.#orders.size >= this.#deps.config.renewal.maxConcurrent && !this.#orders.running(name)) {
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    }
+    const managed = this.#deps.state.state.certificates[name];
+    // Started in the same turn as the count was read, so the next waiter woken counts it.
+    const order =
+      managed === undefined || managed.lastIssuedAt !== issuedAt
+        ? Promise.reject(new KeyedgeError('KEYEDGE_ERR_ACME', `'${name}' was issued or forgotten while its on-demand order waited its turn; not ordered`))
+        : start();
+    // Several orders may have ended at once, each waking one waiter: one more place free is the next one's turn too.
+    if (this.#orders.size < this.#deps.config.renewal.maxConcurrent) this.#waiting.shift()?.();
+    return order;
   }
 
   /** An order (orders.ts); once it ends, its names may be the entry's (recorded-names.ts looks again). */
