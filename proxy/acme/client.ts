@@ -19,6 +19,7 @@
  */
 import { Agent, fetch } from 'undici';
 import { maskedUrl } from '../masked-url.js';
+import { checkedAuthorization, checkedDirectory, checkedOrder } from './answers.js';
 import { AcmeError } from './errors.js';
 import { type EcJwk, externalAccountBinding, type JwsSigner, signJws } from './jws.js';
 
@@ -95,7 +96,7 @@ export class AcmeClient {
   }
 
   async directory(): Promise<AcmeDirectory> {
-    this.#directory ??= (await this.#http<AcmeDirectory>('GET', this.#options.directoryUrl)).body;
+    this.#directory ??= checkedDirectory((await this.#http<unknown>('GET', this.#options.directoryUrl)).body, `GET ${maskedUrl(this.#options.directoryUrl)}`);
     return this.#directory;
   }
 
@@ -114,16 +115,29 @@ export class AcmeClient {
   }
 
   async newOrder(domains: readonly string[], extra: { replaces?: string; profile?: string } = {}): Promise<{ url: string; order: AcmeOrder }> {
-    const answer = await this.#post<AcmeOrder>((await this.directory()).newOrder, {
+    const newOrder = (await this.directory()).newOrder;
+    const answer = await this.#post<unknown>(newOrder, {
       identifiers: domains.map((value) => ({ type: 'dns', value })),
       ...(extra.replaces === undefined ? {} : { replaces: extra.replaces }),
       ...(extra.profile === undefined ? {} : { profile: extra.profile }),
     });
     if (answer.location === undefined) throw new AcmeError('newOrder answered without the order URL (Location)', {});
-    return { url: answer.location, order: answer.body };
+    return { url: answer.location, order: checkedOrder(answer.body, `POST ${maskedUrl(newOrder)}`) };
   }
 
-  /** POST-as-GET (§6.3): orders, authorizations, challenges. */
+  /** An order (POST-as-GET), checked (answers.ts), with the CA's Retry-After. */
+  async order(url: string): Promise<{ body: AcmeOrder; retryAfterMs: number | undefined }> {
+    const answer = await this.get<unknown>(url);
+    return { body: checkedOrder(answer.body, `POST ${maskedUrl(url)}`), retryAfterMs: answer.retryAfterMs };
+  }
+
+  /** An authorization (POST-as-GET), checked (answers.ts), with the CA's Retry-After. */
+  async authorization(url: string): Promise<{ body: AcmeAuthorization; retryAfterMs: number | undefined }> {
+    const answer = await this.get<unknown>(url);
+    return { body: checkedAuthorization(answer.body, `POST ${maskedUrl(url)}`), retryAfterMs: answer.retryAfterMs };
+  }
+
+  /** POST-as-GET (§6.3), unchecked: `order` and `authorization` check theirs. */
   async get<T>(url: string): Promise<Answer<T>> {
     return this.#post<T>(url, undefined);
   }
@@ -134,7 +148,7 @@ export class AcmeClient {
   }
 
   async finalize(order: AcmeOrder, csrDer: Buffer): Promise<AcmeOrder> {
-    return (await this.#post<AcmeOrder>(order.finalize, { csr: csrDer.toString('base64url') })).body;
+    return checkedOrder((await this.#post<unknown>(order.finalize, { csr: csrDer.toString('base64url') })).body, `POST ${maskedUrl(order.finalize)}`);
   }
 
   /** The issued chain, PEM, leaf first (§7.4.2). */

@@ -227,7 +227,7 @@ export class AcmeIssuer {
     };
     try {
       for (const authzUrl of order.authorizations) {
-        const authz = (await acme.get<AcmeAuthorization>(authzUrl)).body;
+        const authz = (await acme.authorization(authzUrl)).body;
         if (authz.status === 'valid') continue;
         // The first configured type the CA offers (TLS-ALPN-01 is never offered for a wildcard, RFC 8737 §3).
         const type = config.challenges.find((t) => authz.challenges.some((c) => c.type === t));
@@ -247,7 +247,12 @@ export class AcmeIssuer {
         await challenges.add(entry);
         published.push(challenge.token);
         await acme.respond(challenge.url);
-        const done = await poll(acme, authzUrl, deadline, (a: AcmeAuthorization) => a.status !== 'pending');
+        const done = await poll(
+          () => acme.authorization(authzUrl),
+          authzUrl,
+          deadline,
+          (a: AcmeAuthorization) => a.status !== 'pending',
+        );
         if (done.status !== 'valid') {
           const why = done.challenges.find((c) => c.error !== undefined)?.error;
           throw new AcmeError(
@@ -261,22 +266,40 @@ export class AcmeIssuer {
     } finally {
       for (const token of published) await challenges.remove(token);
     }
-    const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
+    const ready = await poll(
+      () => acme.order(url),
+      url,
+      deadline,
+      (o: AcmeOrder) => o.status !== 'pending',
+    );
     if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
     const csr = await createCsrWith(csrKeyOfSpki((await certificateKey()).spki), request.domains, signer);
     // Finalizing is what makes the CA issue: under a lost lock, a second certificate for the name (and its rate limits).
     request.lock?.lost.throwIfAborted();
     const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
-    const valid = finalized.status === 'valid' ? finalized : await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'processing');
+    const valid =
+      finalized.status === 'valid'
+        ? finalized
+        : await poll(
+            () => acme.order(url),
+            url,
+            deadline,
+            (o: AcmeOrder) => o.status !== 'processing',
+          );
     if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});
     return acme.certificate(valid.certificate);
   }
 }
 
-/** POST-as-GET `url` until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
-async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (body: T) => boolean): Promise<T> {
+/** `get` (a POST-as-GET of `url`) until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
+async function poll<T>(
+  get: () => Promise<{ body: T; retryAfterMs: number | undefined }>,
+  url: string,
+  deadline: number,
+  done: (body: T) => boolean,
+): Promise<T> {
   for (let wait = 250; ; wait = Math.min(wait * 2, 5_000)) {
-    const answer = await acme.get<T>(url);
+    const answer = await get();
     if (done(answer.body)) return answer.body;
     if (Date.now() > deadline) throw new AcmeError(`${url} still not done at the order's deadline`, {});
     // The CA's Retry-After may lengthen the wait, never shorten it: `Retry-After: 0` (or a past date) was a tight loop of signed polls.
