@@ -8,6 +8,7 @@
  * (§6.5, §7.2), newAccount (§7.3, with EAB §7.3.4), newOrder (§7.4, with
  * `replaces` of RFC 9773 §5 and an optional `profile`), POST-as-GET (§6.3)
  * for authorizations, orders and the certificate, challenge responses (§7.5.1),
+ * authorization deactivation (§7.5.2),
  * finalize (§7.4) and the unsigned renewal-info GET (RFC 9773 §4).
  *
  * Every failure is an AcmeError carrying the problem type (§6.7) and the
@@ -140,6 +141,11 @@ export class AcmeClient {
   /** POST-as-GET (§6.3), unchecked: `order` and `authorization` check theirs. */
   async get<T>(url: string): Promise<Answer<T>> {
     return this.#post<T>(url, undefined);
+  }
+
+  /** Deactivates an authorization (§7.5.2): a pending one no longer counts against the account's pending authorizations. */
+  async deactivate(authorizationUrl: string): Promise<void> {
+    await this.#post(authorizationUrl, { status: 'deactivated' });
   }
 
   /** Tells the CA the challenge is ready (§7.5.1: the payload is an empty object). */
