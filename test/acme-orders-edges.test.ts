@@ -329,9 +329,11 @@ describe('on-demand orders at once', () => {
       let most = 0;
       const { answer, release } = heldAnswer('k-new');
       const { manager, orders } = recordingManager(state, {
-        answer: async () => {
+        answer: async (request) => {
           most = Math.max(most, ++running);
           try {
+            // The operator's renewal of a waiting name, below, fails at the CA.
+            if (request.name === 'www.tenant11.example') throw new AcmeError('validation of www.tenant11.example failed', { problem: 'unauthorized' });
             return await answer();
           } finally {
             running--;
@@ -359,11 +361,16 @@ describe('on-demand orders at once', () => {
       expect(orders).toHaveLength(4);
       // Waiting, each is managed: its next handshake orders nothing more.
       expect(await gate.wanted('www.tenant11.example', '192.0.2.99')).toBe('ignored');
+      // The operator renews one that waits (its order goes at once) and it fails: the waiting order is not placed after it,
+      // past its backoff.
+      await expect(manager.renew('www.tenant11.example')).rejects.toThrow(/validation/);
       release();
-      await waitUntil(() => orders.length === 12 && running === 0);
-      expect(most).toBe(4);
+      await waitUntil(() => orders.length >= 12 && running === 0);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(most).toBe(5);
       expect(orders.map((o) => o.name).sort()).toEqual([...names].sort());
-      for (const name of names) expect(state.state.certificates[name]?.keyId, name).toBe('k-new');
+      for (const name of names.slice(0, 11)) expect(state.state.certificates[name]?.keyId, name).toBe('k-new');
+      expect(state.state.certificates['www.tenant11.example']?.failures).toBe(1);
     }));
 });
 

@@ -214,18 +214,22 @@ export class CertificateManager {
    * or a client cycling them) ran as many orders as the hourly limits let through, each with its `keyedge key generate`
    * child (a node process) and key-server connection, and on a small host their starts took the CPU from the workers'
    * handshakes. Waiting, the entry is recorded, so its name is managed: its handshakes order nothing more. Rejects
-   * when the entry was issued or forgotten meanwhile (the operator's issue, another node): nothing to order then.
+   * when the entry was ordered (issued, or failed: its backoff holds) or forgotten meanwhile (the operator's issue or
+   * renew, the loop, another node): nothing to order then.
    */
   async #inTurn(name: string, start: () => Promise<Issued>): Promise<Issued> {
-    const issuedAt = this.#deps.state.state.certificates[name]?.lastIssuedAt;
+    const asked = this.#deps.state.state.certificates[name];
+    const [issuedAt, failures] = [asked?.lastIssuedAt, asked?.failures];
     while (this.#orders.size >= this.#deps.config.renewal.maxConcurrent && !this.#orders.running(name)) {
       await new Promise<void>((resolve) => this.#waiting.push(resolve));
     }
     const managed = this.#deps.state.state.certificates[name];
     // Started in the same turn as the count was read, so the next waiter woken counts it.
     const order =
-      managed === undefined || managed.lastIssuedAt !== issuedAt
-        ? Promise.reject(new KeyedgeError('KEYEDGE_ERR_ACME', `'${name}' was issued or forgotten while its on-demand order waited its turn; not ordered`))
+      managed === undefined || managed.lastIssuedAt !== issuedAt || managed.failures !== failures
+        ? Promise.reject(
+            new KeyedgeError('KEYEDGE_ERR_ACME', `'${name}' was ordered or forgotten while its on-demand order waited its turn; not ordered again`),
+          )
         : start();
     // Several orders may have ended at once, each waking one waiter: one more place free is the next one's turn too.
     if (this.#orders.size < this.#deps.config.renewal.maxConcurrent) this.#waiting.shift()?.();
