@@ -369,7 +369,7 @@ export function registerAcmeMetrics(registry: Registry, failing: () => number): 
       name: `${PREFIX}acme_on_demand_total`,
       help:
         'Names first seen in a handshake, by what on-demand issuance decided (ordered, refused, remembered: refused before, rate_limited, busy: too many checks at once or checks paused after a failed one, ignored); ' +
-        'an ignored name by its reason (a name a CA refuses by policy: too_long, ip_address, numeric_tld, syntax, reserved_label, bad_idn, public_suffix, special_use, not_icann_tld, too_many_labels; managed; checking; client_limit: its client over acme.onDemand.maxChecksPerClientPerMinute).',
+        'an ignored name by its reason (a name a CA refuses by policy: too_long, ip_address, numeric_tld, syntax, reserved_label, bad_idn, public_suffix, special_use, not_icann_tld, too_many_labels; managed; backoff: its last order failed and its retry wait is not over; checking; client_limit: its client over acme.onDemand.maxChecksPerClientPerMinute).',
       labelNames: ['outcome', 'reason'] as const,
       registers,
     }),

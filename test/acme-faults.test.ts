@@ -23,7 +23,8 @@ import { type ClusterProxy, clusterWorkerPids, waitFor } from './helpers/proxy-c
 // (failures, lastError with the problem type, retryNotBefore) and in the
 // metrics, and retries back off as configured (min 1 s doubling, max 8 s,
 // never before Retry-After). A certificate key made for an order that failed
-// is deleted from the token at once. Last, an issuer in the test process, on
+// is deleted from the token at once, and an order's authorizations left
+// pending by a failed one are deactivated at the CA. Last, an issuer in the test process, on
 // the proxy's account and the same pebble, whose issuance lock is lost once
 // its order is created: the order is never finalized at the CA.
 let pebble: Pebble;
@@ -212,6 +213,28 @@ describe('ACME faults: the current certificate keeps serving', () => {
       30_000,
     );
     expect(generated()).toBe(1);
+  }, 60_000);
+
+  it('an order for several names whose validation fails deactivates the authorizations it left pending at the CA', async () => {
+    // None validates (pebble lists an order's authorizations in no fixed order): the first tried fails, the two others
+    // are left pending.
+    const names = ['a-gone.fault.test', 'b-gone.fault.test', 'c-gone.fault.test'];
+    for (const name of names) await pebble.addA(name, '127.0.0.2');
+    const before = front.deactivations.length;
+    const answer = await proxy.admin('POST', '/acme/issue', JSON.stringify({ domains: names }));
+    expect(answer.status).toBe(502);
+    expect((JSON.parse(answer.text) as { error: { message: string } }).error.message).toMatch(/validation of [abc]-gone\.fault\.test failed/);
+    // Left pending, each counts against the CA's pending authorizations per account (Let's Encrypt: 300) until it expires
+    // (its 7 days): an operator's or the loop's retries of such a list used them up, and then every order was refused.
+    const deactivated = front.deactivations.slice(before);
+    expect(deactivated.map((d) => d.answer)).toEqual(['200 deactivated', '200 deactivated']);
+    // The names validate from now on: the loop's next retry is issued, and no retry runs during the cases below.
+    for (const name of names) await pebble.clearA(name);
+    await waitFor(
+      'the retry that validates to serve',
+      () => (proxy.lines.some((l) => l.certificate === names[0] && l.msg === 'ACME certificate issued and serving') ? true : undefined),
+      30_000,
+    );
   }, 60_000);
 
   it('a huge certificate answer: cut at the answer limit, not buffered whole; the current certificate keeps serving', async () => {

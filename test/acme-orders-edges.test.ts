@@ -12,7 +12,10 @@
  *     whose advice works; two such issues at once cannot put one new name on
  *     two entries (running orders' names count).
  *  3. The on-demand gate: an expansion started while it awaits its ask endpoint
- *     covers the name, and the gate's order is not placed.
+ *     covers the name, and the gate's order is not placed; a name whose order
+ *     failed waits out its backoff before the gate orders it again; its check
+ *     of the managed names costs no walk of every entry per name; its orders
+ *     run at most renewal.maxConcurrent at once.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import http from 'node:http';
@@ -28,7 +31,7 @@ import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { StateFile } from '../proxy/acme/state.js';
 import { cliTokenKeys } from '../proxy/acme/token-keys.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
-import { heldAnswer, recordingManager } from './helpers/acme-manager.js';
+import { heldAnswer, recordingManager, TEST_ACME } from './helpers/acme-manager.js';
 import { CLI, captureLog, REPO, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
@@ -38,6 +41,11 @@ async function record(name: string, dnsNames: string[], keyId: string, serial: s
   const ca = await createCa(`edges CA ${serial}`);
   const leaf = await issue(ca, { commonName: dnsNames[0]!, dnsNames, keyAlgorithm: 'ec-p256', notAfter: new Date(Date.now() + 90 * DAY) });
   return { name, chainPem: leaf.certPem, keyId, serial, names: dnsNames } as unknown as CertificateRecord;
+}
+
+async function waitUntil(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  expect(done()).toBe(true);
 }
 
 function withDir<T>(run: (state: StateFile) => Promise<T>): Promise<T> {
@@ -221,6 +229,149 @@ describe('on-demand gate: the managed check and the order', () => {
       server.close();
     }
   });
+});
+
+describe('on-demand gate: a name whose order failed', () => {
+  it("waits out its backoff before it is ordered again: it does not spend its registered domain's hourly orders", () =>
+    withDir(async (state) => {
+      const failing = 'gone.shop.example';
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          // The CA cannot validate it (its CNAME points elsewhere now, or a CAA record names another CA).
+          if (request.name === failing) throw new AcmeError(`validation of ${failing} failed: unauthorized`, { problem: 'unauthorized' });
+          return { keyId: `k${orders.length}`, chainPem: '', newKey: true };
+        },
+      });
+      const onDemand = { maxOrdersPerDomainPerHour: 3, publicNamesOnly: false };
+      const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
+        .onDemand!;
+      const outcomes: string[] = [];
+      // Wired as service.ts wires it.
+      const gate = new OnDemandGate({
+        config,
+        log: captureLog('warn').logger,
+        isManaged: (name) => manager.isManaged(name),
+        backingOff: (name) => manager.backingOff(name),
+        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+        onOutcome: (outcome, reason) => outcomes.push(reason === undefined ? outcome : `${outcome}:${reason}`),
+      });
+      expect(await gate.wanted(failing)).toBe('ordered');
+      await waitUntil(() => state.state.certificates[failing]?.failures === 1 && !(manager.view(failing) as { renewing: boolean }).renewing);
+      // Its handshakes come back (each worker reports it every 10 s): within its backoff (a minute, doubling), none orders.
+      for (let i = 0; i < 3; i++) await gate.wanted(failing);
+      expect(orders.map((o) => o.name)).toEqual([failing]);
+      expect(outcomes.slice(1)).toEqual(['ignored:backoff', 'ignored:backoff', 'ignored:backoff']);
+      // Another name under the same registered domain still has the hour's orders it had.
+      expect(await gate.wanted('www.shop.example')).toBe('ordered');
+      // Its backoff over, its next handshake orders it again, through the gate's limits.
+      state.state.certificates[failing]!.notBefore = new Date(Date.now() - 1000).toISOString();
+      expect(await gate.wanted(failing)).toBe('ordered');
+      await waitUntil(() => state.state.certificates[failing]?.failures === 2 && !(manager.view(failing) as { renewing: boolean }).renewing);
+      expect(orders.map((o) => o.name)).toEqual([failing, 'www.shop.example', failing]);
+      // Ordered while its backoff runs (the gate asked before it began): refused, not sent to the CA.
+      await expect(manager.issue([failing], undefined, true)).rejects.toThrow(/backoff/);
+      expect(orders).toHaveLength(3);
+    }));
+});
+
+describe("on-demand gate: the managed check's cost", () => {
+  it('does not walk every managed entry for each name a handshake brings; an entry recorded since is still found', () =>
+    withDir(async (state) => {
+      // A platform's worth of managed certificates, each serving (fewer than on a platform: the count below says the cost).
+      for (let i = 0; i < 5_000; i++) {
+        const name = `www.customer${i}.example`;
+        state.state.certificates[name] = { domains: [name, `*.customer${i}.example`], keyId: `k${i}`, failures: 0, lastIssuedAt: 'then' };
+      }
+      // Every walk of the entries (Object.entries, Object.keys) is counted.
+      let walks = 0;
+      state.state.certificates = new Proxy(state.state.certificates, {
+        ownKeys(target) {
+          walks++;
+          return Reflect.ownKeys(target);
+        },
+      });
+      const { manager, orders } = recordingManager(state, { answer: async () => ({ keyId: 'k-new', chainPem: '', newKey: true }) });
+      const config = loadProxyConfig(undefined, {
+        keyserver: { socket: '/nonexistent' },
+        acme: { directory: 'https://ca.example/dir', onDemand: { maxOrdersPerDomainPerHour: 1, publicNamesOnly: false } },
+      }).acme!.onDemand!;
+      // Wired as service.ts wires it.
+      const gate = new OnDemandGate({
+        config,
+        log: captureLog('error').logger,
+        isManaged: (name) => manager.isManaged(name),
+        backingOff: (name) => manager.backingOff(name),
+        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+      });
+      // A client sending random names under one registered domain (a ClientHello each, no crypto on either side): the first is
+      // ordered, the domain's hour is full then, and every other one rate-limited.
+      const started = performance.now();
+      for (let i = 0; i < 300; i++) await gate.wanted(`r${i}.flood.example`, '192.0.2.7');
+      const elapsed = performance.now() - started;
+      // Each name walked every entry (with 20,000: some 35 ms a name, the primary's event loop held): 300 walks. Now the
+      // index is built once, again for the one order (and its state saved), and at most once a second.
+      expect(orders.map((o) => o.name)).toEqual(['r0.flood.example']);
+      expect(walks, `${walks} walks of the entries for 300 names in ${Math.round(elapsed)} ms`).toBeLessThan(15);
+      for (const name of ['www.customer7.example', 'api.customer7.example', 'www.customer4999.example']) expect(manager.isManaged(name), name).toBe(true);
+      for (const name of ['customer7.example', 'a.b.customer7.example']) expect(manager.isManaged(name), name).toBe(false);
+      // An expansion recorded since the index was built is found at once, by the gate and by the issue's own check.
+      await manager.issue(['www.customer7.example', '*.customer7.example', 'shop.example']);
+      expect(manager.isManaged('shop.example')).toBe(true);
+      expect(await gate.wanted('shop.example', '192.0.2.8')).toBe('ignored');
+      expect(orders.map((o) => o.name)).toEqual(['r0.flood.example', 'www.customer7.example']);
+    }));
+});
+
+describe('on-demand orders at once', () => {
+  it('are at most renewal.maxConcurrent, as every order: the others wait their turn, and each is ordered once', () =>
+    withDir(async (state) => {
+      let running = 0;
+      let most = 0;
+      const { answer, release } = heldAnswer('k-new');
+      const { manager, orders } = recordingManager(state, {
+        answer: async (request) => {
+          most = Math.max(most, ++running);
+          try {
+            // The operator's renewal of a waiting name, below, fails at the CA.
+            if (request.name === 'www.tenant11.example') throw new AcmeError('validation of www.tenant11.example failed', { problem: 'unauthorized' });
+            return await answer();
+          } finally {
+            running--;
+          }
+        },
+      });
+      const config = loadProxyConfig(undefined, {
+        keyserver: { socket: '/nonexistent' },
+        acme: { directory: 'https://ca.example/dir', onDemand: { publicNamesOnly: false } },
+      }).acme!.onDemand!;
+      // Wired as service.ts wires it.
+      const gate = new OnDemandGate({
+        config,
+        log: captureLog('error').logger,
+        isManaged: (name) => manager.isManaged(name),
+        backingOff: (name) => manager.backingOff(name),
+        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+      });
+      // A burst of new names the ask policy allows (customers onboarding, or a client cycling allowed names): each order
+      // makes a key in the token by a `keyedge key generate` child (a node process) and holds a key-server connection.
+      const names = Array.from({ length: 12 }, (_, i) => `www.tenant${i}.example`);
+      for (const [i, name] of names.entries()) expect(await gate.wanted(name, `192.0.2.${i + 1}`)).toBe('ordered');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(TEST_ACME.renewal.maxConcurrent).toBe(4);
+      expect(orders).toHaveLength(4);
+      // Waiting, each is managed: its next handshake orders nothing more.
+      expect(await gate.wanted('www.tenant11.example', '192.0.2.99')).toBe('ignored');
+      // The operator renews one that waits (its order goes at once) and it fails: the waiting order is not placed after it,
+      // past its backoff.
+      await expect(manager.renew('www.tenant11.example')).rejects.toThrow(/validation/);
+      release();
+      await waitUntil(() => orders.length >= 12 && running === 0);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(most).toBe(5);
+      expect(orders.map((o) => o.name).sort()).toEqual([...names].sort());
+      for (const name of names.slice(0, 11)) expect(state.state.certificates[name]?.keyId, name).toBe('k-new');
+      expect(state.state.certificates['www.tenant11.example']?.failures).toBe(1);
+    }));
 });
 
 describe('a new list waiting behind a running renewal of its entry', () => {

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ecdsaRawToDer } from '../keyserver/token/ecdsa-der.js';
 import { AcmeClient, parseRetryAfter } from '../proxy/acme/client.js';
+import { AcmeError } from '../proxy/acme/errors.js';
 import { ecdsaDerToRaw, jwkOfSpki, signJws, thumbprint } from '../proxy/acme/jws.js';
 import { ariTime, backoffMs, leafTimes, renewalTime } from '../proxy/acme/policy.js';
 import { type ManagedState, StateFile } from '../proxy/acme/state.js';
@@ -143,6 +144,78 @@ describe('ARI (RFC 9773) against a fake renewal-info endpoint', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(orders).toEqual([{ name: 'ari.example', domains: ['ari.example'], replaces: times.certId }]);
     client.close();
+  });
+});
+
+describe('a CA answering JSON that is not what RFC 8555 says', () => {
+  /** A "CA" whose directory, order and authorization are `answers`'s (JSON text), each request's URL its path. */
+  async function fakeCa(answers: Record<string, string>): Promise<{ base: string; close: () => Promise<void> }> {
+    let base = '';
+    const server = http.createServer((req, res) => {
+      const text = (answers[req.url ?? ''] ?? '').replaceAll('BASE', base);
+      const location = req.url === '/acct' ? `${base}/acct/1` : req.url === '/order' ? `${base}/order/1` : undefined;
+      res.writeHead(200, { 'content-type': 'application/json', 'replay-nonce': `n${Date.now()}`, ...(location === undefined ? {} : { location }) });
+      res.end(text);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    return { base, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  }
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const signer = {
+    jwk: jwkOfSpki(publicKey.export({ type: 'spki', format: 'der' })),
+    sign: async (input: Buffer) => sign('sha256', input, { key: privateKey, dsaEncoding: 'ieee-p1363' }),
+  };
+  const directory = JSON.stringify({ newNonce: 'BASE/nonce', newAccount: 'BASE/acct', newOrder: 'BASE/order' });
+
+  it.each([
+    ['a directory without its URLs (a JSON API at a mistyped path)', { '/dir': '{"meta":{}}' }, /GET http:\/\/127\.0\.0\.1:\d+\/dir: not an ACME directory/],
+    [
+      'an order without its authorizations',
+      { '/dir': directory, '/acct': '{}', '/order': '{"status":"pending"}' },
+      /POST http:\/\/127\.0\.0\.1:\d+\/order: not an ACME order/,
+    ],
+    ['an order that is null', { '/dir': directory, '/acct': '{}', '/order': 'null' }, /POST http:\/\/127\.0\.0\.1:\d+\/order: not an ACME order/],
+    [
+      'an authorization without its challenges',
+      {
+        '/dir': directory,
+        '/acct': '{}',
+        '/order': '{"status":"pending","authorizations":["BASE/authz/1"],"finalize":"BASE/finalize"}',
+        '/authz/1': '{"status":"pending","identifier":{"type":"dns","value":"a.example"}}',
+      },
+      /POST http:\/\/127\.0\.0\.1:\d+\/authz\/1: not an ACME authorization/,
+    ],
+    [
+      "a challenge token that is not base64url (RFC 8555 §8.1: it goes into a path and on the workers' board)",
+      {
+        '/dir': directory,
+        '/acct': '{}',
+        '/order': '{"status":"pending","authorizations":["BASE/authz/1"],"finalize":"BASE/finalize"}',
+        '/authz/1':
+          '{"status":"pending","identifier":{"type":"dns","value":"a.example"},"challenges":[{"type":"http-01","url":"BASE/chall","token":"../../admin","status":"pending"}]}',
+      },
+      /POST http:\/\/127\.0\.0\.1:\d+\/authz\/1: not an ACME authorization/,
+    ],
+  ])('%s: an ACME error naming the request and what is wrong, not a TypeError', async (_what, answers, message) => {
+    const ca = await fakeCa(answers);
+    const client = new AcmeClient({ directoryUrl: `${ca.base}/dir`, signer, timeoutMs: 5_000 });
+    try {
+      const failure = await (async () => {
+        await client.account({ contact: [] });
+        const { order } = await client.newOrder(['a.example']);
+        for (const url of order.authorizations) await client.authorization(url);
+      })().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(failure).toBeInstanceOf(AcmeError);
+      expect((failure as AcmeError).code).toBe('KEYEDGE_ERR_ACME');
+      expect((failure as Error).message).toMatch(message);
+    } finally {
+      client.close();
+      await ca.close();
+    }
   });
 });
 

@@ -8,6 +8,7 @@
  * (§6.5, §7.2), newAccount (§7.3, with EAB §7.3.4), newOrder (§7.4, with
  * `replaces` of RFC 9773 §5 and an optional `profile`), POST-as-GET (§6.3)
  * for authorizations, orders and the certificate, challenge responses (§7.5.1),
+ * authorization deactivation (§7.5.2),
  * finalize (§7.4) and the unsigned renewal-info GET (RFC 9773 §4).
  *
  * Every failure is an AcmeError carrying the problem type (§6.7) and the
@@ -19,6 +20,7 @@
  */
 import { Agent, fetch } from 'undici';
 import { maskedUrl } from '../masked-url.js';
+import { checkedAuthorization, checkedDirectory, checkedOrder } from './answers.js';
 import { AcmeError } from './errors.js';
 import { type EcJwk, externalAccountBinding, type JwsSigner, signJws } from './jws.js';
 
@@ -95,7 +97,7 @@ export class AcmeClient {
   }
 
   async directory(): Promise<AcmeDirectory> {
-    this.#directory ??= (await this.#http<AcmeDirectory>('GET', this.#options.directoryUrl)).body;
+    this.#directory ??= checkedDirectory((await this.#http<unknown>('GET', this.#options.directoryUrl)).body, `GET ${maskedUrl(this.#options.directoryUrl)}`);
     return this.#directory;
   }
 
@@ -114,18 +116,36 @@ export class AcmeClient {
   }
 
   async newOrder(domains: readonly string[], extra: { replaces?: string; profile?: string } = {}): Promise<{ url: string; order: AcmeOrder }> {
-    const answer = await this.#post<AcmeOrder>((await this.directory()).newOrder, {
+    const newOrder = (await this.directory()).newOrder;
+    const answer = await this.#post<unknown>(newOrder, {
       identifiers: domains.map((value) => ({ type: 'dns', value })),
       ...(extra.replaces === undefined ? {} : { replaces: extra.replaces }),
       ...(extra.profile === undefined ? {} : { profile: extra.profile }),
     });
     if (answer.location === undefined) throw new AcmeError('newOrder answered without the order URL (Location)', {});
-    return { url: answer.location, order: answer.body };
+    return { url: answer.location, order: checkedOrder(answer.body, `POST ${maskedUrl(newOrder)}`) };
   }
 
-  /** POST-as-GET (§6.3): orders, authorizations, challenges. */
+  /** An order (POST-as-GET), checked (answers.ts), with the CA's Retry-After. */
+  async order(url: string): Promise<{ body: AcmeOrder; retryAfterMs: number | undefined }> {
+    const answer = await this.get<unknown>(url);
+    return { body: checkedOrder(answer.body, `POST ${maskedUrl(url)}`), retryAfterMs: answer.retryAfterMs };
+  }
+
+  /** An authorization (POST-as-GET), checked (answers.ts), with the CA's Retry-After. */
+  async authorization(url: string): Promise<{ body: AcmeAuthorization; retryAfterMs: number | undefined }> {
+    const answer = await this.get<unknown>(url);
+    return { body: checkedAuthorization(answer.body, `POST ${maskedUrl(url)}`), retryAfterMs: answer.retryAfterMs };
+  }
+
+  /** POST-as-GET (§6.3), unchecked: `order` and `authorization` check theirs. */
   async get<T>(url: string): Promise<Answer<T>> {
     return this.#post<T>(url, undefined);
+  }
+
+  /** Deactivates an authorization (§7.5.2): a pending one no longer counts against the account's pending authorizations. */
+  async deactivate(authorizationUrl: string): Promise<void> {
+    await this.#post(authorizationUrl, { status: 'deactivated' });
   }
 
   /** Tells the CA the challenge is ready (§7.5.1: the payload is an empty object). */
@@ -134,7 +154,7 @@ export class AcmeClient {
   }
 
   async finalize(order: AcmeOrder, csrDer: Buffer): Promise<AcmeOrder> {
-    return (await this.#post<AcmeOrder>(order.finalize, { csr: csrDer.toString('base64url') })).body;
+    return checkedOrder((await this.#post<unknown>(order.finalize, { csr: csrDer.toString('base64url') })).body, `POST ${maskedUrl(order.finalize)}`);
   }
 
   /** The issued chain, PEM, leaf first (§7.4.2). */

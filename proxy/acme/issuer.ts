@@ -15,7 +15,9 @@
  * once under its lock; an order's chain is written under the name's
  * issuance lock, its fence checked in the write (issuance-locks.ts); an
  * order whose lock was lost meanwhile is abandoned before it is finalized,
- * and before its chain is stored (store/lock.ts, `lost`).
+ * and before its chain is stored (store/lock.ts, `lost`). An order that
+ * fails before its authorizations are done deactivates those it left
+ * pending (deactivatePending).
  *
  * Costs per certificate: one key generation (a child process), about ten
  * signed requests (one key-server sign each) and the CA's validation. The
@@ -225,10 +227,15 @@ export class AcmeIssuer {
       const signature = await keyserver.sign(keyId, algorithm, digest);
       return algorithm === Algorithm.RSA_PKCS1_SHA256 ? signature : ecdsaDerToRaw(signature, hash === 'sha384' ? 48 : 32);
     };
+    /** The authorizations known valid or failed: the others are left pending when the order fails. */
+    const settled = new Set<string>();
     try {
       for (const authzUrl of order.authorizations) {
-        const authz = (await acme.get<AcmeAuthorization>(authzUrl)).body;
-        if (authz.status === 'valid') continue;
+        const authz = (await acme.authorization(authzUrl)).body;
+        if (authz.status === 'valid') {
+          settled.add(authzUrl);
+          continue;
+        }
         // The first configured type the CA offers (TLS-ALPN-01 is never offered for a wildcard, RFC 8737 §3).
         const type = config.challenges.find((t) => authz.challenges.some((c) => c.type === t));
         const challenge = authz.challenges.find((c) => c.type === type);
@@ -247,7 +254,13 @@ export class AcmeIssuer {
         await challenges.add(entry);
         published.push(challenge.token);
         await acme.respond(challenge.url);
-        const done = await poll(acme, authzUrl, deadline, (a: AcmeAuthorization) => a.status !== 'pending');
+        const done = await poll(
+          () => acme.authorization(authzUrl),
+          authzUrl,
+          deadline,
+          (a: AcmeAuthorization) => a.status !== 'pending',
+        );
+        if (done.status !== 'pending') settled.add(authzUrl);
         if (done.status !== 'valid') {
           const why = done.challenges.find((c) => c.error !== undefined)?.error;
           throw new AcmeError(
@@ -258,25 +271,61 @@ export class AcmeIssuer {
           );
         }
       }
+    } catch (err) {
+      await deactivatePending(acme, order.authorizations, settled, request.name, log);
+      throw err;
     } finally {
       for (const token of published) await challenges.remove(token);
     }
-    const ready = await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'pending');
+    const ready = await poll(
+      () => acme.order(url),
+      url,
+      deadline,
+      (o: AcmeOrder) => o.status !== 'pending',
+    );
     if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
     const csr = await createCsrWith(csrKeyOfSpki((await certificateKey()).spki), request.domains, signer);
     // Finalizing is what makes the CA issue: under a lost lock, a second certificate for the name (and its rate limits).
     request.lock?.lost.throwIfAborted();
     const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
-    const valid = finalized.status === 'valid' ? finalized : await poll(acme, url, deadline, (o: AcmeOrder) => o.status !== 'processing');
+    const valid =
+      finalized.status === 'valid'
+        ? finalized
+        : await poll(
+            () => acme.order(url),
+            url,
+            deadline,
+            (o: AcmeOrder) => o.status !== 'processing',
+          );
     if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});
     return acme.certificate(valid.certificate);
   }
 }
 
-/** POST-as-GET `url` until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
-async function poll<T>(acme: AcmeClient, url: string, deadline: number, done: (body: T) => boolean): Promise<T> {
+/**
+ * RFC 8555 §7.5.2: the authorizations of a failed order not known valid or failed are deactivated, best effort, at
+ * once. Left pending, each counted against the CA's pending authorizations per account (Let's Encrypt: 300) until it
+ * expired (its 7 days there): an order for several names whose first validation failed left the others pending, and the
+ * loop's retries of it, or an operator's, used the account's allowance up; every order was refused then.
+ */
+async function deactivatePending(acme: AcmeClient, authorizations: readonly string[], settled: ReadonlySet<string>, name: string, log: Logger): Promise<void> {
+  const pending = authorizations.filter((url) => !settled.has(url));
+  if (pending.length === 0) return;
+  const results = await Promise.allSettled(pending.map((url) => acme.deactivate(url)));
+  const failed = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+  if (failed.length > 0) log.warn({ certificate: name, failed }, 'could not deactivate the pending authorizations of a failed ACME order');
+  else log.info({ certificate: name, authorizations: pending.length }, 'pending authorizations of a failed ACME order deactivated');
+}
+
+/** `get` (a POST-as-GET of `url`) until `done`, at a gentle back-off or the CA's Retry-After when longer, until the order's deadline. */
+async function poll<T>(
+  get: () => Promise<{ body: T; retryAfterMs: number | undefined }>,
+  url: string,
+  deadline: number,
+  done: (body: T) => boolean,
+): Promise<T> {
   for (let wait = 250; ; wait = Math.min(wait * 2, 5_000)) {
-    const answer = await acme.get<T>(url);
+    const answer = await get();
     if (done(answer.body)) return answer.body;
     if (Date.now() > deadline) throw new AcmeError(`${url} still not done at the order's deadline`, {});
     // The CA's Retry-After may lengthen the wait, never shorten it: `Retry-After: 0` (or a past date) was a tight loop of signed polls.

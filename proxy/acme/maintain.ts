@@ -5,14 +5,16 @@
  * Runs in the cluster primary on a timer (`renewal.checkSeconds`) and on the
  * operator's word (admin API: POST /acme/issue, POST /acme/renew/NAME). At
  * most `renewal.maxConcurrent` orders run at once; an entry already in flight
- * is never ordered twice (orders.ts). A failure leaves the store entry as it
+ * is never ordered twice (orders.ts); an on-demand order waits its turn
+ * (#inTurn), an operator's goes at once. A failure leaves the store entry as it
  * is (the current certificate keeps serving until it expires), is logged,
  * counted, remembered with its backoff in the state file, and shown in
  * GET /certs. An operator's order for a new list of names (domain-lists.ts)
  * that fails is the answer's alone: the entry keeps its names and schedule.
  * An on-demand entry whose first order failed, no certificate serving it, is
- * the exception: the loop leaves it, and only its next handshake, through the
- * on-demand gate and its hourly limits, orders it again (on-demand.ts),
+ * the exception: the loop leaves it, and only its next handshake once its
+ * backoff is over, through the on-demand gate and its hourly limits, orders
+ * it again (on-demand.ts),
  * unless the operator issues or renews it (admin API), which makes it an
  * ordinary entry. Each pass then forgets such entries a day old and deletes
  * retired keys (housekeeping.ts).
@@ -29,9 +31,10 @@ import { covers, domainsToOrder, entryForList } from './domain-lists.js';
 import { entryOf } from './entry-names.js';
 import { deleteRetiredKeys, forgetStaleFailures } from './housekeeping.js';
 import type { Issued } from './issuer.js';
-import { type OrderDeps, OrderRunner } from './orders.js';
+import { type NewList, type OrderDeps, OrderRunner } from './orders.js';
 import { ariTime, leafTimes, renewalTime } from './policy.js';
-import { type ManagedState, waitsForTheGate } from './state.js';
+import { RecordedNames } from './recorded-names.js';
+import { backingOff, type ManagedState, waitsForTheGate } from './state.js';
 import type { TokenKeys } from './token-keys.js';
 
 export interface ManagerDeps extends OrderDeps {
@@ -56,12 +59,22 @@ export interface IssueOutcome extends Issued {
 export class CertificateManager {
   readonly #deps: ManagerDeps;
   readonly #orders: OrderRunner;
+  /** Which entries record a name, for isManaged (recorded-names.ts). */
+  readonly #recorded: RecordedNames;
+  /** On-demand orders waiting for a place among `renewal.maxConcurrent` (#inTurn), woken one per order that ends. */
+  readonly #waiting: (() => void)[] = [];
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
 
   constructor(deps: ManagerDeps) {
     this.#deps = deps;
-    this.#orders = new OrderRunner(deps);
+    this.#orders = new OrderRunner(deps, () => this.#waiting.shift()?.());
+    this.#recorded = new RecordedNames(() => deps.state.state.certificates);
+  }
+
+  /** The state's recorded names may have changed elsewhere (the fleet's state taken): isManaged looks again. */
+  namesChanged(): void {
+    this.#recorded.changed();
   }
 
   start(): void {
@@ -79,6 +92,7 @@ export class CertificateManager {
    * Whether `name` is managed already (on-demand asks before ordering): its own entry, or another entry's list, or the names
    * of an order running (an expansion not yet recorded) cover it; a failed on-demand entry is the gate's again. Asked of its
    * own entry only, a handshake for `b` while entry `a` was ordered or renewed for `a, b` made a second certificate for `b`.
+   * Constant time in the number of entries (recorded-names.ts): asked for every uncovered name a handshake brings.
    */
   isManaged(name: string): boolean {
     const { certificates } = this.#deps.state.state;
@@ -87,8 +101,24 @@ export class CertificateManager {
     const own = certificates[entry];
     if (own !== undefined && live(entry, own)) return true;
     if (this.#orders.ordering(name)) return true;
-    for (const [other, managed] of Object.entries(certificates)) if (covers(managed.domains, name) && live(other, managed)) return true;
+    for (const other of this.#recorded.candidates(name)) {
+      const managed = certificates[other];
+      if (managed !== undefined && covers(managed.domains, name) && live(other, managed)) return true;
+    }
     return false;
+  }
+
+  /**
+   * Whether `name`'s own entry is a failed on-demand entry still in its backoff (state.ts backingOff), no order running for
+   * it: the gate orders nothing for it until then. The gate ordered such a name again at its next handshake (each worker
+   * reports it every 10 s), however its order failed, the CA's Retry-After included: a name the CA would not validate took
+   * every order of its registered domain's hour (`maxOrdersPerDomainPerHour`), each slot as the hour freed it, and the
+   * domain's other new names were rate-limited for as long as its clients came.
+   */
+  backingOff(name: string): boolean {
+    const entry = this.entryOf([name]);
+    const own = this.#deps.state.state.certificates[entry];
+    return own !== undefined && !this.#orders.running(entry) && backingOff(own, Date.now());
   }
 
   /**
@@ -126,9 +156,15 @@ export class CertificateManager {
     try {
       name = entry ?? (onDemand ? this.entryOf(domains) : entryForList(this.entryOf(domains), domains, this.#holders()));
       const managed = this.#deps.state.state.certificates[name];
-      // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since.
+      // The gate asked before awaiting its ask endpoint: an order or an expansion may cover the name since (here, or another
+      // node's, taken with the fleet's state since: the index is rebuilt for this question, asked only of a name to order).
+      if (onDemand) this.#recorded.changed();
       if (onDemand && domains.some((d) => this.isManaged(d) || this.#deps.records().has(this.entryOf([d])))) {
         throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' became managed while the on-demand checks ran; not ordered on demand`);
+      }
+      // Its order failed while the checks ran (or the gate was asked before its failure was known): its backoff holds.
+      if (onDemand && domains.some((d) => this.backingOff(d))) {
+        throw new KeyedgeError('KEYEDGE_ERR_ACME', `'${domains.join(', ')}' failed its last order and its backoff is not over; not ordered on demand`);
       }
       if (managed !== undefined && !onDemand) wanted = domainsToOrder(name, managed.domains, domains, replaceDomains);
     } catch (err) {
@@ -140,6 +176,7 @@ export class CertificateManager {
       // A name listed twice is one name (as domainsToOrder makes it for a managed entry): recorded, ordered and shown once.
       const unique = [...new Set(domains)];
       this.#deps.state.state.certificates[name] = { domains: unique, keyId: '', failures: 0, ...(onDemand ? { onDemand: true as const } : {}) };
+      this.#recorded.changed();
       // The state file's save throws synchronously (disk full): thrown from here it escaped an on-demand handshake's
       // promise chain as an unhandled rejection, which ended the primary. The order's own saves report it.
       Promise.resolve()
@@ -150,7 +187,9 @@ export class CertificateManager {
       // name asked for; left marked, a failed on-demand entry the operator ordered was never retried until a handshake came.
       delete managed.onDemand;
     }
-    return this.#orders.run(name, wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains }).then((issued) => ({
+    const list = wanted === undefined ? undefined : { domains: wanted, replace: replaceDomains };
+    const order = onDemand ? this.#inTurn(name, () => this.#run(name, list)) : this.#run(name, list);
+    return order.then((issued) => ({
       ...issued,
       entry: name,
       domains: wanted ?? this.#deps.state.state.certificates[name]?.domains ?? [...domains],
@@ -166,7 +205,42 @@ export class CertificateManager {
     }
     // The operator asks for it, as in issue(): a failure is retried by the loop from now on.
     delete managed.onDemand;
-    return this.#orders.run(name);
+    return this.#run(name);
+  }
+
+  /**
+   * Resolves once an on-demand order for entry `name` may start: fewer than `renewal.maxConcurrent` orders run (the
+   * renewal loop's bound). Each such order went at once: a burst of names the ask policy allows (customers onboarding,
+   * or a client cycling them) ran as many orders as the hourly limits let through, each with its `keyedge key generate`
+   * child (a node process) and key-server connection, and on a small host their starts took the CPU from the workers'
+   * handshakes. Waiting, the entry is recorded, so its name is managed: its handshakes order nothing more. Rejects
+   * when the entry was ordered (issued, or failed: its backoff holds) or forgotten meanwhile (the operator's issue or
+   * renew, the loop, another node): nothing to order then.
+   */
+  async #inTurn(name: string, start: () => Promise<Issued>): Promise<Issued> {
+    const asked = this.#deps.state.state.certificates[name];
+    const [issuedAt, failures] = [asked?.lastIssuedAt, asked?.failures];
+    while (this.#orders.size >= this.#deps.config.renewal.maxConcurrent && !this.#orders.running(name)) {
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    }
+    const managed = this.#deps.state.state.certificates[name];
+    // Started in the same turn as the count was read, so the next waiter woken counts it.
+    const order =
+      managed === undefined || managed.lastIssuedAt !== issuedAt || managed.failures !== failures
+        ? Promise.reject(
+            new KeyedgeError('KEYEDGE_ERR_ACME', `'${name}' was ordered or forgotten while its on-demand order waited its turn; not ordered again`),
+          )
+        : start();
+    // Several orders may have ended at once, each waking one waiter: one more place free is the next one's turn too.
+    if (this.#orders.size < this.#deps.config.renewal.maxConcurrent) this.#waiting.shift()?.();
+    return order;
+  }
+
+  /** An order (orders.ts); once it ends, its names may be the entry's (recorded-names.ts looks again). */
+  #run(name: string, list?: NewList): Promise<Issued> {
+    const order = this.#orders.run(name, list);
+    order.finally(() => this.#recorded.changed()).catch(() => undefined);
+    return order;
   }
 
   /** What GET /certs shows for a managed entry. */
@@ -204,7 +278,7 @@ export class CertificateManager {
         if (record !== undefined) await this.#checkAri(name, managed, record);
         // No certificate serves yet: due now, unless another node of the fleet just issued it and this node has not loaded it yet.
         const due = record === undefined ? (this.#justIssuedElsewhere(managed, now) ? Number.POSITIVE_INFINITY : now) : this.#due(name, managed, record);
-        if (due <= now) this.#orders.run(name).catch(() => undefined);
+        if (due <= now) this.#run(name).catch(() => undefined);
       }
       await forgetStaleFailures(this.#deps, this.#orders, now);
       await deleteRetiredKeys(this.#deps, now);

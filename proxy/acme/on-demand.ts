@@ -13,7 +13,10 @@
  *      (below, gate 7: not a public suffix itself), not managed or in flight already
  *      (by its own entry, or listed by another managed entry or an order running: maintain.ts `isManaged`), and not the
  *      entry name of a certificate already in the store (one the operator uploaded: the order would replace it);
- *      an ignored name is counted with its reason (a bounded set: NameRefusal, `managed`, `checking`);
+ *      an ignored name is counted with its reason (a bounded set: NameRefusal, `managed`, `checking`); and its last
+ *      order did not fail within its backoff (`backoff`: retryMin × 2^(failures−1), never before the CA's
+ *      Retry-After; maintain.ts backingOff): a name the CA would not validate, ordered again at each handshake, took
+ *      every order of its registered domain's hour, and the domain's other names were rate-limited;
  *   2. it was not refused within `refusedSeconds` (remembered, bounded LRU);
  *   3. its hourly limits are not known to be full (the ledger's last answer, no I/O): a name it could not order
  *      anyway is not asked about. Each of 1,000 random names under one registered domain was asked about, though
@@ -63,15 +66,17 @@ const CLIENT_LIMIT = 'client_limit';
 
 export type OnDemandOutcome = 'ordered' | 'refused' | 'remembered' | 'rate_limited' | 'busy' | 'ignored';
 /**
- * Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, it is being checked, or
- * the client that sent it is over its checks (gate 4).
+ * Why a name was ignored (the metric's `reason` label): a CA would refuse it, it is managed, its last order failed and
+ * its backoff is not over, it is being checked, or the client that sent it is over its checks (gate 4).
  */
-export type IgnoredReason = NameRefusal | 'managed' | 'checking' | typeof CLIENT_LIMIT;
+export type IgnoredReason = NameRefusal | 'managed' | 'backoff' | 'checking' | typeof CLIENT_LIMIT;
 
 export interface OnDemandDeps {
   readonly config: OnDemandConfig;
   readonly log: Logger;
   readonly isManaged: (name: string) => boolean;
+  /** Whether `name`'s last order failed and its backoff is not over (maintain.ts backingOff); none: never. */
+  readonly backingOff?: (name: string) => boolean;
   /** Starts issuance in the background. */
   readonly order: (name: string) => void;
   /** Each decision; `reason` with `ignored` only. */
@@ -113,7 +118,16 @@ export class OnDemandGate {
    */
   async wanted(name: string, client?: string): Promise<OnDemandOutcome> {
     const judged = judgeName(name, this.#deps.config.publicNamesOnly);
-    const ignored = 'refusal' in judged ? judged.refusal : this.#deps.isManaged(name) ? 'managed' : this.#checking.has(name) ? 'checking' : undefined;
+    const ignored =
+      'refusal' in judged
+        ? judged.refusal
+        : this.#deps.isManaged(name)
+          ? 'managed'
+          : this.#deps.backingOff?.(name) === true
+            ? 'backoff'
+            : this.#checking.has(name)
+              ? 'checking'
+              : undefined;
     const decided = ignored === undefined && 'domain' in judged ? await this.#decide(name, judged.domain, client) : 'ignored';
     const outcome = decided === CLIENT_LIMIT ? 'ignored' : decided;
     this.#deps.onOutcome?.(outcome, decided === CLIENT_LIMIT ? CLIENT_LIMIT : ignored);

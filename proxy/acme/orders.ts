@@ -61,9 +61,12 @@ export class OrderRunner {
   readonly #inFlight = new Map<string, { readonly domains: readonly string[]; readonly attempt: Promise<Issued> }>();
   /** The new lists waiting behind each entry's running order (run). */
   readonly #following = new Map<string, Set<readonly string[]>>();
+  /** Told each time an order ends (a place among `renewal.maxConcurrent` is free: maintain.ts). */
+  readonly #onEnd: () => void;
 
-  constructor(deps: OrderDeps) {
+  constructor(deps: OrderDeps, onEnd: () => void = () => {}) {
     this.#deps = deps;
+    this.#onEnd = onEnd;
   }
 
   /** How many orders run now. */
@@ -111,7 +114,10 @@ export class OrderRunner {
           return this.run(name, list);
         });
     }
-    const attempt = this.#attempt(name, list).finally(() => this.#inFlight.delete(name));
+    const attempt = this.#attempt(name, list).finally(() => {
+      this.#inFlight.delete(name);
+      this.#onEnd();
+    });
     this.#inFlight.set(name, { domains: list?.domains ?? this.#deps.state.state.certificates[name]?.domains ?? [], attempt });
     return attempt;
   }

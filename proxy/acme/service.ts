@@ -76,8 +76,13 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
   const board = new ChallengeBoard(deps.broadcast);
   const fleet = shared === undefined ? undefined : new FleetChallenges(shared, board, log, deps.publishWaitMs ?? 10_000);
   // One node alone needs no lock: its manager's in-flight map keeps one order per name.
-  const locks = shared === undefined ? {} : { locks: fleetLocks(shared, () => state.refresh?.()) };
   let manager: CertificateManager | undefined;
+  // The fleet's state taken: the names its entries record may have changed (maintain.ts namesChanged).
+  const refresh = (): void => {
+    state.refresh?.();
+    manager?.namesChanged();
+  };
+  const locks = shared === undefined ? {} : { locks: fleetLocks(shared, refresh) };
   const metrics = registerAcmeMetrics(deps.registry, () => manager?.failing ?? 0);
   const issuer = new AcmeIssuer({
     config: acme,
@@ -122,6 +127,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
           log,
           // A certificate already named so (uploaded, or the config file's) is not ACME's to take: the order's chain replaced it.
           isManaged: (name) => running.isManaged(name) || deps.records().has(running.entryOf([name])),
+          backingOff: (name) => running.backingOff(name),
           order: (name) => void running.issue([name], undefined, true).catch(() => undefined),
           onOutcome: (outcome, reason) => metrics.onDemand.inc(reason === undefined ? { outcome } : { outcome, reason }),
           ...(shared === undefined ? {} : { ledger: new FleetLedger(shared, acme.onDemand, log) }),
@@ -132,7 +138,7 @@ export function startAcme(deps: AcmeDeps): RunningAcme {
     board,
     onDemand,
     storeChanged: () => {
-      state.refresh?.();
+      refresh();
       fleet?.changed();
     },
     stop: () => {

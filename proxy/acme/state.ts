@@ -38,6 +38,14 @@ export function waitsForTheGate(managed: ManagedState): boolean {
   return managed.onDemand === true && managed.lastIssuedAt === undefined && managed.failures > 0;
 }
 
+/**
+ * Such an entry whose backoff after its last failure (`notBefore`: retryMin × 2^(failures−1), never before the CA's
+ * Retry-After) is not over at `now`: its handshakes order nothing until it is.
+ */
+export function backingOff(managed: ManagedState, now: number): boolean {
+  return waitsForTheGate(managed) && managed.notBefore !== undefined && Date.parse(managed.notBefore) > now;
+}
+
 export interface IssuerState {
   account?: AccountState | undefined;
   certificates: Record<string, ManagedState>;

@@ -26,6 +26,8 @@ export interface FaultFront {
   hugeSent: number;
   /** Requests answered with a fault, by mode. */
   readonly faults: Record<string, number>;
+  /** Each authorization deactivation relayed (RFC 8555 §7.5.2): its URL's path and the CA's answer, `200 deactivated`. */
+  readonly deactivations: { readonly path: string; readonly answer: string }[];
   close(): Promise<void>;
 }
 
@@ -42,6 +44,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     hugeBytes: 0,
     hugeSent: 0,
     faults: {},
+    deactivations: [],
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
   const problem = (res: import('node:http').ServerResponse, status: number, type: string, headers: Record<string, string> = {}): void => {
@@ -101,6 +104,15 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 text = text.replace(/"status":\s*"ready"/, '"status": "pending"');
                 headers['retry-after'] = '0';
               }
+              if (deactivating(Buffer.concat(chunks))) {
+                let status: unknown;
+                try {
+                  status = (JSON.parse(text) as { status?: unknown }).status;
+                } catch {
+                  // A problem document's or anything else's: the answer says so below.
+                }
+                front.deactivations.push({ path: req.url ?? '', answer: `${answer.statusCode} ${String(status)}` });
+              }
               res.writeHead(answer.statusCode ?? 502, headers).end(text);
             });
           },
@@ -118,4 +130,14 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
   self = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
   (front as { directory: string }).directory = `${self}${new URL(pebbleDirectory).pathname}`;
   return front;
+}
+
+/** Whether a JWS request body's payload is `{"status":"deactivated"}` (RFC 8555 §7.5.2). */
+function deactivating(body: Buffer): boolean {
+  try {
+    const payload = (JSON.parse(body.toString('utf8')) as { payload?: string }).payload ?? '';
+    return (JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { status?: unknown }).status === 'deactivated';
+  } catch {
+    return false;
+  }
 }
