@@ -89,6 +89,38 @@ describe('the fleet store mirror', () => {
     await next!.release();
   });
 
+  it('writes its cache within seconds of a change though changes keep coming faster than its debounce', async () => {
+    const cacheFile = join(lab().dir, 'storm', CACHE_FILE);
+    await store('/fleet-storm/', 'storm');
+    const writer = client();
+    // A writer rewriting one entry every 100 ms (a broken node in a loop): each change came before the debounce ran out.
+    let n = 0;
+    let writing = true;
+    const storm = (async () => {
+      while (writing) {
+        await writer.put('/fleet-storm/certs/busy').value(JSON.stringify({ chain: `v${n++}`, meta: {} }));
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    })();
+    try {
+      const cached = await waitFor(
+        'the cache file while the storm lasts',
+        () => {
+          try {
+            return readFileSync(cacheFile, 'utf8');
+          } catch {
+            return undefined;
+          }
+        },
+        6_000,
+      ).catch(() => 'not written');
+      expect(cached === 'not written' ? cached : cached.includes('certs/busy')).toBe(true);
+    } finally {
+      writing = false;
+      await storm;
+    }
+  });
+
   it('drops a change older than what it holds', async () => {
     const a = await store('/fleet-b/', 'order');
     a.applyLocal('certs/x', 'new', 1_000_000);
