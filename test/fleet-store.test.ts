@@ -13,6 +13,7 @@ import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { putCertificate } from '../proxy/certs/manage.js';
+import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';
 import type { ValidationContext } from '../proxy/certs/validate.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { createCa, issue } from './helpers/pki.js';
@@ -222,6 +223,34 @@ describe('two nodes uploading one entry at once', () => {
     expect(late).toBeInstanceOf(StoreUnavailableError);
     expect((late as Error).message).toMatch(/lock .* was lost/);
     expect(JSON.parse((await lab().client().get('/fleet-race/certs/race').string())!).meta.names).toEqual(['race.test', 'www.race.test']);
+  });
+});
+
+describe('keys below certs/ written by hand or by a broken node', () => {
+  it('are each refused once, named with where they are, whatever their name: not left out unsaid, nor read again by every pass', async () => {
+    const raw = client();
+    const long = `www.${'long-'.repeat(13)}example.com`;
+    const entry = JSON.stringify({ chain: '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n', meta: {} });
+    await raw.put(`/fleet-names/certs/${long}`).value(entry);
+    await raw.put('/fleet-names/certs/nested/entry').value(entry);
+    await raw.put('/fleet-names/certs/garbage').value(Buffer.from([0xff, 0xfe, 0x00, 0x7b]));
+    const fleet = await store('/fleet-names/', 'names');
+    const config = loadProxyConfig(undefined, { stateDir: join(lab().dir, 'names-state') });
+    const seen = new Map<string, SeenStat>();
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const first = await prepareServing({ config, store: fleet, previous: new Map(), seen, validation });
+    const said = Object.fromEntries(first.refused.map((r) => [r.name, `${r.source}: ${r.message}`]));
+    expect(Object.keys(said).sort()).toEqual(['garbage', 'nested/entry', long].sort());
+    expect(said[long]).toContain(
+      `etcd:/fleet-names/certs/${long}: certificate '${long}' (etcd:/fleet-names/certs/${long}): "${long}" is not a certificate entry name`,
+    );
+    expect(said['nested/entry']).toContain('"nested/entry" is not a certificate entry name');
+    expect(said.garbage).toContain('etcd:/fleet-names/certs/garbage');
+
+    // The next pass (any change anywhere in the fleet's etcd): nothing new to say about them.
+    const again = await prepareServing({ config, store: fleet, previous: first.records, seen, validation });
+    expect(again.refused).toEqual([]);
+    expect([...again.present].sort()).toEqual(['garbage', 'nested/entry', long].sort());
   });
 });
 

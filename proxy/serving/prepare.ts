@@ -274,6 +274,13 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const read = file.value;
     if (read instanceof Error) {
       refuse(name, chainPath, 'unreadable', read.message);
+      // A fleet's entry reads the same at the same revision (its identity): its refusal is carried over as a judged
+      // one is, not read and reported again by every pass. A file may read otherwise with the same identity (a
+      // directory's permissions changed, a link's target directory mounted): read again.
+      if (!(store instanceof CertificateStore)) {
+        const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
+        seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
+      }
       continue;
     }
     const candidate = entryCandidate(read);

@@ -6,7 +6,10 @@
  * the store's mirror (never waiting on etcd), written through the store.
  *
  * An entry is written whole by one transaction, so it is never half-written
- * (a listing never calls it "recent"), and its statId is its revision.
+ * (a listing never calls it "recent"), and its statId is its revision. Every
+ * key below certs/ is listed: one whose name is no entry name (written by
+ * hand, or by another tool) is refused when read, naming it, not left out
+ * unsaid.
  * `fencedEntries` is the same view whose writes are fenced by an issuance
  * lock (lock.ts): a node that lost the lock mid-order (a long pause, a
  * partition) cannot put its result over the one its successor wrote.
@@ -34,7 +37,7 @@ export function listEntries(store: EtcdStore): StoreEntryRef[] {
   const refs: StoreEntryRef[] = [];
   for (const name of store.keys(CERTS)) {
     const item = store.item(CERTS + name)!;
-    if (!STORE_ENTRY_NAME.test(name)) continue;
+    // Listed whatever its name: one that is no entry name is refused when read, named, rather than never served unsaid.
     const where = `${store.dir}${CERTS}${name}`;
     refs.push({
       name,
@@ -57,6 +60,14 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
   const item = store.item(CERTS + name);
   const where = `${store.dir}${CERTS}${name}`;
   if (item === undefined) throw notFound(store, name);
+  if (!STORE_ENTRY_NAME.test(name)) {
+    // Written by hand or by another tool: a name such as a domain over 64 characters, a nested key, a space.
+    throw new CertificateError(
+      where,
+      `${JSON.stringify(name)} is not a certificate entry name (1-64 letters, digits, _ . -, not starting with a dot): the key is not served; store the entry under such a name`,
+      { reason: 'parse', entry: name },
+    );
+  }
   let raw: { chain?: unknown; meta?: unknown };
   try {
     raw = JSON.parse(item.value) as typeof raw;
