@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
@@ -10,6 +10,7 @@ import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreConflictError, StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
+import { TICKET_KEY_BYTES } from '../proxy/tls/tickets.js';
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { putCertificate } from '../proxy/certs/manage.js';
@@ -120,6 +121,21 @@ describe('the fleet store mirror', () => {
       writing = false;
       await storm;
     }
+  });
+
+  it('rotates a ticket key ring dated far ahead of its clock (written under a clock that was off); one seconds ahead is recent', async () => {
+    const node = await store('/fleet-ring/', 'ring');
+    const raw = client();
+    const old = randomBytes(TICKET_KEY_BYTES);
+    const ring = (aheadMs: number): string => JSON.stringify({ keys: [old.toString('base64')], rotatedAt: new Date(Date.now() + aheadMs).toISOString() });
+    // Within the skew of a fleet's clocks: recent.
+    await raw.put('/fleet-ring/tickets').value(ring(30_000));
+    expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
+    // A year ahead (a node booted with a bad RTC): due now, else no node would rotate for a year.
+    await raw.put('/fleet-ring/tickets').value(ring(365 * 86_400_000));
+    expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('rotated');
+    const now = sharedTicketKeys(node)!;
+    expect(now.keys.length === 2 && now.keys[1]!.equals(old) && Math.abs(now.rotatedAt - Date.now()) < 60_000).toBe(true);
   });
 
   it('drops a change older than what it holds', async () => {
