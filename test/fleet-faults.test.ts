@@ -283,10 +283,9 @@ describe('a large fleet state', () => {
 });
 
 describe('an issuance lock taken on a mirror that does not catch up', () => {
-  it('refuses the work instead of running it on an older state', async () => {
-    const writer = client();
-    // Node A's watch brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
-    const deaf = new Proxy(client(), {
+  // A node's watch that brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
+  const deafClient = (): Etcd3 =>
+    new Proxy(client(), {
       get(target, property) {
         if (property === 'watch') {
           return () => {
@@ -304,7 +303,10 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
-    const nodeA = await lab().store('/l/', 'deaf', [], deaf);
+
+  it('refuses the work instead of running it on an older state', async () => {
+    const writer = client();
+    const nodeA = await lab().store('/l/', 'deaf', [], deafClient());
     // Node B registers the account under the lock, and releases it.
     const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
@@ -320,6 +322,18 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
     const again = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     expect(again).toBeDefined();
     await again!.release();
+  }, 30_000);
+
+  it('is not taken for caught up by a write of its own: the writes of other nodes before it are still missing', async () => {
+    const writer = client();
+    const nodeA = await lab().store('/l2/', 'deaf-own', [], deafClient());
+    // Node B stores the account; then node A writes something of its own (a challenge of another order, say).
+    const other = await writer.put('/l2/acme/account').value('{"registered":"by B"}').exec();
+    const own = await nodeA.put('routes/a.example', JSON.stringify({ name: 'a.example', origin: 'http://127.0.0.1:1' }));
+    expect(own).toBeGreaterThan(Number(other.header.revision));
+    // What a new lock holder asks before it works (issuance-locks.ts): the mirror holds node A's write, not node B's before it.
+    expect(nodeA.item('acme/account')).toBeUndefined();
+    expect(await nodeA.reached(Number(other.header.revision), 300)).toBe(false);
   }, 30_000);
 });
 

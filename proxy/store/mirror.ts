@@ -103,11 +103,16 @@ export class Mirror {
     return keys;
   }
 
-  /** Changes of keys below the prefix (`value` undefined: a delete), then the mirror is at `revision` at least. */
-  apply(changed: Iterable<{ readonly key: string; readonly value: string | undefined; readonly revision: number }>, revision: number): void {
+  /**
+   * Changes of keys below the prefix (`value` undefined: a delete), then the mirror is at `revision` at least: the
+   * watch's answer holds every change up to it. Without `revision` (this node's own write, before its watch event),
+   * the mirror's revision stays: other nodes' writes before that one may still be on their way, and `revision` says
+   * what the mirror holds all of (etcd-store.ts `reached`: a new lock holder works on no older state).
+   */
+  apply(changed: Iterable<{ readonly key: string; readonly value: string | undefined; readonly revision: number }>, revision?: number): void {
     const changes = new Set<StoreChange>();
     for (const { key, value, revision: at } of changed) this.#apply(key, value, at, changes);
-    this.#revision = Math.max(this.#revision, revision);
+    if (revision !== undefined) this.#revision = Math.max(this.#revision, revision);
     this.#changed(changes);
   }
 
