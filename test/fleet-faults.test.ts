@@ -228,6 +228,34 @@ describe('a lock whose lease ends while etcd stalls past its TTL', () => {
   }, 30_000);
 });
 
+describe('a write whose answer is lost (etcd stalls as it is sent)', () => {
+  it('does not say nothing was written: the stalled member takes it once it runs again', async () => {
+    const member = lab().etcd.members[0]!;
+    const node = await store('/lost-answer/', 'lost-answer');
+    member.stall();
+    let err: unknown;
+    try {
+      err = await node.write('late', 'a chain', {}, 0).catch((e: unknown) => e);
+    } finally {
+      member.resume();
+    }
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as Error).message).toMatch(/could not write certs\/late: no answer within 2000 ms; its answer was lost, so etcd may have taken it/);
+    // And so it did: every node (this one's watch included) gets it once etcd answers.
+    await waitFor('the write to reach the mirror', () => (node.has('late') ? true : undefined), 15_000);
+    // A change refused while etcd is known to be away was never sent: its refusal says nothing of the kind.
+    member.stall();
+    try {
+      await waitFor('the store to see etcd away', () => (node.health.up ? undefined : true), 15_000);
+      const refused = await node.write('never', 'a chain', {}, 0).catch((e: unknown) => e);
+      expect((refused as Error).message).not.toContain('may have taken it');
+    } finally {
+      member.resume();
+    }
+    await waitFor('the store to see etcd back', () => (node.health.up ? true : undefined), 15_000);
+  }, 60_000);
+});
+
 describe('a wait for a lock while etcd stalls', () => {
   it('ends within its bound: the waiter is not held by etcd’s silence', async () => {
     const member = lab().etcd.members[0]!;
