@@ -268,6 +268,22 @@ describe('keys below certs/ written by hand or by a broken node', () => {
     expect(again.refused).toEqual([]);
     expect([...again.present].sort()).toEqual(['garbage', 'nested/entry', long].sort());
   });
+
+  it('refuse a chain past the store directory’s 1 MiB unread, as a chain file is: etcd’s 1.5 MiB let it be judged', async () => {
+    const ca = await createCa('Huge CA');
+    const leaf = await issue(ca, { commonName: 'huge.test', dnsNames: ['huge.test'], keyAlgorithm: 'ec-p256' });
+    // A valid chain, then 1.1 MB of junk: served as its chain, and by every node, though no file of it would be read.
+    const value = JSON.stringify({ chain: `${leaf.certPem}\n${ca.certPem}\n${'x'.repeat(1_100_000)}`, meta: {} });
+    await client().put('/fleet-huge/certs/huge').value(value);
+    const fleet = await store('/fleet-huge/', 'huge');
+    const config = loadProxyConfig(undefined, { stateDir: join(lab().dir, 'huge-state') });
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const pass = await prepareServing({ config, store: fleet, previous: new Map(), seen: new Map(), validation });
+    expect(pass.records.has('huge')).toBe(false);
+    expect(pass.refused.map((r) => r.message)).toEqual([
+      expect.stringMatching(/\(etcd:\/fleet-huge\/certs\/huge\): the chain is 11\d{5} bytes; a chain holds at most 1048576/),
+    ]);
+  });
 });
 
 describe('a value past etcd’s request limit', () => {

@@ -22,6 +22,7 @@
  * the first one's chain and pins a chain never checked against them.
  */
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
+import { MAX_CHAIN_BYTES, MAX_META_BYTES } from '../certs/store-files.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store-meta.js';
 import type { EtcdStore } from './etcd-store.js';
 import { CERTS } from './layout.js';
@@ -68,6 +69,18 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
       { reason: 'parse', entry: name },
     );
   }
+  // The store directory's caps (certs/store-files.ts), so that an entry means the same in either home: judged there, a
+  // chain over 1 MiB is refused unread. etcd's own limit (--max-request-bytes, 1.5 MiB by default) lets such a value in.
+  if (item.value.length > MAX_CHAIN_BYTES + MAX_META_BYTES) {
+    throw new CertificateError(
+      where,
+      `the stored entry is ${item.value.length} characters; an entry holds a chain of at most ${MAX_CHAIN_BYTES} bytes (a chain is a few KB)`,
+      {
+        reason: 'parse',
+        entry: name,
+      },
+    );
+  }
   let raw: { chain?: unknown; meta?: unknown };
   try {
     raw = JSON.parse(item.value) as typeof raw;
@@ -75,6 +88,13 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
     throw new CertificateError(where, 'the stored entry is not valid JSON', { reason: 'parse', entry: name });
   }
   if (typeof raw?.chain !== 'string') throw new CertificateError(where, 'the stored entry has no "chain" text', { reason: 'parse', entry: name });
+  const chainBytes = Buffer.byteLength(raw.chain);
+  if (chainBytes > MAX_CHAIN_BYTES) {
+    throw new CertificateError(where, `the chain is ${chainBytes} bytes; a chain holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+      reason: 'parse',
+      entry: name,
+    });
+  }
   const meta = parseStoreMeta(raw.meta ?? {});
   if (typeof meta === 'string') throw new CertificateError(where, meta, { reason: 'parse', entry: name });
   return { name, chainPath: where, metaPath: where, mtimeMs: 0, size: item.value.length, metaMtimeMs: undefined, chainText: raw.chain, meta };
