@@ -2,6 +2,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
@@ -98,6 +99,25 @@ describe('a fleet of two nodes on etcd', () => {
     const bad = await nodeA.admin('PUT', '/routes/bad.fleet.test', JSON.stringify({ name: 'bad.fleet.test', origin: 'ftp://x' }));
     expect(bad.status).toBe(422);
     expect(bad.text).toContain('KEYEDGE_ERR_CONFIG');
+
+    // One written to etcd by hand is refused by every node and said once, not again by each reload after it (a fleet's
+    // reload runs at every change anywhere in etcd).
+    const raw = new Etcd3({ hosts: [...etcd.endpoints] });
+    try {
+      await raw.put(`${PREFIX}routes/hand.fleet.test`).value(JSON.stringify({ name: 'hand.fleet.test', origin: 'ftp://x' }));
+    } finally {
+      raw.close();
+    }
+    const said = (): number => nodeB.lines.filter((l) => String(l.msg).startsWith("route 'hand.fleet.test'")).length;
+    await waitFor('node B to refuse the route written by hand', () => (said() > 0 ? true : undefined));
+    for (const [origin, answers] of [
+      [`http://127.0.0.1:${originBPort}`, 'origin-b'],
+      [`http://127.0.0.1:${lab.origin.port}`, '"host"'],
+    ] as const) {
+      expect((await nodeA.admin('PUT', '/routes/app.fleet.test', JSON.stringify({ name: 'app.fleet.test', origin }))).status).toBe(200);
+      await within('node B to follow the route change', async () => (await nodeGet(nodeB.port, 'app.fleet.test', ca)).body?.includes(answers) === true);
+    }
+    expect(said()).toBe(1);
   }, 60_000);
 
   it('resumes on node B a ticket issued by node A, and old tickets after a fleet-wide rotation', async () => {

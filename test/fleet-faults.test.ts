@@ -228,6 +228,34 @@ describe('a lock whose lease ends while etcd stalls past its TTL', () => {
   }, 30_000);
 });
 
+describe('a write whose answer is lost (etcd stalls as it is sent)', () => {
+  it('does not say nothing was written: the stalled member takes it once it runs again', async () => {
+    const member = lab().etcd.members[0]!;
+    const node = await store('/lost-answer/', 'lost-answer');
+    member.stall();
+    let err: unknown;
+    try {
+      err = await node.write('late', 'a chain', {}, 0).catch((e: unknown) => e);
+    } finally {
+      member.resume();
+    }
+    expect(err).toBeInstanceOf(StoreUnavailableError);
+    expect((err as Error).message).toMatch(/could not write certs\/late: no answer within 2000 ms; its answer was lost, so etcd may have taken it/);
+    // And so it did: every node (this one's watch included) gets it once etcd answers.
+    await waitFor('the write to reach the mirror', () => (node.has('late') ? true : undefined), 15_000);
+    // A change refused while etcd is known to be away was never sent: its refusal says nothing of the kind.
+    member.stall();
+    try {
+      await waitFor('the store to see etcd away', () => (node.health.up ? undefined : true), 15_000);
+      const refused = await node.write('never', 'a chain', {}, 0).catch((e: unknown) => e);
+      expect((refused as Error).message).not.toContain('may have taken it');
+    } finally {
+      member.resume();
+    }
+    await waitFor('the store to see etcd back', () => (node.health.up ? true : undefined), 15_000);
+  }, 60_000);
+});
+
 describe('a wait for a lock while etcd stalls', () => {
   it('ends within its bound: the waiter is not held by etcd’s silence', async () => {
     const member = lab().etcd.members[0]!;
@@ -283,10 +311,9 @@ describe('a large fleet state', () => {
 });
 
 describe('an issuance lock taken on a mirror that does not catch up', () => {
-  it('refuses the work instead of running it on an older state', async () => {
-    const writer = client();
-    // Node A's watch brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
-    const deaf = new Proxy(client(), {
+  // A node's watch that brings nothing (a watch that stopped delivering): its mirror misses other nodes' writes.
+  const deafClient = (): Etcd3 =>
+    new Proxy(client(), {
       get(target, property) {
         if (property === 'watch') {
           return () => {
@@ -304,7 +331,10 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
       },
     });
-    const nodeA = await lab().store('/l/', 'deaf', [], deaf);
+
+  it('refuses the work instead of running it on an older state', async () => {
+    const writer = client();
+    const nodeA = await lab().store('/l/', 'deaf', [], deafClient());
     // Node B registers the account under the lock, and releases it.
     const lockB = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     await writer.put('/l/acme/account').value('{"registered":"by B"}').exec();
@@ -320,6 +350,18 @@ describe('an issuance lock taken on a mirror that does not catch up', () => {
     const again = await acquireLock(writer, '/l/locks/acme/account', { ttlSeconds: 10, waitMs: 0 });
     expect(again).toBeDefined();
     await again!.release();
+  }, 30_000);
+
+  it('is not taken for caught up by a write of its own: the writes of other nodes before it are still missing', async () => {
+    const writer = client();
+    const nodeA = await lab().store('/l2/', 'deaf-own', [], deafClient());
+    // Node B stores the account; then node A writes something of its own (a challenge of another order, say).
+    const other = await writer.put('/l2/acme/account').value('{"registered":"by B"}').exec();
+    const own = await nodeA.put('routes/a.example', JSON.stringify({ name: 'a.example', origin: 'http://127.0.0.1:1' }));
+    expect(own).toBeGreaterThan(Number(other.header.revision));
+    // What a new lock holder asks before it works (issuance-locks.ts): the mirror holds node A's write, not node B's before it.
+    expect(nodeA.item('acme/account')).toBeUndefined();
+    expect(await nodeA.reached(Number(other.header.revision), 300)).toBe(false);
   }, 30_000);
 });
 

@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
@@ -10,9 +10,11 @@ import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreConflictError, StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
+import { TICKET_KEY_BYTES } from '../proxy/tls/tickets.js';
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { putCertificate } from '../proxy/certs/manage.js';
+import { prepareServing, type SeenStat } from '../proxy/serving/prepare.js';
 import type { ValidationContext } from '../proxy/certs/validate.js';
 import { etcdStoresForFile } from './helpers/etcd-stores.js';
 import { createCa, issue } from './helpers/pki.js';
@@ -87,6 +89,53 @@ describe('the fleet store mirror', () => {
     const next = await b.lock('issue/site.test', { ttlSeconds: 10, waitMs: 5_000 });
     expect(next).toBeDefined();
     await next!.release();
+  });
+
+  it('writes its cache within seconds of a change though changes keep coming faster than its debounce', async () => {
+    const cacheFile = join(lab().dir, 'storm', CACHE_FILE);
+    await store('/fleet-storm/', 'storm');
+    const writer = client();
+    // A writer rewriting one entry every 100 ms (a broken node in a loop): each change came before the debounce ran out.
+    let n = 0;
+    let writing = true;
+    const storm = (async () => {
+      while (writing) {
+        await writer.put('/fleet-storm/certs/busy').value(JSON.stringify({ chain: `v${n++}`, meta: {} }));
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    })();
+    try {
+      const cached = await waitFor(
+        'the cache file while the storm lasts',
+        () => {
+          try {
+            return readFileSync(cacheFile, 'utf8');
+          } catch {
+            return undefined;
+          }
+        },
+        6_000,
+      ).catch(() => 'not written');
+      expect(cached === 'not written' ? cached : cached.includes('certs/busy')).toBe(true);
+    } finally {
+      writing = false;
+      await storm;
+    }
+  });
+
+  it('rotates a ticket key ring dated far ahead of its clock (written under a clock that was off); one seconds ahead is recent', async () => {
+    const node = await store('/fleet-ring/', 'ring');
+    const raw = client();
+    const old = randomBytes(TICKET_KEY_BYTES);
+    const ring = (aheadMs: number): string => JSON.stringify({ keys: [old.toString('base64')], rotatedAt: new Date(Date.now() + aheadMs).toISOString() });
+    // Within the skew of a fleet's clocks: recent.
+    await raw.put('/fleet-ring/tickets').value(ring(30_000));
+    expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
+    // A year ahead (a node booted with a bad RTC): due now, else no node would rotate for a year.
+    await raw.put('/fleet-ring/tickets').value(ring(365 * 86_400_000));
+    expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('rotated');
+    const now = sharedTicketKeys(node)!;
+    expect(now.keys.length === 2 && now.keys[1]!.equals(old) && Math.abs(now.rotatedAt - Date.now()) < 60_000).toBe(true);
   });
 
   it('drops a change older than what it holds', async () => {
@@ -190,6 +239,50 @@ describe('two nodes uploading one entry at once', () => {
     expect(late).toBeInstanceOf(StoreUnavailableError);
     expect((late as Error).message).toMatch(/lock .* was lost/);
     expect(JSON.parse((await lab().client().get('/fleet-race/certs/race').string())!).meta.names).toEqual(['race.test', 'www.race.test']);
+  });
+});
+
+describe('keys below certs/ written by hand or by a broken node', () => {
+  it('are each refused once, named with where they are, whatever their name: not left out unsaid, nor read again by every pass', async () => {
+    const raw = client();
+    const long = `www.${'long-'.repeat(13)}example.com`;
+    const entry = JSON.stringify({ chain: '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n', meta: {} });
+    await raw.put(`/fleet-names/certs/${long}`).value(entry);
+    await raw.put('/fleet-names/certs/nested/entry').value(entry);
+    await raw.put('/fleet-names/certs/garbage').value(Buffer.from([0xff, 0xfe, 0x00, 0x7b]));
+    const fleet = await store('/fleet-names/', 'names');
+    const config = loadProxyConfig(undefined, { stateDir: join(lab().dir, 'names-state') });
+    const seen = new Map<string, SeenStat>();
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const first = await prepareServing({ config, store: fleet, previous: new Map(), seen, validation });
+    const said = Object.fromEntries(first.refused.map((r) => [r.name, `${r.source}: ${r.message}`]));
+    expect(Object.keys(said).sort()).toEqual(['garbage', 'nested/entry', long].sort());
+    expect(said[long]).toContain(
+      `etcd:/fleet-names/certs/${long}: certificate '${long}' (etcd:/fleet-names/certs/${long}): "${long}" is not a certificate entry name`,
+    );
+    expect(said['nested/entry']).toContain('"nested/entry" is not a certificate entry name');
+    expect(said.garbage).toContain('etcd:/fleet-names/certs/garbage');
+
+    // The next pass (any change anywhere in the fleet's etcd): nothing new to say about them.
+    const again = await prepareServing({ config, store: fleet, previous: first.records, seen, validation });
+    expect(again.refused).toEqual([]);
+    expect([...again.present].sort()).toEqual(['garbage', 'nested/entry', long].sort());
+  });
+
+  it('refuse a chain past the store directory’s 1 MiB unread, as a chain file is: etcd’s 1.5 MiB let it be judged', async () => {
+    const ca = await createCa('Huge CA');
+    const leaf = await issue(ca, { commonName: 'huge.test', dnsNames: ['huge.test'], keyAlgorithm: 'ec-p256' });
+    // A valid chain, then 1.1 MB of junk: served as its chain, and by every node, though no file of it would be read.
+    const value = JSON.stringify({ chain: `${leaf.certPem}\n${ca.certPem}\n${'x'.repeat(1_100_000)}`, meta: {} });
+    await client().put('/fleet-huge/certs/huge').value(value);
+    const fleet = await store('/fleet-huge/', 'huge');
+    const config = loadProxyConfig(undefined, { stateDir: join(lab().dir, 'huge-state') });
+    const validation = { now: new Date(), keyserverSpki: async (_keyId: string, leafSpki: Buffer) => leafSpki };
+    const pass = await prepareServing({ config, store: fleet, previous: new Map(), seen: new Map(), validation });
+    expect(pass.records.has('huge')).toBe(false);
+    expect(pass.refused.map((r) => r.message)).toEqual([
+      expect.stringMatching(/\(etcd:\/fleet-huge\/certs\/huge\): the chain is 11\d{5} bytes; a chain holds at most 1048576/),
+    ]);
   });
 });
 

@@ -123,6 +123,47 @@ describe('prepareServing, a targeted pass', () => {
   });
 });
 
+describe('prepareServing and a new entry refused as it is', () => {
+  it('does not judge it again, nor report it again, until it changes: a fleet pass looks at every entry at each change', async () => {
+    const storeDir = join(dir, 'refused-new');
+    mkdirSync(storeDir, { recursive: true });
+    writeFileSync(join(storeDir, 'a.pem'), chain);
+    // Its metadata pins a name the leaf does not cover: refused ('names'), whatever the clock or the key server say.
+    writeFileSync(join(storeDir, 'bad.pem'), chain);
+    writeFileSync(join(storeDir, 'bad.json'), JSON.stringify({ names: ['y.example'] }));
+    const config = loadProxyConfig(undefined, { stateDir: dir, certStore: { dir: storeDir } });
+    let asked = 0;
+    const validation = {
+      now: new Date(),
+      keyserverSpki: async (_keyId: string, leafSpki: Buffer) => {
+        asked++;
+        return leafSpki;
+      },
+    };
+    const seen = new Map<string, SeenStat>();
+    const store = new CountingStore(storeDir);
+    const first = await prepareServing({ config, store, previous: new Map(), seen, validation });
+    expect(first.refused.map((r) => `${r.name}: ${r.reason}`)).toEqual(['bad: names']);
+    expect([...first.records.keys()]).toEqual(['a']);
+
+    // A whole pass (a rescan, any change in a fleet's etcd): neither read nor judged, nor reported, yet still present.
+    store.reads = [];
+    asked = 0;
+    const again = await prepareServing({ config, store, previous: first.records, seen, validation });
+    expect(store.reads).toEqual([]);
+    expect(asked).toBe(0);
+    expect(again.refused).toEqual([]);
+    expect([...again.present].sort()).toEqual(['a', 'bad']);
+    expect([...again.records.keys()]).toEqual(['a']);
+
+    // Changed: judged again, and served once good.
+    writeFileSync(join(storeDir, 'bad.json'), JSON.stringify({ names: ['x.example'] }));
+    const fixed = await prepareServing({ config, store, previous: again.records, seen, validation });
+    expect(fixed.refused).toEqual([]);
+    expect(fixed.changed).toEqual(['bad']);
+  });
+});
+
 describe('prepareServing, a store directory another one took the place of', () => {
   it('refuses an empty one while entries serve, takes one holding certificates whole, and the same directory emptied', async () => {
     const storeDir = join(dir, 'replaced');

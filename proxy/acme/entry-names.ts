@@ -3,7 +3,7 @@
  * after its first domain.
  *
  * Guarantees: the name passes the store's entry-name check (certs/store.ts
- * STORE_ENTRY_NAME: 1-64 of letters, digits, `_ . -`; the etcd store lists
+ * STORE_ENTRY_NAME: 1-64 of letters, digits, `_ . -`; the etcd store serves
  * only such names), and two different first domains never get one name.
  * A first domain of at most 64 characters is its own entry name (`*`
  * spelled `_`), as it always was. A longer one (a DNS name is up to 253)

@@ -6,6 +6,9 @@
  *
  * Per certificate, a refusal never removes what serves: an entry whose new
  * version is refused keeps its previous version, and the refusal is reported.
+ * A refused version is judged once: a later pass that finds the entry as it
+ * was (and the issuer pool) carries the refusal over, unless time or the key
+ * server may lift it (RETRIED), whether or not a previous version serves.
  * Records come back in the order that settles a name two of them claim (the
  * config's in order, then the store's by name), whatever order their
  * validations finished in.
@@ -94,6 +97,12 @@ export interface SeenStat {
   readonly inputId: string;
   /** The files had not changed for QUIET_MS before they were read: any later change moves the identity. */
   readonly settled: boolean;
+  /**
+   * This version was refused, with no version of the entry serving, under the issuer pool of this fingerprint: a
+   * later pass that finds the same identity (and pool) carries the refusal over, neither judging the entry again nor
+   * reporting it again. Not for a refusal time or the key server may lift (RETRIED): those are judged every pass.
+   */
+  readonly refused?: { readonly issuers: string; readonly refusal: Refusal };
 }
 
 export interface PrepareOptions {
@@ -171,7 +180,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const only = options.only !== undefined && store instanceof CertificateStore && storeDirId === options.storeDirId ? options.only : undefined;
   const followed = only === undefined ? config.certificates.map((c) => c.chain) : [...only.followed];
   const verdicts = options.verdicts ?? new VerdictCache({ file: null, warn: () => {} });
-  verdicts.useContext(verdictContext((options.validation.issuers ?? defaultIssuerPool()).fingerprint));
+  const issuers = (options.validation.issuers ?? defaultIssuerPool()).fingerprint;
+  verdicts.useContext(verdictContext(issuers));
+  /** Store entries refused as they are by an earlier pass (SeenStat.refused): not judged again, nor reported again. */
+  const carriedRefusals = new Map<string, Refusal>();
   const fromStore = store instanceof CertificateStore && servesFromStore(previous);
   // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
   if (fromStore) store.assertPresent();
@@ -190,6 +202,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const last = seen.get(ref.name);
     if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && (last.settled || !options.verify)) {
       records.set(ref.name, kept);
+      continue;
+    }
+    // Refused as it is, with nothing of it serving: judging it again would refuse it again. In a fleet every pass looks
+    // at every entry, so thousands of refused entries were judged (and logged) again at each change anywhere.
+    if (kept === undefined && last?.refused?.issuers === issuers && last.statId === ref.statId && (last.settled || !options.verify)) {
+      carriedRefusals.set(ref.name, last.refused.refusal);
       continue;
     }
     const row = options.kept?.rows.get(ref.name);
@@ -256,6 +274,13 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const read = file.value;
     if (read instanceof Error) {
       refuse(name, chainPath, 'unreadable', read.message);
+      // A fleet's entry reads the same at the same revision (its identity): its refusal is carried over as a judged
+      // one is, not read and reported again by every pass. A file may read otherwise with the same identity (a
+      // directory's permissions changed, a link's target directory mounted): read again.
+      if (!(store instanceof CertificateStore)) {
+        const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
+        seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
+      }
       continue;
     }
     const candidate = entryCandidate(read);
@@ -302,6 +327,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       // time or the key server lifts (a renewal dated a moment ahead of this clock, a key imported after its
       // chain) is looked at again by the next pass: else the previous version served on until it expired.
       if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
+      else if (from === 'store' && kept === undefined && !previous.has(candidate.name)) {
+        // Nothing of it serves, so the kept record does not stand for it: the refusal itself is remembered.
+        const last = seen.get(candidate.name);
+        const refusal = { name: candidate.name, source: candidate.source, reason: err.reason, message: err.message };
+        if (last?.inputId === inputId) seen.set(candidate.name, { ...last, refused: { issuers, refusal } });
+      }
     }
   });
 
@@ -312,7 +343,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const carried = (name: string): boolean => only !== undefined && !only.names.has(name) && previous.get(name)?.from === 'store';
   if (sniDefault !== null && !records.has(sniDefault) && !carried(sniDefault)) {
     // Present but not served (at start, with nothing before it to keep): say why, not that it is missing.
-    const refusal = refused.find((r) => r.name === sniDefault);
+    const refusal = refused.find((r) => r.name === sniDefault) ?? carriedRefusals.get(sniDefault);
     const why =
       refusal !== undefined
         ? `which was refused: ${refusal.message}`

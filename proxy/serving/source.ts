@@ -89,6 +89,13 @@ export interface NextServing {
   readonly storeDirId: string | undefined;
   /** The names a targeted pass answered for (its own and the config's certificates); `present` and the delta speak of these alone. */
   readonly answered: readonly string[];
+  /** Every stored route refused now, said or not (routeRefusal): what `commit` remembers as said. */
+  readonly refusedRoutes?: ReadonlySet<string>;
+}
+
+/** A stored route's refusal, as remembered once said: the same version refused for the same reason is not said again. */
+function routeRefusal(refused: { readonly name: string; readonly message: string; readonly revision: number }): string {
+  return `${refused.name}\0${refused.revision}\0${refused.message}`;
 }
 
 /** What an upload pins instead of the entry's current names and key id, where it came from, and the issuance lock it holds. */
@@ -122,6 +129,12 @@ export class ServingSource {
   readonly #onUnverified: ((reason: string) => void) | undefined;
   readonly #shared: EtcdStore | undefined;
   readonly #verdicts: VerdictCache;
+  /**
+   * The stored routes' refusals the last committed pass found (routeRefusal): each is a warning once, not again at
+   * every pass (but at every reload an operator asks for). A fleet's reload runs at each change anywhere in etcd, so a route written by hand or by a broken node
+   * (thousands, say) was logged again each time.
+   */
+  #refusedRoutes: ReadonlySet<string> = new Set();
 
   /**
    * `reloadConfig`: re-read `config.source` on every pass after the first.
@@ -268,7 +281,13 @@ export class ServingSource {
         delta: { generation: this.#generation + 1, routing, upsert, remove },
         config,
         refused: prepared.refused,
-        warnings: [...prepared.warnings, ...(routes?.refused ?? [])],
+        warnings: [
+          ...prepared.warnings,
+          // Said again to an operator who asks (SIGHUP, POST /reload): stored routes have no listing of their own.
+          ...(routes?.refused ?? [])
+            .filter((r) => options.verify === true || !this.#refusedRoutes.has(routeRefusal(r)))
+            .map((r) => ({ name: r.name, message: r.message })),
+        ],
         restartNeeded: RESTART_ONLY.filter((key) => JSON.stringify(fromFile[key]) !== JSON.stringify(this.#config[key])),
         present: prepared.present,
         unsettled: prepared.unsettled,
@@ -277,6 +296,7 @@ export class ServingSource {
         targeted,
         answered: answered ?? [],
         storeDirId: prepared.storeDirId,
+        refusedRoutes: new Set((routes?.refused ?? []).map(routeRefusal)),
       };
     } finally {
       client?.close();
@@ -372,6 +392,7 @@ export class ServingSource {
         this.#verdicts.retain(new Set([...records.values()].map((r) => r.inputId)));
     } else this.#verdicts.forget(superseded);
     this.#followed = next.followed;
+    this.#refusedRoutes = next.refusedRoutes ?? new Set();
     this.#storeDirId = next.storeDirId;
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.

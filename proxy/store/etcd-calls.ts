@@ -27,6 +27,15 @@ export function assertFits(key: string, value: string, maxRequestBytes: number):
   if (bytes + REQUEST_OVERHEAD_BYTES > maxRequestBytes) throw tooLarge(key, bytes, maxRequestBytes);
 }
 
+/**
+ * Failures after which a write sent may have been taken all the same: its answer was lost (no answer in time, the
+ * connection dropped or the call cancelled midway), not a refusal. A stalled member given a write takes it once it
+ * runs again, well after the caller gave up on it. etcd3's classes by name: this module does not load etcd3.
+ */
+const ANSWER_LOST = new Set(['GRPCDeadlineExceededError', 'GRPCUnavailableError', 'GRPCCancelledError', 'GRPCUnknownError', 'GRPCInternalError']);
+
+class NoAnswerError extends Error {}
+
 /** Runs `call` within `timeoutMs`; any failure becomes the store's own error about `what` (`write certs/a`, say). */
 export async function etcdCall<T>(what: string, timeoutMs: number, call: () => Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -34,7 +43,7 @@ export async function etcdCall<T>(what: string, timeoutMs: number, call: () => P
     return await Promise.race([
       call(),
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+        timer = setTimeout(() => reject(new NoAnswerError(`no answer within ${timeoutMs} ms`)), timeoutMs);
       }),
     ]);
   } catch (err) {
@@ -51,8 +60,13 @@ export function storeError(what: string, err: unknown): Error {
   if (/request is too large|received message larger than max/.test(message)) {
     return new StoreValueTooLargeError(`the fleet's store (etcd) refused to ${what}: the request is larger than etcd accepts (${message})`);
   }
+  // A change whose answer was lost may stand: the caller must not be told that nothing was written.
+  const lost = /^(write|delete) /.test(what) && (err instanceof NoAnswerError || ANSWER_LOST.has((err as Error | undefined)?.constructor?.name ?? ''));
+  const fate = lost
+    ? '; its answer was lost, so etcd may have taken it all the same (what it holds reaches every node once it answers); sending the same change again is safe'
+    : '';
   // Only the message: the error object of a failed write may carry the request, and a value may be secret.
-  return new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${message}`);
+  return new StoreUnavailableError(`the fleet's store (etcd) could not ${what}: ${message}${fate}`);
 }
 
 function tooLarge(key: string, bytes: number, maxRequestBytes: number): StoreValueTooLargeError {

@@ -6,7 +6,10 @@
  * the store's mirror (never waiting on etcd), written through the store.
  *
  * An entry is written whole by one transaction, so it is never half-written
- * (a listing never calls it "recent"), and its statId is its revision.
+ * (a listing never calls it "recent"), and its statId is its revision. Every
+ * key below certs/ is listed: one whose name is no entry name (written by
+ * hand, or by another tool) is refused when read, naming it, not left out
+ * unsaid.
  * `fencedEntries` is the same view whose writes are fenced by an issuance
  * lock (lock.ts): a node that lost the lock mid-order (a long pause, a
  * partition) cannot put its result over the one its successor wrote.
@@ -19,6 +22,7 @@
  * the first one's chain and pins a chain never checked against them.
  */
 import { CertificateError, CertificateStoreError } from '../certs/errors.js';
+import { MAX_CHAIN_BYTES, MAX_META_BYTES } from '../certs/store-files.js';
 import { parseStoreMeta, STORE_ENTRY_NAME, type StoreEntry, type StoreEntryRef, type StoreMeta } from '../certs/store-meta.js';
 import type { EtcdStore } from './etcd-store.js';
 import { CERTS } from './layout.js';
@@ -34,7 +38,7 @@ export function listEntries(store: EtcdStore): StoreEntryRef[] {
   const refs: StoreEntryRef[] = [];
   for (const name of store.keys(CERTS)) {
     const item = store.item(CERTS + name)!;
-    if (!STORE_ENTRY_NAME.test(name)) continue;
+    // Listed whatever its name: one that is no entry name is refused when read, named, rather than never served unsaid.
     const where = `${store.dir}${CERTS}${name}`;
     refs.push({
       name,
@@ -57,6 +61,26 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
   const item = store.item(CERTS + name);
   const where = `${store.dir}${CERTS}${name}`;
   if (item === undefined) throw notFound(store, name);
+  if (!STORE_ENTRY_NAME.test(name)) {
+    // Written by hand or by another tool: a name such as a domain over 64 characters, a nested key, a space.
+    throw new CertificateError(
+      where,
+      `${JSON.stringify(name)} is not a certificate entry name (1-64 letters, digits, _ . -, not starting with a dot): the key is not served; store the entry under such a name`,
+      { reason: 'parse', entry: name },
+    );
+  }
+  // The store directory's caps (certs/store-files.ts), so that an entry means the same in either home: judged there, a
+  // chain over 1 MiB is refused unread. etcd's own limit (--max-request-bytes, 1.5 MiB by default) lets such a value in.
+  if (item.value.length > MAX_CHAIN_BYTES + MAX_META_BYTES) {
+    throw new CertificateError(
+      where,
+      `the stored entry is ${item.value.length} characters; an entry holds a chain of at most ${MAX_CHAIN_BYTES} bytes (a chain is a few KB)`,
+      {
+        reason: 'parse',
+        entry: name,
+      },
+    );
+  }
   let raw: { chain?: unknown; meta?: unknown };
   try {
     raw = JSON.parse(item.value) as typeof raw;
@@ -64,6 +88,13 @@ export function readEntry(store: EtcdStore, name: string): StoreEntry {
     throw new CertificateError(where, 'the stored entry is not valid JSON', { reason: 'parse', entry: name });
   }
   if (typeof raw?.chain !== 'string') throw new CertificateError(where, 'the stored entry has no "chain" text', { reason: 'parse', entry: name });
+  const chainBytes = Buffer.byteLength(raw.chain);
+  if (chainBytes > MAX_CHAIN_BYTES) {
+    throw new CertificateError(where, `the chain is ${chainBytes} bytes; a chain holds at most ${MAX_CHAIN_BYTES} (a chain is a few KB)`, {
+      reason: 'parse',
+      entry: name,
+    });
+  }
   const meta = parseStoreMeta(raw.meta ?? {});
   if (typeof meta === 'string') throw new CertificateError(where, meta, { reason: 'parse', entry: name });
   return { name, chainPath: where, metaPath: where, mtimeMs: 0, size: item.value.length, metaMtimeMs: undefined, chainText: raw.chain, meta };

@@ -218,9 +218,12 @@ export class EtcdStore implements EntryStorage {
     this.applyLocal(key, undefined, Number(result.header.revision));
   }
 
-  /** A write this node made (at `revision`), into the mirror before its watch event arrives; `value` undefined: a delete. */
+  /**
+   * A write this node made (at `revision`), into the mirror before its watch event arrives; `value` undefined: a
+   * delete. The mirror's revision is not moved: it did not see the writes of other nodes before this one.
+   */
   applyLocal(key: string, value: string | undefined, revision: number): void {
-    this.#mirror.apply([{ key, value, revision }], revision);
+    this.#mirror.apply([{ key, value, revision }]);
   }
 
   /**

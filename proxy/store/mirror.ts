@@ -20,7 +20,8 @@
  *
  * Every change is told once, by kind (layout.ts), to `onChange`; the
  * certificates and routes follow to the on-disk cache a moment later (a
- * burst of writes costs one file write). Secrets: the ticket keys are held
+ * burst of writes costs one file write; a burst that never ends, one every
+ * CACHE_MAX_DELAY_MS). Secrets: the ticket keys are held
  * here, in memory, and never reach the cache.
  */
 import type { Logger } from '../../keyserver/shared/log.js';
@@ -29,6 +30,12 @@ import { CERTS, kindOf, LOCKS, ROUTES, type StoreChange } from './layout.js';
 
 /** The on-disk cache follows the mirror this long after a change: a burst of writes costs one file write. */
 const CACHE_DEBOUNCE_MS = 500;
+/**
+ * And never more than this after the first change it has not written: changes coming faster than the debounce for
+ * ever (a writer rewriting one key in a loop, a mass renewal) put it off each time, and the file (and the floor it
+ * carries) stayed at the state before them: a restart while etcd was away served that older state.
+ */
+const CACHE_MAX_DELAY_MS = 2_000;
 
 /**
  * At most this many `under` values get an index (each costs a prefix test per set or delete); callers use a handful of
@@ -58,6 +65,8 @@ export class Mirror {
   #revision = 0;
   #floor = 0;
   #cacheTimer: NodeJS.Timeout | undefined;
+  /** When the oldest change not yet in the cache file came (ms since the epoch); undefined: none waits. */
+  #cacheDueSince: number | undefined;
 
   constructor(options: MirrorOptions) {
     this.#options = options;
@@ -94,11 +103,16 @@ export class Mirror {
     return keys;
   }
 
-  /** Changes of keys below the prefix (`value` undefined: a delete), then the mirror is at `revision` at least. */
-  apply(changed: Iterable<{ readonly key: string; readonly value: string | undefined; readonly revision: number }>, revision: number): void {
+  /**
+   * Changes of keys below the prefix (`value` undefined: a delete), then the mirror is at `revision` at least: the
+   * watch's answer holds every change up to it. Without `revision` (this node's own write, before its watch event),
+   * the mirror's revision stays: other nodes' writes before that one may still be on their way, and `revision` says
+   * what the mirror holds all of (etcd-store.ts `reached`: a new lock holder works on no older state).
+   */
+  apply(changed: Iterable<{ readonly key: string; readonly value: string | undefined; readonly revision: number }>, revision?: number): void {
     const changes = new Set<StoreChange>();
     for (const { key, value, revision: at } of changed) this.#apply(key, value, at, changes);
-    this.#revision = Math.max(this.#revision, revision);
+    if (revision !== undefined) this.#revision = Math.max(this.#revision, revision);
     this.#changed(changes);
   }
 
@@ -167,10 +181,13 @@ export class Mirror {
     if (changes.size === 0) return;
     if (changes.has('certificates') || changes.has('routes')) {
       clearTimeout(this.#cacheTimer);
+      const now = Date.now();
+      this.#cacheDueSince ??= now;
+      const wait = Math.max(0, Math.min(CACHE_DEBOUNCE_MS, this.#cacheDueSince + CACHE_MAX_DELAY_MS - now));
       this.#cacheTimer = setTimeout(() => {
         this.#cacheTimer = undefined;
         this.#persist();
-      }, CACHE_DEBOUNCE_MS);
+      }, wait);
       this.#cacheTimer.unref();
     }
     this.#options.onChange(changes);
@@ -178,6 +195,7 @@ export class Mirror {
 
   /** The non-secret part of the mirror to the cache file: certificates and routes, never the ticket keys. */
   #persist(): void {
+    this.#cacheDueSince = undefined;
     const entries: Record<string, MirrorItem> = {};
     for (const [key, item] of this.#items) if (key.startsWith(CERTS) || key.startsWith(ROUTES)) entries[key] = item;
     try {

@@ -18,30 +18,34 @@ import { ROUTES } from './layout.js';
 
 export interface StoredRoutes {
   readonly domains: readonly ProxyDomain[];
-  /** Stored routes not served, and why. */
-  readonly refused: readonly { readonly name: string; readonly message: string }[];
+  /** Stored routes not served, and why; `revision`: the route's, so that a refusal is said once per version. */
+  readonly refused: readonly { readonly name: string; readonly message: string; readonly revision: number }[];
 }
 
 /** Every stored route, resolved; `taken`: names the config file routes already. */
 export function storedRoutes(store: EtcdStore, baseDir: string, taken: ReadonlySet<string>): StoredRoutes {
   const domains: ProxyDomain[] = [];
-  const refused: { name: string; message: string }[] = [];
+  const refused: { name: string; message: string; revision: number }[] = [];
   for (const key of store.keys(ROUTES).sort()) {
     const item = store.item(ROUTES + key)!;
     let raw: unknown;
     try {
       raw = JSON.parse(item.value);
     } catch {
-      refused.push({ name: key, message: `route '${key}' in ${store.dir}${ROUTES} is not valid JSON` });
+      refused.push({ name: key, message: `route '${key}' in ${store.dir}${ROUTES} is not valid JSON`, revision: item.modRevision });
       continue;
     }
     const problem = routeProblem(key, raw);
     if (problem !== undefined) {
-      refused.push({ name: key, message: `route '${key}' in ${store.dir}${ROUTES}: ${problem}` });
+      refused.push({ name: key, message: `route '${key}' in ${store.dir}${ROUTES}: ${problem}`, revision: item.modRevision });
       continue;
     }
     if (taken.has(key)) {
-      refused.push({ name: key, message: `route '${key}' in ${store.dir}${ROUTES} has the name of a domain of the config file, which wins` });
+      refused.push({
+        name: key,
+        message: `route '${key}' in ${store.dir}${ROUTES} has the name of a domain of the config file, which wins`,
+        revision: item.modRevision,
+      });
       continue;
     }
     domains.push(resolveDomain(domainSchema.parse(raw), baseDir));

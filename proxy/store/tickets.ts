@@ -5,7 +5,8 @@
  * once per node.
  *
  * Rotation: every node checks now and then whether the ring is older than
- * the period; the one that gets the rotation lock (lock.ts) reads the ring
+ * the period (or dated ahead of its clock by more than RING_FUTURE_SKEW_MS:
+ * written under a clock that was off); the one that gets the rotation lock (lock.ts) reads the ring
  * again under it, and only if it is still due writes a new ring in a fenced
  * transaction (refused without asking etcd once the lock is known lost, its
  * lease ended: another node may be rotating). Every node, the writer included, takes the new ring from the
@@ -29,6 +30,13 @@ import { TICKETS } from './layout.js';
 const ROTATION_LOCK = 'ticket-rotation';
 /** The lock's lease: a node that dies holding it frees it after this. */
 const LOCK_TTL_SECONDS = 10;
+/**
+ * How far ahead of this node's clock a ring's rotation time may be and still count as recent: clocks of a fleet
+ * differ by this little. A ring dated further ahead (written by a node whose clock was off, a year ahead from a bad
+ * RTC before NTP set it) is due now: taken as recent, it stayed "not due" on every node until that date, and the
+ * fleet's ticket keys were never rotated meanwhile.
+ */
+export const RING_FUTURE_SKEW_MS = 60_000;
 
 export interface SharedTicketKeys {
   /** Newest first. */
@@ -65,7 +73,8 @@ export async function rotateSharedTicketKeys(
     const range = await store.call('read the session-ticket key ring', () => client.get(store.prefix + TICKETS).exec());
     const kv = range.kvs[0];
     const current = kv === undefined ? undefined : parseRing(kv.value.toString('utf8'), Number(kv.mod_revision));
-    if (!options.force && current !== undefined && kv !== undefined && Date.now() - current.rotatedAt < options.periodMs) {
+    const age = current === undefined ? Number.NaN : Date.now() - current.rotatedAt;
+    if (!options.force && current !== undefined && kv !== undefined && age < options.periodMs && age >= -RING_FUTURE_SKEW_MS) {
       // What etcd holds is the ring to use, whether or not the watch has brought it yet.
       store.applyLocal(TICKETS, kv.value.toString('utf8'), current.revision);
       return 'not-due';
