@@ -191,6 +191,30 @@ describe('an unmet expectation on the plain-HTTP port', () => {
   });
 });
 
+describe('an unmet expectation on HTTPS', () => {
+  // The same on HTTPS: an Upgrade with `Expect: foo` was routed and sent to its origin (a WebSocket asked for), where an
+  // ordinary request gets 417.
+  it.each([
+    ['an ordinary request', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nExpect: foo\r\nConnection: close\r\n\r\n`],
+    ['an Upgrade', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nExpect: foo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`],
+  ])('%s: 417 KEYEDGE_HTTP_EXPECTATION_FAILED, Connection: close, no tunnel, nothing reaches an origin', async (_name, head) => {
+    const before = saw.length;
+    const client = await rawTls(proxy.ports[0]!, HOST, ca);
+    client.socket.on('error', () => undefined);
+    client.socket.write(head);
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    const text = client.text();
+    expect({
+      statuses: statuses(text),
+      code: /\r\nx-keyedge-error: KEYEDGE_HTTP_EXPECTATION_FAILED\r\n/i.test(text),
+      close: /\r\nconnection: close\r\n/i.test(text),
+      closed,
+      origin: saw.slice(before),
+    }).toEqual({ statuses: ['417'], code: true, close: true, closed: true, origin: [] });
+  });
+});
+
 describe('an HTTP/1.1 request without Host on the plain-HTTP port', () => {
   // Node's own 400 (requireHostHeader) said close, but its parser read on: the request behind it was handed over,
   // and on an origin connection already open it reached the origin, its answer never sent; the request without Host
