@@ -56,17 +56,18 @@ export const HTTP_CODES = {
   KEYEDGE_HTTP_UPGRADE_CLOSING: '503: an Upgrade on a connection the graceful stop or a certificate change is closing',
   KEYEDGE_HTTP_BODY_TOO_LARGE: '413: the request body is over limits.maxBodyBytes',
   KEYEDGE_HTTP_HEADERS_TOO_LARGE:
-    '431: HTTP/2 request headers over limits.maxHeaderBytes from a client that has not acknowledged our SETTINGS; an HTTP/1.1 request head of 4,096 field lines or more',
+    '431: HTTP/2 request headers over limits.maxHeaderBytes from a client that has not acknowledged our SETTINGS; an HTTP/1.1 request head over limits.maxHeaderBytes (the parser refused it) or of 4,096 field lines or more',
   KEYEDGE_HTTP_BAD_TARGET:
     '400: an absolute-form target that is not http(s), has userinfo or does not parse, or `*` outside OPTIONS; a Host or HTTP/2 :authority that is not host[:port]',
   KEYEDGE_HTTP_TRANSFER_CODING: "501: an HTTP/1.1 request's Transfer-Encoding names a coding besides its final chunked",
   KEYEDGE_HTTP_BAD_FRAMING:
-    "400: an HTTP/1.0 request with Transfer-Encoding, or an HTTP/1.1 request's Transfer-Encoding without a final chunked; logged for a body the parser refused mid-way",
+    "400: an HTTP/1.0 request with Transfer-Encoding, or an HTTP/1.1 request's Transfer-Encoding without a final chunked; a request head or chunked body the parser refused",
   KEYEDGE_HTTP_SERVER_OPTIONS: '200: `OPTIONS *`, answered by the proxy itself',
   KEYEDGE_HTTP_EXPECTATION_FAILED: '417: an Expect other than 100-continue',
   KEYEDGE_HTTP_PLAIN_HTTP: '400: plain HTTP sent to a TLS port',
   KEYEDGE_HTTP_H2_PREFACE: '400: the HTTP/2 connection preface (prior knowledge) on a connection that speaks HTTP/1.1',
   KEYEDGE_HTTP_BODY_TIMEOUT: '408: the request body stalled or took too long',
+  KEYEDGE_HTTP_HEADER_TIMEOUT: '408: the request head did not arrive whole within limits.headerTimeoutMs',
   KEYEDGE_HTTP_ORIGIN_BUSY: "503: the origin's connections are busy and its queue is full or timed out",
   KEYEDGE_HTTP_SEND_TIMEOUT: 'connection cut: the client took nothing of its answer for limits.sendTimeoutMs',
   KEYEDGE_HTTP_ORIGIN_UNREACHABLE: '502: the origin refused the connection or failed before answering',

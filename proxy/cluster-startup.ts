@@ -28,7 +28,7 @@ export async function startServing(
   const source = new ServingSource(config, {
     ...(shared === undefined ? {} : { shared }),
     reloadConfig: configFile !== undefined,
-    onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+    onUnverified: (reason, warning) => log.warn({ reason }, warning),
     warn: (message) => log.warn(message),
     keepState: true,
   });

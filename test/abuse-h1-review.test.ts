@@ -64,11 +64,12 @@ describe("a keep-alive connection's next request, refused by the parser", () => 
   // Node's parser refuses it (clientError). Our 400 or 431 was said only on a connection that had written nothing yet,
   // or behind answers still going out: once an earlier answer was whole, the connection was destroyed without a word,
   // and the client saw its request fail with no answer (a POST cannot be sent again).
+  // Each carries its code in x-keyedge-error, as every answer of ours does: Node's own carried none.
   it.each([
-    ['obs-fold', '400', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nX-A: 1\r\n folded\r\n\r\n`],
-    ['a head over the limit', '431', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nX-Big: ${'b'.repeat(40_000)}\r\n\r\n`],
-    ['a bad chunk size', '400', `POST /ok HTTP/1.1\r\nHost: ${HOST}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`],
-  ])('%s: gets its %s after the earlier answer, then the connection closes', async (_name, status, bad) => {
+    ['obs-fold', '400', 'KEYEDGE_HTTP_BAD_FRAMING', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nX-A: 1\r\n folded\r\n\r\n`],
+    ['a head over the limit', '431', 'KEYEDGE_HTTP_HEADERS_TOO_LARGE', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nX-Big: ${'b'.repeat(40_000)}\r\n\r\n`],
+    ['a bad chunk size', '400', 'KEYEDGE_HTTP_BAD_FRAMING', `POST /ok HTTP/1.1\r\nHost: ${HOST}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`],
+  ])('%s: gets its %s (%s) after the earlier answer, then the connection closes', async (_name, status, code, bad) => {
     const client = await rawTls(proxy.ports[0]!, HOST, ca);
     client.socket.on('error', () => undefined);
     client.socket.write(`GET /ok HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`);
@@ -76,7 +77,8 @@ describe("a keep-alive connection's next request, refused by the parser", () => 
     client.socket.write(bad);
     const closed = await within(client.closed, 8000);
     client.socket.destroy();
-    expect({ statuses: statuses(client.text()), closed }).toEqual({ statuses: ['200', status], closed: true });
+    const codes = [...client.text().matchAll(/\r\nx-keyedge-error: ([A-Z_]+)\r\n/gi)].map((m) => m[1]);
+    expect({ statuses: statuses(client.text()), codes, closed }).toEqual({ statuses: ['200', status], codes: [code], closed: true });
   });
 });
 
@@ -177,6 +179,30 @@ describe('an unmet expectation on the plain-HTTP port', () => {
   ])('%s: 417 KEYEDGE_HTTP_EXPECTATION_FAILED, Connection: close, nothing reaches an origin', async (_name, head) => {
     const before = saw.length;
     const client = await plainClient(proxy.httpPort!);
+    client.socket.write(head);
+    const closed = await within(client.closed, 8000);
+    client.socket.destroy();
+    const text = client.text();
+    expect({
+      statuses: statuses(text),
+      code: /\r\nx-keyedge-error: KEYEDGE_HTTP_EXPECTATION_FAILED\r\n/i.test(text),
+      close: /\r\nconnection: close\r\n/i.test(text),
+      closed,
+      origin: saw.slice(before),
+    }).toEqual({ statuses: ['417'], code: true, close: true, closed: true, origin: [] });
+  });
+});
+
+describe('an unmet expectation on HTTPS', () => {
+  // The same on HTTPS: an Upgrade with `Expect: foo` was routed and sent to its origin (a WebSocket asked for), where an
+  // ordinary request gets 417.
+  it.each([
+    ['an ordinary request', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nExpect: foo\r\nConnection: close\r\n\r\n`],
+    ['an Upgrade', `GET /ok HTTP/1.1\r\nHost: ${HOST}\r\nExpect: foo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`],
+  ])('%s: 417 KEYEDGE_HTTP_EXPECTATION_FAILED, Connection: close, no tunnel, nothing reaches an origin', async (_name, head) => {
+    const before = saw.length;
+    const client = await rawTls(proxy.ports[0]!, HOST, ca);
+    client.socket.on('error', () => undefined);
     client.socket.write(head);
     const closed = await within(client.closed, 8000);
     client.socket.destroy();

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -93,9 +93,13 @@ describe('on-demand orders that fail', () => {
   }, 90_000);
 
   it('a state file that cannot be written: the on-demand order fails, the primary keeps running', async () => {
-    // The state file is written to a temp file first: a directory in its place makes every write fail (EISDIR), as a full disk would.
-    const blocker = join(lab.dir, 'state', 'acme', `state.json.${proxy.pid}.tmp`);
-    mkdirSync(blocker, { recursive: true });
+    // The state file is written to a temp file, then renamed over it: a directory in its place makes every write fail
+    // (EISDIR), as a full disk would. The file read at start is put back afterwards.
+    const file = join(lab.dir, 'state', 'acme', 'state.json');
+    const aside = `${file}.aside`;
+    const kept = existsSync(file);
+    if (kept) renameSync(file, aside);
+    mkdirSync(file);
     try {
       await pebble.addA('www.full.test', '127.0.0.1');
       expect(await handshake('www.full.test')).toBe(false);
@@ -104,7 +108,8 @@ describe('on-demand orders that fail', () => {
       expect((await proxy.admin('GET', '/certs')).status).toBe(200);
       expect(await served('www.site.test')).toMatch(/www\.site\.test/);
     } finally {
-      rmSync(blocker, { recursive: true, force: true });
+      rmSync(file, { recursive: true, force: true });
+      if (kept) renameSync(aside, file);
     }
   }, 60_000);
 });

@@ -3,6 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { unverifiedStartWarning } from '../proxy/serving/source.js';
 import { CLI } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 import { freePort } from './helpers/proxy-lab.js';
@@ -30,12 +32,17 @@ async function start(name: string, keyserver: Record<string, unknown>): Promise<
   return { code, output };
 }
 
-/** The reasons of the primary's warnings that the key server could not be used at start. */
-const startWarnings = (output: string): unknown[] =>
+/** The primary's warnings that the key server could not be used at start, with their reasons. */
+const startWarnings = (output: string): { msg?: unknown; reason?: unknown }[] =>
   output
     .split('\n')
-    .filter((line) => line.startsWith('{') && line.includes('key server unreachable at start'))
-    .map((line) => (JSON.parse(line) as { reason?: unknown }).reason);
+    .filter((line) => line.startsWith('{') && /"msg":"key server [^"]* at start/.test(line))
+    .map((line) => {
+      const { msg, reason } = JSON.parse(line) as { msg?: unknown; reason?: unknown };
+      return { msg, reason };
+    });
+/** That warning when the key server was not contacted because its settings were refused: a config error, not an outage. */
+const REFUSED = 'key server not contacted at start, its connection settings refused (a config error, not an outage): certificates load unverified';
 
 describe("the proxy's client key toward a key server", () => {
   it('that is no key, or does not match its certificate, stops the start naming the key server, the setting and both files', async () => {
@@ -70,11 +77,30 @@ describe("the proxy's client key toward a key server", () => {
       `key server ks-b: its client key ${mismatched} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`,
     );
     // The primary's warning as it goes ahead unverified said OpenSSL's words ("DECODER routines::unsupported", "x509
-    // certificate routines::key values mismatch"), naming neither the setting nor a file.
+    // certificate routines::key values mismatch"), naming neither the setting nor a file; and it called the key server
+    // unreachable, an outage to wait out, where the config was at fault.
     expect({ single: startWarnings(single.output), pool: startWarnings(pool.output) }).toEqual({
-      single: [`key server 0: its client key ${garbage} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`],
-      pool: [`key server ks-b: its client key ${mismatched} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`],
+      single: [
+        {
+          msg: REFUSED,
+          reason: `key server 0: its client key ${garbage} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`,
+        },
+      ],
+      pool: [
+        {
+          msg: REFUSED,
+          reason: `key server ks-b: its client key ${mismatched} (tcp.key) is not an unencrypted PEM private key matching its certificate ${cert} (tcp.cert)`,
+        },
+      ],
     });
     expect(/routines::/.test(single.output + pool.output)).toBe(false);
   }, 40_000);
+
+  it('the warning still says unreachable when the key server was not reached', () => {
+    const down = new KeyedgeError('KEYEDGE_ERR_CLOSED', 'cannot connect to the key server at 127.0.0.1:1: connect ECONNREFUSED');
+    expect([unverifiedStartWarning(down), unverifiedStartWarning(new Error('hung'))]).toEqual([
+      'key server unreachable at start: certificates load unverified, handshakes wait for it',
+      'key server unreachable at start: certificates load unverified, handshakes wait for it',
+    ]);
+  });
 });

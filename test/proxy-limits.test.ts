@@ -121,10 +121,12 @@ describe('limits', () => {
   it('answers 431 to headers over the limit', async () => {
     const res = await request({ method: 'GET', headers: { 'x-big': 'a'.repeat(8000) } }).catch((err: Error) => ({
       status: -1,
-      headers: { error: err.message },
+      headers: { error: err.message } as Record<string, unknown>,
     }));
     expect([431, -1]).toContain(res.status);
     if (res.status === -1) throw new Error(`connection failed instead of 431: ${String(res.headers.error)}`);
+    // The parser's answer (client-error.ts) carries its code, as every answer of ours does.
+    expect(res.headers['x-keyedge-error']).toBe('KEYEDGE_HTTP_HEADERS_TOO_LARGE');
   });
 
   it('answers 408 to a client too slow sending its headers, and stays up', async () => {
@@ -138,6 +140,7 @@ describe('limits', () => {
       socket.on('error', () => resolve(text));
     });
     expect(answer).toMatch(/^HTTP\/1.1 408/);
+    expect(answer).toMatch(/\r\nx-keyedge-error: KEYEDGE_HTTP_HEADER_TIMEOUT\r\n/i);
     expect((await request({ method: 'GET' })).status).toBe(200);
   });
 

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { judgeCertificate, verdictContext } from '../proxy/certs/verdicts.js';
 import { writeCache } from '../proxy/store/cache.js';
 import { loadProxyConfig } from '../config/load.js';
 import { workerConfigEnv } from '../proxy/cluster-worker-config.js';
+import { StateFile } from '../proxy/acme/state.js';
 
 // What the proxy writes in its state directory is its owner's alone (files 0600, directories 0700), as the ACME
 // state, the worker config, served.log and the serving packs are: the verdict cache and the fleet cache were written
@@ -57,5 +58,30 @@ describe('state files', () => {
     symlinkSync(elsewhere, tmp);
     workerConfigEnv(config, (message) => warnings.push(message));
     expect({ warnings, mode: mode(file), elsewhere: readFileSync(elsewhere, 'utf8') }).toEqual({ warnings: [], mode: '600', elsewhere: 'untouched' });
+  });
+
+  // The ACME state (the account's key id and URL, every managed name) went to `state.json.<pid>.tmp`, then renamed: a
+  // tmp file of that name left over (a run stopped between the two; in a container the pid is the same at each start)
+  // kept its 0644, and a link there was written through, the state going to wherever it pointed.
+  it('the ACME state is written 0600 over a leftover tmp file of its old name, never through a link there', () => {
+    const stateDir = join(dir, 'acme-state');
+    const store = new StateFile(stateDir);
+    const tmp = join(stateDir, 'acme', `state.json.${process.pid}.tmp`);
+    const file = join(stateDir, 'acme', 'state.json');
+    writeFileSync(tmp, 'left over', { mode: 0o644 });
+    store.state.certificates['a.test'] = { domains: ['a.test'], keyId: 'k1', failures: 0 };
+    store.save();
+    expect(mode(file)).toBe('600');
+    rmSync(tmp);
+    const elsewhere = join(dir, 'not-the-acme-dir.txt');
+    writeFileSync(elsewhere, 'untouched', { mode: 0o644 });
+    symlinkSync(elsewhere, tmp);
+    store.save();
+    expect({ link: lstatSync(file).isSymbolicLink(), mode: mode(file), elsewhere: readFileSync(elsewhere, 'utf8') }).toEqual({
+      link: false,
+      mode: '600',
+      elsewhere: 'untouched',
+    });
+    expect(new StateFile(stateDir).state.certificates['a.test']?.keyId).toBe('k1');
   });
 });

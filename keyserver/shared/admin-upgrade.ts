@@ -14,6 +14,8 @@
  * own: the connection out of step with its client.
  *
  * One that declares a body (left unread among the dropped bytes) gets 400;
+ * one with an Expect other than 100-continue, the 417 Node's server gives any
+ * other request with it (it looks at Expect only after an Upgrade is handed over);
  * one pipelined behind an answer still in progress closes the connection
  * (ours would be written into the middle of it; scrapers and curl do not
  * pipeline). Every answer here closes the connection: an end, then a destroy
@@ -21,7 +23,7 @@
  */
 import type http from 'node:http';
 import type net from 'node:net';
-import { closingAnswer, declaresBody } from './closing-answer.js';
+import { closingAnswer, declaresBody, unmetExpectation } from './closing-answer.js';
 
 /** How long a connection answered here may stay open for its client to read the answer and close. */
 export const CLOSE_GRACE_MS = 5_000;
@@ -42,6 +44,15 @@ export function answerUpgradesAsRequests(server: http.Server, busy: (socket: net
     if (declaresBody(req)) {
       socket.end(`HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${BODY_REFUSED.length}\r\n\r\n${BODY_REFUSED}`);
       return closeAfterGrace(socket);
+    }
+    // Node's own answer to any other request with such an Expect (it never reaches the handler): 417, no body.
+    if (unmetExpectation(req)) {
+      return closingAnswer(
+        req,
+        socket,
+        (res) => res.writeHead(417).end(),
+        () => closeAfterGrace(socket),
+      );
     }
     closingAnswer(
       req,

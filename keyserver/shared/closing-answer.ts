@@ -20,6 +20,19 @@ export function declaresBody(req: http.IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
 }
 
+/** Node's test for 100-continue among an Expect's expectations (lib/_http_server.js `continueExpression`). */
+const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
+
+/**
+ * Whether Node's server would have answered `req` 417 had it not handed it over with Upgrade: an Expect of HTTP/1.1
+ * without 100-continue. Node hands an Upgrade over before it looks at Expect (no 'checkExpectation' for it), so a
+ * listener that answers it as a request answers this itself (an Upgrade declares no body here: no 100 to wait for).
+ */
+export function unmetExpectation(req: http.IncomingMessage): boolean {
+  const expect = req.headers.expect;
+  return expect !== undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1 && !CONTINUE.test(expect);
+}
+
 /** Has `fill` answer `req` on `socket`, `Connection: close`; `afterEnd` once the answer is out and the socket ended. */
 export function closingAnswer(req: http.IncomingMessage, socket: net.Socket, fill: (res: http.ServerResponse) => void, afterEnd: () => void): void {
   const res = new http.ServerResponse(req);

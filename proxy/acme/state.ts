@@ -8,8 +8,9 @@
  * for one node (mode 0600, written whole and renamed into place; this file),
  * or the fleet's etcd prefix when `etcd` is configured (shared-state.ts).
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeAtomic } from '../certs/store-files.js';
 import type { HeldLock } from '../store/lock.js';
 
 export interface AccountState {
@@ -74,13 +75,14 @@ export interface IssuerStateStore {
 }
 
 export class StateFile implements IssuerStateStore {
+  readonly #dir: string;
   readonly #file: string;
   state: IssuerState;
 
   constructor(stateDir: string) {
-    const dir = join(stateDir, 'acme');
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.#file = join(dir, 'state.json');
+    this.#dir = join(stateDir, 'acme');
+    mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
+    this.#file = join(this.#dir, 'state.json');
     try {
       this.state = JSON.parse(readFileSync(this.#file, 'utf8')) as IssuerState;
     } catch (err) {
@@ -103,8 +105,10 @@ export class StateFile implements IssuerStateStore {
   }
 
   save(): void {
-    const tmp = `${this.#file}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(this.state, null, 2)}\n`, { mode: 0o600 });
-    renameSync(tmp, this.#file);
+    // A temp file of its own, created exclusively (store-files.ts): the one named by the pid alone could be left over
+    // (a run stopped between the write and the rename; in a container, the pid is the same at every start), and a
+    // mode applies only to a file the write creates, so it kept its own (0644) through the rename; a link there was
+    // written through.
+    writeAtomic(this.#dir, this.#file, `${JSON.stringify(this.state, null, 2)}\n`, 0o600);
   }
 }

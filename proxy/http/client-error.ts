@@ -12,6 +12,8 @@
  * Bytes after a request that said `close` are no bad request: its answer goes
  * out, then the connection lingers (linger.ts `lingerAfterLastAnswer`).
  * The HTTP/2 connection preface gets a 400 of ours that says what it met.
+ * Each answer here carries its code in `x-keyedge-error`, as every answer of
+ * keyedge's own does (Node's own carried none).
  * A request whose body turned bad after its head was handed over (a bad
  * chunk size mid-body) has its answer's access line and count say our
  * status and code (`parserRefusal`), not the client's leaving: its own
@@ -38,26 +40,31 @@ const H2_PREFACE_BODY = 'HTTP/2 connection preface on a connection that speaks H
 const H2_PREFACE = {
   status: 400,
   reason: 'Bad Request',
-  headers: `content-type: text/plain; charset=utf-8\r\nx-keyedge-error: KEYEDGE_HTTP_H2_PREFACE\r\ncontent-length: ${H2_PREFACE_BODY.length}\r\n`,
+  headers: `content-type: text/plain; charset=utf-8\r\ncontent-length: ${H2_PREFACE_BODY.length}\r\n`,
   body: H2_PREFACE_BODY,
 };
 
 interface ParserAnswer {
   readonly status: number;
   readonly reason: string;
-  /** What the access line of a request refused mid-body says (README's codes); the answer carries none. */
+  /** Its code (README's codes): in the answer's x-keyedge-error, as in each of keyedge's own, and in the access line of a request refused mid-body. */
   readonly code: HttpErrorCode;
   readonly headers?: string;
   readonly body?: string;
 }
 
-/** Node's own choice of status for a parser error (lib/_http_server.js, socketOnError); ours for the HTTP/2 preface. */
-function statusFor(code: string | undefined): ParserAnswer {
+/**
+ * Node's own choice of status for a parser error (lib/_http_server.js, socketOnError); ours for the HTTP/2 preface.
+ * `midBody`: the request's head was handed over, its body not all read (a timeout then is the whole request's).
+ */
+function statusFor(code: string | undefined, midBody: boolean): ParserAnswer {
   if (code === 'HPE_PAUSED_H2_UPGRADE') return { ...H2_PREFACE, code: 'KEYEDGE_HTTP_H2_PREFACE' };
   // In a chunked body's trailer section: the head was within bounds, or it would not have been handed over.
   if (code === 'HPE_HEADER_OVERFLOW') return { status: 431, reason: 'Request Header Fields Too Large', code: 'KEYEDGE_HTTP_HEADERS_TOO_LARGE' };
   if (code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW') return { status: 413, reason: 'Payload Too Large', code: 'KEYEDGE_HTTP_BODY_TOO_LARGE' };
-  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return { status: 408, reason: 'Request Timeout', code: 'KEYEDGE_HTTP_BODY_TIMEOUT' };
+  // Node's headersTimeout (a head not whole in time) or requestTimeout (the whole request, its body included).
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT')
+    return { status: 408, reason: 'Request Timeout', code: midBody ? 'KEYEDGE_HTTP_BODY_TIMEOUT' : 'KEYEDGE_HTTP_HEADER_TIMEOUT' };
   // A body whose framing does not parse (a bad chunk size, a chunk without its CRLF).
   return { status: 400, reason: 'Bad Request', code: 'KEYEDGE_HTTP_BAD_FRAMING' };
 }
@@ -113,10 +120,11 @@ function respond(err: NodeJS.ErrnoException, socket: Duplex): void {
     socket.destroy();
     return;
   }
-  const { status, reason, code, headers = 'content-length: 0\r\n', body = '' } = statusFor(err.code);
   // The answer in progress is the bad request's own, its body unread to the end: ours goes out in its place.
-  if (pending !== undefined && !pending.req.complete) refusedMidBody.set(pending, { status, code });
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\n${headers}\r\n${body}`);
+  const midBody = pending !== undefined && !pending.req.complete;
+  const { status, reason, code, headers = 'content-length: 0\r\n', body = '' } = statusFor(err.code, midBody);
+  if (midBody) refusedMidBody.set(pending, { status, code });
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\nx-keyedge-error: ${code}\r\n${headers}\r\n${body}`);
   const timer = setTimeout(() => socket.destroy(), LINGER_MS).unref();
   socket.once('close', () => clearTimeout(timer));
 }

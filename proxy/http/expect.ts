@@ -34,6 +34,7 @@
 import type http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import { unmetExpectation } from '../../keyserver/shared/closing-answer.js';
 import { bodyUnread } from './linger.js';
 
 /** Which expectation the server found: `continue` (100 not sent yet) or one keyedge cannot meet. */
@@ -56,19 +57,15 @@ export function handleExpectations(server: http.Server, handler: ExpectingHandle
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => handler(req, res, 'unsupported'));
 }
 
-/** Node's test for 100-continue among an Expect's expectations (lib/_http_server.js `continueExpression`). */
-const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
-
 /**
  * The expectation Node's server would have told of for a request it handed
  * over with Upgrade: `unsupported` for an Expect of HTTP/1.1 without
  * 100-continue (answered 417, as 'checkExpectation' is); none otherwise (an
- * Upgrade declares no body here, so there is no 100 to wait for).
+ * Upgrade declares no body here, so there is no 100 to wait for). The test is
+ * the admin ports' too (keyserver/shared/closing-answer.ts).
  */
 export function upgradeExpectation(req: IncomingMessage): Expectation | undefined {
-  const expect = req.headers.expect;
-  if (expect === undefined || req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1) return undefined;
-  return CONTINUE.test(expect) ? undefined : 'unsupported';
+  return unmetExpectation(req) ? 'unsupported' : undefined;
 }
 
 /**

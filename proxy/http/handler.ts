@@ -139,7 +139,7 @@ export function originRefusal(failure: OriginFailure): Refusal {
 }
 
 /** RFC 9110 §10.1.1: a server MAY answer 417 to an expectation it cannot meet; 100-continue is the only one defined. */
-const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
+export const EXPECTATION_FAILED: Refusal = { status: 417, code: 'KEYEDGE_HTTP_EXPECTATION_FAILED', body: 'expectation not supported: only 100-continue is\n' };
 
 /**
  * Our answer, whatever the host, to a request not to forward: a bad or `*` target (target.ts), a head of too many field

@@ -55,6 +55,8 @@
  * An Upgrade request with a body (Content-Length over 0, any
  * Transfer-Encoding) is refused with 400: Node's server does not read it (it
  * arrives among the held bytes), and WebSocket handshakes (GET) have none.
+ * An Upgrade request with an Expect other than 100-continue gets 417, as a
+ * request does (Node hands it over before its 'checkExpectation': expect.ts).
  *
  * Upgrade and Connection are hop-by-hop (RFC 9110 §7.6.1, §7.8): the client's
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
@@ -79,10 +81,11 @@ import tls from 'node:tls';
 import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
+import { upgradeExpectation } from './expect.js';
 import { refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
-import { type Domain, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
+import { type Domain, EXPECTATION_FAILED, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
 import { inAnswerOrder } from './queued.js';
@@ -141,8 +144,9 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     client.pause();
     client.on('error', () => client.destroy());
     const started = process.hrtime.bigint();
-    // Before routing, as for requests: an absolute-form target's authority is the Host routed on.
-    const own = normaliseTarget(req) ?? fieldLinesRefusal(req);
+    // Before routing, as for requests: an absolute-form target's authority is the Host routed on. An Expect other than
+    // 100-continue gets its 417, as a request's does: Node hands an Upgrade over before it looks at Expect (expect.ts).
+    const own = normaliseTarget(req) ?? fieldLinesRefusal(req) ?? (upgradeExpectation(req) === 'unsupported' ? EXPECTATION_FAILED : undefined);
     const host = hostName(req.headers.host);
     const route = routeRequest(options, host, servedNames(client));
     const domain = route.domain;

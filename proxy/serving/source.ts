@@ -126,7 +126,7 @@ export class ServingSource {
   readonly #warn: (message: string) => void;
   #fileDomains: ProxyConfig['domains'];
   readonly #reloadConfig: boolean;
-  readonly #onUnverified: ((reason: string) => void) | undefined;
+  readonly #onUnverified: ((reason: string, warning: string) => void) | undefined;
   readonly #shared: EtcdStore | undefined;
   readonly #verdicts: VerdictCache;
   /**
@@ -138,7 +138,8 @@ export class ServingSource {
 
   /**
    * `reloadConfig`: re-read `config.source` on every pass after the first.
-   * `onUnverified`: told when the start had to go ahead without the key server.
+   * `onUnverified`: told when the start had to go ahead without the key server: the failure's message, and the
+   * warning worded by its cause (unverifiedStartWarning).
    * `shared`: the fleet's store (etcd), which then holds the certificate
    * entries and adds its routes to the file's domains; else the store directory.
    * `warn`: told when the verdict file (certs/verdict-cache.ts, in the state
@@ -148,7 +149,7 @@ export class ServingSource {
     config: ProxyConfig,
     options: {
       readonly reloadConfig: boolean;
-      readonly onUnverified?: (reason: string) => void;
+      readonly onUnverified?: (reason: string, warning: string) => void;
       readonly shared?: EtcdStore;
       readonly warn?: (message: string) => void;
       /** Keep whole states in the state directory for the next start (the cluster primary: kept.ts). */
@@ -228,7 +229,7 @@ export class ServingSource {
       // up and reports not ready until then.
       if (this.#generation > 0)
         throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot validate against the key server: ${(err as Error).message}`, { cause: err });
-      this.#onUnverified?.((err as Error).message);
+      this.#onUnverified?.((err as Error).message, unverifiedStartWarning(err));
     }
     let lookup = client;
     const asked = options.only !== undefined && this.#generation > 0;
@@ -256,7 +257,7 @@ export class ServingSource {
             } catch (err) {
               if (this.#generation > 0 || err instanceof RemoteError) throw err;
               // Hung or gone at start: the same as unreachable, once for all the rest.
-              if (lookup !== undefined) this.#onUnverified?.((err as Error).message);
+              if (lookup !== undefined) this.#onUnverified?.((err as Error).message, unverifiedStartWarning(err));
               lookup = undefined;
               return leafSpki;
             }
@@ -477,6 +478,18 @@ export class ServingSource {
     for (const record of delta.upsert) records.set(record.name, record);
     return { generation: delta.generation, routing: delta.routing, upsert: [...records.values()], remove: [], whole: true };
   }
+}
+
+/**
+ * The warning of a start that goes ahead without the key server, worded by its cause: its connection settings refused
+ * here (a client key that is no key or not its certificate's, KEYEDGE_ERR_CONFIG; a TLS file that cannot be read,
+ * KEYEDGE_ERR_SETUP), a config error that no wait mends, or the key server not reached (down, hung, refusing).
+ */
+export function unverifiedStartWarning(err: unknown): string {
+  const code = err instanceof KeyedgeError ? err.code : undefined;
+  return code === 'KEYEDGE_ERR_CONFIG' || code === 'KEYEDGE_ERR_SETUP'
+    ? 'key server not contacted at start, its connection settings refused (a config error, not an outage): certificates load unverified'
+    : 'key server unreachable at start: certificates load unverified, handshakes wait for it';
 }
 
 export function connectKeyserver(config: ProxyConfig): Promise<KeyserverClient> {

@@ -55,7 +55,7 @@ export class OwnServing {
     const source = new ServingSource(config, {
       // A config built in memory (tests, benchmarks) has no file to re-read.
       reloadConfig: existsSync(config.source),
-      onUnverified: (reason) => log.warn({ reason }, 'key server unreachable at start: certificates load unverified, handshakes wait for it'),
+      onUnverified: (reason, warning) => log.warn({ reason }, warning),
       warn: (message) => log.warn(message),
     });
     const first = await source.next();
