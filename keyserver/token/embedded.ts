@@ -13,7 +13,7 @@
  * SOFTHSM2_CONF only then.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { readSettingFile } from '../../config/setting-file.js';
@@ -61,7 +61,7 @@ export function prepareEmbeddedToken(stateDir: string, label: string): EmbeddedT
   const objectsDir = join(paths.dir, 'objects');
   mkdirSync(objectsDir, { recursive: true, mode: 0o700 });
   if (!existsSync(paths.confFile)) {
-    writeFileSync(
+    writeFresh(
       paths.confFile,
       [
         '# Written by keyedge: the embedded default token, private to this state directory.',
@@ -74,7 +74,6 @@ export function prepareEmbeddedToken(stateDir: string, label: string): EmbeddedT
         'library.reset_on_fork = false',
         '',
       ].join('\n'),
-      { mode: 0o600 },
     );
   }
   process.env.SOFTHSM2_CONF = paths.confFile;
@@ -114,8 +113,18 @@ function initialiseToken(modulePath: string, label: string, pinFile: string, soP
   }
   // The PINs are written only once the token exists, so a crash half-way leaves
   // no PIN for a token that is not there; the next run starts again.
-  writeFileSync(soPinFile, `${soPin}\n`, { mode: 0o600 });
-  writeFileSync(pinFile, `${userPin}\n`, { mode: 0o600 });
+  writeFresh(soPinFile, `${soPin}\n`);
+  writeFresh(pinFile, `${userPin}\n`);
+}
+
+/**
+ * A PIN file (or the token's configuration) made afresh, 0600: whatever was left at its path (an SO PIN of a run that crashed before its user PIN, a
+ * link, a file of another mode) is removed first, and the file is created exclusively. Written through, a dangling
+ * link there (which existsSync calls absent) put the PIN wherever it pointed, outside the state directory.
+ */
+function writeFresh(path: string, text: string): void {
+  rmSync(path, { force: true });
+  writeFileSync(path, text, { mode: 0o600, flag: 'wx' });
 }
 
 /** Far past any PIN: a larger file is not one. */
