@@ -29,6 +29,17 @@
  * match (a write torn by a crash), is not used at all: better no fallback
  * than one on a version older than the last served.
  *
+ * A fleet's node (certificates in etcd) keeps its own log,
+ * `<stateDir>/serving/fleet-served.log`, for its etcd prefix, never based on
+ * a pack (a fleet keeps no serving state) and written whole when a change
+ * does not follow the last one logged. Each of its rows also names the etcd
+ * revision (the entry's statId, `rev:<mod revision>`) this node last judged
+ * of the entry while that version served: the version itself, or the refused
+ * value that followed it. A start falls back on a row only when the entry's
+ * value in etcd is still at that revision (prepare.ts): nothing was written
+ * to it since, so no good version superseded the one logged, and an entry
+ * deleted (and written again) since has another revision.
+ *
  * Chains, names and key ids only: what the workers are sent anyway, nothing
  * secret; the directory is 0700. One owner (the cluster primary).
  */
@@ -42,12 +53,22 @@ import type { CertificateRecord } from './spec.js';
 
 const FORMAT = 'keyedge-last-served-1';
 export const LAST_SERVED_FILE = 'served.log';
+/** A fleet node's log: its rows name the etcd revision they speak for. */
+export const FLEET_SERVED_FILE = 'fleet-served.log';
 
 /** What a fallback needs of a version: judged again from it (prepare.ts). */
-export type ServedVersion = Pick<CertificateRecord, 'name' | 'chainPem' | 'names' | 'keyId' | 'inputId'>;
+export type ServedVersion = Pick<CertificateRecord, 'name' | 'chainPem' | 'names' | 'keyId' | 'inputId'> & {
+  /** A fleet's row: the entry's statId in etcd it speaks for (null: unknown, never fallen back on); absent for a store directory. */
+  readonly revision?: string | null;
+};
 
-/** [name, inputId, chainPem, names, keyId], or [name] for a removal. */
-type Line = [string, string, string, readonly string[], string] | [string];
+/** [name, inputId, chainPem, names, keyId] (a fleet's: then its revision), or [name] for a removal. */
+type Line = [string, string, string, readonly string[], string] | [string, string, string, readonly string[], string, string | null] | [string];
+
+/** A fleet node's log (FLEET_SERVED_FILE): `revisionOf` names the etcd revision each row speaks for. */
+export interface FleetLog {
+  readonly revisionOf: (record: CertificateRecord) => string | undefined;
+}
 
 export class LastServed {
   readonly #dir: string;
@@ -57,12 +78,17 @@ export class LastServed {
   readonly #warn: (message: string) => void;
   /** Rows written since the header by this run; undefined: this run has not written the log yet. */
   #lines: number | undefined;
+  readonly #fleet: FleetLog | undefined;
+  readonly #name: string;
 
-  constructor(dir: string, store: string, warn: (message: string) => void) {
+  /** `store`: the store directory, or with `fleet` the fleet's store (`etcd:<prefix>`). */
+  constructor(dir: string, store: string, warn: (message: string) => void, fleet?: FleetLog) {
     this.#dir = dir;
-    this.#file = join(dir, LAST_SERVED_FILE);
-    this.#store = resolve(store);
+    this.#name = fleet === undefined ? LAST_SERVED_FILE : FLEET_SERVED_FILE;
+    this.#file = join(dir, this.#name);
+    this.#store = fleet === undefined ? resolve(store) : store;
     this.#warn = warn;
+    this.#fleet = fleet;
   }
 
   /** Rows since the header this run wrote, or undefined before its first write. */
@@ -117,8 +143,8 @@ export class LastServed {
   /** Starts the log anew on `base` (a kept pack, or null: `rows` are every store entry that serves). */
   rewrite(base: string | null, rows: Iterable<CertificateRecord>): void {
     const lines: string[] = [`${JSON.stringify({ format: FORMAT, base: base === null ? null : basename(base), store: this.#store })}\n`];
-    for (const record of rows) if (record.from === 'store') lines.push(lineOf([record.name, record.inputId, record.chainPem, record.names, record.keyId]));
-    const temp = join(this.#dir, `.${LAST_SERVED_FILE}.${randomBytes(6).toString('hex')}.tmp`);
+    for (const record of rows) if (record.from === 'store') lines.push(lineOf(this.#row(record)));
+    const temp = join(this.#dir, `.${this.#name}.${randomBytes(6).toString('hex')}.tmp`);
     try {
       mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
       const fd = openSync(temp, 'wx', 0o600);
@@ -143,8 +169,7 @@ export class LastServed {
   append(upsert: readonly CertificateRecord[], remove: readonly string[]): void {
     if (this.#lines === undefined) return;
     const lines: string[] = [];
-    for (const record of upsert)
-      lines.push(lineOf(record.from === 'store' ? [record.name, record.inputId, record.chainPem, record.names, record.keyId] : [record.name]));
+    for (const record of upsert) lines.push(lineOf(record.from === 'store' ? this.#row(record) : [record.name]));
     for (const name of remove) lines.push(lineOf([name]));
     if (lines.length === 0) return;
     try {
@@ -159,6 +184,11 @@ export class LastServed {
     } catch (err) {
       this.#fail(err);
     }
+  }
+
+  #row(record: CertificateRecord): Line {
+    const row: Line = [record.name, record.inputId, record.chainPem, record.names, record.keyId];
+    return this.#fleet === undefined ? row : [...row, this.#fleet.revisionOf(record) ?? null];
   }
 
   /** A log that could not be written is removed: a stale one would fall back on an older version than the last served. */
@@ -191,7 +221,9 @@ export class LastServed {
       return ignore('is not a log of served versions');
     }
     if (head.format !== FORMAT || !(head.base === null || typeof head.base === 'string')) return ignore('is of another format');
-    if (head.store !== this.#store) return ignore(`was written for another store directory than ${this.#store}`);
+    if (head.store !== this.#store) return ignore(`was written for another ${this.#fleet === undefined ? 'store directory' : 'store'} than ${this.#store}`);
+    // A fleet's log is never based on a pack: it keeps no serving state.
+    if (this.#fleet !== undefined && head.base !== null) return ignore('is of another format');
     const rows = new Map<string, ServedVersion | null>();
     for (const line of lines.slice(1)) {
       const space = line.indexOf(' ');
@@ -199,7 +231,11 @@ export class LastServed {
       if (space < 0 || line.slice(0, space) !== sha256(json)) return ignore('holds a line that does not match its checksum');
       const row = JSON.parse(json) as Line;
       if (row.length === 1) rows.set(row[0], null);
-      else rows.set(row[0], { name: row[0], inputId: row[1], chainPem: row[2], names: row[3], keyId: row[4] });
+      else {
+        const version: ServedVersion = { name: row[0], inputId: row[1], chainPem: row[2], names: row[3], keyId: row[4] };
+        // A fleet's row that names no revision is never fallen back on.
+        rows.set(row[0], this.#fleet === undefined ? version : { ...version, revision: row.length === 6 ? row[5] : null });
+      }
     }
     return { base: head.base, rows };
   }

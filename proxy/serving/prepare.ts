@@ -39,7 +39,10 @@
  * the version the last run served (`lastServed`, last-served.ts) once the
  * rules that time and the key server decide pass again: what a running proxy
  * does for a refused replacement, kept across a restart. The refusal is still
- * reported, with a warning that the last served version serves.
+ * reported, with a warning that the last served version serves. A fleet's
+ * version (one naming its etcd revision) only while the entry is still at
+ * the revision this node judged when it last served that version: nothing
+ * written since, no entry deleted and written again since.
  *
  * A file changed in the last QUIET_MS may still be being written: it is read
  * until two reads agree (settling-read.ts), and one that keeps changing is
@@ -88,6 +91,8 @@ export interface PreparedServing {
   readonly targeted: boolean;
   /** Which directory the store's path named as this pass listed it (certs/store-dir.ts); undefined: none, or not a directory store. */
   readonly storeDirId: string | undefined;
+  /** The identity (statId) of each store entry this pass refused, as read: in a fleet, its etcd revision (last-served.ts). */
+  readonly refusedAt: ReadonlyMap<string, string>;
 }
 
 /** What a pass last saw of a store entry's files. */
@@ -336,7 +341,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
   });
 
-  await serveLastOnRefusal(options, refused, records, validation, verdicts, { changed, warnings });
+  const refusedAt = new Map<string, string>();
+  for (const { name } of refused) {
+    const read = storeReads.get(name);
+    if (read !== undefined) refusedAt.set(name, read.statId);
+  }
+  await serveLastOnRefusal(options, refused, refusedAt, records, validation, verdicts, { changed, warnings });
 
   const left = [...configReads, ...storeReads].filter(([, r]) => unsettled.has(r.file)).map(([name]) => name);
   const sniDefault = config.sni.default;
@@ -361,7 +371,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const record = records.get(name);
     if (record !== undefined) ordered.set(name, record);
   }
-  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept, targeted: only !== undefined, storeDirId };
+  return { records: ordered, refused, warnings, changed, present, unsettled: left, followed, fromKept, targeted: only !== undefined, storeDirId, refusedAt };
 }
 
 /**
@@ -370,11 +380,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
  * key (from its verdict when one is remembered, else in full), so a version
  * expired since or whose key was deleted is not served. Not for a name the
  * config's certificates hold (refused for it, or now in the config), nor for
- * an entry gone from the store (it is not listed, so not refused).
+ * an entry gone from the store (it is not listed, so not refused); nor, for a
+ * fleet's version, once the entry's etcd revision is another than the one
+ * logged with it (`refusedAt`: this pass's).
  */
 async function serveLastOnRefusal(
   options: PrepareOptions,
   refused: readonly Refusal[],
+  refusedAt: ReadonlyMap<string, string>,
   records: Map<string, CertificateRecord>,
   validation: ValidationContext,
   verdicts: VerdictCache,
@@ -387,7 +400,8 @@ async function serveLastOnRefusal(
     if (refusal.reason === 'names' || records.has(refusal.name) || options.previous.has(refusal.name)) continue;
     if (options.config.certificates.some((c) => c.name === refusal.name)) continue;
     const last = lastServed(refusal.name);
-    if (last !== undefined) fallbacks.push({ refusal, last });
+    if (last === undefined || (last.revision !== undefined && last.revision !== refusedAt.get(refusal.name))) continue;
+    fallbacks.push({ refusal, last });
   }
   await forEachLimited(fallbacks, VALIDATION_CONCURRENCY, async ({ refusal, last }) => {
     const { name } = refusal;

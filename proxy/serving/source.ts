@@ -91,6 +91,8 @@ export interface NextServing {
   readonly answered: readonly string[];
   /** Every stored route refused now, said or not (routeRefusal): what `commit` remembers as said. */
   readonly refusedRoutes?: ReadonlySet<string>;
+  /** The identity of each store entry this pass refused, as read (prepare.ts): in a fleet, its etcd revision. */
+  readonly refusedAt?: ReadonlyMap<string, string>;
 }
 
 /** A stored route's refusal, as remembered once said: the same version refused for the same reason is not said again. */
@@ -111,6 +113,8 @@ export class ServingSource {
   /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
   #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
+  /** A fleet's entries whose latest value is refused: the etcd revision judged (statId), for the log of last served versions. */
+  readonly #refusedAt = new Map<string, string>();
   readonly #uploads = new InTurn<string>();
   /** The store directory the last committed pass listed (certs/store-dir.ts): another one in its place is not taken empty. */
   #storeDirId: string | undefined;
@@ -164,10 +168,15 @@ export class ServingSource {
     this.#onUnverified = options.onUnverified;
     this.#shared = options.shared;
     this.#verdicts = new VerdictCache({ file: VerdictCache.fileIn(config.stateDir), warn: options.warn ?? (() => {}) });
-    this.#lastServed = this.#keepState && this.#shared === undefined ? new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn) : undefined;
-    // A fleet's node serves from etcd and keeps no such log: one left by an earlier run on the store directory would,
-    // after this run, name versions older than what served since.
-    if (this.#keepState && this.#shared !== undefined) new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn).discard();
+    const shared = this.#shared;
+    this.#lastServed = !this.#keepState
+      ? undefined
+      : shared === undefined
+        ? new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn)
+        : new LastServed(keptDir(config.stateDir), shared.dir, this.#warn, { revisionOf: (record) => this.#revisionOf(record) });
+    // A fleet's node keeps its own log, of etcd revisions (last-served.ts): one left by an earlier run on the store
+    // directory would, after this run, name versions older than what served since.
+    if (this.#keepState && shared !== undefined) new LastServed(keptDir(config.stateDir), config.certStore.dir, this.#warn).discard();
   }
 
   get config(): ProxyConfig {
@@ -298,6 +307,7 @@ export class ServingSource {
         answered: answered ?? [],
         storeDirId: prepared.storeDirId,
         refusedRoutes: new Set((routes?.refused ?? []).map(routeRefusal)),
+        refusedAt: prepared.refusedAt,
       };
     } finally {
       client?.close();
@@ -398,7 +408,18 @@ export class ServingSource {
     this.#fileDomains = next.fileDomains;
     // Restart-only settings keep their running values; routing and certificates move on.
     this.#config = Object.freeze({ ...this.#config, domains: next.config.domains, sni: next.config.sni, certificates: next.config.certificates });
-    this.#keepServed(next.delta);
+    this.#keepServed(next);
+  }
+
+  /**
+   * The etcd revision a fleet's served record speaks for (last-served.ts): the refused value judged after it, while it
+   * serves on; else its own, as read. Undefined when not known (the row is then never fallen back on).
+   */
+  #revisionOf(record: CertificateRecord): string | undefined {
+    const refused = this.#refusedAt.get(record.name);
+    if (refused !== undefined) return refused;
+    const seen = this.#seen.get(record.name);
+    return seen?.inputId === record.inputId ? seen.statId : undefined;
   }
 
   /**
@@ -407,15 +428,32 @@ export class ServingSource {
    * whole; else (a large state, or a large change) it waits for the whole state the workers are sent as a pack,
    * which starts it anew (keepWritten): until then it holds what they served last.
    */
-  #keepServed(delta: ServingDelta): void {
+  #keepServed(next: NextServing): void {
+    const { delta } = next;
     const log = this.#lastServed;
     if (log === undefined || this.#servedGeneration >= delta.generation) return;
+    const fleet = this.#shared !== undefined;
+    // A fleet's entry whose new value is refused while its previous version serves on: that version's row now speaks
+    // for the refused revision (the one a restart may find and fall back from). Kept until the entry changes.
+    const refusedOn: CertificateRecord[] = [];
+    if (fleet) {
+      for (const record of delta.upsert) this.#refusedAt.delete(record.name);
+      for (const name of delta.remove) this.#refusedAt.delete(name);
+      for (const [name, statId] of next.refusedAt ?? []) {
+        const record = this.#records.get(name);
+        if (record === undefined || this.#refusedAt.get(name) === statId) continue;
+        this.#refusedAt.set(name, statId);
+        if (!delta.upsert.includes(record)) refusedOn.push(record);
+      }
+      for (const name of this.#refusedAt.keys()) if (!this.#records.has(name) || !this.#refusals.has(name)) this.#refusedAt.delete(name);
+    }
     const size = this.#records.size;
     const lines = log.lines;
     const follows = lines !== undefined && this.#servedGeneration === delta.generation - 1 && delta.upsert.length + delta.remove.length <= PACK_THRESHOLD;
-    // A small state's log is written whole again once it holds twice its rows; a large one's starts anew with each pack.
-    if (follows && (size > PACK_THRESHOLD || lines <= 2 * size + 64)) log.append(delta.upsert, delta.remove);
-    else if (size <= PACK_THRESHOLD) log.rewrite(null, this.#records.values());
+    // A small state's log is written whole again once it holds twice its rows; a large one's starts anew with each pack
+    // (a fleet's, which keeps no pack, is written whole instead).
+    if (follows && ((size > PACK_THRESHOLD && !fleet) || lines <= 2 * size + 64)) log.append([...delta.upsert, ...refusedOn], delta.remove);
+    else if (size <= PACK_THRESHOLD || fleet) log.rewrite(null, this.#records.values());
     else return;
     this.#servedGeneration = delta.generation;
   }
@@ -453,7 +491,7 @@ export class ServingSource {
     if (kept === undefined || whole.upsert.length !== kept.count) return undefined;
     for (const record of whole.upsert) if (!this.#fromKept.has(record)) return undefined;
     // What serves is the kept pack's state: the log of last served versions starts anew on it.
-    this.#lastServed?.rewrite(kept.packed.file, []);
+    if (this.#shared === undefined) this.#lastServed?.rewrite(kept.packed.file, []);
     this.#servedGeneration = whole.generation;
     return kept.packed;
   }
