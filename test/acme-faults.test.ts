@@ -317,6 +317,39 @@ describe('ACME faults: the current certificate keeps serving', () => {
   }, 120_000);
 });
 
+describe('a renewal while the key server is down', () => {
+  it("the loop's order fails naming the key server, backs off, and the next pass once it is back renews; the entry keeps its certificate meanwhile", async () => {
+    const before = (await managed(NAME))!;
+    const failedBefore = acmeFailures(NAME).length;
+    await acmeLab.lab.stopKeyserver();
+    try {
+      // The CA says every certificate is due (its ARI window past): the loop's next pass orders NAME's renewal.
+      front.mode = 'ariDue';
+      const failed = await waitFor("the loop's renewal to fail", () => acmeFailures(NAME)[failedBefore], 30_000);
+      expect(failed.reason ?? failed.err, JSON.stringify(failed)).toMatch(/key server/);
+      const during = (await managed(NAME))!;
+      expect(during.serial).toBe(before.serial);
+      expect(during.acme.failures).toBeGreaterThanOrEqual(1);
+      expect(during.acme.retryNotBefore).not.toBeNull();
+      expect(during.acme.lastError?.message).toMatch(/key server/);
+    } finally {
+      // The entry keeps the past window it was given (for its current certificate); the next one's is pebble's (none).
+      front.mode = 'pass';
+      await acmeLab.lab.startKeyserver();
+    }
+    // Back: the loop's next pass past the backoff renews it (the entry's ARI window still past), the failures cleared.
+    const renewed = await waitFor(
+      'the loop to renew after the key server came back',
+      async () => {
+        const entry = (await managed(NAME))!;
+        return entry.serial !== before.serial && entry.acme.failures === 0 ? entry : undefined;
+      },
+      45_000,
+    );
+    await stillServes(renewed.serial);
+  }, 120_000);
+});
+
 describe('an order whose issuance lock is lost after the order was created', () => {
   it('is not finalized: no finalize reaches the CA, nothing is stored, and the lost lock is the failure', async () => {
     front.mode = 'pass';

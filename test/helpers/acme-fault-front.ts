@@ -10,14 +10,17 @@
  * them), `stuckPending` (an order that became ready is answered as still
  * pending, with `Retry-After: 0`), `reuseValid` (newOrder answered with
  * the order at `reusePath` as last seen, as a CA reusing an existing valid
- * order does, RFC 8555 §7.4). Pebble itself has no rate limits.
+ * order does, RFC 8555 §7.4), `ariDue` (the directory lists a renewalInfo
+ * URL, RFC 9773, which pebble 2.4 has not, answering every certificate a
+ * window already past: each is due for renewal at once). Pebble itself has
+ * no rate limits.
  * `openConnections()` counts the clients' connections open to the front.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid';
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue';
 
 export interface FaultFront {
   readonly directory: string;
@@ -82,6 +85,12 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
         count();
         return problem(res, 429, 'rateLimited', { 'retry-after': String(front.retryAfterSeconds) });
       }
+      if (mode === 'ariDue' && req.method === 'GET' && req.url?.startsWith('/renewal-info/')) {
+        count();
+        const suggestedWindow = { start: new Date(Date.now() - 2 * 86_400_000).toISOString(), end: new Date(Date.now() - 86_400_000).toISOString() };
+        res.writeHead(200, { 'content-type': 'application/json', 'retry-after': '21600' }).end(JSON.stringify({ suggestedWindow }));
+        return;
+      }
       if (mode === 'huge' && req.method === 'POST' && req.url?.includes('/certZ/')) {
         count();
         res.writeHead(200, { 'content-type': 'application/pem-certificate-chain', 'replay-nonce': `fault${Date.now()}` });
@@ -117,6 +126,8 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 headers['retry-after'] = '0';
               }
               if (req.url?.startsWith('/my-order/')) front.orders.set(req.url, text);
+              if (mode === 'ariDue' && req.method === 'GET' && req.url === new URL(pebbleDirectory).pathname)
+                text = JSON.stringify({ ...(JSON.parse(text) as object), renewalInfo: `${self}/renewal-info` });
               if (mode === 'reuseValid' && req.url?.includes('order-plz') && front.orders.has(front.reusePath)) {
                 count();
                 text = front.orders.get(front.reusePath) ?? '';
