@@ -17,7 +17,9 @@
  * order whose lock was lost meanwhile is abandoned before it is finalized,
  * and before its chain is stored (store/lock.ts, `lost`). An order that
  * fails before its authorizations are done deactivates those it left
- * pending (deactivatePending).
+ * pending (deactivatePending). An order the CA answers already valid (an
+ * earlier one reused) is taken only for the key it certifies (reusedOrder).
+ * Each order's connections to the CA close when it ends.
  *
  * Costs per certificate: one key generation (a child process), about ten
  * signed requests (one key-server sign each) and the CA's validation. The
