@@ -317,6 +317,39 @@ describe('ACME faults: the current certificate keeps serving', () => {
   }, 120_000);
 });
 
+describe('a renewal while the key server is down', () => {
+  it("the loop's order fails naming the key server, backs off, and the next pass once it is back renews; the entry keeps its certificate meanwhile", async () => {
+    const before = (await managed(NAME))!;
+    const failedBefore = acmeFailures(NAME).length;
+    await acmeLab.lab.stopKeyserver();
+    try {
+      // The CA says every certificate is due (its ARI window past): the loop's next pass orders NAME's renewal.
+      front.mode = 'ariDue';
+      const failed = await waitFor("the loop's renewal to fail", () => acmeFailures(NAME)[failedBefore], 30_000);
+      expect(failed.reason ?? failed.err, JSON.stringify(failed)).toMatch(/key server/);
+      const during = (await managed(NAME))!;
+      expect(during.serial).toBe(before.serial);
+      expect(during.acme.failures).toBeGreaterThanOrEqual(1);
+      expect(during.acme.retryNotBefore).not.toBeNull();
+      expect(during.acme.lastError?.message).toMatch(/key server/);
+    } finally {
+      // The entry keeps the past window it was given (for its current certificate); the next one's is pebble's (none).
+      front.mode = 'pass';
+      await acmeLab.lab.startKeyserver();
+    }
+    // Back: the loop's next pass past the backoff renews it (the entry's ARI window still past), the failures cleared.
+    const renewed = await waitFor(
+      'the loop to renew after the key server came back',
+      async () => {
+        const entry = (await managed(NAME))!;
+        return entry.serial !== before.serial && entry.acme.failures === 0 ? entry : undefined;
+      },
+      45_000,
+    );
+    await stillServes(renewed.serial);
+  }, 120_000);
+});
+
 describe('an order whose issuance lock is lost after the order was created', () => {
   it('is not finalized: no finalize reaches the CA, nothing is stored, and the lost lock is the failure', async () => {
     front.mode = 'pass';
@@ -384,6 +417,104 @@ describe('an order whose issuance lock is lost after the order was created', () 
       }
     } finally {
       removeDir(dir);
+    }
+  }, 60_000);
+});
+
+describe('an order of an issuer in the test process, through a front of its own (idle connections kept 60 s)', () => {
+  let own: FaultFront;
+  let orderPath = '';
+  let firstChain = '';
+  beforeAll(async () => {
+    own = await startFaultFront(pebble.directory, pebble.tlsCaFile, pebble.tlsKeyFile, 60_000);
+  });
+  afterAll(async () => {
+    await own?.close();
+  });
+
+  /** An issuer on the proxy's account through `own`: pebble reuses NAME's valid authorization, so no challenge is answered. */
+  function issuerHere(): { issuer: AcmeIssuer; stored: string[]; outcomes: string[]; generated: string[]; account: string; keyId: string; dir: string } {
+    const proxyState = JSON.parse(readFileSync(join(acmeLab.lab.dir, 'state', 'acme', 'state.json'), 'utf8')) as IssuerState;
+    const dir = tempDir('keyedge-acme-own-front-');
+    const state = new StateFile(dir);
+    // The account's key, through this front (newAccount with it answers the same account).
+    state.state.account = { ...proxyState.account!, directory: own.directory };
+    const config = loadProxyConfig(undefined, {
+      keyserver: { socket: acmeLab.lab.socket },
+      acme: acmeLab.acme({ directory: own.directory, timeoutMs: 5_000, orderTimeoutSeconds: 20 }),
+    }).acme!;
+    const stored: string[] = [];
+    const outcomes: string[] = [];
+    const generated: string[] = [];
+    const log = createLogger('acme-own-front', 'info', {
+      write: (line: string) => {
+        const parsed = JSON.parse(line) as { msg?: string; order?: string };
+        if (parsed.msg === 'ACME order created' && orderPath === '') orderPath = new URL(parsed.order!).pathname;
+      },
+    });
+    const issuer = new AcmeIssuer({
+      config,
+      state,
+      keys: {
+        generate: (type) => {
+          generated.push(type);
+          return Promise.reject(new Error('no key is made here'));
+        },
+        remove: async () => undefined,
+      },
+      keyserver: () => KeyserverClient.connect({ unixPath: acmeLab.lab.socket }),
+      challenges: { add: () => Promise.reject(new Error('no challenge expected: pebble reuses the valid authorization')), remove: async () => undefined },
+      store: async (name, chainPem) => void stored.push(`${name} ${chainPem === firstChain ? 'the first chain' : 'another chain'}`),
+      log,
+      onOrder: (result) => void outcomes.push(result),
+    });
+    return { issuer, stored, outcomes, generated, account: proxyState.account!.keyId, keyId: proxyState.certificates[NAME]!.keyId, dir };
+  }
+
+  it('closes its connections to the CA when the order ends, stored or failed', async () => {
+    front.mode = 'pass';
+    own.mode = 'pass';
+    const here = issuerHere();
+    try {
+      const issued = await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId });
+      firstChain = issued.chainPem;
+      expect(here.outcomes).toEqual(['ok']);
+      // Before: the order's sockets stayed open until the front's keep-alive hint (60 s here) ran out.
+      await waitFor('no connection left to the CA after a stored order', async () => ((await own.openConnections()) === 0 ? true : undefined), 5_000);
+      own.mode = 'rateLimited';
+      await expect(here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId })).rejects.toMatchObject({ problem: 'rateLimited' });
+      await waitFor('no connection left to the CA after a failed order', async () => ((await own.openConnections()) === 0 ? true : undefined), 5_000);
+    } finally {
+      own.mode = 'pass';
+      removeDir(here.dir);
+    }
+  }, 60_000);
+
+  it('an order the CA answers already valid (an earlier one reused): its certificate taken only for the key it certifies', async () => {
+    expect(orderPath).toMatch(/^\/my-order\//);
+    expect(own.orders.get(orderPath)).toMatch(/"status":\s*"valid"/);
+    own.mode = 'reuseValid';
+    own.reusePath = orderPath;
+    const here = issuerHere();
+    try {
+      // The key the reused order's certificate is for: taken, as the CA meant, with no finalize.
+      await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.keyId });
+      expect(here.stored).toEqual([`${NAME} the first chain`]);
+      // Another key (the account's, in the same token): a clear failure naming the reuse, nothing stored. Before: the
+      // earlier chain went to the store with this key (which refused it as a key mismatch, saying nothing of the reuse).
+      const other = await here.issuer.issue({ name: NAME, domains: [NAME], keyId: here.account }).catch((e: unknown) => e as Error);
+      expect(other).toBeInstanceOf(Error);
+      expect((other as Error).message).toMatch(/already valid \(an earlier order for www\.fault\.test reused, RFC 8555 §7\.4\).*for another key/);
+      // A new key: refused before one is made (it could never be the reused certificate's).
+      const fresh = await here.issuer.issue({ name: NAME, domains: [NAME] }).catch((e: unknown) => e as Error);
+      expect((fresh as Error).message).toMatch(/already valid .* not for a new key/);
+      expect(here.generated).toEqual([]);
+      expect(here.stored).toEqual([`${NAME} the first chain`]);
+      expect(here.outcomes).toEqual(['ok', 'failed', 'failed']);
+      expect(own.faults.reuseValid).toBe(3);
+    } finally {
+      own.mode = 'pass';
+      removeDir(here.dir);
     }
   }, 60_000);
 });

@@ -83,6 +83,7 @@ export class AcmeClient {
   #directory: AcmeDirectory | undefined;
   #nonces: string[] = [];
   #kid: string | undefined;
+  #closed = false;
 
   constructor(options: AcmeClientOptions) {
     this.#options = options;
@@ -175,8 +176,11 @@ export class AcmeClient {
     return { start, end, retryAfterMs: answer.retryAfterMs };
   }
 
+  /** Closes its sockets to the CA once the requests under way end; again is a no-op. */
   close(): void {
-    void this.#agent.close();
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#agent.close().catch(() => undefined);
   }
 
   async #nonce(): Promise<string> {

@@ -17,7 +17,9 @@
  * order whose lock was lost meanwhile is abandoned before it is finalized,
  * and before its chain is stored (store/lock.ts, `lost`). An order that
  * fails before its authorizations are done deactivates those it left
- * pending (deactivatePending).
+ * pending (deactivatePending). An order the CA answers already valid (an
+ * earlier one reused) is taken only for the key it certifies (reusedOrder).
+ * Each order's connections to the CA close when it ends.
  *
  * Costs per certificate: one key generation (a child process), about ten
  * signed requests (one key-server sign each) and the CA's validation. The
@@ -27,7 +29,7 @@
  * validation (a name not yet pointed here, the CA's rate limits) makes and
  * deletes no key in the token.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import type { AcmeConfig } from '../../config/proxy-schema.js';
 import { readSettingFile } from '../../config/setting-file.js';
 import type { KeyserverClient } from '../../keyserver/client/client.js';
@@ -120,8 +122,9 @@ export class AcmeIssuer {
     const keyserver = await this.#deps.keyserver();
     let made: string | undefined;
     let storing = false;
+    let acme: AcmeClient | undefined;
     try {
-      const acme = await this.#session(keyserver);
+      acme = await this.#session(keyserver);
       let certificateKey: () => Promise<CertificateKey>;
       if (request.keyId === undefined) {
         // Made when the order first needs it (above); `made` from then on, so a failure after deletes it.
@@ -139,6 +142,8 @@ export class AcmeIssuer {
         certificateKey = async () => given;
       }
       const chainPem = await this.#order(acme, keyserver, request, certificateKey);
+      // Its keep-alive sockets to the CA are of no further use: left to the CA's keep-alive hint, each order kept some open.
+      acme.close();
       const { keyId } = await certificateKey();
       // The name's lock lost meanwhile (its lease ended): another node may be ordering it; its result is the one to keep.
       request.lock?.lost.throwIfAborted();
@@ -165,6 +170,7 @@ export class AcmeIssuer {
       }
       throw err;
     } finally {
+      acme?.close();
       keyserver.close();
     }
   }
@@ -181,7 +187,12 @@ export class AcmeIssuer {
       const keyId = (await keys.generate('ec-p256', `acme-account-${stamp()}`)).keyId;
       const { client, url } = await this.#client(keyserver, keyId);
       state.state.account = { directory: config.directory, keyId, url };
-      await state.save(lock);
+      await Promise.resolve()
+        .then(() => state.save(lock))
+        .catch((err: unknown) => {
+          client.close();
+          throw err;
+        });
       log.info({ keyId, account: url }, 'ACME account registered; its key is in the token');
       return client;
     });
@@ -207,7 +218,10 @@ export class AcmeIssuer {
     const eab =
       config.eab === null ? undefined : { kid: config.eab.kid, hmacKey: readAcmeFile(config.eab.hmacKeyFile, 'acme.eab.hmacKeyFile', MAX_EAB_BYTES).trim() };
     // newAccount with an existing key answers 200 and the same URL (RFC 8555 §7.3.1): cheap, and it checks the account still exists.
-    const url = await client.account({ contact: config.contact, eab });
+    const url = await client.account({ contact: config.contact, eab }).catch((err: unknown) => {
+      client.close();
+      throw err;
+    });
     return { client, url };
   }
 
@@ -283,11 +297,12 @@ export class AcmeIssuer {
       deadline,
       (o: AcmeOrder) => o.status !== 'pending',
     );
-    if (ready.status !== 'ready' && ready.status !== 'valid') throw new AcmeError(`order ${url} is ${ready.status}`, {});
+    if (ready.status === 'valid') return reusedOrder(acme, url, ready, request, certificateKey, log);
+    if (ready.status !== 'ready') throw new AcmeError(`order ${url} is ${ready.status}`, {});
     const csr = await createCsrWith(csrKeyOfSpki((await certificateKey()).spki), request.domains, signer);
     // Finalizing is what makes the CA issue: under a lost lock, a second certificate for the name (and its rate limits).
     request.lock?.lost.throwIfAborted();
-    const finalized = ready.status === 'valid' ? ready : await acme.finalize(ready, Buffer.from(csr.rawData));
+    const finalized = await acme.finalize(ready, Buffer.from(csr.rawData));
     const valid =
       finalized.status === 'valid'
         ? finalized
@@ -300,6 +315,44 @@ export class AcmeIssuer {
     if (valid.status !== 'valid' || valid.certificate === undefined) throw new AcmeError(`order ${url} ended ${valid.status}`, {});
     return acme.certificate(valid.certificate);
   }
+}
+
+/**
+ * An order the CA answered already valid: RFC 8555 §7.4 lets a CA hand back an existing order for the same identifiers,
+ * finalized earlier with some CSR. Its certificate is this order's only when its public key is the one this order
+ * signs with (the entry's key, `keyId` given): then it is taken, as the CA meant. Otherwise it certifies a key this
+ * order does not hold (an earlier order's key, maybe deleted since): the store refused it as a key mismatch, in words
+ * that did not say why. It fails here, naming the reused order, before a key is made for it (a new key could never be
+ * the one in it). Nothing is finalized: a valid order cannot be (orderNotReady).
+ */
+async function reusedOrder(
+  acme: AcmeClient,
+  url: string,
+  order: AcmeOrder,
+  request: IssueRequest,
+  certificateKey: () => Promise<CertificateKey>,
+  log: Logger,
+): Promise<string> {
+  const refused = (why: string): AcmeError =>
+    new AcmeError(
+      `the CA answered order ${url} already valid (an earlier order for ${request.domains.join(', ')} reused, RFC 8555 §7.4) and ${why}: not stored; ` +
+        'the CA lets a new order be placed once that one expires, or for another list of names',
+      { problem: 'orderReused' },
+    );
+  if (request.keyId === undefined) throw refused('its certificate is for a key made earlier, not for a new key');
+  if (order.certificate === undefined) throw refused('without its certificate URL');
+  const chainPem = await acme.certificate(order.certificate);
+  const leaf = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/.exec(chainPem)?.[0];
+  let spki: Buffer | undefined;
+  try {
+    spki = leaf === undefined ? undefined : new X509Certificate(leaf).publicKey.export({ type: 'spki', format: 'der' });
+  } catch {
+    spki = undefined;
+  }
+  if (spki === undefined) throw refused('its certificate URL answered no certificate');
+  if (!spki.equals((await certificateKey()).spki)) throw refused(`its certificate is for another key than ${request.keyId}, the one this order signs with`);
+  log.info({ certificate: request.name, order: url }, 'the CA answered an earlier valid order; its certificate is for this key and is taken');
+  return chainPem;
 }
 
 /**

@@ -8,13 +8,19 @@
  * refused with 429 and Retry-After, §6.6), `huge` (the certificate download
  * answered with `hugeBytes` of PEM, counted in `hugeSent` as the client takes
  * them), `stuckPending` (an order that became ready is answered as still
- * pending, with `Retry-After: 0`). Pebble itself has no rate limits.
+ * pending, with `Retry-After: 0`), `reuseValid` (newOrder answered with
+ * the order at `reusePath` as last seen, as a CA reusing an existing valid
+ * order does, RFC 8555 §7.4), `ariDue` (the directory lists a renewalInfo
+ * URL, RFC 9773, which pebble 2.4 has not, answering every certificate a
+ * window already past: each is due for renewal at once). Pebble itself has
+ * no rate limits.
+ * `openConnections()` counts the clients' connections open to the front.
  */
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 
-export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending';
+export type FaultMode = 'pass' | 'down' | 'slow' | 'badNonce' | 'rateLimited' | 'huge' | 'stuckPending' | 'reuseValid' | 'ariDue';
 
 export interface FaultFront {
   readonly directory: string;
@@ -28,10 +34,16 @@ export interface FaultFront {
   readonly faults: Record<string, number>;
   /** Each authorization deactivation relayed (RFC 8555 §7.5.2): its URL's path and the CA's answer, `200 deactivated`. */
   readonly deactivations: { readonly path: string; readonly answer: string }[];
+  /** For `reuseValid`: the path of an order (`/my-order/…`) the front has relayed. */
+  reusePath: string;
+  /** Each order's last answer relayed, by its path. */
+  readonly orders: Map<string, string>;
+  openConnections(): Promise<number>;
   close(): Promise<void>;
 }
 
-export async function startFaultFront(pebbleDirectory: string, certFile: string, keyFile: string): Promise<FaultFront> {
+/** `keepAliveMs`: how long the front keeps an idle connection (and hints it to the client, Keep-Alive: timeout). */
+export async function startFaultFront(pebbleDirectory: string, certFile: string, keyFile: string, keepAliveMs = 5_000): Promise<FaultFront> {
   const upstream = new URL(pebbleDirectory).origin;
   const ca = readFileSync(certFile, 'utf8');
   let self = '';
@@ -45,6 +57,9 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
     hugeSent: 0,
     faults: {},
     deactivations: [],
+    reusePath: '',
+    orders: new Map(),
+    openConnections: () => new Promise((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n)))),
     close: () => new Promise((resolve) => server.close(() => resolve())),
   };
   const problem = (res: import('node:http').ServerResponse, status: number, type: string, headers: Record<string, string> = {}): void => {
@@ -69,6 +84,12 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
       if (mode === 'rateLimited' && req.method === 'POST' && req.url?.includes('order-plz')) {
         count();
         return problem(res, 429, 'rateLimited', { 'retry-after': String(front.retryAfterSeconds) });
+      }
+      if (mode === 'ariDue' && req.method === 'GET' && req.url?.startsWith('/renewal-info/')) {
+        count();
+        const suggestedWindow = { start: new Date(Date.now() - 2 * 86_400_000).toISOString(), end: new Date(Date.now() - 86_400_000).toISOString() };
+        res.writeHead(200, { 'content-type': 'application/json', 'retry-after': '21600' }).end(JSON.stringify({ suggestedWindow }));
+        return;
       }
       if (mode === 'huge' && req.method === 'POST' && req.url?.includes('/certZ/')) {
         count();
@@ -104,6 +125,14 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
                 text = text.replace(/"status":\s*"ready"/, '"status": "pending"');
                 headers['retry-after'] = '0';
               }
+              if (req.url?.startsWith('/my-order/')) front.orders.set(req.url, text);
+              if (mode === 'ariDue' && req.method === 'GET' && req.url === new URL(pebbleDirectory).pathname)
+                text = JSON.stringify({ ...(JSON.parse(text) as object), renewalInfo: `${self}/renewal-info` });
+              if (mode === 'reuseValid' && req.url?.includes('order-plz') && front.orders.has(front.reusePath)) {
+                count();
+                text = front.orders.get(front.reusePath) ?? '';
+                headers.location = `${self}${front.reusePath}`;
+              }
               if (deactivating(Buffer.concat(chunks))) {
                 let status: unknown;
                 try {
@@ -126,6 +155,7 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
       } else relay();
     });
   });
+  server.keepAliveTimeout = keepAliveMs;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   self = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
   (front as { directory: string }).directory = `${self}${new URL(pebbleDirectory).pathname}`;
