@@ -28,6 +28,7 @@ import { describe, expect, it } from 'vitest';
 import { loadProxyConfig } from '../config/load.js';
 import { AcmeError, ChainStoredNotLoadedError } from '../proxy/acme/errors.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
+import type { CertificateManager } from '../proxy/acme/maintain.js';
 import { StateFile } from '../proxy/acme/state.js';
 import { cliTokenKeys } from '../proxy/acme/token-keys.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
@@ -46,6 +47,23 @@ async function record(name: string, dnsNames: string[], keyId: string, serial: s
 async function waitUntil(done: () => boolean): Promise<void> {
   for (let i = 0; i < 200 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
   expect(done()).toBe(true);
+}
+
+/** The on-demand gate for `manager`, wired as service.ts wires it, with `onDemand` settings on a test CA. */
+function wiredGate(
+  manager: CertificateManager,
+  onDemand: Record<string, unknown>,
+  extra: { readonly backoff?: boolean; readonly onOutcome?: ConstructorParameters<typeof OnDemandGate>[0]['onOutcome'] } = {},
+): OnDemandGate {
+  const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!.onDemand!;
+  return new OnDemandGate({
+    config,
+    log: captureLog('warn').logger,
+    isManaged: (name) => manager.isManaged(name),
+    ...(extra.backoff === false ? {} : { backingOff: (name: string) => manager.backingOff(name) }),
+    order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+    ...(extra.onOutcome === undefined ? {} : { onOutcome: extra.onOutcome }),
+  });
 }
 
 function withDir<T>(run: (state: StateFile) => Promise<T>): Promise<T> {
@@ -202,15 +220,7 @@ describe('on-demand gate: the managed check and the order', () => {
         const ask = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
         // `.example` is a special-use name no public CA issues for: a private CA's gate (publicNamesOnly off) lets it through.
         const onDemand = { ask, askTimeoutMs: 10_000, publicNamesOnly: false };
-        const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
-          .onDemand!;
-        // Wired as service.ts wires it.
-        const gate = new OnDemandGate({
-          config,
-          log: captureLog('warn').logger,
-          isManaged: (name) => manager.isManaged(name),
-          order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
-        });
+        const gate = wiredGate(manager, onDemand, { backoff: false });
         const decided = gate.wanted('cart.example');
         await arrived;
         // The operator expands shop.example to cart.example while the gate waits for its ask endpoint.
@@ -243,16 +253,8 @@ describe('on-demand gate: a name whose order failed', () => {
         },
       });
       const onDemand = { maxOrdersPerDomainPerHour: 3, publicNamesOnly: false };
-      const config = loadProxyConfig(undefined, { keyserver: { socket: '/nonexistent' }, acme: { directory: 'https://ca.example/dir', onDemand } }).acme!
-        .onDemand!;
       const outcomes: string[] = [];
-      // Wired as service.ts wires it.
-      const gate = new OnDemandGate({
-        config,
-        log: captureLog('warn').logger,
-        isManaged: (name) => manager.isManaged(name),
-        backingOff: (name) => manager.backingOff(name),
-        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
+      const gate = wiredGate(manager, onDemand, {
         onOutcome: (outcome, reason) => outcomes.push(reason === undefined ? outcome : `${outcome}:${reason}`),
       });
       expect(await gate.wanted(failing)).toBe('ordered');
@@ -291,18 +293,7 @@ describe("on-demand gate: the managed check's cost", () => {
         },
       });
       const { manager, orders } = recordingManager(state, { answer: async () => ({ keyId: 'k-new', chainPem: '', newKey: true }) });
-      const config = loadProxyConfig(undefined, {
-        keyserver: { socket: '/nonexistent' },
-        acme: { directory: 'https://ca.example/dir', onDemand: { maxOrdersPerDomainPerHour: 1, publicNamesOnly: false } },
-      }).acme!.onDemand!;
-      // Wired as service.ts wires it.
-      const gate = new OnDemandGate({
-        config,
-        log: captureLog('error').logger,
-        isManaged: (name) => manager.isManaged(name),
-        backingOff: (name) => manager.backingOff(name),
-        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
-      });
+      const gate = wiredGate(manager, { maxOrdersPerDomainPerHour: 1, publicNamesOnly: false });
       // A client sending random names under one registered domain (a ClientHello each, no crypto on either side): the first is
       // ordered, the domain's hour is full then, and every other one rate-limited.
       const started = performance.now();
@@ -340,18 +331,7 @@ describe('on-demand orders at once', () => {
           }
         },
       });
-      const config = loadProxyConfig(undefined, {
-        keyserver: { socket: '/nonexistent' },
-        acme: { directory: 'https://ca.example/dir', onDemand: { publicNamesOnly: false } },
-      }).acme!.onDemand!;
-      // Wired as service.ts wires it.
-      const gate = new OnDemandGate({
-        config,
-        log: captureLog('error').logger,
-        isManaged: (name) => manager.isManaged(name),
-        backingOff: (name) => manager.backingOff(name),
-        order: (name) => void manager.issue([name], undefined, true).catch(() => undefined),
-      });
+      const gate = wiredGate(manager, { publicNamesOnly: false });
       // A burst of new names the ask policy allows (customers onboarding, or a client cycling allowed names): each order
       // makes a key in the token by a `keyedge key generate` child (a node process) and holds a key-server connection.
       const names = Array.from({ length: 12 }, (_, i) => `www.tenant${i}.example`);
