@@ -188,6 +188,14 @@ describe('ACME across a fleet on etcd', () => {
     }
   }, 120_000);
 
+  it('every order above went to the CA once both nodes said they serve its challenges, none after the wait', () => {
+    // Each node says up to which store revision it serves the challenges; the ordering node took its own challenge onto
+    // its board at its write, before its watch had caught up with it, and said nothing more when the watch did: its
+    // own word lagged, and every order waited out the whole wait (10 s) before the CA was told to look.
+    const waitedOut = [...nodeA.lines, ...nodeB.lines].filter((l) => String(l.msg).startsWith('ACME challenge published, but not every node'));
+    expect(waitedOut).toEqual([]);
+  });
+
   it('a node that dies mid-order leaves no challenge in etcd: it goes with the node’s lease', async () => {
     // A node that never says it serves the challenges holds node A's order in its wait, the challenge in etcd.
     const client = new Etcd3({ hosts: [...etcd.endpoints] });

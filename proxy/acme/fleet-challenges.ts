@@ -129,11 +129,27 @@ export class FleetChallenges implements ChallengePublisher {
       this.#onBoard = text;
       this.#reporting = this.#reporting.then(async () => {
         await this.#board.replace(entries);
-        this.#served = revision;
+        this.#served = Math.max(this.#served, revision);
+        await this.#report();
+      });
+    } else if (revision > this.#served && this.#newestChallenge() > this.#served) {
+      // The board holds these challenges already: this node's own, taken on at its write, when the mirror's revision
+      // (the watch's alone: etcd-store.ts applyLocal) was still below it. The watch has caught up with it now: said
+      // at once, or the order waited out the whole wait (#everyNodeServes) for this node's word on its own challenge.
+      // Only a challenge newer than the word moves it: the word's own write, seen by the watch, says nothing again.
+      this.#reporting = this.#reporting.then(async () => {
+        this.#served = Math.max(this.#served, revision);
         await this.#report();
       });
     }
     for (const wake of this.#waiters) wake();
+  }
+
+  /** The store revision of the newest challenge written (0: none). */
+  #newestChallenge(): number {
+    let newest = 0;
+    for (const token of this.#store.keys(CHALLENGES)) newest = Math.max(newest, this.#store.item(CHALLENGES + token)?.modRevision ?? 0);
+    return newest;
   }
 
   stop(): void {
