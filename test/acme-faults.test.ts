@@ -226,7 +226,8 @@ describe('ACME faults: the current certificate keeps serving', () => {
     expect((JSON.parse(answer.text) as { error: { message: string } }).error.message).toMatch(/validation of [abc]-gone\.fault\.test failed/);
     // Left pending, each counts against the CA's pending authorizations per account (Let's Encrypt: 300) until it expires
     // (its 7 days): an operator's or the loop's retries of such a list used them up, and then every order was refused.
-    const deactivated = front.deactivations.slice(before);
+    // Pebble refuses 5 % of nonces: such an attempt is tried again with a fresh one.
+    const deactivated = front.deactivations.slice(before).filter((d) => d.answer !== '400 badNonce');
     expect(deactivated.map((d) => d.answer)).toEqual(['200 deactivated', '200 deactivated']);
     // The names validate from now on: the loop's next retry is issued, and no retry runs during the cases below.
     for (const name of names) await pebble.clearA(name);

@@ -32,7 +32,10 @@ export interface FaultFront {
   hugeSent: number;
   /** Requests answered with a fault, by mode. */
   readonly faults: Record<string, number>;
-  /** Each authorization deactivation relayed (RFC 8555 §7.5.2): its URL's path and the CA's answer, `200 deactivated`. */
+  /**
+   * Each authorization deactivation relayed (RFC 8555 §7.5.2), each attempt: its URL's path and the CA's answer,
+   * `200 deactivated`, or a problem's status and type (`400 badNonce`, which the client tries again).
+   */
   readonly deactivations: { readonly path: string; readonly answer: string }[];
   /** For `reuseValid`: the path of an order (`/my-order/…`) the front has relayed. */
   reusePath: string;
@@ -136,7 +139,9 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
               if (deactivating(Buffer.concat(chunks))) {
                 let status: unknown;
                 try {
-                  status = (JSON.parse(text) as { status?: unknown }).status;
+                  // An authorization's status, or a problem document's type (pebble's badNonce, 5 % of requests, retried).
+                  const parsed = JSON.parse(text) as { status?: unknown; type?: unknown };
+                  status = typeof parsed.type === 'string' ? parsed.type.replace(/^urn:ietf:params:acme:error:/, '') : parsed.status;
                 } catch {
                   // A problem document's or anything else's: the answer says so below.
                 }
