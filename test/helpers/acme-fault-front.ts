@@ -131,7 +131,8 @@ export async function startFaultFront(pebbleDirectory: string, certFile: string,
               if (req.url?.startsWith('/my-order/')) front.orders.set(req.url, text);
               if (mode === 'ariDue' && req.method === 'GET' && req.url === new URL(pebbleDirectory).pathname)
                 text = JSON.stringify({ ...(JSON.parse(text) as object), renewalInfo: `${self}/renewal-info` });
-              if (mode === 'reuseValid' && req.url?.includes('order-plz') && front.orders.has(front.reusePath)) {
+              // Only a new order pebble made (201) is put in place: its badNonce refusals (5 %) pass as they are, retried.
+              if (mode === 'reuseValid' && req.url?.includes('order-plz') && answer.statusCode === 201 && front.orders.has(front.reusePath)) {
                 count();
                 text = front.orders.get(front.reusePath) ?? '';
                 headers.location = `${self}${front.reusePath}`;
