@@ -51,7 +51,9 @@ describe('ACME renewal under load', () => {
     await load.stop();
 
     const total = [...serials.values()].reduce((a, b) => a + b, 0);
-    expect(failures).toEqual([]);
+    // What the proxy warned of, for a failure's diagnosis (a signing deadline missed on a starved machine reads as alert 80).
+    const warned = JSON.stringify(proxy.lines.filter((line) => Number(line.level) >= 40).slice(-8));
+    expect(failures, warned).toEqual([]);
     expect(total).toBeGreaterThan(20);
     expect(serials.get(firstSerial)).toBeGreaterThan(0);
     expect(serials.size).toBe(2);

@@ -57,9 +57,11 @@ const AFTER_FAILURE_MS = 5_000;
 /**
  * The product's bound is a second after the failure; the limit here is the
  * process's whole start (config, key server ping, certificate validation,
- * forking workers) on a loaded 2-core machine, plus that second.
+ * forking workers) on a loaded 2-core machine, plus that second: 15 s was
+ * met at a load average of 12, a redirect listener's worker not yet loaded
+ * when it ran out. A start that fails in time ends the wait at once.
  */
-const LIMIT_MS = 15_000;
+const LIMIT_MS = 40_000;
 
 async function expectSetupFailure(args: readonly string[], port: number): Promise<void> {
   const result = await runUntilExit(args, LIMIT_MS);
@@ -85,7 +87,7 @@ function proxyConfigFile(name: string, ports: { port: number; adminPort: number;
   return file;
 }
 
-describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non-zero exit', () => {
+describe('a port already in use: KEYEDGE_ERR_SETUP naming the address, and a non-zero exit', { timeout: LIMIT_MS + 20_000 }, () => {
   it("the proxy's TLS front (2 workers: the primary exits with the workers' failure, no respawning)", async () => {
     const taken = await occupy();
     try {

@@ -136,8 +136,8 @@ describe('admin port under hostile clients', () => {
     try {
       await sleep(2_000);
       const grown = (rss() - before) / 1e6;
-      // Read now: each was closed with few answers or none.
-      expect(await stillOpen(hoarders)).toBe(0);
+      // Read now: each was closed with few answers or none (read as soon as each closes; the wait is for a loaded machine).
+      expect(await stillOpen(hoarders, 20_000)).toBe(0);
       // A gross bound only: RSS also holds garbage not yet collected (29 to 105 MB seen with the cap on a loaded
       // machine); the closed connections above are what tells the cap from none.
       expect(grown).toBeLessThan(250);
@@ -145,7 +145,7 @@ describe('admin port under hostile clients', () => {
     } finally {
       for (const socket of hoarders) socket.destroy();
     }
-  });
+  }, 60_000);
 
   it('changes without the token pipelined by the thousand and never read are closed as scrapes are', async () => {
     // A change refused for its token is not marked answering (so its connection stays one a newcomer may close): it was
@@ -154,12 +154,12 @@ describe('admin port under hostile clients', () => {
     try {
       await sleep(1_000);
       // Read now: each was closed past MAX_ANSWERS, not answered 1,800 times.
-      expect(await stillOpen(hoarders)).toBe(0);
+      expect(await stillOpen(hoarders, 20_000)).toBe(0);
       expect(await status(proxy.adminPort, '/readyz')).toBe(200);
     } finally {
       for (const socket of hoarders) socket.destroy();
     }
-  });
+  }, 60_000);
 
   it('an Upgrade on either admin port is answered as the request it is, closing its connection: bytes behind it are never read as a request', async () => {
     // Node's server alone answered it, dropped the rest of its read (the head of the POST behind it) and parsed on from

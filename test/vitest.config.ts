@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
+import LongestFirst from './helpers/sequencer.js';
 
 // Each test file runs in its own process: pkcs11js binds one PKCS#11 module per
 // process and SoftHSM2 reads SOFTHSM2_CONF once, at C_Initialize.
@@ -18,6 +19,8 @@ export default defineConfig({
     // close to the 15-minute bound), and their timing assertions carry margins
     // for a loaded machine (load averages of 10 and more in the fuzz runs).
     maxWorkers: 3,
+    // Longest files first, by the last CI run's times (helpers/sequencer.ts).
+    sequence: { sequencer: LongestFirst },
     testTimeout: 30_000,
     hookTimeout: 60_000,
   },
