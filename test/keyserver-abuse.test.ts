@@ -432,6 +432,40 @@ describe('bad-frame flood', () => {
     }
   });
 
+  it('a client that reads no answer cannot make the server read on while its answers are held: it stops within a few hundred KB', async () => {
+    // PINGs whose PONGs are 1 KiB, as the requests: once the answers of a read back up, the rest of the read is held,
+    // answered when the socket drains. When the last held frame's answer was the one that backed them up again, the
+    // server went back to reading with its answers unsent, and held every frame after: 32 of them a write, 16 MB were
+    // taken in 3 s from a client that read nothing, and more for as long as it wrote.
+    const ping = (id: number): Buffer => encodeRequest({ op: 'ping', id, payload: Buffer.alloc(1009, 7) });
+    const LIMIT = 8e6;
+    /** Bytes the server took from a client writing `frames` pings a write and reading nothing: it stops at LIMIT. */
+    const taken = async (frames: number): Promise<number> => {
+      const batch = Buffer.concat(Array.from({ length: frames }, (_, i) => ping(i)));
+      const socket = net.connect(server.unixPath!);
+      socket.on('error', () => undefined);
+      socket.pause();
+      await new Promise((resolve) => socket.once('connect', resolve));
+      let written = 0;
+      try {
+        while (written - socket.writableLength < LIMIT) {
+          written += batch.length;
+          if (socket.write(batch)) continue;
+          // No drain for a second: the server has stopped reading.
+          const drained = await Promise.race([new Promise((resolve) => socket.once('drain', () => resolve(true))), sleep(1_000).then(() => false)]);
+          if (!drained) break;
+        }
+        return written - socket.writableLength;
+      } finally {
+        socket.destroy();
+      }
+    };
+    // Several write sizes, so one lines the held frames up with the answers' backlog whatever the socket's buffer size.
+    const results = await Promise.all([16, 32, 48, 64, 128].map(taken));
+    expect(Math.max(...results)).toBeLessThan(LIMIT);
+    expect(await signsWith(4)).toBeLessThan(3_000);
+  });
+
   it('2,000 signs with a key the token does not hold: every one refused UNKNOWN_KEY, under 30 log lines', async () => {
     // What a proxy does on every handshake for a certificate whose key left the token: the log must not follow its rate.
     const conn = await RawConnection.connect(server.unixPath!);

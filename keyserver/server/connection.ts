@@ -118,7 +118,9 @@ export class KeyserverConnection {
       this.#answerHeld();
       // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
       this.#deadline?.refresh();
-      if (this.#held.length === 0) socket.resume();
+      // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
+      // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
+      if (this.#held.length === 0 && !socket.writableNeedDrain) socket.resume();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
