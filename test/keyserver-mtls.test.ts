@@ -10,7 +10,8 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
-import { Algorithm, type AlgorithmByte, ErrorCode } from '../keyserver/protocol/constants.js';
+import { Algorithm, type AlgorithmByte, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
+import { FrameReader } from '../keyserver/protocol/framer.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
   captureLog,
@@ -19,6 +20,7 @@ import {
   metricValue,
   type ProvisionedKey,
   provisionKeys,
+  rawFrame,
   removeDir,
   startTestKeyserver,
   tempDir,
@@ -258,5 +260,43 @@ describe('which keys a client may use', () => {
       .filter((l) => l.audit === 'refused')
       .slice(auditBefore);
     expect(audit).toMatchObject([{ client: 'by-uri', keyId: keys.listed!.keyId, msg: 'client may not use this key' }]);
+  });
+
+  it("one client's bad frames at its own rate do not take another client's line: bad frames are rate-limited per client", async () => {
+    /** Sends `count` frames of protocol version 2 over a connection of client `name` and waits for their answers. */
+    const badFrames = (name: string, count: number): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const socket = tls.connect({
+          host: '127.0.0.1',
+          port: server.tcpPort!,
+          servername: 'localhost',
+          ca: readFileSync(pki.caFile),
+          ...certOf(pki.clients[name]!),
+        });
+        let answered = 0;
+        const reader = new FrameReader({
+          onFrame: () => {
+            if (++answered < count) return;
+            socket.destroy();
+            resolve();
+          },
+          onError: reject,
+        });
+        socket.on('secureConnect', () =>
+          socket.write(Buffer.concat(Array.from({ length: count }, (_, id) => rawFrame({ version: 2, opcode: Opcode.PING, id })))),
+        );
+        socket.on('data', (chunk: Buffer) => reader.push(chunk));
+        socket.on('error', reject);
+      });
+    // A certificate matching no rule spends the burst of bad-frame lines of one error code (10 a window)...
+    await badFrames('stranger', 30);
+    const before = logs.lines().length;
+    // ...and then a configured client sends one: its line names it (keyed by code only, it was dropped).
+    await badFrames('edge-u', 1);
+    const lines = logs
+      .lines()
+      .slice(before)
+      .filter((l) => l.code === 'UNSUPPORTED_VERSION');
+    expect(lines).toMatchObject([{ client: 'by-uri', transport: 'tls', msg: expect.stringMatching(/^bad request: protocol version 2/) }]);
   });
 });
