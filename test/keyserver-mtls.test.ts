@@ -22,12 +22,13 @@ import {
   provisionKeys,
   rawFrame,
   removeDir,
+  sleep,
   startTestKeyserver,
   tempDir,
   testConfig,
   verifies,
 } from './helpers/keyserver.js';
-import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+import { createTestPki, issue, type TestPkiFiles, writeIssued } from './helpers/pki.js';
 
 const REFUSALS = 'keyedge_keyserver_authorization_refusals_total';
 const HANDSHAKE_REFUSALS = 'keyedge_keyserver_tls_client_rejections_total';
@@ -122,8 +123,16 @@ interface Attempt {
   timedOut: boolean;
 }
 
-function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
+/** An attempt, and the session the server gave it to resume with (TLS 1.3: a ticket), if any, and whether it resumed one. */
+interface SessionAttempt extends Attempt {
+  session: Buffer | undefined;
+  resumed: boolean;
+}
+
+function attempt(options: tls.ConnectionOptions): Promise<SessionAttempt> {
   return new Promise((resolve) => {
+    let session: Buffer | undefined;
+    let resumed = false;
     let handshake = false;
     let answered = false;
     let error: string | undefined;
@@ -133,8 +142,10 @@ function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
       timedOut = true;
       socket.destroy();
     }, 5000);
+    socket.on('session', (ticket: Buffer) => void (session = ticket));
     socket.on('secureConnect', () => {
       handshake = true;
+      resumed = socket.isSessionReused();
       socket.write(encodeRequest({ op: 'ping', id: 1, payload: Buffer.from('hello') }));
     });
     socket.on('data', () => {
@@ -144,7 +155,7 @@ function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
     socket.on('error', (err: NodeJS.ErrnoException) => void (error = err.code ?? err.message));
     socket.on('close', () => {
       clearTimeout(timer);
-      resolve({ handshake, answered, error, timedOut });
+      resolve({ handshake, answered, error, timedOut, session, resumed });
     });
   });
 }
@@ -154,7 +165,7 @@ const certOf = (files: { cert: string; key: string }) => ({ cert: readFileSync(f
 describe('who may connect', () => {
   it('an authorised client gets its ping answered (control for the refusals below)', async () => {
     const result = await attempt(certOf(pki.clients['edge-a']!));
-    expect(result).toEqual({ handshake: true, answered: true, error: undefined, timedOut: false });
+    expect(result).toMatchObject({ handshake: true, answered: true, error: undefined, timedOut: false });
   });
 
   it('a TLS key file others may read, behind links, is named at start with its mode, never its content', () => {
@@ -178,6 +189,23 @@ describe('who may connect', () => {
     expect(result).toMatchObject({ answered: false, timedOut: false });
     expect(await metricValue(server, HANDSHAKE_REFUSALS)).toBe(before + 1);
     await expect(connect(pki.foreignClient).then((c) => c.ping().finally(() => c.close()))).rejects.toMatchObject({ code: 'KEYEDGE_ERR_CLOSED' });
+  });
+
+  it('a client certificate that has expired signs nothing, not even by resuming a session made before it expired', async () => {
+    // listeners.ts meant resumption off with sessionTimeout 0, which OpenSSL reads as "its default" (7200 s): every
+    // connection got tickets, and a session resumed from one is not verified again. A certificate that expired (a
+    // client's access ended) kept its connections coming, by ticket, as the identity it had.
+    const notAfter = Date.now() + 4_000;
+    const files = writeIssued(dir, 'client-edge-a-short', await issue(pki.ca, { commonName: 'edge-a', keyAlgorithm: 'ec-p256', notAfter: new Date(notAfter) }));
+    const first = await attempt(certOf(files));
+    expect(first).toMatchObject({ handshake: true, answered: true, resumed: false });
+    // Past notAfter (X.509 times are whole seconds).
+    await sleep(notAfter + 1_500 - Date.now());
+    // Control: a full handshake with it now is refused.
+    expect(await attempt(certOf(files))).toMatchObject({ answered: false, timedOut: false });
+    // The session from before: resumed and answered before; now a full handshake with no certificate, refused.
+    const again = await attempt({ session: first.session });
+    expect(again).toMatchObject({ answered: false, resumed: false, timedOut: false });
   });
 
   it('a TLS 1.2 client is refused, even with a good certificate', async () => {
