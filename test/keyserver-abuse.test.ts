@@ -11,6 +11,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
@@ -178,6 +180,42 @@ describe('frame deadline', () => {
       conn.close();
     }
     expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
+});
+
+describe('a frame trickled a byte a read', () => {
+  // A deadline no trickle here reaches: what is held meanwhile is the question.
+  serverWith({ limits: { frameTimeoutMs: 600_000 } });
+
+  it('is held as the bytes it is, not as a Buffer per read: 20 connections, 1,000 bytes each, hold well under 1 MB', async () => {
+    // The framer kept every chunk a socket read as it was: a byte a read, a Buffer a byte, some 200 bytes of heap for
+    // each byte sent (4 MB here; a frame may be 16 KiB, on each of 1,024 connections, for the frame deadline's 5 s).
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const conns = await Promise.all(Array.from({ length: 20 }, () => RawConnection.connect(server.unixPath!)));
+    try {
+      // The first byte of a frame is in, so the frame deadline would run (past this test) and the reads that follow
+      // continue a frame.
+      const frame = encodeRequest({ op: 'ping', id: nextId++, payload: Buffer.alloc(1024, 7) });
+      for (const conn of conns) conn.write(frame.subarray(0, 1));
+      await sleep(100);
+      gc();
+      const before = process.memoryUsage().heapUsed;
+      for (let i = 1; i <= 1_000; i++) {
+        for (const conn of conns) conn.write(frame.subarray(i, i + 1));
+        // A turn of the event loop each, so the key server (in this process) reads each byte alone.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await sleep(200);
+      gc();
+      const held = process.memoryUsage().heapUsed - before;
+      expect(held / 1e6).toBeLessThan(1);
+      // The rest of the frame: each answered, its bytes as sent.
+      for (const conn of conns) conn.write(frame.subarray(1_001));
+      for (const conn of conns) expect(await conn.answer(frame.readUInt32BE(4))).toMatchObject({ op: 'pong', payload: Buffer.alloc(1024, 7) });
+    } finally {
+      for (const conn of conns) conn.close();
+    }
   });
 });
 
