@@ -676,6 +676,44 @@ describe('mutual TLS', () => {
     }
   });
 
+  it("one client's evictions do not take another's line: a flood of edge-a's stalled connections, then one of edge-b's evicted", async () => {
+    const sockets: tls.TLSSocket[] = [];
+    /** `count` connections of `name`, each sending half a frame and then nothing. */
+    const stall = (name: string, count: number): Promise<unknown> =>
+      Promise.all(
+        Array.from(
+          { length: count },
+          () =>
+            new Promise<void>((resolve, reject) => {
+              const socket = tls.connect(tlsOptions(name), () => {
+                socket.write(signFrame(keys.ec!).subarray(0, 40));
+                resolve();
+              });
+              sockets.push(socket);
+              socket.on('error', reject);
+            }),
+        ),
+      );
+    try {
+      await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+      const before = await metricValue(server, DROPPED, { reason: 'evicted_client_cap' });
+      // 12 evictions of edge-a's own: past the log's burst (10 a window, keyed by reason alone before)...
+      await stall('edge-a', 20);
+      await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === before + 12);
+      const lines = logs.lines().length;
+      // ...then edge-b at its cap: its one eviction is logged, naming it.
+      await stall('edge-b', 9);
+      await waitFor('13 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === before + 13);
+      const evicted = logs
+        .lines()
+        .slice(lines)
+        .filter((l) => l.reason === 'evicted_client_cap');
+      expect(evicted).toMatchObject([{ client: 'edge-b', msg: expect.stringMatching(/^connection closed to admit a new one/) }]);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+
   it('a TCP connection that never finishes its TLS handshake is closed at limits.tlsHandshakeTimeoutMs', async () => {
     const socket = net.connect(server.tcpPort!, '127.0.0.1');
     socket.on('error', () => undefined);
