@@ -208,6 +208,22 @@ describe('who may connect', () => {
     expect(again).toMatchObject({ answered: false, resumed: false, timedOut: false });
   });
 
+  it("a refused certificate's subject is logged cut short: an unauthenticated client cannot write 30 KB lines", async () => {
+    // The subject is the client's to choose (any self-signed certificate will do), and the line naming it was written
+    // whole: at the log's rate limit (10 lines a window), some 30 KB a second, for ever, from anyone reaching the port.
+    const big = await issue(pki.otherCa, { commonName: `huge-${'x'.repeat(30_000)}`, keyAlgorithm: 'ec-p256' });
+    const before = logs.lines().length;
+    const result = await attempt({ cert: big.certPem, key: big.keyPem });
+    expect(result).toMatchObject({ answered: false, timedOut: false });
+    const refused = logs
+      .lines()
+      .slice(before)
+      .filter((l) => l.msg === 'mutual TLS client refused');
+    expect(refused).toHaveLength(1);
+    expect(JSON.stringify(refused[0]).length).toBeLessThan(2_000);
+    expect(refused[0]!.subject).toMatch(/^CN=huge-x+… \(\d+ characters\)$/);
+  });
+
   it('a TLS 1.2 client is refused, even with a good certificate', async () => {
     const result = await attempt({ ...certOf(pki.clients['edge-a']!), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
     expect(result).toMatchObject({ handshake: false, answered: false, timedOut: false });

@@ -209,7 +209,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
           if (!socket.authorized || cert === undefined) {
             metrics.tlsHandshakeFailures.inc();
             const reason = String(socket.authorizationError ?? 'no client certificate');
-            limiter.warn(log, 'tls_client_refused', { reason, subject: cert?.subject }, 'mutual TLS client refused');
+            limiter.warn(log, 'tls_client_refused', { reason, subject: loggedSubject(cert?.subject) }, 'mutual TLS client refused');
             socket.destroy();
             return;
           }
@@ -341,6 +341,18 @@ function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts, re
     token.close();
     throw err;
   }
+}
+
+/** Characters of a refused client certificate's subject that reach the log. */
+const LOGGED_SUBJECT_CHARS = 256;
+
+/**
+ * A refused certificate's subject, cut to LOGGED_SUBJECT_CHARS: the client chose it (any self-signed certificate is
+ * refused here), and whole it made lines of tens of KB, the log's rate limit counting lines, not bytes.
+ */
+function loggedSubject(subject: string | undefined): string | undefined {
+  if (subject === undefined || subject.length <= LOGGED_SUBJECT_CHARS) return subject;
+  return `${subject.slice(0, LOGGED_SUBJECT_CHARS)}… (${subject.length} characters)`;
 }
 
 function logUsage(service: SigningService, log: Logger): void {
