@@ -11,6 +11,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
@@ -178,6 +180,42 @@ describe('frame deadline', () => {
       conn.close();
     }
     expect(await metricValue(server, DROPPED, { reason: 'frame_timeout' })).toBe(2);
+  });
+});
+
+describe('a frame trickled a byte a read', () => {
+  // A deadline no trickle here reaches: what is held meanwhile is the question.
+  serverWith({ limits: { frameTimeoutMs: 600_000 } });
+
+  it('is held as the bytes it is, not as a Buffer per read: 20 connections, 1,000 bytes each, hold well under 1 MB', async () => {
+    // The framer kept every chunk a socket read as it was: a byte a read, a Buffer a byte, some 200 bytes of heap for
+    // each byte sent (4 MB here; a frame may be 16 KiB, on each of 1,024 connections, for the frame deadline's 5 s).
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const conns = await Promise.all(Array.from({ length: 20 }, () => RawConnection.connect(server.unixPath!)));
+    try {
+      // The first byte of a frame is in, so the frame deadline would run (past this test) and the reads that follow
+      // continue a frame.
+      const frame = encodeRequest({ op: 'ping', id: nextId++, payload: Buffer.alloc(1024, 7) });
+      for (const conn of conns) conn.write(frame.subarray(0, 1));
+      await sleep(100);
+      gc();
+      const before = process.memoryUsage().heapUsed;
+      for (let i = 1; i <= 1_000; i++) {
+        for (const conn of conns) conn.write(frame.subarray(i, i + 1));
+        // A turn of the event loop each, so the key server (in this process) reads each byte alone.
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await sleep(200);
+      gc();
+      const held = process.memoryUsage().heapUsed - before;
+      expect(held / 1e6).toBeLessThan(1);
+      // The rest of the frame: each answered, its bytes as sent.
+      for (const conn of conns) conn.write(frame.subarray(1_001));
+      for (const conn of conns) expect(await conn.answer(frame.readUInt32BE(4))).toMatchObject({ op: 'pong', payload: Buffer.alloc(1024, 7) });
+    } finally {
+      for (const conn of conns) conn.close();
+    }
   });
 });
 
@@ -432,6 +470,40 @@ describe('bad-frame flood', () => {
     }
   });
 
+  it('a client that reads no answer cannot make the server read on while its answers are held: it stops within a few hundred KB', async () => {
+    // PINGs whose PONGs are 1 KiB, as the requests: once the answers of a read back up, the rest of the read is held,
+    // answered when the socket drains. When the last held frame's answer was the one that backed them up again, the
+    // server went back to reading with its answers unsent, and held every frame after: 32 of them a write, 16 MB were
+    // taken in 3 s from a client that read nothing, and more for as long as it wrote.
+    const ping = (id: number): Buffer => encodeRequest({ op: 'ping', id, payload: Buffer.alloc(1009, 7) });
+    const LIMIT = 8e6;
+    /** Bytes the server took from a client writing `frames` pings a write and reading nothing: it stops at LIMIT. */
+    const taken = async (frames: number): Promise<number> => {
+      const batch = Buffer.concat(Array.from({ length: frames }, (_, i) => ping(i)));
+      const socket = net.connect(server.unixPath!);
+      socket.on('error', () => undefined);
+      socket.pause();
+      await new Promise((resolve) => socket.once('connect', resolve));
+      let written = 0;
+      try {
+        while (written - socket.writableLength < LIMIT) {
+          written += batch.length;
+          if (socket.write(batch)) continue;
+          // No drain for a second: the server has stopped reading.
+          const drained = await Promise.race([new Promise((resolve) => socket.once('drain', () => resolve(true))), sleep(1_000).then(() => false)]);
+          if (!drained) break;
+        }
+        return written - socket.writableLength;
+      } finally {
+        socket.destroy();
+      }
+    };
+    // Several write sizes, so one lines the held frames up with the answers' backlog whatever the socket's buffer size.
+    const results = await Promise.all([16, 32, 48, 64, 128].map(taken));
+    expect(Math.max(...results)).toBeLessThan(LIMIT);
+    expect(await signsWith(4)).toBeLessThan(3_000);
+  });
+
   it('2,000 signs with a key the token does not hold: every one refused UNKNOWN_KEY, under 30 log lines', async () => {
     // What a proxy does on every handshake for a certificate whose key left the token: the log must not follow its rate.
     const conn = await RawConnection.connect(server.unixPath!);
@@ -599,6 +671,44 @@ describe('mutual TLS', () => {
       await signsWith(6, () => connectTls('edge-b'));
       expect(await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })).toBe(12);
       expect(await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })).toBe(8);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+
+  it("one client's evictions do not take another's line: a flood of edge-a's stalled connections, then one of edge-b's evicted", async () => {
+    const sockets: tls.TLSSocket[] = [];
+    /** `count` connections of `name`, each sending half a frame and then nothing. */
+    const stall = (name: string, count: number): Promise<unknown> =>
+      Promise.all(
+        Array.from(
+          { length: count },
+          () =>
+            new Promise<void>((resolve, reject) => {
+              const socket = tls.connect(tlsOptions(name), () => {
+                socket.write(signFrame(keys.ec!).subarray(0, 40));
+                resolve();
+              });
+              sockets.push(socket);
+              socket.on('error', reject);
+            }),
+        ),
+      );
+    try {
+      await waitFor('no open connections', async () => (await metricValue(server, 'keyedge_keyserver_connections', { transport: 'tls' })) === 0);
+      const before = await metricValue(server, DROPPED, { reason: 'evicted_client_cap' });
+      // 12 evictions of edge-a's own: past the log's burst (10 a window, keyed by reason alone before)...
+      await stall('edge-a', 20);
+      await waitFor('12 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === before + 12);
+      const lines = logs.lines().length;
+      // ...then edge-b at its cap: its one eviction is logged, naming it.
+      await stall('edge-b', 9);
+      await waitFor('13 evictions', async () => (await metricValue(server, DROPPED, { reason: 'evicted_client_cap' })) === before + 13);
+      const evicted = logs
+        .lines()
+        .slice(lines)
+        .filter((l) => l.reason === 'evicted_client_cap');
+      expect(evicted).toMatchObject([{ client: 'edge-b', msg: expect.stringMatching(/^connection closed to admit a new one/) }]);
     } finally {
       for (const socket of sockets) socket.destroy();
     }

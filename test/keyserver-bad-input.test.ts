@@ -42,6 +42,7 @@ let keys: Record<string, ProvisionedKey>;
 let noSignKeyId: string;
 let oversize: OversizeRsa;
 let oversizeKeyId: string;
+let rsa1024KeyId: string;
 
 beforeAll(() => {
   stateDir = tempDir();
@@ -80,6 +81,19 @@ beforeAll(() => {
         ...oversize.privateTemplate,
       ]);
       oversizeKeyId = keyIdOf(createPublicKey({ key: oversize.jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' }));
+      // As another tool might leave it: an RSA-1024 key (keyedge makes none under 2048 bits, but serves what the token holds).
+      const small = [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: 'rsa1024' },
+        { type: pkcs11js.CKA_ID, value: Buffer.from('rsa1024') },
+      ];
+      token.pkcs11.C_GenerateKeyPair(
+        token.management,
+        { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN },
+        [...small, { type: pkcs11js.CKA_MODULUS_BITS, value: 1024 }, { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }],
+        [...small, { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_SENSITIVE, value: true }, { type: pkcs11js.CKA_SIGN, value: true }],
+      );
+      rsa1024KeyId = listKeys(token).find((key) => key.label === 'rsa1024')!.keyId;
     },
   );
   pin = readUserPin(stateDir);
@@ -292,6 +306,29 @@ describe('request faults', () => {
     const id = nextId++;
     const detail = await expectAnsweredAndOpen(signFrame(keys[label]!, algorithm, randomBytes(8), id), id, ErrorCode.ALGORITHM_MISMATCH, /cannot sign with/);
     expect(detail).toContain(keys[label]!.keyId);
+  });
+
+  it('PSS with a hash too long for the RSA modulus (RSA-1024, SHA-512): ALGORITHM_MISMATCH, not a token failure; SHA-384 signs', async () => {
+    // RFC 8017 §9.1.1 step 3: a 1024-bit modulus leaves 128 bytes, a 64-byte hash and a 64-byte salt need 130. SPEC.md
+    // answers that ALGORITHM_MISMATCH (no retry); it went to the token, whose CKR_GENERAL_ERROR came back SIGN_FAILED
+    // (retry, on another key server too) with an error line blaming the token, at the client's will.
+    const id = nextId++;
+    const frame = signFrame(Buffer.from(rsa1024KeyId, 'hex'), Algorithm.RSA_PSS_SHA512, randomBytes(8), id);
+    const detail = await expectAnsweredAndOpen(frame, id, ErrorCode.ALGORITHM_MISMATCH, /RSA_PSS_SHA512 cannot sign with/);
+    expect(detail).toContain(rsa1024KeyId);
+    expect(logs.find(/token refused to sign/)).toEqual([]);
+    const client = await connectUnix(server);
+    try {
+      const response = await client.request({
+        op: 'sign',
+        keyId: Buffer.from(rsa1024KeyId, 'hex'),
+        algorithm: Algorithm.RSA_PSS_SHA384,
+        digest: randomBytes(48),
+      });
+      expect(response.op).toBe('signature');
+    } finally {
+      client.close();
+    }
   });
 
   it('the token refusing C_Sign (CKA_SIGN false): SIGN_FAILED, logged, daemon stays up', async () => {

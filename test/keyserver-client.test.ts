@@ -8,14 +8,17 @@
  * another kind than its request's, which is (SPEC.md, "Request ids").
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
+import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { Algorithm } from '../keyserver/protocol/constants.js';
 import { decodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
 import { REPO, removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { createTestPki, issue, writeIssued } from './helpers/pki.js';
 
 const TIMEOUT_MS = 50;
 const MAX_IN_FLIGHT = 4;
@@ -145,5 +148,46 @@ describe('a tcp key server whose TLS file is a FIFO', () => {
     expect(run.signal, `the client held in open(2) of ${fifo}`).toBe(null);
     const { failure } = JSON.parse(run.stdout) as { failure: string };
     expect(failure).toBe(`cannot read the key server's ${fifo} (keyserver.tcp.ca): not a regular file`);
+  });
+});
+
+describe('a tcp key server given by IP address, with no servername', () => {
+  /** A TLS server on 127.0.0.1 with `certificate` that answers every PING: the key server, or one that only says it is. */
+  async function tlsPonger(certificate: { cert: string; key: string }, caFile: string): Promise<number> {
+    const server = tls.createServer(
+      { cert: readFileSync(certificate.cert), key: readFileSync(certificate.key), ca: readFileSync(caFile), requestCert: true, minVersion: 'TLSv1.3' },
+      (socket) => {
+        socket.on('error', () => undefined);
+        const reader = new FrameReader({
+          onFrame: (frame) => void socket.write(encodeResponse({ op: 'pong', id: decodeRequest(frame).id, payload: Buffer.alloc(0) })),
+          onError: () => socket.destroy(),
+        });
+        socket.on('data', (chunk: Buffer) => reader.push(chunk));
+      },
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => server.close());
+    return (server.address() as net.AddressInfo).port;
+  }
+
+  it("is checked against the certificate's IP SANs, as the native bridge checks it: another host's certificate from the same CA is refused", async () => {
+    // The client skipped the check of the server's identity for an IP host: any certificate the CA issued (another
+    // server's, or a proxy's client certificate) was taken for the key server's, by the primary's ACME orders, store
+    // checks and `keyedge cert` (GET_PUBLIC_KEY answers a certificate is accepted on) and the workers' health checks.
+    const dir = tempDir('keyedge-ks-client-ip-');
+    cleanups.push(() => removeDir(dir));
+    const pki = await createTestPki(dir, [{ commonName: 'proxy' }]);
+    const client = { host: '127.0.0.1', ca: pki.caFile, ...pki.clients.proxy! };
+    // The key server's own certificate names 127.0.0.1: served.
+    const real = await KeyserverClient.connect({ tcp: { ...client, port: await tlsPonger(pki.server, pki.caFile) }, timeoutMs: 5_000 });
+    try {
+      expect(await real.ping()).toEqual(Buffer.alloc(0));
+    } finally {
+      real.close();
+    }
+    const other = writeIssued(dir, 'other', await issue(pki.ca, { commonName: 'other.example', dnsNames: ['other.example'], keyAlgorithm: 'ec-p256' }));
+    const port = await tlsPonger(other, pki.caFile);
+    const impostor = KeyserverClient.connect({ tcp: { ...client, port }, timeoutMs: 5_000 }).then((c) => c.ping().finally(() => c.close()));
+    await expect(impostor).rejects.toMatchObject({ code: 'KEYEDGE_ERR_CLOSED', message: expect.stringMatching(/IP: 127\.0\.0\.1 is not in the cert's list/) });
   });
 });

@@ -10,7 +10,8 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
-import { Algorithm, type AlgorithmByte, ErrorCode } from '../keyserver/protocol/constants.js';
+import { Algorithm, type AlgorithmByte, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
+import { FrameReader } from '../keyserver/protocol/framer.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import {
   captureLog,
@@ -19,13 +20,15 @@ import {
   metricValue,
   type ProvisionedKey,
   provisionKeys,
+  rawFrame,
   removeDir,
+  sleep,
   startTestKeyserver,
   tempDir,
   testConfig,
   verifies,
 } from './helpers/keyserver.js';
-import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
+import { createTestPki, issue, type TestPkiFiles, writeIssued } from './helpers/pki.js';
 
 const REFUSALS = 'keyedge_keyserver_authorization_refusals_total';
 const HANDSHAKE_REFUSALS = 'keyedge_keyserver_tls_client_rejections_total';
@@ -120,8 +123,16 @@ interface Attempt {
   timedOut: boolean;
 }
 
-function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
+/** An attempt, and the session the server gave it to resume with (TLS 1.3: a ticket), if any, and whether it resumed one. */
+interface SessionAttempt extends Attempt {
+  session: Buffer | undefined;
+  resumed: boolean;
+}
+
+function attempt(options: tls.ConnectionOptions): Promise<SessionAttempt> {
   return new Promise((resolve) => {
+    let session: Buffer | undefined;
+    let resumed = false;
     let handshake = false;
     let answered = false;
     let error: string | undefined;
@@ -131,8 +142,10 @@ function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
       timedOut = true;
       socket.destroy();
     }, 5000);
+    socket.on('session', (ticket: Buffer) => void (session = ticket));
     socket.on('secureConnect', () => {
       handshake = true;
+      resumed = socket.isSessionReused();
       socket.write(encodeRequest({ op: 'ping', id: 1, payload: Buffer.from('hello') }));
     });
     socket.on('data', () => {
@@ -142,7 +155,7 @@ function attempt(options: tls.ConnectionOptions): Promise<Attempt> {
     socket.on('error', (err: NodeJS.ErrnoException) => void (error = err.code ?? err.message));
     socket.on('close', () => {
       clearTimeout(timer);
-      resolve({ handshake, answered, error, timedOut });
+      resolve({ handshake, answered, error, timedOut, session, resumed });
     });
   });
 }
@@ -152,7 +165,7 @@ const certOf = (files: { cert: string; key: string }) => ({ cert: readFileSync(f
 describe('who may connect', () => {
   it('an authorised client gets its ping answered (control for the refusals below)', async () => {
     const result = await attempt(certOf(pki.clients['edge-a']!));
-    expect(result).toEqual({ handshake: true, answered: true, error: undefined, timedOut: false });
+    expect(result).toMatchObject({ handshake: true, answered: true, error: undefined, timedOut: false });
   });
 
   it('a TLS key file others may read, behind links, is named at start with its mode, never its content', () => {
@@ -176,6 +189,40 @@ describe('who may connect', () => {
     expect(result).toMatchObject({ answered: false, timedOut: false });
     expect(await metricValue(server, HANDSHAKE_REFUSALS)).toBe(before + 1);
     await expect(connect(pki.foreignClient).then((c) => c.ping().finally(() => c.close()))).rejects.toMatchObject({ code: 'KEYEDGE_ERR_CLOSED' });
+  });
+
+  it('a client certificate that has expired signs nothing, not even by resuming a session made before it expired', async () => {
+    // listeners.ts meant resumption off with sessionTimeout 0, which OpenSSL reads as "its default" (7200 s): every
+    // connection got tickets, and a session resumed from one is not verified again. A certificate that expired (a
+    // client's access ended) kept its connections coming, by ticket, as the identity it had.
+    // Long enough for the first handshake on a loaded machine; the wait past it is the cost.
+    const notAfter = Date.now() + 6_000;
+    const files = writeIssued(dir, 'client-edge-a-short', await issue(pki.ca, { commonName: 'edge-a', keyAlgorithm: 'ec-p256', notAfter: new Date(notAfter) }));
+    const first = await attempt(certOf(files));
+    expect(first).toMatchObject({ handshake: true, answered: true, resumed: false });
+    // Past notAfter (X.509 times are whole seconds).
+    await sleep(notAfter + 1_500 - Date.now());
+    // Control: a full handshake with it now is refused.
+    expect(await attempt(certOf(files))).toMatchObject({ answered: false, timedOut: false });
+    // The session from before: resumed and answered before; now a full handshake with no certificate, refused.
+    const again = await attempt({ session: first.session });
+    expect(again).toMatchObject({ answered: false, resumed: false, timedOut: false });
+  });
+
+  it("a refused certificate's subject is logged cut short: an unauthenticated client cannot write 30 KB lines", async () => {
+    // The subject is the client's to choose (any self-signed certificate will do), and the line naming it was written
+    // whole: at the log's rate limit (10 lines a window), some 30 KB a second, for ever, from anyone reaching the port.
+    const big = await issue(pki.otherCa, { commonName: `huge-${'x'.repeat(30_000)}`, keyAlgorithm: 'ec-p256' });
+    const before = logs.lines().length;
+    const result = await attempt({ cert: big.certPem, key: big.keyPem });
+    expect(result).toMatchObject({ answered: false, timedOut: false });
+    const refused = logs
+      .lines()
+      .slice(before)
+      .filter((l) => l.msg === 'mutual TLS client refused');
+    expect(refused).toHaveLength(1);
+    expect(JSON.stringify(refused[0]).length).toBeLessThan(2_000);
+    expect(refused[0]!.subject).toMatch(/^CN=huge-x+… \(\d+ characters\)$/);
   });
 
   it('a TLS 1.2 client is refused, even with a good certificate', async () => {
@@ -258,5 +305,43 @@ describe('which keys a client may use', () => {
       .filter((l) => l.audit === 'refused')
       .slice(auditBefore);
     expect(audit).toMatchObject([{ client: 'by-uri', keyId: keys.listed!.keyId, msg: 'client may not use this key' }]);
+  });
+
+  it("one client's bad frames at its own rate do not take another client's line: bad frames are rate-limited per client", async () => {
+    /** Sends `count` frames of protocol version 2 over a connection of client `name` and waits for their answers. */
+    const badFrames = (name: string, count: number): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const socket = tls.connect({
+          host: '127.0.0.1',
+          port: server.tcpPort!,
+          servername: 'localhost',
+          ca: readFileSync(pki.caFile),
+          ...certOf(pki.clients[name]!),
+        });
+        let answered = 0;
+        const reader = new FrameReader({
+          onFrame: () => {
+            if (++answered < count) return;
+            socket.destroy();
+            resolve();
+          },
+          onError: reject,
+        });
+        socket.on('secureConnect', () =>
+          socket.write(Buffer.concat(Array.from({ length: count }, (_, id) => rawFrame({ version: 2, opcode: Opcode.PING, id })))),
+        );
+        socket.on('data', (chunk: Buffer) => reader.push(chunk));
+        socket.on('error', reject);
+      });
+    // A certificate matching no rule spends the burst of bad-frame lines of one error code (10 a window)...
+    await badFrames('stranger', 30);
+    const before = logs.lines().length;
+    // ...and then a configured client sends one: its line names it (keyed by code only, it was dropped).
+    await badFrames('edge-u', 1);
+    const lines = logs
+      .lines()
+      .slice(before)
+      .filter((l) => l.code === 'UNSUPPORTED_VERSION');
+    expect(lines).toMatchObject([{ client: 'by-uri', transport: 'tls', msg: expect.stringMatching(/^bad request: protocol version 2/) }]);
   });
 });

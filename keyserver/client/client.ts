@@ -121,13 +121,15 @@ export class KeyserverClient {
           reject(err);
           return;
         }
+        // The certificate is checked against servername, else host: an IP address against its IP SANs (Node's
+        // checkServerIdentity; SNI carries no IP, RFC 6066 §3), as the native bridge checks it. Not skipped for an IP:
+        // any certificate of the CA (another server's, a proxy's client certificate) then passed for the key server.
         socket = tls.connect({
           host: t.host,
           port: t.port,
           servername: t.servername ?? (net.isIP(t.host) ? undefined : t.host),
           ...files,
           minVersion: 'TLSv1.3',
-          ...(t.servername === undefined && net.isIP(t.host) ? { checkServerIdentity: () => undefined } : {}),
         });
         ready = 'secureConnect';
       } else {

@@ -22,6 +22,11 @@
  *   the exception leaves `push` and frames already buffered come out on the
  *   next `push`.
  * - At end of stream, `bufferedBytes > 0` means the peer stopped mid-frame.
+ * - A small chunk that continues an unfinished frame is copied, into a
+ *   buffer of ours that such chunks share, rather than kept: a peer sending
+ *   a frame a byte per read made us keep a Buffer per byte (some 200 bytes
+ *   of heap each, 3 MB for a frame of 16 KiB) until the frame was whole.
+ *   Whole frames in one chunk, the usual case, are not copied.
  */
 import { ProtocolError } from '../shared/errors.js';
 import { DEFAULT_MAX_BODY_BYTES, ErrorCode, HEADER_BYTES, MAX_BODY_LENGTH_FIELD } from './constants.js';
@@ -33,6 +38,10 @@ export interface FrameReaderOptions {
 }
 
 const RELEASED = Buffer.alloc(0);
+/** A chunk shorter than this that continues an unfinished frame is copied into a shared buffer of ours... */
+const SMALL_CHUNK = 512;
+/** ...of this many bytes: one Buffer for the bytes of many small reads. */
+const SMALL_CHUNKS_BUFFER = 4096;
 /** Consumed list slots are only reclaimed in batches, so dropping a chunk stays O(1) amortised. */
 const COMPACT_AFTER = 64;
 
@@ -52,6 +61,12 @@ export class FrameReader {
   #frameLength = -1;
   #failed = false;
   readonly #headerScratch = Buffer.alloc(HEADER_BYTES);
+  /** Where small chunks are copied (SMALL_CHUNK): bytes up to #smallEnd are written, and are never written again. */
+  #small = RELEASED;
+  #smallEnd = 0;
+  /** The chunk in the list that is a view of #small, from #smallStart to #smallEnd, which the next small chunk extends. */
+  #smallView = RELEASED;
+  #smallStart = 0;
 
   constructor(options: FrameReaderOptions) {
     const max = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
@@ -75,9 +90,29 @@ export class FrameReader {
 
   push(chunk: Buffer): void {
     if (this.#failed || chunk.length === 0) return;
-    this.#chunks.push(chunk);
+    if (this.#buffered > 0 && chunk.length < SMALL_CHUNK) this.#pushSmall(chunk);
+    else this.#chunks.push(chunk);
     this.#buffered += chunk.length;
     this.#drain();
+  }
+
+  /** Copies `chunk` into the shared buffer: onto the end of the last chunk when that is a view of it with room after, else as a new view. */
+  #pushSmall(chunk: Buffer): void {
+    const room = this.#smallEnd + chunk.length <= this.#small.length;
+    const last = this.#chunks.length - 1;
+    const extend = room && last >= this.#head && this.#chunks[last] === this.#smallView;
+    if (!room) {
+      // Full: a fresh one. Frames and chunks cut from the old one keep it alive as long as they need it.
+      this.#small = Buffer.allocUnsafe(SMALL_CHUNKS_BUFFER);
+      this.#smallEnd = 0;
+    }
+    if (!extend) this.#smallStart = this.#smallEnd;
+    chunk.copy(this.#small, this.#smallEnd);
+    this.#smallEnd += chunk.length;
+    // Bytes before #smallEnd are never written again, so views already handed out (frames) stay as they were.
+    this.#smallView = this.#small.subarray(this.#smallStart, this.#smallEnd);
+    if (extend) this.#chunks[last] = this.#smallView;
+    else this.#chunks.push(this.#smallView);
   }
 
   #drain(): void {

@@ -32,7 +32,10 @@
  * always end mid-frame is never cut. A connection with nothing pending is
  * never timed out: the proxy's bridge keeps one open between handshakes and
  * has no ping. Bad-frame and deadline lines go through the LogLimiter, since
- * a client can cause them at will; the metrics count every one.
+ * a client can cause them at will, keyed by client rule (authz.ts) as the
+ * service's refusals are: keyed by error code alone, one client's flood
+ * spent the burst and another client's lines were dropped. The metrics count
+ * every one.
  *
  * `state` (busy: requests in flight; stalled: a partial frame pending, or no
  * frame yet; idle: neither) is reported to `onState` on each change, for the
@@ -118,7 +121,9 @@ export class KeyserverConnection {
       this.#answerHeld();
       // Reading was paused on our side (the client's answers backed up): a frame's clock counts from here.
       this.#deadline?.refresh();
-      if (this.#held.length === 0) socket.resume();
+      // Not while the last held frame's answer backed the socket up again: every frame read then would be held, with
+      // no pause to come (only an answer pauses), for as long as the client writes and reads nothing. The next drain resumes.
+      if (this.#held.length === 0 && !socket.writableNeedDrain) socket.resume();
     });
     socket.on('close', () => {
       clearTimeout(this.#deadline);
@@ -170,7 +175,7 @@ export class KeyserverConnection {
     this.#metrics.connectionDropped('frame_timeout');
     this.#limiter.warn(
       this.#log,
-      'frame_timeout',
+      `frame_timeout:${this.client.rule}`,
       { client: this.client.name, transport: this.client.transport, bufferedBytes: this.#reader.bufferedBytes },
       `closing connection: a frame was still incomplete ${this.#limits.frameTimeoutMs} ms after its first byte`,
     );
@@ -233,7 +238,12 @@ export class KeyserverConnection {
   #badFrame(err: ProtocolError, what: string): void {
     const code = errorCodeName(err.wireCode);
     this.#metrics.requests.inc({ op: 'invalid', algorithm: 'none', result: code });
-    this.#limiter.warn(this.#log, `bad_frame:${code}`, { client: this.client.name, transport: this.client.transport, code }, `${what}: ${err.message}`);
+    this.#limiter.warn(
+      this.#log,
+      `bad_frame:${code}:${this.client.rule}`,
+      { client: this.client.name, transport: this.client.transport, code },
+      `${what}: ${err.message}`,
+    );
   }
 
   #send(response: Response): void {

@@ -22,7 +22,8 @@
  * than being refused); mutual-TLS handshakes, which have no identity yet, are
  * capped apart (handshakes.ts: past maxConnections pending, the oldest is
  * closed); what is refused, evicted or timed out is counted in
- * `connections_dropped_total` and logged within the LogLimiter's rate.
+ * `connections_dropped_total` and logged within the LogLimiter's rate, per
+ * client rule where the connection has one.
  *
  * The token is opened again, without a restart and without closing client
  * connections, when it is no longer the one opened (live-token.ts); a sign
@@ -133,9 +134,10 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
     // The caps admission enforces must be below the file limit, or the kernel refuses newcomers before admission sees them.
     const limits = fitLimits(config.limits, config.listen.tcp !== null, log);
     const admission = new Admission<KeyserverConnection>(limits);
-    const dropped = (reason: DropReason, fields: Record<string, unknown>, msg: string): void => {
+    /** `rule`: the client rule (authz.ts) of the connection dropped, when it has one: its lines are its own, so one client's flood of them does not drop another's. */
+    const dropped = (reason: DropReason, fields: Record<string, unknown>, msg: string, rule?: string): void => {
       metrics.connectionDropped(reason);
-      limiter.warn(log, reason, { reason, ...fields }, msg);
+      limiter.warn(log, rule === undefined ? reason : `${reason}:${rule}`, { reason, ...fields }, msg);
     };
     const accept = (socket: net.Socket, client: ClientIdentity): void => {
       const connection: KeyserverConnection = new KeyserverConnection(socket, client, {
@@ -152,7 +154,12 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
       const admitted = admission.admit(connection, `${client.transport}:${client.name}`);
       if (!admitted.admitted) {
         const which = admitted.cap === 'client_cap' ? `this client's ${limits.maxConnectionsPerClient}` : `all ${limits.maxConnections}`;
-        dropped(`refused_${admitted.cap}`, { client: client.name, transport: client.transport }, `connection refused: ${which} connections are busy`);
+        dropped(
+          `refused_${admitted.cap}`,
+          { client: client.name, transport: client.transport },
+          `connection refused: ${which} connections are busy`,
+          client.rule,
+        );
         socket.destroy();
         return;
       }
@@ -162,6 +169,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
           `evicted_${cap}`,
           { client: member.client.name, transport: member.client.transport, state: member.state },
           `connection closed to admit a new one: ${which}; this one was ${member.state}`,
+          member.client.rule,
         );
         member.socket.destroy();
       }
@@ -201,7 +209,7 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
           if (!socket.authorized || cert === undefined) {
             metrics.tlsHandshakeFailures.inc();
             const reason = String(socket.authorizationError ?? 'no client certificate');
-            limiter.warn(log, 'tls_client_refused', { reason, subject: cert?.subject }, 'mutual TLS client refused');
+            limiter.warn(log, 'tls_client_refused', { reason, subject: loggedSubject(cert?.subject) }, 'mutual TLS client refused');
             socket.destroy();
             return;
           }
@@ -333,6 +341,18 @@ function reopen(config: KeyserverConfig, build: (token: Token) => TokenParts, re
     token.close();
     throw err;
   }
+}
+
+/** Characters of a refused client certificate's subject that reach the log. */
+const LOGGED_SUBJECT_CHARS = 256;
+
+/**
+ * A refused certificate's subject, cut to LOGGED_SUBJECT_CHARS: the client chose it (any self-signed certificate is
+ * refused here), and whole it made lines of tens of KB, the log's rate limit counting lines, not bytes.
+ */
+function loggedSubject(subject: string | undefined): string | undefined {
+  if (subject === undefined || subject.length <= LOGGED_SUBJECT_CHARS) return subject;
+  return `${subject.slice(0, LOGGED_SUBJECT_CHARS)}… (${subject.length} characters)`;
 }
 
 function logUsage(service: SigningService, log: Logger): void {

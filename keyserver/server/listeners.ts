@@ -7,12 +7,14 @@
  * socket file left by a crash is removed; one with a live key server behind it
  * is an error, never silently stolen.
  *
- * TCP: TLS 1.3 only, client certificate requested (RFC 8446 §4.3.2) and
+ * TCP: TLS 1.3 only, no session resumption (each connection's certificate is
+ * verified), client certificate requested (RFC 8446 §4.3.2) and
  * verified against the configured client CA; the daemon closes a connection
  * whose certificate is missing or from another CA before reading a frame. A
  * handshake not finished within `handshakeTimeoutMs` is dropped (Node's
  * default of 120 s would let stalled handshakes hold sockets for minutes).
  */
+import { constants } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -62,10 +64,11 @@ export async function listenTls(
       // with rejectUnauthorized the client is dropped with no word of why.
       rejectUnauthorized: false,
       minVersion: 'TLSv1.3',
-      // Each proxy worker keeps one long-lived connection: resumption would save
-      // nothing and tickets would be one more secret to manage.
-      sessionTimeout: 0,
-      ticketKeys: undefined,
+      // No resumption: each proxy worker keeps one long-lived connection, so it would save nothing, tickets would be one
+      // more secret to manage, and a resumed handshake authenticates by the ticket's key alone, with no Certificate
+      // (RFC 8446 §2.2): the client certificate is not verified again, so one that expired kept signing by ticket. SSL_OP_NO_TICKET, and Node keeps no session cache
+      // to resume from instead. Not `sessionTimeout: 0`, as this had: OpenSSL reads 0 as its default, 7200 s.
+      secureOptions: constants.SSL_OP_NO_TICKET,
       noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs,
     },

@@ -25,7 +25,7 @@ import type { Request, Response } from '../protocol/codec.js';
 import type { TokenKey } from '../token/keys.js';
 import { ecdsaRawToDer } from '../token/ecdsa-der.js';
 import { droppedUnsent, skippedPastDeadline } from '../token/sign-workers.js';
-import { schemeFitsKey } from '../token/sign.js';
+import { pssFitsKey, schemeFitsKey } from '../token/sign.js';
 import { ckrName } from '../token/token.js';
 import { type ClientIdentity, mayUseKey } from './authz.js';
 import { type TokenParts, tokenLost } from './live-token.js';
@@ -118,6 +118,10 @@ export class SigningService {
     if (algorithm === undefined) return this.#refuse(request, client, 'UNKNOWN_ALGORITHM', `algorithm 0x${request.algorithm.toString(16)}`);
     if (!schemeFitsKey(algorithm.scheme, key)) {
       return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with ${key.kind} key ${key.keyId}`);
+    }
+    if (algorithm.scheme === 'rsa-pss' && !pssFitsKey(algorithm.hash, key)) {
+      const why = `its ${key.bits}-bit modulus is too small for a ${algorithm.digestBytes}-byte hash and salt (RFC 8017 §9.1.1)`;
+      return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with rsa key ${key.keyId}: ${why}`);
     }
     const started = performance.now();
     let signed: Buffer | Promise<Buffer>;

@@ -38,6 +38,15 @@ export function schemeFitsKey(scheme: SignatureScheme, key: Pick<TokenKey, 'kind
   return scheme === 'ecdsa' ? key.kind === 'ec' : key.kind === 'rsa';
 }
 
+/**
+ * Whether an RSA key's modulus leaves room for PSS with this hash and a salt as long: RFC 8017 §9.1.1 step 3 needs
+ * emLen = ⌈(modBits − 1) / 8⌉ ≥ hLen + sLen + 2, which an RSA-1024 key misses with SHA-512 (128 < 130). A token asked
+ * anyway fails the sign (SoftHSM2: CKR_GENERAL_ERROR), which SPEC.md would make a token failure to retry.
+ */
+export function pssFitsKey(hash: HashName, key: Pick<TokenKey, 'bits'>): boolean {
+  return Math.ceil((key.bits - 1) / 8) >= 2 * HASH[hash].bytes + 2;
+}
+
 /** What the token is asked to do for one signature: mechanism, input, and the size of the answer. */
 export interface SignPlan {
   readonly mechanism: pkcs11js.Mechanism;
