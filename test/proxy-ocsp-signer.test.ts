@@ -1,0 +1,139 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import type { ServedCertificate } from '../proxy/certs/certificate.js';
+import { buildOcspRequest, OcspStapler } from '../proxy/tls/ocsp.js';
+import { run } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { writeResponderFiles } from './helpers/ocsp-responder.js';
+import { createCa, type Issued, issue, type TestCa, writeIssued, writePem } from './helpers/pki.js';
+
+// Who signed an OCSP response (RFC 6960 §4.2.2.2): the certificate's issuer, or a responder certificate the issuer
+// signed for OCSP signing (id-kp-OCSPSigning). The responder is reached over plain HTTP, so anyone on the path may
+// answer; a staple signed by anyone else is one a strict client (Firefox) rejects, failing the handshake, for as long
+// as the forged nextUpdate says. openssl s_server and nginx (ssl_stapling_verify, on by default) staple no such thing.
+const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
+const lines: Record<string, unknown>[] = [];
+const log = createLogger('ocsp-signer-test', 'info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+let dir: string;
+let ca: TestCa;
+let caFile: string;
+let responder: http.Server;
+let port: number;
+/** The DER answer the responder sends for each path. */
+const answers = new Map<string, Buffer>();
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ocsp-signer-'));
+  ca = await createCa('Signer Root');
+  caFile = writePem(dir, 'ca', ca.certPem);
+  responder = http.createServer((req, res) => {
+    req.resume();
+    const answer = answers.get(req.url ?? '');
+    if (answer === undefined) return void res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'application/ocsp-response' }).end(answer);
+  });
+  await new Promise<void>((resolve) => responder.listen(0, '127.0.0.1', resolve));
+  port = (responder.address() as net.AddressInfo).port;
+});
+afterAll(() => {
+  responder?.closeAllConnections();
+  responder?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * A leaf of `ca` whose responder is /<name>, and the "good" answer for it signed by `signer` (with its certificate in
+ * the response, as openssl includes it), as `openssl ocsp` writes it; `openssl ocsp -respin` tells whether a client
+ * verifying against the CA accepts it.
+ */
+async function leafAnsweredBy(name: string, signer: Issued): Promise<{ certificate: ServedCertificate; clientVerifies: boolean }> {
+  const leaf = await issue(ca, {
+    commonName: `${name}.example`,
+    dnsNames: [`${name}.example`],
+    keyAlgorithm: 'ec-p256',
+    ocspUrl: `http://127.0.0.1:${port}/${name}`,
+  });
+  const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+  const files = writeIssued(dir, `${name}-signer`, signer);
+  const request = join(dir, `${name}-req.der`);
+  const response = join(dir, `${name}-resp.der`);
+  writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+  const made = await run('openssl', [
+    'ocsp',
+    '-index',
+    index,
+    '-rsigner',
+    files.cert,
+    '-rkey',
+    files.key,
+    '-CA',
+    caFile,
+    '-ndays',
+    '1',
+    '-reqin',
+    request,
+    '-respout',
+    response,
+  ]);
+  expect(made.code, made.stderr).toBe(0);
+  answers.set(`/${name}`, readFileSync(response));
+  const leafFile = writePem(dir, `${name}-leaf`, leaf.certPem);
+  const verified = await run('openssl', ['ocsp', '-respin', response, '-issuer', caFile, '-cert', leafFile, '-CAfile', caFile]);
+  const certificate = { name, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate;
+  return { certificate, clientVerifies: verified.stderr.includes('Response verify OK') };
+}
+
+/** Tracks `certificate` until the stapler logs its first outcome for it; the staple then, and the failure's reason. */
+async function firstOutcome(certificate: ServedCertificate): Promise<{ staple: Buffer | undefined; reason: unknown }> {
+  const stapler = new OcspStapler(log);
+  try {
+    stapler.track(certificate);
+    const outcome = (): Record<string, unknown> | undefined =>
+      lines.find(
+        (l) => l.certificate === certificate.name && (l.msg === 'OCSP staple updated' || l.msg === 'OCSP fetch failed; serving without a fresh staple'),
+      );
+    for (const started = Date.now(); Date.now() - started < 10_000 && outcome() === undefined; ) await sleep(25);
+    expect(outcome(), `no outcome logged for ${certificate.name}`).toBeDefined();
+    return { staple: stapler.stapleOf(certificate), reason: outcome()?.reason };
+  } finally {
+    stapler.stop();
+  }
+}
+
+describe("an OCSP response's signer", () => {
+  it('the issuer itself: stapled', async () => {
+    const { certificate, clientVerifies } = await leafAnsweredBy('by-issuer', ca);
+    expect(clientVerifies).toBe(true);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
+  });
+
+  it('a responder the issuer certified for OCSP signing: stapled', async () => {
+    const delegate = await issue(ca, { commonName: 'Signer Root OCSP', keyAlgorithm: 'ec-p256', extendedKeyUsages: [OCSP_SIGNING] });
+    const { certificate, clientVerifies } = await leafAnsweredBy('delegated', delegate);
+    expect(clientVerifies).toBe(true);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
+  });
+
+  it('a certificate of the issuer without the OCSP-signing usage: not stapled', async () => {
+    const notResponder = await issue(ca, { commonName: 'another.example', dnsNames: ['another.example'], keyAlgorithm: 'ec-p256' });
+    const { certificate, clientVerifies } = await leafAnsweredBy('no-eku', notResponder);
+    expect(clientVerifies).toBe(false);
+    const outcome = await firstOutcome(certificate);
+    expect(outcome.staple).toBeUndefined();
+    expect(outcome.reason).toMatch(/signed/);
+  });
+
+  it('a key the issuer never certified (a forged answer): not stapled', async () => {
+    const forger = await createCa('Signer Root'); // the same name, another key
+    const { certificate, clientVerifies } = await leafAnsweredBy('forged', forger);
+    expect(clientVerifies).toBe(false);
+    const outcome = await firstOutcome(certificate);
+    expect(outcome.staple).toBeUndefined();
+    expect(outcome.reason).toMatch(/signed/);
+  });
+});
