@@ -46,22 +46,12 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/**
- * A leaf of `ca` whose responder is /<name>, and the "good" answer for it signed by `signer` (with its certificate in
- * the response, as openssl includes it), as `openssl ocsp` writes it; `openssl ocsp -respin` tells whether a client
- * verifying against the CA accepts it.
- */
-async function leafAnsweredBy(name: string, signer: Issued): Promise<{ certificate: ServedCertificate; clientVerifies: boolean }> {
-  const leaf = await issue(ca, {
-    commonName: `${name}.example`,
-    dnsNames: [`${name}.example`],
-    keyAlgorithm: 'ec-p256',
-    ocspUrl: `http://127.0.0.1:${port}/${name}`,
-  });
-  const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+/** The answer `openssl ocsp` writes for `leaf` with `status`, signed by `signer` (its certificate in the response, as openssl includes it). */
+async function answer(name: string, leaf: Issued, signer: Issued, status: 'good' | 'revoked'): Promise<string> {
+  const { index } = writeResponderFiles(dir, ca, [{ leaf, status }]);
   const files = writeIssued(dir, `${name}-signer`, signer);
   const request = join(dir, `${name}-req.der`);
-  const response = join(dir, `${name}-resp.der`);
+  const response = join(dir, `${name}-${status}-resp.der`);
   writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
   const made = await run('openssl', [
     'ocsp',
@@ -81,10 +71,30 @@ async function leafAnsweredBy(name: string, signer: Issued): Promise<{ certifica
     response,
   ]);
   expect(made.code, made.stderr).toBe(0);
+  return response;
+}
+
+/** A leaf of `ca` whose responder is /<name>. */
+async function leafAt(name: string): Promise<{ leaf: Issued; certificate: ServedCertificate }> {
+  const leaf = await issue(ca, {
+    commonName: `${name}.example`,
+    dnsNames: [`${name}.example`],
+    keyAlgorithm: 'ec-p256',
+    ocspUrl: `http://127.0.0.1:${port}/${name}`,
+  });
+  return { leaf, certificate: { name, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate };
+}
+
+/**
+ * A leaf of `ca` whose responder at /<name> answers "good", signed by `signer`; `openssl ocsp -respin` tells whether a
+ * client verifying against the CA accepts that answer.
+ */
+async function leafAnsweredBy(name: string, signer: Issued): Promise<{ certificate: ServedCertificate; clientVerifies: boolean }> {
+  const { leaf, certificate } = await leafAt(name);
+  const response = await answer(name, leaf, signer, 'good');
   answers.set(`/${name}`, readFileSync(response));
   const leafFile = writePem(dir, `${name}-leaf`, leaf.certPem);
   const verified = await run('openssl', ['ocsp', '-respin', response, '-issuer', caFile, '-cert', leafFile, '-CAfile', caFile]);
-  const certificate = { name, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate;
   return { certificate, clientVerifies: verified.stderr.includes('Response verify OK') };
 }
 
@@ -135,5 +145,39 @@ describe("an OCSP response's signer", () => {
     const outcome = await firstOutcome(certificate);
     expect(outcome.staple).toBeUndefined();
     expect(outcome.reason).toMatch(/signed/);
+  });
+});
+
+describe('a revocation after a "good" answer', () => {
+  it('withdraws the cached staple once the issuer signs "revoked"; a forged "revoked" withdraws nothing', async () => {
+    const name = 'revoked-later';
+    const { leaf, certificate } = await leafAt(name);
+    answers.set(`/${name}`, readFileSync(await answer(name, leaf, ca, 'good')));
+    const forged = readFileSync(await answer(`${name}-forged`, leaf, await createCa('Signer Root'), 'revoked'));
+    const revoked = readFileSync(await answer(name, leaf, ca, 'revoked'));
+    const failures = (reason: RegExp): number =>
+      lines.filter((l) => l.certificate === name && l.msg === 'OCSP fetch failed; serving without a fresh staple' && reason.test(String(l.reason))).length;
+    const until = async (done: () => boolean): Promise<void> => {
+      for (const started = Date.now(); Date.now() - started < 10_000 && !done(); ) await sleep(25);
+      expect(done()).toBe(true);
+    };
+    // Asked again every 200 ms, so the test sees the answers change.
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    try {
+      stapler.track(certificate);
+      await until(() => stapler.stapleOf(certificate) !== undefined);
+      const good = stapler.stapleOf(certificate)!;
+      answers.set(`/${name}`, forged);
+      await until(() => failures(/./) >= 2);
+      expect(stapler.stapleOf(certificate)?.equals(good)).toBe(true);
+      answers.set(`/${name}`, revoked);
+      await until(() => failures(/revoked/) >= 1);
+      // The CA said revoked: the "good" answer it gave before is no longer ours to show.
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+      // The forged ones were refused for their signer, before their status counted.
+      expect(failures(/signed/)).toBeGreaterThanOrEqual(2);
+    } finally {
+      stapler.stop();
+    }
   });
 });

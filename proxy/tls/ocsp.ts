@@ -54,6 +54,20 @@ const MAX_RESPONDER_CERTS = 4;
 const REFRESH_MARGIN_MS = 60 * 60 * 1000;
 const MIN_REFRESH_MS = 60 * 1000;
 const RETRY_MS = [5_000, 30_000, 120_000, 600_000];
+
+/** When a leaf's responder is asked again: after a good answer with this nextUpdate, and after the nth failure in a row. */
+export interface StaplerTiming {
+  readonly refreshIn: (nextUpdate: Date | undefined, now: number) => number;
+  readonly retryMs: readonly number[];
+}
+
+/** The delay before the next fetch after a good answer with `nextUpdate`. */
+export function refreshDelay(nextUpdate: Date | undefined, now = Date.now()): number {
+  const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - now - REFRESH_MARGIN_MS;
+  return Math.max(MIN_REFRESH_MS, until);
+}
+
+const TIMING: StaplerTiming = { refreshIn: refreshDelay, retryMs: RETRY_MS };
 const FETCH_TIMEOUT_MS = 5_000;
 /** The largest response stapled; a larger one is not read past this. */
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -90,6 +104,13 @@ export function buildOcspRequest(leaf: x509.X509Certificate, issuer: x509.X509Ce
   return { der: Buffer.from(AsnConvert.serialize(request)), certId };
 }
 
+/** A response for this certificate that says it is revoked (RFC 6960 §2.2). */
+export class OcspRevokedError extends Error {
+  constructor() {
+    super('the certificate is revoked');
+  }
+}
+
 /** Checks a DER OCSPResponse; returns its nextUpdate, or throws saying why it is unfit to staple. */
 export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
   const response = AsnConvert.parse(der, OCSPResponse);
@@ -100,9 +121,8 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
   const wanted = Buffer.from(AsnConvert.serialize(certId));
   const single = basic.tbsResponseData.responses.find((r) => Buffer.from(AsnConvert.serialize(r.certID)).equals(wanted));
   if (single === undefined) throw new Error('the response does not cover this certificate');
-  if (single.certStatus.good === undefined) {
-    throw new Error(single.certStatus.revoked !== undefined ? 'the certificate is revoked' : 'certificate status unknown');
-  }
+  if (single.certStatus.revoked !== undefined) throw new OcspRevokedError();
+  if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
   if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
   if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
   return single.nextUpdate;
@@ -156,9 +176,12 @@ export class OcspStapler {
   /** Each tracked certificate's cache key, so a handshake that knows its certificate hashes nothing. */
   readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
+  readonly #timing: StaplerTiming;
 
-  constructor(log: Logger) {
+  /** `timing` for tests only. */
+  constructor(log: Logger, timing: StaplerTiming = TIMING) {
     this.#log = log;
+    this.#timing = timing;
   }
 
   /** The staple for a tracked certificate, if one is current: a map lookup, for the handshake path. */
@@ -207,17 +230,29 @@ export class OcspStapler {
       let delay: number;
       try {
         const der = await fetchOcsp(url, request);
-        const nextUpdate = checkOcspResponse(der, certId);
+        let nextUpdate: Date | undefined;
+        try {
+          nextUpdate = checkOcspResponse(der, certId);
+        } catch (err) {
+          // The issuer's own word that the certificate is revoked withdraws the "good" answer cached before: it is
+          // superseded, and stapling it on would tell clients "good" for days after the CA said otherwise. A revoked
+          // certificate is stapled nothing, as one that was never "good". Only once signed: anyone may say "revoked".
+          if (err instanceof OcspRevokedError) {
+            checkOcspSigner(der, issuer);
+            if (current()) this.#staples.delete(key);
+          }
+          throw err;
+        }
         checkOcspSigner(der, issuer);
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
         this.#staples.set(key, { der, nextUpdate });
         failures = 0;
-        const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - Date.now() - REFRESH_MARGIN_MS;
-        delay = Math.max(MIN_REFRESH_MS, until);
+        delay = this.#timing.refreshIn(nextUpdate, Date.now());
         this.#log.info({ certificate: loop.name, nextUpdate }, 'OCSP staple updated');
       } catch (err) {
-        delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]!;
+        const { retryMs } = this.#timing;
+        delay = retryMs[Math.min(failures, retryMs.length - 1)]!;
         failures++;
         this.#log.warn(
           { certificate: loop.name, responder: url, retryInMs: delay, reason: (err as Error).message },
