@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from '../proxy/certs/certificate.js';
-import { buildOcspRequest, OcspStapler } from '../proxy/tls/ocsp.js';
+import { buildOcspRequest, OcspStapler, refreshDelay } from '../proxy/tls/ocsp.js';
 import { run } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { writeResponderFiles } from './helpers/ocsp-responder.js';
@@ -179,5 +179,25 @@ describe('a revocation after a "good" answer', () => {
     } finally {
       stapler.stop();
     }
+  });
+});
+
+describe('when a staple is fetched again (refreshDelay)', () => {
+  const HOUR = 3_600_000;
+  const now = Date.parse('2026-12-07T00:00:00Z');
+  const after = (ms: number): Date => new Date(now + ms);
+
+  it('well before nextUpdate: a responder down for the last hour of an answer leaves the certificate no staple', () => {
+    // Let's Encrypt's answers are good for 7 days and renewed every few: asked again only an hour before the end, an
+    // outage of that hour (the retries reach 10 minutes apart) ended the staple, and a Must-Staple certificate
+    // failed every handshake, with a newer answer at the responder for days.
+    expect(refreshDelay(after(7 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    expect(refreshDelay(after(4 * HOUR), now)).toBe(2 * HOUR);
+    expect(refreshDelay(after(90 * 60_000), now)).toBe(30 * 60_000);
+    // An answer dated far ahead (a broken or hostile responder) is not kept unasked for its year.
+    expect(refreshDelay(after(365 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    // Never sooner than a minute, whatever it says; an hour without a nextUpdate.
+    expect(refreshDelay(after(30_000), now)).toBe(60_000);
+    expect(refreshDelay(undefined, now)).toBe(HOUR);
   });
 });

@@ -4,7 +4,8 @@
  * For each served certificate whose leaf names an OCSP responder (Authority
  * Information Access, RFC 5280 §4.2.2.1) and whose chain holds its issuer, a
  * background loop fetches a response, checks it is for this certificate,
- * "good" and current, and caches its DER until shortly before nextUpdate. The
+ * "good" and current, and caches its DER, asking again halfway to nextUpdate
+ * (at least every 12 hours, and an hour before it at the latest). The
  * handshake only reads the cache (`stapleFor`): no staple yet, or a responder
  * that is down, means a handshake without a staple, never a slower one.
  *
@@ -50,9 +51,11 @@ const SIGNATURE_HASHES: Readonly<Record<string, string | null>> = {
 };
 /** Responder certificates looked at in one response: a real one carries one. */
 const MAX_RESPONDER_CERTS = 4;
-/** Refresh this long before nextUpdate, and at least this often when a response has no nextUpdate. */
+/** Refresh at least this long before nextUpdate, and this often when a response has no nextUpdate. */
 const REFRESH_MARGIN_MS = 60 * 60 * 1000;
 const MIN_REFRESH_MS = 60 * 1000;
+/** Refresh at least this often, whatever nextUpdate says. */
+const MAX_REFRESH_MS = 12 * 60 * 60 * 1000;
 const RETRY_MS = [5_000, 30_000, 120_000, 600_000];
 
 /** When a leaf's responder is asked again: after a good answer with this nextUpdate, and after the nth failure in a row. */
@@ -61,10 +64,17 @@ export interface StaplerTiming {
   readonly retryMs: readonly number[];
 }
 
-/** The delay before the next fetch after a good answer with `nextUpdate`. */
+/**
+ * The delay before the next fetch after a good answer with `nextUpdate`: half the time it has left, at most
+ * MAX_REFRESH_MS, and at least REFRESH_MARGIN_MS before it ends. An answer is renewed by its CA long before it ends
+ * (the Baseline Requirements' §4.9.10 has one within four days of the last, good for ten at most), so
+ * asking early leaves a responder outage days to pass before the staple ends; asked only an hour before, an outage of
+ * that hour left the certificate unstapled (a Must-Staple one failing every handshake). nginx asks every hour.
+ */
 export function refreshDelay(nextUpdate: Date | undefined, now = Date.now()): number {
-  const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - now - REFRESH_MARGIN_MS;
-  return Math.max(MIN_REFRESH_MS, until);
+  if (nextUpdate === undefined) return MIN_REFRESH_MS * 60;
+  const left = nextUpdate.getTime() - now;
+  return Math.max(MIN_REFRESH_MS, Math.min(left / 2, left - REFRESH_MARGIN_MS, MAX_REFRESH_MS));
 }
 
 const TIMING: StaplerTiming = { refreshIn: refreshDelay, retryMs: RETRY_MS };
