@@ -201,3 +201,33 @@ describe('when a staple is fetched again (refreshDelay)', () => {
     expect(refreshDelay(undefined, now)).toBe(HOUR);
   });
 });
+
+describe('one leaf served under two entry names', () => {
+  it('keeps its staple, and its refreshes, for the name still served when the other is removed', async () => {
+    const { leaf, certificate: first } = await leafAt('shared');
+    answers.set('/shared', readFileSync(await answer('shared', leaf, ca, 'good')));
+    // The same chain under another entry name: an entry renamed by adding the new name, then removing the old.
+    const second = { ...first, name: 'shared-renamed' } as ServedCertificate;
+    let asked = 0;
+    const counting = (req: http.IncomingMessage): void => void (req.url === '/shared' && asked++);
+    responder.on('request', counting);
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    try {
+      stapler.track(first);
+      stapler.track(second);
+      for (const started = Date.now(); Date.now() - started < 10_000 && stapler.stapleOf(second) === undefined; ) await sleep(25);
+      expect(stapler.stapleOf(second)).toBeInstanceOf(Buffer);
+      stapler.untrack(first);
+      expect(stapler.stapleOf(second)).toBeInstanceOf(Buffer);
+      // Still asked again: the loop of the leaf goes on for the name that serves it.
+      const before = asked;
+      for (const started = Date.now(); Date.now() - started < 10_000 && asked < before + 2; ) await sleep(25);
+      expect(asked).toBeGreaterThanOrEqual(before + 2);
+      stapler.untrack(second);
+      expect(stapler.stapleOf(second)).toBeUndefined();
+    } finally {
+      stapler.stop();
+      responder.off('request', counting);
+    }
+  });
+});

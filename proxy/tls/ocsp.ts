@@ -86,6 +86,11 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 interface Loop {
   timer: NodeJS.Timeout | undefined;
   name: string;
+  /**
+   * Every entry name the leaf is tracked under: one chain may serve under two (an entry renamed by adding the new
+   * name, then removing the old). The loop and its staple end with the last of them, not with the first removed.
+   */
+  readonly names: Set<string>;
 }
 
 interface Staple {
@@ -216,12 +221,13 @@ export class OcspStapler {
     const running = this.#loops.get(key);
     if (running !== undefined) {
       running.name = certificate.name;
+      running.names.add(certificate.name);
       return;
     }
     const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
     // A copy of the issuer's bytes, so the loop holds nothing of the certificate object (see #loop).
     const signer = new NodeCertificate(Buffer.from(issuer.rawData));
-    this.#loop(key, { timer: undefined, name: certificate.name }, url, request, certId, signer);
+    this.#loop(key, { timer: undefined, name: certificate.name, names: new Set([certificate.name]) }, url, request, certId, signer);
   }
 
   /**
@@ -276,7 +282,14 @@ export class OcspStapler {
 
   untrack(certificate: ServedCertificate): void {
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
-    clearTimeout(this.#loops.get(key)?.timer);
+    const loop = this.#loops.get(key);
+    loop?.names.delete(certificate.name);
+    const [other] = loop?.names ?? [];
+    if (loop !== undefined && other !== undefined) {
+      loop.name = other;
+      return;
+    }
+    clearTimeout(loop?.timer);
     this.#loops.delete(key);
     this.#staples.delete(key);
   }
