@@ -231,3 +231,47 @@ describe('one leaf served under two entry names', () => {
     }
   });
 });
+
+describe('many stapled certificates', () => {
+  it('ask their responders a few at a time, not all at once', async () => {
+    // A start with thousands of stapled certificates began every fetch in the same moment: one socket each, in a
+    // worker that needs its descriptors for clients, and thousands of requests at once at the CA's responder.
+    const held: http.ServerResponse[] = [];
+    let inFlight = 0;
+    let most = 0;
+    const crowd = http.createServer((req, res) => {
+      req.resume();
+      inFlight++;
+      most = Math.max(most, inFlight);
+      res.once('close', () => inFlight--);
+      held.push(res);
+    });
+    await new Promise<void>((resolve) => crowd.listen(0, '127.0.0.1', resolve));
+    const at = (crowd.address() as net.AddressInfo).port;
+    const certificates = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const leaf = await issue(ca, {
+          commonName: `crowd${i}.example`,
+          dnsNames: [`crowd${i}.example`],
+          keyAlgorithm: 'ec-p256',
+          ocspUrl: `http://127.0.0.1:${at}/`,
+        });
+        return { name: `crowd${i}`, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate;
+      }),
+    );
+    const stapler = new OcspStapler(log);
+    try {
+      for (const certificate of certificates) stapler.track(certificate);
+      // Every request the stapler starts is held unanswered: what is in flight after a while is what it allows at once.
+      for (const started = Date.now(); Date.now() - started < 10_000 && held.length < 8; ) await sleep(25);
+      await sleep(1_000);
+      expect(held.length).toBeGreaterThanOrEqual(1);
+      expect(most).toBeLessThanOrEqual(8);
+    } finally {
+      stapler.stop();
+      for (const res of held) res.destroy();
+      crowd.closeAllConnections();
+      crowd.close();
+    }
+  });
+});

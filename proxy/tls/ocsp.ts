@@ -49,6 +49,12 @@ const SIGNATURE_HASHES: Readonly<Record<string, string | null>> = {
   '1.2.840.10045.4.3.4': 'sha512',
   '1.3.101.112': null,
 };
+/**
+ * Fetches in flight at once to one responder (its URL's origin): a start with thousands of stapled certificates
+ * began every fetch in one moment, a socket each in a worker that needs its descriptors for clients, and thousands of
+ * requests at once at the CA. Per origin, so one responder that never answers holds up no other's certificates.
+ */
+const FETCHES_PER_RESPONDER = 8;
 /** Responder certificates looked at in one response: a real one carries one. */
 const MAX_RESPONDER_CERTS = 4;
 /** Refresh at least this long before nextUpdate, and this often when a response has no nextUpdate. */
@@ -192,6 +198,8 @@ export class OcspStapler {
   readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
   readonly #timing: StaplerTiming;
+  /** By responder origin: fetches running, and the ones waiting for a turn, first come first served. */
+  readonly #responders = new Map<string, { running: number; readonly waiting: (() => void)[] }>();
 
   /** `timing` for tests only. */
   constructor(log: Logger, timing: StaplerTiming = TIMING) {
@@ -245,7 +253,9 @@ export class OcspStapler {
     const refresh = async (): Promise<void> => {
       let delay: number;
       try {
-        const der = await fetchOcsp(url, request);
+        const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request) : undefined));
+        // Untracked while it waited for its turn: nobody's to fetch.
+        if (der === undefined) return;
         let nextUpdate: Date | undefined;
         try {
           nextUpdate = checkOcspResponse(der, certId);
@@ -278,6 +288,26 @@ export class OcspStapler {
       if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };
     loop.timer = setTimeout(() => void refresh(), 0).unref();
+  }
+
+  /** Runs `fetch` once fewer than FETCHES_PER_RESPONDER fetches to `url`'s origin run. */
+  async #inTurn<T>(url: string, fetch: () => Promise<T> | undefined): Promise<T | undefined> {
+    const origin = new URL(url).origin;
+    let responder = this.#responders.get(origin);
+    if (responder === undefined) {
+      responder = { running: 0, waiting: [] };
+      this.#responders.set(origin, responder);
+    }
+    // A fetch that ends hands its turn to the first waiting, still counted in `running`: none can slip in between.
+    if (responder.running >= FETCHES_PER_RESPONDER) await new Promise<void>((resolve) => responder.waiting.push(resolve));
+    else responder.running++;
+    try {
+      return await fetch();
+    } finally {
+      const next = responder.waiting.shift();
+      if (next !== undefined) next();
+      else if (--responder.running === 0) this.#responders.delete(origin);
+    }
   }
 
   untrack(certificate: ServedCertificate): void {
