@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from '../proxy/certs/certificate.js';
-import { buildOcspRequest, OcspStapler, refreshDelay } from '../proxy/tls/ocsp.js';
+import { buildOcspRequest, checkOcspResponse, OcspStapler, refreshDelay } from '../proxy/tls/ocsp.js';
 import { run } from './helpers/clients.js';
 import { sleep } from './helpers/keyserver.js';
 import { writeResponderFiles } from './helpers/ocsp-responder.js';
@@ -273,5 +273,45 @@ describe('many stapled certificates', () => {
       crowd.closeAllConnections();
       crowd.close();
     }
+  });
+});
+
+describe("a responder's own encoding of the certificate's ID", () => {
+  it('is matched by what it names, not byte for byte: a SHA-1 identifier with NULL parameters covers the certificate', async () => {
+    // Go's golang.org/x/crypto/ocsp, which many CAs' responders are built on, writes its own CertID with the hash
+    // algorithm's parameters NULL, whatever the request had; we ask without them (RFC 5754 §2: either form, and a
+    // reader accepts both; OpenSSL's OCSP_id_cmp compares the algorithm's OID only). openssl makes such a request,
+    // and its responder echoes that CertID, as Go's writes its own.
+    const name = 'null-params';
+    const { leaf, certificate } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const leafFile = writePem(dir, `${name}-leaf`, leaf.certPem);
+    const request = join(dir, `${name}-openssl-req.der`);
+    const response = join(dir, `${name}-openssl-resp.der`);
+    const asked = await run('openssl', ['ocsp', '-issuer', caFile, '-cert', leafFile, '-no_nonce', '-reqout', request]);
+    expect(asked.code, asked.stderr).toBe(0);
+    const made = await run('openssl', [
+      'ocsp',
+      '-index',
+      index,
+      '-rsigner',
+      caFile,
+      '-rkey',
+      writeIssued(dir, `${name}-ca`, ca).key,
+      '-CA',
+      caFile,
+      '-ndays',
+      '1',
+      '-reqin',
+      request,
+      '-respout',
+      response,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const der = readFileSync(response);
+    expect(der.includes(Buffer.from('300906052b0e03021a0500', 'hex'))).toBe(true); // sha1, NULL parameters
+    expect(checkOcspResponse(der, buildOcspRequest(leaf.cert, ca.cert).certId)).toBeInstanceOf(Date);
+    answers.set(`/${name}`, der);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
   });
 });

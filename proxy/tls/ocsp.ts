@@ -125,6 +125,22 @@ export function buildOcspRequest(leaf: x509.X509Certificate, issuer: x509.X509Ce
   return { der: Buffer.from(AsnConvert.serialize(request)), certId };
 }
 
+/**
+ * Whether two CertIDs name the same certificate: the hash algorithm by its OID, not its parameters, which a SHA-1
+ * identifier may carry as NULL or leave out (RFC 5754 §2: a reader accepts both). Go's x/crypto/ocsp, which many
+ * CAs' responders are built on, writes NULL whatever the request had: compared byte for byte, no answer of theirs
+ * covered a certificate. The fields OpenSSL's OCSP_id_cmp compares.
+ */
+function sameCertId(a: CertID, b: CertID): boolean {
+  const bytes = (value: ArrayBuffer | OctetString): Buffer => Buffer.from(value instanceof OctetString ? value.buffer : value);
+  return (
+    a.hashAlgorithm.algorithm === b.hashAlgorithm.algorithm &&
+    bytes(a.issuerNameHash).equals(bytes(b.issuerNameHash)) &&
+    bytes(a.issuerKeyHash).equals(bytes(b.issuerKeyHash)) &&
+    bytes(a.serialNumber).equals(bytes(b.serialNumber))
+  );
+}
+
 /** A response for this certificate that says it is revoked (RFC 6960 §2.2). */
 export class OcspRevokedError extends Error {
   constructor() {
@@ -139,8 +155,7 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
   if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
   const basic = AsnConvert.parse(response.responseBytes.response.buffer, BasicOCSPResponse);
   // The whole CertID must match (RFC 6960 §4.1.1): a serial alone could be another CA's certificate.
-  const wanted = Buffer.from(AsnConvert.serialize(certId));
-  const single = basic.tbsResponseData.responses.find((r) => Buffer.from(AsnConvert.serialize(r.certID)).equals(wanted));
+  const single = basic.tbsResponseData.responses.find((r) => sameCertId(r.certID, certId));
   if (single === undefined) throw new Error('the response does not cover this certificate');
   if (single.certStatus.revoked !== undefined) throw new OcspRevokedError();
   if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
