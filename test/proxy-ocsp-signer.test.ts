@@ -185,19 +185,19 @@ describe('a revocation after a "good" answer', () => {
 describe('when a staple is fetched again (refreshDelay)', () => {
   const HOUR = 3_600_000;
   const now = Date.parse('2026-12-07T00:00:00Z');
-  const after = (ms: number): Date => new Date(now + ms);
+  const ahead = (ms: number): Date => new Date(now + ms);
 
   it('well before nextUpdate: a responder down for the last hour of an answer leaves the certificate no staple', () => {
     // Let's Encrypt's answers are good for 7 days and renewed every few: asked again only an hour before the end, an
     // outage of that hour (the retries reach 10 minutes apart) ended the staple, and a Must-Staple certificate
     // failed every handshake, with a newer answer at the responder for days.
-    expect(refreshDelay(after(7 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
-    expect(refreshDelay(after(4 * HOUR), now)).toBe(2 * HOUR);
-    expect(refreshDelay(after(90 * 60_000), now)).toBe(30 * 60_000);
+    expect(refreshDelay(ahead(7 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    expect(refreshDelay(ahead(4 * HOUR), now)).toBe(2 * HOUR);
+    expect(refreshDelay(ahead(90 * 60_000), now)).toBe(30 * 60_000);
     // An answer dated far ahead (a broken or hostile responder) is not kept unasked for its year.
-    expect(refreshDelay(after(365 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    expect(refreshDelay(ahead(365 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
     // Never sooner than a minute, whatever it says; an hour without a nextUpdate.
-    expect(refreshDelay(after(30_000), now)).toBe(60_000);
+    expect(refreshDelay(ahead(30_000), now)).toBe(60_000);
     expect(refreshDelay(undefined, now)).toBe(HOUR);
   });
 });
