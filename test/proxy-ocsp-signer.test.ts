@@ -315,3 +315,39 @@ describe("a responder's own encoding of the certificate's ID", () => {
     expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
   });
 });
+
+describe('an older answer sent again (a replay from the path, or a stale cache)', () => {
+  it('is refused: it neither replaces a newer staple nor brings back the "good" a later "revoked" withdrew', async () => {
+    const name = 'replayed';
+    const { leaf, certificate } = await leafAt(name);
+    // openssl dates an answer to the second: the older one made a second and more before the newer ones.
+    const older = readFileSync(await answer(`${name}-older`, leaf, ca, 'good'));
+    await sleep(1_100);
+    const newer = readFileSync(await answer(`${name}-newer`, leaf, ca, 'good'));
+    const revoked = readFileSync(await answer(`${name}-revoked`, leaf, ca, 'revoked'));
+    const fetched = (): number => lines.filter((l) => l.certificate === name).length;
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    const twoMoreFetches = async (): Promise<void> => {
+      const before = fetched();
+      for (const started = Date.now(); Date.now() - started < 10_000 && fetched() < before + 2; ) await sleep(25);
+      expect(fetched()).toBeGreaterThanOrEqual(before + 2);
+    };
+    try {
+      answers.set(`/${name}`, newer);
+      stapler.track(certificate);
+      for (const started = Date.now(); Date.now() - started < 10_000 && stapler.stapleOf(certificate) === undefined; ) await sleep(25);
+      expect(stapler.stapleOf(certificate)?.equals(newer)).toBe(true);
+      answers.set(`/${name}`, older);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)?.equals(newer)).toBe(true);
+      answers.set(`/${name}`, revoked);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+      answers.set(`/${name}`, older);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+    } finally {
+      stapler.stop();
+    }
+  });
+});

@@ -141,15 +141,24 @@ function sameCertId(a: CertID, b: CertID): boolean {
   );
 }
 
-/** A response for this certificate that says it is revoked (RFC 6960 §2.2). */
+/** A response for this certificate that says it is revoked (RFC 6960 §2.2), as of `thisUpdate`. */
 export class OcspRevokedError extends Error {
-  constructor() {
+  constructor(readonly thisUpdate: Date) {
     super('the certificate is revoked');
   }
 }
 
 /** Checks a DER OCSPResponse; returns its nextUpdate, or throws saying why it is unfit to staple. */
 export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
+  return checkOcspAnswer(der, certId, now).nextUpdate;
+}
+
+/**
+ * As checkOcspResponse, with the answer's thisUpdate, refusing one older than `newest` (the thisUpdate of the newest
+ * answer already taken): there is no nonce (most responders ignore one, and answers come from caches), so what keeps
+ * an answer from being sent again later, by anyone on the responder's path or by a stale cache, is its time alone.
+ */
+export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), newest?: Date): { thisUpdate: Date; nextUpdate: Date | undefined } {
   const response = AsnConvert.parse(der, OCSPResponse);
   if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
   if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
@@ -157,11 +166,13 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
   // The whole CertID must match (RFC 6960 §4.1.1): a serial alone could be another CA's certificate.
   const single = basic.tbsResponseData.responses.find((r) => sameCertId(r.certID, certId));
   if (single === undefined) throw new Error('the response does not cover this certificate');
-  if (single.certStatus.revoked !== undefined) throw new OcspRevokedError();
+  if (newest !== undefined && single.thisUpdate.getTime() < newest.getTime())
+    throw new Error(`the response (thisUpdate ${single.thisUpdate.toISOString()}) is older than one already taken`);
+  if (single.certStatus.revoked !== undefined) throw new OcspRevokedError(single.thisUpdate);
   if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
   if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
   if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
-  return single.nextUpdate;
+  return { thisUpdate: single.thisUpdate, nextUpdate: single.nextUpdate };
 }
 
 /**
@@ -265,26 +276,31 @@ export class OcspStapler {
     this.#loops.set(key, loop);
     const current = (): boolean => this.#loops.get(key) === loop;
     let failures = 0;
+    /** The thisUpdate of the newest answer taken for this leaf, "good" or "revoked": an older one is refused. */
+    let newest: Date | undefined;
     const refresh = async (): Promise<void> => {
       let delay: number;
       try {
         const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request) : undefined));
         // Untracked while it waited for its turn: nobody's to fetch.
         if (der === undefined) return;
-        let nextUpdate: Date | undefined;
+        let answer: { thisUpdate: Date; nextUpdate: Date | undefined };
         try {
-          nextUpdate = checkOcspResponse(der, certId);
+          answer = checkOcspAnswer(der, certId, new Date(), newest);
         } catch (err) {
           // The issuer's own word that the certificate is revoked withdraws the "good" answer cached before: it is
           // superseded, and stapling it on would tell clients "good" for days after the CA said otherwise. A revoked
           // certificate is stapled nothing, as one that was never "good". Only once signed: anyone may say "revoked".
           if (err instanceof OcspRevokedError) {
             checkOcspSigner(der, issuer);
+            newest = err.thisUpdate;
             if (current()) this.#staples.delete(key);
           }
           throw err;
         }
         checkOcspSigner(der, issuer);
+        const { nextUpdate } = answer;
+        newest = answer.thisUpdate;
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
         this.#staples.set(key, { der, nextUpdate });
