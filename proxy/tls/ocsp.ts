@@ -9,14 +9,14 @@
  * handshake only reads the cache (`stapleFor`): no staple yet, or a responder
  * that is down, means a handshake without a staple, never a slower one.
  *
- * The responder's signature is checked here too, as nginx does
- * (ssl_stapling_verify): the responder is usually reached over plain HTTP, so
+ * The responder's signature is checked here too (ocsp-signer.ts), as nginx
+ * does (ssl_stapling_verify): the responder is usually reached over plain HTTP, so
  * anyone on the path may answer, and a staple a client cannot verify is one a
  * strict client (Firefox) fails the handshake on, for as long as the answer's
  * own nextUpdate says. Only the issuer or a responder it certified for OCSP
  * signing may sign (RFC 6960 §4.2.2.2).
  */
-import { createHash, type KeyObject, verify, X509Certificate as NodeCertificate } from 'node:crypto';
+import { createHash, X509Certificate as NodeCertificate } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { AlgorithmIdentifier, Certificate } from '@peculiar/asn1-x509';
 import {
@@ -33,30 +33,15 @@ import { request } from 'undici';
 import type { Logger } from '../../keyserver/shared/log.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 import type { ServedCertificate } from '../certs/certificate.js';
+import { checkOcspSigner } from './ocsp-signer.js';
 
 const SHA1 = '1.3.14.3.2.26';
-/** id-kp-OCSPSigning (RFC 6960 §4.2.2.2): what a delegated responder's certificate must say it is for. */
-const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
-/** The response signature algorithms checked (RFC 5754, RFC 5758, RFC 8410), with the hash node:crypto verifies under; any other is refused. */
-const SIGNATURE_HASHES: Readonly<Record<string, string | null>> = {
-  '1.2.840.113549.1.1.5': 'sha1',
-  '1.2.840.113549.1.1.11': 'sha256',
-  '1.2.840.113549.1.1.12': 'sha384',
-  '1.2.840.113549.1.1.13': 'sha512',
-  '1.2.840.10045.4.1': 'sha1',
-  '1.2.840.10045.4.3.2': 'sha256',
-  '1.2.840.10045.4.3.3': 'sha384',
-  '1.2.840.10045.4.3.4': 'sha512',
-  '1.3.101.112': null,
-};
 /**
  * Fetches in flight at once to one responder (its URL's origin): a start with thousands of stapled certificates
  * began every fetch in one moment, a socket each in a worker that needs its descriptors for clients, and thousands of
  * requests at once at the CA. Per origin, so one responder that never answers holds up no other's certificates.
  */
 const FETCHES_PER_RESPONDER = 8;
-/** Responder certificates looked at in one response: a real one carries one. */
-const MAX_RESPONDER_CERTS = 4;
 /** Refresh at least this long before nextUpdate, and this often when a response has no nextUpdate. */
 const REFRESH_MARGIN_MS = 60 * 60 * 1000;
 const MIN_REFRESH_MS = 60 * 1000;
@@ -173,42 +158,6 @@ export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), n
   if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
   if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
   return { thisUpdate: single.thisUpdate, nextUpdate: single.nextUpdate };
-}
-
-/**
- * Checks who signed a DER OCSPResponse (RFC 6960 §4.2.2.2): `issuer` itself, or
- * a certificate in the response that `issuer` signed, that says it is for OCSP
- * signing and that is valid now. Throws saying why not. Call after
- * checkOcspResponse (which tells the response is a basic one).
- */
-export function checkOcspSigner(der: Buffer, issuer: NodeCertificate, now = new Date()): void {
-  const response = AsnConvert.parse(der, OCSPResponse);
-  const basic = AsnConvert.parse(response.responseBytes!.response.buffer, BasicOCSPResponse);
-  const algorithm = basic.signatureAlgorithm.algorithm;
-  const hash = SIGNATURE_HASHES[algorithm];
-  if (hash === undefined) throw new Error(`the response is signed with ${algorithm}, not an algorithm checked here`);
-  // The bytes as received: re-encoding them could differ from what was signed.
-  const tbs = Buffer.from(basic.tbsResponseDataRaw ?? AsnConvert.serialize(basic.tbsResponseData));
-  const signature = Buffer.from(basic.signature);
-  const signedBy = (key: KeyObject): boolean => {
-    try {
-      return verify(hash, tbs, key, signature);
-    } catch {
-      return false;
-    }
-  };
-  if (signedBy(issuer.publicKey)) return;
-  for (const cert of (basic.certs ?? []).slice(0, MAX_RESPONDER_CERTS)) {
-    const der = Buffer.from(AsnConvert.serialize(cert));
-    const responder = new NodeCertificate(der);
-    if (!responder.checkIssued(issuer) || !responder.verify(issuer.publicKey)) continue;
-    const parsed = new x509.X509Certificate(der);
-    const usages = parsed.getExtension(x509.ExtendedKeyUsageExtension)?.usages.map(String) ?? [];
-    if (!usages.includes(OCSP_SIGNING)) continue;
-    if (parsed.notBefore.getTime() > now.getTime() || parsed.notAfter.getTime() <= now.getTime()) continue;
-    if (signedBy(responder.publicKey)) return;
-  }
-  throw new Error("the response is signed neither by the certificate's issuer nor by a responder the issuer certified for OCSP signing");
 }
 
 /**
