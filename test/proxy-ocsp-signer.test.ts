@@ -15,7 +15,7 @@ import { createCa, type Issued, issue, type TestCa, writeIssued, writePem } from
 // Who signed an OCSP response (RFC 6960 §4.2.2.2): the certificate's issuer, or a responder certificate the issuer
 // signed for OCSP signing (id-kp-OCSPSigning). The responder is reached over plain HTTP, so anyone on the path may
 // answer; a staple signed by anyone else is one a strict client (Firefox) rejects, failing the handshake, for as long
-// as the forged nextUpdate says. openssl s_server and nginx (ssl_stapling_verify, on by default) staple no such thing.
+// as the forged nextUpdate says. nginx with ssl_stapling_verify on (as Mozilla's recommended configuration has it) staples no such thing.
 const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
 const lines: Record<string, unknown>[] = [];
 const log = createLogger('ocsp-signer-test', 'info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
