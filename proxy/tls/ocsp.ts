@@ -10,7 +10,7 @@
  * that is down, means a handshake without a staple, never a slower one.
  *
  * The responder's signature is checked here too (ocsp-signer.ts), as nginx
- * does (ssl_stapling_verify): the responder is usually reached over plain HTTP, so
+ * does with ssl_stapling_verify on: the responder is usually reached over plain HTTP, so
  * anyone on the path may answer, and a staple a client cannot verify is one a
  * strict client (Firefox) fails the handshake on, for as long as the answer's
  * own nextUpdate says. Only the issuer or a responder it certified for OCSP
