@@ -351,3 +351,32 @@ describe('an older answer sent again (a replay from the path, or a stale cache)'
     }
   });
 });
+
+describe('a stapler stopped while a responder is being asked', () => {
+  it('drops the fetch at once: a worker that stops does not wait out the fetch deadline on a responder that never answers', async () => {
+    let closed: number | undefined;
+    let arrived = false;
+    const silent = http.createServer((req) => {
+      arrived = true;
+      req.socket.once('close', () => void (closed = Date.now()));
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const at = (silent.address() as net.AddressInfo).port;
+    const leaf = await issue(ca, { commonName: 'silent.example', dnsNames: ['silent.example'], keyAlgorithm: 'ec-p256', ocspUrl: `http://127.0.0.1:${at}/` });
+    const stapler = new OcspStapler(log);
+    try {
+      stapler.track({ name: 'silent', leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate);
+      for (const started = Date.now(); Date.now() - started < 10_000 && !arrived; ) await sleep(25);
+      expect(arrived).toBe(true);
+      const stopped = Date.now();
+      stapler.stop();
+      // The fetch deadline is 10 s: a fetch let run holds its connection (and the worker's exit) until then.
+      for (; Date.now() - stopped < 4_000 && closed === undefined; ) await sleep(25);
+      expect(closed, 'the connection to the responder is still open').toBeDefined();
+    } finally {
+      stapler.stop();
+      silent.closeAllConnections();
+      silent.close();
+    }
+  });
+});

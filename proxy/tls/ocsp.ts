@@ -163,7 +163,8 @@ export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), n
 /**
  * Keeps staples fresh for a set of certificates. Contract: `track` and
  * `untrack` are called when certificates are loaded or replaced; `stapleOf`
- * is called in the handshake and never blocks; `stop` ends all timers.
+ * is called in the handshake and never blocks; `stop` ends all timers and
+ * the fetches under way.
  */
 export class OcspStapler {
   readonly #staples = new Map<string, Staple>();
@@ -173,6 +174,8 @@ export class OcspStapler {
   readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
   readonly #timing: StaplerTiming;
+  /** Aborted by `stop`: a fetch under way would hold its connection, and the worker's exit, until its deadline. */
+  readonly #stopped = new AbortController();
   /** By responder origin: fetches running, and the ones waiting for a turn, first come first served. */
   readonly #responders = new Map<string, { running: number; readonly waiting: (() => void)[] }>();
 
@@ -230,7 +233,7 @@ export class OcspStapler {
     const refresh = async (): Promise<void> => {
       let delay: number;
       try {
-        const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request) : undefined));
+        const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request, this.#stopped.signal) : undefined));
         // Untracked while it waited for its turn: nobody's to fetch.
         if (der === undefined) return;
         let answer: { thisUpdate: Date; nextUpdate: Date | undefined };
@@ -257,6 +260,8 @@ export class OcspStapler {
         delay = this.#timing.refreshIn(nextUpdate, Date.now());
         this.#log.info({ certificate: loop.name, nextUpdate }, 'OCSP staple updated');
       } catch (err) {
+        // Stopped or untracked meanwhile (its fetch aborted by `stop`): nothing to tell, nothing to try again.
+        if (!current()) return;
         const { retryMs } = this.#timing;
         delay = retryMs[Math.min(failures, retryMs.length - 1)]!;
         failures++;
@@ -305,6 +310,7 @@ export class OcspStapler {
   }
 
   stop(): void {
+    this.#stopped.abort();
     for (const loop of this.#loops.values()) clearTimeout(loop.timer);
     this.#loops.clear();
   }
@@ -314,9 +320,9 @@ function leafKey(der: Buffer): string {
   return createHash('sha256').update(der).digest('hex');
 }
 
-async function fetchOcsp(url: string, body: Buffer): Promise<Buffer> {
+async function fetchOcsp(url: string, body: Buffer, stopped: AbortSignal): Promise<Buffer> {
   // One deadline for the whole fetch: undici's body timeout is between chunks, and a trickle would hold the loop.
-  const signal = AbortSignal.timeout(FETCH_TIMEOUT_MS * 2);
+  const signal = AbortSignal.any([AbortSignal.timeout(FETCH_TIMEOUT_MS * 2), stopped]);
   const response = await request(url, {
     method: 'POST',
     headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response' },
