@@ -380,3 +380,44 @@ describe('a stapler stopped while a responder is being asked', () => {
     }
   });
 });
+
+describe('bytes an OCSP answer has no place for', () => {
+  // Outside what is signed (after the answer, or after its signature's elements): anyone on the responder's path may
+  // add them, and the signature still verifies. A strict DER reader refuses such an answer (Firefox's mozilla::pkix,
+  // Go's x/crypto/ocsp, pyca/cryptography: "ExtraData"), and Firefox fails the handshake on a staple it cannot read.
+  /** A DER header for `content` under `tag`. */
+  const tlv = (tag: number, content: Buffer): Buffer => {
+    const n = content.length;
+    const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+    return Buffer.concat([Buffer.from([tag, ...length]), content]);
+  };
+  /** The content of the element at the start of `der`. */
+  const contentOf = (der: Buffer): Buffer => der.subarray(der[1]! < 0x80 ? 2 : 2 + (der[1]! & 0x7f), der.length);
+
+  it("are refused, whether after the answer or inside its signed part's wrapper; the answer as sent is stapled", async () => {
+    const name = 'extra-bytes';
+    const { leaf, certificate } = await leafAt(name);
+    const good = readFileSync(await answer(name, leaf, ca, 'good'));
+    const certId = buildOcspRequest(leaf.cert, ca.cert).certId;
+    expect(checkOcspResponse(good, certId)).toBeInstanceOf(Date);
+    const trailing = Buffer.concat([good, Buffer.from('\r\n')]);
+    // The BasicOCSPResponse with one more element after its certificates, the OCTET STRING and SEQUENCEs around it
+    // rebuilt: OCSPResponse { status, [0] { ResponseBytes { type, OCTET STRING { BasicOCSPResponse } } } }.
+    const top = contentOf(good);
+    const status = top.subarray(0, 3); // ENUMERATED successful
+    const responseBytes = contentOf(contentOf(top.subarray(3)));
+    const type = responseBytes.subarray(0, 2 + responseBytes[1]!); // the OID of a basic response
+    const basic = contentOf(responseBytes.subarray(type.length));
+    const padded = tlv(0x30, Buffer.concat([contentOf(basic), Buffer.from([0x05, 0x00])]));
+    const inside = tlv(0x30, Buffer.concat([status, tlv(0xa0, tlv(0x30, Buffer.concat([type, tlv(0x04, padded)])))]));
+    for (const [what, der] of [
+      ['trailing', trailing],
+      ['inside', inside],
+    ] as const) {
+      expect(() => checkOcspResponse(der, certId), what).toThrow(/DER/);
+      answers.set(`/${name}`, der);
+      const outcome = await firstOutcome({ ...certificate, name: `${name}-${what}` } as ServedCertificate);
+      expect(outcome.staple, what).toBeUndefined();
+    }
+  });
+});

@@ -33,6 +33,7 @@ import { request } from 'undici';
 import type { Logger } from '../../keyserver/shared/log.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 import type { ServedCertificate } from '../certs/certificate.js';
+import { checkOcspFraming } from './ocsp-der.js';
 import { checkOcspSigner } from './ocsp-signer.js';
 
 const SHA1 = '1.3.14.3.2.26';
@@ -144,6 +145,7 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
  * an answer from being sent again later, by anyone on the responder's path or by a stale cache, is its time alone.
  */
 export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), newest?: Date): { thisUpdate: Date; nextUpdate: Date | undefined } {
+  checkOcspFraming(der);
   const response = AsnConvert.parse(der, OCSPResponse);
   if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
   if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
