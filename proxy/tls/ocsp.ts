@@ -10,11 +10,13 @@
  * that is down, means a handshake without a staple, never a slower one.
  *
  * The responder's signature is checked here too (ocsp-signer.ts), as nginx
- * does with ssl_stapling_verify on: the responder is usually reached over plain HTTP, so
- * anyone on the path may answer, and a staple a client cannot verify is one a
- * strict client (Firefox) fails the handshake on, for as long as the answer's
- * own nextUpdate says. Only the issuer or a responder it certified for OCSP
- * signing may sign (RFC 6960 §4.2.2.2).
+ * does with ssl_stapling_verify on, and the answer's DER framing
+ * (ocsp-der.ts): the responder is usually reached over plain HTTP, so anyone
+ * on the path may answer, and a staple a client cannot verify or read is one
+ * a strict client (Firefox) fails the handshake on, for as long as the
+ * answer's own nextUpdate says. Only the issuer or a responder it certified
+ * for OCSP signing may sign (RFC 6960 §4.2.2.2). Answers are taken in
+ * thisUpdate order, and a signed "revoked" withdraws the staple.
  */
 import { createHash, X509Certificate as NodeCertificate } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
