@@ -421,3 +421,61 @@ describe('bytes an OCSP answer has no place for', () => {
     }
   });
 });
+
+describe('how long an answer is stapled', () => {
+  // A strict client takes an answer as old past its nextUpdate, past ten days after its thisUpdate, and past one day
+  // after it when it has no nextUpdate (mozilla::pkix: "NSS requires all OCSP responses without a nextUpdate to be
+  // recent"), a Must-Staple certificate failing its handshakes then: stapling one longer only serves a staple refused.
+  const DAY = 86_400_000;
+
+  it('without a nextUpdate: a day after its thisUpdate, no longer', async () => {
+    const name = 'no-next-update';
+    const { leaf } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const request = join(dir, `${name}-req.der`);
+    const response = join(dir, `${name}-resp.der`);
+    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+    const key = writeIssued(dir, `${name}-ca`, ca).key;
+    // No -ndays or -nmin: openssl leaves nextUpdate out.
+    const made = await run('openssl', ['ocsp', '-index', index, '-rsigner', caFile, '-rkey', key, '-CA', caFile, '-reqin', request, '-respout', response]);
+    expect(made.code, made.stderr).toBe(0);
+    const printed = await run('openssl', ['ocsp', '-respin', response, '-resp_text', '-noverify']);
+    expect(printed.stdout).not.toContain('Next Update');
+    const der = readFileSync(response);
+    const certId = buildOcspRequest(leaf.cert, ca.cert).certId;
+    const until = checkOcspResponse(der, certId);
+    expect(until).toBeInstanceOf(Date);
+    expect(Math.abs(until!.getTime() - Date.now() - DAY)).toBeLessThan(10 * 60_000);
+    expect(() => checkOcspResponse(der, certId, new Date(Date.now() + 2 * DAY))).toThrow(/expired/);
+  });
+
+  it('with a nextUpdate a month ahead: ten days after its thisUpdate, no longer', async () => {
+    const name = 'month-ahead';
+    const { leaf } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const request = join(dir, `${name}-req.der`);
+    const response = join(dir, `${name}-resp.der`);
+    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+    const key = writeIssued(dir, `${name}-ca`, ca).key;
+    const made = await run('openssl', [
+      'ocsp',
+      '-index',
+      index,
+      '-rsigner',
+      caFile,
+      '-rkey',
+      key,
+      '-CA',
+      caFile,
+      '-ndays',
+      '30',
+      '-reqin',
+      request,
+      '-respout',
+      response,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const until = checkOcspResponse(readFileSync(response), buildOcspRequest(leaf.cert, ca.cert).certId);
+    expect(Math.abs(until!.getTime() - Date.now() - 10 * DAY)).toBeLessThan(10 * 60_000);
+  });
+});

@@ -136,7 +136,14 @@ export class OcspRevokedError extends Error {
   }
 }
 
-/** Checks a DER OCSPResponse; returns its nextUpdate, or throws saying why it is unfit to staple. */
+/** How long after its thisUpdate an answer without a nextUpdate is stapled, and any answer at most. */
+const NO_NEXT_UPDATE_MS = 24 * 60 * 60 * 1000;
+const LONGEST_ANSWER_MS = 10 * NO_NEXT_UPDATE_MS;
+
+/**
+ * Checks a DER OCSPResponse; returns until when it may be stapled (its nextUpdate, or earlier: checkOcspAnswer), or
+ * throws saying why it is unfit to staple.
+ */
 export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
   return checkOcspAnswer(der, certId, now).nextUpdate;
 }
@@ -159,9 +166,14 @@ export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), n
     throw new Error(`the response (thisUpdate ${single.thisUpdate.toISOString()}) is older than one already taken`);
   if (single.certStatus.revoked !== undefined) throw new OcspRevokedError(single.thisUpdate);
   if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
-  if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
-  if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
-  return { thisUpdate: single.thisUpdate, nextUpdate: single.nextUpdate };
+  const thisUpdate = single.thisUpdate.getTime();
+  if (thisUpdate > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
+  if (single.nextUpdate !== undefined && single.nextUpdate.getTime() < thisUpdate) throw new Error('nextUpdate is before thisUpdate');
+  // Until when a strict client takes it as current: its nextUpdate, a day after thisUpdate without one, and never
+  // more than ten days after it (mozilla::pkix, pkixocsp.cpp; the Baseline Requirements' §4.9.10 longest validity).
+  const until = Math.min(single.nextUpdate?.getTime() ?? thisUpdate + NO_NEXT_UPDATE_MS, thisUpdate + LONGEST_ANSWER_MS);
+  if (until <= now.getTime()) throw new Error('the response has expired');
+  return { thisUpdate: single.thisUpdate, nextUpdate: new Date(until) };
 }
 
 /**
