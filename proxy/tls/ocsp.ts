@@ -89,7 +89,8 @@ interface Loop {
 
 interface Staple {
   readonly der: Buffer;
-  readonly nextUpdate: Date | undefined;
+  /** Until when it is stapled (OcspAnswer). */
+  readonly until: Date;
 }
 
 /** The responder URL of a leaf, if it names one over http(s). */
@@ -136,6 +137,14 @@ export class OcspRevokedError extends Error {
   }
 }
 
+/** A "good" answer's times: its own, and until when it is stapled. */
+export interface OcspAnswer {
+  readonly thisUpdate: Date;
+  /** As the answer says: none means newer information is always available (RFC 6960 §4.2.2.1). */
+  readonly nextUpdate: Date | undefined;
+  readonly until: Date;
+}
+
 /** How long after its thisUpdate an answer without a nextUpdate is stapled, and any answer at most. */
 const NO_NEXT_UPDATE_MS = 24 * 60 * 60 * 1000;
 const LONGEST_ANSWER_MS = 10 * NO_NEXT_UPDATE_MS;
@@ -145,7 +154,7 @@ const LONGEST_ANSWER_MS = 10 * NO_NEXT_UPDATE_MS;
  * throws saying why it is unfit to staple.
  */
 export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
-  return checkOcspAnswer(der, certId, now).nextUpdate;
+  return checkOcspAnswer(der, certId, now).until;
 }
 
 /**
@@ -153,7 +162,7 @@ export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date())
  * answer already taken): there is no nonce (most responders ignore one, and answers come from caches), so what keeps
  * an answer from being sent again later, by anyone on the responder's path or by a stale cache, is its time alone.
  */
-export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), newest?: Date): { thisUpdate: Date; nextUpdate: Date | undefined } {
+export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), newest?: Date): OcspAnswer {
   checkOcspFraming(der);
   const response = AsnConvert.parse(der, OCSPResponse);
   if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
@@ -173,7 +182,7 @@ export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), n
   // more than ten days after it (mozilla::pkix, pkixocsp.cpp; the Baseline Requirements' §4.9.10 longest validity).
   const until = Math.min(single.nextUpdate?.getTime() ?? thisUpdate + NO_NEXT_UPDATE_MS, thisUpdate + LONGEST_ANSWER_MS);
   if (until <= now.getTime()) throw new Error('the response has expired');
-  return { thisUpdate: single.thisUpdate, nextUpdate: new Date(until) };
+  return { thisUpdate: single.thisUpdate, nextUpdate: single.nextUpdate, until: new Date(until) };
 }
 
 /**
@@ -210,7 +219,7 @@ export class OcspStapler {
   #current(key: string): Buffer | undefined {
     const staple = this.#staples.get(key);
     if (staple === undefined) return undefined;
-    if (staple.nextUpdate !== undefined && staple.nextUpdate.getTime() <= Date.now()) return undefined;
+    if (staple.until.getTime() <= Date.now()) return undefined;
     return staple.der;
   }
 
@@ -252,7 +261,7 @@ export class OcspStapler {
         const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request, this.#stopped.signal) : undefined));
         // Untracked while it waited for its turn: nobody's to fetch.
         if (der === undefined) return;
-        let answer: { thisUpdate: Date; nextUpdate: Date | undefined };
+        let answer: OcspAnswer;
         try {
           answer = checkOcspAnswer(der, certId, new Date(), newest);
         } catch (err) {
@@ -267,14 +276,15 @@ export class OcspStapler {
           throw err;
         }
         checkOcspSigner(der, issuer);
-        const { nextUpdate } = answer;
+        const { nextUpdate, until } = answer;
         newest = answer.thisUpdate;
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
-        this.#staples.set(key, { der, nextUpdate });
+        this.#staples.set(key, { der, until });
         failures = 0;
-        delay = this.#timing.refreshIn(nextUpdate, Date.now());
-        this.#log.info({ certificate: loop.name, nextUpdate }, 'OCSP staple updated');
+        // Asked again by what the answer says: hourly without a nextUpdate, as before a day is out.
+        delay = this.#timing.refreshIn(nextUpdate === undefined ? undefined : until, Date.now());
+        this.#log.info({ certificate: loop.name, nextUpdate: until }, 'OCSP staple updated');
       } catch (err) {
         // Stopped or untracked meanwhile (its fetch aborted by `stop`): nothing to tell, nothing to try again.
         if (!current()) return;
