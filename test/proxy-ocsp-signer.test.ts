@@ -370,7 +370,7 @@ describe('a stapler stopped while a responder is being asked', () => {
       expect(arrived).toBe(true);
       const stopped = Date.now();
       stapler.stop();
-      // The fetch deadline is 10 s: a fetch let run holds its connection (and the worker's exit) until then.
+      // A fetch let run holds its connection (and the worker's exit) until its deadline: 5 s for headers, 10 s in all.
       for (; Date.now() - stopped < 4_000 && closed === undefined; ) await sleep(25);
       expect(closed, 'the connection to the responder is still open').toBeDefined();
     } finally {
