@@ -10,7 +10,7 @@ import type { EtcdStore, StoreChange } from '../proxy/store/etcd-store.js';
 import { acquireLock, fencedPut } from '../proxy/store/lock.js';
 import { StoreConflictError, StoreUnavailableError, StoreValueTooLargeError } from '../proxy/store/storage.js';
 import { rotateSharedTicketKeys, sharedTicketKeys } from '../proxy/store/tickets.js';
-import { TICKET_KEY_BYTES } from '../proxy/tls/tickets.js';
+import { TICKET_KEY_BYTES, TICKET_KEYS_KEPT, TicketKeyRing } from '../proxy/tls/tickets.js';
 import { CertificateError } from '../proxy/certs/errors.js';
 import { loadIssuerPool } from '../proxy/certs/issuers.js';
 import { putCertificate } from '../proxy/certs/manage.js';
@@ -136,6 +136,21 @@ describe('the fleet store mirror', () => {
     expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('rotated');
     const now = sharedTicketKeys(node)!;
     expect(now.keys.length === 2 && now.keys[1]!.equals(old) && Math.abs(now.rotatedAt - Date.now()) < 60_000).toBe(true);
+  });
+
+  it('takes the newest keys of a ring longer than a ring holds (written by hand), as a ring every node can use', async () => {
+    const node = await store('/fleet-long-ring/', 'long');
+    const raw = client();
+    const keys = Array.from({ length: 17 }, () => randomBytes(TICKET_KEY_BYTES));
+    await raw.put('/fleet-long-ring/tickets').value(JSON.stringify({ keys: keys.map((k) => k.toString('base64')), rotatedAt: new Date().toISOString() }));
+    expect(await rotateSharedTicketKeys(node, { force: false, periodMs: 3_600_000, waitMs: 5_000 })).toBe('not-due');
+    const ring = sharedTicketKeys(node)!;
+    // Taken whole, it was more keys than a ring takes: the primary's replace threw, at start (no node started) and
+    // from the watch (an unhandled rejection: every node of the fleet stopped).
+    const mine = new TicketKeyRing();
+    expect(() => mine.replace(ring.keys)).not.toThrow();
+    expect(ring.keys).toHaveLength(TICKET_KEYS_KEPT);
+    expect(ring.keys[0]!.equals(keys[0]!)).toBe(true);
   });
 
   it('drops a change older than what it holds', async () => {

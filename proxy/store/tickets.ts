@@ -97,7 +97,9 @@ function parseRing(text: string, revision: number): SharedTicketKeys | undefined
   try {
     const raw = JSON.parse(text) as { keys?: unknown; rotatedAt?: unknown };
     if (!Array.isArray(raw.keys) || raw.keys.length === 0 || typeof raw.rotatedAt !== 'string') return undefined;
-    const keys = raw.keys.map((k) => Buffer.from(String(k), 'base64'));
+    // The newest TICKET_KEYS_KEPT, as a rotation keeps: a ring written by hand with more keys than a ring takes
+    // (tls/tickets.ts) made the primary's replace throw, at start and from the watch, on every node at once.
+    const keys = raw.keys.slice(0, TICKET_KEYS_KEPT).map((k) => Buffer.from(String(k), 'base64'));
     if (keys.some((k) => k.length !== TICKET_KEY_BYTES)) return undefined;
     const rotatedAt = Date.parse(raw.rotatedAt);
     return Number.isFinite(rotatedAt) ? { keys, rotatedAt, revision } : undefined;

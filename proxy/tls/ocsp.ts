@@ -4,15 +4,21 @@
  * For each served certificate whose leaf names an OCSP responder (Authority
  * Information Access, RFC 5280 §4.2.2.1) and whose chain holds its issuer, a
  * background loop fetches a response, checks it is for this certificate,
- * "good" and current, and caches its DER until shortly before nextUpdate. The
+ * "good" and current, and caches its DER, asking again halfway to nextUpdate
+ * (at least every 12 hours, and an hour before it at the latest). The
  * handshake only reads the cache (`stapleFor`): no staple yet, or a responder
  * that is down, means a handshake without a staple, never a slower one.
  *
- * The responder's signature is checked by the client that receives the staple
- * (that is what stapling relies on); here we only refuse to staple what is
- * plainly not a current "good" answer for this certificate.
+ * The responder's signature is checked here too (ocsp-signer.ts), as nginx
+ * does with ssl_stapling_verify on, and the answer's DER framing
+ * (ocsp-der.ts): the responder is usually reached over plain HTTP, so anyone
+ * on the path may answer, and a staple a client cannot verify or read is one
+ * a strict client (Firefox) fails the handshake on, for as long as the
+ * answer's own nextUpdate says. Only the issuer or a responder it certified
+ * for OCSP signing may sign (RFC 6960 §4.2.2.2). Answers are taken in
+ * thisUpdate order, and a signed "revoked" withdraws the staple.
  */
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate as NodeCertificate } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { AlgorithmIdentifier, Certificate } from '@peculiar/asn1-x509';
 import {
@@ -29,12 +35,43 @@ import { request } from 'undici';
 import type { Logger } from '../../keyserver/shared/log.js';
 import * as x509 from '../../keyserver/shared/x509.js';
 import type { ServedCertificate } from '../certs/certificate.js';
+import { checkOcspFraming } from './ocsp-der.js';
+import { checkOcspSigner } from './ocsp-signer.js';
 
 const SHA1 = '1.3.14.3.2.26';
-/** Refresh this long before nextUpdate, and at least this often when a response has no nextUpdate. */
+/**
+ * Fetches in flight at once to one responder (its URL's origin): a start with thousands of stapled certificates
+ * began every fetch in one moment, a socket each in a worker that needs its descriptors for clients, and thousands of
+ * requests at once at the CA. Per origin, so one responder that never answers holds up no other's certificates.
+ */
+const FETCHES_PER_RESPONDER = 8;
+/** Refresh at least this long before nextUpdate, and this often when a response has no nextUpdate. */
 const REFRESH_MARGIN_MS = 60 * 60 * 1000;
 const MIN_REFRESH_MS = 60 * 1000;
+/** Refresh at least this often, whatever nextUpdate says. */
+const MAX_REFRESH_MS = 12 * 60 * 60 * 1000;
 const RETRY_MS = [5_000, 30_000, 120_000, 600_000];
+
+/** When a leaf's responder is asked again: after a good answer with this nextUpdate, and after the nth failure in a row. */
+export interface StaplerTiming {
+  readonly refreshIn: (nextUpdate: Date | undefined, now: number) => number;
+  readonly retryMs: readonly number[];
+}
+
+/**
+ * The delay before the next fetch after a good answer with `nextUpdate`: half the time it has left, at most
+ * MAX_REFRESH_MS, and at least REFRESH_MARGIN_MS before it ends. An answer is renewed by its CA long before it ends
+ * (the Baseline Requirements' §4.9.10 has one within four days of the last, good for ten at most), so
+ * asking early leaves a responder outage days to pass before the staple ends; asked only an hour before, an outage of
+ * that hour left the certificate unstapled (a Must-Staple one failing every handshake). nginx asks every hour.
+ */
+export function refreshDelay(nextUpdate: Date | undefined, now = Date.now()): number {
+  if (nextUpdate === undefined) return MIN_REFRESH_MS * 60;
+  const left = nextUpdate.getTime() - now;
+  return Math.max(MIN_REFRESH_MS, Math.min(left / 2, left - REFRESH_MARGIN_MS, MAX_REFRESH_MS));
+}
+
+const TIMING: StaplerTiming = { refreshIn: refreshDelay, retryMs: RETRY_MS };
 const FETCH_TIMEOUT_MS = 5_000;
 /** The largest response stapled; a larger one is not read past this. */
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -43,11 +80,17 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 interface Loop {
   timer: NodeJS.Timeout | undefined;
   name: string;
+  /**
+   * Every entry name the leaf is tracked under: one chain may serve under two (an entry renamed by adding the new
+   * name, then removing the old). The loop and its staple end with the last of them, not with the first removed.
+   */
+  readonly names: Set<string>;
 }
 
 interface Staple {
   readonly der: Buffer;
-  readonly nextUpdate: Date | undefined;
+  /** Until when it is stapled (OcspAnswer). */
+  readonly until: Date;
 }
 
 /** The responder URL of a leaf, if it names one over http(s). */
@@ -71,28 +114,82 @@ export function buildOcspRequest(leaf: x509.X509Certificate, issuer: x509.X509Ce
   return { der: Buffer.from(AsnConvert.serialize(request)), certId };
 }
 
-/** Checks a DER OCSPResponse; returns its nextUpdate, or throws saying why it is unfit to staple. */
+/**
+ * Whether two CertIDs name the same certificate: the hash algorithm by its OID, not its parameters, which a SHA-1
+ * identifier may carry as NULL or leave out (RFC 5754 §2: a reader accepts both). Go's x/crypto/ocsp, which many
+ * CAs' responders are built on, writes NULL whatever the request had: compared byte for byte, no answer of theirs
+ * covered a certificate. The fields OpenSSL's OCSP_id_cmp compares.
+ */
+function sameCertId(a: CertID, b: CertID): boolean {
+  const bytes = (value: ArrayBuffer | OctetString): Buffer => Buffer.from(value instanceof OctetString ? value.buffer : value);
+  return (
+    a.hashAlgorithm.algorithm === b.hashAlgorithm.algorithm &&
+    bytes(a.issuerNameHash).equals(bytes(b.issuerNameHash)) &&
+    bytes(a.issuerKeyHash).equals(bytes(b.issuerKeyHash)) &&
+    bytes(a.serialNumber).equals(bytes(b.serialNumber))
+  );
+}
+
+/** A response for this certificate that says it is revoked (RFC 6960 §2.2), as of `thisUpdate`. */
+export class OcspRevokedError extends Error {
+  constructor(readonly thisUpdate: Date) {
+    super('the certificate is revoked');
+  }
+}
+
+/** A "good" answer's times: its own, and until when it is stapled. */
+export interface OcspAnswer {
+  readonly thisUpdate: Date;
+  /** As the answer says: none means newer information is always available (RFC 6960 §4.2.2.1). */
+  readonly nextUpdate: Date | undefined;
+  readonly until: Date;
+}
+
+/** How long after its thisUpdate an answer without a nextUpdate is stapled, and any answer at most. */
+const NO_NEXT_UPDATE_MS = 24 * 60 * 60 * 1000;
+const LONGEST_ANSWER_MS = 10 * NO_NEXT_UPDATE_MS;
+
+/**
+ * Checks a DER OCSPResponse; returns until when it may be stapled (its nextUpdate, or earlier: checkOcspAnswer), or
+ * throws saying why it is unfit to staple.
+ */
 export function checkOcspResponse(der: Buffer, certId: CertID, now = new Date()): Date | undefined {
+  return checkOcspAnswer(der, certId, now).until;
+}
+
+/**
+ * As checkOcspResponse, with the answer's thisUpdate, refusing one older than `newest` (the thisUpdate of the newest
+ * answer already taken): there is no nonce (most responders ignore one, and answers come from caches), so what keeps
+ * an answer from being sent again later, by anyone on the responder's path or by a stale cache, is its time alone.
+ */
+export function checkOcspAnswer(der: Buffer, certId: CertID, now = new Date(), newest?: Date): OcspAnswer {
+  checkOcspFraming(der);
   const response = AsnConvert.parse(der, OCSPResponse);
   if (response.responseStatus !== OCSPResponseStatus.successful) throw new Error(`responder status ${OCSPResponseStatus[response.responseStatus]}`);
   if (response.responseBytes?.responseType !== id_pkix_ocsp_basic) throw new Error('not a basic OCSP response');
   const basic = AsnConvert.parse(response.responseBytes.response.buffer, BasicOCSPResponse);
   // The whole CertID must match (RFC 6960 §4.1.1): a serial alone could be another CA's certificate.
-  const wanted = Buffer.from(AsnConvert.serialize(certId));
-  const single = basic.tbsResponseData.responses.find((r) => Buffer.from(AsnConvert.serialize(r.certID)).equals(wanted));
+  const single = basic.tbsResponseData.responses.find((r) => sameCertId(r.certID, certId));
   if (single === undefined) throw new Error('the response does not cover this certificate');
-  if (single.certStatus.good === undefined) {
-    throw new Error(single.certStatus.revoked !== undefined ? 'the certificate is revoked' : 'certificate status unknown');
-  }
-  if (single.thisUpdate.getTime() > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
-  if (single.nextUpdate !== undefined && single.nextUpdate.getTime() <= now.getTime()) throw new Error('the response has expired');
-  return single.nextUpdate;
+  if (newest !== undefined && single.thisUpdate.getTime() < newest.getTime())
+    throw new Error(`the response (thisUpdate ${single.thisUpdate.toISOString()}) is older than one already taken`);
+  if (single.certStatus.revoked !== undefined) throw new OcspRevokedError(single.thisUpdate);
+  if (single.certStatus.good === undefined) throw new Error('certificate status unknown');
+  const thisUpdate = single.thisUpdate.getTime();
+  if (thisUpdate > now.getTime() + 5 * 60_000) throw new Error('thisUpdate is in the future');
+  if (single.nextUpdate !== undefined && single.nextUpdate.getTime() < thisUpdate) throw new Error('nextUpdate is before thisUpdate');
+  // Until when a strict client takes it as current: its nextUpdate, a day after thisUpdate without one, and never
+  // more than ten days after it (mozilla::pkix, pkixocsp.cpp; the Baseline Requirements' §4.9.10 longest validity).
+  const until = Math.min(single.nextUpdate?.getTime() ?? thisUpdate + NO_NEXT_UPDATE_MS, thisUpdate + LONGEST_ANSWER_MS);
+  if (until <= now.getTime()) throw new Error('the response has expired');
+  return { thisUpdate: single.thisUpdate, nextUpdate: single.nextUpdate, until: new Date(until) };
 }
 
 /**
  * Keeps staples fresh for a set of certificates. Contract: `track` and
  * `untrack` are called when certificates are loaded or replaced; `stapleOf`
- * is called in the handshake and never blocks; `stop` ends all timers.
+ * is called in the handshake and never blocks; `stop` ends all timers and
+ * the fetches under way.
  */
 export class OcspStapler {
   readonly #staples = new Map<string, Staple>();
@@ -101,9 +198,16 @@ export class OcspStapler {
   /** Each tracked certificate's cache key, so a handshake that knows its certificate hashes nothing. */
   readonly #keys = new WeakMap<ServedCertificate, string>();
   readonly #log: Logger;
+  readonly #timing: StaplerTiming;
+  /** Aborted by `stop`: a fetch under way would hold its connection, and the worker's exit, until its deadline. */
+  readonly #stopped = new AbortController();
+  /** By responder origin: fetches running, and the ones waiting for a turn, first come first served. */
+  readonly #responders = new Map<string, { running: number; readonly waiting: (() => void)[] }>();
 
-  constructor(log: Logger) {
+  /** `timing` for tests only. */
+  constructor(log: Logger, timing: StaplerTiming = TIMING) {
     this.#log = log;
+    this.#timing = timing;
   }
 
   /** The staple for a tracked certificate, if one is current: a map lookup, for the handshake path. */
@@ -115,7 +219,7 @@ export class OcspStapler {
   #current(key: string): Buffer | undefined {
     const staple = this.#staples.get(key);
     if (staple === undefined) return undefined;
-    if (staple.nextUpdate !== undefined && staple.nextUpdate.getTime() <= Date.now()) return undefined;
+    if (staple.until.getTime() <= Date.now()) return undefined;
     return staple.der;
   }
 
@@ -128,10 +232,13 @@ export class OcspStapler {
     const running = this.#loops.get(key);
     if (running !== undefined) {
       running.name = certificate.name;
+      running.names.add(certificate.name);
       return;
     }
     const { der: request, certId } = buildOcspRequest(certificate.leaf, issuer);
-    this.#loop(key, { timer: undefined, name: certificate.name }, url, request, certId);
+    // A copy of the issuer's bytes, so the loop holds nothing of the certificate object (see #loop).
+    const signer = new NodeCertificate(Buffer.from(issuer.rawData));
+    this.#loop(key, { timer: undefined, name: certificate.name, names: new Set([certificate.name]) }, url, request, certId, signer);
   }
 
   /**
@@ -142,24 +249,47 @@ export class OcspStapler {
    * (serving/pack.ts): a loop that kept its first certificate kept that
    * pack open, its file unlinked but its disk space held, for the worker's life.
    */
-  #loop(key: string, loop: Loop, url: string, request: Buffer, certId: CertID): void {
+  #loop(key: string, loop: Loop, url: string, request: Buffer, certId: CertID, issuer: NodeCertificate): void {
     this.#loops.set(key, loop);
     const current = (): boolean => this.#loops.get(key) === loop;
     let failures = 0;
+    /** The thisUpdate of the newest answer taken for this leaf, "good" or "revoked": an older one is refused. */
+    let newest: Date | undefined;
     const refresh = async (): Promise<void> => {
       let delay: number;
       try {
-        const der = await fetchOcsp(url, request);
-        const nextUpdate = checkOcspResponse(der, certId);
+        const der = await this.#inTurn(url, () => (current() ? fetchOcsp(url, request, this.#stopped.signal) : undefined));
+        // Untracked while it waited for its turn: nobody's to fetch.
+        if (der === undefined) return;
+        let answer: OcspAnswer;
+        try {
+          answer = checkOcspAnswer(der, certId, new Date(), newest);
+        } catch (err) {
+          // The issuer's own word that the certificate is revoked withdraws the "good" answer cached before: it is
+          // superseded, and stapling it on would tell clients "good" for days after the CA said otherwise. A revoked
+          // certificate is stapled nothing, as one that was never "good". Only once signed: anyone may say "revoked".
+          if (err instanceof OcspRevokedError) {
+            checkOcspSigner(der, issuer);
+            newest = err.thisUpdate;
+            if (current()) this.#staples.delete(key);
+          }
+          throw err;
+        }
+        checkOcspSigner(der, issuer);
+        const { nextUpdate, until } = answer;
+        newest = answer.thisUpdate;
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
-        this.#staples.set(key, { der, nextUpdate });
+        this.#staples.set(key, { der, until });
         failures = 0;
-        const until = nextUpdate === undefined ? MIN_REFRESH_MS * 60 : nextUpdate.getTime() - Date.now() - REFRESH_MARGIN_MS;
-        delay = Math.max(MIN_REFRESH_MS, until);
-        this.#log.info({ certificate: loop.name, nextUpdate }, 'OCSP staple updated');
+        // Asked again by what the answer says: hourly without a nextUpdate, as before a day is out.
+        delay = this.#timing.refreshIn(nextUpdate === undefined ? undefined : until, Date.now());
+        this.#log.info({ certificate: loop.name, nextUpdate: until }, 'OCSP staple updated');
       } catch (err) {
-        delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]!;
+        // Stopped or untracked meanwhile (its fetch aborted by `stop`): nothing to tell, nothing to try again.
+        if (!current()) return;
+        const { retryMs } = this.#timing;
+        delay = retryMs[Math.min(failures, retryMs.length - 1)]!;
         failures++;
         this.#log.warn(
           { certificate: loop.name, responder: url, retryInMs: delay, reason: (err as Error).message },
@@ -171,14 +301,42 @@ export class OcspStapler {
     loop.timer = setTimeout(() => void refresh(), 0).unref();
   }
 
+  /** Runs `fetch` once fewer than FETCHES_PER_RESPONDER fetches to `url`'s origin run. */
+  async #inTurn<T>(url: string, fetch: () => Promise<T> | undefined): Promise<T | undefined> {
+    const origin = new URL(url).origin;
+    let responder = this.#responders.get(origin);
+    if (responder === undefined) {
+      responder = { running: 0, waiting: [] };
+      this.#responders.set(origin, responder);
+    }
+    // A fetch that ends hands its turn to the first waiting, still counted in `running`: none can slip in between.
+    if (responder.running >= FETCHES_PER_RESPONDER) await new Promise<void>((resolve) => responder.waiting.push(resolve));
+    else responder.running++;
+    try {
+      return await fetch();
+    } finally {
+      const next = responder.waiting.shift();
+      if (next !== undefined) next();
+      else if (--responder.running === 0) this.#responders.delete(origin);
+    }
+  }
+
   untrack(certificate: ServedCertificate): void {
     const key = leafKey(Buffer.from(certificate.leaf.rawData));
-    clearTimeout(this.#loops.get(key)?.timer);
+    const loop = this.#loops.get(key);
+    loop?.names.delete(certificate.name);
+    const [other] = loop?.names ?? [];
+    if (loop !== undefined && other !== undefined) {
+      loop.name = other;
+      return;
+    }
+    clearTimeout(loop?.timer);
     this.#loops.delete(key);
     this.#staples.delete(key);
   }
 
   stop(): void {
+    this.#stopped.abort();
     for (const loop of this.#loops.values()) clearTimeout(loop.timer);
     this.#loops.clear();
   }
@@ -188,9 +346,9 @@ function leafKey(der: Buffer): string {
   return createHash('sha256').update(der).digest('hex');
 }
 
-async function fetchOcsp(url: string, body: Buffer): Promise<Buffer> {
+async function fetchOcsp(url: string, body: Buffer, stopped: AbortSignal): Promise<Buffer> {
   // One deadline for the whole fetch: undici's body timeout is between chunks, and a trickle would hold the loop.
-  const signal = AbortSignal.timeout(FETCH_TIMEOUT_MS * 2);
+  const signal = AbortSignal.any([AbortSignal.timeout(FETCH_TIMEOUT_MS * 2), stopped]);
   const response = await request(url, {
     method: 'POST',
     headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response' },

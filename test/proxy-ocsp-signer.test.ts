@@ -1,0 +1,481 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../keyserver/shared/log.js';
+import type { ServedCertificate } from '../proxy/certs/certificate.js';
+import { buildOcspRequest, checkOcspResponse, OcspStapler, refreshDelay } from '../proxy/tls/ocsp.js';
+import { run } from './helpers/clients.js';
+import { sleep } from './helpers/keyserver.js';
+import { writeResponderFiles } from './helpers/ocsp-responder.js';
+import { createCa, type Issued, issue, type TestCa, writeIssued, writePem } from './helpers/pki.js';
+
+// Who signed an OCSP response (RFC 6960 §4.2.2.2): the certificate's issuer, or a responder certificate the issuer
+// signed for OCSP signing (id-kp-OCSPSigning). The responder is reached over plain HTTP, so anyone on the path may
+// answer; a staple signed by anyone else is one a strict client (Firefox) rejects, failing the handshake, for as long
+// as the forged nextUpdate says. nginx with ssl_stapling_verify on (as Mozilla's recommended configuration has it) staples no such thing.
+const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
+const lines: Record<string, unknown>[] = [];
+const log = createLogger('ocsp-signer-test', 'info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+let dir: string;
+let ca: TestCa;
+let caFile: string;
+let responder: http.Server;
+let port: number;
+/** The DER answer the responder sends for each path. */
+const answers = new Map<string, Buffer>();
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ocsp-signer-'));
+  ca = await createCa('Signer Root');
+  caFile = writePem(dir, 'ca', ca.certPem);
+  responder = http.createServer((req, res) => {
+    req.resume();
+    const answer = answers.get(req.url ?? '');
+    if (answer === undefined) return void res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'application/ocsp-response' }).end(answer);
+  });
+  await new Promise<void>((resolve) => responder.listen(0, '127.0.0.1', resolve));
+  port = (responder.address() as net.AddressInfo).port;
+});
+afterAll(() => {
+  responder?.closeAllConnections();
+  responder?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The answer `openssl ocsp` writes for `leaf` with `status`, signed by `signer` (its certificate in the response, as openssl includes it). */
+async function answer(name: string, leaf: Issued, signer: Issued, status: 'good' | 'revoked'): Promise<string> {
+  const { index } = writeResponderFiles(dir, ca, [{ leaf, status }]);
+  const files = writeIssued(dir, `${name}-signer`, signer);
+  const request = join(dir, `${name}-req.der`);
+  const response = join(dir, `${name}-${status}-resp.der`);
+  writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+  const made = await run('openssl', [
+    'ocsp',
+    '-index',
+    index,
+    '-rsigner',
+    files.cert,
+    '-rkey',
+    files.key,
+    '-CA',
+    caFile,
+    '-ndays',
+    '1',
+    '-reqin',
+    request,
+    '-respout',
+    response,
+  ]);
+  expect(made.code, made.stderr).toBe(0);
+  return response;
+}
+
+/** A leaf of `ca` whose responder is /<name>. */
+async function leafAt(name: string): Promise<{ leaf: Issued; certificate: ServedCertificate }> {
+  const leaf = await issue(ca, {
+    commonName: `${name}.example`,
+    dnsNames: [`${name}.example`],
+    keyAlgorithm: 'ec-p256',
+    ocspUrl: `http://127.0.0.1:${port}/${name}`,
+  });
+  return { leaf, certificate: { name, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate };
+}
+
+/**
+ * A leaf of `ca` whose responder at /<name> answers "good", signed by `signer`; `openssl ocsp -respin` tells whether a
+ * client verifying against the CA accepts that answer.
+ */
+async function leafAnsweredBy(name: string, signer: Issued): Promise<{ certificate: ServedCertificate; clientVerifies: boolean }> {
+  const { leaf, certificate } = await leafAt(name);
+  const response = await answer(name, leaf, signer, 'good');
+  answers.set(`/${name}`, readFileSync(response));
+  const leafFile = writePem(dir, `${name}-leaf`, leaf.certPem);
+  const verified = await run('openssl', ['ocsp', '-respin', response, '-issuer', caFile, '-cert', leafFile, '-CAfile', caFile]);
+  return { certificate, clientVerifies: verified.stderr.includes('Response verify OK') };
+}
+
+/** Tracks `certificate` until the stapler logs its first outcome for it; the staple then, and the failure's reason. */
+async function firstOutcome(certificate: ServedCertificate): Promise<{ staple: Buffer | undefined; reason: unknown }> {
+  const stapler = new OcspStapler(log);
+  try {
+    stapler.track(certificate);
+    const outcome = (): Record<string, unknown> | undefined =>
+      lines.find(
+        (l) => l.certificate === certificate.name && (l.msg === 'OCSP staple updated' || l.msg === 'OCSP fetch failed; serving without a fresh staple'),
+      );
+    for (const started = Date.now(); Date.now() - started < 10_000 && outcome() === undefined; ) await sleep(25);
+    expect(outcome(), `no outcome logged for ${certificate.name}`).toBeDefined();
+    return { staple: stapler.stapleOf(certificate), reason: outcome()?.reason };
+  } finally {
+    stapler.stop();
+  }
+}
+
+describe("an OCSP response's signer", () => {
+  it('the issuer itself: stapled', async () => {
+    const { certificate, clientVerifies } = await leafAnsweredBy('by-issuer', ca);
+    expect(clientVerifies).toBe(true);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
+  });
+
+  it('a responder the issuer certified for OCSP signing: stapled', async () => {
+    const delegate = await issue(ca, { commonName: 'Signer Root OCSP', keyAlgorithm: 'ec-p256', extendedKeyUsages: [OCSP_SIGNING] });
+    const { certificate, clientVerifies } = await leafAnsweredBy('delegated', delegate);
+    expect(clientVerifies).toBe(true);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
+  });
+
+  it('a certificate of the issuer without the OCSP-signing usage: not stapled', async () => {
+    const notResponder = await issue(ca, { commonName: 'another.example', dnsNames: ['another.example'], keyAlgorithm: 'ec-p256' });
+    const { certificate, clientVerifies } = await leafAnsweredBy('no-eku', notResponder);
+    expect(clientVerifies).toBe(false);
+    const outcome = await firstOutcome(certificate);
+    expect(outcome.staple).toBeUndefined();
+    expect(outcome.reason).toMatch(/signed/);
+  });
+
+  it('a key the issuer never certified (a forged answer): not stapled', async () => {
+    const forger = await createCa('Signer Root'); // the same name, another key
+    const { certificate, clientVerifies } = await leafAnsweredBy('forged', forger);
+    expect(clientVerifies).toBe(false);
+    const outcome = await firstOutcome(certificate);
+    expect(outcome.staple).toBeUndefined();
+    expect(outcome.reason).toMatch(/signed/);
+  });
+});
+
+describe('a revocation after a "good" answer', () => {
+  it('withdraws the cached staple once the issuer signs "revoked"; a forged "revoked" withdraws nothing', async () => {
+    const name = 'revoked-later';
+    const { leaf, certificate } = await leafAt(name);
+    answers.set(`/${name}`, readFileSync(await answer(name, leaf, ca, 'good')));
+    const forged = readFileSync(await answer(`${name}-forged`, leaf, await createCa('Signer Root'), 'revoked'));
+    const revoked = readFileSync(await answer(name, leaf, ca, 'revoked'));
+    const failures = (reason: RegExp): number =>
+      lines.filter((l) => l.certificate === name && l.msg === 'OCSP fetch failed; serving without a fresh staple' && reason.test(String(l.reason))).length;
+    const until = async (done: () => boolean): Promise<void> => {
+      for (const started = Date.now(); Date.now() - started < 10_000 && !done(); ) await sleep(25);
+      expect(done()).toBe(true);
+    };
+    // Asked again every 200 ms, so the test sees the answers change.
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    try {
+      stapler.track(certificate);
+      await until(() => stapler.stapleOf(certificate) !== undefined);
+      const good = stapler.stapleOf(certificate)!;
+      answers.set(`/${name}`, forged);
+      await until(() => failures(/./) >= 2);
+      expect(stapler.stapleOf(certificate)?.equals(good)).toBe(true);
+      answers.set(`/${name}`, revoked);
+      await until(() => failures(/revoked/) >= 1);
+      // The CA said revoked: the "good" answer it gave before is no longer ours to show.
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+      // The forged ones were refused for their signer, before their status counted.
+      expect(failures(/signed/)).toBeGreaterThanOrEqual(2);
+    } finally {
+      stapler.stop();
+    }
+  });
+});
+
+describe('when a staple is fetched again (refreshDelay)', () => {
+  const HOUR = 3_600_000;
+  const now = Date.parse('2026-12-07T00:00:00Z');
+  const ahead = (ms: number): Date => new Date(now + ms);
+
+  it('well before nextUpdate: a responder down for the last hour of an answer leaves the certificate no staple', () => {
+    // Let's Encrypt's answers are good for 7 days and renewed every few: asked again only an hour before the end, an
+    // outage of that hour (the retries reach 10 minutes apart) ended the staple, and a Must-Staple certificate
+    // failed every handshake, with a newer answer at the responder for days.
+    expect(refreshDelay(ahead(7 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    expect(refreshDelay(ahead(4 * HOUR), now)).toBe(2 * HOUR);
+    expect(refreshDelay(ahead(90 * 60_000), now)).toBe(30 * 60_000);
+    // An answer dated far ahead (a broken or hostile responder) is not kept unasked for its year.
+    expect(refreshDelay(ahead(365 * 24 * HOUR), now)).toBeLessThanOrEqual(12 * HOUR);
+    // Never sooner than a minute, whatever it says; an hour without a nextUpdate.
+    expect(refreshDelay(ahead(30_000), now)).toBe(60_000);
+    expect(refreshDelay(undefined, now)).toBe(HOUR);
+  });
+});
+
+describe('one leaf served under two entry names', () => {
+  it('keeps its staple, and its refreshes, for the name still served when the other is removed', async () => {
+    const { leaf, certificate: first } = await leafAt('shared');
+    answers.set('/shared', readFileSync(await answer('shared', leaf, ca, 'good')));
+    // The same chain under another entry name: an entry renamed by adding the new name, then removing the old.
+    const second = { ...first, name: 'shared-renamed' } as ServedCertificate;
+    let asked = 0;
+    const counting = (req: http.IncomingMessage): void => void (req.url === '/shared' && asked++);
+    responder.on('request', counting);
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    try {
+      stapler.track(first);
+      stapler.track(second);
+      for (const started = Date.now(); Date.now() - started < 10_000 && stapler.stapleOf(second) === undefined; ) await sleep(25);
+      expect(stapler.stapleOf(second)).toBeInstanceOf(Buffer);
+      stapler.untrack(first);
+      expect(stapler.stapleOf(second)).toBeInstanceOf(Buffer);
+      // Still asked again: the loop of the leaf goes on for the name that serves it.
+      const before = asked;
+      for (const started = Date.now(); Date.now() - started < 10_000 && asked < before + 2; ) await sleep(25);
+      expect(asked).toBeGreaterThanOrEqual(before + 2);
+      stapler.untrack(second);
+      expect(stapler.stapleOf(second)).toBeUndefined();
+    } finally {
+      stapler.stop();
+      responder.off('request', counting);
+    }
+  });
+});
+
+describe('many stapled certificates', () => {
+  it('ask their responders a few at a time, not all at once', async () => {
+    // A start with thousands of stapled certificates began every fetch in the same moment: one socket each, in a
+    // worker that needs its descriptors for clients, and thousands of requests at once at the CA's responder.
+    const held: http.ServerResponse[] = [];
+    let inFlight = 0;
+    let most = 0;
+    const crowd = http.createServer((req, res) => {
+      req.resume();
+      inFlight++;
+      most = Math.max(most, inFlight);
+      res.once('close', () => inFlight--);
+      held.push(res);
+    });
+    await new Promise<void>((resolve) => crowd.listen(0, '127.0.0.1', resolve));
+    const at = (crowd.address() as net.AddressInfo).port;
+    const certificates = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const leaf = await issue(ca, {
+          commonName: `crowd${i}.example`,
+          dnsNames: [`crowd${i}.example`],
+          keyAlgorithm: 'ec-p256',
+          ocspUrl: `http://127.0.0.1:${at}/`,
+        });
+        return { name: `crowd${i}`, leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate;
+      }),
+    );
+    const stapler = new OcspStapler(log);
+    try {
+      for (const certificate of certificates) stapler.track(certificate);
+      // Every request the stapler starts is held unanswered: what is in flight after a while is what it allows at once.
+      for (const started = Date.now(); Date.now() - started < 10_000 && held.length < 8; ) await sleep(25);
+      await sleep(1_000);
+      expect(held.length).toBeGreaterThanOrEqual(1);
+      expect(most).toBeLessThanOrEqual(8);
+    } finally {
+      stapler.stop();
+      for (const res of held) res.destroy();
+      crowd.closeAllConnections();
+      crowd.close();
+    }
+  });
+});
+
+describe("a responder's own encoding of the certificate's ID", () => {
+  it('is matched by what it names, not byte for byte: a SHA-1 identifier with NULL parameters covers the certificate', async () => {
+    // Go's golang.org/x/crypto/ocsp, which many CAs' responders are built on, writes its own CertID with the hash
+    // algorithm's parameters NULL, whatever the request had; we ask without them (RFC 5754 §2: either form, and a
+    // reader accepts both; OpenSSL's OCSP_id_cmp compares the algorithm's OID only). openssl makes such a request,
+    // and its responder echoes that CertID, as Go's writes its own.
+    const name = 'null-params';
+    const { leaf, certificate } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const leafFile = writePem(dir, `${name}-leaf`, leaf.certPem);
+    const request = join(dir, `${name}-openssl-req.der`);
+    const response = join(dir, `${name}-openssl-resp.der`);
+    const asked = await run('openssl', ['ocsp', '-issuer', caFile, '-cert', leafFile, '-no_nonce', '-reqout', request]);
+    expect(asked.code, asked.stderr).toBe(0);
+    const made = await run('openssl', [
+      'ocsp',
+      '-index',
+      index,
+      '-rsigner',
+      caFile,
+      '-rkey',
+      writeIssued(dir, `${name}-ca`, ca).key,
+      '-CA',
+      caFile,
+      '-ndays',
+      '1',
+      '-reqin',
+      request,
+      '-respout',
+      response,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const der = readFileSync(response);
+    expect(der.includes(Buffer.from('300906052b0e03021a0500', 'hex'))).toBe(true); // sha1, NULL parameters
+    expect(checkOcspResponse(der, buildOcspRequest(leaf.cert, ca.cert).certId)).toBeInstanceOf(Date);
+    answers.set(`/${name}`, der);
+    expect((await firstOutcome(certificate)).staple).toBeInstanceOf(Buffer);
+  });
+});
+
+describe('an older answer sent again (a replay from the path, or a stale cache)', () => {
+  it('is refused: it neither replaces a newer staple nor brings back the "good" a later "revoked" withdrew', async () => {
+    const name = 'replayed';
+    const { leaf, certificate } = await leafAt(name);
+    // openssl dates an answer to the second: the older one made a second and more before the newer ones.
+    const older = readFileSync(await answer(`${name}-older`, leaf, ca, 'good'));
+    await sleep(1_100);
+    const newer = readFileSync(await answer(`${name}-newer`, leaf, ca, 'good'));
+    const revoked = readFileSync(await answer(`${name}-revoked`, leaf, ca, 'revoked'));
+    const fetched = (): number => lines.filter((l) => l.certificate === name).length;
+    const stapler = new OcspStapler(log, { refreshIn: () => 200, retryMs: [200] });
+    const twoMoreFetches = async (): Promise<void> => {
+      const before = fetched();
+      for (const started = Date.now(); Date.now() - started < 10_000 && fetched() < before + 2; ) await sleep(25);
+      expect(fetched()).toBeGreaterThanOrEqual(before + 2);
+    };
+    try {
+      answers.set(`/${name}`, newer);
+      stapler.track(certificate);
+      for (const started = Date.now(); Date.now() - started < 10_000 && stapler.stapleOf(certificate) === undefined; ) await sleep(25);
+      expect(stapler.stapleOf(certificate)?.equals(newer)).toBe(true);
+      answers.set(`/${name}`, older);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)?.equals(newer)).toBe(true);
+      answers.set(`/${name}`, revoked);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+      answers.set(`/${name}`, older);
+      await twoMoreFetches();
+      expect(stapler.stapleOf(certificate)).toBeUndefined();
+    } finally {
+      stapler.stop();
+    }
+  });
+});
+
+describe('a stapler stopped while a responder is being asked', () => {
+  it('drops the fetch at once: a worker that stops does not wait out the fetch deadline on a responder that never answers', async () => {
+    let closed: number | undefined;
+    let arrived = false;
+    const silent = http.createServer((req) => {
+      arrived = true;
+      req.socket.once('close', () => void (closed = Date.now()));
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const at = (silent.address() as net.AddressInfo).port;
+    const leaf = await issue(ca, { commonName: 'silent.example', dnsNames: ['silent.example'], keyAlgorithm: 'ec-p256', ocspUrl: `http://127.0.0.1:${at}/` });
+    const stapler = new OcspStapler(log);
+    try {
+      stapler.track({ name: 'silent', leaf: leaf.cert, chain: [leaf.cert, ca.cert] } as unknown as ServedCertificate);
+      for (const started = Date.now(); Date.now() - started < 10_000 && !arrived; ) await sleep(25);
+      expect(arrived).toBe(true);
+      const stopped = Date.now();
+      stapler.stop();
+      // A fetch let run holds its connection (and the worker's exit) until its deadline: 5 s for headers, 10 s in all.
+      for (; Date.now() - stopped < 4_000 && closed === undefined; ) await sleep(25);
+      expect(closed, 'the connection to the responder is still open').toBeDefined();
+    } finally {
+      stapler.stop();
+      silent.closeAllConnections();
+      silent.close();
+    }
+  });
+});
+
+describe('bytes an OCSP answer has no place for', () => {
+  // Outside what is signed (after the answer, or after its signature's elements): anyone on the responder's path may
+  // add them, and the signature still verifies. A strict DER reader refuses such an answer (Firefox's mozilla::pkix,
+  // Go's x/crypto/ocsp, pyca/cryptography: "ExtraData"), and Firefox fails the handshake on a staple it cannot read.
+  /** A DER header for `content` under `tag`. */
+  const tlv = (tag: number, content: Buffer): Buffer => {
+    const n = content.length;
+    const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+    return Buffer.concat([Buffer.from([tag, ...length]), content]);
+  };
+  /** The content of the element at the start of `der`. */
+  const contentOf = (der: Buffer): Buffer => der.subarray(der[1]! < 0x80 ? 2 : 2 + (der[1]! & 0x7f), der.length);
+
+  it("are refused, whether after the answer or inside its signed part's wrapper; the answer as sent is stapled", async () => {
+    const name = 'extra-bytes';
+    const { leaf, certificate } = await leafAt(name);
+    const good = readFileSync(await answer(name, leaf, ca, 'good'));
+    const certId = buildOcspRequest(leaf.cert, ca.cert).certId;
+    expect(checkOcspResponse(good, certId)).toBeInstanceOf(Date);
+    const trailing = Buffer.concat([good, Buffer.from('\r\n')]);
+    // The BasicOCSPResponse with one more element after its certificates, the OCTET STRING and SEQUENCEs around it
+    // rebuilt: OCSPResponse { status, [0] { ResponseBytes { type, OCTET STRING { BasicOCSPResponse } } } }.
+    const top = contentOf(good);
+    const status = top.subarray(0, 3); // ENUMERATED successful
+    const responseBytes = contentOf(contentOf(top.subarray(3)));
+    const type = responseBytes.subarray(0, 2 + responseBytes[1]!); // the OID of a basic response
+    const basic = contentOf(responseBytes.subarray(type.length));
+    const padded = tlv(0x30, Buffer.concat([contentOf(basic), Buffer.from([0x05, 0x00])]));
+    const inside = tlv(0x30, Buffer.concat([status, tlv(0xa0, tlv(0x30, Buffer.concat([type, tlv(0x04, padded)])))]));
+    for (const [what, der] of [
+      ['trailing', trailing],
+      ['inside', inside],
+    ] as const) {
+      expect(() => checkOcspResponse(der, certId), what).toThrow(/DER/);
+      answers.set(`/${name}`, der);
+      const outcome = await firstOutcome({ ...certificate, name: `${name}-${what}` } as ServedCertificate);
+      expect(outcome.staple, what).toBeUndefined();
+    }
+  });
+});
+
+describe('how long an answer is stapled', () => {
+  // A strict client takes an answer as old past its nextUpdate, past ten days after its thisUpdate, and past one day
+  // after it when it has no nextUpdate (mozilla::pkix: "NSS requires all OCSP responses without a nextUpdate to be
+  // recent"), a Must-Staple certificate failing its handshakes then: stapling one longer only serves a staple refused.
+  const DAY = 86_400_000;
+
+  it('without a nextUpdate: a day after its thisUpdate, no longer', async () => {
+    const name = 'no-next-update';
+    const { leaf } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const request = join(dir, `${name}-req.der`);
+    const response = join(dir, `${name}-resp.der`);
+    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+    const key = writeIssued(dir, `${name}-ca`, ca).key;
+    // No -ndays or -nmin: openssl leaves nextUpdate out.
+    const made = await run('openssl', ['ocsp', '-index', index, '-rsigner', caFile, '-rkey', key, '-CA', caFile, '-reqin', request, '-respout', response]);
+    expect(made.code, made.stderr).toBe(0);
+    const printed = await run('openssl', ['ocsp', '-respin', response, '-resp_text', '-noverify']);
+    expect(printed.stdout).not.toContain('Next Update');
+    const der = readFileSync(response);
+    const certId = buildOcspRequest(leaf.cert, ca.cert).certId;
+    const until = checkOcspResponse(der, certId);
+    expect(until).toBeInstanceOf(Date);
+    expect(Math.abs(until!.getTime() - Date.now() - DAY)).toBeLessThan(10 * 60_000);
+    expect(() => checkOcspResponse(der, certId, new Date(Date.now() + 2 * DAY))).toThrow(/expired/);
+  });
+
+  it('with a nextUpdate a month ahead: ten days after its thisUpdate, no longer', async () => {
+    const name = 'month-ahead';
+    const { leaf } = await leafAt(name);
+    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
+    const request = join(dir, `${name}-req.der`);
+    const response = join(dir, `${name}-resp.der`);
+    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
+    const key = writeIssued(dir, `${name}-ca`, ca).key;
+    const made = await run('openssl', [
+      'ocsp',
+      '-index',
+      index,
+      '-rsigner',
+      caFile,
+      '-rkey',
+      key,
+      '-CA',
+      caFile,
+      '-ndays',
+      '30',
+      '-reqin',
+      request,
+      '-respout',
+      response,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const until = checkOcspResponse(readFileSync(response), buildOcspRequest(leaf.cert, ca.cert).certId);
+    expect(Math.abs(until!.getTime() - Date.now() - 10 * DAY)).toBeLessThan(10 * 60_000);
+  });
+});
