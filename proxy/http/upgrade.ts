@@ -367,7 +367,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
-        // Either side's end or close closes the other; the client's closes the origin's by its close listener (above).
+        // Either side's end or close closes the other, the tunnel's way (tunnel.ts): a side the relay ended after the
+        // other's last byte lingers, so that what is still on its way to it is not thrown away by a reset. An origin
+        // failure now closes its connection alone, and the tunnel the client's.
+        dropOrigin = undefined;
+        upstream.off('error', onError);
+        upstream.on('error', () => upstream.destroy());
         openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
