@@ -71,7 +71,8 @@
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
  * carry HSTS like every HTTPS answer. A client gone before the answer is
- * logged and counted as 499 (nginx's "client closed request").
+ * logged and counted as 499 (nginx's "client closed request") with
+ * KEYEDGE_HTTP_CLIENT_CLOSED, as a request is (access.ts).
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
@@ -102,6 +103,8 @@ import type { TrustedPeers } from './trusted-peers.js';
 const LINGER_MS = 5_000;
 /** nginx's "client closed request": the client left before the origin answered. */
 const CLIENT_GONE = 499;
+/** Its code, as for every request whose client left before any answer (access.ts, README's metrics). */
+const CLIENT_CLOSED = 'KEYEDGE_HTTP_CLIENT_CLOSED';
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 export const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
@@ -227,13 +230,13 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     /** Ends the origin side of the attempt under way, if any. */
     let dropOrigin: (() => void) | undefined;
     /** What the client's close settles: its leaving before any answer, unless an answer being relayed says otherwise. */
-    let gone = (): void => settle(CLIENT_GONE, undefined);
+    let gone = (): void => settle(CLIENT_GONE, CLIENT_CLOSED);
     client.once('close', () => {
       dropOrigin?.();
       gone();
     });
     // Gone while earlier answers on its connection were sent (above).
-    if (client.destroyed) return settle(CLIENT_GONE, undefined);
+    if (client.destroyed) return settle(CLIENT_GONE, CLIENT_CLOSED);
     // Node hands a CONNECT over as it does an upgrade ('connect', server.ts); its target is never forwarded.
     if (req.method === 'CONNECT') return refuse(CONNECT_REFUSED);
     // The stop, or a certificate change, closes this connection after its first answer (retire.ts): a tunnel would
@@ -399,7 +402,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           bytes += chunk.length;
         });
         client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
-        gone = () => settle(status, cut ?? 'KEYEDGE_HTTP_CLIENT_CLOSED', { bytes, aborted: true });
+        gone = () => settle(status, cut ?? CLIENT_CLOSED, { bytes, aborted: true });
         const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] =>
           Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
         );
