@@ -78,6 +78,9 @@ beforeAll(async () => {
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npart');
         setTimeout(() => socket.destroy(), 100);
       },
+      // Their own HSTS, which is not the operator's (a framework's default, or one that clears the browser's record).
+      '/hsts-101': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nStrict-Transport-Security: max-age=0\r\n\r\n',
+      '/hsts-403': 'HTTP/1.1 403 Forbidden\r\nstrict-transport-security: max-age=31536000; includeSubDomains; preload\r\ncontent-length: 2\r\n\r\nno',
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
     },
@@ -168,6 +171,20 @@ describe('an Upgrade to h2c, answered with a switch to WebSocket', () => {
       leaked: false,
       closed: true,
     });
+  });
+});
+
+describe("an origin's own Strict-Transport-Security on its answer to an Upgrade", () => {
+  // As on every answer to a request (forward-headers.ts answerHeaderList): the operator's HSTS (tls.hstsMaxAgeSeconds,
+  // the domain's hsts), not the origin's, which kept its own: max-age=0 made the browser forget the host's HSTS, and
+  // includeSubDomains the operator did not configure held every subdomain to HTTPS.
+  it.each(['/hsts-101', '/hsts-403'])("%s: is replaced by the proxy's own, sent once", async (path) => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade(path));
+    await waitFor('the answer head', () => (client.text().includes('\r\n\r\n') ? true : undefined));
+    client.socket.destroy();
+    const head = client.text().slice(0, client.text().indexOf('\r\n\r\n'));
+    expect(head.match(/^strict-transport-security: .*$/gim)).toEqual(['strict-transport-security: max-age=63072000']);
   });
 });
 

@@ -70,9 +70,10 @@
  * never a tunnel. A failed connect is retried once on the next
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
- * carry HSTS like every HTTPS answer. A client gone before the answer is
- * logged and counted as 499 (nginx's "client closed request") with
- * KEYEDGE_HTTP_CLIENT_CLOSED, as a request is (access.ts).
+ * carry our HSTS like every HTTPS answer, in place of any the origin sent.
+ * A client gone before the answer is logged and counted as 499 (nginx's
+ * "client closed request") with KEYEDGE_HTTP_CLIENT_CLOSED, as a request is
+ * (access.ts).
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
@@ -121,6 +122,13 @@ const CLOSING_REFUSED: Refusal = {
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 /** The origin's places and queue are full, or the wait was too long: a request's answer (handler.ts), Retry-After included. */
 const BUSY_REFUSED: Refusal = ownFailureRefusal('KEYEDGE_HTTP_ORIGIN_BUSY', 0)!;
+/**
+ * The origin's HSTS never reaches the client: ours (tls.hstsMaxAgeSeconds, the domain's `hsts`) replaces it, as on
+ * every answer to a request. Kept, an origin's max-age=0 made the browser forget the host's HSTS (RFC 6797 §6.1.1),
+ * and its includeSubDomains, which the operator did not set, held every subdomain to HTTPS.
+ */
+const HSTS = 'strict-transport-security';
+const WITH_HSTS: ReadonlySet<string> = new Set([HSTS]);
 /** A tunnel's place at the gate is a long-held one (origin-gate.ts: at most half the places, with streamed uploads). */
 const LONG_HELD = true;
 
@@ -364,8 +372,11 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
         const headers: [string, string][] = [];
-        for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) headers.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
-        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
+          // The operator's HSTS replaces the origin's, as on every answer (forward-headers.ts answerHeaderList).
+          if (res.rawHeaders[i]!.toLowerCase() !== HSTS) headers.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
+        }
+        headers.push([HSTS, hsts]);
         client.write(responseHead(101, res.statusMessage, headers), 'latin1');
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
@@ -403,10 +414,11 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         });
         client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
         gone = () => settle(status, cut ?? CLIENT_CLOSED, { bytes, aborted: true });
-        const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] =>
+        // The operator's HSTS replaces the origin's (above).
+        const headers = Object.entries(endToEndHeaders(res.headers, WITH_HSTS)).flatMap(([name, value]): [string, string][] =>
           Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
         );
-        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        headers.push([HSTS, hsts]);
         // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
         headers.push(['connection', 'close']);
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
