@@ -340,11 +340,19 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       upstream.on('error', onError);
       const onTimeout = (): void => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out'));
       upstream.once('timeout', onTimeout);
+      /**
+       * From the connection on, the wait is for the answer, due responseMs after the request whatever comes before it,
+       * as for requests (README, "Interim answers"; origin-interim.ts): not the socket's idle timer, which each interim
+       * 1xx, or each byte of a head trickled, restarted, so that an origin sending one now and then held the client and
+       * the upgrade's place at the origin for as long as it liked.
+       */
+      let answerDue: NodeJS.Timeout | undefined;
       upstream.once(target.tls === undefined ? 'connect' : 'secureConnect', () => {
         connected = true;
-        // From here on the wait is for the answer: the response timeout applies.
-        upstream.setTimeout(pools.timeouts.responseMs);
+        upstream.setTimeout(0);
+        answerDue = setTimeout(onTimeout, pools.timeouts.responseMs);
       });
+      upstream.once('close', () => clearTimeout(answerDue));
       let request: http.ClientRequest;
       try {
         request = http.request({
@@ -361,6 +369,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       }
       request.on('error', onError);
       request.on('upgrade', (res: IncomingMessage, _socket: Duplex, originHead: Buffer) => {
+        clearTimeout(answerDue);
         // Only the switch the proxy asked for is relayed (above); RFC 6455 §4.1: the client would fail it too.
         if (!websocket || !namesWebSocket(res.headers.upgrade)) {
           return fail('broken', new Error('origin switched to a protocol the proxy did not ask for'));
@@ -390,6 +399,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
+        clearTimeout(answerDue);
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
         if ((res.statusCode ?? 0) < 200) return fail('broken', new Error('origin answered 101 without switching protocols'));
         // Codings besides chunked would reach the client as if they were the content (forward-headers.ts), and a status
