@@ -325,12 +325,15 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         log.warn({ code: refusal.code, domain: route.domain.name, origin, err }, 'origin upgrade failed');
         refuse(refusal);
       };
-      // The client is still there (its leaving ends the attempt first): any failure is the origin's.
+      // The client is still there (its leaving ends the attempt first): any failure is the origin's. But an answer node's
+      // parser refuses (HPE_*) is one the origin gave: 502, not cooled down, as for requests (origin-failure.ts). Cooled
+      // down, a client kept an origin out of rotation with Upgrades to a path it answers so.
       const onError = (err: Error): void => {
         // Node's parse error carries the origin's bytes as `rawPacket` (its answer's content, cookies), which the failure's
         // log line would print; its message says what broke (as origin-exchange.ts does for undici's).
         delete (err as { rawPacket?: unknown }).rawPacket;
-        fail(originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+        const parserRefused = String((err as { code?: unknown }).code ?? '').startsWith('HPE_');
+        fail(parserRefused ? 'not-origin' : originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
       };
       dropOrigin = () => {
         done = true;
