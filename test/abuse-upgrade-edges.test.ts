@@ -89,6 +89,9 @@ beforeAll(async () => {
       '/hsts-101': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nStrict-Transport-Security: max-age=0\r\n\r\n',
       '/hsts-403': 'HTTP/1.1 403 Forbidden\r\nstrict-transport-security: max-age=31536000; includeSubDomains; preload\r\ncontent-length: 2\r\n\r\nno',
       '/refused-head': REFUSED_HEAD,
+      // A switch whose head holds fields for this hop only: hop-by-hop ones, and one its Connection names.
+      '/hop-101':
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop-Secret\r\nX-Hop-Secret: internal\r\nKeep-Alive: timeout=5\r\nSec-WebSocket-Accept: x\r\n\r\n',
       '/ok': OK,
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
@@ -200,6 +203,23 @@ describe("an origin's own Strict-Transport-Security on its answer to an Upgrade"
     client.socket.destroy();
     const head = client.text().slice(0, client.text().indexOf('\r\n\r\n'));
     expect(head.match(/^strict-transport-security: .*$/gim)).toEqual(['strict-transport-security: max-age=63072000']);
+  });
+});
+
+describe("an origin's 101 with fields for the proxy's hop", () => {
+  // RFC 9110 §7.6.1: a proxy removes the hop-by-hop fields and those the Connection field names, as keyedge does from
+  // every other answer (forward-headers.ts); the 101's were all relayed, an origin's field for this hop (a secret it
+  // meant for the proxy) included.
+  it('reaches the client without them, switching to WebSocket', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade('/hop-101'));
+    await waitFor('the 101', () => (client.text().includes('\r\n\r\n') ? true : undefined));
+    client.socket.destroy();
+    const head = client.text().slice(0, client.text().indexOf('\r\n\r\n')).toLowerCase().split('\r\n');
+    expect(head[0]).toBe('http/1.1 101 switching protocols');
+    expect(head.slice(1).sort()).toEqual(
+      ['connection: upgrade', 'sec-websocket-accept: x', 'strict-transport-security: max-age=63072000', 'upgrade: websocket'].sort(),
+    );
   });
 });
 

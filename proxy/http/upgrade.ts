@@ -60,9 +60,11 @@
  *
  * Upgrade and Connection are hop-by-hop (RFC 9110 §7.6.1, §7.8): the client's
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
- * for WebSocket itself, and for nothing else. Any other protocol (h2c above
- * all: "h2c smuggling", where an origin that switches to HTTP/2 takes every
- * later request on the connection straight from the client, past routing and
+ * for WebSocket itself, and for nothing else; the 101 the client gets says the
+ * switch itself, with the origin's end-to-end fields only, as every answer.
+ * Any other protocol (h2c above all: "h2c smuggling", where an origin that
+ * switches to HTTP/2 takes every later request on the connection straight
+ * from the client, past routing and
  * the forwarding headers) is ignored, as RFC 9110 §7.8 lets a server do: the
  * request goes to the origin as an ordinary one and its answer is relayed as
  * below; so is an Upgrade in an HTTP/1.0 request, which RFC 9110 §7.8 has a
@@ -84,7 +86,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { upgradeExpectation } from './expect.js';
-import { refuseTransferCodings } from './forward-headers.js';
+import { answerHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, EXPECTATION_FAILED, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
@@ -383,12 +385,15 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream.setTimeout(0);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
-        const headers: [string, string][] = [];
-        for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
-          // The operator's HSTS replaces the origin's, as on every answer (forward-headers.ts answerHeaderList).
-          if (res.rawHeaders[i]!.toLowerCase() !== HSTS) headers.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
-        }
-        headers.push([HSTS, hsts]);
+        // The origin's end-to-end fields, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones
+        // and those its Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own.
+        // The switch is ours to say to the client (§7.8), to the protocol checked above.
+        const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
+        const headers: [string, string][] = [
+          ['upgrade', 'websocket'],
+          ['connection', 'Upgrade'],
+        ];
+        for (let i = 0; i + 1 < fields.length; i += 2) headers.push([fields[i]!, fields[i + 1]!]);
         client.write(responseHead(101, res.statusMessage, headers), 'latin1');
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
