@@ -47,6 +47,7 @@ beforeAll(async () => {
       '/held-second': () => undefined,
       '/held-continue': () => undefined,
       '/held-h2': () => undefined,
+      '/held-upgrade': () => undefined,
       [`${ACME}/slow-connect`]: (socket) => slow('slow-connect', socket),
       [`${ACME}/slow-upgrade`]: (socket) => slow('slow-upgrade', socket),
     },
@@ -163,6 +164,21 @@ describe('an HTTP/2 stream its client resets while the origin has not answered',
       aborted: true,
       bytes: 0,
     });
+  });
+});
+
+describe('a client that leaves before the origin answers its Upgrade on HTTPS', () => {
+  // As every other request whose client left before any answer (a request's, HTTP/2's, the plain-HTTP port's Upgrade
+  // and CONNECT): the line and the count said 499 with no code, `code="none"`, which read as no failure at all.
+  it('is logged and counted 499 KEYEDGE_HTTP_CLIENT_CLOSED, aborted, as a request is', async () => {
+    const before = await requestsCount('4xx', 'KEYEDGE_HTTP_CLIENT_CLOSED');
+    const client = await rawTls(proxy.ports[0]!, HOST, ca);
+    client.socket.write(`GET /held-upgrade HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+    await waitFor('the upgrade at the origin', () => (saw.includes('GET /held-upgrade HTTP/1.1') ? true : undefined));
+    client.socket.destroy();
+    const line = await accessLine('/held-upgrade');
+    expect([line.status, line.code, line.aborted]).toEqual([499, 'KEYEDGE_HTTP_CLIENT_CLOSED', true]);
+    expect(await requestsCount('4xx', 'KEYEDGE_HTTP_CLIENT_CLOSED')).toBe(before + 1);
   });
 });
 

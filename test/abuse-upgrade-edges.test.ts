@@ -15,7 +15,14 @@ let lab: KeylessLab;
 let proxy: RunningWorker;
 let ca: string;
 let origin: net.Server;
+/** A second origin of 'pair.lab.test' (the first is `origin`): each one's request lines, to see which got what. */
+let second: net.Server;
 const sockets = new Set<net.Socket>();
+const sawFirst: string[] = [];
+const sawSecond: string[] = [];
+/** An answer head node's parser refuses (a field line without a colon); and an ordinary answer. */
+const REFUSED_HEAD = 'HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 2\r\n\r\nno';
+const OK = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok';
 /** Each request head the origin received. */
 const heads: string[] = [];
 /** Bytes each flooding origin connection got written into its socket (its 'drain' respected), by path. */
@@ -78,17 +85,30 @@ beforeAll(async () => {
         socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\npart');
         setTimeout(() => socket.destroy(), 100);
       },
+      // Their own HSTS, which is not the operator's (a framework's default, or one that clears the browser's record).
+      '/hsts-101': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nStrict-Transport-Security: max-age=0\r\n\r\n',
+      '/hsts-403': 'HTTP/1.1 403 Forbidden\r\nstrict-transport-security: max-age=31536000; includeSubDomains; preload\r\ncontent-length: 2\r\n\r\nno',
+      '/refused-head': REFUSED_HEAD,
+      // A switch whose head holds fields for this hop only: hop-by-hop ones, and one its Connection names.
+      '/hop-101':
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop-Secret\r\nX-Hop-Secret: internal\r\nKeep-Alive: timeout=5\r\nSec-WebSocket-Accept: x\r\n\r\n',
+      '/ok': OK,
       '/flood': flood('/flood'),
       '/deaf': deaf('/deaf'),
     },
-    { sockets, heads },
+    { sockets, heads, saw: sawFirst },
   );
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(origin.address() as net.AddressInfo).port}`;
+  second = scriptedOrigin({ '/refused-head': REFUSED_HEAD, '/ok': OK }, { sockets, saw: sawSecond });
+  await new Promise<void>((resolve) => second.listen(0, '127.0.0.1', resolve));
   proxy = await startProxyWorker(
     lab.proxyConfig({
       certificates: [{ name: 'ec', chain: ec.file }],
-      domains: [{ name: 'ws.lab.test', origin: url }],
+      domains: [
+        { name: 'ws.lab.test', origin: url },
+        { name: 'pair.lab.test', origins: [url, `http://127.0.0.1:${(second.address() as net.AddressInfo).port}`] },
+      ],
       limits: { originReadTimeoutMs: READ_TIMEOUT_MS },
       // Read by the teardown's close() alone (nothing here watches a stop): the tunnels the cases leave open held it for
       // the whole default grace, 10 s.
@@ -100,6 +120,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.close();
   await closeScriptedOrigin(origin, sockets);
+  await closeScriptedOrigin(second, sockets);
   await lab?.close();
 });
 
@@ -168,6 +189,58 @@ describe('an Upgrade to h2c, answered with a switch to WebSocket', () => {
       leaked: false,
       closed: true,
     });
+  });
+});
+
+describe("an origin's own Strict-Transport-Security on its answer to an Upgrade", () => {
+  // As on every answer to a request (forward-headers.ts answerHeaderList): the operator's HSTS (tls.hstsMaxAgeSeconds,
+  // the domain's hsts), not the origin's, which kept its own: max-age=0 made the browser forget the host's HSTS, and
+  // includeSubDomains the operator did not configure held every subdomain to HTTPS.
+  it.each(['/hsts-101', '/hsts-403'])("%s: is replaced by the proxy's own, sent once", async (path) => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade(path));
+    await waitFor('the answer head', () => (client.text().includes('\r\n\r\n') ? true : undefined));
+    client.socket.destroy();
+    const head = client.text().slice(0, client.text().indexOf('\r\n\r\n'));
+    expect(head.match(/^strict-transport-security: .*$/gim)).toEqual(['strict-transport-security: max-age=63072000']);
+  });
+});
+
+describe("an origin's 101 with fields for the proxy's hop", () => {
+  // RFC 9110 §7.6.1: a proxy removes the hop-by-hop fields and those the Connection field names, as keyedge does from
+  // every other answer (forward-headers.ts); the 101's were all relayed, an origin's field for this hop (a secret it
+  // meant for the proxy) included.
+  it('reaches the client without them, switching to WebSocket', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'ws.lab.test', ca);
+    client.socket.write(upgrade('/hop-101'));
+    await waitFor('the 101', () => (client.text().includes('\r\n\r\n') ? true : undefined));
+    client.socket.destroy();
+    const head = client.text().slice(0, client.text().indexOf('\r\n\r\n')).toLowerCase().split('\r\n');
+    expect(head[0]).toBe('http/1.1 101 switching protocols');
+    expect(head.slice(1).sort()).toEqual(
+      ['connection: upgrade', 'sec-websocket-accept: x', 'strict-transport-security: max-age=63072000', 'upgrade: websocket'].sort(),
+    );
+  });
+});
+
+describe("an answer to an Upgrade that node's parser refuses", () => {
+  // As for a request (README, "Several origins"; origin-failure.ts): the origin answered, so it is not cooled down. It
+  // was, and every request of the domain went to its other origins for limits.originFailureCooldownMs: a client could
+  // keep one out of rotation with an Upgrade to a path it answers so (an answer head over the parser's 16 KiB, say).
+  it('gets 502, and the origin it came from keeps its turn in the rotation', async () => {
+    const client = await rawTls(proxy.ports[0]!, 'pair.lab.test', ca);
+    client.socket.write(upgrade('/refused-head').replace('ws.lab.test', 'pair.lab.test'));
+    expect(await within(client.closed, 8000)).toBe(true);
+    expect(client.text().split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+    for (let i = 0; i < 4; i++) {
+      const request = await rawTls(proxy.ports[0]!, 'pair.lab.test', ca);
+      request.socket.write('GET /ok HTTP/1.1\r\nhost: pair.lab.test\r\nconnection: close\r\n\r\n');
+      expect(await within(request.closed, 8000)).toBe(true);
+      expect(request.text().split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+    }
+    const served = (saw: string[]): number => saw.filter((line) => line === 'GET /ok HTTP/1.1').length;
+    // Round robin over both: two each. The one cooled down got none.
+    expect([served(sawFirst), served(sawSecond)]).toEqual([2, 2]);
   });
 });
 

@@ -60,6 +60,10 @@ function startRawOrigin(): Promise<number> {
         if (status === 'garbage') socket.write(`HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nBad Header\r\n\r\n${'origin-secret-'.repeat(200)}`);
         else if (h2c) socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nh2-frames');
         else if (status === 'close') socket.destroy();
+        // Interim answers only, one every 300 ms, and never a final one (a 101 or other).
+        else if (status === 'interim') {
+          const tick = setInterval(() => (socket.destroyed ? clearInterval(tick) : socket.write('HTTP/1.1 102 Processing\r\n\r\n')), 300);
+        }
         // RFC 9112 §6.1: a coding besides chunked, which the client would get as if the bytes were the content.
         else if (status === 'gzip') socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n7\r\nGZIPPED\r\n0\r\n\r\n');
         else if (status === '101' || status === 'reset' || status === 'stubborn') {
@@ -225,6 +229,18 @@ describe('an origin that does not switch', () => {
     expect(client.received()).toMatch(/^HTTP\/1\.1 504 [\s\S]*x-keyedge-error: KEYEDGE_HTTP_ORIGIN_TIMEOUT/i);
     // originResponseTimeoutMs is 2000.
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+    await waitFor('the origin connection to close', () => (connection.closed ? true : undefined), 5000);
+  });
+
+  // As for a request (README, "Interim answers"): the final answer is due originResponseTimeoutMs after the request
+  // whatever came before it. The socket's idle timer was the bound, and each interim answer restarted it: an origin
+  // sending one now and then held the client, and the upgrade's place at the origin, for as long as it liked.
+  it('answering only interim 1xx, one every 300 ms, gets 504 after the response timeout, and its connection closed', async () => {
+    const client = await rawClient();
+    client.socket.write(upgradeRequest('/answer/interim/0/interim'));
+    const connection = await connectionFor('interim');
+    await within(10_000, 'the 504', client.closed);
+    expect(client.received()).toMatch(/^HTTP\/1\.1 504 [\s\S]*x-keyedge-error: KEYEDGE_HTTP_ORIGIN_TIMEOUT/i);
     await waitFor('the origin connection to close', () => (connection.closed ? true : undefined), 5000);
   });
 

@@ -43,6 +43,9 @@ beforeAll(async () => {
     socket.write(
       `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${acceptFor(String(req.headers['sec-websocket-key']))}\r\n\r\n`,
     );
+    // '/slow-reader': the origin takes PACED_BYTES every 200 ms of what the client sends, checking each byte against
+    // floodByte's stream, and pushes a frame every 20 ms meanwhile (a server streaming down while it takes an upload).
+    if (req.url === '/slow-reader') return slowReader(socket, head);
     let received = 0;
     readFrames(socket, head, () => received++);
     // The proxy's close of its connection arrives as a FIN (or a reset): node's upgraded socket is half-open, so it ends
@@ -170,6 +173,38 @@ function reader(socket: Duplex, head: Buffer) {
   };
 }
 
+/** What '/slow-reader' took of what its client sent, and whether every byte was floodByte's in order. */
+const slowReaders: { received: () => number; inOrder: () => boolean; closed: Promise<void> }[] = [];
+
+function slowReader(socket: Duplex, head: Buffer): void {
+  let received = 0;
+  let inOrder = true;
+  let allowed = 0;
+  const check = (chunk: Buffer): void => {
+    for (let i = 0; i < chunk.length; i++) if (chunk[i] !== floodByte(received + i)) inOrder = false;
+    received += chunk.length;
+    allowed -= chunk.length;
+    if (allowed <= 0) socket.pause();
+  };
+  socket.pause();
+  check(head);
+  socket.on('data', check);
+  const reading = setInterval(() => {
+    allowed = PACED_BYTES;
+    socket.resume();
+  }, 200);
+  const pushing = setInterval(() => socket.write(encodeFrame(TEXT, 'still here', false)), 20);
+  const closed = new Promise<void>((resolve) =>
+    socket.once('close', () => {
+      clearInterval(reading);
+      clearInterval(pushing);
+      resolve();
+    }),
+  );
+  socket.once('end', () => socket.end());
+  slowReaders.push({ received: () => received, inOrder: () => inOrder, closed });
+}
+
 /** Whether `promise` settled by now. */
 async function settled(promise: Promise<unknown>): Promise<boolean> {
   let done = false;
@@ -279,6 +314,38 @@ describe('limits.tunnelIdleTimeoutMs', () => {
     expect(await settled(side.closed)).toBe(true);
     expect(client.received()).toBe(LAST_BYTES);
     expect(client.inOrder()).toBe(true);
+  });
+
+  // A client that sends while it takes the origin's last bytes (a WebSocket streaming up, pinging): the proxy stops
+  // reading it once the origin's side is closed, so its bytes lie unread when the tunnel closes, and a close with
+  // unread bytes is a reset, which drops what the kernel still held for the client (RFC 9112 §9.6's lingering close).
+  it('hands a client still taking its bytes, and still sending, all the origin sent before it closed', async () => {
+    const { socket, head, side } = await openRaw('/last');
+    const client = reader(socket, head);
+    const reading = setInterval(() => client.take(PACED_BYTES), 200);
+    const sending = setInterval(() => socket.writable && socket.write(encodeFrame(TEXT, 'still here', true)), 20);
+    try {
+      expect(await settlesWithin(30_000, client.closed), 'the client side closed').toBeDefined();
+    } finally {
+      clearInterval(reading);
+      clearInterval(sending);
+    }
+    expect(await settled(side.closed)).toBe(true);
+    expect(client.received()).toBe(LAST_BYTES);
+    expect(client.inOrder()).toBe(true);
+  });
+
+  // The other way: a client that sends its last bytes and closes while the origin, still taking them, sends to it.
+  it('hands an origin still taking its bytes, and still sending, all the client sent before it closed', async () => {
+    const before = slowReaders.length;
+    const { socket, head } = await openRaw('/slow-reader');
+    const origin = slowReaders[before]!;
+    const client = reader(socket, head);
+    client.take(Number.POSITIVE_INFINITY);
+    socket.end(floodBytes(LAST_BYTES));
+    expect(await settlesWithin(30_000, origin.closed), 'the origin side closed').toBeDefined();
+    expect(origin.received()).toBe(LAST_BYTES);
+    expect(origin.inOrder()).toBe(true);
   });
 
   it('closes a tunnel whose client never reads what the origin sends, after the bound', async () => {

@@ -39,6 +39,15 @@
  *   nothing sent, TCP would never find it gone (Linux defaults, on Node 20's
  *   libuv: 9 probes 75 s apart; libuv 1.49 and later, Node 22 on: 10 probes
  *   1 s apart), and its close closes the other side.
+ * A side whose peer closed is closed at once when the peer failed or was cut
+ * (a reset, the idle bound, the stop); when the peer ended cleanly, its last
+ * byte relayed and this side ended after it, this side lingers (linger.ts
+ * `lingerAfterEnd`, RFC 9112 §9.6, as nginx's lingering close): what it still
+ * sends is read and dropped until it ends too or LINGER_MS pass. Destroyed at
+ * once, a side that was still sending (a client pinging, an origin pushing)
+ * had bytes unread, and a close with bytes unread is a reset, which threw
+ * away what the kernel still held for that side: the peer's last message
+ * (megabytes to a client still taking it), cut short.
  * No access line and no metric of its own: the tunnel's access line and its
  * count (status class 1xx) were written at the 101; an idle close is a debug
  * line.
@@ -46,6 +55,7 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Logger } from '../../keyserver/shared/log.js';
+import { lingerAfterEnd } from './linger.js';
 
 /** Idle time after which an open tunnel's connections are probed with TCP keepalive (above). */
 const TUNNEL_KEEPALIVE_MS = 60_000;
@@ -63,7 +73,10 @@ export interface TunnelEnds {
   readonly origin: string | undefined;
 }
 
-/** Relays `client` and `upstream` both ways until either closes (above); the origin's timeouts of the handshake must be off. */
+/**
+ * Relays `client` and `upstream` both ways until either closes (above), which closes the other (the caller leaves
+ * that to it); the origin's timeouts of the handshake must be off.
+ */
 export function openTunnel({ client, upstream, idleMs, log, domain, origin }: TunnelEnds): void {
   client.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
   upstream.setKeepAlive(true, TUNNEL_KEEPALIVE_MS);
@@ -71,9 +84,10 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
   const touch = (): void => {
     carried = performance.now();
   };
-  relay(upstream, client, touch);
-  relay(client, upstream, touch);
-  upstream.once('close', () => client.destroy());
+  const dropClient = relay(client, upstream, touch);
+  const dropUpstream = relay(upstream, client, touch);
+  upstream.once('close', () => closeAfterPeer(client, dropClient));
+  client.once('close', () => closeAfterPeer(upstream, dropUpstream));
   if (idleMs === null) return;
   const check = (): void => {
     const idle = performance.now() - carried;
@@ -92,15 +106,28 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
 }
 
 /**
+ * `socket`, whose peer in the tunnel closed: cut at once unless the relay ended it after the peer's last byte (the
+ * peer ended cleanly); then it lingers, what it sends read and dropped (`drop`), until it ends or LINGER_MS pass (above).
+ */
+function closeAfterPeer(socket: net.Socket, drop: () => void): void {
+  if (socket.destroyed) return;
+  if (!socket.writableEnded) return void socket.destroy();
+  drop();
+  lingerAfterEnd(socket);
+}
+
+/**
  * Writes what `from` sends to `to`, at most PIECE_BYTES per write and one
  * write at a time, `from` paused meanwhile (its backpressure); ends `to` after
- * the last. `touch` on each chunk read and each write completed.
+ * the last. `touch` on each chunk read and each write completed. Returns what
+ * turns it into reading `from` and dropping what it sends (`to` is gone).
  */
-function relay(from: net.Socket, to: net.Socket, touch: () => void): void {
+function relay(from: net.Socket, to: net.Socket, touch: () => void): () => void {
   /** What `from` sent that is not handed to `to` yet. */
   let rest: Buffer | undefined;
   let writing = false;
   let ended = false;
+  let dropping = false;
   const next = (): void => {
     // Ended or gone (its close closes the tunnel): nothing more is written, as pipe() stops at the destination's end.
     if (!to.writable) return;
@@ -124,6 +151,7 @@ function relay(from: net.Socket, to: net.Socket, touch: () => void): void {
     next();
   };
   from.on('data', (chunk: Buffer) => {
+    if (dropping) return;
     touch();
     // One chunk at a time: `from` is paused until the last is written (a chunk Node had already read joins it).
     from.pause();
@@ -136,4 +164,9 @@ function relay(from: net.Socket, to: net.Socket, touch: () => void): void {
   });
   // The client was paused until the switch (upgrade.ts): a 'data' listener alone does not resume it.
   from.resume();
+  return () => {
+    dropping = true;
+    rest = undefined;
+    from.resume();
+  };
 }

@@ -60,9 +60,11 @@
  *
  * Upgrade and Connection are hop-by-hop (RFC 9110 §7.6.1, §7.8): the client's
  * are dropped with the other hop-by-hop headers and the proxy asks the origin
- * for WebSocket itself, and for nothing else. Any other protocol (h2c above
- * all: "h2c smuggling", where an origin that switches to HTTP/2 takes every
- * later request on the connection straight from the client, past routing and
+ * for WebSocket itself, and for nothing else; the 101 the client gets says the
+ * switch itself, with the origin's end-to-end fields only, as every answer.
+ * Any other protocol (h2c above all: "h2c smuggling", where an origin that
+ * switches to HTTP/2 takes every later request on the connection straight
+ * from the client, past routing and
  * the forwarding headers) is ignored, as RFC 9110 §7.8 lets a server do: the
  * request goes to the origin as an ordinary one and its answer is relayed as
  * below; so is an Upgrade in an HTTP/1.0 request, which RFC 9110 §7.8 has a
@@ -70,8 +72,10 @@
  * never a tunnel. A failed connect is retried once on the next
  * origin (nothing of the request has left the proxy before the connection is
  * up); otherwise the client gets our 502/504. The 101 and relayed answers
- * carry HSTS like every HTTPS answer. A client gone before the answer is
- * logged and counted as 499 (nginx's "client closed request").
+ * carry our HSTS like every HTTPS answer, in place of any the origin sent.
+ * A client gone before the answer is logged and counted as 499 (nginx's
+ * "client closed request") with KEYEDGE_HTTP_CLIENT_CLOSED, as a request is
+ * (access.ts).
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
@@ -82,7 +86,7 @@ import type { Logger } from '../../keyserver/shared/log.js';
 import { type ProxyMetrics, statusClass } from '../metrics.js';
 import type { NameIndex } from '../tls/names.js';
 import { upgradeExpectation } from './expect.js';
-import { refuseTransferCodings } from './forward-headers.js';
+import { answerHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
 import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, EXPECTATION_FAILED, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
@@ -102,6 +106,8 @@ import type { TrustedPeers } from './trusted-peers.js';
 const LINGER_MS = 5_000;
 /** nginx's "client closed request": the client left before the origin answered. */
 const CLIENT_GONE = 499;
+/** Its code, as for every request whose client left before any answer (access.ts, README's metrics). */
+const CLIENT_CLOSED = 'KEYEDGE_HTTP_CLIENT_CLOSED';
 
 /** Our answers to upgrades: the request's (handler.ts) and one of upgrades only. */
 export const BODY_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_UPGRADE_BODY', body: 'an upgrade request cannot have a body\n' };
@@ -118,6 +124,13 @@ const CLOSING_REFUSED: Refusal = {
 export const CONNECT_REFUSED: Refusal = { status: 400, code: 'KEYEDGE_HTTP_BAD_TARGET', body: 'bad request target: CONNECT is not served\n' };
 /** The origin's places and queue are full, or the wait was too long: a request's answer (handler.ts), Retry-After included. */
 const BUSY_REFUSED: Refusal = ownFailureRefusal('KEYEDGE_HTTP_ORIGIN_BUSY', 0)!;
+/**
+ * The origin's HSTS never reaches the client: ours (tls.hstsMaxAgeSeconds, the domain's `hsts`) replaces it, as on
+ * every answer to a request. Kept, an origin's max-age=0 made the browser forget the host's HSTS (RFC 6797 §6.1.1),
+ * and its includeSubDomains, which the operator did not set, held every subdomain to HTTPS.
+ */
+const HSTS = 'strict-transport-security';
+const WITH_HSTS: ReadonlySet<string> = new Set([HSTS]);
 /** A tunnel's place at the gate is a long-held one (origin-gate.ts: at most half the places, with streamed uploads). */
 const LONG_HELD = true;
 
@@ -227,13 +240,13 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     /** Ends the origin side of the attempt under way, if any. */
     let dropOrigin: (() => void) | undefined;
     /** What the client's close settles: its leaving before any answer, unless an answer being relayed says otherwise. */
-    let gone = (): void => settle(CLIENT_GONE, undefined);
+    let gone = (): void => settle(CLIENT_GONE, CLIENT_CLOSED);
     client.once('close', () => {
       dropOrigin?.();
       gone();
     });
     // Gone while earlier answers on its connection were sent (above).
-    if (client.destroyed) return settle(CLIENT_GONE, undefined);
+    if (client.destroyed) return settle(CLIENT_GONE, CLIENT_CLOSED);
     // Node hands a CONNECT over as it does an upgrade ('connect', server.ts); its target is never forwarded.
     if (req.method === 'CONNECT') return refuse(CONNECT_REFUSED);
     // The stop, or a certificate change, closes this connection after its first answer (retire.ts): a tunnel would
@@ -314,12 +327,15 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         log.warn({ code: refusal.code, domain: route.domain.name, origin, err }, 'origin upgrade failed');
         refuse(refusal);
       };
-      // The client is still there (its leaving ends the attempt first): any failure is the origin's.
+      // The client is still there (its leaving ends the attempt first): any failure is the origin's. But an answer node's
+      // parser refuses (HPE_*) is one the origin gave: 502, not cooled down, as for requests (origin-failure.ts). Cooled
+      // down, a client kept an origin out of rotation with Upgrades to a path it answers so.
       const onError = (err: Error): void => {
         // Node's parse error carries the origin's bytes as `rawPacket` (its answer's content, cookies), which the failure's
         // log line would print; its message says what broke (as origin-exchange.ts does for undici's).
         delete (err as { rawPacket?: unknown }).rawPacket;
-        fail(originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+        const parserRefused = String((err as { code?: unknown }).code ?? '').startsWith('HPE_');
+        fail(parserRefused ? 'not-origin' : originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
       };
       dropOrigin = () => {
         done = true;
@@ -329,11 +345,19 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       upstream.on('error', onError);
       const onTimeout = (): void => fail(connected ? 'timeout' : 'connect', new Error(connected ? 'origin answer timed out' : 'origin connect timed out'));
       upstream.once('timeout', onTimeout);
+      /**
+       * From the connection on, the wait is for the answer, due responseMs after the request whatever comes before it,
+       * as for requests (README, "Interim answers"; origin-interim.ts): not the socket's idle timer, which each interim
+       * 1xx, or each byte of a head trickled, restarted, so that an origin sending one now and then held the client and
+       * the upgrade's place at the origin for as long as it liked.
+       */
+      let answerDue: NodeJS.Timeout | undefined;
       upstream.once(target.tls === undefined ? 'connect' : 'secureConnect', () => {
         connected = true;
-        // From here on the wait is for the answer: the response timeout applies.
-        upstream.setTimeout(pools.timeouts.responseMs);
+        upstream.setTimeout(0);
+        answerDue = setTimeout(onTimeout, pools.timeouts.responseMs);
       });
+      upstream.once('close', () => clearTimeout(answerDue));
       let request: http.ClientRequest;
       try {
         request = http.request({
@@ -350,6 +374,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
       }
       request.on('error', onError);
       request.on('upgrade', (res: IncomingMessage, _socket: Duplex, originHead: Buffer) => {
+        clearTimeout(answerDue);
         // Only the switch the proxy asked for is relayed (above); RFC 6455 §4.1: the client would fail it too.
         if (!websocket || !namesWebSocket(res.headers.upgrade)) {
           return fail('broken', new Error('origin switched to a protocol the proxy did not ask for'));
@@ -360,17 +385,29 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream.setTimeout(0);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
-        const headers: [string, string][] = [];
-        for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) headers.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
-        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        // The origin's end-to-end fields, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones
+        // and those its Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own.
+        // The switch is ours to say to the client (§7.8), to the protocol checked above.
+        const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
+        const headers: [string, string][] = [
+          ['upgrade', 'websocket'],
+          ['connection', 'Upgrade'],
+        ];
+        for (let i = 0; i + 1 < fields.length; i += 2) headers.push([fields[i]!, fields[i + 1]!]);
         client.write(responseHead(101, res.statusMessage, headers), 'latin1');
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
         if (head.length > 0) upstream.write(head);
-        // Either side's end or close closes the other; the client's closes the origin's by its close listener (above).
+        // Either side's end or close closes the other, the tunnel's way (tunnel.ts): a side the relay ended after the
+        // other's last byte lingers, so that what is still on its way to it is not thrown away by a reset. An origin
+        // failure now closes its connection alone, and the tunnel the client's.
+        dropOrigin = undefined;
+        upstream.off('error', onError);
+        upstream.on('error', () => upstream.destroy());
         openTunnel({ client, upstream, idleMs: options.tunnelIdleTimeoutMs, log, domain: domain?.name, origin });
       });
       request.on('response', (res: IncomingMessage) => {
+        clearTimeout(answerDue);
         // A 101 without Upgrade and Connection (RFC 9110 §15.2.2) switches to nothing we could relay.
         if ((res.statusCode ?? 0) < 200) return fail('broken', new Error('origin answered 101 without switching protocols'));
         // Codings besides chunked would reach the client as if they were the content (forward-headers.ts), and a status
@@ -394,11 +431,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           bytes += chunk.length;
         });
         client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
-        gone = () => settle(status, cut ?? 'KEYEDGE_HTTP_CLIENT_CLOSED', { bytes, aborted: true });
-        const headers = Object.entries(endToEndHeaders(res.headers)).flatMap(([name, value]): [string, string][] =>
+        gone = () => settle(status, cut ?? CLIENT_CLOSED, { bytes, aborted: true });
+        // The operator's HSTS replaces the origin's (above).
+        const headers = Object.entries(endToEndHeaders(res.headers, WITH_HSTS)).flatMap(([name, value]): [string, string][] =>
           Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
         );
-        if (res.headers['strict-transport-security'] === undefined) headers.push(['strict-transport-security', hsts]);
+        headers.push([HSTS, hsts]);
         // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
         headers.push(['connection', 'close']);
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
