@@ -272,9 +272,10 @@ describe('the log of last served versions and a worker started during a large re
       expect(reloaded).toBe(false);
       // Let go, the held worker answers and the reload commits (rather than after reloadApplyTimeoutMs).
       process.kill(held!, 'SIGCONT');
-      // Committed, partial (the killed worker named as exited); the mass change in one delta.
+      // Committed: partial (the killed worker named as exited), or ok when the killed worker had applied the change
+      // before its kill (the poll for the pack above is late on a loaded machine); the mass change in one delta.
       const report = JSON.parse((await reload).text) as { result: string; changed: string[] };
-      expect(report.result).toBe('partial');
+      expect(['partial', 'ok']).toContain(report.result);
       expect(report.changed.length).toBeGreaterThan(PACK_THRESHOLD);
     } finally {
       process.kill(held!, 'SIGCONT');
