@@ -97,8 +97,11 @@ export class KeyserverConnection {
   /** True while a chunk is being read: answers made meanwhile ride on its cork. */
   #reading = false;
   #idleWaiters: (() => void)[] = [];
-  /** Complete frames read while the client's answers were backed up, oldest first: answered once the socket drains. */
-  #held: Buffer[] = [];
+  /**
+   * Complete frames read while the client's answers were backed up, oldest first, each with when it was read:
+   * answered once the socket drains, a sign's deadline counted from its read (SPEC.md, "Deadlines"), not from then.
+   */
+  #held: { frame: Buffer; readAt: number }[] = [];
   /** Aborted when the socket closes: signs of this connection not yet sent to a thread are dropped then. It also names the connection in the signs' turns (sign-queue.ts). */
   readonly #closed = new AbortController();
 
@@ -189,9 +192,9 @@ export class KeyserverConnection {
     this.#onState(state);
   }
 
-  #onFrame(frame: Buffer): void {
+  #onFrame(frame: Buffer, readAt = Date.now()): void {
     if (this.#held.length > 0 || this.socket.writableNeedDrain) {
-      this.#held.push(frame);
+      this.#held.push({ frame, readAt });
       return;
     }
     this.#frames++;
@@ -209,7 +212,7 @@ export class KeyserverConnection {
       this.#send({ op: 'error', id: request.id, code: ErrorCode.OVERLOADED, detail: `more than ${this.#limits.maxInFlightPerConnection} requests in flight` });
       return;
     }
-    const answer = this.#service.handle(request, this.client, this.#closed.signal);
+    const answer = this.#service.handle(request, this.client, this.#closed.signal, readAt);
     if (!(answer instanceof Promise)) {
       this.#send(answer);
       return;
@@ -270,7 +273,10 @@ export class KeyserverConnection {
     this.#reading = true;
     this.socket.cork();
     try {
-      while (next < held.length && !this.socket.writableNeedDrain) this.#onFrame(held[next++]!);
+      while (next < held.length && !this.socket.writableNeedDrain) {
+        const { frame, readAt } = held[next++]!;
+        this.#onFrame(frame, readAt);
+      }
     } finally {
       this.#reading = false;
       this.socket.uncork();

@@ -92,7 +92,8 @@ export class SigningService {
   }
 
   /** `signal`: aborted once the answer has nowhere to go (the connection closed). */
-  handle(request: Request, client: ClientIdentity, signal?: AbortSignal): Response | Promise<Response> {
+  /** `readAt`: when the request's frame was read whole, where its deadline counts from (SPEC.md, "Deadlines"). */
+  handle(request: Request, client: ClientIdentity, signal?: AbortSignal, readAt = Date.now()): Response | Promise<Response> {
     if (this.#draining) return this.#refuse(request, client, 'SHUTTING_DOWN', 'the key server is shutting down');
     switch (request.op) {
       case 'ping':
@@ -105,11 +106,11 @@ export class SigningService {
         return { op: 'publicKey', id: request.id, spki: found.key.spki };
       }
       case 'sign':
-        return this.#sign(request, client, signal);
+        return this.#sign(request, client, signal, readAt);
     }
   }
 
-  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined): Response | Promise<Response> {
+  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined, readAt: number): Response | Promise<Response> {
     const found = this.#authorisedKey(request.keyId, request, client);
     if ('op' in found) return found;
     const { key, parts } = found;
@@ -123,15 +124,15 @@ export class SigningService {
       const why = `its ${key.bits}-bit modulus is too small for a ${algorithm.digestBytes}-byte hash and salt (RFC 8017 §9.1.1)`;
       return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with rsa key ${key.keyId}: ${why}`);
     }
+    const timeoutMs = this.#options.requestTimeoutMs;
+    const deadline = readAt + timeoutMs;
+    // Held unread while the client read none of its answers (connection.ts) until its deadline passed: no token work
+    // for a request whose client has given up on it (SPEC.md, "Deadlines"); it was signed with a fresh deadline.
+    if (deadline <= Date.now()) return this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`);
     const started = performance.now();
     let signed: Buffer | Promise<Buffer>;
     try {
-      signed = parts.signers.sign(
-        key,
-        { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest },
-        Date.now() + this.#options.requestTimeoutMs,
-        signal,
-      );
+      signed = parts.signers.sign(key, { scheme: algorithm.scheme, hash: algorithm.hash, digest: request.digest }, deadline, signal);
     } catch (err) {
       return this.#signFailed(request, client, parts, key, err, started);
     }
@@ -142,9 +143,9 @@ export class SigningService {
       const late = (): void => {
         answered = true;
         this.#durationChild(algorithm.name).observe((performance.now() - started) / 1000);
-        resolve(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${this.#options.requestTimeoutMs} ms`));
+        resolve(this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`));
       };
-      const timer = setTimeout(late, this.#options.requestTimeoutMs);
+      const timer = setTimeout(late, deadline - Date.now());
       signed.then(
         (raw) => {
           if (answered) {
