@@ -46,6 +46,28 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** `openssl ocsp` as a responder: answers the request file `request` from `index`, signed by `signer` (certificate and key files), into `response`; `days`: its nextUpdate (none: no nextUpdate). */
+async function opensslRespond(index: string, signer: { cert: string; key: string }, request: string, response: string, days?: number): Promise<void> {
+  const validity = days === undefined ? [] : ['-ndays', String(days)];
+  const made = await run('openssl', [
+    'ocsp',
+    '-index',
+    index,
+    '-rsigner',
+    signer.cert,
+    '-rkey',
+    signer.key,
+    '-CA',
+    caFile,
+    ...validity,
+    '-reqin',
+    request,
+    '-respout',
+    response,
+  ]);
+  expect(made.code, made.stderr).toBe(0);
+}
+
 /** The answer `openssl ocsp` writes for `leaf` with `status`, signed by `signer` (its certificate in the response, as openssl includes it). */
 async function answer(name: string, leaf: Issued, signer: Issued, status: 'good' | 'revoked'): Promise<string> {
   const { index } = writeResponderFiles(dir, ca, [{ leaf, status }]);
@@ -53,24 +75,7 @@ async function answer(name: string, leaf: Issued, signer: Issued, status: 'good'
   const request = join(dir, `${name}-req.der`);
   const response = join(dir, `${name}-${status}-resp.der`);
   writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
-  const made = await run('openssl', [
-    'ocsp',
-    '-index',
-    index,
-    '-rsigner',
-    files.cert,
-    '-rkey',
-    files.key,
-    '-CA',
-    caFile,
-    '-ndays',
-    '1',
-    '-reqin',
-    request,
-    '-respout',
-    response,
-  ]);
-  expect(made.code, made.stderr).toBe(0);
+  await opensslRespond(index, files, request, response, 1);
   return response;
 }
 
@@ -290,24 +295,7 @@ describe("a responder's own encoding of the certificate's ID", () => {
     const response = join(dir, `${name}-openssl-resp.der`);
     const asked = await run('openssl', ['ocsp', '-issuer', caFile, '-cert', leafFile, '-no_nonce', '-reqout', request]);
     expect(asked.code, asked.stderr).toBe(0);
-    const made = await run('openssl', [
-      'ocsp',
-      '-index',
-      index,
-      '-rsigner',
-      caFile,
-      '-rkey',
-      writeIssued(dir, `${name}-ca`, ca).key,
-      '-CA',
-      caFile,
-      '-ndays',
-      '1',
-      '-reqin',
-      request,
-      '-respout',
-      response,
-    ]);
-    expect(made.code, made.stderr).toBe(0);
+    await opensslRespond(index, { cert: caFile, key: writeIssued(dir, `${name}-ca`, ca).key }, request, response, 1);
     const der = readFileSync(response);
     expect(der.includes(Buffer.from('300906052b0e03021a0500', 'hex'))).toBe(true); // sha1, NULL parameters
     expect(checkOcspResponse(der, buildOcspRequest(leaf.cert, ca.cert).certId)).toBeInstanceOf(Date);
@@ -437,8 +425,7 @@ describe('how long an answer is stapled', () => {
     writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
     const key = writeIssued(dir, `${name}-ca`, ca).key;
     // No -ndays or -nmin: openssl leaves nextUpdate out.
-    const made = await run('openssl', ['ocsp', '-index', index, '-rsigner', caFile, '-rkey', key, '-CA', caFile, '-reqin', request, '-respout', response]);
-    expect(made.code, made.stderr).toBe(0);
+    await opensslRespond(index, { cert: caFile, key }, request, response);
     const printed = await run('openssl', ['ocsp', '-respin', response, '-resp_text', '-noverify']);
     expect(printed.stdout).not.toContain('Next Update');
     const der = readFileSync(response);
@@ -457,24 +444,7 @@ describe('how long an answer is stapled', () => {
     const response = join(dir, `${name}-resp.der`);
     writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
     const key = writeIssued(dir, `${name}-ca`, ca).key;
-    const made = await run('openssl', [
-      'ocsp',
-      '-index',
-      index,
-      '-rsigner',
-      caFile,
-      '-rkey',
-      key,
-      '-CA',
-      caFile,
-      '-ndays',
-      '30',
-      '-reqin',
-      request,
-      '-respout',
-      response,
-    ]);
-    expect(made.code, made.stderr).toBe(0);
+    await opensslRespond(index, { cert: caFile, key }, request, response, 30);
     const until = checkOcspResponse(readFileSync(response), buildOcspRequest(leaf.cert, ca.cert).certId);
     expect(Math.abs(until!.getTime() - Date.now() - 10 * DAY)).toBeLessThan(10 * 60_000);
   });
