@@ -464,6 +464,42 @@ describe('a connection used again right after an answer', () => {
   }
 });
 
+describe("setTls: a TLS key server's renewed client identity (proxy/keyless/tcp-files.ts)", () => {
+  it('is checked as init() checks it and refused whole, naming the field, never the key; applies to TLS servers of the current configuration only', async () => {
+    const material = {
+      caPem: readFileSync(pki.caFile, 'utf8'),
+      certPem: readFileSync(pki.clients.edge!.cert, 'utf8'),
+      keyPem: readFileSync(pki.clients.edge!.key, 'utf8'),
+    };
+    const refusal = (m: bridge.KeylessTlsMaterial): unknown => {
+      try {
+        bridge.setTls(bridge.init({ servers: [{ tls: { host: '127.0.0.1', port: 1, ...material } }] }), 0, m);
+        return undefined;
+      } catch (err) {
+        return { code: (err as KeyedgeError).code, message: (err as Error).message };
+      }
+    };
+    const otherKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    try {
+      expect([refusal({ ...material, caPem: 'no CA' }), refusal({ ...material, certPem: 'no cert' }), refusal({ ...material, keyPem: otherKey })]).toEqual([
+        { code: 'KEYEDGE_ERR_CONFIG', message: 'keyless bridge setTls: tls.caPem holds no PEM certificate' },
+        { code: 'KEYEDGE_ERR_CONFIG', message: 'keyless bridge setTls: tls.certPem holds no usable PEM certificate' },
+        { code: 'KEYEDGE_ERR_CONFIG', message: 'keyless bridge setTls: tls.keyPem is not an unencrypted PEM private key matching tls.certPem' },
+      ]);
+      const generation = bridge.init({ servers: [{ tls: { host: '127.0.0.1', port: 1, ...material } }, { socketPath: ks.unixPath! }] });
+      expect([
+        bridge.setTls(generation, 0, material),
+        bridge.setTls(generation, 1, material), // a unix socket
+        bridge.setTls(generation, 2, material),
+        bridge.setTls(generation + 1, 0, material),
+      ]).toEqual([true, false, false, false]);
+    } finally {
+      bridge.init({ socketPath: ks.unixPath!, timeoutMs: TIMEOUT_MS, breakerMs: BREAKER_MS });
+    }
+    expect((await tlsHandshake(ecServer.port, ca.certPem)).ok).toBe(true);
+  });
+});
+
 describe('a pool of key servers', () => {
   const server = (name: string) => bridge.stats().servers!.find((s) => s.name === name)!;
 

@@ -249,6 +249,13 @@ describe.skipIf(!ENABLED)('the keyless bridge under valgrind memcheck, with faul
       await many(8);
       await init({ tls: mtls, timeoutMs: SIGN_TIMEOUT_MS, breakerMs: 0 });
       expect(await many(6)).toEqual(Array(6).fill('ok'));
+      // Renewed client identity (proxy/keyless/tcp-files.ts): a refused one changes nothing; an accepted one replaces
+      // the SSL_CTX and closes the open connection, the next sign reconnecting with it.
+      const { caPem, certPem } = mtls;
+      expect(await command({ cmd: 'setTls', index: 0, material: { caPem, certPem, keyPem: 'no key' } })).toMatchObject({ ok: false });
+      expect(await command({ cmd: 'setTls', index: 0, material: { caPem, certPem, keyPem: mtls.keyPem } })).toEqual({ ok: true, applied: true });
+      expect(await many(4)).toEqual(Array(4).fill('ok'));
+      expect(await command({ cmd: 'setTls', index: 1, material: { caPem, certPem, keyPem: mtls.keyPem } })).toEqual({ ok: true, applied: false });
       const during = many(6);
       await sleep(300);
       ks.child.kill('SIGKILL');

@@ -21,21 +21,24 @@
  * rejoins on the first PONG. Cost: one extra connection per key server per
  * worker and one small frame each interval.
  *
+ * Mutual-TLS key servers (tcp-files.ts): each worker reads the CA, client
+ * certificate and key at its start and checks the files every few seconds;
+ * a renewal that validates is used from the next connect on, one that does
+ * not is warned about once and the previous files stay in use.
+ *
  * Its log (signing-log.ts): a rate-limited warning while handshakes fail for
  * want of a signature, naming the key servers, and a line when signing works
  * again; read from the native counters once a second, off the handshake path.
  */
 import type { KeyserverEndpoint, ProxyConfig } from '../../config/proxy-schema.js';
-import { readSettingFile } from '../../config/setting-file.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { assertClientKeyMatches } from '../../keyserver/client/client-key.js';
-import { KeyedgeError } from '../../keyserver/shared/errors.js';
 import type { Logger } from '../../keyserver/shared/log.js';
 import type { ServedCertificate } from '../certs/certificate.js';
 import { keyserverClientOptions } from '../certs/keyserver-lookup.js';
 import * as native from '../native/index.js';
 import type { KeySource } from '../tls/key-source.js';
 import { keyserverAddress, SigningLog } from './signing-log.js';
+import { readTcpMaterial, TcpFilesWatch, tcpFilesIdentity } from './tcp-files.js';
 
 export type KeylessStats = native.BridgeStats;
 export type KeyserverPoolStats = native.KeyserverPoolStats;
@@ -51,39 +54,23 @@ const MAX_BACKOFF_INTERVALS = 8;
 function nativeServer(endpoint: KeyserverEndpoint): native.KeylessServer {
   const tcp = endpoint.tcp;
   if (tcp === null) return { name: endpoint.name, socketPath: endpoint.socket ?? undefined };
-  const certPem = readTcpFile(endpoint.name, tcp.cert, 'cert');
-  const keyPem = readTcpFile(endpoint.name, tcp.key, 'key');
-  // Judged here, where the key server and the files can be named: the native bridge refused such a key naming neither.
-  assertClientKeyMatches({ name: endpoint.name, certFile: tcp.cert, keyFile: tcp.key, certPem, keyPem });
-  return {
-    name: endpoint.name,
-    tls: { host: tcp.host, port: tcp.port, caPem: readTcpFile(endpoint.name, tcp.ca, 'ca'), certPem, keyPem, servername: tcp.servername ?? undefined },
-  };
-}
-
-/** Far past a certificate, a key or a CA bundle. */
-const MAX_TLS_FILE_BYTES = 1024 * 1024;
-
-/**
- * A TLS file of key server `name`, read as each worker starts (a worker replaced too, while the others serve):
- * through config/setting-file.ts, so a FIFO there fails the start naming it instead of holding it in open(2).
- */
-function readTcpFile(name: string, file: string, which: 'ca' | 'cert' | 'key'): string {
-  try {
-    return readSettingFile(file, MAX_TLS_FILE_BYTES).toString('utf8');
-  } catch (err) {
-    throw new KeyedgeError('KEYEDGE_ERR_CONFIG', `key server ${name}: cannot read ${file} (tcp.${which}): ${(err as Error).message}`, { cause: err });
-  }
+  return { name: endpoint.name, tls: { host: tcp.host, port: tcp.port, ...readTcpMaterial(endpoint.name, tcp), servername: tcp.servername ?? undefined } };
 }
 
 export function startKeylessBridge(keyserver: ProxyConfig['keyserver'], log?: Logger): KeylessBridge {
   const healthChecked = keyserver.servers.length > 1 && keyserver.healthIntervalMs > 0;
+  // Before the files are read: a renewal written while they are is read again at the first check (tcp-files.ts).
+  const seen = keyserver.servers.map((endpoint) => (endpoint.tcp === null ? '' : tcpFilesIdentity(endpoint.tcp)));
   const generation = native.init({
     servers: keyserver.servers.map(nativeServer),
     timeoutMs: keyserver.timeoutMs,
     breakerMs: keyserver.breakerMs,
     healthChecked,
   });
+  // A renewed client certificate, key or CA is used from the next connect on, without a worker restart.
+  const watches = keyserver.servers.flatMap(({ name, tcp }, index) =>
+    tcp === null ? [] : [new TcpFilesWatch(name, tcp, seen[index]!, (material) => native.setTls(generation, index, material), log)],
+  );
   const checks = healthChecked ? keyserver.servers.map((endpoint, index) => new HealthCheck(keyserver, endpoint, index, generation, log)) : [];
   // Failed handshakes for want of a signature are said in the log (signing-log.ts), not only counted.
   const signing = log === undefined ? undefined : new SigningLog(native.stats, keyserver.servers.map(keyserverAddress), log);
@@ -93,6 +80,7 @@ export function startKeylessBridge(keyserver: ProxyConfig['keyserver'], log?: Lo
     // The signing connections belong to the process (kept for its life); the health checks are this bridge's.
     close: () => {
       for (const check of checks) check.stop();
+      for (const watch of watches) watch.stop();
       signing?.stop();
     },
   };

@@ -114,6 +114,7 @@ interface NativeBinding {
   init(options: KeylessInitOptions): void;
   stats(): NativeStats;
   setHealth(generation: number, index: number, up: boolean): boolean;
+  setTls(generation: number, index: number, material: KeylessTlsMaterial): boolean;
   readonly providerName: string;
 }
 
@@ -162,6 +163,21 @@ export function stats(): KeylessStats {
  */
 export function setHealth(generation: number, index: number, up: boolean): boolean {
   return loadBinding().setHealth(generation, index, up);
+}
+
+/** A TLS key server's CA, our client certificate (+ chain) and key, as PEM text. */
+export type KeylessTlsMaterial = Pick<KeylessTlsEndpoint, 'caPem' | 'certPem' | 'keyPem'>;
+
+/**
+ * New CA, client certificate and key for TLS key server `index` of the configuration `generation` (from init), for
+ * its next connects (a renewed client certificate): its open connection is closed, so the next sign connects with
+ * them. Checked as init()
+ * checks them: a refusal throws KEYEDGE_ERR_CONFIG and changes nothing. False when a later init() replaced that
+ * configuration or the server is not a TLS one (nothing changed).
+ */
+export function setTls(generation: number, index: number, material: KeylessTlsMaterial): boolean {
+  const native = loadBinding();
+  return wrapNative('setTls', () => native.setTls(generation, index, { caPem: material.caPem, certPem: material.certPem, keyPem: material.keyPem }));
 }
 
 /**

@@ -7,6 +7,7 @@
  * stdin, one JSON command a line; stdout, one JSON answer a line:
  *   { cmd: 'init', options }                 bridge init(options) -> { ok, error? }
  *   { cmd: 'contexts', certs: [{ key, cert }] } builds new secure contexts and swaps them in
+ *   { cmd: 'setTls', index, material }       bridge setTls(current generation, index, material) -> { ok, applied?, error? }
  *   { cmd: 'stats' }                         -> { ok, stats }
  *   { cmd: 'exit' }                          closes the server and exits 0 (valgrind then reports)
  * First line out: { ready: port }.
@@ -43,6 +44,12 @@ function answer(line) {
     case 'contexts':
       contexts = msg.certs.map((c) => tls.createSecureContext({ key: c.key, cert: c.cert }));
       return { ok: true };
+    case 'setTls':
+      try {
+        return { ok: true, applied: addon.setTls(addon.stats().generation, msg.index, msg.material) };
+      } catch (err) {
+        return { ok: false, error: err.message };
+      }
     case 'stats':
       return { ok: true, stats: addon.stats() };
     case 'exit':

@@ -8,6 +8,10 @@
  *       (every call; open connections are replaced). One endpoint at the top
  *       level, or a pool in `servers` (rpc.h).
  *   setHealth(generation, index, up) -> boolean: a health check's verdict.
+ *   setTls(generation, index, { caPem, certPem, keyPem }) -> boolean: new
+ *       client TLS material for a TLS key server (renewed certificates), its
+ *       open connection closed so the next sign connects with it; checked as init() checks it, a refusal throws and
+ *       changes nothing; false for a stale generation or a server not TLS.
  *   stats() -> { signs, failovers, generation, failures: { connect, timeout, remote, protocol, breaker },
  *                lastError, servers: [{ name, state, signs, failovers, rejoins, failures, signSeconds,
  *                latencyEwmaMs }] }
@@ -273,6 +277,39 @@ static napi_value js_set_health(napi_env env, napi_callback_info info)
     return out;
 }
 
+/* setTls(generation, index, { caPem, certPem, keyPem }) -> whether it applied (false: stale, or not a TLS server). */
+static napi_value js_set_tls(napi_env env, napi_callback_info info)
+{
+    size_t argc = 3;
+    napi_value argv[3], out;
+    napi_valuetype type;
+    uint32_t generation = 0;
+    int32_t index = -1;
+    endpoint_strings e;
+    char err[300] = "";
+    int rc = -1;
+
+    memset(&e, 0, sizeof(e));
+    CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 3 || napi_get_value_uint32(env, argv[0], &generation) != napi_ok
+        || napi_get_value_int32(env, argv[1], &index) != napi_ok || napi_typeof(env, argv[2], &type) != napi_ok
+        || type != napi_object)
+        return throw_config(env, "setTls(generation, index, { caPem, certPem, keyPem }) takes two integers and an object");
+    if (get_string(env, argv[2], "caPem", 1, &e.ca, err, sizeof(err))
+        && get_string(env, argv[2], "certPem", 1, &e.cert, err, sizeof(err))
+        && get_string(env, argv[2], "keyPem", 1, &e.key, err, sizeof(err)))
+        rc = keyless_rpc_set_tls(generation, index, e.ca, e.cert, e.key, err, sizeof(err));
+    free_endpoint(&e); /* wipes the key's PEM */
+    if (rc < 0) {
+        bool pending = false;
+
+        napi_is_exception_pending(env, &pending);
+        return pending ? NULL : throw_config(env, err[0] != '\0' ? err : "setTls() failed");
+    }
+    CHECK(napi_get_boolean(env, rc == 1, &out));
+    return out;
+}
+
 static int set_number(napi_env env, napi_value obj, const char *name, uint64_t v)
 {
     napi_value n;
@@ -342,6 +379,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */)
         { "init", NULL, js_init, NULL, NULL, NULL, napi_enumerable, NULL },
         { "stats", NULL, js_stats, NULL, NULL, NULL, napi_enumerable, NULL },
         { "setHealth", NULL, js_set_health, NULL, NULL, NULL, napi_enumerable, NULL },
+        { "setTls", NULL, js_set_tls, NULL, NULL, NULL, napi_enumerable, NULL },
     };
     napi_value name;
 

@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "rpc.h"
 #include "transport.h"
@@ -174,6 +175,33 @@ int keyless_rpc_set_health(uint32_t generation, int index, int up)
     }
     pthread_mutex_unlock(&lock);
     return 1;
+}
+
+int keyless_rpc_set_tls(uint32_t generation, int index, const char *ca_pem, const char *cert_pem, const char *key_pem,
+                        char *err, size_t errlen)
+{
+    /* Built outside the lock: parsing PEM and checking the key take a while, and signs must not wait for it. */
+    SSL_CTX *ctx = keyless_tls_ctx_new(ca_pem, cert_pem, key_pem, err, errlen), *old = NULL;
+    int applied = 0;
+
+    if (ctx == NULL)
+        return -1;
+    pthread_mutex_lock(&lock);
+    /* tls_open reads the transport's SSL_CTX under this lock (attempt, from keyless_rpc_sign). */
+    if (generation == totals.generation && index >= 0 && index < nservers
+        && (old = keyless_tls_swap_ctx(servers[index].transport, ctx)) != NULL) {
+        applied = 1;
+        /* The open connection goes too (idle: signs hold this lock), so the next sign presents the new identity.
+         * Kept, it would carry the old one for as long as the key server keeps it: one that still takes the old
+         * certificate but no longer authorises it answers each sign with NOT_AUTHORISED, an ERROR that keeps the
+         * connection, and every handshake would fail on it. One reconnect per renewal is the cost. */
+        if (servers[index].transport->connected)
+            servers[index].transport->ops->close(servers[index].transport);
+    }
+    pthread_mutex_unlock(&lock);
+    /* The replaced one, or the new one when nothing took it. An open connection's SSL holds its own reference. */
+    SSL_CTX_free(applied ? old : ctx);
+    return applied;
 }
 
 static double score(const server *s, int64_t now)

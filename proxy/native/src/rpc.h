@@ -122,6 +122,15 @@ int keyless_rpc_sign(const unsigned char *key_id, unsigned char alg, const unsig
  * it out of the choice. Returns 1 when applied. */
 int keyless_rpc_set_health(uint32_t generation, int index, int up);
 
+/* Replaces the CA, client certificate and key of TLS server `index` of
+ * configuration `generation` and closes its open connection, so the next sign
+ * connects with them (an SSL in use elsewhere keeps its own reference to the
+ * old SSL_CTX). Everything is checked first (as init() does):
+ * -1 with `err` when refused, nothing changed; 0 for a stale generation or an
+ * index that is not a TLS server; 1 applied. */
+int keyless_rpc_set_tls(uint32_t generation, int index, const char *ca_pem, const char *cert_pem, const char *key_pem,
+                        char *err, size_t errlen);
+
 /* Copies the totals and up to `max` servers' counters; *n gets the number of servers. */
 void keyless_rpc_get_stats(keyless_rpc_stats *out, keyless_server_stats *servers, int max, int *n);
 

@@ -58,6 +58,14 @@ int keyless_connect_fd(const struct sockaddr *addr, socklen_t addrlen, int64_t d
                        size_t errlen);
 
 keyless_transport *keyless_unix_transport_new(const char *path, char *err, size_t errlen);
+/* Replacing a TLS transport's certificate, key and CA (transport_tls.c): a
+ * new SSL_CTX, all of init()'s checks made (NULL and `err` on failure), then
+ * swapped in under the pool's lock; the swap returns the old one to free, or
+ * NULL (nothing changed) for a transport that is not TLS. */
+struct ssl_ctx_st;
+struct ssl_ctx_st *keyless_tls_ctx_new(const char *ca_pem, const char *cert_pem, const char *key_pem, char *err,
+                                       size_t errlen);
+struct ssl_ctx_st *keyless_tls_swap_ctx(keyless_transport *t, struct ssl_ctx_st *ctx);
 keyless_transport *keyless_tls_transport_new(const char *host, int port, const char *servername, const char *ca_pem,
                                              const char *cert_pem, const char *key_pem, char *err, size_t errlen);
 

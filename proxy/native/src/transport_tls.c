@@ -3,7 +3,10 @@
  *
  * The client certificate, key and the CA are given as PEM text and loaded
  * into one SSL_CTX at configuration time, so mistakes show up in init(), not
- * in the first handshake. The host name is resolved at configuration time too
+ * in the first handshake. They can be replaced later (a renewed client
+ * certificate: keyless_tls_ctx_new, then keyless_tls_swap_ctx under the
+ * pool's lock): the next connect uses the new SSL_CTX (pool.c closes the
+ * open connection; until it does, its SSL holds a reference to the old one). The host name is resolved at configuration time too
  * (getaddrinfo blocks, which must not happen inside a client's handshake);
  * a connect tries each of its addresses in turn (connect_any).
  *
@@ -296,26 +299,27 @@ static int is_ip_literal(const char *host)
     return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
-static int load_ctx(tls_transport *t, const char *ca_pem, const char *cert_pem, const char *key_pem, char *err,
+static int load_ctx(SSL_CTX **ctxp, const char *ca_pem, const char *cert_pem, const char *key_pem, char *err,
                     size_t errlen)
 {
+    SSL_CTX *ctx;
     BIO *bio = NULL;
     X509 *x = NULL;
     EVP_PKEY *key = NULL;
     int n = 0, ok = 0;
 
-    if ((t->ctx = SSL_CTX_new_ex(NULL, NULL, TLS_client_method())) == NULL
-        || !SSL_CTX_set_min_proto_version(t->ctx, TLS1_3_VERSION)) {
+    if ((ctx = *ctxp = SSL_CTX_new_ex(NULL, NULL, TLS_client_method())) == NULL
+        || !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION)) {
         last_ssl_error("SSL_CTX_new", NULL, err, errlen);
         goto end;
     }
-    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 
     /* CA: every certificate of the PEM text is a trust anchor. */
     if ((bio = BIO_new_mem_buf(ca_pem, -1)) == NULL)
         goto oom;
     while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(t->ctx), x)) {
+        if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), x)) {
             last_ssl_error("tls.caPem", NULL, err, errlen);
             goto end;
         }
@@ -332,13 +336,13 @@ static int load_ctx(tls_transport *t, const char *ca_pem, const char *cert_pem, 
     /* Client certificate, then any chain certificates after it. */
     if ((bio = BIO_new_mem_buf(cert_pem, -1)) == NULL)
         goto oom;
-    if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_certificate(t->ctx, x)) {
+    if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_certificate(ctx, x)) {
         snprintf(err, errlen, "tls.certPem holds no usable PEM certificate");
         goto end;
     }
     X509_free(x);
     while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (!SSL_CTX_add0_chain_cert(t->ctx, x)) /* takes x on success only */
+        if (!SSL_CTX_add0_chain_cert(ctx, x)) /* takes x on success only */
             goto oom;
         x = NULL;
     }
@@ -346,8 +350,8 @@ static int load_ctx(tls_transport *t, const char *ca_pem, const char *cert_pem, 
 
     if ((bio = BIO_new_mem_buf(key_pem, -1)) == NULL)
         goto oom;
-    if ((key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_PrivateKey(t->ctx, key)
-        || !SSL_CTX_check_private_key(t->ctx)) {
+    if ((key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL || !SSL_CTX_use_PrivateKey(ctx, key)
+        || !SSL_CTX_check_private_key(ctx)) {
         snprintf(err, errlen, "tls.keyPem is not an unencrypted PEM private key matching tls.certPem");
         goto end;
     }
@@ -360,6 +364,43 @@ end:
     EVP_PKEY_free(key);
     BIO_free(bio);
     return ok;
+}
+
+/*
+ * A new SSL_CTX from PEM text, every check of init() made (load_ctx), or NULL
+ * with `err` saying why (no key material in it). The caller's error queue is
+ * left as it was.
+ */
+struct ssl_ctx_st *keyless_tls_ctx_new(const char *ca_pem, const char *cert_pem, const char *key_pem, char *err,
+                                       size_t errlen)
+{
+    SSL_CTX *ctx = NULL;
+
+    ERR_set_mark();
+    if (!load_ctx(&ctx, ca_pem, cert_pem, key_pem, err, errlen)) {
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    }
+    ERR_pop_to_mark();
+    return ctx;
+}
+
+/*
+ * Puts `ctx` in place for the next connects of `base` and returns the one it
+ * replaces, for the caller to free (an open connection holds its own
+ * reference: it stays usable). NULL, and nothing changed, when `base` is not
+ * a TLS transport. The caller holds the pool's lock (tls_open reads t->ctx).
+ */
+struct ssl_ctx_st *keyless_tls_swap_ctx(keyless_transport *base, struct ssl_ctx_st *ctx)
+{
+    tls_transport *t = (tls_transport *)base;
+    SSL_CTX *old;
+
+    if (base->ops != &tls_ops)
+        return NULL;
+    old = t->ctx;
+    t->ctx = ctx;
+    return old;
 }
 
 keyless_transport *keyless_tls_transport_new(const char *host, int port, const char *servername, const char *ca_pem,
@@ -418,7 +459,7 @@ keyless_transport *keyless_tls_transport_new(const char *host, int port, const c
             goto oom;
     }
     ERR_set_mark();
-    if (!load_ctx(t, ca_pem, cert_pem, key_pem, err, errlen)) {
+    if (!load_ctx(&t->ctx, ca_pem, cert_pem, key_pem, err, errlen)) {
         ERR_pop_to_mark();
         goto fail;
     }
