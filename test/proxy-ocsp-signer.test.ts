@@ -416,20 +416,24 @@ describe('how long an answer is stapled', () => {
   // recent"), a Must-Staple certificate failing its handshakes then: stapling one longer only serves a staple refused.
   const DAY = 86_400_000;
 
-  it('without a nextUpdate: a day after its thisUpdate, no longer', async () => {
-    const name = 'no-next-update';
+  /** A 'good' answer the CA signs for a new leaf at /<name>, valid `days` (none: no nextUpdate); its file and the leaf's CertID. */
+  async function caAnswer(name: string, days?: number): Promise<{ response: string; certId: ReturnType<typeof buildOcspRequest>['certId'] }> {
     const { leaf } = await leafAt(name);
     const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
     const request = join(dir, `${name}-req.der`);
     const response = join(dir, `${name}-resp.der`);
-    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
-    const key = writeIssued(dir, `${name}-ca`, ca).key;
+    const asked = buildOcspRequest(leaf.cert, ca.cert);
+    writeFileSync(request, asked.der);
+    await opensslRespond(index, { cert: caFile, key: writeIssued(dir, `${name}-ca`, ca).key }, request, response, days);
+    return { response, certId: asked.certId };
+  }
+
+  it('without a nextUpdate: a day after its thisUpdate, no longer', async () => {
     // No -ndays or -nmin: openssl leaves nextUpdate out.
-    await opensslRespond(index, { cert: caFile, key }, request, response);
+    const { response, certId } = await caAnswer('no-next-update');
     const printed = await run('openssl', ['ocsp', '-respin', response, '-resp_text', '-noverify']);
     expect(printed.stdout).not.toContain('Next Update');
     const der = readFileSync(response);
-    const certId = buildOcspRequest(leaf.cert, ca.cert).certId;
     const until = checkOcspResponse(der, certId);
     expect(until).toBeInstanceOf(Date);
     expect(Math.abs(until!.getTime() - Date.now() - DAY)).toBeLessThan(10 * 60_000);
@@ -437,15 +441,8 @@ describe('how long an answer is stapled', () => {
   });
 
   it('with a nextUpdate a month ahead: ten days after its thisUpdate, no longer', async () => {
-    const name = 'month-ahead';
-    const { leaf } = await leafAt(name);
-    const { index } = writeResponderFiles(dir, ca, [{ leaf, status: 'good' }]);
-    const request = join(dir, `${name}-req.der`);
-    const response = join(dir, `${name}-resp.der`);
-    writeFileSync(request, buildOcspRequest(leaf.cert, ca.cert).der);
-    const key = writeIssued(dir, `${name}-ca`, ca).key;
-    await opensslRespond(index, { cert: caFile, key }, request, response, 30);
-    const until = checkOcspResponse(readFileSync(response), buildOcspRequest(leaf.cert, ca.cert).certId);
+    const { response, certId } = await caAnswer('month-ahead', 30);
+    const until = checkOcspResponse(readFileSync(response), certId);
     expect(Math.abs(until!.getTime() - Date.now() - 10 * DAY)).toBeLessThan(10 * 60_000);
   });
 });
