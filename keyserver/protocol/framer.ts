@@ -12,7 +12,9 @@
  * - `push` takes ownership of the chunk: a frame lying inside one chunk is a
  *   subarray of it (no copy), so the caller must not reuse the chunk's memory,
  *   and a kept frame keeps its whole chunk alive. A frame spanning chunks is
- *   copied once into a fresh Buffer. Either way the frame is the callee's.
+ *   copied into a fresh Buffer, or, when it was gathered from small chunks, may
+ *   be a subarray of the 4 KiB buffer those are copied into (which it then
+ *   keeps alive). Either way the frame is the callee's.
  * - `onError` fires at most once, for a body length above maxBodyBytes, as
  *   soon as the header is in and before any of the body is buffered, so a
  *   peer cannot make us hold a huge body. The error is fatal: the stream has

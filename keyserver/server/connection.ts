@@ -192,9 +192,10 @@ export class KeyserverConnection {
     this.#onState(state);
   }
 
-  #onFrame(frame: Buffer, readAt = Date.now()): void {
+  /** `readAt`: when a held frame was read (none: now). */
+  #onFrame(frame: Buffer, readAt?: number): void {
     if (this.#held.length > 0 || this.socket.writableNeedDrain) {
-      this.#held.push({ frame, readAt });
+      this.#held.push({ frame, readAt: readAt ?? Date.now() });
       return;
     }
     this.#frames++;

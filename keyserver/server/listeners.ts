@@ -66,8 +66,9 @@ export async function listenTls(
       minVersion: 'TLSv1.3',
       // No resumption: each proxy worker keeps one long-lived connection, so it would save nothing, tickets would be one
       // more secret to manage, and a resumed handshake authenticates by the ticket's key alone, with no Certificate
-      // (RFC 8446 §2.2): the client certificate is not verified again, so one that expired kept signing by ticket. SSL_OP_NO_TICKET, and Node keeps no session cache
-      // to resume from instead. Not `sessionTimeout: 0`, as this had: OpenSSL reads 0 as its default, 7200 s.
+      // (RFC 8446 §2.2): the client certificate is not verified again, so one that expired kept signing by ticket.
+      // SSL_OP_NO_TICKET, and Node keeps no session cache to resume from instead. Not `sessionTimeout: 0`, as this had:
+      // OpenSSL reads 0 as its default, 7200 s.
       secureOptions: constants.SSL_OP_NO_TICKET,
       noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs,

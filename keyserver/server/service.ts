@@ -91,9 +91,12 @@ export class SigningService {
     return usage;
   }
 
-  /** `signal`: aborted once the answer has nowhere to go (the connection closed). */
-  /** `readAt`: when the request's frame was read whole, where its deadline counts from (SPEC.md, "Deadlines"). */
-  handle(request: Request, client: ClientIdentity, signal?: AbortSignal, readAt = Date.now()): Response | Promise<Response> {
+  /**
+   * `signal`: aborted once the answer has nowhere to go (the connection closed). `readAt`: when the request's frame was
+   * read whole, where its deadline counts from (SPEC.md, "Deadlines"), for a frame held since (connection.ts); now
+   * when not given.
+   */
+  handle(request: Request, client: ClientIdentity, signal?: AbortSignal, readAt?: number): Response | Promise<Response> {
     if (this.#draining) return this.#refuse(request, client, 'SHUTTING_DOWN', 'the key server is shutting down');
     switch (request.op) {
       case 'ping':
@@ -110,7 +113,7 @@ export class SigningService {
     }
   }
 
-  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined, readAt: number): Response | Promise<Response> {
+  #sign(request: SignRequestOf, client: ClientIdentity, signal: AbortSignal | undefined, readAt: number | undefined): Response | Promise<Response> {
     const found = this.#authorisedKey(request.keyId, request, client);
     if ('op' in found) return found;
     const { key, parts } = found;
@@ -125,10 +128,10 @@ export class SigningService {
       return this.#refuse(request, client, 'ALGORITHM_MISMATCH', `${algorithm.name} cannot sign with rsa key ${key.keyId}: ${why}`);
     }
     const timeoutMs = this.#options.requestTimeoutMs;
-    const deadline = readAt + timeoutMs;
+    const deadline = (readAt ?? Date.now()) + timeoutMs;
     // Held unread while the client read none of its answers (connection.ts) until its deadline passed: no token work
-    // for a request whose client has given up on it (SPEC.md, "Deadlines"); it was signed with a fresh deadline.
-    if (deadline <= Date.now()) return this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`);
+    // for a request whose client has given up on it (SPEC.md, "Deadlines").
+    if (readAt !== undefined && deadline <= Date.now()) return this.#refuse(request, client, 'DEADLINE_EXCEEDED', `no signature within ${timeoutMs} ms`);
     const started = performance.now();
     let signed: Buffer | Promise<Buffer>;
     try {

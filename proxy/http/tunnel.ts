@@ -86,8 +86,9 @@ export function openTunnel({ client, upstream, idleMs, log, domain, origin }: Tu
   };
   const dropClient = relay(client, upstream, touch);
   const dropUpstream = relay(upstream, client, touch);
-  upstream.once('close', () => closeAfterPeer(client, dropClient));
-  client.once('close', () => closeAfterPeer(upstream, dropUpstream));
+  // A peer that failed (a reset, an error) has this side cut at once, even one the relay had ended after a half-close.
+  upstream.once('close', (hadError) => (hadError ? client.destroy() : closeAfterPeer(client, dropClient)));
+  client.once('close', (hadError) => (hadError ? upstream.destroy() : closeAfterPeer(upstream, dropUpstream)));
   if (idleMs === null) return;
   const check = (): void => {
     const idle = performance.now() - carried;

@@ -335,7 +335,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         // log line would print; its message says what broke (as origin-exchange.ts does for undici's).
         delete (err as { rawPacket?: unknown }).rawPacket;
         const parserRefused = String((err as { code?: unknown }).code ?? '').startsWith('HPE_');
-        fail(parserRefused ? 'not-origin' : originFailure(err) === 'not-origin' ? 'broken' : originFailure(err), err);
+        const failure = originFailure(err);
+        fail(failure === 'not-origin' && !parserRefused ? 'broken' : failure, err);
       };
       dropOrigin = () => {
         done = true;
@@ -382,7 +383,6 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         answered = true;
         // The handshake's timeouts end here; the tunnel's idle bound is its own (tunnel.ts).
         upstream.off('timeout', onTimeout);
-        upstream.setTimeout(0);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
         // The origin's end-to-end fields, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones
@@ -498,7 +498,7 @@ function connect(target: OriginTarget, timeoutMs: number): net.Socket {
     target.tls === undefined
       ? net.connect({ host: hostname, port })
       : tls.connect({ host: hostname, port, ca: target.tls.ca, servername: target.tls.servername, rejectUnauthorized: true, ALPNProtocols: ['http/1.1'] });
-  // Until connected, the connect timeout; afterwards the response timeout (set on connect).
+  // Until connected, the connect timeout; then it is switched off, and the answer has its own deadline (answerDue).
   socket.setTimeout(timeoutMs);
   socket.setNoDelay(true);
   return socket;
