@@ -409,18 +409,34 @@ describe('an Upgrade the origin answers with an ordinary answer, the end of whic
   }, 40_000);
 
   it('is cut, logged as a send timeout, once the client took nothing more of it for limits.sendTimeoutMs', async () => {
-    tail = undefined;
-    const client = await pausedClient(proxy.ports[0]!, h2cHead('/h2c-tail-stalled'));
-    const filled = await fillThenEnd(await waitFor('the origin connection', () => tail), proxy.ports[0]!, client.localPort!);
-    expect(filled.stuck).toBe(true);
+    const path = '/h2c-tail-stalled';
+    const lineFrom = (from: number): Promise<Record<string, unknown>> =>
+      waitFor(`the access line of ${path}`, () => lines.slice(from).find((l) => l.access === true && l.path === path));
+    let from = 0;
+    let client: net.Socket | undefined;
+    let filled: Awaited<ReturnType<typeof fillThenEnd>> | undefined;
+    // The state this case needs can be out of reach on a loaded machine (full-send-queue.ts says so rather than wait):
+    // a fresh connection tries again, once the one given up is logged, so that its line is not taken for this one's.
+    for (let attempt = 0; attempt < 3 && filled?.stuck !== true; attempt++) {
+      if (client !== undefined) {
+        client.destroy();
+        tail?.destroy();
+        await lineFrom(from);
+      }
+      tail = undefined;
+      from = lines.length;
+      client = await pausedClient(proxy.ports[0]!, h2cHead(path));
+      filled = await fillThenEnd(await waitFor('the origin connection', () => tail), proxy.ports[0]!, client.localPort!);
+    }
+    expect(filled?.stuck).toBe(true);
     const ended = await closedAt(tail!);
-    const line = await accessLine('/h2c-tail-stalled');
+    const line = await lineFrom(from);
     const cutAfter = Date.now() - ended;
-    client.destroy();
+    client!.destroy();
     // Not a client that left (its close after the lingering, which began before it took the answer's end).
     expect(line).toMatchObject({ status: 200, code: 'KEYEDGE_HTTP_SEND_TIMEOUT', aborted: true });
     expect(cutAfter).toBeGreaterThanOrEqual(SEND_TIMEOUT_MS - 500);
-  }, 30_000);
+  }, 60_000);
 });
 
 describe('CONNECT', () => {
