@@ -415,7 +415,10 @@ describe('a burst of signs past their deadline', () => {
         conn.socket.resume();
         const answers = await Promise.all(signs.map((id) => conn.answer(id)));
         const late = answers.filter((a) => a.op === 'error' && a.code === ErrorCode.DEADLINE_EXCEEDED);
-        return { late: late.length, others: answers.filter((a) => a.op !== 'signature' && !late.includes(a)) };
+        // A slow token (a loaded machine) leaves more than the connection's 256 in flight: those are refused OVERLOADED
+        // at once, unsigned, as SPEC.md says; neither signed late nor lost.
+        const overloaded = (a: (typeof answers)[number]) => a.op === 'error' && a.code === ErrorCode.OVERLOADED;
+        return { late: late.length, others: answers.filter((a) => a.op !== 'signature' && !late.includes(a) && !overloaded(a)) };
       } finally {
         conn.close();
       }
