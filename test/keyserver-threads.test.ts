@@ -287,6 +287,9 @@ it('a sign that hangs inside the token: its thread is logged and counted as stuc
   fault('inline-hang', false);
   expect(String(refusedNow)).toMatch(/SIGN_FAILED.*the token is not answering/);
   expect(await metricValue({ adminPort }, 'keyedge_keyserver_sign_threads_stuck')).toBeGreaterThanOrEqual(1);
+  // Every sign refused, so not healthy: a load balancer sends signs to another key server. Before: 200 'ok'.
+  const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`, { signal: AbortSignal.timeout(5_000) });
+  expect({ status: health.status, text: await health.text() }).toEqual({ status: 503, text: 'unhealthy\n' });
 }, 20_000);
 
 it('SIGTERM with a sign hung inside the token: the key server stops after its grace, saying so, rather than never', async () => {

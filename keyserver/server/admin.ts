@@ -1,7 +1,8 @@
 /**
  * The key server's admin HTTP listener: read-only, loopback by default.
  *   GET /metrics  Prometheus text format from the daemon's own registry
- *   GET /healthz  200 while the token is open and the listeners accept
+ *   GET /healthz  200 while the token is open, the listeners accept and a sign
+ *                 can be made (503 while every signing thread is stuck in the token)
  * Nothing here changes state, so it needs no credentials; keep it off public
  * interfaces all the same (it reveals request rates).
  *

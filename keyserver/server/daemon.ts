@@ -240,7 +240,12 @@ export async function startKeyserver(config: KeyserverConfig, options: StartOpti
 
     let admin: http.Server | undefined;
     if (config.admin !== null) {
-      admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => liveToken.parts !== undefined);
+      admin = await startAdmin(config.admin.host, config.admin.port, metrics.registry, () => {
+        // Not healthy while the token is being opened again, or could not be, or while every signing thread is stuck
+        // in it: every sign is refused then, and a load balancer should send them to another key server.
+        const parts = liveToken.parts;
+        return parts !== undefined && !parts.signers.refusingSigns;
+      });
       const server = admin;
       closers.unshift(
         () =>

@@ -72,7 +72,8 @@
  * request runs at a time per worker. `close()` waits for what was sent, then
  * stops the workers (a sign that never comes back from the token holds it: it
  * is logged and counted, stuck-signs.ts; `stuck()` says how many); the Token is closed after that by its owner. Signs are
- * refused after `close()`, and while every thread up is stuck in the token.
+ * refused after `close()`, and while every thread up is stuck in the token
+ * (`refusingSigns`, which /healthz answers 503 for).
  */
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
@@ -239,6 +240,11 @@ export class SigningWorkers {
   /** Threads loaded and taking jobs. */
   get threadsUp(): number {
     return this.#lanes.filter((lane) => lane.up).length;
+  }
+
+  /** Whether every sign is refused at once: every thread up is stuck in the token (the loop must not be next). */
+  get refusingSigns(): boolean {
+    return this.#watch.anyStuck && !this.#anyTakesJobs();
   }
 
   /** Jobs sent to the token and not answered yet. */
