@@ -192,7 +192,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const fromStore = store instanceof CertificateStore && servesFromStore(previous);
   // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
   if (fromStore) store.assertPresent();
-  const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  const { refs, misnamed } =
+    store instanceof CertificateStore
+      ? only !== undefined
+        ? { refs: store.refs(only.names), misnamed: store.misnamed(only.names) }
+        : store.listing()
+      : { refs: store.list(), misnamed: [] };
   // So is an empty directory put in its place (rm -rf certs && mkdir certs): the same directory emptied is taken.
   if (fromStore && only === undefined && refs.length === 0) assertStoreNotReplaced(store.dir, options.storeDirId, storeDirId);
   const toRead: StoreEntryRef[] = [];
@@ -222,6 +227,24 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     toRead.push(ref);
+  }
+  // A `.pem` file whose name is no entry name was never served, and never said: refused by its file, once per version
+  // of it (its identity), as the fleet's store refuses such a key (store/etcd-entries.ts). Nothing of it can serve.
+  for (const file of misnamed) {
+    listed.add(file.name);
+    const last = seen.get(file.name);
+    if (last?.refused !== undefined && last.statId === file.statId) {
+      carriedRefusals.set(file.name, last.refused.refusal);
+      continue;
+    }
+    const { message } = new CertificateError(
+      file.chainPath,
+      'its name is not a certificate entry name (1-64 letters, digits, _ . -, not starting with a dot); rename the file to serve it',
+      { entry: file.name },
+    );
+    const refusal: Refusal = { name: file.name, source: file.chainPath, reason: 'unreadable', message };
+    refused.push(refusal);
+    seen.set(file.name, { statId: file.statId, inputId: '', settled: true, refused: { issuers, refusal } });
   }
   // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
   // A read that starts QUIET_MS after the files' last change is settled (SeenStat).
