@@ -108,6 +108,13 @@ export interface SeenStat {
    * reporting it again. Not for a refusal time or the key server may lift (RETRIED): those are judged every pass.
    */
   readonly refused?: { readonly issuers: string; readonly refusal: Refusal };
+  /**
+   * A directory entry's read failed with this message (a chain over 1 MiB, a link loop, metadata that is not JSON):
+   * each pass reads it again (a directory's permissions or a mount can change what the same file reads), and says
+   * the refusal again only when the file or the failure changes. Said at every rescan, it logged an error and counted
+   * a refused reload every 30 s for as long as the file stayed.
+   */
+  readonly unreadable?: string;
 }
 
 export interface PrepareOptions {
@@ -210,7 +217,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const kept = previous.get(ref.name);
     const last = seen.get(ref.name);
-    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && (last.settled || !options.verify)) {
+    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && last.unreadable === undefined && (last.settled || !options.verify)) {
       records.set(ref.name, kept);
       continue;
     }
@@ -301,14 +308,21 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const read = file.value;
     if (read instanceof Error) {
+      const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
+      const last = seen.get(name);
+      if (store instanceof CertificateStore && last?.unreadable === read.message && last.statId === statId) {
+        // Read again and failing as it did, its file unchanged: said once (SeenStat.unreadable); what served serves.
+        carriedRefusals.set(name, refusal);
+        const kept = previous.get(name);
+        if (kept !== undefined) records.set(name, kept);
+        continue;
+      }
       refuse(name, chainPath, 'unreadable', read.message);
       // A fleet's entry reads the same at the same revision (its identity): its refusal is carried over as a judged
       // one is, not read and reported again by every pass. A file may read otherwise with the same identity (a
-      // directory's permissions changed, a link's target directory mounted): read again.
-      if (!(store instanceof CertificateStore)) {
-        const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
-        seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
-      }
+      // directory's permissions changed, a link's target directory mounted): read again, said again if it fails otherwise.
+      if (!(store instanceof CertificateStore)) seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
+      else seen.set(name, { statId, inputId: '', settled, unreadable: read.message });
       continue;
     }
     const candidate = entryCandidate(read);
