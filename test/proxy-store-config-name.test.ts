@@ -26,8 +26,12 @@ const served = async (proxy: ClusterProxy): Promise<string> => {
   const r = await nodeGet(proxy.port, 'www.lab.test', root);
   return r.ok ? hex(r.serial) : `failed: ${r.error}`;
 };
-const withConfigCertificate = (p: ClusterPorts): Record<string, unknown> =>
-  storeProxyConfig(lab, p, { certificates: [{ name: 'www', chain: configChain }], certStore: { dir: p.storeDir, rescanSeconds: 3600 } });
+const withConfigCertificate = (p: ClusterPorts, rescanSeconds = 3600): Record<string, unknown> =>
+  storeProxyConfig(lab, p, { certificates: [{ name: 'www', chain: configChain }], certStore: { dir: p.storeDir, rescanSeconds } });
+const metric = async (proxy: ClusterProxy, pattern: RegExp): Promise<number> => {
+  const text = await (await fetch(`http://127.0.0.1:${proxy.adminPort}/metrics`)).text();
+  return Number(pattern.exec(text)?.[1] ?? 0);
+};
 
 beforeAll(async () => {
   lab = await startKeylessLab();
@@ -61,9 +65,26 @@ describe('a store entry named like a config certificate', () => {
     expect(await served(first)).toBe(hex(fromConfig.cert.serialNumber));
     await first.stop();
     // Before: the proxy exited 1 at start, KEYEDGE_ERR_CONFIG naming the store file's refusal.
-    const second = await startClusterProxy(lab, 'store-config-name', (p) => withConfigCertificate(p));
+    const second = await startClusterProxy(lab, 'store-config-name', (p) => withConfigCertificate(p, 1));
     running.push(second);
     expect(await served(second)).toBe(hex(fromConfig.cert.serialNumber));
     expect(second.lines.some((l) => l.certificate === 'www' && l.reason === 'names' && l.code === 'KEYEDGE_ERR_CERTIFICATE')).toBe(true);
   }, 120_000);
+
+  // Refused at the top of every pass, before anything remembered it: each rescan (every 30 s by default) logged it at
+  // error level again and counted a refused reload, for as long as the file stayed.
+  it('is refused once, not again by every rescan', async () => {
+    const second = running.at(-1)!;
+    const rescans = async (): Promise<number> =>
+      (await metric(second, /keyedge_proxy_reloads_total\{trigger="rescan",result="ok"\} (\d+)/)) +
+      (await metric(second, /keyedge_proxy_reloads_total\{trigger="rescan",result="refused"\} (\d+)/));
+    const before = await rescans();
+    await waitFor('three rescans', async () => ((await rescans()) >= before + 3 ? true : undefined), 30_000);
+    expect(second.lines.filter((l) => l.certificate === 'www' && l.code === 'KEYEDGE_ERR_CERTIFICATE')).toHaveLength(1);
+    const listed = JSON.parse((await second.admin('GET', '/certs', undefined, null)).text) as {
+      certificates: { name: string; refused: { reason: string } | null }[];
+    };
+    expect(listed.certificates.find((c) => c.name === 'www')?.refused).toMatchObject({ reason: 'names' });
+    expect(await served(second)).toBe(hex(fromConfig.cert.serialNumber));
+  }, 60_000);
 });

@@ -212,7 +212,21 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     listed.add(ref.name);
     if (ref.link) followed.push(ref.chainPath);
     if (config.certificates.some((c) => c.name === ref.name)) {
-      refuse(ref.name, ref.chainPath, 'names', `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`);
+      // Said once per version of its files, as any refusal (SeenStat.refused): at the top of every pass, it was
+      // logged and counted as a refused reload again by each rescan. The config's certificate serves either way.
+      const last = seen.get(ref.name);
+      if (last?.refused?.refusal.reason === 'names' && last.statId === ref.statId) {
+        carriedRefusals.set(ref.name, last.refused.refusal);
+        continue;
+      }
+      const refusal: Refusal = {
+        name: ref.name,
+        source: ref.chainPath,
+        reason: 'names',
+        message: `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`,
+      };
+      refused.push(refusal);
+      seen.set(ref.name, { statId: ref.statId, inputId: '', settled: true, refused: { issuers, refusal } });
       continue;
     }
     const kept = previous.get(ref.name);
