@@ -128,6 +128,12 @@ export interface PrepareOptions {
    * concurrent prepares.
    */
   readonly seen: Map<string, SeenStat>;
+  /**
+   * The config's certificates refused as they are, by name: the input (chain text) and issuer pool judged, and the
+   * refusal (or the read's failure) said. A later pass that finds the same input carries the refusal over, neither
+   * judging nor reporting it again (RETRIED ones aside): each rescan logged it again. Updated in place; owned by one caller.
+   */
+  readonly refusedConfig?: Map<string, { readonly inputId: string; readonly issuers: string; readonly refusal: Refusal }>;
   /** Read and compare the content of every store entry whose stat identity is not settled (SIGHUP, the admin API). */
   readonly verify?: boolean;
   /** The serving state kept by the last run (kept.ts): entries whose files still match are not read. */
@@ -304,16 +310,31 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const read = file.value;
+    const was = options.refusedConfig?.get(name);
+    const carry = (refusal: Refusal): void => {
+      carriedRefusals.set(name, refusal);
+      const kept = previous.get(name);
+      if (kept !== undefined) records.set(name, kept);
+    };
     if (read instanceof Error) {
       const message = read instanceof CertificateError ? read.message : `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`;
+      // Failing as it did: said once. Read again by each pass all the same, so a file put back serves.
+      const inputId = `unreadable:${sha256(message)}`;
+      if (was?.inputId === inputId) {
+        carry(was.refusal);
+        continue;
+      }
       refuse(name, entry.chain, 'unreadable', message);
+      options.refusedConfig?.set(name, { inputId, issuers, refusal: { name, source: entry.chain, reason: 'unreadable', message } });
       continue;
     }
     const inputId = `config:${sha256(read.text)}`;
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
+    else if (was?.inputId === inputId && was.issuers === issuers) carry(was.refusal);
     else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
   }
+  for (const name of options.refusedConfig?.keys() ?? []) if (!configReads.has(name)) options.refusedConfig?.delete(name);
 
   for (const [name, { statId, chainPath, file, settled }] of storeReads) {
     if (unsettled.has(file)) {
@@ -382,6 +403,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       // A refused store entry is looked at again when its files change, not on every rescan; but a refusal that
       // time or the key server lifts (a renewal dated a moment ahead of this clock, a key imported after its
       // chain) is looked at again by the next pass: else the previous version served on until it expired.
+      if (from === 'config' && !RETRIED.has(err.reason)) {
+        const refusal = { name: candidate.name, source: candidate.source, reason: err.reason, message: err.message };
+        options.refusedConfig?.set(candidate.name, { inputId, issuers, refusal });
+      }
       if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
       else if (from === 'store' && kept === undefined && !previous.has(candidate.name)) {
         // Nothing of it serves, so the kept record does not stand for it: the refusal itself is remembered.
