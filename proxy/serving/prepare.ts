@@ -69,6 +69,8 @@ import { asError, type ChainFile, QUIET_MS, readChainFile, SETTLE_LIMIT_MS, Sett
 const VALIDATION_CONCURRENCY = 16;
 /** Refusals that can lift with no change to the files: their entries are read again by the next pass. */
 const RETRIED: ReadonlySet<Refusal['reason']> = new Set(['not_yet_valid', 'key_unknown']);
+/** SeenStat.inputId of a store entry refused, unread, for having the name of a config certificate. */
+const CONFIG_NAME = 'config-name';
 /** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
 const READ_CONCURRENCY = 32;
 
@@ -221,7 +223,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       // Said once per version of its files, as any refusal (SeenStat.refused): at the top of every pass, it was
       // logged and counted as a refused reload again by each rescan. The config's certificate serves either way.
       const last = seen.get(ref.name);
-      if (last?.refused?.refusal.reason === 'names' && last.statId === ref.statId) {
+      if (last?.inputId === CONFIG_NAME && last.refused !== undefined && last.statId === ref.statId) {
         carriedRefusals.set(ref.name, last.refused.refusal);
         continue;
       }
@@ -232,7 +234,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
         message: `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`,
       };
       refused.push(refusal);
-      seen.set(ref.name, { statId: ref.statId, inputId: '', settled: true, refused: { issuers, refusal } });
+      seen.set(ref.name, { statId: ref.statId, inputId: CONFIG_NAME, settled: true, refused: { issuers, refusal } });
       continue;
     }
     const kept = previous.get(ref.name);
@@ -243,7 +245,14 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     // Refused as it is, with nothing of it serving: judging it again would refuse it again. In a fleet every pass looks
     // at every entry, so thousands of refused entries were judged (and logged) again at each change anywhere.
-    if (kept === undefined && last?.refused?.issuers === issuers && last.statId === ref.statId && (last.settled || !options.verify)) {
+    // Not a refusal for the name of a config certificate the config no longer holds (handled above while it does).
+    if (
+      kept === undefined &&
+      last?.refused?.issuers === issuers &&
+      last.inputId !== CONFIG_NAME &&
+      last.statId === ref.statId &&
+      (last.settled || !options.verify)
+    ) {
       carriedRefusals.set(ref.name, last.refused.refusal);
       continue;
     }
