@@ -11,6 +11,7 @@
  * that serves (a reload, SIGHUP, runs this in the cluster's primary).
  */
 import { ConfigError } from './errors.js';
+import { firstDuplicateKey } from './json-duplicates.js';
 import { maskedExcerpt } from './json-excerpt.js';
 import { readSettingFile } from './setting-file.js';
 
@@ -57,8 +58,9 @@ export function readJsonConfig(file: string): unknown {
   let text = readConfigText(file);
   // Editors on some platforms save UTF-8 with a BOM, which JSON.parse rejects.
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  let parsed: unknown;
   try {
-    return JSON.parse(text) as unknown;
+    parsed = JSON.parse(text) as unknown;
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     const position = /at position (\d+)/.exec(reason)?.[1];
@@ -78,4 +80,17 @@ export function readJsonConfig(file: string): unknown {
     const where = at ? ` at line ${at.line}, column ${at.column} near '${maskedExcerpt(text, offset!)}'` : '';
     throw new ConfigError(file, '', `invalid JSON${where}: ${cleaned}; expected plain JSON (no comments, no trailing commas)`);
   }
+  // JSON.parse kept the last of two equal keys and dropped the other: half a file merged by hand ran unsaid.
+  const duplicate = firstDuplicateKey(text);
+  if (duplicate !== undefined) {
+    const at = lineColumn(text, duplicate.offset);
+    const first = lineColumn(text, duplicate.firstOffset);
+    const masked = duplicate.maskedLength === undefined ? '' : ` (a key of ${duplicate.maskedLength} characters, not quoted: it could be a secret)`;
+    throw new ConfigError(
+      file,
+      duplicate.path,
+      `duplicate key at line ${at.line}, column ${at.column} (first at line ${first.line}, column ${first.column})${masked}; JSON keeps only the last one: keep one`,
+    );
+  }
+  return parsed;
 }

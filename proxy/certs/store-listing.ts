@@ -4,37 +4,91 @@
  * (StoreEntryRef, its statId changing whenever either file does), without
  * reading them. Only `<name>.pem` files are entries; dot files (temp files
  * of a write, store-files.ts), metadata without a chain and anything else
- * are ignored. A listing of 10,000 entries is a readdir and a stat or two
- * per entry: the watch and the rescan list often.
+ * are ignored. A `.pem` file whose name is no entry name (a space, a letter
+ * outside ASCII, a domain over 64 characters) is listed apart, as misnamed,
+ * for the reload to refuse by its file (it was never served, and never said):
+ * the fleet's store refuses such a key the same way (store/etcd-entries.ts).
+ * A listing of 10,000 entries is a readdir and a stat or two per entry: the
+ * watch and the rescan list often.
  */
 import { type Dirent, lstatSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { CertificateStoreError } from './errors.js';
 import { errno, identity, lstatIdentity, metaStat } from './store-files.js';
 import { STORE_ENTRY_NAME, type StoreEntryRef } from './store-meta.js';
 import { byName, CHAIN_FILE, entryPaths } from './store-paths.js';
+
+/** A `.pem` file of the store whose name is no entry name: never served, refused by the reload naming it. */
+export interface MisnamedFile {
+  /** The file's name without `.pem`, as an entry would be named. */
+  readonly name: string;
+  readonly chainPath: string;
+  /** The file's identity (store-files.ts identity): its refusal is said once per version. */
+  readonly statId: string;
+}
+
+/** Any `.pem` file but a dot file (a writer's temp file, or hidden on purpose); group 1: the name. */
+const PEM_FILE = /^([^.].*)\.pem$/s;
 
 /**
  * Entries with a chain file, sorted by name; an absent directory lists none.
  * A chain that cannot be looked at (a link loop) is listed: its read fails, naming it.
  */
 export function listEntries(dir: string): StoreEntryRef[] {
+  return listStore(dir).refs;
+}
+
+/** listEntries() and, from the same readdir, the misnamed `.pem` files, sorted by name. */
+export function listStore(dir: string): { readonly refs: StoreEntryRef[]; readonly misnamed: MisnamedFile[] } {
   let files: Dirent[];
   try {
     files = readdirSync(dir, { withFileTypes: true });
   } catch (err) {
-    if (errno(err) === 'ENOENT') return [];
+    if (errno(err) === 'ENOENT') return { refs: [], misnamed: [] };
     throw new CertificateStoreError('KEYEDGE_ERR_CERT_STORE', '', `cannot list the certificate store ${dir}: ${errno(err)}`, { cause: err });
   }
   const refs: StoreEntryRef[] = [];
+  const misnamed: MisnamedFile[] = [];
   // Stat a metadata file only where readdir saw one: a failed stat (throwing ENOENT) per entry was most of a rescan's cost at 10,000 entries.
   const present = new Set(files.map((f) => f.name));
   for (const file of files) {
     const name = CHAIN_FILE.exec(file.name)?.[1];
-    if (name === undefined) continue;
+    if (name === undefined) {
+      const odd = misnamedFile(dir, file.name);
+      if (odd !== undefined) misnamed.push(odd);
+      continue;
+    }
     const ref = entryRef(dir, name, file.isSymbolicLink(), present.has(`${name}.json`));
     if (ref !== undefined) refs.push(ref);
   }
-  return refs.sort(byName);
+  return { refs: refs.sort(byName), misnamed: misnamed.sort(byName) };
+}
+
+/** The misnamed `.pem` files among `names` (the entries a watch event named, as `<name>.pem`), as listStore() describes them. */
+export function namedMisnamed(dir: string, names: Iterable<string>): MisnamedFile[] {
+  const out: MisnamedFile[] = [];
+  for (const name of names) {
+    // A name from the watch is a file's name in the directory: none with a slash is made into a path.
+    if (STORE_ENTRY_NAME.test(name) || name.includes('/')) continue;
+    const odd = misnamedFile(dir, `${name}.pem`);
+    if (odd !== undefined) out.push(odd);
+  }
+  return out.sort(byName);
+}
+
+/** `file` of the directory when it is a misnamed `.pem` file: a regular file there or through its link, not an entry's name. */
+function misnamedFile(dir: string, file: string): MisnamedFile | undefined {
+  const name = PEM_FILE.exec(file)?.[1];
+  if (name === undefined || STORE_ENTRY_NAME.test(name)) return undefined;
+  const chainPath = join(dir, file);
+  let stat: ReturnType<typeof statSync>;
+  try {
+    stat = statSync(chainPath);
+  } catch {
+    // Gone since readdir, or a link that leads nowhere: nothing that could have been served.
+    return undefined;
+  }
+  return stat.isFile() ? { name, chainPath, statId: identity(stat) } : undefined;
 }
 
 /** The entries among `names` that exist now, as listEntries() describes them, without listing the directory (other names are skipped). */

@@ -48,7 +48,7 @@ import { CertificateStoreError } from './errors.js';
 import { assertStorePresent } from './store-dir.js';
 import { entryVersion, errno } from './store-files.js';
 import { sweepLeftovers } from './store-leftovers.js';
-import { listEntries, namedEntries } from './store-listing.js';
+import { listStore, type MisnamedFile, namedEntries, namedMisnamed } from './store-listing.js';
 import type { StoreEntry, StoreEntryRef, StoreMeta } from './store-meta.js';
 import { checkEntryName, entryPaths } from './store-paths.js';
 import { readEntry, readEntryAsync } from './store-read.js';
@@ -91,7 +91,17 @@ export class CertificateStore {
    * A chain that cannot be looked at (a link loop) is listed: its read fails, naming it.
    */
   list(): StoreEntryRef[] {
-    return listEntries(this.dir);
+    return listStore(this.dir).refs;
+  }
+
+  /** list(), and from the same readdir the `.pem` files whose name is no entry name (store-listing.ts), for the reload to refuse. */
+  listing(): { readonly refs: StoreEntryRef[]; readonly misnamed: MisnamedFile[] } {
+    return listStore(this.dir);
+  }
+
+  /** The misnamed `.pem` files among `names` (a watch event's), as listing() describes them. */
+  misnamed(names: Iterable<string>): MisnamedFile[] {
+    return namedMisnamed(this.dir, names);
   }
 
   /**

@@ -5,7 +5,10 @@
  *
  * Triggers arriving while a reload runs are folded into one more reload
  * after it (a burst of file events, a SIGHUP during a rescan): the last word
- * always wins and no trigger is lost. A trigger may name the store entries
+ * always wins and no trigger is lost. An operator's (SIGHUP, the admin API)
+ * folded into one a watch or rescan queued makes it the operator's: it
+ * compares content, not only stat, and is answered, logged and counted as
+ * the operator's. A trigger may name the store entries
  * it is about (a watch event, an admin PUT): the reload then looks at those
  * alone (source.ts `only`); folded triggers look at the union of their
  * names, or at everything when one of them named none.
@@ -17,6 +20,9 @@ import type { Refusal, ServingDelta } from './spec.js';
 
 /** `store`: the fleet's shared store (etcd) changed. */
 export type ReloadTrigger = 'start' | 'watch' | 'rescan' | 'signal' | 'admin' | 'store';
+
+/** The triggers an operator fires: each compares every entry's content, and is answered and counted as asked. */
+const OPERATOR: ReadonlySet<ReloadTrigger> = new Set(['signal', 'admin']);
 
 /** How soon a pass that found a file still being written looks again. */
 const UNSETTLED_RETRY_MS = 500;
@@ -54,6 +60,8 @@ export class ReloadCoordinator {
   #queued: Promise<ReloadReport> | undefined;
   /** The names the queued reload looks at; undefined: everything. */
   #queuedNames: Set<string> | undefined;
+  /** The queued reload's trigger: the first folded into it, or the last operator's among them. */
+  #queuedTrigger: ReloadTrigger = 'watch';
 
   constructor(source: ServingSource, options: CoordinatorOptions) {
     this.#source = source;
@@ -69,14 +77,20 @@ export class ReloadCoordinator {
     // One reload after the running one covers every trigger that came meanwhile.
     if (this.#queued === undefined) {
       this.#queuedNames = names === undefined ? undefined : new Set(names);
+      this.#queuedTrigger = trigger;
       const next = (): Promise<ReloadReport> => {
         const queuedNames = this.#queuedNames;
+        const queuedTrigger = this.#queuedTrigger;
         this.#queued = undefined;
         this.#queuedNames = undefined;
-        return this.reload(trigger, queuedNames);
+        return this.reload(queuedTrigger, queuedNames);
       };
       this.#queued = this.#running.then(next, next);
-    } else if (names === undefined) this.#queuedNames = undefined;
+      return this.#queued;
+    }
+    // Folded under the first trigger's name, the operator's reload compared only stat and was answered as a watch's.
+    if (OPERATOR.has(trigger)) this.#queuedTrigger = trigger;
+    if (names === undefined) this.#queuedNames = undefined;
     else if (this.#queuedNames !== undefined) for (const name of names) this.#queuedNames.add(name);
     return this.#queued;
   }
@@ -87,7 +101,7 @@ export class ReloadCoordinator {
     let next: NextServing;
     try {
       // An operator who asks gets every entry's content compared, not only its stat.
-      next = await this.#source.next({ verify: trigger === 'signal' || trigger === 'admin', ...(names === undefined ? {} : { only: names }) });
+      next = await this.#source.next({ verify: OPERATOR.has(trigger), ...(names === undefined ? {} : { only: names }) });
     } catch (err) {
       const report: ReloadReport = {
         trigger,

@@ -69,6 +69,8 @@ import { asError, type ChainFile, QUIET_MS, readChainFile, SETTLE_LIMIT_MS, Sett
 const VALIDATION_CONCURRENCY = 16;
 /** Refusals that can lift with no change to the files: their entries are read again by the next pass. */
 const RETRIED: ReadonlySet<Refusal['reason']> = new Set(['not_yet_valid', 'key_unknown']);
+/** SeenStat.inputId of a store entry refused, unread, for having the name of a config certificate. */
+const CONFIG_NAME = 'config-name';
 /** Store files read at once off the main thread (libuv's pool has 4 threads by default). */
 const READ_CONCURRENCY = 32;
 
@@ -108,6 +110,13 @@ export interface SeenStat {
    * reporting it again. Not for a refusal time or the key server may lift (RETRIED): those are judged every pass.
    */
   readonly refused?: { readonly issuers: string; readonly refusal: Refusal };
+  /**
+   * A directory entry's read failed with this message (a chain over 1 MiB, a link loop, metadata that is not JSON):
+   * each pass reads it again (a directory's permissions or a mount can change what the same file reads), and says
+   * the refusal again only when the file or the failure changes. Said at every rescan, it logged an error and counted
+   * a refused reload every 30 s for as long as the file stayed.
+   */
+  readonly unreadable?: string;
 }
 
 export interface PrepareOptions {
@@ -121,6 +130,12 @@ export interface PrepareOptions {
    * concurrent prepares.
    */
   readonly seen: Map<string, SeenStat>;
+  /**
+   * The config's certificates refused as they are, by name: the input (chain text) and issuer pool judged, and the
+   * refusal (or the read's failure) said. A later pass that finds the same input carries the refusal over, neither
+   * judging nor reporting it again (RETRIED ones aside): each rescan logged it again. Updated in place; owned by one caller.
+   */
+  readonly refusedConfig?: Map<string, { readonly inputId: string; readonly issuers: string; readonly refusal: Refusal }>;
   /** Read and compare the content of every store entry whose stat identity is not settled (SIGHUP, the admin API). */
   readonly verify?: boolean;
   /** The serving state kept by the last run (kept.ts): entries whose files still match are not read. */
@@ -192,7 +207,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   const fromStore = store instanceof CertificateStore && servesFromStore(previous);
   // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
   if (fromStore) store.assertPresent();
-  const refs = only !== undefined && store instanceof CertificateStore ? store.refs(only.names) : store.list();
+  const { refs, misnamed } =
+    store instanceof CertificateStore
+      ? only !== undefined
+        ? { refs: store.refs(only.names), misnamed: store.misnamed(only.names) }
+        : store.listing()
+      : { refs: store.list(), misnamed: [] };
   // So is an empty directory put in its place (rm -rf certs && mkdir certs): the same directory emptied is taken.
   if (fromStore && only === undefined && refs.length === 0) assertStoreNotReplaced(store.dir, options.storeDirId, storeDirId);
   const toRead: StoreEntryRef[] = [];
@@ -200,18 +220,39 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     listed.add(ref.name);
     if (ref.link) followed.push(ref.chainPath);
     if (config.certificates.some((c) => c.name === ref.name)) {
-      refuse(ref.name, ref.chainPath, 'names', `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`);
+      // Said once per version of its files, as any refusal (SeenStat.refused): at the top of every pass, it was
+      // logged and counted as a refused reload again by each rescan. The config's certificate serves either way.
+      const last = seen.get(ref.name);
+      if (last?.inputId === CONFIG_NAME && last.refused !== undefined && last.statId === ref.statId) {
+        carriedRefusals.set(ref.name, last.refused.refusal);
+        continue;
+      }
+      const refusal: Refusal = {
+        name: ref.name,
+        source: ref.chainPath,
+        reason: 'names',
+        message: `store entry '${ref.name}' has the name of a certificate in ${config.source}; rename one of them`,
+      };
+      refused.push(refusal);
+      seen.set(ref.name, { statId: ref.statId, inputId: CONFIG_NAME, settled: true, refused: { issuers, refusal } });
       continue;
     }
     const kept = previous.get(ref.name);
     const last = seen.get(ref.name);
-    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && (last.settled || !options.verify)) {
+    if (kept !== undefined && kept.from === 'store' && last?.statId === ref.statId && last.unreadable === undefined && (last.settled || !options.verify)) {
       records.set(ref.name, kept);
       continue;
     }
     // Refused as it is, with nothing of it serving: judging it again would refuse it again. In a fleet every pass looks
     // at every entry, so thousands of refused entries were judged (and logged) again at each change anywhere.
-    if (kept === undefined && last?.refused?.issuers === issuers && last.statId === ref.statId && (last.settled || !options.verify)) {
+    // Not a refusal for the name of a config certificate the config no longer holds (handled above while it does).
+    if (
+      kept === undefined &&
+      last?.refused?.issuers === issuers &&
+      last.inputId !== CONFIG_NAME &&
+      last.statId === ref.statId &&
+      (last.settled || !options.verify)
+    ) {
       carriedRefusals.set(ref.name, last.refused.refusal);
       continue;
     }
@@ -222,6 +263,24 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     toRead.push(ref);
+  }
+  // A `.pem` file whose name is no entry name was never served, and never said: refused by its file, once per version
+  // of it (its identity), as the fleet's store refuses such a key (store/etcd-entries.ts). Nothing of it can serve.
+  for (const file of misnamed) {
+    listed.add(file.name);
+    const last = seen.get(file.name);
+    if (last?.refused !== undefined && last.statId === file.statId) {
+      carriedRefusals.set(file.name, last.refused.refusal);
+      continue;
+    }
+    const { message } = new CertificateError(
+      file.chainPath,
+      'its name is not a certificate entry name (1-64 letters, digits, _ . -, not starting with a dot); rename the file to serve it',
+      { entry: file.name },
+    );
+    const refusal: Refusal = { name: file.name, source: file.chainPath, reason: 'unreadable', message };
+    refused.push(refusal);
+    seen.set(file.name, { statId: file.statId, inputId: '', settled: true, refused: { issuers, refusal } });
   }
   // A directory's entries are first read off the main thread, many at once (a start reads every one of them).
   // A read that starts QUIET_MS after the files' last change is settled (SeenStat).
@@ -260,16 +319,31 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       continue;
     }
     const read = file.value;
+    const was = options.refusedConfig?.get(name);
+    const carry = (refusal: Refusal): void => {
+      carriedRefusals.set(name, refusal);
+      const kept = previous.get(name);
+      if (kept !== undefined) records.set(name, kept);
+    };
     if (read instanceof Error) {
       const message = read instanceof CertificateError ? read.message : `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`;
+      // Failing as it did: said once. Read again by each pass all the same, so a file put back serves.
+      const inputId = `unreadable:${sha256(message)}`;
+      if (was?.inputId === inputId) {
+        carry(was.refusal);
+        continue;
+      }
       refuse(name, entry.chain, 'unreadable', message);
+      options.refusedConfig?.set(name, { inputId, issuers, refusal: { name, source: entry.chain, reason: 'unreadable', message } });
       continue;
     }
     const inputId = `config:${sha256(read.text)}`;
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
+    else if (was?.inputId === inputId && was.issuers === issuers) carry(was.refusal);
     else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
   }
+  for (const name of options.refusedConfig?.keys() ?? []) if (!configReads.has(name)) options.refusedConfig?.delete(name);
 
   for (const [name, { statId, chainPath, file, settled }] of storeReads) {
     if (unsettled.has(file)) {
@@ -278,14 +352,21 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const read = file.value;
     if (read instanceof Error) {
+      const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
+      const last = seen.get(name);
+      if (store instanceof CertificateStore && last?.unreadable === read.message && last.statId === statId) {
+        // Read again and failing as it did, its file unchanged: said once (SeenStat.unreadable); what served serves.
+        carriedRefusals.set(name, refusal);
+        const kept = previous.get(name);
+        if (kept !== undefined) records.set(name, kept);
+        continue;
+      }
       refuse(name, chainPath, 'unreadable', read.message);
       // A fleet's entry reads the same at the same revision (its identity): its refusal is carried over as a judged
       // one is, not read and reported again by every pass. A file may read otherwise with the same identity (a
-      // directory's permissions changed, a link's target directory mounted): read again.
-      if (!(store instanceof CertificateStore)) {
-        const refusal = { name, source: chainPath, reason: 'unreadable' as const, message: read.message };
-        seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
-      }
+      // directory's permissions changed, a link's target directory mounted): read again, said again if it fails otherwise.
+      if (!(store instanceof CertificateStore)) seen.set(name, { statId, inputId: '', settled, refused: { issuers, refusal } });
+      else seen.set(name, { statId, inputId: '', settled, unreadable: read.message });
       continue;
     }
     const candidate = entryCandidate(read);
@@ -331,6 +412,10 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       // A refused store entry is looked at again when its files change, not on every rescan; but a refusal that
       // time or the key server lifts (a renewal dated a moment ahead of this clock, a key imported after its
       // chain) is looked at again by the next pass: else the previous version served on until it expired.
+      if (from === 'config' && !RETRIED.has(err.reason)) {
+        const refusal = { name: candidate.name, source: candidate.source, reason: err.reason, message: err.message };
+        options.refusedConfig?.set(candidate.name, { inputId, issuers, refusal });
+      }
       if (from === 'store' && RETRIED.has(err.reason)) seen.delete(candidate.name);
       else if (from === 'store' && kept === undefined && !previous.has(candidate.name)) {
         // Nothing of it serves, so the kept record does not stand for it: the refusal itself is remembered.

@@ -113,6 +113,8 @@ export class ServingSource {
   /** Owned here, updated in place by each commit (a targeted pass answers for its names alone). */
   #present = new Set<string>();
   readonly #seen = new Map<string, SeenStat>();
+  /** The config's certificates refused as they are (prepare.ts refusedConfig): said once, not at every pass. */
+  readonly #refusedConfig = new Map<string, { readonly inputId: string; readonly issuers: string; readonly refusal: Refusal }>();
   /** A fleet's entries whose latest value is refused: the etcd revision judged (statId), for the log of last served versions. */
   readonly #refusedAt = new Map<string, string>();
   readonly #uploads = new InTurn<string>();
@@ -249,6 +251,7 @@ export class ServingSource {
         store: this.#shared ?? new CertificateStore(config.certStore.dir),
         previous: this.#records,
         seen: this.#seen,
+        refusedConfig: this.#refusedConfig,
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),

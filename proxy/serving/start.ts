@@ -22,9 +22,14 @@ import type { LiveServing } from './live.js';
 import { type NextServing, ServingSource } from './source.js';
 import type { ServingDelta } from './spec.js';
 
-/** At start, a certificate named in the config file must load: it is what the operator asked for by name. */
+/**
+ * At start, a certificate named in the config file must load: it is what the operator asked for by name. Only its own
+ * refusal counts: a store entry of the same name is refused too ('names'), under that name, while the config's
+ * certificate serves; taken for the config's, it refused a start after the reload that served it.
+ */
 export function refuseStartOnConfigCertificates(config: ProxyConfig, first: NextServing): void {
-  const refused = first.refused.find((r) => config.certificates.some((c) => c.name === r.name));
+  const loaded = new Set(first.delta.upsert.filter((r) => r.from === 'config').map((r) => r.name));
+  const refused = first.refused.find((r) => !loaded.has(r.name) && config.certificates.some((c) => c.name === r.name));
   if (refused !== undefined)
     throw new ConfigError(config.source, 'certificates', `certificate '${refused.name}' (${refused.source}) cannot be served: ${refused.message}`);
 }
