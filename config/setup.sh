@@ -169,7 +169,18 @@ make_admin_token() {
   say "proxy admin token written to $VAR/admin.token (mode 0600)"
 }
 
-CURL_DEMO=(curl --silent --show-error --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
+# --fail: the proxy answers 502 while its origin is not there, which is not up. --max-time: a front that took the
+# connection and never answers (something else on :8443) is asked again, not waited on for ever.
+CURL_DEMO=(curl --silent --show-error --fail --max-time 5 --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
+
+running() { kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# A background process that ended during start-up (its port taken, say): the end of its log, and the error.
+exited() {
+  local log="$VAR/log/$1.log"
+  tail -n 20 "$log" >&2
+  die "the $1 exited during start-up (log: $log)"
+}
 
 up() {
   # curl: the readiness check below, and the commands printed at the end.
@@ -182,12 +193,16 @@ up() {
   start_background demo-origin "${KEYEDGE[@]}" demo-origin --port 8080
   start_background proxy "${KEYEDGE[@]}" proxy --config config/proxy.json
   local ok=""
+  # The demo origin checked too: one that could not take :8080 left the proxy answering 502, or forwarding to whatever
+  # holds the port, and this said "keyedge is up".
   for _ in $(seq 1 100); do
+    running demo-origin || exited demo-origin
     if "${CURL_DEMO[@]}" >/dev/null 2>&1; then ok=yes; break; fi
-    kill -0 "$(cat "$RUN/proxy.pid")" 2>/dev/null || break
+    running proxy || break
     sleep 0.1
   done
   [[ -n $ok ]] || { tail -n 20 "$VAR/log/proxy.log" >&2; die "the proxy does not answer on 127.0.0.1:8443 (log: $VAR/log/proxy.log)"; }
+  running demo-origin || exited demo-origin
   cat <<EOF
 
 keyedge is up (embedded default: SoftHSM2 token under ./var, demo origin on 127.0.0.1:8080).

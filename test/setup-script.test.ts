@@ -1,6 +1,8 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO, removeDir, tempDir } from './helpers/keyserver.js';
@@ -50,4 +52,67 @@ describe('config/setup.sh: ensure_node_modules', () => {
     // The stubbed npm built nothing: the missing addon is named.
     expect(out).toContain('die: proxy/native/build/Release/no_dump.node was not built');
   });
+});
+
+/**
+ * `up` and `down` as the script has them, with what they start made small: the
+ * key server, demo certificate and admin token steps stubbed, `KEYEDGE` a
+ * script that plays the demo origin and the proxy as `fake` says, and curl's
+ * request for https://demo.localhost:8443/ sent to `front` (a port-0 server
+ * playing the proxy's TLS front) instead. Runs `steps` (bash) in `root`.
+ */
+function runSetup(root: string, fake: string, front: number, steps: string): Promise<{ status: number; stdout: string; stderr: string }> {
+  writeFileSync(join(root, 'fake-keyedge.sh'), fake);
+  const harness = `
+    cd "$1"; FRONT=$2
+    eval "$(sed '/^case "\${1:-}" in/,$d; s|^ROOT=.*|ROOT=$PWD|' "$0")"
+    set +e
+    deps() { :; }; start_keyserver() { :; }; make_demo_certificate() { :; }; make_admin_token() { :; }
+    KEYEDGE=(bash "$1/fake-keyedge.sh")
+    curl() {
+      local args=() skip=0 arg
+      for arg in "$@"; do
+        if ((skip)); then skip=0; continue; fi
+        case $arg in
+          --cacert | --resolve) skip=1 ;;
+          https://demo.localhost:8443/) args+=("http://127.0.0.1:$FRONT/") ;;
+          *) args+=("$arg") ;;
+        esac
+      done
+      command curl "\${args[@]}"
+    }
+    ${steps}`;
+  return new Promise((resolve) => {
+    execFile('bash', ['-c', harness, SETUP, root, String(front)], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ status: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
+    });
+  });
+}
+
+/** A stand-in for the proxy's TLS front: answers every request with `status`, as the proxy does 502 without its origin. */
+async function front(status: number): Promise<http.Server> {
+  const server = http.createServer((_req, res) => res.writeHead(status).end(`status ${status}\n`));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+describe('config/setup.sh: up and down', () => {
+  it('up fails, naming the demo origin and its log, when the origin could not start (its port taken): not "keyedge is up" over a 502', async () => {
+    const root = tempDir('keyedge-setup-up-');
+    const server = await front(502);
+    try {
+      const fake = `case $1 in
+        demo-origin) echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
+        proxy) exec sleep 60 ;;
+      esac`;
+      const result = await runSetup(root, fake, (server.address() as AddressInfo).port, 'trap "down >/dev/null 2>&1" EXIT; up');
+      expect(result.stdout).not.toContain('keyedge is up');
+      expect(result.status).toBe(1);
+      expect(result.stderr).toContain('cannot listen on tcp 127.0.0.1:8080: EADDRINUSE');
+      expect(result.stderr).toMatch(/keyedge setup: error: the demo-origin exited during start-up \(log: .*demo-origin\.log\)/);
+    } finally {
+      server.close();
+      removeDir(root);
+    }
+  }, 90_000);
 });
