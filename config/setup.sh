@@ -220,8 +220,9 @@ The private key of demo.localhost is inside the token; the proxy holds only a re
 EOF
 }
 
+# Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
 down() {
-  local pidfile pid
+  local pidfile pid stopped=0
   for pidfile in "$RUN"/*.pid; do
     [[ -f $pidfile ]] || continue
     pid=$(cat "$pidfile")
@@ -229,9 +230,13 @@ down() {
       kill -TERM "$pid"
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       say "stopped $(basename "$pidfile" .pid) (pid $pid)"
+      stopped=1
+    else
+      say "$(basename "$pidfile" .pid) (pid $pid) was not running"
     fi
     rm -f "$pidfile"
   done
+  ((stopped)) || say 'nothing to stop: no process started by `npm run up` is running'
 }
 
 case "${1:-}" in

@@ -115,4 +115,25 @@ describe('config/setup.sh: up and down', () => {
       removeDir(root);
     }
   }, 90_000);
+
+  it('down says so when nothing is running (never up, or down twice), and names a process that had ended by itself', async () => {
+    const root = tempDir('keyedge-setup-down-');
+    try {
+      const never = await runSetup(root, '', 9, 'down');
+      expect(never.status).toBe(0);
+      expect(never.stdout).toBe('keyedge setup: nothing to stop: no process started by `npm run up` is running\n');
+      // A pid file whose process is gone (it crashed, or the machine restarted): said, and the file removed.
+      mkdirSync(join(root, 'var', 'run'), { recursive: true });
+      writeFileSync(join(root, 'var', 'run', 'proxy.pid'), '2147483646\n');
+      const stale = await runSetup(root, '', 9, 'down; down');
+      expect(stale.status).toBe(0);
+      expect(stale.stdout).toBe(
+        'keyedge setup: proxy (pid 2147483646) was not running\n' +
+          'keyedge setup: nothing to stop: no process started by `npm run up` is running\n' +
+          'keyedge setup: nothing to stop: no process started by `npm run up` is running\n',
+      );
+    } finally {
+      removeDir(root);
+    }
+  }, 60_000);
 });
