@@ -74,6 +74,20 @@ describe('keyedge key', () => {
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
   });
 
+  it("the reminder's shred command names the key file as one shell word, whatever its name (a space, a quote, a ';')", () => {
+    const pem = join(dir, "old key's; copy.pem");
+    writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));
+    const result = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'odd-path');
+    expect(result.status, result.stderr).toBe(0);
+    // Pasted as printed, `shred -u /tmp/…/old key's; copy.pem` shredded other files (or ran what follows the ';').
+    const hint = /e\.g\. shred -u -- ([\s\S]*)\) once your backup policy/.exec(result.stdout)?.[1];
+    expect(hint, result.stdout).toBeDefined();
+    const words = execFileSync('bash', ['-c', `printf '%s\\0' ${hint}`], { encoding: 'utf8' })
+      .split('\0')
+      .slice(0, -1);
+    expect(words).toEqual([pem]);
+  });
+
   it.each(['edge-ec', 'edge-rsa', 'imported'])('makes a CSR signed inside the token with key %s', async (label) => {
     const out = join(dir, `${label}.csr`);
     const result = keyedge('key', 'csr', '--config', config, '--key', label, '--domain', 'shop.example', '--domain', '*.shop.example', '--out', out);

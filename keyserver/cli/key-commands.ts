@@ -13,6 +13,7 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
@@ -101,7 +102,8 @@ export const keyCommand: Command = {
               `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
                 `key id: ${key.keyId}\n` +
                 `NOTE: ${file} still exists and holds the private key in the clear.\n` +
-                `      Remove it (e.g. shred -u ${file}) once your backup policy is satisfied.\n`,
+                // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
+                `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
             );
             return 0;
           });
