@@ -81,9 +81,14 @@ function usage(): string {
 
 export async function run(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  // No command is a usage error like an unknown one: on stderr, so a script's `$(keyedge)` does not take the help for output.
+  if (name === undefined) {
+    process.stderr.write(`keyedge: KEYEDGE_ERR_USAGE: missing command\n\n${usage()}`);
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage());
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   if (name === '--version') {
     process.stdout.write(`${version()}\n`);

@@ -127,6 +127,22 @@ describe('usage and errors', () => {
     expect(keyedge('ping', '--help').stdout).toContain('Usage: keyedge ping');
   });
 
+  it.each([[[]], [['key']], [['cert']]])('without a command or action (%j): the usage error on stderr, status 2, stdout empty', (args) => {
+    // A script's `out=$(keyedge key)` took the usage text for output: it was on stdout, with no error line.
+    const result = keyedge(...args);
+    expect(result.status).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: missing (command|action)/);
+    expect(result.stderr).toContain(`Usage: keyedge ${args[0] ?? '<command>'}`);
+  });
+
+  it.each(['keyserver', 'key', 'proxy', 'cert', 'ping', 'demo-origin'])('`keyedge %s --help`: the usage on stdout, status 0, stderr empty', (name) => {
+    const result = keyedge(name, '--help');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain(`Usage: keyedge ${name}`);
+    expect(result.stderr).toBe('');
+  });
+
   it.each([
     [['nope'], /unknown command 'nope'/],
     [['key', 'generate', '--type', 'ec-p521', '--label', 'x'], /--type must be one of/],

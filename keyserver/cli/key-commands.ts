@@ -61,9 +61,11 @@ export const keyCommand: Command = {
   name: 'key',
   async run(argv) {
     const [action, ...rest] = argv;
-    if (action === undefined || action === '--help' || action === '-h') {
+    // No action is a usage error (stderr, status 2), as an unknown one is; --help alone is the help (stdout, 0).
+    if (action === undefined) throw new UsageError(`missing action: keyedge key <action>\n\n${USAGE}`);
+    if (action === '--help' || action === '-h') {
       process.stdout.write(USAGE);
-      return action === undefined ? 2 : 0;
+      return 0;
     }
     const { values } = parseCommandArgs(rest, OPTIONS, USAGE);
     if (values.help) {

@@ -92,9 +92,11 @@ export const certCommand: Command = {
   name: 'cert',
   async run(argv) {
     const [action, ...rest] = argv;
-    if (action === undefined || action === '--help' || action === '-h') {
+    // No action is a usage error (stderr, status 2), as an unknown one is; --help alone is the help (stdout, 0).
+    if (action === undefined) throw new UsageError(`missing action: keyedge cert <action>\n\n${USAGE}`);
+    if (action === '--help' || action === '-h') {
       process.stdout.write(USAGE);
-      return action === undefined ? 2 : 0;
+      return 0;
     }
     const takesName = action !== 'list';
     const name = takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
