@@ -19,7 +19,7 @@ import { certCommand } from '../proxy/certs/cli.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runInProcess } from './helpers/cli-in-process.js';
-import { runCli } from './helpers/keyserver.js';
+import { CLI, runCli } from './helpers/keyserver.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
@@ -207,6 +207,31 @@ describe('keyedge cert', () => {
     expect(existsSync(join(storeDir, 'pasted.pem'))).toBe(false);
     expect(existsSync(join(storeDir, 'pasted.json'))).toBe(false);
   });
+
+  it('reads a chain to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', async () => {
+    const big = join(lab.dir, 'big-chain.pem');
+    writeFileSync(big, Buffer.alloc(50 * 1024 * 1024, 0x41));
+    const large = await cert('add', 'large', '--chain', big, '--create-store');
+    expect(large.code).toBe(1);
+    expect(large.stderr).toBe(`keyedge: KEYEDGE_ERR_CERTIFICATE: parse: certificate 'large' (${big}): cannot read the chain: more than 1048576 bytes\n`);
+    // Read whole, /dev/zero never ended: the command grew by some 90 MB a second and never answered.
+    const endless = await cert('add', 'endless', '--chain', '/dev/zero');
+    expect(endless.code).toBe(1);
+    expect(endless.stderr).toContain("certificate 'endless' (/dev/zero): cannot read the chain: more than 1048576 bytes");
+    expect(existsSync(join(storeDir, 'large.pem')) || existsSync(join(storeDir, 'endless.pem'))).toBe(false);
+    // A pipe (`--chain <(…)`, /dev/stdin) stays readable.
+    // Through a shell's pipe (spawnSync's `input` is a socket, which /dev/stdin cannot be opened on: ENXIO).
+    const piped = spawnSync(
+      'bash',
+      ['-c', 'cat "$1" | exec "$2" "$3" cert add piped --chain /dev/stdin --config "$4"', 'bash', ecChain, process.execPath, CLI, config],
+      {
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
+    expect(piped.status, piped.stderr).toBe(0);
+    expect((await cert('remove', 'piped')).code).toBe(0);
+  }, 120_000);
 
   it('refuses a chain whose key the key server does not hold', async () => {
     const ca = await createCa('stranger CA');

@@ -74,6 +74,32 @@ describe('keyedge key', () => {
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
   });
 
+  it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {
+    const big = join(dir, 'big.pem');
+    writeFileSync(big, Buffer.alloc(50 * 1024 * 1024, 0x41));
+    const large = keyedge('key', 'import', '--config', config, '--in', big, '--label', 'big');
+    expect(large.status).toBe(1);
+    expect(large.stderr).toBe(`keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read ${big}: more than 1048576 bytes\n`);
+    // Read whole, /dev/zero never ended: the command grew by some 90 MB a second and never answered.
+    const endless = keyedge('key', 'import', '--config', config, '--in', '/dev/zero', '--label', 'endless');
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read /dev/zero: more than 1048576 bytes\n');
+    // A pipe (`--in <(vault read …)`, /dev/stdin): the key never on disk.
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    // Through a shell's pipe (spawnSync's `input` is a socket, which /dev/stdin cannot be opened on: ENXIO).
+    const piped = spawnSync(
+      'bash',
+      ['-c', 'printf %s "$1" | exec "$2" "$3" key import --config "$4" --in /dev/stdin --label piped', 'bash', pem, process.execPath, KEYEDGE, config],
+      {
+        encoding: 'utf8',
+        cwd: dir,
+        timeout: 60_000,
+      },
+    );
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toContain("imported ec-p256 key 'piped'");
+  });
+
   it("the reminder's shred command names the key file as one shell word, whatever its name (a space, a quote, a ';')", () => {
     const pem = join(dir, "old key's; copy.pem");
     writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));

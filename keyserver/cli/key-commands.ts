@@ -13,6 +13,7 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { operatorFileFailure, readOperatorFile } from '../shared/operator-file.js';
 import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
@@ -54,6 +55,9 @@ const OPTIONS = {
   'pin-stdin': { type: 'boolean' },
 } as const;
 
+/** What `key import --in` reads at most. */
+const MAX_KEY_FILE_BYTES = 1024 * 1024;
+
 /** RFC 1035 §2.3.1 labels, with one leading wildcard label allowed (RFC 6125 §6.4.3). */
 const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 
@@ -93,9 +97,10 @@ export const keyCommand: Command = {
         const label = requireOption(values.label, '--label', USAGE);
         let pem: Buffer;
         try {
-          pem = readFileSync(file);
+          // Capped: a PEM private key is a few KB (RSA-8192: 6.5 KB); /dev/zero was read until memory ran out.
+          pem = readOperatorFile(file, MAX_KEY_FILE_BYTES);
         } catch (err) {
-          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${operatorFileFailure(err)}`, { cause: err });
         }
         try {
           return await withToken(values, (token) => {
