@@ -21,6 +21,7 @@ import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runInProcess } from './helpers/cli-in-process.js';
 import { CLI, runCli } from './helpers/keyserver.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
+import { startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // `keyedge cert` (the built CLI) against a real key server holding an EC and
@@ -402,6 +403,34 @@ describe('keyedge cert', () => {
     expect(result.stderr).toContain(`KEYEDGE_ERR_SETUP: the admin token file ${tokenFile} does not hold one bearer token`);
     expect(`${result.stdout}${result.stderr}`).not.toMatch(/Q1w2e3|R4t5y6/);
   });
+
+  it('cert issue and renew refused by the proxy for the admin token: said as that (the token file, the answer), not as an ACME failure', async () => {
+    // The admin API's 401 and 403 are plain text: the command said "KEYEDGE_ERR_ACME: the admin API answered 401", sending
+    // the operator to the CA.
+    const proxy = await startClusterProxy(lab, 'token-refused', (p) => storeProxyConfig(lab, p, { workers: 1 }));
+    try {
+      const tokenFile = join(lab.dir, 'stale.token');
+      writeFileSync(tokenFile, 'stale-token-Z9x8c7\n', { mode: 0o600 });
+      const withAdmin = join(lab.dir, 'proxy-stale-token.json');
+      writeFileSync(
+        withAdmin,
+        JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, admin: { host: '127.0.0.1', port: proxy.adminPort, tokenFile } }),
+      );
+      for (const args of [
+        ['cert', 'issue', '--domain', 'shop.lab.test'],
+        ['cert', 'renew', 'shop'],
+      ]) {
+        const result = await runCli([...args, '--config', withAdmin]);
+        expect(result.code).toBe(1);
+        expect(result.stderr).toBe(
+          `keyedge: KEYEDGE_ERR_SETUP: the proxy's admin API at 127.0.0.1:${proxy.adminPort} refused the admin token read from ${tokenFile}: 401 wrong bearer token\n`,
+        );
+        expect(`${result.stdout}${result.stderr}`).not.toContain('Z9x8c7');
+      }
+    } finally {
+      await proxy.stop();
+    }
+  }, 120_000);
 
   it('refuses bad usage', async () => {
     // Usage errors (exit 2, as the first case saw the built CLI give) and a bad entry name, here.
