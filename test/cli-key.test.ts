@@ -170,6 +170,19 @@ describe('usage and errors', () => {
   });
 
   it.each([
+    [['key', 'list', '--config', 'a.json', '--config', 'b.json'], '--config'],
+    [['key', 'delete', '--key', 'edge-ec', '--key', 'edge-rsa', '--config', 'a.json'], '--key'],
+    [['cert', 'replace', 'shop', '--chain', 'new.pem', '--chain', 'old.pem'], '--chain'],
+    [['ping', '--socket', 'a.sock', '--socket=b.sock'], '--socket'],
+    [['proxy', '--config', 'a.json', '--config', 'b.json'], '--config'],
+  ])('refuses a value flag given twice (%j): which one was meant is not guessed', (args, flag) => {
+    // The last one won, silently: `key delete --key edge-ec … --key edge-rsa` destroyed edge-rsa.
+    const result = keyedge(...args);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(new RegExp(`^keyedge: KEYEDGE_ERR_USAGE: ${flag} given more than once`));
+  });
+
+  it.each([
     [['nope'], /unknown command 'nope'/],
     [['key', 'generate', '--type', 'ec-p521', '--label', 'x'], /--type must be one of/],
     [['key', 'generate', '--type', 'ec-p256'], /missing --label/],
