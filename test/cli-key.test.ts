@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -168,6 +168,26 @@ describe('usage and errors', () => {
     expect(result.stdout).toContain(`Usage: keyedge ${name}`);
     expect(result.stderr).toBe('');
   });
+
+  it.each([[['--help']], [['cert', '--help']], [['key', 'list', '--json']]])(
+    'output to a reader that went away (`keyedge %j | head -1`): no stack trace, status 0',
+    async (args) => {
+      // The reader's end is closed before the command writes: Node's EPIPE was an unhandled 'error' event, its stack on stderr.
+      const child = spawn(process.execPath, [KEYEDGE, ...args, ...(args[0] === 'key' ? ['--config', config] : [])], {
+        cwd: dir,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      child.stdout.destroy();
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+      expect(stderr).toBe('');
+      expect(status).toBe(0);
+    },
+    60_000,
+  );
 
   it.each([
     [['key', 'list', '--config', 'a.json', '--config', 'b.json'], '--config'],
