@@ -432,6 +432,22 @@ describe('keyedge cert', () => {
     }
   }, 120_000);
 
+  it('list and show on a store directory that is not there: KEYEDGE_ERR_CERT_STORE_GONE, not an empty store', async () => {
+    // `cert list --json` printed [] with status 0: a check of what expires soon, its config naming a store renamed away
+    // or mistyped, found nothing to warn of.
+    const gone = join(lab.dir, 'proxy-store-gone.json');
+    const dirGone = join(lab.dir, 'no-such-store');
+    writeFileSync(gone, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: dirGone }, admin: null }));
+    for (const args of [['list'], ['list', '--json'], ['show', 'shop'], ['show', 'shop', '--json']]) {
+      const result = await runInProcess(['cert', ...args, '--config', gone]);
+      expect(result.code, args.join(' ')).toBe(1);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toMatch(
+        new RegExp(`^keyedge: KEYEDGE_ERR_CERT_STORE_GONE: the certificate store ${dirGone} is not there \\(or is not a directory\\)`),
+      );
+    }
+  });
+
   it('refuses bad usage', async () => {
     // Usage errors (exit 2, as the first case saw the built CLI give) and a bad entry name, here.
     const noName = await here('add', '--chain', ecChain);
