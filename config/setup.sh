@@ -221,9 +221,12 @@ EOF
 }
 
 # Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
+# The proxy first and the key server last (the pid files' name order stopped the key server first): handshakes the
+# proxy still takes during its graceful stop need their signatures.
 down() {
-  local pidfile pid stopped=0
-  for pidfile in "$RUN"/*.pid; do
+  local name pidfile pid stopped=0
+  for name in proxy demo-origin keyserver; do
+    pidfile="$RUN/$name.pid"
     [[ -f $pidfile ]] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then

@@ -136,4 +136,23 @@ describe('config/setup.sh: up and down', () => {
       removeDir(root);
     }
   }, 60_000);
+
+  it("down stops the proxy first and the key server last: the proxy's graceful stop still has its key server", async () => {
+    // By the pid files' names, the key server was stopped before the proxy: handshakes the proxy still took during its
+    // shutdown grace found no key server to sign them.
+    const root = tempDir('keyedge-setup-order-');
+    try {
+      const steps = `mkdir -p "$RUN"
+        for name in keyserver demo-origin proxy; do
+          (trap "echo $name >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done) &
+          echo $! >"$RUN/$name.pid"
+        done
+        down`;
+      const result = await runSetup(root, '', 9, steps);
+      expect(result.status, result.stderr).toBe(0);
+      expect(readFileSync(join(root, 'order'), 'utf8')).toBe('proxy\ndemo-origin\nkeyserver\n');
+    } finally {
+      removeDir(root);
+    }
+  }, 60_000);
 });
