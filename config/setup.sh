@@ -220,6 +220,8 @@ The private key of demo.localhost is inside the token; the proxy holds only a re
 EOF
 }
 
+STOP_WAIT_SECONDS=30
+
 # Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
 # The proxy first and the key server last (the pid files' name order stopped the key server first): handshakes the
 # proxy still takes during its graceful stop need their signatures.
@@ -231,11 +233,15 @@ down() {
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      say "stopped $(basename "$pidfile" .pid) (pid $pid)"
+      # Past the proxy's and the key server's default shutdownGraceMs (10 s) and their own margins.
+      for _ in $(seq 1 $((STOP_WAIT_SECONDS * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      # Still there: said, and its pid file kept for the next `down` (it said "stopped" and forgot it, and the next
+      # `up` failed on the ports it still held).
+      kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not stop within $STOP_WAIT_SECONDS s of SIGTERM and still runs: run npm run down again once it has, or kill -KILL $pid"
+      say "stopped $name (pid $pid)"
       stopped=1
     else
-      say "$(basename "$pidfile" .pid) (pid $pid) was not running"
+      say "$name (pid $pid) was not running"
     fi
     rm -f "$pidfile"
   done

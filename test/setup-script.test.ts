@@ -155,4 +155,29 @@ describe('config/setup.sh: up and down', () => {
       removeDir(root);
     }
   }, 60_000);
+
+  it('down says a process that did not stop in time is still running, keeps its pid file and fails', async () => {
+    // It said "stopped proxy" after 10 s whatever had happened and removed the pid file: a process still stopping, or
+    // stuck, ran on untracked, and no later `down` could find it.
+    const root = tempDir('keyedge-setup-stuck-');
+    let stuck: number | undefined;
+    try {
+      const steps = `mkdir -p "$RUN"
+        (trap '' TERM; while :; do sleep 0.05; done) </dev/null >/dev/null 2>&1 &
+        echo $! >"$RUN/proxy.pid"
+        echo $! >stuck.pid
+        STOP_WAIT_SECONDS=1
+        down`;
+      const result = await runSetup(root, '', 9, steps);
+      stuck = Number(readFileSync(join(root, 'stuck.pid'), 'utf8'));
+      expect(result.status).toBe(1);
+      expect(readFileSync(join(root, 'var', 'run', 'proxy.pid'), 'utf8')).toBe(`${stuck}\n`);
+      expect(result.stdout).not.toContain('stopped proxy');
+      expect(result.stderr).toContain(`keyedge setup: error: proxy (pid ${stuck}) did not stop within 1 s of SIGTERM and still runs`);
+      expect(() => process.kill(stuck!, 0)).not.toThrow();
+    } finally {
+      if (stuck !== undefined && stuck > 0) process.kill(stuck, 'SIGKILL');
+      removeDir(root);
+    }
+  }, 60_000);
 });
