@@ -448,6 +448,22 @@ describe('keyedge cert', () => {
     }
   });
 
+  it("an entry whose name starts with '-' (the store allows it) is named after --: add, show, replace, remove", async () => {
+    // `cert remove -old` was "Unknown option '-o'" and `cert remove -- -old` "Unexpected argument": no way to name it.
+    const added = await here('add', '--', '-old', '--chain', ecChain, '--create-store');
+    expect(added.code, added.stderr).toBe(0);
+    expect(added.stdout).toContain("added certificate '-old'");
+    const shown = await here('show', '--', '-old', '--json');
+    expect(shown.code, shown.stderr).toBe(0);
+    expect((JSON.parse(shown.stdout) as { name: string }).name).toBe('-old');
+    expect((await here('replace', '--', '-old', '--chain', rsaChain)).code).toBe(0);
+    const removed = await here('remove', '--', '-old');
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(existsSync(join(storeDir, '-old.pem'))).toBe(false);
+    // Without --, a name that looks like a flag is still a usage error, not taken for a name.
+    expect((await here('remove', '-old')).code).toBe(2);
+  });
+
   it('refuses bad usage', async () => {
     // Usage errors (exit 2, as the first case saw the built CLI give) and a bad entry name, here.
     const noName = await here('add', '--chain', ecChain);

@@ -22,6 +22,7 @@ import { UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from './errors.js';
 
 const USAGE = `Usage: keyedge cert <action> [NAME] [options]
+       (a NAME starting with '-': \`keyedge cert <action> -- NAME [options]\`)
 
 Actions:
   add NAME --chain FILE [--names A,B] [--key KEYID] [--create-store]
@@ -99,8 +100,10 @@ export const certCommand: Command = {
       return 0;
     }
     const takesName = action !== 'list';
-    const name = takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
-    const { values } = parseCommandArgs(name === undefined ? rest : rest.slice(1), OPTIONS, USAGE);
+    // `--` before NAME names an entry that starts with '-' (the store allows it: `-old`), which is otherwise a flag.
+    const marked = takesName && rest[0] === '--';
+    const name = marked ? rest[1] : takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
+    const { values } = parseCommandArgs(name === undefined ? rest : rest.slice(marked ? 2 : 1), OPTIONS, USAGE);
     if (values.help) {
       process.stdout.write(USAGE);
       return 0;
