@@ -153,6 +153,27 @@ describe('usage and errors', () => {
     expect(keyedge('ping', '--help').stdout).toContain('Usage: keyedge ping');
   });
 
+  it('ping prints a round trip a line, as its help says, and its help promises nothing else (no key listing)', async () => {
+    // The help said "then the public keys it serves", which it never printed: the protocol has no listing.
+    const help = keyedge('ping', '--help').stdout;
+    expect(help).toContain('prints each round trip');
+    expect(help).not.toMatch(/public keys/);
+    const pingConfig = join(dir, 'keyserver-ping.json');
+    const socket = join(dir, 'ping.sock');
+    writeFileSync(pingConfig, JSON.stringify({ stateDir: './state', admin: null, listen: { unix: { path: socket, mode: '0600', keys: '*' } } }));
+    const server = spawn(process.execPath, [KEYEDGE, 'keyserver', '--config', pingConfig], { cwd: dir, stdio: 'ignore' });
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!existsSync(socket) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      const ping = keyedge('ping', '--socket', socket, '--count', '2');
+      expect(ping.status, ping.stderr).toBe(0);
+      expect(ping.stdout).toMatch(new RegExp(`^(pong from ${socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: \\d+ µs\\n){2}$`));
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((resolve) => server.once('close', resolve));
+    }
+  }, 60_000);
+
   it.each([[[]], [['key']], [['cert']]])('without a command or action (%j): the usage error on stderr, status 2, stdout empty', (args) => {
     // A script's `out=$(keyedge key)` took the usage text for output: it was on stdout, with no error line.
     const result = keyedge(...args);
