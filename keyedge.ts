@@ -107,6 +107,9 @@ export async function run(argv: readonly string[]): Promise<number> {
     return 2;
   }
   if (name === '--help' || name === '-h' || name === 'help') {
+    // `keyedge help cert` is `keyedge cert --help` (as git's and npm's help take a command), not the list of commands.
+    const topic = name === 'help' && rest.length === 1 ? COMMANDS.find((c) => c.name === rest[0]) : undefined;
+    if (topic !== undefined) return run([topic.name, '--help']);
     process.stdout.write(usage());
     return 0;
   }

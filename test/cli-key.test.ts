@@ -174,6 +174,12 @@ describe('usage and errors', () => {
     }
   }, 60_000);
 
+  it.each(['key', 'cert', 'ping'])("`keyedge help %s` is that command's help, not the list of commands", (name) => {
+    const result = keyedge('help', name);
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain(`Usage: keyedge ${name}`);
+  });
+
   it.each([[[]], [['key']], [['cert']]])('without a command or action (%j): the usage error on stderr, status 2, stdout empty', (args) => {
     // A script's `out=$(keyedge key)` took the usage text for output: it was on stdout, with no error line.
     const result = keyedge(...args);
