@@ -79,11 +79,39 @@ function usage(): string {
   ].join('\n');
 }
 
+/** The commands that run until stopped: their output is logs, and a stdout gone is theirs (and their supervisor's) to handle. */
+const DAEMONS: ReadonlySet<string> = new Set(['keyserver', 'proxy', 'demo-origin']);
+
+let quietOnClosedStdout = false;
+
+/**
+ * A reader that went away (`keyedge cert list | head -1`): the rest of the output is not wanted, and a command's work
+ * is done by the time it writes (each writes after it acts). Unhandled, Node's EPIPE 'error' event printed its stack
+ * trace and exited 1. Quiet, and 0: the reader chose to stop.
+ */
+function stopQuietlyOnClosedStdout(): void {
+  if (quietOnClosedStdout) return;
+  quietOnClosedStdout = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(0);
+  });
+}
+
 export async function run(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined || !DAEMONS.has(name)) stopQuietlyOnClosedStdout();
+  // No command is a usage error like an unknown one: on stderr, so a script's `$(keyedge)` does not take the help for output.
+  if (name === undefined) {
+    process.stderr.write(`keyedge: KEYEDGE_ERR_USAGE: missing command\n\n${usage()}`);
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
+    // `keyedge help cert` is `keyedge cert --help` (as git's and npm's help take a command), not the list of commands.
+    const topic = name === 'help' && rest.length === 1 ? COMMANDS.find((c) => c.name === rest[0]) : undefined;
+    if (topic !== undefined) return run([topic.name, '--help']);
     process.stdout.write(usage());
-    return name === undefined ? 2 : 0;
+    return 0;
   }
   if (name === '--version') {
     process.stdout.write(`${version()}\n`);

@@ -174,7 +174,18 @@ make_admin_token() {
   say "proxy admin token written to $VAR/admin.token (mode 0600)"
 }
 
-CURL_DEMO=(curl --silent --show-error --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
+# --fail: the proxy answers 502 while its origin is not there, which is not up. --max-time: a front that took the
+# connection and never answers (something else on :8443) is asked again, not waited on for ever.
+CURL_DEMO=(curl --silent --show-error --fail --max-time 5 --cacert "$VAR/demo/ca.pem" --resolve demo.localhost:8443:127.0.0.1 https://demo.localhost:8443/)
+
+running() { kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# A background process that ended during start-up (its port taken, say): the end of its log, and the error.
+exited() {
+  local log="$VAR/log/$1.log"
+  tail -n 20 "$log" >&2
+  die "the $1 exited during start-up (log: $log)"
+}
 
 up() {
   # curl: the readiness check below, and the commands printed at the end.
@@ -187,12 +198,16 @@ up() {
   start_background demo-origin "${KEYEDGE[@]}" demo-origin --port 8080
   start_background proxy "${KEYEDGE[@]}" proxy --config config/proxy.json
   local ok=""
+  # The demo origin checked too: one that could not take :8080 left the proxy answering 502, or forwarding to whatever
+  # holds the port, and this said "keyedge is up".
   for _ in $(seq 1 100); do
+    running demo-origin || exited demo-origin
     if "${CURL_DEMO[@]}" >/dev/null 2>&1; then ok=yes; break; fi
-    kill -0 "$(cat "$RUN/proxy.pid")" 2>/dev/null || break
+    running proxy || break
     sleep 0.1
   done
   [[ -n $ok ]] || { tail -n 20 "$VAR/log/proxy.log" >&2; die "the proxy does not answer on 127.0.0.1:8443 (log: $VAR/log/proxy.log)"; }
+  running demo-origin || exited demo-origin
   cat <<EOF
 
 keyedge is up (embedded default: SoftHSM2 token under ./var, demo origin on 127.0.0.1:8080).
@@ -210,18 +225,32 @@ The private key of demo.localhost is inside the token; the proxy holds only a re
 EOF
 }
 
+STOP_WAIT_SECONDS=30
+
+# Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
+# The proxy first and the key server last (the pid files' name order stopped the key server first): handshakes the
+# proxy still takes during its graceful stop need their signatures.
 down() {
-  local pidfile pid
-  for pidfile in "$RUN"/*.pid; do
+  local name pidfile pid stopped=0
+  for name in proxy demo-origin keyserver; do
+    pidfile="$RUN/$name.pid"
     [[ -f $pidfile ]] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      say "stopped $(basename "$pidfile" .pid) (pid $pid)"
+      # Past the proxy's and the key server's default shutdownGraceMs (10 s) and their own margins.
+      for _ in $(seq 1 $((STOP_WAIT_SECONDS * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      # Still there: said, and its pid file kept for the next `down` (it said "stopped" and forgot it, and the next
+      # `up` failed on the ports it still held).
+      kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not stop within $STOP_WAIT_SECONDS s of SIGTERM and still runs: run npm run down again once it has, or kill -KILL $pid"
+      say "stopped $name (pid $pid)"
+      stopped=1
+    else
+      say "$name (pid $pid) was not running"
     fi
     rm -f "$pidfile"
   done
+  ((stopped)) || say 'nothing to stop: no process started by `npm run up` is running'
 }
 
 case "${1:-}" in

@@ -19,8 +19,9 @@ import { certCommand } from '../proxy/certs/cli.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runInProcess } from './helpers/cli-in-process.js';
-import { runCli } from './helpers/keyserver.js';
+import { CLI, runCli } from './helpers/keyserver.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
+import { startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 
 // `keyedge cert` (the built CLI) against a real key server holding an EC and
@@ -208,6 +209,31 @@ describe('keyedge cert', () => {
     expect(existsSync(join(storeDir, 'pasted.json'))).toBe(false);
   });
 
+  it('reads a chain to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', async () => {
+    const big = join(lab.dir, 'big-chain.pem');
+    writeFileSync(big, Buffer.alloc(50 * 1024 * 1024, 0x41));
+    const large = await cert('add', 'large', '--chain', big, '--create-store');
+    expect(large.code).toBe(1);
+    expect(large.stderr).toBe(`keyedge: KEYEDGE_ERR_CERTIFICATE: parse: certificate 'large' (${big}): cannot read the chain: more than 1048576 bytes\n`);
+    // Read whole, /dev/zero never ended: the command grew by some 90 MB a second and never answered.
+    const endless = await cert('add', 'endless', '--chain', '/dev/zero');
+    expect(endless.code).toBe(1);
+    expect(endless.stderr).toContain("certificate 'endless' (/dev/zero): cannot read the chain: more than 1048576 bytes");
+    expect(existsSync(join(storeDir, 'large.pem')) || existsSync(join(storeDir, 'endless.pem'))).toBe(false);
+    // A pipe (`--chain <(…)`, /dev/stdin) stays readable.
+    // Through a shell's pipe (spawnSync's `input` is a socket, which /dev/stdin cannot be opened on: ENXIO).
+    const piped = spawnSync(
+      'bash',
+      ['-c', 'cat "$1" | exec "$2" "$3" cert add piped --chain /dev/stdin --config "$4"', 'bash', ecChain, process.execPath, CLI, config],
+      {
+        encoding: 'utf8',
+        timeout: 60_000,
+      },
+    );
+    expect(piped.status, piped.stderr).toBe(0);
+    expect((await cert('remove', 'piped')).code).toBe(0);
+  }, 120_000);
+
   it('refuses a chain whose key the key server does not hold', async () => {
     const ca = await createCa('stranger CA');
     const stranger = await issue(ca, { commonName: 'shop.lab.test', dnsNames: ['shop.lab.test'], keyAlgorithm: 'ec-p256' });
@@ -376,6 +402,66 @@ describe('keyedge cert', () => {
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(`KEYEDGE_ERR_SETUP: the admin token file ${tokenFile} does not hold one bearer token`);
     expect(`${result.stdout}${result.stderr}`).not.toMatch(/Q1w2e3|R4t5y6/);
+  });
+
+  it('cert issue and renew refused by the proxy for the admin token: said as that (the token file, the answer), not as an ACME failure', async () => {
+    // The admin API's 401 and 403 are plain text: the command said "KEYEDGE_ERR_ACME: the admin API answered 401", sending
+    // the operator to the CA.
+    const proxy = await startClusterProxy(lab, 'token-refused', (p) => storeProxyConfig(lab, p, { workers: 1 }));
+    try {
+      const tokenFile = join(lab.dir, 'stale.token');
+      writeFileSync(tokenFile, 'stale-token-Z9x8c7\n', { mode: 0o600 });
+      const withAdmin = join(lab.dir, 'proxy-stale-token.json');
+      writeFileSync(
+        withAdmin,
+        JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, admin: { host: '127.0.0.1', port: proxy.adminPort, tokenFile } }),
+      );
+      for (const args of [
+        ['cert', 'issue', '--domain', 'shop.lab.test'],
+        ['cert', 'renew', 'shop'],
+      ]) {
+        const result = await runCli([...args, '--config', withAdmin]);
+        expect(result.code).toBe(1);
+        expect(result.stderr).toBe(
+          `keyedge: KEYEDGE_ERR_SETUP: the proxy's admin API at 127.0.0.1:${proxy.adminPort} refused the admin token read from ${tokenFile}: 401 wrong bearer token\n`,
+        );
+        expect(`${result.stdout}${result.stderr}`).not.toContain('Z9x8c7');
+      }
+    } finally {
+      await proxy.stop();
+    }
+  }, 120_000);
+
+  it('list and show on a store directory that is not there: KEYEDGE_ERR_CERT_STORE_GONE, not an empty store', async () => {
+    // `cert list --json` printed [] with status 0: a check of what expires soon, its config naming a store renamed away
+    // or mistyped, found nothing to warn of.
+    const gone = join(lab.dir, 'proxy-store-gone.json');
+    const dirGone = join(lab.dir, 'no-such-store');
+    writeFileSync(gone, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, certStore: { dir: dirGone }, admin: null }));
+    for (const args of [['list'], ['list', '--json'], ['show', 'shop'], ['show', 'shop', '--json']]) {
+      const result = await runInProcess(['cert', ...args, '--config', gone]);
+      expect(result.code, args.join(' ')).toBe(1);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toMatch(
+        new RegExp(`^keyedge: KEYEDGE_ERR_CERT_STORE_GONE: the certificate store ${dirGone} is not there \\(or is not a directory\\)`),
+      );
+    }
+  });
+
+  it("an entry whose name starts with '-' (the store allows it) is named after --: add, show, replace, remove", async () => {
+    // `cert remove -old` was "Unknown option '-o'" and `cert remove -- -old` "Unexpected argument": no way to name it.
+    const added = await here('add', '--', '-old', '--chain', ecChain, '--create-store');
+    expect(added.code, added.stderr).toBe(0);
+    expect(added.stdout).toContain("added certificate '-old'");
+    const shown = await here('show', '--', '-old', '--json');
+    expect(shown.code, shown.stderr).toBe(0);
+    expect((JSON.parse(shown.stdout) as { name: string }).name).toBe('-old');
+    expect((await here('replace', '--', '-old', '--chain', rsaChain)).code).toBe(0);
+    const removed = await here('remove', '--', '-old');
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(existsSync(join(storeDir, '-old.pem'))).toBe(false);
+    // Without --, a name that looks like a flag is still a usage error, not taken for a name.
+    expect((await here('remove', '-old')).code).toBe(2);
   });
 
   it('refuses bad usage', async () => {

@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -74,6 +74,46 @@ describe('keyedge key', () => {
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
   });
 
+  it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {
+    const big = join(dir, 'big.pem');
+    writeFileSync(big, Buffer.alloc(50 * 1024 * 1024, 0x41));
+    const large = keyedge('key', 'import', '--config', config, '--in', big, '--label', 'big');
+    expect(large.status).toBe(1);
+    expect(large.stderr).toBe(`keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read ${big}: more than 1048576 bytes\n`);
+    // Read whole, /dev/zero never ended: the command grew by some 90 MB a second and never answered.
+    const endless = keyedge('key', 'import', '--config', config, '--in', '/dev/zero', '--label', 'endless');
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read /dev/zero: more than 1048576 bytes\n');
+    // A pipe (`--in <(vault read …)`, /dev/stdin): the key never on disk.
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    // Through a shell's pipe (spawnSync's `input` is a socket, which /dev/stdin cannot be opened on: ENXIO).
+    const piped = spawnSync(
+      'bash',
+      ['-c', 'printf %s "$1" | exec "$2" "$3" key import --config "$4" --in /dev/stdin --label piped', 'bash', pem, process.execPath, KEYEDGE, config],
+      {
+        encoding: 'utf8',
+        cwd: dir,
+        timeout: 60_000,
+      },
+    );
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toContain("imported ec-p256 key 'piped'");
+  });
+
+  it("the reminder's shred command names the key file as one shell word, whatever its name (a space, a quote, a ';')", () => {
+    const pem = join(dir, "old key's; copy.pem");
+    writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));
+    const result = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'odd-path');
+    expect(result.status, result.stderr).toBe(0);
+    // Pasted as printed, `shred -u /tmp/…/old key's; copy.pem` shredded other files (or ran what follows the ';').
+    const hint = /e\.g\. shred -u -- ([\s\S]*)\) once your backup policy/.exec(result.stdout)?.[1];
+    expect(hint, result.stdout).toBeDefined();
+    const words = execFileSync('bash', ['-c', `printf '%s\\0' ${hint}`], { encoding: 'utf8' })
+      .split('\0')
+      .slice(0, -1);
+    expect(words).toEqual([pem]);
+  });
+
   it.each(['edge-ec', 'edge-rsa', 'imported'])('makes a CSR signed inside the token with key %s', async (label) => {
     const out = join(dir, `${label}.csr`);
     const result = keyedge('key', 'csr', '--config', config, '--key', label, '--domain', 'shop.example', '--domain', '*.shop.example', '--out', out);
@@ -111,6 +151,82 @@ describe('usage and errors', () => {
     expect(keyedge('key', '--help').stdout).toContain('generate --type TYPE --label NAME');
     expect(keyedge('keyserver', '--help').stdout).toContain('Usage: keyedge keyserver');
     expect(keyedge('ping', '--help').stdout).toContain('Usage: keyedge ping');
+  });
+
+  it('ping prints a round trip a line, as its help says, and its help promises nothing else (no key listing)', async () => {
+    // The help said "then the public keys it serves", which it never printed: the protocol has no listing.
+    const help = keyedge('ping', '--help').stdout;
+    expect(help).toContain('prints each round trip');
+    expect(help).not.toMatch(/public keys/);
+    const pingConfig = join(dir, 'keyserver-ping.json');
+    const socket = join(dir, 'ping.sock');
+    writeFileSync(pingConfig, JSON.stringify({ stateDir: './state', admin: null, listen: { unix: { path: socket, mode: '0600', keys: '*' } } }));
+    const server = spawn(process.execPath, [KEYEDGE, 'keyserver', '--config', pingConfig], { cwd: dir, stdio: 'ignore' });
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!existsSync(socket) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      const ping = keyedge('ping', '--socket', socket, '--count', '2');
+      expect(ping.status, ping.stderr).toBe(0);
+      expect(ping.stdout).toMatch(new RegExp(`^(pong from ${socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: \\d+ µs\\n){2}$`));
+    } finally {
+      server.kill('SIGTERM');
+      await new Promise((resolve) => server.once('close', resolve));
+    }
+  }, 60_000);
+
+  it.each(['key', 'cert', 'ping'])("`keyedge help %s` is that command's help, not the list of commands", (name) => {
+    const result = keyedge('help', name);
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain(`Usage: keyedge ${name}`);
+  });
+
+  it.each([[[]], [['key']], [['cert']]])('without a command or action (%j): the usage error on stderr, status 2, stdout empty', (args) => {
+    // A script's `out=$(keyedge key)` took the usage text for output: it was on stdout, with no error line.
+    const result = keyedge(...args);
+    expect(result.status).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: missing (command|action)/);
+    expect(result.stderr).toContain(`Usage: keyedge ${args[0] ?? '<command>'}`);
+  });
+
+  it.each(['keyserver', 'key', 'proxy', 'cert', 'ping', 'demo-origin'])('`keyedge %s --help`: the usage on stdout, status 0, stderr empty', (name) => {
+    const result = keyedge(name, '--help');
+    expect(result.status).toBe(0);
+    expect(result.stdout).toContain(`Usage: keyedge ${name}`);
+    expect(result.stderr).toBe('');
+  });
+
+  it.each([[['--help']], [['cert', '--help']], [['key', 'list', '--json']]])(
+    'output to a reader that went away (`keyedge %j | head -1`): no stack trace, status 0',
+    async (args) => {
+      // The reader's end is closed before the command writes: Node's EPIPE was an unhandled 'error' event, its stack on stderr.
+      const child = spawn(process.execPath, [KEYEDGE, ...args, ...(args[0] === 'key' ? ['--config', config] : [])], {
+        cwd: dir,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      child.stdout.destroy();
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+      expect(stderr).toBe('');
+      expect(status).toBe(0);
+    },
+    60_000,
+  );
+
+  it.each([
+    [['key', 'list', '--config', 'a.json', '--config', 'b.json'], '--config'],
+    [['key', 'delete', '--key', 'edge-ec', '--key', 'edge-rsa', '--config', 'a.json'], '--key'],
+    [['cert', 'replace', 'shop', '--chain', 'new.pem', '--chain', 'old.pem'], '--chain'],
+    [['ping', '--socket', 'a.sock', '--socket=b.sock'], '--socket'],
+    [['proxy', '--config', 'a.json', '--config', 'b.json'], '--config'],
+  ])('refuses a value flag given twice (%j): which one was meant is not guessed', (args, flag) => {
+    // The last one won, silently: `key delete --key edge-ec … --key edge-rsa` destroyed edge-rsa.
+    const result = keyedge(...args);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(new RegExp(`^keyedge: KEYEDGE_ERR_USAGE: ${flag} given more than once`));
   });
 
   it.each([

@@ -1,6 +1,8 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO, removeDir, tempDir } from './helpers/keyserver.js';
@@ -50,4 +52,132 @@ describe('config/setup.sh: ensure_node_modules', () => {
     // The stubbed npm built nothing: the missing addon is named.
     expect(out).toContain('die: proxy/native/build/Release/no_dump.node was not built');
   });
+});
+
+/**
+ * `up` and `down` as the script has them, with what they start made small: the
+ * key server, demo certificate and admin token steps stubbed, `KEYEDGE` a
+ * script that plays the demo origin and the proxy as `fake` says, and curl's
+ * request for https://demo.localhost:8443/ sent to `front` (a port-0 server
+ * playing the proxy's TLS front) instead. Runs `steps` (bash) in `root`.
+ */
+function runSetup(root: string, fake: string, front: number, steps: string): Promise<{ status: number; stdout: string; stderr: string }> {
+  writeFileSync(join(root, 'fake-keyedge.sh'), fake);
+  const harness = `
+    cd "$1"; FRONT=$2
+    eval "$(sed '/^case "\${1:-}" in/,$d; s|^ROOT=.*|ROOT=$PWD|' "$0")"
+    set +e
+    deps() { :; }; start_keyserver() { :; }; make_demo_certificate() { :; }; make_admin_token() { :; }
+    KEYEDGE=(bash "$1/fake-keyedge.sh")
+    curl() {
+      local args=() skip=0 arg
+      for arg in "$@"; do
+        if ((skip)); then skip=0; continue; fi
+        case $arg in
+          --cacert | --resolve) skip=1 ;;
+          https://demo.localhost:8443/) args+=("http://127.0.0.1:$FRONT/") ;;
+          *) args+=("$arg") ;;
+        esac
+      done
+      command curl "\${args[@]}"
+    }
+    ${steps}`;
+  return new Promise((resolve) => {
+    execFile('bash', ['-c', harness, SETUP, root, String(front)], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ status: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
+    });
+  });
+}
+
+/** A stand-in for the proxy's TLS front: answers every request with `status`, as the proxy does 502 without its origin. */
+async function front(status: number): Promise<http.Server> {
+  const server = http.createServer((_req, res) => res.writeHead(status).end(`status ${status}\n`));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+describe('config/setup.sh: up and down', () => {
+  it('up fails, naming the demo origin and its log, when the origin could not start (its port taken): not "keyedge is up" over a 502', async () => {
+    const root = tempDir('keyedge-setup-up-');
+    const server = await front(502);
+    try {
+      const fake = `case $1 in
+        demo-origin) echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
+        proxy) exec sleep 60 ;;
+      esac`;
+      const result = await runSetup(root, fake, (server.address() as AddressInfo).port, 'trap "down >/dev/null 2>&1" EXIT; up');
+      expect(result.stdout).not.toContain('keyedge is up');
+      expect(result.status).toBe(1);
+      expect(result.stderr).toContain('cannot listen on tcp 127.0.0.1:8080: EADDRINUSE');
+      expect(result.stderr).toMatch(/keyedge setup: error: the demo-origin exited during start-up \(log: .*demo-origin\.log\)/);
+    } finally {
+      server.close();
+      removeDir(root);
+    }
+  }, 90_000);
+
+  it('down says so when nothing is running (never up, or down twice), and names a process that had ended by itself', async () => {
+    const root = tempDir('keyedge-setup-down-');
+    try {
+      const never = await runSetup(root, '', 9, 'down');
+      expect(never.status).toBe(0);
+      expect(never.stdout).toBe('keyedge setup: nothing to stop: no process started by `npm run up` is running\n');
+      // A pid file whose process is gone (it crashed, or the machine restarted): said, and the file removed.
+      mkdirSync(join(root, 'var', 'run'), { recursive: true });
+      writeFileSync(join(root, 'var', 'run', 'proxy.pid'), '2147483646\n');
+      const stale = await runSetup(root, '', 9, 'down; down');
+      expect(stale.status).toBe(0);
+      expect(stale.stdout).toBe(
+        'keyedge setup: proxy (pid 2147483646) was not running\n' +
+          'keyedge setup: nothing to stop: no process started by `npm run up` is running\n' +
+          'keyedge setup: nothing to stop: no process started by `npm run up` is running\n',
+      );
+    } finally {
+      removeDir(root);
+    }
+  }, 60_000);
+
+  it("down stops the proxy first and the key server last: the proxy's graceful stop still has its key server", async () => {
+    // By the pid files' names, the key server was stopped before the proxy: handshakes the proxy still took during its
+    // shutdown grace found no key server to sign them.
+    const root = tempDir('keyedge-setup-order-');
+    try {
+      const steps = `mkdir -p "$RUN"
+        for name in keyserver demo-origin proxy; do
+          (trap "echo $name >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done) &
+          echo $! >"$RUN/$name.pid"
+        done
+        down`;
+      const result = await runSetup(root, '', 9, steps);
+      expect(result.status, result.stderr).toBe(0);
+      expect(readFileSync(join(root, 'order'), 'utf8')).toBe('proxy\ndemo-origin\nkeyserver\n');
+    } finally {
+      removeDir(root);
+    }
+  }, 60_000);
+
+  it('down says a process that did not stop in time is still running, keeps its pid file and fails', async () => {
+    // It said "stopped proxy" after 10 s whatever had happened and removed the pid file: a process still stopping, or
+    // stuck, ran on untracked, and no later `down` could find it.
+    const root = tempDir('keyedge-setup-stuck-');
+    let stuck: number | undefined;
+    try {
+      const steps = `mkdir -p "$RUN"
+        (trap '' TERM; while :; do sleep 0.05; done) </dev/null >/dev/null 2>&1 &
+        echo $! >"$RUN/proxy.pid"
+        echo $! >stuck.pid
+        STOP_WAIT_SECONDS=1
+        down`;
+      const result = await runSetup(root, '', 9, steps);
+      stuck = Number(readFileSync(join(root, 'stuck.pid'), 'utf8'));
+      expect(result.status).toBe(1);
+      expect(readFileSync(join(root, 'var', 'run', 'proxy.pid'), 'utf8')).toBe(`${stuck}\n`);
+      expect(result.stdout).not.toContain('stopped proxy');
+      expect(result.stderr).toContain(`keyedge setup: error: proxy (pid ${stuck}) did not stop within 1 s of SIGTERM and still runs`);
+      expect(() => process.kill(stuck!, 0)).not.toThrow();
+    } finally {
+      if (stuck !== undefined && stuck > 0) process.kill(stuck, 'SIGKILL');
+      removeDir(root);
+    }
+  }, 60_000);
 });

@@ -13,6 +13,8 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
+import { operatorFileFailure, readOperatorFile } from '../shared/operator-file.js';
+import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
 const USAGE = `Usage: keyedge key <action> [options]
@@ -53,6 +55,9 @@ const OPTIONS = {
   'pin-stdin': { type: 'boolean' },
 } as const;
 
+/** What `key import --in` reads at most. */
+const MAX_KEY_FILE_BYTES = 1024 * 1024;
+
 /** RFC 1035 §2.3.1 labels, with one leading wildcard label allowed (RFC 6125 §6.4.3). */
 const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 
@@ -60,9 +65,11 @@ export const keyCommand: Command = {
   name: 'key',
   async run(argv) {
     const [action, ...rest] = argv;
-    if (action === undefined || action === '--help' || action === '-h') {
+    // No action is a usage error (stderr, status 2), as an unknown one is; --help alone is the help (stdout, 0).
+    if (action === undefined) throw new UsageError(`missing action: keyedge key <action>\n\n${USAGE}`);
+    if (action === '--help' || action === '-h') {
       process.stdout.write(USAGE);
-      return action === undefined ? 2 : 0;
+      return 0;
     }
     const { values } = parseCommandArgs(rest, OPTIONS, USAGE);
     if (values.help) {
@@ -90,9 +97,10 @@ export const keyCommand: Command = {
         const label = requireOption(values.label, '--label', USAGE);
         let pem: Buffer;
         try {
-          pem = readFileSync(file);
+          // Capped: a PEM private key is a few KB (RSA-8192: 6.5 KB); /dev/zero was read until memory ran out.
+          pem = readOperatorFile(file, MAX_KEY_FILE_BYTES);
         } catch (err) {
-          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${operatorFileFailure(err)}`, { cause: err });
         }
         try {
           return await withToken(values, (token) => {
@@ -101,7 +109,8 @@ export const keyCommand: Command = {
               `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
                 `key id: ${key.keyId}\n` +
                 `NOTE: ${file} still exists and holds the private key in the clear.\n` +
-                `      Remove it (e.g. shred -u ${file}) once your backup policy is satisfied.\n`,
+                // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
+                `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
             );
             return 0;
           });

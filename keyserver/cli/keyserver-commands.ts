@@ -1,7 +1,7 @@
 /**
  * `keyedge keyserver`: run the key server in the foreground until SIGTERM or
  * SIGINT (graceful: in-flight requests finish); SIGHUP rescans the token.
- * `keyedge ping`: ask a running key server for a round trip, and list its keys.
+ * `keyedge ping`: ask a running key server for round trips.
  */
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyserverClient } from '../client/client.js';
@@ -89,8 +89,9 @@ export const keyserverCommand: Command = {
 
 const PING_USAGE = `Usage: keyedge ping [--config FILE | --socket PATH] [--count N]
 
-Checks that a key server answers on its unix socket: sends N pings (default 3),
-prints each round trip, then the public keys it serves.
+Checks that a key server answers on its unix socket: sends N pings (default 3)
+and prints each round trip, one line each. (It lists no keys: the protocol has
+no listing; \`keyedge key list\` shows the token's.)
 
 Options:
   --config FILE   read the socket path from this key server config

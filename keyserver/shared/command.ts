@@ -13,18 +13,32 @@ export interface Command {
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
-/** Parses `argv` against `options`; `--help` is always accepted and reported as `help`. */
+/**
+ * Parses `argv` against `options`; `--help` is always accepted and reported as `help`. A value option given twice (not
+ * `multiple`) is a usage error: parseArgs keeps the last, so `key delete --key a … --key b` destroyed b, and a second
+ * `--config` quietly chose another token or store.
+ */
 export function parseCommandArgs<T extends Options>(argv: readonly string[], options: T, usage: string) {
-  try {
-    return parseArgs({
-      args: [...argv],
-      options: { ...options, help: { type: 'boolean', short: 'h' } },
-      allowPositionals: false,
-      strict: true,
-    });
-  } catch (err) {
-    throw new UsageError(`${(err as Error).message}\n\n${usage}`);
+  const parsed = (() => {
+    try {
+      return parseArgs({
+        args: [...argv],
+        options: { ...options, help: { type: 'boolean', short: 'h' } },
+        allowPositionals: false,
+        strict: true,
+        tokens: true,
+      });
+    } catch (err) {
+      throw new UsageError(`${(err as Error).message}\n\n${usage}`);
+    }
+  })();
+  const seen = new Set<string>();
+  for (const token of parsed.tokens) {
+    if (token.kind !== 'option' || token.value === undefined || options[token.name]?.multiple === true) continue;
+    if (seen.has(token.name)) throw new UsageError(`--${token.name} given more than once: give it once\n\n${usage}`);
+    seen.add(token.name);
   }
+  return { values: parsed.values };
 }
 
 export function requireOption(value: string | undefined, flag: string, usage: string): string {

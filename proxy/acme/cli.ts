@@ -61,7 +61,17 @@ export async function acmeCertCommand(
   } catch (err) {
     throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot reach the proxy's admin API at ${host}:${config.admin.port}: ${(err as Error).message}`);
   }
-  const body = (await response.json().catch(() => ({}))) as {
+  const text = await response.text().catch(() => '');
+  // The admin API's own refusals of the token (admin-auth.ts: 401 wrong or missing, 403 changes disabled) are plain
+  // text: taken as an order's failure, they said "KEYEDGE_ERR_ACME: the admin API answered 401" and sent the operator
+  // to the CA. Its words are the proxy's (never the token); the file is the one this command read.
+  if (response.status === 401 || response.status === 403) {
+    throw new KeyedgeError(
+      'KEYEDGE_ERR_SETUP',
+      `the proxy's admin API at ${host}:${config.admin.port} refused the admin token read from ${config.admin.tokenFile}: ${response.status} ${text.split('\n')[0]!.trim()}`,
+    );
+  }
+  const body = (parseJson(text) ?? {}) as {
     keyId?: string;
     name?: string;
     domains?: string[];
@@ -84,4 +94,12 @@ export async function acmeCertCommand(
     process.stdout.write(`  the entry's names changed from ${body.previousDomains.join(', ')}: a new certificate, renewed for these names from now on\n`);
   }
   return 0;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }

@@ -13,6 +13,7 @@ import { CertificateError, CertificateStoreError } from './errors.js';
 import type { IssuerPool } from './issuers.js';
 import { entryCandidate } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
+import { directoryId } from './store-dir.js';
 import { inspectCertificate, parseChain, type ValidatedCertificate, validateCertificate } from './validate.js';
 
 /** The options list and show take: the proxy's config file, and JSON output. */
@@ -21,10 +22,27 @@ export interface ListingOptions {
   readonly json?: boolean | undefined;
 }
 
+/**
+ * The store at `dir`, or KEYEDGE_ERR_CERT_STORE_GONE when no directory is there: listed as empty, a store renamed away
+ * or a mistyped certStore.dir was "no certificates" (`[]`, status 0), and a check of what expires soon found nothing
+ * to warn of while the running proxy served what the store had held.
+ */
+function storeToRead(dir: string): CertificateStore {
+  if (directoryId(dir) === undefined) {
+    throw new CertificateStoreError(
+      'KEYEDGE_ERR_CERT_STORE_GONE',
+      '',
+      `the certificate store ${dir} is not there (or is not a directory): nothing to list or show. The proxy makes it when it ` +
+        'starts; one renamed away keeps its entries served by a running proxy until it is put back (check certStore.dir)',
+    );
+  }
+  return new CertificateStore(dir);
+}
+
 /** `keyedge cert list`: every entry, refused ones too, without asking the key server. */
 export async function listEntries(values: ListingOptions): Promise<number> {
   const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
+  const store = storeToRead(config.certStore.dir);
   const now = new Date();
   const issuers = issuersOf(config);
   const rows = [];
@@ -54,7 +72,7 @@ export async function listEntries(values: ListingOptions): Promise<number> {
 /** `keyedge cert show`: one entry, with the key server's verdict when every other rule passes; 1 when it would be refused. */
 export async function showEntry(name: string, values: ListingOptions): Promise<number> {
   const config = loadProxyConfig(values.config);
-  const store = new CertificateStore(config.certStore.dir);
+  const store = storeToRead(config.certStore.dir);
   const now = new Date();
   const issuers = issuersOf(config);
   const row = await describeEntry(store, name, now, issuers);

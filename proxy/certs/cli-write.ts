@@ -6,10 +6,10 @@
  * store directory (but `add --create-store`): a store renamed away is
  * refused, not made again holding the one entry (storeToWrite says why).
  */
-import { readFileSync } from 'node:fs';
 import { loadProxyConfig } from '../../config/load.js';
 import { requireOption } from '../../keyserver/shared/command.js';
 import { UsageError } from '../../keyserver/shared/errors.js';
+import { operatorFileFailure, readOperatorFile } from '../../keyserver/shared/operator-file.js';
 import type * as x509 from '../../keyserver/shared/x509.js';
 import type { CertValues } from './cli.js';
 import { issuersOf, withKeyserver } from './cli-keyserver.js';
@@ -17,6 +17,7 @@ import { CertificateError, CertificateStoreError } from './errors.js';
 import { entryCandidate, putCertificate, type PutRequest } from './manage.js';
 import { CertificateStore, type StoreEntry } from './store.js';
 import { directoryId } from './store-dir.js';
+import { MAX_CHAIN_BYTES } from './store-files.js';
 import { parseChain } from './validate.js';
 
 const KEY_ID = /^[0-9a-f]{64}$/;
@@ -43,9 +44,10 @@ export async function addOrReplace(mode: 'add' | 'replace', name: string, values
   }
   let chainText: string;
   try {
-    chainText = readFileSync(chainFile, 'utf8');
+    // Capped at what the store keeps: /dev/zero was read until memory ran out; a pipe (`<(…)`) is still read.
+    chainText = readOperatorFile(chainFile, MAX_CHAIN_BYTES).toString('utf8');
   } catch (err) {
-    throw new CertificateError(chainFile, `cannot read the chain: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, {
+    throw new CertificateError(chainFile, `cannot read the chain: ${operatorFileFailure(err)}`, {
       reason: 'parse',
       entry: name,
       cause: err,

@@ -22,6 +22,7 @@ import { UsageError } from '../../keyserver/shared/errors.js';
 import { CertificateError } from './errors.js';
 
 const USAGE = `Usage: keyedge cert <action> [NAME] [options]
+       (a NAME starting with '-': \`keyedge cert <action> -- NAME [options]\`)
 
 Actions:
   add NAME --chain FILE [--names A,B] [--key KEYID] [--create-store]
@@ -92,13 +93,17 @@ export const certCommand: Command = {
   name: 'cert',
   async run(argv) {
     const [action, ...rest] = argv;
-    if (action === undefined || action === '--help' || action === '-h') {
+    // No action is a usage error (stderr, status 2), as an unknown one is; --help alone is the help (stdout, 0).
+    if (action === undefined) throw new UsageError(`missing action: keyedge cert <action>\n\n${USAGE}`);
+    if (action === '--help' || action === '-h') {
       process.stdout.write(USAGE);
-      return action === undefined ? 2 : 0;
+      return 0;
     }
     const takesName = action !== 'list';
-    const name = takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
-    const { values } = parseCommandArgs(name === undefined ? rest : rest.slice(1), OPTIONS, USAGE);
+    // `--` before NAME names an entry that starts with '-' (the store allows it: `-old`), which is otherwise a flag.
+    const marked = takesName && rest[0] === '--';
+    const name = marked ? rest[1] : takesName && rest[0] !== undefined && !rest[0].startsWith('-') ? rest[0] : undefined;
+    const { values } = parseCommandArgs(name === undefined ? rest : rest.slice(marked ? 2 : 1), OPTIONS, USAGE);
     if (values.help) {
       process.stdout.write(USAGE);
       return 0;
