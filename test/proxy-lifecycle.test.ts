@@ -11,16 +11,17 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 // The primary's life under signals and dying workers, with real processes: a
 // second SIGTERM, a SIGINT or a SIGHUP while it drains; a SIGHUP while it
 // starts; a SIGTERM while its workers start; a worker that dies at every
-// start. Faults are injected by a module preloaded into every process
-// (NODE_OPTIONS=--import), driven by files in a control directory: in the
-// primary it can hold the first fork (a slow start it reports), and on
+// start; a fork the system refuses. Faults are injected by a module preloaded
+// into every process (NODE_OPTIONS=--import), driven by files in a control
+// directory: in the primary it can hold the first fork (a slow start it
+// reports), have the forks fail (spawn-cwd), and on
 // SIGUSR2 it throws and rejects a promise nothing handles; in a worker
 // it can stall the start (before it listens for the primary's messages), hang
 // in it for a minute, or exit at once (a crash loop).
 const HOST = 'life.lab.test';
 const INJECT = `
 import cluster from 'node:cluster';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 const dir = process.env.LIFECYCLE_CONTROL;
 const block = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -32,6 +33,9 @@ if (dir !== undefined && cluster.isPrimary) {
       writeFileSync(join(dir, 'forking'), String(process.pid));
       block(2000);
     }
+    // A fork the system refuses: a working directory that is no directory fails the spawn, later (ENOENT: said by
+    // 'error', as EAGAIN at a pids cgroup's limit is) or at once (ENOTDIR: thrown, as ENOMEM is).
+    cluster.setupPrimary({ cwd: existsSync(join(dir, 'spawn-cwd')) ? readFileSync(join(dir, 'spawn-cwd'), 'utf8') : undefined });
     // Workers without this module, when a test needs none of their faults.
     const worker = existsSync(join(dir, 'plain-workers')) ? fork({ NODE_OPTIONS: '' }) : fork(...args);
     if (forks === 1) setTimeout(() => writeFileSync(join(dir, 'forked'), String(process.pid)), 300);
@@ -224,6 +228,35 @@ describe.concurrent('a blocked worker, and signals while the primary drains', ()
       // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
       expect(Date.now() - signalled).toBeLessThan(8_000);
     }, 120_000);
+  });
+  describe.sequential('a replacement the system refuses to fork', () => {
+    it('does not stop the proxy: each refusal, said later or at once, is logged and tried again after the growing pause while the other worker serves; once forks work, a replacement serves', async () => {
+      const control = join(dir, 'spawn');
+      const proxy = await startProxy('spawn', control);
+      const [survivor, victim] = await waitFor('two workers listening', () =>
+        workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+      );
+      const refused = (code: string) => proxy.lines.filter((l) => l.msg === 'proxy worker could not be forked; trying again' && l.code === code);
+      const uncaught = () => proxy.lines.find((l) => l.pid === proxy.pid && typeof l.kind === 'string');
+      // Refused later (ENOENT, said by 'error' on the worker), then at once (ENOTDIR, thrown by cluster.fork).
+      writeFileSync(join(control, 'spawn-cwd'), join(control, 'no-such-dir'));
+      process.kill(victim!, 'SIGKILL');
+      await waitFor('two refusals said later', () => uncaught() ?? (refused('ENOENT').length >= 2 ? true : undefined), 30_000);
+      writeFileSync(join(control, 'not-a-dir'), '');
+      writeFileSync(join(control, 'spawn-cwd'), join(control, 'not-a-dir'));
+      await waitFor('a refusal said at once', () => uncaught() ?? (refused('ENOTDIR').length >= 1 ? true : undefined), 30_000);
+      expect(uncaught(), 'an uncaught error in the primary').toBeUndefined();
+      const pauses = [...refused('ENOENT'), ...refused('ENOTDIR')].map((l) => l.restartInMs as number);
+      for (let i = 1; i < pauses.length; i++) expect(pauses[i], JSON.stringify(pauses)).toBe(Math.min(2 * pauses[i - 1]!, 30_000));
+      expect(alive(proxy.pid), 'the primary').toBe(true);
+      expect(alive(survivor!), 'the other worker').toBe(true);
+      expect(await answered(proxy, '/while-refused/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      rmSync(join(control, 'spawn-cwd'));
+      await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 45_000);
+      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+      expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(1 + pauses.length);
+      expect(alive(proxy.pid), 'the primary').toBe(true);
+    }, 150_000);
   });
 });
 
