@@ -40,9 +40,11 @@ import { type RunningWorker, startProxyWorker, type WorkerOptions } from './work
  */
 export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
   // From the start, not once serving: a signal to the whole process group (a terminal's ^C or hangup) ends a worker
-  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker.
+  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker;
+  // SIGUSR2 (HAProxy's reload) the primary says it ignores.
   process.on('SIGINT', () => undefined);
   process.on('SIGHUP', () => undefined);
+  process.on('SIGUSR2', () => undefined);
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.

@@ -60,6 +60,10 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   let hangupWhileStarting = false;
   const onHangup = (): void => hangup();
   process.on('SIGHUP', onHangup);
+  // SIGUSR2's default action ends the process too: HAProxy's reload signal, sent by habit or by a reload script written
+  // for it, ended the primary at once, and its workers with it, cutting every request in flight. Said and ignored.
+  const onUser2 = (): void => log.warn('SIGUSR2 ignored: SIGHUP reloads the proxy, SIGTERM stops it gracefully');
+  process.on('SIGUSR2', onUser2);
   // Node's default for an uncaught error ended the primary at once, and its workers with it (they exit when the IPC
   // channel closes), cutting every request in flight. Before the workers run there is nothing to drain.
   let faulted = false;
@@ -84,6 +88,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     });
   } finally {
     process.off('SIGHUP', onHangup);
+    process.off('SIGUSR2', onUser2);
     uninstall();
   }
   if (faulted) process.exit(UNCAUGHT_EXIT_CODE);

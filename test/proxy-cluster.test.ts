@@ -99,6 +99,31 @@ describe('keyedge proxy with two workers', () => {
     expect(text).toMatch(/keyedge_proxy_keyless_signs_total \d+/);
   });
 
+  it("SIGUSR2 (HAProxy's reload, a stray signal) ends neither the primary nor a worker: the primary says it is ignored, both workers go on serving", async () => {
+    const workers = [...workerPids()];
+    expect(workers).toHaveLength(2);
+    const before = lines.length;
+    // To the primary, then to the whole process group, as a supervisor's group signal would (each worker gets it too).
+    process.kill(proxy.pid!, 'SIGUSR2');
+    for (const pid of [proxy.pid!, ...workers]) process.kill(pid, 'SIGUSR2');
+    const ended = (): string | undefined =>
+      proxy.exitCode !== null || proxy.signalCode !== null
+        ? `the primary ended (${proxy.exitCode ?? proxy.signalCode})`
+        : lines.slice(before).some((l) => l.msg === 'proxy worker died; starting a replacement')
+          ? 'a worker died'
+          : undefined;
+    const said = await waitFor(
+      'the primary to say SIGUSR2 is ignored, or to end',
+      () =>
+        // Two signals sent at once may be delivered as one (standard signals are not queued).
+        ended() ?? (lines.slice(before).some((l) => String(l.msg).startsWith('SIGUSR2 ignored')) ? 'said' : undefined),
+    );
+    expect(said).toBe('said');
+    for (let i = 0; i < 4; i++) expect((await nodeGet(port, 'ec.lab.test', ca)).ok).toBe(true);
+    expect(ended()).toBeUndefined();
+    expect([...workerPids()]).toEqual(workers);
+  });
+
   it('replaces a worker that dies', async () => {
     const [victim] = [...workerPids()];
     process.kill(victim!, 'SIGKILL');
