@@ -64,9 +64,10 @@ beforeAll(async () => {
     pending = parts.pop() ?? '';
     for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
   });
-  await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined));
-  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined));
-});
+  // A start on a loaded machine (CI's 2 cores, other files' proxies beside it) took more than waitFor's default 15 s.
+  await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined), 45_000);
+  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+}, 120_000);
 afterAll(async () => {
   if (proxy?.exitCode === null) {
     proxy.kill('SIGTERM');
