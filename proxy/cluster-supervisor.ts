@@ -21,7 +21,7 @@ import { KeyedgeError } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { isMessage, isStartFailedMessage, READY } from './cluster-messages.js';
 import type { ClusterMetrics } from './cluster-metrics.js';
-import { workerConfigEnv } from './cluster-worker-config.js';
+import { removeWorkerConfig, workerConfigEnv } from './cluster-worker-config.js';
 
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
@@ -97,9 +97,11 @@ export class WorkerSupervisor {
 
   fork(): void {
     let worker: Worker;
+    const env = workerConfigEnv(this.parts.runningConfig(), (message) => this.parts.log.warn(message));
     try {
-      worker = cluster.fork(workerConfigEnv(this.parts.runningConfig(), (message) => this.parts.log.warn(message)));
+      worker = cluster.fork(env);
     } catch (err) {
+      removeWorkerConfig(env);
       // A fork the system refuses at once (ENOMEM, ENOTDIR) throws here: out of the 'exit' handler or the pause's timer
       // that called it, an uncaught exception that stopped the whole proxy. Judged a turn later, when a first fork's
       // start failure can already end the start (failStart is set once the first workers are forked).
@@ -110,9 +112,13 @@ export class WorkerSupervisor {
     // worker, never by 'exit': unheard, an uncaught exception that stopped the whole proxy, and heard only, a worker
     // never replaced. Any other 'error' (a signal it could not be sent) is no reason to stop anything.
     worker.on('error', (err: NodeJS.ErrnoException) => {
-      if (worker.process.pid === undefined) this.#notForked(err, worker);
-      else this.parts.log.warn({ worker: worker.id, pid: worker.process.pid, code: err.code, reason: err.message }, 'proxy worker process error');
+      if (worker.process.pid === undefined) {
+        removeWorkerConfig(env);
+        this.#notForked(err, worker);
+      } else this.parts.log.warn({ worker: worker.id, pid: worker.process.pid, code: err.code, reason: err.message }, 'proxy worker process error');
     });
+    // The worker removes its configuration's file once read; one that died before is the primary's to remove.
+    worker.once('exit', () => removeWorkerConfig(env));
     this.#started.set(worker, Date.now());
     this.#watchStart(worker);
     this.parts.metrics.track(worker);

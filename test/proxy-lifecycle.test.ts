@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -61,7 +61,7 @@ if (dir !== undefined && cluster.isPrimary) {
     if (message?.type === 'keyedge:metrics-request' && message.full === true) writeFileSync(join(dir, 'full-' + process.pid), String(++full));
   });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
-  if (existsSync(join(dir, 'slow-worker'))) block(3000);
+  if (existsSync(join(dir, 'slow-worker'))) block(existsSync(join(dir, 'slow-worker-ms')) ? Number(readFileSync(join(dir, 'slow-worker-ms'), 'utf8')) : 3000);
   if (existsSync(join(dir, 'hang-worker'))) block(60_000);
 }
 `;
@@ -103,7 +103,7 @@ async function startProxy(name: string, control: string, extra: Record<string, u
       writeFileSync(join(p.storeDir, 'life.pem'), readFileSync(certFile));
       const store = rescanSeconds === undefined ? {} : { certStore: { dir: p.storeDir, rescanSeconds } };
       // A state directory of its own (the lab's is shared by default): proxies run side by side here, and a primary
-      // hands its workers their configuration through a file in it (worker-config.json).
+      // hands its workers their configuration through files in it (worker-config-*.json).
       return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }], stateDir: join(control, 'state'), ...store, ...extra });
     },
     { NODE_OPTIONS: `--import=${pathToFileURL(join(dir, 'inject.mjs')).href}`, LIFECYCLE_CONTROL: control },
@@ -256,6 +256,39 @@ describe.concurrent('a blocked worker, and signals while the primary drains', ()
       await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
       expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(1 + pauses.length);
       expect(alive(proxy.pid), 'the primary').toBe(true);
+    }, 150_000);
+  });
+  describe.sequential('two proxies sharing a state directory', () => {
+    it("a worker one forks starts on its own primary's configuration, not on the other's, written meanwhile", async () => {
+      // One key server's socket in the state directory, the default ./var: two proxies of one host may well share it.
+      const shared = join(dir, 'shared-state');
+      const [a, b] = await Promise.all([
+        startProxy('share-a', join(dir, 'share-a'), { stateDir: shared }),
+        startProxy('share-b', join(dir, 'share-b'), { stateDir: shared }),
+      ]);
+      const listening = (proxy: ClusterProxy) => proxy.lines.filter((l) => l.msg === 'proxy worker listening');
+      const [, victimA] = await waitFor('two workers of a', () => (listening(a).length === 2 ? listening(a).map((l) => l.pid as number) : undefined));
+      const [, victimB] = await waitFor('two workers of b', () => (listening(b).length === 2 ? listening(b).map((l) => l.pid as number) : undefined));
+      // a's replacement is forked (its configuration written), then stalls before it reads it, while b forks one of its own.
+      writeFileSync(join(dir, 'share-a', 'slow-worker-ms'), '8000');
+      writeFileSync(join(dir, 'share-a', 'slow-worker'), '');
+      process.kill(victimA!, 'SIGKILL');
+      await waitFor("a's replacement forked", () => a.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === victimA));
+      rmSync(join(dir, 'share-a', 'slow-worker'));
+      process.kill(victimB!, 'SIGKILL');
+      await waitFor("b's replacement listening", () => (listening(b).length === 3 ? true : undefined), 30_000);
+      // What a's replacement said first: it listens on a's port, or it could not start (b's port, held by b's primary).
+      const said = await waitFor(
+        "a's replacement to listen or fail",
+        () => a.lines.find((l) => l.msg === 'a replacement proxy worker could not start') ?? (listening(a).length === 3 ? listening(a)[2] : undefined),
+        45_000,
+      );
+      expect(said.msg, JSON.stringify(said)).toBe('proxy worker listening');
+      expect(said.ports).toEqual([a.port]);
+      expect(await answered(a, '/shared-state/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      await Promise.all([a.stop(), b.stop()]);
+      // Each fork's file went once its worker read it, or died.
+      expect(readdirSync(shared).filter((f) => f.startsWith('worker-config'))).toEqual([]);
     }, 150_000);
   });
 });
