@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { keepInspectorClosed } from '../keyserver/shared/inspector-signal.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { boardAppliedMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
 import {
@@ -45,6 +46,9 @@ export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<
   process.on('SIGINT', () => undefined);
   process.on('SIGHUP', () => undefined);
   process.on('SIGUSR2', () => undefined);
+  // Nor does SIGUSR1 open the inspector here, which would run any local user's code beside the keyless bridge and the
+  // ticket keys (keyserver/shared/inspector-signal.ts); said, as the primary says it.
+  keepInspectorClosed(() => log.warn('SIGUSR1 ignored: the proxy opens no inspector (any local user could connect to it and run code in the process)'));
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.

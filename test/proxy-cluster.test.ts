@@ -125,6 +125,24 @@ describe('keyedge proxy with two workers', () => {
     expect([...workerPids()]).toEqual(workers);
   });
 
+  it("SIGUSR1 (nginx's log reopening) opens no inspector in the primary or a worker: each says it is ignored, both go on serving", async () => {
+    // Node opened its inspector on 127.0.0.1:9229, which any local user may connect to and run code in the process.
+    const workers = [...workerPids()];
+    const before = lines.length;
+    for (const pid of [proxy.pid!, ...workers]) process.kill(pid, 'SIGUSR1');
+    const saidBy = (): Set<unknown> =>
+      new Set(
+        lines
+          .slice(before)
+          .filter((l) => String(l.msg).startsWith('SIGUSR1 ignored'))
+          .map((l) => l.pid),
+      );
+    await waitFor('the primary and both workers to say SIGUSR1 is ignored', () => (saidBy().size === 3 ? true : undefined), 20_000);
+    expect(saidBy()).toEqual(new Set([proxy.pid, ...workers]));
+    for (let i = 0; i < 4; i++) expect((await nodeGet(port, 'ec.lab.test', ca)).ok).toBe(true);
+    expect([...workerPids()]).toEqual(workers);
+  });
+
   it('replaces a worker that dies', async () => {
     const [victim] = [...workerPids()];
     process.kill(victim!, 'SIGKILL');
