@@ -36,9 +36,9 @@ export function onWorkerMessage(
     sendToWorker(worker, ticketRing.message());
     // The committed state, then the delta being applied (if any): IPC
     // keeps order, so the worker ends up where every other worker is.
-    sendToWorker(worker, serveMessage(serving.packs.wire('snapshot', serving.snapshot(), worker)));
+    sendToWorker(worker, serveMessage(serving.wire('snapshot', serving.snapshot(), worker)));
     const inFlight = serving.inFlight();
-    if (inFlight !== undefined) sendToWorker(worker, applyMessage(serving.packs.wire('delta', inFlight, worker)));
+    if (inFlight !== undefined) sendToWorker(worker, applyMessage(serving.wire('delta', inFlight, worker)));
     if (acme !== undefined) sendToWorker(worker, acme.board.message());
     serving.synced.add(worker);
   } else if (isMessage(message, PACK_OPENED)) {

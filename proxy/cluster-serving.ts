@@ -1,7 +1,8 @@
 /**
  * The primary's distribution of the serving state (certificates and routes)
  * to its workers: each reload's delta goes to every synced worker, as a file
- * when large (serving/pack.ts), and the reload coordinator
+ * when large (serving/pack.ts; inline when the state directory cannot take
+ * one), and the reload coordinator
  * (serving/coordinator.ts) commits it once they answered or
  * `reloadApplyTimeoutMs` passed. A worker that starts gets the committed state,
  * then the delta being applied, if any.
@@ -12,12 +13,18 @@ import { APPLIED, type AppliedMessage, applyMessage } from './cluster-messages.j
 import { sendToWorker } from './cluster-metrics.js';
 import { ReloadCoordinator } from './serving/coordinator.js';
 import { Distribution } from './serving/distribute.js';
-import { PackShelf } from './serving/pack.js';
+import { PackShelf, type WireDelta } from './serving/pack.js';
 import type { ServingSource } from './serving/source.js';
 import type { ServingDelta } from './serving/spec.js';
 
 export interface Serving {
   readonly packs: PackShelf<Worker>;
+  /**
+   * How `delta` travels to `worker`: as a pack when large (serving/pack.ts), inline when the pack cannot be written.
+   * A full or read-only state directory threw out of the handler of a new worker's first message, an uncaught error
+   * that stopped the whole proxy, and out of a reload's distribution, which sent no worker the delta it then committed.
+   */
+  wire(kind: 'snapshot' | 'delta', delta: ServingDelta, worker: Worker): WireDelta;
   /** Workers that hold the current serving state and get every delta after it. */
   readonly synced: Set<Worker>;
   /** Per worker, what to do with its answer to the delta being applied. */
@@ -53,6 +60,19 @@ export function distributeServing(
           ...(source.keptPack === undefined ? {} : { kept: source.keptPack }),
         },
   );
+  const wire = (kind: 'snapshot' | 'delta', delta: ServingDelta, worker: Worker): WireDelta => {
+    try {
+      return packs.wire(kind, delta, worker);
+    } catch (err) {
+      log.warn(
+        { generation: delta.generation, certificates: delta.upsert.length, reason: (err as Error).message },
+        'cannot write the serving state for a worker to the state directory; it goes over IPC instead (slower)',
+      );
+      // The table a pack was read from stays here: the records themselves go.
+      const { table: _table, ...rest } = delta;
+      return { delta: { ...rest, upsert: [...delta.upsert] } };
+    }
+  };
   const distribution = new Distribution();
   const synced = new Set<Worker>();
   let inFlight: ServingDelta | undefined;
@@ -76,7 +96,7 @@ export function distributeServing(
                 acks.delete(worker);
                 resolve(message.error === undefined ? undefined : `worker ${worker.id}: ${message.error}`);
               });
-              sendToWorker(worker, applyMessage(packs.wire('delta', delta, worker)));
+              sendToWorker(worker, applyMessage(wire('delta', delta, worker)));
             }),
         ),
       );
@@ -95,6 +115,7 @@ export function distributeServing(
   });
   return {
     packs,
+    wire,
     synced,
     acks,
     inFlight: () => inFlight,

@@ -7,7 +7,8 @@
  *
  * Replacements are paced: after a death within CRASH_LOOP_MS of its start, or
  * before the worker served at all, the pause doubles with each such death in a
- * row, so a crash loop leaves the serving workers their CPU. Until every first
+ * row, so a crash loop leaves the serving workers their CPU; a fork the system
+ * refuses (EAGAIN, ENOMEM) counts as such a death. Until every first
  * worker has been ready once, a worker that cannot start (a port in use, the
  * bridge not built) ends the proxy with its error through `failStart`:
  * replacing it would fail the same way, for ever; so do FAILED_STARTS failed
@@ -20,7 +21,7 @@ import { KeyedgeError } from '../keyserver/shared/errors.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { isMessage, isStartFailedMessage, READY } from './cluster-messages.js';
 import type { ClusterMetrics } from './cluster-metrics.js';
-import { workerConfigEnv } from './cluster-worker-config.js';
+import { removeWorkerConfig, workerConfigEnv } from './cluster-worker-config.js';
 
 /** A worker that dies sooner than this after starting is restarted after a pause, not at once. */
 const CRASH_LOOP_MS = 5_000;
@@ -95,7 +96,29 @@ export class WorkerSupervisor {
   }
 
   fork(): void {
-    const worker = cluster.fork(workerConfigEnv(this.parts.runningConfig(), (message) => this.parts.log.warn(message)));
+    let worker: Worker;
+    const env = workerConfigEnv(this.parts.runningConfig(), (message) => this.parts.log.warn(message));
+    try {
+      worker = cluster.fork(env);
+    } catch (err) {
+      removeWorkerConfig(env);
+      // A fork the system refuses at once (ENOMEM, ENOTDIR) throws here: out of the 'exit' handler or the pause's timer
+      // that called it, an uncaught exception that stopped the whole proxy. Judged a turn later, when a first fork's
+      // start failure can already end the start (failStart is set once the first workers are forked).
+      setImmediate(() => this.#notForked(err as NodeJS.ErrnoException));
+      return;
+    }
+    // A fork refused later (EAGAIN at a pids cgroup's limit, systemd's TasksMax; ENOENT) is said by 'error' on the
+    // worker, never by 'exit': unheard, an uncaught exception that stopped the whole proxy, and heard only, a worker
+    // never replaced. Any other 'error' (a signal it could not be sent) is no reason to stop anything.
+    worker.on('error', (err: NodeJS.ErrnoException) => {
+      if (worker.process.pid === undefined) {
+        removeWorkerConfig(env);
+        this.#notForked(err, worker);
+      } else this.parts.log.warn({ worker: worker.id, pid: worker.process.pid, code: err.code, reason: err.message }, 'proxy worker process error');
+    });
+    // The worker removes its configuration's file once read; one that died before is the primary's to remove.
+    worker.once('exit', () => removeWorkerConfig(env));
     this.#started.set(worker, Date.now());
     this.#watchStart(worker);
     this.parts.metrics.track(worker);
@@ -163,16 +186,39 @@ export class WorkerSupervisor {
     const lived = Date.now() - (this.#started.get(worker) ?? 0);
     const wasReady = this.ready.has(worker);
     const timedOut = this.#startTimedOut.delete(worker);
+    this.#forget(worker);
+    if (this.#stopping) return;
+    const last = timedOut ? `not ready within ${config.workerStartTimeoutMs} ms` : `exited (${signal ?? code}) before it served`;
+    this.#replace(lived, wasReady, last, (pauseMs) =>
+      log.error(
+        { worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: pauseMs },
+        'proxy worker died; starting a replacement',
+      ),
+    );
+  }
+
+  /** A fork the system refused (`worker`: one node:cluster made before the refusal came): a start that failed at once. */
+  #notForked(err: NodeJS.ErrnoException, worker?: Worker): void {
+    if (worker !== undefined) this.#forget(worker);
+    if (this.#stopping) return;
+    this.#replace(0, false, `could not be forked (${err.code ?? err.message})`, (pauseMs) =>
+      this.parts.log.error({ worker: worker?.id, code: err.code, reason: err.message, restartInMs: pauseMs }, 'proxy worker could not be forked; trying again'),
+    );
+  }
+
+  #forget(worker: Worker): void {
     this.#started.delete(worker);
     this.#heardAt.delete(worker);
     this.ready.delete(worker);
     this.parts.onGone(worker);
-    if (this.#stopping) return;
+  }
+
+  /** Counts a worker lost after `lived` ms, and forks its replacement after the crash-loop pause, which `report` is told. */
+  #replace(lived: number, wasReady: boolean, last: string, report: (pauseMs: number) => void): void {
     this.parts.restarts.inc();
     // One that died before it served failed its start, however long that took.
     this.#quickDeaths = lived < CRASH_LOOP_MS || !wasReady ? this.#quickDeaths + 1 : 0;
     if (!wasReady && !this.#everReady && ++this.#failedStarts >= FAILED_STARTS) {
-      const last = timedOut ? `not ready within ${config.workerStartTimeoutMs} ms` : `exited (${signal ?? code}) before it served`;
       return this.failStart?.(
         new KeyedgeError('KEYEDGE_ERR_SETUP', `no proxy worker became ready: ${this.#failedStarts} starts in a row failed, the last one ${last}`),
       );
@@ -180,7 +226,7 @@ export class WorkerSupervisor {
     // A fixed 1 s pause had a worker that dies at start (a bad host, a bug in its start) re-forked, and its whole state
     // loaded again, every second for ever, on the cores the serving workers need.
     const pauseMs = this.#quickDeaths === 0 ? 0 : Math.min(1000 * 2 ** (this.#quickDeaths - 1), MAX_RESTART_PAUSE_MS);
-    log.error({ worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: pauseMs }, 'proxy worker died; starting a replacement');
+    report(pauseMs);
     if (pauseMs > 0) setTimeout(() => !this.#stopping && this.fork(), pauseMs).unref();
     else this.fork();
   }

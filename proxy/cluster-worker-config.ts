@@ -9,9 +9,15 @@
  * handshakes. The running configuration is resolved and frozen (paths
  * absolute), so it is written as it is; the file is the primary's, mode 0600
  * (the config file's own secrets, an on-demand `ask` URL's credentials, stay
- * in the state directory), and each fork writes it afresh, whole, before the
- * worker starts.
+ * in the state directory), and each fork writes one of its own, whole, before
+ * the worker starts, removed once the worker read it (or is gone). One file
+ * for every fork was shared by every proxy of the state directory (two on a
+ * host, finding their key server's socket in the default ./var): a worker
+ * forked by one could read the other's configuration, written meanwhile, and
+ * start on its listeners (EADDRINUSE, held by the other's primary), its key
+ * server and its limits.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deepFreeze } from '../config/deep-freeze.js';
@@ -19,13 +25,17 @@ import type { ProxyConfig } from '../config/proxy-schema.js';
 
 /** The variable naming the file to a forked worker. */
 const WORKER_CONFIG = 'KEYEDGE_WORKER_CONFIG';
+/** Names this primary's files apart from another's of the same pid (another container's, sharing the state directory). */
+const PRIMARY = randomBytes(4).toString('hex');
+let forks = 0;
 
 /**
  * Writes `config` for the worker about to be forked; returns the environment that names it. A state directory that
  * cannot take it (full, read-only) leaves the worker reading the config file, as before: said once, not a failed fork.
  */
 export function workerConfigEnv(config: ProxyConfig, warn: (message: string) => void): Record<string, string> {
-  const file = join(config.stateDir, 'worker-config.json');
+  // This primary's (its pid and a random part: in containers sharing the directory, each primary may be pid 1) and this fork's.
+  const file = join(config.stateDir, `worker-config-${process.pid}-${PRIMARY}-${++forks}.json`);
   try {
     mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
     // Made afresh: a mode applies only to a file the write creates, so a tmp file left over (a primary stopped
@@ -41,9 +51,21 @@ export function workerConfigEnv(config: ProxyConfig, warn: (message: string) => 
   }
 }
 
-/** In a forked worker: the configuration its primary runs on; undefined elsewhere (then the config file is read). */
+/** Removes the file `env` (workerConfigEnv's) names, if any: its worker read it, or is gone. Never throws. */
+export function removeWorkerConfig(env: Record<string, string>): void {
+  const file = env[WORKER_CONFIG];
+  try {
+    if (file !== undefined) rmSync(file, { force: true });
+  } catch {
+    // A read-only state directory: the file stays, 0600, as it was written.
+  }
+}
+
+/** In a forked worker: the configuration its primary runs on, its file then removed; undefined elsewhere (then the config file is read). */
 export function runningConfigOfWorker(): ProxyConfig | undefined {
   const file = process.env[WORKER_CONFIG];
   if (file === undefined) return undefined;
-  return deepFreeze(JSON.parse(readFileSync(file, 'utf8')) as ProxyConfig);
+  const config = deepFreeze(JSON.parse(readFileSync(file, 'utf8')) as ProxyConfig);
+  removeWorkerConfig({ [WORKER_CONFIG]: file });
+  return config;
 }

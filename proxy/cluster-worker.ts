@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
+import { keepInspectorClosed } from '../keyserver/shared/inspector-signal.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { boardAppliedMessage, ChallengeAnswers, isBoardMessage } from './acme/challenges.js';
 import {
@@ -40,9 +41,14 @@ import { type RunningWorker, startProxyWorker, type WorkerOptions } from './work
  */
 export async function runWorker(config: ProxyConfig, log: Logger, options: Pick<WorkerOptions, 'keySource'> = {}): Promise<void> {
   // From the start, not once serving: a signal to the whole process group (a terminal's ^C or hangup) ends a worker
-  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker.
+  // by default. The primary relays SIGINT as a message; SIGHUP goes to the primary, which reloads for every worker;
+  // SIGUSR2 (HAProxy's reload) the primary says it ignores.
   process.on('SIGINT', () => undefined);
   process.on('SIGHUP', () => undefined);
+  process.on('SIGUSR2', () => undefined);
+  // Nor does SIGUSR1 open the inspector here, which would run any local user's code beside the keyless bridge and the
+  // ticket keys (keyserver/shared/inspector-signal.ts); said, as the primary says it.
+  keepInspectorClosed(() => log.warn('SIGUSR1 ignored: the proxy opens no inspector (any local user could connect to it and run code in the process)'));
   // Answers the primary's metrics requests with this process's global registry.
   serveWorkerMetrics();
   // Deltas that arrive while the worker starts are applied, in order, once it listens.

@@ -33,6 +33,7 @@
 import cluster from 'node:cluster';
 import type http from 'node:http';
 import type { ProxyConfig } from '../config/proxy-schema.js';
+import { keepInspectorClosed } from '../keyserver/shared/inspector-signal.js';
 import type { Logger } from '../keyserver/shared/log.js';
 import { ChallengeBoard, startAcmeService } from './cluster-acme.js';
 import { startClusterAdmin } from './cluster-admin.js';
@@ -60,6 +61,14 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
   let hangupWhileStarting = false;
   const onHangup = (): void => hangup();
   process.on('SIGHUP', onHangup);
+  // SIGUSR2's default action ends the process too: HAProxy's reload signal, sent by habit or by a reload script written
+  // for it, ended the primary at once, and its workers with it, cutting every request in flight. Said and ignored.
+  const onUser2 = (): void => log.warn('SIGUSR2 ignored: SIGHUP reloads the proxy, SIGTERM stops it gracefully');
+  process.on('SIGUSR2', onUser2);
+  // SIGUSR1 (nginx's log reopening, sent by habit or a rotation script) opened Node's inspector on 127.0.0.1:9229,
+  // which any local user may connect to and run code in the process: the admin token, the ticket keys, the etcd
+  // password. Kept closed from the start, PIN or not (keyserver/shared/inspector-signal.ts).
+  keepInspectorClosed(() => log.warn('SIGUSR1 ignored: the proxy opens no inspector (any local user could connect to it and run code in the process)'));
   // Node's default for an uncaught error ended the primary at once, and its workers with it (they exit when the IPC
   // channel closes), cutting every request in flight. Before the workers run there is nothing to drain.
   let faulted = false;
@@ -84,6 +93,7 @@ export async function runPrimary(config: ProxyConfig, log: Logger): Promise<void
     });
   } finally {
     process.off('SIGHUP', onHangup);
+    process.off('SIGUSR2', onUser2);
     uninstall();
   }
   if (faulted) process.exit(UNCAUGHT_EXIT_CODE);

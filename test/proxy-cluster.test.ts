@@ -64,9 +64,10 @@ beforeAll(async () => {
     pending = parts.pop() ?? '';
     for (const part of parts) if (part.startsWith('{')) lines.push(JSON.parse(part) as Record<string, unknown>);
   });
-  await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined));
-  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined));
-});
+  // A start on a loaded machine (CI's 2 cores, other files' proxies beside it) took more than waitFor's default 15 s.
+  await waitFor('two workers', () => (workerPids().size === 2 ? true : undefined), 45_000);
+  await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200 ? true : undefined), 45_000);
+}, 120_000);
 afterAll(async () => {
   if (proxy?.exitCode === null) {
     proxy.kill('SIGTERM');
@@ -97,6 +98,49 @@ describe('keyedge proxy with two workers', () => {
     const resumed = /keyedge_proxy_tls_handshakes_total\{result="ok",tls_version="TLSv1.3",resumed="true"\} (\d+)/.exec(text);
     expect(Number(resumed?.[1])).toBeGreaterThanOrEqual(20);
     expect(text).toMatch(/keyedge_proxy_keyless_signs_total \d+/);
+  });
+
+  it("SIGUSR2 (HAProxy's reload, a stray signal) ends neither the primary nor a worker: the primary says it is ignored, both workers go on serving", async () => {
+    const workers = [...workerPids()];
+    expect(workers).toHaveLength(2);
+    const before = lines.length;
+    // To the primary, then to the whole process group, as a supervisor's group signal would (each worker gets it too).
+    process.kill(proxy.pid!, 'SIGUSR2');
+    for (const pid of [proxy.pid!, ...workers]) process.kill(pid, 'SIGUSR2');
+    const ended = (): string | undefined =>
+      proxy.exitCode !== null || proxy.signalCode !== null
+        ? `the primary ended (${proxy.exitCode ?? proxy.signalCode})`
+        : lines.slice(before).some((l) => l.msg === 'proxy worker died; starting a replacement')
+          ? 'a worker died'
+          : undefined;
+    const said = await waitFor(
+      'the primary to say SIGUSR2 is ignored, or to end',
+      () =>
+        // Two signals sent at once may be delivered as one (standard signals are not queued).
+        ended() ?? (lines.slice(before).some((l) => String(l.msg).startsWith('SIGUSR2 ignored')) ? 'said' : undefined),
+    );
+    expect(said).toBe('said');
+    for (let i = 0; i < 4; i++) expect((await nodeGet(port, 'ec.lab.test', ca)).ok).toBe(true);
+    expect(ended()).toBeUndefined();
+    expect([...workerPids()]).toEqual(workers);
+  });
+
+  it("SIGUSR1 (nginx's log reopening) opens no inspector in the primary or a worker: each says it is ignored, both go on serving", async () => {
+    // Node opened its inspector on 127.0.0.1:9229, which any local user may connect to and run code in the process.
+    const workers = [...workerPids()];
+    const before = lines.length;
+    for (const pid of [proxy.pid!, ...workers]) process.kill(pid, 'SIGUSR1');
+    const saidBy = (): Set<unknown> =>
+      new Set(
+        lines
+          .slice(before)
+          .filter((l) => String(l.msg).startsWith('SIGUSR1 ignored'))
+          .map((l) => l.pid),
+      );
+    await waitFor('the primary and both workers to say SIGUSR1 is ignored', () => (saidBy().size === 3 ? true : undefined), 20_000);
+    expect(saidBy()).toEqual(new Set([proxy.pid, ...workers]));
+    for (let i = 0; i < 4; i++) expect((await nodeGet(port, 'ec.lab.test', ca)).ok).toBe(true);
+    expect([...workerPids()]).toEqual(workers);
   });
 
   it('replaces a worker that dies', async () => {

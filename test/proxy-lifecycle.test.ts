@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -11,16 +11,17 @@ import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 // The primary's life under signals and dying workers, with real processes: a
 // second SIGTERM, a SIGINT or a SIGHUP while it drains; a SIGHUP while it
 // starts; a SIGTERM while its workers start; a worker that dies at every
-// start. Faults are injected by a module preloaded into every process
-// (NODE_OPTIONS=--import), driven by files in a control directory: in the
-// primary it can hold the first fork (a slow start it reports), and on
+// start; a fork the system refuses. Faults are injected by a module preloaded
+// into every process (NODE_OPTIONS=--import), driven by files in a control
+// directory: in the primary it can hold the first fork (a slow start it
+// reports), have the forks fail (spawn-cwd), and on
 // SIGUSR2 it throws and rejects a promise nothing handles; in a worker
 // it can stall the start (before it listens for the primary's messages), hang
 // in it for a minute, or exit at once (a crash loop).
 const HOST = 'life.lab.test';
 const INJECT = `
 import cluster from 'node:cluster';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 const dir = process.env.LIFECYCLE_CONTROL;
 const block = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -32,6 +33,9 @@ if (dir !== undefined && cluster.isPrimary) {
       writeFileSync(join(dir, 'forking'), String(process.pid));
       block(2000);
     }
+    // A fork the system refuses: a working directory that is no directory fails the spawn, later (ENOENT: said by
+    // 'error', as EAGAIN at a pids cgroup's limit is) or at once (ENOTDIR: thrown, as ENOMEM is).
+    cluster.setupPrimary({ cwd: existsSync(join(dir, 'spawn-cwd')) ? readFileSync(join(dir, 'spawn-cwd'), 'utf8') : undefined });
     // Workers without this module, when a test needs none of their faults.
     const worker = existsSync(join(dir, 'plain-workers')) ? fork({ NODE_OPTIONS: '' }) : fork(...args);
     if (forks === 1) setTimeout(() => writeFileSync(join(dir, 'forked'), String(process.pid)), 300);
@@ -57,7 +61,7 @@ if (dir !== undefined && cluster.isPrimary) {
     if (message?.type === 'keyedge:metrics-request' && message.full === true) writeFileSync(join(dir, 'full-' + process.pid), String(++full));
   });
   if (existsSync(join(dir, 'crash'))) setTimeout(() => process.exit(3), 20);
-  if (existsSync(join(dir, 'slow-worker'))) block(3000);
+  if (existsSync(join(dir, 'slow-worker'))) block(existsSync(join(dir, 'slow-worker-ms')) ? Number(readFileSync(join(dir, 'slow-worker-ms'), 'utf8')) : 3000);
   if (existsSync(join(dir, 'hang-worker'))) block(60_000);
 }
 `;
@@ -99,7 +103,7 @@ async function startProxy(name: string, control: string, extra: Record<string, u
       writeFileSync(join(p.storeDir, 'life.pem'), readFileSync(certFile));
       const store = rescanSeconds === undefined ? {} : { certStore: { dir: p.storeDir, rescanSeconds } };
       // A state directory of its own (the lab's is shared by default): proxies run side by side here, and a primary
-      // hands its workers their configuration through a file in it (worker-config.json).
+      // hands its workers their configuration through files in it (worker-config-*.json).
       return storeProxyConfig(lab, p, { domains: [{ name: HOST, origin: origin.url }], stateDir: join(control, 'state'), ...store, ...extra });
     },
     { NODE_OPTIONS: `--import=${pathToFileURL(join(dir, 'inject.mjs')).href}`, LIFECYCLE_CONTROL: control },
@@ -224,6 +228,68 @@ describe.concurrent('a blocked worker, and signals while the primary drains', ()
       // Idle workers stop at once; the admin request's 60 s deadline must not be waited for.
       expect(Date.now() - signalled).toBeLessThan(8_000);
     }, 120_000);
+  });
+  describe.sequential('a replacement the system refuses to fork', () => {
+    it('does not stop the proxy: each refusal, said later or at once, is logged and tried again after the growing pause while the other worker serves; once forks work, a replacement serves', async () => {
+      const control = join(dir, 'spawn');
+      const proxy = await startProxy('spawn', control);
+      const [survivor, victim] = await waitFor('two workers listening', () =>
+        workerPids(proxy).listening.length === 2 ? workerPids(proxy).listening : undefined,
+      );
+      const refused = (code: string) => proxy.lines.filter((l) => l.msg === 'proxy worker could not be forked; trying again' && l.code === code);
+      const uncaught = () => proxy.lines.find((l) => l.pid === proxy.pid && typeof l.kind === 'string');
+      // Refused later (ENOENT, said by 'error' on the worker), then at once (ENOTDIR, thrown by cluster.fork).
+      writeFileSync(join(control, 'spawn-cwd'), join(control, 'no-such-dir'));
+      process.kill(victim!, 'SIGKILL');
+      await waitFor('two refusals said later', () => uncaught() ?? (refused('ENOENT').length >= 2 ? true : undefined), 30_000);
+      writeFileSync(join(control, 'not-a-dir'), '');
+      writeFileSync(join(control, 'spawn-cwd'), join(control, 'not-a-dir'));
+      await waitFor('a refusal said at once', () => uncaught() ?? (refused('ENOTDIR').length >= 1 ? true : undefined), 30_000);
+      expect(uncaught(), 'an uncaught error in the primary').toBeUndefined();
+      const pauses = [...refused('ENOENT'), ...refused('ENOTDIR')].map((l) => l.restartInMs as number);
+      for (let i = 1; i < pauses.length; i++) expect(pauses[i], JSON.stringify(pauses)).toBe(Math.min(2 * pauses[i - 1]!, 30_000));
+      expect(alive(proxy.pid), 'the primary').toBe(true);
+      expect(alive(survivor!), 'the other worker').toBe(true);
+      expect(await answered(proxy, '/while-refused/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      rmSync(join(control, 'spawn-cwd'));
+      await waitFor('a replacement', () => workerPids(proxy).listening.find((p) => p !== survivor && p !== victim), 45_000);
+      await waitFor('readiness', async () => ((await fetch(`http://127.0.0.1:${proxy.adminPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+      expect(await metricSum(proxy, 'keyedge_proxy_worker_restarts_total')).toBeGreaterThanOrEqual(1 + pauses.length);
+      expect(alive(proxy.pid), 'the primary').toBe(true);
+    }, 150_000);
+  });
+  describe.sequential('two proxies sharing a state directory', () => {
+    it("a worker one forks starts on its own primary's configuration, not on the other's, written meanwhile", async () => {
+      // One key server's socket in the state directory, the default ./var: two proxies of one host may well share it.
+      const shared = join(dir, 'shared-state');
+      const [a, b] = await Promise.all([
+        startProxy('share-a', join(dir, 'share-a'), { stateDir: shared }),
+        startProxy('share-b', join(dir, 'share-b'), { stateDir: shared }),
+      ]);
+      const listening = (proxy: ClusterProxy) => proxy.lines.filter((l) => l.msg === 'proxy worker listening');
+      const [, victimA] = await waitFor('two workers of a', () => (listening(a).length === 2 ? listening(a).map((l) => l.pid as number) : undefined));
+      const [, victimB] = await waitFor('two workers of b', () => (listening(b).length === 2 ? listening(b).map((l) => l.pid as number) : undefined));
+      // a's replacement is forked (its configuration written), then stalls before it reads it, while b forks one of its own.
+      writeFileSync(join(dir, 'share-a', 'slow-worker-ms'), '8000');
+      writeFileSync(join(dir, 'share-a', 'slow-worker'), '');
+      process.kill(victimA!, 'SIGKILL');
+      await waitFor("a's replacement forked", () => a.lines.find((l) => l.msg === 'proxy worker died; starting a replacement' && l.pid === victimA));
+      rmSync(join(dir, 'share-a', 'slow-worker'));
+      process.kill(victimB!, 'SIGKILL');
+      await waitFor("b's replacement listening", () => (listening(b).length === 3 ? true : undefined), 30_000);
+      // What a's replacement said first: it listens on a's port, or it could not start (b's port, held by b's primary).
+      const said = await waitFor(
+        "a's replacement to listen or fail",
+        () => a.lines.find((l) => l.msg === 'a replacement proxy worker could not start') ?? (listening(a).length === 3 ? listening(a)[2] : undefined),
+        45_000,
+      );
+      expect(said.msg, JSON.stringify(said)).toBe('proxy worker listening');
+      expect(said.ports).toEqual([a.port]);
+      expect(await answered(a, '/shared-state/answer?size=16')).toMatch(/^HTTP\/1\.1 200 /);
+      await Promise.all([a.stop(), b.stop()]);
+      // Each fork's file went once its worker read it, or died.
+      expect(readdirSync(shared).filter((f) => f.startsWith('worker-config'))).toEqual([]);
+    }, 150_000);
   });
 });
 

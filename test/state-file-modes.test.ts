@@ -45,19 +45,23 @@ describe('state files', () => {
   it('the worker config is written 0600 over a leftover tmp file of another mode, never through a link there', () => {
     const stateDir = join(dir, 'worker-config');
     mkdirSync(stateDir, { mode: 0o700 });
-    const tmp = join(stateDir, 'worker-config.json.tmp');
-    writeFileSync(tmp, 'left over', { mode: 0o644 });
     const config = loadProxyConfig(undefined, { stateDir });
     const warnings: string[] = [];
+    // Each fork's file is named for the primary and the fork (worker-config-PID-RANDOM-N.json): the next one's name follows.
+    const first = workerConfigEnv(config, (message) => warnings.push(message)).KEYEDGE_WORKER_CONFIG!;
+    expect(first).toMatch(new RegExp(`/worker-config-${process.pid}-[0-9a-f]{8}-\\d+\\.json$`));
+    const next = (n: number): string => first.replace(/-(\d+)\.json$/, (_m, k: string) => `-${Number(k) + n}.json`);
+    const tmp = `${next(1)}.tmp`;
+    writeFileSync(tmp, 'left over', { mode: 0o644 });
     const env = workerConfigEnv(config, (message) => warnings.push(message));
-    const file = join(stateDir, 'worker-config.json');
+    const file = next(1);
     expect({ env, warnings, mode: mode(file) }).toEqual({ env: { KEYEDGE_WORKER_CONFIG: file }, warnings: [], mode: '600' });
     // A link in the tmp file's place: the write replaces it, and the file it pointed to is left as it was.
     const elsewhere = join(dir, 'not-the-state-dir.txt');
     writeFileSync(elsewhere, 'untouched', { mode: 0o644 });
-    symlinkSync(elsewhere, tmp);
+    symlinkSync(elsewhere, `${next(2)}.tmp`);
     workerConfigEnv(config, (message) => warnings.push(message));
-    expect({ warnings, mode: mode(file), elsewhere: readFileSync(elsewhere, 'utf8') }).toEqual({ warnings: [], mode: '600', elsewhere: 'untouched' });
+    expect({ warnings, mode: mode(next(2)), elsewhere: readFileSync(elsewhere, 'utf8') }).toEqual({ warnings: [], mode: '600', elsewhere: 'untouched' });
   });
 
   // The ACME state (the account's key id and URL, every managed name) went to `state.json.<pid>.tmp`, then renamed: a

@@ -67,6 +67,7 @@ export function writePack(dir: string, name: string, delta: ServingDelta, chains
   }
   const file = join(dir, name);
   const fd = openSync(file, 'wx', 0o600);
+  let written = false;
   try {
     writeSync(fd, `${header}\n${index}\n`);
     // A few hundred records per write: one call per record would be 200,000 system calls at 100,000 entries.
@@ -78,8 +79,11 @@ export function writePack(dir: string, name: string, delta: ServingDelta, chains
         parts.length = 0;
       }
     }
+    written = true;
   } finally {
     closeSync(fd);
+    // A write cut short (a full disk) left the part written, taking the room the next write needs.
+    if (!written) rmSync(file, { force: true });
   }
   return { file, jsonBytes: Buffer.byteLength(header), indexBytes: Buffer.byteLength(index) };
 }
