@@ -55,10 +55,12 @@ describe('an unreadable store entry', () => {
     await waitFor('the replacement refused', () => (refusals('served').length > 0 ? true : undefined), 20_000);
     const rescans = async (): Promise<number> => (await metric(RESCANS_OK)) + (await metric(RESCANS_REFUSED));
     const before = await rescans();
+    // The pass that found the replacement may have been a rescan (one a second), refused: counted before this point.
+    const refusedBefore = await metric(RESCANS_REFUSED);
     // Several rescans (one a second) after it: before, each logged every refusal again and counted a refused reload.
     await waitFor('three rescans', async () => ((await rescans()) >= before + 3 ? true : undefined), 30_000);
     for (const name of ['big', 'loop-a', 'loop-b', 'meta', 'served']) expect(refusals(name), name).toHaveLength(1);
-    expect(await metric(RESCANS_REFUSED)).toBe(0);
+    expect(await metric(RESCANS_REFUSED)).toBe(refusedBefore);
     expect((await nodeGet(proxy.port, 'served.lab.test', root)).ok).toBe(true);
     const listed = JSON.parse((await proxy.admin('GET', '/certs', undefined, null)).text) as {
       certificates: { name: string; refused: { reason: string } | null }[];
