@@ -204,6 +204,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
   verdicts.useContext(verdictContext(issuers));
   /** Store entries refused as they are by an earlier pass (SeenStat.refused): not judged again, nor reported again. */
   const carriedRefusals = new Map<string, Refusal>();
+  /** A refusal said before, carried over unsaid; what served of the entry serves on. */
+  const carryOver = (refusal: Refusal): void => {
+    carriedRefusals.set(refusal.name, refusal);
+    const kept = previous.get(refusal.name);
+    if (kept !== undefined) records.set(refusal.name, kept);
+  };
   const fromStore = store instanceof CertificateStore && servesFromStore(previous);
   // A directory gone since entries were served from it is refused whole (the reload keeps everything), not listed as empty.
   if (fromStore) store.assertPresent();
@@ -320,17 +326,12 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     }
     const read = file.value;
     const was = options.refusedConfig?.get(name);
-    const carry = (refusal: Refusal): void => {
-      carriedRefusals.set(name, refusal);
-      const kept = previous.get(name);
-      if (kept !== undefined) records.set(name, kept);
-    };
     if (read instanceof Error) {
       const message = read instanceof CertificateError ? read.message : `cannot read ${entry.chain}: ${(read as NodeJS.ErrnoException).code ?? 'error'}`;
       // Failing as it did: said once. Read again by each pass all the same, so a file put back serves.
       const inputId = `unreadable:${sha256(message)}`;
       if (was?.inputId === inputId) {
-        carry(was.refusal);
+        carryOver(was.refusal);
         continue;
       }
       refuse(name, entry.chain, 'unreadable', message);
@@ -340,7 +341,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
     const inputId = `config:${sha256(read.text)}`;
     const kept = previous.get(name);
     if (kept?.inputId === inputId) records.set(name, kept);
-    else if (was?.inputId === inputId && was.issuers === issuers) carry(was.refusal);
+    else if (was?.inputId === inputId && was.issuers === issuers) carryOver(was.refusal);
     else pending.push({ candidate: { name, chainText: read.text, source: entry.chain }, from: 'config', inputId });
   }
   for (const name of options.refusedConfig?.keys() ?? []) if (!configReads.has(name)) options.refusedConfig?.delete(name);
@@ -356,9 +357,7 @@ export async function prepareServing(options: PrepareOptions): Promise<PreparedS
       const last = seen.get(name);
       if (store instanceof CertificateStore && last?.unreadable === read.message && last.statId === statId) {
         // Read again and failing as it did, its file unchanged: said once (SeenStat.unreadable); what served serves.
-        carriedRefusals.set(name, refusal);
-        const kept = previous.get(name);
-        if (kept !== undefined) records.set(name, kept);
+        carryOver(refusal);
         continue;
       }
       refuse(name, chainPath, 'unreadable', read.message);
