@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { plainClient } from './helpers/pipelined.js';
 import { frame, getHeaders, headerFrames, hpackLiteral, RawH2, rstStream } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';

@@ -15,7 +15,7 @@ import {
   workerPids,
   wsUpgradeHead,
 } from './helpers/abuse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 
 // Clients that go away at every phase of an exchange, in every way (FIN

@@ -8,7 +8,7 @@ import { metricSum, workerPids } from './helpers/abuse.js';
 import { fuzzConnection, type FuzzConnection } from './helpers/fuzz-h1.js';
 import { type Message, nextAnswer, nextRequest, splitAll } from './helpers/fuzz-h1-parse.js';
 import { runFuzzCases } from './helpers/fuzz-run.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 

@@ -5,7 +5,7 @@ import { alive, metricSum, workerPids } from './helpers/abuse.js';
 import { DROPPED, type FuzzCase, fuzzCase, type StreamPlan } from './helpers/fuzz-h2.js';
 import { proxySaid } from './helpers/fuzz-run.js';
 import { closeSession, h2Connect, h2Request, RawH2, SteadyH2 } from './helpers/h2.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import type { RecordedRequest, RecordingOrigin } from './helpers/recording-origin.js';
 import { type RecordingProxy, startRecordingProxy } from './helpers/recording-proxy.js';

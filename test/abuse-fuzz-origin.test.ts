@@ -7,7 +7,7 @@ import { type OriginAnswer, originAnswer } from './helpers/fuzz-origin.js';
 import { runFuzzCases } from './helpers/fuzz-run.js';
 import { h2Connect } from './helpers/h2.js';
 import { type HostileOrigin, startHostileOrigin } from './helpers/hostile-origin.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type OriginProxy, startOriginProxy } from './helpers/origin-proxy.js';
 import { prng } from './helpers/prng.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';

@@ -3,7 +3,7 @@ import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { plainClient, within } from './helpers/pipelined.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { jsonLineSink, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';

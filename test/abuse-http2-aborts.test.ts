@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseSetup, expectUnharmed, inBatches, KIB, metricSum, MIB, SteadyClient, startAbuseSetup, workerPids } from './helpers/abuse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { frame, H2_CUTS, type H2Cut, H2Client, RawH2, SteadyH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 

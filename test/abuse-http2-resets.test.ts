@@ -1,7 +1,7 @@
 import http2 from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseSetup, alive, expectUnharmed, metricSum, SteadyClient, startAbuseSetup, workerPids } from './helpers/abuse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { data, getHeaders, h2Connect, RawH2, rstStream, SteadyH2, windowUpdate } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { ProxyMetrics } from '../proxy/metrics.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { data, frame, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';

@@ -13,7 +13,7 @@ import {
   workerPids,
   wsUpgradeHead,
 } from './helpers/abuse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 
 // Origins that go away at every phase of an exchange (FIN after a
 // half-close, FIN, RST), over a thousand times against `keyedge proxy` with

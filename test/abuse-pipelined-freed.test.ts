@@ -5,7 +5,7 @@ import vm from 'node:vm';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';

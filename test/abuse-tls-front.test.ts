@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientConnectionLimit, clientKey } from '../proxy/tls/connection-limits.js';
 import { captureClientHello } from './helpers/client-hello.js';
 import { nodeGet } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 

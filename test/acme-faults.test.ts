@@ -12,7 +12,7 @@ import { waitForKey } from '../proxy/acme/token-keys.js';
 import type { HeldLock } from '../proxy/store/lock.js';
 import { StoreUnavailableError } from '../proxy/store/storage.js';
 import { curl } from './helpers/clients.js';
-import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { removeDir, sleep, tempDir } from './helpers/basics.js';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, clusterWorkerPids, waitFor } from './helpers/proxy-cluster.js';

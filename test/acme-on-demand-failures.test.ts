@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import type { KeylessLab } from './helpers/proxy-lab.js';

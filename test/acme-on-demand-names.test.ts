@@ -6,7 +6,8 @@ import { createLogger } from '../keyserver/shared/log.js';
 import { OnDemandGate } from '../proxy/acme/on-demand.js';
 import { missReporter } from '../proxy/acme/on-demand-names.js';
 import { LocalLedger } from '../proxy/acme/on-demand-ledger.js';
-import { captureLog, sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
+import { captureLog } from './helpers/keyserver.js';
 
 // The on-demand gate's first check, the name itself, against a real ask
 // endpoint: a name that is not a DNS host name an ACME CA could validate (an

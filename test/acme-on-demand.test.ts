@@ -4,7 +4,7 @@ import net, { type AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 

@@ -33,7 +33,8 @@ import { StateFile } from '../proxy/acme/state.js';
 import { cliTokenKeys } from '../proxy/acme/token-keys.js';
 import type { CertificateRecord } from '../proxy/serving/spec.js';
 import { heldAnswer, recordingManager, TEST_ACME } from './helpers/acme-manager.js';
-import { CLI, captureLog, REPO, writeConfigFile } from './helpers/keyserver.js';
+import { CLI, REPO } from './helpers/basics.js';
+import { captureLog, writeConfigFile } from './helpers/keyserver.js';
 import { createCa, issue } from './helpers/pki.js';
 
 const DAY = 86_400_000;

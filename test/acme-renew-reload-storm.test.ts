@@ -1,7 +1,7 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { getOnce, steadyLoad, tokenKeyIds } from './helpers/renewal-load.js';

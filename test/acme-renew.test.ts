@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type AcmeLab, type Pebble, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { getOnce, steadyLoad, tokenKeyIds } from './helpers/renewal-load.js';

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FaultFront, startFaultFront } from './helpers/acme-fault-front.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type AcmeLab, startAcmeLab } from './helpers/pebble.js';
 import type { ClusterProxy } from './helpers/proxy-cluster.js';
 

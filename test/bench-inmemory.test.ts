@@ -18,7 +18,7 @@ import type { InMemoryConfig } from '../bench/handshake/inmemory.js';
 import { freePort } from '../bench/harness/spawn.js';
 import { createCa, issue, writePem } from './helpers/pki.js';
 import { waitFor } from './helpers/proxy-cluster.js';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 const SCRIPT = join(REPO, 'dist/bench/handshake/inmemory.js');
 

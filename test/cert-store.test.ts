@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CertificateError, CertificateStoreError } from '../proxy/certs/errors.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { directoryId } from '../proxy/certs/store-dir.js';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 // The store's file contract: atomic replacement, a listing that ignores
 // everything but entries, and refusals that name what is wrong.

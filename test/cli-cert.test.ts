@@ -19,7 +19,7 @@ import { certCommand } from '../proxy/certs/cli.js';
 import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { runInProcess } from './helpers/cli-in-process.js';
-import { CLI, runCli } from './helpers/keyserver.js';
+import { CLI, runCli } from './helpers/basics.js';
 import { createCa, issue, issueForPublicKey, type Issued, writePem } from './helpers/pki.js';
 import { startClusterProxy, storeProxyConfig } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';

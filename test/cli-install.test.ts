@@ -2,7 +2,7 @@ import { cpSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from './helpers/clients.js';
-import { REPO, removeDir, tempDir } from './helpers/keyserver.js';
+import { REPO, removeDir, tempDir } from './helpers/basics.js';
 
 // `keyedge` as an operator gets it: `npm pack`, then `npm install -g` into a
 // prefix, then the command by name from PATH (what README's certbot hook

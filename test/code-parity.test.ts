@@ -16,7 +16,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CERTIFICATE_REFUSALS, ERROR_CODES, HTTP_CODES, WIRE_ERROR_CODES } from '../config/codes.js';
 import * as wire from '../keyserver/protocol/constants.js';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 const read = (file: string): string => readFileSync(path.join(REPO, file), 'utf8');
 const sorted = (values: Iterable<string>): string[] => [...new Set(values)].sort();

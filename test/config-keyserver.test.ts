@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { ConfigError } from '../keyserver/shared/errors.js';
 import { loadKeyserverConfig, parseKeyserverConfig } from '../config/load.js';
 import { KEYSERVER_DEFAULTS } from '../config/schema.js';
-import { runCli } from './helpers/keyserver.js';
+import { runCli } from './helpers/basics.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'keyedge-config-'));

@@ -4,7 +4,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { curl } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 import { type AcmeLab, startAcmeLab } from './helpers/pebble.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { freePort } from './helpers/proxy-lab.js';

@@ -6,7 +6,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 import { settleAll } from './helpers/settle.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';

@@ -28,7 +28,8 @@ import {
   startTlsServer,
   tlsHandshake,
 } from './helpers/keyless.js';
-import { removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';
+import { removeDir, runCli, sleep, tempDir } from './helpers/basics.js';
+import { writeConfigFile } from './helpers/keyserver.js';
 import { createCa, createTestPki, type TestCa, type TestPkiFiles, writePem } from './helpers/pki.js';
 
 const ADDON = bridge.addonPath();

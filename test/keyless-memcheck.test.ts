@@ -22,7 +22,8 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as bridge from '../proxy/native/index.js';
 import { type FakeAnswer, fetchSpki, issueForSpki, type KeyserverProcess, startFakeKeyserver, startKeyserverProcess } from './helpers/keyless.js';
-import { REPO, removeDir, runCli, sleep, tempDir, writeConfigFile } from './helpers/keyserver.js';
+import { REPO, removeDir, runCli, sleep, tempDir } from './helpers/basics.js';
+import { writeConfigFile } from './helpers/keyserver.js';
 import { createCa, createTestPki, type TestCa, type TestPkiFiles } from './helpers/pki.js';
 
 const ENABLED = process.env.KEYEDGE_MEMCHECK === '1';

@@ -18,8 +18,8 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { encodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { Algorithm, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import { CLI, removeDir, sleep, tempDir } from './helpers/basics.js';
 import {
-  CLI,
   captureLog,
   connectUnix,
   digestOf,
@@ -29,10 +29,7 @@ import {
   provisionKeys,
   RawConnection,
   rawFrame,
-  removeDir,
-  sleep,
   startTestKeyserver,
-  tempDir,
   testConfig,
   verifies,
   writeConfigFile,

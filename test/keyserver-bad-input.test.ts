@@ -14,6 +14,7 @@ import { Algorithm, type AlgorithmByte, ErrorCode, Opcode, Tag } from '../keyser
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { keyIdOf } from '../keyserver/shared/key-id.js';
 import { listKeys } from '../keyserver/token/keys.js';
+import { removeDir, sleep, tempDir } from './helpers/basics.js';
 import {
   captureLog,
   connectUnix,
@@ -26,10 +27,7 @@ import {
   RawConnection,
   rawFrame,
   readUserPin,
-  removeDir,
-  sleep,
   startTestKeyserver,
-  tempDir,
   testConfig,
   verifies,
 } from './helpers/keyserver.js';

@@ -17,7 +17,7 @@ import { KeyserverClient } from '../keyserver/client/client.js';
 import { Algorithm } from '../keyserver/protocol/constants.js';
 import { decodeRequest, encodeResponse } from '../keyserver/protocol/codec.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
-import { REPO, removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { REPO, removeDir, sleep, tempDir } from './helpers/basics.js';
 import { createTestPki, issue, writeIssued } from './helpers/pki.js';
 
 const TIMEOUT_MS = 50;

@@ -15,19 +15,8 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, expect, it } from 'vitest';
 import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm } from '../keyserver/protocol/constants.js';
-import {
-  CLI,
-  digestOf,
-  metricValue,
-  type ProvisionedKey,
-  provisionKeys,
-  RawConnection,
-  removeDir,
-  tempDir,
-  testConfig,
-  verifies,
-  writeConfigFile,
-} from './helpers/keyserver.js';
+import { CLI, removeDir, tempDir } from './helpers/basics.js';
+import { digestOf, metricValue, type ProvisionedKey, provisionKeys, RawConnection, testConfig, verifies, writeConfigFile } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 const INJECT = `

@@ -16,18 +16,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { encodeRequest } from '../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
-import {
-  captureLog,
-  digestOf,
-  type ProvisionedKey,
-  provisionKeys,
-  RawConnection,
-  removeDir,
-  startTestKeyserver,
-  tempDir,
-  testConfig,
-  verifies,
-} from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
+import { captureLog, digestOf, type ProvisionedKey, provisionKeys, RawConnection, startTestKeyserver, testConfig, verifies } from './helpers/keyserver.js';
 
 /**
  * The flooder's signs, all in flight at once (the cap on requests in flight is raised above it). Large enough that

@@ -13,6 +13,7 @@ import { encodeRequest, type Response } from '../keyserver/protocol/codec.js';
 import { Algorithm, type AlgorithmByte, ErrorCode, Opcode } from '../keyserver/protocol/constants.js';
 import { FrameReader } from '../keyserver/protocol/framer.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
+import { removeDir, sleep, tempDir } from './helpers/basics.js';
 import {
   captureLog,
   digestOf,
@@ -21,10 +22,7 @@ import {
   type ProvisionedKey,
   provisionKeys,
   rawFrame,
-  removeDir,
-  sleep,
   startTestKeyserver,
-  tempDir,
   testConfig,
   verifies,
 } from './helpers/keyserver.js';

@@ -2,7 +2,8 @@ import { type ChildProcess, execFile, execFileSync, spawn, spawnSync } from 'nod
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, readUserPin, removeDir, tempDir } from './helpers/keyserver.js';
+import { CLI, removeDir, tempDir } from './helpers/basics.js';
+import { readUserPin } from './helpers/keyserver.js';
 import { AWAIT_MEMORY_CLOSED, SAME_USER, SCAN_MEMORY } from './helpers/proc-reader.js';
 
 // The key server PIN out of reach of the other processes of its user (README, "Security notes"): a real `keyedge

@@ -8,7 +8,8 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_pr
 import { closeSync, constants, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { CLI, readUserPin, removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { CLI, removeDir, sleep, tempDir } from './helpers/basics.js';
+import { readUserPin } from './helpers/keyserver.js';
 
 let dir: string;
 let stateDir: string;

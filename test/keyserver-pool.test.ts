@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
-import { CLI, sleep } from './helpers/keyserver.js';
+import { CLI, sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { createTestPki, type TestPkiFiles } from './helpers/pki.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';

@@ -17,6 +17,7 @@ import { Algorithm, ALGORITHMS, type AlgorithmByte, type AlgorithmName, ErrorCod
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { findSoftHsmModule } from '../keyserver/token/embedded.js';
 import { KEY_TYPES, type KeyType } from '../keyserver/token/key-generate.js';
+import { removeDir, runCli, sleep, tempDir } from './helpers/basics.js';
 import {
   captureLog,
   connectUnix,
@@ -25,11 +26,7 @@ import {
   metricValue,
   type ProvisionedKey,
   provisionKeys,
-  removeDir,
-  runCli,
-  sleep,
   startTestKeyserver,
-  tempDir,
   testConfig,
   verifies,
   writeConfigFile,

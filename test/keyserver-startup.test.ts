@@ -13,6 +13,7 @@ import { KeyedgeError } from '../keyserver/shared/errors.js';
 import { Algorithm, ErrorCode } from '../keyserver/protocol/constants.js';
 import type { RunningKeyserver } from '../keyserver/server/daemon.js';
 import { findSoftHsmModule } from '../keyserver/token/embedded.js';
+import { removeDir, runCli, tempDir } from './helpers/basics.js';
 import {
   captureLog,
   connectUnix,
@@ -20,10 +21,7 @@ import {
   type ProvisionedKey,
   provisionKeys,
   readUserPin,
-  removeDir,
-  runCli,
   startTestKeyserver,
-  tempDir,
   testConfig,
   verifies,
   writeConfigFile,

@@ -24,19 +24,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { Algorithm } from '../keyserver/protocol/constants.js';
-import {
-  CLI,
-  digestOf,
-  metricValue,
-  type ProvisionedKey,
-  provisionKeys,
-  readUserPin,
-  removeDir,
-  tempDir,
-  testConfig,
-  verifies,
-  writeConfigFile,
-} from './helpers/keyserver.js';
+import { CLI, removeDir, tempDir } from './helpers/basics.js';
+import { digestOf, metricValue, type ProvisionedKey, provisionKeys, readUserPin, testConfig, verifies, writeConfigFile } from './helpers/keyserver.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 /** How long `thread-init-slow` holds a signing thread's C_Initialize: past the signs' bound (1 s at a 500 ms deadline), short of a start's. */

@@ -15,7 +15,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import ts from 'typescript';
 import { describe, expect, it } from 'vitest';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 const LAYERS = ['config', 'keyserver', 'proxy', 'keyedge.ts'] as const;
 const ENTRY = new Set(['keyedge.ts', 'keyedge.cts']);

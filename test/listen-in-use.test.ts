@@ -3,7 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI } from './helpers/keyserver.js';
+import { CLI } from './helpers/basics.js';
 import { storeProxyConfig } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 // The product's log destination (keyserver/shared/log.ts): batched lines on
 // stdout, written on the event loop when stdout is a regular file and on

@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_ADMIN_CONNECTIONS } from '../proxy/admin.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { pipelineUnread, stillOpen, twoWrites } from './helpers/pipelined.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';

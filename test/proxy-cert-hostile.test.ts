@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
-import { runCli } from './helpers/keyserver.js';
+import { runCli } from './helpers/basics.js';
 import { freePort, type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueCa, issueForPublicKey } from './helpers/pki.js';
 

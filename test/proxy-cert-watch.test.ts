@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { nodeGet } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueCa, issueForPublicKey, type TestCa } from './helpers/pki.js';

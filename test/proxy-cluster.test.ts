@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
-import { CLI, sleep } from './helpers/keyserver.js';
+import { CLI, sleep } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';

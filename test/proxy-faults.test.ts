@@ -5,7 +5,7 @@ import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sClient } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ProxyChild, startProxyChild } from './helpers/proxy-child.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 

@@ -4,7 +4,7 @@ import https from 'node:https';
 import type net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ProxyChild, startProxyChild } from './helpers/proxy-child.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 

@@ -6,7 +6,7 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { plainClient, within } from './helpers/pipelined.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { freePort, startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';

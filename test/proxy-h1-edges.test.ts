@@ -11,7 +11,7 @@ import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';
 import { nextAnswer, splitAll } from './helpers/fuzz-h1-parse.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 import { fillThenEnd } from './helpers/full-send-queue.js';
 

@@ -9,7 +9,7 @@ import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 import { rawTls, type RawTls } from './helpers/raw-tls.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { closeScriptedOrigin, scriptedOrigin } from './helpers/scripted-origin.js';
 
 // The lingering close of an HTTP/1.1 connection whose last answer closes it while the client is still sending

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KeyedgeError } from '../keyserver/shared/errors.js';
 import { unverifiedStartWarning } from '../proxy/serving/source.js';
-import { CLI } from './helpers/keyserver.js';
+import { CLI } from './helpers/basics.js';
 import { createCa, issue } from './helpers/pki.js';
 import { freePort } from './helpers/proxy-lab.js';
 

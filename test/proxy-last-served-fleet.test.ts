@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { type EtcdCluster, startEtcdCluster } from './helpers/etcd.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueForPublicKey } from './helpers/pki.js';

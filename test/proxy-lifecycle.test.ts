@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AbuseOrigin, alive, metricSum, RawClient, startAbuseOrigin, workerPids } from './helpers/abuse.js';
-import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { removeDir, sleep, tempDir } from './helpers/basics.js';
 import { ADMIN_TOKEN, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from '../proxy/certs/certificate.js';
 import { OcspStapler } from '../proxy/tls/ocsp.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { createCa, issue } from './helpers/pki.js';
 
 // An OCSP responder is a peer like any other, reached over plain HTTP (anyone on the path can answer): what it sends

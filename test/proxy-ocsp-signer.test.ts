@@ -8,7 +8,7 @@ import { createLogger } from '../keyserver/shared/log.js';
 import type { ServedCertificate } from '../proxy/certs/certificate.js';
 import { buildOcspRequest, checkOcspResponse, OcspStapler, refreshDelay } from '../proxy/tls/ocsp.js';
 import { run } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { writeResponderFiles } from './helpers/ocsp-responder.js';
 import { createCa, type Issued, issue, type TestCa, writeIssued, writePem } from './helpers/pki.js';
 

@@ -11,7 +11,7 @@ import { readPack, writePack } from '../proxy/serving/pack.js';
 import { buildOcspRequest, checkOcspResponse, ocspResponderUrl } from '../proxy/tls/ocsp.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { run, sClient } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { openAfterGc, openFiles } from './helpers/open-files.js';
 import { indexSerial, type OcspResponder, respondOffline, startOcspResponder, writeResponderFiles } from './helpers/ocsp-responder.js';
 import type { Issued } from './helpers/pki.js';

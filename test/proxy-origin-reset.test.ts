@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../keyserver/shared/log.js';
 import { startProxyWorker, type RunningWorker } from '../proxy/worker.js';
 import { curl } from './helpers/clients.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { startKeylessLab, type KeylessLab, jsonLineSink } from './helpers/proxy-lab.js';
 
 // An origin that resets its connection mid-answer (headers and part of the

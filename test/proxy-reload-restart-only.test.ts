@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyserverClient } from '../keyserver/client/client.js';
 import { nodeGet } from './helpers/clients.js';
-import { runCli } from './helpers/keyserver.js';
+import { runCli } from './helpers/basics.js';
 import { type ClusterPorts, type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';
 import { type Issued, issueCa, issueForPublicKey, type TestCa } from './helpers/pki.js';

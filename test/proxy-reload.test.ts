@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
 import { closeSession, getHeaders, h2Connect, h2Request, RawH2 } from './helpers/h2.js';
-import { runCli, sleep } from './helpers/keyserver.js';
+import { runCli, sleep } from './helpers/basics.js';
 import { ADMIN_TOKEN, type ClusterProxy, clusterWorkerPids, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { createCa, issue, issueForPublicKey } from './helpers/pki.js';

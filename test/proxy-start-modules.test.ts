@@ -14,7 +14,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { expect, it } from 'vitest';
-import { REPO, tempDir } from './helpers/keyserver.js';
+import { REPO, tempDir } from './helpers/basics.js';
 
 /** The packages (bare specifiers) a child asks for while it runs `args` (node's own flags first), with a resolve hook that records them. */
 function packagesAsked(args: readonly string[]): { status: number | null; stderr: string; packages: Set<string> } {

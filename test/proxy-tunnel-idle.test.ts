@@ -10,7 +10,7 @@ import { PROXY_DEFAULTS } from '../config/proxy-schema.js';
 import { createLogger } from '../keyserver/shared/log.js';
 import { openTunnel } from '../proxy/http/tunnel.js';
 import { type RunningWorker, startProxyWorker } from '../proxy/worker.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { issue } from './helpers/pki.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { acceptFor, type ClientSocket, encodeFrame, openWebSocket, readFrames, TEXT } from './helpers/websocket.js';

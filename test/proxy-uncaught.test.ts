@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive, type AbuseSetup, metricSum, RawClient, startAbuseSetup, workerPids } from './helpers/abuse.js';
-import { removeDir, sleep, tempDir } from './helpers/keyserver.js';
+import { removeDir, sleep, tempDir } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // What a worker does with an error nothing handled: it counts it

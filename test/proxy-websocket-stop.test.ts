@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { type ClusterProxy, startClusterProxy, waitFor } from './helpers/proxy-cluster.js';
 import { startKeylessLab, type KeylessLab } from './helpers/proxy-lab.js';
 import { rawTls } from './helpers/raw-tls.js';

@@ -9,7 +9,7 @@ import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { looseSecretFile } from '../keyserver/shared/secret-file.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 
 const dir = tempDir();
 afterAll(() => removeDir(dir));

@@ -7,7 +7,7 @@ import { symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSettingFile, SettingFileError } from '../config/setting-file.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 
 const dir = tempDir('keyedge-setting-file-');
 afterAll(() => removeDir(dir));

@@ -5,7 +5,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { REPO, removeDir, tempDir } from './helpers/keyserver.js';
+import { REPO, removeDir, tempDir } from './helpers/basics.js';
 
 // config/setup.sh (`npm test`, `npm run up`) skips `npm ci` when node_modules
 // matches the lock file and the native addons are built. An addon added to

@@ -6,7 +6,7 @@ import { CertificateStore } from '../proxy/certs/store.js';
 import { PID_SPACE } from '../proxy/certs/store-files.js';
 import { lockEntry, STALE_LOCK_MS } from '../proxy/certs/store-lock.js';
 import { StoreConflictError } from '../proxy/store/storage.js';
-import { removeDir, tempDir } from './helpers/keyserver.js';
+import { removeDir, tempDir } from './helpers/basics.js';
 
 // The store entry's write lock (certs/store-lock.ts) as another writer leaves it: held by a writer still running (a
 // write waits, then is refused, nothing written), or left by one killed midway (taken over at once when its pid is

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeGet } from './helpers/clients.js';
-import { CLI, REPO, sleep } from './helpers/keyserver.js';
+import { CLI, REPO, sleep } from './helpers/basics.js';
 import type { Issued } from './helpers/pki.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig, waitFor } from './helpers/proxy-cluster.js';
 import { type KeylessLab, startKeylessLab } from './helpers/proxy-lab.js';

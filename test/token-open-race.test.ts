@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenError } from '../keyserver/shared/errors.js';
 import { type EmbeddedToken, prepareEmbeddedToken, readPinFile } from '../keyserver/token/embedded.js';
 import { openRetrying, Token } from '../keyserver/token/token.js';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 // Every C_Login on a SoftHSM2 token rewrites its token file (token.object):
 // truncated, then written. A process that opens the token at that moment (a

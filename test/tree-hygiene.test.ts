@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { REPO } from './helpers/keyserver.js';
+import { REPO } from './helpers/basics.js';
 
 /** A conflict marker line as git writes it (seven characters at the start of a line). */
 const MARKER = /^(?:<{7}|>{7})(?: |$)|^={7}$/m;

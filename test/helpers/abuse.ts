@@ -27,7 +27,7 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { expect } from 'vitest';
 import { type OriginProxy, startOriginProxy } from './origin-proxy.js';
-import { sleep } from './keyserver.js';
+import { sleep } from './basics.js';
 import { type ClusterProxy, waitFor } from './proxy-cluster.js';
 
 export type Cut = 'end' | 'destroy' | 'reset';

@@ -14,7 +14,7 @@ import { CACHE_FILE } from '../../proxy/store/cache.js';
 import { etcdClient } from '../../proxy/store/etcd-client.js';
 import { EtcdStore, type StoreChange } from '../../proxy/store/etcd-store.js';
 import { type EtcdCluster, startEtcdCluster } from './etcd.js';
-import { removeDir, tempDir } from './keyserver.js';
+import { removeDir, tempDir } from './basics.js';
 
 export class EtcdStores {
   readonly log;

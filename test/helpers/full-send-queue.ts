@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { getDefaultHighWaterMark } from 'node:stream';
-import { sleep } from './keyserver.js';
+import { sleep } from './basics.js';
 
 /** One piece of the answer: under the 16 KiB mark, so the relay writes each at once (its write returns true). */
 export const PIECE = 12 * 1024;

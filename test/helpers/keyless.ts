@@ -14,7 +14,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { KeyserverClient } from '../../keyserver/client/client.js';
 import * as x509 from '../../keyserver/shared/x509.js';
-import { CLI, REPO } from './keyserver.js';
+import { CLI, REPO } from './basics.js';
 import type { TestCa } from './pki.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);

@@ -1,20 +1,7 @@
-/**
- * Running a real key server in a test: a temporary state directory with its
- * own embedded SoftHSM2 token, keys put in before the server starts, a logger
- * whose lines the test can read, and raw-socket access for malformed input.
- *
- * One PKCS#11 module instance per process: provisionKeys() opens the token,
- * works and finalises it again, so call it before startKeyserver(), never
- * while a key server of this process is running. Keys added while one runs go
- * through the CLI child process (runCli).
- */
-import { execFile } from 'node:child_process';
 import { constants, createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadKeyserverConfig, mergeOverrides } from '../../config/load.js';
 import type { KeyserverConfig } from '../../config/schema.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
@@ -27,17 +14,6 @@ import { tokenOptions } from '../../keyserver/token/open-options.js';
 import { generateKey, type KeyType } from '../../keyserver/token/key-generate.js';
 import { importKey } from '../../keyserver/token/key-import.js';
 import { Token } from '../../keyserver/token/token.js';
-
-export const REPO = fileURLToPath(new URL('../..', import.meta.url));
-export const CLI = join(REPO, 'dist', 'keyedge.cjs');
-
-export function tempDir(prefix = 'keyedge-ks-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
-
-export function removeDir(dir: string): void {
-  rmSync(dir, { recursive: true, force: true });
-}
 
 /**
  * The config file a test would write, as an object: the state directory, an
@@ -278,15 +254,6 @@ export function item(tag: number, value: Buffer, declaredLength = value.length):
 // ---------------------------------------------------------------------------
 // Child processes and HTTP
 
-export function runCli(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd: REPO, timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
 /** The value of one Prometheus sample from the admin port, 0 when the series does not exist yet. */
 export async function metricValue(server: Pick<RunningKeyserver, 'adminPort'>, name: string, labels: Record<string, string> = {}): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${server.adminPort}/metrics`);
@@ -301,5 +268,3 @@ export async function metricValue(server: Pick<RunningKeyserver, 'adminPort'>, n
   }
   return 0;
 }
-
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { inject } from 'vitest';
 // The type of the run's provided directory (`inject`).
 import './global-setup.js';
-import { removeDir, runCli } from './keyserver.js';
+import { removeDir, runCli } from './basics.js';
 
 export interface LabKeyIds {
   readonly ec: string;

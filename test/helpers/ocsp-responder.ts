@@ -11,7 +11,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, type Run } from './clients.js';
-import { sleep } from './keyserver.js';
+import { sleep } from './basics.js';
 import { type Issued, type TestCa, writePem } from './pki.js';
 
 export interface IndexEntry {

@@ -19,7 +19,7 @@ import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_pro
 import { readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
-import { CLI, REPO, removeDir, sleep, tempDir } from './keyserver.js';
+import { CLI, REPO, removeDir, sleep, tempDir } from './basics.js';
 import { type ClusterProxy, startClusterProxy, storeProxyConfig } from './proxy-cluster.js';
 import { freePort, type KeylessLab, startKeylessLab } from './proxy-lab.js';
 

@@ -15,7 +15,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO, removeDir, sleep, tempDir } from './keyserver.js';
+import { REPO, removeDir, sleep, tempDir } from './basics.js';
 import { freePort } from './proxy-lab.js';
 
 export const PROMETHEUS = 'prometheus';

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import type { KeylessStats } from '../../proxy/keyless/bridge.js';
-import { REPO } from './keyserver.js';
+import { REPO } from './basics.js';
 
 const SCRIPT = `
 import { monitorEventLoopDelay } from 'node:perf_hooks';

@@ -6,7 +6,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, sleep } from './keyserver.js';
+import { CLI, sleep } from './basics.js';
 import { freePort, type KeylessLab } from './proxy-lab.js';
 
 export interface ClusterPorts {

@@ -17,7 +17,7 @@ import { loadProxyConfig } from '../../config/load.js';
 import type { ProxyConfig } from '../../config/proxy-schema.js';
 import { freePort as benchFreePort } from '../../bench/harness/spawn.js';
 import { KeyserverClient } from '../../keyserver/client/client.js';
-import { CLI, removeDir, sleep, tempDir } from './keyserver.js';
+import { CLI, removeDir, sleep, tempDir } from './basics.js';
 import { labToken, writeLabConfig } from './lab-token.js';
 import { createCa, issueForPublicKey, type Issued, type TestCa, writePem } from './pki.js';
 
