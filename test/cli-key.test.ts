@@ -1,10 +1,12 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x509 from '../keyserver/shared/x509.js';
+import { largeRsaPem } from './helpers/oversize-rsa.js';
 
 // Drives the built `keyedge` executable (npm test builds it first) against a
 // SoftHSM2 token in a temporary state directory.
@@ -15,6 +17,24 @@ let config: string;
 function keyedge(...args: string[]): { status: number; stdout: string; stderr: string } {
   const result = spawnSync(process.execPath, [KEYEDGE, ...args], { encoding: 'utf8', cwd: dir });
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** How many objects (of any class) the token of `configFile` holds under CKA_ID `keyId`, as another process finds them. */
+function objectsWithId(configFile: string, keyId: string): number {
+  const dist = (path: string): string => pathToFileURL(join(import.meta.dirname, '..', 'dist', path)).href;
+  const script = `
+    import { loadKeyserverConfig } from '${dist('config/load.js')}';
+    import { tokenOptions } from '${dist('keyserver/token/open-options.js')}';
+    import { Token } from '${dist('keyserver/token/token.js')}';
+    const token = Token.open(tokenOptions(loadKeyserverConfig(process.argv[1])));
+    token.pkcs11.C_FindObjectsInit(token.management, [{ type: 0x102, value: Buffer.from(process.argv[2], 'hex') }]);
+    const found = token.pkcs11.C_FindObjects(token.management, 100);
+    token.pkcs11.C_FindObjectsFinal(token.management);
+    token.close();
+    process.stdout.write(String(found.length));`;
+  const result = spawnSync(process.execPath, ['--input-type=module', '-e', script, configFile, keyId], { encoding: 'utf8', cwd: dir });
+  expect(result.status, result.stderr).toBe(0);
+  return Number(result.stdout);
 }
 
 beforeAll(() => {
@@ -72,6 +92,33 @@ describe('keyedge key', () => {
     const again = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'imported-again');
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
+  });
+
+  it('an import the token fails half-way leaves no object behind (a file-size limit cut the private object): a retry stores one key', () => {
+    const limitedConfig = join(dir, 'keyserver-fsize.json');
+    writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize', admin: null }));
+    // The token is made before the limit applies.
+    expect(keyedge('key', 'list', '--config', limitedConfig).status).toBe(0);
+    const pem = join(dir, 'large-rsa.pem');
+    writeFileSync(pem, largeRsaPem());
+    const keyId = createHash('sha256')
+      .update(createPublicKey(readFileSync(pem)).export({ type: 'spki', format: 'der' }))
+      .digest('hex');
+    // SoftHSM2 writes an object's file through a 4 KiB stdio buffer: under a 3 KiB limit (bash counts KiB) the public
+    // object (1.6 KiB) is written whole, the private one (over 4 KiB) fails, and C_CreateObject says so.
+    const limited = spawnSync(
+      'bash',
+      ['-c', 'ulimit -f 3 && exec "$@"', 'bash', process.execPath, KEYEDGE, 'key', 'import', '--config', limitedConfig, '--in', pem, '--label', 'large'],
+      { encoding: 'utf8', cwd: dir },
+    );
+    expect(limited.status, limited.stdout).toBe(1);
+    expect(limited.stderr).toContain('KEYEDGE_ERR_TOKEN_OPERATION: C_CreateObject failed');
+    // The public object stayed: unlisted (a key is listed by its private object), and a retry added a second twin.
+    expect(objectsWithId(limitedConfig, keyId)).toBe(0);
+    const retry = keyedge('key', 'import', '--config', limitedConfig, '--in', pem, '--label', 'large');
+    expect(retry.status, retry.stderr).toBe(0);
+    expect(retry.stdout).toMatch(/imported rsa-7[0-9]{3} key 'large'/);
+    expect(objectsWithId(limitedConfig, keyId)).toBe(2);
   });
 
   it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {
