@@ -82,6 +82,28 @@ describe('keyedge key', () => {
     expect(`${piped.stdout}${piped.stderr}${echoed.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
   });
 
+  it('--pin-stdin with a config that takes the PIN from a file is a usage error naming both, stdin unread (it was ignored)', () => {
+    const pinFile = join(dir, 'state', 'token', 'user.pin');
+    const pin = readFileSync(pinFile, 'utf8').trim();
+    // The embedded default's PIN file, and a config naming one: the flag said stdin, the file was used without a word.
+    const cases: [string[], string][] = [
+      [['--config', config], pinFile],
+      [[], join(dir, 'var', 'token', 'user.pin')],
+    ];
+    for (const [args, file] of cases) {
+      const result = spawnSync(process.execPath, [KEYEDGE, 'key', 'list', '--json', '--pin-stdin', ...args], {
+        encoding: 'utf8',
+        cwd: dir,
+        input: 'not-the-pin\n',
+      });
+      expect(result.status, result.stdout).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: --pin-stdin gives the PIN in place of a PIN variable \(pkcs11\.pin\.env\), but /);
+      expect(result.stderr).toContain(`takes it from the file ${file} (pkcs11.pin.file)`);
+      expect(result.stderr.includes(pin), 'the PIN in the output').toBe(false);
+    }
+  });
+
   it('imports a PEM key non-extractable and reminds that the file remains', () => {
     const pem = join(dir, 'import.pem');
     writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));

@@ -35,7 +35,8 @@ Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
   --pin-stdin     the value of the config's PIN variable (pkcs11.pin.env) is read from stdin
                   instead (the proxy's ACME key children: /proc/<pid>/environ shows a
-                  variable to every process of the same user)
+                  variable to every process of the same user); a usage error with a
+                  config (or the embedded default) that reads the PIN from a file
   --help          this text
 
 Every action makes the process non-dumpable before it reads a PIN or a key (Linux):
@@ -184,9 +185,19 @@ async function withToken<T>(
   work: (token: Token) => T | Promise<T>,
 ): Promise<T> {
   const config = loadKeyserverConfig(options.config);
+  const { pin } = config.pkcs11;
+  // Two sources for one PIN: the file was used and the flag ignored, without a word. Which was meant is not guessed
+  // (as a flag given twice is not), and stdin is not read: a PIN piped in stays in the pipe.
+  if (options['pin-stdin'] === true && 'file' in pin) {
+    const where = options.config === undefined ? 'the embedded default' : `config ${config.source}`;
+    throw new UsageError(
+      `--pin-stdin gives the PIN in place of a PIN variable (pkcs11.pin.env), but ${where} takes it from the file ${pin.file} (pkcs11.pin.file): ` +
+        'drop --pin-stdin, or name a PIN variable in the config',
+    );
+  }
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
   // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
-  if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
   const token = Token.open(tokenOptions(config, warn));
   try {
     return await work(token);
