@@ -169,6 +169,37 @@ describe('keyedge key', () => {
     expect(piped.stdout).toContain("imported ec-p256 key 'piped'");
   });
 
+  it('--in - reads the key from standard input, to 1 MiB at most, with no reminder of a file; not with --pin-stdin', () => {
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    // `-` was taken for a file name: `cannot read -: ENOENT`.
+    const piped = spawnSync(process.execPath, [KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'from-stdin'], {
+      encoding: 'utf8',
+      cwd: dir,
+      input: pem,
+    });
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toMatch(/^imported ec-p256 key 'from-stdin' into token '[^']+' \(non-extractable\)\nkey id: [0-9a-f]{64}\n$/);
+    // An endless pipe is cut at the cap, as /dev/zero is.
+    const endless = spawnSync(
+      'bash',
+      ['-c', 'yes | exec "$@"', 'bash', process.execPath, KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'endless-stdin'],
+      { encoding: 'utf8', cwd: dir, timeout: 60_000 },
+    );
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read standard input: more than 1048576 bytes\n');
+    const notKey = spawnSync(process.execPath, [KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'not-a-key'], {
+      encoding: 'utf8',
+      cwd: dir,
+      input: 'hello\n',
+    });
+    expect(notKey.status).toBe(1);
+    expect(notKey.stderr).toMatch(/^keyedge: KEYEDGE_ERR_KEY_INPUT: standard input is not an unencrypted PEM private key/);
+    // One stdin for two inputs: refused before either is read.
+    const both = keyedge('key', 'import', '--config', config, '--in', '-', '--label', 'both', '--pin-stdin');
+    expect(both.status).toBe(2);
+    expect(both.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: --in - and --pin-stdin both read standard input/);
+  });
+
   it("the reminder's shred command names the key file as one shell word, whatever its name (a space, a quote, a ';')", () => {
     const pem = join(dir, "old key's; copy.pem");
     writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));

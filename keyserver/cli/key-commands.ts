@@ -13,7 +13,7 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
-import { operatorFileFailure, readOperatorFile } from '../shared/operator-file.js';
+import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
 import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
@@ -24,7 +24,7 @@ Actions:
                                       make a key inside the token (non-extractable)
                                       TYPE: ${KEY_TYPES.join(' | ')}
   import --in FILE --label NAME       store a PEM private key (PKCS#8, PKCS#1 or SEC1)
-                                      in the token as non-extractable
+                                      in the token as non-extractable; FILE - is stdin
   csr --key NAME|KEYID --domain D [--domain D ...] [--out FILE]
                                       a PKCS#10 request with these names as SANs,
                                       signed inside the token
@@ -96,23 +96,29 @@ export const keyCommand: Command = {
       case 'import': {
         const file = requireOption(values.in, '--in', USAGE);
         const label = requireOption(values.label, '--label', USAGE);
+        if (file === STANDARD_INPUT && values['pin-stdin'] === true) {
+          throw new UsageError('--in - and --pin-stdin both read standard input: give the key as a file (or a pipe: --in <(…)), or the PIN in its variable');
+        }
+        const source = operatorFileName(file);
         let pem: Buffer;
         try {
           // Capped: a PEM private key is a few KB (RSA-8192: 6.5 KB); /dev/zero was read until memory ran out.
           pem = readOperatorFile(file, MAX_KEY_FILE_BYTES);
         } catch (err) {
-          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${operatorFileFailure(err)}`, { cause: err });
+          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${source}: ${operatorFileFailure(err)}`, { cause: err });
         }
         try {
           return await withToken(values, (token) => {
-            const key = importKey(token, pem, label, file);
-            process.stdout.write(
-              `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
-                `key id: ${key.keyId}\n` +
+            const key = importKey(token, pem, label, source);
+            process.stdout.write(`imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\nkey id: ${key.keyId}\n`);
+            // Standard input left no file of ours behind to remind of.
+            if (file !== STANDARD_INPUT) {
+              process.stdout.write(
                 `NOTE: ${file} still exists and holds the private key in the clear.\n` +
-                // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
-                `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
-            );
+                  // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
+                  `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
+              );
+            }
             return 0;
           });
         } finally {
