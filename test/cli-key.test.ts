@@ -1,6 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -228,6 +228,31 @@ describe('keyedge key', () => {
     const keys = JSON.parse(keyedge('key', 'list', '--config', config, '--json').stdout) as { keyId: string; label: string }[];
     const spki = Buffer.from(csr.publicKey.rawData);
     expect(createHash('sha256').update(spki).digest('hex')).toBe(keys.find((k) => k.label === label)?.keyId);
+  });
+
+  it('key csr --out writes a new file renamed into place, never through a symbolic link at FILE', () => {
+    const out = join(dir, 'out', 'shop.csr');
+    mkdirSync(join(dir, 'out'));
+    writeFileSync(out, 'an older request\n');
+    const before = statSync(out).ino;
+    const result = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', out);
+    expect(result.status, result.stderr).toBe(0);
+    // Written in place, a reader (or a crash) could see the request half-written: a temp file renamed over it is a new inode.
+    expect(statSync(out).ino).not.toBe(before);
+    expect(readFileSync(out, 'utf8')).toMatch(/^-----BEGIN CERTIFICATE REQUEST-----\n[\s\S]*-----END CERTIFICATE REQUEST-----\n$/);
+    expect(statSync(out).mode & 0o777).toBe(0o644);
+    expect(readdirSync(join(dir, 'out'))).toEqual(['shop.csr']);
+    // A link at FILE (planted, or another tool's): the file it points at was overwritten.
+    const victim = join(dir, 'out', 'victim.txt');
+    writeFileSync(victim, 'not a request\n');
+    const link = join(dir, 'out', 'link.csr');
+    symlinkSync(victim, link);
+    const linked = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', link);
+    expect(linked.status).toBe(2);
+    expect(linked.stderr).toBe(`keyedge: KEYEDGE_ERR_USAGE: --out ${link} is a symbolic link (to ${victim}): nothing was written; name the file itself\n`);
+    expect(readFileSync(victim, 'utf8')).toBe('not a request\n');
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readdirSync(join(dir, 'out')).sort()).toEqual(['link.csr', 'shop.csr', 'victim.txt']);
   });
 
   it('makes a CSR without a CN when the first name is over 64 characters (RFC 5280 ub-common-name): the names are in the SAN', async () => {

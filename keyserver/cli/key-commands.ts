@@ -4,7 +4,7 @@
  * default without --config) and closes it before returning; they may run while
  * the key server is up, which picks new keys up on first use.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
@@ -14,6 +14,7 @@ import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '..
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
 import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
+import { OutputFileIsLink, writeOutputFile } from '../shared/output-file.js';
 import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
@@ -136,7 +137,12 @@ export const keyCommand: Command = {
           const csr = await createCsr(token, key, domains);
           const pem = `${csr.toString('pem')}\n`;
           if (values.out !== undefined) {
-            writeFileSync(values.out, pem, { mode: 0o644 });
+            try {
+              writeOutputFile(values.out, pem, 0o644);
+            } catch (err) {
+              if (!(err instanceof OutputFileIsLink)) throw err;
+              throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
+            }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
             process.stdout.write(pem);
