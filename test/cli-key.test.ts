@@ -253,6 +253,11 @@ describe('keyedge key', () => {
     expect(readFileSync(victim, 'utf8')).toBe('not a request\n');
     expect(lstatSync(link).isSymbolicLink()).toBe(true);
     expect(readdirSync(join(dir, 'out')).sort()).toEqual(['link.csr', 'shop.csr', 'victim.txt']);
+    // A directory that is not there: a stack trace naming the temp file, not FILE.
+    const nowhere = join(dir, 'no-such-dir', 'shop.csr');
+    const missing = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', nowhere);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toBe(`keyedge: KEYEDGE_ERR_USAGE: cannot write --out ${nowhere}: ENOENT\n`);
   });
 
   it('makes a CSR without a CN when the first name is over 64 characters (RFC 5280 ub-common-name): the names are in the SAN', async () => {

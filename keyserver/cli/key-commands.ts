@@ -140,8 +140,9 @@ export const keyCommand: Command = {
             try {
               writeOutputFile(values.out, pem, 0o644);
             } catch (err) {
-              if (!(err instanceof OutputFileIsLink)) throw err;
-              throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
+              if (err instanceof OutputFileIsLink) throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
+              // Not the stack trace of an open(2) naming the temp file: FILE, and why.
+              throw new UsageError(`cannot write --out ${values.out}: ${operatorFileFailure(err)}`);
             }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
