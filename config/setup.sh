@@ -134,7 +134,23 @@ start_background() {
   fi
   nohup "$@" >>"$log" 2>&1 &
   echo $! >"$pidfile"
+  STARTED+=("$name")
   say "$name started (pid $!, log $log)"
+}
+
+# What this `up` started (not what an earlier one had, found running): a failed `up` stops these, and only these.
+STARTED=()
+
+# A failed `up` (a die, or a command failing under set -e): the parts it had started are stopped, in down's order,
+# before it exits with its status. They ran on after the error: the next `up` found them running and kept them.
+stop_started_on_failure() {
+  local status=$? name
+  ((status != 0 && ${#STARTED[@]} > 0)) || return 0
+  say 'stopping what this start had started'
+  for name in "${STOP_ORDER[@]}"; do
+    [[ " ${STARTED[*]} " == *" $name "* ]] || continue
+    stop_one "$name" || true
+  done
 }
 
 start_keyserver() {
@@ -188,6 +204,7 @@ exited() {
 }
 
 up() {
+  trap stop_started_on_failure EXIT
   # curl: the readiness check below, and the commands printed at the end.
   deps curl
   mkdir -p "$RUN" "$VAR/log"
@@ -208,6 +225,7 @@ up() {
   done
   [[ -n $ok ]] || { tail -n 20 "$VAR/log/proxy.log" >&2; die "the proxy does not answer on 127.0.0.1:8443 (log: $VAR/log/proxy.log)"; }
   running demo-origin || exited demo-origin
+  trap - EXIT
   cat <<EOF
 
 keyedge is up (embedded default: SoftHSM2 token under ./var, demo origin on 127.0.0.1:8080).
@@ -227,30 +245,43 @@ EOF
 
 STOP_WAIT_SECONDS=30
 
-# Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
 # The proxy first and the key server last (the pid files' name order stopped the key server first): handshakes the
 # proxy still takes during its graceful stop need their signatures.
-down() {
-  local name pidfile pid stopped=0
-  for name in proxy demo-origin keyserver; do
-    pidfile="$RUN/$name.pid"
-    [[ -f $pidfile ]] || continue
-    pid=$(cat "$pidfile")
+STOP_ORDER=(proxy demo-origin keyserver)
+
+# Stops `name` by its pid file and says so. Status 2: no pid file; 1: it still runs past STOP_WAIT_SECONDS (said, and
+# its pid file kept for the next `down`: it said "stopped" and forgot it, and the next `up` failed on the ports it
+# still held); 0: stopped, or it was not running.
+stop_one() {
+  local name=$1 pidfile="$RUN/$1.pid" pid
+  [[ -f $pidfile ]] || return 2
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    # Past the proxy's and the key server's default shutdownGraceMs (10 s) and their own margins.
+    for _ in $(seq 1 $((STOP_WAIT_SECONDS * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid"
-      # Past the proxy's and the key server's default shutdownGraceMs (10 s) and their own margins.
-      for _ in $(seq 1 $((STOP_WAIT_SECONDS * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      # Still there: said, and its pid file kept for the next `down` (it said "stopped" and forgot it, and the next
-      # `up` failed on the ports it still held).
-      kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not stop within $STOP_WAIT_SECONDS s of SIGTERM and still runs: run npm run down again once it has, or kill -KILL $pid"
-      say "stopped $name (pid $pid)"
-      stopped=1
-    else
-      say "$name (pid $pid) was not running"
+      printf 'keyedge setup: error: %s\n' "$name (pid $pid) did not stop within $STOP_WAIT_SECONDS s of SIGTERM and still runs: run npm run down again once it has, or kill -KILL $pid" >&2
+      return 1
     fi
-    rm -f "$pidfile"
+    say "stopped $name (pid $pid)"
+    STOPPED=1
+  else
+    say "$name (pid $pid) was not running"
+  fi
+  rm -f "$pidfile"
+}
+
+# Says what it did, including nothing: a silent `down` left an operator unsure whether anything had run.
+down() {
+  local name status
+  STOPPED=0
+  for name in "${STOP_ORDER[@]}"; do
+    status=0
+    stop_one "$name" || status=$?
+    ((status != 1)) || exit 1
   done
-  ((stopped)) || say 'nothing to stop: no process started by `npm run up` is running'
+  ((STOPPED)) || say 'nothing to stop: no process started by `npm run up` is running'
 }
 
 case "${1:-}" in

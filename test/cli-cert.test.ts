@@ -12,6 +12,7 @@ import {
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../keyserver/shared/errors.js';
@@ -431,6 +432,32 @@ describe('keyedge cert', () => {
       await proxy.stop();
     }
   }, 120_000);
+
+  it('cert issue and renew with the proxy down: the admin URL tried and that the proxy is not reachable there, not "fetch failed"', async () => {
+    // A port nothing listens on: bound, then let go.
+    const port = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const tokenFile = join(lab.dir, 'down.token');
+    writeFileSync(tokenFile, 'down-token-P0o9i8\n', { mode: 0o600 });
+    const down = join(lab.dir, 'proxy-down.json');
+    writeFileSync(down, JSON.stringify({ stateDir: './state', keyserver: { socket: lab.socket }, admin: { host: '127.0.0.1', port, tokenFile } }));
+    for (const [args, path] of [
+      [['cert', 'issue', '--domain', 'shop.lab.test'], '/acme/issue'],
+      [['cert', 'renew', 'shop'], '/acme/renew/shop'],
+    ] as const) {
+      const result = await runCli([...args, '--config', down]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        `keyedge: KEYEDGE_ERR_SETUP: the proxy is not reachable at its admin API http://127.0.0.1:${port}${path} (ECONNREFUSED): ` +
+          `is it running, with the admin.host and admin.port of ${down}?\n`,
+      );
+      expect(`${result.stdout}${result.stderr}`).not.toContain('P0o9i8');
+    }
+  });
 
   it('list and show on a store directory that is not there: KEYEDGE_ERR_CERT_STORE_GONE, not an empty store', async () => {
     // `cert list --json` printed [] with status 0: a check of what expires soon, its config naming a store renamed away

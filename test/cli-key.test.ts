@@ -1,10 +1,12 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { createHash, generateKeyPairSync } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as x509 from '../keyserver/shared/x509.js';
+import { largeRsaPem } from './helpers/oversize-rsa.js';
 
 // Drives the built `keyedge` executable (npm test builds it first) against a
 // SoftHSM2 token in a temporary state directory.
@@ -15,6 +17,24 @@ let config: string;
 function keyedge(...args: string[]): { status: number; stdout: string; stderr: string } {
   const result = spawnSync(process.execPath, [KEYEDGE, ...args], { encoding: 'utf8', cwd: dir });
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** How many objects (of any class) the token of `configFile` holds under CKA_ID `keyId`, as another process finds them. */
+function objectsWithId(configFile: string, keyId: string): number {
+  const dist = (path: string): string => pathToFileURL(join(import.meta.dirname, '..', 'dist', path)).href;
+  const script = `
+    import { loadKeyserverConfig } from '${dist('config/load.js')}';
+    import { tokenOptions } from '${dist('keyserver/token/open-options.js')}';
+    import { Token } from '${dist('keyserver/token/token.js')}';
+    const token = Token.open(tokenOptions(loadKeyserverConfig(process.argv[1])));
+    token.pkcs11.C_FindObjectsInit(token.management, [{ type: 0x102, value: Buffer.from(process.argv[2], 'hex') }]);
+    const found = token.pkcs11.C_FindObjects(token.management, 100);
+    token.pkcs11.C_FindObjectsFinal(token.management);
+    token.close();
+    process.stdout.write(String(found.length));`;
+  const result = spawnSync(process.execPath, ['--input-type=module', '-e', script, configFile, keyId], { encoding: 'utf8', cwd: dir });
+  expect(result.status, result.stderr).toBe(0);
+  return Number(result.stdout);
 }
 
 beforeAll(() => {
@@ -62,6 +82,28 @@ describe('keyedge key', () => {
     expect(`${piped.stdout}${piped.stderr}${echoed.stderr}${unset.stderr}`.includes(pin), 'the PIN in the output').toBe(false);
   });
 
+  it('--pin-stdin with a config that takes the PIN from a file is a usage error naming both, stdin unread (it was ignored)', () => {
+    const pinFile = join(dir, 'state', 'token', 'user.pin');
+    const pin = readFileSync(pinFile, 'utf8').trim();
+    // The embedded default's PIN file, and a config naming one: the flag said stdin, the file was used without a word.
+    const cases: [string[], string][] = [
+      [['--config', config], pinFile],
+      [[], join(dir, 'var', 'token', 'user.pin')],
+    ];
+    for (const [args, file] of cases) {
+      const result = spawnSync(process.execPath, [KEYEDGE, 'key', 'list', '--json', '--pin-stdin', ...args], {
+        encoding: 'utf8',
+        cwd: dir,
+        input: 'not-the-pin\n',
+      });
+      expect(result.status, result.stdout).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: --pin-stdin gives the PIN in place of a PIN variable \(pkcs11\.pin\.env\), but /);
+      expect(result.stderr).toContain(`takes it from the file ${file} (pkcs11.pin.file)`);
+      expect(result.stderr.includes(pin), 'the PIN in the output').toBe(false);
+    }
+  });
+
   it('imports a PEM key non-extractable and reminds that the file remains', () => {
     const pem = join(dir, 'import.pem');
     writeFileSync(pem, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'sec1', format: 'pem' }));
@@ -72,6 +114,33 @@ describe('keyedge key', () => {
     const again = keyedge('key', 'import', '--config', config, '--in', pem, '--label', 'imported-again');
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/KEYEDGE_ERR_KEY_EXISTS: .*already in the token/);
+  });
+
+  it('an import the token fails half-way leaves no object behind (a file-size limit cut the private object): a retry stores one key', () => {
+    const limitedConfig = join(dir, 'keyserver-fsize.json');
+    writeFileSync(limitedConfig, JSON.stringify({ stateDir: './state-fsize', admin: null }));
+    // The token is made before the limit applies.
+    expect(keyedge('key', 'list', '--config', limitedConfig).status).toBe(0);
+    const pem = join(dir, 'large-rsa.pem');
+    writeFileSync(pem, largeRsaPem());
+    const keyId = createHash('sha256')
+      .update(createPublicKey(readFileSync(pem)).export({ type: 'spki', format: 'der' }))
+      .digest('hex');
+    // SoftHSM2 writes an object's file through a 4 KiB stdio buffer: under a 3 KiB limit (bash counts KiB) the public
+    // object (1.6 KiB) is written whole, the private one (over 4 KiB) fails, and C_CreateObject says so.
+    const limited = spawnSync(
+      'bash',
+      ['-c', 'ulimit -f 3 && exec "$@"', 'bash', process.execPath, KEYEDGE, 'key', 'import', '--config', limitedConfig, '--in', pem, '--label', 'large'],
+      { encoding: 'utf8', cwd: dir },
+    );
+    expect(limited.status, limited.stdout).toBe(1);
+    expect(limited.stderr).toContain('KEYEDGE_ERR_TOKEN_OPERATION: C_CreateObject failed');
+    // The public object stayed: unlisted (a key is listed by its private object), and a retry added a second twin.
+    expect(objectsWithId(limitedConfig, keyId)).toBe(0);
+    const retry = keyedge('key', 'import', '--config', limitedConfig, '--in', pem, '--label', 'large');
+    expect(retry.status, retry.stderr).toBe(0);
+    expect(retry.stdout).toMatch(/imported rsa-7[0-9]{3} key 'large'/);
+    expect(objectsWithId(limitedConfig, keyId)).toBe(2);
   });
 
   it('reads a key file to 1 MiB at most: a large file or an endless device (/dev/zero) is refused unread past that, a pipe is read', () => {
@@ -98,6 +167,37 @@ describe('keyedge key', () => {
     );
     expect(piped.status, piped.stderr).toBe(0);
     expect(piped.stdout).toContain("imported ec-p256 key 'piped'");
+  });
+
+  it('--in - reads the key from standard input, to 1 MiB at most, with no reminder of a file; not with --pin-stdin', () => {
+    const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    // `-` was taken for a file name: `cannot read -: ENOENT`.
+    const piped = spawnSync(process.execPath, [KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'from-stdin'], {
+      encoding: 'utf8',
+      cwd: dir,
+      input: pem,
+    });
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toMatch(/^imported ec-p256 key 'from-stdin' into token '[^']+' \(non-extractable\)\nkey id: [0-9a-f]{64}\n$/);
+    // An endless pipe is cut at the cap, as /dev/zero is.
+    const endless = spawnSync(
+      'bash',
+      ['-c', 'yes | exec "$@"', 'bash', process.execPath, KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'endless-stdin'],
+      { encoding: 'utf8', cwd: dir, timeout: 60_000 },
+    );
+    expect(endless.status).toBe(1);
+    expect(endless.stderr).toBe('keyedge: KEYEDGE_ERR_KEY_INPUT: cannot read standard input: more than 1048576 bytes\n');
+    const notKey = spawnSync(process.execPath, [KEYEDGE, 'key', 'import', '--config', config, '--in', '-', '--label', 'not-a-key'], {
+      encoding: 'utf8',
+      cwd: dir,
+      input: 'hello\n',
+    });
+    expect(notKey.status).toBe(1);
+    expect(notKey.stderr).toMatch(/^keyedge: KEYEDGE_ERR_KEY_INPUT: standard input is not an unencrypted PEM private key/);
+    // One stdin for two inputs: refused before either is read.
+    const both = keyedge('key', 'import', '--config', config, '--in', '-', '--label', 'both', '--pin-stdin');
+    expect(both.status).toBe(2);
+    expect(both.stderr).toMatch(/^keyedge: KEYEDGE_ERR_USAGE: --in - and --pin-stdin both read standard input/);
   });
 
   it("the reminder's shred command names the key file as one shell word, whatever its name (a space, a quote, a ';')", () => {
@@ -128,6 +228,36 @@ describe('keyedge key', () => {
     const keys = JSON.parse(keyedge('key', 'list', '--config', config, '--json').stdout) as { keyId: string; label: string }[];
     const spki = Buffer.from(csr.publicKey.rawData);
     expect(createHash('sha256').update(spki).digest('hex')).toBe(keys.find((k) => k.label === label)?.keyId);
+  });
+
+  it('key csr --out writes a new file renamed into place, never through a symbolic link at FILE', () => {
+    const out = join(dir, 'out', 'shop.csr');
+    mkdirSync(join(dir, 'out'));
+    writeFileSync(out, 'an older request\n');
+    const before = statSync(out).ino;
+    const result = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', out);
+    expect(result.status, result.stderr).toBe(0);
+    // Written in place, a reader (or a crash) could see the request half-written: a temp file renamed over it is a new inode.
+    expect(statSync(out).ino).not.toBe(before);
+    expect(readFileSync(out, 'utf8')).toMatch(/^-----BEGIN CERTIFICATE REQUEST-----\n[\s\S]*-----END CERTIFICATE REQUEST-----\n$/);
+    expect(statSync(out).mode & 0o777).toBe(0o644);
+    expect(readdirSync(join(dir, 'out'))).toEqual(['shop.csr']);
+    // A link at FILE (planted, or another tool's): the file it points at was overwritten.
+    const victim = join(dir, 'out', 'victim.txt');
+    writeFileSync(victim, 'not a request\n');
+    const link = join(dir, 'out', 'link.csr');
+    symlinkSync(victim, link);
+    const linked = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', link);
+    expect(linked.status).toBe(2);
+    expect(linked.stderr).toBe(`keyedge: KEYEDGE_ERR_USAGE: --out ${link} is a symbolic link (to ${victim}): nothing was written; name the file itself\n`);
+    expect(readFileSync(victim, 'utf8')).toBe('not a request\n');
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readdirSync(join(dir, 'out')).sort()).toEqual(['link.csr', 'shop.csr', 'victim.txt']);
+    // A directory that is not there: a stack trace naming the temp file, not FILE.
+    const nowhere = join(dir, 'no-such-dir', 'shop.csr');
+    const missing = keyedge('key', 'csr', '--config', config, '--key', 'edge-ec', '--domain', 'shop.example', '--out', nowhere);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toBe(`keyedge: KEYEDGE_ERR_USAGE: cannot write --out ${nowhere}: ENOENT\n`);
   });
 
   it('makes a CSR without a CN when the first name is over 64 characters (RFC 5280 ub-common-name): the names are in the SAN', async () => {

@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -111,6 +111,40 @@ describe('config/setup.sh: up and down', () => {
       expect(result.stderr).toContain('cannot listen on tcp 127.0.0.1:8080: EADDRINUSE');
       expect(result.stderr).toMatch(/keyedge setup: error: the demo-origin exited during start-up \(log: .*demo-origin\.log\)/);
     } finally {
+      server.close();
+      removeDir(root);
+    }
+  }, 90_000);
+
+  it('up that fails stops what it started, in the order down uses (the proxy first, the key server last), and exits 1', async () => {
+    // The proxy and the key server it had started ran on after "error: the demo-origin exited during start-up": the next
+    // `up` found them running and kept them, holding the ports and the old build, and only `down` stopped them.
+    const root = tempDir('keyedge-setup-undo-');
+    const server = await front(502);
+    try {
+      const fake = `case $1 in
+        demo-origin) echo "keyedge: KEYEDGE_ERR_SETUP: cannot listen on tcp 127.0.0.1:8080: EADDRINUSE" >&2; exit 1 ;;
+        keyserver | proxy) trap "echo $1 >>'$PWD/order'; exit 0" TERM; while :; do sleep 0.05; done ;;
+      esac`;
+      const steps = 'start_keyserver() { start_background keyserver "${KEYEDGE[@]}" keyserver; }; up; echo "up said $?"';
+      const result = await runSetup(root, fake, (server.address() as AddressInfo).port, steps);
+      expect(result.status).toBe(1);
+      expect(result.stdout).not.toContain('up said');
+      expect(result.stderr).toMatch(/keyedge setup: error: the demo-origin exited during start-up/);
+      expect(result.stdout).toMatch(
+        /keyedge setup: stopping what this start had started\nkeyedge setup: stopped proxy \(pid \d+\)\nkeyedge setup: demo-origin \(pid \d+\) was not running\nkeyedge setup: stopped keyserver \(pid \d+\)\n$/,
+      );
+      expect(readFileSync(join(root, 'order'), 'utf8')).toBe('proxy\nkeyserver\n');
+      expect(readdirSync(join(root, 'var', 'run'))).toEqual([]);
+    } finally {
+      // Before the fix, what the failed `up` left running.
+      for (const name of ['proxy', 'keyserver']) {
+        try {
+          process.kill(Number(readFileSync(join(root, 'var', 'run', `${name}.pid`), 'utf8')), 'SIGKILL');
+        } catch {
+          // Not there, or stopped.
+        }
+      }
       server.close();
       removeDir(root);
     }

@@ -4,7 +4,7 @@
  * default without --config) and closes it before returning; they may run while
  * the key server is up, which picks new keys up on first use.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { loadKeyserverConfig } from '../../config/load.js';
 import { KeyError, UsageError } from '../shared/errors.js';
 import { tokenOptions } from '../token/open-options.js';
@@ -13,7 +13,8 @@ import { importKey } from '../token/key-import.js';
 import { deleteKey, describeKeyType, findKey, listKeys, type TokenKey } from '../token/keys.js';
 import { Token } from '../token/token.js';
 import { type Command, formatTable, parseCommandArgs, requireOption } from '../shared/command.js';
-import { operatorFileFailure, readOperatorFile } from '../shared/operator-file.js';
+import { operatorFileFailure, operatorFileName, readOperatorFile, STANDARD_INPUT } from '../shared/operator-file.js';
+import { OutputFileIsLink, writeOutputFile } from '../shared/output-file.js';
 import { shellWord } from '../shared/shell-word.js';
 import { guardKeyCommand } from './pin-guard.js';
 
@@ -24,7 +25,7 @@ Actions:
                                       make a key inside the token (non-extractable)
                                       TYPE: ${KEY_TYPES.join(' | ')}
   import --in FILE --label NAME       store a PEM private key (PKCS#8, PKCS#1 or SEC1)
-                                      in the token as non-extractable
+                                      in the token as non-extractable; FILE - is stdin
   csr --key NAME|KEYID --domain D [--domain D ...] [--out FILE]
                                       a PKCS#10 request with these names as SANs,
                                       signed inside the token
@@ -35,7 +36,8 @@ Options:
   --config FILE   the key server's config (default: the embedded SoftHSM2 token under ./var)
   --pin-stdin     the value of the config's PIN variable (pkcs11.pin.env) is read from stdin
                   instead (the proxy's ACME key children: /proc/<pid>/environ shows a
-                  variable to every process of the same user)
+                  variable to every process of the same user); a usage error with a
+                  config (or the embedded default) that reads the PIN from a file
   --help          this text
 
 Every action makes the process non-dumpable before it reads a PIN or a key (Linux):
@@ -95,23 +97,29 @@ export const keyCommand: Command = {
       case 'import': {
         const file = requireOption(values.in, '--in', USAGE);
         const label = requireOption(values.label, '--label', USAGE);
+        if (file === STANDARD_INPUT && values['pin-stdin'] === true) {
+          throw new UsageError('--in - and --pin-stdin both read standard input: give the key as a file (or a pipe: --in <(…)), or the PIN in its variable');
+        }
+        const source = operatorFileName(file);
         let pem: Buffer;
         try {
           // Capped: a PEM private key is a few KB (RSA-8192: 6.5 KB); /dev/zero was read until memory ran out.
           pem = readOperatorFile(file, MAX_KEY_FILE_BYTES);
         } catch (err) {
-          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${file}: ${operatorFileFailure(err)}`, { cause: err });
+          throw new KeyError('KEYEDGE_ERR_KEY_INPUT', `cannot read ${source}: ${operatorFileFailure(err)}`, { cause: err });
         }
         try {
           return await withToken(values, (token) => {
-            const key = importKey(token, pem, label, file);
-            process.stdout.write(
-              `imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\n` +
-                `key id: ${key.keyId}\n` +
+            const key = importKey(token, pem, label, source);
+            process.stdout.write(`imported ${describeKeyType(key)} key '${key.label}' into token '${token.label}' (non-extractable)\nkey id: ${key.keyId}\n`);
+            // Standard input left no file of ours behind to remind of.
+            if (file !== STANDARD_INPUT) {
+              process.stdout.write(
                 `NOTE: ${file} still exists and holds the private key in the clear.\n` +
-                // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
-                `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
-            );
+                  // One shell word after --: pasted as printed, a name with a space or a ';' shredded other files, or ran what followed.
+                  `      Remove it (e.g. shred -u -- ${shellWord(file)}) once your backup policy is satisfied.\n`,
+              );
+            }
             return 0;
           });
         } finally {
@@ -129,7 +137,13 @@ export const keyCommand: Command = {
           const csr = await createCsr(token, key, domains);
           const pem = `${csr.toString('pem')}\n`;
           if (values.out !== undefined) {
-            writeFileSync(values.out, pem, { mode: 0o644 });
+            try {
+              writeOutputFile(values.out, pem, 0o644);
+            } catch (err) {
+              if (err instanceof OutputFileIsLink) throw new UsageError(`--out ${err.message}: nothing was written; name the file itself`);
+              // Not the stack trace of an open(2) naming the temp file: FILE, and why.
+              throw new UsageError(`cannot write --out ${values.out}: ${operatorFileFailure(err)}`);
+            }
             process.stdout.write(`wrote a CSR for ${domains.join(', ')} with key ${key.keyId} to ${values.out}\n`);
           } else {
             process.stdout.write(pem);
@@ -184,9 +198,19 @@ async function withToken<T>(
   work: (token: Token) => T | Promise<T>,
 ): Promise<T> {
   const config = loadKeyserverConfig(options.config);
+  const { pin } = config.pkcs11;
+  // Two sources for one PIN: the file was used and the flag ignored, without a word. Which was meant is not guessed
+  // (as a flag given twice is not), and stdin is not read: a PIN piped in stays in the pipe.
+  if (options['pin-stdin'] === true && 'file' in pin) {
+    const where = options.config === undefined ? 'the embedded default' : `config ${config.source}`;
+    throw new UsageError(
+      `--pin-stdin gives the PIN in place of a PIN variable (pkcs11.pin.env), but ${where} takes it from the file ${pin.file} (pkcs11.pin.file): ` +
+        'drop --pin-stdin, or name a PIN variable in the config',
+    );
+  }
   // Set here, the variable is in this process's memory only: /proc/<pid>/environ shows the block it was started with.
   // One line ending is the end of the line, as `echo "$PIN" |` sends it (docker login --password-stdin drops it too).
-  if (options['pin-stdin'] === true && 'env' in config.pkcs11.pin) process.env[config.pkcs11.pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+  if (options['pin-stdin'] === true && 'env' in pin) process.env[pin.env] = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
   const token = Token.open(tokenOptions(config, warn));
   try {
     return await work(token);

@@ -6,6 +6,9 @@
  * path to a device that never ends (/dev/zero, /dev/urandom, a disk) grew the
  * process by some 90 MB a second until memory ran out, the command never
  * answering.
+ *
+ * `-` is standard input (`vault read … | keyedge key import --in -`), under
+ * the same cap: it was taken for a file named `-` (ENOENT).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 
@@ -16,9 +19,21 @@ export class OperatorFileTooLarge extends Error {
 
 const CHUNK_BYTES = 64 * 1024;
 
-/** The bytes of `file` (errors of open(2) and read(2) thrown as they come), or OperatorFileTooLarge past `maxBytes`. */
+/** What names standard input where a file is asked for, as in most Unix tools. */
+export const STANDARD_INPUT = '-';
+
+/** How `file` is named in messages: standard input by its name, not as `-`. */
+export function operatorFileName(file: string): string {
+  return file === STANDARD_INPUT ? 'standard input' : file;
+}
+
+/**
+ * The bytes of `file`, or of standard input for `-` (errors of open(2) and read(2) thrown as they come), or
+ * OperatorFileTooLarge past `maxBytes`.
+ */
 export function readOperatorFile(file: string, maxBytes: number): Buffer {
-  const fd = openSync(file, 'r');
+  const stdin = file === STANDARD_INPUT;
+  const fd = stdin ? 0 : openSync(file, 'r');
   try {
     const chunks: Buffer[] = [];
     let total = 0;
@@ -38,7 +53,8 @@ export function readOperatorFile(file: string, maxBytes: number): Buffer {
     for (const c of chunks) c.fill(0);
     return bytes;
   } finally {
-    closeSync(fd);
+    // Standard input is the process's: what it does not read stays for no one else, but it is not closed under it.
+    if (!stdin) closeSync(fd);
   }
 }
 

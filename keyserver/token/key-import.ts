@@ -9,12 +9,12 @@
  */
 import { createPrivateKey, createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { KeyError } from '../shared/errors.js';
+import { KeyError, TokenError } from '../shared/errors.js';
 import { keyIdOf } from '../shared/key-id.js';
 import { CURVES, modulusBits, publicJwk } from './key-encoding.js';
 import { assertLabelFree, privateKeyPolicy } from './key-policy.js';
 import { findKeyById, RSA_MAX_BITS, readKey, type TokenKey } from './keys.js';
-import { type Token, tokenCall } from './token.js';
+import { ckrName, type Token, tokenCall } from './token.js';
 
 const RSA_MIN_BITS = 2048;
 
@@ -119,11 +119,40 @@ export function importKey(token: Token, pem: string | Buffer, label: string, sou
     } else {
       throw new KeyError('KEYEDGE_ERR_KEY_UNSUPPORTED', `${source}: ${jwk.kty ?? 'unknown'} keys are not supported (EC or RSA)`);
     }
-    const session = token.management;
-    tokenCall('C_CreateObject', () => token.pkcs11.C_CreateObject(session, publicTemplate));
-    const handle = tokenCall('C_CreateObject', () => token.pkcs11.C_CreateObject(session, privateTemplate));
-    return readKey(token, handle);
+    return createPair(token, keyId, publicTemplate, privateTemplate);
   } finally {
     for (const buf of components) buf.fill(0);
+  }
+}
+
+/**
+ * The public object, then the private one, as one step: a failure after the public object (the private object's
+ * file cut short by a full disk or a file-size limit: CKR_GENERAL_ERROR) destroys what was made. The public object
+ * was left behind, unlisted (a key is listed by its private object) and under the key id a retry then used for a
+ * second public twin. Public first: a process killed between the two leaves public material only, where the other
+ * order left an EC private key that no listing shows and `keyedge key delete` cannot name.
+ */
+function createPair(token: Token, keyId: Buffer, publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): TokenKey {
+  const { pkcs11, management } = token;
+  const created: pkcs11js.Handle[] = [];
+  try {
+    created.push(tokenCall('C_CreateObject', () => pkcs11.C_CreateObject(management, publicTemplate)));
+    const privateHandle = tokenCall('C_CreateObject', () => pkcs11.C_CreateObject(management, privateTemplate));
+    created.push(privateHandle);
+    return readKey(token, privateHandle);
+  } catch (err) {
+    for (const handle of created.reverse()) {
+      try {
+        pkcs11.C_DestroyObject(management, handle);
+      } catch (undo) {
+        // The first failure is the one to report; this one says what is left to clean up.
+        throw new TokenError(
+          'KEYEDGE_ERR_TOKEN_OPERATION',
+          `${ckrName(err)}; undoing it failed too (${ckrName(undo)}): objects with CKA_ID ${keyId.toString('hex')} remain in the token`,
+          { cause: err },
+        );
+      }
+    }
+    throw err;
   }
 }

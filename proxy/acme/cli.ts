@@ -49,9 +49,10 @@ export async function acmeCertCommand(
   }
   const host = config.admin.host.includes(':') ? `[${config.admin.host}]` : config.admin.host;
   const path = action === 'issue' ? '/acme/issue' : `/acme/renew/${encodeURIComponent(name ?? '')}`;
+  const url = `http://${host}:${config.admin.port}${path}`;
   let response: Response;
   try {
-    response = await fetch(`http://${host}:${config.admin.port}${path}`, {
+    response = await fetch(url, {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
       body: action === 'issue' ? JSON.stringify({ domains, ...(name === undefined ? {} : { name }), ...(replaceDomains ? { replaceDomains } : {}) }) : '',
@@ -59,7 +60,7 @@ export async function acmeCertCommand(
       signal: AbortSignal.timeout(30 * 60_000),
     });
   } catch (err) {
-    throw new KeyedgeError('KEYEDGE_ERR_CLOSED', `cannot reach the proxy's admin API at ${host}:${config.admin.port}: ${(err as Error).message}`);
+    throw unreachable(err, url, config.source);
   }
   const text = await response.text().catch(() => '');
   // The admin API's own refusals of the token (admin-auth.ts: 401 wrong or missing, 403 changes disabled) are plain
@@ -94,6 +95,24 @@ export async function acmeCertCommand(
     process.stdout.write(`  the entry's names changed from ${body.previousDomains.join(', ')}: a new certificate, renewed for these names from now on\n`);
   }
   return 0;
+}
+
+/**
+ * fetch's own words were "fetch failed" (the reason is in its cause), under KEYEDGE_ERR_CLOSED, the code of a key-server
+ * connection: the operator was not told the proxy was down, nor where it had been looked for. The URL carries no token.
+ */
+function unreachable(err: unknown, url: string, configSource: string): KeyedgeError {
+  if ((err as Error).name === 'TimeoutError') {
+    return new AcmeError(`the proxy's admin API at ${url} did not answer within 30 minutes (the order is still the proxy's: see its log)`, {});
+  }
+  const cause = (err as { cause?: { code?: unknown; errors?: { code?: unknown }[] } }).cause;
+  // An AggregateError (each address of a name tried) has no code of its own; its first error's is said.
+  const code = cause?.code ?? cause?.errors?.[0]?.code;
+  return new KeyedgeError(
+    'KEYEDGE_ERR_SETUP',
+    `the proxy is not reachable at its admin API ${url} (${typeof code === 'string' ? code : 'no connection'}): ` +
+      `is it running, with the admin.host and admin.port of ${configSource}?`,
+  );
 }
 
 function parseJson(text: string): unknown {

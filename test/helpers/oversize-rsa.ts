@@ -8,8 +8,13 @@
  * exports it as PEM, for an import); they are not the modulus's factors, so
  * nothing should sign with them. `privateTemplate` gives a token the modulus,
  * the exponents and nothing else: it signs with the private exponent.
+ *
+ * `largeRsaPem` is the other side of the limit: an RSA key of about 8000 bits (16 primes of
+ * 500 bits, a second to make) whose PEM carries CRT values as long as a
+ * two-prime key's (p and q each the product of half the primes), so its
+ * private object in a token is as large as an RSA-8192 one's (over 4 KiB).
  */
-import { generatePrimeSync, type JsonWebKey } from 'node:crypto';
+import { createPrivateKey, generatePrimeSync, type JsonWebKey } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 
 const E = 65537n;
@@ -37,12 +42,17 @@ export interface OversizeRsa {
   readonly privateTemplate: pkcs11js.Template;
 }
 
-export function oversizeRsa(): OversizeRsa {
+function distinctPrimes(count: number, bits: number): bigint[] {
   const primes: bigint[] = [];
-  while (primes.length < 17) {
-    const prime = generatePrimeSync(520, { bigint: true });
+  while (primes.length < count) {
+    const prime = generatePrimeSync(bits, { bigint: true });
     if ((prime - 1n) % E !== 0n && !primes.includes(prime)) primes.push(prime);
   }
+  return primes;
+}
+
+export function oversizeRsa(): OversizeRsa {
+  const primes = distinctPrimes(17, 520);
   const n = primes.reduce((product, prime) => product * prime, 1n);
   const d = modInverse(
     E,
@@ -60,4 +70,27 @@ export function oversizeRsa(): OversizeRsa {
       { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: bytes(d) },
     ],
   };
+}
+
+/** An RSA key of about 8000 bits, under the protocol's limit, as a PKCS#8 PEM; see the file's header. */
+export function largeRsaPem(): string {
+  const primes = distinctPrimes(16, 500);
+  const product = (values: bigint[]): bigint => values.reduce((acc, value) => acc * value, 1n);
+  const totient = (values: bigint[]): bigint => values.reduce((acc, value) => acc * (value - 1n), 1n);
+  const [low, high] = [primes.slice(0, 8), primes.slice(8)];
+  const [p, q] = [product(low), product(high)];
+  const d = modInverse(E, totient(primes));
+  const b64 = (value: bigint): string => bytes(value).toString('base64url');
+  const jwk = {
+    kty: 'RSA',
+    n: b64(p * q),
+    e: b64(E),
+    d: b64(d),
+    p: b64(p),
+    q: b64(q),
+    dp: b64(d % totient(low)),
+    dq: b64(d % totient(high)),
+    qi: b64(modInverse(q, p)),
+  };
+  return createPrivateKey({ key: jwk, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' }).toString();
 }
