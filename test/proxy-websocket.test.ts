@@ -130,6 +130,17 @@ async function requestsCounted(statusClass: string, code: string): Promise<numbe
   return values.find((v) => v.labels.status_class === statusClass && v.labels.code === code)?.value ?? 0;
 }
 
+/** Observations of the origin duration histogram for this status class, in this process's registry. */
+async function originDurations(statusClass: string): Promise<number> {
+  const metric = register.getSingleMetric('keyedge_proxy_origin_request_duration_seconds');
+  const values = (await metric?.get())?.values ?? [];
+  return (
+    (values as { metricName?: string; labels: Record<string, unknown>; value: number }[]).find(
+      (v) => v.metricName === 'keyedge_proxy_origin_request_duration_seconds_count' && v.labels.status_class === statusClass,
+    )?.value ?? 0
+  );
+}
+
 /** /proc/net/tcp's `tr` for an idle established connection whose keepalive timer is armed (net/ipv4/tcp_ipv4.c, get_tcp4_sock). */
 const KEEPALIVE_TIMER = 2;
 
@@ -255,6 +266,27 @@ describe('WebSocket through the proxy', () => {
     await ws.next();
     ws.socket.destroy();
     expect(await requestsCounted('1xx', 'none')).toBe(before + 1);
+  });
+
+  it("observes the origin's answer to the upgrade (its 101, its refusal) in the origin duration, by status class; not our own 502", async () => {
+    const before = { switched: await originDurations('1xx'), refused: await originDurations('4xx'), failed: await originDurations('5xx') };
+    const ws = await open();
+    await ws.next();
+    ws.socket.destroy();
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'ws.lab.test', '/reject')).toMatchObject({ status: 403 });
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502 });
+    // The refusal is observed once its relay ended (as a request's answer), which the client saw first.
+    await waitFor(
+      'the relayed refusal to be observed',
+      async () => ((await originDurations('4xx')) > before.refused ? true : undefined),
+      CLOSE_WITHIN_MS,
+    ).catch(() => undefined);
+    expect({ switched: await originDurations('1xx'), refused: await originDurations('4xx'), failed: await originDurations('5xx') }).toEqual({
+      switched: before.switched + 1,
+      refused: before.refused + 1,
+      // No origin answered: our 502 is no origin's time.
+      failed: before.failed,
+    });
   });
 
   it("answers 421 for a Host the connection's certificate does not cover", async () => {

@@ -75,7 +75,8 @@
  * carry our HSTS like every HTTPS answer, in place of any the origin sent.
  * A client gone before the answer is logged and counted as 499 (nginx's
  * "client closed request") with KEYEDGE_HTTP_CLIENT_CLOSED, as a request is
- * (access.ts).
+ * (access.ts). The origin's answer (its 101, or a refusal relayed whole) is
+ * observed in the origin duration histogram by status class, as a request's.
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
@@ -173,7 +174,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     const settle = (status: number, code: Refusal['code'] | undefined, end?: { bytes: number; aborted: boolean }): void => {
       if (settled) return;
       settled = true;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
+      // The origin's time to answer, as a request's (access.ts): only when the origin answered whole (no code of ours),
+      // to its 101 (the tunnel's life is not the origin's answer) or to the end of a relayed refusal. By status class
+      // only: a bounded label set whatever the origin sends.
+      if (code === undefined) metrics.originDuration.labels(statusClass(status)).observe(seconds);
       log.info(
         {
           access: true,
@@ -185,7 +191,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           path: (req.url ?? '/').split('?')[0],
           status,
           bytes: end?.bytes,
-          durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10,
+          durationMs: Math.round(seconds * 1e4) / 10,
           origin,
           code,
           tls: tlsVersion,
