@@ -37,6 +37,13 @@ beforeAll(async () => {
     res.writeHead(426, { 'content-length': 0 }).end(),
   );
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (req.url === '/reject-fields') {
+      // A field repeated and names in their own case, and an HSTS of the origin's (the operator's replaces it).
+      socket.end(
+        'HTTP/1.1 403 Forbidden\r\nServer: one\r\nServer: two\r\nX-Refusal-Reason: quota\r\nStrict-Transport-Security: max-age=0\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused',
+      );
+      return;
+    }
     if (req.url === '/reject') {
       socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused');
       return;
@@ -315,6 +322,43 @@ describe('WebSocket through the proxy', () => {
       status: 502,
       headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' },
     });
+  });
+
+  it("relays an origin's refusal of the upgrade with its fields as the origin sent them, as the 101's and every answer's", async () => {
+    const raw = await new Promise<string[]>((resolve, reject) => {
+      const req = https.request({
+        host: '127.0.0.1',
+        port: proxy.ports[0]!,
+        servername: 'ws.lab.test',
+        ca,
+        path: '/reject-fields',
+        agent: false,
+        headers: {
+          host: 'ws.lab.test',
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+          'sec-websocket-version': '13',
+        },
+      });
+      req.on('error', reject);
+      req.on('response', (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.rawHeaders));
+      });
+      req.end();
+    });
+    const pairs: [string, string][] = [];
+    for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!, raw[i + 1]!]);
+    // Each line as sent (the parsed view kept one Server and lower-cased every name), then ours.
+    expect(pairs).toEqual([
+      ['Server', 'one'],
+      ['Server', 'two'],
+      ['X-Refusal-Reason', 'quota'],
+      ['content-length', '7'],
+      ['strict-transport-security', 'max-age=63072000'],
+      ['connection', 'close'],
+    ]);
   });
 
   it("relays an origin's refusal of the upgrade", async () => {

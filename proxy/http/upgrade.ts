@@ -89,7 +89,7 @@ import type { NameIndex } from '../tls/names.js';
 import { upgradeExpectation } from './expect.js';
 import { answerHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
-import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
+import { type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, EXPECTATION_FAILED, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
@@ -391,15 +391,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream.off('timeout', onTimeout);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
-        // The origin's end-to-end fields, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones
-        // and those its Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own.
-        // The switch is ours to say to the client (§7.8), to the protocol checked above.
-        const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
-        const headers: [string, string][] = [
-          ['upgrade', 'websocket'],
-          ['connection', 'Upgrade'],
-        ];
-        for (let i = 0; i + 1 < fields.length; i += 2) headers.push([fields[i]!, fields[i + 1]!]);
+        // The switch is ours to say to the client (§7.8), to the protocol checked above; then the origin's fields.
+        const headers: [string, string][] = [['upgrade', 'websocket'], ['connection', 'Upgrade'], ...relayedFields(res, hsts)];
         client.write(responseHead(101, res.statusMessage, headers), 'latin1');
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
@@ -438,13 +431,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         });
         client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
         gone = () => settle(status, cut ?? CLIENT_CLOSED, { bytes, aborted: true });
-        // The operator's HSTS replaces the origin's (above).
-        const headers = Object.entries(endToEndHeaders(res.headers, WITH_HSTS)).flatMap(([name, value]): [string, string][] =>
-          Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
-        );
-        headers.push([HSTS, hsts]);
         // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
-        headers.push(['connection', 'close']);
+        const headers = [...relayedFields(res, hsts), ['connection', 'close'] as [string, string]];
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
         res.on('error', () => undefined);
         // A client that takes nothing of the answer for sendTimeoutMs is cut, its origin connection with it (the
@@ -531,6 +519,19 @@ function upgradeHeaders(
     headers.upgrade = 'websocket';
   } else headers.connection = 'close';
   return headers;
+}
+
+/**
+ * The fields of the origin's answer the client gets, a 101's or a relayed refusal's: its end-to-end ones, line by line
+ * as it sent them, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones and those its
+ * Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own. From the raw head, not
+ * node's parsed view, which keeps one line of a field such as Server repeated and lower-cases every name.
+ */
+function relayedFields(res: IncomingMessage, hsts: string): [string, string][] {
+  const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i]!, fields[i + 1]!]);
+  return pairs;
 }
 
 /** An answer's head as we write it on the client's raw socket; header values come from node's parser (no CR/LF). */
