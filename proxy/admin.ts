@@ -57,7 +57,12 @@
  * without the token its 401/403 (checked first), a declared body over the limit
  * its 413, and the connection ends.
  *
+ * A method the resource does not take is answered 405 with `Allow` naming those
+ * it takes (RFC 9110 §15.5.6), a change's only after its token is checked; a
+ * path that is no resource, 404 (admin-routes.ts).
+ *
  * This file is the listener and its routing: the token check (admin-auth.ts),
+ * the method (admin-routes.ts),
  * then a change (admin-changes.ts, admin-acme.ts) or a read (admin-reads.ts);
  * bodies are bounded by admin-body.ts; what it reads and changes is
  * admin-sources.ts, supplied by the primary (cluster-admin.ts).
@@ -69,8 +74,8 @@ import { listen } from '../keyserver/shared/listen.js';
 import { authorisationFailure, CHANGES, refuse } from './admin-auth.js';
 import { boundDrain, declaredLength, hasBody, MAX_UPLOAD_BYTES, readBody, tooLarge } from './admin-body.js';
 import { answerChange, readsBody } from './admin-changes.js';
-import { text } from './admin-http.js';
 import { answerRead } from './admin-reads.js';
+import { allowedMethods, notAllowed } from './admin-routes.js';
 import type { AdminSources } from './admin-sources.js';
 
 export type { AdminControl, AdminSources } from './admin-sources.js';
@@ -93,10 +98,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
     // Requests Node read with one that closed their connection (admin-connections.ts): nobody reads their answers.
     if (req.socket.destroyed) return;
     boundDrain(req, res);
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
     const control = sources.control;
-    if (CHANGES.has(req.method ?? '')) {
-      if (control === undefined) return text(res, 404, 'not found\n');
+    const method = req.method ?? '';
+    const allowed = allowedMethods(path, sources);
+    if (CHANGES.has(method)) {
+      if (control === undefined) return notAllowed(res, allowed);
       const denied = authorisationFailure(req, control.tokenFile);
       if (denied !== undefined) {
         // Counted toward MAX_ANSWERS, but not held: its connection stays one a newcomer at the cap may close.
@@ -109,10 +116,12 @@ export function startProxyAdmin(host: string, port: number, sources: AdminSource
         return;
       }
       if (!connections.answering(req, res)) return;
+      // The token first (a change's 401 or 403 says nothing of the routes, README lists them), then the method.
+      if (!allowed.includes(method)) return notAllowed(res, allowed);
       return answerChange(req, res, path, control);
     }
     if (!connections.answering(req, res)) return;
-    if (req.method !== 'GET' && req.method !== 'HEAD') return text(res, 405, 'method not allowed\n');
+    if (!allowed.includes(method)) return notAllowed(res, allowed);
     return answerRead(res, path, sources);
   };
   // A head has HEADERS_TIMEOUT_MS, a whole request (an upload) REQUEST_TIMEOUT_MS; a slow client (slowloris) held a

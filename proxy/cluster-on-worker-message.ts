@@ -8,6 +8,8 @@
  */
 import type { Worker } from 'node:cluster';
 import { boardAppliedGeneration } from './acme/challenges.js';
+import type { Logger } from '../keyserver/shared/log.js';
+import { unexpectedReason } from './acme/on-demand.js';
 import { wantedClient, wantedName } from './acme/on-demand-names.js';
 import type { RunningAcme } from './acme/service.js';
 import type { ChallengeBoard } from './cluster-acme.js';
@@ -27,7 +29,8 @@ export function onWorkerMessage(
     ticketRing,
     board,
     acme,
-  }: { supervisor: WorkerSupervisor; serving: Serving; ticketRing: Tickets; board: ChallengeBoard; acme: RunningAcme | undefined },
+    log,
+  }: { supervisor: WorkerSupervisor; serving: Serving; ticketRing: Tickets; board: ChallengeBoard; acme: RunningAcme | undefined; log: Logger },
 ): void {
   if (isMessage(message, WANT_TICKET_KEY.type)) {
     // Stopping already: the shutdown sent to it may have come before it listened for messages, and been lost. It
@@ -46,7 +49,18 @@ export function onWorkerMessage(
   } else if (isMessage(message, TICKET_KEYS_APPLIED)) {
     ticketRing.applied(worker, Number((message as { generation?: unknown }).generation));
   } else if (wantedName(message) !== undefined) {
-    void acme?.onDemand?.wanted(wantedName(message) ?? '', wantedClient(message));
+    const name = wantedName(message) ?? '';
+    // The gate answers every name (a failure of its own is a refusal, on-demand.ts); should it still reject, that is
+    // logged here rather than left an unhandled rejection, which stops the primary and every worker with it. The worker
+    // waits for no answer (its handshake never does): it reports the name again after its interval.
+    acme?.onDemand
+      ?.wanted(name, wantedClient(message))
+      .catch((err: unknown) =>
+        log.error(
+          { name, worker: worker.id, reason: unexpectedReason(err) },
+          'on-demand certificate not checked: the check failed unexpectedly; refused this time',
+        ),
+      );
   } else if (boardAppliedGeneration(message) !== undefined) {
     board.applied(worker, boardAppliedGeneration(message) ?? -1);
   } else if (isAppliedMessage(message)) {

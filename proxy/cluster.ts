@@ -138,7 +138,7 @@ async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: 
     log,
     metrics: clusterMetrics,
     restarts: metrics.restarts,
-    onMessage: (worker, message) => onWorkerMessage(worker, message, { supervisor, serving, ticketRing, board, acme }),
+    onMessage: (worker, message) => onWorkerMessage(worker, message, { supervisor, serving, ticketRing, board, acme, log }),
     onGone: (worker) => {
       serving.gone(worker);
       ticketRing.gone(worker);

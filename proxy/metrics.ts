@@ -77,7 +77,7 @@ export class ProxyMetrics {
     });
     this.originDuration = new Histogram({
       name: `${PREFIX}origin_request_duration_seconds`,
-      help: 'From sending a request to the origin to the end of its answer.',
+      help: 'From sending a request to the origin to the end of its answer; for an Upgrade, to its 101 (or the end of its refusal).',
       labelNames: ['status_class'] as const,
       // 1 ms (an origin on the same host) to 60 s (a long download or a slow API).
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],

@@ -18,7 +18,8 @@ import { createCa, type Issued, issue, type TestCa, writeIssued, writePem } from
 // as the forged nextUpdate says. nginx with ssl_stapling_verify on (as Mozilla's recommended configuration has it) staples no such thing.
 const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
 const lines: Record<string, unknown>[] = [];
-const log = createLogger('ocsp-signer-test', 'info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+// At debug level: a failure after the first of a run is logged there (only the first is warned), and the cases count fetches by their lines.
+const log = createLogger('ocsp-signer-test', 'debug', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
 let dir: string;
 let ca: TestCa;
 let caFile: string;
@@ -161,7 +162,7 @@ describe('a revocation after a "good" answer', () => {
     const forged = readFileSync(await answer(`${name}-forged`, leaf, await createCa('Signer Root'), 'revoked'));
     const revoked = readFileSync(await answer(name, leaf, ca, 'revoked'));
     const failures = (reason: RegExp): number =>
-      lines.filter((l) => l.certificate === name && l.msg === 'OCSP fetch failed; serving without a fresh staple' && reason.test(String(l.reason))).length;
+      lines.filter((l) => l.certificate === name && /^OCSP fetch failed/.test(String(l.msg)) && reason.test(String(l.reason))).length;
     const until = async (done: () => boolean): Promise<void> => {
       for (const started = Date.now(); Date.now() - started < 10_000 && !done(); ) await sleep(25);
       expect(done()).toBe(true);
@@ -444,5 +445,71 @@ describe('how long an answer is stapled', () => {
     const { response, certId } = await caAnswer('month-ahead', 30);
     const until = checkOcspResponse(readFileSync(response), certId);
     expect(Math.abs(until!.getTime() - Date.now() - 10 * DAY)).toBeLessThan(10 * 60_000);
+  });
+});
+
+describe('a responder down for a while', () => {
+  it('warns once when stapling starts failing, not at every retry; an info line when it recovers; a warning again if it fails again', async () => {
+    const name = 'outage';
+    const { leaf, certificate } = await leafAt(name);
+    const good = readFileSync(await answer(name, leaf, ca, 'good'));
+    // No answer at /outage: the responder says 404, a failure at each try.
+    answers.delete(`/${name}`);
+    let asked = 0;
+    const counting = (req: http.IncomingMessage): void => void (req.url === `/${name}` && asked++);
+    responder.on('request', counting);
+    // Lines of this certificate at info level and above (the failures between warnings are at debug level).
+    const mine = (msg: RegExp): Record<string, unknown>[] => lines.filter((l) => l.certificate === name && Number(l.level) >= 30 && msg.test(String(l.msg)));
+    const until = async (what: string, done: () => boolean): Promise<void> => {
+      for (const started = Date.now(); Date.now() - started < 10_000 && !done(); ) await sleep(25);
+      expect(done(), what).toBe(true);
+    };
+    // Retried every 50 ms, refreshed every 100 ms once good (the default warning interval, an hour, is never reached here).
+    const stapler = new OcspStapler(log, { refreshIn: () => 100, retryMs: [50] });
+    try {
+      stapler.track(certificate);
+      await until('eight failed fetches', () => asked >= 8);
+      expect(mine(/OCSP fetch failed/).length, 'warnings over eight failures').toBe(1);
+      expect(mine(/OCSP fetch failed/)[0]).toMatchObject({ level: 40, reason: 'responder answered HTTP 404' });
+      // The responder back: stapled, and the recovery said once, with how many tries failed.
+      answers.set(`/${name}`, good);
+      await until('a staple', () => stapler.stapleOf(certificate) !== undefined);
+      await until('the recovery line', () => mine(/OCSP staple fetched again after failures/).length === 1);
+      expect(mine(/OCSP staple fetched again after failures/)[0]).toMatchObject({ level: 30 });
+      expect(Number(mine(/OCSP staple fetched again after failures/)[0]!.failures)).toBeGreaterThanOrEqual(8);
+      // Failing again after the recovery is a new start: warned again, once.
+      const before = asked;
+      answers.delete(`/${name}`);
+      await until('eight more failed fetches', () => asked >= before + 8);
+      expect(mine(/OCSP fetch failed/).length, 'warnings after the second outage began').toBe(2);
+      expect(mine(/OCSP staple fetched again after failures/).length).toBe(1);
+    } finally {
+      stapler.stop();
+      responder.off('request', counting);
+    }
+  });
+});
+
+describe('a responder down for longer than the warning interval', () => {
+  it('is warned about again once per interval, not at each retry', async () => {
+    const name = 'long-outage';
+    const { certificate } = await leafAt(name);
+    answers.delete(`/${name}`);
+    const stapler = new OcspStapler(log, { refreshIn: () => 60_000, retryMs: [20], warnAgainMs: 400 });
+    const warnings = (): Record<string, unknown>[] => lines.filter((l) => l.certificate === name && l.level === 40);
+    const failures = (): number => lines.filter((l) => l.certificate === name && /^OCSP fetch failed/.test(String(l.msg))).length;
+    try {
+      const started = Date.now();
+      stapler.track(certificate);
+      for (; Date.now() - started < 10_000 && warnings().length < 2; ) await sleep(25);
+      expect(warnings().length).toBeGreaterThanOrEqual(2);
+      const elapsed = Date.now() - started;
+      // At most one per 400 ms since the first, however many retries failed meanwhile.
+      expect(warnings().length).toBeLessThanOrEqual(Math.floor(elapsed / 400) + 1);
+      expect(failures()).toBeGreaterThanOrEqual(warnings().length);
+      expect(Number(warnings()[1]!.failingForMs)).toBeGreaterThanOrEqual(400);
+    } finally {
+      stapler.stop();
+    }
   });
 });

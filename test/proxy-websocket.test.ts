@@ -37,6 +37,13 @@ beforeAll(async () => {
     res.writeHead(426, { 'content-length': 0 }).end(),
   );
   const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (req.url === '/reject-fields') {
+      // A field repeated and names in their own case, and an HSTS of the origin's (the operator's replaces it).
+      socket.end(
+        'HTTP/1.1 403 Forbidden\r\nServer: one\r\nServer: two\r\nX-Refusal-Reason: quota\r\nStrict-Transport-Security: max-age=0\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused',
+      );
+      return;
+    }
     if (req.url === '/reject') {
       socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nrefused');
       return;
@@ -128,6 +135,17 @@ async function requestsCounted(statusClass: string, code: string): Promise<numbe
   const metric = register.getSingleMetric('keyedge_proxy_http_requests_total');
   const values = (await metric?.get())?.values ?? [];
   return values.find((v) => v.labels.status_class === statusClass && v.labels.code === code)?.value ?? 0;
+}
+
+/** Observations of the origin duration histogram for this status class, in this process's registry. */
+async function originDurations(statusClass: string): Promise<number> {
+  const metric = register.getSingleMetric('keyedge_proxy_origin_request_duration_seconds');
+  const values = (await metric?.get())?.values ?? [];
+  return (
+    (values as { metricName?: string; labels: Record<string, unknown>; value: number }[]).find(
+      (v) => v.metricName === 'keyedge_proxy_origin_request_duration_seconds_count' && v.labels.status_class === statusClass,
+    )?.value ?? 0
+  );
 }
 
 /** /proc/net/tcp's `tr` for an idle established connection whose keepalive timer is armed (net/ipv4/tcp_ipv4.c, get_tcp4_sock). */
@@ -257,6 +275,27 @@ describe('WebSocket through the proxy', () => {
     expect(await requestsCounted('1xx', 'none')).toBe(before + 1);
   });
 
+  it("observes the origin's answer to the upgrade (its 101, its refusal) in the origin duration, by status class; not our own 502", async () => {
+    const before = { switched: await originDurations('1xx'), refused: await originDurations('4xx'), failed: await originDurations('5xx') };
+    const ws = await open();
+    await ws.next();
+    ws.socket.destroy();
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'ws.lab.test', '/reject')).toMatchObject({ status: 403 });
+    expect(await openWebSocket(proxy.ports[0]!, ca, 'down.lab.test')).toMatchObject({ status: 502 });
+    // The refusal is observed once its relay ended (as a request's answer), which the client saw first.
+    await waitFor(
+      'the relayed refusal to be observed',
+      async () => ((await originDurations('4xx')) > before.refused ? true : undefined),
+      CLOSE_WITHIN_MS,
+    ).catch(() => undefined);
+    expect({ switched: await originDurations('1xx'), refused: await originDurations('4xx'), failed: await originDurations('5xx') }).toEqual({
+      switched: before.switched + 1,
+      refused: before.refused + 1,
+      // No origin answered: our 502 is no origin's time.
+      failed: before.failed,
+    });
+  });
+
   it("answers 421 for a Host the connection's certificate does not cover", async () => {
     const res = await openWebSocket(proxy.ports[0]!, ca, 'elsewhere.example', '/', 'ws.lab.test');
     expect(res).toMatchObject({ status: 421, headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_MISDIRECTED' } });
@@ -283,6 +322,43 @@ describe('WebSocket through the proxy', () => {
       status: 502,
       headers: { 'x-keyedge-error': 'KEYEDGE_HTTP_ORIGIN_CERTIFICATE' },
     });
+  });
+
+  it("relays an origin's refusal of the upgrade with its fields as the origin sent them, as the 101's and every answer's", async () => {
+    const raw = await new Promise<string[]>((resolve, reject) => {
+      const req = https.request({
+        host: '127.0.0.1',
+        port: proxy.ports[0]!,
+        servername: 'ws.lab.test',
+        ca,
+        path: '/reject-fields',
+        agent: false,
+        headers: {
+          host: 'ws.lab.test',
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+          'sec-websocket-version': '13',
+        },
+      });
+      req.on('error', reject);
+      req.on('response', (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.rawHeaders));
+      });
+      req.end();
+    });
+    const pairs: [string, string][] = [];
+    for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!, raw[i + 1]!]);
+    // Each line as sent (the parsed view kept one Server and lower-cased every name), then ours.
+    expect(pairs).toEqual([
+      ['Server', 'one'],
+      ['Server', 'two'],
+      ['X-Refusal-Reason', 'quota'],
+      ['content-length', '7'],
+      ['strict-transport-security', 'max-age=63072000'],
+      ['connection', 'close'],
+    ]);
   });
 
   it("relays an origin's refusal of the upgrade", async () => {

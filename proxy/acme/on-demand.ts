@@ -55,6 +55,7 @@ import { ALLOWED, askEndpoint, CheckPause, type CheckVerdict } from './on-demand
 import { ClientChecks } from './on-demand-clients.js';
 import { LocalLedger, type OnDemandLedger } from './on-demand-ledger.js';
 import { judgeName, type NameRefusal } from './on-demand-ca-names.js';
+import { maskedUrl } from '../masked-url.js';
 
 /** Refused and rate-limited lines: at most LOG_BURST of each per LOG_INTERVAL_MS (the key server's defaults). */
 const LOG_INTERVAL_MS = 10_000;
@@ -117,6 +118,25 @@ export class OnDemandGate {
    * proxy's, not bounded). Resolves with what was decided (tests, logs).
    */
   async wanted(name: string, client?: string): Promise<OnDemandOutcome> {
+    try {
+      return await this.#wanted(name, client);
+    } catch (err) {
+      // A part of the gate failed (a bug, not an answer about the name): refused this time, not remembered, so its next
+      // report is checked again. Rejected, it was an unhandled rejection in the primary, which stops the proxy. The line
+      // is rate-limited (a client picks the names) and has no error object: a message may quote a URL with its token.
+      this.#limiter.write(
+        this.#deps.log,
+        'error',
+        'unexpected',
+        { name, reason: unexpectedReason(err) },
+        'on-demand certificate not checked: the check failed unexpectedly; refused this time',
+      );
+      this.#deps.onOutcome?.('refused');
+      return 'refused';
+    }
+  }
+
+  async #wanted(name: string, client: string | undefined): Promise<OnDemandOutcome> {
     const judged = judgeName(name, this.#deps.config.publicNamesOnly);
     const ignored =
       'refusal' in judged
@@ -199,4 +219,10 @@ export class OnDemandGate {
       return DNS_ANSWERS.has(code) ? { refused: `no CNAME to ${target} (${code})` } : { failed: `no DNS answer for its CNAME (${code})` };
     }
   }
+}
+
+/** An unexpected failure's name and message for a log line, every URL in it without its credentials (masked-url.ts). */
+export function unexpectedReason(err: unknown): string {
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return text.slice(0, 500).split(/(\s+)/).map(maskedUrl).join('');
 }

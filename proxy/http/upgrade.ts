@@ -75,7 +75,8 @@
  * carry our HSTS like every HTTPS answer, in place of any the origin sent.
  * A client gone before the answer is logged and counted as 499 (nginx's
  * "client closed request") with KEYEDGE_HTTP_CLIENT_CLOSED, as a request is
- * (access.ts).
+ * (access.ts). The origin's answer (its 101, or a refusal relayed whole) is
+ * observed in the origin duration histogram by status class, as a request's.
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage } from 'node:http';
@@ -88,7 +89,7 @@ import type { NameIndex } from '../tls/names.js';
 import { upgradeExpectation } from './expect.js';
 import { answerHeaderList, refuseTransferCodings } from './forward-headers.js';
 import { refuseInvalidStatus } from './origin-status.js';
-import { endToEndHeaders, type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
+import { type OriginFailure, originFailure, originRequestHeaders } from './forward.js';
 import { type Domain, EXPECTATION_FAILED, hostName, hstsValue, originRefusal, ownFailureRefusal, type Refusal, routeRequest, servedNames } from './handler.js';
 import type { OriginGate } from './origin-gate.js';
 import type { OriginPools, OriginTarget } from './origins.js';
@@ -173,7 +174,12 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
     const settle = (status: number, code: Refusal['code'] | undefined, end?: { bytes: number; aborted: boolean }): void => {
       if (settled) return;
       settled = true;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.requests.inc({ status_class: statusClass(status), code: code ?? 'none', protocol: 'http/1.1' });
+      // The origin's time to answer, as a request's (access.ts): only when the origin answered whole (no code of ours),
+      // to its 101 (the tunnel's life is not the origin's answer) or to the end of a relayed refusal. By status class
+      // only: a bounded label set whatever the origin sends.
+      if (code === undefined) metrics.originDuration.labels(statusClass(status)).observe(seconds);
       log.info(
         {
           access: true,
@@ -185,7 +191,7 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
           path: (req.url ?? '/').split('?')[0],
           status,
           bytes: end?.bytes,
-          durationMs: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10,
+          durationMs: Math.round(seconds * 1e4) / 10,
           origin,
           code,
           tls: tlsVersion,
@@ -385,15 +391,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         upstream.off('timeout', onTimeout);
         pools.succeeded(target);
         settle(res.statusCode ?? 101, undefined);
-        // The origin's end-to-end fields, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones
-        // and those its Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own.
-        // The switch is ours to say to the client (§7.8), to the protocol checked above.
-        const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
-        const headers: [string, string][] = [
-          ['upgrade', 'websocket'],
-          ['connection', 'Upgrade'],
-        ];
-        for (let i = 0; i + 1 < fields.length; i += 2) headers.push([fields[i]!, fields[i + 1]!]);
+        // The switch is ours to say to the client (§7.8), to the protocol checked above; then the origin's fields.
+        const headers: [string, string][] = [['upgrade', 'websocket'], ['connection', 'Upgrade'], ...relayedFields(res, hsts)];
         client.write(responseHead(101, res.statusMessage, headers), 'latin1');
         if (originHead.length > 0) client.write(originHead);
         // Switched: what the client sent after its request belongs to the new protocol now.
@@ -432,13 +431,8 @@ export function createUpgradeHandler(options: UpgradeOptions): UpgradeHandler {
         });
         client.once('finish', () => settle(status, undefined, { bytes, aborted: false }));
         gone = () => settle(status, cut ?? CLIENT_CLOSED, { bytes, aborted: true });
-        // The operator's HSTS replaces the origin's (above).
-        const headers = Object.entries(endToEndHeaders(res.headers, WITH_HSTS)).flatMap(([name, value]): [string, string][] =>
-          Array.isArray(value) ? value.map((v) => [name, v]) : [[name, value]],
-        );
-        headers.push([HSTS, hsts]);
         // Not switched: the held bytes are dropped, so the connection cannot go on (its framing is lost).
-        headers.push(['connection', 'close']);
+        const headers = [...relayedFields(res, hsts), ['connection', 'close'] as [string, string]];
         client.write(responseHead(status, res.statusMessage, headers), 'latin1');
         res.on('error', () => undefined);
         // A client that takes nothing of the answer for sendTimeoutMs is cut, its origin connection with it (the
@@ -525,6 +519,19 @@ function upgradeHeaders(
     headers.upgrade = 'websocket';
   } else headers.connection = 'close';
   return headers;
+}
+
+/**
+ * The fields of the origin's answer the client gets, a 101's or a relayed refusal's: its end-to-end ones, line by line
+ * as it sent them, as on every answer (forward-headers.ts answerHeaderList): its hop-by-hop ones and those its
+ * Connection names are for this hop (RFC 9110 §7.6.1), and the operator's HSTS replaces its own. From the raw head, not
+ * node's parsed view, which keeps one line of a field such as Server repeated and lower-cases every name.
+ */
+function relayedFields(res: IncomingMessage, hsts: string): [string, string][] {
+  const fields = answerHeaderList(res.rawHeaders, { list: [HSTS, hsts], names: WITH_HSTS });
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) pairs.push([fields[i]!, fields[i + 1]!]);
+  return pairs;
 }
 
 /** An answer's head as we write it on the client's raw socket; header values come from node's parser (no CR/LF). */

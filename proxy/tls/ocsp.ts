@@ -52,10 +52,20 @@ const MIN_REFRESH_MS = 60 * 1000;
 const MAX_REFRESH_MS = 12 * 60 * 60 * 1000;
 const RETRY_MS = [5_000, 30_000, 120_000, 600_000];
 
+/**
+ * While a leaf's fetches keep failing, how long after its last warning another is logged (the failures between are
+ * logged at debug level). Warned at each retry, an outage of one responder made a line per certificate every 10 minutes
+ * in each worker, the first four within 3 minutes: with many certificates, thousands of lines an hour that said nothing
+ * new. Said when stapling starts failing, then hourly while it goes on, and once when a staple is fetched again.
+ */
+const WARN_AGAIN_MS = 60 * 60 * 1000;
+
 /** When a leaf's responder is asked again: after a good answer with this nextUpdate, and after the nth failure in a row. */
 export interface StaplerTiming {
   readonly refreshIn: (nextUpdate: Date | undefined, now: number) => number;
   readonly retryMs: readonly number[];
+  /** WARN_AGAIN_MS unless given. */
+  readonly warnAgainMs?: number;
 }
 
 /**
@@ -253,6 +263,8 @@ export class OcspStapler {
     this.#loops.set(key, loop);
     const current = (): boolean => this.#loops.get(key) === loop;
     let failures = 0;
+    /** While fetches fail: since when, and when the last warning about it was logged. */
+    let failing: { readonly since: number; warned: number; revoked: boolean } | undefined;
     /** The thisUpdate of the newest answer taken for this leaf, "good" or "revoked": an older one is refused. */
     let newest: Date | undefined;
     const refresh = async (): Promise<void> => {
@@ -281,6 +293,13 @@ export class OcspStapler {
         // Untracked (or tracked anew) while the fetch ran: this answer is nobody's.
         if (!current()) return;
         this.#staples.set(key, { der, until });
+        if (failing !== undefined) {
+          this.#log.info(
+            { certificate: loop.name, responder: url, failures, failingForMs: Date.now() - failing.since },
+            'OCSP staple fetched again after failures',
+          );
+        }
+        failing = undefined;
         failures = 0;
         // Asked again by what the answer says: hourly without a nextUpdate, as before a day is out.
         delay = this.#timing.refreshIn(nextUpdate === undefined ? undefined : until, Date.now());
@@ -291,10 +310,17 @@ export class OcspStapler {
         const { retryMs } = this.#timing;
         delay = retryMs[Math.min(failures, retryMs.length - 1)]!;
         failures++;
-        this.#log.warn(
-          { certificate: loop.name, responder: url, retryInMs: delay, reason: (err as Error).message },
-          'OCSP fetch failed; serving without a fresh staple',
-        );
+        const now = Date.now();
+        const revoked = err instanceof OcspRevokedError;
+        const fields = { certificate: loop.name, responder: url, retryInMs: delay, failures, reason: (err as Error).message };
+        // Said when stapling starts failing, then at most once per warnAgainMs while it goes on; a revocation (the CA's
+        // signed word, not an outage) when first seen. The failures between are for debugging.
+        if (failing === undefined || (revoked && !failing.revoked) || now - failing.warned >= (this.#timing.warnAgainMs ?? WARN_AGAIN_MS)) {
+          failing ??= { since: now, warned: now, revoked: false };
+          failing.warned = now;
+          failing.revoked ||= revoked;
+          this.#log.warn({ ...fields, failingForMs: now - failing.since }, 'OCSP fetch failed; serving without a fresh staple');
+        } else this.#log.debug(fields, 'OCSP fetch failed again');
       }
       if (current()) loop.timer = setTimeout(() => void refresh(), delay).unref();
     };

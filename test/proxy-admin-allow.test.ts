@@ -1,0 +1,140 @@
+// The proxy's admin API and its 405s, in process, at port 0: a method a resource does not take is answered 405 with
+// `Allow` naming the methods it takes (RFC 9110 §15.5.6: a 405 MUST carry one; §10.2.1), for every route, with the
+// control API and without it; a path that is no resource stays 404, whatever the method. Every method an `Allow`
+// names is one the resource answers (no 404, no 405): the route table and the dispatch agree. The control's parts are
+// stand-ins that record their calls: this is the HTTP side's routing, not what the primary does with a change.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProxyConfig } from '../config/proxy-schema.js';
+import { type AdminControl, startProxyAdmin } from '../proxy/admin.js';
+import type { ReloadReport } from '../proxy/serving/coordinator.js';
+
+const TOKEN = 'allow-test-token';
+let dir: string;
+let withControl: http.Server;
+let withoutControl: http.Server;
+const calls: string[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'keyedge-admin-allow-'));
+  const tokenFile = join(dir, 'admin.token');
+  writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+  /** A stand-in that records its call as `what` and answers `value`. */
+  const record =
+    <T>(what: (...args: string[]) => string, value: T) =>
+    async (...args: unknown[]): Promise<T> => {
+      calls.push(what(...args.map((a) => (Array.isArray(a) ? a.join() : String(a)))));
+      return value;
+    };
+  const report = {} as ReloadReport;
+  const control: AdminControl = {
+    tokenFile,
+    reload: record(() => 'reload', report),
+    putCertificate: record((name) => `put ${name}`, report),
+    certificates: () => ({ certificates: [], refused: [] }),
+    ownedByConfig: () => false,
+    rotateTicketKeys: record(() => 'rotate', { keys: 1 }),
+    putRoute: record((name) => `route ${name}`, report),
+    deleteRoute: record((name) => `unroute ${name}`, report),
+    acmeIssue: record((domains) => `issue ${domains}`, {}),
+    acmeRenew: record((name) => `renew ${name}`, {}),
+  };
+  const reads = { metrics: async () => ({ contentType: 'text/plain', body: '' }), notReadyReason: async () => undefined, config: () => ({}) as ProxyConfig };
+  withControl = await startProxyAdmin('127.0.0.1', 0, { ...reads, control });
+  withoutControl = await startProxyAdmin('127.0.0.1', 0, reads);
+});
+afterAll(async () => {
+  await Promise.all([withControl, withoutControl].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function ask(server: http.Server, method: string, path: string, body?: string): Promise<{ status: number; allow: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: (server.address() as AddressInfo).port,
+        method,
+        path,
+        agent: false,
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow }));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Every resource of the admin API with a control API (README, "Reloads and the admin API"), and the methods it takes. */
+const ROUTES: ReadonlyArray<readonly [string, string]> = [
+  ['/metrics', 'GET, HEAD'],
+  ['/healthz', 'GET, HEAD'],
+  ['/readyz', 'GET, HEAD'],
+  ['/config', 'GET, HEAD'],
+  ['/certs', 'GET, HEAD'],
+  ['/reload', 'POST'],
+  // Also the upload of an entry named `reload` (PUT /certs/:name).
+  ['/certs/reload', 'POST, PUT'],
+  ['/certs/example', 'PUT'],
+  ['/tickets/rotate', 'POST'],
+  ['/routes/www.example', 'PUT, DELETE'],
+  ['/acme/issue', 'POST'],
+  ['/acme/renew/example', 'POST'],
+];
+
+/** A body each change that reads one takes. */
+const BODIES: Readonly<Record<string, string>> = { '/acme/issue': '{"domains":["a.example"]}', '/routes/www.example': '{}' };
+
+describe('admin API: 405 carries Allow', () => {
+  it.each(ROUTES)('%s: a method it does not take gets 405 with Allow: %s', async (path, allow) => {
+    const taken = allow.split(', ');
+    for (const method of ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'].filter((m) => !taken.includes(m))) {
+      const answer = await ask(withControl, method, path);
+      expect(answer, `${method} ${path}`).toEqual({ status: 405, allow });
+    }
+  });
+
+  it.each(ROUTES)('%s: every method its Allow names is answered (not 404, not 405)', async (path, allow) => {
+    for (const method of allow.split(', ')) {
+      const answer = await ask(withControl, method, path, method === 'GET' || method === 'HEAD' ? undefined : (BODIES[path] ?? 'x'));
+      expect(answer.status, `${method} ${path}`).not.toBe(404);
+      expect(answer.status, `${method} ${path}`).not.toBe(405);
+    }
+  });
+
+  it('a path that is no resource is 404 whatever the method, with no Allow', async () => {
+    for (const method of ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']) {
+      for (const path of ['/nope', '/certs/', '/routes/a/b']) {
+        expect(await ask(withControl, method, path), `${method} ${path}`).toEqual({ status: 404, allow: undefined });
+      }
+    }
+  });
+
+  it('without a control API, the reads take GET and HEAD (405 with Allow otherwise), and the changes are no resources (404)', async () => {
+    for (const path of ['/metrics', '/healthz', '/readyz', '/config']) {
+      for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) {
+        expect(await ask(withoutControl, method, path), `${method} ${path}`).toEqual({ status: 405, allow: 'GET, HEAD' });
+      }
+    }
+    for (const path of ['/certs', '/reload', '/certs/x', '/tickets/rotate', '/routes/x', '/acme/issue']) {
+      for (const method of ['GET', 'POST', 'PUT', 'PATCH']) {
+        expect(await ask(withoutControl, method, path), `${method} ${path}`).toEqual({ status: 404, allow: undefined });
+      }
+    }
+  });
+
+  it('a 405 ran no change', () => {
+    // Only the accepted methods above reached the control (each once); no refused one did.
+    expect(calls.sort()).toEqual(
+      ['issue a.example', 'put example', 'put reload', 'reload', 'reload', 'renew example', 'rotate', 'route www.example', 'unroute www.example'].sort(),
+    );
+  });
+});
