@@ -255,7 +255,7 @@ export class ServingSource {
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),
-        // At start, an entry whose files are refused serves the version the last run served (prepare.ts).
+        // At start, an entry whose files are refused serves the version the last run served (serve-last.ts).
         ...(this.#generation === 0 && this.#lastServed !== undefined ? { lastServed: this.#lastServed.reader(kept) } : {}),
         ...(asked ? { only: { names: options.only!, followed: this.#followed } } : {}),
         storeDirId: this.#storeDirId,
