@@ -48,7 +48,7 @@ export async function startServing(
       `certificate refused: ${refusal.message}; ${source.records.has(refusal.name) ? 'the version the last run served serves' : 'it is not served'}`,
     );
   }
-  // What a refused entry serves instead: the version the last run served (serving/prepare.ts), and why.
+  // What a refused entry serves instead: the version the last run served (serving/serve-last.ts), and why.
   for (const warning of first.warnings) if (first.refused.some((r) => r.name === warning.name)) log.warn({ certificate: warning.name }, warning.message);
   return { shared, source, configFile, refusedAtStart: first.refused.length > 0 };
 }

@@ -16,13 +16,26 @@
  * forked by one could read the other's configuration, written meanwhile, and
  * start on its listeners (EADDRINUSE, held by the other's primary), its key
  * server and its limits.
+ *
+ * A primary killed with SIGKILL (or the host losing power) between a fork and
+ * its worker's read leaves that fork's file behind, and nothing removed it:
+ * each such crash left one more copy of the running configuration in the
+ * state directory. A primary removes, at its start, the files of this
+ * pattern (and their .tmp) whose primary's pid is no running process (or is
+ * its own, under another random part: a container's pid 1 restarted) and
+ * which were written more than `workerStartTimeoutMs` ago (mtime): a worker that has not
+ * read its file by then was killed by its own primary. The age spares a file
+ * of a primary in another container sharing the directory, whose pid this
+ * one cannot see or shares.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deepFreeze } from '../config/deep-freeze.js';
 import type { ProxyConfig } from '../config/proxy-schema.js';
 
+/** A fork's file (or its temp file), workerConfigEnv's name: the primary's pid, its random part, the fork's number. */
+const FILE = /^worker-config-(\d+)-([0-9a-f]{8})-\d+\.json(\.tmp)?$/;
 /** The variable naming the file to a forked worker. */
 const WORKER_CONFIG = 'KEYEDGE_WORKER_CONFIG';
 /** Names this primary's files apart from another's of the same pid (another container's, sharing the state directory). */
@@ -68,4 +81,46 @@ export function runningConfigOfWorker(): ProxyConfig | undefined {
   const config = deepFreeze(JSON.parse(readFileSync(file, 'utf8')) as ProxyConfig);
   removeWorkerConfig({ [WORKER_CONFIG]: file });
   return config;
+}
+
+/**
+ * At a primary's start: removes the fork files left by a primary that is gone (its pid no running process), written
+ * more than `olderThanMs` ago (their mtime: written once, by their primary); returns the names removed. Any other file of the state directory is left alone. Never throws:
+ * a state directory that cannot be listed or written leaves them, as before.
+ */
+export function removeStaleWorkerConfigs(stateDir: string, olderThanMs: number, now = Date.now()): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(stateDir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const match = FILE.exec(name);
+    if (match === null || match[2] === PRIMARY) continue;
+    // Its own pid under another random part: a primary of this pid before this one (a container's pid 1, restarted).
+    const pid = Number(match[1]);
+    if (pid !== process.pid && running(pid)) continue;
+    const file = join(stateDir, name);
+    try {
+      const stat = statSync(file);
+      if (!stat.isFile() || now - stat.mtimeMs < olderThanMs) continue;
+      rmSync(file, { force: true });
+      removed.push(name);
+    } catch {
+      // Gone meanwhile, or a read-only state directory: left as it is.
+    }
+  }
+  return removed;
+}
+
+/** Whether `pid` is a process this one can see (EPERM: another user's, running). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

@@ -39,6 +39,7 @@ import { ChallengeBoard, startAcmeService } from './cluster-acme.js';
 import { startClusterAdmin } from './cluster-admin.js';
 import { watchBackground } from './cluster-background.js';
 import { ClusterMetrics } from './cluster-metrics.js';
+import { removeStaleWorkerConfigs } from './cluster-worker-config.js';
 import { onWorkerMessage } from './cluster-on-worker-message.js';
 import { warnLooseSecretFiles } from './cluster-secret-files.js';
 import { primaryMetrics } from './cluster-primary-metrics.js';
@@ -116,6 +117,8 @@ interface PrimaryHooks {
 async function primary(config: ProxyConfig, log: Logger, { onHangup, onFault }: PrimaryHooks): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE;
   warnLooseSecretFiles(config, log);
+  const stale = removeStaleWorkerConfigs(config.stateDir, config.workerStartTimeoutMs);
+  if (stale.length > 0) log.info({ files: stale.length, stateDir: config.stateDir }, 'removed worker config files left by a primary that is gone');
   // Set once the coordinator and the ticket distribution exist; the store's changes before that are read by the first pass.
   let onStoreChange: (changes: ReadonlySet<StoreChange>) => void = () => {};
   const { shared, source, configFile, refusedAtStart } = await startServing(config, log, (changes) => onStoreChange(changes));

@@ -36,7 +36,7 @@
  * revision (the entry's statId, `rev:<mod revision>`) this node last judged
  * of the entry while that version served: the version itself, or the refused
  * value that followed it. A start falls back on a row only when the entry's
- * value in etcd is still at that revision (prepare.ts): nothing was written
+ * value in etcd is still at that revision (serve-last.ts): nothing was written
  * to it since, so no good version superseded the one logged, and an entry
  * deleted (and written again) since has another revision.
  *
@@ -56,7 +56,7 @@ export const LAST_SERVED_FILE = 'served.log';
 /** A fleet node's log: its rows name the etcd revision they speak for. */
 export const FLEET_SERVED_FILE = 'fleet-served.log';
 
-/** What a fallback needs of a version: judged again from it (prepare.ts). */
+/** What a fallback needs of a version: judged again from it (serve-last.ts). */
 export type ServedVersion = Pick<CertificateRecord, 'name' | 'chainPem' | 'names' | 'keyId' | 'inputId'> & {
   /** A fleet's row: the entry's statId in etcd it speaks for (null: unknown, never fallen back on); absent for a store directory. */
   readonly revision?: string | null;

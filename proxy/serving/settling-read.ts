@@ -5,8 +5,11 @@
  * is read again SETTLE_MS later, and used only once two reads agree. One
  * that keeps changing for SETTLE_LIMIT_MS is reported by `settle`, to be left
  * as it serves and looked at again. A read that fails is kept as its Error,
- * so a file that cannot be read yet settles like one that can.
+ * so a file that cannot be read yet settles like one that can. The config
+ * file itself (source.ts) is loaded again once quiet when a load of it
+ * changed a moment ago is refused (`loadSettled`).
  */
+import { statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkChainFile, readCheckedFile } from '../certs/store.js';
 
@@ -103,4 +106,36 @@ export async function settle(reads: readonly Settling[]): Promise<ReadonlySet<Se
 /** What was thrown, as an Error (a read's failure is kept and compared by its message). */
 export function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * Loads the config file with `load`; when that refuses a file changed in the last QUIET_MS, waits until it has been
+ * quiet for QUIET_MS (at most SETTLE_LIMIT_MS) and loads it once more, and only that answer counts. A tool writing
+ * the file in two parts (a truncate and a write, an editor saving in chunks) set off the watch between them: the half
+ * file was refused, logged at error level and counted as a refused reload, though the whole file served a moment later.
+ * A file refused as it is, quiet, is refused at once; one refused again after the wait is refused as before.
+ */
+export async function loadSettled<T>(file: string, load: (file: string) => T): Promise<T> {
+  try {
+    return load(file);
+  } catch (err) {
+    const deadline = Date.now() + SETTLE_LIMIT_MS;
+    let quietIn = QUIET_MS - (Date.now() - changedAtMs(file));
+    if (!(quietIn > 0)) throw err;
+    while (quietIn > 0 && Date.now() < deadline) {
+      await sleep(Math.min(quietIn, deadline - Date.now()) + 10);
+      quietIn = QUIET_MS - (Date.now() - changedAtMs(file));
+    }
+    return load(file);
+  }
+}
+
+/** The file's last change (the later of mtime and ctime, as readChainFile's); NaN when it cannot be stat'ed. */
+function changedAtMs(file: string): number {
+  try {
+    const stat = statSync(file);
+    return Math.max(stat.ctimeMs, stat.mtimeMs);
+  } catch {
+    return Number.NaN;
+  }
 }

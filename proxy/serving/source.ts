@@ -34,6 +34,7 @@ import { PACK_THRESHOLD, type PackedDelta } from './pack.js';
 import { InTurn } from './in-turn.js';
 import { LayeredMap } from './layered.js';
 import { prepareServing, type SeenStat, servesFromStore } from './prepare.js';
+import { loadSettled } from './settling-read.js';
 import type { CertificateRecord, Refusal, Routing, ServingDelta } from './spec.js';
 
 /** Settings that only a restart can change: a reload that changes them applies the rest and says so. */
@@ -212,7 +213,8 @@ export class ServingSource {
    * them; prepare.ts), keeping every other record; ignored on the first pass.
    */
   async next(options: { readonly verify?: boolean; readonly only?: ReadonlySet<string> } = {}): Promise<NextServing> {
-    const reloaded = this.#reloadConfig && this.#generation > 0 ? loadProxyConfig(this.#config.source) : undefined;
+    // A refusal of a file changed a moment ago is looked at again once it is quiet (settling-read.ts loadSettled).
+    const reloaded = this.#reloadConfig && this.#generation > 0 ? await loadSettled(this.#config.source, loadProxyConfig) : undefined;
     const fileDomains = reloaded?.domains ?? this.#fileDomains;
     const routes =
       this.#shared === undefined ? undefined : storedRoutes(this.#shared, path.dirname(this.#config.source), new Set(fileDomains.map((d) => d.name)));
@@ -255,7 +257,7 @@ export class ServingSource {
         verify: options.verify === true,
         verdicts: this.#verdicts,
         ...(kept === undefined ? {} : { kept }),
-        // At start, an entry whose files are refused serves the version the last run served (prepare.ts).
+        // At start, an entry whose files are refused serves the version the last run served (serve-last.ts).
         ...(this.#generation === 0 && this.#lastServed !== undefined ? { lastServed: this.#lastServed.reader(kept) } : {}),
         ...(asked ? { only: { names: options.only!, followed: this.#followed } } : {}),
         storeDirId: this.#storeDirId,

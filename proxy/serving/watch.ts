@@ -13,6 +13,16 @@
  * watched, for those names only. The set is recomputed after every reload
  * this module triggers and at every rescan, since a re-point moves it.
  *
+ * A directory on a followed path may itself be a link, re-pointed to swap
+ * every file under it at once: Kubernetes mounts a ConfigMap or Secret as
+ * `config.json → ..data/config.json`, `..data → ..2026_12_07_…/`, and an
+ * update renames a new `..data` over the old one. The only event is the
+ * link's, named `..data`, in the mount's directory: the directory holding
+ * each such link is watched for its name too. The config file is followed
+ * this way as well, beside the watch on its own directory for its own name:
+ * a config file mounted from a ConfigMap was seen changed only by the next
+ * rescan (30 s by default).
+ *
  * An event in the store directory names its file: a burst that touched only
  * store entries reloads naming them (the reload then looks at those entries
  * alone, prepare.ts `only`); any other event, or one without a file name,
@@ -127,8 +137,10 @@ export function watchForChanges(options: WatchOptions): () => void {
   let warnedFull = false;
   const follow = (): void => {
     const wanted = new Map<string, Set<string>>();
-    for (const file of options.followed?.() ?? []) {
-      for (const hop of hops(file)) {
+    const linkedDirs = new Map<string, boolean>();
+    const files = options.followed?.() ?? [];
+    for (const file of options.configFile === undefined ? files : [options.configFile, ...files]) {
+      for (const hop of hops(file, linkedDirs)) {
         const dir = path.dirname(hop);
         // The store directory is watched already, for every chain in it.
         if (dir === options.storeDir) continue;
@@ -177,8 +189,12 @@ export function watchForChanges(options: WatchOptions): () => void {
  * `file` and every path its links lead to, ending with the file itself: for
  * live/x/fullchain.pem → ../../archive/x/fullchain2.pem, both paths. A path
  * that does not exist (yet) is kept: its directory is where it will appear.
+ * Each directory on those paths that is a link (`..data` of a Kubernetes
+ * mount) is one too, so that its parent is watched for its name. `linkedDirs`
+ * remembers, for one recomputation, which directories are links: thousands
+ * of store symlinks share their directories.
  */
-function hops(file: string): string[] {
+function hops(file: string, linkedDirs: Map<string, boolean>): string[] {
   const out = [path.resolve(file)];
   for (let i = 0; i < MAX_HOPS; i++) {
     const current = out[out.length - 1]!;
@@ -190,6 +206,20 @@ function hops(file: string): string[] {
       break;
     }
     out.push(path.resolve(path.dirname(current), target));
+  }
+  for (const hop of [...out]) {
+    for (let dir = path.dirname(hop); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+      let linked = linkedDirs.get(dir);
+      if (linked === undefined) {
+        try {
+          linked = lstatSync(dir).isSymbolicLink();
+        } catch {
+          linked = false;
+        }
+        linkedDirs.set(dir, linked);
+      }
+      if (linked) out.push(dir);
+    }
   }
   // A directory on the way may itself be a link (/etc/letsencrypt moved to another disk): watch where the file really is too.
   try {
