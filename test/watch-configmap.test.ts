@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Logger } from '../keyserver/shared/log.js';
 import { watchForChanges } from '../proxy/serving/watch.js';
-import { sleep } from './helpers/keyserver.js';
+import { sleep } from './helpers/basics.js';
 import { waitFor } from './helpers/proxy-cluster.js';
 
 // A file mounted from a Kubernetes ConfigMap or Secret is a link through `..data`, itself a link to a dated directory;
