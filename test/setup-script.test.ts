@@ -78,6 +78,7 @@ function runSetup(
     '  if ((skip)); then skip=0; continue; fi',
     `  case $arg in --cacert | --resolve) skip=1 ;; https://demo.localhost:8443/) args+=("http://127.0.0.1:${front}/") ;; *) args+=("$arg") ;; esac`,
     'done',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: bash expansions, not a template
     'PATH=${PATH#*:} exec curl "${args[@]}"',
   ];
   writeFileSync(join(root, 'bin', 'curl'), `${curl.join('\n')}\n`, { mode: 0o755 });
@@ -182,6 +183,7 @@ describe('config/setup.sh: up and down', () => {
       try {
         // Each says it is ready once its TERM trap is set: a signal before that ended it without writing to order.
         const fake = `trap "echo $1 >>'$PWD/order'; exit 0" TERM; echo $1 >>"$PWD/ready"; while :; do sleep 0.05; done`;
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: bash expansions, not a template
         const steps = 'start_keyserver() { start_background keyserver "${KEYEDGE[@]}" keyserver; }; up; echo "up said $?"';
         const result = await runSetup(root, fake, (server.address() as AddressInfo).port, steps, (child) => {
           const ready = join(root, 'ready');
